@@ -1,0 +1,45 @@
+# kdp-host developer verbs. Every install step lives here: a clean clone needs only python3.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint protos bench chart-test helm clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: run kdp-host on the embedded demo config against the built-in kubelet simulator
+demo: $(STAMP)
+	$(BIN)/kdp-host demo
+
+## test: the whole suite (unit, end-to-end, interop, chart)
+test: $(STAMP) helm
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check kdp_host tests
+	$(BIN)/ruff format --check kdp_host tests
+	$(BIN)/mypy kdp_host
+
+## protos: regenerate kdp_host/api/ from protos/ (betterproto2, async client and server)
+protos: $(STAMP)
+	rm -rf kdp_host/api
+	mkdir -p kdp_host/api
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	    --python_betterproto2_out=kdp_host/api \
+	    --python_betterproto2_opt=client_generation=async,server_generation=async \
+	    protos/api.proto
+
+## bench: the benchmarks in tests/bench (not part of make test); prints a table, writes bench-results/
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.run
+
+clean:
+	rm -rf $(VENV) .tools build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,186 @@
+"""Devices and the versioned device table that ListAndWatch streams from.
+
+A driver reports the whole device list of its resource (never a delta); health checks and
+the driver's failure policy lay health overrides on top. The table folds all of it into
+immutable snapshots with a version number, and wakes every waiter when the effective list
+(what the kubelet would see) changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+REPLICA_SEPARATOR = "::"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceNode:
+    """A device node passed into the container (a DeviceSpec without permissions)."""
+
+    host_path: str
+    container_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMount:
+    host_path: str
+    container_path: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One physical device as its driver found it."""
+
+    id: str
+    healthy: bool = True
+    nodes: tuple[DeviceNode, ...] = ()
+    numa: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    mounts: tuple[DeviceMount, ...] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    path: str | None = None
+    """Where the driver found it (the matched path of a glob), for `{path}` in health checks."""
+
+    @property
+    def primary_path(self) -> str:
+        if self.path is not None:
+            return self.path
+        return self.nodes[0].host_path if self.nodes else ""
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertisedDevice:
+    """One entry of the list the kubelet sees: a device, or one replica of a shared device."""
+
+    id: str
+    device: Device
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    devices: tuple[Device, ...]
+    """Physical devices, sorted by id, with their effective health."""
+    advertised: tuple[AdvertisedDevice, ...]
+    by_advertised_id: Mapping[str, AdvertisedDevice]
+
+    @property
+    def healthy_count(self) -> int:
+        return sum(1 for entry in self.advertised if entry.healthy)
+
+    @property
+    def unhealthy_count(self) -> int:
+        return len(self.advertised) - self.healthy_count
+
+
+def replica_ids(device_id: str, replicas: int) -> list[str]:
+    if replicas == 1:
+        return [device_id]
+    return [f"{device_id}{REPLICA_SEPARATOR}{k}" for k in range(replicas)]
+
+
+class DeviceTable:
+    """The current device list of one resource, as versioned immutable snapshots."""
+
+    def __init__(self, replicas: int = 1) -> None:
+        self._replicas = replicas
+        self._reported: dict[str, Device] = {}
+        self._degraded_reason: str | None = None
+        self._failed_checks: set[str] = set()
+        self._listeners: list[Callable[[Snapshot], None]] = []
+        self._changed = asyncio.Event()
+        self._snapshot = self._build(0)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def degraded_reason(self) -> str | None:
+        return self._degraded_reason
+
+    def add_listener(self, listener: Callable[[Snapshot], None]) -> None:
+        self._listeners.append(listener)
+
+    def publish(self, devices: Iterable[Device]) -> bool:
+        """Replace the whole reported list. Returns True if what the kubelet sees changed."""
+        reported: dict[str, Device] = {}
+        for device in devices:
+            reported.setdefault(device.id, device)
+        if reported == self._reported:
+            return False
+        self._reported = reported
+        self._failed_checks &= reported.keys()
+        return self._rebuild()
+
+    def set_degraded(self, reason: str | None) -> bool:
+        """Report every device Unhealthy (reason given) or lift that (None); keeps the list."""
+        if reason == self._degraded_reason:
+            return False
+        self._degraded_reason = reason
+        return self._rebuild()
+
+    def set_check_result(self, device_id: str, healthy: bool) -> bool:
+        if device_id not in self._reported:
+            return False
+        if healthy == (device_id not in self._failed_checks):
+            return False
+        if healthy:
+            self._failed_checks.discard(device_id)
+        else:
+            self._failed_checks.add(device_id)
+        return self._rebuild()
+
+    async def wait_newer(self, version: int) -> Snapshot:
+        while self._snapshot.version <= version:
+            changed = self._changed
+            await changed.wait()
+        return self._snapshot
+
+    def _rebuild(self) -> bool:
+        snapshot = self._build(self._snapshot.version + 1)
+        if snapshot.advertised == self._snapshot.advertised and (
+            snapshot.devices == self._snapshot.devices
+        ):
+            return False
+        self._snapshot = snapshot
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        for listener in self._listeners:
+            listener(snapshot)
+        return True
+
+    def _build(self, version: int) -> Snapshot:
+        devices: list[Device] = []
+        advertised: list[AdvertisedDevice] = []
+        for device_id in sorted(self._reported):
+            device = self._reported[device_id]
+            healthy = (
+                device.healthy
+                and self._degraded_reason is None
+                and device_id not in self._failed_checks
+            )
+            if healthy != device.healthy:
+                device = _with_health(device, healthy)
+            devices.append(device)
+            advertised.extend(
+                AdvertisedDevice(rid, device, healthy)
+                for rid in replica_ids(device_id, self._replicas)
+            )
+        return Snapshot(
+            version=version,
+            devices=tuple(devices),
+            advertised=tuple(advertised),
+            by_advertised_id={entry.id: entry for entry in advertised},
+        )
+
+
+def _with_health(device: Device, healthy: bool) -> Device:
+    return dataclasses.replace(device, healthy=healthy)

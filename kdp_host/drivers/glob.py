@@ -1,0 +1,191 @@
+"""The `glob` driver: every existing path matching one of the patterns is one device.
+
+Changes are seen through inotify on the patterns' parent directories (a hot-plugged node
+shows up within milliseconds), with a periodic full rescan as a safety net. A path that
+vanishes is reported Unhealthy at once and dropped after the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob as globlib
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ..config import GlobDriverConfig
+from ..devices import Device, DeviceNode
+from ..watch import Subscription
+from .base import DeviceSink, DriverContext
+
+MAX_ID_LENGTH = 128
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_MAGIC = re.compile(r"[*?[]")
+
+
+def device_id_for_path(path: str) -> str:
+    """A stable, kubelet-safe ID for a matched path: `/dev/fpga0` -> `fpga0`.
+
+    Paths under /dev drop that prefix; `/` becomes `-`; other unsafe characters become `_`.
+    When that is lossy (the path held `-`, `_` or unsafe characters) or too long, a short
+    hash of the full path is appended, so two different paths never share an ID and the
+    same path always gets the same one.
+    """
+    rel = path[len("/dev/") :] if path.startswith("/dev/") else path.lstrip("/")
+    readable = _UNSAFE_ID_CHARS.sub("_", rel.replace("/", "-"))
+    lossy = ("/" in rel and ("-" in rel or "_" in rel)) or readable != rel.replace("/", "-")
+    if not lossy and 0 < len(readable) <= MAX_ID_LENGTH:
+        return readable
+    digest = hashlib.sha256(path.encode()).hexdigest()[:10]
+    return f"{readable[: MAX_ID_LENGTH - 11]}-{digest}"
+
+
+def watch_dirs(pattern: str) -> list[str]:
+    """Directories whose entries decide what `pattern` matches (inotify is not recursive)."""
+    parent = os.path.dirname(pattern)
+    if not _MAGIC.search(parent):
+        return [parent]
+    parts = parent.split("/")
+    fixed = next(i for i, part in enumerate(parts) if _MAGIC.search(part))
+    dirs = ["/".join(parts[:fixed]) or "/"]
+    for depth in range(fixed + 1, len(parts) + 1):
+        dirs.extend(p for p in globlib.glob("/".join(parts[:depth])) if os.path.isdir(p))
+    return dirs
+
+
+@dataclass(frozen=True)
+class _ScanResult:
+    devices: dict[str, Device]
+    watch_dirs: frozenset[str]
+    unreadable: tuple[str, ...]
+
+
+class GlobDriver:
+    def __init__(
+        self,
+        config: GlobDriverConfig,
+        ctx: DriverContext,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._ctx = ctx
+        self._clock = clock
+        self._vanished_since: dict[str, float] = {}
+        self._known: dict[str, Device] = {}
+
+    async def scan(self) -> list[Device]:
+        result = await asyncio.to_thread(self._scan_sync)
+        return sorted(result.devices.values(), key=lambda d: d.id)
+
+    async def run(self, sink: DeviceSink) -> None:
+        log = self._ctx.log
+        wake = asyncio.Event()
+        subscriptions: dict[str, Subscription] = {}
+        last_state: tuple[bool, tuple[str, ...]] | None = None
+
+        def on_change(_name: str | None) -> None:
+            wake.set()
+
+        try:
+            while True:
+                wake.clear()
+                started = self._clock()
+                result = await asyncio.to_thread(self._scan_sync)
+                if self._ctx.metrics is not None:
+                    self._ctx.metrics.scan_seconds.labels(self._ctx.resource).observe(
+                        self._clock() - started
+                    )
+                for directory in result.watch_dirs - subscriptions.keys():
+                    subscriptions[directory] = self._ctx.watcher.subscribe(directory, on_change)
+                for directory in subscriptions.keys() - result.watch_dirs:
+                    subscriptions.pop(directory).cancel()
+                devices, next_expiry = self._merge(result.devices)
+                if sink.publish(devices):
+                    log.info(
+                        "devices_changed",
+                        healthy=sum(d.healthy for d in devices),
+                        unhealthy=sum(not d.healthy for d in devices),
+                    )
+                state = (bool(result.devices), result.unreadable)
+                if state != last_state:
+                    if not result.devices:
+                        log.info("no_devices_match", patterns=",".join(self._config.paths))
+                    for directory in result.unreadable:
+                        log.warning("device_dir_unreadable", dir=directory)
+                    last_state = state
+                timeout = self._config.rescan_interval
+                if next_expiry is not None:
+                    timeout = min(timeout, max(0.0, next_expiry - self._clock()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout)
+        finally:
+            for sub in subscriptions.values():
+                sub.cancel()
+
+    def _merge(self, present: dict[str, Device]) -> tuple[list[Device], float | None]:
+        """Present devices plus recently vanished ones (Unhealthy until the grace period ends)."""
+        now = self._clock()
+        grace = self._config.grace_period
+        for device_id in present:
+            self._vanished_since.pop(device_id, None)
+        for device_id in self._known:
+            if device_id not in present and grace > 0:
+                self._vanished_since.setdefault(device_id, now)
+        devices = dict(present)
+        next_expiry: float | None = None
+        for device_id, since in list(self._vanished_since.items()):
+            expiry = since + grace
+            if expiry <= now:
+                del self._vanished_since[device_id]
+                continue
+            devices[device_id] = replace(self._known[device_id], healthy=False)
+            next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
+        self._known = devices
+        return sorted(devices.values(), key=lambda d: d.id), next_expiry
+
+    def _scan_sync(self) -> _ScanResult:
+        config = self._config
+        devices: dict[str, Device] = {}
+        dirs: set[str] = set()
+        unreadable: list[str] = []
+        for pattern in config.paths:
+            pattern_dirs = watch_dirs(pattern)
+            dirs.update(pattern_dirs)
+            unreadable.extend(
+                d for d in pattern_dirs if os.path.isdir(d) and not os.access(d, os.R_OK | os.X_OK)
+            )
+            for matched in sorted(globlib.glob(pattern)):
+                if os.path.isdir(matched):
+                    continue
+                device_id = device_id_for_path(matched)
+                if device_id in devices:
+                    continue
+                name = os.path.basename(matched)
+                container = (
+                    config.container_path.format(path=matched, name=name)
+                    if config.container_path
+                    else matched
+                )
+                devices[device_id] = Device(
+                    id=device_id,
+                    nodes=(DeviceNode(os.path.realpath(matched), container),),
+                    numa=self._numa_for(matched, name),
+                    path=matched,
+                )
+        return _ScanResult(devices, frozenset(dirs), tuple(sorted(set(unreadable))))
+
+    def _numa_for(self, path: str, name: str) -> int | None:
+        if self._config.numa_node is not None:
+            return self._config.numa_node
+        if self._config.numa_node_file is None:
+            return None
+        try:
+            with open(self._config.numa_node_file.format(path=path, name=name)) as f:
+                node = int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+        return node if node >= 0 else None

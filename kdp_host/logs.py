@@ -1,0 +1,106 @@
+"""Structured logs: one event per line, `key=value` text or JSON.
+
+Code logs events with fields (`log.info("registered", endpoint=...)`); a logger bound to a
+resource adds `resource=<name>` to every line it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+_FIELDS_ATTR = "kdp_fields"
+
+
+class EventLogger:
+    """A logger with bound fields, writing one event per call."""
+
+    def __init__(self, logger: logging.Logger, **bound: Any) -> None:
+        self._logger = logger
+        self._bound = bound
+
+    def bind(self, **fields: Any) -> EventLogger:
+        return EventLogger(self._logger, **{**self._bound, **fields})
+
+    def _log(self, level: int, event: str, fields: dict[str, Any], exc: bool = False) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(
+                level,
+                event,
+                extra={_FIELDS_ATTR: {**self._bound, **fields}},
+                exc_info=exc,
+                stacklevel=3,
+            )
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields, exc=True)
+
+    @property
+    def stdlib(self) -> logging.Logger:
+        return self._logger
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\n\t'):
+        return json.dumps(text)
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        parts = [
+            f"{stamp}.{int(record.msecs):03d}Z",
+            record.levelname.lower(),
+            f"event={_text_value(record.getMessage())}",
+        ]
+        fields: dict[str, Any] = getattr(record, _FIELDS_ATTR, {})
+        parts.extend(f"{key}={_text_value(value)}" for key, value in fields.items())
+        line = " ".join(parts)
+        if record.exc_info:
+            line += " error=" + json.dumps(self.formatException(record.exc_info))
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            "logger": record.name,
+        }
+        for key, value in getattr(record, _FIELDS_ATTR, {}).items():
+            out[key] = value if isinstance(value, int | float | bool | None) else str(value)
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(fmt: str = "text", level: str = "info", stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("kdp_host")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def get_logger(name: str = "kdp_host", **bound: Any) -> EventLogger:
+    return EventLogger(logging.getLogger(name), **bound)

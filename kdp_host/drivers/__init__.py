@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from ..config import DriverConfig
+from ..config import DriverConfig, GlobDriverConfig
 from .base import DeviceSink, Driver, DriverContext, DriverError
 from .glob import GlobDriver
 
-DriverFactory = Callable[[Any, DriverContext], Driver]
-
-
-def _registry() -> dict[str, DriverFactory]:
-    from .shell import ShellDriver
-
-    return {"glob": GlobDriver, "shell": ShellDriver}
-
 
 def make_driver(config: DriverConfig, ctx: DriverContext) -> Driver:
-    return _registry()[config.kind](config, ctx)
+    """The driver for a resource's driver section (`glob` or `shell`)."""
+    if isinstance(config, GlobDriverConfig):
+        return GlobDriver(config, ctx)
+    from .shell import ShellDriver
+
+    return ShellDriver(config, ctx)
 
 
 __all__ = ["DeviceSink", "Driver", "DriverContext", "DriverError", "make_driver"]

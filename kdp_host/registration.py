@@ -1,0 +1,79 @@
+"""Registering a resource with the kubelet (Registration.Register on kubelet.sock)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import grpclib
+import grpclib.client
+from grpclib.const import Status
+
+from .api.v1beta1 import DevicePluginOptions, RegisterRequest, RegistrationStub
+
+API_VERSION = "v1beta1"
+KUBELET_SOCKET = "kubelet.sock"
+REGISTER_TIMEOUT = 30.0
+"""The kubelet dials us back inside Register with its own 10 s limit; leave room for that."""
+
+
+class RegistrationError(Exception):
+    def __init__(self, result: str, message: str) -> None:
+        super().__init__(message)
+        self.result = result
+        """`unavailable` (no kubelet listening), `refused` (the kubelet said no), `error`."""
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff: 100 ms doubling to 5 s, reset on success."""
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    factor: float = 2.0
+    _next: float = 0.0
+
+    def next_delay(self) -> float:
+        delay = self._next or self.initial
+        self._next = min(delay * self.factor, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+
+def kubelet_socket_inode(socket_dir: str) -> int | None:
+    try:
+        return os.stat(os.path.join(socket_dir, KUBELET_SOCKET)).st_ino
+    except OSError:
+        return None
+
+
+async def register(
+    socket_dir: str,
+    resource: str,
+    endpoint: str,
+    options: DevicePluginOptions,
+    timeout: float = REGISTER_TIMEOUT,
+) -> None:
+    """One Register call. The plugin must already be serving on `endpoint`."""
+    path = os.path.join(socket_dir, KUBELET_SOCKET)
+    if not os.path.exists(path):
+        raise RegistrationError("unavailable", f"{path} does not exist (kubelet not running?)")
+    channel = grpclib.client.Channel(path=path)
+    try:
+        await RegistrationStub(channel).register(
+            RegisterRequest(
+                version=API_VERSION, endpoint=endpoint, resource_name=resource, options=options
+            ),
+            timeout=timeout,
+        )
+    except grpclib.GRPCError as exc:
+        result = "unavailable" if exc.status == Status.UNAVAILABLE else "refused"
+        raise RegistrationError(result, f"kubelet: {exc.message or exc.status.name}") from None
+    except (OSError, ConnectionError) as exc:
+        raise RegistrationError("unavailable", f"cannot reach {path}: {exc}") from None
+    except TimeoutError:
+        raise RegistrationError("error", f"Register timed out after {timeout:g}s") from None
+    finally:
+        channel.close()

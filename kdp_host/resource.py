@@ -1,0 +1,245 @@
+"""One resource's runtime: driver, device table, gRPC server and registration, as a unit.
+
+The serving loop follows the kubelet's rules: serve first, then Register (the kubelet dials
+back inside Register); when the kubelet restarts (kubelet.sock re-created, our socket
+deleted by its cleanup) or drops our stream, stop the old server and its streams first,
+then serve on a fresh socket and register again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+
+from .config import ResourceConfig
+from .devices import DeviceTable, Snapshot
+from .drivers import DriverContext, make_driver
+from .logs import EventLogger
+from .metrics import Metrics
+from .plugin import DevicePluginService, ListAndWatchEncoder, PluginServer
+from .registration import KUBELET_SOCKET, Backoff, RegistrationError, register
+from .watch import Watcher
+
+SAFETY_CHECK_INTERVAL = 5.0
+"""Re-check sockets this often even when no watch event came (a lost event costs at most this)."""
+FRESH_KUBELET_RETRY = 0.01
+_SOCKET_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def socket_name(resource: str, instance_id: str) -> str:
+    """`kdp-vendor.example_fpga-<instance>.sock`: unique per resource and per host instance."""
+    slug = _SOCKET_SLUG.sub("_", resource.replace("/", "_"))
+    if len(slug) > 48:
+        slug = slug[:39] + "-" + hashlib.sha256(resource.encode()).hexdigest()[:8]
+    return f"kdp-{slug}-{instance_id}.sock"
+
+
+@dataclass(frozen=True)
+class HostServices:
+    """What the host lends every resource."""
+
+    socket_dir: str
+    instance_id: str
+    watcher: Watcher
+    metrics: Metrics
+    log: EventLogger
+
+
+@dataclass
+class ResourceStatus:
+    serving: bool = False
+    registered: bool = False
+    last_error: str | None = None
+    registrations: int = 0
+    devices: Snapshot | None = field(default=None, repr=False)
+
+
+class ResourceRuntime:
+    def __init__(self, config: ResourceConfig, services: HostServices) -> None:
+        self.config = config
+        self._services = services
+        self.log = services.log.bind(resource=config.name)
+        self.status = ResourceStatus()
+        self.endpoint = socket_name(config.name, services.instance_id)
+        self.socket_path = os.path.join(services.socket_dir, self.endpoint)
+        self.table = DeviceTable(replicas=config.replicas)
+        self.table.add_listener(self._on_devices_changed)
+        self._encoder = ListAndWatchEncoder()
+        self._wake = asyncio.Event()
+        self._stream_lost = False
+
+    def _on_devices_changed(self, snapshot: Snapshot) -> None:
+        self.status.devices = snapshot
+        self._services.metrics.set_device_counts(
+            self.config.name, snapshot.healthy_count, snapshot.unhealthy_count
+        )
+
+    async def run(self) -> None:
+        """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
+        services = self._services
+        ctx = DriverContext(self.config.name, self.log, services.watcher, services.metrics)
+        driver = make_driver(self.config.driver, ctx)
+        self._on_devices_changed(self.table.snapshot)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(driver.run(self.table), name=f"{self.config.name}:driver")
+            if self.config.health is not None:
+                from .health import HealthChecker
+
+                checker = HealthChecker(self.config.health, ctx, self.table)
+                group.create_task(checker.run(), name=f"{self.config.name}:health")
+            group.create_task(self._serve_forever(), name=f"{self.config.name}:serve")
+
+    async def _serve_forever(self) -> None:
+        subscription = self._services.watcher.subscribe(
+            self._services.socket_dir, self._on_socket_dir_event
+        )
+        try:
+            while True:
+                service, server, inode = await self._start_server()
+                try:
+                    kubelet_inode = await self._register_until_done(service, inode)
+                    reason = await self._wait_until_reregister_needed(inode, kubelet_inode)
+                except _SocketLost:
+                    reason = "socket_removed"
+                finally:
+                    await self._stop_server(service, server)
+                self.log.info("reregistering", reason=reason)
+        finally:
+            subscription.cancel()
+            self._mark(serving=False, registered=False)
+
+    def _on_socket_dir_event(self, name: str | None) -> None:
+        if name is None or name in (KUBELET_SOCKET, self.endpoint):
+            self._wake.set()
+
+    def _on_stream_lost(self) -> None:
+        self._stream_lost = True
+        self._wake.set()
+
+    async def _start_server(self) -> tuple[DevicePluginService, PluginServer, int]:
+        """Serve on a fresh socket, waiting (with backoff) for the socket dir to exist."""
+        backoff = Backoff()
+        while True:
+            self._wake.clear()
+            service = DevicePluginService(
+                self.config,
+                self.table,
+                self._encoder,
+                self._services.metrics,
+                self.log,
+                on_stream_lost=self._on_stream_lost,
+            )
+            server = PluginServer([service])
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.socket_path)
+                await server.start(path=self.socket_path)
+                inode = os.stat(self.socket_path).st_ino
+            except OSError as exc:
+                self._mark(serving=False, error=f"cannot serve on {self.socket_path}: {exc}")
+                self.log.warning("serve_failed", socket=self.socket_path, reason=str(exc))
+                await self._sleep_or_wake(backoff.next_delay())
+                continue
+            self._mark(serving=True)
+            self.log.info("serving", socket=self.socket_path)
+            return service, server, inode
+
+    async def _stop_server(self, service: DevicePluginService, server: PluginServer) -> None:
+        """End streams first (clean EOF at the kubelet), then close server and connections."""
+        self._mark(serving=False, registered=False)
+        service.end_streams()
+        await asyncio.sleep(0)
+        server.close()
+        server.close_connections()
+        try:
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+        except TimeoutError:
+            self.log.warning("server_close_slow")
+        with contextlib.suppress(FileNotFoundError):
+            if _inode(self.socket_path) is not None:
+                os.unlink(self.socket_path)
+
+    async def _register_until_done(self, service: DevicePluginService, inode: int) -> int | None:
+        """Register, retrying with backoff; returns the kubelet.sock inode registered with."""
+        backoff = Backoff()
+        metrics = self._services.metrics
+        last_message = None
+        refused_inode: int | None = None
+        while True:
+            self._wake.clear()
+            kubelet_inode = _inode(os.path.join(self._services.socket_dir, KUBELET_SOCKET))
+            if _inode(self.socket_path) != inode:
+                raise _SocketLost()
+            try:
+                await register(
+                    self._services.socket_dir, self.config.name, self.endpoint, service.options
+                )
+            except RegistrationError as exc:
+                metrics.registrations.labels(self.config.name, exc.result).inc()
+                message = str(exc)
+                self._mark(registered=False, error=message)
+                if message != last_message:
+                    level = self.log.info if exc.result == "unavailable" else self.log.warning
+                    level("register_failed", result=exc.result, reason=message)
+                    last_message = message
+                delay = backoff.next_delay()
+                if exc.result == "unavailable" and kubelet_inode not in (None, refused_inode):
+                    # A kubelet.sock that was just created may not be listening yet.
+                    refused_inode, delay = kubelet_inode, FRESH_KUBELET_RETRY
+                await self._sleep_or_wake(delay)
+                continue
+            metrics.registrations.labels(self.config.name, "ok").inc()
+            self.status.registrations += 1
+            self._stream_lost = False
+            self._mark(registered=True)
+            self.log.info("registered", endpoint=self.endpoint)
+            return kubelet_inode
+
+    async def _wait_until_reregister_needed(self, inode: int, kubelet_inode: int | None) -> str:
+        while True:
+            self._wake.clear()
+            if _inode(self.socket_path) != inode:
+                return "socket_removed"
+            current = _inode(os.path.join(self._services.socket_dir, KUBELET_SOCKET))
+            if current is not None and current != kubelet_inode:
+                return "kubelet_restarted"
+            if self._stream_lost:
+                return "stream_closed_by_kubelet"
+            await self._sleep_or_wake(SAFETY_CHECK_INTERVAL)
+
+    async def _sleep_or_wake(self, delay: float) -> None:
+        """Sleep, cut short by a socket-dir event (callers clear the event before checking)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _mark(
+        self,
+        *,
+        serving: bool | None = None,
+        registered: bool | None = None,
+        error: str | None = None,
+    ) -> None:
+        if serving is not None:
+            self.status.serving = serving
+        if registered is not None:
+            self.status.registered = registered
+            self._services.metrics.registered.labels(self.config.name).set(int(registered))
+            if registered:
+                self.status.last_error = None
+        if error is not None:
+            self.status.last_error = error
+
+
+class _SocketLost(Exception):
+    pass
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None

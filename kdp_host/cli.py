@@ -27,7 +27,8 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         if name == "uvloop":
             raise SystemExit("--loop uvloop: uvloop is not installed") from None
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _run_async(main: Coroutine[Any, Any, int], loop: str) -> int:
@@ -43,21 +44,33 @@ def _load_or_report(path: Path) -> Config | None:
         return None
 
 
-async def _run(config: Config, config_path: Path, args: argparse.Namespace) -> int:
+async def _run(config: Config, config_path: Path) -> int:
     from .host import Host
+    from .http import HealthState, HttpServer
     from .metrics import Metrics
 
     log = get_logger()
+    metrics = Metrics()
+    health = HealthState()
+    try:
+        http = HttpServer(config.metrics.host, config.metrics.port, metrics, health)
+    except OSError as exc:
+        log.error("metrics_listen_failed", listen=config.metrics.listen, reason=str(exc))
+        return EXIT_INVALID
+    http.start()
+    log.info("http_serving", listen=config.metrics.listen, paths="/metrics,/healthz,/readyz")
+    host = Host(config=config, metrics=metrics, log=log, config_path=config_path, health=health)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    host = Host(config=config, metrics=Metrics(), log=log)
+    loop.add_signal_handler(signal.SIGHUP, host.request_reload)
     try:
         await host.run(stop)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        http.stop()
     return EXIT_OK
 
 
@@ -65,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_INVALID
-    return _run_async(_run(config, args.config, args), args.loop)
+    return _run_async(_run(config, args.config.absolute()), args.loop)
 
 
 async def _check(config: Config) -> list[tuple[str, str, str]]:
@@ -73,7 +86,7 @@ async def _check(config: Config) -> list[tuple[str, str, str]]:
     from .watch import PollingWatcher
 
     log = get_logger()
-    rows = []
+    rows: list[tuple[str, str, str]] = []
     for resource in config.resources:
         ctx = DriverContext(resource.name, log.bind(resource=resource.name), PollingWatcher(log))
         try:

@@ -9,13 +9,18 @@ ones restart, unchanged ones are not touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import os
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .config import Config, ResourceConfig
+import aiofiles
+
+from .config import Config, ConfigError, ResourceConfig, load_config_text
+from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import Metrics
 from .registration import KUBELET_SOCKET, Backoff, kubelet_socket_inode
@@ -25,6 +30,10 @@ from .watch import Watcher, make_watcher
 RESTART_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 STABLE_AFTER = 60.0
 """A resource that ran this long before crashing restarts with the shortest backoff again."""
+GIVE_UP_AFTER_CRASHES = 10
+"""Crashes in a row (none of them stable) after which /healthz reports the resource dead."""
+RELOAD_DEBOUNCE = 0.1
+"""A ConfigMap update is several renames in a row: read the file once they have settled."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +82,13 @@ class Host:
     log: EventLogger
     watcher: Watcher | None = None
     instance_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    config_path: Path | None = None
+    """Watched for changes (and re-read on `request_reload`) when given."""
+    health: HealthState = field(default_factory=HealthState)
     _resources: dict[str, _Supervised] = field(default_factory=dict, init=False)
     _services: HostServices | None = field(default=None, init=False)
     _stopping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     @property
     def resources(self) -> dict[str, ResourceRuntime]:
@@ -110,21 +123,109 @@ class Host:
             instance=self.instance_id,
             watcher=watcher.kind,
         )
+        self._record_config(self.config)
+        internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
+        if self.config_path is not None:
+            internal.append(asyncio.create_task(self._reload_loop(self.config_path), name="reload"))
+        stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:
             for resource in self.config.resources:
                 self._start(resource)
-            stop_task = asyncio.create_task(stop.wait())
-            await asyncio.wait({stop_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-            if watch_task.done() and not stop_task.done():
-                stop_task.cancel()
-                watch_task.result()
+            await asyncio.wait({stop_task, *internal}, return_when=asyncio.FIRST_COMPLETED)
+            for task in internal:
+                if task.done():
+                    self.health.dead = (*self.health.dead, f"host task {task.get_name()}")
+                    task.result()
         finally:
+            stop_task.cancel()
             kubelet_watch()
             await self._stop_all()
-            watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch_task
+            for task in internal:
+                task.cancel()
+            await asyncio.gather(*internal, return_exceptions=True)
             self.log.info("host_stopped")
+
+    def request_reload(self) -> None:
+        """Re-read the config file now (SIGHUP)."""
+        self._reload_wanted.set()
+
+    async def _heartbeat(self) -> None:
+        """Proves the loop is alive to /healthz, measures its lag, refreshes readiness."""
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        while True:
+            expected = loop.time() + HEARTBEAT_INTERVAL
+            self.health.beat()
+            self.health.not_ready = self.not_ready()
+            self.health.dead = tuple(self.dead_resources())
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            lag = max(0.0, loop.time() - expected)
+            worst = max(worst, lag)
+            self.metrics.loop_lag.set(lag)
+            self.metrics.loop_lag_max.set(worst)
+
+    def _record_config(self, config: Config) -> None:
+        self.metrics.config_info.info({"sha256": config.sha256})
+        self.metrics.config_timestamp.set(time.time())
+
+    async def _reload_loop(self, path: Path) -> None:
+        """Reload on changes to the file, including a ConfigMap's `..data` symlink swap."""
+        assert self.watcher is not None
+        watched = {path.name, "..data"}
+
+        def on_event(name: str | None) -> None:
+            if name is None or name in watched:
+                self._reload_wanted.set()
+
+        subscriptions = [self.watcher.subscribe(str(path.parent), on_event)]
+        real_parent = Path(os.path.realpath(path)).parent
+        if real_parent != path.parent:
+            watched.add(Path(os.path.realpath(path)).name)
+            subscriptions.append(self.watcher.subscribe(str(real_parent), on_event))
+        try:
+            while True:
+                await self._reload_wanted.wait()
+                await asyncio.sleep(RELOAD_DEBOUNCE)
+                self._reload_wanted.clear()
+                await self.reload_from(path)
+        finally:
+            for subscription in subscriptions:
+                subscription.cancel()
+
+    async def reload_from(self, path: Path) -> str:
+        """Read, validate and apply the file; returns the result that was counted."""
+        try:
+            async with aiofiles.open(path, "rb") as f:
+                data = await f.read()
+        except OSError as exc:
+            return self._reload_result("invalid", error=f"cannot read {path}: {exc}")
+        if hashlib.sha256(data).hexdigest() == self.config.sha256:
+            return "unchanged"
+        try:
+            new = load_config_text(data.decode("utf-8", errors="replace"), str(path))
+        except ConfigError as exc:
+            return self._reload_result("invalid", error=str(exc), problems=len(exc.problems))
+        try:
+            plan = self.apply(new)
+        except ValueError as exc:
+            return self._reload_result("refused", error=str(exc))
+        self._record_config(new)
+        return self._reload_result(
+            "ok",
+            added=",".join(plan.added),
+            removed=",".join(plan.removed),
+            changed=",".join(plan.changed),
+            unchanged=len(plan.unchanged),
+            sha256=new.sha256[:12],
+        )
+
+    def _reload_result(self, result: str, **fields: object) -> str:
+        self.metrics.config_reloads.labels(result).inc()
+        if result == "ok":
+            self.log.info("config_reloaded", **fields)
+        else:
+            self.log.error("config_reload_failed", result=result, **fields)
+        return result
 
     def apply(self, new: Config) -> ReloadPlan:
         """Apply a validated config as a diff. Raises ValueError for changes needing a restart."""
@@ -167,6 +268,9 @@ class Host:
                     backoff.reset()
                 delay = backoff.next_delay()
                 supervised.crashes += 1
+                if loop.time() - started > STABLE_AFTER:
+                    supervised.crashes = 1
+                supervised.gave_up = supervised.crashes >= GIVE_UP_AFTER_CRASHES
                 self.metrics.resource_restarts.labels(runtime.config.name).inc()
                 runtime.log.exception("resource_crashed", restart_in=f"{delay:g}s", error=repr(exc))
                 await asyncio.sleep(delay)

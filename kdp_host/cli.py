@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -140,6 +141,8 @@ def cmd_simulate_kubelet(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.log_level == "info":
+        logging.getLogger("kdp_host.simulator").setLevel(logging.WARNING)
     return run_demo(duration=args.duration, loop=args.loop)
 
 

@@ -96,6 +96,8 @@ class DeviceTable:
         self._failed_checks: set[str] = set()
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._changed = asyncio.Event()
+        self.published = asyncio.Event()
+        """Set once the driver reported its first list (even an empty one)."""
         self._snapshot = self._build(0)
 
     @property
@@ -111,6 +113,7 @@ class DeviceTable:
 
     def publish(self, devices: Iterable[Device]) -> bool:
         """Replace the whole reported list. Returns True if what the kubelet sees changed."""
+        self.published.set()
         reported: dict[str, Device] = {}
         for device in devices:
             reported.setdefault(device.id, device)

@@ -129,14 +129,19 @@ class DevicePluginService(DevicePluginBase):
         self._on_stream_lost = on_stream_lost
         self._builder = AllocationBuilder(config)
         self._closing = asyncio.Event()
+        self._open_streams = 0
+        self._streams_drained = asyncio.Event()
+        self._streams_drained.set()
         self.options = DevicePluginOptions(
             pre_start_required=False,
             get_preferred_allocation_available=config.preferred != "none",
         )
 
-    def end_streams(self) -> None:
-        """End every ListAndWatch stream cleanly (the kubelet sees end-of-stream)."""
+    async def end_streams(self, timeout: float = 0.5) -> None:
+        """End every ListAndWatch stream with a clean end-of-stream and wait until sent."""
         self._closing.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._streams_drained.wait(), timeout)
 
     async def get_device_plugin_options(self, message: Empty) -> DevicePluginOptions:
         return self.options
@@ -144,10 +149,23 @@ class DevicePluginService(DevicePluginBase):
     async def _call_rpc_handler_server_stream(
         self, handler: Callable[..., Any], stream: grpclib.server.Stream[Any, Any], request: Any
     ) -> None:
-        """Drive the stream under aclosing, so the generator's `finally` runs on cancel."""
-        async with contextlib.aclosing(handler(request)) as responses:
-            async for response in responses:
-                await stream.send_message(response)
+        """Drive the stream under aclosing, so the generator's `finally` runs on cancel.
+
+        When the generator ends (the host is closing the server) the trailers are sent
+        right here, so `end_streams` knows the client got a clean end-of-stream before the
+        connection is closed.
+        """
+        self._open_streams += 1
+        self._streams_drained.clear()
+        try:
+            async with contextlib.aclosing(handler(request)) as responses:
+                async for response in responses:
+                    await stream.send_message(response)
+            await stream.send_trailing_metadata()
+        finally:
+            self._open_streams -= 1
+            if self._open_streams == 0:
+                self._streams_drained.set()
 
     async def list_and_watch(self, message: Empty) -> AsyncIterator[ListAndWatchResponse]:
         name = self._config.name

@@ -27,6 +27,9 @@ from .watch import Watcher
 SAFETY_CHECK_INTERVAL = 5.0
 """Re-check sockets this often even when no watch event came (a lost event costs at most this)."""
 FRESH_KUBELET_RETRY = 0.01
+FIRST_SCAN_WAIT = 2.0
+"""Register only after the driver's first list (so the kubelet does not see 0 devices first),
+but do not wait longer than this for a slow probe."""
 _SOCKET_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -151,8 +154,7 @@ class ResourceRuntime:
     async def _stop_server(self, service: DevicePluginService, server: PluginServer) -> None:
         """End streams first (clean EOF at the kubelet), then close server and connections."""
         self._mark(serving=False, registered=False)
-        service.end_streams()
-        await asyncio.sleep(0)
+        await service.end_streams()
         server.close()
         server.close_connections()
         try:
@@ -165,6 +167,9 @@ class ResourceRuntime:
 
     async def _register_until_done(self, service: DevicePluginService, inode: int) -> int | None:
         """Register, retrying with backoff; returns the kubelet.sock inode registered with."""
+        if not self.table.published.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.table.published.wait(), FIRST_SCAN_WAIT)
         backoff = Backoff()
         metrics = self._services.metrics
         last_message = None

@@ -27,18 +27,29 @@ _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAGIC = re.compile(r"[*?[]")
 
 
-def device_id_for_path(path: str) -> str:
-    """A stable, kubelet-safe ID for a matched path: `/dev/fpga0` -> `fpga0`.
+def fixed_parent(pattern: str) -> str:
+    """The deepest directory of `pattern` with no wildcard in it."""
+    parts = pattern.split("/")[:-1]
+    for index, part in enumerate(parts):
+        if _MAGIC.search(part):
+            parts = parts[:index]
+            break
+    return "/".join(parts) or "/"
 
-    Paths under /dev drop that prefix; `/` becomes `-`; other unsafe characters become `_`.
-    When that is lossy (the path held `-`, `_` or unsafe characters) or too long, a short
-    hash of the full path is appended, so two different paths never share an ID and the
-    same path always gets the same one.
+
+def device_id_for_path(path: str, base: str = "/dev") -> str:
+    """A stable, kubelet-safe ID for a matched path, relative to `base`.
+
+    `/dev/fpga0` under `/dev` -> `fpga0`; `/dev/bus/usb/001/002` under `/dev/bus/usb` ->
+    `001-002`. Inside the relative path `/` becomes `-` and unsafe characters become `_`;
+    when that is lossy, or the result is too long, a short hash of the full path is
+    appended, so two different paths never share an ID and a path always gets the same one.
     """
-    rel = path[len("/dev/") :] if path.startswith("/dev/") else path.lstrip("/")
+    prefix = base.rstrip("/") + "/"
+    rel = path[len(prefix) :] if path.startswith(prefix) else path.lstrip("/")
     readable = _UNSAFE_ID_CHARS.sub("_", rel.replace("/", "-"))
     lossy = ("/" in rel and ("-" in rel or "_" in rel)) or readable != rel.replace("/", "-")
-    if not lossy and 0 < len(readable) <= MAX_ID_LENGTH:
+    if not lossy and 0 < len(readable) <= MAX_ID_LENGTH and readable not in (".", ".."):
         return readable
     digest = hashlib.sha256(path.encode()).hexdigest()[:10]
     return f"{readable[: MAX_ID_LENGTH - 11]}-{digest}"
@@ -47,13 +58,12 @@ def device_id_for_path(path: str) -> str:
 def watch_dirs(pattern: str) -> list[str]:
     """Directories whose entries decide what `pattern` matches (inotify is not recursive)."""
     parent = os.path.dirname(pattern)
-    if not _MAGIC.search(parent):
-        return [parent]
-    parts = parent.split("/")
-    fixed = next(i for i, part in enumerate(parts) if _MAGIC.search(part))
-    dirs = ["/".join(parts[:fixed]) or "/"]
-    for depth in range(fixed + 1, len(parts) + 1):
-        dirs.extend(p for p in globlib.glob("/".join(parts[:depth])) if os.path.isdir(p))
+    base = fixed_parent(pattern)
+    dirs = [base]
+    if parent != base:
+        parts = parent.split("/")
+        for depth in range(len(base.rstrip("/").split("/")) + 1, len(parts) + 1):
+            dirs.extend(p for p in globlib.glob("/".join(parts[:depth])) if os.path.isdir(p))
     return dirs
 
 
@@ -161,9 +171,11 @@ class GlobDriver:
             for matched in sorted(globlib.glob(pattern)):
                 if os.path.isdir(matched):
                     continue
-                device_id = device_id_for_path(matched)
+                device_id = device_id_for_path(matched, fixed_parent(pattern))
                 if device_id in devices:
-                    continue
+                    if devices[device_id].path == matched:
+                        continue
+                    device_id = device_id_for_path(matched, "/")
                 name = os.path.basename(matched)
                 container = (
                     config.container_path.format(path=matched, name=name)

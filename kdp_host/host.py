@@ -23,7 +23,7 @@ from .config import Config, ConfigError, ResourceConfig, load_config_text
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import Metrics
-from .registration import KUBELET_SOCKET, Backoff, kubelet_socket_inode
+from .registration import KUBELET_SOCKET, Backoff, kubelet_socket_identity
 from .resource import HostServices, ResourceRuntime
 from .watch import Watcher, make_watcher
 
@@ -293,14 +293,14 @@ class Host:
 
     def _watch_kubelet_restarts(self, socket_dir: str) -> Callable[[], None]:
         assert self.watcher is not None
-        last = kubelet_socket_inode(socket_dir)
+        last = kubelet_socket_identity(socket_dir)
         log = self.log
 
         def on_event(name: str | None) -> None:
             nonlocal last
             if name not in (None, KUBELET_SOCKET):
                 return
-            current = kubelet_socket_inode(socket_dir)
+            current = kubelet_socket_identity(socket_dir)
             if current is None or current == last:
                 return
             if last is not None:

@@ -42,11 +42,20 @@ class Backoff:
         self._next = 0.0
 
 
-def kubelet_socket_inode(socket_dir: str) -> int | None:
+FileIdentity = tuple[int, int]
+
+
+def file_identity(path: str) -> FileIdentity | None:
+    """Inode and change time: a re-created file can reuse the inode number, not both."""
     try:
-        return os.stat(os.path.join(socket_dir, KUBELET_SOCKET)).st_ino
+        st = os.stat(path)
     except OSError:
         return None
+    return (st.st_ino, st.st_ctime_ns)
+
+
+def kubelet_socket_identity(socket_dir: str) -> FileIdentity | None:
+    return file_identity(os.path.join(socket_dir, KUBELET_SOCKET))
 
 
 async def register(

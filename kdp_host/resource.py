@@ -21,7 +21,15 @@ from .drivers import DriverContext, make_driver
 from .logs import EventLogger
 from .metrics import Metrics
 from .plugin import DevicePluginService, ListAndWatchEncoder, PluginServer
-from .registration import KUBELET_SOCKET, Backoff, RegistrationError, register
+from .registration import (
+    KUBELET_SOCKET,
+    Backoff,
+    FileIdentity,
+    RegistrationError,
+    file_identity,
+    kubelet_socket_identity,
+    register,
+)
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 5.0
@@ -102,10 +110,10 @@ class ResourceRuntime:
         )
         try:
             while True:
-                service, server, inode = await self._start_server()
+                service, server, identity = await self._start_server()
                 try:
-                    kubelet_inode = await self._register_until_done(service, inode)
-                    reason = await self._wait_until_reregister_needed(inode, kubelet_inode)
+                    kubelet = await self._register_until_done(service, identity)
+                    reason = await self._wait_until_reregister_needed(identity, kubelet)
                 except _SocketLost:
                     reason = "socket_removed"
                 finally:
@@ -123,7 +131,7 @@ class ResourceRuntime:
         self._stream_lost = True
         self._wake.set()
 
-    async def _start_server(self) -> tuple[DevicePluginService, PluginServer, int]:
+    async def _start_server(self) -> tuple[DevicePluginService, PluginServer, FileIdentity]:
         """Serve on a fresh socket, waiting (with backoff) for the socket dir to exist."""
         backoff = Backoff()
         while True:
@@ -141,7 +149,9 @@ class ResourceRuntime:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.socket_path)
                 await server.start(path=self.socket_path)
-                inode = os.stat(self.socket_path).st_ino
+                identity = file_identity(self.socket_path)
+                if identity is None:
+                    raise FileNotFoundError(self.socket_path)
             except OSError as exc:
                 self._mark(serving=False, error=f"cannot serve on {self.socket_path}: {exc}")
                 self.log.warning("serve_failed", socket=self.socket_path, reason=str(exc))
@@ -149,7 +159,7 @@ class ResourceRuntime:
                 continue
             self._mark(serving=True)
             self.log.info("serving", socket=self.socket_path)
-            return service, server, inode
+            return service, server, identity
 
     async def _stop_server(self, service: DevicePluginService, server: PluginServer) -> None:
         """End streams first (clean EOF at the kubelet), then close server and connections."""
@@ -162,22 +172,23 @@ class ResourceRuntime:
         except TimeoutError:
             self.log.warning("server_close_slow")
         with contextlib.suppress(FileNotFoundError):
-            if _inode(self.socket_path) is not None:
-                os.unlink(self.socket_path)
+            os.unlink(self.socket_path)
 
-    async def _register_until_done(self, service: DevicePluginService, inode: int) -> int | None:
-        """Register, retrying with backoff; returns the kubelet.sock inode registered with."""
+    async def _register_until_done(
+        self, service: DevicePluginService, identity: FileIdentity
+    ) -> FileIdentity | None:
+        """Register, retrying with backoff; returns the identity of the kubelet.sock used."""
         if not self.table.published.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.table.published.wait(), FIRST_SCAN_WAIT)
         backoff = Backoff()
         metrics = self._services.metrics
         last_message = None
-        refused_inode: int | None = None
+        refused: FileIdentity | None = None
         while True:
             self._wake.clear()
-            kubelet_inode = _inode(os.path.join(self._services.socket_dir, KUBELET_SOCKET))
-            if _inode(self.socket_path) != inode:
+            kubelet = kubelet_socket_identity(self._services.socket_dir)
+            if file_identity(self.socket_path) != identity:
                 raise _SocketLost()
             try:
                 await register(
@@ -192,9 +203,9 @@ class ResourceRuntime:
                     level("register_failed", result=exc.result, reason=message)
                     last_message = message
                 delay = backoff.next_delay()
-                if exc.result == "unavailable" and kubelet_inode not in (None, refused_inode):
+                if exc.result == "unavailable" and kubelet not in (None, refused):
                     # A kubelet.sock that was just created may not be listening yet.
-                    refused_inode, delay = kubelet_inode, FRESH_KUBELET_RETRY
+                    refused, delay = kubelet, FRESH_KUBELET_RETRY
                 await self._sleep_or_wake(delay)
                 continue
             metrics.registrations.labels(self.config.name, "ok").inc()
@@ -202,15 +213,17 @@ class ResourceRuntime:
             self._stream_lost = False
             self._mark(registered=True)
             self.log.info("registered", endpoint=self.endpoint)
-            return kubelet_inode
+            return kubelet
 
-    async def _wait_until_reregister_needed(self, inode: int, kubelet_inode: int | None) -> str:
+    async def _wait_until_reregister_needed(
+        self, identity: FileIdentity, kubelet: FileIdentity | None
+    ) -> str:
         while True:
             self._wake.clear()
-            if _inode(self.socket_path) != inode:
+            if file_identity(self.socket_path) != identity:
                 return "socket_removed"
-            current = _inode(os.path.join(self._services.socket_dir, KUBELET_SOCKET))
-            if current is not None and current != kubelet_inode:
+            current = kubelet_socket_identity(self._services.socket_dir)
+            if current is not None and current != kubelet:
                 return "kubelet_restarted"
             if self._stream_lost:
                 return "stream_closed_by_kubelet"
@@ -241,10 +254,3 @@ class ResourceRuntime:
 
 class _SocketLost(Exception):
     pass
-
-
-def _inode(path: str) -> int | None:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None

@@ -1,0 +1,103 @@
+"""Shared fixtures: short socket directories, a kubelet simulator, an in-process host."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from kdp_host.config import Config, load_config_text
+from kdp_host.host import Host
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.simulator import KubeletSimulator
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short directory under /tmp: unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="kdp", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def socket_dir(short_dir: Path) -> Path:
+    path = short_dir / "dp"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def kubelet(socket_dir: Path) -> AsyncIterator[KubeletSimulator]:
+    sim = KubeletSimulator(socket_dir, dial_timeout=5.0)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Poll a condition that has no event to wait on (file system state, counters)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.001
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+@dataclass
+class RunningHost:
+    host: Host
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    metrics: Metrics
+    config_path: Path | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, timeout)
+
+
+@pytest.fixture
+async def start_host() -> AsyncIterator[Callable[..., object]]:
+    """`await start_host(config_or_yaml, config_path=None)` runs a Host in this event loop."""
+    running: list[RunningHost] = []
+
+    async def start(config: Config | str, config_path: Path | None = None) -> RunningHost:
+        if isinstance(config, str):
+            config = load_config_text(config)
+        metrics = Metrics()
+        host = Host(config=config, metrics=metrics, log=get_logger(), config_path=config_path)
+        stop = asyncio.Event()
+        task = asyncio.create_task(host.run(stop))
+        handle = RunningHost(host, stop, task, metrics, config_path)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        if not handle.task.done():
+            await handle.shutdown()
+
+
+def glob_config(socket_dir: Path, *resources: tuple[str, str], extra: str = "") -> str:
+    """YAML for glob resources given as (name, pattern) pairs."""
+    lines = [f"kubelet: {{socketDir: {socket_dir}}}", "resources:"]
+    for name, pattern in resources:
+        lines += [f"  - name: {name}", f'    glob: {{paths: ["{pattern}"], gracePeriod: 1s}}']
+        if extra:
+            lines += ["    " + line for line in extra.strip().splitlines()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,259 @@
+"""End to end: glob resources served to the kubelet simulator, which follows the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
+
+from .conftest import glob_config, wait_until
+
+FPGA = "vendor.example/fpga"
+SERIAL = "vendor.example/serial"
+
+
+@pytest.fixture
+def devices(short_dir: Path) -> Path:
+    dev = short_dir / "dev"
+    dev.mkdir()
+    for name in ("fpga0", "fpga1", "ttyA0"):
+        (dev / name).touch()
+    return dev
+
+
+def two_resources(socket_dir: Path, dev: Path) -> str:
+    return glob_config(
+        socket_dir,
+        (FPGA, f"{dev}/fpga[0-9]*"),
+        (SERIAL, f"{dev}/ttyA*"),
+        extra='allocate: {env: {DEVS: "{ids}", N: "{count}", R: "{resource}"}}',
+    )
+
+
+async def test_two_resources_register_and_allocate(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    await start_host(two_resources(socket_dir, devices))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    options = kubelet.options(FPGA)
+    assert options is not None and options.get_preferred_allocation_available
+    assert not options.pre_start_required
+
+    response = await kubelet.allocate(FPGA, 2, pod_uid="p1")
+    assert response.envs == {"DEVS": "fpga0,fpga1", "N": "2", "R": FPGA}
+    assert sorted((d.host_path, d.container_path, d.permissions) for d in response.devices) == [
+        (f"{devices}/fpga0", f"{devices}/fpga0", "rw"),
+        (f"{devices}/fpga1", f"{devices}/fpga1", "rw"),
+    ]
+    call = kubelet.preferred_allocation_calls[-1]
+    assert call.error is None and call.size == 2 and len(call.response_ids or ()) == 2
+    with pytest.raises(SimulatorAllocationError, match="Requested: 1, Available: 0"):
+        await kubelet.allocate(FPGA, 1, pod_uid="p2")
+    await kubelet.release("p1")
+    await kubelet.allocate(FPGA, 1, pod_uid="p3")
+
+
+async def test_hot_plug_add_and_remove(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    await start_host(two_resources(socket_dir, devices))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    messages = kubelet.resource(FPGA).list_and_watch_messages
+
+    (devices / "fpga2").touch()
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 3, timeout=5)
+    assert "fpga2" in kubelet.resource(FPGA).healthy_ids
+
+    (devices / "fpga0").unlink()
+    await kubelet.wait_for(lambda: "fpga0" in kubelet.resource(FPGA).unhealthy_ids, timeout=5)
+    assert kubelet.resource(FPGA).capacity == 3 and kubelet.resource(FPGA).allocatable == 2
+    # the grace period (1s here) ends: the vanished device leaves the list
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).capacity == 2, timeout=10)
+    (devices / "fpga0").touch()
+    await kubelet.wait_for(lambda: "fpga0" in kubelet.resource(FPGA).healthy_ids, timeout=5)
+    assert kubelet.resource(FPGA).list_and_watch_messages > messages
+    assert kubelet.resource(SERIAL).registrations == 1
+    assert kubelet.stale_disconnects == 0
+
+
+async def test_twenty_kubelet_restarts_in_a_row(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    running = await start_host(two_resources(socket_dir, devices))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    for restart in range(1, 21):
+        await kubelet.restart()
+        assert kubelet.resource(FPGA).allocatable == 0  # restored from checkpoint, stopped
+        await kubelet.wait_for(
+            lambda r=restart: all(
+                kubelet.resource(n).registrations >= r + 1
+                and kubelet.resource(n).allocatable == (2 if n == FPGA else 1)
+                and not kubelet.resource(n).endpoint_stopped
+                for n in (FPGA, SERIAL)
+            ),
+            timeout=10,
+            description=f"re-registration after restart {restart}",
+        )
+    assert kubelet.stale_disconnects == 0
+    assert running.metrics.kubelet_restarts._value.get() == 20
+    response = await kubelet.allocate(SERIAL, 1)
+    assert [d.container_path for d in response.devices] == [f"{devices}/ttyA0"]
+
+
+async def test_socket_deleted_is_served_again(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    running = await start_host(two_resources(socket_dir, devices))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    runtime = running.host.resources[FPGA]
+    os.unlink(runtime.socket_path)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).registrations == 2, timeout=5)
+    await wait_until(lambda: os.path.exists(runtime.socket_path), what="socket re-created")
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    await kubelet.allocate(FPGA, 1)
+    assert kubelet.resource(SERIAL).registrations == 1
+    assert kubelet.stale_disconnects == 0
+
+
+async def test_socket_dir_created_late_and_kubelet_started_late(
+    short_dir: Path, devices: Path, start_host
+) -> None:
+    socket_dir = short_dir / "later" / "device-plugins"
+    running = await start_host(two_resources(socket_dir, devices))
+    await wait_until(lambda: running.host.resources, what="resources started")
+    assert running.host.not_ready()
+    sim = KubeletSimulator(socket_dir, dial_timeout=5.0)
+    await sim.start()
+    try:
+        await sim.wait_for(lambda: sim.resource(FPGA).allocatable == 2, timeout=10)
+        await sim.wait_for(lambda: sim.resource(SERIAL).allocatable == 1, timeout=10)
+        await wait_until(lambda: not running.host.not_ready(), what="host ready")
+    finally:
+        await sim.stop()
+
+
+async def test_empty_pattern_serves_zero_devices(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    await start_host(glob_config(socket_dir, ("vendor.example/none", f"{devices}/nothing*")))
+    await kubelet.wait_for(lambda: kubelet.resource("vendor.example/none").registrations == 1)
+    assert kubelet.resource("vendor.example/none").capacity == 0
+    (devices / "nothing0").touch()
+    await kubelet.wait_for(lambda: kubelet.resource("vendor.example/none").allocatable == 1)
+
+
+async def test_allocate_unknown_id_is_invalid_argument(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    import grpclib
+    from grpclib.client import Channel
+    from grpclib.const import Status
+
+    from kdp_host.api.v1beta1 import AllocateRequest, ContainerAllocateRequest, DevicePluginStub
+
+    running = await start_host(two_resources(socket_dir, devices))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    channel = Channel(path=running.host.resources[FPGA].socket_path)
+    try:
+        stub = DevicePluginStub(channel)
+        with pytest.raises(grpclib.GRPCError) as err:
+            await stub.allocate(
+                AllocateRequest(container_requests=[ContainerAllocateRequest(devices_ids=["nope"])])
+            )
+        assert err.value.status == Status.INVALID_ARGUMENT
+        assert "unknown device ID(s) nope" in (err.value.message or "")
+        (devices / "fpga1").unlink()
+        await kubelet.wait_for(lambda: "fpga1" in kubelet.resource(FPGA).unhealthy_ids)
+        with pytest.raises(grpclib.GRPCError, match="unhealthy device ID"):
+            await stub.allocate(
+                AllocateRequest(
+                    container_requests=[ContainerAllocateRequest(devices_ids=["fpga1"])]
+                )
+            )
+        two = await stub.allocate(
+            AllocateRequest(
+                container_requests=[
+                    ContainerAllocateRequest(devices_ids=["fpga0"]),
+                    ContainerAllocateRequest(devices_ids=["fpga0"]),
+                ]
+            )
+        )
+        assert len(two.container_responses) == 2
+    finally:
+        channel.close()
+
+
+async def test_crashing_resource_restarts_while_others_serve(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host, monkeypatch
+) -> None:
+    import kdp_host.resource as resource_module
+
+    real_make_driver = resource_module.make_driver
+    crashes = {"left": 2}
+
+    class CrashingDriver:
+        async def run(self, sink: object) -> None:
+            await asyncio.sleep(0.05)
+            raise RuntimeError("driver bug")
+
+        async def scan(self) -> list[object]:
+            return []
+
+    def make_driver(config, ctx):  # type: ignore[no-untyped-def]
+        if ctx.resource == SERIAL and crashes["left"] > 0:
+            crashes["left"] -= 1
+            return CrashingDriver()
+        return real_make_driver(config, ctx)
+
+    monkeypatch.setattr(resource_module, "make_driver", make_driver)
+    monkeypatch.setattr("kdp_host.host.RESTART_BACKOFF", resource_module.Backoff(0.05, 0.1))
+    running = await start_host(two_resources(socket_dir, devices))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1, timeout=15)
+    assert running.metrics.resource_restarts.labels(SERIAL)._value.get() == 2
+    assert kubelet.resource(FPGA).registrations == 1
+
+
+def _sigterm_script(config: Path) -> list[str]:
+    return [sys.executable, "-m", "kdp_host", "run", "--config", str(config)]
+
+
+async def test_sigterm_ends_streams_and_removes_sockets(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path
+) -> None:
+    config = short_dir / "config.yaml"
+    config.write_text(
+        two_resources(socket_dir, devices) + "metrics: {listen: '127.0.0.1:0'}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *_sigterm_script(config), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=20)
+        await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1, timeout=20)
+        sockets = [p for p in os.listdir(socket_dir) if p.startswith("kdp-")]
+        assert len(sockets) == 2
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 10)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+    assert elapsed < 2.0, f"shutdown took {elapsed:.2f}s"
+    assert not [p for p in os.listdir(socket_dir) if p.startswith("kdp-")]
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 0, timeout=5)
+    stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
+    assert "event=host_stopped" in stderr
+    assert "by=plugin" in stderr

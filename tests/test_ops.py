@@ -1,0 +1,277 @@
+"""Operations: metrics, /healthz, /readyz, live config reload."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kdp_host.http import HealthState, HttpServer
+from kdp_host.metrics import Metrics
+from kdp_host.simulator import KubeletSimulator
+
+from .conftest import glob_config, wait_until
+
+FPGA = "vendor.example/fpga"
+SERIAL = "vendor.example/serial"
+NEW = "vendor.example/new"
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client import generate_latest
+
+    out = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    return samples(metrics).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def http(running_health: tuple[Metrics, HealthState]) -> Iterator[int]:
+    metrics, health = running_health
+    server = HttpServer("127.0.0.1", 0, metrics, health)
+    server.start()
+    try:
+        yield server.port
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def running_health() -> tuple[Metrics, HealthState]:
+    return Metrics(), HealthState()
+
+
+@pytest.fixture
+def devices(short_dir: Path) -> Path:
+    dev = short_dir / "dev"
+    dev.mkdir()
+    for name in ("fpga0", "fpga1", "ttyA0"):
+        (dev / name).touch()
+    return dev
+
+
+async def test_http_endpoints(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, http: int, running_health
+) -> None:
+    metrics, health = running_health
+    status, body = await asyncio.to_thread(http_get, http, "/readyz")
+    assert status == 503 and "starting" in body
+    status, body = await asyncio.to_thread(http_get, http, "/healthz")
+    assert status == 503 and "event loop stalled" in body
+    await kubelet.stop()
+    text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"), (SERIAL, f"{devices}/ttyA*"))
+    from kdp_host.config import load_config_text
+    from kdp_host.host import Host
+    from kdp_host.logs import get_logger
+
+    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
+    stop = asyncio.Event()
+    task = asyncio.create_task(host.run(stop))
+    try:
+        await wait_until(lambda: health.last_beat > 0, what="first heartbeat")
+        status, body = await asyncio.to_thread(http_get, http, "/healthz")
+        assert (status, body.strip()) == (200, "ok")
+        await wait_until(lambda: FPGA in health.not_ready, what="readiness computed")
+        status, body = await asyncio.to_thread(http_get, http, "/readyz")
+        assert status == 503 and f"not ready: {FPGA}" in body and SERIAL in body
+        await kubelet.start()
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+        await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+        await wait_until(lambda: not health.not_ready, what="ready")
+        status, body = await asyncio.to_thread(http_get, http, "/readyz")
+        assert (status, body.strip()) == (200, "ok")
+
+        await kubelet.allocate(FPGA, 1)
+        status, text_metrics = await asyncio.to_thread(http_get, http, "/metrics")
+        assert status == 200
+        assert value(metrics, "kdp_devices", resource=FPGA, health="healthy") == 2
+        assert value(metrics, "kdp_allocations_total", resource=FPGA, result="ok") == 1
+        assert value(metrics, "kdp_registrations_total", resource=FPGA, result="ok") == 1
+        assert value(metrics, "kdp_registrations_total", resource=FPGA, result="unavailable") >= 1
+        assert value(metrics, "kdp_registered", resource=SERIAL) == 1
+        assert value(metrics, "kdp_allocate_duration_seconds_count", resource=FPGA) == 1
+        assert value(metrics, "kdp_preferred_allocation_duration_seconds_count", resource=FPGA) == 1
+        assert value(metrics, "kdp_list_and_watch_updates_total", resource=FPGA) >= 1
+        assert value(metrics, "kdp_list_and_watch_streams", resource=FPGA) == 1
+        assert value(metrics, "kdp_driver_scan_duration_seconds_count", resource=FPGA) >= 1
+        assert "kdp_build_info{" in text_metrics and "kdp_event_loop_lag_seconds" in text_metrics
+
+        # a kubelet restart: not ready until registered again, and counted
+        await kubelet.stop()
+        await wait_until(lambda: FPGA in health.not_ready, what="not ready during restart")
+        status, _ = await asyncio.to_thread(http_get, http, "/readyz")
+        assert status == 503
+        await kubelet.start()
+        await wait_until(lambda: not health.not_ready, what="ready again")
+        assert value(metrics, "kdp_kubelet_restarts_total") == 1
+
+        status, body = await asyncio.to_thread(http_get, http, "/nope")
+        assert status == 404
+    finally:
+        stop.set()
+        await task
+
+
+async def test_healthz_turns_503_while_the_loop_is_blocked(
+    socket_dir: Path, devices: Path, http: int, running_health
+) -> None:
+    metrics, health = running_health
+    text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
+    from kdp_host.config import load_config_text
+    from kdp_host.host import Host
+    from kdp_host.logs import get_logger
+
+    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
+    stop = asyncio.Event()
+    task = asyncio.create_task(host.run(stop))
+    try:
+        await wait_until(lambda: health.last_beat > 0, what="first heartbeat")
+        assert (await asyncio.to_thread(http_get, http, "/healthz"))[0] == 200
+        # Block the event loop; the HTTP thread keeps answering, with a 503.
+        result: dict[str, tuple[int, str]] = {}
+
+        def probe_later() -> None:
+            time.sleep(2.5)
+            result["healthz"] = http_get(http, "/healthz")
+
+        import threading
+
+        prober = threading.Thread(target=probe_later)
+        prober.start()
+        time.sleep(3.0)  # noqa: ASYNC251 - the block under test: the loop stalls on purpose
+        prober.join()
+        status, body = result["healthz"]
+        assert status == 503 and "event loop stalled" in body
+        await wait_until(lambda: time.monotonic() - health.last_beat < 1, what="loop recovered")
+        assert (await asyncio.to_thread(http_get, http, "/healthz"))[0] == 200
+        assert value(metrics, "kdp_event_loop_lag_max_seconds") > 2
+    finally:
+        stop.set()
+        await task
+
+
+def write_config(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def test_reload_add_remove_change_unchanged(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    (devices / "new0").touch()
+    config = short_dir / "config.yaml"
+    fpga = (FPGA, f"{devices}/fpga*")
+    serial = (SERIAL, f"{devices}/ttyA*")
+    write_config(config, glob_config(socket_dir, fpga, serial))
+    running = await start_host(config.read_text(), config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    serial_socket = running.host.resources[SERIAL].socket_path
+    serial_identity = os.stat(serial_socket).st_ino, os.stat(serial_socket).st_ctime_ns
+    serial_messages = kubelet.resource(SERIAL).list_and_watch_messages
+
+    # FPGA changes (allocate env), SERIAL stays, NEW is added
+    text = glob_config(socket_dir, serial, (NEW, f"{devices}/new*")) + (
+        f"  - name: {FPGA}\n    glob: {{paths: ['{devices}/fpga*']}}\n"
+        "    allocate: {env: {CHANGED: 'yes'}}\n"
+    )
+    write_config(config, text)
+    await kubelet.wait_for(lambda: kubelet.resource(NEW).allocatable == 1, timeout=10)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).registrations == 2, timeout=10)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    response = await kubelet.allocate(FPGA, 1)
+    assert response.envs == {"CHANGED": "yes"}
+    assert kubelet.resource(SERIAL).registrations == 1
+    assert kubelet.resource(SERIAL).list_and_watch_messages == serial_messages
+    assert (os.stat(serial_socket).st_ino, os.stat(serial_socket).st_ctime_ns) == serial_identity
+    assert value(running.metrics, "kdp_config_reloads_total", result="ok") == 1
+    assert value(running.metrics, "kdp_registrations_total", resource=SERIAL, result="ok") == 1
+
+    # NEW is removed: its socket goes away, the kubelet sees its stream end
+    new_socket = running.host.resources[NEW].socket_path
+    write_config(config, text.replace(f"  - name: {NEW}\n", "  - name: vendor.example/other\n"))
+    await kubelet.wait_for(lambda: kubelet.resource(NEW).allocatable == 0, timeout=10)
+    await wait_until(lambda: not os.path.exists(new_socket), what="removed socket gone")
+    assert NEW not in running.host.resources
+    assert kubelet.resource(SERIAL).registrations == 1
+    assert kubelet.stale_disconnects == 0
+
+
+async def test_invalid_and_refused_reloads_keep_the_last_good_config(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    config = short_dir / "config.yaml"
+    good = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
+    write_config(config, good)
+    running = await start_host(good, config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+
+    write_config(config, good + "  - name: foo\n    glob: {paths: [/dev/x]}\n")
+    await wait_until(
+        lambda: value(running.metrics, "kdp_config_reloads_total", result="invalid") == 1,
+        what="invalid reload counted",
+    )
+    write_config(config, good.replace(str(socket_dir), str(socket_dir) + "2"))
+    await wait_until(
+        lambda: value(running.metrics, "kdp_config_reloads_total", result="refused") == 1,
+        what="refused reload counted",
+    )
+    assert kubelet.resource(FPGA).registrations == 1
+    await kubelet.allocate(FPGA, 1)
+    running.host.request_reload()
+    await wait_until(
+        lambda: value(running.metrics, "kdp_config_reloads_total", result="refused") == 2,
+        what="SIGHUP-style reload re-reads the file",
+    )
+
+
+async def test_configmap_symlink_swap(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    """A ConfigMap volume: config.yaml -> ..data/config.yaml, ..data -> ..<timestamp>/,
+    updated by renaming a new ..data symlink over the old one."""
+    mount = short_dir / "cm"
+    mount.mkdir()
+
+    def publish(version: int, text: str) -> None:
+        stamp = mount / f"..v{version}"
+        stamp.mkdir()
+        (stamp / "config.yaml").write_text(text)
+        tmp_link = mount / "..data_tmp"
+        tmp_link.symlink_to(stamp.name)
+        os.replace(tmp_link, mount / "..data")
+
+    first = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
+    publish(1, first)
+    (mount / "config.yaml").symlink_to("..data/config.yaml")
+    running = await start_host(first, mount / "config.yaml")
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+
+    publish(2, glob_config(socket_dir, (FPGA, f"{devices}/fpga*"), (SERIAL, f"{devices}/ttyA*")))
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1, timeout=10)
+    assert kubelet.resource(FPGA).registrations == 1
+    assert value(running.metrics, "kdp_config_reloads_total", result="ok") == 1
+    info = [k for k in samples(running.metrics) if k[0] == "kdp_config_info"]
+    assert info and dict(info[0][1])["sha256"] == running.host.config.sha256

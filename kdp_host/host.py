@@ -234,25 +234,33 @@ class Host:
             raise ValueError("; ".join(problems))
         plan = plan_reload(self.config, new)
         new_by_name = {r.name: r for r in new.resources}
-        for name in (*plan.removed, *plan.changed):
-            self._stop_later(name)
+        stopping = {name: self._stop_later(name) for name in (*plan.removed, *plan.changed)}
         for name in (*plan.changed, *plan.added):
-            self._start(new_by_name[name])
+            self._start(new_by_name[name], after=stopping.get(name))
         for name in plan.removed:
             self.metrics.forget_resource(name)
         self.config = new
         return plan
 
-    def _start(self, config: ResourceConfig) -> None:
+    def _start(self, config: ResourceConfig, after: asyncio.Task[None] | None = None) -> None:
+        """Start a resource; a restarted one waits until its old runtime has fully stopped.
+
+        Otherwise the old ListAndWatch stream could end after the new registration, and the
+        kubelet would then disconnect the new one (contract §9).
+        """
         assert self._services is not None
         runtime = ResourceRuntime(config, self._services)
         supervised = _Supervised(runtime)
         supervised.task = asyncio.create_task(
-            self._supervise(supervised), name=f"resource:{config.name}"
+            self._supervise(supervised, after), name=f"resource:{config.name}"
         )
         self._resources[config.name] = supervised
 
-    async def _supervise(self, supervised: _Supervised) -> None:
+    async def _supervise(
+        self, supervised: _Supervised, after: asyncio.Task[None] | None = None
+    ) -> None:
+        if after is not None:
+            await asyncio.wait({after})
         backoff = Backoff(initial=RESTART_BACKOFF.initial, maximum=RESTART_BACKOFF.maximum)
         loop = asyncio.get_running_loop()
         runtime = supervised.runtime
@@ -278,12 +286,13 @@ class Host:
                 runtime = ResourceRuntime(runtime.config, self._services)
                 supervised.runtime = runtime
 
-    def _stop_later(self, name: str) -> None:
+    def _stop_later(self, name: str) -> asyncio.Task[None] | None:
         task = self._resources.pop(name).task
         if task is not None:
             task.cancel()
             self._stopping.add(task)
             task.add_done_callback(self._stopping.discard)
+        return task
 
     async def _stop_all(self) -> None:
         for name in list(self._resources):

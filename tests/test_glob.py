@@ -1,0 +1,213 @@
+"""The glob driver, the device table and the directory watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from kdp_host.config import GlobDriverConfig
+from kdp_host.devices import Device, DeviceTable
+from kdp_host.drivers import DriverContext
+from kdp_host.drivers.glob import GlobDriver, device_id_for_path, fixed_parent, watch_dirs
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.watch import InotifyWatcher, PollingWatcher, Watcher
+
+from .conftest import wait_until
+
+
+@pytest.mark.parametrize(
+    ("path", "pattern", "expected"),
+    [
+        ("/dev/fpga0", "/dev/fpga*", "fpga0"),
+        ("/dev/bus/usb/001/002", "/dev/bus/usb/*/*", "001-002"),
+        ("/dev/serial/by-id/usb-FTDI_x-if00", "/dev/serial/by-id/*", "usb-FTDI_x-if00"),
+        ("/opt/dev/fpga0", "/opt/dev/fpga[0-9]", "fpga0"),
+    ],
+)
+def test_ids_are_readable_and_relative_to_the_fixed_directory(
+    path: str, pattern: str, expected: str
+) -> None:
+    assert device_id_for_path(path, fixed_parent(pattern)) == expected
+
+
+def test_ids_are_unique_stable_and_safe() -> None:
+    paths = ["/dev/a/b-c", "/dev/a-b/c", "/dev/a/b_c", "/dev/a_b/c", "/dev/x y", "/dev/x_y"]
+    ids = [device_id_for_path(p, "/dev") for p in paths]
+    assert len(set(ids)) == len(ids)
+    assert ids == [device_id_for_path(p, "/dev") for p in paths]
+    long_id = device_id_for_path("/dev/" + "x" * 300, "/dev")
+    assert len(long_id) <= 128
+    for device_id in [*ids, long_id]:
+        assert all(c.isalnum() or c in "._-" for c in device_id), device_id
+
+
+def test_watch_dirs_cover_wildcard_directories(tmp_path: Path) -> None:
+    for bus in ("001", "002"):
+        (tmp_path / "usb" / bus).mkdir(parents=True)
+    dirs = watch_dirs(f"{tmp_path}/usb/*/*")
+    assert dirs[0] == f"{tmp_path}/usb"
+    assert sorted(dirs[1:]) == [f"{tmp_path}/usb/001", f"{tmp_path}/usb/002"]
+    assert watch_dirs(f"{tmp_path}/dev/fpga*") == [f"{tmp_path}/dev"]
+
+
+def make_driver(config: GlobDriverConfig, watcher: Watcher) -> GlobDriver:
+    log = get_logger().bind(resource="t.io/r")
+    return GlobDriver(config, DriverContext("t.io/r", log, watcher, Metrics()))
+
+
+async def test_scan_resolves_symlinks_and_applies_container_path(tmp_path: Path) -> None:
+    (tmp_path / "ttyUSB0").touch()
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    (by_id / "usb-FTDI_A").symlink_to(tmp_path / "ttyUSB0")
+    (by_id / "subdir").mkdir()
+    config = GlobDriverConfig(paths=(f"{by_id}/*",), container_path="/dev/serial-{name}")
+    devices = await make_driver(config, PollingWatcher(get_logger())).scan()
+    assert [d.id for d in devices] == ["usb-FTDI_A"]
+    node = devices[0].nodes[0]
+    assert node.host_path == str(tmp_path / "ttyUSB0")
+    assert node.container_path == "/dev/serial-usb-FTDI_A"
+    assert devices[0].path == str(by_id / "usb-FTDI_A")
+
+
+@pytest.mark.parametrize("watcher_kind", ["inotify", "poll"])
+async def test_hot_plug_vanish_grace_and_return(tmp_path: Path, watcher_kind: str) -> None:
+    log = get_logger()
+    watcher: Watcher = (
+        InotifyWatcher(log) if watcher_kind == "inotify" else PollingWatcher(log, interval=0.05)
+    )
+    (tmp_path / "fpga0").touch()
+    config = GlobDriverConfig(paths=(f"{tmp_path}/fpga*",), grace_period=0.5, rescan_interval=60)
+    table = DeviceTable()
+    tasks = [
+        asyncio.create_task(watcher.run()),
+        asyncio.create_task(make_driver(config, watcher).run(table)),
+    ]
+
+    def health() -> dict[str, bool]:
+        return {d.id: d.healthy for d in table.snapshot.devices}
+
+    try:
+        await wait_until(lambda: health() == {"fpga0": True}, what="initial scan")
+        (tmp_path / "fpga1").touch()
+        await wait_until(lambda: health() == {"fpga0": True, "fpga1": True}, 5, "hot-plug")
+        (tmp_path / "fpga0").unlink()
+        await wait_until(lambda: health() == {"fpga0": False, "fpga1": True}, 5, "vanished")
+        await wait_until(lambda: health() == {"fpga1": True}, 5, "dropped after grace")
+        (tmp_path / "fpga0").touch()
+        await wait_until(lambda: health() == {"fpga0": True, "fpga1": True}, 5, "came back")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_directory_removed_and_recreated_is_watched_again(tmp_path: Path) -> None:
+    watcher = InotifyWatcher(get_logger(), retry_interval=0.05)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "x0").touch()
+    config = GlobDriverConfig(paths=(f"{dev}/x*",), grace_period=0, rescan_interval=60)
+    table = DeviceTable()
+    tasks = [
+        asyncio.create_task(watcher.run()),
+        asyncio.create_task(make_driver(config, watcher).run(table)),
+    ]
+    ids = lambda: [d.id for d in table.snapshot.devices]  # noqa: E731
+    try:
+        await wait_until(lambda: ids() == ["x0"])
+        (dev / "x0").unlink()
+        dev.rmdir()
+        await wait_until(lambda: ids() == [], 5, "directory gone")
+        dev.mkdir()
+        await asyncio.sleep(0)
+        (dev / "x1").touch()
+        await wait_until(lambda: ids() == ["x1"], 5, "new directory watched")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_unreadable_directory_is_logged_once_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (tmp_path / "open0").touch()
+    real_access = os.access
+    monkeypatch.setattr(
+        "kdp_host.drivers.glob.os.access",
+        lambda path, mode: False if str(path) == str(locked) else real_access(path, mode),
+    )
+    watcher = PollingWatcher(get_logger(), interval=0.05)
+    config = GlobDriverConfig(
+        paths=(f"{locked}/d*", f"{tmp_path}/open*"), rescan_interval=0.1, grace_period=0
+    )
+    table = DeviceTable()
+    task = asyncio.create_task(make_driver(config, watcher).run(table))
+    try:
+        await wait_until(lambda: [d.id for d in table.snapshot.devices] == ["open0"])
+        (tmp_path / "open1").touch()
+        await wait_until(lambda: len(table.snapshot.devices) == 2, 5, "rescans go on")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    warnings = [r for r in caplog.records if r.getMessage() == "device_dir_unreadable"]
+    assert len(warnings) == 1
+
+
+async def test_numa_from_config(tmp_path: Path) -> None:
+    (tmp_path / "a0").touch()
+    config = GlobDriverConfig(paths=(f"{tmp_path}/a*",), numa_node=1)
+    devices = await make_driver(config, PollingWatcher(get_logger())).scan()
+    assert devices[0].numa == 1
+
+
+class TestDeviceTable:
+    async def test_versions_and_waiters(self) -> None:
+        table = DeviceTable()
+        assert table.snapshot.version == 0 and not table.published.is_set()
+        waiter = asyncio.create_task(table.wait_newer(0))
+        assert table.publish([Device("b"), Device("a")])
+        snapshot = await asyncio.wait_for(waiter, 5)
+        assert [d.id for d in snapshot.devices] == ["a", "b"]
+        assert table.published.is_set()
+        assert not table.publish([Device("a"), Device("b")])
+        assert table.snapshot.version == 1
+
+    def test_degraded_and_checks_overlay_health(self) -> None:
+        table = DeviceTable()
+        table.publish([Device("a"), Device("b")])
+        assert table.set_check_result("a", False)
+        assert [e.healthy for e in table.snapshot.advertised] == [False, True]
+        assert not table.set_check_result("a", False)
+        assert not table.set_check_result("zz", False)
+        assert table.set_degraded("probe failed 3 times")
+        assert table.snapshot.healthy_count == 0 and len(table.snapshot.devices) == 2
+        assert table.set_degraded(None)
+        assert table.set_check_result("a", True)
+        assert table.snapshot.healthy_count == 2
+
+    def test_replicas_follow_the_physical_device(self) -> None:
+        table = DeviceTable(replicas=3)
+        table.publish([Device("a"), Device("b", healthy=False)])
+        advertised = {e.id: e.healthy for e in table.snapshot.advertised}
+        assert advertised == {
+            "a::0": True, "a::1": True, "a::2": True,
+            "b::0": False, "b::1": False, "b::2": False,
+        }  # fmt: skip
+        assert table.snapshot.by_advertised_id["a::2"].device.id == "a"
+
+    def test_listeners_see_every_change(self) -> None:
+        table = DeviceTable()
+        seen: list[int] = []
+        table.add_listener(lambda snapshot: seen.append(snapshot.healthy_count))
+        table.publish([Device("a")])
+        table.publish([Device("a"), Device("b")])
+        table.publish([Device("a"), Device("b")])
+        assert seen == [1, 2]

@@ -83,9 +83,7 @@ default_message_pool.register_message("v1beta1", "CDIDevice", CdiDevice)
 
 @dataclass(eq=False, repr=False)
 class ContainerAllocateRequest(betterproto2.Message):
-    devices_ids: "list[str]" = betterproto2.field(
-        1, betterproto2.TYPE_STRING, repeated=True
-    )
+    devices_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message(
@@ -102,30 +100,20 @@ class ContainerAllocateResponse(betterproto2.Message):
     envs: "dict[str, str]" = betterproto2.field(
         1,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
-    mounts: "list[Mount]" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    mounts: "list[Mount]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    devices: "list[DeviceSpec]" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    devices: "list[DeviceSpec]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
 
     annotations: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
-    cdi_devices: "list[CdiDevice]" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    cdi_devices: "list[CdiDevice]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
 default_message_pool.register_message(
@@ -156,23 +144,17 @@ class ContainerPreferredAllocationRequest(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "v1beta1",
-    "ContainerPreferredAllocationRequest",
-    ContainerPreferredAllocationRequest,
+    "v1beta1", "ContainerPreferredAllocationRequest", ContainerPreferredAllocationRequest
 )
 
 
 @dataclass(eq=False, repr=False)
 class ContainerPreferredAllocationResponse(betterproto2.Message):
-    device_i_ds: "list[str]" = betterproto2.field(
-        1, betterproto2.TYPE_STRING, repeated=True
-    )
+    device_i_ds: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message(
-    "v1beta1",
-    "ContainerPreferredAllocationResponse",
-    ContainerPreferredAllocationResponse,
+    "v1beta1", "ContainerPreferredAllocationResponse", ContainerPreferredAllocationResponse
 )
 
 
@@ -210,17 +192,13 @@ class DevicePluginOptions(betterproto2.Message):
     The kubelet calls PreStartContainer before every container (re)start.
     """
 
-    get_preferred_allocation_available: "bool" = betterproto2.field(
-        2, betterproto2.TYPE_BOOL
-    )
+    get_preferred_allocation_available: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
     """
     The kubelet calls GetPreferredAllocation before Allocate.
     """
 
 
-default_message_pool.register_message(
-    "v1beta1", "DevicePluginOptions", DevicePluginOptions
-)
+default_message_pool.register_message("v1beta1", "DevicePluginOptions", DevicePluginOptions)
 
 
 @dataclass(eq=False, repr=False)
@@ -252,14 +230,10 @@ class ListAndWatchResponse(betterproto2.Message):
     The whole device list of the resource, never a delta.
     """
 
-    devices: "list[Device]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    devices: "list[Device]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
-default_message_pool.register_message(
-    "v1beta1", "ListAndWatchResponse", ListAndWatchResponse
-)
+default_message_pool.register_message("v1beta1", "ListAndWatchResponse", ListAndWatchResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -284,8 +258,8 @@ default_message_pool.register_message("v1beta1", "NUMANode", NumaNode)
 
 @dataclass(eq=False, repr=False)
 class PreferredAllocationRequest(betterproto2.Message):
-    container_requests: "list[ContainerPreferredAllocationRequest]" = (
-        betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    container_requests: "list[ContainerPreferredAllocationRequest]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
 
@@ -296,8 +270,8 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class PreferredAllocationResponse(betterproto2.Message):
-    container_responses: "list[ContainerPreferredAllocationResponse]" = (
-        betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    container_responses: "list[ContainerPreferredAllocationResponse]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
 
@@ -308,9 +282,7 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class PreStartContainerRequest(betterproto2.Message):
-    devices_ids: "list[str]" = betterproto2.field(
-        1, betterproto2.TYPE_STRING, repeated=True
-    )
+    devices_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message(
@@ -355,9 +327,7 @@ default_message_pool.register_message("v1beta1", "RegisterRequest", RegisterRequ
 
 @dataclass(eq=False, repr=False)
 class TopologyInfo(betterproto2.Message):
-    nodes: "list[NumaNode]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    nodes: "list[NumaNode]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
 default_message_pool.register_message("v1beta1", "TopologyInfo", TopologyInfo)
@@ -499,15 +469,11 @@ class DevicePluginBase(betterproto2_grpclib.ServiceBase):
     Served by each plugin on its own socket.
     """
 
-    async def get_device_plugin_options(
-        self, message: "Empty"
-    ) -> "DevicePluginOptions":
+    async def get_device_plugin_options(self, message: "Empty") -> "DevicePluginOptions":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list_and_watch(
-        self, message: "Empty"
-    ) -> "AsyncIterator[ListAndWatchResponse]":
+    async def list_and_watch(self, message: "Empty") -> "AsyncIterator[ListAndWatchResponse]":
         """
         A stream of complete device lists: one at once, then one after every change.
         """
@@ -568,8 +534,7 @@ class DevicePluginBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_pre_start_container(
-        self,
-        stream: "grpclib.server.Stream[PreStartContainerRequest, PreStartContainerResponse]",
+        self, stream: "grpclib.server.Stream[PreStartContainerRequest, PreStartContainerResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -621,9 +586,7 @@ class RegistrationBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def __rpc_register(
-        self, stream: "grpclib.server.Stream[RegisterRequest, Empty]"
-    ) -> None:
+    async def __rpc_register(self, stream: "grpclib.server.Stream[RegisterRequest, Empty]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.register(request)

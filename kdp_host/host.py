@@ -9,9 +9,11 @@ ones restart, unchanged ones are not touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +67,32 @@ def restart_required(old: Config, new: Config) -> list[str]:
     if old.metrics != new.metrics:
         problems.append("metrics.listen changed: restart kdp-host to apply")
     return problems
+
+
+def remove_stale_sockets(socket_dir: str, log: EventLogger) -> None:
+    """Remove `kdp-*.sock` files nobody listens on: left by an instance that was killed.
+
+    Sockets of a live instance (another pod during a rolling upgrade) accept connections
+    and are kept.
+    """
+    try:
+        names = [n for n in os.listdir(socket_dir) if n.startswith("kdp-") and n.endswith(".sock")]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(socket_dir, name)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.5)
+            try:
+                probe.connect(path)
+                continue
+            except ConnectionRefusedError:
+                pass
+            except OSError:
+                continue
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            log.info("stale_socket_removed", socket=path)
 
 
 @dataclass
@@ -124,6 +152,7 @@ class Host:
             watcher=watcher.kind,
         )
         self._record_config(self.config)
+        await asyncio.to_thread(remove_stale_sockets, socket_dir, self.log)
         internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
         if self.config_path is not None:
             internal.append(asyncio.create_task(self._reload_loop(self.config_path), name="reload"))

@@ -255,3 +255,24 @@ async def test_sigterm_ends_streams_and_removes_sockets(
     stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
     assert "event=host_stopped" in stderr
     assert "by=plugin" in stderr
+
+
+async def test_stale_sockets_of_a_killed_instance_are_removed(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    import socket as socket_module
+
+    stale = socket_dir / "kdp-vendor.example_fpga-dead0000.sock"
+    live = socket_dir / "kdp-vendor.example_fpga-live0000.sock"
+    with socket_module.socket(socket_module.AF_UNIX) as dead:
+        dead.bind(str(stale))
+    listener = socket_module.socket(socket_module.AF_UNIX)
+    listener.bind(str(live))
+    listener.listen()
+    try:
+        await start_host(two_resources(socket_dir, devices))
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+        assert not stale.exists()
+        assert live.exists()
+    finally:
+        listener.close()

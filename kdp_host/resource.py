@@ -102,6 +102,11 @@ class ResourceRuntime:
 
                 checker = HealthChecker(self.config.health, ctx, self.table)
                 group.create_task(checker.run(), name=f"{self.config.name}:health")
+            if self.config.allocate.cdi is not None:
+                from .cdi import CdiSpecWriter
+
+                writer = CdiSpecWriter(self.config, self.table, self.log)
+                group.create_task(writer.run(), name=f"{self.config.name}:cdi")
             group.create_task(self._serve_forever(), name=f"{self.config.name}:serve")
 
     async def _serve_forever(self) -> None:

@@ -1,0 +1,345 @@
+"""The CDI spec file of a resource with `allocate.cdi`: written, kept current, removed.
+
+Allocate answers with CDI device names `<kind>=<name>`; the container runtime resolves
+them through spec files in its CDI directories (`/etc/cdi`, `/var/run/cdi`). For each such
+resource the host keeps one JSON spec there, named after the resource
+(`kdp-host_vendor.example_fpga.json`): resource names are unique in a config and the
+kubelet takes one plugin per resource, so two resources never share a file, even when
+they share a CDI kind, and a restarted host overwrites its own file instead of leaving a
+second one.
+
+What goes into the spec (each device: device nodes and mounts; the spec: the resource's
+mounts) is what is true for a device whatever else the container got. Runtimes apply CDI
+edits after the kubelet's env (CDI replaces a variable that is already set), so values that
+depend on the whole allocation (`{ids}`, `{paths}`, `{count}`, per-device env that other
+devices set differently, the resource-level env keys) stay in the Allocate response only:
+a per-device copy would override the combined value.
+
+Writes are atomic (temporary file in the same directory, then rename; the temporary name
+does not end in .json, so CDI watchers ignore it), happen only when the content changed,
+and are coalesced: a burst of device changes is written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from .allocation import (
+    ALLOCATION_DEPENDENT_FIELD,
+    cdi_device_name,
+    has_cdi_edits,
+    render_template,
+)
+from .config import ResourceConfig
+from .devices import Device, DeviceTable, Snapshot
+from .logs import EventLogger
+
+DEFAULT_SPEC_DIR = "/var/run/cdi"
+FILE_PREFIX = "kdp-host_"
+MAX_SLUG = 200
+DEBOUNCE = 0.05
+"""Seconds to let a burst of device changes settle before writing."""
+RETRY_INTERVAL = 5.0
+"""Seconds before retrying a failed write when nothing changed meanwhile."""
+
+_VENDOR_OR_CLASS = re.compile(r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
+def cdi_kind_problem(kind: str) -> str | None:
+    """Why CDI would reject `kind` (`vendor/class`), or None.
+
+    CDI's parser: vendor and class start with a letter, end with a letter or digit, and
+    hold only letters, digits, `_`, `-` and `.` (a `.` in the class needs cdiVersion 0.6.0).
+    One-character names are left out: CDI's Go validator mis-slices them.
+    """
+    vendor, sep, klass = kind.partition("/")
+    if not sep or not vendor or not klass:
+        return "must be vendor/class, e.g. vendor.example/fpga"
+    for what, name in (("vendor", vendor), ("class", klass)):
+        if len(name) < 2 or not _VENDOR_OR_CLASS.fullmatch(name):
+            return (
+                f"{what} {name!r} must start with a letter, end with a letter or digit and "
+                "hold only letters, digits, '_', '-' and '.' (at least 2 characters)"
+            )
+    return None
+
+
+def spec_dir(resource: ResourceConfig) -> str:
+    cdi = resource.allocate.cdi
+    return (cdi.spec_dir if cdi is not None else None) or DEFAULT_SPEC_DIR
+
+
+def spec_file_name(resource_name: str) -> str:
+    """`vendor.example/fpga` -> `kdp-host_vendor.example_fpga.json`.
+
+    One-to-one: the domain part of a resource name cannot hold `_`, so the first `_` after
+    the prefix always stands for the `/`. Very long names are cut and get a hash.
+    """
+    slug = resource_name.replace("/", "_")
+    if len(slug) > MAX_SLUG:
+        digest = hashlib.sha256(resource_name.encode()).hexdigest()[:12]
+        slug = f"{slug[: MAX_SLUG - 13]}-{digest}"
+    return f"{FILE_PREFIX}{slug}.json"
+
+
+def spec_path(resource: ResourceConfig) -> str:
+    return os.path.join(spec_dir(resource), spec_file_name(resource.name))
+
+
+def minimum_cdi_version(kind: str) -> str:
+    """The lowest cdiVersion that has every feature the spec uses.
+
+    Older runtimes reject versions they do not know, so the spec declares the minimum,
+    as CDI's own producer does: 0.5.0 for `hostPath` on device nodes (and device names
+    starting with a digit), 0.6.0 when the class holds a `.`. Nothing we write needs
+    0.7.0+ (intelRdt, additionalGids).
+    """
+    _, _, klass = kind.partition("/")
+    return "0.6.0" if "." in klass else "0.5.0"
+
+
+def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] | None:
+    """The spec for the snapshot's physical devices, or None when it would hold none.
+
+    CDI rejects a spec without devices and a device without edits, so devices with neither
+    a device node nor a mount are left out (Allocate gives them no CDI name either).
+    """
+    cdi = resource.allocate.cdi
+    if cdi is None:
+        return None
+    allocate = resource.allocate
+    shared_env = _consistent_device_env(snapshot.devices, allocate.env.keys())
+    devices: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for device in snapshot.devices:
+        if not has_cdi_edits(device):
+            continue
+        name = cdi_device_name(device.id)
+        if name in names:
+            continue
+        names.add(name)
+        devices.append(
+            {
+                "name": name,
+                "containerEdits": _device_edits(device, allocate.permissions, shared_env),
+            }
+        )
+    if not devices:
+        return None
+    spec: dict[str, Any] = {
+        "cdiVersion": minimum_cdi_version(cdi.kind),
+        "kind": cdi.kind,
+        "devices": devices,
+    }
+    values = {"resource": resource.name}
+    env = [
+        f"{key}={render_template(text, values)}"
+        for key, text in allocate.env.items()
+        if not ALLOCATION_DEPENDENT_FIELD.search(text)
+    ]
+    mounts: dict[str, dict[str, Any]] = {}
+    for mount in allocate.mounts:
+        mounts.setdefault(
+            mount.container_path, _mount(mount.host_path, mount.container_path, mount.read_only)
+        )
+    edits: dict[str, Any] = {}
+    if env:
+        edits["env"] = env
+    if mounts:
+        edits["mounts"] = list(mounts.values())
+    if edits:
+        spec["containerEdits"] = edits
+    return spec
+
+
+def encode_spec(spec: Mapping[str, Any]) -> bytes:
+    return (json.dumps(spec, indent=2) + "\n").encode()
+
+
+def render_spec_file(resource: ResourceConfig, snapshot: Snapshot) -> bytes | None:
+    spec = build_spec(resource, snapshot)
+    return None if spec is None else encode_spec(spec)
+
+
+def _consistent_device_env(devices: Iterable[Device], configured: Iterable[str]) -> frozenset[str]:
+    """Per-device env keys that can go into the spec: not configured at resource level,
+    and set to one value by every device that sets them."""
+    values: dict[str, set[str]] = {}
+    for device in devices:
+        for key, value in device.env.items():
+            values.setdefault(key, set()).add(value)
+    blocked = set(configured)
+    return frozenset(key for key, seen in values.items() if len(seen) == 1 and key not in blocked)
+
+
+def _device_edits(device: Device, permissions: str, shared_env: frozenset[str]) -> dict[str, Any]:
+    edits: dict[str, Any] = {}
+    nodes: dict[str, dict[str, Any]] = {}
+    for node in device.nodes:
+        nodes.setdefault(
+            node.container_path,
+            {"path": node.container_path, "hostPath": node.host_path, "permissions": permissions},
+        )
+    if nodes:
+        edits["deviceNodes"] = list(nodes.values())
+    env = [f"{key}={value}" for key, value in sorted(device.env.items()) if key in shared_env]
+    if env:
+        edits["env"] = env
+    mounts: dict[str, dict[str, Any]] = {}
+    for mount in device.mounts:
+        mounts.setdefault(
+            mount.container_path, _mount(mount.host_path, mount.container_path, mount.read_only)
+        )
+    if mounts:
+        edits["mounts"] = list(mounts.values())
+    return edits
+
+
+def _mount(host_path: str, container_path: str, read_only: bool) -> dict[str, Any]:
+    return {
+        "hostPath": host_path,
+        "containerPath": container_path,
+        "options": ["ro" if read_only else "rw", "bind"],
+    }
+
+
+@dataclass
+class CdiSpecWriter:
+    """Keeps one resource's CDI spec file equal to its device table, until cancelled.
+
+    Runs as a task of the resource: waits for the driver's first list, writes, then wakes
+    on every table change (coalescing bursts for `debounce` seconds) and rewrites when the
+    content changed. Removes the file when cancelled (the resource stopped). Never raises:
+    a failed write is logged and retried.
+    """
+
+    resource: ResourceConfig
+    table: DeviceTable
+    log: EventLogger
+    debounce: float = DEBOUNCE
+    retry_interval: float = RETRY_INTERVAL
+    path: str = field(init=False)
+    writes: int = field(default=0, init=False)
+    """Files written."""
+    failures: int = field(default=0, init=False)
+    """Failed attempts to write or remove the file (retried)."""
+    synced_version: int = field(default=-1, init=False)
+    """Version of the last snapshot the file on disk reflects."""
+    _on_disk: bytes | None = field(default=None, init=False, repr=False)
+    _last_error: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = spec_path(self.resource)
+
+    async def run(self) -> None:
+        cdi = self.resource.allocate.cdi
+        if cdi is None:
+            return
+        if problem := cdi_kind_problem(cdi.kind):
+            self.log.error("cdi_kind_invalid", kind=cdi.kind, reason=problem)
+        try:
+            self._on_disk = await _read_or_none(self.path)
+            await self.table.published.wait()
+            snapshot = self.table.snapshot
+            while True:
+                if await self._sync(snapshot):
+                    snapshot = await self.table.wait_newer(snapshot.version)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        snapshot = await asyncio.wait_for(
+                            self.table.wait_newer(snapshot.version), self.retry_interval
+                        )
+                await asyncio.sleep(self.debounce)
+                snapshot = self.table.snapshot
+        finally:
+            await self._remove()
+
+    async def _sync(self, snapshot: Snapshot) -> bool:
+        try:
+            content = await asyncio.to_thread(render_spec_file, self.resource, snapshot)
+            if content != self._on_disk:
+                if content is None:
+                    await _unlink(self.path)
+                    self.log.info("cdi_spec_removed", path=self.path, reason="no_devices")
+                else:
+                    await write_atomic(self.path, content)
+                    self.writes += 1
+                    self.log.info("cdi_spec_written", path=self.path, version=snapshot.version)
+                self._on_disk = content
+        except OSError as exc:
+            self.failures += 1
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_error:
+                self.log.warning("cdi_spec_write_failed", path=self.path, reason=message)
+                self._last_error = message
+            return False
+        except Exception:
+            self.failures += 1
+            # A bug here must not take the resource down: its devices are still served.
+            self.log.exception("cdi_spec_write_failed", path=self.path)
+            self._last_error = "internal error"
+            return False
+        self._last_error = None
+        self.synced_version = snapshot.version
+        return True
+
+    async def _remove(self) -> None:
+        try:
+            if await _unlink(self.path):
+                self.log.info("cdi_spec_removed", path=self.path, reason="resource_stopped")
+        except OSError as exc:
+            self.log.warning("cdi_spec_remove_failed", path=self.path, reason=str(exc))
+        self._on_disk = None
+
+
+async def write_atomic(path: str, data: bytes) -> None:
+    """Write `path` all at once: a temporary file next to it, fsync, then rename over it.
+
+    Creates the directory when missing. Readers see the old content or the new one, never
+    a partial file; the temporary name (`.<name>.<random>.tmp`) is ignored by CDI.
+    """
+    directory = os.path.dirname(path) or "."
+    await aiofiles.os.makedirs(directory, mode=0o755, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    try:
+        async with aiofiles.open(temporary, "xb", opener=_open_0644) as out:
+            await out.write(data)
+            await out.flush()
+            await asyncio.to_thread(os.fsync, out.fileno())
+        await aiofiles.os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            await aiofiles.os.remove(temporary)
+        raise
+
+
+def _open_0644(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o644)
+
+
+async def _read_or_none(path: str) -> bytes | None:
+    try:
+        async with aiofiles.open(path, "rb") as f:
+            return await f.read()
+    except OSError:
+        return None
+
+
+async def _unlink(path: str) -> bool:
+    try:
+        await aiofiles.os.remove(path)
+    except FileNotFoundError:
+        return False
+    return True

@@ -1,0 +1,523 @@
+"""The CDI spec file: content against the CDI spec's rules, atomic writes, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdp_host import cdi as cdi_module
+from kdp_host.allocation import AllocationBuilder
+from kdp_host.cdi import (
+    CdiSpecWriter,
+    build_spec,
+    cdi_kind_problem,
+    minimum_cdi_version,
+    render_spec_file,
+    spec_file_name,
+    spec_path,
+    write_atomic,
+)
+from kdp_host.config import (
+    AllocateConfig,
+    CdiConfig,
+    GlobDriverConfig,
+    MountConfig,
+    ResourceConfig,
+    extended_resource_name_problem,
+)
+from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
+from kdp_host.logs import get_logger
+
+from .conftest import wait_until
+
+RESOURCE = "vendor.example/fpga"
+KIND = "vendor.example/fpga"
+
+# ---------------------------------------------------------------- the CDI spec's own rules
+# From the CDI specification repository (cncf-tags/container-device-interface):
+# schema/schema.json + schema/defs.json (required fields), pkg/parser/parser.go (names),
+# specs-go/version.go (minimum version per feature), pkg/cdi/spec.go + container-edits.go
+# (no devices / empty device edits / duplicate names are errors).
+
+KNOWN_VERSIONS = ("0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0")
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]*")
+_DEVICE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?")
+
+CDI_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "type": "object",
+    "properties": {
+        "cdiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "annotations": {"$ref": "#/definitions/mapStringString"},
+        "devices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "annotations": {"$ref": "#/definitions/mapStringString"},
+                    "containerEdits": {"$ref": "#/definitions/containerEdits"},
+                },
+                "required": ["name", "containerEdits"],
+            },
+        },
+        "containerEdits": {"$ref": "#/definitions/containerEdits"},
+    },
+    "required": ["cdiVersion", "kind", "devices"],
+    "definitions": {
+        "ArrayOfStrings": {"type": "array", "items": {"type": "string"}},
+        "mapStringString": {"type": "object", "additionalProperties": {"type": "string"}},
+        "DeviceNode": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "hostPath": {"type": "string"},
+                "permissions": {"type": "string"},
+                "type": {"type": "string"},
+            },
+            "required": ["path"],
+        },
+        "Mount": {
+            "type": "object",
+            "properties": {
+                "hostPath": {"type": "string"},
+                "containerPath": {"type": "string"},
+                "options": {"$ref": "#/definitions/ArrayOfStrings"},
+                "type": {"type": "string"},
+            },
+            "required": ["hostPath", "containerPath"],
+        },
+        "containerEdits": {
+            "type": "object",
+            "properties": {
+                "env": {"$ref": "#/definitions/ArrayOfStrings"},
+                "deviceNodes": {"type": "array", "items": {"$ref": "#/definitions/DeviceNode"}},
+                "mounts": {"type": "array", "items": {"$ref": "#/definitions/Mount"}},
+            },
+        },
+    },
+}
+
+
+def _vendor_or_class_ok(name: str) -> bool:
+    return (
+        len(name) >= 2
+        and name[0].isascii()
+        and name[0].isalpha()
+        and name[-1].isascii()
+        and name[-1].isalnum()
+        and _NAME_CHARS.fullmatch(name) is not None
+    )
+
+
+def _required_version(spec: dict[str, Any]) -> tuple[int, ...]:
+    required = (0, 3, 0)
+    _, _, klass = spec["kind"].partition("/")
+    edits = [d["containerEdits"] for d in spec["devices"]] + [spec.get("containerEdits", {})]
+    if any(m.get("type") for e in edits for m in e.get("mounts", [])):
+        required = max(required, (0, 4, 0))
+    if any(not d["name"][0].isalpha() for d in spec["devices"]) or any(
+        n.get("hostPath") for e in edits for n in e.get("deviceNodes", [])
+    ):
+        required = max(required, (0, 5, 0))
+    if (
+        "." in klass
+        or spec.get("annotations")
+        or any(d.get("annotations") for d in spec["devices"])
+    ):
+        required = max(required, (0, 6, 0))
+    return required
+
+
+def _check_edits(edits: dict[str, Any], *, device: bool) -> None:
+    allowed = {"env", "deviceNodes", "mounts", "hooks", "netDevices", "intelRdt", "additionalGids"}
+    assert set(edits) <= allowed, edits
+    if device:
+        assert any(edits.get(key) for key in allowed), "CDI: invalid device, empty device edits"
+    for entry in edits.get("env", []):
+        assert entry.find("=") > 0, f"CDI: invalid environment variable {entry!r}"
+    for node in edits.get("deviceNodes", []):
+        assert node["path"], "CDI: invalid (empty) device path"
+        assert node["path"].startswith("/") and node.get("hostPath", "/").startswith("/")
+        permissions = node.get("permissions", "")
+        assert permissions == "none" or not permissions.strip("rwm"), permissions
+    for mount in edits.get("mounts", []):
+        assert mount["hostPath"] and mount["containerPath"]
+        assert set(mount.get("options", [])) <= {"ro", "rw", "bind", "rbind"}
+
+
+def validate_cdi_spec(spec: dict[str, Any]) -> None:
+    """What CDI's ReadSpec enforces, for the fields kdp-host writes."""
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(spec, CDI_SCHEMA)
+    assert spec["cdiVersion"] in KNOWN_VERSIONS
+    declared = tuple(int(p) for p in spec["cdiVersion"].split("."))
+    assert declared >= _required_version(spec), "CDI: the spec version must be at least ..."
+    vendor, sep, klass = spec["kind"].partition("/")
+    assert sep and _vendor_or_class_ok(vendor) and _vendor_or_class_ok(klass), spec["kind"]
+    assert spec["devices"], "CDI: invalid spec, no devices"
+    names = [d["name"] for d in spec["devices"]]
+    assert len(names) == len(set(names)), "CDI: invalid spec, multiple device"
+    for device in spec["devices"]:
+        assert _DEVICE_NAME.fullmatch(device["name"]), device["name"]
+        _check_edits(device["containerEdits"], device=True)
+    _check_edits(spec.get("containerEdits", {}), device=False)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resource(
+    spec_dir: Path | None = None,
+    *,
+    kind: str = KIND,
+    env: dict[str, str] | None = None,
+    mounts: tuple[MountConfig, ...] = (),
+    replicas: int = 1,
+    also_device_specs: bool = False,
+    permissions: str = "rw",
+) -> ResourceConfig:
+    return ResourceConfig(
+        name=RESOURCE,
+        driver=GlobDriverConfig(paths=("/dev/fpga*",)),
+        allocate=AllocateConfig(
+            env=env or {},
+            mounts=mounts,
+            permissions=permissions,
+            cdi=CdiConfig(
+                kind=kind,
+                also_device_specs=also_device_specs,
+                spec_dir=str(spec_dir) if spec_dir is not None else None,
+            ),
+        ),
+        replicas=replicas,
+    )
+
+
+def dev(device_id: str, **extra: Any) -> Device:
+    nodes = extra.pop("nodes", (DeviceNode(f"/dev/{device_id}", f"/dev/{device_id}"),))
+    return Device(id=device_id, nodes=nodes, **extra)
+
+
+def snapshot(devices: Sequence[Device], replicas: int = 1) -> Snapshot:
+    table = DeviceTable(replicas=replicas)
+    table.publish(devices)
+    return table.snapshot
+
+
+def cdi_names(response: Any) -> list[str]:
+    return [c.name.split("=", 1)[1] for c in response.cdi_devices]
+
+
+# --------------------------------------------------------------------------- content
+
+
+def test_spec_content() -> None:
+    config = resource(
+        env={"DEVS": "{ids}", "N": "{count}", "MODE": "fast", "RES": "{resource}"},
+        mounts=(MountConfig("/opt/fw", "/fw"), MountConfig("/var/state", "/state", False)),
+        replicas=4,
+        permissions="rwm",
+    )
+    devices = [
+        dev("fpga0", numa=0, env={"SLOT": "0", "VENDOR": "acme"}),
+        dev(
+            "fpga1",
+            numa=1,
+            env={"SLOT": "1", "VENDOR": "acme"},
+            mounts=(DeviceMount("/lib/fpga1", "/lib/fpga", True),),
+        ),
+    ]
+    spec = build_spec(config, snapshot(devices, replicas=4))
+    assert spec is not None
+    validate_cdi_spec(spec)
+    assert spec == {
+        "cdiVersion": "0.5.0",
+        "kind": KIND,
+        "devices": [
+            {
+                "name": "fpga0",
+                "containerEdits": {
+                    "deviceNodes": [
+                        {"path": "/dev/fpga0", "hostPath": "/dev/fpga0", "permissions": "rwm"}
+                    ],
+                    "env": ["VENDOR=acme"],
+                },
+            },
+            {
+                "name": "fpga1",
+                "containerEdits": {
+                    "deviceNodes": [
+                        {"path": "/dev/fpga1", "hostPath": "/dev/fpga1", "permissions": "rwm"}
+                    ],
+                    "env": ["VENDOR=acme"],
+                    "mounts": [
+                        {
+                            "hostPath": "/lib/fpga1",
+                            "containerPath": "/lib/fpga",
+                            "options": ["ro", "bind"],
+                        }
+                    ],
+                },
+            },
+        ],
+        # allocation-dependent templates ({ids}, {count}) and per-device values that differ
+        # between devices (SLOT) only travel in the Allocate response
+        "containerEdits": {
+            "env": ["MODE=fast", f"RES={RESOURCE}"],
+            "mounts": [
+                {"hostPath": "/opt/fw", "containerPath": "/fw", "options": ["ro", "bind"]},
+                {"hostPath": "/var/state", "containerPath": "/state", "options": ["rw", "bind"]},
+            ],
+        },
+    }
+
+
+def test_spec_version_and_kind_rules() -> None:
+    assert minimum_cdi_version("vendor.example/fpga") == "0.5.0"
+    assert minimum_cdi_version("vendor.example/fpga.v2") == "0.6.0"
+    spec = build_spec(resource(kind="vendor.example/fpga.v2"), snapshot([dev("0fpga")]))
+    assert spec is not None and spec["cdiVersion"] == "0.6.0"
+    validate_cdi_spec(spec)
+    assert cdi_kind_problem("vendor.example/fpga") is None
+    assert cdi_kind_problem("vendor.example/fpga.v2") is None
+    for bad in ("fpga", "/fpga", "vendor/", "1vendor.example/fpga", "vendor/fpga_", "v/fpga"):
+        assert cdi_kind_problem(bad) is not None, bad
+
+
+def test_no_spec_without_devices_with_edits() -> None:
+    config = resource()
+    assert build_spec(config, snapshot([])) is None
+    assert build_spec(config, snapshot([dev("bare", nodes=(), env={"K": "v"})])) is None
+    assert render_spec_file(config, snapshot([])) is None
+
+
+def test_spec_names_match_allocate_names() -> None:
+    odd = ["dongle/1", "_hidden", "a b", "ok-1", "tail.", "x"]
+    devices = [dev(i, nodes=(DeviceNode("/dev/null", f"/dev/d{n}"),)) for n, i in enumerate(odd)]
+    config = resource(replicas=2)
+    snap = snapshot(devices, replicas=2)
+    spec = build_spec(config, snap)
+    assert spec is not None
+    validate_cdi_spec(spec)
+    names = {d["name"] for d in spec["devices"]}
+    response = AllocationBuilder(config).container_response(snap, [e.id for e in snap.advertised])
+    assert set(cdi_names(response)) == names
+    assert all(c.name.startswith(f"{KIND}=") for c in response.cdi_devices)
+    assert response.devices == []
+    with_specs = AllocationBuilder(resource(also_device_specs=True, replicas=2))
+    assert len(with_specs.container_response(snap, ["x::0", "x::1"]).devices) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=6, unique=True),
+    st.integers(1, 3),
+    st.data(),
+)
+def test_every_allocate_cdi_name_is_in_the_spec(
+    device_ids: list[str], replicas: int, data: st.DataObject
+) -> None:
+    devices = [
+        Device(id=i, nodes=(DeviceNode("/dev/null", f"/dev/d{n}"),))
+        for n, i in enumerate(device_ids)
+    ]
+    config = resource(replicas=replicas)
+    snap = snapshot(devices, replicas)
+    spec = build_spec(config, snap)
+    assert spec is not None
+    validate_cdi_spec(spec)
+    chosen = data.draw(
+        st.lists(st.sampled_from([e.id for e in snap.advertised]), min_size=1, unique=True)
+    )
+    response = AllocationBuilder(config).container_response(snap, chosen)
+    assert set(cdi_names(response)) <= {d["name"] for d in spec["devices"]}
+    assert len(response.cdi_devices) == len({snap.by_advertised_id[i].device.id for i in chosen})
+
+
+def test_file_names() -> None:
+    assert spec_file_name("vendor.example/fpga") == "kdp-host_vendor.example_fpga.json"
+    # one-to-one because a resource name's domain cannot hold "_" (the first "_" is the "/")
+    assert spec_file_name("a.b/c_d") == "kdp-host_a.b_c_d.json"
+    assert extended_resource_name_problem("a.b_c/d") is not None
+    long_name = "a" * 250 + ".example/x"
+    assert len(spec_file_name(long_name)) < 255
+    assert spec_file_name(long_name) != spec_file_name("a" * 250 + ".example/y")
+    default = ResourceConfig(
+        name=RESOURCE,
+        driver=GlobDriverConfig(paths=("/dev/x",)),
+        allocate=AllocateConfig(cdi=CdiConfig(kind=KIND)),
+    )
+    assert spec_path(default) == "/var/run/cdi/kdp-host_vendor.example_fpga.json"
+
+
+# --------------------------------------------------------------------------- atomic write
+
+
+async def test_write_atomic_replaces_by_rename(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "dir" / "spec.json"
+    await write_atomic(str(target), b"one")
+    assert target.read_bytes() == b"one"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o644 & ~_umask())
+    reader = os.open(target, os.O_RDONLY)  # an open reader keeps the old inode
+    try:
+        old_inode = target.stat().st_ino
+        await write_atomic(str(target), b"two")
+        assert target.read_bytes() == b"two"
+        assert target.stat().st_ino != old_inode
+        assert os.read(reader, 16) == b"one"  # the old file was never modified in place
+    finally:
+        os.close(reader)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["spec.json"]
+
+
+async def test_write_atomic_failure_keeps_old_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "spec.json"
+    await write_atomic(str(target), b"old")
+
+    async def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cdi_module.aiofiles.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space"):
+        await write_atomic(str(target), b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["spec.json"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+class RunningWriter:
+    def __init__(self, writer: CdiSpecWriter) -> None:
+        self.writer = writer
+        self.task = asyncio.create_task(writer.run())
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.task
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[list[RunningWriter]]:
+    started: list[RunningWriter] = []
+    yield started
+    for item in started:
+        if not item.task.done():
+            await item.stop()
+
+
+def start_writer(
+    running: list[RunningWriter], config: ResourceConfig, table: DeviceTable, **options: float
+) -> CdiSpecWriter:
+    writer = CdiSpecWriter(config, table, get_logger(), **options)
+    running.append(RunningWriter(writer))
+    return writer
+
+
+def synced(writer: CdiSpecWriter, table: DeviceTable) -> bool:
+    return writer.synced_version == table.snapshot.version
+
+
+async def test_writer_keeps_file_current_and_removes_it(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    config = resource(tmp_path / "cdi")
+    table = DeviceTable()
+    writer = start_writer(running, config, table, debounce=0.01)
+    path = Path(writer.path)
+    assert path == tmp_path / "cdi" / "kdp-host_vendor.example_fpga.json"
+
+    table.publish([dev("fpga0"), dev("fpga1")])
+    await wait_until(lambda: synced(writer, table), what="first write")
+    spec = json.loads(path.read_text())
+    validate_cdi_spec(spec)
+    assert [d["name"] for d in spec["devices"]] == ["fpga0", "fpga1"]
+    assert writer.writes == 1
+
+    # health does not change the spec: no write
+    table.set_check_result("fpga1", False)
+    await wait_until(lambda: synced(writer, table), what="health change seen")
+    assert writer.writes == 1
+
+    table.publish([dev("fpga0"), dev("fpga1"), dev("fpga2")])
+    await wait_until(lambda: synced(writer, table), what="hot-plug")
+    assert [d["name"] for d in json.loads(path.read_text())["devices"]] == [
+        "fpga0",
+        "fpga1",
+        "fpga2",
+    ]
+    assert writer.writes == 2
+
+    # every device gone: CDI rejects a spec without devices, so the file goes
+    table.publish([])
+    await wait_until(lambda: synced(writer, table), what="empty list")
+    assert not path.exists()
+
+    table.publish([dev("fpga0")])
+    await wait_until(lambda: path.exists() and synced(writer, table), what="rewrite")
+    await running[0].stop()
+    assert not path.exists()
+    assert list((tmp_path / "cdi").iterdir()) == []
+
+
+async def test_writer_coalesces_a_burst(tmp_path: Path, running: list[RunningWriter]) -> None:
+    table = DeviceTable()
+    table.publish([dev("fpga0")])
+    writer = start_writer(running, resource(tmp_path), table, debounce=0.2)
+    await wait_until(lambda: synced(writer, table), what="first write")
+    assert writer.writes == 1
+    for n in range(2, 30):
+        table.publish([dev(f"fpga{i}") for i in range(n)])
+        await asyncio.sleep(0)  # the writer runs between changes, as during a real burst
+    await wait_until(lambda: synced(writer, table), what="burst written")
+    assert writer.writes == 2
+    assert len(json.loads(Path(writer.path).read_text())["devices"]) == 29
+
+
+async def test_writer_leaves_identical_file_alone(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    config = resource(tmp_path)
+    table = DeviceTable()
+    table.publish([dev("fpga0")])
+    content = render_spec_file(config, table.snapshot)
+    assert content is not None
+    path = Path(spec_path(config))
+    path.write_bytes(content)  # left by a previous run of the host
+    inode = path.stat().st_ino
+    writer = start_writer(running, config, table)
+    await wait_until(lambda: synced(writer, table), what="sync")
+    assert writer.writes == 0 and path.stat().st_ino == inode
+
+
+async def test_writer_survives_write_errors(tmp_path: Path, running: list[RunningWriter]) -> None:
+    blocker = tmp_path / "cdi"
+    blocker.write_text("a file where the directory should be")
+    table = DeviceTable()
+    table.publish([dev("fpga0")])
+    writer = start_writer(running, resource(blocker), table, retry_interval=0.01, debounce=0.0)
+    await wait_until(lambda: writer.failures >= 3, what="failed attempts, retried")
+    assert not running[0].task.done() and writer.writes == 0
+    blocker.unlink()
+    await wait_until(lambda: synced(writer, table), what="retry after the error cleared")
+    assert writer.writes == 1 and Path(writer.path).exists()

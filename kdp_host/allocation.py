@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
-from .config import PreferredPolicy, ResourceConfig
+from .config import PreferredPolicy, ResourceConfig, render_template
 from .devices import REPLICA_SEPARATOR, AdvertisedDevice, Device, Snapshot
 
-_TEMPLATE_FIELD = re.compile(r"\{(ids|paths|count|resource)\}")
 ALLOCATION_DEPENDENT_FIELD = re.compile(r"\{(ids|paths|count)\}")
 """Template fields whose value depends on which devices a container got."""
 
@@ -32,14 +31,6 @@ _CDI_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
 
 class AllocationError(ValueError):
     """A request the plugin must refuse (unknown or unhealthy IDs): INVALID_ARGUMENT."""
-
-
-def render_template(text: str, values: Mapping[str, str]) -> str:
-    """Substitute `{ids}` `{paths}` `{count}` `{resource}`; any other brace text stays as is.
-
-    A field missing from `values` also stays as is.
-    """
-    return _TEMPLATE_FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
 def cdi_device_name(device_id: str) -> str:

@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,13 +35,8 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
-from .allocation import (
-    ALLOCATION_DEPENDENT_FIELD,
-    cdi_device_name,
-    has_cdi_edits,
-    render_template,
-)
-from .config import ResourceConfig
+from .allocation import ALLOCATION_DEPENDENT_FIELD, cdi_device_name, has_cdi_edits
+from .config import ResourceConfig, cdi_kind_problem, render_template
 from .devices import Device, DeviceTable, Snapshot
 from .logs import EventLogger
 
@@ -53,27 +47,6 @@ DEBOUNCE = 0.05
 """Seconds to let a burst of device changes settle before writing."""
 RETRY_INTERVAL = 5.0
 """Seconds before retrying a failed write when nothing changed meanwhile."""
-
-_VENDOR_OR_CLASS = re.compile(r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
-
-
-def cdi_kind_problem(kind: str) -> str | None:
-    """Why CDI would reject `kind` (`vendor/class`), or None.
-
-    CDI's parser: vendor and class start with a letter, end with a letter or digit, and
-    hold only letters, digits, `_`, `-` and `.` (a `.` in the class needs cdiVersion 0.6.0).
-    One-character names are left out: CDI's Go validator mis-slices them.
-    """
-    vendor, sep, klass = kind.partition("/")
-    if not sep or not vendor or not klass:
-        return "must be vendor/class, e.g. vendor.example/fpga"
-    for what, name in (("vendor", vendor), ("class", klass)):
-        if len(name) < 2 or not _VENDOR_OR_CLASS.fullmatch(name):
-            return (
-                f"{what} {name!r} must start with a letter, end with a letter or digit and "
-                "hold only letters, digits, '_', '-' and '.' (at least 2 characters)"
-            )
-    return None
 
 
 def spec_dir(resource: ResourceConfig) -> str:

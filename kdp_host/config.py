@@ -344,6 +344,38 @@ def _closest(word: str, options: set[str]) -> str | None:
     return found[0] if found else None
 
 
+def render_template(text: str, values: Mapping[str, str]) -> str:
+    """Substitute `{field}` for each field in `values`, in one pass; other braces stay as is.
+
+    Used for every template of the config (allocate env and annotations, glob containerPath
+    and numaNodeFile, health command arguments): nothing else is interpreted, so a stray
+    brace can never raise.
+    """
+    return _TEMPLATE_FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+_CDI_NAME_PART = re.compile(r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
+def cdi_kind_problem(kind: str) -> str | None:
+    """Why CDI would reject `kind` (`vendor/class`), or None.
+
+    CDI's parser: vendor and class start with a letter, end with a letter or digit, and
+    hold only letters, digits, `_`, `-` and `.` (a `.` in the class needs cdiVersion 0.6.0).
+    One-character names are left out: CDI's Go validator mis-slices them.
+    """
+    vendor, sep, klass = kind.partition("/")
+    if not sep or not vendor or not klass:
+        return "must be vendor/class, e.g. vendor.example/fpga"
+    for what, name in (("vendor", vendor), ("class", klass)):
+        if len(name) < 2 or not _CDI_NAME_PART.fullmatch(name):
+            return (
+                f"{what} {name!r} must start with a letter, end with a letter or digit and "
+                "hold only letters, digits, '_', '-' and '.' (at least 2 characters)"
+            )
+    return None
+
+
 def _template_problem(text: str, allowed: frozenset[str]) -> str | None:
     for name in _TEMPLATE_FIELD.findall(text):
         if name not in allowed:
@@ -503,11 +535,13 @@ def _read_allocate(r: _Reader, raw: Any, path: Path_) -> AllocateConfig:
         )
         if c is not None and "kind" in c:
             kind = r.string(c["kind"], (*path, "cdi", "kind")) or ""
-            if kind and not re.match(r"^[a-z0-9.-]+/[A-Za-z0-9._-]+$", kind):
-                r.problem((*path, "cdi", "kind"), "must look like vendor.example/class")
+            if kind and (why := cdi_kind_problem(kind)):
+                r.problem((*path, "cdi", "kind"), why)
             spec_dir = c.get("specDir")
             if spec_dir is not None:
                 spec_dir = r.string(spec_dir, (*path, "cdi", "specDir"))
+                if spec_dir and not spec_dir.startswith("/"):
+                    r.problem((*path, "cdi", "specDir"), "must be an absolute path")
             cdi = CdiConfig(
                 kind=kind,
                 also_device_specs=r.boolean(

@@ -263,6 +263,14 @@ class Host:
             raise ValueError("; ".join(problems))
         plan = plan_reload(self.config, new)
         new_by_name = {r.name: r for r in new.resources}
+        old_by_name = {r.name: r for r in self.config.resources}
+        for name in plan.changed:
+            if old_by_name[name].replicas != new_by_name[name].replicas:
+                self.log.warning(
+                    "replicas_changed",
+                    resource=name,
+                    detail="device IDs change; allocations the kubelet holds keep the old IDs",
+                )
         stopping = {name: self._stop_later(name) for name in (*plan.removed, *plan.changed)}
         for name in (*plan.changed, *plan.added):
             self._start(new_by_name[name], after=stopping.get(name))

@@ -212,11 +212,12 @@ class DevicePluginService(DevicePluginBase):
             except Exception:
                 self._log.exception("preferred_allocation_failed", fallback="first_available")
                 self._metrics.preferred_fallbacks.labels(self._config.name).inc()
-                ids = list(request.must_include_deviceIDs)
+                ids = list(dict.fromkeys(request.must_include_deviceIDs))
                 for device_id in request.available_deviceIDs:
                     if len(ids) >= request.allocation_size:
                         break
-                    if device_id not in ids:
+                    entry = snapshot.by_advertised_id.get(device_id)
+                    if entry is not None and entry.healthy and device_id not in ids:
                         ids.append(device_id)
             responses.append(ContainerPreferredAllocationResponse(device_i_ds=ids))
         self._metrics.preferred_seconds.labels(self._config.name).observe(self._clock() - started)

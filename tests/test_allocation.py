@@ -15,7 +15,6 @@ from kdp_host.allocation import (
     AllocationError,
     cdi_device_name,
     preferred_allocation,
-    render_template,
 )
 from kdp_host.config import (
     AllocateConfig,
@@ -24,6 +23,7 @@ from kdp_host.config import (
     MountConfig,
     PreferredPolicy,
     ResourceConfig,
+    render_template,
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
 

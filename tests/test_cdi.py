@@ -19,7 +19,6 @@ from kdp_host.allocation import AllocationBuilder
 from kdp_host.cdi import (
     CdiSpecWriter,
     build_spec,
-    cdi_kind_problem,
     minimum_cdi_version,
     render_spec_file,
     spec_file_name,
@@ -32,6 +31,7 @@ from kdp_host.config import (
     GlobDriverConfig,
     MountConfig,
     ResourceConfig,
+    cdi_kind_problem,
     extended_resource_name_problem,
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot

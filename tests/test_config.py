@@ -189,7 +189,7 @@ resources:
         ),
         (
             "resources: [{name: a.io/b, glob: {paths: [/x]}, allocate: {cdi: {kind: nokind}}}]",
-            "cdi.kind: must look like vendor.example/class",
+            "cdi.kind: must be vendor/class",
             True,
         ),
         (

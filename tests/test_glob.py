@@ -211,3 +211,15 @@ class TestDeviceTable:
         table.publish([Device("a"), Device("b")])
         table.publish([Device("a"), Device("b")])
         assert seen == [1, 2]
+
+
+async def test_stray_braces_in_templates_never_raise(tmp_path: Path) -> None:
+    (tmp_path / "a0").touch()
+    config = GlobDriverConfig(
+        paths=(f"{tmp_path}/a*",),
+        container_path="/dev/{name}}{x}",
+        numa_node_file=f"{tmp_path}/{{name}}/numa}}",
+    )
+    (device,) = await make_driver(config, PollingWatcher(get_logger())).scan()
+    assert device.nodes[0].container_path == "/dev/a0}{x}"
+    assert device.numa is None

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ..config import GlobDriverConfig
+from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
 from ..watch import Subscription
 from .base import DeviceSink, DriverContext
@@ -178,7 +178,7 @@ class GlobDriver:
                     device_id = device_id_for_path(matched, "/")
                 name = os.path.basename(matched)
                 container = (
-                    config.container_path.format(path=matched, name=name)
+                    render_template(config.container_path, {"path": matched, "name": name})
                     if config.container_path
                     else matched
                 )
@@ -195,8 +195,9 @@ class GlobDriver:
             return self._config.numa_node
         if self._config.numa_node_file is None:
             return None
+        numa_file = render_template(self._config.numa_node_file, {"path": path, "name": name})
         try:
-            with open(self._config.numa_node_file.format(path=path, name=name)) as f:
+            with open(numa_file) as f:
                 node = int(f.read().strip())
         except (OSError, ValueError):
             return None

@@ -36,6 +36,16 @@ def socket_dir(short_dir: Path) -> Path:
 
 
 @pytest.fixture
+def devices(short_dir: Path) -> Path:
+    """Fake device files: dev/fpga0, dev/fpga1, dev/ttyA0."""
+    dev = short_dir / "dev"
+    dev.mkdir()
+    for name in ("fpga0", "fpga1", "ttyA0"):
+        (dev / name).touch()
+    return dev
+
+
+@pytest.fixture
 async def kubelet(socket_dir: Path) -> AsyncIterator[KubeletSimulator]:
     sim = KubeletSimulator(socket_dir, dial_timeout=5.0)
     await sim.start()

@@ -19,15 +19,6 @@ FPGA = "vendor.example/fpga"
 SERIAL = "vendor.example/serial"
 
 
-@pytest.fixture
-def devices(short_dir: Path) -> Path:
-    dev = short_dir / "dev"
-    dev.mkdir()
-    for name in ("fpga0", "fpga1", "ttyA0"):
-        (dev / name).touch()
-    return dev
-
-
 def two_resources(socket_dir: Path, dev: Path) -> str:
     return glob_config(
         socket_dir,

@@ -62,15 +62,6 @@ def running_health() -> tuple[Metrics, HealthState]:
     return Metrics(), HealthState()
 
 
-@pytest.fixture
-def devices(short_dir: Path) -> Path:
-    dev = short_dir / "dev"
-    dev.mkdir()
-    for name in ("fpga0", "fpga1", "ttyA0"):
-        (dev / name).touch()
-    return dev
-
-
 async def test_http_endpoints(
     kubelet: KubeletSimulator, socket_dir: Path, devices: Path, http: int, running_health
 ) -> None:

@@ -13,9 +13,11 @@ import glob as globlib
 import hashlib
 import os
 import re
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
@@ -65,6 +67,32 @@ def watch_dirs(pattern: str) -> list[str]:
         for depth in range(len(base.rstrip("/").split("/")) + 1, len(parts) + 1):
             dirs.extend(p for p in globlib.glob("/".join(parts[:depth])) if os.path.isdir(p))
     return dirs
+
+
+_NO_ENTRIES: Mapping[str, str] = MappingProxyType({})
+"""Shared by every device found (glob devices carry no env or annotations of their own)."""
+
+
+def _real_file_path(path: str, real_dirs: dict[str, str]) -> str | None:
+    """`os.path.realpath(path)`, or None for a directory (following symlinks, as isdir does).
+
+    One lstat per path: the real path of a non-symlink is its directory's real path (cached
+    in `real_dirs` for one scan) joined with its name, and when the directory is already
+    canonical the matched string itself is returned (no copy kept per device).
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = 0  # vanished since the glob: kept, as before, with a lexical real path
+    if stat.S_ISLNK(mode):
+        return None if os.path.isdir(path) else os.path.realpath(path)
+    if stat.S_ISDIR(mode):
+        return None
+    parent, name = os.path.split(path)
+    real_parent = real_dirs.get(parent)
+    if real_parent is None:
+        real_parent = real_dirs[parent] = os.path.realpath(parent)
+    return path if real_parent == parent else os.path.join(real_parent, name)
 
 
 @dataclass(frozen=True)
@@ -152,7 +180,10 @@ class GlobDriver:
             if expiry <= now:
                 del self._vanished_since[device_id]
                 continue
-            devices[device_id] = replace(self._known[device_id], healthy=False)
+            known = self._known[device_id]
+            # Still listed from the last merge: reuse that Unhealthy copy (scans only ever
+            # produce healthy devices), so a long list of vanished devices costs no copies.
+            devices[device_id] = known if not known.healthy else replace(known, healthy=False)
             next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
         self._known = devices
         return sorted(devices.values(), key=lambda d: d.id), next_expiry
@@ -162,16 +193,21 @@ class GlobDriver:
         devices: dict[str, Device] = {}
         dirs: set[str] = set()
         unreadable: list[str] = []
+        real_dirs: dict[str, str] = {}
+        # Read once: `_merge` (on the event loop) replaces this dict, it never mutates it.
+        previous = self._known
         for pattern in config.paths:
             pattern_dirs = watch_dirs(pattern)
             dirs.update(pattern_dirs)
             unreadable.extend(
                 d for d in pattern_dirs if os.path.isdir(d) and not os.access(d, os.R_OK | os.X_OK)
             )
+            base = fixed_parent(pattern)
             for matched in sorted(globlib.glob(pattern)):
-                if os.path.isdir(matched):
+                host_path = _real_file_path(matched, real_dirs)
+                if host_path is None:
                     continue
-                device_id = device_id_for_path(matched, fixed_parent(pattern))
+                device_id = device_id_for_path(matched, base)
                 if device_id in devices:
                     if devices[device_id].path == matched:
                         continue
@@ -182,10 +218,25 @@ class GlobDriver:
                     if config.container_path
                     else matched
                 )
+                numa = self._numa_for(matched, name)
+                known = previous.get(device_id)
+                if (
+                    known is not None
+                    and known.healthy
+                    and known.path == matched
+                    and known.numa == numa
+                    and known.nodes == (DeviceNode(host_path, container),)
+                ):
+                    # Unchanged since the last scan: keep the same object (a rescan then
+                    # allocates nothing per device, and comparing the lists is cheap).
+                    devices[device_id] = known
+                    continue
                 devices[device_id] = Device(
                     id=device_id,
-                    nodes=(DeviceNode(os.path.realpath(matched), container),),
-                    numa=self._numa_for(matched, name),
+                    nodes=(DeviceNode(host_path, container),),
+                    numa=numa,
+                    env=_NO_ENTRIES,
+                    annotations=_NO_ENTRIES,
                     path=matched,
                 )
         return _ScanResult(devices, frozenset(dirs), tuple(sorted(set(unreadable))))

@@ -1,0 +1,188 @@
+"""`make bench`: run every benchmark, print a table, write bench-results/bench.json.
+
+    python -m tests.bench.run [--quick] [--only NAME,...] [--repeats N] [--idle-seconds S]
+
+Each figure is the median of one value per repeated run, with min and max; comparisons are
+ratios taken within a run. `--quick` shrinks sizes and durations for a smoke run (its
+figures are not comparable with the targets). Exit status: 0 when every benchmark ran (even
+with missed targets), 1 when one could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .harness import Figure, Options
+from .proto import REPO
+
+BENCHMARKS: dict[str, str] = {
+    "allocate": "latency",
+    "hotplug": "hotplug",
+    "restart": "restart",
+    "scale": "scale",
+    "large": "large",
+    "containment": "containment",
+}
+EXTERNAL = {"allocation": "bench_allocation"}
+"""Benchmarks other modules provide as `run() -> dict[str, float]` (included when present)."""
+
+
+@dataclass
+class Outcome:
+    name: str
+    figures: list[Figure]
+    seconds: float
+    error: str | None = None
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+def _external(module_name: str) -> Callable[[Options], list[Figure]] | None:
+    try:
+        module = importlib.import_module(f"tests.bench.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"tests.bench.{module_name}":
+            return None
+        raise
+
+    def run(opts: Options) -> list[Figure]:
+        values: dict[str, float] = module.run()
+        return [Figure(name, "ms", [float(value)]) for name, value in values.items()]
+
+    return run
+
+
+def run_one(name: str, run: Callable[[Options], list[Figure]], opts: Options) -> Outcome:
+    print(f"== {name} ...", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        figures = run(opts)
+    except Exception:
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, flush=True)
+        return Outcome(name, [], time.monotonic() - started, error.strip().splitlines()[-1])
+    seconds = time.monotonic() - started
+    print(f"   {name}: {seconds:.1f}s", file=sys.stderr, flush=True)
+    return Outcome(name, figures, seconds)
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def table(outcomes: list[Outcome]) -> str:
+    rows = [("figure", "unit", "median", "min", "max", "target", "result")]
+    for outcome in outcomes:
+        if outcome.error:
+            rows.append((f"{outcome.name}: NOT RUN ({outcome.error})", "", "", "", "", "", "ERROR"))
+        for fig in outcome.figures:
+            result = {True: "pass", False: "FAIL", None: ""}[fig.passed]
+            target = f"<= {_fmt(fig.target)}" if fig.target is not None else ""
+            rows.append(
+                (fig.name, fig.unit, _fmt(fig.median), _fmt(fig.min), _fmt(fig.max), target, result)
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, short durations")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated subset of {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument("--repeats", type=int, help="runs per figure")
+    parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 30)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "bench.json")
+    args = parser.parse_args(argv)
+    opts = Options.quick_options() if args.quick else Options()
+    if args.repeats:
+        opts.repeats = args.repeats
+        opts.scale_repeats = min(opts.scale_repeats, args.repeats)
+    if args.idle_seconds:
+        opts.idle_seconds = args.idle_seconds
+    wanted = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(wanted) - set(BENCHMARKS) - set(EXTERNAL)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+
+    runners: dict[str, Callable[[Options], list[Figure]]] = {}
+    for name, module_name in BENCHMARKS.items():
+        if not wanted or name in wanted:
+            runners[name] = importlib.import_module(f"tests.bench.{module_name}").run
+    for name, module_name in EXTERNAL.items():
+        if not wanted or name in wanted:
+            external = _external(module_name)
+            if external is not None:
+                runners[name] = external
+
+    started = datetime.datetime.now(datetime.UTC)
+    outcomes = [run_one(name, run, opts) for name, run in runners.items()]
+    info = machine()
+    print()
+    print(
+        f"kdp-host benchmarks{' (--quick: not comparable with the targets)' if opts.quick else ''}"
+        f" on {info['cpus']} x {info['cpu_model'] or '?'}, Python {info['python']}"
+    )
+    print(table(outcomes))
+    report = {
+        "started": started.isoformat(timespec="seconds"),
+        "quick": opts.quick,
+        "options": opts.__dict__,
+        "machine": info,
+        "benchmarks": {
+            o.name: {"seconds": round(o.seconds, 1), "error": o.error} for o in outcomes
+        },
+        "figures": [fig.as_json() for o in outcomes for fig in o.figures],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+    return 1 if any(o.error for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

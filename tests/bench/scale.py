@@ -1,0 +1,117 @@
+"""Scale: many resources with many devices in one process.
+
+N glob resources over N directories of M files each (kept under /tmp between runs, they
+take a while to create). Each run starts a fresh kdp-host: start-up is from the moment the
+process is spawned to the last resource's Register call; then, once every stream delivered
+its first list and the process settled, RSS (VmRSS) and idle CPU (utime+stime over a
+quiet period with every ListAndWatch stream open). The same for one resource of M devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .harness import (
+    BenchError,
+    BenchKubelet,
+    Figure,
+    KdpHost,
+    Options,
+    glob_resource,
+    make_device_files,
+    make_workdir,
+    now,
+    remove_tree,
+)
+
+MIB = 1024.0 * 1024.0
+TREE_ROOT = Path("/tmp/kdp-bench-scale")
+
+
+def device_tree(resources: int, devices: int) -> Path:
+    """`/tmp/kdp-bench-scale/<R>x<D>/d000/dev00000...`, created once and reused."""
+    root = TREE_ROOT / f"{resources}x{devices}"
+    marker = root / ".complete"
+    if not marker.exists():
+        remove_tree(root)
+        for i in range(resources):
+            make_device_files(root / f"d{i:03d}", devices)
+        marker.write_text("ok\n")
+    return root
+
+
+@contextlib.contextmanager
+def started(
+    workdir: Path, name: str, resources: list[dict[str, object]], timeout: float = 60.0
+) -> Iterator[tuple[KdpHost, BenchKubelet, float, float]]:
+    """(host, kubelet, seconds to all Register calls, seconds to all first lists)."""
+    socket_dir = workdir / f"{name}-plugins"
+    kubelet = BenchKubelet(socket_dir, workers=max(32, len(resources) + 8))
+    kubelet.start()
+    host = KdpHost(workdir, socket_dir, resources, name=name)
+    names = [str(r["name"]) for r in resources]
+    try:
+        t0 = host.start()
+        try:
+            events = kubelet.wait_registrations(names, since=t0, timeout=timeout, connected=False)
+            registered = max(e.at for e in events.values()) - t0
+            kubelet.wait_registrations(names, since=t0, timeout=timeout, connected=True)
+            listed = now() - t0
+        except BenchError:
+            host.check_alive()
+            raise
+        yield host, kubelet, registered, listed
+    finally:
+        host.stop()
+        kubelet.stop()
+
+
+def idle_cpu_percent(host: KdpHost, seconds: float) -> float:
+    before = host.cpu_seconds()
+    time.sleep(seconds)
+    after = host.cpu_seconds()
+    return (after - before) / seconds * 100.0
+
+
+def run(opts: Options) -> list[Figure]:
+    n, m = opts.scale_resources, opts.scale_devices
+    tag = f"{n}x{m}"
+    startup = Figure(f"scale {tag}: start-up to all registered", "s", target=3.0)
+    listed = Figure(f"scale {tag}: start-up to all first lists", "s")
+    window = f"over {opts.idle_seconds:g}s, all streams open (the default 30s rescan falls in it)"
+    rss = Figure(f"scale {tag}: RSS after start-up", "MiB", target=80.0, note="VmRSS")
+    idle = Figure(f"scale {tag}: idle CPU", "% of a core", target=1.0, note=window)
+    rss_idle = Figure(
+        f"scale {tag}: RSS after the idle window", "MiB", target=80.0, note="after a rescan"
+    )
+    startup_one = Figure(f"scale 1x{m}: start-up to registered", "s")
+    rss_one = Figure(f"scale 1x{m}: RSS after start-up", "MiB", target=45.0)
+    idle_one = Figure(f"scale 1x{m}: idle CPU", "% of a core", target=1.0, note=window)
+    rss_one_idle = Figure(f"scale 1x{m}: RSS after the idle window", "MiB", target=45.0)
+    tree = device_tree(n, m)
+    workdir = make_workdir("scale")
+    many = [glob_resource(f"scale.kdp-host.io/r{i:03d}", f"{tree}/d{i:03d}/dev*") for i in range(n)]
+    one = [glob_resource("scale.kdp-host.io/one", f"{tree}/d000/dev*")]
+    try:
+        for run_index in range(opts.scale_repeats):
+            with started(workdir, f"kdp-scale{run_index}", many) as (host, _, reg, lists):
+                startup.add(reg)
+                listed.add(lists)
+                time.sleep(opts.settle_seconds)
+                rss.add(host.rss_bytes() / MIB)
+                idle.add(idle_cpu_percent(host, opts.idle_seconds))
+                rss_idle.add(host.rss_bytes() / MIB)
+                host.check_alive()
+            with started(workdir, f"kdp-one{run_index}", one) as (host, _, reg, _lists):
+                startup_one.add(reg)
+                time.sleep(opts.settle_seconds)
+                rss_one.add(host.rss_bytes() / MIB)
+                idle_one.add(idle_cpu_percent(host, opts.idle_seconds))
+                rss_one_idle.add(host.rss_bytes() / MIB)
+                host.check_alive()
+    finally:
+        remove_tree(workdir)
+    return [startup, listed, rss, idle, rss_idle, startup_one, rss_one, idle_one, rss_one_idle]

@@ -1,0 +1,73 @@
+"""The glob scan's shortcuts (one lstat per path, reuse of unchanged devices) change nothing
+but cost: real paths and directory skipping agree with os.path.realpath / os.path.isdir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kdp_host.config import GlobDriverConfig
+from kdp_host.drivers.base import DriverContext
+from kdp_host.drivers.glob import GlobDriver, _real_file_path
+from kdp_host.logs import get_logger
+from kdp_host.watch import PollingWatcher
+
+
+def tree(root: Path) -> None:
+    (root / "real" / "sub").mkdir(parents=True)
+    for name in ("f1", "f2"):
+        (root / "real" / name).touch()
+    (root / "real" / "sub" / "f3").touch()
+    (root / "link").symlink_to(root / "real")
+    (root / "real" / "rel-link").symlink_to("f1")
+    (root / "real" / "dir-link").symlink_to(root / "real" / "sub")
+    (root / "real" / "dangling").symlink_to(root / "nowhere")
+
+
+def test_real_paths_and_directories_as_the_os_path_functions_say(tmp_path: Path) -> None:
+    tree(tmp_path)
+    base = str(tmp_path)
+    candidates = []
+    for parent in ("real", "link", "real/sub", "link/sub", "link/../real", "/real/"):
+        directory = f"{base}/{parent}" if not parent.startswith("/") else f"{base}/{parent}/"
+        candidates += [os.path.join(directory, name) for name in os.listdir(directory)]
+    candidates += [f"{base}/real/vanished", f"{base}//real//f1"]
+    for path in candidates:
+        expected = None if os.path.isdir(path) else os.path.realpath(path)
+        assert _real_file_path(path, {}) == expected, path
+    cache: dict[str, str] = {}
+    assert [_real_file_path(p, cache) for p in candidates] == [
+        None if os.path.isdir(p) else os.path.realpath(p) for p in candidates
+    ]
+
+
+def driver(pattern: str, grace: float = 60.0) -> GlobDriver:
+    log = get_logger()
+    config = GlobDriverConfig(paths=(pattern,), grace_period=grace)
+    return GlobDriver(config, DriverContext("t.io/r", log, PollingWatcher(log)))
+
+
+def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -> None:
+    tree(tmp_path)
+    glob_driver = driver(f"{tmp_path}/link/*")
+    first, _ = glob_driver._merge(glob_driver._scan_sync().devices)
+    assert {d.id for d in first} == {"f1", "f2", "rel-link", "dangling"}
+    by_id = {d.id: d for d in first}
+    assert by_id["rel-link"].nodes[0].host_path == str(tmp_path / "real" / "f1")
+    assert by_id["f1"].nodes[0].host_path == str(tmp_path / "real" / "f1")
+    assert by_id["f1"].env == {} and by_id["f1"].annotations == {}
+
+    (tmp_path / "real" / "rel-link").unlink()
+    (tmp_path / "real" / "rel-link").symlink_to("f2")
+    (tmp_path / "real" / "f1").unlink()
+    second, _ = glob_driver._merge(glob_driver._scan_sync().devices)
+    again = {d.id: d for d in second}
+    assert again["f2"] is by_id["f2"]  # unchanged: the same object
+    assert again["rel-link"].nodes[0].host_path == str(tmp_path / "real" / "f2")
+    assert not again["f1"].healthy  # vanished: Unhealthy for the grace period
+
+    third, _ = glob_driver._merge(glob_driver._scan_sync().devices)
+    assert {d.id: d for d in third}["f1"] is again["f1"]  # the Unhealthy copy is reused
+    (tmp_path / "real" / "f1").touch()
+    fourth, _ = glob_driver._merge(glob_driver._scan_sync().devices)
+    assert {d.id: d for d in fourth}["f1"].healthy

@@ -1,0 +1,291 @@
+"""Running operator-supplied commands (probes, stream commands, health checks) safely.
+
+Every command runs without a shell, in its own process group (a new session), with stdin
+closed and stdout capped. When we are done with it -- it finished, it timed out, it printed
+too much, or our caller was cancelled -- the whole group is signalled: SIGTERM, then SIGKILL
+after a short grace, and the leader is reaped. So a probe that hangs, or that leaves a
+background child behind, can neither block the event loop nor outlive its run.
+
+A process that leaves the group (a daemon calling setsid) escapes this; only a cgroup could
+catch it. Grandchildren killed here are reaped by whatever is PID 1 (or the nearest child
+subreaper): in a container, run the host under an init such as tini.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from .base import DriverError
+
+MAX_OUTPUT = 1 << 20
+"""Most stdout bytes a probe may print (and the longest line a stream command may print)."""
+STDERR_KEEP = 4096
+"""How much of the end of stderr is kept for the log."""
+DEFAULT_KILL_GRACE = 1.0
+"""Seconds between SIGTERM and SIGKILL to the process group."""
+
+_GROUP_POLL = 0.01
+_STDERR_DRAIN = 0.1
+_READ_CHUNK = 65536
+
+
+class CommandError(DriverError):
+    """A command that could not start, timed out, printed too much, or failed.
+
+    `reason` is the metrics label: spawn, timeout, output_too_large, exit (, parse).
+    """
+
+    def __init__(self, reason: str, message: str, stderr: str = "") -> None:
+        super().__init__(reason, message)
+        self.stderr = stderr
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: bytes
+    stderr: str
+    """The last STDERR_KEEP bytes of stderr, decoded leniently."""
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe_exit(self) -> str:
+        return describe_exit(self.returncode)
+
+
+def describe_exit(returncode: int) -> str:
+    """`exited with status 3`, or `was killed by signal SIGSEGV` for a negative code."""
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = str(-returncode)
+    return f"was killed by signal {name}"
+
+
+class _StderrTail:
+    """Drains a stderr pipe for the command's whole life (so it never blocks on a full pipe),
+    keeping only the end."""
+
+    def __init__(self, stream: asyncio.StreamReader | None) -> None:
+        self._buffer = bytearray()
+        self._dropped = False
+        self._task = asyncio.create_task(self._drain(stream)) if stream is not None else None
+
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(_READ_CHUNK):
+            self._buffer += chunk
+            if len(self._buffer) > STDERR_KEEP:
+                del self._buffer[: len(self._buffer) - STDERR_KEEP]
+                self._dropped = True
+
+    async def finish(self, timeout: float) -> None:
+        """Wait a little for EOF (the group is dead by now), then stop reading."""
+        if self._task is None:
+            return
+        await asyncio.wait({self._task}, timeout=timeout)
+        if not self._task.done():
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError, ValueError):
+            await self._task
+
+    def text(self) -> str:
+        text = self._buffer.decode("utf-8", errors="replace").strip()
+        return f"...{text}" if self._dropped and text else text
+
+
+class RunningCommand:
+    """A started command: its process, its stdout stream and the tail of its stderr."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        self.process = process
+        self.stdout: asyncio.StreamReader = process.stdout
+        self._stderr = _StderrTail(process.stderr)
+
+    def stderr_text(self) -> str:
+        return self._stderr.text()
+
+
+def child_env(extra: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The host's environment plus `extra` (None: inherit unchanged)."""
+    if not extra:
+        return None
+    return {**os.environ, **extra}
+
+
+@contextlib.asynccontextmanager
+async def start_command(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    line_limit: int = MAX_OUTPUT,
+    kill_grace: float = DEFAULT_KILL_GRACE,
+) -> AsyncIterator[RunningCommand]:
+    """Start `argv` in a new process group; on leaving the block the group is killed.
+
+    `env` is added to the host's environment. `line_limit` bounds `stdout.readline()`.
+    On normal exit from the block the group gets SIGTERM and, after `kill_grace`, SIGKILL;
+    when the caller is cancelled it gets SIGKILL at once. Raises CommandError('spawn').
+    """
+    if not argv:
+        raise CommandError("spawn", "empty command")
+    try:
+        process = await _spawn(argv, env=env, cwd=cwd, line_limit=line_limit)
+    except OSError as exc:
+        where = f" in {cwd}" if cwd else ""
+        raise CommandError(
+            "spawn", f"cannot run {argv[0]!r}{where}: {exc.strerror or exc}"
+        ) from exc
+    running = RunningCommand(process)
+    cancelled = False
+    try:
+        yield running
+    except asyncio.CancelledError:
+        cancelled = True
+        raise
+    finally:
+        try:
+            await kill_process_group(process, 0.0 if cancelled else kill_grace)
+        finally:
+            await running._stderr.finish(0.0 if cancelled else _STDERR_DRAIN)
+
+
+async def _spawn(
+    argv: Sequence[str], *, env: Mapping[str, str] | None, cwd: str | None, line_limit: int
+) -> asyncio.subprocess.Process:
+    """create_subprocess_exec, shielded from cancellation.
+
+    Cancelling it while the pipes are being connected can hang the caller for ever
+    (CPython gh-103847, gh-125502). So the spawn runs on in its own task; if we are cancelled
+    meanwhile, we wait for it (milliseconds) and kill its group, or, if cancelled once more,
+    its group is killed as soon as it exists.
+    """
+    spawn = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=child_env(env),
+            cwd=cwd,
+            start_new_session=True,
+            limit=line_limit,
+        )
+    )
+    try:
+        return await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        spawn.add_done_callback(_kill_if_spawned)
+        with contextlib.suppress(OSError):
+            await kill_process_group(await asyncio.shield(spawn), 0.0)
+        raise
+
+
+def _kill_if_spawned(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    if not spawn.cancelled() and spawn.exception() is None:
+        _signal_group(spawn.result().pid, signal.SIGKILL)
+
+
+async def kill_process_group(process: asyncio.subprocess.Process, grace: float) -> None:
+    """Stop every process of the group led by `process`, and reap the leader.
+
+    With `grace` > 0: SIGTERM, wait until the group is empty or `grace` has passed, SIGKILL.
+    With 0: SIGKILL at once. A no-op when the leader was reaped and the group is empty.
+    The wait for the leader after SIGKILL is bounded: a process stuck in the kernel (a hung
+    device driver) cannot be killed, and must not hang us; the child watcher reaps it when
+    it finally dies.
+    """
+    pgid = process.pid
+    loop = asyncio.get_running_loop()
+    if grace > 0 and _signal_group(pgid, signal.SIGTERM):
+        deadline = loop.time() + grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), grace)
+        # Nothing signals "the last process of a group died" (its members may not be our
+        # children), so poll for the rest of the grace.
+        while _group_alive(pgid) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_GROUP_POLL)
+    _signal_group(pgid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), max(grace, DEFAULT_KILL_GRACE))
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to the group (0: only check); False if no process of the group is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    return _signal_group(pgid, 0)
+
+
+async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes | None:
+    """All of `stream` up to EOF, or None as soon as it exceeds `limit` bytes."""
+    data = bytearray()
+    while chunk := await stream.read(_READ_CHUNK):
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
+
+
+async def run_command(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    max_output: int = MAX_OUTPUT,
+    kill_grace: float = DEFAULT_KILL_GRACE,
+) -> CommandResult:
+    """Run `argv` to completion within `timeout` seconds and return its exit status and output.
+
+    The command is done when it has exited and its stdout is closed. If a process it started
+    keeps stdout open after it exited, that counts as a timeout: waiting for EOF would
+    otherwise wait for that process. A non-zero exit is returned, not raised; raises
+    CommandError for spawn, timeout and output_too_large.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    failure: tuple[str, str] | None = None
+    stdout: bytes | None = b""
+    returncode = -1
+    async with start_command(argv, env=env, cwd=cwd, kill_grace=kill_grace) as running:
+        try:
+            async with asyncio.timeout(timeout):
+                stdout = await _read_capped(running.stdout, max_output)
+                if stdout is not None:
+                    returncode = await running.process.wait()
+        except TimeoutError:
+            exited = running.process.returncode
+            if exited is None:
+                failure = ("timeout", f"timed out after {timeout:g}s")
+            else:
+                failure = (
+                    "timeout",
+                    f"{describe_exit(exited)} but a process it started kept its output open "
+                    f"past the {timeout:g}s timeout",
+                )
+        if stdout is None:
+            failure = ("output_too_large", f"printed more than {max_output} bytes")
+    if failure is not None:
+        raise CommandError(*failure, stderr=running.stderr_text())
+    assert stdout is not None
+    return CommandResult(returncode, stdout, running.stderr_text(), loop.time() - started)

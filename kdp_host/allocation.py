@@ -20,7 +20,7 @@ from typing import Final
 
 from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
 from .config import PreferredPolicy, ResourceConfig, render_template
-from .devices import REPLICA_SEPARATOR, AdvertisedDevice, Device, Snapshot
+from .devices import REPLICA_SEPARATOR, Advertised, Device, Snapshot
 
 ALLOCATION_DEPENDENT_FIELD = re.compile(r"\{(ids|paths|count)\}")
 """Template fields whose value depends on which devices a container got."""
@@ -133,10 +133,10 @@ class AllocationBuilder:
             ]
         return response
 
-    def _resolve(self, snapshot: Snapshot, requested_ids: Sequence[str]) -> list[AdvertisedDevice]:
+    def _resolve(self, snapshot: Snapshot, requested_ids: Sequence[str]) -> list[Advertised]:
         if not requested_ids:
             raise AllocationError(f"{self.resource.name}: no device IDs in the container request")
-        found: list[AdvertisedDevice] = []
+        found: list[Advertised] = []
         unknown: list[str] = []
         unhealthy: list[str] = []
         for device_id in dict.fromkeys(requested_ids):
@@ -253,7 +253,7 @@ def _candidate_groups(
     Walks the snapshot (physical devices by ID, replicas in order) rather than sorting the
     request, unless the request is much smaller than the snapshot.
     """
-    entries: list[AdvertisedDevice]
+    entries: list[Advertised]
     if len(offered) * 8 < len(snapshot.advertised):
         lookup = snapshot.by_advertised_id
         entries = [e for e in map(lookup.get, offered) if e is not None and e.healthy]
@@ -290,7 +290,7 @@ def _group(
     )
 
 
-def _advertised_order(entry: AdvertisedDevice) -> tuple[str, int, str]:
+def _advertised_order(entry: Advertised) -> tuple[str, int, str]:
     """The snapshot's own order: physical ID, then replica number (`::2` before `::10`)."""
     physical = entry.device.id
     suffix = entry.id[len(physical) + len(REPLICA_SEPARATOR) :]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
@@ -48,6 +50,11 @@ class Device:
     """Where the driver found it (the matched path of a glob), for `{path}` in health checks."""
 
     @property
+    def device(self) -> Device:
+        """A device is its own advertised entry when it is not shared (replicas: 1)."""
+        return self
+
+    @property
     def primary_path(self) -> str:
         if self.path is not None:
             return self.path
@@ -63,13 +70,31 @@ class AdvertisedDevice:
     healthy: bool
 
 
+class Advertised(Protocol):
+    """An entry of the advertised list: a Device itself, or an AdvertisedDevice replica."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def device(self) -> Device: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Snapshot:
     version: int
     devices: tuple[Device, ...]
     """Physical devices, sorted by id, with their effective health."""
-    advertised: tuple[AdvertisedDevice, ...]
-    by_advertised_id: Mapping[str, AdvertisedDevice]
+    advertised: tuple[Advertised, ...]
+    """What the kubelet sees: the devices themselves, or their replicas."""
+
+    @functools.cached_property
+    def by_advertised_id(self) -> Mapping[str, Advertised]:
+        """Built on first use (allocation), not for every snapshot of a large idle list."""
+        return {entry.id: entry for entry in self.advertised}
 
     @property
     def healthy_count(self) -> int:
@@ -162,7 +187,7 @@ class DeviceTable:
 
     def _build(self, version: int) -> Snapshot:
         devices: list[Device] = []
-        advertised: list[AdvertisedDevice] = []
+        replicas: list[AdvertisedDevice] = []
         for device_id in sorted(self._reported):
             device = self._reported[device_id]
             healthy = (
@@ -173,15 +198,16 @@ class DeviceTable:
             if healthy != device.healthy:
                 device = _with_health(device, healthy)
             devices.append(device)
-            advertised.extend(
-                AdvertisedDevice(rid, device, healthy)
-                for rid in replica_ids(device_id, self._replicas)
-            )
+            if self._replicas > 1:
+                replicas.extend(
+                    AdvertisedDevice(rid, device, healthy)
+                    for rid in replica_ids(device_id, self._replicas)
+                )
+        physical = tuple(devices)
         return Snapshot(
             version=version,
-            devices=tuple(devices),
-            advertised=tuple(advertised),
-            by_advertised_id={entry.id: entry for entry in advertised},
+            devices=physical,
+            advertised=tuple(replicas) if self._replicas > 1 else physical,
         )
 
 

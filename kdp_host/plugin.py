@@ -38,7 +38,7 @@ from .api.v1beta1 import (
     TopologyInfo,
 )
 from .config import ResourceConfig
-from .devices import HEALTHY, UNHEALTHY, AdvertisedDevice, DeviceTable, Snapshot
+from .devices import HEALTHY, UNHEALTHY, Advertised, DeviceTable, Snapshot
 from .logs import EventLogger
 from .metrics import Metrics
 
@@ -111,7 +111,7 @@ class PreEncodedListAndWatchResponse(ListAndWatchResponse):
         return self._data
 
 
-def device_message(entry: AdvertisedDevice) -> Device:
+def device_message(entry: Advertised) -> Device:
     topology = None
     if entry.device.numa is not None:
         topology = TopologyInfo(nodes=[NumaNode(id=entry.device.numa)])
@@ -223,6 +223,7 @@ class DevicePluginService(DevicePluginBase):
         streams.inc()
         self._log.info("list_and_watch_opened")
         closing = asyncio.ensure_future(self._closing.wait())
+        newer: asyncio.Future[Snapshot] | None = None
         try:
             snapshot = self._table.snapshot
             while not self._closing.is_set():
@@ -232,11 +233,12 @@ class DevicePluginService(DevicePluginBase):
                 newer = asyncio.ensure_future(self._table.wait_newer(snapshot.version))
                 await asyncio.wait((newer, closing), return_when=asyncio.FIRST_COMPLETED)
                 if not newer.done():
-                    newer.cancel()
                     break
                 snapshot = newer.result()
         finally:
             closing.cancel()
+            if newer is not None:
+                newer.cancel()
             streams.dec()
             by_peer = not self._closing.is_set()
             self._log.info("list_and_watch_closed", by="kubelet" if by_peer else "plugin")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpclib
 import grpclib.client
 from grpclib.const import Status
+from grpclib.exceptions import ProtocolError, StreamTerminatedError
 
 from .api.v1beta1 import DevicePluginOptions, RegisterRequest, RegistrationStub
 
@@ -80,7 +81,7 @@ async def register(
     except grpclib.GRPCError as exc:
         result = "unavailable" if exc.status == Status.UNAVAILABLE else "refused"
         raise RegistrationError(result, f"kubelet: {exc.message or exc.status.name}") from None
-    except (OSError, ConnectionError) as exc:
+    except (OSError, ConnectionError, StreamTerminatedError, ProtocolError) as exc:
         raise RegistrationError("unavailable", f"cannot reach {path}: {exc}") from None
     except TimeoutError:
         raise RegistrationError("error", f"Register timed out after {timeout:g}s") from None

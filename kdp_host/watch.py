@@ -177,13 +177,13 @@ class PollingWatcher:
         self._log = log
         self._interval = interval
         self._subs = _SubscriberIndex()
-        self._seen: dict[str, tuple[int, int, int] | None] = {}
+        self._seen: dict[str, DirSignature | None] = {}
 
     def subscribe(self, directory: str, callback: WatchCallback) -> Subscription:
         directory = os.path.normpath(directory)
         subscription = Subscription(directory, callback, self)
         if self._subs.add(subscription):
-            self._seen[directory] = _dir_signature(directory)
+            self._seen[directory] = dir_signature(directory)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -194,18 +194,23 @@ class PollingWatcher:
         while True:
             await asyncio.sleep(self._interval)
             directories = list(self._seen)
-            signatures = await asyncio.to_thread(_dir_signatures, directories)
+            signatures = await asyncio.to_thread(dir_signatures, directories)
             for directory, signature in zip(directories, signatures, strict=True):
                 if directory in self._seen and self._seen[directory] != signature:
                     self._seen[directory] = signature
                     self._subs.notify(directory, None, self._log)
 
 
-def _dir_signatures(directories: list[str]) -> list[tuple[int, int, int] | None]:
-    return [_dir_signature(d) for d in directories]
+def dir_signatures(directories: list[str]) -> list[DirSignature | None]:
+    return [dir_signature(d) for d in directories]
 
 
-def _dir_signature(directory: str) -> tuple[int, int, int] | None:
+DirSignature = tuple[int, int, int]
+
+
+def dir_signature(directory: str) -> DirSignature | None:
+    """Inode, modification and change time of a directory: any entry added, removed or
+    renamed in it changes the signature."""
     try:
         st = os.stat(directory)
     except OSError:

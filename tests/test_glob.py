@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,49 @@ async def test_stray_braces_in_templates_never_raise(tmp_path: Path) -> None:
     (device,) = await make_driver(config, PollingWatcher(get_logger())).scan()
     assert device.nodes[0].container_path == "/dev/a0}{x}"
     assert device.numa is None
+
+
+class _DeafWatcher:
+    """A watcher that never reports anything: only the safety-net rescan can see changes."""
+
+    kind = "deaf"
+
+    def subscribe(self, directory: str, callback: object) -> object:
+        return type("Sub", (), {"cancel": lambda self: None})()
+
+    def unsubscribe(self, subscription: object) -> None:
+        pass
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_safety_net_rescans_only_when_a_directory_changed(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "a0").touch()
+    old = time.time() - 60
+    os.utime(dev, (old, old))
+    metrics = Metrics()
+    driver = GlobDriver(
+        GlobDriverConfig(paths=(f"{dev}/a*",), rescan_interval=0.05),
+        DriverContext("t.io/r", get_logger(), _DeafWatcher(), metrics),  # type: ignore[arg-type]
+    )
+    table = DeviceTable()
+    task = asyncio.create_task(driver.run(table))
+
+    def scans() -> float:
+        count = metrics.registry.get_sample_value(
+            "kdp_driver_scan_duration_seconds_count", {"resource": "t.io/r"}
+        )
+        return count or 0.0
+
+    try:
+        await wait_until(lambda: [d.id for d in table.snapshot.devices] == ["a0"])
+        await asyncio.sleep(0.5)  # ten rescan periods with an unchanged, old directory
+        assert scans() == 1
+        (dev / "a1").touch()
+        await wait_until(lambda: len(table.snapshot.devices) == 2, 5, "safety-net rescan")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -8,10 +8,10 @@ vanishes is reported Unhealthy at once and dropped after the grace period.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import glob as globlib
 import hashlib
 import os
+import random
 import re
 import stat
 import time
@@ -21,7 +21,7 @@ from types import MappingProxyType
 
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
-from ..watch import Subscription
+from ..watch import DirSignature, Subscription, dir_signature
 from .base import DeviceSink, DriverContext
 
 MAX_ID_LENGTH = 128
@@ -95,11 +95,31 @@ def _real_file_path(path: str, real_dirs: dict[str, str]) -> str | None:
     return path if real_parent == parent else os.path.join(real_parent, name)
 
 
+RECENT_CHANGE = 2.0
+"""A directory modified this recently (seconds) is rescanned even if its signature matches:
+some file systems keep coarse timestamps, so a change right after a scan could hide."""
+RESCAN_JITTER = 0.1
+"""Spread the safety-net rescans of many resources instead of running them all at once."""
+
+
 @dataclass(frozen=True)
 class _ScanResult:
     devices: dict[str, Device]
     watch_dirs: frozenset[str]
     unreadable: tuple[str, ...]
+    signatures: dict[str, DirSignature | None]
+    """Of every watched directory, taken before globbing it."""
+
+    def still_current(self) -> bool:
+        """True if no watched directory changed since the scan (a rescan would find the same)."""
+        now_ns = time.time_ns()
+        for directory, before in self.signatures.items():
+            now = dir_signature(directory)
+            if now != before:
+                return False
+            if now is not None and now_ns - now[1] < RECENT_CHANGE * 1e9:
+                return False
+        return True
 
 
 class GlobDriver:
@@ -128,15 +148,18 @@ class GlobDriver:
         def on_change(_name: str | None) -> None:
             wake.set()
 
+        result: _ScanResult | None = None
+        woken = True
         try:
             while True:
                 wake.clear()
-                started = self._clock()
-                result = await asyncio.to_thread(self._scan_sync)
-                if self._ctx.metrics is not None:
-                    self._ctx.metrics.scan_seconds.labels(self._ctx.resource).observe(
-                        self._clock() - started
-                    )
+                if result is None or woken or not await asyncio.to_thread(result.still_current):
+                    started = self._clock()
+                    result = await asyncio.to_thread(self._scan_sync)
+                    if self._ctx.metrics is not None:
+                        self._ctx.metrics.scan_seconds.labels(self._ctx.resource).observe(
+                            self._clock() - started
+                        )
                 for directory in result.watch_dirs - subscriptions.keys():
                     subscriptions[directory] = self._ctx.watcher.subscribe(directory, on_change)
                 for directory in subscriptions.keys() - result.watch_dirs:
@@ -155,11 +178,16 @@ class GlobDriver:
                     for directory in result.unreadable:
                         log.warning("device_dir_unreadable", dir=directory)
                     last_state = state
-                timeout = self._config.rescan_interval
+                timeout = self._config.rescan_interval * random.uniform(
+                    1 - RESCAN_JITTER, 1 + RESCAN_JITTER
+                )
                 if next_expiry is not None:
                     timeout = min(timeout, max(0.0, next_expiry - self._clock()))
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(wake.wait(), timeout)
+                    woken = True
+                except TimeoutError:
+                    woken = False
         finally:
             for sub in subscriptions.values():
                 sub.cancel()
@@ -196,9 +224,12 @@ class GlobDriver:
         real_dirs: dict[str, str] = {}
         # Read once: `_merge` (on the event loop) replaces this dict, it never mutates it.
         previous = self._known
+        signatures: dict[str, DirSignature | None] = {}
         for pattern in config.paths:
             pattern_dirs = watch_dirs(pattern)
             dirs.update(pattern_dirs)
+            for directory in pattern_dirs:
+                signatures.setdefault(directory, dir_signature(directory))
             unreadable.extend(
                 d for d in pattern_dirs if os.path.isdir(d) and not os.access(d, os.R_OK | os.X_OK)
             )
@@ -239,7 +270,7 @@ class GlobDriver:
                     annotations=_NO_ENTRIES,
                     path=matched,
                 )
-        return _ScanResult(devices, frozenset(dirs), tuple(sorted(set(unreadable))))
+        return _ScanResult(devices, frozenset(dirs), tuple(sorted(set(unreadable))), signatures)
 
     def _numa_for(self, path: str, name: str) -> int | None:
         if self._config.numa_node is not None:

@@ -12,6 +12,10 @@
 # root-owned device-plugin directory, and probes often open device nodes. The chart's
 # `securityPreset: restricted` still drops every capability, privilege escalation and root
 # filesystem writes.
+#
+# kdp-host is not an init: a probe killed at its timeout may leave orphans, which are
+# reparented to PID 1. The chart sets shareProcessNamespace (the pause process reaps them);
+# with plain docker, run the image with `docker run --init`.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

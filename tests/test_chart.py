@@ -467,6 +467,7 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     assert pod["automountServiceAccountToken"] is False
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
     assert "runtimeClassName" not in pod and "hostNetwork" not in pod
+    assert pod["shareProcessNamespace"] is True  # PID 1 reaps orphans of killed probes
     # no checksum annotation by default: kdp-host reloads its config live
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
     assert not any(k.startswith("checksum/") for k in annotations)

@@ -41,74 +41,22 @@ from .config import ResourceConfig
 from .devices import HEALTHY, UNHEALTHY, Advertised, DeviceTable, Snapshot
 from .logs import EventLogger
 from .metrics import Metrics
+from .wire import (
+    FastAllocateRequest,
+    FastAllocateResponse,
+    FastPreferredAllocationRequest,
+    FastPreferredAllocationResponse,
+    PreEncodedListAndWatchResponse,
+    encode_device_entry,
+    topology_field,
+)
 
 ENCODE_CHUNK = 256
 """Entries encoded between two yields to the event loop."""
-_LIST_AND_WATCH_TAG = b"\x0a"  # ListAndWatchResponse.devices: field 1, length-delimited
-_DEVICE_ID_TAG = b"\x0a"  # Device.ID: field 1, length-delimited
-_DEVICE_HEALTH_TAG = b"\x12"  # Device.health: field 2, length-delimited
-_DEVICE_TOPOLOGY_TAG = b"\x1a"  # Device.topology: field 3, length-delimited
-_TOPOLOGY_NODES_TAG = b"\x0a"  # TopologyInfo.nodes: field 1, length-delimited
-_NUMA_ID_TAG = b"\x08"  # NUMANode.ID: field 1, varint (int64)
-_SMALL_VARINTS = tuple(bytes((n,)) for n in range(128))
-
-
-def _varint(value: int) -> bytes:
-    if 0 <= value < 128:
-        return _SMALL_VARINTS[value]
-    value &= 0xFFFFFFFFFFFFFFFF  # int64: negative numbers take ten bytes, as protobuf does
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _string_field(tag: bytes, text: str) -> bytes:
-    """A proto3 string field (omitted when empty, as proto3 does)."""
-    if not text:
-        return b""
-    data = text.encode()
-    return tag + _varint(len(data)) + data
-
-
-_HEALTH_FIELDS = {
-    True: _string_field(_DEVICE_HEALTH_TAG, HEALTHY),
-    False: _string_field(_DEVICE_HEALTH_TAG, UNHEALTHY),
+_FAST_REQUESTS = {
+    "/v1beta1.DevicePlugin/Allocate": FastAllocateRequest,
+    "/v1beta1.DevicePlugin/GetPreferredAllocation": FastPreferredAllocationRequest,
 }
-
-
-def _topology_field(numa: int) -> bytes:
-    """Device.topology with one NUMA node (node 0 is an empty NUMANode, as proto3 does)."""
-    node = _NUMA_ID_TAG + _varint(numa) if numa else b""
-    nodes = _TOPOLOGY_NODES_TAG + _varint(len(node)) + node
-    return _DEVICE_TOPOLOGY_TAG + _varint(len(nodes)) + nodes
-
-
-def encode_device_entry(entry_id: str, healthy: bool, topology: bytes) -> bytes:
-    """One `devices` entry of a ListAndWatchResponse: tag, length, Device bytes.
-
-    `topology` is `_topology_field(numa)` (callers cache it per NUMA node), or b"" for none.
-    """
-    payload = _string_field(_DEVICE_ID_TAG, entry_id) + _HEALTH_FIELDS[healthy] + topology
-    return _LIST_AND_WATCH_TAG + _varint(len(payload)) + payload
-
-
-class PreEncodedListAndWatchResponse(ListAndWatchResponse):
-    """A ListAndWatchResponse whose wire bytes were built ahead (grpclib only serializes it)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def SerializeToString(self) -> bytes:
-        return self._data
-
-    def __bytes__(self) -> bytes:
-        return self._data
 
 
 def device_message(entry: Advertised) -> Device:
@@ -122,7 +70,7 @@ class _TopologyFields(dict[int | None, bytes]):
     """NUMA node -> encoded Device.topology field, filled on first use (None -> no field)."""
 
     def __missing__(self, numa: int | None) -> bytes:
-        field = b"" if numa is None else _topology_field(numa)
+        field = b"" if numa is None else topology_field(numa)
         self[numa] = field
         return field
 
@@ -191,6 +139,13 @@ class DevicePluginService(DevicePluginBase):
         self._closing.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._streams_drained.wait(), timeout)
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        """The generated handlers, with the hot requests parsed by `wire` (same messages)."""
+        mapping = super().__mapping__()
+        for path, request_type in _FAST_REQUESTS.items():
+            mapping[path] = mapping[path]._replace(request_type=request_type)
+        return mapping
 
     async def get_device_plugin_options(self, message: Empty) -> DevicePluginOptions:
         return self.options
@@ -272,7 +227,7 @@ class DevicePluginService(DevicePluginBase):
                         ids.append(device_id)
             responses.append(ContainerPreferredAllocationResponse(device_i_ds=ids))
         self._metrics.preferred_seconds.labels(self._config.name).observe(self._clock() - started)
-        return PreferredAllocationResponse(container_responses=responses)
+        return FastPreferredAllocationResponse(container_responses=responses)
 
     async def allocate(self, message: AllocateRequest) -> AllocateResponse:
         started = self._clock()
@@ -291,7 +246,7 @@ class DevicePluginService(DevicePluginBase):
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         self._metrics.allocations.labels(name, "ok").inc(len(responses))
         self._metrics.allocate_seconds.labels(name).observe(self._clock() - started)
-        return AllocateResponse(container_responses=responses)
+        return FastAllocateResponse(container_responses=responses)
 
     async def pre_start_container(
         self, message: PreStartContainerRequest

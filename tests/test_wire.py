@@ -7,18 +7,41 @@ betterproto2's own `bytes(ListAndWatchResponse(...))`.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kdp_host.api.v1beta1 import (
+    AllocateRequest,
+    AllocateResponse,
+    CdiDevice,
+    ContainerAllocateRequest,
+    ContainerAllocateResponse,
+    ContainerPreferredAllocationRequest,
+    ContainerPreferredAllocationResponse,
+    DeviceSpec,
+    Mount,
+    PreferredAllocationRequest,
+    PreferredAllocationResponse,
+)
 from kdp_host.api.v1beta1 import Device as BpDevice
 from kdp_host.api.v1beta1 import ListAndWatchResponse as BpListAndWatchResponse
 from kdp_host.api.v1beta1 import NumaNode as BpNumaNode
 from kdp_host.api.v1beta1 import TopologyInfo as BpTopologyInfo
 from kdp_host.devices import HEALTHY, UNHEALTHY, AdvertisedDevice, Device, DeviceTable
-from kdp_host.plugin import ListAndWatchEncoder, _topology_field, encode_device_entry
+from kdp_host.plugin import ListAndWatchEncoder
+from kdp_host.wire import (
+    FastAllocateResponse,
+    FastPreferredAllocationResponse,
+    WireError,
+    decode_allocate_request,
+    decode_preferred_allocation_request,
+    encode_device_entry,
+    topology_field,
+)
 from tests.bench.proto import Api, load_api
 
 Entry = tuple[str, bool, int | None]
@@ -66,7 +89,7 @@ async def encoded(table: DeviceTable) -> bytes:
 
 def direct(entries: list[Entry]) -> bytes:
     return b"".join(
-        encode_device_entry(i, h, b"" if n is None else _topology_field(n)) for i, h, n in entries
+        encode_device_entry(i, h, b"" if n is None else topology_field(n)) for i, h, n in entries
     )
 
 
@@ -184,3 +207,107 @@ def test_advertised_entry_fields_used_by_the_encoder() -> None:
     """The encoder reads exactly these attributes: a rename must fail here, not on the wire."""
     entry: Any = AdvertisedDevice("a", Device("a", numa=1), True)
     assert (entry.id, entry.healthy, entry.device.numa) == ("a", True, 1)
+
+
+# ------------------------------------------------- Allocate and GetPreferredAllocation
+
+texts = st.text(max_size=12)
+text_maps = st.dictionaries(texts, texts, max_size=4)
+mounts = st.builds(Mount, container_path=texts, host_path=texts, read_only=st.booleans())
+specs = st.builds(DeviceSpec, container_path=texts, host_path=texts, permissions=texts)
+container_responses = st.builds(
+    ContainerAllocateResponse,
+    envs=text_maps,
+    mounts=st.lists(mounts, max_size=3),
+    devices=st.lists(specs, max_size=3),
+    annotations=text_maps,
+    cdi_devices=st.lists(st.builds(CdiDevice, name=texts), max_size=3),
+)
+id_lists = st.lists(texts, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(container_responses, max_size=3))
+def test_allocate_response_bytes_equal_betterproto(responses: list[Any]) -> None:
+    fast = bytes(FastAllocateResponse(container_responses=responses))
+    assert fast == bytes(AllocateResponse(container_responses=responses))
+
+
+def test_allocate_response_parses_the_same_with_official_protobuf(official: Api) -> None:
+    response = ContainerAllocateResponse(
+        envs={"IDS": "fpga0,fpga1", "EMPTY": "", "": "no-key"},
+        mounts=[Mount(container_path="/x", host_path="/opt/x", read_only=True)],
+        devices=[DeviceSpec(container_path="/dev/f0", host_path="/dev/f0", permissions="rw")],
+        annotations={"a.io/p": "/dev/f0"},
+        cdi_devices=[CdiDevice(name="vendor.example/fpga=fpga0")],
+    )
+    data = bytes(FastAllocateResponse(container_responses=[response, ContainerAllocateResponse()]))
+    parsed = official.pb2.AllocateResponse.FromString(data)
+    first = parsed.container_responses[0]
+    assert dict(first.envs) == response.envs
+    assert [(m.container_path, m.host_path, m.read_only) for m in first.mounts] == [
+        ("/x", "/opt/x", True)
+    ]
+    assert [d.permissions for d in first.devices] == ["rw"]
+    assert dict(first.annotations) == response.annotations
+    assert [c.name for c in first.cdi_devices] == ["vendor.example/fpga=fpga0"]
+    assert len(parsed.container_responses) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(id_lists, max_size=3))
+def test_preferred_allocation_response_bytes_equal_betterproto(lists: list[list[str]]) -> None:
+    responses = [ContainerPreferredAllocationResponse(device_i_ds=ids) for ids in lists]
+    fast = bytes(FastPreferredAllocationResponse(container_responses=responses))
+    assert fast == bytes(PreferredAllocationResponse(container_responses=responses))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(id_lists, id_lists, st.integers(-(2**31), 2**31 - 1)), max_size=3),
+    st.lists(id_lists, max_size=3),
+)
+def test_request_decoders_equal_betterproto(
+    preferred: list[tuple[list[str], list[str], int]], allocate: list[list[str]]
+) -> None:
+    request = PreferredAllocationRequest(
+        container_requests=[
+            ContainerPreferredAllocationRequest(
+                available_deviceIDs=a, must_include_deviceIDs=m, allocation_size=n
+            )
+            for a, m, n in preferred
+        ]
+    )
+    data = bytes(request)
+    assert decode_preferred_allocation_request(data) == PreferredAllocationRequest.FromString(data)
+    alloc = AllocateRequest(
+        container_requests=[ContainerAllocateRequest(devices_ids=ids) for ids in allocate]
+    )
+    data = bytes(alloc)
+    assert decode_allocate_request(data) == AllocateRequest.FromString(data)
+
+
+def test_request_decoders_read_official_bytes_and_skip_unknown_fields(official: Api) -> None:
+    pb2 = official.pb2
+    request = pb2.PreferredAllocationRequest(
+        container_requests=[
+            pb2.ContainerPreferredAllocationRequest(
+                available_deviceIDs=[f"d{i}" for i in range(1000)],
+                must_include_deviceIDs=["d7"],
+                allocation_size=3,
+            )
+        ]
+    )
+    unknown = b"\x98\x06\x01" + b"\xa1\x06" + b"\x00" * 8 + b"\xad\x06" + b"\x00" * 4
+    decoded = decode_preferred_allocation_request(request.SerializeToString() + unknown)
+    (container,) = decoded.container_requests
+    assert container.available_deviceIDs[999] == "d999"
+    assert (container.must_include_deviceIDs, container.allocation_size) == (["d7"], 3)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_request_decoders_reject_garbage_cleanly(data: bytes) -> None:
+    for decode in (decode_allocate_request, decode_preferred_allocation_request):
+        with contextlib.suppress(WireError):
+            decode(data)

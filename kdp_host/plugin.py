@@ -157,7 +157,9 @@ class DevicePluginService(DevicePluginBase):
 
         When the generator ends (the host is closing the server) the trailers are sent
         right here, so `end_streams` knows the client got a clean end-of-stream before the
-        connection is closed.
+        connection is closed. When the client ends the last open stream (the kubelet drops
+        a client it replaced, contract §9), `on_stream_lost` tells the resource to register
+        again; a second client (a debugging tool) closing its stream does not.
         """
         self._open_streams += 1
         self._streams_drained.clear()
@@ -170,6 +172,8 @@ class DevicePluginService(DevicePluginBase):
             self._open_streams -= 1
             if self._open_streams == 0:
                 self._streams_drained.set()
+                if not self._closing.is_set() and self._on_stream_lost is not None:
+                    self._on_stream_lost()
 
     async def list_and_watch(self, message: Empty) -> AsyncIterator[ListAndWatchResponse]:
         name = self._config.name
@@ -197,8 +201,6 @@ class DevicePluginService(DevicePluginBase):
             streams.dec()
             by_peer = not self._closing.is_set()
             self._log.info("list_and_watch_closed", by="kubelet" if by_peer else "plugin")
-            if by_peer and self._on_stream_lost is not None:
-                self._on_stream_lost()
 
     async def get_preferred_allocation(
         self, message: PreferredAllocationRequest

@@ -267,3 +267,51 @@ async def test_stale_sockets_of_a_killed_instance_are_removed(
         assert live.exists()
     finally:
         listener.close()
+
+
+async def test_rolling_upgrade_with_surge_recovers_from_the_stale_stream_disconnect(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    """Two instances overlap (maxSurge). The new one registers, then the old one stops: its
+    stream ends after the new registration, and the kubelet disconnects the *new* client
+    (contract §9). The new instance sees the kubelet close its stream and registers again."""
+    config = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
+    old = await start_host(config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    new = await start_host(config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).registrations == 2)
+    new_socket = new.host.resources[FPGA].socket_path
+    await kubelet.wait_for(lambda: kubelet.plugin_clients().get(FPGA) == Path(new_socket))
+    await old.shutdown()
+    await kubelet.wait_for(lambda: kubelet.stale_disconnects == 1, timeout=5)
+    await kubelet.wait_for(
+        lambda: kubelet.resource(FPGA).registrations == 3
+        and kubelet.resource(FPGA).allocatable == 2,
+        timeout=10,
+        description="the new instance registered again",
+    )
+    assert kubelet.plugin_clients()[FPGA] == Path(new_socket)
+    await kubelet.allocate(FPGA, 1)
+
+
+async def test_a_second_client_closing_its_stream_does_not_reregister(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    from grpclib.client import Channel
+
+    from kdp_host.api.v1beta1 import DevicePluginStub, Empty
+
+    running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    channel = Channel(path=running.host.resources[FPGA].socket_path)
+    stream = DevicePluginStub(channel).list_and_watch(Empty())  # a debugging client
+    assert len((await anext(stream)).devices) == 2
+    await stream.aclose()
+    channel.close()
+    await wait_until(
+        lambda: running.metrics.list_and_watch_streams.labels(FPGA)._value.get() == 1,
+        what="the debugging stream closed",
+    )
+    (devices / "fpga9").touch()
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 3)
+    assert kubelet.resource(FPGA).registrations == 1

@@ -32,7 +32,7 @@ from .registration import (
 )
 from .watch import Watcher
 
-SAFETY_CHECK_INTERVAL = 5.0
+SAFETY_CHECK_INTERVAL = 30.0
 """Re-check sockets this often even when no watch event came (a lost event costs at most this)."""
 FRESH_KUBELET_RETRY = 0.01
 FIRST_SCAN_WAIT = 2.0

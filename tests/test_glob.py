@@ -270,3 +270,29 @@ async def test_safety_net_rescans_only_when_a_directory_changed(tmp_path: Path) 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_vanished_devices_expire_when_rescans_are_skipped(tmp_path: Path) -> None:
+    """The grace period ends on a timer even when the directory looks unchanged since."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "a0").touch()
+    (dev / "a1").touch()
+    config = GlobDriverConfig(paths=(f"{dev}/a*",), grace_period=0.3, rescan_interval=0.05)
+    watcher = InotifyWatcher(get_logger())
+    table = DeviceTable()
+    tasks = [
+        asyncio.create_task(watcher.run()),
+        asyncio.create_task(make_driver(config, watcher).run(table)),
+    ]
+    try:
+        await wait_until(lambda: len(table.snapshot.devices) == 2)
+        (dev / "a1").unlink()
+        await wait_until(lambda: table.snapshot.healthy_count == 1, 5, "vanished")
+        old = time.time() - 60
+        os.utime(dev, (old, old))  # later rescans are skipped: the directory looks old
+        await wait_until(lambda: len(table.snapshot.devices) == 1, 5, "expired")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

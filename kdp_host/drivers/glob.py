@@ -164,6 +164,7 @@ class GlobDriver:
                     subscriptions[directory] = self._ctx.watcher.subscribe(directory, on_change)
                 for directory in subscriptions.keys() - result.watch_dirs:
                     subscriptions.pop(directory).cancel()
+                matched = bool(result.devices)
                 devices, next_expiry = self._merge(result.devices)
                 if sink.publish(devices):
                     log.info(
@@ -171,9 +172,9 @@ class GlobDriver:
                         healthy=sum(d.healthy for d in devices),
                         unhealthy=sum(not d.healthy for d in devices),
                     )
-                state = (bool(result.devices), result.unreadable)
+                state = (matched, result.unreadable)
                 if state != last_state:
-                    if not result.devices:
+                    if not matched:
                         log.info("no_devices_match", patterns=",".join(self._config.paths))
                     for directory in result.unreadable:
                         log.warning("device_dir_unreadable", dir=directory)
@@ -201,7 +202,9 @@ class GlobDriver:
         for device_id in self._known:
             if device_id not in present and grace > 0:
                 self._vanished_since.setdefault(device_id, now)
-        devices = dict(present)
+        # `present` may be reused by a later merge (when a rescan is skipped): never mutate
+        # it; copy it only when vanished devices must be added (usually: no copy at all).
+        devices = dict(present) if self._vanished_since else present
         next_expiry: float | None = None
         for device_id, since in list(self._vanished_since.items()):
             expiry = since + grace

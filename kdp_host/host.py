@@ -162,9 +162,10 @@ class Host:
                 self._start(resource)
             await asyncio.wait({stop_task, *internal}, return_when=asyncio.FIRST_COMPLETED)
             for task in internal:
-                if task.done():
-                    self.health.dead = (*self.health.dead, f"host task {task.get_name()}")
-                    task.result()
+                if task.done() and not task.cancelled():
+                    error = task.exception()
+                    self.log.error("host_task_died", task=task.get_name(), error=repr(error))
+                    raise RuntimeError(f"host task {task.get_name()} died: {error!r}") from error
         finally:
             stop_task.cancel()
             kubelet_watch()

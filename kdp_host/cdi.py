@@ -231,9 +231,8 @@ class CdiSpecWriter:
                     snapshot = await self.table.wait_newer(snapshot.version)
                 else:
                     with contextlib.suppress(TimeoutError):
-                        snapshot = await asyncio.wait_for(
-                            self.table.wait_newer(snapshot.version), self.retry_interval
-                        )
+                        async with asyncio.timeout(self.retry_interval):
+                            snapshot = await self.table.wait_newer(snapshot.version)
                 await asyncio.sleep(self.debounce)
                 snapshot = self.table.snapshot
         finally:

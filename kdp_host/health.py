@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .config import HealthCheckConfig, render_template
 from .devices import Device, DeviceTable
 from .drivers.base import DriverContext
-from .drivers.probe import DEFAULT_KILL_GRACE, CommandError, run_command
+from .drivers.probe import DEFAULT_KILL_GRACE, CommandError, raise_if_cancelling, run_command
 
 DEFAULT_CONCURRENCY = 8
 _HEALTH_OUTPUT_LIMIT = 64 * 1024
@@ -54,6 +54,7 @@ class HealthChecker:
         while True:
             started = loop.time()
             await self.check_all()
+            raise_if_cancelling()
             await asyncio.sleep(max(0.0, started + self._config.interval - loop.time()))
 
     async def check_all(self) -> None:

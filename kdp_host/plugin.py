@@ -138,7 +138,8 @@ class DevicePluginService(DevicePluginBase):
         """End every ListAndWatch stream with a clean end-of-stream and wait until sent."""
         self._closing.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._streams_drained.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._streams_drained.wait()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         """The generated handlers, with the hot requests parsed by `wire` (same messages)."""

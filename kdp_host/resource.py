@@ -173,7 +173,8 @@ class ResourceRuntime:
         server.close()
         server.close_connections()
         try:
-            await asyncio.wait_for(server.wait_closed(), 1.0)
+            async with asyncio.timeout(1.0):
+                await server.wait_closed()
         except TimeoutError:
             self.log.warning("server_close_slow")
         with contextlib.suppress(FileNotFoundError):
@@ -185,7 +186,8 @@ class ResourceRuntime:
         """Register, retrying with backoff; returns the identity of the kubelet.sock used."""
         if not self.table.published.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.table.published.wait(), FIRST_SCAN_WAIT)
+                async with asyncio.timeout(FIRST_SCAN_WAIT):
+                    await self.table.published.wait()
         backoff = Backoff()
         metrics = self._services.metrics
         last_message = None
@@ -237,7 +239,8 @@ class ResourceRuntime:
     async def _sleep_or_wake(self, delay: float) -> None:
         """Sleep, cut short by a socket-dir event (callers clear the event before checking)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
 
     def _mark(
         self,

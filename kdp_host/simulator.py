@@ -669,7 +669,8 @@ class KubeletSimulator:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 5.0)
+            async with asyncio.timeout(5.0):
+                await server.wait_closed()
         for client in list(self._client_channels):
             client.close()
         self._client_channels.clear()

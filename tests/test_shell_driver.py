@@ -99,7 +99,9 @@ async def running(driver: ShellDriver, table: DeviceTable) -> AsyncIterator[asyn
         yield task
     finally:
         task.cancel()
-        await asyncio.wait({task})  # unlike `await task`, never swallows our own cancellation
+        # unlike `await task`, never swallows our own cancellation
+        done, _ = await asyncio.wait({task}, timeout=DEADLINE)
+        assert done, "the driver did not stop when cancelled"
         if not task.cancelled():
             task.result()  # a driver that crashed fails the test
 

@@ -185,7 +185,8 @@ class GlobDriver:
                 if next_expiry is not None:
                     timeout = min(timeout, max(0.0, next_expiry - self._clock()))
                 try:
-                    await asyncio.wait_for(wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await wake.wait()
                     woken = True
                 except TimeoutError:
                     woken = False

@@ -211,14 +211,28 @@ async def kill_process_group(process: asyncio.subprocess.Process, grace: float) 
     if grace > 0 and _signal_group(pgid, signal.SIGTERM):
         deadline = loop.time() + grace
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), grace)
+            async with asyncio.timeout(grace):
+                await process.wait()
         # Nothing signals "the last process of a group died" (its members may not be our
         # children), so poll for the rest of the grace.
         while _group_alive(pgid) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_GROUP_POLL)
     _signal_group(pgid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(process.wait(), max(grace, DEFAULT_KILL_GRACE))
+        async with asyncio.timeout(max(grace, DEFAULT_KILL_GRACE)):
+            await process.wait()
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that library code swallowed.
+
+    On Python 3.11 a cancel that lands while an awaited operation is completing can be
+    dropped on the way up (the operation's result wins). A loop that runs commands for
+    ever calls this once per round, so the owner's cancel always ends it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

@@ -40,6 +40,7 @@ from .probe import (
     CommandError,
     RunningCommand,
     describe_exit,
+    raise_if_cancelling,
     run_command,
     start_command,
 )
@@ -615,6 +616,7 @@ class ShellDriver:
                 policy.success()
             if metrics is not None:
                 metrics.scan_seconds.labels(self._ctx.resource).observe(loop.time() - started)
+            raise_if_cancelling()
             await asyncio.sleep(max(0.0, started + self._config.interval - loop.time()))
 
     def _start(self) -> contextlib.AbstractAsyncContextManager[RunningCommand]:
@@ -642,6 +644,7 @@ class ShellDriver:
             delay = self._backoff.delay(attempt)
             attempt += 1
             self._ctx.log.debug("stream_restart_scheduled", delay=delay, attempt=attempt)
+            raise_if_cancelling()
             await asyncio.sleep(delay)
 
     async def _stream_once(self, sink: DeviceSink, policy: FailurePolicy) -> DriverError:

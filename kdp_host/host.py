@@ -101,6 +101,8 @@ class _Supervised:
     task: asyncio.Task[None] | None = None
     crashes: int = 0
     gave_up: bool = False
+    stopping: bool = False
+    """Set before the host cancels it: an error from here on is part of stopping."""
 
 
 @dataclass
@@ -310,6 +312,11 @@ class Host:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if supervised.stopping:
+                    # Our cancel surfaced as another error (a cleanup step failed while the
+                    # runtime stopped): the resource is being stopped, not crashing.
+                    runtime.log.exception("resource_stop_failed")
+                    raise asyncio.CancelledError from exc
                 if loop.time() - started > STABLE_AFTER:
                     backoff.reset()
                 delay = backoff.next_delay()
@@ -325,7 +332,9 @@ class Host:
                 supervised.runtime = runtime
 
     def _stop_later(self, name: str) -> asyncio.Task[None] | None:
-        task = self._resources.pop(name).task
+        supervised = self._resources.pop(name)
+        supervised.stopping = True
+        task = supervised.task
         if task is not None:
             task.cancel()
             self._stopping.add(task)
@@ -336,7 +345,9 @@ class Host:
         for name in list(self._resources):
             self._stop_later(name)
         if self._stopping:
-            await asyncio.wait(set(self._stopping), timeout=1.5)
+            _, pending = await asyncio.wait(set(self._stopping), timeout=1.5)
+            for task in pending:
+                self.log.warning("resource_stop_slow", task=task.get_name())
 
     def _watch_kubelet_restarts(self, socket_dir: str) -> Callable[[], None]:
         assert self.watcher is not None

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+import weakref
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 import grpclib
@@ -260,13 +261,13 @@ class DevicePluginService(DevicePluginBase):
 class PluginServer(grpclib.server.Server):
     """A grpclib server that can also close the connections it accepted.
 
-    `Server.close()` stops accepting and cancels handlers, but leaves the kubelet's HTTP/2
+    `Server.close()` stops accepting and cancels handlers, but leaves the peer's HTTP/2
     connection open, and on Python 3.12+ `wait_closed()` then never returns.
     """
 
-    def __init__(self, handlers: list[Any]) -> None:
+    def __init__(self, handlers: Collection[Any]) -> None:
         super().__init__(handlers)
-        self._protocols: set[H2Protocol] = set()
+        self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
 
     def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
@@ -274,8 +275,9 @@ class PluginServer(grpclib.server.Server):
         return protocol
 
     def close_connections(self) -> None:
-        for protocol in self._protocols:
-            transport = getattr(protocol.connection, "_transport", None)
-            if transport is not None:
-                transport.close()
-        self._protocols.clear()
+        for protocol in list(self._protocols):
+            # `processor` exists once the connection is made; an accepted socket whose
+            # connection_made has not run yet is closed with the listening server.
+            processor = getattr(protocol, "processor", None)
+            if processor is not None:
+                processor.close()

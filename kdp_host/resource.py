@@ -167,18 +167,24 @@ class ResourceRuntime:
             return service, server, identity
 
     async def _stop_server(self, service: DevicePluginService, server: PluginServer) -> None:
-        """End streams first (clean EOF at the kubelet), then close server and connections."""
+        """End streams first (clean EOF at the kubelet), then close server and connections.
+
+        The synchronous part (close, drop connections, remove the socket) runs even when
+        the wait for the streams is interrupted by a second cancel.
+        """
         self._mark(serving=False, registered=False)
-        await service.end_streams()
-        server.close()
-        server.close_connections()
+        try:
+            await service.end_streams()
+        finally:
+            server.close()
+            server.close_connections()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
         try:
             async with asyncio.timeout(1.0):
                 await server.wait_closed()
         except TimeoutError:
             self.log.warning("server_close_slow")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
 
     async def _register_until_done(
         self, service: DevicePluginService, identity: FileIdentity

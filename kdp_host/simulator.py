@@ -37,7 +37,6 @@ import posixpath
 import re
 import stat
 import time
-import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -48,8 +47,6 @@ from typing import Any, Final
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
-from grpclib.protocol import H2Protocol
-from grpclib.server import Server
 
 from kdp_host.api.v1beta1 import (
     AllocateRequest,
@@ -63,6 +60,7 @@ from kdp_host.api.v1beta1 import (
     PreStartContainerRequest,
     RegistrationBase,
 )
+from kdp_host.plugin import PluginServer
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -462,25 +460,6 @@ class _PluginClient:
             self.channel = None
 
 
-class _TrackingServer(Server):
-    """A grpclib Server that remembers its connections so stop() can close them."""
-
-    def __init__(self, handlers: Collection[Any]) -> None:
-        super().__init__(handlers)
-        self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
-
-    def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
-        self.protocols.add(protocol)
-        return protocol
-
-    def close_connections(self) -> None:
-        for protocol in list(self.protocols):
-            processor = getattr(protocol, "processor", None)
-            if processor is not None:
-                processor.close()
-
-
 class _RegistrationService(RegistrationBase):
     def __init__(self, simulator: KubeletSimulator) -> None:
         self._simulator = simulator
@@ -593,7 +572,7 @@ class KubeletSimulator:
         self.removed_at_start: list[str] = []
         self.starts = 0
 
-        self._server: _TrackingServer | None = None
+        self._server: PluginServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._client_channels: set[_PluginClient] = set()
         self._serial = 0
@@ -641,7 +620,7 @@ class KubeletSimulator:
             self.cleanup_sockets_only,
         )
         self.removed_at_start = removed
-        server = _TrackingServer([_RegistrationService(self)])
+        server = PluginServer([_RegistrationService(self)])
         await server.start(path=str(self.socket_path))
         self._server = server
         self.starts += 1

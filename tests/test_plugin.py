@@ -187,3 +187,26 @@ resources:
         assert [d.ID for d in listed.devices] == ["fpga0", "fpga1", "fpga2"]
     finally:
         await kubelet.stop()
+
+
+async def test_close_connections_skips_a_connection_not_made_yet() -> None:
+    """An accepted socket whose connection_made has not run has no processor yet."""
+    from kdp_host.plugin import PluginServer
+
+    class Accepted:
+        pass
+
+    class Made:
+        closed = False
+
+        class processor:  # noqa: N801 - stands in for grpclib's EventsProcessor
+            @staticmethod
+            def close() -> None:
+                Made.closed = True
+
+    server = PluginServer([])
+    accepted, made = Accepted(), Made()
+    server._protocols.add(accepted)  # type: ignore[arg-type]
+    server._protocols.add(made)  # type: ignore[arg-type]
+    server.close_connections()
+    assert Made.closed

@@ -199,7 +199,7 @@ async def test_close_connections_skips_a_connection_not_made_yet() -> None:
     class Made:
         closed = False
 
-        class processor:  # noqa: N801 - stands in for grpclib's EventsProcessor
+        class processor:  # stands in for grpclib's EventsProcessor
             @staticmethod
             def close() -> None:
                 Made.closed = True

@@ -116,7 +116,7 @@ class DeviceTable:
 
     def __init__(self, replicas: int = 1) -> None:
         self._replicas = replicas
-        self._reported: dict[str, Device] = {}
+        self._reported: Mapping[str, Device] = {}
         self._degraded_reason: str | None = None
         self._failed_checks: set[str] = set()
         self._listeners: list[Callable[[Snapshot], None]] = []
@@ -136,12 +136,20 @@ class DeviceTable:
     def add_listener(self, listener: Callable[[Snapshot], None]) -> None:
         self._listeners.append(listener)
 
-    def publish(self, devices: Iterable[Device]) -> bool:
-        """Replace the whole reported list. Returns True if what the kubelet sees changed."""
+    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool:
+        """Replace the whole reported list. Returns True if what the kubelet sees changed.
+
+        A mapping (id -> device) is kept as it is, not copied: one dict per resource even
+        for very long lists. The caller must not change it afterwards.
+        """
         self.published.set()
-        reported: dict[str, Device] = {}
-        for device in devices:
-            reported.setdefault(device.id, device)
+        reported: Mapping[str, Device]
+        if isinstance(devices, Mapping):
+            reported = devices
+        else:
+            reported = {}
+            for device in devices:
+                reported.setdefault(device.id, device)
         if reported == self._reported:
             return False
         self._reported = reported

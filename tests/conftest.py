@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kdp_host.config import Config, load_config_text
+from kdp_host.devices import DeviceTable, Snapshot
 from kdp_host.host import Host
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
@@ -67,6 +68,16 @@ async def wait_until(
             raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+async def wait_table(
+    table: DeviceTable, predicate: Callable[[Snapshot], bool], timeout: float = 15.0
+) -> Snapshot:
+    """Wait until the table's snapshot satisfies `predicate` (woken by every change)."""
+    async with asyncio.timeout(timeout):
+        while not predicate(snapshot := table.snapshot):
+            await table.wait_newer(snapshot.version)
+    return snapshot
 
 
 @dataclass

@@ -51,8 +51,8 @@ def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -> None
     tree(tmp_path)
     glob_driver = driver(f"{tmp_path}/link/*")
     first, _ = glob_driver._merge(glob_driver._scan_sync().devices)
-    assert {d.id for d in first} == {"f1", "f2", "rel-link", "dangling"}
-    by_id = {d.id: d for d in first}
+    assert set(first) == {"f1", "f2", "rel-link", "dangling"}
+    by_id = dict(first)
     assert by_id["rel-link"].nodes[0].host_path == str(tmp_path / "real" / "f1")
     assert by_id["f1"].nodes[0].host_path == str(tmp_path / "real" / "f1")
     assert by_id["f1"].env == {} and by_id["f1"].annotations == {}
@@ -61,13 +61,13 @@ def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -> None
     (tmp_path / "real" / "rel-link").symlink_to("f2")
     (tmp_path / "real" / "f1").unlink()
     second, _ = glob_driver._merge(glob_driver._scan_sync().devices)
-    again = {d.id: d for d in second}
+    again = dict(second)
     assert again["f2"] is by_id["f2"]  # unchanged: the same object
     assert again["rel-link"].nodes[0].host_path == str(tmp_path / "real" / "f2")
     assert not again["f1"].healthy  # vanished: Unhealthy for the grace period
 
     third, _ = glob_driver._merge(glob_driver._scan_sync().devices)
-    assert {d.id: d for d in third}["f1"] is again["f1"]  # the Unhealthy copy is reused
+    assert third["f1"] is again["f1"]  # the Unhealthy copy is reused
     (tmp_path / "real" / "f1").touch()
     fourth, _ = glob_driver._merge(glob_driver._scan_sync().devices)
-    assert {d.id: d for d in fourth}["f1"].healthy
+    assert fourth["f1"].healthy

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,10 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.watch import PollingWatcher
 
+from .conftest import wait_table, wait_until
+
 RESOURCE = "vendor.example/card"
 LOGGER = "test_health"
-DEADLINE = 15.0
 
 
 def make_ctx(metrics: Metrics | None = None) -> DriverContext:
@@ -34,22 +35,6 @@ def script(tmp_path: Path, name: str, body: str) -> str:
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return str(path)
-
-
-async def wait_table(
-    table: DeviceTable, predicate: Callable[[Snapshot], bool], timeout: float = DEADLINE
-) -> Snapshot:
-    async with asyncio.timeout(timeout):
-        while not predicate(snapshot := table.snapshot):
-            await table.wait_newer(snapshot.version)
-    return snapshot
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """Poll a condition on state outside the event loop (files, processes, counters)."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def failures(metrics: Metrics) -> float:

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from kdp_host.drivers.shell import Backoff, ShellDriver
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.watch import PollingWatcher
+
+from .conftest import wait_table, wait_until
 
 RESOURCE = "vendor.example/dongle"
 LOGGER = "test_shell"
@@ -55,22 +57,6 @@ def script(tmp_path: Path, name: str, body: str) -> str:
 def shell(command: str, **options: Any) -> ShellDriverConfig:
     base = ShellDriverConfig(command=(command,), interval=0.05, timeout=2.0)
     return dataclasses.replace(base, **options)
-
-
-async def wait_table(
-    table: DeviceTable, predicate: Callable[[Snapshot], bool], timeout: float = DEADLINE
-) -> Snapshot:
-    async with asyncio.timeout(timeout):
-        while not predicate(snapshot := table.snapshot):
-            await table.wait_newer(snapshot.version)
-    return snapshot
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """Poll a condition on state outside the event loop (files, processes, counters)."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def ids(snapshot: Snapshot) -> list[str]:

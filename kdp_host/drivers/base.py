@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class DeviceSink(Protocol):
     """Where a driver reports (the resource's DeviceTable)."""
 
-    def publish(self, devices: Iterable[Device]) -> bool: ...
+    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool: ...
 
     def set_degraded(self, reason: str | None) -> bool: ...
 

@@ -167,11 +167,8 @@ class GlobDriver:
                 matched = bool(result.devices)
                 devices, next_expiry = self._merge(result.devices)
                 if sink.publish(devices):
-                    log.info(
-                        "devices_changed",
-                        healthy=sum(d.healthy for d in devices),
-                        unhealthy=sum(not d.healthy for d in devices),
-                    )
+                    healthy = sum(d.healthy for d in devices.values())
+                    log.info("devices_changed", healthy=healthy, unhealthy=len(devices) - healthy)
                 state = (matched, result.unreadable)
                 if state != last_state:
                     if not matched:
@@ -194,7 +191,7 @@ class GlobDriver:
             for sub in subscriptions.values():
                 sub.cancel()
 
-    def _merge(self, present: dict[str, Device]) -> tuple[list[Device], float | None]:
+    def _merge(self, present: dict[str, Device]) -> tuple[dict[str, Device], float | None]:
         """Present devices plus recently vanished ones (Unhealthy until the grace period ends)."""
         now = self._clock()
         grace = self._config.grace_period
@@ -218,7 +215,7 @@ class GlobDriver:
             devices[device_id] = known if not known.healthy else replace(known, healthy=False)
             next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
         self._known = devices
-        return sorted(devices.values(), key=lambda d: d.id), next_expiry
+        return devices, next_expiry
 
     def _scan_sync(self) -> _ScanResult:
         config = self._config

@@ -47,6 +47,8 @@ DEBOUNCE = 0.05
 """Seconds to let a burst of device changes settle before writing."""
 RETRY_INTERVAL = 5.0
 """Seconds before retrying a failed write when nothing changed meanwhile."""
+VERIFY = 10.0
+"""Seconds between checks that the spec file on disk is still the one written."""
 
 
 def spec_dir(resource: ResourceConfig) -> str:
@@ -227,12 +229,14 @@ class CdiSpecWriter:
             await self.table.published.wait()
             snapshot = self.table.snapshot
             while True:
-                if await self._sync(snapshot):
-                    snapshot = await self.table.wait_newer(snapshot.version)
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.retry_interval):
-                            snapshot = await self.table.wait_newer(snapshot.version)
+                synced = await self._sync(snapshot)
+                try:
+                    async with asyncio.timeout(self.retry_interval if not synced else VERIFY):
+                        snapshot = await self.table.wait_newer(snapshot.version)
+                except TimeoutError:
+                    # Nothing changed: check the file is still ours (another instance
+                    # stopping during a rolling upgrade removes the same file name).
+                    self._on_disk = await _read_or_none(self.path)
                 await asyncio.sleep(self.debounce)
                 snapshot = self.table.snapshot
         finally:

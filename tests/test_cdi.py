@@ -521,3 +521,18 @@ async def test_writer_survives_write_errors(tmp_path: Path, running: list[Runnin
     blocker.unlink()
     await wait_until(lambda: synced(writer, table), what="retry after the error cleared")
     assert writer.writes == 1 and Path(writer.path).exists()
+
+
+async def test_writer_restores_a_spec_file_removed_behind_its_back(
+    tmp_path: Path, running: list[RunningWriter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a rolling upgrade the stopping instance removes the same file name."""
+    monkeypatch.setattr(cdi_module, "VERIFY", 0.05)
+    table = DeviceTable()
+    table.publish([dev("fpga0")])
+    writer = start_writer(running, resource(tmp_path), table, debounce=0.01)
+    await wait_until(lambda: synced(writer, table), what="first write")
+    Path(writer.path).unlink()
+    await wait_until(lambda: Path(writer.path).exists(), what="file written again")
+    assert writer.writes == 2
+    validate_cdi_spec(json.loads(Path(writer.path).read_text()))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kdp_host.config import GlobDriverConfig
-from kdp_host.devices import Device, DeviceTable
+from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.drivers import DriverContext
 from kdp_host.drivers.glob import GlobDriver, device_id_for_path, fixed_parent, watch_dirs
 from kdp_host.logs import get_logger
@@ -203,6 +203,18 @@ class TestDeviceTable:
             "b::0": False, "b::1": False, "b::2": False,
         }  # fmt: skip
         assert table.snapshot.by_advertised_id["a::2"].device.id == "a"
+
+    def test_a_device_at_its_own_path_stores_no_node_object(self) -> None:
+        node = DeviceNode("/dev/a", "/dev/a")
+        compact = Device("a", nodes=(node,), path="/dev/a")
+        assert compact._nodes is None
+        assert compact.nodes == (node,)
+        assert compact == Device("a", nodes=(DeviceNode("/dev/a", "/dev/a"),), path="/dev/a")
+        unhealthy = compact.with_health(False)
+        assert not unhealthy.healthy and unhealthy.nodes == (node,) and unhealthy._nodes is None
+        renamed = Device("c", nodes=(DeviceNode("/dev/real", "/dev/c"),), path="/dev/c")
+        assert renamed._nodes == (DeviceNode("/dev/real", "/dev/c"),)
+        assert Device("x").nodes == () and Device("x").env == {}
 
     def test_listeners_see_every_change(self) -> None:
         table = DeviceTable()

@@ -15,9 +15,8 @@ import random
 import re
 import stat
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from types import MappingProxyType
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
@@ -67,10 +66,6 @@ def watch_dirs(pattern: str) -> list[str]:
         for depth in range(len(base.rstrip("/").split("/")) + 1, len(parts) + 1):
             dirs.extend(p for p in globlib.glob("/".join(parts[:depth])) if os.path.isdir(p))
     return dirs
-
-
-_NO_ENTRIES: Mapping[str, str] = MappingProxyType({})
-"""Shared by every device found (glob devices carry no env or annotations of their own)."""
 
 
 def _real_file_path(path: str, real_dirs: dict[str, str]) -> str | None:
@@ -212,7 +207,7 @@ class GlobDriver:
             known = self._known[device_id]
             # Still listed from the last merge: reuse that Unhealthy copy (scans only ever
             # produce healthy devices), so a long list of vanished devices costs no copies.
-            devices[device_id] = known if not known.healthy else replace(known, healthy=False)
+            devices[device_id] = known if not known.healthy else known.with_health(False)
             next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
         self._known = devices
         return devices, next_expiry
@@ -267,8 +262,6 @@ class GlobDriver:
                     id=device_id,
                     nodes=(DeviceNode(host_path, container),),
                     numa=numa,
-                    env=_NO_ENTRIES,
-                    annotations=_NO_ENTRIES,
                     path=matched,
                 )
         return _ScanResult(devices, frozenset(dirs), tuple(sorted(set(unreadable))), signatures)

@@ -285,8 +285,9 @@ async def test_rolling_upgrade_with_surge_recovers_from_the_stale_stream_disconn
     await old.shutdown()
     await kubelet.wait_for(lambda: kubelet.stale_disconnects == 1, timeout=5)
     await kubelet.wait_for(
-        lambda: kubelet.resource(FPGA).registrations == 3
-        and kubelet.resource(FPGA).allocatable == 2,
+        lambda: (
+            kubelet.resource(FPGA).registrations == 3 and kubelet.resource(FPGA).allocatable == 2
+        ),
         timeout=10,
         description="the new instance registered again",
     )
@@ -315,3 +316,38 @@ async def test_a_second_client_closing_its_stream_does_not_reregister(
     (devices / "fpga9").touch()
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 3)
     assert kubelet.resource(FPGA).registrations == 1
+
+
+async def test_shell_probe_resource_end_to_end(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host
+) -> None:
+    """A script lists the devices: changes reach the kubelet, a failing probe keeps the last
+    list and then turns every device Unhealthy, and a good run recovers."""
+    listing = short_dir / "dongles.txt"
+    listing.write_text("d0 Healthy path=/dev/null:/dev/dongle0\nd1 Healthy\n")
+    probe = short_dir / "probe.sh"
+    probe.write_text(f"#!/bin/sh\n[ -f {short_dir}/broken ] && exit 3\ncat {listing}\n")
+    probe.chmod(0o755)
+    name = "vendor.example/dongle"
+    await start_host(
+        f"kubelet: {{socketDir: {socket_dir}}}\n"
+        f"resources:\n  - name: {name}\n"
+        f"    shell: {{command: [{probe}], interval: 100ms, timeout: 2s, failureThreshold: 2}}\n"
+        "    allocate: {env: {DONGLES: '{ids}'}}\n"
+    )
+    await kubelet.wait_for(lambda: kubelet.resource(name).allocatable == 2)
+    response = await kubelet.allocate(name, 1, pod_uid="p1")
+    assert response.envs == {"DONGLES": "d0"}
+    assert [(d.host_path, d.container_path) for d in response.devices] == [
+        ("/dev/null", "/dev/dongle0")
+    ]
+    listing.write_text("d0 Healthy\nd1 Healthy\nd2 Unhealthy\n")
+    await kubelet.wait_for(lambda: kubelet.resource(name).capacity == 3)
+    assert kubelet.resource(name).unhealthy_ids == {"d2"}
+
+    (short_dir / "broken").touch()
+    await kubelet.wait_for(lambda: kubelet.resource(name).allocatable == 0, timeout=10)
+    assert kubelet.resource(name).capacity == 3  # the last good list is kept
+    (short_dir / "broken").unlink()
+    await kubelet.wait_for(lambda: kubelet.resource(name).allocatable == 2, timeout=10)
+    assert kubelet.resource(name).registrations == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
-from .config import PreferredPolicy, ResourceConfig, render_template
-from .devices import REPLICA_SEPARATOR, Advertised, Device, Snapshot
+from .config import MountConfig, PreferredPolicy, ResourceConfig, render_template
+from .devices import REPLICA_SEPARATOR, Advertised, Device, DeviceMount, Snapshot
 
 ALLOCATION_DEPENDENT_FIELD = re.compile(r"\{(ids|paths|count)\}")
 """Template fields whose value depends on which devices a container got."""
@@ -98,7 +99,11 @@ class AllocationBuilder:
         _merge_device_maps(envs, (device.env for device in physical))
         _merge_device_maps(annotations, (device.annotations for device in physical))
         mounts: dict[str, Mount] = {}
-        for mount in allocate.mounts:
+        device_mounts = (mount for device in physical for mount in device.mounts)
+        every_mount: Iterable[MountConfig | DeviceMount] = itertools.chain(
+            allocate.mounts, device_mounts
+        )
+        for mount in every_mount:
             mounts.setdefault(
                 mount.container_path,
                 Mount(
@@ -107,16 +112,6 @@ class AllocationBuilder:
                     read_only=mount.read_only,
                 ),
             )
-        for device in physical:
-            for device_mount in device.mounts:
-                mounts.setdefault(
-                    device_mount.container_path,
-                    Mount(
-                        container_path=device_mount.container_path,
-                        host_path=device_mount.host_path,
-                        read_only=device_mount.read_only,
-                    ),
-                )
         cdi = allocate.cdi
         response = ContainerAllocateResponse(
             envs=envs,

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint protos bench chart-test helm clean
+.PHONY: venv demo test lint protos bench chart-test chart-schema helm clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ helm: $(HELM)
 
 $(HELM): scripts/fetch-helm.sh | $(STAMP)
 	bash scripts/fetch-helm.sh $@ $(BIN)/python
+
+## chart-schema: copy config/schema.json into the chart's values.schema.json (a test checks it)
+chart-schema:
+	$(PYTHON) scripts/sync-chart-schema.py
 
 ## chart-test: helm lint, render every value set, validate against the Kubernetes schemas
 chart-test: $(STAMP) helm

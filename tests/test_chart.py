@@ -11,6 +11,7 @@ sets must be rejected, with the message named in their `# expect:` lines.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import re
@@ -662,6 +663,19 @@ def test_app_version_is_the_package_version() -> None:
         rest.partition("=")[::2] for word, rest in dockerfile_instructions() if word == "ARG"
     )
     assert dockerfile_args["VERSION"] == version
+
+
+def test_values_schema_embeds_the_config_schema() -> None:
+    """`config:` is checked by config/schema.json itself (run `make chart-schema`)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        sync = importlib.import_module("sync-chart-schema")
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["config"] == sync.embedded_config_schema(), (
+        "charts/kdp-host/values.schema.json is out of date: run `make chart-schema`"
+    )
 
 
 def test_values_schema_covers_values_yaml() -> None:

@@ -1197,12 +1197,14 @@ class KubeletSimulator:
             ]
         )
         try:
-            if endpoint.stopped or endpoint.stub is None:
-                raise _EndpointStopped(f"endpoint {resource} has been stopped")
-            async with asyncio.timeout(self.rpc_timeout):
-                response = await endpoint.stub.get_preferred_allocation(request)
-        except Exception as exc:
-            text = str(exc) if isinstance(exc, _EndpointStopped) else _rpc_error_text(exc)
+            response = await _call_endpoint(
+                endpoint,
+                resource,
+                lambda stub: stub.get_preferred_allocation(request),
+                self.rpc_timeout,
+            )
+        except _RpcFailed as exc:
+            text = str(exc)
             self.preferred_allocation_calls.append(
                 PreferredAllocationCall(
                     resource, pod_uid, container, available_ids, must_ids, size, request, None, text
@@ -1251,12 +1253,11 @@ class KubeletSimulator:
             raise SimulatorAllocationError(f"unknown Device Plugin {resource}")
         request = AllocateRequest(container_requests=[ContainerAllocateRequest(devices_ids=devs)])
         try:
-            if endpoint.stopped or endpoint.stub is None:
-                raise _EndpointStopped(f"endpoint {resource} has been stopped")
-            async with asyncio.timeout(self.rpc_timeout):
-                response = await endpoint.stub.allocate(request)
-        except Exception as exc:
-            text = str(exc) if isinstance(exc, _EndpointStopped) else _rpc_error_text(exc)
+            response = await _call_endpoint(
+                endpoint, resource, lambda stub: stub.allocate(request), self.rpc_timeout
+            )
+        except _RpcFailed as exc:
+            text = str(exc)
             self.allocate_calls.append(
                 AllocateCall(resource, pod_uid, container, tuple(devs), request, None, text)
             )
@@ -1316,14 +1317,17 @@ class KubeletSimulator:
                 f" container {container}, resource {resource}"
             )
         devs = list(allocation.device_ids)
+        request = PreStartContainerRequest(devices_ids=devs)
         try:
-            if endpoint.stopped or endpoint.stub is None:
-                raise _EndpointStopped(f"endpoint {resource} has been stopped")
-            await endpoint.stub.pre_start_container(
-                PreStartContainerRequest(devices_ids=devs), timeout=self.pre_start_timeout
+            # The kubelet's own 30 s deadline travels with the call (grpc-timeout).
+            await _call_endpoint(
+                endpoint,
+                resource,
+                lambda stub: stub.pre_start_container(request, timeout=self.pre_start_timeout),
+                None,
             )
-        except Exception as exc:
-            text = str(exc) if isinstance(exc, _EndpointStopped) else _rpc_error_text(exc)
+        except _RpcFailed as exc:
+            text = str(exc)
             self.pre_start_calls.append(
                 PreStartCall(resource, pod_uid, container, tuple(devs), text)
             )
@@ -1428,8 +1432,25 @@ class KubeletSimulator:
             self._endpoints[name] = _Endpoint(name, None, None, None, stopped_at=now)
 
 
-class _EndpointStopped(Exception):
-    pass
+class _RpcFailed(Exception):
+    """An RPC to a plugin endpoint that failed; str() is the kubelet's error text."""
+
+
+async def _call_endpoint(
+    endpoint: _Endpoint,
+    resource: str,
+    call: Callable[[DevicePluginStub], Awaitable[Any]],
+    timeout: float | None,
+) -> Any:
+    """One RPC through an endpoint the way the kubelet's endpoint.go does it: a stopped
+    endpoint refuses, any failure becomes grpc-go's status text."""
+    if endpoint.stopped or endpoint.stub is None:
+        raise _RpcFailed(f"endpoint {resource} has been stopped")
+    try:
+        async with asyncio.timeout(timeout):
+            return await call(endpoint.stub)
+    except Exception as exc:
+        raise _RpcFailed(_rpc_error_text(exc)) from exc
 
 
 # --------------------------------------------------------------------------- CLI entry

@@ -19,6 +19,14 @@ from kdp_host.metrics import Metrics
 from kdp_host.simulator import KubeletSimulator
 
 
+def script(directory: Path, name: str, body: str) -> str:
+    """An executable /bin/sh script in `directory`; returns its path."""
+    path = directory / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A short directory under /tmp: unix socket paths must stay under 108 bytes."""

@@ -13,7 +13,7 @@ import pytest
 
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
-from .conftest import glob_config, wait_until
+from .conftest import glob_config, script, wait_until
 
 FPGA = "vendor.example/fpga"
 SERIAL = "vendor.example/serial"
@@ -325,9 +325,7 @@ async def test_shell_probe_resource_end_to_end(
     list and then turns every device Unhealthy, and a good run recovers."""
     listing = short_dir / "dongles.txt"
     listing.write_text("d0 Healthy path=/dev/null:/dev/dongle0\nd1 Healthy\n")
-    probe = short_dir / "probe.sh"
-    probe.write_text(f"#!/bin/sh\n[ -f {short_dir}/broken ] && exit 3\ncat {listing}\n")
-    probe.chmod(0o755)
+    probe = script(short_dir, "probe.sh", f"[ -f {short_dir}/broken ] && exit 3\ncat {listing}\n")
     name = "vendor.example/dongle"
     await start_host(
         f"kubelet: {{socketDir: {socket_dir}}}\n"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.watch import PollingWatcher
 
-from .conftest import wait_table, wait_until
+from .conftest import script, wait_table, wait_until
 
 RESOURCE = "vendor.example/card"
 LOGGER = "test_health"
@@ -28,13 +27,6 @@ LOGGER = "test_health"
 def make_ctx(metrics: Metrics | None = None) -> DriverContext:
     log = get_logger(LOGGER, resource=RESOURCE)
     return DriverContext(RESOURCE, log, PollingWatcher(log), metrics)
-
-
-def script(tmp_path: Path, name: str, body: str) -> str:
-    path = tmp_path / name
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return str(path)
 
 
 def failures(metrics: Metrics) -> float:

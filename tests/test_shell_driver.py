@@ -14,7 +14,6 @@ import errno
 import logging
 import os
 import signal
-import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.watch import PollingWatcher
 
-from .conftest import wait_table, wait_until
+from .conftest import script, wait_table, wait_until
 
 RESOURCE = "vendor.example/dongle"
 LOGGER = "test_shell"
@@ -45,13 +44,6 @@ _PR_SET_CHILD_SUBREAPER = 36
 def make_ctx(metrics: Metrics | None = None, resource: str = RESOURCE) -> DriverContext:
     log = get_logger(LOGGER, resource=resource)
     return DriverContext(resource, log, PollingWatcher(log), metrics)
-
-
-def script(tmp_path: Path, name: str, body: str) -> str:
-    path = tmp_path / name
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return str(path)
 
 
 def shell(command: str, **options: Any) -> ShellDriverConfig:

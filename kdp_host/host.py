@@ -29,7 +29,8 @@ from .registration import KUBELET_SOCKET, Backoff, kubelet_socket_identity
 from .resource import HostServices, ResourceRuntime
 from .watch import Watcher, make_watcher
 
-RESTART_BACKOFF = Backoff(initial=0.5, maximum=30.0)
+RESTART_DELAYS = (0.5, 30.0)
+"""Backoff of a crashed resource's restarts: first and longest delay, in seconds."""
 STABLE_AFTER = 60.0
 """A resource that ran this long before crashing restarts with the shortest backoff again."""
 GIVE_UP_AFTER_CRASHES = 10
@@ -301,7 +302,7 @@ class Host:
     ) -> None:
         if after is not None:
             await asyncio.wait({after})
-        backoff = Backoff(initial=RESTART_BACKOFF.initial, maximum=RESTART_BACKOFF.maximum)
+        backoff = Backoff(*RESTART_DELAYS)
         loop = asyncio.get_running_loop()
         runtime = supervised.runtime
         while True:

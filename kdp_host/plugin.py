@@ -26,20 +26,17 @@ from .api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
     ContainerPreferredAllocationResponse,
-    Device,
     DevicePluginBase,
     DevicePluginOptions,
     Empty,
     ListAndWatchResponse,
-    NumaNode,
     PreferredAllocationRequest,
     PreferredAllocationResponse,
     PreStartContainerRequest,
     PreStartContainerResponse,
-    TopologyInfo,
 )
 from .config import ResourceConfig
-from .devices import HEALTHY, UNHEALTHY, Advertised, DeviceTable, Snapshot
+from .devices import DeviceTable, Snapshot
 from .logs import EventLogger
 from .metrics import Metrics
 from .wire import (
@@ -58,13 +55,6 @@ _FAST_REQUESTS = {
     "/v1beta1.DevicePlugin/Allocate": FastAllocateRequest,
     "/v1beta1.DevicePlugin/GetPreferredAllocation": FastPreferredAllocationRequest,
 }
-
-
-def device_message(entry: Advertised) -> Device:
-    topology = None
-    if entry.device.numa is not None:
-        topology = TopologyInfo(nodes=[NumaNode(id=entry.device.numa)])
-    return Device(id=entry.id, health=HEALTHY if entry.healthy else UNHEALTHY, topology=topology)
 
 
 class _TopologyFields(dict[int | None, bytes]):

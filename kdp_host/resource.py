@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot
@@ -66,7 +66,6 @@ class ResourceStatus:
     registered: bool = False
     last_error: str | None = None
     registrations: int = 0
-    devices: Snapshot | None = field(default=None, repr=False)
 
 
 class ResourceRuntime:
@@ -84,7 +83,6 @@ class ResourceRuntime:
         self._stream_lost = False
 
     def _on_devices_changed(self, snapshot: Snapshot) -> None:
-        self.status.devices = snapshot
         self._services.metrics.set_device_counts(
             self.config.name, snapshot.healthy_count, snapshot.unhealthy_count
         )

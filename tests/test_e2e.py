@@ -206,7 +206,7 @@ async def test_crashing_resource_restarts_while_others_serve(
         return real_make_driver(config, ctx)
 
     monkeypatch.setattr(resource_module, "make_driver", make_driver)
-    monkeypatch.setattr("kdp_host.host.RESTART_BACKOFF", resource_module.Backoff(0.05, 0.1))
+    monkeypatch.setattr("kdp_host.host.RESTART_DELAYS", (0.05, 0.1))
     running = await start_host(two_resources(socket_dir, devices))
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
     await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1, timeout=15)

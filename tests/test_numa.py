@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host.api.v1beta1 import ListAndWatchResponse
+from kdp_host.api.v1beta1 import Device as WireDevice
+from kdp_host.api.v1beta1 import ListAndWatchResponse, NumaNode, TopologyInfo
 from kdp_host.config import GlobDriverConfig, load_config_text
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.drivers import DriverContext
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.logs import get_logger
-from kdp_host.plugin import ListAndWatchEncoder, device_message
+from kdp_host.plugin import ListAndWatchEncoder
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.watch import make_watcher
 
@@ -99,7 +100,18 @@ async def test_topology_in_list_and_watch_message() -> None:
         assert topology is not None and [n.id for n in topology.nodes] == [1]
     assert by_id["b::0"].topology is None or not by_id["b::0"].topology.nodes
     # the cached per-device encoding is byte-identical to encoding the message whole
-    whole = ListAndWatchResponse(devices=[device_message(e) for e in table.snapshot.advertised])
+    whole = ListAndWatchResponse(
+        devices=[
+            WireDevice(
+                id=e.id,
+                health="Healthy" if e.healthy else "Unhealthy",
+                topology=None
+                if e.device.numa is None
+                else TopologyInfo(nodes=[NumaNode(id=e.device.numa)]),
+            )
+            for e in table.snapshot.advertised
+        ]
+    )
     assert bytes(whole) == data
 
 

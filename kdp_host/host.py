@@ -25,7 +25,7 @@ from .config import Config, ConfigError, ResourceConfig, load_config_text
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import Metrics
-from .registration import KUBELET_SOCKET, Backoff, kubelet_socket_identity
+from .protocol.registration import KUBELET_SOCKET, Backoff, kubelet_socket_identity
 from .resource import HostServices, ResourceRuntime
 from .watch import Watcher, make_watcher
 

@@ -20,8 +20,7 @@ from .devices import DeviceTable, Snapshot
 from .drivers import DriverContext, make_driver
 from .logs import EventLogger
 from .metrics import Metrics
-from .plugin import DevicePluginService, ListAndWatchEncoder, PluginServer
-from .registration import (
+from .protocol.registration import (
     KUBELET_SOCKET,
     Backoff,
     FileIdentity,
@@ -30,6 +29,8 @@ from .registration import (
     kubelet_socket_identity,
     register,
 )
+from .protocol.server import PluginServer
+from .protocol.service import DevicePluginService, ListAndWatchEncoder
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0

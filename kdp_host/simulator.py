@@ -60,7 +60,7 @@ from kdp_host.api.v1beta1 import (
     PreStartContainerRequest,
     RegistrationBase,
 )
-from kdp_host.plugin import PluginServer
+from kdp_host.protocol.server import PluginServer
 
 __all__ = [
     "CHECKPOINT_NAME",

@@ -22,7 +22,7 @@ from kdp_host.devices import Device as TableDevice
 from kdp_host.devices import DeviceTable
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.plugin import DevicePluginService, ListAndWatchEncoder
+from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
 
 from .interop_kubelet import InteropKubelet, load_official_api
 
@@ -191,7 +191,7 @@ resources:
 
 async def test_close_connections_skips_a_connection_not_made_yet() -> None:
     """An accepted socket whose connection_made has not run has no processor yet."""
-    from kdp_host.plugin import PluginServer
+    from kdp_host.protocol.server import PluginServer
 
     class Accepted:
         pass

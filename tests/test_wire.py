@@ -32,8 +32,8 @@ from kdp_host.api.v1beta1 import ListAndWatchResponse as BpListAndWatchResponse
 from kdp_host.api.v1beta1 import NumaNode as BpNumaNode
 from kdp_host.api.v1beta1 import TopologyInfo as BpTopologyInfo
 from kdp_host.devices import HEALTHY, UNHEALTHY, AdvertisedDevice, Device, DeviceTable
-from kdp_host.plugin import ListAndWatchEncoder
-from kdp_host.wire import (
+from kdp_host.protocol.service import ListAndWatchEncoder
+from kdp_host.protocol.wire import (
     FastAllocateResponse,
     FastPreferredAllocationResponse,
     WireError,

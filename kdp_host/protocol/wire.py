@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .api.v1beta1 import (
+from ..api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
     ContainerAllocateRequest,

@@ -12,17 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import weakref
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpclib
 import grpclib.server
 from grpclib.const import Status
-from grpclib.protocol import H2Protocol
 
-from .allocation import AllocationBuilder, AllocationError, preferred_allocation
-from .api.v1beta1 import (
+from ..allocation import AllocationBuilder, AllocationError, preferred_allocation
+from ..api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
     ContainerPreferredAllocationResponse,
@@ -35,10 +33,10 @@ from .api.v1beta1 import (
     PreStartContainerRequest,
     PreStartContainerResponse,
 )
-from .config import ResourceConfig
-from .devices import DeviceTable, Snapshot
-from .logs import EventLogger
-from .metrics import Metrics
+from ..config import ResourceConfig
+from ..devices import DeviceTable, Snapshot
+from ..logs import EventLogger
+from ..metrics import Metrics
 from .wire import (
     FastAllocateRequest,
     FastAllocateResponse,
@@ -246,28 +244,3 @@ class DevicePluginService(DevicePluginBase):
         self, message: PreStartContainerRequest
     ) -> PreStartContainerResponse:
         return PreStartContainerResponse()
-
-
-class PluginServer(grpclib.server.Server):
-    """A grpclib server that can also close the connections it accepted.
-
-    `Server.close()` stops accepting and cancels handlers, but leaves the peer's HTTP/2
-    connection open, and on Python 3.12+ `wait_closed()` then never returns.
-    """
-
-    def __init__(self, handlers: Collection[Any]) -> None:
-        super().__init__(handlers)
-        self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
-
-    def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
-        self._protocols.add(protocol)
-        return protocol
-
-    def close_connections(self) -> None:
-        for protocol in list(self._protocols):
-            # `processor` exists once the connection is made; an accepted socket whose
-            # connection_made has not run yet is closed with the listening server.
-            processor = getattr(protocol, "processor", None)
-            if processor is not None:
-                processor.close()

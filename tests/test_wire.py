@@ -34,12 +34,12 @@ from kdp_host.api.v1beta1 import TopologyInfo as BpTopologyInfo
 from kdp_host.devices import HEALTHY, UNHEALTHY, AdvertisedDevice, Device, DeviceTable
 from kdp_host.protocol.service import ListAndWatchEncoder
 from kdp_host.protocol.wire import (
-    FastAllocateResponse,
-    FastPreferredAllocationResponse,
     WireError,
     decode_allocate_request,
     decode_preferred_allocation_request,
+    encode_allocate_response,
     encode_device_entry,
+    encode_preferred_allocation_response,
     topology_field,
 )
 from tests.bench.proto import Api, load_api
@@ -229,7 +229,7 @@ id_lists = st.lists(texts, max_size=20)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(container_responses, max_size=3))
 def test_allocate_response_bytes_equal_betterproto(responses: list[Any]) -> None:
-    fast = bytes(FastAllocateResponse(container_responses=responses))
+    fast = encode_allocate_response(AllocateResponse(container_responses=responses))
     assert fast == bytes(AllocateResponse(container_responses=responses))
 
 
@@ -241,7 +241,9 @@ def test_allocate_response_parses_the_same_with_official_protobuf(official: Api)
         annotations={"a.io/p": "/dev/f0"},
         cdi_devices=[CdiDevice(name="vendor.example/fpga=fpga0")],
     )
-    data = bytes(FastAllocateResponse(container_responses=[response, ContainerAllocateResponse()]))
+    data = encode_allocate_response(
+        AllocateResponse(container_responses=[response, ContainerAllocateResponse()])
+    )
     parsed = official.pb2.AllocateResponse.FromString(data)
     first = parsed.container_responses[0]
     assert dict(first.envs) == response.envs
@@ -258,7 +260,9 @@ def test_allocate_response_parses_the_same_with_official_protobuf(official: Api)
 @given(st.lists(id_lists, max_size=3))
 def test_preferred_allocation_response_bytes_equal_betterproto(lists: list[list[str]]) -> None:
     responses = [ContainerPreferredAllocationResponse(device_i_ds=ids) for ids in lists]
-    fast = bytes(FastPreferredAllocationResponse(container_responses=responses))
+    fast = encode_preferred_allocation_response(
+        PreferredAllocationResponse(container_responses=responses)
+    )
     assert fast == bytes(PreferredAllocationResponse(container_responses=responses))
 
 

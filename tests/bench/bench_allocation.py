@@ -159,7 +159,7 @@ def served(resource: ResourceConfig, physical: int) -> Iterator[tuple[Path, Snap
             resource, devices_table, ListAndWatchEncoder(), Metrics(), get_logger()
         )
         server = PluginServer([service])
-        await server.start(path=str(socket_path))
+        await server.serve(str(socket_path))
         holder["server"] = server
         holder["snapshot"] = devices_table.snapshot
         ready.set()

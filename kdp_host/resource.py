@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
-import re
 from dataclasses import dataclass
 
 from .config import ResourceConfig
@@ -20,6 +18,7 @@ from .devices import DeviceTable, Snapshot
 from .drivers import DriverContext, make_driver
 from .logs import EventLogger
 from .metrics import Metrics
+from .protocol.endpoint import socket_name
 from .protocol.registration import (
     KUBELET_SOCKET,
     Backoff,
@@ -39,15 +38,6 @@ FRESH_KUBELET_RETRY = 0.01
 FIRST_SCAN_WAIT = 2.0
 """Register only after the driver's first list (so the kubelet does not see 0 devices first),
 but do not wait longer than this for a slow probe."""
-_SOCKET_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def socket_name(resource: str, instance_id: str) -> str:
-    """`kdp-vendor.example_fpga-<instance>.sock`: unique per resource and per host instance."""
-    slug = _SOCKET_SLUG.sub("_", resource.replace("/", "_"))
-    if len(slug) > 48:
-        slug = slug[:39] + "-" + hashlib.sha256(resource.encode()).hexdigest()[:8]
-    return f"kdp-{slug}-{instance_id}.sock"
 
 
 @dataclass(frozen=True)
@@ -152,7 +142,7 @@ class ResourceRuntime:
             try:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.socket_path)
-                await server.start(path=self.socket_path)
+                await server.serve(self.socket_path)
                 identity = file_identity(self.socket_path)
                 if identity is None:
                     raise FileNotFoundError(self.socket_path)

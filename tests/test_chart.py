@@ -36,7 +36,7 @@ import yaml
 from kubernetes_validate import utils as kv_utils
 from packaging.version import Version
 
-from kdp_host import cli
+from kdp_host import __version__, cli
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config
@@ -482,9 +482,9 @@ def test_default_objects(rendered: dict[str, list[Doc]]) -> None:
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "kdp-host"
         assert labels["app.kubernetes.io/instance"] == RELEASE
-        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert labels["app.kubernetes.io/version"] == __version__
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        assert labels["helm.sh/chart"] == "kdp-host-0.1.0"
+        assert labels["helm.sh/chart"] == f"kdp-host-{__version__}"
 
 
 def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
@@ -825,17 +825,6 @@ def test_invalid_values_are_rejected(helm_env: dict[str, str], name: str) -> Non
 
 
 # ---------------------------------------------------------------------------------- metadata
-
-
-def test_app_version_is_the_package_version() -> None:
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    chart = load_yaml(CHART / "Chart.yaml")
-    assert chart["apiVersion"] == "v2"
-    assert chart["appVersion"] == version
-    dockerfile_args = dict(
-        rest.partition("=")[::2] for word, rest in dockerfile_instructions() if word == "ARG"
-    )
-    assert dockerfile_args["VERSION"] == version
 
 
 def test_chart_metadata() -> None:

@@ -6,6 +6,7 @@ reported together, so an operator fixes a ConfigMap in one round.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
+
+from .metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 
 DEFAULT_SOCKET_DIR = "/var/lib/kubelet/device-plugins"
 DEFAULT_METRICS_LISTEN = "0.0.0.0:9410"
@@ -123,6 +126,7 @@ class KubeletConfig:
 class MetricsConfig:
     host: str = "0.0.0.0"
     port: int = 9410
+    histograms: HistogramMode = DEFAULT_HISTOGRAM_MODE
 
     @property
     def listen(self) -> str:
@@ -621,9 +625,16 @@ def config_from_data(data: Any, lines: dict[Path_, int], source: str) -> Config:
                 r.problem(("kubelet", "socketDir"), "must be an absolute path")
             kubelet = KubeletConfig(socket_dir=socket_dir)
     metrics = MetricsConfig()
-    m = r.mapping(top.get("metrics"), ("metrics",), {"listen"})
+    m = r.mapping(top.get("metrics"), ("metrics",), {"listen", "histograms"})
     if m and "listen" in m:
         metrics = _read_listen(r, m["listen"], ("metrics", "listen"))
+    if m and "histograms" in m:
+        mode = r.choice(
+            m["histograms"], ("metrics", "histograms"), DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES
+        )
+        metrics = dataclasses.replace(
+            metrics, histograms=next(h for h in HISTOGRAM_MODES if h == mode)
+        )
     resources: list[ResourceConfig] = []
     raw_resources = top.get("resources")
     if "resources" in top:

@@ -71,7 +71,7 @@ class Supervisor:
         """Start a resource; a restarted one waits until its old runtime has fully stopped.
 
         Otherwise the old ListAndWatch stream could end after the new registration, and the
-        kubelet would then disconnect the new one (contract §9).
+        kubelet would then disconnect the new one (docs/kubelet-contract.md §9).
         """
         self.services.metrics.add_resource(config.name)
         supervised = _Supervised(ResourceRuntime(config, self.services))

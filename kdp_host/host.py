@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config
+from .config import Config, load_config
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import Metrics
@@ -40,18 +40,24 @@ class Host:
     """Watched for changes (and re-read on `request_reload`) when given."""
     health: HealthState = field(default_factory=HealthState)
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    load_config: Callable[[Path], Config] = load_config
+    """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
     _supervisor: Supervisor | None = field(default=None, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.config_path is not None:
-            self._reloader = ConfigReloader(
-                self.config_path,
-                current=lambda: self.config,
-                apply=self.apply,
-                metrics=self.metrics,
-                log=self.log,
-            )
+            self._reloader = self._reloader_for(self.config_path)
+
+    def _reloader_for(self, path: Path) -> ConfigReloader:
+        return ConfigReloader(
+            path,
+            current=lambda: self.config,
+            apply=self.apply,
+            metrics=self.metrics,
+            log=self.log,
+            load_config=self.load_config,
+        )
 
     @property
     def resources(self) -> dict[str, ResourceRuntime]:
@@ -107,11 +113,12 @@ class Host:
         if self._reloader is not None:
             self._reloader.request()
 
-    async def reload(self) -> str:
-        """Re-read the config file and apply it; returns the counted result."""
-        if self._reloader is None:
-            raise RuntimeError("this host has no config file to reload")
-        return await self._reloader.reload()
+    async def reload_from(self, path: Path) -> str:
+        """Read, validate and apply `path` now; returns the counted result."""
+        reloader = self._reloader
+        if reloader is None or reloader.path != path:
+            reloader = self._reloader_for(path)
+        return await reloader.reload()
 
     def apply(self, new: Config) -> ReloadPlan:
         """Apply a validated config as a diff. Raises RestartRequired for what needs a restart."""

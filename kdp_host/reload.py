@@ -8,15 +8,12 @@ ends in one counted result: `ok`, `invalid`, `refused` or `unchanged`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiofiles
-
-from .config import Config, ConfigError, load_config_text
+from .config import Config, ConfigError, load_config
 from .logs import EventLogger
 from .metrics import Metrics
 from .watch import Watcher
@@ -75,6 +72,8 @@ class ConfigReloader:
     apply: Callable[[Config], ReloadPlan]
     metrics: Metrics
     log: EventLogger
+    load_config: Callable[[Path], Config] = load_config
+    """Reads and validates a config file (in a worker thread); raises ConfigError."""
     debounce: float = RELOAD_DEBOUNCE
     _wanted: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -107,20 +106,17 @@ class ConfigReloader:
                 subscription.cancel()
 
     async def reload(self) -> str:
-        """Read, validate and apply the file; returns the result that was counted."""
-        path = self.path
+        """Read, validate and apply the file; returns the result that was counted.
+
+        The file is read and checked by the same function as at start-up, in a worker thread
+        (its work is bounded by the config loader's limits), so the loop keeps serving.
+        """
         try:
-            async with aiofiles.open(path, "rb") as f:
-                data = await f.read()
-        except OSError as exc:
-            return self._result("invalid", error=f"cannot read {path}: {exc}")
-        sha256 = hashlib.sha256(data).hexdigest()
-        if sha256 == self.current().sha256:
-            return self._result("unchanged", sha256=sha256[:12])
-        try:
-            new = load_config_text(data.decode("utf-8", errors="replace"), str(path))
+            new = await asyncio.to_thread(self.load_config, self.path)
         except ConfigError as exc:
             return self._result("invalid", error=str(exc), problems=len(exc.problems))
+        if new.sha256 == self.current().sha256:
+            return self._result("unchanged", sha256=new.sha256[:12])
         try:
             plan = self.apply(new)
         except RestartRequired as exc:

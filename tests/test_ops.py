@@ -310,7 +310,7 @@ async def test_sighup_with_an_unchanged_file_is_logged_and_counted(
     running = await start_host(text, config)
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
     with caplog.at_level("INFO", logger="kdp_host"):
-        assert await running.host.reload() == "unchanged"
+        assert await running.host.reload_from(config) == "unchanged"
     assert value(running.metrics, "kdp_config_reloads_total", result="unchanged") == 1
     assert any(r.getMessage() == "config_unchanged" for r in caplog.records)
     assert kubelet.resource(FPGA).registrations == 1

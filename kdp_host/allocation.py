@@ -84,7 +84,7 @@ class AllocationBuilder:
                     specs[node.container_path] = DeviceSpec(
                         container_path=node.container_path,
                         host_path=node.host_path,
-                        permissions=allocate.permissions,
+                        permissions=node.permissions or allocate.permissions,
                     )
         values = {
             "ids": ",".join(device.id for device in physical),

@@ -166,7 +166,11 @@ def _device_edits(device: Device, permissions: str, shared_env: frozenset[str]) 
     for node in device.nodes:
         nodes.setdefault(
             node.container_path,
-            {"path": node.container_path, "hostPath": node.host_path, "permissions": permissions},
+            {
+                "path": node.container_path,
+                "hostPath": node.host_path,
+                "permissions": node.permissions or permissions,
+            },
         )
     if nodes:
         edits["deviceNodes"] = list(nodes.values())

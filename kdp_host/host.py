@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import secrets
 import socket
@@ -19,9 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiofiles
-
-from .config import Config, ConfigError, ResourceConfig, load_config_text
+from .config import Config, ConfigError, ResourceConfig, load_config
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import Metrics
@@ -116,6 +113,8 @@ class Host:
     config_path: Path | None = None
     """Watched for changes (and re-read on `request_reload`) when given."""
     health: HealthState = field(default_factory=HealthState)
+    load_config: Callable[[Path], Config] = load_config
+    """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
     _resources: dict[str, _Supervised] = field(default_factory=dict, init=False)
     _services: HostServices | None = field(default=None, init=False)
     _stopping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
@@ -226,18 +225,17 @@ class Host:
                 subscription.cancel()
 
     async def reload_from(self, path: Path) -> str:
-        """Read, validate and apply the file; returns the result that was counted."""
+        """Read, validate and apply the file; returns the result that was counted.
+
+        The file is read and checked by the same function as at start-up, in a worker thread
+        (its work is bounded by the config loader's limits), so the loop keeps serving.
+        """
         try:
-            async with aiofiles.open(path, "rb") as f:
-                data = await f.read()
-        except OSError as exc:
-            return self._reload_result("invalid", error=f"cannot read {path}: {exc}")
-        if hashlib.sha256(data).hexdigest() == self.config.sha256:
-            return "unchanged"
-        try:
-            new = load_config_text(data.decode("utf-8", errors="replace"), str(path))
+            new = await asyncio.to_thread(self.load_config, path)
         except ConfigError as exc:
             return self._reload_result("invalid", error=str(exc), problems=len(exc.problems))
+        if new.sha256 == self.config.sha256:
+            return "unchanged"
         try:
             plan = self.apply(new)
         except ValueError as exc:
@@ -287,7 +285,7 @@ class Host:
         """Start a resource; a restarted one waits until its old runtime has fully stopped.
 
         Otherwise the old ListAndWatch stream could end after the new registration, and the
-        kubelet would then disconnect the new one (contract §9).
+        kubelet would then disconnect the new one (docs/kubelet-contract.md §9).
         """
         assert self._services is not None
         runtime = ResourceRuntime(config, self._services)

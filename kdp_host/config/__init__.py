@@ -506,7 +506,7 @@ def _read_shell(r: _Reader, raw: Any, path: Path_) -> ShellDriverConfig | None:
 
 
 def _read_hex(r: _Reader, spec: dict[str, Any], key: str, path: Path_, digits: int) -> str | None:
-    from .sysfs.match import class_pattern_problem, hex_pattern_problem
+    from ..sysfs.match import class_pattern_problem, hex_pattern_problem
 
     if key not in spec:
         return None
@@ -543,8 +543,8 @@ def _match_entries(r: _Reader, raw: Any, path: Path_) -> list[tuple[Any, Path_]]
 
 
 def _read_sysfs(r: _Reader, raw: Any, path: Path_) -> SysfsDriverConfig | None:
-    from .sysfs.match import ATTRIBUTE_NAME
-    from .sysfs.model import TEMPLATE_FIELDS
+    from ..sysfs.match import ATTRIBUTE_NAME
+    from ..sysfs.model import TEMPLATE_FIELDS
 
     known = {
         "usb",

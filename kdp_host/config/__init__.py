@@ -6,6 +6,7 @@ reported together, so an operator fixes a ConfigMap in one round.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
     absolute_path_problem,
     annotation_key_problem,
@@ -198,6 +200,7 @@ class KubeletConfig:
 class MetricsConfig:
     host: str = "0.0.0.0"
     port: int = 9410
+    histograms: HistogramMode = DEFAULT_HISTOGRAM_MODE
 
     @property
     def listen(self) -> str:
@@ -833,9 +836,16 @@ def config_from_data(
         if socket_dir is not None:
             kubelet = KubeletConfig(socket_dir=socket_dir)
     metrics = MetricsConfig()
-    m = r.mapping(top.get("metrics"), ("metrics",), {"listen"})
+    m = r.mapping(top.get("metrics"), ("metrics",), {"listen", "histograms"})
     if m and "listen" in m:
         metrics = _read_listen(r, m["listen"], ("metrics", "listen"))
+    if m and "histograms" in m:
+        mode = r.choice(
+            m["histograms"], ("metrics", "histograms"), DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES
+        )
+        metrics = dataclasses.replace(
+            metrics, histograms=next(h for h in HISTOGRAM_MODES if h == mode)
+        )
     resources: list[ResourceConfig] = []
     raw_resources = top.get("resources")
     if "resources" in top:

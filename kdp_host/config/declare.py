@@ -127,10 +127,6 @@ class Kind:
     def schema(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def key_paths(self, prefix: str) -> Iterator[str]:
-        """Paths of the keys nested below this value (none for plain values)."""
-        return iter(())
-
 
 @dataclass(frozen=True)
 class Text(Kind):
@@ -142,6 +138,8 @@ class Text(Kind):
     extra_schema: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     prefix: str = ""
     """Put before the rule's problem (`'x' is not a valid ...: `)."""
+    convert: Callable[[str], str] | None = None
+    """Applied to a valid value (`/dev/ttyUSB*` -> `ttyUSB*`)."""
 
     def read(self, r: Reader, value: Any, path: FieldPath) -> Any:
         if not isinstance(value, str):
@@ -159,7 +157,9 @@ class Text(Kind):
             problems.append(self.prefix.format(value=value) + why)
         for why in problems:
             r.problem(path, why)
-        return INVALID if problems else value
+        if problems:
+            return INVALID
+        return self.convert(value) if self.convert is not None else value
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string", "minLength": 1, **self.extra_schema}
@@ -315,14 +315,20 @@ class ListOf(Kind):
 
     item: Kind
     hint: str = "a list"
-    empty: str = "must not be empty"
+    empty: str | None = "must not be empty"
+    """The problem of an empty list (None: an empty list is fine)."""
+    single: bool = False
+    """Also take one item written on its own (a mapping instead of a list of one)."""
     unique: tuple[str, str] | None = None
     """(attribute, YAML key) whose value must differ between items (a section's name)."""
 
     def read(self, r: Reader, value: Any, path: FieldPath) -> Any:
+        if self.single and isinstance(value, dict):
+            item = self.item.read(r, value, path)
+            return () if item is INVALID else (item,)
         if isinstance(value, str) or not isinstance(value, list):
             return r.wrong_type(path, self.hint, value)
-        if not value:
+        if not value and self.empty is not None:
             r.problem(path, self.empty)
             return INVALID
         items = [self.item.read(r, item, (*path, i)) for i, item in enumerate(value)]
@@ -342,10 +348,12 @@ class ListOf(Kind):
         return tuple(item for item in items if item is not INVALID)
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "array", "minItems": 1, "items": self.item.schema()}
-
-    def key_paths(self, prefix: str) -> Iterator[str]:
-        return self.item.key_paths(prefix + "[]")
+        schema: dict[str, Any] = {"type": "array", "items": self.item.schema()}
+        if self.empty is not None:
+            schema["minItems"] = 1
+        if self.single:
+            return {"anyOf": [schema, self.item.schema()]}
+        return schema
 
 
 @dataclass(frozen=True)
@@ -360,9 +368,6 @@ class Section(Kind):
 
     def schema(self) -> dict[str, Any]:
         return section_schema(self.cls)
-
-    def key_paths(self, prefix: str) -> Iterator[str]:
-        return key_paths(self.cls, prefix + ".")
 
 
 # --------------------------------------------------------------------------- declarations
@@ -504,9 +509,11 @@ def read_section(r: Reader, cls: type[Any], value: Any, path: FieldPath) -> Any 
 def _read_one_of(r: Reader, declaration: OneOf, value: dict[Any, Any], path: FieldPath) -> Any:
     present = [name for name in declaration.options if name in value]
     if len(present) != 1:
+        *others, last = declaration.options
+        names = f"{', '.join(others)} or {last}" if others else last
         r.problem(
             path,
-            f"needs exactly one {declaration.what} ({' or '.join(declaration.options)}), got "
+            f"needs exactly one {declaration.what} ({names}), got "
             + (", ".join(present) if present else "none"),
         )
     chosen = None
@@ -555,16 +562,27 @@ def section_schema(cls: type[Any]) -> dict[str, Any]:
     return schema
 
 
-def key_paths(cls: type[Any], prefix: str = "") -> Iterator[str]:
-    """Every key path below `cls`: `resources[].glob.paths`, ..."""
+def declared_kinds(cls: type[Any], prefix: str = "") -> Iterator[tuple[str, Kind | None]]:
+    """Every key path below `cls` (`resources[].glob.paths`, ...) with its kind (None for a
+    driver-style key of a `one_of`)."""
     for _, declaration in declarations(cls):
         if isinstance(declaration, OneOf):
             for name, option in declaration.options.items():
-                yield prefix + name
-                yield from key_paths(option, f"{prefix}{name}.")
+                yield prefix + name, None
+                yield from declared_kinds(option, f"{prefix}{name}.")
             continue
-        yield prefix + declaration.name
-        yield from declaration.kind.key_paths(prefix + declaration.name)
+        path = prefix + declaration.name
+        yield path, declaration.kind
+        kind = declaration.kind
+        while isinstance(kind, ListOf):
+            kind, path = kind.item, path + "[]"
+        if isinstance(kind, Section):
+            yield from declared_kinds(kind.cls, path + ".")
+
+
+def key_paths(cls: type[Any], prefix: str = "") -> Iterator[str]:
+    """Every key path below `cls`: `resources[].glob.paths`, ..."""
+    return (path for path, _ in declared_kinds(cls, prefix))
 
 
 def default_text(declaration: Key) -> str:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, Final
 
-from .declare import key_paths, rows, section_schema
+from .declare import StringMap, declared_kinds, key_paths, rows, section_schema
 from .model import README_TABLES, Config
 
 _DEFS: Final = "#/$defs/"
@@ -101,14 +101,19 @@ def declared_key_paths() -> list[str]:
 
 
 def data_key_paths(data: Any, prefix: str = "") -> Iterator[str]:
-    """The key paths a parsed YAML document uses (list items as `[]`). Maps that are values
-    (`env`, `annotations`) yield their own path only: their keys are the user's names."""
+    """The key paths a parsed YAML document uses (list items as `[]`). The keys of a string
+    map (`env`, `annotations`, `attributes`) are the user's names, not config keys."""
+    maps = {path for path, kind in declared_kinds(Config) if isinstance(kind, StringMap)}
+    return _data_key_paths(data, prefix, maps)
+
+
+def _data_key_paths(data: Any, prefix: str, maps: set[str]) -> Iterator[str]:
     if isinstance(data, dict):
         for key, value in data.items():
             path = f"{prefix}.{key}" if prefix else str(key)
             yield path
-            if not path.endswith((".env", ".annotations")):
-                yield from data_key_paths(value, path)
+            if path not in maps:
+                yield from _data_key_paths(value, path, maps)
     elif isinstance(data, list):
         for item in data:
-            yield from data_key_paths(item, prefix + "[]")
+            yield from _data_key_paths(item, prefix + "[]", maps)

@@ -26,10 +26,12 @@ Text rules (names, paths, env names, annotation keys) come from kdp_host/rules.p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
     absolute_path_problem,
     annotation_key_problem,
@@ -37,17 +39,25 @@ from ..rules import (
     env_name_problem,
     extended_resource_name_problem,
 )
+from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
+from ..sysfs.model import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
+from ..sysfs.reader import DEFAULT_SCAN_TIMEOUT
 from .declare import (
+    INVALID,
     AbsolutePath,
     Argv,
     Boolean,
     Choice,
     Duration,
     Integer,
+    Key,
+    Kind,
     ListOf,
+    Reader,
     Section,
     StringMap,
     Text,
+    declarations,
     key,
     one_of,
     render_template,
@@ -187,8 +197,232 @@ class ShellDriverConfig:
     kind: Literal["shell"] = field(default="shell", init=False)
 
 
-DriverConfig = GlobDriverConfig | ShellDriverConfig
-DRIVERS: Mapping[str, type[DriverConfig]] = {"glob": GlobDriverConfig, "shell": ShellDriverConfig}
+@dataclass(frozen=True)
+class HexId(Kind):
+    """A hex ID (`10c4`, `0x10C4`) or a glob of one, of at most `digits` digits; PCI `class`
+    also takes a prefix or `value/mask`. Unquoted digits are refused: YAML reads `0403` as
+    a number."""
+
+    digits: int
+    pci_class: bool = False
+
+    def read(self, r: Reader, value: Any, path: FieldPath) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            name = path[-1]
+            r.problem(
+                path,
+                f'write hex IDs as quoted strings ({name}: "0403"): YAML reads unquoted digits '
+                "as a decimal or octal number",
+            )
+            return INVALID
+        text = Text().read(r, value, path)
+        if text is INVALID:
+            return INVALID
+        why = (
+            class_pattern_problem(text)
+            if self.pci_class
+            else hex_pattern_problem(text, self.digits)
+        )
+        if why:
+            r.problem(path, why)
+            return INVALID
+        return text
+
+    def schema(self) -> dict[str, Any]:
+        if self.pci_class:
+            pattern, text = r"^[0-9a-fA-FxX*?\[\]!/-]+$", "a prefix, the full class, value/mask"
+        else:
+            pattern, text = r"^(0[xX])?[0-9a-fA-F*?\[\]!-]+$", "hex, with or without 0x"
+        return {"type": "string", "pattern": pattern, "description": f"{text} or a glob; quote it"}
+
+
+def _at_least_one(section: object) -> Problems:
+    declared = list(declarations(type(section)))
+    if all(getattr(section, f.name) in (None, (), {}) for f, _ in declared):
+        names = sorted(d.name for _, d in declared if isinstance(d, Key))
+        yield (), f"must name at least one of {', '.join(names)}"
+
+
+@dataclass(frozen=True)
+class UsbMatchConfig:
+    """One `sysfs.usb` entry: every given field must match (hex IDs, or globs)."""
+
+    vendor: str | None = key("vendor", HexId(4), "USB vendor ID.", default=None)
+    product: str | None = key("product", HexId(4), "USB product ID.", default=None)
+    serial: str | None = key("serial", Text(), "Serial number (a glob).", default=None)
+    manufacturer: str | None = key(
+        "manufacturer", Text(), "Manufacturer string (a glob).", default=None
+    )
+    product_name: str | None = key("productName", Text(), "Product string (a glob).", default=None)
+    interface_class: str | None = key(
+        "interfaceClass",
+        HexId(2),
+        "Matches when any interface of the device has this class (`02` CDC, `0e` video...).",
+        default=None,
+    )
+
+    def check(self) -> Problems:
+        return _at_least_one(self)
+
+
+@dataclass(frozen=True)
+class PciMatchConfig:
+    """One `sysfs.pci` entry: every given field must match."""
+
+    vendor: str | None = key("vendor", HexId(4), "PCI vendor ID.", default=None)
+    device: str | None = key("device", HexId(4), "PCI device ID.", default=None)
+    subsystem_vendor: str | None = key(
+        "subsystemVendor", HexId(4), "PCI subsystem vendor ID.", default=None
+    )
+    subsystem_device: str | None = key(
+        "subsystemDevice", HexId(4), "PCI subsystem device ID.", default=None
+    )
+    pci_class: str | None = key(
+        "class",
+        HexId(6, pci_class=True),
+        "A prefix (`03`, `0302`), the full `030200`, `value/mask`, or a glob.",
+        default=None,
+    )
+    driver: str | None = key("driver", Text(), "The bound kernel driver (a glob).", default=None)
+
+    def check(self) -> Problems:
+        return _at_least_one(self)
+
+
+def _sysfs_name_problem(name: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
+        return "must be a name under /sys/bus or /sys/class"
+    return None
+
+
+def _attribute_problem(name: str) -> str | None:
+    if ATTRIBUTE_NAME.fullmatch(name) and ".." not in name.split("/"):
+        return None
+    return "must be an attribute file below the device (e.g. name, device/vendor)"
+
+
+@dataclass(frozen=True)
+class SysfsMatchConfig:
+    """One `sysfs.devices` entry: devices of any bus or class, by attribute values."""
+
+    bus: str | None = key(
+        "bus", Text(rule=_sysfs_name_problem), "A bus under /sys/bus.", default=None
+    )
+    device_class: str | None = key(
+        "class", Text(rule=_sysfs_name_problem), "A class under /sys/class.", default=None
+    )
+    attributes: Mapping[str, str] = key(
+        "attributes",
+        StringMap(_attribute_problem),
+        "Attribute file (relative to the device directory) -> exact value or glob.",
+        default={},
+    )
+    driver: str | None = key("driver", Text(), "The bound kernel driver (a glob).", default=None)
+
+    def check(self) -> Problems:
+        if (self.bus is None) == (self.device_class is None):
+            yield (), "needs exactly one of bus or class"
+
+
+@dataclass(frozen=True)
+class NodeSelectConfig:
+    """Which of a matched device's nodes go to the container (all when empty)."""
+
+    subsystems: tuple[str, ...] = key(
+        "subsystems",
+        ListOf(Text(), hint="a list of strings", empty=None),
+        "Subsystems of the nodes to pass (tty, usb, drm, block, misc, vfio...).",
+        default=[],
+    )
+    names: tuple[str, ...] = key(
+        "names",
+        ListOf(
+            Text(convert=lambda name: name.removeprefix("/dev/")),
+            hint="a list of strings",
+            empty=None,
+        ),
+        "Globs on the node's name relative to /dev (`ttyUSB*`, `dri/renderD*`).",
+        default=[],
+    )
+
+
+@dataclass(frozen=True)
+class SysfsDriverConfig:
+    usb: tuple[UsbMatchConfig, ...] = key(
+        "usb",
+        ListOf(Section(UsbMatchConfig), hint="a list of match entries", single=True),
+        "USB devices: a list of matches (any entry matches; every field given must match).",
+        default=[],
+    )
+    pci: tuple[PciMatchConfig, ...] = key(
+        "pci",
+        ListOf(Section(PciMatchConfig), hint="a list of match entries", single=True),
+        "PCI devices: a list of matches.",
+        default=[],
+    )
+    devices: tuple[SysfsMatchConfig, ...] = key(
+        "devices",
+        ListOf(Section(SysfsMatchConfig), hint="a list of match entries", single=True),
+        "Devices of any bus or class, by attribute files below the device.",
+        default=[],
+    )
+    nodes: NodeSelectConfig | None = key(
+        "nodes",
+        Section(NodeSelectConfig),
+        "Which device nodes a container gets (default: every node the kernel made for the device).",
+        default=None,
+    )
+    sysfs_root: str = key(
+        "sysfsRoot", AbsolutePath(), "Where kdp-host sees the host's /sys.", default="/sys"
+    )
+    dev_root: str = key(
+        "devRoot",
+        AbsolutePath(),
+        "Where kdp-host sees the host's /dev (DeviceSpecs always name the host's /dev).",
+        default="/dev",
+    )
+    grace_period: float = key(
+        "gracePeriod",
+        Duration(0.0),
+        "A vanished device or lost node is Unhealthy at once and dropped after this.",
+        default="1m",
+    )
+    rescan_interval: float = key(
+        "rescanInterval", Duration(0.1), "A full rescan as a safety net.", default="30s"
+    )
+    scan_timeout: float = key(
+        "scanTimeout",
+        Duration(0.1),
+        "A sysfs read that takes longer is abandoned.",
+        default=f"{DEFAULT_SCAN_TIMEOUT:g}s",
+    )
+    env: Mapping[str, str] = key(
+        "env",
+        StringMap(env_name_problem, templates=SYSFS_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
+        "Per-device environment templates (`{serial}`, `{address}`, `{vendor}`, `{product}`, "
+        "`{nodes}`...).",
+        default={},
+    )
+    annotations: Mapping[str, str] = key(
+        "annotations",
+        StringMap(annotation_key_problem, templates=SYSFS_TEMPLATE_FIELDS),
+        "Per-device annotation templates; same fields.",
+        default={},
+    )
+
+    kind: Literal["sysfs"] = field(default="sysfs", init=False)
+
+    def check(self) -> Problems:
+        if not (self.usb or self.pci or self.devices):
+            yield (), "needs at least one of usb, pci or devices"
+
+
+DriverConfig = GlobDriverConfig | ShellDriverConfig | SysfsDriverConfig
+DRIVERS: Mapping[str, type[DriverConfig]] = {
+    "glob": GlobDriverConfig,
+    "shell": ShellDriverConfig,
+    "sysfs": SysfsDriverConfig,
+}
 """The driver sections a resource can have, by YAML key: exactly one per resource."""
 
 
@@ -334,6 +568,14 @@ class MetricsConfig:
         "`host:port` of `/metrics`, `/healthz`, `/readyz`. Needs a restart to change.",
         default="0.0.0.0:9410",
     )
+    histograms: HistogramMode = key(
+        "histograms",
+        Choice(HISTOGRAM_MODES),
+        "The three latency histograms: `perResource` (15 series each per resource, 45 per "
+        "resource), `host` (one set for the whole host, no `resource` label: 45 series "
+        "whatever the number of resources), or `off`. Needs a restart to change.",
+        default=DEFAULT_HISTOGRAM_MODE,
+    )
 
     @property
     def host(self) -> str:
@@ -366,6 +608,7 @@ README_TABLES: Mapping[str, tuple[type[object], str]] = {
     "config": (Config, ""),
     "glob": (GlobDriverConfig, "glob."),
     "shell": (ShellDriverConfig, "shell."),
+    "sysfs": (SysfsDriverConfig, "sysfs."),
     "health": (HealthCheckConfig, "health."),
     "allocate": (AllocateConfig, "allocate."),
 }

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import aiofiles
 
+from .backoff import Backoff
 from .config import Config, ConfigError, ResourceConfig, load_config_text
+from .drivers import DriverFactory, make_driver
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import Metrics
-from .registration import KUBELET_SOCKET, Backoff, kubelet_socket_identity
+from .registration import KUBELET_SOCKET, kubelet_socket_identity
 from .resource import HostServices, ResourceRuntime
 from .watch import Watcher, make_watcher
 
@@ -116,6 +118,9 @@ class Host:
     config_path: Path | None = None
     """Watched for changes (and re-read on `request_reload`) when given."""
     health: HealthState = field(default_factory=HealthState)
+    drivers: DriverFactory = make_driver
+    """Makes each resource's driver (tests pass their own)."""
+    restart_delays: tuple[float, float] = RESTART_DELAYS
     _resources: dict[str, _Supervised] = field(default_factory=dict, init=False)
     _services: HostServices | None = field(default=None, init=False)
     _stopping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
@@ -144,7 +149,9 @@ class Host:
         watcher = self.watcher or make_watcher(self.log.bind(component="watch"))
         self.watcher = watcher
         socket_dir = self.config.kubelet.socket_dir
-        self._services = HostServices(socket_dir, self.instance_id, watcher, self.metrics, self.log)
+        self._services = HostServices(
+            socket_dir, self.instance_id, watcher, self.metrics, self.log, self.drivers
+        )
         watch_task = asyncio.create_task(watcher.run(), name="watcher")
         kubelet_watch = self._watch_kubelet_restarts(socket_dir)
         self.log.info(
@@ -302,7 +309,7 @@ class Host:
     ) -> None:
         if after is not None:
             await asyncio.wait({after})
-        backoff = Backoff(*RESTART_DELAYS)
+        backoff = Backoff(*self.restart_delays)
         loop = asyncio.get_running_loop()
         runtime = supervised.runtime
         while True:

@@ -94,7 +94,16 @@ class Metrics:
         )
         self.driver_errors = Counter(
             "kdp_driver_errors",
-            "Failed scans or probes, by reason (timeout, exit, parse, output_too_large, io).",
+            "Failed scans or probes, by reason "
+            "(timeout, exit, parse, output_too_large, spawn, io).",
+            ["resource", "reason"],
+            registry=r,
+        )
+        self.driver_skipped = Counter(
+            "kdp_driver_skipped",
+            "What drivers left out without failing, by reason: paths (bad_name, "
+            "dangling_link, link_loop, same_device, id_collision), attribute files "
+            "(read_timeout, read_refused, read_error), stream lists (rate_limited).",
             ["resource", "reason"],
             registry=r,
         )

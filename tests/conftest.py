@@ -8,11 +8,13 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kdp_host.config import Config, load_config_text
 from kdp_host.devices import DeviceTable, Snapshot
+from kdp_host.drivers import DeviceReporter
 from kdp_host.host import Host
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
@@ -78,6 +80,24 @@ async def wait_until(
         delay = min(delay * 2, 0.05)
 
 
+def reporter(
+    table: DeviceTable,
+    metrics: Metrics | None = None,
+    *,
+    resource: str = "t.io/r",
+    threshold: int = 3,
+    logger: str = "kdp_host",
+) -> DeviceReporter:
+    """The notifier a resource hands its driver, writing to `table`."""
+    return DeviceReporter(
+        table,
+        resource=resource,
+        log=get_logger(logger, resource=resource),
+        metrics=metrics or Metrics(),
+        failure_threshold=threshold,
+    )
+
+
 async def wait_table(
     table: DeviceTable, predicate: Callable[[Snapshot], bool], timeout: float = 15.0
 ) -> Snapshot:
@@ -107,11 +127,15 @@ async def start_host() -> AsyncIterator[Callable[..., object]]:
     """`await start_host(config_or_yaml, config_path=None)` runs a Host in this event loop."""
     running: list[RunningHost] = []
 
-    async def start(config: Config | str, config_path: Path | None = None) -> RunningHost:
+    async def start(
+        config: Config | str, config_path: Path | None = None, **options: Any
+    ) -> RunningHost:
         if isinstance(config, str):
             config = load_config_text(config)
         metrics = Metrics()
-        host = Host(config=config, metrics=metrics, log=get_logger(), config_path=config_path)
+        host = Host(
+            config=config, metrics=metrics, log=get_logger(), config_path=config_path, **options
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(host.run(stop))
         handle = RunningHost(host, stop, task, metrics, config_path)

@@ -5,14 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint protos bench chart-test chart-schema helm clean
+.PHONY: venv demo test lint protos bench chart-test chart-schema helm clean version
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# pip >= 25.1 installs PEP 735 dependency groups (--group): upgrade it first.
+$(STAMP): pyproject.toml kdp_host/__init__.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet -e . --group dev
 	touch $(STAMP)
 
 ## demo: run kdp-host on the embedded demo config against the built-in kubelet simulator
@@ -55,6 +56,10 @@ protos: $(STAMP)
 ## bench: the benchmarks in tests/bench (not part of make test); prints a table, writes bench-results/
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run
+
+## version: print the version; `make version V=X.Y.Z` bumps it everywhere (scripts/version.py)
+version:
+	$(PYTHON) scripts/version.py $(if $(V),set $(V),)
 
 clean:
 	rm -rf $(VENV) .tools build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

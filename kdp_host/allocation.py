@@ -22,11 +22,11 @@ from typing import Final
 from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
 from .config import MountConfig, PreferredPolicy, ResourceConfig, render_template
 from .devices import REPLICA_SEPARATOR, Advertised, Device, DeviceMount, Snapshot
+from .rules import CDI_DEVICE_NAME
 
 ALLOCATION_DEPENDENT_FIELD = re.compile(r"\{(ids|paths|count)\}")
 """Template fields whose value depends on which devices a container got."""
 
-_CDI_DEVICE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
 _CDI_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
 
 
@@ -43,7 +43,7 @@ def cdi_device_name(device_id: str) -> str:
     8 hex digits of the ID's SHA-256: stable, valid, and distinct for distinct IDs. The
     Allocate response and the CDI spec file both name devices with this function.
     """
-    if _CDI_DEVICE_NAME.fullmatch(device_id):
+    if CDI_DEVICE_NAME.fullmatch(device_id):
         return device_id
     digest = hashlib.sha256(device_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     readable = _CDI_UNSAFE.sub("_", device_id).strip("_.:-")
@@ -84,7 +84,7 @@ class AllocationBuilder:
                     specs[node.container_path] = DeviceSpec(
                         container_path=node.container_path,
                         host_path=node.host_path,
-                        permissions=allocate.permissions,
+                        permissions=node.permissions or allocate.permissions,
                     )
         values = {
             "ids": ",".join(device.id for device in physical),

@@ -36,9 +36,10 @@ import aiofiles
 import aiofiles.os
 
 from .allocation import ALLOCATION_DEPENDENT_FIELD, cdi_device_name, has_cdi_edits
-from .config import ResourceConfig, cdi_kind_problem, render_template
+from .config import ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot
 from .logs import EventLogger
+from .rules import cdi_kind_problem
 
 DEFAULT_SPEC_DIR = "/var/run/cdi"
 FILE_PREFIX = "kdp-host_"
@@ -165,7 +166,11 @@ def _device_edits(device: Device, permissions: str, shared_env: frozenset[str]) 
     for node in device.nodes:
         nodes.setdefault(
             node.container_path,
-            {"path": node.container_path, "hostPath": node.host_path, "permissions": permissions},
+            {
+                "path": node.container_path,
+                "hostPath": node.host_path,
+                "permissions": node.permissions or permissions,
+            },
         )
     if nodes:
         edits["deviceNodes"] = list(nodes.values())

@@ -15,15 +15,21 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from .rules import (
+    absolute_path_problem,
+    annotation_key_problem,
+    cdi_kind_problem,
+    env_name_problem,
+    extended_resource_name_problem,
+    text_problem,
+)
+
 DEFAULT_SOCKET_DIR = "/var/lib/kubelet/device-plugins"
 DEFAULT_METRICS_LISTEN = "0.0.0.0:9410"
 MAX_REPLICAS = 10_000
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 ALLOCATE_TEMPLATE_FIELDS = frozenset({"ids", "paths", "count", "resource"})
 PERMISSION_CHARS = frozenset("rwm")
@@ -153,32 +159,6 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def extended_resource_name_problem(name: str) -> str | None:
-    """Why the kubelet would refuse `name` as an extended resource name, or None.
-
-    The kubelet's own rule (IsExtendedResourceName): it has a `/`, is not in the
-    `kubernetes.io/` namespace, does not start with `requests.`, and `requests.<name>` is
-    a qualified name (DNS-1123 subdomain prefix, `/`, a name of at most 63 characters).
-    """
-    if "/" not in name:
-        return "must have a domain prefix, e.g. vendor.example/fpga"
-    if "kubernetes.io/" in name:
-        return "must not be in the kubernetes.io/ namespace (native resources)"
-    if name.startswith("requests."):
-        return "must not start with 'requests.'"
-    prefix, _, short = f"requests.{name}".partition("/")
-    if "/" in short:
-        return "must have exactly one '/'"
-    if len(prefix) > 253 or not all(_DNS1123_LABEL.match(p) for p in prefix.split(".")):
-        return "prefix must be a lower-case DNS-1123 subdomain"
-    if not short or len(short) > 63 or not _QUALIFIED_NAME.match(short):
-        return (
-            "name after '/' must be 1-63 characters of [A-Za-z0-9-_.], "
-            "starting and ending alphanumeric"
-        )
-    return None
-
-
 Path_ = tuple[str | int, ...]
 T = TypeVar("T")
 
@@ -248,9 +228,21 @@ class _Reader:
         return value
 
     def string(self, value: Any, path: Path_, *, non_empty: bool = True) -> str | None:
+        """A string without NUL or control characters: every string of the config ends up
+        in an argument, an environment, a path, an annotation or a name."""
         text = self.typed(value, path, str, "a string")
         if text is not None and non_empty and not text:
             self.problem(path, "must not be empty")
+            return None
+        if text is not None and (why := text_problem(text)):
+            self.problem(path, why)
+            return None
+        return text
+
+    def path(self, value: Any, path: Path_) -> str | None:
+        text = self.string(value, path)
+        if text is not None and (why := absolute_path_problem(text)):
+            self.problem(path, why)
             return None
         return text
 
@@ -319,6 +311,9 @@ class _Reader:
             if not isinstance(key, str) or not key:
                 self.problem(item_path, "keys must be non-empty strings")
                 continue
+            if why := text_problem(key):
+                self.problem(item_path, f"key {why}")
+                continue
             if key_check and (why := key_check(key)):
                 self.problem(item_path, why)
             if isinstance(item, bool | int | float):
@@ -354,37 +349,11 @@ def render_template(text: str, values: Mapping[str, str]) -> str:
     return _TEMPLATE_FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
-_CDI_NAME_PART = re.compile(r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
-
-
-def cdi_kind_problem(kind: str) -> str | None:
-    """Why CDI would reject `kind` (`vendor/class`), or None.
-
-    CDI's parser: vendor and class start with a letter, end with a letter or digit, and
-    hold only letters, digits, `_`, `-` and `.` (a `.` in the class needs cdiVersion 0.6.0).
-    One-character names are left out: CDI's Go validator mis-slices them.
-    """
-    vendor, sep, klass = kind.partition("/")
-    if not sep or not vendor or not klass:
-        return "must be vendor/class, e.g. vendor.example/fpga"
-    for what, name in (("vendor", vendor), ("class", klass)):
-        if len(name) < 2 or not _CDI_NAME_PART.fullmatch(name):
-            return (
-                f"{what} {name!r} must start with a letter, end with a letter or digit and "
-                "hold only letters, digits, '_', '-' and '.' (at least 2 characters)"
-            )
-    return None
-
-
 def _template_problem(text: str, allowed: frozenset[str]) -> str | None:
     for name in _TEMPLATE_FIELD.findall(text):
         if name not in allowed:
             return f"unknown template field {{{name}}}; use {', '.join(sorted(allowed))}"
     return None
-
-
-def _env_key_problem(key: str) -> str | None:
-    return None if _ENV_NAME.match(key) else "not a valid environment variable name"
 
 
 def _read_glob(r: _Reader, raw: Any, path: Path_) -> GlobDriverConfig | None:
@@ -401,10 +370,8 @@ def _read_glob(r: _Reader, raw: Any, path: Path_) -> GlobDriverConfig | None:
         if "paths" in spec and isinstance(raw_paths, list) and not raw_paths:
             r.problem((*path, "paths"), "must not be empty")
         for i, item in enumerate(items):
-            pattern = r.string(item, (*path, "paths", i))
+            pattern = r.path(item, (*path, "paths", i))
             if pattern is not None:
-                if not pattern.startswith("/"):
-                    r.problem((*path, "paths", i), "must be an absolute path pattern")
                 paths.append(pattern)
     container_path = spec.get("containerPath")
     if container_path is not None:
@@ -451,7 +418,7 @@ def _read_shell(r: _Reader, raw: Any, path: Path_) -> ShellDriverConfig | None:
         return None
     working_dir = spec.get("workingDir")
     if working_dir is not None:
-        working_dir = r.string(working_dir, (*path, "workingDir"))
+        working_dir = r.path(working_dir, (*path, "workingDir"))
     fmt = r.choice(spec.get("format"), (*path, "format"), "lines", ("lines", "json"))
     mode = r.choice(spec.get("mode"), (*path, "mode"), "poll", ("poll", "stream"))
     return ShellDriverConfig(
@@ -463,7 +430,7 @@ def _read_shell(r: _Reader, raw: Any, path: Path_) -> ShellDriverConfig | None:
             spec.get("failureThreshold"), (*path, "failureThreshold"), 3, 1, 1000
         ),
         mode="stream" if mode == "stream" else "poll",
-        env=r.string_map(spec.get("env"), (*path, "env"), _env_key_problem),
+        env=r.string_map(spec.get("env"), (*path, "env"), env_name_problem),
         working_dir=working_dir,
     )
 
@@ -488,8 +455,10 @@ def _read_allocate(r: _Reader, raw: Any, path: Path_) -> AllocateConfig:
     spec = r.mapping(raw, path, known)
     if spec is None:
         return AllocateConfig()
-    env = r.string_map(spec.get("env"), (*path, "env"), _env_key_problem)
-    annotations = r.string_map(spec.get("annotations"), (*path, "annotations"))
+    env = r.string_map(spec.get("env"), (*path, "env"), env_name_problem)
+    annotations = r.string_map(
+        spec.get("annotations"), (*path, "annotations"), annotation_key_problem
+    )
     for section, values in (("env", env), ("annotations", annotations)):
         for key, text in values.items():
             if why := _template_problem(text, ALLOCATE_TEMPLATE_FIELDS):
@@ -509,11 +478,9 @@ def _read_allocate(r: _Reader, raw: Any, path: Path_) -> AllocateConfig:
             )
             if m is None:
                 continue
-            host = (
-                r.string(m.get("hostPath"), (*mount_path, "hostPath")) if "hostPath" in m else None
-            )
+            host = r.path(m.get("hostPath"), (*mount_path, "hostPath")) if "hostPath" in m else None
             cont = (
-                r.string(m.get("containerPath"), (*mount_path, "containerPath"))
+                r.path(m.get("containerPath"), (*mount_path, "containerPath"))
                 if "containerPath" in m
                 else None
             )
@@ -539,9 +506,7 @@ def _read_allocate(r: _Reader, raw: Any, path: Path_) -> AllocateConfig:
                 r.problem((*path, "cdi", "kind"), why)
             spec_dir = c.get("specDir")
             if spec_dir is not None:
-                spec_dir = r.string(spec_dir, (*path, "cdi", "specDir"))
-                if spec_dir and not spec_dir.startswith("/"):
-                    r.problem((*path, "cdi", "specDir"), "must be an absolute path")
+                spec_dir = r.path(spec_dir, (*path, "cdi", "specDir"))
             cdi = CdiConfig(
                 kind=kind,
                 also_device_specs=r.boolean(
@@ -615,10 +580,8 @@ def config_from_data(data: Any, lines: dict[Path_, int], source: str) -> Config:
     kubelet = KubeletConfig()
     k = r.mapping(top.get("kubelet"), ("kubelet",), {"socketDir"})
     if k and "socketDir" in k:
-        socket_dir = r.string(k["socketDir"], ("kubelet", "socketDir"))
+        socket_dir = r.path(k["socketDir"], ("kubelet", "socketDir"))
         if socket_dir is not None:
-            if not socket_dir.startswith("/"):
-                r.problem(("kubelet", "socketDir"), "must be an absolute path")
             kubelet = KubeletConfig(socket_dir=socket_dir)
     metrics = MetricsConfig()
     m = r.mapping(top.get("metrics"), ("metrics",), {"listen"})

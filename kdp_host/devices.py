@@ -22,10 +22,20 @@ REPLICA_SEPARATOR = "::"
 
 @dataclass(frozen=True, slots=True)
 class DeviceNode:
-    """A device node passed into the container (a DeviceSpec without permissions)."""
+    """One device node passed into the container: a DeviceSpec.
+
+    A device may be made of several nodes (a GPU's card and render nodes, a USB serial
+    adapter's tty and its /dev/bus/usb node); Allocate passes every node of every device.
+    """
 
     host_path: str
     container_path: str
+    permissions: str | None = None
+    """cgroup permissions (`r`, `w`, `m`) of this node; None: the resource's
+    `allocate.permissions`."""
+    optional: bool = False
+    """A node that may be missing without making its device Unhealthy. Drivers list a
+    missing optional node not at all, so Allocate never passes a path that does not exist."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +84,7 @@ class Device:
             path is not None
             and len(nodes) == 1
             and nodes[0].host_path == path
-            and nodes[0].container_path == path
+            and nodes[0] == DeviceNode(path, path)
         )
         set_field = object.__setattr__
         set_field(self, "id", id)

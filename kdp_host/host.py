@@ -294,7 +294,7 @@ class Host:
         """Start a resource; a restarted one waits until its old runtime has fully stopped.
 
         Otherwise the old ListAndWatch stream could end after the new registration, and the
-        kubelet would then disconnect the new one (contract §9).
+        kubelet would then disconnect the new one (docs/kubelet-contract.md §9).
         """
         assert self._services is not None
         runtime = ResourceRuntime(config, self._services)

@@ -150,8 +150,9 @@ class DevicePluginService(DevicePluginBase):
         When the generator ends (the host is closing the server) the trailers are sent
         right here, so `end_streams` knows the client got a clean end-of-stream before the
         connection is closed. When the client ends the last open stream (the kubelet drops
-        a client it replaced, contract §9), `on_stream_lost` tells the resource to register
-        again; a second client (a debugging tool) closing its stream does not.
+        a client it replaced, docs/kubelet-contract.md §9), `on_stream_lost` tells the
+        resource to register again; a second client (a debugging tool) closing its stream
+        does not.
         """
         self._open_streams += 1
         self._streams_drained.clear()

@@ -5,18 +5,22 @@ choosing: it serves ``Registration`` on ``<dir>/kubelet.sock``, dials every regi
 back *inside* the Register call, runs ListAndWatch, keeps capacity/allocatable the way the
 device manager does, allocates devices with the kubelet's ``devicesToAllocate`` algorithm
 (GetPreferredAllocation, Allocate, PreStartContainer) and writes ``kubelet_internal_checkpoint``.
-See ``shared/kubelet-contract.md``: section numbers in comments refer to it.
+It follows docs/kubelet-contract.md; the §N references below are its sections.
 
 Deliberately reproduced kubelet behaviour that plugins must cope with:
 
-* Register returns only after the dial-back and GetDevicePluginOptions (§1, §2).
-* Every ListAndWatch message is a complete list; only ``"Healthy"`` is healthy (§4).
+* Register returns only after the dial-back and GetDevicePluginOptions
+  (docs/kubelet-contract.md §1, §2).
+* Every ListAndWatch message is a complete list; only ``"Healthy"`` is healthy
+  (docs/kubelet-contract.md §4).
 * When a stream ends the resource keeps its capacity, allocatable drops to 0, the endpoint is
-  stopped and nothing reconnects (§4).
+  stopped and nothing reconnects (docs/kubelet-contract.md §4).
 * If an *old* plugin client's stream ends after the same resource registered again, the *new*
-  client is disconnected (§9). Counted in :attr:`KubeletSimulator.stale_disconnects`.
+  client is disconnected (docs/kubelet-contract.md §9). Counted in
+  :attr:`KubeletSimulator.stale_disconnects`.
 * A restart removes every non-directory entry of the socket directory except the checkpoint,
-  and resources from the checkpoint come back with capacity 0 and a stopped endpoint (§9).
+  and resources from the checkpoint come back with capacity 0 and a stopped endpoint
+  (docs/kubelet-contract.md §9).
 
 Known simplifications: device IDs are picked in sorted order (the kubelet iterates a Go set,
 i.e. randomly); the checkpoint checksum is a CRC-32 of the canonical JSON of ``Data`` (the
@@ -124,7 +128,8 @@ def _is_qualified_name(value: str) -> bool:
 
 
 def is_extended_resource_name(name: str) -> bool:
-    """``v1helper.IsExtendedResourceName`` as the kubelet's Register applies it (§1).
+    """``v1helper.IsExtendedResourceName`` as the kubelet's Register applies it
+    (docs/kubelet-contract.md §1).
 
     Not native (it must contain ``/`` and must not contain ``kubernetes.io/``), no
     ``requests.`` prefix, and ``requests.<name>`` must be a qualified name.
@@ -170,7 +175,8 @@ def go_quote(value: str) -> str:
 
 
 def _go_join(directory: Path, endpoint: str) -> Path:
-    """``filepath.Join(dir, endpoint)``: join then clean (``..`` may escape, §1)."""
+    """``filepath.Join(dir, endpoint)``: join then clean (``..`` may escape,
+    docs/kubelet-contract.md §1)."""
     joined = f"{directory}/{endpoint}" if endpoint else str(directory)
     return Path(posixpath.normpath(joined))
 
@@ -249,7 +255,8 @@ class DeviceView:
 
 @dataclass(frozen=True, slots=True)
 class PluginOptions:
-    """The GetDevicePluginOptions answer the kubelet stored (only this copy counts, §3)."""
+    """The GetDevicePluginOptions answer the kubelet stored (only this copy counts,
+    docs/kubelet-contract.md §3)."""
 
     pre_start_required: bool
     get_preferred_allocation_available: bool
@@ -291,7 +298,8 @@ class RegisterAttempt:
 
 @dataclass(frozen=True, slots=True)
 class StaleDisconnect:
-    """The §9 bug: an old client's stream ended and the current client was disconnected."""
+    """The stale-stream bug of docs/kubelet-contract.md §9: an old client's stream ended and
+    the current client was disconnected."""
 
     resource: str
     ended_socket: Path
@@ -383,7 +391,8 @@ class _PluginClient:
         return f"<client #{self.serial} {self.resource} {self.socket_path}>"
 
     async def connect(self, dial_timeout: float) -> PluginOptions:
-        """Blocking dial (retry until the deadline), then GetDevicePluginOptions (§2, §3)."""
+        """Blocking dial (retry until the deadline), then GetDevicePluginOptions
+        (docs/kubelet-contract.md §2, §3)."""
         loop = asyncio.get_running_loop()
         channel = Channel(path=str(self.socket_path))
         self.channel = channel
@@ -424,7 +433,8 @@ class _PluginClient:
         )
 
     async def run(self, on_message: Callable[[_PluginClient, Any], Awaitable[None]]) -> None:
-        """``client.Run``: read ListAndWatch until it ends or fails; never reconnect (§4)."""
+        """``client.Run``: read ListAndWatch until it ends or fails; never reconnect
+        (docs/kubelet-contract.md §4)."""
         channel = self.channel
         reason = "stream ended"
         try:
@@ -469,7 +479,8 @@ class _RegistrationService(RegistrationBase):
 
 
 def _cleanup_plugin_directory(directory: Path, keep: str, sockets_only: bool) -> list[str]:
-    """``MkdirAll(dir, 0750)`` + ``CleanupPluginDirectory`` (§9). Runs in a thread."""
+    """``MkdirAll(dir, 0750)`` + ``CleanupPluginDirectory`` (docs/kubelet-contract.md §9).
+    Runs in a thread."""
     directory.mkdir(mode=0o750, parents=True, exist_ok=True)
     removed: list[str] = []
     with os.scandir(directory) as entries:
@@ -541,7 +552,8 @@ class KubeletSimulator:
         """
         ``rpc_timeout`` bounds GetPreferredAllocation/Allocate (the kubelet has none: keep
         None to reproduce a hung admission). ``cleanup_sockets_only`` removes only sockets at
-        start, like newer kubelets; the default removes every non-directory entry (§9).
+        start, like newer kubelets; the default removes every non-directory entry
+        (docs/kubelet-contract.md §9).
         """
         self.socket_dir = Path(socket_dir)
         self.socket_path = self.socket_dir / KUBELET_SOCKET_NAME
@@ -596,7 +608,8 @@ class KubeletSimulator:
 
     @property
     def stale_disconnects(self) -> int:
-        """How often the §9 bug hit: an old stream's end disconnected a newer client."""
+        """How often the stale-stream bug of docs/kubelet-contract.md §9 hit: an old stream's
+        end disconnected a newer client."""
         return len(self.stale_disconnect_events)
 
     def _locks(self) -> tuple[asyncio.Condition, asyncio.Lock, asyncio.Lock]:
@@ -658,7 +671,8 @@ class KubeletSimulator:
         await self._notify()
 
     async def restart(self) -> None:
-        """A kubelet restart (§9): stop, then start on the same directory."""
+        """A kubelet restart (docs/kubelet-contract.md §9): stop, then start on the same
+        directory."""
         await self.stop()
         await self.start()
 
@@ -704,7 +718,7 @@ class KubeletSimulator:
         async with cond:
             cond.notify_all()
 
-    # ------------------------------------------------------------------ registration (§1-§3)
+    # ----------------------------------------------- registration (docs/kubelet-contract.md §1-§3)
 
     async def _handle_register(self, request: Any) -> Any:
         version = str(request.version)
@@ -797,7 +811,8 @@ class KubeletSimulator:
         await self._disconnect_client(client.resource, current, reason="list_and_watch ended")
 
     async def _disconnect_client(self, name: str, client: _PluginClient, *, reason: str) -> None:
-        """``disconnectClient`` -> ``Disconnect`` -> ``PluginDisconnected`` (§4)."""
+        """``disconnectClient`` -> ``Disconnect`` -> ``PluginDisconnected``
+        (docs/kubelet-contract.md §4)."""
         if self._clients.get(name) is not None:
             del self._clients[name]
         client.close()
@@ -820,7 +835,8 @@ class KubeletSimulator:
         await self._notify()
 
     async def _on_list_and_watch(self, client: _PluginClient, message: Any) -> None:
-        """``genericDeviceUpdateCallback``: every message is the complete list (§4)."""
+        """``genericDeviceUpdateCallback``: every message is the complete list
+        (docs/kubelet-contract.md §4)."""
         name = client.resource
         healthy: set[str] = set()
         unhealthy: set[str] = set()
@@ -863,7 +879,8 @@ class KubeletSimulator:
 
     async def get_capacity(self) -> tuple[dict[str, int], dict[str, int], list[str]]:
         """``GetCapacity``: also deletes resources whose stopped endpoint outlived the grace
-        period (or that have no endpoint) and then rewrites the checkpoint (§4)."""
+        period (or that have no endpoint) and then rewrites the checkpoint
+        (docs/kubelet-contract.md §4)."""
         capacity: dict[str, int] = {}
         allocatable: dict[str, int] = {}
         deleted: set[str] = set()
@@ -992,7 +1009,7 @@ class KubeletSimulator:
                 await cond.wait_for(lambda: self._version != since)
         return self._version
 
-    # ------------------------------------------------------------------ allocation (§5-§8)
+    # ------------------------------------------------- allocation (docs/kubelet-contract.md §5-§8)
 
     async def allocate(
         self,
@@ -1028,12 +1045,13 @@ class KubeletSimulator:
             return response
 
     async def pre_start_container(self, pod_uid: str, container: str, resource: str) -> None:
-        """A container (re)start: PreStartContainer if the plugin asked for it (§8)."""
+        """A container (re)start: PreStartContainer if the plugin asked for it
+        (docs/kubelet-contract.md §8)."""
         await self._pre_start_if_needed(pod_uid, container, resource)
 
     async def release(self, pod_uid: str) -> int:
         """The pod is gone: ``UpdateAllocatedDevices`` frees its devices. No checkpoint write
-        (§10). Returns how many device allocations were dropped."""
+        (docs/kubelet-contract.md §10). Returns how many device allocations were dropped."""
         keys = [key for key in self._pod_devices if key[0] == pod_uid]
         freed = 0
         for key in keys:
@@ -1055,7 +1073,8 @@ class KubeletSimulator:
     def _filter_by_affinity(
         self, resource: str, available: set[str], affinity: frozenset[int] | None
     ) -> tuple[set[str], set[str], set[str]]:
-        """``filterByAffinity``: aligned / unaligned / no-topology split (§5, §11)."""
+        """``filterByAffinity``: aligned / unaligned / no-topology split
+        (docs/kubelet-contract.md §5, §11)."""
         if affinity is None or not self._has_topology(resource):
             return set(), set(), set(available)
         all_devices = self._all_devices.get(resource, {})
@@ -1177,7 +1196,7 @@ class KubeletSimulator:
         must_include: list[str],
         size: int,
     ) -> set[str]:
-        """``callGetPreferredAllocationIfAvailable`` (§5)."""
+        """``callGetPreferredAllocationIfAvailable`` (docs/kubelet-contract.md §5)."""
         endpoint = self._endpoints.get(resource)
         if endpoint is None:
             raise SimulatorAllocationError(
@@ -1246,7 +1265,7 @@ class KubeletSimulator:
     async def _allocate_rpc(
         self, pod_uid: str, container: str, resource: str, devs: list[str]
     ) -> Any:
-        """The Allocate part of ``allocateContainerResources`` (§6)."""
+        """The Allocate part of ``allocateContainerResources`` (docs/kubelet-contract.md §6)."""
         endpoint = self._endpoints.get(resource)
         if endpoint is None:
             self._recompute_allocated()
@@ -1302,7 +1321,8 @@ class KubeletSimulator:
         return allocation.response
 
     async def _pre_start_if_needed(self, pod_uid: str, container: str, resource: str) -> None:
-        """``callPreStartContainerIfNeeded`` (§8): 30 s deadline, response ignored."""
+        """``callPreStartContainerIfNeeded`` (docs/kubelet-contract.md §8): 30 s deadline,
+        response ignored."""
         endpoint = self._endpoints.get(resource)
         if endpoint is None:
             raise SimulatorAllocationError(
@@ -1338,7 +1358,7 @@ class KubeletSimulator:
         self.pre_start_calls.append(PreStartCall(resource, pod_uid, container, tuple(devs), None))
         await self._notify()
 
-    # ------------------------------------------------------------------ checkpoint (§10)
+    # --------------------------------------------------- checkpoint (docs/kubelet-contract.md §10)
 
     def _checkpoint_document(self) -> dict[str, Any]:
         entries: list[dict[str, Any]] = []
@@ -1391,7 +1411,8 @@ class KubeletSimulator:
 
     async def _read_checkpoint_into_state(self) -> None:
         """``readCheckpoint``: restore allocations; registered resources get empty device
-        sets and a stopped endpoint until the plugin registers again (§9)."""
+        sets and a stopped endpoint until the plugin registers again
+        (docs/kubelet-contract.md §9)."""
         raw = await asyncio.to_thread(_read_bytes, self.checkpoint_path)
         if raw is None:
             return

@@ -1,4 +1,5 @@
-"""AllocateResponse building and the preferred-allocation policies (contract §5, §6)."""
+"""AllocateResponse building and the preferred-allocation policies
+(docs/kubelet-contract.md §5, §6)."""
 
 from __future__ import annotations
 
@@ -259,7 +260,8 @@ def test_cdi_device_names_are_distinct(a: str, b: str) -> None:
 
 def test_packed_fills_one_physical_device_first() -> None:
     snap = snapshot([dev("fpga0"), dev("fpga1"), dev("fpga2")], replicas=4)
-    # contract §5, no NUMA info: available = every free healthy ID, nothing allocated yet
+    # docs/kubelet-contract.md §5, no NUMA info: available = every free healthy ID, nothing
+    # allocated yet
     first = preferred_allocation("packed", snap, ids(snap), [], 2)
     assert first == ["fpga0::0", "fpga0::1"]
     free = [i for i in ids(snap) if i not in first]
@@ -422,7 +424,7 @@ def test_numa_fewest_nodes_when_none_fits() -> None:
 
 def test_numa_prefers_node_of_must_include() -> None:
     snap = numa_snapshot()
-    # contract §5 first call: aligned devices already taken are must_include
+    # docs/kubelet-contract.md §5 first call: aligned devices already taken are must_include
     result = preferred_allocation("numa", snap, ids(snap), ["n2a"], 3)
     assert result[0] == "n2a" and nodes_of(snap, result) == [2, 2, 2]
     # node 2 cannot hold the rest: it is used up first, then the fewest other nodes

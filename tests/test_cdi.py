@@ -31,11 +31,10 @@ from kdp_host.config import (
     GlobDriverConfig,
     MountConfig,
     ResourceConfig,
-    cdi_kind_problem,
-    extended_resource_name_problem,
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
 from kdp_host.logs import get_logger
+from kdp_host.rules import cdi_kind_problem, extended_resource_name_problem
 
 from .conftest import wait_until
 

@@ -20,7 +20,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ import yaml
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 from kubernetes_validate import utils as kv_utils  # noqa: E402
 from packaging.version import Version  # noqa: E402
+
+from kdp_host import __version__  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "kdp-host"
@@ -446,9 +447,9 @@ def test_default_objects(rendered: dict[str, list[Doc]]) -> None:
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "kdp-host"
         assert labels["app.kubernetes.io/instance"] == RELEASE
-        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert labels["app.kubernetes.io/version"] == __version__
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        assert labels["helm.sh/chart"] == "kdp-host-0.1.0"
+        assert labels["helm.sh/chart"] == f"kdp-host-{__version__}"
 
 
 def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
@@ -652,17 +653,6 @@ def test_invalid_values_are_rejected(helm_env: dict[str, str], name: str) -> Non
 
 
 # ---------------------------------------------------------------------------------- metadata
-
-
-def test_app_version_is_the_package_version() -> None:
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    chart = load_yaml(CHART / "Chart.yaml")
-    assert chart["apiVersion"] == "v2"
-    assert chart["appVersion"] == version
-    dockerfile_args = dict(
-        rest.partition("=")[::2] for word, rest in dockerfile_instructions() if word == "ARG"
-    )
-    assert dockerfile_args["VERSION"] == version
 
 
 def test_values_schema_embeds_the_config_schema() -> None:

@@ -14,11 +14,11 @@ import yaml
 from kdp_host.config import (
     ConfigError,
     ShellDriverConfig,
-    extended_resource_name_problem,
     load_config,
     load_config_text,
     parse_duration,
 )
+from kdp_host.rules import extended_resource_name_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "config" / "schema.json").read_text())
@@ -123,7 +123,7 @@ resources:
   - name: vendor.example/none
   - name: vendor.example/tpl
     glob: {paths: ["/dev/t"]}
-    allocate: {env: {"BAD-NAME": "{idz}"}, permissions: rwx}
+    allocate: {env: {"1BAD": "{idz}"}, permissions: rwx}
     preferred: best
 """
     found = problems(text)
@@ -138,8 +138,8 @@ resources:
         "line 14: resources[2].replicas: must be between 1 and 10000",
         "line 11: resources[2].name: duplicate name 'vendor.example/fpga' (also resources[0])",
         "line 15: resources[3]: needs exactly one driver (glob or shell), got none",
-        "line 18: resources[4].allocate.env.BAD-NAME: not a valid environment variable name",
-        "line 18: resources[4].allocate.env.BAD-NAME: unknown template field {idz}",
+        "line 18: resources[4].allocate.env.1BAD: must be letters, digits",
+        "line 18: resources[4].allocate.env.1BAD: unknown template field {idz}",
         "line 18: resources[4].allocate.permissions: must be made of r, w and m",
         "line 19: resources[4].preferred: must be one of packed, spread, numa, none",
     ]
@@ -159,7 +159,7 @@ resources:
         ("resources: [{name: a.io/b, glob: {paths: []}}]", "glob.paths: must not be empty", True),
         (
             "resources: [{name: a.io/b, glob: {paths: [dev/x]}}]",
-            "must be an absolute path pattern",
+            "must be an absolute path",
             True,
         ),
         (

@@ -275,7 +275,8 @@ async def test_rolling_upgrade_with_surge_recovers_from_the_stale_stream_disconn
 ) -> None:
     """Two instances overlap (maxSurge). The new one registers, then the old one stops: its
     stream ends after the new registration, and the kubelet disconnects the *new* client
-    (contract §9). The new instance sees the kubelet close its stream and registers again."""
+    (docs/kubelet-contract.md §9). The new instance sees the kubelet close its stream and
+    registers again."""
     config = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
     old = await start_host(config)
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)

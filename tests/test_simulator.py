@@ -1,6 +1,6 @@
 """The kubelet simulator against tiny in-test grpclib plugins.
 
-Section numbers refer to shared/kubelet-contract.md.
+Section numbers (§N) refer to docs/kubelet-contract.md.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ async def register_error(env: Env, endpoint: str, resource: str, version: str = 
     return str(info.value.message)
 
 
-# --------------------------------------------------------------------------- validation (§1)
+# -------------------------------------------------------- validation (docs/kubelet-contract.md §1)
 
 
 @pytest.mark.parametrize(
@@ -295,7 +295,7 @@ async def test_version_is_checked_before_name(env: Env) -> None:
     assert message.startswith('requested API version "" is not supported')
 
 
-# --------------------------------------------------------------------------- dial-back (§1-§3)
+# ------------------------------------------------------ dial-back (docs/kubelet-contract.md §1-§3)
 
 
 async def test_register_dials_back_before_returning(env: Env) -> None:
@@ -370,7 +370,7 @@ async def test_options_error_fails_the_registration(env: Env) -> None:
     )
 
 
-# --------------------------------------------------------------------------- ListAndWatch (§4)
+# ------------------------------------------------------ ListAndWatch (docs/kubelet-contract.md §4)
 
 
 async def test_every_message_is_a_full_list(env: Env) -> None:
@@ -466,7 +466,7 @@ async def test_grace_period_deletes_a_stopped_resource(sock_dir: Path) -> None:
         await environment.aclose()
 
 
-# --------------------------------------------------------------------------- allocation (§5-§8)
+# ----------------------------------------------------- allocation (docs/kubelet-contract.md §5-§8)
 
 
 async def test_allocation_errors(env: Env) -> None:
@@ -635,7 +635,7 @@ async def test_numa_affinity_aligned_and_unaligned(env: Env) -> None:
     assert len(creq.available_deviceIDs) == 4
 
 
-# --------------------------------------------------------------------------- checkpoint (§10)
+# ------------------------------------------------------- checkpoint (docs/kubelet-contract.md §10)
 
 
 async def test_checkpoint_contents(env: Env) -> None:
@@ -666,7 +666,7 @@ async def test_checkpoint_contents(env: Env) -> None:
     assert checkpoint is not None and len(checkpoint["Data"]["PodDeviceEntries"]) == 1
 
 
-# --------------------------------------------------------------------------- restart (§9)
+# ----------------------------------------------------------- restart (docs/kubelet-contract.md §9)
 
 
 async def test_restart_cleans_directory_and_keeps_checkpoint(env: Env) -> None:
@@ -727,7 +727,7 @@ async def test_cleanup_sockets_only_option(sock_dir: Path) -> None:
         await sim.stop()
 
 
-# --------------------------------------------------------------------------- re-registration (§9)
+# --------------------------------------------------- re-registration (docs/kubelet-contract.md §9)
 
 
 async def test_old_stream_ending_after_new_registration_disconnects_new_client(env: Env) -> None:

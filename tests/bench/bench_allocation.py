@@ -109,7 +109,8 @@ def summary(prefix: str, samples: Sequence[float]) -> dict[str, float]:
 
 
 def in_process_preferred() -> dict[str, float]:
-    """1,000 available IDs, as the kubelet sends them with no NUMA-aligned subset (§5)."""
+    """1,000 available IDs, as the kubelet sends them with no NUMA-aligned subset
+    (docs/kubelet-contract.md §5)."""
     figures: dict[str, float] = {}
     for label, physical, replicas in (("1000x1", 1000, 1), ("100x10", 100, 10)):
         snapshot = table(physical, replicas).snapshot

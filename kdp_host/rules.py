@@ -1,0 +1,230 @@
+"""Every text rule of kdp-host, in one place.
+
+A name, an ID, a key or a path that crosses into the kubelet, the API server, a container
+runtime or a CDI spec must satisfy that consumer's rule, or the failure shows up far from its
+cause (a refused Register, a pod that never starts, a silently dropped annotation). Each rule
+is written here once, as a function that returns why a value breaks it (a short phrase that
+reads after the value's name) or None, plus a predicate where callers only need yes or no.
+The config loader, the drivers' output parsers and the kubelet simulator all import these;
+tests/test_rules.py feeds the same generated strings to every user of a rule and to a
+reference written from the upstream pattern, and they must agree.
+
+Patterns are matched with `fullmatch`: with `re.match` and `^...$`, `$` also matches before
+a trailing newline, so `a.io/b\\n` would pass (Go's `$` does not do that).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Final
+
+MAX_DEVICE_ID_LENGTH: Final = 128
+"""Longest device ID kdp-host advertises (the kubelet sets no limit; its checkpoint and every
+pod's allocation record repeat each ID, so IDs stay short)."""
+MAX_PATH_LENGTH: Final = 4096
+"""Linux PATH_MAX, terminating NUL included: no longer path can be opened."""
+AF_UNIX_PATH_MAX: Final = 107
+"""Longest path a Unix socket can be bound to: `sun_path` is 108 bytes with its NUL."""
+MAX_QUALIFIED_NAME_LENGTH: Final = 63
+MAX_DNS1123_SUBDOMAIN_LENGTH: Final = 253
+
+_QUALIFIED_NAME: Final = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS1123_SUBDOMAIN: Final = re.compile(
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
+_ENV_NAME: Final = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+_CDI_VENDOR_OR_CLASS: Final = re.compile(r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
+CDI_DEVICE_NAME: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
+"""A CDI device name: letters and digits at both ends, `_ . : -` inside (CDI's parser)."""
+_MULTILINE_WHITESPACE: Final = frozenset("\t\n")
+
+
+def _control_character(text: str, allowed: frozenset[str] = frozenset()) -> str | None:
+    """The first character of `text` that is a control character or not encodable, or None.
+
+    Control characters are Unicode category Cc (C0, DEL, C1). Lone surrogates (from
+    `surrogateescape` decoding) cannot be written as UTF-8, which protobuf strings require.
+    """
+    for char in text:
+        if char in allowed:
+            continue
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs"):
+            return char
+    return None
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot become an argument, an env or annotation value, or a template.
+
+    NUL cannot pass through execve, a container runtime or a C string (asyncio raises,
+    uvloop silently truncates at it); other control characters corrupt logs and terminals.
+    Tab and newline stay allowed: a `sh -c` script or a certificate in an env value needs them.
+    """
+    if "\x00" in text:
+        return "must not contain NUL"
+    if (char := _control_character(text, _MULTILINE_WHITESPACE)) is not None:
+        return f"must not contain control character {char!r}"
+    return None
+
+
+def absolute_path_problem(path: str) -> str | None:
+    """Why `path` is not a usable absolute path on the host or in a container.
+
+    The kubelet passes DeviceSpec and Mount paths to the runtime unchecked, and the runtime
+    resolves a relative one against a directory nobody chose: kdp-host requires `/`, refuses
+    control characters (no file name of a device or mount needs one) and paths beyond PATH_MAX.
+    """
+    if not path.startswith("/"):
+        return "must be an absolute path (start with /)"
+    if "\x00" in path:
+        return "must not contain NUL"
+    if (char := _control_character(path)) is not None:
+        return f"must not contain control character {char!r}"
+    if len(path.encode("utf-8", "surrogatepass")) >= MAX_PATH_LENGTH:
+        return f"must be shorter than {MAX_PATH_LENGTH} bytes"
+    return None
+
+
+def dns1123_subdomain_problem(value: str) -> str | None:
+    """apimachinery's IsDNS1123Subdomain: lower-case labels of `[a-z0-9-]` joined by `.`,
+    each starting and ending alphanumeric, at most 253 characters in all."""
+    if len(value) > MAX_DNS1123_SUBDOMAIN_LENGTH:
+        return f"must be at most {MAX_DNS1123_SUBDOMAIN_LENGTH} characters"
+    if not _DNS1123_SUBDOMAIN.fullmatch(value):
+        return "must be a lower-case DNS-1123 subdomain (e.g. vendor.example)"
+    return None
+
+
+def qualified_name_problem(value: str) -> str | None:
+    """apimachinery's IsQualifiedName: `[prefix/]name`.
+
+    The optional prefix is a DNS-1123 subdomain; the name is 1-63 characters of
+    `[A-Za-z0-9-_.]` starting and ending alphanumeric. This is the rule of label keys,
+    annotation keys and (after `requests.` is prepended) extended resource names.
+    """
+    prefix, slash, name = value.rpartition("/")
+    if slash:
+        if "/" in prefix:
+            return "must have at most one '/'"
+        if not prefix:
+            return "prefix before '/' must not be empty"
+        if why := dns1123_subdomain_problem(prefix):
+            return f"prefix {why}"
+    if not name:
+        return "name must not be empty"
+    if len(name) > MAX_QUALIFIED_NAME_LENGTH:
+        return f"name must be at most {MAX_QUALIFIED_NAME_LENGTH} characters"
+    if not _QUALIFIED_NAME.fullmatch(name):
+        return "name must be [A-Za-z0-9-_.], starting and ending with a letter or digit"
+    return None
+
+
+def extended_resource_name_problem(name: str) -> str | None:
+    """Why the kubelet would refuse `name` as an extended resource name in Register, or None.
+
+    The kubelet's rule (IsExtendedResourceName of the core API helpers): the name has a `/`
+    (no `/` means a native resource), does not contain `kubernetes.io/` (the native
+    namespace), does not start with `requests.`, and `requests.<name>` is a qualified name.
+    """
+    if "/" not in name:
+        return "must have a domain prefix, e.g. vendor.example/fpga"
+    if "kubernetes.io/" in name:
+        return "must not be in the kubernetes.io/ namespace (native resources)"
+    if name.startswith("requests."):
+        return "must not start with 'requests.'"
+    if why := qualified_name_problem(f"requests.{name}"):
+        return why
+    return None
+
+
+def is_extended_resource_name(name: str) -> bool:
+    return extended_resource_name_problem(name) is None
+
+
+def annotation_key_problem(key: str) -> str | None:
+    """Why the API server would refuse `key` as an annotation key, or None.
+
+    The API server's ValidateAnnotations checks each key, lower-cased, as a qualified name
+    (so upper-case letters are accepted in the prefix too). The kubelet forwards a device
+    plugin's annotations to the runtime without a check; kdp-host holds them to the API
+    server's rule so they mean the same as annotations anywhere else.
+    """
+    return qualified_name_problem(key.lower())
+
+
+def env_name_problem(name: str) -> str | None:
+    """Why the kubelet would skip `name` as an environment variable name, or None.
+
+    apimachinery's IsEnvVarName, which the kubelet applies to keys it turns into variables:
+    `[-._a-zA-Z][-._a-zA-Z0-9]*`, not `.` or `..`, not starting with `..`.
+    """
+    if not _ENV_NAME.fullmatch(name):
+        return (
+            "must be letters, digits, '_', '-' or '.', not starting with a digit "
+            "(e.g. FPGA_DEVICES)"
+        )
+    if name in (".", "..") or name.startswith(".."):
+        return "must not be '.' or start with '..'"
+    return None
+
+
+def device_id_problem(device_id: str) -> str | None:
+    """Why `device_id` cannot be advertised as a device ID, or None.
+
+    The kubelet itself accepts any string. kdp-host's rule: 1-128 characters, no whitespace
+    and no control or unprintable characters (IDs are shown in logs, joined with `,` in
+    `{ids}`, and substituted into health commands), and not starting with `-`, so that
+    `health.command: [tool, "{id}"]` can never hand the tool an option.
+    """
+    if not device_id:
+        return "device ID must not be empty"
+    if len(device_id) > MAX_DEVICE_ID_LENGTH:
+        return f"device ID longer than {MAX_DEVICE_ID_LENGTH} characters"
+    if any(c.isspace() or not c.isprintable() for c in device_id):
+        return "device ID must not contain whitespace or control characters"
+    if device_id.startswith("-"):
+        return "device ID must not start with '-' (it would read as an option)"
+    return None
+
+
+def cdi_kind_problem(kind: str) -> str | None:
+    """Why CDI would refuse `kind` (`vendor/class`), or None.
+
+    CDI's parser: vendor and class each start with a letter, end with a letter or digit,
+    and hold only letters, digits, `_`, `-` and `.` (a `.` in the class needs cdiVersion
+    0.6.0). One-character parts are refused as well: CDI's Go validator mis-slices them.
+    """
+    vendor, sep, klass = kind.partition("/")
+    if not sep or not vendor or not klass:
+        return "must be vendor/class, e.g. vendor.example/fpga"
+    for what, part in (("vendor", vendor), ("class", klass)):
+        if len(part) < 2 or not _CDI_VENDOR_OR_CLASS.fullmatch(part):
+            return (
+                f"{what} {part!r} must start with a letter, end with a letter or digit and "
+                "hold only letters, digits, '_', '-' and '.' (at least 2 characters)"
+            )
+    return None
+
+
+def cdi_device_name_problem(name: str) -> str | None:
+    """Why CDI would refuse `name` as a device name in a spec, or None.
+
+    CDI's ValidateDeviceName: ASCII letters or digits at both ends, and letters, digits,
+    `_`, `-`, `.` and `:` in between (one character is enough).
+    """
+    if not CDI_DEVICE_NAME.fullmatch(name):
+        return (
+            "must start and end with a letter or digit and hold only letters, digits, "
+            "'_', '-', '.' and ':'"
+        )
+    return None
+
+
+def socket_path_problem(path: str) -> str | None:
+    """Why a Unix socket cannot be bound at `path`, or None: longer than AF_UNIX allows."""
+    size = len(path.encode("utf-8", "surrogatepass"))
+    if size > AF_UNIX_PATH_MAX:
+        return f"is {size} bytes, longer than the {AF_UNIX_PATH_MAX} a Unix socket path allows"
+    return None

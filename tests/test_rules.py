@@ -1,0 +1,372 @@
+"""Every user of a text rule agrees with the rule, and the rule agrees with its upstream.
+
+For each rule of kdp_host/rules.py there is a list of its users: functions that take a string
+and say whether they accept it. The rule itself is one, a reference written here from the
+upstream pattern (apimachinery, the kubelet, CDI) is another, and every part of kdp-host that
+applies the rule (the config loader, probe-output parsers, drivers, the simulator) is another.
+Hypothesis feeds the same strings to all of them; any disagreement is a drifted copy.
+
+To add a user: write `def my_user(value: str) -> bool` (True = accepted) and append
+`pytest.param(my_user, id="...")` to the rule's USERS list below.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from kdp_host import rules
+from kdp_host.config import ConfigError, load_config_text
+
+Accepts = Callable[[str], bool]
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def loader_accepts(resource: dict[str, Any]) -> bool:
+    """Whether the config loader accepts a file of one resource (given as data, dumped by
+    pyyaml so any string survives the trip into YAML text)."""
+    text = yaml.safe_dump({"resources": [resource]})
+    try:
+        load_config_text(text)
+    except ConfigError:
+        return False
+    return True
+
+
+def glob_resource(**extra: Any) -> dict[str, Any]:
+    return {"name": "vendor.example/x", "glob": {"paths": ["/dev/x*"]}, **extra}
+
+
+# --------------------------------------------------------------------------- references
+# Written from the upstream definitions, independently of kdp_host/rules.py.
+
+_GO_DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_GO_QUALIFIED_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_GO_ENV_VAR_NAME = r"[-._a-zA-Z][-._a-zA-Z0-9]*"
+
+
+def go_regexp_matches(pattern: str, value: str) -> bool:
+    """Go's `regexp.MustCompile("^" + fmt + "$").MatchString`: `$` is the end of the text."""
+    return re.search(f"^(?:{pattern})\\Z", value) is not None
+
+
+def reference_qualified_name(value: str) -> bool:
+    """apimachinery validation.IsQualifiedName."""
+    parts = value.split("/")
+    if len(parts) == 1:
+        name = parts[0]
+    elif len(parts) == 2:
+        prefix, name = parts
+        if len(prefix) == 0:
+            return False
+        if len(prefix) > 253 or not go_regexp_matches(_GO_DNS1123_SUBDOMAIN, prefix):
+            return False
+    else:
+        return False
+    return 0 < len(name) <= 63 and go_regexp_matches(_GO_QUALIFIED_NAME, name)
+
+
+def reference_extended_resource_name(name: str) -> bool:
+    """core/v1 helper IsExtendedResourceName (IsNativeResource, the requests. prefix)."""
+    native = "/" not in name or "kubernetes.io/" in name
+    if native or name.startswith("requests."):
+        return False
+    return reference_qualified_name("requests." + name)
+
+
+def reference_annotation_key(key: str) -> bool:
+    """API server ValidateAnnotations: IsQualifiedName(strings.ToLower(key))."""
+    return reference_qualified_name(key.lower())
+
+
+def reference_env_name(name: str) -> bool:
+    """apimachinery IsEnvVarName: the pattern plus hasChDirPrefix."""
+    if not go_regexp_matches(_GO_ENV_VAR_NAME, name):
+        return False
+    return name not in (".", "..") and not name.startswith("..")
+
+
+def _ascii_letter(c: str) -> bool:
+    return ("a" <= c <= "z") or ("A" <= c <= "Z")
+
+
+def _ascii_alnum(c: str) -> bool:
+    return _ascii_letter(c) or "0" <= c <= "9"
+
+
+def _cdi_vendor_or_class(name: str) -> bool:
+    """CDI ValidateVendorName / ValidateClassName, written as CDI's loops are."""
+    if len(name) < 2 or not _ascii_letter(name[0]) or not _ascii_alnum(name[-1]):
+        return False
+    return all(_ascii_alnum(c) or c in "_-." for c in name[1:-1])
+
+
+def reference_cdi_kind(kind: str) -> bool:
+    vendor, sep, klass = kind.partition("/")
+    return bool(sep) and _cdi_vendor_or_class(vendor) and _cdi_vendor_or_class(klass)
+
+
+def reference_cdi_device_name(name: str) -> bool:
+    """CDI ValidateDeviceName."""
+    if not name or not _ascii_alnum(name[0]) or not _ascii_alnum(name[-1]):
+        return False
+    return all(_ascii_alnum(c) or c in "_-.:" for c in name[1:-1])
+
+
+def reference_device_id(device_id: str) -> bool:
+    """kdp-host's own documented ID rule (the README's shell section, rules.py)."""
+    return (
+        0 < len(device_id) <= 128
+        and not device_id.startswith("-")
+        and all(c.isprintable() and not c.isspace() for c in device_id)
+    )
+
+
+def _is_control(c: str) -> bool:
+    return unicodedata.category(c) in ("Cc", "Cs")
+
+
+def reference_absolute_path(path: str) -> bool:
+    return (
+        path.startswith("/") and not any(_is_control(c) for c in path) and len(path.encode()) < 4096
+    )
+
+
+def reference_text(text: str) -> bool:
+    return not any(_is_control(c) and c not in "\t\n" for c in text)
+
+
+def reference_socket_path(path: str) -> bool:
+    return len(path.encode()) <= 107
+
+
+def accepted_by(problem: Callable[[str], str | None]) -> Accepts:
+    return lambda value: problem(value) is None
+
+
+# --------------------------------------------------------------------------- users per rule
+
+RESOURCE_NAME_USERS = [
+    pytest.param(accepted_by(rules.extended_resource_name_problem), id="rules"),
+    pytest.param(rules.is_extended_resource_name, id="rules-predicate"),
+    pytest.param(reference_extended_resource_name, id="kubelet-reference"),
+    pytest.param(
+        lambda name: loader_accepts({"name": name, "glob": {"paths": ["/dev/x*"]}}),
+        id="config-loader",
+    ),
+]
+
+ANNOTATION_KEY_USERS = [
+    pytest.param(accepted_by(rules.annotation_key_problem), id="rules"),
+    pytest.param(reference_annotation_key, id="apiserver-reference"),
+    pytest.param(
+        lambda key: loader_accepts(glob_resource(allocate={"annotations": {key: "v"}})),
+        id="config-loader",
+    ),
+]
+
+ENV_NAME_USERS = [
+    pytest.param(accepted_by(rules.env_name_problem), id="rules"),
+    pytest.param(reference_env_name, id="kubelet-reference"),
+    pytest.param(
+        lambda name: loader_accepts(glob_resource(allocate={"env": {name: "v"}})),
+        id="config-loader-allocate",
+    ),
+    pytest.param(
+        lambda name: loader_accepts(
+            {"name": "vendor.example/x", "shell": {"command": ["x"], "env": {name: "v"}}}
+        ),
+        id="config-loader-shell",
+    ),
+]
+
+CDI_KIND_USERS = [
+    pytest.param(accepted_by(rules.cdi_kind_problem), id="rules"),
+    pytest.param(reference_cdi_kind, id="cdi-reference"),
+    pytest.param(
+        lambda kind: loader_accepts(glob_resource(allocate={"cdi": {"kind": kind}})),
+        id="config-loader",
+    ),
+]
+
+CDI_DEVICE_NAME_USERS = [
+    pytest.param(accepted_by(rules.cdi_device_name_problem), id="rules"),
+    pytest.param(reference_cdi_device_name, id="cdi-reference"),
+]
+
+DEVICE_ID_USERS = [
+    pytest.param(accepted_by(rules.device_id_problem), id="rules"),
+    pytest.param(reference_device_id, id="reference"),
+]
+
+ABSOLUTE_PATH_USERS = [
+    pytest.param(accepted_by(rules.absolute_path_problem), id="rules"),
+    pytest.param(reference_absolute_path, id="reference"),
+    pytest.param(
+        lambda path: loader_accepts(
+            glob_resource(allocate={"mounts": [{"hostPath": path, "containerPath": "/m"}]})
+        ),
+        id="config-loader-mount-host",
+    ),
+    pytest.param(
+        lambda path: loader_accepts(
+            glob_resource(allocate={"mounts": [{"hostPath": "/m", "containerPath": path}]})
+        ),
+        id="config-loader-mount-container",
+    ),
+]
+
+TEXT_USERS = [
+    pytest.param(accepted_by(rules.text_problem), id="rules"),
+    pytest.param(reference_text, id="reference"),
+    pytest.param(
+        lambda text: loader_accepts(glob_resource(health={"command": ["check", "x" + text]})),
+        id="config-loader-argv",
+    ),
+    pytest.param(
+        lambda text: loader_accepts(glob_resource(allocate={"env": {"E": text}})),
+        id="config-loader-env-value",
+    ),
+]
+
+SOCKET_PATH_USERS = [
+    pytest.param(accepted_by(rules.socket_path_problem), id="rules"),
+    pytest.param(reference_socket_path, id="reference"),
+]
+
+
+# --------------------------------------------------------------------------- strings
+
+TRICKY = [*"aAzZ09-_.:/ \t\n\r\x00\x7f\x85é", "kubernetes.io/", "requests.", "\u2028"]
+
+
+def near(pattern: str) -> st.SearchStrategy[str]:
+    """Strings that match `pattern` and the same strings one edit away (a tricky character
+    added at either end or in the middle, a character dropped)."""
+    base = st.from_regex(re.compile(pattern, re.ASCII), fullmatch=True)
+    tricky = st.sampled_from(TRICKY)
+
+    def mutate(value: str, extra: str, where: int, how: int) -> str:
+        where = where % (len(value) + 1)
+        if how == 0:
+            return value + extra
+        if how == 1:
+            return extra + value
+        if how == 2:
+            return value[:where] + extra + value[where:]
+        return value[:where] + value[where + 1 :]
+
+    mutated = st.builds(mutate, base, tricky, st.integers(0, 300), st.integers(0, 3))
+    pieces = st.lists(st.sampled_from(TRICKY), max_size=8).map("".join)
+    return st.one_of(base, mutated, pieces)
+
+
+def rule_strings(pattern: str) -> st.SearchStrategy[str]:
+    return st.one_of(near(pattern), st.text(max_size=30))
+
+
+def assert_agree(users: list[Any], value: str) -> None:
+    verdicts = {user.id: user.values[0](value) for user in users}
+    assert len(set(verdicts.values())) == 1, (value, verdicts)
+
+
+@SETTINGS
+@given(
+    rule_strings(
+        r"([a-z0-9]([-a-z0-9]{0,3}[a-z0-9])?\.){0,3}[a-z0-9]{1,3}/"
+        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,70}[A-Za-z0-9])?"
+    )
+)
+@example("a.io/b\n")
+@example("x/" + "a" * 63)
+@example("x/" + "a" * 64)
+@example("requests.a/b")
+@example("a.kubernetes.io/b")
+def test_extended_resource_name_users_agree(name: str) -> None:
+    assert_agree(RESOURCE_NAME_USERS, name)
+
+
+@SETTINGS
+@given(
+    rule_strings(
+        r"(([A-Za-z0-9]([-A-Za-z0-9]{0,3}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9]{1,3}/)?"
+        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,70}[A-Za-z0-9])?"
+    )
+)
+@example("Vendor.Example/Key")
+@example("a/b/c")
+@example("/b")
+@example("key\n")
+def test_annotation_key_users_agree(key: str) -> None:
+    assert_agree(ANNOTATION_KEY_USERS, key)
+
+
+@SETTINGS
+@given(rule_strings(r"[-._a-zA-Z0-9][-._a-zA-Z0-9]{0,8}"))
+@example("FPGA_DEVICES\n")
+@example("..x")
+@example(".x")
+@example("my.env-name")
+@example("1ABC")
+def test_env_name_users_agree(name: str) -> None:
+    assert_agree(ENV_NAME_USERS, name)
+
+
+@SETTINGS
+@given(rule_strings(r"[A-Za-z0-9_.-]{1,6}/[A-Za-z0-9_.-]{1,6}"))
+@example("a/bc")
+@example("vendor.example/fpga\n")
+def test_cdi_kind_users_agree(kind: str) -> None:
+    assert_agree(CDI_KIND_USERS, kind)
+
+
+@SETTINGS
+@given(rule_strings(r"[A-Za-z0-9_.:-]{1,8}"))
+@example("a")
+@example("a:")
+def test_cdi_device_name_users_agree(name: str) -> None:
+    assert_agree(CDI_DEVICE_NAME_USERS, name)
+
+
+@SETTINGS
+@given(rule_strings(r"[-A-Za-z0-9_./:]{1,10}|[-a-z]{126,130}"))
+@example("-rf")
+@example("a" * 128)
+@example("a" * 129)
+@example("fpga0\n")
+def test_device_id_users_agree(device_id: str) -> None:
+    assert_agree(DEVICE_ID_USERS, device_id)
+
+
+@SETTINGS
+@given(rule_strings(r"/?[a-z0-9_.-]{0,6}(/[a-z0-9_.-]{0,6}){0,3}"))
+@example("relative/path")
+@example("/dev/x\x00")
+@example("/dev/x\n")
+@example("/" + "a" * 4094)
+@example("/" + "a" * 4095)
+def test_absolute_path_users_agree(path: str) -> None:
+    assert_agree(ABSOLUTE_PATH_USERS, path)
+
+
+@SETTINGS
+@given(rule_strings(r"[ -~]{0,10}"))
+@example("a\x00b")
+@example("line\nline\ttab")
+@example("bell\x07")
+@example("\x85")
+def test_text_users_agree(text: str) -> None:
+    assert_agree(TEXT_USERS, text)
+
+
+@SETTINGS
+@given(st.text(alphabet=st.sampled_from("/aé"), min_size=90, max_size=120))
+def test_socket_path_users_agree(path: str) -> None:
+    assert_agree(SOCKET_PATH_USERS, path)

@@ -1,0 +1,256 @@
+"""The sysfs model: reading fake kernel-shaped trees, and the real /sys where there is one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from kdp_host.allocation import AllocationBuilder
+from kdp_host.config import AllocateConfig, GlobDriverConfig, ResourceConfig
+from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.sysfs import ScanTimeout, SysfsDevice, SysfsReader, normalize_hex, read_off_loop
+from tests.fake_sysfs import CH340, FakeSysfs, standard_machine
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> FakeSysfs:
+    return FakeSysfs(tmp_path)
+
+
+def scan(fake: FakeSysfs, **kwargs: object) -> dict[str, SysfsDevice]:
+    result = SysfsReader(str(fake.sys), str(fake.dev)).scan(**kwargs)  # type: ignore[arg-type]
+    return {device.name: device for device in result.devices}
+
+
+def devnames(device: SysfsDevice) -> list[tuple[str, str]]:
+    return [(node.devname, node.subsystem) for node in device.nodes]
+
+
+def test_usb_serial_adapter_with_interface_and_tty(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    ftdi = scan(fake)["1-1"]
+    assert (ftdi.source, ftdi.vendor, ftdi.product, ftdi.serial) == (
+        "usb",
+        "0403",
+        "6001",
+        "A10K4V2F",
+    )
+    assert ftdi.display_name == "FTDI FT232R USB UART"
+    assert ftdi.port_path == "1-1"
+    assert devnames(ftdi) == [("bus/usb/001/002", "usb"), ("ttyUSB0", "tty")]
+    assert [n.host_path for n in ftdi.nodes] == ["/dev/bus/usb/001/002", "/dev/ttyUSB0"]
+    assert all(node.present for node in ftdi.nodes)
+    (interface,) = ftdi.interfaces
+    assert (interface.name, interface.interface_class, interface.driver) == (
+        "1-1:1.0",
+        "ff",
+        "ftdi_sio",
+    )
+    assert ftdi.numa == 0, "a USB device's NUMA node is its host controller's"
+    assert ftdi.errors == {}
+
+
+def test_usb_device_without_serial(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    ch340 = scan(fake)["1-2"]
+    assert (ch340.vendor, ch340.product) == CH340
+    assert ch340.serial is None
+    assert "serial" not in ch340.errors, "a missing serial is normal, not an error"
+    assert devnames(ch340) == [("bus/usb/001/003", "usb"), ("ttyUSB1", "tty")]
+
+
+def test_pci_accelerator_with_card_and_render_nodes_and_numa(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    gpu = scan(fake)["0000:3b:00.0"]
+    assert (gpu.vendor, gpu.product, gpu.driver, gpu.numa) == ("8086", "56a0", "i915", 1)
+    assert normalize_hex(gpu.attributes["class"]) == "030000"
+    assert devnames(gpu) == [("dri/card1", "drm"), ("dri/renderD129", "drm")]
+
+
+def test_pci_device_bound_to_vfio_passes_its_group_and_the_container(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    vfio = scan(fake)["0000:5e:00.0"]
+    assert (vfio.driver, vfio.iommu_group) == ("vfio-pci", "42")
+    assert devnames(vfio) == [
+        ("vfio/devices/vfio0", "vfio-dev"),
+        ("vfio/42", "vfio"),
+        ("vfio/vfio", "vfio"),
+    ]
+
+
+def test_pci_storage_with_block_nodes(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    nvme = scan(fake)["0000:01:00.0"]
+    assert devnames(nvme) == [
+        ("nvme0", "nvme"),
+        ("nvme0n1", "block"),
+        ("nvme0n1p1", "block"),
+    ]
+
+
+def test_nodes_stop_at_other_devices(fake: FakeSysfs) -> None:
+    """A host controller does not own its USB devices' nodes; a hub not its children's."""
+    machine = standard_machine(fake)
+    controller = fake.usb_controller("0000:00:15.0")
+    hub = fake.usb_device(controller, "2-1", devnum=2, vendor="05e3", product="0610")
+    fake.usb_interface(hub, "1.0", "09", "hub")
+    fake.usb_serial_adapter(controller, "2-1.3", devnum=3, tty="ttyUSB7", serial="X1")
+    found = scan(fake)
+    assert devnames(found["0000:00:14.0"]) == []
+    assert devnames(found["usb1"]) == [("bus/usb/001/001", "usb")]
+    assert devnames(found["2-1"]) == [("bus/usb/002/002", "usb")]
+    assert devnames(found["2-1.3"]) == [("bus/usb/002/003", "usb"), ("ttyUSB7", "tty")]
+    assert found["2-1.3"].path == str((hub / "2-1.3").resolve())
+    assert machine["ftdi"].exists()
+
+
+def test_missing_node_is_reported_not_present(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    fake.remove_node("ttyUSB0")
+    ftdi = scan(fake)["1-1"]
+    assert [(n.devname, n.present) for n in ftdi.nodes] == [
+        ("bus/usb/001/002", True),
+        ("ttyUSB0", False),
+    ]
+
+
+def test_unreadable_attribute_is_recorded_not_fatal(fake: FakeSysfs) -> None:
+    machine = standard_machine(fake)
+    serial = machine["ftdi"] / "serial"
+    serial.unlink()
+    serial.mkdir()  # reading it fails with EISDIR, as root too
+    fifo = machine["ftdi"] / "manufacturer"
+    fifo.unlink()
+    os.mkfifo(fifo)  # opened non-blocking: no writer, no hang
+    found = scan(fake)
+    assert "serial" in found["1-1"].errors
+    assert found["1-1"].serial is None
+    assert found["1-1"].vendor == "0403"
+    assert len(found) == 7
+
+
+def test_a_missing_bus_is_a_problem_not_an_error(fake: FakeSysfs) -> None:
+    result = SysfsReader(str(fake.sys), str(fake.dev)).scan(buses=["usb"], classes=["drm"])
+    assert result.devices == ()
+    assert [p.split(":")[0] for p in result.problems] == ["usb", "class/drm"]
+
+
+def test_class_devices_and_extra_attributes(fake: FakeSysfs) -> None:
+    controller = fake.usb_controller()
+    camera = fake.usb_device(controller, "1-4", devnum=5, vendor="046d", product="0825")
+    interface = fake.usb_interface(camera, "1.0", "0e", "uvcvideo")
+    video = fake.node(
+        interface / "video4linux" / "video0", "video0", klass="video4linux", major=81, minor=0
+    )
+    fake.attributes(video, name="UVC Camera (046d:0825)")
+    found = scan(fake, buses=(), classes=["video4linux"], extra_attributes=["name"])
+    video0 = found["video0"]
+    assert video0.source == "class/video4linux"
+    assert video0.attributes["name"] == "UVC Camera (046d:0825)"
+    assert devnames(video0) == [("video0", "video4linux")]
+    assert video0.numa == 0
+
+
+def test_watch_dirs_cover_every_node_directory(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    result = SysfsReader(str(fake.sys), str(fake.dev)).scan()
+    dev = str(fake.dev)
+    assert {dev, f"{dev}/bus/usb/001", f"{dev}/dri", f"{dev}/vfio"} <= result.watch_dirs
+
+
+def test_template_values(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    values = scan(fake)["1-1"].template_values()
+    assert values["vendor"] == "0403"
+    assert values["serial"] == "A10K4V2F"
+    assert values["address"] == "1-1"
+    assert values["nodes"] == "/dev/bus/usb/001/002,/dev/ttyUSB0"
+
+
+@pytest.mark.parametrize(("raw", "normal"), [("0x10C4", "10c4"), ("10c4", "10c4"), ("0X03", "03")])
+def test_normalize_hex(raw: str, normal: str) -> None:
+    assert normalize_hex(raw) == normal
+
+
+async def test_read_off_loop_times_out_without_blocking_the_loop() -> None:
+    release = threading.Event()
+    try:
+        with pytest.raises(ScanTimeout, match=r"stuck: no answer within 0\.2s"):
+            await read_off_loop(release.wait, 0.2, "stuck")
+    finally:
+        release.set()
+    assert await read_off_loop(lambda: 42, 5.0, "quick") == 42
+    with pytest.raises(ZeroDivisionError):
+        await read_off_loop(lambda: 1 // 0, 5.0, "failing")
+    await asyncio.sleep(0)
+
+
+def test_allocation_passes_every_node_with_its_permissions() -> None:
+    nodes = (
+        DeviceNode("/dev/dri/card1", "/dev/dri/card1"),
+        DeviceNode("/dev/dri/renderD129", "/dev/dri/renderD129", permissions="r"),
+    )
+    table = DeviceTable()
+    table.publish([Device("0000:3b:00.0", nodes=nodes), Device("other", nodes=(nodes[0],))])
+    resource = ResourceConfig(
+        "vendor.example/gpu", GlobDriverConfig(paths=("/x",)), AllocateConfig(permissions="rwm")
+    )
+    response = AllocationBuilder(resource).container_response(table.snapshot, ["0000:3b:00.0"])
+    assert [(d.host_path, d.permissions) for d in response.devices] == [
+        ("/dev/dri/card1", "rwm"),
+        ("/dev/dri/renderD129", "r"),
+    ]
+    compact = Device("x", nodes=(DeviceNode("/dev/x", "/dev/x", permissions="r"),), path="/dev/x")
+    assert compact.nodes[0].permissions == "r", "a node with its own permissions is kept whole"
+
+
+# ---------------------------------------------------------------------- the real /sys
+
+
+def _real_pci_devices() -> list[str]:
+    try:
+        return sorted(os.listdir("/sys/bus/pci/devices"))
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(
+    not _real_pci_devices(),
+    reason="no /sys/bus/pci/devices here (no sysfs, or a machine without PCI): "
+    "the read-only check against a real kernel's tree needs one",
+)
+def test_real_sys_reads_pci_devices_and_their_block_nodes() -> None:
+    """Read-only: the reader agrees with the kernel's own tree on this machine."""
+    result = SysfsReader("/sys", "/dev").scan(buses=["pci"])
+    by_name = {device.name: device for device in result.devices}
+    assert sorted(by_name) == _real_pci_devices()
+    for device in by_name.values():
+        assert device.vendor is not None and len(device.vendor) == 4, device
+        int(device.vendor, 16)
+        assert device.product is not None and len(device.product) == 4, device
+        assert os.path.isdir(device.path)
+        for node in device.nodes:
+            assert not node.devname.startswith("/"), node
+    # Every block device the kernel lists whose directory lies below a PCI device must be
+    # found beneath that PCI device (computed here independently from /sys/class/block).
+    expected: set[tuple[str, str]] = set()
+    for name in os.listdir("/sys/class/block") if os.path.isdir("/sys/class/block") else []:
+        real = os.path.realpath(f"/sys/class/block/{name}")
+        owners = [pci for pci, dev in by_name.items() if real.startswith(dev.path + "/")]
+        if owners:
+            # the innermost PCI device (a bridge's child, not the bridge)
+            owner = max(owners, key=lambda pci: len(by_name[pci].path))
+            expected.add((owner, name))
+    found = {
+        (device.name, node.devname)
+        for device in by_name.values()
+        for node in device.nodes
+        if node.subsystem == "block"
+    }
+    assert expected <= found
+    if not expected:
+        pytest.skip("no block device below a PCI device on this machine (PCI devices read fine)")

@@ -19,7 +19,7 @@ from ..devices import Device
 from ..process import MAX_OUTPUT, CommandError, RunningCommand, describe_exit, raise_if_cancelling
 from .base import DriverDeps, DriverError, Notifier
 from .probe_output import ProbeOutputError, parse_error, parse_off_loop
-from .stream import DocumentReader, RateLimit, first_document
+from .stream import DocumentReader, NoFirstList, RateLimit, first_document
 
 STREAM_RESTART_DELAYS = (0.5, 30.0)
 """Restart backoff of a stream command that exited: first and longest delay, in seconds."""
@@ -125,7 +125,7 @@ class ShellDriver:
             reader = DocumentReader(running.stdout, config.format, self._max_output)
             try:
                 document = await first_document(reader, running, config.timeout)
-            except DriverError as exc:
+            except NoFirstList as exc:
                 notifier.failure(exc)
                 document = await reader.next()
             while document is not None:

@@ -112,17 +112,21 @@ async def first_document(
 ) -> bytes | None:
     """The command's first complete list, which it must print within `timeout` of starting.
 
-    Raises DriverError('timeout') naming the limit; None if it ended its output first.
+    Raises NoFirstList (reason `timeout`) naming the limit; None if it ended its output first.
     """
     try:
         async with asyncio.timeout(timeout):
             return await reader.next()
     except TimeoutError:
-        raise DriverError(
+        raise NoFirstList(
             "timeout",
             f"stream command printed no complete device list within {timeout:g}s of starting",
             running.stderr_text(),
         ) from None
+
+
+class NoFirstList(DriverError):
+    """The stream command printed no complete list within its timeout of starting."""
 
 
 class RateLimit:

@@ -152,7 +152,7 @@ resources:
 @pytest.mark.parametrize(
     ("text", "fragment", "schema_rejects"),
     [
-        ("resources: [", "line 1, column", False),
+        ("resources: [", ", column 1: invalid YAML", False),
         ("- just a list", "<top>: must be a mapping", True),
         ("resources: []", "resources: must declare at least one resource", True),
         ("kubelet: {}", "missing required key 'resources'", True),

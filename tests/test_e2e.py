@@ -15,6 +15,7 @@ from kdp_host.config import DriverConfig, GlobDriverConfig
 from kdp_host.devices import Device
 from kdp_host.drivers import Driver, DriverDeps, Notifier, make_driver
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
+from kdp_host.supervisor import RestartPolicy
 
 from .conftest import glob_config, script, wait_until
 
@@ -207,7 +208,9 @@ async def test_crashing_resource_restarts_while_others_serve(
         return make_driver(config, deps)
 
     running = await start_host(
-        two_resources(socket_dir, devices), drivers=crashing_twice, restart_delays=(0.05, 0.1)
+        two_resources(socket_dir, devices),
+        drivers=crashing_twice,
+        restart_policy=RestartPolicy(0.05, 0.1),
     )
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
     await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1, timeout=15)

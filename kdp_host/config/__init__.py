@@ -6,22 +6,28 @@ reported together, so an operator fixes a ConfigMap in one round.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
-
-from .rules import (
+from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
+from ..rules import (
     absolute_path_problem,
     annotation_key_problem,
     cdi_kind_problem,
     env_name_problem,
     extended_resource_name_problem,
     text_problem,
+)
+from .source import (
+    ConfigSource,
+    SourceError,
+    parse_config_text,
+    read_config_source,
 )
 
 DEFAULT_SOCKET_DIR = "/var/lib/kubelet/device-plugins"
@@ -129,6 +135,7 @@ class KubeletConfig:
 class MetricsConfig:
     host: str = "0.0.0.0"
     port: int = 9410
+    histograms: HistogramMode = DEFAULT_HISTOGRAM_MODE
 
     @property
     def listen(self) -> str:
@@ -168,20 +175,6 @@ def _path_text(path: Path_) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text or "<top>"
-
-
-def _node_lines(node: yaml.Node | None, path: Path_, out: dict[Path_, int]) -> None:
-    if node is None:
-        return
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                out[(*path, key_node.value)] = key_node.start_mark.line + 1
-                _node_lines(value_node, (*path, key_node.value), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _node_lines(item, (*path, index), out)
 
 
 class _Reader:
@@ -356,6 +349,23 @@ def _template_problem(text: str, allowed: frozenset[str]) -> str | None:
     return None
 
 
+GLOB_TEMPLATE_FIELDS = frozenset({"path", "name"})
+
+
+def _container_path_template_problem(template: str) -> str | None:
+    """A glob containerPath must give each device its own absolute path."""
+    if why := _template_problem(template, GLOB_TEMPLATE_FIELDS):
+        return why
+    if not any(f"{{{name}}}" in template for name in GLOB_TEMPLATE_FIELDS):
+        return (
+            "must contain {name} or {path}: a fixed path would give every device the same "
+            "container path, and the runtime would keep only one of them"
+        )
+    if why := absolute_path_problem(render_template(template, {"path": "/dev/x", "name": "x"})):
+        return why
+    return None
+
+
 def _read_glob(r: _Reader, raw: Any, path: Path_) -> GlobDriverConfig | None:
     known = {"paths", "containerPath", "gracePeriod", "rescanInterval", "numaNode", "numaNodeFile"}
     spec = r.mapping(raw, path, known, ("paths",))
@@ -376,9 +386,7 @@ def _read_glob(r: _Reader, raw: Any, path: Path_) -> GlobDriverConfig | None:
     container_path = spec.get("containerPath")
     if container_path is not None:
         container_path = r.string(container_path, (*path, "containerPath"))
-        if container_path and (
-            why := _template_problem(container_path, frozenset({"path", "name"}))
-        ):
+        if container_path and (why := _container_path_template_problem(container_path)):
             r.problem((*path, "containerPath"), why)
     numa_node = spec.get("numaNode")
     if numa_node is not None:
@@ -386,7 +394,7 @@ def _read_glob(r: _Reader, raw: Any, path: Path_) -> GlobDriverConfig | None:
     numa_file = spec.get("numaNodeFile")
     if numa_file is not None:
         numa_file = r.string(numa_file, (*path, "numaNodeFile"))
-        if numa_file and (why := _template_problem(numa_file, frozenset({"path", "name"}))):
+        if numa_file and (why := _template_problem(numa_file, GLOB_TEMPLATE_FIELDS)):
             r.problem((*path, "numaNodeFile"), why)
     if numa_node is not None and numa_file is not None:
         r.problem(path, "numaNode and numaNodeFile are exclusive")
@@ -572,8 +580,11 @@ def _read_listen(r: _Reader, raw: Any, path: Path_) -> MetricsConfig:
     return MetricsConfig(host=host or "0.0.0.0", port=int(port_text))
 
 
-def config_from_data(data: Any, lines: dict[Path_, int], source: str) -> Config:
+def config_from_data(
+    data: Any, lines: dict[Path_, int], source: str, problems: Sequence[str] = ()
+) -> Config:
     r = _Reader(lines)
+    r.problems.extend(problems)
     top = r.mapping(data, (), {"kubelet", "metrics", "resources"}, ("resources",))
     if top is None:
         raise ConfigError(source, r.problems)
@@ -584,9 +595,16 @@ def config_from_data(data: Any, lines: dict[Path_, int], source: str) -> Config:
         if socket_dir is not None:
             kubelet = KubeletConfig(socket_dir=socket_dir)
     metrics = MetricsConfig()
-    m = r.mapping(top.get("metrics"), ("metrics",), {"listen"})
+    m = r.mapping(top.get("metrics"), ("metrics",), {"listen", "histograms"})
     if m and "listen" in m:
         metrics = _read_listen(r, m["listen"], ("metrics", "listen"))
+    if m and "histograms" in m:
+        mode = r.choice(
+            m["histograms"], ("metrics", "histograms"), DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES
+        )
+        metrics = dataclasses.replace(
+            metrics, histograms=next(h for h in HISTOGRAM_MODES if h == mode)
+        )
     resources: list[ResourceConfig] = []
     raw_resources = top.get("resources")
     if "resources" in top:
@@ -613,25 +631,24 @@ def config_from_data(data: Any, lines: dict[Path_, int], source: str) -> Config:
 def load_config_text(text: str, source: str = "<config>") -> Config:
     """Parse and validate config text. Raises ConfigError listing every problem."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{where}invalid YAML: {problem}"]) from None
-    lines: dict[Path_, int] = {}
-    _node_lines(node, (), lines)
-    config = config_from_data(data, lines, source)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return Config(config.kubelet, config.metrics, config.resources, sha256=digest)
+        parsed = parse_config_text(text)
+    except SourceError as exc:
+        raise ConfigError(source, exc.problems) from None
+    parsed.sha256 = hashlib.sha256(text.encode()).hexdigest()
+    return _config_from_source(parsed, source)
 
 
 def load_config(path: Path) -> Config:
+    """Read, decode (strict UTF-8), parse and validate a config file: the one way start-up
+    and live reload read it. Raises ConfigError listing every problem; the work is bounded
+    (see `source`), so a hostile file costs little and never raises anything else."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), [f"not UTF-8 text: {exc}"]) from None
-    return load_config_text(text, str(path))
+        parsed = read_config_source(path)
+    except SourceError as exc:
+        raise ConfigError(str(path), exc.problems) from None
+    return _config_from_source(parsed, str(path))
+
+
+def _config_from_source(parsed: ConfigSource, source: str) -> Config:
+    config = config_from_data(parsed.data, parsed.lines, source, parsed.problems)
+    return Config(config.kubelet, config.metrics, config.resources, sha256=parsed.sha256)

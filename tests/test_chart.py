@@ -953,7 +953,7 @@ def test_dockerfile_is_multi_stage_and_slim() -> None:
     assert len(froms) == 2
     assert froms[0].endswith(" AS builder")
     base = froms[1].replace("${PYTHON_IMAGE}", args["PYTHON_IMAGE"])
-    assert base == "python:3.11-slim"
+    assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", base), base  # pinned
     stages: list[list[tuple[str, str]]] = []
     for word, rest in instructions:
         if word == "FROM":
@@ -992,6 +992,7 @@ def test_docker_context_builds_the_wheel(tmp_path: Path) -> None:
         if source.is_dir():
             shutil.copytree(source, context / src, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (context / src).parent.mkdir(parents=True, exist_ok=True)
             (context / src).write_bytes(source.read_bytes())
     wheels = tmp_path / "wheels"
     proc = subprocess.run(

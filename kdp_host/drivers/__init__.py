@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from ..config import DriverConfig, GlobDriverConfig, ShellDriverConfig
+from ..config import DriverConfig, GlobDriverConfig, ShellDriverConfig, SysfsDriverConfig
 from .base import Driver, DriverDeps, DriverError, DriverFactory, Notifier, Skipped
-from .glob import FAILURE_THRESHOLD as GLOB_FAILURE_THRESHOLD
+from .glob import FAILURE_THRESHOLD as SCAN_FAILURE_THRESHOLD
 from .glob import GlobDriver
 from .reporting import DeviceReporter, DeviceSink
 
 
 def make_driver(config: DriverConfig, deps: DriverDeps) -> Driver:
-    """The driver for a resource's driver section (`glob` or `shell`)."""
+    """The driver for a resource's driver section (`glob`, `shell` or `sysfs`)."""
     if isinstance(config, GlobDriverConfig):
         return GlobDriver(config, deps)
+    if isinstance(config, SysfsDriverConfig):
+        from .sysfs import SysfsDriver
+
+        return SysfsDriver(config, deps)
     from .shell import ShellDriver
 
     return ShellDriver(config, deps)
@@ -22,7 +26,7 @@ def failure_threshold(config: DriverConfig) -> int:
     """Failures in a row after which every device of the resource is reported Unhealthy."""
     if isinstance(config, ShellDriverConfig):
         return config.failure_threshold
-    return GLOB_FAILURE_THRESHOLD
+    return SCAN_FAILURE_THRESHOLD
 
 
 __all__ = [

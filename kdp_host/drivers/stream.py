@@ -71,7 +71,7 @@ class DocumentReader:
     def _feed(self, chunk: bytes) -> None:
         lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()
-        if len(self._partial) > self._max_size:
+        if len(self._partial) > self._max_size or any(len(x) > self._max_size for x in lines):
             raise DriverError(
                 "output_too_large", f"printed a line longer than {self._max_size} bytes"
             )

@@ -13,7 +13,8 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
-from .logs import get_logger, setup_logging
+from .devices import Device
+from .logs import get_logger, quote_text, setup_logging
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -51,7 +52,7 @@ async def _run(config: Config, config_path: Path) -> int:
     from .metrics import Metrics
 
     log = get_logger()
-    metrics = Metrics()
+    metrics = Metrics(histograms=config.metrics.histograms)
     health = HealthState()
     try:
         http = HttpServer(config.metrics.host, config.metrics.port, metrics, health)
@@ -59,7 +60,7 @@ async def _run(config: Config, config_path: Path) -> int:
         log.error("metrics_listen_failed", listen=config.metrics.listen, reason=str(exc))
         return EXIT_INVALID
     http.start()
-    log.info("http_serving", listen=config.metrics.listen, paths="/metrics,/healthz,/readyz")
+    log.info("http_serving", listen=http.address, paths="/metrics,/healthz,/readyz")
     host = Host(config=config, metrics=metrics, log=log, config_path=config_path, health=health)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -89,30 +90,35 @@ async def _check(config: Config) -> list[tuple[str, str, str]]:
     log = get_logger()
     rows: list[tuple[str, str, str]] = []
     for resource in config.resources:
+        kind = resource.driver.kind
         ctx = DriverContext(resource.name, log.bind(resource=resource.name), PollingWatcher(log))
         try:
             devices = await make_driver(resource.driver, ctx).scan()
         except DriverError as exc:
-            rows.append((resource.name, resource.driver.kind, f"driver error: {exc}"))
+            rows.append((resource.name, kind, f"driver error: {quote_text(exc)}"))
             continue
         if not devices:
-            rows.append((resource.name, resource.driver.kind, "(no devices found now)"))
-        for device in devices:
-            where = ", ".join(node.host_path for node in device.nodes) or "-"
-            numa = "" if device.numa is None else f" numa={device.numa}"
-            health = "Healthy" if device.healthy else "Unhealthy"
-            rows.append(
-                (resource.name, resource.driver.kind, f"{device.id} {health}{numa} {where}")
-            )
+            rows.append((resource.name, kind, "(no devices found now)"))
+        rows.extend((resource.name, kind, device_cell(device)) for device in devices)
     return rows
 
 
+def device_cell(device: Device) -> str:
+    """A device in `check`'s table: ID and paths quoted, so nothing in them breaks the line."""
+    where = ", ".join(quote_text(node.host_path) for node in device.nodes) or "-"
+    numa = "" if device.numa is None else f" numa={device.numa}"
+    health = "Healthy" if device.healthy else "Unhealthy"
+    return f"{quote_text(device.id)} {health}{numa} {where}"
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    """Prints a table; IDs, paths and errors are quoted (`quote_text`), so a newline or a
+    control character in them cannot break it."""
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_INVALID
     rows = asyncio.run(_check(config))
-    print(f"{args.config}: valid, {len(config.resources)} resource(s)")
+    print(f"{quote_text(args.config)}: valid, {len(config.resources)} resource(s)")
     width = max((len(r[0]) for r in rows), default=8)
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
     for name, kind, text in rows:
@@ -146,32 +152,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration=args.duration, loop=args.loop)
 
 
+def _add_common_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The flags every command takes, before or after the command name.
+
+    The top-level parser holds the defaults; a subcommand's copy only overrides them when
+    given (argparse would otherwise reset a flag given before the command to its default).
+    """
+
+    def default(value: str) -> str:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=default("text"),
+        help="one event per line as key=value text or as JSON (default: text)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=default("info"),
+        help="the lowest level logged (default: info)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default=default("auto"),
+        help="event loop: uvloop when installed (auto), uvloop, or the standard asyncio one",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdp-host", description="Kubernetes device plugins declared in one YAML file."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"kdp-host {__version__}", help="print the version"
+    )
+    _add_common_flags(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> Any:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler)
-        p.add_argument("--log-format", choices=("text", "json"), default="text")
-        p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
-        p.add_argument(
-            "--loop",
-            choices=("auto", "uvloop", "asyncio"),
-            default="auto",
-            help="event loop: uvloop when installed (auto), or the standard one",
-        )
+        _add_common_flags(p, defaults=False)
         return p
 
+    config_help = "the YAML config file"
     run = add("run", cmd_run, "Serve the configured resources to the kubelet.")
-    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--config", type=Path, required=True, help=config_help)
     check = add("check", cmd_check, "Validate a config and list the devices found now.")
-    check.add_argument("--config", type=Path, required=True)
+    check.add_argument("--config", type=Path, required=True, help=config_help)
     add("version", cmd_version, "Print the version.")
     sim = add("simulate-kubelet", cmd_simulate_kubelet, "Run a kubelet device-manager simulator.")
-    sim.add_argument("--socket-dir", required=True)
+    sim.add_argument(
+        "--socket-dir", required=True, help="the device-plugin directory to create kubelet.sock in"
+    )
     demo = add("demo", cmd_demo, "Run kdp-host against the simulator on fake devices.")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     return parser

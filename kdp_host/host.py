@@ -1,109 +1,32 @@
-"""The supervisor: one ResourceRuntime per configured resource, on one event loop.
+"""The host: every configured resource on one event loop, until told to stop.
 
-Every resource runs in a task the host owns. A resource that crashes is logged, counted
-and restarted with backoff while the others keep serving. A new config is applied as a
-diff (Intel's device-plugin manager shape): new resources start, removed ones stop, changed
-ones restart, unchanged ones are not touched.
+It composes the pieces that each own one idea: the supervisor (a task per resource,
+restarted with backoff), the config reloader (a new file applied as a diff, Intel's
+device-plugin manager shape: new resources start, removed ones stop, changed ones restart,
+unchanged ones are not touched), stale-socket cleanup, the loop heartbeat behind /healthz,
+and the count of kubelet restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import os
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiofiles
-
-from .config import Config, ConfigError, ResourceConfig, load_config_text
+from .config import Config, load_config
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import Metrics
-from .registration import KUBELET_SOCKET, Backoff, kubelet_socket_identity
+from .registration import KUBELET_SOCKET, kubelet_socket_identity
+from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, ResourceRuntime
+from .stale_sockets import remove_stale_sockets
+from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
-
-RESTART_DELAYS = (0.5, 30.0)
-"""Backoff of a crashed resource's restarts: first and longest delay, in seconds."""
-STABLE_AFTER = 60.0
-"""A resource that ran this long before crashing restarts with the shortest backoff again."""
-GIVE_UP_AFTER_CRASHES = 10
-"""Crashes in a row (none of them stable) after which /healthz reports the resource dead."""
-RELOAD_DEBOUNCE = 0.1
-"""A ConfigMap update is several renames in a row: read the file once they have settled."""
-
-
-@dataclass(frozen=True)
-class ReloadPlan:
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
-    unchanged: tuple[str, ...] = ()
-
-
-def plan_reload(old: Config, new: Config) -> ReloadPlan:
-    old_by_name = {r.name: r for r in old.resources}
-    new_by_name = {r.name: r for r in new.resources}
-    return ReloadPlan(
-        added=tuple(n for n in new_by_name if n not in old_by_name),
-        removed=tuple(n for n in old_by_name if n not in new_by_name),
-        changed=tuple(
-            n for n in new_by_name if n in old_by_name and old_by_name[n] != new_by_name[n]
-        ),
-        unchanged=tuple(n for n in new_by_name if old_by_name.get(n) == new_by_name[n]),
-    )
-
-
-def restart_required(old: Config, new: Config) -> list[str]:
-    """Settings a running host cannot change."""
-    problems = []
-    if old.kubelet.socket_dir != new.kubelet.socket_dir:
-        problems.append("kubelet.socketDir changed: restart kdp-host to apply")
-    if old.metrics != new.metrics:
-        problems.append("metrics.listen changed: restart kdp-host to apply")
-    return problems
-
-
-def remove_stale_sockets(socket_dir: str, log: EventLogger) -> None:
-    """Remove `kdp-*.sock` files nobody listens on: left by an instance that was killed.
-
-    Sockets of a live instance (another pod during a rolling upgrade) accept connections
-    and are kept.
-    """
-    try:
-        names = [n for n in os.listdir(socket_dir) if n.startswith("kdp-") and n.endswith(".sock")]
-    except OSError:
-        return
-    for name in names:
-        path = os.path.join(socket_dir, name)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.5)
-            try:
-                probe.connect(path)
-                continue
-            except ConnectionRefusedError:
-                pass
-            except OSError:
-                continue
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-            log.info("stale_socket_removed", socket=path)
-
-
-@dataclass
-class _Supervised:
-    runtime: ResourceRuntime
-    task: asyncio.Task[None] | None = None
-    crashes: int = 0
-    gave_up: bool = False
-    stopping: bool = False
-    """Set before the host cancels it: an error from here on is part of stopping."""
 
 
 @dataclass
@@ -116,35 +39,42 @@ class Host:
     config_path: Path | None = None
     """Watched for changes (and re-read on `request_reload`) when given."""
     health: HealthState = field(default_factory=HealthState)
-    _resources: dict[str, _Supervised] = field(default_factory=dict, init=False)
-    _services: HostServices | None = field(default=None, init=False)
-    _stopping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
-    _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    load_config: Callable[[Path], Config] = load_config
+    """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
+    _supervisor: Supervisor | None = field(default=None, init=False)
+    _reloader: ConfigReloader | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.config_path is not None:
+            self._reloader = self._reloader_for(self.config_path)
+
+    def _reloader_for(self, path: Path) -> ConfigReloader:
+        return ConfigReloader(
+            path,
+            current=lambda: self.config,
+            apply=self.apply,
+            metrics=self.metrics,
+            log=self.log,
+            load_config=self.load_config,
+        )
 
     @property
     def resources(self) -> dict[str, ResourceRuntime]:
-        return {name: s.runtime for name, s in self._resources.items()}
+        return {} if self._supervisor is None else self._supervisor.resources
 
     def not_ready(self) -> dict[str, str]:
-        """Resources that are not serving and registered, with the reason."""
-        out = {}
-        for name, supervised in self._resources.items():
-            status = supervised.runtime.status
-            if not (status.serving and status.registered):
-                out[name] = status.last_error or (
-                    "not serving" if not status.serving else "not registered"
-                )
-        return out
-
-    def dead_resources(self) -> list[str]:
-        return [name for name, s in self._resources.items() if s.gave_up]
+        """Resources that are not serving and registered, with a short reason."""
+        return {} if self._supervisor is None else self._supervisor.not_ready()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
         watcher = self.watcher or make_watcher(self.log.bind(component="watch"))
         self.watcher = watcher
         socket_dir = self.config.kubelet.socket_dir
-        self._services = HostServices(socket_dir, self.instance_id, watcher, self.metrics, self.log)
+        services = HostServices(socket_dir, self.instance_id, watcher, self.metrics, self.log)
+        supervisor = Supervisor(services, self.restart_policy)
+        self._supervisor = supervisor
         watch_task = asyncio.create_task(watcher.run(), name="watcher")
         kubelet_watch = self._watch_kubelet_restarts(socket_dir)
         self.log.info(
@@ -157,12 +87,12 @@ class Host:
         self._record_config(self.config)
         await asyncio.to_thread(remove_stale_sockets, socket_dir, self.log)
         internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
-        if self.config_path is not None:
-            internal.append(asyncio.create_task(self._reload_loop(self.config_path), name="reload"))
+        if self._reloader is not None:
+            internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:
             for resource in self.config.resources:
-                self._start(resource)
+                supervisor.start(resource)
             await asyncio.wait({stop_task, *internal}, return_when=asyncio.FIRST_COMPLETED)
             for task in internal:
                 if task.done() and not task.cancelled():
@@ -172,99 +102,32 @@ class Host:
         finally:
             stop_task.cancel()
             kubelet_watch()
-            await self._stop_all()
+            await supervisor.stop_all()
             for task in internal:
                 task.cancel()
             await asyncio.gather(*internal, return_exceptions=True)
             self.log.info("host_stopped")
 
     def request_reload(self) -> None:
-        """Re-read the config file now (SIGHUP)."""
-        self._reload_wanted.set()
-
-    async def _heartbeat(self) -> None:
-        """Proves the loop is alive to /healthz, measures its lag, refreshes readiness."""
-        loop = asyncio.get_running_loop()
-        worst = 0.0
-        while True:
-            expected = loop.time() + HEARTBEAT_INTERVAL
-            self.health.beat()
-            self.health.not_ready = self.not_ready()
-            self.health.dead = tuple(self.dead_resources())
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            lag = max(0.0, loop.time() - expected)
-            worst = max(worst, lag)
-            self.metrics.loop_lag.set(lag)
-            self.metrics.loop_lag_max.set(worst)
-
-    def _record_config(self, config: Config) -> None:
-        self.metrics.config_info.info({"sha256": config.sha256})
-        self.metrics.config_timestamp.set(time.time())
-
-    async def _reload_loop(self, path: Path) -> None:
-        """Reload on changes to the file, including a ConfigMap's `..data` symlink swap."""
-        assert self.watcher is not None
-        watched = {path.name, "..data"}
-
-        def on_event(name: str | None) -> None:
-            if name is None or name in watched:
-                self._reload_wanted.set()
-
-        subscriptions = [self.watcher.subscribe(str(path.parent), on_event)]
-        real_parent = Path(os.path.realpath(path)).parent
-        if real_parent != path.parent:
-            watched.add(Path(os.path.realpath(path)).name)
-            subscriptions.append(self.watcher.subscribe(str(real_parent), on_event))
-        try:
-            while True:
-                await self._reload_wanted.wait()
-                await asyncio.sleep(RELOAD_DEBOUNCE)
-                self._reload_wanted.clear()
-                await self.reload_from(path)
-        finally:
-            for subscription in subscriptions:
-                subscription.cancel()
+        """Re-read the config file now (SIGHUP); a host without a config file ignores it."""
+        if self._reloader is not None:
+            self._reloader.request()
 
     async def reload_from(self, path: Path) -> str:
-        """Read, validate and apply the file; returns the result that was counted."""
-        try:
-            async with aiofiles.open(path, "rb") as f:
-                data = await f.read()
-        except OSError as exc:
-            return self._reload_result("invalid", error=f"cannot read {path}: {exc}")
-        if hashlib.sha256(data).hexdigest() == self.config.sha256:
-            return "unchanged"
-        try:
-            new = load_config_text(data.decode("utf-8", errors="replace"), str(path))
-        except ConfigError as exc:
-            return self._reload_result("invalid", error=str(exc), problems=len(exc.problems))
-        try:
-            plan = self.apply(new)
-        except ValueError as exc:
-            return self._reload_result("refused", error=str(exc))
-        self._record_config(new)
-        return self._reload_result(
-            "ok",
-            added=",".join(plan.added),
-            removed=",".join(plan.removed),
-            changed=",".join(plan.changed),
-            unchanged=len(plan.unchanged),
-            sha256=new.sha256[:12],
-        )
-
-    def _reload_result(self, result: str, **fields: object) -> str:
-        self.metrics.config_reloads.labels(result).inc()
-        if result == "ok":
-            self.log.info("config_reloaded", **fields)
-        else:
-            self.log.error("config_reload_failed", result=result, **fields)
-        return result
+        """Read, validate and apply `path` now; returns the counted result."""
+        reloader = self._reloader
+        if reloader is None or reloader.path != path:
+            reloader = self._reloader_for(path)
+        return await reloader.reload()
 
     def apply(self, new: Config) -> ReloadPlan:
-        """Apply a validated config as a diff. Raises ValueError for changes needing a restart."""
+        """Apply a validated config as a diff. Raises RestartRequired for what needs a restart."""
         problems = restart_required(self.config, new)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise RestartRequired("; ".join(problems))
+        supervisor = self._supervisor
+        if supervisor is None:
+            raise RuntimeError("the host is not running")
         plan = plan_reload(self.config, new)
         new_by_name = {r.name: r for r in new.resources}
         old_by_name = {r.name: r for r in self.config.resources}
@@ -275,80 +138,47 @@ class Host:
                     resource=name,
                     detail="device IDs change; allocations the kubelet holds keep the old IDs",
                 )
-        stopping = {name: self._stop_later(name) for name in (*plan.removed, *plan.changed)}
+        stopping = {name: supervisor.stop_later(name) for name in (*plan.removed, *plan.changed)}
         for name in (*plan.changed, *plan.added):
-            self._start(new_by_name[name], after=stopping.get(name))
+            supervisor.start(new_by_name[name], after=stopping.get(name))
         for name in plan.removed:
-            self.metrics.forget_resource(name)
+            self._forget_when_stopped(name, stopping[name])
         self.config = new
+        self._record_config(new)
         return plan
 
-    def _start(self, config: ResourceConfig, after: asyncio.Task[None] | None = None) -> None:
-        """Start a resource; a restarted one waits until its old runtime has fully stopped.
+    def _forget_when_stopped(self, name: str, task: asyncio.Task[None] | None) -> None:
+        """Drop a removed resource's series once its runtime is gone (it writes until then)."""
 
-        Otherwise the old ListAndWatch stream could end after the new registration, and the
-        kubelet would then disconnect the new one (docs/kubelet-contract.md §9).
-        """
-        assert self._services is not None
-        runtime = ResourceRuntime(config, self._services)
-        supervised = _Supervised(runtime)
-        supervised.task = asyncio.create_task(
-            self._supervise(supervised, after), name=f"resource:{config.name}"
-        )
-        self._resources[config.name] = supervised
+        def forget(_: object = None) -> None:
+            if self._supervisor is None or name not in self._supervisor.resources:
+                self.metrics.forget_resource(name)
 
-    async def _supervise(
-        self, supervised: _Supervised, after: asyncio.Task[None] | None = None
-    ) -> None:
-        if after is not None:
-            await asyncio.wait({after})
-        backoff = Backoff(*RESTART_DELAYS)
+        if task is None or task.done():
+            forget()
+        else:
+            task.add_done_callback(forget)
+
+    async def _heartbeat(self) -> None:
+        """Proves the loop is alive to /healthz, measures its lag, refreshes readiness."""
+        assert self._supervisor is not None
+        supervisor = self._supervisor
         loop = asyncio.get_running_loop()
-        runtime = supervised.runtime
+        worst = 0.0
         while True:
-            started = loop.time()
-            try:
-                await runtime.run()
-                raise RuntimeError("resource runtime returned")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if supervised.stopping:
-                    # Our cancel surfaced as another error (a cleanup step failed while the
-                    # runtime stopped): the resource is being stopped, not crashing.
-                    runtime.log.exception("resource_stop_failed")
-                    raise asyncio.CancelledError from exc
-                if loop.time() - started > STABLE_AFTER:
-                    backoff.reset()
-                delay = backoff.next_delay()
-                supervised.crashes += 1
-                if loop.time() - started > STABLE_AFTER:
-                    supervised.crashes = 1
-                supervised.gave_up = supervised.crashes >= GIVE_UP_AFTER_CRASHES
-                self.metrics.resource_restarts.labels(runtime.config.name).inc()
-                runtime.log.exception("resource_crashed", restart_in=f"{delay:g}s", error=repr(exc))
-                await asyncio.sleep(delay)
-                assert self._services is not None
-                runtime = ResourceRuntime(runtime.config, self._services)
-                supervised.runtime = runtime
+            expected = loop.time() + HEARTBEAT_INTERVAL
+            self.health.beat()
+            self.health.not_ready = supervisor.not_ready()
+            self.health.dead = tuple(supervisor.dead_resources())
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            lag = max(0.0, loop.time() - expected)
+            worst = max(worst, lag)
+            self.metrics.loop_lag.set(lag)
+            self.metrics.loop_lag_max.set(worst)
 
-    def _stop_later(self, name: str) -> asyncio.Task[None] | None:
-        supervised = self._resources.pop(name)
-        supervised.stopping = True
-        task = supervised.task
-        if task is not None:
-            task.cancel()
-            self._stopping.add(task)
-            task.add_done_callback(self._stopping.discard)
-        return task
-
-    async def _stop_all(self) -> None:
-        for name in list(self._resources):
-            self._stop_later(name)
-        if self._stopping:
-            _, pending = await asyncio.wait(set(self._stopping), timeout=1.5)
-            for task in pending:
-                self.log.warning("resource_stop_slow", task=task.get_name())
+    def _record_config(self, config: Config) -> None:
+        self.metrics.config_info.info({"sha256": config.sha256})
+        self.metrics.config_timestamp.set(time.time())
 
     def _watch_kubelet_restarts(self, socket_dir: str) -> Callable[[], None]:
         assert self.watcher is not None

@@ -106,7 +106,14 @@ class HttpServer:
 
     @property
     def port(self) -> int:
+        """The port bound (the one chosen by the system when port 0 was asked for)."""
         return int(self._server.server_port)
+
+    @property
+    def address(self) -> str:
+        """`host:port` as bound, `[v6]:port` for IPv6."""
+        host = str(self._server.server_address[0])
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def start(self) -> None:
         self._thread.start()

@@ -50,16 +50,38 @@ class EventLogger:
     def exception(self, event: str, **fields: Any) -> None:
         self._log(logging.ERROR, event, fields, exc=True)
 
-    @property
-    def stdlib(self) -> logging.Logger:
-        return self._logger
+
+_PLAIN_EXCLUDED = frozenset(' "=\\')
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
 
 
-def _text_value(value: Any) -> str:
+def quote_text(value: object) -> str:
+    r"""`value` as one token that no character can break.
+
+    Plain printable text stays as it is; anything else is double-quoted with backslash
+    escapes: `\\`, `\"`, `\n`, `\r`, `\t`, and `\xNN` / `\uNNNN` / `\UNNNNNNNN` for every
+    other non-printable character (control characters, line and paragraph separators,
+    bidirectional overrides). Used for log fields and for what `kdp-host check` prints, so
+    a device ID or file name with a newline or an escape sequence in it cannot forge a line
+    or move the cursor.
+    """
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n\t'):
-        return json.dumps(text)
-    return text
+    if text and all(c.isprintable() and c not in _PLAIN_EXCLUDED for c in text):
+        return text
+    out = ['"']
+    for c in text:
+        if c in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[c])
+        elif c.isprintable():
+            out.append(c)
+        elif ord(c) <= 0xFF:
+            out.append(f"\\x{ord(c):02x}")
+        elif ord(c) <= 0xFFFF:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(f"\\U{ord(c):08x}")
+    out.append('"')
+    return "".join(out)
 
 
 class TextFormatter(logging.Formatter):
@@ -68,10 +90,10 @@ class TextFormatter(logging.Formatter):
         parts = [
             f"{stamp}.{int(record.msecs):03d}Z",
             record.levelname.lower(),
-            f"event={_text_value(record.getMessage())}",
+            f"event={quote_text(record.getMessage())}",
         ]
         fields: dict[str, Any] = getattr(record, _FIELDS_ATTR, {})
-        parts.extend(f"{key}={_text_value(value)}" for key, value in fields.items())
+        parts.extend(f"{key}={quote_text(value)}" for key, value in fields.items())
         line = " ".join(parts)
         if record.exc_info:
             line += " error=" + json.dumps(self.formatException(record.exc_info))

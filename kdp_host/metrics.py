@@ -1,17 +1,44 @@
 """The metric families, on a registry owned by the host (a leaf: anything may record into it).
 
 prometheus-client metric objects are thread-safe, so the HTTP thread reads them while the
-event loop writes.
+event loop writes. Conventions: no `_created` series; every counter with a `result` or
+`reason` label has a series for each known value from the start (at zero), so `rate()` and
+absence alerts work from the first scrape; a resource that leaves the config leaves no
+series behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import platform
+from typing import Literal, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from . import __version__
+
+ALLOCATION_RESULTS = ("ok", "invalid")
+REGISTRATION_RESULTS = ("ok", "refused", "unavailable", "error")
+DRIVER_ERROR_REASONS = ("timeout", "exit", "parse", "output_too_large", "spawn", "io")
+"""Every `reason` a driver may count a failed scan or probe under."""
+CONFIG_RELOAD_RESULTS = ("ok", "invalid", "refused", "unchanged")
+DEVICE_HEALTH = ("healthy", "unhealthy")
+
+HistogramMode = Literal["perResource", "host", "off"]
+HISTOGRAM_MODES: tuple[HistogramMode, ...] = ("perResource", "host", "off")
+"""`metrics.histograms`: one set of latency histograms per resource (15 series each), one set
+for the whole host (no `resource` label: the count no longer grows with resources), or none."""
+DEFAULT_HISTOGRAM_MODE: HistogramMode = "perResource"
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -19,10 +46,64 @@ _LATENCY_BUCKETS = (
 _SCAN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+class Observer(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class _NoObserver:
+    def observe(self, amount: float) -> None:
+        """Histograms are switched off."""
+
+
+class ResourceHistogram:
+    """A latency histogram recorded per resource, for the whole host, or not at all."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: tuple[float, ...],
+        mode: HistogramMode,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.mode = mode
+        self._per_resource: Histogram | None = None
+        self._host: Histogram | None = None
+        if mode == "perResource":
+            self._per_resource = Histogram(
+                name, documentation, ["resource"], buckets=buckets, registry=registry
+            )
+        elif mode == "host":
+            self._host = Histogram(name, documentation, buckets=buckets, registry=registry)
+
+    def labels(self, resource: str) -> Observer:
+        if self._per_resource is not None:
+            return self._per_resource.labels(resource)
+        if self._host is not None:
+            return self._host
+        return _NoObserver()
+
+    def remove(self, resource: str) -> None:
+        if self._per_resource is not None:
+            with contextlib.suppress(KeyError):
+                self._per_resource.remove(resource)
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        histograms: HistogramMode = DEFAULT_HISTOGRAM_MODE,
+        process_collectors: bool = True,
+    ) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if process_collectors:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         self.build_info = Info("kdp_build", "kdp-host build information.", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
         self.devices = Gauge(
@@ -37,19 +118,19 @@ class Metrics:
             ["resource", "result"],
             registry=r,
         )
-        self.allocate_seconds = Histogram(
+        self.allocate_seconds = ResourceHistogram(
             "kdp_allocate_duration_seconds",
             "Time to answer Allocate, inside the plugin.",
-            ["resource"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
+            histograms,
+            r,
         )
-        self.preferred_seconds = Histogram(
+        self.preferred_seconds = ResourceHistogram(
             "kdp_preferred_allocation_duration_seconds",
             "Time to answer GetPreferredAllocation, inside the plugin.",
-            ["resource"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
+            histograms,
+            r,
         )
         self.preferred_fallbacks = Counter(
             "kdp_preferred_allocation_fallbacks",
@@ -85,22 +166,28 @@ class Metrics:
             ["resource"],
             registry=r,
         )
-        self.scan_seconds = Histogram(
+        self.scan_seconds = ResourceHistogram(
             "kdp_driver_scan_duration_seconds",
             "Duration of one driver scan or probe run.",
-            ["resource"],
-            buckets=_SCAN_BUCKETS,
-            registry=r,
+            _SCAN_BUCKETS,
+            histograms,
+            r,
         )
         self.driver_errors = Counter(
             "kdp_driver_errors",
-            "Failed scans or probes, by reason (timeout, exit, parse, output_too_large, io).",
+            "Failed scans or probes, by reason (" + ", ".join(DRIVER_ERROR_REASONS) + ").",
             ["resource", "reason"],
             registry=r,
         )
         self.health_check_failures = Counter(
             "kdp_health_check_failures",
             "Device health commands that failed (non-zero exit or timeout).",
+            ["resource"],
+            registry=r,
+        )
+        self.cdi_spec_failures = Counter(
+            "kdp_cdi_spec_write_failures",
+            "Failed attempts to write or remove a resource's CDI spec file.",
             ["resource"],
             registry=r,
         )
@@ -112,10 +199,12 @@ class Metrics:
         )
         self.config_reloads = Counter(
             "kdp_config_reloads",
-            "Config reloads, by result (ok, invalid, refused, unchanged).",
+            "Config reloads, by result (" + ", ".join(CONFIG_RELOAD_RESULTS) + ").",
             ["result"],
             registry=r,
         )
+        for result in CONFIG_RELOAD_RESULTS:
+            self.config_reloads.labels(result)
         self.config_timestamp = Gauge(
             "kdp_config_last_applied_timestamp_seconds",
             "Unix time the config in force was applied.",
@@ -135,17 +224,61 @@ class Metrics:
             registry=r,
         )
 
+    def _by_resource(self) -> tuple[Counter | Gauge, ...]:
+        return (
+            self.allocations,
+            self.preferred_fallbacks,
+            self.registrations,
+            self.registered,
+            self.list_and_watch_updates,
+            self.list_and_watch_streams,
+            self.driver_errors,
+            self.health_check_failures,
+            self.cdi_spec_failures,
+            self.resource_restarts,
+        )
+
+    def _label_sets(self, resource: str) -> list[tuple[Counter | Gauge, tuple[str, ...]]]:
+        """Every series a resource has from its start: one per known label value."""
+        sets: list[tuple[Counter | Gauge, tuple[str, ...]]] = [
+            (self.devices, (resource, health)) for health in DEVICE_HEALTH
+        ]
+        sets += [(self.allocations, (resource, result)) for result in ALLOCATION_RESULTS]
+        sets += [(self.registrations, (resource, result)) for result in REGISTRATION_RESULTS]
+        sets += [(self.driver_errors, (resource, reason)) for reason in DRIVER_ERROR_REASONS]
+        sets += [
+            (metric, (resource,))
+            for metric in self._by_resource()
+            if metric not in (self.allocations, self.registrations, self.driver_errors)
+        ]
+        return sets
+
+    def add_resource(self, resource: str) -> None:
+        """Create a starting resource's series at zero."""
+        for metric, labels in self._label_sets(resource):
+            metric.labels(*labels)
+
     def set_device_counts(self, resource: str, healthy: int, unhealthy: int) -> None:
         self.devices.labels(resource, "healthy").set(healthy)
         self.devices.labels(resource, "unhealthy").set(unhealthy)
 
     def forget_resource(self, resource: str) -> None:
-        """Drop the gauges of a resource that left the config (counters keep their history)."""
-        for gauge, labels in (
-            (self.devices, (resource, "healthy")),
-            (self.devices, (resource, "unhealthy")),
-            (self.registered, (resource,)),
-            (self.list_and_watch_streams, (resource,)),
-        ):
-            with contextlib.suppress(KeyError):
-                gauge.remove(*labels)
+        """Drop every series of a resource that left the config (call once it has stopped)."""
+        for metric in (self.devices, *self._by_resource()):
+            for labels in _label_values_of(metric, resource):
+                with contextlib.suppress(KeyError):
+                    metric.remove(*labels)
+        for histogram in (self.allocate_seconds, self.preferred_seconds, self.scan_seconds):
+            histogram.remove(resource)
+
+
+def _label_values_of(metric: Counter | Gauge, resource: str) -> list[tuple[str, ...]]:
+    """The label tuples of `metric`'s series whose first label is `resource`, including
+    values no list above knows (a driver's new reason)."""
+    found: set[tuple[str, ...]] = set()
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.labels.get("resource") == resource:
+                names = [n for n in sample.labels if n != "le"]
+                found.add(tuple(sample.labels[n] for n in names))
+    return sorted(found)

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot
@@ -62,10 +62,23 @@ class HostServices:
 
 @dataclass
 class ResourceStatus:
+    """What /readyz says about a resource. Reasons are short and fixed (no host paths, no
+    probe output): the endpoint is reachable from the pod network."""
+
     serving: bool = False
     registered: bool = False
     last_error: str | None = None
-    registrations: int = 0
+    problems: dict[str, str] = field(default_factory=dict)
+    """Parts of the resource that keep it from being ready (e.g. `cdi`), with a short reason."""
+
+    @property
+    def ready(self) -> bool:
+        return self.serving and self.registered and not self.problems
+
+    def not_ready_reason(self) -> str:
+        if self.problems:
+            return "; ".join(self.problems[part] for part in sorted(self.problems))
+        return self.last_error or ("not serving" if not self.serving else "not registered")
 
 
 class ResourceRuntime:
@@ -156,7 +169,7 @@ class ResourceRuntime:
                 if identity is None:
                     raise FileNotFoundError(self.socket_path)
             except OSError as exc:
-                self._mark(serving=False, error=f"cannot serve on {self.socket_path}: {exc}")
+                self._mark(serving=False, error=f"cannot serve: {type(exc).__name__}")
                 self.log.warning("serve_failed", socket=self.socket_path, reason=str(exc))
                 await self._sleep_or_wake(backoff.next_delay())
                 continue
@@ -208,7 +221,7 @@ class ResourceRuntime:
             except RegistrationError as exc:
                 metrics.registrations.labels(self.config.name, exc.result).inc()
                 message = str(exc)
-                self._mark(registered=False, error=message)
+                self._mark(registered=False, error=f"not registered: {exc.result}")
                 if message != last_message:
                     level = self.log.info if exc.result == "unavailable" else self.log.warning
                     level("register_failed", result=exc.result, reason=message)
@@ -220,7 +233,6 @@ class ResourceRuntime:
                 await self._sleep_or_wake(delay)
                 continue
             metrics.registrations.labels(self.config.name, "ok").inc()
-            self.status.registrations += 1
             self._stream_lost = False
             self._mark(registered=True)
             self.log.info("registered", endpoint=self.endpoint)

@@ -13,25 +13,28 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
-
-from asyncinotify import Inotify, Mask, Watch
+from typing import TYPE_CHECKING, Protocol
 
 from .logs import EventLogger
 
+if TYPE_CHECKING:
+    from asyncinotify import Mask, Watch
+
 WatchCallback = Callable[[str | None], None]
 
-_DIR_MASK = (
-    Mask.CREATE
-    | Mask.DELETE
-    | Mask.MOVED_FROM
-    | Mask.MOVED_TO
-    | Mask.ATTRIB
-    | Mask.CLOSE_WRITE
-    | Mask.DELETE_SELF
-    | Mask.MOVE_SELF
-    | Mask.ONLYDIR
-)
+
+def _dir_mask(mask: type[Mask]) -> Mask:
+    return (
+        mask.CREATE
+        | mask.DELETE
+        | mask.MOVED_FROM
+        | mask.MOVED_TO
+        | mask.ATTRIB
+        | mask.CLOSE_WRITE
+        | mask.DELETE_SELF
+        | mask.MOVE_SELF
+        | mask.ONLYDIR
+    )
 
 
 @dataclass(eq=False)
@@ -90,12 +93,21 @@ class _SubscriberIndex:
 
 
 class InotifyWatcher:
-    """All directory watches of the host on one inotify file descriptor."""
+    """All directory watches of the host on one inotify file descriptor.
+
+    asyncinotify is imported here, not with the module: on systems without inotify (macOS)
+    it fails at import or at first use, with errors that are not always OSError, and the
+    host must still start with the polling watcher.
+    """
 
     kind = "inotify"
 
     def __init__(self, log: EventLogger, retry_interval: float = 0.5) -> None:
+        from asyncinotify import Inotify, Mask
+
         self._log = log
+        self._mask_type = Mask
+        self._dir_mask = _dir_mask(Mask)
         self._inotify = Inotify()
         self._subs = _SubscriberIndex()
         self._watches: dict[str, Watch] = {}
@@ -119,7 +131,7 @@ class InotifyWatcher:
 
     def _add_watch(self, directory: str) -> bool:
         try:
-            self._watches[directory] = self._inotify.add_watch(directory, _DIR_MASK)
+            self._watches[directory] = self._inotify.add_watch(directory, self._dir_mask)
         except OSError:
             self._pending.add(directory)
             return False
@@ -151,14 +163,15 @@ class InotifyWatcher:
                 self._retry_pending()
 
     def _dispatch(self, mask: Mask, watch: Watch | None, name: os.PathLike[str] | None) -> None:
-        if Mask.Q_OVERFLOW in mask:
+        flags = self._mask_type
+        if flags.Q_OVERFLOW in mask:
             self._log.warning("inotify_overflow", action="rescan_all")
             self._subs.notify_all(self._log)
             return
         if watch is None:
             return
         directory = os.path.normpath(str(watch.path))
-        if Mask.IGNORED in mask or Mask.DELETE_SELF in mask or Mask.MOVE_SELF in mask:
+        if flags.IGNORED in mask or flags.DELETE_SELF in mask or flags.MOVE_SELF in mask:
             if self._watches.get(directory) is watch:
                 del self._watches[directory]
                 if directory in self._subs.by_dir:
@@ -218,10 +231,22 @@ def dir_signature(directory: str) -> DirSignature | None:
     return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def make_watcher(log: EventLogger, *, prefer_inotify: bool = True) -> Watcher:
+def make_watcher(
+    log: EventLogger,
+    *,
+    prefer_inotify: bool = True,
+    inotify: Callable[[EventLogger], Watcher] = InotifyWatcher,
+) -> Watcher:
+    """An inotify watcher where the system has one, else the polling watcher.
+
+    Any failure to set up inotify falls back: an OSError on Linux without inotify
+    instances left, an ImportError or AttributeError where libc has no inotify (macOS).
+    """
     if prefer_inotify:
         try:
-            return InotifyWatcher(log)
-        except OSError as exc:
-            log.warning("inotify_unavailable", reason=str(exc), fallback="poll")
+            return inotify(log)
+        except Exception as exc:
+            log.warning(
+                "inotify_unavailable", reason=f"{type(exc).__name__}: {exc}", fallback="poll"
+            )
     return PollingWatcher(log)

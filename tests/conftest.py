@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,14 +105,23 @@ class RunningHost:
 
 @pytest.fixture
 async def start_host() -> AsyncIterator[Callable[..., object]]:
-    """`await start_host(config_or_yaml, config_path=None)` runs a Host in this event loop."""
+    """`await start_host(config_or_yaml, config_path=None, **host_options)` runs a Host in
+    this event loop; `host_options` are further Host fields (a restart policy, ...)."""
     running: list[RunningHost] = []
 
-    async def start(config: Config | str, config_path: Path | None = None) -> RunningHost:
+    async def start(
+        config: Config | str, config_path: Path | None = None, **host_options: Any
+    ) -> RunningHost:
         if isinstance(config, str):
             config = load_config_text(config)
         metrics = Metrics()
-        host = Host(config=config, metrics=metrics, log=get_logger(), config_path=config_path)
+        host = Host(
+            config=config,
+            metrics=metrics,
+            log=get_logger(),
+            config_path=config_path,
+            **host_options,
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(host.run(stop))
         handle = RunningHost(host, stop, task, metrics, config_path)

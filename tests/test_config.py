@@ -133,11 +133,11 @@ resources:
         "line 8: resources[0].glob.pathz: unknown key (did you mean 'paths'?)",
         "line 9: resources[1].name: 'foo' is not a valid extended resource name",
         "line 10: resources[1].shell.interval: invalid duration '3x'",
-        "line 11: resources[2]: needs exactly one driver (glob or shell), got glob, shell",
+        "line 11: resources[2]: needs exactly one driver (glob, shell or sysfs), got glob, shell",
         "line 13: resources[2].shell.command: must be a list of arguments",
         "line 14: resources[2].replicas: must be between 1 and 10000",
         "line 11: resources[2].name: duplicate name 'vendor.example/fpga' (also resources[0])",
-        "line 15: resources[3]: needs exactly one driver (glob or shell), got none",
+        "line 15: resources[3]: needs exactly one driver (glob, shell or sysfs), got none",
         "line 18: resources[4].allocate.env.1BAD: must be letters, digits",
         "line 18: resources[4].allocate.env.1BAD: unknown template field {idz}",
         "line 18: resources[4].allocate.permissions: must be made of r, w and m",
@@ -152,7 +152,7 @@ resources:
 @pytest.mark.parametrize(
     ("text", "fragment", "schema_rejects"),
     [
-        ("resources: [", "line 1, column", False),
+        ("resources: [", ", column 1: invalid YAML", False),
         ("- just a list", "<top>: must be a mapping", True),
         ("resources: []", "resources: must declare at least one resource", True),
         ("kubelet: {}", "missing required key 'resources'", True),

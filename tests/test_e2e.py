@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
+from kdp_host.supervisor import RestartPolicy
 
 from .conftest import glob_config, script, wait_until
 
@@ -206,8 +207,9 @@ async def test_crashing_resource_restarts_while_others_serve(
         return real_make_driver(config, ctx)
 
     monkeypatch.setattr(resource_module, "make_driver", make_driver)
-    monkeypatch.setattr("kdp_host.host.RESTART_DELAYS", (0.05, 0.1))
-    running = await start_host(two_resources(socket_dir, devices))
+    running = await start_host(
+        two_resources(socket_dir, devices), restart_policy=RestartPolicy(0.05, 0.1)
+    )
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
     await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1, timeout=15)
     assert running.metrics.resource_restarts.labels(SERIAL)._value.get() == 2

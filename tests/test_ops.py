@@ -266,3 +266,165 @@ async def test_configmap_symlink_swap(
     assert value(running.metrics, "kdp_config_reloads_total", result="ok") == 1
     info = [k for k in samples(running.metrics) if k[0] == "kdp_config_info"]
     assert info and dict(info[0][1])["sha256"] == running.host.config.sha256
+
+
+async def test_a_removed_resource_leaves_no_series(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    config = short_dir / "config.yaml"
+    both = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"), (SERIAL, f"{devices}/ttyA*"))
+    write_config(config, both)
+    running = await start_host(both, config)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    assert value(running.metrics, "kdp_registered", resource=SERIAL) == 1
+
+    write_config(config, glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
+    await wait_until(lambda: SERIAL not in running.host.resources, what="SERIAL removed")
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 0, timeout=10)
+
+    def serial_series() -> list[str]:
+        return [name for name, labels in samples(running.metrics) if ("resource", SERIAL) in labels]
+
+    await wait_until(lambda: not serial_series(), what="every SERIAL series dropped")
+    # The stopped runtime must not write a series back after it was dropped.
+    running.host.request_reload()
+    await wait_until(
+        lambda: value(running.metrics, "kdp_config_reloads_total", result="unchanged") == 1,
+        what="a later reload ran",
+    )
+    assert serial_series() == []
+    assert value(running.metrics, "kdp_registered", resource=FPGA) == 1
+
+
+async def test_sighup_with_an_unchanged_file_is_logged_and_counted(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    devices: Path,
+    short_dir: Path,
+    start_host,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = short_dir / "config.yaml"
+    text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
+    write_config(config, text)
+    running = await start_host(text, config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    with caplog.at_level("INFO", logger="kdp_host"):
+        assert await running.host.reload_from(config) == "unchanged"
+    assert value(running.metrics, "kdp_config_reloads_total", result="unchanged") == 1
+    assert any(r.getMessage() == "config_unchanged" for r in caplog.records)
+    assert kubelet.resource(FPGA).registrations == 1
+
+
+def test_metrics_conventions_from_the_first_scrape() -> None:
+    """No _created series; result/reason counters start at zero for every known value;
+    process and platform collectors are on the host's registry."""
+    from prometheus_client import generate_latest
+
+    from kdp_host.metrics import (
+        ALLOCATION_RESULTS,
+        CONFIG_RELOAD_RESULTS,
+        DRIVER_ERROR_REASONS,
+        REGISTRATION_RESULTS,
+    )
+
+    metrics = Metrics()
+    metrics.add_resource(FPGA)
+    metrics.allocate_seconds.labels(FPGA).observe(0.001)
+    metrics.allocations.labels(FPGA, "ok").inc()
+    text = generate_latest(metrics.registry).decode()
+    assert "_created" not in text
+    seen = samples(metrics)
+    for result in ALLOCATION_RESULTS:
+        assert (("kdp_allocations_total", (("resource", FPGA), ("result", result)))) in seen
+    for result in REGISTRATION_RESULTS:
+        assert ("kdp_registrations_total", (("resource", FPGA), ("result", result))) in seen
+    for reason in DRIVER_ERROR_REASONS:
+        assert ("kdp_driver_errors_total", (("reason", reason), ("resource", FPGA))) in seen
+    for result in CONFIG_RELOAD_RESULTS:
+        assert ("kdp_config_reloads_total", (("result", result),)) in seen
+    assert seen[("kdp_registrations_total", (("resource", FPGA), ("result", "refused")))] == 0
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
+        assert (name, ()) in seen
+    assert any(name == "python_info" for name, _ in seen)
+
+
+@pytest.mark.parametrize(
+    ("mode", "histogram_series_per_resource", "host_histogram_series"),
+    [("perResource", 45, 0), ("host", 0, 45), ("off", 0, 0)],
+)
+def test_histogram_modes_bound_series_per_resource(
+    mode: str, histogram_series_per_resource: int, host_histogram_series: int
+) -> None:
+    metrics = Metrics(histograms=mode, process_collectors=False)  # type: ignore[arg-type]
+    for resource in (FPGA, SERIAL):
+        metrics.add_resource(resource)
+        for histogram in (
+            metrics.allocate_seconds,
+            metrics.preferred_seconds,
+            metrics.scan_seconds,
+        ):
+            histogram.labels(resource).observe(0.002)
+    seen = samples(metrics)
+    histogram_names = (
+        "kdp_allocate_duration",
+        "kdp_preferred_allocation_duration",
+        "kdp_driver_scan_duration",
+    )
+    per_resource = [
+        k for k in seen if k[0].startswith(histogram_names) and ("resource", FPGA) in k[1]
+    ]
+    host_wide = [
+        k
+        for k in seen
+        if k[0].startswith(histogram_names) and not any(n == "resource" for n, _ in k[1])
+    ]
+    assert len(per_resource) == histogram_series_per_resource
+    assert len(host_wide) == host_histogram_series
+    if mode == "host":
+        assert seen[("kdp_allocate_duration_seconds_count", ())] == 2
+
+
+def test_histograms_key_is_read_and_needs_a_restart(socket_dir: Path) -> None:
+    from kdp_host.config import ConfigError, load_config_text
+    from kdp_host.reload import restart_required
+
+    base = glob_config(socket_dir, (FPGA, "/dev/fpga*"))
+    default = load_config_text(base)
+    host = load_config_text(base + "metrics: {histograms: host}\n")
+    assert (default.metrics.histograms, host.metrics.histograms) == ("perResource", "host")
+    assert restart_required(default, host) == [
+        "metrics.histograms changed: restart kdp-host to apply"
+    ]
+    with pytest.raises(ConfigError, match=r"metrics\.histograms"):
+        load_config_text(base + "metrics: {histograms: some}\n")
+
+
+def test_promtool_check_metrics_is_clean(socket_dir: Path) -> None:
+    """`promtool check metrics` on everything the host exposes (Debian: apt-get install
+    prometheus). CI installs it; elsewhere this skips and says why."""
+    import shutil
+    import subprocess
+
+    from prometheus_client import generate_latest
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    metrics = Metrics()
+    for resource in (FPGA, SERIAL):
+        metrics.add_resource(resource)
+        metrics.set_device_counts(resource, 2, 1)
+        metrics.allocate_seconds.labels(resource).observe(0.001)
+        metrics.preferred_seconds.labels(resource).observe(0.001)
+        metrics.scan_seconds.labels(resource).observe(0.01)
+    metrics.config_info.info({"sha256": "0" * 64})
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=generate_latest(metrics.registry),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    assert result.stdout.strip() == b"" and result.stderr.strip() == b"", result.stderr.decode()

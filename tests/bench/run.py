@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, str] = {
     "scale": "scale",
     "large": "large",
     "containment": "containment",
+    "hostile": "hostile",
 }
 EXTERNAL = {"allocation": "bench_allocation"}
 """Benchmarks other modules provide as `run() -> dict[str, float]` (included when present)."""

@@ -26,6 +26,13 @@ Full name: release-chart, truncated to 63 characters (DNS label); fullnameOverri
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+The namespace of every namespaced object: namespaceOverride, else the release's.
+*/}}
+{{- define "kdp-host.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "kdp-host.labels" -}}
 helm.sh/chart: {{ include "kdp-host.chart" . }}
 {{ include "kdp-host.selectorLabels" . }}
@@ -60,6 +67,38 @@ Fixed paths inside the container. The Dockerfile's default CMD uses the same con
 */}}
 {{- define "kdp-host.configDir" -}}/etc/kdp-host{{- end }}
 {{- define "kdp-host.configPath" -}}/etc/kdp-host/config.yaml{{- end }}
+
+{{/*
+The pod's own scratch directory (an emptyDir) and the termination message file on it: the
+default terminationMessagePath, /dev/termination-log, lies on the host's /dev mounted at /dev,
+where the runtime would create its mount point (and a read-only /dev would fail the start).
+*/}}
+{{- define "kdp-host.tmpDir" -}}/tmp{{- end }}
+{{- define "kdp-host.terminationMessagePath" -}}{{ include "kdp-host.tmpDir" . }}/termination-log{{- end }}
+
+{{/*
+The ConfigMap holding the kdp-host config, and its key: existingConfigMap, else the chart's.
+*/}}
+{{- define "kdp-host.configMapName" -}}
+{{- .Values.existingConfigMap.name | default (printf "%s-config" (include "kdp-host.fullname" .)) }}
+{{- end }}
+{{- define "kdp-host.configMapKey" -}}
+{{- if .Values.existingConfigMap.name }}{{ .Values.existingConfigMap.key | default "config.yaml" }}{{ else }}config.yaml{{ end }}
+{{- end }}
+
+{{/*
+Whether a prometheus-operator monitor is rendered: enabled, and its CRD is served by the
+cluster (.Capabilities.APIVersions) unless detectCRD is false. Call with (list $ "ServiceMonitor"
+.Values.metrics.serviceMonitor); renders "true" or nothing.
+*/}}
+{{- define "kdp-host.renderMonitor" -}}
+{{- $root := index . 0 }}
+{{- $kind := index . 1 }}
+{{- $values := index . 2 }}
+{{- if and $values.enabled (or (not $values.detectCRD) ($root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) -}}
+true
+{{- end }}
+{{- end }}
 
 {{/*
 The kubelet's device-plugin directory: config.kubelet.socketDir, mounted from the host at the

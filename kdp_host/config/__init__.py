@@ -6,22 +6,28 @@ reported together, so an operator fixes a ConfigMap in one round.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
-
-from .rules import (
+from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
+from ..rules import (
     absolute_path_problem,
     annotation_key_problem,
     cdi_kind_problem,
     env_name_problem,
     extended_resource_name_problem,
     text_problem,
+)
+from .source import (
+    ConfigSource,
+    SourceError,
+    parse_config_text,
+    read_config_source,
 )
 
 DEFAULT_SOCKET_DIR = "/var/lib/kubelet/device-plugins"
@@ -74,7 +80,72 @@ class ShellDriverConfig:
     kind: Literal["shell"] = field(default="shell", init=False)
 
 
-DriverConfig = GlobDriverConfig | ShellDriverConfig
+@dataclass(frozen=True)
+class UsbMatchConfig:
+    """One `sysfs.usb` entry: every given field must match (hex IDs, or globs)."""
+
+    vendor: str | None = None
+    product: str | None = None
+    serial: str | None = None
+    manufacturer: str | None = None
+    product_name: str | None = None
+    interface_class: str | None = None
+    """Matches when any interface of the device has this class (`02` CDC, `0e` video...)."""
+
+
+@dataclass(frozen=True)
+class PciMatchConfig:
+    """One `sysfs.pci` entry: every given field must match."""
+
+    vendor: str | None = None
+    device: str | None = None
+    subsystem_vendor: str | None = None
+    subsystem_device: str | None = None
+    pci_class: str | None = None
+    """A prefix (`03`, `0302`), the full `030200`, `value/mask`, or a glob."""
+    driver: str | None = None
+
+
+@dataclass(frozen=True)
+class SysfsMatchConfig:
+    """One `sysfs.devices` entry: devices of any bus or class, by attribute values."""
+
+    bus: str | None = None
+    device_class: str | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    """Attribute file (relative to the device directory) -> exact value or glob."""
+    driver: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeSelectConfig:
+    """Which of a matched device's nodes go to the container (all when empty)."""
+
+    subsystems: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    """Globs on the node's name relative to /dev (`ttyUSB*`, `dri/renderD*`)."""
+
+
+@dataclass(frozen=True)
+class SysfsDriverConfig:
+    usb: tuple[UsbMatchConfig, ...] = ()
+    pci: tuple[PciMatchConfig, ...] = ()
+    devices: tuple[SysfsMatchConfig, ...] = ()
+    nodes: NodeSelectConfig | None = None
+    sysfs_root: str = "/sys"
+    dev_root: str = "/dev"
+    """Where kdp-host sees the host's /dev (DeviceSpecs always name the host's /dev)."""
+    grace_period: float = 60.0
+    rescan_interval: float = 30.0
+    scan_timeout: float = 10.0
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Per-device environment templates (`{serial}`, `{address}`, ...)."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    kind: Literal["sysfs"] = field(default="sysfs", init=False)
+
+
+DriverConfig = GlobDriverConfig | ShellDriverConfig | SysfsDriverConfig
 
 
 @dataclass(frozen=True)
@@ -129,6 +200,7 @@ class KubeletConfig:
 class MetricsConfig:
     host: str = "0.0.0.0"
     port: int = 9410
+    histograms: HistogramMode = DEFAULT_HISTOGRAM_MODE
 
     @property
     def listen(self) -> str:
@@ -168,20 +240,6 @@ def _path_text(path: Path_) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text or "<top>"
-
-
-def _node_lines(node: yaml.Node | None, path: Path_, out: dict[Path_, int]) -> None:
-    if node is None:
-        return
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                out[(*path, key_node.value)] = key_node.start_mark.line + 1
-                _node_lines(value_node, (*path, key_node.value), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _node_lines(item, (*path, index), out)
 
 
 class _Reader:
@@ -356,6 +414,23 @@ def _template_problem(text: str, allowed: frozenset[str]) -> str | None:
     return None
 
 
+GLOB_TEMPLATE_FIELDS = frozenset({"path", "name"})
+
+
+def _container_path_template_problem(template: str) -> str | None:
+    """A glob containerPath must give each device its own absolute path."""
+    if why := _template_problem(template, GLOB_TEMPLATE_FIELDS):
+        return why
+    if not any(f"{{{name}}}" in template for name in GLOB_TEMPLATE_FIELDS):
+        return (
+            "must contain {name} or {path}: a fixed path would give every device the same "
+            "container path, and the runtime would keep only one of them"
+        )
+    if why := absolute_path_problem(render_template(template, {"path": "/dev/x", "name": "x"})):
+        return why
+    return None
+
+
 def _read_glob(r: _Reader, raw: Any, path: Path_) -> GlobDriverConfig | None:
     known = {"paths", "containerPath", "gracePeriod", "rescanInterval", "numaNode", "numaNodeFile"}
     spec = r.mapping(raw, path, known, ("paths",))
@@ -376,9 +451,7 @@ def _read_glob(r: _Reader, raw: Any, path: Path_) -> GlobDriverConfig | None:
     container_path = spec.get("containerPath")
     if container_path is not None:
         container_path = r.string(container_path, (*path, "containerPath"))
-        if container_path and (
-            why := _template_problem(container_path, frozenset({"path", "name"}))
-        ):
+        if container_path and (why := _container_path_template_problem(container_path)):
             r.problem((*path, "containerPath"), why)
     numa_node = spec.get("numaNode")
     if numa_node is not None:
@@ -386,7 +459,7 @@ def _read_glob(r: _Reader, raw: Any, path: Path_) -> GlobDriverConfig | None:
     numa_file = spec.get("numaNodeFile")
     if numa_file is not None:
         numa_file = r.string(numa_file, (*path, "numaNodeFile"))
-        if numa_file and (why := _template_problem(numa_file, frozenset({"path", "name"}))):
+        if numa_file and (why := _template_problem(numa_file, GLOB_TEMPLATE_FIELDS)):
             r.problem((*path, "numaNodeFile"), why)
     if numa_node is not None and numa_file is not None:
         r.problem(path, "numaNode and numaNodeFile are exclusive")
@@ -432,6 +505,180 @@ def _read_shell(r: _Reader, raw: Any, path: Path_) -> ShellDriverConfig | None:
         mode="stream" if mode == "stream" else "poll",
         env=r.string_map(spec.get("env"), (*path, "env"), env_name_problem),
         working_dir=working_dir,
+    )
+
+
+def _read_hex(r: _Reader, spec: dict[str, Any], key: str, path: Path_, digits: int) -> str | None:
+    from ..sysfs.match import class_pattern_problem, hex_pattern_problem
+
+    if key not in spec:
+        return None
+    value = spec[key]
+    if isinstance(value, int) and not isinstance(value, bool):
+        r.problem(
+            (*path, key),
+            f'write hex IDs as quoted strings ({key}: "0403"): YAML reads unquoted digits as a '
+            "decimal or octal number",
+        )
+        return None
+    text = r.string(value, (*path, key))
+    if text is None:
+        return None
+    why = class_pattern_problem(text) if key == "class" else hex_pattern_problem(text, digits)
+    if why:
+        r.problem((*path, key), why)
+        return None
+    return text
+
+
+def _read_optional_string(r: _Reader, spec: dict[str, Any], key: str, path: Path_) -> str | None:
+    return r.string(spec[key], (*path, key)) if key in spec else None
+
+
+def _match_entries(r: _Reader, raw: Any, path: Path_) -> list[tuple[Any, Path_]]:
+    """A list of match entries, or one entry written as a mapping."""
+    if isinstance(raw, dict):
+        return [(raw, path)]
+    items = r.typed(raw, path, list, "a list of match entries") or []
+    if isinstance(raw, list) and not raw:
+        r.problem(path, "must not be empty")
+    return [(item, (*path, i)) for i, item in enumerate(items)]
+
+
+def _read_sysfs(r: _Reader, raw: Any, path: Path_) -> SysfsDriverConfig | None:
+    from ..sysfs.match import ATTRIBUTE_NAME
+    from ..sysfs.model import TEMPLATE_FIELDS
+
+    known = {
+        "usb",
+        "pci",
+        "devices",
+        "nodes",
+        "sysfsRoot",
+        "devRoot",
+        "gracePeriod",
+        "rescanInterval",
+        "scanTimeout",
+        "env",
+        "annotations",
+    }
+    spec = r.mapping(raw, path, known)
+    if spec is None:
+        return None
+    if not any(key in spec for key in ("usb", "pci", "devices")):
+        r.problem(path, "needs at least one of usb, pci or devices")
+    usb: list[UsbMatchConfig] = []
+    for item, item_path in _match_entries(r, spec["usb"], (*path, "usb")) if "usb" in spec else []:
+        keys = {"vendor", "product", "serial", "manufacturer", "productName", "interfaceClass"}
+        m = r.mapping(item, item_path, keys)
+        if m is None:
+            continue
+        if not m:
+            r.problem(item_path, "must name at least one of " + ", ".join(sorted(keys)))
+        usb.append(
+            UsbMatchConfig(
+                vendor=_read_hex(r, m, "vendor", item_path, 4),
+                product=_read_hex(r, m, "product", item_path, 4),
+                serial=_read_optional_string(r, m, "serial", item_path),
+                manufacturer=_read_optional_string(r, m, "manufacturer", item_path),
+                product_name=_read_optional_string(r, m, "productName", item_path),
+                interface_class=_read_hex(r, m, "interfaceClass", item_path, 2),
+            )
+        )
+    pci: list[PciMatchConfig] = []
+    for item, item_path in _match_entries(r, spec["pci"], (*path, "pci")) if "pci" in spec else []:
+        keys = {"vendor", "device", "subsystemVendor", "subsystemDevice", "class", "driver"}
+        m = r.mapping(item, item_path, keys)
+        if m is None:
+            continue
+        if not m:
+            r.problem(item_path, "must name at least one of " + ", ".join(sorted(keys)))
+        pci.append(
+            PciMatchConfig(
+                vendor=_read_hex(r, m, "vendor", item_path, 4),
+                device=_read_hex(r, m, "device", item_path, 4),
+                subsystem_vendor=_read_hex(r, m, "subsystemVendor", item_path, 4),
+                subsystem_device=_read_hex(r, m, "subsystemDevice", item_path, 4),
+                pci_class=_read_hex(r, m, "class", item_path, 6),
+                driver=_read_optional_string(r, m, "driver", item_path),
+            )
+        )
+    generic: list[SysfsMatchConfig] = []
+    entries = _match_entries(r, spec["devices"], (*path, "devices")) if "devices" in spec else []
+    for item, item_path in entries:
+        m = r.mapping(item, item_path, {"bus", "class", "attributes", "driver"})
+        if m is None:
+            continue
+        bus = _read_optional_string(r, m, "bus", item_path)
+        device_class = _read_optional_string(r, m, "class", item_path)
+        if (bus is None) == (device_class is None):
+            r.problem(item_path, "needs exactly one of bus or class")
+        for key, name in (("bus", bus), ("class", device_class)):
+            if name is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
+                r.problem((*item_path, key), "must be a name under /sys/bus or /sys/class")
+        attributes = r.string_map(
+            m.get("attributes"),
+            (*item_path, "attributes"),
+            lambda key: (
+                None
+                if ATTRIBUTE_NAME.fullmatch(key) and ".." not in key.split("/")
+                else "must be an attribute file below the device (e.g. name, device/vendor)"
+            ),
+        )
+        generic.append(
+            SysfsMatchConfig(
+                bus=bus,
+                device_class=device_class,
+                attributes=attributes,
+                driver=_read_optional_string(r, m, "driver", item_path),
+            )
+        )
+    nodes = None
+    if "nodes" in spec:
+        n = r.mapping(spec["nodes"], (*path, "nodes"), {"subsystems", "names"})
+        if n is not None:
+            lists: dict[str, tuple[str, ...]] = {}
+            for key in ("subsystems", "names"):
+                raw_list = n.get(key)
+                if raw_list is None:
+                    lists[key] = ()
+                    continue
+                values = r.typed(raw_list, (*path, "nodes", key), list, "a list of strings") or []
+                lists[key] = tuple(
+                    text.removeprefix("/dev/")
+                    for i, item in enumerate(values)
+                    if (text := r.string(item, (*path, "nodes", key, i))) is not None
+                )
+            nodes = NodeSelectConfig(subsystems=lists["subsystems"], names=lists["names"])
+    roots: dict[str, str] = {}
+    for key, default in (("sysfsRoot", "/sys"), ("devRoot", "/dev")):
+        roots[key] = default
+        if key in spec:
+            text = r.string(spec[key], (*path, key))
+            if text is not None:
+                if not text.startswith("/"):
+                    r.problem((*path, key), "must be an absolute path")
+                roots[key] = text
+    templates: dict[str, dict[str, str]] = {}
+    for key, check in (("env", env_name_problem), ("annotations", annotation_key_problem)):
+        templates[key] = r.string_map(spec.get(key), (*path, key), check)
+        for name, text in templates[key].items():
+            if why := _template_problem(text, TEMPLATE_FIELDS):
+                r.problem((*path, key, name), why)
+    return SysfsDriverConfig(
+        usb=tuple(usb),
+        pci=tuple(pci),
+        devices=tuple(generic),
+        nodes=nodes,
+        sysfs_root=roots["sysfsRoot"],
+        dev_root=roots["devRoot"],
+        grace_period=r.duration(spec.get("gracePeriod"), (*path, "gracePeriod"), 60.0, 0.0),
+        rescan_interval=r.duration(
+            spec.get("rescanInterval"), (*path, "rescanInterval"), 30.0, 0.1
+        ),
+        scan_timeout=r.duration(spec.get("scanTimeout"), (*path, "scanTimeout"), 10.0, 0.1),
+        env=templates["env"],
+        annotations=templates["annotations"],
     )
 
 
@@ -519,8 +766,8 @@ def _read_allocate(r: _Reader, raw: Any, path: Path_) -> AllocateConfig:
     )
 
 
-_RESOURCE_KEYS = {"name", "glob", "shell", "health", "allocate", "replicas", "preferred"}
-_DRIVER_KEYS = ("glob", "shell")
+_RESOURCE_KEYS = {"name", "glob", "shell", "sysfs", "health", "allocate", "replicas", "preferred"}
+_DRIVER_KEYS = ("glob", "shell", "sysfs")
 
 
 def _read_resource(r: _Reader, raw: Any, path: Path_) -> ResourceConfig | None:
@@ -534,7 +781,7 @@ def _read_resource(r: _Reader, raw: Any, path: Path_) -> ResourceConfig | None:
     if len(drivers) != 1:
         r.problem(
             path,
-            f"needs exactly one driver ({' or '.join(_DRIVER_KEYS)}), got "
+            f"needs exactly one driver ({', '.join(_DRIVER_KEYS[:-1])} or {_DRIVER_KEYS[-1]}), got "
             + (", ".join(drivers) if drivers else "none"),
         )
     driver: DriverConfig | None = None
@@ -542,6 +789,8 @@ def _read_resource(r: _Reader, raw: Any, path: Path_) -> ResourceConfig | None:
         driver = _read_glob(r, spec["glob"], (*path, "glob"))
     if "shell" in spec:
         driver = _read_shell(r, spec["shell"], (*path, "shell"))
+    if "sysfs" in spec:
+        driver = _read_sysfs(r, spec["sysfs"], (*path, "sysfs"))
     health = _read_health(r, spec["health"], (*path, "health")) if "health" in spec else None
     allocate = _read_allocate(r, spec.get("allocate"), (*path, "allocate"))
     replicas = r.integer(spec.get("replicas"), (*path, "replicas"), 1, 1, MAX_REPLICAS)
@@ -572,8 +821,11 @@ def _read_listen(r: _Reader, raw: Any, path: Path_) -> MetricsConfig:
     return MetricsConfig(host=host or "0.0.0.0", port=int(port_text))
 
 
-def config_from_data(data: Any, lines: dict[Path_, int], source: str) -> Config:
+def config_from_data(
+    data: Any, lines: dict[Path_, int], source: str, problems: Sequence[str] = ()
+) -> Config:
     r = _Reader(lines)
+    r.problems.extend(problems)
     top = r.mapping(data, (), {"kubelet", "metrics", "resources"}, ("resources",))
     if top is None:
         raise ConfigError(source, r.problems)
@@ -584,9 +836,16 @@ def config_from_data(data: Any, lines: dict[Path_, int], source: str) -> Config:
         if socket_dir is not None:
             kubelet = KubeletConfig(socket_dir=socket_dir)
     metrics = MetricsConfig()
-    m = r.mapping(top.get("metrics"), ("metrics",), {"listen"})
+    m = r.mapping(top.get("metrics"), ("metrics",), {"listen", "histograms"})
     if m and "listen" in m:
         metrics = _read_listen(r, m["listen"], ("metrics", "listen"))
+    if m and "histograms" in m:
+        mode = r.choice(
+            m["histograms"], ("metrics", "histograms"), DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES
+        )
+        metrics = dataclasses.replace(
+            metrics, histograms=next(h for h in HISTOGRAM_MODES if h == mode)
+        )
     resources: list[ResourceConfig] = []
     raw_resources = top.get("resources")
     if "resources" in top:
@@ -613,25 +872,24 @@ def config_from_data(data: Any, lines: dict[Path_, int], source: str) -> Config:
 def load_config_text(text: str, source: str = "<config>") -> Config:
     """Parse and validate config text. Raises ConfigError listing every problem."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{where}invalid YAML: {problem}"]) from None
-    lines: dict[Path_, int] = {}
-    _node_lines(node, (), lines)
-    config = config_from_data(data, lines, source)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return Config(config.kubelet, config.metrics, config.resources, sha256=digest)
+        parsed = parse_config_text(text)
+    except SourceError as exc:
+        raise ConfigError(source, exc.problems) from None
+    parsed.sha256 = hashlib.sha256(text.encode()).hexdigest()
+    return _config_from_source(parsed, source)
 
 
 def load_config(path: Path) -> Config:
+    """Read, decode (strict UTF-8), parse and validate a config file: the one way start-up
+    and live reload read it. Raises ConfigError listing every problem; the work is bounded
+    (see `source`), so a hostile file costs little and never raises anything else."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), [f"not UTF-8 text: {exc}"]) from None
-    return load_config_text(text, str(path))
+        parsed = read_config_source(path)
+    except SourceError as exc:
+        raise ConfigError(str(path), exc.problems) from None
+    return _config_from_source(parsed, str(path))
+
+
+def _config_from_source(parsed: ConfigSource, source: str) -> Config:
+    config = config_from_data(parsed.data, parsed.lines, source, parsed.problems)
+    return Config(config.kubelet, config.metrics, config.resources, sha256=parsed.sha256)

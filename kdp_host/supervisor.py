@@ -1,0 +1,134 @@
+"""Supervision: one task per resource runtime, restarted with backoff when it crashes.
+
+A resource that crashes is logged, counted and restarted while the others keep serving;
+after too many crashes in a row /healthz reports it dead. Stopping a resource is
+asynchronous (its streams end cleanly first), so a restarted resource waits for its old
+runtime to be gone before it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from .config import ResourceConfig
+from .registration import Backoff
+from .resource import HostServices, ResourceRuntime
+
+STOP_WAIT = 1.5
+"""Seconds the host waits for its resources to stop at shutdown before logging the slow ones."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a crashed resource is restarted."""
+
+    first_delay: float = 0.5
+    """Seconds before the first restart; doubles on each crash in a row."""
+    max_delay: float = 30.0
+    stable_after: float = 60.0
+    """A resource that ran this long before crashing restarts with the shortest delay again."""
+    give_up_after: int = 10
+    """Crashes in a row (none of them stable) after which /healthz reports the resource dead."""
+
+
+@dataclass
+class _Supervised:
+    runtime: ResourceRuntime
+    task: asyncio.Task[None] | None = None
+    crashes: int = 0
+    gave_up: bool = False
+    stopping: bool = False
+    """Set before the supervisor cancels it: an error from here on is part of stopping."""
+
+
+@dataclass
+class Supervisor:
+    """Owns the task of every running resource."""
+
+    services: HostServices
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    _running: dict[str, _Supervised] = field(default_factory=dict, init=False)
+    _stopping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+
+    @property
+    def resources(self) -> dict[str, ResourceRuntime]:
+        return {name: s.runtime for name, s in self._running.items()}
+
+    def not_ready(self) -> dict[str, str]:
+        """Resources that are not serving and registered, with the reason."""
+        out = {}
+        for name, supervised in self._running.items():
+            status = supervised.runtime.status
+            if not status.ready:
+                out[name] = status.not_ready_reason()
+        return out
+
+    def dead_resources(self) -> list[str]:
+        return [name for name, s in self._running.items() if s.gave_up]
+
+    def start(self, config: ResourceConfig, after: asyncio.Task[None] | None = None) -> None:
+        """Start a resource; a restarted one waits until its old runtime has fully stopped.
+
+        Otherwise the old ListAndWatch stream could end after the new registration, and the
+        kubelet would then disconnect the new one (docs/kubelet-contract.md §9).
+        """
+        self.services.metrics.add_resource(config.name)
+        supervised = _Supervised(ResourceRuntime(config, self.services))
+        supervised.task = asyncio.create_task(
+            self._supervise(supervised, after), name=f"resource:{config.name}"
+        )
+        self._running[config.name] = supervised
+
+    def stop_later(self, name: str) -> asyncio.Task[None] | None:
+        """Cancel a resource's task; returns it so a successor can wait for it to end."""
+        supervised = self._running.pop(name)
+        supervised.stopping = True
+        task = supervised.task
+        if task is not None:
+            task.cancel()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        return task
+
+    async def stop_all(self) -> None:
+        for name in list(self._running):
+            self.stop_later(name)
+        if self._stopping:
+            _, pending = await asyncio.wait(set(self._stopping), timeout=STOP_WAIT)
+            for task in pending:
+                self.services.log.warning("resource_stop_slow", task=task.get_name())
+
+    async def _supervise(
+        self, supervised: _Supervised, after: asyncio.Task[None] | None = None
+    ) -> None:
+        if after is not None:
+            await asyncio.wait({after})
+        policy = self.policy
+        backoff = Backoff(policy.first_delay, policy.max_delay)
+        loop = asyncio.get_running_loop()
+        runtime = supervised.runtime
+        while True:
+            started = loop.time()
+            try:
+                await runtime.run()
+                raise RuntimeError("resource runtime returned")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if supervised.stopping:
+                    # Our cancel surfaced as another error (a cleanup step failed while the
+                    # runtime stopped): the resource is being stopped, not crashing.
+                    runtime.log.exception("resource_stop_failed")
+                    raise asyncio.CancelledError from exc
+                if loop.time() - started > policy.stable_after:
+                    backoff.reset()
+                    supervised.crashes = 0
+                delay = backoff.next_delay()
+                supervised.crashes += 1
+                supervised.gave_up = supervised.crashes >= policy.give_up_after
+                self.services.metrics.resource_restarts.labels(runtime.config.name).inc()
+                runtime.log.exception("resource_crashed", restart_in=f"{delay:g}s", error=repr(exc))
+                await asyncio.sleep(delay)
+                runtime = ResourceRuntime(runtime.config, self.services)
+                supervised.runtime = runtime

@@ -1,0 +1,183 @@
+"""The command line: flags, help, `check` output, the bound port, the inotify fallback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdp_host import __version__
+from kdp_host.cli import build_parser, device_cell, main
+from kdp_host.devices import Device, DeviceNode
+from kdp_host.logs import get_logger, quote_text
+from kdp_host.simulator import KubeletSimulator
+from kdp_host.watch import PollingWatcher, Watcher, make_watcher
+
+from .conftest import glob_config
+
+FPGA = "vendor.example/fpga"
+
+
+def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kdp-host {__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-format", "json", "--log-level", "debug", "--loop", "asyncio", "version"],
+        ["version", "--log-format", "json", "--log-level", "debug", "--loop", "asyncio"],
+        ["--log-format", "json", "version", "--log-level", "debug", "--loop", "asyncio"],
+    ],
+)
+def test_common_flags_before_or_after_the_command(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.log_format, args.log_level, args.loop) == ("json", "debug", "asyncio")
+
+
+def test_common_flags_default_when_not_given() -> None:
+    args = build_parser().parse_args(["check", "--config", "x.yaml"])
+    assert (args.log_format, args.log_level, args.loop) == ("text", "info", "auto")
+
+
+def test_every_option_has_help_text() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = [parser, *subparsers.choices.values()]
+    missing = [
+        f"{p.prog} {'/'.join(action.option_strings)}"
+        for p in parsers
+        for action in p._actions
+        if action.option_strings and not action.help
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("fpga0", "fpga0"),
+        ("two words", '"two words"'),
+        ("a\nb", '"a\\nb"'),
+        ("esc\x1b[2J", '"esc\\x1b[2J"'),
+        ("back\\slash", '"back\\\\slash"'),
+        ("rtl\u202eoverride", '"rtl\\u202eoverride"'),
+        ("caf\u00e9", "caf\u00e9"),
+        ("", '""'),
+    ],
+)
+def test_quote_text_keeps_every_value_on_one_line(text: str, shown: str) -> None:
+    assert quote_text(text) == shown
+    assert "\n" not in quote_text(text) and all(c.isprintable() for c in quote_text(text))
+
+
+def test_check_quotes_device_ids_and_paths() -> None:
+    device = Device(
+        "id\nEVIL",
+        nodes=(DeviceNode("/dev/a b", "/dev/x"), DeviceNode("/dev/\x1b[2J", "/dev/y")),
+        numa=0,
+    )
+    assert device_cell(device) == '"id\\nEVIL" Healthy numa=0 "/dev/a b", "/dev/\\x1b[2J"'
+
+
+def test_check_table_stays_one_line_per_device(
+    short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = short_dir / "dev"
+    dev.mkdir()
+    for name in ("fpga0", "fpga\nEVIL Healthy", "fpga\x1b[2J", "fpga \u2028x"):
+        (dev / name).touch()
+    config = short_dir / "config.yaml"
+    config.write_text(glob_config(socket_dir, (FPGA, f"{dev}/fpga*")))
+    assert main(["check", "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("RESOURCE")
+    assert all(line.startswith(FPGA) for line in lines[2:])
+    assert all(c.isprintable() for line in lines for c in line)
+    assert any(line.endswith("fpga0 Healthy " + str(dev / "fpga0")) for line in lines)
+
+
+async def test_run_logs_the_port_actually_bound(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path
+) -> None:
+    (short_dir / "dev").mkdir()
+    config = short_dir / "config.yaml"
+    config.write_text(
+        glob_config(socket_dir, (FPGA, f"{short_dir}/dev/fpga*"))
+        + "metrics: {listen: '127.0.0.1:0'}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kdp_host", "run", "--config", str(config),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while b"http_serving" not in (line := await proc.stderr.readline()):
+                assert line, "kdp-host exited before serving HTTP"
+    finally:
+        proc.terminate()
+        await proc.wait()
+    listen = next(p for p in line.decode().split() if p.startswith("listen="))
+    host, _, port = listen.removeprefix("listen=").rpartition(":")
+    assert host == "127.0.0.1" and port.isdigit() and int(port) > 0
+
+
+def test_inotify_failures_other_than_oserror_fall_back_to_polling() -> None:
+    """macOS: asyncinotify fails with AttributeError (no inotify symbol in libc) or
+    ImportError, not OSError."""
+    for error in (AttributeError("inotify_init1"), ImportError("asyncinotify"), OSError(24)):
+
+        def broken(log: object, error: Exception = error) -> Watcher:
+            raise error
+
+        watcher = make_watcher(get_logger(), inotify=broken)
+        assert isinstance(watcher, PollingWatcher) and watcher.kind == "poll"
+
+
+async def test_host_runs_where_asyncinotify_cannot_even_be_imported(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path
+) -> None:
+    """A whole `kdp-host run` on a system where importing asyncinotify fails (macOS)."""
+    fake = short_dir / "fake-lib" / "asyncinotify"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        'raise AttributeError("dlsym(RTLD_DEFAULT, inotify_init1): symbol not found")\n'
+    )
+    dev = short_dir / "dev"
+    dev.mkdir()
+    (dev / "fpga0").touch()
+    config = short_dir / "config.yaml"
+    config.write_text(
+        glob_config(socket_dir, (FPGA, f"{dev}/fpga*")) + "metrics: {listen: '127.0.0.1:0'}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), *sys.path])}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kdp_host", "run", "--config", str(config),
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    stderr = bytearray()
+
+    async def drain() -> None:
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            stderr.extend(line)
+
+    reader = asyncio.create_task(drain())
+    try:
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 1, timeout=30)
+        (dev / "fpga1").touch()
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
+    finally:
+        proc.terminate()
+        await proc.wait()
+        await reader
+    assert b"inotify_unavailable" in stderr and b"watcher=poll" in stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -116,7 +117,14 @@ class ResourceRuntime:
             if self.config.allocate.cdi is not None:
                 from .cdi import CdiSpecWriter
 
-                writer = CdiSpecWriter(self.config, self.table, self.log)
+                cdi_failures = services.metrics.cdi_spec_failures.labels(self.config.name)
+                writer = CdiSpecWriter(
+                    self.config,
+                    self.table,
+                    self.log,
+                    report=functools.partial(self._set_problem, "cdi"),
+                    count_failure=cdi_failures.inc,
+                )
                 group.create_task(writer.run(), name=f"{self.config.name}:cdi")
             group.create_task(self._serve_forever(), name=f"{self.config.name}:serve")
 
@@ -257,6 +265,13 @@ class ResourceRuntime:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._wake.wait()
+
+    def _set_problem(self, part: str, reason: str | None) -> None:
+        """A part of the resource keeps it from being ready (reason), or no longer (None)."""
+        if reason is None:
+            self.status.problems.pop(part, None)
+        else:
+            self.status.problems[part] = reason
 
     def _mark(
         self,

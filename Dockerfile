@@ -1,12 +1,17 @@
 # syntax=docker/dockerfile:1
 # The image the Helm chart (charts/kdp-host) runs.
 #
-#   docker build -t kdp-host:0.1.0 .
-#   docker build --build-arg EXTRA_APT_PACKAGES="pciutils usbutils" -t kdp-host:0.1.0-tools .
+#   docker build -t kdp-host:dev .
+#   docker build --build-arg EXTRA_APT_PACKAGES="pciutils usbutils" -t kdp-host:dev-tools .
+#   make image          # the same with podman/buildah, here (see README, "The image")
 #
-# Two stages: the builder turns the source into wheels (kdp-host and its dependencies); the
-# final stage installs only those wheels, offline, on a slim Python with no compiler and no
-# build tools. EXTRA_APT_PACKAGES adds the tools your probe scripts call (lspci, lsusb...).
+# Two stages: the builder installs the locked dependencies (requirements/image.txt, written by
+# `make lock`: exact versions, every artifact's sha256, wheels only) and builds the kdp-host
+# wheel; the final stage installs only those wheels, offline, on a slim Python with no compiler
+# and no build tools. EXTRA_APT_PACKAGES adds the tools your probe scripts call (lspci, lsusb...).
+#
+# The base image is pinned by digest (PYTHON_IMAGE, tag for humans, digest for machines);
+# `make base-digest` resolves the tag's current digest and rewrites the default below.
 #
 # The process runs as root: registering with the kubelet means creating sockets in its
 # root-owned device-plugin directory, and probes often open device nodes. The chart's
@@ -17,14 +22,21 @@
 # reparented to PID 1. The chart sets shareProcessNamespace (the pause process reaps them);
 # with plain docker, run the image with `docker run --init`.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 FROM ${PYTHON_IMAGE} AS builder
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Every dependency and the build backend: pinned, hash-checked wheels, never an sdist. The
+# setuptools installed next is the locked wheel just checked (hence no version on that line).
+COPY requirements/image.txt ./requirements/
+# hadolint ignore=DL3013
+RUN pip wheel --no-cache-dir --require-hashes --only-binary=:all: --no-deps \
+        --wheel-dir /wheels -r requirements/image.txt \
+    && pip install --no-cache-dir --no-index --find-links /wheels setuptools
+COPY pyproject.toml README.md LICENSE NOTICE ./
 COPY kdp_host ./kdp_host
-# kdp-host[uvloop]: uvloop is an optional, faster event loop (see the design notes).
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[uvloop]"
+# Built with the locked setuptools just installed (no isolated, unpinned build environment).
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 ARG PYTHON_IMAGE
@@ -42,15 +54,19 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# The caller names (and may pin, `name=version`) the extra packages.
+# hadolint ignore=DL3008
 RUN if [ -n "${EXTRA_APT_PACKAGES}" ]; then \
         apt-get update \
         && apt-get install -y --no-install-recommends ${EXTRA_APT_PACKAGES} \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 
-# Install from the builder's wheels only (no index), then drop the packaging tools.
+# Install from the builder's wheels only (no index), then drop the packaging tools. Pinned to
+# VERSION, so the label is the version of the package installed (a wrong --build-arg fails).
+# kdp-host[uvloop]: uvloop is an optional, faster event loop (see the design notes).
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels "kdp-host[uvloop]" \
+    pip install --no-cache-dir --no-index --find-links /wheels "kdp-host[uvloop]==${VERSION}" \
     && pip uninstall -y setuptools wheel pip \
     && kdp-host version
 

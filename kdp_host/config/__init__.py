@@ -80,7 +80,72 @@ class ShellDriverConfig:
     kind: Literal["shell"] = field(default="shell", init=False)
 
 
-DriverConfig = GlobDriverConfig | ShellDriverConfig
+@dataclass(frozen=True)
+class UsbMatchConfig:
+    """One `sysfs.usb` entry: every given field must match (hex IDs, or globs)."""
+
+    vendor: str | None = None
+    product: str | None = None
+    serial: str | None = None
+    manufacturer: str | None = None
+    product_name: str | None = None
+    interface_class: str | None = None
+    """Matches when any interface of the device has this class (`02` CDC, `0e` video...)."""
+
+
+@dataclass(frozen=True)
+class PciMatchConfig:
+    """One `sysfs.pci` entry: every given field must match."""
+
+    vendor: str | None = None
+    device: str | None = None
+    subsystem_vendor: str | None = None
+    subsystem_device: str | None = None
+    pci_class: str | None = None
+    """A prefix (`03`, `0302`), the full `030200`, `value/mask`, or a glob."""
+    driver: str | None = None
+
+
+@dataclass(frozen=True)
+class SysfsMatchConfig:
+    """One `sysfs.devices` entry: devices of any bus or class, by attribute values."""
+
+    bus: str | None = None
+    device_class: str | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    """Attribute file (relative to the device directory) -> exact value or glob."""
+    driver: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeSelectConfig:
+    """Which of a matched device's nodes go to the container (all when empty)."""
+
+    subsystems: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    """Globs on the node's name relative to /dev (`ttyUSB*`, `dri/renderD*`)."""
+
+
+@dataclass(frozen=True)
+class SysfsDriverConfig:
+    usb: tuple[UsbMatchConfig, ...] = ()
+    pci: tuple[PciMatchConfig, ...] = ()
+    devices: tuple[SysfsMatchConfig, ...] = ()
+    nodes: NodeSelectConfig | None = None
+    sysfs_root: str = "/sys"
+    dev_root: str = "/dev"
+    """Where kdp-host sees the host's /dev (DeviceSpecs always name the host's /dev)."""
+    grace_period: float = 60.0
+    rescan_interval: float = 30.0
+    scan_timeout: float = 10.0
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Per-device environment templates (`{serial}`, `{address}`, ...)."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    kind: Literal["sysfs"] = field(default="sysfs", init=False)
+
+
+DriverConfig = GlobDriverConfig | ShellDriverConfig | SysfsDriverConfig
 
 
 @dataclass(frozen=True)
@@ -443,6 +508,180 @@ def _read_shell(r: _Reader, raw: Any, path: Path_) -> ShellDriverConfig | None:
     )
 
 
+def _read_hex(r: _Reader, spec: dict[str, Any], key: str, path: Path_, digits: int) -> str | None:
+    from ..sysfs.match import class_pattern_problem, hex_pattern_problem
+
+    if key not in spec:
+        return None
+    value = spec[key]
+    if isinstance(value, int) and not isinstance(value, bool):
+        r.problem(
+            (*path, key),
+            f'write hex IDs as quoted strings ({key}: "0403"): YAML reads unquoted digits as a '
+            "decimal or octal number",
+        )
+        return None
+    text = r.string(value, (*path, key))
+    if text is None:
+        return None
+    why = class_pattern_problem(text) if key == "class" else hex_pattern_problem(text, digits)
+    if why:
+        r.problem((*path, key), why)
+        return None
+    return text
+
+
+def _read_optional_string(r: _Reader, spec: dict[str, Any], key: str, path: Path_) -> str | None:
+    return r.string(spec[key], (*path, key)) if key in spec else None
+
+
+def _match_entries(r: _Reader, raw: Any, path: Path_) -> list[tuple[Any, Path_]]:
+    """A list of match entries, or one entry written as a mapping."""
+    if isinstance(raw, dict):
+        return [(raw, path)]
+    items = r.typed(raw, path, list, "a list of match entries") or []
+    if isinstance(raw, list) and not raw:
+        r.problem(path, "must not be empty")
+    return [(item, (*path, i)) for i, item in enumerate(items)]
+
+
+def _read_sysfs(r: _Reader, raw: Any, path: Path_) -> SysfsDriverConfig | None:
+    from ..sysfs.match import ATTRIBUTE_NAME
+    from ..sysfs.model import TEMPLATE_FIELDS
+
+    known = {
+        "usb",
+        "pci",
+        "devices",
+        "nodes",
+        "sysfsRoot",
+        "devRoot",
+        "gracePeriod",
+        "rescanInterval",
+        "scanTimeout",
+        "env",
+        "annotations",
+    }
+    spec = r.mapping(raw, path, known)
+    if spec is None:
+        return None
+    if not any(key in spec for key in ("usb", "pci", "devices")):
+        r.problem(path, "needs at least one of usb, pci or devices")
+    usb: list[UsbMatchConfig] = []
+    for item, item_path in _match_entries(r, spec["usb"], (*path, "usb")) if "usb" in spec else []:
+        keys = {"vendor", "product", "serial", "manufacturer", "productName", "interfaceClass"}
+        m = r.mapping(item, item_path, keys)
+        if m is None:
+            continue
+        if not m:
+            r.problem(item_path, "must name at least one of " + ", ".join(sorted(keys)))
+        usb.append(
+            UsbMatchConfig(
+                vendor=_read_hex(r, m, "vendor", item_path, 4),
+                product=_read_hex(r, m, "product", item_path, 4),
+                serial=_read_optional_string(r, m, "serial", item_path),
+                manufacturer=_read_optional_string(r, m, "manufacturer", item_path),
+                product_name=_read_optional_string(r, m, "productName", item_path),
+                interface_class=_read_hex(r, m, "interfaceClass", item_path, 2),
+            )
+        )
+    pci: list[PciMatchConfig] = []
+    for item, item_path in _match_entries(r, spec["pci"], (*path, "pci")) if "pci" in spec else []:
+        keys = {"vendor", "device", "subsystemVendor", "subsystemDevice", "class", "driver"}
+        m = r.mapping(item, item_path, keys)
+        if m is None:
+            continue
+        if not m:
+            r.problem(item_path, "must name at least one of " + ", ".join(sorted(keys)))
+        pci.append(
+            PciMatchConfig(
+                vendor=_read_hex(r, m, "vendor", item_path, 4),
+                device=_read_hex(r, m, "device", item_path, 4),
+                subsystem_vendor=_read_hex(r, m, "subsystemVendor", item_path, 4),
+                subsystem_device=_read_hex(r, m, "subsystemDevice", item_path, 4),
+                pci_class=_read_hex(r, m, "class", item_path, 6),
+                driver=_read_optional_string(r, m, "driver", item_path),
+            )
+        )
+    generic: list[SysfsMatchConfig] = []
+    entries = _match_entries(r, spec["devices"], (*path, "devices")) if "devices" in spec else []
+    for item, item_path in entries:
+        m = r.mapping(item, item_path, {"bus", "class", "attributes", "driver"})
+        if m is None:
+            continue
+        bus = _read_optional_string(r, m, "bus", item_path)
+        device_class = _read_optional_string(r, m, "class", item_path)
+        if (bus is None) == (device_class is None):
+            r.problem(item_path, "needs exactly one of bus or class")
+        for key, name in (("bus", bus), ("class", device_class)):
+            if name is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
+                r.problem((*item_path, key), "must be a name under /sys/bus or /sys/class")
+        attributes = r.string_map(
+            m.get("attributes"),
+            (*item_path, "attributes"),
+            lambda key: (
+                None
+                if ATTRIBUTE_NAME.fullmatch(key) and ".." not in key.split("/")
+                else "must be an attribute file below the device (e.g. name, device/vendor)"
+            ),
+        )
+        generic.append(
+            SysfsMatchConfig(
+                bus=bus,
+                device_class=device_class,
+                attributes=attributes,
+                driver=_read_optional_string(r, m, "driver", item_path),
+            )
+        )
+    nodes = None
+    if "nodes" in spec:
+        n = r.mapping(spec["nodes"], (*path, "nodes"), {"subsystems", "names"})
+        if n is not None:
+            lists: dict[str, tuple[str, ...]] = {}
+            for key in ("subsystems", "names"):
+                raw_list = n.get(key)
+                if raw_list is None:
+                    lists[key] = ()
+                    continue
+                values = r.typed(raw_list, (*path, "nodes", key), list, "a list of strings") or []
+                lists[key] = tuple(
+                    text.removeprefix("/dev/")
+                    for i, item in enumerate(values)
+                    if (text := r.string(item, (*path, "nodes", key, i))) is not None
+                )
+            nodes = NodeSelectConfig(subsystems=lists["subsystems"], names=lists["names"])
+    roots: dict[str, str] = {}
+    for key, default in (("sysfsRoot", "/sys"), ("devRoot", "/dev")):
+        roots[key] = default
+        if key in spec:
+            text = r.string(spec[key], (*path, key))
+            if text is not None:
+                if not text.startswith("/"):
+                    r.problem((*path, key), "must be an absolute path")
+                roots[key] = text
+    templates: dict[str, dict[str, str]] = {}
+    for key, check in (("env", env_name_problem), ("annotations", annotation_key_problem)):
+        templates[key] = r.string_map(spec.get(key), (*path, key), check)
+        for name, text in templates[key].items():
+            if why := _template_problem(text, TEMPLATE_FIELDS):
+                r.problem((*path, key, name), why)
+    return SysfsDriverConfig(
+        usb=tuple(usb),
+        pci=tuple(pci),
+        devices=tuple(generic),
+        nodes=nodes,
+        sysfs_root=roots["sysfsRoot"],
+        dev_root=roots["devRoot"],
+        grace_period=r.duration(spec.get("gracePeriod"), (*path, "gracePeriod"), 60.0, 0.0),
+        rescan_interval=r.duration(
+            spec.get("rescanInterval"), (*path, "rescanInterval"), 30.0, 0.1
+        ),
+        scan_timeout=r.duration(spec.get("scanTimeout"), (*path, "scanTimeout"), 10.0, 0.1),
+        env=templates["env"],
+        annotations=templates["annotations"],
+    )
+
+
 def _read_health(r: _Reader, raw: Any, path: Path_) -> HealthCheckConfig | None:
     spec = r.mapping(raw, path, {"command", "interval", "timeout"}, ("command",))
     if spec is None or "command" not in spec:
@@ -527,8 +766,8 @@ def _read_allocate(r: _Reader, raw: Any, path: Path_) -> AllocateConfig:
     )
 
 
-_RESOURCE_KEYS = {"name", "glob", "shell", "health", "allocate", "replicas", "preferred"}
-_DRIVER_KEYS = ("glob", "shell")
+_RESOURCE_KEYS = {"name", "glob", "shell", "sysfs", "health", "allocate", "replicas", "preferred"}
+_DRIVER_KEYS = ("glob", "shell", "sysfs")
 
 
 def _read_resource(r: _Reader, raw: Any, path: Path_) -> ResourceConfig | None:
@@ -542,7 +781,7 @@ def _read_resource(r: _Reader, raw: Any, path: Path_) -> ResourceConfig | None:
     if len(drivers) != 1:
         r.problem(
             path,
-            f"needs exactly one driver ({' or '.join(_DRIVER_KEYS)}), got "
+            f"needs exactly one driver ({', '.join(_DRIVER_KEYS[:-1])} or {_DRIVER_KEYS[-1]}), got "
             + (", ".join(drivers) if drivers else "none"),
         )
     driver: DriverConfig | None = None
@@ -550,6 +789,8 @@ def _read_resource(r: _Reader, raw: Any, path: Path_) -> ResourceConfig | None:
         driver = _read_glob(r, spec["glob"], (*path, "glob"))
     if "shell" in spec:
         driver = _read_shell(r, spec["shell"], (*path, "shell"))
+    if "sysfs" in spec:
+        driver = _read_sysfs(r, spec["sysfs"], (*path, "sysfs"))
     health = _read_health(r, spec["health"], (*path, "health")) if "health" in spec else None
     allocate = _read_allocate(r, spec.get("allocate"), (*path, "allocate"))
     replicas = r.integer(spec.get("replicas"), (*path, "replicas"), 1, 1, MAX_REPLICAS)

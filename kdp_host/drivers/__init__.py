@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from ..config import DriverConfig, GlobDriverConfig
+from ..config import DriverConfig, GlobDriverConfig, SysfsDriverConfig
 from .base import DeviceSink, Driver, DriverContext, DriverError
 from .glob import GlobDriver
 
 
 def make_driver(config: DriverConfig, ctx: DriverContext) -> Driver:
-    """The driver for a resource's driver section (`glob` or `shell`)."""
+    """The driver for a resource's driver section (`glob`, `shell` or `sysfs`)."""
     if isinstance(config, GlobDriverConfig):
         return GlobDriver(config, ctx)
+    if isinstance(config, SysfsDriverConfig):
+        from .sysfs import SysfsDriver
+
+        return SysfsDriver(config, ctx)
     from .shell import ShellDriver
 
     return ShellDriver(config, ctx)

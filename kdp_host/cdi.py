@@ -228,6 +228,8 @@ class CdiSpecWriter:
     """Version of the last snapshot the file on disk reflects."""
     _on_disk: bytes | None = field(default=None, init=False, repr=False)
     _resolvable: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    first_sync: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    """Set after the first attempt to write the driver's first list (success or not)."""
     _last_error: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -259,6 +261,7 @@ class CdiSpecWriter:
             snapshot = self.table.snapshot
             while True:
                 synced = await self._sync(snapshot)
+                self.first_sync.set()
                 timeout = self.retry_interval if not synced else self.verify_interval
                 try:
                     async with asyncio.timeout(timeout):

@@ -12,6 +12,7 @@ To add a user: write `def my_user(value: str) -> bool` (True = accepted) and app
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 
 from kdp_host import rules
 from kdp_host.config import ConfigError, load_config_text
+from kdp_host.drivers.probe_output import ProbeOutputError, parse_json
 
 Accepts = Callable[[str], bool]
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -36,6 +38,15 @@ def loader_accepts(resource: dict[str, Any]) -> bool:
     try:
         load_config_text(text)
     except ConfigError:
+        return False
+    return True
+
+
+def probe_accepts(device: dict[str, Any]) -> bool:
+    """Whether the shell driver's JSON parser accepts probe output of one device."""
+    try:
+        parse_json(json.dumps([device]))
+    except ProbeOutputError:
         return False
     return True
 
@@ -170,6 +181,9 @@ ANNOTATION_KEY_USERS = [
         lambda key: loader_accepts(glob_resource(allocate={"annotations": {key: "v"}})),
         id="config-loader",
     ),
+    pytest.param(
+        lambda key: probe_accepts({"id": "d", "annotations": {key: "v"}}), id="probe-json"
+    ),
 ]
 
 ENV_NAME_USERS = [
@@ -185,6 +199,7 @@ ENV_NAME_USERS = [
         ),
         id="config-loader-shell",
     ),
+    pytest.param(lambda name: probe_accepts({"id": "d", "env": {name: "v"}}), id="probe-json"),
 ]
 
 CDI_KIND_USERS = [
@@ -204,6 +219,7 @@ CDI_DEVICE_NAME_USERS = [
 DEVICE_ID_USERS = [
     pytest.param(accepted_by(rules.device_id_problem), id="rules"),
     pytest.param(reference_device_id, id="reference"),
+    pytest.param(lambda device_id: probe_accepts({"id": device_id}), id="probe-json"),
 ]
 
 ABSOLUTE_PATH_USERS = [
@@ -221,6 +237,12 @@ ABSOLUTE_PATH_USERS = [
         ),
         id="config-loader-mount-container",
     ),
+    pytest.param(
+        lambda path: probe_accepts(
+            {"id": "d", "paths": [{"hostPath": path, "containerPath": "/c"}]}
+        ),
+        id="probe-json-host-path",
+    ),
 ]
 
 TEXT_USERS = [
@@ -234,6 +256,7 @@ TEXT_USERS = [
         lambda text: loader_accepts(glob_resource(allocate={"env": {"E": text}})),
         id="config-loader-env-value",
     ),
+    pytest.param(lambda text: probe_accepts({"id": "d", "env": {"E": text}}), id="probe-json-env"),
 ]
 
 SOCKET_PATH_USERS = [

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from kdp_host import rules
 from kdp_host.config import ConfigError, load_config_text
+from kdp_host.drivers import glob as glob_driver
 from kdp_host.drivers.probe_output import ProbeOutputError, parse_json
 
 Accepts = Callable[[str], bool]
@@ -43,7 +44,8 @@ def loader_accepts(resource: dict[str, Any]) -> bool:
 
 
 def probe_accepts(device: dict[str, Any]) -> bool:
-    """Whether the shell driver's JSON parser accepts probe output of one device."""
+    """Whether the shell driver's JSON output parser accepts one device (dumped by json, so
+    any string survives the trip)."""
     try:
         parse_json(json.dumps([device]))
     except ProbeOutputError:
@@ -176,18 +178,17 @@ RESOURCE_NAME_USERS = [
 
 ANNOTATION_KEY_USERS = [
     pytest.param(accepted_by(rules.annotation_key_problem), id="rules"),
+    pytest.param(lambda key: probe_accepts({"id": "a", "annotations": {key: "v"}}), id="probe"),
     pytest.param(reference_annotation_key, id="apiserver-reference"),
     pytest.param(
         lambda key: loader_accepts(glob_resource(allocate={"annotations": {key: "v"}})),
         id="config-loader",
     ),
-    pytest.param(
-        lambda key: probe_accepts({"id": "d", "annotations": {key: "v"}}), id="probe-json"
-    ),
 ]
 
 ENV_NAME_USERS = [
     pytest.param(accepted_by(rules.env_name_problem), id="rules"),
+    pytest.param(lambda name: probe_accepts({"id": "a", "env": {name: "v"}}), id="probe"),
     pytest.param(reference_env_name, id="kubelet-reference"),
     pytest.param(
         lambda name: loader_accepts(glob_resource(allocate={"env": {name: "v"}})),
@@ -199,7 +200,6 @@ ENV_NAME_USERS = [
         ),
         id="config-loader-shell",
     ),
-    pytest.param(lambda name: probe_accepts({"id": "d", "env": {name: "v"}}), id="probe-json"),
 ]
 
 CDI_KIND_USERS = [
@@ -218,12 +218,22 @@ CDI_DEVICE_NAME_USERS = [
 
 DEVICE_ID_USERS = [
     pytest.param(accepted_by(rules.device_id_problem), id="rules"),
+    pytest.param(lambda device_id: probe_accepts({"id": device_id}), id="probe"),
     pytest.param(reference_device_id, id="reference"),
-    pytest.param(lambda device_id: probe_accepts({"id": device_id}), id="probe-json"),
 ]
 
 ABSOLUTE_PATH_USERS = [
     pytest.param(accepted_by(rules.absolute_path_problem), id="rules"),
+    pytest.param(
+        lambda path: probe_accepts({"id": "a", "paths": [{"hostPath": path}]}), id="probe-path"
+    ),
+    pytest.param(
+        lambda path: probe_accepts(
+            {"id": "a", "mounts": [{"hostPath": "/m", "containerPath": path}]}
+        ),
+        id="probe-mount",
+    ),
+    pytest.param(accepted_by(glob_driver.name_problem), id="glob-matched-path"),
     pytest.param(reference_absolute_path, id="reference"),
     pytest.param(
         lambda path: loader_accepts(
@@ -237,16 +247,11 @@ ABSOLUTE_PATH_USERS = [
         ),
         id="config-loader-mount-container",
     ),
-    pytest.param(
-        lambda path: probe_accepts(
-            {"id": "d", "paths": [{"hostPath": path, "containerPath": "/c"}]}
-        ),
-        id="probe-json-host-path",
-    ),
 ]
 
 TEXT_USERS = [
     pytest.param(accepted_by(rules.text_problem), id="rules"),
+    pytest.param(lambda text: probe_accepts({"id": "a", "env": {"E": text}}), id="probe-env"),
     pytest.param(reference_text, id="reference"),
     pytest.param(
         lambda text: loader_accepts(glob_resource(health={"command": ["check", "x" + text]})),
@@ -256,7 +261,6 @@ TEXT_USERS = [
         lambda text: loader_accepts(glob_resource(allocate={"env": {"E": text}})),
         id="config-loader-env-value",
     ),
-    pytest.param(lambda text: probe_accepts({"id": "d", "env": {"E": text}}), id="probe-json-env"),
 ]
 
 SOCKET_PATH_USERS = [

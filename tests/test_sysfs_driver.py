@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -335,6 +336,22 @@ async def test_a_stuck_read_times_out_and_is_not_repeated(fake: FakeSysfs) -> No
     finally:
         release.set()
     await asyncio.sleep(0.05)
+
+
+async def test_safety_rescan_is_skipped_while_no_node_directory_changed(
+    fake: FakeSysfs,
+) -> None:
+    standard_machine(fake)
+    driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]')
+    await driver.read()
+    assert not driver._unchanged_since_scan(), "nothing watched yet: rescan"
+    driver._watched = frozenset(str(d) for d in (fake.dev, fake.dev / "bus" / "usb" / "001"))
+    for directory in driver._watched:
+        os.utime(directory, (1_000_000, 1_000_000))  # not "just changed"
+    await driver.read()
+    assert driver._unchanged_since_scan()
+    fake.create_node("ttyUSB9")
+    assert not driver._unchanged_since_scan(), "a node appeared: rescan"
 
 
 # ---------------------------------------------------------------------- hot-plug

@@ -342,14 +342,13 @@ async def test_safety_rescan_is_skipped_while_no_node_directory_changed(
     fake: FakeSysfs,
 ) -> None:
     standard_machine(fake)
-    driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]')
-    await driver.read()
-    assert not driver._unchanged_since_scan(), "nothing watched yet: rescan"
-    driver._watched = frozenset(str(d) for d in (fake.dev, fake.dev / "bus" / "usb" / "001"))
-    for directory in driver._watched:
+    for directory in (fake.dev, fake.dev / "bus" / "usb", fake.dev / "bus" / "usb" / "001"):
         os.utime(directory, (1_000_000, 1_000_000))  # not "just changed"
-    await driver.read()
-    assert driver._unchanged_since_scan()
+    driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]')
+    assert not driver._unchanged_since_scan(), "never scanned: scan"
+    scan = await driver.read()
+    driver._watched = frozenset(scan.watch_dirs)  # what the run loop subscribes to
+    assert driver._unchanged_since_scan(), "the first scan's directories count as well"
     fake.create_node("ttyUSB9")
     assert not driver._unchanged_since_scan(), "a node appeared: rescan"
 

@@ -243,17 +243,23 @@ class SysfsDriver:
         watched = self._watched
         signatures = {directory: dir_signature(directory) for directory in watched}
         scan = self._reader.scan(self._buses, self._classes, self._extra)
+        scan = dataclasses.replace(scan, watch_dirs=scan.watch_dirs | self._future_node_dirs())
+        # Directories watched from now on: their state after the scan (inotify covers them
+        # from the moment the loop subscribes; a full rescan every FULL_RESCAN_EVERY anyway).
+        for directory in scan.watch_dirs - watched:
+            signatures[directory] = dir_signature(directory)
         self._signatures = signatures
-        return dataclasses.replace(scan, watch_dirs=scan.watch_dirs | self._future_node_dirs())
+        return scan
 
     def _unchanged_since_scan(self) -> bool:
         """Whether no watched directory of the dev root changed since the last scan began
         (so a safety-net rescan would find the same). Runs in a thread."""
         signatures = self._signatures
-        if not signatures or signatures.keys() != self._watched:
+        if not signatures or not self._watched <= signatures.keys():
             return False
         now_ns = time.time_ns()
-        for directory, before in signatures.items():
+        for directory in self._watched:
+            before = signatures[directory]
             current = dir_signature(directory)
             if current != before:
                 return False

@@ -1148,3 +1148,22 @@ def test_device_nodes_stay_writable_on_a_read_only_mount(tmp_path: Path) -> None
     assert "wrote-node" in proc.stdout, proc.stderr
     assert proc.returncode != 0 and "Read-only file system" in proc.stderr, proc.stderr
     assert not (src / "new-file").exists()
+
+
+def test_no_test_module_skips_itself_whole() -> None:
+    """A module-level importorskip (or skip) turns a missing package into a whole test file
+    that silently does not run; tests/ imports what it needs and lets a missing one fail."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            for call in ast.walk(node):
+                if (
+                    not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                    and isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute)
+                    and call.func.attr in {"importorskip", "skip"}
+                ):
+                    offenders.append(f"{path.relative_to(ROOT)}:{call.lineno}")
+    assert not offenders, offenders

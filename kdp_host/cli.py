@@ -126,6 +126,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    """List USB, PCI (and any bus or class asked for) devices with a resource entry each."""
+    from .sysfs.cli import discover_command
+
+    return discover_command(args)
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"kdp-host {__version__}")
     return EXIT_OK
@@ -203,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help=config_help)
     check = add("check", cmd_check, "Validate a config and list the devices found now.")
     check.add_argument("--config", type=Path, required=True, help=config_help)
+    discover = add(
+        "discover", cmd_discover, "List USB and PCI devices with a ready-to-paste sysfs entry each."
+    )
+    from .sysfs.cli import add_discover_arguments
+
+    add_discover_arguments(discover)
     add("version", cmd_version, "Print the version.")
     sim = add("simulate-kubelet", cmd_simulate_kubelet, "Run a kubelet device-manager simulator.")
     sim.add_argument(

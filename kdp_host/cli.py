@@ -84,16 +84,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _check(config: Config) -> list[tuple[str, str, str]]:
-    from .drivers import DriverContext, DriverError, make_driver
+    from .drivers import DriverDeps, DriverError, make_driver
     from .watch import PollingWatcher
 
     log = get_logger()
     rows: list[tuple[str, str, str]] = []
     for resource in config.resources:
         kind = resource.driver.kind
-        ctx = DriverContext(resource.name, log.bind(resource=resource.name), PollingWatcher(log))
+        deps = DriverDeps(log.bind(resource=resource.name), PollingWatcher(log))
         try:
-            devices = await make_driver(resource.driver, ctx).scan()
+            devices = await make_driver(resource.driver, deps).scan()
         except DriverError as exc:
             rows.append((resource.name, kind, f"driver error: {quote_text(exc)}"))
             continue

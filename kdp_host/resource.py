@@ -15,15 +15,15 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from .backoff import Backoff
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot
-from .drivers import DriverContext, make_driver
+from .drivers import DeviceReporter, DriverDeps, DriverFactory, failure_threshold, make_driver
 from .logs import EventLogger
 from .metrics import Metrics
 from .plugin import DevicePluginService, ListAndWatchEncoder, PluginServer
 from .registration import (
     KUBELET_SOCKET,
-    Backoff,
     FileIdentity,
     RegistrationError,
     file_identity,
@@ -58,6 +58,8 @@ class HostServices:
     watcher: Watcher
     metrics: Metrics
     log: EventLogger
+    drivers: DriverFactory = make_driver
+    """Makes each resource's driver (tests pass their own)."""
 
 
 @dataclass
@@ -103,15 +105,29 @@ class ResourceRuntime:
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
-        ctx = DriverContext(self.config.name, self.log, services.watcher, services.metrics)
-        driver = make_driver(self.config.driver, ctx)
+        deps = DriverDeps(self.log, services.watcher)
+        driver = services.drivers(self.config.driver, deps)
+        reporter = DeviceReporter(
+            self.table,
+            resource=self.config.name,
+            log=self.log,
+            metrics=services.metrics,
+            failure_threshold=failure_threshold(self.config.driver),
+        )
         self._on_devices_changed(self.table.snapshot)
         async with asyncio.TaskGroup() as group:
-            group.create_task(driver.run(self.table), name=f"{self.config.name}:driver")
+            group.create_task(driver.run(reporter), name=f"{self.config.name}:driver")
             if self.config.health is not None:
                 from .health import HealthChecker
 
-                checker = HealthChecker(self.config.health, ctx, self.table)
+                checker = HealthChecker(
+                    self.config.health,
+                    self.table,
+                    resource=self.config.name,
+                    log=self.log,
+                    metrics=services.metrics,
+                    commands=deps.commands,
+                )
                 group.create_task(checker.run(), name=f"{self.config.name}:health")
             if self.config.allocate.cdi is not None:
                 from .cdi import CdiSpecWriter

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdp_host.devices import Device, DeviceMount, DeviceNode
-from kdp_host.drivers.shell import ProbeOutputError, parse_json, parse_lines, parse_output
+from kdp_host.drivers.probe_output import ProbeOutputError, parse_json, parse_lines, parse_output
 
 # --- lines ---------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 
 from kdp_host.config import ConfigError, SysfsDriverConfig, load_config_text
 from kdp_host.devices import Device, DeviceTable
-from kdp_host.drivers import DriverContext, DriverError
+from kdp_host.drivers import DriverDeps, DriverError
 from kdp_host.drivers.sysfs import SysfsDriver, safe_id
 from kdp_host.logs import get_logger
 from kdp_host.rules import device_id_problem
@@ -19,7 +19,7 @@ from kdp_host.simulator import KubeletSimulator
 from kdp_host.sysfs import SysfsReader, SysfsScan
 from kdp_host.watch import InotifyWatcher, PollingWatcher
 
-from .conftest import wait_table
+from .conftest import reporter, wait_table
 from .fake_sysfs import CH340, FTDI, SILABS_CP210X, FakeSysfs, standard_machine
 
 RESOURCE = "vendor.example/serial"
@@ -48,8 +48,7 @@ def make_driver(
     fake: FakeSysfs, body: str, clock: Callable[[], float] | None = None
 ) -> SysfsDriver:
     log = get_logger().bind(resource=RESOURCE)
-    ctx = DriverContext(RESOURCE, log, PollingWatcher(log))
-    return SysfsDriver(sysfs_config(fake, body), ctx, **({"clock": clock} if clock else {}))
+    return SysfsDriver(sysfs_config(fake, body), DriverDeps(log, PollingWatcher(log)), clock)
 
 
 @pytest.fixture
@@ -323,7 +322,7 @@ async def test_a_stuck_read_times_out_and_is_not_repeated(fake: FakeSysfs) -> No
     log = get_logger()
     driver = SysfsDriver(
         config,
-        DriverContext(RESOURCE, log, PollingWatcher(log)),
+        DriverDeps(log, PollingWatcher(log)),
         reader=StuckReader(str(fake.sys), str(fake.dev)),
     )
     try:
@@ -348,11 +347,11 @@ async def test_hot_plug_through_inotify(fake: FakeSysfs) -> None:
     config = sysfs_config(
         fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\ngracePeriod: 1s\nrescanInterval: 1h'
     )
-    driver = SysfsDriver(config, DriverContext(RESOURCE, log, watcher))
+    driver = SysfsDriver(config, DriverDeps(log, watcher))
     table = DeviceTable()
     async with asyncio.TaskGroup() as group:
         watching = group.create_task(watcher.run())
-        driving = group.create_task(driver.run(table))
+        driving = group.create_task(driver.run(reporter(table, resource=RESOURCE)))
         async with asyncio.timeout(15):
             await table.published.wait()
         assert table.snapshot.devices == ()

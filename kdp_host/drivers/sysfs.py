@@ -19,7 +19,6 @@ import hashlib
 import os
 import random
 import re
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -37,7 +36,7 @@ from ..sysfs import PCI, USB, NodeInfo, ScanTimeout, SysfsDevice, SysfsReader, S
 from ..sysfs.match import class_matches, hex_matches, text_matches
 from ..sysfs.reader import start_off_loop
 from ..watch import Subscription
-from .base import DeviceSink, DriverContext, DriverError
+from .base import DriverDeps, DriverError, Notifier
 
 RESCAN_JITTER = 0.1
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
@@ -213,13 +212,13 @@ class SysfsDriver:
     def __init__(
         self,
         config: SysfsDriverConfig,
-        ctx: DriverContext,
-        clock: Callable[[], float] = time.monotonic,
+        deps: DriverDeps,
+        clock: Callable[[], float] | None = None,
         reader: SysfsReader | None = None,
     ) -> None:
         self._config = config
-        self._ctx = ctx
-        self._clock = clock
+        self._deps = deps
+        self._clock = clock or deps.clock
         self._reader = reader or SysfsReader(config.sysfs_root, config.dev_root)
         self._buses, self._classes, self._extra = scan_sources(config)
         self._book = IdBook()
@@ -243,7 +242,7 @@ class SysfsDriver:
         """
         if self._pending is not None and not self._pending.done():
             raise DriverError("timeout", "the previous sysfs read is still stuck")
-        self._pending = start_off_loop(self._scan_sync, f"sysfs-{self._ctx.resource}")
+        self._pending = start_off_loop(self._scan_sync, "kdp-sysfs-scan")
         try:
             async with asyncio.timeout(self._config.scan_timeout):
                 return await asyncio.shield(self._pending)
@@ -317,7 +316,7 @@ class SysfsDriver:
         if natural in self._duplicates_logged:
             return
         self._duplicates_logged.add(natural)
-        self._ctx.log.warning(
+        self._deps.log.warning(
             "sysfs_duplicate_identity",
             identity=":".join(natural),
             devices=",".join(d.name for d in group),
@@ -401,13 +400,12 @@ class SysfsDriver:
 
     # -------------------------------------------------------------- running
 
-    async def run(self, sink: DeviceSink) -> None:
-        log = self._ctx.log
-        metrics = self._ctx.metrics
+    async def run(self, notifier: Notifier) -> None:
+        log = self._deps.log
+        watcher = self._deps.watcher
         wake = asyncio.Event()
         subscriptions: dict[str, Subscription] = {}
         last_problems: tuple[str, ...] | None = None
-        last_error: str | None = None
 
         def on_change(_name: str | None) -> None:
             wake.set()
@@ -419,31 +417,19 @@ class SysfsDriver:
                 try:
                     scan = await self.read()
                 except DriverError as exc:
-                    if metrics is not None:
-                        metrics.driver_errors.labels(self._ctx.resource, exc.reason).inc()
-                    if str(exc) != last_error:
-                        log.warning("sysfs_scan_failed", reason=exc.reason, error=str(exc))
-                        last_error = str(exc)
+                    notifier.failure(exc)
                     scan = None
                 else:
-                    last_error = None
-                    if metrics is not None:
-                        metrics.scan_seconds.labels(self._ctx.resource).observe(
-                            self._clock() - started
-                        )
+                    notifier.scanned(self._clock() - started)
                 next_expiry: float | None = None
                 if scan is not None:
                     wanted = scan.watch_dirs
                     for directory in wanted - subscriptions.keys():
-                        subscriptions[directory] = self._ctx.watcher.subscribe(directory, on_change)
+                        subscriptions[directory] = watcher.subscribe(directory, on_change)
                     for directory in subscriptions.keys() - wanted:
                         subscriptions.pop(directory).cancel()
                     devices, next_expiry = self.merge(self.matched(scan))
-                    if sink.publish(devices):
-                        healthy = sum(d.healthy for d in devices.values())
-                        log.info(
-                            "devices_changed", healthy=healthy, unhealthy=len(devices) - healthy
-                        )
+                    notifier.update(devices)
                     if scan.problems != last_problems:
                         for problem in scan.problems:
                             log.warning("sysfs_source_unreadable", problem=problem)

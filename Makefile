@@ -44,7 +44,9 @@ chart-test: $(STAMP) helm
 	$(BIN)/python -m pytest -q tests/test_chart.py $(PYTEST_ARGS)
 
 ## lint: ruff, mypy; the workflows (check-jsonschema, actionlint) and the Dockerfile (hadolint)
-lint: $(STAMP) $(LINT_TOOLS) $(ACTIONLINT)
+# $$: the tool stamps are defined below this rule (expanded when lint is built).
+.SECONDEXPANSION:
+lint: $(STAMP) $$(LINT_TOOLS) $$(ACTIONLINT)
 	$(BIN)/ruff check kdp_host tests
 	$(BIN)/ruff format --check kdp_host tests
 	$(BIN)/mypy kdp_host

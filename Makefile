@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint protos bench chart-test chart-schema helm clean version lock dist base-digest image image-test test-all
+.PHONY: venv demo test lint protos bench chart-test schema chart-schema helm clean version lock dist base-digest image image-test test-all
 
 venv: $(STAMP)
 
@@ -46,16 +46,22 @@ helm: $(HELM)
 $(HELM): scripts/fetch-helm.sh | $(STAMP)
 	bash scripts/fetch-helm.sh $@ $(BIN)/python
 
-## chart-schema: copy config/schema.json into the chart's values.schema.json (a test checks it)
-chart-schema:
-	$(PYTHON) scripts/sync-chart-schema.py
+## schema: generate config/schema.json, the chart's values.schema.json `config` and the README
+## config tables from kdp_host/config/model.py (tests fail when they are stale)
+schema: $(STAMP)
+	$(BIN)/python scripts/generate-config-docs.py
+
+## chart-schema: the same as schema (the chart's copy is generated with the rest)
+chart-schema: schema
 
 ## chart-test: helm lint, render every value set, validate against the Kubernetes schemas
 chart-test: $(STAMP) helm
 	$(BIN)/python -m pytest -q tests/test_chart.py $(PYTEST_ARGS)
 
 ## lint: ruff, mypy; the workflows (check-jsonschema, actionlint) and the Dockerfile (hadolint)
-lint: $(STAMP) $(LINT_TOOLS) $(ACTIONLINT)
+# $$: the tool stamps are defined below this rule (expanded when lint is built).
+.SECONDEXPANSION:
+lint: $(STAMP) $$(LINT_TOOLS) $$(ACTIONLINT)
 	$(BIN)/ruff check kdp_host tests
 	$(BIN)/ruff format --check kdp_host tests
 	$(BIN)/mypy kdp_host

@@ -84,16 +84,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _check(config: Config) -> list[tuple[str, str, str]]:
-    from .drivers import DriverContext, DriverError, make_driver
+    from .drivers import DriverDeps, DriverError, make_driver
     from .watch import PollingWatcher
 
     log = get_logger()
     rows: list[tuple[str, str, str]] = []
     for resource in config.resources:
         kind = resource.driver.kind
-        ctx = DriverContext(resource.name, log.bind(resource=resource.name), PollingWatcher(log))
+        deps = DriverDeps(log.bind(resource=resource.name), PollingWatcher(log))
         try:
-            devices = await make_driver(resource.driver, ctx).scan()
+            devices = await make_driver(resource.driver, deps).scan()
         except DriverError as exc:
             rows.append((resource.name, kind, f"driver error: {quote_text(exc)}"))
             continue
@@ -124,6 +124,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     for name, kind, text in rows:
         print(f"{name:<{width}}  {kind:<6}  {text}")
     return EXIT_OK
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    """List USB, PCI (and any bus or class asked for) devices with a resource entry each."""
+    from .sysfs.cli import discover_command
+
+    return discover_command(args)
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -203,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help=config_help)
     check = add("check", cmd_check, "Validate a config and list the devices found now.")
     check.add_argument("--config", type=Path, required=True, help=config_help)
+    discover = add(
+        "discover", cmd_discover, "List USB and PCI devices with a ready-to-paste sysfs entry each."
+    )
+    from .sysfs.cli import add_discover_arguments
+
+    add_discover_arguments(discover)
     add("version", cmd_version, "Print the version.")
     sim = add("simulate-kubelet", cmd_simulate_kubelet, "Run a kubelet device-manager simulator.")
     sim.add_argument(

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from .config import HealthCheckConfig, render_template
 from .devices import Device, DeviceTable
-from .drivers.base import DriverContext
-from .drivers.probe import DEFAULT_KILL_GRACE, CommandError, raise_if_cancelling, run_command
+from .logs import EventLogger
+from .metrics import Metrics
+from .process import CommandError, CommandRunner, ProcessRunner, raise_if_cancelling
 
 DEFAULT_CONCURRENCY = 8
 _HEALTH_OUTPUT_LIMIT = 64 * 1024
@@ -33,17 +34,21 @@ class HealthChecker:
     def __init__(
         self,
         config: HealthCheckConfig,
-        ctx: DriverContext,
         table: DeviceTable,
         *,
+        resource: str,
+        log: EventLogger,
+        metrics: Metrics,
+        commands: CommandRunner | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
-        kill_grace: float = DEFAULT_KILL_GRACE,
     ) -> None:
         self._config = config
-        self._ctx = ctx
         self._table = table
+        self._resource = resource
+        self._log = log
+        self._metrics = metrics
+        self._commands = commands or ProcessRunner()
         self._concurrency = concurrency
-        self._kill_grace = kill_grace
         self._failing: dict[str, str] = {}
         """Device ID -> why its last check failed, for logging only changes of state."""
 
@@ -71,11 +76,10 @@ class HealthChecker:
     async def check(self, device: Device) -> str | None:
         """Run the command for `device` once: None if healthy, else why not."""
         try:
-            result = await run_command(
+            result = await self._commands.run(
                 health_argv(self._config.command, device),
                 timeout=self._config.timeout,
                 max_output=_HEALTH_OUTPUT_LIMIT,
-                kill_grace=self._kill_grace,
             )
         except CommandError as exc:
             return f"{exc.reason}: {exc}" + (f" (stderr: {exc.stderr})" if exc.stderr else "")
@@ -87,13 +91,12 @@ class HealthChecker:
         async with slots:
             problem = await self.check(device)
         self._table.set_check_result(device.id, problem is None)
-        log = self._ctx.log
+        log = self._log
         if problem is None:
             if self._failing.pop(device.id, None) is not None:
                 log.info("device_healthy_again", device=device.id)
             return
-        if self._ctx.metrics is not None:
-            self._ctx.metrics.health_check_failures.labels(self._ctx.resource).inc()
+        self._metrics.health_check_failures.labels(self._resource).inc()
         if device.id not in self._failing:
             log.warning("device_check_failed", device=device.id, error=problem)
         self._failing[device.id] = problem

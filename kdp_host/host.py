@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config, load_config
+from .drivers import DriverFactory, make_driver
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import Metrics
@@ -40,6 +41,8 @@ class Host:
     """Watched for changes (and re-read on `request_reload`) when given."""
     health: HealthState = field(default_factory=HealthState)
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    drivers: DriverFactory = make_driver
+    """Makes each resource's driver (tests pass their own)."""
     load_config: Callable[[Path], Config] = load_config
     """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
     _supervisor: Supervisor | None = field(default=None, init=False)
@@ -72,7 +75,9 @@ class Host:
         watcher = self.watcher or make_watcher(self.log.bind(component="watch"))
         self.watcher = watcher
         socket_dir = self.config.kubelet.socket_dir
-        services = HostServices(socket_dir, self.instance_id, watcher, self.metrics, self.log)
+        services = HostServices(
+            socket_dir, self.instance_id, watcher, self.metrics, self.log, self.drivers
+        )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
         watch_task = asyncio.create_task(watcher.run(), name="watcher")

@@ -31,6 +31,18 @@ ALLOCATION_RESULTS = ("ok", "invalid")
 REGISTRATION_RESULTS = ("ok", "refused", "unavailable", "error")
 DRIVER_ERROR_REASONS = ("timeout", "exit", "parse", "output_too_large", "spawn", "io")
 """Every `reason` a driver may count a failed scan or probe under."""
+DRIVER_SKIP_REASONS = (
+    "bad_name",
+    "dangling_link",
+    "link_loop",
+    "same_device",
+    "id_collision",
+    "read_timeout",
+    "read_refused",
+    "read_error",
+    "rate_limited",
+)
+"""Every `reason` a driver may count something it left out (without failing) under."""
 CONFIG_RELOAD_RESULTS = ("ok", "invalid", "refused", "unchanged")
 DEVICE_HEALTH = ("healthy", "unhealthy")
 
@@ -179,6 +191,13 @@ class Metrics:
             ["resource", "reason"],
             registry=r,
         )
+        self.driver_skipped = Counter(
+            "kdp_driver_skipped",
+            "What drivers left out without failing: paths, attribute files, stream lists "
+            "(rate limit), by reason (" + ", ".join(DRIVER_SKIP_REASONS) + ").",
+            ["resource", "reason"],
+            registry=r,
+        )
         self.health_check_failures = Counter(
             "kdp_health_check_failures",
             "Device health commands that failed (non-zero exit or timeout).",
@@ -233,6 +252,7 @@ class Metrics:
             self.list_and_watch_updates,
             self.list_and_watch_streams,
             self.driver_errors,
+            self.driver_skipped,
             self.health_check_failures,
             self.cdi_spec_failures,
             self.resource_restarts,
@@ -246,11 +266,9 @@ class Metrics:
         sets += [(self.allocations, (resource, result)) for result in ALLOCATION_RESULTS]
         sets += [(self.registrations, (resource, result)) for result in REGISTRATION_RESULTS]
         sets += [(self.driver_errors, (resource, reason)) for reason in DRIVER_ERROR_REASONS]
-        sets += [
-            (metric, (resource,))
-            for metric in self._by_resource()
-            if metric not in (self.allocations, self.registrations, self.driver_errors)
-        ]
+        sets += [(self.driver_skipped, (resource, reason)) for reason in DRIVER_SKIP_REASONS]
+        labelled = (self.allocations, self.registrations, self.driver_errors, self.driver_skipped)
+        sets += [(metric, (resource,)) for metric in self._by_resource() if metric not in labelled]
         return sets
 
     def add_resource(self, resource: str) -> None:

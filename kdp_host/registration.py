@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import grpclib
 import grpclib.client
@@ -23,24 +22,6 @@ class RegistrationError(Exception):
         super().__init__(message)
         self.result = result
         """`unavailable` (no kubelet listening), `refused` (the kubelet said no), `error`."""
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff: 100 ms doubling to 5 s, reset on success."""
-
-    initial: float = 0.1
-    maximum: float = 5.0
-    factor: float = 2.0
-    _next: float = 0.0
-
-    def next_delay(self) -> float:
-        delay = self._next or self.initial
-        self._next = min(delay * self.factor, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        self._next = 0.0
 
 
 FileIdentity = tuple[int, int]

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 
+from .backoff import Backoff
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot
-from .drivers import DriverContext, make_driver
+from .drivers import DeviceReporter, DriverDeps, DriverFactory, failure_threshold, make_driver
 from .logs import EventLogger
 from .metrics import Metrics
 from .plugin import DevicePluginService, ListAndWatchEncoder, PluginServer
 from .registration import (
     KUBELET_SOCKET,
-    Backoff,
     FileIdentity,
     RegistrationError,
     file_identity,
@@ -58,6 +59,8 @@ class HostServices:
     watcher: Watcher
     metrics: Metrics
     log: EventLogger
+    drivers: DriverFactory = make_driver
+    """Makes each resource's driver (tests pass their own)."""
 
 
 @dataclass
@@ -94,6 +97,9 @@ class ResourceRuntime:
         self._encoder = ListAndWatchEncoder()
         self._wake = asyncio.Event()
         self._stream_lost = False
+        self._first_list_ready: list[asyncio.Event] = [self.table.published]
+        """Set when the first list is complete (the driver's first scan, the first CDI spec
+        write): the kubelet's first ListAndWatch then sees final health, not a flap."""
 
     def _on_devices_changed(self, snapshot: Snapshot) -> None:
         self._services.metrics.set_device_counts(
@@ -103,20 +109,42 @@ class ResourceRuntime:
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
-        ctx = DriverContext(self.config.name, self.log, services.watcher, services.metrics)
-        driver = make_driver(self.config.driver, ctx)
+        deps = DriverDeps(self.log, services.watcher)
+        driver = services.drivers(self.config.driver, deps)
+        reporter = DeviceReporter(
+            self.table,
+            resource=self.config.name,
+            log=self.log,
+            metrics=services.metrics,
+            failure_threshold=failure_threshold(self.config.driver),
+        )
         self._on_devices_changed(self.table.snapshot)
         async with asyncio.TaskGroup() as group:
-            group.create_task(driver.run(self.table), name=f"{self.config.name}:driver")
+            group.create_task(driver.run(reporter), name=f"{self.config.name}:driver")
             if self.config.health is not None:
                 from .health import HealthChecker
 
-                checker = HealthChecker(self.config.health, ctx, self.table)
+                checker = HealthChecker(
+                    self.config.health,
+                    self.table,
+                    resource=self.config.name,
+                    log=self.log,
+                    metrics=services.metrics,
+                    commands=deps.commands,
+                )
                 group.create_task(checker.run(), name=f"{self.config.name}:health")
             if self.config.allocate.cdi is not None:
                 from .cdi import CdiSpecWriter
 
-                writer = CdiSpecWriter(self.config, self.table, self.log)
+                cdi_failures = services.metrics.cdi_spec_failures.labels(self.config.name)
+                writer = CdiSpecWriter(
+                    self.config,
+                    self.table,
+                    self.log,
+                    report=functools.partial(self._set_problem, "cdi"),
+                    count_failure=cdi_failures.inc,
+                )
+                self._first_list_ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{self.config.name}:cdi")
             group.create_task(self._serve_forever(), name=f"{self.config.name}:serve")
 
@@ -201,10 +229,10 @@ class ResourceRuntime:
         self, service: DevicePluginService, identity: FileIdentity
     ) -> FileIdentity | None:
         """Register, retrying with backoff; returns the identity of the kubelet.sock used."""
-        if not self.table.published.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FIRST_SCAN_WAIT):
-                    await self.table.published.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_SCAN_WAIT):
+                for event in self._first_list_ready:
+                    await event.wait()
         backoff = Backoff()
         metrics = self._services.metrics
         last_message = None
@@ -257,6 +285,13 @@ class ResourceRuntime:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._wake.wait()
+
+    def _set_problem(self, part: str, reason: str | None) -> None:
+        """A part of the resource keeps it from being ready (reason), or no longer (None)."""
+        if reason is None:
+            self.status.problems.pop(part, None)
+        else:
+            self.status.problems[part] = reason
 
     def _mark(
         self,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from .backoff import Backoff
 from .config import ResourceConfig
-from .registration import Backoff
 from .resource import HostServices, ResourceRuntime
 
 STOP_WAIT = 1.5

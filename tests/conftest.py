@@ -14,6 +14,7 @@ import pytest
 
 from kdp_host.config import Config, load_config_text
 from kdp_host.devices import DeviceTable, Snapshot
+from kdp_host.drivers import DeviceReporter
 from kdp_host.host import Host
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
@@ -77,6 +78,24 @@ async def wait_until(
             raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def reporter(
+    table: DeviceTable,
+    metrics: Metrics | None = None,
+    *,
+    resource: str = "t.io/r",
+    threshold: int = 3,
+    logger: str = "kdp_host",
+) -> DeviceReporter:
+    """The notifier a resource hands its driver, writing to `table`."""
+    return DeviceReporter(
+        table,
+        resource=resource,
+        log=get_logger(logger, resource=resource),
+        metrics=metrics or Metrics(),
+        failure_threshold=threshold,
+    )
 
 
 async def wait_table(

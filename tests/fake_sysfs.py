@@ -277,6 +277,7 @@ class FakeSysfs:
             f"DEVNUM={devnum:03d}",
         ]
         (path / "uevent").write_text("\n".join(lines) + "\n")
+        self.bind(path, "usb", "usb")
         self.create_node(devname)
         return path
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib
 import json
 import os
 import re
@@ -863,15 +862,12 @@ def test_value_set_names_are_unique() -> None:
 
 
 def test_values_schema_embeds_the_config_schema() -> None:
-    """`config:` is checked by config/schema.json itself (run `make chart-schema`)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        sync = importlib.import_module("sync-chart-schema")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    """`config:` is checked by the config schema itself (run `make schema`)."""
+    from kdp_host.config.docs import embedded_config_schema
+
     schema = json.loads((CHART / "values.schema.json").read_text())
-    assert schema["properties"]["config"] == sync.embedded_config_schema(), (
-        "charts/kdp-host/values.schema.json is out of date: run `make chart-schema`"
+    assert schema["properties"]["config"] == embedded_config_schema(), (
+        "charts/kdp-host/values.schema.json is out of date: run `make schema`"
     )
 
 
@@ -1022,15 +1018,27 @@ def test_dockerfile_cmd_parses_with_the_cli() -> None:
 # ---------------------------------------------------------------------------------- privileges
 
 
-def setpriv_args(security_context: Doc) -> list[str]:
-    """setpriv options that give a process what this container securityContext gives it."""
+def sandbox_command(security_context: Doc, writable: list[Path]) -> list[str]:
+    """A command prefix that gives a process what this container securityContext gives it:
+    no capabilities (setpriv), no privilege escalation (no_new_privs) and, for a read-only
+    root filesystem, a private mount namespace whose root is read-only except `writable`
+    (the pod's own volumes). The caller appends the command."""
     assert not security_context.get("privileged"), security_context
     caps = security_context.get("capabilities", {})
     assert caps.get("drop") == ["ALL"] and not caps.get("add"), caps
-    args = ["--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
+    setpriv = need_tool("setpriv", "util-linux's setpriv drops the capabilities")
+    command = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
     if security_context.get("allowPrivilegeEscalation") is False:
-        args.append("--no-new-privs")
-    return args
+        command.append("--no-new-privs")
+    if security_context.get("readOnlyRootFilesystem"):
+        unshare = need_tool("unshare", "util-linux's unshare makes the read-only root")
+        binds = "".join(
+            f"mount --bind {shlex.quote(str(d))} {shlex.quote(str(d))} && " for d in writable
+        )
+        script = f'{binds}mount -o remount,bind,ro / && exec "$@"'
+        command = [unshare, "--mount", "--propagation", "private", "--",
+                   "sh", "-c", script, "sh", *command]  # fmt: skip
+    return [*command, "--"]
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -1041,12 +1049,12 @@ def proc_status(pid: int) -> dict[str, str]:
 async def test_default_preset_serves_without_capabilities(
     rendered: dict[str, list[Doc]], short_dir: Path
 ) -> None:
-    """The default securityContext (no capabilities, no privilege escalation) is enough for
-    kdp-host: as root with an empty capability set it creates its socket in a root-owned
-    0700 socket directory, stats root-owned 0600 device nodes, registers and allocates."""
+    """The default securityContext (no capabilities, no privilege escalation, read-only root
+    filesystem) is enough for kdp-host: as root with an empty capability set it creates its
+    socket in a root-owned 0700 socket directory (the only writable path, like the pod's
+    hostPath), stats root-owned 0600 device nodes, registers and allocates."""
     if os.geteuid() != 0:
         pytest.skip("needs root: the claim is about uid 0 without capabilities (run as root)")
-    setpriv = need_tool("setpriv", "util-linux's setpriv drops the capabilities")
     security_context = container(rendered["defaults"])["securityContext"]
     socket_dir = short_dir / "dp"
     socket_dir.mkdir(mode=0o700)
@@ -1061,7 +1069,7 @@ async def test_default_preset_serves_without_capabilities(
     )
     async with KubeletSimulator(socket_dir, dial_timeout=5.0) as kubelet:
         proc = await asyncio.create_subprocess_exec(
-            setpriv, *setpriv_args(security_context), "--",
+            *sandbox_command(security_context, writable=[socket_dir]),
             *_kdp_host_command(), "run", "--config", str(config),
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -1072,8 +1080,11 @@ async def test_default_preset_serves_without_capabilities(
             status = proc_status(proc.pid)
             for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
                 assert int(status[field], 16) == 0, f"{field} {status[field]}"
-            if "--no-new-privs" in setpriv_args(security_context):
-                assert status["NoNewPrivs"] == "1"
+            assert status["NoNewPrivs"] == "1"
+            if security_context.get("readOnlyRootFilesystem"):
+                mountinfo = Path(f"/proc/{proc.pid}/mountinfo").read_text().splitlines()
+                (root_mount,) = [m.split() for m in mountinfo if m.split()[4] == "/"]
+                assert "ro" in root_mount[5].split(","), root_mount
             response = await kubelet.allocate("vendor.example/fpga", 2)
             assert sorted(d.host_path for d in response.devices) == [
                 f"{dev}/fpga0",
@@ -1088,3 +1099,27 @@ async def test_default_preset_serves_without_capabilities(
         stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
         assert code == 0, stderr
         assert not [p for p in os.listdir(socket_dir) if p.startswith("kdp-")], stderr
+
+
+def test_device_nodes_stay_writable_on_a_read_only_mount(tmp_path: Path) -> None:
+    """Why the host's /dev can be read-only even for the privileged preset: the kernel refuses
+    writes on a read-only mount to files and directories, not to device nodes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: makes a device node and a bind mount (run as root)")
+    unshare = need_tool("unshare", "util-linux's unshare gives the bind mount its own namespace")
+    src, mnt = tmp_path / "dev", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    os.mknod(src / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    script = (
+        'mount --bind "$1" "$2" && mount -o remount,bind,ro "$2" && echo x > "$2/null" '
+        '&& echo wrote-node && touch "$2/new-file"'
+    )
+    proc = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+         str(src), str(mnt)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "wrote-node" in proc.stdout, proc.stderr
+    assert proc.returncode != 0 and "Read-only file system" in proc.stderr, proc.stderr
+    assert not (src / "new-file").exists()

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from kdp_host.config import DriverConfig, GlobDriverConfig
+from kdp_host.devices import Device
+from kdp_host.drivers import Driver, DriverDeps, Notifier, make_driver
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 from kdp_host.supervisor import RestartPolicy
 
@@ -185,30 +188,29 @@ async def test_allocate_unknown_id_is_invalid_argument(
 
 
 async def test_crashing_resource_restarts_while_others_serve(
-    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host, monkeypatch
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
 ) -> None:
-    import kdp_host.resource as resource_module
-
-    real_make_driver = resource_module.make_driver
     crashes = {"left": 2}
 
     class CrashingDriver:
-        async def run(self, sink: object) -> None:
+        async def run(self, notifier: Notifier) -> None:
             await asyncio.sleep(0.05)
             raise RuntimeError("driver bug")
 
-        async def scan(self) -> list[object]:
+        async def scan(self) -> list[Device]:
             return []
 
-    def make_driver(config, ctx):  # type: ignore[no-untyped-def]
-        if ctx.resource == SERIAL and crashes["left"] > 0:
+    def crashing_twice(config: DriverConfig, deps: DriverDeps) -> Driver:
+        serial = isinstance(config, GlobDriverConfig) and "ttyA" in config.paths[0]
+        if serial and crashes["left"] > 0:
             crashes["left"] -= 1
             return CrashingDriver()
-        return real_make_driver(config, ctx)
+        return make_driver(config, deps)
 
-    monkeypatch.setattr(resource_module, "make_driver", make_driver)
     running = await start_host(
-        two_resources(socket_dir, devices), restart_policy=RestartPolicy(0.05, 0.1)
+        two_resources(socket_dir, devices),
+        drivers=crashing_twice,
+        restart_policy=RestartPolicy(0.05, 0.1),
     )
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
     await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1, timeout=15)

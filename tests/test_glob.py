@@ -6,18 +6,19 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kdp_host.config import GlobDriverConfig
 from kdp_host.devices import Device, DeviceNode, DeviceTable
-from kdp_host.drivers import DriverContext
-from kdp_host.drivers.glob import GlobDriver, device_id_for_path, fixed_parent, watch_dirs
+from kdp_host.drivers import DriverDeps
+from kdp_host.drivers.glob import DeviceIds, GlobDriver, watch_dirs
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.watch import InotifyWatcher, PollingWatcher, Watcher
 
-from .conftest import wait_until
+from .conftest import reporter, wait_until
 
 
 @pytest.mark.parametrize(
@@ -32,15 +33,16 @@ from .conftest import wait_until
 def test_ids_are_readable_and_relative_to_the_fixed_directory(
     path: str, pattern: str, expected: str
 ) -> None:
-    assert device_id_for_path(path, fixed_parent(pattern)) == expected
+    assert DeviceIds([pattern])(path) == expected
 
 
 def test_ids_are_unique_stable_and_safe() -> None:
     paths = ["/dev/a/b-c", "/dev/a-b/c", "/dev/a/b_c", "/dev/a_b/c", "/dev/x y", "/dev/x_y"]
-    ids = [device_id_for_path(p, "/dev") for p in paths]
+    device_id = DeviceIds(["/dev/*", "/dev/*/*"])
+    ids = [device_id(p) for p in paths]
     assert len(set(ids)) == len(ids)
-    assert ids == [device_id_for_path(p, "/dev") for p in paths]
-    long_id = device_id_for_path("/dev/" + "x" * 300, "/dev")
+    assert ids == [device_id(p) for p in paths]
+    long_id = device_id("/dev/" + "x" * 300)
     assert len(long_id) <= 128
     for device_id in [*ids, long_id]:
         assert all(c.isalnum() or c in "._-" for c in device_id), device_id
@@ -55,9 +57,9 @@ def test_watch_dirs_cover_wildcard_directories(tmp_path: Path) -> None:
     assert watch_dirs(f"{tmp_path}/dev/fpga*") == [f"{tmp_path}/dev"]
 
 
-def make_driver(config: GlobDriverConfig, watcher: Watcher) -> GlobDriver:
+def make_driver(config: GlobDriverConfig, watcher: Watcher, **options: Any) -> GlobDriver:
     log = get_logger().bind(resource="t.io/r")
-    return GlobDriver(config, DriverContext("t.io/r", log, watcher, Metrics()))
+    return GlobDriver(config, DriverDeps(log, watcher), **options)
 
 
 async def test_scan_resolves_symlinks_and_applies_container_path(tmp_path: Path) -> None:
@@ -86,7 +88,7 @@ async def test_hot_plug_vanish_grace_and_return(tmp_path: Path, watcher_kind: st
     table = DeviceTable()
     tasks = [
         asyncio.create_task(watcher.run()),
-        asyncio.create_task(make_driver(config, watcher).run(table)),
+        asyncio.create_task(make_driver(config, watcher).run(reporter(table))),
     ]
 
     def health() -> dict[str, bool]:
@@ -116,7 +118,7 @@ async def test_directory_removed_and_recreated_is_watched_again(tmp_path: Path) 
     table = DeviceTable()
     tasks = [
         asyncio.create_task(watcher.run()),
-        asyncio.create_task(make_driver(config, watcher).run(table)),
+        asyncio.create_task(make_driver(config, watcher).run(reporter(table))),
     ]
     ids = lambda: [d.id for d in table.snapshot.devices]  # noqa: E731
     try:
@@ -135,22 +137,18 @@ async def test_directory_removed_and_recreated_is_watched_again(tmp_path: Path) 
 
 
 async def test_unreadable_directory_is_logged_once_not_fatal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     (tmp_path / "open0").touch()
-    real_access = os.access
-    monkeypatch.setattr(
-        "kdp_host.drivers.glob.os.access",
-        lambda path, mode: False if str(path) == str(locked) else real_access(path, mode),
-    )
     watcher = PollingWatcher(get_logger(), interval=0.05)
     config = GlobDriverConfig(
         paths=(f"{locked}/d*", f"{tmp_path}/open*"), rescan_interval=0.1, grace_period=0
     )
     table = DeviceTable()
-    task = asyncio.create_task(make_driver(config, watcher).run(table))
+    driver = make_driver(config, watcher, dir_readable=lambda path: path != str(locked))
+    task = asyncio.create_task(driver.run(reporter(table)))
     try:
         await wait_until(lambda: [d.id for d in table.snapshot.devices] == ["open0"])
         (tmp_path / "open1").touch()
@@ -262,10 +260,10 @@ async def test_safety_net_rescans_only_when_a_directory_changed(tmp_path: Path) 
     metrics = Metrics()
     driver = GlobDriver(
         GlobDriverConfig(paths=(f"{dev}/a*",), rescan_interval=0.05),
-        DriverContext("t.io/r", get_logger(), _DeafWatcher(), metrics),  # type: ignore[arg-type]
+        DriverDeps(get_logger(), _DeafWatcher()),  # type: ignore[arg-type]
     )
     table = DeviceTable()
-    task = asyncio.create_task(driver.run(table))
+    task = asyncio.create_task(driver.run(reporter(table, metrics)))
 
     def scans() -> float:
         count = metrics.registry.get_sample_value(
@@ -295,7 +293,7 @@ async def test_vanished_devices_expire_when_rescans_are_skipped(tmp_path: Path) 
     table = DeviceTable()
     tasks = [
         asyncio.create_task(watcher.run()),
-        asyncio.create_task(make_driver(config, watcher).run(table)),
+        asyncio.create_task(make_driver(config, watcher).run(reporter(table))),
     ]
     try:
         await wait_until(lambda: len(table.snapshot.devices) == 2)

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from kdp_host.config import GlobDriverConfig
-from kdp_host.drivers.base import DriverContext
-from kdp_host.drivers.glob import GlobDriver, _real_file_path
+from kdp_host.drivers import DriverDeps, Skipped
+from kdp_host.drivers.glob import GlobDriver, examine
 from kdp_host.logs import get_logger
 from kdp_host.watch import PollingWatcher
 
@@ -32,38 +32,58 @@ def test_real_paths_and_directories_as_the_os_path_functions_say(tmp_path: Path)
         directory = f"{base}/{parent}" if not parent.startswith("/") else f"{base}/{parent}/"
         candidates += [os.path.join(directory, name) for name in os.listdir(directory)]
     candidates += [f"{base}/real/vanished", f"{base}//real//f1"]
+
+    def expected(path: str) -> str | None:
+        if os.path.isdir(path) or not os.path.exists(path):
+            return None  # a directory, gone, or a symlink that leads nowhere
+        return os.path.realpath(path)
+
+    def real_path(path: str, cache: dict[str, str]) -> str | None:
+        found = examine(path, cache)
+        if isinstance(found, Skipped):
+            assert found.reason == "dangling_link", path
+            return None
+        return None if found is None else found.real_path
+
     for path in candidates:
-        expected = None if os.path.isdir(path) else os.path.realpath(path)
-        assert _real_file_path(path, {}) == expected, path
+        assert real_path(path, {}) == expected(path), path
     cache: dict[str, str] = {}
-    assert [_real_file_path(p, cache) for p in candidates] == [
-        None if os.path.isdir(p) else os.path.realpath(p) for p in candidates
-    ]
+    assert [real_path(p, cache) for p in candidates] == [expected(p) for p in candidates]
 
 
 def driver(pattern: str, grace: float = 60.0) -> GlobDriver:
     log = get_logger()
     config = GlobDriverConfig(paths=(pattern,), grace_period=grace)
-    return GlobDriver(config, DriverContext("t.io/r", log, PollingWatcher(log)))
+    return GlobDriver(config, DriverDeps(log, PollingWatcher(log)))
 
 
 def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -> None:
     tree(tmp_path)
     glob_driver = driver(f"{tmp_path}/link/*")
-    first, _ = glob_driver._merge(glob_driver._scan_sync().devices)
-    assert set(first) == {"f1", "f2", "rel-link", "dangling"}
+    scan = glob_driver._scan_sync()
+    first, _ = glob_driver._merge(scan.devices)
+    # rel-link reaches the same file as f1 (listed once, under the first path); dangling
+    # leads nowhere.
+    assert set(first) == {"f1", "f2"}
+    assert {s.subject.rsplit("/", 1)[-1]: s.reason for s in scan.skipped} == {
+        "rel-link": "same_device",
+        "dangling": "dangling_link",
+    }
     by_id = dict(first)
-    assert by_id["rel-link"].nodes[0].host_path == str(tmp_path / "real" / "f1")
     assert by_id["f1"].nodes[0].host_path == str(tmp_path / "real" / "f1")
     assert by_id["f1"].env == {} and by_id["f1"].annotations == {}
 
     (tmp_path / "real" / "rel-link").unlink()
-    (tmp_path / "real" / "rel-link").symlink_to("f2")
+    (tmp_path / "real" / "rel-link").symlink_to("f1")
     (tmp_path / "real" / "f1").unlink()
+    (tmp_path / "real" / "f1-new").touch()
+    (tmp_path / "real" / "rel-link").unlink()
+    (tmp_path / "real" / "rel-link").symlink_to("f1-new")
     second, _ = glob_driver._merge(glob_driver._scan_sync().devices)
     again = dict(second)
     assert again["f2"] is by_id["f2"]  # unchanged: the same object
-    assert again["rel-link"].nodes[0].host_path == str(tmp_path / "real" / "f2")
+    assert again["f1-new"].nodes[0].host_path == str(tmp_path / "real" / "f1-new")
+    assert "rel-link" not in again  # the same device as f1-new
     assert not again["f1"].healthy  # vanished: Unhealthy for the grace period
 
     third, _ = glob_driver._merge(glob_driver._scan_sync().devices)

@@ -12,11 +12,10 @@ import pytest
 
 from kdp_host.config import HealthCheckConfig
 from kdp_host.devices import Device, DeviceNode, DeviceTable, Snapshot
-from kdp_host.drivers.base import DriverContext
 from kdp_host.health import HealthChecker, health_argv
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.watch import PollingWatcher
+from kdp_host.process import ProcessRunner
 
 from .conftest import script, wait_table, wait_until
 
@@ -24,9 +23,22 @@ RESOURCE = "vendor.example/card"
 LOGGER = "test_health"
 
 
-def make_ctx(metrics: Metrics | None = None) -> DriverContext:
-    log = get_logger(LOGGER, resource=RESOURCE)
-    return DriverContext(RESOURCE, log, PollingWatcher(log), metrics)
+def checker_for(
+    config: HealthCheckConfig,
+    table: DeviceTable,
+    metrics: Metrics | None = None,
+    kill_grace: float = 1.0,
+    concurrency: int = 8,
+) -> HealthChecker:
+    return HealthChecker(
+        config,
+        table,
+        resource=RESOURCE,
+        log=get_logger(LOGGER, resource=RESOURCE),
+        metrics=metrics or Metrics(),
+        commands=ProcessRunner(kill_grace=kill_grace),
+        concurrency=concurrency,
+    )
 
 
 def failures(metrics: Metrics) -> float:
@@ -89,7 +101,7 @@ async def test_flag_file_flips_a_device_unhealthy_and_back(
     table.publish([Device(id="c0", nodes=(DeviceNode("/dev/c0", "/dev/c0"),)), Device(id="c1")])
     metrics = Metrics()
     config = HealthCheckConfig(command=(check, f"{flags}/{{id}}.bad", "{path}"), interval=0.05)
-    checker = HealthChecker(config, make_ctx(metrics), table)
+    checker = checker_for(config, table, metrics)
     async with checking(checker):
         (flags / "c0.bad").touch()
         await wait_table(table, lambda s: health(s) == {"c0": False, "c1": True})
@@ -108,17 +120,14 @@ async def test_timeout_and_missing_command_are_unhealthy(tmp_path: Path) -> None
     table = DeviceTable()
     device = Device(id="c0")
     table.publish([device])
-    hang = HealthChecker(
+    hang = checker_for(
         HealthCheckConfig(command=(script(tmp_path, "hang", "exec sleep 1000\n"),), timeout=0.1),
-        make_ctx(),
         table,
         kill_grace=0.1,
     )
     problem = await hang.check(device)
     assert problem is not None and problem.startswith("timeout: timed out after 0.1s")
-    missing = HealthChecker(
-        HealthCheckConfig(command=(str(tmp_path / "nope"), "{id}")), make_ctx(), table
-    )
+    missing = checker_for(HealthCheckConfig(command=(str(tmp_path / "nope"), "{id}")), table)
     problem = await missing.check(device)
     assert problem is not None and problem.startswith("spawn: cannot run")
     await missing.check_all()
@@ -138,8 +147,7 @@ async def test_checks_run_concurrently_but_bounded(tmp_path: Path) -> None:
     )
     table = DeviceTable()
     table.publish([Device(id=f"d{i}") for i in range(9)])
-    checker = HealthChecker(HealthCheckConfig(command=(check, "{id}")), make_ctx(), table,
-                            concurrency=3)  # fmt: skip
+    checker = checker_for(HealthCheckConfig(command=(check, "{id}")), table, concurrency=3)
     await checker.check_all()
     peaks = [int(p.read_text()) for p in seen.iterdir()]
     assert len(peaks) == 9
@@ -152,7 +160,7 @@ async def test_results_for_vanished_devices_are_ignored(tmp_path: Path) -> None:
     table.publish([Device(id="a"), Device(id="b")])
     gate = tmp_path / "gate"
     check = script(tmp_path, "check", f'while [ ! -e "{gate}" ]; do sleep 0.01; done\nexit 1\n')
-    checker = HealthChecker(HealthCheckConfig(command=(check,)), make_ctx(), table)
+    checker = checker_for(HealthCheckConfig(command=(check,)), table)
     round_ = asyncio.create_task(checker.check_all())
     table.publish([Device(id="b")])
     gate.touch()

@@ -10,7 +10,7 @@ from kdp_host.api.v1beta1 import Device as WireDevice
 from kdp_host.api.v1beta1 import ListAndWatchResponse, NumaNode, TopologyInfo
 from kdp_host.config import GlobDriverConfig, load_config_text
 from kdp_host.devices import Device, DeviceTable
-from kdp_host.drivers import DriverContext
+from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.logs import get_logger
 from kdp_host.plugin import ListAndWatchEncoder
@@ -41,8 +41,7 @@ def tree(tmp_path: Path) -> Path:
 
 def driver(config: GlobDriverConfig) -> GlobDriver:
     log = get_logger()
-    ctx = DriverContext(ACCEL, log, make_watcher(log, prefer_inotify=False))
-    return GlobDriver(config, ctx)
+    return GlobDriver(config, DriverDeps(log, make_watcher(log, prefer_inotify=False)))
 
 
 async def scan_numa(config: GlobDriverConfig) -> dict[str, int | None]:

@@ -20,16 +20,17 @@ from typing import Any
 
 import pytest
 
+from kdp_host.backoff import Backoff
 from kdp_host.config import ShellDriverConfig
 from kdp_host.devices import DeviceTable, Snapshot
-from kdp_host.drivers.base import DriverContext, DriverError
-from kdp_host.drivers.probe import CommandError, run_command
-from kdp_host.drivers.shell import Backoff, ShellDriver
+from kdp_host.drivers import DriverDeps, DriverError
+from kdp_host.drivers.shell import ShellDriver
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
+from kdp_host.process import CommandError, CommandResult, ProcessRunner
 from kdp_host.watch import PollingWatcher
 
-from .conftest import script, wait_table, wait_until
+from .conftest import reporter, script, wait_table, wait_until
 
 RESOURCE = "vendor.example/dongle"
 LOGGER = "test_shell"
@@ -41,9 +42,13 @@ _PR_SET_CHILD_SUBREAPER = 36
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def make_ctx(metrics: Metrics | None = None, resource: str = RESOURCE) -> DriverContext:
+def make_deps(resource: str = RESOURCE, kill_grace: float = 1.0) -> DriverDeps:
     log = get_logger(LOGGER, resource=resource)
-    return DriverContext(resource, log, PollingWatcher(log), metrics)
+    return DriverDeps(log, PollingWatcher(log), commands=ProcessRunner(kill_grace=kill_grace))
+
+
+async def run_command(argv: list[str], kill_grace: float = 1.0, **options: Any) -> CommandResult:
+    return await ProcessRunner(kill_grace=kill_grace).run(argv, **options)
 
 
 def shell(command: str, **options: Any) -> ShellDriverConfig:
@@ -71,8 +76,15 @@ def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object
 
 
 @contextlib.asynccontextmanager
-async def running(driver: ShellDriver, table: DeviceTable) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(driver.run(table))
+async def running(
+    driver: ShellDriver,
+    table: DeviceTable,
+    metrics: Metrics | None = None,
+    threshold: int = 3,
+    resource: str = RESOURCE,
+) -> AsyncIterator[asyncio.Task[None]]:
+    notifier = reporter(table, metrics, resource=resource, threshold=threshold, logger=LOGGER)
+    task = asyncio.create_task(driver.run(notifier))
     try:
         yield task
     finally:
@@ -240,7 +252,7 @@ async def test_poll_table_follows_output_changes(tmp_path: Path) -> None:
     listing.write_text("a path=/dev/a\n")
     probe = script(tmp_path, "p", f"cat {listing}\n")
     table = DeviceTable()
-    async with running(ShellDriver(shell(probe), make_ctx()), table):
+    async with running(ShellDriver(shell(probe), make_deps()), table):
         snapshot = await wait_table(table, lambda s: ids(s) == ["a"])
         assert snapshot.devices[0].nodes[0].host_path == "/dev/a"
         listing.write_text("a\nb Unhealthy numa=1\n")
@@ -253,7 +265,7 @@ async def test_poll_table_follows_output_changes(tmp_path: Path) -> None:
 async def test_poll_json_format(tmp_path: Path) -> None:
     probe = script(tmp_path, "p", """echo '{"devices": [{"id": "c0", "env": {"K": "v"}}]}'\n""")
     table = DeviceTable()
-    async with running(ShellDriver(shell(probe, format="json"), make_ctx()), table):
+    async with running(ShellDriver(shell(probe, format="json"), make_deps()), table):
         snapshot = await wait_table(table, lambda s: ids(s) == ["c0"])
     assert snapshot.devices[0].env == {"K": "v"}
 
@@ -263,7 +275,7 @@ async def test_poll_env_and_working_dir(tmp_path: Path) -> None:
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "from-cwd").touch()
     config = shell(probe, env={"DEVICE_NAME": "from-env"}, working_dir=str(tmp_path / "work"))
-    assert [d.id for d in await ShellDriver(config, make_ctx()).scan()] == [
+    assert [d.id for d in await ShellDriver(config, make_deps()).scan()] == [
         "from-env",
         "from-cwd",
     ]
@@ -300,10 +312,9 @@ esac
     table = DeviceTable()
     driver = ShellDriver(
         shell(probe, timeout=0.3 if mode == "hang" else 2.0, failure_threshold=1000),
-        make_ctx(metrics),
-        kill_grace=GRACE,
+        make_deps(kill_grace=GRACE),
     )
-    async with running(driver, table):
+    async with running(driver, table, metrics, threshold=1000):
         await wait_table(table, lambda s: ids(s) == ["a", "b"])
         mode_file.write_text(mode)
         await wait_until(lambda: errors(metrics, reason) >= 2)
@@ -328,8 +339,8 @@ async def test_poll_threshold_degrades_then_recovers(
     )
     metrics = Metrics()
     table = DeviceTable()
-    driver = ShellDriver(shell(probe, failure_threshold=3), make_ctx(metrics))
-    async with running(driver, table):
+    driver = ShellDriver(shell(probe, failure_threshold=3), make_deps())
+    async with running(driver, table, metrics, threshold=3):
         await wait_table(table, lambda s: health(s) == {"a": True, "b": True})
         mode_file.write_text("bad")
         snapshot = await wait_table(table, lambda s: health(s) == {"a": False, "b": False})
@@ -355,10 +366,8 @@ async def test_poll_threshold_degrades_then_recovers(
 async def test_poll_hung_probe_runs_again_after_its_timeout(tmp_path: Path) -> None:
     probe = script(tmp_path, "hang", "sleep 1000\n")
     metrics = Metrics()
-    driver = ShellDriver(
-        shell(probe, interval=0.05, timeout=0.1), make_ctx(metrics), kill_grace=0.1
-    )
-    async with running(driver, DeviceTable()):
+    driver = ShellDriver(shell(probe, interval=0.05, timeout=0.1), make_deps(kill_grace=0.1))
+    async with running(driver, DeviceTable(), metrics):
         await wait_until(lambda: errors(metrics, "timeout") >= 3)
 
 
@@ -368,9 +377,12 @@ async def test_hung_probe_does_not_delay_another_driver(tmp_path: Path) -> None:
     listing.write_text("a\n")
     lively = script(tmp_path, "lively", f"cat {listing}\n")
     hung_table, lively_table = DeviceTable(), DeviceTable()
-    hung_driver = ShellDriver(shell(hung, timeout=60), make_ctx(resource="vendor.example/hung"))
-    lively_driver = ShellDriver(shell(lively), make_ctx())
-    async with running(hung_driver, hung_table), running(lively_driver, lively_table):
+    hung_driver = ShellDriver(shell(hung, timeout=60), make_deps(resource="vendor.example/hung"))
+    lively_driver = ShellDriver(shell(lively), make_deps())
+    async with (
+        running(hung_driver, hung_table, resource="vendor.example/hung"),
+        running(lively_driver, lively_table),
+    ):
         await wait_until(lambda: (tmp_path / "hung.pid").exists())
         hung_pid = read_pid(tmp_path / "hung.pid")
         await wait_table(lively_table, lambda s: ids(s) == ["a"])
@@ -384,11 +396,11 @@ async def test_hung_probe_does_not_delay_another_driver(tmp_path: Path) -> None:
 
 async def test_scan_poll_mode(tmp_path: Path) -> None:
     probe = script(tmp_path, "p", "echo a\necho b Unhealthy\n")
-    devices = await ShellDriver(shell(probe), make_ctx()).scan()
+    devices = await ShellDriver(shell(probe), make_deps()).scan()
     assert [(d.id, d.healthy) for d in devices] == [("a", True), ("b", False)]
     bad = script(tmp_path, "bad", "echo 'a numa=x'\n")
     with pytest.raises(DriverError) as caught:
-        await ShellDriver(shell(bad), make_ctx()).scan()
+        await ShellDriver(shell(bad), make_deps()).scan()
     assert caught.value.reason == "parse"
     assert "line 1: numa must be a node number" in str(caught.value)
 
@@ -414,7 +426,7 @@ async def test_stream_applies_each_list_at_once(tmp_path: Path, fmt: str) -> Non
     # A poll interval of an hour: updates can only come from the stream itself.
     config = shell(probe, mode="stream", format=fmt, interval=3600.0, timeout=10.0)
     lists = [["a"], ["a", "b"], [], ["c"]]
-    async with running(ShellDriver(config, make_ctx()), table):
+    async with running(ShellDriver(config, make_deps()), table):
         writer: int | None = None
 
         def connected() -> bool:
@@ -445,7 +457,7 @@ async def test_stream_bad_document_keeps_list_and_stream_goes_on(tmp_path: Path)
     metrics = Metrics()
     table = DeviceTable()
     config = shell(probe, mode="stream", failure_threshold=5)
-    async with running(ShellDriver(config, make_ctx(metrics), kill_grace=GRACE), table):
+    async with running(ShellDriver(config, make_deps(kill_grace=GRACE)), table, metrics, 5):
         await wait_table(table, lambda s: ids(s) == ["a", "b"])
         assert errors(metrics, "parse") == 1
         assert errors(metrics, "exit") == 0
@@ -462,8 +474,9 @@ async def test_stream_restarts_with_backoff(tmp_path: Path) -> None:
     metrics = Metrics()
     table = DeviceTable()
     config = shell(probe, mode="stream", failure_threshold=3)
-    backoff = Backoff(initial=0.02, maximum=0.1, reset_after=60)
-    async with running(ShellDriver(config, make_ctx(metrics), restart_backoff=backoff), table):
+    backoff = Backoff(initial=0.02, maximum=0.1)
+    driver = ShellDriver(config, make_deps(), restart_backoff=backoff)
+    async with running(driver, table, metrics, threshold=3):
         await wait_table(table, lambda s: ids(s) == ["run4"])
     assert errors(metrics, "exit") >= 3
     assert table.degraded_reason is None
@@ -486,11 +499,10 @@ async def test_stream_down_degrades_and_recovers(
     config = shell(probe, mode="stream", failure_threshold=2, timeout=5.0)
     driver = ShellDriver(
         config,
-        make_ctx(metrics),
+        make_deps(kill_grace=GRACE),
         restart_backoff=Backoff(initial=0.02, maximum=0.05),
-        kill_grace=GRACE,
     )
-    async with running(driver, table):
+    async with running(driver, table, metrics, threshold=2):
         await wait_table(table, lambda s: health(s) == {"a": True, "b": True})
         mode_file.write_text("down")
         # Kill the running stream command: from now on every restart exits at once.
@@ -520,12 +532,11 @@ async def test_stream_overlong_line_restarts_the_command(tmp_path: Path) -> None
     config = shell(probe, mode="stream", format="json")
     driver = ShellDriver(
         config,
-        make_ctx(metrics),
+        make_deps(kill_grace=GRACE),
         restart_backoff=Backoff(initial=0.02),
-        kill_grace=GRACE,
         max_output=1000,
     )
-    async with running(driver, table):
+    async with running(driver, table, metrics):
         await wait_table(table, lambda s: ids(s) == ["ok"])
     assert errors(metrics, "output_too_large") == 1
 
@@ -539,7 +550,7 @@ async def test_stream_scan_takes_first_list_and_stops_the_command(
         f"echo $$ > {tmp_path}/leader.pid\nsleep 1000 &\necho $! > {tmp_path}/child.pid\n"
         "printf 'a\\nb\\n\\n'\nwait\n",
     )
-    driver = ShellDriver(shell(probe, mode="stream"), make_ctx(), kill_grace=GRACE)
+    driver = ShellDriver(shell(probe, mode="stream"), make_deps(kill_grace=GRACE))
     devices = await driver.scan()
     assert [d.id for d in devices] == ["a", "b"]
     await assert_gone(read_pid(tmp_path / "leader.pid"), read_pid(tmp_path / "child.pid"))
@@ -547,19 +558,19 @@ async def test_stream_scan_takes_first_list_and_stops_the_command(
 
 async def test_stream_scan_errors(tmp_path: Path) -> None:
     silent = script(tmp_path, "silent", "exec sleep 1000\n")
-    driver = ShellDriver(shell(silent, mode="stream", timeout=0.2), make_ctx(), kill_grace=GRACE)
+    driver = ShellDriver(shell(silent, mode="stream", timeout=0.2), make_deps(kill_grace=GRACE))
     with pytest.raises(DriverError) as caught:
         await driver.scan()
     assert caught.value.reason == "timeout"
     quits = script(tmp_path, "quits", "echo 'cannot open monitor' >&2; exit 2\n")
-    with pytest.raises(CommandError) as exited:
-        await ShellDriver(shell(quits, mode="stream"), make_ctx()).scan()
+    with pytest.raises(DriverError) as exited:
+        await ShellDriver(shell(quits, mode="stream"), make_deps()).scan()
     assert exited.value.reason == "exit"
     assert "exited with status 2 before printing a complete device list" in str(exited.value)
-    assert exited.value.stderr == "cannot open monitor"
+    assert exited.value.detail == "cannot open monitor"
 
 
 async def test_stream_unterminated_last_block_counts_at_exit(tmp_path: Path) -> None:
     probe = script(tmp_path, "once", "echo a; echo b\n")
-    devices = await ShellDriver(shell(probe, mode="stream"), make_ctx()).scan()
+    devices = await ShellDriver(shell(probe, mode="stream"), make_deps()).scan()
     assert [d.id for d in devices] == ["a", "b"]

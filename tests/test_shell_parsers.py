@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdp_host.devices import Device, DeviceMount, DeviceNode
-from kdp_host.drivers.shell import ProbeOutputError, parse_json, parse_lines, parse_output
+from kdp_host.drivers.probe_output import ProbeOutputError, parse_json, parse_lines, parse_output
 
 # --- lines ---------------------------------------------------------------------------------
 
@@ -188,8 +188,8 @@ def test_parse_output_dispatches_on_format() -> None:
         ('[{"id": ""}]', "must not be empty"),
         ('[{"id": "a b"}]', "whitespace or control"),
         ('[{"id": "a\\u0000"}]', "id must not contain NUL"),
-        ('[{"id": "a\\ud800"}]', "id is not valid Unicode text"),
-        ('[{"id": "a\\u0007"}]', "whitespace or control"),
+        ('[{"id": "a\\ud800"}]', "id must not contain control character"),
+        ('[{"id": "a\\u0007"}]', "control character"),
         ('[{"id": "a", "colour": "red"}]', "unknown key 'colour'"),
         ('[{"id": "a"}, {"id": "a"}]', "[1]: device ID 'a' already given at [0]"),
         ('[{"id": "a", "health": "ok"}]', "health must be Healthy or Unhealthy"),
@@ -206,7 +206,7 @@ def test_parse_output_dispatches_on_format() -> None:
         ('[{"id": "a", "numa": 1.5}]', "numa must be an integer"),
         ('[{"id": "a", "numa": -1}]', "numa must be a node number"),
         ('[{"id": "a", "env": ["X=1"]}]', "env must be an object of strings"),
-        ('[{"id": "a", "env": {"1X": "v"}}]', "not a valid environment variable name"),
+        ('[{"id": "a", "env": {"1X": "v"}}]', "must be letters, digits"),
         ('[{"id": "a", "env": {"X": 1}}]', "env.X must be a string"),
         ('[{"id": "a", "env": {"X": "a\\u0000b"}}]', "NUL"),
         ('[{"id": "a", "mounts": [{"hostPath": "/a"}]}]', "missing required key 'containerPath'"),
@@ -215,7 +215,7 @@ def test_parse_output_dispatches_on_format() -> None:
         ('[{"id": "a", "mounts": [{"hostPath": "/a", "containerPath": "/b", "rw": 1}]}]',
          "unknown key 'rw'"),
         ('[{"id": "a", "annotations": {"k": 1}}]', "annotations.k must be a string"),
-        ('[{"id": "a", "annotations": {"a key": "v"}}]', "without whitespace"),
+        ('[{"id": "a", "annotations": {"a key": "v"}}]', "name must be [A-Za-z0-9-_.]"),
         ('[{"id": "a", "id": "b"}]', "key 'id' given twice"),
         ("[" * 100000, "invalid JSON"),
         ("[1" + "0" * 5000 + "]", "invalid JSON"),

@@ -5,6 +5,7 @@ Section numbers (§N) refer to docs/kubelet-contract.md.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import contextlib
@@ -19,9 +20,11 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpclib.const
+import grpclib.server
 import pytest
 from grpclib.client import Channel
-from grpclib.const import Status
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
@@ -45,6 +48,7 @@ from kdp_host.api.v1beta1 import (
     RegistrationStub,
     TopologyInfo,
 )
+from kdp_host.rules import is_extended_resource_name
 from kdp_host.simulator import (
     CHECKPOINT_NAME,
     KUBELET_SOCKET_NAME,
@@ -53,7 +57,6 @@ from kdp_host.simulator import (
     SimulatorAllocationError,
     checkpoint_checksum,
     go_quote,
-    is_extended_resource_name,
     run_simulator,
 )
 
@@ -635,6 +638,155 @@ async def test_numa_affinity_aligned_and_unaligned(env: Env) -> None:
     assert len(creq.available_deviceIDs) == 4
 
 
+# ------------------------------------------- PreStartContainer (docs/kubelet-contract.md §8)
+
+
+class PreStartPlugin(FakePlugin):
+    """A plugin whose PreStartContainer handler sees the call's stream (its deadline) and can
+    be told to fail or hang, and that counts how many calls run at once."""
+
+    def __init__(self, devices: list[Device], *, pre_start: bool = True) -> None:
+        super().__init__(devices, pre_start=pre_start)
+        self.remaining: list[float] = []
+        self.failure: GRPCError | None = None
+        self.hang = False
+        self.cancelled = asyncio.Event()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.release_when = 1  # calls in flight before any of them answers
+        self.enough = asyncio.Event()
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
+        mapping["/v1beta1.DevicePlugin/PreStartContainer"] = grpclib.const.Handler(
+            self._pre_start,
+            Cardinality.UNARY_UNARY,
+            PreStartContainerRequest,
+            PreStartContainerResponse,
+        )
+        return mapping
+
+    async def _pre_start(
+        self, stream: grpclib.server.Stream[PreStartContainerRequest, PreStartContainerResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        self.calls.append("PreStartContainer")
+        self.pre_start_requests.append(request)
+        assert stream.deadline is not None, "the kubelet sends its deadline with the call"
+        self.remaining.append(stream.deadline.time_remaining())
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        if self.in_flight >= self.release_when:
+            self.enough.set()
+        try:
+            await asyncio.wait_for(self.enough.wait(), WAIT)
+            if self.hang:
+                await asyncio.Event().wait()
+            if self.failure is not None:
+                raise self.failure
+            await stream.send_message(PreStartContainerResponse())
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        finally:
+            self.in_flight -= 1
+
+
+async def test_pre_start_follows_allocate_with_the_containers_devices_and_deadline(
+    env: Env,
+) -> None:
+    plugin = PreStartPlugin(devs("a", "b", "c", "d"))
+    await env.serve_and_register(plugin, "p.sock")
+    sim = env.sim
+    await sim.wait_for(lambda: sim.allocatable(RES) == 4)
+    await sim.allocate(RES, 2, pod_uid="p1", container="main")
+    await sim.allocate(RES, 1, pod_uid="p1", container="side")
+    assert plugin.calls[-4:] == ["Allocate", "PreStartContainer", "Allocate", "PreStartContainer"]
+    main = sim.allocation("p1", "main", RES)
+    side = sim.allocation("p1", "side", RES)
+    assert main is not None and side is not None
+    first, second = plugin.pre_start_requests
+    assert list(first.devices_ids) == list(main.device_ids) and len(main.device_ids) == 2
+    assert list(second.devices_ids) == list(side.device_ids) and len(side.device_ids) == 1
+    # The kubelet's 30 s deadline travels with the call.
+    assert all(25.0 < left <= 30.0 for left in plugin.remaining), plugin.remaining
+    assert [(c.container, c.error, c.timeout) for c in sim.pre_start_calls] == [
+        ("main", None, 30.0),
+        ("side", None, 30.0),
+    ]
+    # A container restart calls it again with the same devices, and allocates nothing.
+    await sim.pre_start_container("p1", "main", RES)
+    assert plugin.calls[-1] == "PreStartContainer" and plugin.calls.count("Allocate") == 2
+    assert list(plugin.pre_start_requests[-1].devices_ids) == list(main.device_ids)
+    # Admission alone (no container start yet) does not call it.
+    await sim.allocate(RES, 1, pod_uid="p2", pre_start=False)
+    assert plugin.calls[-1] == "Allocate"
+
+
+async def test_no_pre_start_unless_the_options_ask_for_it(env: Env) -> None:
+    plugin = PreStartPlugin(devs("a", "b"), pre_start=False)
+    await env.serve_and_register(plugin, "p.sock")
+    await env.sim.wait_for(lambda: env.sim.allocatable(RES) == 2)
+    await env.sim.allocate(RES, 1, pod_uid="p1")
+    await env.sim.pre_start_container("p1", "c0", RES)
+    assert "PreStartContainer" not in plugin.calls
+    assert env.sim.pre_start_calls == []
+
+
+async def test_pre_start_error_fails_the_container_start_not_the_admission(env: Env) -> None:
+    plugin = PreStartPlugin(devs("a", "b"))
+    plugin.failure = GRPCError(Status.INTERNAL, "bitstream did not load")
+    await env.serve_and_register(plugin, "p.sock")
+    sim = env.sim
+    await sim.wait_for(lambda: sim.allocatable(RES) == 2)
+    with pytest.raises(SimulatorAllocationError) as info:
+        await sim.allocate(RES, 1, pod_uid="p1")
+    text = "rpc error: code = Internal desc = bitstream did not load"
+    assert str(info.value) == f"device plugin PreStartContainer rpc failed with err: {text}"
+    assert sim.pre_start_calls[-1].error == text
+    # The devices stay allocated to the container: only its start failed.
+    allocation = sim.allocation("p1", "c0", RES)
+    assert allocation is not None
+    assert list(plugin.pre_start_requests[-1].devices_ids) == list(allocation.device_ids)
+
+
+async def test_pre_start_hang_ends_at_the_kubelet_deadline(sock_dir: Path) -> None:
+    environment = Env(sock_dir, dial_timeout=3.0, pre_start_timeout=0.3)
+    await environment.sim.start()
+    try:
+        plugin = PreStartPlugin(devs("a"))
+        plugin.hang = True
+        await environment.serve_and_register(plugin, "p.sock")
+        sim = environment.sim
+        await sim.wait_for(lambda: sim.allocatable(RES) == 1)
+        with pytest.raises(SimulatorAllocationError) as info:
+            await sim.allocate(RES, 1)
+        assert str(info.value) == (
+            "device plugin PreStartContainer rpc failed with err:"
+            " rpc error: code = DeadlineExceeded desc = context deadline exceeded"
+        )
+        assert 0.0 < plugin.remaining[0] <= 0.3
+        assert sim.pre_start_calls[-1].timeout == 0.3
+        # The plugin's handler is cancelled when the deadline passes.
+        await asyncio.wait_for(plugin.cancelled.wait(), WAIT)
+    finally:
+        await environment.aclose()
+
+
+async def test_container_starts_run_concurrently(env: Env) -> None:
+    plugin = PreStartPlugin(devs("a", "b", "c"))
+    plugin.release_when = 3  # no call answers before all three are in flight
+    await env.serve_and_register(plugin, "p.sock")
+    sim = env.sim
+    await sim.wait_for(lambda: sim.allocatable(RES) == 3)
+    for pod in ("p1", "p2", "p3"):
+        await sim.allocate(RES, 1, pod_uid=pod, pre_start=False)
+    await asyncio.gather(*(sim.pre_start_container(pod, "c0", RES) for pod in ("p1", "p2", "p3")))
+    assert plugin.most_in_flight == 3
+    assert sorted(d for r in plugin.pre_start_requests for d in r.devices_ids) == ["a", "b", "c"]
+
+
 # ------------------------------------------------------- checkpoint (docs/kubelet-contract.md §10)
 
 
@@ -856,3 +1008,18 @@ def test_checkpoint_checksum_is_stable() -> None:
     same = json.loads(json.dumps(data))
     assert checkpoint_checksum(data) == checkpoint_checksum(same)
     assert checkpoint_checksum(data) != checkpoint_checksum({**data, "RegisteredDevices": {}})
+
+
+def test_the_simulator_shares_no_code_with_the_product() -> None:
+    """The oracle imports only the generated messages and the kubelet's rules from kdp_host."""
+    package = Path(__file__).resolve().parent.parent / "kdp_host" / "simulator"
+    allowed = ("kdp_host.api", "kdp_host.rules")
+    imported: set[str] = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    product = {name for name in imported if name.split(".")[0] == "kdp_host"}
+    assert product and all(name.startswith(allowed) for name in product), product

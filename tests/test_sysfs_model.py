@@ -41,8 +41,8 @@ def test_usb_serial_adapter_with_interface_and_tty(fake: FakeSysfs) -> None:
     )
     assert ftdi.display_name == "FTDI FT232R USB UART"
     assert ftdi.port_path == "1-1"
-    assert devnames(ftdi) == [("bus/usb/001/002", "usb"), ("ttyUSB0", "tty")]
-    assert [n.host_path for n in ftdi.nodes] == ["/dev/bus/usb/001/002", "/dev/ttyUSB0"]
+    assert devnames(ftdi) == [("ttyUSB0", "tty"), ("bus/usb/001/002", "usb")]
+    assert [n.host_path for n in ftdi.nodes] == ["/dev/ttyUSB0", "/dev/bus/usb/001/002"]
     assert all(node.present for node in ftdi.nodes)
     (interface,) = ftdi.interfaces
     assert (interface.name, interface.interface_class, interface.driver) == (
@@ -60,7 +60,7 @@ def test_usb_device_without_serial(fake: FakeSysfs) -> None:
     assert (ch340.vendor, ch340.product) == CH340
     assert ch340.serial is None
     assert "serial" not in ch340.errors, "a missing serial is normal, not an error"
-    assert devnames(ch340) == [("bus/usb/001/003", "usb"), ("ttyUSB1", "tty")]
+    assert devnames(ch340) == [("ttyUSB1", "tty"), ("bus/usb/001/003", "usb")]
 
 
 def test_pci_accelerator_with_card_and_render_nodes_and_numa(fake: FakeSysfs) -> None:
@@ -103,7 +103,7 @@ def test_nodes_stop_at_other_devices(fake: FakeSysfs) -> None:
     assert devnames(found["0000:00:14.0"]) == []
     assert devnames(found["usb1"]) == [("bus/usb/001/001", "usb")]
     assert devnames(found["2-1"]) == [("bus/usb/002/002", "usb")]
-    assert devnames(found["2-1.3"]) == [("bus/usb/002/003", "usb"), ("ttyUSB7", "tty")]
+    assert devnames(found["2-1.3"]) == [("ttyUSB7", "tty"), ("bus/usb/002/003", "usb")]
     assert found["2-1.3"].path == str((hub / "2-1.3").resolve())
     assert machine["ftdi"].exists()
 
@@ -113,8 +113,8 @@ def test_missing_node_is_reported_not_present(fake: FakeSysfs) -> None:
     fake.remove_node("ttyUSB0")
     ftdi = scan(fake)["1-1"]
     assert [(n.devname, n.present) for n in ftdi.nodes] == [
-        ("bus/usb/001/002", True),
         ("ttyUSB0", False),
+        ("bus/usb/001/002", True),
     ]
 
 
@@ -168,7 +168,7 @@ def test_template_values(fake: FakeSysfs) -> None:
     assert values["vendor"] == "0403"
     assert values["serial"] == "A10K4V2F"
     assert values["address"] == "1-1"
-    assert values["nodes"] == "/dev/bus/usb/001/002,/dev/ttyUSB0"
+    assert values["nodes"] == "/dev/ttyUSB0,/dev/bus/usb/001/002"
 
 
 @pytest.mark.parametrize(("raw", "normal"), [("0x10C4", "10c4"), ("10c4", "10c4"), ("0X03", "03")])

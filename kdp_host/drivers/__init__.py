@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
-from ..config import DriverConfig, GlobDriverConfig
-from .base import DeviceSink, Driver, DriverContext, DriverError
+from ..config import DriverConfig, GlobDriverConfig, ShellDriverConfig, SysfsDriverConfig
+from .base import Driver, DriverDeps, DriverError, DriverFactory, Notifier, Skipped
+from .glob import FAILURE_THRESHOLD as SCAN_FAILURE_THRESHOLD
 from .glob import GlobDriver
+from .reporting import DeviceReporter, DeviceSink
 
 
-def make_driver(config: DriverConfig, ctx: DriverContext) -> Driver:
-    """The driver for a resource's driver section (`glob` or `shell`)."""
+def make_driver(config: DriverConfig, deps: DriverDeps) -> Driver:
+    """The driver for a resource's driver section (`glob`, `shell` or `sysfs`)."""
     if isinstance(config, GlobDriverConfig):
-        return GlobDriver(config, ctx)
+        return GlobDriver(config, deps)
+    if isinstance(config, SysfsDriverConfig):
+        from .sysfs import SysfsDriver
+
+        return SysfsDriver(config, deps)
     from .shell import ShellDriver
 
-    return ShellDriver(config, ctx)
+    return ShellDriver(config, deps)
 
 
-__all__ = ["DeviceSink", "Driver", "DriverContext", "DriverError", "make_driver"]
+def failure_threshold(config: DriverConfig) -> int:
+    """Failures in a row after which every device of the resource is reported Unhealthy."""
+    if isinstance(config, ShellDriverConfig):
+        return config.failure_threshold
+    return SCAN_FAILURE_THRESHOLD
+
+
+__all__ = [
+    "DeviceReporter",
+    "DeviceSink",
+    "Driver",
+    "DriverDeps",
+    "DriverError",
+    "DriverFactory",
+    "Notifier",
+    "Skipped",
+    "failure_threshold",
+    "make_driver",
+]

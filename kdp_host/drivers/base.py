@@ -1,49 +1,98 @@
-"""The seam between device discovery and serving: a driver reports whole device lists."""
+"""The seam between device discovery and serving.
+
+A driver finds devices and reports to one Notifier: whole device lists (never deltas),
+failures, and how long a scan took. What follows from a report -- the failure policy (keep
+the last good list, degrade after `failureThreshold` failures in a row, recover), the log
+lines about changes, the metrics -- lives behind the Notifier, once, for every driver
+(`DeviceReporter` in `reporting.py`). A driver gets everything it touches in the outside
+world (watcher, clock, file reader, command runner) through `DriverDeps`, so tests can hand
+it fakes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..devices import Device
+from ..files import FileReader
 from ..logs import EventLogger
+from ..process import CommandRunner, ProcessRunner
 
 if TYPE_CHECKING:
-    from ..metrics import Metrics
+    from ..config import DriverConfig
     from ..watch import Watcher
-
-
-class DeviceSink(Protocol):
-    """Where a driver reports (the resource's DeviceTable)."""
-
-    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool: ...
-
-    def set_degraded(self, reason: str | None) -> bool: ...
 
 
 class DriverError(Exception):
     """A scan or probe that failed; the message says why, for the log and `check`."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.reason = reason
-        """A short label for metrics: timeout, exit, parse, output_too_large, io."""
+        """A short label for metrics: timeout, exit, parse, output_too_large, spawn, io."""
+        self.detail = detail
+        """More for the log (a command's stderr tail), or empty."""
 
 
 @dataclass(frozen=True)
-class DriverContext:
-    resource: str
+class Skipped:
+    """Something a driver left out of a list without failing the scan."""
+
+    reason: str
+    """A short label for metrics: bad_name, dangling_link, link_loop, id_collision, ..."""
+    subject: str
+    """What was skipped (a path, printable), for the log."""
+    message: str
+
+
+class Notifier(Protocol):
+    """Where a driver reports."""
+
+    def update(
+        self,
+        devices: Iterable[Device] | Mapping[str, Device],
+        skipped: Sequence[Skipped] = (),
+    ) -> None:
+        """A complete, successful list (a mapping is kept as is: do not change it later),
+        with what the scan left out; both replace the previous report."""
+        ...
+
+    def failure(self, error: DriverError) -> None:
+        """A scan or probe that failed: the last good list stays."""
+        ...
+
+    def scanned(self, seconds: float) -> None:
+        """How long one scan or probe run took."""
+        ...
+
+    def rate_limited(self, dropped: int) -> None:
+        """`dropped` complete lists were skipped because they came too fast (newest won)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DriverDeps:
+    """What a driver may use of the outside world."""
+
     log: EventLogger
+    """Bound to the resource."""
     watcher: Watcher
-    metrics: Metrics | None = None
+    clock: Callable[[], float] = time.monotonic
+    files: FileReader = field(default_factory=FileReader)
+    commands: CommandRunner = field(default_factory=ProcessRunner)
 
 
 class Driver(Protocol):
-    async def run(self, sink: DeviceSink) -> None:
-        """Report device lists into `sink` until cancelled. Never returns on its own."""
+    async def run(self, notifier: Notifier) -> None:
+        """Report device lists to `notifier` until cancelled. Never returns on its own."""
         ...
 
     async def scan(self) -> list[Device]:
         """One discovery pass, for `kdp-host check`. Raises DriverError."""
         ...
+
+
+DriverFactory = Callable[["DriverConfig", DriverDeps], Driver]

@@ -1,13 +1,29 @@
 """The `glob` driver: every existing path matching one of the patterns is one device.
 
-Changes are seen through inotify on the patterns' parent directories (a hot-plugged node
-shows up within milliseconds), with a periodic full rescan as a safety net. A path that
-vanishes is reported Unhealthy at once and dropped after the grace period.
+Changes are seen through inotify on the patterns' directories (and on the directories that
+matched symlinks point into), so a hot-plugged node shows up within milliseconds, with a
+periodic full rescan as a safety net. A path that vanishes is reported Unhealthy at once and
+dropped after the grace period.
+
+Identity: one physical device is advertised once, whatever the patterns. A character or
+block device node is identified by its device number (`st_rdev`, so a node and every
+symlink or second node for it are one device), anything else by its resolved real path.
+Of the matched paths that reach one device, the first pattern's (then the first in sorted
+order) is advertised; the others are skipped and logged.
+
+IDs: the ID of a path is a pure function of the path and the patterns (`DeviceIds`), never of
+what else exists, so an ID never moves to another path and unplugging one device never
+renames another.
+
+A scan runs on a daemon thread (a hung file system cannot keep the host from exiting), and
+attribute files (`numaNodeFile`) are read through the FileReader (time-limited, size-capped,
+regular files only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import glob as globlib
 import hashlib
 import os
@@ -15,17 +31,32 @@ import random
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
+from ..files import FileReadError, in_daemon_thread
 from ..watch import DirSignature, Subscription, dir_signature
-from .base import DeviceSink, DriverContext
+from .base import DriverDeps, DriverError, Notifier, Skipped
 
 MAX_ID_LENGTH = 128
+FAILURE_THRESHOLD = 3
+"""Failed scans in a row (an I/O error, a scan that hangs) before every device is Unhealthy."""
+SCAN_TIMEOUT = 30.0
+"""A scan slower than this (a hung file system) counts as a failure; the next waits for it."""
+RECENT_CHANGE = 2.0
+"""A directory modified this recently (seconds) is rescanned even if its signature matches:
+some file systems keep coarse timestamps, so a change right after a scan could hide."""
+RESCAN_JITTER = 0.1
+"""Spread the safety-net rescans of many resources instead of running them all at once."""
+
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_HASH_SUFFIX = re.compile(r"-[0-9a-f]{10}\Z")
 _MAGIC = re.compile(r"[*?[]")
+
+DeviceIdentity = tuple[str, int | str]
+"""('c' or 'b', st_rdev) for device nodes, ('path', real path) for anything else."""
 
 
 def fixed_parent(pattern: str) -> str:
@@ -38,22 +69,48 @@ def fixed_parent(pattern: str) -> str:
     return "/".join(parts) or "/"
 
 
-def device_id_for_path(path: str, base: str = "/dev") -> str:
-    """A stable, kubelet-safe ID for a matched path, relative to `base`.
+def _depth(pattern: str, base: str) -> int:
+    return len(pattern[len(base.rstrip("/")) :].strip("/").split("/"))
 
-    `/dev/fpga0` under `/dev` -> `fpga0`; `/dev/bus/usb/001/002` under `/dev/bus/usb` ->
-    `001-002`. Inside the relative path `/` becomes `-` and unsafe characters become `_`;
-    when that is lossy, or the result is too long, a short hash of the full path is
-    appended, so two different paths never share an ID and a path always gets the same one.
+
+class DeviceIds:
+    """The ID of every path the patterns can match: a pure function of the path and the
+    patterns, distinct for distinct paths.
+
+    The path is taken relative to the patterns' common fixed directory (`/dev/fpga0` under
+    `/dev/fpga*` -> `fpga0`; `/dev/bus/usb/001/002` under `/dev/bus/usb/*/*` -> `001-002`),
+    `/` written as `-`. That readable form is used only where it cannot be confused with
+    another path's: characters outside `[A-Za-z0-9._-]`, `-` or `_` inside a multi-level
+    path, `-` in a one-level name when the patterns reach different depths, a result that
+    is too long, starts with `-` or ends like a hashed ID all take the hashed form instead:
+    a sanitized prefix plus `-` and 10 hex digits of the path's SHA-256.
     """
-    prefix = base.rstrip("/") + "/"
-    rel = path[len(prefix) :] if path.startswith(prefix) else path.lstrip("/")
-    readable = _UNSAFE_ID_CHARS.sub("_", rel.replace("/", "-"))
-    lossy = ("/" in rel and ("-" in rel or "_" in rel)) or readable != rel.replace("/", "-")
-    if not lossy and 0 < len(readable) <= MAX_ID_LENGTH and readable not in (".", ".."):
-        return readable
-    digest = hashlib.sha256(path.encode()).hexdigest()[:10]
-    return f"{readable[: MAX_ID_LENGTH - 11]}-{digest}"
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        patterns = list(patterns)
+        bases = [fixed_parent(p) for p in patterns]
+        self.base = os.path.commonpath(bases) if bases else "/"
+        self._prefix = self.base.rstrip("/") + "/"
+        self._mixed_depths = len({_depth(p, self.base) for p in patterns}) > 1
+
+    def __call__(self, path: str) -> str:
+        rel = path[len(self._prefix) :] if path.startswith(self._prefix) else path.lstrip("/")
+        parts = rel.split("/")
+        joined = "-".join(parts)
+        readable = _UNSAFE_ID_CHARS.sub("_", joined)
+        if (
+            readable == joined
+            and 0 < len(readable) <= MAX_ID_LENGTH
+            and readable not in (".", "..")
+            and not readable.startswith("-")
+            and not _HASH_SUFFIX.search(readable)
+            and not (len(parts) > 1 and ("-" in rel or "_" in rel))
+            and not (len(parts) == 1 and self._mixed_depths and "-" in rel)
+        ):
+            return readable
+        digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+        stem = readable[: MAX_ID_LENGTH - 11].lstrip("-")
+        return f"{stem}-{digest}" if stem else f"dev-{digest}"
 
 
 def watch_dirs(pattern: str) -> list[str]:
@@ -68,42 +125,86 @@ def watch_dirs(pattern: str) -> list[str]:
     return dirs
 
 
-def _real_file_path(path: str, real_dirs: dict[str, str]) -> str | None:
-    """`os.path.realpath(path)`, or None for a directory (following symlinks, as isdir does).
+def printable_path(path: str) -> str:
+    """`path` for a log line: bytes that are not printable ASCII escaped (`\\xff`, `\\n`)."""
+    return repr(os.fsencode(path))[2:-1]
 
-    One lstat per path: the real path of a non-symlink is its directory's real path (cached
-    in `real_dirs` for one scan) joined with its name, and when the directory is already
-    canonical the matched string itself is returned (no copy kept per device).
+
+def name_problem(path: str) -> str | None:
+    """Why a matched path cannot become a device (it must pass as UTF-8 text to the kubelet
+    and the runtime, and log cleanly), or None."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8"
+    if any(not c.isprintable() for c in path):
+        return "file name contains control characters"
+    return None
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A matched path that is a device: where it really is, and which device it is."""
+
+    real_path: str
+    identity: DeviceIdentity
+    link_dir: str | None
+    """For a symlink: the directory of its target (watched: the target may vanish)."""
+
+
+def examine(path: str, real_dirs: dict[str, str]) -> _Found | Skipped | None:
+    """What a matched path is: a device, a skipped path (with why), or None (a directory, or
+    gone since the glob).
+
+    One lstat for a plain path: its real path is its directory's real path (cached in
+    `real_dirs` for one scan) joined with its name; a symlink must lead to an existing
+    non-directory.
     """
     try:
-        mode = os.lstat(path).st_mode
+        st = os.lstat(path)
     except OSError:
-        mode = 0  # vanished since the glob: kept, as before, with a lexical real path
-    if stat.S_ISLNK(mode):
-        return None if os.path.isdir(path) else os.path.realpath(path)
-    if stat.S_ISDIR(mode):
         return None
-    parent, name = os.path.split(path)
-    real_parent = real_dirs.get(parent)
-    if real_parent is None:
-        real_parent = real_dirs[parent] = os.path.realpath(parent)
-    return path if real_parent == parent else os.path.join(real_parent, name)
+    link_dir = None
+    if stat.S_ISLNK(st.st_mode):
+        real_path = os.path.realpath(path)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            reason = "link_loop" if exc.errno == errno.ELOOP else "dangling_link"
+            return Skipped(reason, printable_path(path), f"symlink leads nowhere: {exc.strerror}")
+        link_dir = os.path.dirname(real_path)
+    elif stat.S_ISDIR(st.st_mode):
+        return None
+    else:
+        parent, name = os.path.split(path)
+        real_parent = real_dirs.get(parent)
+        if real_parent is None:
+            real_parent = real_dirs[parent] = os.path.realpath(parent)
+        real_path = path if real_parent == parent else os.path.join(real_parent, name)
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    identity: DeviceIdentity
+    if stat.S_ISCHR(st.st_mode):
+        identity = ("c", st.st_rdev)
+    elif stat.S_ISBLK(st.st_mode):
+        identity = ("b", st.st_rdev)
+    else:
+        identity = ("path", real_path)
+    return _Found(real_path, identity, link_dir)
 
 
-RECENT_CHANGE = 2.0
-"""A directory modified this recently (seconds) is rescanned even if its signature matches:
-some file systems keep coarse timestamps, so a change right after a scan could hide."""
-RESCAN_JITTER = 0.1
-"""Spread the safety-net rescans of many resources instead of running them all at once."""
+def dir_readable(directory: str) -> bool:
+    return os.access(directory, os.R_OK | os.X_OK)
 
 
 @dataclass(frozen=True)
 class _ScanResult:
     devices: dict[str, Device]
+    skipped: tuple[Skipped, ...]
     watch_dirs: frozenset[str]
     unreadable: tuple[str, ...]
     signatures: dict[str, DirSignature | None]
-    """Of every watched directory, taken before globbing it."""
+    """Of every watched directory, taken before looking into it."""
 
     def still_current(self) -> bool:
         """True if no watched directory changed since the scan (a rescan would find the same)."""
@@ -121,21 +222,46 @@ class GlobDriver:
     def __init__(
         self,
         config: GlobDriverConfig,
-        ctx: DriverContext,
-        clock: Callable[[], float] = time.monotonic,
+        deps: DriverDeps,
+        *,
+        dir_readable: Callable[[str], bool] = dir_readable,
+        scan_timeout: float = SCAN_TIMEOUT,
     ) -> None:
         self._config = config
-        self._ctx = ctx
-        self._clock = clock
+        self._deps = deps
+        self._ids = DeviceIds(config.paths)
+        self._dir_readable = dir_readable
+        self._scan_timeout = scan_timeout
         self._vanished_since: dict[str, float] = {}
         self._known: dict[str, Device] = {}
+        self._pending_scan: asyncio.Future[_ScanResult] | None = None
 
     async def scan(self) -> list[Device]:
-        result = await asyncio.to_thread(self._scan_sync)
+        result = await self._scan()
         return sorted(result.devices.values(), key=lambda d: d.id)
 
-    async def run(self, sink: DeviceSink) -> None:
-        log = self._ctx.log
+    async def _scan(self) -> _ScanResult:
+        """One scan on a daemon thread; a scan still stuck from last time is waited for
+        again rather than started twice. Raises DriverError('io')."""
+        if self._pending_scan is None:
+            self._pending_scan = asyncio.ensure_future(in_daemon_thread(self._scan_sync))
+        scan = self._pending_scan
+        try:
+            async with asyncio.timeout(self._scan_timeout):
+                result = await asyncio.shield(scan)
+        except TimeoutError:
+            raise DriverError(
+                "io", f"scan did not finish within {self._scan_timeout:g}s (a hung file system?)"
+            ) from None
+        except OSError as exc:
+            self._pending_scan = None
+            raise DriverError("io", f"scan failed: {exc}") from None
+        self._pending_scan = None
+        return result
+
+    async def run(self, notifier: Notifier) -> None:
+        log = self._deps.log
+        clock = self._deps.clock
         wake = asyncio.Event()
         subscriptions: dict[str, Subscription] = {}
         last_state: tuple[bool, tuple[str, ...]] | None = None
@@ -148,34 +274,37 @@ class GlobDriver:
         try:
             while True:
                 wake.clear()
-                if result is None or woken or not await asyncio.to_thread(result.still_current):
-                    started = self._clock()
-                    result = await asyncio.to_thread(self._scan_sync)
-                    if self._ctx.metrics is not None:
-                        self._ctx.metrics.scan_seconds.labels(self._ctx.resource).observe(
-                            self._clock() - started
+                if result is None or woken or not await in_daemon_thread(result.still_current):
+                    started = clock()
+                    try:
+                        result = await self._scan()
+                    except DriverError as exc:
+                        notifier.failure(exc)
+                        result = None
+                    notifier.scanned(clock() - started)
+                if result is not None:
+                    for directory in result.watch_dirs - subscriptions.keys():
+                        subscriptions[directory] = self._deps.watcher.subscribe(
+                            directory, on_change
                         )
-                for directory in result.watch_dirs - subscriptions.keys():
-                    subscriptions[directory] = self._ctx.watcher.subscribe(directory, on_change)
-                for directory in subscriptions.keys() - result.watch_dirs:
-                    subscriptions.pop(directory).cancel()
-                matched = bool(result.devices)
-                devices, next_expiry = self._merge(result.devices)
-                if sink.publish(devices):
-                    healthy = sum(d.healthy for d in devices.values())
-                    log.info("devices_changed", healthy=healthy, unhealthy=len(devices) - healthy)
-                state = (matched, result.unreadable)
-                if state != last_state:
-                    if not matched:
-                        log.info("no_devices_match", patterns=",".join(self._config.paths))
-                    for directory in result.unreadable:
-                        log.warning("device_dir_unreadable", dir=directory)
-                    last_state = state
+                    for directory in subscriptions.keys() - result.watch_dirs:
+                        subscriptions.pop(directory).cancel()
+                    devices, next_expiry = self._merge(result.devices)
+                    notifier.update(devices, result.skipped)
+                    state = (bool(result.devices), result.unreadable)
+                    if state != last_state:
+                        if not result.devices:
+                            log.info("no_devices_match", patterns=",".join(self._config.paths))
+                        for directory in result.unreadable:
+                            log.warning("device_dir_unreadable", dir=directory)
+                        last_state = state
+                else:
+                    next_expiry = None
                 timeout = self._config.rescan_interval * random.uniform(
                     1 - RESCAN_JITTER, 1 + RESCAN_JITTER
                 )
                 if next_expiry is not None:
-                    timeout = min(timeout, max(0.0, next_expiry - self._clock()))
+                    timeout = min(timeout, max(0.0, next_expiry - clock()))
                 try:
                     async with asyncio.timeout(timeout):
                         await wake.wait()
@@ -188,7 +317,7 @@ class GlobDriver:
 
     def _merge(self, present: dict[str, Device]) -> tuple[dict[str, Device], float | None]:
         """Present devices plus recently vanished ones (Unhealthy until the grace period ends)."""
-        now = self._clock()
+        now = self._deps.clock()
         grace = self._config.grace_period
         for device_id in present:
             self._vanished_since.pop(device_id, None)
@@ -215,66 +344,109 @@ class GlobDriver:
     def _scan_sync(self) -> _ScanResult:
         config = self._config
         devices: dict[str, Device] = {}
+        by_identity: dict[DeviceIdentity, str] = {}
+        skipped: dict[str, Skipped] = {}
         dirs: set[str] = set()
         unreadable: list[str] = []
         real_dirs: dict[str, str] = {}
         # Read once: `_merge` (on the event loop) replaces this dict, it never mutates it.
         previous = self._known
         signatures: dict[str, DirSignature | None] = {}
+        seen_paths: set[str] = set()
         for pattern in config.paths:
             pattern_dirs = watch_dirs(pattern)
             dirs.update(pattern_dirs)
             for directory in pattern_dirs:
                 signatures.setdefault(directory, dir_signature(directory))
             unreadable.extend(
-                d for d in pattern_dirs if os.path.isdir(d) and not os.access(d, os.R_OK | os.X_OK)
+                d for d in pattern_dirs if os.path.isdir(d) and not self._dir_readable(d)
             )
-            base = fixed_parent(pattern)
             for matched in sorted(globlib.glob(pattern)):
-                host_path = _real_file_path(matched, real_dirs)
-                if host_path is None:
+                if matched in seen_paths:
                     continue
-                device_id = device_id_for_path(matched, base)
-                if device_id in devices:
-                    if devices[device_id].path == matched:
-                        continue
-                    device_id = device_id_for_path(matched, "/")
-                name = os.path.basename(matched)
-                container = (
-                    render_template(config.container_path, {"path": matched, "name": name})
-                    if config.container_path
-                    else matched
-                )
-                numa = self._numa_for(matched, name)
-                known = previous.get(device_id)
-                if (
-                    known is not None
-                    and known.healthy
-                    and known.path == matched
-                    and known.numa == numa
-                    and known.nodes == (DeviceNode(host_path, container),)
-                ):
-                    # Unchanged since the last scan: keep the same object (a rescan then
-                    # allocates nothing per device, and comparing the lists is cheap).
-                    devices[device_id] = known
+                seen_paths.add(matched)
+                if why := name_problem(matched):
+                    skipped[matched] = Skipped("bad_name", printable_path(matched), why)
                     continue
-                devices[device_id] = Device(
-                    id=device_id,
-                    nodes=(DeviceNode(host_path, container),),
-                    numa=numa,
-                    path=matched,
-                )
-        return _ScanResult(devices, frozenset(dirs), tuple(sorted(set(unreadable))), signatures)
+                found = examine(matched, real_dirs)
+                if found is None:
+                    continue
+                if isinstance(found, Skipped):
+                    skipped[matched] = found
+                    continue
+                if found.link_dir is not None and found.link_dir not in dirs:
+                    dirs.add(found.link_dir)
+                    signatures.setdefault(found.link_dir, dir_signature(found.link_dir))
+                owner = by_identity.get(found.identity)
+                if owner is not None:
+                    skipped[matched] = Skipped(
+                        "same_device", matched, f"the same device as {owner}, listed once"
+                    )
+                    continue
+                device_id = self._ids(matched)
+                if device_id in devices:  # only if two paths' hashes collide
+                    skipped[matched] = Skipped(
+                        "id_collision",
+                        matched,
+                        f"ID {device_id!r} already belongs to {devices[device_id].path}",
+                    )
+                    continue
+                by_identity[found.identity] = matched
+                device = self._device(device_id, matched, found.real_path, previous, skipped)
+                devices[device_id] = device
+        return _ScanResult(
+            devices,
+            tuple(skipped.values()),
+            frozenset(dirs),
+            tuple(sorted(set(unreadable))),
+            signatures,
+        )
 
-    def _numa_for(self, path: str, name: str) -> int | None:
+    def _device(
+        self,
+        device_id: str,
+        matched: str,
+        host_path: str,
+        previous: dict[str, Device],
+        skipped: dict[str, Skipped],
+    ) -> Device:
+        config = self._config
+        name = os.path.basename(matched)
+        container = (
+            render_template(config.container_path, {"path": matched, "name": name})
+            if config.container_path
+            else matched
+        )
+        numa = self._numa_for(matched, name, skipped)
+        known = previous.get(device_id)
+        node = DeviceNode(host_path, container)
+        if (
+            known is not None
+            and known.healthy
+            and known.path == matched
+            and known.numa == numa
+            and known.nodes == (node,)
+        ):
+            # Unchanged since the last scan: keep the same object (a rescan then
+            # allocates nothing per device, and comparing the lists is cheap).
+            return known
+        return Device(id=device_id, nodes=(node,), numa=numa, path=matched)
+
+    def _numa_for(self, path: str, name: str, skipped: dict[str, Skipped]) -> int | None:
         if self._config.numa_node is not None:
             return self._config.numa_node
         if self._config.numa_node_file is None:
             return None
         numa_file = render_template(self._config.numa_node_file, {"path": path, "name": name})
         try:
-            with open(numa_file) as f:
-                node = int(f.read().strip())
-        except (OSError, ValueError):
+            data = self._deps.files.read(numa_file)
+        except FileReadError as exc:
+            skipped[numa_file] = Skipped(exc.reason, printable_path(numa_file), str(exc))
+            return None
+        if data is None:
+            return None
+        try:
+            node = int(data.strip())
+        except ValueError:
             return None
         return node if node >= 0 else None

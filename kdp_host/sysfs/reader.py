@@ -159,7 +159,7 @@ class SysfsReader:
             if not any(node.subsystem == USB for node in nodes):
                 derived = usb_bus_node(attributes.get("busnum", ""), attributes.get("devnum", ""))
                 if derived is not None:
-                    nodes = (self._node(derived, USB, None, None), *nodes)
+                    nodes = (*nodes, self._node(derived, USB, None, None))
         if source == PCI and driver == VFIO_PCI_DRIVER and iommu_group is not None:
             nodes = (
                 *nodes,
@@ -260,7 +260,7 @@ class SysfsReader:
                 ):
                     children.append(entry.path)
             stack.extend((child, depth + 1) for child in sorted(children, reverse=True))
-        nodes.sort(key=lambda n: (n.subsystem != USB, n.devname))
+        nodes.sort(key=lambda n: (n.subsystem == USB, n.devname))
         return tuple(nodes)
 
     def _node_of(self, directory: str) -> NodeInfo | None:
@@ -356,6 +356,17 @@ async def read_off_loop(function: Callable[[], T], timeout: float, what: str) ->
     cancelled, and a stuck worker of the default executor would hold up the process's exit.
     A daemon thread is simply left behind; the caller sees ScanTimeout and decides.
     """
+    future = start_off_loop(function, what)
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(future)
+    except TimeoutError:
+        raise ScanTimeout(f"{what}: no answer within {timeout:g}s") from None
+
+
+def start_off_loop(function: Callable[[], T], what: str) -> asyncio.Future[T]:
+    """Start `function` in a daemon thread; its result or exception lands in the future
+    (which stays pending while the thread is stuck: callers can refuse to start another)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -377,8 +388,4 @@ async def read_off_loop(function: Callable[[], T], timeout: float, what: str) ->
 
     thread = threading.Thread(target=work, name=f"kdp-read-{what}", daemon=True)
     thread.start()
-    try:
-        async with asyncio.timeout(timeout):
-            return await asyncio.shield(future)
-    except TimeoutError:
-        raise ScanTimeout(f"{what}: no answer within {timeout:g}s") from None
+    return future

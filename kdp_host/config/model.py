@@ -1,0 +1,616 @@
+"""The config file, declared once: every key's type, default, constraints and doc.
+
+Each section of the file is a frozen dataclass below; each field that is a YAML key is
+declared with `key(yaml_name, kind, doc, default=...)` (see declare.py). From these
+declarations follow the loader (`read_section`: field path and line in every error, all
+errors of a file together), config/schema.json and the chart's values.schema.json, and the
+README's reference tables (`make schema` writes them; tests fail when they are stale), and
+the check that config/example.yaml shows every key.
+
+To add a key: add one field to its section here, with its kind, its default in YAML form and
+its doc; run `make schema`; show it in config/example.yaml; test what it does. Nothing else
+lists keys or defaults.
+
+To add a driver: write its section dataclass here (its keys declared with `key`, plus a
+`kind: Literal["name"] = field(default="name", init=False)` tag), add it to `DRIVERS`
+(the `one_of` of a resource), add it to `DriverConfig`, and give it a README table in
+`README_TABLES` (with a `<!-- config-table: name -->` marker pair in README.md). Other
+sections (preStart hooks, allocate.command) are a dataclass and a `key(..., Section(...))`.
+
+Python wants a section's required keys (no default) before its optional ones; a section where
+that order reads badly is declared `kw_only=True` (like Config).
+
+Rules that span keys live in a section's `check` method, yielding (relative path, problem).
+Text rules (names, paths, env names, annotation keys) come from kdp_host/rules.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
+from ..rules import (
+    absolute_path_problem,
+    annotation_key_problem,
+    cdi_kind_problem,
+    env_name_problem,
+    extended_resource_name_problem,
+)
+from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
+from ..sysfs.model import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
+from ..sysfs.reader import DEFAULT_SCAN_TIMEOUT
+from .declare import (
+    INVALID,
+    AbsolutePath,
+    Argv,
+    Boolean,
+    Choice,
+    Duration,
+    Integer,
+    Key,
+    Kind,
+    ListOf,
+    Reader,
+    Section,
+    StringMap,
+    Text,
+    declarations,
+    key,
+    one_of,
+    render_template,
+)
+from .source import FieldPath
+
+MAX_REPLICAS = 10_000
+MAX_NUMA_NODE = 1023
+ALLOCATE_TEMPLATE_FIELDS = frozenset({"ids", "paths", "count", "resource"})
+GLOB_TEMPLATE_FIELDS = frozenset({"path", "name"})
+HEALTH_TEMPLATE_FIELDS = frozenset({"id", "path"})
+PERMISSION_CHARS = frozenset("rwm")
+ENV_PATTERN = "^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+"""The env name rule as far as JSON Schema can say it (rules.env_name_problem is exact)."""
+
+Problems = Iterator[tuple[FieldPath, str]]
+
+
+def _container_path_template_problem(template: str) -> str | None:
+    """A glob containerPath must give each device its own absolute path."""
+    if not any(f"{{{name}}}" in template for name in GLOB_TEMPLATE_FIELDS):
+        return (
+            "must contain {name} or {path}: a fixed path would give every device the same "
+            "container path, and the runtime would keep only one of them"
+        )
+    return _rendered_path_problem(template)
+
+
+def _rendered_path_problem(template: str) -> str | None:
+    return absolute_path_problem(render_template(template, {"path": "/dev/x", "name": "x"}))
+
+
+def _permissions_problem(text: str) -> str | None:
+    if not set(text) <= PERMISSION_CHARS or len(set(text)) != len(text):
+        return "must be made of r, w and m, each at most once"
+    return None
+
+
+def _listen_problem(text: str) -> str | None:
+    _, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"must be host:port, e.g. 0.0.0.0:9410; got {text!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class GlobDriverConfig:
+    paths: tuple[str, ...] = key(
+        "paths",
+        ListOf(AbsolutePath(), hint="a list of glob patterns"),
+        "Absolute glob patterns (`/dev/fpga[0-9]*`, `/dev/serial/by-id/usb-FTDI_*`, "
+        "`/dev/bus/usb/*/*`).",
+    )
+    container_path: str | None = key(
+        "containerPath",
+        Text(rule=_container_path_template_problem, templates=GLOB_TEMPLATE_FIELDS),
+        "Path inside the container; a template with `{path}` (matched path) and `{name}` "
+        "(its file name). It must contain one of them: a fixed path would map every device "
+        "to the same container path.",
+        default=None,
+        default_doc="the matched path",
+    )
+    grace_period: float = key(
+        "gracePeriod",
+        Duration(minimum=0.0),
+        "A vanished path is reported Unhealthy at once (allocatable drops) and removed from "
+        "the list after this; if it comes back first it is Healthy again. `0s` removes it at "
+        "once.",
+        default="1m",
+    )
+    rescan_interval: float = key(
+        "rescanInterval",
+        Duration(minimum=0.1),
+        "A full rescan as a safety net. Changes are seen through inotify on the patterns' "
+        "directories within milliseconds; without inotify, directories are polled every "
+        "second (inode and change time).",
+        default="30s",
+    )
+    numa_node: int | None = key(
+        "numaNode",
+        Integer(0, MAX_NUMA_NODE),
+        "A fixed NUMA node for every device.",
+        default=None,
+    )
+    numa_node_file: str | None = key(
+        "numaNodeFile",
+        Text(rule=_rendered_path_problem, templates=GLOB_TEMPLATE_FIELDS),
+        "A file holding the NUMA node, a template with `{name}` and `{path}` (e.g. "
+        "`/sys/class/fpga/{name}/device/numa_node`); `-1` or a missing file means no "
+        "topology.",
+        default=None,
+    )
+
+    kind: Literal["glob"] = field(default="glob", init=False)
+
+    def check(self) -> Problems:
+        if self.numa_node is not None and self.numa_node_file is not None:
+            yield (), "numaNode and numaNodeFile are exclusive"
+
+
+@dataclass(frozen=True)
+class ShellDriverConfig:
+    command: tuple[str, ...] = key("command", Argv(), "The argv list.")
+    interval: float = key(
+        "interval", Duration(0.05), "Poll mode: run every interval.", default="10s"
+    )
+    timeout: float = key("timeout", Duration(0.05), "Kill the run after this.", default="5s")
+    format: Literal["lines", "json"] = key(
+        "format", Choice(("lines", "json")), "`lines` or `json` (below).", default="lines"
+    )
+    failure_threshold: int = key(
+        "failureThreshold",
+        Integer(1, 1000),
+        "A failed run (non-zero exit, timeout, unparsable output) keeps the last good list; "
+        "after this many failures in a row every device is reported Unhealthy until a run "
+        "succeeds again.",
+        default=3,
+    )
+    mode: Literal["poll", "stream"] = key(
+        "mode",
+        Choice(("poll", "stream")),
+        "`stream`: the command runs for ever and prints a complete list whenever it changes "
+        "(one JSON document per line, or for `lines` a block ended by a blank line); each "
+        "list is applied at once. If it exits it is restarted with backoff.",
+        default="poll",
+    )
+    env: Mapping[str, str] = key(
+        "env",
+        StringMap(env_name_problem, key_pattern=ENV_PATTERN),
+        "Extra environment variables for the command.",
+        default={},
+    )
+    working_dir: str | None = key(
+        "workingDir", AbsolutePath(), "The working directory (absolute).", default=None
+    )
+
+    kind: Literal["shell"] = field(default="shell", init=False)
+
+
+@dataclass(frozen=True)
+class HexId(Kind):
+    """A hex ID (`10c4`, `0x10C4`) or a glob of one, of at most `digits` digits; PCI `class`
+    also takes a prefix or `value/mask`. Unquoted digits are refused: YAML reads `0403` as
+    a number."""
+
+    digits: int
+    pci_class: bool = False
+
+    def read(self, r: Reader, value: Any, path: FieldPath) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            name = path[-1]
+            r.problem(
+                path,
+                f'write hex IDs as quoted strings ({name}: "0403"): YAML reads unquoted digits '
+                "as a decimal or octal number",
+            )
+            return INVALID
+        text = Text().read(r, value, path)
+        if text is INVALID:
+            return INVALID
+        why = (
+            class_pattern_problem(text)
+            if self.pci_class
+            else hex_pattern_problem(text, self.digits)
+        )
+        if why:
+            r.problem(path, why)
+            return INVALID
+        return text
+
+    def schema(self) -> dict[str, Any]:
+        if self.pci_class:
+            pattern, text = r"^[0-9a-fA-FxX*?\[\]!/-]+$", "a prefix, the full class, value/mask"
+        else:
+            pattern, text = r"^(0[xX])?[0-9a-fA-F*?\[\]!-]+$", "hex, with or without 0x"
+        return {"type": "string", "pattern": pattern, "description": f"{text} or a glob; quote it"}
+
+
+def _at_least_one(section: object) -> Problems:
+    declared = list(declarations(type(section)))
+    if all(getattr(section, f.name) in (None, (), {}) for f, _ in declared):
+        names = sorted(d.name for _, d in declared if isinstance(d, Key))
+        yield (), f"must name at least one of {', '.join(names)}"
+
+
+@dataclass(frozen=True)
+class UsbMatchConfig:
+    """One `sysfs.usb` entry: every given field must match (hex IDs, or globs)."""
+
+    vendor: str | None = key("vendor", HexId(4), "USB vendor ID.", default=None)
+    product: str | None = key("product", HexId(4), "USB product ID.", default=None)
+    serial: str | None = key("serial", Text(), "Serial number (a glob).", default=None)
+    manufacturer: str | None = key(
+        "manufacturer", Text(), "Manufacturer string (a glob).", default=None
+    )
+    product_name: str | None = key("productName", Text(), "Product string (a glob).", default=None)
+    interface_class: str | None = key(
+        "interfaceClass",
+        HexId(2),
+        "Matches when any interface of the device has this class (`02` CDC, `0e` video...).",
+        default=None,
+    )
+
+    def check(self) -> Problems:
+        return _at_least_one(self)
+
+
+@dataclass(frozen=True)
+class PciMatchConfig:
+    """One `sysfs.pci` entry: every given field must match."""
+
+    vendor: str | None = key("vendor", HexId(4), "PCI vendor ID.", default=None)
+    device: str | None = key("device", HexId(4), "PCI device ID.", default=None)
+    subsystem_vendor: str | None = key(
+        "subsystemVendor", HexId(4), "PCI subsystem vendor ID.", default=None
+    )
+    subsystem_device: str | None = key(
+        "subsystemDevice", HexId(4), "PCI subsystem device ID.", default=None
+    )
+    pci_class: str | None = key(
+        "class",
+        HexId(6, pci_class=True),
+        "A prefix (`03`, `0302`), the full `030200`, `value/mask`, or a glob.",
+        default=None,
+    )
+    driver: str | None = key("driver", Text(), "The bound kernel driver (a glob).", default=None)
+
+    def check(self) -> Problems:
+        return _at_least_one(self)
+
+
+def _sysfs_name_problem(name: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
+        return "must be a name under /sys/bus or /sys/class"
+    return None
+
+
+def _attribute_problem(name: str) -> str | None:
+    if ATTRIBUTE_NAME.fullmatch(name) and ".." not in name.split("/"):
+        return None
+    return "must be an attribute file below the device (e.g. name, device/vendor)"
+
+
+@dataclass(frozen=True)
+class SysfsMatchConfig:
+    """One `sysfs.devices` entry: devices of any bus or class, by attribute values."""
+
+    bus: str | None = key(
+        "bus", Text(rule=_sysfs_name_problem), "A bus under /sys/bus.", default=None
+    )
+    device_class: str | None = key(
+        "class", Text(rule=_sysfs_name_problem), "A class under /sys/class.", default=None
+    )
+    attributes: Mapping[str, str] = key(
+        "attributes",
+        StringMap(_attribute_problem),
+        "Attribute file (relative to the device directory) -> exact value or glob.",
+        default={},
+    )
+    driver: str | None = key("driver", Text(), "The bound kernel driver (a glob).", default=None)
+
+    def check(self) -> Problems:
+        if (self.bus is None) == (self.device_class is None):
+            yield (), "needs exactly one of bus or class"
+
+
+@dataclass(frozen=True)
+class NodeSelectConfig:
+    """Which of a matched device's nodes go to the container (all when empty)."""
+
+    subsystems: tuple[str, ...] = key(
+        "subsystems",
+        ListOf(Text(), hint="a list of strings", empty=None),
+        "Subsystems of the nodes to pass (tty, usb, drm, block, misc, vfio...).",
+        default=[],
+    )
+    names: tuple[str, ...] = key(
+        "names",
+        ListOf(
+            Text(convert=lambda name: name.removeprefix("/dev/")),
+            hint="a list of strings",
+            empty=None,
+        ),
+        "Globs on the node's name relative to /dev (`ttyUSB*`, `dri/renderD*`).",
+        default=[],
+    )
+
+
+@dataclass(frozen=True)
+class SysfsDriverConfig:
+    usb: tuple[UsbMatchConfig, ...] = key(
+        "usb",
+        ListOf(Section(UsbMatchConfig), hint="a list of match entries", single=True),
+        "USB devices: a list of matches (any entry matches; every field given must match).",
+        default=[],
+    )
+    pci: tuple[PciMatchConfig, ...] = key(
+        "pci",
+        ListOf(Section(PciMatchConfig), hint="a list of match entries", single=True),
+        "PCI devices: a list of matches.",
+        default=[],
+    )
+    devices: tuple[SysfsMatchConfig, ...] = key(
+        "devices",
+        ListOf(Section(SysfsMatchConfig), hint="a list of match entries", single=True),
+        "Devices of any bus or class, by attribute files below the device.",
+        default=[],
+    )
+    nodes: NodeSelectConfig | None = key(
+        "nodes",
+        Section(NodeSelectConfig),
+        "Which device nodes a container gets (default: every node the kernel made for the device).",
+        default=None,
+    )
+    sysfs_root: str = key(
+        "sysfsRoot", AbsolutePath(), "Where kdp-host sees the host's /sys.", default="/sys"
+    )
+    dev_root: str = key(
+        "devRoot",
+        AbsolutePath(),
+        "Where kdp-host sees the host's /dev (DeviceSpecs always name the host's /dev).",
+        default="/dev",
+    )
+    grace_period: float = key(
+        "gracePeriod",
+        Duration(0.0),
+        "A vanished device or lost node is Unhealthy at once and dropped after this.",
+        default="1m",
+    )
+    rescan_interval: float = key(
+        "rescanInterval", Duration(0.1), "A full rescan as a safety net.", default="30s"
+    )
+    scan_timeout: float = key(
+        "scanTimeout",
+        Duration(0.1),
+        "A sysfs read that takes longer is abandoned.",
+        default=f"{DEFAULT_SCAN_TIMEOUT:g}s",
+    )
+    env: Mapping[str, str] = key(
+        "env",
+        StringMap(env_name_problem, templates=SYSFS_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
+        "Per-device environment templates (`{serial}`, `{address}`, `{vendor}`, `{product}`, "
+        "`{nodes}`...).",
+        default={},
+    )
+    annotations: Mapping[str, str] = key(
+        "annotations",
+        StringMap(annotation_key_problem, templates=SYSFS_TEMPLATE_FIELDS),
+        "Per-device annotation templates; same fields.",
+        default={},
+    )
+
+    kind: Literal["sysfs"] = field(default="sysfs", init=False)
+
+    def check(self) -> Problems:
+        if not (self.usb or self.pci or self.devices):
+            yield (), "needs at least one of usb, pci or devices"
+
+
+DriverConfig = GlobDriverConfig | ShellDriverConfig | SysfsDriverConfig
+DRIVERS: Mapping[str, type[DriverConfig]] = {
+    "glob": GlobDriverConfig,
+    "shell": ShellDriverConfig,
+    "sysfs": SysfsDriverConfig,
+}
+"""The driver sections a resource can have, by YAML key: exactly one per resource."""
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    command: tuple[str, ...] = key(
+        "command",
+        Argv(templates=HEALTH_TEMPLATE_FIELDS),
+        "argv run per device; `{id}` and `{path}` are substituted inside the arguments "
+        "(never through a shell). Exit 0 = Healthy; anything else or a timeout = Unhealthy, "
+        "until a check passes again.",
+    )
+    interval: float = key(
+        "interval", Duration(0.05), "How often each device is checked.", default="30s"
+    )
+    timeout: float = key("timeout", Duration(0.05), "Same containment as probes.", default="5s")
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    host_path: str = key("hostPath", AbsolutePath(), "Absolute path on the host.")
+    container_path: str = key("containerPath", AbsolutePath(), "Absolute path in the container.")
+    read_only: bool = key("readOnly", Boolean(), "Mount read-only.", default=True)
+
+
+@dataclass(frozen=True)
+class CdiConfig:
+    kind: str = key(
+        "kind",
+        Text(
+            rule=cdi_kind_problem,
+            extra_schema={
+                "pattern": "^[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]/[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]$"
+            },
+        ),
+        "Return CDI device names `<kind>=<id>` instead of raw device nodes, and keep a CDI "
+        "spec file current.",
+    )
+    also_device_specs: bool = key(
+        "alsoDeviceSpecs", Boolean(), "Return the raw device nodes too.", default=False
+    )
+    spec_dir: str | None = key(
+        "specDir",
+        AbsolutePath(),
+        "Where the CDI spec file is written (atomically; removed when the resource goes away).",
+        default=None,
+        default_doc="`/var/run/cdi`",
+    )
+
+
+@dataclass(frozen=True)
+class AllocateConfig:
+    env: Mapping[str, str] = key(
+        "env",
+        StringMap(env_name_problem, templates=ALLOCATE_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
+        "Environment variables (names as the kubelet accepts them: letters, digits, `_`, "
+        "`-`, `.`, not starting with a digit); values are templates: `{ids}` (the allocated "
+        "IDs, comma-separated), `{paths}` (their container paths), `{count}`, `{resource}`.",
+        default={},
+    )
+    mounts: tuple[MountConfig, ...] = key(
+        "mounts", ListOf(Section(MountConfig), hint="a list of mounts"), "", default=[]
+    )
+    annotations: Mapping[str, str] = key(
+        "annotations",
+        StringMap(annotation_key_problem, templates=ALLOCATE_TEMPLATE_FIELDS),
+        "Container annotations (keys checked as the API server checks them: "
+        "`[prefix/]name`); same templates.",
+        default={},
+    )
+    permissions: str = key(
+        "permissions",
+        Text(rule=_permissions_problem, extra_schema={"pattern": "^[rwm]{1,3}$"}),
+        "cgroup device permissions of the DeviceSpecs: `r`, `w`, `m`.",
+        default="rw",
+    )
+    cdi: CdiConfig | None = key("cdi", Section(CdiConfig), "", default=None)
+
+
+PreferredPolicy = Literal["packed", "spread", "numa", "none"]
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    name: str = key(
+        "name",
+        Text(
+            rule=extended_resource_name_problem,
+            prefix="{value!r} is not a valid extended resource name: ",
+            extra_schema={
+                "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?\\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?/"
+                "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
+                "not": {"pattern": "(^|\\.)kubernetes\\.io/|^requests\\."},
+            },
+        ),
+        "An extended resource name, checked exactly as the kubelet does: `domain/name`, not "
+        "in `kubernetes.io/`, not starting with `requests.`. Unique.",
+    )
+    driver: DriverConfig = one_of("driver", DRIVERS, "The driver. Exactly one per resource.")
+    allocate: AllocateConfig = key(
+        "allocate",
+        Section(AllocateConfig),
+        "What a container gets (below).",
+        factory=AllocateConfig,
+    )
+    health: HealthCheckConfig | None = key(
+        "health",
+        Section(HealthCheckConfig),
+        "A per-device health command, for any driver (below).",
+        default=None,
+    )
+    replicas: int = key(
+        "replicas",
+        Integer(1, MAX_REPLICAS),
+        "Advertise each device N times (`<id>::<k>`) so N containers share it. See "
+        "[docs/allocation.md](docs/allocation.md) for what sharing does not isolate.",
+        default=1,
+    )
+    preferred: PreferredPolicy = key(
+        "preferred",
+        Choice(("packed", "spread", "numa", "none")),
+        "GetPreferredAllocation policy: `packed`, `spread`, `numa`, or `none` (not advertised).",
+        default="packed",
+    )
+
+
+@dataclass(frozen=True)
+class KubeletConfig:
+    socket_dir: str = key(
+        "socketDir",
+        AbsolutePath(),
+        "The kubelet's device-plugin directory (where `kubelet.sock` is). kdp-host waits for "
+        "it if it does not exist yet. Needs a restart to change.",
+        default="/var/lib/kubelet/device-plugins",
+    )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = key(
+        "listen",
+        Text(rule=_listen_problem, extra_schema={"pattern": "^.*:[0-9]{1,5}$"}),
+        "`host:port` of `/metrics`, `/healthz`, `/readyz`. Needs a restart to change.",
+        default="0.0.0.0:9410",
+    )
+    histograms: HistogramMode = key(
+        "histograms",
+        Choice(HISTOGRAM_MODES),
+        "The three latency histograms: `perResource` (15 series each per resource, 45 per "
+        "resource), `host` (one set for the whole host, no `resource` label: 45 series "
+        "whatever the number of resources), or `off`. Needs a restart to change.",
+        default=DEFAULT_HISTOGRAM_MODE,
+    )
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    kubelet: KubeletConfig = key("kubelet", Section(KubeletConfig), "", factory=KubeletConfig)
+    metrics: MetricsConfig = key("metrics", Section(MetricsConfig), "", factory=MetricsConfig)
+    resources: tuple[ResourceConfig, ...] = key(
+        "resources",
+        ListOf(
+            Section(ResourceConfig),
+            hint="a list of resources",
+            empty="must declare at least one resource",
+            unique=("name", "name"),
+        ),
+        "",
+    )
+    sha256: str = ""
+    """Hash of the file's bytes: shows in metrics which config is in force."""
+
+
+README_TABLES: Mapping[str, tuple[type[object], str]] = {
+    "config": (Config, ""),
+    "glob": (GlobDriverConfig, "glob."),
+    "shell": (ShellDriverConfig, "shell."),
+    "sysfs": (SysfsDriverConfig, "sysfs."),
+    "health": (HealthCheckConfig, "health."),
+    "allocate": (AllocateConfig, "allocate."),
+}
+"""README.md reference tables: the marker name, the section, and its key prefix. A section
+with a table of its own is one row in its parent's table."""

@@ -1,0 +1,137 @@
+"""Behind the driver seam: the one place that turns a driver's reports into table updates,
+failure policy, log lines and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
+from ..devices import Device
+from ..logs import EventLogger
+from ..metrics import Metrics
+from .base import DriverError, Skipped
+
+
+class DeviceSink(Protocol):
+    """What the reporter writes to (the resource's DeviceTable)."""
+
+    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool: ...
+
+    def set_degraded(self, reason: str | None) -> bool: ...
+
+
+class DeviceReporter:
+    """The Notifier every driver reports to.
+
+    Failure policy: a failure keeps the last good list; after `failure_threshold` failures
+    in a row every device is reported Unhealthy (the list is kept) until a list arrives.
+    The log says so once per change of state (first failure, a new reason, degradation,
+    recovery); metrics count every failure. A changed list is logged; a skipped path is
+    logged and counted once while it stays skipped.
+    """
+
+    def __init__(
+        self,
+        sink: DeviceSink,
+        *,
+        resource: str,
+        log: EventLogger,
+        metrics: Metrics,
+        failure_threshold: int,
+    ) -> None:
+        self._sink = sink
+        self._resource = resource
+        self._log = log
+        self._metrics = metrics
+        self._threshold = failure_threshold
+        self.consecutive_failures = 0
+        self.degraded = False
+        self._last_reason: str | None = None
+        self._skipped: frozenset[Skipped] = frozenset()
+        self._throttled = 0
+        """Lists dropped by the rate limit since the flood began (0: no flood)."""
+        self._dropped_before_this_list = False
+
+    def update(
+        self,
+        devices: Iterable[Device] | Mapping[str, Device],
+        skipped: Sequence[Skipped] = (),
+    ) -> None:
+        if not isinstance(devices, Mapping):
+            devices = list(devices)
+        if self._sink.publish(devices):
+            values = devices.values() if isinstance(devices, Mapping) else devices
+            healthy = sum(1 for device in values if device.healthy)
+            self._log.info("devices_changed", healthy=healthy, unhealthy=len(devices) - healthy)
+        self._note_skipped(frozenset(skipped))
+        self._note_flood_end()
+        self._recovered()
+
+    def failure(self, error: DriverError) -> None:
+        self.consecutive_failures += 1
+        self._metrics.driver_errors.labels(self._resource, error.reason).inc()
+        if self.consecutive_failures == 1 or error.reason != self._last_reason:
+            self._log.warning(
+                "probe_failed",
+                reason=error.reason,
+                error=str(error),
+                stderr=error.detail,
+                consecutive=self.consecutive_failures,
+                threshold=self._threshold,
+                action="keeping last good device list",
+            )
+        self._last_reason = error.reason
+        if not self.degraded and self.consecutive_failures >= self._threshold:
+            self.degraded = True
+            self._sink.set_degraded(f"{error.reason}: {error}")
+            self._log.error(
+                "resource_degraded",
+                reason=error.reason,
+                error=str(error),
+                stderr=error.detail,
+                consecutive=self.consecutive_failures,
+                action="all devices Unhealthy until a scan succeeds",
+            )
+
+    def scanned(self, seconds: float) -> None:
+        self._metrics.scan_seconds.labels(self._resource).observe(seconds)
+
+    def rate_limited(self, dropped: int) -> None:
+        self._metrics.driver_skipped.labels(self._resource, "rate_limited").inc(dropped)
+        if not self._throttled:
+            self._log.warning(
+                "device_lists_rate_limited",
+                dropped=dropped,
+                action="applying only the newest list, at a bounded rate",
+            )
+        self._throttled += dropped
+        self._dropped_before_this_list = True
+
+    def _note_flood_end(self) -> None:
+        if self._throttled and not self._dropped_before_this_list:
+            self._log.info("device_lists_rate_limit_ended", dropped=self._throttled)
+            self._throttled = 0
+        self._dropped_before_this_list = False
+
+    def _recovered(self) -> None:
+        # Always lift: a previous runtime of this resource may have left the sink degraded.
+        self._sink.set_degraded(None)
+        if self.consecutive_failures:
+            self._log.info(
+                "probe_recovered",
+                after_failures=self.consecutive_failures,
+                was_degraded=self.degraded,
+            )
+        self.consecutive_failures = 0
+        self.degraded = False
+        self._last_reason = None
+
+    def _note_skipped(self, skipped: frozenset[Skipped]) -> None:
+        if skipped == self._skipped:
+            return
+        for item in skipped - self._skipped:
+            self._metrics.driver_skipped.labels(self._resource, item.reason).inc()
+            self._log.warning(
+                "path_skipped", reason=item.reason, path=item.subject, error=item.message
+            )
+        self._skipped = skipped

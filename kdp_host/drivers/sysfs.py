@@ -1,0 +1,462 @@
+"""The `sysfs` driver: devices described the way operators know them (USB vendor, product
+and serial; PCI IDs, class and driver; any bus or class by attribute), each passed to the
+container with every device node the kernel created for it.
+
+Discovery reads sysfs (see kdp_host/sysfs/); hot-plug is seen through inotify on the dev
+root's directories that hold the devices' nodes (devtmpfs creates and removes them as the
+kernel adds and removes devices), with a periodic full rescan as a safety net. A device
+that leaves sysfs, or loses a node, is reported Unhealthy at once and dropped (or forgotten
+its lost node) after the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fnmatch
+import hashlib
+import os
+import random
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from ..config import (
+    NodeSelectConfig,
+    PciMatchConfig,
+    SysfsDriverConfig,
+    SysfsMatchConfig,
+    UsbMatchConfig,
+    render_template,
+)
+from ..devices import Device, DeviceNode
+from ..rules import MAX_DEVICE_ID_LENGTH, device_id_problem
+from ..sysfs import PCI, USB, NodeInfo, ScanTimeout, SysfsDevice, SysfsReader, SysfsScan
+from ..sysfs.match import class_matches, hex_matches, text_matches
+from ..sysfs.reader import start_off_loop
+from ..watch import Subscription
+from .base import DriverDeps, DriverError, Notifier
+
+RESCAN_JITTER = 0.1
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def usb_matches(match: UsbMatchConfig, device: SysfsDevice) -> bool:
+    attrs = device.attributes
+    checks = (
+        match.vendor is None or hex_matches(match.vendor, device.vendor),
+        match.product is None or hex_matches(match.product, device.product),
+        match.serial is None or text_matches(match.serial, device.serial),
+        match.manufacturer is None or text_matches(match.manufacturer, attrs.get("manufacturer")),
+        match.product_name is None or text_matches(match.product_name, attrs.get("product")),
+        match.interface_class is None
+        or any(hex_matches(match.interface_class, i.interface_class, 2) for i in device.interfaces),
+    )
+    return all(checks)
+
+
+def pci_matches(match: PciMatchConfig, device: SysfsDevice) -> bool:
+    attrs = device.attributes
+    checks = (
+        match.vendor is None or hex_matches(match.vendor, device.vendor),
+        match.device is None or hex_matches(match.device, device.product),
+        match.subsystem_vendor is None
+        or hex_matches(match.subsystem_vendor, attrs.get("subsystem_vendor")),
+        match.subsystem_device is None
+        or hex_matches(match.subsystem_device, attrs.get("subsystem_device")),
+        match.pci_class is None or class_matches(match.pci_class, attrs.get("class")),
+        match.driver is None or text_matches(match.driver, device.driver),
+    )
+    return all(checks)
+
+
+def generic_matches(match: SysfsMatchConfig, device: SysfsDevice) -> bool:
+    source = f"class/{match.device_class}" if match.device_class else match.bus
+    if device.source != source:
+        return False
+    if match.driver is not None and not text_matches(match.driver, device.driver):
+        return False
+    return all(
+        text_matches(pattern, device.attributes.get(name))
+        for name, pattern in match.attributes.items()
+    )
+
+
+def matches(config: SysfsDriverConfig, device: SysfsDevice) -> bool:
+    """Whether a device of the scan belongs to the resource (any entry of any section)."""
+    if device.source == USB and any(usb_matches(m, device) for m in config.usb):
+        return True
+    if device.source == PCI and any(pci_matches(m, device) for m in config.pci):
+        return True
+    return any(generic_matches(m, device) for m in config.devices)
+
+
+def scan_sources(config: SysfsDriverConfig) -> tuple[list[str], list[str], list[str]]:
+    """The buses, classes and extra attribute files a resource's matches need read."""
+    buses: list[str] = []
+    classes: list[str] = []
+    extra: list[str] = []
+    if config.usb:
+        buses.append(USB)
+    if config.pci:
+        buses.append(PCI)
+    for match in config.devices:
+        if match.bus:
+            buses.append(match.bus)
+        if match.device_class:
+            classes.append(match.device_class)
+        extra.extend(match.attributes)
+    return list(dict.fromkeys(buses)), list(dict.fromkeys(classes)), list(dict.fromkeys(extra))
+
+
+def select_nodes(selection: NodeSelectConfig | None, nodes: Iterable[NodeInfo]) -> list[NodeInfo]:
+    """The nodes passed to the container: all, or those of the given subsystems and names."""
+    chosen = []
+    for node in nodes:
+        if selection is not None:
+            if selection.subsystems and node.subsystem not in selection.subsystems:
+                continue
+            if selection.names and not any(
+                fnmatch.fnmatchcase(node.devname, pattern) for pattern in selection.names
+            ):
+                continue
+        chosen.append(node)
+    return chosen
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def safe_id(text: str) -> str:
+    """`text` as a device ID when it is one already (serials, port paths and PCI addresses
+    usually are); otherwise its safe characters plus 8 hex digits of its SHA-256, so two
+    different texts never share an ID and a text always gets the same one."""
+    if _UNSAFE_ID_CHARS.search(text) is None and device_id_problem(text) is None:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    readable = _UNSAFE_ID_CHARS.sub("_", text).lstrip("-_")[: MAX_DEVICE_ID_LENGTH - 9]
+    return f"{readable}-{digest}" if readable else digest
+
+
+def identity(device: SysfsDevice) -> tuple[str, ...]:
+    """What makes a device the same device again: a USB device's IDs and serial (wherever it
+    is plugged in), else its place (USB port path, PCI address, kernel name)."""
+    if device.source == USB and device.serial:
+        return (USB, device.vendor or "", device.product or "", device.serial)
+    return (device.source, device.name)
+
+
+def id_candidates(device: SysfsDevice) -> list[str]:
+    """Preferred IDs, best first: the USB serial, then the port path; the PCI address; the
+    kernel name of any other device."""
+    candidates = []
+    if device.source == USB and device.serial:
+        candidates.append(safe_id(device.serial))
+    candidates.append(safe_id(device.name))
+    return candidates
+
+
+class IdBook:
+    """Which device holds which ID while kdp-host runs: an ID never moves to another device.
+
+    A device keeps its ID from the moment it gets one until it is dropped (gone longer than
+    the grace period). A second device wanting a held ID (two USB sticks with the same
+    serial) gets its next candidate, or its port path with a hash of its identity.
+    """
+
+    def __init__(self) -> None:
+        self._holder: dict[str, tuple[str, ...]] = {}
+        self._id_of: dict[tuple[str, ...], str] = {}
+
+    def id_of(self, key: tuple[str, ...]) -> str | None:
+        return self._id_of.get(key)
+
+    def assign(self, key: tuple[str, ...], candidates: Sequence[str]) -> str:
+        held = self._id_of.get(key)
+        if held is not None:
+            return held
+        chosen = next((c for c in candidates if c not in self._holder), None)
+        if chosen is None:
+            digest = hashlib.sha256("\0".join(key).encode("utf-8", "surrogatepass")).hexdigest()
+            chosen = safe_id(f"{candidates[-1][: MAX_DEVICE_ID_LENGTH - 9]}-{digest[:8]}")
+        self._holder[chosen] = key
+        self._id_of[key] = chosen
+        return chosen
+
+    def release(self, device_id: str) -> None:
+        key = self._holder.pop(device_id, None)
+        if key is not None:
+            self._id_of.pop(key, None)
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class _Tracked:
+    """A device the driver has listed: its last view and what of it vanished, and when."""
+
+    device: Device
+    place: str
+    """Its directory in sysfs: a device that moved (a stick in another port) lost no node."""
+    gone_since: float | None = None
+    lost_nodes: dict[str, float] | None = None
+    """Node name -> when it vanished (kept Unhealthy for the grace period)."""
+
+
+class SysfsDriver:
+    def __init__(
+        self,
+        config: SysfsDriverConfig,
+        deps: DriverDeps,
+        clock: Callable[[], float] | None = None,
+        reader: SysfsReader | None = None,
+    ) -> None:
+        self._config = config
+        self._deps = deps
+        self._clock = clock or deps.clock
+        self._reader = reader or SysfsReader(config.sysfs_root, config.dev_root)
+        self._buses, self._classes, self._extra = scan_sources(config)
+        self._book = IdBook()
+        self._tracked: dict[str, _Tracked] = {}
+        self._pending: asyncio.Future[SysfsScan] | None = None
+        self._last_identity: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        """Kernel name -> (natural identity, identity booked) of the last scan's devices."""
+        self._duplicates_logged: set[tuple[str, ...]] = set()
+
+    # -------------------------------------------------------------- reading
+
+    def _scan_sync(self) -> SysfsScan:
+        scan = self._reader.scan(self._buses, self._classes, self._extra)
+        return dataclasses.replace(scan, watch_dirs=scan.watch_dirs | self._future_node_dirs())
+
+    async def read(self) -> SysfsScan:
+        """One sysfs read off the loop, bounded by `scanTimeout`. Raises DriverError.
+
+        A read that timed out may still be stuck in the kernel: no second one is started
+        while it is (threads would pile up on a hung attribute).
+        """
+        if self._pending is not None and not self._pending.done():
+            raise DriverError("timeout", "the previous sysfs read is still stuck")
+        self._pending = start_off_loop(self._scan_sync, "kdp-sysfs-scan")
+        try:
+            async with asyncio.timeout(self._config.scan_timeout):
+                return await asyncio.shield(self._pending)
+        except TimeoutError:
+            raise DriverError(
+                "timeout", f"sysfs read took longer than {self._config.scan_timeout:g}s"
+            ) from None
+        except ScanTimeout as exc:
+            raise DriverError("timeout", str(exc)) from None
+        except OSError as exc:
+            raise DriverError("io", f"sysfs read failed: {exc}") from None
+
+    def matched(self, scan: SysfsScan) -> list[SysfsDevice]:
+        """The scan's devices of this resource, each physical device once: a device matched
+        inside another matched one (a drm card below a matched PCI GPU) is part of it."""
+        found = sorted(
+            (device for device in scan.devices if matches(self._config, device)),
+            key=lambda device: device.path,
+        )
+        kept: list[SysfsDevice] = []
+        for device in found:
+            if kept and (device.path + "/").startswith(kept[-1].path + "/"):
+                continue
+            kept.append(device)
+        return kept
+
+    async def scan(self) -> list[Device]:
+        scan = await self.read()
+        devices = [self._device(found, key) for found, key in self._identified(self.matched(scan))]
+        return sorted(devices, key=lambda d: d.id)
+
+    def _identified(self, found: list[SysfsDevice]) -> list[tuple[SysfsDevice, tuple[str, ...]]]:
+        """Each device with the identity its ID is booked under.
+
+        A device still where it was in the last scan, looking the same, keeps the identity
+        it had (so it keeps its ID, even when the twin whose serial it shares has gone).
+        Of new devices sharing an identity (two sticks with one serial) the first by kernel
+        name takes it unless a present device has it already; the others are identified by
+        their place. Devices are returned holders first, then by kernel name, so who gets a
+        contested ID never depends on directory order.
+        """
+        result: list[tuple[SysfsDevice, tuple[str, ...]]] = []
+        taken: set[tuple[str, ...]] = set()
+        newcomers: dict[tuple[str, ...], list[SysfsDevice]] = {}
+        for device in sorted(found, key=lambda d: d.name):
+            natural = identity(device)
+            last = self._last_identity.get(device.name)
+            if last is not None and last[0] == natural and last[1] not in taken:
+                result.append((device, last[1]))
+                taken.add(last[1])
+            else:
+                newcomers.setdefault(natural, []).append(device)
+        for natural, group in newcomers.items():
+            keeper = group[0] if natural not in taken else None
+            if len(group) > 1 or keeper is None:
+                self._warn_duplicate(natural, group, keeper)
+            for device in group:
+                key = natural if device is keeper else (device.source, device.name)
+                result.append((device, key))
+                taken.add(key)
+        self._last_identity = {device.name: (identity(device), key) for device, key in result}
+        result.sort(key=lambda pair: (self._book.id_of(pair[1]) is None, pair[0].name))
+        return result
+
+    def _warn_duplicate(
+        self,
+        natural: tuple[str, ...],
+        group: list[SysfsDevice],
+        keeper: SysfsDevice | None,
+    ) -> None:
+        if natural in self._duplicates_logged:
+            return
+        self._duplicates_logged.add(natural)
+        self._deps.log.warning(
+            "sysfs_duplicate_identity",
+            identity=":".join(natural),
+            devices=",".join(d.name for d in group),
+            kept_by=keeper.name if keeper is not None else "a device already listed",
+            action="the others are identified by their port or address",
+        )
+
+    def _device(self, found: SysfsDevice, key: tuple[str, ...]) -> Device:
+        config = self._config
+        device_id = self._book.assign(key, id_candidates(found))
+        nodes = select_nodes(config.nodes, found.nodes)
+        healthy = all(node.present for node in nodes) and (bool(nodes) or config.nodes is None)
+        values = found.template_values()
+        return Device(
+            id=device_id,
+            healthy=healthy,
+            nodes=tuple(DeviceNode(node.host_path, node.host_path) for node in nodes),
+            numa=found.numa,
+            env={k: render_template(v, values) for k, v in config.env.items()},
+            annotations={k: render_template(v, values) for k, v in config.annotations.items()},
+            path=nodes[0].host_path if nodes else None,
+        )
+
+    # -------------------------------------------------------------- merging
+
+    def merge(self, found: list[SysfsDevice]) -> tuple[dict[str, Device], float | None]:
+        """The list to publish, and when the next grace period ends (None: none running)."""
+        now = self._clock()
+        grace = self._config.grace_period
+        present: dict[str, Device] = {}
+        places: dict[str, str] = {}
+        for sysfs_device, key in self._identified(found):
+            device = self._device(sysfs_device, key)
+            present.setdefault(device.id, device)
+            places.setdefault(device.id, sysfs_device.path)
+        next_expiry: float | None = None
+
+        def expires(at: float) -> None:
+            nonlocal next_expiry
+            next_expiry = at if next_expiry is None else min(next_expiry, at)
+
+        listed: dict[str, Device] = {}
+        for device_id, device in present.items():
+            tracked = self._tracked.get(device_id)
+            lost = dict(tracked.lost_nodes or {}) if tracked is not None else {}
+            if (
+                tracked is not None
+                and tracked.gone_since is None
+                and tracked.place == places[device_id]
+            ):
+                now_nodes = {n.host_path for n in device.nodes}
+                for node in tracked.device.nodes:
+                    if node.host_path not in now_nodes:
+                        lost.setdefault(node.host_path, now)
+            for node in device.nodes:
+                lost.pop(node.host_path, None)
+            for name, since in list(lost.items()):
+                if grace <= 0 or since + grace <= now:
+                    del lost[name]
+                else:
+                    expires(since + grace)
+            if lost:
+                device = device.with_health(False)
+            self._tracked[device_id] = _Tracked(device, places[device_id], None, lost or None)
+            listed[device_id] = device
+        for device_id, tracked in list(self._tracked.items()):
+            if device_id in present:
+                continue
+            since = tracked.gone_since if tracked.gone_since is not None else now
+            if grace <= 0 or since + grace <= now:
+                del self._tracked[device_id]
+                self._book.release(device_id)
+                continue
+            expires(since + grace)
+            device = (
+                tracked.device if not tracked.device.healthy else tracked.device.with_health(False)
+            )
+            self._tracked[device_id] = _Tracked(device, tracked.place, since, None)
+            listed[device_id] = device
+        return listed, next_expiry
+
+    # -------------------------------------------------------------- running
+
+    async def run(self, notifier: Notifier) -> None:
+        log = self._deps.log
+        watcher = self._deps.watcher
+        wake = asyncio.Event()
+        subscriptions: dict[str, Subscription] = {}
+        last_problems: tuple[str, ...] | None = None
+
+        def on_change(_name: str | None) -> None:
+            wake.set()
+
+        try:
+            while True:
+                wake.clear()
+                started = self._clock()
+                try:
+                    scan = await self.read()
+                except DriverError as exc:
+                    notifier.failure(exc)
+                    scan = None
+                else:
+                    notifier.scanned(self._clock() - started)
+                next_expiry: float | None = None
+                if scan is not None:
+                    wanted = scan.watch_dirs
+                    for directory in wanted - subscriptions.keys():
+                        subscriptions[directory] = watcher.subscribe(directory, on_change)
+                    for directory in subscriptions.keys() - wanted:
+                        subscriptions.pop(directory).cancel()
+                    devices, next_expiry = self.merge(self.matched(scan))
+                    notifier.update(devices)
+                    if scan.problems != last_problems:
+                        for problem in scan.problems:
+                            log.warning("sysfs_source_unreadable", problem=problem)
+                        last_problems = scan.problems
+                timeout = self._config.rescan_interval * random.uniform(
+                    1 - RESCAN_JITTER, 1 + RESCAN_JITTER
+                )
+                if next_expiry is not None:
+                    timeout = min(timeout, max(0.0, next_expiry - self._clock()))
+                try:
+                    async with asyncio.timeout(timeout):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            for subscription in subscriptions.values():
+                subscription.cancel()
+
+    def _future_node_dirs(self) -> set[str]:
+        """Where nodes of devices not plugged in yet will appear (read in the scan thread)."""
+        dev_root = self._reader.dev_root
+        dirs = {dev_root}
+        if USB in self._buses:
+            usb = os.path.join(dev_root, "bus", "usb")
+            dirs.add(usb)
+            with contextlib.suppress(OSError):
+                dirs.update(os.path.join(usb, name) for name in os.listdir(usb))
+        if PCI in self._buses:
+            dirs.update(os.path.join(dev_root, name) for name in ("dri", "vfio"))
+        return dirs

@@ -1,0 +1,192 @@
+"""Touching files that may hang: small attribute reads and whole scans, never blocking for ever.
+
+A driver reads small files (a device's NUMA node file) and walks directories. Any of these
+can block in the kernel: a FIFO or a tty opened by mistake, a hung network or FUSE file
+system. So:
+
+- attribute files are opened with O_NONBLOCK and O_NOCTTY, refused unless they are regular
+  files, and read once, capped at `limit` bytes;
+- every read runs on a daemon worker thread and is given up after `timeout` (the caller gets
+  `FileReadError("read_timeout")`); a worker stuck in the kernel is abandoned, a fresh one
+  serves the next reads, and past `max_stuck` abandoned workers reads are refused at once;
+- whole scans run on daemon threads too (`in_daemon_thread`).
+
+Daemon threads are the point: the interpreter does not wait for them at exit, so SIGTERM
+ends the host within its shutdown budget even while a thread is stuck in read(2). (A worker
+of asyncio's default executor would be joined at exit, and the process would stay alive.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import queue
+import stat
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+MAX_ATTRIBUTE_SIZE = 4096
+"""Most bytes read from an attribute file."""
+READ_TIMEOUT = 1.0
+"""Seconds an attribute read may take."""
+MAX_STUCK_READS = 4
+"""Abandoned reads (threads stuck in the kernel) after which reads are refused at once."""
+_WORKER_IDLE = 5.0
+
+
+class FileReadError(Exception):
+    """An attribute file that could not be read; `reason` is a metrics label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """read_timeout (no answer in time), read_refused (not a regular file, too large),
+        read_error (any other OSError)."""
+
+
+def read_attribute(path: str, limit: int) -> bytes | None:
+    """Read a small regular file without ever waiting on a FIFO or a tty; None if missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FileReadError("read_error", f"cannot open {path!r}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileReadError("read_refused", f"{path!r} is not a regular file")
+        data = os.read(fd, limit + 1)
+    except OSError as exc:
+        raise FileReadError("read_error", f"cannot read {path!r}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise FileReadError("read_refused", f"{path!r} is longer than {limit} bytes")
+    return data
+
+
+class _Worker:
+    """A daemon thread running reads from its queue; leaves when idle or abandoned."""
+
+    def __init__(self, reader: FileReader) -> None:
+        self.jobs: queue.SimpleQueue[
+            tuple[Callable[[], bytes | None], concurrent.futures.Future[bytes | None]]
+        ] = queue.SimpleQueue()
+        self.abandoned = False
+        self._reader = reader
+        threading.Thread(target=self._loop, name="kdp-file-reader", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                job, future = self.jobs.get(timeout=_WORKER_IDLE)
+            except queue.Empty:
+                if self._reader._retire(self, idle=True):
+                    return
+                continue
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(job())
+                except BaseException as exc:
+                    future.set_exception(exc)
+            if self.abandoned and self._reader._retire(self, idle=False):
+                return
+
+
+class FileReader:
+    """Reads attribute files with a timeout and a size cap (see the module docstring).
+
+    Thread-safe; `read` blocks its caller (a scan thread) for at most `timeout`.
+    `read_file` replaces the actual read (tests pass one that hangs).
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = READ_TIMEOUT,
+        limit: int = MAX_ATTRIBUTE_SIZE,
+        max_stuck: int = MAX_STUCK_READS,
+        read_file: Callable[[str, int], bytes | None] = read_attribute,
+    ) -> None:
+        self.timeout = timeout
+        self.limit = limit
+        self._max_stuck = max_stuck
+        self._read_file = read_file
+        self._lock = threading.Lock()
+        self._worker: _Worker | None = None
+        self._stuck = 0
+
+    @property
+    def stuck(self) -> int:
+        """Abandoned reads whose thread has not come back yet."""
+        return self._stuck
+
+    def read(self, path: str) -> bytes | None:
+        """The file's bytes, None if it does not exist; raises FileReadError."""
+        future: concurrent.futures.Future[bytes | None] = concurrent.futures.Future()
+        with self._lock:
+            if self._stuck >= self._max_stuck:
+                raise FileReadError(
+                    "read_timeout", f"not reading {path!r}: {self._stuck} earlier reads hang"
+                )
+            worker = self._worker
+            if worker is None:
+                worker = self._worker = _Worker(self)
+            worker.jobs.put((lambda: self._read_file(path, self.limit), future))
+        try:
+            return future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            with self._lock:
+                if not worker.abandoned:
+                    worker.abandoned = True
+                    self._stuck += 1
+                    if self._worker is worker:
+                        self._worker = None
+            raise FileReadError(
+                "read_timeout", f"reading {path!r} took longer than {self.timeout:g}s"
+            ) from None
+
+    def _retire(self, worker: _Worker, *, idle: bool) -> bool:
+        """Called by a worker that is idle or came back abandoned; True: it may leave."""
+        with self._lock:
+            if idle and not worker.jobs.empty():
+                return False  # a read was queued just now: serve it
+            if worker.abandoned:
+                self._stuck -= 1
+            if self._worker is worker:
+                self._worker = None
+            return True
+
+
+async def in_daemon_thread(function: Callable[[], T]) -> T:
+    """`await asyncio.to_thread(function)`, but on a daemon thread of its own: if `function`
+    hangs in the kernel, the process can still exit (and a cancelled caller returns at once)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def work() -> None:
+        try:
+            result = function()
+        except BaseException as exc:
+            error = exc
+            _call_soon(loop, lambda: deliver(lambda: future.set_exception(error)))
+        else:
+            _call_soon(loop, lambda: deliver(lambda: future.set_result(result)))
+
+    threading.Thread(target=work, name="kdp-scan", daemon=True).start()
+    return await future
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for the result
+        loop.call_soon_threadsafe(callback)

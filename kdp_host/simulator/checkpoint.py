@@ -1,0 +1,143 @@
+"""``kubelet_internal_checkpoint``: the device manager's file next to the plugin sockets
+(docs/kubelet-contract.md §10).
+
+The checksum is a CRC-32 of the canonical JSON of ``Data`` (the kubelet hashes a Go object
+dump), and the file is replaced atomically but not fsync'ed (docs/kubelet-contract.md §13).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdp_host.api.v1beta1 import ContainerAllocateResponse
+
+from .log import log_event
+from .records import Allocation
+
+
+def checkpoint_checksum(data: Mapping[str, Any]) -> int:
+    """CRC-32 of the canonical JSON of the checkpoint's ``Data`` object."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return zlib.crc32(canonical.encode())
+
+
+def checkpoint_document(
+    allocations: Iterable[Allocation], healthy: Mapping[str, Iterable[str]]
+) -> dict[str, Any]:
+    """The JSON document: every allocation, and the *healthy* devices of each resource."""
+    entries = [
+        {
+            "PodUID": alloc.pod_uid,
+            "ContainerName": alloc.container,
+            "ResourceName": alloc.resource,
+            "DeviceIDs": {str(node): list(ids) for node, ids in alloc.devices_per_numa.items()},
+            "AllocResp": base64.b64encode(bytes(alloc.response)).decode("ascii"),
+        }
+        for alloc in allocations
+    ]
+    data: dict[str, Any] = {
+        # Go marshals the nil slice of an empty podDevices as null.
+        "PodDeviceEntries": entries or None,
+        "RegisteredDevices": {name: sorted(ids) for name, ids in sorted(healthy.items())},
+    }
+    return {"Data": data, "Checksum": checkpoint_checksum(data)}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointContents:
+    allocations: list[Allocation]
+    registered: list[str]  # resources with an entry in RegisteredDevices
+
+
+def parse_checkpoint(raw: bytes) -> CheckpointContents:
+    """Raises ValueError (also for a checksum mismatch), KeyError or TypeError."""
+    document = json.loads(raw)
+    data = document["Data"]
+    if checkpoint_checksum(data) != document["Checksum"]:
+        raise ValueError("checkpoint is corrupted")
+    allocations = []
+    for entry in data.get("PodDeviceEntries") or []:
+        per_numa = {int(k): tuple(v) for k, v in (entry["DeviceIDs"] or {}).items()}
+        ids: list[str] = []
+        for node_ids in per_numa.values():
+            ids.extend(i for i in node_ids if i not in ids)
+        allocations.append(
+            Allocation(
+                pod_uid=entry["PodUID"],
+                container=entry["ContainerName"],
+                resource=entry["ResourceName"],
+                device_ids=tuple(ids),
+                devices_per_numa=per_numa,
+                response=ContainerAllocateResponse.parse(base64.b64decode(entry["AllocResp"])),
+            )
+        )
+    return CheckpointContents(allocations, list(data.get("RegisteredDevices") or {}))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+class CheckpointFile:
+    """Serialized writes off the event loop; a write covers every request made before it
+    started, so a burst of requests costs one or two writes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._requested = 0
+        self._written = 0
+
+    async def write(self, document: Any) -> None:
+        """``document`` is called when the write starts (the latest state is written)."""
+        self._requested += 1
+        wanted = self._requested
+        async with self._lock:
+            if self._written >= wanted:
+                return
+            covered = self._requested
+            payload = json.dumps(document(), separators=(",", ":")).encode()
+            try:
+                await asyncio.to_thread(_atomic_write, self.path, payload)
+            except OSError as exc:
+                log_event(logging.ERROR, "checkpoint_write_failed", path=self.path, error=exc)
+            self._written = covered
+
+    async def read_json(self) -> dict[str, Any] | None:
+        """The file as JSON, after every write requested so far has landed."""
+        async with self._lock:
+            raw = await asyncio.to_thread(_read_bytes, self.path)
+        if raw is None:
+            return None
+        document: dict[str, Any] = json.loads(raw)
+        return document
+
+    async def load(self) -> CheckpointContents | None:
+        """What a starting kubelet restores; None if there is no usable file."""
+        raw = await asyncio.to_thread(_read_bytes, self.path)
+        if raw is None:
+            return None
+        try:
+            return parse_checkpoint(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            log_event(logging.ERROR, "checkpoint_read_failed", path=self.path, error=exc)
+            return None

@@ -1,0 +1,505 @@
+"""The simulated kubelet: lifecycle, registration with dial-back, the ListAndWatch readers,
+node status, and waiting for what a test expects.
+
+Deliberately reproduced kubelet behaviour that plugins must cope with:
+
+* Register returns only after the dial-back and GetDevicePluginOptions
+  (docs/kubelet-contract.md §1, §2).
+* Every ListAndWatch message is a complete list; only ``"Healthy"`` is healthy
+  (docs/kubelet-contract.md §4).
+* When a stream ends the resource keeps its capacity, allocatable drops to 0, the endpoint is
+  stopped and nothing reconnects (docs/kubelet-contract.md §4).
+* If an *old* plugin client's stream ends after the same resource registered again, the *new*
+  client is disconnected (docs/kubelet-contract.md §9). Counted in
+  :attr:`KubeletSimulator.stale_disconnects`.
+* A start removes every non-directory entry of the socket directory except the checkpoint,
+  and resources from the checkpoint come back with capacity 0 and a stopped endpoint
+  (docs/kubelet-contract.md §9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection, Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from kdp_host.api.v1beta1 import ContainerAllocateResponse, ListAndWatchResponse, RegisterRequest
+from kdp_host.rules import is_extended_resource_name
+
+from . import gotext
+from .admission import Admission
+from .changes import ChangeFeed
+from .checkpoint import CheckpointFile
+from .directory import cleanup_plugin_directory, remove_socket
+from .log import log_event
+from .manager import DeviceManager, describe
+from .records import (
+    CHECKPOINT_NAME,
+    DIAL_TIMEOUT,
+    ENDPOINT_STOP_GRACE_PERIOD,
+    KUBELET_SOCKET_NAME,
+    PRE_START_TIMEOUT,
+    SUPPORTED_VERSIONS,
+    AllocateCall,
+    Allocation,
+    ListAndWatchUpdate,
+    PluginOptions,
+    PreferredAllocationCall,
+    PreStartCall,
+    RegisterAttempt,
+    ResourceSnapshot,
+    StaleDisconnect,
+)
+from .transport import Endpoint, PluginClient, RegisterRefused, RegistrationServer, RpcFailed
+
+DECODE_IN_THREAD: Final = 64 * 1024
+"""ListAndWatch messages at least this large are decoded off the event loop."""
+
+
+class KubeletSimulator:
+    """The kubelet's device manager on ``socket_dir``; see the module docstring."""
+
+    def __init__(
+        self,
+        socket_dir: Path,
+        *,
+        dial_timeout: float = DIAL_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        endpoint_stop_grace_period: float = ENDPOINT_STOP_GRACE_PERIOD,
+        pre_start_timeout: float = PRE_START_TIMEOUT,
+        rpc_timeout: float | None = None,
+        cleanup_sockets_only: bool = False,
+    ) -> None:
+        """
+        ``rpc_timeout`` bounds GetPreferredAllocation/Allocate (the kubelet has none: keep
+        None to reproduce a hung admission). ``cleanup_sockets_only`` removes only sockets at
+        start, like newer kubelets; the default removes every non-directory entry
+        (docs/kubelet-contract.md §9). ``clock`` stamps records and stopped endpoints.
+        """
+        self.socket_dir = Path(socket_dir)
+        self.socket_path = self.socket_dir / KUBELET_SOCKET_NAME
+        self.checkpoint_path = self.socket_dir / CHECKPOINT_NAME
+        self.dial_timeout = dial_timeout
+        self.endpoint_stop_grace_period = endpoint_stop_grace_period
+        self.cleanup_sockets_only = cleanup_sockets_only
+        self._clock = clock
+
+        self._manager = DeviceManager()
+        self._checkpoint = CheckpointFile(self.checkpoint_path)
+        self._admission = Admission(
+            self._manager,
+            write_checkpoint=self._write_checkpoint,
+            notify=self._notify,
+            rpc_timeout=rpc_timeout,
+            pre_start_timeout=pre_start_timeout,
+        )
+        self._clients: dict[str, PluginClient] = {}  # v1.32: one client per resource name
+        self._open_clients: set[PluginClient] = set()
+
+        # records, cumulative for the simulator's life
+        self.register_attempts: list[RegisterAttempt] = []
+        self.list_and_watch_updates: list[ListAndWatchUpdate] = []
+        self.stale_disconnect_events: list[StaleDisconnect] = []
+        self.removed_at_start: list[str] = []
+        self.starts = 0
+        self.listening_since = float("nan")
+        """The clock just before ``kubelet.sock`` was created by the last start."""
+
+        self._server: RegistrationServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._serial = 0
+        self._changes = ChangeFeed(lambda: "; ".join(self.describe().values()) or "no resources")
+
+    # ------------------------------------------------------------------ records
+
+    @property
+    def preferred_allocation_calls(self) -> list[PreferredAllocationCall]:
+        return self._admission.preferred_allocation_calls
+
+    @property
+    def allocate_calls(self) -> list[AllocateCall]:
+        return self._admission.allocate_calls
+
+    @property
+    def pre_start_calls(self) -> list[PreStartCall]:
+        return self._admission.pre_start_calls
+
+    @property
+    def pre_start_timeout(self) -> float:
+        return self._admission.pre_start_timeout
+
+    @property
+    def rpc_timeout(self) -> float | None:
+        return self._admission.rpc_timeout
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def version(self) -> int:
+        """Incremented on every state change."""
+        return self._changes.version
+
+    @property
+    def stale_disconnects(self) -> int:
+        """How often the stale-stream bug of docs/kubelet-contract.md §9 hit: an old stream's
+        end disconnected a newer client."""
+        return len(self.stale_disconnect_events)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """``ManagerImpl.Start``: read the checkpoint, clean the directory, serve."""
+        if self._server is not None:
+            raise RuntimeError("simulator already started")
+        self._manager.reset()
+        self._clients.clear()
+        contents = await self._checkpoint.load()
+        if contents is not None:
+            self._manager.restore(contents, self._clock())
+        self.removed_at_start = await asyncio.to_thread(
+            cleanup_plugin_directory, self.socket_dir, CHECKPOINT_NAME, self.cleanup_sockets_only
+        )
+        server = RegistrationServer(self._handle_register)
+        self.listening_since = self._clock()
+        await server.start(self.socket_path)
+        self._server = server
+        self.starts += 1
+        log_event(
+            logging.INFO,
+            "kubelet_started",
+            socket=self.socket_path,
+            removed=",".join(self.removed_at_start) or "-",
+            restored=",".join(sorted(self._manager.endpoints)) or "-",
+        )
+        await self._notify()
+
+    async def stop(self, *, crash: bool = False) -> None:
+        """``server.Stop``: disconnect every client (every resource unhealthy), then stop
+        serving and remove ``kubelet.sock``. ``crash``: go away like a killed kubelet
+        process instead: the socket first, then every connection, no state changes."""
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        if crash:
+            await server.stop()
+            await asyncio.to_thread(remove_socket, self.socket_path)
+        else:
+            for name, client in list(self._clients.items()):
+                await self._disconnect_client(name, client, reason="kubelet stopping")
+            await server.stop()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for client in list(self._open_clients):
+            client.close()
+        self._open_clients.clear()
+        await asyncio.to_thread(remove_socket, self.socket_path)
+        log_event(logging.INFO, "kubelet_stopped", socket=self.socket_path, crash=crash)
+        await self._notify()
+
+    async def restart(self, *, gap: float = 0.0, crash: bool = False) -> None:
+        """A kubelet restart (docs/kubelet-contract.md §9): stop, wait ``gap`` seconds,
+        start on the same directory."""
+        await self.stop(crash=crash)
+        if gap:
+            await asyncio.sleep(gap)
+        await self.start()
+
+    async def __aenter__(self) -> KubeletSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, RegisterRefused):
+            log_event(logging.ERROR, "task_died", task=task.get_name(), error=repr(exc))
+
+    async def _notify(self) -> None:
+        await self._changes.notify()
+
+    async def _write_checkpoint(self) -> None:
+        await self._checkpoint.write(self._manager.checkpoint_document)
+
+    # ------------------------------------------------------------------ registration
+
+    async def _handle_register(self, request: RegisterRequest) -> None:
+        """``Register`` (docs/kubelet-contract.md §1-§3): validate, dial back, ask for the
+        options, and only then answer."""
+        received_at = self._clock()
+        version = str(request.version)
+        resource = str(request.resource_name)
+        endpoint = str(request.endpoint)
+        log_event(
+            logging.INFO, "register_request", resource=resource, endpoint=endpoint, version=version
+        )
+        try:
+            if version not in SUPPORTED_VERSIONS:
+                raise RegisterRefused(gotext.unsupported_version(version, SUPPORTED_VERSIONS))
+            if not is_extended_resource_name(resource):
+                raise RegisterRefused(gotext.invalid_resource_name(resource))
+            socket_path = gotext.go_join(self.socket_dir, endpoint)
+            # Go: the dial runs on context.Background, a cancelled Register does not stop it.
+            task = self._spawn(self._connect_client(resource, socket_path), f"connect:{resource}")
+            await asyncio.shield(task)
+        except RegisterRefused as exc:
+            self.register_attempts.append(
+                RegisterAttempt(version, resource, endpoint, str(exc), received_at)
+            )
+            log_event(logging.INFO, "register_rejected", resource=resource, error=str(exc))
+            await self._notify()
+            raise
+        self.register_attempts.append(
+            RegisterAttempt(version, resource, endpoint, None, received_at)
+        )
+        await self._notify()
+
+    async def _connect_client(self, resource: str, socket_path: Path) -> None:
+        """``connectClient`` of v1.32: register the client, dial, PluginConnected, run."""
+        self._serial += 1
+        client = PluginClient(self._serial, resource, socket_path)
+        self._clients[resource] = client  # registerClient overwrites
+        self._open_clients.add(client)
+        await self._notify()
+        try:
+            options = await client.connect(self.dial_timeout)
+        except BaseException as exc:
+            self._clients.pop(resource, None)  # deregisterClient(name): whatever is there
+            client.close()
+            self._open_clients.discard(client)
+            if isinstance(exc, RegisterRefused):
+                log_event(logging.INFO, "connect_failed", resource=resource, error=str(exc))
+            elif not isinstance(exc, asyncio.CancelledError):
+                raise RegisterRefused(gotext.dial_failed(str(exc))) from exc
+            raise
+        self._manager.plugin_connected(Endpoint(resource, socket_path, options, client))
+        log_event(
+            logging.INFO,
+            "plugin_connected",
+            resource=resource,
+            client=client.serial,
+            socket=socket_path,
+            pre_start_required=options.pre_start_required,
+            preferred_allocation=options.get_preferred_allocation_available,
+        )
+        self._spawn(self._run_client(client), f"list-and-watch:{resource}#{client.serial}")
+
+    async def _run_client(self, client: PluginClient) -> None:
+        """``client.Run`` then ``runClient``: read ListAndWatch until it ends (never
+        reconnect), then disconnect whatever client has the name
+        (docs/kubelet-contract.md §4, §9)."""
+        reason = "stream ended"
+        try:
+            async for raw in client.list_and_watch():
+                await self._on_list(client, raw)
+        except RpcFailed as exc:
+            reason = str(exc)
+        log_event(
+            logging.INFO,
+            "list_and_watch_ended",
+            resource=client.resource,
+            client=client.serial,
+            socket=client.socket_path,
+            messages=client.messages,
+            reason=reason,
+        )
+        current = self._clients.get(client.resource)
+        if current is None:
+            client.close()
+            self._open_clients.discard(client)
+            return
+        if current is not client:
+            event = StaleDisconnect(client.resource, client.socket_path, current.socket_path)
+            self.stale_disconnect_events.append(event)
+            log_event(
+                logging.WARNING,
+                "stale_stream_disconnects_new_client",
+                resource=client.resource,
+                ended=client.socket_path,
+                disconnected=current.socket_path,
+            )
+            client.close()
+            self._open_clients.discard(client)
+        await self._disconnect_client(client.resource, current, reason="list_and_watch ended")
+
+    async def _on_list(self, client: PluginClient, raw: bytes) -> None:
+        received_at = self._clock()
+        if len(raw) >= DECODE_IN_THREAD:
+            message = await asyncio.to_thread(ListAndWatchResponse.parse, raw)
+        else:
+            message = ListAndWatchResponse.parse(raw)
+        name = client.resource
+        healthy = self._manager.apply_list(name, message)
+        total = len(message.devices)
+        self.list_and_watch_updates.append(
+            ListAndWatchUpdate(name, client.serial, received_at, total, healthy)
+        )
+        log_event(
+            logging.INFO,
+            "devices_updated",
+            resource=name,
+            client=client.serial,
+            total=total,
+            healthy=healthy,
+        )
+        await self._write_checkpoint()
+        await self._notify()
+
+    async def _disconnect_client(self, name: str, client: PluginClient, *, reason: str) -> None:
+        """``disconnectClient`` -> ``Disconnect`` -> ``PluginDisconnected``
+        (docs/kubelet-contract.md §4)."""
+        self._clients.pop(name, None)
+        client.close()
+        self._open_clients.discard(client)
+        self._manager.plugin_disconnected(name, self._clock())
+        log_event(
+            logging.INFO,
+            "plugin_disconnected",
+            resource=name,
+            client=client.serial,
+            reason=reason,
+            capacity=self.capacity(name),
+            allocatable=self.allocatable(name),
+        )
+        await self._notify()
+
+    # ------------------------------------------------------------------ node status
+
+    def capacity(self, resource: str) -> int:
+        """Capacity as ``GetCapacity`` would report it now: healthy + unhealthy."""
+        return self._manager.capacity(resource)
+
+    def allocatable(self, resource: str) -> int:
+        """Allocatable: healthy devices only (allocated ones are not subtracted)."""
+        return self._manager.allocatable(resource)
+
+    def options(self, resource: str) -> PluginOptions | None:
+        endpoint = self._manager.endpoints.get(resource)
+        return endpoint.options if endpoint is not None else None
+
+    async def get_capacity(self) -> tuple[dict[str, int], dict[str, int], list[str]]:
+        """``GetCapacity``: also deletes resources whose stopped endpoint outlived the grace
+        period (or that have no endpoint) and then rewrites the checkpoint
+        (docs/kubelet-contract.md §4)."""
+        result = self._manager.get_capacity(self._clock(), self.endpoint_stop_grace_period)
+        if result.deleted:
+            log_event(logging.INFO, "resources_deleted", resources=",".join(result.deleted))
+            await self._write_checkpoint()
+            await self._notify()
+        return result.capacity, result.allocatable, result.deleted
+
+    def resource(self, name: str) -> ResourceSnapshot:
+        """Snapshot of one resource; KeyError if the simulator never heard of it."""
+        return self._manager.snapshot(name)
+
+    def snapshot(self) -> dict[str, ResourceSnapshot]:
+        return {name: self._manager.snapshot(name) for name in self._manager.names()}
+
+    def describe(self) -> dict[str, str]:
+        """One human line per resource: what the kubelet sees."""
+        return {name: describe(snap) for name, snap in self.snapshot().items()}
+
+    def plugin_clients(self) -> dict[str, Path]:
+        """The registration server's client map: resource -> socket of its current client
+        (set when Register starts dialling, removed on disconnect or a failed dial)."""
+        return {name: client.socket_path for name, client in self._clients.items()}
+
+    @property
+    def allocations(self) -> list[Allocation]:
+        return list(self._manager.pod_devices.values())
+
+    def allocation(self, pod_uid: str, container: str, resource: str) -> Allocation | None:
+        return self._manager.pod_devices.get((pod_uid, container, resource))
+
+    async def read_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint file as JSON, after every write requested so far has landed."""
+        return await self._checkpoint.read_json()
+
+    # ------------------------------------------------------------------ waiting
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], object],
+        timeout: float = 10.0,
+        *,
+        description: str | None = None,
+    ) -> None:
+        """Wait until ``predicate()`` is true, re-checking on every state change.
+
+        A predicate raising LookupError (e.g. ``sim.resource(x)`` before x registered)
+        counts as false. Raises TimeoutError describing what it waited for.
+        """
+        await self._changes.wait_for(predicate, timeout, description)
+
+    async def wait_changed(self, since: int, timeout: float | None = None) -> int:
+        """Wait until :attr:`version` differs from ``since``; returns the new version."""
+        return await self._changes.wait_changed(since, timeout)
+
+    # ------------------------------------------------------------------ pods
+
+    async def allocate(
+        self,
+        resource: str,
+        count: int,
+        *,
+        pod_uid: str = "pod-1",
+        container: str = "c0",
+        numa_affinity: Collection[int] | None = None,
+        pre_start: bool = True,
+    ) -> ContainerAllocateResponse | None:
+        """Admit ``count`` devices of ``resource`` for one container and start it.
+
+        Runs ``devicesToAllocate`` (with GetPreferredAllocation when advertised), one
+        Allocate RPC with exactly one container request, records the allocation, writes the
+        checkpoint, then (``pre_start``) starts the container: PreStartContainer if the
+        plugin requires it. Returns the ContainerAllocateResponse (``ContainerResponses[0]``).
+        Raises SimulatorAllocationError with the kubelet's message. A resource the kubelet
+        never heard of raises "cannot allocate unregistered device" (the real kubelet would
+        admit the pod without devices).
+        """
+        return await self._admission.allocate(
+            resource,
+            count,
+            pod_uid=pod_uid,
+            container=container,
+            numa_affinity=numa_affinity,
+            pre_start=pre_start,
+        )
+
+    async def pre_start_container(self, pod_uid: str, container: str, resource: str) -> None:
+        """A container (re)start: PreStartContainer if the plugin asked for it
+        (docs/kubelet-contract.md §8)."""
+        await self._admission.pre_start_container(pod_uid, container, resource)
+
+    async def release(self, pod_uid: str) -> int:
+        """The pod is gone: ``UpdateAllocatedDevices`` frees its devices. No checkpoint write
+        (docs/kubelet-contract.md §10). Returns how many device allocations were dropped."""
+        freed = self._manager.release(pod_uid)
+        log_event(logging.INFO, "pod_released", pod=pod_uid, devices=freed)
+        await self._notify()
+        return freed

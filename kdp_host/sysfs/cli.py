@@ -1,0 +1,76 @@
+"""The `discover` subcommand's arguments and body (kept here, so cli.py stays a list)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from .discover import DEFAULT_DOMAIN, discover, render_json, render_table, render_yaml
+from .model import PCI, USB
+from .reader import DEFAULT_SCAN_TIMEOUT, ScanTimeout, SysfsReader, read_off_loop
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format", choices=("table", "yaml", "json"), default="table", help="default: table"
+    )
+    parser.add_argument(
+        "--bus",
+        action="append",
+        default=None,
+        metavar="BUS",
+        help=f"a bus under /sys/bus to list (repeatable; default: {USB} and {PCI})",
+    )
+    parser.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="a class under /sys/class to list, e.g. video4linux, sound, tty (repeatable)",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="also list USB root hubs and PCI bridges"
+    )
+    parser.add_argument(
+        "--domain",
+        default=DEFAULT_DOMAIN,
+        help=f"the domain of the suggested resource names (default: {DEFAULT_DOMAIN})",
+    )
+    parser.add_argument("--sysfs-root", default="/sys", help="where sysfs is (default: /sys)")
+    parser.add_argument("--dev-root", default="/dev", help="where /dev is (default: /dev)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_SCAN_TIMEOUT,
+        help="give up on a hung sysfs read after this many seconds "
+        f"(default: {DEFAULT_SCAN_TIMEOUT:g})",
+    )
+
+
+def discover_command(args: argparse.Namespace) -> int:
+    reader = SysfsReader(args.sysfs_root, args.dev_root)
+    buses = args.bus if args.bus else [USB, PCI]
+    extra = ["name"] if args.classes else []
+
+    async def read() -> object:
+        return await read_off_loop(
+            lambda: reader.scan(buses, args.classes, extra), args.timeout, "sysfs"
+        )
+
+    try:
+        scan = asyncio.run(read())
+    except ScanTimeout as exc:
+        print(f"kdp-host discover: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    from .model import SysfsScan
+
+    assert isinstance(scan, SysfsScan)
+    found = discover(scan.devices, domain=args.domain, include_all=args.all)
+    render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.format]
+    sys.stdout.write(render(found, scan.problems))
+    return EXIT_OK

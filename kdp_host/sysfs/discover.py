@@ -1,0 +1,314 @@
+"""`kdp-host discover`: what this machine has, the way an operator thinks about it, with a
+ready-to-paste `sysfs` resource entry for each device.
+
+Only reads sysfs (through the same reader as the driver) and prints; it never fails on an
+unreadable attribute: the reason is shown next to the device.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ..logs import quote_text
+from ..rules import extended_resource_name_problem
+from .model import PCI, USB, SysfsDevice, normalize_hex
+
+PCI_CLASS_NAMES = {
+    "0100": "SCSI storage controller",
+    "0101": "IDE controller",
+    "0104": "RAID controller",
+    "0106": "SATA controller",
+    "0107": "SAS controller",
+    "0108": "NVMe controller",
+    "0180": "storage controller",
+    "0200": "Ethernet controller",
+    "0207": "InfiniBand controller",
+    "0280": "network controller",
+    "0300": "VGA controller",
+    "0302": "3D controller",
+    "0380": "display controller",
+    "0401": "audio device",
+    "0403": "audio device",
+    "0480": "multimedia controller",
+    "0600": "host bridge",
+    "0601": "ISA bridge",
+    "0604": "PCI bridge",
+    "0680": "bridge",
+    "0880": "system peripheral",
+    "0b40": "co-processor",
+    "0c03": "USB controller",
+    "0c05": "SMBus controller",
+    "1200": "processing accelerator",
+    "1280": "accelerator",
+    "ff00": "unassigned class",
+}
+"""Common PCI class names (the PCI SIG's codes), so `discover` can say what a device is."""
+
+USB_CLASS_NAMES = {
+    "01": "audio",
+    "02": "communications (CDC)",
+    "03": "HID",
+    "06": "imaging",
+    "07": "printer",
+    "08": "mass storage",
+    "09": "hub",
+    "0a": "CDC data",
+    "0b": "smart card",
+    "0e": "video",
+    "e0": "wireless",
+    "ef": "miscellaneous",
+    "fe": "application specific",
+    "ff": "vendor specific",
+}
+
+USB_ROOT_HUB_VENDOR = "1d6b"
+PCI_BRIDGE_CLASS = "06"
+DEFAULT_DOMAIN = "example.com"
+_SLUG_UNSAFE = re.compile(r"[^a-z0-9]+")
+
+
+class HexId(str):
+    """A hex ID, always written quoted in YAML: `vendor: "0403"` (unquoted, YAML would read
+    0403 as an octal number, and kdp-host refuses numbers there)."""
+
+
+class _EntryDumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_hex(dumper: yaml.SafeDumper, value: HexId) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(value), style='"')
+
+
+_EntryDumper.add_representer(HexId, _represent_hex)
+
+
+@dataclass(frozen=True)
+class Discovered:
+    device: SysfsDevice
+    suggested_id: str
+    resource: dict[str, Any]
+    """A resource entry for the config, as data (dumped as YAML or JSON)."""
+    serial_hint: str | None
+    """The serial to add to pin the entry to this one device (USB), or None."""
+
+    def description(self) -> str:
+        return describe(self.device)
+
+    def as_dict(self) -> dict[str, Any]:
+        device = self.device
+        data: dict[str, Any] = {
+            "source": device.source,
+            "address": device.name,
+            "id": self.suggested_id,
+            "vendor": device.vendor,
+            "product": device.product,
+            "description": self.description(),
+            "serial": device.serial,
+            "numa": device.numa,
+            "driver": device.driver,
+            "path": device.path,
+            "nodes": [
+                {"path": node.host_path, "subsystem": node.subsystem, "present": node.present}
+                for node in device.nodes
+            ],
+        }
+        if device.source == PCI:
+            data["class"] = normalize_hex(device.attributes.get("class", ""))
+            data["iommuGroup"] = device.iommu_group
+        if device.interfaces:
+            data["interfaces"] = [
+                {"name": i.name, "class": i.interface_class, "driver": i.driver}
+                for i in device.interfaces
+            ]
+        if device.errors:
+            data["errors"] = dict(device.errors)
+        data["resource"] = self.resource
+        return data
+
+
+def driver_text(device: SysfsDevice) -> str:
+    """The bound driver; for a USB device its interfaces' drivers (the device's own is `usb`)."""
+    if device.source == USB:
+        drivers = [i.driver for i in device.interfaces if i.driver]
+        if drivers:
+            return ",".join(dict.fromkeys(drivers))
+    return device.driver or "-"
+
+
+def describe(device: SysfsDevice) -> str:
+    """What the device is: its USB strings, or its PCI class, or its `name` attribute."""
+    if device.source == USB:
+        return device.display_name or _usb_class_name(device)
+    if device.source == PCI:
+        return pci_class_name(device.attributes.get("class"))
+    return device.attributes.get("name", "")
+
+
+def pci_class_name(raw: str | None) -> str:
+    if raw is None:
+        return ""
+    code = normalize_hex(raw).zfill(6)
+    return PCI_CLASS_NAMES.get(code[:4], f"class {code}")
+
+
+def _usb_class_name(device: SysfsDevice) -> str:
+    classes = [i.interface_class for i in device.interfaces if i.interface_class]
+    names = [USB_CLASS_NAMES.get((c or "").lower(), c) for c in classes]
+    return ", ".join(dict.fromkeys(n for n in names if n))
+
+
+def is_infrastructure(device: SysfsDevice) -> bool:
+    """USB root hubs and PCI bridges: listed only with `--all`."""
+    if device.source == USB:
+        return device.vendor == USB_ROOT_HUB_VENDOR
+    if device.source == PCI:
+        return (
+            normalize_hex(device.attributes.get("class", "")).zfill(6).startswith(PCI_BRIDGE_CLASS)
+        )
+    return False
+
+
+def resource_name(domain: str, device: SysfsDevice, description: str) -> str:
+    """A valid extended resource name that says what the device is."""
+    candidates = []
+    if device.source == USB and device.attributes.get("product"):
+        candidates.append(device.attributes["product"])
+    if device.driver:
+        candidates.append(device.driver)
+    if description:
+        candidates.append(description)
+    candidates.append(f"{device.source.replace('/', '-')}-{device.vendor}-{device.product}")
+    for text in candidates:
+        slug = _SLUG_UNSAFE.sub("-", text.lower()).strip("-")[:40].strip("-")
+        name = f"{domain}/{slug}"
+        if slug and extended_resource_name_problem(name) is None:
+            return name
+    return f"{domain}/device"
+
+
+def resource_entry(domain: str, device: SysfsDevice, description: str) -> dict[str, Any]:
+    sysfs: dict[str, Any]
+    vendor = HexId(device.vendor or "")
+    product = HexId(device.product or "")
+    if device.source == USB:
+        sysfs = {"usb": [{"vendor": vendor, "product": product}]}
+    elif device.source == PCI:
+        match: dict[str, Any] = {"vendor": vendor, "device": product}
+        if device.driver:
+            match["driver"] = device.driver
+        sysfs = {"pci": [match]}
+    else:
+        kind, _, name = device.source.partition("/")
+        entry: dict[str, Any] = {"class": name} if kind == "class" else {"bus": device.source}
+        if device.attributes.get("name"):
+            entry["attributes"] = {"name": device.attributes["name"]}
+        elif device.driver:
+            entry["driver"] = device.driver
+        sysfs = {"devices": [entry]}
+    return {"name": resource_name(domain, device, description), "sysfs": sysfs}
+
+
+def discover(
+    devices: Iterable[SysfsDevice], *, domain: str = DEFAULT_DOMAIN, include_all: bool = False
+) -> list[Discovered]:
+    from ..drivers.sysfs import id_candidates
+
+    found = []
+    names: set[str] = set()
+    for device in devices:
+        if not include_all and is_infrastructure(device):
+            continue
+        entry = resource_entry(domain, device, describe(device))
+        if entry["name"] in names:
+            # Two kinds of device that would get one name: tell them apart by their IDs.
+            distinct = f"{entry['name'][:200]}-{device.vendor}-{device.product}"
+            if extended_resource_name_problem(distinct) is None:
+                entry["name"] = distinct
+        names.add(entry["name"])
+        found.append(
+            Discovered(
+                device=device,
+                suggested_id=id_candidates(device)[0],
+                resource=entry,
+                serial_hint=device.serial if device.source == USB else None,
+            )
+        )
+    return found
+
+
+# --------------------------------------------------------------------------- output
+
+
+def render_json(found: Sequence[Discovered], problems: Sequence[str]) -> str:
+    document = {"devices": [d.as_dict() for d in found], "problems": list(problems)}
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+def render_yaml(found: Sequence[Discovered], problems: Sequence[str]) -> str:
+    document = {"devices": [d.as_dict() for d in found], "problems": list(problems)}
+    return yaml.dump(document, Dumper=_EntryDumper, sort_keys=False, allow_unicode=False, width=100)
+
+
+def entry_yaml(item: Discovered) -> str:
+    """The resource entry as a YAML list item, with the serial as a comment to pin it."""
+    text = yaml.dump(
+        [item.resource], Dumper=_EntryDumper, sort_keys=False, default_flow_style=None, width=100
+    )
+    if item.serial_hint:
+        text += f"#   pin it to this one device: add serial: {json.dumps(item.serial_hint)}\n"
+    return text
+
+
+def _shown(text: str) -> str:
+    """Printable text as it is; anything with a control character quoted and escaped, so
+    a hostile serial or product string cannot forge a line or move the cursor."""
+    return text if text.isprintable() else quote_text(text)
+
+
+def render_table(found: Sequence[Discovered], problems: Sequence[str]) -> str:
+    """A table of devices, then each device's nodes, errors and resource entry."""
+    quote = _shown
+    rows = [("SOURCE", "ADDRESS", "ID", "VENDOR:PRODUCT", "NUMA", "DRIVER", "DESCRIPTION")]
+    for item in found:
+        device = item.device
+        rows.append(
+            (
+                device.source,
+                device.name,
+                quote(item.suggested_id),
+                f"{device.vendor or '?'}:{device.product or '?'}",
+                "-" if device.numa is None else str(device.numa),
+                driver_text(device),
+                quote(item.description()),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    for item in found:
+        device = item.device
+        lines.append("")
+        lines.append(f"# {device.source} {device.name}: {quote(item.description()) or '-'}")
+        if device.serial:
+            lines.append(f"#   serial: {quote(device.serial)}")
+        for node in device.nodes:
+            missing = "" if node.present else "  (not in the dev root)"
+            lines.append(f"#   node: {quote(node.host_path)} ({node.subsystem}){missing}")
+        for attribute, reason in sorted(device.errors.items()):
+            lines.append(f"#   unreadable: {attribute}: {quote(reason)}")
+        lines.append(entry_yaml(item).rstrip("\n"))
+    if problems:
+        lines.append("")
+        lines.extend(f"# not read: {quote(problem)}" for problem in problems)
+    if not found:
+        lines.append("(no devices found)")
+    return "\n".join(lines) + "\n"

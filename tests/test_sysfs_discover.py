@@ -1,0 +1,153 @@
+"""`kdp-host discover`: every format, errors shown, and every suggested entry finds its device."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdp_host.cli import main
+from kdp_host.config import SysfsDriverConfig, load_config_text
+from kdp_host.drivers import DriverDeps
+from kdp_host.drivers.sysfs import SysfsDriver
+from kdp_host.logs import get_logger
+from kdp_host.watch import PollingWatcher
+
+from .fake_sysfs import FakeSysfs, standard_machine
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> FakeSysfs:
+    fake = FakeSysfs(tmp_path)
+    standard_machine(fake)
+    return fake
+
+
+def run_discover(fake: FakeSysfs, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    code = main(["discover", "--sysfs-root", str(fake.sys), "--dev-root", str(fake.dev), *args])
+    assert code == 0
+    return capsys.readouterr().out
+
+
+def test_table_lists_devices_nodes_and_entries(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = run_discover(fake, capsys)
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "SOURCE",
+        "ADDRESS",
+        "ID",
+        "VENDOR:PRODUCT",
+        "NUMA",
+        "DRIVER",
+        "DESCRIPTION",
+    ]
+    row = next(line for line in lines if line.startswith("usb     1-1 "))
+    assert row.split()[:6] == ["usb", "1-1", "A10K4V2F", "0403:6001", "0", "ftdi_sio"]
+    assert "FTDI FT232R USB UART" in row
+    assert "#   node: /dev/ttyUSB0 (tty)" in lines
+    assert "#   node: /dev/vfio/42 (vfio)" in lines
+    assert '#   pin it to this one device: add serial: "A10K4V2F"' in lines
+    assert '    - vendor: "0403"' in lines
+    assert not any(line.startswith("usb     usb1") for line in lines), "root hubs only with --all"
+    assert any(
+        line.startswith("usb     usb1") for line in run_discover(fake, capsys, "--all").splitlines()
+    )
+
+
+def test_unreadable_attributes_and_hostile_strings_are_shown_not_fatal(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ftdi = fake.sys / "bus" / "usb" / "devices" / "1-1"
+    (ftdi / "serial").unlink()
+    (ftdi / "serial").mkdir()
+    (ftdi / "product").write_text("evil\x1b[2J\nforged line\n")
+    out = run_discover(fake, capsys)
+    assert "#   unreadable: serial: Is a directory" in out
+    assert "\x1b" not in out
+    assert not any(line.startswith("forged line") for line in out.splitlines())
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_structured_formats(fake: FakeSysfs, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    out = run_discover(fake, capsys, "--format", fmt, "--bus", "usb", "--bus", "pci")
+    document = json.loads(out) if fmt == "json" else yaml.safe_load(out)
+    by_address = {d["address"]: d for d in document["devices"]}
+    gpu = by_address["0000:3b:00.0"]
+    assert (gpu["vendor"], gpu["product"], gpu["numa"], gpu["driver"]) == (
+        "8086",
+        "56a0",
+        1,
+        "i915",
+    )
+    assert [n["path"] for n in gpu["nodes"]] == ["/dev/dri/card1", "/dev/dri/renderD129"]
+    assert by_address["0000:5e:00.0"]["iommuGroup"] == "42"
+    assert by_address["1-1"]["serial"] == "A10K4V2F"
+    assert by_address["1-1"]["interfaces"] == [
+        {"name": "1-1:1.0", "class": "ff", "driver": "ftdi_sio"}
+    ]
+    assert document["problems"] == []
+
+
+def test_every_suggested_entry_finds_its_device(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Paste each entry into a config (with the test's roots): it validates, and the driver
+    finds that device under the ID discover announced."""
+    document = yaml.safe_load(run_discover(fake, capsys, "--format", "yaml", "--all"))
+    assert len(document["devices"]) == 7
+    for item in document["devices"]:
+        entry = item["resource"]
+        entry["sysfs"].update(sysfsRoot=str(fake.sys), devRoot=str(fake.dev))
+        config = load_config_text(yaml.safe_dump({"resources": [entry]}))
+        driver_config = config.resources[0].driver
+        assert isinstance(driver_config, SysfsDriverConfig)
+        log = get_logger()
+        driver = SysfsDriver(driver_config, DriverDeps(log, PollingWatcher(log)))
+        found = {device.id: device for device in asyncio.run(driver.scan())}
+        assert item["id"] in found, (item["address"], sorted(found))
+        assert [n.host_path for n in found[item["id"]].nodes] == [n["path"] for n in item["nodes"]]
+
+
+def test_missing_bus_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = FakeSysfs(tmp_path)
+    out = run_discover(empty, capsys)
+    assert "# not read: usb: cannot list" in out
+    assert "(no devices found)" in out
+
+
+def test_classes_are_listed_with_their_name(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = run_discover(fake, capsys, "--bus", "none-such", "--class", "drm", "--format", "json")
+    document = json.loads(out)
+    assert sorted(d["address"] for d in document["devices"]) == ["card1", "renderD129"]
+    assert document["devices"][0]["resource"]["sysfs"] == {"devices": [{"class": "drm"}]}
+
+
+def test_check_shows_sysfs_resources(
+    fake: FakeSysfs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.remove_node("dri/renderD129")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+resources:
+  - name: example.com/serial
+    sysfs: {{usb: {{vendor: "0403"}}, sysfsRoot: {fake.sys}, devRoot: {fake.dev}}}
+  - name: example.com/gpu
+    sysfs: {{pci: {{class: "03"}}, sysfsRoot: {fake.sys}, devRoot: {fake.dev}}}
+"""
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "example.com/serial  sysfs   A10K4V2F Healthy numa=0 /dev/ttyUSB0, /dev/bus/usb/001/002"
+        in out
+    )
+    gpu_row = "0000:3b:00.0 Unhealthy numa=1 /dev/dri/card1, /dev/dri/renderD129"
+    assert f"example.com/gpu     sysfs   {gpu_row}" in out

@@ -1,0 +1,408 @@
+"""The sysfs driver: config, matching, stable IDs, health and grace, hot-plug end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kdp_host.config import ConfigError, SysfsDriverConfig, load_config_text
+from kdp_host.devices import Device, DeviceTable
+from kdp_host.drivers import DriverDeps, DriverError
+from kdp_host.drivers.sysfs import SysfsDriver, safe_id
+from kdp_host.logs import get_logger
+from kdp_host.rules import device_id_problem
+from kdp_host.simulator import KubeletSimulator
+from kdp_host.sysfs import SysfsReader, SysfsScan
+from kdp_host.watch import InotifyWatcher, PollingWatcher
+
+from .conftest import reporter, wait_table
+from .fake_sysfs import CH340, FTDI, SILABS_CP210X, FakeSysfs, standard_machine
+
+RESOURCE = "vendor.example/serial"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sysfs_config(fake: FakeSysfs, body: str, resource: str = RESOURCE) -> SysfsDriverConfig:
+    text = (
+        f"resources:\n  - name: {resource}\n    sysfs:\n"
+        f"      sysfsRoot: {fake.sys}\n      devRoot: {fake.dev}\n"
+        + "".join(f"      {line}\n" for line in body.strip().splitlines())
+    )
+    driver = load_config_text(text).resources[0].driver
+    assert isinstance(driver, SysfsDriverConfig)
+    return driver
+
+
+def make_driver(
+    fake: FakeSysfs, body: str, clock: Callable[[], float] | None = None
+) -> SysfsDriver:
+    log = get_logger().bind(resource=RESOURCE)
+    return SysfsDriver(sysfs_config(fake, body), DriverDeps(log, PollingWatcher(log)), clock)
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> FakeSysfs:
+    return FakeSysfs(tmp_path)
+
+
+def summary(devices: list[Device] | dict[str, Device]) -> dict[str, tuple[bool, list[str]]]:
+    items = devices.values() if isinstance(devices, dict) else devices
+    return {d.id: (d.healthy, [n.host_path for n in d.nodes]) for d in items}
+
+
+# ---------------------------------------------------------------------- config
+
+
+def test_config_reads_every_section(fake: FakeSysfs) -> None:
+    config = sysfs_config(
+        fake,
+        """
+usb:
+  - {vendor: "0x0403", product: "6001", serial: "A1*", interfaceClass: "ff"}
+  - {manufacturer: "Silicon Labs", productName: "CP210*"}
+pci: {vendor: "8086", class: "0x0300/0xff00", driver: i915}
+devices:
+  - {class: video4linux, attributes: {name: "UVC*"}}
+nodes: {subsystems: [tty, drm], names: ["/dev/ttyUSB*", "dri/*"]}
+gracePeriod: 5s
+env: {SERIAL: "{serial}", WHERE: "{address}"}
+""",
+    )
+    assert config.usb[0].vendor == "0x0403" and config.usb[0].serial == "A1*"
+    assert config.usb[1].product_name == "CP210*"
+    assert config.pci[0].pci_class == "0x0300/0xff00"
+    assert config.devices[0].device_class == "video4linux"
+    assert config.nodes is not None and config.nodes.names == ("ttyUSB*", "dri/*")
+    assert config.grace_period == 5.0
+    assert config.sysfs_root == str(fake.sys)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("usb: [{vendor: 0403}]", 'write hex IDs as quoted strings (vendor: "0403")'),
+        ('usb: [{vendor: "xyz"}]', "must be hex digits"),
+        ('usb: [{vendor: "12345"}]', "at most 4 hex digits"),
+        ('pci: [{class: "030"}]', "2, 4 or 6 hex digits"),
+        ("usb: [{}]", "must name at least one of"),
+        ('usb: [{vendr: "0403"}]', "unknown key (did you mean 'vendor'?)"),
+        ("devices: [{attributes: {name: x}}]", "needs exactly one of bus or class"),
+        ("devices: [{class: drm, attributes: {../x: y}}]", "attribute file below the device"),
+        ('usb: {vendor: "0403"}\nenv: {X: "{colour}"}', "unknown template field {colour}"),
+        ("gracePeriod: 1s", "needs at least one of usb, pci or devices"),
+        ('usb: {vendor: "0403"}\ndevRoot: dev', "must be an absolute path"),
+    ],
+)
+def test_config_errors(fake: FakeSysfs, body: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        sysfs_config(fake, body)
+    assert fragment in str(caught.value)
+    assert "resources[0].sysfs" in str(caught.value)
+
+
+# ---------------------------------------------------------------------- matching and IDs
+
+
+async def test_usb_serial_adapters_by_vendor_and_product(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    driver = make_driver(
+        fake,
+        f"""
+usb:
+  - {{vendor: "0x{FTDI[0].upper()}", product: "{FTDI[1]}"}}
+  - {{vendor: "{CH340[0]}", product: "{CH340[1]}"}}
+env: {{SERIAL: "{{serial}}", PORT: "{{address}}", IDS: "{{vendor}}:{{product}}"}}
+""",
+    )
+    devices = {d.id: d for d in await driver.scan()}
+    assert summary(devices) == {
+        "A10K4V2F": (True, ["/dev/ttyUSB0", "/dev/bus/usb/001/002"]),
+        "1-2": (True, ["/dev/ttyUSB1", "/dev/bus/usb/001/003"]),
+    }, "ID: the serial when there is one, else the port path; every node beneath"
+    assert devices["A10K4V2F"].env == {"SERIAL": "A10K4V2F", "PORT": "1-1", "IDS": "0403:6001"}
+    assert devices["1-2"].env["SERIAL"] == ""
+    assert devices["A10K4V2F"].numa == 0
+    assert devices["A10K4V2F"].primary_path == "/dev/ttyUSB0"
+
+
+async def test_usb_match_on_strings_interface_class_and_serial_glob(fake: FakeSysfs) -> None:
+    controller = fake.usb_controller()
+    fake.usb_acm_device(
+        controller,
+        "1-3",
+        devnum=4,
+        serial="ZB-1",
+        manufacturer="Silicon Labs",
+        product_name="CP2102N Zigbee",
+    )
+    fake.usb_serial_adapter(controller, "1-4", devnum=5, tty="ttyUSB3", serial="A99")
+    by_class = make_driver(fake, 'usb: [{interfaceClass: "02"}]')
+    assert [d.id for d in await by_class.scan()] == ["ZB-1"]
+    by_name = make_driver(fake, 'usb: [{manufacturer: "Silicon*", productName: "*Zigbee"}]')
+    assert [d.id for d in await by_name.scan()] == ["ZB-1"]
+    by_serial = make_driver(fake, 'usb: [{serial: "A*"}]')
+    assert [d.id for d in await by_serial.scan()] == ["A99"]
+    nothing = make_driver(fake, f'usb: [{{vendor: "{SILABS_CP210X[0]}", serial: "nope"}}]')
+    assert await nothing.scan() == []
+
+
+async def test_pci_match_by_class_driver_and_node_selection(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    gpus = make_driver(fake, 'pci: [{class: "03", driver: i915}]')
+    assert summary(await gpus.scan()) == {
+        "0000:3b:00.0": (True, ["/dev/dri/card1", "/dev/dri/renderD129"])
+    }
+    render_only = make_driver(
+        fake, 'pci: [{vendor: "8086", class: "0x030000/0xff0000"}]\nnodes: {names: [dri/renderD*]}'
+    )
+    (gpu,) = await render_only.scan()
+    assert (gpu.id, gpu.numa, [n.host_path for n in gpu.nodes]) == (
+        "0000:3b:00.0",
+        1,
+        ["/dev/dri/renderD129"],
+    )
+    vfio = make_driver(fake, "pci: [{driver: vfio-pci}]\nnodes: {subsystems: [vfio]}")
+    assert summary(await vfio.scan()) == {
+        "0000:5e:00.0": (True, ["/dev/vfio/42", "/dev/vfio/vfio"])
+    }
+    storage = make_driver(fake, 'pci: [{class: "0108"}]\nnodes: {subsystems: [block]}')
+    assert summary(await storage.scan()) == {
+        "0000:01:00.0": (True, ["/dev/nvme0n1", "/dev/nvme0n1p1"])
+    }
+
+
+async def test_generic_class_match(fake: FakeSysfs) -> None:
+    controller = fake.usb_controller()
+    camera = fake.usb_device(controller, "1-4", devnum=5, vendor="046d", product="0825")
+    interface = fake.usb_interface(camera, "1.0", "0e", "uvcvideo")
+    for index, name in ((0, "UVC Camera"), (1, "UVC Metadata")):
+        video = fake.node(
+            interface / "video4linux" / f"video{index}",
+            f"video{index}",
+            klass="video4linux",
+            major=81,
+            minor=index,
+        )
+        fake.attributes(video, name=name)
+    driver = make_driver(fake, 'devices: [{class: video4linux, attributes: {name: "*Camera"}}]')
+    assert summary(await driver.scan()) == {"video0": (True, ["/dev/video0"])}
+
+
+async def test_a_device_matched_twice_is_listed_once(fake: FakeSysfs) -> None:
+    """The PCI GPU and its drm card both match: the card is part of the GPU, not a second
+    device (one physical device is advertised once, whatever the matches)."""
+    standard_machine(fake)
+    driver = make_driver(
+        fake,
+        'pci: [{driver: i915}]\ndevices: [{class: drm}, {class: drm, attributes: {dev: "226:*"}}]',
+    )
+    assert summary(await driver.scan()) == {
+        "0000:3b:00.0": (True, ["/dev/dri/card1", "/dev/dri/renderD129"])
+    }
+    cards_only = make_driver(fake, "devices: [{class: drm}]")
+    assert sorted(d.id for d in await cards_only.scan()) == ["card1", "renderD129"]
+
+
+def test_ids_are_safe_stable_and_distinct() -> None:
+    for text in ("A10K4V2F", "1-1.2", "0000:3b:00.0"):
+        assert safe_id(text) == text
+    for text in ("has space", "-dash", "ü", "x" * 300, "a/b"):
+        result = safe_id(text)
+        assert device_id_problem(result) is None, (text, result)
+        assert safe_id(text) == result
+    assert safe_id("a b") != safe_id("a_b")
+
+
+async def test_duplicate_serials_never_move_an_id(fake: FakeSysfs) -> None:
+    """Two sticks with one serial: the first keeps it, the second gets its port path; when
+    the first goes, the second keeps its own ID (the serial ID never points at it)."""
+    clock = Clock()
+    controller = fake.usb_controller()
+    first = fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="0001")
+    fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial="0001")
+    driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\ngracePeriod: 10s', clock)
+    devices, _ = driver.merge(driver.matched(await driver.read()))
+    assert summary(devices) == {
+        "0001": (True, ["/dev/ttyUSB0", "/dev/bus/usb/001/002"]),
+        "1-2": (True, ["/dev/ttyUSB1", "/dev/bus/usb/001/003"]),
+    }
+    fake.remove_device(first)
+    clock.now += 1
+    devices, expiry = driver.merge(driver.matched(await driver.read()))
+    assert summary(devices) == {
+        "0001": (False, ["/dev/ttyUSB0", "/dev/bus/usb/001/002"]),
+        "1-2": (True, ["/dev/ttyUSB1", "/dev/bus/usb/001/003"]),
+    }
+    assert expiry == clock.now + 10
+    clock.now += 10
+    devices, expiry = driver.merge(driver.matched(await driver.read()))
+    assert summary(devices) == {"1-2": (True, ["/dev/ttyUSB1", "/dev/bus/usb/001/003"])}
+    assert expiry is None
+    # The serial is free again: a stick with it plugged in anywhere gets it.
+    fake.usb_serial_adapter(controller, "1-3", devnum=4, tty="ttyUSB2", serial="0001")
+    devices, _ = driver.merge(driver.matched(await driver.read()))
+    assert sorted(devices) == ["0001", "1-2"]
+    assert devices["0001"].nodes[0].host_path == "/dev/ttyUSB2"
+
+
+async def test_a_stick_moved_to_another_port_keeps_its_serial_id(fake: FakeSysfs) -> None:
+    clock = Clock()
+    controller = fake.usb_controller()
+    stick = fake.usb_acm_device(controller, "1-1", devnum=2, serial="ZW-7")
+    driver = make_driver(fake, 'usb: [{serial: "ZW-*"}]\ngracePeriod: 30s', clock)
+    assert list(driver.merge(driver.matched(await driver.read()))[0]) == ["ZW-7"]
+    fake.remove_device(stick)
+    clock.now += 1
+    fake.usb_acm_device(controller, "1-4", devnum=3, serial="ZW-7", tty="ttyACM1")
+    devices, _ = driver.merge(driver.matched(await driver.read()))
+    assert summary(devices) == {"ZW-7": (True, ["/dev/ttyACM1", "/dev/bus/usb/001/003"])}
+
+
+# ---------------------------------------------------------------------- health and grace
+
+
+async def test_lost_node_is_unhealthy_for_the_grace_period(fake: FakeSysfs) -> None:
+    clock = Clock()
+    machine = standard_machine(fake)
+    driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\ngracePeriod: 5s', clock)
+    devices, _ = driver.merge(driver.matched(await driver.read()))
+    assert devices["A10K4V2F"].healthy
+    # The serial driver is unbound: the tty goes from sysfs and from /dev.
+    fake.remove_device(machine["ftdi"] / "1-1:1.0" / "ttyUSB0")
+    clock.now += 1
+    devices, expiry = driver.merge(driver.matched(await driver.read()))
+    assert summary(devices) == {"A10K4V2F": (False, ["/dev/bus/usb/001/002"])}
+    assert expiry == clock.now + 5
+    clock.now += 5
+    devices, expiry = driver.merge(driver.matched(await driver.read()))
+    assert summary(devices) == {"A10K4V2F": (True, ["/dev/bus/usb/001/002"])}
+    assert expiry is None
+
+
+async def test_node_listed_in_sysfs_but_missing_in_dev_is_unhealthy(fake: FakeSysfs) -> None:
+    clock = Clock()
+    standard_machine(fake)
+    fake.remove_node("dri/renderD129")
+    driver = make_driver(fake, "pci: [{driver: i915}]\ngracePeriod: 0s", clock)
+    devices, _ = driver.merge(driver.matched(await driver.read()))
+    assert summary(devices) == {"0000:3b:00.0": (False, ["/dev/dri/card1", "/dev/dri/renderD129"])}
+    fake.create_node("dri/renderD129")
+    devices, _ = driver.merge(driver.matched(await driver.read()))
+    assert devices["0000:3b:00.0"].healthy
+
+
+async def test_no_node_passing_the_filter_is_unhealthy(fake: FakeSysfs) -> None:
+    standard_machine(fake)
+    driver = make_driver(fake, "pci: [{driver: i915}]\nnodes: {subsystems: [tty]}")
+    assert summary(await driver.scan()) == {"0000:3b:00.0": (False, [])}
+    unfiltered = make_driver(fake, 'pci: [{class: "0c03"}]')
+    assert summary(await unfiltered.scan()) == {"0000:00:14.0": (True, [])}
+
+
+async def test_a_stuck_read_times_out_and_is_not_repeated(fake: FakeSysfs) -> None:
+    release = threading.Event()
+
+    class StuckReader(SysfsReader):
+        def scan(self, *args: object, **kwargs: object) -> SysfsScan:
+            release.wait(30)
+            return SysfsScan(())
+
+    config = sysfs_config(fake, 'usb: [{vendor: "0403"}]\nscanTimeout: 200ms')
+    log = get_logger()
+    driver = SysfsDriver(
+        config,
+        DriverDeps(log, PollingWatcher(log)),
+        reader=StuckReader(str(fake.sys), str(fake.dev)),
+    )
+    try:
+        with pytest.raises(DriverError, match=r"longer than 0\.2s") as caught:
+            await driver.scan()
+        assert caught.value.reason == "timeout"
+        with pytest.raises(DriverError, match="still stuck"):
+            await driver.scan()
+    finally:
+        release.set()
+    await asyncio.sleep(0.05)
+
+
+# ---------------------------------------------------------------------- hot-plug
+
+
+async def test_hot_plug_through_inotify(fake: FakeSysfs) -> None:
+    """A device appears (sysfs, then its nodes), its tty appears later, it vanishes."""
+    controller = fake.usb_controller()
+    log = get_logger().bind(resource=RESOURCE)
+    watcher = InotifyWatcher(log)
+    config = sysfs_config(
+        fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\ngracePeriod: 1s\nrescanInterval: 1h'
+    )
+    driver = SysfsDriver(config, DriverDeps(log, watcher))
+    table = DeviceTable()
+    async with asyncio.TaskGroup() as group:
+        watching = group.create_task(watcher.run())
+        driving = group.create_task(driver.run(reporter(table, resource=RESOURCE)))
+        async with asyncio.timeout(15):
+            await table.published.wait()
+        assert table.snapshot.devices == ()
+        # plugged in: the kernel adds the device and its bus node, the tty comes a moment later
+        device = fake.usb_device(
+            controller, "1-1", devnum=2, vendor=FTDI[0], product=FTDI[1], serial="HOT1"
+        )
+        snap = await wait_table(table, lambda s: [d.id for d in s.devices] == ["HOT1"])
+        assert snap.devices[0].healthy
+        interface = fake.usb_interface(device, "1.0", "ff", "ftdi_sio")
+        fake.node(interface / "ttyUSB0" / "tty" / "ttyUSB0", "ttyUSB0", klass="tty")
+        await wait_table(table, lambda s: s.devices[0].nodes[0].host_path == "/dev/ttyUSB0")
+        fake.remove_device(device)
+        await wait_table(table, lambda s: not s.devices[0].healthy)
+        await wait_table(table, lambda s: s.devices == ())
+        driving.cancel()
+        await asyncio.wait([driving])
+        watching.cancel()
+
+
+async def test_sysfs_resource_end_to_end(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host
+) -> None:
+    fake = FakeSysfs(short_dir)
+    controller = fake.usb_controller()
+    fake.usb_serial_adapter(controller, "1-1", devnum=2, serial="A10K4V2F")
+    await start_host(
+        f"""
+kubelet: {{socketDir: {socket_dir}}}
+resources:
+  - name: {RESOURCE}
+    sysfs:
+      sysfsRoot: {fake.sys}
+      devRoot: {fake.dev}
+      usb: [{{vendor: "{FTDI[0]}", product: "{FTDI[1]}"}}]
+      gracePeriod: 1s
+      env: {{SERIAL_NUMBER: "{{serial}}"}}
+    allocate:
+      env: {{DEVICES: "{{ids}}"}}
+"""
+    )
+    await kubelet.wait_for(lambda: kubelet.resource(RESOURCE).allocatable == 1)
+    response = await kubelet.allocate(RESOURCE, 1, pod_uid="p1")
+    assert sorted((d.host_path, d.container_path) for d in response.devices) == [
+        ("/dev/bus/usb/001/002", "/dev/bus/usb/001/002"),
+        ("/dev/ttyUSB0", "/dev/ttyUSB0"),
+    ]
+    assert response.envs == {"DEVICES": "A10K4V2F", "SERIAL_NUMBER": "A10K4V2F"}
+    # hot-plug a second adapter, then unplug it
+    second = fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial="B2")
+    await kubelet.wait_for(lambda: "B2" in kubelet.resource(RESOURCE).healthy_ids, timeout=10)
+    fake.remove_device(second)
+    await kubelet.wait_for(lambda: "B2" in kubelet.resource(RESOURCE).unhealthy_ids, timeout=10)
+    await kubelet.wait_for(lambda: kubelet.resource(RESOURCE).capacity == 1, timeout=10)

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,7 +202,12 @@ class CdiSpecWriter:
     Runs as a task of the resource: waits for the driver's first list, writes, then wakes
     on every table change (coalescing bursts for `debounce` seconds) and rewrites when the
     content changed. Removes the file when cancelled (the resource stopped). Never raises:
-    a failed write is logged and retried.
+    a failed write is logged, counted (`count_failure`), reported (`report`: the resource
+    is then not ready) and retried.
+
+    A device whose CDI name is not in the spec file on disk is held Unhealthy in the table
+    (the runtime could not resolve the name Allocate would return): a new device until its
+    spec is written, every device of a file that cannot be written.
     """
 
     resource: ResourceConfig
@@ -210,6 +215,10 @@ class CdiSpecWriter:
     log: EventLogger
     debounce: float = DEBOUNCE
     retry_interval: float = RETRY_INTERVAL
+    verify_interval: float = VERIFY
+    report: Callable[[str | None], None] = field(default=lambda reason: None)
+    """Told a short reason (no path) while the file cannot be written, None once it is."""
+    count_failure: Callable[[], None] = field(default=lambda: None)
     path: str = field(init=False)
     writes: int = field(default=0, init=False)
     """Files written."""
@@ -218,10 +227,27 @@ class CdiSpecWriter:
     synced_version: int = field(default=-1, init=False)
     """Version of the last snapshot the file on disk reflects."""
     _on_disk: bytes | None = field(default=None, init=False, repr=False)
+    _resolvable: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    first_sync: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    """Set after the first attempt to write the driver's first list (success or not)."""
     _last_error: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = spec_path(self.resource)
+        if self.resource.allocate.cdi is not None:
+            self.table.hold_unhealthy(self._unresolvable)
+
+    def _unresolvable(self, device: Device) -> bool:
+        return has_cdi_edits(device) and cdi_device_name(device.id) not in self._resolvable
+
+    def _set_on_disk(self, content: bytes | None) -> None:
+        """Remember what the file holds; devices it does not name are held Unhealthy."""
+        self._on_disk = content
+        cdi = self.resource.allocate.cdi
+        names = spec_device_names(content, cdi.kind) if cdi is not None else frozenset()
+        if names != self._resolvable:
+            self._resolvable = names
+            self.table.hold_unhealthy(self._unresolvable)
 
     async def run(self) -> None:
         cdi = self.resource.allocate.cdi
@@ -230,18 +256,20 @@ class CdiSpecWriter:
         if problem := cdi_kind_problem(cdi.kind):
             self.log.error("cdi_kind_invalid", kind=cdi.kind, reason=problem)
         try:
-            self._on_disk = await _read_or_none(self.path)
+            self._set_on_disk(await _read_or_none(self.path))
             await self.table.published.wait()
             snapshot = self.table.snapshot
             while True:
                 synced = await self._sync(snapshot)
+                self.first_sync.set()
+                timeout = self.retry_interval if not synced else self.verify_interval
                 try:
-                    async with asyncio.timeout(self.retry_interval if not synced else VERIFY):
+                    async with asyncio.timeout(timeout):
                         snapshot = await self.table.wait_newer(snapshot.version)
                 except TimeoutError:
                     # Nothing changed: check the file is still ours (another instance
                     # stopping during a rolling upgrade removes the same file name).
-                    self._on_disk = await _read_or_none(self.path)
+                    self._set_on_disk(await _read_or_none(self.path))
                 await asyncio.sleep(self.debounce)
                 snapshot = self.table.snapshot
         finally:
@@ -258,31 +286,54 @@ class CdiSpecWriter:
                     await write_atomic(self.path, content)
                     self.writes += 1
                     self.log.info("cdi_spec_written", path=self.path, version=snapshot.version)
-                self._on_disk = content
+                self._set_on_disk(content)
         except OSError as exc:
-            self.failures += 1
-            message = f"{type(exc).__name__}: {exc}"
-            if message != self._last_error:
-                self.log.warning("cdi_spec_write_failed", path=self.path, reason=message)
-                self._last_error = message
+            self._failed(f"{type(exc).__name__}: {exc}", short=type(exc).__name__)
             return False
         except Exception:
-            self.failures += 1
-            # A bug here must not take the resource down: its devices are still served.
+            # A bug here must not take the resource down: its other devices are still served.
             self.log.exception("cdi_spec_write_failed", path=self.path)
-            self._last_error = "internal error"
+            self._failed("internal error", short="internal error", logged=True)
             return False
+        if self._last_error is not None:
+            self.log.info("cdi_spec_recovered", path=self.path)
+            self.report(None)
         self._last_error = None
         self.synced_version = snapshot.version
         return True
+
+    def _failed(self, message: str, *, short: str, logged: bool = False) -> None:
+        self.failures += 1
+        self.count_failure()
+        if message != self._last_error:
+            if not logged:
+                self.log.warning("cdi_spec_write_failed", path=self.path, reason=message)
+            self.report(f"CDI spec file not written ({short})")
+            self._last_error = message
 
     async def _remove(self) -> None:
         try:
             if await _unlink(self.path):
                 self.log.info("cdi_spec_removed", path=self.path, reason="resource_stopped")
         except OSError as exc:
+            self.failures += 1
+            self.count_failure()
             self.log.warning("cdi_spec_remove_failed", path=self.path, reason=str(exc))
         self._on_disk = None
+
+
+def spec_device_names(content: bytes | None, kind: str) -> frozenset[str]:
+    """The device names a spec file's content makes resolvable for `kind` (none when it
+    is missing, unreadable, or of another kind)."""
+    if content is None:
+        return frozenset()
+    try:
+        spec = json.loads(content)
+        if spec.get("kind") != kind:
+            return frozenset()
+        return frozenset(str(device["name"]) for device in spec["devices"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return frozenset()
 
 
 async def write_atomic(path: str, data: bytes) -> None:

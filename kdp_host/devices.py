@@ -185,6 +185,7 @@ class DeviceTable:
         self._reported: Mapping[str, Device] = {}
         self._degraded_reason: str | None = None
         self._failed_checks: set[str] = set()
+        self._held: Callable[[Device], bool] | None = None
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._changed = asyncio.Event()
         self.published = asyncio.Event()
@@ -229,6 +230,13 @@ class DeviceTable:
         self._degraded_reason = reason
         return self._rebuild()
 
+    def hold_unhealthy(self, predicate: Callable[[Device], bool] | None) -> bool:
+        """Report Unhealthy every device `predicate` holds back (a device whose CDI name is not
+        in the spec file on disk yet); None lifts it. Call again after what the predicate
+        depends on changed: the snapshot is rebuilt with its new answers."""
+        self._held = predicate
+        return self._rebuild()
+
     def set_check_result(self, device_id: str, healthy: bool) -> bool:
         if device_id not in self._reported:
             return False
@@ -262,12 +270,14 @@ class DeviceTable:
     def _build(self, version: int) -> Snapshot:
         devices: list[Device] = []
         replicas: list[AdvertisedDevice] = []
+        held = self._held
         for device_id in sorted(self._reported):
             device = self._reported[device_id]
             healthy = (
                 device.healthy
                 and self._degraded_reason is None
                 and device_id not in self._failed_checks
+                and not (held is not None and held(device))
             )
             if healthy != device.healthy:
                 device = device.with_health(healthy)

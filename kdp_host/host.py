@@ -21,7 +21,7 @@ from .config import Config, load_config
 from .drivers import DriverFactory, make_driver
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
-from .metrics import Metrics
+from .metrics import ConfigReloadResult, Metrics
 from .registration import KUBELET_SOCKET, kubelet_socket_identity
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, ResourceRuntime
@@ -118,7 +118,7 @@ class Host:
         if self._reloader is not None:
             self._reloader.request()
 
-    async def reload_from(self, path: Path) -> str:
+    async def reload_from(self, path: Path) -> ConfigReloadResult:
         """Read, validate and apply `path` now; returns the counted result."""
         reloader = self._reloader
         if reloader is None or reloader.path != path:

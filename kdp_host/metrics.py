@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,8 +29,9 @@ from . import __version__
 
 ALLOCATION_RESULTS = ("ok", "invalid")
 REGISTRATION_RESULTS = ("ok", "refused", "unavailable", "error")
-DRIVER_ERROR_REASONS = ("timeout", "exit", "parse", "output_too_large", "spawn", "io")
-"""Every `reason` a driver may count a failed scan or probe under."""
+DriverErrorReason = Literal["timeout", "exit", "parse", "output_too_large", "spawn", "io"]
+"""Every `reason` a driver may count a failed scan or probe under (DriverError's type)."""
+DRIVER_ERROR_REASONS: tuple[DriverErrorReason, ...] = get_args(DriverErrorReason)
 DRIVER_SKIP_REASONS = (
     "bad_name",
     "dangling_link",
@@ -43,7 +44,8 @@ DRIVER_SKIP_REASONS = (
     "rate_limited",
 )
 """Every `reason` a driver may count something it left out (without failing) under."""
-CONFIG_RELOAD_RESULTS = ("ok", "invalid", "refused", "unchanged")
+ConfigReloadResult = Literal["ok", "invalid", "refused", "unchanged"]
+CONFIG_RELOAD_RESULTS: tuple[ConfigReloadResult, ...] = get_args(ConfigReloadResult)
 DEVICE_HEALTH = ("healthy", "unhealthy")
 
 HistogramMode = Literal["perResource", "host", "off"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .logs import EventLogger
-from .metrics import Metrics
+from .metrics import ConfigReloadResult, Metrics
 from .watch import Watcher
 
 RELOAD_DEBOUNCE = 0.1
@@ -105,7 +105,7 @@ class ConfigReloader:
             for subscription in subscriptions:
                 subscription.cancel()
 
-    async def reload(self) -> str:
+    async def reload(self) -> ConfigReloadResult:
         """Read, validate and apply the file; returns the result that was counted.
 
         The file is read and checked by the same function as at start-up, in a worker thread
@@ -130,7 +130,7 @@ class ConfigReloader:
             sha256=new.sha256[:12],
         )
 
-    def _result(self, result: str, **fields: object) -> str:
+    def _result(self, result: ConfigReloadResult, **fields: object) -> ConfigReloadResult:
         self.metrics.config_reloads.labels(result).inc()
         if result == "ok":
             self.log.info("config_reloaded", **fields)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -96,6 +97,9 @@ class ResourceRuntime:
         self._encoder = ListAndWatchEncoder()
         self._wake = asyncio.Event()
         self._stream_lost = False
+        self._first_list_ready: list[asyncio.Event] = [self.table.published]
+        """Set when the first list is complete (the driver's first scan, the first CDI spec
+        write): the kubelet's first ListAndWatch then sees final health, not a flap."""
 
     def _on_devices_changed(self, snapshot: Snapshot) -> None:
         self._services.metrics.set_device_counts(
@@ -132,7 +136,15 @@ class ResourceRuntime:
             if self.config.allocate.cdi is not None:
                 from .cdi import CdiSpecWriter
 
-                writer = CdiSpecWriter(self.config, self.table, self.log)
+                cdi_failures = services.metrics.cdi_spec_failures.labels(self.config.name)
+                writer = CdiSpecWriter(
+                    self.config,
+                    self.table,
+                    self.log,
+                    report=functools.partial(self._set_problem, "cdi"),
+                    count_failure=cdi_failures.inc,
+                )
+                self._first_list_ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{self.config.name}:cdi")
             group.create_task(self._serve_forever(), name=f"{self.config.name}:serve")
 
@@ -217,10 +229,10 @@ class ResourceRuntime:
         self, service: DevicePluginService, identity: FileIdentity
     ) -> FileIdentity | None:
         """Register, retrying with backoff; returns the identity of the kubelet.sock used."""
-        if not self.table.published.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FIRST_SCAN_WAIT):
-                    await self.table.published.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_SCAN_WAIT):
+                for event in self._first_list_ready:
+                    await event.wait()
         backoff = Backoff()
         metrics = self._services.metrics
         last_message = None
@@ -273,6 +285,13 @@ class ResourceRuntime:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._wake.wait()
+
+    def _set_problem(self, part: str, reason: str | None) -> None:
+        """A part of the resource keeps it from being ready (reason), or no longer (None)."""
+        if reason is None:
+            self.status.problems.pop(part, None)
+        else:
+            self.status.problems[part] = reason
 
     def _mark(
         self,

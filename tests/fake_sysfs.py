@@ -252,6 +252,7 @@ class FakeSysfs:
         manufacturer: str | None,
         product_name: str | None,
         device_class: str = "00",
+        create_nodes: bool = True,
     ) -> Path:
         self.device_dir(path, bus="usb")
         self.attributes(
@@ -277,8 +278,10 @@ class FakeSysfs:
             f"DEVNUM={devnum:03d}",
         ]
         (path / "uevent").write_text("\n".join(lines) + "\n")
+        (path / "dev").write_text(f"189:{(busnum - 1) * 128 + devnum - 1}\n")
         self.bind(path, "usb", "usb")
-        self.create_node(devname)
+        if create_nodes:
+            self.create_node(devname)
         return path
 
     def usb_device(
@@ -292,6 +295,7 @@ class FakeSysfs:
         serial: str | None = None,
         manufacturer: str | None = None,
         product_name: str | None = None,
+        create_nodes: bool = True,
     ) -> Path:
         """A USB device at `port_path` (`1-1`, or `1-1.2` behind the hub at `1-1`)."""
         parent = controller.root_hub
@@ -308,6 +312,7 @@ class FakeSysfs:
             serial,
             manufacturer,
             product_name,
+            create_nodes=create_nodes,
         )
 
     def usb_interface(
@@ -339,8 +344,12 @@ class FakeSysfs:
         ids: tuple[str, str] = FTDI,
         manufacturer: str = "FTDI",
         product_name: str = "FT232R USB UART",
+        create_nodes: bool = True,
     ) -> Path:
-        """An FTDI-style adapter: device, interface bound to ftdi_sio, usb-serial port, tty."""
+        """An FTDI-style adapter: device, interface bound to ftdi_sio, usb-serial port, tty.
+
+        `create_nodes=False` builds only the sysfs side: the caller then creates the nodes
+        (`nodes_of`), as devtmpfs does right after the kernel added the device."""
         device = self.usb_device(
             controller,
             port_path,
@@ -350,12 +359,13 @@ class FakeSysfs:
             serial=serial,
             manufacturer=manufacturer,
             product_name=product_name,
+            create_nodes=create_nodes,
         )
         interface = self.usb_interface(device, "1.0", "ff", "ftdi_sio")
         port = self.device_dir(interface / tty, bus="usb-serial")
         (port / "uevent").write_text("DRIVER=ftdi_sio\n")
         minor = int("".join(c for c in tty if c.isdigit()) or 0)
-        self.node(port / "tty" / tty, tty, klass="tty", major=188, minor=minor)
+        self.node(port / "tty" / tty, tty, klass="tty", major=188, minor=minor, create=create_nodes)
         return device
 
     def usb_acm_device(
@@ -388,12 +398,20 @@ class FakeSysfs:
 
     # ------------------------------------------------------------------ hot-unplug
 
-    def remove_device(self, path: Path) -> None:
-        """Unplug: nodes go from the dev root, entries and links from sysfs, as the kernel does."""
-        for uevent in path.rglob("uevent"):
+    @staticmethod
+    def nodes_of(path: Path) -> list[str]:
+        """The DEVNAME of every node announced at or below a device directory."""
+        names = []
+        for uevent in sorted(path.rglob("uevent")):
             for line in uevent.read_text().splitlines():
                 if line.startswith("DEVNAME="):
-                    self.remove_node(line.partition("=")[2])
+                    names.append(line.partition("=")[2])
+        return names
+
+    def remove_device(self, path: Path) -> None:
+        """Unplug: nodes go from the dev root, entries and links from sysfs, as the kernel does."""
+        for devname in self.nodes_of(path):
+            self.remove_node(devname)
         for directory in [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]:
             for entry in (self.sys / "bus").glob(f"*/devices/{directory.name}"):
                 if entry.is_symlink() and Path(os.path.realpath(entry)) == directory.resolve():

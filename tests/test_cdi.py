@@ -482,7 +482,8 @@ async def test_writer_keeps_file_current_and_removes_it(
 async def test_writer_coalesces_a_burst(tmp_path: Path, running: list[RunningWriter]) -> None:
     table = DeviceTable()
     table.publish([dev("fpga0")])
-    writer = start_writer(running, resource(tmp_path), table, debounce=0.2)
+    # A debounce far longer than the burst takes even on a loaded machine.
+    writer = start_writer(running, resource(tmp_path), table, debounce=1.0)
     await wait_until(lambda: synced(writer, table), what="first write")
     assert writer.writes == 1
     for n in range(2, 30):
@@ -523,15 +524,79 @@ async def test_writer_survives_write_errors(tmp_path: Path, running: list[Runnin
 
 
 async def test_writer_restores_a_spec_file_removed_behind_its_back(
-    tmp_path: Path, running: list[RunningWriter], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, running: list[RunningWriter]
 ) -> None:
     """During a rolling upgrade the stopping instance removes the same file name."""
-    monkeypatch.setattr(cdi_module, "VERIFY", 0.05)
     table = DeviceTable()
     table.publish([dev("fpga0")])
-    writer = start_writer(running, resource(tmp_path), table, debounce=0.01)
+    writer = start_writer(running, resource(tmp_path), table, debounce=0.01, verify_interval=0.05)
     await wait_until(lambda: synced(writer, table), what="first write")
     Path(writer.path).unlink()
     await wait_until(lambda: Path(writer.path).exists(), what="file written again")
     assert writer.writes == 2
     validate_cdi_spec(json.loads(Path(writer.path).read_text()))
+
+
+async def test_an_unwritable_spec_file_holds_devices_unhealthy_and_is_reported(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """Issue 10 item 17: no healthy device whose CDI name cannot resolve; the failure is
+    counted and reported (the resource is then not ready) with a reason naming no path."""
+    blocker = tmp_path / "cdi"
+    blocker.write_text("a file where the directory should be")
+    table = DeviceTable()
+    table.publish([dev("fpga0"), dev("fpga1")])
+    reports: list[str | None] = []
+    counted: list[int] = []
+    writer = CdiSpecWriter(
+        resource(blocker),
+        table,
+        get_logger(),
+        retry_interval=0.01,
+        debounce=0.0,
+        report=reports.append,
+        count_failure=lambda: counted.append(1),
+    )
+    running.append(RunningWriter(writer))
+    await wait_until(lambda: writer.failures >= 2, what="failed attempts")
+    assert table.snapshot.healthy_count == 0 and table.snapshot.unhealthy_count == 2
+    assert len(counted) == writer.failures
+    assert reports and reports[-1] is not None and "CDI spec file not written" in reports[-1]
+    assert str(tmp_path) not in reports[-1]
+
+    blocker.unlink()
+    await wait_until(lambda: synced(writer, table), what="written after the error cleared")
+    assert reports[-1] is None
+    await wait_until(lambda: table.snapshot.healthy_count == 2, what="devices healthy again")
+
+
+async def test_a_new_device_is_unhealthy_until_its_spec_is_written(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    table = DeviceTable()
+    writer = start_writer(running, resource(tmp_path), table, debounce=0.01)
+    table.publish([dev("fpga0")])
+    assert table.snapshot.unhealthy_count == 1  # before the writer ran
+    await wait_until(lambda: table.snapshot.healthy_count == 1, what="fpga0 written")
+    assert "fpga0" in json.loads(Path(writer.path).read_text())["devices"][0]["name"]
+    table.publish([dev("fpga0"), dev("fpga1")])
+    assert [d.healthy for d in table.snapshot.devices] == [True, False]
+    await wait_until(lambda: table.snapshot.healthy_count == 2, what="fpga1 written")
+
+
+async def test_a_spec_file_of_another_kind_resolves_nothing(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """A file left with the same name by a config with another kind: its names do not
+    resolve for this kind until it is rewritten."""
+    from kdp_host.cdi import spec_device_names
+
+    config = resource(tmp_path)
+    table = DeviceTable()
+    table.publish([dev("fpga0")])
+    content = render_spec_file(config, table.snapshot)
+    assert content is not None
+    assert spec_device_names(content, KIND) == {"fpga0"}
+    assert spec_device_names(content, "other.example/kind") == frozenset()
+    assert spec_device_names(b"{not json", KIND) == frozenset()
+    assert spec_device_names(b'{"kind": "%s", "devices": "x"}' % KIND.encode(), KIND) == set()

@@ -428,3 +428,152 @@ def test_promtool_check_metrics_is_clean(socket_dir: Path) -> None:
     )
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
     assert result.stdout.strip() == b"" and result.stderr.strip() == b"", result.stderr.decode()
+
+
+def test_http_closes_idle_connections_and_bounds_its_threads() -> None:
+    """Issue 10 item 19: an idle connection held a thread for ever, one thread each."""
+    import socket
+    import threading
+
+    metrics, health = Metrics(process_collectors=False), HealthState()
+    health.beat()
+    server = HttpServer("127.0.0.1", 0, metrics, health, max_threads=2, idle_timeout=5.0)
+    server.start()
+    idle: list[socket.socket] = []
+
+    def read_to_end(connection: socket.socket) -> bytes:
+        data = b""
+        while chunk := connection.recv(4096):
+            data += chunk
+        return data
+
+    try:
+        baseline = threading.active_count()
+        for _ in range(6):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))
+        # Two connections are being served (silent, so they wait); the other four are
+        # answered 503 at once and closed.
+        for connection in idle[2:]:
+            answer = read_to_end(connection)
+            assert answer.startswith(b"HTTP/1.1 503") and b"busy" in answer
+        assert threading.active_count() <= baseline + 2
+        # The two silent ones are closed when their idle timeout passes.
+        assert [read_to_end(connection) for connection in idle[:2]] == [b"", b""]
+        status, _ = http_get(server.port, "/metrics")
+        assert status == 200
+    finally:
+        for connection in idle:
+            connection.close()
+        server.stop()
+
+
+def test_http_endpoint_logs_and_binds_an_ephemeral_port() -> None:
+    server = HttpServer("127.0.0.1", 0, Metrics(process_collectors=False), HealthState())
+    try:
+        assert server.port > 0 and server.address == f"127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+
+
+async def test_readyz_names_resources_and_short_reasons_never_host_paths(
+    socket_dir: Path, devices: Path, short_dir: Path, http: int, running_health
+) -> None:
+    """No kubelet (registration fails) and an unwritable CDI spec dir: /readyz names both
+    resources and why, without the socket dir, the spec dir or an error's path."""
+    metrics, health = running_health
+    blocker = short_dir / "cdi-blocker"
+    blocker.write_text("a file where the CDI directory should be")
+    text = glob_config(socket_dir, (SERIAL, f"{devices}/ttyA*")) + (
+        f"  - name: {FPGA}\n    glob: {{paths: ['{devices}/fpga*']}}\n"
+        f"    allocate: {{cdi: {{kind: {FPGA}, specDir: {blocker}/cdi}}}}\n"
+    )
+    from kdp_host.config import load_config_text
+    from kdp_host.host import Host
+    from kdp_host.logs import get_logger
+
+    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
+    stop = asyncio.Event()
+    task = asyncio.create_task(host.run(stop))
+    try:
+        await wait_until(
+            lambda: "CDI spec file not written" in health.not_ready.get(FPGA, ""),
+            what="CDI failure reported",
+        )
+        await wait_until(
+            lambda: "not registered" in health.not_ready.get(SERIAL, ""), what="no kubelet"
+        )
+        status, body = await asyncio.to_thread(http_get, http, "/readyz")
+        assert status == 503
+        assert f"not ready: {FPGA}: " in body and f"not ready: {SERIAL}: " in body
+        assert str(short_dir) not in body and "/" not in body.replace(FPGA, "").replace(SERIAL, "")
+        assert value(metrics, "kdp_cdi_spec_write_failures_total", resource=FPGA) >= 1
+        assert value(metrics, "kdp_devices", resource=FPGA, health="unhealthy") == 2
+        assert value(metrics, "kdp_devices", resource=FPGA, health="healthy") == 0
+    finally:
+        stop.set()
+        await task
+
+
+async def test_cdi_failure_keeps_devices_from_the_kubelet_until_written(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    blocker = short_dir / "cdi"
+    blocker.write_text("a file where the CDI directory should be")
+    text = glob_config(socket_dir) + (
+        f"  - name: {FPGA}\n    glob: {{paths: ['{devices}/fpga*']}}\n"
+        f"    allocate: {{cdi: {{kind: {FPGA}, specDir: {blocker}}}}}\n"
+    )
+    running = await start_host(text)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).registrations >= 1)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).capacity == 2)
+    assert kubelet.resource(FPGA).allocatable == 0
+    assert FPGA in running.host.not_ready()
+    blocker.unlink()
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=20)
+    await wait_until(lambda: not running.host.not_ready(), what="ready once written")
+
+
+def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
+    """The README's metrics table stays true: every kdp_ family the host exposes has a row
+    with its labels, and every known result/reason value is named in it."""
+    import re
+
+    from kdp_host.metrics import (
+        ALLOCATION_RESULTS,
+        CONFIG_RELOAD_RESULTS,
+        DRIVER_ERROR_REASONS,
+        DRIVER_SKIP_REASONS,
+        REGISTRATION_RESULTS,
+    )
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows: dict[str, tuple[str, str]] = {}
+    for line in readme.splitlines():
+        match = re.match(r"\| `(kdp_[a-z_]+)` \| [a-z]+ \|([^|]*)\|([^|]*)\|$", line)
+        if match:
+            rows[match.group(1)] = (match.group(2), match.group(3))
+    metrics = Metrics(process_collectors=False)
+    metrics.add_resource(FPGA)
+    for histogram in (metrics.allocate_seconds, metrics.preferred_seconds, metrics.scan_seconds):
+        histogram.labels(FPGA).observe(0.001)
+    metrics.config_info.info({"sha256": "0" * 64})
+    exposed: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        name = name + "_info" if family.type == "info" else name
+        labels = exposed.setdefault(name, set())
+        for sample in family.samples:
+            labels.update(k for k in sample.labels if k != "le")
+    assert sorted(exposed) == sorted(rows)
+    for name, labels in exposed.items():
+        documented = set(re.findall(r"`([a-z0-9_]+)`", rows[name][0]))
+        assert documented == labels, name
+    values = {
+        "kdp_allocations_total": ALLOCATION_RESULTS,
+        "kdp_registrations_total": REGISTRATION_RESULTS,
+        "kdp_driver_errors_total": DRIVER_ERROR_REASONS,
+        "kdp_driver_skipped_total": DRIVER_SKIP_REASONS,
+        "kdp_config_reloads_total": CONFIG_RELOAD_RESULTS,
+    }
+    for name, known in values.items():
+        assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name

@@ -12,6 +12,7 @@ To add a user: write `def my_user(value: str) -> bool` (True = accepted) and app
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from hypothesis import strategies as st
 
 from kdp_host import rules
 from kdp_host.config import ConfigError, load_config_text
+from kdp_host.drivers import glob as glob_driver
+from kdp_host.drivers.probe_output import ProbeOutputError, parse_json
 
 Accepts = Callable[[str], bool]
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -36,6 +39,16 @@ def loader_accepts(resource: dict[str, Any]) -> bool:
     try:
         load_config_text(text)
     except ConfigError:
+        return False
+    return True
+
+
+def probe_accepts(device: dict[str, Any]) -> bool:
+    """Whether the shell driver's JSON output parser accepts one device (dumped by json, so
+    any string survives the trip)."""
+    try:
+        parse_json(json.dumps([device]))
+    except ProbeOutputError:
         return False
     return True
 
@@ -165,6 +178,7 @@ RESOURCE_NAME_USERS = [
 
 ANNOTATION_KEY_USERS = [
     pytest.param(accepted_by(rules.annotation_key_problem), id="rules"),
+    pytest.param(lambda key: probe_accepts({"id": "a", "annotations": {key: "v"}}), id="probe"),
     pytest.param(reference_annotation_key, id="apiserver-reference"),
     pytest.param(
         lambda key: loader_accepts(glob_resource(allocate={"annotations": {key: "v"}})),
@@ -174,6 +188,7 @@ ANNOTATION_KEY_USERS = [
 
 ENV_NAME_USERS = [
     pytest.param(accepted_by(rules.env_name_problem), id="rules"),
+    pytest.param(lambda name: probe_accepts({"id": "a", "env": {name: "v"}}), id="probe"),
     pytest.param(reference_env_name, id="kubelet-reference"),
     pytest.param(
         lambda name: loader_accepts(glob_resource(allocate={"env": {name: "v"}})),
@@ -203,11 +218,22 @@ CDI_DEVICE_NAME_USERS = [
 
 DEVICE_ID_USERS = [
     pytest.param(accepted_by(rules.device_id_problem), id="rules"),
+    pytest.param(lambda device_id: probe_accepts({"id": device_id}), id="probe"),
     pytest.param(reference_device_id, id="reference"),
 ]
 
 ABSOLUTE_PATH_USERS = [
     pytest.param(accepted_by(rules.absolute_path_problem), id="rules"),
+    pytest.param(
+        lambda path: probe_accepts({"id": "a", "paths": [{"hostPath": path}]}), id="probe-path"
+    ),
+    pytest.param(
+        lambda path: probe_accepts(
+            {"id": "a", "mounts": [{"hostPath": "/m", "containerPath": path}]}
+        ),
+        id="probe-mount",
+    ),
+    pytest.param(accepted_by(glob_driver.name_problem), id="glob-matched-path"),
     pytest.param(reference_absolute_path, id="reference"),
     pytest.param(
         lambda path: loader_accepts(
@@ -225,6 +251,7 @@ ABSOLUTE_PATH_USERS = [
 
 TEXT_USERS = [
     pytest.param(accepted_by(rules.text_problem), id="rules"),
+    pytest.param(lambda text: probe_accepts({"id": "a", "env": {"E": text}}), id="probe-env"),
     pytest.param(reference_text, id="reference"),
     pytest.param(
         lambda text: loader_accepts(glob_resource(health={"command": ["check", "x" + text]})),

@@ -11,7 +11,7 @@ import yaml
 
 from kdp_host.cli import main
 from kdp_host.config import SysfsDriverConfig, load_config_text
-from kdp_host.drivers import DriverContext
+from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.sysfs import SysfsDriver
 from kdp_host.logs import get_logger
 from kdp_host.watch import PollingWatcher
@@ -107,7 +107,7 @@ def test_every_suggested_entry_finds_its_device(
         driver_config = config.resources[0].driver
         assert isinstance(driver_config, SysfsDriverConfig)
         log = get_logger()
-        driver = SysfsDriver(driver_config, DriverContext(entry["name"], log, PollingWatcher(log)))
+        driver = SysfsDriver(driver_config, DriverDeps(log, PollingWatcher(log)))
         found = {device.id: device for device in asyncio.run(driver.scan())}
         assert item["id"] in found, (item["address"], sorted(found))
         assert [n.host_path for n in found[item["id"]].nodes] == [n["path"] for n in item["nodes"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -334,6 +335,21 @@ async def test_a_stuck_read_times_out_and_is_not_repeated(fake: FakeSysfs) -> No
     finally:
         release.set()
     await asyncio.sleep(0.05)
+
+
+async def test_safety_rescan_is_skipped_while_no_node_directory_changed(
+    fake: FakeSysfs,
+) -> None:
+    standard_machine(fake)
+    for directory in (fake.dev, fake.dev / "bus" / "usb", fake.dev / "bus" / "usb" / "001"):
+        os.utime(directory, (1_000_000, 1_000_000))  # not "just changed"
+    driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]')
+    assert not driver._unchanged_since_scan(), "never scanned: scan"
+    scan = await driver.read()
+    driver._watched = frozenset(scan.watch_dirs)  # what the run loop subscribes to
+    assert driver._unchanged_since_scan(), "the first scan's directories count as well"
+    fake.create_node("ttyUSB9")
+    assert not driver._unchanged_since_scan(), "a node appeared: rescan"
 
 
 # ---------------------------------------------------------------------- hot-plug

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
+    MAX_NUMA_NODE,
     absolute_path_problem,
     annotation_key_problem,
     cdi_kind_problem,
@@ -65,7 +66,6 @@ from .declare import (
 from .source import FieldPath
 
 MAX_REPLICAS = 10_000
-MAX_NUMA_NODE = 1023
 ALLOCATE_TEMPLATE_FIELDS = frozenset({"ids", "paths", "count", "resource"})
 GLOB_TEMPLATE_FIELDS = frozenset({"path", "name"})
 HEALTH_TEMPLATE_FIELDS = frozenset({"id", "path"})
@@ -247,8 +247,10 @@ def _at_least_one(section: object) -> Problems:
 class UsbMatchConfig:
     """One `sysfs.usb` entry: every given field must match (hex IDs, or globs)."""
 
-    vendor: str | None = key("vendor", HexId(4), "USB vendor ID.", default=None)
-    product: str | None = key("product", HexId(4), "USB product ID.", default=None)
+    vendor: str | None = key(
+        "vendor", HexId(4), 'USB vendor ID (`idVendor`), quoted: `"0403"`.', default=None
+    )
+    product: str | None = key("product", HexId(4), "USB product ID (`idProduct`).", default=None)
     serial: str | None = key("serial", Text(), "Serial number (a glob).", default=None)
     manufacturer: str | None = key(
         "manufacturer", Text(), "Manufacturer string (a glob).", default=None
@@ -257,7 +259,8 @@ class UsbMatchConfig:
     interface_class: str | None = key(
         "interfaceClass",
         HexId(2),
-        "Matches when any interface of the device has this class (`02` CDC, `0e` video...).",
+        "Matches when any interface of the device has this class (`01` audio, `02` CDC-ACM, "
+        "`0e` video, `ff` vendor specific).",
         default=None,
     )
 
@@ -283,7 +286,13 @@ class PciMatchConfig:
         "A prefix (`03`, `0302`), the full `030200`, `value/mask`, or a glob.",
         default=None,
     )
-    driver: str | None = key("driver", Text(), "The bound kernel driver (a glob).", default=None)
+    driver: str | None = key(
+        "driver",
+        Text(),
+        "The bound kernel driver (a glob); `vfio-pci` also passes `/dev/vfio/<group>` and "
+        "`/dev/vfio/vfio`.",
+        default=None,
+    )
 
     def check(self) -> Problems:
         return _at_least_one(self)
@@ -331,7 +340,8 @@ class NodeSelectConfig:
     subsystems: tuple[str, ...] = key(
         "subsystems",
         ListOf(Text(), hint="a list of strings", empty=None),
-        "Subsystems of the nodes to pass (tty, usb, drm, block, misc, vfio...).",
+        "Subsystems of the nodes to pass (tty, usb, drm, block, nvme, misc, vfio, "
+        "video4linux, sound...). A device with no node passing the filter is Unhealthy.",
         default=[],
     )
     names: tuple[str, ...] = key(
@@ -388,19 +398,25 @@ class SysfsDriverConfig:
         default="1m",
     )
     rescan_interval: float = key(
-        "rescanInterval", Duration(0.1), "A full rescan as a safety net.", default="30s"
+        "rescanInterval",
+        Duration(0.1),
+        "A full rescan as a safety net; skipped while no watched /dev directory changed, "
+        "at most 10 times in a row.",
+        default="30s",
     )
     scan_timeout: float = key(
         "scanTimeout",
         Duration(0.1),
-        "A sysfs read that takes longer is abandoned.",
+        "A sysfs read that takes longer (a hung attribute) is abandoned and counted "
+        "(`reason=timeout`); the last list stays, and no second read starts while it lasts.",
         default=f"{DEFAULT_SCAN_TIMEOUT:g}s",
     )
     env: Mapping[str, str] = key(
         "env",
         StringMap(env_name_problem, templates=SYSFS_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
-        "Per-device environment templates (`{serial}`, `{address}`, `{vendor}`, `{product}`, "
-        "`{nodes}`...).",
+        "Per-device environment templates (several devices: distinct values joined with `,`): "
+        + " ".join(f"`{{{name}}}`" for name in sorted(SYSFS_TEMPLATE_FIELDS))
+        + ".",
         default={},
     )
     annotations: Mapping[str, str] = key(

@@ -34,13 +34,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .. import rules
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
 from ..files import FileReadError, in_daemon_thread
 from ..watch import DirSignature, Subscription, dir_signature
 from .base import DriverDeps, DriverError, Notifier, Skipped
 
-MAX_ID_LENGTH = 128
 FAILURE_THRESHOLD = 3
 """Failed scans in a row (an I/O error, a scan that hangs) before every device is Unhealthy."""
 SCAN_TIMEOUT = 30.0
@@ -100,16 +100,15 @@ class DeviceIds:
         readable = _UNSAFE_ID_CHARS.sub("_", joined)
         if (
             readable == joined
-            and 0 < len(readable) <= MAX_ID_LENGTH
             and readable not in (".", "..")
-            and not readable.startswith("-")
+            and rules.device_id_problem(readable) is None
             and not _HASH_SUFFIX.search(readable)
             and not (len(parts) > 1 and ("-" in rel or "_" in rel))
             and not (len(parts) == 1 and self._mixed_depths and "-" in rel)
         ):
             return readable
         digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-        stem = readable[: MAX_ID_LENGTH - 11].lstrip("-")
+        stem = readable[: rules.MAX_DEVICE_ID_LENGTH - 11].lstrip("-")
         return f"{stem}-{digest}" if stem else f"dev-{digest}"
 
 
@@ -131,15 +130,10 @@ def printable_path(path: str) -> str:
 
 
 def name_problem(path: str) -> str | None:
-    """Why a matched path cannot become a device (it must pass as UTF-8 text to the kubelet
-    and the runtime, and log cleanly), or None."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return "file name is not valid UTF-8"
-    if any(not c.isprintable() for c in path):
-        return "file name contains control characters"
-    return None
+    """Why a matched path cannot become a device, or None: it must pass as text to the
+    kubelet and the runtime and log cleanly (no bytes that are not UTF-8, no control
+    characters: rules.absolute_path_problem)."""
+    return rules.absolute_path_problem(path)
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,13 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
+from .. import rules
 from ..devices import Device, DeviceMount, DeviceNode
 from .base import DriverError
-from .glob import MAX_ID_LENGTH
 
-MAX_NUMA_NODE = 1023
-MAX_PATH_LENGTH = 4096
 _OFFLOAD_PARSE_BYTES = 16 * 1024
 """Outputs larger than this are parsed in a worker thread, off the event loop."""
 _QUOTE_LIMIT = 200
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DIGITS = re.compile(r"[0-9]{1,6}")
 _HEALTH_WORDS = {"healthy": True, "unhealthy": False}
 _LINE_KEYS = ("path", "numa")
@@ -60,33 +57,16 @@ class _Invalid(Exception):
     """A problem inside one entry; the caller adds the line or the JSON location."""
 
 
-def _id_problem(device_id: str) -> str | None:
-    if not device_id:
-        return "device ID must not be empty"
-    if len(device_id) > MAX_ID_LENGTH:
-        return f"device ID longer than {MAX_ID_LENGTH} characters"
-    if any(c.isspace() or not c.isprintable() for c in device_id):
-        return "device ID must not contain whitespace or control characters"
-    return None
-
-
 def _check_text(value: str, what: str) -> str:
-    """Strings end up in protobuf messages and container runtimes: valid UTF-8, no NUL."""
-    if "\x00" in value:
-        raise _Invalid(f"{what} must not contain NUL")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _Invalid(f"{what} is not valid Unicode text") from None
+    """Strings end up in protobuf messages, container runtimes and logs (rules.text_problem)."""
+    if why := rules.text_problem(value):
+        raise _Invalid(f"{what} {why}")
     return value
 
 
 def _check_path(value: str, what: str) -> str:
-    _check_text(value, what)
-    if not value.startswith("/"):
-        raise _Invalid(f"{what} must be an absolute path, got {_quote(value)}")
-    if len(value) > MAX_PATH_LENGTH:
-        raise _Invalid(f"{what} longer than {MAX_PATH_LENGTH} characters")
+    if why := rules.absolute_path_problem(value):
+        raise _Invalid(f"{what} {why}, got {_quote(value)}")
     return value
 
 
@@ -112,13 +92,13 @@ def _add_node(nodes: list[DeviceNode], node: DeviceNode) -> None:
 
 def _numa_from_text(text: str) -> int:
     if not _DIGITS.fullmatch(text):
-        raise _Invalid(f"numa must be a node number 0-{MAX_NUMA_NODE}, got {_quote(text)}")
+        raise _Invalid(f"numa must be a node number 0-{rules.MAX_NUMA_NODE}, got {_quote(text)}")
     return _numa_from_int(int(text))
 
 
 def _numa_from_int(node: int) -> int:
-    if not 0 <= node <= MAX_NUMA_NODE:
-        raise _Invalid(f"numa must be a node number 0-{MAX_NUMA_NODE}, got {node}")
+    if not 0 <= node <= rules.MAX_NUMA_NODE:
+        raise _Invalid(f"numa must be a node number 0-{rules.MAX_NUMA_NODE}, got {node}")
     return node
 
 
@@ -160,7 +140,7 @@ def parse_lines(data: bytes | str) -> list[Device]:
 
 def _device_from_tokens(tokens: list[str]) -> Device:
     device_id = tokens[0]
-    if why := _id_problem(device_id):
+    if why := rules.device_id_problem(device_id):
         raise _Invalid(why)
     _check_text(device_id, "device ID")
     rest = tokens[1:]
@@ -318,22 +298,12 @@ def _json_string_map(
     return out
 
 
-def _env_key_problem(key: str) -> str | None:
-    return None if _ENV_NAME.fullmatch(key) else "is not a valid environment variable name"
-
-
-def _annotation_key_problem(key: str) -> str | None:
-    if not key or any(c.isspace() or not c.isprintable() for c in key):
-        return "must be non-empty, without whitespace or control characters"
-    return None
-
-
 def _device_from_json(item: Any) -> Device:
     spec = _json_object(item, "device", _DEVICE_KEYS)
     if "id" not in spec:
         raise _Invalid("missing required key 'id'")
     device_id = _json_string(spec["id"], "id")
-    if why := _id_problem(device_id):
+    if why := rules.device_id_problem(device_id):
         raise _Invalid(why)
     healthy = True
     if spec.get("health") is not None:
@@ -380,9 +350,9 @@ def _device_from_json(item: Any) -> Device:
                 read_only,
             )
         )
-    env = _json_string_map(spec.get("env", {}), "env", _env_key_problem)
+    env = _json_string_map(spec.get("env", {}), "env", rules.env_name_problem)
     annotations = _json_string_map(
-        spec.get("annotations", {}), "annotations", _annotation_key_problem
+        spec.get("annotations", {}), "annotations", rules.annotation_key_problem
     )
     return Device(
         id=device_id,

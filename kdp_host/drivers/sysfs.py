@@ -19,6 +19,7 @@ import hashlib
 import os
 import random
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -35,10 +36,14 @@ from ..rules import MAX_DEVICE_ID_LENGTH, device_id_problem
 from ..sysfs import PCI, USB, NodeInfo, ScanTimeout, SysfsDevice, SysfsReader, SysfsScan
 from ..sysfs.match import class_matches, hex_matches, text_matches
 from ..sysfs.reader import start_off_loop
-from ..watch import Subscription
+from ..watch import DirSignature, Subscription, dir_signature
 from .base import DriverDeps, DriverError, Notifier
+from .glob import RECENT_CHANGE
 
 RESCAN_JITTER = 0.1
+FULL_RESCAN_EVERY = 10
+"""A safety-net rescan is skipped while no watched node directory changed, but at least
+every this many intervals one runs (a device without nodes changes nothing in /dev)."""
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
 
 
@@ -227,12 +232,40 @@ class SysfsDriver:
         self._last_identity: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         """Kernel name -> (natural identity, identity booked) of the last scan's devices."""
         self._duplicates_logged: set[tuple[str, ...]] = set()
+        self._watched: frozenset[str] = frozenset()
+        """The dev root directories watched now (set on the loop, read by the scan thread)."""
+        self._signatures: dict[str, DirSignature | None] = {}
 
     # -------------------------------------------------------------- reading
 
     def _scan_sync(self) -> SysfsScan:
+        # Signatures first: a change during the scan then shows as a difference later.
+        watched = self._watched
+        signatures = {directory: dir_signature(directory) for directory in watched}
         scan = self._reader.scan(self._buses, self._classes, self._extra)
-        return dataclasses.replace(scan, watch_dirs=scan.watch_dirs | self._future_node_dirs())
+        scan = dataclasses.replace(scan, watch_dirs=scan.watch_dirs | self._future_node_dirs())
+        # Directories watched from now on: their state after the scan (inotify covers them
+        # from the moment the loop subscribes; a full rescan every FULL_RESCAN_EVERY anyway).
+        for directory in scan.watch_dirs - watched:
+            signatures[directory] = dir_signature(directory)
+        self._signatures = signatures
+        return scan
+
+    def _unchanged_since_scan(self) -> bool:
+        """Whether no watched directory of the dev root changed since the last scan began
+        (so a safety-net rescan would find the same). Runs in a thread."""
+        signatures = self._signatures
+        if not signatures or not self._watched <= signatures.keys():
+            return False
+        now_ns = time.time_ns()
+        for directory in self._watched:
+            before = signatures[directory]
+            current = dir_signature(directory)
+            if current != before:
+                return False
+            if current is not None and now_ns - current[1] < RECENT_CHANGE * 1e9:
+                return False
+        return True
 
     async def read(self) -> SysfsScan:
         """One sysfs read off the loop, bounded by `scanTimeout`. Raises DriverError.
@@ -410,17 +443,29 @@ class SysfsDriver:
         def on_change(_name: str | None) -> None:
             wake.set()
 
+        scan: SysfsScan | None = None
+        woken = True
+        skipped = 0
         try:
             while True:
                 wake.clear()
-                started = self._clock()
-                try:
-                    scan = await self.read()
-                except DriverError as exc:
-                    notifier.failure(exc)
-                    scan = None
+                if (
+                    scan is None
+                    or woken
+                    or skipped >= FULL_RESCAN_EVERY
+                    or not await asyncio.to_thread(self._unchanged_since_scan)
+                ):
+                    skipped = 0
+                    started = self._clock()
+                    try:
+                        scan = await self.read()
+                    except DriverError as exc:
+                        notifier.failure(exc)
+                        scan = None
+                    else:
+                        notifier.scanned(self._clock() - started)
                 else:
-                    notifier.scanned(self._clock() - started)
+                    skipped += 1
                 next_expiry: float | None = None
                 if scan is not None:
                     wanted = scan.watch_dirs
@@ -428,6 +473,7 @@ class SysfsDriver:
                         subscriptions[directory] = watcher.subscribe(directory, on_change)
                     for directory in subscriptions.keys() - wanted:
                         subscriptions.pop(directory).cancel()
+                    self._watched = frozenset(subscriptions)
                     devices, next_expiry = self.merge(self.matched(scan))
                     notifier.update(devices)
                     if scan.problems != last_problems:
@@ -442,8 +488,9 @@ class SysfsDriver:
                 try:
                     async with asyncio.timeout(timeout):
                         await wake.wait()
+                    woken = True
                 except TimeoutError:
-                    pass
+                    woken = False
         finally:
             for subscription in subscriptions.values():
                 subscription.cancel()

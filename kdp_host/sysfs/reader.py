@@ -49,6 +49,10 @@ MAX_WALK_DEPTH = 8
 MAX_WALK_DIRS = 4096
 """Directories visited below one device at most: a bound against odd or hostile trees."""
 DEFAULT_SCAN_TIMEOUT = 10.0
+ATTRIBUTE_GROUPS = frozenset(
+    {"power", "msi_irqs", "queue", "mq", "holders", "slaves", "trace", "integrity", "statistics"}
+)
+"""Subdirectories of devices that hold attributes only, never a device: not walked."""
 
 T = TypeVar("T")
 
@@ -72,10 +76,27 @@ class _ScanState:
     numa_of_dir: dict[str, int | None] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _CachedAttributes:
+    attributes: dict[str, str]
+    errors: dict[str, str]
+    interface_classes: tuple[tuple[str, tuple[str | None, str | None, str | None]], ...]
+
+
 class SysfsReader:
+    """Reads devices; not thread-safe: one scan at a time per reader.
+
+    Attribute values of USB and PCI devices are kept from one scan to the next while the
+    device's `uevent` reads the same (a USB device's changes with every enumeration, a PCI
+    device's with its IDs and driver), so a rescan reads one attribute file per unchanged
+    device, plus its nodes.
+    """
+
     def __init__(self, sysfs_root: str = "/sys", dev_root: str = "/dev") -> None:
         self.sysfs_root = os.path.normpath(sysfs_root)
         self.dev_root = os.path.normpath(dev_root)
+        self._cache: dict[tuple[str, ...], _CachedAttributes] = {}
+        self._next_cache: dict[tuple[str, ...], _CachedAttributes] = {}
 
     # ------------------------------------------------------------------ listing
 
@@ -87,6 +108,7 @@ class SysfsReader:
     ) -> SysfsScan:
         """Every device of the given buses and classes, with attributes and nodes."""
         state = _ScanState()
+        self._next_cache = {}
         extra = tuple(dict.fromkeys(extra_attributes))
         devices: list[SysfsDevice] = []
         problems: list[str] = []
@@ -100,6 +122,7 @@ class SysfsReader:
             devices.extend(found)
             if problem:
                 problems.append(problem)
+        self._cache, self._next_cache = self._next_cache, {}
         watch = {self.dev_root}
         for device in devices:
             for node in device.nodes:
@@ -135,8 +158,8 @@ class SysfsReader:
     ) -> SysfsDevice | None:
         """The device behind `link` (a bus or class entry), or None if it vanished."""
         state = state or _ScanState()
-        path = os.path.realpath(link)
-        if not os.path.isdir(path):
+        path = _resolve_entry(link)
+        if path is None:
             return None
         wanted: tuple[str, ...]
         if source == USB:
@@ -145,17 +168,34 @@ class SysfsReader:
             wanted = (*PCI_ATTRIBUTES, "numa_node")
         else:
             wanted = ()
-        attributes: dict[str, str] = {}
-        errors: dict[str, str] = {}
-        for attribute in dict.fromkeys((*wanted, *extra)):
-            self._read_attribute(path, attribute, attributes, errors)
-        uevent = _parse_uevent(self._read_quiet(os.path.join(path, "uevent")) or "")
+        uevent_text = self._read_quiet(os.path.join(path, "uevent")) or ""
+        uevent = _parse_uevent(uevent_text)
+        key = (path, uevent_text, *wanted, "", *extra)
+        cached = self._cache.get(key)
+        if cached is None:
+            read: dict[str, str] = {}
+            errors: dict[str, str] = {}
+            for attribute in dict.fromkeys((*wanted, *extra)):
+                self._read_attribute(path, attribute, read, errors)
+            interface_classes = self._usb_interface_classes(path, name) if source == USB else ()
+            cached = _CachedAttributes(read, errors, interface_classes)
+        if not cached.errors and source in (USB, PCI):
+            # Their uevent names the device (USB: PRODUCT, BUSNUM, DEVNUM, new with every
+            # enumeration; PCI: PCI_ID, PCI_SUBSYS_ID, DRIVER); a class device's does not.
+            self._next_cache[key] = cached
+        attributes = dict(cached.attributes)
+        errors = dict(cached.errors)
         driver = _link_name(os.path.join(path, "driver"))
         iommu_group = _link_name(os.path.join(path, "iommu_group"))
-        nodes = self._nodes_beneath(path)
+        nodes = self._nodes_beneath(path, uevent_text)
         interfaces: tuple[UsbInterface, ...] = ()
         if source == USB:
-            interfaces = self._usb_interfaces(path, name)
+            interfaces = tuple(
+                UsbInterface(
+                    entry, *classes, driver=_link_name(os.path.join(path, entry, "driver"))
+                )
+                for entry, classes in cached.interface_classes
+            )
             if not any(node.subsystem == USB for node in nodes):
                 derived = usb_bus_node(attributes.get("busnum", ""), attributes.get("devnum", ""))
                 if derived is not None:
@@ -208,28 +248,22 @@ class SysfsReader:
         except OSError:
             return None
 
-    def _usb_interfaces(self, path: str, name: str) -> tuple[UsbInterface, ...]:
+    def _usb_interface_classes(
+        self, path: str, name: str
+    ) -> tuple[tuple[str, tuple[str | None, str | None, str | None]], ...]:
         prefix = name + ":"
         try:
             entries = sorted(e for e in os.listdir(path) if e.startswith(prefix))
         except OSError:
             return ()
-        interfaces = []
+        found = []
         for entry in entries:
-            directory = os.path.join(path, entry)
             values: dict[str, str] = {}
             for attribute in USB_INTERFACE_ATTRIBUTES:
-                self._read_attribute(directory, attribute, values, {})
-            interfaces.append(
-                UsbInterface(
-                    name=entry,
-                    interface_class=values.get("bInterfaceClass"),
-                    interface_subclass=values.get("bInterfaceSubClass"),
-                    interface_protocol=values.get("bInterfaceProtocol"),
-                    driver=_link_name(os.path.join(directory, "driver")),
-                )
-            )
-        return tuple(interfaces)
+                self._read_attribute(os.path.join(path, entry), attribute, values, {})
+            classes = tuple(values.get(a) for a in USB_INTERFACE_ATTRIBUTES)
+            found.append((entry, (classes[0], classes[1], classes[2])))
+        return tuple(found)
 
     def _node(
         self, devname: str, subsystem: str, devnum: str | None, sysfs_path: str | None
@@ -237,8 +271,12 @@ class SysfsReader:
         present = os.path.exists(os.path.join(self.dev_root, devname))
         return NodeInfo(devname, subsystem, present, devnum, sysfs_path)
 
-    def _nodes_beneath(self, path: str) -> tuple[NodeInfo, ...]:
-        """Every node announced at or below `path`, not crossing into other devices."""
+    def _nodes_beneath(self, path: str, uevent_text: str) -> tuple[NodeInfo, ...]:
+        """Every node announced at or below `path`, not crossing into other devices.
+
+        Only a directory with a `dev` attribute stands for a node (the kernel adds `dev`
+        exactly when the device has a device number): only those uevents are read.
+        """
         nodes: list[NodeInfo] = []
         stack = [(path, 0)]
         visited = 0
@@ -250,21 +288,29 @@ class SysfsReader:
             except OSError:
                 continue
             children = []
+            has_dev = False
             for entry in entries:
-                if entry.name == "uevent":
-                    node = self._node_of(directory)
-                    if node is not None:
-                        nodes.append(node)
+                name = entry.name
+                if name == "dev":
+                    has_dev = True
                 elif (
-                    depth < MAX_WALK_DEPTH and not _is_boundary(entry.name) and _is_real_dir(entry)
+                    depth < MAX_WALK_DEPTH
+                    and name not in ATTRIBUTE_GROUPS
+                    and not _is_boundary(name)
+                    and _is_real_dir(entry)
                 ):
                     children.append(entry.path)
+            if has_dev:
+                node = self._node_of(directory, uevent_text if directory == path else None)
+                if node is not None:
+                    nodes.append(node)
             stack.extend((child, depth + 1) for child in sorted(children, reverse=True))
         nodes.sort(key=lambda n: (n.subsystem == USB, n.devname))
         return tuple(nodes)
 
-    def _node_of(self, directory: str) -> NodeInfo | None:
-        text = self._read_quiet(os.path.join(directory, "uevent"))
+    def _node_of(self, directory: str, text: str | None = None) -> NodeInfo | None:
+        if text is None:
+            text = self._read_quiet(os.path.join(directory, "uevent"))
         if not text or "DEVNAME=" not in text:
             return None
         uevent = _parse_uevent(text)
@@ -324,6 +370,24 @@ def read_text(path: str) -> str:
     finally:
         os.close(fd)
     return data.decode("utf-8", "replace").rstrip("\n").strip()
+
+
+def _resolve_entry(link: str) -> str | None:
+    """The real directory of a bus or class entry, or None if it vanished.
+
+    The kernel makes these entries relative symlinks into the real tree, which holds no
+    symlinked directory: one readlink resolves them (`os.path.realpath` would lstat every
+    component, several times the cost over a thousand devices).
+    """
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return os.path.realpath(link) if os.path.isdir(link) else None
+    path = os.path.normpath(os.path.join(os.path.dirname(link), target))
+    if os.path.islink(path) or not os.path.isdir(path):
+        real = os.path.realpath(link)
+        return real if os.path.isdir(real) else None
+    return path
 
 
 def _parse_uevent(text: str) -> dict[str, str]:

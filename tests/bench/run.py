@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, str] = {
     "scale": "scale",
     "large": "large",
     "containment": "containment",
+    "sysfs": "sysfs",
     "hostile": "hostile",
 }
 EXTERNAL = {"allocation": "bench_allocation"}

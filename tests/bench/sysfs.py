@@ -1,0 +1,160 @@
+"""The sysfs driver: hot-plug -> ListAndWatch update, scan time of 1,000 USB devices, idle CPU.
+
+Trees are fake but kernel-shaped (tests/fake_sysfs.py) under a temporary directory. A
+hot-plug is what the kernel does: the device's sysfs entries exist, then devtmpfs creates its
+nodes (the clock starts before the first node); an unplug removes the nodes, then the sysfs
+entries (the clock starts before the first removal). kdp-host runs as a child process with
+the kubelet's ListAndWatch stream open, as in the glob hot-plug benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+from kdp_host.config import SysfsDriverConfig, load_config_text
+from kdp_host.drivers import DriverContext
+from kdp_host.drivers.sysfs import SysfsDriver
+from kdp_host.logs import get_logger
+from kdp_host.sysfs import SysfsReader
+from kdp_host.watch import PollingWatcher
+
+from ..fake_sysfs import FTDI, FakeSysfs, UsbController
+from .harness import Figure, Options, make_workdir, median, now, remove_tree
+from .latency import served_host
+from .scale import idle_cpu_percent
+
+RESOURCE = "bench.kdp-host.io/usb-serial"
+BASE_DEVICES = 8
+DEVICES_PER_BUS = 120
+MS = 1000.0
+
+
+def build_adapters(fake: FakeSysfs, count: int) -> list[UsbController]:
+    """`count` FTDI adapters with serials, spread over as many buses as USB needs."""
+    controllers: list[UsbController] = []
+    for index in range(count):
+        bus, slot = divmod(index, DEVICES_PER_BUS)
+        if bus == len(controllers):
+            controllers.append(fake.usb_controller(f"0000:{bus + 1:02x}:00.0"))
+        fake.usb_serial_adapter(
+            controllers[bus],
+            f"{controllers[bus].busnum}-{slot + 1}",
+            devnum=slot + 2,
+            tty=f"ttyUSB{index}",
+            serial=f"SN{index:05d}",
+        )
+    return controllers
+
+
+def resource(fake: FakeSysfs, **extra: Any) -> dict[str, Any]:
+    sysfs: dict[str, Any] = {
+        "usb": [{"vendor": FTDI[0], "product": FTDI[1]}],
+        "sysfsRoot": str(fake.sys),
+        "devRoot": str(fake.dev),
+    }
+    sysfs.update(extra)
+    return {"name": RESOURCE, "sysfs": sysfs}
+
+
+def hotplug(opts: Options) -> list[Figure]:
+    plug = Figure("sysfs hot-plug: node appears -> update", "ms", target=50.0)
+    unplug = Figure("sysfs hot-plug: removal -> update", "ms", target=50.0)
+    worst = Figure("sysfs hot-plug: node appears -> update, max", "ms")
+    workdir = make_workdir("sysfs-hotplug")
+    rng = random.Random(7)
+    try:
+        fake = FakeSysfs(workdir / "root")
+        (controller,) = build_adapters(fake, BASE_DEVICES)
+        # A long grace period: an unplugged adapter stays listed Unhealthy, so each event
+        # moves the healthy count by one.
+        with served_host(workdir, "kdp-sysfs", [resource(fake, gracePeriod="1h")]) as served:
+            connection = served.kubelet.plugins[RESOURCE]
+
+            def wait(count: int, after: int) -> float:
+                _, update = connection.wait_update(
+                    lambda u: u.healthy() == count, after=after, timeout=10
+                )
+                return update.at
+
+            for _ in range(opts.repeats):
+                adds: list[float] = []
+                removals: list[float] = []
+                for _ in range(opts.hotplug_events):
+                    device = fake.usb_serial_adapter(
+                        controller,
+                        "1-100",
+                        devnum=110,
+                        tty="ttyUSB99",
+                        serial="HOT",
+                        create_nodes=False,
+                    )
+                    after = connection.count()
+                    started = now()
+                    for devname in fake.nodes_of(device):
+                        fake.create_node(devname)
+                    adds.append((wait(BASE_DEVICES + 1, after) - started) * MS)
+                    time.sleep(0.02 + rng.random() * 0.03)
+                    after = connection.count()
+                    started = now()
+                    fake.remove_device(device)
+                    removals.append((wait(BASE_DEVICES, after) - started) * MS)
+                    time.sleep(0.02 + rng.random() * 0.03)
+                plug.add(median(adds))
+                unplug.add(median(removals))
+                worst.add(max(adds))
+                served.host.check_alive()
+    finally:
+        remove_tree(workdir)
+    return [plug, unplug, worst]
+
+
+def scan_and_idle(opts: Options) -> list[Figure]:
+    count = opts.scale_devices
+    read = Figure(f"sysfs scan of {count} USB devices: sysfs read", "ms")
+    full = Figure(f"sysfs scan of {count} USB devices: read + match + IDs", "ms")
+    idle = Figure(
+        f"sysfs 1x{count} USB devices: idle CPU",
+        "% of a core",
+        target=1.0,
+        note=f"over {opts.idle_seconds:g}s; the default 30s rescan falls in it",
+    )
+    workdir = make_workdir("sysfs-scan")
+    try:
+        fake = FakeSysfs(workdir / "root")
+        build_adapters(fake, count)
+        reader = SysfsReader(str(fake.sys), str(fake.dev))
+        text = "resources:\n  - " + _json_line(resource(fake)) + "\n"
+        config = load_config_text(text).resources[0].driver
+        assert isinstance(config, SysfsDriverConfig)
+        log = get_logger()
+        for _ in range(opts.repeats):
+            started = time.perf_counter()
+            scan = reader.scan(["usb"])
+            read.add((time.perf_counter() - started) * MS)
+            assert sum(d.vendor == FTDI[0] for d in scan.devices) == count
+            driver = SysfsDriver(config, DriverContext(RESOURCE, log, PollingWatcher(log)))
+            started = time.perf_counter()
+            devices = asyncio.run(driver.scan())
+            full.add((time.perf_counter() - started) * MS)
+            assert len(devices) == count, len(devices)
+        for _ in range(max(1, opts.scale_repeats)):
+            with served_host(workdir, "kdp-sysfs-idle", [resource(fake)]) as served:
+                time.sleep(opts.settle_seconds)
+                idle.add(idle_cpu_percent(served.host, opts.idle_seconds))
+                served.host.check_alive()
+    finally:
+        remove_tree(workdir)
+    return [read, full, idle]
+
+
+def _json_line(data: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(data)
+
+
+def run(opts: Options) -> list[Figure]:
+    return [*hotplug(opts), *scan_and_idle(opts)]

@@ -1,0 +1,224 @@
+"""Glob device identity (issue 10 items 1-4): one physical device is advertised once, an ID
+is a pure function of its path and the patterns, links that lead nowhere and names that are
+not text never become Healthy devices, and nothing here stops the resource."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdp_host import rules
+from kdp_host.config import GlobDriverConfig
+from kdp_host.devices import Device, DeviceTable
+from kdp_host.drivers import DriverDeps
+from kdp_host.drivers.glob import DeviceIds, GlobDriver, examine
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.watch import InotifyWatcher, PollingWatcher
+
+from .conftest import reporter, wait_table
+
+
+def driver(*patterns: str, **options: object) -> GlobDriver:
+    log = get_logger().bind(resource="t.io/r")
+    config = GlobDriverConfig(paths=patterns, **options)  # type: ignore[arg-type]
+    return GlobDriver(config, DriverDeps(log, PollingWatcher(log)))
+
+
+async def scan(*patterns: str) -> dict[str, Device]:
+    return {d.id: d for d in await driver(*patterns).scan()}
+
+
+def skipped(metrics: Metrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "kdp_driver_skipped_total", {"resource": "t.io/r", "reason": reason}
+    )
+    return value or 0.0
+
+
+# ------------------------------------------------------------------ 1: one device, once
+
+
+async def test_a_node_and_its_by_id_link_are_one_device(tmp_path: Path) -> None:
+    (tmp_path / "ttyUSB0").touch()
+    by_id = tmp_path / "serial" / "by-id"
+    by_id.mkdir(parents=True)
+    (by_id / "usb-FTDI_A-if00").symlink_to(tmp_path / "ttyUSB0")
+    for patterns in (
+        (f"{tmp_path}/ttyUSB*", f"{by_id}/*"),
+        (f"{by_id}/*", f"{tmp_path}/ttyUSB*"),
+    ):
+        devices = await scan(*patterns)
+        assert len(devices) == 1, devices
+        (device,) = devices.values()
+        assert device.nodes[0].host_path == str(tmp_path / "ttyUSB0")
+
+
+async def test_overlapping_patterns_with_different_fixed_dirs_give_one_device(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x0").touch()
+    devices = await scan(f"{tmp_path}/a/*", f"{tmp_path}/*/x*")
+    assert list(devices) == ["a-x0"]
+
+
+def test_device_nodes_are_identified_by_device_number() -> None:
+    found = examine("/dev/null", {})
+    assert found is not None and not isinstance(found, type(None))
+    assert getattr(found, "identity", None) == ("c", os.stat("/dev/null").st_rdev)
+
+
+async def test_two_nodes_of_one_device_number_are_one_device(tmp_path: Path) -> None:
+    try:
+        os.mknod(tmp_path / "a0", 0o600 | stat.S_IFCHR, os.stat("/dev/null").st_rdev)
+    except PermissionError:
+        pytest.skip("mknod needs CAP_MKNOD; test_device_nodes_are_identified_... covers the rule")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "a1").symlink_to("/dev/null")
+    devices = await scan(f"{tmp_path}/a*", f"{tmp_path}/b/*")
+    assert len(devices) == 1
+
+
+# ------------------------------------------------------------------ 2: stable IDs
+
+
+async def test_unplugging_one_device_never_renames_another(tmp_path: Path) -> None:
+    for directory in ("a", "b", "c"):
+        (tmp_path / directory).mkdir()
+        (tmp_path / directory / "x").touch()
+    patterns = [f"{tmp_path}/{d}/*" for d in ("a", "b", "c")]
+    glob_driver = driver(*patterns, grace_period=0)
+    before = {d.path: d.id for d in await glob_driver.scan()}
+    assert len(before) == 3 and len(set(before.values())) == 3, "no entry overwritten"
+    (tmp_path / "a" / "x").unlink()
+    after = {d.path: d.id for d in await glob_driver.scan()}
+    assert after == {p: i for p, i in before.items() if p != str(tmp_path / "a" / "x")}
+    (tmp_path / "a" / "x").touch()
+    assert {d.path: d.id for d in await glob_driver.scan()} == before
+
+
+async def test_the_id_of_a_path_does_not_depend_on_other_paths(tmp_path: Path) -> None:
+    names = ["x", "y-1", "z_2"]
+    for directory in ("a", "b"):
+        (tmp_path / directory).mkdir()
+        for name in names:
+            (tmp_path / directory / name).touch()
+    patterns = (f"{tmp_path}/a/*", f"{tmp_path}/b/*", f"{tmp_path}/*/*")
+    together = {d.path: d.id for d in (await scan(*patterns)).values()}
+    ids = DeviceIds(patterns)
+    for path, device_id in together.items():
+        assert device_id == ids(path)
+        assert rules.device_id_problem(device_id) is None
+
+
+PATH_PART = st.text(alphabet="ab-_.0", min_size=1, max_size=4).filter(
+    lambda p: p not in (".", "..")
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(PATH_PART, min_size=1, max_size=3), min_size=2, max_size=8, unique_by=tuple)
+)
+def test_distinct_paths_get_distinct_valid_ids(parts: list[list[str]]) -> None:
+    """Mixed depths under one base (the case that used to collide: `a/b` and `a-b`)."""
+    patterns = ["/dev/k/*", "/dev/k/*/*", "/dev/k/*/*/*"]
+    ids = DeviceIds(patterns)
+    paths = ["/dev/k/" + "/".join(p) for p in parts]
+    made = [ids(p) for p in paths]
+    assert len(set(made)) == len(made), list(zip(paths, made, strict=True))
+    for device_id in made:
+        assert rules.device_id_problem(device_id) is None
+
+
+def test_ids_never_start_with_a_dash() -> None:
+    ids = DeviceIds(["/dev/*"])
+    assert not ids("/dev/-rf").startswith("-")
+    assert rules.device_id_problem(ids("/dev/-rf")) is None
+
+
+# ------------------------------------------------------------------ 3: links that lead nowhere
+
+
+async def test_dangling_links_and_loops_are_not_devices(tmp_path: Path) -> None:
+    (tmp_path / "d0").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "d1").symlink_to(tmp_path / "d2")
+    (tmp_path / "d2").symlink_to(tmp_path / "d1")
+    (tmp_path / "d3").touch()
+    metrics = Metrics()
+    table = DeviceTable()
+    log = get_logger().bind(resource="t.io/r")
+    glob_driver = GlobDriver(
+        GlobDriverConfig(paths=(f"{tmp_path}/d*",)), DriverDeps(log, PollingWatcher(log))
+    )
+    task = asyncio.create_task(glob_driver.run(reporter(table, metrics)))
+    try:
+        await wait_table(table, lambda s: [d.id for d in s.devices] == ["d3"])
+        assert skipped(metrics, "dangling_link") == 1
+        assert skipped(metrics, "link_loop") == 2
+    finally:
+        task.cancel()
+        await asyncio.wait({task})
+
+
+async def test_a_link_whose_target_vanishes_becomes_unhealthy(tmp_path: Path) -> None:
+    """The target lives in another directory: that directory is watched too, so the device
+    turns Unhealthy at once, not after the next safety-net rescan (an hour here)."""
+    dev = tmp_path / "dev"
+    by_id = tmp_path / "by-id"
+    dev.mkdir()
+    by_id.mkdir()
+    (dev / "ttyUSB0").touch()
+    (by_id / "usb-A").symlink_to(dev / "ttyUSB0")
+    log = get_logger().bind(resource="t.io/r")
+    watcher = InotifyWatcher(log)
+    config = GlobDriverConfig(paths=(f"{by_id}/*",), grace_period=60.0, rescan_interval=3600.0)
+    table = DeviceTable()
+    tasks = [
+        asyncio.create_task(watcher.run()),
+        asyncio.create_task(GlobDriver(config, DriverDeps(log, watcher)).run(reporter(table))),
+    ]
+    try:
+        await wait_table(
+            table, lambda s: [(d.id, d.healthy) for d in s.devices] == [("usb-A", True)]
+        )
+        (dev / "ttyUSB0").unlink()
+        await wait_table(
+            table, lambda s: [(d.id, d.healthy) for d in s.devices] == [("usb-A", False)]
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+
+
+# ------------------------------------------------------------------ 4: names that are not text
+
+
+async def test_names_that_are_not_text_are_skipped_and_counted(tmp_path: Path) -> None:
+    root = os.fsencode(tmp_path)
+    for name in (b"dev\xff\xfe", b"dev\nx", b"dev\x1b[31m"):
+        os.close(os.open(root + b"/" + name, os.O_CREAT | os.O_WRONLY, 0o600))
+    (tmp_path / "dev0").touch()
+    metrics = Metrics()
+    table = DeviceTable()
+    log = get_logger().bind(resource="t.io/r")
+    glob_driver = GlobDriver(
+        GlobDriverConfig(paths=(f"{tmp_path}/dev*",)), DriverDeps(log, PollingWatcher(log))
+    )
+    task = asyncio.create_task(glob_driver.run(reporter(table, metrics)))
+    try:
+        await wait_table(table, lambda s: [d.id for d in s.devices] == ["dev0"])
+        assert skipped(metrics, "bad_name") == 3
+        await asyncio.sleep(0)
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.wait({task})

@@ -1,0 +1,179 @@
+"""Commands that misbehave on purpose (issue 10 items 15 and 16): a probe that leaves a daemon
+holding its output leaks no descriptor, commands die with a SIGKILLed host, and a stream
+command printing as fast as it can is rate-limited (logged once, counted) without stopping
+its lists from coming through."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdp_host.config import ShellDriverConfig
+from kdp_host.devices import DeviceTable
+from kdp_host.drivers import DriverDeps, DriverError
+from kdp_host.drivers.shell import ShellDriver
+from kdp_host.drivers.stream import DocumentReader, RateLimit
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.process import CommandError, ProcessRunner
+from kdp_host.watch import PollingWatcher
+
+from .conftest import reporter, script, wait_table, wait_until
+
+LOGGER = "test_containment"
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_daemon_holding_stdout_leaks_no_descriptor(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    probe = script(
+        tmp_path,
+        "leaves-daemon",
+        f"setsid sleep 60 &\necho $! >> {pids}\necho dev0\nexit 0\n",
+    )
+    runner = ProcessRunner(kill_grace=0.05)
+    with contextlib.suppress(CommandError):  # warm-up: the loop's own descriptors
+        await runner.run([probe], timeout=0.2)
+    before = open_fds()
+    try:
+        for _ in range(10):
+            with pytest.raises(CommandError) as caught:
+                await runner.run([probe], timeout=0.2)
+            assert caught.value.reason == "timeout"
+        assert open_fds() == before
+    finally:
+        for pid in pids.read_text().split():
+            _kill(int(pid))
+
+
+def test_a_sigkilled_host_leaves_no_stream_command_running(tmp_path: Path, short_dir: Path) -> None:
+    socket_dir = short_dir / "dp"
+    socket_dir.mkdir()
+    pid_file = tmp_path / "stream.pid"
+    stream = script(tmp_path, "stream", f"echo $$ > {pid_file}.tmp\nmv {pid_file}.tmp {pid_file}\n"
+                    "printf 'a\\n\\n'\nexec sleep 600\n")  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"kubelet: {{socketDir: {socket_dir}}}\n"
+        "metrics: {listen: '127.0.0.1:0'}\n"
+        "resources:\n"
+        "  - name: vendor.example/streamed\n"
+        f'    shell: {{command: ["{stream}"], mode: stream}}\n'
+    )
+    host = subprocess.Popen(
+        [sys.executable, "-m", "kdp_host", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stream_pid = 0
+    try:
+        asyncio.run(wait_until(pid_file.exists, 30, "the stream command started"))
+        stream_pid = int(pid_file.read_text())
+        host.kill()
+        host.wait(timeout=30)
+
+        def gone() -> bool:
+            try:
+                os.kill(stream_pid, 0)
+            except ProcessLookupError:
+                return True
+            # A zombie is dead too (this test process may not be its reaper).
+            with open(f"/proc/{stream_pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+        asyncio.run(wait_until(gone, 30, "the stream command died with the host"))
+    finally:
+        if host.poll() is None:
+            host.kill()
+        if stream_pid:
+            _kill(stream_pid)
+
+
+def test_rate_limit_allows_a_burst_then_the_rate() -> None:
+    now = [0.0]
+    limit = RateLimit(lambda: now[0], rate=10.0, burst=3)
+    for _ in range(3):
+        assert limit.delay() == 0.0
+        limit.take()
+    assert limit.delay() == pytest.approx(0.1)
+    now[0] += 0.1
+    assert limit.delay() == 0.0
+
+
+async def test_a_flooding_stream_command_is_rate_limited(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    flag = tmp_path / "calm"
+    flood = script(
+        tmp_path,
+        "flood",
+        f'while [ ! -e {flag} ]; do echo \'[{{"id": "a"}}]\'; echo \'[{{"id": "b"}}]\'; done\n'
+        """echo '[{"id": "final"}]'\nexec sleep 600\n""",
+    )
+    config = ShellDriverConfig(command=(flood,), mode="stream", format="json", timeout=5.0)
+    metrics = Metrics()
+    table = DeviceTable()
+    log = get_logger(LOGGER, resource="t.io/r")
+    driver = ShellDriver(
+        config,
+        DriverDeps(log, PollingWatcher(log), commands=ProcessRunner(kill_grace=0.1)),
+        rate_limit=RateLimit(asyncio.get_running_loop().time, rate=20.0, burst=5),
+    )
+    task = asyncio.create_task(driver.run(reporter(table, metrics, logger=LOGGER)))
+
+    def dropped() -> float:
+        value = metrics.registry.get_sample_value(
+            "kdp_driver_skipped_total", {"resource": "t.io/r", "reason": "rate_limited"}
+        )
+        return value or 0.0
+
+    try:
+        await wait_until(lambda: dropped() > 200, 30, "lists dropped by the rate limit")
+        flag.touch()
+        await wait_table(table, lambda s: [d.id for d in s.devices] == ["final"], timeout=30)
+    finally:
+        task.cancel()
+        await asyncio.wait({task})
+    started = [r for r in caplog.records if r.getMessage() == "device_lists_rate_limited"]
+    assert len(started) == 1, "logged once per flood, not per dropped list"
+
+
+async def test_document_reader_refuses_an_overlong_line_in_one_chunk() -> None:
+    stream = asyncio.StreamReader()
+    stream.feed_data(b"x" * 50 + b"\n" + b'[{"id": "a"}]\n')
+    stream.feed_eof()
+    reader = DocumentReader(stream, "json", max_size=20)
+    with pytest.raises(DriverError) as caught:
+        await reader.next()
+    assert caught.value.reason == "output_too_large"
+
+
+async def test_document_reader_keeps_a_partial_block_across_a_cancelled_read() -> None:
+    stream = asyncio.StreamReader()
+    reader = DocumentReader(stream, "lines", max_size=1000)
+    stream.feed_data(b"a\nb")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await reader.next()
+    stream.feed_data(b"\n\nc\n")
+    stream.feed_eof()
+    assert await reader.next() == b"a\nb\n"
+    assert await reader.next() == b"c\n"
+    assert await reader.next() is None

@@ -26,13 +26,13 @@ ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352
 
 FROM ${PYTHON_IMAGE} AS builder
 WORKDIR /src
-# Every dependency and the build backend: pinned, hash-checked wheels, never an sdist. The
-# setuptools installed next is the locked wheel just checked (hence no version on that line).
+# Every dependency and the build backend: pinned, hash-checked wheels, never an sdist; then the
+# builder installs exactly that set (the locked setuptools replaces any the base image has).
 COPY requirements/image.txt ./requirements/
-# hadolint ignore=DL3013
 RUN pip wheel --no-cache-dir --require-hashes --only-binary=:all: --no-deps \
         --wheel-dir /wheels -r requirements/image.txt \
-    && pip install --no-cache-dir --no-index --find-links /wheels setuptools
+    && pip install --no-cache-dir --no-index --find-links /wheels --require-hashes \
+        -r requirements/image.txt
 COPY pyproject.toml README.md LICENSE NOTICE ./
 COPY kdp_host ./kdp_host
 # Built with the locked setuptools just installed (no isolated, unpinned build environment).

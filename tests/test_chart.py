@@ -39,6 +39,7 @@ from kdp_host import __version__, cli
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config
+from .fake_sysfs import FTDI, FakeSysfs
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "kdp-host"
@@ -1051,8 +1052,9 @@ async def test_default_preset_serves_without_capabilities(
 ) -> None:
     """The default securityContext (no capabilities, no privilege escalation, read-only root
     filesystem) is enough for kdp-host: as root with an empty capability set it creates its
-    socket in a root-owned 0700 socket directory (the only writable path, like the pod's
-    hostPath), stats root-owned 0600 device nodes, registers and allocates."""
+    sockets in a root-owned 0700 socket directory (the only writable path, like the pod's
+    hostPath), stats root-owned 0600 device nodes (glob driver), reads sysfs and its 0600
+    nodes (sysfs driver), registers and allocates."""
     if os.geteuid() != 0:
         pytest.skip("needs root: the claim is about uid 0 without capabilities (run as root)")
     security_context = container(rendered["defaults"])["securityContext"]
@@ -1062,10 +1064,21 @@ async def test_default_preset_serves_without_capabilities(
     dev.mkdir(mode=0o755)
     for minor, name in enumerate(("fpga0", "fpga1")):
         os.mknod(dev / name, 0o600 | stat.S_IFCHR, os.makedev(1, 3 + minor))
+    fake = FakeSysfs(short_dir / "host")
+    fake.usb_serial_adapter(fake.usb_controller(), "1-1", devnum=2, serial="A10K4V2F")
+    for node in fake.dev.rglob("*"):
+        if node.is_file():
+            node.chmod(0o600)
     config = short_dir / "config.yaml"
     config.write_text(
         glob_config(socket_dir, ("vendor.example/fpga", f"{dev}/fpga[0-9]*"))
-        + "metrics: {listen: '127.0.0.1:0'}\n"
+        + f"""  - name: vendor.example/serial
+    sysfs:
+      sysfsRoot: {fake.sys}
+      devRoot: {fake.dev}
+      usb: [{{vendor: "{FTDI[0]}", product: "{FTDI[1]}"}}]
+metrics: {{listen: '127.0.0.1:0'}}
+"""
     )
     async with KubeletSimulator(socket_dir, dial_timeout=5.0) as kubelet:
         proc = await asyncio.create_subprocess_exec(
@@ -1076,6 +1089,9 @@ async def test_default_preset_serves_without_capabilities(
         try:
             await kubelet.wait_for(
                 lambda: kubelet.resource("vendor.example/fpga").allocatable == 2, timeout=30
+            )
+            await kubelet.wait_for(
+                lambda: kubelet.resource("vendor.example/serial").allocatable == 1, timeout=30
             )
             status = proc_status(proc.pid)
             for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
@@ -1089,6 +1105,11 @@ async def test_default_preset_serves_without_capabilities(
             assert sorted(d.host_path for d in response.devices) == [
                 f"{dev}/fpga0",
                 f"{dev}/fpga1",
+            ]
+            response = await kubelet.allocate("vendor.example/serial", 1)
+            assert sorted(d.container_path for d in response.devices) == [
+                "/dev/bus/usb/001/002",
+                "/dev/ttyUSB0",
             ]
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(proc.wait(), 20)
@@ -1123,3 +1144,22 @@ def test_device_nodes_stay_writable_on_a_read_only_mount(tmp_path: Path) -> None
     assert "wrote-node" in proc.stdout, proc.stderr
     assert proc.returncode != 0 and "Read-only file system" in proc.stderr, proc.stderr
     assert not (src / "new-file").exists()
+
+
+def test_no_test_module_skips_itself_whole() -> None:
+    """A module-level importorskip (or skip) turns a missing package into a whole test file
+    that silently does not run; tests/ imports what it needs and lets a missing one fail."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            for call in ast.walk(node):
+                if (
+                    not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                    and isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute)
+                    and call.func.attr in {"importorskip", "skip"}
+                ):
+                    offenders.append(f"{path.relative_to(ROOT)}:{call.lineno}")
+    assert not offenders, offenders

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shutil
 import sys
+import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -104,30 +108,76 @@ def test_check_table_stays_one_line_per_device(
     assert any(line.endswith("fpga0 Healthy " + str(dev / "fpga0")) for line in lines)
 
 
-async def test_run_logs_the_port_actually_bound(
-    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path
-) -> None:
-    (short_dir / "dev").mkdir()
-    config = short_dir / "config.yaml"
-    config.write_text(
-        glob_config(socket_dir, (FPGA, f"{short_dir}/dev/fpga*"))
-        + "metrics: {listen: '127.0.0.1:0'}\n"
-    )
+@contextlib.asynccontextmanager
+async def kdp_host_run(config: Path) -> AsyncIterator[tuple[str, int]]:
+    """`kdp-host run` in a subprocess; yields the host and port its http_serving line names."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kdp_host", "run", "--config", str(config),
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
+    drain: asyncio.Task[bytes] | None = None
     try:
         async with asyncio.timeout(30):
             while b"http_serving" not in (line := await proc.stderr.readline()):
                 assert line, "kdp-host exited before serving HTTP"
+        drain = asyncio.create_task(proc.stderr.read())
+        listen = next(p for p in line.decode().split() if p.startswith("listen="))
+        host, _, port = listen.removeprefix("listen=").rpartition(":")
+        assert port.isdigit(), listen
+        yield host, int(port)
     finally:
         proc.terminate()
         await proc.wait()
-    listen = next(p for p in line.decode().split() if p.startswith("listen="))
-    host, _, port = listen.removeprefix("listen=").rpartition(":")
-    assert host == "127.0.0.1" and port.isdigit() and int(port) > 0
+        if drain is not None:
+            await drain
+
+
+def ephemeral_port_config(short_dir: Path, socket_dir: Path) -> Path:
+    dev = short_dir / "dev"
+    dev.mkdir()
+    (dev / "fpga0").touch()
+    config = short_dir / "config.yaml"
+    config.write_text(
+        glob_config(socket_dir, (FPGA, f"{dev}/fpga*")) + "metrics: {listen: '127.0.0.1:0'}\n"
+    )
+    return config
+
+
+async def test_run_logs_the_port_actually_bound(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path
+) -> None:
+    async with kdp_host_run(ephemeral_port_config(short_dir, socket_dir)) as (host, port):
+        assert host == "127.0.0.1" and port > 0
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 1, timeout=30)
+        body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
+    assert b"process_resident_memory_bytes" in body and b"kdp_registered{" in body
+
+
+async def test_promtool_accepts_what_a_running_host_exposes(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path
+) -> None:
+    """`promtool check metrics` on a real `kdp-host run` scrape (CI installs promtool)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    async with kdp_host_run(ephemeral_port_config(short_dir, socket_dir)) as (_, port):
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 1, timeout=30)
+        await kubelet.allocate(FPGA, 1)
+        body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
+    checked = await asyncio.create_subprocess_exec(
+        promtool, "check", "metrics",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(checked.communicate(body), 60)
+    assert (checked.returncode, output.decode()) == (0, "")
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        data: bytes = response.read()
+        return data
 
 
 def test_inotify_failures_other_than_oserror_fall_back_to_polling() -> None:

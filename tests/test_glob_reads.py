@@ -24,7 +24,7 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.watch import PollingWatcher
 
-from .conftest import reporter, wait_table
+from .conftest import reporter, wait_table, wait_until
 
 
 def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
@@ -140,3 +140,40 @@ def test_sigterm_exits_while_a_numa_file_is_a_fifo(tmp_path: Path, short_dir: Pa
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_a_scan_that_hangs_is_an_io_failure_and_degrades(tmp_path: Path) -> None:
+    """A hung file system (here: a directory check that never answers) fails the scan with
+    reason `io` after the scan timeout; the notifier's policy degrades the resource."""
+    (tmp_path / "dev0").touch()
+    release = threading.Event()
+
+    def hangs(directory: str) -> bool:
+        release.wait(30)
+        return True
+
+    metrics = Metrics()
+    table = DeviceTable()
+    log = get_logger().bind(resource="t.io/r")
+    glob_driver = GlobDriver(
+        GlobDriverConfig(paths=(f"{tmp_path}/dev*",), rescan_interval=0.05),
+        DriverDeps(log, PollingWatcher(log)),
+        dir_readable=hangs,
+        scan_timeout=0.1,
+    )
+    notifier = reporter(table, metrics, threshold=1)
+    task = asyncio.create_task(glob_driver.run(notifier))
+    try:
+        await wait_until(lambda: notifier.degraded, 15, "the resource degraded")
+        value = metrics.registry.get_sample_value(
+            "kdp_driver_errors_total", {"resource": "t.io/r", "reason": "io"}
+        )
+        assert value is not None and value >= 1
+        release.set()
+        await wait_table(
+            table, lambda s: [(d.id, d.healthy) for d in s.devices] == [("dev0", True)]
+        )
+    finally:
+        release.set()
+        task.cancel()
+        await asyncio.wait({task})

@@ -531,3 +531,49 @@ async def test_cdi_failure_keeps_devices_from_the_kubelet_until_written(
     blocker.unlink()
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=20)
     await wait_until(lambda: not running.host.not_ready(), what="ready once written")
+
+
+def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
+    """The README's metrics table stays true: every kdp_ family the host exposes has a row
+    with its labels, and every known result/reason value is named in it."""
+    import re
+
+    from kdp_host.metrics import (
+        ALLOCATION_RESULTS,
+        CONFIG_RELOAD_RESULTS,
+        DRIVER_ERROR_REASONS,
+        DRIVER_SKIP_REASONS,
+        REGISTRATION_RESULTS,
+    )
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows: dict[str, tuple[str, str]] = {}
+    for line in readme.splitlines():
+        match = re.match(r"\| `(kdp_[a-z_]+)` \| [a-z]+ \|([^|]*)\|([^|]*)\|$", line)
+        if match:
+            rows[match.group(1)] = (match.group(2), match.group(3))
+    metrics = Metrics(process_collectors=False)
+    metrics.add_resource(FPGA)
+    for histogram in (metrics.allocate_seconds, metrics.preferred_seconds, metrics.scan_seconds):
+        histogram.labels(FPGA).observe(0.001)
+    metrics.config_info.info({"sha256": "0" * 64})
+    exposed: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        name = name + "_info" if family.type == "info" else name
+        labels = exposed.setdefault(name, set())
+        for sample in family.samples:
+            labels.update(k for k in sample.labels if k != "le")
+    assert sorted(exposed) == sorted(rows)
+    for name, labels in exposed.items():
+        documented = set(re.findall(r"`([a-z0-9_]+)`", rows[name][0]))
+        assert documented == labels, name
+    values = {
+        "kdp_allocations_total": ALLOCATION_RESULTS,
+        "kdp_registrations_total": REGISTRATION_RESULTS,
+        "kdp_driver_errors_total": DRIVER_ERROR_REASONS,
+        "kdp_driver_skipped_total": DRIVER_SKIP_REASONS,
+        "kdp_config_reloads_total": CONFIG_RELOAD_RESULTS,
+    }
+    for name, known in values.items():
+        assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name

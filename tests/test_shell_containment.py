@@ -18,9 +18,9 @@ import pytest
 
 from kdp_host.config import ShellDriverConfig
 from kdp_host.devices import DeviceTable
-from kdp_host.drivers import DriverDeps
+from kdp_host.drivers import DriverDeps, DriverError
 from kdp_host.drivers.shell import ShellDriver
-from kdp_host.drivers.stream import RateLimit
+from kdp_host.drivers.stream import DocumentReader, RateLimit
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.process import CommandError, ProcessRunner
@@ -153,3 +153,27 @@ async def test_a_flooding_stream_command_is_rate_limited(
         await asyncio.wait({task})
     started = [r for r in caplog.records if r.getMessage() == "device_lists_rate_limited"]
     assert len(started) == 1, "logged once per flood, not per dropped list"
+
+
+async def test_document_reader_refuses_an_overlong_line_in_one_chunk() -> None:
+    stream = asyncio.StreamReader()
+    stream.feed_data(b"x" * 50 + b"\n" + b'[{"id": "a"}]\n')
+    stream.feed_eof()
+    reader = DocumentReader(stream, "json", max_size=20)
+    with pytest.raises(DriverError) as caught:
+        await reader.next()
+    assert caught.value.reason == "output_too_large"
+
+
+async def test_document_reader_keeps_a_partial_block_across_a_cancelled_read() -> None:
+    stream = asyncio.StreamReader()
+    reader = DocumentReader(stream, "lines", max_size=1000)
+    stream.feed_data(b"a\nb")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await reader.next()
+    stream.feed_data(b"\n\nc\n")
+    stream.feed_eof()
+    assert await reader.next() == b"a\nb\n"
+    assert await reader.next() == b"c\n"
+    assert await reader.next() is None

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
+    MAX_NUMA_NODE,
     absolute_path_problem,
     annotation_key_problem,
     cdi_kind_problem,
@@ -65,7 +66,6 @@ from .declare import (
 from .source import FieldPath
 
 MAX_REPLICAS = 10_000
-MAX_NUMA_NODE = 1023
 ALLOCATE_TEMPLATE_FIELDS = frozenset({"ids", "paths", "count", "resource"})
 GLOB_TEMPLATE_FIELDS = frozenset({"path", "name"})
 HEALTH_TEMPLATE_FIELDS = frozenset({"id", "path"})

@@ -22,7 +22,6 @@ from .. import rules
 from ..devices import Device, DeviceMount, DeviceNode
 from .base import DriverError
 
-MAX_NUMA_NODE = 1023
 _OFFLOAD_PARSE_BYTES = 16 * 1024
 """Outputs larger than this are parsed in a worker thread, off the event loop."""
 _QUOTE_LIMIT = 200
@@ -93,13 +92,13 @@ def _add_node(nodes: list[DeviceNode], node: DeviceNode) -> None:
 
 def _numa_from_text(text: str) -> int:
     if not _DIGITS.fullmatch(text):
-        raise _Invalid(f"numa must be a node number 0-{MAX_NUMA_NODE}, got {_quote(text)}")
+        raise _Invalid(f"numa must be a node number 0-{rules.MAX_NUMA_NODE}, got {_quote(text)}")
     return _numa_from_int(int(text))
 
 
 def _numa_from_int(node: int) -> int:
-    if not 0 <= node <= MAX_NUMA_NODE:
-        raise _Invalid(f"numa must be a node number 0-{MAX_NUMA_NODE}, got {node}")
+    if not 0 <= node <= rules.MAX_NUMA_NODE:
+        raise _Invalid(f"numa must be a node number 0-{rules.MAX_NUMA_NODE}, got {node}")
     return node
 
 

@@ -6,6 +6,8 @@ file is then replaced by a 1 MiB one (the ConfigMap limit), and the stall is the
 round trip of the pings that overlap the time from the write to the reload being counted:
 - "invalid": 1 MiB of list items under an unknown key (parsed and refused);
 - "valid": the same resources plus one with a 1 MiB `allocate.env` (parsed and applied).
+
+Hostile commands (a flooding stream command, a daemon-leaving probe): see hostile_drivers.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from . import hostile_drivers
 from .harness import (
     BenchError,
     Figure,
@@ -133,4 +136,4 @@ def run(opts: Options) -> list[Figure]:
                     served.host.check_alive()
     finally:
         remove_tree(workdir)
-    return [invalid, valid]
+    return [invalid, valid, *hostile_drivers.run(opts)]

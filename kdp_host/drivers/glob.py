@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from .. import rules
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
-from ..files import FileReadError, in_daemon_thread
+from ..files import FileReadError
 from ..watch import DirSignature, Subscription, dir_signature
 from .base import DriverDeps, DriverError, Notifier, Skipped
 
@@ -238,7 +238,7 @@ class GlobDriver:
         """One scan on a daemon thread; a scan still stuck from last time is waited for
         again rather than started twice. Raises DriverError('io')."""
         if self._pending_scan is None:
-            self._pending_scan = asyncio.ensure_future(in_daemon_thread(self._scan_sync))
+            self._pending_scan = asyncio.ensure_future(self._deps.threads.run(self._scan_sync))
         scan = self._pending_scan
         try:
             async with asyncio.timeout(self._scan_timeout):
@@ -256,6 +256,7 @@ class GlobDriver:
     async def run(self, notifier: Notifier) -> None:
         log = self._deps.log
         clock = self._deps.clock
+        threads = self._deps.threads
         wake = asyncio.Event()
         subscriptions: dict[str, Subscription] = {}
         last_state: tuple[bool, tuple[str, ...]] | None = None
@@ -268,7 +269,7 @@ class GlobDriver:
         try:
             while True:
                 wake.clear()
-                if result is None or woken or not await in_daemon_thread(result.still_current):
+                if result is None or woken or not await threads.run(result.still_current):
                     started = clock()
                     try:
                         result = await self._scan()

@@ -33,6 +33,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import rules
 from ..config import GlobDriverConfig, render_template
@@ -136,8 +137,7 @@ def name_problem(path: str) -> str | None:
     return rules.absolute_path_problem(path)
 
 
-@dataclass(frozen=True)
-class _Found:
+class _Found(NamedTuple):
     """A matched path that is a device: where it really is, and which device it is."""
 
     real_path: str
@@ -348,6 +348,8 @@ class GlobDriver:
         previous = self._known
         signatures: dict[str, DirSignature | None] = {}
         seen_paths: set[str] = set()
+        # The ID of a path never changes: take it from the last scan where there is one.
+        known_ids = {d.path: d.id for d in previous.values() if d.path is not None}
         for pattern in config.paths:
             pattern_dirs = watch_dirs(pattern)
             dirs.update(pattern_dirs)
@@ -378,7 +380,7 @@ class GlobDriver:
                         "same_device", matched, f"the same device as {owner}, listed once"
                     )
                     continue
-                device_id = self._ids(matched)
+                device_id = known_ids.get(matched) or self._ids(matched)
                 if device_id in devices:  # only if two paths' hashes collide
                     skipped[matched] = Skipped(
                         "id_collision",
@@ -414,18 +416,19 @@ class GlobDriver:
         )
         numa = self._numa_for(matched, name, skipped)
         known = previous.get(device_id)
-        node = DeviceNode(host_path, container)
         if (
             known is not None
             and known.healthy
             and known.path == matched
             and known.numa == numa
-            and known.nodes == (node,)
+            and known.has_only_node(host_path, container)
         ):
             # Unchanged since the last scan: keep the same object (a rescan then
             # allocates nothing per device, and comparing the lists is cheap).
             return known
-        return Device(id=device_id, nodes=(node,), numa=numa, path=matched)
+        return Device(
+            id=device_id, nodes=(DeviceNode(host_path, container),), numa=numa, path=matched
+        )
 
     def _numa_for(self, path: str, name: str, skipped: dict[str, Skipped]) -> int | None:
         if self._config.numa_node is not None:

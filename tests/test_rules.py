@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from kdp_host import rules
 from kdp_host.config import ConfigError, load_config_text
-from kdp_host.drivers import glob as glob_driver
+from kdp_host.drivers import glob_paths
 from kdp_host.drivers.probe_output import ProbeOutputError, parse_json
 
 Accepts = Callable[[str], bool]
@@ -233,7 +233,7 @@ ABSOLUTE_PATH_USERS = [
         ),
         id="probe-mount",
     ),
-    pytest.param(accepted_by(glob_driver.name_problem), id="glob-matched-path"),
+    pytest.param(accepted_by(glob_paths.name_problem), id="glob-matched-path"),
     pytest.param(reference_absolute_path, id="reference"),
     pytest.param(
         lambda path: loader_accepts(
@@ -383,8 +383,10 @@ def test_absolute_path_users_agree(path: str) -> None:
     assert_agree(ABSOLUTE_PATH_USERS, path)
 
 
+# Printable ASCII without braces: in argv and env values the config's template rule, not the
+# text rule, decides what `{field}` may be.
 @SETTINGS
-@given(rule_strings(r"[ -~]{0,10}"))
+@given(rule_strings(r"[ -z|~]{0,10}"))
 @example("a\x00b")
 @example("line\nline\ttab")
 @example("bell\x07")

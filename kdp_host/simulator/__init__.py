@@ -14,9 +14,12 @@ Modules, one idea each:
 - ``gotext``: every text the kubelet prints, with Go quoting and grpc-go status format;
 - ``transport``: the Registration server and the client of each plugin (its endpoint);
 - ``manager``: the device manager's state and transitions (no I/O);
+- ``plugins``: Register with dial-back, the ListAndWatch readers, disconnection;
 - ``admission``: device choice, Allocate and PreStartContainer;
 - ``checkpoint``: the checkpoint file;
-- ``kubelet``: ``KubeletSimulator``, which wires them to the network and to time;
+- ``directory``: the socket directory's clean-up at start;
+- ``changes``: the change counter that waits are built on; ``log``: structured log lines;
+- ``kubelet``: ``KubeletSimulator``, which wires them together (lifecycle, queries, pods);
 - ``cli``: ``kdp-host simulate-kubelet``.
 """
 

@@ -383,8 +383,10 @@ def test_absolute_path_users_agree(path: str) -> None:
     assert_agree(ABSOLUTE_PATH_USERS, path)
 
 
+# Printable ASCII without braces: in argv and env values the config's template rule, not the
+# text rule, decides what `{field}` may be.
 @SETTINGS
-@given(rule_strings(r"[ -~]{0,10}"))
+@given(rule_strings(r"[ -z|~]{0,10}"))
 @example("a\x00b")
 @example("line\nline\ttab")
 @example("bell\x07")

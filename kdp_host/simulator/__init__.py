@@ -13,6 +13,7 @@ Modules, one idea each:
 - ``records``: the kubelet's constants and the records of what it saw and did;
 - ``gotext``: every text the kubelet prints, with Go quoting and grpc-go status format;
 - ``transport``: the Registration server and the client of each plugin (its endpoint);
+- ``listwire``: ListAndWatch messages decoded straight into the device manager's view;
 - ``manager``: the device manager's state and transitions (no I/O);
 - ``plugins``: Register with dial-back, the ListAndWatch readers, disconnection;
 - ``admission``: device choice, Allocate and PreStartContainer;

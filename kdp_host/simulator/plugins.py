@@ -5,23 +5,25 @@ client, docs/kubelet-contract.md §1-§4, §9)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
 
-from kdp_host.api.v1beta1 import ListAndWatchResponse, RegisterRequest
+from kdp_host.api.v1beta1 import RegisterRequest
 from kdp_host.rules import is_extended_resource_name
 
 from . import gotext
+from .listwire import WireError, decode_device_list
 from .log import log_event
 from .manager import DeviceManager
 from .records import SUPPORTED_VERSIONS, ListAndWatchUpdate, RegisterAttempt, StaleDisconnect
 from .transport import Endpoint, PluginClient, RegisterRefused, RpcFailed
 
-DECODE_IN_THREAD: Final = 16 * 1024
-"""ListAndWatch messages at least this large (~600 devices) are decoded off the event loop, so
-other streams and Register calls are served meanwhile."""
+DECODE_IN_THREAD: Final = 256 * 1024
+"""ListAndWatch messages at least this large (~10,000 devices, ~15 ms) are decoded off the
+event loop, so other streams and Register calls are served meanwhile."""
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
@@ -134,10 +136,14 @@ class PluginHandler:
         (docs/kubelet-contract.md §4, §9)."""
         reason = "stream ended"
         try:
-            async for raw in client.list_and_watch():
-                await self._on_list(client, raw)
+            async with contextlib.aclosing(client.list_and_watch()) as messages:
+                async for raw in messages:
+                    await self._on_list(client, raw)
         except RpcFailed as exc:
             reason = str(exc)
+        except WireError as exc:
+            # grpc-go fails the stream's Recv on a message it cannot unmarshal.
+            reason = gotext.unmarshal_failed(str(exc))
         log_event(
             logging.INFO,
             "list_and_watch_ended",
@@ -169,12 +175,12 @@ class PluginHandler:
     async def _on_list(self, client: PluginClient, raw: bytes) -> None:
         received_at = self._clock()
         if len(raw) >= DECODE_IN_THREAD:
-            message = await asyncio.to_thread(ListAndWatchResponse.parse, raw)
+            devices = await asyncio.to_thread(decode_device_list, raw)
         else:
-            message = ListAndWatchResponse.parse(raw)
+            devices = decode_device_list(raw)
         name = client.resource
-        healthy = self._manager.apply_list(name, message)
-        total = len(message.devices)
+        healthy = self._manager.apply_list(name, devices)
+        total = len(devices)
         self.list_and_watch_updates.append(
             ListAndWatchUpdate(name, client.serial, received_at, total, healthy)
         )

@@ -103,6 +103,12 @@ class Device:
             return (DeviceNode(self.path, self.path),)
         return self._nodes
 
+    def has_only_node(self, host_path: str, container_path: str) -> bool:
+        """True if the device has exactly this one node (cheap: builds no DeviceNode)."""
+        if self._nodes is None:
+            return host_path == container_path == self.path
+        return len(self._nodes) == 1 and self._nodes[0] == DeviceNode(host_path, container_path)
+
     def with_health(self, healthy: bool) -> Device:
         return Device(
             self.id,

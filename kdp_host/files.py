@@ -9,7 +9,7 @@ system. So:
 - every read runs on a daemon worker thread and is given up after `timeout` (the caller gets
   `FileReadError("read_timeout")`); a worker stuck in the kernel is abandoned, a fresh one
   serves the next reads, and past `max_stuck` abandoned workers reads are refused at once;
-- whole scans run on daemon threads too (`in_daemon_thread`).
+- whole scans run on daemon threads too (`DaemonThreads`).
 
 Daemon threads are the point: the interpreter does not wait for them at exit, so SIGTERM
 ends the host within its shutdown budget even while a thread is stuck in read(2). (A worker
@@ -25,6 +25,7 @@ import os
 import queue
 import stat
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -164,27 +165,107 @@ class FileReader:
             return True
 
 
-async def in_daemon_thread(function: Callable[[], T]) -> T:
-    """`await asyncio.to_thread(function)`, but on a daemon thread of its own: if `function`
-    hangs in the kernel, the process can still exit (and a cancelled caller returns at once)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
+SCAN_THREADS = 4
+"""Daemon threads that run scans at once, not counting threads stuck in the kernel."""
+STUCK_AFTER = 1.0
+"""A scan thread busy this long counts as stuck: another thread may start beside it."""
+MAX_SCAN_THREADS = 64
 
-    def deliver(outcome: Callable[[], None]) -> None:
-        if not future.done():
-            outcome()
 
-    def work() -> None:
-        try:
-            result = function()
-        except BaseException as exc:
-            error = exc
-            _call_soon(loop, lambda: deliver(lambda: future.set_exception(error)))
-        else:
-            _call_soon(loop, lambda: deliver(lambda: future.set_result(result)))
+class DaemonThreads:
+    """Runs blocking calls (whole scans) on daemon threads, for every resource of a host.
 
-    threading.Thread(target=work, name="kdp-scan", daemon=True).start()
-    return await future
+    Like asyncio's default executor, a few workers are reused, so a hundred resources
+    scanning at once do not start a hundred threads (each would keep a malloc arena). Unlike
+    it, the workers are daemon threads, so one stuck in the kernel never keeps the process
+    from exiting, and a worker busy for longer than `stuck_after` does not count against the
+    limit, so a hung scan never blocks the scans of other resources. Idle workers leave.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int = SCAN_THREADS,
+        stuck_after: float = STUCK_AFTER,
+        idle: float = _WORKER_IDLE,
+    ) -> None:
+        self._workers = workers
+        self._stuck_after = stuck_after
+        self._idle_timeout = idle
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._waiting = 0
+        """Workers waiting for a job."""
+        self._queued = 0
+        """Jobs not taken by a worker yet."""
+        self._busy_since: dict[int, float] = {}
+        """Worker id -> monotonic time its current job started (absent: waiting)."""
+        self._live = 0
+
+    async def run(self, function: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def deliver(outcome: Callable[[], None]) -> None:
+            if not future.done():
+                outcome()
+
+        def job() -> None:
+            try:
+                result = function()
+            except BaseException as exc:
+                error = exc
+                _call_soon(loop, lambda: deliver(lambda: future.set_exception(error)))
+            else:
+                _call_soon(loop, lambda: deliver(lambda: future.set_result(result)))
+
+        with self._lock:
+            self._jobs.put(job)
+            self._queued += 1
+            queued = self._queued > self._waiting and not self._grow()
+        while queued and not future.done():
+            # Every worker is busy: if one of them hangs, start another beside it.
+            await asyncio.wait({future}, timeout=self._stuck_after)
+            with self._lock:
+                queued = self._queued > self._waiting and not self._grow()
+        return await future
+
+    def _grow(self) -> bool:
+        """Start a worker if the limit allows (called with the lock held)."""
+        if self._live >= min(MAX_SCAN_THREADS, self._workers + self._stuck()):
+            return False
+        self._live += 1
+        threading.Thread(target=self._work, name="kdp-scan", daemon=True).start()
+        return True
+
+    def _stuck(self) -> int:
+        now = time.monotonic()
+        return sum(1 for since in self._busy_since.values() if now - since > self._stuck_after)
+
+    def _work(self) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            self._waiting += 1
+        while True:
+            try:
+                job = self._jobs.get(timeout=self._idle_timeout)
+            except queue.Empty:
+                with self._lock:
+                    if self._queued == 0:
+                        self._waiting -= 1
+                        self._live -= 1
+                        return
+                continue
+            with self._lock:
+                self._waiting -= 1
+                self._queued -= 1
+                self._busy_since[me] = time.monotonic()
+            try:
+                job()
+            finally:
+                with self._lock:
+                    del self._busy_since[me]
+                    self._waiting += 1
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:

@@ -18,6 +18,7 @@ from .backoff import Backoff
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot
 from .drivers import DeviceReporter, DriverDeps, DriverFactory, failure_threshold, make_driver
+from .files import DaemonThreads
 from .logs import EventLogger
 from .metrics import Metrics
 from .protocol.endpoint import socket_name
@@ -52,6 +53,8 @@ class HostServices:
     log: EventLogger
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
+    threads: DaemonThreads = field(default_factory=DaemonThreads)
+    """Daemon threads for the drivers' scans, shared by every resource."""
 
 
 @dataclass
@@ -100,7 +103,7 @@ class ResourceRuntime:
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
-        deps = DriverDeps(self.log, services.watcher)
+        deps = DriverDeps(self.log, services.watcher, threads=services.threads)
         driver = services.drivers(self.config.driver, deps)
         reporter = DeviceReporter(
             self.table,

@@ -48,6 +48,8 @@ def _control_character(text: str, allowed: frozenset[str] = frozenset()) -> str 
     Control characters are Unicode category Cc (C0, DEL, C1). Lone surrogates (from
     `surrogateescape` decoding) cannot be written as UTF-8, which protobuf strings require.
     """
+    if text.isascii() and text.isprintable():
+        return None  # the common case, decided in C: printable ASCII holds no Cc or Cs
     for char in text:
         if char in allowed:
             continue
@@ -184,7 +186,8 @@ def device_id_problem(device_id: str) -> str | None:
         return "device ID must not be empty"
     if len(device_id) > MAX_DEVICE_ID_LENGTH:
         return f"device ID longer than {MAX_DEVICE_ID_LENGTH} characters"
-    if any(c.isspace() or not c.isprintable() for c in device_id):
+    plain = device_id.isascii() and device_id.isprintable() and " " not in device_id
+    if not plain and any(c.isspace() or not c.isprintable() for c in device_id):
         return "device ID must not contain whitespace or control characters"
     if device_id.startswith("-"):
         return "device ID must not start with '-' (it would read as an option)"

@@ -8,8 +8,10 @@ runtime offers: no capabilities, a read-only root filesystem, no privilege escal
 no network. Checked: it registers, advertises the devices, sees a hot-plugged one, answers an
 allocation, and on SIGTERM stops cleanly (exit 0, its socket removed).
 
-usage: scripts/image-test.py IMAGE [--podman podman]
-The podman configuration (CONTAINERS_CONF) comes from the environment (scripts/image.sh).
+usage: scripts/image-test.py IMAGE [--podman podman|docker]
+The podman configuration (CONTAINERS_CONF) comes from the environment (scripts/image.sh). With
+docker (GitHub's CI) it runs as root too (sudo), since the container's root has no capability
+to write into a directory another user owns.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ async def check(image: str, podman: str, work: Path) -> None:
         assert plugin_socket is not None and plugin_socket.exists(), plugin_socket
 
         stop = subprocess.run(
-            [podman, "stop", "--time", "10", name], capture_output=True, text=True, timeout=60
+            [podman, "stop", "-t", "10", name], capture_output=True, text=True, timeout=60
         )
         assert stop.returncode == 0, stop.stderr
         code = subprocess.run(

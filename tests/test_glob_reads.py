@@ -19,7 +19,7 @@ from kdp_host.config import GlobDriverConfig
 from kdp_host.devices import DeviceTable
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
-from kdp_host.files import FileReader, FileReadError, read_attribute
+from kdp_host.files import DaemonThreads, FileReader, FileReadError, read_attribute
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.watch import PollingWatcher
@@ -177,3 +177,17 @@ async def test_a_scan_that_hangs_is_an_io_failure_and_degrades(tmp_path: Path) -
         release.set()
         task.cancel()
         await asyncio.wait({task})
+
+
+async def test_scan_threads_are_reused_and_a_stuck_one_does_not_block_the_others() -> None:
+    threads = DaemonThreads(workers=2, stuck_after=0.05)
+    names = await asyncio.gather(*(threads.run(threading.current_thread) for _ in range(20)))
+    assert len({thread.ident for thread in names}) <= 2
+    assert all(thread.daemon for thread in names)
+    release = threading.Event()
+    stuck = [asyncio.ensure_future(threads.run(lambda: release.wait(30))) for _ in range(2)]
+    try:
+        assert await asyncio.wait_for(threads.run(lambda: "served"), 15) == "served"
+    finally:
+        release.set()
+        await asyncio.gather(*stuck)

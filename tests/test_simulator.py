@@ -59,6 +59,7 @@ from kdp_host.simulator import (
     go_quote,
     run_simulator,
 )
+from kdp_host.simulator.checkpoint import CheckpointEncoder
 
 RES = "vendor.example/fpga"
 WAIT = 10.0
@@ -1023,3 +1024,18 @@ def test_the_simulator_shares_no_code_with_the_product() -> None:
                 imported.update(alias.name for alias in node.names)
     product = {name for name in imported if name.split(".")[0] == "kdp_host"}
     assert product and all(name.startswith(allowed) for name in product), product
+
+
+def test_checkpoint_encoder_is_canonical_and_follows_replaced_sets() -> None:
+    encoder = CheckpointEncoder()
+    healthy = {"b.io/y": {"2", "1"}, "a.io/x": {"z\u00e9", 'q"'}}
+    text = encoder.data_text([], healthy)
+    data = json.loads(text)
+    assert text == json.dumps(data, sort_keys=True, separators=(",", ":"))
+    assert data == {
+        "PodDeviceEntries": None,
+        "RegisteredDevices": {"a.io/x": ['q"', "z\u00e9"], "b.io/y": ["1", "2"]},
+    }
+    healthy["b.io/y"] = {"3"}  # the device manager replaces a changed set
+    del healthy["a.io/x"]
+    assert json.loads(encoder.data_text([], healthy))["RegisteredDevices"] == {"b.io/y": ["3"]}

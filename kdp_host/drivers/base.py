@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..devices import Device
-from ..files import FileReader
+from ..files import DaemonThreads, FileReader
 from ..logs import EventLogger
 from ..process import CommandRunner, ProcessRunner
 
@@ -82,6 +82,8 @@ class DriverDeps:
     watcher: Watcher
     clock: Callable[[], float] = time.monotonic
     files: FileReader = field(default_factory=FileReader)
+    threads: DaemonThreads = field(default_factory=DaemonThreads)
+    """Where whole scans run (shared by the resources of a host)."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
 
 

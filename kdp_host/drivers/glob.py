@@ -33,11 +33,12 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import rules
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
-from ..files import FileReadError, in_daemon_thread
+from ..files import FileReadError
 from ..watch import DirSignature, Subscription, dir_signature
 from .base import DriverDeps, DriverError, Notifier, Skipped
 
@@ -136,8 +137,7 @@ def name_problem(path: str) -> str | None:
     return rules.absolute_path_problem(path)
 
 
-@dataclass(frozen=True)
-class _Found:
+class _Found(NamedTuple):
     """A matched path that is a device: where it really is, and which device it is."""
 
     real_path: str
@@ -238,7 +238,7 @@ class GlobDriver:
         """One scan on a daemon thread; a scan still stuck from last time is waited for
         again rather than started twice. Raises DriverError('io')."""
         if self._pending_scan is None:
-            self._pending_scan = asyncio.ensure_future(in_daemon_thread(self._scan_sync))
+            self._pending_scan = asyncio.ensure_future(self._deps.threads.run(self._scan_sync))
         scan = self._pending_scan
         try:
             async with asyncio.timeout(self._scan_timeout):
@@ -256,6 +256,7 @@ class GlobDriver:
     async def run(self, notifier: Notifier) -> None:
         log = self._deps.log
         clock = self._deps.clock
+        threads = self._deps.threads
         wake = asyncio.Event()
         subscriptions: dict[str, Subscription] = {}
         last_state: tuple[bool, tuple[str, ...]] | None = None
@@ -268,7 +269,7 @@ class GlobDriver:
         try:
             while True:
                 wake.clear()
-                if result is None or woken or not await in_daemon_thread(result.still_current):
+                if result is None or woken or not await threads.run(result.still_current):
                     started = clock()
                     try:
                         result = await self._scan()
@@ -347,6 +348,8 @@ class GlobDriver:
         previous = self._known
         signatures: dict[str, DirSignature | None] = {}
         seen_paths: set[str] = set()
+        # The ID of a path never changes: take it from the last scan where there is one.
+        known_ids = {d.path: d.id for d in previous.values() if d.path is not None}
         for pattern in config.paths:
             pattern_dirs = watch_dirs(pattern)
             dirs.update(pattern_dirs)
@@ -377,7 +380,7 @@ class GlobDriver:
                         "same_device", matched, f"the same device as {owner}, listed once"
                     )
                     continue
-                device_id = self._ids(matched)
+                device_id = known_ids.get(matched) or self._ids(matched)
                 if device_id in devices:  # only if two paths' hashes collide
                     skipped[matched] = Skipped(
                         "id_collision",
@@ -413,18 +416,19 @@ class GlobDriver:
         )
         numa = self._numa_for(matched, name, skipped)
         known = previous.get(device_id)
-        node = DeviceNode(host_path, container)
         if (
             known is not None
             and known.healthy
             and known.path == matched
             and known.numa == numa
-            and known.nodes == (node,)
+            and known.has_only_node(host_path, container)
         ):
             # Unchanged since the last scan: keep the same object (a rescan then
             # allocates nothing per device, and comparing the lists is cheap).
             return known
-        return Device(id=device_id, nodes=(node,), numa=numa, path=matched)
+        return Device(
+            id=device_id, nodes=(DeviceNode(host_path, container),), numa=numa, path=matched
+        )
 
     def _numa_for(self, path: str, name: str, skipped: dict[str, Skipped]) -> int | None:
         if self._config.numa_node is not None:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,26 +30,54 @@ def checkpoint_checksum(data: Mapping[str, Any]) -> int:
     return zlib.crc32(canonical.encode())
 
 
-def checkpoint_document(
-    allocations: Iterable[Allocation], healthy: Mapping[str, Iterable[str]]
-) -> dict[str, Any]:
-    """The JSON document: every allocation, and the *healthy* devices of each resource."""
-    entries = [
-        {
-            "PodUID": alloc.pod_uid,
-            "ContainerName": alloc.container,
-            "ResourceName": alloc.resource,
-            "DeviceIDs": {str(node): list(ids) for node, ids in alloc.devices_per_numa.items()},
-            "AllocResp": base64.b64encode(bytes(alloc.response)).decode("ascii"),
-        }
-        for alloc in allocations
-    ]
-    data: dict[str, Any] = {
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class CheckpointEncoder:
+    """Builds the canonical JSON of ``Data``, so the file's text is what
+    :func:`checkpoint_checksum` hashes. Each resource's sorted healthy-ID list is encoded once
+    per device-list change (the device manager replaces a resource's set, never changes it in
+    place): the file is rewritten after every ListAndWatch message, and re-encoding every
+    resource each time would cost O(all devices) per message."""
+
+    def __init__(self) -> None:
+        self._registered: dict[str, tuple[Collection[str], str]] = {}
+
+    def data_text(
+        self, allocations: Iterable[Allocation], healthy: Mapping[str, Collection[str]]
+    ) -> str:
+        entries = [
+            {
+                "PodUID": alloc.pod_uid,
+                "ContainerName": alloc.container,
+                "ResourceName": alloc.resource,
+                "DeviceIDs": {str(node): list(ids) for node, ids in alloc.devices_per_numa.items()},
+                "AllocResp": base64.b64encode(bytes(alloc.response)).decode("ascii"),
+            }
+            for alloc in allocations
+        ]
+        registered = []
+        for name in sorted(healthy):
+            ids = healthy[name]
+            cached = self._registered.get(name)
+            if cached is None or cached[0] is not ids:
+                cached = (ids, _canonical(sorted(ids)))
+                self._registered[name] = cached
+            registered.append(f"{_canonical(name)}:{cached[1]}")
+        for name in self._registered.keys() - healthy.keys():
+            del self._registered[name]
         # Go marshals the nil slice of an empty podDevices as null.
-        "PodDeviceEntries": entries or None,
-        "RegisteredDevices": {name: sorted(ids) for name, ids in sorted(healthy.items())},
-    }
-    return {"Data": data, "Checksum": checkpoint_checksum(data)}
+        pod_entries = _canonical(entries or None)
+        return (
+            f'{{"PodDeviceEntries":{pod_entries},"RegisteredDevices":{{{",".join(registered)}}}}}'
+        )
+
+
+def file_text(data_text: str) -> bytes:
+    """The whole file for the canonical ``Data`` text."""
+    checksum = zlib.crc32(data_text.encode())
+    return f'{{"Data":{data_text},"Checksum":{checksum}}}'.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +111,10 @@ def parse_checkpoint(raw: bytes) -> CheckpointContents:
     return CheckpointContents(allocations, list(data.get("RegisteredDevices") or {}))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data_text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:
-        handle.write(data)
+        handle.write(file_text(data_text))
     os.replace(tmp, path)
 
 
@@ -107,17 +135,17 @@ class CheckpointFile:
         self._requested = 0
         self._written = 0
 
-    async def write(self, document: Any) -> None:
-        """``document`` is called when the write starts (the latest state is written)."""
+    async def write(self, data_text: Callable[[], str]) -> None:
+        """``data_text`` is called when the write starts (the latest state is written)."""
         self._requested += 1
         wanted = self._requested
         async with self._lock:
             if self._written >= wanted:
                 return
             covered = self._requested
-            payload = json.dumps(document(), separators=(",", ":")).encode()
+            text = data_text()
             try:
-                await asyncio.to_thread(_atomic_write, self.path, payload)
+                await asyncio.to_thread(_atomic_write, self.path, text)
             except OSError as exc:
                 log_event(logging.ERROR, "checkpoint_write_failed", path=self.path, error=exc)
             self._written = covered

@@ -56,8 +56,9 @@ from .records import (
 )
 from .transport import Endpoint, PluginClient, RegisterRefused, RegistrationServer, RpcFailed
 
-DECODE_IN_THREAD: Final = 64 * 1024
-"""ListAndWatch messages at least this large are decoded off the event loop."""
+DECODE_IN_THREAD: Final = 16 * 1024
+"""ListAndWatch messages at least this large (~600 devices) are decoded off the event loop, so
+other streams and Register calls are served meanwhile."""
 
 
 class KubeletSimulator:
@@ -244,7 +245,7 @@ class KubeletSimulator:
         await self._changes.notify()
 
     async def _write_checkpoint(self) -> None:
-        await self._checkpoint.write(self._manager.checkpoint_document)
+        await self._checkpoint.write(self._manager.checkpoint_data)
 
     # ------------------------------------------------------------------ registration
 

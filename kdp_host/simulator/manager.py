@@ -8,11 +8,10 @@ drives these from the network; admission reads and changes the allocation part.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from kdp_host.api.v1beta1 import ListAndWatchResponse
 
-from .checkpoint import CheckpointContents, checkpoint_document
+from .checkpoint import CheckpointContents, CheckpointEncoder
 from .records import Allocation, DeviceView, ResourceSnapshot
 from .transport import Endpoint
 
@@ -31,7 +30,9 @@ class Capacity:
 @dataclass(slots=True)
 class DeviceManager:
     """``ManagerImpl``'s maps: endpoints, healthy/unhealthy device sets, the stored devices,
-    allocated devices and the allocations per (pod, container, resource)."""
+    allocated devices and the allocations per (pod, container, resource). A resource's
+    healthy set is replaced when it changes, never changed in place (the checkpoint encoder
+    relies on that)."""
 
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     healthy: dict[str, set[str]] = field(default_factory=dict)
@@ -42,6 +43,7 @@ class DeviceManager:
     # counters for the simulator's whole life, kept across restarts
     registrations: dict[str, int] = field(default_factory=dict)
     messages: dict[str, int] = field(default_factory=dict)
+    encoder: CheckpointEncoder = field(default_factory=CheckpointEncoder)
 
     def reset(self) -> None:
         """A kubelet start begins with nothing (then reads the checkpoint)."""
@@ -157,8 +159,9 @@ class DeviceManager:
 
     # ------------------------------------------------------------------ checkpoint
 
-    def checkpoint_document(self) -> dict[str, Any]:
-        return checkpoint_document(self.pod_devices.values(), self.healthy)
+    def checkpoint_data(self) -> str:
+        """The checkpoint's ``Data``, canonical JSON (docs/kubelet-contract.md §10)."""
+        return self.encoder.data_text(self.pod_devices.values(), self.healthy)
 
     def restore(self, contents: CheckpointContents, now: float) -> None:
         """``readCheckpoint``: allocations come back; registered resources get empty device

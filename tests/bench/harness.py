@@ -1,5 +1,5 @@
-"""What every benchmark needs: the real `kdp-host run` as a subprocess, a kubelet played by
-grpcio in this process, raw grpcio clients, and small statistics helpers.
+"""What every benchmark needs: the real `kdp-host run` as a subprocess, the kubelet simulator
+in this process (on its own thread), raw grpcio clients, and small statistics helpers.
 
 Timestamps are `time.monotonic()` (CLOCK_MONOTONIC, shared by all processes of the machine),
 so times taken in helper subprocesses compare with times taken here.
@@ -7,6 +7,7 @@ so times taken in helper subprocesses compare with times taken here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -19,19 +20,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent import futures
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
-from .proto import REPO, Api, load_api
+from kdp_host.simulator import KUBELET_SOCKET_NAME, KubeletSimulator
 
-KUBELET_SOCKET = "kubelet.sock"
-CHECKPOINT = "kubelet_internal_checkpoint"
-HEALTHY = "Healthy"
+from .proto import REPO
+
+T = TypeVar("T")
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -141,18 +142,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def cleanup_plugin_directory(socket_dir: Path) -> list[str]:
-    """What the kubelet does at start: remove every non-directory entry but the checkpoint."""
-    removed = []
-    for entry in os.scandir(socket_dir):
-        if entry.name == CHECKPOINT or entry.is_dir(follow_symlinks=False):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.path)
-            removed.append(entry.name)
-    return removed
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.005) -> None:
@@ -317,187 +306,178 @@ class KdpHost:
 @dataclass(frozen=True)
 class RegisterEvent:
     at: float
+    """When the Register call arrived (the simulator's clock is `now`)."""
     resource: str
     endpoint: str
-    kubelet_generation: int
 
 
 @dataclass(frozen=True)
 class Update:
     at: float
-    message: Any
-    """An official-protobuf ListAndWatchResponse."""
+    """When the ListAndWatch message arrived, before it was decoded."""
+    total_devices: int
+    healthy_devices: int
 
     def healthy(self) -> int:
-        return sum(1 for d in self.message.devices if d.health == HEALTHY)
+        return self.healthy_devices
 
     def total(self) -> int:
-        return len(self.message.devices)
+        return self.total_devices
 
 
 class PluginConnection:
-    """The kubelet's client of one registered plugin: GetDevicePluginOptions, then a
-    ListAndWatch stream read on its own thread, kept open until `close()`."""
+    """The ListAndWatch messages the kubelet received for one resource (every registration
+    of it), for waiting on from the benchmark's thread."""
 
-    def __init__(self, api: Api, resource: str, socket_path: Path) -> None:
-        self.api = api
+    def __init__(self, kubelet: BenchKubelet, resource: str) -> None:
+        self._kubelet = kubelet
         self.resource = resource
-        self.socket_path = socket_path
-        self.channel = grpc.insecure_channel(
-            f"unix:{socket_path}", options=[("grpc.default_authority", "localhost")]
-        )
-        self.stub = api.grpc.DevicePluginStub(self.channel)
-        self.updates: list[Update] = []
-        self.ended: str | None = None
-        self._cond = threading.Condition()
-        self._call: Any = None
-        self._thread: threading.Thread | None = None
 
-    def connect(self, timeout: float = 10.0) -> Any:
-        options = self.stub.GetDevicePluginOptions(
-            self.api.pb2.Empty(), timeout=timeout, wait_for_ready=True
-        )
-        self._call = self.stub.ListAndWatch(self.api.pb2.Empty())
-        self._thread = threading.Thread(target=self._read, name=f"law:{self.resource}", daemon=True)
-        self._thread.start()
-        return options
+    def count(self) -> int:
+        return len(self._kubelet.updates(self.resource))
 
-    def _read(self) -> None:
-        reason = "end of stream"
-        try:
-            for message in self._call:
-                at = now()
-                with self._cond:
-                    self.updates.append(Update(at, message))
-                    self._cond.notify_all()
-        except grpc.RpcError as exc:
-            reason = f"{exc.code().name}"
-        with self._cond:
-            self.ended = reason
-            self._cond.notify_all()
+    def device_ids(self) -> list[str]:
+        """The resource's devices as the kubelet stored them from the last message."""
+        sim = self._kubelet.simulator
+        return sorted(self._kubelet.call(_resource_devices(sim, self.resource)))
 
     def wait_update(
         self, predicate: Callable[[Update], bool], after: int = 0, timeout: float = 10.0
     ) -> tuple[int, Update]:
         """The first update with index >= `after` that satisfies `predicate`."""
-        deadline = now() + timeout
-        index = after
-        with self._cond:
-            while True:
-                while index < len(self.updates):
-                    update = self.updates[index]
-                    if predicate(update):
-                        return index, update
-                    index += 1
-                if self.ended is not None:
-                    raise BenchError(f"{self.resource}: ListAndWatch ended ({self.ended})")
-                left = deadline - now()
-                if left <= 0:
-                    raise BenchError(f"{self.resource}: no matching ListAndWatch update")
-                self._cond.wait(left)
+        found: list[tuple[int, Update]] = []
 
-    def count(self) -> int:
-        with self._cond:
-            return len(self.updates)
+        def matched() -> bool:
+            updates = self._kubelet.updates(self.resource)
+            for index in range(after, len(updates)):
+                if predicate(updates[index]):
+                    found.append((index, updates[index]))
+                    return True
+            return False
 
-    def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        self.channel.close()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._kubelet.wait(matched, timeout, f"{self.resource}: a matching ListAndWatch update")
+        return found[0]
+
+
+async def _resource_devices(sim: KubeletSimulator, resource: str) -> list[str]:
+    return list(sim.resource(resource).devices)
 
 
 class BenchKubelet:
-    """The kubelet's Registration service on `<socket_dir>/kubelet.sock`, played by grpcio.
+    """The kubelet of the benchmarks: kdp-host's kubelet simulator (the one kubelet fake of
+    the project, docs/kubelet-contract.md) on its own event loop in a thread, driven from the
+    benchmark's synchronous code. It dials back inside Register, holds every ListAndWatch
+    stream open and stamps each message on arrival, before decoding it.
 
-    Like the kubelet it dials the plugin back inside Register, calls GetDevicePluginOptions
-    before answering, then holds a ListAndWatch stream open. `restart()` does what a kubelet
-    restart does to the directory: drop every client, stop, remove all non-directory entries
-    but the checkpoint, listen again.
+    `restart()` does what a kubelet restart does to the directory: stop, remove every
+    non-directory entry but the checkpoint, listen again.
     """
 
-    def __init__(self, socket_dir: Path, *, dial_back: bool = True, workers: int = 32) -> None:
-        self.api = load_api()
+    def __init__(self, socket_dir: Path) -> None:
         self.socket_dir = socket_dir
-        self.path = socket_dir / KUBELET_SOCKET
-        self.dial_back = dial_back
-        self.workers = workers
-        self.registrations: list[RegisterEvent] = []
+        self.path = socket_dir / KUBELET_SOCKET_NAME
+        self._runner: asyncio.Runner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._sim: KubeletSimulator | None = None
+        self._lock = threading.Lock()
+        self._scanned = 0
+        self._updates: dict[str, list[Update]] = {}
         self.plugins: dict[str, PluginConnection] = {}
-        self.generation = 0
-        self.listening_at = math.nan
-        self._old: list[PluginConnection] = []
-        self._server: Any = None
-        self._cond = threading.Condition()
 
-    # The Registration servicer, duck-typed for add_RegistrationServicer_to_server.
-    def Register(self, request: Any, context: Any) -> Any:
-        at = now()
-        generation = self.generation
-        event = RegisterEvent(at, request.resource_name, request.endpoint, generation)
-        if request.version != "v1beta1":
-            context.abort(grpc.StatusCode.UNKNOWN, f"unsupported version {request.version!r}")
-        with self._cond:
-            self.registrations.append(event)
-            self._cond.notify_all()
-        if self.dial_back:
-            connection = PluginConnection(
-                self.api, request.resource_name, self.socket_dir / request.endpoint
-            )
-            try:
-                connection.connect()
-            except grpc.RpcError as exc:
-                connection.close()
-                context.abort(grpc.StatusCode.UNKNOWN, f"failed to dial device plugin: {exc}")
-            with self._cond:
-                previous = self.plugins.get(request.resource_name)
-                if previous is not None:
-                    self._old.append(previous)
-                self.plugins[request.resource_name] = connection
-                self._cond.notify_all()
-        return self.api.pb2.Empty()
+    @property
+    def simulator(self) -> KubeletSimulator:
+        if self._sim is None:
+            raise BenchError("the kubelet is not running")
+        return self._sim
+
+    # -- the loop thread
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            ready = threading.Event()
+
+            def run() -> None:
+                factory = _uvloop_factory()
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    self._loop = runner.get_loop()
+                    ready.set()
+                    self._loop.run_forever()
+
+            self._thread = threading.Thread(target=run, name="bench-kubelet", daemon=True)
+            self._thread.start()
+            ready.wait(10)
+        assert self._loop is not None
+        return self._loop
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        """Run `coro` on the kubelet's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result(timeout)
+
+    def wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        """Wait until `check()` (run on the kubelet's loop at every change) is true."""
+        try:
+            self.call(self.simulator.wait_for(check, timeout, description=what), timeout + 5)
+        except TimeoutError as exc:
+            raise BenchError(str(exc)) from None
+
+    # -- records
+
+    def _scan(self) -> None:
+        """Sort the simulator's new ListAndWatch records by resource."""
+        with self._lock:
+            records = self.simulator.list_and_watch_updates
+            for record in records[self._scanned :]:
+                update = Update(record.received_at, record.total, record.healthy)
+                self._updates.setdefault(record.resource, []).append(update)
+                if record.resource not in self.plugins:
+                    self.plugins[record.resource] = PluginConnection(self, record.resource)
+            self._scanned = len(records)
+
+    def updates(self, resource: str) -> list[Update]:
+        self._scan()
+        return self._updates.get(resource, [])
+
+    @property
+    def registrations(self) -> list[RegisterEvent]:
+        return [
+            RegisterEvent(a.received_at, a.resource, a.endpoint)
+            for a in list(self.simulator.register_attempts)
+        ]
+
+    # -- lifecycle
 
     def start(self) -> float:
-        """Listen on kubelet.sock; returns the time just before the socket was created."""
-        self.generation += 1
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.workers))
-        self.api.grpc.add_RegistrationServicer_to_server(self, server)
-        at = now()
-        server.add_insecure_port(f"unix:{self.path}")
-        server.start()
-        self._server = server
-        self.listening_at = at
-        return at
+        """Clean the directory and listen on kubelet.sock; returns the time just before the
+        socket was created."""
+        if self._sim is None:
+            self._sim = self.call(_new_simulator(self.socket_dir))
+        self.call(self._sim.start())
+        return self._sim.listening_since
 
     def stop(self, clients_first: bool = False) -> None:
         """Go away like a kubelet process does: the server and kubelet.sock first, then every
         plugin connection. `clients_first` follows the kubelet's graceful `Server.Stop`
         instead (clients dropped while the Registration server still answers)."""
-        with self._cond:
-            clients = [*self.plugins.values(), *self._old]
-            self.plugins.clear()
-            self._old.clear()
-        if clients_first:
-            for client in clients:
-                client.close()
-        if self._server is not None:
-            self._server.stop(None).wait(5)
-            self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        if not clients_first:
-            for client in clients:
-                client.close()
+        if self._sim is not None:
+            self.call(self._sim.stop(crash=not clients_first))
 
     def restart(self, gap: float = 0.0, clients_first: bool = False) -> float:
         """Stop, wait `gap`, clean the directory, listen again (returns the listen time)."""
         self.stop(clients_first)
         if gap:
             time.sleep(gap)
-        cleanup_plugin_directory(self.socket_dir)
         return self.start()
+
+    def close(self) -> None:
+        """Stop the kubelet and its loop thread."""
+        self.stop()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop = None
+        self._thread = None
 
     def wait_registrations(
         self,
@@ -509,35 +489,52 @@ class BenchKubelet:
         """The first Register of each resource at or after `since` (and, with `connected`,
         its ListAndWatch stream delivered a first list)."""
         wanted = set(resources)
-        deadline = now() + timeout
-        with self._cond:
-            while True:
-                found: dict[str, RegisterEvent] = {}
-                for event in self.registrations:
-                    if event.at >= since and event.resource in wanted:
-                        found.setdefault(event.resource, event)
-                ready = len(found) == len(wanted)
-                if ready and connected:
-                    ready = all(
-                        name in self.plugins and self.plugins[name].count() > 0 for name in wanted
+        found: dict[str, RegisterEvent] = {}
+        sim = self.simulator
+
+        def ready() -> bool:
+            for attempt in sim.register_attempts:
+                if attempt.received_at >= since and attempt.resource in wanted:
+                    found.setdefault(
+                        attempt.resource,
+                        RegisterEvent(attempt.received_at, attempt.resource, attempt.endpoint),
                     )
-                if ready:
-                    return found
-                left = deadline - now()
-                if left <= 0:
-                    missing = sorted(wanted - found.keys())
-                    raise BenchError(
-                        f"{len(found)}/{len(wanted)} resources registered in {timeout:g}s "
-                        f"(missing e.g. {missing[:3]})"
-                    )
-                self._cond.wait(min(left, 0.05))
+            if len(found) < len(wanted):
+                return False
+            if not connected:
+                return True
+            return all(any(u.at >= found[name].at for u in self.updates(name)) for name in wanted)
+
+        try:
+            self.wait(ready, timeout, f"{len(wanted)} resources registered")
+        except BenchError:
+            missing = sorted(wanted - found.keys())
+            raise BenchError(
+                f"{len(found)}/{len(wanted)} resources registered in {timeout:g}s "
+                f"(missing e.g. {missing[:3]})"
+            ) from None
+        return found
 
     def __enter__(self) -> BenchKubelet:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
+
+
+async def _new_simulator(socket_dir: Path) -> KubeletSimulator:
+    return KubeletSimulator(socket_dir)
+
+
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop for the kubelet's loop when installed (kdp-host's default loop too)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 # --------------------------------------------------------------------------- raw clients

@@ -1,6 +1,6 @@
 """Hot-plug: a matching device file appears (or goes) -> the ListAndWatch update arrives.
 
-The kubelet (grpcio, in this process) holds the ListAndWatch stream open throughout. The
+The kubelet (the simulator, in this process) holds the ListAndWatch stream open throughout. The
 same path is plugged and unplugged in turn: an unplugged path stays listed as Unhealthy for
 the grace period, so each event changes the healthy count by one.
 """

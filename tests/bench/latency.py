@@ -76,12 +76,11 @@ def served_host(
             raise
         first = events[names[0]]
         connection = kubelet.plugins[names[0]]
-        _, update = connection.wait_update(lambda u: u.total() > 0, timeout=10)
-        ids = sorted(d.ID for d in update.message.devices)
-        yield ServedHost(host, kubelet, socket_dir / first.endpoint, ids)
+        connection.wait_update(lambda u: u.total() > 0, timeout=10)
+        yield ServedHost(host, kubelet, socket_dir / first.endpoint, connection.device_ids())
     finally:
         host.stop()
-        kubelet.stop()
+        kubelet.close()
 
 
 def allocate_request(device_ids: list[str]) -> bytes:

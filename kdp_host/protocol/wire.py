@@ -158,9 +158,10 @@ def encode_device_entry(entry_id: str, healthy: bool, topology: bytes) -> bytes:
 # ---------------------------------------------------------------- Allocate
 
 
-def _map_entries(tag: bytes, entry: str, entries: Mapping[str, str]) -> Iterator[bytes]:
+def _map_entries(
+    tag: bytes, key_tag: bytes, value_tag: bytes, entries: Mapping[str, str]
+) -> Iterator[bytes]:
     """Map entries are messages whose key and value are always written, even when empty."""
-    key_tag, value_tag = _tag(entry, "key"), _tag(entry, "value")
     for key, value in entries.items():
         yield message_field(
             tag, string_field_always(key_tag, key) + string_field_always(value_tag, value)
@@ -170,6 +171,10 @@ def _map_entries(tag: bytes, entry: str, entries: Mapping[str, str]) -> Iterator
 _CAR = "ContainerAllocateResponse"
 _ENVS, _MOUNTS, _DEVICE_SPECS = _tag(_CAR, "envs"), _tag(_CAR, "mounts"), _tag(_CAR, "devices")
 _ANNOTATIONS, _CDI_DEVICES = _tag(_CAR, "annotations"), _tag(_CAR, "cdi_devices")
+_ENV_KEY = _tag(f"{_CAR}.EnvsEntry", "key")
+_ENV_VALUE = _tag(f"{_CAR}.EnvsEntry", "value")
+_ANNOTATION_KEY = _tag(f"{_CAR}.AnnotationsEntry", "key")
+_ANNOTATION_VALUE = _tag(f"{_CAR}.AnnotationsEntry", "value")
 _MOUNT_CONTAINER_PATH = _tag("Mount", "container_path")
 _MOUNT_HOST_PATH = _tag("Mount", "host_path")
 _MOUNT_READ_ONLY = _tag("Mount", "read_only") + varint(1)
@@ -183,7 +188,7 @@ _PREFERRED_IDS = _tag("ContainerPreferredAllocationResponse", "deviceIDs")
 
 
 def encode_container_allocate_response(response: ContainerAllocateResponse) -> bytes:
-    parts = list(_map_entries(_ENVS, f"{_CAR}.EnvsEntry", response.envs))
+    parts = list(_map_entries(_ENVS, _ENV_KEY, _ENV_VALUE, response.envs))
     parts += [
         message_field(
             _MOUNTS,
@@ -202,7 +207,7 @@ def encode_container_allocate_response(response: ContainerAllocateResponse) -> b
         )
         for d in response.devices
     ]
-    parts += _map_entries(_ANNOTATIONS, f"{_CAR}.AnnotationsEntry", response.annotations)
+    parts += _map_entries(_ANNOTATIONS, _ANNOTATION_KEY, _ANNOTATION_VALUE, response.annotations)
     parts += [
         message_field(_CDI_DEVICES, string_field(_CDI_NAME, c.name)) for c in response.cdi_devices
     ]
@@ -304,14 +309,17 @@ _SIZE = _number(_CPAR, "allocation_size")
 
 
 def decode_allocate_request(data: bytes) -> AllocateRequest:
-    return AllocateRequest(
-        container_requests=[
-            ContainerAllocateRequest(
-                devices_ids=[_text(v) for v in _length_delimited(request, _ALLOCATE_IDS)]
-            )
-            for request in _length_delimited(data, _ALLOCATE_REQUESTS)
-        ]
-    )
+    requests = []
+    for number, wire_type, value in _fields(data):
+        if number == _ALLOCATE_REQUESTS and wire_type == _LENGTH_DELIMITED:
+            assert isinstance(value, bytes)
+            ids = [
+                _text(v)
+                for n, w, v in _fields(value)
+                if n == _ALLOCATE_IDS and w == _LENGTH_DELIMITED and isinstance(v, bytes)
+            ]
+            requests.append(ContainerAllocateRequest(devices_ids=ids))
+    return AllocateRequest(container_requests=requests)
 
 
 def decode_preferred_allocation_request(data: bytes) -> PreferredAllocationRequest:

@@ -517,6 +517,17 @@ class AllocateConfig:
     )
     cdi: CdiConfig | None = key("cdi", Section(CdiConfig), "", default=None)
 
+    def check(self) -> Problems:
+        seen: dict[str, int] = {}
+        for index, mount in enumerate(self.mounts):
+            first = seen.setdefault(mount.container_path, index)
+            if first != index:
+                yield (
+                    ("mounts", index, "containerPath"),
+                    f"{mount.container_path} is already the containerPath of mounts[{first}]: "
+                    "the runtime would keep only one of them",
+                )
+
 
 PreferredPolicy = Literal["packed", "spread", "numa", "none"]
 

@@ -67,16 +67,27 @@ def _format_response(response: object) -> list[str]:
     return lines
 
 
-async def _print_changes(sim: KubeletSimulator, prefix: str = "kubelet sees: ") -> None:
-    last: dict[str, str] = {}
-    while True:
-        seen = sim.version
-        current = sim.describe()
+class KubeletView:
+    """Prints what the kubelet sees, one line per change. The steps call `flush()` before
+    they print, so a change always shows before the text that talks about it; `follow()`
+    prints changes that happen on their own (a device you touch in another terminal)."""
+
+    def __init__(self, sim: KubeletSimulator) -> None:
+        self._sim = sim
+        self._last: dict[str, str] = {}
+
+    def flush(self) -> None:
+        current = self._sim.describe()
         for name, line in current.items():
-            if last.get(name) != line:
-                _say(prefix + line)
-        last = current
-        await sim.wait_changed(seen)
+            if self._last.get(name) != line:
+                _say("kubelet sees: " + line)
+        self._last = current
+
+    async def follow(self) -> None:
+        while True:
+            seen = self._sim.version
+            self.flush()
+            await self._sim.wait_changed(seen)
 
 
 async def demo_main(root: Path, duration: float | None, loop: str) -> int:
@@ -91,59 +102,70 @@ async def demo_main(root: Path, duration: float | None, loop: str) -> int:
         sys.executable, "-m", "kdp_host", "run", "--config", str(config),
         "--log-level", "warning", "--loop", loop,
     )  # fmt: skip
-    printer = asyncio.create_task(_print_changes(sim))
-    names = ("demo.kdp-host.io/fpga", "demo.kdp-host.io/dongle")
+    view = KubeletView(sim)
+    follower: asyncio.Task[None] | None = None
+    fpga, dongle = "demo.kdp-host.io/fpga", "demo.kdp-host.io/dongle"
     try:
+        _say("\nkdp-host starts, registers both resources and sends their device lists ...")
         await sim.wait_for(
-            lambda: all(sim.resource(n).allocatable > 0 for n in names),
+            lambda: sim.resource(fpga).allocatable == 2 and sim.resource(dongle).allocatable == 4,
             timeout=30,
-            description="both demo resources registered",
+            description="both demo resources registered with their devices",
         )
-        _say("\nallocating 1 demo.kdp-host.io/fpga for pod demo-pod, container main ...")
+        view.flush()
+        _say("(capacity: devices listed; allocatable: the healthy ones; allocated: in use by pods)")
+        follower = asyncio.create_task(view.follow())
+
+        _say(f"\nallocating 1 {fpga} for pod demo-pod, container main ...")
         try:
-            response = await sim.allocate("demo.kdp-host.io/fpga", 1, pod_uid="demo-pod")
+            response = await sim.allocate(fpga, 1, pod_uid="demo-pod", container="main")
+            view.flush()
             _say("the kubelet passes these container options to the runtime:")
             for line in _format_response(response):
                 _say(line)
         except SimulatorAllocationError as exc:
             _say(f"allocation failed: {exc}")
+
         new_device = root / "dev" / "fpga2"
         _say(f"\nhot-plug: creating {new_device} ...")
         started = time.perf_counter()
         new_device.touch()
-        await sim.wait_for(lambda: sim.resource("demo.kdp-host.io/fpga").capacity == 3, timeout=10)
-        _say(
-            f"the kubelet saw the new device {1000 * (time.perf_counter() - started):.1f} ms later"
-        )
-        _say(
-            "\nTry it yourself, in another terminal:\n"
-            f"  touch {root}/dev/fpga7           # hot-plug a device\n"
-            f"  rm {root}/dev/fpga0              # unplug one (Unhealthy, gone after 10s)\n"
-            f"  touch {root}/dongles/dongle-c    # the shell probe finds it within 2s\n"
-            f"  curl -s http://127.0.0.1:{port}/metrics | grep ^kdp_\n"
-            f"  curl -s http://127.0.0.1:{port}/readyz\n"
-            "Press Ctrl-C to stop."
-            if duration is None
-            else ""
-        )
+        await sim.wait_for(lambda: sim.resource(fpga).capacity == 3, timeout=10)
+        elapsed_ms = 1000 * (time.perf_counter() - started)
+        view.flush()
+        _say(f"the kubelet saw the new device {elapsed_ms:.1f} ms later")
         if duration is None:
+            _say(
+                "\nTry it yourself, in another terminal:\n"
+                f"  touch {root}/dev/fpga7           # hot-plug a device\n"
+                f"  rm {root}/dev/fpga0              # unplug one (Unhealthy, gone after 10s)\n"
+                f"  touch {root}/dongles/dongle-c    # the shell probe finds it within 2s\n"
+                f"  curl -s http://127.0.0.1:{port}/metrics | grep ^kdp_\n"
+                f"  curl -s http://127.0.0.1:{port}/readyz\n"
+                "Press Ctrl-C to stop."
+            )
             await asyncio.Event().wait()
         else:
             await asyncio.sleep(duration)
     finally:
-        printer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await printer
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         if host.returncode is None:
             host.send_signal(signal.SIGTERM)
         code = await host.wait()
         with contextlib.suppress(TimeoutError):
             await sim.wait_for(
-                lambda: all(sim.resource(n).allocatable == 0 for n in names), timeout=2
+                lambda: all(sim.resource(n).allocatable == 0 for n in (fpga, dongle)), timeout=2
             )
         _say(f"\nkdp-host stopped (exit {code}); the kubelet now sees:")
         for line in sim.describe().values():
             _say("  " + line)
+        _say(
+            "Its streams ended, so the kubelet keeps each resource's capacity but nothing is\n"
+            "allocatable until a plugin registers again (docs/kubelet-contract.md §4)."
+        )
         await sim.stop()
     return 0 if code == 0 else 1
 

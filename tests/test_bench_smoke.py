@@ -15,7 +15,17 @@ import pytest
 
 from tests.bench import harness, hotplug, latency, run
 
-MODULES = ("containment", "floor_server", "large", "pinger", "proto", "restart", "scale")
+MODULES = (
+    "containment",
+    "floor_server",
+    "large",
+    "pinger",
+    "proto",
+    "restart",
+    "scale",
+    "sysfs",
+    "uevent_sources",
+)
 
 TINY = replace(harness.Options.quick_options(), repeats=1, calls=20, warmup=5, hotplug_events=2)
 

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from kdp_host.config import SysfsDriverConfig, load_config_text
-from kdp_host.drivers import DriverContext
+from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.sysfs import SysfsDriver
 from kdp_host.logs import get_logger
 from kdp_host.sysfs import SysfsReader
@@ -135,7 +135,7 @@ def scan_and_idle(opts: Options) -> list[Figure]:
             scan = reader.scan(["usb"])
             read.add((time.perf_counter() - started) * MS)
             assert sum(d.vendor == FTDI[0] for d in scan.devices) == count
-            driver = SysfsDriver(config, DriverContext(RESOURCE, log, PollingWatcher(log)))
+            driver = SysfsDriver(config, DriverDeps(log, PollingWatcher(log)))
             started = time.perf_counter()
             devices = asyncio.run(driver.scan())
             full.add((time.perf_counter() - started) * MS)

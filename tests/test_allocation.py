@@ -300,7 +300,7 @@ def test_cdi_names_of_shell_style_ids_are_valid_and_stable() -> None:
     response = AllocationBuilder(resource(cdi=CdiConfig(kind=KIND))).container_response(snap, odd)
     names = [c.name.split("=", 1)[1] for c in response.cdi_devices]
     assert len(names) == len(set(names)) == len(odd)
-    assert all(CDI_NAME.match(name) for name in names)
+    assert all(CDI_NAME.fullmatch(name) for name in names)
     assert cdi_device_name("ok-1") == "ok-1" and cdi_device_name("a:b") == "a:b"
     assert cdi_device_name("dongle/1").startswith("dongle_1-")
     assert cdi_device_name("dongle/1") == cdi_device_name("dongle/1")
@@ -324,9 +324,9 @@ def test_devices_without_nodes_or_mounts_get_no_cdi_name() -> None:
 @given(st.text(min_size=1, max_size=40))
 def test_cdi_device_name_is_always_valid(device_id: str) -> None:
     name = cdi_device_name(device_id)
-    assert CDI_NAME.match(name), name
+    assert CDI_NAME.fullmatch(name), name
     assert name == cdi_device_name(device_id)
-    if CDI_NAME.match(device_id):
+    if CDI_NAME.fullmatch(device_id):
         assert name == device_id
 
 

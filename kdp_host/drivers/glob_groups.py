@@ -32,13 +32,10 @@ from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
 from ..watch import DirSignature, dir_signature
 from .base import DriverDeps, Skipped
-from .glob import (
-    SCAN_TIMEOUT,
+from .glob import SCAN_TIMEOUT, GlobDriver, _ScanResult, dir_readable
+from .glob_paths import (
     DeviceIdentity,
     DeviceIds,
-    GlobDriver,
-    _ScanResult,
-    dir_readable,
     examine,
     name_problem,
     printable_path,

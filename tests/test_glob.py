@@ -13,7 +13,8 @@ import pytest
 from kdp_host.config import GlobDriverConfig
 from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.drivers import DriverDeps
-from kdp_host.drivers.glob import DeviceIds, GlobDriver, watch_dirs
+from kdp_host.drivers.glob import GlobDriver
+from kdp_host.drivers.glob_paths import DeviceIds, watch_dirs
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.watch import InotifyWatcher, PollingWatcher, Watcher

@@ -17,7 +17,8 @@ from kdp_host import rules
 from kdp_host.config import GlobDriverConfig
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.drivers import DriverDeps
-from kdp_host.drivers.glob import DeviceIds, GlobDriver, examine
+from kdp_host.drivers.glob import GlobDriver
+from kdp_host.drivers.glob_paths import DeviceIds, examine
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.watch import InotifyWatcher, PollingWatcher

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from kdp_host.config import GlobDriverConfig
 from kdp_host.drivers import DriverDeps, Skipped
-from kdp_host.drivers.glob import GlobDriver, examine
+from kdp_host.drivers.glob import GlobDriver
+from kdp_host.drivers.glob_paths import examine
 from kdp_host.logs import get_logger
 from kdp_host.watch import PollingWatcher
 

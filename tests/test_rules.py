@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from kdp_host import rules
 from kdp_host.config import ConfigError, load_config_text
-from kdp_host.drivers import glob as glob_driver
+from kdp_host.drivers import glob_paths
 from kdp_host.drivers.probe_output import ProbeOutputError, parse_json
 
 Accepts = Callable[[str], bool]
@@ -51,6 +51,10 @@ def probe_accepts(device: dict[str, Any]) -> bool:
     except ProbeOutputError:
         return False
     return True
+
+
+def shell_resource(**shell: Any) -> dict[str, Any]:
+    return {"name": "vendor.example/x", "shell": shell}
 
 
 def glob_resource(**extra: Any) -> dict[str, Any]:
@@ -233,7 +237,7 @@ ABSOLUTE_PATH_USERS = [
         ),
         id="probe-mount",
     ),
-    pytest.param(accepted_by(glob_driver.name_problem), id="glob-matched-path"),
+    pytest.param(accepted_by(glob_paths.name_problem), id="glob-matched-path"),
     pytest.param(reference_absolute_path, id="reference"),
     pytest.param(
         lambda path: loader_accepts(
@@ -254,14 +258,16 @@ TEXT_USERS = [
     pytest.param(lambda text: probe_accepts({"id": "a", "env": {"E": text}}), id="probe-env"),
     pytest.param(reference_text, id="reference"),
     pytest.param(
-        lambda text: loader_accepts(glob_resource(health={"command": ["check", "x" + text]})),
+        lambda text: loader_accepts(shell_resource(command=["check", "x" + text])),
         id="config-loader-argv",
     ),
     pytest.param(
-        lambda text: loader_accepts(glob_resource(allocate={"env": {"E": text}})),
+        lambda text: loader_accepts(shell_resource(command=["check"], env={"E": text})),
         id="config-loader-env-value",
     ),
 ]
+"""Fields without templates (shell.command, shell.env): where a field is a template, the
+template rule decides about `{...}` as well."""
 
 SOCKET_PATH_USERS = [
     pytest.param(accepted_by(rules.socket_path_problem), id="rules"),
@@ -385,6 +391,8 @@ def test_absolute_path_users_agree(path: str) -> None:
 
 @SETTINGS
 @given(rule_strings(r"[ -~]{0,10}"))
+@example("{ids}")
+@example("{unknown")
 @example("a\x00b")
 @example("line\nline\ttab")
 @example("bell\x07")

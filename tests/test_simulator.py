@@ -27,6 +27,8 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kdp_host.api.v1beta1 import (
     AllocateRequest,
@@ -52,6 +54,7 @@ from kdp_host.rules import is_extended_resource_name
 from kdp_host.simulator import (
     CHECKPOINT_NAME,
     KUBELET_SOCKET_NAME,
+    DeviceView,
     KubeletSimulator,
     PluginOptions,
     SimulatorAllocationError,
@@ -60,6 +63,7 @@ from kdp_host.simulator import (
     run_simulator,
 )
 from kdp_host.simulator.checkpoint import CheckpointEncoder
+from kdp_host.simulator.listwire import WireError, decode_device_list
 
 RES = "vendor.example/fpga"
 WAIT = 10.0
@@ -1039,3 +1043,78 @@ def test_checkpoint_encoder_is_canonical_and_follows_replaced_sets() -> None:
     healthy["b.io/y"] = {"3"}  # the device manager replaces a changed set
     del healthy["a.io/x"]
     assert json.loads(encoder.data_text([], healthy))["RegisteredDevices"] == {"b.io/y": ["3"]}
+
+
+# ------------------------------------------------------------- ListAndWatch decoding (listwire)
+
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+DEVICES = st.lists(
+    st.tuples(st.text(max_size=20), st.text(max_size=12), st.none() | st.lists(INT64, max_size=3)),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(DEVICES)
+def test_listwire_decodes_what_the_generated_classes_encode(
+    devices: list[tuple[str, str, list[int] | None]],
+) -> None:
+    message = ListAndWatchResponse(
+        devices=[
+            Device(
+                id=device_id,
+                health=health,
+                topology=None if numa is None else TopologyInfo([NumaNode(id=n) for n in numa]),
+            )
+            for device_id, health, numa in devices
+        ]
+    )
+    assert decode_device_list(bytes(message)) == [
+        DeviceView(device_id, health, tuple(numa or ())) for device_id, health, numa in devices
+    ]
+
+
+def test_listwire_skips_unknown_fields_and_refuses_broken_input() -> None:
+    device = bytes(Device(id="a", health="Healthy", topology=TopologyInfo([NumaNode(id=-1)])))
+    unknown = b"\x20\x96\x01" + b"\x29" + bytes(8) + b"\x35" + bytes(4) + b"\x42\x02hi"
+    message = b"\x0a" + bytes([len(device) + len(unknown)]) + device + unknown + unknown
+    assert decode_device_list(message) == [DeviceView("a", "Healthy", (-1,))]
+    for broken in (b"\x0a\x05ab", b"\x0a\x03\x0a\x01\xff", b"\x0f", b"\x08\xff"):
+        with pytest.raises(WireError):
+            decode_device_list(broken)
+
+
+async def test_a_message_the_kubelet_cannot_decode_ends_the_stream(env: Env) -> None:
+    class Garbage(FakePlugin):
+        def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+            mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
+            mapping["/v1beta1.DevicePlugin/ListAndWatch"] = grpclib.const.Handler(
+                self._garbage, Cardinality.UNARY_STREAM, Empty, RawBytes
+            )
+            return mapping
+
+        async def _garbage(self, stream: grpclib.server.Stream[Empty, RawBytes]) -> None:
+            await stream.recv_message()
+            await stream.send_message(RawBytes(bytes(ListAndWatchResponse(devices=devs("a")))))
+            await stream.send_message(RawBytes(b"\x0a\x03\x0a\x01\xff"))  # invalid UTF-8 ID
+            await asyncio.Event().wait()
+
+    await env.serve_and_register(Garbage(devs()), "p.sock")
+    sim = env.sim
+    await sim.wait_for(lambda: sim.resource(RES).endpoint_stopped)
+    snap = sim.resource(RES)
+    assert (snap.capacity, snap.allocatable) == (1, 0)
+
+
+class RawBytes:
+    """A message that is its bytes (grpclib's message protocol), to send broken input."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @classmethod
+    def FromString(cls, data: bytes) -> RawBytes:
+        return cls(data)
+
+    def SerializeToString(self) -> bytes:
+        return self.data

@@ -422,3 +422,20 @@ resources:
     fake.remove_device(second)
     await kubelet.wait_for(lambda: "B2" in kubelet.resource(RESOURCE).unhealthy_ids, timeout=10)
     await kubelet.wait_for(lambda: kubelet.resource(RESOURCE).capacity == 1, timeout=10)
+
+
+async def test_a_serial_that_looks_like_a_port_path_takes_no_other_device_id(
+    fake: FakeSysfs,
+) -> None:
+    """A serial "1-2" and a serial-less device at port 1-2: two devices, two IDs."""
+    controller = fake.usb_controller()
+    fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="1-2")
+    fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial=None)
+    fake.usb_serial_adapter(controller, "1-3", devnum=4, tty="ttyUSB2", serial="1-2")
+    driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]')
+    devices = await driver.scan()
+    assert len({d.id for d in devices}) == 3
+    by_tty = {d.nodes[0].host_path: d.id for d in devices}
+    assert by_tty["/dev/ttyUSB0"] == "1-2", "the first by kernel name gets the serial"
+    for device_id in by_tty.values():
+        assert device_id_problem(device_id) is None

@@ -13,10 +13,14 @@ Modules, one idea each:
 - ``records``: the kubelet's constants and the records of what it saw and did;
 - ``gotext``: every text the kubelet prints, with Go quoting and grpc-go status format;
 - ``transport``: the Registration server and the client of each plugin (its endpoint);
+- ``listwire``: ListAndWatch messages decoded straight into the device manager's view;
 - ``manager``: the device manager's state and transitions (no I/O);
+- ``plugins``: Register with dial-back, the ListAndWatch readers, disconnection;
 - ``admission``: device choice, Allocate and PreStartContainer;
 - ``checkpoint``: the checkpoint file;
-- ``kubelet``: ``KubeletSimulator``, which wires them to the network and to time;
+- ``directory``: the socket directory's clean-up at start;
+- ``changes``: the change counter that waits are built on; ``log``: structured log lines;
+- ``kubelet``: ``KubeletSimulator``, which wires them together (lifecycle, queries, pods);
 - ``cli``: ``kdp-host simulate-kubelet``.
 """
 

@@ -168,6 +168,12 @@ def no_container_responses() -> str:
     )
 
 
+def unmarshal_failed(reason: str) -> str:
+    return (
+        f"rpc error: code = Internal desc = grpc: failed to unmarshal the received message {reason}"
+    )
+
+
 def preferred_allocation_failed(reason: str) -> str:
     return f"device plugin GetPreferredAllocation rpc failed with err: {reason}"
 

@@ -25,25 +25,23 @@ import time
 from collections.abc import Callable, Collection, Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
-from kdp_host.api.v1beta1 import ContainerAllocateResponse, ListAndWatchResponse, RegisterRequest
-from kdp_host.rules import is_extended_resource_name
+from kdp_host.api.v1beta1 import ContainerAllocateResponse
 
-from . import gotext
 from .admission import Admission
 from .changes import ChangeFeed
 from .checkpoint import CheckpointFile
 from .directory import cleanup_plugin_directory, remove_socket
 from .log import log_event
 from .manager import DeviceManager, describe
+from .plugins import PluginHandler
 from .records import (
     CHECKPOINT_NAME,
     DIAL_TIMEOUT,
     ENDPOINT_STOP_GRACE_PERIOD,
     KUBELET_SOCKET_NAME,
     PRE_START_TIMEOUT,
-    SUPPORTED_VERSIONS,
     AllocateCall,
     Allocation,
     ListAndWatchUpdate,
@@ -54,11 +52,7 @@ from .records import (
     ResourceSnapshot,
     StaleDisconnect,
 )
-from .transport import Endpoint, PluginClient, RegisterRefused, RegistrationServer, RpcFailed
-
-DECODE_IN_THREAD: Final = 16 * 1024
-"""ListAndWatch messages at least this large (~600 devices) are decoded off the event loop, so
-other streams and Register calls are served meanwhile."""
+from .transport import RegisterRefused, RegistrationServer
 
 
 class KubeletSimulator:
@@ -84,7 +78,6 @@ class KubeletSimulator:
         self.socket_dir = Path(socket_dir)
         self.socket_path = self.socket_dir / KUBELET_SOCKET_NAME
         self.checkpoint_path = self.socket_dir / CHECKPOINT_NAME
-        self.dial_timeout = dial_timeout
         self.endpoint_stop_grace_period = endpoint_stop_grace_period
         self.cleanup_sockets_only = cleanup_sockets_only
         self._clock = clock
@@ -98,13 +91,15 @@ class KubeletSimulator:
             rpc_timeout=rpc_timeout,
             pre_start_timeout=pre_start_timeout,
         )
-        self._clients: dict[str, PluginClient] = {}  # v1.32: one client per resource name
-        self._open_clients: set[PluginClient] = set()
-
-        # records, cumulative for the simulator's life
-        self.register_attempts: list[RegisterAttempt] = []
-        self.list_and_watch_updates: list[ListAndWatchUpdate] = []
-        self.stale_disconnect_events: list[StaleDisconnect] = []
+        self._plugins = PluginHandler(
+            self._manager,
+            socket_dir=self.socket_dir,
+            dial_timeout=dial_timeout,
+            clock=clock,
+            spawn=self._spawn,
+            notify=self._notify,
+            write_checkpoint=self._write_checkpoint,
+        )
         self.removed_at_start: list[str] = []
         self.starts = 0
         self.listening_since = float("nan")
@@ -112,7 +107,6 @@ class KubeletSimulator:
 
         self._server: RegistrationServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._serial = 0
         self._changes = ChangeFeed(lambda: "; ".join(self.describe().values()) or "no resources")
 
     # ------------------------------------------------------------------ records
@@ -147,6 +141,22 @@ class KubeletSimulator:
         return self._changes.version
 
     @property
+    def dial_timeout(self) -> float:
+        return self._plugins.dial_timeout
+
+    @property
+    def register_attempts(self) -> list[RegisterAttempt]:
+        return self._plugins.register_attempts
+
+    @property
+    def list_and_watch_updates(self) -> list[ListAndWatchUpdate]:
+        return self._plugins.list_and_watch_updates
+
+    @property
+    def stale_disconnect_events(self) -> list[StaleDisconnect]:
+        return self._plugins.stale_disconnect_events
+
+    @property
     def stale_disconnects(self) -> int:
         """How often the stale-stream bug of docs/kubelet-contract.md §9 hit: an old stream's
         end disconnected a newer client."""
@@ -159,14 +169,14 @@ class KubeletSimulator:
         if self._server is not None:
             raise RuntimeError("simulator already started")
         self._manager.reset()
-        self._clients.clear()
+        self._plugins.close_all()
         contents = await self._checkpoint.load()
         if contents is not None:
             self._manager.restore(contents, self._clock())
         self.removed_at_start = await asyncio.to_thread(
             cleanup_plugin_directory, self.socket_dir, CHECKPOINT_NAME, self.cleanup_sockets_only
         )
-        server = RegistrationServer(self._handle_register)
+        server = RegistrationServer(self._plugins.handle_register)
         self.listening_since = self._clock()
         await server.start(self.socket_path)
         self._server = server
@@ -192,16 +202,13 @@ class KubeletSimulator:
             await server.stop()
             await asyncio.to_thread(remove_socket, self.socket_path)
         else:
-            for name, client in list(self._clients.items()):
-                await self._disconnect_client(name, client, reason="kubelet stopping")
+            await self._plugins.disconnect_all("kubelet stopping")
             await server.stop()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for client in list(self._open_clients):
-            client.close()
-        self._open_clients.clear()
+        self._plugins.close_all()
         await asyncio.to_thread(remove_socket, self.socket_path)
         log_event(logging.INFO, "kubelet_stopped", socket=self.socket_path, crash=crash)
         await self._notify()
@@ -247,148 +254,6 @@ class KubeletSimulator:
     async def _write_checkpoint(self) -> None:
         await self._checkpoint.write(self._manager.checkpoint_data)
 
-    # ------------------------------------------------------------------ registration
-
-    async def _handle_register(self, request: RegisterRequest) -> None:
-        """``Register`` (docs/kubelet-contract.md §1-§3): validate, dial back, ask for the
-        options, and only then answer."""
-        received_at = self._clock()
-        version = str(request.version)
-        resource = str(request.resource_name)
-        endpoint = str(request.endpoint)
-        log_event(
-            logging.INFO, "register_request", resource=resource, endpoint=endpoint, version=version
-        )
-        try:
-            if version not in SUPPORTED_VERSIONS:
-                raise RegisterRefused(gotext.unsupported_version(version, SUPPORTED_VERSIONS))
-            if not is_extended_resource_name(resource):
-                raise RegisterRefused(gotext.invalid_resource_name(resource))
-            socket_path = gotext.go_join(self.socket_dir, endpoint)
-            # Go: the dial runs on context.Background, a cancelled Register does not stop it.
-            task = self._spawn(self._connect_client(resource, socket_path), f"connect:{resource}")
-            await asyncio.shield(task)
-        except RegisterRefused as exc:
-            self.register_attempts.append(
-                RegisterAttempt(version, resource, endpoint, str(exc), received_at)
-            )
-            log_event(logging.INFO, "register_rejected", resource=resource, error=str(exc))
-            await self._notify()
-            raise
-        self.register_attempts.append(
-            RegisterAttempt(version, resource, endpoint, None, received_at)
-        )
-        await self._notify()
-
-    async def _connect_client(self, resource: str, socket_path: Path) -> None:
-        """``connectClient`` of v1.32: register the client, dial, PluginConnected, run."""
-        self._serial += 1
-        client = PluginClient(self._serial, resource, socket_path)
-        self._clients[resource] = client  # registerClient overwrites
-        self._open_clients.add(client)
-        await self._notify()
-        try:
-            options = await client.connect(self.dial_timeout)
-        except BaseException as exc:
-            self._clients.pop(resource, None)  # deregisterClient(name): whatever is there
-            client.close()
-            self._open_clients.discard(client)
-            if isinstance(exc, RegisterRefused):
-                log_event(logging.INFO, "connect_failed", resource=resource, error=str(exc))
-            elif not isinstance(exc, asyncio.CancelledError):
-                raise RegisterRefused(gotext.dial_failed(str(exc))) from exc
-            raise
-        self._manager.plugin_connected(Endpoint(resource, socket_path, options, client))
-        log_event(
-            logging.INFO,
-            "plugin_connected",
-            resource=resource,
-            client=client.serial,
-            socket=socket_path,
-            pre_start_required=options.pre_start_required,
-            preferred_allocation=options.get_preferred_allocation_available,
-        )
-        self._spawn(self._run_client(client), f"list-and-watch:{resource}#{client.serial}")
-
-    async def _run_client(self, client: PluginClient) -> None:
-        """``client.Run`` then ``runClient``: read ListAndWatch until it ends (never
-        reconnect), then disconnect whatever client has the name
-        (docs/kubelet-contract.md §4, §9)."""
-        reason = "stream ended"
-        try:
-            async for raw in client.list_and_watch():
-                await self._on_list(client, raw)
-        except RpcFailed as exc:
-            reason = str(exc)
-        log_event(
-            logging.INFO,
-            "list_and_watch_ended",
-            resource=client.resource,
-            client=client.serial,
-            socket=client.socket_path,
-            messages=client.messages,
-            reason=reason,
-        )
-        current = self._clients.get(client.resource)
-        if current is None:
-            client.close()
-            self._open_clients.discard(client)
-            return
-        if current is not client:
-            event = StaleDisconnect(client.resource, client.socket_path, current.socket_path)
-            self.stale_disconnect_events.append(event)
-            log_event(
-                logging.WARNING,
-                "stale_stream_disconnects_new_client",
-                resource=client.resource,
-                ended=client.socket_path,
-                disconnected=current.socket_path,
-            )
-            client.close()
-            self._open_clients.discard(client)
-        await self._disconnect_client(client.resource, current, reason="list_and_watch ended")
-
-    async def _on_list(self, client: PluginClient, raw: bytes) -> None:
-        received_at = self._clock()
-        if len(raw) >= DECODE_IN_THREAD:
-            message = await asyncio.to_thread(ListAndWatchResponse.parse, raw)
-        else:
-            message = ListAndWatchResponse.parse(raw)
-        name = client.resource
-        healthy = self._manager.apply_list(name, message)
-        total = len(message.devices)
-        self.list_and_watch_updates.append(
-            ListAndWatchUpdate(name, client.serial, received_at, total, healthy)
-        )
-        log_event(
-            logging.INFO,
-            "devices_updated",
-            resource=name,
-            client=client.serial,
-            total=total,
-            healthy=healthy,
-        )
-        await self._write_checkpoint()
-        await self._notify()
-
-    async def _disconnect_client(self, name: str, client: PluginClient, *, reason: str) -> None:
-        """``disconnectClient`` -> ``Disconnect`` -> ``PluginDisconnected``
-        (docs/kubelet-contract.md §4)."""
-        self._clients.pop(name, None)
-        client.close()
-        self._open_clients.discard(client)
-        self._manager.plugin_disconnected(name, self._clock())
-        log_event(
-            logging.INFO,
-            "plugin_disconnected",
-            resource=name,
-            client=client.serial,
-            reason=reason,
-            capacity=self.capacity(name),
-            allocatable=self.allocatable(name),
-        )
-        await self._notify()
-
     # ------------------------------------------------------------------ node status
 
     def capacity(self, resource: str) -> int:
@@ -428,7 +293,7 @@ class KubeletSimulator:
     def plugin_clients(self) -> dict[str, Path]:
         """The registration server's client map: resource -> socket of its current client
         (set when Register starts dialling, removed on disconnect or a failed dial)."""
-        return {name: client.socket_path for name, client in self._clients.items()}
+        return {name: client.socket_path for name, client in self._plugins.clients.items()}
 
     @property
     def allocations(self) -> list[Allocation]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kdp_host.api.v1beta1 import ListAndWatchResponse
-
 from .checkpoint import CheckpointContents, CheckpointEncoder
 from .records import Allocation, DeviceView, ResourceSnapshot
 from .transport import Endpoint
@@ -119,16 +117,13 @@ class DeviceManager:
         self.unhealthy[resource] = self.unhealthy.get(resource, set()) | healthy
         endpoint.stopped_at = now
 
-    def apply_list(self, resource: str, message: ListAndWatchResponse) -> int:
+    def apply_list(self, resource: str, devices_in_message: list[DeviceView]) -> int:
         """``genericDeviceUpdateCallback``: the message is the complete list; only the exact
         string ``Healthy`` is healthy (docs/kubelet-contract.md §4). Returns healthy count."""
         healthy: set[str] = set()
         unhealthy: set[str] = set()
         devices: dict[str, DeviceView] = {}
-        for device in message.devices:
-            topology = device.topology
-            numa = tuple(int(n.id) for n in topology.nodes) if topology is not None else ()
-            view = DeviceView(str(device.id), str(device.health), numa)
+        for view in devices_in_message:
             devices[view.id] = view
             (healthy if view.healthy else unhealthy).add(view.id)
         self.healthy[resource] = healthy

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
@@ -167,7 +167,7 @@ class PluginClient:
             get_preferred_allocation_available=bool(options.get_preferred_allocation_available),
         )
 
-    async def list_and_watch(self) -> AsyncIterator[bytes]:
+    async def list_and_watch(self) -> AsyncGenerator[bytes, None]:
         """The messages of the ListAndWatch stream, undecoded, until it ends. Raises
         RpcFailed with grpc-go's text if it fails."""
         channel = self._channel

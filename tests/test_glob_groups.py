@@ -395,3 +395,21 @@ def test_a_stray_match_that_forms_no_group_takes_no_node(tmp_path: Path) -> None
     )
     # group `0.cfg` has nothing left: no group at all, nothing to report
     assert result.skipped == ()
+
+
+def test_a_member_without_key_may_match_several_nodes(tmp_path: Path) -> None:
+    """generic-device-plugin's `{"path": "/dev/snd"}`: every node of the directory, as device
+    nodes of one device (a bind mount would grant no device access)."""
+    snd = tmp_path / "snd"
+    snd.mkdir()
+    for name in ("controlC0", "pcmC0D0c", "pcmC0D0p"):
+        (snd / name).touch()
+    driver = group_driver(member(f"{snd}/*"))
+    devices = scan(driver)
+    assert list(devices) == ["snd"]
+    assert [host for host, _ in nodes(devices["snd"])] == [
+        f"{snd}/controlC0",
+        f"{snd}/pcmC0D0c",
+        f"{snd}/pcmC0D0p",
+    ]
+    assert devices["snd"].mounts == ()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .. import rules
 from ..config import GlobDriverConfig, GlobGroupMemberConfig, render_template
 from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
@@ -140,8 +141,16 @@ class GlobGroupDriver(GlobDriver):
         self._keyed = any(m.key_regex is not None for m in self._members)
         self._key_ids = DeviceIds(("/*",))
         """Group keys take the ID rule of a one-level glob path."""
-        self._single_key = os.path.basename(config.group[0].path)
-        """The key of the one group of a config without `{key}`."""
+        self._single_key = next(
+            (
+                part
+                for part in reversed(config.group[0].path.split("/"))
+                if part and not rules.GLOB_MAGIC.search(part)
+            ),
+            "group",
+        )
+        """The key of the one group of a config without `{key}`: the last component of the
+        first member's path that is not a glob (`/dev/snd/*` -> `snd`)."""
 
     def group_id(self, key: str) -> str:
         """The ID of the group with this key: a pure function of the key and the config."""

@@ -158,9 +158,10 @@ class AllocationBuilder:
     def _collision(
         self, what: str, container_path: str, first: tuple[str, str], second: tuple[str, str]
     ) -> AllocationError:
-        """Two different things for one container path: the runtime would keep only one, so
-        the container would get fewer nodes or mounts than it was charged for. Identical
-        entries (a node every device shares, such as /dev/vfio/vfio) are passed once."""
+        """Two different things for one container path: the kubelet keeps only one of them
+        (docs/kubelet-contract.md §7), so the container would get fewer nodes or mounts than
+        it was charged for. Identical entries (a node every device shares, such as
+        /dev/vfio/vfio) are passed once."""
         return AllocationError(
             f"{self.resource.name}: cannot allocate: {what} container path {container_path} is "
             f"claimed twice, by {first[0]} (host path {first[1]}) and by {second[0]} (host path "

@@ -360,3 +360,56 @@ def test_device_nodes_carry_optional_and_permissions_for_any_driver() -> None:
         ("/dev/a", "r"),
         ("/dev/b", "rwm"),
     ]
+
+
+def test_a_group_whose_own_paths_collide_is_not_listed(tmp_path: Path) -> None:
+    for directory in ("a", "b"):
+        (tmp_path / directory / "0").mkdir(parents=True)
+        (tmp_path / directory / "0" / "ctl").touch()
+    driver = group_driver(
+        member(f"{tmp_path}/a/{{key}}/ctl", container_path="/dev/{key}/{name}"),
+        member(f"{tmp_path}/b/{{key}}/ctl", container_path="/dev/{key}/{name}", optional=True),
+    )
+    result = driver._scan_sync()
+    assert result.devices == {}
+    [skip] = result.skipped
+    assert skip.reason == "path_collision"
+    assert skip.message.endswith("both at container path /dev/0/ctl")
+    (tmp_path / "b" / "0" / "ctl").unlink()
+    assert list(scan(driver)) == ["0"]
+
+
+def test_a_stray_match_that_forms_no_group_takes_no_node(tmp_path: Path) -> None:
+    """`card{key}` also matches `card0.cfg` (key `0.cfg`); the file stays with group 0, whose
+    `card{key}.cfg` member needs it."""
+    (tmp_path / "card0").touch()
+    (tmp_path / "card0.cfg").touch()
+    driver = group_driver(
+        member(f"{tmp_path}/card{{key}}"),
+        member(f"{tmp_path}/card{{key}}.cfg", mount=True, container_path="/etc/card.cfg"),
+    )
+    result = driver._scan_sync()
+    assert list(result.devices) == ["0"]
+    assert result.devices["0"].mounts == (
+        DeviceMount(f"{tmp_path}/card0.cfg", "/etc/card.cfg", True),
+    )
+    # group `0.cfg` has nothing left: no group at all, nothing to report
+    assert result.skipped == ()
+
+
+def test_a_member_without_key_may_match_several_nodes(tmp_path: Path) -> None:
+    """generic-device-plugin's `{"path": "/dev/snd"}`: every node of the directory, as device
+    nodes of one device (a bind mount would grant no device access)."""
+    snd = tmp_path / "snd"
+    snd.mkdir()
+    for name in ("controlC0", "pcmC0D0c", "pcmC0D0p"):
+        (snd / name).touch()
+    driver = group_driver(member(f"{snd}/*"))
+    devices = scan(driver)
+    assert list(devices) == ["snd"]
+    assert [host for host, _ in nodes(devices["snd"])] == [
+        f"{snd}/controlC0",
+        f"{snd}/pcmC0D0c",
+        f"{snd}/pcmC0D0p",
+    ]
+    assert devices["snd"].mounts == ()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .. import rules
 from ..config import GlobDriverConfig, GlobGroupMemberConfig, render_template
 from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
@@ -44,6 +45,9 @@ from .glob_paths import (
 
 INCOMPLETE = "incomplete_group"
 """The skip reason of a group that lacks a required member."""
+PATH_COLLISION = "path_collision"
+"""The skip reason of a group with two different paths at one container path (the runtime
+would keep only one of them)."""
 
 
 def _glob_regex(pattern: str) -> str:
@@ -79,6 +83,17 @@ def _glob_regex(pattern: str) -> str:
     return "".join(out)
 
 
+def _collision(nodes: list[DeviceNode], mounts: list[DeviceMount]) -> str | None:
+    """Two different paths of one group at one container path, or None."""
+    placed: dict[str, str] = {}
+    entries: list[DeviceNode | DeviceMount] = [*nodes, *mounts]
+    for entry in entries:
+        host = placed.setdefault(entry.container_path, entry.host_path)
+        if host != entry.host_path:
+            return f"{host} and {entry.host_path} both at container path {entry.container_path}"
+    return None
+
+
 @dataclass(frozen=True)
 class _Member:
     config: GlobGroupMemberConfig
@@ -110,12 +125,6 @@ class _Match(NamedTuple):
     identity: DeviceIdentity
 
 
-def _group_device_ids(members: tuple[_Member, ...]) -> tuple[DeviceIds, str]:
-    """The ID rule of group keys (a one-level glob path's rule), and the key of the single
-    group of a config without `{key}` (the first member's file name)."""
-    return DeviceIds(("/*",)), os.path.basename(members[0].config.path)
-
-
 class GlobGroupDriver(GlobDriver):
     """The glob driver with `glob.group`: devices made of several paths."""
 
@@ -130,7 +139,18 @@ class GlobGroupDriver(GlobDriver):
         super().__init__(config, deps, dir_readable=dir_readable, scan_timeout=scan_timeout)
         self._members = tuple(_Member.of(m) for m in config.group)
         self._keyed = any(m.key_regex is not None for m in self._members)
-        self._key_ids, self._single_key = _group_device_ids(self._members)
+        self._key_ids = DeviceIds(("/*",))
+        """Group keys take the ID rule of a one-level glob path."""
+        self._single_key = next(
+            (
+                part
+                for part in reversed(config.group[0].path.split("/"))
+                if part and not rules.GLOB_MAGIC.search(part)
+            ),
+            "group",
+        )
+        """The key of the one group of a config without `{key}`: the last component of the
+        first member's path that is not a glob (`/dev/snd/*` -> `snd`)."""
 
     def group_id(self, key: str) -> str:
         """The ID of the group with this key: a pure function of the key and the config."""
@@ -225,10 +245,12 @@ class GlobGroupDriver(GlobDriver):
         `owners`: which group's path each physical node or directory belongs to. Only a
         complete group claims its paths (in key order), so a stray match that forms no
         group never takes a node from one that does; a path of a keyed member that an
-        earlier group owns, or that this group already has, is left out (`same_device`).
+        earlier group owns, or that this group already has, is left out (another path to
+        the same node is logged as `same_device` unless the group is incomplete anyway).
         """
         chosen: list[tuple[GlobGroupMemberConfig, _Match]] = []
         missing: list[str] = []
+        duplicates: list[Skipped] = []
         mine: dict[DeviceIdentity, str] = {}
         for index, member in enumerate(self._members):
             keyed = member.key_regex is not None
@@ -238,9 +260,15 @@ class GlobGroupDriver(GlobDriver):
                 owner = mine.get(match.identity)
                 if owner is None and keyed and match.identity in owners:
                     owner = owners[match.identity][1]
+                if owner == match.matched:
+                    continue  # the same path, matched by another member as well
                 if owner is not None:
-                    skipped[match.matched] = Skipped(
-                        "same_device", match.matched, f"the same device as {owner}, listed once"
+                    duplicates.append(
+                        Skipped(
+                            "same_device",
+                            match.matched,
+                            f"the same device as {owner}, listed once",
+                        )
                     )
                     continue
                 mine[match.identity] = match.matched
@@ -249,6 +277,7 @@ class GlobGroupDriver(GlobDriver):
             if not kept and not member.config.optional:
                 missing.append(member.config.path)
         if not chosen:
+            skipped.update((duplicate.subject, duplicate) for duplicate in duplicates)
             return None
         first_path = chosen[0][1].matched
         if missing:
@@ -261,8 +290,6 @@ class GlobGroupDriver(GlobDriver):
         nodes: list[DeviceNode] = []
         mounts: list[DeviceMount] = []
         for config, match in chosen:
-            if GROUP_KEY in config.path:
-                owners[match.identity] = (key, match.matched)
             name = os.path.basename(match.matched)
             container = (
                 render_template(
@@ -278,6 +305,18 @@ class GlobGroupDriver(GlobDriver):
                 nodes.append(
                     DeviceNode(match.real_path, container, config.permissions, config.optional)
                 )
+        for duplicate in duplicates:
+            skipped[duplicate.subject] = duplicate
+        if collision := _collision(nodes, mounts):
+            skipped[f"group {key}"] = Skipped(
+                PATH_COLLISION,
+                printable_path(f"group {key}" if self._keyed else first_path),
+                f"not listed: {collision}",
+            )
+            return None
+        for config, match in chosen:
+            if GROUP_KEY in config.path:
+                owners[match.identity] = (key, match.matched)
         device_id = self.group_id(key)
         numa = self._numa_for(first_path, os.path.basename(first_path), skipped)
         device = Device(

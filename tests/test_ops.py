@@ -459,6 +459,10 @@ def test_http_closes_idle_connections_and_bounds_its_threads() -> None:
         assert threading.active_count() <= baseline + 2
         # The two silent ones are closed when their idle timeout passes.
         assert [read_to_end(connection) for connection in idle[:2]] == [b"", b""]
+        # A serving thread closes its connection, then frees its slot: wait for both threads.
+        deadline = time.monotonic() + 30
+        while threading.active_count() > baseline and time.monotonic() < deadline:
+            time.sleep(0.01)
         status, _ = http_get(server.port, "/metrics")
         assert status == 200
     finally:

@@ -71,7 +71,9 @@ async def test_scan_resolves_symlinks_and_applies_container_path(tmp_path: Path)
     (by_id / "subdir").mkdir()
     config = GlobDriverConfig(paths=(f"{by_id}/*",), container_path="/dev/serial-{name}")
     devices = await make_driver(config, PollingWatcher(get_logger())).scan()
-    assert [d.id for d in devices] == ["usb-FTDI_A"]
+    # The ID is the real node's (outside the pattern's directory: hashed), never the link's.
+    assert [d.id for d in devices] == [DeviceIds(config.paths)(str(tmp_path / "ttyUSB0"))]
+    assert devices[0].id.startswith("ttyUSB0-")
     node = devices[0].nodes[0]
     assert node.host_path == str(tmp_path / "ttyUSB0")
     assert node.container_path == "/dev/serial-usb-FTDI_A"

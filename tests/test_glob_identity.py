@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -187,12 +188,13 @@ async def test_a_link_whose_target_vanishes_becomes_unhealthy(tmp_path: Path) ->
         asyncio.create_task(GlobDriver(config, DriverDeps(log, watcher)).run(reporter(table))),
     ]
     try:
+        device_id = DeviceIds(config.paths)(str(dev / "ttyUSB0"))
         await wait_table(
-            table, lambda s: [(d.id, d.healthy) for d in s.devices] == [("usb-A", True)]
+            table, lambda s: [(d.id, d.healthy) for d in s.devices] == [(device_id, True)]
         )
         (dev / "ttyUSB0").unlink()
         await wait_table(
-            table, lambda s: [(d.id, d.healthy) for d in s.devices] == [("usb-A", False)]
+            table, lambda s: [(d.id, d.healthy) for d in s.devices] == [(device_id, False)]
         )
     finally:
         for task in tasks:
@@ -223,3 +225,59 @@ async def test_names_that_are_not_text_are_skipped_and_counted(tmp_path: Path) -
     finally:
         task.cancel()
         await asyncio.wait({task})
+
+
+# ------------------------------------------------------------------ 5: links never re-identify
+
+
+async def test_a_link_that_appears_or_vanishes_never_changes_the_id(tmp_path: Path) -> None:
+    """The ID is the real node's: a `by-id` link created after the node (udev does that), or
+    removed while a pod holds the device, never advertises the device under a second ID."""
+    (tmp_path / "fpga1").touch()
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    patterns = (f"{by_id}/*", f"{tmp_path}/fpga*")
+    glob_driver = driver(*patterns, grace_period=60.0)
+
+    async def listed() -> dict[str, tuple[bool, str, str, str | None]]:
+        devices, _ = glob_driver._merge((await glob_driver._scan()).devices)
+        return {
+            i: (d.healthy, d.nodes[0].host_path, d.nodes[0].container_path, d.path)
+            for i, d in devices.items()
+        }
+
+    node = str(tmp_path / "fpga1")
+    link = str(by_id / "usb-FTDI_1")
+    assert await listed() == {"fpga1": (True, node, node, node)}
+    (by_id / "usb-FTDI_1").symlink_to("../fpga1")
+    # {path} is the first pattern's match now; the ID and the host path stay the node's.
+    assert await listed() == {"fpga1": (True, node, link, link)}
+    (by_id / "usb-FTDI_1").unlink()
+    assert await listed() == {"fpga1": (True, node, node, node)}
+    # A fresh driver (a restart) with both present: the same ID.
+    (by_id / "usb-FTDI_1").symlink_to("../fpga1")
+    assert [d.id for d in await driver(*patterns).scan()] == ["fpga1"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b-1", "c_2", "d"]), min_size=0, max_size=4, unique=True))
+def test_the_id_is_the_real_paths_whatever_links_exist(links: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        (root / "dev").mkdir()
+        (root / "dev" / "node0").touch()
+        (root / "links").mkdir()
+        for name in links:
+            (root / "links" / name).symlink_to("../dev/node0")
+        for patterns in (
+            (f"{root}/links/*", f"{root}/dev/*"),
+            (f"{root}/dev/*", f"{root}/links/*"),
+            (f"{root}/links/*",),
+        ):
+            devices = asyncio.run(scan(*patterns))
+            if patterns == (f"{root}/links/*",) and not links:
+                assert devices == {}
+                continue
+            assert list(devices) == [DeviceIds(patterns)(str(root / "dev" / "node0"))]
+            (device,) = devices.values()
+            assert device.nodes[0].host_path == str(root / "dev" / "node0")

@@ -9,7 +9,7 @@ from pathlib import Path
 from kdp_host.config import GlobDriverConfig
 from kdp_host.drivers import DriverDeps, Skipped
 from kdp_host.drivers.glob import GlobDriver
-from kdp_host.drivers.glob_paths import examine
+from kdp_host.drivers.glob_paths import DeviceIds, examine
 from kdp_host.logs import get_logger
 from kdp_host.watch import PollingWatcher
 
@@ -60,19 +60,25 @@ def driver(pattern: str, grace: float = 60.0) -> GlobDriver:
 
 def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -> None:
     tree(tmp_path)
-    glob_driver = driver(f"{tmp_path}/link/*")
+    pattern = f"{tmp_path}/link/*"
+    glob_driver = driver(pattern)
+
+    def id_of(name: str) -> str:
+        """IDs come from the real path (`real/` is outside the pattern's directory)."""
+        return DeviceIds([pattern])(str(tmp_path / "real" / name))
+
     scan = glob_driver._scan_sync()
     first, _ = glob_driver._merge(scan.devices)
     # rel-link reaches the same file as f1 (listed once, under the first path); dangling
     # leads nowhere.
-    assert set(first) == {"f1", "f2"}
+    assert set(first) == {id_of("f1"), id_of("f2")}
     assert {s.subject.rsplit("/", 1)[-1]: s.reason for s in scan.skipped} == {
         "rel-link": "same_device",
         "dangling": "dangling_link",
     }
     by_id = dict(first)
-    assert by_id["f1"].nodes[0].host_path == str(tmp_path / "real" / "f1")
-    assert by_id["f1"].env == {} and by_id["f1"].annotations == {}
+    assert by_id[id_of("f1")].nodes[0].host_path == str(tmp_path / "real" / "f1")
+    assert by_id[id_of("f1")].env == {} and by_id[id_of("f1")].annotations == {}
 
     (tmp_path / "real" / "rel-link").unlink()
     (tmp_path / "real" / "rel-link").symlink_to("f1")
@@ -82,13 +88,13 @@ def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -> None
     (tmp_path / "real" / "rel-link").symlink_to("f1-new")
     second, _ = glob_driver._merge(glob_driver._scan_sync().devices)
     again = dict(second)
-    assert again["f2"] is by_id["f2"]  # unchanged: the same object
-    assert again["f1-new"].nodes[0].host_path == str(tmp_path / "real" / "f1-new")
-    assert "rel-link" not in again  # the same device as f1-new
-    assert not again["f1"].healthy  # vanished: Unhealthy for the grace period
+    assert again[id_of("f2")] is by_id[id_of("f2")]  # unchanged: the same object
+    assert again[id_of("f1-new")].nodes[0].host_path == str(tmp_path / "real" / "f1-new")
+    assert id_of("rel-link") not in again  # the same device as f1-new
+    assert not again[id_of("f1")].healthy  # vanished: Unhealthy for the grace period
 
     third, _ = glob_driver._merge(glob_driver._scan_sync().devices)
-    assert third["f1"] is again["f1"]  # the Unhealthy copy is reused
+    assert third[id_of("f1")] is again[id_of("f1")]  # the Unhealthy copy is reused
     (tmp_path / "real" / "f1").touch()
     fourth, _ = glob_driver._merge(glob_driver._scan_sync().devices)
-    assert fourth["f1"].healthy
+    assert fourth[id_of("f1")].healthy

@@ -6,10 +6,11 @@ periodic full rescan as a safety net. A path that vanishes is reported Unhealthy
 dropped after the grace period.
 
 One physical device is advertised once, whatever the patterns (identity and IDs:
-`glob_paths.py`). Of the matched paths that reach one device, the first pattern's (then the
-first in sorted order) is advertised; the others are skipped and logged. The ID of a path is
-a pure function of the path and the patterns, never of what else exists, so an ID never
-moves to another path and unplugging one device never renames another.
+`glob_paths.py`). Its ID and host path come from its canonical path (the real node), so
+every matched path that reaches it (the node, a `by-id` link) gives the same ID, and a link
+that appears or vanishes never advertises it a second time under another ID. Of the
+matched paths that reach one device, the first pattern's (then the first in sorted order)
+gives `{path}` and `{name}`; the others are skipped and logged (`same_device`).
 
 A scan runs on a daemon thread (a hung file system cannot keep the host from exiting), and
 attribute files (`numaNodeFile`) are read through the FileReader (time-limited, size-capped,
@@ -34,6 +35,7 @@ from .base import DriverDeps, DriverError, Notifier, Skipped
 from .glob_paths import (
     DeviceIdentity,
     DeviceIds,
+    canonical_path,
     examine,
     name_problem,
     printable_path,
@@ -202,8 +204,6 @@ class GlobDriver:
 
     def _scan_sync(self) -> _ScanResult:
         config = self._config
-        devices: dict[str, Device] = {}
-        by_identity: dict[DeviceIdentity, str] = {}
         skipped: dict[str, Skipped] = {}
         dirs: set[str] = set()
         unreadable: list[str] = []
@@ -212,8 +212,8 @@ class GlobDriver:
         previous = self._known
         signatures: dict[str, DirSignature | None] = {}
         seen_paths: set[str] = set()
-        # The ID of a path never changes: take it from the last scan where there is one.
-        known_ids = {d.path: d.id for d in previous.values() if d.path is not None}
+        # Every matched path of each device, in pattern order then sorted order.
+        by_identity: dict[DeviceIdentity, list[tuple[str, str]]] = {}
         for pattern in config.paths:
             pattern_dirs = watch_dirs(pattern)
             dirs.update(pattern_dirs)
@@ -238,23 +238,24 @@ class GlobDriver:
                 if found.link_dir is not None and found.link_dir not in dirs:
                     dirs.add(found.link_dir)
                     signatures.setdefault(found.link_dir, dir_signature(found.link_dir))
-                owner = by_identity.get(found.identity)
-                if owner is not None:
-                    skipped[matched] = Skipped(
-                        "same_device", matched, f"the same device as {owner}, listed once"
-                    )
-                    continue
-                device_id = known_ids.get(matched) or self._ids(matched)
-                if device_id in devices:  # only if two paths' hashes collide
-                    skipped[matched] = Skipped(
-                        "id_collision",
-                        matched,
-                        f"ID {device_id!r} already belongs to {devices[device_id].path}",
-                    )
-                    continue
-                by_identity[found.identity] = matched
-                device = self._device(device_id, matched, found.real_path, previous, skipped)
-                devices[device_id] = device
+                by_identity.setdefault(found.identity, []).append((matched, found.real_path))
+        devices: dict[str, Device] = {}
+        for paths in by_identity.values():
+            canonical = canonical_path(paths)
+            matched = paths[0][0]
+            for other, _real in paths[1:]:
+                skipped[other] = Skipped(
+                    "same_device", other, f"the same device as {matched}, listed once"
+                )
+            device_id = self._ids(canonical)
+            if device_id in devices:  # only if two paths' hashes collide
+                skipped[matched] = Skipped(
+                    "id_collision",
+                    matched,
+                    f"ID {device_id!r} already belongs to {devices[device_id].path}",
+                )
+                continue
+            devices[device_id] = self._device(device_id, matched, canonical, previous, skipped)
         return _ScanResult(
             devices,
             tuple(skipped.values()),

@@ -3,7 +3,9 @@ what its device ID is, whether it can be a device at all, and which directories 
 
 Identity: a character or block device node is identified by its device number (`st_rdev`,
 so a node and every symlink or second node for it are one device), anything else by its
-resolved real path. IDs: `DeviceIds`, a pure function of the path and the patterns.
+resolved real path. IDs: `DeviceIds`, a pure function of the device's canonical path (the
+resolved real path of the node) and the patterns, never of which matched path (a link or
+the node itself) led to it, so a link that appears or vanishes never renames a device.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from .. import rules
@@ -42,16 +44,18 @@ def _depth(pattern: str, base: str) -> int:
 
 
 class DeviceIds:
-    """The ID of every path the patterns can match: a pure function of the path and the
-    patterns, distinct for distinct paths.
+    """The ID of a device's canonical path (its resolved real path): a pure function of
+    that path and the patterns, distinct for distinct paths.
 
     The path is taken relative to the patterns' common fixed directory (`/dev/fpga0` under
     `/dev/fpga*` -> `fpga0`; `/dev/bus/usb/001/002` under `/dev/bus/usb/*/*` -> `001-002`),
     `/` written as `-`. That readable form is used only where it cannot be confused with
-    another path's: characters outside `[A-Za-z0-9._-]`, `-` or `_` inside a multi-level
-    path, `-` in a one-level name when the patterns reach different depths, a result that
-    is too long, starts with `-` or ends like a hashed ID all take the hashed form instead:
-    a sanitized prefix plus `-` and 10 hex digits of the path's SHA-256.
+    another path's: a path outside that directory (a link's target elsewhere), characters
+    outside `[A-Za-z0-9._-]`, `-` or `_` inside a multi-level path, `-` in a one-level name
+    when the patterns reach different depths, a result that is too long, starts with `-` or
+    ends like a hashed ID all take the hashed form instead: a sanitized prefix plus `-` and
+    10 hex digits of the path's SHA-256 (the prefix of a path outside the directory is its
+    file name: `/dev/ttyUSB0` under `/dev/serial/by-id/*` -> `ttyUSB0-<10 hex>`).
     """
 
     def __init__(self, patterns: Iterable[str]) -> None:
@@ -62,12 +66,14 @@ class DeviceIds:
         self._mixed_depths = len({_depth(p, self.base) for p in patterns}) > 1
 
     def __call__(self, path: str) -> str:
-        rel = path[len(self._prefix) :] if path.startswith(self._prefix) else path.lstrip("/")
+        inside = path.startswith(self._prefix)
+        rel = path[len(self._prefix) :] if inside else path.lstrip("/")
         parts = rel.split("/")
         joined = "-".join(parts)
         readable = _UNSAFE_ID_CHARS.sub("_", joined)
         if (
-            readable == joined
+            inside
+            and readable == joined
             and readable not in (".", "..")
             and rules.device_id_problem(readable) is None
             and not _HASH_SUFFIX.search(readable)
@@ -76,7 +82,8 @@ class DeviceIds:
         ):
             return readable
         digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-        stem = readable[: rules.MAX_DEVICE_ID_LENGTH - 11].lstrip("-")
+        short = readable if inside else _UNSAFE_ID_CHARS.sub("_", parts[-1])
+        stem = short[: rules.MAX_DEVICE_ID_LENGTH - 11].lstrip("-")
         return f"{stem}-{digest}" if stem else f"dev-{digest}"
 
 
@@ -111,6 +118,13 @@ class Found(NamedTuple):
     identity: DeviceIdentity
     link_dir: str | None
     """For a symlink: the directory of its target (watched: the target may vanish)."""
+
+
+def canonical_path(paths: Sequence[tuple[str, str]]) -> str:
+    """The canonical path of one device from its (matched path, real path) pairs: the real
+    path of the node (the least one where two nodes share a device number). A pure function
+    of the set of real nodes, never of which links to them exist."""
+    return min(real for _matched, real in paths)
 
 
 def examine(path: str, real_dirs: dict[str, str]) -> Found | Skipped | None:

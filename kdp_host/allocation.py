@@ -31,7 +31,8 @@ _CDI_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
 
 
 class AllocationError(ValueError):
-    """A request the plugin must refuse (unknown or unhealthy IDs): INVALID_ARGUMENT."""
+    """A request the plugin must refuse (unknown or unhealthy IDs, two different nodes or
+    mounts for one container path): INVALID_ARGUMENT."""
 
 
 def cdi_device_name(device_id: str) -> str:
@@ -78,13 +79,23 @@ class AllocationBuilder:
         allocate = self.resource.allocate
         physical = sorted({e.device.id: e.device for e in entries}.values(), key=_device_id)
         specs: dict[str, DeviceSpec] = {}
+        spec_owner: dict[str, str] = {}
         for device in physical:
             for node in device.nodes:
-                if node.container_path not in specs:
+                spec = specs.get(node.container_path)
+                if spec is None:
                     specs[node.container_path] = DeviceSpec(
                         container_path=node.container_path,
                         host_path=node.host_path,
                         permissions=node.permissions or allocate.permissions,
+                    )
+                    spec_owner[node.container_path] = device.id
+                elif spec.host_path != node.host_path:
+                    raise self._collision(
+                        "device node",
+                        node.container_path,
+                        (spec_owner[node.container_path], spec.host_path),
+                        (device.id, node.host_path),
                     )
         values = {
             "ids": ",".join(device.id for device in physical),
@@ -99,19 +110,31 @@ class AllocationBuilder:
         _merge_device_maps(envs, (device.env for device in physical))
         _merge_device_maps(annotations, (device.annotations for device in physical))
         mounts: dict[str, Mount] = {}
-        device_mounts = (mount for device in physical for mount in device.mounts)
-        every_mount: Iterable[MountConfig | DeviceMount] = itertools.chain(
-            allocate.mounts, device_mounts
+        mount_owner: dict[str, str] = {}
+        configured = (("allocate.mounts", mount) for mount in allocate.mounts)
+        device_mounts = ((device.id, mount) for device in physical for mount in device.mounts)
+        every_mount: Iterable[tuple[str, MountConfig | DeviceMount]] = itertools.chain(
+            configured, device_mounts
         )
-        for mount in every_mount:
-            mounts.setdefault(
-                mount.container_path,
-                Mount(
-                    container_path=mount.container_path,
-                    host_path=mount.host_path,
-                    read_only=mount.read_only,
-                ),
-            )
+        for owner, mount in every_mount:
+            path = mount.container_path
+            if path in specs:
+                raise self._collision(
+                    "mount",
+                    path,
+                    (spec_owner[path], specs[path].host_path),
+                    (owner, mount.host_path),
+                )
+            known = mounts.get(path)
+            if known is None:
+                mounts[path] = Mount(
+                    container_path=path, host_path=mount.host_path, read_only=mount.read_only
+                )
+                mount_owner[path] = owner
+            elif (known.host_path, known.read_only) != (mount.host_path, mount.read_only):
+                raise self._collision(
+                    "mount", path, (mount_owner[path], known.host_path), (owner, mount.host_path)
+                )
         cdi = allocate.cdi
         response = ContainerAllocateResponse(
             envs=envs,
@@ -127,6 +150,19 @@ class AllocationBuilder:
                 if has_cdi_edits(device)
             ]
         return response
+
+    def _collision(
+        self, what: str, container_path: str, first: tuple[str, str], second: tuple[str, str]
+    ) -> AllocationError:
+        """Two different things for one container path: the kubelet keeps only one of them
+        (docs/kubelet-contract.md §7), so the container would get fewer nodes or mounts than
+        it was charged for. Identical entries (a node every device shares, such as
+        /dev/vfio/vfio) are passed once."""
+        return AllocationError(
+            f"{self.resource.name}: cannot allocate: {what} container path {container_path} is "
+            f"claimed twice, by {first[0]} (host path {first[1]}) and by {second[0]} (host path "
+            f"{second[1]}); the runtime would keep only one (fix the driver's container paths)"
+        )
 
     def _resolve(self, snapshot: Snapshot, requested_ids: Sequence[str]) -> list[Advertised]:
         if not requested_ids:

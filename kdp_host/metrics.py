@@ -42,6 +42,8 @@ DRIVER_SKIP_REASONS = (
     "read_refused",
     "read_error",
     "rate_limited",
+    "incomplete_group",
+    "path_collision",
 )
 """Every `reason` a driver may count something it left out (without failing) under."""
 ConfigReloadResult = Literal["ok", "invalid", "refused", "unchanged"]

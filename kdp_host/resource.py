@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import os
-import re
 from dataclasses import dataclass, field
 
 from .backoff import Backoff
@@ -23,8 +21,8 @@ from .drivers import DeviceReporter, DriverDeps, DriverFactory, failure_threshol
 from .files import DaemonThreads
 from .logs import EventLogger
 from .metrics import Metrics
-from .plugin import DevicePluginService, ListAndWatchEncoder, PluginServer
-from .registration import (
+from .protocol.endpoint import socket_name
+from .protocol.registration import (
     KUBELET_SOCKET,
     FileIdentity,
     RegistrationError,
@@ -32,6 +30,8 @@ from .registration import (
     kubelet_socket_identity,
     register,
 )
+from .protocol.server import PluginServer
+from .protocol.service import DevicePluginService, ListAndWatchEncoder
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0
@@ -40,15 +40,6 @@ FRESH_KUBELET_RETRY = 0.01
 FIRST_SCAN_WAIT = 2.0
 """Register only after the driver's first list (so the kubelet does not see 0 devices first),
 but do not wait longer than this for a slow probe."""
-_SOCKET_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def socket_name(resource: str, instance_id: str) -> str:
-    """`kdp-vendor.example_fpga-<instance>.sock`: unique per resource and per host instance."""
-    slug = _SOCKET_SLUG.sub("_", resource.replace("/", "_"))
-    if len(slug) > 48:
-        slug = slug[:39] + "-" + hashlib.sha256(resource.encode()).hexdigest()[:8]
-    return f"kdp-{slug}-{instance_id}.sock"
 
 
 @dataclass(frozen=True)
@@ -195,7 +186,7 @@ class ResourceRuntime:
             try:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.socket_path)
-                await server.start(path=self.socket_path)
+                await server.serve(self.socket_path)
                 identity = file_identity(self.socket_path)
                 if identity is None:
                     raise FileNotFoundError(self.socket_path)

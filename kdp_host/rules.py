@@ -40,6 +40,8 @@ _CDI_VENDOR_OR_CLASS: Final = re.compile(r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9]
 CDI_DEVICE_NAME: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
 """A CDI device name: letters and digits at both ends, `_ . : -` inside (CDI's parser)."""
 _MULTILINE_WHITESPACE: Final = frozenset("\t\n")
+GLOB_MAGIC: Final = re.compile(r"[*?[]")
+"""A character that makes a path a glob pattern (Python's glob: `*`, `?`, `[...]`)."""
 
 
 def _control_character(text: str, allowed: frozenset[str] = frozenset()) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -133,10 +133,57 @@ def test_response_does_not_depend_on_request_order() -> None:
         assert bytes(builder.container_response(snap, shuffled + shuffled[:2])) == expected
 
 
-def test_device_specs_dedup_by_container_path() -> None:
+def test_two_devices_on_one_container_path_are_refused_not_dropped() -> None:
+    """Issue 10 item 5: the old code silently kept one DeviceSpec for two charged devices."""
     snap = snapshot([dev("a", container="/dev/accel"), dev("b", container="/dev/accel")])
-    response = AllocationBuilder(resource()).container_response(snap, ["b", "a"])
+    with pytest.raises(AllocationError) as raised:
+        AllocationBuilder(resource()).container_response(snap, ["b", "a"])
+    message = str(raised.value)
+    assert "/dev/accel" in message and "claimed twice" in message
+    assert "by a (host path /dev/a)" in message and "by b (host path /dev/b)" in message
+    # each alone is fine
+    response = AllocationBuilder(resource()).container_response(snap, ["a"])
     assert [(d.host_path, d.container_path) for d in response.devices] == [("/dev/a", "/dev/accel")]
+
+
+def test_a_node_shared_by_devices_is_passed_once() -> None:
+    shared = DeviceNode("/dev/vfio/vfio", "/dev/vfio/vfio")
+    devices = [
+        Device(id=g, nodes=(DeviceNode(f"/dev/vfio/{g}", f"/dev/vfio/{g}"), shared))
+        for g in ("12", "13")
+    ]
+    response = AllocationBuilder(resource()).container_response(snapshot(devices), ["13", "12"])
+    assert [d.host_path for d in response.devices] == [
+        "/dev/vfio/12",
+        "/dev/vfio/vfio",
+        "/dev/vfio/13",
+    ]
+
+
+def test_every_node_of_every_device_is_passed() -> None:
+    devices = [
+        Device(
+            id=f"xdma{k}",
+            nodes=tuple(
+                DeviceNode(f"/dev/xdma{k}_{n}", f"/dev/xdma{k}_{n}", permissions=perm)
+                for n, perm in (("user", None), ("c2h_0", "r"), ("h2c_0", "w"))
+            ),
+        )
+        for k in range(2)
+    ]
+    response = AllocationBuilder(resource(env={"P": "{paths}", "N": "{count}"})).container_response(
+        snapshot(devices), ["xdma1", "xdma0"]
+    )
+    assert [(d.host_path, d.permissions) for d in response.devices] == [
+        ("/dev/xdma0_user", "rw"),
+        ("/dev/xdma0_c2h_0", "r"),
+        ("/dev/xdma0_h2c_0", "w"),
+        ("/dev/xdma1_user", "rw"),
+        ("/dev/xdma1_c2h_0", "r"),
+        ("/dev/xdma1_h2c_0", "w"),
+    ]
+    assert response.envs["N"] == "2"
+    assert response.envs["P"] == ",".join(d.container_path for d in response.devices)
 
 
 def test_mounts_env_annotations_merge_and_dedup() -> None:
@@ -145,19 +192,19 @@ def test_mounts_env_annotations_merge_and_dedup() -> None:
         dev(
             "fpga0",
             env={"SLOT": "0", "VENDOR": "acme", "MODE": "device"},
-            mounts=(shared, DeviceMount("/var/fpga0", "/state", False)),
+            mounts=(shared, DeviceMount("/var/fpga0", "/state/0", False)),
             annotations={"vendor.example/slot": "0"},
         ),
         dev(
             "fpga1",
             env={"SLOT": "1", "VENDOR": "acme"},
-            mounts=(shared, DeviceMount("/var/fpga1", "/state", False)),
+            mounts=(shared, DeviceMount("/var/fpga1", "/state/1", False)),
             annotations={"vendor.example/slot": "1"},
         ),
     ]
     config = resource(
         env={"MODE": "configured"},
-        mounts=(MountConfig("/opt/tools", "/tools"), MountConfig("/opt/other", "/fw")),
+        mounts=(MountConfig("/opt/tools", "/tools"), MountConfig("/opt/fw", "/fw")),
         replicas=2,
     )
     response = AllocationBuilder(config).container_response(
@@ -166,12 +213,46 @@ def test_mounts_env_annotations_merge_and_dedup() -> None:
     # configured keys win; per-device values are joined in device order, each value once
     assert response.envs == {"MODE": "configured", "SLOT": "0,1", "VENDOR": "acme"}
     assert response.annotations == {"vendor.example/slot": "0,1"}
-    # configured mounts first, then device mounts; one mount per container path
+    # configured mounts first, then device mounts; an identical mount is passed once
     assert [(m.host_path, m.container_path, m.read_only) for m in response.mounts] == [
         ("/opt/tools", "/tools", True),
-        ("/opt/other", "/fw", True),
-        ("/var/fpga0", "/state", False),
+        ("/opt/fw", "/fw", True),
+        ("/var/fpga0", "/state/0", False),
+        ("/var/fpga1", "/state/1", False),
     ]
+
+
+@pytest.mark.parametrize(
+    ("configured", "mounts_of", "container", "where"),
+    [
+        # two devices' mounts on one container path (the old code kept the first)
+        ((), lambda k: (DeviceMount(f"/var/fpga{k}", "/state", False),), None, "/state"),
+        # a configured mount and a device mount on one container path
+        (
+            (MountConfig("/opt/other", "/fw"),),
+            lambda k: (DeviceMount("/opt/fw", "/fw"),),
+            None,
+            "/fw",
+        ),
+        # the same host path, mounted read-only by one and read-write by the other
+        ((), lambda k: (DeviceMount("/opt/fw", "/fw", k == 0),), None, "/fw"),
+        # a mount over a device node's container path
+        ((), lambda k: (DeviceMount(f"/opt/fw{k}", "/dev/accel"),), "/dev/accel", "/dev/accel"),
+    ],
+)
+def test_two_mounts_on_one_container_path_are_refused(
+    configured: tuple[MountConfig, ...],
+    mounts_of: Callable[[int], tuple[DeviceMount, ...]],
+    container: str | None,
+    where: str,
+) -> None:
+    devices = [
+        dev(f"fpga{k}", mounts=mounts_of(k), container=container if k == 0 else None)
+        for k in range(2)
+    ]
+    builder = AllocationBuilder(resource(mounts=configured))
+    with pytest.raises(AllocationError, match=f"container path {where} is claimed twice"):
+        builder.container_response(snapshot(devices), ["fpga0", "fpga1"])
 
 
 def test_render_template_leaves_other_braces() -> None:
@@ -253,6 +334,58 @@ def test_cdi_device_name_is_always_valid(device_id: str) -> None:
 def test_cdi_device_names_are_distinct(a: str, b: str) -> None:
     if a != b:
         assert cdi_device_name(a) != cdi_device_name(b)
+
+
+_PATHS = st.sampled_from(["/dev/a", "/dev/b", "/dev/c", "/m/x", "/m/y"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(_PATHS, _PATHS), max_size=3),
+            st.lists(st.tuples(_PATHS, _PATHS, st.booleans()), max_size=2),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(st.tuples(_PATHS, _PATHS), max_size=2, unique_by=lambda m: m[1]),
+)
+def test_allocate_never_returns_less_than_it_charges(
+    shapes: list[tuple[list[tuple[str, str]], list[tuple[str, str, bool]]]],
+    configured: list[tuple[str, str]],
+) -> None:
+    """Whatever the devices' nodes and mounts: either every node and mount of every charged
+    device (and every configured mount) is in the response, each container path once, or
+    Allocate refuses."""
+    devices = [
+        Device(
+            id=f"d{index}",
+            nodes=tuple(DeviceNode(host, container) for host, container in node_shapes),
+            mounts=tuple(DeviceMount(h, c, ro) for h, c, ro in mount_shapes),
+        )
+        for index, (node_shapes, mount_shapes) in enumerate(shapes)
+    ]
+    builder = AllocationBuilder(
+        resource(mounts=tuple(MountConfig(host, container) for host, container in configured))
+    )
+    try:
+        response = builder.container_response(snapshot(devices), [device.id for device in devices])
+    except AllocationError as error:
+        assert "claimed twice" in str(error)
+        return
+    passed_nodes = {(d.host_path, d.container_path) for d in response.devices}
+    passed_mounts = {(m.host_path, m.container_path, m.read_only) for m in response.mounts}
+    for device in devices:
+        assert {(n.host_path, n.container_path) for n in device.nodes} <= passed_nodes
+        assert {(m.host_path, m.container_path, m.read_only) for m in device.mounts} <= (
+            passed_mounts
+        )
+    assert {(h, c, True) for h, c in configured} <= passed_mounts
+    container_paths = [d.container_path for d in response.devices] + [
+        m.container_path for m in response.mounts
+    ]
+    assert len(container_paths) == len(set(container_paths))
 
 
 # --------------------------------------------------------------------------- preferred: packed

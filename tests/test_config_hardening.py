@@ -174,6 +174,11 @@ def test_oversized_and_non_regular_files_are_refused(tmp_path: Path) -> None:
         ("allocate: {env: {1X: v}}", "allocate.env.1X: must be letters"),
         ("allocate: {env: {..X: v}}", "must not be '.' or start with '..'"),
         ("shell: {command: [x], workingDir: tmp}", "workingDir: must be an absolute path"),
+        (
+            "allocate: {mounts: [{hostPath: /a, containerPath: /m}, {hostPath: /b, "
+            "containerPath: /m}]}",
+            "allocate.mounts[1].containerPath: /m is already the containerPath of mounts[0]",
+        ),
     ],
 )
 def test_text_paths_and_keys(resource_yaml: str, fragment: str) -> None:

@@ -21,11 +21,12 @@ import grpc
 import grpc.aio
 import pytest
 from grpclib.client import Channel
-from grpclib.server import Server
+from grpclib.encoding.proto import ProtoCodec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdp_host.api import v1beta1 as bp
+from kdp_host.protocol.server import PluginServer
 from kdp_host.simulator import KubeletSimulator
 
 try:
@@ -470,7 +471,10 @@ async def test_betterproto2_plugin_against_grpcio_kubelet(
 ) -> None:
     pb2 = official.pb2
     plugin = RichPlugin()
-    server = Server([plugin])
+    # grpclib's own ProtoCodec: plain betterproto2 messages, not kdp-host's codec. The
+    # server is a PluginServer only to close the kubelet's connections at the end: a bare
+    # grpclib Server's wait_closed() never returns on Python 3.12+ while one is open.
+    server = PluginServer([plugin], codec=ProtoCodec())
     await server.start(path=str(sock_dir / "fpga.sock"))
     kubelet = InteropKubelet(sock_dir, official, dial_timeout=5.0)
     await kubelet.start()
@@ -539,7 +543,9 @@ async def test_betterproto2_plugin_against_grpcio_kubelet(
         plugin.done.set()
         await kubelet.stop()
         server.close()
-        await server.wait_closed()
+        server.close_connections()
+        async with asyncio.timeout(10):
+            await server.wait_closed()
 
 
 # --------------------------------------------------------------------------- simulator via grpcio

@@ -22,7 +22,7 @@ from kdp_host.devices import Device as TableDevice
 from kdp_host.devices import DeviceTable
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.plugin import DevicePluginService, ListAndWatchEncoder
+from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
 
 from .interop_kubelet import InteropKubelet, load_official_api
 
@@ -116,15 +116,16 @@ async def test_list_and_watch_ends_only_when_the_host_closes() -> None:
     table = DeviceTable()
     table.publish([TableDevice("a")])
     service = service_for(RESOURCE, table)
-    stream = service.list_and_watch(Empty())
+    stream = service.device_lists()
     first = await anext(stream)
-    assert ListAndWatchResponse.parse(bytes(first)).devices[0].id == "a"
+    assert first.message_type is ListAndWatchResponse
+    assert ListAndWatchResponse.parse(first.data).devices[0].id == "a"
     pending = asyncio.ensure_future(anext(stream))
     await asyncio.sleep(0.05)
     assert not pending.done()
     table.publish([TableDevice("a"), TableDevice("b")])
     second = await asyncio.wait_for(pending, 5)
-    assert len(ListAndWatchResponse.parse(bytes(second)).devices) == 2
+    assert len(ListAndWatchResponse.parse(second.data).devices) == 2
     closing = asyncio.ensure_future(anext(stream))
     await service.end_streams(timeout=0.01)
     with pytest.raises(StopAsyncIteration):
@@ -187,26 +188,3 @@ resources:
         assert [d.ID for d in listed.devices] == ["fpga0", "fpga1", "fpga2"]
     finally:
         await kubelet.stop()
-
-
-async def test_close_connections_skips_a_connection_not_made_yet() -> None:
-    """An accepted socket whose connection_made has not run has no processor yet."""
-    from kdp_host.plugin import PluginServer
-
-    class Accepted:
-        pass
-
-    class Made:
-        closed = False
-
-        class processor:  # stands in for grpclib's EventsProcessor
-            @staticmethod
-            def close() -> None:
-                Made.closed = True
-
-    server = PluginServer([])
-    accepted, made = Accepted(), Made()
-    server._protocols.add(accepted)  # type: ignore[arg-type]
-    server._protocols.add(made)  # type: ignore[arg-type]
-    server.close_connections()
-    assert Made.closed

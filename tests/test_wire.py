@@ -1,48 +1,43 @@
-"""ListAndWatchEncoder writes Device messages itself: its bytes must be the protobuf encoding.
+"""The hand-written wire paths (kdp_host/protocol/wire.py) against two independent codecs.
 
-Checked against two independent encoders of the same ListAndWatchResponse: the official
-protobuf runtime (classes generated from protos/api.proto by grpc_tools.protoc) and
-betterproto2's own `bytes(ListAndWatchResponse(...))`.
+All five paths (ListAndWatch device entries, the Allocate and GetPreferredAllocation answers,
+their two requests) are checked with hypothesis against the official protobuf runtime
+(classes generated from protos/api.proto by grpc_tools.protoc) and betterproto2. Messages
+are generated from the .proto's descriptor, so a field added to protos/api.proto is
+generated too; and a descriptor walk fails while any reachable field is not handled.
 """
 
 from __future__ import annotations
 
-import contextlib
+import random
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message_factory import GetMessageClass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdp_host.api.v1beta1 import (
-    AllocateRequest,
-    AllocateResponse,
-    CdiDevice,
-    ContainerAllocateRequest,
-    ContainerAllocateResponse,
-    ContainerPreferredAllocationRequest,
-    ContainerPreferredAllocationResponse,
-    DeviceSpec,
-    Mount,
-    PreferredAllocationRequest,
-    PreferredAllocationResponse,
-)
+from kdp_host.api import v1beta1 as bp
 from kdp_host.api.v1beta1 import Device as BpDevice
 from kdp_host.api.v1beta1 import ListAndWatchResponse as BpListAndWatchResponse
 from kdp_host.api.v1beta1 import NumaNode as BpNumaNode
 from kdp_host.api.v1beta1 import TopologyInfo as BpTopologyInfo
-from kdp_host.devices import HEALTHY, UNHEALTHY, AdvertisedDevice, Device, DeviceTable
-from kdp_host.plugin import ListAndWatchEncoder
-from kdp_host.wire import (
-    FastAllocateResponse,
-    FastPreferredAllocationResponse,
+from kdp_host.devices import HEALTHY, UNHEALTHY, Device, DeviceTable
+from kdp_host.protocol.server import PluginServer
+from kdp_host.protocol.service import ListAndWatchEncoder
+from kdp_host.protocol.wire import (
+    DECODERS,
+    ENCODERS,
+    HANDLED_FIELDS,
     WireError,
-    decode_allocate_request,
-    decode_preferred_allocation_request,
     encode_device_entry,
     topology_field,
 )
 from tests.bench.proto import Api, load_api
+from tests.interop_kubelet import InteropKubelet
 
 Entry = tuple[str, bool, int | None]
 
@@ -203,88 +198,195 @@ def test_any_entries(entries: list[Entry]) -> None:
     check(api, entries, direct(entries))
 
 
-def test_advertised_entry_fields_used_by_the_encoder() -> None:
-    """The encoder reads exactly these attributes: a rename must fail here, not on the wire."""
-    entry: Any = AdvertisedDevice("a", Device("a", numa=1), True)
-    assert (entry.id, entry.healthy, entry.device.numa) == ("a", True, 1)
-
-
-# ------------------------------------------------- Allocate and GetPreferredAllocation
-
-texts = st.text(max_size=12)
-text_maps = st.dictionaries(texts, texts, max_size=4)
-mounts = st.builds(Mount, container_path=texts, host_path=texts, read_only=st.booleans())
-specs = st.builds(DeviceSpec, container_path=texts, host_path=texts, permissions=texts)
-container_responses = st.builds(
-    ContainerAllocateResponse,
-    envs=text_maps,
-    mounts=st.lists(mounts, max_size=3),
-    devices=st.lists(specs, max_size=3),
-    annotations=text_maps,
-    cdi_devices=st.lists(st.builds(CdiDevice, name=texts), max_size=3),
-)
-id_lists = st.lists(texts, max_size=20)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(container_responses, max_size=3))
-def test_allocate_response_bytes_equal_betterproto(responses: list[Any]) -> None:
-    fast = bytes(FastAllocateResponse(container_responses=responses))
-    assert fast == bytes(AllocateResponse(container_responses=responses))
-
-
-def test_allocate_response_parses_the_same_with_official_protobuf(official: Api) -> None:
-    response = ContainerAllocateResponse(
-        envs={"IDS": "fpga0,fpga1", "EMPTY": "", "": "no-key"},
-        mounts=[Mount(container_path="/x", host_path="/opt/x", read_only=True)],
-        devices=[DeviceSpec(container_path="/dev/f0", host_path="/dev/f0", permissions="rw")],
-        annotations={"a.io/p": "/dev/f0"},
-        cdi_devices=[CdiDevice(name="vendor.example/fpga=fpga0")],
-    )
-    data = bytes(FastAllocateResponse(container_responses=[response, ContainerAllocateResponse()]))
-    parsed = official.pb2.AllocateResponse.FromString(data)
-    first = parsed.container_responses[0]
-    assert dict(first.envs) == response.envs
-    assert [(m.container_path, m.host_path, m.read_only) for m in first.mounts] == [
-        ("/x", "/opt/x", True)
-    ]
-    assert [d.permissions for d in first.devices] == ["rw"]
-    assert dict(first.annotations) == response.annotations
-    assert [c.name for c in first.cdi_devices] == ["vendor.example/fpga=fpga0"]
-    assert len(parsed.container_responses) == 2
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(id_lists, max_size=3))
-def test_preferred_allocation_response_bytes_equal_betterproto(lists: list[list[str]]) -> None:
-    responses = [ContainerPreferredAllocationResponse(device_i_ds=ids) for ids in lists]
-    fast = bytes(FastPreferredAllocationResponse(container_responses=responses))
-    assert fast == bytes(PreferredAllocationResponse(container_responses=responses))
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(st.tuples(id_lists, id_lists, st.integers(-(2**31), 2**31 - 1)), max_size=3),
-    st.lists(id_lists, max_size=3),
-)
-def test_request_decoders_equal_betterproto(
-    preferred: list[tuple[list[str], list[str], int]], allocate: list[list[str]]
+async def test_list_and_watch_on_the_wire_is_the_official_encoding(
+    official: Api, short_dir: Path
 ) -> None:
-    request = PreferredAllocationRequest(
-        container_requests=[
-            ContainerPreferredAllocationRequest(
-                available_deviceIDs=a, must_include_deviceIDs=m, allocation_size=n
-            )
-            for a, m, n in preferred
-        ]
+    """The real server path: service, codec and grpclib, read back by grpcio as raw bytes."""
+    from kdp_host.config import load_config_text
+    from kdp_host.logs import get_logger
+    from kdp_host.metrics import Metrics
+    from kdp_host.protocol.service import DevicePluginService
+
+    table = DeviceTable(replicas=2)
+    table.publish([Device("d0", numa=1), Device("d1", healthy=False), Device("d2", numa=0)])
+    config = load_config_text("resources: [{name: t.io/r, glob: {paths: [/dev/r*]}}]")
+    service = DevicePluginService(
+        config.resources[0], table, ListAndWatchEncoder(), Metrics(), get_logger()
     )
-    data = bytes(request)
-    assert decode_preferred_allocation_request(data) == PreferredAllocationRequest.FromString(data)
-    alloc = AllocateRequest(
-        container_requests=[ContainerAllocateRequest(devices_ids=ids) for ids in allocate]
+    server = PluginServer([service])
+    path = short_dir / "p.sock"
+    await server.serve(str(path))
+    kubelet = InteropKubelet(short_dir, official)
+    try:
+        client = await kubelet.connect(path)
+        stream = client.raw_list_and_watch()
+        data = await anext(stream)
+        await stream.aclose()
+        entries = entries_of(table)
+        assert len(entries) == 6 and entries[0] == ("d0::0", True, 1)
+        assert data == official_bytes(official, entries)
+    finally:
+        await kubelet.stop()
+        await service.end_streams()
+        server.close()
+        server.close_connections()
+        await server.wait_closed()
+
+
+# ------------------------------------------------- the .proto's descriptor
+
+
+ROOTS = ("ListAndWatchResponse", *(t.__name__ for t in ENCODERS), *(t.__name__ for t in DECODERS))
+"""The messages the hand-written paths write or read (ListAndWatch: pre-encoded entries)."""
+KINDS = {
+    FieldDescriptor.TYPE_STRING: "string",
+    FieldDescriptor.TYPE_BOOL: "bool",
+    FieldDescriptor.TYPE_INT32: "int32",
+    FieldDescriptor.TYPE_INT64: "int64",
+    FieldDescriptor.TYPE_MESSAGE: "message",
+}
+
+
+def short_name(descriptor: Descriptor) -> str:
+    return descriptor.full_name.removeprefix("v1beta1.")
+
+
+def reachable(roots: list[Descriptor]) -> dict[str, Descriptor]:
+    """Every message reachable from `roots` through message and map fields."""
+    found: dict[str, Descriptor] = {}
+    pending = list(roots)
+    while pending:
+        descriptor = pending.pop()
+        if short_name(descriptor) in found:
+            continue
+        found[short_name(descriptor)] = descriptor
+        pending += [f.message_type for f in descriptor.fields if f.message_type is not None]
+    return found
+
+
+def unhandled(find_message: Callable[[str], Descriptor]) -> list[str]:
+    """What the hand-written paths miss, walking the descriptor from ROOTS."""
+    messages = reachable([find_message(f"v1beta1.{name}") for name in ROOTS])
+    problems = []
+    for name, descriptor in sorted(messages.items()):
+        handled = HANDLED_FIELDS.get(name)
+        if handled is None:
+            problems.append(f"message {name} is not handled at all")
+            continue
+        for field in descriptor.fields:
+            kind = KINDS.get(field.type, f"type {field.type}")
+            if handled.get(field.name) != (field.number, kind):
+                problems.append(
+                    f"{name}.{field.name} = {field.number} ({kind}) is in protos/api.proto, "
+                    f"wire.py handles {handled.get(field.name)}"
+                )
+        for field_name in set(handled) - {f.name for f in descriptor.fields}:
+            problems.append(f"wire.py handles {name}.{field_name}, which the .proto lacks")
+    stale = set(HANDLED_FIELDS) - set(messages)
+    problems += [f"wire.py lists {name}, not on a hot path" for name in sorted(stale)]
+    return problems
+
+
+def test_every_field_on_the_hot_paths_is_handled_by_the_encoder(official: Api) -> None:
+    """Add a field to protos/api.proto on one of these messages and this fails until
+    kdp_host/protocol/wire.py handles it (and lists it in HANDLED_FIELDS)."""
+    assert len(ROOTS) == 5
+    pool = official.pb2.DESCRIPTOR.pool
+    assert not unhandled(pool.FindMessageTypeByName), "\n".join(
+        unhandled(pool.FindMessageTypeByName)
     )
-    data = bytes(alloc)
-    assert decode_allocate_request(data) == AllocateRequest.FromString(data)
+
+
+def test_the_walk_reports_a_field_added_to_the_proto(tmp_path: Path) -> None:
+    """The same walk on a copy of protos/api.proto with one more field reports exactly it."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpc_tools import protoc
+
+    proto = Path(__file__).resolve().parent.parent / "protos" / "api.proto"
+    marker = "message CDIDevice {"
+    text = proto.read_text()
+    assert marker in text
+    (tmp_path / "api.proto").write_text(text.replace(marker, marker + "\n  bool shared = 7;"))
+    descriptor_set = tmp_path / "set.pb"
+    args = ["protoc", f"-I{tmp_path}", f"--descriptor_set_out={descriptor_set}", "api.proto"]
+    assert protoc.main(args) == 0
+    pool = descriptor_pool.DescriptorPool()  # apart from the default pool: no clash
+    for file in descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file:
+        pool.Add(file)
+    assert unhandled(pool.FindMessageTypeByName) == [
+        "CDIDevice.shared = 7 (bool) is in protos/api.proto, wire.py handles None"
+    ]
+
+
+# ------------------------------------------------- messages generated from the descriptor
+
+_SCALARS: dict[int, st.SearchStrategy[Any]] = {
+    FieldDescriptor.TYPE_STRING: st.text(st.characters(blacklist_categories=("Cs",)), max_size=16),
+    FieldDescriptor.TYPE_BOOL: st.booleans(),
+    FieldDescriptor.TYPE_INT32: st.integers(-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_INT64: st.integers(-(2**63), 2**63 - 1),
+}
+
+
+def field_values(field: FieldDescriptor) -> st.SearchStrategy[Any]:
+    """Values of one field, for the official message's constructor."""
+    message = field.message_type
+    if message is not None and message.GetOptions().map_entry:
+        key, value = message.fields_by_name["key"], message.fields_by_name["value"]
+        return st.dictionaries(field_values(key), field_values(value), max_size=4)
+    if message is not None:
+        single: st.SearchStrategy[Any] = st.deferred(lambda: messages_of(message))
+    elif field.type in _SCALARS:
+        single = _SCALARS[field.type]
+    else:
+        raise AssertionError(f"{field.full_name}: no strategy for field type {field.type}")
+    if field.is_repeated:
+        return st.lists(single, max_size=5)
+    return single
+
+
+def messages_of(descriptor: Descriptor) -> st.SearchStrategy[Any]:
+    """Official protobuf messages of `descriptor` with any field set (or not)."""
+    cls = GetMessageClass(descriptor)
+    fields = {f.name: st.one_of(st.nothing(), field_values(f)) for f in descriptor.fields}
+    return st.fixed_dictionaries({}, optional=fields).map(lambda kwargs: cls(**kwargs))
+
+
+def descriptor_of(name: str) -> Descriptor:
+    return load_api().pb2.DESCRIPTOR.message_types_by_name[name]
+
+
+def without_unknown_fields(message: Any) -> Any:
+    message.DiscardUnknownFields()
+    return message
+
+
+@pytest.mark.parametrize("message_type", list(ENCODERS), ids=lambda t: t.__name__)
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_response_encoders_agree_with_official_protobuf_and_betterproto(
+    message_type: type, data: st.DataObject
+) -> None:
+    descriptor = descriptor_of(message_type.__name__)
+    message = data.draw(messages_of(descriptor))
+    official_bytes = message.SerializeToString(deterministic=True)
+    ours = ENCODERS[message_type](message_type.parse(official_bytes))
+    assert GetMessageClass(descriptor).FromString(ours) == message
+    assert ours == bytes(message_type.parse(official_bytes))
+
+
+@pytest.mark.parametrize("message_type", list(DECODERS), ids=lambda t: t.__name__)
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_request_decoders_agree_with_official_protobuf_and_betterproto(
+    message_type: type, data: st.DataObject
+) -> None:
+    descriptor = descriptor_of(message_type.__name__)
+    message = data.draw(messages_of(descriptor))
+    official_bytes = message.SerializeToString()
+    decoded = DECODERS[message_type](official_bytes)
+    assert decoded == message_type.parse(official_bytes)
+    assert GetMessageClass(descriptor).FromString(bytes(decoded)) == message
 
 
 def test_request_decoders_read_official_bytes_and_skip_unknown_fields(official: Api) -> None:
@@ -299,15 +401,74 @@ def test_request_decoders_read_official_bytes_and_skip_unknown_fields(official: 
         ]
     )
     unknown = b"\x98\x06\x01" + b"\xa1\x06" + b"\x00" * 8 + b"\xad\x06" + b"\x00" * 4
-    decoded = decode_preferred_allocation_request(request.SerializeToString() + unknown)
+    decoded = DECODERS[bp.PreferredAllocationRequest](request.SerializeToString() + unknown)
     (container,) = decoded.container_requests
     assert container.available_deviceIDs[999] == "d999"
     assert (container.must_include_deviceIDs, container.allocation_size) == (["d7"], 3)
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.binary(max_size=64))
-def test_request_decoders_reject_garbage_cleanly(data: bytes) -> None:
-    for decode in (decode_allocate_request, decode_preferred_allocation_request):
-        with contextlib.suppress(WireError):
-            decode(data)
+# ------------------------------------------------- fuzzing the decoders
+
+
+def mutated(data: bytes, seed: int) -> bytes:
+    """A valid encoding with a few bytes flipped, dropped, inserted, or cut short."""
+    rng = random.Random(seed)
+    buffer = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        position = rng.randrange(len(buffer) + 1)
+        action = rng.randrange(4)
+        if action == 0 and position < len(buffer):
+            buffer[position] = rng.randrange(256)
+        elif action == 1 and position < len(buffer):
+            del buffer[position]
+        elif action == 2:
+            buffer.insert(position, rng.randrange(256))
+        else:
+            del buffer[position:]
+    return bytes(buffer)
+
+
+def check_decoder(message_type: type, data: bytes) -> None:
+    """Only WireError may escape; a result equals what the official runtime reads."""
+    decode: Callable[[bytes], Any] = DECODERS[message_type]
+    try:
+        decoded = decode(data)
+    except WireError:
+        return
+    official_type = GetMessageClass(descriptor_of(message_type.__name__))
+    try:
+        expected = without_unknown_fields(official_type.FromString(data))
+    except Exception:
+        return
+    assert official_type.FromString(bytes(decoded)) == expected
+
+
+@pytest.mark.parametrize("message_type", list(DECODERS), ids=lambda t: t.__name__)
+@settings(max_examples=400, deadline=None)
+@given(data=st.binary(min_size=0, max_size=4096))
+def test_request_decoders_survive_random_bytes(message_type: type, data: bytes) -> None:
+    check_decoder(message_type, data)
+
+
+@pytest.mark.parametrize("message_type", list(DECODERS), ids=lambda t: t.__name__)
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**32))
+def test_request_decoders_survive_damaged_encodings(
+    message_type: type, data: st.DataObject, seed: int
+) -> None:
+    """Valid requests, often hundreds of bytes long, with a few bytes damaged."""
+    descriptor = descriptor_of(message_type.__name__)
+    message = data.draw(messages_of(descriptor))
+    check_decoder(message_type, mutated(message.SerializeToString(), seed))
+
+
+def test_request_decoders_read_a_large_official_request(official: Api) -> None:
+    pb2 = official.pb2
+    ids = [f"vendor-device-{i:05d}-ü" for i in range(5000)]
+    request = pb2.AllocateRequest(
+        container_requests=[pb2.ContainerAllocateRequest(devices_ids=ids)]
+    )
+    data = request.SerializeToString()
+    assert len(data) > 100_000
+    check_decoder(bp.AllocateRequest, data)
+    assert DECODERS[bp.AllocateRequest](data).container_requests[0].devices_ids == ids

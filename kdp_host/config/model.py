@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
+    GLOB_MAGIC,
     MAX_NUMA_NODE,
     absolute_path_problem,
     annotation_key_problem,
@@ -68,6 +69,10 @@ from .source import FieldPath
 MAX_REPLICAS = 10_000
 ALLOCATE_TEMPLATE_FIELDS = frozenset({"ids", "paths", "count", "resource"})
 GLOB_TEMPLATE_FIELDS = frozenset({"path", "name"})
+GROUP_KEY = "{key}"
+"""The placeholder of a glob group member's path: the part of a matched path that names its
+group (matches like `*`, within one path component)."""
+GROUP_TEMPLATE_FIELDS = GLOB_TEMPLATE_FIELDS | {"key", "target"}
 HEALTH_TEMPLATE_FIELDS = frozenset({"id", "path"})
 PERMISSION_CHARS = frozenset("rwm")
 ENV_PATTERN = "^[-._a-zA-Z][-._a-zA-Z0-9]*$"
@@ -87,7 +92,20 @@ def _container_path_template_problem(template: str) -> str | None:
 
 
 def _rendered_path_problem(template: str) -> str | None:
-    return absolute_path_problem(render_template(template, {"path": "/dev/x", "name": "x"}))
+    return absolute_path_problem(
+        render_template(template, {"path": "/dev/x", "name": "x", "key": "x", "target": "/dev/x"})
+    )
+
+
+def _member_path_problem(path: str) -> str | None:
+    placeholders = re.findall(r"\{[^{}/]*\}", path)
+    if any(p != GROUP_KEY for p in placeholders):
+        return f"the only placeholder of a member path is {GROUP_KEY}"
+    if len(placeholders) > 1:
+        return f"{GROUP_KEY} may appear at most once"
+    if GROUP_KEY in path and path.rindex(GROUP_KEY) < path.rfind("/", 0, 1):
+        return f"{GROUP_KEY} must not be in the root directory"
+    return None
 
 
 def _permissions_problem(text: str) -> str | None:
@@ -104,12 +122,100 @@ def _listen_problem(text: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class GlobGroupMemberConfig:
+    """One member of a glob group: the paths it matches for one group key are part of that
+    group's device."""
+
+    path: str = key(
+        "path",
+        AbsolutePath(rule=_member_path_problem),
+        "An absolute glob pattern with `{key}` where the group key is (`/dev/xdma{key}_user`). "
+        "Members without `{key}` belong to every group.",
+    )
+    container_path: str | None = key(
+        "containerPath",
+        Text(rule=_rendered_path_problem, templates=GROUP_TEMPLATE_FIELDS),
+        "Path inside the container; a template with `{path}`, `{name}`, `{key}` and `{target}` "
+        "(the real path: `/dev/dri/by-path/pci-{key}-card` with `{target}` is `/dev/dri/card1`).",
+        default=None,
+        default_doc="the matched path",
+    )
+    optional: bool = key(
+        "optional",
+        Boolean(),
+        "The group is complete without this member; a missing optional path is not passed.",
+        default=False,
+    )
+    mount: bool = key(
+        "mount",
+        Boolean(),
+        "Bind-mount the matched path instead of passing it as a device node. A directory is "
+        "always mounted.",
+        default=False,
+    )
+    read_only: bool = key("readOnly", Boolean(), "Mounts: read-only.", default=True)
+    permissions: str | None = key(
+        "permissions",
+        Text(rule=_permissions_problem, extra_schema={"pattern": "^[rwm]{1,3}$"}),
+        "Device nodes: cgroup permissions of this member's nodes.",
+        default=None,
+        default_doc="`allocate.permissions`",
+    )
+
+    @property
+    def keyed(self) -> bool:
+        return GROUP_KEY in self.path
+
+    @property
+    def several_per_group(self) -> bool:
+        """Whether the member may match several paths of one group (a glob besides `{key}`)."""
+        return bool(GLOB_MAGIC.search(self.path.replace(GROUP_KEY, "")))
+
+
+def _group_problems(members: tuple[GlobGroupMemberConfig, ...]) -> Problems:
+    """Member container paths that would collide in every allocation: known from the file."""
+    fixed: dict[str, int] = {}
+    for index, member in enumerate(members):
+        template = member.container_path
+        if template is None:
+            continue
+        where = ("group", index, "containerPath")
+        per_path = any(f"{{{name}}}" in template for name in ("name", "path", "target"))
+        if member.several_per_group and not per_path:
+            yield (
+                where,
+                "must contain {name}, {path} or {target}: this member may match several paths "
+                "of one group, and they would share one container path",
+            )
+        elif member.keyed and not per_path and GROUP_KEY not in template:
+            yield (
+                where,
+                "must contain {key}, {name}, {path} or {target}: every group would get this "
+                "member at the same container path, and a container with two devices would "
+                "keep only one",
+            )
+        if not per_path:
+            first = fixed.setdefault(template, index)
+            if first != index:
+                yield (where, f"is also the containerPath of group[{first}]")
+
+
+@dataclass(frozen=True)
 class GlobDriverConfig:
     paths: tuple[str, ...] = key(
         "paths",
         ListOf(AbsolutePath(), hint="a list of glob patterns"),
         "Absolute glob patterns (`/dev/fpga[0-9]*`, `/dev/serial/by-id/usb-FTDI_*`, "
         "`/dev/bus/usb/*/*`).",
+        default=[],
+        default_doc="required (or `group`)",
+    )
+    group: tuple[GlobGroupMemberConfig, ...] = key(
+        "group",
+        ListOf(Section(GlobGroupMemberConfig), hint="a list of members"),
+        "Instead of `paths`: each device is a group of paths, those of every member that "
+        "share one `{key}` (below).",
+        default=[],
     )
     container_path: str | None = key(
         "containerPath",
@@ -156,6 +262,12 @@ class GlobDriverConfig:
     def check(self) -> Problems:
         if self.numa_node is not None and self.numa_node_file is not None:
             yield (), "numaNode and numaNodeFile are exclusive"
+        if bool(self.paths) == bool(self.group):
+            yield (), "needs exactly one of paths or group"
+        if self.group:
+            if self.container_path is not None:
+                yield ("containerPath",), "with group, containerPath is set per member"
+            yield from _group_problems(self.group)
 
 
 @dataclass(frozen=True)
@@ -516,6 +628,17 @@ class AllocateConfig:
         default="rw",
     )
     cdi: CdiConfig | None = key("cdi", Section(CdiConfig), "", default=None)
+
+    def check(self) -> Problems:
+        seen: dict[str, int] = {}
+        for index, mount in enumerate(self.mounts):
+            first = seen.setdefault(mount.container_path, index)
+            if first != index:
+                yield (
+                    ("mounts", index, "containerPath"),
+                    f"{mount.container_path} is already the containerPath of mounts[{first}]: "
+                    "the runtime would keep only one of them",
+                )
 
 
 PreferredPolicy = Literal["packed", "spread", "numa", "none"]

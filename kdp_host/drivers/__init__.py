@@ -12,6 +12,10 @@ from .reporting import DeviceReporter, DeviceSink
 def make_driver(config: DriverConfig, deps: DriverDeps) -> Driver:
     """The driver for a resource's driver section (`glob`, `shell` or `sysfs`)."""
     if isinstance(config, GlobDriverConfig):
+        if config.group:
+            from .glob_groups import GlobGroupDriver
+
+            return GlobGroupDriver(config, deps)
         return GlobDriver(config, deps)
     if isinstance(config, SysfsDriverConfig):
         from .sysfs import SysfsDriver

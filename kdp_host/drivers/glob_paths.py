@@ -22,7 +22,6 @@ from .base import Skipped
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _HASH_SUFFIX = re.compile(r"-[0-9a-f]{10}\Z")
-_MAGIC = re.compile(r"[*?[]")
 
 DeviceIdentity = tuple[str, int | str]
 """('c' or 'b', st_rdev) for device nodes, ('path', real path) for anything else."""
@@ -32,7 +31,7 @@ def fixed_parent(pattern: str) -> str:
     """The deepest directory of `pattern` with no wildcard in it."""
     parts = pattern.split("/")[:-1]
     for index, part in enumerate(parts):
-        if _MAGIC.search(part):
+        if rules.GLOB_MAGIC.search(part):
             parts = parts[:index]
             break
     return "/".join(parts) or "/"

@@ -43,7 +43,8 @@ from kdp_host.config import (
 from kdp_host.devices import Device, DeviceNode, DeviceTable, Snapshot
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.plugin import DevicePluginService, ListAndWatchEncoder, PluginServer
+from kdp_host.protocol.server import PluginServer
+from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
 
 RESOURCE = "bench.kdp-host.io/fpga"
 MS = 1000.0
@@ -159,7 +160,7 @@ def served(resource: ResourceConfig, physical: int) -> Iterator[tuple[Path, Snap
             resource, devices_table, ListAndWatchEncoder(), Metrics(), get_logger()
         )
         server = PluginServer([service])
-        await server.start(path=str(socket_path))
+        await server.serve(str(socket_path))
         holder["server"] = server
         holder["snapshot"] = devices_table.snapshot
         ready.set()

@@ -9,7 +9,7 @@ import grpclib.client
 from grpclib.const import Status
 from grpclib.exceptions import ProtocolError, StreamTerminatedError
 
-from .api.v1beta1 import DevicePluginOptions, RegisterRequest, RegistrationStub
+from ..api.v1beta1 import DevicePluginOptions, RegisterRequest, RegistrationStub
 
 API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"

@@ -1,10 +1,11 @@
-"""The DevicePlugin gRPC service of one resource, and the server that carries it.
+"""The DevicePlugin gRPC service of one resource.
 
 Each ListAndWatch message is the complete device list. Encoding it with betterproto2 costs
 ~20 us per device, so the service sends bytes built by `ListAndWatchEncoder`, which writes
 the three fields of a Device itself (~0.5 us per entry, byte-identical to betterproto2 and
 to the official protobuf encoding: tests/test_wire.py), once per snapshot, yielding to the
-event loop between chunks of a large list.
+event loop between chunks of a large list. The server's codec (`codec.py`) sends those
+bytes as they are and runs the Allocate and GetPreferredAllocation messages through `wire`.
 """
 
 from __future__ import annotations
@@ -12,17 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import weakref
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import grpclib
 import grpclib.server
 from grpclib.const import Status
-from grpclib.protocol import H2Protocol
 
-from .allocation import AllocationBuilder, AllocationError, preferred_allocation
-from .api.v1beta1 import (
+from ..allocation import AllocationBuilder, AllocationError, preferred_allocation
+from ..api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
     ContainerPreferredAllocationResponse,
@@ -35,26 +34,16 @@ from .api.v1beta1 import (
     PreStartContainerRequest,
     PreStartContainerResponse,
 )
-from .config import ResourceConfig
-from .devices import DeviceTable, Snapshot
-from .logs import EventLogger
-from .metrics import Metrics
-from .wire import (
-    FastAllocateRequest,
-    FastAllocateResponse,
-    FastPreferredAllocationRequest,
-    FastPreferredAllocationResponse,
-    PreEncodedListAndWatchResponse,
-    encode_device_entry,
-    topology_field,
-)
+from ..config import ResourceConfig
+from ..devices import DeviceTable, Snapshot
+from ..logs import EventLogger
+from ..metrics import Metrics
+from .codec import EncodedMessage
+from .wire import encode_device_entry, topology_field
 
 ENCODE_CHUNK = 256
 """Entries encoded between two yields to the event loop."""
-_FAST_REQUESTS = {
-    "/v1beta1.DevicePlugin/Allocate": FastAllocateRequest,
-    "/v1beta1.DevicePlugin/GetPreferredAllocation": FastPreferredAllocationRequest,
-}
+LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
 
 
 class _TopologyFields(dict[int | None, bytes]):
@@ -97,6 +86,9 @@ class ListAndWatchEncoder:
 
 
 class DevicePluginService(DevicePluginBase):
+    """The generated DevicePlugin service, with ListAndWatch served by a handler of its own
+    (`__mapping__`, grpclib's servable protocol): `device_lists` driven under `aclosing`."""
+
     def __init__(
         self,
         config: ResourceConfig,
@@ -133,33 +125,37 @@ class DevicePluginService(DevicePluginBase):
                 await self._streams_drained.wait()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        """The generated handlers, with the hot requests parsed by `wire` (same messages)."""
+        """The generated handlers, except ListAndWatch: `_serve_list_and_watch` (same types)."""
         mapping = super().__mapping__()
-        for path, request_type in _FAST_REQUESTS.items():
-            mapping[path] = mapping[path]._replace(request_type=request_type)
+        generated = mapping[LIST_AND_WATCH]
+        mapping[LIST_AND_WATCH] = grpclib.const.Handler(
+            self._serve_list_and_watch,
+            generated.cardinality,
+            generated.request_type,
+            generated.reply_type,
+        )
         return mapping
 
     async def get_device_plugin_options(self, message: Empty) -> DevicePluginOptions:
         return self.options
 
-    async def _call_rpc_handler_server_stream(
-        self, handler: Callable[..., Any], stream: grpclib.server.Stream[Any, Any], request: Any
-    ) -> None:
-        """Drive the stream under aclosing, so the generator's `finally` runs on cancel.
+    async def _serve_list_and_watch(self, stream: grpclib.server.Stream[Empty, Any]) -> None:
+        """Drive `device_lists` under aclosing, so its `finally` runs when the client cancels.
 
-        When the generator ends (the host is closing the server) the trailers are sent
-        right here, so `end_streams` knows the client got a clean end-of-stream before the
+        When the lists end (the host is closing the server) the trailers are sent right
+        here, so `end_streams` knows the client got a clean end-of-stream before the
         connection is closed. When the client ends the last open stream (the kubelet drops
         a client it replaced, docs/kubelet-contract.md §9), `on_stream_lost` tells the
         resource to register again; a second client (a debugging tool) closing its stream
         does not.
         """
+        await stream.recv_message()
         self._open_streams += 1
         self._streams_drained.clear()
         try:
-            async with contextlib.aclosing(handler(request)) as responses:
-                async for response in responses:
-                    await stream.send_message(response)
+            async with contextlib.aclosing(self.device_lists()) as lists:
+                async for encoded in lists:
+                    await stream.send_message(encoded)
             await stream.send_trailing_metadata()
         finally:
             self._open_streams -= 1
@@ -168,7 +164,8 @@ class DevicePluginService(DevicePluginBase):
                 if not self._closing.is_set() and self._on_stream_lost is not None:
                     self._on_stream_lost()
 
-    async def list_and_watch(self, message: Empty) -> AsyncIterator[ListAndWatchResponse]:
+    async def device_lists(self) -> AsyncGenerator[EncodedMessage, None]:
+        """The ListAndWatchResponse of every table version, until the host ends the streams."""
         name = self._config.name
         streams = self._metrics.list_and_watch_streams.labels(name)
         updates = self._metrics.list_and_watch_updates.labels(name)
@@ -180,7 +177,7 @@ class DevicePluginService(DevicePluginBase):
             snapshot = self._table.snapshot
             while not self._closing.is_set():
                 data = await self._encoder.encode(snapshot)
-                yield PreEncodedListAndWatchResponse(data)
+                yield EncodedMessage(ListAndWatchResponse, data)
                 updates.inc()
                 newer = asyncio.ensure_future(self._table.wait_newer(snapshot.version))
                 await asyncio.wait((newer, closing), return_when=asyncio.FIRST_COMPLETED)
@@ -222,7 +219,7 @@ class DevicePluginService(DevicePluginBase):
                         ids.append(device_id)
             responses.append(ContainerPreferredAllocationResponse(device_i_ds=ids))
         self._metrics.preferred_seconds.labels(self._config.name).observe(self._clock() - started)
-        return FastPreferredAllocationResponse(container_responses=responses)
+        return PreferredAllocationResponse(container_responses=responses)
 
     async def allocate(self, message: AllocateRequest) -> AllocateResponse:
         started = self._clock()
@@ -241,34 +238,9 @@ class DevicePluginService(DevicePluginBase):
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         self._metrics.allocations.labels(name, "ok").inc(len(responses))
         self._metrics.allocate_seconds.labels(name).observe(self._clock() - started)
-        return FastAllocateResponse(container_responses=responses)
+        return AllocateResponse(container_responses=responses)
 
     async def pre_start_container(
         self, message: PreStartContainerRequest
     ) -> PreStartContainerResponse:
         return PreStartContainerResponse()
-
-
-class PluginServer(grpclib.server.Server):
-    """A grpclib server that can also close the connections it accepted.
-
-    `Server.close()` stops accepting and cancels handlers, but leaves the peer's HTTP/2
-    connection open, and on Python 3.12+ `wait_closed()` then never returns.
-    """
-
-    def __init__(self, handlers: Collection[Any]) -> None:
-        super().__init__(handlers)
-        self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
-
-    def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
-        self._protocols.add(protocol)
-        return protocol
-
-    def close_connections(self) -> None:
-        for protocol in list(self._protocols):
-            # `processor` exists once the connection is made; an accepted socket whose
-            # connection_made has not run yet is closed with the listening server.
-            processor = getattr(protocol, "processor", None)
-            if processor is not None:
-                processor.close()

@@ -1,0 +1,328 @@
+"""Glob groups: one device made of several matched paths (`glob.group`).
+
+Each member of `glob.group` is a glob pattern with `{key}` where the group key is:
+`/dev/xdma{key}_user`, `/dev/xdma{key}_c2h_*`. The paths of every member that share one key
+are one device; a member without `{key}` (`/dev/vfio/vfio`) belongs to every group. A group
+is listed when each of its required members matched at least one path; a group that loses a
+required member is no longer found, so it turns Unhealthy at once and is dropped after the
+grace period, like a vanished glob path. A missing optional member is simply not passed.
+
+A matched directory, or any path of a member with `mount: true`, is bind-mounted; everything
+else is a device node. The ID of a group is a pure function of its key (the same rule as a
+one-level glob path: the key itself where it is readable, else a sanitized prefix and a
+hash), so it never moves to another group.
+
+Identity: a physical node is part of one group at most. A node that a keyed member of a
+second group also reaches (a symlink to another group's node) is left out of the second
+group and logged (`same_device`); members without `{key}` are shared on purpose.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .. import rules
+from ..config import GlobDriverConfig, GlobGroupMemberConfig, render_template
+from ..config.model import GROUP_KEY
+from ..devices import Device, DeviceMount, DeviceNode
+from ..watch import DirSignature, dir_signature
+from .base import DriverDeps, Skipped
+from .glob import SCAN_TIMEOUT, GlobDriver, _ScanResult, dir_readable
+from .glob_paths import (
+    DeviceIdentity,
+    DeviceIds,
+    examine,
+    name_problem,
+    printable_path,
+    watch_dirs,
+)
+
+INCOMPLETE = "incomplete_group"
+"""The skip reason of a group that lacks a required member."""
+PATH_COLLISION = "path_collision"
+"""The skip reason of a group with two different paths at one container path (the runtime
+would keep only one of them)."""
+
+
+def _glob_regex(pattern: str) -> str:
+    """A glob pattern as a regular expression; wildcards stay inside one path component."""
+    out: list[str] = []
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        index += 1
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            end = index
+            if end < len(pattern) and pattern[end] in "!^":
+                end += 1
+            if end < len(pattern) and pattern[end] == "]":
+                end += 1
+            end = pattern.find("]", end)
+            if end < 0:
+                out.append(re.escape(char))
+                continue
+            body = pattern[index:end].replace("\\", "\\\\")
+            index = end + 1
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            out.append(f"[{body}]")
+        else:
+            out.append(re.escape(char))
+    return "".join(out)
+
+
+def _collision(nodes: list[DeviceNode], mounts: list[DeviceMount]) -> str | None:
+    """Two different paths of one group at one container path, or None."""
+    placed: dict[str, str] = {}
+    entries: list[DeviceNode | DeviceMount] = [*nodes, *mounts]
+    for entry in entries:
+        host = placed.setdefault(entry.container_path, entry.host_path)
+        if host != entry.host_path:
+            return f"{host} and {entry.host_path} both at container path {entry.container_path}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Member:
+    config: GlobGroupMemberConfig
+    pattern: str
+    """The glob that lists the member's paths (`{key}` written as `*`)."""
+    key_regex: re.Pattern[str] | None
+    """Takes the group key out of a matched path; None for a member of every group."""
+
+    @classmethod
+    def of(cls, config: GlobGroupMemberConfig) -> _Member:
+        path = config.path
+        if GROUP_KEY not in path:
+            return cls(config, path, None)
+        before, after = path.split(GROUP_KEY, 1)
+        regex = re.compile(f"{_glob_regex(before)}(?P<key>[^/]+?){_glob_regex(after)}")
+        return cls(config, path.replace(GROUP_KEY, "*"), regex)
+
+    def key_of(self, path: str) -> str | None:
+        if self.key_regex is None:
+            return ""
+        match = self.key_regex.fullmatch(path)
+        return match.group("key") if match else None
+
+
+class _Match(NamedTuple):
+    matched: str
+    real_path: str
+    directory: bool
+    identity: DeviceIdentity
+
+
+class GlobGroupDriver(GlobDriver):
+    """The glob driver with `glob.group`: devices made of several paths."""
+
+    def __init__(
+        self,
+        config: GlobDriverConfig,
+        deps: DriverDeps,
+        *,
+        dir_readable: Callable[[str], bool] = dir_readable,
+        scan_timeout: float = SCAN_TIMEOUT,
+    ) -> None:
+        super().__init__(config, deps, dir_readable=dir_readable, scan_timeout=scan_timeout)
+        self._members = tuple(_Member.of(m) for m in config.group)
+        self._keyed = any(m.key_regex is not None for m in self._members)
+        self._key_ids = DeviceIds(("/*",))
+        """Group keys take the ID rule of a one-level glob path."""
+        self._single_key = next(
+            (
+                part
+                for part in reversed(config.group[0].path.split("/"))
+                if part and not rules.GLOB_MAGIC.search(part)
+            ),
+            "group",
+        )
+        """The key of the one group of a config without `{key}`: the last component of the
+        first member's path that is not a glob (`/dev/snd/*` -> `snd`)."""
+
+    def group_id(self, key: str) -> str:
+        """The ID of the group with this key: a pure function of the key and the config."""
+        return self._key_ids("/" + (key if self._keyed else self._single_key))
+
+    def _scan_sync(self) -> _ScanResult:
+        skipped: dict[str, Skipped] = {}
+        dirs: set[str] = set()
+        signatures: dict[str, DirSignature | None] = {}
+        unreadable: set[str] = set()
+        real_dirs: dict[str, str] = {}
+        previous = self._known
+        # key -> member index -> matches; members without {key} under the key "".
+        found: dict[str, dict[int, list[_Match]]] = defaultdict(lambda: defaultdict(list))
+        seen: set[tuple[int, str]] = set()
+        for index, member in enumerate(self._members):
+            member_dirs = watch_dirs(member.pattern)
+            dirs.update(member_dirs)
+            for directory in member_dirs:
+                signatures.setdefault(directory, dir_signature(directory))
+            unreadable.update(
+                d for d in member_dirs if os.path.isdir(d) and not self._dir_readable(d)
+            )
+            for matched in sorted(globlib.glob(member.pattern)):
+                if (index, matched) in seen:
+                    continue
+                seen.add((index, matched))
+                key = member.key_of(matched)
+                if key is None:
+                    continue
+                if why := name_problem(matched):
+                    skipped[matched] = Skipped("bad_name", printable_path(matched), why)
+                    continue
+                match = self._examine(matched, real_dirs, skipped)
+                if match is None:
+                    continue
+                match_result, link_dir = match
+                if link_dir is not None and link_dir not in dirs:
+                    dirs.add(link_dir)
+                    signatures.setdefault(link_dir, dir_signature(link_dir))
+                found[key][index].append(match_result)
+        shared = found.pop("", {})
+        keys = sorted(found) if self._keyed else [""]
+        devices: dict[str, Device] = {}
+        owners: dict[DeviceIdentity, tuple[str, str]] = {}
+        for key in keys:
+            by_member = found.get(key, {})
+            device = self._group_device(key, by_member, shared, owners, previous, skipped)
+            if device is None:
+                continue
+            if device.id in devices:  # only if two keys' hashes collide
+                skipped[f"group {key}"] = Skipped(
+                    "id_collision",
+                    printable_path(key),
+                    f"ID {device.id!r} already belongs to {devices[device.id].path}",
+                )
+                continue
+            devices[device.id] = device
+        return _ScanResult(
+            devices, tuple(skipped.values()), frozenset(dirs), tuple(sorted(unreadable)), signatures
+        )
+
+    @staticmethod
+    def _examine(
+        matched: str, real_dirs: dict[str, str], skipped: dict[str, Skipped]
+    ) -> tuple[_Match, str | None] | None:
+        """A matched path as a node or a directory (and the directory a symlink leads into),
+        or None (gone, or skipped with why)."""
+        result = examine(matched, real_dirs)
+        if isinstance(result, Skipped):
+            skipped[matched] = result
+            return None
+        if result is not None:
+            return _Match(matched, result.real_path, False, result.identity), result.link_dir
+        if not os.path.isdir(matched):
+            return None  # gone since the glob
+        real_path = os.path.realpath(matched)
+        link_dir = os.path.dirname(real_path) if os.path.islink(matched) else None
+        return _Match(matched, real_path, True, ("path", real_path)), link_dir
+
+    def _group_device(
+        self,
+        key: str,
+        by_member: dict[int, list[_Match]],
+        shared: dict[int, list[_Match]],
+        owners: dict[DeviceIdentity, tuple[str, str]],
+        previous: dict[str, Device],
+        skipped: dict[str, Skipped],
+    ) -> Device | None:
+        """The device of one group, or None while a required member is missing.
+
+        `owners`: which group's path each physical node or directory belongs to. Only a
+        complete group claims its paths (in key order), so a stray match that forms no
+        group never takes a node from one that does; a path of a keyed member that an
+        earlier group owns, or that this group already has, is left out (another path to
+        the same node is logged as `same_device` unless the group is incomplete anyway).
+        """
+        chosen: list[tuple[GlobGroupMemberConfig, _Match]] = []
+        missing: list[str] = []
+        duplicates: list[Skipped] = []
+        mine: dict[DeviceIdentity, str] = {}
+        for index, member in enumerate(self._members):
+            keyed = member.key_regex is not None
+            matches = by_member.get(index, []) if keyed else shared.get(index, [])
+            kept = 0
+            for match in matches:
+                owner = mine.get(match.identity)
+                if owner is None and keyed and match.identity in owners:
+                    owner = owners[match.identity][1]
+                if owner == match.matched:
+                    continue  # the same path, matched by another member as well
+                if owner is not None:
+                    duplicates.append(
+                        Skipped(
+                            "same_device",
+                            match.matched,
+                            f"the same device as {owner}, listed once",
+                        )
+                    )
+                    continue
+                mine[match.identity] = match.matched
+                chosen.append((member.config, match))
+                kept += 1
+            if not kept and not member.config.optional:
+                missing.append(member.config.path)
+        if not chosen:
+            skipped.update((duplicate.subject, duplicate) for duplicate in duplicates)
+            return None
+        first_path = chosen[0][1].matched
+        if missing:
+            skipped[f"group {key}"] = Skipped(
+                INCOMPLETE,
+                printable_path(f"group {key}" if self._keyed else first_path),
+                f"not listed: no path for {', '.join(missing)}",
+            )
+            return None
+        nodes: list[DeviceNode] = []
+        mounts: list[DeviceMount] = []
+        for config, match in chosen:
+            name = os.path.basename(match.matched)
+            container = (
+                render_template(
+                    config.container_path,
+                    {"path": match.matched, "name": name, "key": key, "target": match.real_path},
+                )
+                if config.container_path
+                else match.matched
+            )
+            if match.directory or config.mount:
+                mounts.append(DeviceMount(match.real_path, container, config.read_only))
+            else:
+                nodes.append(
+                    DeviceNode(match.real_path, container, config.permissions, config.optional)
+                )
+        for duplicate in duplicates:
+            skipped[duplicate.subject] = duplicate
+        if collision := _collision(nodes, mounts):
+            skipped[f"group {key}"] = Skipped(
+                PATH_COLLISION,
+                printable_path(f"group {key}" if self._keyed else first_path),
+                f"not listed: {collision}",
+            )
+            return None
+        for config, match in chosen:
+            if GROUP_KEY in config.path:
+                owners[match.identity] = (key, match.matched)
+        device_id = self.group_id(key)
+        numa = self._numa_for(first_path, os.path.basename(first_path), skipped)
+        device = Device(
+            id=device_id, nodes=tuple(nodes), numa=numa, mounts=tuple(mounts), path=first_path
+        )
+        known = previous.get(device_id)
+        if known is not None and known == device:
+            return known  # unchanged: keep the same object (cheap comparison of the lists)
+        return device

@@ -1,0 +1,415 @@
+"""Glob groups (`glob.group`): one device made of several matched paths, optional members,
+directories mounted, IDs from the group key, and collisions refused at load time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kdp_host.allocation import AllocationBuilder, AllocationError
+from kdp_host.config import (
+    ConfigError,
+    GlobDriverConfig,
+    GlobGroupMemberConfig,
+    ResourceConfig,
+    load_config_text,
+)
+from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
+from kdp_host.drivers import DriverDeps, make_driver
+from kdp_host.drivers.glob_groups import GlobGroupDriver
+from kdp_host.logs import get_logger
+from kdp_host.watch import PollingWatcher
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def member(path: str, **options: object) -> GlobGroupMemberConfig:
+    return GlobGroupMemberConfig(path=path, **options)  # type: ignore[arg-type]
+
+
+def group_driver(
+    *members: GlobGroupMemberConfig, clock: Clock | None = None, grace: float = 60.0
+) -> GlobGroupDriver:
+    log = get_logger()
+    config = GlobDriverConfig(group=members, grace_period=grace)
+    deps = DriverDeps(log, PollingWatcher(log), clock=clock or Clock())
+    driver = make_driver(config, deps)
+    assert isinstance(driver, GlobGroupDriver)
+    return driver
+
+
+def scan(driver: GlobGroupDriver) -> dict[str, Device]:
+    devices, _ = driver._merge(driver._scan_sync().devices)
+    return dict(devices)
+
+
+def nodes(device: Device) -> list[tuple[str, str]]:
+    return [(n.host_path, n.container_path) for n in device.nodes]
+
+
+def xdma(dev: Path, card: int, *names: str) -> None:
+    for name in names:
+        (dev / f"xdma{card}_{name}").touch()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def config_problems(glob_yaml: str) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        load_config_text(f"resources: [{{name: a.io/b, glob: {glob_yaml}}}]\n", "t.yaml")
+    return err.value.problems
+
+
+def test_a_group_config_loads() -> None:
+    text = """\
+resources:
+  - name: a.io/xdma
+    glob:
+      group:
+        - path: /dev/xdma{key}_user
+        - {path: "/dev/xdma{key}_c2h_*", containerPath: "/dev/dma/{key}/{name}"}
+        - {path: "/dev/xdma{key}_events_*", optional: true, permissions: r}
+        - {path: /dev/vfio/vfio}
+        - {path: /opt/xdma/fw, mount: true, readOnly: false}
+"""
+    glob = load_config_text(text).resources[0].driver
+    assert isinstance(glob, GlobDriverConfig)
+    assert glob.paths == ()
+    assert [m.path for m in glob.group][:2] == ["/dev/xdma{key}_user", "/dev/xdma{key}_c2h_*"]
+    assert glob.group[2].optional and glob.group[2].permissions == "r"
+    assert glob.group[4].mount and not glob.group[4].read_only
+    assert [m.keyed for m in glob.group] == [True, True, True, False, False]
+    assert [m.several_per_group for m in glob.group] == [False, True, True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("glob_yaml", "fragment"),
+    [
+        ("{}", "needs exactly one of paths or group"),
+        ("{paths: [/dev/a*], group: [{path: /dev/a}]}", "needs exactly one of paths or group"),
+        (
+            "{group: [{path: '/dev/a{key}'}], containerPath: '/c/{name}'}",
+            "containerPath: with group, containerPath is set per member",
+        ),
+        ("{group: [{path: '/dev/a{name}'}]}", "the only placeholder of a member path is {key}"),
+        ("{group: [{path: '/dev/{key}/a{key}'}]}", "{key} may appear at most once"),
+        ("{group: [{path: 'dev/a{key}'}]}", "must be an absolute path"),
+        (
+            "{group: [{path: '/dev/a{key}', containerPath: /dev/a}]}",
+            "group[0].containerPath: must contain {key}, {name}, {path} or {target}",
+        ),
+        (
+            "{group: [{path: '/dev/a{key}_*', containerPath: '/dev/a{key}'}]}",
+            "group[0].containerPath: must contain {name}, {path} or {target}",
+        ),
+        (
+            "{group: [{path: '/dev/a{key}'}, {path: '/dev/b{key}', containerPath: '/x/{key}'}, "
+            "{path: '/dev/c{key}', containerPath: '/x/{key}'}]}",
+            "group[2].containerPath: is also the containerPath of group[1]",
+        ),
+        (
+            "{group: [{path: /dev/a, containerPath: /x}, {path: /dev/b, containerPath: /x}]}",
+            "group[1].containerPath: is also the containerPath of group[0]",
+        ),
+        ("{group: [{path: '/dev/a{key}', containerPath: 'x/{key}'}]}", "must be an absolute"),
+        ("{group: [{path: '/dev/a{key}', permissions: rx}]}", "must be made of r, w and m"),
+        ("{group: [{path: '/dev/a{key}', typo: 1}]}", "typo"),
+    ],
+)
+def test_group_config_errors(glob_yaml: str, fragment: str) -> None:
+    found = config_problems(glob_yaml)
+    assert any(fragment in p for p in found), found
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def test_a_device_is_every_path_of_its_key(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "vfio").mkdir()
+    (dev / "vfio" / "vfio").touch()
+    xdma(dev, 0, "user", "c2h_0", "c2h_1", "h2c_0")
+    xdma(dev, 1, "user", "c2h_0", "h2c_0")
+    driver = group_driver(
+        member(f"{dev}/xdma{{key}}_user"),
+        member(f"{dev}/xdma{{key}}_c2h_*", container_path="/dev/dma{key}/{name}"),
+        member(f"{dev}/xdma{{key}}_h2c_*", permissions="w"),
+        member(f"{dev}/vfio/vfio", container_path="/dev/vfio/vfio"),
+    )
+    devices = scan(driver)
+    assert sorted(devices) == ["0", "1"]
+    assert nodes(devices["0"]) == [
+        (f"{dev}/xdma0_user", f"{dev}/xdma0_user"),
+        (f"{dev}/xdma0_c2h_0", "/dev/dma0/xdma0_c2h_0"),
+        (f"{dev}/xdma0_c2h_1", "/dev/dma0/xdma0_c2h_1"),
+        (f"{dev}/xdma0_h2c_0", f"{dev}/xdma0_h2c_0"),
+        (f"{dev}/vfio/vfio", "/dev/vfio/vfio"),
+    ]
+    assert [n.permissions for n in devices["1"].nodes] == [None, None, "w", None]
+    assert devices["0"].healthy and devices["0"].path == f"{dev}/xdma0_user"
+
+    # Allocate passes every node of both devices; the shared node once; {paths} names all.
+    resource = ResourceConfig(
+        name="a.io/xdma",
+        driver=driver._config,
+    )
+    table = DeviceTable()
+    table.publish(devices.values())
+    response = AllocationBuilder(resource).container_response(table.snapshot, ["1", "0"])
+    assert len(response.devices) == 8
+    assert [d.host_path for d in response.devices][-3:] == [
+        f"{dev}/xdma1_user",
+        f"{dev}/xdma1_c2h_0",
+        f"{dev}/xdma1_h2c_0",
+    ]
+
+
+def test_a_group_appears_member_by_member(tmp_path: Path) -> None:
+    driver = group_driver(
+        member(f"{tmp_path}/xdma{{key}}_user"),
+        member(f"{tmp_path}/xdma{{key}}_h2c_0"),
+        member(f"{tmp_path}/xdma{{key}}_c2h_0"),
+    )
+    assert scan(driver) == {}
+    xdma(tmp_path, 0, "user")
+    result = driver._scan_sync()
+    assert result.devices == {}
+    [skip] = result.skipped
+    assert skip.reason == "incomplete_group"
+    assert "xdma{key}_h2c_0" in skip.message and "xdma{key}_c2h_0" in skip.message
+    xdma(tmp_path, 0, "h2c_0")
+    assert scan(driver) == {}
+    xdma(tmp_path, 0, "c2h_0")
+    devices = scan(driver)
+    assert list(devices) == ["0"] and devices["0"].healthy
+    assert len(devices["0"].nodes) == 3
+    assert driver._scan_sync().skipped == ()
+
+
+def test_a_required_member_that_vanishes_makes_the_group_unhealthy_then_gone(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    driver = group_driver(
+        member(f"{tmp_path}/xdma{{key}}_user"),
+        member(f"{tmp_path}/xdma{{key}}_h2c_0"),
+        clock=clock,
+        grace=30.0,
+    )
+    xdma(tmp_path, 0, "user", "h2c_0")
+    xdma(tmp_path, 1, "user", "h2c_0")
+    assert all(d.healthy for d in scan(driver).values())
+    (tmp_path / "xdma0_h2c_0").unlink()
+    devices = scan(driver)
+    assert not devices["0"].healthy and devices["1"].healthy
+    # it comes back within the grace period: Healthy again, same ID
+    xdma(tmp_path, 0, "h2c_0")
+    assert scan(driver)["0"].healthy
+    (tmp_path / "xdma0_user").unlink()
+    assert not scan(driver)["0"].healthy
+    clock.now += 31
+    assert list(scan(driver)) == ["1"]
+
+
+def test_an_optional_member_may_be_missing(tmp_path: Path) -> None:
+    driver = group_driver(
+        member(f"{tmp_path}/card{{key}}"),
+        member(f"{tmp_path}/render{{key}}", optional=True),
+    )
+    (tmp_path / "card0").touch()
+    (tmp_path / "card1").touch()
+    (tmp_path / "render1").touch()
+    devices = scan(driver)
+    assert devices["0"].healthy and nodes(devices["0"]) == [(f"{tmp_path}/card0",) * 2]
+    assert [n.optional for n in devices["1"].nodes] == [False, True]
+    assert len(devices["1"].nodes) == 2
+    (tmp_path / "render1").unlink()
+    devices = scan(driver)
+    assert devices["1"].healthy and len(devices["1"].nodes) == 1
+
+
+def test_only_optional_members_need_one_path(tmp_path: Path) -> None:
+    """GDP's `{"paths": [{"path": "/dev/ttyS0", "optional": true}, ...]}`: one device while
+    any of them exists."""
+    driver = group_driver(
+        member(f"{tmp_path}/ttyS0", optional=True),
+        member(f"{tmp_path}/ttyUSB0", optional=True),
+    )
+    assert scan(driver) == {}
+    (tmp_path / "ttyUSB0").touch()
+    devices = scan(driver)
+    assert list(devices) == ["ttyS0"]
+    assert nodes(devices["ttyS0"]) == [(f"{tmp_path}/ttyUSB0",) * 2]
+
+
+def test_directories_and_mount_members_are_mounted(tmp_path: Path) -> None:
+    (tmp_path / "snd").mkdir()
+    (tmp_path / "snd" / "controlC0").touch()
+    (tmp_path / "fw").mkdir()
+    (tmp_path / "fw" / "card0").mkdir()
+    (tmp_path / "card0").touch()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "card0.cfg").touch()
+    (tmp_path / "fw-link").symlink_to(tmp_path / "fw")
+    driver = group_driver(
+        member(f"{tmp_path}/card{{key}}"),
+        member(f"{tmp_path}/fw-link/card{{key}}", container_path="/lib/firmware/card"),
+        member(f"{tmp_path}/etc/card{{key}}.cfg", mount=True, container_path="/etc/card.cfg"),
+        member(f"{tmp_path}/snd", container_path="/dev/snd", read_only=False),
+    )
+    [device] = scan(driver).values()
+    assert nodes(device) == [(f"{tmp_path}/card0",) * 2]
+    assert device.mounts == (
+        DeviceMount(f"{tmp_path}/fw/card0", "/lib/firmware/card", True),
+        DeviceMount(f"{tmp_path}/etc/card0.cfg", "/etc/card.cfg", True),
+        DeviceMount(f"{tmp_path}/snd", "/dev/snd", False),
+    )
+    # a required directory that vanishes makes the group incomplete
+    (tmp_path / "fw" / "card0").rmdir()
+    assert not scan(driver)[device.id].healthy
+
+
+def test_group_ids_are_a_pure_function_of_the_key(tmp_path: Path) -> None:
+    by_path = tmp_path / "by-path"
+    by_path.mkdir()
+    for address, card, render in (("0000:03:00.0", 0, 128), ("0000:04:00.0", 1, 129)):
+        (tmp_path / f"card{card}").touch()
+        (tmp_path / f"renderD{render}").touch()
+        (by_path / f"pci-{address}-card").symlink_to(tmp_path / f"card{card}")
+        (by_path / f"pci-{address}-render").symlink_to(tmp_path / f"renderD{render}")
+    members = (
+        member(f"{by_path}/pci-{{key}}-card", container_path="{target}"),
+        member(f"{by_path}/pci-{{key}}-render", container_path="/dev/dri/{key}-render"),
+    )
+    driver = group_driver(*members)
+    devices = scan(driver)
+    ids = {d.path: d.id for d in devices.values()}
+    assert len(ids) == 2
+    for device in devices.values():
+        # a key that is not readable as an ID (':') gets the hashed form, never a clash
+        assert device.id.startswith("0000_0") and len(device.id) == len("0000_03_00.0") + 11
+        assert device.id == driver.group_id(device.path.rsplit("/pci-", 1)[1][: -len("-card")])
+    assert nodes(devices[driver.group_id("0000:04:00.0")]) == [
+        (f"{tmp_path}/card1", f"{tmp_path}/card1"),
+        (f"{tmp_path}/renderD129", "/dev/dri/0000:04:00.0-render"),
+    ]
+    # the same key gives the same ID in a driver that has only seen the other group
+    for link in by_path.glob("pci-0000:03*"):
+        link.unlink()
+    fresh = group_driver(*members)
+    second = driver.group_id("0000:04:00.0")
+    assert scan(fresh) == {second: devices[second]}
+    assert group_driver(member("/dev/xdma{key}_user")).group_id("0") == "0"
+
+
+def test_a_node_reached_by_two_groups_belongs_to_the_first(tmp_path: Path) -> None:
+    (tmp_path / "dev0").touch()
+    (tmp_path / "dev1").symlink_to(tmp_path / "dev0")
+    driver = group_driver(member(f"{tmp_path}/dev{{key}}"))
+    result = driver._scan_sync()
+    assert list(result.devices) == ["0"]
+    assert [(s.reason, os.path.basename(s.subject)) for s in result.skipped] == [
+        ("same_device", "dev1")
+    ]
+
+
+def test_colliding_member_paths_are_an_allocate_error(tmp_path: Path) -> None:
+    """Per-member container paths that only collide at run time ({name} of two groups'
+    members in different directories): INVALID_ARGUMENT, never a dropped node."""
+    for card in ("a", "b"):
+        (tmp_path / card).mkdir()
+        (tmp_path / card / "ctl").touch()
+        (tmp_path / f"card-{card}").touch()
+    driver = group_driver(
+        member(f"{tmp_path}/card-{{key}}"),
+        member(f"{tmp_path}/{{key}}/ctl", container_path="/dev/{name}"),
+    )
+    devices = scan(driver)
+    assert [d.nodes[1].container_path for d in devices.values()] == ["/dev/ctl", "/dev/ctl"]
+    table = DeviceTable()
+    table.publish(devices.values())
+    builder = AllocationBuilder(ResourceConfig(name="a.io/b", driver=driver._config))
+    with pytest.raises(AllocationError, match="/dev/ctl is claimed twice"):
+        builder.container_response(table.snapshot, ["a", "b"])
+    assert len(builder.container_response(table.snapshot, ["a"]).devices) == 2
+
+
+def test_device_nodes_carry_optional_and_permissions_for_any_driver() -> None:
+    """The shared Device model: a node's own permissions win over allocate.permissions."""
+    device = Device(
+        id="d",
+        nodes=(DeviceNode("/dev/a", "/dev/a", "r", optional=True), DeviceNode("/dev/b", "/dev/b")),
+    )
+    table = DeviceTable()
+    table.publish([device])
+    config = load_config_text(
+        "resources: [{name: a.io/b, glob: {paths: [/dev/x*]}, allocate: {permissions: rwm}}]"
+    ).resources[0]
+    response = AllocationBuilder(config).container_response(table.snapshot, ["d"])
+    assert [(d.host_path, d.permissions) for d in response.devices] == [
+        ("/dev/a", "r"),
+        ("/dev/b", "rwm"),
+    ]
+
+
+def test_a_group_whose_own_paths_collide_is_not_listed(tmp_path: Path) -> None:
+    for directory in ("a", "b"):
+        (tmp_path / directory / "0").mkdir(parents=True)
+        (tmp_path / directory / "0" / "ctl").touch()
+    driver = group_driver(
+        member(f"{tmp_path}/a/{{key}}/ctl", container_path="/dev/{key}/{name}"),
+        member(f"{tmp_path}/b/{{key}}/ctl", container_path="/dev/{key}/{name}", optional=True),
+    )
+    result = driver._scan_sync()
+    assert result.devices == {}
+    [skip] = result.skipped
+    assert skip.reason == "path_collision"
+    assert skip.message.endswith("both at container path /dev/0/ctl")
+    (tmp_path / "b" / "0" / "ctl").unlink()
+    assert list(scan(driver)) == ["0"]
+
+
+def test_a_stray_match_that_forms_no_group_takes_no_node(tmp_path: Path) -> None:
+    """`card{key}` also matches `card0.cfg` (key `0.cfg`); the file stays with group 0, whose
+    `card{key}.cfg` member needs it."""
+    (tmp_path / "card0").touch()
+    (tmp_path / "card0.cfg").touch()
+    driver = group_driver(
+        member(f"{tmp_path}/card{{key}}"),
+        member(f"{tmp_path}/card{{key}}.cfg", mount=True, container_path="/etc/card.cfg"),
+    )
+    result = driver._scan_sync()
+    assert list(result.devices) == ["0"]
+    assert result.devices["0"].mounts == (
+        DeviceMount(f"{tmp_path}/card0.cfg", "/etc/card.cfg", True),
+    )
+    # group `0.cfg` has nothing left: no group at all, nothing to report
+    assert result.skipped == ()
+
+
+def test_a_member_without_key_may_match_several_nodes(tmp_path: Path) -> None:
+    """generic-device-plugin's `{"path": "/dev/snd"}`: every node of the directory, as device
+    nodes of one device (a bind mount would grant no device access)."""
+    snd = tmp_path / "snd"
+    snd.mkdir()
+    for name in ("controlC0", "pcmC0D0c", "pcmC0D0p"):
+        (snd / name).touch()
+    driver = group_driver(member(f"{snd}/*"))
+    devices = scan(driver)
+    assert list(devices) == ["snd"]
+    assert [host for host, _ in nodes(devices["snd"])] == [
+        f"{snd}/controlC0",
+        f"{snd}/pcmC0D0c",
+        f"{snd}/pcmC0D0p",
+    ]
+    assert devices["snd"].mounts == ()

@@ -1,0 +1,273 @@
+"""The plugin server: socket permissions and name, the codec, and the one grpclib workaround."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpclib.server
+import pytest
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from kdp_host.api.v1beta1 import (
+    AllocateRequest,
+    AllocateResponse,
+    DevicePluginStub,
+    Empty,
+    ListAndWatchResponse,
+    PreferredAllocationRequest,
+    PreStartContainerRequest,
+)
+from kdp_host.config import load_config_text
+from kdp_host.devices import Device, DeviceTable
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.protocol.codec import DevicePluginCodec, EncodedMessage
+from kdp_host.protocol.endpoint import INSTANCE_ID_MAX_LENGTH, SOCKET_NAME_MAX_LENGTH, socket_name
+from kdp_host.protocol.server import SOCKET_MODE, PluginServer
+from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
+from kdp_host.rules import AF_UNIX_PATH_MAX, socket_path_problem
+from kdp_host.simulator import KubeletSimulator
+
+from .conftest import glob_config, wait_until
+
+FPGA = "vendor.example/fpga"
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+# ------------------------------------------------------------------ socket permissions
+
+
+@pytest.mark.usefixtures("permissive_umask")
+async def test_plugin_server_socket_is_private_whatever_the_umask(short_dir: Path) -> None:
+    path = short_dir / "p.sock"
+    server = PluginServer([])
+    await server.serve(str(path))
+    try:
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == SOCKET_MODE == 0o600
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.usefixtures("permissive_umask")
+async def test_host_serves_on_a_0600_socket_under_umask_0(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    socket_path = Path(running.host.resources[FPGA].socket_path)
+    assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
+
+
+# ------------------------------------------------------------------ socket name
+
+
+LONGEST_RESOURCE = "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61 + "/" + "e" * 63
+
+
+def test_socket_name_is_bounded_for_any_valid_resource_name() -> None:
+    assert len(LONGEST_RESOURCE.split("/")[0]) == 253
+    name = socket_name(LONGEST_RESOURCE, "f" * INSTANCE_ID_MAX_LENGTH)
+    assert len(name) == SOCKET_NAME_MAX_LENGTH
+    assert name.startswith("kdp-") and name.endswith(".sock")
+    assert len(socket_name("x.io/y", "0")) < SOCKET_NAME_MAX_LENGTH
+
+
+def test_any_resource_fits_a_reasonable_socket_dir() -> None:
+    """A 50-byte socket dir (the kubelet's default is 31) serves every valid name."""
+    socket_dir = "/var/lib/kubelet/plugins_registry/device-plugins_x"
+    assert len(socket_dir) == 50
+    path = os.path.join(socket_dir, socket_name(LONGEST_RESOURCE, "0123abcd"))
+    assert socket_path_problem(path) is None
+    assert len(socket_dir) + 1 + SOCKET_NAME_MAX_LENGTH <= AF_UNIX_PATH_MAX
+
+
+def test_socket_names_stay_apart() -> None:
+    shared = "vendor.example/" + "x" * 30
+    names = {socket_name(shared + suffix, "00000000") for suffix in ("a", "b", "")}
+    assert len(names) == 3
+    assert socket_name(FPGA, "0011aabb") == socket_name(FPGA, "0011aabb")
+    assert socket_name(FPGA, "0011aabb") != socket_name(FPGA, "0011aabc")
+    assert socket_name(FPGA, "0011aabb").startswith("kdp-vendor.example_fpga-")
+
+
+@pytest.mark.parametrize("instance", ["", "123456789", "a/b", "a b"])
+def test_socket_name_refuses_an_instance_id_that_would_break_the_bound(instance: str) -> None:
+    with pytest.raises(ValueError, match="instance ID"):
+        socket_name(FPGA, instance)
+
+
+# ------------------------------------------------------------------ the codec
+
+
+def test_codec_sends_encoded_messages_only_where_their_type_is_expected() -> None:
+    codec = DevicePluginCodec()
+    encoded = EncodedMessage(ListAndWatchResponse, b"\x0a\x00")
+    assert codec.encode(encoded, ListAndWatchResponse) == b"\x0a\x00"
+    assert repr(encoded) == "EncodedMessage(ListAndWatchResponse, 2 bytes)"
+    with pytest.raises(TypeError, match="AllocateResponse"):
+        codec.encode(encoded, AllocateResponse)
+    with pytest.raises(TypeError, match="AllocateResponse"):
+        codec.encode(Empty(), AllocateResponse)
+
+
+BAD_BYTES = [b"\x0a\x05ab", b"\x0a\x02\xff\xfe", b"\xff" * 11, b"\x0f"]
+
+
+@pytest.mark.parametrize(
+    ("message_type", "data"),
+    [(t, d) for t in (AllocateRequest, PreferredAllocationRequest) for d in BAD_BYTES]
+    + [
+        (PreStartContainerRequest, b"\x0a\x02\xff\xfe"),
+        (PreStartContainerRequest, b"\xff" * 11),
+        (Empty, b"\xff" * 11),
+    ],
+)
+def test_codec_turns_bad_request_bytes_into_invalid_argument(
+    message_type: type, data: bytes
+) -> None:
+    """Truncated fields, invalid UTF-8, overlong varints, wire type 7: the hand-written
+    decoders refuse them all; betterproto2 (the other requests) refuses what it detects."""
+    with pytest.raises(GRPCError) as caught:
+        DevicePluginCodec().decode(data, message_type)
+    assert caught.value.status is Status.INVALID_ARGUMENT
+    assert f"cannot parse {message_type.__name__}" in str(caught.value.message)
+
+
+# ------------------------------------------------------------------ the grpclib workaround
+
+
+def service_with(table: DeviceTable) -> DevicePluginService:
+    config = load_config_text("resources: [{name: t.io/r, glob: {paths: [/dev/r*]}}]")
+    return DevicePluginService(
+        config.resources[0], table, ListAndWatchEncoder(), Metrics(), get_logger()
+    )
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+async def test_close_connections_really_closes_what_grpclib_accepted(short_dir: Path) -> None:
+    """The one use of grpclib internals (kdp_host/protocol/server.py): if grpclib stops
+    creating connections through `Server._protocol_factory`, or closing a connection's
+    `processor` stops closing it, this fails, and shutdown would leave the kubelet's
+    connection open (and hang `wait_closed()` on Python 3.12+)."""
+    assert callable(getattr(grpclib.server.Server, "_protocol_factory", None)), (
+        "grpclib.server.Server._protocol_factory is gone: PluginServer.close_connections "
+        "no longer sees any connection"
+    )
+    table = DeviceTable()
+    table.publish([Device("a")])
+    server = PluginServer([service_with(table)])
+    path = str(short_dir / "p.sock")
+    await server.serve(path)
+    channel = Channel(path=path)  # a client with a stream open
+    reader, writer = await asyncio.open_unix_connection(path)  # an idle HTTP/2 client
+    try:
+        writer.write(HTTP2_PREFACE)
+        assert await reader.read(9)  # the server's SETTINGS frame: the connection is made
+        async with channel.request(
+            "/v1beta1.DevicePlugin/ListAndWatch",
+            grpclib.const.Cardinality.UNARY_STREAM,
+            Empty,
+            ListAndWatchResponse,
+        ) as stream:
+            await stream.send_message(Empty(), end=True)
+            assert await stream.recv_message() is not None
+            server.close()
+            server.close_connections()
+            async with asyncio.timeout(10):
+                await server.wait_closed()
+                while await reader.read(65536):
+                    pass  # drain whatever was sent before the close; b"" is the EOF
+            with pytest.raises(Exception) as caught:
+                async with asyncio.timeout(10):
+                    await stream.recv_message()
+            assert not isinstance(caught.value, TimeoutError), "stream still open"
+    finally:
+        writer.close()
+        channel.close()
+
+
+async def test_without_close_connections_grpclib_keeps_the_connection(short_dir: Path) -> None:
+    """The behaviour the workaround exists for: `Server.close()` alone leaves an accepted
+    connection serving. When grpclib fixes that, the workaround can go (this fails then)."""
+    server = PluginServer([service_with(DeviceTable())])
+    path = str(short_dir / "p.sock")
+    await server.serve(path)
+    channel = Channel(path=path)
+    try:
+        stub = DevicePluginStub(channel)
+        await stub.get_device_plugin_options(Empty())
+        server.close()
+        async with asyncio.timeout(5):
+            options = await stub.get_device_plugin_options(Empty())
+        assert options.get_preferred_allocation_available
+    finally:
+        server.close_connections()
+        channel.close()
+        async with asyncio.timeout(5):
+            await server.wait_closed()
+
+
+async def test_a_cancelled_list_and_watch_runs_its_cleanup(short_dir: Path) -> None:
+    """ListAndWatch is driven under aclosing by the service's own handler: a client that
+    cancels its stream closes the generator (gauge back to 0, on_stream_lost called)."""
+    table = DeviceTable()
+    table.publish([Device("a")])
+    lost: list[bool] = []
+    metrics = Metrics()
+    config = load_config_text("resources: [{name: t.io/r, glob: {paths: [/dev/r*]}}]")
+    service = DevicePluginService(
+        config.resources[0],
+        table,
+        ListAndWatchEncoder(),
+        metrics,
+        get_logger(),
+        on_stream_lost=lambda: lost.append(True),
+    )
+    server = PluginServer([service])
+    path = str(short_dir / "p.sock")
+    await server.serve(path)
+    channel = Channel(path=path)
+
+    def stream_count() -> float | None:
+        return metrics.registry.get_sample_value(
+            "kdp_list_and_watch_streams", {"resource": "t.io/r"}
+        )
+
+    try:
+        async with channel.request(
+            "/v1beta1.DevicePlugin/ListAndWatch",
+            grpclib.const.Cardinality.UNARY_STREAM,
+            Empty,
+            ListAndWatchResponse,
+        ) as stream:
+            await stream.send_message(Empty(), end=True)
+            first = await stream.recv_message()
+            assert first is not None and [d.id for d in first.devices] == ["a"]
+            assert stream_count() == 1
+            await stream.cancel()
+        await wait_until(lambda: lost == [True], what="on_stream_lost after the cancel")
+        assert stream_count() == 0
+    finally:
+        channel.close()
+        server.close()
+        server.close_connections()
+        async with asyncio.timeout(5):
+            await server.wait_closed()

@@ -413,3 +413,31 @@ def test_a_member_without_key_may_match_several_nodes(tmp_path: Path) -> None:
         f"{snd}/pcmC0D0p",
     ]
     assert devices["snd"].mounts == ()
+
+
+def test_a_link_that_appears_never_takes_a_node_from_its_group(tmp_path: Path) -> None:
+    """A node belongs to the group whose member matches the node itself: a link to it with
+    another key (even one sorted first, `-1` before `0`) appearing or vanishing never moves
+    it to another group (which a second pod could then be given)."""
+    (tmp_path / "dev0").touch()
+    driver = group_driver(member(f"{tmp_path}/dev{{key}}"), grace=60.0)
+    before = scan(driver)
+    assert list(before) == ["0"]
+    (tmp_path / "dev-1").symlink_to("dev0")
+    result = driver._scan_sync()
+    assert list(result.devices) == ["0"]
+    assert result.devices["0"] == before["0"]
+    (tmp_path / "dev-1").unlink()
+    assert scan(driver) == before
+
+
+def test_a_node_that_only_links_of_several_groups_reach_belongs_to_none(tmp_path: Path) -> None:
+    (tmp_path / "by-path").mkdir()
+    (tmp_path / "card1").touch()
+    (tmp_path / "by-path" / "pci-b-card").symlink_to("../card1")
+    driver = group_driver(member(f"{tmp_path}/by-path/pci-{{key}}-card"), grace=0.0)
+    assert [nodes(d) for d in scan(driver).values()] == [
+        [(f"{tmp_path}/card1", f"{tmp_path}/by-path/pci-b-card")]
+    ]
+    (tmp_path / "by-path" / "pci-a-card").symlink_to("../card1")
+    assert scan(driver) == {}, "never two groups, nor the node moved to the new link's group"

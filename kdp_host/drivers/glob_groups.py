@@ -12,9 +12,10 @@ else is a device node. The ID of a group is a pure function of its key (the same
 one-level glob path: the key itself where it is readable, else a sanitized prefix and a
 hash), so it never moves to another group.
 
-Identity: a physical node is part of one group at most. A node that a keyed member of a
-second group also reaches (a symlink to another group's node) is left out of the second
-group and logged (`same_device`); members without `{key}` are shared on purpose.
+Identity: a physical node is part of one group at most, and which group may own it follows
+from the node's own path, never from which links to it exist (`_claimants`). A node that a
+keyed member of another group also reaches (a symlink to another group's node) is left out
+of that group and logged (`same_device`); members without `{key}` are shared on purpose.
 """
 
 from __future__ import annotations
@@ -123,6 +124,29 @@ class _Match(NamedTuple):
     real_path: str
     directory: bool
     identity: DeviceIdentity
+    link: bool
+    """The matched path is a symlink (another name for a node, like a `by-path` link)."""
+
+
+def _claimants(found: dict[str, dict[int, list[_Match]]]) -> dict[DeviceIdentity, frozenset[str]]:
+    """Which group keys may own each node that keyed members reach: the keys whose members
+    match the node itself, else, if one key alone reaches it through links, that key; a node
+    that links of several keys reach, and no key matches itself, is owned by none of them.
+
+    So a link that appears or vanishes (udev creates `by-id` and `by-path` links after the
+    node) never moves a node to another group: the groups that can own it follow from the
+    node's own path, never from which other names for it exist."""
+    own: dict[DeviceIdentity, set[str]] = {}
+    linked: dict[DeviceIdentity, set[str]] = {}
+    for key, by_member in found.items():
+        for matches in by_member.values():
+            for match in matches:
+                (linked if match.link else own).setdefault(match.identity, set()).add(key)
+    claimants = {identity: frozenset(keys) for identity, keys in own.items()}
+    for identity, keys in linked.items():
+        if identity not in claimants:
+            claimants[identity] = frozenset(keys) if len(keys) == 1 else frozenset()
+    return claimants
 
 
 class GlobGroupDriver(GlobDriver):
@@ -193,12 +217,15 @@ class GlobGroupDriver(GlobDriver):
                     signatures.setdefault(link_dir, dir_signature(link_dir))
                 found[key][index].append(match_result)
         shared = found.pop("", {})
+        claimants = _claimants(found) if self._keyed else {}
         keys = sorted(found) if self._keyed else [""]
         devices: dict[str, Device] = {}
         owners: dict[DeviceIdentity, tuple[str, str]] = {}
         for key in keys:
             by_member = found.get(key, {})
-            device = self._group_device(key, by_member, shared, owners, previous, skipped)
+            device = self._group_device(
+                key, by_member, shared, claimants, owners, previous, skipped
+            )
             if device is None:
                 continue
             if device.id in devices:  # only if two keys' hashes collide
@@ -224,29 +251,34 @@ class GlobGroupDriver(GlobDriver):
             skipped[matched] = result
             return None
         if result is not None:
-            return _Match(matched, result.real_path, False, result.identity), result.link_dir
+            link = result.link_dir is not None
+            return _Match(matched, result.real_path, False, result.identity, link), result.link_dir
         if not os.path.isdir(matched):
             return None  # gone since the glob
         real_path = os.path.realpath(matched)
         link_dir = os.path.dirname(real_path) if os.path.islink(matched) else None
-        return _Match(matched, real_path, True, ("path", real_path)), link_dir
+        match = _Match(matched, real_path, True, ("path", real_path), link_dir is not None)
+        return match, link_dir
 
     def _group_device(
         self,
         key: str,
         by_member: dict[int, list[_Match]],
         shared: dict[int, list[_Match]],
+        claimants: dict[DeviceIdentity, frozenset[str]],
         owners: dict[DeviceIdentity, tuple[str, str]],
         previous: dict[str, Device],
         skipped: dict[str, Skipped],
     ) -> Device | None:
         """The device of one group, or None while a required member is missing.
 
-        `owners`: which group's path each physical node or directory belongs to. Only a
-        complete group claims its paths (in key order), so a stray match that forms no
-        group never takes a node from one that does; a path of a keyed member that an
-        earlier group owns, or that this group already has, is left out (another path to
-        the same node is logged as `same_device` unless the group is incomplete anyway).
+        `claimants`: the keys that may own each node (`_claimants`); a keyed path to a node
+        this key may not own is left out. `owners`: which group's path each physical node
+        or directory belongs to. Only a complete group claims its paths (in key order among
+        the claimants), so a stray match that forms no group never takes a node from one
+        that does; a path of a keyed member that an earlier group owns, or that this group
+        already has, is left out (another path to the same node is logged as `same_device`
+        unless the group is incomplete anyway).
         """
         chosen: list[tuple[GlobGroupMemberConfig, _Match]] = []
         missing: list[str] = []
@@ -260,6 +292,13 @@ class GlobGroupDriver(GlobDriver):
                 owner = mine.get(match.identity)
                 if owner is None and keyed and match.identity in owners:
                     owner = owners[match.identity][1]
+                if owner is None and keyed and key not in claimants[match.identity]:
+                    others = sorted(claimants[match.identity])
+                    owner = (
+                        f"the node of group {others[0]}"
+                        if others
+                        else "a node that links of several groups reach (given to none)"
+                    )
                 if owner == match.matched:
                     continue  # the same path, matched by another member as well
                 if owner is not None:

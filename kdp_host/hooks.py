@@ -126,6 +126,13 @@ class PreStartHook:
                     if self.table.set_check_result(device.id, False):
                         self.log.warning("device_unhealthy_after_pre_start", device=device.id)
             raise
+        except asyncio.CancelledError:
+            # The kubelet's deadline passed (grpclib cancels the handler; the command's
+            # group was killed on the way out) or the connection went away.
+            self.metrics.pre_start_calls.labels(name, "timeout").inc()
+            self.metrics.pre_start_seconds.labels(name).observe(self.clock() - started)
+            self.log.warning("pre_start_cancelled", devices=ids, result="timeout")
+            raise
         seconds = self.clock() - started
         self.metrics.pre_start_calls.labels(name, "ok").inc()
         self.metrics.pre_start_seconds.labels(name).observe(seconds)

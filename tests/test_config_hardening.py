@@ -17,6 +17,8 @@ import pytest
 
 from kdp_host.config import Config, ConfigError, load_config, load_config_text
 from kdp_host.config.source import MAX_ALIAS_NODES, MAX_CONFIG_BYTES, MAX_DEPTH
+from kdp_host.protocol.endpoint import SOCKET_NAME_MAX_LENGTH
+from kdp_host.rules import AF_UNIX_PATH_MAX
 
 from .conftest import glob_config
 from .test_ops import value
@@ -291,3 +293,20 @@ async def test_reload_parses_off_the_event_loop(
     assert await host.reload_from(config) == "unchanged"
     assert loop_ran.is_set() and time.monotonic() - started < 30
     assert loader_threads != [threading.get_ident()]
+
+
+# --------------------------------------------------------------------------- 13: AF_UNIX
+
+
+def test_a_socket_dir_too_long_to_serve_from_is_an_error(tmp_path: Path) -> None:
+    fits = "/" + "d" * (AF_UNIX_PATH_MAX - SOCKET_NAME_MAX_LENGTH - 2)
+    too_long = fits + "d"
+    text = f"kubelet: {{socketDir: {fits}}}\n" + VALID
+    assert load_config_text(text).kubelet.socket_dir == fits
+    found = problems(text.replace(fits, too_long))
+    assert len(found) == 1 and "kubelet.socketDir: too long to serve from" in found[0], found
+    assert f"longer than the {AF_UNIX_PATH_MAX}" in found[0]
+    config = tmp_path / "long.yaml"
+    config.write_text(text.replace(fits, too_long))
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 2 and "too long to serve from" in result.stderr

@@ -26,12 +26,14 @@ Text rules (names, paths, env names, annotation keys) come from kdp_host/rules.p
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
+from ..protocol.endpoint import SOCKET_NAME_MAX_LENGTH
 from ..rules import (
     GLOB_MAGIC,
     MAX_NUMA_NODE,
@@ -40,6 +42,7 @@ from ..rules import (
     cdi_kind_problem,
     env_name_problem,
     extended_resource_name_problem,
+    socket_path_problem,
 )
 from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
 from ..sysfs.model import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
@@ -741,6 +744,14 @@ class Config:
     )
     sha256: str = ""
     """Hash of the file's bytes: shows in metrics which config is in force."""
+
+    def check(self) -> Problems:
+        longest = os.path.join(self.kubelet.socket_dir, "x" * SOCKET_NAME_MAX_LENGTH)
+        if why := socket_path_problem(longest):
+            yield (
+                ("kubelet", "socketDir"),
+                f"too long to serve from: the longest plugin socket path in it {why}",
+            )
 
 
 README_TABLES: Mapping[str, tuple[type[object], str]] = {

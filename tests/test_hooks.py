@@ -60,10 +60,12 @@ def _process_gone(pid: int) -> bool:
 
 
 def test_pre_start_timeout_longer_than_the_kubelet_allows_is_refused(tmp_path: Path) -> None:
-    text = _config(tmp_path, tmp_path, 'preStart: {command: ["true"], timeout: 29s}')
+    text = _config(Path("/tmp/kdp-unused"), tmp_path, 'preStart: {command: ["true"], timeout: 29s}')
     with pytest.raises(ConfigError, match=f"at most {MAX_PRE_START_TIMEOUT:g}s"):
         load_config_text(text)
-    config = load_config_text(_config(tmp_path, tmp_path, 'preStart: {command: ["true"]}'))
+    config = load_config_text(
+        _config(Path("/tmp/kdp-unused"), tmp_path, 'preStart: {command: ["true"]}')
+    )
     pre_start = config.resources[0].pre_start
     assert pre_start is not None
     assert (pre_start.timeout, pre_start.on_failure, pre_start.parallelism) == (10.0, "ignore", 4)
@@ -84,7 +86,7 @@ def test_pre_start_timeout_longer_than_the_kubelet_allows_is_refused(tmp_path: P
 )
 def test_hook_config_problems(tmp_path: Path, extra: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(problem)):
-        load_config_text(_config(tmp_path, tmp_path, extra))
+        load_config_text(_config(Path("/tmp/kdp-unused"), tmp_path, extra))
 
 
 # --------------------------------------------------------------------------- preStart

@@ -9,7 +9,6 @@ import asyncio
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -289,24 +288,23 @@ async def test_reload_parses_off_the_event_loop(
         log=get_logger(),
         load_config=load_waiting_for_the_loop,
     )
-    started = time.monotonic()
     assert await host.reload_from(config) == "unchanged"
-    assert loop_ran.is_set() and time.monotonic() - started < 30
+    assert loop_ran.is_set()
     assert loader_threads != [threading.get_ident()]
 
 
 # --------------------------------------------------------------------------- 13: AF_UNIX
 
 
-def test_a_socket_dir_too_long_to_serve_from_is_an_error(tmp_path: Path) -> None:
+def test_a_socket_dir_too_long_to_serve_from_is_a_config_error(tmp_path: Path) -> None:
+    """Issue 10 item 13: every plugin socket name must fit AF_UNIX in the socket dir."""
     fits = "/" + "d" * (AF_UNIX_PATH_MAX - SOCKET_NAME_MAX_LENGTH - 2)
-    too_long = fits + "d"
-    text = f"kubelet: {{socketDir: {fits}}}\n" + VALID
-    assert load_config_text(text).kubelet.socket_dir == fits
-    found = problems(text.replace(fits, too_long))
-    assert len(found) == 1 and "kubelet.socketDir: too long to serve from" in found[0], found
-    assert f"longer than the {AF_UNIX_PATH_MAX}" in found[0]
+    resources = "resources: [{name: a.io/b, glob: {paths: [/dev/x*]}}]\n"
+    assert load_config_text(f"kubelet: {{socketDir: {fits}}}\n" + resources)
+    with pytest.raises(ConfigError) as error:
+        load_config_text(f"kubelet: {{socketDir: {fits}d}}\n" + resources)
+    assert "kubelet.socketDir" in str(error.value) and "too long to serve from" in str(error.value)
     config = tmp_path / "long.yaml"
-    config.write_text(text.replace(fits, too_long))
+    config.write_text(f"kubelet: {{socketDir: {fits}d}}\n" + resources)
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 2 and "too long to serve from" in result.stderr

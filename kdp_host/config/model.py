@@ -26,7 +26,6 @@ Text rules (names, paths, env names, annotation keys) come from kdp_host/rules.p
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -812,11 +811,19 @@ class ResourceConfig:
     )
 
 
+def _socket_dir_problem(socket_dir: str) -> str | None:
+    """A socket dir is usable when the longest plugin socket name the host makes fits in it."""
+    longest = socket_dir.rstrip("/") + "/" + "x" * SOCKET_NAME_MAX_LENGTH
+    if why := socket_path_problem(longest):
+        return f"too long to serve from: a plugin socket path in it {why}"
+    return None
+
+
 @dataclass(frozen=True)
 class KubeletConfig:
     socket_dir: str = key(
         "socketDir",
-        AbsolutePath(),
+        AbsolutePath(rule=_socket_dir_problem),
         "The kubelet's device-plugin directory (where `kubelet.sock` is). kdp-host waits for "
         "it if it does not exist yet. Needs a restart to change.",
         default="/var/lib/kubelet/device-plugins",
@@ -865,14 +872,6 @@ class Config:
     )
     sha256: str = ""
     """Hash of the file's bytes: shows in metrics which config is in force."""
-
-    def check(self) -> Problems:
-        longest = os.path.join(self.kubelet.socket_dir, "x" * SOCKET_NAME_MAX_LENGTH)
-        if why := socket_path_problem(longest):
-            yield (
-                ("kubelet", "socketDir"),
-                f"too long to serve from: the longest plugin socket path in it {why}",
-            )
 
 
 README_TABLES: Mapping[str, tuple[type[object], str]] = {

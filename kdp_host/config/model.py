@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
+    ENV_NAME_PATTERN,
     GLOB_MAGIC,
     MAX_NUMA_NODE,
     absolute_path_problem,
@@ -75,7 +76,7 @@ group (matches like `*`, within one path component)."""
 GROUP_TEMPLATE_FIELDS = GLOB_TEMPLATE_FIELDS | {"key", "target"}
 HEALTH_TEMPLATE_FIELDS = frozenset({"id", "path"})
 PERMISSION_CHARS = frozenset("rwm")
-ENV_PATTERN = "^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+ENV_PATTERN = f"^{ENV_NAME_PATTERN}$"
 """The env name rule as far as JSON Schema can say it (rules.env_name_problem is exact)."""
 
 Problems = Iterator[tuple[FieldPath, str]]

@@ -22,6 +22,7 @@ from typing import Final
 from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
 from .config import MountConfig, PreferredPolicy, ResourceConfig, render_template
 from .devices import REPLICA_SEPARATOR, Advertised, Device, DeviceMount, Snapshot
+from .drivers.probe_output import ContainerExtras
 from .rules import CDI_DEVICE_NAME
 
 ALLOCATION_DEPENDENT_FIELD = re.compile(r"\{(ids|paths|count)\}")
@@ -97,12 +98,7 @@ class AllocationBuilder:
                         (spec_owner[node.container_path], spec.host_path),
                         (device.id, node.host_path),
                     )
-        values = {
-            "ids": ",".join(device.id for device in physical),
-            "paths": ",".join(specs),
-            "count": str(len(physical)),
-            "resource": self.resource.name,
-        }
+        values = template_values(self.resource.name, physical, specs)
         envs = {key: render_template(text, values) for key, text in allocate.env.items()}
         annotations = {
             key: render_template(text, values) for key, text in allocate.annotations.items()
@@ -151,6 +147,14 @@ class AllocationBuilder:
             ]
         return response
 
+    def physical_devices(
+        self, snapshot: Snapshot, requested_ids: Sequence[str], *, healthy_only: bool = True
+    ) -> list[Device]:
+        """The physical devices behind `requested_ids`, in ID order; raises AllocationError
+        for unknown IDs (and, with `healthy_only`, for unhealthy ones)."""
+        entries = self._resolve(snapshot, requested_ids, healthy_only=healthy_only)
+        return sorted({e.device.id: e.device for e in entries}.values(), key=_device_id)
+
     def _collision(
         self, what: str, container_path: str, first: tuple[str, str], second: tuple[str, str]
     ) -> AllocationError:
@@ -164,7 +168,9 @@ class AllocationBuilder:
             f"{second[1]}); the runtime would keep only one (fix the driver's container paths)"
         )
 
-    def _resolve(self, snapshot: Snapshot, requested_ids: Sequence[str]) -> list[Advertised]:
+    def _resolve(
+        self, snapshot: Snapshot, requested_ids: Sequence[str], *, healthy_only: bool = True
+    ) -> list[Advertised]:
         if not requested_ids:
             raise AllocationError(f"{self.resource.name}: no device IDs in the container request")
         found: list[Advertised] = []
@@ -174,7 +180,7 @@ class AllocationBuilder:
             entry = snapshot.by_advertised_id.get(device_id)
             if entry is None:
                 unknown.append(device_id)
-            elif not entry.healthy:
+            elif healthy_only and not entry.healthy:
                 unhealthy.append(device_id)
             else:
                 found.append(entry)
@@ -186,6 +192,72 @@ class AllocationBuilder:
         if problems:
             raise AllocationError(f"{self.resource.name}: cannot allocate: {'; '.join(problems)}")
         return found
+
+
+def template_values(
+    resource: str, physical: Sequence[Device], container_paths: Iterable[str]
+) -> dict[str, str]:
+    """The values of the allocate templates: `{ids}`, `{paths}`, `{count}`, `{resource}`."""
+    return {
+        "ids": ",".join(device.id for device in physical),
+        "paths": ",".join(container_paths),
+        "count": str(len(physical)),
+        "resource": resource,
+    }
+
+
+def hook_values(resource: str, physical: Sequence[Device]) -> dict[str, str]:
+    """The templates of the preStart and allocate commands: the allocate ones (container
+    paths as Allocate passes them, one per container path) plus `{hostPaths}`."""
+    nodes = {n.container_path: n for device in physical for n in device.nodes}
+    values = template_values(resource, physical, nodes)
+    values["hostPaths"] = ",".join(dict.fromkeys(n.host_path for n in nodes.values()))
+    return values
+
+
+def device_env(physical: Iterable[Device]) -> dict[str, str]:
+    """The devices' own env entries, distinct values joined like Allocate joins them."""
+    env: dict[str, str] = {}
+    _merge_device_maps(env, (device.env for device in physical))
+    return env
+
+
+def add_extras(
+    response: ContainerAllocateResponse, extras: ContainerExtras, permissions: str
+) -> None:
+    """Add what an `allocate.command` printed to a container response: keys and paths the
+    response already has win (like per-device entries, configured ones come first)."""
+    for key, value in extras.env.items():
+        response.envs.setdefault(key, value)
+    for key, value in extras.annotations.items():
+        response.annotations.setdefault(key, value)
+    mounts = {m.container_path for m in response.mounts}
+    for mount in extras.mounts:
+        if mount.container_path not in mounts:
+            mounts.add(mount.container_path)
+            response.mounts.append(
+                Mount(
+                    container_path=mount.container_path,
+                    host_path=mount.host_path,
+                    read_only=mount.read_only,
+                )
+            )
+    specs = {d.container_path for d in response.devices}
+    for node in extras.nodes:
+        if node.container_path not in specs:
+            specs.add(node.container_path)
+            response.devices.append(
+                DeviceSpec(
+                    container_path=node.container_path,
+                    host_path=node.host_path,
+                    permissions=node.permissions or permissions,
+                )
+            )
+    names = {d.name for d in response.cdi_devices}
+    for name in extras.cdi_devices:
+        if name not in names:
+            names.add(name)
+            response.cdi_devices.append(CdiDevice(name=name))
 
 
 def _device_id(device: Device) -> str:

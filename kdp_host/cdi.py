@@ -36,7 +36,7 @@ import aiofiles
 import aiofiles.os
 
 from .allocation import ALLOCATION_DEPENDENT_FIELD, cdi_device_name, has_cdi_edits
-from .config import ResourceConfig, render_template
+from .config import CdiConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot
 from .logs import EventLogger
 from .rules import cdi_kind_problem
@@ -74,14 +74,16 @@ def spec_path(resource: ResourceConfig) -> str:
     return os.path.join(spec_dir(resource), spec_file_name(resource.name))
 
 
-def minimum_cdi_version(kind: str) -> str:
+def minimum_cdi_version(kind: str, additional_gids: bool = False) -> str:
     """The lowest cdiVersion that has every feature the spec uses.
 
     Older runtimes reject versions they do not know, so the spec declares the minimum,
     as CDI's own producer does: 0.5.0 for `hostPath` on device nodes (and device names
-    starting with a digit), 0.6.0 when the class holds a `.`. Nothing we write needs
-    0.7.0+ (intelRdt, additionalGids).
+    starting with a digit), 0.6.0 when the class holds a `.`, 0.7.0 for `additionalGids`
+    (`allocate.cdi.additionalGids`). A device node's `gid` and `fileMode` are older than 0.5.0.
     """
+    if additional_gids:
+        return "0.7.0"
     _, _, klass = kind.partition("/")
     return "0.6.0" if "." in klass else "0.5.0"
 
@@ -109,13 +111,13 @@ def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] |
         devices.append(
             {
                 "name": name,
-                "containerEdits": _device_edits(device, allocate.permissions, shared_env),
+                "containerEdits": _device_edits(device, allocate.permissions, shared_env, cdi),
             }
         )
     if not devices:
         return None
     spec: dict[str, Any] = {
-        "cdiVersion": minimum_cdi_version(cdi.kind),
+        "cdiVersion": minimum_cdi_version(cdi.kind, bool(cdi.additional_gids)),
         "kind": cdi.kind,
         "devices": devices,
     }
@@ -133,6 +135,8 @@ def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] |
     edits: dict[str, Any] = {}
     if env:
         edits["env"] = env
+    if cdi.additional_gids:
+        edits["additionalGids"] = list(cdi.additional_gids)
     if mounts:
         edits["mounts"] = list(mounts.values())
     if edits:
@@ -160,9 +164,16 @@ def _consistent_device_env(devices: Iterable[Device], configured: Iterable[str])
     return frozenset(key for key, seen in values.items() if len(seen) == 1 and key not in blocked)
 
 
-def _device_edits(device: Device, permissions: str, shared_env: frozenset[str]) -> dict[str, Any]:
+def _device_edits(
+    device: Device, permissions: str, shared_env: frozenset[str], cdi: CdiConfig
+) -> dict[str, Any]:
     edits: dict[str, Any] = {}
     nodes: dict[str, dict[str, Any]] = {}
+    ownership: dict[str, Any] = {}
+    if cdi.device_gid is not None:
+        ownership["gid"] = cdi.device_gid
+    if cdi.device_file_mode is not None:
+        ownership["fileMode"] = int(cdi.device_file_mode, 8)
     for node in device.nodes:
         nodes.setdefault(
             node.container_path,
@@ -170,6 +181,7 @@ def _device_edits(device: Device, permissions: str, shared_env: frozenset[str]) 
                 "path": node.container_path,
                 "hostPath": node.host_path,
                 "permissions": node.permissions or permissions,
+                **ownership,
             },
         )
     if nodes:

@@ -27,7 +27,7 @@ from prometheus_client import (
 
 from . import __version__
 
-ALLOCATION_RESULTS = ("ok", "invalid")
+ALLOCATION_RESULTS = ("ok", "invalid", "hook_failed")
 REGISTRATION_RESULTS = ("ok", "refused", "unavailable", "error")
 DriverErrorReason = Literal["timeout", "exit", "parse", "output_too_large", "spawn", "io"]
 """Every `reason` a driver may count a failed scan or probe under (DriverError's type)."""
@@ -49,6 +49,15 @@ DRIVER_SKIP_REASONS = (
 ConfigReloadResult = Literal["ok", "invalid", "refused", "unchanged"]
 CONFIG_RELOAD_RESULTS: tuple[ConfigReloadResult, ...] = get_args(ConfigReloadResult)
 DEVICE_HEALTH = ("healthy", "unhealthy")
+HookResult = Literal["ok", "exit", "timeout", "spawn", "output_too_large", "parse", "invalid"]
+PRE_START_RESULTS: tuple[HookResult, ...] = (
+    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid",
+)  # fmt: skip
+"""Every `result` of a preStart call (`invalid`: devices the plugin does not know)."""
+ALLOCATE_HOOK_RESULTS: tuple[HookResult, ...] = (
+    "ok", "exit", "timeout", "spawn", "output_too_large", "parse",
+)  # fmt: skip
+"""Every `result` of an `allocate.command` run (`parse`: output that does not validate)."""
 
 HistogramMode = Literal["perResource", "host", "off"]
 HISTOGRAM_MODES: tuple[HistogramMode, ...] = ("perResource", "host", "off")
@@ -130,7 +139,7 @@ class Metrics:
         )
         self.allocations = Counter(
             "kdp_allocations",
-            "Allocate container requests, by result (ok, invalid).",
+            "Allocate container requests, by result (ok, invalid, hook_failed: allocate.command).",
             ["resource", "result"],
             registry=r,
         )
@@ -138,6 +147,33 @@ class Metrics:
             "kdp_allocate_duration_seconds",
             "Time to answer Allocate, inside the plugin.",
             _LATENCY_BUCKETS,
+            histograms,
+            r,
+        )
+        self.allocate_hooks = Counter(
+            "kdp_allocate_hook_runs",
+            "allocate.command runs, by result (" + ", ".join(ALLOCATE_HOOK_RESULTS) + ").",
+            ["resource", "result"],
+            registry=r,
+        )
+        self.pre_start_calls = Counter(
+            "kdp_pre_start_calls",
+            "PreStartContainer calls answered by running preStart.command, by result ("
+            + ", ".join(PRE_START_RESULTS)
+            + ").",
+            ["resource", "result"],
+            registry=r,
+        )
+        self.pre_start_waits = Counter(
+            "kdp_pre_start_waits",
+            "PreStartContainer calls that waited for a free slot (preStart.parallelism).",
+            ["resource"],
+            registry=r,
+        )
+        self.pre_start_seconds = ResourceHistogram(
+            "kdp_pre_start_duration_seconds",
+            "Time to answer PreStartContainer (waiting for a slot and running the command).",
+            _SCAN_BUCKETS,
             histograms,
             r,
         )
@@ -260,6 +296,9 @@ class Metrics:
             self.health_check_failures,
             self.cdi_spec_failures,
             self.resource_restarts,
+            self.allocate_hooks,
+            self.pre_start_calls,
+            self.pre_start_waits,
         )
 
     def _label_sets(self, resource: str) -> list[tuple[Counter | Gauge, tuple[str, ...]]]:
@@ -272,13 +311,29 @@ class Metrics:
         sets += [(self.driver_errors, (resource, reason)) for reason in DRIVER_ERROR_REASONS]
         sets += [(self.driver_skipped, (resource, reason)) for reason in DRIVER_SKIP_REASONS]
         labelled = (self.allocations, self.registrations, self.driver_errors, self.driver_skipped)
-        sets += [(metric, (resource,)) for metric in self._by_resource() if metric not in labelled]
+        hooks = (self.allocate_hooks, self.pre_start_calls, self.pre_start_waits)
+        sets += [
+            (metric, (resource,))
+            for metric in self._by_resource()
+            if metric not in labelled and metric not in hooks
+        ]
         return sets
 
     def add_resource(self, resource: str) -> None:
         """Create a starting resource's series at zero."""
         for metric, labels in self._label_sets(resource):
             metric.labels(*labels)
+
+    def add_pre_start(self, resource: str) -> None:
+        """Create the preStart series of a resource that has a preStart command, at zero."""
+        for result in PRE_START_RESULTS:
+            self.pre_start_calls.labels(resource, result)
+        self.pre_start_waits.labels(resource)
+
+    def add_allocate_hook(self, resource: str) -> None:
+        """Create the series of a resource that has an allocate.command, at zero."""
+        for result in ALLOCATE_HOOK_RESULTS:
+            self.allocate_hooks.labels(resource, result)
 
     def set_device_counts(self, resource: str, healthy: int, unhealthy: int) -> None:
         self.devices.labels(resource, "healthy").set(healthy)
@@ -290,7 +345,12 @@ class Metrics:
             for labels in _label_values_of(metric, resource):
                 with contextlib.suppress(KeyError):
                     metric.remove(*labels)
-        for histogram in (self.allocate_seconds, self.preferred_seconds, self.scan_seconds):
+        for histogram in (
+            self.allocate_seconds,
+            self.preferred_seconds,
+            self.scan_seconds,
+            self.pre_start_seconds,
+        ):
             histogram.remove(resource)
 
 

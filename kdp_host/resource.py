@@ -19,8 +19,10 @@ from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot
 from .drivers import DeviceReporter, DriverDeps, DriverFactory, failure_threshold, make_driver
 from .files import DaemonThreads
+from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
+from .process import CommandRunner, ProcessRunner
 from .protocol.endpoint import socket_name
 from .protocol.registration import (
     KUBELET_SOCKET,
@@ -55,6 +57,8 @@ class HostServices:
     """Makes each resource's driver (tests pass their own)."""
     threads: DaemonThreads = field(default_factory=DaemonThreads)
     """Daemon threads for the drivers' scans, shared by every resource."""
+    commands: CommandRunner = field(default_factory=ProcessRunner)
+    """Runs the preStart and allocate commands."""
 
 
 @dataclass
@@ -91,6 +95,31 @@ class ResourceRuntime:
         self._encoder = ListAndWatchEncoder()
         self._wake = asyncio.Event()
         self._stream_lost = False
+        self._pre_start = (
+            None
+            if config.pre_start is None
+            else PreStartHook(
+                config.pre_start,
+                config,
+                self.table,
+                services.commands,
+                services.metrics,
+                self.log,
+            )
+        )
+        command = config.allocate.command
+        self._allocate_hook = (
+            None
+            if command is None
+            else AllocateHook(
+                command,
+                config.allocate.timeout,
+                config.name,
+                services.commands,
+                services.metrics,
+                self.log,
+            )
+        )
         self._first_list_ready: list[asyncio.Event] = [self.table.published]
         """Set when the first list is complete (the driver's first scan, the first CDI spec
         write): the kubelet's first ListAndWatch then sees final health, not a flap."""
@@ -181,6 +210,8 @@ class ResourceRuntime:
                 self._services.metrics,
                 self.log,
                 on_stream_lost=self._on_stream_lost,
+                pre_start=self._pre_start,
+                allocate_hook=self._allocate_hook,
             )
             server = PluginServer([service])
             try:

@@ -30,6 +30,14 @@ MAX_NUMA_NODE: Final = 1023
 """Highest NUMA node number accepted (Linux builds with at most 1024 nodes)."""
 MAX_QUALIFIED_NAME_LENGTH: Final = 63
 MAX_DNS1123_SUBDOMAIN_LENGTH: Final = 253
+KUBELET_PRE_START_DEADLINE: Final = 30.0
+"""The deadline the kubelet gives every PreStartContainer call
+(`KubeletPreStartContainerRPCTimeoutInSecs`, docs/kubelet-contract.md §8)."""
+PRE_START_REPLY_MARGIN: Final = 2.0
+"""What a preStart hook's timeout leaves of the kubelet's deadline: the TERM-to-KILL grace
+(1 s) and the reply. A longer hook would be cut off by the kubelet's deadline instead, and
+the pod's events would say `DeadlineExceeded` instead of the hook's exit and stderr."""
+MAX_PRE_START_TIMEOUT: Final = KUBELET_PRE_START_DEADLINE - PRE_START_REPLY_MARGIN
 
 _QUALIFIED_NAME: Final = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _DNS1123_SUBDOMAIN: Final = re.compile(
@@ -228,6 +236,18 @@ def cdi_device_name_problem(name: str) -> str | None:
             "must start and end with a letter or digit and hold only letters, digits, "
             "'_', '-', '.' and ':'"
         )
+    return None
+
+
+def cdi_qualified_name_problem(name: str) -> str | None:
+    """Why CDI would refuse `name` as a qualified device name (`vendor/class=device`), or None."""
+    kind, sep, device = name.partition("=")
+    if not sep:
+        return "must be a CDI name vendor/class=device, e.g. vendor.example/fpga=0"
+    if why := cdi_kind_problem(kind):
+        return why
+    if why := cdi_device_name_problem(device):
+        return f"device name {why}"
     return None
 
 

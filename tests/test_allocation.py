@@ -336,6 +336,58 @@ def test_cdi_device_names_are_distinct(a: str, b: str) -> None:
         assert cdi_device_name(a) != cdi_device_name(b)
 
 
+_PATHS = st.sampled_from(["/dev/a", "/dev/b", "/dev/c", "/m/x", "/m/y"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(_PATHS, _PATHS), max_size=3),
+            st.lists(st.tuples(_PATHS, _PATHS, st.booleans()), max_size=2),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(st.tuples(_PATHS, _PATHS), max_size=2, unique_by=lambda m: m[1]),
+)
+def test_allocate_never_returns_less_than_it_charges(
+    shapes: list[tuple[list[tuple[str, str]], list[tuple[str, str, bool]]]],
+    configured: list[tuple[str, str]],
+) -> None:
+    """Whatever the devices' nodes and mounts: either every node and mount of every charged
+    device (and every configured mount) is in the response, each container path once, or
+    Allocate refuses."""
+    devices = [
+        Device(
+            id=f"d{index}",
+            nodes=tuple(DeviceNode(host, container) for host, container in node_shapes),
+            mounts=tuple(DeviceMount(h, c, ro) for h, c, ro in mount_shapes),
+        )
+        for index, (node_shapes, mount_shapes) in enumerate(shapes)
+    ]
+    builder = AllocationBuilder(
+        resource(mounts=tuple(MountConfig(host, container) for host, container in configured))
+    )
+    try:
+        response = builder.container_response(snapshot(devices), [device.id for device in devices])
+    except AllocationError as error:
+        assert "claimed twice" in str(error)
+        return
+    passed_nodes = {(d.host_path, d.container_path) for d in response.devices}
+    passed_mounts = {(m.host_path, m.container_path, m.read_only) for m in response.mounts}
+    for device in devices:
+        assert {(n.host_path, n.container_path) for n in device.nodes} <= passed_nodes
+        assert {(m.host_path, m.container_path, m.read_only) for m in device.mounts} <= (
+            passed_mounts
+        )
+    assert {(h, c, True) for h, c in configured} <= passed_mounts
+    container_paths = [d.container_path for d in response.devices] + [
+        m.container_path for m in response.mounts
+    ]
+    assert len(container_paths) == len(set(container_paths))
+
+
 # --------------------------------------------------------------------------- preferred: packed
 
 

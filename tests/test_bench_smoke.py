@@ -18,6 +18,7 @@ from tests.bench import harness, hotplug, latency, run
 MODULES = (
     "containment",
     "floor_server",
+    "hooks",
     "large",
     "pinger",
     "proto",
@@ -80,3 +81,15 @@ def test_runner_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_hotplug_benchmark_structure() -> None:
     check_figures(hotplug.run(TINY))
+
+
+def test_hooks_benchmark_structure() -> None:
+    from tests.bench import hooks
+
+    figures = hooks.run(replace(TINY, calls=5, warmup=2))
+    assert [f.name for f in figures] == [
+        "allocate p50 without allocate.command",
+        "allocate p50 with allocate.command",
+        "PreStartContainer p50 with preStart: true",
+    ]
+    check_figures(figures, with_target=False)

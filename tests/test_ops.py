@@ -459,6 +459,10 @@ def test_http_closes_idle_connections_and_bounds_its_threads() -> None:
         assert threading.active_count() <= baseline + 2
         # The two silent ones are closed when their idle timeout passes.
         assert [read_to_end(connection) for connection in idle[:2]] == [b"", b""]
+        # A serving thread closes its connection, then frees its slot: wait for both threads.
+        deadline = time.monotonic() + 30
+        while threading.active_count() > baseline and time.monotonic() < deadline:
+            time.sleep(0.01)
         status, _ = http_get(server.port, "/metrics")
         assert status == 200
     finally:
@@ -539,10 +543,12 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     import re
 
     from kdp_host.metrics import (
+        ALLOCATE_HOOK_RESULTS,
         ALLOCATION_RESULTS,
         CONFIG_RELOAD_RESULTS,
         DRIVER_ERROR_REASONS,
         DRIVER_SKIP_REASONS,
+        PRE_START_RESULTS,
         REGISTRATION_RESULTS,
     )
 
@@ -554,7 +560,14 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
             rows[match.group(1)] = (match.group(2), match.group(3))
     metrics = Metrics(process_collectors=False)
     metrics.add_resource(FPGA)
-    for histogram in (metrics.allocate_seconds, metrics.preferred_seconds, metrics.scan_seconds):
+    metrics.add_pre_start(FPGA)
+    metrics.add_allocate_hook(FPGA)
+    for histogram in (
+        metrics.allocate_seconds,
+        metrics.preferred_seconds,
+        metrics.scan_seconds,
+        metrics.pre_start_seconds,
+    ):
         histogram.labels(FPGA).observe(0.001)
     metrics.config_info.info({"sha256": "0" * 64})
     exposed: dict[str, set[str]] = {}
@@ -574,6 +587,8 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         "kdp_driver_errors_total": DRIVER_ERROR_REASONS,
         "kdp_driver_skipped_total": DRIVER_SKIP_REASONS,
         "kdp_config_reloads_total": CONFIG_RELOAD_RESULTS,
+        "kdp_pre_start_calls_total": PRE_START_RESULTS,
+        "kdp_allocate_hook_runs_total": ALLOCATE_HOOK_RESULTS,
     }
     for name, known in values.items():
         assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name

@@ -15,6 +15,7 @@ from pathlib import Path
 from .declare import Reader, parse_duration, read_section, render_template
 from .model import (
     ALLOCATE_TEMPLATE_FIELDS,
+    HOOK_TEMPLATE_FIELDS,
     MAX_REPLICAS,
     AllocateConfig,
     CdiConfig,
@@ -29,6 +30,7 @@ from .model import (
     NodeSelectConfig,
     PciMatchConfig,
     PreferredPolicy,
+    PreStartConfig,
     ResourceConfig,
     ShellDriverConfig,
     SysfsDriverConfig,
@@ -39,6 +41,7 @@ from .source import ConfigSource, SourceError, parse_config_text, read_config_so
 
 __all__ = [
     "ALLOCATE_TEMPLATE_FIELDS",
+    "HOOK_TEMPLATE_FIELDS",
     "MAX_REPLICAS",
     "AllocateConfig",
     "CdiConfig",
@@ -53,6 +56,7 @@ __all__ = [
     "MountConfig",
     "NodeSelectConfig",
     "PciMatchConfig",
+    "PreStartConfig",
     "PreferredPolicy",
     "ResourceConfig",
     "ShellDriverConfig",

@@ -36,6 +36,7 @@ from ..rules import (
     ENV_NAME_PATTERN,
     GLOB_MAGIC,
     MAX_NUMA_NODE,
+    MAX_PRE_START_TIMEOUT,
     absolute_path_problem,
     annotation_key_problem,
     cdi_kind_problem,
@@ -69,6 +70,12 @@ from .source import FieldPath
 
 MAX_REPLICAS = 10_000
 ALLOCATE_TEMPLATE_FIELDS = frozenset({"ids", "paths", "count", "resource"})
+HOOK_TEMPLATE_FIELDS = ALLOCATE_TEMPLATE_FIELDS | {"hostPaths"}
+"""Templates of the preStart and allocate commands: the allocate ones, plus the host paths
+(the commands run on the host)."""
+MAX_PRE_START_PARALLELISM = 64
+MAX_GID = 2**32 - 2
+"""Highest group ID (2^32 - 1 is the kernel's "no group")."""
 GLOB_TEMPLATE_FIELDS = frozenset({"path", "name"})
 GROUP_KEY = "{key}"
 """The placeholder of a glob group member's path: the part of a matched path that names its
@@ -112,6 +119,12 @@ def _member_path_problem(path: str) -> str | None:
 def _permissions_problem(text: str) -> str | None:
     if not set(text) <= PERMISSION_CHARS or len(set(text)) != len(text):
         return "must be made of r, w and m, each at most once"
+    return None
+
+
+def _file_mode_problem(text: str) -> str | None:
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        return 'must be an octal mode such as "0660" (quoted: YAML reads 0660 as a number)'
     return None
 
 
@@ -600,6 +613,29 @@ class CdiConfig:
         default=None,
         default_doc="`/var/run/cdi`",
     )
+    device_gid: int | None = key(
+        "deviceGid",
+        Integer(0, MAX_GID),
+        "Group of the device nodes inside the container (CDI `gid`); with `deviceFileMode` "
+        "a non-root container in that group can open them. See "
+        "[docs/non-root-containers.md](docs/non-root-containers.md).",
+        default=None,
+    )
+    device_file_mode: str | None = key(
+        "deviceFileMode",
+        Text(rule=_file_mode_problem, extra_schema={"pattern": "^0?[0-7]{3}$"}),
+        "Mode of the device nodes inside the container (CDI `fileMode`), an octal string: "
+        '`"0660"`.',
+        default=None,
+    )
+    additional_gids: tuple[int, ...] = key(
+        "additionalGids",
+        ListOf(Integer(0, MAX_GID), hint="a list of group IDs", empty=None),
+        "Supplementary groups of the container's processes (CDI `additionalGids`). The spec "
+        "then declares cdiVersion 0.7.0: the runtime's CDI library must know that version "
+        "(container-device-interface v0.7 or newer), or it refuses the whole spec.",
+        default=[],
+    )
 
 
 @dataclass(frozen=True)
@@ -629,6 +665,24 @@ class AllocateConfig:
         default="rw",
     )
     cdi: CdiConfig | None = key("cdi", Section(CdiConfig), "", default=None)
+    command: tuple[str, ...] | None = key(
+        "command",
+        Argv(templates=HOOK_TEMPLATE_FIELDS),
+        "An argv run at every Allocate with the chosen devices (same templates, plus "
+        "`{hostPaths}`; same containment as probes). It prints one JSON object whose keys "
+        "`env`, `annotations`, `mounts`, `paths` (device nodes) and `cdiDevices` are added "
+        "to the container's response (keys set above win), checked like probe output. A "
+        "failure or timeout fails the Allocate, so the pod is not admitted. The kubelet "
+        "waits for Allocate while admitting the pod: this adds the command's run time "
+        "(a few ms at best) to every admission.",
+        default=None,
+    )
+    timeout: float = key(
+        "timeout",
+        Duration(0.05),
+        "Kill `command` after this, and fail the Allocate.",
+        default="2s",
+    )
 
     def check(self) -> Problems:
         seen: dict[str, int] = {}
@@ -640,6 +694,65 @@ class AllocateConfig:
                     f"{mount.container_path} is already the containerPath of mounts[{first}]: "
                     "the runtime would keep only one of them",
                 )
+
+
+PreStartFailure = Literal["ignore", "unhealthy"]
+
+
+@dataclass(frozen=True)
+class PreStartConfig:
+    command: tuple[str, ...] = key(
+        "command",
+        Argv(templates=HOOK_TEMPLATE_FIELDS),
+        "argv run before each container that got devices of the resource starts (and at "
+        "each restart of it): `{ids}` (the container's devices), `{paths}` (container "
+        "paths), `{hostPaths}`, `{count}`, `{resource}`. Same containment as probes (own "
+        "process group, stdin closed, output capped, never a shell). Exit 0: the container "
+        "starts; otherwise the kubelet fails the start with the exit status and the end of "
+        "stderr, and retries with backoff.",
+    )
+    timeout: float = key(
+        "timeout",
+        Duration(0.05),
+        f"TERM then KILL the command's process group after this. At most "
+        f"{MAX_PRE_START_TIMEOUT:g}s: the kubelet gives PreStartContainer 30s, and the "
+        "answer must reach it before that.",
+        default="10s",
+    )
+    env: Mapping[str, str] = key(
+        "env",
+        StringMap(env_name_problem, templates=HOOK_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
+        "Extra environment variables (values take the same templates). The devices' own "
+        "env entries (sysfs attributes, a probe's `env`) are passed too, joined with `,` "
+        "across devices; these win.",
+        default={},
+    )
+    on_failure: PreStartFailure = key(
+        "onFailure",
+        Choice(("ignore", "unhealthy")),
+        "`ignore`: a failure only fails that container's start. `unhealthy`: the devices "
+        "are also reported Unhealthy until a later preStart on them or their `health` "
+        "command passes (use it with a `health` command, or they stay out until they leave "
+        "the list). `ignore` is the default: a failure may be the pod's (a bad argument) "
+        "or a passing overload, and taking hardware out of allocatable for every pod needs "
+        "a way back in.",
+        default="ignore",
+    )
+    parallelism: int = key(
+        "parallelism",
+        Integer(1, MAX_PRE_START_PARALLELISM),
+        "At most this many commands of the resource run at once; further containers wait "
+        "for a slot (counted in `kdp_pre_start_waits_total`), inside the kubelet's 30s.",
+        default=4,
+    )
+
+    def check(self) -> Problems:
+        if self.timeout > MAX_PRE_START_TIMEOUT:
+            yield (
+                ("timeout",),
+                f"must be at most {MAX_PRE_START_TIMEOUT:g}s: the kubelet gives "
+                "PreStartContainer 30s, and the kill grace and the answer must fit in it",
+            )
 
 
 PreferredPolicy = Literal["packed", "spread", "numa", "none"]
@@ -667,6 +780,14 @@ class ResourceConfig:
         Section(AllocateConfig),
         "What a container gets (below).",
         factory=AllocateConfig,
+    )
+    pre_start: PreStartConfig | None = key(
+        "preStart",
+        Section(PreStartConfig),
+        "A command run before each container with devices of the resource starts "
+        "(PreStartContainer, below). Only a resource with `preStart` asks the kubelet for "
+        "that call.",
+        default=None,
     )
     health: HealthCheckConfig | None = key(
         "health",
@@ -751,6 +872,7 @@ README_TABLES: Mapping[str, tuple[type[object], str]] = {
     "sysfs": (SysfsDriverConfig, "sysfs."),
     "health": (HealthCheckConfig, "health."),
     "allocate": (AllocateConfig, "allocate."),
+    "pre-start": (PreStartConfig, "preStart."),
 }
 """README.md reference tables: the marker name, the section, and its key prefix. A section
 with a table of its own is one row in its parent's table."""

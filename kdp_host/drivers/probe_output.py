@@ -6,6 +6,8 @@
   `/dev/serial/by-path/pci-0000:00:14.0-usb-0:1` keep their colons).
 - `json`: a list, or `{"devices": [...]}`, of objects
   `{id, health?, paths?, numa?, env?, mounts?, annotations?}`.
+- `allocate.command` output: one object `{env?, annotations?, mounts?, paths?, cdiDevices?}`,
+  its entries checked exactly like a device's.
 
 Every error names the line (or the JSON entry) and quotes it.
 """
@@ -15,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .. import rules
@@ -31,6 +34,7 @@ _LINE_KEYS = ("path", "numa")
 _DEVICE_KEYS = frozenset({"id", "health", "paths", "numa", "env", "mounts", "annotations"})
 _PATH_KEYS = frozenset({"hostPath", "containerPath"})
 _MOUNT_KEYS = frozenset({"hostPath", "containerPath", "readOnly"})
+_EXTRAS_KEYS = frozenset({"env", "annotations", "mounts", "paths", "cdiDevices"})
 
 Format = Literal["lines", "json"]
 
@@ -180,6 +184,11 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_json(data: bytes | str) -> list[Device]:
     """Parse `json` output. Raises ProbeOutputError naming the offending line or entry."""
+    return _devices_from_document(_load_json(data))
+
+
+def _load_json(data: bytes | str) -> Any:
+    """The JSON document of `data`: strict UTF-8, no key twice, bounded nesting."""
     if isinstance(data, bytes):
         try:
             text = data.decode("utf-8")
@@ -202,7 +211,7 @@ def parse_json(data: bytes | str) -> list[Device]:
         raise ProbeOutputError("invalid JSON: nested too deeply") from None
     except ValueError as exc:
         raise ProbeOutputError(f"invalid JSON: {exc}") from None
-    return _devices_from_document(document)
+    return document
 
 
 def _line_of(text: str, lineno: int) -> str:
@@ -298,18 +307,10 @@ def _json_string_map(
     return out
 
 
-def _device_from_json(item: Any) -> Device:
-    spec = _json_object(item, "device", _DEVICE_KEYS)
-    if "id" not in spec:
-        raise _Invalid("missing required key 'id'")
-    device_id = _json_string(spec["id"], "id")
-    if why := rules.device_id_problem(device_id):
-        raise _Invalid(why)
-    healthy = True
-    if spec.get("health") is not None:
-        healthy = _health(_json_string(spec["health"], "health"))
+def _nodes_from_json(value: Any) -> list[DeviceNode]:
+    """`paths`: strings (`/dev/x` or `/dev/x:/dev/y`) or {hostPath, containerPath?} objects."""
     nodes: list[DeviceNode] = []
-    for index, entry in enumerate(_json_list(spec.get("paths", []), "paths")):
+    for index, entry in enumerate(_json_list(value, "paths")):
         what = f"paths[{index}]"
         if isinstance(entry, str):
             node = _node_from_spec(_check_text(entry, what))
@@ -325,14 +326,12 @@ def _device_from_json(item: Any) -> Device:
                 )
             node = DeviceNode(host, container)
         _add_node(nodes, node)
-    numa: int | None = None
-    if spec.get("numa") is not None:
-        raw_numa = spec["numa"]
-        if not isinstance(raw_numa, int) or isinstance(raw_numa, bool):
-            raise _Invalid(f"numa must be an integer, got {_json_kind(raw_numa)}")
-        numa = _numa_from_int(raw_numa)
+    return nodes
+
+
+def _mounts_from_json(value: Any) -> list[DeviceMount]:
     mounts: list[DeviceMount] = []
-    for index, entry in enumerate(_json_list(spec.get("mounts", []), "mounts")):
+    for index, entry in enumerate(_json_list(value, "mounts")):
         what = f"mounts[{index}]"
         obj = _json_object(entry, what, _MOUNT_KEYS)
         for key in ("hostPath", "containerPath"):
@@ -350,6 +349,27 @@ def _device_from_json(item: Any) -> Device:
                 read_only,
             )
         )
+    return mounts
+
+
+def _device_from_json(item: Any) -> Device:
+    spec = _json_object(item, "device", _DEVICE_KEYS)
+    if "id" not in spec:
+        raise _Invalid("missing required key 'id'")
+    device_id = _json_string(spec["id"], "id")
+    if why := rules.device_id_problem(device_id):
+        raise _Invalid(why)
+    healthy = True
+    if spec.get("health") is not None:
+        healthy = _health(_json_string(spec["health"], "health"))
+    nodes = _nodes_from_json(spec.get("paths", []))
+    numa: int | None = None
+    if spec.get("numa") is not None:
+        raw_numa = spec["numa"]
+        if not isinstance(raw_numa, int) or isinstance(raw_numa, bool):
+            raise _Invalid(f"numa must be an integer, got {_json_kind(raw_numa)}")
+        numa = _numa_from_int(raw_numa)
+    mounts = _mounts_from_json(spec.get("mounts", []))
     env = _json_string_map(spec.get("env", {}), "env", rules.env_name_problem)
     annotations = _json_string_map(
         spec.get("annotations", {}), "annotations", rules.annotation_key_problem
@@ -363,6 +383,45 @@ def _device_from_json(item: Any) -> Device:
         mounts=tuple(mounts),
         annotations=annotations,
     )
+
+
+@dataclass(frozen=True)
+class ContainerExtras:
+    """What an `allocate.command` adds to a container's Allocate response."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    mounts: tuple[DeviceMount, ...] = ()
+    nodes: tuple[DeviceNode, ...] = ()
+    cdi_devices: tuple[str, ...] = ()
+
+
+def parse_allocate_output(data: bytes | str) -> ContainerExtras:
+    """Parse what an `allocate.command` prints: one JSON object with the optional keys
+    `env`, `annotations`, `mounts`, `paths` (device nodes) and `cdiDevices` (qualified CDI
+    names), checked by the same rules as a probe's device entries. Raises ProbeOutputError."""
+    document = _load_json(data)
+    try:
+        spec = _json_object(document, "output", _EXTRAS_KEYS)
+        names: list[str] = []
+        for index, entry in enumerate(_json_list(spec.get("cdiDevices", []), "cdiDevices")):
+            what = f"cdiDevices[{index}]"
+            name = _json_string(entry, what)
+            if why := rules.cdi_qualified_name_problem(name):
+                raise _Invalid(f"{what} {why}, got {_quote(name)}")
+            if name not in names:
+                names.append(name)
+        return ContainerExtras(
+            env=_json_string_map(spec.get("env", {}), "env", rules.env_name_problem),
+            annotations=_json_string_map(
+                spec.get("annotations", {}), "annotations", rules.annotation_key_problem
+            ),
+            mounts=tuple(_mounts_from_json(spec.get("mounts", []))),
+            nodes=tuple(_nodes_from_json(spec.get("paths", []))),
+            cdi_devices=tuple(names),
+        )
+    except _Invalid as exc:
+        raise ProbeOutputError(str(exc), text=_compact(document)) from None
 
 
 def parse_output(data: bytes | str, fmt: Format) -> list[Device]:

@@ -20,10 +20,11 @@ import grpclib
 import grpclib.server
 from grpclib.const import Status
 
-from ..allocation import AllocationBuilder, AllocationError, preferred_allocation
+from ..allocation import AllocationBuilder, AllocationError, add_extras, preferred_allocation
 from ..api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
+    ContainerAllocateResponse,
     ContainerPreferredAllocationResponse,
     DevicePluginBase,
     DevicePluginOptions,
@@ -36,6 +37,7 @@ from ..api.v1beta1 import (
 )
 from ..config import ResourceConfig
 from ..devices import DeviceTable, Snapshot
+from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
 from ..metrics import Metrics
 from .codec import EncodedMessage
@@ -99,6 +101,8 @@ class DevicePluginService(DevicePluginBase):
         *,
         on_stream_lost: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        pre_start: PreStartHook | None = None,
+        allocate_hook: AllocateHook | None = None,
     ) -> None:
         self._config = config
         self._table = table
@@ -108,12 +112,14 @@ class DevicePluginService(DevicePluginBase):
         self._clock = clock
         self._on_stream_lost = on_stream_lost
         self._builder = AllocationBuilder(config)
+        self._pre_start = pre_start
+        self._allocate_hook = allocate_hook
         self._closing = asyncio.Event()
         self._open_streams = 0
         self._streams_drained = asyncio.Event()
         self._streams_drained.set()
         self.options = DevicePluginOptions(
-            pre_start_required=False,
+            pre_start_required=pre_start is not None,
             get_preferred_allocation_available=config.preferred != "none",
         )
 
@@ -236,11 +242,49 @@ class DevicePluginService(DevicePluginBase):
             self._metrics.allocations.labels(name, "invalid").inc()
             self._log.warning("allocate_refused", reason=str(exc))
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        if self._allocate_hook is not None:
+            await self._add_hook_extras(snapshot, message, responses)
         self._metrics.allocations.labels(name, "ok").inc(len(responses))
         self._metrics.allocate_seconds.labels(name).observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)
 
+    async def _add_hook_extras(
+        self,
+        snapshot: Snapshot,
+        message: AllocateRequest,
+        responses: list[ContainerAllocateResponse],
+    ) -> None:
+        """Run allocate.command for every container request at once, and add its output."""
+        hook = self._allocate_hook
+        assert hook is not None
+        permissions = self._config.allocate.permissions
+        try:
+            async with asyncio.TaskGroup() as group:
+                runs = [
+                    group.create_task(
+                        hook.extras(self._builder.physical_devices(snapshot, request.devices_ids))
+                    )
+                    for request in message.container_requests
+                ]
+        except* HookFailed as failures:
+            first = failures.exceptions[0]
+            assert isinstance(first, HookFailed)
+            self._metrics.allocations.labels(self._config.name, "hook_failed").inc(
+                len(message.container_requests)
+            )
+            raise grpclib.GRPCError(first.status, str(first)) from None
+        for response, run in zip(responses, runs, strict=True):
+            add_extras(response, run.result(), permissions)
+
     async def pre_start_container(
         self, message: PreStartContainerRequest
     ) -> PreStartContainerResponse:
+        """Run preStart.command for the container's devices (only asked for when the
+        resource has one: `options.pre_start_required`)."""
+        if self._pre_start is None:
+            return PreStartContainerResponse()
+        try:
+            await self._pre_start.run(message.devices_ids)
+        except HookFailed as exc:
+            raise grpclib.GRPCError(exc.status, str(exc)) from None
         return PreStartContainerResponse()

@@ -19,6 +19,7 @@ from kdp_host.api.v1beta1 import (
     PreferredAllocationRequest,
     PreferredAllocationResponse,
 )
+from kdp_host.rules import KUBELET_PRE_START_DEADLINE
 
 KUBELET_SOCKET_NAME: Final = "kubelet.sock"
 CHECKPOINT_NAME: Final = "kubelet_internal_checkpoint"
@@ -31,7 +32,7 @@ DIAL_TIMEOUT: Final = 10.0
 """The kubelet's blocking dial of a registering plugin (docs/kubelet-contract.md §2)."""
 ENDPOINT_STOP_GRACE_PERIOD: Final = 300.0
 """How long a stopped endpoint's resource is kept (docs/kubelet-contract.md §4)."""
-PRE_START_TIMEOUT: Final = 30.0
+PRE_START_TIMEOUT: Final = KUBELET_PRE_START_DEADLINE
 """KubeletPreStartContainerRPCTimeoutInSecs (docs/kubelet-contract.md §8)."""
 
 

@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, str] = {
     "containment": "containment",
     "sysfs": "sysfs",
     "hostile": "hostile",
+    "hooks": "hooks",
 }
 EXTERNAL = {"allocation": "bench_allocation"}
 """Benchmarks other modules provide as `run() -> dict[str, float]` (included when present)."""

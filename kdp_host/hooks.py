@@ -1,0 +1,192 @@
+"""Operator commands on the allocation path: `preStart.command` and `allocate.command`.
+
+Both run under the same containment as probes (kdp_host/process.py: own process group,
+stdin closed, output capped, TERM then KILL at the timeout, never a shell), with their argv
+and env rendered by the config's one template renderer from the devices of the container.
+
+- PreStartContainer runs `preStart.command` once per call, at most `preStart.parallelism`
+  at a time per resource (the others wait for a slot, counted); the kubelet's deadline
+  (30 s) cancels a call that is still waiting or running, which kills the command's group.
+- Allocate runs `allocate.command` once per container request; what it prints is checked by
+  the probe-output rules and added to the response.
+
+A failure becomes a HookFailed with the gRPC status to answer and a message that carries the
+exit status and the end of stderr: the kubelet puts it in the pod's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from grpclib.const import Status
+
+from .allocation import AllocationBuilder, AllocationError, device_env, hook_values
+from .config import PreStartConfig, ResourceConfig, render_template
+from .devices import Device, DeviceTable
+from .drivers.probe_output import ContainerExtras, ProbeOutputError, parse_allocate_output
+from .logs import EventLogger
+from .metrics import HookResult, Metrics
+from .process import CommandError, CommandResult, CommandRunner
+
+STDERR_IN_STATUS = 512
+"""Characters of the end of stderr put in the status message (the log has up to 4 KiB):
+the kubelet copies the message into the pod's events, which are short."""
+HOOK_OUTPUT_LIMIT = 64 * 1024
+"""Most stdout bytes a hook may print (an allocate.command's JSON is small)."""
+
+
+class HookFailed(Exception):
+    """A hook that did not succeed: answer the RPC with `status` and this message."""
+
+    def __init__(self, status: Status, result: HookResult, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.result = result
+
+
+def render_argv(command: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    return [render_template(arg, values) for arg in command]
+
+
+def _stderr_tail(stderr: str) -> str:
+    text = stderr.strip()
+    if len(text) > STDERR_IN_STATUS:
+        text = "..." + text[-STDERR_IN_STATUS:]
+    return text
+
+
+async def _run(
+    commands: CommandRunner,
+    what: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float,
+) -> CommandResult:
+    """Run a hook; raises HookFailed (FAILED_PRECONDITION) for anything but exit 0."""
+    try:
+        result = await commands.run(
+            argv, timeout=timeout, env=env or None, max_output=HOOK_OUTPUT_LIMIT
+        )
+    except CommandError as exc:
+        tail = _stderr_tail(exc.stderr)
+        reason = exc.reason if exc.reason in ("timeout", "spawn", "output_too_large") else "exit"
+        message = f"{what} {exc}" + (f"; stderr: {tail}" if tail else "")
+        raise HookFailed(Status.FAILED_PRECONDITION, reason, message) from None  # type: ignore[arg-type]
+    if not result.ok:
+        tail = _stderr_tail(result.stderr)
+        message = f"{what} {result.describe_exit()}" + (f"; stderr: {tail}" if tail else "")
+        raise HookFailed(Status.FAILED_PRECONDITION, "exit", message)
+    return result
+
+
+@dataclass
+class PreStartHook:
+    """Answers the PreStartContainer calls of one resource (one per resource runtime, so the
+    parallelism bound holds across re-registrations)."""
+
+    config: PreStartConfig
+    resource: ResourceConfig
+    table: DeviceTable
+    commands: CommandRunner
+    metrics: Metrics
+    log: EventLogger
+    clock: Callable[[], float] = time.perf_counter
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.config.parallelism)
+        self._builder = AllocationBuilder(self.resource)
+        self.metrics.add_pre_start(self.resource.name)
+
+    async def run(self, device_ids: Sequence[str]) -> None:
+        """Run the command for one container's devices; raises HookFailed."""
+        name = self.resource.name
+        started = self.clock()
+        ids = ",".join(device_ids)
+        try:
+            try:
+                physical = self._builder.physical_devices(
+                    self.table.snapshot, device_ids, healthy_only=False
+                )
+            except AllocationError as exc:
+                raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None
+            if self._slots.locked():
+                self.metrics.pre_start_waits.labels(name).inc()
+                self.log.info("pre_start_waiting", devices=ids)
+            async with self._slots:
+                await self._run_command(physical)
+        except HookFailed as exc:
+            self.metrics.pre_start_calls.labels(name, exc.result).inc()
+            self.metrics.pre_start_seconds.labels(name).observe(self.clock() - started)
+            self.log.warning("pre_start_failed", devices=ids, result=exc.result, error=str(exc))
+            if exc.result != "invalid" and self.config.on_failure == "unhealthy":
+                for device in physical:
+                    if self.table.set_check_result(device.id, False):
+                        self.log.warning("device_unhealthy_after_pre_start", device=device.id)
+            raise
+        seconds = self.clock() - started
+        self.metrics.pre_start_calls.labels(name, "ok").inc()
+        self.metrics.pre_start_seconds.labels(name).observe(seconds)
+        self.log.info("pre_start_ok", devices=ids, seconds=round(seconds, 3))
+        if self.config.on_failure == "unhealthy":
+            for device in physical:
+                if self.table.set_check_result(device.id, True):
+                    self.log.info("device_healthy_after_pre_start", device=device.id)
+
+    async def _run_command(self, physical: Sequence[Device]) -> None:
+        values = hook_values(self.resource.name, physical)
+        env = device_env(physical)
+        env.update({key: render_template(text, values) for key, text in self.config.env.items()})
+        what = f"{self.resource.name}: preStart for {values['ids']}:"
+        await _run(
+            self.commands,
+            what,
+            render_argv(self.config.command, values),
+            env,
+            self.config.timeout,
+        )
+
+
+@dataclass
+class AllocateHook:
+    """Runs `allocate.command` for a container's devices and parses what it printed."""
+
+    command: Sequence[str]
+    timeout: float
+    resource: str
+    commands: CommandRunner
+    metrics: Metrics
+    log: EventLogger
+
+    def __post_init__(self) -> None:
+        self.metrics.add_allocate_hook(self.resource)
+
+    async def extras(self, physical: Sequence[Device]) -> ContainerExtras:
+        """What the command adds to the container's response; raises HookFailed."""
+        values = hook_values(self.resource, physical)
+        what = f"{self.resource}: allocate.command for {values['ids']}:"
+        counter = self.metrics.allocate_hooks
+        try:
+            result = await _run(
+                self.commands,
+                what,
+                render_argv(self.command, values),
+                device_env(physical),
+                self.timeout,
+            )
+            try:
+                extras = parse_allocate_output(result.stdout)
+            except ProbeOutputError as exc:
+                raise HookFailed(
+                    Status.FAILED_PRECONDITION, "parse", f"{what} output does not parse: {exc}"
+                ) from None
+        except HookFailed as exc:
+            counter.labels(self.resource, exc.result).inc()
+            self.log.warning(
+                "allocate_hook_failed", devices=values["ids"], result=exc.result, error=str(exc)
+            )
+            raise
+        counter.labels(self.resource, "ok").inc()
+        return extras

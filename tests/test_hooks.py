@@ -1,0 +1,328 @@
+"""preStart.command (PreStartContainer) and allocate.command, end to end.
+
+Through the kubelet simulator (which calls PreStartContainer as the kubelet does: after
+Allocate, only when the options ask for it, with the container's devices and the 30 s
+deadline) and through the grpcio kubelet (an independent gRPC stack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from kdp_host.config import ConfigError, load_config_text
+from kdp_host.rules import MAX_PRE_START_TIMEOUT
+from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
+
+from .conftest import glob_config, script, wait_until
+
+try:
+    from .interop_kubelet import InteropKubelet, load_official_api
+except ImportError:  # pragma: no cover
+    sys.path.insert(0, str(Path(__file__).parent))
+    from interop_kubelet import InteropKubelet, load_official_api  # type: ignore[no-redef]
+
+FPGA = "vendor.example/fpga"
+SERIAL = "vendor.example/serial"
+
+
+def _config(socket_dir: Path, devices: Path, resource_extra: str, *, serial: bool = True) -> str:
+    """The FPGA resource with `resource_extra` (YAML lines of the resource), and a serial
+    resource without hooks."""
+    text = glob_config(socket_dir, (FPGA, f"{devices}/fpga[0-9]*"))
+    text += "".join(f"    {line}\n" for line in resource_extra.strip().splitlines())
+    if serial:
+        text += f'  - name: {SERIAL}\n    glob: {{paths: ["{devices}/ttyA*"]}}\n'
+    return text
+
+
+def _counter(running: object, name: str, **labels: str) -> float:
+    value = running.metrics.registry.get_sample_value(name, labels)  # type: ignore[attr-defined]
+    return 0.0 if value is None else float(value)
+
+
+def _process_gone(pid: int) -> bool:
+    """The process no longer runs (gone, or a zombie waiting for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_pre_start_timeout_longer_than_the_kubelet_allows_is_refused(tmp_path: Path) -> None:
+    text = _config(tmp_path, tmp_path, 'preStart: {command: ["true"], timeout: 29s}')
+    with pytest.raises(ConfigError, match=f"at most {MAX_PRE_START_TIMEOUT:g}s"):
+        load_config_text(text)
+    config = load_config_text(_config(tmp_path, tmp_path, 'preStart: {command: ["true"]}'))
+    pre_start = config.resources[0].pre_start
+    assert pre_start is not None
+    assert (pre_start.timeout, pre_start.on_failure, pre_start.parallelism) == (10.0, "ignore", 4)
+    assert config.resources[0].allocate.timeout == 2.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ('preStart: {command: ["x", "{id}"]}', "unknown template field {id}"),
+        ('preStart: {command: ["x"], onFailure: drop}', "must be one of ignore, unhealthy"),
+        ('preStart: {command: ["x"], parallelism: 0}', "between 1 and 64"),
+        ('preStart: {command: "x"}', "must be a list of arguments"),
+        ('allocate: {command: ["x", "{nope}"]}', "unknown template field {nope}"),
+        ("allocate: {cdi: {kind: a.io/fpga, deviceFileMode: 660}}", "must be a string"),
+        ('allocate: {cdi: {kind: a.io/fpga, deviceFileMode: "0980"}}', "octal mode"),
+    ],
+)
+def test_hook_config_problems(tmp_path: Path, extra: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config_text(_config(tmp_path, tmp_path, extra))
+
+
+# --------------------------------------------------------------------------- preStart
+
+
+async def test_pre_start_records_its_arguments_and_only_its_resource_asks(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    record = short_dir / "record.json"
+    hook = script(
+        short_dir,
+        "record",
+        f'{sys.executable} -c \'import json, os, sys; json.dump({{"argv": sys.argv[1:], '
+        f'"env": os.environ.get("FPGA_IDS"), "count": os.environ.get("N")}}, '
+        f'open("{record}", "w"))\' "$@"\n',
+    )
+    extra = (
+        f'preStart: {{command: ["{hook}", "{{ids}}", "{{hostPaths}}", "{{paths}}", '
+        '"{resource}"], env: {FPGA_IDS: "{ids}", N: "{count}"}}'
+    )
+    running = await start_host(_config(socket_dir, devices, extra))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    fpga_options, serial_options = kubelet.options(FPGA), kubelet.options(SERIAL)
+    assert fpga_options is not None and fpga_options.pre_start_required
+    assert serial_options is not None and not serial_options.pre_start_required
+
+    await kubelet.allocate(FPGA, 2, pod_uid="p1")
+    call = kubelet.pre_start_calls[-1]
+    assert call.error is None and sorted(call.device_ids) == ["fpga0", "fpga1"]
+    paths = f"{devices}/fpga0,{devices}/fpga1"
+    assert json.loads(record.read_text()) == {
+        "argv": ["fpga0,fpga1", paths, paths, FPGA],
+        "env": "fpga0,fpga1",
+        "count": "2",
+    }
+    await kubelet.allocate(SERIAL, 1, pod_uid="p2")
+    assert len(kubelet.pre_start_calls) == 1  # the serial resource did not ask for it
+    assert _counter(running, "kdp_pre_start_calls_total", resource=FPGA, result="ok") == 1
+    assert _counter(running, "kdp_pre_start_calls_total", resource=FPGA, result="exit") == 0
+    assert _counter(running, "kdp_pre_start_duration_seconds_count", resource=FPGA) == 1
+
+
+async def test_failing_pre_start_fails_the_container_start_with_its_stderr(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    hook = script(short_dir, "fail", 'echo "no bitstream for $1" >&2\nexit 3\n')
+    running = await start_host(
+        _config(socket_dir, devices, f'preStart: {{command: ["{hook}", "{{ids}}"]}}')
+    )
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    with pytest.raises(SimulatorAllocationError) as caught:
+        await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    text = str(caught.value)
+    assert "PreStartContainer rpc failed" in text
+    assert "exited with status 3" in text and "no bitstream for fpga" in text
+    assert kubelet.pre_start_calls[-1].error is not None
+    assert _counter(running, "kdp_pre_start_calls_total", resource=FPGA, result="exit") == 1
+    # onFailure: ignore (the default) keeps the devices Healthy
+    assert kubelet.resource(FPGA).allocatable == 2
+
+
+async def test_on_failure_unhealthy_reports_the_devices_unhealthy(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    flag = short_dir / "broken"
+    flag.touch()
+    hook = script(short_dir, "maybe", f'test ! -e "{flag}"\n')
+    await start_host(
+        _config(socket_dir, devices, f'preStart: {{command: ["{hook}"], onFailure: unhealthy}}')
+    )
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    with pytest.raises(SimulatorAllocationError, match="exited with status 1"):
+        await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    failed = kubelet.pre_start_calls[-1].device_ids
+    await kubelet.wait_for(lambda: set(failed) <= kubelet.resource(FPGA).unhealthy_ids)
+    # the container restarts, the hook passes: its devices are Healthy again
+    flag.unlink()
+    await kubelet.pre_start_container("p1", "c0", FPGA)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+
+
+async def test_hanging_pre_start_is_killed_at_its_timeout_without_orphans(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    pids = short_dir / "pids"
+    hook = script(
+        short_dir,
+        "hang",
+        f'sleep 1000 &\necho "$$ $!" > "{pids}"\necho "waiting for firmware" >&2\nwait\n',
+    )
+    running = await start_host(
+        _config(socket_dir, devices, f'preStart: {{command: ["{hook}"], timeout: 0.5s}}')
+    )
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    with pytest.raises(SimulatorAllocationError) as caught:
+        await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    assert "timed out after 0.5s" in str(caught.value)
+    assert "waiting for firmware" in str(caught.value)
+    for pid in map(int, pids.read_text().split()):
+        await wait_until(lambda pid=pid: _process_gone(pid), what=f"process {pid} to be gone")
+    assert _counter(running, "kdp_pre_start_calls_total", resource=FPGA, result="timeout") == 1
+
+
+async def test_ten_containers_start_at_once_and_overlap_up_to_the_bound(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    """Each hook marks its start, waits until `bound` hooks have started (so the first ones
+    overlap whatever the machine's speed), marks its end. The semaphore keeps it at most
+    `bound`; the marks show it reached `bound`, so they did not run one after the other."""
+    bound = 3
+    log = short_dir / "marks"
+    log.touch()
+    hook = script(
+        short_dir,
+        "slow",
+        f'echo "S $1" >> "{log}"\n'
+        "i=0\n"
+        f'while [ "$(grep -c "^S" "{log}")" -lt {bound} ] && [ $i -lt 2000 ]; do\n'
+        "  sleep 0.01; i=$((i+1))\n"
+        "done\n"
+        f'echo "E $1" >> "{log}"\n',
+    )
+    extra = (
+        f'preStart: {{command: ["{hook}", "{{ids}}"], parallelism: {bound}, timeout: 25s}}\n'
+        "replicas: 5"
+    )
+    running = await start_host(_config(socket_dir, devices, extra, serial=False))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 10)
+    pods = [f"p{i}" for i in range(10)]
+    for pod in pods:
+        await kubelet.allocate(FPGA, 1, pod_uid=pod, pre_start=False)
+    await asyncio.gather(*(kubelet.pre_start_container(pod, "c0", FPGA) for pod in pods))
+
+    marks = log.read_text().split("\n")
+    running_now = peak = 0
+    for mark in filter(None, marks):
+        running_now += 1 if mark.startswith("S") else -1
+        peak = max(peak, running_now)
+    assert peak == bound
+    assert sum(m.startswith("E") for m in marks) == 10
+    assert all(call.error is None for call in kubelet.pre_start_calls)
+    assert _counter(running, "kdp_pre_start_waits_total", resource=FPGA) >= 10 - bound
+    assert _counter(running, "kdp_pre_start_calls_total", resource=FPGA, result="ok") == 10
+
+
+# --------------------------------------------------------------------------- allocate.command
+
+
+async def test_allocate_command_output_is_merged_into_the_response(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    (devices / "fpga-mgr").touch()
+    output = {
+        "env": {"SESSION": "s-42", "FPGA_DEVICES": "ignored: configured keys win"},
+        "annotations": {"vendor.example/session": "s-42"},
+        "mounts": [{"hostPath": str(short_dir), "containerPath": "/session"}],
+        "paths": [f"{devices}/fpga-mgr:/dev/fpga-mgr"],
+        "cdiDevices": ["vendor.example/fpga-mgr=mgr0"],
+    }
+    hook = script(short_dir, "session", f"echo '{json.dumps(output)}'\n")
+    extra = f'allocate: {{command: ["{hook}", "{{ids}}"], env: {{FPGA_DEVICES: "{{ids}}"}}}}'
+    running = await start_host(_config(socket_dir, devices, extra))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    response = await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    assert response is not None
+    assert response.envs["SESSION"] == "s-42"
+    assert response.envs["FPGA_DEVICES"] in ("fpga0", "fpga1")
+    assert response.annotations["vendor.example/session"] == "s-42"
+    assert [(m.host_path, m.container_path, m.read_only) for m in response.mounts] == [
+        (str(short_dir), "/session", True)
+    ]
+    assert (f"{devices}/fpga-mgr", "/dev/fpga-mgr", "rw") in [
+        (d.host_path, d.container_path, d.permissions) for d in response.devices
+    ]
+    assert [d.name for d in response.cdi_devices] == ["vendor.example/fpga-mgr=mgr0"]
+    assert _counter(running, "kdp_allocate_hook_runs_total", resource=FPGA, result="ok") == 1
+    # the resource without a hook has no hook series
+    assert (
+        running.metrics.registry.get_sample_value(
+            "kdp_allocate_hook_runs_total", {"resource": SERIAL, "result": "ok"}
+        )
+        is None
+    )
+
+
+async def test_allocate_command_output_is_checked_like_probe_output(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    hook = script(short_dir, "bad", """echo '{"env": {"1BAD": "x"}}'\n""")
+    running = await start_host(_config(socket_dir, devices, f'allocate: {{command: ["{hook}"]}}'))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    with pytest.raises(SimulatorAllocationError, match=r"does not parse.*1BAD"):
+        await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    assert _counter(running, "kdp_allocations_total", resource=FPGA, result="hook_failed") == 1
+    assert _counter(running, "kdp_allocate_hook_runs_total", resource=FPGA, result="parse") == 1
+
+
+# --------------------------------------------------------------------------- grpcio kubelet
+
+
+async def test_pre_start_through_the_grpcio_kubelet(
+    socket_dir: Path, devices: Path, short_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    official = load_official_api(tmp_path_factory.mktemp("proto"))
+    args = short_dir / "args"
+    ok_hook = script(short_dir, "ok", f'echo "$@" > "{args}"\n')
+    fail_hook = script(short_dir, "nope", 'echo "device busy" >&2\nexit 7\n')
+    text = glob_config(socket_dir, (FPGA, f"{devices}/fpga[0-9]*"))
+    text += f'    preStart: {{command: ["{ok_hook}", "{{ids}}", "{{count}}"]}}\n'
+    text += f'  - name: {SERIAL}\n    glob: {{paths: ["{devices}/ttyA*"]}}\n'
+    text += f'    preStart: {{command: ["{fail_hook}"]}}\n'
+    config = short_dir / "config.yaml"
+    config.write_text(text)
+    kubelet = InteropKubelet(socket_dir, official, dial_timeout=5.0)
+    await kubelet.start()
+    # A host of its own: a process that holds grpcio's threads cannot fork commands safely.
+    host = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kdp_host", "run", "--config", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        fpga = await kubelet.wait_registered(FPGA)
+        serial = await kubelet.wait_registered(SERIAL)
+        await kubelet.wait_for(lambda: fpga.options is not None and serial.options is not None)
+        assert fpga.options.pre_start_required
+        await kubelet.pre_start(FPGA, ["fpga1", "fpga0"])
+        assert args.read_text().split() == ["fpga0,fpga1", "2"]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await kubelet.pre_start(SERIAL, ["ttyA0"])
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = caught.value.details() or ""
+        assert "exited with status 7" in details and "device busy" in details
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await kubelet.pre_start(FPGA, ["fpga9"])
+        assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        host.terminate()
+        async with asyncio.timeout(10):
+            await host.wait()
+        await kubelet.stop()

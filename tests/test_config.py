@@ -65,13 +65,25 @@ def test_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("10s", 10), ("1m", 60), ("1m30s", 90), ("1h", 3600), ("1.5s", 1.5)],
+    [
+        ("500ms", 0.5),
+        ("10s", 10),
+        ("1m", 60),
+        ("1m30s", 90),
+        ("1h", 3600),
+        ("1.5s", 1.5),
+        ("720h", 720 * 3600),
+    ],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "10", "s", "10 s", "1x", "-1s", "1m1"])
+@pytest.mark.parametrize(
+    "text",
+    # Non-ASCII digits (Arabic-Indic one) and durations past the 30-day limit too.
+    ["", "10", "s", "10 s", "1x", "-1s", "1m1", "\u0661s", "999999999999h", "721h"],
+)
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)

@@ -33,8 +33,11 @@ from .source import FieldPath
 DECLARATION: Final = "kdp_host.config"
 """The dataclass field metadata key that holds a Key or OneOf."""
 
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION: Final = 30 * 24 * 3600.0
+"""The longest duration the config takes (30 days): far beyond any sensible interval or
+timeout, and well inside what the event loop's timers and epoll accept."""
 _TEMPLATE_FIELD: Final = re.compile(r"\{([^{}]*)\}")
 
 
@@ -60,6 +63,8 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if pos == 0 or pos != len(text):
         raise ValueError(f"invalid duration {text!r} (use e.g. 500ms, 10s, 1m30s, 1h)")
+    if total > MAX_DURATION:
+        raise ValueError(f"duration {text!r} is longer than the limit of 720h (30 days)")
     return total
 
 

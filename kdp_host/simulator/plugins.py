@@ -21,9 +21,9 @@ from .manager import DeviceManager
 from .records import SUPPORTED_VERSIONS, ListAndWatchUpdate, RegisterAttempt, StaleDisconnect
 from .transport import Endpoint, PluginClient, RegisterRefused, RpcFailed
 
-DECODE_IN_THREAD: Final = 256 * 1024
-"""ListAndWatch messages at least this large (~10,000 devices, ~15 ms) are decoded off the
-event loop, so other streams and Register calls are served meanwhile."""
+DECODE_IN_THREAD: Final = 64 * 1024
+"""ListAndWatch messages at least this large (~3,000 devices) are decoded off the event loop,
+so other streams, Register calls and arrival stamps are not held up meanwhile."""
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
@@ -134,16 +134,20 @@ class PluginHandler:
         """``client.Run`` then ``runClient``: read ListAndWatch until it ends (never
         reconnect), then disconnect whatever client has the name
         (docs/kubelet-contract.md §4, §9)."""
-        reason = "stream ended"
+        arrived: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        reader = asyncio.ensure_future(self._read(client, arrived))
         try:
-            async with contextlib.aclosing(client.list_and_watch()) as messages:
-                async for raw in messages:
-                    await self._on_list(client, raw)
-        except RpcFailed as exc:
-            reason = str(exc)
+            while (item := await arrived.get()) is not None:
+                await self._on_list(client, *item)
+            reason = await reader
         except WireError as exc:
             # grpc-go fails the stream's Recv on a message it cannot unmarshal.
             reason = gotext.unmarshal_failed(str(exc))
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
         log_event(
             logging.INFO,
             "list_and_watch_ended",
@@ -172,8 +176,23 @@ class PluginHandler:
             self._open_clients.discard(client)
         await self.disconnect_client(client.resource, current, reason="list_and_watch ended")
 
-    async def _on_list(self, client: PluginClient, raw: bytes) -> None:
-        received_at = self._clock()
+    async def _read(
+        self, client: PluginClient, arrived: asyncio.Queue[tuple[float, bytes] | None]
+    ) -> str:
+        """Read the stream, stamping each message as it arrives; returns why it ended. The
+        messages are applied in order by ``_run_client``: reading ahead keeps a slow step of
+        the simulator (decoding, the checkpoint write) out of the arrival times."""
+        try:
+            async with contextlib.aclosing(client.list_and_watch()) as messages:
+                async for raw in messages:
+                    arrived.put_nowait((self._clock(), raw))
+            return "stream ended"
+        except RpcFailed as exc:
+            return str(exc)
+        finally:
+            arrived.put_nowait(None)
+
+    async def _on_list(self, client: PluginClient, received_at: float, raw: bytes) -> None:
         if len(raw) >= DECODE_IN_THREAD:
             devices = await asyncio.to_thread(decode_device_list, raw)
         else:

@@ -6,7 +6,6 @@ the config and turns them into advertised devices; `kdp-host discover` prints th
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -189,7 +188,3 @@ def vfio_group_problem(group: str) -> str | None:
     if VFIO_GROUP_NAME.fullmatch(group) is None:
         return "is not an IOMMU group name (digits, or noiommu-N)"
     return None
-
-
-def node_dir(devname: str) -> str:
-    return os.path.dirname(devname)

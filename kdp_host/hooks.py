@@ -38,6 +38,14 @@ HOOK_OUTPUT_LIMIT = 64 * 1024
 """Most stdout bytes a hook may print (an allocate.command's JSON is small)."""
 
 
+_COMMAND_ERROR_RESULTS: Mapping[str, HookResult] = {
+    "timeout": "timeout",
+    "spawn": "spawn",
+    "output_too_large": "output_too_large",
+}
+"""CommandError reasons as hook results (anything else counts as `exit`)."""
+
+
 class HookFailed(Exception):
     """A hook that did not succeed: answer the RPC with `status` and this message."""
 
@@ -72,9 +80,9 @@ async def _run(
         )
     except CommandError as exc:
         tail = _stderr_tail(exc.stderr)
-        reason = exc.reason if exc.reason in ("timeout", "spawn", "output_too_large") else "exit"
         message = f"{what} {exc}" + (f"; stderr: {tail}" if tail else "")
-        raise HookFailed(Status.FAILED_PRECONDITION, reason, message) from None  # type: ignore[arg-type]
+        failure = _COMMAND_ERROR_RESULTS.get(exc.reason, "exit")
+        raise HookFailed(Status.FAILED_PRECONDITION, failure, message) from None
     if not result.ok:
         tail = _stderr_tail(result.stderr)
         message = f"{what} {result.describe_exit()}" + (f"; stderr: {tail}" if tail else "")
@@ -125,6 +133,13 @@ class PreStartHook:
                 for device in physical:
                     if self.table.set_check_result(device.id, False):
                         self.log.warning("device_unhealthy_after_pre_start", device=device.id)
+            raise
+        except asyncio.CancelledError:
+            # The kubelet's deadline passed (grpclib cancels the handler; the command's
+            # group was killed on the way out) or the connection went away.
+            self.metrics.pre_start_calls.labels(name, "timeout").inc()
+            self.metrics.pre_start_seconds.labels(name).observe(self.clock() - started)
+            self.log.warning("pre_start_cancelled", devices=ids, result="timeout")
             raise
         seconds = self.clock() - started
         self.metrics.pre_start_calls.labels(name, "ok").inc()

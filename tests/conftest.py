@@ -67,7 +67,7 @@ async def kubelet(socket_dir: Path) -> AsyncIterator[KubeletSimulator]:
 
 
 async def wait_until(
-    predicate: Callable[[], object], timeout: float = 10.0, what: str = ""
+    predicate: Callable[[], object], timeout: float = 30.0, what: str = ""
 ) -> None:
     """Poll a condition that has no event to wait on (file system state, counters)."""
     loop = asyncio.get_running_loop()

@@ -615,19 +615,6 @@ def test_edge_cases(policy: PreferredPolicy) -> None:
     assert result == ["a::0", "b::0"]
 
 
-def test_large_request_is_fast_enough_to_not_matter() -> None:
-    """Not a benchmark (see tests/bench): a sanity bound that catches quadratic slips."""
-    import time
-
-    snap = snapshot([dev(f"d{i:04d}", numa=i % 4) for i in range(1000)])
-    available = ids(snap)
-    for policy in POLICIES:
-        started = time.perf_counter()
-        for _ in range(20):
-            preferred_allocation(policy, snap, available, available[:3], 500)
-        assert (time.perf_counter() - started) / 20 < 0.05
-
-
 # --------------------------------------------------------------------------- properties
 
 

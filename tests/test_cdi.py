@@ -83,6 +83,9 @@ CDI_SCHEMA: dict[str, Any] = {
                 "hostPath": {"type": "string"},
                 "permissions": {"type": "string"},
                 "type": {"type": "string"},
+                "fileMode": {"type": "integer"},
+                "uid": {"type": "integer", "minimum": 0},
+                "gid": {"type": "integer", "minimum": 0},
             },
             "required": ["path"],
         },
@@ -135,6 +138,8 @@ def _required_version(spec: dict[str, Any]) -> tuple[int, ...]:
         or any(d.get("annotations") for d in spec["devices"])
     ):
         required = max(required, (0, 6, 0))
+    if any(e.get("additionalGids") or e.get("intelRdt") for e in edits):
+        required = max(required, (0, 7, 0))
     return required
 
 

@@ -291,3 +291,16 @@ async def test_reload_parses_off_the_event_loop(
     assert await host.reload_from(config) == "unchanged"
     assert loop_ran.is_set() and time.monotonic() - started < 30
     assert loader_threads != [threading.get_ident()]
+
+
+def test_a_socket_dir_too_long_to_serve_from_is_a_config_error(tmp_path: Path) -> None:
+    """Issue 10 item 13: every plugin socket name must fit AF_UNIX in the socket dir."""
+    from kdp_host.protocol.endpoint import SOCKET_NAME_MAX_LENGTH
+    from kdp_host.rules import AF_UNIX_PATH_MAX
+
+    fits = "/" + "d" * (AF_UNIX_PATH_MAX - SOCKET_NAME_MAX_LENGTH - 2)
+    resources = "resources: [{name: a.io/b, glob: {paths: [/dev/x*]}}]\n"
+    assert load_config_text(f"kubelet: {{socketDir: {fits}}}\n" + resources)
+    with pytest.raises(ConfigError) as error:
+        load_config_text(f"kubelet: {{socketDir: {fits}d}}\n" + resources)
+    assert "kubelet.socketDir" in str(error.value) and "too long to serve from" in str(error.value)

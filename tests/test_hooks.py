@@ -30,6 +30,9 @@ except ImportError:  # pragma: no cover
 
 FPGA = "vendor.example/fpga"
 SERIAL = "vendor.example/serial"
+HANG = "vendor.example/hang"
+DEADLINE = "vendor.example/deadline"
+SLOTS = "vendor.example/slots"
 
 
 def _config(socket_dir: Path, devices: Path, resource_extra: str, *, serial: bool = True) -> str:
@@ -85,6 +88,40 @@ def test_pre_start_timeout_longer_than_the_kubelet_allows_is_refused(tmp_path: P
 def test_hook_config_problems(tmp_path: Path, extra: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(problem)):
         load_config_text(_config(tmp_path, tmp_path, extra))
+
+
+def test_cdi_options_for_non_root_containers(tmp_path: Path) -> None:
+    from kdp_host.cdi import build_spec
+    from kdp_host.devices import Device, DeviceNode, DeviceTable
+
+    from .test_cdi import validate_cdi_spec
+
+    cdi = "{kind: vendor.example/fpga, deviceGid: 2000, deviceFileMode: '0660'"
+    plain = load_config_text(_config(tmp_path, tmp_path, f"allocate: {{cdi: {cdi}}}}}"))
+    gids = load_config_text(
+        _config(tmp_path, tmp_path, f"allocate: {{cdi: {cdi}, additionalGids: [2000, 44]}}}}")
+    )
+    table = DeviceTable()
+    table.publish([Device("fpga0", nodes=(DeviceNode("/dev/fpga0", "/dev/fpga0"),))])
+    spec = build_spec(plain.resources[0], table.snapshot)
+    assert spec is not None
+    validate_cdi_spec(spec)
+    assert spec["cdiVersion"] == "0.5.0"  # gid and fileMode need nothing newer
+    assert spec["devices"][0]["containerEdits"]["deviceNodes"] == [
+        {
+            "path": "/dev/fpga0",
+            "hostPath": "/dev/fpga0",
+            "permissions": "rw",
+            "gid": 2000,
+            "fileMode": 0o660,
+        }
+    ]
+    assert "containerEdits" not in spec
+    spec = build_spec(gids.resources[0], table.snapshot)
+    assert spec is not None
+    validate_cdi_spec(spec)
+    assert spec["cdiVersion"] == "0.7.0"
+    assert spec["containerEdits"] == {"additionalGids": [2000, 44]}
 
 
 # --------------------------------------------------------------------------- preStart
@@ -198,16 +235,7 @@ async def test_ten_containers_start_at_once_and_overlap_up_to_the_bound(
     bound = 3
     log = short_dir / "marks"
     log.touch()
-    hook = script(
-        short_dir,
-        "slow",
-        f'echo "S $1" >> "{log}"\n'
-        "i=0\n"
-        f'while [ "$(grep -c "^S" "{log}")" -lt {bound} ] && [ $i -lt 2000 ]; do\n'
-        "  sleep 0.01; i=$((i+1))\n"
-        "done\n"
-        f'echo "E $1" >> "{log}"\n',
-    )
+    hook = _slow_hook(short_dir, log, bound)
     extra = (
         f'preStart: {{command: ["{hook}", "{{ids}}"], parallelism: {bound}, timeout: 25s}}\n'
         "replicas: 5"
@@ -219,13 +247,7 @@ async def test_ten_containers_start_at_once_and_overlap_up_to_the_bound(
         await kubelet.allocate(FPGA, 1, pod_uid=pod, pre_start=False)
     await asyncio.gather(*(kubelet.pre_start_container(pod, "c0", FPGA) for pod in pods))
 
-    marks = log.read_text().split("\n")
-    running_now = peak = 0
-    for mark in filter(None, marks):
-        running_now += 1 if mark.startswith("S") else -1
-        peak = max(peak, running_now)
-    assert peak == bound
-    assert sum(m.startswith("E") for m in marks) == 10
+    assert _peak_overlap(log) == (bound, 10)
     assert all(call.error is None for call in kubelet.pre_start_calls)
     assert _counter(running, "kdp_pre_start_waits_total", resource=FPGA) >= 10 - bound
     assert _counter(running, "kdp_pre_start_calls_total", resource=FPGA, result="ok") == 10
@@ -286,33 +308,85 @@ async def test_allocate_command_output_is_checked_like_probe_output(
 # --------------------------------------------------------------------------- grpcio kubelet
 
 
+def _slow_hook(directory: Path, log: Path, bound: int) -> str:
+    """A hook that marks its start, waits until `bound` hooks have started (so the first ones
+    overlap whatever the machine's speed), then marks its end."""
+    return script(
+        directory,
+        "slow",
+        f'echo "S $1" >> "{log}"\n'
+        "i=0\n"
+        f'while [ "$(grep -c "^S" "{log}")" -lt {bound} ] && [ $i -lt 2000 ]; do\n'
+        "  sleep 0.01; i=$((i+1))\n"
+        "done\n"
+        f'echo "E $1" >> "{log}"\n',
+    )
+
+
+def _peak_overlap(log: Path) -> tuple[int, int]:
+    """(most hooks running at once, hooks that ended) from the start and end marks."""
+    running = peak = ended = 0
+    for mark in filter(None, log.read_text().split("\n")):
+        running += 1 if mark.startswith("S") else -1
+        ended += mark.startswith("E")
+        peak = max(peak, running)
+    return peak, ended
+
+
 async def test_pre_start_through_the_grpcio_kubelet(
     socket_dir: Path, devices: Path, short_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """Every preStart case against an independent gRPC stack: kdp-host in its own process
+    (a process holding grpcio's threads cannot fork commands safely)."""
     official = load_official_api(tmp_path_factory.mktemp("proto"))
-    args = short_dir / "args"
-    ok_hook = script(short_dir, "ok", f'echo "$@" > "{args}"\n')
-    fail_hook = script(short_dir, "nope", 'echo "device busy" >&2\nexit 7\n')
-    text = glob_config(socket_dir, (FPGA, f"{devices}/fpga[0-9]*"))
-    text += f'    preStart: {{command: ["{ok_hook}", "{{ids}}", "{{count}}"]}}\n'
-    text += f'  - name: {SERIAL}\n    glob: {{paths: ["{devices}/ttyA*"]}}\n'
-    text += f'    preStart: {{command: ["{fail_hook}"]}}\n'
+    args, pids, marks = short_dir / "args", short_dir / "pids", short_dir / "marks"
+    marks.touch()
+    for index in range(10):
+        (devices / f"slot{index}").touch()
+    hooks = {
+        FPGA: (script(short_dir, "ok", f'echo "$@" > "{args}"\n'), '"{ids}", "{count}"', ""),
+        SERIAL: (script(short_dir, "nope", 'echo "device busy" >&2\nexit 7\n'), "", ""),
+        HANG: (
+            script(short_dir, "hang", f'sleep 1000 &\necho "$$ $!" >> "{pids}"\nwait\n'),
+            "",
+            ", timeout: 0.5s",
+        ),
+        DEADLINE: (script(short_dir, "hang2", f'sleep 1000 &\necho "$$ $!" >> "{pids}"\nwait\n'),
+                   "", ", timeout: 20s"),
+        SLOTS: (_slow_hook(short_dir, marks, 3), '"{ids}"', ", parallelism: 3, timeout: 25s"),
+    }  # fmt: skip
+    patterns = {
+        FPGA: "fpga[0-9]*",
+        SERIAL: "ttyA*",
+        HANG: "fpga0",
+        DEADLINE: "fpga1",
+        SLOTS: "slot*",
+    }
+    lines = [f"kubelet: {{socketDir: {socket_dir}}}", "resources:"]
+    for name, (hook, hook_args, extra) in hooks.items():
+        argv = ", ".join(filter(None, [f'"{hook}"', hook_args]))
+        lines += [
+            f"  - name: {name}",
+            f'    glob: {{paths: ["{devices}/{patterns[name]}"]}}',
+            f"    preStart: {{command: [{argv}]{extra}}}",
+        ]
     config = short_dir / "config.yaml"
-    config.write_text(text)
+    config.write_text("\n".join(lines) + "\n")
     kubelet = InteropKubelet(socket_dir, official, dial_timeout=5.0)
     await kubelet.start()
-    # A host of its own: a process that holds grpcio's threads cannot fork commands safely.
     host = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kdp_host", "run", "--config", str(config),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        fpga = await kubelet.wait_registered(FPGA)
-        serial = await kubelet.wait_registered(SERIAL)
-        await kubelet.wait_for(lambda: fpga.options is not None and serial.options is not None)
-        assert fpga.options.pre_start_required
+        clients = {name: await kubelet.wait_registered(name) for name in hooks}
+        await kubelet.wait_for(lambda: all(c.options is not None for c in clients.values()))
+        assert all(c.options.pre_start_required for c in clients.values())
+
+        # records its arguments
         await kubelet.pre_start(FPGA, ["fpga1", "fpga0"])
         assert args.read_text().split() == ["fpga0,fpga1", "2"]
+        # fails: the exit status and stderr reach the kubelet side
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await kubelet.pre_start(SERIAL, ["ttyA0"])
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -321,6 +395,20 @@ async def test_pre_start_through_the_grpcio_kubelet(
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await kubelet.pre_start(FPGA, ["fpga9"])
         assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # hangs: killed at its own timeout, or when the kubelet's deadline passes
+        with pytest.raises(grpc.aio.AioRpcError) as timed_out:
+            await kubelet.pre_start(HANG, ["fpga0"])
+        assert "timed out after 0.5s" in (timed_out.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as deadline:
+            await clients[DEADLINE].pre_start(["fpga1"], timeout=1.0)
+        assert deadline.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await wait_until(lambda: len(pids.read_text().split()) == 4, what="both hangs started")
+        for pid in map(int, pids.read_text().split()):
+            await wait_until(lambda pid=pid: _process_gone(pid), what=f"process {pid} gone")
+        # ten containers at once: they overlap up to the bound, never more
+        ids = [f"slot{index}" for index in range(10)]
+        await asyncio.gather(*(kubelet.pre_start(SLOTS, [device]) for device in ids))
+        assert _peak_overlap(marks) == (3, 10)
     finally:
         host.terminate()
         async with asyncio.timeout(10):

@@ -152,7 +152,9 @@ async def test_a_flooding_stream_command_is_rate_limited(
         task.cancel()
         await asyncio.wait({task})
     started = [r for r in caplog.records if r.getMessage() == "device_lists_rate_limited"]
-    assert len(started) == 1, "logged once per flood, not per dropped list"
+    # Logged once per flood, not per dropped list (on a loaded machine the flooding shell can
+    # stall long enough to end one flood and start another).
+    assert 1 <= len(started) <= dropped() / 100, (len(started), dropped())
 
 
 async def test_document_reader_refuses_an_overlong_line_in_one_chunk() -> None:

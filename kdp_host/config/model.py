@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
+from ..protocol.endpoint import SOCKET_NAME_MAX_LENGTH
 from ..rules import (
     GLOB_MAGIC,
     MAX_NUMA_NODE,
@@ -41,6 +42,7 @@ from ..rules import (
     cdi_kind_problem,
     env_name_problem,
     extended_resource_name_problem,
+    socket_path_problem,
 )
 from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
 from ..sysfs.model import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
@@ -809,11 +811,19 @@ class ResourceConfig:
     )
 
 
+def _socket_dir_problem(socket_dir: str) -> str | None:
+    """A socket dir is usable when the longest plugin socket name the host makes fits in it."""
+    longest = socket_dir.rstrip("/") + "/" + "x" * SOCKET_NAME_MAX_LENGTH
+    if why := socket_path_problem(longest):
+        return f"too long to serve from: a plugin socket path in it {why}"
+    return None
+
+
 @dataclass(frozen=True)
 class KubeletConfig:
     socket_dir: str = key(
         "socketDir",
-        AbsolutePath(),
+        AbsolutePath(rule=_socket_dir_problem),
         "The kubelet's device-plugin directory (where `kubelet.sock` is). kdp-host waits for "
         "it if it does not exist yet. Needs a restart to change.",
         default="/var/lib/kubelet/device-plugins",

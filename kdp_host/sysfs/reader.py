@@ -17,6 +17,7 @@ Layout relied on, as the kernel makes it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import threading
@@ -442,13 +443,17 @@ def start_off_loop(function: Callable[[], T], what: str) -> asyncio.Future[T]:
         else:
             future.set_result(result)  # type: ignore[arg-type]
 
+    def answer(result: T | None, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed while the read was stuck
+            loop.call_soon_threadsafe(deliver, result, error)
+
     def work() -> None:
         try:
             result = function()
         except BaseException as exc:  # delivered to the waiting coroutine
-            loop.call_soon_threadsafe(deliver, None, exc)
+            answer(None, exc)
         else:
-            loop.call_soon_threadsafe(deliver, result, None)
+            answer(result, None)
 
     thread = threading.Thread(target=work, name=f"kdp-read-{what}", daemon=True)
     thread.start()

@@ -9,7 +9,6 @@ import asyncio
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ import pytest
 
 from kdp_host.config import Config, ConfigError, load_config, load_config_text
 from kdp_host.config.source import MAX_ALIAS_NODES, MAX_CONFIG_BYTES, MAX_DEPTH
+from kdp_host.protocol.endpoint import SOCKET_NAME_MAX_LENGTH
+from kdp_host.rules import AF_UNIX_PATH_MAX
 
 from .conftest import glob_config
 from .test_ops import value
@@ -287,20 +288,23 @@ async def test_reload_parses_off_the_event_loop(
         log=get_logger(),
         load_config=load_waiting_for_the_loop,
     )
-    started = time.monotonic()
     assert await host.reload_from(config) == "unchanged"
-    assert loop_ran.is_set() and time.monotonic() - started < 30
+    assert loop_ran.is_set()
     assert loader_threads != [threading.get_ident()]
+
+
+# --------------------------------------------------------------------------- 13: AF_UNIX
 
 
 def test_a_socket_dir_too_long_to_serve_from_is_a_config_error(tmp_path: Path) -> None:
     """Issue 10 item 13: every plugin socket name must fit AF_UNIX in the socket dir."""
-    from kdp_host.protocol.endpoint import SOCKET_NAME_MAX_LENGTH
-    from kdp_host.rules import AF_UNIX_PATH_MAX
-
     fits = "/" + "d" * (AF_UNIX_PATH_MAX - SOCKET_NAME_MAX_LENGTH - 2)
     resources = "resources: [{name: a.io/b, glob: {paths: [/dev/x*]}}]\n"
     assert load_config_text(f"kubelet: {{socketDir: {fits}}}\n" + resources)
     with pytest.raises(ConfigError) as error:
         load_config_text(f"kubelet: {{socketDir: {fits}d}}\n" + resources)
     assert "kubelet.socketDir" in str(error.value) and "too long to serve from" in str(error.value)
+    config = tmp_path / "long.yaml"
+    config.write_text(f"kubelet: {{socketDir: {fits}d}}\n" + resources)
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 2 and "too long to serve from" in result.stderr

@@ -62,11 +62,11 @@ def _process_gone(pid: int) -> bool:
 # --------------------------------------------------------------------------- config
 
 
-def test_pre_start_timeout_longer_than_the_kubelet_allows_is_refused(tmp_path: Path) -> None:
-    text = _config(tmp_path, tmp_path, 'preStart: {command: ["true"], timeout: 29s}')
+def test_pre_start_timeout_longer_than_the_kubelet_allows_is_refused(short_dir: Path) -> None:
+    text = _config(short_dir, short_dir, 'preStart: {command: ["true"], timeout: 29s}')
     with pytest.raises(ConfigError, match=f"at most {MAX_PRE_START_TIMEOUT:g}s"):
         load_config_text(text)
-    config = load_config_text(_config(tmp_path, tmp_path, 'preStart: {command: ["true"]}'))
+    config = load_config_text(_config(short_dir, short_dir, 'preStart: {command: ["true"]}'))
     pre_start = config.resources[0].pre_start
     assert pre_start is not None
     assert (pre_start.timeout, pre_start.on_failure, pre_start.parallelism) == (10.0, "ignore", 4)
@@ -85,21 +85,21 @@ def test_pre_start_timeout_longer_than_the_kubelet_allows_is_refused(tmp_path: P
         ('allocate: {cdi: {kind: a.io/fpga, deviceFileMode: "0980"}}', "octal mode"),
     ],
 )
-def test_hook_config_problems(tmp_path: Path, extra: str, problem: str) -> None:
+def test_hook_config_problems(short_dir: Path, extra: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(problem)):
-        load_config_text(_config(tmp_path, tmp_path, extra))
+        load_config_text(_config(short_dir, short_dir, extra))
 
 
-def test_cdi_options_for_non_root_containers(tmp_path: Path) -> None:
+def test_cdi_options_for_non_root_containers(short_dir: Path) -> None:
     from kdp_host.cdi import build_spec
     from kdp_host.devices import Device, DeviceNode, DeviceTable
 
     from .test_cdi import validate_cdi_spec
 
     cdi = "{kind: vendor.example/fpga, deviceGid: 2000, deviceFileMode: '0660'"
-    plain = load_config_text(_config(tmp_path, tmp_path, f"allocate: {{cdi: {cdi}}}}}"))
+    plain = load_config_text(_config(short_dir, short_dir, f"allocate: {{cdi: {cdi}}}}}"))
     gids = load_config_text(
-        _config(tmp_path, tmp_path, f"allocate: {{cdi: {cdi}, additionalGids: [2000, 44]}}}}")
+        _config(short_dir, short_dir, f"allocate: {{cdi: {cdi}, additionalGids: [2000, 44]}}}}")
     )
     table = DeviceTable()
     table.publish([Device("fpga0", nodes=(DeviceNode("/dev/fpga0", "/dev/fpga0"),))])

@@ -8,7 +8,7 @@ from typing import Final
 
 INSTANCE_ID_MAX_LENGTH: Final = 8
 """Longest host instance ID a socket name carries (the host uses 8 hex digits)."""
-_SLUG_MAX_LENGTH: Final = 24
+_SLUG_MAX_LENGTH: Final = 20
 _HASH_LENGTH: Final = 8
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _PREFIX, _SUFFIX = "kdp-", ".sock"
@@ -23,7 +23,8 @@ every resource when `<dir>/` plus this many bytes fits a Unix socket path (rules
 def socket_name(resource: str, instance_id: str) -> str:
     """`kdp-vendor.example_fpga-<hash>-<instance>.sock`: unique per resource and instance.
 
-    The readable part is the resource name cut to 24 characters; the hash of the whole name
+    The readable part is the resource name cut to 20 characters (so the longest name, 47
+    bytes, fits AF_UNIX even under microk8s's 56-byte socket dir); the hash of the whole name
     keeps names that share those characters apart, so the length stays bounded.
     """
     if not 0 < len(instance_id) <= INSTANCE_ID_MAX_LENGTH or _UNSAFE.search(instance_id):

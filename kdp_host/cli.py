@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
-from .devices import Device
+from .devices import HEALTHY, UNHEALTHY, Device
 from .logs import get_logger, quote_text, setup_logging
 
 EXIT_OK = 0
@@ -107,7 +107,7 @@ def device_cell(device: Device) -> str:
     """A device in `check`'s table: ID and paths quoted, so nothing in them breaks the line."""
     where = ", ".join(quote_text(node.host_path) for node in device.nodes) or "-"
     numa = "" if device.numa is None else f" numa={device.numa}"
-    health = "Healthy" if device.healthy else "Unhealthy"
+    health = HEALTHY if device.healthy else UNHEALTHY
     return f"{quote_text(device.id)} {health}{numa} {where}"
 
 

@@ -30,9 +30,9 @@ except ImportError:  # pragma: no cover
 
 FPGA = "vendor.example/fpga"
 SERIAL = "vendor.example/serial"
-HANG = "vendor.example/hang"
-DEADLINE = "vendor.example/deadline"
-SLOTS = "vendor.example/slots"
+HANG = "t.io/hang"
+DEADLINE = "t.io/late"
+SLOTS = "t.io/slots"
 
 
 def _config(socket_dir: Path, devices: Path, resource_extra: str, *, serial: bool = True) -> str:
@@ -374,12 +374,19 @@ async def test_pre_start_through_the_grpcio_kubelet(
     config.write_text("\n".join(lines) + "\n")
     kubelet = InteropKubelet(socket_dir, official, dial_timeout=5.0)
     await kubelet.start()
+    log = (short_dir / "host.log").open("wb")
     host = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kdp_host", "run", "--config", str(config),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        stdout=log, stderr=log,
     )  # fmt: skip
     try:
-        clients = {name: await kubelet.wait_registered(name) for name in hooks}
+        await wait_until(
+            lambda: host.returncode is not None or set(hooks) <= set(kubelet.plugins),
+            timeout=30,
+            what="every resource registered (or the host exited)",
+        )
+        assert host.returncode is None, (short_dir / "host.log").read_text()
+        clients = {name: kubelet.plugins[name] for name in hooks}
         await kubelet.wait_for(lambda: all(c.options is not None for c in clients.values()))
         assert all(c.options.pre_start_required for c in clients.values())
 
@@ -410,7 +417,9 @@ async def test_pre_start_through_the_grpcio_kubelet(
         await asyncio.gather(*(kubelet.pre_start(SLOTS, [device]) for device in ids))
         assert _peak_overlap(marks) == (3, 10)
     finally:
-        host.terminate()
+        if host.returncode is None:
+            host.terminate()
         async with asyncio.timeout(10):
             await host.wait()
+        log.close()
         await kubelet.stop()

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..protocol.endpoint import SOCKET_NAME_MAX_LENGTH
 from ..rules import (
+    ENV_NAME_PATTERN,
     GLOB_MAGIC,
     MAX_NUMA_NODE,
     MAX_PRE_START_TIMEOUT,
@@ -84,7 +85,7 @@ group (matches like `*`, within one path component)."""
 GROUP_TEMPLATE_FIELDS = GLOB_TEMPLATE_FIELDS | {"key", "target"}
 HEALTH_TEMPLATE_FIELDS = frozenset({"id", "path"})
 PERMISSION_CHARS = frozenset("rwm")
-ENV_PATTERN = "^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+ENV_PATTERN = f"^{ENV_NAME_PATTERN}$"
 """The env name rule as far as JSON Schema can say it (rules.env_name_problem is exact)."""
 
 Problems = Iterator[tuple[FieldPath, str]]

@@ -38,9 +38,8 @@ from ..sysfs.match import class_matches, hex_matches, text_matches
 from ..sysfs.reader import start_off_loop
 from ..watch import DirSignature, Subscription, dir_signature
 from .base import DriverDeps, DriverError, Notifier
-from .glob import RECENT_CHANGE
+from .glob import RECENT_CHANGE, RESCAN_JITTER
 
-RESCAN_JITTER = 0.1
 FULL_RESCAN_EVERY = 10
 """A safety-net rescan is skipped while no watched node directory changed, but at least
 every this many intervals one runs (a device without nodes changes nothing in /dev)."""

@@ -28,6 +28,7 @@ from ..api.v1beta1 import (
     PreferredAllocationRequest,
     PreferredAllocationResponse,
 )
+from ..devices import HEALTHY, UNHEALTHY
 
 HANDLED_FIELDS: Final[Mapping[str, Mapping[str, tuple[int, str]]]] = {
     "ListAndWatchResponse": {"devices": (1, "message")},
@@ -133,8 +134,8 @@ _DEVICE_TOPOLOGY = _tag("Device", "topology")
 _TOPOLOGY_NODES = _tag("TopologyInfo", "nodes")
 _NUMA_ID = _tag("NUMANode", "ID")
 HEALTH_FIELDS = {
-    True: string_field(_DEVICE_HEALTH, "Healthy"),
-    False: string_field(_DEVICE_HEALTH, "Unhealthy"),
+    True: string_field(_DEVICE_HEALTH, HEALTHY),
+    False: string_field(_DEVICE_HEALTH, UNHEALTHY),
 }
 
 

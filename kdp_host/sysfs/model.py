@@ -6,7 +6,6 @@ the config and turns them into advertised devices; `kdp-host discover` prints th
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -177,7 +176,3 @@ def usb_bus_node(busnum: str, devnum: str) -> str | None:
         return f"bus/usb/{int(busnum):03d}/{int(devnum):03d}"
     except ValueError:
         return None
-
-
-def node_dir(devname: str) -> str:
-    return os.path.dirname(devname)

@@ -85,6 +85,15 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+def name_text_problem(name: str) -> str | None:
+    """Why `name` (a file or device name read from the system) cannot be used or shown as
+    one name: any control character, newline and tab included (unlike `text_problem`), so
+    a name printed into a table, a log line or a YAML document cannot start a new line."""
+    if (char := _control_character(name)) is not None:
+        return f"must not contain control character {char!r}"
+    return None
+
+
 def absolute_path_problem(path: str) -> str | None:
     """Why `path` is not a usable absolute path on the host or in a container.
 

@@ -124,7 +124,7 @@ class FakeSysfs:
         subsystem_device: str | None = None,
         numa_node: int = -1,
         driver: str | None = None,
-        iommu_group: int | None = None,
+        iommu_group: int | str | None = None,
         parent: Path | None = None,
     ) -> Path:
         if parent is None:
@@ -173,7 +173,7 @@ class FakeSysfs:
         )
         return path
 
-    def pci_vfio(self, address: str = "0000:5e:00.0", *, group: int = 42) -> Path:
+    def pci_vfio(self, address: str = "0000:5e:00.0", *, group: int | str = 42) -> Path:
         """A device bound to vfio-pci: /dev/vfio/<group> (+ /dev/vfio/vfio), and the iommufd
         character device the kernel adds below it."""
         path = self.pci_device(

@@ -151,3 +151,67 @@ resources:
     )
     gpu_row = "0000:3b:00.0 Unhealthy numa=1 /dev/dri/card1, /dev/dri/renderD129"
     assert f"example.com/gpu     sysfs   {gpu_row}" in out
+
+
+def test_a_hostile_device_name_never_becomes_yaml(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A device directory named with a newline: skipped and reported (quoted), so no line
+    of the output is YAML the tester wrote."""
+    probe = "0000:5f:00.0\n- name: evil.example/probe\n  shell: {probe: id}"
+    fake.pci_device(probe, "10de", "1eb8", parent=fake.sys / "devices")
+    out = run_discover(fake, capsys)
+    assert not any(line.startswith("- name: evil") for line in out.splitlines())
+    assert not any(line.startswith("  shell:") for line in out.splitlines())
+    assert "device name must not contain control character" in out
+    document = yaml.safe_load(run_discover(fake, capsys, "--format", "yaml"))
+    assert all("\n" not in d["address"] for d in document["devices"])
+
+
+def test_entries_are_ready_to_paste(fake: FakeSysfs, capsys: pytest.CaptureFixture[str]) -> None:
+    """Several devices of one product get distinct names; an unreadable ID gives no empty
+    `vendor: ""` and no `None` in a name; the whole document loads as one config."""
+    controller = fake.usb_controller("0000:00:15.0")
+    for port, devnum in (("3-1", 2), ("3-2", 3), ("3-3", 4)):
+        fake.usb_serial_adapter(controller, port, devnum=devnum, tty=f"ttyUSB{devnum + 5}")
+    unreadable = fake.sys / "bus" / "usb" / "devices" / "3-3"
+    for attribute in ("idVendor", "idProduct"):
+        (unreadable / attribute).unlink()
+        (unreadable / attribute).mkdir()
+    fake.pci_device("0000:77:00.0", "8086", "0b25", parent=fake.sys / "devices")
+    (fake.sys / "devices" / "0000:77:00.0" / "device").unlink()
+    document = yaml.safe_load(run_discover(fake, capsys, "--format", "yaml", "--all"))
+    entries = [d["resource"] for d in document["devices"] if d["resource"] is not None]
+    names = [entry["name"] for entry in entries]
+    assert len(names) == len(set(names)), names
+    assert not any("none" in name.lower() for name in names), names
+    for entry in entries:
+        for match in (*entry["sysfs"].get("usb", []), *entry["sysfs"].get("pci", [])):
+            assert all(value != "" for value in match.values()), entry
+    by_address = {d["address"]: d for d in document["devices"]}
+    assert by_address["3-3"]["resource"] is None
+    assert by_address["0000:77:00.0"]["resource"]["sysfs"]["pci"] == [{"vendor": "8086"}]
+    load_config_text(yaml.safe_dump({"resources": entries}))
+    table = run_discover(fake, capsys)
+    assert "# no entry: its vendor and product IDs could not be read" in table
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--domain", "Bad_Domain"),
+        ("--domain", "a\nb"),
+        ("--domain", "x/y"),
+        ("--timeout", "0"),
+        ("--timeout", "-1"),
+        ("--timeout", "nan"),
+        ("--timeout", "inf"),
+    ],
+)
+def test_bad_arguments_are_refused(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["discover", "--sysfs-root", str(fake.sys), "--dev-root", str(fake.dev), *args])
+    assert exited.value.code == 2
+    assert "must" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from kdp_host.devices import Device, DeviceTable
 from kdp_host.drivers import DriverDeps, DriverError
 from kdp_host.drivers.sysfs import SysfsDriver, safe_id
 from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
 from kdp_host.rules import device_id_problem
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.sysfs import SysfsReader, SysfsScan
@@ -226,35 +227,49 @@ def test_ids_are_safe_stable_and_distinct() -> None:
 
 
 async def test_duplicate_serials_never_move_an_id(fake: FakeSysfs) -> None:
-    """Two sticks with one serial: the first keeps it, the second gets its port path; when
-    the first goes, the second keeps its own ID (the serial ID never points at it)."""
+    """Two sticks with one serial: the first keeps it, the second is not advertised (never
+    under another ID); when the first goes, the second takes the serial after the grace."""
     clock = Clock()
     controller = fake.usb_controller()
     first = fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="0001")
     fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial="0001")
     driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\ngracePeriod: 10s', clock)
     devices, _ = driver.merge(driver.matched(await driver.read()))
-    assert summary(devices) == {
-        "0001": (True, ["/dev/ttyUSB0", "/dev/bus/usb/001/002"]),
-        "1-2": (True, ["/dev/ttyUSB1", "/dev/bus/usb/001/003"]),
-    }
+    assert summary(devices) == {"0001": (True, ["/dev/ttyUSB0", "/dev/bus/usb/001/002"])}
+    assert [(s.reason, "1-1" in s.message, "1-2" in s.message) for s in driver.skipped] == [
+        ("id_collision", True, True)
+    ], "the twin is skipped, logged with both port paths"
     fake.remove_device(first)
     clock.now += 1
-    devices, expiry = driver.merge(driver.matched(await driver.read()))
-    assert summary(devices) == {
-        "0001": (False, ["/dev/ttyUSB0", "/dev/bus/usb/001/002"]),
-        "1-2": (True, ["/dev/ttyUSB1", "/dev/bus/usb/001/003"]),
-    }
-    assert expiry == clock.now + 10
-    clock.now += 10
-    devices, expiry = driver.merge(driver.matched(await driver.read()))
-    assert summary(devices) == {"1-2": (True, ["/dev/ttyUSB1", "/dev/bus/usb/001/003"])}
-    assert expiry is None
-    # The serial is free again: a stick with it plugged in anywhere gets it.
-    fake.usb_serial_adapter(controller, "1-3", devnum=4, tty="ttyUSB2", serial="0001")
     devices, _ = driver.merge(driver.matched(await driver.read()))
-    assert sorted(devices) == ["0001", "1-2"]
-    assert devices["0001"].nodes[0].host_path == "/dev/ttyUSB2"
+    assert summary(devices) == {"0001": (True, ["/dev/ttyUSB1", "/dev/bus/usb/001/003"])}
+    assert driver.skipped == ()
+
+
+async def test_an_id_never_depends_on_the_other_devices_present(fake: FakeSysfs) -> None:
+    """The restart case: stick 1-2 alone gets the serial; its twin 1-1 is plugged in; after
+    a restart the twin must not push 1-2 onto another ID (podB would get 1-2's node while
+    the kubelet believes podA holds it)."""
+    controller = fake.usb_controller()
+    fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial="SAME")
+    body = f'usb: [{{vendor: "{FTDI[0]}"}}]'
+    before = make_driver(fake, body)
+    assert [d.id for d in await before.scan()] == ["SAME"]
+    fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="SAME")
+    assert [d.id for d in await before.scan()] == ["SAME"]
+    restarted = make_driver(fake, body)
+    devices = await restarted.scan()
+    assert [d.id for d in devices] == ["SAME"], "no device is listed under its port path"
+    assert [s.reason for s in restarted.skipped] == ["id_collision"]
+
+
+async def test_usb_id_from_port_identifies_sticks_by_port(fake: FakeSysfs) -> None:
+    controller = fake.usb_controller()
+    fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="SAME")
+    fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial="SAME")
+    driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\nusbIdFrom: port')
+    assert [d.id for d in await driver.scan()] == ["1-1", "1-2"]
+    assert driver.skipped == ()
 
 
 async def test_a_stick_moved_to_another_port_keeps_its_serial_id(fake: FakeSysfs) -> None:
@@ -427,15 +442,42 @@ resources:
 async def test_a_serial_that_looks_like_a_port_path_takes_no_other_device_id(
     fake: FakeSysfs,
 ) -> None:
-    """A serial "1-2" and a serial-less device at port 1-2: two devices, two IDs."""
+    """A serial "1-2" and a serial-less device at port 1-2 want one ID: one is advertised
+    (the first by kernel name), the others are skipped, none gets a second ID."""
     controller = fake.usb_controller()
     fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="1-2")
     fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial=None)
     fake.usb_serial_adapter(controller, "1-3", devnum=4, tty="ttyUSB2", serial="1-2")
     driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]')
     devices = await driver.scan()
-    assert len({d.id for d in devices}) == 3
-    by_tty = {d.nodes[0].host_path: d.id for d in devices}
-    assert by_tty["/dev/ttyUSB0"] == "1-2", "the first by kernel name gets the serial"
-    for device_id in by_tty.values():
-        assert device_id_problem(device_id) is None
+    assert {d.nodes[0].host_path: d.id for d in devices} == {"/dev/ttyUSB0": "1-2"}
+    assert len(driver.skipped) == 2
+    for device in devices:
+        assert device_id_problem(device.id) is None
+
+
+async def test_skipped_twins_and_bad_names_are_counted(fake: FakeSysfs) -> None:
+    """A twin serial (`id_collision`) and a vfio group name no node can have (`bad_name`)
+    reach the reporter: logged and counted, while the rest is listed."""
+    controller = fake.usb_controller()
+    fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="SAME")
+    fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial="SAME")
+    vfio = fake.pci_vfio(group=7)
+    (vfio / "iommu_group").unlink()
+    os.symlink("../..", vfio / "iommu_group")
+    driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\npci: [{{driver: vfio-pci}}]')
+    table = DeviceTable()
+    metrics = Metrics()
+    async with asyncio.TaskGroup() as group:
+        driving = group.create_task(driver.run(reporter(table, metrics, resource=RESOURCE)))
+        snap = await wait_table(table, lambda s: len(s.devices) == 2)
+        driving.cancel()
+    assert {d.id: [n.host_path for n in d.nodes] for d in snap.devices} == {
+        "SAME": ["/dev/ttyUSB0", "/dev/bus/usb/001/002"],
+        "0000:5e:00.0": ["/dev/vfio/devices/vfio0"],
+    }
+    for reason in ("id_collision", "bad_name"):
+        value = metrics.registry.get_sample_value(
+            "kdp_driver_skipped_total", {"resource": RESOURCE, "reason": reason}
+        )
+        assert value == 1, reason

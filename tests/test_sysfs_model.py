@@ -254,3 +254,35 @@ def test_real_sys_reads_pci_devices_and_their_block_nodes() -> None:
     assert expected <= found
     if not expected:
         pytest.skip("no block device below a PCI device on this machine (PCI devices read fine)")
+
+
+def test_a_device_name_with_a_control_character_is_skipped_and_reported(fake: FakeSysfs) -> None:
+    fake.pci_device("0000:5e:00.0", "10de", "1eb8")
+    fake.pci_device("0000:5f:00.0\n- name: x", "10de", "1eb8", parent=fake.sys / "devices")
+    result = SysfsReader(str(fake.sys), str(fake.dev)).scan(["pci"])
+    assert [device.name for device in result.devices] == ["0000:5e:00.0"]
+    assert [(Path(path).name, why) for path, why in result.skipped] == [
+        ("0000:5f:00.0\n- name: x", "device name must not contain control character '\\n'")
+    ]
+
+
+@pytest.mark.parametrize("group", ["..", "4\n2", "-1", "noiommu-x", " 7"])
+def test_a_bad_iommu_group_name_gives_no_vfio_node(fake: FakeSysfs, group: str) -> None:
+    path = fake.pci_vfio(group=7)
+    (path / "iommu_group").unlink()
+    os.symlink(f"../{group}" if group != ".." else "../..", path / "iommu_group")
+    result = SysfsReader(str(fake.sys), str(fake.dev)).scan(["pci"])
+    vfio = next(d for d in result.devices if d.name == "0000:5e:00.0")
+    assert vfio.iommu_group is None
+    assert [name for name, _ in devnames(vfio)] == ["vfio/devices/vfio0"]
+    assert "no vfio node" in vfio.errors["iommu_group"]
+    assert [Path(path).name for path, _ in result.skipped] == ["iommu_group"]
+
+
+@pytest.mark.parametrize("group", ["0", "42", "noiommu-3"])
+def test_kernel_iommu_group_names_give_a_vfio_node(fake: FakeSysfs, group: str) -> None:
+    path = fake.pci_vfio(group=7)
+    (path / "iommu_group").unlink()
+    os.symlink(f"../{group}", path / "iommu_group")
+    vfio = scan(fake)["0000:5e:00.0"]
+    assert (f"vfio/{group}", "vfio") in devnames(vfio)

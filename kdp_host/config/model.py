@@ -504,6 +504,14 @@ class SysfsDriverConfig:
         "Devices of any bus or class, by attribute files below the device.",
         default=[],
     )
+    usb_id_from: Literal["serial", "port"] = key(
+        "usbIdFrom",
+        Choice(("serial", "port")),
+        "A USB device's ID: `serial` (its serial, else its port path, so a stick keeps its "
+        "ID in any port; of two present sticks with one serial only one is advertised) or "
+        "`port` (always its port path: for sticks whose serials are not unique).",
+        default="serial",
+    )
     nodes: NodeSelectConfig | None = key(
         "nodes",
         Section(NodeSelectConfig),

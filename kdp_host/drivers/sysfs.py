@@ -20,7 +20,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..config import (
@@ -32,12 +32,13 @@ from ..config import (
     render_template,
 )
 from ..devices import Device, DeviceNode
+from ..logs import quote_text
 from ..rules import MAX_DEVICE_ID_LENGTH, device_id_problem
 from ..sysfs import PCI, USB, NodeInfo, ScanTimeout, SysfsDevice, SysfsReader, SysfsScan
 from ..sysfs.match import class_matches, hex_matches, text_matches
 from ..sysfs.reader import start_off_loop
 from ..watch import DirSignature, Subscription, dir_signature
-from .base import DriverDeps, DriverError, Notifier
+from .base import DriverDeps, DriverError, Notifier, Skipped
 from .glob import RECENT_CHANGE, RESCAN_JITTER
 
 FULL_RESCAN_EVERY = 10
@@ -146,55 +147,20 @@ def safe_id(text: str) -> str:
     return f"{readable}-{digest}" if readable else digest
 
 
-def identity(device: SysfsDevice) -> tuple[str, ...]:
-    """What makes a device the same device again: a USB device's IDs and serial (wherever it
-    is plugged in), else its place (USB port path, PCI address, kernel name)."""
-    if device.source == USB and device.serial:
-        return (USB, device.vendor or "", device.product or "", device.serial)
-    return (device.source, device.name)
+def device_id(device: SysfsDevice, usb_id_from: str = "serial") -> str:
+    """A device's ID: a function of the device alone, never of the other devices present
+    (an ID that depended on them would move between devices over a restart). A USB device:
+    its serial when it has one and `usbIdFrom` is `serial`, else its port path; a PCI
+    device: its address; any other: its kernel name."""
+    if device.source == USB and usb_id_from == "serial" and device.serial:
+        return safe_id(device.serial)
+    return safe_id(device.name)
 
 
-def id_candidates(device: SysfsDevice) -> list[str]:
-    """Preferred IDs, best first: the USB serial, then the port path; the PCI address; the
-    kernel name of any other device."""
-    candidates = []
-    if device.source == USB and device.serial:
-        candidates.append(safe_id(device.serial))
-    candidates.append(safe_id(device.name))
-    return candidates
-
-
-class IdBook:
-    """Which device holds which ID while kdp-host runs: an ID never moves to another device.
-
-    A device keeps its ID from the moment it gets one until it is dropped (gone longer than
-    the grace period). A second device wanting a held ID (two USB sticks with the same
-    serial) gets its next candidate, or its port path with a hash of its identity.
-    """
-
-    def __init__(self) -> None:
-        self._holder: dict[str, tuple[str, ...]] = {}
-        self._id_of: dict[tuple[str, ...], str] = {}
-
-    def id_of(self, key: tuple[str, ...]) -> str | None:
-        return self._id_of.get(key)
-
-    def assign(self, key: tuple[str, ...], candidates: Sequence[str]) -> str:
-        held = self._id_of.get(key)
-        if held is not None:
-            return held
-        chosen = next((c for c in candidates if c not in self._holder), None)
-        if chosen is None:
-            digest = hashlib.sha256("\0".join(key).encode("utf-8", "surrogatepass")).hexdigest()
-            chosen = safe_id(f"{candidates[-1][: MAX_DEVICE_ID_LENGTH - 9]}-{digest[:8]}")
-        self._holder[chosen] = key
-        self._id_of[key] = chosen
-        return chosen
-
-    def release(self, device_id: str) -> None:
-        key = self._holder.pop(device_id, None)
-        if key is not None:
-            self._id_of.pop(key, None)
+def reader_skipped(scan: SysfsScan) -> tuple[Skipped, ...]:
+    """What the reader left out (a device name with a control character, an IOMMU group
+    name no vfio node can have), to be logged and counted."""
+    return tuple(Skipped("bad_name", quote_text(path), why) for path, why in scan.skipped)
 
 
 # --------------------------------------------------------------------------- the driver
@@ -225,12 +191,10 @@ class SysfsDriver:
         self._clock = clock or deps.clock
         self._reader = reader or SysfsReader(config.sysfs_root, config.dev_root)
         self._buses, self._classes, self._extra = scan_sources(config)
-        self._book = IdBook()
         self._tracked: dict[str, _Tracked] = {}
         self._pending: asyncio.Future[SysfsScan] | None = None
-        self._last_identity: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        """Kernel name -> (natural identity, identity booked) of the last scan's devices."""
-        self._duplicates_logged: set[tuple[str, ...]] = set()
+        self.skipped: tuple[Skipped, ...] = ()
+        """The devices the last scan left out (an ID another present device has)."""
         self._watched: frozenset[str] = frozenset()
         """The dev root directories watched now (set on the loop, read by the scan thread)."""
         self._signatures: dict[str, DirSignature | None] = {}
@@ -303,62 +267,48 @@ class SysfsDriver:
 
     async def scan(self) -> list[Device]:
         scan = await self.read()
-        devices = [self._device(found, key) for found, key in self._identified(self.matched(scan))]
+        devices = [self._device(found, did) for found, did in self._identified(self.matched(scan))]
+        for item in (*reader_skipped(scan), *self.skipped):
+            self._deps.log.warning(
+                "path_skipped", reason=item.reason, path=item.subject, error=item.message
+            )
         return sorted(devices, key=lambda d: d.id)
 
-    def _identified(self, found: list[SysfsDevice]) -> list[tuple[SysfsDevice, tuple[str, ...]]]:
-        """Each device with the identity its ID is booked under.
+    def _identified(self, found: list[SysfsDevice]) -> list[tuple[SysfsDevice, str]]:
+        """Each device advertised, with its ID; sets `skipped` to the others.
 
-        A device still where it was in the last scan, looking the same, keeps the identity
-        it had (so it keeps its ID, even when the twin whose serial it shares has gone).
-        Of new devices sharing an identity (two sticks with one serial) the first by kernel
-        name takes it unless a present device has it already; the others are identified by
-        their place. Devices are returned holders first, then by kernel name, so who gets a
-        contested ID never depends on directory order.
+        Of present devices with one ID (two USB sticks with one serial) only one is
+        advertised: the one listed under it now, else the first by kernel name. The others
+        are left out, not given another ID: a device that carried two IDs over time (its
+        serial now, its port after a restart) could be handed to two pods.
         """
-        result: list[tuple[SysfsDevice, tuple[str, ...]]] = []
-        taken: set[tuple[str, ...]] = set()
-        newcomers: dict[tuple[str, ...], list[SysfsDevice]] = {}
+        groups: dict[str, list[SysfsDevice]] = {}
         for device in sorted(found, key=lambda d: d.name):
-            natural = identity(device)
-            last = self._last_identity.get(device.name)
-            if last is not None and last[0] == natural and last[1] not in taken:
-                result.append((device, last[1]))
-                taken.add(last[1])
-            else:
-                newcomers.setdefault(natural, []).append(device)
-        for natural, group in newcomers.items():
-            keeper = group[0] if natural not in taken else None
-            if len(group) > 1 or keeper is None:
-                self._warn_duplicate(natural, group, keeper)
-            for device in group:
-                key = natural if device is keeper else (device.source, device.name)
-                result.append((device, key))
-                taken.add(key)
-        self._last_identity = {device.name: (identity(device), key) for device, key in result}
-        result.sort(key=lambda pair: (self._book.id_of(pair[1]) is None, pair[0].name))
+            groups.setdefault(device_id(device, self._config.usb_id_from), []).append(device)
+        result: list[tuple[SysfsDevice, str]] = []
+        skipped: list[Skipped] = []
+        for did, group in groups.items():
+            tracked = self._tracked.get(did)
+            holder = tracked.place if tracked is not None and tracked.gone_since is None else None
+            keeper = next((d for d in group if d.path == holder), group[0])
+            result.append((keeper, did))
+            skipped.extend(
+                Skipped(
+                    "id_collision",
+                    quote_text(other.path),
+                    f"ID {quote_text(did)} is the device's at {quote_text(keeper.name)}; "
+                    f"this one at {quote_text(other.name)} has the same "
+                    + ("serial" if other.serial and other.source == USB else "ID")
+                    + " and is not advertised (usbIdFrom: port identifies sticks by port)",
+                )
+                for other in group
+                if other is not keeper
+            )
+        self.skipped = tuple(skipped)
         return result
 
-    def _warn_duplicate(
-        self,
-        natural: tuple[str, ...],
-        group: list[SysfsDevice],
-        keeper: SysfsDevice | None,
-    ) -> None:
-        if natural in self._duplicates_logged:
-            return
-        self._duplicates_logged.add(natural)
-        self._deps.log.warning(
-            "sysfs_duplicate_identity",
-            identity=":".join(natural),
-            devices=",".join(d.name for d in group),
-            kept_by=keeper.name if keeper is not None else "a device already listed",
-            action="the others are identified by their port or address",
-        )
-
-    def _device(self, found: SysfsDevice, key: tuple[str, ...]) -> Device:
+    def _device(self, found: SysfsDevice, device_id: str) -> Device:
         config = self._config
-        device_id = self._book.assign(key, id_candidates(found))
         nodes = select_nodes(config.nodes, found.nodes)
         healthy = all(node.present for node in nodes) and (bool(nodes) or config.nodes is None)
         values = found.template_values()
@@ -380,10 +330,9 @@ class SysfsDriver:
         grace = self._config.grace_period
         present: dict[str, Device] = {}
         places: dict[str, str] = {}
-        for sysfs_device, key in self._identified(found):
-            device = self._device(sysfs_device, key)
-            present.setdefault(device.id, device)
-            places.setdefault(device.id, sysfs_device.path)
+        for sysfs_device, device_id in self._identified(found):
+            present[device_id] = self._device(sysfs_device, device_id)
+            places[device_id] = sysfs_device.path
         next_expiry: float | None = None
 
         def expires(at: float) -> None:
@@ -420,7 +369,6 @@ class SysfsDriver:
             since = tracked.gone_since if tracked.gone_since is not None else now
             if grace <= 0 or since + grace <= now:
                 del self._tracked[device_id]
-                self._book.release(device_id)
                 continue
             expires(since + grace)
             device = (
@@ -474,7 +422,7 @@ class SysfsDriver:
                         subscriptions.pop(directory).cancel()
                     self._watched = frozenset(subscriptions)
                     devices, next_expiry = self.merge(self.matched(scan))
-                    notifier.update(devices)
+                    notifier.update(devices, (*reader_skipped(scan), *self.skipped))
                     if scan.problems != last_problems:
                         for problem in scan.problems:
                             log.warning("sysfs_source_unreadable", problem=problem)

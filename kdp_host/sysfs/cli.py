@@ -4,14 +4,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 
-from .discover import DEFAULT_DOMAIN, discover, render_json, render_table, render_yaml
+from ..logs import quote_text
+from .discover import (
+    DEFAULT_DOMAIN,
+    discover,
+    domain_problem,
+    render_json,
+    render_table,
+    render_yaml,
+)
 from .model import PCI, USB
 from .reader import DEFAULT_SCAN_TIMEOUT, ScanTimeout, SysfsReader, read_off_loop
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+
+
+def domain_argument(text: str) -> str:
+    if (why := domain_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(f"{quote_text(text)}: {why}")
+    return text
+
+
+def timeout_argument(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{quote_text(text)}: must be a number of seconds > 0")
+    return value
 
 
 def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,13 +64,14 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--domain",
         default=DEFAULT_DOMAIN,
+        type=domain_argument,
         help=f"the domain of the suggested resource names (default: {DEFAULT_DOMAIN})",
     )
     parser.add_argument("--sysfs-root", default="/sys", help="where sysfs is (default: /sys)")
     parser.add_argument("--dev-root", default="/dev", help="where /dev is (default: /dev)")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=timeout_argument,
         default=DEFAULT_SCAN_TIMEOUT,
         help="give up on a hung sysfs read after this many seconds "
         f"(default: {DEFAULT_SCAN_TIMEOUT:g})",
@@ -72,5 +98,6 @@ def discover_command(args: argparse.Namespace) -> int:
     assert isinstance(scan, SysfsScan)
     found = discover(scan.devices, domain=args.domain, include_all=args.all)
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.format]
-    sys.stdout.write(render(found, scan.problems))
+    skipped = tuple(f"{quote_text(path)}: {why}" for path, why in scan.skipped)
+    sys.stdout.write(render(found, (*scan.problems, *skipped)))
     return EXIT_OK

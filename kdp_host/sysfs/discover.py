@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ..logs import quote_text
-from ..rules import extended_resource_name_problem
+from ..rules import MAX_QUALIFIED_NAME_LENGTH, extended_resource_name_problem
 from .model import PCI, USB, SysfsDevice, normalize_hex
 
 PCI_CLASS_NAMES = {
@@ -93,8 +93,9 @@ _EntryDumper.add_representer(HexId, _represent_hex)
 class Discovered:
     device: SysfsDevice
     suggested_id: str
-    resource: dict[str, Any]
-    """A resource entry for the config, as data (dumped as YAML or JSON)."""
+    resource: dict[str, Any] | None
+    """A resource entry for the config, as data (dumped as YAML or JSON); None when the
+    device's IDs could not be read (an entry without them would match every device)."""
     serial_hint: str | None
     """The serial to add to pin the entry to this one device (USB), or None."""
 
@@ -175,6 +176,17 @@ def is_infrastructure(device: SysfsDevice) -> bool:
     return False
 
 
+def domain_problem(domain: str) -> str | None:
+    """Why `domain` cannot prefix a resource name (the rules module's resource-name rule)."""
+    if "/" in domain:
+        return "must be a domain without '/', e.g. vendor.example"
+    return extended_resource_name_problem(f"{domain}/device")
+
+
+def _slug(text: str, length: int = 40) -> str:
+    return _SLUG_UNSAFE.sub("-", text.lower()).strip("-")[:length].strip("-")
+
+
 def resource_name(domain: str, device: SysfsDevice, description: str) -> str:
     """A valid extended resource name that says what the device is."""
     candidates = []
@@ -184,23 +196,44 @@ def resource_name(domain: str, device: SysfsDevice, description: str) -> str:
         candidates.append(device.driver)
     if description:
         candidates.append(description)
-    candidates.append(f"{device.source.replace('/', '-')}-{device.vendor}-{device.product}")
+    ids = [part for part in (device.vendor, device.product) if part]
+    candidates.append("-".join([device.source.replace("/", "-"), *ids]))
     for text in candidates:
-        slug = _SLUG_UNSAFE.sub("-", text.lower()).strip("-")[:40].strip("-")
+        slug = _slug(text)
         name = f"{domain}/{slug}"
         if slug and extended_resource_name_problem(name) is None:
             return name
     return f"{domain}/device"
 
 
-def resource_entry(domain: str, device: SysfsDevice, description: str) -> dict[str, Any]:
+def unique_name(name: str, device: SysfsDevice, taken: set[str]) -> str:
+    """`name`, or `name` told apart by the device's IDs, or by a number: never one in `taken`
+    (two entries with one name would be one resource, refused by the config)."""
+    domain, _, base = name.rpartition("/")
+    ids = "-".join(_slug(part, 8) for part in (device.vendor, device.product) if part)
+    suffixes = [""] + ([f"-{ids}"] if ids else []) + [f"-{n}" for n in range(2, len(taken) + 3)]
+    for suffix in suffixes:
+        head = base[: MAX_QUALIFIED_NAME_LENGTH - len(suffix)].rstrip("-")
+        candidate = f"{domain}/{head}{suffix}"
+        if candidate not in taken and extended_resource_name_problem(candidate) is None:
+            return candidate
+    raise AssertionError("unreachable: a numbered name is always free")
+
+
+def resource_entry(domain: str, device: SysfsDevice, description: str) -> dict[str, Any] | None:
+    """A resource entry that matches this kind of device, or None when its IDs are unread."""
     sysfs: dict[str, Any]
-    vendor = HexId(device.vendor or "")
-    product = HexId(device.product or "")
+    ids: dict[str, Any] = {}
+    if device.vendor:
+        ids["vendor"] = HexId(device.vendor)
+    if device.product:
+        ids["product" if device.source == USB else "device"] = HexId(device.product)
+    if device.source in (USB, PCI) and not ids:
+        return None
     if device.source == USB:
-        sysfs = {"usb": [{"vendor": vendor, "product": product}]}
+        sysfs = {"usb": [ids]}
     elif device.source == PCI:
-        match: dict[str, Any] = {"vendor": vendor, "device": product}
+        match: dict[str, Any] = dict(ids)
         if device.driver:
             match["driver"] = device.driver
         sysfs = {"pci": [match]}
@@ -218,24 +251,24 @@ def resource_entry(domain: str, device: SysfsDevice, description: str) -> dict[s
 def discover(
     devices: Iterable[SysfsDevice], *, domain: str = DEFAULT_DOMAIN, include_all: bool = False
 ) -> list[Discovered]:
-    from ..drivers.sysfs import id_candidates
+    """Raises ValueError for a domain no resource name can have."""
+    from ..drivers.sysfs import device_id
 
+    if (why := domain_problem(domain)) is not None:
+        raise ValueError(f"domain {quote_text(domain)}: {why}")
     found = []
     names: set[str] = set()
     for device in devices:
         if not include_all and is_infrastructure(device):
             continue
         entry = resource_entry(domain, device, describe(device))
-        if entry["name"] in names:
-            # Two kinds of device that would get one name: tell them apart by their IDs.
-            distinct = f"{entry['name'][:200]}-{device.vendor}-{device.product}"
-            if extended_resource_name_problem(distinct) is None:
-                entry["name"] = distinct
-        names.add(entry["name"])
+        if entry is not None:
+            entry["name"] = unique_name(entry["name"], device, names)
+            names.add(entry["name"])
         found.append(
             Discovered(
                 device=device,
-                suggested_id=id_candidates(device)[0],
+                suggested_id=device_id(device),
                 resource=entry,
                 serial_hint=device.serial if device.source == USB else None,
             )
@@ -258,6 +291,8 @@ def render_yaml(found: Sequence[Discovered], problems: Sequence[str]) -> str:
 
 def entry_yaml(item: Discovered) -> str:
     """The resource entry as a YAML list item, with the serial as a comment to pin it."""
+    if item.resource is None:
+        return "# no entry: its vendor and product IDs could not be read\n"
     text = yaml.dump(
         [item.resource], Dumper=_EntryDumper, sort_keys=False, default_flow_style=None, width=100
     )
@@ -280,12 +315,12 @@ def render_table(found: Sequence[Discovered], problems: Sequence[str]) -> str:
         device = item.device
         rows.append(
             (
-                device.source,
-                device.name,
-                quote(item.suggested_id),
-                f"{device.vendor or '?'}:{device.product or '?'}",
+                quote_text(device.source),
+                quote_text(device.name),
+                quote_text(item.suggested_id),
+                quote_text(f"{device.vendor or '?'}:{device.product or '?'}"),
                 "-" if device.numa is None else str(device.numa),
-                driver_text(device),
+                quote_text(driver_text(device)),
                 quote(item.description()),
             )
         )
@@ -297,14 +332,20 @@ def render_table(found: Sequence[Discovered], problems: Sequence[str]) -> str:
     for item in found:
         device = item.device
         lines.append("")
-        lines.append(f"# {device.source} {device.name}: {quote(item.description()) or '-'}")
+        description = item.description()
+        lines.append(
+            f"# {quote_text(device.source)} {quote_text(device.name)}: "
+            + (quote(description) if description else "-")
+        )
         if device.serial:
             lines.append(f"#   serial: {quote(device.serial)}")
         for node in device.nodes:
             missing = "" if node.present else "  (not in the dev root)"
-            lines.append(f"#   node: {quote(node.host_path)} ({node.subsystem}){missing}")
+            lines.append(
+                f"#   node: {quote_text(node.host_path)} ({quote_text(node.subsystem)}){missing}"
+            )
         for attribute, reason in sorted(device.errors.items()):
-            lines.append(f"#   unreadable: {attribute}: {quote(reason)}")
+            lines.append(f"#   unreadable: {quote_text(attribute)}: {quote(reason)}")
         lines.append(entry_yaml(item).rstrip("\n"))
     if problems:
         lines.append("")

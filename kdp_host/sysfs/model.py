@@ -34,6 +34,8 @@ OPTIONAL_ATTRIBUTES = frozenset({"serial", "manufacturer", "product"})
 """USB string descriptors many devices lack: their absence is not an error."""
 
 VFIO_PCI_DRIVER = "vfio-pci"
+VFIO_GROUP_NAME = re.compile(r"[0-9]+|noiommu-[0-9]+")
+"""An IOMMU group as the kernel names it (`/dev/vfio/<group>`): a number, or `noiommu-N`."""
 VFIO_CONTAINER_NODE = "vfio/vfio"
 
 _NONE: Mapping[str, str] = MappingProxyType({})
@@ -168,6 +170,9 @@ class SysfsScan:
     """Whole sources that could not be listed (`usb: no /sys/bus/usb/devices`): shown, not fatal."""
     watch_dirs: frozenset[str] = frozenset()
     """Directories under the dev root whose entries hold the devices' nodes (for inotify)."""
+    skipped: tuple[tuple[str, str], ...] = ()
+    """(sysfs path, why) of what was left out: device names with control characters, IOMMU
+    group names no vfio node can have. Logged and counted (`bad_name`) by the driver."""
 
 
 def usb_bus_node(busnum: str, devnum: str) -> str | None:
@@ -176,3 +181,10 @@ def usb_bus_node(busnum: str, devnum: str) -> str | None:
         return f"bus/usb/{int(busnum):03d}/{int(devnum):03d}"
     except ValueError:
         return None
+
+
+def vfio_group_problem(group: str) -> str | None:
+    """Why `group` (the name an `iommu_group` link points to) is no vfio group name."""
+    if VFIO_GROUP_NAME.fullmatch(group) is None:
+        return "is not an IOMMU group name (digits, or noiommu-N)"
+    return None

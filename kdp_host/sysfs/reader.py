@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from ..logs import quote_text
+from ..rules import name_text_problem
 from .model import (
     OPTIONAL_ATTRIBUTES,
     PCI,
@@ -41,6 +43,7 @@ from .model import (
     SysfsScan,
     UsbInterface,
     usb_bus_node,
+    vfio_group_problem,
 )
 
 READ_LIMIT = 64 * 1024
@@ -75,6 +78,8 @@ class _ScanState:
     """Caches of one scan (NUMA nodes of parent directories)."""
 
     numa_of_dir: dict[str, int | None] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(sysfs path, why) of names left out (see SysfsScan.skipped)."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ class SysfsReader:
         for device in devices:
             for node in device.nodes:
                 watch.add(os.path.dirname(os.path.join(self.dev_root, node.devname)))
-        return SysfsScan(tuple(devices), tuple(problems), frozenset(watch))
+        return SysfsScan(tuple(devices), tuple(problems), frozenset(watch), tuple(state.skipped))
 
     def _list(
         self, relative: str, source: str, extra: tuple[str, ...], state: _ScanState
@@ -142,6 +147,9 @@ class SysfsReader:
         for name in names:
             if source == USB and USB_DEVICE_NAME.fullmatch(name) is None:
                 continue  # an interface (`1-1:1.0`), listed under its device
+            if (why := name_text_problem(name)) is not None:
+                state.skipped.append((os.path.join(directory, name), f"device name {why}"))
+                continue
             device = self.read_device(source, name, os.path.join(directory, name), extra, state)
             if device is not None:
                 devices.append(device)
@@ -188,6 +196,10 @@ class SysfsReader:
         errors = dict(cached.errors)
         driver = _link_name(os.path.join(path, "driver"))
         iommu_group = _link_name(os.path.join(path, "iommu_group"))
+        if iommu_group is not None and (why := vfio_group_problem(iommu_group)) is not None:
+            errors["iommu_group"] = f"{quote_text(iommu_group)} {why}: no vfio node"
+            state.skipped.append((os.path.join(path, "iommu_group"), errors["iommu_group"]))
+            iommu_group = None
         nodes = self._nodes_beneath(path, uevent_text)
         interfaces: tuple[UsbInterface, ...] = ()
         if source == USB:

@@ -5,14 +5,21 @@ server: probes are answered even while the event loop is busy, which is the poin
 `/healthz` (a stalled loop must turn into a 503, not a timeout nobody can explain).
 
 The endpoint listens on the pod network by default (Prometheus scrapes it there), so it is
-bounded: at most `max_threads` connections are served at once (one more is answered 503
-at once and closed), and a connection that sends or reads nothing for `idle_timeout`
-seconds is closed. What it prints names resources and short fixed reasons, never host
-paths or probe output.
+bounded against clients that connect and then dawdle. A connection gets one thread and at
+most `max_threads` are served at once. It has `request_deadline` seconds from being
+accepted to deliver its whole request (request line and headers) and, once it has, as long
+again to take the answer: absolute deadlines, so a client dripping a byte now and then is
+cut off like a silent one. When every slot is taken, a new connection takes the slot of the
+oldest one still sending its request (that one is answered 503 "busy" and closed), so a
+liveness probe gets through while slow clients keep coming; only when every slot is
+answering a complete request is the newcomer answered 503 "busy" at once. What it prints
+names resources and short fixed reasons, never host paths or probe output.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import socket
 import sys
 import threading
@@ -31,14 +38,17 @@ HEARTBEAT_INTERVAL = 0.5
 HEARTBEAT_STALE = 2.0
 MAX_THREADS = 8
 """Connections served at once: Prometheus and the kubelet's probes need one or two each."""
-IDLE_TIMEOUT = 10.0
-"""Seconds a connection may stay silent (sending its request, or reading the answer)."""
+REQUEST_DEADLINE = 10.0
+"""Seconds a connection has to deliver its whole request, and then to take the answer."""
 MAX_REASON = 120
 """Characters of a not-ready reason shown on /readyz."""
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Content-Length: 27\r\nConnection: close\r\n\r\nbusy: too many connections\n"
 )
+_BUSY_SEND_TIMEOUT = 0.1
+_EVICTION_WAIT = 1.0
+"""Seconds a newcomer waits for an evicted connection's thread to free its slot."""
 
 StartResponse = Callable[..., Any]
 
@@ -64,59 +74,182 @@ class HealthState:
         return None
 
 
+@dataclass(eq=False)
+class _Connection:
+    """One accepted connection holding a slot; its fields change under the server's lock."""
+
+    sock: socket.socket
+    client_address: Any
+    accepted: float
+    deadline: float
+    """When the current phase ends: delivering the request, then taking the answer."""
+    request_received: bool = False
+    evicted: bool = False
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads the socket until the connection's deadline, however the bytes trickle in."""
+
+    def __init__(self, connection: _Connection, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self._connection = connection
+        self._clock = clock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._connection.evicted:
+            raise ConnectionAbortedError("evicted: its slot went to a newer connection")
+        remaining = self._connection.deadline - self._clock()
+        if remaining <= 0:
+            raise TimeoutError("request deadline passed")
+        self._connection.sock.settimeout(remaining)
+        return self._connection.sock.recv_into(buffer)
+
+
+class _DeadlineWriter(io.BufferedIOBase):
+    """Writes the answer until the connection's deadline, however slowly it is read.
+
+    A passed deadline is a ConnectionAbortedError, which wsgiref takes for a client gone
+    away (no traceback), where a TimeoutError would be printed as an application error.
+    """
+
+    def __init__(self, connection: _Connection, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self._connection = connection
+        self._clock = clock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self._connection.evicted:
+            raise ConnectionAbortedError("evicted: its slot went to a newer connection")
+        remaining = self._connection.deadline - self._clock()
+        if remaining <= 0:
+            raise ConnectionAbortedError("answer deadline passed")
+        self._connection.sock.settimeout(remaining)
+        try:
+            self._connection.sock.sendall(data)
+        except TimeoutError as exc:
+            raise ConnectionAbortedError("answer deadline passed") from exc
+        return len(memoryview(data))
+
+
 class _QuietHandler(WSGIRequestHandler):
     server: _BoundedWSGIServer
+    tracked: _Connection
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.idle_timeout)
+        self.tracked = self.server.tracked(self.request)
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.tracked, self.server.clock))
+        self.wfile = _DeadlineWriter(self.tracked, self.server.clock)
+
+    def parse_request(self) -> bool:
+        """Once the request line and headers are in, the answer phase begins."""
+        return super().parse_request() and self.server.request_received(self.tracked)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Probes every few seconds are not worth a log line each."""
 
 
 class _BoundedWSGIServer(WSGIServer):
-    """A thread per connection, at most `max_threads` at once; idle connections time out."""
+    """A thread per connection, at most `max_threads` at once, each with its deadlines."""
 
     def __init__(
         self,
         address: tuple[str, int],
         max_threads: int = MAX_THREADS,
-        idle_timeout: float = IDLE_TIMEOUT,
+        request_deadline: float = REQUEST_DEADLINE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_threads = max_threads
-        self.idle_timeout = idle_timeout
-        self._slots = threading.BoundedSemaphore(max_threads)
+        self.request_deadline = request_deadline
+        self.clock = clock
+        self._slot_freed = threading.Condition()
+        self._serving: list[_Connection] = []
         super().__init__(address, _QuietHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        with self._slot_freed:
+            if len(self._serving) >= self.max_threads:
+                victim = self._oldest_incomplete()
+                if victim is not None:
+                    self._evict(victim)
+                    self._slot_freed.wait_for(
+                        lambda: len(self._serving) < self.max_threads, _EVICTION_WAIT
+                    )
+            connection = (
+                self._track(request, client_address)
+                if len(self._serving) < self.max_threads
+                else None
+            )
+        if connection is None:
             self._refuse(request)
             return
         worker = threading.Thread(
-            target=self._serve_one,
-            args=(request, client_address),
-            name="kdp-http-worker",
-            daemon=True,
+            target=self._work, args=(connection,), name="kdp-http-worker", daemon=True
         )
         try:
             worker.start()
         except RuntimeError:
-            self._slots.release()
+            self._release(connection)
             self._refuse(request)
 
-    def _serve_one(self, request: Any, client_address: Any) -> None:
+    def tracked(self, request: socket.socket) -> _Connection:
+        """The slot of a connection being served (the handler's way to its deadlines)."""
+        with self._slot_freed:
+            return next(c for c in self._serving if c.sock is request)
+
+    def request_received(self, connection: _Connection) -> bool:
+        """Start the answer phase; False if the connection was evicted a moment before."""
+        with self._slot_freed:
+            if connection.evicted:
+                return False
+            connection.request_received = True
+            connection.deadline = self.clock() + self.request_deadline
+            return True
+
+    def _track(self, request: socket.socket, client_address: Any) -> _Connection:
+        now = self.clock()
+        connection = _Connection(request, client_address, now, now + self.request_deadline)
+        self._serving.append(connection)
+        return connection
+
+    def _release(self, connection: _Connection) -> None:
+        with self._slot_freed:
+            self._serving.remove(connection)
+            self._slot_freed.notify_all()
+
+    def _oldest_incomplete(self) -> _Connection | None:
+        waiting = [c for c in self._serving if not (c.request_received or c.evicted)]
+        return min(waiting, key=lambda c: c.accepted, default=None)
+
+    @staticmethod
+    def _evict(victim: _Connection) -> None:
+        """Wake the victim's thread: its read returns, it answers 503 and frees its slot."""
+        victim.evicted = True
+        with contextlib.suppress(OSError):
+            victim.sock.shutdown(socket.SHUT_RD)
+
+    def _work(self, connection: _Connection) -> None:
         try:
-            self.finish_request(request, client_address)
+            self.finish_request(connection.sock, connection.client_address)
         except Exception:
-            self.handle_error(request, client_address)
+            self.handle_error(connection.sock, connection.client_address)
         finally:
-            self.shutdown_request(request)
-            self._slots.release()
+            if connection.evicted:
+                self._refuse(connection.sock)
+            else:
+                self.shutdown_request(connection.sock)
+            self._release(connection)
 
     def _refuse(self, request: socket.socket) -> None:
         try:
-            request.settimeout(0.1)
+            request.settimeout(_BUSY_SEND_TIMEOUT)
             request.sendall(_BUSY)
         except OSError:
             pass
@@ -124,7 +257,7 @@ class _BoundedWSGIServer(WSGIServer):
             self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that went silent or away is normal; anything else is printed."""
+        """A client that went silent, slow or away is normal; anything else is printed."""
         if isinstance(sys.exc_info()[1], OSError):
             return
         super().handle_error(request, client_address)
@@ -180,10 +313,11 @@ class HttpServer:
         health: HealthState,
         *,
         max_threads: int = MAX_THREADS,
-        idle_timeout: float = IDLE_TIMEOUT,
+        request_deadline: float = REQUEST_DEADLINE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         server_class = _BoundedWSGIServerV6 if ":" in host else _BoundedWSGIServer
-        self._server = server_class((host, port), max_threads, idle_timeout)
+        self._server = server_class((host, port), max_threads, request_deadline, clock)
         self._server.set_app(make_app(metrics, health))
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="kdp-http", daemon=True

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -430,43 +433,103 @@ def test_promtool_check_metrics_is_clean(socket_dir: Path) -> None:
     assert result.stdout.strip() == b"" and result.stderr.strip() == b"", result.stderr.decode()
 
 
+def _read_to_end(connection: socket.socket) -> bytes:
+    data = b""
+    while chunk := connection.recv(4096):
+        data += chunk
+    return data
+
+
+def _wait_for_threads(limit: int) -> None:
+    """A serving thread closes its connection a moment before it frees its slot."""
+    deadline = time.monotonic() + 30
+    while threading.active_count() > limit and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_http_closes_idle_connections_and_bounds_its_threads() -> None:
     """Issue 10 item 19: an idle connection held a thread for ever, one thread each."""
-    import socket
-    import threading
-
     metrics, health = Metrics(process_collectors=False), HealthState()
     health.beat()
-    server = HttpServer("127.0.0.1", 0, metrics, health, max_threads=2, idle_timeout=5.0)
+    server = HttpServer("127.0.0.1", 0, metrics, health, max_threads=2, request_deadline=5.0)
     server.start()
     idle: list[socket.socket] = []
-
-    def read_to_end(connection: socket.socket) -> bytes:
-        data = b""
-        while chunk := connection.recv(4096):
-            data += chunk
-        return data
-
     try:
         baseline = threading.active_count()
         for _ in range(6):
             idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))
-        # Two connections are being served (silent, so they wait); the other four are
-        # answered 503 at once and closed.
-        for connection in idle[2:]:
-            answer = read_to_end(connection)
+        # Two connections are served at once; each newcomer takes the slot of the oldest one
+        # still silent, which is answered 503 and closed: the last two keep the slots.
+        for connection in idle[:4]:
+            answer = _read_to_end(connection)
             assert answer.startswith(b"HTTP/1.1 503") and b"busy" in answer
         assert threading.active_count() <= baseline + 2
-        # The two silent ones are closed when their idle timeout passes.
-        assert [read_to_end(connection) for connection in idle[:2]] == [b"", b""]
-        # A serving thread closes its connection, then frees its slot: wait for both threads.
-        deadline = time.monotonic() + 30
-        while threading.active_count() > baseline and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # The two silent ones are closed when their request deadline passes.
+        assert [_read_to_end(connection) for connection in idle[4:]] == [b"", b""]
+        _wait_for_threads(baseline)
         status, _ = http_get(server.port, "/metrics")
         assert status == 200
     finally:
         for connection in idle:
+            connection.close()
+        server.stop()
+
+
+def test_http_cuts_a_dripping_client_at_its_request_deadline() -> None:
+    """Hostile test: a byte every few seconds restarted the idle timeout, so a slot was
+    held for ever. The deadline to deliver the request is absolute."""
+    metrics, health = Metrics(process_collectors=False), HealthState(clock=lambda: 0.0)
+    server = HttpServer("127.0.0.1", 0, metrics, health, max_threads=2, request_deadline=1.0)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as drip:
+            drip.sendall(b"GET /metrics HTTP/1.1\r\n")
+            # Keep dripping header bytes, each well inside the old idle timeout, until the
+            # server closes the connection (or the generous bound ends the test).
+            drip.settimeout(0.2)
+            closed = False
+            give_up = time.monotonic() + 60
+            while not closed and time.monotonic() < give_up:
+                try:
+                    drip.sendall(b"X")
+                    closed = drip.recv(4096) == b""
+                except TimeoutError:
+                    continue
+                except (ConnectionResetError, BrokenPipeError):
+                    closed = True
+            assert closed, "the dripping client still held its slot"
+    finally:
+        server.stop()
+
+
+def test_http_healthz_gets_through_slow_clients_holding_every_slot() -> None:
+    """Hostile test: eight slow clients kept /healthz at 503 "busy" as long as they liked,
+    so the kubelet restarted a healthy pod. A newcomer takes the slot of the oldest
+    connection still sending its request, and the threads stay bounded."""
+    slots, rounds = 3, 3
+    metrics, health = Metrics(process_collectors=False), HealthState(clock=lambda: 0.0)
+    server = HttpServer("127.0.0.1", 0, metrics, health, max_threads=slots, request_deadline=60.0)
+    server.start()
+    slow: list[socket.socket] = []
+    try:
+        baseline = threading.active_count()
+        for _ in range(rounds):
+            # A fresh wave of slow clients fills every slot, and the older ones drip on.
+            for _ in range(slots):
+                slow.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))
+                slow[-1].sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+            for connection in slow:
+                with contextlib.suppress(OSError):
+                    connection.sendall(b"x")
+            assert http_get(server.port, "/healthz") == (200, "ok\n")
+            assert threading.active_count() <= baseline + slots
+        # Every slow client that lost its slot was told so.
+        evicted = slow[: len(slow) - slots]
+        for connection in evicted:
+            answer = _read_to_end(connection)
+            assert answer.startswith(b"HTTP/1.1 503") and b"busy" in answer
+    finally:
+        for connection in slow:
             connection.close()
         server.stop()
 

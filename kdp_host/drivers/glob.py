@@ -49,12 +49,30 @@ SCAN_TIMEOUT = 30.0
 RECENT_CHANGE = 2.0
 """A directory modified this recently (seconds) is rescanned even if its signature matches:
 some file systems keep coarse timestamps, so a change right after a scan could hide."""
-RESCAN_JITTER = 0.1
-"""Spread the safety-net rescans of many resources instead of running them all at once."""
 
 
 def dir_readable(directory: str) -> bool:
     return os.access(directory, os.R_OK | os.X_OK)
+
+
+RESCAN_JITTER = 0.1
+"""Spread the safety-net rescans of many resources instead of running them all at once."""
+
+
+async def wait_for_change(
+    wake: asyncio.Event, interval: float, next_expiry: float | None, clock: Callable[[], float]
+) -> bool:
+    """Wait for a watched change, the jittered safety-net rescan or the next grace expiry,
+    whichever comes first: True when a change woke it."""
+    timeout = interval * random.uniform(1 - RESCAN_JITTER, 1 + RESCAN_JITTER)
+    if next_expiry is not None:
+        timeout = min(timeout, max(0.0, next_expiry - clock()))
+    try:
+        async with asyncio.timeout(timeout):
+            await wake.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -161,17 +179,9 @@ class GlobDriver:
                         last_state = state
                 else:
                     next_expiry = None
-                timeout = self._config.rescan_interval * random.uniform(
-                    1 - RESCAN_JITTER, 1 + RESCAN_JITTER
+                woken = await wait_for_change(
+                    wake, self._config.rescan_interval, next_expiry, clock
                 )
-                if next_expiry is not None:
-                    timeout = min(timeout, max(0.0, next_expiry - clock()))
-                try:
-                    async with asyncio.timeout(timeout):
-                        await wake.wait()
-                    woken = True
-                except TimeoutError:
-                    woken = False
         finally:
             for sub in subscriptions.values():
                 sub.cancel()

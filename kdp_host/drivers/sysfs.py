@@ -17,7 +17,6 @@ import dataclasses
 import fnmatch
 import hashlib
 import os
-import random
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -39,7 +38,7 @@ from ..sysfs.match import class_matches, hex_matches, text_matches
 from ..sysfs.reader import start_off_loop
 from ..watch import DirSignature, Subscription, dir_signature
 from .base import DriverDeps, DriverError, Notifier, Skipped
-from .glob import RECENT_CHANGE, RESCAN_JITTER
+from .glob import RECENT_CHANGE, wait_for_change
 
 FULL_RESCAN_EVERY = 10
 """A safety-net rescan is skipped while no watched node directory changed, but at least
@@ -427,17 +426,9 @@ class SysfsDriver:
                         for problem in scan.problems:
                             log.warning("sysfs_source_unreadable", problem=problem)
                         last_problems = scan.problems
-                timeout = self._config.rescan_interval * random.uniform(
-                    1 - RESCAN_JITTER, 1 + RESCAN_JITTER
+                woken = await wait_for_change(
+                    wake, self._config.rescan_interval, next_expiry, self._clock
                 )
-                if next_expiry is not None:
-                    timeout = min(timeout, max(0.0, next_expiry - self._clock()))
-                try:
-                    async with asyncio.timeout(timeout):
-                        await wake.wait()
-                    woken = True
-                except TimeoutError:
-                    woken = False
         finally:
             for subscription in subscriptions.values():
                 subscription.cancel()

@@ -16,13 +16,12 @@ from .harness import (
     RICH_ALLOCATE,
     Figure,
     Options,
-    RawClient,
     glob_resource,
     make_device_files,
     make_workdir,
     remove_tree,
 )
-from .latency import RESOURCE, Target, allocate_request, check_response, measure, served_host
+from .latency import RESOURCE, allocate_request, allocate_targets, measure, served_host
 
 HUNG_PROBES: dict[str, list[str]] = {
     "hung probe": ["sleep", "3600"],
@@ -66,13 +65,7 @@ def run(opts: Options) -> list[Figure]:
                     )
                 )
             request = allocate_request(hosts[0].device_ids[:2])
-            targets = []
-            for label, served in zip(labels, hosts, strict=True):
-                client = RawClient(served.socket_path)
-                stack.callback(client.close)
-                call = client.unary("Allocate")
-                check_response(call(request))
-                targets.append(Target(label, call))
+            targets = allocate_targets(stack, list(labels), list(hosts), request)
             sized = Options(**{**opts.__dict__, "calls": opts.containment_calls})
             for i in range(opts.repeats):
                 result = measure(targets, request, sized, figures, i)

@@ -28,13 +28,12 @@ from .harness import (
     BenchError,
     Figure,
     Options,
-    RawClient,
     glob_resource,
     make_device_files,
     make_workdir,
     remove_tree,
 )
-from .latency import RESOURCE, Target, allocate_request, check_response, measure, served_host
+from .latency import RESOURCE, allocate_request, allocate_targets, measure, served_host
 
 FLOOD = (
     "import sys\n"
@@ -90,13 +89,7 @@ def _flood(opts: Options) -> list[Figure]:
                 served_host(workdir, "kdp-flood", [fpga, flood], wait_for=[RESOURCE])
             )
             request = allocate_request(plain.device_ids[:2])
-            targets = []
-            for label, served in zip(labels, (plain, flooded), strict=True):
-                client = RawClient(served.socket_path)
-                stack.callback(client.close)
-                call = client.unary("Allocate")
-                check_response(call(request))
-                targets.append(Target(label, call))
+            targets = allocate_targets(stack, list(labels), [plain, flooded], request)
             sized = Options(**{**opts.__dict__, "calls": opts.containment_calls})
             for i in range(opts.repeats):
                 result = measure(targets, request, sized, figures, i)

@@ -101,6 +101,21 @@ def check_response(data: bytes) -> None:
         raise BenchError(f"Allocate response is not the rich one configured: {container}")
 
 
+def allocate_targets(
+    stack: contextlib.ExitStack, labels: list[str], hosts: list[ServedHost], request: bytes
+) -> list[Target]:
+    """One Allocate target per served host, each checked with `request` once; the clients
+    close with `stack`."""
+    targets = []
+    for label, served in zip(labels, hosts, strict=True):
+        client = RawClient(served.socket_path)
+        stack.callback(client.close)
+        call = client.unary("Allocate")
+        check_response(call(request))
+        targets.append(Target(label, call))
+    return targets
+
+
 def measure(
     targets: list[Target], request: bytes, opts: Options, figures: dict[str, Figure], run: int
 ) -> dict[str, tuple[float, float]]:

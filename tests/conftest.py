@@ -20,6 +20,8 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.simulator import KubeletSimulator
 
+from .kubelet_harness import RealKubelet, harness_binary, missing_reason
+
 
 def script(directory: Path, name: str, body: str) -> str:
     """An executable /bin/sh script in `directory`; returns its path."""
@@ -161,3 +163,23 @@ def glob_config(socket_dir: Path, *resources: tuple[str, str], extra: str = "") 
         if extra:
             lines += ["    " + line for line in extra.strip().splitlines()]
     return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def real_kubelet_factory(short_dir: Path) -> Iterator[Callable[..., RealKubelet]]:
+    """`real_kubelet_factory(**options)` starts the kubelet's real device manager
+    (tests/kubelet_harness.py) on `short_dir/dp`; skips, saying why, where the binary is absent."""
+    if harness_binary() is None:
+        pytest.skip(missing_reason())
+    started: list[RealKubelet] = []
+
+    def start(**options: Any) -> RealKubelet:
+        options.setdefault("socket_dir", short_dir / "dp")
+        kubelet = RealKubelet(**options)
+        started.append(kubelet)
+        kubelet.start()
+        return kubelet
+
+    yield start
+    for kubelet in started:
+        kubelet.stop()

@@ -1,0 +1,215 @@
+"""The kubelet's real device manager (and the Go peer plugin) as test and benchmark clients.
+
+The binaries live beside the repository, in `../shared/kubelet-harness/` (or the directory named
+by `KDP_KUBELET_HARNESS`). They are not part of the project: where they are absent, tests that
+need them skip with the reason, and benchmarks print it instead of the figure.
+
+`RealKubelet` runs `kubelet-harness serve` on a temporary device-plugin directory and drives it
+through its loopback HTTP API (the same calls its README lists): capacity, allocate, release,
+restart, events, bench. Every call is blocking and small; async tests call the `a*` twins, which
+run them in a thread so the host under test keeps its event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+HARNESS_ENV = "KDP_KUBELET_HARNESS"
+
+
+def harness_dir() -> Path:
+    """Where the harness binaries are expected."""
+    configured = os.environ.get(HARNESS_ENV)
+    return Path(configured) if configured else REPO.parent / "shared" / "kubelet-harness"
+
+
+def harness_binary(name: str = "kubelet-harness") -> Path | None:
+    """The path of an executable harness binary, or None."""
+    path = harness_dir() / name
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def missing_reason(name: str = "kubelet-harness") -> str:
+    return f"{name} not found at {harness_dir() / name} (set {HARNESS_ENV} to its directory)"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+@dataclass
+class RealKubelet:
+    """One `kubelet-harness serve` process on `socket_dir`.
+
+    `pod_resources_dir` and `plugins_registry_dir` switch on the harness's PodResources server
+    and the kubelet's plugin manager (both off by default, as in its README).
+    """
+
+    socket_dir: Path
+    pod_resources_dir: Path | None = None
+    plugins_registry_dir: Path | None = None
+    numa: int = 1
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.socket_dir / "harness-logs" / "kubelet-harness.log"
+
+    @property
+    def pod_resources_socket(self) -> Path | None:
+        return None if self.pod_resources_dir is None else self.pod_resources_dir / "kubelet.sock"
+
+    def start(self, timeout: float = 30.0) -> None:
+        binary = harness_binary()
+        if binary is None:
+            raise HarnessError(missing_reason())
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        argv = [str(binary), "serve", "--dir", str(self.socket_dir)]
+        argv += ["--http", f"127.0.0.1:{self.port}", "--numa", str(self.numa)]
+        if self.pod_resources_dir is not None:
+            argv += ["--pod-resources", str(self.pod_resources_dir)]
+        if self.plugins_registry_dir is not None:
+            argv += ["--plugins-registry", str(self.plugins_registry_dir)]
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
+                raise HarnessError(f"kubelet-harness exited {self.process.returncode}: {err}")
+            try:
+                if self._request("GET", "/healthz", raw=True) == b"ok":
+                    break
+            except (OSError, HarnessError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise HarnessError(f"kubelet-harness did not answer within {timeout}s")
+            time.sleep(0.02)
+        if not (self.socket_dir / "kubelet.sock").exists():
+            raise HarnessError("kubelet-harness answers but kubelet.sock is missing")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        if process.stderr:
+            process.stderr.close()
+
+    def _request(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as error:
+            raise HarnessError(f"{method} {path}: HTTP {error.code}: {error.read()!r}") from error
+        return payload if raw else json.loads(payload)
+
+    # The HTTP API (see the harness README); errors of /allocate come back in "error".
+    def capacity(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/capacity")
+        return result
+
+    def resource(self, name: str) -> dict[str, Any] | None:
+        """What the kubelet sees of a live (registered) resource, or None."""
+        found: dict[str, Any] | None = self.capacity()["resources"].get(name)
+        return found
+
+    def allocate(
+        self,
+        pod: str,
+        resources: dict[str, int],
+        container: str = "c",
+        numa_affinity: list[int] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"pod": pod, "container": container, "resources": resources}
+        if numa_affinity is not None:
+            body["numa_affinity"] = numa_affinity
+        result: dict[str, Any] = self._request("POST", "/allocate", body)
+        return result
+
+    def release(self, pod: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/release", {"pod": pod})
+        return result
+
+    def restart(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/restart", {})
+        return result
+
+    def events(self, since: int = 0) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request("GET", f"/events?since={since}")
+        return result
+
+    def bench(self, resource: str, iterations: int, per_pod: int = 1, **options: Any) -> Any:
+        body = {"resource": resource, "per_pod": per_pod, "iterations": iterations, **options}
+        return self._request("POST", "/bench", body)
+
+    def wait_for(
+        self, predicate: Callable[[RealKubelet], object], timeout: float = 30.0, what: str = ""
+    ) -> None:
+        """Poll the harness until `predicate(self)` is true (there is no push channel)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    # Async twins: the blocking call runs in a thread so the host under test keeps its loop.
+    async def acall(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(method, *args, **kwargs)
+
+    async def await_for(
+        self, predicate: Callable[[RealKubelet], object], timeout: float = 30.0, what: str = ""
+    ) -> None:
+        await asyncio.to_thread(self.wait_for, predicate, timeout, what)
+
+
+@contextmanager
+def real_kubelet(socket_dir: Path, **options: Any) -> Iterator[RealKubelet]:
+    kubelet = RealKubelet(socket_dir, **options)
+    kubelet.start()
+    try:
+        yield kubelet
+    finally:
+        kubelet.stop()

@@ -1,0 +1,37 @@
+"""End to end against the kubelet's real device manager (v1.32, tests/kubelet_harness.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .conftest import glob_config
+
+FPGA = "vendor.example/fpga"
+
+
+async def test_glob_resource_registers_allocates_and_survives_a_kubelet_restart(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    kubelet = real_kubelet_factory()
+    await start_host(glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]*")))
+
+    def two_healthy(k) -> bool:
+        seen = k.resource(FPGA)
+        return seen is not None and seen["healthy"] == 2
+
+    await kubelet.await_for(two_healthy, what="two healthy fpgas")
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert first["error"] == "" and len(first["device_ids"][FPGA]) == 1
+    [node] = first["devices"]
+    assert node["PathOnHost"] == node["PathInContainer"]
+    assert Path(node["PathOnHost"]).parent == devices
+
+    await kubelet.acall(kubelet.restart)
+    await kubelet.await_for(two_healthy, what="re-registration after a kubelet restart")
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] == ""
+    assert second["device_ids"][FPGA] != first["device_ids"][FPGA]
+    third = await kubelet.acall(kubelet.allocate, "p3", {FPGA: 1})
+    assert "Requested: 1, Available: 0" in third["error"] or "available" in third["error"].lower()
+    registered = [e for e in await kubelet.acall(kubelet.events) if e["kind"] == "registered"]
+    assert [e["gen"] for e in registered if e["resource"] == FPGA] == [0, 1]

@@ -24,7 +24,7 @@ from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
-from .resource import HostServices, ResourceRuntime
+from .resource import HostServices, RegistryWait, ResourceRuntime
 from .stale_sockets import remove_stale_sockets
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
@@ -43,6 +43,9 @@ class Host:
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
+    registry_wait: RegistryWait = field(default_factory=RegistryWait)
+    """With `kubelet.registration: pluginsRegistry`: how long to wait for the kubelet's
+    verdict before creating a socket again."""
     load_config: Callable[[Path], Config] = load_config
     """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
     _supervisor: Supervisor | None = field(default=None, init=False)
@@ -74,15 +77,17 @@ class Host:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
         watcher = self.watcher or make_watcher(self.log.bind(component="watch"))
         self.watcher = watcher
-        socket_dir = self.config.kubelet.socket_dir
+        kubelet = self.config.kubelet
+        socket_dir = kubelet.socket_dir
         services = HostServices(
-            socket_dir,
+            kubelet,
             self.instance_id,
             watcher,
             self.metrics,
             self.log,
             self.drivers,
             status_changed=self._refresh_readiness,
+            registry_wait=self.registry_wait,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -92,11 +97,13 @@ class Host:
             "host_started",
             resources=len(self.config.resources),
             socket_dir=socket_dir,
+            registration=kubelet.registration,
+            serve_dir=kubelet.serve_dir,
             instance=self.instance_id,
             watcher=watcher.kind,
         )
         self._record_config(self.config)
-        await asyncio.to_thread(remove_stale_sockets, socket_dir, self.log)
+        await asyncio.to_thread(remove_stale_sockets, kubelet.serve_dir, self.log)
         internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
         if self._reloader is not None:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))

@@ -48,6 +48,10 @@ def restart_required(old: Config, new: Config) -> list[str]:
     problems = []
     if old.kubelet.socket_dir != new.kubelet.socket_dir:
         problems.append("kubelet.socketDir changed: restart kdp-host to apply")
+    if old.kubelet.registration != new.kubelet.registration:
+        problems.append("kubelet.registration changed: restart kdp-host to apply")
+    if old.kubelet.plugins_registry_dir != new.kubelet.plugins_registry_dir:
+        problems.append("kubelet.pluginsRegistryDir changed: restart kdp-host to apply")
     if old.metrics.listen != new.metrics.listen:
         problems.append("metrics.listen changed: restart kdp-host to apply")
     if old.metrics.histograms != new.metrics.histograms:

@@ -4,10 +4,11 @@ The serving loop follows the kubelet's rules. With `registration: deviceSocket`:
 first, then Register (the kubelet dials back inside Register); when the kubelet restarts
 (kubelet.sock re-created, our socket deleted by its cleanup) or drops our stream, stop the
 old server and its streams first, then serve on a fresh socket and register again. With
-`registration: pluginsRegistry` the socket itself is the registration (docs/kubelet-contract.md
-§14): create it once the first list is ready, and let the kubelet's plugin manager register it,
-also after kubelet restarts; create it again only when the kubelet refuses it or no verdict
-comes in time (a v1.32 kubelet never retries a failed registration by itself).
+`registration: pluginsRegistry` the socket itself is the registration
+(docs/kubelet-contract.md §14): create it once the first list is ready, and let the kubelet's
+plugin manager register it, also after kubelet restarts; create it again only when the
+kubelet refuses it or no verdict comes in time (a v1.32 kubelet never retries a failed
+registration by itself).
 """
 
 from __future__ import annotations

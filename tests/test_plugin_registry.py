@@ -1,6 +1,6 @@
-"""Registration through the kubelet's plugins_registry directory (docs/kubelet-contract.md
-§14): kdp-host against the kubelet's real plugin manager (tests/kubelet_harness.py) and the
-simulator's, and the simulator's plugin manager itself."""
+"""Registration through the kubelet's plugins_registry directory
+(docs/kubelet-contract.md §14): kdp-host against the kubelet's real plugin manager
+(tests/kubelet_harness.py) and the simulator's, and the simulator's plugin manager itself."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def register_ops(sim: KubeletSimulator, ok: bool | None = None) -> list[Any]:
 async def test_real_kubelet_registers_through_plugins_registry_and_again_after_its_restart(
     real_kubelet_factory, short_dir: Path, registry: Path, devices: Path, start_host
 ) -> None:
-    """Issue 18 §3: GetInfo names the resource, the absolute endpoint and v1beta1; the
+    """Issue 18 part 3: GetInfo names the resource, the absolute endpoint and v1beta1; the
     kubelet's plugin manager registers it; after a kubelet restart it is registered again
     with no Register call and without kdp-host creating its socket again."""
     kubelet = real_kubelet_factory(plugins_registry_dir=registry)

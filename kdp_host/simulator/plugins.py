@@ -105,13 +105,9 @@ class PluginHandler:
     def validate_plugin(self, name: str, versions: list[str]) -> str | None:
         """``ValidatePlugin``: why the plugin is refused, or None."""
         if not any(version in SUPPORTED_VERSIONS for version in versions):
-            listed = "[" + " ".join(versions) + "]"
-            return (
-                f"manager version, {SUPPORTED_VERSIONS[0]}, is not among plugin supported "
-                f"versions {listed}"
-            )
+            return gotext.plugin_versions_unsupported(SUPPORTED_VERSIONS[0], versions)
         if not is_extended_resource_name(name):
-            return f"invalid name of device plugin socket: {gotext.invalid_resource_name(name)}"
+            return gotext.invalid_plugin_name(name)
         return None
 
     async def register_plugin(self, name: str, endpoint: Path) -> None:

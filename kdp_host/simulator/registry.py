@@ -213,12 +213,7 @@ class PluginManager:
     async def _register(self, path: Path, timestamp: float) -> None:
         """``GenerateRegisterPluginFunc`` of v1.32 (docs/kubelet-contract.md §14)."""
         if not await wait_accepting(path, self._dial_timeout):
-            await self._failed(
-                path,
-                "",
-                f"RegisterPlugin error -- dial failed at socket {path}, err: failed to dial "
-                f"socket {path}, err: context deadline exceeded",
-            )
+            await self._failed(path, "", gotext.registry_dial_failed(path))
         channel = Channel(path=str(path))
         try:
             stub = RegistrationStub(channel)
@@ -226,31 +221,18 @@ class PluginManager:
                 info: PluginInfo = await stub.get_info(InfoRequest(), timeout=GET_INFO_TIMEOUT)
             except Exception as exc:
                 await self._failed(
-                    path,
-                    "",
-                    "RegisterPlugin error -- failed to get plugin info using RPC GetInfo at "
-                    f"socket {path}, err: {gotext.rpc_error_text(exc)}",
+                    path, "", gotext.get_info_failed(path, gotext.rpc_error_text(exc))
                 )
             name = str(info.name)
             if info.type != DEVICE_PLUGIN_TYPE:
-                text = (
-                    f"RegisterPlugin error -- no handler registered for plugin type: "
-                    f"{info.type} at socket {path}"
-                )
+                text = gotext.no_handler(str(info.type), path)
                 await self._tell(stub, path, name, False, text, failed=text)
             endpoint = Path(str(info.endpoint) or str(path))
             versions = [str(v) for v in info.supported_versions]
             why = self._handler.validate_plugin(name, versions)
             if why is not None:
-                text = f"RegisterPlugin error -- plugin validation failed with err: {why}"
-                await self._tell(
-                    stub,
-                    path,
-                    name,
-                    False,
-                    text,
-                    failed="RegisterPlugin error -- pluginHandler.ValidatePluginFunc failed",
-                )
+                text = gotext.validation_failed(why)
+                await self._tell(stub, path, name, False, text, failed=gotext.VALIDATE_FUNC_FAILED)
             # Recorded before RegisterPlugin: a failure below is never retried (v1.32).
             self._actual[path] = _Registered(name, timestamp)
             try:
@@ -259,7 +241,7 @@ class PluginManager:
                     raise RegisterRefused(gotext.dial_failed("injected fault"))
                 await self._handler.register_plugin(name, endpoint)
             except RegisterRefused as exc:
-                text = f"RegisterPlugin error -- plugin registration failed with err: {exc}"
+                text = gotext.registration_failed(str(exc))
                 await self._tell(stub, path, name, False, text, failed=text)
             await self._tell(stub, path, name, True, "", failed=None)
         finally:

@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, str] = {
     "sysfs": "sysfs",
     "hostile": "hostile",
     "hooks": "hooks",
+    "registration": "registration",
 }
 EXTERNAL = {"allocation": "bench_allocation"}
 """Benchmarks other modules provide as `run() -> dict[str, float]` (included when present)."""

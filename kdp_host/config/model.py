@@ -850,9 +850,10 @@ class MetricsConfig:
     histograms: HistogramMode = key(
         "histograms",
         Choice(HISTOGRAM_MODES),
-        "The three latency histograms: `perResource` (15 series each per resource, 45 per "
-        "resource), `host` (one set for the whole host, no `resource` label: 45 series "
-        "whatever the number of resources), or `off`. Needs a restart to change.",
+        "The three latency histograms: `perResource` (15 series each per resource from its "
+        "first observation, up to 45 per resource), `host` (one set for the whole host, no "
+        "`resource` label: at most 45 series whatever the number of resources), or `off`. "
+        "Needs a restart to change.",
         default=DEFAULT_HISTOGRAM_MODE,
     )
 

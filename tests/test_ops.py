@@ -695,3 +695,29 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     }
     for name, known in values.items():
         assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name
+
+
+async def test_readyz_follows_registration_at_once_not_at_the_next_heartbeat(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    """Issue 17 item 14: readiness is event-driven. The step that marks a resource registered
+    (or not) also updates what /readyz serves, before the loop runs anything else: the
+    heartbeat (every 0.5 s) is only a safety net."""
+    running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
+    health = running.host.health
+
+    await wait_until(lambda: FPGA in running.host.resources, what="resource started")
+    status = running.host.resources[FPGA].status
+
+    async def on_every_iteration_until(ready: bool) -> None:
+        """Polled on every loop iteration (on purpose, hence no Event): the heartbeat cannot
+        slip in between the status change and the look at what /readyz serves."""
+        async with asyncio.timeout(30):
+            while status.ready is not ready:  # noqa: ASYNC110
+                await asyncio.sleep(0)
+
+    await on_every_iteration_until(True)
+    assert health.not_ready == {}
+    await kubelet.stop()
+    await on_every_iteration_until(False)
+    assert FPGA in health.not_ready

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .backoff import Backoff
@@ -69,6 +70,8 @@ class HostServices:
     """Runs the preStart and allocate commands."""
     ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
     """The host's one index of claimed nodes and mount sources, shared by every resource."""
+    status_changed: Callable[[], None] = lambda: None
+    """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
 
 
 @dataclass
@@ -98,7 +101,7 @@ class ResourceRuntime:
         self._services = services
         self.log = services.log.bind(resource=config.name)
         self.status = ResourceStatus()
-        self.endpoint = socket_name(config.name, services.instance_id)
+        self.endpoint = socket_name(config.name, services.instance_id, services.socket_dir)
         self.socket_path = os.path.join(services.socket_dir, self.endpoint)
         self.table = DeviceTable(replicas=config.replicas)
         self.table.add_listener(self._on_devices_changed)
@@ -335,6 +338,7 @@ class ResourceRuntime:
             self.status.problems.pop(part, None)
         else:
             self.status.problems[part] = reason
+        self._services.status_changed()
 
     def _mark(
         self,
@@ -352,6 +356,7 @@ class ResourceRuntime:
                 self.status.last_error = None
         if error is not None:
             self.status.last_error = error
+        self._services.status_changed()
 
 
 class _SocketLost(Exception):

@@ -107,12 +107,16 @@ class Owner:
     """The ID the kubelet knows the device by."""
 
 
+def _owner_order(owner: Owner) -> tuple[str, str]:
+    return owner.resource, owner.device
+
+
 @dataclass(frozen=True)
 class _Holding:
     """Why a device is held: logged and counted once while it stays the same."""
 
     reason: str
-    """`owned` (another device's claim), `shared` (another resource's shared node),
+    """`owned` (another device's claim), `shared` (a node other devices share),
     `id_taken` (its ID is the old ID of another device of the resource)."""
     owner: Owner
     path: str
@@ -152,8 +156,8 @@ class OwnershipIndex:
         self._exclusive: dict[ClaimKey, Owner] = {}
         self._where: dict[ClaimKey, str] = {}
         """The host path each exclusive claim was made through (to see whether it is gone)."""
-        self._shared: dict[ClaimKey, set[str]] = {}
-        """Key -> resources that claim it shared."""
+        self._shared: dict[ClaimKey, set[Owner]] = {}
+        """Key -> the advertised devices that claim it shared."""
         self._resources: dict[str, _Resource] = {}
         self._pending: dict[str, None] = {}
         self._draining = False
@@ -312,12 +316,12 @@ class OwnershipIndex:
             owner = self._exclusive.get(key)
             if owner is not None and owner != me and not self._released_if_gone(key):
                 return _Holding("owned", owner, path)
-            sharers = self._shared.get(key, set()) - {resource}
+            sharers = self._shared.get(key, set()) - {me}
             if sharers:
-                return _Holding("shared", Owner(min(sharers), ""), path)
+                return _Holding("shared", min(sharers, key=_owner_order), path)
         for key, path in claims.shared.items():
             owner = self._exclusive.get(key)
-            if owner is not None and not self._released_if_gone(key):
+            if owner is not None and owner != me and not self._released_if_gone(key):
                 return _Holding("owned", owner, path)
         return None
 
@@ -342,7 +346,7 @@ class OwnershipIndex:
             self._where[key] = path
             state.lingering.discard(key)
         for key in claims.shared:
-            self._shared.setdefault(key, set()).add(state.name)
+            self._shared.setdefault(key, set()).add(me)
         state.owned[device_id] = claims
 
     def _release_stale(self, state: _Resource, wanted: Mapping[str, Claims]) -> bool:
@@ -359,7 +363,7 @@ class OwnershipIndex:
                 if self._exclusive.get(key) == me:
                     state.lingering.add(key)
             for key in old.shared.keys() - new.shared.keys():
-                released |= self._unshare(state, key, advertised_id)
+                released |= self._unshare(key, me)
         return released
 
     def _unadvertise(self, state: _Resource, advertised_id: str) -> bool:
@@ -370,16 +374,13 @@ class OwnershipIndex:
             return False
         me = Owner(state.name, advertised_id)
         state.lingering.update(key for key in old.exclusive if self._exclusive.get(key) == me)
-        return any([self._unshare(state, key, advertised_id) for key in old.shared])
+        return any([self._unshare(key, me) for key in old.shared])
 
-    def _unshare(self, state: _Resource, key: ClaimKey, leaving: str) -> bool:
-        """Drop `state`'s shared claim on `key` unless another of its devices still has it."""
-        if any(key in c.shared for a, c in state.owned.items() if a != leaving):
-            return False
+    def _unshare(self, key: ClaimKey, owner: Owner) -> bool:
         sharers = self._shared.get(key)
-        if sharers is None or state.name not in sharers:
+        if sharers is None or owner not in sharers:
             return False
-        sharers.discard(state.name)
+        sharers.discard(owner)
         if not sharers:
             del self._shared[key]
         return True

@@ -98,6 +98,8 @@ class FakeSysfs:
             lines.append(f"DEVTYPE={devtype}")
         (directory / "uevent").write_text("\n".join(lines) + "\n")
         (directory / "dev").write_text(f"{major}:{minor}\n")
+        kind = "block" if klass == "block" else "char"
+        _relative_link(self.sys / "dev" / kind / f"{major}:{minor}", directory)
         if create:
             self.create_node(devname)
         return directory
@@ -239,6 +241,35 @@ class FakeSysfs:
             devtype="partition",
         )
         return path
+
+    def virtio_disk(self, address: str, *, index: int, disk: str, partitions: int = 0) -> Path:
+        """A virtio-blk disk as QEMU gives one: the PCI device (1af4:1001), the virtio
+        device `virtio<index>` below it, and the disk's block node (and partitions)."""
+        pci = self.pci_device(
+            address, "1af4", "1001", pci_class="0x010000", driver="virtio-pci", numa_node=0
+        )
+        virtio = self.device_dir(pci / f"virtio{index}", bus="virtio")
+        self.attributes(virtio, vendor="0x1af4", device="0x0002")
+        self.bind(virtio, "virtio", "virtio_blk")
+        block = self.node(
+            virtio / "block" / disk,
+            disk,
+            klass="block",
+            major=253,
+            minor=16 * index,
+            devtype="disk",
+        )
+        for number in range(1, partitions + 1):
+            self.node(
+                block / f"{disk}{number}",
+                f"{disk}{number}",
+                klass="block",
+                major=253,
+                minor=16 * index + number,
+                devtype="partition",
+            )
+            (block / f"{disk}{number}" / "partition").write_text(f"{number}\n")
+        return pci
 
     # ------------------------------------------------------------------ USB
 

@@ -85,6 +85,8 @@ def generic_matches(match: SysfsMatchConfig, device: SysfsDevice) -> bool:
         return False
     if match.driver is not None and not text_matches(match.driver, device.driver):
         return False
+    if match.name is not None and not text_matches(match.name, device.name):
+        return False
     return all(
         text_matches(pattern, device.attributes.get(name))
         for name, pattern in match.attributes.items()

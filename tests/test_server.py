@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +29,16 @@ from kdp_host.devices import Device, DeviceTable
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.protocol.codec import DevicePluginCodec, EncodedMessage
-from kdp_host.protocol.endpoint import INSTANCE_ID_MAX_LENGTH, SOCKET_NAME_MAX_LENGTH, socket_name
+from kdp_host.protocol.endpoint import (
+    INSTANCE_ID_MAX_LENGTH,
+    SOCKET_NAME_MAX_LENGTH,
+    SOCKET_NAME_MIN_LENGTH,
+    is_socket_name,
+    socket_name,
+)
 from kdp_host.protocol.server import SOCKET_MODE, PluginServer
 from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
-from kdp_host.rules import AF_UNIX_PATH_MAX, socket_path_problem
+from kdp_host.rules import socket_path_problem
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config, wait_until
@@ -82,34 +89,64 @@ LONGEST_RESOURCE = "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61 +
 
 def test_socket_name_is_bounded_for_any_valid_resource_name() -> None:
     assert len(LONGEST_RESOURCE.split("/")[0]) == 253
-    name = socket_name(LONGEST_RESOURCE, "f" * INSTANCE_ID_MAX_LENGTH)
+    name = socket_name(LONGEST_RESOURCE, "f" * INSTANCE_ID_MAX_LENGTH, "/d")
     assert len(name) == SOCKET_NAME_MAX_LENGTH
     assert name.startswith("kdp-") and name.endswith(".sock")
-    assert len(socket_name("x.io/y", "0")) < SOCKET_NAME_MAX_LENGTH
+    assert len(socket_name("x.io/y", "0", "/d")) < SOCKET_NAME_MAX_LENGTH
 
 
-def test_any_resource_fits_a_reasonable_socket_dir() -> None:
-    """A 50-byte socket dir (the kubelet's default is 31) serves every valid name."""
+def test_any_resource_fits_a_reasonable_socket_dir_readably() -> None:
+    """A 50-byte socket dir (the kubelet's default is 31) gets the readable name."""
     socket_dir = "/var/lib/kubelet/plugins_registry/device-plugins_x"
     assert len(socket_dir) == 50
-    path = os.path.join(socket_dir, socket_name(LONGEST_RESOURCE, "0123abcd"))
-    assert socket_path_problem(path) is None
-    assert len(socket_dir) + 1 + SOCKET_NAME_MAX_LENGTH <= AF_UNIX_PATH_MAX
+    name = socket_name(LONGEST_RESOURCE, "0123abcd", socket_dir)
+    assert name.startswith("kdp-aaaa") and name.endswith("-0123abcd.sock")
+    assert socket_path_problem(os.path.join(socket_dir, name)) is None
+
+
+@pytest.mark.parametrize("length", [60, 80, 94])
+def test_every_dir_the_kubelet_can_serve_from_serves_every_resource(length: int) -> None:
+    """Issue 17 item 14: a dir too long for the readable name (over 59 bytes) gets the
+    compact, hash-only name; it is as long as kubelet.sock, so it fits wherever the kubelet's
+    own socket does (94 bytes), and stays unique per resource and instance."""
+    socket_dir = "/" + "d" * (length - 1)
+    assert socket_path_problem(os.path.join(socket_dir, "kubelet.sock")) is None
+    names = set()
+    for resource in (LONGEST_RESOURCE, FPGA, FPGA + "2"):
+        for instance in ("0011aabb", "0011aabc"):
+            name = socket_name(resource, instance, socket_dir)
+            assert socket_path_problem(os.path.join(socket_dir, name)) is None
+            assert is_socket_name(name)
+            assert name == socket_name(resource, instance, socket_dir)
+            names.add(name)
+    assert len(names) == 6
+    compact = socket_name(LONGEST_RESOURCE, "0011aabb", socket_dir)
+    assert len(compact) == SOCKET_NAME_MIN_LENGTH == len("kubelet.sock")
+    assert re.fullmatch(r"kdp-[a-z2-7]{8}", compact)
+    # the readable name is kept wherever it fits
+    assert socket_name(FPGA, "0011aabb", "/" + "d" * 58).endswith(".sock")
 
 
 def test_socket_names_stay_apart() -> None:
     shared = "vendor.example/" + "x" * 30
-    names = {socket_name(shared + suffix, "00000000") for suffix in ("a", "b", "")}
+    names = {socket_name(shared + suffix, "00000000", "/d") for suffix in ("a", "b", "")}
     assert len(names) == 3
-    assert socket_name(FPGA, "0011aabb") == socket_name(FPGA, "0011aabb")
-    assert socket_name(FPGA, "0011aabb") != socket_name(FPGA, "0011aabc")
-    assert socket_name(FPGA, "0011aabb").startswith("kdp-vendor.example_fpga-")
+    assert socket_name(FPGA, "0011aabb", "/d") == socket_name(FPGA, "0011aabb", "/d")
+    assert socket_name(FPGA, "0011aabb", "/d") != socket_name(FPGA, "0011aabc", "/d")
+    assert socket_name(FPGA, "0011aabb", "/d").startswith("kdp-vendor.example_fpga-")
+
+
+def test_only_socket_names_of_either_form_are_ours() -> None:
+    assert is_socket_name("kdp-vendor.example_fpga-0a1b2c3d-0011aabb.sock")
+    assert is_socket_name("kdp-abcdefg2")
+    for other in ("kubelet.sock", "kdp-ABCDEFG2", "kdp-abcdefg1", "kdp-abcdefg", "x-kdp-a.sock"):
+        assert not is_socket_name(other), other
 
 
 @pytest.mark.parametrize("instance", ["", "123456789", "a/b", "a b"])
 def test_socket_name_refuses_an_instance_id_that_would_break_the_bound(instance: str) -> None:
     with pytest.raises(ValueError, match="instance ID"):
-        socket_name(FPGA, instance)
+        socket_name(FPGA, instance, "/d")
 
 
 # ------------------------------------------------------------------ the codec

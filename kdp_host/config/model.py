@@ -455,6 +455,13 @@ class SysfsMatchConfig:
         default={},
     )
     driver: str | None = key("driver", Text(), "The bound kernel driver (a glob).", default=None)
+    name: str | None = key(
+        "name",
+        Text(),
+        "The device's kernel name (`vda`, `video0`, `virtio3`; a glob). Some kernel names "
+        "follow probe order and may name another device after a reboot.",
+        default=None,
+    )
 
     def check(self) -> Problems:
         if (self.bus is None) == (self.device_class is None):

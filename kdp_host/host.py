@@ -22,6 +22,7 @@ from .drivers import DriverFactory, make_driver
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
+from .ownership import OwnershipIndex
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, RegistryWait, ResourceRuntime
@@ -48,10 +49,13 @@ class Host:
     verdict before creating a socket again."""
     load_config: Callable[[Path], Config] = load_config
     """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
+    ownership: OwnershipIndex = field(init=False)
+    """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.ownership = OwnershipIndex(self.metrics)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
 
@@ -86,6 +90,7 @@ class Host:
             self.metrics,
             self.log,
             self.drivers,
+            ownership=self.ownership,
             status_changed=self._refresh_readiness,
             registry_wait=self.registry_wait,
         )
@@ -165,6 +170,7 @@ class Host:
         for name in (*plan.changed, *plan.added):
             supervisor.start(new_by_name[name], after=stopping.get(name))
         for name in plan.removed:
+            self.ownership.retire(name)
             self._forget_when_stopped(name, stopping[name])
         self.config = new
         self._record_config(new)

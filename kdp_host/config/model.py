@@ -456,6 +456,13 @@ class SysfsMatchConfig:
         default={},
     )
     driver: str | None = key("driver", Text(), "The bound kernel driver (a glob).", default=None)
+    name: str | None = key(
+        "name",
+        Text(),
+        "The device's kernel name (`vda`, `video0`, `virtio3`; a glob). Some kernel names "
+        "follow probe order and may name another device after a reboot.",
+        default=None,
+    )
 
     def check(self) -> Problems:
         if (self.bus is None) == (self.device_class is None):
@@ -895,9 +902,10 @@ class MetricsConfig:
     histograms: HistogramMode = key(
         "histograms",
         Choice(HISTOGRAM_MODES),
-        "The three latency histograms: `perResource` (15 series each per resource, 45 per "
-        "resource), `host` (one set for the whole host, no `resource` label: 45 series "
-        "whatever the number of resources), or `off`. Needs a restart to change.",
+        "The three latency histograms: `perResource` (15 series each per resource from its "
+        "first observation, up to 45 per resource), `host` (one set for the whole host, no "
+        "`resource` label: at most 45 series whatever the number of resources), or `off`. "
+        "Needs a restart to change.",
         default=DEFAULT_HISTOGRAM_MODE,
     )
 

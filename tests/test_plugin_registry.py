@@ -29,8 +29,9 @@ from .conftest import RunningHost, glob_config, wait_until
 from .test_ops import value
 
 FPGA = "vendor.example/fpga"
-QUICK = RegistryWait(first=0.3, maximum=0.6)
-"""Verdict waits short enough for tests."""
+QUICK = RegistryWait(first=1.5, maximum=3.0)
+"""Verdict waits short enough for tests, and longer than the real kubelet's reconcile
+period (1 s), which a new socket may wait out before its verdict."""
 PATIENT = RegistryWait(first=3600.0, maximum=3600.0)
 """A host that never gives up waiting: shows what the kubelet alone does."""
 
@@ -215,7 +216,10 @@ async def test_sim_a_refused_registration_makes_kdp_host_create_its_socket_again
     sim.fail_next_plugin_registrations(1)
     running = await start_registry_host(start_host, sim, devices)
     await sim.wait_for(lambda: sim.resource(FPGA).allocatable == 2, timeout=20)
-    assert [op.notified for op in register_ops(sim)] == [False, True]
+    # (Under heavy load a verdict may come later than kdp-host waits: it then creates its
+    # socket once more, and the plugin manager's operation on the old one fails. Allowed.)
+    verdicts = [op.notified for op in register_ops(sim) if op.notified is not None]
+    assert verdicts == [False, True], sim.registry_operations
     assert [op.kind for op in sim.registry_operations][-2:] == ["deregister", "register"]
     assert value(running.metrics, "kdp_registrations_total", resource=FPGA, result="refused") == 1
     assert value(running.metrics, "kdp_registrations_total", resource=FPGA, result="ok") == 1

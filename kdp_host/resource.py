@@ -18,7 +18,7 @@ from .backoff import Backoff
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot
 from .drivers import DeviceReporter, DriverDeps, DriverFactory, failure_threshold, make_driver
-from .files import DaemonThreads
+from .files import DaemonThreads, Offload
 from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
@@ -55,8 +55,8 @@ class HostServices:
     log: EventLogger
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
-    threads: DaemonThreads = field(default_factory=DaemonThreads)
-    """Daemon threads for the drivers' scans, shared by every resource."""
+    offload: Offload = field(default_factory=DaemonThreads)
+    """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
     """Runs the preStart and allocate commands."""
 
@@ -132,7 +132,7 @@ class ResourceRuntime:
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
-        deps = DriverDeps(self.log, services.watcher, threads=services.threads)
+        deps = DriverDeps(self.log, services.watcher, offload=services.offload)
         driver = services.drivers(self.config.driver, deps)
         reporter = DeviceReporter(
             self.table,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .drivers import DriverFactory, make_driver
+from .files import DaemonThreads, Offload
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
@@ -44,7 +45,9 @@ class Host:
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
     load_config: Callable[[Path], Config] = load_config
-    """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
+    """Reads and validates a config file on reload (through `offload`); raises ConfigError."""
+    offload: Offload = field(default_factory=DaemonThreads)
+    """The one way off the event loop, for the host and every resource."""
     _supervisor: Supervisor | None = field(default=None, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
 
@@ -60,6 +63,7 @@ class Host:
             metrics=self.metrics,
             log=self.log,
             load_config=self.load_config,
+            offload=self.offload,
         )
 
     @property
@@ -72,11 +76,19 @@ class Host:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
-        watcher = self.watcher or make_watcher(self.log.bind(component="watch"))
+        watcher = self.watcher or make_watcher(
+            self.log.bind(component="watch"), offload=self.offload
+        )
         self.watcher = watcher
         socket_dir = self.config.kubelet.socket_dir
         services = HostServices(
-            socket_dir, self.instance_id, watcher, self.metrics, self.log, self.drivers
+            socket_dir,
+            self.instance_id,
+            watcher,
+            self.metrics,
+            self.log,
+            self.drivers,
+            offload=self.offload,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -90,7 +102,7 @@ class Host:
             watcher=watcher.kind,
         )
         self._record_config(self.config)
-        await asyncio.to_thread(remove_stale_sockets, socket_dir, self.log)
+        await self.offload.run(lambda: remove_stale_sockets(socket_dir, self.log))
         internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
         if self._reloader is not None:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))

@@ -7,6 +7,7 @@ import asyncio
 import math
 import sys
 
+from ..files import DaemonThreads
 from ..logs import quote_text
 from .discover import (
     DEFAULT_DOMAIN,
@@ -16,8 +17,8 @@ from .discover import (
     render_table,
     render_yaml,
 )
-from .model import PCI, USB
-from .reader import DEFAULT_SCAN_TIMEOUT, ScanTimeout, SysfsReader, read_off_loop
+from .model import PCI, USB, SysfsScan
+from .reader import DEFAULT_SCAN_TIMEOUT, SysfsReader
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -83,19 +84,17 @@ def discover_command(args: argparse.Namespace) -> int:
     buses = args.bus if args.bus else [USB, PCI]
     extra = ["name"] if args.classes else []
 
-    async def read() -> object:
-        return await read_off_loop(
-            lambda: reader.scan(buses, args.classes, extra), args.timeout, "sysfs"
-        )
+    async def read() -> SysfsScan:
+        # A read stuck in the kernel is left behind on its daemon thread: the exit waits
+        # for no such thread.
+        async with asyncio.timeout(args.timeout):
+            return await DaemonThreads().run(lambda: reader.scan(buses, args.classes, extra))
 
     try:
         scan = asyncio.run(read())
-    except ScanTimeout as exc:
-        print(f"kdp-host discover: {exc}", file=sys.stderr)
+    except TimeoutError:
+        print(f"kdp-host discover: sysfs: no answer within {args.timeout:g}s", file=sys.stderr)
         return EXIT_FAILED
-    from .model import SysfsScan
-
-    assert isinstance(scan, SysfsScan)
     found = discover(scan.devices, domain=args.domain, include_all=args.all)
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.format]
     skipped = tuple(f"{quote_text(path)}: {why}" for path, why in scan.skipped)

@@ -88,6 +88,7 @@ class Host:
             self.metrics,
             self.log,
             self.drivers,
+            status_changed=self._refresh_readiness,
             offload=self.offload,
         )
         supervisor = Supervisor(services, self.restart_policy)
@@ -124,6 +125,11 @@ class Host:
                 task.cancel()
             await asyncio.gather(*internal, return_exceptions=True)
             self.log.info("host_stopped")
+
+    def _refresh_readiness(self) -> None:
+        """/readyz follows every status change at once (the heartbeat also refreshes it)."""
+        if self._supervisor is not None:
+            self.health.not_ready = self._supervisor.not_ready()
 
     def request_reload(self) -> None:
         """Re-read the config file now (SIGHUP); a host without a config file ignores it."""

@@ -13,11 +13,12 @@ after the grace period (the loop's `Tracker`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..config import (
     NodeSelectConfig,
@@ -32,6 +33,8 @@ from ..logs import quote_text
 from ..rules import MAX_DEVICE_ID_LENGTH, device_id_problem
 from ..sysfs import PCI, USB, NodeInfo, SysfsDevice, SysfsReader, SysfsScan
 from ..sysfs.match import class_matches, hex_matches, text_matches
+from ..sysfs.model import VFIO_PCI_DRIVER
+from ..sysfs.reader import enclosing_device
 from .base import DriverDeps, Skipped
 from .scanning import DirWatch, Listed, Notice, ScanLoop, ScanResult, ScanSettings
 
@@ -78,6 +81,8 @@ def generic_matches(match: SysfsMatchConfig, device: SysfsDevice) -> bool:
     if device.source != source:
         return False
     if match.driver is not None and not text_matches(match.driver, device.driver):
+        return False
+    if match.name is not None and not text_matches(match.name, device.name):
         return False
     return all(
         text_matches(pattern, device.attributes.get(name))
@@ -127,6 +132,71 @@ def select_nodes(selection: NodeSelectConfig | None, nodes: Iterable[NodeInfo]) 
     return chosen
 
 
+# --------------------------------------------------------------------------- devices
+
+
+VFIO_GROUP_PEER_DRIVERS = frozenset({VFIO_PCI_DRIVER, "pci-stub", "pcieport"})
+"""Drivers a function may be bound to for its IOMMU group to be assignable (the kernel's
+rule for opening `/dev/vfio/<group>`; a function with no driver counts too)."""
+
+
+def advertised_devices(
+    config: SysfsDriverConfig, devices: Sequence[SysfsDevice]
+) -> tuple[list[SysfsDevice], tuple[Skipped, ...]]:
+    """The devices a resource advertises out of one scan, and what it refuses.
+
+    - Each physical device once: a matched device inside another matched one (a drm card
+      or a partition below a matched device) is part of the outermost, whose nodes hold
+      its nodes already; a bus device of its own (a GPU behind a matched PCIe bridge, a
+      USB device behind a matched hub) never is. Decided over the whole set.
+    - Each IOMMU group once: functions bound to vfio-pci are assigned by group (they all
+      pass the same `/dev/vfio/<group>`), so the matched functions of a group are one
+      device, named by the first of them, with the nodes of every vfio-pci function of
+      the group. A group with a function bound to a host driver cannot be assigned: its
+      matched functions are refused (`incomplete_group`).
+    """
+    found = {device.path: device for device in devices if matches(config, device)}
+    outer = [
+        device for path, device in sorted(found.items()) if enclosing_device(path, found) is None
+    ]
+    kept: list[SysfsDevice] = []
+    groups: dict[str, list[SysfsDevice]] = {}
+    for device in outer:
+        if device.source == PCI and device.driver == VFIO_PCI_DRIVER and device.iommu_group:
+            groups.setdefault(device.iommu_group, []).append(device)
+        else:
+            kept.append(device)
+    skipped: list[Skipped] = []
+    for group, matched_functions in groups.items():
+        functions = sorted(
+            (d for d in devices if d.source == PCI and d.iommu_group == group),
+            key=lambda d: d.name,
+        )
+        held = [d for d in functions if d.driver and d.driver not in VFIO_GROUP_PEER_DRIVERS]
+        if held:
+            holders = ", ".join(f"{quote_text(d.name)} ({quote_text(d.driver)})" for d in held)
+            skipped.extend(
+                Skipped(
+                    "incomplete_group",
+                    quote_text(device.path),
+                    f"IOMMU group {quote_text(group)} is assigned whole, and its {holders} "
+                    "is bound to a host driver: bind every function of the group to vfio-pci",
+                )
+                for device in matched_functions
+            )
+            continue
+        first = min(matched_functions, key=lambda d: d.name)
+        nodes = dict.fromkeys(
+            node
+            for function in (first, *functions)
+            if function.driver == VFIO_PCI_DRIVER
+            for node in function.nodes
+        )
+        kept.append(dataclasses.replace(first, nodes=tuple(nodes)))
+    kept.sort(key=lambda d: d.path)
+    return kept, tuple(skipped)
+
+
 # --------------------------------------------------------------------------- identity
 
 
@@ -174,7 +244,8 @@ class SysfsScanner:
         # read and this is caught by a full rescan every FULL_RESCAN_EVERY intervals).
         for directory in sorted(scan.watch_dirs | self._future_node_dirs()):
             dirs.watch(directory)
-        identified, skipped = self.identified(self.matched(scan), listed.places)
+        advertised, refused = advertised_devices(self._config, scan.devices)
+        identified, skipped = self.identified(advertised, listed.places)
         devices: dict[str, Device] = {}
         places: dict[str, str] = {}
         for found, found_id in identified:
@@ -182,24 +253,10 @@ class SysfsScanner:
             places[found_id] = found.path
         return ScanResult(
             devices,
-            (*reader_skipped(scan), *skipped),
+            (*reader_skipped(scan), *refused, *skipped),
             places,
             tuple(Notice("sysfs_source_unreadable", (("problem", p),)) for p in scan.problems),
         )
-
-    def matched(self, scan: SysfsScan) -> list[SysfsDevice]:
-        """The scan's devices of this resource, each physical device once: a device matched
-        inside another matched one (a drm card below a matched PCI GPU) is part of it."""
-        found = sorted(
-            (device for device in scan.devices if matches(self._config, device)),
-            key=lambda device: device.path,
-        )
-        kept: list[SysfsDevice] = []
-        for device in found:
-            if kept and (device.path + "/").startswith(kept[-1].path + "/"):
-                continue
-            kept.append(device)
-        return kept
 
     def identified(
         self, found: list[SysfsDevice], places: Mapping[str, str]

@@ -22,7 +22,9 @@ from .drivers import DriverFactory, make_driver
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
+from .podresources import PodResourcesPoller
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
+from .release import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, ResourceRuntime
 from .stale_sockets import remove_stale_sockets
@@ -47,6 +49,8 @@ class Host:
     """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
     _supervisor: Supervisor | None = field(default=None, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
+    pod_resources: PodResourcesPoller | None = field(default=None, init=False)
+    """Who holds each device (None until running, or with polling off)."""
 
     def __post_init__(self) -> None:
         if self.config_path is not None:
@@ -74,9 +78,26 @@ class Host:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
         watcher = self.watcher or make_watcher(self.log.bind(component="watch"))
         self.watcher = watcher
-        socket_dir = self.config.kubelet.socket_dir
+        kubelet = self.config.kubelet
+        socket_dir = kubelet.socket_dir
+        if kubelet.pod_resources_interval > 0:
+            self.pod_resources = PodResourcesPoller(
+                kubelet.pod_resources_socket,
+                kubelet.pod_resources_interval,
+                self.metrics,
+                self.log,
+            )
+        release_state = ReleaseStateStore(self.config.state_dir, self.log)
+        await asyncio.to_thread(release_state.load)
         services = HostServices(
-            socket_dir, self.instance_id, watcher, self.metrics, self.log, self.drivers
+            socket_dir,
+            self.instance_id,
+            watcher,
+            self.metrics,
+            self.log,
+            self.drivers,
+            pod_resources=self.pod_resources,
+            release_state=release_state,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -94,6 +115,8 @@ class Host:
         internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
         if self._reloader is not None:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))
+        if self.pod_resources is not None:
+            internal.append(asyncio.create_task(self.pod_resources.run(), name="podresources"))
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:
             for resource in self.config.resources:

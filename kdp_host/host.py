@@ -98,6 +98,7 @@ class Host:
             self.drivers,
             pod_resources=self.pod_resources,
             release_state=release_state,
+            status_changed=self._refresh_readiness,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -135,6 +136,11 @@ class Host:
                 task.cancel()
             await asyncio.gather(*internal, return_exceptions=True)
             self.log.info("host_stopped")
+
+    def _refresh_readiness(self) -> None:
+        """/readyz follows every status change at once (the heartbeat also refreshes it)."""
+        if self._supervisor is not None:
+            self.health.not_ready = self._supervisor.not_ready()
 
     def request_reload(self) -> None:
         """Re-read the config file now (SIGHUP); a host without a config file ignores it."""

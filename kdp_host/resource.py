@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .backoff import Backoff
@@ -72,6 +73,8 @@ class HostServices:
     """Who holds each device (None: PodResources polling is off)."""
     release_state: ReleaseStateStore | None = None
     """What the release trackers keep across restarts (None: `release` cannot run)."""
+    status_changed: Callable[[], None] = lambda: None
+    """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
 
 
 @dataclass
@@ -101,7 +104,7 @@ class ResourceRuntime:
         self._services = services
         self.log = services.log.bind(resource=config.name)
         self.status = ResourceStatus()
-        self.endpoint = socket_name(config.name, services.instance_id)
+        self.endpoint = socket_name(config.name, services.instance_id, services.socket_dir)
         self.socket_path = os.path.join(services.socket_dir, self.endpoint)
         self.table = DeviceTable(replicas=config.replicas)
         self.table.add_listener(self._on_devices_changed)
@@ -365,6 +368,7 @@ class ResourceRuntime:
             self.status.problems.pop(part, None)
         else:
             self.status.problems[part] = reason
+        self._services.status_changed()
 
     def _mark(
         self,
@@ -382,6 +386,7 @@ class ResourceRuntime:
                 self.status.last_error = None
         if error is not None:
             self.status.last_error = error
+        self._services.status_changed()
 
 
 class _SocketLost(Exception):

@@ -30,6 +30,7 @@ from .files import DaemonThreads
 from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
+from .ownership import OwnedTable, OwnershipIndex
 from .podresources import Holdings, PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
 from .protocol.endpoint import socket_name
@@ -73,6 +74,8 @@ class HostServices:
     """Who holds each device (None: PodResources polling is off)."""
     release_state: ReleaseStateStore | None = None
     """What the release trackers keep across restarts (None: `release` cannot run)."""
+    ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
+    """The host's one index of claimed nodes and mount sources, shared by every resource."""
     status_changed: Callable[[], None] = lambda: None
     """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
 
@@ -162,8 +165,16 @@ class ResourceRuntime:
         services = self._services
         deps = DriverDeps(self.log, services.watcher, threads=services.threads)
         driver = services.drivers(self.config.driver, deps)
+        detach = services.ownership.attach(self.config.name, self.table.publish, self.log)
+        try:
+            await self._run(deps, driver)
+        finally:
+            detach()
+
+    async def _run(self, deps: DriverDeps, driver: Driver) -> None:
+        services = self._services
         reporter = DeviceReporter(
-            self.table,
+            OwnedTable(services.ownership, self.config.name, self.table),
             resource=self.config.name,
             log=self.log,
             metrics=services.metrics,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .drivers import DriverFactory, make_driver
+from .files import DaemonThreads, Offload
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
@@ -47,7 +48,9 @@ class Host:
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
     load_config: Callable[[Path], Config] = load_config
-    """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
+    """Reads and validates a config file on reload (through `offload`); raises ConfigError."""
+    offload: Offload = field(default_factory=DaemonThreads)
+    """The one way off the event loop, for the host and every resource."""
     ownership: OwnershipIndex = field(init=False)
     """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
@@ -68,6 +71,7 @@ class Host:
             metrics=self.metrics,
             log=self.log,
             load_config=self.load_config,
+            offload=self.offload,
         )
 
     @property
@@ -80,7 +84,9 @@ class Host:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
-        watcher = self.watcher or make_watcher(self.log.bind(component="watch"))
+        watcher = self.watcher or make_watcher(
+            self.log.bind(component="watch"), offload=self.offload
+        )
         self.watcher = watcher
         kubelet = self.config.kubelet
         socket_dir = kubelet.socket_dir
@@ -104,6 +110,7 @@ class Host:
             release_state=release_state,
             ownership=self.ownership,
             status_changed=self._refresh_readiness,
+            offload=self.offload,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -117,7 +124,7 @@ class Host:
             watcher=watcher.kind,
         )
         self._record_config(self.config)
-        await asyncio.to_thread(remove_stale_sockets, socket_dir, self.log)
+        await self.offload.run(lambda: remove_stale_sockets(socket_dir, self.log))
         internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
         if self._reloader is not None:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))

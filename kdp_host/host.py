@@ -97,8 +97,8 @@ class Host:
                 self.metrics,
                 self.log,
             )
-        release_state = ReleaseStateStore(self.config.state_dir, self.log)
-        await asyncio.to_thread(release_state.load)
+        release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
+        await self.offload.run(release_state.load)
         services = HostServices(
             socket_dir,
             self.instance_id,

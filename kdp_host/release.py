@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,8 +48,10 @@ from grpclib.const import Status
 
 from .allocation import device_env, hook_values
 from .backoff import Backoff
+from .cdi import write_atomic
 from .config import ReleaseConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, physical_id
+from .files import Offload
 from .hooks import HookFailed, render_argv, run_hook
 from .logs import EventLogger
 from .metrics import Metrics
@@ -96,12 +98,13 @@ class ReleaseStateStore:
     """`<stateDir>/release-state.json`: per resource, per device, `used` and `owed`.
 
     One per host, shared by every resource (a restarted resource finds its entries here).
-    Entries of resources not in the config are kept. Written atomically (temporary file,
-    fsync, rename) off the event loop.
+    Entries of resources not in the config are kept. Written atomically (`write_atomic`:
+    temporary file, fsync, rename) through the host's offload.
     """
 
-    def __init__(self, directory: str, log: EventLogger) -> None:
+    def __init__(self, directory: str, log: EventLogger, offload: Offload) -> None:
         self.path = Path(directory) / STATE_FILE
+        self._offload = offload
         self._log = log.bind(component="release-state", path=str(self.path))
         self._data: dict[str, dict[str, dict[str, Any]]] = {}
         self.unknown = False
@@ -174,7 +177,7 @@ class ReleaseStateStore:
                     {"version": STATE_VERSION, "resources": self._data}, sort_keys=True
                 ).encode()
                 try:
-                    await asyncio.to_thread(_atomic_write, self.path, text)
+                    await self._offload.run(functools.partial(write_atomic, str(self.path), text))
                 except OSError as exc:
                     self.write_failures += 1
                     self._log.error(
@@ -185,21 +188,6 @@ class ReleaseStateStore:
                     )
                     return
                 self._written = version
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _joined(values: Iterable[str]) -> str:

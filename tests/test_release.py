@@ -20,6 +20,7 @@ import pytest
 
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.devices import Device, DeviceTable
+from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.podresources import Holder, Holdings
@@ -345,7 +346,7 @@ def _tracker(short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=N
     config = load_config_text(text)
     table = DeviceTable(replicas=replicas)
     table.publish([Device("fpga0", path="/dev/fpga0"), Device("fpga1", path="/dev/fpga1")])
-    store = ReleaseStateStore(config.state_dir, get_logger())
+    store = ReleaseStateStore(config.state_dir, get_logger(), DaemonThreads())
     store.load()
     options = {} if clock is None else {"clock": clock}
     tracker = ReleaseTracker(

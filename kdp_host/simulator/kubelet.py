@@ -37,6 +37,7 @@ from .directory import cleanup_plugin_directory, remove_socket
 from .log import log_event
 from .manager import DeviceManager, describe
 from .plugins import PluginHandler
+from .podresources import PodResourcesServer
 from .records import (
     CHECKPOINT_NAME,
     DIAL_TIMEOUT,
@@ -72,6 +73,7 @@ class KubeletSimulator:
         cleanup_sockets_only: bool = False,
         plugins_registry_dir: Path | None = None,
         reconcile_period: float = RECONCILE_PERIOD,
+        pod_resources_dir: Path | None = None,
     ) -> None:
         """
         ``rpc_timeout`` bounds GetPreferredAllocation/Allocate (the kubelet has none: keep
@@ -81,6 +83,8 @@ class KubeletSimulator:
         ``plugins_registry_dir`` also runs the plugin manager on that directory
         (docs/kubelet-contract.md §14), reconciling every ``reconcile_period`` seconds; it
         may lie inside ``socket_dir`` but must not be it or contain it.
+        ``pod_resources_dir``: also serve the PodResources API on ``<dir>/kubelet.sock``
+        while running (``simulator/podresources.py``).
         """
         self.socket_dir = Path(socket_dir)
         if plugins_registry_dir is not None:
@@ -128,6 +132,11 @@ class KubeletSimulator:
         self.registry_operations: list[RegistryOperation] = []
         """Every operation of the plugin manager, cumulative across restarts."""
         self._registry_faults = 0
+        self.pod_resources = (
+            None
+            if pod_resources_dir is None
+            else PodResourcesServer(self._manager, pod_resources_dir)
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._changes = ChangeFeed(lambda: "; ".join(self.describe().values()) or "no resources")
 
@@ -202,6 +211,8 @@ class KubeletSimulator:
         self.listening_since = self._clock()
         await server.start(self.socket_path)
         self._server = server
+        if self.pod_resources is not None:
+            await self.pod_resources.start()
         self.starts += 1
         if self.plugins_registry_dir is not None:
             manager = PluginManager(
@@ -237,6 +248,8 @@ class KubeletSimulator:
         if manager is not None:
             self._registry_faults = manager.register_faults
             await manager.stop()
+        if self.pod_resources is not None:
+            await self.pod_resources.stop()
         if crash:
             await server.stop()
             await asyncio.to_thread(remove_socket, self.socket_path)

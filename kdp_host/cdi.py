@@ -4,9 +4,10 @@ Allocate answers with CDI device names `<kind>=<name>`; the container runtime re
 them through spec files in its CDI directories (`/etc/cdi`, `/var/run/cdi`). For each such
 resource the host keeps one JSON spec there, named after the resource
 (`kdp-host_vendor.example_fpga.json`): resource names are unique in a config and the
-kubelet takes one plugin per resource, so two resources never share a file, even when
-they share a CDI kind, and a restarted host overwrites its own file instead of leaving a
-second one.
+kubelet takes one plugin per resource, so two resources never share a file, and a restarted
+host overwrites its own file instead of leaving a second one. A CDI kind belongs to one
+resource (config check) and `allocation.cdi_device_name` is one-to-one, so every
+`kind=name` the host publishes is unique.
 
 What goes into the spec (each device: device nodes and mounts; the spec: the resource's
 mounts) is what is true for a device whatever else the container got. Runtimes apply CDI
@@ -100,17 +101,12 @@ def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] |
     allocate = resource.allocate
     shared_env = _consistent_device_env(snapshot.devices, allocate.env.keys())
     devices: list[dict[str, Any]] = []
-    names: set[str] = set()
     for device in snapshot.devices:
         if not has_cdi_edits(device):
             continue
-        name = cdi_device_name(device.id)
-        if name in names:
-            continue
-        names.add(name)
         devices.append(
             {
-                "name": name,
+                "name": cdi_device_name(device.id),  # one-to-one: no two entries share it
                 "containerEdits": _device_edits(device, allocate.permissions, shared_env, cdi),
             }
         )

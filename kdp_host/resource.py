@@ -187,6 +187,8 @@ class ResourceRuntime:
                     self.log,
                     report=functools.partial(self._set_problem, "cdi"),
                     count_failure=cdi_failures.inc,
+                    instance=services.instance_id,
+                    watcher=services.watcher,
                 )
                 self._first_list_ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{self.config.name}:cdi")

@@ -18,7 +18,8 @@ a per-device copy would override the combined value.
 
 Writes are atomic (temporary file in the same directory, then rename; the temporary name
 does not end in .json, so CDI watchers ignore it), happen only when the content changed,
-and are coalesced: a burst of device changes is written once.
+and are coalesced: a burst of device changes is written once. Rendering and file work run
+through the host's offload (one call per read, write or removal).
 """
 
 from __future__ import annotations
@@ -29,17 +30,16 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiofiles
-import aiofiles.os
-
 from .allocation import ALLOCATION_DEPENDENT_FIELD, cdi_device_name, has_cdi_edits
 from .config import CdiConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot
+from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .rules import cdi_kind_problem
 from .watch import Watcher
@@ -239,6 +239,8 @@ class CdiSpecWriter:
     report: Callable[[str | None], None] = field(default=lambda reason: None)
     """Told a short reason (no path) while the file cannot be written, None once it is."""
     count_failure: Callable[[], None] = field(default=lambda: None)
+    offload: Offload = field(default_factory=DaemonThreads)
+    """Where rendering and file reads, writes and removals run (the host's)."""
     instance: str = field(default_factory=lambda: secrets.token_hex(4))
     """This host instance (its socket names carry it too): the owner of the file it writes."""
     watcher: Watcher | None = None
@@ -297,7 +299,7 @@ class CdiSpecWriter:
             else self.watcher.subscribe(os.path.dirname(self.path), on_event)
         )
         try:
-            self._set_on_disk(await _read_or_none(self.path))
+            self._set_on_disk(await self._read())
             await self.table.published.wait()
             await self._take_over()
             snapshot = self.table.snapshot
@@ -319,9 +321,9 @@ class CdiSpecWriter:
                     # The file changed behind our back (another instance, an operator) or
                     # the verify interval passed: look at what is on disk now (the sync
                     # below restores it if it is ours); as the owner, refresh the lease.
-                    self._set_on_disk(await _read_or_none(self.path))
+                    self._set_on_disk(await self._read())
                     if on_disk not in done and await self._owner() == self.instance:
-                        await asyncio.to_thread(_touch, self.owner_file)
+                        await self.offload.run(lambda: touch(self.owner_file))
                 await asyncio.sleep(self.debounce)
                 snapshot = self.table.snapshot
         finally:
@@ -331,13 +333,14 @@ class CdiSpecWriter:
 
     async def _owner(self) -> str | None:
         """The instance that owns the spec file now (None: nobody, or its lease ran out)."""
-        return await asyncio.to_thread(read_owner, self.owner_file, self.lease)
+        return await self.offload.run(lambda: read_owner(self.owner_file, self.lease))
 
     async def _take_over(self) -> None:
         """The newest instance owns the file: during a rolling upgrade the new one takes it
         from the old one, which then neither writes nor removes it."""
+        owner = f"{self.instance}\n".encode()
         try:
-            await write_atomic(self.owner_file, f"{self.instance}\n".encode())
+            await self.offload.run(lambda: write_atomic(self.owner_file, owner))
         except OSError as exc:
             self.log.warning("cdi_owner_write_failed", path=self.owner_file, reason=str(exc))
 
@@ -355,13 +358,13 @@ class CdiSpecWriter:
 
     async def _sync(self, snapshot: Snapshot) -> bool:
         try:
-            content = await asyncio.to_thread(render_spec_file, self.resource, snapshot)
+            content = await self.offload.run(lambda: render_spec_file(self.resource, snapshot))
             if content != self._on_disk and await self._may_write():
                 if content is None:
-                    await _unlink(self.path)
+                    await self._unlink()
                     self.log.info("cdi_spec_removed", path=self.path, reason="no_devices")
                 else:
-                    await write_atomic(self.path, content)
+                    await self.offload.run(lambda: write_atomic(self.path, content))
                     self.writes += 1
                     self.log.info("cdi_spec_written", path=self.path, version=snapshot.version)
                 self._set_on_disk(content)
@@ -397,31 +400,20 @@ class CdiSpecWriter:
             if owner not in (None, self.instance):
                 self.log.info("cdi_spec_left", path=self.path, owner=owner)
             else:
-                if await _unlink(self.path):
+                if await self._unlink():
                     self.log.info("cdi_spec_removed", path=self.path, reason="resource_stopped")
-                await _unlink(self.owner_file)
+                await self.offload.run(lambda: unlink(self.owner_file))
         except OSError as exc:
             self.failures += 1
             self.count_failure()
             self.log.warning("cdi_spec_remove_failed", path=self.path, reason=str(exc))
         self._on_disk = None
 
+    async def _read(self) -> bytes | None:
+        return await self.offload.run(lambda: read_or_none(self.path))
 
-def read_owner(path: str, lease: float, now: Callable[[], float] = time.time) -> str | None:
-    """The instance named in an owner file, or None when it is missing, empty or its lease
-    (the file's age) ran out."""
-    try:
-        with open(path, "rb") as f:
-            age = now() - os.fstat(f.fileno()).st_mtime
-            owner = f.read(256).decode("utf-8", "replace").strip()
-    except OSError:
-        return None
-    return owner if owner and age <= lease else None
-
-
-def _touch(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.utime(path)
+    async def _unlink(self) -> bool:
+        return await self.offload.run(lambda: unlink(self.path))
 
 
 def spec_device_names(content: bytes | None, kind: str) -> frozenset[str]:
@@ -438,42 +430,72 @@ def spec_device_names(content: bytes | None, kind: str) -> frozenset[str]:
         return frozenset()
 
 
-async def write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes) -> None:
     """Write `path` all at once: a temporary file next to it, fsync, then rename over it.
+    Blocking: the writer runs it through its offload.
 
     Creates the directory when missing. Readers see the old content or the new one, never
     a partial file; the temporary name (`.<name>.<random>.tmp`) is ignored by CDI.
     """
     directory = os.path.dirname(path) or "."
-    await aiofiles.os.makedirs(directory, mode=0o755, exist_ok=True)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:
-        async with aiofiles.open(temporary, "xb", opener=_open_0644) as out:
-            await out.write(data)
-            await out.flush()
-            await asyncio.to_thread(os.fsync, out.fileno())
-        await aiofiles.os.replace(temporary, path)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            await aiofiles.os.remove(temporary)
+            os.remove(temporary)
         raise
 
 
-def _open_0644(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o644)
-
-
-async def _read_or_none(path: str) -> bytes | None:
+def read_or_none(path: str) -> bytes | None:
+    """The file's content, None when it cannot be read (missing, unreadable, not a regular
+    file: a FIFO put in its place never blocks the read)."""
     try:
-        async with aiofiles.open(path, "rb") as f:
-            return await f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
-
-
-async def _unlink(path: str) -> bool:
     try:
-        await aiofiles.os.remove(path)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_owner(path: str, lease: float, now: Callable[[], float] = time.time) -> str | None:
+    """The instance named in an owner file, or None when it is missing, empty or its lease
+    (the file's age) ran out."""
+    try:
+        with open(path, "rb") as f:
+            age = now() - os.fstat(f.fileno()).st_mtime
+            owner = f.read(256).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return owner if owner and age <= lease else None
+
+
+def touch(path: str) -> None:
+    """Refresh a lease: the owner file's modification time."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def unlink(path: str) -> bool:
+    """Remove `path`; False when it was not there."""
+    try:
+        os.remove(path)
     except FileNotFoundError:
         return False
     return True

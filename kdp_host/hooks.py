@@ -66,7 +66,7 @@ def _stderr_tail(stderr: str) -> str:
     return text
 
 
-async def _run(
+async def run_hook(
     commands: CommandRunner,
     what: str,
     argv: Sequence[str],
@@ -155,7 +155,7 @@ class PreStartHook:
         env = device_env(physical)
         env.update({key: render_template(text, values) for key, text in self.config.env.items()})
         what = f"{self.resource.name}: preStart for {values['ids']}:"
-        await _run(
+        await run_hook(
             self.commands,
             what,
             render_argv(self.config.command, values),
@@ -184,7 +184,7 @@ class AllocateHook:
         what = f"{self.resource}: allocate.command for {values['ids']}:"
         counter = self.metrics.allocate_hooks
         try:
-            result = await _run(
+            result = await run_hook(
                 self.commands,
                 what,
                 render_argv(self.command, values),

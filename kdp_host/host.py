@@ -24,7 +24,9 @@ from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
 from .ownership import OwnershipIndex
+from .podresources import PodResourcesPoller
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
+from .release import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, ResourceRuntime
 from .stale_sockets import remove_stale_sockets
@@ -53,6 +55,8 @@ class Host:
     """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
+    pod_resources: PodResourcesPoller | None = field(default=None, init=False)
+    """Who holds each device (None until running, or with polling off)."""
 
     def __post_init__(self) -> None:
         self.ownership = OwnershipIndex(self.metrics)
@@ -84,7 +88,17 @@ class Host:
             self.log.bind(component="watch"), offload=self.offload
         )
         self.watcher = watcher
-        socket_dir = self.config.kubelet.socket_dir
+        kubelet = self.config.kubelet
+        socket_dir = kubelet.socket_dir
+        if kubelet.pod_resources_interval > 0:
+            self.pod_resources = PodResourcesPoller(
+                kubelet.pod_resources_socket,
+                kubelet.pod_resources_interval,
+                self.metrics,
+                self.log,
+            )
+        release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
+        await self.offload.run(release_state.load)
         services = HostServices(
             socket_dir,
             self.instance_id,
@@ -92,6 +106,8 @@ class Host:
             self.metrics,
             self.log,
             self.drivers,
+            pod_resources=self.pod_resources,
+            release_state=release_state,
             ownership=self.ownership,
             status_changed=self._refresh_readiness,
             offload=self.offload,
@@ -112,6 +128,8 @@ class Host:
         internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
         if self._reloader is not None:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))
+        if self.pod_resources is not None:
+            internal.append(asyncio.create_task(self.pod_resources.run(), name="podresources"))
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:
             for resource in self.config.resources:

@@ -651,8 +651,10 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         CONFIG_RELOAD_RESULTS,
         DRIVER_ERROR_REASONS,
         DRIVER_SKIP_REASONS,
+        POD_RESOURCES_RESULTS,
         PRE_START_RESULTS,
         REGISTRATION_RESULTS,
+        RELEASE_RESULTS,
     )
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
@@ -665,11 +667,14 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     metrics.add_resource(FPGA)
     metrics.add_pre_start(FPGA)
     metrics.add_allocate_hook(FPGA)
+    metrics.add_release(FPGA)
+    metrics.add_pod_resources()
     for histogram in (
         metrics.allocate_seconds,
         metrics.preferred_seconds,
         metrics.scan_seconds,
         metrics.pre_start_seconds,
+        metrics.release_seconds,
     ):
         histogram.labels(FPGA).observe(0.001)
     metrics.config_info.info({"sha256": "0" * 64})
@@ -692,6 +697,8 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         "kdp_config_reloads_total": CONFIG_RELOAD_RESULTS,
         "kdp_pre_start_calls_total": PRE_START_RESULTS,
         "kdp_allocate_hook_runs_total": ALLOCATE_HOOK_RESULTS,
+        "kdp_release_runs_total": RELEASE_RESULTS,
+        "kdp_pod_resources_polls_total": POD_RESOURCES_RESULTS,
     }
     for name, known in values.items():
         assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name

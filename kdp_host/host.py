@@ -22,6 +22,7 @@ from .drivers import DriverFactory, make_driver
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
+from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, ResourceRuntime
@@ -75,8 +76,20 @@ class Host:
         watcher = self.watcher or make_watcher(self.log.bind(component="watch"))
         self.watcher = watcher
         socket_dir = self.config.kubelet.socket_dir
+        commands = ProcessRunner()
+        if not commands.dies_with_host:
+            self.log.warning(
+                "commands_may_outlive_host",
+                detail="no setpriv (util-linux) on PATH: commands do not get the death signal",
+            )
         services = HostServices(
-            socket_dir, self.instance_id, watcher, self.metrics, self.log, self.drivers
+            socket_dir,
+            self.instance_id,
+            watcher,
+            self.metrics,
+            self.log,
+            self.drivers,
+            commands=commands,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor

@@ -58,7 +58,7 @@ class HostServices:
     threads: DaemonThreads = field(default_factory=DaemonThreads)
     """Daemon threads for the drivers' scans, shared by every resource."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
-    """Runs the preStart and allocate commands."""
+    """Runs every command of the resources: probes, health checks, preStart and allocate."""
 
 
 @dataclass
@@ -132,7 +132,9 @@ class ResourceRuntime:
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
-        deps = DriverDeps(self.log, services.watcher, threads=services.threads)
+        deps = DriverDeps(
+            self.log, services.watcher, threads=services.threads, commands=services.commands
+        )
         driver = services.drivers(self.config.driver, deps)
         reporter = DeviceReporter(
             self.table,

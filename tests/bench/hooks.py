@@ -4,13 +4,17 @@ PreStartContainer round trip with a trivial `preStart.command`.
 Three kdp-host processes (default loop), each with one glob resource: the rich allocate
 section of the latency benchmark alone, the same plus an `allocate.command` that prints `{}`,
 and one with a `preStart.command` of `true`. A grpcio client sends pre-serialized requests.
-The hook figures are dominated by one fork and exec per call.
+The hook figures are dominated by one fork and exec per call; the last figure is that
+cost alone: `ProcessRunner.run(["true"])` in this process (spawn through the death-signal
+wrapper, wait, reap, close the pipes), and how long each spawn holds the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
+import time
 from typing import Any
 
 from .harness import (
@@ -26,6 +30,8 @@ from .harness import (
     remove_tree,
     time_calls,
 )
+from kdp_host.process import ProcessRunner
+
 from .latency import RESOURCE, allocate_request, check_response, served_host
 from .proto import load_api
 
@@ -46,6 +52,40 @@ def _true() -> str:
     if path is None:
         raise BenchError("no true executable on PATH")
     return path
+
+
+def _spawn_figures(opts: Options, calls: int) -> list[Figure]:
+    run_figure = Figure("command run p50 (true)", "ms", note="ProcessRunner.run, in process")
+    held = Figure("event loop held per spawn p50", "ms", note="create_subprocess_exec call")
+    true = _true()
+
+    async def measure() -> None:
+        runner = ProcessRunner()
+        loop_held: list[float] = []
+        original = asyncio.create_subprocess_exec
+
+        async def timed(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+            started = time.perf_counter()
+            process = await original(*args, **kwargs)
+            loop_held.append(time.perf_counter() - started)
+            return process
+
+        asyncio.create_subprocess_exec = timed  # type: ignore[assignment]
+        try:
+            for _ in range(opts.repeats):
+                loop_held.clear()
+                times = []
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    await runner.run([true], timeout=10)
+                    times.append(time.perf_counter() - started)
+                run_figure.add(percentile(times, 50) * MS)
+                held.add(percentile(loop_held, 50) * MS)
+        finally:
+            asyncio.create_subprocess_exec = original  # type: ignore[assignment]
+
+    asyncio.run(measure())
+    return [run_figure, held]
 
 
 def run(opts: Options) -> list[Figure]:
@@ -102,4 +142,4 @@ def run(opts: Options) -> list[Figure]:
                     host.host.check_alive()
     finally:
         remove_tree(workdir)
-    return [plain, hooked, pre_start]
+    return [plain, hooked, pre_start, *_spawn_figures(opts, hook_calls)]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .drivers import DriverFactory, make_driver
+from .hooks import configured_hooks
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
@@ -159,17 +160,22 @@ class Host:
         stopping = {name: supervisor.stop_later(name) for name in (*plan.removed, *plan.changed)}
         for name in (*plan.changed, *plan.added):
             supervisor.start(new_by_name[name], after=stopping.get(name))
-        for name in plan.removed:
-            self._forget_when_stopped(name, stopping[name])
         self.config = new
+        for name in (*plan.removed, *plan.changed):
+            self._forget_when_stopped(name, stopping[name])
         self._record_config(new)
         return plan
 
     def _forget_when_stopped(self, name: str, task: asyncio.Task[None] | None) -> None:
-        """Drop a removed resource's series once its runtime is gone (it writes until then)."""
+        """Once a stopped runtime is gone (it writes until then), drop the series its
+        resource no longer has: all of them if it left the config, else those of the hooks
+        the config has no longer (as it is then: it may have changed again meanwhile)."""
 
         def forget(_: object = None) -> None:
-            if self._supervisor is None or name not in self._supervisor.resources:
+            current = next((r for r in self.config.resources if r.name == name), None)
+            if current is not None:
+                self.metrics.forget_hooks(name, keep=configured_hooks(current))
+            elif self._supervisor is None or name not in self._supervisor.resources:
                 self.metrics.forget_resource(name)
 
         if task is None or task.done():

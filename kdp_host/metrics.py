@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Collection
 from typing import Literal, Protocol, get_args
 
 from prometheus_client import (
@@ -58,6 +59,8 @@ ALLOCATE_HOOK_RESULTS: tuple[HookResult, ...] = (
     "ok", "exit", "timeout", "spawn", "output_too_large", "parse",
 )  # fmt: skip
 """Every `result` of an `allocate.command` run (`parse`: output that does not validate)."""
+HookName = Literal["preStart", "allocate.command"]
+"""The config sections whose series exist only while a resource has them (`forget_hooks`)."""
 
 HistogramMode = Literal["perResource", "host", "off"]
 HISTOGRAM_MODES: tuple[HistogramMode, ...] = ("perResource", "host", "off")
@@ -334,6 +337,21 @@ class Metrics:
         """Create the series of a resource that has an allocate.command, at zero."""
         for result in ALLOCATE_HOOK_RESULTS:
             self.allocate_hooks.labels(resource, result)
+
+    def forget_hooks(self, resource: str, keep: Collection[HookName]) -> None:
+        """Drop the series of the hooks a resource no longer has; call it once the
+        runtime that had them has stopped, or it may write one back."""
+        if "preStart" not in keep:
+            for result in PRE_START_RESULTS:
+                with contextlib.suppress(KeyError):
+                    self.pre_start_calls.remove(resource, result)
+            with contextlib.suppress(KeyError):
+                self.pre_start_waits.remove(resource)
+            self.pre_start_seconds.remove(resource)
+        if "allocate.command" not in keep:
+            for result in ALLOCATE_HOOK_RESULTS:
+                with contextlib.suppress(KeyError):
+                    self.allocate_hooks.remove(resource, result)
 
     def set_device_counts(self, resource: str, healthy: int, unhealthy: int) -> None:
         self.devices.labels(resource, "healthy").set(healthy)

@@ -17,6 +17,8 @@ import shutil
 import time
 from typing import Any
 
+from kdp_host.process import ProcessRunner
+
 from .harness import (
     RICH_ALLOCATE,
     BenchError,
@@ -30,8 +32,6 @@ from .harness import (
     remove_tree,
     time_calls,
 )
-from kdp_host.process import ProcessRunner
-
 from .latency import RESOURCE, allocate_request, check_response, served_host
 from .proto import load_api
 
@@ -99,8 +99,7 @@ def run(opts: Options) -> list[Figure]:
         pattern = f"{workdir}/dev/fpga*"
         with_command: dict[str, Any] = {
             **RICH_ALLOCATE,
-            # printf's octal escapes print the braces: `{}` would read as a template field
-            "command": [_printf(), "\\173\\175"],
+            "command": [_printf(), "{}"],  # `{}` is literal text, not a template field
         }
         resources = {
             "plain": [glob_resource(RESOURCE, pattern, RICH_ALLOCATE)],

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from .devices import HEALTHY, UNHEALTHY, Device
 from .logs import get_logger, quote_text, setup_logging
 
 EXIT_OK = 0
+EXIT_DRIVER_FAILED = 1
+"""`check`: the file is valid, but a resource's driver failed its scan."""
 EXIT_INVALID = 2
 
 
@@ -83,23 +86,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_async(_run(config, args.config.absolute()), args.loop)
 
 
-async def _check(config: Config) -> list[tuple[str, str, str]]:
+@dataclass(frozen=True)
+class CheckRow:
+    resource: str
+    driver: str
+    text: str
+    failed: bool = False
+    """The driver's scan failed (the text is its error)."""
+
+
+async def _check(config: Config) -> list[CheckRow]:
     from .drivers import DriverDeps, DriverError, make_driver
     from .watch import PollingWatcher
 
     log = get_logger()
-    rows: list[tuple[str, str, str]] = []
+    rows: list[CheckRow] = []
     for resource in config.resources:
         kind = resource.driver.kind
         deps = DriverDeps(log.bind(resource=resource.name), PollingWatcher(log))
         try:
             devices = await make_driver(resource.driver, deps).scan()
         except DriverError as exc:
-            rows.append((resource.name, kind, f"driver error: {quote_text(exc)}"))
+            rows.append(CheckRow(resource.name, kind, f"driver error: {quote_text(exc)}", True))
             continue
         if not devices:
-            rows.append((resource.name, kind, "(no devices found now)"))
-        rows.extend((resource.name, kind, device_cell(device)) for device in devices)
+            rows.append(CheckRow(resource.name, kind, "(no devices found now)"))
+        rows.extend(CheckRow(resource.name, kind, device_cell(device)) for device in devices)
     return rows
 
 
@@ -113,16 +125,25 @@ def device_cell(device: Device) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Prints a table; IDs, paths and errors are quoted (`quote_text`), so a newline or a
-    control character in them cannot break it."""
+    control character in them cannot break it. Exit 2: invalid; 1: a driver failed (unless
+    --allow-driver-errors); 0: valid and every driver scanned."""
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_INVALID
     rows = asyncio.run(_check(config))
     print(f"{quote_text(args.config)}: valid, {len(config.resources)} resource(s)")
-    width = max((len(r[0]) for r in rows), default=8)
+    width = max((len(r.resource) for r in rows), default=8)
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
-    for name, kind, text in rows:
-        print(f"{name:<{width}}  {kind:<6}  {text}")
+    for row in rows:
+        print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
+    failed = sorted({row.resource for row in rows if row.failed})
+    if failed and not args.allow_driver_errors:
+        print(
+            f"kdp-host: the driver of {len(failed)} resource(s) failed: {', '.join(failed)} "
+            "(--allow-driver-errors exits 0 all the same)",
+            file=sys.stderr,
+        )
+        return EXIT_DRIVER_FAILED
     return EXIT_OK
 
 
@@ -210,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help=config_help)
     check = add("check", cmd_check, "Validate a config and list the devices found now.")
     check.add_argument("--config", type=Path, required=True, help=config_help)
+    check.add_argument(
+        "--allow-driver-errors",
+        action="store_true",
+        help="exit 0 when the file is valid even if a driver fails its scan (default: exit 1)",
+    )
     discover = add(
         "discover", cmd_discover, "List USB and PCI devices with a ready-to-paste sysfs entry each."
     )

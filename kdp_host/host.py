@@ -23,6 +23,7 @@ from .hooks import configured_hooks
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
+from .ownership import OwnershipIndex
 from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
@@ -47,10 +48,13 @@ class Host:
     """Makes each resource's driver (tests pass their own)."""
     load_config: Callable[[Path], Config] = load_config
     """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
+    ownership: OwnershipIndex = field(init=False)
+    """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.ownership = OwnershipIndex(self.metrics)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
 
@@ -91,6 +95,8 @@ class Host:
             self.log,
             self.drivers,
             commands=commands,
+            ownership=self.ownership,
+            status_changed=self._refresh_readiness,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -127,6 +133,11 @@ class Host:
             await asyncio.gather(*internal, return_exceptions=True)
             self.log.info("host_stopped")
 
+    def _refresh_readiness(self) -> None:
+        """/readyz follows every status change at once (the heartbeat also refreshes it)."""
+        if self._supervisor is not None:
+            self.health.not_ready = self._supervisor.not_ready()
+
     def request_reload(self) -> None:
         """Re-read the config file now (SIGHUP); a host without a config file ignores it."""
         if self._reloader is not None:
@@ -160,6 +171,8 @@ class Host:
         stopping = {name: supervisor.stop_later(name) for name in (*plan.removed, *plan.changed)}
         for name in (*plan.changed, *plan.added):
             supervisor.start(new_by_name[name], after=stopping.get(name))
+        for name in plan.removed:
+            self.ownership.retire(name)
         self.config = new
         for name in (*plan.removed, *plan.changed):
             self._forget_when_stopped(name, stopping[name])

@@ -12,16 +12,25 @@ import asyncio
 import contextlib
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .backoff import Backoff
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot
-from .drivers import DeviceReporter, DriverDeps, DriverFactory, failure_threshold, make_driver
+from .drivers import (
+    DeviceReporter,
+    Driver,
+    DriverDeps,
+    DriverFactory,
+    failure_threshold,
+    make_driver,
+)
 from .files import DaemonThreads
 from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
+from .ownership import OwnedTable, OwnershipIndex
 from .process import CommandRunner, ProcessRunner
 from .protocol.endpoint import socket_name
 from .protocol.registration import (
@@ -59,6 +68,10 @@ class HostServices:
     """Daemon threads for the drivers' scans, shared by every resource."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
     """Runs every command of the resources: probes, health checks, preStart and allocate."""
+    ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
+    """The host's one index of claimed nodes and mount sources, shared by every resource."""
+    status_changed: Callable[[], None] = lambda: None
+    """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
 
 
 @dataclass
@@ -88,7 +101,7 @@ class ResourceRuntime:
         self._services = services
         self.log = services.log.bind(resource=config.name)
         self.status = ResourceStatus()
-        self.endpoint = socket_name(config.name, services.instance_id)
+        self.endpoint = socket_name(config.name, services.instance_id, services.socket_dir)
         self.socket_path = os.path.join(services.socket_dir, self.endpoint)
         self.table = DeviceTable(replicas=config.replicas)
         self.table.add_listener(self._on_devices_changed)
@@ -136,8 +149,16 @@ class ResourceRuntime:
             self.log, services.watcher, threads=services.threads, commands=services.commands
         )
         driver = services.drivers(self.config.driver, deps)
+        detach = services.ownership.attach(self.config.name, self.table.publish, self.log)
+        try:
+            await self._run(deps, driver)
+        finally:
+            detach()
+
+    async def _run(self, deps: DriverDeps, driver: Driver) -> None:
+        services = self._services
         reporter = DeviceReporter(
-            self.table,
+            OwnedTable(services.ownership, self.config.name, self.table),
             resource=self.config.name,
             log=self.log,
             metrics=services.metrics,
@@ -319,6 +340,7 @@ class ResourceRuntime:
             self.status.problems.pop(part, None)
         else:
             self.status.problems[part] = reason
+        self._services.status_changed()
 
     def _mark(
         self,
@@ -336,6 +358,7 @@ class ResourceRuntime:
                 self.status.last_error = None
         if error is not None:
             self.status.last_error = error
+        self._services.status_changed()
 
 
 class _SocketLost(Exception):

@@ -79,11 +79,13 @@ class Supervisor:
             self._supervise(supervised, after), name=f"resource:{config.name}"
         )
         self._running[config.name] = supervised
+        self.services.status_changed()
 
     def stop_later(self, name: str) -> asyncio.Task[None] | None:
         """Cancel a resource's task; returns it so a successor can wait for it to end."""
         supervised = self._running.pop(name)
         supervised.stopping = True
+        self.services.status_changed()
         task = supervised.task
         if task is not None:
             task.cancel()
@@ -132,3 +134,4 @@ class Supervisor:
                 await asyncio.sleep(delay)
                 runtime = ResourceRuntime(runtime.config, self.services)
                 supervised.runtime = runtime
+                self.services.status_changed()

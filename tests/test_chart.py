@@ -510,7 +510,8 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     assert not any(k.startswith("checksum/") for k in annotations)
 
     c = container(docs)
-    assert c["image"] == "kdp-host:0.1.0"
+    # the release image of this chart's version (.github/workflows/release.yml pushes it)
+    assert c["image"] == f"ghcr.io/kdp-host/kdp-host:{CHART_META['appVersion']}"
     assert c["command"] == ["kdp-host"]
     assert c["args"][:3] == ["run", "--config", "/etc/kdp-host/config.yaml"]
     node_name = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
@@ -839,6 +840,30 @@ def test_chart_metadata() -> None:
         assert CHART_META["home"] == urls["Homepage"]
     if "Source" in urls:
         assert urls["Source"] in CHART_META["sources"]
+
+
+def test_chart_and_readme_descriptions_name_every_driver() -> None:
+    """Issue 20 item 7: what Artifact Hub and the README's first lines say a resource can be
+    backed by lists every driver (the sysfs driver was missing from Chart.yaml)."""
+    from kdp_host.config.model import DRIVERS
+
+    intro = (ROOT / "README.md").read_text().split("\n\n")[1]
+    for driver in DRIVERS:
+        assert driver in CHART_META["description"], driver
+        assert driver in intro, driver
+
+
+def test_default_image_is_the_release_image() -> None:
+    """Issue 20 item 7: the default image is one the project publishes (not `kdp-host`, which
+    no registry serves): the repository the release workflow pushes for this repository's
+    owner, with the chart's appVersion as its tag."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    source = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Source"]
+    owner = source.removeprefix("https://github.com/").split("/")[0]
+    assert values["image"]["repository"] == f"ghcr.io/{owner}/kdp-host"
+    assert values["image"]["tag"] == ""  # appVersion
+    release = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+    assert "images: ghcr.io/${{ needs.check.outputs.owner }}/kdp-host" in release
 
 
 def test_kube_version_floor(helm_env: dict[str, str]) -> None:

@@ -246,6 +246,56 @@ def test_check_lists_devices_and_exits_0(tmp_path: Path) -> None:
     assert "d0 Healthy" in result.stdout
 
 
+def test_check_exits_1_when_a_driver_fails_unless_told_not_to(tmp_path: Path) -> None:
+    """Issue 20 item 6: a driver that fails its scan fails `check`; a flag keeps exit 0."""
+    (tmp_path / "fpga0").touch()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"resources:\n  - name: vendor.example/fpga\n    glob: {{paths: ['{tmp_path}/fpga*']}}\n"
+        f"  - name: vendor.example/dongle\n    shell: {{command: ['{tmp_path}/missing']}}\n"
+    )
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 1
+    assert "fpga0 Healthy" in result.stdout and "driver error: " in result.stdout
+    assert "the driver of 1 resource(s) failed: vendor.example/dongle" in result.stderr
+    allowed = run_cli("check", "--allow-driver-errors", "--config", str(config))
+    assert (allowed.returncode, allowed.stdout) == (0, result.stdout)
+
+
+def test_problems_are_listed_in_the_order_of_the_file() -> None:
+    """Issue 20 item 6: every problem in line order, whichever rule found it first (the
+    duplicate key is found while parsing, the name rule after the whole file is read)."""
+    found = problems(
+        "resources:\n"
+        "  - name: bad name\n"
+        "    glob: {paths: [/dev/x]}\n"
+        "  - name: a.example/x\n"
+        "    replicas: 0\n"
+        "    replicas: 1\n"
+        "    glob: {paths: [/dev/y], gracePeriod: 1q}\n"
+        "kubelet: {socketDir: relative}\n"
+    )
+    lines = [int(p.split(":")[0].removeprefix("line ")) for p in found]
+    assert lines == sorted(lines) and len(found) == 4, found
+    assert "duplicate key" in found[1] and "gracePeriod" in found[2]
+
+
+@pytest.mark.parametrize(
+    ("driver", "problem"),
+    [
+        ("glob: {paths: [relative/*]}", "glob.paths[0]: must be an absolute path"),
+        ("glob: {paths: [/dev/x], numaNode: -1}", "glob.numaNode: must be between"),
+        ("sysfs: {usb: [{vendor: 403}]}", "sysfs.usb[0].vendor: write hex IDs as quoted"),
+    ],
+)
+def test_a_bad_key_is_one_error_not_two(driver: str, problem: str) -> None:
+    """Issue 20 item 6: a section's rules across keys do not judge a key that failed (it
+    stands at its default): a relative path is not also "needs exactly one of paths or
+    group"."""
+    found = problems(f"resources:\n  - name: a.example/x\n    {driver}\n")
+    assert len(found) == 1 and problem in found[0], found
+
+
 def test_check_and_run_refuse_a_bad_file(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("resources:\n  - name: foo\n    glob: {paths: [/dev/x]}\n")

@@ -16,7 +16,6 @@ import pytest
 
 from kdp_host.config import Config, ConfigError, load_config, load_config_text
 from kdp_host.config.source import MAX_ALIAS_NODES, MAX_CONFIG_BYTES, MAX_DEPTH
-from kdp_host.protocol.endpoint import SOCKET_NAME_MAX_LENGTH
 from kdp_host.rules import AF_UNIX_PATH_MAX
 
 from .conftest import glob_config
@@ -297,8 +296,10 @@ async def test_reload_parses_off_the_event_loop(
 
 
 def test_a_socket_dir_too_long_to_serve_from_is_a_config_error(tmp_path: Path) -> None:
-    """Issue 10 item 13: every plugin socket name must fit AF_UNIX in the socket dir."""
-    fits = "/" + "d" * (AF_UNIX_PATH_MAX - SOCKET_NAME_MAX_LENGTH - 2)
+    """Issue 10 item 13, issue 17 item 14: a plugin socket name must fit AF_UNIX in the socket
+    dir; the compact name fits every dir kubelet.sock fits in (94 bytes), no longer one."""
+    fits = "/" + "d" * (AF_UNIX_PATH_MAX - len("kubelet.sock") - 2)
+    assert len(fits) == 94
     resources = "resources: [{name: a.io/b, glob: {paths: [/dev/x*]}}]\n"
     assert load_config_text(f"kubelet: {{socketDir: {fits}}}\n" + resources)
     with pytest.raises(ConfigError) as error:

@@ -372,6 +372,46 @@ async def test_sighup_with_an_unchanged_file_is_logged_and_counted(
     assert kubelet.resource(FPGA).registrations == 1
 
 
+async def test_readme_states_the_series_a_resource_has(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host
+) -> None:
+    """Issue 20 item 7: the README's series count per resource is counted, on a real host,
+    at start, after an Allocate (preferred: none) and after a GetPreferredAllocation too."""
+    import re
+
+    dev = short_dir / "dev"
+    dev.mkdir()
+    for name in ("fpga0", "fpga1", "ttyA0", "ttyA1"):
+        (dev / name).touch()
+    config = glob_config(socket_dir, (FPGA, f"{dev}/fpga*")) + "    preferred: none\n"
+    config += glob_config(socket_dir, (SERIAL, f"{dev}/ttyA*")).split("resources:\n")[1]
+    running = await start_host(config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 2)
+
+    def series(resource: str) -> int:
+        return sum(1 for _, labels in samples(running.metrics) if ("resource", resource) in labels)
+
+    await wait_until(lambda: series(FPGA) == series(SERIAL), what="both scanned")
+    at_start = series(FPGA)
+    await kubelet.allocate(FPGA, 1)
+    after_allocate = series(FPGA)
+    await kubelet.allocate(SERIAL, 1)
+    assert kubelet.preferred_allocation_calls and not any(
+        call.resource == FPGA for call in kubelet.preferred_allocation_calls
+    )
+    after_preferred = series(SERIAL)
+    counters = at_start - 15
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    stated = re.search(r"Series per resource, .*?`allocate\.command` 6 more\.", readme)
+    assert stated, "the README's series count is gone"
+    text = stated.group(0)
+    assert f"{at_start} from its first scan ({counters} counters and gauges" in text, text
+    assert f"{after_allocate} after its first Allocate" in text, text
+    assert f"{after_preferred} after its first GetPreferredAllocation" in text, text
+    assert f"with `off` none: {counters} per resource" in text, text
+
+
 def test_metrics_conventions_from_the_first_scrape() -> None:
     """No _created series; result/reason counters start at zero for every known value;
     process and platform collectors are on the host's registry."""
@@ -708,3 +748,29 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     }
     for name, known in values.items():
         assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name
+
+
+async def test_readyz_follows_registration_at_once_not_at_the_next_heartbeat(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
+) -> None:
+    """Issue 17 item 14: readiness is event-driven. The step that marks a resource registered
+    (or not) also updates what /readyz serves, before the loop runs anything else: the
+    heartbeat (every 0.5 s) is only a safety net."""
+    running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
+    health = running.host.health
+
+    await wait_until(lambda: FPGA in running.host.resources, what="resource started")
+    status = running.host.resources[FPGA].status
+
+    async def on_every_iteration_until(ready: bool) -> None:
+        """Polled on every loop iteration (on purpose, hence no Event): the heartbeat cannot
+        slip in between the status change and the look at what /readyz serves."""
+        async with asyncio.timeout(30):
+            while status.ready is not ready:  # noqa: ASYNC110
+                await asyncio.sleep(0)
+
+    await on_every_iteration_until(True)
+    assert health.not_ready == {}
+    await kubelet.stop()
+    await on_every_iteration_until(False)
+    assert FPGA in health.not_ready

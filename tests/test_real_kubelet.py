@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from .conftest import glob_config
@@ -35,3 +36,30 @@ async def test_glob_resource_registers_allocates_and_survives_a_kubelet_restart(
     assert "Requested: 1, Available: 0" in third["error"] or "available" in third["error"].lower()
     registered = [e for e in await kubelet.acall(kubelet.events) if e["kind"] == "registered"]
     assert [e["gen"] for e in registered if e["resource"] == FPGA] == [0, 1]
+
+
+async def test_a_socket_dir_as_long_as_the_kubelet_allows_serves_through_the_real_kubelet(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """Issue 17 item 14: the kubelet serves kubelet.sock from a 94-byte dir; kdp-host serves
+    there too (compact socket name), registers, allocates, and a killed instance's compact
+    socket is cleaned up at the next start."""
+    base = str(short_dir / "dp")
+    socket_dir = Path(base + "/" + "d" * (94 - len(base) - 1))
+    assert len(str(socket_dir)) == 94
+    kubelet = real_kubelet_factory(socket_dir=socket_dir)
+    stale = socket_dir / "kdp-aaaaaaaa"
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(stale))
+    running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga[0-9]*")))
+
+    def two_healthy(k) -> bool:
+        seen = k.resource(FPGA)
+        return seen is not None and seen["healthy"] == 2
+
+    await kubelet.await_for(two_healthy, what="two healthy fpgas from a 94-byte dir")
+    endpoint = running.host.resources[FPGA].endpoint
+    assert len(endpoint) == len("kubelet.sock") and endpoint.startswith("kdp-")
+    allocated = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert allocated["error"] == ""
+    assert not stale.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from grpclib.exceptions import GRPCError
 from kdp_host.api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
+    ContainerAllocateRequest,
     DevicePluginStub,
     Empty,
     ListAndWatchResponse,
@@ -28,10 +30,16 @@ from kdp_host.devices import Device, DeviceTable
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.protocol.codec import DevicePluginCodec, EncodedMessage
-from kdp_host.protocol.endpoint import INSTANCE_ID_MAX_LENGTH, SOCKET_NAME_MAX_LENGTH, socket_name
-from kdp_host.protocol.server import SOCKET_MODE, PluginServer
+from kdp_host.protocol.endpoint import (
+    INSTANCE_ID_MAX_LENGTH,
+    SOCKET_NAME_MAX_LENGTH,
+    SOCKET_NAME_MIN_LENGTH,
+    is_socket_name,
+    socket_name,
+)
+from kdp_host.protocol.server import SOCKET_MODE, CoalescingTransport, PluginServer
 from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
-from kdp_host.rules import AF_UNIX_PATH_MAX, socket_path_problem
+from kdp_host.rules import socket_path_problem
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config, wait_until
@@ -82,34 +90,64 @@ LONGEST_RESOURCE = "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61 +
 
 def test_socket_name_is_bounded_for_any_valid_resource_name() -> None:
     assert len(LONGEST_RESOURCE.split("/")[0]) == 253
-    name = socket_name(LONGEST_RESOURCE, "f" * INSTANCE_ID_MAX_LENGTH)
+    name = socket_name(LONGEST_RESOURCE, "f" * INSTANCE_ID_MAX_LENGTH, "/d")
     assert len(name) == SOCKET_NAME_MAX_LENGTH
     assert name.startswith("kdp-") and name.endswith(".sock")
-    assert len(socket_name("x.io/y", "0")) < SOCKET_NAME_MAX_LENGTH
+    assert len(socket_name("x.io/y", "0", "/d")) < SOCKET_NAME_MAX_LENGTH
 
 
-def test_any_resource_fits_a_reasonable_socket_dir() -> None:
-    """A 50-byte socket dir (the kubelet's default is 31) serves every valid name."""
+def test_any_resource_fits_a_reasonable_socket_dir_readably() -> None:
+    """A 50-byte socket dir (the kubelet's default is 31) gets the readable name."""
     socket_dir = "/var/lib/kubelet/plugins_registry/device-plugins_x"
     assert len(socket_dir) == 50
-    path = os.path.join(socket_dir, socket_name(LONGEST_RESOURCE, "0123abcd"))
-    assert socket_path_problem(path) is None
-    assert len(socket_dir) + 1 + SOCKET_NAME_MAX_LENGTH <= AF_UNIX_PATH_MAX
+    name = socket_name(LONGEST_RESOURCE, "0123abcd", socket_dir)
+    assert name.startswith("kdp-aaaa") and name.endswith("-0123abcd.sock")
+    assert socket_path_problem(os.path.join(socket_dir, name)) is None
+
+
+@pytest.mark.parametrize("length", [60, 80, 94])
+def test_every_dir_the_kubelet_can_serve_from_serves_every_resource(length: int) -> None:
+    """Issue 17 item 14: a dir too long for the readable name (over 59 bytes) gets the
+    compact, hash-only name; it is as long as kubelet.sock, so it fits wherever the kubelet's
+    own socket does (94 bytes), and stays unique per resource and instance."""
+    socket_dir = "/" + "d" * (length - 1)
+    assert socket_path_problem(os.path.join(socket_dir, "kubelet.sock")) is None
+    names = set()
+    for resource in (LONGEST_RESOURCE, FPGA, FPGA + "2"):
+        for instance in ("0011aabb", "0011aabc"):
+            name = socket_name(resource, instance, socket_dir)
+            assert socket_path_problem(os.path.join(socket_dir, name)) is None
+            assert is_socket_name(name)
+            assert name == socket_name(resource, instance, socket_dir)
+            names.add(name)
+    assert len(names) == 6
+    compact = socket_name(LONGEST_RESOURCE, "0011aabb", socket_dir)
+    assert len(compact) == SOCKET_NAME_MIN_LENGTH == len("kubelet.sock")
+    assert re.fullmatch(r"kdp-[a-z2-7]{8}", compact)
+    # the readable name is kept wherever it fits
+    assert socket_name(FPGA, "0011aabb", "/" + "d" * 58).endswith(".sock")
 
 
 def test_socket_names_stay_apart() -> None:
     shared = "vendor.example/" + "x" * 30
-    names = {socket_name(shared + suffix, "00000000") for suffix in ("a", "b", "")}
+    names = {socket_name(shared + suffix, "00000000", "/d") for suffix in ("a", "b", "")}
     assert len(names) == 3
-    assert socket_name(FPGA, "0011aabb") == socket_name(FPGA, "0011aabb")
-    assert socket_name(FPGA, "0011aabb") != socket_name(FPGA, "0011aabc")
-    assert socket_name(FPGA, "0011aabb").startswith("kdp-vendor.example_fpga-")
+    assert socket_name(FPGA, "0011aabb", "/d") == socket_name(FPGA, "0011aabb", "/d")
+    assert socket_name(FPGA, "0011aabb", "/d") != socket_name(FPGA, "0011aabc", "/d")
+    assert socket_name(FPGA, "0011aabb", "/d").startswith("kdp-vendor.example_fpga-")
+
+
+def test_only_socket_names_of_either_form_are_ours() -> None:
+    assert is_socket_name("kdp-vendor.example_fpga-0a1b2c3d-0011aabb.sock")
+    assert is_socket_name("kdp-abcdefg2")
+    for other in ("kubelet.sock", "kdp-ABCDEFG2", "kdp-abcdefg1", "kdp-abcdefg", "x-kdp-a.sock"):
+        assert not is_socket_name(other), other
 
 
 @pytest.mark.parametrize("instance", ["", "123456789", "a/b", "a b"])
 def test_socket_name_refuses_an_instance_id_that_would_break_the_bound(instance: str) -> None:
     with pytest.raises(ValueError, match="instance ID"):
-        socket_name(FPGA, instance)
+        socket_name(FPGA, instance, "/d")
 
 
 # ------------------------------------------------------------------ the codec
@@ -271,3 +309,116 @@ async def test_a_cancelled_list_and_watch_runs_its_cleanup(short_dir: Path) -> N
         server.close_connections()
         async with asyncio.timeout(5):
             await server.wait_closed()
+
+
+# ------------------------------------------------------------------ coalesced writes
+
+
+class RecordingTransport(asyncio.Transport):
+    """A stream transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_writes_of_one_loop_turn_leave_in_one_write() -> None:
+    real = RecordingTransport()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())
+    transport.write(b"headers|")
+    transport.write(b"")
+    transport.write(bytearray(b"message|"))
+    transport.write(memoryview(b"trailers"))
+    assert real.writes == []
+    assert transport.get_write_buffer_size() == len(b"headers|message|trailers")
+    await asyncio.sleep(0)
+    assert real.writes == [b"headers|message|trailers"]
+    transport.write(b"next turn")
+    await asyncio.sleep(0)
+    assert real.writes == [b"headers|message|trailers", b"next turn"]
+
+
+async def test_close_sends_what_is_pending_and_abort_drops_it() -> None:
+    loop = asyncio.get_running_loop()
+    real = RecordingTransport()
+    transport = CoalescingTransport(real, loop)
+    transport.write(b"goaway")
+    transport.close()
+    assert real.writes == [b"goaway"] and real.closed
+    transport.write(b"too late")
+    await asyncio.sleep(0)
+    assert real.writes == [b"goaway"], "nothing is written to a closed transport"
+    dropped = RecordingTransport()
+    transport = CoalescingTransport(dropped, loop)
+    transport.write(b"lost")
+    transport.abort()
+    await asyncio.sleep(0)
+    assert dropped.writes == [] and dropped.aborted
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_unary_answer_leaves_the_server_in_one_write(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, loop_kind: str
+) -> None:
+    """grpclib writes the flow-control update, headers, message and trailers of an answer
+    separately; through PluginServer they reach the socket in one write (on either loop)."""
+    import kdp_host.protocol.server as server_module
+
+    counted: list[int] = []
+
+    class Counting(CoalescingTransport):
+        def flush(self) -> None:
+            if self.get_write_buffer_size():
+                counted.append(1)
+            super().flush()
+
+    monkeypatch.setattr(server_module, "CoalescingTransport", Counting)
+
+    async def main() -> None:
+        table = DeviceTable()
+        table.publish([Device("a"), Device("b")])
+        server = PluginServer([service_with(table)])
+        path = str(short_dir / "p.sock")
+        await server.serve(path)
+        channel = Channel(path=path)
+        try:
+            stub = DevicePluginStub(channel)
+            await stub.get_device_plugin_options(Empty())
+            for _ in range(5):
+                before = len(counted)
+                response = await stub.allocate(
+                    AllocateRequest(container_requests=[ContainerAllocateRequest(["a"])])
+                )
+                assert len(response.container_responses) == 1
+                await asyncio.sleep(0.01)
+                assert len(counted) - before == 1
+        finally:
+            server.close()
+            server.close_connections()
+            channel.close()
+            async with asyncio.timeout(5):
+                await server.wait_closed()
+
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        asyncio.run(main())

@@ -216,6 +216,88 @@ async def test_a_device_matched_twice_is_listed_once(fake: FakeSysfs) -> None:
     assert sorted(d.id for d in await cards_only.scan()) == ["card1", "renderD129"]
 
 
+async def test_nesting_is_decided_over_the_whole_set(fake: FakeSysfs) -> None:
+    """A device inside a matched device is part of it even when a matched sibling sorts
+    between them (`serial8250.1` sorts between `serial8250` and `serial8250/tty/ttyS0`):
+    every node is in exactly one device."""
+    platform = fake.sys / "devices" / "platform"
+    for name in ("serial8250", "serial8250.1"):
+        fake.device_dir(platform / name, bus="platform")
+    fake.node(platform / "serial8250" / "tty" / "ttyS0", "ttyS0", klass="tty", major=4, minor=64)
+    fake.node(platform / "serial8250.1" / "tty" / "ttyS1", "ttyS1", klass="tty", major=4, minor=65)
+    driver = make_driver(fake, "devices: [{bus: platform}, {class: tty}]")
+    assert summary(await driver.scan()) == {
+        "serial8250": (True, ["/dev/ttyS0"]),
+        "serial8250.1": (True, ["/dev/ttyS1"]),
+    }
+
+
+async def test_a_matched_bridge_never_swallows_the_device_behind_it(fake: FakeSysfs) -> None:
+    """A PCIe bridge and the GPU behind it both match: the GPU is a device of its own with
+    its nodes (the bridge has none of them), never hidden inside the bridge."""
+    bridge = fake.pci_device(
+        "0000:00:01.0", "8086", "1901", pci_class="0x060400", driver="pcieport"
+    )
+    fake.pci_accelerator("0000:01:00.0", parent=bridge)
+    driver = make_driver(fake, 'pci: [{vendor: "8086"}]')
+    assert summary(await driver.scan()) == {
+        "0000:00:01.0": (True, []),
+        "0000:01:00.0": (True, ["/dev/dri/card1", "/dev/dri/renderD129"]),
+    }
+    gpus_only = make_driver(fake, 'pci: [{vendor: "8086", class: "03"}]')
+    assert list(summary(await gpus_only.scan())) == ["0000:01:00.0"]
+
+
+def gpu_with_audio(fake: FakeSysfs, audio_driver: str = "vfio-pci") -> None:
+    """A GPU (0000:65:00.0) and its HDMI audio function (0000:65:00.1) in IOMMU group 7."""
+    fake.pci_vfio("0000:65:00.0", group=7, pci_class="0x030000", vfio_dev=1)
+    if audio_driver == "vfio-pci":
+        fake.pci_vfio(
+            "0000:65:00.1", group=7, ids=("10de", "10f8"), pci_class="0x040300", vfio_dev=2
+        )
+    else:
+        fake.pci_device(
+            "0000:65:00.1",
+            "10de",
+            "10f8",
+            pci_class="0x040300",
+            driver=audio_driver,
+            iommu_group=7,
+        )
+
+
+@pytest.mark.parametrize(
+    "match", ["{driver: vfio-pci}", '{class: "03", driver: vfio-pci}', '{class: "0403"}']
+)
+async def test_an_iommu_group_is_one_device(fake: FakeSysfs, match: str) -> None:
+    """Two functions of one IOMMU group pass the same /dev/vfio/<group>: they are one device
+    (the group is what a container gets), named by its first matched function, with every
+    function's nodes, whichever of them the config matches."""
+    gpu_with_audio(fake)
+    devices = await make_driver(fake, f"pci: [{match}]").scan()
+    assert len(devices) == 1
+    assert sorted(n.host_path for n in devices[0].nodes) == [
+        "/dev/vfio/7",
+        "/dev/vfio/devices/vfio1",
+        "/dev/vfio/devices/vfio2",
+        "/dev/vfio/vfio",
+    ]
+    assert devices[0].id == ("0000:65:00.1" if "0403" in match else "0000:65:00.0")
+
+
+async def test_an_iommu_group_held_by_a_host_driver_is_refused(fake: FakeSysfs) -> None:
+    """A group whose audio function is bound to snd_hda_intel cannot be assigned: the GPU
+    is not advertised, and the reason names the function and its driver."""
+    gpu_with_audio(fake, audio_driver="snd_hda_intel")
+    driver = make_driver(fake, "pci: [{driver: vfio-pci}]")
+    assert await driver.scan() == []
+    [skip] = driver.skipped
+    assert skip.reason == "incomplete_group"
+    assert "0000:65:00.1" in skip.message and "snd_hda_intel" in skip.message
+    fake.unbind(fake.sys / "bus" / "pci" / "devices" / "0000:65:00.1")
+    assert [d.id for d in await driver.scan()] == ["0000:65:00.0"]
+
+
 def test_ids_are_safe_stable_and_distinct() -> None:
     for text in ("A10K4V2F", "1-1.2", "0000:3b:00.0"):
         assert safe_id(text) == text

@@ -104,7 +104,7 @@ def load_config(path: Path) -> Config:
 
 def _config_from_source(parsed: ConfigSource, source: str) -> Config:
     reader = Reader(parsed.lines)
-    reader.problems.extend(parsed.problems)
+    reader.found.extend(parsed.problems)
     config = read_section(reader, Config, parsed.data, ())
     if reader.problems or config is None:
         raise ConfigError(source, reader.problems)

@@ -28,7 +28,7 @@ from dataclasses import MISSING, dataclass
 from typing import Any, Final
 
 from ..rules import absolute_path_problem, text_problem
-from .source import FieldPath
+from .source import FieldPath, LinedProblem
 
 DECLARATION: Final = "kdp_host.config"
 """The dataclass field metadata key that holds a Key or OneOf."""
@@ -128,7 +128,14 @@ class Reader:
 
     def __init__(self, lines: Mapping[FieldPath, int]) -> None:
         self.lines = lines
-        self.problems: list[str] = []
+        self.found: list[LinedProblem] = []
+        """Every problem with its line (0 when the path has none: the whole file)."""
+
+    @property
+    def problems(self) -> list[str]:
+        """The problems in the order of the file's lines (those without a line first); the
+        order they were found within one line."""
+        return [text for _, text in sorted(self.found, key=lambda found: found[0])]
 
     def problem(self, path: FieldPath, message: str) -> None:
         probe = path
@@ -136,7 +143,7 @@ class Reader:
             probe = probe[:-1]
         line = self.lines.get(probe)
         where = f"line {line}: " if line else ""
-        self.problems.append(f"{where}{path_text(path)}: {message}")
+        self.found.append((line or 0, f"{where}{path_text(path)}: {message}"))
 
     def wrong_type(self, path: FieldPath, what: str, value: Any) -> Invalid:
         self.problem(path, f"must be {what}, got {_type_name(value)}")
@@ -512,6 +519,7 @@ def read_section(r: Reader, cls: type[Any], value: Any, path: FieldPath) -> Any 
                 (*path, str(name)),
                 "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""),
             )
+    problems_before = len(r.found)
     values: dict[str, Any] = {}
     complete = True
     for f, declaration in declarations(cls):
@@ -534,7 +542,10 @@ def read_section(r: Reader, cls: type[Any], value: Any, path: FieldPath) -> Any 
         return None
     section = cls(**values)
     check = getattr(section, "check", None)
-    if check is not None:
+    # The rules across keys judge what the file says: after a problem in this section a key
+    # stands at its default instead, and a rule about it would be a second, spurious error
+    # (a relative `paths` entry is not also "needs exactly one of paths or group").
+    if check is not None and len(r.found) == problems_before:
         for relative, message in check():
             r.problem((*path, *relative), message)
     return section

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
-from ..protocol.endpoint import SOCKET_NAME_MAX_LENGTH
+from ..protocol.endpoint import SOCKET_NAME_MIN_LENGTH
 from ..rules import (
     ENV_NAME_PATTERN,
     GLOB_MAGIC,
@@ -456,6 +456,13 @@ class SysfsMatchConfig:
         default={},
     )
     driver: str | None = key("driver", Text(), "The bound kernel driver (a glob).", default=None)
+    name: str | None = key(
+        "name",
+        Text(),
+        "The device's kernel name (`vda`, `video0`, `virtio3`; a glob). Some kernel names "
+        "follow probe order and may name another device after a reboot.",
+        default=None,
+    )
 
     def check(self) -> Problems:
         if (self.bus is None) == (self.device_class is None):
@@ -827,9 +834,10 @@ class ResourceConfig:
 
 
 def _socket_dir_problem(socket_dir: str) -> str | None:
-    """A socket dir is usable when the longest plugin socket name the host makes fits in it."""
-    longest = socket_dir.rstrip("/") + "/" + "x" * SOCKET_NAME_MAX_LENGTH
-    if why := socket_path_problem(longest):
+    """A socket dir is usable when the shortest plugin socket name the host makes (as long as
+    `kubelet.sock`) fits in it: every dir the kubelet itself can serve from."""
+    shortest = socket_dir.rstrip("/") + "/" + "x" * SOCKET_NAME_MIN_LENGTH
+    if why := socket_path_problem(shortest):
         return f"too long to serve from: a plugin socket path in it {why}"
     return None
 
@@ -856,9 +864,10 @@ class MetricsConfig:
     histograms: HistogramMode = key(
         "histograms",
         Choice(HISTOGRAM_MODES),
-        "The three latency histograms: `perResource` (15 series each per resource, 45 per "
-        "resource), `host` (one set for the whole host, no `resource` label: 45 series "
-        "whatever the number of resources), or `off`. Needs a restart to change.",
+        "The three latency histograms: `perResource` (15 series each per resource from its "
+        "first observation, up to 45 per resource), `host` (one set for the whole host, no "
+        "`resource` label: at most 45 series whatever the number of resources), or `off`. "
+        "Needs a restart to change.",
         default=DEFAULT_HISTOGRAM_MODE,
     )
 

@@ -47,6 +47,11 @@ class SourceError(Exception):
         self.problems = problems
 
 
+LinedProblem = tuple[int, str]
+"""A problem and the line it is on (0: the whole file), so problems can be listed in the
+order of the file."""
+
+
 @dataclass
 class ConfigSource:
     """A parsed config file: its data, the line of each field path, and parse-level problems
@@ -55,7 +60,7 @@ class ConfigSource:
     data: Any
     lines: dict[FieldPath, int]
     sha256: str
-    problems: list[str] = field(default_factory=list)
+    problems: list[LinedProblem] = field(default_factory=list)
 
 
 def read_config_bytes(path: Path) -> bytes:
@@ -144,7 +149,7 @@ class _Builder:
         self.root: Any = None
         self.documents = 0
         self.lines: dict[FieldPath, int] = {}
-        self.problems: list[str] = []
+        self.problems: list[LinedProblem] = []
         self.stack: list[_Open] = []
         self.anchors: dict[str, _Anchored] = {}
         self.open_anchors: set[str] = set()
@@ -292,8 +297,11 @@ class _Builder:
         path = (*top.path, str(key))
         if first is not None:
             self.problems.append(
-                f"line {line}: {_path_text(path)}: duplicate key (first on line {first}); "
-                "YAML would silently keep only the last"
+                (
+                    line,
+                    f"line {line}: {_path_text(path)}: duplicate key (first on line {first}); "
+                    "YAML would silently keep only the last",
+                )
             )
             return
         top.key_lines[key] = line

@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..config import (
@@ -35,7 +35,8 @@ from ..logs import quote_text
 from ..rules import MAX_DEVICE_ID_LENGTH, device_id_problem
 from ..sysfs import PCI, USB, NodeInfo, ScanTimeout, SysfsDevice, SysfsReader, SysfsScan
 from ..sysfs.match import class_matches, hex_matches, text_matches
-from ..sysfs.reader import start_off_loop
+from ..sysfs.model import VFIO_CONTAINER_NODE, VFIO_PCI_DRIVER
+from ..sysfs.reader import enclosing_device, start_off_loop
 from ..watch import DirSignature, Subscription, dir_signature
 from .base import DriverDeps, DriverError, Notifier, Skipped
 from .glob import RECENT_CHANGE, wait_for_change
@@ -84,6 +85,8 @@ def generic_matches(match: SysfsMatchConfig, device: SysfsDevice) -> bool:
         return False
     if match.driver is not None and not text_matches(match.driver, device.driver):
         return False
+    if match.name is not None and not text_matches(match.name, device.name):
+        return False
     return all(
         text_matches(pattern, device.attributes.get(name))
         for name, pattern in match.attributes.items()
@@ -130,6 +133,71 @@ def select_nodes(selection: NodeSelectConfig | None, nodes: Iterable[NodeInfo]) 
                 continue
         chosen.append(node)
     return chosen
+
+
+# --------------------------------------------------------------------------- devices
+
+
+VFIO_GROUP_PEER_DRIVERS = frozenset({VFIO_PCI_DRIVER, "pci-stub", "pcieport"})
+"""Drivers a function may be bound to for its IOMMU group to be assignable (the kernel's
+rule for opening `/dev/vfio/<group>`; a function with no driver counts too)."""
+
+
+def advertised_devices(
+    config: SysfsDriverConfig, devices: Sequence[SysfsDevice]
+) -> tuple[list[SysfsDevice], tuple[Skipped, ...]]:
+    """The devices a resource advertises out of one scan, and what it refuses.
+
+    - Each physical device once: a matched device inside another matched one (a drm card
+      or a partition below a matched device) is part of the outermost, whose nodes hold
+      its nodes already; a bus device of its own (a GPU behind a matched PCIe bridge, a
+      USB device behind a matched hub) never is. Decided over the whole set.
+    - Each IOMMU group once: functions bound to vfio-pci are assigned by group (they all
+      pass the same `/dev/vfio/<group>`), so the matched functions of a group are one
+      device, named by the first of them, with the nodes of every vfio-pci function of
+      the group. A group with a function bound to a host driver cannot be assigned: its
+      matched functions are refused (`incomplete_group`).
+    """
+    found = {device.path: device for device in devices if matches(config, device)}
+    outer = [
+        device for path, device in sorted(found.items()) if enclosing_device(path, found) is None
+    ]
+    kept: list[SysfsDevice] = []
+    groups: dict[str, list[SysfsDevice]] = {}
+    for device in outer:
+        if device.source == PCI and device.driver == VFIO_PCI_DRIVER and device.iommu_group:
+            groups.setdefault(device.iommu_group, []).append(device)
+        else:
+            kept.append(device)
+    skipped: list[Skipped] = []
+    for group, matched_functions in groups.items():
+        functions = sorted(
+            (d for d in devices if d.source == PCI and d.iommu_group == group),
+            key=lambda d: d.name,
+        )
+        held = [d for d in functions if d.driver and d.driver not in VFIO_GROUP_PEER_DRIVERS]
+        if held:
+            holders = ", ".join(f"{quote_text(d.name)} ({quote_text(d.driver)})" for d in held)
+            skipped.extend(
+                Skipped(
+                    "incomplete_group",
+                    quote_text(device.path),
+                    f"IOMMU group {quote_text(group)} is assigned whole, and its {holders} "
+                    "is bound to a host driver: bind every function of the group to vfio-pci",
+                )
+                for device in matched_functions
+            )
+            continue
+        first = min(matched_functions, key=lambda d: d.name)
+        nodes = dict.fromkeys(
+            node
+            for function in (first, *functions)
+            if function.driver == VFIO_PCI_DRIVER
+            for node in function.nodes
+        )
+        kept.append(dataclasses.replace(first, nodes=tuple(nodes)))
+    kept.sort(key=lambda d: d.path)
+    return kept, tuple(skipped)
 
 
 # --------------------------------------------------------------------------- identity
@@ -193,7 +261,9 @@ class SysfsDriver:
         self._tracked: dict[str, _Tracked] = {}
         self._pending: asyncio.Future[SysfsScan] | None = None
         self.skipped: tuple[Skipped, ...] = ()
-        """The devices the last scan left out (an ID another present device has)."""
+        """The devices the last scan left out (an ID another present device has, an IOMMU
+        group that cannot be assigned)."""
+        self._group_skipped: tuple[Skipped, ...] = ()
         self._watched: frozenset[str] = frozenset()
         """The dev root directories watched now (set on the loop, read by the scan thread)."""
         self._signatures: dict[str, DirSignature | None] = {}
@@ -251,18 +321,10 @@ class SysfsDriver:
             raise DriverError("io", f"sysfs read failed: {exc}") from None
 
     def matched(self, scan: SysfsScan) -> list[SysfsDevice]:
-        """The scan's devices of this resource, each physical device once: a device matched
-        inside another matched one (a drm card below a matched PCI GPU) is part of it."""
-        found = sorted(
-            (device for device in scan.devices if matches(self._config, device)),
-            key=lambda device: device.path,
-        )
-        kept: list[SysfsDevice] = []
-        for device in found:
-            if kept and (device.path + "/").startswith(kept[-1].path + "/"):
-                continue
-            kept.append(device)
-        return kept
+        """The scan's devices this resource advertises (see `advertised_devices`); what it
+        refuses (an IOMMU group a host driver holds) goes to `skipped` with the ID clashes."""
+        devices, self._group_skipped = advertised_devices(self._config, scan.devices)
+        return devices
 
     async def scan(self) -> list[Device]:
         scan = await self.read()
@@ -303,7 +365,7 @@ class SysfsDriver:
                 for other in group
                 if other is not keeper
             )
-        self.skipped = tuple(skipped)
+        self.skipped = (*self._group_skipped, *skipped)
         return result
 
     def _device(self, found: SysfsDevice, device_id: str) -> Device:
@@ -314,7 +376,13 @@ class SysfsDriver:
         return Device(
             id=device_id,
             healthy=healthy,
-            nodes=tuple(DeviceNode(node.host_path, node.host_path) for node in nodes),
+            nodes=tuple(
+                # /dev/vfio/vfio (the container node) goes with every vfio device: shared.
+                DeviceNode(
+                    node.host_path, node.host_path, shared=node.devname == VFIO_CONTAINER_NODE
+                )
+                for node in nodes
+            ),
             numa=found.numa,
             env={k: render_template(v, values) for k, v in config.env.items()},
             annotations={k: render_template(v, values) for k, v in config.annotations.items()},

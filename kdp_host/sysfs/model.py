@@ -177,6 +177,16 @@ class SysfsScan:
     group names no vfio node can have. Logged and counted (`bad_name`) by the driver."""
 
 
+def is_device_boundary(name: str) -> bool:
+    """Whether a sysfs directory named `name` is a bus device of its own (a USB device
+    behind a hub, a PCI device behind a bridge, a USB root hub below its PCI host
+    controller), never part of the device above it: node walks stop there, and a matched
+    device there is advertised on its own even inside another matched one."""
+    return USB_DEVICE_NAME.fullmatch(name) is not None or (
+        PCI_DEVICE_NAME.fullmatch(name) is not None
+    )
+
+
 def usb_bus_node(busnum: str, devnum: str) -> str | None:
     """`bus/usb/001/004` from the decimal `busnum` and `devnum` attributes."""
     try:

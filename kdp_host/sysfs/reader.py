@@ -21,7 +21,7 @@ import contextlib
 import errno
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -31,7 +31,6 @@ from .model import (
     OPTIONAL_ATTRIBUTES,
     PCI,
     PCI_ATTRIBUTES,
-    PCI_DEVICE_NAME,
     USB,
     USB_ATTRIBUTES,
     USB_DEVICE_NAME,
@@ -42,6 +41,7 @@ from .model import (
     SysfsDevice,
     SysfsScan,
     UsbInterface,
+    is_device_boundary,
     usb_bus_node,
     vfio_group_problem,
 )
@@ -63,14 +63,6 @@ T = TypeVar("T")
 
 class ScanTimeout(Exception):
     """A sysfs read did not finish in time (a hung attribute, a stuck file system)."""
-
-
-def _is_boundary(name: str) -> bool:
-    """A directory that is a device of its own (a USB device behind a hub, a PCI device
-    behind a bridge, a USB root hub below its PCI host controller): not part of its parent."""
-    return USB_DEVICE_NAME.fullmatch(name) is not None or (
-        PCI_DEVICE_NAME.fullmatch(name) is not None
-    )
 
 
 @dataclass
@@ -309,7 +301,7 @@ class SysfsReader:
                 elif (
                     depth < MAX_WALK_DEPTH
                     and name not in ATTRIBUTE_GROUPS
-                    and not _is_boundary(name)
+                    and not is_device_boundary(name)
                     and _is_real_dir(entry)
                 ):
                     children.append(entry.path)
@@ -370,6 +362,30 @@ class SysfsReader:
         for directory in seen:
             state.numa_of_dir[directory] = result
         return result
+
+
+def enclosing_device(path: str, candidates: Container[str]) -> str | None:
+    """The outermost of `candidates` (device directories) whose node walk reaches the
+    directory `path`, so that its nodes are already that device's; None when none does.
+
+    The walk's own rule read upwards: it never enters another bus device (`path` itself
+    being one means it is a device of its own) and goes MAX_WALK_DEPTH levels deep.
+    """
+    if is_device_boundary(os.path.basename(path)):
+        return None
+    found = None
+    directory = path
+    for _ in range(MAX_WALK_DEPTH):
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+        if directory in candidates:
+            found = directory
+        name = os.path.basename(directory)
+        if name in ATTRIBUTE_GROUPS or is_device_boundary(name):
+            break
+    return found
 
 
 def read_text(path: str) -> str:

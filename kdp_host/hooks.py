@@ -52,6 +52,7 @@ def configured_hooks(config: ResourceConfig) -> frozenset[HookName]:
     present: dict[HookName, object] = {
         "preStart": config.pre_start,
         "allocate.command": config.allocate.command,
+        "release": config.release,
     }
     return frozenset(name for name, section in present.items() if section is not None)
 
@@ -76,7 +77,7 @@ def _stderr_tail(stderr: str) -> str:
     return text
 
 
-async def _run(
+async def run_hook(
     commands: CommandRunner,
     what: str,
     argv: Sequence[str],
@@ -168,7 +169,7 @@ class PreStartHook:
             raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None
         env.update({key: render_template(text, values) for key, text in self.config.env.items()})
         what = f"{self.resource.name}: preStart for {values['ids']}:"
-        await _run(
+        await run_hook(
             self.commands,
             what,
             render_argv(self.config.command, values),
@@ -202,7 +203,7 @@ class AllocateHook:
         what = f"{self.resource}: allocate.command for {values['ids']}:"
         counter = self.metrics.allocate_hooks
         try:
-            result = await _run(
+            result = await run_hook(
                 self.commands,
                 what,
                 render_argv(self.command, values),

@@ -25,8 +25,10 @@ from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
 from .ownership import OwnershipIndex
+from .podresources import PodResourcesPoller
 from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
+from .release import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, ResourceRuntime
 from .stale_sockets import remove_stale_sockets
@@ -55,6 +57,8 @@ class Host:
     """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
+    pod_resources: PodResourcesPoller | None = field(default=None, init=False)
+    """Who holds each device (None until running, or with polling off)."""
 
     def __post_init__(self) -> None:
         self.ownership = OwnershipIndex(self.metrics)
@@ -86,7 +90,17 @@ class Host:
             self.log.bind(component="watch"), offload=self.offload
         )
         self.watcher = watcher
-        socket_dir = self.config.kubelet.socket_dir
+        kubelet = self.config.kubelet
+        socket_dir = kubelet.socket_dir
+        if kubelet.pod_resources_interval > 0:
+            self.pod_resources = PodResourcesPoller(
+                kubelet.pod_resources_socket,
+                kubelet.pod_resources_interval,
+                self.metrics,
+                self.log,
+            )
+        release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
+        await self.offload.run(release_state.load)
         commands = ProcessRunner()
         if not commands.dies_with_host:
             self.log.warning(
@@ -101,6 +115,8 @@ class Host:
             self.log,
             self.drivers,
             commands=commands,
+            pod_resources=self.pod_resources,
+            release_state=release_state,
             ownership=self.ownership,
             status_changed=self._refresh_readiness,
             offload=self.offload,
@@ -121,6 +137,8 @@ class Host:
         internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
         if self._reloader is not None:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))
+        if self.pod_resources is not None:
+            internal.append(asyncio.create_task(self.pod_resources.run(), name="podresources"))
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:
             for resource in self.config.resources:

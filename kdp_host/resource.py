@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .backoff import Backoff
 from .config import ResourceConfig
-from .devices import DeviceTable, Snapshot
+from .devices import DeviceTable, Snapshot, physical_id
 from .drivers import (
     DeviceReporter,
     Driver,
@@ -31,6 +31,7 @@ from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership import OwnedTable, OwnershipIndex
+from .podresources import Holdings, PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
 from .protocol.endpoint import socket_name
 from .protocol.registration import (
@@ -43,6 +44,7 @@ from .protocol.registration import (
 )
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
+from .release import ReleaseStateStore, ReleaseTracker
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0
@@ -67,7 +69,12 @@ class HostServices:
     offload: Offload = field(default_factory=DaemonThreads)
     """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
-    """Runs every command of the resources: probes, health checks, preStart and allocate."""
+    """Runs every command of the resources: probes, health checks, preStart, allocate and
+    release."""
+    pod_resources: PodResourcesPoller | None = None
+    """Who holds each device (None: PodResources polling is off)."""
+    release_state: ReleaseStateStore | None = None
+    """What the release trackers keep across restarts (None: `release` cannot run)."""
     ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
     """The host's one index of claimed nodes and mount sources, shared by every resource."""
     status_changed: Callable[[], None] = lambda: None
@@ -133,6 +140,18 @@ class ResourceRuntime:
                 self.log,
             )
         )
+        self.release = (
+            None
+            if config.release is None or services.release_state is None
+            else ReleaseTracker(
+                config,
+                self.table,
+                services.release_state,
+                services.commands,
+                services.metrics,
+                self.log,
+            )
+        )
         self._first_list_ready: list[asyncio.Event] = [self.table.published]
         """Set when the first list is complete (the driver's first scan, the first CDI spec
         write): the kubelet's first ListAndWatch then sees final health, not a flap."""
@@ -165,6 +184,28 @@ class ResourceRuntime:
             failure_threshold=failure_threshold(self.config.driver),
         )
         self._on_devices_changed(self.table.snapshot)
+        poller = services.pod_resources
+        unsubscribe = None if poller is None else poller.subscribe(self._on_holdings)
+        if self.release is not None:
+            self.release.start()
+        try:
+            await self._run_parts(driver, reporter, deps)
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+            if self.release is not None:
+                await self.release.close()
+
+    def _on_holdings(self, holdings: Holdings) -> None:
+        """A PodResources answer: the in-use count, and news for the release tracker."""
+        replicas = self.config.replicas
+        in_use = {physical_id(a, replicas) for a in holdings.of(self.config.name)}
+        self._services.metrics.devices_in_use.labels(self.config.name).set(len(in_use))
+        if self.release is not None:
+            self.release.holdings(holdings)
+
+    async def _run_parts(self, driver: Driver, reporter: DeviceReporter, deps: DriverDeps) -> None:
+        services = self._services
         async with asyncio.TaskGroup() as group:
             group.create_task(driver.run(reporter), name=f"{self.config.name}:driver")
             if self.config.health is not None:
@@ -236,6 +277,7 @@ class ResourceRuntime:
                 on_stream_lost=self._on_stream_lost,
                 pre_start=self._pre_start,
                 allocate_hook=self._allocate_hook,
+                release=self.release,
             )
             server = PluginServer([service])
             try:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -231,3 +232,28 @@ async def test_host_runs_where_asyncinotify_cannot_even_be_imported(
         await proc.wait()
         await reader
     assert b"inotify_unavailable" in stderr and b"watcher=poll" in stderr
+
+
+async def test_status_asks_a_running_host_and_devices_can_be_turned_off(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path
+) -> None:
+    config = ephemeral_port_config(short_dir, socket_dir)
+    nowhere = f"{short_dir}/no-pod-resources/kubelet.sock"
+    config.write_text(
+        config.read_text().replace("kubelet: {", f"kubelet: {{podResourcesSocket: {nowhere}, ")
+    )
+    async with kdp_host_run(config) as (_, port):
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 1, timeout=30)
+        status = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kdp_host", "status", "--address", f"127.0.0.1:{port}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(status.communicate(), 60)
+    assert status.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert lines[0].startswith("podresources: absent")  # no PodResources socket here
+    assert lines[2].split()[:4] == [FPGA, "fpga0", "Healthy", "-"]
+    config.write_text(config.read_text().replace("'127.0.0.1:0'", "'127.0.0.1:0', devices: false"))
+    async with kdp_host_run(config) as (_, port):
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/devices")

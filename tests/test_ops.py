@@ -299,6 +299,35 @@ async def test_a_removed_resource_leaves_no_series(
     assert value(running.metrics, "kdp_registered", resource=FPGA) == 1
 
 
+def test_forget_hooks_drops_exactly_the_hooks_not_kept() -> None:
+    metrics = Metrics(process_collectors=False)
+    for resource in ("a.io/x", "a.io/y"):
+        metrics.add_pre_start(resource)
+        metrics.add_allocate_hook(resource)
+        metrics.add_release(resource)
+        metrics.pre_start_seconds.labels(resource).observe(0.1)
+        metrics.release_seconds.labels(resource).observe(0.1)
+    metrics.forget_hooks("a.io/x", keep={"preStart"})
+
+    def families(resource: str) -> set[str]:
+        return {
+            name.removesuffix("_total").removesuffix("_count").removesuffix("_sum")
+            for name, labels in samples(metrics)
+            if ("resource", resource) in labels and not name.endswith("_bucket")
+        }
+
+    assert families("a.io/x") == {
+        "kdp_pre_start_calls",
+        "kdp_pre_start_waits",
+        "kdp_pre_start_duration_seconds",
+    }
+    assert families("a.io/y") >= {
+        "kdp_allocate_hook_runs",
+        "kdp_release_runs",
+        "kdp_releases_pending",
+    }
+
+
 async def test_a_hook_removed_by_a_reload_leaves_no_series(
     kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
 ) -> None:
@@ -704,8 +733,10 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         CONFIG_RELOAD_RESULTS,
         DRIVER_ERROR_REASONS,
         DRIVER_SKIP_REASONS,
+        POD_RESOURCES_RESULTS,
         PRE_START_RESULTS,
         REGISTRATION_RESULTS,
+        RELEASE_RESULTS,
     )
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
@@ -718,11 +749,14 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     metrics.add_resource(FPGA)
     metrics.add_pre_start(FPGA)
     metrics.add_allocate_hook(FPGA)
+    metrics.add_release(FPGA)
+    metrics.add_pod_resources()
     for histogram in (
         metrics.allocate_seconds,
         metrics.preferred_seconds,
         metrics.scan_seconds,
         metrics.pre_start_seconds,
+        metrics.release_seconds,
     ):
         histogram.labels(FPGA).observe(0.001)
     metrics.config_info.info({"sha256": "0" * 64})
@@ -745,6 +779,8 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         "kdp_config_reloads_total": CONFIG_RELOAD_RESULTS,
         "kdp_pre_start_calls_total": PRE_START_RESULTS,
         "kdp_allocate_hook_runs_total": ALLOCATE_HOOK_RESULTS,
+        "kdp_release_runs_total": RELEASE_RESULTS,
+        "kdp_pod_resources_polls_total": POD_RESOURCES_RESULTS,
     }
     for name, known in values.items():
         assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name

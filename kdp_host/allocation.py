@@ -10,7 +10,6 @@ collapse into one DeviceSpec, one CDI name, one entry of `{ids}`.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import re
 from collections import defaultdict
@@ -22,12 +21,13 @@ from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
 from .config import MountConfig, PreferredPolicy, ResourceConfig, render_template
 from .devices import REPLICA_SEPARATOR, Advertised, Device, DeviceMount, DeviceNode, Snapshot
 from .drivers.probe_output import ContainerExtras
-from .rules import CDI_DEVICE_NAME, LIST_SEPARATOR, join_list
+from .rules import CDI_DEVICE_NAME, CDI_NAME_ESCAPE, LIST_SEPARATOR, join_list
 
 ALLOCATION_DEPENDENT_FIELDS: Final = frozenset({"ids", "paths", "count"})
 """Template fields whose value depends on which devices a container got."""
 
-_CDI_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
+_CDI_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+"""What the readable part of an escaped CDI name replaces (`:` too: it has no `::`)."""
 
 
 class AllocationError(ValueError):
@@ -36,19 +36,22 @@ class AllocationError(ValueError):
 
 
 def cdi_device_name(device_id: str) -> str:
-    """The CDI device name of a physical device: the ID itself when CDI accepts it.
+    """The CDI device name of a physical device: one-to-one, so two devices of a resource
+    never share a name (their resource owns its CDI kind: config check).
 
-    CDI device names are `[A-Za-z0-9]`, then `[A-Za-z0-9_.:-]`, ending alphanumeric. Glob IDs
-    almost always qualify; shell IDs may not (`dongle/1`, `_x`, `a b`). Those are mapped to
-    the ID with unsafe characters replaced by `_`, trimmed to alphanumeric ends, plus `-` and
-    8 hex digits of the ID's SHA-256: stable, valid, and distinct for distinct IDs. The
-    Allocate response and the CDI spec file both name devices with this function.
+    CDI device names are `[A-Za-z0-9]`, then `[A-Za-z0-9_.:-]`, ending alphanumeric. An ID
+    that is such a name and holds no `::` is its own name (glob IDs, most others). Any other
+    ID (`dongle/1`, `_x`, `a::b`) is named `<readable>::<hex of the ID's UTF-8>`: the
+    readable part has no `:`, so the first `::` starts the hex, which spells the whole ID --
+    distinct from every other ID's name by construction, and never an ID's own name (those
+    have no `::`). The Allocate response and the CDI spec file both name devices with this
+    function.
     """
-    if CDI_DEVICE_NAME.fullmatch(device_id):
+    if CDI_DEVICE_NAME.fullmatch(device_id) and CDI_NAME_ESCAPE not in device_id:
         return device_id
-    digest = hashlib.sha256(device_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    readable = _CDI_UNSAFE.sub("_", device_id).strip("_.:-")
-    return f"{readable}-{digest}" if readable else digest
+    spelled = device_id.encode("utf-8", "surrogatepass").hex()
+    readable = _CDI_UNSAFE.sub("_", device_id).strip("_.-") or "id"
+    return f"{readable}{CDI_NAME_ESCAPE}{spelled}"
 
 
 def has_cdi_edits(device: Device) -> bool:

@@ -230,6 +230,8 @@ class ResourceRuntime:
                     self.log,
                     report=functools.partial(self._set_problem, "cdi"),
                     count_failure=cdi_failures.inc,
+                    instance=services.instance_id,
+                    watcher=services.watcher,
                     offload=services.offload,
                 )
                 self._first_list_ready.append(writer.first_sync)

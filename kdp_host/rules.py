@@ -63,6 +63,9 @@ ENV_NAME_PATTERN: Final = r"[-._a-zA-Z][-._a-zA-Z0-9]*"
 _ENV_NAME: Final = re.compile(ENV_NAME_PATTERN)
 _CDI_VENDOR_OR_CLASS: Final = re.compile(r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
 CDI_DEVICE_NAME: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
+CDI_NAME_ESCAPE: Final = "::"
+"""In a CDI device name: what follows is the hex spelling of a device ID that is not a CDI
+name of its own (`allocation.cdi_device_name`)."""
 """A CDI device name: letters and digits at both ends, `_ . : -` inside (CDI's parser)."""
 _MULTILINE_WHITESPACE: Final = frozenset("\t\n")
 GLOB_MAGIC: Final = re.compile(r"[*?[]")

@@ -17,6 +17,7 @@ from kdp_host.allocation import (
     cdi_device_name,
     preferred_allocation,
 )
+from kdp_host.cdi import build_spec
 from kdp_host.config import (
     AllocateConfig,
     CdiConfig,
@@ -323,9 +324,28 @@ def test_cdi_names_of_shell_style_ids_are_valid_and_stable() -> None:
     assert len(names) == len(set(names)) == len(odd)
     assert all(CDI_NAME.fullmatch(name) for name in names)
     assert cdi_device_name("ok-1") == "ok-1" and cdi_device_name("a:b") == "a:b"
-    assert cdi_device_name("dongle/1").startswith("dongle_1-")
+    assert cdi_device_name("dongle/1") == "dongle_1::" + b"dongle/1".hex()
     assert cdi_device_name("dongle/1") == cdi_device_name("dongle/1")
     assert cdi_device_name("dongle/1") != cdi_device_name("dongle_1")
+
+
+def test_an_escaped_cdi_name_is_never_the_name_of_another_id() -> None:
+    """An ID made readable (`dongle/1` -> `dongle_1...`) may be another device's raw ID: the
+    two devices must still get two names, or one spec entry is dropped."""
+    escaped = cdi_device_name("dongle/1")
+    assert cdi_device_name(escaped) != escaped
+    assert cdi_device_name("a::b") != "a::b"
+    snap = snapshot(
+        [
+            Device(id="dongle/1", nodes=(DeviceNode("/dev/ttyA0", "/dev/ttyA0"),)),
+            Device(id=escaped, nodes=(DeviceNode("/dev/ttyA1", "/dev/ttyA1"),)),
+        ]
+    )
+    config = resource(cdi=CdiConfig(kind=KIND))
+    spec = build_spec(config, snap)
+    assert spec is not None and len(spec["devices"]) == 2
+    response = AllocationBuilder(config).container_response(snap, ["dongle/1", escaped])
+    assert len({c.name for c in response.cdi_devices}) == 2
 
 
 def test_devices_without_nodes_or_mounts_get_no_cdi_name() -> None:
@@ -355,6 +375,10 @@ def test_cdi_device_name_is_always_valid(device_id: str) -> None:
 def test_cdi_device_names_are_distinct(a: str, b: str) -> None:
     if a != b:
         assert cdi_device_name(a) != cdi_device_name(b)
+    # an escaped name, taken as an ID, is escaped again: never someone else's name
+    for name in (cdi_device_name(a), cdi_device_name(b)):
+        if name not in (a, b):
+            assert cdi_device_name(name) not in (cdi_device_name(a), cdi_device_name(b))
 
 
 _PATHS = st.sampled_from(["/dev/a", "/dev/b", "/dev/c", "/m/x", "/m/y"])

@@ -1005,6 +1005,24 @@ class Config:
     sha256: str = ""
     """Hash of the file's bytes: shows in metrics which config is in force."""
 
+    def check(self) -> Problems:
+        """One resource per CDI kind: CDI names are unique per kind only when one resource
+        names all of them (two resources of one kind could both publish `kind=fpga0`)."""
+        first: dict[str, int] = {}
+        for index, resource in enumerate(self.resources):
+            cdi = resource.allocate.cdi
+            if cdi is None:
+                continue
+            if cdi.kind in first:
+                other = self.resources[first[cdi.kind]].name
+                yield (
+                    ("resources", index, "allocate", "cdi", "kind"),
+                    f"CDI kind {cdi.kind!r} is already used by resource {other!r}: each "
+                    "resource needs a kind of its own (its device names are unique only "
+                    "within it), e.g. another class: vendor.example/fpga-b",
+                )
+            first.setdefault(cdi.kind, index)
+
 
 README_TABLES: Mapping[str, tuple[type[object], str]] = {
     "config": (Config, ""),

@@ -426,11 +426,11 @@ class ResourceRuntime:
                     last_message = message
                 tries = fresh[1] + 1 if fresh[0] == kubelet else 1
                 fresh = (kubelet, tries)
-                if exc.result == "unavailable" and kubelet is not None:
-                    if tries <= FRESH_KUBELET_TRIES:
-                        await self._sleep_or_wake(FRESH_KUBELET_RETRY)
-                        continue
-                await self._sleep_or_wake(backoff.next_delay())
+                just_created = kubelet is not None and tries <= FRESH_KUBELET_TRIES
+                if exc.result == "unavailable" and just_created:
+                    await self._sleep_or_wake(FRESH_KUBELET_RETRY)
+                else:
+                    await self._sleep_or_wake(backoff.next_delay())
                 continue
             if carried:
                 if service.options_served == 0:

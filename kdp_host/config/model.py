@@ -811,7 +811,12 @@ class ReleaseConfig:
     )
     timeout: float = key(
         "timeout",
-        Duration(0.05),
+        Duration(
+            0.05,
+            maximum=MAX_PRE_START_TIMEOUT,
+            why="a container start waits for a pending release inside the kubelet's 30s "
+            "PreStartContainer deadline",
+        ),
         f"TERM then KILL the command's process group after this, a failure. At most "
         f"{MAX_PRE_START_TIMEOUT:g}s: a container start may wait for it inside the kubelet's "
         "30s PreStartContainer deadline.",
@@ -840,14 +845,6 @@ class ReleaseConfig:
         "At most this many release commands of the resource run at once.",
         default=4,
     )
-
-    def check(self) -> Problems:
-        if self.timeout > MAX_PRE_START_TIMEOUT:
-            yield (
-                ("timeout",),
-                f"must be at most {MAX_PRE_START_TIMEOUT:g}s: a container start waits for a "
-                "pending release inside the kubelet's 30s PreStartContainer deadline",
-            )
 
 
 PreferredPolicy = Literal["packed", "spread", "numa", "none"]

@@ -278,8 +278,8 @@ class ReleaseTracker:
         held: dict[str, dict[str, tuple[Holder, ...]]] = {}
         for advertised, holders in answer.of(self._resource.name).items():
             held.setdefault(physical_id(advertised, replicas), {})[advertised] = holders
-        if self._assume_used:
-            self._assume_used = False
+        if self._assume_used and self._table.published.is_set():
+            self._assume_used = False  # from now on the state is known
             for device in self._table.snapshot.devices:
                 if device.id not in held:
                     self.uses.setdefault(device.id, DeviceUse()).used.add(device.id)

@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, str] = {
     "hostile": "hostile",
     "hooks": "hooks",
     "peer": "peer",
+    "release": "release",
 }
 EXTERNAL = {"allocation": "bench_allocation"}
 """Benchmarks other modules provide as `run() -> dict[str, float]` (included when present)."""

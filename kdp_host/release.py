@@ -128,16 +128,9 @@ class ReleaseStateStore:
             document = json.loads(raw)
             if document.get("version") != STATE_VERSION:
                 raise ValueError(f"version {document.get('version')!r}, not {STATE_VERSION}")
-            resources = document["resources"]
             self._data = {
-                str(name): {
-                    str(device): {
-                        "used": [str(i) for i in entry["used"]],
-                        "owed": bool(entry["owed"]),
-                    }
-                    for device, entry in devices.items()
-                }
-                for name, devices in resources.items()
+                _text(name): {_text(device): _entry(entry) for device, entry in devices.items()}
+                for name, devices in document["resources"].items()
             }
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             aside = self.path.with_name(STATE_FILE + ".unreadable")
@@ -190,6 +183,20 @@ class ReleaseStateStore:
                 self._written = version
 
 
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One device's entry of the state file, checked: {"used": [IDs], "owed": bool}."""
+    used, owed = entry["used"], entry["owed"]
+    if not isinstance(used, list) or not isinstance(owed, bool):
+        raise TypeError(f"a device entry is not {{used: [...], owed: true|false}}: {entry!r}")
+    return {"used": [_text(i) for i in used], "owed": owed}
+
+
 def _joined(values: Iterable[str]) -> str:
     return ",".join(dict.fromkeys(v for v in values if v))
 
@@ -223,15 +230,19 @@ class ReleaseTracker:
         self._assume_used = store.unknown
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self.uses: dict[str, DeviceUse] = {}
-        for device_id, entry in store.entries(resource.name).items():
-            self.uses[device_id] = DeviceUse(used=set(entry["used"]), owed=entry["owed"])
         metrics.add_release(resource.name)
-        self._closed = False
+        self._closed = True
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Start the releases owed from before (kdp-host was down while pods ended)."""
+        """Take up the state kept for the resource (by an earlier runtime of it, or before
+        kdp-host restarted) and start the releases owed from then."""
+        self._closed = False
+        self.uses = {
+            device_id: DeviceUse(used=set(entry["used"]), owed=entry["owed"])
+            for device_id, entry in self._store.entries(self._resource.name).items()
+        }
         for device_id, use in self.uses.items():
             if use.owed:
                 self._log.info("release_owed_from_before", device=device_id)

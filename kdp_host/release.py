@@ -10,7 +10,8 @@ Two kinds of news end a use:
 
 - **PodResources** (`podresources.py`): an answer that shows no ID of the device held ends
   every use of it (the release starts at once). An answer is ignored for a device allocated
-  after the question was sent: it may predate that allocation.
+  after the question was sent, or less than `ALLOCATION_SETTLE` before: it may predate that
+  allocation (the kubelet records an allocation only once the plugin's answer reached it).
 - **Allocate**, which the plugin sees for every container: the kubelet never gives one
   advertised ID to two containers at once, so an ID handed out again proves that its earlier
   user is gone, even if no poll ever saw the device free (the kubelet may re-allocate a freed
@@ -60,6 +61,10 @@ from .process import CommandRunner
 
 STATE_FILE = "release-state.json"
 STATE_VERSION = 1
+ALLOCATION_SETTLE = 1.0
+"""Seconds after an Allocate during which a PodResources answer is not taken as news about
+that device: the kubelet records the allocation only once our answer has reached it, so a
+List in between would show the device free."""
 RETRY_MAXIMUM = 300.0
 """Longest wait between two background attempts of a failed release."""
 
@@ -297,11 +302,13 @@ class ReleaseTracker:
         for device_id in set(self.uses) | set(held):
             use = self.uses.setdefault(device_id, DeviceUse())
             if use.allocated_at >= answer.asked_at:
-                continue  # allocated after the question: the answer may predate it
+                continue  # allocated after the question was sent: the answer predates it
             now_held = held.get(device_id)
             if now_held:
                 use.used = set(now_held)
                 use.holders = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs))
+            elif use.allocated_at >= answer.asked_at - ALLOCATION_SETTLE:
+                continue  # "free" just after an Allocate: the kubelet may not have recorded it
             elif use.used:
                 use.used.clear()
                 if not use.owed:

@@ -480,3 +480,21 @@ async def test_a_restarted_runtime_takes_up_the_state_of_the_one_before(short_di
     await new.before_start(["fpga0"])
     assert commands.runs == [["reset2", "fpga0"]]
     await new.close()
+
+
+async def test_an_answer_asked_just_after_an_allocation_does_not_end_it(short_dir: Path) -> None:
+    """The kubelet records an allocation only once Allocate's answer reached it: a List in
+    that moment shows the device free although a container is about to hold it. Were that
+    taken as its end, a container living less than one poll would never be released."""
+    now = [100.0]
+    commands = _Commands()
+    tracker, _, _ = _tracker(short_dir, commands, clock=lambda: now[0])
+    tracker.allocated(["fpga0"])
+    tracker.holdings(_answer(100.001))  # asked a moment after Allocate answered: free
+    await asyncio.sleep(0)
+    assert commands.runs == [] and tracker.view("fpga0")["state"] == "in_use"
+    now[0] = 103.0
+    tracker.holdings(_answer(102.0))  # the container came and went between two polls
+    await tracker.before_start(["fpga0"])
+    assert commands.runs == [["reset", "fpga0", ""]]
+    await tracker.close()

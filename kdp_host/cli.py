@@ -102,6 +102,7 @@ class CheckRow:
     text: str
     failed: bool = False
     """The driver's scan failed (the text is its error)."""
+    device: Device | None = None
 
 
 async def _check(config: Config) -> list[CheckRow]:
@@ -120,8 +121,24 @@ async def _check(config: Config) -> list[CheckRow]:
             continue
         if not devices:
             rows.append(CheckRow(resource.name, kind, "(no devices found now)"))
-        rows.extend(CheckRow(resource.name, kind, device_cell(device)) for device in devices)
+        rows.extend(
+            CheckRow(resource.name, kind, device_cell(device), device=device) for device in devices
+        )
     return rows
+
+
+def overlap_warnings(rows: list[CheckRow]) -> list[str]:
+    """One line per node or mount source two devices would reach: the host advertises only
+    the first (docs: Reliability, one node, one advertised device)."""
+    from .ownership import overlaps
+
+    found = overlaps((row.resource, row.device) for row in rows if row.device is not None)
+    return [
+        f"warning: {quote_text(o.path)} is reachable from {quote_text(o.first.resource)} "
+        f"(device {quote_text(o.first.device)}) and {quote_text(o.second.resource)} (device "
+        f"{quote_text(o.second.device)}): only the first to claim it is advertised"
+        for o in found
+    ]
 
 
 def device_cell(device: Device) -> str:
@@ -145,6 +162,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
     for row in rows:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
+    for warning in overlap_warnings(rows):
+        print(warning, file=sys.stderr)
     failed = sorted({row.resource for row in rows if row.failed})
     if failed and not args.allow_driver_errors:
         print(

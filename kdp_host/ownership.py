@@ -420,6 +420,33 @@ class OwnershipIndex:
         state.held = holding
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """Two devices that reach one node or mount source (what `check` warns about)."""
+
+    path: str
+    first: Owner
+    second: Owner
+
+
+def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = claim_key) -> list[Overlap]:
+    """Every claim two devices would make (not two shared ones), by the index's rules:
+    the later device in `devices` order would be held while the first is advertised."""
+    seen: dict[ClaimKey, tuple[Owner, bool]] = {}
+    found: list[Overlap] = []
+    for resource, device in devices:
+        me = Owner(resource, device.id)
+        claims = device_claims(device, resolve)
+        for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
+            for key, path in mine.items():
+                known = seen.get(key)
+                if known is None:
+                    seen[key] = (me, is_shared)
+                elif not (is_shared and known[1]):
+                    found.append(Overlap(path, known[0], me))
+    return found
+
+
 class _Table(Protocol):
     """What OwnedTable needs of a DeviceTable (lists go through the index)."""
 

@@ -109,6 +109,26 @@ def test_check_table_stays_one_line_per_device(
     assert any(line.endswith("fpga0 Healthy " + str(dev / "fpga0")) for line in lines)
 
 
+def test_check_warns_when_one_node_is_reachable_from_two_resources(
+    short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = short_dir / "dev"
+    dev.mkdir()
+    (dev / "fpga0").touch()
+    (dev / "fpga1").touch()
+    (dev / "alias0").symlink_to(dev / "fpga0")
+    config = short_dir / "config.yaml"
+    alias = "vendor.example/alias"
+    config.write_text(glob_config(socket_dir, (FPGA, f"{dev}/fpga*"), (alias, f"{dev}/alias*")))
+    assert main(["check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {dev}/fpga0 is reachable from {FPGA} (device fpga0) and {alias} (device "
+        "fpga0): only the first to claim it is advertised"
+    ]
+
+
 @contextlib.asynccontextmanager
 async def kdp_host_run(config: Path) -> AsyncIterator[tuple[str, int]]:
     """`kdp-host run` in a subprocess; yields the host and port its http_serving line names."""

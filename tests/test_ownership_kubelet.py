@@ -51,3 +51,44 @@ async def test_two_resources_never_hand_one_node_to_two_pods(
         for r in (FPGA, ALIAS)
     ]
     assert sorted(counted) == [0, 1]
+
+
+async def test_a_reload_that_renames_ids_never_hands_a_booked_node_to_a_new_pod(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """A pattern added by a reload changes the patterns' common directory, so every glob ID
+    would change (`fpga0` -> `dev-fpga0`): the kubelet, which still books `fpga0` for the
+    running pod, would hand the same node to a new pod under its new ID."""
+    kubelet = real_kubelet_factory()
+    (devices / "fpga1").unlink()
+    other = short_dir / "other"
+    other.mkdir()
+    config = short_dir / "config.yaml"
+    config.write_text(glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]*")))
+    running = await start_host(config.read_text(), config_path=config)
+
+    def healthy(count: int):
+        def check(k) -> bool:
+            seen = k.resource(FPGA)
+            return seen is not None and seen["healthy"] == count
+
+        return check
+
+    await kubelet.await_for(healthy(1), what="fpga0 advertised")
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert first["error"] == "" and first["device_ids"][FPGA] == ["fpga0"]
+
+    (other / "x0").touch()
+    text = config.read_text().replace(
+        f'["{devices}/fpga[0-9]*"]', f'["{devices}/fpga[0-9]*", "{other}/x*"]'
+    )
+    config.write_text(text)
+    assert await running.host.reload_from(config) == "ok"
+    await kubelet.await_for(healthy(2), what="both devices after the reload")
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] == "", second
+    assert host_paths(second) == {str(other / "x0")}, "the booked node went to a second pod"
+    third = await kubelet.acall(kubelet.allocate, "p3", {FPGA: 1})
+    assert third["error"] != "", third
+    ids = sorted(kubelet.resource(FPGA)["device_numa"])
+    assert "fpga0" in ids, ids

@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .allocation import ALLOCATION_DEPENDENT_FIELD, cdi_device_name, has_cdi_edits
-from .config import CdiConfig, ResourceConfig, render_template
+from .allocation import ALLOCATION_DEPENDENT_FIELDS, cdi_device_name, has_cdi_edits
+from .config import CdiConfig, ResourceConfig, render_template, template_fields
 from .devices import Device, DeviceTable, Snapshot
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
@@ -133,7 +133,7 @@ def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] |
     env = [
         f"{key}={render_template(text, values)}"
         for key, text in allocate.env.items()
-        if not ALLOCATION_DEPENDENT_FIELD.search(text)
+        if not template_fields(text) & ALLOCATION_DEPENDENT_FIELDS
     ]
     mounts: dict[str, dict[str, Any]] = {}
     for mount in allocate.mounts:

@@ -20,11 +20,13 @@ from pathlib import Path
 from .config import Config, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
+from .hooks import configured_hooks
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
 from .ownership import OwnershipIndex
 from .podresources import PodResourcesPoller
+from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
@@ -101,6 +103,12 @@ class Host:
             self.pod_resources.subscribe(self.ownership.holdings)
         release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
         await self.offload.run(release_state.load)
+        commands = ProcessRunner()
+        if not commands.dies_with_host:
+            self.log.warning(
+                "commands_may_outlive_host",
+                detail="no setpriv (util-linux) on PATH: commands do not get the death signal",
+            )
         services = HostServices(
             socket_dir,
             self.instance_id,
@@ -108,6 +116,7 @@ class Host:
             self.metrics,
             self.log,
             self.drivers,
+            commands=commands,
             pod_resources=self.pod_resources,
             release_state=release_state,
             ownership=self.ownership,
@@ -191,16 +200,22 @@ class Host:
             supervisor.start(new_by_name[name], after=stopping.get(name))
         for name in plan.removed:
             self.ownership.retire(name)
-            self._forget_when_stopped(name, stopping[name])
         self.config = new
+        for name in (*plan.removed, *plan.changed):
+            self._forget_when_stopped(name, stopping[name])
         self._record_config(new)
         return plan
 
     def _forget_when_stopped(self, name: str, task: asyncio.Task[None] | None) -> None:
-        """Drop a removed resource's series once its runtime is gone (it writes until then)."""
+        """Once a stopped runtime is gone (it writes until then), drop the series its
+        resource no longer has: all of them if it left the config, else those of the hooks
+        the config has no longer (as it is then: it may have changed again meanwhile)."""
 
         def forget(_: object = None) -> None:
-            if self._supervisor is None or name not in self._supervisor.resources:
+            current = next((r for r in self.config.resources if r.name == name), None)
+            if current is not None:
+                self.metrics.forget_hooks(name, keep=configured_hooks(current))
+            elif self._supervisor is None or name not in self._supervisor.resources:
                 self.metrics.forget_resource(name)
 
         if task is None or task.done():

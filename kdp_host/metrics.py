@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Collection
 from typing import Literal, Protocol, get_args
 
 from prometheus_client import (
@@ -44,6 +45,7 @@ DRIVER_SKIP_REASONS = (
     "rate_limited",
     "incomplete_group",
     "path_collision",
+    "unsafe_mount",
     "node_owned",
 )
 """Every `reason` a driver may count something it left out (without failing) under."""
@@ -59,6 +61,8 @@ ALLOCATE_HOOK_RESULTS: tuple[HookResult, ...] = (
     "ok", "exit", "timeout", "spawn", "output_too_large", "parse",
 )  # fmt: skip
 """Every `result` of an `allocate.command` run (`parse`: output that does not validate)."""
+HookName = Literal["preStart", "allocate.command", "release"]
+"""The config sections whose series exist only while a resource has them (`forget_hooks`)."""
 
 RELEASE_RESULTS: tuple[HookResult, ...] = ("ok", "exit", "timeout", "spawn", "output_too_large")
 """Every `result` of a `release.command` run."""
@@ -403,6 +407,24 @@ class Metrics:
         """Create the series of a resource that has an allocate.command, at zero."""
         for result in ALLOCATE_HOOK_RESULTS:
             self.allocate_hooks.labels(resource, result)
+
+    def forget_hooks(self, resource: str, keep: Collection[HookName]) -> None:
+        """Drop the series of the hooks a resource no longer has; call it once the
+        runtime that had them has stopped, or it may write one back."""
+        hooks: dict[HookName, tuple[tuple[Counter | Gauge, ...], ResourceHistogram | None]] = {
+            "preStart": ((self.pre_start_calls, self.pre_start_waits), self.pre_start_seconds),
+            "allocate.command": ((self.allocate_hooks,), None),
+            "release": ((self.release_runs, self.releases_pending), self.release_seconds),
+        }
+        for hook, (families, histogram) in hooks.items():
+            if hook in keep:
+                continue
+            for metric in families:
+                for labels in _label_values_of(metric, resource):
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*labels)
+            if histogram is not None:
+                histogram.remove(resource)
 
     def set_device_counts(self, resource: str, healthy: int, unhealthy: int) -> None:
         self.devices.labels(resource, "healthy").set(healthy)

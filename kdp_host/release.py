@@ -57,6 +57,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .podresources import Holder, Holdings
 from .process import CommandRunner
+from .rules import join_list
 
 STATE_FILE = "release-state.json"
 STATE_VERSION = 1
@@ -191,7 +192,8 @@ class ReleaseStateStore:
 
 
 def _joined(values: Iterable[str]) -> str:
-    return ",".join(dict.fromkeys(v for v in values if v))
+    """Pod, namespace and container names as a list (they are DNS labels: no separator)."""
+    return join_list(dict.fromkeys(v for v in values if v))
 
 
 class ReleaseTracker:
@@ -367,7 +369,7 @@ class ReleaseTracker:
         values["namespace"] = _joined(h.namespace for h in use.holders)
         values["pod"] = _joined(h.pod for h in use.holders)
         values["container"] = _joined(h.container for h in use.holders)
-        env = device_env([device])
+        env = device_env(self._resource.name, [device])
         env.update({key: render_template(text, values) for key, text in self.config.env.items()})
         self._log.info("release_started", device=device_id, pod=values["pod"] or "-")
         await run_hook(

@@ -69,7 +69,8 @@ class HostServices:
     offload: Offload = field(default_factory=DaemonThreads)
     """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
-    """Runs the preStart, allocate and release commands."""
+    """Runs every command of the resources: probes, health checks, preStart, allocate and
+    release."""
     pod_resources: PodResourcesPoller | None = None
     """Who holds each device (None: PodResources polling is off)."""
     release_state: ReleaseStateStore | None = None
@@ -163,7 +164,9 @@ class ResourceRuntime:
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
-        deps = DriverDeps(self.log, services.watcher, offload=services.offload)
+        deps = DriverDeps(
+            self.log, services.watcher, offload=services.offload, commands=services.commands
+        )
         driver = services.drivers(self.config.driver, deps)
         detach = services.ownership.attach(self.config.name, self.table.publish, self.log)
         try:

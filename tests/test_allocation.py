@@ -28,6 +28,7 @@ from kdp_host.config import (
     render_template,
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
+from kdp_host.drivers.probe_output import ContainerExtras
 
 RESOURCE = "vendor.example/fpga"
 KIND = "vendor.example/fpga"
@@ -258,8 +259,28 @@ def test_two_mounts_on_one_container_path_are_refused(
 
 def test_render_template_leaves_other_braces() -> None:
     values = {"ids": "a,b", "paths": "/dev/a", "count": "2", "resource": RESOURCE}
-    assert render_template("{ids}|{count}|{other}|{{ids}}|{}", values) == ("a,b|2|{other}|{a,b}|{}")
+    assert render_template("{ids}|{count}|{other}|{}", values) == "a,b|2|{other}|{}"
     assert render_template("{ids}", {}) == "{ids}"
+
+
+@pytest.mark.parametrize(
+    ("template", "rendered"),
+    [
+        ("{}", "{}"),  # find -exec tool {} ;
+        ("{{ids}}", "{ids}"),  # doubled braces are one literal brace
+        ("{{{ids}}}", "{a,b}"),
+        ("${{HOME}}", "${HOME}"),
+        ("{ print $1 }", "{ print $1 }"),  # not a field name: literal
+        ("${1}", "${1}"),
+        ("{", "{"),
+        ("}", "}"),
+        ("{{}}", "{}"),
+        ("{ids", "{ids"),
+        ("{{ids}", "{ids}"),  # `{{` is a brace, then `ids}` is text
+    ],
+)
+def test_template_escapes(template: str, rendered: str) -> None:
+    assert render_template(template, {"ids": "a,b"}) == rendered
 
 
 def test_unknown_and_unhealthy_ids_are_refused() -> None:
@@ -702,3 +723,77 @@ def test_numa_policy_stays_on_one_node_when_one_fits(
             per_node[entry.device.numa] = per_node.get(entry.device.numa, 0) + 1
     if size > 0 and any(n >= size for n in per_node.values()):
         assert len({snap.by_advertised_id[i].device.numa for i in result}) == 1
+
+
+# --------------------------------------------------------------------------- lists (issue 17)
+
+
+def test_per_device_values_holding_the_separator_are_not_joined() -> None:
+    """A USB serial `A,B` joined with another stick's serial `B` would read as three
+    serials, one of them another pod's: such a list is refused; alone it passes as it is."""
+    devices = [dev("usb0", env={"SERIAL": "A,B"}), dev("usb1", env={"SERIAL": "B"})]
+    builder = AllocationBuilder(resource())
+    with pytest.raises(AllocationError, match=r"env SERIAL of device usb0 is 'A,B'"):
+        builder.container_response(snapshot(devices), ["usb0", "usb1"])
+    alone = builder.container_response(snapshot(devices), ["usb0"])
+    assert alone.envs["SERIAL"] == "A,B"
+    # a configured key wins, so nothing is joined
+    configured = AllocationBuilder(resource(env={"SERIAL": "{ids}"}))
+    response = configured.container_response(snapshot(devices), ["usb0", "usb1"])
+    assert response.envs["SERIAL"] == "usb0,usb1"
+    same = [dev("usb0", env={"MODE": "a,b"}), dev("usb1", env={"MODE": "a,b"})]
+    assert builder.container_response(snapshot(same), ["usb0", "usb1"]).envs["MODE"] == "a,b"
+
+
+def _extras(**fields: object) -> ContainerExtras:
+    return ContainerExtras(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("extras", "claimed"),
+    [
+        # a mount over a device node's container path
+        (_extras(mounts=(DeviceMount("/srv/x", "/dev/fpga0", True),)), "/dev/fpga0"),
+        # a node over a configured mount's path
+        (_extras(nodes=(DeviceNode("/dev/other", "/tools"),)), "/tools"),
+        # a node over a device's own mount
+        (_extras(nodes=(DeviceNode("/dev/other", "/state"),)), "/state"),
+        # another node on a device node's path
+        (_extras(nodes=(DeviceNode("/dev/other", "/dev/fpga0"),)), "/dev/fpga0"),
+        # another mount on a configured mount's path
+        (_extras(mounts=(DeviceMount("/srv/y", "/tools", True),)), "/tools"),
+    ],
+)
+def test_allocate_command_output_cannot_take_a_claimed_container_path(
+    extras: ContainerExtras, claimed: str
+) -> None:
+    devices = [dev("fpga0", mounts=(DeviceMount("/var/fpga0", "/state", False),))]
+    builder = AllocationBuilder(resource(mounts=(MountConfig("/opt/tools", "/tools"),)))
+    with pytest.raises(AllocationError) as caught:
+        builder.container_response(snapshot(devices), ["fpga0"], extras)
+    message = str(caught.value)
+    assert f"container path {claimed} is claimed twice" in message
+    assert "by allocate.command" in message
+    assert "by fpga0" in message or "by allocate.mounts" in message
+
+
+def test_allocate_command_output_identical_to_what_is_there_is_passed_once() -> None:
+    devices = [dev("fpga0")]
+    builder = AllocationBuilder(resource(mounts=(MountConfig("/opt/tools", "/tools"),)))
+    extras = _extras(
+        env={"SESSION": "s1"},
+        nodes=(DeviceNode("/dev/fpga0", "/dev/fpga0"), DeviceNode("/dev/mgr", "/dev/mgr")),
+        mounts=(DeviceMount("/opt/tools", "/tools", True), DeviceMount("/run/s", "/s", False)),
+        cdi_devices=("vendor.example/fpga-mgr=mgr0",),
+    )
+    response = builder.container_response(snapshot(devices), ["fpga0"], extras)
+    assert [(d.host_path, d.container_path) for d in response.devices] == [
+        ("/dev/fpga0", "/dev/fpga0"),
+        ("/dev/mgr", "/dev/mgr"),
+    ]
+    assert [(m.host_path, m.container_path) for m in response.mounts] == [
+        ("/opt/tools", "/tools"),
+        ("/run/s", "/s"),
+    ]
+    assert response.envs["SESSION"] == "s1"
+    assert [c.name for c in response.cdi_devices] == ["vendor.example/fpga-mgr=mgr0"]

@@ -299,6 +299,88 @@ async def test_a_removed_resource_leaves_no_series(
     assert value(running.metrics, "kdp_registered", resource=FPGA) == 1
 
 
+def test_forget_hooks_drops_exactly_the_hooks_not_kept() -> None:
+    metrics = Metrics(process_collectors=False)
+    for resource in ("a.io/x", "a.io/y"):
+        metrics.add_pre_start(resource)
+        metrics.add_allocate_hook(resource)
+        metrics.add_release(resource)
+        metrics.pre_start_seconds.labels(resource).observe(0.1)
+        metrics.release_seconds.labels(resource).observe(0.1)
+    metrics.forget_hooks("a.io/x", keep={"preStart"})
+
+    def families(resource: str) -> set[str]:
+        return {
+            name.removesuffix("_total").removesuffix("_count").removesuffix("_sum")
+            for name, labels in samples(metrics)
+            if ("resource", resource) in labels and not name.endswith("_bucket")
+        }
+
+    assert families("a.io/x") == {
+        "kdp_pre_start_calls",
+        "kdp_pre_start_waits",
+        "kdp_pre_start_duration_seconds",
+    }
+    assert families("a.io/y") >= {
+        "kdp_allocate_hook_runs",
+        "kdp_release_runs",
+        "kdp_releases_pending",
+    }
+
+
+async def test_a_hook_removed_by_a_reload_leaves_no_series(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    """Issue 17 item 12: a changed resource restarts; the series of a hook its new config no
+    longer has are dropped once the old runtime is gone, the others stay."""
+    config = short_dir / "config.yaml"
+    both = 'preStart: {command: ["true"]}\nallocate: {command: ["true"]}'
+    hooked = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"), extra=both)
+    write_config(config, hooked)
+    running = await start_host(hooked, config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+
+    def hook_series() -> set[str]:
+        hook_names = ("kdp_pre_start", "kdp_allocate_hook")
+        return {
+            name
+            for name, labels in samples(running.metrics)
+            if ("resource", FPGA) in labels and name.startswith(hook_names)
+        }
+
+    assert {"kdp_pre_start_calls_total", "kdp_pre_start_waits_total"} <= hook_series()
+    assert "kdp_allocate_hook_runs_total" in hook_series()
+
+    write_config(config, glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
+    await wait_until(lambda: not hook_series(), what="the hook series dropped")
+    await kubelet.wait_for(lambda: kubelet.options(FPGA) is not None)
+    await kubelet.wait_for(lambda: not kubelet.options(FPGA).pre_start_required)
+    await wait_until(
+        lambda: value(running.metrics, "kdp_registered", resource=FPGA) == 1,
+        what="the restarted resource registered",
+    )
+    running.host.request_reload()
+    await wait_until(
+        lambda: value(running.metrics, "kdp_config_reloads_total", result="unchanged") == 1,
+        what="a later reload ran",
+    )
+    assert hook_series() == set()
+
+    # one hook back: its series return at zero, the other's stay away
+    pre_start_only = glob_config(
+        socket_dir, (FPGA, f"{devices}/fpga*"), extra='preStart: {command: ["true"]}'
+    )
+    write_config(config, pre_start_only)
+    await wait_until(lambda: "kdp_pre_start_calls_total" in hook_series(), what="preStart back")
+    await wait_until(
+        lambda: value(running.metrics, "kdp_config_reloads_total", result="ok") == 2,
+        what="the second reload applied",
+    )
+    await kubelet.wait_for(lambda: kubelet.options(FPGA).pre_start_required)
+    assert "kdp_allocate_hook_runs_total" not in hook_series()
+    assert value(running.metrics, "kdp_pre_start_calls_total", resource=FPGA, result="ok") == 0
+
+
 async def test_sighup_with_an_unchanged_file_is_logged_and_counted(
     kubelet: KubeletSimulator,
     socket_dir: Path,

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
-from .declare import Reader, parse_duration, read_section, render_template
+from .declare import Reader, parse_duration, read_section, render_template, template_fields
 from .model import (
     ALLOCATE_TEMPLATE_FIELDS,
     HOOK_TEMPLATE_FIELDS,
@@ -69,6 +69,7 @@ __all__ = [
     "load_config_text",
     "parse_duration",
     "render_template",
+    "template_fields",
 ]
 
 

@@ -36,6 +36,7 @@ from ..protocol.endpoint import SOCKET_NAME_MIN_LENGTH
 from ..rules import (
     ENV_NAME_PATTERN,
     GLOB_MAGIC,
+    MAX_ALLOCATE_TIMEOUT,
     MAX_NUMA_NODE,
     MAX_PRE_START_TIMEOUT,
     absolute_path_problem,
@@ -698,8 +699,16 @@ class AllocateConfig:
     )
     timeout: float = key(
         "timeout",
-        Duration(0.05),
-        "Kill `command` after this, and fail the Allocate.",
+        Duration(
+            0.05,
+            maximum=MAX_ALLOCATE_TIMEOUT,
+            why="the kubelet admits one pod at a time and gives Allocate no deadline, so "
+            "every second a command runs stalls every pod admission on the node",
+        ),
+        f"Kill `command` after this, and fail the Allocate. At most "
+        f"{MAX_ALLOCATE_TIMEOUT:g}s: the kubelet admits one pod at a time and waits for "
+        "Allocate without a deadline, so this bounds how long one command can hold up the "
+        "admission of every pod on the node.",
         default="2s",
     )
 
@@ -732,7 +741,12 @@ class PreStartConfig:
     )
     timeout: float = key(
         "timeout",
-        Duration(0.05),
+        Duration(
+            0.05,
+            maximum=MAX_PRE_START_TIMEOUT,
+            why="the kubelet gives PreStartContainer 30s, and the kill grace and the answer "
+            "must fit in it",
+        ),
         f"TERM then KILL the command's process group after this. At most "
         f"{MAX_PRE_START_TIMEOUT:g}s: the kubelet gives PreStartContainer 30s, and the "
         "answer must reach it before that.",
@@ -764,14 +778,6 @@ class PreStartConfig:
         "for a slot (counted in `kdp_pre_start_waits_total`), inside the kubelet's 30s.",
         default=4,
     )
-
-    def check(self) -> Problems:
-        if self.timeout > MAX_PRE_START_TIMEOUT:
-            yield (
-                ("timeout",),
-                f"must be at most {MAX_PRE_START_TIMEOUT:g}s: the kubelet gives "
-                "PreStartContainer 30s, and the kill grace and the answer must fit in it",
-            )
 
 
 ReleaseFailure = Literal["ignore", "unhealthy"]

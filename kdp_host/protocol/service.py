@@ -20,7 +20,7 @@ import grpclib
 import grpclib.server
 from grpclib.const import Status
 
-from ..allocation import AllocationBuilder, AllocationError, add_extras, preferred_allocation
+from ..allocation import AllocationBuilder, AllocationError, preferred_allocation
 from ..api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
@@ -260,16 +260,14 @@ class DevicePluginService(DevicePluginBase):
         message: AllocateRequest,
         responses: list[ContainerAllocateResponse],
     ) -> None:
-        """Run allocate.command for every container request at once, and add its output."""
+        """Run allocate.command for every container request at once, and rebuild each
+        response with its output (the responses checked before are replaced)."""
         hook = self._allocate_hook
         assert hook is not None
-        permissions = self._config.allocate.permissions
         try:
             async with asyncio.TaskGroup() as group:
                 runs = [
-                    group.create_task(
-                        hook.extras(self._builder.physical_devices(snapshot, request.devices_ids))
-                    )
+                    group.create_task(hook.response(self._builder, snapshot, request.devices_ids))
                     for request in message.container_requests
                 ]
         except* HookFailed as failures:
@@ -279,8 +277,7 @@ class DevicePluginService(DevicePluginBase):
                 len(message.container_requests)
             )
             raise grpclib.GRPCError(first.status, str(first)) from None
-        for response, run in zip(responses, runs, strict=True):
-            add_extras(response, run.result(), permissions)
+        responses[:] = [run.result() for run in runs]
 
     async def pre_start_container(
         self, message: PreStartContainerRequest

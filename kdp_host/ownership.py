@@ -24,9 +24,9 @@ Rules:
   left its list, its resource was restarted or removed by a reload) *lingers* with its owner
   while a pod may hold it: until the node is gone, or, with PodResources polling on
   (`kubelet.podResourcesInterval`), until the kubelet's answer shows no pod holding it. The
-  held device is then advertised (`device_claim_won`). A resource restarted by a reload or after a crash finds
-  its claims where it left them, so no other resource can take a node in between; a
-  resource added back takes its lingering claims back.
+  held device is then advertised (`device_claim_won`). A resource restarted by a reload or
+  after a crash finds its claims where it left them, so no other resource can take a node
+  in between; a resource added back takes its lingering claims back.
 - **IDs follow the physical device.** A device whose claims are owned by another ID of the
   same resource (a reload changed the patterns, `usbIdFrom`, ...) is advertised under that
   old ID, which the kubelet may have given to a pod: the kubelet then never hands the same

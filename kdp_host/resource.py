@@ -58,9 +58,6 @@ from .watch import Watcher
 SAFETY_CHECK_INTERVAL = 30.0
 """Re-check sockets this often even when no watch event came (a lost event costs at most this)."""
 FRESH_KUBELET_RETRY = 0.01
-FRESH_KUBELET_TRIES = 20
-"""A kubelet.sock that was just created may refuse connections for a moment: Register is
-retried every `FRESH_KUBELET_RETRY` this many times before the backoff takes over."""
 FIRST_SCAN_WAIT = 2.0
 """Register only after the driver's first list (so the kubelet does not see 0 devices first),
 but do not wait longer than this for a slow probe."""
@@ -149,10 +146,6 @@ class ResourceRuntime:
         """pluginsRegistry: the kubelet's verdicts and stream ends, in the order they came."""
         self._info_asked = False
         """pluginsRegistry: the kubelet called GetInfo on the current socket."""
-        self._register_call: tuple[asyncio.Task[None], FileIdentity | None] | None = None
-        """deviceSocket: the Register call in flight and the kubelet.sock it went to. It is
-        kept when our socket is deleted meanwhile (a kubelet restart's clean-up): the
-        kubelet's dial-back keeps retrying our path, so it reaches the fresh socket."""
         self._pre_start = (
             None
             if config.pre_start is None
@@ -299,9 +292,6 @@ class ResourceRuntime:
                 self.log.info("reregistering", reason=reason)
         finally:
             subscription.cancel()
-            if self._register_call is not None:
-                self._register_call[0].cancel()
-                self._register_call = None
             self._mark(serving=False, registered=False)
 
     def _on_socket_dir_event(self, name: str | None) -> None:
@@ -388,34 +378,19 @@ class ResourceRuntime:
     async def _register_until_done(
         self, service: DevicePluginService, identity: FileIdentity
     ) -> FileIdentity | None:
-        """Register, retrying with backoff; returns the identity of the kubelet.sock used.
-
-        Raises _SocketLost when our socket is deleted, leaving a Register call in flight
-        running (see `_register_call`): the next socket carries on with it. A carried call
-        that succeeds counts only if the kubelet's dial-back reached this server (it asked
-        for the options); otherwise the kubelet holds our previous, closed server: register
-        again.
-        """
+        """Register, retrying with backoff; returns the identity of the kubelet.sock used."""
         await self._first_list()
         backoff = Backoff()
         metrics = self._services.metrics
         last_message = None
-        fresh: tuple[FileIdentity | None, int] = (None, 0)
+        refused: FileIdentity | None = None
         while True:
             self._wake.clear()
+            kubelet = kubelet_socket_identity(self._serve_dir)
             if file_identity(self.socket_path) != identity:
                 raise _SocketLost()
-            carried = self._register_call is not None
-            if self._register_call is None:
-                call = asyncio.ensure_future(
-                    register(self._serve_dir, self.config.name, self.endpoint, service.options)
-                )
-                self._register_call = (call, kubelet_socket_identity(self._serve_dir))
-            call, kubelet = self._register_call
-            await self._until_done_or_socket_lost(call, identity)
-            self._register_call = None
             try:
-                call.result()
+                await register(self._serve_dir, self.config.name, self.endpoint, service.options)
             except RegistrationError as exc:
                 metrics.registrations.labels(self.config.name, exc.result).inc()
                 message = str(exc)
@@ -424,39 +399,17 @@ class ResourceRuntime:
                     level = self.log.info if exc.result == "unavailable" else self.log.warning
                     level("register_failed", result=exc.result, reason=message)
                     last_message = message
-                tries = fresh[1] + 1 if fresh[0] == kubelet else 1
-                fresh = (kubelet, tries)
-                just_created = kubelet is not None and tries <= FRESH_KUBELET_TRIES
-                if exc.result == "unavailable" and just_created:
-                    await self._sleep_or_wake(FRESH_KUBELET_RETRY)
-                else:
-                    await self._sleep_or_wake(backoff.next_delay())
+                delay = backoff.next_delay()
+                if exc.result == "unavailable" and kubelet not in (None, refused):
+                    # A kubelet.sock that was just created may not be listening yet.
+                    refused, delay = kubelet, FRESH_KUBELET_RETRY
+                await self._sleep_or_wake(delay)
                 continue
-            if carried:
-                if service.options_served == 0:
-                    self.log.info("register_again", reason="kubelet_dialled_the_previous_socket")
-                    continue
-                # It went to the kubelet that dialled this socket back: the one there now.
-                kubelet = kubelet_socket_identity(self._serve_dir)
             metrics.registrations.labels(self.config.name, "ok").inc()
             self._stream_lost = False
             self._mark(registered=True)
             self.log.info("registered", endpoint=self.endpoint)
             return kubelet
-
-    async def _until_done_or_socket_lost(
-        self, call: asyncio.Task[None], identity: FileIdentity
-    ) -> None:
-        """Wait for `call`; raise _SocketLost (leaving it running) if our socket goes."""
-        while not call.done():
-            self._wake.clear()
-            if file_identity(self.socket_path) != identity:
-                raise _SocketLost()
-            woken = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({call, woken}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                woken.cancel()
 
     async def _wait_until_reregister_needed(
         self, identity: FileIdentity, kubelet: FileIdentity | None

@@ -47,7 +47,7 @@ from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
 from kdp_host.rules import socket_path_problem
 from kdp_host.simulator import KubeletSimulator
 
-from .conftest import RunningHost, glob_config, wait_until
+from .conftest import glob_config, wait_until
 
 FPGA = "vendor.example/fpga"
 
@@ -459,82 +459,3 @@ def test_a_unary_answer_leaves_the_server_in_one_write(
             runner.run(main())
     else:
         asyncio.run(main())
-
-
-async def test_socket_deleted_while_register_is_in_flight_is_served_again_for_that_call(
-    socket_dir: Path, devices: Path, start_host
-) -> None:
-    """A kubelet restart's clean-up deletes our fresh socket after Register left but before
-    the kubelet dials back (seen through the real kubelet: 1 restart in ~60 took 10 s). The
-    kubelet's dial-back keeps retrying our path for 10 s, so kdp-host serves there again at
-    once and lets that same call finish, instead of waiting for it to fail."""
-    from kdp_host.simulator.transport import PluginClient, RegisterRefused, RegistrationServer
-
-    calls: list[str | None] = []
-
-    async def handle(request: object) -> None:
-        endpoint = socket_dir / str(getattr(request, "endpoint", ""))
-        first = not calls
-        calls.append(None)
-        if first:
-            endpoint.unlink()  # the clean-up of a kubelet that just started
-        client = PluginClient(len(calls), FPGA, endpoint)
-        try:
-            await client.connect(dial_timeout=8.0)
-        except RegisterRefused as exc:
-            calls[-1] = str(exc)
-            raise
-        finally:
-            client.close()
-
-    server = RegistrationServer(handle)
-    await server.start(socket_dir / "kubelet.sock")
-    try:
-        running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
-        await wait_until(lambda: FPGA in running.host.resources, what="resource started")
-        runtime = running.host.resources[FPGA]
-        await wait_until(lambda: runtime.status.registered, what="registered")
-        assert calls == [None], "the first Register did not succeed"
-        assert Path(runtime.socket_path).exists()
-    finally:
-        await server.stop()
-
-
-async def test_a_carried_register_that_reached_the_previous_socket_registers_again(
-    socket_dir: Path, devices: Path, start_host
-) -> None:
-    """The other order: the kubelet dialled back and asked for the options on our socket,
-    then the socket was deleted before Register answered. The kubelet then holds the
-    previous, closed server: kdp-host registers its fresh socket again."""
-    from kdp_host.simulator.transport import PluginClient, RegistrationServer
-
-    calls: list[int] = []
-
-    async def handle(request: object) -> None:
-        endpoint = socket_dir / str(getattr(request, "endpoint", ""))
-        calls.append(len(calls))
-        client = PluginClient(len(calls), FPGA, endpoint)
-        try:
-            await client.connect(dial_timeout=8.0)
-        finally:
-            client.close()
-        if len(calls) == 1:
-            endpoint.unlink()
-            await wait_until(lambda: endpoint.exists(), what="a fresh socket")
-
-    server = RegistrationServer(handle)
-    await server.start(socket_dir / "kubelet.sock")
-    try:
-        running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
-        await wait_until(lambda: len(calls) == 2, what="a second Register")
-        runtime = running.host.resources[FPGA]
-        await wait_until(lambda: runtime.status.registered, what="registered")
-        assert value_of_ok(running) == 1
-    finally:
-        await server.stop()
-
-
-def value_of_ok(running: RunningHost) -> float:
-    from .test_ops import value
-
-    return value(running.metrics, "kdp_registrations_total", resource=FPGA, result="ok")

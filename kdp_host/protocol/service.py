@@ -121,8 +121,6 @@ class DevicePluginService(DevicePluginBase):
         self._open_streams = 0
         self._streams_drained = asyncio.Event()
         self._streams_drained.set()
-        self.options_served = 0
-        """GetDevicePluginOptions calls answered: the kubelet's dial-back reached this server."""
         self.options = DevicePluginOptions(
             pre_start_required=pre_start is not None or release is not None,
             get_preferred_allocation_available=config.preferred != "none",
@@ -148,7 +146,6 @@ class DevicePluginService(DevicePluginBase):
         return mapping
 
     async def get_device_plugin_options(self, message: Empty) -> DevicePluginOptions:
-        self.options_served += 1
         return self.options
 
     async def _serve_list_and_watch(self, stream: grpclib.server.Stream[Empty, Any]) -> None:

@@ -11,9 +11,12 @@ accepted to deliver its whole request (request line and headers) and, once it ha
 again to take the answer: absolute deadlines, so a client dripping a byte now and then is
 cut off like a silent one. When every slot is taken, a new connection takes the slot of the
 oldest one still sending its request (that one is answered 503 "busy" and closed), so a
-liveness probe gets through while slow clients keep coming; only when every slot is
-answering a complete request is the newcomer answered 503 "busy" at once. What it prints
-names resources and short fixed reasons, never host paths or probe output.
+liveness probe gets through while slow clients keep coming. `/metrics` answers (the long
+ones: a big exposition to a slow reader) hold at most `max_threads - PROBE_SLOTS` slots at
+once; a scrape beyond that is answered 503 "busy", so however many scrapers there are, the
+probes' slots are either being answered (quickly) or still receiving a request (evictable),
+and a newcomer waits a moment for one. What it prints names resources and short fixed
+reasons, never host paths or probe output.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ HEARTBEAT_INTERVAL = 0.5
 HEARTBEAT_STALE = 2.0
 MAX_THREADS = 8
 """Connections served at once: Prometheus and the kubelet's probes need one or two each."""
+PROBE_SLOTS = 2
+"""Slots `/metrics` answers never take, so the kubelet's probes get through any number of
+scrapers."""
+METRICS_PATH = "/metrics"
 REQUEST_DEADLINE = 10.0
 """Seconds a connection has to deliver its whole request, and then to take the answer."""
 MAX_REASON = 120
@@ -47,8 +54,8 @@ _BUSY = (
     b"Content-Length: 27\r\nConnection: close\r\n\r\nbusy: too many connections\n"
 )
 _BUSY_SEND_TIMEOUT = 0.1
-_EVICTION_WAIT = 1.0
-"""Seconds a newcomer waits for an evicted connection's thread to free its slot."""
+_SLOT_WAIT = 1.0
+"""Seconds a newcomer waits for a slot to free (an evicted connection's, or a probe's)."""
 
 StartResponse = Callable[..., Any]
 
@@ -84,7 +91,10 @@ class _Connection:
     deadline: float
     """When the current phase ends: delivering the request, then taking the answer."""
     request_received: bool = False
+    scrape: bool = False
+    """Answering `/metrics` (counted against the slots scrapes may take)."""
     evicted: bool = False
+    """Told to give up its slot: it is answered 503 "busy" and closed."""
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -150,7 +160,10 @@ class _QuietHandler(WSGIRequestHandler):
 
     def parse_request(self) -> bool:
         """Once the request line and headers are in, the answer phase begins."""
-        return super().parse_request() and self.server.request_received(self.tracked)
+        if not super().parse_request():
+            return False
+        path = self.path.split("?", 1)[0]
+        return self.server.request_received(self.tracked, scrape=path == METRICS_PATH)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Probes every few seconds are not worth a log line each."""
@@ -167,6 +180,7 @@ class _BoundedWSGIServer(WSGIServer):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_threads = max_threads
+        self.max_scrapes = max(1, max_threads - PROBE_SLOTS)
         self.request_deadline = request_deadline
         self.clock = clock
         self._slot_freed = threading.Condition()
@@ -179,9 +193,7 @@ class _BoundedWSGIServer(WSGIServer):
                 victim = self._oldest_incomplete()
                 if victim is not None:
                     self._evict(victim)
-                    self._slot_freed.wait_for(
-                        lambda: len(self._serving) < self.max_threads, _EVICTION_WAIT
-                    )
+                self._slot_freed.wait_for(lambda: len(self._serving) < self.max_threads, _SLOT_WAIT)
             connection = (
                 self._track(request, client_address)
                 if len(self._serving) < self.max_threads
@@ -204,12 +216,16 @@ class _BoundedWSGIServer(WSGIServer):
         with self._slot_freed:
             return next(c for c in self._serving if c.sock is request)
 
-    def request_received(self, connection: _Connection) -> bool:
-        """Start the answer phase; False if the connection was evicted a moment before."""
+    def request_received(self, connection: _Connection, scrape: bool = False) -> bool:
+        """Start the answer phase; False (the connection is answered 503 "busy") if it was
+        evicted a moment before, or is a scrape beyond the slots scrapes may take."""
         with self._slot_freed:
+            if scrape and sum(c.scrape for c in self._serving) >= self.max_scrapes:
+                connection.evicted = True
             if connection.evicted:
                 return False
             connection.request_received = True
+            connection.scrape = scrape
             connection.deadline = self.clock() + self.request_deadline
             return True
 

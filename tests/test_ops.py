@@ -574,6 +574,70 @@ def test_http_healthz_gets_through_slow_clients_holding_every_slot() -> None:
         server.stop()
 
 
+class _SlowCollector:
+    """A collector whose scrape takes as long as the test likes (a big exposition)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = 0
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[object]:
+        with self._lock:
+            self.entered += 1
+        self.release.wait(30)
+        return iter(())
+
+
+def test_http_healthz_gets_through_eight_concurrent_scrapers() -> None:
+    """Issue 17 item 14: eight scrapes being answered held every slot, so /healthz was
+    answered 503 "busy" (no slot was still receiving a request to evict). Scrapes take at
+    most all but PROBE_SLOTS slots; the ones beyond are answered 503 "busy" themselves."""
+    from kdp_host.http import MAX_THREADS, PROBE_SLOTS
+
+    metrics, health = Metrics(process_collectors=False), HealthState(clock=lambda: 0.0)
+    slow = _SlowCollector()
+    metrics.registry.register(slow)  # type: ignore[arg-type]
+    server = HttpServer("127.0.0.1", 0, metrics, health, request_deadline=60.0)
+    server.start()
+    scrapers: list[socket.socket] = []
+    try:
+        for _ in range(MAX_THREADS):
+            scrapers.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))
+            scrapers[-1].sendall(b"GET /metrics HTTP/1.1\r\nHost: kdp\r\n\r\n")
+        allowed = MAX_THREADS - PROBE_SLOTS
+        # The scrapes beyond the allowance are told at once; the others wait for the data.
+        refused = _answered(scrapers, PROBE_SLOTS)
+        assert len(refused) == PROBE_SLOTS and slow.entered == allowed
+        for connection in refused:
+            answer = _read_to_end(connection)
+            assert answer.startswith(b"HTTP/1.1 503") and b"busy" in answer
+        for _ in range(3):
+            assert http_get(server.port, "/healthz") == (200, "ok\n")
+        assert http_get(server.port, "/readyz")[0] == 503  # "host: starting", but answered
+        slow.release.set()
+        for connection in scrapers:
+            if connection not in refused:
+                assert _read_to_end(connection).startswith(b"HTTP/1.0 200 OK")
+        assert slow.entered == allowed
+    finally:
+        slow.release.set()
+        for connection in scrapers:
+            connection.close()
+        server.stop()
+
+
+def _answered(connections: list[socket.socket], count: int) -> list[socket.socket]:
+    """The connections with an answer to read, once `count` have one (30 s at most)."""
+    import select
+
+    deadline = time.monotonic() + 30
+    ready: list[socket.socket] = []
+    while len(ready) < count and time.monotonic() < deadline:
+        ready = select.select(connections, [], [], 0.05)[0]
+    return ready
+
+
 def test_http_endpoint_logs_and_binds_an_ephemeral_port() -> None:
     server = HttpServer("127.0.0.1", 0, Metrics(process_collectors=False), HealthState())
     try:

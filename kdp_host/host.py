@@ -213,5 +213,5 @@ class Host:
                 log.info("kubelet_restarted", socket=os.path.join(socket_dir, KUBELET_SOCKET))
             last = current
 
-        subscription = self.watcher.subscribe(socket_dir, on_event)
+        subscription = self.watcher.subscribe(socket_dir, on_event, names=(KUBELET_SOCKET,))
         return subscription.cancel

@@ -176,7 +176,9 @@ class ResourceRuntime:
 
     async def _serve_forever(self) -> None:
         subscription = self._services.watcher.subscribe(
-            self._services.socket_dir, self._on_socket_dir_event
+            self._services.socket_dir,
+            self._on_socket_dir_event,
+            names=(KUBELET_SOCKET, self.endpoint),
         )
         try:
             while True:

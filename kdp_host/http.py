@@ -2,7 +2,9 @@
 
 prometheus-client's WSGI app behind a small dispatcher, on the standard library's WSGI
 server: probes are answered even while the event loop is busy, which is the point of
-`/healthz` (a stalled loop must turn into a 503, not a timeout nobody can explain).
+`/healthz` (a stalled loop must turn into a 503, not a timeout nobody can explain). The
+loop is asked when a probe or a scrape comes (`HealthState.ask_loop`), not by a timer:
+nothing here wakes up while nobody asks.
 
 The endpoint listens on the pod network by default (Prometheus scrapes it there), so it is
 bounded against clients that connect and then dawdle. A connection gets one thread and at
@@ -21,6 +23,7 @@ reasons, never host paths or probe output.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import socket
@@ -37,8 +40,8 @@ from prometheus_client import make_wsgi_app
 from .logs import quote_text
 from .metrics import Metrics
 
-HEARTBEAT_INTERVAL = 0.5
-HEARTBEAT_STALE = 2.0
+LOOP_ANSWER_TIMEOUT = 2.0
+"""A loop that does not run a probe's callback within this is stalled (/healthz: 503)."""
 MAX_THREADS = 8
 """Connections served at once: Prometheus and the kubelet's probes need one or two each."""
 PROBE_SLOTS = 2
@@ -60,22 +63,60 @@ _SLOT_WAIT = 1.0
 StartResponse = Callable[..., Any]
 
 
+LoopAnswer = Callable[[float], None]
+"""Run on the event loop when it answers a probe, with the seconds the answer took."""
+
+
 @dataclass
 class HealthState:
     """Written by the event loop, read by the HTTP thread (plain attribute swaps only)."""
 
     clock: Callable[[], float] = time.monotonic
-    last_beat: float = field(default=0.0)
     dead: tuple[str, ...] = ()
     not_ready: dict[str, str] = field(default_factory=lambda: {"host": "starting"})
+    answer_timeout: float = LOOP_ANSWER_TIMEOUT
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    _on_answer: LoopAnswer | None = field(default=None, repr=False)
 
-    def beat(self) -> None:
-        self.last_beat = self.clock()
+    def attach(self, loop: asyncio.AbstractEventLoop, on_answer: LoopAnswer) -> None:
+        """The host's loop answers probes from now on (`on_answer` runs on it each time)."""
+        self._on_answer = on_answer
+        self._loop = loop
+
+    def detach(self) -> None:
+        self._loop = None
+
+    @property
+    def attached(self) -> bool:
+        return self._loop is not None
+
+    def ask_loop(self) -> float | None:
+        """From another thread: the seconds the loop took to run a callback, or None when
+        it did not within `answer_timeout` (or no loop is attached). A late answer still
+        runs `on_answer` with its delay when the loop gets to it."""
+        loop, on_answer = self._loop, self._on_answer
+        if loop is None or on_answer is None:
+            return None
+        asked = self.clock()
+        answered = threading.Event()
+        delay: list[float] = []
+
+        def answer() -> None:
+            delay.append(self.clock() - asked)
+            on_answer(delay[0])
+            answered.set()
+
+        try:
+            loop.call_soon_threadsafe(answer)
+        except RuntimeError:  # the loop is closed
+            return None
+        return delay[0] if answered.wait(self.answer_timeout) else None
 
     def liveness_problem(self) -> str | None:
-        age = self.clock() - self.last_beat
-        if age > HEARTBEAT_STALE:
-            return f"event loop stalled: last heartbeat {age:.1f}s ago"
+        if self._loop is None:
+            return "event loop stalled: not running"
+        if self.ask_loop() is None:
+            return f"event loop stalled: no answer within {self.answer_timeout:g}s"
         if self.dead:
             return "resources failed for good: " + ", ".join(self.dead)
         return None
@@ -297,6 +338,7 @@ def make_app(metrics: Metrics, health: HealthState) -> Callable[..., Iterable[by
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
+            health.ask_loop()  # the loop-lag gauges are as of this scrape
             result: Iterable[bytes] = metrics_app(environ, start_response)
             return result
         if path == "/healthz":

@@ -19,10 +19,16 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .drivers import DriverFactory, make_driver
+from .files import DaemonThreads, Offload
+from .hooks import configured_hooks
 from .http import HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
+from .ownership import OwnershipIndex
+from .podresources import PodResourcesPoller
+from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
+from .release import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, ResourceRuntime
 from .stale_sockets import remove_stale_sockets
@@ -44,12 +50,19 @@ class Host:
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
     load_config: Callable[[Path], Config] = load_config
-    """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
+    """Reads and validates a config file on reload (through `offload`); raises ConfigError."""
+    offload: Offload = field(default_factory=DaemonThreads)
+    """The one way off the event loop, for the host and every resource."""
+    ownership: OwnershipIndex = field(init=False)
+    """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
     _worst_lag: float = field(default=0.0, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
+    pod_resources: PodResourcesPoller | None = field(default=None, init=False)
+    """Who holds each device (None until running, or with polling off)."""
 
     def __post_init__(self) -> None:
+        self.ownership = OwnershipIndex(self.metrics)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
 
@@ -61,6 +74,7 @@ class Host:
             metrics=self.metrics,
             log=self.log,
             load_config=self.load_config,
+            offload=self.offload,
         )
 
     @property
@@ -73,9 +87,27 @@ class Host:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
-        watcher = self.watcher or make_watcher(self.log.bind(component="watch"))
+        watcher = self.watcher or make_watcher(
+            self.log.bind(component="watch"), offload=self.offload
+        )
         self.watcher = watcher
-        socket_dir = self.config.kubelet.socket_dir
+        kubelet = self.config.kubelet
+        socket_dir = kubelet.socket_dir
+        if kubelet.pod_resources_interval > 0:
+            self.pod_resources = PodResourcesPoller(
+                kubelet.pod_resources_socket,
+                kubelet.pod_resources_interval,
+                self.metrics,
+                self.log,
+            )
+        release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
+        await self.offload.run(release_state.load)
+        commands = ProcessRunner()
+        if not commands.dies_with_host:
+            self.log.warning(
+                "commands_may_outlive_host",
+                detail="no setpriv (util-linux) on PATH: commands do not get the death signal",
+            )
         services = HostServices(
             socket_dir,
             self.instance_id,
@@ -83,7 +115,12 @@ class Host:
             self.metrics,
             self.log,
             self.drivers,
+            commands=commands,
+            pod_resources=self.pod_resources,
+            release_state=release_state,
+            ownership=self.ownership,
             status_changed=self._refresh_readiness,
+            offload=self.offload,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -97,11 +134,13 @@ class Host:
             watcher=watcher.kind,
         )
         self._record_config(self.config)
-        await asyncio.to_thread(remove_stale_sockets, socket_dir, self.log)
+        await self.offload.run(lambda: remove_stale_sockets(socket_dir, self.log))
         self.health.attach(asyncio.get_running_loop(), self._loop_answered)
         internal = [watch_task]
         if self._reloader is not None:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))
+        if self.pod_resources is not None:
+            internal.append(asyncio.create_task(self.pod_resources.run(), name="podresources"))
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:
             for resource in self.config.resources:
@@ -162,16 +201,23 @@ class Host:
         for name in (*plan.changed, *plan.added):
             supervisor.start(new_by_name[name], after=stopping.get(name))
         for name in plan.removed:
-            self._forget_when_stopped(name, stopping[name])
+            self.ownership.retire(name)
         self.config = new
+        for name in (*plan.removed, *plan.changed):
+            self._forget_when_stopped(name, stopping[name])
         self._record_config(new)
         return plan
 
     def _forget_when_stopped(self, name: str, task: asyncio.Task[None] | None) -> None:
-        """Drop a removed resource's series once its runtime is gone (it writes until then)."""
+        """Once a stopped runtime is gone (it writes until then), drop the series its
+        resource no longer has: all of them if it left the config, else those of the hooks
+        the config has no longer (as it is then: it may have changed again meanwhile)."""
 
         def forget(_: object = None) -> None:
-            if self._supervisor is None or name not in self._supervisor.resources:
+            current = next((r for r in self.config.resources if r.name == name), None)
+            if current is not None:
+                self.metrics.forget_hooks(name, keep=configured_hooks(current))
+            elif self._supervisor is None or name not in self._supervisor.resources:
                 self.metrics.forget_resource(name)
 
         if task is None or task.done():

@@ -1,4 +1,4 @@
-"""`/metrics`, `/healthz` and `/readyz`, served from daemon threads.
+"""`/metrics`, `/healthz`, `/readyz` and `/devices`, served from daemon threads.
 
 prometheus-client's WSGI app behind a small dispatcher, on the standard library's WSGI
 server: probes are answered even while the event loop is busy, which is the point of
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import socket
 import sys
 import threading
@@ -324,7 +325,13 @@ class _BoundedWSGIServerV6(_BoundedWSGIServer):
     address_family = socket.AF_INET6
 
 
-def make_app(metrics: Metrics, health: HealthState) -> Callable[..., Iterable[bytes]]:
+DevicesView = Callable[[], dict[str, Any]]
+"""Builds the `/devices` document (called in an HTTP thread)."""
+
+
+def make_app(
+    metrics: Metrics, health: HealthState, devices: DevicesView | None = None
+) -> Callable[..., Iterable[bytes]]:
     metrics_app = make_wsgi_app(metrics.registry)
 
     def text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
@@ -355,7 +362,22 @@ def make_app(metrics: Metrics, health: HealthState) -> Callable[..., Iterable[by
                 ]
                 return text(start_response, "503 Service Unavailable", "\n".join(lines))
             return text(start_response, "200 OK", "ok")
-        return text(start_response, "404 Not Found", "not found: try /metrics, /healthz, /readyz")
+        if path == "/devices" and devices is not None:
+            try:
+                document = devices()
+            except RuntimeError:  # the loop changed a map while we read it: rare, retry
+                return text(start_response, "503 Service Unavailable", "busy: try again")
+            data = (json.dumps(document, sort_keys=True) + "\n").encode()
+            start_response(
+                "200 OK",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+            )
+            return [data]
+        return text(
+            start_response,
+            "404 Not Found",
+            "not found: try /metrics, /healthz, /readyz, /devices",
+        )
 
     return app
 
@@ -373,10 +395,11 @@ class HttpServer:
         max_threads: int = MAX_THREADS,
         request_deadline: float = REQUEST_DEADLINE,
         clock: Callable[[], float] = time.monotonic,
+        devices: DevicesView | None = None,
     ) -> None:
         server_class = _BoundedWSGIServerV6 if ":" in host else _BoundedWSGIServer
         self._server = server_class((host, port), max_threads, request_deadline, clock)
-        self._server.set_app(make_app(metrics, health))
+        self._server.set_app(make_app(metrics, health, devices))
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="kdp-http", daemon=True
         )

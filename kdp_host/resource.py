@@ -17,12 +17,21 @@ from dataclasses import dataclass, field
 
 from .backoff import Backoff
 from .config import ResourceConfig
-from .devices import DeviceTable, Snapshot
-from .drivers import DeviceReporter, DriverDeps, DriverFactory, failure_threshold, make_driver
-from .files import DaemonThreads
+from .devices import DeviceTable, Snapshot, physical_id
+from .drivers import (
+    DeviceReporter,
+    Driver,
+    DriverDeps,
+    DriverFactory,
+    failure_threshold,
+    make_driver,
+)
+from .files import DaemonThreads, Offload
 from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
+from .ownership import OwnedTable, OwnershipIndex
+from .podresources import Holdings, PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
 from .protocol.endpoint import socket_name
 from .protocol.registration import (
@@ -35,6 +44,7 @@ from .protocol.registration import (
 )
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
+from .release import ReleaseStateStore, ReleaseTracker
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0
@@ -56,10 +66,17 @@ class HostServices:
     log: EventLogger
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
-    threads: DaemonThreads = field(default_factory=DaemonThreads)
-    """Daemon threads for the drivers' scans, shared by every resource."""
+    offload: Offload = field(default_factory=DaemonThreads)
+    """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
-    """Runs the preStart and allocate commands."""
+    """Runs every command of the resources: probes, health checks, preStart, allocate and
+    release."""
+    pod_resources: PodResourcesPoller | None = None
+    """Who holds each device (None: PodResources polling is off)."""
+    release_state: ReleaseStateStore | None = None
+    """What the release trackers keep across restarts (None: `release` cannot run)."""
+    ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
+    """The host's one index of claimed nodes and mount sources, shared by every resource."""
     status_changed: Callable[[], None] = lambda: None
     """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
 
@@ -123,6 +140,18 @@ class ResourceRuntime:
                 self.log,
             )
         )
+        self.release = (
+            None
+            if config.release is None or services.release_state is None
+            else ReleaseTracker(
+                config,
+                self.table,
+                services.release_state,
+                services.commands,
+                services.metrics,
+                self.log,
+            )
+        )
         self._first_list_ready: list[asyncio.Event] = [self.table.published]
         """Set when the first list is complete (the driver's first scan, the first CDI spec
         write): the kubelet's first ListAndWatch then sees final health, not a flap."""
@@ -135,16 +164,48 @@ class ResourceRuntime:
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
-        deps = DriverDeps(self.log, services.watcher, threads=services.threads)
+        deps = DriverDeps(
+            self.log, services.watcher, offload=services.offload, commands=services.commands
+        )
         driver = services.drivers(self.config.driver, deps)
+        detach = services.ownership.attach(self.config.name, self.table.publish, self.log)
+        try:
+            await self._run(deps, driver)
+        finally:
+            detach()
+
+    async def _run(self, deps: DriverDeps, driver: Driver) -> None:
+        services = self._services
         reporter = DeviceReporter(
-            self.table,
+            OwnedTable(services.ownership, self.config.name, self.table),
             resource=self.config.name,
             log=self.log,
             metrics=services.metrics,
             failure_threshold=failure_threshold(self.config.driver),
         )
         self._on_devices_changed(self.table.snapshot)
+        poller = services.pod_resources
+        unsubscribe = None if poller is None else poller.subscribe(self._on_holdings)
+        if self.release is not None:
+            self.release.start()
+        try:
+            await self._run_parts(driver, reporter, deps)
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+            if self.release is not None:
+                await self.release.close()
+
+    def _on_holdings(self, holdings: Holdings) -> None:
+        """A PodResources answer: the in-use count, and news for the release tracker."""
+        replicas = self.config.replicas
+        in_use = {physical_id(a, replicas) for a in holdings.of(self.config.name)}
+        self._services.metrics.devices_in_use.labels(self.config.name).set(len(in_use))
+        if self.release is not None:
+            self.release.holdings(holdings)
+
+    async def _run_parts(self, driver: Driver, reporter: DeviceReporter, deps: DriverDeps) -> None:
+        services = self._services
         async with asyncio.TaskGroup() as group:
             group.create_task(driver.run(reporter), name=f"{self.config.name}:driver")
             if self.config.health is not None:
@@ -169,6 +230,9 @@ class ResourceRuntime:
                     self.log,
                     report=functools.partial(self._set_problem, "cdi"),
                     count_failure=cdi_failures.inc,
+                    instance=services.instance_id,
+                    watcher=services.watcher,
+                    offload=services.offload,
                 )
                 self._first_list_ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{self.config.name}:cdi")
@@ -217,6 +281,7 @@ class ResourceRuntime:
                 on_stream_lost=self._on_stream_lost,
                 pre_start=self._pre_start,
                 allocate_hook=self._allocate_hook,
+                release=self.release,
             )
             server = PluginServer([service])
             try:

@@ -92,6 +92,8 @@ def test_hooks_benchmark_structure() -> None:
         "allocate p50 without allocate.command",
         "allocate p50 with allocate.command",
         "PreStartContainer p50 with preStart: true",
+        "command run p50 (true)",
+        "event loop held per spawn p50",
     ]
     check_figures(figures, with_target=False)
 

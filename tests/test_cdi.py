@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,8 @@ from kdp_host.cdi import (
     CdiSpecWriter,
     build_spec,
     minimum_cdi_version,
+    owner_path,
+    read_owner,
     render_spec_file,
     spec_file_name,
     spec_path,
@@ -35,6 +38,7 @@ from kdp_host.config import (
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
 from kdp_host.logs import get_logger
 from kdp_host.rules import cdi_kind_problem, extended_resource_name_problem
+from kdp_host.watch import make_watcher
 
 from .conftest import wait_until
 
@@ -368,15 +372,15 @@ def test_file_names() -> None:
 # --------------------------------------------------------------------------- atomic write
 
 
-async def test_write_atomic_replaces_by_rename(tmp_path: Path) -> None:
+def test_write_atomic_replaces_by_rename(tmp_path: Path) -> None:
     target = tmp_path / "new" / "dir" / "spec.json"
-    await write_atomic(str(target), b"one")
+    write_atomic(str(target), b"one")
     assert target.read_bytes() == b"one"
     assert oct(target.stat().st_mode & 0o777) == oct(0o644 & ~_umask())
     reader = os.open(target, os.O_RDONLY)  # an open reader keeps the old inode
     try:
         old_inode = target.stat().st_ino
-        await write_atomic(str(target), b"two")
+        write_atomic(str(target), b"two")
         assert target.read_bytes() == b"two"
         assert target.stat().st_ino != old_inode
         assert os.read(reader, 16) == b"one"  # the old file was never modified in place
@@ -385,18 +389,18 @@ async def test_write_atomic_replaces_by_rename(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["spec.json"]
 
 
-async def test_write_atomic_failure_keeps_old_content(
+def test_write_atomic_failure_keeps_old_content(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "spec.json"
-    await write_atomic(str(target), b"old")
+    write_atomic(str(target), b"old")
 
-    async def broken_replace(src: str, dst: str) -> None:
+    def broken_replace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cdi_module.aiofiles.os, "replace", broken_replace)
+    monkeypatch.setattr(cdi_module.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space"):
-        await write_atomic(str(target), b"new")
+        write_atomic(str(target), b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["spec.json"]
 
@@ -431,7 +435,7 @@ async def running() -> AsyncIterator[list[RunningWriter]]:
 
 
 def start_writer(
-    running: list[RunningWriter], config: ResourceConfig, table: DeviceTable, **options: float
+    running: list[RunningWriter], config: ResourceConfig, table: DeviceTable, **options: Any
 ) -> CdiSpecWriter:
     writer = CdiSpecWriter(config, table, get_logger(), **options)
     running.append(RunningWriter(writer))
@@ -608,3 +612,81 @@ async def test_a_spec_file_of_another_kind_resolves_nothing(
     assert spec_device_names(content, "other.example/kind") == frozenset()
     assert spec_device_names(b"{not json", KIND) == frozenset()
     assert spec_device_names(b'{"kind": "%s", "devices": "x"}' % KIND.encode(), KIND) == set()
+
+
+# --------------------------------------------------------------------------- handover
+
+
+async def test_a_stopping_instance_leaves_the_spec_file_the_new_instance_owns(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """A rolling upgrade (maxSurge: two instances on one node): the old instance stops while
+    the new one serves the same resource from the same file name. The old one must neither
+    remove the file nor fight over it."""
+    config = resource(tmp_path)
+    old_table, new_table = DeviceTable(), DeviceTable()
+    for table in (old_table, new_table):
+        table.publish([dev("fpga0"), dev("fpga1")])
+    old = start_writer(running, config, old_table, debounce=0.0, instance="old")
+    await wait_until(lambda: synced(old, old_table), what="the old instance wrote")
+    new = start_writer(running, config, new_table, debounce=0.0, instance="new")
+    await wait_until(lambda: synced(new, new_table), what="the new instance took over")
+    assert Path(new.owner_file).read_text().strip() == "new"
+    # a device the old one still sees changes: it leaves the file to the owner
+    old_table.publish([dev("fpga0")])
+    await wait_until(lambda: synced(old, old_table), what="the old instance saw its change")
+    await running[0].stop()
+    path = Path(new.path)
+    assert path.exists(), "the old instance removed the new instance's spec file"
+    assert [d["name"] for d in json.loads(path.read_text())["devices"]] == ["fpga0", "fpga1"]
+    assert all(d.healthy for d in new_table.snapshot.devices)
+    await running[1].stop()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_spec_file_removed_behind_the_writers_back_is_seen_at_once(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """The spec dir is watched: a removal is noticed (devices held Unhealthy) and repaired
+    without waiting for the periodic check (here: never)."""
+    log = get_logger()
+    watcher = make_watcher(log)
+    watch_task = asyncio.create_task(watcher.run())
+    try:
+        table = DeviceTable()
+        table.publish([dev("fpga0")])
+        writer = start_writer(
+            running, resource(tmp_path), table, debounce=0.0, verify_interval=3600.0,
+            watcher=watcher,
+        )  # fmt: skip
+        await wait_until(lambda: synced(writer, table), what="first write")
+        Path(writer.path).unlink()
+        await wait_until(
+            lambda: Path(writer.path).exists() and writer.writes == 2, what="written again"
+        )
+        validate_cdi_spec(json.loads(Path(writer.path).read_text()))
+    finally:
+        for item in running:
+            await item.stop()
+        watch_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch_task
+
+
+async def test_an_owner_whose_lease_ran_out_is_taken_over(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """An instance killed without cleanup leaves its owner file: once its lease is over,
+    another instance writes the spec file again."""
+    config = resource(tmp_path)
+    owner = Path(owner_path(spec_path(config)))
+    owner.write_text("killed\n")
+    os.utime(owner, (0, 0))
+    assert read_owner(str(owner), lease=30.0) is None
+    table = DeviceTable()
+    table.publish([dev("fpga0")])
+    writer = start_writer(running, config, table, debounce=0.0, instance="live")
+    await wait_until(lambda: synced(writer, table), what="written")
+    assert owner.read_text().strip() == "live" and Path(writer.path).exists()
+    os.utime(owner)
+    assert read_owner(str(owner), lease=30.0) == "live"

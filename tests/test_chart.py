@@ -542,6 +542,16 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     assert m["sys"] == {"name": "sys", "mountPath": "/sys", "readOnly": True}
     assert v["sys"]["hostPath"]["path"] == "/sys"
     assert m["config"] == {"name": "config", "mountPath": "/etc/kdp-host", "readOnly": True}
+    # PodResources (who holds each device) is read by default; no resource has `release`,
+    # so no state directory is mounted
+    pod_resources = "/var/lib/kubelet/pod-resources"
+    assert m["pod-resources"] == {
+        "name": "pod-resources",
+        "mountPath": pod_resources,
+        "readOnly": True,
+    }
+    assert v["pod-resources"]["hostPath"] == {"path": pod_resources, "type": "DirectoryOrCreate"}
+    assert "state" not in m and "state" not in v
     (source,) = v["config"]["projected"]["sources"]
     assert source["configMap"]["name"] == one(docs, "ConfigMap", "-config")["metadata"]["name"]
     assert source["configMap"]["items"] == [{"key": "config.yaml", "path": "config.yaml"}]
@@ -636,6 +646,15 @@ def test_custom_config_drives_mounts_port_and_checksum(rendered: dict[str, list[
         if name.startswith("cdi-"):
             assert vol["hostPath"]["type"] == "DirectoryOrCreate"
             assert mounts(docs)[name]["mountPath"] == vol["hostPath"]["path"]
+    # a resource with `release`: its state directory, and PodResources where the kubelet is
+    kubelet = "/var/snap/microk8s/common/var/lib/kubelet"
+    assert mounts(docs)["pod-resources"]["mountPath"] == f"{kubelet}/pod-resources"
+    assert volumes(docs)["pod-resources"]["hostPath"]["path"] == f"{kubelet}/pod-resources"
+    assert mounts(docs)["state"] == {"name": "state", "mountPath": "/var/lib/kdp-host-fpga"}
+    assert volumes(docs)["state"]["hostPath"] == {
+        "path": "/var/lib/kdp-host-fpga",
+        "type": "DirectoryOrCreate",
+    }
     annotations = daemonset(docs)["spec"]["template"]["metadata"]["annotations"]
     assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
     assert daemonset(docs)["spec"]["updateStrategy"]["rollingUpdate"] == {
@@ -690,6 +709,7 @@ def test_overrides(rendered: dict[str, list[Doc]]) -> None:
     assert c["args"][-2:] == ["--log-level", "debug"]
     assert {"name": "KDP_EXAMPLE", "value": "1"} in c["env"]
     assert c["env"][0]["name"] == "NODE_NAME"
+    assert "pod-resources" not in mounts(docs) and "pod-resources" not in volumes(docs)
     assert mounts(docs)["run-udev"]["mountPath"] == "/run/udev"
     assert volumes(docs)["run-udev"]["hostPath"]["path"] == "/run/udev"
     assert c["livenessProbe"]["periodSeconds"] == 20

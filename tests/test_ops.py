@@ -346,6 +346,88 @@ async def test_a_removed_resource_leaves_no_series(
     assert value(running.metrics, "kdp_registered", resource=FPGA) == 1
 
 
+def test_forget_hooks_drops_exactly_the_hooks_not_kept() -> None:
+    metrics = Metrics(process_collectors=False)
+    for resource in ("a.io/x", "a.io/y"):
+        metrics.add_pre_start(resource)
+        metrics.add_allocate_hook(resource)
+        metrics.add_release(resource)
+        metrics.pre_start_seconds.labels(resource).observe(0.1)
+        metrics.release_seconds.labels(resource).observe(0.1)
+    metrics.forget_hooks("a.io/x", keep={"preStart"})
+
+    def families(resource: str) -> set[str]:
+        return {
+            name.removesuffix("_total").removesuffix("_count").removesuffix("_sum")
+            for name, labels in samples(metrics)
+            if ("resource", resource) in labels and not name.endswith("_bucket")
+        }
+
+    assert families("a.io/x") == {
+        "kdp_pre_start_calls",
+        "kdp_pre_start_waits",
+        "kdp_pre_start_duration_seconds",
+    }
+    assert families("a.io/y") >= {
+        "kdp_allocate_hook_runs",
+        "kdp_release_runs",
+        "kdp_releases_pending",
+    }
+
+
+async def test_a_hook_removed_by_a_reload_leaves_no_series(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    """Issue 17 item 12: a changed resource restarts; the series of a hook its new config no
+    longer has are dropped once the old runtime is gone, the others stay."""
+    config = short_dir / "config.yaml"
+    both = 'preStart: {command: ["true"]}\nallocate: {command: ["true"]}'
+    hooked = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"), extra=both)
+    write_config(config, hooked)
+    running = await start_host(hooked, config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+
+    def hook_series() -> set[str]:
+        hook_names = ("kdp_pre_start", "kdp_allocate_hook")
+        return {
+            name
+            for name, labels in samples(running.metrics)
+            if ("resource", FPGA) in labels and name.startswith(hook_names)
+        }
+
+    assert {"kdp_pre_start_calls_total", "kdp_pre_start_waits_total"} <= hook_series()
+    assert "kdp_allocate_hook_runs_total" in hook_series()
+
+    write_config(config, glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
+    await wait_until(lambda: not hook_series(), what="the hook series dropped")
+    await kubelet.wait_for(lambda: kubelet.options(FPGA) is not None)
+    await kubelet.wait_for(lambda: not kubelet.options(FPGA).pre_start_required)
+    await wait_until(
+        lambda: value(running.metrics, "kdp_registered", resource=FPGA) == 1,
+        what="the restarted resource registered",
+    )
+    running.host.request_reload()
+    await wait_until(
+        lambda: value(running.metrics, "kdp_config_reloads_total", result="unchanged") == 1,
+        what="a later reload ran",
+    )
+    assert hook_series() == set()
+
+    # one hook back: its series return at zero, the other's stay away
+    pre_start_only = glob_config(
+        socket_dir, (FPGA, f"{devices}/fpga*"), extra='preStart: {command: ["true"]}'
+    )
+    write_config(config, pre_start_only)
+    await wait_until(lambda: "kdp_pre_start_calls_total" in hook_series(), what="preStart back")
+    await wait_until(
+        lambda: value(running.metrics, "kdp_config_reloads_total", result="ok") == 2,
+        what="the second reload applied",
+    )
+    await kubelet.wait_for(lambda: kubelet.options(FPGA).pre_start_required)
+    assert "kdp_allocate_hook_runs_total" not in hook_series()
+    assert value(running.metrics, "kdp_pre_start_calls_total", resource=FPGA, result="ok") == 0
+
+
 async def test_sighup_with_an_unchanged_file_is_logged_and_counted(
     kubelet: KubeletSimulator,
     socket_dir: Path,
@@ -790,8 +872,10 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         CONFIG_RELOAD_RESULTS,
         DRIVER_ERROR_REASONS,
         DRIVER_SKIP_REASONS,
+        POD_RESOURCES_RESULTS,
         PRE_START_RESULTS,
         REGISTRATION_RESULTS,
+        RELEASE_RESULTS,
     )
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
@@ -804,11 +888,14 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     metrics.add_resource(FPGA)
     metrics.add_pre_start(FPGA)
     metrics.add_allocate_hook(FPGA)
+    metrics.add_release(FPGA)
+    metrics.add_pod_resources()
     for histogram in (
         metrics.allocate_seconds,
         metrics.preferred_seconds,
         metrics.scan_seconds,
         metrics.pre_start_seconds,
+        metrics.release_seconds,
     ):
         histogram.labels(FPGA).observe(0.001)
     metrics.config_info.info({"sha256": "0" * 64})
@@ -831,6 +918,8 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         "kdp_config_reloads_total": CONFIG_RELOAD_RESULTS,
         "kdp_pre_start_calls_total": PRE_START_RESULTS,
         "kdp_allocate_hook_runs_total": ALLOCATE_HOOK_RESULTS,
+        "kdp_release_runs_total": RELEASE_RESULTS,
+        "kdp_pod_resources_polls_total": POD_RESOURCES_RESULTS,
     }
     for name, known in values.items():
         assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name
@@ -840,8 +929,8 @@ async def test_readyz_follows_registration_at_once_not_at_the_next_heartbeat(
     kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
 ) -> None:
     """Issue 17 item 14: readiness is event-driven. The step that marks a resource registered
-    (or not) also updates what /readyz serves, before the loop runs anything else: the
-    heartbeat (every 0.5 s) is only a safety net."""
+    (or not) also updates what /readyz serves, before the loop runs anything else (a probe's
+    answer on the loop refreshes it too)."""
     running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
     health = running.host.health
 
@@ -849,7 +938,7 @@ async def test_readyz_follows_registration_at_once_not_at_the_next_heartbeat(
     status = running.host.resources[FPGA].status
 
     async def on_every_iteration_until(ready: bool) -> None:
-        """Polled on every loop iteration (on purpose, hence no Event): the heartbeat cannot
+        """Polled on every loop iteration (on purpose, hence no Event): nothing else can
         slip in between the status change and the look at what /readyz serves."""
         async with asyncio.timeout(30):
             while status.ready is not ready:  # noqa: ASYNC110

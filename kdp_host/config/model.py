@@ -36,6 +36,7 @@ from ..protocol.endpoint import SOCKET_NAME_MIN_LENGTH
 from ..rules import (
     ENV_NAME_PATTERN,
     GLOB_MAGIC,
+    MAX_ALLOCATE_TIMEOUT,
     MAX_NUMA_NODE,
     MAX_PRE_START_TIMEOUT,
     absolute_path_problem,
@@ -76,6 +77,8 @@ HOOK_TEMPLATE_FIELDS = ALLOCATE_TEMPLATE_FIELDS | {"hostPaths"}
 """Templates of the preStart and allocate commands: the allocate ones, plus the host paths
 (the commands run on the host)."""
 MAX_PRE_START_PARALLELISM = 64
+MIN_POD_RESOURCES_INTERVAL = 1.0
+"""The shortest PodResources poll interval (the kubelet's limit is shared by all clients)."""
 MAX_GID = 2**32 - 2
 """Highest group ID (2^32 - 1 is the kernel's "no group")."""
 GLOB_TEMPLATE_FIELDS = frozenset({"path", "name"})
@@ -696,8 +699,16 @@ class AllocateConfig:
     )
     timeout: float = key(
         "timeout",
-        Duration(0.05),
-        "Kill `command` after this, and fail the Allocate.",
+        Duration(
+            0.05,
+            maximum=MAX_ALLOCATE_TIMEOUT,
+            why="the kubelet admits one pod at a time and gives Allocate no deadline, so "
+            "every second a command runs stalls every pod admission on the node",
+        ),
+        f"Kill `command` after this, and fail the Allocate. At most "
+        f"{MAX_ALLOCATE_TIMEOUT:g}s: the kubelet admits one pod at a time and waits for "
+        "Allocate without a deadline, so this bounds how long one command can hold up the "
+        "admission of every pod on the node.",
         default="2s",
     )
 
@@ -730,7 +741,12 @@ class PreStartConfig:
     )
     timeout: float = key(
         "timeout",
-        Duration(0.05),
+        Duration(
+            0.05,
+            maximum=MAX_PRE_START_TIMEOUT,
+            why="the kubelet gives PreStartContainer 30s, and the kill grace and the answer "
+            "must fit in it",
+        ),
         f"TERM then KILL the command's process group after this. At most "
         f"{MAX_PRE_START_TIMEOUT:g}s: the kubelet gives PreStartContainer 30s, and the "
         "answer must reach it before that.",
@@ -763,12 +779,63 @@ class PreStartConfig:
         default=4,
     )
 
+
+ReleaseFailure = Literal["ignore", "unhealthy"]
+RELEASE_TEMPLATE_FIELDS = HOOK_TEMPLATE_FIELDS | {"pod", "namespace", "container"}
+"""Templates of `release.command`: the hook ones, plus who held the device last."""
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    command: tuple[str, ...] = key(
+        "command",
+        Argv(templates=RELEASE_TEMPLATE_FIELDS),
+        "argv run for each device once no container holds it any more (an FPGA reset, a GPU "
+        "scrub, a USB power-cycle): `{ids}` (the device), `{paths}`, `{hostPaths}`, "
+        "`{count}`, `{resource}`, and who held it last as seen through the kubelet's "
+        "PodResources API, `{namespace}`, `{pod}`, `{container}` (empty when not seen). "
+        "Same containment as probes. Until it has succeeded no other container starts with "
+        "the device: the resource asks for PreStartContainer, which waits for (or runs) the "
+        "pending release of its devices.",
+    )
+    timeout: float = key(
+        "timeout",
+        Duration(0.05),
+        f"TERM then KILL the command's process group after this, a failure. At most "
+        f"{MAX_PRE_START_TIMEOUT:g}s: a container start may wait for it inside the kubelet's "
+        "30s PreStartContainer deadline.",
+        default="10s",
+    )
+    env: Mapping[str, str] = key(
+        "env",
+        StringMap(env_name_problem, templates=RELEASE_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
+        "Extra environment variables (values take the same templates); the device's own env "
+        "entries are passed too, these win.",
+        default={},
+    )
+    on_failure: ReleaseFailure = key(
+        "onFailure",
+        Choice(("ignore", "unhealthy")),
+        "`unhealthy`: a device whose release failed is reported Unhealthy until a later "
+        "release succeeds (retried with backoff, and at the next container start on it) or "
+        "its `health` command passes. `ignore`: it stays Healthy. Either way the release "
+        "stays pending: the next container start on the device runs it again and fails "
+        "with its error if it fails again.",
+        default="unhealthy",
+    )
+    parallelism: int = key(
+        "parallelism",
+        Integer(1, MAX_PRE_START_PARALLELISM),
+        "At most this many release commands of the resource run at once.",
+        default=4,
+    )
+
     def check(self) -> Problems:
         if self.timeout > MAX_PRE_START_TIMEOUT:
             yield (
                 ("timeout",),
-                f"must be at most {MAX_PRE_START_TIMEOUT:g}s: the kubelet gives "
-                "PreStartContainer 30s, and the kill grace and the answer must fit in it",
+                f"must be at most {MAX_PRE_START_TIMEOUT:g}s: a container start waits for a "
+                "pending release inside the kubelet's 30s PreStartContainer deadline",
             )
 
 
@@ -812,6 +879,13 @@ class ResourceConfig:
         "A per-device health command, for any driver (below).",
         default=None,
     )
+    release: ReleaseConfig | None = key(
+        "release",
+        Section(ReleaseConfig),
+        "A command run when a device is no longer held by any container, before any other "
+        "container may start with it (below).",
+        default=None,
+    )
     replicas: int = key(
         "replicas",
         Integer(1, MAX_REPLICAS),
@@ -845,6 +919,31 @@ class KubeletConfig:
         "it if it does not exist yet. Needs a restart to change.",
         default="/var/lib/kubelet/device-plugins",
     )
+    pod_resources_socket: str = key(
+        "podResourcesSocket",
+        AbsolutePath(rule=socket_path_problem),
+        "The kubelet's PodResources socket: who holds each device (`kdp-host status`, "
+        "`/devices`, `release`). Missing or refusing: logged and counted, everything else "
+        "works. Needs a restart to change.",
+        default="/var/lib/kubelet/pod-resources/kubelet.sock",
+    )
+    pod_resources_interval: float = key(
+        "podResourcesInterval",
+        Duration(0.0),
+        "How often PodResources is asked (one List call). The kubelet allows 100 calls/s "
+        "(burst 10) for all its clients together; kdp-host backs off when refused. `0s` "
+        f"turns polling off; otherwise at least {MIN_POD_RESOURCES_INTERVAL:g}s. Needs a "
+        "restart to change.",
+        default="5s",
+    )
+
+    def check(self) -> Problems:
+        if 0 < self.pod_resources_interval < MIN_POD_RESOURCES_INTERVAL:
+            yield (
+                ("podResourcesInterval",),
+                f"must be 0s (off) or at least {MIN_POD_RESOURCES_INTERVAL:g}s: the kubelet's "
+                "PodResources rate limit is shared with every other client on the node",
+            )
 
 
 @dataclass(frozen=True)
@@ -852,7 +951,7 @@ class MetricsConfig:
     listen: str = key(
         "listen",
         Text(rule=_listen_problem, extra_schema={"pattern": "^.*:[0-9]{1,5}$"}),
-        "`host:port` of `/metrics`, `/healthz`, `/readyz`. Needs a restart to change.",
+        "`host:port` of `/metrics`, `/healthz`, `/readyz`, `/devices`. Needs a restart to change.",
         default="0.0.0.0:9410",
     )
     histograms: HistogramMode = key(
@@ -863,6 +962,13 @@ class MetricsConfig:
         "`resource` label: at most 45 series whatever the number of resources), or `off`. "
         "Needs a restart to change.",
         default=DEFAULT_HISTOGRAM_MODE,
+    )
+    devices: bool = key(
+        "devices",
+        Boolean(),
+        "Serve `/devices` (device IDs and the pods holding them, for `kdp-host status`). "
+        "Needs a restart to change.",
+        default=True,
     )
 
     @property
@@ -878,6 +984,14 @@ class MetricsConfig:
 class Config:
     kubelet: KubeletConfig = key("kubelet", Section(KubeletConfig), "", factory=KubeletConfig)
     metrics: MetricsConfig = key("metrics", Section(MetricsConfig), "", factory=MetricsConfig)
+    state_dir: str = key(
+        "stateDir",
+        AbsolutePath(),
+        "Where kdp-host keeps what must outlive it: which devices of resources with `release` "
+        "were used and not released yet (a small file, `release-state.json`). Needs a "
+        "restart to change.",
+        default="/var/lib/kdp-host",
+    )
     resources: tuple[ResourceConfig, ...] = key(
         "resources",
         ListOf(
@@ -891,6 +1005,24 @@ class Config:
     sha256: str = ""
     """Hash of the file's bytes: shows in metrics which config is in force."""
 
+    def check(self) -> Problems:
+        """One resource per CDI kind: CDI names are unique per kind only when one resource
+        names all of them (two resources of one kind could both publish `kind=fpga0`)."""
+        first: dict[str, int] = {}
+        for index, resource in enumerate(self.resources):
+            cdi = resource.allocate.cdi
+            if cdi is None:
+                continue
+            if cdi.kind in first:
+                other = self.resources[first[cdi.kind]].name
+                yield (
+                    ("resources", index, "allocate", "cdi", "kind"),
+                    f"CDI kind {cdi.kind!r} is already used by resource {other!r}: each "
+                    "resource needs a kind of its own (its device names are unique only "
+                    "within it), e.g. another class: vendor.example/fpga-b",
+                )
+            first.setdefault(cdi.kind, index)
+
 
 README_TABLES: Mapping[str, tuple[type[object], str]] = {
     "config": (Config, ""),
@@ -900,6 +1032,7 @@ README_TABLES: Mapping[str, tuple[type[object], str]] = {
     "health": (HealthCheckConfig, "health."),
     "allocate": (AllocateConfig, "allocate."),
     "pre-start": (PreStartConfig, "preStart."),
+    "release": (ReleaseConfig, "release."),
 }
 """README.md reference tables: the marker name, the section, and its key prefix. A section
 with a table of its own is one row in its parent's table."""

@@ -36,6 +36,7 @@ from .directory import cleanup_plugin_directory, remove_socket
 from .log import log_event
 from .manager import DeviceManager, describe
 from .plugins import PluginHandler
+from .podresources import PodResourcesServer
 from .records import (
     CHECKPOINT_NAME,
     DIAL_TIMEOUT,
@@ -68,12 +69,15 @@ class KubeletSimulator:
         pre_start_timeout: float = PRE_START_TIMEOUT,
         rpc_timeout: float | None = None,
         cleanup_sockets_only: bool = False,
+        pod_resources_dir: Path | None = None,
     ) -> None:
         """
         ``rpc_timeout`` bounds GetPreferredAllocation/Allocate (the kubelet has none: keep
         None to reproduce a hung admission). ``cleanup_sockets_only`` removes only sockets at
         start, like newer kubelets; the default removes every non-directory entry
         (docs/kubelet-contract.md §9). ``clock`` stamps records and stopped endpoints.
+        ``pod_resources_dir``: also serve the PodResources API on ``<dir>/kubelet.sock``
+        while running (``simulator/podresources.py``).
         """
         self.socket_dir = Path(socket_dir)
         self.socket_path = self.socket_dir / KUBELET_SOCKET_NAME
@@ -106,6 +110,11 @@ class KubeletSimulator:
         """The clock just before ``kubelet.sock`` was created by the last start."""
 
         self._server: RegistrationServer | None = None
+        self.pod_resources = (
+            None
+            if pod_resources_dir is None
+            else PodResourcesServer(self._manager, pod_resources_dir)
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._changes = ChangeFeed(lambda: "; ".join(self.describe().values()) or "no resources")
 
@@ -180,6 +189,8 @@ class KubeletSimulator:
         self.listening_since = self._clock()
         await server.start(self.socket_path)
         self._server = server
+        if self.pod_resources is not None:
+            await self.pod_resources.start()
         self.starts += 1
         log_event(
             logging.INFO,
@@ -198,6 +209,8 @@ class KubeletSimulator:
         if server is None:
             return
         self._server = None
+        if self.pod_resources is not None:
+            await self.pod_resources.stop()
         if crash:
             await server.stop()
             await asyncio.to_thread(remove_socket, self.socket_path)

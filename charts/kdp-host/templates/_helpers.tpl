@@ -147,6 +147,41 @@ resource that uses CDI, one per line, deduplicated.
 {{- end }}
 
 {{/*
+The kubelet's PodResources directory (the directory of config.kubelet.podResourcesSocket),
+mounted read-only at the same path when polling is on (podResourcesInterval not 0s); empty
+when it is off.
+*/}}
+{{- define "kdp-host.podResourcesDir" -}}
+{{- $interval := dig "kubelet" "podResourcesInterval" "5s" .Values.config | toString }}
+{{- if not (regexMatch "^0+(\\.0*)?(ns|us|µs|ms|s|m|h)?$" $interval) }}
+{{- $socket := dig "kubelet" "podResourcesSocket" "/var/lib/kubelet/pod-resources/kubelet.sock" .Values.config | toString }}
+{{- if not (hasPrefix "/" $socket) }}
+{{- fail (printf "config.kubelet.podResourcesSocket must be an absolute path, got %q" $socket) }}
+{{- end }}
+{{- dir $socket }}
+{{- end }}
+{{- end }}
+
+{{/*
+config.stateDir when a resource has `release` (its state must outlive the pod), else empty.
+*/}}
+{{- define "kdp-host.stateDir" -}}
+{{- $used := false }}
+{{- range $r := (dig "resources" (list) .Values.config) }}
+{{- if and (kindIs "map" $r) (hasKey $r "release") }}
+{{- $used = true }}
+{{- end }}
+{{- end }}
+{{- if $used }}
+{{- $dir := dig "stateDir" "/var/lib/kdp-host" .Values.config | toString }}
+{{- if not (hasPrefix "/" $dir) }}
+{{- fail (printf "config.stateDir must be an absolute path, got %q" $dir) }}
+{{- end }}
+{{- $dir }}
+{{- end }}
+{{- end }}
+
+{{/*
 The container securityContext: the preset, with .Values.securityContext merged over it.
 */}}
 {{- define "kdp-host.securityContext" -}}

@@ -1,0 +1,94 @@
+"""One node in at most one advertised device of the host, through the kubelet's real device
+manager (v1.32, tests/kubelet_harness.py): the kubelet books per resource and ID, so only the
+host can keep a node from reaching two pods."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .conftest import glob_config
+
+FPGA = "vendor.example/fpga"
+ALIAS = "vendor.example/alias"
+
+
+def host_paths(answer: dict[str, object]) -> set[str]:
+    devices = answer["devices"]
+    assert isinstance(devices, list)
+    return {os.path.realpath(d["PathOnHost"]) for d in devices}
+
+
+async def test_two_resources_never_hand_one_node_to_two_pods(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    (devices / "fpga1").unlink()
+    (devices / "alias0").symlink_to(devices / "fpga0")
+    kubelet = real_kubelet_factory()
+    running = await start_host(
+        glob_config(
+            kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]*"), (ALIAS, f"{devices}/alias*")
+        )
+    )
+
+    def both_registered(k) -> bool:
+        return k.resource(FPGA) is not None and k.resource(ALIAS) is not None
+
+    await kubelet.await_for(both_registered, what="both resources registered")
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    second = await kubelet.acall(kubelet.allocate, "p2", {ALIAS: 1})
+    granted = [a for a in (first, second) if a["error"] == ""]
+    assert len(granted) == 1, (first, second)
+    assert host_paths(granted[0]) == {str(devices / "fpga0")}
+    seen = await kubelet.acall(kubelet.capacity)
+    healthy = sorted(seen["resources"][r]["healthy"] for r in (FPGA, ALIAS))
+    assert healthy == [0, 1]
+    registry = running.metrics.registry
+    counted = [
+        registry.get_sample_value(
+            "kdp_driver_skipped_total", {"resource": r, "reason": "node_owned"}
+        )
+        for r in (FPGA, ALIAS)
+    ]
+    assert sorted(counted) == [0, 1]
+
+
+async def test_a_reload_that_renames_ids_never_hands_a_booked_node_to_a_new_pod(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """A pattern added by a reload changes the patterns' common directory, so every glob ID
+    would change (`fpga0` -> `dev-fpga0`): the kubelet, which still books `fpga0` for the
+    running pod, would hand the same node to a new pod under its new ID."""
+    kubelet = real_kubelet_factory()
+    (devices / "fpga1").unlink()
+    other = short_dir / "other"
+    other.mkdir()
+    config = short_dir / "config.yaml"
+    config.write_text(glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]*")))
+    running = await start_host(config.read_text(), config_path=config)
+
+    def healthy(count: int):
+        def check(k) -> bool:
+            seen = k.resource(FPGA)
+            return seen is not None and seen["healthy"] == count
+
+        return check
+
+    await kubelet.await_for(healthy(1), what="fpga0 advertised")
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert first["error"] == "" and first["device_ids"][FPGA] == ["fpga0"]
+
+    (other / "x0").touch()
+    text = config.read_text().replace(
+        f'["{devices}/fpga[0-9]*"]', f'["{devices}/fpga[0-9]*", "{other}/x*"]'
+    )
+    config.write_text(text)
+    assert await running.host.reload_from(config) == "ok"
+    await kubelet.await_for(healthy(2), what="both devices after the reload")
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] == "", second
+    assert host_paths(second) == {str(other / "x0")}, "the booked node went to a second pod"
+    third = await kubelet.acall(kubelet.allocate, "p3", {FPGA: 1})
+    assert third["error"] != "", third
+    ids = sorted(kubelet.resource(FPGA)["device_numa"])
+    assert "fpga0" in ids, ids

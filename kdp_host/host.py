@@ -30,7 +30,7 @@ from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
-from .resource import HostServices, ResourceRuntime
+from .resource import HostServices, RegistryWait, ResourceRuntime
 from .stale_sockets import remove_stale_sockets
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
@@ -49,6 +49,9 @@ class Host:
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
+    registry_wait: RegistryWait = field(default_factory=RegistryWait)
+    """With `kubelet.registration: pluginsRegistry`: how long to wait for the kubelet's
+    verdict before creating a socket again."""
     load_config: Callable[[Path], Config] = load_config
     """Reads and validates a config file on reload (through `offload`); raises ConfigError."""
     offload: Offload = field(default_factory=DaemonThreads)
@@ -109,7 +112,7 @@ class Host:
                 detail="no setpriv (util-linux) on PATH: commands do not get the death signal",
             )
         services = HostServices(
-            socket_dir,
+            kubelet,
             self.instance_id,
             watcher,
             self.metrics,
@@ -120,6 +123,7 @@ class Host:
             release_state=release_state,
             ownership=self.ownership,
             status_changed=self._refresh_readiness,
+            registry_wait=self.registry_wait,
             offload=self.offload,
         )
         supervisor = Supervisor(services, self.restart_policy)
@@ -130,11 +134,13 @@ class Host:
             "host_started",
             resources=len(self.config.resources),
             socket_dir=socket_dir,
+            registration=kubelet.registration,
+            serve_dir=kubelet.serve_dir,
             instance=self.instance_id,
             watcher=watcher.kind,
         )
         self._record_config(self.config)
-        await self.offload.run(lambda: remove_stale_sockets(socket_dir, self.log))
+        await self.offload.run(lambda: remove_stale_sockets(kubelet.serve_dir, self.log))
         self.health.attach(asyncio.get_running_loop(), self._loop_answered)
         internal = [watch_task]
         if self._reloader is not None:

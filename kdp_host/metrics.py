@@ -45,6 +45,7 @@ DRIVER_SKIP_REASONS = (
     "rate_limited",
     "incomplete_group",
     "path_collision",
+    "unsafe_mount",
     "node_owned",
 )
 """Every `reason` a driver may count something it left out (without failing) under."""

@@ -26,6 +26,7 @@ Text rules (names, paths, env names, annotation keys) come from kdp_host/rules.p
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -910,6 +911,15 @@ def _socket_dir_problem(socket_dir: str) -> str | None:
     return None
 
 
+RegistrationMode = Literal["deviceSocket", "pluginsRegistry"]
+
+
+def _inside(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or lies under it (lexically)."""
+    path, directory = os.path.normpath(path), os.path.normpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 @dataclass(frozen=True)
 class KubeletConfig:
     socket_dir: str = key(
@@ -918,6 +928,23 @@ class KubeletConfig:
         "The kubelet's device-plugin directory (where `kubelet.sock` is). kdp-host waits for "
         "it if it does not exist yet. Needs a restart to change.",
         default="/var/lib/kubelet/device-plugins",
+    )
+    registration: RegistrationMode = key(
+        "registration",
+        Choice(("deviceSocket", "pluginsRegistry")),
+        "How resources register: `deviceSocket` (serve in `socketDir`, call Register on "
+        "`kubelet.sock`, register again after a kubelet restart) or `pluginsRegistry` (serve "
+        "in `pluginsRegistryDir`, where the kubelet's plugin watcher finds and registers them, "
+        "also after its restarts). See [Registration modes](#registration-modes). Needs a "
+        "restart to change.",
+        default="deviceSocket",
+    )
+    plugins_registry_dir: str = key(
+        "pluginsRegistryDir",
+        AbsolutePath(rule=_socket_dir_problem),
+        "The kubelet's plugin-watcher directory, used with `registration: pluginsRegistry`. "
+        "kdp-host waits for it if it does not exist yet. Needs a restart to change.",
+        default="/var/lib/kubelet/plugins_registry",
     )
     pod_resources_socket: str = key(
         "podResourcesSocket",
@@ -937,7 +964,22 @@ class KubeletConfig:
         default="5s",
     )
 
+    @property
+    def serve_dir(self) -> str:
+        """Where the resources' sockets are: the directory the chosen registration uses."""
+        if self.registration == "pluginsRegistry":
+            return self.plugins_registry_dir
+        return self.socket_dir
+
     def check(self) -> Problems:
+        if self.registration == "pluginsRegistry" and _inside(
+            self.socket_dir, self.plugins_registry_dir
+        ):
+            yield (
+                ("pluginsRegistryDir",),
+                "must not be socketDir or contain it: the kubelet would take kubelet.sock "
+                "for a plugin",
+            )
         if 0 < self.pod_resources_interval < MIN_POD_RESOURCES_INTERVAL:
             yield (
                 ("podResourcesInterval",),

@@ -237,7 +237,9 @@ class KdpHost:
         loop: str = "auto",
         log_level: str = "info",
         name: str = "kdp-host",
+        kubelet: dict[str, Any] | None = None,
     ) -> None:
+        """`kubelet`: more keys of the config's kubelet section (e.g. the registration)."""
         self.workdir = workdir
         self.socket_dir = socket_dir
         self.config_path = workdir / f"{name}.yaml"
@@ -245,7 +247,7 @@ class KdpHost:
         self.loop = loop
         self.log_level = log_level
         config = {
-            "kubelet": {"socketDir": str(socket_dir)},
+            "kubelet": {"socketDir": str(socket_dir), **(kubelet or {})},
             "metrics": {"listen": f"127.0.0.1:{free_port()}"},
             "resources": resources,
         }

@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, str] = {
     "sysfs": "sysfs",
     "hostile": "hostile",
     "hooks": "hooks",
+    "registration": "registration",
     "peer": "peer",
 }
 EXTERNAL = {"allocation": "bench_allocation"}

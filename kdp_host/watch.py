@@ -178,6 +178,8 @@ class InotifyWatcher:
         self._pending: set[str] = set()
         self._retry_wanted = asyncio.Event()
         self._retry_interval = retry_interval
+        self._closed = False
+        """The descriptor is closed (`run` ended): subscriptions may still be cancelled."""
 
     def subscribe(
         self, directory: str, callback: WatchCallback, names: Iterable[str] | None = None
@@ -197,11 +199,14 @@ class InotifyWatcher:
                     sharing.remove(subscription.directory)
                 if not sharing:
                     self._dirs_of_wd.pop(watch.wd, None)
-                    with contextlib.suppress(OSError):
-                        self._inotify.rm_watch(watch)
+                    if not self._closed:
+                        with contextlib.suppress(OSError):
+                            self._inotify.rm_watch(watch)
 
     def _add_watch(self, directory: str) -> bool:
         try:
+            if self._closed:
+                raise OSError("the inotify descriptor is closed")
             watch = self._inotify.add_watch(directory, self._dir_mask)
         except OSError:
             self._pending.add(directory)
@@ -241,6 +246,7 @@ class InotifyWatcher:
         finally:
             loop.remove_reader(fd)
             retry.cancel()
+            self._closed = True
             self._inotify.close()
 
     def _read_events(self) -> None:

@@ -151,3 +151,17 @@ async def test_the_inotify_watcher_does_not_wake_while_nothing_changes(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_subscriptions_outlive_the_watcher(tmp_path: Path) -> None:
+    """A resource that stops after the watcher (a slow one, at shutdown) cancels its
+    subscription on a closed descriptor: that is a no-op, not a crash of the resource."""
+    watcher = InotifyWatcher(get_logger(), retry_interval=0.01)
+    task = asyncio.create_task(watcher.run())
+    subscription = watcher.subscribe(str(tmp_path), lambda name: None)
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    subscription.cancel()
+    late = watcher.subscribe(str(tmp_path / "new"), lambda name: None)
+    late.cancel()

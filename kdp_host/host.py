@@ -103,6 +103,8 @@ class Host:
                 self.metrics,
                 self.log,
             )
+            # lingering claims go once the kubelet shows no pod holding them
+            self.pod_resources.subscribe(self.ownership.holdings)
         release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
         await self.offload.run(release_state.load)
         commands = ProcessRunner()

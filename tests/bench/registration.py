@@ -87,7 +87,9 @@ def run(opts: Options) -> list[Figure]:
                 kubelet.start()
                 try:
                     extra = {"registration": mode, "pluginsRegistryDir": str(registry)}
-                    host = KdpHost(base, base / "dp", resources, kubelet=extra, name=mode)
+                    host = KdpHost(
+                        base, base / "dp", resources, settings={"kubelet": extra}, name=mode
+                    )
                     since = _last_seq(kubelet)
                     started = time.time_ns()
                     with host:

@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, str] = {
     "hooks": "hooks",
     "registration": "registration",
     "peer": "peer",
+    "release": "release",
 }
 EXTERNAL = {"allocation": "bench_allocation"}
 """Benchmarks other modules provide as `run() -> dict[str, float]` (included when present)."""

@@ -270,7 +270,9 @@ class ResourceRuntime:
             group.create_task(self._serve_forever(), name=f"{self.config.name}:serve")
 
     async def _serve_forever(self) -> None:
-        subscription = self._services.watcher.subscribe(self._serve_dir, self._on_socket_dir_event)
+        subscription = self._services.watcher.subscribe(
+            self._serve_dir, self._on_socket_dir_event, names=(KUBELET_SOCKET, self.endpoint)
+        )
         wait = self._services.registry_wait
         patience = Backoff(wait.first, wait.maximum)
         refusals = Backoff()

@@ -52,7 +52,8 @@ from .protocol.registration import (
 )
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
-from .release import ReleaseStateStore, ReleaseTracker
+from .release import ReleaseTracker
+from .release_state import ReleaseStateStore
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0

@@ -24,7 +24,8 @@ from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.podresources import Holder, Holdings
-from kdp_host.release import STATE_FILE, ReleaseStateStore, ReleaseTracker
+from kdp_host.release import ReleaseTracker
+from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.rules import MAX_PRE_START_TIMEOUT
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 

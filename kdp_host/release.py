@@ -27,9 +27,9 @@ is not held back (the device never was free).
 
 What must outlive kdp-host (`used` and `owed`) is kept in `<stateDir>/release-state.json`
 (`release_state.py`), written before PreStartContainer answers, so devices used while
-kdp-host was down (upgrade, SIGKILL) are released after it starts again: an owed release at once, a used device when
-PodResources shows it free or when it is allocated again. A state file that cannot be read
-counts every device as used (everything unheld is released once).
+kdp-host was down (upgrade, SIGKILL) are released after it starts again: an owed release at
+once, a used device when PodResources shows it free or when it is allocated again. A state
+file that cannot be read counts every device as used (everything unheld is released once).
 """
 
 from __future__ import annotations

@@ -203,7 +203,8 @@ class Host:
                 self.log.warning(
                     "replicas_changed",
                     resource=name,
-                    detail="device IDs change; allocations the kubelet holds keep the old IDs",
+                    detail="device IDs change: a device whose old IDs pods may hold waits until "
+                    "PodResources shows none held",
                 )
         stopping = {name: supervisor.stop_later(name) for name in (*plan.removed, *plan.changed)}
         for name in (*plan.changed, *plan.added):

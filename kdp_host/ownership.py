@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from .devices import REPLICA_SEPARATOR, Device
+from .devices import REPLICA_SEPARATOR, Device, replica_ids
 from .logs import EventLogger
 from .metrics import Metrics
 
@@ -135,6 +135,8 @@ class _Holding:
 
     reason: str
     """`owned` (another device's claim), `shared` (a node other devices share),
+    `replicas_changed` (pods may hold the device under its IDs before a change of
+    `replicas`; the owner's device field lists them),
     `id_taken` (its ID is the old ID of another device of the resource)."""
     owner: Owner
     path: str
@@ -157,6 +159,17 @@ class _Resource:
     pod may hold them), with the time (index clock) they stopped being advertised."""
     held: dict[str, _Holding] = field(default_factory=dict)
     retired: bool = False
+    replicas: int | None = None
+    """The replica count its last runtime advertised with."""
+    waits: dict[str, _ReplicaWait] = field(default_factory=dict)
+    """Devices held after a change of `replicas` while pods may hold their old IDs."""
+
+
+@dataclass(frozen=True)
+class _ReplicaWait:
+    vanished: frozenset[str]
+    """Advertised IDs of the device before the change that the new count does not have."""
+    since: float
 
 
 class OwnershipIndex:
@@ -191,14 +204,31 @@ class OwnershipIndex:
     # ------------------------------------------------------------------ runtimes
 
     def attach(
-        self, resource: str, publish: Callable[[Mapping[str, Device]], bool], log: EventLogger
+        self,
+        resource: str,
+        publish: Callable[[Mapping[str, Device]], bool],
+        log: EventLogger,
+        replicas: int = 1,
     ) -> Callable[[], None]:
         """A runtime of `resource` starts publishing to `publish`; returns its detach.
 
-        A resource added back after it was retired takes its old claims back."""
+        A resource added back after it was retired takes its old claims back. When its
+        `replicas` changed, every device whose old replica IDs are not all among the new
+        ones waits until no pod holds one of those (PodResources), then is advertised."""
         state = self._state(resource)
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
+        if state.replicas is not None and state.replicas != replicas:
+            now = self._clock()
+            for device_id in [*state.owned, *state.waits]:
+                gone = set(replica_ids(device_id, state.replicas))
+                gone -= set(replica_ids(device_id, replicas))
+                before = state.waits.get(device_id)
+                if before is not None:
+                    gone |= before.vanished
+                if gone:
+                    state.waits[device_id] = _ReplicaWait(frozenset(gone), now)
+        state.replicas = replicas
 
         def detach() -> None:
             if state.publish is publish:
@@ -229,6 +259,11 @@ class OwnershipIndex:
         released = False
         for state in self._resources.values():
             held = holdings.of(state.name)
+            for device_id, wait in list(state.waits.items()):
+                late = holdings.asked_at >= wait.since + HEARD_AFTER
+                if late and not any(replica in held for replica in wait.vanished):
+                    del state.waits[device_id]
+                    released = True
             for key, since in list(state.lingering.items()):
                 if holdings.asked_at < since + HEARD_AFTER:
                     continue
@@ -323,10 +358,12 @@ class OwnershipIndex:
         released |= self._release_stale(state, wanted)
         admitted: dict[str, Device] = {}
         holding: dict[str, _Holding] = {}
+        taken: set[str] = set()
+        """Advertised IDs whose device owns its claims (advertised, or waiting on replicas)."""
         for device_id in order:
             advertised_id = ids[device_id]
             claim = claims[device_id]
-            if advertised_id in admitted:
+            if advertised_id in taken:
                 holding[device_id] = _Holding("id_taken", Owner(name, advertised_id), "")
                 continue
             why = self._conflict(name, advertised_id, claim)
@@ -335,12 +372,21 @@ class OwnershipIndex:
                 released |= self._unadvertise(state, advertised_id)
                 continue
             self._claim(state, advertised_id, claim)
+            taken.add(advertised_id)
+            wait = state.waits.get(advertised_id)
+            if wait is not None:
+                # it keeps its claims: pods may hold it under its old replica IDs
+                vanished = ",".join(sorted(wait.vanished))
+                holding[device_id] = _Holding("replicas_changed", Owner(name, vanished), "")
+                continue
             device = devices[device_id]
             admitted[advertised_id] = (
                 device if advertised_id == device_id else device.with_id(advertised_id)
             )
-        for advertised_id in [a for a in state.owned if a not in admitted]:
+        for advertised_id in [a for a in state.owned if a not in taken]:
             released |= self._unadvertise(state, advertised_id)
+        for advertised_id in [a for a in state.waits if a not in taken]:
+            del state.waits[advertised_id]  # gone from the list: nothing left to wait for
         self._note_held(state, holding, ids)
         if released:
             self._wake_waiting(name)

@@ -199,7 +199,9 @@ class ResourceRuntime:
             self.log, services.watcher, offload=services.offload, commands=services.commands
         )
         driver = services.drivers(self.config.driver, deps)
-        detach = services.ownership.attach(self.config.name, self.table.publish, self.log)
+        detach = services.ownership.attach(
+            self.config.name, self.table.publish, self.log, replicas=self.config.replicas
+        )
         try:
             await self._run(deps, driver)
         finally:

@@ -288,13 +288,18 @@ class DevicePluginService(DevicePluginBase):
                     group.create_task(hook.response(self._builder, snapshot, request.devices_ids))
                     for request in message.container_requests
                 ]
-        except* HookFailed as failures:
+        except* (HookFailed, AllocationError) as failures:
             first = failures.exceptions[0]
-            assert isinstance(first, HookFailed)
-            self._metrics.allocations.labels(self._config.name, "hook_failed").inc(
-                len(message.container_requests)
-            )
-            raise grpclib.GRPCError(first.status, str(first)) from None
+            name = self._config.name
+            if isinstance(first, HookFailed):
+                self._metrics.allocations.labels(name, "hook_failed").inc(
+                    len(message.container_requests)
+                )
+                raise grpclib.GRPCError(first.status, str(first)) from None
+            # the devices' own env could not be given to the command (it did not run)
+            self._metrics.allocations.labels(name, "invalid").inc()
+            self._log.warning("allocate_refused", reason=str(first))
+            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(first)) from None
         responses[:] = [run.result() for run in runs]
 
     async def pre_start_container(

@@ -346,7 +346,7 @@ class OwnershipIndex:
         fresh: dict[str, tuple[Device, Claims]] = {}
         for device_id, device in devices.items():
             known = cache.get(device_id)
-            if known is None or not (known[0] is device or known[0] == device):
+            if known is None or not (known[0] is device or known[0].same_places(device)):
                 known = (device, device_claims(device, self._resolve))
             fresh[device_id] = known
         state.claims = fresh
@@ -448,6 +448,10 @@ class OwnershipIndex:
         result: Mapping[str, Device] | None = devices
         for device_id in sorted(dirty):
             device = devices[device_id]
+            known = cache.get(device_id)
+            if known is not None and known[0].same_places(device):
+                cache[device_id] = (device, known[1])  # health or env: it owns its claims
+                continue
             claims = device_claims(device, self._resolve)
             cache[device_id] = (device, claims)
             before = state.owned.get(device_id)

@@ -326,12 +326,12 @@ class Metrics:
         )
         self.loop_lag = Gauge(
             "kdp_event_loop_lag_seconds",
-            "How late the last event-loop heartbeat ran.",
+            "How long the event loop took to answer the last probe or scrape.",
             registry=r,
         )
         self.loop_lag_max = Gauge(
             "kdp_event_loop_lag_max_seconds",
-            "Largest event-loop heartbeat delay seen since start.",
+            "Longest event-loop answer to a probe or scrape since start.",
             registry=r,
         )
 

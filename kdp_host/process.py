@@ -204,22 +204,26 @@ def death_signal_wrapper() -> tuple[str, ...]:
 
 
 def resolve_command(argv0: str, env: Mapping[str, str] | None, cwd: str | None) -> str:
-    """The executable `argv0` names, as execvp would find it (PATH of the command's
-    environment, or relative to `cwd`); raises CommandError('spawn') when there is none."""
+    """The absolute path of the executable `argv0` names, as execvp in the command's
+    working directory would find it (on the PATH of the command's environment when it has
+    no `/`); raises CommandError('spawn') when there is none. Absolute, so the wrapper's
+    `exec` can never take it for an option."""
     where = f" in {cwd}" if cwd else ""
     if "/" in argv0:
-        path = os.path.join(cwd, argv0) if cwd else argv0
+        path = os.path.abspath(os.path.join(cwd or "", argv0))
         try:
             mode = os.stat(path).st_mode
         except OSError as exc:
             raise CommandError("spawn", f"cannot run {argv0!r}{where}: {exc.strerror}") from None
         if stat.S_ISDIR(mode) or not os.access(path, os.X_OK):
             raise CommandError("spawn", f"cannot run {argv0!r}{where}: Permission denied")
-        return argv0
-    search = os.pathsep.join(os.get_exec_path(child_env(env)))
+        return path
+    dirs = os.get_exec_path(child_env(env))
+    search = os.pathsep.join(os.path.abspath(os.path.join(cwd or "", d)) for d in dirs)
     found = shutil.which(argv0, path=search)
     if found is None:
-        raise CommandError("spawn", f"cannot run {argv0!r}: not found on PATH ({search})")
+        where = os.pathsep.join(dirs)
+        raise CommandError("spawn", f"cannot run {argv0!r}: not found on PATH ({where})")
     return found
 
 

@@ -10,7 +10,8 @@ Two kinds of news end a use:
 
 - **PodResources** (`podresources.py`): an answer that shows no ID of the device held ends
   every use of it (the release starts at once). An answer is ignored for a device allocated
-  after the question was sent: it may predate that allocation.
+  after the question was sent, or less than `ALLOCATION_SETTLE` before: it may predate that
+  allocation (the kubelet records an allocation only once the plugin's answer reached it).
 - **Allocate**, which the plugin sees for every container: the kubelet never gives one
   advertised ID to two containers at once, so an ID handed out again proves that its earlier
   user is gone, even if no poll ever saw the device free (the kubelet may re-allocate a freed
@@ -61,6 +62,10 @@ from .rules import join_list
 
 STATE_FILE = "release-state.json"
 STATE_VERSION = 1
+ALLOCATION_SETTLE = 1.0
+"""Seconds after an Allocate during which a PodResources answer is not taken as news about
+that device: the kubelet records the allocation only once our answer has reached it, so a
+List in between would show the device free."""
 RETRY_MAXIMUM = 300.0
 """Longest wait between two background attempts of a failed release."""
 
@@ -129,16 +134,9 @@ class ReleaseStateStore:
             document = json.loads(raw)
             if document.get("version") != STATE_VERSION:
                 raise ValueError(f"version {document.get('version')!r}, not {STATE_VERSION}")
-            resources = document["resources"]
             self._data = {
-                str(name): {
-                    str(device): {
-                        "used": [str(i) for i in entry["used"]],
-                        "owed": bool(entry["owed"]),
-                    }
-                    for device, entry in devices.items()
-                }
-                for name, devices in resources.items()
+                _text(name): {_text(device): _entry(entry) for device, entry in devices.items()}
+                for name, devices in document["resources"].items()
             }
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             aside = self.path.with_name(STATE_FILE + ".unreadable")
@@ -191,6 +189,20 @@ class ReleaseStateStore:
                 self._written = version
 
 
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One device's entry of the state file, checked: {"used": [IDs], "owed": bool}."""
+    used, owed = entry["used"], entry["owed"]
+    if not isinstance(used, list) or not isinstance(owed, bool):
+        raise TypeError(f"a device entry is not {{used: [...], owed: true|false}}: {entry!r}")
+    return {"used": [_text(i) for i in used], "owed": owed}
+
+
 def _joined(values: Iterable[str]) -> str:
     """Pod, namespace and container names as a list (they are DNS labels: no separator)."""
     return join_list(dict.fromkeys(v for v in values if v))
@@ -225,15 +237,19 @@ class ReleaseTracker:
         self._assume_used = store.unknown
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self.uses: dict[str, DeviceUse] = {}
-        for device_id, entry in store.entries(resource.name).items():
-            self.uses[device_id] = DeviceUse(used=set(entry["used"]), owed=entry["owed"])
         metrics.add_release(resource.name)
-        self._closed = False
+        self._closed = True
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Start the releases owed from before (kdp-host was down while pods ended)."""
+        """Take up the state kept for the resource (by an earlier runtime of it, or before
+        kdp-host restarted) and start the releases owed from then."""
+        self._closed = False
+        self.uses = {
+            device_id: DeviceUse(used=set(entry["used"]), owed=entry["owed"])
+            for device_id, entry in self._store.entries(self._resource.name).items()
+        }
         for device_id, use in self.uses.items():
             if use.owed:
                 self._log.info("release_owed_from_before", device=device_id)
@@ -280,19 +296,21 @@ class ReleaseTracker:
         held: dict[str, dict[str, tuple[Holder, ...]]] = {}
         for advertised, holders in answer.of(self._resource.name).items():
             held.setdefault(physical_id(advertised, replicas), {})[advertised] = holders
-        if self._assume_used:
-            self._assume_used = False
+        if self._assume_used and self._table.published.is_set():
+            self._assume_used = False  # from now on the state is known
             for device in self._table.snapshot.devices:
                 if device.id not in held:
                     self.uses.setdefault(device.id, DeviceUse()).used.add(device.id)
         for device_id in set(self.uses) | set(held):
             use = self.uses.setdefault(device_id, DeviceUse())
             if use.allocated_at >= answer.asked_at:
-                continue  # allocated after the question: the answer may predate it
+                continue  # allocated after the question was sent: the answer predates it
             now_held = held.get(device_id)
             if now_held:
                 use.used = set(now_held)
                 use.holders = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs))
+            elif use.allocated_at >= answer.asked_at - ALLOCATION_SETTLE:
+                continue  # "free" just after an Allocate: the kubelet may not have recorded it
             elif use.used:
                 use.used.clear()
                 if not use.owed:

@@ -49,6 +49,10 @@ def restart_required(old: Config, new: Config) -> list[str]:
     problems = []
     if old.kubelet.socket_dir != new.kubelet.socket_dir:
         problems.append("kubelet.socketDir changed: restart kdp-host to apply")
+    if old.kubelet.registration != new.kubelet.registration:
+        problems.append("kubelet.registration changed: restart kdp-host to apply")
+    if old.kubelet.plugins_registry_dir != new.kubelet.plugins_registry_dir:
+        problems.append("kubelet.pluginsRegistryDir changed: restart kdp-host to apply")
     if old.kubelet.pod_resources_socket != new.kubelet.pod_resources_socket:
         problems.append("kubelet.podResourcesSocket changed: restart kdp-host to apply")
     if old.kubelet.pod_resources_interval != new.kubelet.pod_resources_interval:

@@ -663,6 +663,41 @@ def test_custom_config_drives_mounts_port_and_checksum(rendered: dict[str, list[
     }
 
 
+def test_plugins_registry_is_mounted_only_when_used(
+    helm_env: dict[str, str], rendered: dict[str, list[Doc]]
+) -> None:
+    """Issue 18 part 3: the plugins_registry dir is mounted (same path, read-write) only with
+    `registration: pluginsRegistry`, and not twice when it lies inside the socket dir."""
+    registry = "/var/lib/kubelet/plugins_registry"
+    docs = rendered["plugins-registry"]
+    assert mounts(docs)["plugins-registry"] == {"name": "plugins-registry", "mountPath": registry}
+    assert volumes(docs)["plugins-registry"]["hostPath"] == {"path": registry, "type": "Directory"}
+    for name in VALUE_SETS:
+        if name != "plugins-registry":
+            assert "plugins-registry" not in mounts(rendered[name]), name
+    configured = render(
+        helm_env,
+        "defaults",
+        "--set",
+        "config.kubelet.registration=deviceSocket",
+        "--set",
+        f"config.kubelet.pluginsRegistryDir={registry}",
+    )
+    assert "plugins-registry" not in volumes(configured)
+    inside = render(
+        helm_env,
+        "plugins-registry",
+        "--set",
+        "config.kubelet.pluginsRegistryDir=/var/lib/kubelet/device-plugins/registry",
+    )
+    assert "plugins-registry" not in volumes(inside)
+    moved = render(
+        helm_env, "plugins-registry", "--set", "config.kubelet.pluginsRegistryDir=/srv/reg"
+    )
+    assert volumes(moved)["plugins-registry"]["hostPath"]["path"] == "/srv/reg"
+    assert mounts(moved)["plugins-registry"]["mountPath"] == "/srv/reg"
+
+
 def test_checksum_follows_the_config(
     helm_env: dict[str, str], rendered: dict[str, list[Doc]]
 ) -> None:

@@ -353,6 +353,7 @@ def _tracker(short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=N
         config.resources[0], table, store, commands, Metrics(process_collectors=False),
         get_logger(), **options,
     )  # fmt: skip
+    tracker.start()
     return tracker, table, store
 
 
@@ -419,3 +420,100 @@ async def test_an_unreadable_state_file_counts_every_device_as_used(short_dir: P
     written = json.loads((state / STATE_FILE).read_text())
     assert written["resources"][FPGA] == {"fpga1": {"used": ["fpga1"], "owed": False}}
     assert os.path.exists(state / (STATE_FILE + ".unreadable"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"version": 1, "resources": {"vendor.example/fpga": {"fpga0": {"used": "fpga0", '
+        '"owed": false}}}}',
+        '{"version": 1, "resources": {"vendor.example/fpga": {"fpga0": {"used": [1], '
+        '"owed": false}}}}',
+        '{"version": 1, "resources": {"vendor.example/fpga": {"fpga0": {"used": [], '
+        '"owed": "yes"}}}}',
+        '{"version": 2, "resources": {}}',
+        "[]",
+    ],
+)
+def test_a_state_file_with_wrong_shapes_is_unreadable_not_half_read(
+    short_dir: Path, text: str
+) -> None:
+    state = short_dir / "state"
+    state.mkdir()
+    (state / STATE_FILE).write_text(text)
+    store = ReleaseStateStore(str(state), get_logger(), DaemonThreads())
+    store.load()
+    assert store.unknown and store.entries(FPGA) == {}
+    assert (state / (STATE_FILE + ".unreadable")).read_text() == text
+
+
+async def test_a_state_dir_that_cannot_be_written_is_logged_and_the_start_goes_on(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (short_dir / "state").write_text("a file where the directory should be")
+    commands = _Commands()
+    tracker, _, store = _tracker(short_dir, commands)
+    tracker.allocated(["fpga0"])
+    await tracker.before_start(["fpga0"])
+    assert store.write_failures >= 1
+    assert any(r.getMessage() == "release_state_write_failed" for r in caplog.records)
+    await tracker.close()
+
+
+async def test_a_restarted_runtime_takes_up_the_state_of_the_one_before(short_dir: Path) -> None:
+    """A reload restarts a changed resource: the new tracker is made while the old one still
+    runs, and takes up what the old one left when it starts."""
+    commands = _Commands()
+    old, table, store = _tracker(short_dir, commands)
+    config = load_config_text(
+        f"kubelet: {{socketDir: {short_dir}}}\nresources:\n  - name: {FPGA}\n"
+        '    glob: {paths: ["/dev/fpga*"]}\n    release: {command: ["reset2", "{ids}"]}\n'
+    )
+    new = ReleaseTracker(
+        config.resources[0], table, store, commands, Metrics(process_collectors=False),
+        get_logger(),
+    )  # fmt: skip
+    old.allocated(["fpga0"])  # used under the old runtime
+    await old.close()
+    new.start()
+    new.holdings(_answer(10.0**9))  # nothing held: fpga0's user is gone
+    await new.before_start(["fpga0"])
+    assert commands.runs == [["reset2", "fpga0"]]
+    await new.close()
+
+
+async def test_an_answer_asked_just_after_an_allocation_does_not_end_it(short_dir: Path) -> None:
+    """The kubelet records an allocation only once Allocate's answer reached it: a List in
+    that moment shows the device free although a container is about to hold it. Were that
+    taken as its end, a container living less than one poll would never be released."""
+    now = [100.0]
+    commands = _Commands()
+    tracker, _, _ = _tracker(short_dir, commands, clock=lambda: now[0])
+    tracker.allocated(["fpga0"])
+    tracker.holdings(_answer(100.001))  # asked a moment after Allocate answered: free
+    await asyncio.sleep(0)
+    assert commands.runs == [] and tracker.view("fpga0")["state"] == "in_use"
+    now[0] = 103.0
+    tracker.holdings(_answer(102.0))  # the container came and went between two polls
+    await tracker.before_start(["fpga0"])
+    assert commands.runs == [["reset", "fpga0", ""]]
+    await tracker.close()
+
+
+async def test_a_hung_release_is_killed_at_its_timeout_and_fails_the_start(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+) -> None:
+    hung = script(short_dir, "hang.sh", "exec sleep 600\n")
+    running = await start_host(
+        host_yaml(socket_dir, devices, short_dir / "state", hung, pod_resources=None,
+                  extra="onFailure: ignore").replace("timeout: 10s", "timeout: 200ms")
+    )  # fmt: skip
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    await kubelet.release("p1")
+    with pytest.raises(SimulatorAllocationError, match="timed out"):
+        await kubelet.allocate(FPGA, 1, pod_uid="p2")
+    timeouts = running.metrics.registry.get_sample_value(
+        "kdp_release_runs_total", {"resource": FPGA, "result": "timeout"}
+    )
+    assert timeouts is not None and timeouts >= 1

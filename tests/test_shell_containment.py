@@ -185,6 +185,15 @@ async def test_a_missing_or_unusable_command_is_still_a_spawn_failure(tmp_path: 
     script(bindir, "only-here", "echo found\n")
     result = await runner.run(["only-here"], timeout=10, env={"PATH": str(bindir)})
     assert result.stdout == b"found\n"
+    # relative paths are taken in the command's working directory, even one like an option
+    dashed = tmp_path / "-n"
+    dashed.mkdir()
+    script(dashed, "tool", "echo dashed\n")
+    for argv0, cwd in (("-n/tool", str(tmp_path)), ("./tool", str(dashed))):
+        result = await runner.run([argv0], timeout=10, cwd=cwd)
+        assert result.stdout == b"dashed\n", argv0
+    result = await runner.run(["tool"], timeout=10, cwd=str(tmp_path), env={"PATH": "-n"})
+    assert result.stdout == b"dashed\n"
 
 
 def test_rate_limit_allows_a_burst_then_the_rate() -> None:

@@ -26,6 +26,7 @@ Text rules (names, paths, env names, annotation keys) come from kdp_host/rules.p
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from ..rules import (
     absolute_path_problem,
     annotation_key_problem,
     cdi_kind_problem,
+    device_path_problem,
     env_name_problem,
     extended_resource_name_problem,
     socket_path_problem,
@@ -68,6 +70,7 @@ from .declare import (
     key,
     one_of,
     render_template,
+    template_fields,
 )
 from .source import FieldPath
 
@@ -96,18 +99,27 @@ Problems = Iterator[tuple[FieldPath, str]]
 
 def _container_path_template_problem(template: str) -> str | None:
     """A glob containerPath must give each device its own absolute path."""
-    if not any(f"{{{name}}}" in template for name in GLOB_TEMPLATE_FIELDS):
+    if not template_fields(template) & GLOB_TEMPLATE_FIELDS:
         return (
             "must contain {name} or {path}: a fixed path would give every device the same "
             "container path, and the runtime would keep only one of them"
         )
-    return _rendered_path_problem(template)
+    return _rendered_device_path_problem(template)
+
+
+def _render_example(template: str) -> str:
+    return render_template(
+        template, {"path": "/dev/x", "name": "x", "key": "x", "target": "/dev/x"}
+    )
 
 
 def _rendered_path_problem(template: str) -> str | None:
-    return absolute_path_problem(
-        render_template(template, {"path": "/dev/x", "name": "x", "key": "x", "target": "/dev/x"})
-    )
+    return absolute_path_problem(_render_example(template))
+
+
+def _rendered_device_path_problem(template: str) -> str | None:
+    """A device node's container path: also listed in `{paths}` (rules.device_path_problem)."""
+    return device_path_problem(_render_example(template))
 
 
 def _member_path_problem(path: str) -> str | None:
@@ -153,7 +165,7 @@ class GlobGroupMemberConfig:
     )
     container_path: str | None = key(
         "containerPath",
-        Text(rule=_rendered_path_problem, templates=GROUP_TEMPLATE_FIELDS),
+        Text(rule=_rendered_device_path_problem, templates=GROUP_TEMPLATE_FIELDS),
         "Path inside the container; a template with `{path}`, `{name}`, `{key}` and `{target}` "
         "(the real path: `/dev/dri/by-path/pci-{key}-card` with `{target}` is `/dev/dri/card1`).",
         default=None,
@@ -800,7 +812,12 @@ class ReleaseConfig:
     )
     timeout: float = key(
         "timeout",
-        Duration(0.05),
+        Duration(
+            0.05,
+            maximum=MAX_PRE_START_TIMEOUT,
+            why="a container start waits for a pending release inside the kubelet's 30s "
+            "PreStartContainer deadline",
+        ),
         f"TERM then KILL the command's process group after this, a failure. At most "
         f"{MAX_PRE_START_TIMEOUT:g}s: a container start may wait for it inside the kubelet's "
         "30s PreStartContainer deadline.",
@@ -829,14 +846,6 @@ class ReleaseConfig:
         "At most this many release commands of the resource run at once.",
         default=4,
     )
-
-    def check(self) -> Problems:
-        if self.timeout > MAX_PRE_START_TIMEOUT:
-            yield (
-                ("timeout",),
-                f"must be at most {MAX_PRE_START_TIMEOUT:g}s: a container start waits for a "
-                "pending release inside the kubelet's 30s PreStartContainer deadline",
-            )
 
 
 PreferredPolicy = Literal["packed", "spread", "numa", "none"]
@@ -910,6 +919,15 @@ def _socket_dir_problem(socket_dir: str) -> str | None:
     return None
 
 
+RegistrationMode = Literal["deviceSocket", "pluginsRegistry"]
+
+
+def _inside(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or lies under it (lexically)."""
+    path, directory = os.path.normpath(path), os.path.normpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 @dataclass(frozen=True)
 class KubeletConfig:
     socket_dir: str = key(
@@ -918,6 +936,23 @@ class KubeletConfig:
         "The kubelet's device-plugin directory (where `kubelet.sock` is). kdp-host waits for "
         "it if it does not exist yet. Needs a restart to change.",
         default="/var/lib/kubelet/device-plugins",
+    )
+    registration: RegistrationMode = key(
+        "registration",
+        Choice(("deviceSocket", "pluginsRegistry")),
+        "How resources register: `deviceSocket` (serve in `socketDir`, call Register on "
+        "`kubelet.sock`, register again after a kubelet restart) or `pluginsRegistry` (serve "
+        "in `pluginsRegistryDir`, where the kubelet's plugin watcher finds and registers them, "
+        "also after its restarts). See [Registration modes](#registration-modes). Needs a "
+        "restart to change.",
+        default="deviceSocket",
+    )
+    plugins_registry_dir: str = key(
+        "pluginsRegistryDir",
+        AbsolutePath(rule=_socket_dir_problem),
+        "The kubelet's plugin-watcher directory, used with `registration: pluginsRegistry`. "
+        "kdp-host waits for it if it does not exist yet. Needs a restart to change.",
+        default="/var/lib/kubelet/plugins_registry",
     )
     pod_resources_socket: str = key(
         "podResourcesSocket",
@@ -937,7 +972,22 @@ class KubeletConfig:
         default="5s",
     )
 
+    @property
+    def serve_dir(self) -> str:
+        """Where the resources' sockets are: the directory the chosen registration uses."""
+        if self.registration == "pluginsRegistry":
+            return self.plugins_registry_dir
+        return self.socket_dir
+
     def check(self) -> Problems:
+        if self.registration == "pluginsRegistry" and _inside(
+            self.socket_dir, self.plugins_registry_dir
+        ):
+            yield (
+                ("pluginsRegistryDir",),
+                "must not be socketDir or contain it: the kubelet would take kubelet.sock "
+                "for a plugin",
+            )
         if 0 < self.pod_resources_interval < MIN_POD_RESOURCES_INTERVAL:
             yield (
                 ("podResourcesInterval",),

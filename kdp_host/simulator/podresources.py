@@ -1,4 +1,5 @@
-"""The kubelet's PodResources v1 server (``pkg/kubelet/apis/podresources``, Kubernetes v1.32).
+"""The kubelet's PodResources v1 server (``pkg/kubelet/apis/podresources``, Kubernetes v1.32;
+docs/kubelet-contract.md §15).
 
 Served on ``<dir>/kubelet.sock`` when the simulator is given a PodResources directory, from
 the device manager's own maps:

@@ -113,6 +113,25 @@ same path so the socket paths kdp-host registers are the kubelet's.
 {{- end }}
 
 {{/*
+The kubelet's plugins_registry directory when config.kubelet.registration is pluginsRegistry
+and it does not lie inside the socket dir (already mounted); "" otherwise. Mounted from the
+host at the same path: the kubelet dials the absolute endpoint kdp-host names in GetInfo.
+*/}}
+{{- define "kdp-host.pluginsRegistryDir" -}}
+{{- $kubelet := dig "kubelet" (dict) .Values.config }}
+{{- if eq (toString (dig "registration" "deviceSocket" $kubelet)) "pluginsRegistry" }}
+{{- $dir := dig "pluginsRegistryDir" "/var/lib/kubelet/plugins_registry" $kubelet | toString }}
+{{- if not (hasPrefix "/" $dir) }}
+{{- fail (printf "config.kubelet.pluginsRegistryDir must be an absolute path, got %q" $dir) }}
+{{- end }}
+{{- $socketDir := include "kdp-host.socketDir" . | trimSuffix "/" }}
+{{- if not (hasPrefix (printf "%s/" $socketDir) $dir) }}
+{{- $dir }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 The metrics port: the port of config.metrics.listen ("host:port"). The kubelet's probes and
 Prometheus reach the pod IP, so a loopback listen address cannot work in the chart.
 */}}

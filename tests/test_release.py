@@ -161,6 +161,27 @@ async def test_a_pod_ends_and_its_device_is_released_with_its_ids_and_pod(
     await wait_until(lambda: state().get(FPGA) is None, what="the state file says clean")
 
 
+async def test_a_kubelet_restart_in_between_changes_nothing(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """The kubelet restarts while p1 holds fpga0 (allocations come back from its checkpoint,
+    kdp-host registers again, no Allocate): p1's end is still seen and released, once."""
+    kubelet, running = await real_host(
+        real_kubelet_factory, start_host, short_dir, devices, release_script(short_dir)
+    )
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
+    await kubelet.acall(kubelet.restart)
+    await kubelet.await_for(_registered(kubelet), what="registered again")
+    assert release_lines(short_dir) == []
+    await kubelet.acall(kubelet.release, "p1")
+    await wait_until(lambda: len(release_lines(short_dir)) == 2, what="released")
+    assert release_lines(short_dir) == ["fpga0 default/p1/c start", "fpga0 default/p1/c done"]
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] == "" and len(release_lines(short_dir)) == 2  # clean: no release
+
+
 async def test_a_new_pod_on_a_device_not_yet_released_waits_for_the_release(
     real_kubelet_factory, short_dir: Path, devices: Path, start_host
 ) -> None:

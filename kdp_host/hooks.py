@@ -197,18 +197,16 @@ class AllocateHook:
     ) -> ContainerAllocateResponse:
         """Run the command for a container's devices and build its response with what the
         command printed; raises HookFailed (INVALID_ARGUMENT when the output claims a
-        container path the response has for something else)."""
+        container path the response has for something else). Raises AllocationError,
+        without running the command, when the devices' own env cannot be passed to it."""
         physical = builder.physical_devices(snapshot, requested_ids)
         values = hook_values(self.resource, physical)
+        env = device_env(self.resource, physical)
         what = f"{self.resource}: allocate.command for {values['ids']}:"
         counter = self.metrics.allocate_hooks
         try:
             result = await run_hook(
-                self.commands,
-                what,
-                render_argv(self.command, values),
-                device_env(self.resource, physical),
-                self.timeout,
+                self.commands, what, render_argv(self.command, values), env, self.timeout
             )
             try:
                 extras = parse_allocate_output(result.stdout)

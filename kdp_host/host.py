@@ -3,7 +3,7 @@
 It composes the pieces that each own one idea: the supervisor (a task per resource,
 restarted with backoff), the config reloader (a new file applied as a diff, Intel's
 device-plugin manager shape: new resources start, removed ones stop, changed ones restart,
-unchanged ones are not touched), stale-socket cleanup, the loop heartbeat behind /healthz,
+unchanged ones are not touched), stale-socket cleanup, the loop's answers behind /healthz,
 and the count of kubelet restarts.
 """
 
@@ -21,14 +21,14 @@ from .config import Config, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
-from .http import HEARTBEAT_INTERVAL, HealthState
+from .http import HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
 from .ownership import OwnershipIndex
 from .podresources import PodResourcesPoller
 from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
-from .release import ReleaseStateStore
+from .release_state import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, RegistryWait, ResourceRuntime
 from .stale_sockets import remove_stale_sockets
@@ -59,6 +59,7 @@ class Host:
     ownership: OwnershipIndex = field(init=False)
     """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
+    _worst_lag: float = field(default=0.0, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
     pod_resources: PodResourcesPoller | None = field(default=None, init=False)
     """Who holds each device (None until running, or with polling off)."""
@@ -142,7 +143,8 @@ class Host:
         )
         self._record_config(self.config)
         await self.offload.run(lambda: remove_stale_sockets(kubelet.serve_dir, self.log))
-        internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
+        self.health.attach(asyncio.get_running_loop(), self._loop_answered)
+        internal = [watch_task]
         if self._reloader is not None:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))
         if self.pod_resources is not None:
@@ -158,6 +160,7 @@ class Host:
                     self.log.error("host_task_died", task=task.get_name(), error=repr(error))
                     raise RuntimeError(f"host task {task.get_name()} died: {error!r}") from error
         finally:
+            self.health.detach()
             stop_task.cancel()
             kubelet_watch()
             await supervisor.stop_all()
@@ -167,9 +170,10 @@ class Host:
             self.log.info("host_stopped")
 
     def _refresh_readiness(self) -> None:
-        """/readyz follows every status change at once (the heartbeat also refreshes it)."""
+        """/readyz follows every status change at once (and each probe refreshes it)."""
         if self._supervisor is not None:
             self.health.not_ready = self._supervisor.not_ready()
+            self.health.dead = tuple(self._supervisor.dead_resources())
 
     def request_reload(self) -> None:
         """Re-read the config file now (SIGHUP); a host without a config file ignores it."""
@@ -199,7 +203,8 @@ class Host:
                 self.log.warning(
                     "replicas_changed",
                     resource=name,
-                    detail="device IDs change; allocations the kubelet holds keep the old IDs",
+                    detail="device IDs change: a device whose old IDs pods may hold waits until "
+                    "PodResources shows none held",
                 )
         stopping = {name: supervisor.stop_later(name) for name in (*plan.removed, *plan.changed)}
         for name in (*plan.changed, *plan.added):
@@ -229,22 +234,13 @@ class Host:
         else:
             task.add_done_callback(forget)
 
-    async def _heartbeat(self) -> None:
-        """Proves the loop is alive to /healthz, measures its lag, refreshes readiness."""
-        assert self._supervisor is not None
-        supervisor = self._supervisor
-        loop = asyncio.get_running_loop()
-        worst = 0.0
-        while True:
-            expected = loop.time() + HEARTBEAT_INTERVAL
-            self.health.beat()
-            self.health.not_ready = supervisor.not_ready()
-            self.health.dead = tuple(supervisor.dead_resources())
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            lag = max(0.0, loop.time() - expected)
-            worst = max(worst, lag)
-            self.metrics.loop_lag.set(lag)
-            self.metrics.loop_lag_max.set(worst)
+    def _loop_answered(self, delay: float) -> None:
+        """A probe or scrape asked the loop (/healthz, /metrics): how long the answer took
+        is the loop's lag; readiness and the dead resources are refreshed with it."""
+        self._worst_lag = max(self._worst_lag, delay)
+        self.metrics.loop_lag.set(delay)
+        self.metrics.loop_lag_max.set(self._worst_lag)
+        self._refresh_readiness()
 
     def _record_config(self, config: Config) -> None:
         self.metrics.config_info.info({"sha256": config.sha256})
@@ -267,5 +263,5 @@ class Host:
                 log.info("kubelet_restarted", socket=os.path.join(socket_dir, KUBELET_SOCKET))
             last = current
 
-        subscription = self.watcher.subscribe(socket_dir, on_event)
+        subscription = self.watcher.subscribe(socket_dir, on_event, names=(KUBELET_SOCKET,))
         return subscription.cancel

@@ -222,13 +222,13 @@ class PodResourcesPoller:
             self.log.info("pod_resources_connected")
         self.status = PollerStatus("ok", None, holdings.answered_at)
         self._count("ok")
+        for listener in list(self._listeners):  # before any await: one consistent step
+            listener(holdings)
         if self._allocatable_supported and (
             not self.allocatable or self._polls % ALLOCATABLE_EVERY == 0
         ):
             await self._read_allocatable(stub)
         self._polls += 1
-        for listener in list(self._listeners):
-            listener(holdings)
         return self.interval
 
     async def _read_allocatable(self, stub: PodResourcesListerStub) -> None:

@@ -280,6 +280,49 @@ async def test_ten_containers_start_at_once_and_overlap_up_to_the_bound(
     assert _counter(running, "kdp_pre_start_calls_total", resource=FPGA, result="ok") == 10
 
 
+@pytest.mark.parametrize(
+    ("hook_yaml", "counted"),
+    [
+        ('preStart: {{command: ["{hook}"]}}', ("kdp_pre_start_calls_total", "invalid")),
+        ('allocate: {{env: {{SERIAL: "{{{{ids}}}}"}}, command: ["{hook}"]}}',
+         ("kdp_allocations_total", "invalid")),
+    ],
+)  # fmt: skip
+async def test_hooks_refuse_device_values_that_would_not_split_back(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    start_host,
+    hook_yaml: str,
+    counted: tuple[str, str],
+) -> None:
+    """A hook gets the devices' own env joined with `,`: a value holding a `,` (a USB serial
+    `A,B` beside a stick whose serial is `B`) would name another device, so the call is
+    refused (INVALID_ARGUMENT) instead of running the command with it (Allocate itself
+    joins nothing here: the configured SERIAL wins there)."""
+    ran = short_dir / "ran"
+    hook = script(short_dir, "hook", f'touch "{ran}"\n')
+    devices = [{"id": "usb0", "env": {"SERIAL": "A,B"}}, {"id": "usb1", "env": {"SERIAL": "B"}}]
+    allocate = (
+        "" if hook_yaml.startswith("allocate") else "    allocate: {env: {SERIAL: '{ids}'}}\n"
+    )
+    text = (
+        f"kubelet: {{socketDir: {socket_dir}}}\nresources:\n"
+        f"  - name: {FPGA}\n"
+        f"    shell: {{command: [echo, '{json.dumps(devices)}'], format: json}}\n"
+        f"{allocate}    {hook_yaml.format(hook=hook)}\n"
+    )
+    running = await start_host(text)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    with pytest.raises(SimulatorAllocationError) as caught:
+        await kubelet.allocate(FPGA, 2, pod_uid="p1")
+    assert "code = InvalidArgument" in str(caught.value)
+    assert "env SERIAL of device usb0 is 'A,B'" in str(caught.value)
+    assert not ran.exists()
+    metric, result = counted
+    assert _counter(running, metric, resource=FPGA, result=result) == 1
+
+
 # --------------------------------------------------------------------------- allocate.command
 
 

@@ -101,13 +101,22 @@ async def test_a_hung_allocate_command_is_cut_at_its_timeout_and_admission_goes_
         lambda k: all((k.resource(r) or {}).get("healthy") == 1 for r in (HANG, QUICK)),
         what="both resources registered",
     )
-    hung = asyncio.create_task(kubelet.acall(kubelet.allocate, "p-hang", {HANG: 1}))
-    await wait_until(pids.exists, what="the hung command started")
-    behind = asyncio.create_task(kubelet.acall(kubelet.allocate, "p-quick", {QUICK: 1}))
-    hung_result, behind_result = await asyncio.wait_for(asyncio.gather(hung, behind), 60)
+    finished: list[str] = []
 
-    assert "FailedPrecondition" in hung_result["error"]
-    assert "allocate.command for a0: timed out after 1s" in hung_result["error"]
+    async def admit(pod: str, resource: str) -> dict[str, object]:
+        result: dict[str, object] = await kubelet.acall(kubelet.allocate, pod, {resource: 1})
+        finished.append(pod)
+        return result
+
+    hung = asyncio.create_task(admit("p-hang", HANG))
+    await wait_until(pids.exists, what="the hung command started")
+    behind = asyncio.create_task(admit("p-quick", QUICK))
+    hung_result, behind_result = await asyncio.wait_for(asyncio.gather(hung, behind), 60)
+    # the kubelet admitted the second pod only once the first one's Allocate had failed
+    assert finished == ["p-hang", "p-quick"]
+
+    assert "FailedPrecondition" in str(hung_result["error"])
+    assert "allocate.command for a0: timed out after 1s" in str(hung_result["error"])
     assert behind_result["error"] == "" and behind_result["device_ids"] == {QUICK: ["b0"]}
     for pid in map(int, pids.read_text().split()):
         await wait_until(lambda pid=pid: _process_gone(pid), what=f"process {pid} gone")

@@ -366,3 +366,33 @@ def test_a_lingering_claim_goes_once_podresources_shows_no_pod_holding_it() -> N
     assert host.ids(R2) == []
     host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"fpga01": ()}}))
     assert host.ids(R2) == ["f"]
+
+
+def test_a_device_whose_replica_ids_change_waits_until_no_pod_holds_an_old_one() -> None:
+    now = [100.0]
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host = Host(nodes)
+    host.index = OwnershipIndex(host.metrics, nodes, clock=lambda: now[0])
+
+    def run(replicas: int) -> DeviceTable:
+        table = host.tables[R1] = DeviceTable(replicas=replicas)
+        host.index.attach(R1, table.publish, get_logger(), replicas=replicas)
+        host.index.publish(R1, {d.id: d for d in (dev("a", "/dev/a"), dev("b", "/dev/b"))})
+        return table
+
+    run(1)
+    # 1 -> 2: a pod holds "a"; "a::0" and "a::1" would give it to two more
+    table = run(2)
+    assert [e.id for e in table.snapshot.advertised] == []
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a": (Holder("n", "p", "c", 0.0),)}}))
+    assert [e.id for e in table.snapshot.advertised] == ["b::0", "b::1"]
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert [e.id for e in table.snapshot.advertised] == ["a::0", "a::1", "b::0", "b::1"]
+    # 2 -> 3 keeps every old ID: nothing to wait for
+    table = run(3)
+    assert len(table.snapshot.advertised) == 6
+    # 3 -> 2: a pod may hold a::2 or b::2
+    table = run(2)
+    assert table.snapshot.advertised == ()
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a::1": ()}}))
+    assert len(table.snapshot.advertised) == 4

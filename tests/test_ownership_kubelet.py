@@ -145,3 +145,48 @@ async def test_a_removed_resource_keeps_its_node_until_no_pod_holds_it(
     await kubelet.await_for(healthy(ALIAS, 1), what="the waiter wins once p1 is gone")
     third = await kubelet.acall(kubelet.allocate, "p3", {ALIAS: 1})
     assert third["error"] == "" and host_paths(third) == {str(devices / "fpga0")}
+
+
+async def test_a_reload_that_changes_replicas_never_adds_users_to_a_booked_device(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """`replicas: 1` -> `2` renames fpga0 to fpga0::0 and fpga0::1: with p1 holding fpga0
+    the kubelet would give the device to two more pods (three users of a device meant for
+    two). The device waits until no pod holds its old ID."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    (devices / "fpga1").unlink()
+    head = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    )
+    config = short_dir / "config.yaml"
+    config.write_text(head)
+    running = await start_host(config.read_text(), config_path=config)
+
+    def healthy(count: int):
+        def check(k) -> bool:
+            seen = k.resource(FPGA)
+            return seen is not None and seen["healthy"] == count
+
+        return check
+
+    await kubelet.await_for(healthy(1), what="fpga0 advertised")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    config.write_text(head + "    replicas: 2\n")
+    assert await running.host.reload_from(config) == "ok"
+    poller = running.host.pod_resources
+    assert poller is not None
+    reloaded = poller.holdings.asked_at if poller.holdings else 0.0
+    await wait_until(
+        lambda: poller.holdings is not None and poller.holdings.asked_at > reloaded + 6,
+        what="PodResources answers well after the reload",
+    )
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] != "", "a second pod got fpga0 while p1 holds it exclusively"
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(2), what="both replicas once p1 is gone")
+    for pod in ("p3", "p4"):
+        answer = await kubelet.acall(kubelet.allocate, pod, {FPGA: 1})
+        assert answer["error"] == "" and host_paths(answer) == {str(devices / "fpga0")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -16,6 +17,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .devices import HEALTHY, UNHEALTHY, Device
 from .logs import get_logger, quote_text, setup_logging
+from .node import NodeInfo, NodeLabelSource, NoLabels, local_node_name, select_for_node, selects
 
 EXIT_OK = 0
 EXIT_DRIVER_FAILED = 1
@@ -49,14 +51,37 @@ def _load_or_report(path: Path) -> Config | None:
         return None
 
 
-async def _run(config: Config, config_path: Path) -> int:
+def _node_labels(node: str) -> NodeLabelSource:
+    """The node's labels from the Kubernetes API (in-cluster), or why they cannot be read."""
+    from .kubeapi import ApiError, ApiServer, NodeLabelWatch
+
+    try:
+        api = ApiServer.in_cluster(os.environ)
+    except ApiError as exc:
+        return NoLabels(str(exc))
+    return NodeLabelWatch(api, node, get_logger().bind(component="kubeapi"))
+
+
+async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
     from .host import Host
-    from .http import HealthState, HttpServer
+    from .http import HttpServer
     from .metrics import Metrics
 
     log = get_logger()
-    metrics = Metrics(histograms=config.metrics.histograms)
-    health = HealthState()
+    labels = _node_labels(node.name)  # read only once an entry selects by label
+    try:
+        host = Host(
+            config=config,
+            metrics=Metrics(histograms=config.metrics.histograms),
+            log=log,
+            config_path=config_path,
+            node=node,
+            node_labels=labels,
+        )
+    except ConfigError as exc:  # two entries of a name select this node
+        print(f"kdp-host: invalid config {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    metrics, health = host.metrics, host.health
     try:
         http = HttpServer(config.metrics.host, config.metrics.port, metrics, health)
     except OSError as exc:
@@ -64,7 +89,6 @@ async def _run(config: Config, config_path: Path) -> int:
         return EXIT_INVALID
     http.start()
     log.info("http_serving", listen=http.address, paths="/metrics,/healthz,/readyz")
-    host = Host(config=config, metrics=metrics, log=log, config_path=config_path, health=health)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,7 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_INVALID
-    return _run_async(_run(config, args.config.absolute()), args.loop)
+    node = NodeInfo(args.node_name or local_node_name())
+    return _run_async(_run(config, args.config.absolute(), node), args.loop)
 
 
 @dataclass(frozen=True)
@@ -95,7 +120,8 @@ class CheckRow:
     """The driver's scan failed (the text is its error)."""
 
 
-async def _check(config: Config) -> list[CheckRow]:
+async def _check(config: Config, node: NodeInfo | None) -> list[CheckRow]:
+    """Scan every entry (or, for a node, the entries it serves)."""
     from .drivers import DriverDeps, DriverError, make_driver
     from .watch import PollingWatcher
 
@@ -103,6 +129,11 @@ async def _check(config: Config) -> list[CheckRow]:
     rows: list[CheckRow] = []
     for resource in config.resources:
         kind = resource.driver.kind
+        selected = True if node is None else selects(resource, node)
+        if not selected:
+            why = "selects by label: give --node-label" if selected is None else "another node's"
+            rows.append(CheckRow(resource.name, kind, f"(not scanned: {why})"))
+            continue
         deps = DriverDeps(log.bind(resource=resource.name), PollingWatcher(log))
         try:
             devices = await make_driver(resource.driver, deps).scan()
@@ -130,8 +161,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_INVALID
-    rows = asyncio.run(_check(config))
-    print(f"{quote_text(args.config)}: valid, {len(config.resources)} resource(s)")
+    node = None
+    if args.node_name or args.node_label:
+        labels = dict(label.partition("=")[::2] for label in args.node_label)
+        node = NodeInfo(args.node_name or local_node_name(), labels if labels else None)
+        try:
+            select_for_node(config, node)
+        except ConfigError as exc:
+            print(f"kdp-host: invalid config {exc}", file=sys.stderr)
+            return EXIT_INVALID
+    rows = asyncio.run(_check(config, node))
+    where = "" if node is None else f" (node {quote_text(node.name)})"
+    print(f"{quote_text(args.config)}: valid, {len(config.resources)} resource(s){where}")
     width = max((len(r.resource) for r in rows), default=8)
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
     for row in rows:
@@ -227,10 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     config_help = "the YAML config file"
+    node_help = "this node's name for nodeSelector.names (default: $NODE_NAME, else the host name)"
     run = add("run", cmd_run, "Serve the configured resources to the kubelet.")
     run.add_argument("--config", type=Path, required=True, help=config_help)
+    run.add_argument("--node-name", default="", help=node_help)
     check = add("check", cmd_check, "Validate a config and list the devices found now.")
     check.add_argument("--config", type=Path, required=True, help=config_help)
+    check.add_argument(
+        "--node-name", default="", help="show what this node serves (nodeSelector.names)"
+    )
+    check.add_argument(
+        "--node-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of that node, for nodeSelector.labels (repeat for each)",
+    )
     check.add_argument(
         "--allow-driver-errors",
         action="store_true",

@@ -62,6 +62,12 @@ RUN if [ -n "${EXTRA_APT_PACKAGES}" ]; then \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 
+# The PCI and USB ID databases `kdp-host discover` names devices from.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends pci.ids usb.ids \
+    && rm -rf /var/lib/apt/lists/*
+
 # Install from the builder's wheels only (no index), then drop the packaging tools. Pinned to
 # VERSION, so the label is the version of the package installed (a wrong --build-arg fails).
 # kdp-host[uvloop]: uvloop is an optional, faster event loop (see the design notes).

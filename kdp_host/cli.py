@@ -1,9 +1,10 @@
-"""The `kdp-host` command: run, check, version, simulate-kubelet, demo."""
+"""The `kdp-host` command: run, check, discover, status, version, simulate-kubelet, demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError, load_config
 from .devices import HEALTHY, UNHEALTHY, Device
+from .files import DaemonThreads, Offload
 from .logs import get_logger, quote_text, setup_logging
 from .node import NodeInfo, NodeLabelSource, NoLabels, local_node_name, select_for_node, selects
 
@@ -51,7 +53,7 @@ def _load_or_report(path: Path) -> Config | None:
         return None
 
 
-def _node_labels(node: str) -> NodeLabelSource:
+def _node_labels(node: str, offload: Offload) -> NodeLabelSource:
     """The node's labels from the Kubernetes API (in-cluster), or why they cannot be read."""
     from .kubeapi import ApiError, ApiServer, NodeLabelWatch
 
@@ -59,19 +61,22 @@ def _node_labels(node: str) -> NodeLabelSource:
         api = ApiServer.in_cluster(os.environ)
     except ApiError as exc:
         return NoLabels(str(exc))
-    return NodeLabelWatch(api, node, get_logger().bind(component="kubeapi"))
+    return NodeLabelWatch(api, node, get_logger().bind(component="kubeapi"), offload)
 
 
 async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
     from .host import Host
     from .http import HttpServer
     from .metrics import Metrics
+    from .status import devices_document
 
     log = get_logger()
-    labels = _node_labels(node.name)  # read only once an entry selects by label
+    offload = DaemonThreads()
+    labels = _node_labels(node.name, offload)  # read only once an entry selects by label
     try:
         host = Host(
             config=config,
+            offload=offload,
             metrics=Metrics(histograms=config.metrics.histograms),
             log=log,
             config_path=config_path,
@@ -83,12 +88,19 @@ async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
         return EXIT_INVALID
     metrics, health = host.metrics, host.health
     try:
-        http = HttpServer(config.metrics.host, config.metrics.port, metrics, health)
+        http = HttpServer(
+            config.metrics.host,
+            config.metrics.port,
+            metrics,
+            health,
+            devices=functools.partial(devices_document, host) if config.metrics.devices else None,
+        )
     except OSError as exc:
         log.error("metrics_listen_failed", listen=config.metrics.listen, reason=str(exc))
         return EXIT_INVALID
     http.start()
-    log.info("http_serving", listen=http.address, paths="/metrics,/healthz,/readyz")
+    paths = "/metrics,/healthz,/readyz" + (",/devices" if config.metrics.devices else "")
+    log.info("http_serving", listen=http.address, paths=paths)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,6 +130,7 @@ class CheckRow:
     text: str
     failed: bool = False
     """The driver's scan failed (the text is its error)."""
+    device: Device | None = None
 
 
 async def _check(config: Config, node: NodeInfo | None) -> list[CheckRow]:
@@ -142,8 +155,24 @@ async def _check(config: Config, node: NodeInfo | None) -> list[CheckRow]:
             continue
         if not devices:
             rows.append(CheckRow(resource.name, kind, "(no devices found now)"))
-        rows.extend(CheckRow(resource.name, kind, device_cell(device)) for device in devices)
+        rows.extend(
+            CheckRow(resource.name, kind, device_cell(device), device=device) for device in devices
+        )
     return rows
+
+
+def overlap_warnings(rows: list[CheckRow]) -> list[str]:
+    """One line per node or mount source two devices would reach: the host advertises only
+    the first (docs: Reliability, one node, one advertised device)."""
+    from .ownership import overlaps
+
+    found = overlaps((row.resource, row.device) for row in rows if row.device is not None)
+    return [
+        f"warning: {quote_text(o.path)} is reachable from {quote_text(o.first.resource)} "
+        f"(device {quote_text(o.first.device)}) and {quote_text(o.second.resource)} (device "
+        f"{quote_text(o.second.device)}): only the first to claim it is advertised"
+        for o in found
+    ]
 
 
 def device_cell(device: Device) -> str:
@@ -177,6 +206,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
     for row in rows:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
+    for warning in overlap_warnings(rows):
+        print(warning, file=sys.stderr)
     failed = sorted({row.resource for row in rows if row.failed})
     if failed and not args.allow_driver_errors:
         print(
@@ -193,6 +224,19 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from .sysfs.cli import discover_command
 
     return discover_command(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Who holds each device, asked of a running host (its `/devices`)."""
+    from .status import status_command
+
+    listen = "127.0.0.1:9410"
+    if args.config is not None:
+        config = _load_or_report(Path(args.config))
+        if config is None:
+            return EXIT_INVALID
+        listen = config.metrics.listen
+    return status_command(args, listen)
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -295,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .sysfs.cli import add_discover_arguments
 
     add_discover_arguments(discover)
+    status = add(
+        "status", cmd_status, "Show each device's health, who holds it, and its release state."
+    )
+    from .status import add_status_arguments
+
+    add_status_arguments(status, config_help)
     add("version", cmd_version, "Print the version.")
     sim = add("simulate-kubelet", cmd_simulate_kubelet, "Run a kubelet device-manager simulator.")
     sim.add_argument(

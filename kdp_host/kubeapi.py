@@ -36,6 +36,7 @@ from urllib.parse import quote, urlsplit
 
 from . import __version__
 from .backoff import Backoff
+from .files import DaemonThreads, Offload
 from .logs import EventLogger
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -82,11 +83,11 @@ class ApiServer:
         return cls(f"https://{host}:{port}", token, os.path.join(account_dir, "ca.crt"))
 
     def ssl_context(self) -> ssl.SSLContext:
-        """Verifies the server against the cluster CA (blocking: call from a thread)."""
+        """Verifies the server against the cluster CA (blocking: run it through an offload)."""
         return ssl.create_default_context(cafile=self.ca_file)
 
     def token(self) -> str | None:
-        """The current bearer token (blocking: call from a thread)."""
+        """The current bearer token (blocking: run it through an offload)."""
         if self.token_file is None:
             return None
         return Path(self.token_file).read_text(encoding="ascii").strip()
@@ -103,7 +104,7 @@ class _Response:
         self.writer.close()
 
 
-async def _request(api: ApiServer, target: str) -> _Response:
+async def _request(api: ApiServer, target: str, offload: Offload) -> _Response:
     """Send `GET target` and read the answer's head; the caller reads the body and closes."""
     parts = urlsplit(api.url)
     secure = parts.scheme == "https"
@@ -111,8 +112,8 @@ async def _request(api: ApiServer, target: str) -> _Response:
         raise ApiError(f"bad API server URL {api.url!r}")
     port = parts.port or (443 if secure else 80)
     try:
-        context = await asyncio.to_thread(api.ssl_context) if secure else None
-        token = await asyncio.to_thread(api.token)
+        context = await offload.run(api.ssl_context) if secure else None
+        token = await offload.run(api.token)
     except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
         raise ApiError(f"cannot read the service account: {exc}") from None
     async with asyncio.timeout(REQUEST_TIMEOUT):
@@ -251,6 +252,8 @@ class NodeLabelWatch:
     api: ApiServer
     node: str
     log: EventLogger
+    offload: Offload = field(default_factory=DaemonThreads)
+    """Reads the token and the CA off the event loop (the host's, in `kdp-host run`)."""
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=60.0))
     watch_seconds: int = WATCH_SECONDS
     problem: str | None = "not read yet"
@@ -287,7 +290,9 @@ class NodeLabelWatch:
 
     async def get(self) -> tuple[dict[str, str], str]:
         """The node's labels and resource version now."""
-        response = await _request(self.api, f"/api/v1/nodes/{quote(self.node, safe='')}")
+        response = await _request(
+            self.api, f"/api/v1/nodes/{quote(self.node, safe='')}", self.offload
+        )
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 body = await _read_body(response)
@@ -304,7 +309,7 @@ class NodeLabelWatch:
             f"/api/v1/nodes?fieldSelector={selector}&watch=1&allowWatchBookmarks=true"
             f"&resourceVersion={quote(version, safe='')}&timeoutSeconds={self.watch_seconds}"
         )
-        response = await _request(self.api, target)
+        response = await _request(self.api, target, self.offload)
         try:
             if response.status != 200:
                 async with asyncio.timeout(REQUEST_TIMEOUT):

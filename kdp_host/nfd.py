@@ -18,6 +18,7 @@ import os
 from .backoff import Backoff
 from .cdi import write_atomic
 from .devices import Snapshot
+from .files import Offload
 from .logs import EventLogger
 from .rules import node_feature_labels
 
@@ -32,15 +33,19 @@ def feature_file_text(counts: dict[str, int]) -> str:
     lines = ["# Written by kdp-host for Node Feature Discovery (local source). Do not edit."]
     for resource in sorted(counts):
         present, count = node_feature_labels(resource)
-        lines += [f"{present}={'true' if counts[resource] else 'false'}", f"{count}={counts[resource]}"]
+        lines += [
+            f"{present}={'true' if counts[resource] else 'false'}",
+            f"{count}={counts[resource]}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 class NodeFeatureFile:
     """Keeps the feature file in step with the resources' device lists."""
 
-    def __init__(self, path: str, log: EventLogger) -> None:
+    def __init__(self, path: str, log: EventLogger, offload: Offload) -> None:
         self.path = path
+        self._offload = offload
         self._log = log.bind(component="node-features", path=path)
         self._counts: dict[str, int] = {}
         self._changed = asyncio.Event()
@@ -82,7 +87,7 @@ class NodeFeatureFile:
                 detail=f"NFD ignores feature files over {MAX_FEATURE_FILE_BYTES} bytes",
             )
         try:
-            await write_atomic(self.path, data)
+            await self._offload.run(lambda: write_atomic(self.path, data))
         except OSError as exc:
             delay = self._retry.next_delay()
             self._log.error(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
+from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
 from .watch import Watcher
@@ -48,8 +49,20 @@ def restart_required(old: Config, new: Config) -> list[str]:
     problems = []
     if old.kubelet.socket_dir != new.kubelet.socket_dir:
         problems.append("kubelet.socketDir changed: restart kdp-host to apply")
+    if old.kubelet.registration != new.kubelet.registration:
+        problems.append("kubelet.registration changed: restart kdp-host to apply")
+    if old.kubelet.plugins_registry_dir != new.kubelet.plugins_registry_dir:
+        problems.append("kubelet.pluginsRegistryDir changed: restart kdp-host to apply")
+    if old.kubelet.pod_resources_socket != new.kubelet.pod_resources_socket:
+        problems.append("kubelet.podResourcesSocket changed: restart kdp-host to apply")
+    if old.kubelet.pod_resources_interval != new.kubelet.pod_resources_interval:
+        problems.append("kubelet.podResourcesInterval changed: restart kdp-host to apply")
+    if old.state_dir != new.state_dir:
+        problems.append("stateDir changed: restart kdp-host to apply")
     if old.metrics.listen != new.metrics.listen:
         problems.append("metrics.listen changed: restart kdp-host to apply")
+    if old.metrics.devices != new.metrics.devices:
+        problems.append("metrics.devices changed: restart kdp-host to apply")
     if old.metrics.histograms != new.metrics.histograms:
         problems.append("metrics.histograms changed: restart kdp-host to apply")
     if old.node_features != new.node_features:
@@ -76,7 +89,8 @@ class ConfigReloader:
     metrics: Metrics
     log: EventLogger
     load_config: Callable[[Path], Config] = load_config
-    """Reads and validates a config file (in a worker thread); raises ConfigError."""
+    """Reads and validates a config file (through `offload`); raises ConfigError."""
+    offload: Offload = field(default_factory=DaemonThreads)
     debounce: float = RELOAD_DEBOUNCE
     _wanted: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -111,11 +125,11 @@ class ConfigReloader:
     async def reload(self) -> ConfigReloadResult:
         """Read, validate and apply the file; returns the result that was counted.
 
-        The file is read and checked by the same function as at start-up, in a worker thread
+        The file is read and checked by the same function as at start-up, off the loop
         (its work is bounded by the config loader's limits), so the loop keeps serving.
         """
         try:
-            new = await asyncio.to_thread(self.load_config, self.path)
+            new = await self.offload.run(lambda: self.load_config(self.path))
         except ConfigError as exc:
             return self._result("invalid", error=str(exc), problems=len(exc.problems))
         if new.sha256 == self.current().sha256:

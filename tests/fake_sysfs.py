@@ -98,6 +98,8 @@ class FakeSysfs:
             lines.append(f"DEVTYPE={devtype}")
         (directory / "uevent").write_text("\n".join(lines) + "\n")
         (directory / "dev").write_text(f"{major}:{minor}\n")
+        kind = "block" if klass == "block" else "char"
+        _relative_link(self.sys / "dev" / kind / f"{major}:{minor}", directory)
         if create:
             self.create_node(devname)
         return directory
@@ -154,11 +156,22 @@ class FakeSysfs:
         return path
 
     def pci_accelerator(
-        self, address: str = "0000:3b:00.0", *, card: int = 1, numa_node: int = 1
+        self,
+        address: str = "0000:3b:00.0",
+        *,
+        card: int = 1,
+        numa_node: int = 1,
+        parent: Path | None = None,
     ) -> Path:
         """A GPU-like accelerator bound to its driver, with drm card and render nodes."""
         path = self.pci_device(
-            address, "8086", "56a0", pci_class="0x030000", numa_node=numa_node, driver="i915"
+            address,
+            "8086",
+            "56a0",
+            pci_class="0x030000",
+            numa_node=numa_node,
+            driver="i915",
+            parent=parent,
         )
         self.node(
             path / "drm" / f"card{card}", f"dri/card{card}", klass="drm", major=226, minor=card
@@ -173,14 +186,21 @@ class FakeSysfs:
         )
         return path
 
-    def pci_vfio(self, address: str = "0000:5e:00.0", *, group: int | str = 42) -> Path:
+    def pci_vfio(
+        self,
+        address: str = "0000:5e:00.0",
+        *,
+        group: int | str = 42,
+        ids: tuple[str, str] = ("10de", "1eb8"),
+        pci_class: str = "0x030200",
+        vfio_dev: int = 0,
+    ) -> Path:
         """A device bound to vfio-pci: /dev/vfio/<group> (+ /dev/vfio/vfio), and the iommufd
-        character device the kernel adds below it."""
+        character device `vfio/devices/vfio<vfio_dev>` the kernel adds below it."""
         path = self.pci_device(
             address,
-            "10de",
-            "1eb8",
-            pci_class="0x030200",
+            *ids,
+            pci_class=pci_class,
             numa_node=0,
             driver="vfio-pci",
             iommu_group=group,
@@ -188,7 +208,11 @@ class FakeSysfs:
         self.create_node(f"vfio/{group}")
         self.create_node("vfio/vfio")
         self.node(
-            path / "vfio-dev" / "vfio0", "vfio/devices/vfio0", klass="vfio-dev", major=511, minor=0
+            path / "vfio-dev" / f"vfio{vfio_dev}",
+            f"vfio/devices/vfio{vfio_dev}",
+            klass="vfio-dev",
+            major=511,
+            minor=vfio_dev,
         )
         return path
 
@@ -217,6 +241,35 @@ class FakeSysfs:
             devtype="partition",
         )
         return path
+
+    def virtio_disk(self, address: str, *, index: int, disk: str, partitions: int = 0) -> Path:
+        """A virtio-blk disk as QEMU gives one: the PCI device (1af4:1001), the virtio
+        device `virtio<index>` below it, and the disk's block node (and partitions)."""
+        pci = self.pci_device(
+            address, "1af4", "1001", pci_class="0x010000", driver="virtio-pci", numa_node=0
+        )
+        virtio = self.device_dir(pci / f"virtio{index}", bus="virtio")
+        self.attributes(virtio, vendor="0x1af4", device="0x0002")
+        self.bind(virtio, "virtio", "virtio_blk")
+        block = self.node(
+            virtio / "block" / disk,
+            disk,
+            klass="block",
+            major=253,
+            minor=16 * index,
+            devtype="disk",
+        )
+        for number in range(1, partitions + 1):
+            self.node(
+                block / f"{disk}{number}",
+                f"{disk}{number}",
+                klass="block",
+                major=253,
+                minor=16 * index + number,
+                devtype="partition",
+            )
+            (block / f"{disk}{number}" / "partition").write_text(f"{number}\n")
+        return pci
 
     # ------------------------------------------------------------------ USB
 

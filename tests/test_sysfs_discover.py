@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,9 +17,10 @@ from kdp_host.config import SysfsDriverConfig, load_config_text
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.sysfs import SysfsDriver
 from kdp_host.logs import get_logger
+from kdp_host.sysfs import SysfsReader, SysfsScan
 from kdp_host.watch import PollingWatcher
 
-from .fake_sysfs import FakeSysfs, standard_machine
+from .fake_sysfs import CH340, SILABS_CP210X, FakeSysfs, standard_machine
 
 
 @pytest.fixture
@@ -27,7 +31,11 @@ def fake(tmp_path: Path) -> FakeSysfs:
 
 
 def run_discover(fake: FakeSysfs, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    code = main(["discover", "--sysfs-root", str(fake.sys), "--dev-root", str(fake.dev), *args])
+    """`kdp-host discover` on the fake machine, without the host's ID databases (unless the
+    test names one), so what this machine has installed never changes the output."""
+    ids = [] if "--pci-ids" in args else ["--pci-ids", "", "--usb-ids", ""]
+    roots = ["--sysfs-root", str(fake.sys), "--dev-root", str(fake.dev)]
+    code = main(["discover", *roots, *ids, *args])
     assert code == 0
     return capsys.readouterr().out
 
@@ -113,6 +121,31 @@ def test_every_suggested_entry_finds_its_device(
         assert [n.host_path for n in found[item["id"]].nodes] == [n["path"] for n in item["nodes"]]
 
 
+def test_a_hung_sysfs_read_is_given_up_after_the_timeout(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read runs off the loop (the host's offload): a read stuck in the kernel is left
+    on its daemon thread, and discover says so and exits."""
+    release = threading.Event()
+
+    def stuck(self: SysfsReader, *args: object) -> SysfsScan:
+        release.wait(30)
+        return SysfsScan(())
+
+    monkeypatch.setattr(SysfsReader, "scan", stuck)
+    try:
+        code = main(
+            [
+                *("discover", "--sysfs-root", str(fake.sys), "--dev-root", str(fake.dev)),
+                *("--timeout", "0.2"),
+            ]
+        )
+    finally:
+        release.set()
+    assert code == 1
+    assert capsys.readouterr().err == "kdp-host discover: sysfs: no answer within 0.2s\n"
+
+
 def test_missing_bus_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     empty = FakeSysfs(tmp_path)
     out = run_discover(empty, capsys)
@@ -126,7 +159,9 @@ def test_classes_are_listed_with_their_name(
     out = run_discover(fake, capsys, "--bus", "none-such", "--class", "drm", "--format", "json")
     document = json.loads(out)
     assert sorted(d["address"] for d in document["devices"]) == ["card1", "renderD129"]
-    assert document["devices"][0]["resource"]["sysfs"] == {"devices": [{"class": "drm"}]}
+    assert document["devices"][0]["resource"]["sysfs"] == {
+        "devices": [{"class": "drm", "name": "card1"}]
+    }
 
 
 def test_check_shows_sysfs_resources(
@@ -190,7 +225,8 @@ def test_entries_are_ready_to_paste(fake: FakeSysfs, capsys: pytest.CaptureFixtu
             assert all(value != "" for value in match.values()), entry
     by_address = {d["address"]: d for d in document["devices"]}
     assert by_address["3-3"]["resource"] is None
-    assert by_address["0000:77:00.0"]["resource"]["sysfs"]["pci"] == [{"vendor": "8086"}]
+    [unread] = by_address["0000:77:00.0"]["resource"]["sysfs"]["pci"]
+    assert unread["vendor"] == "8086" and "device" not in unread
     load_config_text(yaml.safe_dump({"resources": entries}))
     table = run_discover(fake, capsys)
     assert "# no entry: its vendor and product IDs could not be read" in table
@@ -215,3 +251,138 @@ def test_bad_arguments_are_refused(
         main(["discover", "--sysfs-root", str(fake.sys), "--dev-root", str(fake.dev), *args])
     assert exited.value.code == 2
     assert "must" in capsys.readouterr().err
+
+
+def entry_config(entry: dict[str, Any], fake: FakeSysfs) -> SysfsDriverConfig:
+    entry = copy.deepcopy(entry)
+    entry["sysfs"].update(sysfsRoot=str(fake.sys), devRoot=str(fake.dev))
+    driver_config = load_config_text(yaml.safe_dump({"resources": [entry]})).resources[0].driver
+    assert isinstance(driver_config, SysfsDriverConfig)
+    return driver_config
+
+
+def advertised(fake: FakeSysfs, entry: dict[str, Any]) -> list[list[str]]:
+    """The node lists of the devices a pasted entry advertises, found by the driver."""
+    log = get_logger()
+    driver = SysfsDriver(entry_config(entry, fake), DriverDeps(log, PollingWatcher(log)))
+    return [[n.host_path for n in d.nodes] for d in asyncio.run(driver.scan())]
+
+
+def test_every_block_entry_matches_exactly_its_device(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`discover --class block`: pasting the entry printed for vdb exposes vdb, not every
+    disk of the machine (the root disk among them)."""
+    fake.virtio_disk("0000:00:05.0", index=2, disk="vda", partitions=2)
+    fake.virtio_disk("0000:00:06.0", index=3, disk="vdb")
+    out = run_discover(fake, capsys, "--bus", "none-such", "--class", "block", "--format", "yaml")
+    document = yaml.safe_load(out)
+    by_address = {d["address"]: d for d in document["devices"]}
+    assert set(by_address) >= {"vda", "vda1", "vdb", "nvme0n1", "nvme0n1p1"}
+    for address, item in by_address.items():
+        assert item["matches"] == [address], item
+        assert advertised(fake, item["resource"]) == [[n["path"] for n in item["nodes"]]]
+    assert advertised(fake, by_address["vdb"]["resource"]) == [["/dev/vdb"]]
+
+
+def test_an_entry_that_matches_several_devices_says_so(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two sticks of one product: with serials each entry holds its serial; without, the
+    entry says plainly which devices it matches."""
+    controller = fake.usb_controller("0000:00:15.0")
+    fake.usb_serial_adapter(controller, "2-1", devnum=2, tty="ttyUSB5", serial="B-ONE")
+    for port, devnum, tty in (("2-2", 3, "ttyUSB6"), ("2-3", 4, "ttyUSB7")):
+        fake.usb_serial_adapter(controller, port, devnum=devnum, tty=tty, ids=CH340, serial=None)
+    document = yaml.safe_load(run_discover(fake, capsys, "--format", "yaml"))
+    by_address = {d["address"]: d for d in document["devices"]}
+    assert by_address["2-1"]["resource"]["sysfs"]["usb"] == [
+        {"vendor": "0403", "product": "6001", "serial": "B-ONE"}
+    ]
+    assert by_address["2-1"]["matches"] == ["2-1"]
+    assert sorted(by_address["2-2"]["matches"]) == ["1-2", "2-2", "2-3"]
+    table = run_discover(fake, capsys)
+    assert "#   matches 3 devices here, not only this one: 1-2, 2-2, 2-3" in table
+
+
+@pytest.mark.parametrize("serial", ["A[12]", "*", "S?N", "[!x]"])
+def test_the_pin_advice_matches_only_its_serial(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str], serial: str
+) -> None:
+    """A serial with glob characters: the `serial:` printed to pin the stick (as advice,
+    or in the entry once others of its kind are present) matches that stick, never one
+    whose serial the glob would match."""
+    controller = fake.usb_controller("0000:00:15.0")
+    fake.usb_serial_adapter(
+        controller, "2-1", devnum=2, tty="ttyUSB5", serial=serial, ids=SILABS_CP210X
+    )
+
+    def section(table: str) -> str:
+        return table.split("# usb 2-1:")[1].split("\n", 1)[1].split("\n\n")[0]
+
+    alone = section(run_discover(fake, capsys))
+    assert "matches only this serial" in alone
+    advice = alone.split("add serial: ")[1].splitlines()[0]
+    [entry] = yaml.safe_load(alone)
+    entry["sysfs"]["usb"][0]["serial"] = json.loads(advice)
+    for port, devnum, other in (("2-2", 3, "A1"), ("2-3", 4, "SxN"), ("2-4", 5, "y")):
+        fake.usb_serial_adapter(
+            controller,
+            port,
+            devnum=devnum,
+            tty=f"ttyUSB{devnum + 4}",
+            serial=other,
+            ids=SILABS_CP210X,
+        )
+    pinned = [["/dev/ttyUSB5", "/dev/bus/usb/002/002"]]
+    assert advertised(fake, entry) == pinned
+    [narrowed] = yaml.safe_load(section(run_discover(fake, capsys)))
+    assert narrowed["sysfs"]["usb"][0]["serial"] == json.loads(advice)
+    assert advertised(fake, narrowed) == pinned
+
+
+def test_names_come_from_the_id_databases(
+    fake: FakeSysfs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a pci.ids / usb.ids (any path), entries say what the device is; without one,
+    the built-in class names; a database named but unreadable is an error."""
+    fake.virtio_disk("0000:00:05.0", index=2, disk="vda")
+    controller = fake.usb_controller("0000:00:15.0")
+    fake.usb_device(controller, "2-1", devnum=2, vendor="046d", product="c52b")
+    pci_ids = tmp_path / "pci.ids"
+    pci_ids.write_text(
+        "# a comment\n1af4  Red Hat, Inc.\n\t1001  Virtio block device\n"
+        "\t\t1af4 0002  Virtio disk\n8086  Intel Corporation\n"
+        "C 01  Mass storage controller\n\t00  SCSI storage controller\n"
+        "C 0c  Serial bus controller\n\t03  USB controller\n\t\t30  XHCI\n"
+    )
+    usb_ids = tmp_path / "usb.ids"
+    usb_ids.write_text(
+        "046d  Logitech, Inc.\n\tc52b  Unifying Receiver\nC 09  Hub\nHID 00  Undefined\n"
+    )
+    ids = ("--pci-ids", str(pci_ids), "--usb-ids", str(usb_ids), "--all", "--format", "json")
+    by_address = {d["address"]: d for d in json.loads(run_discover(fake, capsys, *ids))["devices"]}
+    assert by_address["0000:00:05.0"]["description"] == "Red Hat, Inc. Virtio block device"
+    assert by_address["0000:00:15.0"]["description"] == "Intel Corporation XHCI"
+    assert by_address["2-1"]["description"] == "Logitech, Inc. Unifying Receiver"
+    assert by_address["0000:00:05.0"]["resource"]["name"] == "example.com/virtio-pci"
+    plain = json.loads(run_discover(fake, capsys, "--all", "--format", "json"))["devices"]
+    assert {d["address"]: d["description"] for d in plain}["0000:00:05.0"] == (
+        "SCSI storage controller"
+    )
+    code = main(["discover", "--sysfs-root", str(fake.sys), "--pci-ids", str(tmp_path / "no")])
+    assert code == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_devices_without_a_node_need_all(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A PCI device with no device node (a NIC, an SMBus controller) gets no entry unless
+    asked: a resource of it would hand out nothing."""
+    fake.pci_device("0000:02:00.0", "8086", "1533", pci_class="0x020000", driver="igb")
+    plain = json.loads(run_discover(fake, capsys, "--format", "json"))["devices"]
+    assert "0000:02:00.0" not in {d["address"] for d in plain}
+    assert all(d["nodes"] for d in plain)
+    everything = json.loads(run_discover(fake, capsys, "--all", "--format", "json"))["devices"]
+    assert "0000:02:00.0" in {d["address"] for d in everything}

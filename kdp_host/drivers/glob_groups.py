@@ -24,7 +24,7 @@ import glob as globlib
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -32,20 +32,24 @@ from .. import rules
 from ..config import GlobDriverConfig, GlobGroupMemberConfig, render_template
 from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
-from ..watch import DirSignature, dir_signature
+from ..files import FileReader
 from .base import DriverDeps, Skipped
-from .glob import SCAN_TIMEOUT, GlobDriver, _ScanResult, dir_readable
+from .glob import SCAN_TIMEOUT, dir_readable, glob_settings, numa_node, scan_notices, watch_pattern
 from .glob_paths import (
     DeviceIdentity,
     DeviceIds,
     examine,
+    fixed_parent,
     name_problem,
     printable_path,
-    watch_dirs,
 )
+from .scanning import DirWatch, Listed, ScanLoop, ScanResult
 
 INCOMPLETE = "incomplete_group"
 """The skip reason of a group that lacks a required member."""
+UNSAFE_MOUNT = "unsafe_mount"
+"""The skip reason of a path to mount whose real path is `/` or outside its member's fixed
+directory (a directory member that is a symlink out of it)."""
 PATH_COLLISION = "path_collision"
 """The skip reason of a group with two different paths at one container path (the runtime
 would keep only one of them)."""
@@ -102,15 +106,18 @@ class _Member:
     """The glob that lists the member's paths (`{key}` written as `*`)."""
     key_regex: re.Pattern[str] | None
     """Takes the group key out of a matched path; None for a member of every group."""
+    base: str
+    """The deepest directory of the pattern without a wildcard: what it names is inside."""
 
     @classmethod
     def of(cls, config: GlobGroupMemberConfig) -> _Member:
         path = config.path
+        pattern = path.replace(GROUP_KEY, "*")
         if GROUP_KEY not in path:
-            return cls(config, path, None)
+            return cls(config, pattern, None, fixed_parent(pattern))
         before, after = path.split(GROUP_KEY, 1)
         regex = re.compile(f"{_glob_regex(before)}(?P<key>[^/]+?){_glob_regex(after)}")
-        return cls(config, path.replace(GROUP_KEY, "*"), regex)
+        return cls(config, pattern, regex, fixed_parent(pattern))
 
     def key_of(self, path: str) -> str | None:
         if self.key_regex is None:
@@ -149,18 +156,19 @@ def _claimants(found: dict[str, dict[int, list[_Match]]]) -> dict[DeviceIdentity
     return claimants
 
 
-class GlobGroupDriver(GlobDriver):
-    """The glob driver with `glob.group`: devices made of several paths."""
+class GlobGroupScan:
+    """The scan of the glob driver with `glob.group`: devices made of several paths."""
 
     def __init__(
         self,
         config: GlobDriverConfig,
-        deps: DriverDeps,
+        files: FileReader,
         *,
         dir_readable: Callable[[str], bool] = dir_readable,
-        scan_timeout: float = SCAN_TIMEOUT,
     ) -> None:
-        super().__init__(config, deps, dir_readable=dir_readable, scan_timeout=scan_timeout)
+        self.config = config
+        self._files = files
+        self._dir_readable = dir_readable
         self._members = tuple(_Member.of(m) for m in config.group)
         self._keyed = any(m.key_regex is not None for m in self._members)
         self._key_ids = DeviceIds(("/*",))
@@ -175,29 +183,23 @@ class GlobGroupDriver(GlobDriver):
         )
         """The key of the one group of a config without `{key}`: the last component of the
         first member's path that is not a glob (`/dev/snd/*` -> `snd`)."""
+        self._patterns = tuple(m.path for m in config.group)
 
     def group_id(self, key: str) -> str:
         """The ID of the group with this key: a pure function of the key and the config."""
         return self._key_ids("/" + (key if self._keyed else self._single_key))
 
-    def _scan_sync(self) -> _ScanResult:
+    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
         skipped: dict[str, Skipped] = {}
-        dirs: set[str] = set()
-        signatures: dict[str, DirSignature | None] = {}
         unreadable: set[str] = set()
         real_dirs: dict[str, str] = {}
-        previous = self._known
+        previous = listed.devices
         # key -> member index -> matches; members without {key} under the key "".
         found: dict[str, dict[int, list[_Match]]] = defaultdict(lambda: defaultdict(list))
         seen: set[tuple[int, str]] = set()
         for index, member in enumerate(self._members):
-            member_dirs = watch_dirs(member.pattern)
-            dirs.update(member_dirs)
-            for directory in member_dirs:
-                signatures.setdefault(directory, dir_signature(directory))
-            unreadable.update(
-                d for d in member_dirs if os.path.isdir(d) and not self._dir_readable(d)
-            )
+            watch_pattern(member.pattern, dirs, self._dir_readable, unreadable)
+            real_base = os.path.realpath(member.base)
             for matched in sorted(globlib.glob(member.pattern)):
                 if (index, matched) in seen:
                     continue
@@ -208,13 +210,12 @@ class GlobGroupDriver(GlobDriver):
                 if why := name_problem(matched):
                     skipped[matched] = Skipped("bad_name", printable_path(matched), why)
                     continue
-                match = self._examine(matched, real_dirs, skipped)
+                match = self._examine(matched, member, real_base, real_dirs, skipped)
                 if match is None:
                     continue
                 match_result, link_dir = match
-                if link_dir is not None and link_dir not in dirs:
-                    dirs.add(link_dir)
-                    signatures.setdefault(link_dir, dir_signature(link_dir))
+                if link_dir is not None:
+                    dirs.watch(link_dir)
                 found[key][index].append(match_result)
         shared = found.pop("", {})
         claimants = _claimants(found) if self._keyed else {}
@@ -236,29 +237,55 @@ class GlobGroupDriver(GlobDriver):
                 )
                 continue
             devices[device.id] = device
-        return _ScanResult(
-            devices, tuple(skipped.values()), frozenset(dirs), tuple(sorted(unreadable)), signatures
+        return ScanResult(
+            devices,
+            tuple(skipped.values()),
+            notices=scan_notices(bool(devices), self._patterns, unreadable),
         )
 
     @staticmethod
     def _examine(
-        matched: str, real_dirs: dict[str, str], skipped: dict[str, Skipped]
+        matched: str,
+        member: _Member,
+        real_base: str,
+        real_dirs: dict[str, str],
+        skipped: dict[str, Skipped],
     ) -> tuple[_Match, str | None] | None:
         """A matched path as a node or a directory (and the directory a symlink leads into),
-        or None (gone, or skipped with why)."""
+        or None (gone, or skipped with why).
+
+        Resolved before grouping: a path that reaches its target through any symlink below
+        the member's fixed directory (the leaf or a directory on the way) is a link, so it
+        never takes a node from the group whose own path it is (`_claimants`). What would
+        be mounted must really be inside the member's fixed directory, and never `/`: a
+        directory member that is a symlink to `/` or out of the pattern's directory would
+        bind-mount the host's root or anything else into the container."""
         result = examine(matched, real_dirs)
         if isinstance(result, Skipped):
             skipped[matched] = result
             return None
         if result is not None:
-            link = result.link_dir is not None
-            return _Match(matched, result.real_path, False, result.identity, link), result.link_dir
-        if not os.path.isdir(matched):
+            real_path, identity, directory = result.real_path, result.identity, False
+            link_dir = result.link_dir
+        elif os.path.isdir(matched):
+            real_path = os.path.realpath(matched)
+            identity, directory = ("path", real_path), True
+            link_dir = os.path.dirname(real_path) if os.path.islink(matched) else None
+        else:
             return None  # gone since the glob
-        real_path = os.path.realpath(matched)
-        link_dir = os.path.dirname(real_path) if os.path.islink(matched) else None
-        match = _Match(matched, real_path, True, ("path", real_path), link_dir is not None)
-        return match, link_dir
+        relative = os.path.relpath(matched, member.base)
+        link = real_path != os.path.normpath(os.path.join(real_base, relative))
+        if (directory or member.config.mount) and (
+            real_path == "/" or not real_path.startswith(real_base.rstrip("/") + "/")
+        ):
+            skipped[matched] = Skipped(
+                UNSAFE_MOUNT,
+                printable_path(matched),
+                f"not mounted: its real path {printable_path(real_path)} is "
+                + ("/" if real_path == "/" else f"outside {printable_path(real_base)}"),
+            )
+            return None
+        return _Match(matched, real_path, directory, identity, link), link_dir
 
     def _group_device(
         self,
@@ -267,7 +294,7 @@ class GlobGroupDriver(GlobDriver):
         shared: dict[int, list[_Match]],
         claimants: dict[DeviceIdentity, frozenset[str]],
         owners: dict[DeviceIdentity, tuple[str, str]],
-        previous: dict[str, Device],
+        previous: Mapping[str, Device],
         skipped: dict[str, Skipped],
     ) -> Device | None:
         """The device of one group, or None while a required member is missing.
@@ -338,11 +365,17 @@ class GlobGroupDriver(GlobDriver):
                 if config.container_path
                 else match.matched
             )
+            # A member without {key} is in every group on purpose: a shared claim.
+            every_group = self._keyed and GROUP_KEY not in config.path
             if match.directory or config.mount:
-                mounts.append(DeviceMount(match.real_path, container, config.read_only))
+                mounts.append(
+                    DeviceMount(match.real_path, container, config.read_only, every_group)
+                )
             else:
                 nodes.append(
-                    DeviceNode(match.real_path, container, config.permissions, config.optional)
+                    DeviceNode(
+                        match.real_path, container, config.permissions, config.optional, every_group
+                    )
                 )
         for duplicate in duplicates:
             skipped[duplicate.subject] = duplicate
@@ -357,7 +390,7 @@ class GlobGroupDriver(GlobDriver):
             if GROUP_KEY in config.path:
                 owners[match.identity] = (key, match.matched)
         device_id = self.group_id(key)
-        numa = self._numa_for(first_path, os.path.basename(first_path), skipped)
+        numa = numa_node(self.config, self._files, first_path, skipped)
         device = Device(
             id=device_id, nodes=tuple(nodes), numa=numa, mounts=tuple(mounts), path=first_path
         )
@@ -365,3 +398,18 @@ class GlobGroupDriver(GlobDriver):
         if known is not None and known == device:
             return known  # unchanged: keep the same object (cheap comparison of the lists)
         return device
+
+
+class GlobGroupDriver(ScanLoop[GlobGroupScan]):
+    """The glob driver with `glob.group`: the scan loop running a `GlobGroupScan`."""
+
+    def __init__(
+        self,
+        config: GlobDriverConfig,
+        deps: DriverDeps,
+        *,
+        dir_readable: Callable[[str], bool] = dir_readable,
+        scan_timeout: float = SCAN_TIMEOUT,
+    ) -> None:
+        scanner = GlobGroupScan(config, deps.files, dir_readable=dir_readable)
+        super().__init__(scanner, glob_settings(config, scan_timeout), deps)

@@ -14,7 +14,6 @@ Every error names the line (or the JSON entry) and quotes it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from typing import Any, Literal
 
 from .. import rules
 from ..devices import Device, DeviceMount, DeviceNode
+from ..files import Offload
 from .base import DriverError
 
 _OFFLOAD_PARSE_BYTES = 16 * 1024
@@ -74,6 +74,13 @@ def _check_path(value: str, what: str) -> str:
     return value
 
 
+def _check_node_path(value: str, what: str) -> str:
+    """A device node's path, which `{paths}` and `{hostPaths}` list: rules.device_path_problem."""
+    if why := rules.device_path_problem(value):
+        raise _Invalid(f"{what} {why}, got {_quote(value)}")
+    return value
+
+
 def _health(word: str) -> bool:
     healthy = _HEALTH_WORDS.get(word.lower())
     if healthy is None:
@@ -85,7 +92,9 @@ def _node_from_spec(spec: str) -> DeviceNode:
     """`/dev/x` (same path inside) or `/dev/x:/dev/y` (the container part starts at `:/`)."""
     split = spec.find(":/", 1)
     host, container = (spec[:split], spec[split + 1 :]) if split > 0 else (spec, spec)
-    return DeviceNode(_check_path(host, "host path"), _check_path(container, "container path"))
+    return DeviceNode(
+        _check_node_path(host, "host path"), _check_node_path(container, "container path")
+    )
 
 
 def _add_node(nodes: list[DeviceNode], node: DeviceNode) -> None:
@@ -318,10 +327,10 @@ def _nodes_from_json(value: Any) -> list[DeviceNode]:
             obj = _json_object(entry, what, _PATH_KEYS)
             if "hostPath" not in obj:
                 raise _Invalid(f"{what}: missing required key 'hostPath'")
-            host = _check_path(_json_string(obj["hostPath"], f"{what}.hostPath"), "host path")
+            host = _check_node_path(_json_string(obj["hostPath"], f"{what}.hostPath"), "host path")
             container = host
             if "containerPath" in obj:
-                container = _check_path(
+                container = _check_node_path(
                     _json_string(obj["containerPath"], f"{what}.containerPath"), "container path"
                 )
             node = DeviceNode(host, container)
@@ -429,9 +438,10 @@ def parse_output(data: bytes | str, fmt: Format) -> list[Device]:
     return parse_json(data) if fmt == "json" else parse_lines(data)
 
 
-async def parse_off_loop(data: bytes, fmt: Format) -> list[Device]:
+async def parse_off_loop(data: bytes, fmt: Format, offload: Offload) -> list[Device]:
+    """Parse probe output; a large document through `offload`, off the loop."""
     if len(data) > _OFFLOAD_PARSE_BYTES:
-        return await asyncio.to_thread(parse_output, data, fmt)
+        return await offload.run(lambda: parse_output(data, fmt))
     return parse_output(data, fmt)
 
 

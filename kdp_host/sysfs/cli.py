@@ -7,17 +7,20 @@ import asyncio
 import math
 import sys
 
+from ..files import DaemonThreads
 from ..logs import quote_text
 from .discover import (
     DEFAULT_DOMAIN,
+    Names,
     discover,
     domain_problem,
     render_json,
     render_table,
     render_yaml,
 )
-from .model import PCI, USB
-from .reader import DEFAULT_SCAN_TIMEOUT, ScanTimeout, SysfsReader, read_off_loop
+from .ids import PCI_IDS_PATHS, USB_IDS_PATHS, IdsError, find_ids
+from .model import PCI, USB, SysfsScan
+from .reader import DEFAULT_SCAN_TIMEOUT, SysfsReader
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -59,7 +62,9 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
         help="a class under /sys/class to list, e.g. video4linux, sound, tty (repeatable)",
     )
     parser.add_argument(
-        "--all", action="store_true", help="also list USB root hubs and PCI bridges"
+        "--all",
+        action="store_true",
+        help="also list USB root hubs, PCI bridges and devices without a device node",
     )
     parser.add_argument(
         "--domain",
@@ -69,6 +74,14 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sysfs-root", default="/sys", help="where sysfs is (default: /sys)")
     parser.add_argument("--dev-root", default="/dev", help="where /dev is (default: /dev)")
+    for bus, defaults in ((PCI, PCI_IDS_PATHS), (USB, USB_IDS_PATHS)):
+        parser.add_argument(
+            f"--{bus}-ids",
+            default=None,
+            metavar="PATH",
+            help=f"the {bus}.ids database naming devices (default: the first of "
+            f"{', '.join(defaults)} that exists; '' for none)",
+        )
     parser.add_argument(
         "--timeout",
         type=timeout_argument,
@@ -82,21 +95,24 @@ def discover_command(args: argparse.Namespace) -> int:
     reader = SysfsReader(args.sysfs_root, args.dev_root)
     buses = args.bus if args.bus else [USB, PCI]
     extra = ["name"] if args.classes else []
+    try:
+        names = Names(find_ids(args.pci_ids, PCI_IDS_PATHS), find_ids(args.usb_ids, USB_IDS_PATHS))
+    except IdsError as exc:
+        print(f"kdp-host discover: {quote_text(exc)}", file=sys.stderr)
+        return EXIT_FAILED
 
-    async def read() -> object:
-        return await read_off_loop(
-            lambda: reader.scan(buses, args.classes, extra), args.timeout, "sysfs"
-        )
+    async def read() -> SysfsScan:
+        # A read stuck in the kernel is left behind on its daemon thread: the exit waits
+        # for no such thread.
+        async with asyncio.timeout(args.timeout):
+            return await DaemonThreads().run(lambda: reader.scan(buses, args.classes, extra))
 
     try:
         scan = asyncio.run(read())
-    except ScanTimeout as exc:
-        print(f"kdp-host discover: {exc}", file=sys.stderr)
+    except TimeoutError:
+        print(f"kdp-host discover: sysfs: no answer within {args.timeout:g}s", file=sys.stderr)
         return EXIT_FAILED
-    from .model import SysfsScan
-
-    assert isinstance(scan, SysfsScan)
-    found = discover(scan.devices, domain=args.domain, include_all=args.all)
+    found = discover(scan.devices, domain=args.domain, include_all=args.all, names=names)
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.format]
     skipped = tuple(f"{quote_text(path)}: {why}" for path, why in scan.skipped)
     sys.stdout.write(render(found, (*scan.problems, *skipped)))

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from ..logs import quote_text
 from ..rules import MAX_QUALIFIED_NAME_LENGTH, extended_resource_name_problem
+from .ids import NO_DATABASE, IdsDatabase
+from .match import exact_pattern
 from .model import PCI, USB, SysfsDevice, normalize_hex
 
 PCI_CLASS_NAMES = {
@@ -48,7 +50,7 @@ PCI_CLASS_NAMES = {
     "1280": "accelerator",
     "ff00": "unassigned class",
 }
-"""Common PCI class names (the PCI SIG's codes), so `discover` can say what a device is."""
+"""Common PCI class names (the PCI SIG's codes): what `discover` says without a pci.ids."""
 
 USB_CLASS_NAMES = {
     "01": "audio",
@@ -90,6 +92,14 @@ _EntryDumper.add_representer(HexId, _represent_hex)
 
 
 @dataclass(frozen=True)
+class Names:
+    """The ID databases names come from (see ids.py); empty ones leave the built-in tables."""
+
+    pci: IdsDatabase = NO_DATABASE
+    usb: IdsDatabase = NO_DATABASE
+
+
+@dataclass(frozen=True)
 class Discovered:
     device: SysfsDevice
     suggested_id: str
@@ -97,10 +107,17 @@ class Discovered:
     """A resource entry for the config, as data (dumped as YAML or JSON); None when the
     device's IDs could not be read (an entry without them would match every device)."""
     serial_hint: str | None
-    """The serial to add to pin the entry to this one device (USB), or None."""
+    """The serial, as an exact pattern, to add to pin the entry to this one device (a USB
+    device whose entry does not hold it yet), or None."""
+    description: str = ""
+    matches: tuple[str, ...] = field(default=())
+    """The kernel names of the devices the entry advertises on this machine (through the
+    driver's own matching): just this device's name, or plainly several, or others."""
 
-    def description(self) -> str:
-        return describe(self.device)
+    @property
+    def exact(self) -> bool:
+        """Whether the entry advertises this one device and nothing else."""
+        return self.matches == (self.device.name,)
 
     def as_dict(self) -> dict[str, Any]:
         device = self.device
@@ -110,7 +127,7 @@ class Discovered:
             "id": self.suggested_id,
             "vendor": device.vendor,
             "product": device.product,
-            "description": self.description(),
+            "description": self.description,
             "serial": device.serial,
             "numa": device.numa,
             "driver": device.driver,
@@ -131,6 +148,7 @@ class Discovered:
         if device.errors:
             data["errors"] = dict(device.errors)
         data["resource"] = self.resource
+        data["matches"] = list(self.matches)
         return data
 
 
@@ -143,25 +161,39 @@ def driver_text(device: SysfsDevice) -> str:
     return device.driver or "-"
 
 
-def describe(device: SysfsDevice) -> str:
-    """What the device is: its USB strings, or its PCI class, or its `name` attribute."""
+def describe(device: SysfsDevice, names: Names = Names()) -> str:
+    """What the device is: its USB strings, or its name in the ID databases, or its class,
+    or its `name` attribute."""
     if device.source == USB:
-        return device.display_name or _usb_class_name(device)
+        return (
+            device.display_name
+            or names.usb.product_text(device.vendor, device.product)
+            or _usb_class_name(device, names.usb)
+        )
     if device.source == PCI:
-        return pci_class_name(device.attributes.get("class"))
+        if names.pci.device(device.vendor, device.product):
+            return names.pci.product_text(device.vendor, device.product) or ""
+        klass = pci_class_name(device.attributes.get("class"), names.pci)
+        vendor = names.pci.vendor(device.vendor)
+        return f"{vendor} {klass}" if vendor and klass else klass
     return device.attributes.get("name", "")
 
 
-def pci_class_name(raw: str | None) -> str:
+def pci_class_name(raw: str | None, database: IdsDatabase = NO_DATABASE) -> str:
     if raw is None:
         return ""
     code = normalize_hex(raw).zfill(6)
-    return PCI_CLASS_NAMES.get(code[:4], f"class {code}")
+    return (
+        database.class_name(code)
+        or PCI_CLASS_NAMES.get(code[:4])
+        or database.class_name(code[:2])
+        or f"class {code}"
+    )
 
 
-def _usb_class_name(device: SysfsDevice) -> str:
-    classes = [i.interface_class for i in device.interfaces if i.interface_class]
-    names = [USB_CLASS_NAMES.get((c or "").lower(), c) for c in classes]
+def _usb_class_name(device: SysfsDevice, database: IdsDatabase) -> str:
+    codes = [(i.interface_class or "").lower() for i in device.interfaces if i.interface_class]
+    names = [database.class_name(c) or USB_CLASS_NAMES.get(c, c) for c in codes]
     return ", ".join(dict.fromkeys(n for n in names if n))
 
 
@@ -196,6 +228,8 @@ def resource_name(domain: str, device: SysfsDevice, description: str) -> str:
         candidates.append(device.driver)
     if description:
         candidates.append(description)
+    if device.source not in (USB, PCI):
+        candidates.append(f"{device.source.rpartition('/')[2]} {device.name}")
     ids = [part for part in (device.vendor, device.product) if part]
     candidates.append("-".join([device.source.replace("/", "-"), *ids]))
     for text in candidates:
@@ -220,57 +254,100 @@ def unique_name(name: str, device: SysfsDevice, taken: set[str]) -> str:
     raise AssertionError("unreachable: a numbered name is always free")
 
 
-def resource_entry(domain: str, device: SysfsDevice, description: str) -> dict[str, Any] | None:
-    """A resource entry that matches this kind of device, or None when its IDs are unread."""
-    sysfs: dict[str, Any]
+def candidate_entries(domain: str, device: SysfsDevice, description: str) -> list[dict[str, Any]]:
+    """Resource entries for this device, each narrower than the one before: its kind
+    (vendor and product...), then with what tells it from others of its kind (a USB serial,
+    PCI subsystem IDs, a kernel name). Empty when its IDs are unread (an entry without
+    them would match every device). Every text is written as an exact pattern."""
+    name = resource_name(domain, device, description)
     ids: dict[str, Any] = {}
     if device.vendor:
         ids["vendor"] = HexId(device.vendor)
     if device.product:
         ids["product" if device.source == USB else "device"] = HexId(device.product)
     if device.source in (USB, PCI) and not ids:
-        return None
+        return []
+    narrower: dict[str, Any] = {}
     if device.source == USB:
-        sysfs = {"usb": [ids]}
+        if device.serial:
+            narrower["serial"] = exact_pattern(device.serial)
+        kind = "usb"
     elif device.source == PCI:
-        match: dict[str, Any] = dict(ids)
         if device.driver:
-            match["driver"] = device.driver
-        sysfs = {"pci": [match]}
+            ids["driver"] = exact_pattern(device.driver)
+        for attribute, key in (
+            ("subsystem_vendor", "subsystemVendor"),
+            ("subsystem_device", "subsystemDevice"),
+        ):
+            if value := device.attributes.get(attribute):
+                narrower[key] = HexId(normalize_hex(value))
+        kind = "pci"
     else:
-        kind, _, name = device.source.partition("/")
-        entry: dict[str, Any] = {"class": name} if kind == "class" else {"bus": device.source}
+        source, _, class_name = device.source.partition("/")
+        ids = {"class": class_name} if source == "class" else {"bus": device.source}
         if device.attributes.get("name"):
-            entry["attributes"] = {"name": device.attributes["name"]}
+            ids["attributes"] = {"name": exact_pattern(device.attributes["name"])}
         elif device.driver:
-            entry["driver"] = device.driver
-        sysfs = {"devices": [entry]}
-    return {"name": resource_name(domain, device, description), "sysfs": sysfs}
+            ids["driver"] = exact_pattern(device.driver)
+        narrower["name"] = exact_pattern(device.name)
+        kind = "devices"
+    matches = [ids] + ([{**ids, **narrower}] if narrower else [])
+    return [{"name": name, "sysfs": {kind: [match]}} for match in matches]
+
+
+def advertised_by(entry: dict[str, Any], devices: Sequence[SysfsDevice]) -> tuple[str, ...]:
+    """The kernel names of the devices `entry` would advertise among `devices`: the entry
+    read by the config loader and matched by the driver, as if pasted into a config."""
+    from ..config import SysfsDriverConfig, load_config_text
+    from ..drivers.sysfs import advertised_devices
+
+    driver = load_config_text(json.dumps({"resources": [entry]})).resources[0].driver
+    assert isinstance(driver, SysfsDriverConfig)
+    return tuple(device.name for device in advertised_devices(driver, devices)[0])
 
 
 def discover(
-    devices: Iterable[SysfsDevice], *, domain: str = DEFAULT_DOMAIN, include_all: bool = False
+    devices: Sequence[SysfsDevice],
+    *,
+    domain: str = DEFAULT_DOMAIN,
+    include_all: bool = False,
+    names: Names = Names(),
 ) -> list[Discovered]:
-    """Raises ValueError for a domain no resource name can have."""
+    """Each device worth an entry (with `include_all`, also infrastructure and devices
+    without nodes), with the narrowest entry that advertises it alone, or, when none
+    does, the narrowest one and what it advertises. Raises ValueError for a domain no
+    resource name can have."""
     from ..drivers.sysfs import device_id
 
     if (why := domain_problem(domain)) is not None:
         raise ValueError(f"domain {quote_text(domain)}: {why}")
     found = []
-    names: set[str] = set()
+    taken: set[str] = set()
     for device in devices:
-        if not include_all and is_infrastructure(device):
+        if not include_all and (is_infrastructure(device) or not device.nodes):
             continue
-        entry = resource_entry(domain, device, describe(device))
+        description = describe(device, names)
+        entry: dict[str, Any] | None = None
+        matches: tuple[str, ...] = ()
+        for entry in candidate_entries(domain, device, description):
+            matches = advertised_by(entry, devices)
+            if matches == (device.name,):
+                break
+        serial_hint = None
         if entry is not None:
-            entry["name"] = unique_name(entry["name"], device, names)
-            names.add(entry["name"])
+            entry["name"] = unique_name(entry["name"], device, taken)
+            taken.add(entry["name"])
+            usb = entry["sysfs"].get("usb", [{}])[0]
+            if device.source == USB and device.serial and "serial" not in usb:
+                serial_hint = exact_pattern(device.serial)
         found.append(
             Discovered(
                 device=device,
                 suggested_id=device_id(device),
                 resource=entry,
-                serial_hint=device.serial if device.source == USB else None,
+                serial_hint=serial_hint,
+                description=description,
+                matches=matches,
             )
         )
     return found
@@ -296,8 +373,16 @@ def entry_yaml(item: Discovered) -> str:
     text = yaml.dump(
         [item.resource], Dumper=_EntryDumper, sort_keys=False, default_flow_style=None, width=100
     )
+    if not item.exact:
+        shown = ", ".join(quote_text(name) for name in item.matches) or "none"
+        if item.device.name in item.matches:
+            text += f"#   matches {len(item.matches)} devices here, not only this one: {shown}\n"
+        else:
+            text += f"#   does not advertise this device on its own; it advertises: {shown}\n"
     if item.serial_hint:
         text += f"#   pin it to this one device: add serial: {json.dumps(item.serial_hint)}\n"
+        if item.serial_hint != item.device.serial:
+            text += "#   (its glob characters in brackets, so it matches only this serial)\n"
     return text
 
 
@@ -321,7 +406,7 @@ def render_table(found: Sequence[Discovered], problems: Sequence[str]) -> str:
                 quote_text(f"{device.vendor or '?'}:{device.product or '?'}"),
                 "-" if device.numa is None else str(device.numa),
                 quote_text(driver_text(device)),
-                quote(item.description()),
+                quote(item.description),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -332,7 +417,7 @@ def render_table(found: Sequence[Discovered], problems: Sequence[str]) -> str:
     for item in found:
         device = item.device
         lines.append("")
-        description = item.description()
+        description = item.description
         lines.append(
             f"# {quote_text(device.source)} {quote_text(device.name)}: "
             + (quote(description) if description else "-")

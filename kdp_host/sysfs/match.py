@@ -3,7 +3,8 @@
 The config loader checks patterns with the `*_problem` functions; the driver and
 `kdp-host discover` match with `hex_matches`, `class_matches` and `text_matches`. A value
 is compared the way operators write it: `10c4`, `0x10C4` and `10C4` are the same USB
-vendor; `*`, `?` and `[...]` make a glob.
+vendor; `*`, `?` and `[...]` make a glob, and `exact_pattern` writes a text so that it
+matches only itself.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 
 def is_glob(pattern: str) -> bool:
     return _GLOB_CHARS.search(pattern) is not None
+
+
+def exact_pattern(value: str) -> str:
+    """A pattern that matches `value` and nothing else: each glob character (`*`, `?`, `[`)
+    written as a one-character set (`[*]`, `[?]`, `[[]`). A value without them is its own
+    pattern. `kdp-host discover` prints every text it suggests matching through this."""
+    return _GLOB_CHARS.sub(lambda found: f"[{found.group()}]", value)
 
 
 def hex_pattern_problem(pattern: str, digits: int) -> str | None:

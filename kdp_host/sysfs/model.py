@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ..rules import join_list
+
 USB = "usb"
 PCI = "pci"
 
@@ -146,7 +148,7 @@ class SysfsDevice:
             "productName": attrs.get("product", "") if self.source == USB else "",
             "driver": self.driver or "",
             "numa": "" if self.numa is None else str(self.numa),
-            "nodes": ",".join(node.host_path for node in self.nodes),
+            "nodes": join_list(node.host_path for node in self.nodes),
             "subsystemVendor": normalize_hex(attrs.get("subsystem_vendor", "")),
             "subsystemDevice": normalize_hex(attrs.get("subsystem_device", "")),
             "class": normalize_hex(attrs.get("class", "")),
@@ -173,6 +175,16 @@ class SysfsScan:
     skipped: tuple[tuple[str, str], ...] = ()
     """(sysfs path, why) of what was left out: device names with control characters, IOMMU
     group names no vfio node can have. Logged and counted (`bad_name`) by the driver."""
+
+
+def is_device_boundary(name: str) -> bool:
+    """Whether a sysfs directory named `name` is a bus device of its own (a USB device
+    behind a hub, a PCI device behind a bridge, a USB root hub below its PCI host
+    controller), never part of the device above it: node walks stop there, and a matched
+    device there is advertised on its own even inside another matched one."""
+    return USB_DEVICE_NAME.fullmatch(name) is not None or (
+        PCI_DEVICE_NAME.fullmatch(name) is not None
+    )
 
 
 def usb_bus_node(busnum: str, devnum: str) -> str | None:

@@ -59,15 +59,22 @@ def resource(fake: FakeSysfs, **extra: Any) -> dict[str, Any]:
     return {"name": RESOURCE, "sysfs": sysfs}
 
 
-def hotplug(opts: Options) -> list[Figure]:
-    plug = Figure("sysfs hot-plug: node appears -> update", "ms", target=50.0)
-    unplug = Figure("sysfs hot-plug: removal -> update", "ms", target=50.0)
-    worst = Figure("sysfs hot-plug: node appears -> update, max", "ms")
+HOT_PORT, HOT_DEVNUM = f"1-{DEVICES_PER_BUS + 1}", DEVICES_PER_BUS + 7
+"""The hot-plugged adapter's port and address on bus 1, beside every adapter `build_adapters`
+makes there."""
+
+
+def hotplug(opts: Options, present: int = BASE_DEVICES) -> list[Figure]:
+    """Plug and unplug one adapter while `present` others are listed."""
+    what = "sysfs hot-plug" if present == BASE_DEVICES else f"sysfs hot-plug, {present} present"
+    plug = Figure(f"{what}: node appears -> update", "ms", target=50.0)
+    unplug = Figure(f"{what}: removal -> update", "ms", target=50.0)
+    worst = Figure(f"{what}: node appears -> update, max", "ms")
     workdir = make_workdir("sysfs-hotplug")
     rng = random.Random(7)
     try:
         fake = FakeSysfs(workdir / "root")
-        (controller,) = build_adapters(fake, BASE_DEVICES)
+        controller = build_adapters(fake, present)[0]
         # A long grace period: an unplugged adapter stays listed Unhealthy, so each event
         # moves the healthy count by one.
         with served_host(workdir, "kdp-sysfs", [resource(fake, gracePeriod="1h")]) as served:
@@ -85,9 +92,9 @@ def hotplug(opts: Options) -> list[Figure]:
                 for _ in range(opts.hotplug_events):
                     device = fake.usb_serial_adapter(
                         controller,
-                        "1-100",
-                        devnum=110,
-                        tty="ttyUSB99",
+                        HOT_PORT,
+                        devnum=HOT_DEVNUM,
+                        tty="ttyUSB9999",
                         serial="HOT",
                         create_nodes=False,
                     )
@@ -95,12 +102,12 @@ def hotplug(opts: Options) -> list[Figure]:
                     started = now()
                     for devname in fake.nodes_of(device):
                         fake.create_node(devname)
-                    adds.append((wait(BASE_DEVICES + 1, after) - started) * MS)
+                    adds.append((wait(present + 1, after) - started) * MS)
                     time.sleep(0.02 + rng.random() * 0.03)
                     after = connection.count()
                     started = now()
                     fake.remove_device(device)
-                    removals.append((wait(BASE_DEVICES, after) - started) * MS)
+                    removals.append((wait(present, after) - started) * MS)
                     time.sleep(0.02 + rng.random() * 0.03)
                 plug.add(median(adds))
                 unplug.add(median(removals))

@@ -216,6 +216,13 @@ class Metrics:
             ["resource"],
             registry=r,
         )
+        self.devices_held_missing = Gauge(
+            "kdp_devices_held_missing",
+            "Devices a container holds (PodResources) that are gone from the device list or "
+            "unhealthy: the stick was unplugged while its pod keeps running.",
+            ["resource"],
+            registry=r,
+        )
         self.pod_resources_polls = Counter(
             "kdp_pod_resources_polls",
             "Calls of the kubelet's PodResources List, by result ("
@@ -352,6 +359,7 @@ class Metrics:
             self.pre_start_calls,
             self.pre_start_waits,
             self.devices_in_use,
+            self.devices_held_missing,
             self.release_runs,
             self.releases_pending,
         )

@@ -39,7 +39,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .nfd import NodeFeatureFile
 from .ownership import OwnedTable, OwnershipIndex
-from .podresources import Holdings, PodResourcesPoller
+from .podresources import Holder, Holdings, PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
 from .protocol.endpoint import socket_name
 from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
@@ -139,6 +139,9 @@ class ResourceRuntime:
         self.endpoint = socket_name(config.name, services.instance_id, self._serve_dir)
         self.socket_path = os.path.join(self._serve_dir, self.endpoint)
         self.table = DeviceTable(replicas=config.replicas)
+        self._held: dict[str, tuple[Holder, ...]] = {}
+        """Physical devices a container holds (the last PodResources answer), and by whom."""
+        self._held_missing: set[str] = set()
         self.table.add_listener(self._on_devices_changed)
         self._encoder = ListAndWatchEncoder()
         self._wake = asyncio.Event()
@@ -196,6 +199,8 @@ class ResourceRuntime:
         )
         if self._services.node_features is not None:
             self._services.node_features.update(self.config.name, snapshot)
+        if self._held:
+            self._check_held_devices(snapshot)
 
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
@@ -237,10 +242,36 @@ class ResourceRuntime:
     def _on_holdings(self, holdings: Holdings) -> None:
         """A PodResources answer: the in-use count, and news for the release tracker."""
         replicas = self.config.replicas
-        in_use = {physical_id(a, replicas) for a in holdings.of(self.config.name)}
-        self._services.metrics.devices_in_use.labels(self.config.name).set(len(in_use))
+        held = holdings.of(self.config.name)
+        by_device: dict[str, tuple[Holder, ...]] = {}
+        for advertised, holders in held.items():
+            device = physical_id(advertised, replicas)
+            by_device[device] = by_device.get(device, ()) + holders
+        self._held = by_device
+        self._services.metrics.devices_in_use.labels(self.config.name).set(len(by_device))
+        self._check_held_devices(self.table.snapshot)
         if self.release is not None:
             self.release.holdings(holdings)
+
+    def _check_held_devices(self, snapshot: Snapshot) -> None:
+        """Devices a container holds that are gone or unhealthy (GDP#74: the stick was
+        unplugged and the pod keeps running): a gauge, and one warning per device as it goes
+        missing, naming its holders (the README's recipe acts on them)."""
+        healthy = {device.id for device in snapshot.devices if device.healthy}
+        missing = {device for device in self._held if device not in healthy}
+        self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
+        listed = {device.id for device in snapshot.devices} if missing else set()
+        for device in sorted(missing - self._held_missing):
+            present = device in listed
+            self.log.warning(
+                "held_device_missing",
+                device=device,
+                state="unhealthy" if present else "gone",
+                holders=",".join(
+                    f"{h.namespace}/{h.pod}/{h.container}" for h in self._held[device]
+                ),
+            )
+        self._held_missing = missing
 
     async def _run_parts(self, driver: Driver, reporter: DeviceReporter, deps: DriverDeps) -> None:
         services = self._services

@@ -100,7 +100,7 @@ def status_rows(document: Mapping[str, Any]) -> list[tuple[str, ...]]:
                     held = "/".join(
                         quote_text(holder.get(k, "")) for k in ("namespace", "pod", "container")
                     )
-                    since = holder.get("since") or "-"
+                    since = quote_text(holder.get("since") or "-")
                 rows.append(
                     (
                         quote_text(resource.get("name", "")),
@@ -108,7 +108,7 @@ def status_rows(document: Mapping[str, Any]) -> list[tuple[str, ...]]:
                         quote_text(device.get("health", "")),
                         held,
                         since,
-                        release,
+                        quote_text(release),
                     )
                 )
     return rows

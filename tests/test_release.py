@@ -498,3 +498,22 @@ async def test_an_answer_asked_just_after_an_allocation_does_not_end_it(short_di
     await tracker.before_start(["fpga0"])
     assert commands.runs == [["reset", "fpga0", ""]]
     await tracker.close()
+
+
+async def test_a_hung_release_is_killed_at_its_timeout_and_fails_the_start(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+) -> None:
+    hung = script(short_dir, "hang.sh", "exec sleep 600\n")
+    running = await start_host(
+        host_yaml(socket_dir, devices, short_dir / "state", hung, pod_resources=None,
+                  extra="onFailure: ignore").replace("timeout: 10s", "timeout: 200ms")
+    )  # fmt: skip
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    await kubelet.release("p1")
+    with pytest.raises(SimulatorAllocationError, match="timed out"):
+        await kubelet.allocate(FPGA, 1, pod_uid="p2")
+    timeouts = running.metrics.registry.get_sample_value(
+        "kdp_release_runs_total", {"resource": FPGA, "result": "timeout"}
+    )
+    assert timeouts is not None and timeouts >= 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import grpclib
 import grpclib.server
 from grpclib.const import Status
+from prometheus_client import Counter
 
 from ..allocation import AllocationBuilder, AllocationError, preferred_allocation
 from ..api.v1beta1 import (
@@ -39,7 +41,7 @@ from ..config import ResourceConfig
 from ..devices import DeviceTable, Snapshot
 from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
-from ..metrics import Metrics
+from ..metrics import Metrics, Observer
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
 from .wire import encode_device_entry, topology_field
@@ -125,6 +127,22 @@ class DevicePluginService(DevicePluginBase):
             pre_start_required=pre_start is not None or release is not None,
             get_preferred_allocation_available=config.preferred != "none",
         )
+
+    # The series every call records, looked up once, at first use (a histogram's series
+    # appear with its first observation): a lookup costs what the rest of the bookkeeping
+    # of a call does.
+
+    @functools.cached_property
+    def _allocated_ok(self) -> Counter:
+        return self._metrics.allocations.labels(self._config.name, "ok")
+
+    @functools.cached_property
+    def _allocate_seconds(self) -> Observer:
+        return self._metrics.allocate_seconds.labels(self._config.name)
+
+    @functools.cached_property
+    def _preferred_seconds(self) -> Observer:
+        return self._metrics.preferred_seconds.labels(self._config.name)
 
     async def end_streams(self, timeout: float = 0.5) -> None:
         """End every ListAndWatch stream with a clean end-of-stream and wait until sent."""
@@ -227,7 +245,7 @@ class DevicePluginService(DevicePluginBase):
                     if entry is not None and entry.healthy and device_id not in ids:
                         ids.append(device_id)
             responses.append(ContainerPreferredAllocationResponse(device_i_ds=ids))
-        self._metrics.preferred_seconds.labels(self._config.name).observe(self._clock() - started)
+        self._preferred_seconds.observe(self._clock() - started)
         return PreferredAllocationResponse(container_responses=responses)
 
     async def allocate(self, message: AllocateRequest) -> AllocateResponse:
@@ -250,8 +268,8 @@ class DevicePluginService(DevicePluginBase):
         if self._release is not None:
             for request in message.container_requests:
                 self._release.allocated(request.devices_ids)
-        self._metrics.allocations.labels(name, "ok").inc(len(responses))
-        self._metrics.allocate_seconds.labels(name).observe(self._clock() - started)
+        self._allocated_ok.inc(len(responses))
+        self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)
 
     async def _add_hook_extras(

@@ -77,7 +77,7 @@ async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
         host = Host(
             config=config,
             offload=offload,
-            metrics=Metrics(histograms=config.metrics.histograms),
+            metrics=Metrics(histograms=config.metrics.histograms, holders=config.metrics.holders),
             log=log,
             config_path=config_path,
             node=node,

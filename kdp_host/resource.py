@@ -53,7 +53,8 @@ from .protocol.registration import (
 )
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
-from .release import ReleaseStateStore, ReleaseTracker
+from .release import ReleaseTracker
+from .release_state import ReleaseStateStore
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0
@@ -248,7 +249,13 @@ class ResourceRuntime:
             device = physical_id(advertised, replicas)
             by_device[device] = by_device.get(device, ()) + holders
         self._held = by_device
-        self._services.metrics.devices_in_use.labels(self.config.name).set(len(by_device))
+        metrics = self._services.metrics
+        metrics.devices_in_use.labels(self.config.name).set(len(by_device))
+        if metrics.holders_enabled:
+            metrics.set_holders(
+                self.config.name,
+                {(a, h.namespace, h.pod, h.container) for a, hs in held.items() for h in hs},
+            )
         self._check_held_devices(self.table.snapshot)
         if self.release is not None:
             self.release.holdings(holdings)

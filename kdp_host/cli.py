@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .devices import HEALTHY, UNHEALTHY, Device
 from .logs import get_logger, quote_text, setup_logging
+from .sysfs.rootdisk import RootDisk, find_root_disk
 
 EXIT_OK = 0
 EXIT_DRIVER_FAILED = 1
@@ -93,6 +94,8 @@ class CheckRow:
     text: str
     failed: bool = False
     """The driver's scan failed (the text is its error)."""
+    nodes: tuple[str, ...] = ()
+    """The host paths of the device's nodes."""
 
 
 async def _check(config: Config) -> list[CheckRow]:
@@ -111,8 +114,26 @@ async def _check(config: Config) -> list[CheckRow]:
             continue
         if not devices:
             rows.append(CheckRow(resource.name, kind, "(no devices found now)"))
-        rows.extend(CheckRow(resource.name, kind, device_cell(device)) for device in devices)
+        rows.extend(
+            CheckRow(
+                resource.name,
+                kind,
+                device_cell(device),
+                nodes=tuple(node.host_path for node in device.nodes),
+            )
+            for device in devices
+        )
     return rows
+
+
+def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
+    """A line for each device that would hand out the root filesystem's disk."""
+    return [
+        f"warning: {row.resource} hands out the root filesystem's disk: {quote_text(node)}"
+        for row in rows
+        for node in row.nodes
+        if root.holds(node)
+    ]
 
 
 def device_cell(device: Device) -> str:
@@ -136,6 +157,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
     for row in rows:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
+    for line in root_disk_warnings(rows, find_root_disk(args.root_fs, args.sysfs_root)):
+        print(line)
     failed = sorted({row.resource for row in rows if row.failed})
     if failed and not args.allow_driver_errors:
         print(
@@ -235,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-driver-errors",
         action="store_true",
         help="exit 0 when the file is valid even if a driver fails its scan (default: exit 1)",
+    )
+    check.add_argument(
+        "--root-fs",
+        default="/",
+        metavar="PATH",
+        help="a path on the host's root filesystem, whose disk `check` warns about handing "
+        "out (default: /; in a container, a hostPath mount of the host's /)",
+    )
+    check.add_argument(
+        "--sysfs-root", default="/sys", help="where the host's sysfs is (default: /sys)"
     )
     discover = add(
         "discover", cmd_discover, "List USB and PCI devices with a ready-to-paste sysfs entry each."

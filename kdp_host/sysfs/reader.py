@@ -170,7 +170,7 @@ class SysfsReader:
         else:
             wanted = ()
         uevent_text = self._read_quiet(os.path.join(path, "uevent")) or ""
-        uevent = _parse_uevent(uevent_text)
+        uevent = parse_uevent(uevent_text)
         key = (path, uevent_text, *wanted, "", *extra)
         cached = self._cache.get(key)
         if cached is None:
@@ -318,7 +318,7 @@ class SysfsReader:
             text = self._read_quiet(os.path.join(directory, "uevent"))
         if not text or "DEVNAME=" not in text:
             return None
-        uevent = _parse_uevent(text)
+        uevent = parse_uevent(text)
         devname = uevent.get("DEVNAME", "")
         if not devname or devname.startswith("/") or ".." in devname.split("/"):
             return None
@@ -419,7 +419,7 @@ def _resolve_entry(link: str) -> str | None:
     return path
 
 
-def _parse_uevent(text: str) -> dict[str, str]:
+def parse_uevent(text: str) -> dict[str, str]:
     values = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")

@@ -1,4 +1,5 @@
-"""The sysfs driver: hot-plug -> ListAndWatch update, scan time of 1,000 USB devices, idle CPU.
+"""The sysfs driver: hot-plug -> ListAndWatch update with 10, 100 and 1,000 adapters present,
+CPU while a device flaps, scan time of 1,000 USB devices, idle CPU.
 
 Trees are fake but kernel-shaped (tests/fake_sysfs.py) under a temporary directory. A
 hot-plug is what the kernel does: the device's sysfs entries exist, then devtmpfs creates its
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 from kdp_host.config import SysfsDriverConfig, load_config_text
@@ -27,7 +29,6 @@ from .latency import served_host
 from .scale import idle_cpu_percent
 
 RESOURCE = "bench.kdp-host.io/usb-serial"
-BASE_DEVICES = 8
 DEVICES_PER_BUS = 120
 MS = 1000.0
 
@@ -59,23 +60,37 @@ def resource(fake: FakeSysfs, **extra: Any) -> dict[str, Any]:
     return {"name": RESOURCE, "sysfs": sysfs}
 
 
+def hotplug_counts(opts: Options) -> tuple[int, ...]:
+    """The numbers of adapters present while one is plugged in and out."""
+    return (10, 100) if opts.quick else (10, 100, 1000)
+
+
 def hotplug(opts: Options) -> list[Figure]:
-    plug = Figure("sysfs hot-plug: node appears -> update", "ms", target=50.0)
-    unplug = Figure("sysfs hot-plug: removal -> update", "ms", target=50.0)
-    worst = Figure("sysfs hot-plug: node appears -> update, max", "ms")
+    figures: list[Figure] = []
+    for count in hotplug_counts(opts):
+        figures.extend(hotplug_with(opts, count))
+    return figures
+
+
+def hotplug_with(opts: Options, count: int) -> list[Figure]:
+    """One adapter plugged in and out while `count` others are present."""
+    plug = Figure(f"sysfs hot-plug, {count} adapters: node appears -> update", "ms", target=5.0)
+    unplug = Figure(f"sysfs hot-plug, {count} adapters: removal -> update", "ms", target=5.0)
+    worst = Figure(f"sysfs hot-plug, {count} adapters: node appears -> update, max", "ms")
     workdir = make_workdir("sysfs-hotplug")
     rng = random.Random(7)
     try:
         fake = FakeSysfs(workdir / "root")
-        (controller,) = build_adapters(fake, BASE_DEVICES)
+        controllers = build_adapters(fake, count)
+        controller = controllers[-1]
         # A long grace period: an unplugged adapter stays listed Unhealthy, so each event
         # moves the healthy count by one.
         with served_host(workdir, "kdp-sysfs", [resource(fake, gracePeriod="1h")]) as served:
             connection = served.kubelet.plugins[RESOURCE]
 
-            def wait(count: int, after: int) -> float:
+            def wait(healthy: int, after: int) -> float:
                 _, update = connection.wait_update(
-                    lambda u: u.healthy() == count, after=after, timeout=10
+                    lambda u: u.healthy() == healthy, after=after, timeout=10
                 )
                 return update.at
 
@@ -83,24 +98,17 @@ def hotplug(opts: Options) -> list[Figure]:
                 adds: list[float] = []
                 removals: list[float] = []
                 for _ in range(opts.hotplug_events):
-                    device = fake.usb_serial_adapter(
-                        controller,
-                        "1-100",
-                        devnum=110,
-                        tty="ttyUSB99",
-                        serial="HOT",
-                        create_nodes=False,
-                    )
+                    device = plug_in(fake, controller, create_nodes=False)
                     after = connection.count()
                     started = now()
                     for devname in fake.nodes_of(device):
                         fake.create_node(devname)
-                    adds.append((wait(BASE_DEVICES + 1, after) - started) * MS)
+                    adds.append((wait(count + 1, after) - started) * MS)
                     time.sleep(0.02 + rng.random() * 0.03)
                     after = connection.count()
                     started = now()
                     fake.remove_device(device)
-                    removals.append((wait(BASE_DEVICES, after) - started) * MS)
+                    removals.append((wait(count, after) - started) * MS)
                     time.sleep(0.02 + rng.random() * 0.03)
                 plug.add(median(adds))
                 unplug.add(median(removals))
@@ -109,6 +117,48 @@ def hotplug(opts: Options) -> list[Figure]:
     finally:
         remove_tree(workdir)
     return [plug, unplug, worst]
+
+
+def plug_in(fake: FakeSysfs, controller: UsbController, *, create_nodes: bool = True) -> Path:
+    """The adapter that comes and goes, at a port and bus address no other adapter has."""
+    return fake.usb_serial_adapter(
+        controller,
+        f"{controller.busnum}-{DEVICES_PER_BUS + 1}",
+        devnum=DEVICES_PER_BUS + 5,
+        tty="ttyUSB9999",
+        serial="HOT",
+        create_nodes=create_nodes,
+    )
+
+
+def flapping(opts: Options) -> list[Figure]:
+    """CPU of kdp-host while one adapter of 100 flaps (in and out every 50 ms)."""
+    count = 100
+    cpu = Figure(
+        f"sysfs 1x{count} USB devices, one flapping every 50 ms: CPU",
+        "% of a core",
+        target=5.0,
+        note=f"over {opts.idle_seconds:g}s",
+    )
+    workdir = make_workdir("sysfs-flap")
+    try:
+        fake = FakeSysfs(workdir / "root")
+        controller = build_adapters(fake, count)[-1]
+        with served_host(workdir, "kdp-sysfs-flap", [resource(fake)]) as served:
+            for _ in range(max(1, opts.scale_repeats)):
+                before = served.host.cpu_seconds()
+                started = time.monotonic()
+                while time.monotonic() - started < opts.idle_seconds:
+                    device = plug_in(fake, controller)
+                    time.sleep(0.05)
+                    fake.remove_device(device)
+                    time.sleep(0.05)
+                spent = served.host.cpu_seconds() - before
+                cpu.add(spent / (time.monotonic() - started) * 100.0)
+                served.host.check_alive()
+    finally:
+        remove_tree(workdir)
+    return [cpu]
 
 
 def scan_and_idle(opts: Options) -> list[Figure]:
@@ -157,4 +207,4 @@ def _json_line(data: dict[str, Any]) -> str:
 
 
 def run(opts: Options) -> list[Figure]:
-    return [*hotplug(opts), *scan_and_idle(opts)]
+    return [*hotplug(opts), *flapping(opts), *scan_and_idle(opts)]

@@ -485,6 +485,42 @@ async def test_hot_plug_through_inotify(fake: FakeSysfs) -> None:
         watching.cancel()
 
 
+@pytest.mark.parametrize("directory_exists", [True, False])
+async def test_a_late_node_below_a_listed_device_is_seen_at_once(
+    fake: FakeSysfs, directory_exists: bool
+) -> None:
+    """A USB device's interface binds late and the kernel adds /dev/input/event5 below it,
+    in a directory that holds no node of this resource (or that did not exist yet): the
+    device's list gains the node at once, not at the safety-net rescan (an hour here)."""
+    controller = fake.usb_controller()
+    if directory_exists:
+        fake.create_node("input/mice")  # another device's node: /dev/input exists already
+    device = fake.usb_serial_adapter(controller, "1-1", devnum=2, serial="KBD")
+    log = get_logger().bind(resource=RESOURCE)
+    watcher = InotifyWatcher(log)
+    config = sysfs_config(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\nrescanInterval: 1h')
+    driver = SysfsDriver(config, DriverDeps(log, watcher))
+    table = DeviceTable()
+    async with asyncio.TaskGroup() as group:
+        watching = group.create_task(watcher.run())
+        driving = group.create_task(driver.run(reporter(table, resource=RESOURCE)))
+        await wait_table(table, lambda s: [d.id for d in s.devices] == ["KBD"])
+        fake.node(
+            device / "1-1:1.0" / "input" / "input5" / "event5",
+            "input/event5",
+            klass="input",
+            major=13,
+            minor=69,
+        )
+        snap = await wait_table(
+            table, lambda s: "/dev/input/event5" in {n.host_path for n in s.devices[0].nodes}
+        )
+        assert snap.devices[0].healthy
+        driving.cancel()
+        await asyncio.wait([driving])
+        watching.cancel()
+
+
 async def test_sysfs_resource_end_to_end(
     kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host
 ) -> None:

@@ -36,6 +36,9 @@ class DeviceNode:
     optional: bool = False
     """A node that may be missing without making its device Unhealthy. Drivers list a
     missing optional node not at all, so Allocate never passes a path that does not exist."""
+    shared: bool = False
+    """A node every device of the driver passes (a control node like `/dev/vfio/vfio`), not
+    a device of its own: claimed shared in the host's ownership index (`ownership.py`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class DeviceMount:
     host_path: str
     container_path: str
     read_only: bool = True
+    shared: bool = False
+    """Mounted for every device of the driver (as `DeviceNode.shared`)."""
 
 
 _NO_ENTRIES: Mapping[str, str] = MappingProxyType({})
@@ -113,6 +118,19 @@ class Device:
         return Device(
             self.id,
             healthy,
+            self.nodes,
+            self.numa,
+            self.env,
+            self.mounts,
+            self.annotations,
+            self.path,
+        )
+
+    def with_id(self, device_id: str) -> Device:
+        """The same device under another ID (the one the kubelet knows it by)."""
+        return Device(
+            device_id,
+            self.healthy,
             self.nodes,
             self.numa,
             self.env,

@@ -22,6 +22,7 @@ from .drivers import DriverFactory, make_driver
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
+from .ownership import OwnershipIndex
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, ResourceRuntime
@@ -45,10 +46,13 @@ class Host:
     """Makes each resource's driver (tests pass their own)."""
     load_config: Callable[[Path], Config] = load_config
     """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
+    ownership: OwnershipIndex = field(init=False)
+    """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.ownership = OwnershipIndex(self.metrics)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
 
@@ -82,6 +86,7 @@ class Host:
             self.metrics,
             self.log,
             self.drivers,
+            ownership=self.ownership,
             status_changed=self._refresh_readiness,
         )
         supervisor = Supervisor(services, self.restart_policy)
@@ -158,6 +163,7 @@ class Host:
         for name in (*plan.changed, *plan.added):
             supervisor.start(new_by_name[name], after=stopping.get(name))
         for name in plan.removed:
+            self.ownership.retire(name)
             self._forget_when_stopped(name, stopping[name])
         self.config = new
         self._record_config(new)

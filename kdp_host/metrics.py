@@ -44,6 +44,7 @@ DRIVER_SKIP_REASONS = (
     "rate_limited",
     "incomplete_group",
     "path_collision",
+    "node_owned",
 )
 """Every `reason` a driver may count something it left out (without failing) under."""
 ConfigReloadResult = Literal["ok", "invalid", "refused", "unchanged"]

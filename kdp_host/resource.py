@@ -18,11 +18,19 @@ from dataclasses import dataclass, field
 from .backoff import Backoff
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot
-from .drivers import DeviceReporter, DriverDeps, DriverFactory, failure_threshold, make_driver
+from .drivers import (
+    DeviceReporter,
+    Driver,
+    DriverDeps,
+    DriverFactory,
+    failure_threshold,
+    make_driver,
+)
 from .files import DaemonThreads
 from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
+from .ownership import OwnedTable, OwnershipIndex
 from .process import CommandRunner, ProcessRunner
 from .protocol.endpoint import socket_name
 from .protocol.registration import (
@@ -60,6 +68,8 @@ class HostServices:
     """Daemon threads for the drivers' scans, shared by every resource."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
     """Runs the preStart and allocate commands."""
+    ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
+    """The host's one index of claimed nodes and mount sources, shared by every resource."""
     status_changed: Callable[[], None] = lambda: None
     """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
 
@@ -137,8 +147,16 @@ class ResourceRuntime:
         services = self._services
         deps = DriverDeps(self.log, services.watcher, threads=services.threads)
         driver = services.drivers(self.config.driver, deps)
+        detach = services.ownership.attach(self.config.name, self.table.publish, self.log)
+        try:
+            await self._run(deps, driver)
+        finally:
+            detach()
+
+    async def _run(self, deps: DriverDeps, driver: Driver) -> None:
+        services = self._services
         reporter = DeviceReporter(
-            self.table,
+            OwnedTable(services.ownership, self.config.name, self.table),
             resource=self.config.name,
             log=self.log,
             metrics=services.metrics,

@@ -8,6 +8,9 @@ need them skip with the reason, and benchmarks print it instead of the figure.
 through its loopback HTTP API (the same calls its README lists): capacity, allocate, release,
 restart, events, bench. Every call is blocking and small; async tests call the `a*` twins, which
 run them in a thread so the host under test keeps its event loop.
+
+`GenericDevicePlugin` runs the Go peer, squat/generic-device-plugin, on the same directory, for
+side-by-side figures (`make bench`, section `peer`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +182,46 @@ class RealKubelet:
         result: list[dict[str, Any]] = self._request("GET", f"/events?since={since}")
         return result
 
+    def last_seq(self) -> int:
+        """The sequence number of the newest event (0 when there is none)."""
+        events = self.events()
+        return int(events[-1]["seq"]) if events else 0
+
+    def wait_events(
+        self,
+        done: Callable[[list[dict[str, Any]]], bool],
+        since: int = 0,
+        timeout: float = 30.0,
+        what: str = "",
+    ) -> list[dict[str, Any]]:
+        """Poll the events after `since` until `done(events)`; returns them."""
+        found: list[dict[str, Any]] = []
+
+        def seen(kubelet: RealKubelet) -> bool:
+            after = found[-1]["seq"] if found else since
+            found.extend(kubelet.events(after))
+            return done(found)
+
+        self.wait_for(seen, timeout, what)
+        return found
+
+    def registered_at(
+        self, resources: Iterable[str], since: int = 0, timeout: float = 60.0
+    ) -> dict[str, int]:
+        """When (unix ns) each resource's first registration after event `since` reached the
+        kubelet (PluginConnected entered, inside the Register call)."""
+        wanted = set(resources)
+        times: dict[str, int] = {}
+
+        def all_registered(events: list[dict[str, Any]]) -> bool:
+            for event in events:
+                if event["kind"] == "registered" and event["resource"] in wanted:
+                    times.setdefault(event["resource"], int(event["t_unix_ns"]))
+            return len(times) == len(wanted)
+
+        self.wait_events(all_registered, since, timeout, f"{len(wanted)} registrations")
+        return times
+
     def bench(self, resource: str, iterations: int, per_pod: int = 1, **options: Any) -> Any:
         body = {"resource": resource, "per_pod": per_pod, "iterations": iterations, **options}
         return self._request("POST", "/bench", body)
@@ -203,6 +246,70 @@ class RealKubelet:
         self, predicate: Callable[[RealKubelet], object], timeout: float = 30.0, what: str = ""
     ) -> None:
         await asyncio.to_thread(self.wait_for, predicate, timeout, what)
+
+
+GDP_DOMAIN = "gdp.example"
+
+
+def gdp_device(name: str, pattern: str) -> dict[str, Any]:
+    """One `--device` of generic-device-plugin: every file matching `pattern` is a device."""
+    return {"name": name, "groups": [{"paths": [{"path": pattern}]}]}
+
+
+@dataclass
+class GenericDevicePlugin:
+    """squat/generic-device-plugin (the harness's build) serving `devices` (see `gdp_device`)
+    as `gdp.example/<name>` resources, registering with the kubelet on `socket_dir`."""
+
+    socket_dir: Path
+    devices: list[dict[str, Any]]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def resource(self, name: str) -> str:
+        return f"{GDP_DOMAIN}/{name}"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise HarnessError("generic-device-plugin is not running")
+        return self.process.pid
+
+    def start(self) -> None:
+        """Spawn it (returns at once: wait for its `registered` events on the kubelet)."""
+        binary = harness_binary("generic-device-plugin")
+        if binary is None:
+            raise HarnessError(missing_reason("generic-device-plugin"))
+        argv = [str(binary), "--domain", GDP_DOMAIN, "--plugin-directory", f"{self.socket_dir}/"]
+        argv += ["--listen", f"127.0.0.1:{free_port()}", "--log-level", "warn"]
+        for device in self.devices:
+            argv += ["--device", json.dumps(device)]
+        with open(self.log_path, "ab") as log:
+            # A clean environment and working directory: the plugin reads flags from env
+            # vars named like them and ./config.yaml when present.
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(self.log_path.parent),
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            )
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise HarnessError(f"generic-device-plugin exited {self.process.returncode}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ MODULES = (
     "floor_server",
     "hooks",
     "large",
+    "peer",
     "pinger",
     "proto",
     "restart",
@@ -93,3 +94,37 @@ def test_hooks_benchmark_structure() -> None:
         "PreStartContainer p50 with preStart: true",
     ]
     check_figures(figures, with_target=False)
+
+
+def test_side_by_side_table_shows_both_columns_ratio_and_why_a_column_is_missing() -> None:
+    from tests.bench import peer
+
+    measured = peer.Row.make("alloc p50", "us", ratio_target=1.1)
+    for gdp, kdp in ((100.0, 105.0), (120.0, 150.0), (110.0, 121.0)):
+        measured.add(gdp, kdp)
+    absent = peer.Row.make("sysfs hot-plug", "ms", kdp_target=5.0)
+    absent.skip_gdp("GDP reads the machine's own /sys")
+    absent.add(None, 4.0)
+    outcome = run.Outcome("peer", [*measured.figures(), *absent.figures()], 1.0)
+    text = run.side_by_side([outcome])
+    alloc = next(line for line in text.splitlines() if line.startswith("alloc p50"))
+    assert "110 (100-120)" in alloc and "121 (105-150)" in alloc
+    assert "1.10 (1.05-1.25)" in alloc and "<= 1.10x" in alloc and alloc.endswith("pass")
+    sysfs = next(line for line in text.splitlines() if line.startswith("sysfs hot-plug"))
+    assert "<= 5.00 ms" in sysfs and sysfs.endswith("pass")
+    assert "sysfs hot-plug, GDP: not measured: GDP reads the machine's own /sys" in text
+    assert "alloc p50" not in run.table([outcome]), "row figures are only in the side table"
+
+
+def test_peer_benchmark_says_why_when_the_harness_is_absent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without the binaries the section still runs the hot-plug rows and names the reason."""
+    from tests.bench import peer
+
+    monkeypatch.setenv("KDP_KUBELET_HARNESS", str(tmp_path / "absent"))
+    figures = peer.run(replace(TINY, repeats=1, hotplug_events=1))
+    gdp = [f for f in figures if f.column == "GDP"]
+    assert gdp and all((not f.values and "not found" in f.note) or "/sys" in f.note for f in gdp)
+    hot = next(f for f in figures if f.column == "kdp-host" and "glob hot-plug" in f.row)
+    check_figures([hot])

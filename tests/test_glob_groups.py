@@ -272,7 +272,7 @@ def test_directories_and_mount_members_are_mounted(tmp_path: Path) -> None:
     assert device.mounts == (
         DeviceMount(f"{tmp_path}/fw/card0", "/lib/firmware/card", True),
         DeviceMount(f"{tmp_path}/etc/card0.cfg", "/etc/card.cfg", True),
-        DeviceMount(f"{tmp_path}/snd", "/dev/snd", False),
+        DeviceMount(f"{tmp_path}/snd", "/dev/snd", False, shared=True),
     )
     # a required directory that vanishes makes the group incomplete
     (tmp_path / "fw" / "card0").rmdir()

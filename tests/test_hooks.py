@@ -343,6 +343,8 @@ async def test_pre_start_through_the_grpcio_kubelet(
     marks.touch()
     for index in range(10):
         (devices / f"slot{index}").touch()
+    for name in ("hang0", "hang1"):  # one node is in one resource's devices only
+        (devices / name).touch()
     hooks = {
         FPGA: (script(short_dir, "ok", f'echo "$@" > "{args}"\n'), '"{ids}", "{count}"', ""),
         SERIAL: (script(short_dir, "nope", 'echo "device busy" >&2\nexit 7\n'), "", ""),
@@ -358,8 +360,8 @@ async def test_pre_start_through_the_grpcio_kubelet(
     patterns = {
         FPGA: "fpga[0-9]*",
         SERIAL: "ttyA*",
-        HANG: "fpga0",
-        DEADLINE: "fpga1",
+        HANG: "hang0",
+        DEADLINE: "hang1",
         SLOTS: "slot*",
     }
     lines = [f"kubelet: {{socketDir: {socket_dir}}}", "resources:"]
@@ -404,10 +406,10 @@ async def test_pre_start_through_the_grpcio_kubelet(
         assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         # hangs: killed at its own timeout, or when the kubelet's deadline passes
         with pytest.raises(grpc.aio.AioRpcError) as timed_out:
-            await kubelet.pre_start(HANG, ["fpga0"])
+            await kubelet.pre_start(HANG, ["hang0"])
         assert "timed out after 0.5s" in (timed_out.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as deadline:
-            await clients[DEADLINE].pre_start(["fpga1"], timeout=1.0)
+            await clients[DEADLINE].pre_start(["hang1"], timeout=1.0)
         assert deadline.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await wait_until(lambda: len(pids.read_text().split()) == 4, what="both hangs started")
         for pid in map(int, pids.read_text().split()):

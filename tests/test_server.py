@@ -18,6 +18,7 @@ from grpclib.exceptions import GRPCError
 from kdp_host.api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
+    ContainerAllocateRequest,
     DevicePluginStub,
     Empty,
     ListAndWatchResponse,
@@ -36,7 +37,7 @@ from kdp_host.protocol.endpoint import (
     is_socket_name,
     socket_name,
 )
-from kdp_host.protocol.server import SOCKET_MODE, PluginServer
+from kdp_host.protocol.server import SOCKET_MODE, CoalescingTransport, PluginServer
 from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
 from kdp_host.rules import socket_path_problem
 from kdp_host.simulator import KubeletSimulator
@@ -308,3 +309,116 @@ async def test_a_cancelled_list_and_watch_runs_its_cleanup(short_dir: Path) -> N
         server.close_connections()
         async with asyncio.timeout(5):
             await server.wait_closed()
+
+
+# ------------------------------------------------------------------ coalesced writes
+
+
+class RecordingTransport(asyncio.Transport):
+    """A stream transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_writes_of_one_loop_turn_leave_in_one_write() -> None:
+    real = RecordingTransport()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())
+    transport.write(b"headers|")
+    transport.write(b"")
+    transport.write(bytearray(b"message|"))
+    transport.write(memoryview(b"trailers"))
+    assert real.writes == []
+    assert transport.get_write_buffer_size() == len(b"headers|message|trailers")
+    await asyncio.sleep(0)
+    assert real.writes == [b"headers|message|trailers"]
+    transport.write(b"next turn")
+    await asyncio.sleep(0)
+    assert real.writes == [b"headers|message|trailers", b"next turn"]
+
+
+async def test_close_sends_what_is_pending_and_abort_drops_it() -> None:
+    loop = asyncio.get_running_loop()
+    real = RecordingTransport()
+    transport = CoalescingTransport(real, loop)
+    transport.write(b"goaway")
+    transport.close()
+    assert real.writes == [b"goaway"] and real.closed
+    transport.write(b"too late")
+    await asyncio.sleep(0)
+    assert real.writes == [b"goaway"], "nothing is written to a closed transport"
+    dropped = RecordingTransport()
+    transport = CoalescingTransport(dropped, loop)
+    transport.write(b"lost")
+    transport.abort()
+    await asyncio.sleep(0)
+    assert dropped.writes == [] and dropped.aborted
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_unary_answer_leaves_the_server_in_one_write(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, loop_kind: str
+) -> None:
+    """grpclib writes the flow-control update, headers, message and trailers of an answer
+    separately; through PluginServer they reach the socket in one write (on either loop)."""
+    import kdp_host.protocol.server as server_module
+
+    counted: list[int] = []
+
+    class Counting(CoalescingTransport):
+        def flush(self) -> None:
+            if self.get_write_buffer_size():
+                counted.append(1)
+            super().flush()
+
+    monkeypatch.setattr(server_module, "CoalescingTransport", Counting)
+
+    async def main() -> None:
+        table = DeviceTable()
+        table.publish([Device("a"), Device("b")])
+        server = PluginServer([service_with(table)])
+        path = str(short_dir / "p.sock")
+        await server.serve(path)
+        channel = Channel(path=path)
+        try:
+            stub = DevicePluginStub(channel)
+            await stub.get_device_plugin_options(Empty())
+            for _ in range(5):
+                before = len(counted)
+                response = await stub.allocate(
+                    AllocateRequest(container_requests=[ContainerAllocateRequest(["a"])])
+                )
+                assert len(response.container_responses) == 1
+                await asyncio.sleep(0.01)
+                assert len(counted) - before == 1
+        finally:
+            server.close()
+            server.close_connections()
+            channel.close()
+            async with asyncio.timeout(5):
+                await server.wait_closed()
+
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        asyncio.run(main())

@@ -338,11 +338,17 @@ class GlobGroupDriver(GlobDriver):
                 if config.container_path
                 else match.matched
             )
+            # A member without {key} is in every group on purpose: a shared claim.
+            every_group = self._keyed and GROUP_KEY not in config.path
             if match.directory or config.mount:
-                mounts.append(DeviceMount(match.real_path, container, config.read_only))
+                mounts.append(
+                    DeviceMount(match.real_path, container, config.read_only, every_group)
+                )
             else:
                 nodes.append(
-                    DeviceNode(match.real_path, container, config.permissions, config.optional)
+                    DeviceNode(
+                        match.real_path, container, config.permissions, config.optional, every_group
+                    )
                 )
         for duplicate in duplicates:
             skipped[duplicate.subject] = duplicate

@@ -35,7 +35,7 @@ from ..logs import quote_text
 from ..rules import MAX_DEVICE_ID_LENGTH, device_id_problem
 from ..sysfs import PCI, USB, NodeInfo, ScanTimeout, SysfsDevice, SysfsReader, SysfsScan
 from ..sysfs.match import class_matches, hex_matches, text_matches
-from ..sysfs.model import VFIO_PCI_DRIVER
+from ..sysfs.model import VFIO_CONTAINER_NODE, VFIO_PCI_DRIVER
 from ..sysfs.reader import enclosing_device, start_off_loop
 from ..watch import DirSignature, Subscription, dir_signature
 from .base import DriverDeps, DriverError, Notifier, Skipped
@@ -376,7 +376,13 @@ class SysfsDriver:
         return Device(
             id=device_id,
             healthy=healthy,
-            nodes=tuple(DeviceNode(node.host_path, node.host_path) for node in nodes),
+            nodes=tuple(
+                # /dev/vfio/vfio (the container node) goes with every vfio device: shared.
+                DeviceNode(
+                    node.host_path, node.host_path, shared=node.devname == VFIO_CONTAINER_NODE
+                )
+                for node in nodes
+            ),
             numa=found.numa,
             env={k: render_template(v, values) for k, v in config.env.items()},
             annotations={k: render_template(v, values) for k, v in config.annotations.items()},

@@ -74,6 +74,10 @@ class Figure:
     target: float | None = None
     """Upper bound the median must not exceed (None: reported only)."""
     note: str = ""
+    row: str = ""
+    """Set on the figures of a side-by-side table (`make bench` section `peer`): the row..."""
+    column: str = ""
+    """...and the column (`GDP`, `kdp-host`, `ratio`) the figure fills."""
 
     def add(self, value: float) -> None:
         self.values.append(value)
@@ -109,6 +113,8 @@ class Figure:
             "target": self.target,
             "passed": self.passed,
             "note": self.note,
+            "row": self.row,
+            "column": self.column,
         }
 
 
@@ -150,6 +156,27 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float
         if now() > deadline:
             raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(step)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS from /proc/<pid>/status."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise BenchError("no VmRSS line")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    fields = text[text.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 # --------------------------------------------------------------------------- the product
@@ -265,20 +292,10 @@ class KdpHost:
         return "\n".join(text.splitlines()[-lines:])
 
     def rss_bytes(self) -> int:
-        """VmRSS from /proc/<pid>/status."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise BenchError("no VmRSS line")
+        return rss_bytes(self.pid)
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the process (all its threads) from /proc/<pid>/stat."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            text = f.read()
-        fields = text[text.rindex(")") + 2 :].split()
-        # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return cpu_seconds(self.pid)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -635,6 +652,11 @@ class Options:
     large_replicas: int = 10
     ping_interval: float = 0.001
     containment_calls: int = 2000
+    peer_pods: int = 1000
+    peer_rpc_calls: int = 2000
+    peer_resources: int = 100
+    peer_devices: int = 10
+    peer_hotplug_events: int = 2
 
     @classmethod
     def quick_options(cls) -> Options:
@@ -653,4 +675,8 @@ class Options:
             large_devices=1000,
             large_replicas=10,
             containment_calls=200,
+            peer_pods=100,
+            peer_rpc_calls=200,
+            peer_resources=10,
+            peer_hotplug_events=1,
         )

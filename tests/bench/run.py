@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, str] = {
     "sysfs": "sysfs",
     "hostile": "hostile",
     "hooks": "hooks",
+    "peer": "peer",
 }
 EXTERNAL = {"allocation": "bench_allocation"}
 """Benchmarks other modules provide as `run() -> dict[str, float]` (included when present)."""
@@ -115,6 +116,8 @@ def table(outcomes: list[Outcome]) -> str:
         if outcome.error:
             rows.append((f"{outcome.name}: NOT RUN ({outcome.error})", "", "", "", "", "", "ERROR"))
         for fig in outcome.figures:
+            if fig.row:
+                continue  # in the side-by-side table
             result = {True: "pass", False: "FAIL", None: ""}[fig.passed]
             target = f"<= {_fmt(fig.target)}" if fig.target is not None else ""
             rows.append(
@@ -129,6 +132,48 @@ def table(outcomes: list[Outcome]) -> str:
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def side_by_side(outcomes: list[Outcome]) -> str:
+    """The figures that fill a row of the kdp-host vs GDP table (section `peer`), one line
+    per row: both columns and the ratio (median, min-max), the target and the result."""
+    rows: dict[str, dict[str, Figure]] = {}
+    for outcome in outcomes:
+        for fig in outcome.figures:
+            if fig.row:
+                rows.setdefault(fig.row, {})[fig.column] = fig
+    if not rows:
+        return ""
+    lines = [("figure", "unit", "GDP", "kdp-host", "kdp-host/GDP", "target", "result")]
+    notes: list[str] = []
+    for label, columns in rows.items():
+        cells = [label, columns["kdp-host"].unit]
+        for column in ("GDP", "kdp-host", "ratio"):
+            fig = columns[column]
+            if fig.values:
+                spread = f" ({_fmt(fig.min)}-{_fmt(fig.max)})" if len(fig.values) > 1 else ""
+                cells.append(f"{_fmt(fig.median)}{spread}")
+            else:
+                cells.append("-")
+                if fig.note and column != "ratio":
+                    notes.append(f"{label}, {column}: {fig.note}")
+        judged = next((f for f in (columns["ratio"], columns["kdp-host"]) if f.target), None)
+        if judged is None:
+            cells += ["", ""]
+        else:
+            unit = "x" if judged is columns["ratio"] else f" {judged.unit}"
+            assert judged.target is not None
+            cells.append(f"<= {_fmt(judged.target)}{unit}")
+            cells.append({True: "pass", False: "FAIL", None: ""}[judged.passed])
+        lines.append(tuple(cells))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = []
+    for index, line in enumerate(lines):
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+        if index == 0:
+            out.append("  ".join("-" * w for w in widths))
+    out += [f"  {note}" for note in notes]
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         f" on {info['cpus']} x {info['cpu_model'] or '?'}, Python {info['python']}"
     )
     print(table(outcomes))
+    compared = side_by_side(outcomes)
+    if compared:
+        print("\nkdp-host vs squat/generic-device-plugin (GDP), same kubelet, same run")
+        print(compared)
     report = {
         "started": started.isoformat(timespec="seconds"),
         "quick": opts.quick,

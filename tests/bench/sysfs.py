@@ -1,5 +1,5 @@
-"""The sysfs driver: hot-plug -> ListAndWatch update with 10, 100 and 1,000 adapters present,
-CPU while a device flaps, scan time of 1,000 USB devices, idle CPU.
+"""The sysfs driver: hot-plug -> ListAndWatch update (8 and 1,000 adapters present), CPU while
+an adapter flaps, scan time of 1,000 USB devices, idle CPU.
 
 Trees are fake but kernel-shaped (tests/fake_sysfs.py) under a temporary directory. A
 hot-plug is what the kernel does: the device's sysfs entries exist, then devtmpfs creates its
@@ -29,6 +29,7 @@ from .latency import served_host
 from .scale import idle_cpu_percent
 
 RESOURCE = "bench.kdp-host.io/usb-serial"
+BASE_DEVICES = 8
 DEVICES_PER_BUS = 120
 MS = 1000.0
 
@@ -60,37 +61,30 @@ def resource(fake: FakeSysfs, **extra: Any) -> dict[str, Any]:
     return {"name": RESOURCE, "sysfs": sysfs}
 
 
-def hotplug_counts(opts: Options) -> tuple[int, ...]:
-    """The numbers of adapters present while one is plugged in and out."""
-    return (10, 100) if opts.quick else (10, 100, 1000)
+HOT_PORT, HOT_DEVNUM = f"1-{DEVICES_PER_BUS + 1}", DEVICES_PER_BUS + 7
+"""The hot-plugged adapter's port and address on bus 1, beside every adapter `build_adapters`
+makes there."""
 
 
-def hotplug(opts: Options) -> list[Figure]:
-    figures: list[Figure] = []
-    for count in hotplug_counts(opts):
-        figures.extend(hotplug_with(opts, count))
-    return figures
-
-
-def hotplug_with(opts: Options, count: int) -> list[Figure]:
-    """One adapter plugged in and out while `count` others are present."""
-    plug = Figure(f"sysfs hot-plug, {count} adapters: node appears -> update", "ms", target=5.0)
-    unplug = Figure(f"sysfs hot-plug, {count} adapters: removal -> update", "ms", target=5.0)
-    worst = Figure(f"sysfs hot-plug, {count} adapters: node appears -> update, max", "ms")
+def hotplug(opts: Options, present: int = BASE_DEVICES) -> list[Figure]:
+    """Plug and unplug one adapter while `present` others are listed."""
+    what = "sysfs hot-plug" if present == BASE_DEVICES else f"sysfs hot-plug, {present} present"
+    plug = Figure(f"{what}: node appears -> update", "ms", target=5.0)
+    unplug = Figure(f"{what}: removal -> update", "ms", target=5.0)
+    worst = Figure(f"{what}: node appears -> update, max", "ms")
     workdir = make_workdir("sysfs-hotplug")
     rng = random.Random(7)
     try:
         fake = FakeSysfs(workdir / "root")
-        controllers = build_adapters(fake, count)
-        controller = controllers[-1]
+        controller = build_adapters(fake, present)[0]
         # A long grace period: an unplugged adapter stays listed Unhealthy, so each event
         # moves the healthy count by one.
         with served_host(workdir, "kdp-sysfs", [resource(fake, gracePeriod="1h")]) as served:
             connection = served.kubelet.plugins[RESOURCE]
 
-            def wait(healthy: int, after: int) -> float:
+            def wait(count: int, after: int) -> float:
                 _, update = connection.wait_update(
-                    lambda u: u.healthy() == healthy, after=after, timeout=10
+                    lambda u: u.healthy() == count, after=after, timeout=10
                 )
                 return update.at
 
@@ -103,12 +97,12 @@ def hotplug_with(opts: Options, count: int) -> list[Figure]:
                     started = now()
                     for devname in fake.nodes_of(device):
                         fake.create_node(devname)
-                    adds.append((wait(count + 1, after) - started) * MS)
+                    adds.append((wait(present + 1, after) - started) * MS)
                     time.sleep(0.02 + rng.random() * 0.03)
                     after = connection.count()
                     started = now()
                     fake.remove_device(device)
-                    removals.append((wait(count, after) - started) * MS)
+                    removals.append((wait(present, after) - started) * MS)
                     time.sleep(0.02 + rng.random() * 0.03)
                 plug.add(median(adds))
                 unplug.add(median(removals))
@@ -120,11 +114,11 @@ def hotplug_with(opts: Options, count: int) -> list[Figure]:
 
 
 def plug_in(fake: FakeSysfs, controller: UsbController, *, create_nodes: bool = True) -> Path:
-    """The adapter that comes and goes, at a port and bus address no other adapter has."""
+    """The adapter that comes and goes (HOT_PORT)."""
     return fake.usb_serial_adapter(
         controller,
-        f"{controller.busnum}-{DEVICES_PER_BUS + 1}",
-        devnum=DEVICES_PER_BUS + 5,
+        HOT_PORT,
+        devnum=HOT_DEVNUM,
         tty="ttyUSB9999",
         serial="HOT",
         create_nodes=create_nodes,
@@ -143,7 +137,7 @@ def flapping(opts: Options) -> list[Figure]:
     workdir = make_workdir("sysfs-flap")
     try:
         fake = FakeSysfs(workdir / "root")
-        controller = build_adapters(fake, count)[-1]
+        controller = build_adapters(fake, count)[0]
         with served_host(workdir, "kdp-sysfs-flap", [resource(fake)]) as served:
             for _ in range(max(1, opts.scale_repeats)):
                 before = served.host.cpu_seconds()
@@ -207,4 +201,5 @@ def _json_line(data: dict[str, Any]) -> str:
 
 
 def run(opts: Options) -> list[Figure]:
-    return [*hotplug(opts), *flapping(opts), *scan_and_idle(opts)]
+    many = 100 if opts.quick else 1000
+    return [*hotplug(opts), *hotplug(opts, many), *flapping(opts), *scan_and_idle(opts)]

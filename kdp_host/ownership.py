@@ -1,0 +1,447 @@
+"""One host device node, or one mount source, in at most one advertised device of the host.
+
+The kubelet books devices per resource by ID; it cannot know that two IDs (of one resource
+or of two) reach the same node. So the host keeps one ownership index, shared by every
+resource, that every published device list passes through (`OwnershipIndex.publish`, which a
+resource's `DeviceReporter` writes to through `OwnedTable`). Each device claims what it would
+put into a container:
+
+- every DeviceSpec host path: a character or block node by its device number (so a second
+  node or a link for it is the same claim), anything else by its resolved real path;
+- every mount source of the device, by its resolved real path.
+
+Nodes a driver marks `shared` (a control node every device needs, like `/dev/vfio/vfio`) are
+claimed shared: any number of shared claims may coexist, but not with an exclusive one.
+
+Rules:
+
+- **First owner keeps it.** A device whose claim is owned by another device (of any resource)
+  is not advertised: logged once with both owners (`device_held`) and counted
+  (`kdp_driver_skipped_total{reason="node_owned"}`). Within one list, devices that own their
+  claims already come first, then the others in ID order.
+- **The owner keeps its claim while a pod may hold the node.** The kubelet never says when a
+  pod lets go of a device. So a claim whose device stops being advertised (it left its list,
+  its resource was restarted or removed by a reload) *lingers* with its owner for as long as
+  its node is there; it is released once the node is gone, and the held device is then
+  advertised (`device_claim_won`). A resource restarted by a reload or after a crash finds
+  its claims where it left them, so no other resource can take a node in between; a
+  resource added back takes its lingering claims back.
+- **IDs follow the physical device.** A device whose claims are owned by another ID of the
+  same resource (a reload changed the patterns, `usbIdFrom`, ...) is advertised under that
+  old ID, which the kubelet may have given to a pod: the kubelet then never hands the same
+  node out a second time under a new ID. A device whose own ID is taken that way is held
+  (`id_taken`) until the old one is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .devices import Device
+from .logs import EventLogger
+from .metrics import Metrics
+
+ClaimKey = tuple[str, int | str]
+"""('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else."""
+
+HELD_REASON = "node_owned"
+"""The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
+
+
+def claim_key(path: str) -> ClaimKey | None:
+    """What a host path reaches: a device node by its number, anything else by its real
+    path; None when nothing is there. Follows links (a link to a node claims the node)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISCHR(st.st_mode):
+        return ("c", st.st_rdev)
+    if stat.S_ISBLK(st.st_mode):
+        return ("b", st.st_rdev)
+    return ("path", os.path.realpath(path))
+
+
+def describe_key(key: ClaimKey) -> str:
+    """A claim for a log line: `char 240:0`, `block 8:1` or the real path."""
+    kind, value = key
+    if kind in ("c", "b") and isinstance(value, int):
+        return f"{'char' if kind == 'c' else 'block'} {os.major(value)}:{os.minor(value)}"
+    return str(value)
+
+
+Resolver = Callable[[str], "ClaimKey | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What one device claims, with the host path each claim came from."""
+
+    exclusive: Mapping[ClaimKey, str]
+    shared: Mapping[ClaimKey, str]
+
+
+def device_claims(device: Device, resolve: Resolver = claim_key) -> Claims:
+    """A device's claims: its nodes (shared ones apart) and its mount sources. A path that
+    does not exist (yet) is claimed by its normalised text."""
+    exclusive: dict[ClaimKey, str] = {}
+    shared: dict[ClaimKey, str] = {}
+    paths = [(n.host_path, n.shared) for n in device.nodes]
+    paths += [(m.host_path, m.shared) for m in device.mounts]
+    for path, is_shared in paths:
+        key = resolve(path) or ("path", os.path.normpath(path))
+        (shared if is_shared else exclusive).setdefault(key, path)
+    for key in exclusive:
+        shared.pop(key, None)
+    return Claims(exclusive, shared)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    resource: str
+    device: str
+    """The ID the kubelet knows the device by."""
+
+
+def _owner_order(owner: Owner) -> tuple[str, str]:
+    return owner.resource, owner.device
+
+
+@dataclass(frozen=True)
+class _Holding:
+    """Why a device is held: logged and counted once while it stays the same."""
+
+    reason: str
+    """`owned` (another device's claim), `shared` (a node other devices share),
+    `id_taken` (its ID is the old ID of another device of the resource)."""
+    owner: Owner
+    path: str
+
+
+@dataclass
+class _Resource:
+    name: str
+    log: EventLogger | None = None
+    publish: Callable[[Mapping[str, Device]], bool] | None = None
+    """The resource's table while a runtime is attached."""
+    reported: Mapping[str, Device] = field(default_factory=dict)
+    """The driver's last list (driver IDs)."""
+    claims: dict[str, tuple[Device, Claims]] = field(default_factory=dict)
+    """Claims per driver ID, with the device they were resolved for."""
+    owned: dict[str, Claims] = field(default_factory=dict)
+    """Advertised ID -> what it claims in the index."""
+    lingering: set[ClaimKey] = field(default_factory=set)
+    """Exclusive claims of devices no longer advertised, kept while the node is there."""
+    held: dict[str, _Holding] = field(default_factory=dict)
+    retired: bool = False
+
+
+class OwnershipIndex:
+    """The host-wide index of claims (one per host, passed to every resource).
+
+    A claim whose device stops being advertised (it left the list, is held, or its resource
+    was removed) *lingers*: it keeps its owner while its node is still there, because a pod
+    may hold the device under that ID and the kubelet never says when it lets go. It is
+    released once the node is gone (checked whenever the owner's resource publishes, and
+    whenever another device is held by it), or taken back by its own resource.
+    """
+
+    def __init__(self, metrics: Metrics | None = None, resolve: Resolver = claim_key) -> None:
+        self._metrics = metrics
+        self._resolve = resolve
+        self._exclusive: dict[ClaimKey, Owner] = {}
+        self._where: dict[ClaimKey, str] = {}
+        """The host path each exclusive claim was made through (to see whether it is gone)."""
+        self._shared: dict[ClaimKey, set[Owner]] = {}
+        """Key -> the advertised devices that claim it shared."""
+        self._resources: dict[str, _Resource] = {}
+        self._pending: dict[str, None] = {}
+        self._draining = False
+
+    # ------------------------------------------------------------------ runtimes
+
+    def attach(
+        self, resource: str, publish: Callable[[Mapping[str, Device]], bool], log: EventLogger
+    ) -> Callable[[], None]:
+        """A runtime of `resource` starts publishing to `publish`; returns its detach.
+
+        A resource added back after it was retired takes its old claims back."""
+        state = self._state(resource)
+        state.publish, state.log, state.retired = publish, log, False
+        state.held = {}
+
+        def detach() -> None:
+            if state.publish is publish:
+                state.publish = None
+
+        return detach
+
+    def retire(self, resource: str) -> None:
+        """`resource` left the config: its claims linger while their nodes are there."""
+        state = self._resources.get(resource)
+        if state is None:
+            return
+        state.retired = True
+        state.publish = None
+        state.held = {}
+        released = False
+        for advertised_id in list(state.owned):
+            released |= self._unadvertise(state, advertised_id)
+        if released:
+            self._wake_waiting(resource)
+            self._drain()
+
+    def owner_of(self, path: str) -> Owner | None:
+        """The device that owns `path` exclusively (advertised or lingering), or None."""
+        key = self._resolve(path)
+        return None if key is None else self._exclusive.get(key)
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, resource: str, devices: Mapping[str, Device]) -> bool:
+        """A complete list of `resource` (driver IDs): claim, and publish what may be
+        advertised (under the IDs the kubelet knows). Returns whether the resource's table
+        changed. A retired resource's runtime that is still stopping changes nothing."""
+        state = self._state(resource)
+        if state.retired:
+            return False
+        state.reported = devices
+        changed = self._apply(state)
+        self._drain()
+        return changed
+
+    def _state(self, resource: str) -> _Resource:
+        state = self._resources.get(resource)
+        if state is None:
+            state = self._resources[resource] = _Resource(resource)
+        return state
+
+    def _apply(self, state: _Resource) -> bool:
+        admitted = self._admit(state)
+        return state.publish(admitted) if state.publish is not None else False
+
+    def _drain(self) -> None:
+        """Publish again the resources that wait for a released claim (one at a time, never
+        nested: a publish that releases more only queues)."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._pending:
+                name = next(iter(self._pending))
+                del self._pending[name]
+                state = self._resources[name]
+                if state.publish is not None and not state.retired:
+                    self._apply(state)
+        finally:
+            self._draining = False
+
+    def _claims_of(self, state: _Resource, devices: Mapping[str, Device]) -> dict[str, Claims]:
+        """Claims of every device, resolved again only for devices that changed."""
+        cache = state.claims
+        fresh: dict[str, tuple[Device, Claims]] = {}
+        for device_id, device in devices.items():
+            known = cache.get(device_id)
+            if known is None or not (known[0] is device or known[0] == device):
+                known = (device, device_claims(device, self._resolve))
+            fresh[device_id] = known
+        state.claims = fresh
+        return {device_id: claims for device_id, (_, claims) in fresh.items()}
+
+    def _admit(self, state: _Resource) -> Mapping[str, Device]:
+        devices = state.reported
+        name = state.name
+        released = self._prune_gone(state)
+        claims = self._claims_of(state, devices)
+        # The ID each device is advertised under: the ID of this resource that owns its
+        # claims already (the kubelet may have given it to a pod), else its own.
+        ids: dict[str, str] = {}
+        for device_id, claim in claims.items():
+            inherited = [
+                owner.device
+                for key in claim.exclusive
+                if (owner := self._exclusive.get(key)) is not None
+                and owner.resource == name
+                and owner.device != device_id
+            ]
+            ids[device_id] = min(inherited) if inherited else device_id
+        # Devices that own their claims already go first (the kubelet may have given them
+        # to a pod), then the others in ID order.
+        order = sorted(claims, key=lambda d: (not self._incumbent(state, ids[d], claims[d]), d))
+        wanted: dict[str, Claims] = {}
+        for device_id in order:
+            wanted.setdefault(ids[device_id], claims[device_id])
+        released |= self._release_stale(state, wanted)
+        admitted: dict[str, Device] = {}
+        holding: dict[str, _Holding] = {}
+        for device_id in order:
+            advertised_id = ids[device_id]
+            claim = claims[device_id]
+            if advertised_id in admitted:
+                holding[device_id] = _Holding("id_taken", Owner(name, advertised_id), "")
+                continue
+            why = self._conflict(name, advertised_id, claim)
+            if why is not None:
+                holding[device_id] = why
+                released |= self._unadvertise(state, advertised_id)
+                continue
+            self._claim(state, advertised_id, claim)
+            device = devices[device_id]
+            admitted[advertised_id] = (
+                device if advertised_id == device_id else device.with_id(advertised_id)
+            )
+        for advertised_id in [a for a in state.owned if a not in admitted]:
+            released |= self._unadvertise(state, advertised_id)
+        self._note_held(state, holding, ids)
+        if released:
+            self._wake_waiting(name)
+        if not holding and all(ids[d] == d for d in ids):
+            return devices
+        return admitted
+
+    def _incumbent(self, state: _Resource, advertised_id: str, claims: Claims) -> bool:
+        """Whether the device advertised as `advertised_id` owns its claims already."""
+        me = Owner(state.name, advertised_id)
+        return bool(claims.exclusive) and all(
+            self._exclusive.get(key) == me for key in claims.exclusive
+        )
+
+    def _conflict(self, resource: str, device_id: str, claims: Claims) -> _Holding | None:
+        me = Owner(resource, device_id)
+        for key, path in claims.exclusive.items():
+            owner = self._exclusive.get(key)
+            if owner is not None and owner != me and not self._released_if_gone(key):
+                return _Holding("owned", owner, path)
+            sharers = self._shared.get(key, set()) - {me}
+            if sharers:
+                return _Holding("shared", min(sharers, key=_owner_order), path)
+        for key, path in claims.shared.items():
+            owner = self._exclusive.get(key)
+            if owner is not None and owner != me and not self._released_if_gone(key):
+                return _Holding("owned", owner, path)
+        return None
+
+    def _released_if_gone(self, key: ClaimKey) -> bool:
+        """Release a lingering claim whose node is gone; True if it was released."""
+        owner = self._exclusive[key]
+        state = self._resources[owner.resource]
+        if key not in state.lingering or self._resolve(self._where[key]) == key:
+            return False
+        state.lingering.discard(key)
+        del self._exclusive[key], self._where[key]
+        return True
+
+    def _prune_gone(self, state: _Resource) -> bool:
+        """Release this resource's lingering claims whose nodes are gone."""
+        return any([self._released_if_gone(key) for key in list(state.lingering)])
+
+    def _claim(self, state: _Resource, device_id: str, claims: Claims) -> None:
+        me = Owner(state.name, device_id)
+        for key, path in claims.exclusive.items():
+            self._exclusive[key] = me
+            self._where[key] = path
+            state.lingering.discard(key)
+        for key in claims.shared:
+            self._shared.setdefault(key, set()).add(me)
+        state.owned[device_id] = claims
+
+    def _release_stale(self, state: _Resource, wanted: Mapping[str, Claims]) -> bool:
+        """Claims of advertised IDs that are gone, or that a device no longer has, linger."""
+        released = False
+        for advertised_id in list(state.owned):
+            new = wanted.get(advertised_id)
+            if new is None:
+                released |= self._unadvertise(state, advertised_id)
+                continue
+            old = state.owned[advertised_id]
+            me = Owner(state.name, advertised_id)
+            for key in old.exclusive.keys() - new.exclusive.keys():
+                if self._exclusive.get(key) == me:
+                    state.lingering.add(key)
+            for key in old.shared.keys() - new.shared.keys():
+                released |= self._unshare(key, me)
+        return released
+
+    def _unadvertise(self, state: _Resource, advertised_id: str) -> bool:
+        """The device is no longer advertised: its exclusive claims linger, its shared ones
+        go. True if something was released."""
+        old = state.owned.pop(advertised_id, None)
+        if old is None:
+            return False
+        me = Owner(state.name, advertised_id)
+        state.lingering.update(key for key in old.exclusive if self._exclusive.get(key) == me)
+        return any([self._unshare(key, me) for key in old.shared])
+
+    def _unshare(self, key: ClaimKey, owner: Owner) -> bool:
+        sharers = self._shared.get(key)
+        if sharers is None or owner not in sharers:
+            return False
+        sharers.discard(owner)
+        if not sharers:
+            del self._shared[key]
+        return True
+
+    def _wake_waiting(self, releaser: str) -> None:
+        for name, other in self._resources.items():
+            if name != releaser and other.held and other.publish is not None:
+                self._pending[name] = None
+
+    def _note_held(
+        self, state: _Resource, holding: dict[str, _Holding], ids: Mapping[str, str]
+    ) -> None:
+        log = state.log
+        for device_id, why in holding.items():
+            before = state.held.get(device_id)
+            if before == why:
+                continue
+            if self._metrics is not None and before is None:
+                self._metrics.driver_skipped.labels(state.name, HELD_REASON).inc()
+            if log is not None:
+                owner = why.owner
+                owner_state = self._resources.get(owner.resource)
+                log.warning(
+                    "device_held",
+                    device=device_id,
+                    reason=why.reason,
+                    path=why.path,
+                    owner_resource=owner.resource,
+                    owner_device=owner.device,
+                    owner_advertised=bool(owner_state and owner.device in owner_state.owned),
+                    owner_retired=bool(owner_state and owner_state.retired),
+                    action="not advertised until the owner is gone",
+                )
+        for device_id in state.held.keys() - holding.keys():
+            if log is not None and device_id in ids:
+                log.info("device_claim_won", device=device_id, advertised_as=ids[device_id])
+        state.held = holding
+
+
+class _Table(Protocol):
+    """What OwnedTable needs of a DeviceTable (lists go through the index)."""
+
+    def set_degraded(self, reason: str | None) -> bool: ...
+
+
+@dataclass
+class OwnedTable:
+    """The sink a resource's reporter writes to: lists go through the host's ownership
+    index on their way to the resource's device table."""
+
+    index: OwnershipIndex
+    resource: str
+    table: _Table
+
+    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool:
+        if not isinstance(devices, Mapping):
+            listed: dict[str, Device] = {}
+            for device in devices:
+                listed.setdefault(device.id, device)
+            devices = listed
+        return self.index.publish(self.resource, devices)
+
+    def set_degraded(self, reason: str | None) -> bool:
+        return self.table.set_degraded(reason)

@@ -1,0 +1,349 @@
+"""The host-wide ownership index (kdp_host/ownership.py): one node or mount source in at most
+one advertised device, across resources, drivers and reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kdp_host.config import GlobDriverConfig
+from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
+from kdp_host.drivers import DriverDeps, make_driver
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.ownership import ClaimKey, OwnershipIndex, Resolver, claim_key, device_claims
+from kdp_host.watch import PollingWatcher
+
+R1, R2, R3 = "t.io/a", "t.io/b", "t.io/c"
+
+
+def node(path: str, shared: bool = False) -> Device:
+    return Device(Path(path).name, nodes=(DeviceNode(path, path, shared=shared),))
+
+
+def dev(device_id: str, *paths: str, mounts: tuple[str, ...] = ()) -> Device:
+    return Device(
+        device_id,
+        nodes=tuple(DeviceNode(p, p) for p in paths),
+        mounts=tuple(DeviceMount(m, m) for m in mounts),
+    )
+
+
+class Host:
+    """An index with one DeviceTable per resource, as the resources of a host use it."""
+
+    def __init__(self, resolve: Resolver = claim_key) -> None:
+        self.metrics = Metrics()
+        self.index = OwnershipIndex(self.metrics, resolve)
+        self.tables: dict[str, DeviceTable] = {}
+        self.detach: dict[str, object] = {}
+
+    def attach(self, resource: str) -> DeviceTable:
+        table = self.tables[resource] = DeviceTable()
+        self.detach[resource] = self.index.attach(
+            resource, table.publish, get_logger().bind(resource=resource)
+        )
+        return table
+
+    def publish(self, resource: str, *devices: Device) -> None:
+        if resource not in self.tables:
+            self.attach(resource)
+        self.index.publish(resource, {d.id: d for d in devices})
+
+    def ids(self, resource: str) -> list[str]:
+        return [d.id for d in self.tables[resource].snapshot.devices]
+
+    def held(self, resource: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "kdp_driver_skipped_total", {"resource": resource, "reason": "node_owned"}
+        )
+        return value or 0.0
+
+
+class FakeNodes:
+    """Device numbers without root: a path -> claim table the test edits."""
+
+    def __init__(self, nodes: Mapping[str, ClaimKey]) -> None:
+        self.nodes = dict(nodes)
+
+    def __call__(self, path: str) -> ClaimKey | None:
+        return self.nodes.get(path)
+
+
+def test_a_node_reached_by_a_link_from_another_resource_is_held_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "fpga0").touch()
+    (tmp_path / "alias0").symlink_to(tmp_path / "fpga0")
+    host = Host()
+    host.publish(R1, node(f"{tmp_path}/fpga0"))
+    with caplog.at_level(logging.WARNING):
+        host.publish(R2, node(f"{tmp_path}/alias0"))
+        host.publish(R2, node(f"{tmp_path}/alias0"))
+    assert host.ids(R1) == ["fpga0"]
+    assert host.ids(R2) == []
+    assert host.held(R2) == 1, "counted once while it stays held"
+    [record] = [r for r in caplog.records if r.getMessage() == "device_held"]
+    fields = record.kdp_fields  # type: ignore[attr-defined]
+    assert fields["resource"] == R2 and fields["device"] == "alias0"
+    assert (fields["owner_resource"], fields["owner_device"]) == (R1, "fpga0")
+
+
+def test_a_second_node_with_the_same_device_number_is_the_same_claim() -> None:
+    nodes = FakeNodes({"/dev/fpga0": ("c", 0xF000), "/dev/other/card": ("c", 0xF000)})
+    host = Host(nodes)
+    host.publish(R1, node("/dev/fpga0"))
+    host.publish(R2, node("/dev/other/card"))
+    assert host.ids(R2) == []
+
+
+def test_a_mount_source_is_claimed(tmp_path: Path) -> None:
+    (tmp_path / "fw").mkdir()
+    host = Host()
+    host.publish(R1, dev("a", mounts=(f"{tmp_path}/fw",)))
+    host.publish(R2, dev("b", mounts=(f"{tmp_path}/fw/../fw",)))
+    assert host.ids(R2) == []
+
+
+def test_within_one_list_the_owner_then_the_lowest_id_wins() -> None:
+    nodes = FakeNodes({"/dev/x": ("c", 1), "/dev/y": ("c", 2)})
+    host = Host(nodes)
+    host.publish(R1, dev("m", "/dev/x"))
+    host.publish(R1, dev("a", "/dev/x", "/dev/y"), dev("m", "/dev/x"), dev("z", "/dev/y"))
+    assert host.ids(R1) == ["m", "z"]
+
+
+def test_shared_nodes_coexist_but_not_with_an_exclusive_claim() -> None:
+    nodes = FakeNodes({"/dev/vfio/vfio": ("c", 10), "/dev/vfio/1": ("c", 11)})
+    host = Host(nodes)
+    vfio = DeviceNode("/dev/vfio/vfio", "/dev/vfio/vfio", shared=True)
+    group = DeviceNode("/dev/vfio/1", "/dev/vfio/1")
+    host.publish(R1, Device("g1", nodes=(group, vfio)))
+    host.publish(R2, Device("ctl", nodes=(vfio,)))
+    assert host.ids(R1) == ["g1"] and host.ids(R2) == ["ctl"]
+    host.publish(R3, node("/dev/vfio/vfio"))
+    assert host.ids(R3) == []
+
+
+def test_the_owner_keeps_its_claim_while_the_node_is_there_then_the_waiter_wins() -> None:
+    nodes = FakeNodes({"/dev/fpga0": ("c", 5), "/dev/by-id/f": ("c", 5)})
+    host = Host(nodes)
+    host.publish(R1, node("/dev/fpga0"))
+    host.publish(R2, node("/dev/by-id/f"))
+    assert host.ids(R2) == []
+    # the owner's list drops it (its pattern no longer matches): a pod may still hold it
+    host.publish(R1)
+    host.publish(R2, node("/dev/by-id/f"))
+    assert host.ids(R1) == [] and host.ids(R2) == []
+    # the node goes: the lingering claim is released and the waiter is advertised at once
+    del nodes.nodes["/dev/fpga0"]
+    host.publish(R1)
+    assert host.ids(R2) == ["f"]
+
+
+def test_claims_survive_a_restart_and_a_retired_resource_keeps_them() -> None:
+    nodes = FakeNodes({"/dev/fpga0": ("c", 5), "/dev/by-id/f": ("c", 5)})
+    host = Host(nodes)
+    host.publish(R1, node("/dev/fpga0"))
+    host.detach[R1]()  # type: ignore[operator]
+    # between the old runtime and the new one another resource tries
+    host.publish(R2, node("/dev/by-id/f"))
+    assert host.ids(R2) == []
+    host.attach(R1)
+    host.publish(R1, node("/dev/fpga0"))
+    assert host.ids(R1) == ["fpga0"] and host.ids(R2) == []
+    host.index.retire(R1)
+    host.publish(R2, node("/dev/by-id/f"))
+    assert host.ids(R2) == []
+    del nodes.nodes["/dev/fpga0"]
+    host.publish(R2, node("/dev/by-id/f"))
+    assert host.ids(R2) == ["f"]
+
+
+def test_a_renamed_device_keeps_the_id_the_kubelet_knows() -> None:
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host = Host(nodes)
+    host.publish(R1, dev("old-a", "/dev/a"), dev("old-b", "/dev/b"))
+    # a reload renames both (patterns, usbIdFrom, ...)
+    host.attach(R1)
+    host.publish(R1, dev("new-a", "/dev/a"), dev("new-b", "/dev/b"))
+    assert host.ids(R1) == ["old-a", "old-b"]
+    [device] = [d for d in host.tables[R1].snapshot.devices if d.id == "old-a"]
+    assert device.nodes[0].host_path == "/dev/a"
+
+
+def test_an_id_that_another_node_held_is_not_reused_for_a_new_node() -> None:
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host = Host(nodes)
+    host.publish(R1, dev("x", "/dev/a"))
+    # /dev/a is now called y, and x names another node: x is held while /dev/a is "x"
+    host.publish(R1, dev("y", "/dev/a"), dev("x", "/dev/b"))
+    assert host.ids(R1) == ["x"]
+    [device] = host.tables[R1].snapshot.devices
+    assert device.nodes[0].host_path == "/dev/a"
+    assert host.held(R1) == 1
+
+
+def test_claims_of_unchanged_devices_are_not_resolved_again() -> None:
+    calls: list[str] = []
+
+    def resolve(path: str) -> ClaimKey | None:
+        calls.append(path)
+        return ("c", hash(path) & 0xFFFF)
+
+    host = Host(resolve)
+    devices = [node(f"/dev/n{i}") for i in range(100)]
+    host.publish(R1, *devices)
+    calls.clear()
+    host.publish(R1, *devices, node("/dev/new"))
+    assert calls == ["/dev/new"]
+
+
+def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) -> None:
+    (tmp_path / "f").touch()
+    (tmp_path / "l").symlink_to(tmp_path / "f")
+    assert claim_key(f"{tmp_path}/l") == claim_key(f"{tmp_path}/f") == ("path", f"{tmp_path}/f")
+    assert claim_key(f"{tmp_path}/missing") is None
+    claims = device_claims(dev("a", f"{tmp_path}/missing"), claim_key)
+    assert list(claims.exclusive) == [("path", f"{tmp_path}/missing")]
+
+
+# ------------------------------------------------------------------ property
+
+
+NODES = 5
+PATTERNS = ("nodes/n*", "nodes/n[0-2]", "a/*", "b/*", "a/l[0-1]*")
+
+
+def build_tree(root: Path, links: list[tuple[str, int]]) -> None:
+    for sub in ("nodes", "a", "b", "fw"):
+        (root / sub).mkdir()
+    for i in range(NODES):
+        (root / "nodes" / f"n{i}").touch()
+    for k, (where, target) in enumerate(links):
+        link = root / where / f"l{k}"
+        link.symlink_to(root / "nodes" / f"n{target}")
+
+
+async def glob_list(root: Path, patterns: tuple[str, ...]) -> dict[str, Device]:
+    log = get_logger()
+    config = GlobDriverConfig(paths=tuple(f"{root}/{p}" for p in patterns))
+    driver = make_driver(config, DriverDeps(log, PollingWatcher(log)))
+    return {d.id: d for d in await driver.scan()}
+
+
+def shell_list(root: Path, picks: list[tuple[int, int, bool]]) -> dict[str, Device]:
+    """What a probe might print: devices with one or two nodes, a mount, shared nodes."""
+    out: dict[str, Device] = {}
+    for k, (first, second, with_mount) in enumerate(picks):
+        nodes = [DeviceNode(f"{root}/nodes/n{first}", f"/dev/x{k}")]
+        if second != first:
+            nodes.append(DeviceNode(f"{root}/nodes/n{second}", f"/dev/y{k}", shared=second == 4))
+        mounts = (DeviceMount(f"{root}/fw", "/fw"),) if with_mount else ()
+        out[f"s{k}"] = Device(f"s{k}", nodes=tuple(nodes), mounts=mounts)
+    return out
+
+
+resource_lists = st.one_of(
+    st.tuples(st.just("glob"), st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3)),
+    st.tuples(
+        st.just("shell"),
+        st.lists(
+            st.tuples(st.integers(0, NODES - 1), st.integers(0, NODES - 1), st.booleans()),
+            max_size=3,
+        ),
+    ),
+)
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["publish", "restart", "retire", "remove_node"]),
+        st.integers(0, 2),
+        resource_lists,
+        st.integers(0, NODES - 1),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def independent_claims(device: Device) -> tuple[set[ClaimKey], set[ClaimKey]]:
+    """What a device puts into a container, resolved here without the index's code."""
+    exclusive: set[ClaimKey] = set()
+    shared: set[ClaimKey] = set()
+    paths = [(n.host_path, n.shared) for n in device.nodes]
+    paths += [(m.host_path, m.shared) for m in device.mounts]
+    for path, is_shared in paths:
+        key: ClaimKey = ("path", os.path.realpath(path))
+        (shared if is_shared else exclusive).add(key)
+    return exclusive, shared - exclusive
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    links=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, NODES - 1)), max_size=5),
+    script=steps,
+)
+def test_no_node_is_ever_in_two_advertised_devices(
+    links: list[tuple[str, int]], script: list[tuple[str, int, object, int]]
+) -> None:
+    """Random glob patterns and probe-like lists over a random tree of nodes and links, with
+    restarts, reloads that retire resources and nodes that vanish: at every step no node or
+    mount source is in two advertised devices, and a node that stayed present is only ever
+    advertised under one (resource, ID) -- what the kubelet books."""
+    root = Path(tempfile.mkdtemp(prefix="kdp-own"))
+    try:
+        build_tree(root, links)
+        asyncio.run(run_script(root, script))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def run_script(root: Path, script: list[tuple[str, int, object, int]]) -> None:
+    host = Host()
+    names = [R1, R2, R3]
+    live: set[str] = set()
+    booked: dict[ClaimKey, tuple[str, str]] = {}
+    for action, which, spec, victim in script:
+        name = names[which]
+        if action == "remove_node":
+            path = root / "nodes" / f"n{victim}"
+            if path.exists():
+                booked.pop(("path", str(path)), None)
+                path.unlink()
+            continue
+        if action == "retire":
+            if name in live:
+                host.index.retire(name)
+                live.discard(name)
+            continue
+        if action == "restart" or name not in live:
+            host.attach(name)
+            live.add(name)
+        kind, arg = spec  # type: ignore[misc]
+        devices = await glob_list(root, tuple(arg)) if kind == "glob" else shell_list(root, arg)
+        host.index.publish(name, devices)
+        # every live resource's advertised list, checked independently
+        owners: dict[ClaimKey, tuple[str, str]] = {}
+        sharers: dict[ClaimKey, set[str]] = {}
+        for resource in sorted(live):
+            for device in host.tables[resource].snapshot.devices:
+                exclusive, shared = independent_claims(device)
+                me = (resource, device.id)
+                for key in exclusive:
+                    assert key not in owners, (key, owners[key], me)
+                    assert key not in sharers, (key, sharers[key], me)
+                    owners[key] = me
+                    if os.path.exists(key[1]):
+                        assert booked.setdefault(key, me) == me, (key, booked[key], me)
+                for key in shared:
+                    assert key not in owners, (key, owners[key], me)
+                    sharers.setdefault(key, set()).add(resource)

@@ -175,9 +175,7 @@ class SysfsReader:
         watch = {self.dev_root, *self.dev_directories()}
         for device in devices:
             watch.update(self._node_dirs(device))
-        result = SysfsScan(
-            tuple(devices), tuple(problems), frozenset(watch), tuple(state.skipped)
-        )
+        result = SysfsScan(tuple(devices), tuple(problems), frozenset(watch), tuple(state.skipped))
         self._index = _Index.of(result)
         return result
 
@@ -337,9 +335,7 @@ class SysfsReader:
         return found
 
     def _node_dirs(self, device: SysfsDevice) -> set[str]:
-        return {
-            os.path.dirname(os.path.join(self.dev_root, node.devname)) for node in device.nodes
-        }
+        return {os.path.dirname(os.path.join(self.dev_root, node.devname)) for node in device.nodes}
 
     def _entry_link(self, source: str, name: str) -> str:
         relative = source if source.startswith("class/") else f"bus/{source}/devices"

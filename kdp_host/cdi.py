@@ -17,7 +17,8 @@ a per-device copy would override the combined value.
 
 Writes are atomic (temporary file in the same directory, then rename; the temporary name
 does not end in .json, so CDI watchers ignore it), happen only when the content changed,
-and are coalesced: a burst of device changes is written once.
+and are coalesced: a burst of device changes is written once. Rendering and file work run
+through the host's offload (one call per read, write or removal).
 """
 
 from __future__ import annotations
@@ -28,16 +29,15 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiofiles
-import aiofiles.os
-
 from .allocation import ALLOCATION_DEPENDENT_FIELD, cdi_device_name, has_cdi_edits
 from .config import CdiConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot
+from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .rules import cdi_kind_problem
 
@@ -231,6 +231,8 @@ class CdiSpecWriter:
     report: Callable[[str | None], None] = field(default=lambda reason: None)
     """Told a short reason (no path) while the file cannot be written, None once it is."""
     count_failure: Callable[[], None] = field(default=lambda: None)
+    offload: Offload = field(default_factory=DaemonThreads)
+    """Where rendering and file reads, writes and removals run (the host's)."""
     path: str = field(init=False)
     writes: int = field(default=0, init=False)
     """Files written."""
@@ -268,7 +270,7 @@ class CdiSpecWriter:
         if problem := cdi_kind_problem(cdi.kind):
             self.log.error("cdi_kind_invalid", kind=cdi.kind, reason=problem)
         try:
-            self._set_on_disk(await _read_or_none(self.path))
+            self._set_on_disk(await self._read())
             await self.table.published.wait()
             snapshot = self.table.snapshot
             while True:
@@ -281,7 +283,7 @@ class CdiSpecWriter:
                 except TimeoutError:
                     # Nothing changed: check the file is still ours (another instance
                     # stopping during a rolling upgrade removes the same file name).
-                    self._set_on_disk(await _read_or_none(self.path))
+                    self._set_on_disk(await self._read())
                 await asyncio.sleep(self.debounce)
                 snapshot = self.table.snapshot
         finally:
@@ -289,13 +291,13 @@ class CdiSpecWriter:
 
     async def _sync(self, snapshot: Snapshot) -> bool:
         try:
-            content = await asyncio.to_thread(render_spec_file, self.resource, snapshot)
+            content = await self.offload.run(lambda: render_spec_file(self.resource, snapshot))
             if content != self._on_disk:
                 if content is None:
-                    await _unlink(self.path)
+                    await self._unlink()
                     self.log.info("cdi_spec_removed", path=self.path, reason="no_devices")
                 else:
-                    await write_atomic(self.path, content)
+                    await self.offload.run(lambda: write_atomic(self.path, content))
                     self.writes += 1
                     self.log.info("cdi_spec_written", path=self.path, version=snapshot.version)
                 self._set_on_disk(content)
@@ -325,13 +327,19 @@ class CdiSpecWriter:
 
     async def _remove(self) -> None:
         try:
-            if await _unlink(self.path):
+            if await self._unlink():
                 self.log.info("cdi_spec_removed", path=self.path, reason="resource_stopped")
         except OSError as exc:
             self.failures += 1
             self.count_failure()
             self.log.warning("cdi_spec_remove_failed", path=self.path, reason=str(exc))
         self._on_disk = None
+
+    async def _read(self) -> bytes | None:
+        return await self.offload.run(lambda: read_or_none(self.path))
+
+    async def _unlink(self) -> bool:
+        return await self.offload.run(lambda: unlink(self.path))
 
 
 def spec_device_names(content: bytes | None, kind: str) -> frozenset[str]:
@@ -348,42 +356,54 @@ def spec_device_names(content: bytes | None, kind: str) -> frozenset[str]:
         return frozenset()
 
 
-async def write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes) -> None:
     """Write `path` all at once: a temporary file next to it, fsync, then rename over it.
+    Blocking: the writer runs it through its offload.
 
     Creates the directory when missing. Readers see the old content or the new one, never
     a partial file; the temporary name (`.<name>.<random>.tmp`) is ignored by CDI.
     """
     directory = os.path.dirname(path) or "."
-    await aiofiles.os.makedirs(directory, mode=0o755, exist_ok=True)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:
-        async with aiofiles.open(temporary, "xb", opener=_open_0644) as out:
-            await out.write(data)
-            await out.flush()
-            await asyncio.to_thread(os.fsync, out.fileno())
-        await aiofiles.os.replace(temporary, path)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            await aiofiles.os.remove(temporary)
+            os.remove(temporary)
         raise
 
 
-def _open_0644(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o644)
-
-
-async def _read_or_none(path: str) -> bytes | None:
+def read_or_none(path: str) -> bytes | None:
+    """The file's content, None when it cannot be read (missing, unreadable, not a regular
+    file: a FIFO put in its place never blocks the read)."""
     try:
-        async with aiofiles.open(path, "rb") as f:
-            return await f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
-
-
-async def _unlink(path: str) -> bool:
     try:
-        await aiofiles.os.remove(path)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def unlink(path: str) -> bool:
+    """Remove `path`; False when it was not there."""
+    try:
+        os.remove(path)
     except FileNotFoundError:
         return False
     return True

@@ -9,7 +9,8 @@ system. So:
 - every read runs on a daemon worker thread and is given up after `timeout` (the caller gets
   `FileReadError("read_timeout")`); a worker stuck in the kernel is abandoned, a fresh one
   serves the next reads, and past `max_stuck` abandoned workers reads are refused at once;
-- whole scans run on daemon threads too (`DaemonThreads`).
+- whole scans, and every other blocking call of the host, run on daemon threads too
+  (`DaemonThreads`, the one `Offload`: the host makes one and passes it to whatever needs it).
 
 Daemon threads are the point: the interpreter does not wait for them at exit, so SIGTERM
 ends the host within its shutdown budget even while a thread is stuck in read(2). (A worker
@@ -27,7 +28,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -165,6 +166,15 @@ class FileReader:
             return True
 
 
+class Offload(Protocol):
+    """The one way off the event loop: run a blocking call on a worker thread, await its
+    result (or its exception). Cancelling the await abandons the call, it is not stopped:
+    a caller that must not start a second call while one hangs keeps its future
+    (`asyncio.ensure_future(offload.run(...))`) and waits on it again."""
+
+    async def run(self, function: Callable[[], T]) -> T: ...
+
+
 SCAN_THREADS = 4
 """Daemon threads that run scans at once, not counting threads stuck in the kernel."""
 STUCK_AFTER = 1.0
@@ -173,7 +183,8 @@ MAX_SCAN_THREADS = 64
 
 
 class DaemonThreads:
-    """Runs blocking calls (whole scans) on daemon threads, for every resource of a host.
+    """The host's `Offload`: runs blocking calls (whole scans, file writes, config loads) on
+    daemon threads, for every resource of a host.
 
     Like asyncio's default executor, a few workers are reused, so a hundred resources
     scanning at once do not start a hundred threads (each would keep a malloc arena). Unlike

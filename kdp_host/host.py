@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .drivers import DriverFactory, make_driver
+from .files import DaemonThreads, Offload
 from .http import HEARTBEAT_INTERVAL, HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
@@ -45,7 +46,9 @@ class Host:
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
     load_config: Callable[[Path], Config] = load_config
-    """Reads and validates a config file on reload (in a worker thread); raises ConfigError."""
+    """Reads and validates a config file on reload (through `offload`); raises ConfigError."""
+    offload: Offload = field(default_factory=DaemonThreads)
+    """The one way off the event loop, for the host and every resource."""
     ownership: OwnershipIndex = field(init=False)
     """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
@@ -64,6 +67,7 @@ class Host:
             metrics=self.metrics,
             log=self.log,
             load_config=self.load_config,
+            offload=self.offload,
         )
 
     @property
@@ -76,7 +80,9 @@ class Host:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
-        watcher = self.watcher or make_watcher(self.log.bind(component="watch"))
+        watcher = self.watcher or make_watcher(
+            self.log.bind(component="watch"), offload=self.offload
+        )
         self.watcher = watcher
         socket_dir = self.config.kubelet.socket_dir
         services = HostServices(
@@ -88,6 +94,7 @@ class Host:
             self.drivers,
             ownership=self.ownership,
             status_changed=self._refresh_readiness,
+            offload=self.offload,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -101,7 +108,7 @@ class Host:
             watcher=watcher.kind,
         )
         self._record_config(self.config)
-        await asyncio.to_thread(remove_stale_sockets, socket_dir, self.log)
+        await self.offload.run(lambda: remove_stale_sockets(socket_dir, self.log))
         internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
         if self._reloader is not None:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))

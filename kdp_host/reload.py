@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
+from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
 from .watch import Watcher
@@ -73,7 +74,8 @@ class ConfigReloader:
     metrics: Metrics
     log: EventLogger
     load_config: Callable[[Path], Config] = load_config
-    """Reads and validates a config file (in a worker thread); raises ConfigError."""
+    """Reads and validates a config file (through `offload`); raises ConfigError."""
+    offload: Offload = field(default_factory=DaemonThreads)
     debounce: float = RELOAD_DEBOUNCE
     _wanted: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -108,11 +110,11 @@ class ConfigReloader:
     async def reload(self) -> ConfigReloadResult:
         """Read, validate and apply the file; returns the result that was counted.
 
-        The file is read and checked by the same function as at start-up, in a worker thread
+        The file is read and checked by the same function as at start-up, off the loop
         (its work is bounded by the config loader's limits), so the loop keeps serving.
         """
         try:
-            new = await asyncio.to_thread(self.load_config, self.path)
+            new = await self.offload.run(lambda: self.load_config(self.path))
         except ConfigError as exc:
             return self._result("invalid", error=str(exc), problems=len(exc.problems))
         if new.sha256 == self.current().sha256:

@@ -26,7 +26,7 @@ from .drivers import (
     failure_threshold,
     make_driver,
 )
-from .files import DaemonThreads
+from .files import DaemonThreads, Offload
 from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
@@ -64,8 +64,8 @@ class HostServices:
     log: EventLogger
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
-    threads: DaemonThreads = field(default_factory=DaemonThreads)
-    """Daemon threads for the drivers' scans, shared by every resource."""
+    offload: Offload = field(default_factory=DaemonThreads)
+    """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
     """Runs the preStart and allocate commands."""
     ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
@@ -145,7 +145,7 @@ class ResourceRuntime:
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
-        deps = DriverDeps(self.log, services.watcher, threads=services.threads)
+        deps = DriverDeps(self.log, services.watcher, offload=services.offload)
         driver = services.drivers(self.config.driver, deps)
         detach = services.ownership.attach(self.config.name, self.table.publish, self.log)
         try:
@@ -187,6 +187,7 @@ class ResourceRuntime:
                     self.log,
                     report=functools.partial(self._set_problem, "cdi"),
                     count_failure=cdi_failures.inc,
+                    offload=services.offload,
                 )
                 self._first_list_ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{self.config.name}:cdi")

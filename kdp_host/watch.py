@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from .files import DaemonThreads, Offload
 from .logs import EventLogger
 
 if TYPE_CHECKING:
@@ -186,9 +188,12 @@ class PollingWatcher:
 
     kind = "poll"
 
-    def __init__(self, log: EventLogger, interval: float = 1.0) -> None:
+    def __init__(
+        self, log: EventLogger, interval: float = 1.0, offload: Offload | None = None
+    ) -> None:
         self._log = log
         self._interval = interval
+        self._offload = offload or DaemonThreads()
         self._subs = _SubscriberIndex()
         self._seen: dict[str, DirSignature | None] = {}
 
@@ -207,7 +212,7 @@ class PollingWatcher:
         while True:
             await asyncio.sleep(self._interval)
             directories = list(self._seen)
-            signatures = await asyncio.to_thread(dir_signatures, directories)
+            signatures = await self._offload.run(functools.partial(dir_signatures, directories))
             for directory, signature in zip(directories, signatures, strict=True):
                 if directory in self._seen and self._seen[directory] != signature:
                     self._seen[directory] = signature
@@ -236,6 +241,7 @@ def make_watcher(
     *,
     prefer_inotify: bool = True,
     inotify: Callable[[EventLogger], Watcher] = InotifyWatcher,
+    offload: Offload | None = None,
 ) -> Watcher:
     """An inotify watcher where the system has one, else the polling watcher.
 
@@ -249,4 +255,4 @@ def make_watcher(
             log.warning(
                 "inotify_unavailable", reason=f"{type(exc).__name__}: {exc}", fallback="poll"
             )
-    return PollingWatcher(log)
+    return PollingWatcher(log, offload=offload)

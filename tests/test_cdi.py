@@ -368,15 +368,15 @@ def test_file_names() -> None:
 # --------------------------------------------------------------------------- atomic write
 
 
-async def test_write_atomic_replaces_by_rename(tmp_path: Path) -> None:
+def test_write_atomic_replaces_by_rename(tmp_path: Path) -> None:
     target = tmp_path / "new" / "dir" / "spec.json"
-    await write_atomic(str(target), b"one")
+    write_atomic(str(target), b"one")
     assert target.read_bytes() == b"one"
     assert oct(target.stat().st_mode & 0o777) == oct(0o644 & ~_umask())
     reader = os.open(target, os.O_RDONLY)  # an open reader keeps the old inode
     try:
         old_inode = target.stat().st_ino
-        await write_atomic(str(target), b"two")
+        write_atomic(str(target), b"two")
         assert target.read_bytes() == b"two"
         assert target.stat().st_ino != old_inode
         assert os.read(reader, 16) == b"one"  # the old file was never modified in place
@@ -385,18 +385,18 @@ async def test_write_atomic_replaces_by_rename(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["spec.json"]
 
 
-async def test_write_atomic_failure_keeps_old_content(
+def test_write_atomic_failure_keeps_old_content(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "spec.json"
-    await write_atomic(str(target), b"old")
+    write_atomic(str(target), b"old")
 
-    async def broken_replace(src: str, dst: str) -> None:
+    def broken_replace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cdi_module.aiofiles.os, "replace", broken_replace)
+    monkeypatch.setattr(cdi_module.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space"):
-        await write_atomic(str(target), b"new")
+        write_atomic(str(target), b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["spec.json"]
 

@@ -17,18 +17,9 @@ from kdp_host.config import (
     load_config_text,
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
-from kdp_host.drivers import DriverDeps, make_driver
+from kdp_host.drivers import make_driver
 from kdp_host.drivers.glob_groups import GlobGroupDriver
-from kdp_host.logs import get_logger
-from kdp_host.watch import PollingWatcher
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from kdp_host.testing import ManualClock, RecordingNotifier, driver_deps
 
 
 def member(path: str, **options: object) -> GlobGroupMemberConfig:
@@ -36,19 +27,19 @@ def member(path: str, **options: object) -> GlobGroupMemberConfig:
 
 
 def group_driver(
-    *members: GlobGroupMemberConfig, clock: Clock | None = None, grace: float = 60.0
+    *members: GlobGroupMemberConfig, clock: ManualClock | None = None, grace: float = 60.0
 ) -> GlobGroupDriver:
-    log = get_logger()
     config = GlobDriverConfig(group=members, grace_period=grace)
-    deps = DriverDeps(log, PollingWatcher(log), clock=clock or Clock())
-    driver = make_driver(config, deps)
+    driver = make_driver(config, driver_deps(clock=clock))
     assert isinstance(driver, GlobGroupDriver)
     return driver
 
 
-def scan(driver: GlobGroupDriver) -> dict[str, Device]:
-    devices, _ = driver._merge(driver._scan_sync().devices)
-    return dict(devices)
+async def scan(driver: GlobGroupDriver) -> dict[str, Device]:
+    """One scan and merge, as the scan loop does it: the list it publishes."""
+    notifier = RecordingNotifier()
+    await driver.step(notifier)
+    return notifier.devices
 
 
 def nodes(device: Device) -> list[tuple[str, str]]:
@@ -133,7 +124,7 @@ def test_group_config_errors(glob_yaml: str, fragment: str) -> None:
 # --------------------------------------------------------------------------- scanning
 
 
-def test_a_device_is_every_path_of_its_key(tmp_path: Path) -> None:
+async def test_a_device_is_every_path_of_its_key(tmp_path: Path) -> None:
     dev = tmp_path / "dev"
     dev.mkdir()
     (dev / "vfio").mkdir()
@@ -146,7 +137,7 @@ def test_a_device_is_every_path_of_its_key(tmp_path: Path) -> None:
         member(f"{dev}/xdma{{key}}_h2c_*", permissions="w"),
         member(f"{dev}/vfio/vfio", container_path="/dev/vfio/vfio"),
     )
-    devices = scan(driver)
+    devices = await scan(driver)
     assert sorted(devices) == ["0", "1"]
     assert nodes(devices["0"]) == [
         (f"{dev}/xdma0_user", f"{dev}/xdma0_user"),
@@ -161,7 +152,7 @@ def test_a_device_is_every_path_of_its_key(tmp_path: Path) -> None:
     # Allocate passes every node of both devices; the shared node once; {paths} names all.
     resource = ResourceConfig(
         name="a.io/xdma",
-        driver=driver._config,
+        driver=driver.scanner.config,
     )
     table = DeviceTable()
     table.publish(devices.values())
@@ -174,32 +165,32 @@ def test_a_device_is_every_path_of_its_key(tmp_path: Path) -> None:
     ]
 
 
-def test_a_group_appears_member_by_member(tmp_path: Path) -> None:
+async def test_a_group_appears_member_by_member(tmp_path: Path) -> None:
     driver = group_driver(
         member(f"{tmp_path}/xdma{{key}}_user"),
         member(f"{tmp_path}/xdma{{key}}_h2c_0"),
         member(f"{tmp_path}/xdma{{key}}_c2h_0"),
     )
-    assert scan(driver) == {}
+    assert (await scan(driver)) == {}
     xdma(tmp_path, 0, "user")
-    result = driver._scan_sync()
+    result = await driver.scan_once()
     assert result.devices == {}
     [skip] = result.skipped
     assert skip.reason == "incomplete_group"
     assert "xdma{key}_h2c_0" in skip.message and "xdma{key}_c2h_0" in skip.message
     xdma(tmp_path, 0, "h2c_0")
-    assert scan(driver) == {}
+    assert (await scan(driver)) == {}
     xdma(tmp_path, 0, "c2h_0")
-    devices = scan(driver)
+    devices = await scan(driver)
     assert list(devices) == ["0"] and devices["0"].healthy
     assert len(devices["0"].nodes) == 3
-    assert driver._scan_sync().skipped == ()
+    assert (await driver.scan_once()).skipped == ()
 
 
-def test_a_required_member_that_vanishes_makes_the_group_unhealthy_then_gone(
+async def test_a_required_member_that_vanishes_makes_the_group_unhealthy_then_gone(
     tmp_path: Path,
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     driver = group_driver(
         member(f"{tmp_path}/xdma{{key}}_user"),
         member(f"{tmp_path}/xdma{{key}}_h2c_0"),
@@ -208,20 +199,20 @@ def test_a_required_member_that_vanishes_makes_the_group_unhealthy_then_gone(
     )
     xdma(tmp_path, 0, "user", "h2c_0")
     xdma(tmp_path, 1, "user", "h2c_0")
-    assert all(d.healthy for d in scan(driver).values())
+    assert all(d.healthy for d in (await scan(driver)).values())
     (tmp_path / "xdma0_h2c_0").unlink()
-    devices = scan(driver)
+    devices = await scan(driver)
     assert not devices["0"].healthy and devices["1"].healthy
     # it comes back within the grace period: Healthy again, same ID
     xdma(tmp_path, 0, "h2c_0")
-    assert scan(driver)["0"].healthy
+    assert (await scan(driver))["0"].healthy
     (tmp_path / "xdma0_user").unlink()
-    assert not scan(driver)["0"].healthy
+    assert not (await scan(driver))["0"].healthy
     clock.now += 31
-    assert list(scan(driver)) == ["1"]
+    assert list(await scan(driver)) == ["1"]
 
 
-def test_an_optional_member_may_be_missing(tmp_path: Path) -> None:
+async def test_an_optional_member_may_be_missing(tmp_path: Path) -> None:
     driver = group_driver(
         member(f"{tmp_path}/card{{key}}"),
         member(f"{tmp_path}/render{{key}}", optional=True),
@@ -229,30 +220,58 @@ def test_an_optional_member_may_be_missing(tmp_path: Path) -> None:
     (tmp_path / "card0").touch()
     (tmp_path / "card1").touch()
     (tmp_path / "render1").touch()
-    devices = scan(driver)
+    devices = await scan(driver)
     assert devices["0"].healthy and nodes(devices["0"]) == [(f"{tmp_path}/card0",) * 2]
     assert [n.optional for n in devices["1"].nodes] == [False, True]
     assert len(devices["1"].nodes) == 2
     (tmp_path / "render1").unlink()
-    devices = scan(driver)
+    devices = await scan(driver)
     assert devices["1"].healthy and len(devices["1"].nodes) == 1
 
 
-def test_only_optional_members_need_one_path(tmp_path: Path) -> None:
+async def test_a_group_that_loses_a_required_node_but_stays_complete(tmp_path: Path) -> None:
+    """One of several paths of a required member goes: the group is still complete, but a
+    node it had is gone, so it is Unhealthy for the grace period (the rule of every
+    watching driver), then listed without it; a node that comes back first heals it."""
+    clock = ManualClock()
+    driver = group_driver(
+        member(f"{tmp_path}/xdma{{key}}_user"),
+        member(f"{tmp_path}/xdma{{key}}_c2h_*"),
+        clock=clock,
+        grace=30,
+    )
+    for name in ("user", "c2h_0", "c2h_1"):
+        (tmp_path / f"xdma0_{name}").touch()
+    assert len((await scan(driver))["0"].nodes) == 3
+    (tmp_path / "xdma0_c2h_1").unlink()
+    device = (await scan(driver))["0"]
+    assert not device.healthy and len(device.nodes) == 2
+    clock.advance(10)
+    (tmp_path / "xdma0_c2h_1").touch()
+    device = (await scan(driver))["0"]
+    assert device.healthy and len(device.nodes) == 3
+    (tmp_path / "xdma0_c2h_1").unlink()
+    assert not (await scan(driver))["0"].healthy
+    clock.advance(31)
+    device = (await scan(driver))["0"]
+    assert device.healthy and len(device.nodes) == 2
+
+
+async def test_only_optional_members_need_one_path(tmp_path: Path) -> None:
     """GDP's `{"paths": [{"path": "/dev/ttyS0", "optional": true}, ...]}`: one device while
     any of them exists."""
     driver = group_driver(
         member(f"{tmp_path}/ttyS0", optional=True),
         member(f"{tmp_path}/ttyUSB0", optional=True),
     )
-    assert scan(driver) == {}
+    assert (await scan(driver)) == {}
     (tmp_path / "ttyUSB0").touch()
-    devices = scan(driver)
+    devices = await scan(driver)
     assert list(devices) == ["ttyS0"]
     assert nodes(devices["ttyS0"]) == [(f"{tmp_path}/ttyUSB0",) * 2]
 
 
-def test_directories_and_mount_members_are_mounted(tmp_path: Path) -> None:
+async def test_directories_and_mount_members_are_mounted(tmp_path: Path) -> None:
     (tmp_path / "snd").mkdir()
     (tmp_path / "snd" / "controlC0").touch()
     (tmp_path / "fw").mkdir()
@@ -267,7 +286,7 @@ def test_directories_and_mount_members_are_mounted(tmp_path: Path) -> None:
         member(f"{tmp_path}/etc/card{{key}}.cfg", mount=True, container_path="/etc/card.cfg"),
         member(f"{tmp_path}/snd", container_path="/dev/snd", read_only=False),
     )
-    [device] = scan(driver).values()
+    [device] = (await scan(driver)).values()
     assert nodes(device) == [(f"{tmp_path}/card0",) * 2]
     assert device.mounts == (
         DeviceMount(f"{tmp_path}/fw/card0", "/lib/firmware/card", True),
@@ -276,10 +295,10 @@ def test_directories_and_mount_members_are_mounted(tmp_path: Path) -> None:
     )
     # a required directory that vanishes makes the group incomplete
     (tmp_path / "fw" / "card0").rmdir()
-    assert not scan(driver)[device.id].healthy
+    assert not (await scan(driver))[device.id].healthy
 
 
-def test_group_ids_are_a_pure_function_of_the_key(tmp_path: Path) -> None:
+async def test_group_ids_are_a_pure_function_of_the_key(tmp_path: Path) -> None:
     by_path = tmp_path / "by-path"
     by_path.mkdir()
     for address, card, render in (("0000:03:00.0", 0, 128), ("0000:04:00.0", 1, 129)):
@@ -292,14 +311,16 @@ def test_group_ids_are_a_pure_function_of_the_key(tmp_path: Path) -> None:
         member(f"{by_path}/pci-{{key}}-render", container_path="/dev/dri/{key}-render"),
     )
     driver = group_driver(*members)
-    devices = scan(driver)
+    devices = await scan(driver)
     ids = {d.path: d.id for d in devices.values()}
     assert len(ids) == 2
     for device in devices.values():
         # a key that is not readable as an ID (':') gets the hashed form, never a clash
         assert device.id.startswith("0000_0") and len(device.id) == len("0000_03_00.0") + 11
-        assert device.id == driver.group_id(device.path.rsplit("/pci-", 1)[1][: -len("-card")])
-    assert nodes(devices[driver.group_id("0000:04:00.0")]) == [
+        assert device.id == driver.scanner.group_id(
+            device.path.rsplit("/pci-", 1)[1][: -len("-card")]
+        )
+    assert nodes(devices[driver.scanner.group_id("0000:04:00.0")]) == [
         (f"{tmp_path}/card1", f"{tmp_path}/card1"),
         (f"{tmp_path}/renderD129", "/dev/dri/0000:04:00.0-render"),
     ]
@@ -307,23 +328,23 @@ def test_group_ids_are_a_pure_function_of_the_key(tmp_path: Path) -> None:
     for link in by_path.glob("pci-0000:03*"):
         link.unlink()
     fresh = group_driver(*members)
-    second = driver.group_id("0000:04:00.0")
-    assert scan(fresh) == {second: devices[second]}
-    assert group_driver(member("/dev/xdma{key}_user")).group_id("0") == "0"
+    second = driver.scanner.group_id("0000:04:00.0")
+    assert await scan(fresh) == {second: devices[second]}
+    assert group_driver(member("/dev/xdma{key}_user")).scanner.group_id("0") == "0"
 
 
-def test_a_node_reached_by_two_groups_belongs_to_the_first(tmp_path: Path) -> None:
+async def test_a_node_reached_by_two_groups_belongs_to_the_first(tmp_path: Path) -> None:
     (tmp_path / "dev0").touch()
     (tmp_path / "dev1").symlink_to(tmp_path / "dev0")
     driver = group_driver(member(f"{tmp_path}/dev{{key}}"))
-    result = driver._scan_sync()
+    result = await driver.scan_once()
     assert list(result.devices) == ["0"]
     assert [(s.reason, os.path.basename(s.subject)) for s in result.skipped] == [
         ("same_device", "dev1")
     ]
 
 
-def test_colliding_member_paths_are_an_allocate_error(tmp_path: Path) -> None:
+async def test_colliding_member_paths_are_an_allocate_error(tmp_path: Path) -> None:
     """Per-member container paths that only collide at run time ({name} of two groups'
     members in different directories): INVALID_ARGUMENT, never a dropped node."""
     for card in ("a", "b"):
@@ -334,11 +355,11 @@ def test_colliding_member_paths_are_an_allocate_error(tmp_path: Path) -> None:
         member(f"{tmp_path}/card-{{key}}"),
         member(f"{tmp_path}/{{key}}/ctl", container_path="/dev/{name}"),
     )
-    devices = scan(driver)
+    devices = await scan(driver)
     assert [d.nodes[1].container_path for d in devices.values()] == ["/dev/ctl", "/dev/ctl"]
     table = DeviceTable()
     table.publish(devices.values())
-    builder = AllocationBuilder(ResourceConfig(name="a.io/b", driver=driver._config))
+    builder = AllocationBuilder(ResourceConfig(name="a.io/b", driver=driver.scanner.config))
     with pytest.raises(AllocationError, match="/dev/ctl is claimed twice"):
         builder.container_response(table.snapshot, ["a", "b"])
     assert len(builder.container_response(table.snapshot, ["a"]).devices) == 2
@@ -362,7 +383,7 @@ def test_device_nodes_carry_optional_and_permissions_for_any_driver() -> None:
     ]
 
 
-def test_a_group_whose_own_paths_collide_is_not_listed(tmp_path: Path) -> None:
+async def test_a_group_whose_own_paths_collide_is_not_listed(tmp_path: Path) -> None:
     for directory in ("a", "b"):
         (tmp_path / directory / "0").mkdir(parents=True)
         (tmp_path / directory / "0" / "ctl").touch()
@@ -370,16 +391,16 @@ def test_a_group_whose_own_paths_collide_is_not_listed(tmp_path: Path) -> None:
         member(f"{tmp_path}/a/{{key}}/ctl", container_path="/dev/{key}/{name}"),
         member(f"{tmp_path}/b/{{key}}/ctl", container_path="/dev/{key}/{name}", optional=True),
     )
-    result = driver._scan_sync()
+    result = await driver.scan_once()
     assert result.devices == {}
     [skip] = result.skipped
     assert skip.reason == "path_collision"
     assert skip.message.endswith("both at container path /dev/0/ctl")
     (tmp_path / "b" / "0" / "ctl").unlink()
-    assert list(scan(driver)) == ["0"]
+    assert list(await scan(driver)) == ["0"]
 
 
-def test_a_stray_match_that_forms_no_group_takes_no_node(tmp_path: Path) -> None:
+async def test_a_stray_match_that_forms_no_group_takes_no_node(tmp_path: Path) -> None:
     """`card{key}` also matches `card0.cfg` (key `0.cfg`); the file stays with group 0, whose
     `card{key}.cfg` member needs it."""
     (tmp_path / "card0").touch()
@@ -388,7 +409,7 @@ def test_a_stray_match_that_forms_no_group_takes_no_node(tmp_path: Path) -> None
         member(f"{tmp_path}/card{{key}}"),
         member(f"{tmp_path}/card{{key}}.cfg", mount=True, container_path="/etc/card.cfg"),
     )
-    result = driver._scan_sync()
+    result = await driver.scan_once()
     assert list(result.devices) == ["0"]
     assert result.devices["0"].mounts == (
         DeviceMount(f"{tmp_path}/card0.cfg", "/etc/card.cfg", True),
@@ -397,7 +418,7 @@ def test_a_stray_match_that_forms_no_group_takes_no_node(tmp_path: Path) -> None
     assert result.skipped == ()
 
 
-def test_a_member_without_key_may_match_several_nodes(tmp_path: Path) -> None:
+async def test_a_member_without_key_may_match_several_nodes(tmp_path: Path) -> None:
     """generic-device-plugin's `{"path": "/dev/snd"}`: every node of the directory, as device
     nodes of one device (a bind mount would grant no device access)."""
     snd = tmp_path / "snd"
@@ -405,7 +426,7 @@ def test_a_member_without_key_may_match_several_nodes(tmp_path: Path) -> None:
     for name in ("controlC0", "pcmC0D0c", "pcmC0D0p"):
         (snd / name).touch()
     driver = group_driver(member(f"{snd}/*"))
-    devices = scan(driver)
+    devices = await scan(driver)
     assert list(devices) == ["snd"]
     assert [host for host, _ in nodes(devices["snd"])] == [
         f"{snd}/controlC0",
@@ -415,29 +436,33 @@ def test_a_member_without_key_may_match_several_nodes(tmp_path: Path) -> None:
     assert devices["snd"].mounts == ()
 
 
-def test_a_link_that_appears_never_takes_a_node_from_its_group(tmp_path: Path) -> None:
+async def test_a_link_that_appears_never_takes_a_node_from_its_group(tmp_path: Path) -> None:
     """A node belongs to the group whose member matches the node itself: a link to it with
     another key (even one sorted first, `-1` before `0`) appearing or vanishing never moves
     it to another group (which a second pod could then be given)."""
     (tmp_path / "dev0").touch()
     driver = group_driver(member(f"{tmp_path}/dev{{key}}"), grace=60.0)
-    before = scan(driver)
+    before = await scan(driver)
     assert list(before) == ["0"]
     (tmp_path / "dev-1").symlink_to("dev0")
-    result = driver._scan_sync()
+    result = await driver.scan_once()
     assert list(result.devices) == ["0"]
     assert result.devices["0"] == before["0"]
     (tmp_path / "dev-1").unlink()
-    assert scan(driver) == before
+    assert (await scan(driver)) == before
 
 
-def test_a_node_that_only_links_of_several_groups_reach_belongs_to_none(tmp_path: Path) -> None:
+async def test_a_node_that_only_links_of_several_groups_reach_belongs_to_none(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "by-path").mkdir()
     (tmp_path / "card1").touch()
     (tmp_path / "by-path" / "pci-b-card").symlink_to("../card1")
     driver = group_driver(member(f"{tmp_path}/by-path/pci-{{key}}-card"), grace=0.0)
-    assert [nodes(d) for d in scan(driver).values()] == [
+    assert [nodes(d) for d in (await scan(driver)).values()] == [
         [(f"{tmp_path}/card1", f"{tmp_path}/by-path/pci-b-card")]
     ]
     (tmp_path / "by-path" / "pci-a-card").symlink_to("../card1")
-    assert scan(driver) == {}, "never two groups, nor the node moved to the new link's group"
+    assert (await scan(driver)) == {}, (
+        "never two groups, nor the node moved to the new link's group"
+    )

@@ -22,6 +22,7 @@ from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_paths import DeviceIds, examine
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
+from kdp_host.testing import RecordingNotifier
 from kdp_host.watch import InotifyWatcher, PollingWatcher
 
 from .conftest import reporter, wait_table
@@ -240,10 +241,11 @@ async def test_a_link_that_appears_or_vanishes_never_changes_the_id(tmp_path: Pa
     glob_driver = driver(*patterns, grace_period=60.0)
 
     async def listed() -> dict[str, tuple[bool, str, str, str | None]]:
-        devices, _ = glob_driver._merge((await glob_driver._scan()).devices)
+        notifier = RecordingNotifier()
+        await glob_driver.step(notifier)
         return {
             i: (d.healthy, d.nodes[0].host_path, d.nodes[0].container_path, d.path)
-            for i, d in devices.items()
+            for i, d in notifier.devices.items()
         }
 
     node = str(tmp_path / "fpga1")

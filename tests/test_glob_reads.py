@@ -142,9 +142,9 @@ def test_sigterm_exits_while_a_numa_file_is_a_fifo(tmp_path: Path, short_dir: Pa
             process.wait()
 
 
-async def test_a_scan_that_hangs_is_an_io_failure_and_degrades(tmp_path: Path) -> None:
+async def test_a_scan_that_hangs_is_a_timeout_failure_and_degrades(tmp_path: Path) -> None:
     """A hung file system (here: a directory check that never answers) fails the scan with
-    reason `io` after the scan timeout; the notifier's policy degrades the resource."""
+    reason `timeout` after the scan timeout; the notifier's policy degrades the resource."""
     (tmp_path / "dev0").touch()
     release = threading.Event()
 
@@ -166,7 +166,7 @@ async def test_a_scan_that_hangs_is_an_io_failure_and_degrades(tmp_path: Path) -
     try:
         await wait_until(lambda: notifier.degraded, 15, "the resource degraded")
         value = metrics.registry.get_sample_value(
-            "kdp_driver_errors_total", {"resource": "t.io/r", "reason": "io"}
+            "kdp_driver_errors_total", {"resource": "t.io/r", "reason": "timeout"}
         )
         assert value is not None and value >= 1
         release.set()

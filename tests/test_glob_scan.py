@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 from kdp_host.config import GlobDriverConfig
-from kdp_host.drivers import DriverDeps, Skipped
+from kdp_host.devices import Device
+from kdp_host.drivers import Skipped
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_paths import DeviceIds, examine
-from kdp_host.logs import get_logger
-from kdp_host.watch import PollingWatcher
+from kdp_host.testing import RecordingNotifier, driver_deps
 
 
 def tree(root: Path) -> None:
@@ -53,12 +53,16 @@ def test_real_paths_and_directories_as_the_os_path_functions_say(tmp_path: Path)
 
 
 def driver(pattern: str, grace: float = 60.0) -> GlobDriver:
-    log = get_logger()
     config = GlobDriverConfig(paths=(pattern,), grace_period=grace)
-    return GlobDriver(config, DriverDeps(log, PollingWatcher(log)))
+    return GlobDriver(config, driver_deps())
 
 
-def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -> None:
+async def step(glob_driver: GlobDriver, notifier: RecordingNotifier) -> dict[str, Device]:
+    await glob_driver.step(notifier)
+    return notifier.devices
+
+
+async def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -> None:
     tree(tmp_path)
     pattern = f"{tmp_path}/link/*"
     glob_driver = driver(pattern)
@@ -67,12 +71,12 @@ def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -> None
         """IDs come from the real path (`real/` is outside the pattern's directory)."""
         return DeviceIds([pattern])(str(tmp_path / "real" / name))
 
-    scan = glob_driver._scan_sync()
-    first, _ = glob_driver._merge(scan.devices)
+    notifier = RecordingNotifier()
+    first = await step(glob_driver, notifier)
     # rel-link reaches the same file as f1 (listed once, under the first path); dangling
     # leads nowhere.
     assert set(first) == {id_of("f1"), id_of("f2")}
-    assert {s.subject.rsplit("/", 1)[-1]: s.reason for s in scan.skipped} == {
+    assert {s.subject.rsplit("/", 1)[-1]: s.reason for s in notifier.skipped} == {
         "rel-link": "same_device",
         "dangling": "dangling_link",
     }
@@ -86,15 +90,15 @@ def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -> None
     (tmp_path / "real" / "f1-new").touch()
     (tmp_path / "real" / "rel-link").unlink()
     (tmp_path / "real" / "rel-link").symlink_to("f1-new")
-    second, _ = glob_driver._merge(glob_driver._scan_sync().devices)
+    second = await step(glob_driver, notifier)
     again = dict(second)
     assert again[id_of("f2")] is by_id[id_of("f2")]  # unchanged: the same object
     assert again[id_of("f1-new")].nodes[0].host_path == str(tmp_path / "real" / "f1-new")
     assert id_of("rel-link") not in again  # the same device as f1-new
     assert not again[id_of("f1")].healthy  # vanished: Unhealthy for the grace period
 
-    third, _ = glob_driver._merge(glob_driver._scan_sync().devices)
+    third = await step(glob_driver, notifier)
     assert third[id_of("f1")] is again[id_of("f1")]  # the Unhealthy copy is reused
     (tmp_path / "real" / "f1").touch()
-    fourth, _ = glob_driver._merge(glob_driver._scan_sync().devices)
+    fourth = await step(glob_driver, notifier)
     assert fourth[id_of("f1")].healthy

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from kdp_host.config import SysfsDriverConfig, load_config_text
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.sysfs import SysfsDriver
 from kdp_host.logs import get_logger
+from kdp_host.sysfs import SysfsReader, SysfsScan
 from kdp_host.watch import PollingWatcher
 
 from .fake_sysfs import CH340, SILABS_CP210X, FakeSysfs, standard_machine
@@ -118,6 +120,31 @@ def test_every_suggested_entry_finds_its_device(
         found = {device.id: device for device in asyncio.run(driver.scan())}
         assert item["id"] in found, (item["address"], sorted(found))
         assert [n.host_path for n in found[item["id"]].nodes] == [n["path"] for n in item["nodes"]]
+
+
+def test_a_hung_sysfs_read_is_given_up_after_the_timeout(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read runs off the loop (the host's offload): a read stuck in the kernel is left
+    on its daemon thread, and discover says so and exits."""
+    release = threading.Event()
+
+    def stuck(self: SysfsReader, *args: object) -> SysfsScan:
+        release.wait(30)
+        return SysfsScan(())
+
+    monkeypatch.setattr(SysfsReader, "scan", stuck)
+    try:
+        code = main(
+            [
+                *("discover", "--sysfs-root", str(fake.sys), "--dev-root", str(fake.dev)),
+                *("--timeout", "0.2"),
+            ]
+        )
+    finally:
+        release.set()
+    assert code == 1
+    assert capsys.readouterr().err == "kdp-host discover: sysfs: no answer within 0.2s\n"
 
 
 def test_missing_bus_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,27 +13,20 @@ import pytest
 
 from kdp_host.config import ConfigError, SysfsDriverConfig, load_config_text
 from kdp_host.devices import Device, DeviceTable
-from kdp_host.drivers import DriverDeps, DriverError
+from kdp_host.drivers import DriverDeps, DriverError, Skipped
 from kdp_host.drivers.sysfs import SysfsDriver, safe_id
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.rules import device_id_problem
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.sysfs import SysfsReader, SysfsScan
+from kdp_host.testing import ManualClock, RecordingNotifier
 from kdp_host.watch import InotifyWatcher, PollingWatcher
 
 from .conftest import reporter, wait_table
 from .fake_sysfs import CH340, FTDI, SILABS_CP210X, FakeSysfs, standard_machine
 
 RESOURCE = "vendor.example/serial"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def sysfs_config(fake: FakeSysfs, body: str, resource: str = RESOURCE) -> SysfsDriverConfig:
@@ -47,10 +41,18 @@ def sysfs_config(fake: FakeSysfs, body: str, resource: str = RESOURCE) -> SysfsD
 
 
 def make_driver(
-    fake: FakeSysfs, body: str, clock: Callable[[], float] | None = None
+    fake: FakeSysfs, body: str, clock: Callable[[], float] = time.monotonic
 ) -> SysfsDriver:
     log = get_logger().bind(resource=RESOURCE)
-    return SysfsDriver(sysfs_config(fake, body), DriverDeps(log, PollingWatcher(log)), clock)
+    return SysfsDriver(sysfs_config(fake, body), DriverDeps(log, PollingWatcher(log), clock))
+
+
+async def step(driver: SysfsDriver) -> tuple[dict[str, Device], float | None, tuple[Skipped, ...]]:
+    """One scan and merge, as the scan loop does it: the list published, when the next grace
+    period ends, and what was left out."""
+    notifier = RecordingNotifier()
+    expiry = await driver.step(notifier)
+    return notifier.devices, expiry, notifier.skipped
 
 
 @pytest.fixture
@@ -290,8 +292,9 @@ async def test_an_iommu_group_held_by_a_host_driver_is_refused(fake: FakeSysfs) 
     is not advertised, and the reason names the function and its driver."""
     gpu_with_audio(fake, audio_driver="snd_hda_intel")
     driver = make_driver(fake, "pci: [{driver: vfio-pci}]")
-    assert await driver.scan() == []
-    [skip] = driver.skipped
+    result = await driver.scan_once()
+    assert result.devices == {}
+    [skip] = result.skipped
     assert skip.reason == "incomplete_group"
     assert "0000:65:00.1" in skip.message and "snd_hda_intel" in skip.message
     fake.unbind(fake.sys / "bus" / "pci" / "devices" / "0000:65:00.1")
@@ -311,21 +314,21 @@ def test_ids_are_safe_stable_and_distinct() -> None:
 async def test_duplicate_serials_never_move_an_id(fake: FakeSysfs) -> None:
     """Two sticks with one serial: the first keeps it, the second is not advertised (never
     under another ID); when the first goes, the second takes the serial after the grace."""
-    clock = Clock()
+    clock = ManualClock()
     controller = fake.usb_controller()
     first = fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="0001")
     fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial="0001")
     driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\ngracePeriod: 10s', clock)
-    devices, _ = driver.merge(driver.matched(await driver.read()))
+    devices, _, skipped = await step(driver)
     assert summary(devices) == {"0001": (True, ["/dev/ttyUSB0", "/dev/bus/usb/001/002"])}
-    assert [(s.reason, "1-1" in s.message, "1-2" in s.message) for s in driver.skipped] == [
+    assert [(s.reason, "1-1" in s.message, "1-2" in s.message) for s in skipped] == [
         ("id_collision", True, True)
     ], "the twin is skipped, logged with both port paths"
     fake.remove_device(first)
-    clock.now += 1
-    devices, _ = driver.merge(driver.matched(await driver.read()))
+    clock.advance(1)
+    devices, _, skipped = await step(driver)
     assert summary(devices) == {"0001": (True, ["/dev/ttyUSB1", "/dev/bus/usb/001/003"])}
-    assert driver.skipped == ()
+    assert skipped == ()
 
 
 async def test_an_id_never_depends_on_the_other_devices_present(fake: FakeSysfs) -> None:
@@ -340,9 +343,9 @@ async def test_an_id_never_depends_on_the_other_devices_present(fake: FakeSysfs)
     fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="SAME")
     assert [d.id for d in await before.scan()] == ["SAME"]
     restarted = make_driver(fake, body)
-    devices = await restarted.scan()
-    assert [d.id for d in devices] == ["SAME"], "no device is listed under its port path"
-    assert [s.reason for s in restarted.skipped] == ["id_collision"]
+    result = await restarted.scan_once()
+    assert list(result.devices) == ["SAME"], "no device is listed under its port path"
+    assert [s.reason for s in result.skipped] == ["id_collision"]
 
 
 async def test_usb_id_from_port_identifies_sticks_by_port(fake: FakeSysfs) -> None:
@@ -350,20 +353,21 @@ async def test_usb_id_from_port_identifies_sticks_by_port(fake: FakeSysfs) -> No
     fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="SAME")
     fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial="SAME")
     driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\nusbIdFrom: port')
-    assert [d.id for d in await driver.scan()] == ["1-1", "1-2"]
-    assert driver.skipped == ()
+    result = await driver.scan_once()
+    assert sorted(result.devices) == ["1-1", "1-2"]
+    assert result.skipped == ()
 
 
 async def test_a_stick_moved_to_another_port_keeps_its_serial_id(fake: FakeSysfs) -> None:
-    clock = Clock()
+    clock = ManualClock()
     controller = fake.usb_controller()
     stick = fake.usb_acm_device(controller, "1-1", devnum=2, serial="ZW-7")
     driver = make_driver(fake, 'usb: [{serial: "ZW-*"}]\ngracePeriod: 30s', clock)
-    assert list(driver.merge(driver.matched(await driver.read()))[0]) == ["ZW-7"]
+    assert list((await step(driver))[0]) == ["ZW-7"]
     fake.remove_device(stick)
-    clock.now += 1
+    clock.advance(1)
     fake.usb_acm_device(controller, "1-4", devnum=3, serial="ZW-7", tty="ttyACM1")
-    devices, _ = driver.merge(driver.matched(await driver.read()))
+    devices, _, _ = await step(driver)
     assert summary(devices) == {"ZW-7": (True, ["/dev/ttyACM1", "/dev/bus/usb/001/003"])}
 
 
@@ -371,32 +375,32 @@ async def test_a_stick_moved_to_another_port_keeps_its_serial_id(fake: FakeSysfs
 
 
 async def test_lost_node_is_unhealthy_for_the_grace_period(fake: FakeSysfs) -> None:
-    clock = Clock()
+    clock = ManualClock()
     machine = standard_machine(fake)
     driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\ngracePeriod: 5s', clock)
-    devices, _ = driver.merge(driver.matched(await driver.read()))
+    devices, _, _ = await step(driver)
     assert devices["A10K4V2F"].healthy
     # The serial driver is unbound: the tty goes from sysfs and from /dev.
     fake.remove_device(machine["ftdi"] / "1-1:1.0" / "ttyUSB0")
-    clock.now += 1
-    devices, expiry = driver.merge(driver.matched(await driver.read()))
+    clock.advance(1)
+    devices, expiry, _ = await step(driver)
     assert summary(devices) == {"A10K4V2F": (False, ["/dev/bus/usb/001/002"])}
     assert expiry == clock.now + 5
-    clock.now += 5
-    devices, expiry = driver.merge(driver.matched(await driver.read()))
+    clock.advance(5)
+    devices, expiry, _ = await step(driver)
     assert summary(devices) == {"A10K4V2F": (True, ["/dev/bus/usb/001/002"])}
     assert expiry is None
 
 
 async def test_node_listed_in_sysfs_but_missing_in_dev_is_unhealthy(fake: FakeSysfs) -> None:
-    clock = Clock()
+    clock = ManualClock()
     standard_machine(fake)
     fake.remove_node("dri/renderD129")
     driver = make_driver(fake, "pci: [{driver: i915}]\ngracePeriod: 0s", clock)
-    devices, _ = driver.merge(driver.matched(await driver.read()))
+    devices, _, _ = await step(driver)
     assert summary(devices) == {"0000:3b:00.0": (False, ["/dev/dri/card1", "/dev/dri/renderD129"])}
     fake.create_node("dri/renderD129")
-    devices, _ = driver.merge(driver.matched(await driver.read()))
+    devices, _, _ = await step(driver)
     assert devices["0000:3b:00.0"].healthy
 
 
@@ -424,11 +428,12 @@ async def test_a_stuck_read_times_out_and_is_not_repeated(fake: FakeSysfs) -> No
         reader=StuckReader(str(fake.sys), str(fake.dev)),
     )
     try:
-        with pytest.raises(DriverError, match=r"longer than 0\.2s") as caught:
+        with pytest.raises(DriverError, match=r"within 0\.2s \(a hung") as caught:
             await driver.scan()
         assert caught.value.reason == "timeout"
-        with pytest.raises(DriverError, match="still stuck"):
+        with pytest.raises(DriverError, match="still stuck") as caught:
             await driver.scan()
+        assert caught.value.reason == "timeout"
     finally:
         release.set()
     await asyncio.sleep(0.05)
@@ -441,12 +446,11 @@ async def test_safety_rescan_is_skipped_while_no_node_directory_changed(
     for directory in (fake.dev, *(p for p in fake.dev.rglob("*") if p.is_dir())):
         os.utime(directory, (1_000_000, 1_000_000))  # not "just changed"
     driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]')
-    assert not driver._unchanged_since_scan(), "never scanned: scan"
-    scan = await driver.read()
-    driver._watched = frozenset(scan.watch_dirs)  # what the run loop subscribes to
-    assert driver._unchanged_since_scan(), "the first scan's directories count as well"
+    assert not driver.unchanged_since_scan(), "never scanned: scan"
+    await step(driver)  # scans and subscribes to its directories, as the run loop does
+    assert driver.unchanged_since_scan(), "the first scan's directories count as well"
     fake.create_node("ttyUSB9")
-    assert not driver._unchanged_since_scan(), "a node appeared: rescan"
+    assert not driver.unchanged_since_scan(), "a node appeared: rescan"
 
 
 # ---------------------------------------------------------------------- hot-plug
@@ -567,9 +571,10 @@ async def test_a_serial_that_looks_like_a_port_path_takes_no_other_device_id(
     fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial=None)
     fake.usb_serial_adapter(controller, "1-3", devnum=4, tty="ttyUSB2", serial="1-2")
     driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]')
-    devices = await driver.scan()
+    result = await driver.scan_once()
+    devices = list(result.devices.values())
     assert {d.nodes[0].host_path: d.id for d in devices} == {"/dev/ttyUSB0": "1-2"}
-    assert len(driver.skipped) == 2
+    assert len(result.skipped) == 2
     for device in devices:
         assert device_id_problem(device.id) is None
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,7 @@ import pytest
 from kdp_host.allocation import AllocationBuilder
 from kdp_host.config import AllocateConfig, GlobDriverConfig, ResourceConfig
 from kdp_host.devices import Device, DeviceNode, DeviceTable
-from kdp_host.sysfs import (
-    ScanTimeout,
-    SysfsDevice,
-    SysfsReader,
-    SysfsScan,
-    normalize_hex,
-    read_off_loop,
-)
+from kdp_host.sysfs import SysfsDevice, SysfsReader, SysfsScan, normalize_hex
 from tests.fake_sysfs import CH340, FakeSysfs, standard_machine
 
 
@@ -182,19 +173,6 @@ def test_template_values(fake: FakeSysfs) -> None:
 @pytest.mark.parametrize(("raw", "normal"), [("0x10C4", "10c4"), ("10c4", "10c4"), ("0X03", "03")])
 def test_normalize_hex(raw: str, normal: str) -> None:
     assert normalize_hex(raw) == normal
-
-
-async def test_read_off_loop_times_out_without_blocking_the_loop() -> None:
-    release = threading.Event()
-    try:
-        with pytest.raises(ScanTimeout, match=r"stuck: no answer within 0\.2s"):
-            await read_off_loop(release.wait, 0.2, "stuck")
-    finally:
-        release.set()
-    assert await read_off_loop(lambda: 42, 5.0, "quick") == 42
-    with pytest.raises(ZeroDivisionError):
-        await read_off_loop(lambda: 1 // 0, 5.0, "failing")
-    await asyncio.sleep(0)
 
 
 def test_allocation_passes_every_node_with_its_permissions() -> None:

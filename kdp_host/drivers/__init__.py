@@ -1,45 +1,90 @@
-"""Device discovery drivers, by the config key that selects them."""
+"""Device discovery drivers: the registry of driver kinds, by the config key that selects them.
+
+Each kind names its config section, how to make its driver, and its failure threshold; a
+driver's module is imported only when a resource uses it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
 from ..config import DriverConfig, GlobDriverConfig, ShellDriverConfig, SysfsDriverConfig
 from .base import Driver, DriverDeps, DriverError, DriverFactory, Notifier, Skipped
-from .glob import FAILURE_THRESHOLD as SCAN_FAILURE_THRESHOLD
-from .glob import GlobDriver
 from .reporting import DeviceReporter, DeviceSink
+from .scanning import FAILURE_THRESHOLD as SCAN_FAILURE_THRESHOLD
+
+C = TypeVar("C", bound=DriverConfig)
 
 
-def make_driver(config: DriverConfig, deps: DriverDeps) -> Driver:
-    """The driver for a resource's driver section (`glob`, `shell` or `sysfs`)."""
-    if isinstance(config, GlobDriverConfig):
-        if config.group:
-            from .glob_groups import GlobGroupDriver
+@dataclass(frozen=True)
+class DriverKind(Generic[C]):
+    """One kind of driver in the registry."""
 
-            return GlobGroupDriver(config, deps)
-        return GlobDriver(config, deps)
-    if isinstance(config, SysfsDriverConfig):
-        from .sysfs import SysfsDriver
+    config: type[C]
+    """Its config section (`glob`, `shell`, `sysfs`)."""
+    make: Callable[[C, DriverDeps], Driver]
+    failure_threshold: Callable[[C], int]
+    """Failures in a row after which every device of the resource is reported Unhealthy."""
 
-        return SysfsDriver(config, deps)
+
+def _glob(config: GlobDriverConfig, deps: DriverDeps) -> Driver:
+    if config.group:
+        from .glob_groups import GlobGroupDriver
+
+        return GlobGroupDriver(config, deps)
+    from .glob import GlobDriver
+
+    return GlobDriver(config, deps)
+
+
+def _sysfs(config: SysfsDriverConfig, deps: DriverDeps) -> Driver:
+    from .sysfs import SysfsDriver
+
+    return SysfsDriver(config, deps)
+
+
+def _shell(config: ShellDriverConfig, deps: DriverDeps) -> Driver:
     from .shell import ShellDriver
 
     return ShellDriver(config, deps)
 
 
+REGISTRY: Mapping[str, DriverKind[Any]] = {
+    "glob": DriverKind(GlobDriverConfig, _glob, lambda config: SCAN_FAILURE_THRESHOLD),
+    "sysfs": DriverKind(SysfsDriverConfig, _sysfs, lambda config: SCAN_FAILURE_THRESHOLD),
+    "shell": DriverKind(ShellDriverConfig, _shell, lambda config: config.failure_threshold),
+}
+"""Every driver kind, by its config key (the same keys as `config.DRIVERS`)."""
+
+
+def _kind(config: DriverConfig) -> DriverKind[Any]:
+    kind = REGISTRY[config.kind]
+    if not isinstance(config, kind.config):
+        raise TypeError(f"driver {config.kind!r} registered for {kind.config.__name__}")
+    return kind
+
+
+def make_driver(config: DriverConfig, deps: DriverDeps) -> Driver:
+    """The driver for a resource's driver section."""
+    return _kind(config).make(config, deps)
+
+
 def failure_threshold(config: DriverConfig) -> int:
     """Failures in a row after which every device of the resource is reported Unhealthy."""
-    if isinstance(config, ShellDriverConfig):
-        return config.failure_threshold
-    return SCAN_FAILURE_THRESHOLD
+    return _kind(config).failure_threshold(config)
 
 
 __all__ = [
+    "REGISTRY",
     "DeviceReporter",
     "DeviceSink",
     "Driver",
     "DriverDeps",
     "DriverError",
     "DriverFactory",
+    "DriverKind",
     "Notifier",
     "Skipped",
     "failure_threshold",

@@ -5,8 +5,8 @@ failures, and how long a scan took. What follows from a report -- the failure po
 the last good list, degrade after `failureThreshold` failures in a row, recover), the log
 lines about changes, the metrics -- lives behind the Notifier, once, for every driver
 (`DeviceReporter` in `reporting.py`). A driver gets everything it touches in the outside
-world (watcher, clock, file reader, command runner) through `DriverDeps`, so tests can hand
-it fakes.
+world (watcher, clock, file reader, the offload, command runner) through `DriverDeps`, so
+tests can hand it fakes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..devices import Device
-from ..files import DaemonThreads, FileReader
+from ..files import DaemonThreads, FileReader, Offload
 from ..logs import EventLogger
 from ..process import CommandRunner, ProcessRunner
 
@@ -82,8 +82,9 @@ class DriverDeps:
     watcher: Watcher
     clock: Callable[[], float] = time.monotonic
     files: FileReader = field(default_factory=FileReader)
-    threads: DaemonThreads = field(default_factory=DaemonThreads)
-    """Where whole scans run (shared by the resources of a host)."""
+    offload: Offload = field(default_factory=DaemonThreads)
+    """The one way off the event loop: whole scans, large parses (shared by the resources
+    of a host)."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
 
 

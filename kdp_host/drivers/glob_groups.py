@@ -24,7 +24,7 @@ import glob as globlib
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -32,17 +32,11 @@ from .. import rules
 from ..config import GlobDriverConfig, GlobGroupMemberConfig, render_template
 from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
-from ..watch import DirSignature, dir_signature
+from ..files import FileReader
 from .base import DriverDeps, Skipped
-from .glob import SCAN_TIMEOUT, GlobDriver, _ScanResult, dir_readable
-from .glob_paths import (
-    DeviceIdentity,
-    DeviceIds,
-    examine,
-    name_problem,
-    printable_path,
-    watch_dirs,
-)
+from .glob import SCAN_TIMEOUT, dir_readable, glob_settings, numa_node, scan_notices, watch_pattern
+from .glob_paths import DeviceIdentity, DeviceIds, examine, name_problem, printable_path
+from .scanning import DirWatch, Listed, ScanLoop, ScanResult
 
 INCOMPLETE = "incomplete_group"
 """The skip reason of a group that lacks a required member."""
@@ -149,18 +143,19 @@ def _claimants(found: dict[str, dict[int, list[_Match]]]) -> dict[DeviceIdentity
     return claimants
 
 
-class GlobGroupDriver(GlobDriver):
-    """The glob driver with `glob.group`: devices made of several paths."""
+class GlobGroupScan:
+    """The scan of the glob driver with `glob.group`: devices made of several paths."""
 
     def __init__(
         self,
         config: GlobDriverConfig,
-        deps: DriverDeps,
+        files: FileReader,
         *,
         dir_readable: Callable[[str], bool] = dir_readable,
-        scan_timeout: float = SCAN_TIMEOUT,
     ) -> None:
-        super().__init__(config, deps, dir_readable=dir_readable, scan_timeout=scan_timeout)
+        self.config = config
+        self._files = files
+        self._dir_readable = dir_readable
         self._members = tuple(_Member.of(m) for m in config.group)
         self._keyed = any(m.key_regex is not None for m in self._members)
         self._key_ids = DeviceIds(("/*",))
@@ -175,29 +170,22 @@ class GlobGroupDriver(GlobDriver):
         )
         """The key of the one group of a config without `{key}`: the last component of the
         first member's path that is not a glob (`/dev/snd/*` -> `snd`)."""
+        self._patterns = tuple(m.path for m in config.group)
 
     def group_id(self, key: str) -> str:
         """The ID of the group with this key: a pure function of the key and the config."""
         return self._key_ids("/" + (key if self._keyed else self._single_key))
 
-    def _scan_sync(self) -> _ScanResult:
+    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
         skipped: dict[str, Skipped] = {}
-        dirs: set[str] = set()
-        signatures: dict[str, DirSignature | None] = {}
         unreadable: set[str] = set()
         real_dirs: dict[str, str] = {}
-        previous = self._known
+        previous = listed.devices
         # key -> member index -> matches; members without {key} under the key "".
         found: dict[str, dict[int, list[_Match]]] = defaultdict(lambda: defaultdict(list))
         seen: set[tuple[int, str]] = set()
         for index, member in enumerate(self._members):
-            member_dirs = watch_dirs(member.pattern)
-            dirs.update(member_dirs)
-            for directory in member_dirs:
-                signatures.setdefault(directory, dir_signature(directory))
-            unreadable.update(
-                d for d in member_dirs if os.path.isdir(d) and not self._dir_readable(d)
-            )
+            watch_pattern(member.pattern, dirs, self._dir_readable, unreadable)
             for matched in sorted(globlib.glob(member.pattern)):
                 if (index, matched) in seen:
                     continue
@@ -212,9 +200,8 @@ class GlobGroupDriver(GlobDriver):
                 if match is None:
                     continue
                 match_result, link_dir = match
-                if link_dir is not None and link_dir not in dirs:
-                    dirs.add(link_dir)
-                    signatures.setdefault(link_dir, dir_signature(link_dir))
+                if link_dir is not None:
+                    dirs.watch(link_dir)
                 found[key][index].append(match_result)
         shared = found.pop("", {})
         claimants = _claimants(found) if self._keyed else {}
@@ -236,8 +223,10 @@ class GlobGroupDriver(GlobDriver):
                 )
                 continue
             devices[device.id] = device
-        return _ScanResult(
-            devices, tuple(skipped.values()), frozenset(dirs), tuple(sorted(unreadable)), signatures
+        return ScanResult(
+            devices,
+            tuple(skipped.values()),
+            notices=scan_notices(bool(devices), self._patterns, unreadable),
         )
 
     @staticmethod
@@ -267,7 +256,7 @@ class GlobGroupDriver(GlobDriver):
         shared: dict[int, list[_Match]],
         claimants: dict[DeviceIdentity, frozenset[str]],
         owners: dict[DeviceIdentity, tuple[str, str]],
-        previous: dict[str, Device],
+        previous: Mapping[str, Device],
         skipped: dict[str, Skipped],
     ) -> Device | None:
         """The device of one group, or None while a required member is missing.
@@ -363,7 +352,7 @@ class GlobGroupDriver(GlobDriver):
             if GROUP_KEY in config.path:
                 owners[match.identity] = (key, match.matched)
         device_id = self.group_id(key)
-        numa = self._numa_for(first_path, os.path.basename(first_path), skipped)
+        numa = numa_node(self.config, self._files, first_path, skipped)
         device = Device(
             id=device_id, nodes=tuple(nodes), numa=numa, mounts=tuple(mounts), path=first_path
         )
@@ -371,3 +360,18 @@ class GlobGroupDriver(GlobDriver):
         if known is not None and known == device:
             return known  # unchanged: keep the same object (cheap comparison of the lists)
         return device
+
+
+class GlobGroupDriver(ScanLoop[GlobGroupScan]):
+    """The glob driver with `glob.group`: the scan loop running a `GlobGroupScan`."""
+
+    def __init__(
+        self,
+        config: GlobDriverConfig,
+        deps: DriverDeps,
+        *,
+        dir_readable: Callable[[str], bool] = dir_readable,
+        scan_timeout: float = SCAN_TIMEOUT,
+    ) -> None:
+        scanner = GlobGroupScan(config, deps.files, dir_readable=dir_readable)
+        super().__init__(scanner, glob_settings(config, scan_timeout), deps)

@@ -14,7 +14,6 @@ Every error names the line (or the JSON entry) and quotes it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from typing import Any, Literal
 
 from .. import rules
 from ..devices import Device, DeviceMount, DeviceNode
+from ..files import Offload
 from .base import DriverError
 
 _OFFLOAD_PARSE_BYTES = 16 * 1024
@@ -429,9 +429,10 @@ def parse_output(data: bytes | str, fmt: Format) -> list[Device]:
     return parse_json(data) if fmt == "json" else parse_lines(data)
 
 
-async def parse_off_loop(data: bytes, fmt: Format) -> list[Device]:
+async def parse_off_loop(data: bytes, fmt: Format, offload: Offload) -> list[Device]:
+    """Parse probe output; a large document through `offload`, off the loop."""
     if len(data) > _OFFLOAD_PARSE_BYTES:
-        return await asyncio.to_thread(parse_output, data, fmt)
+        return await offload.run(lambda: parse_output(data, fmt))
     return parse_output(data, fmt)
 
 

@@ -78,7 +78,7 @@ class ShellDriver:
         )
         if not result.ok:
             raise DriverError("exit", f"probe {result.describe_exit()}", result.stderr)
-        return await _parse(result.stdout, config)
+        return await self._parse(result.stdout)
 
     async def _run_poll(self, notifier: Notifier) -> None:
         """Probe every interval, measured from the start of one run to the next: a probe that
@@ -147,7 +147,7 @@ class ShellDriver:
                 notifier.rate_limited(older + 1)
         self._rate_limit.take()
         try:
-            devices = await _parse(document, self._config)
+            devices = await self._parse(document)
         except DriverError as exc:
             notifier.failure(exc)
         else:
@@ -177,11 +177,10 @@ class ShellDriver:
                 f"stream command {exit_text} before printing a complete device list",
                 running.stderr_text(),
             )
-        return await _parse(document, config)
+        return await self._parse(document)
 
-
-async def _parse(output: bytes, config: ShellDriverConfig) -> list[Device]:
-    try:
-        return await parse_off_loop(output, config.format)
-    except ProbeOutputError as exc:
-        raise parse_error(exc) from None
+    async def _parse(self, output: bytes) -> list[Device]:
+        try:
+            return await parse_off_loop(output, self._config.format, self._deps.offload)
+        except ProbeOutputError as exc:
+            raise parse_error(exc) from None

@@ -2,25 +2,23 @@
 and serial; PCI IDs, class and driver; any bus or class by attribute), each passed to the
 container with every device node the kernel created for it.
 
-Discovery reads sysfs (see kdp_host/sysfs/); hot-plug is seen through inotify on the dev
-root's directories that hold the devices' nodes (devtmpfs creates and removes them as the
-kernel adds and removes devices), with a periodic full rescan as a safety net. A device
-that leaves sysfs, or loses a node, is reported Unhealthy at once and dropped (or forgotten
-its lost node) after the grace period.
+Discovery reads sysfs (see kdp_host/sysfs/): `SysfsScanner` is one look, run by the shared
+scan loop (`scanning.py`). Hot-plug is seen through inotify on the dev root's directories
+that hold the devices' nodes (devtmpfs creates and removes them as the kernel adds and
+removes devices), with a periodic full rescan as a safety net. A device that leaves sysfs,
+or loses a node, is reported Unhealthy at once and dropped (or forgotten its lost node)
+after the grace period (the loop's `Tracker`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import fnmatch
 import hashlib
 import os
 import re
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..config import (
     NodeSelectConfig,
@@ -33,13 +31,12 @@ from ..config import (
 from ..devices import Device, DeviceNode
 from ..logs import quote_text
 from ..rules import MAX_DEVICE_ID_LENGTH, device_id_problem
-from ..sysfs import PCI, USB, NodeInfo, ScanTimeout, SysfsDevice, SysfsReader, SysfsScan
+from ..sysfs import PCI, USB, NodeInfo, SysfsDevice, SysfsReader, SysfsScan
 from ..sysfs.match import class_matches, hex_matches, text_matches
 from ..sysfs.model import VFIO_CONTAINER_NODE, VFIO_PCI_DRIVER
-from ..sysfs.reader import enclosing_device, start_off_loop
-from ..watch import DirSignature, Subscription, dir_signature
-from .base import DriverDeps, DriverError, Notifier, Skipped
-from .glob import RECENT_CHANGE, wait_for_change
+from ..sysfs.reader import enclosing_device
+from .base import DriverDeps, Skipped
+from .scanning import DirWatch, Listed, Notice, ScanLoop, ScanResult, ScanSettings
 
 FULL_RESCAN_EVERY = 10
 """A safety-net rescan is skipped while no watched node directory changed, but at least
@@ -233,115 +230,44 @@ def reader_skipped(scan: SysfsScan) -> tuple[Skipped, ...]:
 # --------------------------------------------------------------------------- the driver
 
 
-@dataclass
-class _Tracked:
-    """A device the driver has listed: its last view and what of it vanished, and when."""
+class SysfsScanner:
+    """The sysfs driver's scan: read sysfs, match, identify, build the devices."""
 
-    device: Device
-    place: str
-    """Its directory in sysfs: a device that moved (a stick in another port) lost no node."""
-    gone_since: float | None = None
-    lost_nodes: dict[str, float] | None = None
-    """Node name -> when it vanished (kept Unhealthy for the grace period)."""
-
-
-class SysfsDriver:
-    def __init__(
-        self,
-        config: SysfsDriverConfig,
-        deps: DriverDeps,
-        clock: Callable[[], float] | None = None,
-        reader: SysfsReader | None = None,
-    ) -> None:
+    def __init__(self, config: SysfsDriverConfig, reader: SysfsReader) -> None:
         self._config = config
-        self._deps = deps
-        self._clock = clock or deps.clock
-        self._reader = reader or SysfsReader(config.sysfs_root, config.dev_root)
+        self._reader = reader
         self._buses, self._classes, self._extra = scan_sources(config)
-        self._tracked: dict[str, _Tracked] = {}
-        self._pending: asyncio.Future[SysfsScan] | None = None
-        self.skipped: tuple[Skipped, ...] = ()
-        """The devices the last scan left out (an ID another present device has, an IOMMU
-        group that cannot be assigned)."""
-        self._group_skipped: tuple[Skipped, ...] = ()
-        self._watched: frozenset[str] = frozenset()
-        """The dev root directories watched now (set on the loop, read by the scan thread)."""
-        self._signatures: dict[str, DirSignature | None] = {}
 
-    # -------------------------------------------------------------- reading
-
-    def _scan_sync(self) -> SysfsScan:
-        # Signatures first: a change during the scan then shows as a difference later.
-        watched = self._watched
-        signatures = {directory: dir_signature(directory) for directory in watched}
+    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
         scan = self._reader.scan(self._buses, self._classes, self._extra)
-        scan = dataclasses.replace(scan, watch_dirs=scan.watch_dirs | self._future_node_dirs())
-        # Directories watched from now on: their state after the scan (inotify covers them
-        # from the moment the loop subscribes; a full rescan every FULL_RESCAN_EVERY anyway).
-        for directory in scan.watch_dirs - watched:
-            signatures[directory] = dir_signature(directory)
-        self._signatures = signatures
-        return scan
+        # Node directories are known only after the read: signed now (a change between the
+        # read and this is caught by a full rescan every FULL_RESCAN_EVERY intervals).
+        for directory in sorted(scan.watch_dirs | self._future_node_dirs()):
+            dirs.watch(directory)
+        advertised, refused = advertised_devices(self._config, scan.devices)
+        identified, skipped = self.identified(advertised, listed.places)
+        devices: dict[str, Device] = {}
+        places: dict[str, str] = {}
+        for found, found_id in identified:
+            devices[found_id] = self._device(found, found_id)
+            places[found_id] = found.path
+        return ScanResult(
+            devices,
+            (*reader_skipped(scan), *refused, *skipped),
+            places,
+            tuple(Notice("sysfs_source_unreadable", (("problem", p),)) for p in scan.problems),
+        )
 
-    def _unchanged_since_scan(self) -> bool:
-        """Whether no watched directory of the dev root changed since the last scan began
-        (so a safety-net rescan would find the same). Runs in a thread."""
-        signatures = self._signatures
-        if not signatures or not self._watched <= signatures.keys():
-            return False
-        now_ns = time.time_ns()
-        for directory in self._watched:
-            before = signatures[directory]
-            current = dir_signature(directory)
-            if current != before:
-                return False
-            if current is not None and now_ns - current[1] < RECENT_CHANGE * 1e9:
-                return False
-        return True
-
-    async def read(self) -> SysfsScan:
-        """One sysfs read off the loop, bounded by `scanTimeout`. Raises DriverError.
-
-        A read that timed out may still be stuck in the kernel: no second one is started
-        while it is (threads would pile up on a hung attribute).
-        """
-        if self._pending is not None and not self._pending.done():
-            raise DriverError("timeout", "the previous sysfs read is still stuck")
-        self._pending = start_off_loop(self._scan_sync, "kdp-sysfs-scan")
-        try:
-            async with asyncio.timeout(self._config.scan_timeout):
-                return await asyncio.shield(self._pending)
-        except TimeoutError:
-            raise DriverError(
-                "timeout", f"sysfs read took longer than {self._config.scan_timeout:g}s"
-            ) from None
-        except ScanTimeout as exc:
-            raise DriverError("timeout", str(exc)) from None
-        except OSError as exc:
-            raise DriverError("io", f"sysfs read failed: {exc}") from None
-
-    def matched(self, scan: SysfsScan) -> list[SysfsDevice]:
-        """The scan's devices this resource advertises (see `advertised_devices`); what it
-        refuses (an IOMMU group a host driver holds) goes to `skipped` with the ID clashes."""
-        devices, self._group_skipped = advertised_devices(self._config, scan.devices)
-        return devices
-
-    async def scan(self) -> list[Device]:
-        scan = await self.read()
-        devices = [self._device(found, did) for found, did in self._identified(self.matched(scan))]
-        for item in (*reader_skipped(scan), *self.skipped):
-            self._deps.log.warning(
-                "path_skipped", reason=item.reason, path=item.subject, error=item.message
-            )
-        return sorted(devices, key=lambda d: d.id)
-
-    def _identified(self, found: list[SysfsDevice]) -> list[tuple[SysfsDevice, str]]:
-        """Each device advertised, with its ID; sets `skipped` to the others.
+    def identified(
+        self, found: list[SysfsDevice], places: Mapping[str, str]
+    ) -> tuple[list[tuple[SysfsDevice, str]], list[Skipped]]:
+        """Each device advertised, with its ID, and the devices left out.
 
         Of present devices with one ID (two USB sticks with one serial) only one is
-        advertised: the one listed under it now, else the first by kernel name. The others
-        are left out, not given another ID: a device that carried two IDs over time (its
-        serial now, its port after a restart) could be handed to two pods.
+        advertised: the one listed under it now (`places`: where each present device of
+        the last scan was), else the first by kernel name. The others are left out, not
+        given another ID: a device that carried two IDs over time (its serial now, its port
+        after a restart) could be handed to two pods.
         """
         groups: dict[str, list[SysfsDevice]] = {}
         for device in sorted(found, key=lambda d: d.name):
@@ -349,8 +275,7 @@ class SysfsDriver:
         result: list[tuple[SysfsDevice, str]] = []
         skipped: list[Skipped] = []
         for did, group in groups.items():
-            tracked = self._tracked.get(did)
-            holder = tracked.place if tracked is not None and tracked.gone_since is None else None
+            holder = places.get(did)
             keeper = next((d for d in group if d.path == holder), group[0])
             result.append((keeper, did))
             skipped.extend(
@@ -365,8 +290,7 @@ class SysfsDriver:
                 for other in group
                 if other is not keeper
             )
-        self.skipped = (*self._group_skipped, *skipped)
-        return result
+        return result, skipped
 
     def _device(self, found: SysfsDevice, device_id: str) -> Device:
         config = self._config
@@ -389,120 +313,8 @@ class SysfsDriver:
             path=nodes[0].host_path if nodes else None,
         )
 
-    # -------------------------------------------------------------- merging
-
-    def merge(self, found: list[SysfsDevice]) -> tuple[dict[str, Device], float | None]:
-        """The list to publish, and when the next grace period ends (None: none running)."""
-        now = self._clock()
-        grace = self._config.grace_period
-        present: dict[str, Device] = {}
-        places: dict[str, str] = {}
-        for sysfs_device, device_id in self._identified(found):
-            present[device_id] = self._device(sysfs_device, device_id)
-            places[device_id] = sysfs_device.path
-        next_expiry: float | None = None
-
-        def expires(at: float) -> None:
-            nonlocal next_expiry
-            next_expiry = at if next_expiry is None else min(next_expiry, at)
-
-        listed: dict[str, Device] = {}
-        for device_id, device in present.items():
-            tracked = self._tracked.get(device_id)
-            lost = dict(tracked.lost_nodes or {}) if tracked is not None else {}
-            if (
-                tracked is not None
-                and tracked.gone_since is None
-                and tracked.place == places[device_id]
-            ):
-                now_nodes = {n.host_path for n in device.nodes}
-                for node in tracked.device.nodes:
-                    if node.host_path not in now_nodes:
-                        lost.setdefault(node.host_path, now)
-            for node in device.nodes:
-                lost.pop(node.host_path, None)
-            for name, since in list(lost.items()):
-                if grace <= 0 or since + grace <= now:
-                    del lost[name]
-                else:
-                    expires(since + grace)
-            if lost:
-                device = device.with_health(False)
-            self._tracked[device_id] = _Tracked(device, places[device_id], None, lost or None)
-            listed[device_id] = device
-        for device_id, tracked in list(self._tracked.items()):
-            if device_id in present:
-                continue
-            since = tracked.gone_since if tracked.gone_since is not None else now
-            if grace <= 0 or since + grace <= now:
-                del self._tracked[device_id]
-                continue
-            expires(since + grace)
-            device = (
-                tracked.device if not tracked.device.healthy else tracked.device.with_health(False)
-            )
-            self._tracked[device_id] = _Tracked(device, tracked.place, since, None)
-            listed[device_id] = device
-        return listed, next_expiry
-
-    # -------------------------------------------------------------- running
-
-    async def run(self, notifier: Notifier) -> None:
-        log = self._deps.log
-        watcher = self._deps.watcher
-        wake = asyncio.Event()
-        subscriptions: dict[str, Subscription] = {}
-        last_problems: tuple[str, ...] | None = None
-
-        def on_change(_name: str | None) -> None:
-            wake.set()
-
-        scan: SysfsScan | None = None
-        woken = True
-        skipped = 0
-        try:
-            while True:
-                wake.clear()
-                if (
-                    scan is None
-                    or woken
-                    or skipped >= FULL_RESCAN_EVERY
-                    or not await asyncio.to_thread(self._unchanged_since_scan)
-                ):
-                    skipped = 0
-                    started = self._clock()
-                    try:
-                        scan = await self.read()
-                    except DriverError as exc:
-                        notifier.failure(exc)
-                        scan = None
-                    else:
-                        notifier.scanned(self._clock() - started)
-                else:
-                    skipped += 1
-                next_expiry: float | None = None
-                if scan is not None:
-                    wanted = scan.watch_dirs
-                    for directory in wanted - subscriptions.keys():
-                        subscriptions[directory] = watcher.subscribe(directory, on_change)
-                    for directory in subscriptions.keys() - wanted:
-                        subscriptions.pop(directory).cancel()
-                    self._watched = frozenset(subscriptions)
-                    devices, next_expiry = self.merge(self.matched(scan))
-                    notifier.update(devices, (*reader_skipped(scan), *self.skipped))
-                    if scan.problems != last_problems:
-                        for problem in scan.problems:
-                            log.warning("sysfs_source_unreadable", problem=problem)
-                        last_problems = scan.problems
-                woken = await wait_for_change(
-                    wake, self._config.rescan_interval, next_expiry, self._clock
-                )
-        finally:
-            for subscription in subscriptions.values():
-                subscription.cancel()
-
     def _future_node_dirs(self) -> set[str]:
-        """Where nodes of devices not plugged in yet will appear (read in the scan thread)."""
+        """Where nodes of devices not plugged in yet will appear."""
         dev_root = self._reader.dev_root
         dirs = {dev_root}
         if USB in self._buses:
@@ -513,3 +325,16 @@ class SysfsDriver:
         if PCI in self._buses:
             dirs.update(os.path.join(dev_root, name) for name in ("dri", "vfio"))
         return dirs
+
+
+class SysfsDriver(ScanLoop[SysfsScanner]):
+    """The `sysfs` driver: the scan loop running a `SysfsScanner`."""
+
+    def __init__(
+        self, config: SysfsDriverConfig, deps: DriverDeps, reader: SysfsReader | None = None
+    ) -> None:
+        scanner = SysfsScanner(config, reader or SysfsReader(config.sysfs_root, config.dev_root))
+        settings = ScanSettings(
+            config.rescan_interval, config.grace_period, config.scan_timeout, FULL_RESCAN_EVERY
+        )
+        super().__init__(scanner, settings, deps)

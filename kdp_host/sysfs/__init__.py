@@ -10,7 +10,7 @@ from .model import (
     UsbInterface,
     normalize_hex,
 )
-from .reader import DEFAULT_SCAN_TIMEOUT, ScanTimeout, SysfsReader, read_off_loop, read_text
+from .reader import DEFAULT_SCAN_TIMEOUT, SysfsReader, read_text
 
 __all__ = [
     "DEFAULT_SCAN_TIMEOUT",
@@ -18,12 +18,10 @@ __all__ = [
     "TEMPLATE_FIELDS",
     "USB",
     "NodeInfo",
-    "ScanTimeout",
     "SysfsDevice",
     "SysfsReader",
     "SysfsScan",
     "UsbInterface",
     "normalize_hex",
-    "read_off_loop",
     "read_text",
 ]

@@ -7,6 +7,7 @@ import asyncio
 import math
 import sys
 
+from ..files import DaemonThreads
 from ..logs import quote_text
 from .discover import (
     DEFAULT_DOMAIN,
@@ -19,7 +20,7 @@ from .discover import (
 )
 from .ids import PCI_IDS_PATHS, USB_IDS_PATHS, IdsError, find_ids
 from .model import PCI, USB, SysfsScan
-from .reader import DEFAULT_SCAN_TIMEOUT, ScanTimeout, SysfsReader, read_off_loop
+from .reader import DEFAULT_SCAN_TIMEOUT, SysfsReader
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -101,14 +102,15 @@ def discover_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
     async def read() -> SysfsScan:
-        return await read_off_loop(
-            lambda: reader.scan(buses, args.classes, extra), args.timeout, "sysfs"
-        )
+        # A read stuck in the kernel is left behind on its daemon thread: the exit waits
+        # for no such thread.
+        async with asyncio.timeout(args.timeout):
+            return await DaemonThreads().run(lambda: reader.scan(buses, args.classes, extra))
 
     try:
         scan = asyncio.run(read())
-    except ScanTimeout as exc:
-        print(f"kdp-host discover: {exc}", file=sys.stderr)
+    except TimeoutError:
+        print(f"kdp-host discover: sysfs: no answer within {args.timeout:g}s", file=sys.stderr)
         return EXIT_FAILED
     found = discover(scan.devices, domain=args.domain, include_all=args.all, names=names)
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.format]

@@ -1,7 +1,7 @@
 """Reading devices out of a sysfs tree (plain file reads, no library, no udev database).
 
 Everything here is synchronous file access meant to run off the event loop: the driver and
-`kdp-host discover` call `SysfsReader.scan` through `read_off_loop`, one thread per scan,
+`kdp-host discover` call `SysfsReader.scan` through the host's offload (`files.Offload`),
 with a timeout. Sysfs and the dev root are constructor arguments, so tests and containers
 (which often mount the host's /sys and /dev elsewhere) point them anywhere.
 
@@ -16,15 +16,12 @@ Layout relied on, as the kernel makes it:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
 import stat
-import threading
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from ..logs import quote_text
 from ..rules import name_text_problem
@@ -64,12 +61,6 @@ ATTRIBUTE_GROUPS = frozenset(
     {"power", "msi_irqs", "queue", "mq", "holders", "slaves", "trace", "integrity", "statistics"}
 )
 """Subdirectories of devices that hold attributes only, never a device: not walked."""
-
-T = TypeVar("T")
-
-
-class ScanTimeout(Exception):
-    """A sysfs read did not finish in time (a hung attribute, a stuck file system)."""
 
 
 @dataclass
@@ -667,49 +658,3 @@ def _is_real_dir(entry: os.DirEntry[str]) -> bool:
         return entry.is_dir(follow_symlinks=False)
     except OSError:
         return False
-
-
-async def read_off_loop(function: Callable[[], T], timeout: float, what: str) -> T:
-    """Run a blocking read in a daemon thread of its own and wait at most `timeout`.
-
-    Not `asyncio.to_thread`: a read stuck in the kernel (a hung sysfs attribute) cannot be
-    cancelled, and a stuck worker of the default executor would hold up the process's exit.
-    A daemon thread is simply left behind; the caller sees ScanTimeout and decides.
-    """
-    future = start_off_loop(function, what)
-    try:
-        async with asyncio.timeout(timeout):
-            return await asyncio.shield(future)
-    except TimeoutError:
-        raise ScanTimeout(f"{what}: no answer within {timeout:g}s") from None
-
-
-def start_off_loop(function: Callable[[], T], what: str) -> asyncio.Future[T]:
-    """Start `function` in a daemon thread; its result or exception lands in the future
-    (which stays pending while the thread is stuck: callers can refuse to start another)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def deliver(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def answer(result: T | None, error: BaseException | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed while the read was stuck
-            loop.call_soon_threadsafe(deliver, result, error)
-
-    def work() -> None:
-        try:
-            result = function()
-        except BaseException as exc:  # delivered to the waiting coroutine
-            answer(None, exc)
-        else:
-            answer(result, None)
-
-    thread = threading.Thread(target=work, name=f"kdp-read-{what}", daemon=True)
-    thread.start()
-    return future

@@ -1,0 +1,377 @@
+"""The one scan loop of the drivers that watch directories (glob, glob groups, sysfs).
+
+Such a driver is a `Scanner`: a blocking function that looks at the file system once and
+returns every device it found (`ScanResult`), with the directories whose changes could
+change that answer (`DirWatch.watch`). Everything else lives here, once:
+
+- **the scan, off the loop**: through the host's offload (`DriverDeps.offload`), bounded by
+  the scan timeout; a scan that hangs is waited for again next time, never started twice
+  (threads would pile up on a hung file system);
+- **watching**: every directory the last scan named is subscribed to on the host's watcher;
+  a change wakes the loop at once (a hot-plug is seen in milliseconds);
+- **the safety net**: every `rescanInterval` (jittered, so many resources do not rescan at
+  once), a rescan runs unless no watched directory changed since the last scan began
+  (`unchanged_since_scan`: one stat per directory); a scanner whose watched directories do
+  not decide everything (sysfs: a device without nodes changes nothing in /dev) asks for a
+  full rescan at least every `full_rescan_every` intervals;
+- **the grace period** (`Tracker`): a device that vanished stays listed, Unhealthy, for
+  `gracePeriod`; a device still present that lost one of its nodes (not an optional one)
+  is Unhealthy for the grace period, then listed without it (unless it comes back);
+- **reporting**: complete lists to the Notifier, scan durations, failures; notices (an
+  unreadable directory) are logged when they change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, Literal, Protocol, TypeVar
+
+from ..devices import Device
+from ..watch import DirSignature, Subscription, dir_signature
+from .base import DriverDeps, DriverError, Notifier, Skipped
+
+FAILURE_THRESHOLD = 3
+"""Failed scans in a row (an I/O error, a scan that hangs) before every device is Unhealthy."""
+RESCAN_JITTER = 0.1
+"""Spread the safety-net rescans of many resources instead of running them all at once."""
+RECENT_CHANGE = 2.0
+"""A directory modified this recently (seconds) is rescanned even if its signature matches:
+some file systems keep coarse timestamps, so a change right after a scan could hide."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something about a scan worth one log line when it starts or stops being true (a
+    directory that cannot be read, no device matching)."""
+
+    event: str
+    fields: tuple[tuple[str, str], ...] = ()
+    level: Literal["info", "warning"] = "warning"
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What one scan found."""
+
+    devices: Mapping[str, Device]
+    """Every device present, by ID (never changed later: the loop may publish it as is)."""
+    skipped: tuple[Skipped, ...] = ()
+    places: Mapping[str, str] | None = None
+    """Where each device sits (sysfs: its directory), for scanners whose devices can move: a
+    device that moved did not lose the nodes it had elsewhere. None: devices never move."""
+    notices: tuple[Notice, ...] = ()
+
+
+@dataclass(frozen=True)
+class Listed:
+    """What the loop listed last, handed to the next scan (read-only, replaced, never
+    changed: a scan thread may read it while the loop merges)."""
+
+    devices: Mapping[str, Device] = field(default_factory=dict)
+    """Every device listed, present or vanished (Unhealthy)."""
+    places: Mapping[str, str] = field(default_factory=dict)
+    """The place of each device present in the last scan (see `ScanResult.places`)."""
+
+
+class DirWatch:
+    """The directories one scan depends on, each signed before the scan looked into it.
+
+    The loop signs the directories it watches before the scan starts; a scanner calls
+    `watch` for every directory that decides its answer, before listing it where it can
+    (glob) or after reading where it cannot know them earlier (sysfs node directories).
+    """
+
+    def __init__(self, watched: Iterable[str] = ()) -> None:
+        self.signatures: dict[str, DirSignature | None] = {
+            directory: dir_signature(directory) for directory in watched
+        }
+        self.wanted: set[str] = set()
+
+    def watch(self, directory: str) -> None:
+        if directory not in self.wanted:
+            self.wanted.add(directory)
+            if directory not in self.signatures:
+                self.signatures[directory] = dir_signature(directory)
+
+
+class Scanner(Protocol):
+    """A watching driver's own part: one look at the file system."""
+
+    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
+        """Every device present now. Blocking (runs off the loop); reads `listed` only.
+        Raises DriverError or OSError."""
+        ...
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    rescan_interval: float
+    grace_period: float
+    scan_timeout: float
+    full_rescan_every: int | None = None
+    """Safety-net rescans run at least every this many intervals even when no watched
+    directory changed (None: the watched directories decide everything)."""
+
+
+class Tracker:
+    """The grace period: merges each scan with what was listed before (see the module
+    docstring). Runs on the loop; `listed` is what the next scan reads."""
+
+    def __init__(self, grace_period: float, clock: Callable[[], float]) -> None:
+        self._grace = grace_period
+        self._clock = clock
+        self.listed = Listed()
+        self._gone_since: dict[str, float] = {}
+        self._lost: dict[str, dict[str, float]] = {}
+        """Device ID -> host path of a lost node -> when it vanished."""
+
+    def merge(self, result: ScanResult) -> tuple[Mapping[str, Device], float | None]:
+        """The list to publish, and when the next grace period ends (None: none running)."""
+        now = self._clock()
+        grace = self._grace
+        present = result.devices
+        places = result.places
+        before = self.listed
+        next_expiry: float | None = None
+        extra: dict[str, Device] = {}
+        lost_now: dict[str, dict[str, float]] = {}
+        for device_id, device in present.items():
+            old = before.devices.get(device_id)
+            lost = self._lost.get(device_id)
+            if (
+                old is not None
+                and old is not device
+                and device_id not in self._gone_since
+                and (places is None or before.places.get(device_id) == places[device_id])
+            ):
+                lost = _lost_parts(old, device, now, lost)
+            if not lost:
+                continue
+            kept = _parts(device)
+            lost = {
+                part: since
+                for part, since in lost.items()
+                if part not in kept and grace > 0 and since + grace > now
+            }
+            if lost:
+                lost_now[device_id] = lost
+                expiry = min(lost.values()) + grace
+                next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
+                extra[device_id] = device.with_health(False) if device.healthy else device
+        gone_now: dict[str, float] = {}
+        for device_id, old in before.devices.items():
+            if device_id in present:
+                continue
+            since = self._gone_since.get(device_id, now)
+            if grace <= 0 or since + grace <= now:
+                continue
+            gone_now[device_id] = since
+            expiry = since + grace
+            next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
+            # Still listed from the last merge: reuse that Unhealthy copy (scans only ever
+            # produce healthy devices), so a long list of vanished devices costs no copies.
+            extra[device_id] = old if not old.healthy else old.with_health(False)
+        # `present` is never changed: copy it only when something must be added or replaced
+        # (usually: no copy at all).
+        listed = {**present, **extra} if extra else present
+        self._gone_since = gone_now
+        self._lost = lost_now
+        self.listed = Listed(listed, places if places is not None else {})
+        return listed, next_expiry
+
+
+def _parts(device: Device) -> set[str]:
+    """The nodes a device cannot lose without being Unhealthy for a while: all but the
+    optional ones (a glob group's optional member may come and go)."""
+    return {node.host_path for node in device.nodes if not node.optional}
+
+
+def _lost_parts(
+    old: Device, device: Device, now: float, lost: dict[str, float] | None
+) -> dict[str, float] | None:
+    """`lost` plus the required nodes `old` had and `device` has not (since now)."""
+    if old.nodes == device.nodes:
+        return lost
+    kept = _parts(device)
+    gone = [part for part in _parts(old) if part not in kept]
+    if not gone:
+        return lost
+    lost = dict(lost or {})
+    for part in gone:
+        lost.setdefault(part, now)
+    return lost
+
+
+S = TypeVar("S", bound=Scanner)
+
+
+class ScanLoop(Generic[S]):
+    """A watching driver: `Driver.run` and `Driver.scan` for a `Scanner`."""
+
+    def __init__(self, scanner: S, settings: ScanSettings, deps: DriverDeps) -> None:
+        self.scanner = scanner
+        self.settings = settings
+        self._deps = deps
+        self.tracker = Tracker(settings.grace_period, deps.clock)
+        self._pending: asyncio.Future[tuple[ScanResult, DirWatch]] | None = None
+        self._pending_since = 0.0
+        self._last: ScanResult | None = None
+        self._wanted: frozenset[str] = frozenset()
+        """The directories the last scan depends on."""
+        self._signatures: Mapping[str, DirSignature | None] = {}
+        """Of the last scan's directories, taken before it looked."""
+        self._watched: frozenset[str] = frozenset()
+        """The directories subscribed to now (set on the loop, read by the scan thread)."""
+        self._subscriptions: dict[str, Subscription] = {}
+        self._wake = asyncio.Event()
+        self._notices: tuple[Notice, ...] | None = None
+
+    async def scan(self) -> list[Device]:
+        """One scan, for `kdp-host check`: the devices present, by ID (what it left out is
+        logged)."""
+        result = await self.scan_once()
+        for item in result.skipped:
+            self._deps.log.warning(
+                "path_skipped", reason=item.reason, path=item.subject, error=item.message
+            )
+        return sorted(result.devices.values(), key=lambda d: d.id)
+
+    async def scan_once(self) -> ScanResult:
+        """One scan off the loop, bounded by the scan timeout; a scan still stuck from last
+        time is waited for again rather than started twice. Raises DriverError."""
+        timeout = self.settings.scan_timeout
+        waited = ""
+        if self._pending is None:
+            listed, watched = self.tracker.listed, self._watched
+            self._pending = asyncio.ensure_future(
+                self._deps.offload.run(lambda: self._scan_sync(listed, watched))
+            )
+            self._pending_since = self._deps.clock()
+        else:
+            age = self._deps.clock() - self._pending_since
+            waited = f"; the scan started {age:.3g}s ago is still stuck"
+        pending = self._pending
+        try:
+            async with asyncio.timeout(timeout):
+                result, dirs = await asyncio.shield(pending)
+        except TimeoutError:
+            raise DriverError(
+                "timeout", f"scan did not finish within {timeout:g}s{waited} (a hung file system?)"
+            ) from None
+        except OSError as exc:
+            self._pending = None
+            raise DriverError("io", f"scan failed: {exc}") from None
+        except DriverError:
+            self._pending = None
+            raise
+        self._pending = None
+        self._wanted = frozenset(dirs.wanted)
+        self._signatures = dirs.signatures
+        return result
+
+    def _scan_sync(self, listed: Listed, watched: frozenset[str]) -> tuple[ScanResult, DirWatch]:
+        dirs = DirWatch(watched)
+        return self.scanner.scan(listed, dirs), dirs
+
+    def unchanged_since_scan(self) -> bool:
+        """Whether no watched directory changed since the last scan began (so a rescan
+        would find the same). Blocking: one stat per directory."""
+        signatures = self._signatures
+        watched = self._watched
+        if self._last is None or not watched <= signatures.keys():
+            return False
+        now_ns = time.time_ns()
+        for directory in watched:
+            current = dir_signature(directory)
+            if current != signatures[directory]:
+                return False
+            if current is not None and now_ns - current[1] < RECENT_CHANGE * 1e9:
+                return False
+        return True
+
+    async def step(self, notifier: Notifier, *, rescan: bool = True) -> float | None:
+        """Scan (with `rescan` False: only merge the last scan again, for grace periods) and
+        report; returns when the next grace period ends. What `run` does each time it wakes."""
+        if rescan or self._last is None:
+            started = self._deps.clock()
+            try:
+                self._last = await self.scan_once()
+            except DriverError as exc:
+                notifier.failure(exc)
+                self._last = None
+            notifier.scanned(self._deps.clock() - started)
+        result = self._last
+        if result is None:
+            return None
+        self._subscribe()
+        devices, next_expiry = self.tracker.merge(result)
+        notifier.update(devices, result.skipped)
+        if result.notices != self._notices:
+            log = self._deps.log
+            for notice in result.notices:
+                write = log.info if notice.level == "info" else log.warning
+                write(notice.event, **dict(notice.fields))
+            self._notices = result.notices
+        return next_expiry
+
+    def _subscribe(self) -> None:
+        """Watch the directories of the last scan (and only those)."""
+        subscriptions = self._subscriptions
+        wanted = self._wanted
+        for directory in wanted - subscriptions.keys():
+            subscriptions[directory] = self._deps.watcher.subscribe(directory, self._changed)
+        for directory in subscriptions.keys() - wanted:
+            subscriptions.pop(directory).cancel()
+        self._watched = wanted
+
+    def _changed(self, _name: str | None) -> None:
+        self._wake.set()
+
+    async def run(self, notifier: Notifier) -> None:
+        """Report complete lists until cancelled (see the module docstring)."""
+        settings = self.settings
+        wake = self._wake
+        woken = True
+        unchanged_runs = 0
+        try:
+            while True:
+                wake.clear()
+                rescan = (
+                    self._last is None
+                    or woken
+                    or (
+                        settings.full_rescan_every is not None
+                        and unchanged_runs >= settings.full_rescan_every
+                    )
+                    or not await self._deps.offload.run(self.unchanged_since_scan)
+                )
+                unchanged_runs = 0 if rescan else unchanged_runs + 1
+                next_expiry = await self.step(notifier, rescan=rescan)
+                woken = await wait_for_change(
+                    wake, settings.rescan_interval, next_expiry, self._deps.clock
+                )
+        finally:
+            for subscription in self._subscriptions.values():
+                subscription.cancel()
+            self._subscriptions.clear()
+            self._watched = frozenset()
+
+
+async def wait_for_change(
+    wake: asyncio.Event, interval: float, next_expiry: float | None, clock: Callable[[], float]
+) -> bool:
+    """Wait for a watched change, the jittered safety-net rescan or the next grace expiry,
+    whichever comes first: True when a change woke it."""
+    timeout = interval * random.uniform(1 - RESCAN_JITTER, 1 + RESCAN_JITTER)
+    if next_expiry is not None:
+        timeout = min(timeout, max(0.0, next_expiry - clock()))
+    try:
+        async with asyncio.timeout(timeout):
+            await wake.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,132 @@
+"""Fakes for testing drivers (and anything else built on `DriverDeps`), on public seams only.
+
+A driver is driven through its public methods with these in place of the outside world:
+
+    clock = ManualClock()
+    watcher = ManualWatcher()
+    driver = make_driver(config, driver_deps(clock=clock, watcher=watcher))
+    notifier = RecordingNotifier()
+    await driver.step(notifier)          # one scan and merge, as the scan loop does it
+    assert notifier.devices[...]...
+    clock.advance(5)                     # the grace period runs on the manual clock
+    watcher.change("/dev")               # what inotify would report
+
+Tests and benchmarks import them from here (the way trio ships `trio.testing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .devices import Device
+from .drivers.base import DriverDeps, DriverError, Skipped
+from .files import DaemonThreads, FileReader, Offload
+from .logs import EventLogger, get_logger
+from .watch import Subscription, WatchCallback
+
+
+@dataclass
+class ManualClock:
+    """A monotonic clock that moves only when told."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class RecordingNotifier:
+    """A Notifier that keeps what it was told: the last list, every failure, every scan."""
+
+    devices: dict[str, Device] = field(default_factory=dict)
+    """The last complete list, by ID."""
+    skipped: tuple[Skipped, ...] = ()
+    updates: int = 0
+    failures: list[DriverError] = field(default_factory=list)
+    scans: list[float] = field(default_factory=list)
+    """Seconds each scan took."""
+    dropped: int = 0
+
+    def update(
+        self, devices: Iterable[Device] | Mapping[str, Device], skipped: Sequence[Skipped] = ()
+    ) -> None:
+        items = devices.values() if isinstance(devices, Mapping) else devices
+        self.devices = {device.id: device for device in items}
+        self.skipped = tuple(skipped)
+        self.updates += 1
+
+    def failure(self, error: DriverError) -> None:
+        self.failures.append(error)
+
+    def scanned(self, seconds: float) -> None:
+        self.scans.append(seconds)
+
+    def rate_limited(self, dropped: int) -> None:
+        self.dropped += dropped
+
+    def skipped_by_reason(self) -> dict[str, list[str]]:
+        """What the last list left out: reason -> subjects."""
+        out: dict[str, list[str]] = {}
+        for item in self.skipped:
+            out.setdefault(item.reason, []).append(item.subject)
+        return out
+
+
+class ManualWatcher:
+    """A Watcher that reports what the test says changed (`change`), nothing else."""
+
+    kind = "manual"
+
+    def __init__(self) -> None:
+        self._subscriptions: list[Subscription] = []
+
+    @property
+    def directories(self) -> set[str]:
+        """The directories subscribed to now."""
+        return {subscription.directory for subscription in self._subscriptions}
+
+    def subscribe(self, directory: str, callback: WatchCallback) -> Subscription:
+        subscription = Subscription(os.path.normpath(directory), callback, self)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+    def change(self, directory: str, name: str | None = None) -> None:
+        """Tell the subscribers of `directory` that `name` (None: anything) changed."""
+        for subscription in list(self._subscriptions):
+            if subscription.directory == os.path.normpath(directory):
+                subscription.callback(name)
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
+def driver_deps(
+    *,
+    log: EventLogger | None = None,
+    watcher: ManualWatcher | None = None,
+    clock: ManualClock | None = None,
+    files: FileReader | None = None,
+    offload: Offload | None = None,
+) -> DriverDeps:
+    """DriverDeps for a test: a ManualWatcher and a ManualClock unless given."""
+    return DriverDeps(
+        log or get_logger(),
+        watcher or ManualWatcher(),
+        clock=clock or ManualClock(),
+        files=files or FileReader(),
+        offload=offload or DaemonThreads(),
+    )
+
+
+__all__ = ["ManualClock", "ManualWatcher", "RecordingNotifier", "driver_deps"]

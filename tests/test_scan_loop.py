@@ -1,0 +1,224 @@
+"""The one scan loop of the watching drivers (`drivers/scanning.py`) and the driver
+registry, driven through the public fakes of `kdp_host.testing`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from kdp_host.config import GlobDriverConfig, GlobGroupMemberConfig, ShellDriverConfig
+from kdp_host.config.model import DRIVERS
+from kdp_host.devices import Device, DeviceNode
+from kdp_host.drivers import REGISTRY, DriverError, failure_threshold, make_driver
+from kdp_host.drivers.glob import GlobDriver
+from kdp_host.drivers.glob_groups import GlobGroupDriver
+from kdp_host.drivers.scanning import (
+    DirWatch,
+    Listed,
+    Notice,
+    ScanLoop,
+    ScanResult,
+    ScanSettings,
+    Tracker,
+)
+from kdp_host.testing import ManualClock, ManualWatcher, RecordingNotifier, driver_deps
+
+from .conftest import wait_until
+
+
+def device(device_id: str, *paths: str) -> Device:
+    return Device(id=device_id, nodes=tuple(DeviceNode(p, p) for p in paths))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_every_driver_kind_is_registered_with_its_config() -> None:
+    assert set(REGISTRY) == set(DRIVERS)
+    for kind, registered in REGISTRY.items():
+        assert registered.config is DRIVERS[kind], kind
+    deps = driver_deps()
+    assert isinstance(make_driver(GlobDriverConfig(paths=("/x/*",)), deps), GlobDriver)
+    groups = GlobDriverConfig(group=(GlobGroupMemberConfig(path="/x{key}"),))
+    assert isinstance(make_driver(groups, deps), GlobGroupDriver)
+    assert failure_threshold(ShellDriverConfig(command=("true",), failure_threshold=7)) == 7
+    assert failure_threshold(GlobDriverConfig(paths=("/x/*",))) == 3
+
+
+# --------------------------------------------------------------------------- the grace period
+
+
+def test_a_vanished_device_is_unhealthy_for_the_grace_period_then_dropped() -> None:
+    clock = ManualClock()
+    tracker = Tracker(10.0, clock)
+    a, b = device("a", "/dev/a"), device("b", "/dev/b")
+    listed, expiry = tracker.merge(ScanResult({"a": a, "b": b}))
+    assert listed == {"a": a, "b": b} and expiry is None
+    clock.advance(1)
+    listed, expiry = tracker.merge(ScanResult({"a": a}))
+    assert not listed["b"].healthy and expiry == clock.now + 10
+    vanished = listed["b"]
+    clock.advance(5)
+    listed, _ = tracker.merge(ScanResult({"a": a}))
+    assert listed["b"] is vanished, "the Unhealthy copy is reused"
+    clock.advance(5)
+    listed, expiry = tracker.merge(ScanResult({"a": a}))
+    assert list(listed) == ["a"] and expiry is None
+
+
+def test_a_lost_node_makes_its_device_unhealthy_unless_it_moved_or_was_optional() -> None:
+    clock = ManualClock()
+    tracker = Tracker(10.0, clock)
+    two = device("a", "/dev/a0", "/dev/a1")
+    tracker.merge(ScanResult({"a": two}, places={"a": "/sys/1-1"}))
+    listed, expiry = tracker.merge(
+        ScanResult({"a": device("a", "/dev/a0")}, places={"a": "/sys/1-1"})
+    )
+    assert not listed["a"].healthy and expiry == clock.now + 10
+    assert [n.host_path for n in listed["a"].nodes] == ["/dev/a0"]
+    clock.advance(10)
+    listed, expiry = tracker.merge(
+        ScanResult({"a": device("a", "/dev/a0")}, places={"a": "/sys/1-1"})
+    )
+    assert listed["a"].healthy and expiry is None
+    # moved to another place: the nodes it had elsewhere are not lost
+    tracker.merge(ScanResult({"a": two}, places={"a": "/sys/1-1"}))
+    listed, _ = tracker.merge(ScanResult({"a": device("a", "/dev/b0")}, places={"a": "/sys/1-2"}))
+    assert listed["a"].healthy
+    # an optional node may come and go
+    optional = Device(
+        id="o",
+        nodes=(DeviceNode("/dev/o0", "/dev/o0"), DeviceNode("/dev/o1", "/dev/o1", optional=True)),
+    )
+    tracker.merge(ScanResult({"o": optional}))
+    listed, _ = tracker.merge(ScanResult({"o": device("o", "/dev/o0")}))
+    assert listed["o"].healthy
+
+
+def test_a_grace_period_of_zero_drops_at_once() -> None:
+    tracker = Tracker(0.0, ManualClock())
+    tracker.merge(ScanResult({"a": device("a", "/dev/a0", "/dev/a1")}))
+    listed, expiry = tracker.merge(ScanResult({"a": device("a", "/dev/a0")}))
+    assert listed["a"].healthy and expiry is None
+    listed, expiry = tracker.merge(ScanResult({}))
+    assert listed == {} and expiry is None
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class FakeScanner:
+    """Lists one device per file in `directory`, watches the directory, counts its scans."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.scans = 0
+        self.seen: list[Listed] = []
+        self.block = threading.Event()
+        self.block.set()
+
+    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
+        self.block.wait(30)
+        self.scans += 1
+        self.seen.append(listed)
+        dirs.watch(str(self.directory))
+        names = sorted(os.listdir(self.directory))
+        devices = {n: device(n, str(self.directory / n)) for n in names}
+        return ScanResult(devices, notices=() if names else (Notice("no_devices_match"),))
+
+
+def old_dir(path: Path) -> None:
+    os.utime(path, (1_000_000, 1_000_000))  # not "just changed"
+
+
+async def test_a_watched_change_wakes_the_loop_and_an_unchanged_directory_skips_rescans(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a").touch()
+    old_dir(tmp_path)
+    watcher = ManualWatcher()
+    scanner = FakeScanner(tmp_path)
+    loop = ScanLoop(scanner, ScanSettings(0.02, 60.0, 5.0), driver_deps(watcher=watcher))
+    notifier = RecordingNotifier()
+    task = asyncio.create_task(loop.run(notifier))
+    try:
+        await wait_until(lambda: list(notifier.devices) == ["a"])
+        assert watcher.directories == {str(tmp_path)}
+        await wait_until(lambda: notifier.updates >= 5, what="safety-net wake-ups")
+        assert scanner.scans == 1, "the directory did not change: no rescan"
+        (tmp_path / "b").touch()
+        old_dir(tmp_path)  # a change the signature check alone would miss: the watch says it
+        watcher.change(str(tmp_path), "b")
+        await wait_until(lambda: list(notifier.devices) == ["a", "b"])
+        assert scanner.scans == 2
+        assert scanner.seen[1].devices.keys() == {"a"}, "the scan reads what was listed"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert watcher.directories == set(), "cancelled: every watch is dropped"
+
+
+async def test_a_full_rescan_runs_every_n_intervals_when_asked(tmp_path: Path) -> None:
+    old_dir(tmp_path)
+    scanner = FakeScanner(tmp_path)
+    loop = ScanLoop(scanner, ScanSettings(0.01, 60.0, 5.0, full_rescan_every=3), driver_deps())
+    notifier = RecordingNotifier()
+    task = asyncio.create_task(loop.run(notifier))
+    try:
+        await wait_until(lambda: notifier.updates >= 9)
+        assert 2 <= scanner.scans <= notifier.updates // 3 + 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_hung_scan_is_a_timeout_and_is_never_started_twice(tmp_path: Path) -> None:
+    scanner = FakeScanner(tmp_path)
+    scanner.block.clear()
+    loop = ScanLoop(scanner, ScanSettings(60.0, 60.0, 0.1), driver_deps())
+    notifier = RecordingNotifier()
+    try:
+        await loop.step(notifier)
+        await loop.step(notifier)
+        assert [f.reason for f in notifier.failures] == ["timeout", "timeout"]
+        assert "still stuck" in str(notifier.failures[1])
+        assert len(notifier.scans) == 2 and notifier.updates == 0
+    finally:
+        scanner.block.set()
+    await loop.step(notifier)
+    assert scanner.scans == 1, "the stuck scan's result was taken, no second scan ran"
+    assert notifier.updates == 1
+    await loop.step(notifier)
+    assert scanner.scans == 2
+
+
+async def test_a_scan_that_raises_is_an_io_failure(tmp_path: Path) -> None:
+    loop = ScanLoop(FakeScanner(tmp_path / "missing"), ScanSettings(60.0, 60.0, 5.0), driver_deps())
+    notifier = RecordingNotifier()
+    await loop.step(notifier)
+    assert [f.reason for f in notifier.failures] == ["io"]
+    with pytest.raises(DriverError, match="scan failed"):
+        await loop.scan()
+
+
+async def test_notices_are_logged_when_they_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop = ScanLoop(FakeScanner(tmp_path), ScanSettings(60.0, 60.0, 5.0), driver_deps())
+    notifier = RecordingNotifier()
+    for _ in range(3):
+        await loop.step(notifier)
+    assert [r.getMessage() for r in caplog.records].count("no_devices_match") == 1
+    (tmp_path / "a").touch()
+    await loop.step(notifier)
+    (tmp_path / "a").unlink()
+    await loop.step(notifier)
+    assert [r.getMessage() for r in caplog.records].count("no_devices_match") == 2
+
+
+def test_glob_groups_are_no_kind_of_glob_driver() -> None:
+    assert not issubclass(GlobGroupDriver, GlobDriver)

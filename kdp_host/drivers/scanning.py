@@ -24,6 +24,7 @@ change that answer (`DirWatch.watch`). Everything else lives here, once:
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -38,6 +39,8 @@ FAILURE_THRESHOLD = 3
 """Failed scans in a row (an I/O error, a scan that hangs) before every device is Unhealthy."""
 RESCAN_JITTER = 0.1
 """Spread the safety-net rescans of many resources instead of running them all at once."""
+MAX_CHANGES = 4096
+"""Changes collected between two scans at most; more make the next scan a full one."""
 RECENT_CHANGE = 2.0
 """A directory modified this recently (seconds) is rescanned even if its signature matches:
 some file systems keep coarse timestamps, so a change right after a scan could hide."""
@@ -85,11 +88,18 @@ class DirWatch:
     (glob) or after reading where it cannot know them earlier (sysfs node directories).
     """
 
-    def __init__(self, watched: Iterable[str] = ()) -> None:
+    def __init__(
+        self, watched: Iterable[str] = (), changed: tuple[tuple[str, str], ...] | None = None
+    ) -> None:
         self.signatures: dict[str, DirSignature | None] = {
             directory: dir_signature(directory) for directory in watched
         }
         self.wanted: set[str] = set()
+        self.changed = changed
+        """What changed in the watched directories since the last scan, as (directory,
+        entry name) pairs, for a scanner that can update its last answer from them (sysfs);
+        None when the whole answer must be looked at again (the first scan, a safety-net
+        rescan, an event without a name, a failed scan before)."""
 
     def watch(self, directory: str) -> None:
         if directory not in self.wanted:
@@ -228,6 +238,8 @@ class ScanLoop(Generic[S]):
         """The directories subscribed to now (set on the loop, read by the scan thread)."""
         self._subscriptions: dict[str, Subscription] = {}
         self._wake = asyncio.Event()
+        self._changes: list[tuple[str, str]] | None = None
+        """What changed since the last scan began (see DirWatch.changed); None: unknown."""
         self._notices: tuple[Notice, ...] | None = None
 
     async def scan(self) -> list[Device]:
@@ -240,15 +252,18 @@ class ScanLoop(Generic[S]):
             )
         return sorted(result.devices.values(), key=lambda d: d.id)
 
-    async def scan_once(self) -> ScanResult:
+    async def scan_once(self, *, full: bool = True) -> ScanResult:
         """One scan off the loop, bounded by the scan timeout; a scan still stuck from last
-        time is waited for again rather than started twice. Raises DriverError."""
+        time is waited for again rather than started twice. Not `full`: the scanner is told
+        what changed since the last scan. Raises DriverError."""
         timeout = self.settings.scan_timeout
         waited = ""
         if self._pending is None:
             listed, watched = self.tracker.listed, self._watched
+            changes = None if full or self._changes is None else tuple(self._changes)
+            self._changes = []
             self._pending = asyncio.ensure_future(
-                self._deps.offload.run(lambda: self._scan_sync(listed, watched))
+                self._deps.offload.run(lambda: self._scan_sync(listed, watched, changes))
             )
             self._pending_since = self._deps.clock()
         else:
@@ -264,17 +279,24 @@ class ScanLoop(Generic[S]):
             ) from None
         except OSError as exc:
             self._pending = None
+            self._changes = None
             raise DriverError("io", f"scan failed: {exc}") from None
         except DriverError:
             self._pending = None
+            self._changes = None
             raise
         self._pending = None
         self._wanted = frozenset(dirs.wanted)
         self._signatures = dirs.signatures
         return result
 
-    def _scan_sync(self, listed: Listed, watched: frozenset[str]) -> tuple[ScanResult, DirWatch]:
-        dirs = DirWatch(watched)
+    def _scan_sync(
+        self,
+        listed: Listed,
+        watched: frozenset[str],
+        changes: tuple[tuple[str, str], ...] | None,
+    ) -> tuple[ScanResult, DirWatch]:
+        dirs = DirWatch(watched, changes)
         return self.scanner.scan(listed, dirs), dirs
 
     def unchanged_since_scan(self) -> bool:
@@ -293,13 +315,16 @@ class ScanLoop(Generic[S]):
                 return False
         return True
 
-    async def step(self, notifier: Notifier, *, rescan: bool = True) -> float | None:
-        """Scan (with `rescan` False: only merge the last scan again, for grace periods) and
-        report; returns when the next grace period ends. What `run` does each time it wakes."""
+    async def step(
+        self, notifier: Notifier, *, rescan: bool = True, full: bool = True
+    ) -> float | None:
+        """Scan (with `rescan` False: only merge the last scan again, for grace periods; not
+        `full`: from what changed) and report; returns when the next grace period ends.
+        What `run` does each time it wakes."""
         if rescan or self._last is None:
             started = self._deps.clock()
             try:
-                self._last = await self.scan_once()
+                self._last = await self.scan_once(full=full or self._last is None)
             except DriverError as exc:
                 notifier.failure(exc)
                 self._last = None
@@ -323,12 +348,20 @@ class ScanLoop(Generic[S]):
         subscriptions = self._subscriptions
         wanted = self._wanted
         for directory in wanted - subscriptions.keys():
-            subscriptions[directory] = self._deps.watcher.subscribe(directory, self._changed)
+            subscriptions[directory] = self._deps.watcher.subscribe(
+                directory, functools.partial(self._changed, directory)
+            )
         for directory in subscriptions.keys() - wanted:
             subscriptions.pop(directory).cancel()
         self._watched = wanted
 
-    def _changed(self, _name: str | None) -> None:
+    def _changed(self, directory: str, name: str | None) -> None:
+        changes = self._changes
+        if changes is not None:
+            if name is None or len(changes) >= MAX_CHANGES:
+                self._changes = None
+            else:
+                changes.append((directory, name))
         self._wake.set()
 
     async def run(self, notifier: Notifier) -> None:
@@ -350,7 +383,7 @@ class ScanLoop(Generic[S]):
                     or not await self._deps.offload.run(self.unchanged_since_scan)
                 )
                 unchanged_runs = 0 if rescan else unchanged_runs + 1
-                next_expiry = await self.step(notifier, rescan=rescan)
+                next_expiry = await self.step(notifier, rescan=rescan, full=not woken)
                 woken = await wait_for_change(
                     wake, settings.rescan_interval, next_expiry, self._deps.clock
                 )

@@ -157,7 +157,7 @@ class SysfsReader:
         self._next_cache = {}
         extra = tuple(dict.fromkeys(extra_attributes))
         devices: list[SysfsDevice] = []
-        entries, problems = self._entries(buses, classes, state)
+        entries, problems, _ = self._entries(buses, classes, state)
         for source, name, link in entries:
             device = self.read_device(source, name, link, extra, state)
             if device is not None:
@@ -208,13 +208,11 @@ class SysfsReader:
         added: list[SysfsDevice] = []
         listed: set[tuple[str, str]] | None = None
         if unplaced:
-            entries, _ = self._entries(buses, classes, state)
-            listed = {(source, name) for source, name, _ in entries}
+            entries, _, listed = self._entries(buses, classes, state, index.known)
             for source, name, link in entries:
-                if (source, name) not in index.known:
-                    device = self.read_device(source, name, link, extra, state)
-                    if device is not None:
-                        added.append(device)
+                device = self.read_device(source, name, link, extra, state)
+                if device is not None:
+                    added.append(device)
             new_nodes = {node.devname for device in added for node in device.nodes}
             for devname in unplaced:
                 if devname not in new_nodes:
@@ -245,7 +243,7 @@ class SysfsReader:
             tuple(devices),
             previous.problems,
             frozenset(watch),
-            (*previous.skipped, *state.skipped),
+            tuple(dict.fromkeys((*previous.skipped, *state.skipped))),
         )
         self._index = index.moved_to(result, dropped, fresh)
         return result
@@ -333,28 +331,38 @@ class SysfsReader:
         return os.path.join(self.sysfs_root, relative, name)
 
     def _entries(
-        self, buses: Iterable[str], classes: Iterable[str], state: _ScanState
-    ) -> tuple[list[tuple[str, str, str]], list[str]]:
-        """(source, kernel name, entry) of every device listed under the buses and classes,
-        and the sources that could not be listed."""
+        self,
+        buses: Iterable[str],
+        classes: Iterable[str],
+        state: _ScanState,
+        known: set[tuple[str, str]] | None = None,
+    ) -> tuple[list[tuple[str, str, str]], list[str], set[tuple[str, str]]]:
+        """(source, kernel name, entry) of every device listed under the buses and classes
+        (with `known`: of those not in it), the sources that could not be listed, and every
+        (source, name) listed."""
         sources = [*dict.fromkeys(buses), *(f"class/{k}" for k in dict.fromkeys(classes))]
         entries: list[tuple[str, str, str]] = []
         problems: list[str] = []
+        listed: set[tuple[str, str]] = set()
         for source in sources:
             directory = os.path.dirname(self._entry_link(source, "x"))
             try:
-                names = sorted(os.listdir(directory))
+                names = os.listdir(directory)
             except OSError as exc:
                 problems.append(f"{source}: cannot list {directory}: {exc.strerror or exc}")
                 continue
-            for name in names:
+            pairs = [(source, name) for name in names]
+            listed.update(pairs)
+            if known is not None:
+                pairs = [pair for pair in pairs if pair not in known and ":" not in pair[1]]
+            for _, name in sorted(pairs):
                 if source == USB and USB_DEVICE_NAME.fullmatch(name) is None:
                     continue  # an interface (`1-1:1.0`), listed under its device
                 if (why := name_text_problem(name)) is not None:
                     state.skipped.append((os.path.join(directory, name), f"device name {why}"))
                     continue
                 entries.append((source, name, os.path.join(directory, name)))
-        return entries, problems
+        return entries, problems, listed
 
     # ------------------------------------------------------------------ one device
 

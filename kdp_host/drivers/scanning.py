@@ -14,6 +14,10 @@ change that answer (`DirWatch.watch`). Everything else lives here, once:
   (`unchanged_since_scan`: one stat per directory); a scanner whose watched directories do
   not decide everything (sysfs: a device without nodes changes nothing in /dev) asks for a
   full rescan at least every `full_rescan_every` intervals;
+- **what changed**: each event of a watched directory (directory, entry name) is kept
+  until the next scan, which gets them (`DirWatch.changed`) so a scanner that can (sysfs)
+  reads only what they concern; the first scan, the safety net, an event without a name
+  and the scan after a failed one look at everything (`changed` None);
 - **the grace period** (`Tracker`): a device that vanished stays listed, Unhealthy, for
   `gracePeriod`; a device still present that lost one of its nodes (not an optional one)
   is Unhealthy for the grace period, then listed without it (unless it comes back);

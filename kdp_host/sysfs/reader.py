@@ -80,26 +80,30 @@ class _Index:
     by_path: dict[str, SysfsDevice]
     by_node: dict[str, set[str]]
     """Node name (relative to the dev root) -> the directories of the devices holding it."""
-    known: set[tuple[str, str]]
-    """(source, kernel name) of every device of the scan."""
+    known: dict[str, set[str]]
+    """Source -> the kernel names of the scan's devices from it."""
+    by_entry: dict[tuple[str, str], SysfsDevice]
 
     @classmethod
     def of(cls, scan: SysfsScan) -> _Index:
-        index = cls(scan, {}, {}, set())
+        index = cls(scan, {}, {}, {}, {})
         for device in scan.devices:
             index._add(device)
         return index
 
     def _add(self, device: SysfsDevice) -> None:
         self.by_path[device.path] = device
-        self.known.add((device.source, device.name))
+        self.known.setdefault(device.source, set()).add(device.name)
+        self.by_entry[(device.source, device.name)] = device
         for node in device.nodes:
             self.by_node.setdefault(node.devname, set()).add(device.path)
 
     def _remove(self, device: SysfsDevice) -> None:
         if self.by_path.get(device.path) is device:
             del self.by_path[device.path]
-        self.known.discard((device.source, device.name))
+        if self.by_entry.get((device.source, device.name)) is device:
+            del self.by_entry[(device.source, device.name)]
+            self.known.get(device.source, set()).discard(device.name)
         for node in device.nodes:
             holders = self.by_node.get(node.devname)
             if holders is not None:
@@ -143,6 +147,9 @@ class SysfsReader:
         self._next_cache: dict[tuple[str, ...], _CachedAttributes] = {}
         self._index: _Index | None = None
         """Of the last scan this reader made or updated."""
+        self._not_devices: dict[str, set[str]] = {}
+        """Source -> names listed there that are no device (USB interfaces), since the last
+        full scan."""
 
     # ------------------------------------------------------------------ listing
 
@@ -155,6 +162,7 @@ class SysfsReader:
         """Every device of the given buses and classes, with attributes and nodes."""
         state = _ScanState()
         self._next_cache = {}
+        self._not_devices = {}
         extra = tuple(dict.fromkeys(extra_attributes))
         devices: list[SysfsDevice] = []
         entries, problems, _ = self._entries(buses, classes, state)
@@ -206,7 +214,7 @@ class SysfsReader:
                 unplaced.append(devname)
         fresh: list[SysfsDevice] = []
         added: list[SysfsDevice] = []
-        listed: set[tuple[str, str]] | None = None
+        listed: dict[str, set[str]] | None = None
         if unplaced:
             entries, _, listed = self._entries(buses, classes, state, index.known)
             for source, name, link in entries:
@@ -219,28 +227,39 @@ class SysfsReader:
                     directory = self.node_directory(devname)
                     if directory is not None:
                         dirty.update(devices_reaching(directory, index.by_path))
-        devices: list[SysfsDevice] = []
         dropped: list[SysfsDevice] = []
-        for device in previous.devices:
-            if listed is not None and (device.source, device.name) not in listed:
-                dropped.append(device)
+        if listed is not None:
+            for source, names in index.known.items():
+                gone = names - listed.get(source, set())
+                dropped.extend(index.by_entry[(source, name)] for name in gone)
+        replaced: dict[str, SysfsDevice | None] = {device.path: None for device in dropped}
+        for path in dirty:
+            device = index.by_path[path]
+            if path in replaced:
                 continue
-            if device.path in dirty:
-                dropped.append(device)
-                link = self._entry_link(device.source, device.name)
-                found = self.read_device(device.source, device.name, link, extra, state)
-                if found is None or found.path != device.path:
-                    continue  # gone (or another device under its name: listed as new)
-                device = found
-                fresh.append(device)
-            devices.append(device)
+            dropped.append(device)
+            link = self._entry_link(device.source, device.name)
+            found = self.read_device(device.source, device.name, link, extra, state)
+            if found is None or found.path != path:
+                replaced[path] = None  # gone (or another device under its name: new)
+            else:
+                replaced[path] = found
+                fresh.append(found)
+        if replaced:
+            devices = [
+                replaced[device.path] if device.path in replaced else device
+                for device in previous.devices
+            ]
+        else:
+            devices = list(previous.devices)
         devices.extend(added)
         fresh.extend(added)
+        kept = tuple(device for device in devices if device is not None)
         for device in fresh:
             watch.update(self._node_dirs(device))
         self._next_cache = {}
         result = SysfsScan(
-            tuple(devices),
+            kept,
             previous.problems,
             frozenset(watch),
             tuple(dict.fromkeys((*previous.skipped, *state.skipped))),
@@ -335,15 +354,15 @@ class SysfsReader:
         buses: Iterable[str],
         classes: Iterable[str],
         state: _ScanState,
-        known: set[tuple[str, str]] | None = None,
-    ) -> tuple[list[tuple[str, str, str]], list[str], set[tuple[str, str]]]:
+        known: dict[str, set[str]] | None = None,
+    ) -> tuple[list[tuple[str, str, str]], list[str], dict[str, set[str]]]:
         """(source, kernel name, entry) of every device listed under the buses and classes
-        (with `known`: of those not in it), the sources that could not be listed, and every
-        (source, name) listed."""
+        (with `known`: of those not in it), the sources that could not be listed, and the
+        names listed of each source."""
         sources = [*dict.fromkeys(buses), *(f"class/{k}" for k in dict.fromkeys(classes))]
         entries: list[tuple[str, str, str]] = []
         problems: list[str] = []
-        listed: set[tuple[str, str]] = set()
+        listed: dict[str, set[str]] = {}
         for source in sources:
             directory = os.path.dirname(self._entry_link(source, "x"))
             try:
@@ -351,12 +370,13 @@ class SysfsReader:
             except OSError as exc:
                 problems.append(f"{source}: cannot list {directory}: {exc.strerror or exc}")
                 continue
-            pairs = [(source, name) for name in names]
-            listed.update(pairs)
+            listed[source] = set(names)
+            ignored = self._not_devices.setdefault(source, set())
             if known is not None:
-                pairs = [pair for pair in pairs if pair not in known and ":" not in pair[1]]
-            for _, name in sorted(pairs):
+                names = list(listed[source] - known.get(source, set()) - ignored)
+            for name in sorted(names):
                 if source == USB and USB_DEVICE_NAME.fullmatch(name) is None:
+                    ignored.add(name)
                     continue  # an interface (`1-1:1.0`), listed under its device
                 if (why := name_text_problem(name)) is not None:
                     state.skipped.append((os.path.join(directory, name), f"device name {why}"))

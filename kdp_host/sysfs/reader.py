@@ -246,10 +246,7 @@ class SysfsReader:
                 replaced[path] = found
                 fresh.append(found)
         if replaced:
-            devices = [
-                replaced[device.path] if device.path in replaced else device
-                for device in previous.devices
-            ]
+            devices = [replaced.get(device.path, device) for device in previous.devices]
         else:
             devices = list(previous.devices)
         devices.extend(added)

@@ -396,3 +396,20 @@ def test_updates_agree_with_full_scans(fake: FakeSysfs, seed: int) -> None:
             fake.remove_node(changed[0])
         current = reader.update(current, changed)
         assert view(current) == view(SysfsReader(str(fake.sys), str(fake.dev)).scan()), step
+
+
+def test_a_name_that_moved_to_another_device_is_read_there(fake: FakeSysfs) -> None:
+    """ttyUSB0 belonged to the adapter at 1-1; that one left and the adapter at 1-2 got
+    ttyUSB0: an update for their nodes reads the class entry where it points now."""
+    controller = fake.usb_controller()
+    first = fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="A")
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    before = reader.scan(buses=["usb"], classes=["tty"])
+    changed = fake.nodes_of(first)
+    fake.remove_device(first)
+    second = fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB0", serial="B")
+    changed += fake.nodes_of(second)
+    after = reader.update(before, changed, buses=["usb"], classes=["tty"])
+    assert view(after) == view(reader.scan(buses=["usb"], classes=["tty"]))
+    [tty] = [d for d in after.devices if d.name == "ttyUSB0"]
+    assert "/1-2/" in tty.path

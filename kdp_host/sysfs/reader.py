@@ -241,7 +241,9 @@ class SysfsReader:
             link = self._entry_link(device.source, device.name)
             found = self.read_device(device.source, device.name, link, extra, state)
             if found is None or found.path != path:
-                replaced[path] = None  # gone (or another device under its name: new)
+                replaced[path] = None  # gone
+                if found is not None:
+                    added.append(found)  # another device under its name
             else:
                 replaced[path] = found
                 fresh.append(found)

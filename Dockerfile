@@ -71,10 +71,13 @@ RUN apt-get update \
 # Install from the builder's wheels only (no index), then drop the packaging tools. Pinned to
 # VERSION, so the label is the version of the package installed (a wrong --build-arg fails).
 # kdp-host[uvloop]: uvloop is an optional, faster event loop (see the design notes).
+# The last step proves the base image has the exec wrapper commands die with the host
+# through (util-linux's setpriv with --pdeathsig, and /bin/sh): the build fails otherwise.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels "kdp-host[uvloop]==${VERSION}" \
     && pip uninstall -y setuptools wheel pip \
-    && kdp-host version
+    && kdp-host version \
+    && setpriv --pdeathsig KILL -- /bin/sh -c true
 
 # /metrics, /healthz, /readyz (config metrics.listen)
 EXPOSE 9410

@@ -124,14 +124,14 @@ $(DIST_TOOLS): $(STAMP)
 	$(BIN)/python -m pip install --quiet --group dist
 	touch $@
 
-## protos: regenerate kdp_host/api/ from protos/ (betterproto2, async client and server)
+## protos: regenerate kdp_host/api/ from every protos/*.proto (betterproto2, async client and server)
 protos: $(STAMP)
 	rm -rf kdp_host/api
 	mkdir -p kdp_host/api
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
 	    --python_betterproto2_out=kdp_host/api \
 	    --python_betterproto2_opt=client_generation=async,server_generation=async \
-	    protos/api.proto
+	    $(sort $(wildcard protos/*.proto))
 
 ## bench: the benchmarks in tests/bench (not part of make test); prints a table, writes bench-results/
 bench: $(STAMP)

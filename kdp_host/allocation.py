@@ -10,9 +10,7 @@ collapse into one DeviceSpec, one CDI name, one entry of `{ids}`.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import itertools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,14 +19,15 @@ from typing import Final
 
 from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
 from .config import MountConfig, PreferredPolicy, ResourceConfig, render_template
-from .devices import REPLICA_SEPARATOR, Advertised, Device, DeviceMount, Snapshot
+from .devices import REPLICA_SEPARATOR, Advertised, Device, DeviceMount, DeviceNode, Snapshot
 from .drivers.probe_output import ContainerExtras
-from .rules import CDI_DEVICE_NAME
+from .rules import CDI_DEVICE_NAME, CDI_NAME_ESCAPE, LIST_SEPARATOR, join_list
 
-ALLOCATION_DEPENDENT_FIELD = re.compile(r"\{(ids|paths|count)\}")
+ALLOCATION_DEPENDENT_FIELDS: Final = frozenset({"ids", "paths", "count"})
 """Template fields whose value depends on which devices a container got."""
 
-_CDI_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
+_CDI_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+"""What the readable part of an escaped CDI name replaces (`:` too: it has no `::`)."""
 
 
 class AllocationError(ValueError):
@@ -37,19 +36,22 @@ class AllocationError(ValueError):
 
 
 def cdi_device_name(device_id: str) -> str:
-    """The CDI device name of a physical device: the ID itself when CDI accepts it.
+    """The CDI device name of a physical device: one-to-one, so two devices of a resource
+    never share a name (their resource owns its CDI kind: config check).
 
-    CDI device names are `[A-Za-z0-9]`, then `[A-Za-z0-9_.:-]`, ending alphanumeric. Glob IDs
-    almost always qualify; shell IDs may not (`dongle/1`, `_x`, `a b`). Those are mapped to
-    the ID with unsafe characters replaced by `_`, trimmed to alphanumeric ends, plus `-` and
-    8 hex digits of the ID's SHA-256: stable, valid, and distinct for distinct IDs. The
-    Allocate response and the CDI spec file both name devices with this function.
+    CDI device names are `[A-Za-z0-9]`, then `[A-Za-z0-9_.:-]`, ending alphanumeric. An ID
+    that is such a name and holds no `::` is its own name (glob IDs, most others). Any other
+    ID (`dongle/1`, `_x`, `a::b`) is named `<readable>::<hex of the ID's UTF-8>`: the
+    readable part has no `:`, so the first `::` starts the hex, which spells the whole ID --
+    distinct from every other ID's name by construction, and never an ID's own name (those
+    have no `::`). The Allocate response and the CDI spec file both name devices with this
+    function.
     """
-    if CDI_DEVICE_NAME.fullmatch(device_id):
+    if CDI_DEVICE_NAME.fullmatch(device_id) and CDI_NAME_ESCAPE not in device_id:
         return device_id
-    digest = hashlib.sha256(device_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    readable = _CDI_UNSAFE.sub("_", device_id).strip("_.:-")
-    return f"{readable}-{digest}" if readable else digest
+    spelled = device_id.encode("utf-8", "surrogatepass").hex()
+    readable = _CDI_UNSAFE.sub("_", device_id).strip("_.-") or "id"
+    return f"{readable}{CDI_NAME_ESCAPE}{spelled}"
 
 
 def has_cdi_edits(device: Device) -> bool:
@@ -62,6 +64,70 @@ def has_cdi_edits(device: Device) -> bool:
     return bool(device.nodes or device.mounts)
 
 
+HOOK: Final = "allocate.command"
+"""The owner named for what an `allocate.command` printed."""
+
+
+class _ContainerPaths:
+    """The device nodes and mounts of one container, by container path: the one place that
+    refuses two different things for one container path.
+
+    The kubelet keeps only one of them (docs/kubelet-contract.md §7), so the container would
+    get fewer nodes or mounts than it was charged for, or a mount over a device node.
+    Identical entries (a node every device shares, such as /dev/vfio/vfio) are kept once.
+    """
+
+    def __init__(self, resource: str, permissions: str) -> None:
+        self._resource = resource
+        self._permissions = permissions
+        self.specs: dict[str, DeviceSpec] = {}
+        self.mounts: dict[str, Mount] = {}
+        self._owners: dict[str, str] = {}
+
+    def add_node(self, owner: str, node: DeviceNode) -> DeviceSpec | None:
+        """Claim `node`'s container path; the new DeviceSpec, or None if it was there."""
+        path = node.container_path
+        known = self.specs.get(path)
+        if known is not None:
+            if known.host_path != node.host_path:
+                raise self._collision("device node", path, known.host_path, owner, node.host_path)
+            return None
+        if path in self.mounts:
+            raise self._collision(
+                "device node", path, self.mounts[path].host_path, owner, node.host_path
+            )
+        spec = DeviceSpec(
+            container_path=path,
+            host_path=node.host_path,
+            permissions=node.permissions or self._permissions,
+        )
+        self.specs[path] = spec
+        self._owners[path] = owner
+        return spec
+
+    def add_mount(self, owner: str, mount: MountConfig | DeviceMount) -> None:
+        path = mount.container_path
+        if path in self.specs:
+            raise self._collision("mount", path, self.specs[path].host_path, owner, mount.host_path)
+        known = self.mounts.get(path)
+        if known is None:
+            self.mounts[path] = Mount(
+                container_path=path, host_path=mount.host_path, read_only=mount.read_only
+            )
+            self._owners[path] = owner
+        elif (known.host_path, known.read_only) != (mount.host_path, mount.read_only):
+            raise self._collision("mount", path, known.host_path, owner, mount.host_path)
+
+    def _collision(
+        self, what: str, path: str, first_host: str, owner: str, host: str
+    ) -> AllocationError:
+        return AllocationError(
+            f"{self._resource}: cannot allocate: {what} container path {path} is claimed "
+            f"twice, by {self._owners[path]} (host path {first_host}) and by {owner} (host "
+            f"path {host}); the runtime would keep only one of them"
+        )
+
+
 @dataclass(frozen=True)
 class AllocationBuilder:
     """Turns requested device IDs into the container options the kubelet passes on."""
@@ -69,83 +135,64 @@ class AllocationBuilder:
     resource: ResourceConfig
 
     def container_response(
-        self, snapshot: Snapshot, requested_ids: Sequence[str]
+        self,
+        snapshot: Snapshot,
+        requested_ids: Sequence[str],
+        extras: ContainerExtras | None = None,
     ) -> ContainerAllocateResponse:
-        """The options for one container; raises AllocationError for unknown/unhealthy IDs.
+        """The options for one container, with what its `allocate.command` printed (`extras`,
+        whose keys and names the response has already are left out); raises AllocationError
+        for unknown/unhealthy IDs and for two different nodes or mounts on one container path.
 
         The result depends only on the *set* of physical devices behind the requested IDs
         (the kubelet sends IDs in Go map order): devices are taken in ID order.
         """
         entries = self._resolve(snapshot, requested_ids)
         allocate = self.resource.allocate
+        name = self.resource.name
         physical = sorted({e.device.id: e.device for e in entries}.values(), key=_device_id)
-        specs: dict[str, DeviceSpec] = {}
-        spec_owner: dict[str, str] = {}
+        paths = _ContainerPaths(name, allocate.permissions)
         for device in physical:
             for node in device.nodes:
-                spec = specs.get(node.container_path)
-                if spec is None:
-                    specs[node.container_path] = DeviceSpec(
-                        container_path=node.container_path,
-                        host_path=node.host_path,
-                        permissions=node.permissions or allocate.permissions,
-                    )
-                    spec_owner[node.container_path] = device.id
-                elif spec.host_path != node.host_path:
-                    raise self._collision(
-                        "device node",
-                        node.container_path,
-                        (spec_owner[node.container_path], spec.host_path),
-                        (device.id, node.host_path),
-                    )
-        values = template_values(self.resource.name, physical, specs)
+                paths.add_node(device.id, node)
+        device_specs = list(paths.specs.values())
+        values = template_values(name, physical, paths.specs)
         envs = {key: render_template(text, values) for key, text in allocate.env.items()}
         annotations = {
             key: render_template(text, values) for key, text in allocate.annotations.items()
         }
-        _merge_device_maps(envs, (device.env for device in physical))
-        _merge_device_maps(annotations, (device.annotations for device in physical))
-        mounts: dict[str, Mount] = {}
-        mount_owner: dict[str, str] = {}
-        configured = (("allocate.mounts", mount) for mount in allocate.mounts)
-        device_mounts = ((device.id, mount) for device in physical for mount in device.mounts)
-        every_mount: Iterable[tuple[str, MountConfig | DeviceMount]] = itertools.chain(
-            configured, device_mounts
+        _merge_device_maps(name, "env", envs, ((d.id, d.env) for d in physical))
+        _merge_device_maps(
+            name, "annotation", annotations, ((d.id, d.annotations) for d in physical)
         )
-        for owner, mount in every_mount:
-            path = mount.container_path
-            if path in specs:
-                raise self._collision(
-                    "mount",
-                    path,
-                    (spec_owner[path], specs[path].host_path),
-                    (owner, mount.host_path),
-                )
-            known = mounts.get(path)
-            if known is None:
-                mounts[path] = Mount(
-                    container_path=path, host_path=mount.host_path, read_only=mount.read_only
-                )
-                mount_owner[path] = owner
-            elif (known.host_path, known.read_only) != (mount.host_path, mount.read_only):
-                raise self._collision(
-                    "mount", path, (mount_owner[path], known.host_path), (owner, mount.host_path)
-                )
+        for configured in allocate.mounts:
+            paths.add_mount("allocate.mounts", configured)
+        for device in physical:
+            for device_mount in device.mounts:
+                paths.add_mount(device.id, device_mount)
         cdi = allocate.cdi
-        response = ContainerAllocateResponse(
-            envs=envs,
-            mounts=list(mounts.values()),
-            annotations=annotations,
+        specs = device_specs if cdi is None or cdi.also_device_specs else []
+        cdi_names = (
+            []
+            if cdi is None
+            else [f"{cdi.kind}={cdi_device_name(d.id)}" for d in physical if has_cdi_edits(d)]
         )
-        if cdi is None or cdi.also_device_specs:
-            response.devices = list(specs.values())
-        if cdi is not None:
-            response.cdi_devices = [
-                CdiDevice(name=f"{cdi.kind}={cdi_device_name(device.id)}")
-                for device in physical
-                if has_cdi_edits(device)
-            ]
-        return response
+        if extras is not None:
+            for key, value in extras.env.items():
+                envs.setdefault(key, value)
+            for key, value in extras.annotations.items():
+                annotations.setdefault(key, value)
+            specs += [spec for node in extras.nodes if (spec := paths.add_node(HOOK, node))]
+            for printed in extras.mounts:
+                paths.add_mount(HOOK, printed)
+            cdi_names = list(dict.fromkeys([*cdi_names, *extras.cdi_devices]))
+        return ContainerAllocateResponse(
+            envs=envs,
+            mounts=list(paths.mounts.values()),
+            devices=specs,
+            annotations=annotations,
+            cdi_devices=[CdiDevice(name=cdi_name) for cdi_name in cdi_names],
+        )
 
     def physical_devices(
         self, snapshot: Snapshot, requested_ids: Sequence[str], *, healthy_only: bool = True
@@ -154,19 +201,6 @@ class AllocationBuilder:
         for unknown IDs (and, with `healthy_only`, for unhealthy ones)."""
         entries = self._resolve(snapshot, requested_ids, healthy_only=healthy_only)
         return sorted({e.device.id: e.device for e in entries}.values(), key=_device_id)
-
-    def _collision(
-        self, what: str, container_path: str, first: tuple[str, str], second: tuple[str, str]
-    ) -> AllocationError:
-        """Two different things for one container path: the kubelet keeps only one of them
-        (docs/kubelet-contract.md §7), so the container would get fewer nodes or mounts than
-        it was charged for. Identical entries (a node every device shares, such as
-        /dev/vfio/vfio) are passed once."""
-        return AllocationError(
-            f"{self.resource.name}: cannot allocate: {what} container path {container_path} is "
-            f"claimed twice, by {first[0]} (host path {first[1]}) and by {second[0]} (host path "
-            f"{second[1]}); the runtime would keep only one (fix the driver's container paths)"
-        )
 
     def _resolve(
         self, snapshot: Snapshot, requested_ids: Sequence[str], *, healthy_only: bool = True
@@ -197,10 +231,13 @@ class AllocationBuilder:
 def template_values(
     resource: str, physical: Sequence[Device], container_paths: Iterable[str]
 ) -> dict[str, str]:
-    """The values of the allocate templates: `{ids}`, `{paths}`, `{count}`, `{resource}`."""
+    """The values of the allocate templates: `{ids}`, `{paths}`, `{count}`, `{resource}`.
+
+    Lists are rendered by rules.join_list, whose separator no ID or device path contains,
+    so they split back into exactly the devices of the container."""
     return {
-        "ids": ",".join(device.id for device in physical),
-        "paths": ",".join(container_paths),
+        "ids": join_list(device.id for device in physical),
+        "paths": join_list(container_paths),
         "count": str(len(physical)),
         "resource": resource,
     }
@@ -211,72 +248,51 @@ def hook_values(resource: str, physical: Sequence[Device]) -> dict[str, str]:
     paths as Allocate passes them, one per container path) plus `{hostPaths}`."""
     nodes = {n.container_path: n for device in physical for n in device.nodes}
     values = template_values(resource, physical, nodes)
-    values["hostPaths"] = ",".join(dict.fromkeys(n.host_path for n in nodes.values()))
+    values["hostPaths"] = join_list(dict.fromkeys(n.host_path for n in nodes.values()))
     return values
 
 
-def device_env(physical: Iterable[Device]) -> dict[str, str]:
-    """The devices' own env entries, distinct values joined like Allocate joins them."""
+def device_env(resource: str, physical: Iterable[Device]) -> dict[str, str]:
+    """The devices' own env entries, distinct values joined like Allocate joins them;
+    raises AllocationError like Allocate."""
     env: dict[str, str] = {}
-    _merge_device_maps(env, (device.env for device in physical))
+    _merge_device_maps(resource, "env", env, ((device.id, device.env) for device in physical))
     return env
-
-
-def add_extras(
-    response: ContainerAllocateResponse, extras: ContainerExtras, permissions: str
-) -> None:
-    """Add what an `allocate.command` printed to a container response: keys and paths the
-    response already has win (like per-device entries, configured ones come first)."""
-    for key, value in extras.env.items():
-        response.envs.setdefault(key, value)
-    for key, value in extras.annotations.items():
-        response.annotations.setdefault(key, value)
-    mounts = {m.container_path for m in response.mounts}
-    for mount in extras.mounts:
-        if mount.container_path not in mounts:
-            mounts.add(mount.container_path)
-            response.mounts.append(
-                Mount(
-                    container_path=mount.container_path,
-                    host_path=mount.host_path,
-                    read_only=mount.read_only,
-                )
-            )
-    specs = {d.container_path for d in response.devices}
-    for node in extras.nodes:
-        if node.container_path not in specs:
-            specs.add(node.container_path)
-            response.devices.append(
-                DeviceSpec(
-                    container_path=node.container_path,
-                    host_path=node.host_path,
-                    permissions=node.permissions or permissions,
-                )
-            )
-    names = {d.name for d in response.cdi_devices}
-    for name in extras.cdi_devices:
-        if name not in names:
-            names.add(name)
-            response.cdi_devices.append(CdiDevice(name=name))
 
 
 def _device_id(device: Device) -> str:
     return device.id
 
 
-def _merge_device_maps(target: dict[str, str], sources: Iterable[Mapping[str, str]]) -> None:
+def _merge_device_maps(
+    resource: str,
+    what: str,
+    target: dict[str, str],
+    sources: Iterable[tuple[str, Mapping[str, str]]],
+) -> None:
     """Per-device entries join the resource-level ones; configured keys win.
 
-    When several devices set the same key, their distinct values are joined with commas
-    in device order (e.g. one `FPGA_SLOT` per device becomes `FPGA_SLOT=0,1`).
+    When several devices set the same key, their distinct values are a list, rendered by
+    rules.join_list in device order (one `FPGA_SLOT` per device becomes `FPGA_SLOT=0,1`).
+    A value holding the separator could not be told apart from two values there (a USB
+    serial `A,B` would name another stick's serial `B`), so such a list is refused
+    (AllocationError); alone, a value is passed as it is.
     """
-    collected: dict[str, list[str]] = defaultdict(list)
-    for source in sources:
+    collected: dict[str, dict[str, str]] = defaultdict(dict)
+    for device_id, source in sources:
         for key, value in source.items():
-            if key not in target and value not in collected[key]:
-                collected[key].append(value)
+            if key not in target:
+                collected[key].setdefault(value, device_id)
     for key, values in collected.items():
-        target[key] = ",".join(values)
+        if len(values) > 1:
+            for value, device_id in values.items():
+                if LIST_SEPARATOR in value:
+                    raise AllocationError(
+                        f"{resource}: cannot allocate: {what} {key} of device {device_id} is "
+                        f"{value!r}, which holds {LIST_SEPARATOR!r}: joined with the other "
+                        "devices' values it would not split back into one value per device"
+                    )
+        target[key] = join_list(values)
 
 
 # --------------------------------------------------------------------------- preferred

@@ -4,9 +4,10 @@ Allocate answers with CDI device names `<kind>=<name>`; the container runtime re
 them through spec files in its CDI directories (`/etc/cdi`, `/var/run/cdi`). For each such
 resource the host keeps one JSON spec there, named after the resource
 (`kdp-host_vendor.example_fpga.json`): resource names are unique in a config and the
-kubelet takes one plugin per resource, so two resources never share a file, even when
-they share a CDI kind, and a restarted host overwrites its own file instead of leaving a
-second one.
+kubelet takes one plugin per resource, so two resources never share a file, and a restarted
+host overwrites its own file instead of leaving a second one. A CDI kind belongs to one
+resource (config check) and `allocation.cdi_device_name` is one-to-one, so every
+`kind=name` the host publishes is unique.
 
 What goes into the spec (each device: device nodes and mounts; the spec: the resource's
 mounts) is what is true for a device whatever else the container got. Runtimes apply CDI
@@ -30,16 +31,18 @@ import json
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .allocation import ALLOCATION_DEPENDENT_FIELD, cdi_device_name, has_cdi_edits
-from .config import CdiConfig, ResourceConfig, render_template
+from .allocation import ALLOCATION_DEPENDENT_FIELDS, cdi_device_name, has_cdi_edits
+from .config import CdiConfig, ResourceConfig, render_template, template_fields
 from .devices import Device, DeviceTable, Snapshot
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .rules import cdi_kind_problem
+from .watch import Watcher
 
 DEFAULT_SPEC_DIR = "/var/run/cdi"
 FILE_PREFIX = "kdp-host_"
@@ -49,7 +52,10 @@ DEBOUNCE = 0.05
 RETRY_INTERVAL = 5.0
 """Seconds before retrying a failed write when nothing changed meanwhile."""
 VERIFY = 10.0
-"""Seconds between checks that the spec file on disk is still the one written."""
+"""Seconds between checks that the spec file on disk is still the one written (a safety net:
+the spec dir is watched, so a change shows within milliseconds)."""
+LEASE = 3 * VERIFY
+"""An owner file not refreshed for this long belongs to an instance that is gone."""
 
 
 def spec_dir(resource: ResourceConfig) -> str:
@@ -72,6 +78,13 @@ def spec_file_name(resource_name: str) -> str:
 
 def spec_path(resource: ResourceConfig) -> str:
     return os.path.join(spec_dir(resource), spec_file_name(resource.name))
+
+
+def owner_path(spec: str) -> str:
+    """The owner file of a spec file: `.kdp-host_vendor.example_fpga.owner` next to it (a
+    name CDI ignores: it reads only `.json` and `.yaml` files)."""
+    directory, name = os.path.split(spec)
+    return os.path.join(directory, f".{name.removesuffix('.json')}.owner")
 
 
 def minimum_cdi_version(kind: str, additional_gids: bool = False) -> str:
@@ -100,17 +113,12 @@ def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] |
     allocate = resource.allocate
     shared_env = _consistent_device_env(snapshot.devices, allocate.env.keys())
     devices: list[dict[str, Any]] = []
-    names: set[str] = set()
     for device in snapshot.devices:
         if not has_cdi_edits(device):
             continue
-        name = cdi_device_name(device.id)
-        if name in names:
-            continue
-        names.add(name)
         devices.append(
             {
-                "name": name,
+                "name": cdi_device_name(device.id),  # one-to-one: no two entries share it
                 "containerEdits": _device_edits(device, allocate.permissions, shared_env, cdi),
             }
         )
@@ -125,7 +133,7 @@ def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] |
     env = [
         f"{key}={render_template(text, values)}"
         for key, text in allocate.env.items()
-        if not ALLOCATION_DEPENDENT_FIELD.search(text)
+        if not template_fields(text) & ALLOCATION_DEPENDENT_FIELDS
     ]
     mounts: dict[str, dict[str, Any]] = {}
     for mount in allocate.mounts:
@@ -233,7 +241,14 @@ class CdiSpecWriter:
     count_failure: Callable[[], None] = field(default=lambda: None)
     offload: Offload = field(default_factory=DaemonThreads)
     """Where rendering and file reads, writes and removals run (the host's)."""
+    instance: str = field(default_factory=lambda: secrets.token_hex(4))
+    """This host instance (its socket names carry it too): the owner of the file it writes."""
+    watcher: Watcher | None = None
+    """Watches the spec dir, so a file removed or replaced behind the writer's back is seen
+    at once (without it, at the next verify)."""
+    lease: float = LEASE
     path: str = field(init=False)
+    owner_file: str = field(init=False)
     writes: int = field(default=0, init=False)
     """Files written."""
     failures: int = field(default=0, init=False)
@@ -245,9 +260,11 @@ class CdiSpecWriter:
     first_sync: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     """Set after the first attempt to write the driver's first list (success or not)."""
     _last_error: str | None = field(default=None, init=False, repr=False)
+    _handed_over: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = spec_path(self.resource)
+        self.owner_file = owner_path(self.path)
         if self.resource.allocate.cdi is not None:
             self.table.hold_unhealthy(self._unresolvable)
 
@@ -269,30 +286,80 @@ class CdiSpecWriter:
             return
         if problem := cdi_kind_problem(cdi.kind):
             self.log.error("cdi_kind_invalid", kind=cdi.kind, reason=problem)
+        changed_on_disk = asyncio.Event()
+        names = {os.path.basename(self.path), os.path.basename(self.owner_file)}
+
+        def on_event(name: str | None) -> None:
+            if name is None or name in names:
+                changed_on_disk.set()
+
+        subscription = (
+            None
+            if self.watcher is None
+            else self.watcher.subscribe(os.path.dirname(self.path), on_event)
+        )
         try:
             self._set_on_disk(await self._read())
             await self.table.published.wait()
+            await self._take_over()
             snapshot = self.table.snapshot
             while True:
                 synced = await self._sync(snapshot)
                 self.first_sync.set()
                 timeout = self.retry_interval if not synced else self.verify_interval
+                changed_on_disk.clear()
+                newer = asyncio.ensure_future(self.table.wait_newer(snapshot.version))
+                on_disk = asyncio.ensure_future(changed_on_disk.wait())
                 try:
-                    async with asyncio.timeout(timeout):
-                        snapshot = await self.table.wait_newer(snapshot.version)
-                except TimeoutError:
-                    # Nothing changed: check the file is still ours (another instance
-                    # stopping during a rolling upgrade removes the same file name).
+                    done, _ = await asyncio.wait(
+                        {newer, on_disk}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    newer.cancel()
+                    on_disk.cancel()
+                if newer not in done:
+                    # The file changed behind our back (another instance, an operator) or
+                    # the verify interval passed: look at what is on disk now (the sync
+                    # below restores it if it is ours); as the owner, refresh the lease.
                     self._set_on_disk(await self._read())
+                    if on_disk not in done and await self._owner() == self.instance:
+                        await self.offload.run(lambda: touch(self.owner_file))
                 await asyncio.sleep(self.debounce)
                 snapshot = self.table.snapshot
         finally:
+            if subscription is not None:
+                subscription.cancel()
             await self._remove()
+
+    async def _owner(self) -> str | None:
+        """The instance that owns the spec file now (None: nobody, or its lease ran out)."""
+        return await self.offload.run(lambda: read_owner(self.owner_file, self.lease))
+
+    async def _take_over(self) -> None:
+        """The newest instance owns the file: during a rolling upgrade the new one takes it
+        from the old one, which then neither writes nor removes it."""
+        owner = f"{self.instance}\n".encode()
+        try:
+            await self.offload.run(lambda: write_atomic(self.owner_file, owner))
+        except OSError as exc:
+            self.log.warning("cdi_owner_write_failed", path=self.owner_file, reason=str(exc))
+
+    async def _may_write(self) -> bool:
+        """Whether this instance owns the file (taking it over when nobody does)."""
+        owner = await self._owner()
+        if owner is None:
+            self.log.info("cdi_spec_taken_over", path=self.path, reason="no live owner")
+            await self._take_over()
+            return True
+        if owner != self.instance and not self._handed_over:
+            self.log.info("cdi_spec_handed_over", path=self.path, owner=owner)
+        self._handed_over = owner != self.instance
+        return not self._handed_over
 
     async def _sync(self, snapshot: Snapshot) -> bool:
         try:
             content = await self.offload.run(lambda: render_spec_file(self.resource, snapshot))
-            if content != self._on_disk:
+            if content != self._on_disk and await self._may_write():
                 if content is None:
                     await self._unlink()
                     self.log.info("cdi_spec_removed", path=self.path, reason="no_devices")
@@ -326,9 +393,16 @@ class CdiSpecWriter:
             self._last_error = message
 
     async def _remove(self) -> None:
+        """Remove the file at stop, unless another instance owns it now (it serves the same
+        resource: during a rolling upgrade the old instance must leave the new one's file)."""
         try:
-            if await self._unlink():
-                self.log.info("cdi_spec_removed", path=self.path, reason="resource_stopped")
+            owner = await self._owner()
+            if owner not in (None, self.instance):
+                self.log.info("cdi_spec_left", path=self.path, owner=owner)
+            else:
+                if await self._unlink():
+                    self.log.info("cdi_spec_removed", path=self.path, reason="resource_stopped")
+                await self.offload.run(lambda: unlink(self.owner_file))
         except OSError as exc:
             self.failures += 1
             self.count_failure()
@@ -398,6 +472,24 @@ def read_or_none(path: str) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def read_owner(path: str, lease: float, now: Callable[[], float] = time.time) -> str | None:
+    """The instance named in an owner file, or None when it is missing, empty or its lease
+    (the file's age) ran out."""
+    try:
+        with open(path, "rb") as f:
+            age = now() - os.fstat(f.fileno()).st_mtime
+            owner = f.read(256).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return owner if owner and age <= lease else None
+
+
+def touch(path: str) -> None:
+    """Refresh a lease: the owner file's modification time."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def unlink(path: str) -> bool:

@@ -1,9 +1,10 @@
-"""The `kdp-host` command: run, check, version, simulate-kubelet, demo."""
+"""The `kdp-host` command: run, check, discover, status, version, simulate-kubelet, demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -54,18 +55,26 @@ async def _run(config: Config, config_path: Path) -> int:
     from .host import Host
     from .http import HealthState, HttpServer
     from .metrics import Metrics
+    from .status import devices_document
 
     log = get_logger()
     metrics = Metrics(histograms=config.metrics.histograms)
     health = HealthState()
+    host = Host(config=config, metrics=metrics, log=log, config_path=config_path, health=health)
     try:
-        http = HttpServer(config.metrics.host, config.metrics.port, metrics, health)
+        http = HttpServer(
+            config.metrics.host,
+            config.metrics.port,
+            metrics,
+            health,
+            devices=functools.partial(devices_document, host) if config.metrics.devices else None,
+        )
     except OSError as exc:
         log.error("metrics_listen_failed", listen=config.metrics.listen, reason=str(exc))
         return EXIT_INVALID
     http.start()
-    log.info("http_serving", listen=http.address, paths="/metrics,/healthz,/readyz")
-    host = Host(config=config, metrics=metrics, log=log, config_path=config_path, health=health)
+    paths = "/metrics,/healthz,/readyz" + (",/devices" if config.metrics.devices else "")
+    log.info("http_serving", listen=http.address, paths=paths)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,8 +103,7 @@ class CheckRow:
     text: str
     failed: bool = False
     """The driver's scan failed (the text is its error)."""
-    nodes: tuple[str, ...] = ()
-    """The host paths of the device's nodes."""
+    device: Device | None = None
 
 
 async def _check(config: Config) -> list[CheckRow]:
@@ -115,13 +123,7 @@ async def _check(config: Config) -> list[CheckRow]:
         if not devices:
             rows.append(CheckRow(resource.name, kind, "(no devices found now)"))
         rows.extend(
-            CheckRow(
-                resource.name,
-                kind,
-                device_cell(device),
-                nodes=tuple(node.host_path for node in device.nodes),
-            )
-            for device in devices
+            CheckRow(resource.name, kind, device_cell(device), device=device) for device in devices
         )
     return rows
 
@@ -129,10 +131,26 @@ async def _check(config: Config) -> list[CheckRow]:
 def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
     """A line for each device that would hand out the root filesystem's disk."""
     return [
-        f"warning: {row.resource} hands out the root filesystem's disk: {quote_text(node)}"
+        f"warning: {row.resource} hands out the root filesystem's disk: "
+        f"{quote_text(node.host_path)}"
         for row in rows
-        for node in row.nodes
-        if root.holds(node)
+        if row.device is not None
+        for node in row.device.nodes
+        if root.holds(node.host_path)
+    ]
+
+
+def overlap_warnings(rows: list[CheckRow]) -> list[str]:
+    """One line per node or mount source two devices would reach: the host advertises only
+    the first (docs: Reliability, one node, one advertised device)."""
+    from .ownership import overlaps
+
+    found = overlaps((row.resource, row.device) for row in rows if row.device is not None)
+    return [
+        f"warning: {quote_text(o.path)} is reachable from {quote_text(o.first.resource)} "
+        f"(device {quote_text(o.first.device)}) and {quote_text(o.second.resource)} (device "
+        f"{quote_text(o.second.device)}): only the first to claim it is advertised"
+        for o in found
     ]
 
 
@@ -157,8 +175,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
     for row in rows:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
-    for line in root_disk_warnings(rows, find_root_disk(args.root_fs, args.sysfs_root)):
-        print(line)
+    for warning in overlap_warnings(rows):
+        print(warning, file=sys.stderr)
+    for warning in root_disk_warnings(rows, find_root_disk(args.root_fs, args.sysfs_root)):
+        print(warning, file=sys.stderr)
     failed = sorted({row.resource for row in rows if row.failed})
     if failed and not args.allow_driver_errors:
         print(
@@ -175,6 +195,19 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from .sysfs.cli import discover_command
 
     return discover_command(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Who holds each device, asked of a running host (its `/devices`)."""
+    from .status import status_command
+
+    listen = "127.0.0.1:9410"
+    if args.config is not None:
+        config = _load_or_report(Path(args.config))
+        if config is None:
+            return EXIT_INVALID
+        listen = config.metrics.listen
+    return status_command(args, listen)
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -275,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .sysfs.cli import add_discover_arguments
 
     add_discover_arguments(discover)
+    status = add(
+        "status", cmd_status, "Show each device's health, who holds it, and its release state."
+    )
+    from .status import add_status_arguments
+
+    add_status_arguments(status, config_help)
     add("version", cmd_version, "Print the version.")
     sim = add("simulate-kubelet", cmd_simulate_kubelet, "Run a kubelet device-manager simulator.")
     sim.add_argument(

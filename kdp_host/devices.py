@@ -201,6 +201,13 @@ def replica_ids(device_id: str, replicas: int) -> list[str]:
     return [f"{device_id}{REPLICA_SEPARATOR}{k}" for k in range(replicas)]
 
 
+def physical_id(advertised_id: str, replicas: int) -> str:
+    """The device a replica ID (`<id>::<k>`) belongs to: the inverse of `replica_ids`."""
+    if replicas == 1:
+        return advertised_id
+    return advertised_id.rpartition(REPLICA_SEPARATOR)[0] or advertised_id
+
+
 class DeviceTable:
     """The current device list of one resource, as versioned immutable snapshots."""
 

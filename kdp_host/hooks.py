@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from grpclib.const import Status
 
 from .allocation import AllocationBuilder, AllocationError, device_env, hook_values
+from .api.v1beta1 import ContainerAllocateResponse
 from .config import PreStartConfig, ResourceConfig, render_template
-from .devices import Device, DeviceTable
-from .drivers.probe_output import ContainerExtras, ProbeOutputError, parse_allocate_output
+from .devices import Device, DeviceTable, Snapshot
+from .drivers.probe_output import ProbeOutputError, parse_allocate_output
 from .logs import EventLogger
-from .metrics import HookResult, Metrics
+from .metrics import HookName, HookResult, Metrics
 from .process import CommandError, CommandResult, CommandRunner
 
 STDERR_IN_STATUS = 512
@@ -44,6 +45,16 @@ _COMMAND_ERROR_RESULTS: Mapping[str, HookResult] = {
     "output_too_large": "output_too_large",
 }
 """CommandError reasons as hook results (anything else counts as `exit`)."""
+
+
+def configured_hooks(config: ResourceConfig) -> frozenset[HookName]:
+    """The hooks a resource's config has (their series exist only then)."""
+    present: dict[HookName, object] = {
+        "preStart": config.pre_start,
+        "allocate.command": config.allocate.command,
+        "release": config.release,
+    }
+    return frozenset(name for name, section in present.items() if section is not None)
 
 
 class HookFailed(Exception):
@@ -66,7 +77,7 @@ def _stderr_tail(stderr: str) -> str:
     return text
 
 
-async def _run(
+async def run_hook(
     commands: CommandRunner,
     what: str,
     argv: Sequence[str],
@@ -152,10 +163,13 @@ class PreStartHook:
 
     async def _run_command(self, physical: Sequence[Device]) -> None:
         values = hook_values(self.resource.name, physical)
-        env = device_env(physical)
+        try:
+            env = device_env(self.resource.name, physical)
+        except AllocationError as exc:
+            raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None
         env.update({key: render_template(text, values) for key, text in self.config.env.items()})
         what = f"{self.resource.name}: preStart for {values['ids']}:"
-        await _run(
+        await run_hook(
             self.commands,
             what,
             render_argv(self.config.command, values),
@@ -178,18 +192,21 @@ class AllocateHook:
     def __post_init__(self) -> None:
         self.metrics.add_allocate_hook(self.resource)
 
-    async def extras(self, physical: Sequence[Device]) -> ContainerExtras:
-        """What the command adds to the container's response; raises HookFailed."""
+    async def response(
+        self, builder: AllocationBuilder, snapshot: Snapshot, requested_ids: Sequence[str]
+    ) -> ContainerAllocateResponse:
+        """Run the command for a container's devices and build its response with what the
+        command printed; raises HookFailed (INVALID_ARGUMENT when the output claims a
+        container path the response has for something else). Raises AllocationError,
+        without running the command, when the devices' own env cannot be passed to it."""
+        physical = builder.physical_devices(snapshot, requested_ids)
         values = hook_values(self.resource, physical)
+        env = device_env(self.resource, physical)
         what = f"{self.resource}: allocate.command for {values['ids']}:"
         counter = self.metrics.allocate_hooks
         try:
-            result = await _run(
-                self.commands,
-                what,
-                render_argv(self.command, values),
-                device_env(physical),
-                self.timeout,
+            result = await run_hook(
+                self.commands, what, render_argv(self.command, values), env, self.timeout
             )
             try:
                 extras = parse_allocate_output(result.stdout)
@@ -197,6 +214,10 @@ class AllocateHook:
                 raise HookFailed(
                     Status.FAILED_PRECONDITION, "parse", f"{what} output does not parse: {exc}"
                 ) from None
+            try:
+                response = builder.container_response(snapshot, requested_ids, extras)
+            except AllocationError as exc:
+                raise HookFailed(Status.INVALID_ARGUMENT, "parse", f"{what} {exc}") from None
         except HookFailed as exc:
             counter.labels(self.resource, exc.result).inc()
             self.log.warning(
@@ -204,4 +225,4 @@ class AllocateHook:
             )
             raise
         counter.labels(self.resource, "ok").inc()
-        return extras
+        return response

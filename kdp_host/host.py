@@ -3,7 +3,7 @@
 It composes the pieces that each own one idea: the supervisor (a task per resource,
 restarted with backoff), the config reloader (a new file applied as a diff, Intel's
 device-plugin manager shape: new resources start, removed ones stop, changed ones restart,
-unchanged ones are not touched), stale-socket cleanup, the loop heartbeat behind /healthz,
+unchanged ones are not touched), stale-socket cleanup, the loop's answers behind /healthz,
 and the count of kubelet restarts.
 """
 
@@ -20,13 +20,17 @@ from pathlib import Path
 from .config import Config, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
-from .http import HEARTBEAT_INTERVAL, HealthState
+from .hooks import configured_hooks
+from .http import HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
 from .ownership import OwnershipIndex
+from .podresources import PodResourcesPoller
+from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
+from .release import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
-from .resource import HostServices, ResourceRuntime
+from .resource import HostServices, RegistryWait, ResourceRuntime
 from .stale_sockets import remove_stale_sockets
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
@@ -45,6 +49,9 @@ class Host:
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
+    registry_wait: RegistryWait = field(default_factory=RegistryWait)
+    """With `kubelet.registration: pluginsRegistry`: how long to wait for the kubelet's
+    verdict before creating a socket again."""
     load_config: Callable[[Path], Config] = load_config
     """Reads and validates a config file on reload (through `offload`); raises ConfigError."""
     offload: Offload = field(default_factory=DaemonThreads)
@@ -52,7 +59,10 @@ class Host:
     ownership: OwnershipIndex = field(init=False)
     """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
+    _worst_lag: float = field(default=0.0, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
+    pod_resources: PodResourcesPoller | None = field(default=None, init=False)
+    """Who holds each device (None until running, or with polling off)."""
 
     def __post_init__(self) -> None:
         self.ownership = OwnershipIndex(self.metrics)
@@ -84,16 +94,38 @@ class Host:
             self.log.bind(component="watch"), offload=self.offload
         )
         self.watcher = watcher
-        socket_dir = self.config.kubelet.socket_dir
+        kubelet = self.config.kubelet
+        socket_dir = kubelet.socket_dir
+        if kubelet.pod_resources_interval > 0:
+            self.pod_resources = PodResourcesPoller(
+                kubelet.pod_resources_socket,
+                kubelet.pod_resources_interval,
+                self.metrics,
+                self.log,
+            )
+            # lingering claims go once the kubelet shows no pod holding them
+            self.pod_resources.subscribe(self.ownership.holdings)
+        release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
+        await self.offload.run(release_state.load)
+        commands = ProcessRunner()
+        if not commands.dies_with_host:
+            self.log.warning(
+                "commands_may_outlive_host",
+                detail="no setpriv (util-linux) on PATH: commands do not get the death signal",
+            )
         services = HostServices(
-            socket_dir,
+            kubelet,
             self.instance_id,
             watcher,
             self.metrics,
             self.log,
             self.drivers,
+            commands=commands,
+            pod_resources=self.pod_resources,
+            release_state=release_state,
             ownership=self.ownership,
             status_changed=self._refresh_readiness,
+            registry_wait=self.registry_wait,
             offload=self.offload,
         )
         supervisor = Supervisor(services, self.restart_policy)
@@ -104,14 +136,19 @@ class Host:
             "host_started",
             resources=len(self.config.resources),
             socket_dir=socket_dir,
+            registration=kubelet.registration,
+            serve_dir=kubelet.serve_dir,
             instance=self.instance_id,
             watcher=watcher.kind,
         )
         self._record_config(self.config)
-        await self.offload.run(lambda: remove_stale_sockets(socket_dir, self.log))
-        internal = [watch_task, asyncio.create_task(self._heartbeat(), name="heartbeat")]
+        await self.offload.run(lambda: remove_stale_sockets(kubelet.serve_dir, self.log))
+        self.health.attach(asyncio.get_running_loop(), self._loop_answered)
+        internal = [watch_task]
         if self._reloader is not None:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))
+        if self.pod_resources is not None:
+            internal.append(asyncio.create_task(self.pod_resources.run(), name="podresources"))
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:
             for resource in self.config.resources:
@@ -123,6 +160,7 @@ class Host:
                     self.log.error("host_task_died", task=task.get_name(), error=repr(error))
                     raise RuntimeError(f"host task {task.get_name()} died: {error!r}") from error
         finally:
+            self.health.detach()
             stop_task.cancel()
             kubelet_watch()
             await supervisor.stop_all()
@@ -132,9 +170,10 @@ class Host:
             self.log.info("host_stopped")
 
     def _refresh_readiness(self) -> None:
-        """/readyz follows every status change at once (the heartbeat also refreshes it)."""
+        """/readyz follows every status change at once (and each probe refreshes it)."""
         if self._supervisor is not None:
             self.health.not_ready = self._supervisor.not_ready()
+            self.health.dead = tuple(self._supervisor.dead_resources())
 
     def request_reload(self) -> None:
         """Re-read the config file now (SIGHUP); a host without a config file ignores it."""
@@ -164,23 +203,30 @@ class Host:
                 self.log.warning(
                     "replicas_changed",
                     resource=name,
-                    detail="device IDs change; allocations the kubelet holds keep the old IDs",
+                    detail="device IDs change: a device whose old IDs pods may hold waits until "
+                    "PodResources shows none held",
                 )
         stopping = {name: supervisor.stop_later(name) for name in (*plan.removed, *plan.changed)}
         for name in (*plan.changed, *plan.added):
             supervisor.start(new_by_name[name], after=stopping.get(name))
         for name in plan.removed:
             self.ownership.retire(name)
-            self._forget_when_stopped(name, stopping[name])
         self.config = new
+        for name in (*plan.removed, *plan.changed):
+            self._forget_when_stopped(name, stopping[name])
         self._record_config(new)
         return plan
 
     def _forget_when_stopped(self, name: str, task: asyncio.Task[None] | None) -> None:
-        """Drop a removed resource's series once its runtime is gone (it writes until then)."""
+        """Once a stopped runtime is gone (it writes until then), drop the series its
+        resource no longer has: all of them if it left the config, else those of the hooks
+        the config has no longer (as it is then: it may have changed again meanwhile)."""
 
         def forget(_: object = None) -> None:
-            if self._supervisor is None or name not in self._supervisor.resources:
+            current = next((r for r in self.config.resources if r.name == name), None)
+            if current is not None:
+                self.metrics.forget_hooks(name, keep=configured_hooks(current))
+            elif self._supervisor is None or name not in self._supervisor.resources:
                 self.metrics.forget_resource(name)
 
         if task is None or task.done():
@@ -188,22 +234,13 @@ class Host:
         else:
             task.add_done_callback(forget)
 
-    async def _heartbeat(self) -> None:
-        """Proves the loop is alive to /healthz, measures its lag, refreshes readiness."""
-        assert self._supervisor is not None
-        supervisor = self._supervisor
-        loop = asyncio.get_running_loop()
-        worst = 0.0
-        while True:
-            expected = loop.time() + HEARTBEAT_INTERVAL
-            self.health.beat()
-            self.health.not_ready = supervisor.not_ready()
-            self.health.dead = tuple(supervisor.dead_resources())
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            lag = max(0.0, loop.time() - expected)
-            worst = max(worst, lag)
-            self.metrics.loop_lag.set(lag)
-            self.metrics.loop_lag_max.set(worst)
+    def _loop_answered(self, delay: float) -> None:
+        """A probe or scrape asked the loop (/healthz, /metrics): how long the answer took
+        is the loop's lag; readiness and the dead resources are refreshed with it."""
+        self._worst_lag = max(self._worst_lag, delay)
+        self.metrics.loop_lag.set(delay)
+        self.metrics.loop_lag_max.set(self._worst_lag)
+        self._refresh_readiness()
 
     def _record_config(self, config: Config) -> None:
         self.metrics.config_info.info({"sha256": config.sha256})
@@ -226,5 +263,5 @@ class Host:
                 log.info("kubelet_restarted", socket=os.path.join(socket_dir, KUBELET_SOCKET))
             last = current
 
-        subscription = self.watcher.subscribe(socket_dir, on_event)
+        subscription = self.watcher.subscribe(socket_dir, on_event, names=(KUBELET_SOCKET,))
         return subscription.cancel

@@ -1,8 +1,10 @@
-"""`/metrics`, `/healthz` and `/readyz`, served from daemon threads.
+"""`/metrics`, `/healthz`, `/readyz` and `/devices`, served from daemon threads.
 
 prometheus-client's WSGI app behind a small dispatcher, on the standard library's WSGI
 server: probes are answered even while the event loop is busy, which is the point of
-`/healthz` (a stalled loop must turn into a 503, not a timeout nobody can explain).
+`/healthz` (a stalled loop must turn into a 503, not a timeout nobody can explain). The
+loop is asked when a probe or a scrape comes (`HealthState.ask_loop`), not by a timer:
+nothing here wakes up while nobody asks.
 
 The endpoint listens on the pod network by default (Prometheus scrapes it there), so it is
 bounded against clients that connect and then dawdle. A connection gets one thread and at
@@ -11,15 +13,20 @@ accepted to deliver its whole request (request line and headers) and, once it ha
 again to take the answer: absolute deadlines, so a client dripping a byte now and then is
 cut off like a silent one. When every slot is taken, a new connection takes the slot of the
 oldest one still sending its request (that one is answered 503 "busy" and closed), so a
-liveness probe gets through while slow clients keep coming; only when every slot is
-answering a complete request is the newcomer answered 503 "busy" at once. What it prints
-names resources and short fixed reasons, never host paths or probe output.
+liveness probe gets through while slow clients keep coming. `/metrics` answers (the long
+ones: a big exposition to a slow reader) hold at most `max_threads - PROBE_SLOTS` slots at
+once; a scrape beyond that is answered 503 "busy", so however many scrapers there are, the
+probes' slots are either being answered (quickly) or still receiving a request (evictable),
+and a newcomer waits a moment for one. What it prints names resources and short fixed
+reasons, never host paths or probe output.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import json
 import socket
 import sys
 import threading
@@ -34,10 +41,14 @@ from prometheus_client import make_wsgi_app
 from .logs import quote_text
 from .metrics import Metrics
 
-HEARTBEAT_INTERVAL = 0.5
-HEARTBEAT_STALE = 2.0
+LOOP_ANSWER_TIMEOUT = 2.0
+"""A loop that does not run a probe's callback within this is stalled (/healthz: 503)."""
 MAX_THREADS = 8
 """Connections served at once: Prometheus and the kubelet's probes need one or two each."""
+PROBE_SLOTS = 2
+"""Slots `/metrics` answers never take, so the kubelet's probes get through any number of
+scrapers."""
+METRICS_PATH = "/metrics"
 REQUEST_DEADLINE = 10.0
 """Seconds a connection has to deliver its whole request, and then to take the answer."""
 MAX_REASON = 120
@@ -47,10 +58,14 @@ _BUSY = (
     b"Content-Length: 27\r\nConnection: close\r\n\r\nbusy: too many connections\n"
 )
 _BUSY_SEND_TIMEOUT = 0.1
-_EVICTION_WAIT = 1.0
-"""Seconds a newcomer waits for an evicted connection's thread to free its slot."""
+_SLOT_WAIT = 1.0
+"""Seconds a newcomer waits for a slot to free (an evicted connection's, or a probe's)."""
 
 StartResponse = Callable[..., Any]
+
+
+LoopAnswer = Callable[[float], None]
+"""Run on the event loop when it answers a probe, with the seconds the answer took."""
 
 
 @dataclass
@@ -58,17 +73,51 @@ class HealthState:
     """Written by the event loop, read by the HTTP thread (plain attribute swaps only)."""
 
     clock: Callable[[], float] = time.monotonic
-    last_beat: float = field(default=0.0)
     dead: tuple[str, ...] = ()
     not_ready: dict[str, str] = field(default_factory=lambda: {"host": "starting"})
+    answer_timeout: float = LOOP_ANSWER_TIMEOUT
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    _on_answer: LoopAnswer | None = field(default=None, repr=False)
 
-    def beat(self) -> None:
-        self.last_beat = self.clock()
+    def attach(self, loop: asyncio.AbstractEventLoop, on_answer: LoopAnswer) -> None:
+        """The host's loop answers probes from now on (`on_answer` runs on it each time)."""
+        self._on_answer = on_answer
+        self._loop = loop
+
+    def detach(self) -> None:
+        self._loop = None
+
+    @property
+    def attached(self) -> bool:
+        return self._loop is not None
+
+    def ask_loop(self) -> float | None:
+        """From another thread: the seconds the loop took to run a callback, or None when
+        it did not within `answer_timeout` (or no loop is attached). A late answer still
+        runs `on_answer` with its delay when the loop gets to it."""
+        loop, on_answer = self._loop, self._on_answer
+        if loop is None or on_answer is None:
+            return None
+        asked = self.clock()
+        answered = threading.Event()
+        delay: list[float] = []
+
+        def answer() -> None:
+            delay.append(self.clock() - asked)
+            on_answer(delay[0])
+            answered.set()
+
+        try:
+            loop.call_soon_threadsafe(answer)
+        except RuntimeError:  # the loop is closed
+            return None
+        return delay[0] if answered.wait(self.answer_timeout) else None
 
     def liveness_problem(self) -> str | None:
-        age = self.clock() - self.last_beat
-        if age > HEARTBEAT_STALE:
-            return f"event loop stalled: last heartbeat {age:.1f}s ago"
+        if self._loop is None:
+            return "event loop stalled: not running"
+        if self.ask_loop() is None:
+            return f"event loop stalled: no answer within {self.answer_timeout:g}s"
         if self.dead:
             return "resources failed for good: " + ", ".join(self.dead)
         return None
@@ -84,7 +133,10 @@ class _Connection:
     deadline: float
     """When the current phase ends: delivering the request, then taking the answer."""
     request_received: bool = False
+    scrape: bool = False
+    """Answering `/metrics` (counted against the slots scrapes may take)."""
     evicted: bool = False
+    """Told to give up its slot: it is answered 503 "busy" and closed."""
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -150,7 +202,10 @@ class _QuietHandler(WSGIRequestHandler):
 
     def parse_request(self) -> bool:
         """Once the request line and headers are in, the answer phase begins."""
-        return super().parse_request() and self.server.request_received(self.tracked)
+        if not super().parse_request():
+            return False
+        path = self.path.split("?", 1)[0]
+        return self.server.request_received(self.tracked, scrape=path == METRICS_PATH)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Probes every few seconds are not worth a log line each."""
@@ -167,6 +222,7 @@ class _BoundedWSGIServer(WSGIServer):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_threads = max_threads
+        self.max_scrapes = max(1, max_threads - PROBE_SLOTS)
         self.request_deadline = request_deadline
         self.clock = clock
         self._slot_freed = threading.Condition()
@@ -179,9 +235,7 @@ class _BoundedWSGIServer(WSGIServer):
                 victim = self._oldest_incomplete()
                 if victim is not None:
                     self._evict(victim)
-                    self._slot_freed.wait_for(
-                        lambda: len(self._serving) < self.max_threads, _EVICTION_WAIT
-                    )
+                self._slot_freed.wait_for(lambda: len(self._serving) < self.max_threads, _SLOT_WAIT)
             connection = (
                 self._track(request, client_address)
                 if len(self._serving) < self.max_threads
@@ -204,12 +258,16 @@ class _BoundedWSGIServer(WSGIServer):
         with self._slot_freed:
             return next(c for c in self._serving if c.sock is request)
 
-    def request_received(self, connection: _Connection) -> bool:
-        """Start the answer phase; False if the connection was evicted a moment before."""
+    def request_received(self, connection: _Connection, scrape: bool = False) -> bool:
+        """Start the answer phase; False (the connection is answered 503 "busy") if it was
+        evicted a moment before, or is a scrape beyond the slots scrapes may take."""
         with self._slot_freed:
+            if scrape and sum(c.scrape for c in self._serving) >= self.max_scrapes:
+                connection.evicted = True
             if connection.evicted:
                 return False
             connection.request_received = True
+            connection.scrape = scrape
             connection.deadline = self.clock() + self.request_deadline
             return True
 
@@ -267,7 +325,13 @@ class _BoundedWSGIServerV6(_BoundedWSGIServer):
     address_family = socket.AF_INET6
 
 
-def make_app(metrics: Metrics, health: HealthState) -> Callable[..., Iterable[bytes]]:
+DevicesView = Callable[[], dict[str, Any]]
+"""Builds the `/devices` document (called in an HTTP thread)."""
+
+
+def make_app(
+    metrics: Metrics, health: HealthState, devices: DevicesView | None = None
+) -> Callable[..., Iterable[bytes]]:
     metrics_app = make_wsgi_app(metrics.registry)
 
     def text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
@@ -281,6 +345,7 @@ def make_app(metrics: Metrics, health: HealthState) -> Callable[..., Iterable[by
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
+            health.ask_loop()  # the loop-lag gauges are as of this scrape
             result: Iterable[bytes] = metrics_app(environ, start_response)
             return result
         if path == "/healthz":
@@ -297,7 +362,22 @@ def make_app(metrics: Metrics, health: HealthState) -> Callable[..., Iterable[by
                 ]
                 return text(start_response, "503 Service Unavailable", "\n".join(lines))
             return text(start_response, "200 OK", "ok")
-        return text(start_response, "404 Not Found", "not found: try /metrics, /healthz, /readyz")
+        if path == "/devices" and devices is not None:
+            try:
+                document = devices()
+            except RuntimeError:  # the loop changed a map while we read it: rare, retry
+                return text(start_response, "503 Service Unavailable", "busy: try again")
+            data = (json.dumps(document, sort_keys=True) + "\n").encode()
+            start_response(
+                "200 OK",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+            )
+            return [data]
+        return text(
+            start_response,
+            "404 Not Found",
+            "not found: try /metrics, /healthz, /readyz, /devices",
+        )
 
     return app
 
@@ -315,10 +395,11 @@ class HttpServer:
         max_threads: int = MAX_THREADS,
         request_deadline: float = REQUEST_DEADLINE,
         clock: Callable[[], float] = time.monotonic,
+        devices: DevicesView | None = None,
     ) -> None:
         server_class = _BoundedWSGIServerV6 if ":" in host else _BoundedWSGIServer
         self._server = server_class((host, port), max_threads, request_deadline, clock)
-        self._server.set_app(make_app(metrics, health))
+        self._server.set_app(make_app(metrics, health, devices))
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="kdp-http", daemon=True
         )

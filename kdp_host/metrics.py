@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Collection
 from typing import Literal, Protocol, get_args
 
 from prometheus_client import (
@@ -44,6 +45,7 @@ DRIVER_SKIP_REASONS = (
     "rate_limited",
     "incomplete_group",
     "path_collision",
+    "unsafe_mount",
     "node_owned",
 )
 """Every `reason` a driver may count something it left out (without failing) under."""
@@ -59,6 +61,15 @@ ALLOCATE_HOOK_RESULTS: tuple[HookResult, ...] = (
     "ok", "exit", "timeout", "spawn", "output_too_large", "parse",
 )  # fmt: skip
 """Every `result` of an `allocate.command` run (`parse`: output that does not validate)."""
+HookName = Literal["preStart", "allocate.command", "release"]
+"""The config sections whose series exist only while a resource has them (`forget_hooks`)."""
+
+RELEASE_RESULTS: tuple[HookResult, ...] = ("ok", "exit", "timeout", "spawn", "output_too_large")
+"""Every `result` of a `release.command` run."""
+PodResourcesResult = Literal["ok", "absent", "unsupported", "rate_limited", "error"]
+POD_RESOURCES_RESULTS: tuple[PodResourcesResult, ...] = get_args(PodResourcesResult)
+"""Every `result` of a PodResources poll (`absent`: no socket; `unsupported`: no v1 List;
+`rate_limited`: refused by the kubelet's rate limit)."""
 
 HistogramMode = Literal["perResource", "host", "off"]
 HISTOGRAM_MODES: tuple[HistogramMode, ...] = ("perResource", "host", "off")
@@ -178,6 +189,46 @@ class Metrics:
             histograms,
             r,
         )
+        self.release_runs = Counter(
+            "kdp_release_runs",
+            "release.command runs, by result (" + ", ".join(RELEASE_RESULTS) + ").",
+            ["resource", "result"],
+            registry=r,
+        )
+        self.releases_pending = Gauge(
+            "kdp_releases_pending",
+            "Devices used by a container that is gone whose release has not succeeded yet "
+            "(waiting, running or failed).",
+            ["resource"],
+            registry=r,
+        )
+        self.release_seconds = ResourceHistogram(
+            "kdp_release_duration_seconds",
+            "Duration of one release.command run.",
+            _SCAN_BUCKETS,
+            histograms,
+            r,
+        )
+        self.devices_in_use = Gauge(
+            "kdp_devices_in_use",
+            "Devices held by a container, as the kubelet's PodResources API last said "
+            "(replicas of one device counted once).",
+            ["resource"],
+            registry=r,
+        )
+        self.pod_resources_polls = Counter(
+            "kdp_pod_resources_polls",
+            "Calls of the kubelet's PodResources List, by result ("
+            + ", ".join(POD_RESOURCES_RESULTS)
+            + ").",
+            ["result"],
+            registry=r,
+        )
+        self.pod_resources_up = Gauge(
+            "kdp_pod_resources_up",
+            "1 while the last PodResources List was answered.",
+            registry=r,
+        )
         self.preferred_seconds = ResourceHistogram(
             "kdp_preferred_allocation_duration_seconds",
             "Time to answer GetPreferredAllocation, inside the plugin.",
@@ -275,12 +326,12 @@ class Metrics:
         )
         self.loop_lag = Gauge(
             "kdp_event_loop_lag_seconds",
-            "How late the last event-loop heartbeat ran.",
+            "How long the event loop took to answer the last probe or scrape.",
             registry=r,
         )
         self.loop_lag_max = Gauge(
             "kdp_event_loop_lag_max_seconds",
-            "Largest event-loop heartbeat delay seen since start.",
+            "Longest event-loop answer to a probe or scrape since start.",
             registry=r,
         )
 
@@ -300,6 +351,9 @@ class Metrics:
             self.allocate_hooks,
             self.pre_start_calls,
             self.pre_start_waits,
+            self.devices_in_use,
+            self.release_runs,
+            self.releases_pending,
         )
 
     def _label_sets(self, resource: str) -> list[tuple[Counter | Gauge, tuple[str, ...]]]:
@@ -312,7 +366,13 @@ class Metrics:
         sets += [(self.driver_errors, (resource, reason)) for reason in DRIVER_ERROR_REASONS]
         sets += [(self.driver_skipped, (resource, reason)) for reason in DRIVER_SKIP_REASONS]
         labelled = (self.allocations, self.registrations, self.driver_errors, self.driver_skipped)
-        hooks = (self.allocate_hooks, self.pre_start_calls, self.pre_start_waits)
+        hooks = (
+            self.allocate_hooks,
+            self.pre_start_calls,
+            self.pre_start_waits,
+            self.release_runs,
+            self.releases_pending,
+        )
         sets += [
             (metric, (resource,))
             for metric in self._by_resource()
@@ -331,10 +391,40 @@ class Metrics:
             self.pre_start_calls.labels(resource, result)
         self.pre_start_waits.labels(resource)
 
+    def add_release(self, resource: str) -> None:
+        """Create the series of a resource that has a release.command, at zero."""
+        for result in RELEASE_RESULTS:
+            self.release_runs.labels(resource, result)
+        self.releases_pending.labels(resource)
+
+    def add_pod_resources(self) -> None:
+        """Create the PodResources series (polling is on), at zero."""
+        for result in POD_RESOURCES_RESULTS:
+            self.pod_resources_polls.labels(result)
+        self.pod_resources_up.set(0)
+
     def add_allocate_hook(self, resource: str) -> None:
         """Create the series of a resource that has an allocate.command, at zero."""
         for result in ALLOCATE_HOOK_RESULTS:
             self.allocate_hooks.labels(resource, result)
+
+    def forget_hooks(self, resource: str, keep: Collection[HookName]) -> None:
+        """Drop the series of the hooks a resource no longer has; call it once the
+        runtime that had them has stopped, or it may write one back."""
+        hooks: dict[HookName, tuple[tuple[Counter | Gauge, ...], ResourceHistogram | None]] = {
+            "preStart": ((self.pre_start_calls, self.pre_start_waits), self.pre_start_seconds),
+            "allocate.command": ((self.allocate_hooks,), None),
+            "release": ((self.release_runs, self.releases_pending), self.release_seconds),
+        }
+        for hook, (families, histogram) in hooks.items():
+            if hook in keep:
+                continue
+            for metric in families:
+                for labels in _label_values_of(metric, resource):
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*labels)
+            if histogram is not None:
+                histogram.remove(resource)
 
     def set_device_counts(self, resource: str, healthy: int, unhealthy: int) -> None:
         self.devices.labels(resource, "healthy").set(healthy)
@@ -351,6 +441,7 @@ class Metrics:
             self.preferred_seconds,
             self.scan_seconds,
             self.pre_start_seconds,
+            self.release_seconds,
         ):
             histogram.remove(resource)
 

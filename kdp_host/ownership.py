@@ -19,13 +19,14 @@ Rules:
   is not advertised: logged once with both owners (`device_held`) and counted
   (`kdp_driver_skipped_total{reason="node_owned"}`). Within one list, devices that own their
   claims already come first, then the others in ID order.
-- **The owner keeps its claim while a pod may hold the node.** The kubelet never says when a
-  pod lets go of a device. So a claim whose device stops being advertised (it left its list,
-  its resource was restarted or removed by a reload) *lingers* with its owner for as long as
-  its node is there; it is released once the node is gone, and the held device is then
-  advertised (`device_claim_won`). A resource restarted by a reload or after a crash finds
-  its claims where it left them, so no other resource can take a node in between; a
-  resource added back takes its lingering claims back.
+- **The owner keeps its claim while a pod may hold the node.** The Device Plugin API never
+  says when a pod lets go of a device. So a claim whose device stops being advertised (it
+  left its list, its resource was restarted or removed by a reload) *lingers* with its owner
+  while a pod may hold it: until the node is gone, or, with PodResources polling on
+  (`kubelet.podResourcesInterval`), until the kubelet's answer shows no pod holding it. The
+  held device is then advertised (`device_claim_won`). A resource restarted by a reload or
+  after a crash finds its claims where it left them, so no other resource can take a node
+  in between; a resource added back takes its lingering claims back.
 - **IDs follow the physical device.** A device whose claims are owned by another ID of the
   same resource (a reload changed the patterns, `usbIdFrom`, ...) is advertised under that
   old ID, which the kubelet may have given to a pod: the kubelet then never hands the same
@@ -37,16 +38,25 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .devices import Device
+from .devices import REPLICA_SEPARATOR, Device, replica_ids
 from .logs import EventLogger
 from .metrics import Metrics
 
+if TYPE_CHECKING:
+    from .podresources import Holdings
+
 ClaimKey = tuple[str, int | str]
 """('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else."""
+
+HEARD_AFTER = 5.0
+"""Seconds after a device stops being advertised by which the kubelet has heard of it (a
+ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
+for later shows every pod that can hold it."""
 
 HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
@@ -107,6 +117,14 @@ class Owner:
     """The ID the kubelet knows the device by."""
 
 
+def _advertises(advertised_id: str, device_id: str) -> bool:
+    """Whether an advertised ID is the device or one of its replicas (`<id>::<k>`)."""
+    return advertised_id == device_id or (
+        advertised_id.startswith(device_id)
+        and advertised_id[len(device_id) :].startswith(REPLICA_SEPARATOR)
+    )
+
+
 def _owner_order(owner: Owner) -> tuple[str, str]:
     return owner.resource, owner.device
 
@@ -117,6 +135,8 @@ class _Holding:
 
     reason: str
     """`owned` (another device's claim), `shared` (a node other devices share),
+    `replicas_changed` (pods may hold the device under its IDs before a change of
+    `replicas`; the owner's device field lists them),
     `id_taken` (its ID is the old ID of another device of the resource)."""
     owner: Owner
     path: str
@@ -134,10 +154,22 @@ class _Resource:
     """Claims per driver ID, with the device they were resolved for."""
     owned: dict[str, Claims] = field(default_factory=dict)
     """Advertised ID -> what it claims in the index."""
-    lingering: set[ClaimKey] = field(default_factory=set)
-    """Exclusive claims of devices no longer advertised, kept while the node is there."""
+    lingering: dict[ClaimKey, float] = field(default_factory=dict)
+    """Exclusive claims of devices no longer advertised, kept while the node is there (or a
+    pod may hold them), with the time (index clock) they stopped being advertised."""
     held: dict[str, _Holding] = field(default_factory=dict)
     retired: bool = False
+    replicas: int | None = None
+    """The replica count its last runtime advertised with."""
+    waits: dict[str, _ReplicaWait] = field(default_factory=dict)
+    """Devices held after a change of `replicas` while pods may hold their old IDs."""
+
+
+@dataclass(frozen=True)
+class _ReplicaWait:
+    vanished: frozenset[str]
+    """Advertised IDs of the device before the change that the new count does not have."""
+    since: float
 
 
 class OwnershipIndex:
@@ -150,9 +182,16 @@ class OwnershipIndex:
     whenever another device is held by it), or taken back by its own resource.
     """
 
-    def __init__(self, metrics: Metrics | None = None, resolve: Resolver = claim_key) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        resolve: Resolver = claim_key,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._metrics = metrics
         self._resolve = resolve
+        self._clock = clock
+        """The PodResources poller's clock (`Holdings.asked_at`)."""
         self._exclusive: dict[ClaimKey, Owner] = {}
         self._where: dict[ClaimKey, str] = {}
         """The host path each exclusive claim was made through (to see whether it is gone)."""
@@ -165,14 +204,31 @@ class OwnershipIndex:
     # ------------------------------------------------------------------ runtimes
 
     def attach(
-        self, resource: str, publish: Callable[[Mapping[str, Device]], bool], log: EventLogger
+        self,
+        resource: str,
+        publish: Callable[[Mapping[str, Device]], bool],
+        log: EventLogger,
+        replicas: int = 1,
     ) -> Callable[[], None]:
         """A runtime of `resource` starts publishing to `publish`; returns its detach.
 
-        A resource added back after it was retired takes its old claims back."""
+        A resource added back after it was retired takes its old claims back. When its
+        `replicas` changed, every device whose old replica IDs are not all among the new
+        ones waits until no pod holds one of those (PodResources), then is advertised."""
         state = self._state(resource)
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
+        if state.replicas is not None and state.replicas != replicas:
+            now = self._clock()
+            for device_id in [*state.owned, *state.waits]:
+                gone = set(replica_ids(device_id, state.replicas))
+                gone -= set(replica_ids(device_id, replicas))
+                before = state.waits.get(device_id)
+                if before is not None:
+                    gone |= before.vanished
+                if gone:
+                    state.waits[device_id] = _ReplicaWait(frozenset(gone), now)
+        state.replicas = replicas
 
         def detach() -> None:
             if state.publish is publish:
@@ -193,6 +249,30 @@ class OwnershipIndex:
             released |= self._unadvertise(state, advertised_id)
         if released:
             self._wake_waiting(resource)
+            self._drain()
+
+    def holdings(self, holdings: Holdings) -> None:
+        """Who holds what, from the kubelet's PodResources API: a lingering claim whose
+        device no pod holds is released (its waiter is advertised), once the answer was
+        asked for well after the device stopped being advertised (the kubelet may have
+        admitted a pod with it until it heard of that)."""
+        released = False
+        for state in self._resources.values():
+            held = holdings.of(state.name)
+            for device_id, wait in list(state.waits.items()):
+                late = holdings.asked_at >= wait.since + HEARD_AFTER
+                if late and not any(replica in held for replica in wait.vanished):
+                    del state.waits[device_id]
+                    released = True
+            for key, since in list(state.lingering.items()):
+                if holdings.asked_at < since + HEARD_AFTER:
+                    continue
+                device = self._exclusive[key].device
+                if not any(_advertises(a, device) for a in held):
+                    self._release_lingering(state, key)
+                    released = True
+        if released:
+            self._wake_waiting("")
             self._drain()
 
     def owner_of(self, path: str) -> Owner | None:
@@ -278,10 +358,12 @@ class OwnershipIndex:
         released |= self._release_stale(state, wanted)
         admitted: dict[str, Device] = {}
         holding: dict[str, _Holding] = {}
+        taken: set[str] = set()
+        """Advertised IDs whose device owns its claims (advertised, or waiting on replicas)."""
         for device_id in order:
             advertised_id = ids[device_id]
             claim = claims[device_id]
-            if advertised_id in admitted:
+            if advertised_id in taken:
                 holding[device_id] = _Holding("id_taken", Owner(name, advertised_id), "")
                 continue
             why = self._conflict(name, advertised_id, claim)
@@ -290,12 +372,21 @@ class OwnershipIndex:
                 released |= self._unadvertise(state, advertised_id)
                 continue
             self._claim(state, advertised_id, claim)
+            taken.add(advertised_id)
+            wait = state.waits.get(advertised_id)
+            if wait is not None:
+                # it keeps its claims: pods may hold it under its old replica IDs
+                vanished = ",".join(sorted(wait.vanished))
+                holding[device_id] = _Holding("replicas_changed", Owner(name, vanished), "")
+                continue
             device = devices[device_id]
             admitted[advertised_id] = (
                 device if advertised_id == device_id else device.with_id(advertised_id)
             )
-        for advertised_id in [a for a in state.owned if a not in admitted]:
+        for advertised_id in [a for a in state.owned if a not in taken]:
             released |= self._unadvertise(state, advertised_id)
+        for advertised_id in [a for a in state.waits if a not in taken]:
+            del state.waits[advertised_id]  # gone from the list: nothing left to wait for
         self._note_held(state, holding, ids)
         if released:
             self._wake_waiting(name)
@@ -331,9 +422,12 @@ class OwnershipIndex:
         state = self._resources[owner.resource]
         if key not in state.lingering or self._resolve(self._where[key]) == key:
             return False
-        state.lingering.discard(key)
-        del self._exclusive[key], self._where[key]
+        self._release_lingering(state, key)
         return True
+
+    def _release_lingering(self, state: _Resource, key: ClaimKey) -> None:
+        del state.lingering[key]
+        del self._exclusive[key], self._where[key]
 
     def _prune_gone(self, state: _Resource) -> bool:
         """Release this resource's lingering claims whose nodes are gone."""
@@ -344,7 +438,7 @@ class OwnershipIndex:
         for key, path in claims.exclusive.items():
             self._exclusive[key] = me
             self._where[key] = path
-            state.lingering.discard(key)
+            state.lingering.pop(key, None)
         for key in claims.shared:
             self._shared.setdefault(key, set()).add(me)
         state.owned[device_id] = claims
@@ -361,7 +455,7 @@ class OwnershipIndex:
             me = Owner(state.name, advertised_id)
             for key in old.exclusive.keys() - new.exclusive.keys():
                 if self._exclusive.get(key) == me:
-                    state.lingering.add(key)
+                    state.lingering.setdefault(key, self._clock())
             for key in old.shared.keys() - new.shared.keys():
                 released |= self._unshare(key, me)
         return released
@@ -373,7 +467,10 @@ class OwnershipIndex:
         if old is None:
             return False
         me = Owner(state.name, advertised_id)
-        state.lingering.update(key for key in old.exclusive if self._exclusive.get(key) == me)
+        now = self._clock()
+        for key in old.exclusive:
+            if self._exclusive.get(key) == me:
+                state.lingering.setdefault(key, now)
         return any([self._unshare(key, me) for key in old.shared])
 
     def _unshare(self, key: ClaimKey, owner: Owner) -> bool:
@@ -418,6 +515,33 @@ class OwnershipIndex:
             if log is not None and device_id in ids:
                 log.info("device_claim_won", device=device_id, advertised_as=ids[device_id])
         state.held = holding
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Two devices that reach one node or mount source (what `check` warns about)."""
+
+    path: str
+    first: Owner
+    second: Owner
+
+
+def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = claim_key) -> list[Overlap]:
+    """Every claim two devices would make (not two shared ones), by the index's rules:
+    the later device in `devices` order would be held while the first is advertised."""
+    seen: dict[ClaimKey, tuple[Owner, bool]] = {}
+    found: list[Overlap] = []
+    for resource, device in devices:
+        me = Owner(resource, device.id)
+        claims = device_claims(device, resolve)
+        for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
+            for key, path in mine.items():
+                known = seen.get(key)
+                if known is None:
+                    seen[key] = (me, is_shared)
+                elif not (is_shared and known[1]):
+                    found.append(Overlap(path, known[0], me))
+    return found
 
 
 class _Table(Protocol):

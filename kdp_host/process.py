@@ -8,24 +8,39 @@ background child behind, can neither block the event loop nor outlive its run.
 
 The pipes of stdout and stderr are our own (not asyncio's subprocess pipes): we close our
 ends when the run is over, even if a process that escaped the group (a daemon calling
-setsid) still holds the other end. On Linux the command also gets PR_SET_PDEATHSIG, so it is
-killed if the host dies, even by SIGKILL. Neither reaches a process that left the group and
-was forked by the command (the death signal is not inherited across fork): only a cgroup
-could. Grandchildren killed here are reaped by whatever is PID 1 (or the nearest child
-subreaper): in a container, run the host under an init such as tini.
+setsid) still holds the other end.
+
+On Linux the command also dies with the host, even when the host is SIGKILLed: it is started
+through an exec wrapper, util-linux's `setpriv --pdeathsig KILL` (PR_SET_PDEATHSIG), then a
+fixed `/bin/sh -c` line that exits unless its parent is still the host (the host may have
+died before the death signal was armed) and execs the command with its arguments untouched
+(`exec "$@"`: the arguments are never read by the shell). No Python code runs between fork
+and exec (no `preexec_fn`, which is unsafe in a process with threads: the HTTP server and
+reader threads may hold a lock the child would then wait for forever), so the spawn takes
+CPython's vfork path. The wrapper is found on PATH when the runner is made; where it is
+missing (not Linux, no util-linux) commands run without the death signal, and
+`ProcessRunner.dies_with_host` says so (the host logs it at start-up). Because the wrapper
+execs the command, the host resolves the command on PATH first, so a missing or
+non-executable command is still a `spawn` failure rather than an exit status.
+
+Neither the group kill nor the death signal reaches a process that left the group and was
+forked by the command (the death signal is not inherited across fork): only a cgroup could.
+Grandchildren killed here are reaped by whatever is PID 1 (or the nearest child subreaper):
+in a container, run the host under an init such as tini.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
+import stat
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 MAX_OUTPUT = 1 << 20
 """Most stdout bytes a probe may print (and the longest document a stream command may print)."""
@@ -40,7 +55,9 @@ command blocks, so a command printing faster than we consume cannot grow our mem
 _GROUP_POLL = 0.01
 _STDERR_DRAIN = 0.1
 _READ_CHUNK = 65536
-_PR_SET_PDEATHSIG = 1
+PARENT_CHECK = 'test "$PPID" = "$1" || exit 1; shift; exec "$@"'
+"""The shell line of the exec wrapper (after setpriv armed the death signal): run on only if
+the parent is still the host whose PID is `$1`, then replace itself with the command."""
 
 
 class CommandError(Exception):
@@ -175,22 +192,39 @@ def child_env(extra: Mapping[str, str] | None) -> dict[str, str] | None:
     return {**os.environ, **extra}
 
 
-def _death_signal_preexec() -> Callable[[], None] | None:
-    """A preexec function that makes the child die with us (Linux), or None elsewhere."""
+def death_signal_wrapper() -> tuple[str, ...]:
+    """The argv that starts a command so that it dies with this process (Linux), to be
+    followed by the host's PID and the command; () where there is no way to do that."""
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not os.access("/bin/sh", os.X_OK):
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", PARENT_CHECK, "kdp-host")
 
-    def die_with_parent() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # we died before the death signal was armed
-            os._exit(1)
 
-    return die_with_parent
+def resolve_command(argv0: str, env: Mapping[str, str] | None, cwd: str | None) -> str:
+    """The absolute path of the executable `argv0` names, as execvp in the command's
+    working directory would find it (on the PATH of the command's environment when it has
+    no `/`); raises CommandError('spawn') when there is none. Absolute, so the wrapper's
+    `exec` can never take it for an option."""
+    where = f" in {cwd}" if cwd else ""
+    if "/" in argv0:
+        path = os.path.abspath(os.path.join(cwd or "", argv0))
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise CommandError("spawn", f"cannot run {argv0!r}{where}: {exc.strerror}") from None
+        if stat.S_ISDIR(mode) or not os.access(path, os.X_OK):
+            raise CommandError("spawn", f"cannot run {argv0!r}{where}: Permission denied")
+        return path
+    dirs = os.get_exec_path(child_env(env))
+    search = os.pathsep.join(os.path.abspath(os.path.join(cwd or "", d)) for d in dirs)
+    found = shutil.which(argv0, path=search)
+    if found is None:
+        where = os.pathsep.join(dirs)
+        raise CommandError("spawn", f"cannot run {argv0!r}: not found on PATH ({where})")
+    return found
 
 
 class CommandRunner(Protocol):
@@ -227,7 +261,12 @@ class ProcessRunner:
     ) -> None:
         self.kill_grace = kill_grace
         self._read_ahead = read_ahead
-        self._preexec = _death_signal_preexec() if die_with_host else None
+        self._wrapper = death_signal_wrapper() if die_with_host else ()
+
+    @property
+    def dies_with_host(self) -> bool:
+        """Whether commands get the death signal (see the module doc)."""
+        return bool(self._wrapper)
 
     @contextlib.asynccontextmanager
     async def start(
@@ -246,11 +285,14 @@ class ProcessRunner:
         """
         if not argv:
             raise CommandError("spawn", "empty command")
+        command = [resolve_command(argv[0], env, cwd), *argv[1:]]
+        if self._wrapper:
+            command = [*self._wrapper, str(os.getpid()), *command]
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
             try:
-                process = await self._spawn(argv, env, cwd, out_write, err_write)
+                process = await self._spawn(command, env, cwd, out_write, err_write)
             finally:
                 os.close(out_write)
                 os.close(err_write)
@@ -290,7 +332,7 @@ class ProcessRunner:
 
     async def _spawn(
         self,
-        argv: Sequence[str],
+        command: Sequence[str],
         env: Mapping[str, str] | None,
         cwd: str | None,
         stdout: int,
@@ -305,14 +347,13 @@ class ProcessRunner:
         """
         spawn = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
-                *argv,
+                *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
                 env=child_env(env),
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=self._preexec,
             )
         )
         try:

@@ -49,8 +49,20 @@ def restart_required(old: Config, new: Config) -> list[str]:
     problems = []
     if old.kubelet.socket_dir != new.kubelet.socket_dir:
         problems.append("kubelet.socketDir changed: restart kdp-host to apply")
+    if old.kubelet.registration != new.kubelet.registration:
+        problems.append("kubelet.registration changed: restart kdp-host to apply")
+    if old.kubelet.plugins_registry_dir != new.kubelet.plugins_registry_dir:
+        problems.append("kubelet.pluginsRegistryDir changed: restart kdp-host to apply")
+    if old.kubelet.pod_resources_socket != new.kubelet.pod_resources_socket:
+        problems.append("kubelet.podResourcesSocket changed: restart kdp-host to apply")
+    if old.kubelet.pod_resources_interval != new.kubelet.pod_resources_interval:
+        problems.append("kubelet.podResourcesInterval changed: restart kdp-host to apply")
+    if old.state_dir != new.state_dir:
+        problems.append("stateDir changed: restart kdp-host to apply")
     if old.metrics.listen != new.metrics.listen:
         problems.append("metrics.listen changed: restart kdp-host to apply")
+    if old.metrics.devices != new.metrics.devices:
+        problems.append("metrics.devices changed: restart kdp-host to apply")
     if old.metrics.histograms != new.metrics.histograms:
         problems.append("metrics.histograms changed: restart kdp-host to apply")
     return problems

@@ -1,23 +1,30 @@
 """One resource's runtime: driver, device table, gRPC server and registration, as a unit.
 
-The serving loop follows the kubelet's rules: serve first, then Register (the kubelet dials
-back inside Register); when the kubelet restarts (kubelet.sock re-created, our socket
-deleted by its cleanup) or drops our stream, stop the old server and its streams first,
-then serve on a fresh socket and register again.
+The serving loop follows the kubelet's rules. With `registration: deviceSocket`: serve
+first, then Register (the kubelet dials back inside Register); when the kubelet restarts
+(kubelet.sock re-created, our socket deleted by its cleanup) or drops our stream, stop the
+old server and its streams first, then serve on a fresh socket and register again. With
+`registration: pluginsRegistry` the socket itself is the registration
+(docs/kubelet-contract.md §14): create it once the first list is ready, and let the kubelet's
+plugin manager register it, also after kubelet restarts; create it again only when the
+kubelet refuses it or no verdict comes in time (a v1.32 kubelet never retries a failed
+registration by itself).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
 from .backoff import Backoff
-from .config import ResourceConfig
-from .devices import DeviceTable, Snapshot
+from .config import KubeletConfig, ResourceConfig
+from .devices import DeviceTable, Snapshot, physical_id
 from .drivers import (
     DeviceReporter,
     Driver,
@@ -31,8 +38,10 @@ from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership import OwnedTable, OwnershipIndex
+from .podresources import Holdings, PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
 from .protocol.endpoint import socket_name
+from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
 from .protocol.registration import (
     KUBELET_SOCKET,
     FileIdentity,
@@ -43,6 +52,7 @@ from .protocol.registration import (
 )
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
+from .release import ReleaseStateStore, ReleaseTracker
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0
@@ -51,13 +61,26 @@ FRESH_KUBELET_RETRY = 0.01
 FIRST_SCAN_WAIT = 2.0
 """Register only after the driver's first list (so the kubelet does not see 0 devices first),
 but do not wait longer than this for a slow probe."""
+STREAM_LOST: Final = "stream_lost"
+"""In the queue of what the kubelet did, beside its verdicts: it ended our last stream."""
+
+
+@dataclass(frozen=True)
+class RegistryWait:
+    """With `registration: pluginsRegistry`: how long a resource waits for the kubelet's
+    verdict (after creating its socket, or after the kubelet ended its stream) before it
+    creates its socket again; doubled on each wait in a row that ends with nothing."""
+
+    first: float = 5.0
+    maximum: float = 300.0
 
 
 @dataclass(frozen=True)
 class HostServices:
     """What the host lends every resource."""
 
-    socket_dir: str
+    kubelet: KubeletConfig
+    """The kubelet's directories and the registration mode."""
     instance_id: str
     watcher: Watcher
     metrics: Metrics
@@ -67,11 +90,17 @@ class HostServices:
     offload: Offload = field(default_factory=DaemonThreads)
     """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
-    """Runs the preStart and allocate commands."""
+    """Runs every command of the resources: probes, health checks, preStart, allocate and
+    release."""
+    pod_resources: PodResourcesPoller | None = None
+    """Who holds each device (None: PodResources polling is off)."""
+    release_state: ReleaseStateStore | None = None
+    """What the release trackers keep across restarts (None: `release` cannot run)."""
     ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
     """The host's one index of claimed nodes and mount sources, shared by every resource."""
     status_changed: Callable[[], None] = lambda: None
     """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
+    registry_wait: RegistryWait = field(default_factory=RegistryWait)
 
 
 @dataclass
@@ -101,13 +130,22 @@ class ResourceRuntime:
         self._services = services
         self.log = services.log.bind(resource=config.name)
         self.status = ResourceStatus()
-        self.endpoint = socket_name(config.name, services.instance_id, services.socket_dir)
-        self.socket_path = os.path.join(services.socket_dir, self.endpoint)
+        kubelet = services.kubelet
+        self._registry = kubelet.registration == "pluginsRegistry"
+        self._serve_dir = kubelet.serve_dir
+        self.endpoint = socket_name(config.name, services.instance_id, self._serve_dir)
+        self.socket_path = os.path.join(self._serve_dir, self.endpoint)
         self.table = DeviceTable(replicas=config.replicas)
         self.table.add_listener(self._on_devices_changed)
         self._encoder = ListAndWatchEncoder()
         self._wake = asyncio.Event()
         self._stream_lost = False
+        self._kubelet_events: collections.deque[KubeletVerdict | Literal["stream_lost"]] = (
+            collections.deque()
+        )
+        """pluginsRegistry: the kubelet's verdicts and stream ends, in the order they came."""
+        self._info_asked = False
+        """pluginsRegistry: the kubelet called GetInfo on the current socket."""
         self._pre_start = (
             None
             if config.pre_start is None
@@ -133,6 +171,18 @@ class ResourceRuntime:
                 self.log,
             )
         )
+        self.release = (
+            None
+            if config.release is None or services.release_state is None
+            else ReleaseTracker(
+                config,
+                self.table,
+                services.release_state,
+                services.commands,
+                services.metrics,
+                self.log,
+            )
+        )
         self._first_list_ready: list[asyncio.Event] = [self.table.published]
         """Set when the first list is complete (the driver's first scan, the first CDI spec
         write): the kubelet's first ListAndWatch then sees final health, not a flap."""
@@ -145,9 +195,13 @@ class ResourceRuntime:
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
-        deps = DriverDeps(self.log, services.watcher, offload=services.offload)
+        deps = DriverDeps(
+            self.log, services.watcher, offload=services.offload, commands=services.commands
+        )
         driver = services.drivers(self.config.driver, deps)
-        detach = services.ownership.attach(self.config.name, self.table.publish, self.log)
+        detach = services.ownership.attach(
+            self.config.name, self.table.publish, self.log, replicas=self.config.replicas
+        )
         try:
             await self._run(deps, driver)
         finally:
@@ -163,6 +217,28 @@ class ResourceRuntime:
             failure_threshold=failure_threshold(self.config.driver),
         )
         self._on_devices_changed(self.table.snapshot)
+        poller = services.pod_resources
+        unsubscribe = None if poller is None else poller.subscribe(self._on_holdings)
+        if self.release is not None:
+            self.release.start()
+        try:
+            await self._run_parts(driver, reporter, deps)
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+            if self.release is not None:
+                await self.release.close()
+
+    def _on_holdings(self, holdings: Holdings) -> None:
+        """A PodResources answer: the in-use count, and news for the release tracker."""
+        replicas = self.config.replicas
+        in_use = {physical_id(a, replicas) for a in holdings.of(self.config.name)}
+        self._services.metrics.devices_in_use.labels(self.config.name).set(len(in_use))
+        if self.release is not None:
+            self.release.holdings(holdings)
+
+    async def _run_parts(self, driver: Driver, reporter: DeviceReporter, deps: DriverDeps) -> None:
+        services = self._services
         async with asyncio.TaskGroup() as group:
             group.create_task(driver.run(reporter), name=f"{self.config.name}:driver")
             if self.config.health is not None:
@@ -187,6 +263,8 @@ class ResourceRuntime:
                     self.log,
                     report=functools.partial(self._set_problem, "cdi"),
                     count_failure=cdi_failures.inc,
+                    instance=services.instance_id,
+                    watcher=services.watcher,
                     offload=services.offload,
                 )
                 self._first_list_ready.append(writer.first_sync)
@@ -195,14 +273,22 @@ class ResourceRuntime:
 
     async def _serve_forever(self) -> None:
         subscription = self._services.watcher.subscribe(
-            self._services.socket_dir, self._on_socket_dir_event
+            self._serve_dir, self._on_socket_dir_event, names=(KUBELET_SOCKET, self.endpoint)
         )
+        wait = self._services.registry_wait
+        patience = Backoff(wait.first, wait.maximum)
+        refusals = Backoff()
         try:
             while True:
+                if self._registry:
+                    await self._first_list()  # creating the socket registers it
                 service, server, identity = await self._start_server()
                 try:
-                    kubelet = await self._register_until_done(service, identity)
-                    reason = await self._wait_until_reregister_needed(identity, kubelet)
+                    if self._registry:
+                        reason = await self._follow_the_plugin_manager(identity, patience, refusals)
+                    else:
+                        kubelet = await self._register_until_done(service, identity)
+                        reason = await self._wait_until_reregister_needed(identity, kubelet)
                 except _SocketLost:
                     reason = "socket_removed"
                 finally:
@@ -218,6 +304,14 @@ class ResourceRuntime:
 
     def _on_stream_lost(self) -> None:
         self._stream_lost = True
+        self._kubelet_events.append(STREAM_LOST)
+        self._wake.set()
+
+    def _on_info(self) -> None:
+        self._info_asked = True
+
+    def _on_verdict(self, verdict: KubeletVerdict) -> None:
+        self._kubelet_events.append(verdict)
         self._wake.set()
 
     async def _start_server(self) -> tuple[DevicePluginService, PluginServer, FileIdentity]:
@@ -234,8 +328,21 @@ class ResourceRuntime:
                 on_stream_lost=self._on_stream_lost,
                 pre_start=self._pre_start,
                 allocate_hook=self._allocate_hook,
+                release=self.release,
             )
-            server = PluginServer([service])
+            handlers: list[object] = [service]
+            if self._registry:
+                handlers.append(
+                    PluginRegistrationService(
+                        self.config.name,
+                        self.socket_path,
+                        on_info=self._on_info,
+                        on_verdict=self._on_verdict,
+                    )
+                )
+            self._kubelet_events.clear()
+            self._info_asked = False
+            server = PluginServer(handlers)
             try:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.socket_path)
@@ -276,23 +383,18 @@ class ResourceRuntime:
         self, service: DevicePluginService, identity: FileIdentity
     ) -> FileIdentity | None:
         """Register, retrying with backoff; returns the identity of the kubelet.sock used."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FIRST_SCAN_WAIT):
-                for event in self._first_list_ready:
-                    await event.wait()
+        await self._first_list()
         backoff = Backoff()
         metrics = self._services.metrics
         last_message = None
         refused: FileIdentity | None = None
         while True:
             self._wake.clear()
-            kubelet = kubelet_socket_identity(self._services.socket_dir)
+            kubelet = kubelet_socket_identity(self._serve_dir)
             if file_identity(self.socket_path) != identity:
                 raise _SocketLost()
             try:
-                await register(
-                    self._services.socket_dir, self.config.name, self.endpoint, service.options
-                )
+                await register(self._serve_dir, self.config.name, self.endpoint, service.options)
             except RegistrationError as exc:
                 metrics.registrations.labels(self.config.name, exc.result).inc()
                 message = str(exc)
@@ -320,12 +422,77 @@ class ResourceRuntime:
             self._wake.clear()
             if file_identity(self.socket_path) != identity:
                 return "socket_removed"
-            current = kubelet_socket_identity(self._services.socket_dir)
+            current = kubelet_socket_identity(self._serve_dir)
             if current is not None and current != kubelet:
                 return "kubelet_restarted"
             if self._stream_lost:
                 return "stream_closed_by_kubelet"
             await self._sleep_or_wake(SAFETY_CHECK_INTERVAL)
+
+    async def _first_list(self) -> None:
+        """Wait for the first complete list (`FIRST_SCAN_WAIT` at most)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_SCAN_WAIT):
+                for event in self._first_list_ready:
+                    await event.wait()
+
+    async def _follow_the_plugin_manager(
+        self, identity: FileIdentity, patience: Backoff, refusals: Backoff
+    ) -> str:
+        """pluginsRegistry: follow the kubelet's verdicts on the socket just created; returns
+        why the socket must be created again (docs/kubelet-contract.md §14).
+
+        Registered: nothing to do until the kubelet ends our stream. It does that when it
+        restarts (its new plugin manager then registers the socket again) or when it gives up
+        on us (nothing follows): so after a stream end, as after creating the socket, a verdict
+        must come within `patience`. A refusal is retried after `refusals`, unless the kubelet
+        (a newer one retries by itself) registers the socket meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        metrics = self._services.metrics
+        deadline: float | None = loop.time() + patience.next_delay()
+        refused: str | None = None
+        while True:
+            self._wake.clear()
+            if file_identity(self.socket_path) != identity:
+                return "socket_removed"
+            while self._kubelet_events:
+                event = self._kubelet_events.popleft()
+                if event == STREAM_LOST:
+                    if self.status.registered:
+                        self._mark(registered=False, error="not registered: stream closed")
+                        self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
+                        deadline = loop.time() + patience.next_delay()
+                elif isinstance(event, KubeletVerdict) and event.registered:
+                    metrics.registrations.labels(self.config.name, "ok").inc()
+                    patience.reset()
+                    refusals.reset()
+                    deadline, refused = None, None
+                    self._mark(registered=True)
+                    self.log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
+                elif isinstance(event, KubeletVerdict):
+                    metrics.registrations.labels(self.config.name, "refused").inc()
+                    self._mark(registered=False, error="not registered: refused")
+                    self.log.warning("register_failed", result="refused", reason=event.error)
+                    deadline, refused = loop.time() + refusals.next_delay(), event.error
+            if deadline is not None and loop.time() >= deadline:
+                if refused is not None:
+                    return "registration_refused"
+                metrics.registrations.labels(self.config.name, "unavailable").inc()
+                self._mark(registered=False, error="not registered: unavailable")
+                self.log.info(
+                    "register_failed",
+                    result="unavailable",
+                    reason=(
+                        "the kubelet asked GetInfo but sent no registration status"
+                        if self._info_asked
+                        else "no GetInfo from the kubelet's plugin watcher"
+                    ),
+                    dir=self._serve_dir,
+                )
+                return "no_registration_status"
+            delay = SAFETY_CHECK_INTERVAL if deadline is None else deadline - loop.time()
+            await self._sleep_or_wake(delay)
 
     async def _sleep_or_wake(self, delay: float) -> None:
         """Sleep, cut short by a socket-dir event (callers clear the event before checking)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from typing import Final
 
 MAX_DEVICE_ID_LENGTH: Final = 128
@@ -38,6 +39,20 @@ PRE_START_REPLY_MARGIN: Final = 2.0
 (1 s) and the reply. A longer hook would be cut off by the kubelet's deadline instead, and
 the pod's events would say `DeadlineExceeded` instead of the hook's exit and stderr."""
 MAX_PRE_START_TIMEOUT: Final = KUBELET_PRE_START_DEADLINE - PRE_START_REPLY_MARGIN
+MAX_ALLOCATE_TIMEOUT: Final = 10.0
+"""The longest `allocate.timeout`. The kubelet gives Allocate no deadline at all and admits
+one pod at a time (docs/kubelet-contract.md §6): while an `allocate.command` runs, no pod
+of the node is admitted, whatever it asks for, and a hung command would stall admission for
+ever. So kdp-host sets the deadline itself: the command is killed after at most 10 s (plus
+the 1 s TERM-to-KILL grace), the Allocate fails with its stderr, and admission goes on. An
+allocate.command is meant to take milliseconds; slow work belongs in `preStart`."""
+LIST_SEPARATOR: Final = ","
+"""How a template field that lists several items renders them: `{ids}`, `{paths}`,
+`{hostPaths}` (allocate env and annotations, preStart and allocate commands) and the sysfs
+`{nodes}` join their items with it, in argv and env alike. No item can contain it: device IDs
+(`device_id_problem`) and device node paths (`device_path_problem`) refuse it, so a list
+always splits back into exactly its items, and one device's ID or path can never name
+another device in a hook's argv."""
 
 _QUALIFIED_NAME: Final = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _DNS1123_SUBDOMAIN: Final = re.compile(
@@ -48,6 +63,9 @@ ENV_NAME_PATTERN: Final = r"[-._a-zA-Z][-._a-zA-Z0-9]*"
 _ENV_NAME: Final = re.compile(ENV_NAME_PATTERN)
 _CDI_VENDOR_OR_CLASS: Final = re.compile(r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
 CDI_DEVICE_NAME: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
+CDI_NAME_ESCAPE: Final = "::"
+"""In a CDI device name: what follows is the hex spelling of a device ID that is not a CDI
+name of its own (`allocation.cdi_device_name`)."""
 """A CDI device name: letters and digits at both ends, `_ . : -` inside (CDI's parser)."""
 _MULTILINE_WHITESPACE: Final = frozenset("\t\n")
 GLOB_MAGIC: Final = re.compile(r"[*?[]")
@@ -109,6 +127,25 @@ def absolute_path_problem(path: str) -> str | None:
         return f"must not contain control character {char!r}"
     if len(path.encode("utf-8", "surrogatepass")) >= MAX_PATH_LENGTH:
         return f"must be shorter than {MAX_PATH_LENGTH} bytes"
+    return None
+
+
+def join_list(items: Iterable[str]) -> str:
+    """A list template field's value: the items joined with LIST_SEPARATOR."""
+    return LIST_SEPARATOR.join(items)
+
+
+def device_path_problem(path: str) -> str | None:
+    """Why `path` cannot be a device node's host or container path, or None: an absolute
+    path (`absolute_path_problem`) without LIST_SEPARATOR, which `{paths}` and `{hostPaths}`
+    put between paths (no device node the kernel or udev names holds one)."""
+    if why := absolute_path_problem(path):
+        return why
+    if LIST_SEPARATOR in path:
+        return (
+            f"must not contain {LIST_SEPARATOR!r} (template fields list device paths "
+            f"separated by {LIST_SEPARATOR!r})"
+        )
     return None
 
 
@@ -199,9 +236,10 @@ def device_id_problem(device_id: str) -> str | None:
     """Why `device_id` cannot be advertised as a device ID, or None.
 
     The kubelet itself accepts any string. kdp-host's rule: 1-128 characters, no whitespace
-    and no control or unprintable characters (IDs are shown in logs, joined with `,` in
-    `{ids}`, and substituted into health commands), and not starting with `-`, so that
-    `health.command: [tool, "{id}"]` can never hand the tool an option.
+    and no control or unprintable characters (IDs are shown in logs and substituted into
+    commands), no LIST_SEPARATOR (`{ids}` joins IDs with it: `a,b` would name two devices
+    in a hook's argv), and not starting with `-`, so that `health.command: [tool, "{id}"]`
+    can never hand the tool an option.
     """
     if not device_id:
         return "device ID must not be empty"
@@ -212,6 +250,11 @@ def device_id_problem(device_id: str) -> str | None:
         return "device ID must not contain whitespace or control characters"
     if device_id.startswith("-"):
         return "device ID must not start with '-' (it would read as an option)"
+    if LIST_SEPARATOR in device_id:
+        return (
+            f"device ID must not contain {LIST_SEPARATOR!r} ({{ids}} lists IDs separated by "
+            f"{LIST_SEPARATOR!r}: it would name several devices)"
+        )
     return None
 
 

@@ -25,7 +25,7 @@ from .devices import Device
 from .drivers.base import DriverDeps, DriverError, Skipped
 from .files import DaemonThreads, FileReader, Offload
 from .logs import EventLogger, get_logger
-from .watch import Subscription, WatchCallback
+from .watch import Subscription, WatchCallback, new_subscription
 
 
 @dataclass
@@ -92,8 +92,10 @@ class ManualWatcher:
         """The directories subscribed to now."""
         return {subscription.directory for subscription in self._subscriptions}
 
-    def subscribe(self, directory: str, callback: WatchCallback) -> Subscription:
-        subscription = Subscription(os.path.normpath(directory), callback, self)
+    def subscribe(
+        self, directory: str, callback: WatchCallback, names: Iterable[str] | None = None
+    ) -> Subscription:
+        subscription = new_subscription(directory, callback, names, self)
         self._subscriptions.append(subscription)
         return subscription
 
@@ -104,7 +106,9 @@ class ManualWatcher:
     def change(self, directory: str, name: str | None = None) -> None:
         """Tell the subscribers of `directory` that `name` (None: anything) changed."""
         for subscription in list(self._subscriptions):
-            if subscription.directory == os.path.normpath(directory):
+            if subscription.directory == os.path.normpath(directory) and (
+                name is None or subscription.names is None or name in subscription.names
+            ):
                 subscription.callback(name)
 
     async def run(self) -> None:

@@ -17,6 +17,7 @@ from kdp_host.allocation import (
     cdi_device_name,
     preferred_allocation,
 )
+from kdp_host.cdi import build_spec
 from kdp_host.config import (
     AllocateConfig,
     CdiConfig,
@@ -27,6 +28,7 @@ from kdp_host.config import (
     render_template,
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
+from kdp_host.drivers.probe_output import ContainerExtras
 
 RESOURCE = "vendor.example/fpga"
 KIND = "vendor.example/fpga"
@@ -257,8 +259,28 @@ def test_two_mounts_on_one_container_path_are_refused(
 
 def test_render_template_leaves_other_braces() -> None:
     values = {"ids": "a,b", "paths": "/dev/a", "count": "2", "resource": RESOURCE}
-    assert render_template("{ids}|{count}|{other}|{{ids}}|{}", values) == ("a,b|2|{other}|{a,b}|{}")
+    assert render_template("{ids}|{count}|{other}|{}", values) == "a,b|2|{other}|{}"
     assert render_template("{ids}", {}) == "{ids}"
+
+
+@pytest.mark.parametrize(
+    ("template", "rendered"),
+    [
+        ("{}", "{}"),  # find -exec tool {} ;
+        ("{{ids}}", "{ids}"),  # doubled braces are one literal brace
+        ("{{{ids}}}", "{a,b}"),
+        ("${{HOME}}", "${HOME}"),
+        ("{ print $1 }", "{ print $1 }"),  # not a field name: literal
+        ("${1}", "${1}"),
+        ("{", "{"),
+        ("}", "}"),
+        ("{{}}", "{}"),
+        ("{ids", "{ids"),
+        ("{{ids}", "{ids}"),  # `{{` is a brace, then `ids}` is text
+    ],
+)
+def test_template_escapes(template: str, rendered: str) -> None:
+    assert render_template(template, {"ids": "a,b"}) == rendered
 
 
 def test_unknown_and_unhealthy_ids_are_refused() -> None:
@@ -302,9 +324,28 @@ def test_cdi_names_of_shell_style_ids_are_valid_and_stable() -> None:
     assert len(names) == len(set(names)) == len(odd)
     assert all(CDI_NAME.fullmatch(name) for name in names)
     assert cdi_device_name("ok-1") == "ok-1" and cdi_device_name("a:b") == "a:b"
-    assert cdi_device_name("dongle/1").startswith("dongle_1-")
+    assert cdi_device_name("dongle/1") == "dongle_1::" + b"dongle/1".hex()
     assert cdi_device_name("dongle/1") == cdi_device_name("dongle/1")
     assert cdi_device_name("dongle/1") != cdi_device_name("dongle_1")
+
+
+def test_an_escaped_cdi_name_is_never_the_name_of_another_id() -> None:
+    """An ID made readable (`dongle/1` -> `dongle_1...`) may be another device's raw ID: the
+    two devices must still get two names, or one spec entry is dropped."""
+    escaped = cdi_device_name("dongle/1")
+    assert cdi_device_name(escaped) != escaped
+    assert cdi_device_name("a::b") != "a::b"
+    snap = snapshot(
+        [
+            Device(id="dongle/1", nodes=(DeviceNode("/dev/ttyA0", "/dev/ttyA0"),)),
+            Device(id=escaped, nodes=(DeviceNode("/dev/ttyA1", "/dev/ttyA1"),)),
+        ]
+    )
+    config = resource(cdi=CdiConfig(kind=KIND))
+    spec = build_spec(config, snap)
+    assert spec is not None and len(spec["devices"]) == 2
+    response = AllocationBuilder(config).container_response(snap, ["dongle/1", escaped])
+    assert len({c.name for c in response.cdi_devices}) == 2
 
 
 def test_devices_without_nodes_or_mounts_get_no_cdi_name() -> None:
@@ -334,6 +375,10 @@ def test_cdi_device_name_is_always_valid(device_id: str) -> None:
 def test_cdi_device_names_are_distinct(a: str, b: str) -> None:
     if a != b:
         assert cdi_device_name(a) != cdi_device_name(b)
+    # an escaped name, taken as an ID, is escaped again: never someone else's name
+    for name in (cdi_device_name(a), cdi_device_name(b)):
+        if name not in (a, b):
+            assert cdi_device_name(name) not in (cdi_device_name(a), cdi_device_name(b))
 
 
 _PATHS = st.sampled_from(["/dev/a", "/dev/b", "/dev/c", "/m/x", "/m/y"])
@@ -678,3 +723,77 @@ def test_numa_policy_stays_on_one_node_when_one_fits(
             per_node[entry.device.numa] = per_node.get(entry.device.numa, 0) + 1
     if size > 0 and any(n >= size for n in per_node.values()):
         assert len({snap.by_advertised_id[i].device.numa for i in result}) == 1
+
+
+# --------------------------------------------------------------------------- lists (issue 17)
+
+
+def test_per_device_values_holding_the_separator_are_not_joined() -> None:
+    """A USB serial `A,B` joined with another stick's serial `B` would read as three
+    serials, one of them another pod's: such a list is refused; alone it passes as it is."""
+    devices = [dev("usb0", env={"SERIAL": "A,B"}), dev("usb1", env={"SERIAL": "B"})]
+    builder = AllocationBuilder(resource())
+    with pytest.raises(AllocationError, match=r"env SERIAL of device usb0 is 'A,B'"):
+        builder.container_response(snapshot(devices), ["usb0", "usb1"])
+    alone = builder.container_response(snapshot(devices), ["usb0"])
+    assert alone.envs["SERIAL"] == "A,B"
+    # a configured key wins, so nothing is joined
+    configured = AllocationBuilder(resource(env={"SERIAL": "{ids}"}))
+    response = configured.container_response(snapshot(devices), ["usb0", "usb1"])
+    assert response.envs["SERIAL"] == "usb0,usb1"
+    same = [dev("usb0", env={"MODE": "a,b"}), dev("usb1", env={"MODE": "a,b"})]
+    assert builder.container_response(snapshot(same), ["usb0", "usb1"]).envs["MODE"] == "a,b"
+
+
+def _extras(**fields: object) -> ContainerExtras:
+    return ContainerExtras(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("extras", "claimed"),
+    [
+        # a mount over a device node's container path
+        (_extras(mounts=(DeviceMount("/srv/x", "/dev/fpga0", True),)), "/dev/fpga0"),
+        # a node over a configured mount's path
+        (_extras(nodes=(DeviceNode("/dev/other", "/tools"),)), "/tools"),
+        # a node over a device's own mount
+        (_extras(nodes=(DeviceNode("/dev/other", "/state"),)), "/state"),
+        # another node on a device node's path
+        (_extras(nodes=(DeviceNode("/dev/other", "/dev/fpga0"),)), "/dev/fpga0"),
+        # another mount on a configured mount's path
+        (_extras(mounts=(DeviceMount("/srv/y", "/tools", True),)), "/tools"),
+    ],
+)
+def test_allocate_command_output_cannot_take_a_claimed_container_path(
+    extras: ContainerExtras, claimed: str
+) -> None:
+    devices = [dev("fpga0", mounts=(DeviceMount("/var/fpga0", "/state", False),))]
+    builder = AllocationBuilder(resource(mounts=(MountConfig("/opt/tools", "/tools"),)))
+    with pytest.raises(AllocationError) as caught:
+        builder.container_response(snapshot(devices), ["fpga0"], extras)
+    message = str(caught.value)
+    assert f"container path {claimed} is claimed twice" in message
+    assert "by allocate.command" in message
+    assert "by fpga0" in message or "by allocate.mounts" in message
+
+
+def test_allocate_command_output_identical_to_what_is_there_is_passed_once() -> None:
+    devices = [dev("fpga0")]
+    builder = AllocationBuilder(resource(mounts=(MountConfig("/opt/tools", "/tools"),)))
+    extras = _extras(
+        env={"SESSION": "s1"},
+        nodes=(DeviceNode("/dev/fpga0", "/dev/fpga0"), DeviceNode("/dev/mgr", "/dev/mgr")),
+        mounts=(DeviceMount("/opt/tools", "/tools", True), DeviceMount("/run/s", "/s", False)),
+        cdi_devices=("vendor.example/fpga-mgr=mgr0",),
+    )
+    response = builder.container_response(snapshot(devices), ["fpga0"], extras)
+    assert [(d.host_path, d.container_path) for d in response.devices] == [
+        ("/dev/fpga0", "/dev/fpga0"),
+        ("/dev/mgr", "/dev/mgr"),
+    ]
+    assert [(m.host_path, m.container_path) for m in response.mounts] == [
+        ("/opt/tools", "/tools"),
+        ("/run/s", "/s"),
+    ]
+    assert response.envs["SESSION"] == "s1"
+    assert [c.name for c in response.cdi_devices] == ["vendor.example/fpga-mgr=mgr0"]

@@ -23,6 +23,7 @@ MODULES = (
     "peer",
     "pinger",
     "proto",
+    "release",
     "restart",
     "scale",
     "sysfs",
@@ -92,6 +93,8 @@ def test_hooks_benchmark_structure() -> None:
         "allocate p50 without allocate.command",
         "allocate p50 with allocate.command",
         "PreStartContainer p50 with preStart: true",
+        "command run p50 (true)",
+        "event loop held per spawn p50",
     ]
     check_figures(figures, with_target=False)
 
@@ -128,3 +131,14 @@ def test_peer_benchmark_says_why_when_the_harness_is_absent(
     assert gdp and all((not f.values and "not found" in f.note) or "/sys" in f.note for f in gdp)
     hot = next(f for f in figures if f.column == "kdp-host" and "glob hot-plug" in f.row)
     check_figures([hot])
+
+
+def test_release_benchmark_says_why_when_the_harness_is_absent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.bench import release
+
+    monkeypatch.setenv("KDP_KUBELET_HARNESS", str(tmp_path / "absent"))
+    figures = release.run(TINY)
+    assert [f.values for f in figures] == [[], []]
+    assert all("not measured" in f.note and "not found" in f.note for f in figures)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import re
@@ -20,6 +22,8 @@ from kdp_host.cdi import (
     CdiSpecWriter,
     build_spec,
     minimum_cdi_version,
+    owner_path,
+    read_owner,
     render_spec_file,
     spec_file_name,
     spec_path,
@@ -35,6 +39,7 @@ from kdp_host.config import (
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
 from kdp_host.logs import get_logger
 from kdp_host.rules import cdi_kind_problem, extended_resource_name_problem
+from kdp_host.watch import make_watcher
 
 from .conftest import wait_until
 
@@ -51,64 +56,37 @@ KNOWN_VERSIONS = ("0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0")
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]*")
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?")
 
-CDI_SCHEMA: dict[str, Any] = {
-    "$schema": "http://json-schema.org/draft-07/schema#",
-    "type": "object",
-    "properties": {
-        "cdiVersion": {"type": "string"},
-        "kind": {"type": "string"},
-        "annotations": {"$ref": "#/definitions/mapStringString"},
-        "devices": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string"},
-                    "annotations": {"$ref": "#/definitions/mapStringString"},
-                    "containerEdits": {"$ref": "#/definitions/containerEdits"},
-                },
-                "required": ["name", "containerEdits"],
-            },
-        },
-        "containerEdits": {"$ref": "#/definitions/containerEdits"},
-    },
-    "required": ["cdiVersion", "kind", "devices"],
-    "definitions": {
-        "ArrayOfStrings": {"type": "array", "items": {"type": "string"}},
-        "mapStringString": {"type": "object", "additionalProperties": {"type": "string"}},
-        "DeviceNode": {
-            "type": "object",
-            "properties": {
-                "path": {"type": "string"},
-                "hostPath": {"type": "string"},
-                "permissions": {"type": "string"},
-                "type": {"type": "string"},
-                "fileMode": {"type": "integer"},
-                "uid": {"type": "integer", "minimum": 0},
-                "gid": {"type": "integer", "minimum": 0},
-            },
-            "required": ["path"],
-        },
-        "Mount": {
-            "type": "object",
-            "properties": {
-                "hostPath": {"type": "string"},
-                "containerPath": {"type": "string"},
-                "options": {"$ref": "#/definitions/ArrayOfStrings"},
-                "type": {"type": "string"},
-            },
-            "required": ["hostPath", "containerPath"],
-        },
-        "containerEdits": {
-            "type": "object",
-            "properties": {
-                "env": {"$ref": "#/definitions/ArrayOfStrings"},
-                "deviceNodes": {"type": "array", "items": {"$ref": "#/definitions/DeviceNode"}},
-                "mounts": {"type": "array", "items": {"$ref": "#/definitions/Mount"}},
-            },
-        },
-    },
-}
+CDI_SCHEMA_ENV = "KDP_CDI_SCHEMA_DIR"
+"""A directory holding the official CDI JSON schema, `schema.json` and `defs.json` as the CDI
+repository (cncf-tags/container-device-interface, `schema/`) ships them. No package on the
+registries this project uses ships that schema and the project does not copy it, so the
+tests look for it here or beside the repository (`../shared/cdi-schema`)."""
+
+
+def cdi_schema_dir() -> Path:
+    configured = os.environ.get(CDI_SCHEMA_ENV)
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "cdi-schema"
+
+
+@functools.cache
+def official_cdi_validator() -> Any | None:
+    """A validator of the official schema (its `defs.json` references resolved), or None
+    where the schema is not present."""
+    directory = cdi_schema_dir()
+    if not ((directory / "schema.json").is_file() and (directory / "defs.json").is_file()):
+        return None
+    jsonschema = pytest.importorskip("jsonschema")
+    referencing = pytest.importorskip("referencing")
+    from referencing.jsonschema import DRAFT7
+
+    schema = json.loads((directory / "schema.json").read_text())
+    defs = json.loads((directory / "defs.json").read_text())
+    registry = referencing.Registry().with_resource(
+        "defs.json", referencing.Resource.from_contents(defs, default_specification=DRAFT7)
+    )
+    return jsonschema.Draft7Validator(schema, registry=registry)
 
 
 def _vendor_or_class_ok(name: str) -> bool:
@@ -161,9 +139,11 @@ def _check_edits(edits: dict[str, Any], *, device: bool) -> None:
 
 
 def validate_cdi_spec(spec: dict[str, Any]) -> None:
-    """What CDI's ReadSpec enforces, for the fields kdp-host writes."""
-    jsonschema = pytest.importorskip("jsonschema")
-    jsonschema.validate(spec, CDI_SCHEMA)
+    """The official CDI JSON schema where present (`cdi_schema_dir`), and what CDI's Go code
+    enforces beyond the schema (names, versions, edits), for the fields kdp-host writes."""
+    validator = official_cdi_validator()
+    if validator is not None:
+        validator.validate(spec)
     assert spec["cdiVersion"] in KNOWN_VERSIONS
     declared = tuple(int(p) for p in spec["cdiVersion"].split("."))
     assert declared >= _required_version(spec), "CDI: the spec version must be at least ..."
@@ -285,6 +265,15 @@ def test_spec_content() -> None:
             ],
         },
     }
+
+
+def test_escaped_braces_are_text_in_the_spec_env() -> None:
+    """`{{ids}}` is the text `{ids}`, not a field: it does not depend on the allocation, so
+    it travels in the spec like any fixed value (and `{}` stays as it is)."""
+    config = resource(env={"HINT": "{{ids}} {}", "DEVS": "{ids}"})
+    spec = build_spec(config, snapshot([dev("fpga0")]))
+    assert spec is not None
+    assert spec["containerEdits"]["env"] == ["HINT={ids} {}"]
 
 
 def test_spec_version_and_kind_rules() -> None:
@@ -431,7 +420,7 @@ async def running() -> AsyncIterator[list[RunningWriter]]:
 
 
 def start_writer(
-    running: list[RunningWriter], config: ResourceConfig, table: DeviceTable, **options: float
+    running: list[RunningWriter], config: ResourceConfig, table: DeviceTable, **options: Any
 ) -> CdiSpecWriter:
     writer = CdiSpecWriter(config, table, get_logger(), **options)
     running.append(RunningWriter(writer))
@@ -608,3 +597,127 @@ async def test_a_spec_file_of_another_kind_resolves_nothing(
     assert spec_device_names(content, "other.example/kind") == frozenset()
     assert spec_device_names(b"{not json", KIND) == frozenset()
     assert spec_device_names(b'{"kind": "%s", "devices": "x"}' % KIND.encode(), KIND) == set()
+
+
+# --------------------------------------------------------------------------- handover
+
+
+async def test_a_stopping_instance_leaves_the_spec_file_the_new_instance_owns(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """A rolling upgrade (maxSurge: two instances on one node): the old instance stops while
+    the new one serves the same resource from the same file name. The old one must neither
+    remove the file nor fight over it."""
+    config = resource(tmp_path)
+    old_table, new_table = DeviceTable(), DeviceTable()
+    for table in (old_table, new_table):
+        table.publish([dev("fpga0"), dev("fpga1")])
+    old = start_writer(running, config, old_table, debounce=0.0, instance="old")
+    await wait_until(lambda: synced(old, old_table), what="the old instance wrote")
+    new = start_writer(running, config, new_table, debounce=0.0, instance="new")
+    await wait_until(lambda: synced(new, new_table), what="the new instance took over")
+    assert Path(new.owner_file).read_text().strip() == "new"
+    # a device the old one still sees changes: it leaves the file to the owner
+    old_table.publish([dev("fpga0")])
+    await wait_until(lambda: synced(old, old_table), what="the old instance saw its change")
+    await running[0].stop()
+    path = Path(new.path)
+    assert path.exists(), "the old instance removed the new instance's spec file"
+    assert [d["name"] for d in json.loads(path.read_text())["devices"]] == ["fpga0", "fpga1"]
+    assert all(d.healthy for d in new_table.snapshot.devices)
+    await running[1].stop()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_spec_file_removed_behind_the_writers_back_is_seen_at_once(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """The spec dir is watched: a removal is noticed (devices held Unhealthy) and repaired
+    without waiting for the periodic check (here: never)."""
+    log = get_logger()
+    watcher = make_watcher(log)
+    watch_task = asyncio.create_task(watcher.run())
+    try:
+        table = DeviceTable()
+        table.publish([dev("fpga0")])
+        writer = start_writer(
+            running, resource(tmp_path), table, debounce=0.0, verify_interval=3600.0,
+            watcher=watcher,
+        )  # fmt: skip
+        await wait_until(lambda: synced(writer, table), what="first write")
+        Path(writer.path).unlink()
+        await wait_until(
+            lambda: Path(writer.path).exists() and writer.writes == 2, what="written again"
+        )
+        validate_cdi_spec(json.loads(Path(writer.path).read_text()))
+    finally:
+        for item in running:
+            await item.stop()
+        watch_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch_task
+
+
+async def test_an_owner_whose_lease_ran_out_is_taken_over(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """An instance killed without cleanup leaves its owner file: once its lease is over,
+    another instance writes the spec file again."""
+    config = resource(tmp_path)
+    owner = Path(owner_path(spec_path(config)))
+    owner.write_text("killed\n")
+    os.utime(owner, (0, 0))
+    assert read_owner(str(owner), lease=30.0) is None
+    table = DeviceTable()
+    table.publish([dev("fpga0")])
+    writer = start_writer(running, config, table, debounce=0.0, instance="live")
+    await wait_until(lambda: synced(writer, table), what="written")
+    assert owner.read_text().strip() == "live" and Path(writer.path).exists()
+    os.utime(owner)
+    assert read_owner(str(owner), lease=30.0) == "live"
+
+
+# --------------------------------------------------------------------------- official schema
+
+
+def test_specs_validate_against_the_official_cdi_schema() -> None:
+    """Every shape of spec the host writes, against the official CDI JSON schema (issue 20
+    item 10). The schema is not shipped by any package the project installs and is not
+    copied into the repository: the test runs where it is present (see `cdi_schema_dir`)."""
+    validator = official_cdi_validator()
+    if validator is None:
+        pytest.skip(
+            f"the official CDI JSON schema (schema.json, defs.json) is not at {cdi_schema_dir()} "
+            f"(set {CDI_SCHEMA_ENV} to a directory holding them)"
+        )
+    full = ResourceConfig(
+        name=RESOURCE,
+        driver=GlobDriverConfig(paths=("/dev/fpga*",)),
+        allocate=AllocateConfig(
+            env={"MODE": "fast", "IDS": "{ids}"},
+            mounts=(MountConfig("/opt/fw", "/fw"),),
+            cdi=CdiConfig(
+                kind="vendor.example/fpga.v2",
+                device_gid=44,
+                device_file_mode="0660",
+                additional_gids=(44, 107),
+            ),
+        ),
+    )
+    devices = [
+        dev("fpga0", env={"SLOT": "0"}),
+        dev("0dev", nodes=(DeviceNode("/dev/a", "/dev/x", "r"), DeviceNode("/dev/b", "/dev/y"))),
+        dev("dongle/1", mounts=(DeviceMount("/srv/d1", "/d", read_only=False),)),
+    ]
+    specs = [build_spec(full, snapshot(devices)), build_spec(resource(), snapshot(devices[:1]))]
+    for spec in specs:
+        assert spec is not None
+        validator.validate(spec)
+        validate_cdi_spec(spec)
+    # not vacuous: what CDI refuses, the schema refuses
+    broken = dict(specs[1])  # type: ignore[arg-type]
+    del broken["devices"]
+    assert list(validator.iter_errors(broken))
+    bad_node = json.loads(json.dumps(specs[1]))
+    del bad_node["devices"][0]["containerEdits"]["deviceNodes"][0]["path"]
+    assert list(validator.iter_errors(bad_node))

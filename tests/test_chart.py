@@ -542,6 +542,16 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     assert m["sys"] == {"name": "sys", "mountPath": "/sys", "readOnly": True}
     assert v["sys"]["hostPath"]["path"] == "/sys"
     assert m["config"] == {"name": "config", "mountPath": "/etc/kdp-host", "readOnly": True}
+    # PodResources (who holds each device) is read by default; no resource has `release`,
+    # so no state directory is mounted
+    pod_resources = "/var/lib/kubelet/pod-resources"
+    assert m["pod-resources"] == {
+        "name": "pod-resources",
+        "mountPath": pod_resources,
+        "readOnly": True,
+    }
+    assert v["pod-resources"]["hostPath"] == {"path": pod_resources, "type": "DirectoryOrCreate"}
+    assert "state" not in m and "state" not in v
     (source,) = v["config"]["projected"]["sources"]
     assert source["configMap"]["name"] == one(docs, "ConfigMap", "-config")["metadata"]["name"]
     assert source["configMap"]["items"] == [{"key": "config.yaml", "path": "config.yaml"}]
@@ -636,12 +646,56 @@ def test_custom_config_drives_mounts_port_and_checksum(rendered: dict[str, list[
         if name.startswith("cdi-"):
             assert vol["hostPath"]["type"] == "DirectoryOrCreate"
             assert mounts(docs)[name]["mountPath"] == vol["hostPath"]["path"]
+    # a resource with `release`: its state directory, and PodResources where the kubelet is
+    kubelet = "/var/snap/microk8s/common/var/lib/kubelet"
+    assert mounts(docs)["pod-resources"]["mountPath"] == f"{kubelet}/pod-resources"
+    assert volumes(docs)["pod-resources"]["hostPath"]["path"] == f"{kubelet}/pod-resources"
+    assert mounts(docs)["state"] == {"name": "state", "mountPath": "/var/lib/kdp-host-fpga"}
+    assert volumes(docs)["state"]["hostPath"] == {
+        "path": "/var/lib/kdp-host-fpga",
+        "type": "DirectoryOrCreate",
+    }
     annotations = daemonset(docs)["spec"]["template"]["metadata"]["annotations"]
     assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/config"])
     assert daemonset(docs)["spec"]["updateStrategy"]["rollingUpdate"] == {
         "maxUnavailable": 0,
         "maxSurge": 1,
     }
+
+
+def test_plugins_registry_is_mounted_only_when_used(
+    helm_env: dict[str, str], rendered: dict[str, list[Doc]]
+) -> None:
+    """Issue 18 part 3: the plugins_registry dir is mounted (same path, read-write) only with
+    `registration: pluginsRegistry`, and not twice when it lies inside the socket dir."""
+    registry = "/var/lib/kubelet/plugins_registry"
+    docs = rendered["plugins-registry"]
+    assert mounts(docs)["plugins-registry"] == {"name": "plugins-registry", "mountPath": registry}
+    assert volumes(docs)["plugins-registry"]["hostPath"] == {"path": registry, "type": "Directory"}
+    for name in VALUE_SETS:
+        if name != "plugins-registry":
+            assert "plugins-registry" not in mounts(rendered[name]), name
+    configured = render(
+        helm_env,
+        "defaults",
+        "--set",
+        "config.kubelet.registration=deviceSocket",
+        "--set",
+        f"config.kubelet.pluginsRegistryDir={registry}",
+    )
+    assert "plugins-registry" not in volumes(configured)
+    inside = render(
+        helm_env,
+        "plugins-registry",
+        "--set",
+        "config.kubelet.pluginsRegistryDir=/var/lib/kubelet/device-plugins/registry",
+    )
+    assert "plugins-registry" not in volumes(inside)
+    moved = render(
+        helm_env, "plugins-registry", "--set", "config.kubelet.pluginsRegistryDir=/srv/reg"
+    )
+    assert volumes(moved)["plugins-registry"]["hostPath"]["path"] == "/srv/reg"
+    assert mounts(moved)["plugins-registry"]["mountPath"] == "/srv/reg"
 
 
 def test_checksum_follows_the_config(
@@ -690,6 +744,7 @@ def test_overrides(rendered: dict[str, list[Doc]]) -> None:
     assert c["args"][-2:] == ["--log-level", "debug"]
     assert {"name": "KDP_EXAMPLE", "value": "1"} in c["env"]
     assert c["env"][0]["name"] == "NODE_NAME"
+    assert "pod-resources" not in mounts(docs) and "pod-resources" not in volumes(docs)
     assert mounts(docs)["run-udev"]["mountPath"] == "/run/udev"
     assert volumes(docs)["run-udev"]["hostPath"]["path"] == "/run/udev"
     assert c["livenessProbe"]["periodSeconds"] == 20

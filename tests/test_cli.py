@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -106,6 +107,26 @@ def test_check_table_stays_one_line_per_device(
     assert all(line.startswith(FPGA) for line in lines[2:])
     assert all(c.isprintable() for line in lines for c in line)
     assert any(line.endswith("fpga0 Healthy " + str(dev / "fpga0")) for line in lines)
+
+
+def test_check_warns_when_one_node_is_reachable_from_two_resources(
+    short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = short_dir / "dev"
+    dev.mkdir()
+    (dev / "fpga0").touch()
+    (dev / "fpga1").touch()
+    (dev / "alias0").symlink_to(dev / "fpga0")
+    config = short_dir / "config.yaml"
+    alias = "vendor.example/alias"
+    config.write_text(glob_config(socket_dir, (FPGA, f"{dev}/fpga*"), (alias, f"{dev}/alias*")))
+    assert main(["check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {dev}/fpga0 is reachable from {FPGA} (device fpga0) and {alias} (device "
+        "fpga0): only the first to claim it is advertised"
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -231,3 +252,28 @@ async def test_host_runs_where_asyncinotify_cannot_even_be_imported(
         await proc.wait()
         await reader
     assert b"inotify_unavailable" in stderr and b"watcher=poll" in stderr
+
+
+async def test_status_asks_a_running_host_and_devices_can_be_turned_off(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path
+) -> None:
+    config = ephemeral_port_config(short_dir, socket_dir)
+    nowhere = f"{short_dir}/no-pod-resources/kubelet.sock"
+    config.write_text(
+        config.read_text().replace("kubelet: {", f"kubelet: {{podResourcesSocket: {nowhere}, ")
+    )
+    async with kdp_host_run(config) as (_, port):
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 1, timeout=30)
+        status = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kdp_host", "status", "--address", f"127.0.0.1:{port}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(status.communicate(), 60)
+    assert status.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert lines[0].startswith("podresources: absent")  # no PodResources socket here
+    assert lines[2].split()[:4] == [FPGA, "fpga0", "Healthy", "-"]
+    config.write_text(config.read_text().replace("'127.0.0.1:0'", "'127.0.0.1:0', devices: false"))
+    async with kdp_host_run(config) as (_, port):
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/devices")

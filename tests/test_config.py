@@ -205,6 +205,13 @@ resources:
             True,
         ),
         (
+            "resources: [{name: a.io/b, glob: {paths: [/x]}, allocate: {cdi: {kind: v.io/kk}}},"
+            " {name: a.io/c, glob: {paths: [/y]}, allocate: {cdi: {kind: v.io/kk}}}]",
+            "resources[1].allocate.cdi.kind: CDI kind 'v.io/kk' is already used by "
+            "resource 'a.io/b'",
+            False,
+        ),
+        (
             "resources: [{name: a.io/b, glob: {paths: [/x]}, replicas: true}]",
             "must be an integer",
             True,

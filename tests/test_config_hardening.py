@@ -204,6 +204,8 @@ def test_kubelet_env_names_and_qualified_annotation_keys_pass() -> None:
         ("/dev/fpga", "must contain {name} or {path}"),
         ("dev/{name}", "must be an absolute path"),
         ("{name}", "must be an absolute path"),
+        ("/dev/{{name}}", "must contain {name} or {path}"),  # escaped: the text {name}
+        ("/dev/x,{name}", "must not contain ','"),  # `{paths}` lists container paths
     ],
 )
 def test_glob_container_path_is_per_device_and_absolute(container_path: str, fragment: str) -> None:

@@ -300,6 +300,32 @@ async def test_rolling_upgrade_with_surge_recovers_from_the_stale_stream_disconn
     await kubelet.allocate(FPGA, 1)
 
 
+async def test_rolling_upgrade_leaves_the_cdi_spec_file_to_the_new_instance(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+) -> None:
+    """The old instance of a rolling upgrade stops while the new one serves: the CDI spec
+    file (one name per resource) must stay, or the new instance's devices are Healthy and
+    /readyz 200 while the runtime cannot resolve a single CDI name."""
+    spec_dir = short_dir / "cdi"
+    config = glob_config(
+        socket_dir,
+        (FPGA, f"{devices}/fpga*"),
+        extra=f"allocate: {{cdi: {{kind: vendor.example/fpga, specDir: {spec_dir}}}}}",
+    )
+    old = await start_host(config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    new = await start_host(config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).registrations == 2)
+    spec = spec_dir / "kdp-host_vendor.example_fpga.json"
+    await old.shutdown()
+    assert spec.exists(), "the stopping instance removed the spec file the new one serves"
+    await wait_until(lambda: new.host.not_ready() == {}, what="the new instance ready")
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    assert spec.exists()
+    await new.shutdown()
+    assert not spec.exists()
+
+
 async def test_a_second_client_closing_its_stream_does_not_reregister(
     kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
 ) -> None:

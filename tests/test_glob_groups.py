@@ -466,3 +466,59 @@ async def test_a_node_that_only_links_of_several_groups_reach_belongs_to_none(
     assert (await scan(driver)) == {}, (
         "never two groups, nor the node moved to the new link's group"
     )
+
+
+# --------------------------------------------------------------------------- issue 17 item 4
+
+
+async def test_a_member_reached_through_a_directory_link_takes_no_node(tmp_path: Path) -> None:
+    """`card-1 -> card0` makes `card-1/user` match with key `-1` (before `0` in key order):
+    the node is card0's own, so it stays with group 0 and `-1` gets nothing (resolved before
+    grouping: a path through a directory link is a link, like a leaf link)."""
+    (tmp_path / "card0").mkdir()
+    (tmp_path / "card0" / "user").touch()
+    members = (member(f"{tmp_path}/card{{key}}/user"),)
+    driver = group_driver(*members)
+    assert list(await scan(driver)) == ["0"]
+    (tmp_path / "card-1").symlink_to(tmp_path / "card0")
+    devices = await scan(driver)
+    assert list(devices) == ["0"] and devices["0"].healthy
+    assert list(await scan(group_driver(*members))) == ["0"], "a restart agrees"
+    result = await driver.scan_once()
+    assert {s.reason for s in result.skipped} == {"same_device"}
+
+
+async def test_a_directory_member_linked_to_root_or_outside_is_never_mounted(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "card0").touch()
+    (tmp_path / "fw").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    driver = group_driver(member(f"{tmp_path}/card{{key}}"), member(f"{tmp_path}/fw/{{key}}"))
+    for target in ("/", str(tmp_path / "elsewhere"), str(tmp_path / "fw")):
+        (tmp_path / "fw" / "0").symlink_to(target)
+        assert await scan(driver) == {}, f"{target} mounted"
+        result = await driver.scan_once()
+        [unsafe] = [s for s in result.skipped if s.reason == "unsafe_mount"]
+        assert unsafe.subject == f"{tmp_path}/fw/0"
+        assert unsafe.message.endswith("is /" if target == "/" else f"outside {tmp_path}/fw")
+        (tmp_path / "fw" / "0").unlink()
+    # a link to a directory inside the member's directory is mounted (as its real path)
+    (tmp_path / "fw" / "versions" / "7").mkdir(parents=True)
+    (tmp_path / "fw" / "0").symlink_to(tmp_path / "fw" / "versions" / "7")
+    [device] = (await scan(driver)).values()
+    assert [m.host_path for m in device.mounts] == [f"{tmp_path}/fw/versions/7"]
+
+
+async def test_a_mount_member_file_linked_out_of_its_directory_is_refused(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "card0").touch()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "card0.cfg").symlink_to("/etc/passwd")
+    driver = group_driver(
+        member(f"{tmp_path}/card{{key}}"),
+        member(f"{tmp_path}/etc/card{{key}}.cfg", mount=True, optional=True),
+    )
+    [device] = (await scan(driver)).values()
+    assert device.mounts == ()

@@ -19,7 +19,7 @@ from kdp_host.config import GlobDriverConfig
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
-from kdp_host.drivers.glob_paths import DeviceIds, examine
+from kdp_host.drivers.glob_paths import Assigned, DeviceIdentity, DeviceIds, assign_ids, examine
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.testing import RecordingNotifier
@@ -283,3 +283,58 @@ def test_the_id_is_the_real_paths_whatever_links_exist(links: list[str]) -> None
             assert list(devices) == [DeviceIds(patterns)(str(root / "dev" / "node0"))]
             (device,) = devices.values()
             assert device.nodes[0].host_path == str(root / "dev" / "node0")
+
+
+# ------------------------------------------------------------------ issue 17 item 5: kept IDs
+
+
+def null_twin(path: Path) -> None:
+    """A second character node for /dev/null's device number at `path`."""
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.stat("/dev/null").st_rdev)
+    except PermissionError:
+        pytest.skip("mknod needs CAP_MKNOD; test_a_listed_device_keeps_its_id covers the rule")
+
+
+async def test_a_second_node_with_a_lower_path_never_renames_a_device(tmp_path: Path) -> None:
+    """The kubelet holds `b` for a pod; a second node for the same device number appears at
+    a lower path (`a`): the device keeps its ID and host path (a new ID for the same node
+    would let the kubelet give it to a second pod). While `b` is gone and `a` remains, the
+    ID stays with the device number; a fresh driver (a restart) takes the lowest path."""
+    null_twin(tmp_path / "b")
+    glob_driver = driver(f"{tmp_path}/*")
+    notifier = RecordingNotifier()
+    await glob_driver.step(notifier)
+    [(device_id, device)] = notifier.devices.items()
+    assert device.nodes[0].host_path == str(tmp_path / "b")
+    null_twin(tmp_path / "a")
+    await glob_driver.step(notifier)
+    assert list(notifier.devices) == [device_id]
+    assert notifier.devices[device_id].nodes[0].host_path == str(tmp_path / "b")
+    assert notifier.devices[device_id].healthy
+    assert [s.reason for s in notifier.skipped] == ["same_device"]
+    (tmp_path / "b").unlink()
+    await glob_driver.step(notifier)
+    assert list(notifier.devices) == [device_id], "the device number keeps its ID"
+    assert notifier.devices[device_id].nodes[0].host_path == str(tmp_path / "a")
+    assert [d.id for d in await driver(f"{tmp_path}/*").scan()] != [device_id]
+
+
+def test_a_listed_device_keeps_its_id() -> None:
+    """The rule without device nodes: identities stand for device numbers."""
+    ids = DeviceIds(["/d/*"])
+    number: DeviceIdentity = ("c", 7)
+    other: DeviceIdentity = ("c", 8)
+    held = {number: Assigned("b", "/d/b")}
+    assigned, collided = assign_ids({number: [("/d/a", "/d/a"), ("/d/b", "/d/b")]}, held, ids)
+    assert assigned == {number: Assigned("b", "/d/b")} and collided == {}
+    # its host path vanished: the ID stays, the path is the canonical one of what remains
+    assigned, _ = assign_ids({number: [("/d/a", "/d/a")]}, held, ids)
+    assert assigned == {number: Assigned("b", "/d/a")}
+    # a newcomer whose canonical path gives a held ID waits, whatever the order
+    found = {other: [("/d/b", "/d/b")], number: [("/d/a", "/d/a")]}
+    assigned, collided = assign_ids(found, held, ids)
+    assert assigned == {number: Assigned("b", "/d/a")} and collided == {other: number}
+    # nothing held (a restart): the canonical path decides
+    assigned, _ = assign_ids({number: [("/d/b", "/d/b"), ("/d/a", "/d/a")]}, {}, ids)
+    assert assigned == {number: Assigned("a", "/d/a")}

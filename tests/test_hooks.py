@@ -8,16 +8,18 @@ deadline) and through the grpcio kubelet (an independent gRPC stack).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from kdp_host.config import ConfigError, load_config_text
-from kdp_host.rules import MAX_PRE_START_TIMEOUT
+from kdp_host.rules import MAX_ALLOCATE_TIMEOUT, MAX_PRE_START_TIMEOUT
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
 from .conftest import glob_config, script, wait_until
@@ -60,6 +62,31 @@ def _process_gone(pid: int) -> bool:
 
 
 # --------------------------------------------------------------------------- config
+
+
+def test_allocate_timeout_is_bounded(short_dir: Path) -> None:
+    """Issue 17 item 9: the kubelet gives Allocate no deadline and admits one pod at a
+    time; `allocate.timeout` is what bounds the stall, so it cannot be hours."""
+    for too_long in ("720h", "20s", "10.5s"):
+        text = _config(short_dir, short_dir, f'allocate: {{command: ["x"], timeout: {too_long}}}')
+        with pytest.raises(ConfigError) as caught:
+            load_config_text(text)
+        assert f"allocate.timeout: must be at most {MAX_ALLOCATE_TIMEOUT:g}s" in str(caught.value)
+        assert "admits one pod at a time" in str(caught.value)
+    text = _config(short_dir, short_dir, 'allocate: {command: ["x"], timeout: 10s}')
+    assert load_config_text(text).resources[0].allocate.timeout == MAX_ALLOCATE_TIMEOUT
+
+
+def test_a_literal_brace_pair_is_an_argument_not_a_field(short_dir: Path) -> None:
+    """Issue 17 item 14a: `{}` (find -exec) and doubled braces are text; a name in braces
+    is a field and must be known, and the error says how to write it literally."""
+    for section, field in (("preStart", "hostPaths"), ("allocate", "ids"), ("health", "path")):
+        argv = f'["find", "{{{field}}}", "-exec", "tool", "{{}}", ";", "{{{{ids}}}}"]'
+        loaded = load_config_text(_config(short_dir, short_dir, f"{section}: {{command: {argv}}}"))
+        command = getattr(loaded.resources[0], section.replace("preStart", "pre_start")).command
+        assert command[4:] == ("{}", ";", "{{ids}}")
+    with pytest.raises(ConfigError, match=re.escape("write {{HOME}} for the literal text {HOME}")):
+        load_config_text(_config(short_dir, short_dir, 'preStart: {command: ["sh", "${HOME}"]}'))
 
 
 def test_pre_start_timeout_longer_than_the_kubelet_allows_is_refused(short_dir: Path) -> None:
@@ -253,6 +280,49 @@ async def test_ten_containers_start_at_once_and_overlap_up_to_the_bound(
     assert _counter(running, "kdp_pre_start_calls_total", resource=FPGA, result="ok") == 10
 
 
+@pytest.mark.parametrize(
+    ("hook_yaml", "counted"),
+    [
+        ('preStart: {{command: ["{hook}"]}}', ("kdp_pre_start_calls_total", "invalid")),
+        ('allocate: {{env: {{SERIAL: "{{{{ids}}}}"}}, command: ["{hook}"]}}',
+         ("kdp_allocations_total", "invalid")),
+    ],
+)  # fmt: skip
+async def test_hooks_refuse_device_values_that_would_not_split_back(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    start_host,
+    hook_yaml: str,
+    counted: tuple[str, str],
+) -> None:
+    """A hook gets the devices' own env joined with `,`: a value holding a `,` (a USB serial
+    `A,B` beside a stick whose serial is `B`) would name another device, so the call is
+    refused (INVALID_ARGUMENT) instead of running the command with it (Allocate itself
+    joins nothing here: the configured SERIAL wins there)."""
+    ran = short_dir / "ran"
+    hook = script(short_dir, "hook", f'touch "{ran}"\n')
+    devices = [{"id": "usb0", "env": {"SERIAL": "A,B"}}, {"id": "usb1", "env": {"SERIAL": "B"}}]
+    allocate = (
+        "" if hook_yaml.startswith("allocate") else "    allocate: {env: {SERIAL: '{ids}'}}\n"
+    )
+    text = (
+        f"kubelet: {{socketDir: {socket_dir}}}\nresources:\n"
+        f"  - name: {FPGA}\n"
+        f"    shell: {{command: [echo, '{json.dumps(devices)}'], format: json}}\n"
+        f"{allocate}    {hook_yaml.format(hook=hook)}\n"
+    )
+    running = await start_host(text)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    with pytest.raises(SimulatorAllocationError) as caught:
+        await kubelet.allocate(FPGA, 2, pod_uid="p1")
+    assert "code = InvalidArgument" in str(caught.value)
+    assert "env SERIAL of device usb0 is 'A,B'" in str(caught.value)
+    assert not ran.exists()
+    metric, result = counted
+    assert _counter(running, metric, resource=FPGA, result=result) == 1
+
+
 # --------------------------------------------------------------------------- allocate.command
 
 
@@ -303,6 +373,54 @@ async def test_allocate_command_output_is_checked_like_probe_output(
         await kubelet.allocate(FPGA, 1, pod_uid="p1")
     assert _counter(running, "kdp_allocations_total", resource=FPGA, result="hook_failed") == 1
     assert _counter(running, "kdp_allocate_hook_runs_total", resource=FPGA, result="parse") == 1
+
+
+async def test_a_hung_allocate_command_does_not_delay_another_resources_allocate(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    """Issue 17 item 9, inside kdp-host: resource A's command hangs; an Allocate of resource
+    B sent meanwhile is answered while A's is still waiting (nothing is shared between the
+    resources' Allocates: no lock, no queue, no blocked loop). The calls go straight to the
+    plugins' sockets: the kubelet admits one pod at a time, so through it B waits for A's
+    timeout instead (tests/test_hooks_real_kubelet.py)."""
+    from grpclib.client import Channel
+
+    from kdp_host.api.v1beta1 import AllocateRequest, ContainerAllocateRequest, DevicePluginStub
+
+    started = short_dir / "started"
+    hang = script(short_dir, "hang", f'touch "{started}"\nexec sleep 1000\n')
+    quick = script(short_dir, "quick", 'echo \'{"env": {"QUICK": "1"}}\'\n')
+    text = (
+        f"kubelet: {{socketDir: {socket_dir}}}\nresources:\n"
+        f'  - name: {HANG}\n    glob: {{paths: ["{devices}/fpga0"]}}\n'
+        f'    allocate: {{command: ["{hang}"], timeout: 10s}}\n'
+        f'  - name: {SERIAL}\n    glob: {{paths: ["{devices}/ttyA*"]}}\n'
+        f'    allocate: {{command: ["{quick}"]}}\n'
+    )
+    running = await start_host(text)
+    await kubelet.wait_for(lambda: kubelet.resource(HANG).allocatable == 1)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    channels = {
+        name: Channel(path=runtime.socket_path) for name, runtime in running.host.resources.items()
+    }
+    try:
+
+        def allocate(name: str, device: str) -> Any:
+            request = AllocateRequest([ContainerAllocateRequest(devices_ids=[device])])
+            return DevicePluginStub(channels[name]).allocate(request)
+
+        hung = asyncio.ensure_future(allocate(HANG, "fpga0"))
+        await wait_until(started.exists, what="A's command started")
+        answer = await asyncio.wait_for(allocate(SERIAL, "ttyA0"), 30)
+        assert not hung.done(), "A's Allocate must still be waiting for its command"
+        assert answer.container_responses[0].envs["QUICK"] == "1"
+        hung.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hung
+    finally:
+        for channel in channels.values():
+            channel.close()
+    assert _counter(running, "kdp_allocate_hook_runs_total", resource=SERIAL, result="ok") == 1
 
 
 # --------------------------------------------------------------------------- grpcio kubelet
@@ -364,7 +482,8 @@ async def test_pre_start_through_the_grpcio_kubelet(
         DEADLINE: "hang1",
         SLOTS: "slot*",
     }
-    lines = [f"kubelet: {{socketDir: {socket_dir}}}", "resources:"]
+    lines = [f"kubelet: {{socketDir: {socket_dir}}}", "metrics: {listen: '127.0.0.1:0'}"]
+    lines += ["resources:"]
     for name, (hook, hook_args, extra) in hooks.items():
         argv = ", ".join(filter(None, [f'"{hook}"', hook_args]))
         lines += [

@@ -83,7 +83,7 @@ async def test_http_endpoints(
     stop = asyncio.Event()
     task = asyncio.create_task(host.run(stop))
     try:
-        await wait_until(lambda: health.last_beat > 0, what="first heartbeat")
+        await wait_until(lambda: health.attached, what="the loop answers probes")
         status, body = await asyncio.to_thread(http_get, http, "/healthz")
         assert (status, body.strip()) == (200, "ok")
         await wait_until(lambda: FPGA in health.not_ready, what="readiness computed")
@@ -140,27 +140,74 @@ async def test_healthz_turns_503_while_the_loop_is_blocked(
     stop = asyncio.Event()
     task = asyncio.create_task(host.run(stop))
     try:
-        await wait_until(lambda: health.last_beat > 0, what="first heartbeat")
+        await wait_until(lambda: health.attached, what="the loop answers probes")
         assert (await asyncio.to_thread(http_get, http, "/healthz"))[0] == 200
-        # Block the event loop; the HTTP thread keeps answering, with a 503.
+        # Block the event loop; the HTTP thread keeps answering, with a 503 once the loop
+        # has not answered the probe for 2 s.
         result: dict[str, tuple[int, str]] = {}
 
         def probe_later() -> None:
-            time.sleep(2.5)
+            time.sleep(0.5)
             result["healthz"] = http_get(http, "/healthz")
 
         import threading
 
         prober = threading.Thread(target=probe_later)
         prober.start()
-        time.sleep(3.0)  # noqa: ASYNC251 - the block under test: the loop stalls on purpose
+        time.sleep(3.5)  # noqa: ASYNC251 - the block under test: the loop stalls on purpose
         prober.join()
         status, body = result["healthz"]
-        assert status == 503 and "event loop stalled" in body
-        await wait_until(lambda: time.monotonic() - health.last_beat < 1, what="loop recovered")
+        assert status == 503 and "event loop stalled: no answer within 2s" in body
+        # The probe's late answer measured the stall.
+        await wait_until(
+            lambda: value(metrics, "kdp_event_loop_lag_max_seconds") > 2, what="lag recorded"
+        )
         assert (await asyncio.to_thread(http_get, http, "/healthz"))[0] == 200
         assert value(metrics, "kdp_event_loop_lag_max_seconds") > 2
     finally:
+        stop.set()
+        await task
+
+
+async def test_an_idle_host_wakes_for_nothing(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, http: int, running_health
+) -> None:
+    """Issue 19: a heartbeat woke the loop every half second to prove it alive. Probes now
+    ask the loop when they come; an idle host with every resource registered schedules no
+    timer shorter than its safety nets (and the probes still work)."""
+    metrics, health = running_health
+    text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"), (SERIAL, f"{devices}/ttyA*"))
+    from kdp_host.config import load_config_text
+    from kdp_host.host import Host
+    from kdp_host.logs import get_logger
+
+    loop = asyncio.get_running_loop()
+    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
+    stop = asyncio.Event()
+    task = asyncio.create_task(host.run(stop))
+    timers: list[float] = []
+    real_call_at = loop.call_at
+
+    def recording_call_at(when: float, callback, *args, context=None):  # type: ignore[no-untyped-def]
+        timers.append(when - loop.time())
+        return real_call_at(when, callback, *args, context=context)
+
+    try:
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+        await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+        await wait_until(lambda: not health.not_ready, what="ready")
+        await asyncio.sleep(0.2)
+        loop.call_at = recording_call_at  # type: ignore[method-assign]
+        idle_until = loop.time() + 1.5
+        while loop.time() < idle_until:
+            await asyncio.to_thread(time.sleep, 0.1)
+        loop.call_at = real_call_at  # type: ignore[method-assign]
+        short = [round(t, 3) for t in timers if t < 5.0]
+        assert short == [], f"timers set while idle: {short}"
+        assert await asyncio.to_thread(http_get, http, "/healthz") == (200, "ok\n")
+        assert value(metrics, "kdp_event_loop_lag_seconds") < 2
+    finally:
+        loop.call_at = real_call_at  # type: ignore[method-assign]
         stop.set()
         await task
 
@@ -297,6 +344,88 @@ async def test_a_removed_resource_leaves_no_series(
     )
     assert serial_series() == []
     assert value(running.metrics, "kdp_registered", resource=FPGA) == 1
+
+
+def test_forget_hooks_drops_exactly_the_hooks_not_kept() -> None:
+    metrics = Metrics(process_collectors=False)
+    for resource in ("a.io/x", "a.io/y"):
+        metrics.add_pre_start(resource)
+        metrics.add_allocate_hook(resource)
+        metrics.add_release(resource)
+        metrics.pre_start_seconds.labels(resource).observe(0.1)
+        metrics.release_seconds.labels(resource).observe(0.1)
+    metrics.forget_hooks("a.io/x", keep={"preStart"})
+
+    def families(resource: str) -> set[str]:
+        return {
+            name.removesuffix("_total").removesuffix("_count").removesuffix("_sum")
+            for name, labels in samples(metrics)
+            if ("resource", resource) in labels and not name.endswith("_bucket")
+        }
+
+    assert families("a.io/x") == {
+        "kdp_pre_start_calls",
+        "kdp_pre_start_waits",
+        "kdp_pre_start_duration_seconds",
+    }
+    assert families("a.io/y") >= {
+        "kdp_allocate_hook_runs",
+        "kdp_release_runs",
+        "kdp_releases_pending",
+    }
+
+
+async def test_a_hook_removed_by_a_reload_leaves_no_series(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
+) -> None:
+    """Issue 17 item 12: a changed resource restarts; the series of a hook its new config no
+    longer has are dropped once the old runtime is gone, the others stay."""
+    config = short_dir / "config.yaml"
+    both = 'preStart: {command: ["true"]}\nallocate: {command: ["true"]}'
+    hooked = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"), extra=both)
+    write_config(config, hooked)
+    running = await start_host(hooked, config)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+
+    def hook_series() -> set[str]:
+        hook_names = ("kdp_pre_start", "kdp_allocate_hook")
+        return {
+            name
+            for name, labels in samples(running.metrics)
+            if ("resource", FPGA) in labels and name.startswith(hook_names)
+        }
+
+    assert {"kdp_pre_start_calls_total", "kdp_pre_start_waits_total"} <= hook_series()
+    assert "kdp_allocate_hook_runs_total" in hook_series()
+
+    write_config(config, glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
+    await wait_until(lambda: not hook_series(), what="the hook series dropped")
+    await kubelet.wait_for(lambda: kubelet.options(FPGA) is not None)
+    await kubelet.wait_for(lambda: not kubelet.options(FPGA).pre_start_required)
+    await wait_until(
+        lambda: value(running.metrics, "kdp_registered", resource=FPGA) == 1,
+        what="the restarted resource registered",
+    )
+    running.host.request_reload()
+    await wait_until(
+        lambda: value(running.metrics, "kdp_config_reloads_total", result="unchanged") == 1,
+        what="a later reload ran",
+    )
+    assert hook_series() == set()
+
+    # one hook back: its series return at zero, the other's stay away
+    pre_start_only = glob_config(
+        socket_dir, (FPGA, f"{devices}/fpga*"), extra='preStart: {command: ["true"]}'
+    )
+    write_config(config, pre_start_only)
+    await wait_until(lambda: "kdp_pre_start_calls_total" in hook_series(), what="preStart back")
+    await wait_until(
+        lambda: value(running.metrics, "kdp_config_reloads_total", result="ok") == 2,
+        what="the second reload applied",
+    )
+    await kubelet.wait_for(lambda: kubelet.options(FPGA).pre_start_required)
+    assert "kdp_allocate_hook_runs_total" not in hook_series()
+    assert value(running.metrics, "kdp_pre_start_calls_total", resource=FPGA, result="ok") == 0
 
 
 async def test_sighup_with_an_unchanged_file_is_logged_and_counted(
@@ -480,6 +609,29 @@ def _read_to_end(connection: socket.socket) -> bytes:
     return data
 
 
+@pytest.fixture
+def stack() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as resources:
+        yield resources
+
+
+@contextlib.contextmanager
+def answering_health() -> Iterator[HealthState]:
+    """A HealthState whose loop (on its own thread) answers probes, as a running host's."""
+    health = HealthState()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    health.attach(loop, lambda delay: None)
+    try:
+        yield health
+    finally:
+        health.detach()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
 def _wait_for_threads(limit: int) -> None:
     """A serving thread closes its connection a moment before it frees its slot."""
     deadline = time.monotonic() + 30
@@ -490,7 +642,6 @@ def _wait_for_threads(limit: int) -> None:
 def test_http_closes_idle_connections_and_bounds_its_threads() -> None:
     """Issue 10 item 19: an idle connection held a thread for ever, one thread each."""
     metrics, health = Metrics(process_collectors=False), HealthState()
-    health.beat()
     server = HttpServer("127.0.0.1", 0, metrics, health, max_threads=2, request_deadline=5.0)
     server.start()
     idle: list[socket.socket] = []
@@ -542,12 +693,15 @@ def test_http_cuts_a_dripping_client_at_its_request_deadline() -> None:
         server.stop()
 
 
-def test_http_healthz_gets_through_slow_clients_holding_every_slot() -> None:
+def test_http_healthz_gets_through_slow_clients_holding_every_slot(
+    stack: contextlib.ExitStack,
+) -> None:
     """Hostile test: eight slow clients kept /healthz at 503 "busy" as long as they liked,
     so the kubelet restarted a healthy pod. A newcomer takes the slot of the oldest
     connection still sending its request, and the threads stay bounded."""
     slots, rounds = 3, 3
-    metrics, health = Metrics(process_collectors=False), HealthState(clock=lambda: 0.0)
+    metrics = Metrics(process_collectors=False)
+    health = stack.enter_context(answering_health())
     server = HttpServer("127.0.0.1", 0, metrics, health, max_threads=slots, request_deadline=60.0)
     server.start()
     slow: list[socket.socket] = []
@@ -572,6 +726,73 @@ def test_http_healthz_gets_through_slow_clients_holding_every_slot() -> None:
         for connection in slow:
             connection.close()
         server.stop()
+
+
+class _SlowCollector:
+    """A collector whose scrape takes as long as the test likes (a big exposition)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = 0
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[object]:
+        with self._lock:
+            self.entered += 1
+        self.release.wait(30)
+        return iter(())
+
+
+def test_http_healthz_gets_through_eight_concurrent_scrapers(
+    stack: contextlib.ExitStack,
+) -> None:
+    """Issue 17 item 14: eight scrapes being answered held every slot, so /healthz was
+    answered 503 "busy" (no slot was still receiving a request to evict). Scrapes take at
+    most all but PROBE_SLOTS slots; the ones beyond are answered 503 "busy" themselves."""
+    from kdp_host.http import MAX_THREADS, PROBE_SLOTS
+
+    metrics = Metrics(process_collectors=False)
+    health = stack.enter_context(answering_health())
+    slow = _SlowCollector()
+    metrics.registry.register(slow)  # type: ignore[arg-type]
+    server = HttpServer("127.0.0.1", 0, metrics, health, request_deadline=60.0)
+    server.start()
+    scrapers: list[socket.socket] = []
+    try:
+        for _ in range(MAX_THREADS):
+            scrapers.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))
+            scrapers[-1].sendall(b"GET /metrics HTTP/1.1\r\nHost: kdp\r\n\r\n")
+        allowed = MAX_THREADS - PROBE_SLOTS
+        # The scrapes beyond the allowance are told at once; the others wait for the data.
+        refused = _answered(scrapers, PROBE_SLOTS)
+        assert len(refused) == PROBE_SLOTS and slow.entered == allowed
+        for connection in refused:
+            answer = _read_to_end(connection)
+            assert answer.startswith(b"HTTP/1.1 503") and b"busy" in answer
+        for _ in range(3):
+            assert http_get(server.port, "/healthz") == (200, "ok\n")
+        assert http_get(server.port, "/readyz")[0] == 503  # "host: starting", but answered
+        slow.release.set()
+        for connection in scrapers:
+            if connection not in refused:
+                assert _read_to_end(connection).startswith(b"HTTP/1.0 200 OK")
+        assert slow.entered == allowed
+    finally:
+        slow.release.set()
+        for connection in scrapers:
+            connection.close()
+        server.stop()
+
+
+def _answered(connections: list[socket.socket], count: int) -> list[socket.socket]:
+    """The connections with an answer to read, once `count` have one (30 s at most)."""
+    import select
+
+    deadline = time.monotonic() + 30
+    ready: list[socket.socket] = []
+    while len(ready) < count and time.monotonic() < deadline:
+        ready = select.select(connections, [], [], 0.05)[0]
+    return ready
 
 
 def test_http_endpoint_logs_and_binds_an_ephemeral_port() -> None:
@@ -651,8 +872,10 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         CONFIG_RELOAD_RESULTS,
         DRIVER_ERROR_REASONS,
         DRIVER_SKIP_REASONS,
+        POD_RESOURCES_RESULTS,
         PRE_START_RESULTS,
         REGISTRATION_RESULTS,
+        RELEASE_RESULTS,
     )
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
@@ -665,11 +888,14 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     metrics.add_resource(FPGA)
     metrics.add_pre_start(FPGA)
     metrics.add_allocate_hook(FPGA)
+    metrics.add_release(FPGA)
+    metrics.add_pod_resources()
     for histogram in (
         metrics.allocate_seconds,
         metrics.preferred_seconds,
         metrics.scan_seconds,
         metrics.pre_start_seconds,
+        metrics.release_seconds,
     ):
         histogram.labels(FPGA).observe(0.001)
     metrics.config_info.info({"sha256": "0" * 64})
@@ -692,6 +918,8 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         "kdp_config_reloads_total": CONFIG_RELOAD_RESULTS,
         "kdp_pre_start_calls_total": PRE_START_RESULTS,
         "kdp_allocate_hook_runs_total": ALLOCATE_HOOK_RESULTS,
+        "kdp_release_runs_total": RELEASE_RESULTS,
+        "kdp_pod_resources_polls_total": POD_RESOURCES_RESULTS,
     }
     for name, known in values.items():
         assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name
@@ -701,8 +929,8 @@ async def test_readyz_follows_registration_at_once_not_at_the_next_heartbeat(
     kubelet: KubeletSimulator, socket_dir: Path, devices: Path, start_host
 ) -> None:
     """Issue 17 item 14: readiness is event-driven. The step that marks a resource registered
-    (or not) also updates what /readyz serves, before the loop runs anything else: the
-    heartbeat (every 0.5 s) is only a safety net."""
+    (or not) also updates what /readyz serves, before the loop runs anything else (a probe's
+    answer on the loop refreshes it too)."""
     running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
     health = running.host.health
 
@@ -710,7 +938,7 @@ async def test_readyz_follows_registration_at_once_not_at_the_next_heartbeat(
     status = running.host.resources[FPGA].status
 
     async def on_every_iteration_until(ready: bool) -> None:
-        """Polled on every loop iteration (on purpose, hence no Event): the heartbeat cannot
+        """Polled on every loop iteration (on purpose, hence no Event): nothing else can
         slip in between the status change and the look at what /readyz serves."""
         async with asyncio.timeout(30):
             while status.ready is not ready:  # noqa: ASYNC110

@@ -21,6 +21,7 @@ from kdp_host.drivers import DriverDeps, make_driver
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import ClaimKey, OwnershipIndex, Resolver, claim_key, device_claims
+from kdp_host.podresources import Holder, Holdings
 from kdp_host.watch import PollingWatcher
 
 R1, R2, R3 = "t.io/a", "t.io/b", "t.io/c"
@@ -347,3 +348,51 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]]) -> 
                 for key in shared:
                     assert key not in owners, (key, owners[key], me)
                     sharers.setdefault(key, set()).add(resource)
+
+
+def test_a_lingering_claim_goes_once_podresources_shows_no_pod_holding_it() -> None:
+    now = [100.0]
+    nodes = FakeNodes({"/dev/fpga0": ("c", 5), "/dev/by-id/f": ("c", 5)})
+    host = Host(nodes)
+    host.index = OwnershipIndex(host.metrics, nodes, clock=lambda: now[0])
+    host.publish(R1, node("/dev/fpga0"))
+    host.publish(R2, node("/dev/by-id/f"))
+    host.index.retire(R1)  # a reload removed it; a pod may still hold fpga0
+    held = {R1: {"fpga0::1": (Holder("ns", "p1", "c", 0.0),)}}
+    host.index.holdings(Holdings(now[0] + 60, 0.0, held))
+    assert host.ids(R2) == [], "a pod holds one of its replicas"
+    # an answer asked for before the kubelet can have heard that fpga0 went proves nothing
+    host.index.holdings(Holdings(now[0] + 1, 0.0, {}))
+    assert host.ids(R2) == []
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"fpga01": ()}}))
+    assert host.ids(R2) == ["f"]
+
+
+def test_a_device_whose_replica_ids_change_waits_until_no_pod_holds_an_old_one() -> None:
+    now = [100.0]
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host = Host(nodes)
+    host.index = OwnershipIndex(host.metrics, nodes, clock=lambda: now[0])
+
+    def run(replicas: int) -> DeviceTable:
+        table = host.tables[R1] = DeviceTable(replicas=replicas)
+        host.index.attach(R1, table.publish, get_logger(), replicas=replicas)
+        host.index.publish(R1, {d.id: d for d in (dev("a", "/dev/a"), dev("b", "/dev/b"))})
+        return table
+
+    run(1)
+    # 1 -> 2: a pod holds "a"; "a::0" and "a::1" would give it to two more
+    table = run(2)
+    assert [e.id for e in table.snapshot.advertised] == []
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a": (Holder("n", "p", "c", 0.0),)}}))
+    assert [e.id for e in table.snapshot.advertised] == ["b::0", "b::1"]
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert [e.id for e in table.snapshot.advertised] == ["a::0", "a::1", "b::0", "b::1"]
+    # 2 -> 3 keeps every old ID: nothing to wait for
+    table = run(3)
+    assert len(table.snapshot.advertised) == 6
+    # 3 -> 2: a pod may hold a::2 or b::2
+    table = run(2)
+    assert table.snapshot.advertised == ()
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a::1": ()}}))
+    assert len(table.snapshot.advertised) == 4

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .conftest import glob_config
+from .conftest import glob_config, wait_until
 
 FPGA = "vendor.example/fpga"
 ALIAS = "vendor.example/alias"
@@ -51,3 +51,142 @@ async def test_two_resources_never_hand_one_node_to_two_pods(
         for r in (FPGA, ALIAS)
     ]
     assert sorted(counted) == [0, 1]
+
+
+async def test_a_reload_that_renames_ids_never_hands_a_booked_node_to_a_new_pod(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """A pattern added by a reload changes the patterns' common directory, so every glob ID
+    would change (`fpga0` -> `dev-fpga0`): the kubelet, which still books `fpga0` for the
+    running pod, would hand the same node to a new pod under its new ID."""
+    kubelet = real_kubelet_factory()
+    (devices / "fpga1").unlink()
+    other = short_dir / "other"
+    other.mkdir()
+    config = short_dir / "config.yaml"
+    config.write_text(glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]*")))
+    running = await start_host(config.read_text(), config_path=config)
+
+    def healthy(count: int):
+        def check(k) -> bool:
+            seen = k.resource(FPGA)
+            return seen is not None and seen["healthy"] == count
+
+        return check
+
+    await kubelet.await_for(healthy(1), what="fpga0 advertised")
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert first["error"] == "" and first["device_ids"][FPGA] == ["fpga0"]
+
+    (other / "x0").touch()
+    text = config.read_text().replace(
+        f'["{devices}/fpga[0-9]*"]', f'["{devices}/fpga[0-9]*", "{other}/x*"]'
+    )
+    config.write_text(text)
+    assert await running.host.reload_from(config) == "ok"
+    await kubelet.await_for(healthy(2), what="both devices after the reload")
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] == "", second
+    assert host_paths(second) == {str(other / "x0")}, "the booked node went to a second pod"
+    third = await kubelet.acall(kubelet.allocate, "p3", {FPGA: 1})
+    assert third["error"] != "", third
+    ids = sorted(kubelet.resource(FPGA)["device_numa"])
+    assert "fpga0" in ids, ids
+
+
+async def test_a_removed_resource_keeps_its_node_until_no_pod_holds_it(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """A reload removes the resource that owns fpga0 while a pod holds it; another resource
+    reaching fpga0 through a link waits until the kubelet's PodResources shows no pod
+    holding it, then gets it."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    (devices / "fpga1").unlink()
+    (devices / "alias0").symlink_to(devices / "fpga0")
+    head = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\nresources:\n"
+    )
+    owner = f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    waiter = f'  - name: {ALIAS}\n    glob: {{paths: ["{devices}/alias*"]}}\n'
+    config = short_dir / "config.yaml"
+    config.write_text(head + owner)
+    running = await start_host(config.read_text(), config_path=config)
+
+    def healthy(resource: str, count: int):
+        def check(k) -> bool:
+            seen = k.resource(resource)
+            return seen is not None and seen["healthy"] == count
+
+        return check
+
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+    config.write_text(head + owner + waiter)
+    assert await running.host.reload_from(config) == "ok"
+    await kubelet.await_for(healthy(ALIAS, 0), what="the waiter registered, holding nothing")
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert first["error"] == ""
+
+    config.write_text(head + waiter)
+    assert await running.host.reload_from(config) == "ok"
+    poller = running.host.pod_resources
+    assert poller is not None
+    reloaded = poller.holdings.asked_at if poller.holdings else 0.0
+    await wait_until(
+        lambda: poller.holdings is not None and poller.holdings.asked_at > reloaded + 6,
+        what="PodResources answers well after the reload",
+    )
+    assert (await kubelet.acall(kubelet.resource, ALIAS))["healthy"] == 0
+    second = await kubelet.acall(kubelet.allocate, "p2", {ALIAS: 1})
+    assert second["error"] != "", "fpga0 went to a second pod while p1 holds it"
+
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(ALIAS, 1), what="the waiter wins once p1 is gone")
+    third = await kubelet.acall(kubelet.allocate, "p3", {ALIAS: 1})
+    assert third["error"] == "" and host_paths(third) == {str(devices / "fpga0")}
+
+
+async def test_a_reload_that_changes_replicas_never_adds_users_to_a_booked_device(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """`replicas: 1` -> `2` renames fpga0 to fpga0::0 and fpga0::1: with p1 holding fpga0
+    the kubelet would give the device to two more pods (three users of a device meant for
+    two). The device waits until no pod holds its old ID."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    (devices / "fpga1").unlink()
+    head = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    )
+    config = short_dir / "config.yaml"
+    config.write_text(head)
+    running = await start_host(config.read_text(), config_path=config)
+
+    def healthy(count: int):
+        def check(k) -> bool:
+            seen = k.resource(FPGA)
+            return seen is not None and seen["healthy"] == count
+
+        return check
+
+    await kubelet.await_for(healthy(1), what="fpga0 advertised")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    config.write_text(head + "    replicas: 2\n")
+    assert await running.host.reload_from(config) == "ok"
+    poller = running.host.pod_resources
+    assert poller is not None
+    reloaded = poller.holdings.asked_at if poller.holdings else 0.0
+    await wait_until(
+        lambda: poller.holdings is not None and poller.holdings.asked_at > reloaded + 6,
+        what="PodResources answers well after the reload",
+    )
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] != "", "a second pod got fpga0 while p1 holds it exclusively"
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(2), what="both replicas once p1 is gone")
+    for pod in ("p3", "p4"):
+        answer = await kubelet.acall(kubelet.allocate, pod, {FPGA: 1})
+        assert answer["error"] == "" and host_paths(answer) == {str(devices / "fpga0")}

@@ -20,7 +20,7 @@ def test_generated_code_matches_a_fresh_generation(tmp_path: Path) -> None:
             sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}",
             f"--python_betterproto2_out={out}",
             "--python_betterproto2_opt=client_generation=async,server_generation=async",
-            str(ROOT / "protos" / "api.proto"),
+            *sorted(str(p) for p in (ROOT / "protos").glob("*.proto")),
         ],
         check=True, env=env, capture_output=True, cwd=ROOT,
     )  # fmt: skip

@@ -138,10 +138,12 @@ def reference_cdi_device_name(name: str) -> bool:
 
 
 def reference_device_id(device_id: str) -> bool:
-    """kdp-host's own documented ID rule (the README's shell section, rules.py)."""
+    """kdp-host's own documented ID rule (the README's shell section, rules.py): no `,`,
+    which separates the IDs of `{ids}`."""
     return (
         0 < len(device_id) <= 128
         and not device_id.startswith("-")
+        and "," not in device_id
         and all(c.isprintable() and not c.isspace() for c in device_id)
     )
 
@@ -154,6 +156,11 @@ def reference_absolute_path(path: str) -> bool:
     return (
         path.startswith("/") and not any(_is_control(c) for c in path) and len(path.encode()) < 4096
     )
+
+
+def reference_device_path(path: str) -> bool:
+    """A device node's path: absolute, and no `,` (it separates the paths of `{paths}`)."""
+    return reference_absolute_path(path) and "," not in path
 
 
 def reference_text(text: str) -> bool:
@@ -226,11 +233,23 @@ DEVICE_ID_USERS = [
     pytest.param(reference_device_id, id="reference"),
 ]
 
-ABSOLUTE_PATH_USERS = [
-    pytest.param(accepted_by(rules.absolute_path_problem), id="rules"),
+DEVICE_PATH_USERS = [
+    pytest.param(accepted_by(rules.device_path_problem), id="rules"),
     pytest.param(
         lambda path: probe_accepts({"id": "a", "paths": [{"hostPath": path}]}), id="probe-path"
     ),
+    pytest.param(
+        lambda path: probe_accepts(
+            {"id": "a", "paths": [{"hostPath": "/dev/a", "containerPath": path}]}
+        ),
+        id="probe-container-path",
+    ),
+    pytest.param(lambda path: probe_accepts({"id": "a", "paths": [path]}), id="probe-path-spec"),
+    pytest.param(reference_device_path, id="reference"),
+]
+
+ABSOLUTE_PATH_USERS = [
+    pytest.param(accepted_by(rules.absolute_path_problem), id="rules"),
     pytest.param(
         lambda path: probe_accepts(
             {"id": "a", "mounts": [{"hostPath": "/m", "containerPath": path}]}
@@ -369,7 +388,9 @@ def test_cdi_device_name_users_agree(name: str) -> None:
 
 
 @SETTINGS
-@given(rule_strings(r"[-A-Za-z0-9_./:]{1,10}|[-a-z]{126,130}"))
+@given(rule_strings(r"[-A-Za-z0-9_./:,]{1,10}|[-a-z]{126,130}"))
+@example("fpga0,fpga1")
+@example(",")
 @example("-rf")
 @example("a" * 128)
 @example("a" * 129)
@@ -387,6 +408,16 @@ def test_device_id_users_agree(device_id: str) -> None:
 @example("/" + "a" * 4095)
 def test_absolute_path_users_agree(path: str) -> None:
     assert_agree(ABSOLUTE_PATH_USERS, path)
+
+
+@SETTINGS
+@given(rule_strings(r"/?[a-z0-9_.,-]{0,6}(/[a-z0-9_.,-]{0,6}){0,3}"))
+@example("/dev/fpga0,/dev/fpga1")
+@example("/dev/x,y")
+@example("relative")
+@example("/dev/x\n")
+def test_device_path_users_agree(path: str) -> None:
+    assert_agree(DEVICE_PATH_USERS, path)
 
 
 @SETTINGS

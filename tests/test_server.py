@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import socket
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from kdp_host.api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
     ContainerAllocateRequest,
+    DevicePluginOptions,
     DevicePluginStub,
     Empty,
     ListAndWatchResponse,
@@ -37,6 +41,7 @@ from kdp_host.protocol.endpoint import (
     is_socket_name,
     socket_name,
 )
+from kdp_host.protocol.registration import RegistrationError, register
 from kdp_host.protocol.server import SOCKET_MODE, CoalescingTransport, PluginServer
 from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
 from kdp_host.rules import socket_path_problem
@@ -309,6 +314,38 @@ async def test_a_cancelled_list_and_watch_runs_its_cleanup(short_dir: Path) -> N
         server.close_connections()
         async with asyncio.timeout(5):
             await server.wait_closed()
+
+
+# ------------------------------------------------------------------ Register
+
+
+async def test_register_with_a_kubelet_that_drops_every_connection_is_unavailable(
+    socket_dir: Path,
+) -> None:
+    """A kubelet stopping or restarting closes connections as they come: Register is then
+    `unavailable` (retried) every time. grpclib raised AttributeError there (its issue
+    #110) about once in thirty calls, and the resource crashed and waited out a restart."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(socket_dir / "kubelet.sock"))
+    listener.listen(64)
+
+    def drop_connections() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                connection.close()
+
+    dropper = threading.Thread(target=drop_connections, daemon=True)
+    dropper.start()
+    try:
+        for _ in range(60):
+            with pytest.raises(RegistrationError) as refused:
+                await register(str(socket_dir), FPGA, "x.sock", DevicePluginOptions(), timeout=5)
+            assert refused.value.result == "unavailable"
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        dropper.join(5)
 
 
 # ------------------------------------------------------------------ coalesced writes

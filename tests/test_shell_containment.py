@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from kdp_host.drivers.shell import ShellDriver
 from kdp_host.drivers.stream import DocumentReader, RateLimit
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.process import CommandError, ProcessRunner
+from kdp_host.process import CommandError, ProcessRunner, death_signal_wrapper
 from kdp_host.watch import PollingWatcher
 
 from .conftest import reporter, script, wait_table, wait_until
@@ -109,6 +110,90 @@ def test_a_sigkilled_host_leaves_no_stream_command_running(tmp_path: Path, short
             host.kill()
         if stream_pid:
             _kill(stream_pid)
+
+
+_FORKS_WITH_PYTHON_IN_THE_CHILD: list[str] = []
+_WATCHING_FORKS = threading.Event()
+
+
+def _python_forked() -> None:
+    if _WATCHING_FORKS.is_set():
+        _FORKS_WITH_PYTHON_IN_THE_CHILD.append(threading.current_thread().name)
+
+
+os.register_at_fork(before=_python_forked)
+
+
+async def test_no_python_code_runs_in_the_child_before_exec(tmp_path: Path) -> None:
+    """The process has threads (HTTP server, readers): a child that runs Python before exec
+    (a preexec_fn) may wait for ever on a lock another thread held at fork time. CPython
+    runs the at-fork handlers exactly when it prepares a child to run Python code."""
+    runner = ProcessRunner(kill_grace=0.05)
+    assert runner.dies_with_host, "setpriv (util-linux) and /bin/sh are on every Linux runner"
+    probe = script(tmp_path, "p", "echo ok\n")
+    _WATCHING_FORKS.set()
+    try:
+        result = await runner.run([probe], timeout=10)
+    finally:
+        _WATCHING_FORKS.clear()
+    assert (result.returncode, result.stdout) == (0, b"ok\n")
+    assert _FORKS_WITH_PYTHON_IN_THE_CHILD == []
+
+
+def test_a_command_whose_host_died_before_the_death_signal_was_armed_never_runs(
+    tmp_path: Path,
+) -> None:
+    """The wrapper's parent check: started for a host that is not its parent (as when the
+    host died between fork and prctl), the command is not run at all."""
+    wrapper = death_signal_wrapper()
+    assert wrapper
+    marker = tmp_path / "ran"
+    argv = ["touch", str(marker)]
+    refused = subprocess.run([*wrapper, "1", *argv], capture_output=True, timeout=30)
+    assert refused.returncode == 1 and not marker.exists()
+    ran = subprocess.run([*wrapper, str(os.getpid()), *argv], capture_output=True, timeout=30)
+    assert ran.returncode == 0 and marker.exists()
+
+
+async def test_arguments_pass_through_the_wrapper_untouched(tmp_path: Path) -> None:
+    """The wrapper's shell never reads the command's arguments: quotes, `$`, globs, `;`,
+    backquotes, newlines, a leading `-` and empty strings arrive as they were."""
+    args = ["$HOME", "*", "a b", "'q'", '"d"', "; exit 3", "`id`", "x\ny", "-n", "", "$1", "{}"]
+    printer = script(tmp_path, "args", 'for a in "$@"; do printf "%s\\0" "$a"; done\n')
+    result = await ProcessRunner().run([printer, *args], timeout=10)
+    assert result.ok, result.stderr
+    assert result.stdout.split(b"\0")[:-1] == [a.encode() for a in args]
+
+
+async def test_a_missing_or_unusable_command_is_still_a_spawn_failure(tmp_path: Path) -> None:
+    runner = ProcessRunner()
+    plain = tmp_path / "plain"
+    plain.write_text("#!/bin/sh\ntrue\n")  # not executable
+    cases = [
+        ([str(tmp_path / "missing")], "No such file"),
+        ([str(plain)], "Permission denied"),
+        ([str(tmp_path)], "Permission denied"),
+        (["kdp-no-such-command-anywhere"], "not found on PATH"),
+    ]
+    for argv, why in cases:
+        with pytest.raises(CommandError) as caught:
+            await runner.run(argv, timeout=10)
+        assert caught.value.reason == "spawn" and why in str(caught.value), argv
+    # a bare name is looked up on the command's PATH (its env), as execvp would
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script(bindir, "only-here", "echo found\n")
+    result = await runner.run(["only-here"], timeout=10, env={"PATH": str(bindir)})
+    assert result.stdout == b"found\n"
+    # relative paths are taken in the command's working directory, even one like an option
+    dashed = tmp_path / "-n"
+    dashed.mkdir()
+    script(dashed, "tool", "echo dashed\n")
+    for argv0, cwd in (("-n/tool", str(tmp_path)), ("./tool", str(dashed))):
+        result = await runner.run([argv0], timeout=10, cwd=cwd)
+        assert result.stdout == b"dashed\n", argv0
+    result = await runner.run(["tool"], timeout=10, cwd=str(tmp_path), env={"PATH": "-n"})
+    assert result.stdout == b"dashed\n"
 
 
 def test_rate_limit_allows_a_burst_then_the_rate() -> None:

@@ -383,8 +383,10 @@ async def test_hung_probe_does_not_delay_another_driver(tmp_path: Path) -> None:
         running(hung_driver, hung_table, resource="vendor.example/hung"),
         running(lively_driver, lively_table),
     ):
-        await wait_until(lambda: (tmp_path / "hung.pid").exists())
-        hung_pid = read_pid(tmp_path / "hung.pid")
+        pid_file = tmp_path / "hung.pid"
+        # `echo $$ > file` creates the file before it writes: wait for the whole line
+        await wait_until(lambda: pid_file.exists() and pid_file.read_text().endswith("\n"))
+        hung_pid = read_pid(pid_file)
         await wait_table(lively_table, lambda s: ids(s) == ["a"])
         for expected in (["a", "b"], ["b"], ["a", "b", "c"]):
             listing.write_text("\n".join(expected))

@@ -95,6 +95,11 @@ def test_lines_id_at_length_limit_is_accepted() -> None:
         (b"a\xe2\x80\x8bb\n", 1, "whitespace or control characters"),
         (b"ok\n\xff\xfe bad\n", 2, "not valid UTF-8"),
         (b"a path=/dev/\x00x\n", 1, "NUL"),
+        # `{ids}` and `{paths}` list with `,`: an ID or a node path holding one would name
+        # another device in a hook's argv (issue 17 item 7)
+        (b"fpga0,fpga1 Healthy\n", 1, "device ID must not contain ','"),
+        (b"a path=/dev/a,/dev/b\n", 1, "host path must not contain ','"),
+        (b"a path=/dev/a:/dev/b,c\n", 1, "container path must not contain ','"),
     ],
 )
 def test_lines_errors_name_the_line(output: bytes, line: int, fragment: str | None) -> None:
@@ -201,6 +206,10 @@ def test_parse_output_dispatches_on_format() -> None:
         ('[{"id": "a", "paths": [{"hostPath": "/x", "containerPath": "y"}]}]', "absolute"),
         ('[{"id": "a", "paths": [3]}]', "paths[0] must be an object"),
         ('[{"id": "a", "paths": ["/a", "/b:/a"]}]', "container path '/a' given twice"),
+        ('[{"id": "a,b"}]', "device ID must not contain ','"),
+        ('[{"id": "a", "paths": [{"hostPath": "/x,/y"}]}]', "host path must not contain ','"),
+        ('[{"id": "a", "paths": [{"hostPath": "/x", "containerPath": "/y,z"}]}]',
+         "container path must not contain ','"),
         ('[{"id": "a", "numa": "1"}]', "numa must be an integer"),
         ('[{"id": "a", "numa": true}]', "numa must be an integer"),
         ('[{"id": "a", "numa": 1.5}]', "numa must be an integer"),

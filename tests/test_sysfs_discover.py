@@ -423,11 +423,11 @@ resources:
     )
     args = ["check", "--config", str(config), "--sysfs-root", str(fake.sys)]
     assert main([*args, "--root-fs", str(tmp_path)]) == 0
-    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "root filesystem" in line]
     assert warnings == [
         f"warning: example.com/{resource} hands out the root filesystem's disk: /dev/{node}"
         for resource in ("vda", "virtio")
         for node in ("vda", "vda1", "vda2")
     ]
     assert main([*args, "--root-fs", str(fake.sys / "none-such")]) == 0
-    assert "warning" not in capsys.readouterr().out
+    assert "root filesystem" not in capsys.readouterr().err

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
-from .declare import Reader, parse_duration, read_section, render_template
+from .declare import Reader, parse_duration, read_section, render_template, template_fields
 from .model import (
     ALLOCATE_TEMPLATE_FIELDS,
     HOOK_TEMPLATE_FIELDS,
@@ -31,6 +31,7 @@ from .model import (
     PciMatchConfig,
     PreferredPolicy,
     PreStartConfig,
+    ReleaseConfig,
     ResourceConfig,
     ShellDriverConfig,
     SysfsDriverConfig,
@@ -58,6 +59,7 @@ __all__ = [
     "PciMatchConfig",
     "PreStartConfig",
     "PreferredPolicy",
+    "ReleaseConfig",
     "ResourceConfig",
     "ShellDriverConfig",
     "SysfsDriverConfig",
@@ -67,6 +69,7 @@ __all__ = [
     "load_config_text",
     "parse_duration",
     "render_template",
+    "template_fields",
 ]
 
 

@@ -38,7 +38,11 @@ _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION: Final = 30 * 24 * 3600.0
 """The longest duration the config takes (30 days): far beyond any sensible interval or
 timeout, and well inside what the event loop's timers and epoll accept."""
-_TEMPLATE_FIELD: Final = re.compile(r"\{([^{}]*)\}")
+_TEMPLATE_TOKEN: Final = re.compile(r"\{\{|\}\}|\{([A-Za-z][A-Za-z0-9]*)\}")
+"""A template's syntax: `{name}` (a letter, then letters and digits) is a field; `{{` and
+`}}` stand for a literal `{` and `}`; every other brace is literal text as it is (`{}`,
+`{ x }`, `${1}`, a lone `{`), so `find -exec cmd {} ;` or an awk program need no escaping."""
+_ESCAPED: Final = {"{{": "{", "}}": "}"}
 
 
 class Invalid:
@@ -68,20 +72,39 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def render_template(text: str, values: Mapping[str, str]) -> str:
-    """Substitute `{field}` for each field in `values`, in one pass; other braces stay as is.
+def _render_token(match: re.Match[str], values: Mapping[str, str]) -> str:
+    name = match.group(1)
+    if name is None:
+        return _ESCAPED[match.group(0)]
+    return values.get(name, match.group(0))
 
-    Used for every template of the config (allocate env and annotations, glob containerPath
-    and numaNodeFile, health command arguments): nothing else is interpreted, so a stray
-    brace can never raise.
+
+def render_template(text: str, values: Mapping[str, str]) -> str:
+    """Substitute `{field}` for each field in `values` and `{{` / `}}` for one brace, in one
+    pass (a value is never read again); a field not in `values` and every other brace stay
+    as they are.
+
+    Used for every template of the config (allocate env and annotations, preStart and
+    allocate commands, glob containerPath and numaNodeFile, health command arguments):
+    nothing else is interpreted, so a stray brace can never raise.
     """
-    return _TEMPLATE_FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+    if "{" not in text and "}" not in text:
+        return text
+    return _TEMPLATE_TOKEN.sub(lambda m: _render_token(m, values), text)
+
+
+def template_fields(text: str) -> set[str]:
+    """The fields `text` uses (escaped braces are not fields)."""
+    return {name for name in _TEMPLATE_TOKEN.findall(text) if name}
 
 
 def template_problem(text: str, allowed: frozenset[str]) -> str | None:
-    for name in _TEMPLATE_FIELD.findall(text):
-        if name not in allowed:
-            return f"unknown template field {{{name}}}; use {', '.join(sorted(allowed))}"
+    for name in _TEMPLATE_TOKEN.findall(text):
+        if name and name not in allowed:
+            return (
+                f"unknown template field {{{name}}}; use {', '.join(sorted(allowed))} "
+                f"(write {{{{{name}}}}} for the literal text {{{name}}})"
+            )
     return None
 
 
@@ -189,6 +212,9 @@ def AbsolutePath(rule: Callable[[str], str | None] | None = None) -> Text:
 @dataclass(frozen=True)
 class Duration(Kind):
     minimum: float = 0.0
+    maximum: float | None = None
+    """A bound below the config-wide 720h, with `why` it is there."""
+    why: str = ""
 
     def read(self, r: Reader, value: Any, path: FieldPath) -> Any:
         if not isinstance(value, str):
@@ -200,6 +226,9 @@ class Duration(Kind):
             return INVALID
         if seconds < self.minimum:
             r.problem(path, f"must be at least {self.minimum:g}s")
+            return INVALID
+        if self.maximum is not None and seconds > self.maximum:
+            r.problem(path, f"must be at most {self.maximum:g}s: {self.why}")
             return INVALID
         return seconds
 

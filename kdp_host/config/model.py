@@ -26,6 +26,7 @@ Text rules (names, paths, env names, annotation keys) come from kdp_host/rules.p
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,11 +37,13 @@ from ..protocol.endpoint import SOCKET_NAME_MIN_LENGTH
 from ..rules import (
     ENV_NAME_PATTERN,
     GLOB_MAGIC,
+    MAX_ALLOCATE_TIMEOUT,
     MAX_NUMA_NODE,
     MAX_PRE_START_TIMEOUT,
     absolute_path_problem,
     annotation_key_problem,
     cdi_kind_problem,
+    device_path_problem,
     env_name_problem,
     extended_resource_name_problem,
     socket_path_problem,
@@ -67,6 +70,7 @@ from .declare import (
     key,
     one_of,
     render_template,
+    template_fields,
 )
 from .source import FieldPath
 
@@ -76,6 +80,8 @@ HOOK_TEMPLATE_FIELDS = ALLOCATE_TEMPLATE_FIELDS | {"hostPaths"}
 """Templates of the preStart and allocate commands: the allocate ones, plus the host paths
 (the commands run on the host)."""
 MAX_PRE_START_PARALLELISM = 64
+MIN_POD_RESOURCES_INTERVAL = 1.0
+"""The shortest PodResources poll interval (the kubelet's limit is shared by all clients)."""
 MAX_GID = 2**32 - 2
 """Highest group ID (2^32 - 1 is the kernel's "no group")."""
 GLOB_TEMPLATE_FIELDS = frozenset({"path", "name"})
@@ -93,18 +99,27 @@ Problems = Iterator[tuple[FieldPath, str]]
 
 def _container_path_template_problem(template: str) -> str | None:
     """A glob containerPath must give each device its own absolute path."""
-    if not any(f"{{{name}}}" in template for name in GLOB_TEMPLATE_FIELDS):
+    if not template_fields(template) & GLOB_TEMPLATE_FIELDS:
         return (
             "must contain {name} or {path}: a fixed path would give every device the same "
             "container path, and the runtime would keep only one of them"
         )
-    return _rendered_path_problem(template)
+    return _rendered_device_path_problem(template)
+
+
+def _render_example(template: str) -> str:
+    return render_template(
+        template, {"path": "/dev/x", "name": "x", "key": "x", "target": "/dev/x"}
+    )
 
 
 def _rendered_path_problem(template: str) -> str | None:
-    return absolute_path_problem(
-        render_template(template, {"path": "/dev/x", "name": "x", "key": "x", "target": "/dev/x"})
-    )
+    return absolute_path_problem(_render_example(template))
+
+
+def _rendered_device_path_problem(template: str) -> str | None:
+    """A device node's container path: also listed in `{paths}` (rules.device_path_problem)."""
+    return device_path_problem(_render_example(template))
 
 
 def _member_path_problem(path: str) -> str | None:
@@ -150,7 +165,7 @@ class GlobGroupMemberConfig:
     )
     container_path: str | None = key(
         "containerPath",
-        Text(rule=_rendered_path_problem, templates=GROUP_TEMPLATE_FIELDS),
+        Text(rule=_rendered_device_path_problem, templates=GROUP_TEMPLATE_FIELDS),
         "Path inside the container; a template with `{path}`, `{name}`, `{key}` and `{target}` "
         "(the real path: `/dev/dri/by-path/pci-{key}-card` with `{target}` is `/dev/dri/card1`).",
         default=None,
@@ -696,8 +711,16 @@ class AllocateConfig:
     )
     timeout: float = key(
         "timeout",
-        Duration(0.05),
-        "Kill `command` after this, and fail the Allocate.",
+        Duration(
+            0.05,
+            maximum=MAX_ALLOCATE_TIMEOUT,
+            why="the kubelet admits one pod at a time and gives Allocate no deadline, so "
+            "every second a command runs stalls every pod admission on the node",
+        ),
+        f"Kill `command` after this, and fail the Allocate. At most "
+        f"{MAX_ALLOCATE_TIMEOUT:g}s: the kubelet admits one pod at a time and waits for "
+        "Allocate without a deadline, so this bounds how long one command can hold up the "
+        "admission of every pod on the node.",
         default="2s",
     )
 
@@ -730,7 +753,12 @@ class PreStartConfig:
     )
     timeout: float = key(
         "timeout",
-        Duration(0.05),
+        Duration(
+            0.05,
+            maximum=MAX_PRE_START_TIMEOUT,
+            why="the kubelet gives PreStartContainer 30s, and the kill grace and the answer "
+            "must fit in it",
+        ),
         f"TERM then KILL the command's process group after this. At most "
         f"{MAX_PRE_START_TIMEOUT:g}s: the kubelet gives PreStartContainer 30s, and the "
         "answer must reach it before that.",
@@ -763,13 +791,61 @@ class PreStartConfig:
         default=4,
     )
 
-    def check(self) -> Problems:
-        if self.timeout > MAX_PRE_START_TIMEOUT:
-            yield (
-                ("timeout",),
-                f"must be at most {MAX_PRE_START_TIMEOUT:g}s: the kubelet gives "
-                "PreStartContainer 30s, and the kill grace and the answer must fit in it",
-            )
+
+ReleaseFailure = Literal["ignore", "unhealthy"]
+RELEASE_TEMPLATE_FIELDS = HOOK_TEMPLATE_FIELDS | {"pod", "namespace", "container"}
+"""Templates of `release.command`: the hook ones, plus who held the device last."""
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    command: tuple[str, ...] = key(
+        "command",
+        Argv(templates=RELEASE_TEMPLATE_FIELDS),
+        "argv run for each device once no container holds it any more (an FPGA reset, a GPU "
+        "scrub, a USB power-cycle): `{ids}` (the device), `{paths}`, `{hostPaths}`, "
+        "`{count}`, `{resource}`, and who held it last as seen through the kubelet's "
+        "PodResources API, `{namespace}`, `{pod}`, `{container}` (empty when not seen). "
+        "Same containment as probes. Until it has succeeded no other container starts with "
+        "the device: the resource asks for PreStartContainer, which waits for (or runs) the "
+        "pending release of its devices.",
+    )
+    timeout: float = key(
+        "timeout",
+        Duration(
+            0.05,
+            maximum=MAX_PRE_START_TIMEOUT,
+            why="a container start waits for a pending release inside the kubelet's 30s "
+            "PreStartContainer deadline",
+        ),
+        f"TERM then KILL the command's process group after this, a failure. At most "
+        f"{MAX_PRE_START_TIMEOUT:g}s: a container start may wait for it inside the kubelet's "
+        "30s PreStartContainer deadline.",
+        default="10s",
+    )
+    env: Mapping[str, str] = key(
+        "env",
+        StringMap(env_name_problem, templates=RELEASE_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
+        "Extra environment variables (values take the same templates); the device's own env "
+        "entries are passed too, these win.",
+        default={},
+    )
+    on_failure: ReleaseFailure = key(
+        "onFailure",
+        Choice(("ignore", "unhealthy")),
+        "`unhealthy`: a device whose release failed is reported Unhealthy until a later "
+        "release succeeds (retried with backoff, and at the next container start on it) or "
+        "its `health` command passes. `ignore`: it stays Healthy. Either way the release "
+        "stays pending: the next container start on the device runs it again and fails "
+        "with its error if it fails again.",
+        default="unhealthy",
+    )
+    parallelism: int = key(
+        "parallelism",
+        Integer(1, MAX_PRE_START_PARALLELISM),
+        "At most this many release commands of the resource run at once.",
+        default=4,
+    )
 
 
 PreferredPolicy = Literal["packed", "spread", "numa", "none"]
@@ -812,6 +888,13 @@ class ResourceConfig:
         "A per-device health command, for any driver (below).",
         default=None,
     )
+    release: ReleaseConfig | None = key(
+        "release",
+        Section(ReleaseConfig),
+        "A command run when a device is no longer held by any container, before any other "
+        "container may start with it (below).",
+        default=None,
+    )
     replicas: int = key(
         "replicas",
         Integer(1, MAX_REPLICAS),
@@ -836,6 +919,15 @@ def _socket_dir_problem(socket_dir: str) -> str | None:
     return None
 
 
+RegistrationMode = Literal["deviceSocket", "pluginsRegistry"]
+
+
+def _inside(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or lies under it (lexically)."""
+    path, directory = os.path.normpath(path), os.path.normpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 @dataclass(frozen=True)
 class KubeletConfig:
     socket_dir: str = key(
@@ -845,6 +937,63 @@ class KubeletConfig:
         "it if it does not exist yet. Needs a restart to change.",
         default="/var/lib/kubelet/device-plugins",
     )
+    registration: RegistrationMode = key(
+        "registration",
+        Choice(("deviceSocket", "pluginsRegistry")),
+        "How resources register: `deviceSocket` (serve in `socketDir`, call Register on "
+        "`kubelet.sock`, register again after a kubelet restart) or `pluginsRegistry` (serve "
+        "in `pluginsRegistryDir`, where the kubelet's plugin watcher finds and registers them, "
+        "also after its restarts). See [Registration modes](#registration-modes). Needs a "
+        "restart to change.",
+        default="deviceSocket",
+    )
+    plugins_registry_dir: str = key(
+        "pluginsRegistryDir",
+        AbsolutePath(rule=_socket_dir_problem),
+        "The kubelet's plugin-watcher directory, used with `registration: pluginsRegistry`. "
+        "kdp-host waits for it if it does not exist yet. Needs a restart to change.",
+        default="/var/lib/kubelet/plugins_registry",
+    )
+    pod_resources_socket: str = key(
+        "podResourcesSocket",
+        AbsolutePath(rule=socket_path_problem),
+        "The kubelet's PodResources socket: who holds each device (`kdp-host status`, "
+        "`/devices`, `release`). Missing or refusing: logged and counted, everything else "
+        "works. Needs a restart to change.",
+        default="/var/lib/kubelet/pod-resources/kubelet.sock",
+    )
+    pod_resources_interval: float = key(
+        "podResourcesInterval",
+        Duration(0.0),
+        "How often PodResources is asked (one List call). The kubelet allows 100 calls/s "
+        "(burst 10) for all its clients together; kdp-host backs off when refused. `0s` "
+        f"turns polling off; otherwise at least {MIN_POD_RESOURCES_INTERVAL:g}s. Needs a "
+        "restart to change.",
+        default="5s",
+    )
+
+    @property
+    def serve_dir(self) -> str:
+        """Where the resources' sockets are: the directory the chosen registration uses."""
+        if self.registration == "pluginsRegistry":
+            return self.plugins_registry_dir
+        return self.socket_dir
+
+    def check(self) -> Problems:
+        if self.registration == "pluginsRegistry" and _inside(
+            self.socket_dir, self.plugins_registry_dir
+        ):
+            yield (
+                ("pluginsRegistryDir",),
+                "must not be socketDir or contain it: the kubelet would take kubelet.sock "
+                "for a plugin",
+            )
+        if 0 < self.pod_resources_interval < MIN_POD_RESOURCES_INTERVAL:
+            yield (
+                ("podResourcesInterval",),
+                f"must be 0s (off) or at least {MIN_POD_RESOURCES_INTERVAL:g}s: the kubelet's "
+                "PodResources rate limit is shared with every other client on the node",
+            )
 
 
 @dataclass(frozen=True)
@@ -852,7 +1001,7 @@ class MetricsConfig:
     listen: str = key(
         "listen",
         Text(rule=_listen_problem, extra_schema={"pattern": "^.*:[0-9]{1,5}$"}),
-        "`host:port` of `/metrics`, `/healthz`, `/readyz`. Needs a restart to change.",
+        "`host:port` of `/metrics`, `/healthz`, `/readyz`, `/devices`. Needs a restart to change.",
         default="0.0.0.0:9410",
     )
     histograms: HistogramMode = key(
@@ -863,6 +1012,13 @@ class MetricsConfig:
         "`resource` label: at most 45 series whatever the number of resources), or `off`. "
         "Needs a restart to change.",
         default=DEFAULT_HISTOGRAM_MODE,
+    )
+    devices: bool = key(
+        "devices",
+        Boolean(),
+        "Serve `/devices` (device IDs and the pods holding them, for `kdp-host status`). "
+        "Needs a restart to change.",
+        default=True,
     )
 
     @property
@@ -878,6 +1034,14 @@ class MetricsConfig:
 class Config:
     kubelet: KubeletConfig = key("kubelet", Section(KubeletConfig), "", factory=KubeletConfig)
     metrics: MetricsConfig = key("metrics", Section(MetricsConfig), "", factory=MetricsConfig)
+    state_dir: str = key(
+        "stateDir",
+        AbsolutePath(),
+        "Where kdp-host keeps what must outlive it: which devices of resources with `release` "
+        "were used and not released yet (a small file, `release-state.json`). Needs a "
+        "restart to change.",
+        default="/var/lib/kdp-host",
+    )
     resources: tuple[ResourceConfig, ...] = key(
         "resources",
         ListOf(
@@ -891,6 +1055,24 @@ class Config:
     sha256: str = ""
     """Hash of the file's bytes: shows in metrics which config is in force."""
 
+    def check(self) -> Problems:
+        """One resource per CDI kind: CDI names are unique per kind only when one resource
+        names all of them (two resources of one kind could both publish `kind=fpga0`)."""
+        first: dict[str, int] = {}
+        for index, resource in enumerate(self.resources):
+            cdi = resource.allocate.cdi
+            if cdi is None:
+                continue
+            if cdi.kind in first:
+                other = self.resources[first[cdi.kind]].name
+                yield (
+                    ("resources", index, "allocate", "cdi", "kind"),
+                    f"CDI kind {cdi.kind!r} is already used by resource {other!r}: each "
+                    "resource needs a kind of its own (its device names are unique only "
+                    "within it), e.g. another class: vendor.example/fpga-b",
+                )
+            first.setdefault(cdi.kind, index)
+
 
 README_TABLES: Mapping[str, tuple[type[object], str]] = {
     "config": (Config, ""),
@@ -900,6 +1082,7 @@ README_TABLES: Mapping[str, tuple[type[object], str]] = {
     "health": (HealthCheckConfig, "health."),
     "allocate": (AllocateConfig, "allocate."),
     "pre-start": (PreStartConfig, "preStart."),
+    "release": (ReleaseConfig, "release."),
 }
 """README.md reference tables: the marker name, the section, and its key prefix. A section
 with a table of its own is one row in its parent's table."""

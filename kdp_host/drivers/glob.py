@@ -29,9 +29,10 @@ from ..devices import Device, DeviceNode
 from ..files import FileReader, FileReadError
 from .base import DriverDeps, Skipped
 from .glob_paths import (
+    Assigned,
     DeviceIdentity,
     DeviceIds,
-    canonical_path,
+    assign_ids,
     examine,
     name_problem,
     printable_path,
@@ -115,6 +116,8 @@ class GlobScan:
         self._files = files
         self._ids = DeviceIds(config.paths)
         self._dir_readable = dir_readable
+        self._held: dict[DeviceIdentity, Assigned] = {}
+        """The ID and host path of each device of the last scan, by identity."""
 
     def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
         config = self.config
@@ -143,23 +146,26 @@ class GlobScan:
                 if found.link_dir is not None:
                     dirs.watch(found.link_dir)
                 by_identity.setdefault(found.identity, []).append((matched, found.real_path))
+        assigned, collided = assign_ids(by_identity, self._held, self._ids)
         devices: dict[str, Device] = {}
-        for paths in by_identity.values():
-            canonical = canonical_path(paths)
+        for identity, paths in by_identity.items():
             matched = paths[0][0]
             for other, _real in paths[1:]:
                 skipped[other] = Skipped(
                     "same_device", other, f"the same device as {matched}, listed once"
                 )
-            device_id = self._ids(canonical)
-            if device_id in devices:  # only if two paths' hashes collide
+            if identity in collided:  # a listed device holds the ID, or two hashes collide
+                holder = assigned[collided[identity]].device_id
                 skipped[matched] = Skipped(
                     "id_collision",
                     matched,
-                    f"ID {device_id!r} already belongs to {devices[device_id].path}",
+                    f"ID {holder!r} already belongs to {by_identity[collided[identity]][0][0]}",
                 )
                 continue
-            devices[device_id] = self._device(device_id, matched, canonical, previous, skipped)
+            device_id, host_path = assigned[identity]
+            devices[device_id] = self._device(device_id, matched, host_path, previous, skipped)
+        # Read by the next scan only (scans never overlap: the loop runs one at a time).
+        self._held = assigned
         return ScanResult(
             devices,
             tuple(skipped.values()),

@@ -35,11 +35,21 @@ from ..devices import Device, DeviceMount, DeviceNode
 from ..files import FileReader
 from .base import DriverDeps, Skipped
 from .glob import SCAN_TIMEOUT, dir_readable, glob_settings, numa_node, scan_notices, watch_pattern
-from .glob_paths import DeviceIdentity, DeviceIds, examine, name_problem, printable_path
+from .glob_paths import (
+    DeviceIdentity,
+    DeviceIds,
+    examine,
+    fixed_parent,
+    name_problem,
+    printable_path,
+)
 from .scanning import DirWatch, Listed, ScanLoop, ScanResult
 
 INCOMPLETE = "incomplete_group"
 """The skip reason of a group that lacks a required member."""
+UNSAFE_MOUNT = "unsafe_mount"
+"""The skip reason of a path to mount whose real path is `/` or outside its member's fixed
+directory (a directory member that is a symlink out of it)."""
 PATH_COLLISION = "path_collision"
 """The skip reason of a group with two different paths at one container path (the runtime
 would keep only one of them)."""
@@ -96,15 +106,18 @@ class _Member:
     """The glob that lists the member's paths (`{key}` written as `*`)."""
     key_regex: re.Pattern[str] | None
     """Takes the group key out of a matched path; None for a member of every group."""
+    base: str
+    """The deepest directory of the pattern without a wildcard: what it names is inside."""
 
     @classmethod
     def of(cls, config: GlobGroupMemberConfig) -> _Member:
         path = config.path
+        pattern = path.replace(GROUP_KEY, "*")
         if GROUP_KEY not in path:
-            return cls(config, path, None)
+            return cls(config, pattern, None, fixed_parent(pattern))
         before, after = path.split(GROUP_KEY, 1)
         regex = re.compile(f"{_glob_regex(before)}(?P<key>[^/]+?){_glob_regex(after)}")
-        return cls(config, path.replace(GROUP_KEY, "*"), regex)
+        return cls(config, pattern, regex, fixed_parent(pattern))
 
     def key_of(self, path: str) -> str | None:
         if self.key_regex is None:
@@ -186,6 +199,7 @@ class GlobGroupScan:
         seen: set[tuple[int, str]] = set()
         for index, member in enumerate(self._members):
             watch_pattern(member.pattern, dirs, self._dir_readable, unreadable)
+            real_base = os.path.realpath(member.base)
             for matched in sorted(globlib.glob(member.pattern)):
                 if (index, matched) in seen:
                     continue
@@ -196,7 +210,7 @@ class GlobGroupScan:
                 if why := name_problem(matched):
                     skipped[matched] = Skipped("bad_name", printable_path(matched), why)
                     continue
-                match = self._examine(matched, real_dirs, skipped)
+                match = self._examine(matched, member, real_base, real_dirs, skipped)
                 if match is None:
                     continue
                 match_result, link_dir = match
@@ -231,23 +245,47 @@ class GlobGroupScan:
 
     @staticmethod
     def _examine(
-        matched: str, real_dirs: dict[str, str], skipped: dict[str, Skipped]
+        matched: str,
+        member: _Member,
+        real_base: str,
+        real_dirs: dict[str, str],
+        skipped: dict[str, Skipped],
     ) -> tuple[_Match, str | None] | None:
         """A matched path as a node or a directory (and the directory a symlink leads into),
-        or None (gone, or skipped with why)."""
+        or None (gone, or skipped with why).
+
+        Resolved before grouping: a path that reaches its target through any symlink below
+        the member's fixed directory (the leaf or a directory on the way) is a link, so it
+        never takes a node from the group whose own path it is (`_claimants`). What would
+        be mounted must really be inside the member's fixed directory, and never `/`: a
+        directory member that is a symlink to `/` or out of the pattern's directory would
+        bind-mount the host's root or anything else into the container."""
         result = examine(matched, real_dirs)
         if isinstance(result, Skipped):
             skipped[matched] = result
             return None
         if result is not None:
-            link = result.link_dir is not None
-            return _Match(matched, result.real_path, False, result.identity, link), result.link_dir
-        if not os.path.isdir(matched):
+            real_path, identity, directory = result.real_path, result.identity, False
+            link_dir = result.link_dir
+        elif os.path.isdir(matched):
+            real_path = os.path.realpath(matched)
+            identity, directory = ("path", real_path), True
+            link_dir = os.path.dirname(real_path) if os.path.islink(matched) else None
+        else:
             return None  # gone since the glob
-        real_path = os.path.realpath(matched)
-        link_dir = os.path.dirname(real_path) if os.path.islink(matched) else None
-        match = _Match(matched, real_path, True, ("path", real_path), link_dir is not None)
-        return match, link_dir
+        relative = os.path.relpath(matched, member.base)
+        link = real_path != os.path.normpath(os.path.join(real_base, relative))
+        if (directory or member.config.mount) and (
+            real_path == "/" or not real_path.startswith(real_base.rstrip("/") + "/")
+        ):
+            skipped[matched] = Skipped(
+                UNSAFE_MOUNT,
+                printable_path(matched),
+                f"not mounted: its real path {printable_path(real_path)} is "
+                + ("/" if real_path == "/" else f"outside {printable_path(real_base)}"),
+            )
+            return None
+        return _Match(matched, real_path, directory, identity, link), link_dir
 
     def _group_device(
         self,

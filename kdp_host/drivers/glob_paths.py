@@ -6,6 +6,8 @@ so a node and every symlink or second node for it are one device), anything else
 resolved real path. IDs: `DeviceIds`, a pure function of the device's canonical path (the
 resolved real path of the node) and the patterns, never of which matched path (a link or
 the node itself) led to it, so a link that appears or vanishes never renames a device.
+A device already listed keeps its ID and host path while it stays present (`assign_ids`):
+a second node for its device number, whatever its path, never renames it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from .. import rules
@@ -118,6 +120,49 @@ class Found(NamedTuple):
     identity: DeviceIdentity
     link_dir: str | None
     """For a symlink: the directory of its target (watched: the target may vanish)."""
+
+
+class Assigned(NamedTuple):
+    """A device's ID and the path it is passed as."""
+
+    device_id: str
+    host_path: str
+
+
+def assign_ids(
+    by_identity: Mapping[DeviceIdentity, Sequence[tuple[str, str]]],
+    held: Mapping[DeviceIdentity, Assigned],
+    ids: DeviceIds,
+) -> tuple[dict[DeviceIdentity, Assigned], dict[DeviceIdentity, DeviceIdentity]]:
+    """The ID of each device of a scan (its (matched path, real path) pairs by identity),
+    and the devices left out because their ID is another's (identity -> the holder's).
+
+    A device listed last time (`held`) keeps its ID, and its host path while that path still
+    reaches it (else the canonical path of what does): a second node with the same device
+    number and a lower path (`mknod`, a devtmpfs alias) never renames a device the kubelet
+    may have given to a pod. A new device gets the ID of its canonical path; if a listed
+    device holds that ID, the newcomer waits (`id_collision`) until the holder is gone.
+    """
+    assigned: dict[DeviceIdentity, Assigned] = {}
+    owner: dict[str, DeviceIdentity] = {}
+    collided: dict[DeviceIdentity, DeviceIdentity] = {}
+    # The devices that hold an ID first, so a newcomer never takes theirs.
+    for identity in sorted(by_identity, key=lambda identity: identity not in held):
+        paths = by_identity[identity]
+        kept = held.get(identity)
+        if kept is not None and any(real == kept.host_path for _matched, real in paths):
+            choice = kept
+        elif kept is not None:
+            choice = Assigned(kept.device_id, canonical_path(paths))
+        else:
+            canonical = canonical_path(paths)
+            choice = Assigned(ids(canonical), canonical)
+        holder = owner.setdefault(choice.device_id, identity)
+        if holder != identity:
+            collided[identity] = holder
+            continue
+        assigned[identity] = choice
+    return assigned, collided
 
 
 def canonical_path(paths: Sequence[tuple[str, str]]) -> str:

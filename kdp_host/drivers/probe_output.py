@@ -74,6 +74,13 @@ def _check_path(value: str, what: str) -> str:
     return value
 
 
+def _check_node_path(value: str, what: str) -> str:
+    """A device node's path, which `{paths}` and `{hostPaths}` list: rules.device_path_problem."""
+    if why := rules.device_path_problem(value):
+        raise _Invalid(f"{what} {why}, got {_quote(value)}")
+    return value
+
+
 def _health(word: str) -> bool:
     healthy = _HEALTH_WORDS.get(word.lower())
     if healthy is None:
@@ -85,7 +92,9 @@ def _node_from_spec(spec: str) -> DeviceNode:
     """`/dev/x` (same path inside) or `/dev/x:/dev/y` (the container part starts at `:/`)."""
     split = spec.find(":/", 1)
     host, container = (spec[:split], spec[split + 1 :]) if split > 0 else (spec, spec)
-    return DeviceNode(_check_path(host, "host path"), _check_path(container, "container path"))
+    return DeviceNode(
+        _check_node_path(host, "host path"), _check_node_path(container, "container path")
+    )
 
 
 def _add_node(nodes: list[DeviceNode], node: DeviceNode) -> None:
@@ -318,10 +327,10 @@ def _nodes_from_json(value: Any) -> list[DeviceNode]:
             obj = _json_object(entry, what, _PATH_KEYS)
             if "hostPath" not in obj:
                 raise _Invalid(f"{what}: missing required key 'hostPath'")
-            host = _check_path(_json_string(obj["hostPath"], f"{what}.hostPath"), "host path")
+            host = _check_node_path(_json_string(obj["hostPath"], f"{what}.hostPath"), "host path")
             container = host
             if "containerPath" in obj:
-                container = _check_path(
+                container = _check_node_path(
                     _json_string(obj["containerPath"], f"{what}.containerPath"), "container path"
                 )
             node = DeviceNode(host, container)

@@ -9,6 +9,7 @@ from typing import Protocol
 from ..devices import Device
 from ..logs import EventLogger
 from ..metrics import Metrics
+from ..rules import LIST_SEPARATOR, device_path_problem
 from .base import DriverError, Skipped
 
 
@@ -59,6 +60,11 @@ class DeviceReporter:
     ) -> None:
         if not isinstance(devices, Mapping):
             devices = list(devices)
+        unlistable = _unlistable(_values(devices))
+        if unlistable:
+            left_out = {device.id for device, _ in unlistable}
+            devices = [d for d in _values(devices) if d.id not in left_out]
+            skipped = [*skipped, *(item for _, item in unlistable)]
         if self._sink.publish(devices):
             values = devices.values() if isinstance(devices, Mapping) else devices
             healthy = sum(1 for device in values if device.healthy)
@@ -135,3 +141,23 @@ class DeviceReporter:
                 "path_skipped", reason=item.reason, path=item.subject, error=item.message
             )
         self._skipped = skipped
+
+
+def _values(devices: Iterable[Device] | Mapping[str, Device]) -> Iterable[Device]:
+    return devices.values() if isinstance(devices, Mapping) else devices
+
+
+def _unlistable(devices: Iterable[Device]) -> list[tuple[Device, Skipped]]:
+    """Devices with a node path that `{paths}` or `{hostPaths}` could not list (it holds
+    LIST_SEPARATOR: rules.device_path_problem), each with why it is left out. Drivers check
+    IDs as they make them; node paths come from file names, symlink targets and templates,
+    so they are checked here, once for every driver."""
+    found: list[tuple[Device, Skipped]] = []
+    for device in devices:
+        for node in device.nodes:
+            if LIST_SEPARATOR in node.host_path or LIST_SEPARATOR in node.container_path:
+                path = node.host_path if LIST_SEPARATOR in node.host_path else node.container_path
+                why = device_path_problem(path)
+                found.append((device, Skipped("bad_name", path, f"device {device.id}: path {why}")))
+                break
+    return found

@@ -64,6 +64,10 @@ async def register(
         raise RegistrationError(result, f"kubelet: {exc.message or exc.status.name}") from None
     except (OSError, ConnectionError, StreamTerminatedError, ProtocolError) as exc:
         raise RegistrationError("unavailable", f"cannot reach {path}: {exc}") from None
+    except AttributeError as exc:
+        # grpclib (0.4.x, its issue #110) fails this way when the peer closes the connection
+        # before the request goes out: a kubelet stopping or restarting at that moment.
+        raise RegistrationError("unavailable", f"{path} closed the connection: {exc}") from None
     except TimeoutError:
         raise RegistrationError("error", f"Register timed out after {timeout:g}s") from None
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -19,8 +20,9 @@ from typing import Any
 import grpclib
 import grpclib.server
 from grpclib.const import Status
+from prometheus_client import Counter
 
-from ..allocation import AllocationBuilder, AllocationError, add_extras, preferred_allocation
+from ..allocation import AllocationBuilder, AllocationError, preferred_allocation
 from ..api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
@@ -39,7 +41,8 @@ from ..config import ResourceConfig
 from ..devices import DeviceTable, Snapshot
 from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
-from ..metrics import Metrics
+from ..metrics import Metrics, Observer
+from ..release import ReleaseTracker
 from .codec import EncodedMessage
 from .wire import encode_device_entry, topology_field
 
@@ -103,6 +106,7 @@ class DevicePluginService(DevicePluginBase):
         clock: Callable[[], float] = time.perf_counter,
         pre_start: PreStartHook | None = None,
         allocate_hook: AllocateHook | None = None,
+        release: ReleaseTracker | None = None,
     ) -> None:
         self._config = config
         self._table = table
@@ -114,14 +118,31 @@ class DevicePluginService(DevicePluginBase):
         self._builder = AllocationBuilder(config)
         self._pre_start = pre_start
         self._allocate_hook = allocate_hook
+        self._release = release
         self._closing = asyncio.Event()
         self._open_streams = 0
         self._streams_drained = asyncio.Event()
         self._streams_drained.set()
         self.options = DevicePluginOptions(
-            pre_start_required=pre_start is not None,
+            pre_start_required=pre_start is not None or release is not None,
             get_preferred_allocation_available=config.preferred != "none",
         )
+
+    # The series every call records, looked up once, at first use (a histogram's series
+    # appear with its first observation): a lookup costs what the rest of the bookkeeping
+    # of a call does.
+
+    @functools.cached_property
+    def _allocated_ok(self) -> Counter:
+        return self._metrics.allocations.labels(self._config.name, "ok")
+
+    @functools.cached_property
+    def _allocate_seconds(self) -> Observer:
+        return self._metrics.allocate_seconds.labels(self._config.name)
+
+    @functools.cached_property
+    def _preferred_seconds(self) -> Observer:
+        return self._metrics.preferred_seconds.labels(self._config.name)
 
     async def end_streams(self, timeout: float = 0.5) -> None:
         """End every ListAndWatch stream with a clean end-of-stream and wait until sent."""
@@ -224,7 +245,7 @@ class DevicePluginService(DevicePluginBase):
                     if entry is not None and entry.healthy and device_id not in ids:
                         ids.append(device_id)
             responses.append(ContainerPreferredAllocationResponse(device_i_ds=ids))
-        self._metrics.preferred_seconds.labels(self._config.name).observe(self._clock() - started)
+        self._preferred_seconds.observe(self._clock() - started)
         return PreferredAllocationResponse(container_responses=responses)
 
     async def allocate(self, message: AllocateRequest) -> AllocateResponse:
@@ -244,8 +265,11 @@ class DevicePluginService(DevicePluginBase):
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if self._allocate_hook is not None:
             await self._add_hook_extras(snapshot, message, responses)
-        self._metrics.allocations.labels(name, "ok").inc(len(responses))
-        self._metrics.allocate_seconds.labels(name).observe(self._clock() - started)
+        if self._release is not None:
+            for request in message.container_requests:
+                self._release.allocated(request.devices_ids)
+        self._allocated_ok.inc(len(responses))
+        self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)
 
     async def _add_hook_extras(
@@ -254,37 +278,40 @@ class DevicePluginService(DevicePluginBase):
         message: AllocateRequest,
         responses: list[ContainerAllocateResponse],
     ) -> None:
-        """Run allocate.command for every container request at once, and add its output."""
+        """Run allocate.command for every container request at once, and rebuild each
+        response with its output (the responses checked before are replaced)."""
         hook = self._allocate_hook
         assert hook is not None
-        permissions = self._config.allocate.permissions
         try:
             async with asyncio.TaskGroup() as group:
                 runs = [
-                    group.create_task(
-                        hook.extras(self._builder.physical_devices(snapshot, request.devices_ids))
-                    )
+                    group.create_task(hook.response(self._builder, snapshot, request.devices_ids))
                     for request in message.container_requests
                 ]
-        except* HookFailed as failures:
+        except* (HookFailed, AllocationError) as failures:
             first = failures.exceptions[0]
-            assert isinstance(first, HookFailed)
-            self._metrics.allocations.labels(self._config.name, "hook_failed").inc(
-                len(message.container_requests)
-            )
-            raise grpclib.GRPCError(first.status, str(first)) from None
-        for response, run in zip(responses, runs, strict=True):
-            add_extras(response, run.result(), permissions)
+            name = self._config.name
+            if isinstance(first, HookFailed):
+                self._metrics.allocations.labels(name, "hook_failed").inc(
+                    len(message.container_requests)
+                )
+                raise grpclib.GRPCError(first.status, str(first)) from None
+            # the devices' own env could not be given to the command (it did not run)
+            self._metrics.allocations.labels(name, "invalid").inc()
+            self._log.warning("allocate_refused", reason=str(first))
+            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(first)) from None
+        responses[:] = [run.result() for run in runs]
 
     async def pre_start_container(
         self, message: PreStartContainerRequest
     ) -> PreStartContainerResponse:
-        """Run preStart.command for the container's devices (only asked for when the
-        resource has one: `options.pre_start_required`)."""
-        if self._pre_start is None:
-            return PreStartContainerResponse()
+        """Wait for the owed release of the container's devices, then run preStart.command
+        (only asked for when the resource has either: `options.pre_start_required`)."""
         try:
-            await self._pre_start.run(message.devices_ids)
+            if self._release is not None:
+                await self._release.before_start(message.devices_ids)
+            if self._pre_start is not None:
+                await self._pre_start.run(message.devices_ids)
         except HookFailed as exc:
             raise grpclib.GRPCError(exc.status, str(exc)) from None
         return PreStartContainerResponse()

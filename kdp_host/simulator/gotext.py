@@ -111,6 +111,53 @@ def options_failed(reason: str) -> str:
     return f"failed to get device plugin options: {reason}"
 
 
+# ------------------------------------------- the plugin manager (docs/kubelet-contract.md §14)
+
+
+def registry_dial_failed(socket: Path) -> str:
+    return (
+        f"RegisterPlugin error -- dial failed at socket {socket}, err: failed to dial socket "
+        f"{socket}, err: context deadline exceeded"
+    )
+
+
+def get_info_failed(socket: Path, reason: str) -> str:
+    return (
+        "RegisterPlugin error -- failed to get plugin info using RPC GetInfo at socket "
+        f"{socket}, err: {reason}"
+    )
+
+
+def no_handler(plugin_type: str, socket: Path) -> str:
+    return (
+        "RegisterPlugin error -- no handler registered for plugin type: "
+        f"{plugin_type} at socket {socket}"
+    )
+
+
+def validation_failed(reason: str) -> str:
+    return f"RegisterPlugin error -- plugin validation failed with err: {reason}"
+
+
+VALIDATE_FUNC_FAILED: Final = "RegisterPlugin error -- pluginHandler.ValidatePluginFunc failed"
+
+
+def registration_failed(reason: str) -> str:
+    return f"RegisterPlugin error -- plugin registration failed with err: {reason}"
+
+
+def plugin_versions_unsupported(manager_version: str, versions: Sequence[str]) -> str:
+    """Go's ``%v`` of a string slice: ``[a b]``."""
+    return (
+        f"manager version, {manager_version}, is not among plugin supported versions "
+        f"[{' '.join(versions)}]"
+    )
+
+
+def invalid_plugin_name(name: str) -> str:
+    return f"invalid name of device plugin socket: {invalid_resource_name(name)}"
+
+
 # ----------------------------------------------------- allocation (docs/kubelet-contract.md §4-§8)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Coroutine
 from pathlib import Path
@@ -36,6 +37,7 @@ from .directory import cleanup_plugin_directory, remove_socket
 from .log import log_event
 from .manager import DeviceManager, describe
 from .plugins import PluginHandler
+from .podresources import PodResourcesServer
 from .records import (
     CHECKPOINT_NAME,
     DIAL_TIMEOUT,
@@ -52,6 +54,7 @@ from .records import (
     ResourceSnapshot,
     StaleDisconnect,
 )
+from .registry import RECONCILE_PERIOD, PluginManager, RegistryOperation
 from .transport import RegisterRefused, RegistrationServer
 
 
@@ -68,14 +71,33 @@ class KubeletSimulator:
         pre_start_timeout: float = PRE_START_TIMEOUT,
         rpc_timeout: float | None = None,
         cleanup_sockets_only: bool = False,
+        plugins_registry_dir: Path | None = None,
+        reconcile_period: float = RECONCILE_PERIOD,
+        pod_resources_dir: Path | None = None,
     ) -> None:
         """
         ``rpc_timeout`` bounds GetPreferredAllocation/Allocate (the kubelet has none: keep
         None to reproduce a hung admission). ``cleanup_sockets_only`` removes only sockets at
         start, like newer kubelets; the default removes every non-directory entry
         (docs/kubelet-contract.md §9). ``clock`` stamps records and stopped endpoints.
+        ``plugins_registry_dir`` also runs the plugin manager on that directory
+        (docs/kubelet-contract.md §14), reconciling every ``reconcile_period`` seconds; it
+        may lie inside ``socket_dir`` but must not be it or contain it.
+        ``pod_resources_dir``: also serve the PodResources API on ``<dir>/kubelet.sock``
+        while running (``simulator/podresources.py``).
         """
         self.socket_dir = Path(socket_dir)
+        if plugins_registry_dir is not None:
+            registry = Path(os.path.normpath(plugins_registry_dir))
+            if (
+                registry == Path(os.path.normpath(self.socket_dir))
+                or registry in Path(os.path.normpath(self.socket_dir)).parents
+            ):
+                raise ValueError(
+                    f"plugins_registry_dir {registry} must not be the socket dir or contain it"
+                )
+        self.plugins_registry_dir = plugins_registry_dir
+        self.reconcile_period = reconcile_period
         self.socket_path = self.socket_dir / KUBELET_SOCKET_NAME
         self.checkpoint_path = self.socket_dir / CHECKPOINT_NAME
         self.endpoint_stop_grace_period = endpoint_stop_grace_period
@@ -106,6 +128,15 @@ class KubeletSimulator:
         """The clock just before ``kubelet.sock`` was created by the last start."""
 
         self._server: RegistrationServer | None = None
+        self._plugin_manager: PluginManager | None = None
+        self.registry_operations: list[RegistryOperation] = []
+        """Every operation of the plugin manager, cumulative across restarts."""
+        self._registry_faults = 0
+        self.pod_resources = (
+            None
+            if pod_resources_dir is None
+            else PodResourcesServer(self._manager, pod_resources_dir)
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._changes = ChangeFeed(lambda: "; ".join(self.describe().values()) or "no resources")
 
@@ -180,7 +211,22 @@ class KubeletSimulator:
         self.listening_since = self._clock()
         await server.start(self.socket_path)
         self._server = server
+        if self.pod_resources is not None:
+            await self.pod_resources.start()
         self.starts += 1
+        if self.plugins_registry_dir is not None:
+            manager = PluginManager(
+                Path(self.plugins_registry_dir),
+                self._plugins,
+                reconcile_period=self.reconcile_period,
+                dial_timeout=self.dial_timeout,
+                clock=self._clock,
+                notify=self._notify,
+                record=self.registry_operations.append,
+            )
+            manager.register_faults = self._registry_faults
+            self._plugin_manager = manager
+            manager.start()
         log_event(
             logging.INFO,
             "kubelet_started",
@@ -198,6 +244,12 @@ class KubeletSimulator:
         if server is None:
             return
         self._server = None
+        manager, self._plugin_manager = self._plugin_manager, None
+        if manager is not None:
+            self._registry_faults = manager.register_faults
+            await manager.stop()
+        if self.pod_resources is not None:
+            await self.pod_resources.stop()
         if crash:
             await server.stop()
             await asyncio.to_thread(remove_socket, self.socket_path)
@@ -253,6 +305,18 @@ class KubeletSimulator:
 
     async def _write_checkpoint(self) -> None:
         await self._checkpoint.write(self._manager.checkpoint_data)
+
+    @property
+    def reconciles(self) -> int:
+        """Reconciles of the running plugin manager (0 without one)."""
+        return 0 if self._plugin_manager is None else self._plugin_manager.reconciles
+
+    def fail_next_plugin_registrations(self, count: int = 1) -> None:
+        """Make the plugin manager's next ``count`` RegisterPlugin calls fail as a dial of
+        the plugin's endpoint would (docs/kubelet-contract.md §14: never retried in v1.32)."""
+        self._registry_faults = count
+        if self._plugin_manager is not None:
+            self._plugin_manager.register_faults = count
 
     # ------------------------------------------------------------------ node status
 

@@ -100,6 +100,30 @@ class PluginHandler:
         )
         await self._notify()
 
+    # ---- the plugin manager's DevicePlugin handler (docs/kubelet-contract.md §14)
+
+    def validate_plugin(self, name: str, versions: list[str]) -> str | None:
+        """``ValidatePlugin``: why the plugin is refused, or None."""
+        if not any(version in SUPPORTED_VERSIONS for version in versions):
+            return gotext.plugin_versions_unsupported(SUPPORTED_VERSIONS[0], versions)
+        if not is_extended_resource_name(name):
+            return gotext.invalid_plugin_name(name)
+        return None
+
+    async def register_plugin(self, name: str, endpoint: Path) -> None:
+        """``RegisterPlugin``: ``connectClient`` on the endpoint (an absolute path), as
+        Register does after its checks. Raises RegisterRefused with the kubelet's text."""
+        log_event(logging.INFO, "register_plugin", resource=name, endpoint=endpoint)
+        await self._connect_client(name, endpoint)
+        await self._notify()
+
+    async def deregister_plugin(self, name: str) -> None:
+        """``DeRegisterPlugin`` (v1.32): disconnect the name's current client, if any."""
+        client = self.clients.get(name)
+        log_event(logging.INFO, "deregister_plugin", resource=name, client=bool(client))
+        if client is not None:
+            await self.disconnect_client(name, client, reason="plugin deregistered")
+
     async def _connect_client(self, resource: str, socket_path: Path) -> None:
         """``connectClient`` of v1.32: register the client, dial, PluginConnected, run."""
         self._serial += 1

@@ -91,6 +91,33 @@ class RegistrationServer:
 # --------------------------------------------------------------------------- plugin client
 
 
+async def wait_accepting(path: Path, timeout: float) -> bool:
+    """grpc-go's blocking dial: connect until the socket accepts a connection (retrying a
+    missing or refusing socket) or ``timeout`` passes (False). The probe connection is
+    closed; the caller opens the connection it keeps."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.01
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        try:
+            async with asyncio.timeout(remaining):
+                _, writer = await asyncio.open_unix_connection(str(path))
+        except TimeoutError:
+            continue
+        except OSError as exc:
+            log_event(logging.DEBUG, "dial_retry", socket=path, error=exc)
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            delay = min(delay * 2, 1.0)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+
 class RawMessage:
     """A message left undecoded: grpclib's codec hands over the bytes as they arrived, so
     the arrival time is taken before the (possibly long) decoding."""
@@ -128,29 +155,8 @@ class PluginClient:
     async def connect(self, dial_timeout: float) -> PluginOptions:
         """Blocking dial (retried until the deadline), then GetDevicePluginOptions
         (docs/kubelet-contract.md §2, §3). Raises RegisterRefused with the kubelet's text."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + dial_timeout
-        delay = 0.01
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise RegisterRefused(gotext.dial_failed("context deadline exceeded"))
-            try:
-                async with asyncio.timeout(remaining):
-                    _, writer = await asyncio.open_unix_connection(str(self.socket_path))
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                log_event(logging.DEBUG, "dial_retry", socket=self.socket_path, error=exc)
-                await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
-                delay = min(delay * 2, 1.0)
-                continue
-            # The plugin accepts connections: the dial is done. The probe connection is
-            # closed; the channel below opens the one the kubelet keeps.
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            break
+        if not await wait_accepting(self.socket_path, dial_timeout):
+            raise RegisterRefused(gotext.dial_failed("context deadline exceeded"))
         self._channel = Channel(path=str(self.socket_path))
         stub = DevicePluginStub(self._channel)
         try:

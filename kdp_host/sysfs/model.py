@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ..rules import join_list
+
 USB = "usb"
 PCI = "pci"
 
@@ -146,7 +148,7 @@ class SysfsDevice:
             "productName": attrs.get("product", "") if self.source == USB else "",
             "driver": self.driver or "",
             "numa": "" if self.numa is None else str(self.numa),
-            "nodes": ",".join(node.host_path for node in self.nodes),
+            "nodes": join_list(node.host_path for node in self.nodes),
             "subsystemVendor": normalize_hex(attrs.get("subsystem_vendor", "")),
             "subsystemDevice": normalize_hex(attrs.get("subsystem_device", "")),
             "class": normalize_hex(attrs.get("class", "")),

@@ -237,7 +237,10 @@ class KdpHost:
         loop: str = "auto",
         log_level: str = "info",
         name: str = "kdp-host",
+        settings: dict[str, Any] | None = None,
     ) -> None:
+        """`settings`: more top-level config keys; a section given (`kubelet`) is merged
+        over the one made here."""
         self.workdir = workdir
         self.socket_dir = socket_dir
         self.config_path = workdir / f"{name}.yaml"
@@ -249,6 +252,10 @@ class KdpHost:
             "metrics": {"listen": f"127.0.0.1:{free_port()}"},
             "resources": resources,
         }
+        for key, value in (settings or {}).items():
+            section = config.get(key)
+            config[key] = {**section, **value} if isinstance(section, dict) else value
+        self.metrics_address = config["metrics"]["listen"]
         # JSON is YAML.
         self.config_path.write_text(json.dumps(config, indent=1))
         self.proc: subprocess.Popen[bytes] | None = None

@@ -4,14 +4,20 @@ PreStartContainer round trip with a trivial `preStart.command`.
 Three kdp-host processes (default loop), each with one glob resource: the rich allocate
 section of the latency benchmark alone, the same plus an `allocate.command` that prints `{}`,
 and one with a `preStart.command` of `true`. A grpcio client sends pre-serialized requests.
-The hook figures are dominated by one fork and exec per call.
+The hook figures are dominated by one fork and exec per call; the last figure is that
+cost alone: `ProcessRunner.run(["true"])` in this process (spawn through the death-signal
+wrapper, wait, reap, close the pipes), and how long each spawn holds the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
+import time
 from typing import Any
+
+from kdp_host.process import ProcessRunner
 
 from .harness import (
     RICH_ALLOCATE,
@@ -48,6 +54,40 @@ def _true() -> str:
     return path
 
 
+def _spawn_figures(opts: Options, calls: int) -> list[Figure]:
+    run_figure = Figure("command run p50 (true)", "ms", note="ProcessRunner.run, in process")
+    held = Figure("event loop held per spawn p50", "ms", note="create_subprocess_exec call")
+    true = _true()
+
+    async def measure() -> None:
+        runner = ProcessRunner()
+        loop_held: list[float] = []
+        original = asyncio.create_subprocess_exec
+
+        async def timed(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+            started = time.perf_counter()
+            process = await original(*args, **kwargs)
+            loop_held.append(time.perf_counter() - started)
+            return process
+
+        asyncio.create_subprocess_exec = timed  # type: ignore[assignment]
+        try:
+            for _ in range(opts.repeats):
+                loop_held.clear()
+                times = []
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    await runner.run([true], timeout=10)
+                    times.append(time.perf_counter() - started)
+                run_figure.add(percentile(times, 50) * MS)
+                held.add(percentile(loop_held, 50) * MS)
+        finally:
+            asyncio.create_subprocess_exec = original  # type: ignore[assignment]
+
+    asyncio.run(measure())
+    return [run_figure, held]
+
+
 def run(opts: Options) -> list[Figure]:
     workdir = make_workdir("hooks")
     plain = Figure("allocate p50 without allocate.command", "ms")
@@ -59,8 +99,7 @@ def run(opts: Options) -> list[Figure]:
         pattern = f"{workdir}/dev/fpga*"
         with_command: dict[str, Any] = {
             **RICH_ALLOCATE,
-            # printf's octal escapes print the braces: `{}` would read as a template field
-            "command": [_printf(), "\\173\\175"],
+            "command": [_printf(), "{}"],  # `{}` is literal text, not a template field
         }
         resources = {
             "plain": [glob_resource(RESOURCE, pattern, RICH_ALLOCATE)],
@@ -102,4 +141,4 @@ def run(opts: Options) -> list[Figure]:
                     host.host.check_alive()
     finally:
         remove_tree(workdir)
-    return [plain, hooked, pre_start]
+    return [plain, hooked, pre_start, *_spawn_figures(opts, hook_calls)]

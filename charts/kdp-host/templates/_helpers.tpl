@@ -113,6 +113,25 @@ same path so the socket paths kdp-host registers are the kubelet's.
 {{- end }}
 
 {{/*
+The kubelet's plugins_registry directory when config.kubelet.registration is pluginsRegistry
+and it does not lie inside the socket dir (already mounted); "" otherwise. Mounted from the
+host at the same path: the kubelet dials the absolute endpoint kdp-host names in GetInfo.
+*/}}
+{{- define "kdp-host.pluginsRegistryDir" -}}
+{{- $kubelet := dig "kubelet" (dict) .Values.config }}
+{{- if eq (toString (dig "registration" "deviceSocket" $kubelet)) "pluginsRegistry" }}
+{{- $dir := dig "pluginsRegistryDir" "/var/lib/kubelet/plugins_registry" $kubelet | toString }}
+{{- if not (hasPrefix "/" $dir) }}
+{{- fail (printf "config.kubelet.pluginsRegistryDir must be an absolute path, got %q" $dir) }}
+{{- end }}
+{{- $socketDir := include "kdp-host.socketDir" . | trimSuffix "/" }}
+{{- if not (hasPrefix (printf "%s/" $socketDir) $dir) }}
+{{- $dir }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 The metrics port: the port of config.metrics.listen ("host:port"). The kubelet's probes and
 Prometheus reach the pod IP, so a loopback listen address cannot work in the chart.
 */}}
@@ -144,6 +163,41 @@ resource that uses CDI, one per line, deduplicated.
 {{- end }}
 {{- end }}
 {{- $dirs | uniq | join "\n" }}
+{{- end }}
+
+{{/*
+The kubelet's PodResources directory (the directory of config.kubelet.podResourcesSocket),
+mounted read-only at the same path when polling is on (podResourcesInterval not 0s); empty
+when it is off.
+*/}}
+{{- define "kdp-host.podResourcesDir" -}}
+{{- $interval := dig "kubelet" "podResourcesInterval" "5s" .Values.config | toString }}
+{{- if not (regexMatch "^0+(\\.0*)?(ns|us|µs|ms|s|m|h)?$" $interval) }}
+{{- $socket := dig "kubelet" "podResourcesSocket" "/var/lib/kubelet/pod-resources/kubelet.sock" .Values.config | toString }}
+{{- if not (hasPrefix "/" $socket) }}
+{{- fail (printf "config.kubelet.podResourcesSocket must be an absolute path, got %q" $socket) }}
+{{- end }}
+{{- dir $socket }}
+{{- end }}
+{{- end }}
+
+{{/*
+config.stateDir when a resource has `release` (its state must outlive the pod), else empty.
+*/}}
+{{- define "kdp-host.stateDir" -}}
+{{- $used := false }}
+{{- range $r := (dig "resources" (list) .Values.config) }}
+{{- if and (kindIs "map" $r) (hasKey $r "release") }}
+{{- $used = true }}
+{{- end }}
+{{- end }}
+{{- if $used }}
+{{- $dir := dig "stateDir" "/var/lib/kdp-host" .Values.config | toString }}
+{{- if not (hasPrefix "/" $dir) }}
+{{- fail (printf "config.stateDir must be an absolute path, got %q" $dir) }}
+{{- end }}
+{{- $dir }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -1,0 +1,293 @@
+"""Who holds each device: the kubelet's PodResources API (v1), asked gently.
+
+The Device Plugin API never says that a pod let go of a device. The kubelet's PodResources
+service does: `List` names every pod it runs with the devices of each container, as the
+plugins advertised them. One poller per host calls `List` every
+`kubelet.podResourcesInterval` (and `GetAllocatableResources` now and then) and hands each
+answer, as immutable `Holdings`, to its subscribers: the resources' release trackers and the
+`/devices` view.
+
+The kubelet rate-limits the service to 100 calls/s with a burst of 10 for every client and
+method together (monitoring agents share it). One call per interval (5 s by default) is a
+fraction of a percent of that; a call refused with RESOURCE_EXHAUSTED doubles the delay
+(up to `MAX_BACKOFF`), so kdp-host never keeps another client from its share. A missing
+socket, an old kubelet without the v1 API, or any other failure is one log line when the
+state changes and a counted poll (`kdp_pod_resources_polls_total{result}`): everything else
+keeps working, and the last answer stays (marked by its age in `/devices`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import grpclib.client
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+from .api.v1 import (
+    AllocatableResourcesRequest,
+    ListPodResourcesRequest,
+    ListPodResourcesResponse,
+    PodResourcesListerStub,
+)
+from .backoff import Backoff
+from .logs import EventLogger
+from .metrics import Metrics, PodResourcesResult
+
+CALL_TIMEOUT = 10.0
+"""Seconds one PodResources call may take (the kubelet answers from memory)."""
+MAX_BACKOFF = 60.0
+"""Longest delay between two polls after refusals or failures."""
+UNSUPPORTED_RETRY = 300.0
+"""An old kubelet without PodResources v1 is asked again this rarely (it may be upgraded)."""
+ALLOCATABLE_EVERY = 12
+"""GetAllocatableResources is called with every poll while it lists nothing (no plugin has
+registered yet), then every this many polls."""
+JITTER = 0.1
+"""Polls are spread by up to this fraction of the delay, so hosts started together do not
+call the kubelet in step."""
+
+PollState = Literal["off", "starting"] | PodResourcesResult
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A container holding a device, as the kubelet names it."""
+
+    namespace: str
+    pod: str
+    container: str
+    since: float
+    """Unix time of the first answer that showed this container holding the device."""
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """One answer of List: resource -> advertised device ID -> the containers holding it."""
+
+    asked_at: float
+    """Monotonic time the List call was sent: an allocation after it is newer news."""
+    answered_at: float
+    """Unix time of the answer."""
+    by_resource: Mapping[str, Mapping[str, tuple[Holder, ...]]]
+
+    def of(self, resource: str) -> Mapping[str, tuple[Holder, ...]]:
+        return self.by_resource.get(resource, {})
+
+
+def holdings_from(
+    response: ListPodResourcesResponse,
+    asked_at: float,
+    answered_at: float,
+    previous: Holdings | None,
+) -> Holdings:
+    """The holders in a List answer; a holder seen before keeps its first `since`."""
+    seen: dict[str, dict[str, list[Holder]]] = {}
+    earlier: dict[tuple[str, str, str, str, str], float] = {}
+    if previous is not None:
+        for resource, known in previous.by_resource.items():
+            for device_id, was in known.items():
+                for h in was:
+                    earlier[(resource, device_id, h.namespace, h.pod, h.container)] = h.since
+    for pod in response.pod_resources:
+        for container in pod.containers:
+            for devices in container.devices:
+                by_id = seen.setdefault(devices.resource_name, {})
+                for device_id in devices.device_ids:
+                    key = (devices.resource_name, device_id, pod.namespace, pod.name)
+                    since = earlier.get((*key, container.name), answered_at)
+                    holders = by_id.setdefault(device_id, [])
+                    holder = Holder(pod.namespace, pod.name, container.name, since)
+                    if holder not in holders:  # one entry per NUMA node: count it once
+                        holders.append(holder)
+    return Holdings(
+        asked_at,
+        answered_at,
+        {
+            resource: {device_id: tuple(found) for device_id, found in by_device.items()}
+            for resource, by_device in seen.items()
+        },
+    )
+
+
+@dataclass
+class PollerStatus:
+    """What `/devices` says about PodResources (replaced whole, read from the HTTP thread)."""
+
+    state: PollState = "starting"
+    problem: str | None = None
+    last_ok: float | None = None
+    """Unix time of the last answered List."""
+
+
+@dataclass
+class PodResourcesPoller:
+    """Asks the kubelet's PodResources `List` every `interval` and publishes `Holdings`."""
+
+    socket: str
+    interval: float
+    metrics: Metrics
+    log: EventLogger
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    holdings: Holdings | None = None
+    allocatable: Mapping[str, frozenset[str]] | None = None
+    """resource -> device IDs the kubelet could hand out, from GetAllocatableResources."""
+    status: PollerStatus = field(default_factory=PollerStatus)
+    _listeners: list[Callable[[Holdings], None]] = field(default_factory=list)
+    _channel: grpclib.client.Channel | None = None
+    _polls: int = 0
+    _allocatable_supported: bool = True
+    _backoff: Backoff = field(default_factory=Backoff)
+    _polled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._backoff = Backoff(initial=self.interval * 2, maximum=max(MAX_BACKOFF, self.interval))
+        self.log = self.log.bind(component="podresources", socket=self.socket)
+        self.metrics.add_pod_resources()
+
+    def subscribe(self, listener: Callable[[Holdings], None]) -> Callable[[], None]:
+        """Call `listener` with every new answer (and at once with the last one, if any)."""
+        self._listeners.append(listener)
+        if self.holdings is not None:
+            listener(self.holdings)
+
+        def cancel() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return cancel
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        try:
+            while True:
+                delay = await self.poll()
+                await asyncio.sleep(delay * (1 + random.uniform(-JITTER, JITTER)))
+        finally:
+            self._close()
+
+    async def poll_soon(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the next poll to finish (whatever its result)."""
+        polled = self._polled
+        try:
+            async with asyncio.timeout(timeout):
+                await polled.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def poll(self) -> float:
+        """One round: List (and now and then GetAllocatableResources). Returns the delay
+        before the next round."""
+        try:
+            return await self._poll()
+        finally:
+            polled, self._polled = self._polled, asyncio.Event()
+            polled.set()
+
+    async def _poll(self) -> float:
+        if not _is_socket(self.socket):
+            self._close()
+            self._set_state("absent", "no socket (kubelet too old, or the directory not mounted)")
+            return self.interval
+        stub = PodResourcesListerStub(self._open())
+        asked_at = self.clock()
+        try:
+            response = await stub.list(ListPodResourcesRequest(), timeout=CALL_TIMEOUT)
+        except GRPCError as exc:
+            return self._refused(exc)
+        except (
+            OSError,
+            ConnectionError,
+            StreamTerminatedError,
+            ProtocolError,
+            TimeoutError,
+        ) as exc:
+            self._close()
+            self._set_state("error", f"{type(exc).__name__}: {exc}".rstrip(": "))
+            return self._backoff.next_delay()
+        self._backoff.reset()
+        holdings = holdings_from(response, asked_at, self.wall(), self.holdings)
+        self.holdings = holdings
+        if self.status.state != "ok":
+            self.log.info("pod_resources_connected")
+        self.status = PollerStatus("ok", None, holdings.answered_at)
+        self._count("ok")
+        for listener in list(self._listeners):  # before any await: one consistent step
+            listener(holdings)
+        if self._allocatable_supported and (
+            not self.allocatable or self._polls % ALLOCATABLE_EVERY == 0
+        ):
+            await self._read_allocatable(stub)
+        self._polls += 1
+        return self.interval
+
+    async def _read_allocatable(self, stub: PodResourcesListerStub) -> None:
+        try:
+            response = await stub.get_allocatable_resources(
+                AllocatableResourcesRequest(), timeout=CALL_TIMEOUT
+            )
+        except GRPCError as exc:
+            if exc.status == Status.UNIMPLEMENTED:
+                self._allocatable_supported = False
+                self.log.info("pod_resources_allocatable_unsupported")
+            return
+        except (OSError, ConnectionError, StreamTerminatedError, ProtocolError, TimeoutError):
+            return
+        found: dict[str, set[str]] = {}
+        for devices in response.devices:
+            found.setdefault(devices.resource_name, set()).update(devices.device_ids)
+        self.allocatable = {name: frozenset(ids) for name, ids in found.items()}
+
+    def _refused(self, exc: GRPCError) -> float:
+        if exc.status == Status.RESOURCE_EXHAUSTED:
+            delay = self._backoff.next_delay()
+            self._set_state("rate_limited", f"refused by the kubelet's rate limit: {exc.message}")
+            self.log.info("pod_resources_backing_off", seconds=round(delay, 3))
+            return delay
+        if exc.status == Status.UNIMPLEMENTED:
+            self._set_state(
+                "unsupported",
+                "the kubelet does not serve PodResources v1 List (Kubernetes 1.20 or newer has it)",
+            )
+            return max(self.interval, UNSUPPORTED_RETRY)
+        self._close()
+        self._set_state("error", f"{exc.status.name}: {exc.message}")
+        return self._backoff.next_delay()
+
+    def _set_state(self, state: PodResourcesResult, problem: str) -> None:
+        previous = self.status
+        self.status = PollerStatus(state, problem, previous.last_ok)
+        self._count(state)
+        if (previous.state, previous.problem) != (state, problem):
+            self.log.warning("pod_resources_unavailable", state=state, reason=problem)
+
+    def _count(self, result: PodResourcesResult) -> None:
+        self.metrics.pod_resources_polls.labels(result).inc()
+        self.metrics.pod_resources_up.set(1 if result == "ok" else 0)
+
+    def _open(self) -> grpclib.client.Channel:
+        if self._channel is None:
+            self._channel = grpclib.client.Channel(path=self.socket)
+        return self._channel
+
+    def _close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False

@@ -1,0 +1,453 @@
+"""Release commands, and the clean-device guarantee.
+
+The kubelet never tells a plugin that a pod let go of a device. With `release.command`, a
+resource's `ReleaseTracker` works it out and runs the command once per device whose users
+are gone, and no container starts with that device until the command has succeeded.
+
+Per physical device it keeps `used`, the advertised IDs handed to containers whose end it
+has not seen yet, and `owed`, true once those users are gone and until a release succeeds.
+Two kinds of news end a use:
+
+- **PodResources** (`podresources.py`): an answer that shows no ID of the device held ends
+  every use of it (the release starts at once). An answer is ignored for a device allocated
+  after the question was sent, or less than `ALLOCATION_SETTLE` before: it may predate that
+  allocation (the kubelet records an allocation only once the plugin's answer reached it).
+- **Allocate**, which the plugin sees for every container: the kubelet never gives one
+  advertised ID to two containers at once, so an ID handed out again proves that its earlier
+  user is gone, even if no poll ever saw the device free (the kubelet may re-allocate a freed
+  device between two polls). If no other ID of the device is in use (always, with
+  `replicas: 1`), the release is owed and starts at once.
+
+The resource asks for PreStartContainer, which waits for (or runs) the owed release of the
+container's devices inside the kubelet's 30 s, and fails the start with the command's error
+otherwise. So, for a device that is not shared (`replicas: 1`): no container starts with a
+device an earlier container used until that device's release has succeeded. A shared device
+is released once none of its IDs is held; a container joining a device still held by another
+is not held back (the device never was free).
+
+What must outlive kdp-host (`used` and `owed`) is kept in `<stateDir>/release-state.json`,
+written before PreStartContainer answers, so devices used while kdp-host was down (upgrade,
+SIGKILL) are released after it starts again: an owed release at once, a used device when
+PodResources shows it free or when it is allocated again. A state file that cannot be read
+counts every device as used (everything unheld is released once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from grpclib.const import Status
+
+from .allocation import device_env, hook_values
+from .backoff import Backoff
+from .cdi import write_atomic
+from .config import ReleaseConfig, ResourceConfig, render_template
+from .devices import Device, DeviceTable, physical_id
+from .files import Offload
+from .hooks import HookFailed, render_argv, run_hook
+from .logs import EventLogger
+from .metrics import Metrics
+from .podresources import Holder, Holdings
+from .process import CommandRunner
+from .rules import join_list
+
+STATE_FILE = "release-state.json"
+STATE_VERSION = 1
+ALLOCATION_SETTLE = 1.0
+"""Seconds after an Allocate during which a PodResources answer is not taken as news about
+that device: the kubelet records the allocation only once our answer has reached it, so a
+List in between would show the device free."""
+RETRY_MAXIMUM = 300.0
+"""Longest wait between two background attempts of a failed release."""
+
+ReleaseState = Literal["clean", "in_use", "pending", "running", "failed"]
+
+
+@dataclass
+class DeviceUse:
+    """What the tracker knows about one physical device."""
+
+    used: set[str] = field(default_factory=set)
+    """Advertised IDs handed to containers whose end has not been seen."""
+    owed: bool = False
+    """The users are gone and no release has succeeded since."""
+    allocated_at: float = float("-inf")
+    """Monotonic time of its last Allocate."""
+    holders: tuple[Holder, ...] = ()
+    """Who held it, as PodResources last said (kept after they left, for the templates)."""
+    running: asyncio.Task[None] | None = None
+    failure: str | None = None
+    marked_unhealthy: bool = False
+    released_at: float | None = None
+    """Unix time of the last successful release."""
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=RETRY_MAXIMUM))
+
+    @property
+    def state(self) -> ReleaseState:
+        if self.running is not None:
+            return "running"
+        if self.owed:
+            return "failed" if self.failure is not None else "pending"
+        return "in_use" if self.used else "clean"
+
+
+class ReleaseStateStore:
+    """`<stateDir>/release-state.json`: per resource, per device, `used` and `owed`.
+
+    One per host, shared by every resource (a restarted resource finds its entries here).
+    Entries of resources not in the config are kept. Written atomically (`write_atomic`:
+    temporary file, fsync, rename) through the host's offload.
+    """
+
+    def __init__(self, directory: str, log: EventLogger, offload: Offload) -> None:
+        self.path = Path(directory) / STATE_FILE
+        self._offload = offload
+        self._log = log.bind(component="release-state", path=str(self.path))
+        self._data: dict[str, dict[str, dict[str, Any]]] = {}
+        self.unknown = False
+        """The file could not be read: every device counts as used."""
+        self._version = 0
+        self._written = 0
+        self._lock = asyncio.Lock()
+        self._writer: asyncio.Task[None] | None = None
+        self.write_failures = 0
+
+    def load(self) -> None:
+        """Read the file (blocking: call it in a thread). Missing: nothing was used."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self._unreadable(f"cannot read: {exc}")
+            return
+        try:
+            document = json.loads(raw)
+            if document.get("version") != STATE_VERSION:
+                raise ValueError(f"version {document.get('version')!r}, not {STATE_VERSION}")
+            self._data = {
+                _text(name): {_text(device): _entry(entry) for device, entry in devices.items()}
+                for name, devices in document["resources"].items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = self.path.with_name(STATE_FILE + ".unreadable")
+            with contextlib.suppress(OSError):
+                os.replace(self.path, aside)
+            self._unreadable(f"does not parse ({exc}); kept as {aside.name}")
+
+    def _unreadable(self, why: str) -> None:
+        self.unknown = True
+        self._log.error(
+            "release_state_unreadable",
+            reason=why,
+            consequence="every device counts as used: each is released once it is free",
+        )
+
+    def entries(self, resource: str) -> Mapping[str, dict[str, Any]]:
+        return self._data.get(resource, {})
+
+    def update(self, resource: str, entries: dict[str, dict[str, Any]]) -> None:
+        if self._data.get(resource, {}) == entries:
+            return
+        if entries:
+            self._data[resource] = entries
+        else:
+            self._data.pop(resource, None)
+        self._version += 1
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self.flush(), name="release-state")
+
+    async def flush(self) -> None:
+        """Write the file until it holds every change made so far (changes are written
+        soon by themselves; PreStartContainer awaits this before it answers)."""
+        async with self._lock:
+            while self._written != self._version:
+                version = self._version
+                text = json.dumps(
+                    {"version": STATE_VERSION, "resources": self._data}, sort_keys=True
+                ).encode()
+                try:
+                    await self._offload.run(functools.partial(write_atomic, str(self.path), text))
+                except OSError as exc:
+                    self.write_failures += 1
+                    self._log.error(
+                        "release_state_write_failed",
+                        reason=str(exc),
+                        consequence="devices used now are not released if kdp-host restarts "
+                        "before a write succeeds",
+                    )
+                    return
+                self._written = version
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One device's entry of the state file, checked: {"used": [IDs], "owed": bool}."""
+    used, owed = entry["used"], entry["owed"]
+    if not isinstance(used, list) or not isinstance(owed, bool):
+        raise TypeError(f"a device entry is not {{used: [...], owed: true|false}}: {entry!r}")
+    return {"used": [_text(i) for i in used], "owed": owed}
+
+
+def _joined(values: Iterable[str]) -> str:
+    """Pod, namespace and container names as a list (they are DNS labels: no separator)."""
+    return join_list(dict.fromkeys(v for v in values if v))
+
+
+class ReleaseTracker:
+    """The release state of one resource's devices; see the module docstring."""
+
+    def __init__(
+        self,
+        resource: ResourceConfig,
+        table: DeviceTable,
+        store: ReleaseStateStore,
+        commands: CommandRunner,
+        metrics: Metrics,
+        log: EventLogger,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        assert resource.release is not None
+        self.config: ReleaseConfig = resource.release
+        self._resource = resource
+        self._table = table
+        self._store = store
+        self._commands = commands
+        self._metrics = metrics
+        self._log = log
+        self._clock = clock
+        self._wall = wall
+        self._slots = asyncio.Semaphore(self.config.parallelism)
+        self._assume_used = store.unknown
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self.uses: dict[str, DeviceUse] = {}
+        metrics.add_release(resource.name)
+        self._closed = True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Take up the state kept for the resource (by an earlier runtime of it, or before
+        kdp-host restarted) and start the releases owed from then."""
+        self._closed = False
+        self.uses = {
+            device_id: DeviceUse(used=set(entry["used"]), owed=entry["owed"])
+            for device_id, entry in self._store.entries(self._resource.name).items()
+        }
+        for device_id, use in self.uses.items():
+            if use.owed:
+                self._log.info("release_owed_from_before", device=device_id)
+                self._start(device_id)
+        self._publish()
+
+    async def close(self) -> None:
+        """Stop: cancel retries and running releases (their devices stay owed)."""
+        self._closed = True
+        for handle in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
+        tasks = [use.running for use in self.uses.values() if use.running is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._publish()
+        await self._store.flush()
+
+    # ------------------------------------------------------------------ news
+
+    def allocated(self, advertised_ids: Sequence[str]) -> None:
+        """Allocate handed these IDs to a container (cheap: no I/O here)."""
+        now = self._clock()
+        replicas = self._resource.replicas
+        for advertised in advertised_ids:
+            device_id = physical_id(advertised, replicas)
+            use = self.uses.setdefault(device_id, DeviceUse())
+            if advertised in use.used or self._assume_used:
+                # Handed out again: its earlier user is gone (the kubelet never gives one
+                # ID to two containers at once).
+                use.used.discard(advertised)
+                if not use.used and not use.owed:
+                    use.owed = True
+                    self._log.info("release_owed", device=device_id, reason="allocated_again")
+                    self._start(device_id)
+            use.used.add(advertised)
+            use.allocated_at = now
+        self._publish()
+
+    def holdings(self, answer: Holdings) -> None:
+        """A PodResources answer: devices none of whose IDs is held are free."""
+        replicas = self._resource.replicas
+        held: dict[str, dict[str, tuple[Holder, ...]]] = {}
+        for advertised, holders in answer.of(self._resource.name).items():
+            held.setdefault(physical_id(advertised, replicas), {})[advertised] = holders
+        if self._assume_used and self._table.published.is_set():
+            self._assume_used = False  # from now on the state is known
+            for device in self._table.snapshot.devices:
+                if device.id not in held:
+                    self.uses.setdefault(device.id, DeviceUse()).used.add(device.id)
+        for device_id in set(self.uses) | set(held):
+            use = self.uses.setdefault(device_id, DeviceUse())
+            if use.allocated_at >= answer.asked_at:
+                continue  # allocated after the question was sent: the answer predates it
+            now_held = held.get(device_id)
+            if now_held:
+                use.used = set(now_held)
+                use.holders = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs))
+            elif use.allocated_at >= answer.asked_at - ALLOCATION_SETTLE:
+                continue  # "free" just after an Allocate: the kubelet may not have recorded it
+            elif use.used:
+                use.used.clear()
+                if not use.owed:
+                    use.owed = True
+                    self._log.info(
+                        "release_owed",
+                        device=device_id,
+                        reason="no_longer_held",
+                        last_holders=_joined(
+                            f"{h.namespace}/{h.pod}/{h.container}" for h in use.holders
+                        ),
+                    )
+                    self._start(device_id)
+        self._publish()
+
+    async def before_start(self, advertised_ids: Sequence[str]) -> None:
+        """PreStartContainer: wait for (or run) the owed release of each device of the
+        container; raises HookFailed with the command's error if one fails."""
+        replicas = self._resource.replicas
+        for device_id in dict.fromkeys(physical_id(a, replicas) for a in advertised_ids):
+            use = self.uses.get(device_id)
+            while use is not None and use.owed:
+                task = use.running if use.running is not None else self._start(device_id)
+                await asyncio.shield(task)
+                if use.owed and use.running is None:
+                    raise HookFailed(
+                        Status.FAILED_PRECONDITION,
+                        "exit",
+                        f"{self._resource.name}: device {device_id} was used by an earlier "
+                        f"container and its release failed: {use.failure}",
+                    )
+        await self._store.flush()
+
+    # ------------------------------------------------------------------ running
+
+    def _start(self, device_id: str) -> asyncio.Task[None]:
+        use = self.uses[device_id]
+        if use.running is not None:
+            return use.running
+        retry = self._retries.pop(device_id, None)
+        if retry is not None:
+            retry.cancel()
+        task = asyncio.create_task(self._release(device_id), name=f"release:{device_id}")
+        use.running = task
+        return task
+
+    async def _release(self, device_id: str) -> None:
+        use = self.uses[device_id]
+        name = self._resource.name
+        try:
+            async with self._slots:
+                started = self._clock()
+                error: HookFailed | None = None
+                try:
+                    await self._run_command(device_id, use)
+                except HookFailed as exc:
+                    error = exc
+                seconds = self._clock() - started
+            self._metrics.release_seconds.labels(name).observe(seconds)
+            self._metrics.release_runs.labels(name, "ok" if error is None else error.result).inc()
+            if error is None:
+                self._succeeded(device_id, use, seconds)
+            else:
+                self._failed(device_id, use, str(error))
+        finally:
+            use.running = None
+            self._publish()
+
+    async def _run_command(self, device_id: str, use: DeviceUse) -> None:
+        device = next(
+            (d for d in self._table.snapshot.devices if d.id == device_id), Device(device_id)
+        )
+        values = hook_values(self._resource.name, [device])
+        values["namespace"] = _joined(h.namespace for h in use.holders)
+        values["pod"] = _joined(h.pod for h in use.holders)
+        values["container"] = _joined(h.container for h in use.holders)
+        env = device_env(self._resource.name, [device])
+        env.update({key: render_template(text, values) for key, text in self.config.env.items()})
+        self._log.info("release_started", device=device_id, pod=values["pod"] or "-")
+        await run_hook(
+            self._commands,
+            f"{self._resource.name}: release of {device_id}:",
+            render_argv(self.config.command, values),
+            env,
+            self.config.timeout,
+        )
+
+    def _succeeded(self, device_id: str, use: DeviceUse, seconds: float) -> None:
+        use.owed = False
+        use.failure = None
+        use.released_at = self._wall()
+        use.backoff.reset()
+        self._log.info("release_ok", device=device_id, seconds=round(seconds, 3))
+        if use.marked_unhealthy:
+            use.marked_unhealthy = False
+            if self._table.set_check_result(device_id, True):
+                self._log.info("device_healthy_after_release", device=device_id)
+
+    def _failed(self, device_id: str, use: DeviceUse, message: str) -> None:
+        use.failure = message
+        delay = use.backoff.next_delay()
+        self._log.warning(
+            "release_failed", device=device_id, error=message, retry_in=round(delay, 3)
+        )
+        if self.config.on_failure == "unhealthy" and not use.marked_unhealthy:
+            use.marked_unhealthy = True
+            if self._table.set_check_result(device_id, False):
+                self._log.warning("device_unhealthy_after_release", device=device_id)
+        if not self._closed:
+            loop = asyncio.get_running_loop()
+            self._retries[device_id] = loop.call_later(delay, self._retry, device_id)
+
+    def _retry(self, device_id: str) -> None:
+        self._retries.pop(device_id, None)
+        use = self.uses.get(device_id)
+        if use is not None and use.owed and use.running is None and not self._closed:
+            self._start(device_id)
+
+    # ------------------------------------------------------------------ views
+
+    def _publish(self) -> None:
+        entries = {
+            device_id: {"used": sorted(use.used), "owed": use.owed}
+            for device_id, use in self.uses.items()
+            if use.used or use.owed
+        }
+        self._store.update(self._resource.name, entries)
+        pending = sum(1 for use in self.uses.values() if use.owed)
+        self._metrics.releases_pending.labels(self._resource.name).set(pending)
+
+    def view(self, device_id: str) -> dict[str, Any]:
+        """The release part of a device in `/devices` (read from the HTTP thread). The
+        command's error is in the log only: `/devices` shows no command output."""
+        use = self.uses.get(device_id)
+        if use is None:
+            return {"state": "clean"}
+        found: dict[str, Any] = {"state": use.state}
+        if use.released_at is not None:
+            found["releasedAt"] = use.released_at
+        return found

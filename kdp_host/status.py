@@ -1,0 +1,186 @@
+"""Who holds each device: the `/devices` document and `kdp-host status`.
+
+`/devices` (on the metrics port) is built on request in the HTTP thread from immutable
+pieces the event loop replaces whole: each resource's device snapshot, the last PodResources
+answer, and the release trackers' states. It names resources, device IDs, pods and fixed
+state words, never host paths or command output (those are in the log).
+
+`kdp-host status` asks a running host for `/devices` and prints a table (or the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .devices import HEALTHY, UNHEALTHY, physical_id
+from .logs import quote_text
+
+if TYPE_CHECKING:
+    from .host import Host
+
+STATUS_TIMEOUT = 5.0
+"""Seconds `kdp-host status` waits for the host's answer."""
+
+
+def utc(seconds: float | None) -> str | None:
+    """Unix time as RFC 3339 UTC text (`2026-12-05T08:14:44Z`)."""
+    if seconds is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def devices_document(host: Host) -> dict[str, Any]:
+    """Every device of every resource with its health, holders and release state."""
+    poller = host.pod_resources
+    holdings = None if poller is None else poller.holdings
+    allocatable = None if poller is None else poller.allocatable
+    if poller is None:
+        pod_resources: dict[str, Any] = {"state": "off"}
+    else:
+        status = poller.status
+        pod_resources = {"state": status.state, "lastAnswer": utc(status.last_ok)}
+        if status.problem is not None:
+            pod_resources["problem"] = status.problem
+    resources = []
+    for name, runtime in sorted(list(host.resources.items())):
+        replicas = runtime.config.replicas
+        held: dict[str, list[dict[str, Any]]] = {}
+        if holdings is not None:
+            for advertised, holders in sorted(holdings.of(name).items()):
+                held.setdefault(physical_id(advertised, replicas), []).extend(
+                    {
+                        "namespace": h.namespace,
+                        "pod": h.pod,
+                        "container": h.container,
+                        "since": utc(h.since),
+                        **({"replica": advertised} if replicas > 1 else {}),
+                    }
+                    for h in holders
+                )
+        known = None if allocatable is None else allocatable.get(name, frozenset())
+        tracker = runtime.release
+        devices = []
+        listed = set()
+        for device in runtime.table.snapshot.devices:
+            listed.add(device.id)
+            entry: dict[str, Any] = {
+                "id": device.id,
+                "health": HEALTHY if device.healthy else UNHEALTHY,
+                "holders": held.get(device.id, []),
+            }
+            if known is not None and replicas == 1:
+                entry["kubeletAllocatable"] = device.id in known
+            if tracker is not None:
+                entry["release"] = tracker.view(device.id)
+            devices.append(entry)
+        for device_id in sorted(held.keys() - listed):
+            devices.append({"id": device_id, "health": "missing", "holders": held[device_id]})
+        resources.append({"name": name, "devices": devices})
+    return {"podResources": pod_resources, "resources": resources}
+
+
+def status_rows(document: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """One row per (device, holder) for the table; every cell quoted where it must be."""
+    rows: list[tuple[str, ...]] = []
+    for resource in document.get("resources", []):
+        for device in resource.get("devices", []):
+            release = device.get("release", {}).get("state", "-")
+            holders = device.get("holders") or [None]
+            for holder in holders:
+                if holder is None:
+                    held, since = "-", "-"
+                else:
+                    held = "/".join(
+                        quote_text(holder.get(k, "")) for k in ("namespace", "pod", "container")
+                    )
+                    since = quote_text(holder.get("since") or "-")
+                rows.append(
+                    (
+                        quote_text(resource.get("name", "")),
+                        quote_text(device.get("id", "")),
+                        quote_text(device.get("health", "")),
+                        held,
+                        since,
+                        quote_text(release),
+                    )
+                )
+    return rows
+
+
+def print_table(document: Mapping[str, Any]) -> None:
+    pod_resources = document.get("podResources", {})
+    state = pod_resources.get("state", "?")
+    line = f"podresources: {state}"
+    if pod_resources.get("lastAnswer"):
+        line += f", last answer {pod_resources['lastAnswer']}"
+    if pod_resources.get("problem"):
+        line += f" ({quote_text(pod_resources['problem'])})"
+    print(line)
+    header = ("RESOURCE", "DEVICE", "HEALTH", "HELD BY", "SINCE", "RELEASE")
+    rows = status_rows(document)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in (header, *rows):
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def status_address(listen: str) -> str:
+    """Where to reach a host listening on `listen` from this machine."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def fetch_devices(address: str, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
+    """GET /devices from a running host; raises OSError (or ValueError for a bad answer)."""
+    with urllib.request.urlopen(f"http://{address}/devices", timeout=timeout) as response:
+        document = json.loads(response.read())
+    if not isinstance(document, dict):
+        raise ValueError("the answer is not a JSON object")
+    return document
+
+
+def status_command(args: argparse.Namespace, listen: str) -> int:
+    address = args.address or status_address(listen)
+    try:
+        document = fetch_devices(address)
+    except (OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        print(f"kdp-host: cannot read http://{address}/devices: {reason}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        json.dump(document, sys.stdout, indent=2, sort_keys=True)
+        print()
+    else:
+        print_table(document)
+    return 0
+
+
+def add_status_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    parser.add_argument(
+        "--config",
+        type=str,
+        default=None,
+        help=config_help + " (its metrics.listen says where the host answers)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="host:port of the running host's metrics endpoint (default: from --config, "
+        "else 127.0.0.1:9410)",
+    )
+    parser.add_argument(
+        "--format", choices=("table", "json"), default="table", help="table (default) or json"
+    )

@@ -1,0 +1,250 @@
+"""Who holds each device: the PodResources poller, the simulator's PodResources server (checked
+against the kubelet's own server and client), `/devices` and `kdp-host status`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server
+
+from kdp_host.api.v1 import (
+    ListPodResourcesRequest,
+    ListPodResourcesResponse,
+    PodResourcesListerBase,
+)
+from kdp_host.cli import main
+from kdp_host.http import HealthState, HttpServer
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.podresources import PodResourcesPoller
+from kdp_host.simulator import KubeletSimulator
+from kdp_host.simulator.podresources import RATE_LIMITED, TokenBucket
+from kdp_host.status import devices_document, print_table, status_address
+
+from .conftest import wait_until
+from .kubelet_harness import harness_binary
+
+FPGA = "vendor.example/fpga"
+
+
+def _poller(socket: Path, interval: float = 1.0) -> PodResourcesPoller:
+    return PodResourcesPoller(
+        str(socket), interval, Metrics(process_collectors=False), get_logger()
+    )
+
+
+def _count(poller: PodResourcesPoller, result: str) -> float:
+    value = poller.metrics.registry.get_sample_value(
+        "kdp_pod_resources_polls_total", {"result": result}
+    )
+    return 0.0 if value is None else value
+
+
+def yaml(socket_dir: Path, devices: Path, pod_resources: Path, interval: str = "1s") -> str:
+    return (
+        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {pod_resources}/kubelet.sock,"
+        f" podResourcesInterval: {interval}}}\n"
+        "resources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    )
+
+
+def test_the_rate_limit_is_one_bucket_of_100_per_second_with_a_burst_of_10() -> None:
+    now = [0.0]
+    bucket = TokenBucket(clock=lambda: now[0])
+    assert [bucket.allow() for _ in range(50)].count(True) == 10
+    now[0] += 0.05  # 5 tokens back
+    assert [bucket.allow() for _ in range(10)].count(True) == 5
+    now[0] += 10.0  # never more than the burst
+    assert [bucket.allow() for _ in range(20)].count(True) == 10
+
+
+async def test_the_simulator_lists_holders_and_refuses_over_its_rate_limit(
+    socket_dir: Path, short_dir: Path, devices: Path, start_host
+) -> None:
+    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
+    await sim.start()
+    try:
+        running = await start_host(yaml(socket_dir, devices, short_dir / "pr", interval="1h"))
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+        await sim.allocate(FPGA, 1, pod_uid="p1", container="main")
+        poller = _poller(short_dir / "pr" / "kubelet.sock")
+        assert await poller.poll() == 1.0
+        assert poller.holdings is not None
+        [holder] = poller.holdings.of(FPGA)["fpga0"]
+        assert (holder.namespace, holder.pod, holder.container) == ("default", "p1", "main")
+        assert poller.allocatable == {FPGA: frozenset({"fpga0", "fpga1"})}
+        since = holder.since
+        await poller.poll()
+        assert poller.holdings.of(FPGA)["fpga0"][0].since == since  # first seen, kept
+        # Another client spent the burst; with the clock held still nothing refills.
+        pod_resources = sim.pod_resources
+        assert pod_resources is not None
+        frozen = [pod_resources.limiter.clock()]
+        pod_resources.limiter.clock = lambda: frozen[0]
+        pod_resources.limiter.exhaust()
+        delays = [await poller.poll() for _ in range(4)]
+        assert _count(poller, "rate_limited") == 4
+        assert poller.status.state == "rate_limited"
+        assert poller.status.problem is not None and RATE_LIMITED in poller.status.problem
+        assert delays == [2.0, 4.0, 8.0, 16.0]  # doubling from twice the interval
+        assert poller.holdings.of(FPGA)["fpga0"][0].pod == "p1"  # the last answer stays
+        frozen[0] += 0.05  # five tokens back
+        assert await poller.poll() == 1.0 and poller.status.state == "ok"
+        del running
+    finally:
+        await sim.stop()
+
+
+async def test_an_absent_socket_is_logged_once_counted_and_harmless(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    poller = _poller(short_dir / "nothing" / "kubelet.sock", interval=2.0)
+    for _ in range(3):
+        assert await poller.poll() == 2.0
+    assert poller.status.state == "absent" and poller.holdings is None
+    assert _count(poller, "absent") == 3
+    assert poller.metrics.registry.get_sample_value("kdp_pod_resources_up") == 0
+    lines = [r for r in caplog.records if r.getMessage() == "pod_resources_unavailable"]
+    assert len(lines) == 1
+
+
+class _OldKubelet(PodResourcesListerBase):
+    async def list(self, message: ListPodResourcesRequest) -> ListPodResourcesResponse:
+        raise GRPCError(Status.UNIMPLEMENTED, "unknown service v1.PodResourcesLister")
+
+
+async def test_a_kubelet_without_the_v1_api_is_unsupported_and_asked_rarely(
+    short_dir: Path,
+) -> None:
+    server = Server([_OldKubelet()])
+    await server.start(path=str(short_dir / "old.sock"))
+    try:
+        poller = _poller(short_dir / "old.sock")
+        delay = await poller.poll()
+        assert poller.status.state == "unsupported" and delay >= 300
+        assert "1.20" in (poller.status.problem or "")
+        assert _count(poller, "unsupported") == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_wire_compatible_with_the_kubelets_own_server_and_client(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host, socket_dir: Path
+) -> None:
+    """Our client against the kubelet's PodResources server, and the kubelet's client
+    (`kubelet-harness podresources-list`) against the simulator's server: same answers."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    running = await start_host(yaml(kubelet.socket_dir, devices, short_dir / "pr"))
+    await kubelet.await_for(
+        lambda k: (k.resource(FPGA) or {}).get("healthy") == 2, what="registered"
+    )
+    assert (await kubelet.acall(kubelet.allocate, "web-1", {FPGA: 2}))["error"] == ""
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings and len(poller.holdings.of(FPGA)) == 2, what="seen")
+    holders = poller.holdings.of(FPGA)
+    assert {h.pod for hs in holders.values() for h in hs} == {"web-1"}
+    document = devices_document(running.host)
+    [resource] = document["resources"]
+    assert [d["holders"][0]["pod"] for d in resource["devices"]] == ["web-1", "web-1"]
+    assert document["podResources"]["state"] == "ok"
+    await kubelet.acall(kubelet.release, "web-1")
+    await wait_until(lambda: not poller.holdings.of(FPGA), what="gone after the pod ended")
+
+    binary = harness_binary()
+    assert binary is not None
+    other = short_dir / "sim"
+    other.mkdir()
+    sim = KubeletSimulator(other, dial_timeout=5.0, pod_resources_dir=short_dir / "spr")
+    await sim.start()
+    try:
+        sim2 = await start_host(yaml(other, devices, short_dir / "spr"))
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+        await sim.allocate(FPGA, 1, pod_uid="db-0", container="db")
+        listed = await asyncio.to_thread(
+            subprocess.run,
+            [str(binary), "podresources-list", "--socket", str(short_dir / "spr/kubelet.sock")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        [pod] = json.loads(listed.stdout)["pod_resources"]
+        assert (pod["name"], pod["namespace"]) == ("db-0", "default")
+        [container] = pod["containers"]
+        assert container["name"] == "db"
+        assert [(d["resource_name"], d["device_ids"]) for d in container["devices"]] == [
+            (FPGA, ["fpga0"])
+        ]
+        allocatable = await asyncio.to_thread(
+            subprocess.run,
+            [str(binary), "podresources-allocatable", "--socket",
+             str(short_dir / "spr/kubelet.sock")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert allocatable.returncode == 0, allocatable.stderr
+        ids = sorted(i for d in json.loads(allocatable.stdout)["devices"] for i in d["device_ids"])
+        assert ids == ["fpga0", "fpga1"]
+        del sim2
+    finally:
+        await sim.stop()
+
+
+async def test_devices_endpoint_and_status_command(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sim_dir = short_dir / "pr"
+    sim = KubeletSimulator(short_dir / "dp2", dial_timeout=5.0, pod_resources_dir=sim_dir)
+    await sim.start()
+    try:
+        running = await start_host(yaml(short_dir / "dp2", devices, sim_dir))
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+        await sim.allocate(FPGA, 1, pod_uid="job\nx", container="c0")
+        poller = running.host.pod_resources
+        await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="seen")
+        http = HttpServer(
+            "127.0.0.1", 0, running.metrics, HealthState(),
+            devices=lambda: devices_document(running.host),
+        )  # fmt: skip
+        http.start()
+        try:
+            code = await asyncio.to_thread(
+                main, ["status", "--address", http.address, "--format", "json"]
+            )
+            assert code == 0
+            document = json.loads(capsys.readouterr().out)
+            fpga0 = document["resources"][0]["devices"][0]
+            assert fpga0["id"] == "fpga0" and fpga0["health"] == "Healthy"
+            assert fpga0["holders"][0]["pod"] == "job\nx"
+            assert fpga0["kubeletAllocatable"] is True
+            assert await asyncio.to_thread(main, ["status", "--address", http.address]) == 0
+            table = capsys.readouterr().out.splitlines()
+            assert table[0].startswith("podresources: ok, last answer ")
+            assert table[1].split() == ["RESOURCE", "DEVICE", "HEALTH", "HELD", "BY", "SINCE",
+                                        "RELEASE"]  # fmt: skip
+            assert '"job\\nx"' in table[2]  # quoted: a newline cannot break the table
+            assert table[3].split()[:4] == [FPGA, "fpga1", "Healthy", "-"]
+        finally:
+            http.stop()
+        assert await asyncio.to_thread(main, ["status", "--address", http.address]) == 1
+        assert "cannot read" in capsys.readouterr().err
+    finally:
+        await sim.stop()
+
+
+def test_status_address_and_an_empty_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert status_address("0.0.0.0:9410") == "127.0.0.1:9410"
+    assert status_address("[::]:9410") == "[::1]:9410"
+    assert status_address("10.0.0.1:80") == "10.0.0.1:80"
+    print_table({"podResources": {"state": "off"}, "resources": []})
+    assert capsys.readouterr().out.splitlines()[0] == "podresources: off"

@@ -1,0 +1,519 @@
+"""release.command and the clean-device guarantee, through the kubelet's real device manager
+and PodResources server (tests/kubelet_harness.py) and through the simulator.
+
+The release command of these tests appends `<ids> <namespace>/<pod>/<container> start|done`
+lines to a log file; a container start through the real kubelet is its /allocate (Allocate,
+then PreStartContainer, as GetDeviceRunContainerOptions calls it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdp_host.config import ConfigError, load_config_text
+from kdp_host.devices import Device, DeviceTable
+from kdp_host.files import DaemonThreads
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.podresources import Holder, Holdings
+from kdp_host.release import STATE_FILE, ReleaseStateStore, ReleaseTracker
+from kdp_host.rules import MAX_PRE_START_TIMEOUT
+from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
+
+from .conftest import script, wait_until
+
+FPGA = "vendor.example/fpga"
+
+
+def release_script(directory: Path, *, sleep: float = 0.0, fail: bool = False) -> str:
+    log = directory / "release.log"
+    body = f'echo "$1 $2 start" >> {log}\n'
+    if sleep:
+        body += f"sleep {sleep}\n"
+    if fail:
+        body += 'echo "fpga $1 stuck in reset" >&2\nexit 3\n'
+    body += f'echo "$1 $2 done" >> {log}\n'
+    return script(directory, "release.sh", body)
+
+
+def release_lines(directory: Path) -> list[str]:
+    path = directory / "release.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def host_yaml(
+    socket_dir: Path,
+    devices: Path,
+    state_dir: Path,
+    command: str,
+    *,
+    pod_resources: Path | None,
+    interval: str = "1s",
+    extra: str = "",
+    pattern: str = "fpga0",
+) -> str:
+    socket = pod_resources / "kubelet.sock" if pod_resources else state_dir / "none.sock"
+    return (
+        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {socket}, "
+        f"podResourcesInterval: {interval}}}\n"
+        f"stateDir: {state_dir}\n"
+        "metrics: {listen: 127.0.0.1:0}\n"
+        "resources:\n"
+        f"  - name: {FPGA}\n"
+        f'    glob: {{paths: ["{devices}/{pattern}"], gracePeriod: 1s}}\n'
+        "    release:\n"
+        f'      command: ["{command}", "{{ids}}", "{{namespace}}/{{pod}}/{{container}}"]\n'
+        "      timeout: 10s\n" + "".join(f"      {line}\n" for line in extra.splitlines())
+    )
+
+
+def _registered(kubelet, healthy: int = 1):  # type: ignore[no-untyped-def]
+    def check(k) -> bool:  # type: ignore[no-untyped-def]
+        seen = k.resource(FPGA)
+        return seen is not None and seen["healthy"] == healthy
+
+    return check
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_release_config_defaults_and_bounds(short_dir: Path) -> None:
+    base = f"kubelet: {{socketDir: {short_dir}}}\nresources:\n  - name: {FPGA}\n"
+    base += '    glob: {paths: ["/dev/fpga*"]}\n'
+    config = load_config_text(base + '    release: {command: ["reset", "{ids}", "{pod}"]}\n')
+    release = config.resources[0].release
+    assert release is not None
+    assert (release.timeout, release.on_failure, release.parallelism) == (10.0, "unhealthy", 4)
+    assert config.kubelet.pod_resources_interval == 5.0
+    assert config.kubelet.pod_resources_socket == "/var/lib/kubelet/pod-resources/kubelet.sock"
+    assert config.state_dir == "/var/lib/kdp-host"
+    with pytest.raises(ConfigError, match=f"at most {MAX_PRE_START_TIMEOUT:g}s"):
+        load_config_text(base + '    release: {command: ["reset"], timeout: 29s}\n')
+    with pytest.raises(ConfigError, match=re.escape("unknown template field {id}")):
+        load_config_text(base + '    release: {command: ["reset", "{id}"]}\n')
+    with pytest.raises(ConfigError, match="0s \\(off\\) or at least 1s"):
+        load_config_text(base.replace("}\n", ", podResourcesInterval: 200ms}\n", 1))
+
+
+# --------------------------------------------------------------------------- real kubelet
+
+
+async def test_a_pod_ends_and_its_device_is_released_with_its_ids_and_pod(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    command = release_script(short_dir)
+    running = await start_host(
+        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
+                  pod_resources=pod_resources)
+    )  # fmt: skip
+    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    assert kubelet.resource(FPGA)["options"]["pre_start_required"] is True
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert first["error"] == ""
+    assert release_lines(short_dir) == []  # a clean device: nothing to release before p1
+    host = running.host
+    await wait_until(
+        lambda: (
+            host.pod_resources.holdings is not None
+            and host.pod_resources.holdings.of(FPGA).get("fpga0")
+        ),
+        what="PodResources shows p1 holding fpga0",
+    )
+    assert (
+        running.metrics.registry.get_sample_value("kdp_devices_in_use", {"resource": FPGA}) == 1.0
+    )
+    await kubelet.acall(kubelet.release, "p1")
+    await wait_until(lambda: len(release_lines(short_dir)) == 2, what="the release ran")
+    assert release_lines(short_dir) == ["fpga0 default/p1/c start", "fpga0 default/p1/c done"]
+    await wait_until(
+        lambda: running.metrics.registry.get_sample_value(
+            "kdp_release_runs_total", {"resource": FPGA, "result": "ok"}
+        ) == 1.0,
+        what="the release counted",
+    )  # fmt: skip
+
+    def state() -> dict[str, object]:
+        return json.loads((short_dir / "state" / STATE_FILE).read_text())["resources"]
+
+    await wait_until(lambda: state().get(FPGA) is None, what="the state file says clean")
+
+
+async def test_a_new_pod_on_a_device_not_yet_released_waits_for_the_release(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """The kubelet hands the freed device to the next pod before any poll saw it free: the
+    plugin knows from the second Allocate, and PreStartContainer waits for the release."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    command = release_script(short_dir, sleep=1.0)
+    await start_host(
+        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
+                  pod_resources=pod_resources, interval="1h")
+    )  # fmt: skip
+    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    await kubelet.acall(kubelet.release, "p1")
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] == "" and second["device_ids"][FPGA] == ["fpga0"]
+    # The container start (/allocate includes PreStartContainer) returned only after the
+    # release of p1's use had finished.
+    assert release_lines(short_dir) == ["fpga0 // start", "fpga0 // done"]
+
+
+async def test_a_failed_release_makes_the_device_unhealthy_and_fails_the_next_start(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    command = release_script(short_dir, fail=True)
+    running = await start_host(
+        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
+                  pod_resources=pod_resources, interval="1h")
+    )  # fmt: skip
+    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    await kubelet.acall(kubelet.release, "p1")
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert "PreStartContainer rpc failed" in second["error"]
+    assert "fpga fpga0 stuck in reset" in second["error"]
+    assert "exited with status 3" in second["error"]
+    await kubelet.await_for(
+        lambda k: k.resource(FPGA)["unhealthy"] == 1, what="fpga0 reported Unhealthy"
+    )
+    tracker = running.host.resources[FPGA].release
+    assert tracker is not None and tracker.view("fpga0")["state"] in ("failed", "running")
+
+
+async def test_kdp_host_killed_while_a_pod_ends_releases_after_restart(
+    real_kubelet_factory, short_dir: Path, devices: Path
+) -> None:
+    """SIGKILL kdp-host while a pod holds the device, end the pod, start kdp-host again: the
+    state file says the device was used, PodResources says it is free: it is released."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    command = release_script(short_dir)
+    config = short_dir / "kdp.yaml"
+    config.write_text(
+        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
+                  pod_resources=pod_resources)
+    )  # fmt: skip
+    argv = [sys.executable, "-m", "kdp_host", "run", "--config", str(config)]
+    log = (short_dir / "host.log").open("wb")
+    first = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    try:
+        await kubelet.await_for(_registered(kubelet), what="fpga registered")
+        assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+        assert (short_dir / "state" / STATE_FILE).exists()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    await kubelet.acall(kubelet.release, "p1")
+    assert release_lines(short_dir) == []
+    second = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    try:
+        await wait_until(
+            lambda: len(release_lines(short_dir)) == 2, what="released after the restart"
+        )
+        assert release_lines(short_dir)[0].startswith("fpga0 ")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()
+        log.close()
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+@pytest.fixture
+async def kubelet_pr(socket_dir: Path, short_dir: Path):  # type: ignore[no-untyped-def]
+    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+async def test_simulator_pod_end_release_and_a_refusing_kubelet(
+    kubelet_pr: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+) -> None:
+    """Through the simulator, with its rate limit exhausted by another client for a while:
+    kdp-host backs off (counted), keeps its last answer, and releases once answered again."""
+    sim = kubelet_pr
+    command = release_script(short_dir)
+    running = await start_host(
+        host_yaml(socket_dir, devices, short_dir / "state", command,
+                  pod_resources=short_dir / "pr")
+    )  # fmt: skip
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
+    await sim.allocate(FPGA, 1, pod_uid="p1")
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
+    assert sim.pod_resources is not None
+    bucket = sim.pod_resources.limiter
+    bucket.qps = 0.0  # another client takes every token: refuse everything
+    bucket.exhaust()
+    await wait_until(lambda: poller.status.state == "rate_limited", what="refused")
+    await sim.release("p1")
+    await wait_until(
+        lambda: (running.metrics.registry.get_sample_value(
+            "kdp_pod_resources_polls_total", {"result": "rate_limited"}) or 0) >= 2,
+        what="two refused polls",
+    )  # fmt: skip
+    assert release_lines(short_dir) == []  # the last answer (p1 holds it) stands
+    assert poller.holdings.of(FPGA)
+    refused_at = sim.pod_resources.calls.times[-2:]
+    assert refused_at[1] - refused_at[0] >= 1.5  # backed off beyond the 1s interval
+    bucket.qps = 100.0
+    await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
+    assert release_lines(short_dir)[0] == "fpga0 default/p1/c0 start"
+
+
+async def test_without_pod_resources_the_release_runs_at_the_next_start(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+) -> None:
+    command = release_script(short_dir)
+    running = await start_host(
+        host_yaml(socket_dir, devices, short_dir / "state", command, pod_resources=None)
+    )
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    await kubelet.pre_start_container("p1", "c0", FPGA)  # a restart of p1's container
+    assert release_lines(short_dir) == []
+    await kubelet.release("p1")
+    await kubelet.allocate(FPGA, 1, pod_uid="p2")
+    assert release_lines(short_dir) == ["fpga0 // start", "fpga0 // done"]
+    assert running.host.pod_resources.status.state == "absent"
+
+
+async def test_simulator_failed_release_is_the_start_error(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+) -> None:
+    command = release_script(short_dir, fail=True)
+    await start_host(
+        host_yaml(socket_dir, devices, short_dir / "state", command, pod_resources=None,
+                  extra="onFailure: ignore")
+    )  # fmt: skip
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    await kubelet.release("p1")
+    with pytest.raises(SimulatorAllocationError, match="fpga fpga0 stuck in reset"):
+        await kubelet.allocate(FPGA, 1, pod_uid="p2")
+    assert kubelet.allocatable(FPGA) == 1  # onFailure: ignore keeps it Healthy
+    with pytest.raises(SimulatorAllocationError, match="stuck in reset"):
+        await kubelet.pre_start_container("p2", "c0", FPGA)  # the kubelet's retry: again
+
+
+# --------------------------------------------------------------------------- the tracker
+
+
+class _Commands:
+    """Records release runs; each run waits for `gate`."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def run(self, argv, *, timeout, env=None, cwd=None, max_output=0):  # type: ignore[no-untyped-def]
+        from kdp_host.process import CommandResult
+
+        self.runs.append(list(argv))
+        await self.gate.wait()
+        return CommandResult(0, b"", "")
+
+    def start(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+
+def _tracker(short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=None):  # type: ignore[no-untyped-def]
+    text = (
+        f"kubelet: {{socketDir: {short_dir}}}\nstateDir: {short_dir}/state\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n    replicas: {replicas}\n'
+        '    release: {command: ["reset", "{ids}", "{pod}"]}\n'
+    )
+    config = load_config_text(text)
+    table = DeviceTable(replicas=replicas)
+    table.publish([Device("fpga0", path="/dev/fpga0"), Device("fpga1", path="/dev/fpga1")])
+    store = ReleaseStateStore(config.state_dir, get_logger(), DaemonThreads())
+    store.load()
+    options = {} if clock is None else {"clock": clock}
+    tracker = ReleaseTracker(
+        config.resources[0], table, store, commands, Metrics(process_collectors=False),
+        get_logger(), **options,
+    )  # fmt: skip
+    tracker.start()
+    return tracker, table, store
+
+
+def _answer(asked_at: float, **held: str) -> Holdings:
+    return Holdings(
+        asked_at, 0.0, {FPGA: {d: (Holder("ns", pod, "c", 0.0),) for d, pod in held.items()}}
+    )
+
+
+async def test_an_answer_older_than_an_allocation_never_releases_under_a_new_pod(
+    short_dir: Path,
+) -> None:
+    """A List sent before the device was handed to p2 and answered after: it says the device
+    is free (p1 left), but p2 has it now. It must not start a release under p2."""
+    now = [100.0]
+    commands = _Commands()
+    tracker, _, _ = _tracker(short_dir, commands, clock=lambda: now[0])
+    tracker.allocated(["fpga0"])  # p1
+    tracker.holdings(_answer(100.5, fpga0="p1"))
+    now[0] = 101.0
+    asked = 101.5  # the List is sent ...
+    now[0] = 102.0
+    tracker.allocated(["fpga0"])  # ... p1 ended, p2 got fpga0: release owed, runs now
+    await tracker.before_start(["fpga0"])
+    assert commands.runs == [["reset", "fpga0", "p1"]]
+    tracker.holdings(_answer(asked))  # ... and answered: nothing held
+    await asyncio.sleep(0)
+    assert len(commands.runs) == 1 and tracker.view("fpga0")["state"] == "in_use"
+    tracker.holdings(_answer(103.0, fpga0="p2"))
+    tracker.holdings(_answer(104.0))  # p2 ended
+    await tracker.before_start(["fpga0"])
+    assert commands.runs[-1] == ["reset", "fpga0", "p2"]
+    await tracker.close()
+
+
+async def test_shared_device_is_released_once_no_replica_is_held(short_dir: Path) -> None:
+    commands = _Commands()
+    tracker, _, _ = _tracker(short_dir, commands, replicas=2)
+    tracker.allocated(["fpga0::0"])
+    tracker.allocated(["fpga0::1"])
+    tracker.holdings(_answer(10.0**9, **{"fpga0::0": "a", "fpga0::1": "b"}))
+    tracker.holdings(_answer(10.0**9 + 1, **{"fpga0::1": "b"}))
+    await asyncio.sleep(0)
+    assert commands.runs == []
+    tracker.holdings(_answer(10.0**9 + 2))
+    await tracker.before_start(["fpga0::0"])
+    assert commands.runs == [["reset", "fpga0", "b"]]
+    await tracker.close()
+
+
+async def test_an_unreadable_state_file_counts_every_device_as_used(short_dir: Path) -> None:
+    state = short_dir / "state"
+    state.mkdir()
+    (state / STATE_FILE).write_text("{not json")
+    commands = _Commands()
+    tracker, _, store = _tracker(short_dir, commands)
+    assert store.unknown
+    assert (state / (STATE_FILE + ".unreadable")).read_text() == "{not json"
+    tracker.holdings(_answer(10.0**9, fpga1="p9"))
+    await asyncio.sleep(0)
+    await tracker.before_start(["fpga0"])
+    assert commands.runs == [["reset", "fpga0", ""]]  # fpga1 is held: released when freed
+    await tracker.close()
+    written = json.loads((state / STATE_FILE).read_text())
+    assert written["resources"][FPGA] == {"fpga1": {"used": ["fpga1"], "owed": False}}
+    assert os.path.exists(state / (STATE_FILE + ".unreadable"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"version": 1, "resources": {"vendor.example/fpga": {"fpga0": {"used": "fpga0", '
+        '"owed": false}}}}',
+        '{"version": 1, "resources": {"vendor.example/fpga": {"fpga0": {"used": [1], '
+        '"owed": false}}}}',
+        '{"version": 1, "resources": {"vendor.example/fpga": {"fpga0": {"used": [], '
+        '"owed": "yes"}}}}',
+        '{"version": 2, "resources": {}}',
+        "[]",
+    ],
+)
+def test_a_state_file_with_wrong_shapes_is_unreadable_not_half_read(
+    short_dir: Path, text: str
+) -> None:
+    state = short_dir / "state"
+    state.mkdir()
+    (state / STATE_FILE).write_text(text)
+    store = ReleaseStateStore(str(state), get_logger(), DaemonThreads())
+    store.load()
+    assert store.unknown and store.entries(FPGA) == {}
+    assert (state / (STATE_FILE + ".unreadable")).read_text() == text
+
+
+async def test_a_state_dir_that_cannot_be_written_is_logged_and_the_start_goes_on(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (short_dir / "state").write_text("a file where the directory should be")
+    commands = _Commands()
+    tracker, _, store = _tracker(short_dir, commands)
+    tracker.allocated(["fpga0"])
+    await tracker.before_start(["fpga0"])
+    assert store.write_failures >= 1
+    assert any(r.getMessage() == "release_state_write_failed" for r in caplog.records)
+    await tracker.close()
+
+
+async def test_a_restarted_runtime_takes_up_the_state_of_the_one_before(short_dir: Path) -> None:
+    """A reload restarts a changed resource: the new tracker is made while the old one still
+    runs, and takes up what the old one left when it starts."""
+    commands = _Commands()
+    old, table, store = _tracker(short_dir, commands)
+    config = load_config_text(
+        f"kubelet: {{socketDir: {short_dir}}}\nresources:\n  - name: {FPGA}\n"
+        '    glob: {paths: ["/dev/fpga*"]}\n    release: {command: ["reset2", "{ids}"]}\n'
+    )
+    new = ReleaseTracker(
+        config.resources[0], table, store, commands, Metrics(process_collectors=False),
+        get_logger(),
+    )  # fmt: skip
+    old.allocated(["fpga0"])  # used under the old runtime
+    await old.close()
+    new.start()
+    new.holdings(_answer(10.0**9))  # nothing held: fpga0's user is gone
+    await new.before_start(["fpga0"])
+    assert commands.runs == [["reset2", "fpga0"]]
+    await new.close()
+
+
+async def test_an_answer_asked_just_after_an_allocation_does_not_end_it(short_dir: Path) -> None:
+    """The kubelet records an allocation only once Allocate's answer reached it: a List in
+    that moment shows the device free although a container is about to hold it. Were that
+    taken as its end, a container living less than one poll would never be released."""
+    now = [100.0]
+    commands = _Commands()
+    tracker, _, _ = _tracker(short_dir, commands, clock=lambda: now[0])
+    tracker.allocated(["fpga0"])
+    tracker.holdings(_answer(100.001))  # asked a moment after Allocate answered: free
+    await asyncio.sleep(0)
+    assert commands.runs == [] and tracker.view("fpga0")["state"] == "in_use"
+    now[0] = 103.0
+    tracker.holdings(_answer(102.0))  # the container came and went between two polls
+    await tracker.before_start(["fpga0"])
+    assert commands.runs == [["reset", "fpga0", ""]]
+    await tracker.close()
+
+
+async def test_a_hung_release_is_killed_at_its_timeout_and_fails_the_start(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+) -> None:
+    hung = script(short_dir, "hang.sh", "exec sleep 600\n")
+    running = await start_host(
+        host_yaml(socket_dir, devices, short_dir / "state", hung, pod_resources=None,
+                  extra="onFailure: ignore").replace("timeout: 10s", "timeout: 200ms")
+    )  # fmt: skip
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    await kubelet.release("p1")
+    with pytest.raises(SimulatorAllocationError, match="timed out"):
+        await kubelet.allocate(FPGA, 1, pod_uid="p2")
+    timeouts = running.metrics.registry.get_sample_value(
+        "kdp_release_runs_total", {"resource": FPGA, "result": "timeout"}
+    )
+    assert timeouts is not None and timeouts >= 1

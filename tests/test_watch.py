@@ -1,0 +1,167 @@
+"""The host's directory watcher (kdp_host/watch.py): named subscriptions, one inode under two
+paths, and no wake-ups while nothing changes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import kdp_host.watch as watch_module
+from kdp_host.logs import get_logger
+from kdp_host.watch import InotifyWatcher, PollingWatcher, Watcher
+
+from .conftest import wait_until
+
+
+@pytest.fixture
+async def inotify() -> AsyncIterator[InotifyWatcher]:
+    watcher = InotifyWatcher(get_logger(), retry_interval=0.01)
+    task = asyncio.create_task(watcher.run())
+    try:
+        yield watcher
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def checkpoint_write(directory: Path, n: int) -> None:
+    """What the kubelet does on every pod admission: a temporary file renamed over its
+    checkpoint in the socket dir."""
+    temporary = directory / f".{n}"
+    temporary.write_text("{}")
+    os.rename(temporary, directory / "kubelet_internal_checkpoint")
+
+
+async def test_named_subscriptions_see_only_their_entries(
+    inotify: InotifyWatcher, tmp_path: Path
+) -> None:
+    seen: dict[str, list[str | None]] = {"sockets": [], "all": []}
+    inotify.subscribe(str(tmp_path), seen["sockets"].append, names=("kubelet.sock", "p.sock"))
+    inotify.subscribe(str(tmp_path), seen["all"].append)
+    for n in range(5):
+        checkpoint_write(tmp_path, n)
+    (tmp_path / "kubelet.sock").touch()
+    await wait_until(lambda: "kubelet.sock" in seen["all"], 5, "the create event")
+    assert set(seen["sockets"]) == {"kubelet.sock"}, "the checkpoint writes reached it"
+    assert "kubelet_internal_checkpoint" in seen["all"] and ".0" in seen["all"]
+
+
+async def test_a_named_subscription_hears_when_anything_may_have_changed(
+    tmp_path: Path,
+) -> None:
+    """The directory going away is an event with no name: every subscriber hears it."""
+    watcher = InotifyWatcher(get_logger(), retry_interval=0.01)
+    task = asyncio.create_task(watcher.run())
+    directory = tmp_path / "dp"
+    directory.mkdir()
+    heard: list[str | None] = []
+    try:
+        watcher.subscribe(str(directory), heard.append, names=("kubelet.sock",))
+        directory.rmdir()
+        await wait_until(lambda: None in heard, 5, "the directory's removal")
+        directory.mkdir()
+        await wait_until(lambda: heard.count(None) >= 2, 5, "the directory watched again")
+        (directory / "kubelet.sock").touch()
+        await wait_until(lambda: "kubelet.sock" in heard, 5, "an event in the new directory")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_one_directory_under_two_paths_notifies_both(
+    inotify: InotifyWatcher, tmp_path: Path
+) -> None:
+    """One inode is one inotify watch whatever path reached it; both paths' subscribers get
+    its events, and cancelling one leaves the other's watch in place."""
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    by_real: list[str | None] = []
+    by_link: list[str | None] = []
+    first = inotify.subscribe(str(real), by_real.append)
+    inotify.subscribe(str(link), by_link.append)
+    (real / "a").touch()
+    await wait_until(lambda: "a" in by_real and "a" in by_link, 5, "both notified")
+    first.cancel()
+    (real / "b").touch()
+    await wait_until(lambda: "b" in by_link, 5, "the other path still watched")
+    assert "b" not in by_real
+
+
+@pytest.mark.parametrize("kind", ["inotify", "poll"])
+async def test_unsubscribing_inside_a_callback_is_safe(kind: str, tmp_path: Path) -> None:
+    log = get_logger()
+    watcher: Watcher = (
+        InotifyWatcher(log, retry_interval=0.01) if kind == "inotify" else PollingWatcher(log, 0.01)
+    )
+    task = asyncio.create_task(watcher.run())
+    heard: list[str | None] = []
+    try:
+
+        def once(name: str | None) -> None:
+            heard.append(name)
+            subscription.cancel()
+
+        subscription = watcher.subscribe(str(tmp_path), once)
+        other: list[str | None] = []
+        watcher.subscribe(str(tmp_path), other.append)
+        (tmp_path / "a").touch()
+        (tmp_path / "b").touch()
+        await wait_until(lambda: len(other) >= 1 and heard, 5, "events")
+        await asyncio.sleep(0.05)
+        assert len(heard) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_inotify_watcher_does_not_wake_while_nothing_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry timer for directories that do not exist yet ran every half second for
+    ever; it now runs only while such a directory is waited for."""
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float) -> None:
+        sleeps.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr(watch_module.asyncio, "sleep", counting_sleep)
+    watcher = InotifyWatcher(get_logger(), retry_interval=0.01)
+    task = asyncio.create_task(watcher.run())
+    heard: list[str | None] = []
+    try:
+        watcher.subscribe(str(tmp_path), heard.append)
+        await real_sleep(0.3)
+        assert sleeps == [], "the watcher woke with nothing to do"
+        later = tmp_path / "later"
+        watcher.subscribe(str(later), heard.append)
+        await wait_until(lambda: sleeps, 5, "retries while the directory is missing")
+        later.mkdir()
+        await wait_until(lambda: None in heard, 5, "the directory watched once it exists")
+        settled = len(sleeps)
+        await real_sleep(0.3)
+        assert len(sleeps) <= settled + 1, "retries went on after the directory appeared"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_subscriptions_outlive_the_watcher(tmp_path: Path) -> None:
+    """A resource that stops after the watcher (a slow one, at shutdown) cancels its
+    subscription on a closed descriptor: that is a no-op, not a crash of the resource."""
+    watcher = InotifyWatcher(get_logger(), retry_interval=0.01)
+    task = asyncio.create_task(watcher.run())
+    subscription = watcher.subscribe(str(tmp_path), lambda name: None)
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    subscription.cancel()
+    late = watcher.subscribe(str(tmp_path / "new"), lambda name: None)
+    late.cancel()

@@ -114,6 +114,12 @@ class Device:
             return host_path == container_path == self.path
         return len(self._nodes) == 1 and self._nodes[0] == DeviceNode(host_path, container_path)
 
+    def same_places(self, other: Device) -> bool:
+        """Whether `other` passes the same nodes and mounts (health, env or NUMA aside)."""
+        return (
+            self.path == other.path and self._nodes == other._nodes and self.mounts == other.mounts
+        )
+
     def with_health(self, healthy: bool) -> Device:
         return Device(
             self.id,

@@ -14,10 +14,6 @@ change that answer (`DirWatch.watch`). Everything else lives here, once:
   (`unchanged_since_scan`: one stat per directory); a scanner whose watched directories do
   not decide everything (sysfs: a device without nodes changes nothing in /dev) asks for a
   full rescan at least every `full_rescan_every` intervals;
-- **what changed**: each event of a watched directory (directory, entry name) is kept
-  until the next scan, which gets them (`DirWatch.changed`) so a scanner that can (sysfs)
-  reads only what they concern; the first scan, the safety net, an event without a name
-  and the scan after a failed one look at everything (`changed` None);
 - **the grace period** (`Tracker`): a device that vanished stays listed, Unhealthy, for
   `gracePeriod`; a device still present that lost one of its nodes (not an optional one)
   is Unhealthy for the grace period, then listed without it (unless it comes back);
@@ -29,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -43,8 +40,6 @@ FAILURE_THRESHOLD = 3
 """Failed scans in a row (an I/O error, a scan that hangs) before every device is Unhealthy."""
 RESCAN_JITTER = 0.1
 """Spread the safety-net rescans of many resources instead of running them all at once."""
-MAX_CHANGES = 4096
-"""Changes collected between two scans at most; more make the next scan a full one."""
 RECENT_CHANGE = 2.0
 """A directory modified this recently (seconds) is rescanned even if its signature matches:
 some file systems keep coarse timestamps, so a change right after a scan could hide."""
@@ -92,18 +87,11 @@ class DirWatch:
     (glob) or after reading where it cannot know them earlier (sysfs node directories).
     """
 
-    def __init__(
-        self, watched: Iterable[str] = (), changed: tuple[tuple[str, str], ...] | None = None
-    ) -> None:
+    def __init__(self, watched: Iterable[str] = ()) -> None:
         self.signatures: dict[str, DirSignature | None] = {
             directory: dir_signature(directory) for directory in watched
         }
         self.wanted: set[str] = set()
-        self.changed = changed
-        """What changed in the watched directories since the last scan, as (directory,
-        entry name) pairs, for a scanner that can update its last answer from them (sysfs);
-        None when the whole answer must be looked at again (the first scan, a safety-net
-        rescan, an event without a name, a failed scan before)."""
 
     def watch(self, directory: str) -> None:
         if directory not in self.wanted:
@@ -115,9 +103,15 @@ class DirWatch:
 class Scanner(Protocol):
     """A watching driver's own part: one look at the file system."""
 
-    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
+    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         """Every device present now. Blocking (runs off the loop); reads `listed` only.
-        Raises DriverError or OSError."""
+
+        `changed`: the paths the watcher named as changed since the last successful scan
+        (an entry created, removed or changed in a watched directory), or None when
+        anything may have changed (the first scan, a safety-net rescan, a watch that could
+        not say what changed, a failed or stuck scan before). A scanner may look again only
+        at what those paths can affect and reuse the rest of its last answer (O(changed)),
+        or ignore them. Raises DriverError or OSError."""
         ...
 
 
@@ -242,8 +236,8 @@ class ScanLoop(Generic[S]):
         """The directories subscribed to now (set on the loop, read by the scan thread)."""
         self._subscriptions: dict[str, Subscription] = {}
         self._wake = asyncio.Event()
-        self._changes: list[tuple[str, str]] | None = None
-        """What changed since the last scan began (see DirWatch.changed); None: unknown."""
+        self._changes: set[str] | None = None
+        """Paths the watcher named since the last scan began (None: unknown, look at all)."""
         self._notices: tuple[Notice, ...] | None = None
 
     async def scan(self) -> list[Device]:
@@ -256,21 +250,23 @@ class ScanLoop(Generic[S]):
             )
         return sorted(result.devices.values(), key=lambda d: d.id)
 
-    async def scan_once(self, *, full: bool = True) -> ScanResult:
+    async def scan_once(self, *, incremental: bool = False) -> ScanResult:
         """One scan off the loop, bounded by the scan timeout; a scan still stuck from last
-        time is waited for again rather than started twice. Not `full`: the scanner is told
-        what changed since the last scan. Raises DriverError."""
+        time is waited for again rather than started twice. With `incremental`, the scanner
+        is told which paths the watcher named since the last scan. Raises DriverError."""
         timeout = self.settings.scan_timeout
         waited = ""
         if self._pending is None:
             listed, watched = self.tracker.listed, self._watched
-            changes = None if full or self._changes is None else tuple(self._changes)
-            self._changes = []
+            changes = self._changes if incremental else None
+            changed = frozenset(changes) if changes is not None else None
+            self._changes = set()
             self._pending = asyncio.ensure_future(
-                self._deps.offload.run(lambda: self._scan_sync(listed, watched, changes))
+                self._deps.offload.run(lambda: self._scan_sync(listed, watched, changed))
             )
             self._pending_since = self._deps.clock()
         else:
+            self._changes = None  # what the stuck scan saw is unknown: look at all next time
             age = self._deps.clock() - self._pending_since
             waited = f"; the scan started {age:.3g}s ago is still stuck"
         pending = self._pending
@@ -295,13 +291,10 @@ class ScanLoop(Generic[S]):
         return result
 
     def _scan_sync(
-        self,
-        listed: Listed,
-        watched: frozenset[str],
-        changes: tuple[tuple[str, str], ...] | None,
+        self, listed: Listed, watched: frozenset[str], changed: frozenset[str] | None
     ) -> tuple[ScanResult, DirWatch]:
-        dirs = DirWatch(watched, changes)
-        return self.scanner.scan(listed, dirs), dirs
+        dirs = DirWatch(watched)
+        return self.scanner.scan(listed, dirs, changed), dirs
 
     def unchanged_since_scan(self) -> bool:
         """Whether no watched directory changed since the last scan began (so a rescan
@@ -320,15 +313,15 @@ class ScanLoop(Generic[S]):
         return True
 
     async def step(
-        self, notifier: Notifier, *, rescan: bool = True, full: bool = True
+        self, notifier: Notifier, *, rescan: bool = True, incremental: bool = False
     ) -> float | None:
-        """Scan (with `rescan` False: only merge the last scan again, for grace periods; not
-        `full`: from what changed) and report; returns when the next grace period ends.
-        What `run` does each time it wakes."""
+        """Scan (with `rescan` False: only merge the last scan again, for grace periods;
+        with `incremental`, telling the scanner what the watcher named) and report; returns
+        when the next grace period ends. What `run` does each time it wakes."""
         if rescan or self._last is None:
             started = self._deps.clock()
             try:
-                self._last = await self.scan_once(full=full or self._last is None)
+                self._last = await self.scan_once(incremental=incremental)
             except DriverError as exc:
                 notifier.failure(exc)
                 self._last = None
@@ -362,10 +355,10 @@ class ScanLoop(Generic[S]):
     def _changed(self, directory: str, name: str | None) -> None:
         changes = self._changes
         if changes is not None:
-            if name is None or len(changes) >= MAX_CHANGES:
+            if name is None:
                 self._changes = None
             else:
-                changes.append((directory, name))
+                changes.add(os.path.join(directory, name))
         self._wake.set()
 
     async def run(self, notifier: Notifier) -> None:
@@ -387,7 +380,7 @@ class ScanLoop(Generic[S]):
                     or not await self._deps.offload.run(self.unchanged_since_scan)
                 )
                 unchanged_runs = 0 if rescan else unchanged_runs + 1
-                next_expiry = await self.step(notifier, rescan=rescan, full=not woken)
+                next_expiry = await self.step(notifier, rescan=rescan, incremental=woken)
                 woken = await wait_for_change(
                     wake, settings.rescan_interval, next_expiry, self._deps.clock
                 )

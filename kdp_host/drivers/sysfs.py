@@ -247,7 +247,7 @@ class SysfsScanner:
     """The sysfs driver's scan: read sysfs, match, identify, build the devices.
 
     After a full read, a scan that is told what changed under the dev root (the loop's
-    `DirWatch.changed`) updates the last read instead (`SysfsReader.update`: the devices
+    `changed` paths) updates the last read instead (`SysfsReader.update`: the devices
     those nodes belong to, and new devices), and reuses the match and the advertised
     Device of every device it did not read again: O(changed) file reads.
     """
@@ -264,14 +264,14 @@ class SysfsScanner:
         self._ids: dict[str, tuple[SysfsDevice, str]] = {}
         """Sysfs path -> the device read there last and its ID."""
 
-    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
+    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         previous = self._last
         self._last = None  # until this read is complete
-        if dirs.changed is None or previous is None:
+        if changed is None or previous is None:
             scan = self._reader.scan(self._buses, self._classes, self._extra)
         else:
-            changed = self._node_names(dirs.changed)
-            scan = self._reader.update(previous, changed, self._buses, self._classes, self._extra)
+            names = self._node_names(changed)
+            scan = self._reader.update(previous, names, self._buses, self._classes, self._extra)
         self._last = scan
         # Node directories are known only after the read: signed now (a change between the
         # read and this is caught by a full rescan every FULL_RESCAN_EVERY intervals).
@@ -312,15 +312,10 @@ class SysfsScanner:
         self._matches[device.path] = (device, answer)
         return answer
 
-    def _node_names(self, changed: Iterable[tuple[str, str]]) -> list[str]:
-        """The changed entries below the dev root, by name relative to it."""
+    def _node_names(self, changed: Iterable[str]) -> list[str]:
+        """The changed paths below the dev root, by name relative to it."""
         root = self._reader.dev_root + os.sep
-        names = []
-        for directory, name in changed:
-            path = os.path.join(directory, name)
-            if path.startswith(root):
-                names.append(path[len(root) :])
-        return names
+        return [path[len(root) :] for path in changed if path.startswith(root)]
 
     def identified(
         self, found: list[SysfsDevice], places: Mapping[str, str]

@@ -118,13 +118,15 @@ class FakeScanner:
         self.directory = directory
         self.scans = 0
         self.seen: list[Listed] = []
+        self.changed: list[frozenset[str] | None] = []
         self.block = threading.Event()
         self.block.set()
 
-    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
+    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         self.block.wait(30)
         self.scans += 1
         self.seen.append(listed)
+        self.changed.append(changed)
         dirs.watch(str(self.directory))
         names = sorted(os.listdir(self.directory))
         devices = {n: device(n, str(self.directory / n)) for n in names}
@@ -222,3 +224,29 @@ async def test_notices_are_logged_when_they_change(
 
 def test_glob_groups_are_no_kind_of_glob_driver() -> None:
     assert not issubclass(GlobGroupDriver, GlobDriver)
+
+
+async def test_the_scanner_is_told_what_the_watcher_named(tmp_path: Path) -> None:
+    (tmp_path / "a").touch()
+    old_dir(tmp_path)
+    watcher = ManualWatcher()
+    scanner = FakeScanner(tmp_path)
+    loop = ScanLoop(scanner, ScanSettings(60.0, 60.0, 5.0), driver_deps(watcher=watcher))
+    notifier = RecordingNotifier()
+    task = asyncio.create_task(loop.run(notifier))
+    try:
+        await wait_until(lambda: watcher.directories == {str(tmp_path)})
+        watcher.change(str(tmp_path), "b")
+        watcher.change(str(tmp_path), "c")
+        await wait_until(lambda: scanner.scans >= 2)
+        await wait_until(lambda: notifier.updates >= scanner.scans)
+        named = set().union(*(c or () for c in scanner.changed[1:]))
+        assert named == {str(tmp_path / "b"), str(tmp_path / "c")}
+        count = scanner.scans
+        watcher.change(str(tmp_path), None)  # a queue overflow: anything may have changed
+        await wait_until(lambda: scanner.scans > count)
+        assert scanner.changed[count] is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert scanner.changed[0] is None, "the first scan looks at everything"

@@ -20,9 +20,9 @@ only).
 
 from __future__ import annotations
 
-import glob as globlib
 import os
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
@@ -32,6 +32,8 @@ from .glob_paths import (
     Assigned,
     DeviceIdentity,
     DeviceIds,
+    Found,
+    MatchCache,
     assign_ids,
     examine,
     name_problem,
@@ -102,6 +104,19 @@ def numa_node(
     return node if node >= 0 else None
 
 
+def look_at(
+    matched: str, real_dirs: dict[str, str]
+) -> tuple[Found | Skipped | None, str | None, bool]:
+    """What a matched path is (for `MatchCache.lookup`): a device, skipped (a bad name stays
+    bad; a dangling link may not), or nothing (a directory, gone)."""
+    if why := name_problem(matched):
+        return Skipped("bad_name", printable_path(matched), why), None, True
+    found = examine(matched, real_dirs)
+    if isinstance(found, Found):
+        return found, found.real_path, True
+    return found, None, found is None
+
+
 class GlobScan:
     """The glob driver's scan: every matched path that reaches a device, once per device."""
 
@@ -118,9 +133,12 @@ class GlobScan:
         self._dir_readable = dir_readable
         self._held: dict[DeviceIdentity, Assigned] = {}
         """The ID and host path of each device of the last scan, by identity."""
+        self._cache: MatchCache[Found | Skipped | None] = MatchCache(config.paths)
 
-    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
+    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         config = self.config
+        cache = self._cache
+        cache.begin(changed)
         skipped: dict[str, Skipped] = {}
         unreadable: set[str] = set()
         real_dirs: dict[str, str] = {}
@@ -128,16 +146,13 @@ class GlobScan:
         seen_paths: set[str] = set()
         # Every matched path of each device, in pattern order then sorted order.
         by_identity: dict[DeviceIdentity, list[tuple[str, str]]] = {}
-        for pattern in config.paths:
+        for index, pattern in enumerate(config.paths):
             watch_pattern(pattern, dirs, self._dir_readable, unreadable)
-            for matched in sorted(globlib.glob(pattern)):
+            for matched in cache.matched(index):
                 if matched in seen_paths:
                     continue
                 seen_paths.add(matched)
-                if why := name_problem(matched):
-                    skipped[matched] = Skipped("bad_name", printable_path(matched), why)
-                    continue
-                found = examine(matched, real_dirs)
+                found = cache.lookup(matched, matched, partial(look_at, matched, real_dirs))
                 if found is None:
                     continue
                 if isinstance(found, Skipped):
@@ -166,6 +181,7 @@ class GlobScan:
             devices[device_id] = self._device(device_id, matched, host_path, previous, skipped)
         # Read by the next scan only (scans never overlap: the loop runs one at a time).
         self._held = assigned
+        cache.end()
         return ScanResult(
             devices,
             tuple(skipped.values()),

@@ -238,7 +238,8 @@ class SysfsScanner:
         self._reader = reader
         self._buses, self._classes, self._extra = scan_sources(config)
 
-    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
+    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
+        del changed  # every scan reads all of sysfs
         scan = self._reader.scan(self._buses, self._classes, self._extra)
         # Node directories are known only after the read: signed now (a change between the
         # read and this is caught by a full rescan every FULL_RESCAN_EVERY intervals).

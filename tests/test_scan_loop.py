@@ -250,3 +250,18 @@ async def test_the_scanner_is_told_what_the_watcher_named(tmp_path: Path) -> Non
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert scanner.changed[0] is None, "the first scan looks at everything"
+
+
+def test_the_cheap_path_check_agrees_with_the_nodes() -> None:
+    """The reporter checks every device of every list for `,` (DeviceNode objects are made
+    only for the devices that have one)."""
+    compact = Device(id="a", nodes=(DeviceNode("/dev/a,b", "/dev/a,b"),), path="/dev/a,b")
+    plain = device("p", "/dev/p")
+    inside = Device(id="c", nodes=(DeviceNode("/dev/c", "/x,y/c"), DeviceNode("/dev/d", "/d")))
+    for item in (compact, plain, inside):
+        expected = any("," in n.host_path or "," in n.container_path for n in item.nodes)
+        assert item.any_node_path_contains(",") == expected, item.id
+    assert [compact.any_node_path_contains(","), plain.any_node_path_contains(",")] == [
+        True,
+        False,
+    ]

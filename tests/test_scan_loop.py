@@ -17,6 +17,7 @@ from kdp_host.drivers import REGISTRY, DriverError, failure_threshold, make_driv
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_groups import GlobGroupDriver
 from kdp_host.drivers.scanning import (
+    MAX_NAMED_CHANGES,
     DirWatch,
     Listed,
     Notice,
@@ -265,3 +266,19 @@ def test_the_cheap_path_check_agrees_with_the_nodes() -> None:
         True,
         False,
     ]
+
+
+async def test_a_flood_of_named_changes_makes_a_full_scan(tmp_path: Path) -> None:
+    """Past MAX_NAMED_CHANGES names between two scans the loop stops listing them (bounded
+    memory) and the next scan looks at everything."""
+    watcher = ManualWatcher()
+    scanner = FakeScanner(tmp_path)
+    loop = ScanLoop(scanner, ScanSettings(60.0, 60.0, 5.0), driver_deps(watcher=watcher))
+    notifier = RecordingNotifier()
+    await loop.step(notifier)  # subscribes to tmp_path
+    watcher.change(str(tmp_path), "few")
+    await loop.step(notifier, incremental=True)
+    for number in range(MAX_NAMED_CHANGES + 10):
+        watcher.change(str(tmp_path), f"n{number}")
+    await loop.step(notifier, incremental=True)
+    assert scanner.changed == [None, frozenset({str(tmp_path / "few")}), None]

@@ -14,8 +14,8 @@ from kdp_host.config import GlobDriverConfig, GlobGroupMemberConfig, ShellDriver
 from kdp_host.config.model import DRIVERS
 from kdp_host.devices import Device, DeviceNode
 from kdp_host.drivers import REGISTRY, DriverError, failure_threshold, make_driver
-from kdp_host.drivers.glob import GlobDriver
-from kdp_host.drivers.glob_groups import GlobGroupDriver
+from kdp_host.drivers.glob import GlobDriver, GlobScan
+from kdp_host.drivers.glob_groups import GlobGroupScan
 from kdp_host.drivers.scanning import (
     MAX_NAMED_CHANGES,
     DirWatch,
@@ -45,7 +45,8 @@ def test_every_driver_kind_is_registered_with_its_config() -> None:
     deps = driver_deps()
     assert isinstance(make_driver(GlobDriverConfig(paths=("/x/*",)), deps), GlobDriver)
     groups = GlobDriverConfig(group=(GlobGroupMemberConfig(path="/x{key}"),))
-    assert isinstance(make_driver(groups, deps), GlobGroupDriver)
+    grouped = make_driver(groups, deps)
+    assert isinstance(grouped, GlobDriver) and isinstance(grouped.scanner, GlobGroupScan)
     assert failure_threshold(ShellDriverConfig(command=("true",), failure_threshold=7)) == 7
     assert failure_threshold(GlobDriverConfig(paths=("/x/*",))) == 3
 
@@ -223,8 +224,8 @@ async def test_notices_are_logged_when_they_change(
     assert [r.getMessage() for r in caplog.records].count("no_devices_match") == 2
 
 
-def test_glob_groups_are_no_kind_of_glob_driver() -> None:
-    assert not issubclass(GlobGroupDriver, GlobDriver)
+def test_the_group_scan_is_no_kind_of_glob_scan() -> None:
+    assert not issubclass(GlobGroupScan, GlobScan)
 
 
 async def test_the_scanner_is_told_what_the_watcher_named(tmp_path: Path) -> None:

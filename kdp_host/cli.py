@@ -57,7 +57,7 @@ async def _run(config: Config, config_path: Path) -> int:
     from .status import devices_document
 
     log = get_logger()
-    metrics = Metrics(histograms=config.metrics.histograms)
+    metrics = Metrics(histograms=config.metrics.histograms, holders=config.metrics.holders)
     health = HealthState()
     host = Host(config=config, metrics=metrics, log=log, config_path=config_path, health=health)
     try:

@@ -28,7 +28,7 @@ from .ownership import OwnershipIndex
 from .podresources import PodResourcesPoller
 from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
-from .release import ReleaseStateStore
+from .release_state import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, RegistryWait, ResourceRuntime
 from .stale_sockets import remove_stale_sockets

@@ -61,6 +61,8 @@ def restart_required(old: Config, new: Config) -> list[str]:
         problems.append("stateDir changed: restart kdp-host to apply")
     if old.metrics.listen != new.metrics.listen:
         problems.append("metrics.listen changed: restart kdp-host to apply")
+    if old.metrics.holders != new.metrics.holders:
+        problems.append("metrics.holders changed: restart kdp-host to apply")
     if old.metrics.devices != new.metrics.devices:
         problems.append("metrics.devices changed: restart kdp-host to apply")
     if old.metrics.histograms != new.metrics.histograms:

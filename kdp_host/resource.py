@@ -52,7 +52,8 @@ from .protocol.registration import (
 )
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
-from .release import ReleaseStateStore, ReleaseTracker
+from .release import ReleaseTracker
+from .release_state import ReleaseStateStore
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0
@@ -232,8 +233,15 @@ class ResourceRuntime:
     def _on_holdings(self, holdings: Holdings) -> None:
         """A PodResources answer: the in-use count, and news for the release tracker."""
         replicas = self.config.replicas
-        in_use = {physical_id(a, replicas) for a in holdings.of(self.config.name)}
-        self._services.metrics.devices_in_use.labels(self.config.name).set(len(in_use))
+        held = holdings.of(self.config.name)
+        in_use = {physical_id(a, replicas) for a in held}
+        metrics = self._services.metrics
+        metrics.devices_in_use.labels(self.config.name).set(len(in_use))
+        if metrics.holders_enabled:
+            metrics.set_holders(
+                self.config.name,
+                {(a, h.namespace, h.pod, h.container) for a, hs in held.items() for h in hs},
+            )
         if self.release is not None:
             self.release.holdings(holdings)
 

@@ -24,11 +24,13 @@ from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.podresources import Holder, Holdings
-from kdp_host.release import STATE_FILE, ReleaseStateStore, ReleaseTracker
+from kdp_host.release import ReleaseTracker
+from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.rules import MAX_PRE_START_TIMEOUT
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
 from .conftest import script, wait_until
+from .kubelet_harness import harness_binary
 
 FPGA = "vendor.example/fpga"
 
@@ -230,6 +232,45 @@ async def test_kdp_host_killed_while_a_pod_ends_releases_after_restart(
         second.send_signal(signal.SIGTERM)
         await second.wait()
         log.close()
+
+
+async def test_the_real_kubelet_refusing_for_a_while_delays_but_never_loses_a_release(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """Another client floods the kubelet's PodResources (the kubelet's own client, 1,000
+    calls/s against its 100/s limit): kdp-host is refused, backs off, keeps its last answer,
+    and releases the ended pod's device once the flood is over."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    command = release_script(short_dir)
+    running = await start_host(
+        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
+                  pod_resources=pod_resources)
+    )  # fmt: skip
+    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
+    binary = harness_binary()
+    assert binary is not None
+    flood = await asyncio.create_subprocess_exec(
+        str(binary), "podresources-list", "--socket", str(pod_resources / "kubelet.sock"),
+        "--repeat", "1000000", "--interval", "1ms",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: poller.status.state == "rate_limited", what="refused")
+        await kubelet.acall(kubelet.release, "p1")
+        refused = running.metrics.registry.get_sample_value(
+            "kdp_pod_resources_polls_total", {"result": "rate_limited"}
+        )
+        assert refused is not None and refused >= 1
+    finally:
+        flood.kill()
+        await flood.wait()
+    await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=90, what="released")
+    assert release_lines(short_dir)[0] == "fpga0 default/p1/c start"
+    assert poller.status.state == "ok"
 
 
 # --------------------------------------------------------------------------- simulator

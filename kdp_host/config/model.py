@@ -1013,6 +1013,16 @@ class MetricsConfig:
         "Needs a restart to change.",
         default=DEFAULT_HISTOGRAM_MODE,
     )
+    holders: bool = key(
+        "holders",
+        Boolean(),
+        "Also export `kdp_device_holder_info{resource, device, namespace, pod, container}` "
+        "(value 1) for every device a container holds, to join device metrics with pods in "
+        "PromQL. Off by default: it is one series per (device, container), and every new pod "
+        "makes new ones, so the series count follows pod churn, not the hardware. Needs a "
+        "restart to change.",
+        default=False,
+    )
     devices: bool = key(
         "devices",
         Boolean(),

@@ -8,7 +8,7 @@ import functools
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .devices import HEALTHY, UNHEALTHY, Device
 from .logs import get_logger, quote_text, setup_logging
+from .sysfs.rootdisk import RootDisk, find_root_disk
 
 EXIT_OK = 0
 EXIT_DRIVER_FAILED = 1
@@ -127,6 +128,18 @@ async def _check(config: Config) -> list[CheckRow]:
     return rows
 
 
+def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
+    """A line for each device that would hand out the root filesystem's disk."""
+    return [
+        f"warning: {row.resource} hands out the root filesystem's disk: "
+        f"{quote_text(node.host_path)}"
+        for row in rows
+        if row.device is not None
+        for node in row.device.nodes
+        if root.holds(node.host_path)
+    ]
+
+
 def overlap_warnings(rows: list[CheckRow]) -> list[str]:
     """One line per node or mount source two devices would reach: the host advertises only
     the first (docs: Reliability, one node, one advertised device)."""
@@ -163,6 +176,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
     for warning in overlap_warnings(rows):
+        print(warning, file=sys.stderr)
+    for warning in root_disk_warnings(rows, find_root_disk(args.root_fs, args.sysfs_root)):
         print(warning, file=sys.stderr)
     failed = sorted({row.resource for row in rows if row.failed})
     if failed and not args.allow_driver_errors:
@@ -276,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-driver-errors",
         action="store_true",
         help="exit 0 when the file is valid even if a driver fails its scan (default: exit 1)",
+    )
+    check.add_argument(
+        "--root-fs",
+        default="/",
+        metavar="PATH",
+        help="a path on the host's root filesystem, whose disk `check` warns about handing "
+        "out (default: /; in a container, a hostPath mount of the host's /)",
+    )
+    check.add_argument(
+        "--sysfs-root", default="/sys", help="where the host's sysfs is (default: /sys)"
     )
     discover = add(
         "discover", cmd_discover, "List USB and PCI devices with a ready-to-paste sysfs entry each."

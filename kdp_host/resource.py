@@ -48,6 +48,7 @@ from .protocol.registration import (
     FileIdentity,
     RegistrationError,
     file_identity,
+    kubelet_listening,
     kubelet_socket_identity,
     register,
 )
@@ -436,6 +437,10 @@ class ResourceRuntime:
         while True:
             self._wake.clear()
             kubelet = kubelet_socket_identity(self._serve_dir)
+            # Our socket is checked once the kubelet listens: a kubelet that is starting
+            # deletes plugin sockets before it listens, and one deleted under a Register
+            # call costs the kubelet's 10 s dial-back deadline.
+            await kubelet_listening(self._serve_dir)
             if file_identity(self.socket_path) != identity:
                 raise _SocketLost()
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 
 import grpclib
@@ -38,6 +40,21 @@ def file_identity(path: str) -> FileIdentity | None:
 
 def kubelet_socket_identity(socket_dir: str) -> FileIdentity | None:
     return file_identity(os.path.join(socket_dir, KUBELET_SOCKET))
+
+
+async def kubelet_listening(socket_dir: str, timeout: float = 1.0) -> bool:
+    """Whether kubelet.sock accepts a connection now. A kubelet listens only after its
+    start-up clean-up of the socket dir (docs/kubelet-contract.md §9), so a plugin socket
+    that exists after this returned True is not deleted by that kubelet's clean-up."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_unix_connection(os.path.join(socket_dir, KUBELET_SOCKET))
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 async def register(

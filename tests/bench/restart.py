@@ -51,10 +51,12 @@ def run(opts: Options) -> list[Figure]:
         (MANY, True, None, graceful),
     ]
     try:
-        make_device_files(workdir / "dev", 8, "fpga")
+        # A directory of devices per resource: a node is advertised by one resource only.
+        for i in range(MANY):
+            make_device_files(workdir / f"dev{i}", 8, "fpga")
         for count, clients_first, typical, worst in cases:
             resources = [
-                glob_resource(f"bench.kdp-host.io/restart{i}", f"{workdir}/dev/fpga*")
+                glob_resource(f"bench.kdp-host.io/restart{i}", f"{workdir}/dev{i}/fpga*")
                 for i in range(count)
             ]
             names = [r["name"] for r in resources]

@@ -58,6 +58,7 @@ def test_tests_run_from_the_unpacked_sdist(sdist: Path, tmp_path: Path) -> None:
     here = pytest_in(ROOT, "--collect-only", "tests")
     there = pytest_in(unpacked, "--collect-only", "tests")
     assert there.returncode == 0, there.stdout[-2000:] + there.stderr[-2000:]
+
     def collected(run: subprocess.CompletedProcess[str]) -> str:
         return run.stdout.splitlines()[-1].split(" in ")[0]  # "N tests collected"
 

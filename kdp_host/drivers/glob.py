@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import TYPE_CHECKING
 
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
@@ -41,6 +42,9 @@ from .glob_paths import (
     watch_dirs,
 )
 from .scanning import DirWatch, Listed, Notice, ScanLoop, ScanResult, ScanSettings
+
+if TYPE_CHECKING:
+    from .glob_groups import GlobGroupScan
 
 SCAN_TIMEOUT = 30.0
 """A scan slower than this (a hung file system) counts as a failure; the next waits for it."""
@@ -220,8 +224,22 @@ class GlobScan:
         )
 
 
-class GlobDriver(ScanLoop[GlobScan]):
-    """The `glob` driver: the scan loop running a `GlobScan`."""
+def glob_scan(
+    config: GlobDriverConfig,
+    files: FileReader,
+    *,
+    dir_readable: Callable[[str], bool] = dir_readable,
+) -> GlobScan | GlobGroupScan:
+    """The scan of a `glob` section: of its paths, or of its groups (`glob.group`)."""
+    if config.group:
+        from .glob_groups import GlobGroupScan
+
+        return GlobGroupScan(config, files, dir_readable=dir_readable)
+    return GlobScan(config, files, dir_readable=dir_readable)
+
+
+class GlobDriver(ScanLoop["GlobScan | GlobGroupScan"]):
+    """The `glob` driver, with or without groups: the scan loop running its scan."""
 
     def __init__(
         self,
@@ -231,5 +249,5 @@ class GlobDriver(ScanLoop[GlobScan]):
         dir_readable: Callable[[str], bool] = dir_readable,
         scan_timeout: float = SCAN_TIMEOUT,
     ) -> None:
-        scanner = GlobScan(config, deps.files, dir_readable=dir_readable)
+        scanner = glob_scan(config, deps.files, dir_readable=dir_readable)
         super().__init__(scanner, glob_settings(config, scan_timeout), deps)

@@ -243,6 +243,9 @@ def test_entries_are_ready_to_paste(fake: FakeSysfs, capsys: pytest.CaptureFixtu
         ("--timeout", "-1"),
         ("--timeout", "nan"),
         ("--timeout", "inf"),
+        ("--bus", ".."),
+        ("--bus", "../../etc"),
+        ("--class", "a/b"),
     ],
 )
 def test_bad_arguments_are_refused(

@@ -367,7 +367,7 @@ def test_names_come_from_the_id_databases(
     ids = ("--pci-ids", str(pci_ids), "--usb-ids", str(usb_ids), "--all", "--format", "json")
     by_address = {d["address"]: d for d in json.loads(run_discover(fake, capsys, *ids))["devices"]}
     assert by_address["0000:00:05.0"]["description"] == "Red Hat, Inc. Virtio block device"
-    assert by_address["0000:00:15.0"]["description"] == "Intel Corporation XHCI"
+    assert by_address["0000:00:15.0"]["description"] == "Intel Corporation USB controller"
     assert by_address["2-1"]["description"] == "Logitech, Inc. Unifying Receiver"
     assert by_address["0000:00:05.0"]["resource"]["name"] == "example.com/virtio-pci"
     plain = json.loads(run_discover(fake, capsys, "--all", "--format", "json"))["devices"]

@@ -61,9 +61,10 @@ class IdsDatabase:
         return self.devices.get(f"{vendor.lower()}:{device.lower()}")
 
     def class_name(self, code: str) -> str | None:
-        """The most precise name of a class code (`030000`, `0300` or `03`)."""
+        """The name of a class code (`0c0330`): its subclass's (`USB controller`, as lspci
+        says it), else its programming interface's (`XHCI`), else its class's."""
         code = code.lower()
-        for length in (6, 4, 2):
+        for length in (4, 6, 2):
             if len(code) >= length and (name := self.classes.get(code[:length])):
                 return name
         return None

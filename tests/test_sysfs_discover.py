@@ -371,9 +371,12 @@ def test_names_come_from_the_id_databases(
     assert {d["address"]: d["description"] for d in plain}["0000:00:05.0"] == (
         "SCSI storage controller"
     )
-    code = main(["discover", "--sysfs-root", str(fake.sys), "--pci-ids", str(tmp_path / "no")])
-    assert code == 1
-    assert "cannot read" in capsys.readouterr().err
+    fifo = tmp_path / "fifo.ids"
+    os.mkfifo(fifo)
+    for unreadable in (tmp_path / "no", tmp_path, fifo):
+        code = main(["discover", "--sysfs-root", str(fake.sys), "--pci-ids", str(unreadable)])
+        assert code == 1
+        assert "cannot read" in capsys.readouterr().err
 
 
 def test_devices_without_a_node_need_all(

@@ -108,11 +108,24 @@ class Device:
             return (DeviceNode(self.path, self.path),)
         return self._nodes
 
+    def any_node_path_contains(self, text: str) -> bool:
+        """True if a node's host or container path contains `text` (cheap: builds no
+        DeviceNode for a one-node device)."""
+        if self._nodes is None:
+            return self.path is not None and text in self.path
+        return any(text in n.host_path or text in n.container_path for n in self._nodes)
+
     def has_only_node(self, host_path: str, container_path: str) -> bool:
         """True if the device has exactly this one node (cheap: builds no DeviceNode)."""
         if self._nodes is None:
             return host_path == container_path == self.path
         return len(self._nodes) == 1 and self._nodes[0] == DeviceNode(host_path, container_path)
+
+    def same_places(self, other: Device) -> bool:
+        """Whether `other` passes the same nodes and mounts (health, env or NUMA aside)."""
+        return (
+            self.path == other.path and self._nodes == other._nodes and self.mounts == other.mounts
+        )
 
     def with_health(self, healthy: bool) -> Device:
         return Device(

@@ -133,6 +133,7 @@ class Metrics:
         *,
         histograms: HistogramMode = DEFAULT_HISTOGRAM_MODE,
         process_collectors: bool = True,
+        holders: bool = False,
     ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
@@ -216,6 +217,22 @@ class Metrics:
             ["resource"],
             registry=r,
         )
+        self.devices_held_missing = Gauge(
+            "kdp_devices_held_missing",
+            "Devices a container holds (PodResources) that are gone from the device list or "
+            "unhealthy: the stick was unplugged while its pod keeps running.",
+            ["resource"],
+            registry=r,
+        )
+        self.holders_enabled = holders
+        self.device_holders = Gauge(
+            "kdp_device_holder_info",
+            "1 for each container holding a device, as PodResources last said (only with "
+            "metrics.holders: one series per device and container).",
+            ["resource", "device", "namespace", "pod", "container"],
+            registry=r,
+        )
+        self._holder_series: dict[str, set[tuple[str, str, str, str]]] = {}
         self.pod_resources_polls = Counter(
             "kdp_pod_resources_polls",
             "Calls of the kubelet's PodResources List, by result ("
@@ -352,6 +369,7 @@ class Metrics:
             self.pre_start_calls,
             self.pre_start_waits,
             self.devices_in_use,
+            self.devices_held_missing,
             self.release_runs,
             self.releases_pending,
         )
@@ -426,12 +444,26 @@ class Metrics:
             if histogram is not None:
                 histogram.remove(resource)
 
+    def set_holders(self, resource: str, holders: set[tuple[str, str, str, str]]) -> None:
+        """The (device, namespace, pod, container) holding the resource's devices now
+        (`metrics.holders`; a no-op when off): series of those gone are dropped."""
+        if not self.holders_enabled:
+            return
+        previous = self._holder_series.get(resource, set())
+        for gone in previous - holders:
+            with contextlib.suppress(KeyError):
+                self.device_holders.remove(resource, *gone)
+        for new in holders - previous:
+            self.device_holders.labels(resource, *new).set(1)
+        self._holder_series[resource] = holders
+
     def set_device_counts(self, resource: str, healthy: int, unhealthy: int) -> None:
         self.devices.labels(resource, "healthy").set(healthy)
         self.devices.labels(resource, "unhealthy").set(unhealthy)
 
     def forget_resource(self, resource: str) -> None:
         """Drop every series of a resource that left the config (call once it has stopped)."""
+        self.set_holders(resource, set())
         for metric in (self.devices, *self._by_resource()):
             for labels in _label_values_of(metric, resource):
                 with contextlib.suppress(KeyError):

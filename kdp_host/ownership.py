@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from .podresources import Holdings
 
 ClaimKey = tuple[str, int | str]
-"""('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else."""
+"""('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else (the
+normalised path where nothing is yet)."""
 
 HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
@@ -62,18 +63,33 @@ HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
 
 
-def claim_key(path: str) -> ClaimKey | None:
-    """What a host path reaches: a device node by its number, anything else by its real
-    path; None when nothing is there. Follows links (a link to a node claims the node)."""
+def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
+    """What a host path reaches: a device node by its number, anything else (a directory or
+    file to mount) by its real path; None when nothing is there. Follows links (a link to a
+    node claims the node).
+
+    One lstat for a path that is no link: its real path is its directory's real path
+    (cached in `real_dirs`, for one list) joined with its name.
+    """
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
+        link = stat.S_ISLNK(st.st_mode)
+        if link:
+            st = os.stat(path)
     except (OSError, ValueError):
         return None
     if stat.S_ISCHR(st.st_mode):
         return ("c", st.st_rdev)
     if stat.S_ISBLK(st.st_mode):
         return ("b", st.st_rdev)
-    return ("path", os.path.realpath(path))
+    if link:
+        return ("path", os.path.realpath(path))
+    parent, name = os.path.split(os.path.normpath(path))
+    cache = {} if real_dirs is None else real_dirs
+    real_parent = cache.get(parent)
+    if real_parent is None:
+        real_parent = cache[parent] = os.path.realpath(parent)
+    return ("path", os.path.join(real_parent, name))
 
 
 def describe_key(key: ClaimKey) -> str:
@@ -159,6 +175,8 @@ class _Resource:
     pod may hold them), with the time (index clock) they stopped being advertised."""
     held: dict[str, _Holding] = field(default_factory=dict)
     retired: bool = False
+    plain: bool = True
+    """The last admission advertised every device it did not hold under its own ID."""
     replicas: int | None = None
     """The replica count its last runtime advertised with."""
     waits: dict[str, _ReplicaWait] = field(default_factory=dict)
@@ -185,11 +203,13 @@ class OwnershipIndex:
     def __init__(
         self,
         metrics: Metrics | None = None,
-        resolve: Resolver = claim_key,
+        resolve: Resolver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._metrics = metrics
-        self._resolve = resolve
+        self._real_dirs: dict[str, str] = {}
+        """Real paths of directories, for one admission (`claim_key`)."""
+        self._resolve: Resolver = resolve or self._claim_key
         self._clock = clock
         """The PodResources poller's clock (`Holdings.asked_at`)."""
         self._exclusive: dict[ClaimKey, Owner] = {}
@@ -218,6 +238,7 @@ class OwnershipIndex:
         state = self._state(resource)
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
+        state.plain = False  # a new runtime's first list is admitted in full (and logged)
         if state.replicas is not None and state.replicas != replicas:
             now = self._clock()
             for device_id in [*state.owned, *state.waits]:
@@ -326,13 +347,20 @@ class OwnershipIndex:
         fresh: dict[str, tuple[Device, Claims]] = {}
         for device_id, device in devices.items():
             known = cache.get(device_id)
-            if known is None or not (known[0] is device or known[0] == device):
+            if known is None or not (known[0] is device or known[0].same_places(device)):
                 known = (device, device_claims(device, self._resolve))
             fresh[device_id] = known
         state.claims = fresh
         return {device_id: claims for device_id, (_, claims) in fresh.items()}
 
+    def _claim_key(self, path: str) -> ClaimKey | None:
+        return claim_key(path, self._real_dirs)
+
     def _admit(self, state: _Resource) -> Mapping[str, Device]:
+        self._real_dirs = {}
+        fast = self._admit_changes(state)
+        if fast is not None:
+            return fast
         devices = state.reported
         name = state.name
         released = self._prune_gone(state)
@@ -390,9 +418,71 @@ class OwnershipIndex:
         self._note_held(state, holding, ids)
         if released:
             self._wake_waiting(name)
-        if not holding and all(ids[d] == d for d in ids):
+        state.plain = not state.waits and all(ids[d] == d for d in ids if d not in holding)
+        if not holding and state.plain:
             return devices
         return admitted
+
+    def _admit_changes(self, state: _Resource) -> Mapping[str, Device] | None:
+        """The common case in O(changed) claim work: every device the last admission
+        advertised kept its own ID, and nothing waits on replicas. Devices that changed, and
+        those held last time, are admitted or held one by one; a change that may rename a
+        device (a node let go of, a claim of a device of this resource that is no longer
+        advertised) goes to the full admission, which starts from what this did. Returns
+        what to advertise, or None."""
+        if not state.plain or state.waits:
+            return None
+        devices = state.reported
+        cache = state.claims
+        dirty = [d for d in state.held if d in devices]
+        added = 0
+        for device_id, device in devices.items():
+            known = cache.get(device_id)
+            if known is None:
+                added += 1
+                dirty.append(device_id)
+            elif known[0] is not device and known[0] != device:
+                dirty.append(device_id)
+        released = self._prune_gone(state)
+        if len(cache) + added != len(devices):
+            for device_id in [d for d in cache if d not in devices]:
+                del cache[device_id]
+                released |= self._unadvertise(state, device_id)
+        holding: dict[str, _Holding] = {}
+        result: Mapping[str, Device] | None = devices
+        for device_id in sorted(set(dirty)):
+            device = devices[device_id]
+            known = cache.get(device_id)
+            if known is not None and known[0].same_places(device):
+                claims = known[1]
+                cache[device_id] = (device, claims)
+                if device_id not in state.held:
+                    continue  # health or env changed: it owns its claims
+            else:
+                claims = device_claims(device, self._resolve)
+                cache[device_id] = (device, claims)
+            before = state.owned.get(device_id)
+            if before is not None and not before.exclusive.keys() <= claims.exclusive.keys():
+                result = None  # it lets go of a node, which may keep its ID
+                break
+            why = self._conflict(state.name, device_id, claims)
+            if why is not None:
+                if why.owner.resource == state.name and why.owner.device not in state.owned:
+                    result = None  # a node of a device of ours that went: a rename
+                    break
+                holding[device_id] = why
+                released |= self._unadvertise(state, device_id)
+                continue
+            released |= self._drop_keys(state, device_id, claims)
+            self._claim(state, device_id, claims)
+        if released:
+            self._wake_waiting(state.name)
+        if result is None:
+            return None
+        self._note_held(state, holding, {d: d for d in devices if d in state.held})
+        if holding:
+            return {d: device for d, device in devices.items() if d not in holding}
+        return devices
 
     def _incumbent(self, state: _Resource, advertised_id: str, claims: Claims) -> bool:
         """Whether the device advertised as `advertised_id` owns its claims already."""
@@ -450,15 +540,21 @@ class OwnershipIndex:
             new = wanted.get(advertised_id)
             if new is None:
                 released |= self._unadvertise(state, advertised_id)
-                continue
-            old = state.owned[advertised_id]
-            me = Owner(state.name, advertised_id)
-            for key in old.exclusive.keys() - new.exclusive.keys():
-                if self._exclusive.get(key) == me:
-                    state.lingering.setdefault(key, self._clock())
-            for key in old.shared.keys() - new.shared.keys():
-                released |= self._unshare(key, me)
+            else:
+                released |= self._drop_keys(state, advertised_id, new)
         return released
+
+    def _drop_keys(self, state: _Resource, advertised_id: str, new: Claims) -> bool:
+        """An advertised device's claims it no longer makes: exclusive ones linger, shared
+        ones go (True if one did)."""
+        old = state.owned.get(advertised_id)
+        if old is None:
+            return False
+        me = Owner(state.name, advertised_id)
+        for key in old.exclusive.keys() - new.exclusive.keys():
+            if self._exclusive.get(key) == me:
+                state.lingering.setdefault(key, self._clock())
+        return any([self._unshare(key, me) for key in old.shared.keys() - new.shared.keys()])
 
     def _unadvertise(self, state: _Resource, advertised_id: str) -> bool:
         """The device is no longer advertised: its exclusive claims linger, its shared ones

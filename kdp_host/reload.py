@@ -61,10 +61,14 @@ def restart_required(old: Config, new: Config) -> list[str]:
         problems.append("stateDir changed: restart kdp-host to apply")
     if old.metrics.listen != new.metrics.listen:
         problems.append("metrics.listen changed: restart kdp-host to apply")
+    if old.metrics.holders != new.metrics.holders:
+        problems.append("metrics.holders changed: restart kdp-host to apply")
     if old.metrics.devices != new.metrics.devices:
         problems.append("metrics.devices changed: restart kdp-host to apply")
     if old.metrics.histograms != new.metrics.histograms:
         problems.append("metrics.histograms changed: restart kdp-host to apply")
+    if old.node_features != new.node_features:
+        problems.append("nodeFeatures changed: restart kdp-host to apply")
     return problems
 
 
@@ -77,7 +81,8 @@ class ConfigReloader:
     """Re-reads `path` when it changes or on `request()`, and applies it through `apply`.
 
     `current` returns the config in force; `apply` applies a validated config as a diff and
-    raises RestartRequired for changes it cannot make live.
+    raises RestartRequired for changes it cannot make live, ConfigError for a file this node
+    cannot serve.
     """
 
     path: Path
@@ -135,6 +140,8 @@ class ConfigReloader:
             plan = self.apply(new)
         except RestartRequired as exc:
             return self._result("refused", error=str(exc))
+        except ConfigError as exc:  # valid, but not on this node (two entries select it)
+            return self._result("invalid", error=str(exc), problems=len(exc.problems))
         return self._result(
             "ok",
             added=",".join(plan.added),

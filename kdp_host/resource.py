@@ -37,8 +37,9 @@ from .files import DaemonThreads, Offload
 from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
+from .nfd import NodeFeatureFile
 from .ownership import OwnedTable, OwnershipIndex
-from .podresources import Holdings, PodResourcesPoller
+from .podresources import Holder, Holdings, PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
 from .protocol.endpoint import socket_name
 from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
@@ -52,7 +53,8 @@ from .protocol.registration import (
 )
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
-from .release import ReleaseStateStore, ReleaseTracker
+from .release import ReleaseTracker
+from .release_state import ReleaseStateStore
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0
@@ -101,6 +103,8 @@ class HostServices:
     status_changed: Callable[[], None] = lambda: None
     """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
     registry_wait: RegistryWait = field(default_factory=RegistryWait)
+    node_features: NodeFeatureFile | None = None
+    """The NFD feature file every resource's device counts go to (None: `nodeFeatures` off)."""
 
 
 @dataclass
@@ -136,6 +140,9 @@ class ResourceRuntime:
         self.endpoint = socket_name(config.name, services.instance_id, self._serve_dir)
         self.socket_path = os.path.join(self._serve_dir, self.endpoint)
         self.table = DeviceTable(replicas=config.replicas)
+        self._held: dict[str, tuple[Holder, ...]] = {}
+        """Physical devices a container holds (the last PodResources answer), and by whom."""
+        self._held_missing: set[str] = set()
         self.table.add_listener(self._on_devices_changed)
         self._encoder = ListAndWatchEncoder()
         self._wake = asyncio.Event()
@@ -146,6 +153,8 @@ class ResourceRuntime:
         """pluginsRegistry: the kubelet's verdicts and stream ends, in the order they came."""
         self._info_asked = False
         """pluginsRegistry: the kubelet called GetInfo on the current socket."""
+        self._last_refusal: str | None = None
+        """pluginsRegistry: the kubelet's last refusal, logged once while it repeats."""
         self._pre_start = (
             None
             if config.pre_start is None
@@ -191,6 +200,10 @@ class ResourceRuntime:
         self._services.metrics.set_device_counts(
             self.config.name, snapshot.healthy_count, snapshot.unhealthy_count
         )
+        if self._services.node_features is not None:
+            self._services.node_features.update(self.config.name, snapshot)
+        if self._held:
+            self._check_held_devices(snapshot)
 
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
@@ -232,10 +245,42 @@ class ResourceRuntime:
     def _on_holdings(self, holdings: Holdings) -> None:
         """A PodResources answer: the in-use count, and news for the release tracker."""
         replicas = self.config.replicas
-        in_use = {physical_id(a, replicas) for a in holdings.of(self.config.name)}
-        self._services.metrics.devices_in_use.labels(self.config.name).set(len(in_use))
+        held = holdings.of(self.config.name)
+        by_device: dict[str, tuple[Holder, ...]] = {}
+        for advertised, holders in held.items():
+            device = physical_id(advertised, replicas)
+            by_device[device] = by_device.get(device, ()) + holders
+        self._held = by_device
+        metrics = self._services.metrics
+        metrics.devices_in_use.labels(self.config.name).set(len(by_device))
+        if metrics.holders_enabled:
+            metrics.set_holders(
+                self.config.name,
+                {(a, h.namespace, h.pod, h.container) for a, hs in held.items() for h in hs},
+            )
+        self._check_held_devices(self.table.snapshot)
         if self.release is not None:
             self.release.holdings(holdings)
+
+    def _check_held_devices(self, snapshot: Snapshot) -> None:
+        """Devices a container holds that are gone or unhealthy (GDP#74: the stick was
+        unplugged and the pod keeps running): a gauge, and one warning per device as it goes
+        missing, naming its holders (the README's recipe acts on them)."""
+        healthy = {device.id for device in snapshot.devices if device.healthy}
+        missing = {device for device in self._held if device not in healthy}
+        self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
+        listed = {device.id for device in snapshot.devices} if missing else set()
+        for device in sorted(missing - self._held_missing):
+            present = device in listed
+            self.log.warning(
+                "held_device_missing",
+                device=device,
+                state="unhealthy" if present else "gone",
+                holders=",".join(
+                    f"{h.namespace}/{h.pod}/{h.container}" for h in self._held[device]
+                ),
+            )
+        self._held_missing = missing
 
     async def _run_parts(self, driver: Driver, reporter: DeviceReporter, deps: DriverDeps) -> None:
         services = self._services
@@ -467,13 +512,17 @@ class ResourceRuntime:
                     metrics.registrations.labels(self.config.name, "ok").inc()
                     patience.reset()
                     refusals.reset()
-                    deadline, refused = None, None
+                    deadline, refused, self._last_refusal = None, None, None
                     self._mark(registered=True)
                     self.log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
                 elif isinstance(event, KubeletVerdict):
                     metrics.registrations.labels(self.config.name, "refused").inc()
                     self._mark(registered=False, error="not registered: refused")
-                    self.log.warning("register_failed", result="refused", reason=event.error)
+                    level = (
+                        self.log.debug if event.error == self._last_refusal else self.log.warning
+                    )
+                    level("register_failed", result="refused", reason=event.error)
+                    self._last_refusal = event.error
                     deadline, refused = loop.time() + refusals.next_delay(), event.error
             if deadline is not None and loop.time() >= deadline:
                 if refused is not None:

@@ -112,6 +112,17 @@ def name_text_problem(name: str) -> str | None:
     return None
 
 
+_SYSFS_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def sysfs_name_problem(name: str) -> str | None:
+    """Why `name` is no bus (`/sys/bus/<name>`) or class (`/sys/class/<name>`) name: one
+    path component of the kernel's characters, never `.` or `..`."""
+    if not _SYSFS_NAME.fullmatch(name) or name in (".", ".."):
+        return "must be a name under /sys/bus or /sys/class (e.g. usb, pci, video4linux)"
+    return None
+
+
 def absolute_path_problem(path: str) -> str | None:
     """Why `path` is not a usable absolute path on the host or in a container.
 
@@ -214,6 +225,44 @@ def annotation_key_problem(key: str) -> str | None:
     server's rule so they mean the same as annotations anywhere else.
     """
     return qualified_name_problem(key.lower())
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why the API server would refuse `key` as a label key, or None: a qualified name
+    (`[prefix/]name`), as written (labels are not lower-cased first)."""
+    return qualified_name_problem(key)
+
+
+def label_value_problem(value: str) -> str | None:
+    """apimachinery's IsValidLabelValue: empty, or 1-63 characters of `[A-Za-z0-9-_.]`
+    starting and ending with a letter or digit."""
+    if not value:
+        return None
+    if len(value) > MAX_QUALIFIED_NAME_LENGTH:
+        return f"must be at most {MAX_QUALIFIED_NAME_LENGTH} characters"
+    if not _QUALIFIED_NAME.fullmatch(value):
+        return "must be [A-Za-z0-9-_.], starting and ending with a letter or digit"
+    return None
+
+
+NODE_FEATURE_SUFFIXES: Final = (".present", ".count")
+"""The node feature labels of a resource `domain/name`: `domain/name.present` (`true` or
+`false`) and `domain/name.count` (its healthy devices)."""
+
+
+def node_feature_labels(resource: str) -> tuple[str, str]:
+    """The node feature label keys of a resource: (present, count)."""
+    present, count = (resource + suffix for suffix in NODE_FEATURE_SUFFIXES)
+    return present, count
+
+
+def node_feature_label_problem(resource: str) -> str | None:
+    """Why a resource name cannot give node feature labels (its name part is already at or
+    near the 63-character limit of a label name), or None."""
+    for label in node_feature_labels(resource):
+        if why := label_key_problem(label):
+            return f"gives the node feature label {label!r}, which {why}"
+    return None
 
 
 def env_name_problem(name: str) -> str | None:

@@ -267,6 +267,15 @@ def test_spec_content() -> None:
     }
 
 
+def test_escaped_braces_are_text_in_the_spec_env() -> None:
+    """`{{ids}}` is the text `{ids}`, not a field: it does not depend on the allocation, so
+    it travels in the spec like any fixed value (and `{}` stays as it is)."""
+    config = resource(env={"HINT": "{{ids}} {}", "DEVS": "{ids}"})
+    spec = build_spec(config, snapshot([dev("fpga0")]))
+    assert spec is not None
+    assert spec["containerEdits"]["env"] == ["HINT={ids} {}"]
+
+
 def test_spec_version_and_kind_rules() -> None:
     assert minimum_cdi_version("vendor.example/fpga") == "0.5.0"
     assert minimum_cdi_version("vendor.example/fpga.v2") == "0.6.0"

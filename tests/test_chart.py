@@ -663,6 +663,46 @@ def test_custom_config_drives_mounts_port_and_checksum(rendered: dict[str, list[
     }
 
 
+def test_a_fleet_config_gets_node_read_rbac_a_token_and_the_nfd_directory(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    """Issue 20 items 1 and 2: label selectors make the chart grant read access to nodes
+    (and nothing else) and mount the token; nodeFeatures mounts NFD's features.d."""
+    docs = rendered["fleet"]
+    role = one(docs, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
+    ]
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    account = one(docs, "ServiceAccount")
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
+    pod = daemonset(docs)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    features_dir = "/etc/kubernetes/node-feature-discovery/features.d"
+    assert mounts(docs)["node-features"] == {"name": "node-features", "mountPath": features_dir}
+    assert volumes(docs)["node-features"]["hostPath"] == {
+        "path": features_dir,
+        "type": "DirectoryOrCreate",
+    }
+    for name in VALUE_SETS:  # no other value set reads nodes or writes features
+        if name != "fleet":
+            assert not [d for d in rendered[name] if d["kind"].startswith("ClusterRole")], name
+            assert "node-features" not in mounts(rendered[name]), name
+
+
+def test_node_labels_read_for_a_configmap_of_your_own(helm_env: dict[str, str]) -> None:
+    docs = render(helm_env, "existing-configmap", "--set", "nodeLabels.read=true")
+    assert one(docs, "ClusterRole")["rules"][0]["resources"] == ["nodes"]
+    assert daemonset(docs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
 def test_plugins_registry_is_mounted_only_when_used(
     helm_env: dict[str, str], rendered: dict[str, list[Doc]]
 ) -> None:
@@ -1027,17 +1067,20 @@ def test_dockerfile_is_multi_stage_and_slim() -> None:
         rest.partition("=")[::2] for word, rest in instructions if word == "ARG" and "=" in rest
     )
     froms = [rest for word, rest in instructions if word == "FROM"]
-    assert len(froms) == 2
-    assert froms[0].endswith(" AS builder")
-    base = froms[1].replace("${PYTHON_IMAGE}", args["PYTHON_IMAGE"])
+    # The pinned base is a FROM line of its own (Dependabot reads FROM lines, not ARGs), and
+    # PYTHON_IMAGE names it unless a build argument replaces it.
+    assert len(froms) == 3
+    base, _, name = froms[0].partition(" AS ")
     assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", base), base  # pinned
+    assert args["PYTHON_IMAGE"] == name == "python-base"
+    assert froms[1:] == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE}"]
     stages: list[list[tuple[str, str]]] = []
     for word, rest in instructions:
         if word == "FROM":
             stages.append([])
         if stages:
             stages[-1].append((word, rest))
-    builder, final = stages
+    _, builder, final = stages
     assert any(w == "RUN" and "pip wheel" in r for w, r in builder)
     final_runs = " ".join(r for w, r in final if w == "RUN")
     assert "--no-index" in final_runs and "from=builder" in final_runs

@@ -884,12 +884,13 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         match = re.match(r"\| `(kdp_[a-z_]+)` \| [a-z]+ \|([^|]*)\|([^|]*)\|$", line)
         if match:
             rows[match.group(1)] = (match.group(2), match.group(3))
-    metrics = Metrics(process_collectors=False)
+    metrics = Metrics(process_collectors=False, holders=True)  # the opt-in per-pod series
     metrics.add_resource(FPGA)
     metrics.add_pre_start(FPGA)
     metrics.add_allocate_hook(FPGA)
     metrics.add_release(FPGA)
     metrics.add_pod_resources()
+    metrics.set_holders(FPGA, {("fpga0", "default", "web-0", "app")})
     for histogram in (
         metrics.allocate_seconds,
         metrics.preferred_seconds,

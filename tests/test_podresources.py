@@ -248,3 +248,65 @@ def test_status_address_and_an_empty_table(capsys: pytest.CaptureFixture[str]) -
     assert status_address("10.0.0.1:80") == "10.0.0.1:80"
     print_table({"podResources": {"state": "off"}, "resources": []})
     assert capsys.readouterr().out.splitlines()[0] == "podresources: off"
+
+
+async def test_holder_series_only_when_asked_and_gone_with_their_pod(
+    socket_dir: Path, short_dir: Path, devices: Path
+) -> None:
+    from kdp_host.config import load_config_text
+    from kdp_host.host import Host
+
+    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
+    await sim.start()
+    metrics = Metrics(process_collectors=False, holders=True)
+    host = Host(
+        config=load_config_text(yaml(socket_dir, devices, short_dir / "pr")),
+        metrics=metrics,
+        log=get_logger(),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(host.run(stop))
+    try:
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+        await sim.allocate(FPGA, 1, pod_uid="web-0", container="app")
+        labels = {"resource": FPGA, "device": "fpga0", "namespace": "default", "pod": "web-0",
+                  "container": "app"}  # fmt: skip
+        value = lambda: metrics.registry.get_sample_value("kdp_device_holder_info", labels)  # noqa: E731
+        await wait_until(lambda: value() == 1.0, what="the holder series")
+        await sim.release("web-0")
+        await wait_until(lambda: value() is None, what="the series gone with the pod")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await sim.stop()
+    off = Metrics(process_collectors=False)
+    off.set_holders(FPGA, {("fpga0", "default", "web-0", "app")})
+    assert off.registry.get_sample_value("kdp_device_holder_info", labels) is None
+
+
+def test_status_refuses_an_answer_that_is_not_a_devices_document(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Odd(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"resources": [1, 2]}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Odd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert main(["status", "--address", f"127.0.0.1:{server.server_port}"]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "is not a devices document" in capsys.readouterr().err

@@ -20,9 +20,10 @@ only).
 
 from __future__ import annotations
 
-import glob as globlib
 import os
 from collections.abc import Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING
 
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
@@ -32,6 +33,8 @@ from .glob_paths import (
     Assigned,
     DeviceIdentity,
     DeviceIds,
+    Found,
+    MatchCache,
     assign_ids,
     examine,
     name_problem,
@@ -39,6 +42,9 @@ from .glob_paths import (
     watch_dirs,
 )
 from .scanning import DirWatch, Listed, Notice, ScanLoop, ScanResult, ScanSettings
+
+if TYPE_CHECKING:
+    from .glob_groups import GlobGroupScan
 
 SCAN_TIMEOUT = 30.0
 """A scan slower than this (a hung file system) counts as a failure; the next waits for it."""
@@ -102,6 +108,19 @@ def numa_node(
     return node if node >= 0 else None
 
 
+def look_at(
+    matched: str, real_dirs: dict[str, str]
+) -> tuple[Found | Skipped | None, str | None, bool]:
+    """What a matched path is (for `MatchCache.lookup`): a device, skipped (a bad name stays
+    bad; a dangling link may not), or nothing (a directory, gone)."""
+    if why := name_problem(matched):
+        return Skipped("bad_name", printable_path(matched), why), None, True
+    found = examine(matched, real_dirs)
+    if isinstance(found, Found):
+        return found, found.real_path, True
+    return found, None, found is None
+
+
 class GlobScan:
     """The glob driver's scan: every matched path that reaches a device, once per device."""
 
@@ -118,9 +137,12 @@ class GlobScan:
         self._dir_readable = dir_readable
         self._held: dict[DeviceIdentity, Assigned] = {}
         """The ID and host path of each device of the last scan, by identity."""
+        self._cache: MatchCache[Found | Skipped | None] = MatchCache(config.paths)
 
-    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
+    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         config = self.config
+        cache = self._cache
+        cache.begin(changed)
         skipped: dict[str, Skipped] = {}
         unreadable: set[str] = set()
         real_dirs: dict[str, str] = {}
@@ -128,16 +150,13 @@ class GlobScan:
         seen_paths: set[str] = set()
         # Every matched path of each device, in pattern order then sorted order.
         by_identity: dict[DeviceIdentity, list[tuple[str, str]]] = {}
-        for pattern in config.paths:
+        for index, pattern in enumerate(config.paths):
             watch_pattern(pattern, dirs, self._dir_readable, unreadable)
-            for matched in sorted(globlib.glob(pattern)):
+            for matched in cache.matched(index):
                 if matched in seen_paths:
                     continue
                 seen_paths.add(matched)
-                if why := name_problem(matched):
-                    skipped[matched] = Skipped("bad_name", printable_path(matched), why)
-                    continue
-                found = examine(matched, real_dirs)
+                found = cache.lookup(matched, matched, partial(look_at, matched, real_dirs))
                 if found is None:
                     continue
                 if isinstance(found, Skipped):
@@ -166,6 +185,7 @@ class GlobScan:
             devices[device_id] = self._device(device_id, matched, host_path, previous, skipped)
         # Read by the next scan only (scans never overlap: the loop runs one at a time).
         self._held = assigned
+        cache.end()
         return ScanResult(
             devices,
             tuple(skipped.values()),
@@ -204,8 +224,22 @@ class GlobScan:
         )
 
 
-class GlobDriver(ScanLoop[GlobScan]):
-    """The `glob` driver: the scan loop running a `GlobScan`."""
+def glob_scan(
+    config: GlobDriverConfig,
+    files: FileReader,
+    *,
+    dir_readable: Callable[[str], bool] = dir_readable,
+) -> GlobScan | GlobGroupScan:
+    """The scan of a `glob` section: of its paths, or of its groups (`glob.group`)."""
+    if config.group:
+        from .glob_groups import GlobGroupScan
+
+        return GlobGroupScan(config, files, dir_readable=dir_readable)
+    return GlobScan(config, files, dir_readable=dir_readable)
+
+
+class GlobDriver(ScanLoop["GlobScan | GlobGroupScan"]):
+    """The `glob` driver, with or without groups: the scan loop running its scan."""
 
     def __init__(
         self,
@@ -215,5 +249,5 @@ class GlobDriver(ScanLoop[GlobScan]):
         dir_readable: Callable[[str], bool] = dir_readable,
         scan_timeout: float = SCAN_TIMEOUT,
     ) -> None:
-        scanner = GlobScan(config, deps.files, dir_readable=dir_readable)
+        scanner = glob_scan(config, deps.files, dir_readable=dir_readable)
         super().__init__(scanner, glob_settings(config, scan_timeout), deps)

@@ -20,12 +20,10 @@ of that group and logged (`same_device`); members without `{key}` are shared on 
 
 from __future__ import annotations
 
-import glob as globlib
 import os
-import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 from .. import rules
@@ -33,17 +31,18 @@ from ..config import GlobDriverConfig, GlobGroupMemberConfig, render_template
 from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
 from ..files import FileReader
-from .base import DriverDeps, Skipped
-from .glob import SCAN_TIMEOUT, dir_readable, glob_settings, numa_node, scan_notices, watch_pattern
+from .base import Skipped
+from .glob import dir_readable, numa_node, scan_notices, watch_pattern
+from .glob_keys import GroupMember
 from .glob_paths import (
     DeviceIdentity,
     DeviceIds,
+    MatchCache,
     examine,
-    fixed_parent,
     name_problem,
     printable_path,
 )
-from .scanning import DirWatch, Listed, ScanLoop, ScanResult
+from .scanning import DirWatch, Listed, ScanResult
 
 INCOMPLETE = "incomplete_group"
 """The skip reason of a group that lacks a required member."""
@@ -53,39 +52,6 @@ directory (a directory member that is a symlink out of it)."""
 PATH_COLLISION = "path_collision"
 """The skip reason of a group with two different paths at one container path (the runtime
 would keep only one of them)."""
-
-
-def _glob_regex(pattern: str) -> str:
-    """A glob pattern as a regular expression; wildcards stay inside one path component."""
-    out: list[str] = []
-    index = 0
-    while index < len(pattern):
-        char = pattern[index]
-        index += 1
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[":
-            end = index
-            if end < len(pattern) and pattern[end] in "!^":
-                end += 1
-            if end < len(pattern) and pattern[end] == "]":
-                end += 1
-            end = pattern.find("]", end)
-            if end < 0:
-                out.append(re.escape(char))
-                continue
-            body = pattern[index:end].replace("\\", "\\\\")
-            index = end + 1
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            elif body.startswith("^"):
-                body = "\\" + body
-            out.append(f"[{body}]")
-        else:
-            out.append(re.escape(char))
-    return "".join(out)
 
 
 def _collision(nodes: list[DeviceNode], mounts: list[DeviceMount]) -> str | None:
@@ -99,31 +65,17 @@ def _collision(nodes: list[DeviceNode], mounts: list[DeviceMount]) -> str | None
     return None
 
 
-@dataclass(frozen=True)
-class _Member:
-    config: GlobGroupMemberConfig
-    pattern: str
-    """The glob that lists the member's paths (`{key}` written as `*`)."""
-    key_regex: re.Pattern[str] | None
-    """Takes the group key out of a matched path; None for a member of every group."""
-    base: str
-    """The deepest directory of the pattern without a wildcard: what it names is inside."""
+_Claim = tuple[DeviceIdentity, tuple[str, str]]
+"""A node a group owns: its identity, the group's key and the path that reaches it."""
 
-    @classmethod
-    def of(cls, config: GlobGroupMemberConfig) -> _Member:
-        path = config.path
-        pattern = path.replace(GROUP_KEY, "*")
-        if GROUP_KEY not in path:
-            return cls(config, pattern, None, fixed_parent(pattern))
-        before, after = path.split(GROUP_KEY, 1)
-        regex = re.compile(f"{_glob_regex(before)}(?P<key>[^/]+?){_glob_regex(after)}")
-        return cls(config, pattern, regex, fixed_parent(pattern))
 
-    def key_of(self, path: str) -> str | None:
-        if self.key_regex is None:
-            return ""
-        match = self.key_regex.fullmatch(path)
-        return match.group("key") if match else None
+class _Memo(NamedTuple):
+    """A group's device as the last scan made it, and what that depended on."""
+
+    inputs: object
+    device: Device | None
+    skipped: tuple[tuple[str, Skipped], ...]
+    claims: tuple[_Claim, ...]
 
 
 class _Match(NamedTuple):
@@ -133,6 +85,11 @@ class _Match(NamedTuple):
     identity: DeviceIdentity
     link: bool
     """The matched path is a symlink (another name for a node, like a `by-path` link)."""
+
+
+_Looked = tuple[_Match, str | None] | Skipped | None
+"""A matched path as a node or a directory (and the directory a symlink leads into), why
+it is skipped, or None (gone)."""
 
 
 def _claimants(found: dict[str, dict[int, list[_Match]]]) -> dict[DeviceIdentity, frozenset[str]]:
@@ -169,7 +126,7 @@ class GlobGroupScan:
         self.config = config
         self._files = files
         self._dir_readable = dir_readable
-        self._members = tuple(_Member.of(m) for m in config.group)
+        self._members = tuple(GroupMember.of(m) for m in config.group)
         self._keyed = any(m.key_regex is not None for m in self._members)
         self._key_ids = DeviceIds(("/*",))
         """Group keys take the ID rule of a one-level glob path."""
@@ -184,34 +141,42 @@ class GlobGroupScan:
         """The key of the one group of a config without `{key}`: the last component of the
         first member's path that is not a glob (`/dev/snd/*` -> `snd`)."""
         self._patterns = tuple(m.path for m in config.group)
+        self._cache: MatchCache[tuple[str | None, _Looked]] = MatchCache(
+            tuple(m.pattern for m in self._members)
+        )
+        self._real_bases: tuple[str, ...] = ()
+        self._memo: dict[str, _Memo] = {}
+        """Each group's device of the last scan, reused while nothing it depends on changed."""
 
     def group_id(self, key: str) -> str:
         """The ID of the group with this key: a pure function of the key and the config."""
         return self._key_ids("/" + (key if self._keyed else self._single_key))
 
-    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
+    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         skipped: dict[str, Skipped] = {}
         unreadable: set[str] = set()
         real_dirs: dict[str, str] = {}
         previous = listed.devices
+        real_bases = tuple(os.path.realpath(member.base) for member in self._members)
+        cache = self._cache
+        # What was learnt about a path depends on its member's resolved directory too.
+        cache.begin(changed if real_bases == self._real_bases else None)
+        self._real_bases = real_bases
         # key -> member index -> matches; members without {key} under the key "".
         found: dict[str, dict[int, list[_Match]]] = defaultdict(lambda: defaultdict(list))
-        seen: set[tuple[int, str]] = set()
         for index, member in enumerate(self._members):
             watch_pattern(member.pattern, dirs, self._dir_readable, unreadable)
-            real_base = os.path.realpath(member.base)
-            for matched in sorted(globlib.glob(member.pattern)):
-                if (index, matched) in seen:
+            real_base = real_bases[index]
+            for matched in cache.matched(index):
+                key, match = cache.lookup(
+                    (index, matched),
+                    matched,
+                    partial(self._look_at, matched, member, real_base, real_dirs),
+                )
+                if key is None or match is None:
                     continue
-                seen.add((index, matched))
-                key = member.key_of(matched)
-                if key is None:
-                    continue
-                if why := name_problem(matched):
-                    skipped[matched] = Skipped("bad_name", printable_path(matched), why)
-                    continue
-                match = self._examine(matched, member, real_base, real_dirs, skipped)
-                if match is None:
+                if isinstance(match, Skipped):
+                    skipped[matched] = match
                     continue
                 match_result, link_dir = match
                 if link_dir is not None:
@@ -222,11 +187,30 @@ class GlobGroupScan:
         keys = sorted(found) if self._keyed else [""]
         devices: dict[str, Device] = {}
         owners: dict[DeviceIdentity, tuple[str, str]] = {}
+        memo: dict[str, _Memo] = {}
+        shared_matches = tuple((i, tuple(ms)) for i, ms in shared.items())
         for key in keys:
             by_member = found.get(key, {})
-            device = self._group_device(
-                key, by_member, shared, claimants, owners, previous, skipped
+            identities = [m.identity for ms in by_member.values() for m in ms]
+            # Everything the group's device depends on: its matches (the same objects while
+            # their paths are unchanged), the shared ones, who may and who does own its nodes.
+            inputs = (
+                tuple((i, tuple(ms)) for i, ms in by_member.items()),
+                shared_matches,
+                tuple(claimants.get(i) for i in identities),
+                tuple(owners.get(i) for i in identities),
             )
+            known = self._memo.get(key)
+            if known is not None and known.inputs == inputs and self.config.numa_node_file is None:
+                outcome = known
+            else:
+                outcome = _Memo(
+                    inputs, *self._group_device(key, by_member, shared, claimants, owners, previous)
+                )
+            memo[key] = outcome
+            skipped.update(outcome.skipped)
+            owners.update(outcome.claims)
+            device = outcome.device
             if device is None:
                 continue
             if device.id in devices:  # only if two keys' hashes collide
@@ -237,22 +221,37 @@ class GlobGroupScan:
                 )
                 continue
             devices[device.id] = device
+        cache.end()
+        self._memo = memo
         return ScanResult(
             devices,
             tuple(skipped.values()),
             notices=scan_notices(bool(devices), self._patterns, unreadable),
         )
 
+    @classmethod
+    def _look_at(
+        cls, matched: str, member: GroupMember, real_base: str, real_dirs: dict[str, str]
+    ) -> tuple[tuple[str | None, _Looked], str | None, bool]:
+        """A matched path's group key (None: not of this member's form) and what it is, for
+        `MatchCache.lookup` (a bad name stays bad; a dangling link or a refused mount may
+        not)."""
+        key = member.key_of(matched)
+        if key is None:
+            return (None, None), None, True
+        if why := name_problem(matched):
+            return (key, Skipped("bad_name", printable_path(matched), why)), None, True
+        looked = cls._examine(matched, member, real_base, real_dirs)
+        if isinstance(looked, Skipped):
+            return (key, looked), None, False
+        return (key, looked), looked[0].real_path if looked else None, looked is not None
+
     @staticmethod
     def _examine(
-        matched: str,
-        member: _Member,
-        real_base: str,
-        real_dirs: dict[str, str],
-        skipped: dict[str, Skipped],
-    ) -> tuple[_Match, str | None] | None:
+        matched: str, member: GroupMember, real_base: str, real_dirs: dict[str, str]
+    ) -> tuple[_Match, str | None] | Skipped | None:
         """A matched path as a node or a directory (and the directory a symlink leads into),
-        or None (gone, or skipped with why).
+        why it is skipped, or None (gone since the glob).
 
         Resolved before grouping: a path that reaches its target through any symlink below
         the member's fixed directory (the leaf or a directory on the way) is a link, so it
@@ -262,8 +261,7 @@ class GlobGroupScan:
         bind-mount the host's root or anything else into the container."""
         result = examine(matched, real_dirs)
         if isinstance(result, Skipped):
-            skipped[matched] = result
-            return None
+            return result
         if result is not None:
             real_path, identity, directory = result.real_path, result.identity, False
             link_dir = result.link_dir
@@ -278,13 +276,12 @@ class GlobGroupScan:
         if (directory or member.config.mount) and (
             real_path == "/" or not real_path.startswith(real_base.rstrip("/") + "/")
         ):
-            skipped[matched] = Skipped(
+            return Skipped(
                 UNSAFE_MOUNT,
                 printable_path(matched),
                 f"not mounted: its real path {printable_path(real_path)} is "
                 + ("/" if real_path == "/" else f"outside {printable_path(real_base)}"),
             )
-            return None
         return _Match(matched, real_path, directory, identity, link), link_dir
 
     def _group_device(
@@ -295,9 +292,9 @@ class GlobGroupScan:
         claimants: dict[DeviceIdentity, frozenset[str]],
         owners: dict[DeviceIdentity, tuple[str, str]],
         previous: Mapping[str, Device],
-        skipped: dict[str, Skipped],
-    ) -> Device | None:
-        """The device of one group, or None while a required member is missing.
+    ) -> tuple[Device | None, tuple[tuple[str, Skipped], ...], tuple[_Claim, ...]]:
+        """The device of one group (None while a required member is missing), what it
+        leaves out, and the nodes it claims: a pure function of its arguments.
 
         `claimants`: the keys that may own each node (`_claimants`); a keyed path to a node
         this key may not own is left out. `owners`: which group's path each physical node
@@ -342,17 +339,17 @@ class GlobGroupScan:
                 kept += 1
             if not kept and not member.config.optional:
                 missing.append(member.config.path)
+        skipped = [(duplicate.subject, duplicate) for duplicate in duplicates]
         if not chosen:
-            skipped.update((duplicate.subject, duplicate) for duplicate in duplicates)
-            return None
+            return None, tuple(skipped), ()
         first_path = chosen[0][1].matched
         if missing:
-            skipped[f"group {key}"] = Skipped(
+            incomplete = Skipped(
                 INCOMPLETE,
                 printable_path(f"group {key}" if self._keyed else first_path),
                 f"not listed: no path for {', '.join(missing)}",
             )
-            return None
+            return None, ((f"group {key}", incomplete),), ()
         nodes: list[DeviceNode] = []
         mounts: list[DeviceMount] = []
         for config, match in chosen:
@@ -377,39 +374,25 @@ class GlobGroupScan:
                         match.real_path, container, config.permissions, config.optional, every_group
                     )
                 )
-        for duplicate in duplicates:
-            skipped[duplicate.subject] = duplicate
         if collision := _collision(nodes, mounts):
-            skipped[f"group {key}"] = Skipped(
+            refused = Skipped(
                 PATH_COLLISION,
                 printable_path(f"group {key}" if self._keyed else first_path),
                 f"not listed: {collision}",
             )
-            return None
-        for config, match in chosen:
-            if GROUP_KEY in config.path:
-                owners[match.identity] = (key, match.matched)
+            return None, (*skipped, (f"group {key}", refused)), ()
+        claims = tuple(
+            (match.identity, (key, match.matched))
+            for config, match in chosen
+            if GROUP_KEY in config.path
+        )
         device_id = self.group_id(key)
-        numa = numa_node(self.config, self._files, first_path, skipped)
+        numa_skipped: dict[str, Skipped] = {}
+        numa = numa_node(self.config, self._files, first_path, numa_skipped)
         device = Device(
             id=device_id, nodes=tuple(nodes), numa=numa, mounts=tuple(mounts), path=first_path
         )
         known = previous.get(device_id)
         if known is not None and known == device:
-            return known  # unchanged: keep the same object (cheap comparison of the lists)
-        return device
-
-
-class GlobGroupDriver(ScanLoop[GlobGroupScan]):
-    """The glob driver with `glob.group`: the scan loop running a `GlobGroupScan`."""
-
-    def __init__(
-        self,
-        config: GlobDriverConfig,
-        deps: DriverDeps,
-        *,
-        dir_readable: Callable[[str], bool] = dir_readable,
-        scan_timeout: float = SCAN_TIMEOUT,
-    ) -> None:
-        scanner = GlobGroupScan(config, deps.files, dir_readable=dir_readable)
-        super().__init__(scanner, glob_settings(config, scan_timeout), deps)
+            device = known  # unchanged: keep the same object (cheap comparison of the lists)
+        return device, (*skipped, *numa_skipped.items()), claims

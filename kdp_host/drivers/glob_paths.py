@@ -13,13 +13,14 @@ a second node for its device number, whatever its path, never renames it.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob as globlib
 import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Generic, NamedTuple, TypeVar
 
 from .. import rules
 from .base import Skipped
@@ -211,3 +212,109 @@ def examine(path: str, real_dirs: dict[str, str]) -> Found | Skipped | None:
     else:
         identity = ("path", real_path)
     return Found(real_path, identity, link_dir)
+
+
+T = TypeVar("T")
+
+
+def _leaf_pattern(pattern: str) -> tuple[str, str] | None:
+    """(directory, leaf) of a pattern whose only wildcards are in its last component, the
+    case a change named by the watcher can be applied to directly; else None."""
+    directory, leaf = os.path.split(pattern)
+    if rules.GLOB_MAGIC.search(directory) or os.path.normpath(pattern) != pattern:
+        return None  # (a path spelt with `//` or `.` is listed as spelt, not as named)
+    return directory, leaf
+
+
+def _leaf_matches(leaf: str, name: str) -> bool:
+    """What glob.glob lists in a directory: names matching `leaf`, hidden ones only when
+    `leaf` starts with a dot."""
+    if name.startswith(".") and not leaf.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, leaf)
+
+
+class MatchCache(Generic[T]):
+    """What a scan learnt about each matched path, kept for the next scan, so that a scan
+    told which paths changed (the watcher's names) looks again only at those: O(changed)
+    system calls instead of one listing and a few per path.
+
+    A kept answer is reused while neither the path nor its real path, nor a directory above
+    either, was named as changed; anything else is looked at again. The listing of a
+    pattern whose wildcards are all in its last component is the last listing with the
+    named entries of its directory added or removed; other patterns are listed again.
+    Without a change set (None: the first scan, a safety-net rescan) nothing is reused.
+    Used by one scan at a time (the scan loop never runs two at once).
+    """
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self._patterns = tuple(patterns)
+        self._leaves = tuple(_leaf_pattern(p) for p in self._patterns)
+        self._listed: list[list[str] | None] = [None] * len(self._patterns)
+        self._kept: dict[Hashable, tuple[T, str | None]] = {}
+        self._seen: dict[Hashable, tuple[T, str | None]] = {}
+        self._changed: frozenset[str] | None = None
+        self._below: tuple[str, ...] = ()
+
+    def begin(self, changed: frozenset[str] | None) -> None:
+        self._changed = changed
+        self._below = tuple(path.rstrip("/") + "/" for path in changed or ())
+        """Everything below a changed path (a directory replaced) changed too."""
+        self._seen = {}
+        if changed is None:
+            self._kept = {}
+            self._listed = [None] * len(self._patterns)
+
+    def end(self) -> None:
+        """Keep what this scan saw (and only that) for the next."""
+        self._kept, self._seen = self._seen, {}
+
+    def matched(self, index: int) -> list[str]:
+        """The paths pattern `index` matches now, in sorted order."""
+        pattern = self._patterns[index]
+        listed = self._listed[index]
+        leaf = self._leaves[index]
+        changed = self._changed
+        if listed is None or leaf is None or changed is None:
+            listed = sorted(globlib.glob(pattern))
+        else:
+            directory, name_pattern = leaf
+            named = [
+                path
+                for path in changed
+                if os.path.dirname(path) == directory
+                and _leaf_matches(name_pattern, os.path.basename(path))
+            ]
+            if named:
+                paths = set(listed)
+                for path in named:
+                    if os.path.lexists(path):
+                        paths.add(path)
+                    else:
+                        paths.discard(path)
+                listed = sorted(paths)
+        self._listed[index] = listed
+        return listed
+
+    def lookup(self, key: Hashable, path: str, look: Callable[[], tuple[T, str | None, bool]]) -> T:
+        """What `key` (a matched `path`) is: the answer kept from the last scan if neither
+        the path nor the real path it had changed, else `look()`'s: (the answer, the real
+        path it depends on, whether it may be kept: a dangling link may not)."""
+        kept = self._kept.get(key)
+        if (
+            kept is not None
+            and not self._touched(path)
+            and (kept[1] is None or not self._touched(kept[1]))
+        ):
+            self._seen[key] = kept
+            return kept[0]
+        value, real_path, keep = look()
+        if keep:
+            self._seen[key] = (value, real_path)
+        return value
+
+    def _touched(self, path: str) -> bool:
+        changed = self._changed
+        if changed is None:
+            return True
+        return path in changed or path.startswith(self._below)

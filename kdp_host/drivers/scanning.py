@@ -24,6 +24,8 @@ change that answer (`DirWatch.watch`). Everything else lives here, once:
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -36,6 +38,9 @@ from .base import DriverDeps, DriverError, Notifier, Skipped
 
 FAILURE_THRESHOLD = 3
 """Failed scans in a row (an I/O error, a scan that hangs) before every device is Unhealthy."""
+MAX_NAMED_CHANGES = 4096
+"""Changed paths remembered between two scans; past this (a flood of events) the next scan
+looks at everything instead (bounded memory, and a full scan is cheaper by then)."""
 RESCAN_JITTER = 0.1
 """Spread the safety-net rescans of many resources instead of running them all at once."""
 RECENT_CHANGE = 2.0
@@ -101,9 +106,15 @@ class DirWatch:
 class Scanner(Protocol):
     """A watching driver's own part: one look at the file system."""
 
-    def scan(self, listed: Listed, dirs: DirWatch) -> ScanResult:
+    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         """Every device present now. Blocking (runs off the loop); reads `listed` only.
-        Raises DriverError or OSError."""
+
+        `changed`: the paths the watcher named as changed since the last successful scan
+        (an entry created, removed or changed in a watched directory), or None when
+        anything may have changed (the first scan, a safety-net rescan, a watch that could
+        not say what changed, a failed or stuck scan before). A scanner may look again only
+        at what those paths can affect and reuse the rest of its last answer (O(changed)),
+        or ignore them. Raises DriverError or OSError."""
         ...
 
 
@@ -228,6 +239,8 @@ class ScanLoop(Generic[S]):
         """The directories subscribed to now (set on the loop, read by the scan thread)."""
         self._subscriptions: dict[str, Subscription] = {}
         self._wake = asyncio.Event()
+        self._changes: set[str] | None = None
+        """Paths the watcher named since the last scan began (None: unknown, look at all)."""
         self._notices: tuple[Notice, ...] | None = None
 
     async def scan(self) -> list[Device]:
@@ -240,18 +253,23 @@ class ScanLoop(Generic[S]):
             )
         return sorted(result.devices.values(), key=lambda d: d.id)
 
-    async def scan_once(self) -> ScanResult:
+    async def scan_once(self, *, incremental: bool = False) -> ScanResult:
         """One scan off the loop, bounded by the scan timeout; a scan still stuck from last
-        time is waited for again rather than started twice. Raises DriverError."""
+        time is waited for again rather than started twice. With `incremental`, the scanner
+        is told which paths the watcher named since the last scan. Raises DriverError."""
         timeout = self.settings.scan_timeout
         waited = ""
         if self._pending is None:
             listed, watched = self.tracker.listed, self._watched
+            changes = self._changes if incremental else None
+            changed = frozenset(changes) if changes is not None else None
+            self._changes = set()
             self._pending = asyncio.ensure_future(
-                self._deps.offload.run(lambda: self._scan_sync(listed, watched))
+                self._deps.offload.run(lambda: self._scan_sync(listed, watched, changed))
             )
             self._pending_since = self._deps.clock()
         else:
+            self._changes = None  # what the stuck scan saw is unknown: look at all next time
             age = self._deps.clock() - self._pending_since
             waited = f"; the scan started {age:.3g}s ago is still stuck"
         pending = self._pending
@@ -264,18 +282,22 @@ class ScanLoop(Generic[S]):
             ) from None
         except OSError as exc:
             self._pending = None
+            self._changes = None
             raise DriverError("io", f"scan failed: {exc}") from None
         except DriverError:
             self._pending = None
+            self._changes = None
             raise
         self._pending = None
         self._wanted = frozenset(dirs.wanted)
         self._signatures = dirs.signatures
         return result
 
-    def _scan_sync(self, listed: Listed, watched: frozenset[str]) -> tuple[ScanResult, DirWatch]:
+    def _scan_sync(
+        self, listed: Listed, watched: frozenset[str], changed: frozenset[str] | None
+    ) -> tuple[ScanResult, DirWatch]:
         dirs = DirWatch(watched)
-        return self.scanner.scan(listed, dirs), dirs
+        return self.scanner.scan(listed, dirs, changed), dirs
 
     def unchanged_since_scan(self) -> bool:
         """Whether no watched directory changed since the last scan began (so a rescan
@@ -293,13 +315,16 @@ class ScanLoop(Generic[S]):
                 return False
         return True
 
-    async def step(self, notifier: Notifier, *, rescan: bool = True) -> float | None:
-        """Scan (with `rescan` False: only merge the last scan again, for grace periods) and
-        report; returns when the next grace period ends. What `run` does each time it wakes."""
+    async def step(
+        self, notifier: Notifier, *, rescan: bool = True, incremental: bool = False
+    ) -> float | None:
+        """Scan (with `rescan` False: only merge the last scan again, for grace periods;
+        with `incremental`, telling the scanner what the watcher named) and report; returns
+        when the next grace period ends. What `run` does each time it wakes."""
         if rescan or self._last is None:
             started = self._deps.clock()
             try:
-                self._last = await self.scan_once()
+                self._last = await self.scan_once(incremental=incremental)
             except DriverError as exc:
                 notifier.failure(exc)
                 self._last = None
@@ -323,12 +348,20 @@ class ScanLoop(Generic[S]):
         subscriptions = self._subscriptions
         wanted = self._wanted
         for directory in wanted - subscriptions.keys():
-            subscriptions[directory] = self._deps.watcher.subscribe(directory, self._changed)
+            subscriptions[directory] = self._deps.watcher.subscribe(
+                directory, functools.partial(self._changed, directory)
+            )
         for directory in subscriptions.keys() - wanted:
             subscriptions.pop(directory).cancel()
         self._watched = wanted
 
-    def _changed(self, _name: str | None) -> None:
+    def _changed(self, directory: str, name: str | None) -> None:
+        changes = self._changes
+        if changes is not None:
+            if name is None or len(changes) >= MAX_NAMED_CHANGES:
+                self._changes = None  # anything (or too much to list) changed: look at all
+            else:
+                changes.add(os.path.join(directory, name))
         self._wake.set()
 
     async def run(self, notifier: Notifier) -> None:
@@ -350,7 +383,7 @@ class ScanLoop(Generic[S]):
                     or not await self._deps.offload.run(self.unchanged_since_scan)
                 )
                 unchanged_runs = 0 if rescan else unchanged_runs + 1
-                next_expiry = await self.step(notifier, rescan=rescan)
+                next_expiry = await self.step(notifier, rescan=rescan, incremental=woken)
                 woken = await wait_for_change(
                     wake, settings.rescan_interval, next_expiry, self._deps.clock
                 )

@@ -1,0 +1,123 @@
+"""Glob scans told what changed (the watcher's names) look again only at that, and always
+find what a full scan finds: random trees of nodes, links, dangling links and directory
+links, changed one step at a time, compared with a fresh scan after every step."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from kdp_host.config import GlobDriverConfig, GlobGroupMemberConfig
+from kdp_host.drivers.glob import GlobScan
+from kdp_host.drivers.glob_groups import GlobGroupScan
+from kdp_host.drivers.scanning import DirWatch, Listed, ScanResult
+from kdp_host.files import FileReader
+
+NAMES = ("a0", "a1", "a2", "b0", "x0_user", "x1_user", "x0_c2h", "x1_c2h")
+Step = tuple[str, str, str]
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["file", "remove", "link", "dangling", "dirlink", "retarget", "unlink_dir"]
+        ),
+        st.sampled_from(NAMES),
+        st.sampled_from(NAMES),
+    ),
+    max_size=25,
+)
+
+
+def apply(root: Path, step: Step) -> set[str]:
+    """Do one step in `root/dev` (links may point into `root/real`); returns the paths the
+    watcher would name."""
+    op, name, target = step
+    dev, real = root / "dev", root / "real"
+    path = dev / name
+    named = {str(path)}
+    if op == "retarget":  # a symlink replaced at once: to `real` if it led to `dev`, or back
+        if path.is_symlink():
+            before = os.readlink(path)
+            path.unlink()
+            path.symlink_to(real if before == str(dev) else dev)
+        return named
+    if op == "remove":
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+    elif os.path.lexists(path):
+        return set()
+    elif op == "file":
+        path.touch()
+    elif op == "link":
+        (real / target).touch()
+        named.add(str(real / target))
+        path.symlink_to(real / target)
+    elif op == "dangling":
+        path.symlink_to(real / f"gone-{target}")
+    elif op == "dirlink":
+        path.symlink_to(dev)
+    elif op == "unlink_dir" and (real / target).exists():
+        (real / target).unlink()
+        named.add(str(real / target))
+    return named
+
+
+def outcome(result: ScanResult) -> tuple[object, ...]:
+    return (
+        {i: (d.healthy, d.nodes, d.mounts, d.path) for i, d in result.devices.items()},
+        sorted((s.reason, s.subject) for s in result.skipped),
+    )
+
+
+def run_steps(make: object, patterns: object, chosen: list[Step]) -> None:
+    root = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        (root / "dev").mkdir()
+        (root / "real").mkdir()
+        (root / "real" / "a1").touch()
+        incremental = make(root)  # type: ignore[operator]
+        listed = Listed()
+        incremental.scan(listed, DirWatch(), None)
+        for step in chosen:
+            named = apply(root, step)
+            result = incremental.scan(listed, DirWatch(), frozenset(named))
+            fresh = make(root).scan(Listed(), DirWatch(), None)  # type: ignore[operator]
+            assert outcome(result) == outcome(fresh), step
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+REPLACED_DIR_LINK = [("file", "a1", "a1"), ("dirlink", "b0", "a1"), ("retarget", "b0", "a1")]
+"""`dev/b0/a1` reaches `dev/a1`, then (b0 replaced at once) `real/a1`: only `dev/b0` is named."""
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps)
+@example(REPLACED_DIR_LINK)
+def test_an_incremental_glob_scan_finds_what_a_full_scan_finds(chosen: list[Step]) -> None:
+    def make(root: Path) -> GlobScan:
+        config = GlobDriverConfig(paths=(f"{root}/dev/a*", f"{root}/dev/*0", f"{root}/dev/*/a1"))
+        return GlobScan(config, FileReader())
+
+    run_steps(make, None, chosen)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps)
+@example(REPLACED_DIR_LINK)
+def test_an_incremental_group_scan_finds_what_a_full_scan_finds(chosen: list[Step]) -> None:
+    def make(root: Path) -> GlobGroupScan:
+        members = (
+            GlobGroupMemberConfig(path=f"{root}/dev/x{{key}}_user"),
+            GlobGroupMemberConfig(path=f"{root}/dev/x{{key}}_c2h", optional=True),
+            GlobGroupMemberConfig(path=f"{root}/dev/a{{key}}", optional=True),
+        )
+        return GlobGroupScan(GlobDriverConfig(group=members), FileReader())
+
+    run_steps(make, None, chosen)

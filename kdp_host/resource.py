@@ -40,7 +40,6 @@ from .metrics import Metrics
 from .ownership import OwnedTable, OwnershipIndex
 from .podresources import Holdings, PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
-from .protocol.endpoint import socket_name
 from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
 from .protocol.registration import (
     KUBELET_SOCKET,
@@ -54,6 +53,7 @@ from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
 from .release import ReleaseTracker
 from .release_state import ReleaseStateStore
+from .rules import socket_name
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0

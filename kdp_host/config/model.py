@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
-from ..protocol.endpoint import SOCKET_NAME_MIN_LENGTH
 from ..rules import (
     ENV_NAME_PATTERN,
     GLOB_MAGIC,
     MAX_ALLOCATE_TIMEOUT,
     MAX_NUMA_NODE,
     MAX_PRE_START_TIMEOUT,
+    SOCKET_NAME_MIN_LENGTH,
     absolute_path_problem,
     annotation_key_problem,
     cdi_kind_problem,

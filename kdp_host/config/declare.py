@@ -51,6 +51,8 @@ class Invalid:
 
 INVALID: Final = Invalid()
 
+RESTART_NOTE: Final = "Needs a restart to change."
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -425,10 +427,18 @@ class Key:
     """The default as written in YAML (None: optional with no value; MISSING: required)."""
     default_doc: str | None
     """README's default column when the default is not a literal (`the matched path`)."""
+    restart: bool = False
+    """A running host applies a change of this key only after a restart: a live reload that
+    changes it is refused (`restart_keys`, reload.py)."""
 
     @property
     def required(self) -> bool:
         return self.yaml_default is MISSING
+
+    @property
+    def full_doc(self) -> str:
+        """The doc as the schema and README show it: with the restart note of a restart key."""
+        return f"{self.doc} {RESTART_NOTE}" if self.restart else self.doc
 
 
 @dataclass(frozen=True)
@@ -448,14 +458,16 @@ def key(
     default: Any = MISSING,
     factory: Callable[[], Any] | None = None,
     default_doc: str | None = None,
+    restart: bool = False,
 ) -> Any:
     """Declare a dataclass field as the YAML key `name`.
 
     `default` is written in YAML form and converted by `kind` (so `default="1m"` gives
     60.0); None means optional without a value. `factory` builds the default of a section
     (`allocate:` absent is an empty AllocateConfig). With neither, the key is required.
+    `restart`: only a restart applies a change (a live reload is refused).
     """
-    declaration = Key(name, kind, doc, MISSING if factory is None else {}, default_doc)
+    declaration = Key(name, kind, doc, MISSING if factory is None else {}, default_doc, restart)
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={DECLARATION: declaration})
     if default is MISSING:
@@ -591,8 +603,8 @@ def section_schema(cls: type[Any]) -> dict[str, Any]:
             one_of_groups.append(list(declaration.options))
             continue
         prop = declaration.kind.schema()
-        if declaration.doc:
-            prop["description"] = declaration.doc
+        if declaration.full_doc:
+            prop["description"] = declaration.full_doc
         if (default := _yaml_default(declaration)) is not MISSING:
             prop["default"] = default
         properties[declaration.name] = prop
@@ -623,6 +635,20 @@ def declared_kinds(cls: type[Any], prefix: str = "") -> Iterator[tuple[str, Kind
             kind, path = kind.item, path + "[]"
         if isinstance(kind, Section):
             yield from declared_kinds(kind.cls, path + ".")
+
+
+def restart_keys(cls: type[Any], prefix: str = "") -> Iterator[tuple[str, tuple[str, ...]]]:
+    """Every key of `cls` and its nested sections declared `restart=True`: its path
+    (`kubelet.socketDir`) and the attribute names that reach its value from a `cls`."""
+    for field, declaration in declarations(cls):
+        if not isinstance(declaration, Key):
+            continue
+        path = prefix + declaration.name
+        if declaration.restart:
+            yield path, (field.name,)
+        if isinstance(declaration.kind, Section):
+            for inner, attributes in restart_keys(declaration.kind.cls, path + "."):
+                yield inner, (field.name, *attributes)
 
 
 def key_paths(cls: type[Any], prefix: str = "") -> Iterator[str]:
@@ -658,8 +684,8 @@ def rows(
         nested = kind.item if isinstance(kind, ListOf) else kind
         if isinstance(nested, Section) and nested.cls not in own_tables:
             suffix = "[]." if isinstance(kind, ListOf) else "."
-            if declaration.doc:
-                yield f"`{path}`", default_text(declaration), declaration.doc
+            if declaration.full_doc:
+                yield f"`{path}`", default_text(declaration), declaration.full_doc
             yield from rows(nested.cls, path + suffix, own_tables)
             continue
-        yield f"`{path}`", default_text(declaration), declaration.doc
+        yield f"`{path}`", default_text(declaration), declaration.full_doc

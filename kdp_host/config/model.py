@@ -934,8 +934,9 @@ class KubeletConfig:
         "socketDir",
         AbsolutePath(rule=_socket_dir_problem),
         "The kubelet's device-plugin directory (where `kubelet.sock` is). kdp-host waits for "
-        "it if it does not exist yet. Needs a restart to change.",
+        "it if it does not exist yet.",
         default="/var/lib/kubelet/device-plugins",
+        restart=True,
     )
     registration: RegistrationMode = key(
         "registration",
@@ -943,33 +944,35 @@ class KubeletConfig:
         "How resources register: `deviceSocket` (serve in `socketDir`, call Register on "
         "`kubelet.sock`, register again after a kubelet restart) or `pluginsRegistry` (serve "
         "in `pluginsRegistryDir`, where the kubelet's plugin watcher finds and registers them, "
-        "also after its restarts). See [Registration modes](#registration-modes). Needs a "
-        "restart to change.",
+        "also after its restarts). See [Registration modes](#registration-modes).",
         default="deviceSocket",
+        restart=True,
     )
     plugins_registry_dir: str = key(
         "pluginsRegistryDir",
         AbsolutePath(rule=_socket_dir_problem),
         "The kubelet's plugin-watcher directory, used with `registration: pluginsRegistry`. "
-        "kdp-host waits for it if it does not exist yet. Needs a restart to change.",
+        "kdp-host waits for it if it does not exist yet.",
         default="/var/lib/kubelet/plugins_registry",
+        restart=True,
     )
     pod_resources_socket: str = key(
         "podResourcesSocket",
         AbsolutePath(rule=socket_path_problem),
         "The kubelet's PodResources socket: who holds each device (`kdp-host status`, "
         "`/devices`, `release`). Missing or refusing: logged and counted, everything else "
-        "works. Needs a restart to change.",
+        "works.",
         default="/var/lib/kubelet/pod-resources/kubelet.sock",
+        restart=True,
     )
     pod_resources_interval: float = key(
         "podResourcesInterval",
         Duration(0.0),
         "How often PodResources is asked (one List call). The kubelet allows 100 calls/s "
         "(burst 10) for all its clients together; kdp-host backs off when refused. `0s` "
-        f"turns polling off; otherwise at least {MIN_POD_RESOURCES_INTERVAL:g}s. Needs a "
-        "restart to change.",
+        f"turns polling off; otherwise at least {MIN_POD_RESOURCES_INTERVAL:g}s.",
         default="5s",
+        restart=True,
     )
 
     @property
@@ -1001,17 +1004,18 @@ class MetricsConfig:
     listen: str = key(
         "listen",
         Text(rule=_listen_problem, extra_schema={"pattern": "^.*:[0-9]{1,5}$"}),
-        "`host:port` of `/metrics`, `/healthz`, `/readyz`, `/devices`. Needs a restart to change.",
+        "`host:port` of `/metrics`, `/healthz`, `/readyz`, `/devices`.",
         default="0.0.0.0:9410",
+        restart=True,
     )
     histograms: HistogramMode = key(
         "histograms",
         Choice(HISTOGRAM_MODES),
         "The three latency histograms: `perResource` (15 series each per resource from its "
         "first observation, up to 45 per resource), `host` (one set for the whole host, no "
-        "`resource` label: at most 45 series whatever the number of resources), or `off`. "
-        "Needs a restart to change.",
+        "`resource` label: at most 45 series whatever the number of resources), or `off`.",
         default=DEFAULT_HISTOGRAM_MODE,
+        restart=True,
     )
     holders: bool = key(
         "holders",
@@ -1019,16 +1023,16 @@ class MetricsConfig:
         "Also export `kdp_device_holder_info{resource, device, namespace, pod, container}` "
         "(value 1) for every device a container holds, to join device metrics with pods in "
         "PromQL. Off by default: it is one series per (device, container), and every new pod "
-        "makes new ones, so the series count follows pod churn, not the hardware. Needs a "
-        "restart to change.",
+        "makes new ones, so the series count follows pod churn, not the hardware.",
         default=False,
+        restart=True,
     )
     devices: bool = key(
         "devices",
         Boolean(),
-        "Serve `/devices` (device IDs and the pods holding them, for `kdp-host status`). "
-        "Needs a restart to change.",
+        "Serve `/devices` (device IDs and the pods holding them, for `kdp-host status`).",
         default=True,
+        restart=True,
     )
 
     @property
@@ -1048,9 +1052,9 @@ class Config:
         "stateDir",
         AbsolutePath(),
         "Where kdp-host keeps what must outlive it: which devices of resources with `release` "
-        "were used and not released yet (a small file, `release-state.json`). Needs a "
-        "restart to change.",
+        "were used and not released yet (a small file, `release-state.json`).",
         default="/var/lib/kdp-host",
+        restart=True,
     )
     resources: tuple[ResourceConfig, ...] = key(
         "resources",

@@ -85,6 +85,21 @@ def _registered(kubelet, healthy: int = 1):  # type: ignore[no-untyped-def]
     return check
 
 
+async def real_host(  # type: ignore[no-untyped-def]
+    real_kubelet_factory, start_host, short_dir: Path, devices: Path, command: str, **options
+):
+    """The kubelet's real device manager and PodResources server, and a host with the FPGA
+    resource registered with it; returns (kubelet, running host)."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    running = await start_host(
+        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
+                  pod_resources=pod_resources, **options)
+    )  # fmt: skip
+    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    return kubelet, running
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -112,14 +127,9 @@ def test_release_config_defaults_and_bounds(short_dir: Path) -> None:
 async def test_a_pod_ends_and_its_device_is_released_with_its_ids_and_pod(
     real_kubelet_factory, short_dir: Path, devices: Path, start_host
 ) -> None:
-    pod_resources = short_dir / "pr"
-    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
-    command = release_script(short_dir)
-    running = await start_host(
-        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
-                  pod_resources=pod_resources)
-    )  # fmt: skip
-    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    kubelet, running = await real_host(
+        real_kubelet_factory, start_host, short_dir, devices, release_script(short_dir)
+    )
     assert kubelet.resource(FPGA)["options"]["pre_start_required"] is True
     first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
     assert first["error"] == ""
@@ -151,19 +161,40 @@ async def test_a_pod_ends_and_its_device_is_released_with_its_ids_and_pod(
     await wait_until(lambda: state().get(FPGA) is None, what="the state file says clean")
 
 
+async def test_a_kubelet_restart_in_between_changes_nothing(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """The kubelet restarts while p1 holds fpga0 (allocations come back from its checkpoint,
+    kdp-host registers again, no Allocate): p1's end is still seen and released, once."""
+    kubelet, running = await real_host(
+        real_kubelet_factory, start_host, short_dir, devices, release_script(short_dir)
+    )
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
+    await kubelet.acall(kubelet.restart)
+    await kubelet.await_for(_registered(kubelet), what="registered again")
+    assert release_lines(short_dir) == []
+    await kubelet.acall(kubelet.release, "p1")
+    await wait_until(lambda: len(release_lines(short_dir)) == 2, what="released")
+    assert release_lines(short_dir) == ["fpga0 default/p1/c start", "fpga0 default/p1/c done"]
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] == "" and len(release_lines(short_dir)) == 2  # clean: no release
+
+
 async def test_a_new_pod_on_a_device_not_yet_released_waits_for_the_release(
     real_kubelet_factory, short_dir: Path, devices: Path, start_host
 ) -> None:
     """The kubelet hands the freed device to the next pod before any poll saw it free: the
     plugin knows from the second Allocate, and PreStartContainer waits for the release."""
-    pod_resources = short_dir / "pr"
-    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
-    command = release_script(short_dir, sleep=1.0)
-    await start_host(
-        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
-                  pod_resources=pod_resources, interval="1h")
-    )  # fmt: skip
-    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    kubelet, _ = await real_host(
+        real_kubelet_factory,
+        start_host,
+        short_dir,
+        devices,
+        release_script(short_dir, sleep=1.0),
+        interval="1h",
+    )
     assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
     await kubelet.acall(kubelet.release, "p1")
     second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
@@ -176,14 +207,14 @@ async def test_a_new_pod_on_a_device_not_yet_released_waits_for_the_release(
 async def test_a_failed_release_makes_the_device_unhealthy_and_fails_the_next_start(
     real_kubelet_factory, short_dir: Path, devices: Path, start_host
 ) -> None:
-    pod_resources = short_dir / "pr"
-    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
-    command = release_script(short_dir, fail=True)
-    running = await start_host(
-        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
-                  pod_resources=pod_resources, interval="1h")
-    )  # fmt: skip
-    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    kubelet, running = await real_host(
+        real_kubelet_factory,
+        start_host,
+        short_dir,
+        devices,
+        release_script(short_dir, fail=True),
+        interval="1h",
+    )
     assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
     await kubelet.acall(kubelet.release, "p1")
     second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
@@ -240,21 +271,16 @@ async def test_the_real_kubelet_refusing_for_a_while_delays_but_never_loses_a_re
     """Another client floods the kubelet's PodResources (the kubelet's own client, 1,000
     calls/s against its 100/s limit): kdp-host is refused, backs off, keeps its last answer,
     and releases the ended pod's device once the flood is over."""
-    pod_resources = short_dir / "pr"
-    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
-    command = release_script(short_dir)
-    running = await start_host(
-        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
-                  pod_resources=pod_resources)
-    )  # fmt: skip
-    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    kubelet, running = await real_host(
+        real_kubelet_factory, start_host, short_dir, devices, release_script(short_dir)
+    )
     assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
     poller = running.host.pod_resources
     await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
     binary = harness_binary()
     assert binary is not None
     flood = await asyncio.create_subprocess_exec(
-        str(binary), "podresources-list", "--socket", str(pod_resources / "kubelet.sock"),
+        str(binary), "podresources-list", "--socket", str(short_dir / "pr" / "kubelet.sock"),
         "--repeat", "1000000", "--interval", "1ms",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip

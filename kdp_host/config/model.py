@@ -1,7 +1,7 @@
 """The config file, declared once: every key's type, default, constraints and doc.
 
 Each section of the file is a frozen dataclass below; each field that is a YAML key is
-declared with `key(yaml_name, kind, doc, default=...)` (see declare.py). From these
+declared with `key(yaml_name, kind, doc, default=...)` (see declare.py; kinds.py). From these
 declarations follow the loader (`read_section`: field path and line in every error, all
 errors of a file together), config/schema.json and the chart's values.schema.json, and the
 README's reference tables (`make schema` writes them; tests fail when they are stale), and
@@ -51,7 +51,8 @@ from ..rules import (
 from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
 from ..sysfs.model import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
 from ..sysfs.reader import DEFAULT_SCAN_TIMEOUT
-from .declare import (
+from .declare import Key, Section, declarations, key, one_of
+from .kinds import (
     INVALID,
     AbsolutePath,
     Argv,
@@ -59,20 +60,14 @@ from .declare import (
     Choice,
     Duration,
     Integer,
-    Key,
     Kind,
     ListOf,
     Reader,
-    Section,
     StringMap,
     Text,
-    declarations,
-    key,
-    one_of,
-    render_template,
-    template_fields,
 )
 from .source import FieldPath
+from .syntax import render_template, template_fields
 
 MAX_REPLICAS = 10_000
 ALLOCATE_TEMPLATE_FIELDS = frozenset({"ids", "paths", "count", "resource"})

@@ -34,7 +34,10 @@ from typing import Any, Literal
 
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
+    CDI_KIND_PATTERN,
     ENV_NAME_PATTERN,
+    EXTENDED_RESOURCE_NAME_NOT_PATTERN,
+    EXTENDED_RESOURCE_NAME_PATTERN,
     GLOB_MAGIC,
     MAX_ALLOCATE_TIMEOUT,
     MAX_NUMA_NODE,
@@ -623,9 +626,7 @@ class CdiConfig:
         "kind",
         Text(
             rule=cdi_kind_problem,
-            extra_schema={
-                "pattern": "^[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]/[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]$"
-            },
+            extra_schema={"pattern": CDI_KIND_PATTERN},
         ),
         "Return CDI device names `<kind>=<id>` instead of raw device nodes, and keep a CDI "
         "spec file current.",
@@ -854,9 +855,8 @@ class ResourceConfig:
             rule=extended_resource_name_problem,
             prefix="{value!r} is not a valid extended resource name: ",
             extra_schema={
-                "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?\\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?/"
-                "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
-                "not": {"pattern": "(^|\\.)kubernetes\\.io/|^requests\\."},
+                "pattern": EXTENDED_RESOURCE_NAME_PATTERN,
+                "not": {"pattern": EXTENDED_RESOURCE_NAME_NOT_PATTERN},
             },
         ),
         "An extended resource name, checked exactly as the kubelet does: `domain/name`, not "

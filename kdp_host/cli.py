@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import functools
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError, load_config
 from .devices import HEALTHY, UNHEALTHY, Device
+from .files import DaemonThreads, Offload
 from .logs import get_logger, quote_text, setup_logging
+from .node import NodeInfo, NodeLabelSource, NoLabels, local_node_name, select_for_node, selects
+from .sysfs.rootdisk import RootDisk, find_root_disk
 
 EXIT_OK = 0
 EXIT_DRIVER_FAILED = 1
@@ -50,16 +54,40 @@ def _load_or_report(path: Path) -> Config | None:
         return None
 
 
-async def _run(config: Config, config_path: Path) -> int:
+def _node_labels(node: str, offload: Offload) -> NodeLabelSource:
+    """The node's labels from the Kubernetes API (in-cluster), or why they cannot be read."""
+    from .kubeapi import ApiError, ApiServer, NodeLabelWatch
+
+    try:
+        api = ApiServer.in_cluster(os.environ)
+    except ApiError as exc:
+        return NoLabels(str(exc))
+    return NodeLabelWatch(api, node, get_logger().bind(component="kubeapi"), offload)
+
+
+async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
     from .host import Host
-    from .http import HealthState, HttpServer
+    from .http import HttpServer
     from .metrics import Metrics
     from .status import devices_document
 
     log = get_logger()
-    metrics = Metrics(histograms=config.metrics.histograms, holders=config.metrics.holders)
-    health = HealthState()
-    host = Host(config=config, metrics=metrics, log=log, config_path=config_path, health=health)
+    offload = DaemonThreads()
+    labels = _node_labels(node.name, offload)  # read only once an entry selects by label
+    try:
+        host = Host(
+            config=config,
+            offload=offload,
+            metrics=Metrics(histograms=config.metrics.histograms, holders=config.metrics.holders),
+            log=log,
+            config_path=config_path,
+            node=node,
+            node_labels=labels,
+        )
+    except ConfigError as exc:  # two entries of a name select this node
+        print(f"kdp-host: invalid config {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    metrics, health = host.metrics, host.health
     try:
         http = HttpServer(
             config.metrics.host,
@@ -92,7 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_INVALID
-    return _run_async(_run(config, args.config.absolute()), args.loop)
+    node = NodeInfo(args.node_name or local_node_name())
+    return _run_async(_run(config, args.config.absolute(), node), args.loop)
 
 
 @dataclass(frozen=True)
@@ -105,7 +134,8 @@ class CheckRow:
     device: Device | None = None
 
 
-async def _check(config: Config) -> list[CheckRow]:
+async def _check(config: Config, node: NodeInfo | None) -> list[CheckRow]:
+    """Scan every entry (or, for a node, the entries it serves)."""
     from .drivers import DriverDeps, DriverError, make_driver
     from .watch import PollingWatcher
 
@@ -113,6 +143,11 @@ async def _check(config: Config) -> list[CheckRow]:
     rows: list[CheckRow] = []
     for resource in config.resources:
         kind = resource.driver.kind
+        selected = True if node is None else selects(resource, node)
+        if not selected:
+            why = "selects by label: give --node-label" if selected is None else "another node's"
+            rows.append(CheckRow(resource.name, kind, f"(not scanned: {why})"))
+            continue
         deps = DriverDeps(log.bind(resource=resource.name), PollingWatcher(log))
         try:
             devices = await make_driver(resource.driver, deps).scan()
@@ -125,6 +160,18 @@ async def _check(config: Config) -> list[CheckRow]:
             CheckRow(resource.name, kind, device_cell(device), device=device) for device in devices
         )
     return rows
+
+
+def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
+    """A line for each device that would hand out the root filesystem's disk."""
+    return [
+        f"warning: {row.resource} hands out the root filesystem's disk: "
+        f"{quote_text(node.host_path)}"
+        for row in rows
+        if row.device is not None
+        for node in row.device.nodes
+        if root.holds(node.host_path)
+    ]
 
 
 def overlap_warnings(rows: list[CheckRow]) -> list[str]:
@@ -156,13 +203,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return EXIT_INVALID
-    rows = asyncio.run(_check(config))
-    print(f"{quote_text(args.config)}: valid, {len(config.resources)} resource(s)")
+    node = None
+    if args.node_name or args.node_label:
+        labels = dict(label.partition("=")[::2] for label in args.node_label)
+        node = NodeInfo(args.node_name or local_node_name(), labels if labels else None)
+        try:
+            select_for_node(config, node)
+        except ConfigError as exc:
+            print(f"kdp-host: invalid config {exc}", file=sys.stderr)
+            return EXIT_INVALID
+    rows = asyncio.run(_check(config, node))
+    where = "" if node is None else f" (node {quote_text(node.name)})"
+    print(f"{quote_text(args.config)}: valid, {len(config.resources)} resource(s){where}")
     width = max((len(r.resource) for r in rows), default=8)
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
     for row in rows:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
     for warning in overlap_warnings(rows):
+        print(warning, file=sys.stderr)
+    for warning in root_disk_warnings(rows, find_root_disk(args.root_fs, args.sysfs_root)):
         print(warning, file=sys.stderr)
     failed = sorted({row.resource for row in rows if row.failed})
     if failed and not args.allow_driver_errors:
@@ -268,14 +327,36 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     config_help = "the YAML config file"
+    node_help = "this node's name for nodeSelector.names (default: $NODE_NAME, else the host name)"
     run = add("run", cmd_run, "Serve the configured resources to the kubelet.")
     run.add_argument("--config", type=Path, required=True, help=config_help)
+    run.add_argument("--node-name", default="", help=node_help)
     check = add("check", cmd_check, "Validate a config and list the devices found now.")
     check.add_argument("--config", type=Path, required=True, help=config_help)
+    check.add_argument(
+        "--node-name", default="", help="show what this node serves (nodeSelector.names)"
+    )
+    check.add_argument(
+        "--node-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of that node, for nodeSelector.labels (repeat for each)",
+    )
     check.add_argument(
         "--allow-driver-errors",
         action="store_true",
         help="exit 0 when the file is valid even if a driver fails its scan (default: exit 1)",
+    )
+    check.add_argument(
+        "--root-fs",
+        default="/",
+        metavar="PATH",
+        help="a path on the host's root filesystem, whose disk `check` warns about handing "
+        "out (default: /; in a container, a hostPath mount of the host's /)",
+    )
+    check.add_argument(
+        "--sysfs-root", default="/sys", help="where the host's sysfs is (default: /sys)"
     )
     discover = add(
         "discover", cmd_discover, "List USB and PCI devices with a ready-to-paste sysfs entry each."

@@ -56,6 +56,9 @@ _LINE_KEYS = ("path", "numa")
 _DEVICE_KEYS = frozenset({"id", "health", "paths", "numa", "env", "mounts", "annotations"})
 _PATH_KEYS = frozenset({"hostPath", "containerPath"})
 _MOUNT_KEYS = frozenset({"hostPath", "containerPath", "readOnly"})
+_SHARED = "shared"
+"""A probe's path or mount every device passes on purpose (`/dev/vfio/vfio`): claimed shared
+in the host's ownership index (`DeviceNode.shared`), not a device of its own."""
 _EXTRAS_KEYS = frozenset({"env", "annotations", "mounts", "paths", "cdiDevices"})
 
 Format = Literal["lines", "json"]
@@ -253,15 +256,17 @@ def _json_string_map(
     return out
 
 
-def _nodes_from_json(value: Any) -> list[DeviceNode]:
-    """`paths`: strings (`/dev/x` or `/dev/x:/dev/y`) or {hostPath, containerPath?} objects."""
+def _nodes_from_json(value: Any, *, shared_ok: bool = False) -> list[DeviceNode]:
+    """`paths`: strings (`/dev/x` or `/dev/x:/dev/y`) or {hostPath, containerPath?} objects
+    (and `shared?` with `shared_ok`: a probe's device)."""
     nodes: list[DeviceNode] = []
+    keys = _PATH_KEYS | {_SHARED} if shared_ok else _PATH_KEYS
     for index, entry in enumerate(_json_list(value, "paths")):
         what = f"paths[{index}]"
         if isinstance(entry, str):
             node = node_from_spec(check_text(entry, what))
         else:
-            obj = _json_object(entry, what, _PATH_KEYS)
+            obj = _json_object(entry, what, keys)
             if "hostPath" not in obj:
                 raise Invalid(f"{what}: missing required key 'hostPath'")
             host = check_node_path(_json_string(obj["hostPath"], f"{what}.hostPath"), "host path")
@@ -270,22 +275,28 @@ def _nodes_from_json(value: Any) -> list[DeviceNode]:
                 container = check_node_path(
                     _json_string(obj["containerPath"], f"{what}.containerPath"), "container path"
                 )
-            node = DeviceNode(host, container)
+            node = DeviceNode(host, container, shared=_json_flag(obj, _SHARED, what, False))
         add_node(nodes, node)
     return nodes
 
 
-def _mounts_from_json(value: Any) -> list[DeviceMount]:
+def _json_flag(obj: dict[str, Any], key: str, what: str, default: bool) -> bool:
+    value = obj.get(key, default)
+    if not isinstance(value, bool):
+        raise Invalid(f"{what}.{key} must be true or false, got {_json_kind(value)}")
+    return value
+
+
+def _mounts_from_json(value: Any, *, shared_ok: bool = False) -> list[DeviceMount]:
     mounts: list[DeviceMount] = []
+    keys = _MOUNT_KEYS | {_SHARED} if shared_ok else _MOUNT_KEYS
     for index, entry in enumerate(_json_list(value, "mounts")):
         what = f"mounts[{index}]"
-        obj = _json_object(entry, what, _MOUNT_KEYS)
+        obj = _json_object(entry, what, keys)
         for key in ("hostPath", "containerPath"):
             if key not in obj:
                 raise Invalid(f"{what}: missing required key {key!r}")
-        read_only = obj.get("readOnly", True)
-        if not isinstance(read_only, bool):
-            raise Invalid(f"{what}.readOnly must be true or false, got {_json_kind(read_only)}")
+        read_only = _json_flag(obj, "readOnly", what, True)
         mounts.append(
             DeviceMount(
                 check_path(_json_string(obj["hostPath"], f"{what}.hostPath"), "host path"),
@@ -293,6 +304,7 @@ def _mounts_from_json(value: Any) -> list[DeviceMount]:
                     _json_string(obj["containerPath"], f"{what}.containerPath"), "container path"
                 ),
                 read_only,
+                _json_flag(obj, _SHARED, what, False),
             )
         )
     return mounts
@@ -308,14 +320,14 @@ def _device_from_json(item: Any) -> Device:
     healthy = True
     if spec.get("health") is not None:
         healthy = health_word(_json_string(spec["health"], "health"))
-    nodes = _nodes_from_json(spec.get("paths", []))
+    nodes = _nodes_from_json(spec.get("paths", []), shared_ok=True)
     numa: int | None = None
     if spec.get("numa") is not None:
         raw_numa = spec["numa"]
         if not isinstance(raw_numa, int) or isinstance(raw_numa, bool):
             raise Invalid(f"numa must be an integer, got {_json_kind(raw_numa)}")
         numa = numa_from_int(raw_numa)
-    mounts = _mounts_from_json(spec.get("mounts", []))
+    mounts = _mounts_from_json(spec.get("mounts", []), shared_ok=True)
     env = _json_string_map(spec.get("env", {}), "env", rules.env_name_problem)
     annotations = _json_string_map(
         spec.get("annotations", {}), "annotations", rules.annotation_key_problem

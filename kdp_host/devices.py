@@ -108,6 +108,13 @@ class Device:
             return (DeviceNode(self.path, self.path),)
         return self._nodes
 
+    def any_node_path_contains(self, text: str) -> bool:
+        """True if a node's host or container path contains `text` (cheap: builds no
+        DeviceNode for a one-node device)."""
+        if self._nodes is None:
+            return self.path is not None and text in self.path
+        return any(text in n.host_path or text in n.container_path for n in self._nodes)
+
     def has_only_node(self, host_path: str, container_path: str) -> bool:
         """True if the device has exactly this one node (cheap: builds no DeviceNode)."""
         if self._nodes is None:

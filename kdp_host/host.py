@@ -10,20 +10,23 @@ and the count of kubelet restarts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
 from .http import HealthState
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
+from .nfd import NodeFeatureFile
+from .node import NodeInfo, NodeLabelSource, Selection, needs_labels, select_for_node
 from .ownership import OwnershipIndex
 from .podresources import PodResourcesPoller
 from .process import ProcessRunner
@@ -56,15 +59,25 @@ class Host:
     """Reads and validates a config file on reload (through `offload`); raises ConfigError."""
     offload: Offload = field(default_factory=DaemonThreads)
     """The one way off the event loop, for the host and every resource."""
+    node: NodeInfo = field(default_factory=lambda: NodeInfo(""))
+    """This node: its name, and its labels once read. Entries with a nodeSelector are
+    served only where they select (kdp_host.node)."""
+    node_labels: NodeLabelSource | None = None
+    """Reads and follows the node's labels, from the moment an entry selects by label."""
+    selection: Selection = field(init=False)
+    """The entries this node serves (`config` is the whole file)."""
     ownership: OwnershipIndex = field(init=False)
     """One index of claimed nodes for every resource and every config version of this host."""
     _supervisor: Supervisor | None = field(default=None, init=False)
     _worst_lag: float = field(default=0.0, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
+    _label_task: asyncio.Task[None] | None = field(default=None, init=False)
     pod_resources: PodResourcesPoller | None = field(default=None, init=False)
     """Who holds each device (None until running, or with polling off)."""
 
     def __post_init__(self) -> None:
+        """Raises SelectionError (a ConfigError) if two entries of a name select this node."""
+        self.selection = select_for_node(self.config, self.node)
         self.ownership = OwnershipIndex(self.metrics)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
@@ -85,8 +98,17 @@ class Host:
         return {} if self._supervisor is None else self._supervisor.resources
 
     def not_ready(self) -> dict[str, str]:
-        """Resources that are not serving and registered, with a short reason."""
-        return {} if self._supervisor is None else self._supervisor.not_ready()
+        """Resources that are not serving and registered, with a short reason; `node` while
+        entries wait for the node's labels."""
+        out = {} if self._supervisor is None else self._supervisor.not_ready()
+        if self.selection.waiting:
+            why = self.node_labels.problem if self.node_labels is not None else None
+            out["node"] = (
+                f"labels not read ({why or 'no Kubernetes API'}): "
+                + ", ".join(self.selection.waiting)
+                + " wait for them"
+            )
+        return out
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
@@ -113,6 +135,10 @@ class Host:
                 "commands_may_outlive_host",
                 detail="no setpriv (util-linux) on PATH: commands do not get the death signal",
             )
+        features = self.config.node_features
+        node_features = (
+            None if features is None else NodeFeatureFile(features.file, self.log, self.offload)
+        )
         services = HostServices(
             kubelet,
             self.instance_id,
@@ -127,6 +153,7 @@ class Host:
             status_changed=self._refresh_readiness,
             registry_wait=self.registry_wait,
             offload=self.offload,
+            node_features=node_features,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -134,7 +161,7 @@ class Host:
         kubelet_watch = self._watch_kubelet_restarts(socket_dir)
         self.log.info(
             "host_started",
-            resources=len(self.config.resources),
+            resources=len(self.selection.config.resources),
             socket_dir=socket_dir,
             registration=kubelet.registration,
             serve_dir=kubelet.serve_dir,
@@ -149,10 +176,14 @@ class Host:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))
         if self.pod_resources is not None:
             internal.append(asyncio.create_task(self.pod_resources.run(), name="podresources"))
+        if node_features is not None:
+            internal.append(asyncio.create_task(node_features.run(), name="node-features"))
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:
-            for resource in self.config.resources:
+            for resource in self.selection.config.resources:
                 supervisor.start(resource)
+            self._log_selection()
+            self._follow_labels_if_needed()
             await asyncio.wait({stop_task, *internal}, return_when=asyncio.FIRST_COMPLETED)
             for task in internal:
                 if task.done() and not task.cancelled():
@@ -162,6 +193,9 @@ class Host:
         finally:
             self.health.detach()
             stop_task.cancel()
+            if self._label_task is not None:
+                self._label_task.cancel()
+                await asyncio.gather(self._label_task, return_exceptions=True)
             kubelet_watch()
             await supervisor.stop_all()
             for task in internal:
@@ -172,7 +206,7 @@ class Host:
     def _refresh_readiness(self) -> None:
         """/readyz follows every status change at once (and each probe refreshes it)."""
         if self._supervisor is not None:
-            self.health.not_ready = self._supervisor.not_ready()
+            self.health.not_ready = self.not_ready()
             self.health.dead = tuple(self._supervisor.dead_resources())
 
     def request_reload(self) -> None:
@@ -188,16 +222,49 @@ class Host:
         return await reloader.reload()
 
     def apply(self, new: Config) -> ReloadPlan:
-        """Apply a validated config as a diff. Raises RestartRequired for what needs a restart."""
+        """Apply a validated config as a diff of the entries this node serves. Raises
+        RestartRequired for what needs a restart, SelectionError (a ConfigError) when two
+        entries of a name select this node."""
         problems = restart_required(self.config, new)
         if problems:
             raise RestartRequired("; ".join(problems))
+        plan = self._apply_selection(select_for_node(new, self.node))
+        self.config = new
+        self._record_config(new)
+        self._follow_labels_if_needed()
+        return plan
+
+    def relabel(self, labels: Mapping[str, str]) -> ReloadPlan | None:
+        """The node's labels are now `labels`: apply the entries they select like a config
+        edit. A selection that fails keeps the entries in force (logged); returns the plan."""
+        if labels == self.node.labels:
+            return None
+        self.node = dataclasses.replace(self.node, labels=dict(labels))
+        try:
+            selection = select_for_node(self.config, self.node)
+        except ConfigError as exc:
+            self.log.error("node_selection_failed", node=self.node.name, error=str(exc))
+            return None
+        plan = self._apply_selection(selection)
+        self.log.info(
+            "node_labels_applied",
+            node=self.node.name,
+            added=",".join(plan.added),
+            removed=",".join(plan.removed),
+            changed=",".join(plan.changed),
+            unchanged=len(plan.unchanged),
+        )
+        self._log_selection()
+        return plan
+
+    def _apply_selection(self, selection: Selection) -> ReloadPlan:
         supervisor = self._supervisor
         if supervisor is None:
             raise RuntimeError("the host is not running")
-        plan = plan_reload(self.config, new)
+        current, new = self.selection.config, selection.config
+        plan = plan_reload(current, new)
         new_by_name = {r.name: r for r in new.resources}
-        old_by_name = {r.name: r for r in self.config.resources}
+        old_by_name = {r.name: r for r in current.resources}
         for name in plan.changed:
             if old_by_name[name].replicas != new_by_name[name].replicas:
                 self.log.warning(
@@ -211,11 +278,34 @@ class Host:
             supervisor.start(new_by_name[name], after=stopping.get(name))
         for name in plan.removed:
             self.ownership.retire(name)
-        self.config = new
+        self.selection = selection
         for name in (*plan.removed, *plan.changed):
             self._forget_when_stopped(name, stopping[name])
-        self._record_config(new)
+        self._refresh_readiness()
         return plan
+
+    def _log_selection(self) -> None:
+        names = [r.name for r in self.selection.config.resources]
+        if len(names) < len(self.config.resources) or self.selection.waiting:
+            self.log.info(
+                "node_selection",
+                node=self.node.name,
+                serves=",".join(names) or "nothing",
+                waiting_for_labels=",".join(self.selection.waiting),
+            )
+
+    def _follow_labels_if_needed(self) -> None:
+        """Start reading the node's labels once an entry selects by label."""
+        if self._label_task is None and self.node_labels is not None and needs_labels(self.config):
+            self._label_task = asyncio.create_task(self._follow_labels(self.node_labels))
+
+    async def _follow_labels(self, source: NodeLabelSource) -> None:
+        try:
+            async for labels in source.updates():
+                self.relabel(labels)
+        except Exception as exc:  # the source retries on its own: this is a defect
+            self.log.error("node_labels_stopped", node=self.node.name, error=repr(exc))
+            raise
 
     def _forget_when_stopped(self, name: str, task: asyncio.Task[None] | None) -> None:
         """Once a stopped runtime is gone (it writes until then), drop the series its
@@ -223,11 +313,15 @@ class Host:
         the config has no longer (as it is then: it may have changed again meanwhile)."""
 
         def forget(_: object = None) -> None:
-            current = next((r for r in self.config.resources if r.name == name), None)
+            current = next((r for r in self.selection.config.resources if r.name == name), None)
             if current is not None:
                 self.metrics.forget_hooks(name, keep=configured_hooks(current))
             elif self._supervisor is None or name not in self._supervisor.resources:
                 self.metrics.forget_resource(name)
+                if self._supervisor is not None:
+                    features = self._supervisor.services.node_features
+                    if features is not None:
+                        features.forget(name)
 
         if task is None or task.done():
             forget()

@@ -217,6 +217,13 @@ class Metrics:
             ["resource"],
             registry=r,
         )
+        self.devices_held_missing = Gauge(
+            "kdp_devices_held_missing",
+            "Devices a container holds (PodResources) that are gone from the device list or "
+            "unhealthy: the stick was unplugged while its pod keeps running.",
+            ["resource"],
+            registry=r,
+        )
         self.holders_enabled = holders
         self.device_holders = Gauge(
             "kdp_device_holder_info",
@@ -362,6 +369,7 @@ class Metrics:
             self.pre_start_calls,
             self.pre_start_waits,
             self.devices_in_use,
+            self.devices_held_missing,
             self.release_runs,
             self.releases_pending,
         )

@@ -175,8 +175,8 @@ class _Resource:
     pod may hold them), with the time (index clock) they stopped being advertised."""
     held: dict[str, _Holding] = field(default_factory=dict)
     retired: bool = False
-    simple: bool = True
-    """The last admission advertised every reported device under its own ID."""
+    plain: bool = True
+    """The last admission advertised every device it did not hold under its own ID."""
     replicas: int | None = None
     """The replica count its last runtime advertised with."""
     waits: dict[str, _ReplicaWait] = field(default_factory=dict)
@@ -238,6 +238,7 @@ class OwnershipIndex:
         state = self._state(resource)
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
+        state.plain = False  # a new runtime's first list is admitted in full (and logged)
         if state.replicas is not None and state.replicas != replicas:
             now = self._clock()
             for device_id in [*state.owned, *state.waits]:
@@ -417,21 +418,23 @@ class OwnershipIndex:
         self._note_held(state, holding, ids)
         if released:
             self._wake_waiting(name)
-        state.simple = not holding and not state.waits and all(ids[d] == d for d in ids)
-        if state.simple:
+        state.plain = not state.waits and all(ids[d] == d for d in ids if d not in holding)
+        if not holding and state.plain:
             return devices
         return admitted
 
     def _admit_changes(self, state: _Resource) -> Mapping[str, Device] | None:
-        """The common case in O(changed) claim work: the last list was advertised whole under
-        its own IDs, and what changed since claims nothing another device owns. Returns the
-        list to advertise (the reported one itself), or None for the full admission (which
-        starts from what this did)."""
-        if not state.simple or state.waits:
+        """The common case in O(changed) claim work: every device the last admission
+        advertised kept its own ID, and nothing waits on replicas. Devices that changed, and
+        those held last time, are admitted or held one by one; a change that may rename a
+        device (a node let go of, a claim of a device of this resource that is no longer
+        advertised) goes to the full admission, which starts from what this did. Returns
+        what to advertise, or None."""
+        if not state.plain or state.waits:
             return None
         devices = state.reported
         cache = state.claims
-        dirty = []
+        dirty = [d for d in state.held if d in devices]
         added = 0
         for device_id, device in devices.items():
             known = cache.get(device_id)
@@ -445,28 +448,41 @@ class OwnershipIndex:
             for device_id in [d for d in cache if d not in devices]:
                 del cache[device_id]
                 released |= self._unadvertise(state, device_id)
+        holding: dict[str, _Holding] = {}
         result: Mapping[str, Device] | None = devices
-        for device_id in sorted(dirty):
+        for device_id in sorted(set(dirty)):
             device = devices[device_id]
             known = cache.get(device_id)
             if known is not None and known[0].same_places(device):
-                cache[device_id] = (device, known[1])  # health or env: it owns its claims
-                continue
-            claims = device_claims(device, self._resolve)
-            cache[device_id] = (device, claims)
+                claims = known[1]
+                cache[device_id] = (device, claims)
+                if device_id not in state.held:
+                    continue  # health or env changed: it owns its claims
+            else:
+                claims = device_claims(device, self._resolve)
+                cache[device_id] = (device, claims)
             before = state.owned.get(device_id)
-            if (
-                before is not None and not before.exclusive.keys() <= claims.exclusive.keys()
-            ) or self._conflict(state.name, device_id, claims) is not None:
-                # it lets go of a node (which may keep its ID), is held or renamed: the
-                # full admission decides
-                result = None
+            if before is not None and not before.exclusive.keys() <= claims.exclusive.keys():
+                result = None  # it lets go of a node, which may keep its ID
                 break
+            why = self._conflict(state.name, device_id, claims)
+            if why is not None:
+                if why.owner.resource == state.name and why.owner.device not in state.owned:
+                    result = None  # a node of a device of ours that went: a rename
+                    break
+                holding[device_id] = why
+                released |= self._unadvertise(state, device_id)
+                continue
             released |= self._drop_keys(state, device_id, claims)
             self._claim(state, device_id, claims)
         if released:
             self._wake_waiting(state.name)
-        return result
+        if result is None:
+            return None
+        self._note_held(state, holding, {d: d for d in devices if d in state.held})
+        if holding:
+            return {d: device for d, device in devices.items() if d not in holding}
+        return devices
 
     def _incumbent(self, state: _Resource, advertised_id: str, claims: Claims) -> bool:
         """Whether the device advertised as `advertised_id` owns its claims already."""

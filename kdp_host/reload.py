@@ -71,7 +71,8 @@ class ConfigReloader:
     """Re-reads `path` when it changes or on `request()`, and applies it through `apply`.
 
     `current` returns the config in force; `apply` applies a validated config as a diff and
-    raises RestartRequired for changes it cannot make live.
+    raises RestartRequired for changes it cannot make live, ConfigError for a file this node
+    cannot serve.
     """
 
     path: Path
@@ -129,6 +130,8 @@ class ConfigReloader:
             plan = self.apply(new)
         except RestartRequired as exc:
             return self._result("refused", error=str(exc))
+        except ConfigError as exc:  # valid, but not on this node (two entries select it)
+            return self._result("invalid", error=str(exc), problems=len(exc.problems))
         return self._result(
             "ok",
             added=",".join(plan.added),

@@ -33,12 +33,14 @@ from .drivers import (
     failure_threshold,
     make_driver,
 )
+from .endpoint import socket_name
 from .files import DaemonThreads, Offload
 from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
 from .metrics import Metrics
+from .nfd import NodeFeatureFile
 from .ownership import OwnedTable, OwnershipIndex
-from .podresources import Holdings, PodResourcesPoller
+from .podresources import Holder, Holdings, PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
 from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
 from .protocol.registration import (
@@ -53,7 +55,6 @@ from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
 from .release import ReleaseTracker
 from .release_state import ReleaseStateStore
-from .rules import socket_name
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0
@@ -102,6 +103,8 @@ class HostServices:
     status_changed: Callable[[], None] = lambda: None
     """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
     registry_wait: RegistryWait = field(default_factory=RegistryWait)
+    node_features: NodeFeatureFile | None = None
+    """The NFD feature file every resource's device counts go to (None: `nodeFeatures` off)."""
 
 
 @dataclass
@@ -137,6 +140,9 @@ class ResourceRuntime:
         self.endpoint = socket_name(config.name, services.instance_id, self._serve_dir)
         self.socket_path = os.path.join(self._serve_dir, self.endpoint)
         self.table = DeviceTable(replicas=config.replicas)
+        self._held: dict[str, tuple[Holder, ...]] = {}
+        """Physical devices a container holds (the last PodResources answer), and by whom."""
+        self._held_missing: set[str] = set()
         self.table.add_listener(self._on_devices_changed)
         self._encoder = ListAndWatchEncoder()
         self._wake = asyncio.Event()
@@ -192,6 +198,10 @@ class ResourceRuntime:
         self._services.metrics.set_device_counts(
             self.config.name, snapshot.healthy_count, snapshot.unhealthy_count
         )
+        if self._services.node_features is not None:
+            self._services.node_features.update(self.config.name, snapshot)
+        if self._held:
+            self._check_held_devices(snapshot)
 
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
@@ -234,16 +244,41 @@ class ResourceRuntime:
         """A PodResources answer: the in-use count, and news for the release tracker."""
         replicas = self.config.replicas
         held = holdings.of(self.config.name)
-        in_use = {physical_id(a, replicas) for a in held}
+        by_device: dict[str, tuple[Holder, ...]] = {}
+        for advertised, holders in held.items():
+            device = physical_id(advertised, replicas)
+            by_device[device] = by_device.get(device, ()) + holders
+        self._held = by_device
         metrics = self._services.metrics
-        metrics.devices_in_use.labels(self.config.name).set(len(in_use))
+        metrics.devices_in_use.labels(self.config.name).set(len(by_device))
         if metrics.holders_enabled:
             metrics.set_holders(
                 self.config.name,
                 {(a, h.namespace, h.pod, h.container) for a, hs in held.items() for h in hs},
             )
+        self._check_held_devices(self.table.snapshot)
         if self.release is not None:
             self.release.holdings(holdings)
+
+    def _check_held_devices(self, snapshot: Snapshot) -> None:
+        """Devices a container holds that are gone or unhealthy (GDP#74: the stick was
+        unplugged and the pod keeps running): a gauge, and one warning per device as it goes
+        missing, naming its holders (the README's recipe acts on them)."""
+        healthy = {device.id for device in snapshot.devices if device.healthy}
+        missing = {device for device in self._held if device not in healthy}
+        self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
+        listed = {device.id for device in snapshot.devices} if missing else set()
+        for device in sorted(missing - self._held_missing):
+            present = device in listed
+            self.log.warning(
+                "held_device_missing",
+                device=device,
+                state="unhealthy" if present else "gone",
+                holders=",".join(
+                    f"{h.namespace}/{h.pod}/{h.container}" for h in self._held[device]
+                ),
+            )
+        self._held_missing = missing
 
     async def _run_parts(self, driver: Driver, reporter: DeviceReporter, deps: DriverDeps) -> None:
         services = self._services

@@ -7,14 +7,14 @@ import os
 import socket
 import stat
 
+from .endpoint import is_socket_name
 from .logs import EventLogger
-from .rules import is_socket_name
 
 CONNECT_TIMEOUT = 0.5
 
 
 def remove_stale_sockets(socket_dir: str, log: EventLogger) -> None:
-    """Remove kdp-host's sockets (`rules.is_socket_name`) nobody listens on: left by an
+    """Remove kdp-host's sockets (`endpoint.is_socket_name`) nobody listens on: left by an
     instance that was killed.
 
     Sockets of a live instance (another pod during a rolling upgrade) accept connections

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 STATUS_TIMEOUT = 5.0
 """Seconds `kdp-host status` waits for the host's answer."""
+MAX_ANSWER = 64 << 20
+"""Most bytes of a `/devices` answer `kdp-host status` reads."""
 
 
 def utc(seconds: float | None) -> str | None:
@@ -146,7 +148,10 @@ def status_address(listen: str) -> str:
 def fetch_devices(address: str, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
     """GET /devices from a running host; raises OSError (or ValueError for a bad answer)."""
     with urllib.request.urlopen(f"http://{address}/devices", timeout=timeout) as response:
-        document = json.loads(response.read())
+        raw = response.read(MAX_ANSWER + 1)
+    if len(raw) > MAX_ANSWER:
+        raise ValueError(f"the answer is larger than {MAX_ANSWER} bytes")
+    document = json.loads(raw)
     if not isinstance(document, dict):
         raise ValueError("the answer is not a JSON object")
     return document
@@ -163,8 +168,14 @@ def status_command(args: argparse.Namespace, listen: str) -> int:
     if args.format == "json":
         json.dump(document, sys.stdout, indent=2, sort_keys=True)
         print()
-    else:
+        return 0
+    try:
         print_table(document)
+    except (AttributeError, TypeError, ValueError) as exc:
+        print(
+            f"kdp-host: http://{address}/devices is not a devices document: {exc}", file=sys.stderr
+        )
+        return 1
     return 0
 
 

@@ -663,6 +663,46 @@ def test_custom_config_drives_mounts_port_and_checksum(rendered: dict[str, list[
     }
 
 
+def test_a_fleet_config_gets_node_read_rbac_a_token_and_the_nfd_directory(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    """Issue 20 items 1 and 2: label selectors make the chart grant read access to nodes
+    (and nothing else) and mount the token; nodeFeatures mounts NFD's features.d."""
+    docs = rendered["fleet"]
+    role = one(docs, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
+    ]
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    account = one(docs, "ServiceAccount")
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
+    pod = daemonset(docs)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    features_dir = "/etc/kubernetes/node-feature-discovery/features.d"
+    assert mounts(docs)["node-features"] == {"name": "node-features", "mountPath": features_dir}
+    assert volumes(docs)["node-features"]["hostPath"] == {
+        "path": features_dir,
+        "type": "DirectoryOrCreate",
+    }
+    for name in VALUE_SETS:  # no other value set reads nodes or writes features
+        if name != "fleet":
+            assert not [d for d in rendered[name] if d["kind"].startswith("ClusterRole")], name
+            assert "node-features" not in mounts(rendered[name]), name
+
+
+def test_node_labels_read_for_a_configmap_of_your_own(helm_env: dict[str, str]) -> None:
+    docs = render(helm_env, "existing-configmap", "--set", "nodeLabels.read=true")
+    assert one(docs, "ClusterRole")["rules"][0]["resources"] == ["nodes"]
+    assert daemonset(docs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
 def test_plugins_registry_is_mounted_only_when_used(
     helm_env: dict[str, str], rendered: dict[str, list[Doc]]
 ) -> None:

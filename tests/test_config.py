@@ -326,10 +326,13 @@ RESTART_KEYS = [
     "metrics.holders",
     "metrics.devices",
     "stateDir",
+    "nodeFeatures",
 ]
 
 
 def _changed(value: object) -> object:
+    if value is None:  # an optional section that is off
+        return object()
     if isinstance(value, bool):
         return not value
     if isinstance(value, (int, float)):

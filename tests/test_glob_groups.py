@@ -18,7 +18,8 @@ from kdp_host.config import (
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
 from kdp_host.drivers import make_driver
-from kdp_host.drivers.glob_groups import GlobGroupDriver
+from kdp_host.drivers.glob import GlobDriver
+from kdp_host.drivers.glob_groups import GlobGroupScan
 from kdp_host.testing import ManualClock, RecordingNotifier, driver_deps
 
 
@@ -28,14 +29,14 @@ def member(path: str, **options: object) -> GlobGroupMemberConfig:
 
 def group_driver(
     *members: GlobGroupMemberConfig, clock: ManualClock | None = None, grace: float = 60.0
-) -> GlobGroupDriver:
+) -> GlobDriver:
     config = GlobDriverConfig(group=members, grace_period=grace)
     driver = make_driver(config, driver_deps(clock=clock))
-    assert isinstance(driver, GlobGroupDriver)
+    assert isinstance(driver, GlobDriver) and isinstance(driver.scanner, GlobGroupScan)
     return driver
 
 
-async def scan(driver: GlobGroupDriver) -> dict[str, Device]:
+async def scan(driver: GlobDriver) -> dict[str, Device]:
     """One scan and merge, as the scan loop does it: the list it publishes."""
     notifier = RecordingNotifier()
     await driver.step(notifier)

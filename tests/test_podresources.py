@@ -282,3 +282,31 @@ async def test_holder_series_only_when_asked_and_gone_with_their_pod(
     off = Metrics(process_collectors=False)
     off.set_holders(FPGA, {("fpga0", "default", "web-0", "app")})
     assert off.registry.get_sample_value("kdp_device_holder_info", labels) is None
+
+
+def test_status_refuses_an_answer_that_is_not_a_devices_document(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Odd(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"resources": [1, 2]}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Odd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert main(["status", "--address", f"127.0.0.1:{server.server_port}"]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "is not a devices document" in capsys.readouterr().err

@@ -14,9 +14,10 @@ from kdp_host.config import GlobDriverConfig, GlobGroupMemberConfig, ShellDriver
 from kdp_host.config.model import DRIVERS
 from kdp_host.devices import Device, DeviceNode
 from kdp_host.drivers import REGISTRY, DriverError, failure_threshold, make_driver
-from kdp_host.drivers.glob import GlobDriver
-from kdp_host.drivers.glob_groups import GlobGroupDriver
+from kdp_host.drivers.glob import GlobDriver, GlobScan
+from kdp_host.drivers.glob_groups import GlobGroupScan
 from kdp_host.drivers.scanning import (
+    MAX_NAMED_CHANGES,
     DirWatch,
     Listed,
     Notice,
@@ -44,7 +45,8 @@ def test_every_driver_kind_is_registered_with_its_config() -> None:
     deps = driver_deps()
     assert isinstance(make_driver(GlobDriverConfig(paths=("/x/*",)), deps), GlobDriver)
     groups = GlobDriverConfig(group=(GlobGroupMemberConfig(path="/x{key}"),))
-    assert isinstance(make_driver(groups, deps), GlobGroupDriver)
+    grouped = make_driver(groups, deps)
+    assert isinstance(grouped, GlobDriver) and isinstance(grouped.scanner, GlobGroupScan)
     assert failure_threshold(ShellDriverConfig(command=("true",), failure_threshold=7)) == 7
     assert failure_threshold(GlobDriverConfig(paths=("/x/*",))) == 3
 
@@ -222,8 +224,8 @@ async def test_notices_are_logged_when_they_change(
     assert [r.getMessage() for r in caplog.records].count("no_devices_match") == 2
 
 
-def test_glob_groups_are_no_kind_of_glob_driver() -> None:
-    assert not issubclass(GlobGroupDriver, GlobDriver)
+def test_the_group_scan_is_no_kind_of_glob_scan() -> None:
+    assert not issubclass(GlobGroupScan, GlobScan)
 
 
 async def test_the_scanner_is_told_what_the_watcher_named(tmp_path: Path) -> None:
@@ -250,3 +252,34 @@ async def test_the_scanner_is_told_what_the_watcher_named(tmp_path: Path) -> Non
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert scanner.changed[0] is None, "the first scan looks at everything"
+
+
+def test_the_cheap_path_check_agrees_with_the_nodes() -> None:
+    """The reporter checks every device of every list for `,` (DeviceNode objects are made
+    only for the devices that have one)."""
+    compact = Device(id="a", nodes=(DeviceNode("/dev/a,b", "/dev/a,b"),), path="/dev/a,b")
+    plain = device("p", "/dev/p")
+    inside = Device(id="c", nodes=(DeviceNode("/dev/c", "/x,y/c"), DeviceNode("/dev/d", "/d")))
+    for item in (compact, plain, inside):
+        expected = any("," in n.host_path or "," in n.container_path for n in item.nodes)
+        assert item.any_node_path_contains(",") == expected, item.id
+    assert [compact.any_node_path_contains(","), plain.any_node_path_contains(",")] == [
+        True,
+        False,
+    ]
+
+
+async def test_a_flood_of_named_changes_makes_a_full_scan(tmp_path: Path) -> None:
+    """Past MAX_NAMED_CHANGES names between two scans the loop stops listing them (bounded
+    memory) and the next scan looks at everything."""
+    watcher = ManualWatcher()
+    scanner = FakeScanner(tmp_path)
+    loop = ScanLoop(scanner, ScanSettings(60.0, 60.0, 5.0), driver_deps(watcher=watcher))
+    notifier = RecordingNotifier()
+    await loop.step(notifier)  # subscribes to tmp_path
+    watcher.change(str(tmp_path), "few")
+    await loop.step(notifier, incremental=True)
+    for number in range(MAX_NAMED_CHANGES + 10):
+        watcher.change(str(tmp_path), f"n{number}")
+    await loop.step(notifier, incremental=True)
+    assert scanner.changed == [None, frozenset({str(tmp_path / "few")}), None]

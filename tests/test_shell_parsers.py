@@ -321,3 +321,27 @@ def test_fuzz_json_structured(document: Any) -> None:
     _only_probe_errors(parse_json, json.dumps(document))
     _only_probe_errors(parse_json, json.dumps({"devices": document}))
     _only_probe_errors(parse_json, json.dumps([document]))
+
+
+def test_json_marks_paths_and_mounts_every_device_shares() -> None:
+    """`/dev/vfio/vfio` goes with every vfio device: `shared: true` claims it shared in the
+    host's ownership index instead of letting only one device have it."""
+    [first, second] = parse_json(
+        json.dumps(
+            [
+                {
+                    "id": f"g{n}",
+                    "paths": [
+                        f"/dev/vfio/{n}",
+                        {"hostPath": "/dev/vfio/vfio", "shared": True},
+                    ],
+                    "mounts": [{"hostPath": "/opt/fw", "containerPath": "/fw", "shared": True}],
+                }
+                for n in (1, 2)
+            ]
+        )
+    )
+    assert [n.shared for n in first.nodes] == [False, True]
+    assert second.mounts == (DeviceMount("/opt/fw", "/fw", True, shared=True),)
+    with pytest.raises(ProbeOutputError, match=r"shared must be true or false"):
+        parse_json('[{"id": "a", "paths": [{"hostPath": "/dev/a", "shared": "yes"}]}]')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -386,3 +387,47 @@ def test_devices_without_a_node_need_all(
     assert all(d["nodes"] for d in plain)
     everything = json.loads(run_discover(fake, capsys, "--all", "--format", "json"))["devices"]
     assert "0000:02:00.0" in {d["address"] for d in everything}
+
+
+@pytest.mark.parametrize("layout", ["partition", "device-mapper"])
+def test_check_warns_about_handing_out_the_root_disk(
+    fake: FakeSysfs, tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str
+) -> None:
+    """The root filesystem (here: the one holding the test's directory, named to `check`
+    by `--root-fs`) is on vda2, directly or through device-mapper: a resource of vda, or of
+    the PCI device above it, is warned about; one of vdb is not."""
+    fake.virtio_disk("0000:00:05.0", index=2, disk="vda", partitions=2)
+    fake.virtio_disk("0000:00:06.0", index=3, disk="vdb")
+    vda2 = fake.sys / "dev" / "block" / "253:34"
+    root = os.stat(tmp_path).st_dev
+    if layout == "device-mapper":
+        dm = fake.node(fake.sys / "devices" / "virtual" / "block" / "dm-0", "dm-0", klass="block")
+        (dm / "slaves").mkdir()
+        (dm / "slaves" / "vda2").symlink_to(os.path.realpath(vda2))
+        vda2 = dm
+    (fake.sys / "dev" / "block" / f"{os.major(root)}:{os.minor(root)}").symlink_to(
+        os.path.realpath(vda2)
+    )
+    roots = f"sysfsRoot: {fake.sys}, devRoot: {fake.dev}"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+resources:
+  - name: example.com/vda
+    sysfs: {{devices: [{{class: block, name: vda}}], {roots}}}
+  - name: example.com/virtio
+    sysfs: {{pci: [{{vendor: "1af4"}}], {roots}}}
+  - name: example.com/vdb
+    sysfs: {{devices: [{{class: block, name: vdb}}], {roots}}}
+"""
+    )
+    args = ["check", "--config", str(config), "--sysfs-root", str(fake.sys)]
+    assert main([*args, "--root-fs", str(tmp_path)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "root filesystem" in line]
+    assert warnings == [
+        f"warning: example.com/{resource} hands out the root filesystem's disk: /dev/{node}"
+        for resource in ("vda", "virtio")
+        for node in ("vda", "vda1", "vda2")
+    ]
+    assert main([*args, "--root-fs", str(fake.sys / "none-such")]) == 0
+    assert "root filesystem" not in capsys.readouterr().err

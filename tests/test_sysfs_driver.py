@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kdp_host.config import ConfigError, SysfsDriverConfig, load_config_text
-from kdp_host.devices import Device, DeviceTable
+from kdp_host.devices import Device, DeviceTable, Snapshot
 from kdp_host.drivers import DriverDeps, DriverError, Skipped
 from kdp_host.drivers.sysfs import SysfsDriver, safe_id
 from kdp_host.logs import get_logger
@@ -443,7 +443,7 @@ async def test_safety_rescan_is_skipped_while_no_node_directory_changed(
     fake: FakeSysfs,
 ) -> None:
     standard_machine(fake)
-    for directory in (fake.dev, fake.dev / "bus" / "usb", fake.dev / "bus" / "usb" / "001"):
+    for directory in (fake.dev, *(p for p in fake.dev.rglob("*") if p.is_dir())):
         os.utime(directory, (1_000_000, 1_000_000))  # not "just changed"
     driver = make_driver(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]')
     assert not driver.unchanged_since_scan(), "never scanned: scan"
@@ -484,6 +484,93 @@ async def test_hot_plug_through_inotify(fake: FakeSysfs) -> None:
         fake.remove_device(device)
         await wait_table(table, lambda s: not s.devices[0].healthy)
         await wait_table(table, lambda s: s.devices == ())
+        driving.cancel()
+        await asyncio.wait([driving])
+        watching.cancel()
+
+
+@pytest.mark.parametrize("directory_exists", [True, False])
+async def test_a_late_node_below_a_listed_device_is_seen_at_once(
+    fake: FakeSysfs, directory_exists: bool
+) -> None:
+    """A USB device's interface binds late and the kernel adds /dev/input/event5 below it,
+    in a directory that holds no node of this resource (or that did not exist yet): the
+    device's list gains the node at once, not at the safety-net rescan (an hour here)."""
+    controller = fake.usb_controller()
+    if directory_exists:
+        fake.create_node("input/mice")  # another device's node: /dev/input exists already
+    device = fake.usb_serial_adapter(controller, "1-1", devnum=2, serial="KBD")
+    log = get_logger().bind(resource=RESOURCE)
+    watcher = InotifyWatcher(log)
+    config = sysfs_config(fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\nrescanInterval: 1h')
+    driver = SysfsDriver(config, DriverDeps(log, watcher))
+    table = DeviceTable()
+    async with asyncio.TaskGroup() as group:
+        watching = group.create_task(watcher.run())
+        driving = group.create_task(driver.run(reporter(table, resource=RESOURCE)))
+        await wait_table(table, lambda s: [d.id for d in s.devices] == ["KBD"])
+        fake.node(
+            device / "1-1:1.0" / "input" / "input5" / "event5",
+            "input/event5",
+            klass="input",
+            major=13,
+            minor=69,
+        )
+        snap = await wait_table(
+            table, lambda s: "/dev/input/event5" in {n.host_path for n in s.devices[0].nodes}
+        )
+        assert snap.devices[0].healthy
+        driving.cancel()
+        await asyncio.wait([driving])
+        watching.cancel()
+
+
+class CountingReader(SysfsReader):
+    """A reader that counts the devices it reads (its public `read_device`)."""
+
+    def __init__(self, fake: FakeSysfs) -> None:
+        super().__init__(str(fake.sys), str(fake.dev))
+        self.reads = 0
+
+    def read_device(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        self.reads += 1
+        return super().read_device(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_hot_plug_reads_what_changed_not_every_device(fake: FakeSysfs) -> None:
+    """With 40 adapters listed, plugging in, losing a node of and unplugging one more reads
+    that adapter (and nothing else) each time, and the list is what a full scan finds."""
+    controller = fake.usb_controller()
+    for port in range(1, 41):
+        fake.usb_serial_adapter(
+            controller, f"1-{port}", devnum=port + 1, tty=f"ttyUSB{port}", serial=f"S{port}"
+        )
+    log = get_logger().bind(resource=RESOURCE)
+    watcher = InotifyWatcher(log)
+    config = sysfs_config(
+        fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\ngracePeriod: 1h\nrescanInterval: 1h'
+    )
+    reader = CountingReader(fake)
+    driver = SysfsDriver(config, DriverDeps(log, watcher), reader=reader)
+    table = DeviceTable()
+
+    def healthy(snap: Snapshot) -> set[str]:
+        return {d.id for d in snap.devices if d.healthy}
+
+    async with asyncio.TaskGroup() as group:
+        watching = group.create_task(watcher.run())
+        driving = group.create_task(driver.run(reporter(table, resource=RESOURCE)))
+        await wait_table(table, lambda s: len(s.devices) == 40)
+        reads = reader.reads
+        hot = fake.usb_serial_adapter(controller, "1-50", devnum=60, tty="ttyUSB50", serial="HOT")
+        await wait_table(table, lambda s: "HOT" in healthy(s))
+        fake.remove_node("ttyUSB50")
+        await wait_table(table, lambda s: "HOT" not in healthy(s))
+        fake.remove_device(hot)
+        await wait_table(table, lambda s: [d.id for d in s.devices if not d.healthy] == ["HOT"])
+        assert reader.reads - reads <= 6, reader.reads - reads
+        fresh = SysfsDriver(config, DriverDeps(log, PollingWatcher(log)))
+        assert {d.id for d in await fresh.scan()} == healthy(table.snapshot)
         driving.cancel()
         await asyncio.wait([driving])
         watching.cancel()

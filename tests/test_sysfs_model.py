@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from kdp_host.allocation import AllocationBuilder
 from kdp_host.config import AllocateConfig, GlobDriverConfig, ResourceConfig
 from kdp_host.devices import Device, DeviceNode, DeviceTable
-from kdp_host.sysfs import SysfsDevice, SysfsReader, normalize_hex
+from kdp_host.sysfs import SysfsDevice, SysfsReader, SysfsScan, normalize_hex
 from tests.fake_sysfs import CH340, FakeSysfs, standard_machine
 
 
@@ -271,3 +272,144 @@ def test_kernel_iommu_group_names_give_a_vfio_node(fake: FakeSysfs, group: str) 
     os.symlink(f"../{group}", path / "iommu_group")
     vfio = scan(fake)["0000:5e:00.0"]
     assert (f"vfio/{group}", "vfio") in devnames(vfio)
+
+
+# ---------------------------------------------------------------------- updates: O(changed)
+
+
+def view(result: SysfsScan) -> dict[str, tuple[list[tuple[str, str, bool]], str | None]]:
+    """What a scan says, comparable between a full scan and an update."""
+    return {
+        d.path: ([(n.devname, n.subsystem, n.present) for n in d.nodes], d.serial)
+        for d in result.devices
+    }
+
+
+def late_input_node(fake: FakeSysfs, device: Path, number: int) -> str:
+    """An input node the kernel adds below a USB device's interface once its driver binds."""
+    interface = device / f"{device.name}:1.0"
+    fake.node(
+        interface / "input" / f"input{number}" / f"event{number}",
+        f"input/event{number}",
+        klass="input",
+        major=13,
+        minor=64 + number,
+    )
+    return f"input/event{number}"
+
+
+def test_an_update_reads_only_what_changed(fake: FakeSysfs) -> None:
+    """A new device, a late node of a listed one, a lost node: each update reads those
+    devices again and keeps every other device as the same object; the result is what a
+    full scan finds."""
+    standard_machine(fake)
+    controller = fake.usb_controller("0000:00:15.0")
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    first = reader.scan()
+    stick = fake.usb_serial_adapter(controller, "2-1", devnum=2, tty="ttyUSB7", serial="NEW")
+    second = reader.update(first, fake.nodes_of(stick))
+    assert view(second) == view(SysfsReader(str(fake.sys), str(fake.dev)).scan())
+    unchanged = {d.path: d for d in first.devices}
+    assert all(unchanged[d.path] is d for d in second.devices if d.name != "2-1")
+    devname = late_input_node(fake, stick, 5)
+    third = reader.update(second, [devname])
+    [updated] = [d for d in third.devices if d.name == "2-1"]
+    assert ("input/event5", "input", True) in view(third)[updated.path][0]
+    assert view(third) == view(SysfsReader(str(fake.sys), str(fake.dev)).scan())
+    fake.remove_node("ttyUSB7")
+    fourth = reader.update(third, ["ttyUSB7"])
+    assert ("ttyUSB7", "tty", False) in view(fourth)[updated.path][0]
+    fake.remove_device(stick)
+    fifth = reader.update(fourth, [devname])
+    assert "2-1" not in {d.name for d in fifth.devices}
+    assert view(fifth) == view(SysfsReader(str(fake.sys), str(fake.dev)).scan())
+
+
+def test_a_new_node_directory_is_watched_and_read(fake: FakeSysfs) -> None:
+    """/dev/input appears with the first input node: it is watched from then on, and the
+    nodes in it are placed."""
+    controller = fake.usb_controller()
+    stick = fake.usb_serial_adapter(controller, "1-1", devnum=2)
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    first = reader.scan()
+    assert str(fake.dev / "input") not in first.watch_dirs
+    late_input_node(fake, stick, 3)
+    second = reader.update(first, ["input"])
+    assert str(fake.dev / "input") in second.watch_dirs
+    [device] = [d for d in second.devices if d.name == "1-1"]
+    assert "input/event3" in {n.devname for n in device.nodes}
+
+
+def test_every_node_directory_is_watched(fake: FakeSysfs) -> None:
+    """Nodes may appear in any directory the kernel makes under /dev (input, snd, dri...),
+    so all are watched, but not other mounts and udev's link farms."""
+    standard_machine(fake)
+    for directory in ("input", "snd", "pts", "disk/by-id", "net", ".udev"):
+        (fake.dev / directory).mkdir(parents=True)
+    watched = SysfsReader(str(fake.sys), str(fake.dev)).scan().watch_dirs
+    dev = str(fake.dev)
+    assert {f"{dev}/input", f"{dev}/snd", f"{dev}/net"} <= watched
+    assert not {f"{dev}/pts", f"{dev}/disk", f"{dev}/disk/by-id", f"{dev}/.udev"} & watched
+
+
+def test_a_real_device_node_is_placed_by_its_number(fake: FakeSysfs) -> None:
+    """A node that is a real character device (here the host's /dev/null, linked into the
+    fake dev root) is placed through `<sysfs>/dev/char/MAJ:MIN`, whatever its name."""
+    null = os.stat("/dev/null")
+    number = f"{os.major(null.st_rdev)}:{os.minor(null.st_rdev)}"
+    controller = fake.usb_controller()
+    stick = fake.usb_serial_adapter(controller, "1-1", devnum=2)
+    target = fake.device_dir(stick / "1-1:1.0" / "misc" / "oddly-named")
+    (target / "uevent").write_text(f"MAJOR={number.split(':')[0]}\nDEVNAME=whatever\n")
+    (fake.sys / "dev" / "char").mkdir(parents=True, exist_ok=True)
+    (fake.sys / "dev" / "char" / number).symlink_to(target)
+    (fake.dev / "whatever").symlink_to("/dev/null")
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    assert reader.node_directory("whatever") == str(target)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_updates_agree_with_full_scans(fake: FakeSysfs, seed: int) -> None:
+    """Random plugs, unplugs, late nodes and lost nodes, each followed by an update with the
+    names of the nodes that changed: always what a full scan finds."""
+    rng = random.Random(seed)
+    controller = fake.usb_controller()
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    current = reader.scan()
+    plugged: dict[int, Path] = {}
+    for step in range(40):
+        port = rng.randrange(1, 7)
+        action = rng.choice(["plug", "unplug", "late", "lose"])
+        changed: list[str] = []
+        if port not in plugged and action in ("plug", "late"):
+            plugged[port] = fake.usb_serial_adapter(
+                controller, f"1-{port}", devnum=10 + step, tty=f"ttyUSB{step}", serial=f"S{step}"
+            )
+            changed = fake.nodes_of(plugged[port])
+        elif port in plugged and action == "unplug":
+            changed = fake.nodes_of(plugged[port])
+            fake.remove_device(plugged.pop(port))
+        elif port in plugged and action == "late":
+            changed = [late_input_node(fake, plugged[port], step)]
+        elif port in plugged and action == "lose":
+            changed = fake.nodes_of(plugged[port])[-1:]
+            fake.remove_node(changed[0])
+        current = reader.update(current, changed)
+        assert view(current) == view(SysfsReader(str(fake.sys), str(fake.dev)).scan()), step
+
+
+def test_a_name_that_moved_to_another_device_is_read_there(fake: FakeSysfs) -> None:
+    """ttyUSB0 belonged to the adapter at 1-1; that one left and the adapter at 1-2 got
+    ttyUSB0: an update for their nodes reads the class entry where it points now."""
+    controller = fake.usb_controller()
+    first = fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="A")
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    before = reader.scan(buses=["usb"], classes=["tty"])
+    changed = fake.nodes_of(first)
+    fake.remove_device(first)
+    second = fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB0", serial="B")
+    changed += fake.nodes_of(second)
+    after = reader.update(before, changed, buses=["usb"], classes=["tty"])
+    assert view(after) == view(reader.scan(buses=["usb"], classes=["tty"]))
+    [tty] = [d for d in after.devices if d.name == "ttyUSB0"]
+    assert "/1-2/" in tty.path

@@ -217,6 +217,8 @@ class StringMap(Kind):
     templates: frozenset[str] | None = None
     key_pattern: str | None = None
     """The key rule as far as JSON Schema can express it."""
+    value_rule: Callable[[str], str | None] | None = None
+    """A rule every value must pass (kdp_host.rules)."""
 
     def read(self, r: Reader, value: Any, path: FieldPath) -> Any:
         if not isinstance(value, dict):
@@ -240,8 +242,10 @@ class StringMap(Kind):
                 r.wrong_type(item_path, "a string", item)
                 ok = False
                 continue
-            if (why := text_problem(item)) or (
-                self.templates is not None and (why := template_problem(item, self.templates))
+            if (
+                (why := text_problem(item))
+                or (self.templates is not None and (why := template_problem(item, self.templates)))
+                or (self.value_rule is not None and (why := self.value_rule(item)))
             ):
                 r.problem(item_path, why)
                 ok = False
@@ -268,6 +272,9 @@ class ListOf(Kind):
     """Also take one item written on its own (a mapping instead of a list of one)."""
     unique: tuple[str, str] | None = None
     """(attribute, YAML key) whose value must differ between items (a section's name)."""
+    may_share: tuple[str, str] | None = None
+    """(attribute, why) of items that may share the unique value when each has that attribute
+    set (resources with a nodeSelector: at most one of them selects a node)."""
 
     def read(self, r: Reader, value: Any, path: FieldPath) -> Any:
         if self.single and isinstance(value, dict):
@@ -287,9 +294,16 @@ class ListOf(Kind):
                     continue
                 unique = getattr(item, attribute)
                 if unique in first:
+                    earlier = items[first[unique]]
+                    if self.may_share is not None and all(
+                        getattr(each, self.may_share[0]) is not None for each in (earlier, item)
+                    ):
+                        continue
                     also = path_text((*path, first[unique]))
+                    why = f" ({self.may_share[1]})" if self.may_share is not None else ""
                     r.problem(
-                        (*path, index, yaml_key), f"duplicate {yaml_key} {unique!r} (also {also})"
+                        (*path, index, yaml_key),
+                        f"duplicate {yaml_key} {unique!r} (also {also}){why}",
                     )
                 first.setdefault(unique, index)
         return tuple(item for item in items if item is not INVALID)

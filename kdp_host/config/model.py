@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..endpoint import SOCKET_NAME_MIN_LENGTH
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
     CDI_KIND_PATTERN,
@@ -42,13 +43,15 @@ from ..rules import (
     MAX_ALLOCATE_TIMEOUT,
     MAX_NUMA_NODE,
     MAX_PRE_START_TIMEOUT,
-    SOCKET_NAME_MIN_LENGTH,
     absolute_path_problem,
     annotation_key_problem,
     cdi_kind_problem,
     device_path_problem,
     env_name_problem,
     extended_resource_name_problem,
+    label_key_problem,
+    label_value_problem,
+    node_feature_label_problem,
     socket_path_problem,
 )
 from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
@@ -844,6 +847,33 @@ class ReleaseConfig:
     )
 
 
+@dataclass(frozen=True)
+class NodeSelectorConfig:
+    """Which nodes serve a resource entry: every condition given must hold."""
+
+    names: tuple[str, ...] = key(
+        "names",
+        ListOf(Text(), hint="a list of globs", empty=None),
+        "Globs on the node's name (`gpu-*`, `edge-[0-9]*`); any may match. The name is the "
+        "pod's `NODE_NAME` (the chart sets it from the downward API), else the host name; "
+        "`kdp-host run --node-name` overrides both.",
+        default=[],
+    )
+    labels: Mapping[str, str] = key(
+        "labels",
+        StringMap(label_key_problem, value_rule=label_value_problem),
+        "Node labels that must all be set to these values (like a pod's `nodeSelector`). "
+        "kdp-host reads its own node from the Kubernetes API (get and watch, with the pod's "
+        "service account; the chart grants it when a resource uses labels) and applies a "
+        "label change like a config edit.",
+        default={},
+    )
+
+    def check(self) -> Problems:
+        if not self.names and not self.labels:
+            yield (), "needs names or labels (or leave nodeSelector out: every node)"
+
+
 PreferredPolicy = Literal["packed", "spread", "numa", "none"]
 
 
@@ -902,6 +932,15 @@ class ResourceConfig:
         Choice(("packed", "spread", "numa", "none")),
         "GetPreferredAllocation policy: `packed`, `spread`, `numa`, or `none` (not advertised).",
         default="packed",
+    )
+    node_selector: NodeSelectorConfig | None = key(
+        "nodeSelector",
+        Section(NodeSelectorConfig),
+        "Serve this entry only on the nodes it selects (below). Entries may share a `name` "
+        "when each has a nodeSelector: a mixed fleet gets one resource name from different "
+        "drivers, and a node that two of them select is a config error on that node.",
+        default=None,
+        default_doc="every node",
     )
 
 
@@ -1039,6 +1078,18 @@ class MetricsConfig:
         return int(self.listen.rpartition(":")[2])
 
 
+@dataclass(frozen=True)
+class NodeFeaturesConfig:
+    file: str = key(
+        "file",
+        AbsolutePath(),
+        "The feature file, written atomically (a dot file renamed into place) whenever a "
+        "count changes, and removed when kdp-host stops. NFD's worker reads "
+        "`/etc/kubernetes/node-feature-discovery/features.d/` (the chart mounts it).",
+        default="/etc/kubernetes/node-feature-discovery/features.d/kdp-host",
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     kubelet: KubeletConfig = key("kubelet", Section(KubeletConfig), "", factory=KubeletConfig)
@@ -1058,29 +1109,48 @@ class Config:
             hint="a list of resources",
             empty="must declare at least one resource",
             unique=("name", "name"),
+            may_share=(
+                "node_selector",
+                "entries may share a name only when each has a nodeSelector",
+            ),
         ),
         "",
+    )
+    node_features: NodeFeaturesConfig | None = key(
+        "nodeFeatures",
+        Section(NodeFeaturesConfig),
+        "Write a Node Feature Discovery feature file (its `local` source): per resource "
+        "`<resource>.present` (`true` or `false`) and `<resource>.count` (its healthy "
+        "devices, replicas not counted), which NFD turns into node labels for scheduling. "
+        "No API access needed.",
+        default=None,
+        default_doc="off",
+        restart=True,
     )
     sha256: str = ""
     """Hash of the file's bytes: shows in metrics which config is in force."""
 
     def check(self) -> Problems:
         """One resource per CDI kind: CDI names are unique per kind only when one resource
-        names all of them (two resources of one kind could both publish `kind=fpga0`)."""
+        names all of them (two resources of one kind could both publish `kind=fpga0`).
+        Entries of one resource for different nodes (nodeSelector) may share its kind."""
         first: dict[str, int] = {}
         for index, resource in enumerate(self.resources):
             cdi = resource.allocate.cdi
             if cdi is None:
                 continue
-            if cdi.kind in first:
-                other = self.resources[first[cdi.kind]].name
+            other = self.resources[first.setdefault(cdi.kind, index)].name
+            if other != resource.name:
                 yield (
                     ("resources", index, "allocate", "cdi", "kind"),
                     f"CDI kind {cdi.kind!r} is already used by resource {other!r}: each "
                     "resource needs a kind of its own (its device names are unique only "
                     "within it), e.g. another class: vendor.example/fpga-b",
                 )
-            first.setdefault(cdi.kind, index)
+        if self.node_features is not None:
+            for index, resource in enumerate(self.resources):
+                if why := node_feature_label_problem(resource.name):
+                    yield ("resources", index, "name"), f"with nodeFeatures, {why}"
 
 
 README_TABLES: Mapping[str, tuple[type[object], str]] = {
@@ -1092,6 +1162,8 @@ README_TABLES: Mapping[str, tuple[type[object], str]] = {
     "allocate": (AllocateConfig, "allocate."),
     "pre-start": (PreStartConfig, "preStart."),
     "release": (ReleaseConfig, "release."),
+    "node-selector": (NodeSelectorConfig, "nodeSelector."),
+    "node-features": (NodeFeaturesConfig, "nodeFeatures."),
 }
 """README.md reference tables: the marker name, the section, and its key prefix. A section
 with a table of its own is one row in its parent's table."""

@@ -30,10 +30,6 @@ class DriverKind(Generic[C]):
 
 
 def _glob(config: GlobDriverConfig, deps: DriverDeps) -> Driver:
-    if config.group:
-        from .glob_groups import GlobGroupDriver
-
-        return GlobGroupDriver(config, deps)
     from .glob import GlobDriver
 
     return GlobDriver(config, deps)

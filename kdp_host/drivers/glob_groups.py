@@ -33,8 +33,7 @@ from ..config import GlobDriverConfig, GlobGroupMemberConfig, render_template
 from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
 from ..files import FileReader
-from .base import DriverDeps, Skipped
-from .glob import SCAN_TIMEOUT, dir_readable, glob_settings, numa_node, scan_notices, watch_pattern
+from .base import Skipped
 from .glob_paths import (
     DeviceIdentity,
     DeviceIds,
@@ -44,7 +43,8 @@ from .glob_paths import (
     name_problem,
     printable_path,
 )
-from .scanning import DirWatch, Listed, ScanLoop, ScanResult
+from .glob_shared import dir_readable, numa_node, scan_notices, watch_pattern
+from .scanning import DirWatch, Listed, ScanResult
 
 INCOMPLETE = "incomplete_group"
 """The skip reason of a group that lacks a required member."""
@@ -458,18 +458,3 @@ class GlobGroupScan:
         if known is not None and known == device:
             device = known  # unchanged: keep the same object (cheap comparison of the lists)
         return device, (*skipped, *numa_skipped.items()), claims
-
-
-class GlobGroupDriver(ScanLoop[GlobGroupScan]):
-    """The glob driver with `glob.group`: the scan loop running a `GlobGroupScan`."""
-
-    def __init__(
-        self,
-        config: GlobDriverConfig,
-        deps: DriverDeps,
-        *,
-        dir_readable: Callable[[str], bool] = dir_readable,
-        scan_timeout: float = SCAN_TIMEOUT,
-    ) -> None:
-        scanner = GlobGroupScan(config, deps.files, dir_readable=dir_readable)
-        super().__init__(scanner, glob_settings(config, scan_timeout), deps)

@@ -154,6 +154,8 @@ def _unlistable(devices: Iterable[Device]) -> list[tuple[Device, Skipped]]:
     so they are checked here, once for every driver."""
     found: list[tuple[Device, Skipped]] = []
     for device in devices:
+        if not device.any_node_path_contains(LIST_SEPARATOR):
+            continue  # (every device is checked on every update: keep the common case cheap)
         for node in device.nodes:
             if LIST_SEPARATOR in node.host_path or LIST_SEPARATOR in node.container_path:
                 path = node.host_path if LIST_SEPARATOR in node.host_path else node.container_path

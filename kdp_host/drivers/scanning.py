@@ -38,6 +38,9 @@ from .base import DriverDeps, DriverError, Notifier, Skipped
 
 FAILURE_THRESHOLD = 3
 """Failed scans in a row (an I/O error, a scan that hangs) before every device is Unhealthy."""
+MAX_NAMED_CHANGES = 4096
+"""Changed paths remembered between two scans; past this (a flood of events) the next scan
+looks at everything instead (bounded memory, and a full scan is cheaper by then)."""
 RESCAN_JITTER = 0.1
 """Spread the safety-net rescans of many resources instead of running them all at once."""
 RECENT_CHANGE = 2.0
@@ -355,8 +358,8 @@ class ScanLoop(Generic[S]):
     def _changed(self, directory: str, name: str | None) -> None:
         changes = self._changes
         if changes is not None:
-            if name is None:
-                self._changes = None
+            if name is None or len(changes) >= MAX_NAMED_CHANGES:
+                self._changes = None  # anything (or too much to list) changed: look at all
             else:
                 changes.add(os.path.join(directory, name))
         self._wake.set()

@@ -12,13 +12,13 @@ after the grace period (the loop's `Tracker`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from ..config import (
     NodeSelectConfig,
@@ -141,7 +141,9 @@ rule for opening `/dev/vfio/<group>`; a function with no driver counts too)."""
 
 
 def advertised_devices(
-    config: SysfsDriverConfig, devices: Sequence[SysfsDevice]
+    config: SysfsDriverConfig,
+    devices: Sequence[SysfsDevice],
+    is_match: Callable[[SysfsDevice], bool] | None = None,
 ) -> tuple[list[SysfsDevice], tuple[Skipped, ...]]:
     """The devices a resource advertises out of one scan, and what it refuses.
 
@@ -154,11 +156,22 @@ def advertised_devices(
       device, named by the first of them, with the nodes of every vfio-pci function of
       the group. A group with a function bound to a host driver cannot be assigned: its
       matched functions are refused (`incomplete_group`).
+
+    `is_match` answers `matches(config, device)` (a caller may remember the answers).
     """
-    found = {device.path: device for device in devices if matches(config, device)}
-    outer = [
-        device for path, device in sorted(found.items()) if enclosing_device(path, found) is None
-    ]
+    if is_match is None:
+        is_match = functools.partial(matches, config)
+    found = {device.path: device for device in devices if is_match(device)}
+    outer: list[SysfsDevice] = []
+    above: list[str] = []
+    """The matched directories above the current one (sorted by `path + "/"`, a directory's
+    subtree directly follows it)."""
+    for path in sorted(found, key=lambda path: path + "/"):
+        while above and not path.startswith(above[-1] + "/"):
+            above.pop()
+        if not above or enclosing_device(path, found) is None:
+            outer.append(found[path])
+        above.append(path)
     kept: list[SysfsDevice] = []
     groups: dict[str, list[SysfsDevice]] = {}
     for device in outer:
@@ -231,26 +244,57 @@ def reader_skipped(scan: SysfsScan) -> tuple[Skipped, ...]:
 
 
 class SysfsScanner:
-    """The sysfs driver's scan: read sysfs, match, identify, build the devices."""
+    """The sysfs driver's scan: read sysfs, match, identify, build the devices.
+
+    After a full read, a scan that is told what changed under the dev root (the loop's
+    `changed` paths) updates the last read instead (`SysfsReader.update`: the devices
+    those nodes belong to, and new devices), and reuses the match and the advertised
+    Device of every device it did not read again: O(changed) file reads.
+    """
 
     def __init__(self, config: SysfsDriverConfig, reader: SysfsReader) -> None:
         self._config = config
         self._reader = reader
         self._buses, self._classes, self._extra = scan_sources(config)
+        self._last: SysfsScan | None = None
+        self._matches: dict[str, tuple[SysfsDevice, bool]] = {}
+        """Sysfs path -> the device read there last, and whether it matches."""
+        self._built: dict[str, tuple[SysfsDevice, str, Device]] = {}
+        """Sysfs path -> the device read there last, its ID and the Device made of it."""
+        self._ids: dict[str, tuple[SysfsDevice, str]] = {}
+        """Sysfs path -> the device read there last and its ID."""
 
     def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
-        del changed  # every scan reads all of sysfs
-        scan = self._reader.scan(self._buses, self._classes, self._extra)
+        previous = self._last
+        self._last = None  # until this read is complete
+        if changed is None or previous is None:
+            scan = self._reader.scan(self._buses, self._classes, self._extra)
+        else:
+            names = self._node_names(changed)
+            scan = self._reader.update(previous, names, self._buses, self._classes, self._extra)
+        self._last = scan
         # Node directories are known only after the read: signed now (a change between the
         # read and this is caught by a full rescan every FULL_RESCAN_EVERY intervals).
-        for directory in sorted(scan.watch_dirs | self._future_node_dirs()):
+        for directory in scan.watch_dirs:
             dirs.watch(directory)
-        advertised, refused = advertised_devices(self._config, scan.devices)
+        matches_before = self._matches
+        self._matches = {}
+        advertised, refused = advertised_devices(
+            self._config, scan.devices, functools.partial(self._is_match, matches_before)
+        )
         identified, skipped = self.identified(advertised, listed.places)
+        built_before = self._built
+        self._built = {}
         devices: dict[str, Device] = {}
         places: dict[str, str] = {}
         for found, found_id in identified:
-            devices[found_id] = self._device(found, found_id)
+            cached = built_before.get(found.path)
+            if cached is not None and cached[0] is found and cached[1] == found_id:
+                device = cached[2]
+            else:
+                device = self._device(found, found_id)
+            self._built[found.path] = (found, found_id, device)
+            devices[found_id] = device
             places[found_id] = found.path
         return ScanResult(
             devices,
@@ -258,6 +302,20 @@ class SysfsScanner:
             places,
             tuple(Notice("sysfs_source_unreadable", (("problem", p),)) for p in scan.problems),
         )
+
+    def _is_match(self, before: dict[str, tuple[SysfsDevice, bool]], device: SysfsDevice) -> bool:
+        cached = before.get(device.path)
+        if cached is not None and cached[0] is device:
+            answer = cached[1]
+        else:
+            answer = matches(self._config, device)
+        self._matches[device.path] = (device, answer)
+        return answer
+
+    def _node_names(self, changed: Iterable[str]) -> list[str]:
+        """The changed paths below the dev root, by name relative to it."""
+        root = self._reader.dev_root + os.sep
+        return [path[len(root) :] for path in changed if path.startswith(root)]
 
     def identified(
         self, found: list[SysfsDevice], places: Mapping[str, str]
@@ -270,12 +328,24 @@ class SysfsScanner:
         given another ID: a device that carried two IDs over time (its serial now, its port
         after a restart) could be handed to two pods.
         """
+        ids_before = self._ids
+        self._ids = {}
         groups: dict[str, list[SysfsDevice]] = {}
-        for device in sorted(found, key=lambda d: d.name):
-            groups.setdefault(device_id(device, self._config.usb_id_from), []).append(device)
+        for device in found:
+            cached = ids_before.get(device.path)
+            if cached is not None and cached[0] is device:
+                did = cached[1]
+            else:
+                did = device_id(device, self._config.usb_id_from)
+            self._ids[device.path] = (device, did)
+            groups.setdefault(did, []).append(device)
         result: list[tuple[SysfsDevice, str]] = []
         skipped: list[Skipped] = []
         for did, group in groups.items():
+            if len(group) == 1:
+                result.append((group[0], did))
+                continue
+            group.sort(key=lambda d: d.name)
             holder = places.get(did)
             keeper = next((d for d in group if d.path == holder), group[0])
             result.append((keeper, did))
@@ -313,19 +383,6 @@ class SysfsScanner:
             annotations={k: render_template(v, values) for k, v in config.annotations.items()},
             path=nodes[0].host_path if nodes else None,
         )
-
-    def _future_node_dirs(self) -> set[str]:
-        """Where nodes of devices not plugged in yet will appear."""
-        dev_root = self._reader.dev_root
-        dirs = {dev_root}
-        if USB in self._buses:
-            usb = os.path.join(dev_root, "bus", "usb")
-            dirs.add(usb)
-            with contextlib.suppress(OSError):
-                dirs.update(os.path.join(usb, name) for name in os.listdir(usb))
-        if PCI in self._buses:
-            dirs.update(os.path.join(dev_root, name) for name in ("dri", "vfio"))
-        return dirs
 
 
 class SysfsDriver(ScanLoop[SysfsScanner]):

@@ -306,6 +306,38 @@ def advertised_by(entry: dict[str, Any], devices: Sequence[SysfsDevice]) -> tupl
     return tuple(device.name for device in advertised_devices(driver, devices)[0])
 
 
+class _Pool:
+    """The devices an entry made for one device could match, so that checking the entries
+    of many devices is not quadratic: the driver's matching decides, on the devices of the
+    same source and vendor (an entry holds the device's exact IDs, serial and name), plus
+    the PCI devices sharing an IOMMU group with them (a group is assigned whole)."""
+
+    def __init__(self, devices: Sequence[SysfsDevice]) -> None:
+        self._kind: dict[tuple[str, str | None], list[SysfsDevice]] = {}
+        self._source: dict[str, list[SysfsDevice]] = {}
+        self._groups: dict[str, list[SysfsDevice]] = {}
+        for device in devices:
+            self._kind.setdefault((device.source, device.vendor), []).append(device)
+            self._source.setdefault(device.source, []).append(device)
+            if device.source == PCI and device.iommu_group:
+                self._groups.setdefault(device.iommu_group, []).append(device)
+
+    def could_match(self, device: SysfsDevice, entry: dict[str, Any]) -> list[SysfsDevice]:
+        [match] = next(iter(entry["sysfs"].values()))
+        if "vendor" in match:
+            pool = self._kind.get((device.source, device.vendor), [])
+        else:
+            pool = self._source.get(device.source, [])
+        if "serial" in match:
+            pool = [d for d in pool if d.serial == device.serial]
+        if "name" in match:
+            pool = [d for d in pool if d.name == device.name]
+        groups = {d.iommu_group for d in pool if d.source == PCI and d.iommu_group}
+        inside = {id(d) for d in pool}
+        peers = [d for group in sorted(groups) for d in self._groups[group] if id(d) not in inside]
+        return [*pool, *peers]
+
+
 def discover(
     devices: Sequence[SysfsDevice],
     *,
@@ -323,6 +355,9 @@ def discover(
         raise ValueError(f"domain {quote_text(domain)}: {why}")
     found = []
     taken: set[str] = set()
+    pool = _Pool(devices)
+    advertised: dict[str, tuple[str, ...]] = {}
+    """Entry (its `sysfs` part as JSON) -> what it advertises: entries repeat."""
     for device in devices:
         if not include_all and (is_infrastructure(device) or not device.nodes):
             continue
@@ -330,7 +365,10 @@ def discover(
         entry: dict[str, Any] | None = None
         matches: tuple[str, ...] = ()
         for entry in candidate_entries(domain, device, description):
-            matches = advertised_by(entry, devices)
+            key = json.dumps(entry["sysfs"], sort_keys=True)
+            if key not in advertised:
+                advertised[key] = advertised_by(entry, pool.could_match(device, entry))
+            matches = advertised[key]
             if matches == (device.name,):
                 break
         serial_hint = None

@@ -16,8 +16,10 @@ Layout relied on, as the kernel makes it:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
@@ -48,6 +50,12 @@ MAX_WALK_DEPTH = 8
 """How deep below a device its nodes are searched (tty sits 4 levels below a USB device)."""
 MAX_WALK_DIRS = 4096
 """Directories visited below one device at most: a bound against odd or hostile trees."""
+MAX_DEV_DIRS = 1024
+"""Directories below the dev root watched at most."""
+MAX_DEV_DEPTH = 4
+DEV_SKIPPED = frozenset({"pts", "shm", "mqueue", "hugepages", "disk", "char", "block", "serial"})
+"""Directories at the top of the dev root that hold no kernel-made node: other mounts
+(ptys, shared memory) and the link farms udev keeps."""
 DEFAULT_SCAN_TIMEOUT = 10.0
 ATTRIBUTE_GROUPS = frozenset(
     {"power", "msi_irqs", "queue", "mq", "holders", "slaves", "trace", "integrity", "statistics"}
@@ -62,6 +70,58 @@ class _ScanState:
     numa_of_dir: dict[str, int | None] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(sysfs path, why) of names left out (see SysfsScan.skipped)."""
+
+
+@dataclass
+class _Index:
+    """Where a scan's devices and nodes are, for updating it (see SysfsReader.update)."""
+
+    scan: SysfsScan
+    by_path: dict[str, SysfsDevice]
+    by_node: dict[str, set[str]]
+    """Node name (relative to the dev root) -> the directories of the devices holding it."""
+    known: dict[str, set[str]]
+    """Source -> the kernel names of the scan's devices from it."""
+    by_entry: dict[tuple[str, str], SysfsDevice]
+
+    @classmethod
+    def of(cls, scan: SysfsScan) -> _Index:
+        index = cls(scan, {}, {}, {}, {})
+        for device in scan.devices:
+            index._add(device)
+        return index
+
+    def _add(self, device: SysfsDevice) -> None:
+        self.by_path[device.path] = device
+        self.known.setdefault(device.source, set()).add(device.name)
+        self.by_entry[(device.source, device.name)] = device
+        for node in device.nodes:
+            self.by_node.setdefault(node.devname, set()).add(device.path)
+
+    def _remove(self, device: SysfsDevice) -> None:
+        if self.by_path.get(device.path) is device:
+            del self.by_path[device.path]
+        if self.by_entry.get((device.source, device.name)) is device:
+            del self.by_entry[(device.source, device.name)]
+            self.known.get(device.source, set()).discard(device.name)
+        for node in device.nodes:
+            holders = self.by_node.get(node.devname)
+            if holders is not None:
+                holders.discard(device.path)
+                if not holders:
+                    del self.by_node[node.devname]
+
+    def moved_to(
+        self, scan: SysfsScan, dropped: Iterable[SysfsDevice], fresh: Iterable[SysfsDevice]
+    ) -> _Index:
+        """This index changed in place to index `scan`, which has the devices of the last
+        one but `dropped`, plus `fresh`: O(changed)."""
+        for device in dropped:
+            self._remove(device)
+        for device in fresh:
+            self._add(device)
+        self.scan = scan
+        return self
 
 
 @dataclass(frozen=True)
@@ -85,6 +145,11 @@ class SysfsReader:
         self.dev_root = os.path.normpath(dev_root)
         self._cache: dict[tuple[str, ...], _CachedAttributes] = {}
         self._next_cache: dict[tuple[str, ...], _CachedAttributes] = {}
+        self._index: _Index | None = None
+        """Of the last scan this reader made or updated."""
+        self._not_devices: dict[str, set[str]] = {}
+        """Source -> names listed there that are no device (USB interfaces), since the last
+        full scan."""
 
     # ------------------------------------------------------------------ listing
 
@@ -97,45 +162,226 @@ class SysfsReader:
         """Every device of the given buses and classes, with attributes and nodes."""
         state = _ScanState()
         self._next_cache = {}
+        self._not_devices = {}
         extra = tuple(dict.fromkeys(extra_attributes))
         devices: list[SysfsDevice] = []
-        problems: list[str] = []
-        for bus in dict.fromkeys(buses):
-            found, problem = self._list(f"bus/{bus}/devices", bus, extra, state)
-            devices.extend(found)
-            if problem:
-                problems.append(problem)
-        for klass in dict.fromkeys(classes):
-            found, problem = self._list(f"class/{klass}", f"class/{klass}", extra, state)
-            devices.extend(found)
-            if problem:
-                problems.append(problem)
-        self._cache, self._next_cache = self._next_cache, {}
-        watch = {self.dev_root}
-        for device in devices:
-            for node in device.nodes:
-                watch.add(os.path.dirname(os.path.join(self.dev_root, node.devname)))
-        return SysfsScan(tuple(devices), tuple(problems), frozenset(watch), tuple(state.skipped))
-
-    def _list(
-        self, relative: str, source: str, extra: tuple[str, ...], state: _ScanState
-    ) -> tuple[list[SysfsDevice], str | None]:
-        directory = os.path.join(self.sysfs_root, relative)
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError as exc:
-            return [], f"{source}: cannot list {directory}: {exc.strerror or exc}"
-        devices = []
-        for name in names:
-            if source == USB and USB_DEVICE_NAME.fullmatch(name) is None:
-                continue  # an interface (`1-1:1.0`), listed under its device
-            if (why := name_text_problem(name)) is not None:
-                state.skipped.append((os.path.join(directory, name), f"device name {why}"))
-                continue
-            device = self.read_device(source, name, os.path.join(directory, name), extra, state)
+        entries, problems, _ = self._entries(buses, classes, state)
+        for source, name, link in entries:
+            device = self.read_device(source, name, link, extra, state)
             if device is not None:
                 devices.append(device)
-        return devices, None
+        self._cache, self._next_cache = self._next_cache, {}
+        watch = {self.dev_root, *self.dev_directories()}
+        for device in devices:
+            watch.update(self._node_dirs(device))
+        result = SysfsScan(tuple(devices), tuple(problems), frozenset(watch), tuple(state.skipped))
+        self._index = _Index.of(result)
+        return result
+
+    def update(
+        self,
+        previous: SysfsScan,
+        changed: Iterable[str],
+        buses: Iterable[str] = (USB, PCI),
+        classes: Iterable[str] = (),
+        extra_attributes: Iterable[str] = (),
+    ) -> SysfsScan:
+        """`previous` brought up to date after the nodes `changed` (names relative to the
+        dev root) appeared, vanished or changed: O(changed), not O(devices).
+
+        A node of a listed device: that device is read again (it may have gone). A node no
+        listed device has: the bus and class lists are read for new devices (a hot-plug),
+        and a node of none of them is placed through its device number
+        (`<sysfs>/dev/char|block/MAJ:MIN`, else the class entry of its name) and read again
+        with every listed device whose nodes it is among (a USB interface's late tty or
+        input node). Unchanged devices are the same objects as in `previous`. What cannot
+        be placed waits for the next full scan (the caller's safety net).
+        """
+        index = self._index if self._index is not None and self._index.scan is previous else None
+        if index is None:
+            index = _Index.of(previous)
+        state = _ScanState()
+        self._next_cache = {}
+        extra = tuple(dict.fromkeys(extra_attributes))
+        watch = set(previous.watch_dirs)
+        dirty: set[str] = set()
+        unplaced: list[str] = []
+        for devname in self._node_names(changed, watch):
+            owners = index.by_node.get(devname)
+            if owners:
+                dirty.update(owners)
+            else:
+                unplaced.append(devname)
+        fresh: list[SysfsDevice] = []
+        added: list[SysfsDevice] = []
+        listed: dict[str, set[str]] | None = None
+        if unplaced:
+            entries, _, listed = self._entries(buses, classes, state, index.known)
+            for source, name, link in entries:
+                device = self.read_device(source, name, link, extra, state)
+                if device is not None:
+                    added.append(device)
+            new_nodes = {node.devname for device in added for node in device.nodes}
+            for devname in unplaced:
+                if devname not in new_nodes:
+                    directory = self.node_directory(devname)
+                    if directory is not None:
+                        dirty.update(devices_reaching(directory, index.by_path))
+        dropped: list[SysfsDevice] = []
+        if listed is not None:
+            for source, names in index.known.items():
+                gone = names - listed.get(source, set())
+                dropped.extend(index.by_entry[(source, name)] for name in gone)
+        replaced: dict[str, SysfsDevice | None] = {device.path: None for device in dropped}
+        for path in dirty:
+            device = index.by_path[path]
+            if path in replaced:
+                continue
+            dropped.append(device)
+            link = self._entry_link(device.source, device.name)
+            found = self.read_device(device.source, device.name, link, extra, state)
+            if found is None or found.path != path:
+                replaced[path] = None  # gone
+                if found is not None:
+                    added.append(found)  # another device under its name
+            else:
+                replaced[path] = found
+                fresh.append(found)
+        if replaced:
+            devices = [replaced.get(device.path, device) for device in previous.devices]
+        else:
+            devices = list(previous.devices)
+        devices.extend(added)
+        fresh.extend(added)
+        kept = tuple(device for device in devices if device is not None)
+        for device in fresh:
+            watch.update(self._node_dirs(device))
+        self._next_cache = {}
+        result = SysfsScan(
+            kept,
+            previous.problems,
+            frozenset(watch),
+            tuple(dict.fromkeys((*previous.skipped, *state.skipped))),
+        )
+        self._index = index.moved_to(result, dropped, fresh)
+        return result
+
+    def _node_names(self, changed: Iterable[str], watch: set[str]) -> list[str]:
+        """The names in `changed`, with a directory that appeared replaced by the names of
+        what it holds (at most MAX_DEV_DEPTH deep), and added to `watch`."""
+        names: list[str] = []
+        pending = list(dict.fromkeys(changed))
+        while pending:
+            name = pending.pop()
+            path = os.path.join(self.dev_root, name)
+            if name.count("/") < MAX_DEV_DEPTH and os.path.isdir(path) and not os.path.islink(path):
+                if path not in watch and len(watch) < MAX_DEV_DIRS:
+                    watch.add(path)
+                    with contextlib.suppress(OSError):
+                        pending.extend(f"{name}/{entry}" for entry in os.listdir(path))
+                continue
+            names.append(name)
+        return names
+
+    def node_directory(self, devname: str) -> str | None:
+        """The sysfs directory of the device whose node is `devname` (relative to the dev
+        root): by its device number, else by the class entry of its name whose uevent
+        names it; None when neither finds it."""
+        path = os.path.join(self.dev_root, devname)
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+            kind = "block" if stat.S_ISBLK(info.st_mode) else "char"
+            number = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+            found = _resolve_entry(os.path.join(self.sysfs_root, "dev", kind, number))
+            if found is not None:
+                return found
+        base = os.path.basename(devname)
+        class_root = os.path.join(self.sysfs_root, "class")
+        try:
+            classes = sorted(os.listdir(class_root))
+        except OSError:
+            return None
+        for klass in classes:
+            entry = os.path.join(class_root, klass, base)
+            if not os.path.lexists(entry):
+                continue
+            found = _resolve_entry(entry)
+            if found is not None:
+                node = self._node_of(found)
+                if node is not None and node.devname == devname:
+                    return found
+        return None
+
+    def dev_directories(self) -> set[str]:
+        """The directories below the dev root where the kernel may create nodes (for
+        inotify: a node appearing anywhere there is seen at once), at most MAX_DEV_DIRS,
+        MAX_DEV_DEPTH deep; not the mounts and link farms others keep there (DEV_SKIPPED,
+        `by-*`, hidden ones) and no symlinks."""
+        found: set[str] = set()
+        stack = [(self.dev_root, 0)]
+        while stack and len(found) < MAX_DEV_DIRS:
+            directory, depth = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                name = entry.name
+                if (
+                    (depth == 0 and name in DEV_SKIPPED)
+                    or name.startswith((".", "by-"))
+                    or not _is_real_dir(entry)
+                ):
+                    continue
+                found.add(entry.path)
+                if depth + 1 < MAX_DEV_DEPTH:
+                    stack.append((entry.path, depth + 1))
+        return found
+
+    def _node_dirs(self, device: SysfsDevice) -> set[str]:
+        return {os.path.dirname(os.path.join(self.dev_root, node.devname)) for node in device.nodes}
+
+    def _entry_link(self, source: str, name: str) -> str:
+        relative = source if source.startswith("class/") else f"bus/{source}/devices"
+        return os.path.join(self.sysfs_root, relative, name)
+
+    def _entries(
+        self,
+        buses: Iterable[str],
+        classes: Iterable[str],
+        state: _ScanState,
+        known: dict[str, set[str]] | None = None,
+    ) -> tuple[list[tuple[str, str, str]], list[str], dict[str, set[str]]]:
+        """(source, kernel name, entry) of every device listed under the buses and classes
+        (with `known`: of those not in it), the sources that could not be listed, and the
+        names listed of each source."""
+        sources = [*dict.fromkeys(buses), *(f"class/{k}" for k in dict.fromkeys(classes))]
+        entries: list[tuple[str, str, str]] = []
+        problems: list[str] = []
+        listed: dict[str, set[str]] = {}
+        for source in sources:
+            directory = os.path.dirname(self._entry_link(source, "x"))
+            try:
+                names = os.listdir(directory)
+            except OSError as exc:
+                problems.append(f"{source}: cannot list {directory}: {exc.strerror or exc}")
+                continue
+            listed[source] = set(names)
+            ignored = self._not_devices.setdefault(source, set())
+            if known is not None:
+                names = list(listed[source] - known.get(source, set()) - ignored)
+            for name in sorted(names):
+                if source == USB and USB_DEVICE_NAME.fullmatch(name) is None:
+                    ignored.add(name)
+                    continue  # an interface (`1-1:1.0`), listed under its device
+                if (why := name_text_problem(name)) is not None:
+                    state.skipped.append((os.path.join(directory, name), f"device name {why}"))
+                    continue
+                entries.append((source, name, os.path.join(directory, name)))
+        return entries, problems, listed
 
     # ------------------------------------------------------------------ one device
 
@@ -160,7 +406,7 @@ class SysfsReader:
         else:
             wanted = ()
         uevent_text = self._read_quiet(os.path.join(path, "uevent")) or ""
-        uevent = _parse_uevent(uevent_text)
+        uevent = parse_uevent(uevent_text)
         key = (path, uevent_text, *wanted, "", *extra)
         cached = self._cache.get(key)
         if cached is None:
@@ -308,7 +554,7 @@ class SysfsReader:
             text = self._read_quiet(os.path.join(directory, "uevent"))
         if not text or "DEVNAME=" not in text:
             return None
-        uevent = _parse_uevent(text)
+        uevent = parse_uevent(text)
         devname = uevent.get("DEVNAME", "")
         if not devname or devname.startswith("/") or ".." in devname.split("/"):
             return None
@@ -354,16 +600,17 @@ class SysfsReader:
         return result
 
 
-def enclosing_device(path: str, candidates: Container[str]) -> str | None:
-    """The outermost of `candidates` (device directories) whose node walk reaches the
-    directory `path`, so that its nodes are already that device's; None when none does.
+def devices_reaching(path: str, candidates: Container[str]) -> list[str]:
+    """The `candidates` (device directories) whose node walk reaches the directory `path`,
+    innermost first: `path` itself if it is one, then the devices above it up to the bus
+    device it belongs to.
 
     The walk's own rule read upwards: it never enters another bus device (`path` itself
-    being one means it is a device of its own) and goes MAX_WALK_DEPTH levels deep.
+    being one means no device above reaches it) and goes MAX_WALK_DEPTH levels deep.
     """
+    found = [path] if path in candidates else []
     if is_device_boundary(os.path.basename(path)):
-        return None
-    found = None
+        return found
     directory = path
     for _ in range(MAX_WALK_DEPTH):
         parent = os.path.dirname(directory)
@@ -371,11 +618,19 @@ def enclosing_device(path: str, candidates: Container[str]) -> str | None:
             break
         directory = parent
         if directory in candidates:
-            found = directory
+            found.append(directory)
         name = os.path.basename(directory)
         if name in ATTRIBUTE_GROUPS or is_device_boundary(name):
             break
     return found
+
+
+def enclosing_device(path: str, candidates: Container[str]) -> str | None:
+    """The outermost of `candidates` other than `path` whose node walk reaches `path`, so
+    that its nodes are already that device's; None when none does."""
+    reaching = devices_reaching(path, candidates)
+    outer = reaching[-1] if reaching else None
+    return outer if outer != path else None
 
 
 def read_text(path: str) -> str:
@@ -409,7 +664,7 @@ def _resolve_entry(link: str) -> str | None:
     return path
 
 
-def _parse_uevent(text: str) -> dict[str, str]:
+def parse_uevent(text: str) -> dict[str, str]:
     values = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")

@@ -51,10 +51,13 @@ def run(opts: Options) -> list[Figure]:
         (MANY, True, None, graceful),
     ]
     try:
-        make_device_files(workdir / "dev", 8, "fpga")
+        # Devices of their own per resource: a device node is advertised by one resource
+        # only (ownership), and the first resource must have devices for the waits.
+        for i in range(MANY):
+            make_device_files(workdir / "dev" / str(i), 8, "fpga")
         for count, clients_first, typical, worst in cases:
             resources = [
-                glob_resource(f"bench.kdp-host.io/restart{i}", f"{workdir}/dev/fpga*")
+                glob_resource(f"bench.kdp-host.io/restart{i}", f"{workdir}/dev/{i}/fpga*")
                 for i in range(count)
             ]
             names = [r["name"] for r in resources]

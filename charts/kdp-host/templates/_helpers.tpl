@@ -222,3 +222,32 @@ A probe from values: everything but `enabled`.
 {{- define "kdp-host.probe" -}}
 {{- toYaml (omit . "enabled") }}
 {{- end }}
+
+{{/*
+Whether kdp-host reads its node's labels from the API (a resource selects nodes by label, or
+nodeLabels.read for a ConfigMap of your own): then it gets RBAC to get and watch nodes and a
+service account token. Renders "true" or nothing.
+*/}}
+{{- define "kdp-host.readsNodeLabels" -}}
+{{- $reads := .Values.nodeLabels.read }}
+{{- range $r := (dig "resources" (list) .Values.config) }}
+{{- if and (kindIs "map" $r) (dig "nodeSelector" "labels" (dict) $r) }}
+{{- $reads = true }}
+{{- end }}
+{{- end }}
+{{- if $reads }}true{{ end }}
+{{- end }}
+
+{{/*
+The host directory of config.nodeFeatures.file (Node Feature Discovery's features.d),
+mounted at the same path; nothing when nodeFeatures is not set.
+*/}}
+{{- define "kdp-host.nodeFeaturesDir" -}}
+{{- $nf := dig "nodeFeatures" nil .Values.config }}
+{{- if kindIs "map" $nf }}
+{{- $file := dig "file" "/etc/kubernetes/node-feature-discovery/features.d/kdp-host" $nf | toString }}
+{{- dir $file }}
+{{- else if not (kindIs "invalid" $nf) }}
+{{- dir "/etc/kubernetes/node-feature-discovery/features.d/kdp-host" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,149 @@
+"""A fake Kubernetes API server on 127.0.0.1: one node object, its GET and a watch.
+
+What kdp_host.kubeapi reads, and nothing more: `GET /api/v1/nodes/NAME` and `GET
+/api/v1/nodes?fieldSelector=metadata.name=NAME&watch=1...` answered as the real server does
+(a PartialObjectMetadata object; a chunked stream of JSON watch events), with a bearer token
+checked, over TLS when given a certificate (`self_signed`, made with the openssl command).
+Tests change the labels (`set_labels`, pushed to open watches as MODIFIED events), expire
+watches (an ERROR 410 event), or make every call fail (`fail_with`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import ssl
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+TOKEN = "fake-token"
+
+
+def self_signed(directory: Path) -> tuple[Path, Path] | None:
+    """(certificate, key) for 127.0.0.1, or None without the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    cert, key = directory / "apiserver.crt", directory / "apiserver.key"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@dataclass
+class FakeApiServer:
+    node: str
+    labels: dict[str, str] = field(default_factory=dict)
+    certificate: tuple[Path, Path] | None = None
+    token: str = TOKEN
+    fail_with: int | None = None
+    """Answer every call with this status (a Status object saying why)."""
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    version: int = 1
+    _watches: list[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+    watch_opened: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> str:
+        context = None
+        if self.certificate is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*map(str, self.certificate))
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=context)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"{'https' if context else 'http'}://127.0.0.1:{port}"
+
+    async def close(self) -> None:
+        for queue in self._watches:
+            queue.put_nowait(None)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @property
+    def open_watches(self) -> int:
+        return len(self._watches)
+
+    def _object(self) -> dict[str, Any]:
+        return {
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {
+                "name": self.node,
+                "labels": dict(self.labels),
+                "resourceVersion": str(self.version),
+            },
+        }
+
+    def set_labels(self, labels: dict[str, str]) -> None:
+        self.labels = dict(labels)
+        self.version += 1
+        for queue in self._watches:
+            queue.put_nowait({"type": "MODIFIED", "object": self._object()})
+
+    def expire_watches(self) -> None:
+        gone = {"kind": "Status", "status": "Failure", "reason": "Expired", "code": 410,
+                "message": "too old resource version"}  # fmt: skip
+        for queue in self._watches:  # the server ends a watch after its ERROR event
+            queue.put_nowait({"type": "ERROR", "object": gone})
+            queue.put_nowait(None)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = (await reader.readline()).decode()
+            headers: dict[str, str] = {}
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            target = request.split(" ")[1]
+            self.requests.append((target, headers))
+            await self._answer(target, headers, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, target: str, headers: dict[str, str], writer: Any) -> None:
+        url = urlsplit(target)
+        query = parse_qs(url.query)
+        if self.fail_with is not None:
+            return self._status(writer, self.fail_with, "refused by the test")
+        if headers.get("authorization") != f"Bearer {self.token}":
+            return self._status(writer, 401, "Unauthorized")
+        if url.path == f"/api/v1/nodes/{self.node}":
+            body = json.dumps(self._object()).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            return None
+        if url.path == "/api/v1/nodes" and query.get("watch") == ["1"]:
+            selector = unquote(query.get("fieldSelector", [""])[0])
+            if selector != f"metadata.name={self.node}":
+                return self._status(writer, 400, f"unexpected selector {selector}")
+            return await self._watch(writer)
+        return self._status(writer, 404, f"{url.path} not found")
+
+    def _status(self, writer: Any, code: int, message: str) -> None:
+        body = json.dumps({"kind": "Status", "code": code, "message": message}).encode()
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (code, len(body), body))
+
+    async def _watch(self, writer: Any) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._watches.append(queue)
+        self.watch_opened.set()
+        try:
+            while (event := await queue.get()) is not None:
+                line = json.dumps(event).encode() + b"\n"
+                writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+        finally:
+            self._watches.remove(queue)

@@ -1,0 +1,63 @@
+"""A device unplugged under a running pod (issue 20 item 3, GDP#74): counted and logged with
+its holders, through the simulator's kubelet and its PodResources server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host.simulator import KubeletSimulator
+
+from .conftest import wait_until
+
+FPGA = "vendor.example/fpga"
+
+
+def missing(running: Any) -> float | None:
+    return running.metrics.registry.get_sample_value("kdp_devices_held_missing", {"resource": FPGA})
+
+
+async def test_an_unplugged_held_device_is_counted_and_names_its_pod(
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
+    await sim.start()
+    try:
+        running = await start_host(
+            f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {short_dir}/pr/kubelet.sock,"
+            " podResourcesInterval: 1s}\n"
+            f"resources:\n  - name: {FPGA}\n"
+            f'    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1h}}\n'
+        )
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+        assert missing(running) == 0  # from the start, at zero
+        response = await sim.allocate(FPGA, 1, pod_uid="train-7", container="worker")
+        assert response is not None
+        held = Path(response.devices[0].host_path)
+        poller = running.host.pod_resources
+        await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="held")
+        assert missing(running) == 0
+
+        with caplog.at_level("WARNING", logger="kdp_host"):
+            held.unlink()  # the stick is pulled; the pod keeps running
+            await wait_until(lambda: missing(running) == 1, what="counted")
+        [record] = [r for r in caplog.records if r.getMessage() == "held_device_missing"]
+        fields = getattr(record, "kdp_fields", {})
+        assert fields.get("device") == held.name and fields.get("state") == "unhealthy"
+        assert fields.get("holders") == "default/train-7/worker"
+
+        held.touch()  # plugged back in
+        await wait_until(lambda: missing(running) == 0, what="back")
+        await sim.release("train-7")  # the pod ended while its device was gone: not counted
+        held.unlink()
+        await wait_until(lambda: not poller.holdings.of(FPGA), what="released")
+        assert missing(running) == 0
+    finally:
+        await sim.stop()

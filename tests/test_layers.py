@@ -38,7 +38,6 @@ NOT_YET_SPLIT = frozenset(
         "http",
         "metrics",
         "ownership",
-        "process",
         "resource",
         "simulator.kubelet",
         "sysfs.discover",

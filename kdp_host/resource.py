@@ -153,6 +153,8 @@ class ResourceRuntime:
         """pluginsRegistry: the kubelet's verdicts and stream ends, in the order they came."""
         self._info_asked = False
         """pluginsRegistry: the kubelet called GetInfo on the current socket."""
+        self._last_refusal: str | None = None
+        """pluginsRegistry: the kubelet's last refusal, logged once while it repeats."""
         self._pre_start = (
             None
             if config.pre_start is None
@@ -510,13 +512,17 @@ class ResourceRuntime:
                     metrics.registrations.labels(self.config.name, "ok").inc()
                     patience.reset()
                     refusals.reset()
-                    deadline, refused = None, None
+                    deadline, refused, self._last_refusal = None, None, None
                     self._mark(registered=True)
                     self.log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
                 elif isinstance(event, KubeletVerdict):
                     metrics.registrations.labels(self.config.name, "refused").inc()
                     self._mark(registered=False, error="not registered: refused")
-                    self.log.warning("register_failed", result="refused", reason=event.error)
+                    level = (
+                        self.log.debug if event.error == self._last_refusal else self.log.warning
+                    )
+                    level("register_failed", result="refused", reason=event.error)
+                    self._last_refusal = event.error
                     deadline, refused = loop.time() + refusals.next_delay(), event.error
             if deadline is not None and loop.time() >= deadline:
                 if refused is not None:

@@ -121,6 +121,17 @@ def name_text_problem(name: str) -> str | None:
     return None
 
 
+_SYSFS_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def sysfs_name_problem(name: str) -> str | None:
+    """Why `name` is no bus (`/sys/bus/<name>`) or class (`/sys/class/<name>`) name: one
+    path component of the kernel's characters, never `.` or `..`."""
+    if not _SYSFS_NAME.fullmatch(name) or name in (".", ".."):
+        return "must be a name under /sys/bus or /sys/class (e.g. usb, pci, video4linux)"
+    return None
+
+
 def absolute_path_problem(path: str) -> str | None:
     """Why `path` is not a usable absolute path on the host or in a container.
 

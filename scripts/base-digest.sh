@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Pin the Dockerfile's base image to the current digest of its tag.
 #
-# PYTHON_IMAGE's default is `TAG@sha256:DIGEST`: the tag says what it is, the digest fixes the
-# bytes. This resolves TAG's digest now (the multi-arch index, so every platform stays pinned)
+# The base is the `FROM TAG@sha256:DIGEST AS python-base` line: the tag says what it is, the
+# digest fixes the bytes (Dependabot proposes the same change weekly). This resolves TAG's digest now (the multi-arch index, so every platform stays pinned)
 # and rewrites the default. It needs the registry to be reachable, and skopeo (Debian package,
 # installed here with apt-get when missing and running as root).
 #
@@ -10,8 +10,8 @@
 set -euo pipefail
 
 dockerfile=${1:-Dockerfile}
-current=$(sed -n 's/^ARG PYTHON_IMAGE=//p' "$dockerfile")
-[ -n "$current" ] || { echo "$dockerfile: no 'ARG PYTHON_IMAGE=' line" >&2; exit 1; }
+current=$(sed -n 's/^FROM \([^ ]*\) AS python-base$/\1/p' "$dockerfile")
+[ -n "$current" ] || { echo "$dockerfile: no 'FROM ... AS python-base' line" >&2; exit 1; }
 tag=${current%@*}
 
 ref=$tag
@@ -27,5 +27,5 @@ fi
 
 # The digest of a manifest is the sha256 of its exact bytes.
 digest=sha256:$(skopeo inspect --raw "docker://$ref" | sha256sum | cut -d' ' -f1)
-sed -i "s|^ARG PYTHON_IMAGE=.*|ARG PYTHON_IMAGE=$tag@$digest|" "$dockerfile"
-echo "PYTHON_IMAGE=$tag@$digest"
+sed -i "s|^FROM [^ ]* AS python-base\$|FROM $tag@$digest AS python-base|" "$dockerfile"
+echo "python-base: $tag@$digest"

@@ -1067,17 +1067,20 @@ def test_dockerfile_is_multi_stage_and_slim() -> None:
         rest.partition("=")[::2] for word, rest in instructions if word == "ARG" and "=" in rest
     )
     froms = [rest for word, rest in instructions if word == "FROM"]
-    assert len(froms) == 2
-    assert froms[0].endswith(" AS builder")
-    base = froms[1].replace("${PYTHON_IMAGE}", args["PYTHON_IMAGE"])
+    # The pinned base is a FROM line of its own (Dependabot reads FROM lines, not ARGs), and
+    # PYTHON_IMAGE names it unless a build argument replaces it.
+    assert len(froms) == 3
+    base, _, name = froms[0].partition(" AS ")
     assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", base), base  # pinned
+    assert args["PYTHON_IMAGE"] == name == "python-base"
+    assert froms[1:] == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE}"]
     stages: list[list[tuple[str, str]]] = []
     for word, rest in instructions:
         if word == "FROM":
             stages.append([])
         if stages:
             stages[-1].append((word, rest))
-    builder, final = stages
+    _, builder, final = stages
     assert any(w == "RUN" and "pip wheel" in r for w, r in builder)
     final_runs = " ".join(r for w, r in final if w == "RUN")
     assert "--no-index" in final_runs and "from=builder" in final_runs

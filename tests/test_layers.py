@@ -33,7 +33,6 @@ NOT_YET_SPLIT = frozenset(
     {
         "allocation",
         "cdi",
-        "drivers.glob_groups",
         "drivers.scanning",
         "http",
         "metrics",

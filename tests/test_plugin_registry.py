@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -210,19 +211,26 @@ async def test_sim_a_failed_register_plugin_is_never_retried_by_a_v132_kubelet(
 
 
 async def test_sim_a_refused_registration_makes_kdp_host_create_its_socket_again(
-    plugin_manager: KubeletSimulator, devices: Path, start_host
+    plugin_manager: KubeletSimulator, devices: Path, start_host, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Each refusal is counted; the same refusal again is not logged again as a warning."""
     sim = plugin_manager
-    sim.fail_next_plugin_registrations(1)
+    sim.fail_next_plugin_registrations(3)
     running = await start_registry_host(start_host, sim, devices)
-    await sim.wait_for(lambda: sim.resource(FPGA).allocatable == 2, timeout=20)
+    await sim.wait_for(lambda: sim.resource(FPGA).allocatable == 2, timeout=30)
     # (Under heavy load a verdict may come later than kdp-host waits: it then creates its
     # socket once more, and the plugin manager's operation on the old one fails. Allowed.)
     verdicts = [op.notified for op in register_ops(sim) if op.notified is not None]
-    assert verdicts == [False, True], sim.registry_operations
+    assert verdicts == [False, False, False, True], sim.registry_operations
     assert [op.kind for op in sim.registry_operations][-2:] == ["deregister", "register"]
-    assert value(running.metrics, "kdp_registrations_total", resource=FPGA, result="refused") == 1
+    assert value(running.metrics, "kdp_registrations_total", resource=FPGA, result="refused") == 3
     assert value(running.metrics, "kdp_registrations_total", resource=FPGA, result="ok") == 1
+    warnings = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "register_failed" and r.levelname == "WARNING"
+    ]
+    assert len(warnings) == 1
     await wait_until(lambda: running.host.resources[FPGA].status.ready, what="ready")
 
 
@@ -315,11 +323,18 @@ class FakePlugin(RegistrationBase):
         return RegistrationStatusResponse()
 
 
-async def serve(plugin: FakePlugin, path: Path) -> Server:
+@contextlib.asynccontextmanager
+async def serving(info: PluginInfo, path: Path) -> AsyncIterator[FakePlugin]:
+    """A FakePlugin with `info` on a registration socket at `path`, while in the block."""
+    plugin = FakePlugin(info)
     server = Server([plugin])
     path.parent.mkdir(parents=True, exist_ok=True)
     await server.start(path=str(path))
-    return server
+    try:
+        yield plugin
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_sim_plugin_manager_validates_notifies_and_retries_with_backoff(
@@ -328,11 +343,8 @@ async def test_sim_plugin_manager_validates_notifies_and_retries_with_backoff(
     """A plugin the kubelet's ValidatePlugin refuses is told why and tried again after a
     back-off (0.5 s, doubling); nothing is registered."""
     sim = plugin_manager
-    plugin = FakePlugin(
-        PluginInfo(type="DevicePlugin", name=FPGA, endpoint="", supported_versions=["v9", "v8"])
-    )
-    server = await serve(plugin, registry / "fake.sock")
-    try:
+    info = PluginInfo(type="DevicePlugin", name=FPGA, endpoint="", supported_versions=["v9", "v8"])
+    async with serving(info, registry / "fake.sock") as plugin:
         await sim.wait_for(lambda: len(register_ops(sim)) >= 2, timeout=20)
         first, second = register_ops(sim)[:2]
         assert first.error == "RegisterPlugin error -- pluginHandler.ValidatePluginFunc failed"
@@ -344,28 +356,19 @@ async def test_sim_plugin_manager_validates_notifies_and_retries_with_backoff(
         assert [v.plugin_registered for v in plugin.verdicts[:2]] == [False, False]
         with pytest.raises(KeyError):
             sim.resource(FPGA)
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_sim_plugin_manager_refuses_a_name_that_is_no_extended_resource(
     plugin_manager: KubeletSimulator, registry: Path
 ) -> None:
     sim = plugin_manager
-    plugin = FakePlugin(
-        PluginInfo(type="DevicePlugin", name="fpga", endpoint="", supported_versions=["v1beta1"])
-    )
-    server = await serve(plugin, registry / "sub" / "fake.sock")
-    try:
+    info = PluginInfo(type="DevicePlugin", name="fpga", endpoint="", supported_versions=["v1beta1"])
+    async with serving(info, registry / "sub" / "fake.sock"):
         await sim.wait_for(lambda: register_ops(sim), timeout=20)
         assert register_ops(sim)[0].notify_error == (
             "RegisterPlugin error -- plugin validation failed with err: invalid name of device "
             'plugin socket: the ResourceName "fpga" is invalid'
         )
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_sim_plugin_manager_ignores_hidden_names_and_files_that_are_no_sockets(
@@ -373,23 +376,14 @@ async def test_sim_plugin_manager_ignores_hidden_names_and_files_that_are_no_soc
 ) -> None:
     sim = plugin_manager
     info = PluginInfo(type="DevicePlugin", name=FPGA, endpoint="", supported_versions=["v9"])
-    hidden = await serve(FakePlugin(info), registry / ".hidden.sock")
-    (registry / "plain.sock").write_text("")
-    try:
+    async with serving(info, registry / ".hidden.sock"):
+        (registry / "plain.sock").write_text("")
         reconciles = sim.reconciles
         await sim.wait_for(lambda: sim.reconciles >= reconciles + 5)
         assert sim.registry_operations == []
-        shown = FakePlugin(info)
-        visible = await serve(shown, registry / "shown.sock")
-        try:
+        async with serving(info, registry / "shown.sock"):
             await sim.wait_for(lambda: register_ops(sim), timeout=20)
             assert {op.socket.name for op in sim.registry_operations} == {"shown.sock"}
-        finally:
-            visible.close()
-            await visible.wait_closed()
-    finally:
-        hidden.close()
-        await hidden.wait_closed()
 
 
 async def test_sim_plugin_manager_dial_failure_is_retried_and_recorded(
@@ -536,3 +530,70 @@ def test_the_registration_proto_matches_the_kubelets_field_for_field(tmp_path: P
         ),
     ]
     assert not any(m.client_streaming or m.server_streaming for m in service.method)
+
+
+async def test_the_verdict_text_kept_is_bounded() -> None:
+    """Whoever calls NotifyRegistrationStatus (root only: the socket is 0600), its error text
+    reaches the log bounded."""
+    from kdp_host.protocol.plugin_registry import (
+        MAX_ERROR_TEXT,
+        KubeletVerdict,
+        PluginRegistrationService,
+    )
+
+    verdicts: list[KubeletVerdict] = []
+    service = PluginRegistrationService(
+        FPGA, "/r/x.sock", on_info=lambda: None, on_verdict=verdicts.append
+    )
+    info = await service.get_info(InfoRequest())
+    assert (info.type, info.name, info.endpoint, info.supported_versions) == (
+        "DevicePlugin",
+        FPGA,
+        "/r/x.sock",
+        ["v1beta1"],
+    )
+    await service.notify_registration_status(RegistrationStatus(error="x" * 10**6))
+    assert verdicts == [KubeletVerdict(False, "x" * MAX_ERROR_TEXT)]
+
+
+def test_stale_socket_cleanup_removes_only_dead_sockets_of_ours(tmp_path: Path) -> None:
+    """Both name forms; a live socket, a regular file with our name and another's socket stay."""
+    from kdp_host.logs import get_logger
+    from kdp_host.stale_sockets import remove_stale_sockets
+
+    def bound(name: str, listening: bool) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(tmp_path / name))
+        if listening:
+            sock.listen()
+        return sock
+
+    dead = [bound("kdp-abcdefgh", False), bound("kdp-a.io_b-0a1b2c3d-00000000.sock", False)]
+    live = bound("kdp-live.io_b-0a1b2c3d-00000000.sock", True)
+    other = bound("other.sock", False)
+    (tmp_path / "kdp-zzzzzzzz").write_text("not a socket")
+    try:
+        remove_stale_sockets(str(tmp_path), get_logger())
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "kdp-live.io_b-0a1b2c3d-00000000.sock",
+            "kdp-zzzzzzzz",
+            "other.sock",
+        ]
+    finally:
+        for sock in (*dead, live, other):
+            sock.close()
+
+
+async def test_a_registry_dir_that_is_a_file_is_reported_and_waited_out(
+    kubelet: KubeletSimulator, socket_dir: Path, registry: Path, devices: Path, start_host
+) -> None:
+    registry.write_text("not a directory")
+    running = await start_host(registry_config(socket_dir, registry, devices), registry_wait=QUICK)
+    await wait_until(
+        lambda: "cannot serve" in running.host.health.not_ready.get(FPGA, ""),
+        what="not ready: cannot serve",
+    )
+    registry.unlink()
+    registry.mkdir()
+    await wait_until(lambda: running.host.resources[FPGA].status.serving, what="serving")
+    assert Path(running.host.resources[FPGA].socket_path).parent == registry

@@ -102,6 +102,8 @@ env: {SERIAL: "{serial}", WHERE: "{address}"}
         ("usb: [{}]", "must name at least one of"),
         ('usb: [{vendr: "0403"}]', "unknown key (did you mean 'vendor'?)"),
         ("devices: [{attributes: {name: x}}]", "needs exactly one of bus or class"),
+        ('devices: [{bus: ".."}]', "must be a name under /sys/bus or /sys/class"),
+        ("devices: [{class: a/b}]", "must be a name under /sys/bus or /sys/class"),
         ("devices: [{class: drm, attributes: {../x: y}}]", "attribute file below the device"),
         ('usb: {vendor: "0403"}\nenv: {X: "{colour}"}', "unknown template field {colour}"),
         ("gracePeriod: 1s", "needs at least one of usb, pci or devices"),

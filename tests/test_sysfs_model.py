@@ -12,6 +12,7 @@ from kdp_host.allocation import AllocationBuilder
 from kdp_host.config import AllocateConfig, GlobDriverConfig, ResourceConfig
 from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.sysfs import SysfsDevice, SysfsReader, SysfsScan, normalize_hex
+from kdp_host.sysfs.reader import MAX_UNPLACED
 from tests.fake_sysfs import CH340, FakeSysfs, standard_machine
 
 
@@ -413,3 +414,19 @@ def test_a_name_that_moved_to_another_device_is_read_there(fake: FakeSysfs) -> N
     assert view(after) == view(reader.scan(buses=["usb"], classes=["tty"]))
     [tty] = [d for d in after.devices if d.name == "ttyUSB0"]
     assert "/1-2/" in tty.path
+
+
+def test_a_flood_of_unrelated_nodes_costs_one_full_read(fake: FakeSysfs) -> None:
+    """Hundreds of nodes no listed device has (a tool creating loop devices, a bind-mounted
+    junk directory): past MAX_UNPLACED the update is one full read, not a lookup each."""
+    standard_machine(fake)
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    before = reader.scan()
+    flood = [f"flood/n{index}" for index in range(MAX_UNPLACED + 1)]
+    for name in flood:
+        fake.create_node(name)
+    after = reader.update(before, flood)
+    assert view(after) == view(before)
+    assert not {id(d) for d in after.devices} & {id(d) for d in before.devices}
+    few = reader.update(after, flood[:3])
+    assert [id(d) for d in few.devices] == [id(d) for d in after.devices]

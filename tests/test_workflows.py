@@ -64,12 +64,35 @@ def test_make_verbs_and_scripts_exist(path: Path) -> None:
 
 
 def test_actions_are_pinned_to_a_commit() -> None:
+    """Every action, the PyPI publisher included, by commit (with its version in a comment,
+    which Dependabot keeps current)."""
     for path in WORKFLOWS:
         for step in steps(load(path)):
             uses = step.get("uses")
-            if uses is None or uses.startswith("pypa/gh-action-pypi-publish@"):
-                continue  # PyPA publishes that action for use by its release/v1 branch
-            assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", uses), f"{path.name}: {uses}"
+            if uses is not None:
+                assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", uses), f"{path.name}: {uses}"
+        for line in path.read_text().splitlines():
+            if "uses:" in line:
+                assert re.search(r"@[0-9a-f]{40} # v\d", line), f"{path.name}: {line.strip()}"
+
+
+def test_the_publish_job_runs_nothing_but_the_publish_action() -> None:
+    """Issue 20 item 8: the job that holds PyPI's OIDC token (id-token: write) downloads the
+    built files and publishes them; building and every command of ours run elsewhere."""
+    release = load(ROOT / ".github" / "workflows" / "release.yml")
+    trusted = {
+        name: job
+        for name, job in release["jobs"].items()
+        if job.get("permissions", {}).get("id-token") == "write"
+    }
+    assert list(trusted) == ["pypi"]
+    actions = [step.get("uses", "").split("@")[0] for step in trusted["pypi"]["steps"]]
+    assert actions == ["actions/download-artifact", "pypa/gh-action-pypi-publish"]
+    assert not any("run" in step for step in trusted["pypi"]["steps"])
+    for name, job in release["jobs"].items():
+        if name != "pypi":
+            uses = [step.get("uses", "") for step in job.get("steps", [])]
+            assert not any(u.startswith("pypa/gh-action-pypi-publish@") for u in uses), name
 
 
 def test_ci_tests_every_supported_python() -> None:

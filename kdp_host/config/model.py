@@ -53,6 +53,7 @@ from ..rules import (
     label_value_problem,
     node_feature_label_problem,
     socket_path_problem,
+    sysfs_name_problem,
 )
 from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
 from ..sysfs.model import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
@@ -442,12 +443,6 @@ class PciMatchConfig:
         return _at_least_one(self)
 
 
-def _sysfs_name_problem(name: str) -> str | None:
-    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
-        return "must be a name under /sys/bus or /sys/class"
-    return None
-
-
 def _attribute_problem(name: str) -> str | None:
     if ATTRIBUTE_NAME.fullmatch(name) and ".." not in name.split("/"):
         return None
@@ -459,10 +454,10 @@ class SysfsMatchConfig:
     """One `sysfs.devices` entry: devices of any bus or class, by attribute values."""
 
     bus: str | None = key(
-        "bus", Text(rule=_sysfs_name_problem), "A bus under /sys/bus.", default=None
+        "bus", Text(rule=sysfs_name_problem), "A bus under /sys/bus.", default=None
     )
     device_class: str | None = key(
-        "class", Text(rule=_sysfs_name_problem), "A class under /sys/class.", default=None
+        "class", Text(rule=sysfs_name_problem), "A class under /sys/class.", default=None
     )
     attributes: Mapping[str, str] = key(
         "attributes",

@@ -21,10 +21,8 @@ of that group and logged (`same_device`); members without `{key}` are shared on 
 from __future__ import annotations
 
 import os
-import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
@@ -34,12 +32,12 @@ from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
 from ..files import FileReader
 from .base import Skipped
+from .glob_keys import GroupMember
 from .glob_paths import (
     DeviceIdentity,
     DeviceIds,
     MatchCache,
     examine,
-    fixed_parent,
     name_problem,
     printable_path,
 )
@@ -56,39 +54,6 @@ PATH_COLLISION = "path_collision"
 would keep only one of them)."""
 
 
-def _glob_regex(pattern: str) -> str:
-    """A glob pattern as a regular expression; wildcards stay inside one path component."""
-    out: list[str] = []
-    index = 0
-    while index < len(pattern):
-        char = pattern[index]
-        index += 1
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[":
-            end = index
-            if end < len(pattern) and pattern[end] in "!^":
-                end += 1
-            if end < len(pattern) and pattern[end] == "]":
-                end += 1
-            end = pattern.find("]", end)
-            if end < 0:
-                out.append(re.escape(char))
-                continue
-            body = pattern[index:end].replace("\\", "\\\\")
-            index = end + 1
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            elif body.startswith("^"):
-                body = "\\" + body
-            out.append(f"[{body}]")
-        else:
-            out.append(re.escape(char))
-    return "".join(out)
-
-
 def _collision(nodes: list[DeviceNode], mounts: list[DeviceMount]) -> str | None:
     """Two different paths of one group at one container path, or None."""
     placed: dict[str, str] = {}
@@ -98,33 +63,6 @@ def _collision(nodes: list[DeviceNode], mounts: list[DeviceMount]) -> str | None
         if host != entry.host_path:
             return f"{host} and {entry.host_path} both at container path {entry.container_path}"
     return None
-
-
-@dataclass(frozen=True)
-class _Member:
-    config: GlobGroupMemberConfig
-    pattern: str
-    """The glob that lists the member's paths (`{key}` written as `*`)."""
-    key_regex: re.Pattern[str] | None
-    """Takes the group key out of a matched path; None for a member of every group."""
-    base: str
-    """The deepest directory of the pattern without a wildcard: what it names is inside."""
-
-    @classmethod
-    def of(cls, config: GlobGroupMemberConfig) -> _Member:
-        path = config.path
-        pattern = path.replace(GROUP_KEY, "*")
-        if GROUP_KEY not in path:
-            return cls(config, pattern, None, fixed_parent(pattern))
-        before, after = path.split(GROUP_KEY, 1)
-        regex = re.compile(f"{_glob_regex(before)}(?P<key>[^/]+?){_glob_regex(after)}")
-        return cls(config, pattern, regex, fixed_parent(pattern))
-
-    def key_of(self, path: str) -> str | None:
-        if self.key_regex is None:
-            return ""
-        match = self.key_regex.fullmatch(path)
-        return match.group("key") if match else None
 
 
 _Claim = tuple[DeviceIdentity, tuple[str, str]]
@@ -188,7 +126,7 @@ class GlobGroupScan:
         self.config = config
         self._files = files
         self._dir_readable = dir_readable
-        self._members = tuple(_Member.of(m) for m in config.group)
+        self._members = tuple(GroupMember.of(m) for m in config.group)
         self._keyed = any(m.key_regex is not None for m in self._members)
         self._key_ids = DeviceIds(("/*",))
         """Group keys take the ID rule of a one-level glob path."""
@@ -293,7 +231,7 @@ class GlobGroupScan:
 
     @classmethod
     def _look_at(
-        cls, matched: str, member: _Member, real_base: str, real_dirs: dict[str, str]
+        cls, matched: str, member: GroupMember, real_base: str, real_dirs: dict[str, str]
     ) -> tuple[tuple[str | None, _Looked], str | None, bool]:
         """A matched path's group key (None: not of this member's form) and what it is, for
         `MatchCache.lookup` (a bad name stays bad; a dangling link or a refused mount may
@@ -310,7 +248,7 @@ class GlobGroupScan:
 
     @staticmethod
     def _examine(
-        matched: str, member: _Member, real_base: str, real_dirs: dict[str, str]
+        matched: str, member: GroupMember, real_base: str, real_dirs: dict[str, str]
     ) -> tuple[_Match, str | None] | Skipped | None:
         """A matched path as a node or a directory (and the directory a symlink leads into),
         why it is skipped, or None (gone since the glob).

@@ -24,6 +24,8 @@ from .registration import API_VERSION
 
 PLUGIN_TYPE = "DevicePlugin"
 """GetInfo's `type` of a device plugin (the kubelet's `DevicePlugin` handler)."""
+MAX_ERROR_TEXT = 1000
+"""Characters of the kubelet's error text kept (it is logged; the kubelet's own are short)."""
 
 
 @dataclass(frozen=True)
@@ -59,5 +61,6 @@ class PluginRegistrationService(RegistrationBase):
     async def notify_registration_status(
         self, message: RegistrationStatus
     ) -> RegistrationStatusResponse:
-        self._on_verdict(KubeletVerdict(bool(message.plugin_registered), str(message.error)))
+        error = str(message.error)[:MAX_ERROR_TEXT]
+        self._on_verdict(KubeletVerdict(bool(message.plugin_registered), error))
         return RegistrationStatusResponse()

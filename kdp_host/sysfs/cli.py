@@ -9,6 +9,7 @@ import sys
 
 from ..files import DaemonThreads
 from ..logs import quote_text
+from ..rules import sysfs_name_problem
 from .discover import (
     DEFAULT_DOMAIN,
     Names,
@@ -32,6 +33,12 @@ def domain_argument(text: str) -> str:
     return text
 
 
+def sysfs_name_argument(text: str) -> str:
+    if (why := sysfs_name_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(f"{quote_text(text)}: {why}")
+    return text
+
+
 def timeout_argument(text: str) -> float:
     try:
         value = float(text)
@@ -50,6 +57,7 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
         "--bus",
         action="append",
         default=None,
+        type=sysfs_name_argument,
         metavar="BUS",
         help=f"a bus under /sys/bus to list (repeatable; default: {USB} and {PCI})",
     )
@@ -58,6 +66,7 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
         dest="classes",
         action="append",
         default=[],
+        type=sysfs_name_argument,
         metavar="CLASS",
         help="a class under /sys/class to list, e.g. video4linux, sound, tty (repeatable)",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -60,9 +61,10 @@ class IdsDatabase:
         return self.devices.get(f"{vendor.lower()}:{device.lower()}")
 
     def class_name(self, code: str) -> str | None:
-        """The most precise name of a class code (`030000`, `0300` or `03`)."""
+        """The name of a class code (`0c0330`): its subclass's (`USB controller`, as lspci
+        says it), else its programming interface's (`XHCI`), else its class's."""
         code = code.lower()
-        for length in (6, 4, 2):
+        for length in (4, 6, 2):
             if len(code) >= length and (name := self.classes.get(code[:length])):
                 return name
         return None
@@ -115,8 +117,15 @@ def parse_ids(lines: Iterable[str]) -> IdsDatabase:
 def read_ids(path: str) -> IdsDatabase:
     """One database file. Raises IdsError when it cannot be read."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(DATABASE_LIMIT)
+        # Non-blocking, regular files only: a FIFO named by mistake cannot hang discover.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise IdsError(f"cannot read {path}: not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                data = handle.read(DATABASE_LIMIT)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise IdsError(f"cannot read {path}: {exc.strerror or exc}") from None
     return parse_ids(data.decode("utf-8", "replace").splitlines())

@@ -50,6 +50,8 @@ MAX_WALK_DEPTH = 8
 """How deep below a device its nodes are searched (tty sits 4 levels below a USB device)."""
 MAX_WALK_DIRS = 4096
 """Directories visited below one device at most: a bound against odd or hostile trees."""
+MAX_UNPLACED = 256
+"""Nodes no listed device has that an update places one by one at most; more: a full read."""
 MAX_DEV_DIRS = 1024
 """Directories below the dev root watched at most."""
 MAX_DEV_DEPTH = 4
@@ -212,6 +214,10 @@ class SysfsReader:
                 dirty.update(owners)
             else:
                 unplaced.append(devname)
+        if len(unplaced) > MAX_UNPLACED:
+            # A flood of nodes no listed device has: one full read costs less than placing
+            # each (and bounds what a burst of unrelated nodes can cost).
+            return self.scan(buses, classes, extra_attributes)
         fresh: list[SysfsDevice] = []
         added: list[SysfsDevice] = []
         listed: dict[str, set[str]] | None = None

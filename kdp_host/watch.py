@@ -45,8 +45,6 @@ def _dir_mask(mask: type[Mask]) -> Mask:
 
 _EVENT_HEADER = struct.Struct("iIII")
 """struct inotify_event: wd, mask, cookie, len (then `len` bytes of NUL-padded name)."""
-_MAX_EVENT = _EVENT_HEADER.size + 256
-"""The largest event: NAME_MAX (255) and its NUL."""
 _READ_SIZE = 64 * 1024
 
 
@@ -250,24 +248,21 @@ class InotifyWatcher:
             self._inotify.close()
 
     def _read_events(self) -> None:
-        """Dispatch the events the (non-blocking) descriptor holds."""
-        fd = self._inotify.fd
-        while True:
-            try:
-                data = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                return
-            offset, end = 0, len(data)
-            while offset < end:
-                wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
-                offset += _EVENT_HEADER.size
-                name = data[offset : offset + length].split(b"\0", 1)[0]
-                offset += length
-                self._dispatch(mask, wd, os.fsdecode(name) if name else None)
-            if self._pending:
-                self._retry_pending()
-            if end < _READ_SIZE - _MAX_EVENT:
-                return  # drained; the loop calls again when more comes
+        """Dispatch the events one read of the (non-blocking) descriptor returns. The loop
+        calls again while more are queued, so a flood of events cannot starve it."""
+        try:
+            data = os.read(self._inotify.fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        offset, end = 0, len(data)
+        while offset < end:
+            wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
+            offset += _EVENT_HEADER.size
+            name = data[offset : offset + length].split(b"\0", 1)[0]
+            offset += length
+            self._dispatch(mask, wd, os.fsdecode(name) if name else None)
+        if self._pending:
+            self._retry_pending()
 
     async def _retry_pending_forever(self) -> None:
         """Directories that do not exist yet (a socket dir before the kubelet made it): tried

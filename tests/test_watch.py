@@ -165,3 +165,26 @@ async def test_subscriptions_outlive_the_watcher(tmp_path: Path) -> None:
     subscription.cancel()
     late = watcher.subscribe(str(tmp_path / "new"), lambda name: None)
     late.cancel()
+
+
+async def test_a_flood_of_events_does_not_starve_the_loop(
+    inotify: InotifyWatcher, tmp_path: Path
+) -> None:
+    """Events are read one buffer at a time, each read a turn of the loop: 10,000 queued
+    events do not hold the loop until the last is dispatched."""
+    total = 10_000
+    dispatched = 0
+    seen_by_the_loop: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    def on_event(name: str | None) -> None:
+        nonlocal dispatched
+        dispatched += 1
+        if dispatched == 1:
+            loop.call_soon(lambda: seen_by_the_loop.append(dispatched))
+
+    inotify.subscribe(str(tmp_path), on_event)
+    for n in range(total):  # queued while the loop is held here
+        os.close(os.open(tmp_path / f"f{n}", os.O_CREAT | os.O_WRONLY, 0o600))
+    await wait_until(lambda: dispatched >= total, 30, "every event")
+    assert seen_by_the_loop and seen_by_the_loop[0] < total

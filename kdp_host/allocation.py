@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
+from .command_output import ContainerExtras
 from .config import MountConfig, PreferredPolicy, ResourceConfig, render_template
 from .devices import REPLICA_SEPARATOR, Advertised, Device, DeviceMount, DeviceNode, Snapshot
-from .drivers.probe_output import ContainerExtras
 from .rules import CDI_DEVICE_NAME, CDI_NAME_ESCAPE, LIST_SEPARATOR, join_list
 
 ALLOCATION_DEPENDENT_FIELDS: Final = frozenset({"ids", "paths", "count"})

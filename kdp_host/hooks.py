@@ -25,9 +25,9 @@ from grpclib.const import Status
 
 from .allocation import AllocationBuilder, AllocationError, device_env, hook_values
 from .api.v1beta1 import ContainerAllocateResponse
+from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot
-from .drivers.probe_output import ProbeOutputError, parse_allocate_output
 from .logs import EventLogger
 from .metrics import HookName, HookResult, Metrics
 from .process import CommandError, CommandResult, CommandRunner

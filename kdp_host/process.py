@@ -37,27 +37,28 @@ import os
 import shutil
 import signal
 import stat
-import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from .process_group import (
+    DEFAULT_KILL_GRACE,
+    child_env,
+    death_signal_wrapper,
+    kill_if_spawned,
+    kill_process_group,
+)
 
 MAX_OUTPUT = 1 << 20
 """Most stdout bytes a probe may print (and the longest document a stream command may print)."""
 STDERR_KEEP = 4096
 """How much of the end of stderr is kept for the log."""
-DEFAULT_KILL_GRACE = 1.0
-"""Seconds between SIGTERM and SIGKILL to the process group."""
 STREAM_BUFFER = 64 * 1024
 """Bytes of a command's stdout read ahead of its reader: past this the pipe fills and the
 command blocks, so a command printing faster than we consume cannot grow our memory."""
 
-_GROUP_POLL = 0.01
 _STDERR_DRAIN = 0.1
 _READ_CHUNK = 65536
-PARENT_CHECK = 'test "$PPID" = "$1" || exit 1; shift; exec "$@"'
-"""The shell line of the exec wrapper (after setpriv armed the death signal): run on only if
-the parent is still the host whose PID is `$1`, then replace itself with the command."""
 
 
 class CommandError(Exception):
@@ -183,24 +184,6 @@ class RunningCommand:
     async def _close(self, stderr_wait: float) -> None:
         self._stdout_pipe.close()
         await self._stderr.finish(stderr_wait)
-
-
-def child_env(extra: Mapping[str, str] | None) -> dict[str, str] | None:
-    """The host's environment plus `extra` (None: inherit unchanged)."""
-    if not extra:
-        return None
-    return {**os.environ, **extra}
-
-
-def death_signal_wrapper() -> tuple[str, ...]:
-    """The argv that starts a command so that it dies with this process (Linux), to be
-    followed by the host's PID and the command; () where there is no way to do that."""
-    if not sys.platform.startswith("linux"):
-        return ()
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or not os.access("/bin/sh", os.X_OK):
-        return ()
-    return (setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", PARENT_CHECK, "kdp-host")
 
 
 def resolve_command(argv0: str, env: Mapping[str, str] | None, cwd: str | None) -> str:
@@ -359,7 +342,7 @@ class ProcessRunner:
         try:
             return await asyncio.shield(spawn)
         except asyncio.CancelledError:
-            spawn.add_done_callback(_kill_if_spawned)
+            spawn.add_done_callback(kill_if_spawned)
             with contextlib.suppress(OSError):
                 await kill_process_group(await asyncio.shield(spawn), 0.0)
             raise
@@ -405,48 +388,6 @@ class ProcessRunner:
             raise CommandError(*failure, stderr=running.stderr_text())
         assert stdout is not None
         return CommandResult(returncode, stdout, running.stderr_text())
-
-
-def _kill_if_spawned(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
-    if not spawn.cancelled() and spawn.exception() is None:
-        _signal_group(spawn.result().pid, signal.SIGKILL)
-
-
-async def kill_process_group(process: asyncio.subprocess.Process, grace: float) -> None:
-    """Stop every process of the group led by `process`, and reap the leader.
-
-    With `grace` > 0: SIGTERM, wait until the group is empty or `grace` has passed, SIGKILL.
-    With 0: SIGKILL at once. A no-op when the leader was reaped and the group is empty.
-    The wait for the leader after SIGKILL is bounded: a process stuck in the kernel (a hung
-    device driver) cannot be killed, and must not hang us; the child watcher reaps it when
-    it finally dies.
-    """
-    pgid = process.pid
-    loop = asyncio.get_running_loop()
-    if grace > 0 and _signal_group(pgid, signal.SIGTERM):
-        deadline = loop.time() + grace
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await process.wait()
-        # Nothing signals "the last process of a group died" (its members may not be our
-        # children), so poll for the rest of the grace.
-        while _signal_group(pgid, 0) and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(_GROUP_POLL)
-    _signal_group(pgid, signal.SIGKILL)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(grace, DEFAULT_KILL_GRACE)):
-            await process.wait()
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send `sig` to the group (0: only check); False if no process of the group is left."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
+from .config.declare import restart_keys
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .metrics import ConfigReloadResult, Metrics
@@ -45,31 +46,20 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
 
 
 def restart_required(old: Config, new: Config) -> list[str]:
-    """Settings a running host cannot change."""
-    problems = []
-    if old.kubelet.socket_dir != new.kubelet.socket_dir:
-        problems.append("kubelet.socketDir changed: restart kdp-host to apply")
-    if old.kubelet.registration != new.kubelet.registration:
-        problems.append("kubelet.registration changed: restart kdp-host to apply")
-    if old.kubelet.plugins_registry_dir != new.kubelet.plugins_registry_dir:
-        problems.append("kubelet.pluginsRegistryDir changed: restart kdp-host to apply")
-    if old.kubelet.pod_resources_socket != new.kubelet.pod_resources_socket:
-        problems.append("kubelet.podResourcesSocket changed: restart kdp-host to apply")
-    if old.kubelet.pod_resources_interval != new.kubelet.pod_resources_interval:
-        problems.append("kubelet.podResourcesInterval changed: restart kdp-host to apply")
-    if old.state_dir != new.state_dir:
-        problems.append("stateDir changed: restart kdp-host to apply")
-    if old.metrics.listen != new.metrics.listen:
-        problems.append("metrics.listen changed: restart kdp-host to apply")
-    if old.metrics.holders != new.metrics.holders:
-        problems.append("metrics.holders changed: restart kdp-host to apply")
-    if old.metrics.devices != new.metrics.devices:
-        problems.append("metrics.devices changed: restart kdp-host to apply")
-    if old.metrics.histograms != new.metrics.histograms:
-        problems.append("metrics.histograms changed: restart kdp-host to apply")
-    if old.node_features != new.node_features:
-        problems.append("nodeFeatures changed: restart kdp-host to apply")
-    return problems
+    """Settings a running host cannot change: the keys declared `restart=True`
+    (config/model.py) whose value differs."""
+    return [
+        f"{path} changed: restart kdp-host to apply"
+        for path, attributes in restart_keys(Config)
+        if _value(old, attributes) != _value(new, attributes)
+    ]
+
+
+def _value(config: Config, attributes: tuple[str, ...]) -> object:
+    value: object = config
+    for name in attributes:
+        value = getattr(value, name)
+    return value
 
 
 class RestartRequired(ValueError):

@@ -33,6 +33,7 @@ from .drivers import (
     failure_threshold,
     make_driver,
 )
+from .endpoint import socket_name
 from .files import DaemonThreads, Offload
 from .hooks import AllocateHook, PreStartHook
 from .logs import EventLogger
@@ -41,7 +42,6 @@ from .nfd import NodeFeatureFile
 from .ownership import OwnedTable, OwnershipIndex
 from .podresources import Holder, Holdings, PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
-from .protocol.endpoint import socket_name
 from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
 from .protocol.registration import (
     KUBELET_SOCKET,

@@ -55,13 +55,22 @@ always splits back into exactly its items, and one device's ID or path can never
 another device in a hook's argv."""
 
 _QUALIFIED_NAME: Final = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_DNS1123_SUBDOMAIN: Final = re.compile(
-    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_DNS1123_LABEL: Final = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN: Final = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
+EXTENDED_RESOURCE_NAME_PATTERN: Final = (
+    rf"^({_DNS1123_LABEL}\.)*{_DNS1123_LABEL}/"
+    rf"[A-Za-z0-9]([-A-Za-z0-9_.]{{0,{MAX_QUALIFIED_NAME_LENGTH - 2}}}[A-Za-z0-9])?$"
 )
+EXTENDED_RESOURCE_NAME_NOT_PATTERN: Final = r"(^|\.)kubernetes\.io/|^requests\."
+"""JSON Schema's first check of an extended resource name: it matches the pattern, not this
+one (`extended_resource_name_problem` is the whole rule, lengths too)."""
 ENV_NAME_PATTERN: Final = r"[-._a-zA-Z][-._a-zA-Z0-9]*"
 """The character rule of an env name, as a regular expression (JSON Schema uses it too)."""
 _ENV_NAME: Final = re.compile(ENV_NAME_PATTERN)
-_CDI_VENDOR_OR_CLASS: Final = re.compile(r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
+_CDI_VENDOR_OR_CLASS: Final = r"[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]"
+"""A CDI vendor or class of at least 2 characters (CDI's Go validator mis-slices 1)."""
+CDI_KIND_PATTERN: Final = f"^{_CDI_VENDOR_OR_CLASS}/{_CDI_VENDOR_OR_CLASS}$"
+"""`cdi_kind_problem` as a JSON Schema pattern."""
 CDI_DEVICE_NAME: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
 CDI_NAME_ESCAPE: Final = "::"
 """In a CDI device name: what follows is the hex spelling of a device ID that is not a CDI
@@ -318,7 +327,7 @@ def cdi_kind_problem(kind: str) -> str | None:
     if not sep or not vendor or not klass:
         return "must be vendor/class, e.g. vendor.example/fpga"
     for what, part in (("vendor", vendor), ("class", klass)):
-        if len(part) < 2 or not _CDI_VENDOR_OR_CLASS.fullmatch(part):
+        if not re.fullmatch(_CDI_VENDOR_OR_CLASS, part):
             return (
                 f"{what} {part!r} must start with a letter, end with a letter or digit and "
                 "hold only letters, digits, '_', '-' and '.' (at least 2 characters)"

@@ -7,8 +7,8 @@ import os
 import socket
 import stat
 
+from .endpoint import is_socket_name
 from .logs import EventLogger
-from .protocol.endpoint import is_socket_name
 
 CONNECT_TIMEOUT = 0.5
 

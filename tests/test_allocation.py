@@ -18,6 +18,7 @@ from kdp_host.allocation import (
     preferred_allocation,
 )
 from kdp_host.cdi import build_spec
+from kdp_host.command_output import ContainerExtras
 from kdp_host.config import (
     AllocateConfig,
     CdiConfig,
@@ -28,7 +29,6 @@ from kdp_host.config import (
     render_template,
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
-from kdp_host.drivers.probe_output import ContainerExtras
 
 RESOURCE = "vendor.example/fpga"
 KIND = "vendor.example/fpga"

@@ -313,3 +313,66 @@ def test_check_and_run_refuse_a_bad_file(tmp_path: Path) -> None:
             result.stderr
         )
         assert "host_started" not in result.stderr
+
+
+RESTART_KEYS = [
+    "kubelet.socketDir",
+    "kubelet.registration",
+    "kubelet.pluginsRegistryDir",
+    "kubelet.podResourcesSocket",
+    "kubelet.podResourcesInterval",
+    "metrics.listen",
+    "metrics.histograms",
+    "metrics.holders",
+    "metrics.devices",
+    "stateDir",
+    "nodeFeatures",
+]
+
+
+def _changed(value: object) -> object:
+    if value is None:  # an optional section that is off
+        return object()
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    assert isinstance(value, str), value
+    return value + "-changed"
+
+
+def _replace(section: object, attributes: tuple[str, ...]) -> object:
+    import dataclasses
+
+    first, *rest = attributes
+    value = getattr(section, first)
+    new = _replace(value, tuple(rest)) if rest else _changed(value)
+    return dataclasses.replace(section, **{first: new})  # type: ignore[type-var]
+
+
+def test_the_config_declares_which_keys_need_a_restart_and_reload_refuses_each() -> None:
+    """reload.restart_required follows the `restart=True` declarations of config/model.py:
+    a change of each such key (and only of it) is refused, and its doc says so."""
+    from kdp_host.config import Config
+    from kdp_host.config.declare import RESTART_NOTE, declarations, restart_keys
+    from kdp_host.reload import restart_required
+
+    declared = dict(restart_keys(Config))
+    assert list(declared) == RESTART_KEYS
+    old = load_config_text("resources:\n- name: vendor.example/fpga\n  glob: {paths: [/dev/x*]}\n")
+    for path, attributes in declared.items():
+        new = _replace(old, attributes)
+        assert restart_required(old, new) == [f"{path} changed: restart kdp-host to apply"]
+    renamed = load_config_text(
+        "resources:\n- name: vendor.example/gpu\n  glob: {paths: [/dev/x*]}\n"
+    )
+    assert restart_required(old, renamed) == []
+    schema = json.loads((Path(__file__).parent.parent / "config" / "schema.json").read_text())
+    for path in RESTART_KEYS:
+        node = schema
+        for part in path.split("."):
+            node = node["properties"][part]
+        assert node["description"].endswith(RESTART_NOTE), path
+    for section in (Config, type(old.kubelet), type(old.metrics)):
+        for _, declaration in declarations(section):
+            assert RESTART_NOTE not in declaration.doc, "say restart=True, not the note by hand"

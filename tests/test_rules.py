@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kdp_host import rules
+from kdp_host.command_output import ProbeOutputError, parse_json
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.drivers import glob_paths
-from kdp_host.drivers.probe_output import ProbeOutputError, parse_json
 
 Accepts = Callable[[str], bool]
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -175,6 +175,12 @@ def accepted_by(problem: Callable[[str], str | None]) -> Accepts:
     return lambda value: problem(value) is None
 
 
+def schema_pattern_matches(pattern: str, value: str) -> bool:
+    """A JSON Schema `pattern` as editors read it (ECMA-262: `$` is the end, never before a
+    trailing newline as Python's `$` is)."""
+    return re.search(re.sub(r"\$$", r"\\Z", pattern), value) is not None
+
+
 # --------------------------------------------------------------------------- users per rule
 
 RESOURCE_NAME_USERS = [
@@ -215,6 +221,7 @@ ENV_NAME_USERS = [
 
 CDI_KIND_USERS = [
     pytest.param(accepted_by(rules.cdi_kind_problem), id="rules"),
+    pytest.param(lambda kind: schema_pattern_matches(rules.CDI_KIND_PATTERN, kind), id="schema"),
     pytest.param(reference_cdi_kind, id="cdi-reference"),
     pytest.param(
         lambda kind: loader_accepts(glob_resource(allocate={"cdi": {"kind": kind}})),
@@ -343,6 +350,22 @@ def assert_agree(users: list[Any], value: str) -> None:
 @example("a.kubernetes.io/b")
 def test_extended_resource_name_users_agree(name: str) -> None:
     assert_agree(RESOURCE_NAME_USERS, name)
+
+
+@SETTINGS
+@given(rule_strings(r"[a-z0-9.-]{1,8}/[-A-Za-z0-9_.]{1,8}"))
+@example("a.kubernetes.io/b")
+@example("x/" + "a" * 63)
+def test_the_schema_of_resource_names_accepts_every_name_the_rule_accepts(name: str) -> None:
+    """The JSON Schema is a first check (editors, helm lint): it may let a name through that
+    the loader refuses (lengths), never refuse one the kubelet takes."""
+    pattern, forbidden = (
+        rules.EXTENDED_RESOURCE_NAME_PATTERN,
+        rules.EXTENDED_RESOURCE_NAME_NOT_PATTERN,
+    )
+    if rules.is_extended_resource_name(name):
+        assert schema_pattern_matches(pattern, name)
+        assert not schema_pattern_matches(forbidden, name)
 
 
 @SETTINGS

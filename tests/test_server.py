@@ -31,20 +31,20 @@ from kdp_host.api.v1beta1 import (
 )
 from kdp_host.config import load_config_text
 from kdp_host.devices import Device, DeviceTable
-from kdp_host.logs import get_logger
-from kdp_host.metrics import Metrics
-from kdp_host.protocol.codec import DevicePluginCodec, EncodedMessage
-from kdp_host.protocol.endpoint import (
+from kdp_host.endpoint import (
     INSTANCE_ID_MAX_LENGTH,
     SOCKET_NAME_MAX_LENGTH,
     SOCKET_NAME_MIN_LENGTH,
     is_socket_name,
     socket_name,
+    socket_path_problem,
 )
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.protocol.codec import DevicePluginCodec, EncodedMessage
 from kdp_host.protocol.registration import RegistrationError, register
 from kdp_host.protocol.server import SOCKET_MODE, CoalescingTransport, PluginServer
 from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
-from kdp_host.rules import socket_path_problem
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config, wait_until

@@ -24,7 +24,8 @@ from kdp_host.drivers.shell import ShellDriver
 from kdp_host.drivers.stream import DocumentReader, RateLimit
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.process import CommandError, ProcessRunner, death_signal_wrapper
+from kdp_host.process import CommandError, ProcessRunner
+from kdp_host.process_group import death_signal_wrapper
 from kdp_host.watch import PollingWatcher
 
 from .conftest import reporter, script, wait_table, wait_until

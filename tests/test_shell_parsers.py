@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kdp_host.command_output import ProbeOutputError, parse_json, parse_lines, parse_output
 from kdp_host.devices import Device, DeviceMount, DeviceNode
-from kdp_host.drivers.probe_output import ProbeOutputError, parse_json, parse_lines, parse_output
 
 # --- lines ---------------------------------------------------------------------------------
 

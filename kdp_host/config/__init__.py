@@ -3,7 +3,8 @@
 Every error names the field path and the line it stands on, and all errors of a file are
 reported together, so an operator fixes a ConfigMap in one round. The keys are declared once,
 in model.py; source.py reads and parses a file with bounded work; declare.py turns the
-declarations into the loader, the JSON Schema and the README tables.
+declarations into the loader and the JSON Schema (with kinds.py, how each kind of value
+reads, and syntax.py, durations and templates); docs.py into the README tables.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
-from .declare import Reader, parse_duration, read_section, render_template, template_fields
+from .declare import read_section
+from .kinds import Reader
 from .model import (
     ALLOCATE_TEMPLATE_FIELDS,
     HOOK_TEMPLATE_FIELDS,
@@ -39,6 +41,7 @@ from .model import (
     UsbMatchConfig,
 )
 from .source import ConfigSource, SourceError, parse_config_text, read_config_source
+from .syntax import parse_duration, render_template, template_fields
 
 __all__ = [
     "ALLOCATE_TEMPLATE_FIELDS",

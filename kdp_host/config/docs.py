@@ -7,10 +7,11 @@ when a committed copy differs from a fresh generation.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-from .declare import StringMap, declared_kinds, key_paths, rows, section_schema
+from .declare import Key, OneOf, Section, declarations, section_schema
+from .kinds import Kind, ListOf, StringMap
 from .model import README_TABLES, Config
 
 _DEFS: Final = "#/$defs/"
@@ -117,3 +118,61 @@ def _data_key_paths(data: Any, prefix: str, maps: set[str]) -> Iterator[str]:
     elif isinstance(data, list):
         for item in data:
             yield from _data_key_paths(item, prefix + "[]", maps)
+
+
+def declared_kinds(cls: type[Any], prefix: str = "") -> Iterator[tuple[str, Kind | None]]:
+    """Every key path below `cls` (`resources[].glob.paths`, ...) with its kind (None for a
+    driver-style key of a `one_of`)."""
+    for _, declaration in declarations(cls):
+        if isinstance(declaration, OneOf):
+            for name, option in declaration.options.items():
+                yield prefix + name, None
+                yield from declared_kinds(option, f"{prefix}{name}.")
+            continue
+        path = prefix + declaration.name
+        yield path, declaration.kind
+        kind = declaration.kind
+        while isinstance(kind, ListOf):
+            kind, path = kind.item, path + "[]"
+        if isinstance(kind, Section):
+            yield from declared_kinds(kind.cls, path + ".")
+
+
+def key_paths(cls: type[Any], prefix: str = "") -> Iterator[str]:
+    """Every key path below `cls`: `resources[].glob.paths`, ..."""
+    return (path for path, _ in declared_kinds(cls, prefix))
+
+
+def default_text(declaration: Key) -> str:
+    if declaration.default_doc is not None:
+        return declaration.default_doc
+    if declaration.required:
+        return "required"
+    if declaration.yaml_default in (None, {}, []):
+        return "none"
+    value = declaration.yaml_default
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return f"`{value}`"
+
+
+def rows(
+    cls: type[Any], prefix: str, own_tables: Mapping[type[Any], str]
+) -> Iterator[tuple[str, str, str]]:
+    """README rows (key, default, meaning) of `cls`; nested sections are flattened unless
+    they have a table of their own (then one row points at it)."""
+    for _, declaration in declarations(cls):
+        if isinstance(declaration, OneOf):
+            names = " / ".join(f"`{prefix}{name}`" for name in declaration.options)
+            yield names, "one required", declaration.doc
+            continue
+        path = prefix + declaration.name
+        kind = declaration.kind
+        nested = kind.item if isinstance(kind, ListOf) else kind
+        if isinstance(nested, Section) and nested.cls not in own_tables:
+            suffix = "[]." if isinstance(kind, ListOf) else "."
+            if declaration.full_doc:
+                yield f"`{path}`", default_text(declaration), declaration.full_doc
+            yield from rows(nested.cls, path + suffix, own_tables)
+            continue
+        yield f"`{path}`", default_text(declaration), declaration.full_doc

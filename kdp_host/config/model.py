@@ -1,7 +1,7 @@
 """The config file, declared once: every key's type, default, constraints and doc.
 
 Each section of the file is a frozen dataclass below; each field that is a YAML key is
-declared with `key(yaml_name, kind, doc, default=...)` (see declare.py). From these
+declared with `key(yaml_name, kind, doc, default=...)` (see declare.py; kinds.py). From these
 declarations follow the loader (`read_section`: field path and line in every error, all
 errors of a file together), config/schema.json and the chart's values.schema.json, and the
 README's reference tables (`make schema` writes them; tests fail when they are stale), and
@@ -32,10 +32,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..endpoint import SOCKET_NAME_MIN_LENGTH
 from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
-from ..protocol.endpoint import SOCKET_NAME_MIN_LENGTH
 from ..rules import (
+    CDI_KIND_PATTERN,
     ENV_NAME_PATTERN,
+    EXTENDED_RESOURCE_NAME_NOT_PATTERN,
+    EXTENDED_RESOURCE_NAME_PATTERN,
     GLOB_MAGIC,
     MAX_ALLOCATE_TIMEOUT,
     MAX_NUMA_NODE,
@@ -55,7 +58,8 @@ from ..rules import (
 from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
 from ..sysfs.model import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
 from ..sysfs.reader import DEFAULT_SCAN_TIMEOUT
-from .declare import (
+from .declare import Key, Section, declarations, key, one_of
+from .kinds import (
     INVALID,
     AbsolutePath,
     Argv,
@@ -63,20 +67,14 @@ from .declare import (
     Choice,
     Duration,
     Integer,
-    Key,
     Kind,
     ListOf,
     Reader,
-    Section,
     StringMap,
     Text,
-    declarations,
-    key,
-    one_of,
-    render_template,
-    template_fields,
 )
 from .source import FieldPath
+from .syntax import render_template, template_fields
 
 MAX_REPLICAS = 10_000
 ALLOCATE_TEMPLATE_FIELDS = frozenset({"ids", "paths", "count", "resource"})
@@ -626,9 +624,7 @@ class CdiConfig:
         "kind",
         Text(
             rule=cdi_kind_problem,
-            extra_schema={
-                "pattern": "^[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]/[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]$"
-            },
+            extra_schema={"pattern": CDI_KIND_PATTERN},
         ),
         "Return CDI device names `<kind>=<id>` instead of raw device nodes, and keep a CDI "
         "spec file current.",
@@ -884,9 +880,8 @@ class ResourceConfig:
             rule=extended_resource_name_problem,
             prefix="{value!r} is not a valid extended resource name: ",
             extra_schema={
-                "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?\\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?/"
-                "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
-                "not": {"pattern": "(^|\\.)kubernetes\\.io/|^requests\\."},
+                "pattern": EXTENDED_RESOURCE_NAME_PATTERN,
+                "not": {"pattern": EXTENDED_RESOURCE_NAME_NOT_PATTERN},
             },
         ),
         "An extended resource name, checked exactly as the kubelet does: `domain/name`, not "
@@ -968,8 +963,9 @@ class KubeletConfig:
         "socketDir",
         AbsolutePath(rule=_socket_dir_problem),
         "The kubelet's device-plugin directory (where `kubelet.sock` is). kdp-host waits for "
-        "it if it does not exist yet. Needs a restart to change.",
+        "it if it does not exist yet.",
         default="/var/lib/kubelet/device-plugins",
+        restart=True,
     )
     registration: RegistrationMode = key(
         "registration",
@@ -977,33 +973,35 @@ class KubeletConfig:
         "How resources register: `deviceSocket` (serve in `socketDir`, call Register on "
         "`kubelet.sock`, register again after a kubelet restart) or `pluginsRegistry` (serve "
         "in `pluginsRegistryDir`, where the kubelet's plugin watcher finds and registers them, "
-        "also after its restarts). See [Registration modes](#registration-modes). Needs a "
-        "restart to change.",
+        "also after its restarts). See [Registration modes](#registration-modes).",
         default="deviceSocket",
+        restart=True,
     )
     plugins_registry_dir: str = key(
         "pluginsRegistryDir",
         AbsolutePath(rule=_socket_dir_problem),
         "The kubelet's plugin-watcher directory, used with `registration: pluginsRegistry`. "
-        "kdp-host waits for it if it does not exist yet. Needs a restart to change.",
+        "kdp-host waits for it if it does not exist yet.",
         default="/var/lib/kubelet/plugins_registry",
+        restart=True,
     )
     pod_resources_socket: str = key(
         "podResourcesSocket",
         AbsolutePath(rule=socket_path_problem),
         "The kubelet's PodResources socket: who holds each device (`kdp-host status`, "
         "`/devices`, `release`). Missing or refusing: logged and counted, everything else "
-        "works. Needs a restart to change.",
+        "works.",
         default="/var/lib/kubelet/pod-resources/kubelet.sock",
+        restart=True,
     )
     pod_resources_interval: float = key(
         "podResourcesInterval",
         Duration(0.0),
         "How often PodResources is asked (one List call). The kubelet allows 100 calls/s "
         "(burst 10) for all its clients together; kdp-host backs off when refused. `0s` "
-        f"turns polling off; otherwise at least {MIN_POD_RESOURCES_INTERVAL:g}s. Needs a "
-        "restart to change.",
+        f"turns polling off; otherwise at least {MIN_POD_RESOURCES_INTERVAL:g}s.",
         default="5s",
+        restart=True,
     )
 
     @property
@@ -1035,17 +1033,18 @@ class MetricsConfig:
     listen: str = key(
         "listen",
         Text(rule=_listen_problem, extra_schema={"pattern": "^.*:[0-9]{1,5}$"}),
-        "`host:port` of `/metrics`, `/healthz`, `/readyz`, `/devices`. Needs a restart to change.",
+        "`host:port` of `/metrics`, `/healthz`, `/readyz`, `/devices`.",
         default="0.0.0.0:9410",
+        restart=True,
     )
     histograms: HistogramMode = key(
         "histograms",
         Choice(HISTOGRAM_MODES),
         "The three latency histograms: `perResource` (15 series each per resource from its "
         "first observation, up to 45 per resource), `host` (one set for the whole host, no "
-        "`resource` label: at most 45 series whatever the number of resources), or `off`. "
-        "Needs a restart to change.",
+        "`resource` label: at most 45 series whatever the number of resources), or `off`.",
         default=DEFAULT_HISTOGRAM_MODE,
+        restart=True,
     )
     holders: bool = key(
         "holders",
@@ -1053,16 +1052,16 @@ class MetricsConfig:
         "Also export `kdp_device_holder_info{resource, device, namespace, pod, container}` "
         "(value 1) for every device a container holds, to join device metrics with pods in "
         "PromQL. Off by default: it is one series per (device, container), and every new pod "
-        "makes new ones, so the series count follows pod churn, not the hardware. Needs a "
-        "restart to change.",
+        "makes new ones, so the series count follows pod churn, not the hardware.",
         default=False,
+        restart=True,
     )
     devices: bool = key(
         "devices",
         Boolean(),
-        "Serve `/devices` (device IDs and the pods holding them, for `kdp-host status`). "
-        "Needs a restart to change.",
+        "Serve `/devices` (device IDs and the pods holding them, for `kdp-host status`).",
         default=True,
+        restart=True,
     )
 
     @property
@@ -1094,9 +1093,9 @@ class Config:
         "stateDir",
         AbsolutePath(),
         "Where kdp-host keeps what must outlive it: which devices of resources with `release` "
-        "were used and not released yet (a small file, `release-state.json`). Needs a "
-        "restart to change.",
+        "were used and not released yet (a small file, `release-state.json`).",
         default="/var/lib/kdp-host",
+        restart=True,
     )
     resources: tuple[ResourceConfig, ...] = key(
         "resources",
@@ -1118,9 +1117,10 @@ class Config:
         "Write a Node Feature Discovery feature file (its `local` source): per resource "
         "`<resource>.present` (`true` or `false`) and `<resource>.count` (its healthy "
         "devices, replicas not counted), which NFD turns into node labels for scheduling. "
-        "No API access needed. Needs a restart to change.",
+        "No API access needed.",
         default=None,
         default_doc="off",
+        restart=True,
     )
     sha256: str = ""
     """Hash of the file's bytes: shows in metrics which config is in force."""

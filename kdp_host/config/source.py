@@ -299,7 +299,7 @@ class _Builder:
             self.problems.append(
                 (
                     line,
-                    f"line {line}: {_path_text(path)}: duplicate key (first on line {first}); "
+                    f"line {line}: {path_text(path)}: duplicate key (first on line {first}); "
                     "YAML would silently keep only the last",
                 )
             )
@@ -316,7 +316,8 @@ class _MergeKey:
 _MERGE: Final = _MergeKey()
 
 
-def _path_text(path: FieldPath) -> str:
+def path_text(path: FieldPath) -> str:
+    """`resources[0].glob.paths`: a field path as errors show it."""
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)

@@ -23,12 +23,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING
 
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
-from ..files import FileReader, FileReadError
+from ..files import FileReader
 from .base import DriverDeps, Skipped
+from .glob_groups import GlobGroupScan
 from .glob_paths import (
     Assigned,
     DeviceIdentity,
@@ -39,73 +39,17 @@ from .glob_paths import (
     examine,
     name_problem,
     printable_path,
-    watch_dirs,
 )
-from .scanning import DirWatch, Listed, Notice, ScanLoop, ScanResult, ScanSettings
-
-if TYPE_CHECKING:
-    from .glob_groups import GlobGroupScan
+from .glob_shared import dir_readable, numa_node, scan_notices, watch_pattern
+from .scanning import DirWatch, Listed, ScanLoop, ScanResult, ScanSettings
 
 SCAN_TIMEOUT = 30.0
 """A scan slower than this (a hung file system) counts as a failure; the next waits for it."""
 
 
-def dir_readable(directory: str) -> bool:
-    return os.access(directory, os.R_OK | os.X_OK)
-
-
 def glob_settings(config: GlobDriverConfig, scan_timeout: float = SCAN_TIMEOUT) -> ScanSettings:
     """How the scan loop runs a glob resource (with or without groups)."""
     return ScanSettings(config.rescan_interval, config.grace_period, scan_timeout)
-
-
-def watch_pattern(
-    pattern: str, dirs: DirWatch, is_readable: Callable[[str], bool], unreadable: set[str]
-) -> None:
-    """Watch the directories that decide what `pattern` matches (signed before the glob
-    looks into them); note those that exist but cannot be read."""
-    for directory in watch_dirs(pattern):
-        dirs.watch(directory)
-        if os.path.isdir(directory) and not is_readable(directory):
-            unreadable.add(directory)
-
-
-def scan_notices(
-    found_any: bool, patterns: tuple[str, ...], unreadable: set[str]
-) -> tuple[Notice, ...]:
-    """What a glob scan says in the log when it changes: no match, unreadable directories."""
-    notices = (
-        []
-        if found_any
-        else [Notice("no_devices_match", (("patterns", ",".join(patterns)),), "info")]
-    )
-    notices += [Notice("device_dir_unreadable", (("dir", d),)) for d in sorted(unreadable)]
-    return tuple(notices)
-
-
-def numa_node(
-    config: GlobDriverConfig, files: FileReader, path: str, skipped: dict[str, Skipped]
-) -> int | None:
-    """The NUMA node of a matched path: `numaNode`, else read from `numaNodeFile`."""
-    if config.numa_node is not None:
-        return config.numa_node
-    if config.numa_node_file is None:
-        return None
-    numa_file = render_template(
-        config.numa_node_file, {"path": path, "name": os.path.basename(path)}
-    )
-    try:
-        data = files.read(numa_file)
-    except FileReadError as exc:
-        skipped[numa_file] = Skipped(exc.reason, printable_path(numa_file), str(exc))
-        return None
-    if data is None:
-        return None
-    try:
-        node = int(data.strip())
-    except ValueError:
-        return None
-    return node if node >= 0 else None
 
 
 def look_at(
@@ -232,8 +176,6 @@ def glob_scan(
 ) -> GlobScan | GlobGroupScan:
     """The scan of a `glob` section: of its paths, or of its groups (`glob.group`)."""
     if config.group:
-        from .glob_groups import GlobGroupScan
-
         return GlobGroupScan(config, files, dir_readable=dir_readable)
     return GlobScan(config, files, dir_readable=dir_readable)
 

@@ -32,7 +32,6 @@ from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
 from ..files import FileReader
 from .base import Skipped
-from .glob import dir_readable, numa_node, scan_notices, watch_pattern
 from .glob_keys import GroupMember
 from .glob_paths import (
     DeviceIdentity,
@@ -42,6 +41,7 @@ from .glob_paths import (
     name_problem,
     printable_path,
 )
+from .glob_shared import dir_readable, numa_node, scan_notices, watch_pattern
 from .scanning import DirWatch, Listed, ScanResult
 
 INCOMPLETE = "incomplete_group"

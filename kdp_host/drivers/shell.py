@@ -1,6 +1,6 @@
 """The `shell` driver: an operator's command prints the device list.
 
-Output formats are parsed in `probe_output.py`. Two modes: `poll` runs the command every
+Output formats are parsed in `command_output.py`. Two modes: `poll` runs the command every
 interval; `stream` keeps one command running and applies every complete list it prints
 (read by `stream.py`, at a bounded rate), restarting it with backoff when it exits.
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 
 from ..backoff import Backoff
+from ..command_output import ProbeOutputError, parse_off_loop
 from ..config import ShellDriverConfig
 from ..devices import Device
 from ..process import MAX_OUTPUT, CommandError, RunningCommand, describe_exit, raise_if_cancelling
 from .base import DriverDeps, DriverError, Notifier
-from .probe_output import ProbeOutputError, parse_error, parse_off_loop
 from .stream import DocumentReader, NoFirstList, RateLimit, first_document
 
 STREAM_RESTART_DELAYS = (0.5, 30.0)
@@ -183,4 +183,4 @@ class ShellDriver:
         try:
             return await parse_off_loop(output, self._config.format, self._deps.offload)
         except ProbeOutputError as exc:
-            raise parse_error(exc) from None
+            raise DriverError("parse", f"output does not parse: {exc}") from None

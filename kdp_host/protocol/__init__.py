@@ -4,7 +4,6 @@
 - `codec`: grpclib's codec for the plugin server, routing those messages through `wire`;
 - `service`: the DevicePlugin service of one resource (ListAndWatch, Allocate, ...);
 - `server`: the gRPC server that carries it on a Unix socket (and the one grpclib workaround);
-- `endpoint`: the socket's name;
 - `registration`: Register with the kubelet.
 
 The generated messages and service base classes stay in `kdp_host.api` (`make protos`).

@@ -14,23 +14,29 @@ import os
 import re
 from typing import Final
 
-from ..rules import socket_path_problem
+from .rules import socket_path_problem
 
 INSTANCE_ID_MAX_LENGTH: Final = 8
 """Longest host instance ID a socket name carries (the host uses 8 hex digits)."""
-_SLUG_MAX_LENGTH: Final = 20
-_HASH_LENGTH: Final = 8
-_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
-_PREFIX, _SUFFIX = "kdp-", ".sock"
-_COMPACT: Final = re.compile(r"kdp-[a-z2-7]{8}")
+_SOCKET_SLUG_MAX_LENGTH: Final = 20
+_SOCKET_HASH_LENGTH: Final = 8
+_SOCKET_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
+_SOCKET_PREFIX, _SOCKET_SUFFIX = "kdp-", ".sock"
+_COMPACT_SOCKET: Final = re.compile(r"kdp-[a-z2-7]{8}")
 
 SOCKET_NAME_MAX_LENGTH: Final = (
-    len(_PREFIX) + _SLUG_MAX_LENGTH + 1 + _HASH_LENGTH + 1 + INSTANCE_ID_MAX_LENGTH + len(_SUFFIX)
+    len(_SOCKET_PREFIX)
+    + _SOCKET_SLUG_MAX_LENGTH
+    + 1
+    + _SOCKET_HASH_LENGTH
+    + 1
+    + INSTANCE_ID_MAX_LENGTH
+    + len(_SOCKET_SUFFIX)
 )
 """Longest (readable) name `socket_name` returns, whatever the resource name."""
-SOCKET_NAME_MIN_LENGTH: Final = len(_PREFIX) + _HASH_LENGTH
+SOCKET_NAME_MIN_LENGTH: Final = len(_SOCKET_PREFIX) + _SOCKET_HASH_LENGTH
 """Length of the compact name: 12 bytes, as long as `kubelet.sock`. A socket dir serves every
-resource when `<dir>/` plus this many bytes fits a Unix socket path (rules.py)."""
+resource when `<dir>/` plus this many bytes fits a Unix socket path."""
 
 
 def socket_name(resource: str, instance_id: str, socket_dir: str) -> str:
@@ -42,19 +48,19 @@ def socket_name(resource: str, instance_id: str, socket_dir: str) -> str:
     `kdp-<8 base32 characters>`: a hash of the resource name and the instance, so it is still
     unique per resource and instance.
     """
-    if not 0 < len(instance_id) <= INSTANCE_ID_MAX_LENGTH or _UNSAFE.search(instance_id):
+    if not 0 < len(instance_id) <= INSTANCE_ID_MAX_LENGTH or _SOCKET_UNSAFE.search(instance_id):
         raise ValueError(f"instance ID {instance_id!r}: 1 to 8 of [A-Za-z0-9._-]")
-    slug = _UNSAFE.sub("_", resource.replace("/", "_"))[:_SLUG_MAX_LENGTH]
-    digest = hashlib.sha256(resource.encode()).hexdigest()[:_HASH_LENGTH]
-    readable = f"{_PREFIX}{slug}-{digest}-{instance_id}{_SUFFIX}"
+    slug = _SOCKET_UNSAFE.sub("_", resource.replace("/", "_"))[:_SOCKET_SLUG_MAX_LENGTH]
+    digest = hashlib.sha256(resource.encode()).hexdigest()[:_SOCKET_HASH_LENGTH]
+    readable = f"{_SOCKET_PREFIX}{slug}-{digest}-{instance_id}{_SOCKET_SUFFIX}"
     if socket_path_problem(os.path.join(socket_dir, readable)) is None:
         return readable
     both = hashlib.sha256(f"{resource}\0{instance_id}".encode()).digest()
-    return _PREFIX + base64.b32encode(both).decode().lower()[:_HASH_LENGTH]
+    return _SOCKET_PREFIX + base64.b32encode(both).decode().lower()[:_SOCKET_HASH_LENGTH]
 
 
 def is_socket_name(name: str) -> bool:
     """Whether `name` has the form of a socket name `socket_name` makes (either form)."""
-    if name.startswith(_PREFIX) and name.endswith(_SUFFIX):
+    if name.startswith(_SOCKET_PREFIX) and name.endswith(_SOCKET_SUFFIX):
         return True
-    return _COMPACT.fullmatch(name) is not None
+    return _COMPACT_SOCKET.fullmatch(name) is not None

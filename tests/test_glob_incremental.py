@@ -95,11 +95,19 @@ def run_steps(make: object, patterns: object, chosen: list[Step]) -> None:
 
 REPLACED_DIR_LINK = [("file", "a1", "a1"), ("dirlink", "b0", "a1"), ("retarget", "b0", "a1")]
 """`dev/b0/a1` reaches `dev/a1`, then (b0 replaced at once) `real/a1`: only `dev/b0` is named."""
+RETARGETED_LINK_BEHIND_A_DIR_LINK = [
+    ("link", "a1", "a0"),
+    ("dirlink", "a0", "a0"),
+    ("retarget", "a1", "a0"),
+]
+"""`dev/a0/a1` reaches `real/a0` through the links `dev/a0 -> dev` and `dev/a1`; then `dev/a1`
+is retargeted (only it is named): the kept answer for `dev/a0/a1` depended on it."""
 
 
 @settings(max_examples=60, deadline=None)
 @given(steps)
 @example(REPLACED_DIR_LINK)
+@example(RETARGETED_LINK_BEHIND_A_DIR_LINK)
 def test_an_incremental_glob_scan_finds_what_a_full_scan_finds(chosen: list[Step]) -> None:
     def make(root: Path) -> GlobScan:
         config = GlobDriverConfig(paths=(f"{root}/dev/a*", f"{root}/dev/*0", f"{root}/dev/*/a1"))

@@ -234,6 +234,36 @@ def _leaf_matches(leaf: str, name: str) -> bool:
     return fnmatch.fnmatchcase(name, leaf)
 
 
+def links_on_the_way(path: str, limit: int = 40) -> tuple[str, ...]:
+    """Every symlink that resolving `path` passes through, each named as the path it has
+    there: a matched path depends on all of them (`dev/a0/a1` through a link `dev/a0 -> dev`
+    depends on `dev/a1`), not only on itself and its real path."""
+    links: list[str] = []
+    pending = [part for part in reversed(path.split("/")) if part]
+    current = "/"
+    while pending:
+        part = pending.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        candidate = os.path.join(current, part)
+        if len(links) >= limit or not os.path.islink(candidate):
+            current = candidate
+            continue
+        links.append(candidate)
+        try:
+            target = os.readlink(candidate)
+        except OSError:
+            current = candidate
+            continue
+        if target.startswith("/"):
+            current = "/"
+        pending.extend(part for part in reversed(target.split("/")) if part)
+    return tuple(links)
+
+
 class MatchCache(Generic[T]):
     """What a scan learnt about each matched path, kept for the next scan, so that a scan
     told which paths changed (the watcher's names) looks again only at those: O(changed)
@@ -251,8 +281,8 @@ class MatchCache(Generic[T]):
         self._patterns = tuple(patterns)
         self._leaves = tuple(_leaf_pattern(p) for p in self._patterns)
         self._listed: list[list[str] | None] = [None] * len(self._patterns)
-        self._kept: dict[Hashable, tuple[T, str | None]] = {}
-        self._seen: dict[Hashable, tuple[T, str | None]] = {}
+        self._kept: dict[Hashable, tuple[T, str | None, tuple[str, ...]]] = {}
+        self._seen: dict[Hashable, tuple[T, str | None, tuple[str, ...]]] = {}
         self._changed: frozenset[str] | None = None
         self._below: tuple[str, ...] = ()
 
@@ -305,12 +335,13 @@ class MatchCache(Generic[T]):
             kept is not None
             and not self._touched(path)
             and (kept[1] is None or not self._touched(kept[1]))
+            and not any(self._touched(link) for link in kept[2])
         ):
             self._seen[key] = kept
             return kept[0]
         value, real_path, keep = look()
         if keep:
-            self._seen[key] = (value, real_path)
+            self._seen[key] = (value, real_path, links_on_the_way(path))
         return value
 
     def _touched(self, path: str) -> bool:

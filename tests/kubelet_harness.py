@@ -310,6 +310,17 @@ def stop_process(process: subprocess.Popen[bytes] | None) -> None:
         process.wait(10)
 
 
+def healthy(resource: str, count: int) -> Callable[[RealKubelet], bool]:
+    """A predicate for `wait_for`/`await_for`: the kubelet sees `resource` live with exactly
+    `count` healthy devices."""
+
+    def check(kubelet: RealKubelet) -> bool:
+        seen = kubelet.resource(resource)
+        return seen is not None and seen["healthy"] == count
+
+    return check
+
+
 @contextmanager
 def real_kubelet(socket_dir: Path, **options: Any) -> Iterator[RealKubelet]:
     kubelet = RealKubelet(socket_dir, **options)

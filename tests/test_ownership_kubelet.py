@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from .conftest import glob_config, wait_until
+from .kubelet_harness import healthy
 
 FPGA = "vendor.example/fpga"
 ALIAS = "vendor.example/alias"
@@ -67,14 +68,7 @@ async def test_a_reload_that_renames_ids_never_hands_a_booked_node_to_a_new_pod(
     config.write_text(glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]*")))
     running = await start_host(config.read_text(), config_path=config)
 
-    def healthy(count: int):
-        def check(k) -> bool:
-            seen = k.resource(FPGA)
-            return seen is not None and seen["healthy"] == count
-
-        return check
-
-    await kubelet.await_for(healthy(1), what="fpga0 advertised")
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
     assert first["error"] == "" and first["device_ids"][FPGA] == ["fpga0"]
 
@@ -84,7 +78,7 @@ async def test_a_reload_that_renames_ids_never_hands_a_booked_node_to_a_new_pod(
     )
     config.write_text(text)
     assert await running.host.reload_from(config) == "ok"
-    await kubelet.await_for(healthy(2), what="both devices after the reload")
+    await kubelet.await_for(healthy(FPGA, 2), what="both devices after the reload")
     second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
     assert second["error"] == "", second
     assert host_paths(second) == {str(other / "x0")}, "the booked node went to a second pod"
@@ -113,13 +107,6 @@ async def test_a_removed_resource_keeps_its_node_until_no_pod_holds_it(
     config = short_dir / "config.yaml"
     config.write_text(head + owner)
     running = await start_host(config.read_text(), config_path=config)
-
-    def healthy(resource: str, count: int):
-        def check(k) -> bool:
-            seen = k.resource(resource)
-            return seen is not None and seen["healthy"] == count
-
-        return check
 
     await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     config.write_text(head + owner + waiter)
@@ -165,14 +152,7 @@ async def test_a_reload_that_changes_replicas_never_adds_users_to_a_booked_devic
     config.write_text(head)
     running = await start_host(config.read_text(), config_path=config)
 
-    def healthy(count: int):
-        def check(k) -> bool:
-            seen = k.resource(FPGA)
-            return seen is not None and seen["healthy"] == count
-
-        return check
-
-    await kubelet.await_for(healthy(1), what="fpga0 advertised")
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
     config.write_text(head + "    replicas: 2\n")
     assert await running.host.reload_from(config) == "ok"
@@ -186,7 +166,7 @@ async def test_a_reload_that_changes_replicas_never_adds_users_to_a_booked_devic
     second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
     assert second["error"] != "", "a second pod got fpga0 while p1 holds it exclusively"
     await kubelet.acall(kubelet.release, "p1")
-    await kubelet.await_for(healthy(2), what="both replicas once p1 is gone")
+    await kubelet.await_for(healthy(FPGA, 2), what="both replicas once p1 is gone")
     for pod in ("p3", "p4"):
         answer = await kubelet.acall(kubelet.allocate, pod, {FPGA: 1})
         assert answer["error"] == "" and host_paths(answer) == {str(devices / "fpga0")}

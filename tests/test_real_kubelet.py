@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 from .conftest import glob_config
+from .kubelet_harness import healthy
 
 FPGA = "vendor.example/fpga"
 
@@ -16,11 +17,7 @@ async def test_glob_resource_registers_allocates_and_survives_a_kubelet_restart(
     kubelet = real_kubelet_factory()
     await start_host(glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]*")))
 
-    def two_healthy(k) -> bool:
-        seen = k.resource(FPGA)
-        return seen is not None and seen["healthy"] == 2
-
-    await kubelet.await_for(two_healthy, what="two healthy fpgas")
+    await kubelet.await_for(healthy(FPGA, 2), what="two healthy fpgas")
     first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
     assert first["error"] == "" and len(first["device_ids"][FPGA]) == 1
     [node] = first["devices"]
@@ -28,7 +25,7 @@ async def test_glob_resource_registers_allocates_and_survives_a_kubelet_restart(
     assert Path(node["PathOnHost"]).parent == devices
 
     await kubelet.acall(kubelet.restart)
-    await kubelet.await_for(two_healthy, what="re-registration after a kubelet restart")
+    await kubelet.await_for(healthy(FPGA, 2), what="re-registration after a kubelet restart")
     second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
     assert second["error"] == ""
     assert second["device_ids"][FPGA] != first["device_ids"][FPGA]
@@ -53,11 +50,7 @@ async def test_a_socket_dir_as_long_as_the_kubelet_allows_serves_through_the_rea
         dead.bind(str(stale))
     running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga[0-9]*")))
 
-    def two_healthy(k) -> bool:
-        seen = k.resource(FPGA)
-        return seen is not None and seen["healthy"] == 2
-
-    await kubelet.await_for(two_healthy, what="two healthy fpgas from a 94-byte dir")
+    await kubelet.await_for(healthy(FPGA, 2), what="two healthy fpgas from a 94-byte dir")
     endpoint = running.host.resources[FPGA].endpoint
     assert len(endpoint) == len("kubelet.sock") and endpoint.startswith("kdp-")
     allocated = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})

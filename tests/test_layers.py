@@ -34,7 +34,6 @@ NOT_YET_SPLIT = frozenset(
         "allocation",
         "cdi",
         "drivers.scanning",
-        "http",
         "ownership",
         "resource",
         "simulator.kubelet",

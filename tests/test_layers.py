@@ -36,7 +36,6 @@ NOT_YET_SPLIT = frozenset(
         "drivers.scanning",
         "ownership",
         "resource",
-        "simulator.kubelet",
         "sysfs.discover",
         "sysfs.reader",
     }

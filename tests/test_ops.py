@@ -496,7 +496,7 @@ def test_metrics_conventions_from_the_first_scrape() -> None:
     process and platform collectors are on the host's registry."""
     from prometheus_client import generate_latest
 
-    from kdp_host.metrics import (
+    from kdp_host.metric_labels import (
         ALLOCATION_RESULTS,
         CONFIG_RELOAD_RESULTS,
         DRIVER_ERROR_REASONS,
@@ -869,7 +869,7 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     with its labels, and every known result/reason value is named in it."""
     import re
 
-    from kdp_host.metrics import (
+    from kdp_host.metric_labels import (
         ALLOCATE_HOOK_RESULTS,
         ALLOCATION_RESULTS,
         CONFIG_RELOAD_RESULTS,

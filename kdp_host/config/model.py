@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..endpoint import SOCKET_NAME_MIN_LENGTH
-from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
+from ..metric_labels import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
     CDI_KIND_PATTERN,
     ENV_NAME_PATTERN,

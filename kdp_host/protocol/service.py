@@ -46,7 +46,8 @@ from ..config import ResourceConfig
 from ..devices import DeviceTable, Snapshot
 from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
-from ..metrics import Metrics, Observer
+from ..metric_histograms import Observer
+from ..metrics import Metrics
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
 from .wire import encode_device_entry, topology_field

@@ -106,7 +106,8 @@ async def test_http_endpoints(
         assert value(metrics, "kdp_registrations_total", resource=FPGA, result="unavailable") >= 1
         assert value(metrics, "kdp_registered", resource=SERIAL) == 1
         assert value(metrics, "kdp_allocate_duration_seconds_count", resource=FPGA) == 1
-        assert value(metrics, "kdp_preferred_allocation_duration_seconds_count", resource=FPGA) == 1
+        # one ID per device, no NUMA node: GetPreferredAllocation is not offered nor asked
+        assert value(metrics, "kdp_preferred_allocation_duration_seconds_count", resource=FPGA) == 0
         assert value(metrics, "kdp_list_and_watch_updates_total", resource=FPGA) >= 1
         assert value(metrics, "kdp_list_and_watch_streams", resource=FPGA) == 1
         assert value(metrics, "kdp_driver_scan_duration_seconds_count", resource=FPGA) >= 1
@@ -461,10 +462,12 @@ async def test_readme_states_the_series_a_resource_has(
     for name in ("fpga0", "fpga1", "ttyA0", "ttyA1"):
         (dev / name).touch()
     config = glob_config(socket_dir, (FPGA, f"{dev}/fpga*")) + "    preferred: none\n"
+    # replicas: 2 (shared devices) makes GetPreferredAllocation matter, so it is advertised
     config += glob_config(socket_dir, (SERIAL, f"{dev}/ttyA*")).split("resources:\n")[1]
+    config += "    replicas: 2\n"
     running = await start_host(config)
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
-    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 2)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 4)
 
     def series(resource: str) -> int:
         return sum(1 for _, labels in samples(running.metrics) if ("resource", resource) in labels)

@@ -28,6 +28,7 @@ from .output_checks import (
     Invalid,
     ProbeOutputError,
     add_node,
+    check_container_path,
     check_node_path,
     check_path,
     check_text,
@@ -272,8 +273,10 @@ def _nodes_from_json(value: Any, *, shared_ok: bool = False) -> list[DeviceNode]
             host = check_node_path(_json_string(obj["hostPath"], f"{what}.hostPath"), "host path")
             container = host
             if "containerPath" in obj:
-                container = check_node_path(
-                    _json_string(obj["containerPath"], f"{what}.containerPath"), "container path"
+                container = check_container_path(
+                    _json_string(obj["containerPath"], f"{what}.containerPath"),
+                    "container path",
+                    device_node=True,
                 )
             node = DeviceNode(host, container, shared=_json_flag(obj, _SHARED, what, False))
         add_node(nodes, node)
@@ -300,8 +303,10 @@ def _mounts_from_json(value: Any, *, shared_ok: bool = False) -> list[DeviceMoun
         mounts.append(
             DeviceMount(
                 check_path(_json_string(obj["hostPath"], f"{what}.hostPath"), "host path"),
-                check_path(
-                    _json_string(obj["containerPath"], f"{what}.containerPath"), "container path"
+                check_container_path(
+                    _json_string(obj["containerPath"], f"{what}.containerPath"),
+                    "container path",
+                    device_node=False,
                 ),
                 read_only,
                 _json_flag(obj, _SHARED, what, False),

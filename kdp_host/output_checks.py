@@ -50,6 +50,13 @@ def check_path(value: str, what: str) -> str:
     return value
 
 
+def check_container_path(value: str, what: str, *, device_node: bool) -> str:
+    """A path inside the container: rules.container_path_problem."""
+    if why := rules.container_path_problem(value, device_node=device_node):
+        raise Invalid(f"{what} {why}, got {quote(value)}")
+    return value
+
+
 def check_node_path(value: str, what: str) -> str:
     """A device node's path, which `{paths}` and `{hostPaths}` list: rules.device_path_problem."""
     if why := rules.device_path_problem(value):
@@ -69,7 +76,8 @@ def node_from_spec(spec: str) -> DeviceNode:
     split = spec.find(":/", 1)
     host, container = (spec[:split], spec[split + 1 :]) if split > 0 else (spec, spec)
     return DeviceNode(
-        check_node_path(host, "host path"), check_node_path(container, "container path")
+        check_node_path(host, "host path"),
+        check_container_path(container, "container path", device_node=True),
     )
 
 

@@ -15,6 +15,7 @@ a trailing newline, so `a.io/b\\n` would pass (Go's `$` does not do that).
 
 from __future__ import annotations
 
+import posixpath
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -165,6 +166,26 @@ def device_path_problem(path: str) -> str | None:
         return (
             f"must not contain {LIST_SEPARATOR!r} (template fields list device paths "
             f"separated by {LIST_SEPARATOR!r})"
+        )
+    return None
+
+
+def container_path_problem(path: str, *, device_node: bool) -> str | None:
+    """Why `path` cannot be a path inside a container, or None: a device node's path
+    (`device_path_problem`) or a mount's (`absolute_path_problem`), in normal form.
+
+    The runtime resolves `.`, `..` and repeated `/` itself, so `/dev/x/../fpga` and `/dev/fpga`
+    are one path in the container; a path in normal form has one spelling, so comparing the
+    text (the Allocate collision check, the config's per-member checks) compares the paths.
+    """
+    why = device_path_problem(path) if device_node else absolute_path_problem(path)
+    if why:
+        return why
+    if posixpath.normpath(path) != path or path.startswith("//"):
+        return (
+            f"must be in normal form ({posixpath.normpath(path).replace('//', '/')!r}: no "
+            "'.', '..' or empty components, no trailing '/'): the runtime resolves them, so "
+            "two spellings would land on one container path and it would keep only one"
         )
     return None
 

@@ -206,6 +206,11 @@ def test_kubelet_env_names_and_qualified_annotation_keys_pass() -> None:
         ("{name}", "must be an absolute path"),
         ("/dev/{{name}}", "must contain {name} or {path}"),  # escaped: the text {name}
         ("/dev/x,{name}", "must not contain ','"),  # `{paths}` lists container paths
+        # the runtime resolves these: every device would land on /dev/fpga
+        ("/dev/{name}/../fpga", "must be in normal form ('/dev/fpga'"),
+        ("/dev/{name}/.", "must be in normal form"),
+        ("/dev//{name}", "must be in normal form"),
+        ("/dev/{name}/", "must be in normal form"),
     ],
 )
 def test_glob_container_path_is_per_device_and_absolute(container_path: str, fragment: str) -> None:
@@ -311,3 +316,22 @@ def test_a_socket_dir_too_long_to_serve_from_is_a_config_error(tmp_path: Path) -
     config.write_text(f"kubelet: {{socketDir: {fits}d}}\n" + resources)
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 2 and "too long to serve from" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "spelling", ["/dev/fpga/.", "/dev/x/../fpga", "//dev/fpga", "/dev//fpga", "/dev/fpga/"]
+)
+def test_container_paths_of_mounts_and_group_members_are_in_normal_form(spelling: str) -> None:
+    """Two spellings of one container path would pass the collision checks, which compare
+    text, and the runtime would keep one of the entries."""
+    mount = (
+        "resources: [{name: a.io/b, glob: {paths: [/dev/b*]}, allocate: {mounts: "
+        f"[{{hostPath: /srv/a, containerPath: '{spelling}'}}]}}}}]"
+    )
+    assert any("must be in normal form" in p for p in problems(mount)), problems(mount)
+    member = (
+        "resources: [{name: a.io/b, glob: {group: "
+        f"[{{path: '/dev/b{{key}}', containerPath: '/k{{key}}{spelling}'}}]}}}}]"
+    )
+    assert any("must be in normal form" in p for p in problems(member)), problems(member)
+    load_config_text(mount.replace(spelling, "/dev/fpga"))

@@ -12,6 +12,7 @@ To add a user: write `def my_user(value: str) -> bool` (True = accepted) and app
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -163,6 +164,19 @@ def reference_device_path(path: str) -> bool:
     return reference_absolute_path(path) and "," not in path
 
 
+def reference_normal_form(path: str) -> bool:
+    """One spelling per path: no empty, `.` or `..` component (`/` alone is fine)."""
+    return path == "/" or all(part not in ("", ".", "..") for part in path[1:].split("/"))
+
+
+def reference_container_device_path(path: str) -> bool:
+    return reference_device_path(path) and reference_normal_form(path)
+
+
+def reference_container_mount_path(path: str) -> bool:
+    return reference_absolute_path(path) and reference_normal_form(path)
+
+
 def reference_text(text: str) -> bool:
     return not any(_is_control(c) and c not in "\t\n" for c in text)
 
@@ -245,6 +259,14 @@ DEVICE_PATH_USERS = [
     pytest.param(
         lambda path: probe_accepts({"id": "a", "paths": [{"hostPath": path}]}), id="probe-path"
     ),
+    pytest.param(reference_device_path, id="reference"),
+]
+
+CONTAINER_DEVICE_PATH_USERS = [
+    pytest.param(
+        accepted_by(functools.partial(rules.container_path_problem, device_node=True)),
+        id="rules",
+    ),
     pytest.param(
         lambda path: probe_accepts(
             {"id": "a", "paths": [{"hostPath": "/dev/a", "containerPath": path}]}
@@ -252,17 +274,12 @@ DEVICE_PATH_USERS = [
         id="probe-container-path",
     ),
     pytest.param(lambda path: probe_accepts({"id": "a", "paths": [path]}), id="probe-path-spec"),
-    pytest.param(reference_device_path, id="reference"),
+    pytest.param(reference_container_device_path, id="reference"),
 ]
+"""The string form of a probe's path (`/dev/x`) is its host and its container path."""
 
 ABSOLUTE_PATH_USERS = [
     pytest.param(accepted_by(rules.absolute_path_problem), id="rules"),
-    pytest.param(
-        lambda path: probe_accepts(
-            {"id": "a", "mounts": [{"hostPath": "/m", "containerPath": path}]}
-        ),
-        id="probe-mount",
-    ),
     pytest.param(accepted_by(glob_paths.name_problem), id="glob-matched-path"),
     pytest.param(reference_absolute_path, id="reference"),
     pytest.param(
@@ -271,12 +288,26 @@ ABSOLUTE_PATH_USERS = [
         ),
         id="config-loader-mount-host",
     ),
+]
+
+CONTAINER_MOUNT_PATH_USERS = [
+    pytest.param(
+        accepted_by(functools.partial(rules.container_path_problem, device_node=False)),
+        id="rules",
+    ),
+    pytest.param(
+        lambda path: probe_accepts(
+            {"id": "a", "mounts": [{"hostPath": "/m", "containerPath": path}]}
+        ),
+        id="probe-mount",
+    ),
     pytest.param(
         lambda path: loader_accepts(
             glob_resource(allocate={"mounts": [{"hostPath": "/m", "containerPath": path}]})
         ),
         id="config-loader-mount-container",
     ),
+    pytest.param(reference_container_mount_path, id="reference"),
 ]
 
 TEXT_USERS = [
@@ -441,6 +472,32 @@ def test_absolute_path_users_agree(path: str) -> None:
 @example("/dev/x\n")
 def test_device_path_users_agree(path: str) -> None:
     assert_agree(DEVICE_PATH_USERS, path)
+
+
+CONTAINER_PATHS = rule_strings(r"/?[a-z0-9_.,-]{0,6}(/[a-z0-9_.,-]{0,6}){0,3}").filter(
+    lambda path: ":" not in path and "{" not in path and "}" not in path
+)
+"""`:/` splits a probe's `host:container` string and braces are template syntax: both have
+tests of their own (test_shell_parsers, test_config_hardening's containerPath templates)."""
+
+
+@SETTINGS
+@given(CONTAINER_PATHS)
+@example("/dev/x/../fpga")
+@example("/dev/fpga/.")
+@example("//dev/fpga")
+@example("/dev/fpga/")
+@example("/")
+def test_container_device_path_users_agree(path: str) -> None:
+    assert_agree(CONTAINER_DEVICE_PATH_USERS, path)
+
+
+@SETTINGS
+@given(CONTAINER_PATHS)
+@example("/dev/fpga/.")
+@example("/srv//x")
+def test_container_mount_path_users_agree(path: str) -> None:
+    assert_agree(CONTAINER_MOUNT_PATH_USERS, path)
 
 
 @SETTINGS

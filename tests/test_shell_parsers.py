@@ -100,6 +100,9 @@ def test_lines_id_at_length_limit_is_accepted() -> None:
         (b"fpga0,fpga1 Healthy\n", 1, "device ID must not contain ','"),
         (b"a path=/dev/a,/dev/b\n", 1, "host path must not contain ','"),
         (b"a path=/dev/a:/dev/b,c\n", 1, "container path must not contain ','"),
+        # the runtime resolves `..`: both nodes would land on /dev/fpga
+        (b"a path=/dev/a:/dev/x/../fpga\n", 1, "container path must be in normal form"),
+        (b"a path=/dev//a\n", 1, "container path must be in normal form"),
     ],
 )
 def test_lines_errors_name_the_line(output: bytes, line: int, fragment: str | None) -> None:
@@ -210,6 +213,10 @@ def test_parse_output_dispatches_on_format() -> None:
         ('[{"id": "a", "paths": [{"hostPath": "/x,/y"}]}]', "host path must not contain ','"),
         ('[{"id": "a", "paths": [{"hostPath": "/x", "containerPath": "/y,z"}]}]',
          "container path must not contain ','"),
+        ('[{"id": "a", "paths": [{"hostPath": "/x", "containerPath": "/d/./x"}]}]',
+         "container path must be in normal form"),
+        ('[{"id": "a", "mounts": [{"hostPath": "/a", "containerPath": "/dev/fpga/."}]}]',
+         "container path must be in normal form"),
         ('[{"id": "a", "numa": "1"}]', "numa must be an integer"),
         ('[{"id": "a", "numa": true}]', "numa must be an integer"),
         ('[{"id": "a", "numa": 1.5}]', "numa must be an integer"),

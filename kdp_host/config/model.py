@@ -46,7 +46,7 @@ from ..rules import (
     absolute_path_problem,
     annotation_key_problem,
     cdi_kind_problem,
-    device_path_problem,
+    container_path_problem,
     env_name_problem,
     extended_resource_name_problem,
     label_key_problem,
@@ -120,8 +120,12 @@ def _rendered_path_problem(template: str) -> str | None:
 
 
 def _rendered_device_path_problem(template: str) -> str | None:
-    """A device node's container path: also listed in `{paths}` (rules.device_path_problem)."""
-    return device_path_problem(_render_example(template))
+    """A device node's container path, also listed in `{paths}`: rules.container_path_problem."""
+    return container_path_problem(_render_example(template), device_node=True)
+
+
+def _mount_container_path_problem(path: str) -> str | None:
+    return container_path_problem(path, device_node=False)
 
 
 def _member_path_problem(path: str) -> str | None:
@@ -614,7 +618,11 @@ class HealthCheckConfig:
 @dataclass(frozen=True)
 class MountConfig:
     host_path: str = key("hostPath", AbsolutePath(), "Absolute path on the host.")
-    container_path: str = key("containerPath", AbsolutePath(), "Absolute path in the container.")
+    container_path: str = key(
+        "containerPath",
+        AbsolutePath(rule=_mount_container_path_problem),
+        "Absolute path in the container, in normal form (no `.`, `..` or `//`).",
+    )
     read_only: bool = key("readOnly", Boolean(), "Mount read-only.", default=True)
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kdp_host.backoff import Backoff
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.kubeapi import ApiError, ApiServer, NodeLabelWatch
 from kdp_host.logs import get_logger
@@ -208,6 +210,40 @@ async def apiserver(short_dir: Path) -> AsyncIterator[tuple[FakeApiServer, ApiSe
         await server.close()
 
 
+@dataclass
+class LabelledHost:
+    """A host on node gpu-1 that follows its labels through the fake API server."""
+
+    server: FakeApiServer
+    watch: NodeLabelWatch
+    running: Any
+
+
+@pytest.fixture
+def start_labelled(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    dev: Path,
+    start_host: Callable[..., Any],
+    apiserver: tuple[FakeApiServer, ApiServer],
+) -> Callable[..., Awaitable[LabelledHost]]:
+    """`await start_labelled(backoff=..., **host_options)`: the fleet config on node gpu-1,
+    its labels followed from the fake API server; returns once the serial resource (on every
+    node) is allocatable."""
+    server, api = apiserver
+
+    async def start(backoff: Backoff | None = None, **host_options: Any) -> LabelledHost:
+        options = {} if backoff is None else {"backoff": backoff}
+        watch = NodeLabelWatch(api, "gpu-1", get_logger(), **options)
+        running = await start_host(
+            fleet_yaml(socket_dir, dev), node=NodeInfo("gpu-1"), node_labels=watch, **host_options
+        )
+        await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+        return LabelledHost(server, watch, running)
+
+    return start
+
+
 async def test_the_client_reads_labels_with_the_token_over_tls(
     apiserver: tuple[FakeApiServer, ApiServer],
 ) -> None:
@@ -244,18 +280,10 @@ async def test_a_wrong_ca_or_token_is_a_clear_reason(
 
 
 async def test_labels_are_followed_and_a_change_is_applied_like_a_config_edit(
-    kubelet: KubeletSimulator,
-    socket_dir: Path,
-    dev: Path,
-    start_host: Callable[..., Any],
-    apiserver: tuple[FakeApiServer, ApiServer],
+    kubelet: KubeletSimulator, start_labelled: Callable[..., Awaitable[LabelledHost]]
 ) -> None:
-    server, api = apiserver
-    watch = NodeLabelWatch(api, "gpu-1", get_logger())
-    running = await start_host(
-        fleet_yaml(socket_dir, dev), node=NodeInfo("gpu-1"), node_labels=watch
-    )
-    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    labelled = await start_labelled()
+    server, running = labelled.server, labelled.running
     await wait_until(lambda: server.open_watches == 1, what="the node watched")
     assert running.host.node.labels == {"kubernetes.io/os": "linux"}
     assert FPGA not in running.host.resources and not running.host.not_ready()
@@ -277,20 +305,13 @@ async def test_labels_are_followed_and_a_change_is_applied_like_a_config_edit(
 
 async def test_label_entries_wait_and_say_why_while_the_api_refuses(
     kubelet: KubeletSimulator,
-    socket_dir: Path,
-    dev: Path,
-    start_host: Callable[..., Any],
     apiserver: tuple[FakeApiServer, ApiServer],
+    start_labelled: Callable[..., Awaitable[LabelledHost]],
 ) -> None:
-    from kdp_host.backoff import Backoff
-
-    server, api = apiserver
+    server, _ = apiserver
     server.fail_with = 403
-    watch = NodeLabelWatch(api, "gpu-1", get_logger(), backoff=Backoff(0.05, 0.05))
-    running = await start_host(
-        fleet_yaml(socket_dir, dev), node=NodeInfo("gpu-1"), node_labels=watch
-    )
-    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    labelled = await start_labelled(backoff=Backoff(0.05, 0.05))
+    watch, running = labelled.watch, labelled.running
     await wait_until(lambda: watch.problem is not None and "403" in watch.problem)
     reason = running.host.not_ready()["node"]
     assert "HTTP 403 (RBAC: get, list, watch nodes)" in reason and FPGA in reason
@@ -356,19 +377,12 @@ async def test_a_silent_or_garbage_server_is_an_error_not_a_hang(short_dir: Path
 
 
 async def test_the_host_stops_at_once_when_the_api_server_has_just_gone(
-    kubelet: KubeletSimulator,
-    socket_dir: Path,
-    dev: Path,
-    start_host: Callable[..., Any],
-    apiserver: tuple[FakeApiServer, ApiServer],
+    kubelet: KubeletSimulator, start_labelled: Callable[..., Awaitable[LabelledHost]]
 ) -> None:
     """Stopping while the label watch reconnects (the API server just went away) must not
     lose the cancellation (Python 3.11's wait_for can: the host then waited for ever)."""
-    server, api = apiserver
-    watch = NodeLabelWatch(api, "gpu-1", get_logger())
-    running = await start_host(
-        fleet_yaml(socket_dir, dev), node=NodeInfo("gpu-1"), node_labels=watch
-    )
+    labelled = await start_labelled()
+    server, running = labelled.server, labelled.running
     await wait_until(lambda: server.open_watches == 1, what="the node watched")
     server.set_labels({"kubernetes.io/os": "linux", LABEL: "u250"})
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)

@@ -20,7 +20,14 @@ from kdp_host.backoff import Backoff
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.kubeapi import ApiError, ApiServer, NodeLabelWatch
 from kdp_host.logs import get_logger
-from kdp_host.node import NodeInfo, NoLabels, local_node_name, needs_labels, select_for_node
+from kdp_host.node import (
+    NodeInfo,
+    NoLabels,
+    local_node_name,
+    needs_labels,
+    select_for_node,
+    settled,
+)
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
@@ -390,3 +397,83 @@ async def test_the_host_stops_at_once_when_the_api_server_has_just_gone(
     await wait_until(lambda: FPGA not in running.host.resources, what="FPGA stopped")
     await server.close()
     await running.shutdown(timeout=20)
+
+
+# ------------------------------------------------------------------ flapping labels
+
+
+async def test_settled_passes_the_first_value_then_one_per_window() -> None:
+    """The first labels at once; a burst after them comes out once, as its latest value."""
+    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def source() -> AsyncIterator[dict[str, str]]:
+        while True:
+            yield await queue.get()
+
+    gate, sleeping = asyncio.Event(), asyncio.Event()
+    windows: list[float] = []
+
+    async def sleep(window: float) -> None:
+        windows.append(window)
+        sleeping.set()
+        await gate.wait()
+
+    changes = settled(source(), 5.0, sleep)
+    async with contextlib.aclosing(changes):
+        queue.put_nowait({})
+        assert await anext(changes) == {}
+        queue.put_nowait({LABEL: "u250"})
+        after = asyncio.ensure_future(anext(changes))
+        await wait_until(sleeping.is_set, what="the window opened")
+        queue.put_nowait({})
+        queue.put_nowait({LABEL: "u250", "x": "1"})
+        await wait_until(queue.empty, what="the burst read")
+        assert not after.done()
+        gate.set()
+        assert await after == {LABEL: "u250", "x": "1"}
+        assert windows == [5.0]
+
+
+async def test_settled_ends_and_fails_as_its_source_does() -> None:
+    async def failing() -> AsyncIterator[dict[str, str]]:
+        yield {"a": "1"}
+        raise ApiError("gone")
+
+    changes = settled(failing(), 60.0)
+    assert await anext(changes) == {"a": "1"}
+    with pytest.raises(ApiError, match="gone"):
+        await anext(changes)
+
+    async def two() -> AsyncIterator[int]:
+        yield 1
+
+    assert [value async for value in settled(two(), 60.0)] == [1]
+
+
+async def test_a_flapping_label_reloads_once(
+    kubelet: KubeletSimulator,
+    start_labelled: Callable[..., Awaitable[LabelledHost]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kubectl label on/off/on within the settle window: the entries it selects are applied
+    once (the FPGA entry starts once, not started, stopped, started), and off/on/off once."""
+    labelled = await start_labelled()
+    server, running = labelled.server, labelled.running
+    await wait_until(lambda: server.open_watches == 1, what="the node watched")
+    await wait_until(lambda: running.host.node.labels is not None, what="labels read")
+    on = {"kubernetes.io/os": "linux", LABEL: "u250"}
+    off = {"kubernetes.io/os": "linux"}
+
+    def applied() -> int:
+        return sum(r.getMessage() == "node_labels_applied" for r in caplog.records)
+
+    with caplog.at_level("INFO", logger="kdp_host"):
+        caplog.clear()  # the labels read at start were applied too
+        for labels in (on, off, on):
+            server.set_labels(labels)
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+        assert running.host.node.labels == on and applied() == 1
+        for labels in (off, on, off):
+            server.set_labels(labels)
+        await wait_until(lambda: FPGA not in running.host.resources, what="FPGA stopped")
+        assert running.host.node.labels == off and applied() == 2

@@ -23,9 +23,9 @@ from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
-from .http import HealthState
 from .logs import EventLogger
-from .metrics import ConfigReloadResult, Metrics
+from .metric_labels import ConfigReloadResult
+from .metrics import Metrics
 from .nfd import NodeFeatureFile
 from .node import (
     NodeInfo,
@@ -37,6 +37,7 @@ from .node import (
 )
 from .ownership import OwnershipIndex
 from .podresources import PodResourcesPoller
+from .probes import HealthState
 from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release_state import ReleaseStateStore

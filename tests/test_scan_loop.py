@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -26,9 +28,12 @@ from kdp_host.drivers.scanning import (
     ScanSettings,
     Tracker,
 )
+from kdp_host.files import DaemonThreads
 from kdp_host.testing import ManualClock, ManualWatcher, RecordingNotifier, driver_deps
 
 from .conftest import wait_until
+
+T = TypeVar("T")
 
 
 def device(device_id: str, *paths: str) -> Device:
@@ -155,7 +160,7 @@ async def test_a_watched_change_wakes_the_loop_and_an_unchanged_directory_skips_
         await wait_until(lambda: notifier.updates >= 5, what="safety-net wake-ups")
         assert scanner.scans == 1, "the directory did not change: no rescan"
         (tmp_path / "b").touch()
-        old_dir(tmp_path)  # a change the signature check alone would miss: the watch says it
+        old_dir(tmp_path)  # the mtime looks old; the watch says it changed
         watcher.change(str(tmp_path), "b")
         await wait_until(lambda: list(notifier.devices) == ["a", "b"])
         assert scanner.scans == 2
@@ -164,6 +169,53 @@ async def test_a_watched_change_wakes_the_loop_and_an_unchanged_directory_skips_
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert watcher.directories == set(), "cancelled: every watch is dropped"
+
+
+class GatedOffload:
+    """The host's offload, with a gate a test can close: calls wait at it, counted."""
+
+    def __init__(self) -> None:
+        self.inner = DaemonThreads()
+        self.open = asyncio.Event()
+        self.open.set()
+        self.waiting = 0
+
+    async def run(self, function: Callable[[], T]) -> T:
+        if not self.open.is_set():
+            self.waiting += 1
+            await self.open.wait()
+        return await self.inner.run(function)
+
+
+async def test_a_change_seen_by_the_check_and_the_watch_is_scanned_once(tmp_path: Path) -> None:
+    """A change that comes while the loop checks its directories (the check sees it, and the
+    watch wakes the loop meanwhile) is read by the one scan that follows, not by two."""
+    (tmp_path / "a").touch()
+    old_dir(tmp_path)
+    watcher = ManualWatcher()
+    offload = GatedOffload()
+    scanner = FakeScanner(tmp_path)
+    loop = ScanLoop(
+        scanner, ScanSettings(0.02, 60.0, 5.0), driver_deps(watcher=watcher, offload=offload)
+    )
+    notifier = RecordingNotifier()
+    task = asyncio.create_task(loop.run(notifier))
+    try:
+        await wait_until(lambda: notifier.updates >= 3, what="safety-net wake-ups")
+        assert scanner.scans == 1
+        offload.open.clear()
+        await wait_until(lambda: offload.waiting == 1, what="the loop about to check")
+        (tmp_path / "b").touch()
+        old_dir(tmp_path)  # not "just changed": the check sees it by the directory's ctime
+        watcher.change(str(tmp_path), "b")  # and the watch wakes the loop meanwhile
+        offload.open.set()
+        await wait_until(lambda: list(notifier.devices) == ["a", "b"])
+        updates = notifier.updates
+        await wait_until(lambda: notifier.updates >= updates + 3, what="more wake-ups")
+        assert scanner.scans == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_full_rescan_runs_every_n_intervals_when_asked(tmp_path: Path) -> None:

@@ -259,6 +259,10 @@ class ScanLoop(Generic[S]):
         is told which paths the watcher named since the last scan. Raises DriverError."""
         timeout = self.settings.scan_timeout
         waited = ""
+        # Whatever woke the run loop before now, the scan that starts (or is waited for
+        # again) answers: cleared here, not when the loop turns, so a change that comes while
+        # the loop checks the directories is not scanned twice, nor lost when no scan runs.
+        self._wake.clear()
         if self._pending is None:
             listed, watched = self.tracker.listed, self._watched
             changes = self._changes if incremental else None
@@ -372,7 +376,6 @@ class ScanLoop(Generic[S]):
         unchanged_runs = 0
         try:
             while True:
-                wake.clear()
                 rescan = (
                     self._last is None
                     or woken

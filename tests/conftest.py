@@ -31,6 +31,17 @@ def script(directory: Path, name: str, body: str) -> str:
     return str(path)
 
 
+def process_gone(pid: int) -> bool:
+    """The process no longer runs: gone, or a zombie waiting for its reaper (this test
+    process may not be it). A process that exits while its stat is read is gone too: the
+    read then fails with ESRCH (ProcessLookupError), not ENOENT."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A short directory under /tmp: unix socket paths must stay under 108 bytes."""

@@ -52,6 +52,9 @@ class PluginHandler:
         self._write_checkpoint = write_checkpoint
         self.clients: dict[str, PluginClient] = {}  # v1.32: one client per resource name
         self._open_clients: set[PluginClient] = set()
+        self.running: dict[str, int] = {}
+        """Clients per resource whose runClient has not ended: more than one means an old
+        client's stream end, and the disconnect it brings (§9), is still to come."""
         self._serial = 0
         # records, cumulative for the simulator's life
         self.register_attempts: list[RegisterAttempt] = []
@@ -152,6 +155,7 @@ class PluginHandler:
             pre_start_required=options.pre_start_required,
             preferred_allocation=options.get_preferred_allocation_available,
         )
+        self.running[resource] = self.running.get(resource, 0) + 1
         self._spawn(self._run_client(client), f"list-and-watch:{resource}#{client.serial}")
 
     async def _run_client(self, client: PluginClient) -> None:
@@ -168,6 +172,7 @@ class PluginHandler:
             # grpc-go fails the stream's Recv on a message it cannot unmarshal.
             reason = gotext.unmarshal_failed(str(exc))
         finally:
+            self.running[client.resource] -= 1
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -185,6 +190,7 @@ class PluginHandler:
         if current is None:
             client.close()
             self._open_clients.discard(client)
+            await self._notify()
             return
         if current is not client:
             event = StaleDisconnect(client.resource, client.socket_path, current.socket_path)

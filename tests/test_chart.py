@@ -38,7 +38,7 @@ from packaging.version import Version
 from kdp_host import __version__, cli
 from kdp_host.simulator import KubeletSimulator
 
-from .conftest import glob_config, wait_until
+from .conftest import glob_config, in_ci, wait_until
 from .fake_sysfs import FTDI, FakeSysfs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,10 +68,6 @@ Doc = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def need_tool(name: str, why: str) -> str:

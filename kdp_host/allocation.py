@@ -313,6 +313,18 @@ _NUMA: Final = 5
 _IDS: Final = 6
 
 
+def preferred_can_matter(policy: PreferredPolicy, replicas: int, devices: Iterable[Device]) -> bool:
+    """Whether GetPreferredAllocation can choose better than the kubelet alone, so whether
+    the resource advertises it (each advertised call is one more RPC per container admitted).
+
+    The policies rank the free IDs by nothing but their physical device (the replicas of one
+    device, `replicas` > 1) and its NUMA node. Without either, every policy answers "the
+    first free IDs", which is as good as the kubelet's own pick. A resource whose answer
+    changes (a device with a NUMA node appears) registers again (`resource.py`).
+    """
+    return policy != "none" and (replicas > 1 or any(device.numa is not None for device in devices))
+
+
 def preferred_allocation(
     policy: PreferredPolicy,
     snapshot: Snapshot,

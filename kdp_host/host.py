@@ -24,7 +24,8 @@ from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
 from .http import HealthState
 from .logs import EventLogger
-from .metrics import ConfigReloadResult, Metrics
+from .metric_labels import ConfigReloadResult
+from .metrics import Metrics
 from .nfd import NodeFeatureFile
 from .node import NodeInfo, NodeLabelSource, Selection, needs_labels, select_for_node
 from .ownership import OwnershipIndex

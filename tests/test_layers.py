@@ -35,7 +35,6 @@ NOT_YET_SPLIT = frozenset(
         "cdi",
         "drivers.scanning",
         "http",
-        "metrics",
         "ownership",
         "resource",
         "simulator.kubelet",

@@ -129,8 +129,10 @@ class Claims:
 def device_claims(device: Device, resolve: Resolver = claim_key) -> Claims:
     """A device's claims: its nodes (shared ones apart) and its mount sources. A path that
     does not exist (yet) is claimed by its normalised text."""
-    if device.mounts == () and device.path is not None and device.has_only_node(
-        device.path, device.path
+    if (
+        device.mounts == ()
+        and device.path is not None
+        and device.has_only_node(device.path, device.path)
     ):
         path = device.path  # the common one-node device: no lists, no dicts
         return Claims((((resolve(path) or ("path", os.path.normpath(path))), path),))
@@ -267,9 +269,9 @@ class OwnershipIndex:
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
         state.settled, state.sent = False, None
-        # A new runtime's first list is admitted in full (and logged) where it may rename
-        # devices: the resource owns claims already.
-        state.plain = not state.owned and not state.lingering
+        # A new runtime's first list is admitted in full (and logged, what it holds too)
+        # unless the resource never listed a device.
+        state.plain = not state.admitted_from and not state.owned and not state.lingering
         if state.replicas is not None and state.replicas != replicas:
             now = self._clock()
             for device_id in [*state.owned, *state.waits]:

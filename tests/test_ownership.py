@@ -248,6 +248,17 @@ def test_an_unchanged_list_costs_what_is_held_and_lingers_not_a_walk() -> None:
     assert calls == ["/dev/n7"]
 
 
+def test_a_restarted_runtime_does_not_advertise_what_it_held() -> None:
+    """(A counter-example the property test found: a new runtime forgot what it held.)"""
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host = Host(nodes)
+    host.publish(R2, dev("x", "/dev/a"))
+    host.publish(R1, dev("y", "/dev/a"), dev("z", "/dev/b"))
+    host.attach(R1)
+    host.publish(R1, dev("y", "/dev/a"), dev("z", "/dev/b"))
+    assert host.ids(R1) == ["z"] and host.ids(R2) == ["x"]
+
+
 def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) -> None:
     (tmp_path / "f").touch()
     (tmp_path / "l").symlink_to(tmp_path / "f")

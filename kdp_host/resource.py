@@ -47,10 +47,10 @@ from .protocol.registration import (
     KUBELET_SOCKET,
     FileIdentity,
     RegistrationError,
+    Registrar,
     file_identity,
     kubelet_listening,
     kubelet_socket_identity,
-    register,
 )
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
@@ -109,6 +109,9 @@ class HostServices:
     registry_wait: RegistryWait = field(default_factory=RegistryWait)
     node_features: NodeFeatureFile | None = None
     """The NFD feature file every resource's device counts go to (None: `nodeFeatures` off)."""
+    registrar: Registrar = field(default_factory=Registrar)
+    """Every resource's Register calls, over one connection to kubelet.sock (the owner
+    closes it)."""
 
 
 @dataclass
@@ -457,7 +460,9 @@ class ResourceRuntime:
             if file_identity(self.socket_path) != identity:
                 raise _SocketLost()
             try:
-                await register(self._serve_dir, self.config.name, self.endpoint, service.options)
+                await self._services.registrar.register(
+                    self._serve_dir, self.config.name, self.endpoint, service.options
+                )
             except RegistrationError as exc:
                 metrics.registrations.labels(self.config.name, exc.result).inc()
                 message = str(exc)

@@ -9,7 +9,7 @@ import re
 import socket
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpclib.server
@@ -28,6 +28,8 @@ from kdp_host.api.v1beta1 import (
     ListAndWatchResponse,
     PreferredAllocationRequest,
     PreStartContainerRequest,
+    RegisterRequest,
+    RegistrationBase,
 )
 from kdp_host.config import load_config_text
 from kdp_host.devices import Device, DeviceTable
@@ -42,7 +44,7 @@ from kdp_host.endpoint import (
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.protocol.codec import DevicePluginCodec, EncodedMessage
-from kdp_host.protocol.registration import RegistrationError, register
+from kdp_host.protocol.registration import Registrar, RegistrationError
 from kdp_host.protocol.server import SOCKET_MODE, CoalescingTransport, PluginServer
 from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
 from kdp_host.simulator import KubeletSimulator
@@ -337,15 +339,98 @@ async def test_register_with_a_kubelet_that_drops_every_connection_is_unavailabl
 
     dropper = threading.Thread(target=drop_connections, daemon=True)
     dropper.start()
+    registrar = Registrar()
     try:
         for _ in range(60):
             with pytest.raises(RegistrationError) as refused:
-                await register(str(socket_dir), FPGA, "x.sock", DevicePluginOptions(), timeout=5)
+                await registrar.register(
+                    str(socket_dir), FPGA, "x.sock", DevicePluginOptions(), timeout=5
+                )
             assert refused.value.result == "unavailable"
     finally:
+        registrar.close()
         listener.shutdown(socket.SHUT_RDWR)
         listener.close()
         dropper.join(5)
+
+
+class RecordingKubelet(RegistrationBase):
+    def __init__(self) -> None:
+        self.requests: list[RegisterRequest] = []
+        self.refuse: str | None = None
+
+    async def register(self, message: RegisterRequest) -> Empty:
+        self.requests.append(message)
+        if self.refuse is not None:
+            raise GRPCError(Status.INVALID_ARGUMENT, self.refuse)
+        return Empty()
+
+
+@contextlib.asynccontextmanager
+async def counted_kubelet_sock(
+    socket_dir: Path, kubelet: RecordingKubelet
+) -> AsyncIterator[list[int]]:
+    """kubelet.sock in front of a Registration server: yields the list of connections
+    accepted (each one's number), forwarding their bytes both ways."""
+    backend = socket_dir / "backend.sock"
+    server = grpclib.server.Server([kubelet])
+    await server.start(path=str(backend))
+    accepted: list[int] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(len(accepted))
+        to_reader, to_writer = await asyncio.open_unix_connection(str(backend))
+        await asyncio.gather(pipe(reader, to_writer), pipe(to_reader, writer))
+
+    front = await asyncio.start_unix_server(forward, path=str(socket_dir / "kubelet.sock"))
+    try:
+        yield accepted
+    finally:
+        front.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_resources_of_a_host_register_over_one_connection(socket_dir: Path) -> None:
+    """Issue 19 (start-up): concurrent Register calls of many resources share one
+    connection to kubelet.sock (a connect and HTTP/2 handshake each cost most of a
+    resource's start-up work); a refusal keeps it; a re-created kubelet.sock (a restarted
+    kubelet) gets a new one."""
+    kubelet = RecordingKubelet()
+    registrar = Registrar()
+    try:
+        async with counted_kubelet_sock(socket_dir, kubelet) as accepted:
+            await asyncio.gather(
+                *(
+                    registrar.register(
+                        str(socket_dir), f"r{i}.io/x", f"r{i}.sock", DevicePluginOptions()
+                    )
+                    for i in range(20)
+                )
+            )
+            assert sorted(r.resource_name for r in kubelet.requests) == sorted(
+                f"r{i}.io/x" for i in range(20)
+            )
+            kubelet.refuse = "no such resource"
+            with pytest.raises(RegistrationError) as refused:
+                await registrar.register(str(socket_dir), "bad", "b.sock", DevicePluginOptions())
+            assert refused.value.result == "refused"
+            kubelet.refuse = None
+            await registrar.register(str(socket_dir), "r0.io/x", "r0.sock", DevicePluginOptions())
+            assert accepted == [0]
+        async with counted_kubelet_sock(socket_dir, kubelet) as accepted:
+            await registrar.register(str(socket_dir), "r0.io/x", "r0.sock", DevicePluginOptions())
+            assert accepted == [0]
+        assert len(kubelet.requests) == 23
+    finally:
+        registrar.close()
 
 
 # ------------------------------------------------------------------ coalesced writes

@@ -46,8 +46,8 @@ from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
 from .protocol.registration import (
     KUBELET_SOCKET,
     FileIdentity,
-    RegistrationError,
     Registrar,
+    RegistrationError,
     file_identity,
     kubelet_listening,
     kubelet_socket_identity,

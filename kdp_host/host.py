@@ -127,6 +127,7 @@ class Host:
             self.log.bind(component="watch"), offload=self.offload
         )
         self.watcher = watcher
+        self.ownership.watch(watcher)  # a claimed path that changes is resolved again
         kubelet = self.config.kubelet
         socket_dir = kubelet.socket_dir
         if kubelet.pod_resources_interval > 0:
@@ -209,6 +210,7 @@ class Host:
                 await asyncio.gather(self._label_task, return_exceptions=True)
             kubelet_watch()
             await supervisor.stop_all()
+            services.registrar.close()
             for task in internal:
                 task.cancel()
             await asyncio.gather(*internal, return_exceptions=True)

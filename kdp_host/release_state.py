@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .cdi import write_atomic
+from .atomic_files import write_atomic
 from .files import Offload
 from .logs import EventLogger
 

@@ -54,7 +54,8 @@ class PluginHandler:
         self._open_clients: set[PluginClient] = set()
         self.running: dict[str, int] = {}
         """Clients per resource whose runClient has not ended: more than one means an old
-        client's stream end, and the disconnect it brings (§9), is still to come."""
+        client's stream end, and the disconnect it brings (docs/kubelet-contract.md §9), is
+        still to come."""
         self._serial = 0
         # records, cumulative for the simulator's life
         self.register_attempts: list[RegisterAttempt] = []
@@ -71,6 +72,7 @@ class PluginHandler:
             client.close()
         self._open_clients.clear()
         self.clients.clear()
+        self.running.clear()  # their runClient tasks are cancelled with the kubelet
 
     async def handle_register(self, request: RegisterRequest) -> None:
         """``Register`` (docs/kubelet-contract.md §1-§3): validate, dial back, ask for the
@@ -172,7 +174,6 @@ class PluginHandler:
             # grpc-go fails the stream's Recv on a message it cannot unmarshal.
             reason = gotext.unmarshal_failed(str(exc))
         finally:
-            self.running[client.resource] -= 1
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -186,11 +187,13 @@ class PluginHandler:
             messages=client.messages,
             reason=reason,
         )
+        # No await from here to the disconnect: whoever sees this client ended sees the
+        # disconnect it brings too.
+        self.running[client.resource] = self.running.get(client.resource, 1) - 1
         current = self.clients.get(client.resource)
         if current is None:
             client.close()
             self._open_clients.discard(client)
-            await self._notify()
             return
         if current is not client:
             event = StaleDisconnect(client.resource, client.socket_path, current.socket_path)

@@ -261,8 +261,8 @@ class DeviceTable:
             reported = {}
             for device in devices:
                 reported.setdefault(device.id, device)
-        if reported == self._reported:
-            return False
+        if reported is self._reported or reported == self._reported:
+            return False  # (the same mapping again: never changed, see above)
         self._reported = reported
         self._failed_checks &= reported.keys()
         return self._rebuild()

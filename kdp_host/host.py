@@ -34,6 +34,7 @@ from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release_state import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, RegistryWait, ResourceRuntime
+from .safety_net import SafetyNet
 from .stale_sockets import remove_stale_sockets
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
@@ -153,6 +154,7 @@ class Host:
             status_changed=self._refresh_readiness,
             registry_wait=self.registry_wait,
             offload=self.offload,
+            safety_net=SafetyNet(self.offload),
             node_features=node_features,
         )
         supervisor = Supervisor(services, self.restart_policy)

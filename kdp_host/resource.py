@@ -56,6 +56,7 @@ from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
 from .release import ReleaseTracker
 from .release_state import ReleaseStateStore
+from .safety_net import SafetyNet
 from .watch import Watcher
 
 SAFETY_CHECK_INTERVAL = 30.0
@@ -92,6 +93,9 @@ class HostServices:
     """Makes each resource's driver (tests pass their own)."""
     offload: Offload = field(default_factory=DaemonThreads)
     """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
+    safety_net: SafetyNet | None = None
+    """The host's one periodic-check timer, shared by every resource (None: each driver
+    makes its own)."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
     """Runs every command of the resources: probes, health checks, preStart, allocate and
     release."""
@@ -210,7 +214,11 @@ class ResourceRuntime:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
         deps = DriverDeps(
-            self.log, services.watcher, offload=services.offload, commands=services.commands
+            self.log,
+            services.watcher,
+            offload=services.offload,
+            commands=services.commands,
+            safety_net=services.safety_net,
         )
         driver = services.drivers(self.config.driver, deps)
         detach = services.ownership.attach(

@@ -52,6 +52,8 @@ class DeviceReporter:
         self._throttled = 0
         """Lists dropped by the rate limit since the flood began (0: no flood)."""
         self._dropped_before_this_list = False
+        self._checked: tuple[object, list[tuple[Device, Skipped]]] = (None, [])
+        """The last list given (a mapping is never changed later) and its unlistable devices."""
 
     def update(
         self,
@@ -60,7 +62,11 @@ class DeviceReporter:
     ) -> None:
         if not isinstance(devices, Mapping):
             devices = list(devices)
-        unlistable = _unlistable(_values(devices))
+        if devices is self._checked[0]:
+            unlistable = self._checked[1]  # the same list again (the safety net): checked
+        else:
+            unlistable = _unlistable(_values(devices))
+            self._checked = (devices, unlistable)
         if unlistable:
             left_out = {device.id for device, _ in unlistable}
             devices = [d for d in _values(devices) if d.id not in left_out]

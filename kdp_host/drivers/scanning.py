@@ -150,7 +150,14 @@ class Tracker:
         next_expiry: float | None = None
         extra: dict[str, Device] = {}
         lost_now: dict[str, dict[str, float]] = {}
-        for device_id, device in present.items():
+        # Only devices that are not the very object listed before can have lost a node
+        # (scanners reuse unchanged devices), plus those losing one already: O(changed)
+        # work after one identity pass.
+        listed_before = before.devices.get
+        touched = [i for i, device in present.items() if listed_before(i) is not device]
+        touched.extend(i for i in self._lost if i in present and listed_before(i) is present[i])
+        for device_id in touched:
+            device = present[device_id]
             old = before.devices.get(device_id)
             lost = self._lost.get(device_id)
             if (
@@ -174,9 +181,8 @@ class Tracker:
                 next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
                 extra[device_id] = device.with_health(False) if device.healthy else device
         gone_now: dict[str, float] = {}
-        for device_id, old in before.devices.items():
-            if device_id in present:
-                continue
+        for device_id in before.devices.keys() - present.keys():
+            old = before.devices[device_id]
             since = self._gone_since.get(device_id, now)
             if grace <= 0 or since + grace <= now:
                 continue

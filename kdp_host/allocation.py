@@ -11,7 +11,6 @@ collapse into one DeviceSpec, one CDI name, one entry of `{ids}`.
 from __future__ import annotations
 
 import heapq
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,13 +20,11 @@ from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
 from .command_output import ContainerExtras
 from .config import MountConfig, PreferredPolicy, ResourceConfig, render_template
 from .devices import REPLICA_SEPARATOR, Advertised, Device, DeviceMount, DeviceNode, Snapshot
-from .rules import CDI_DEVICE_NAME, CDI_NAME_ESCAPE, LIST_SEPARATOR, join_list
+from .names import CDI_NAME, make_name
+from .rules import LIST_SEPARATOR, join_list
 
 ALLOCATION_DEPENDENT_FIELDS: Final = frozenset({"ids", "paths", "count"})
 """Template fields whose value depends on which devices a container got."""
-
-_CDI_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-"""What the readable part of an escaped CDI name replaces (`:` too: it has no `::`)."""
 
 
 class AllocationError(ValueError):
@@ -44,14 +41,10 @@ def cdi_device_name(device_id: str) -> str:
     ID (`dongle/1`, `_x`, `a::b`) is named `<readable>::<hex of the ID's UTF-8>`: the
     readable part has no `:`, so the first `::` starts the hex, which spells the whole ID --
     distinct from every other ID's name by construction, and never an ID's own name (those
-    have no `::`). The Allocate response and the CDI spec file both name devices with this
-    function.
+    have no `::`): `names.CDI_NAME`. The Allocate response and the CDI spec file both name
+    devices with this function.
     """
-    if CDI_DEVICE_NAME.fullmatch(device_id) and CDI_NAME_ESCAPE not in device_id:
-        return device_id
-    spelled = device_id.encode("utf-8", "surrogatepass").hex()
-    readable = _CDI_UNSAFE.sub("_", device_id).strip("_.-") or "id"
-    return f"{readable}{CDI_NAME_ESCAPE}{spelled}"
+    return make_name(device_id, CDI_NAME)
 
 
 def has_cdi_edits(device: Device) -> bool:
@@ -311,6 +304,18 @@ _FREE: Final = 3
 _PHYSICAL: Final = 4
 _NUMA: Final = 5
 _IDS: Final = 6
+
+
+def preferred_can_matter(policy: PreferredPolicy, replicas: int, devices: Iterable[Device]) -> bool:
+    """Whether GetPreferredAllocation can choose better than the kubelet alone, so whether
+    the resource advertises it (each advertised call is one more RPC per container admitted).
+
+    The policies rank the free IDs by nothing but their physical device (the replicas of one
+    device, `replicas` > 1) and its NUMA node. Without either, every policy answers "the
+    first free IDs", which is as good as the kubelet's own pick. A resource whose answer
+    changes (a device with a NUMA node appears) registers again (`resource.py`).
+    """
+    return policy != "none" and (replicas > 1 or any(device.numa is not None for device in devices))
 
 
 def preferred_allocation(

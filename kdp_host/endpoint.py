@@ -14,11 +14,11 @@ import os
 import re
 from typing import Final
 
+from .names import SOCKET_SLUG, make_name
 from .rules import socket_path_problem
 
 INSTANCE_ID_MAX_LENGTH: Final = 8
 """Longest host instance ID a socket name carries (the host uses 8 hex digits)."""
-_SOCKET_SLUG_MAX_LENGTH: Final = 20
 _SOCKET_HASH_LENGTH: Final = 8
 _SOCKET_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _SOCKET_PREFIX, _SOCKET_SUFFIX = "kdp-", ".sock"
@@ -26,9 +26,9 @@ _COMPACT_SOCKET: Final = re.compile(r"kdp-[a-z2-7]{8}")
 
 SOCKET_NAME_MAX_LENGTH: Final = (
     len(_SOCKET_PREFIX)
-    + _SOCKET_SLUG_MAX_LENGTH
-    + 1
-    + _SOCKET_HASH_LENGTH
+    + (SOCKET_SLUG.length or 0)
+    + len(SOCKET_SLUG.separator)
+    + (SOCKET_SLUG.digest or 0)
     + 1
     + INSTANCE_ID_MAX_LENGTH
     + len(_SOCKET_SUFFIX)
@@ -43,16 +43,14 @@ def socket_name(resource: str, instance_id: str, socket_dir: str) -> str:
     """The socket name of `resource` for host instance `instance_id` in `socket_dir`.
 
     Readable, `kdp-vendor.example_fpga-<hash>-<instance>.sock`, when its path in `socket_dir`
-    fits AF_UNIX: the resource name cut to 20 characters, the hash of the whole name (names
-    sharing those characters stay apart) and the instance. Otherwise compact,
-    `kdp-<8 base32 characters>`: a hash of the resource name and the instance, so it is still
-    unique per resource and instance.
+    fits AF_UNIX: the resource name cut to 20 characters and the hash of the whole name
+    (`names.SOCKET_SLUG`: names sharing those characters stay apart), and the instance.
+    Otherwise compact, `kdp-<8 base32 characters>`: a hash of the resource name and the
+    instance, so it is still unique per resource and instance.
     """
     if not 0 < len(instance_id) <= INSTANCE_ID_MAX_LENGTH or _SOCKET_UNSAFE.search(instance_id):
         raise ValueError(f"instance ID {instance_id!r}: 1 to 8 of [A-Za-z0-9._-]")
-    slug = _SOCKET_UNSAFE.sub("_", resource.replace("/", "_"))[:_SOCKET_SLUG_MAX_LENGTH]
-    digest = hashlib.sha256(resource.encode()).hexdigest()[:_SOCKET_HASH_LENGTH]
-    readable = f"{_SOCKET_PREFIX}{slug}-{digest}-{instance_id}{_SOCKET_SUFFIX}"
+    readable = f"{_SOCKET_PREFIX}{make_name(resource, SOCKET_SLUG)}-{instance_id}{_SOCKET_SUFFIX}"
     if socket_path_problem(os.path.join(socket_dir, readable)) is None:
         return readable
     both = hashlib.sha256(f"{resource}\0{instance_id}".encode()).digest()

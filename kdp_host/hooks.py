@@ -29,7 +29,8 @@ from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot
 from .logs import EventLogger
-from .metrics import HookName, HookResult, Metrics
+from .metric_labels import HookName, HookResult
+from .metrics import Metrics
 from .process import CommandError, CommandResult, CommandRunner
 
 STDERR_IN_STATUS = 512

@@ -22,13 +22,14 @@ from .config import Config, ConfigError, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
-from .http import HealthState
 from .logs import EventLogger
-from .metrics import ConfigReloadResult, Metrics
+from .metric_labels import ConfigReloadResult
+from .metrics import Metrics
 from .nfd import NodeFeatureFile
 from .node import NodeInfo, NodeLabelSource, Selection, needs_labels, select_for_node
 from .ownership import OwnershipIndex
 from .podresources import PodResourcesPoller
+from .probes import HealthState
 from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release_state import ReleaseStateStore

@@ -40,7 +40,8 @@ from .api.v1 import (
 )
 from .backoff import Backoff
 from .logs import EventLogger
-from .metrics import Metrics, PodResourcesResult
+from .metric_labels import PodResourcesResult
+from .metrics import Metrics
 
 CALL_TIMEOUT = 10.0
 """Seconds one PodResources call may take (the kubelet answers from memory)."""

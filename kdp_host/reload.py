@@ -17,7 +17,8 @@ from .config import Config, ConfigError, load_config
 from .config.declare import restart_keys
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
-from .metrics import ConfigReloadResult, Metrics
+from .metric_labels import ConfigReloadResult
+from .metrics import Metrics
 from .watch import Watcher
 
 RELOAD_DEBOUNCE = 0.1

@@ -65,6 +65,9 @@ FRESH_KUBELET_RETRY = 0.01
 FIRST_SCAN_WAIT = 2.0
 """Register only after the driver's first list (so the kubelet does not see 0 devices first),
 but do not wait longer than this for a slow probe."""
+OPTIONS_CHANGED: Final = "options_changed"
+"""Why a resource registers again when the kubelet must learn new DevicePluginOptions (it
+takes them only at registration): GetPreferredAllocation now matters."""
 STREAM_LOST: Final = "stream_lost"
 """In the queue of what the kubelet did, beside its verdicts: it ended our last stream."""
 
@@ -150,6 +153,8 @@ class ResourceRuntime:
         self._held_missing: set[str] = set()
         self.table.add_listener(self._on_devices_changed)
         self._encoder = ListAndWatchEncoder()
+        self._service: DevicePluginService | None = None
+        """The service of the socket served now (None between two servers)."""
         self._wake = asyncio.Event()
         self._stream_lost = False
         self._kubelet_events: collections.deque[KubeletVerdict | Literal["stream_lost"]] = (
@@ -209,6 +214,8 @@ class ResourceRuntime:
             self._services.node_features.update(self.config.name, snapshot)
         if self._held:
             self._check_held_devices(snapshot)
+        if self._service is not None and self._service.options_outdated():
+            self._wake.set()
 
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
@@ -339,10 +346,14 @@ class ResourceRuntime:
                 service, server, identity = await self._start_server()
                 try:
                     if self._registry:
-                        reason = await self._follow_the_plugin_manager(identity, patience, refusals)
+                        reason = await self._follow_the_plugin_manager(
+                            service, identity, patience, refusals
+                        )
                     else:
                         kubelet = await self._register_until_done(service, identity)
-                        reason = await self._wait_until_reregister_needed(identity, kubelet)
+                        reason = await self._wait_until_reregister_needed(
+                            service, identity, kubelet
+                        )
                 except _SocketLost:
                     reason = "socket_removed"
                 finally:
@@ -409,6 +420,7 @@ class ResourceRuntime:
                 self.log.warning("serve_failed", socket=self.socket_path, reason=str(exc))
                 await self._sleep_or_wake(backoff.next_delay())
                 continue
+            self._service = service
             self._mark(serving=True)
             self.log.info("serving", socket=self.socket_path)
             return service, server, identity
@@ -419,6 +431,7 @@ class ResourceRuntime:
         The synchronous part (close, drop connections, remove the socket) runs even when
         the wait for the streams is interrupted by a second cancel.
         """
+        self._service = None
         self._mark(serving=False, registered=False)
         try:
             await service.end_streams()
@@ -474,7 +487,7 @@ class ResourceRuntime:
             return kubelet
 
     async def _wait_until_reregister_needed(
-        self, identity: FileIdentity, kubelet: FileIdentity | None
+        self, service: DevicePluginService, identity: FileIdentity, kubelet: FileIdentity | None
     ) -> str:
         while True:
             self._wake.clear()
@@ -485,6 +498,8 @@ class ResourceRuntime:
                 return "kubelet_restarted"
             if self._stream_lost:
                 return "stream_closed_by_kubelet"
+            if service.options_outdated():
+                return OPTIONS_CHANGED
             await self._sleep_or_wake(SAFETY_CHECK_INTERVAL)
 
     async def _first_list(self) -> None:
@@ -495,7 +510,11 @@ class ResourceRuntime:
                     await event.wait()
 
     async def _follow_the_plugin_manager(
-        self, identity: FileIdentity, patience: Backoff, refusals: Backoff
+        self,
+        service: DevicePluginService,
+        identity: FileIdentity,
+        patience: Backoff,
+        refusals: Backoff,
     ) -> str:
         """pluginsRegistry: follow the kubelet's verdicts on the socket just created; returns
         why the socket must be created again (docs/kubelet-contract.md §14).
@@ -514,6 +533,8 @@ class ResourceRuntime:
             self._wake.clear()
             if file_identity(self.socket_path) != identity:
                 return "socket_removed"
+            if service.options_outdated():
+                return OPTIONS_CHANGED
             while self._kubelet_events:
                 event = self._kubelet_events.popleft()
                 if event == STREAM_LOST:

@@ -34,11 +34,8 @@ NOT_YET_SPLIT = frozenset(
         "allocation",
         "cdi",
         "drivers.scanning",
-        "http",
-        "metrics",
         "ownership",
         "resource",
-        "simulator.kubelet",
         "sysfs.discover",
         "sysfs.reader",
     }

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kdp_host.http import HealthState, HttpServer
+from kdp_host.http import HttpServer
 from kdp_host.metrics import Metrics
+from kdp_host.probes import HealthState
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config, wait_until
@@ -105,7 +106,8 @@ async def test_http_endpoints(
         assert value(metrics, "kdp_registrations_total", resource=FPGA, result="unavailable") >= 1
         assert value(metrics, "kdp_registered", resource=SERIAL) == 1
         assert value(metrics, "kdp_allocate_duration_seconds_count", resource=FPGA) == 1
-        assert value(metrics, "kdp_preferred_allocation_duration_seconds_count", resource=FPGA) == 1
+        # one ID per device, no NUMA node: GetPreferredAllocation is not offered nor asked
+        assert value(metrics, "kdp_preferred_allocation_duration_seconds_count", resource=FPGA) == 0
         assert value(metrics, "kdp_list_and_watch_updates_total", resource=FPGA) >= 1
         assert value(metrics, "kdp_list_and_watch_streams", resource=FPGA) == 1
         assert value(metrics, "kdp_driver_scan_duration_seconds_count", resource=FPGA) >= 1
@@ -460,10 +462,12 @@ async def test_readme_states_the_series_a_resource_has(
     for name in ("fpga0", "fpga1", "ttyA0", "ttyA1"):
         (dev / name).touch()
     config = glob_config(socket_dir, (FPGA, f"{dev}/fpga*")) + "    preferred: none\n"
+    # replicas: 2 (shared devices) makes GetPreferredAllocation matter, so it is advertised
     config += glob_config(socket_dir, (SERIAL, f"{dev}/ttyA*")).split("resources:\n")[1]
+    config += "    replicas: 2\n"
     running = await start_host(config)
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
-    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 2)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 4)
 
     def series(resource: str) -> int:
         return sum(1 for _, labels in samples(running.metrics) if ("resource", resource) in labels)
@@ -493,7 +497,7 @@ def test_metrics_conventions_from_the_first_scrape() -> None:
     process and platform collectors are on the host's registry."""
     from prometheus_client import generate_latest
 
-    from kdp_host.metrics import (
+    from kdp_host.metric_labels import (
         ALLOCATION_RESULTS,
         CONFIG_RELOAD_RESULTS,
         DRIVER_ERROR_REASONS,
@@ -749,7 +753,7 @@ def test_http_healthz_gets_through_eight_concurrent_scrapers(
     """Issue 17 item 14: eight scrapes being answered held every slot, so /healthz was
     answered 503 "busy" (no slot was still receiving a request to evict). Scrapes take at
     most all but PROBE_SLOTS slots; the ones beyond are answered 503 "busy" themselves."""
-    from kdp_host.http import MAX_THREADS, PROBE_SLOTS
+    from kdp_host.http_server import MAX_THREADS, PROBE_SLOTS
 
     metrics = Metrics(process_collectors=False)
     health = stack.enter_context(answering_health())
@@ -866,7 +870,7 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     with its labels, and every known result/reason value is named in it."""
     import re
 
-    from kdp_host.metrics import (
+    from kdp_host.metric_labels import (
         ALLOCATE_HOOK_RESULTS,
         ALLOCATION_RESULTS,
         CONFIG_RELOAD_RESULTS,

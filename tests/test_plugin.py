@@ -80,13 +80,58 @@ async def test_encoder_yields_to_the_loop_on_a_large_cold_build() -> None:
 
 
 async def test_options_and_prestart() -> None:
-    service = service_for(RESOURCE, DeviceTable())
-    options = await service.get_device_plugin_options(Empty())
+    shared = service_for(RESOURCE.replace("}}]", "}, replicas: 2}]"), DeviceTable())
+    options = await shared.get_device_plugin_options(Empty())
     assert options.get_preferred_allocation_available and not options.pre_start_required
-    none = service_for(RESOURCE.replace("}}]", "}, preferred: none}]"), DeviceTable())
+    none = service_for(RESOURCE.replace("}}]", "}, replicas: 2, preferred: none}]"), DeviceTable())
     assert not (await none.get_device_plugin_options(Empty())).get_preferred_allocation_available
-    response = await service.pre_start_container(PreStartContainerRequest(devices_ids=["x"]))
+    response = await shared.pre_start_container(PreStartContainerRequest(devices_ids=["x"]))
     assert bytes(response) == b""
+
+
+@pytest.mark.parametrize(
+    ("extra", "devices", "advertised"),
+    [
+        ("", [TableDevice("a"), TableDevice("b")], False),
+        ("", [TableDevice("a"), TableDevice("b", numa=0)], True),
+        (", replicas: 2", [TableDevice("a")], True),
+        (", replicas: 2", [], True),
+        (", preferred: spread", [TableDevice("a"), TableDevice("b")], False),
+        (", preferred: numa", [TableDevice("a", numa=1)], True),
+        (", preferred: none, replicas: 2", [TableDevice("a", numa=0)], False),
+    ],
+)
+async def test_get_preferred_allocation_is_advertised_only_where_the_policy_can_matter(
+    extra: str, devices: list[TableDevice], advertised: bool
+) -> None:
+    """With one advertised ID per device and no NUMA node, every policy answers what the
+    kubelet picks alone: no GetPreferredAllocation, one RPC per container instead of two."""
+    table = DeviceTable(replicas=2 if "replicas: 2" in extra else 1)
+    table.publish(devices)
+    service = service_for(RESOURCE.replace("}}]", "}" + extra + "}]"), table)
+    options = await service.get_device_plugin_options(Empty())
+    assert options.get_preferred_allocation_available is advertised
+    assert service.options == options
+    assert not service.options_outdated()
+
+
+async def test_options_are_outdated_once_a_device_makes_preferred_matter() -> None:
+    """The kubelet takes options at registration only: told "no GetPreferredAllocation",
+    a device with a NUMA node makes them outdated (the resource registers again); the other
+    way round they stay as told (an unneeded call costs less than a registration)."""
+    table = DeviceTable()
+    table.publish([TableDevice("a")])
+    service = service_for(RESOURCE, table)
+    assert not service.options_outdated()  # nothing told yet
+    assert not (await service.get_device_plugin_options(Empty())).get_preferred_allocation_available
+    table.publish([TableDevice("a"), TableDevice("b")])
+    assert not service.options_outdated()
+    table.publish([TableDevice("a"), TableDevice("b", numa=1)])
+    assert service.options_outdated()
+    assert (await service.get_device_plugin_options(Empty())).get_preferred_allocation_available
+    assert not service.options_outdated()
+    table.publish([TableDevice("a")])
+    assert not service.options_outdated()
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from .conftest import glob_config
-from .kubelet_harness import healthy
+from .kubelet_harness import RealKubelet, healthy
 
 FPGA = "vendor.example/fpga"
 
@@ -56,3 +58,52 @@ async def test_a_socket_dir_as_long_as_the_kubelet_allows_serves_through_the_rea
     allocated = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
     assert allocated["error"] == ""
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("registration", ["deviceSocket", "pluginsRegistry"])
+async def test_preferred_allocation_is_offered_once_a_numa_device_makes_it_matter(
+    registration: str, real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """The kubelet's real device manager takes DevicePluginOptions at registration only
+    (GetDevicePluginOptions inside PluginConnected). Devices without a NUMA node, one ID
+    each: no GetPreferredAllocation. Devices on a NUMA node appear: kdp-host registers again
+    (through kubelet.sock, or a fresh socket the plugin manager registers), the kubelet now
+    sees the option, and admissions get the packed choice (the NUMA devices first)."""
+    registry = short_dir / "registry"
+    if registration == "pluginsRegistry":
+        kubelet = real_kubelet_factory(plugins_registry_dir=registry)
+    else:
+        kubelet = real_kubelet_factory()
+    config = glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]"))
+    config = config.replace("gracePeriod: 1s}", 'gracePeriod: 1s, numaNodeFile: "{path}.numa"}')
+    if registration == "pluginsRegistry":
+        config = config.replace(
+            f"kubelet: {{socketDir: {kubelet.socket_dir}}}",
+            f"kubelet: {{socketDir: {kubelet.socket_dir}, registration: pluginsRegistry, "
+            f"pluginsRegistryDir: {registry}}}",
+        )
+    await start_host(config)
+    await kubelet.await_for(healthy(FPGA, 2), what="two fpgas without a NUMA node")
+    seen = await kubelet.acall(kubelet.resource, FPGA)
+    assert seen["options"]["get_preferred_allocation_available"] is False
+    registered = sum(e["kind"] == "registered" for e in await kubelet.acall(kubelet.events))
+
+    for name in ("fpga2", "fpga3"):
+        (devices / f"{name}.numa").write_text("0")
+        (devices / name).touch()
+
+    def offered(k: RealKubelet) -> bool:
+        seen = k.resource(FPGA)
+        return (
+            seen is not None
+            and seen["healthy"] == 4
+            and seen["options"]["get_preferred_allocation_available"]
+        )
+
+    await kubelet.await_for(offered, what="registered again, with GetPreferredAllocation")
+    events = await kubelet.acall(kubelet.events)
+    assert sum(e["kind"] == "registered" for e in events) == registered + 1
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert first["error"] == second["error"] == ""
+    assert first["device_ids"][FPGA] + second["device_ids"][FPGA] == ["fpga2", "fpga3"]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..endpoint import SOCKET_NAME_MIN_LENGTH
-from ..metrics import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
+from ..metric_labels import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
     CDI_KIND_PATTERN,
     ENV_NAME_PATTERN,
@@ -925,7 +925,10 @@ class ResourceConfig:
     preferred: PreferredPolicy = key(
         "preferred",
         Choice(("packed", "spread", "numa", "none")),
-        "GetPreferredAllocation policy: `packed`, `spread`, `numa`, or `none` (not advertised).",
+        "GetPreferredAllocation policy: `packed`, `spread`, `numa`, or `none` (not advertised). "
+        "Advertised only where a policy can choose better than the kubelet: with `replicas` "
+        "> 1 or a device on a NUMA node (else the kubelet makes one RPC per container, not "
+        "two); the resource registers again when such a device appears.",
         default="packed",
     )
     node_selector: NodeSelectorConfig | None = key(

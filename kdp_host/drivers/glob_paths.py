@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import glob as globlib
-import hashlib
 import os
 import re
 import stat
@@ -23,9 +22,9 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 from .. import rules
+from ..names import PATH_ID, make_name
 from .base import Skipped
 
-_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _HASH_SUFFIX = re.compile(r"-[0-9a-f]{10}\Z")
 
 DeviceIdentity = tuple[str, int | str]
@@ -56,9 +55,10 @@ class DeviceIds:
     another path's: a path outside that directory (a link's target elsewhere), characters
     outside `[A-Za-z0-9._-]`, `-` or `_` inside a multi-level path, `-` in a one-level name
     when the patterns reach different depths, a result that is too long, starts with `-` or
-    ends like a hashed ID all take the hashed form instead: a sanitized prefix plus `-` and
-    10 hex digits of the path's SHA-256 (the prefix of a path outside the directory is its
-    file name: `/dev/ttyUSB0` under `/dev/serial/by-id/*` -> `ttyUSB0-<10 hex>`).
+    ends like a hashed ID all take the hashed form instead (`names.PATH_ID`): a sanitized
+    prefix plus `-` and 10 hex digits of the path's SHA-256 (the prefix of a path outside
+    the directory is its file name: `/dev/ttyUSB0` under `/dev/serial/by-id/*` ->
+    `ttyUSB0-<10 hex>`).
     """
 
     def __init__(self, patterns: Iterable[str]) -> None:
@@ -73,21 +73,17 @@ class DeviceIds:
         rel = path[len(self._prefix) :] if inside else path.lstrip("/")
         parts = rel.split("/")
         joined = "-".join(parts)
-        readable = _UNSAFE_ID_CHARS.sub("_", joined)
         if (
             inside
-            and readable == joined
-            and readable not in (".", "..")
-            and rules.device_id_problem(readable) is None
-            and not _HASH_SUFFIX.search(readable)
+            and PATH_ID.unsafe.search(joined) is None
+            and joined not in (".", "..")
+            and rules.device_id_problem(joined) is None
+            and not _HASH_SUFFIX.search(joined)
             and not (len(parts) > 1 and ("-" in rel or "_" in rel))
             and not (len(parts) == 1 and self._mixed_depths and "-" in rel)
         ):
-            return readable
-        digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-        short = readable if inside else _UNSAFE_ID_CHARS.sub("_", parts[-1])
-        stem = short[: rules.MAX_DEVICE_ID_LENGTH - 11].lstrip("-")
-        return f"{stem}-{digest}" if stem else f"dev-{digest}"
+            return joined
+        return make_name(path, PATH_ID, shown=joined if inside else parts[-1])
 
 
 def watch_dirs(pattern: str) -> list[str]:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
-import hashlib
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from ..config import (
@@ -30,10 +28,9 @@ from ..config import (
 )
 from ..devices import Device, DeviceNode
 from ..logs import quote_text
-from ..rules import MAX_DEVICE_ID_LENGTH, device_id_problem
 from ..sysfs import PCI, USB, NodeInfo, SysfsDevice, SysfsReader, SysfsScan
 from ..sysfs.match import class_matches, hex_matches, text_matches
-from ..sysfs.model import VFIO_CONTAINER_NODE, VFIO_PCI_DRIVER
+from ..sysfs.model import VFIO_CONTAINER_NODE, VFIO_PCI_DRIVER, device_id
 from ..sysfs.reader import enclosing_device
 from .base import DriverDeps, Skipped
 from .scanning import DirWatch, Listed, Notice, ScanLoop, ScanResult, ScanSettings
@@ -41,7 +38,6 @@ from .scanning import DirWatch, Listed, Notice, ScanLoop, ScanResult, ScanSettin
 FULL_RESCAN_EVERY = 10
 """A safety-net rescan is skipped while no watched node directory changed, but at least
 every this many intervals one runs (a device without nodes changes nothing in /dev)."""
-_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
 
 
 # --------------------------------------------------------------------------- matching
@@ -208,30 +204,6 @@ def advertised_devices(
         kept.append(dataclasses.replace(first, nodes=tuple(nodes)))
     kept.sort(key=lambda d: d.path)
     return kept, tuple(skipped)
-
-
-# --------------------------------------------------------------------------- identity
-
-
-def safe_id(text: str) -> str:
-    """`text` as a device ID when it is one already (serials, port paths and PCI addresses
-    usually are); otherwise its safe characters plus 8 hex digits of its SHA-256, so two
-    different texts never share an ID and a text always gets the same one."""
-    if _UNSAFE_ID_CHARS.search(text) is None and device_id_problem(text) is None:
-        return text
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    readable = _UNSAFE_ID_CHARS.sub("_", text).lstrip("-_")[: MAX_DEVICE_ID_LENGTH - 9]
-    return f"{readable}-{digest}" if readable else digest
-
-
-def device_id(device: SysfsDevice, usb_id_from: str = "serial") -> str:
-    """A device's ID: a function of the device alone, never of the other devices present
-    (an ID that depended on them would move between devices over a restart). A USB device:
-    its serial when it has one and `usbIdFrom` is `serial`, else its port path; a PCI
-    device: its address; any other: its kernel name."""
-    if device.source == USB and usb_id_from == "serial" and device.serial:
-        return safe_id(device.serial)
-    return safe_id(device.name)
 
 
 def reader_skipped(scan: SysfsScan) -> tuple[Skipped, ...]:

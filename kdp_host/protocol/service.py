@@ -22,7 +22,12 @@ import grpclib.server
 from grpclib.const import Status
 from prometheus_client import Counter
 
-from ..allocation import AllocationBuilder, AllocationError, preferred_allocation
+from ..allocation import (
+    AllocationBuilder,
+    AllocationError,
+    preferred_allocation,
+    preferred_can_matter,
+)
 from ..api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
@@ -41,7 +46,8 @@ from ..config import ResourceConfig
 from ..devices import DeviceTable, Snapshot
 from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
-from ..metrics import Metrics, Observer
+from ..metric_histograms import Observer
+from ..metrics import Metrics
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
 from .wire import encode_device_entry, topology_field
@@ -123,10 +129,9 @@ class DevicePluginService(DevicePluginBase):
         self._open_streams = 0
         self._streams_drained = asyncio.Event()
         self._streams_drained.set()
-        self.options = DevicePluginOptions(
-            pre_start_required=pre_start is not None or release is not None,
-            get_preferred_allocation_available=config.preferred != "none",
-        )
+        self._pre_start_required = pre_start is not None or release is not None
+        self._told_preferred: bool | None = None
+        """What the last GetDevicePluginOptions answer said of GetPreferredAllocation."""
 
     # The series every call records, looked up once, at first use (a histogram's series
     # appear with its first observation): a lookup costs what the rest of the bookkeeping
@@ -163,8 +168,32 @@ class DevicePluginService(DevicePluginBase):
         )
         return mapping
 
+    @property
+    def options(self) -> DevicePluginOptions:
+        """The options for the current device list (GetPreferredAllocation only where the
+        policy can matter: `preferred_can_matter`)."""
+        config = self._config
+        return DevicePluginOptions(
+            pre_start_required=self._pre_start_required,
+            get_preferred_allocation_available=preferred_can_matter(
+                config.preferred, config.replicas, self._table.snapshot.devices
+            ),
+        )
+
+    def options_outdated(self) -> bool:
+        """Whether the kubelet was told there is no GetPreferredAllocation and the device
+        list now makes it matter: the kubelet takes options only at registration, so the
+        resource registers again. (The other way round the call is merely unneeded, and
+        a flapping device does not cost a registration each time.)"""
+        if self._told_preferred is not False:
+            return False
+        config = self._config
+        return preferred_can_matter(config.preferred, config.replicas, self._table.snapshot.devices)
+
     async def get_device_plugin_options(self, message: Empty) -> DevicePluginOptions:
-        return self.options
+        options = self.options
+        self._told_preferred = options.get_preferred_allocation_available
+        return options
 
     async def _serve_list_and_watch(self, stream: grpclib.server.Stream[Empty, Any]) -> None:
         """Drive `device_lists` under aclosing, so its `finally` runs when the client cancels.

@@ -19,7 +19,7 @@ from ..logs import quote_text
 from ..rules import MAX_QUALIFIED_NAME_LENGTH, extended_resource_name_problem
 from .ids import NO_DATABASE, IdsDatabase
 from .match import exact_pattern
-from .model import PCI, USB, SysfsDevice, normalize_hex
+from .model import PCI, USB, SysfsDevice, device_id, normalize_hex
 
 PCI_CLASS_NAMES = {
     "0100": "SCSI storage controller",
@@ -349,7 +349,6 @@ def discover(
     without nodes), with the narrowest entry that advertises it alone, or, when none
     does, the narrowest one and what it advertises. Raises ValueError for a domain no
     resource name can have."""
-    from ..drivers.sysfs import device_id
 
     if (why := domain_problem(domain)) is not None:
         raise ValueError(f"domain {quote_text(domain)}: {why}")

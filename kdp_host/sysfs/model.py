@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ..names import DEVICE_ID, make_name
 from ..rules import join_list
 
 USB = "usb"
@@ -200,3 +201,15 @@ def vfio_group_problem(group: str) -> str | None:
     if VFIO_GROUP_NAME.fullmatch(group) is None:
         return "is not an IOMMU group name (digits, or noiommu-N)"
     return None
+
+
+def device_id(device: SysfsDevice, usb_id_from: str = "serial") -> str:
+    """A device's ID: a function of the device alone, never of the other devices present
+    (an ID that depended on them would move between devices over a restart). A USB device:
+    its serial when it has one and `usbIdFrom` is `serial`, else its port path; a PCI
+    device: its address; any other: its kernel name. Each is used as it is when it is a
+    device ID already (serials, port paths and PCI addresses usually are), else spelled by
+    `names.DEVICE_ID`."""
+    if device.source == USB and usb_id_from == "serial" and device.serial:
+        return make_name(device.serial, DEVICE_ID)
+    return make_name(device.name, DEVICE_ID)

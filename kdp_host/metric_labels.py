@@ -1,0 +1,59 @@
+"""The label values of the kdp_ metrics, declared once: every `result` and `reason` a
+counter knows (its series exist at zero from the first scrape), the hooks whose series come
+and go with their config section, and the `metrics.histograms` modes.
+
+Plain data with no imports of ours: config, drivers and the metric families all read it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+ALLOCATION_RESULTS = ("ok", "invalid", "hook_failed")
+REGISTRATION_RESULTS = ("ok", "refused", "unavailable", "error")
+DriverErrorReason = Literal["timeout", "exit", "parse", "output_too_large", "spawn", "io"]
+"""Every `reason` a driver may count a failed scan or probe under (DriverError's type)."""
+DRIVER_ERROR_REASONS: tuple[DriverErrorReason, ...] = get_args(DriverErrorReason)
+DRIVER_SKIP_REASONS = (
+    "bad_name",
+    "dangling_link",
+    "link_loop",
+    "same_device",
+    "id_collision",
+    "read_timeout",
+    "read_refused",
+    "read_error",
+    "rate_limited",
+    "incomplete_group",
+    "path_collision",
+    "unsafe_mount",
+    "node_owned",
+)
+"""Every `reason` a driver may count something it left out (without failing) under."""
+ConfigReloadResult = Literal["ok", "invalid", "refused", "unchanged"]
+CONFIG_RELOAD_RESULTS: tuple[ConfigReloadResult, ...] = get_args(ConfigReloadResult)
+DEVICE_HEALTH = ("healthy", "unhealthy")
+HookResult = Literal["ok", "exit", "timeout", "spawn", "output_too_large", "parse", "invalid"]
+PRE_START_RESULTS: tuple[HookResult, ...] = (
+    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid",
+)  # fmt: skip
+"""Every `result` of a preStart call (`invalid`: devices the plugin does not know)."""
+ALLOCATE_HOOK_RESULTS: tuple[HookResult, ...] = (
+    "ok", "exit", "timeout", "spawn", "output_too_large", "parse",
+)  # fmt: skip
+"""Every `result` of an `allocate.command` run (`parse`: output that does not validate)."""
+HookName = Literal["preStart", "allocate.command", "release"]
+"""The config sections whose series exist only while a resource has them (`forget_hooks`)."""
+
+RELEASE_RESULTS: tuple[HookResult, ...] = ("ok", "exit", "timeout", "spawn", "output_too_large")
+"""Every `result` of a `release.command` run."""
+PodResourcesResult = Literal["ok", "absent", "unsupported", "rate_limited", "error"]
+POD_RESOURCES_RESULTS: tuple[PodResourcesResult, ...] = get_args(PodResourcesResult)
+"""Every `result` of a PodResources poll (`absent`: no socket; `unsupported`: no v1 List;
+`rate_limited`: refused by the kubelet's rate limit)."""
+
+HistogramMode = Literal["perResource", "host", "off"]
+HISTOGRAM_MODES: tuple[HistogramMode, ...] = ("perResource", "host", "off")
+"""`metrics.histograms`: one set of latency histograms per resource (15 series each), one set
+for the whole host (no `resource` label: the count no longer grows with resources), or none."""
+DEFAULT_HISTOGRAM_MODE: HistogramMode = "perResource"

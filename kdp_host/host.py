@@ -23,7 +23,6 @@ from .config import Config, ConfigError, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
-from .http import HealthState
 from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
@@ -31,6 +30,7 @@ from .nfd import NodeFeatureFile
 from .node import NodeInfo, NodeLabelSource, Selection, needs_labels, select_for_node
 from .ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex, read_saved
 from .podresources import PodResourcesPoller
+from .probes import HealthState
 from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release_state import ReleaseStateStore

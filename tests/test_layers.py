@@ -34,10 +34,8 @@ NOT_YET_SPLIT = frozenset(
         "allocation",
         "cdi",
         "drivers.scanning",
-        "http",
         "ownership",
         "resource",
-        "simulator.kubelet",
         "sysfs.discover",
         "sysfs.reader",
     }

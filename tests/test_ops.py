@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kdp_host.http import HealthState, HttpServer
+from kdp_host.http import HttpServer
 from kdp_host.metrics import Metrics
+from kdp_host.probes import HealthState
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config, wait_until
@@ -752,7 +753,7 @@ def test_http_healthz_gets_through_eight_concurrent_scrapers(
     """Issue 17 item 14: eight scrapes being answered held every slot, so /healthz was
     answered 503 "busy" (no slot was still receiving a request to evict). Scrapes take at
     most all but PROBE_SLOTS slots; the ones beyond are answered 503 "busy" themselves."""
-    from kdp_host.http import MAX_THREADS, PROBE_SLOTS
+    from kdp_host.http_server import MAX_THREADS, PROBE_SLOTS
 
     metrics = Metrics(process_collectors=False)
     health = stack.enter_context(answering_health())

@@ -19,10 +19,11 @@ from kdp_host.api.v1 import (
     PodResourcesListerBase,
 )
 from kdp_host.cli import main
-from kdp_host.http import HealthState, HttpServer
+from kdp_host.http import HttpServer
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.podresources import PodResourcesPoller
+from kdp_host.probes import HealthState
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.podresources import RATE_LIMITED, TokenBucket
 from kdp_host.status import devices_document, print_table, status_address

@@ -20,7 +20,8 @@ Modules, one idea each:
 - ``checkpoint``: the checkpoint file;
 - ``directory``: the socket directory's clean-up at start;
 - ``changes``: the change counter that waits are built on; ``log``: structured log lines;
-- ``kubelet``: ``KubeletSimulator``, which wires them together (lifecycle, queries, pods);
+- ``view``: ``KubeletView``, what the kubelet shows a test (records, node status, waits);
+- ``kubelet``: ``KubeletSimulator``, the view wired to the rest (lifecycle, pods);
 - ``cli``: ``kdp-host simulate-kubelet``.
 """
 

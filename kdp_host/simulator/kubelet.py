@@ -1,5 +1,6 @@
-"""The simulated kubelet: lifecycle, registration with dial-back, the ListAndWatch readers,
-node status, and waiting for what a test expects.
+"""The simulated kubelet: its lifecycle (start, stop, restart, crash; the plugin manager and
+the PodResources server with it) and its pods; what it shows a test (records, node status,
+waiting) is `view.KubeletView`.
 
 Deliberately reproduced kubelet behaviour that plugins must cope with:
 
@@ -31,11 +32,10 @@ from typing import Any
 from kdp_host.api.v1beta1 import ContainerAllocateResponse
 
 from .admission import Admission
-from .changes import ChangeFeed
 from .checkpoint import CheckpointFile
 from .directory import cleanup_plugin_directory, remove_socket
 from .log import log_event
-from .manager import DeviceManager, describe
+from .manager import DeviceManager
 from .plugins import PluginHandler
 from .podresources import PodResourcesServer
 from .records import (
@@ -44,21 +44,13 @@ from .records import (
     ENDPOINT_STOP_GRACE_PERIOD,
     KUBELET_SOCKET_NAME,
     PRE_START_TIMEOUT,
-    AllocateCall,
-    Allocation,
-    ListAndWatchUpdate,
-    PluginOptions,
-    PreferredAllocationCall,
-    PreStartCall,
-    RegisterAttempt,
-    ResourceSnapshot,
-    StaleDisconnect,
 )
 from .registry import RECONCILE_PERIOD, PluginManager, RegistryOperation
 from .transport import RegisterRefused, RegistrationServer
+from .view import KubeletView
 
 
-class KubeletSimulator:
+class KubeletSimulator(KubeletView):
     """The kubelet's device manager on ``socket_dir``; see the module docstring."""
 
     def __init__(
@@ -100,27 +92,29 @@ class KubeletSimulator:
         self.reconcile_period = reconcile_period
         self.socket_path = self.socket_dir / KUBELET_SOCKET_NAME
         self.checkpoint_path = self.socket_dir / CHECKPOINT_NAME
-        self.endpoint_stop_grace_period = endpoint_stop_grace_period
         self.cleanup_sockets_only = cleanup_sockets_only
-        self._clock = clock
-
-        self._manager = DeviceManager()
-        self._checkpoint = CheckpointFile(self.checkpoint_path)
-        self._admission = Admission(
-            self._manager,
-            write_checkpoint=self._write_checkpoint,
-            notify=self._notify,
-            rpc_timeout=rpc_timeout,
-            pre_start_timeout=pre_start_timeout,
-        )
-        self._plugins = PluginHandler(
-            self._manager,
-            socket_dir=self.socket_dir,
-            dial_timeout=dial_timeout,
+        manager = DeviceManager()
+        super().__init__(
+            manager,
+            CheckpointFile(self.checkpoint_path),
+            Admission(
+                manager,
+                write_checkpoint=self._write_checkpoint,
+                notify=self._notify,
+                rpc_timeout=rpc_timeout,
+                pre_start_timeout=pre_start_timeout,
+            ),
+            PluginHandler(
+                manager,
+                socket_dir=self.socket_dir,
+                dial_timeout=dial_timeout,
+                clock=clock,
+                spawn=self._spawn,
+                notify=self._notify,
+                write_checkpoint=self._write_checkpoint,
+            ),
             clock=clock,
-            spawn=self._spawn,
-            notify=self._notify,
-            write_checkpoint=self._write_checkpoint,
+            endpoint_stop_grace_period=endpoint_stop_grace_period,
         )
         self.removed_at_start: list[str] = []
         self.starts = 0
@@ -138,62 +132,12 @@ class KubeletSimulator:
             else PodResourcesServer(self._manager, pod_resources_dir)
         )
         self._tasks: set[asyncio.Task[None]] = set()
-        self._changes = ChangeFeed(lambda: "; ".join(self.describe().values()) or "no resources")
 
-    # ------------------------------------------------------------------ records
-
-    @property
-    def preferred_allocation_calls(self) -> list[PreferredAllocationCall]:
-        return self._admission.preferred_allocation_calls
-
-    @property
-    def allocate_calls(self) -> list[AllocateCall]:
-        return self._admission.allocate_calls
-
-    @property
-    def pre_start_calls(self) -> list[PreStartCall]:
-        return self._admission.pre_start_calls
-
-    @property
-    def pre_start_timeout(self) -> float:
-        return self._admission.pre_start_timeout
-
-    @property
-    def rpc_timeout(self) -> float | None:
-        return self._admission.rpc_timeout
+    # ------------------------------------------------------------------ lifecycle
 
     @property
     def running(self) -> bool:
         return self._server is not None
-
-    @property
-    def version(self) -> int:
-        """Incremented on every state change."""
-        return self._changes.version
-
-    @property
-    def dial_timeout(self) -> float:
-        return self._plugins.dial_timeout
-
-    @property
-    def register_attempts(self) -> list[RegisterAttempt]:
-        return self._plugins.register_attempts
-
-    @property
-    def list_and_watch_updates(self) -> list[ListAndWatchUpdate]:
-        return self._plugins.list_and_watch_updates
-
-    @property
-    def stale_disconnect_events(self) -> list[StaleDisconnect]:
-        return self._plugins.stale_disconnect_events
-
-    @property
-    def stale_disconnects(self) -> int:
-        """How often the stale-stream bug of docs/kubelet-contract.md §9 hit: an old stream's
-        end disconnected a newer client."""
-        return len(self.stale_disconnect_events)
-
-    # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """``ManagerImpl.Start``: read the checkpoint, clean the directory, serve."""
@@ -300,12 +244,6 @@ class KubeletSimulator:
         if exc is not None and not isinstance(exc, RegisterRefused):
             log_event(logging.ERROR, "task_died", task=task.get_name(), error=repr(exc))
 
-    async def _notify(self) -> None:
-        await self._changes.notify()
-
-    async def _write_checkpoint(self) -> None:
-        await self._checkpoint.write(self._manager.checkpoint_data)
-
     @property
     def reconciles(self) -> int:
         """Reconciles of the running plugin manager (0 without one)."""
@@ -317,78 +255,6 @@ class KubeletSimulator:
         self._registry_faults = count
         if self._plugin_manager is not None:
             self._plugin_manager.register_faults = count
-
-    # ------------------------------------------------------------------ node status
-
-    def capacity(self, resource: str) -> int:
-        """Capacity as ``GetCapacity`` would report it now: healthy + unhealthy."""
-        return self._manager.capacity(resource)
-
-    def allocatable(self, resource: str) -> int:
-        """Allocatable: healthy devices only (allocated ones are not subtracted)."""
-        return self._manager.allocatable(resource)
-
-    def options(self, resource: str) -> PluginOptions | None:
-        endpoint = self._manager.endpoints.get(resource)
-        return endpoint.options if endpoint is not None else None
-
-    async def get_capacity(self) -> tuple[dict[str, int], dict[str, int], list[str]]:
-        """``GetCapacity``: also deletes resources whose stopped endpoint outlived the grace
-        period (or that have no endpoint) and then rewrites the checkpoint
-        (docs/kubelet-contract.md §4)."""
-        result = self._manager.get_capacity(self._clock(), self.endpoint_stop_grace_period)
-        if result.deleted:
-            log_event(logging.INFO, "resources_deleted", resources=",".join(result.deleted))
-            await self._write_checkpoint()
-            await self._notify()
-        return result.capacity, result.allocatable, result.deleted
-
-    def resource(self, name: str) -> ResourceSnapshot:
-        """Snapshot of one resource; KeyError if the simulator never heard of it."""
-        return self._manager.snapshot(name)
-
-    def snapshot(self) -> dict[str, ResourceSnapshot]:
-        return {name: self._manager.snapshot(name) for name in self._manager.names()}
-
-    def describe(self) -> dict[str, str]:
-        """One human line per resource: what the kubelet sees."""
-        return {name: describe(snap) for name, snap in self.snapshot().items()}
-
-    def plugin_clients(self) -> dict[str, Path]:
-        """The registration server's client map: resource -> socket of its current client
-        (set when Register starts dialling, removed on disconnect or a failed dial)."""
-        return {name: client.socket_path for name, client in self._plugins.clients.items()}
-
-    @property
-    def allocations(self) -> list[Allocation]:
-        return list(self._manager.pod_devices.values())
-
-    def allocation(self, pod_uid: str, container: str, resource: str) -> Allocation | None:
-        return self._manager.pod_devices.get((pod_uid, container, resource))
-
-    async def read_checkpoint(self) -> dict[str, Any] | None:
-        """The checkpoint file as JSON, after every write requested so far has landed."""
-        return await self._checkpoint.read_json()
-
-    # ------------------------------------------------------------------ waiting
-
-    async def wait_for(
-        self,
-        predicate: Callable[[], object],
-        timeout: float = 10.0,
-        *,
-        description: str | None = None,
-    ) -> None:
-        """Wait until ``predicate()`` is true, re-checking on every state change.
-
-        A predicate raising LookupError (e.g. ``sim.resource(x)`` before x registered)
-        counts as false. Raises TimeoutError describing what it waited for.
-        """
-        await self._changes.wait_for(predicate, timeout, description)
-
-    async def wait_changed(self, since: int, timeout: float | None = None) -> int:
-        """Wait until :attr:`version` differs from ``since``; returns the new version."""
-        return await self._changes.wait_changed(since, timeout)
 
     # ------------------------------------------------------------------ pods
 

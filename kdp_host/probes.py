@@ -1,0 +1,75 @@
+"""What the probes answer: `HealthState`, written by the event loop and read by the HTTP
+threads. The loop is asked when a probe or a scrape comes (`HealthState.ask_loop`), not by
+a timer: nothing here wakes up while nobody asks, and a stalled loop turns into a 503 on
+`/healthz`, not a timeout nobody can explain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+LOOP_ANSWER_TIMEOUT = 2.0
+"""A loop that does not run a probe's callback within this is stalled (/healthz: 503)."""
+
+
+LoopAnswer = Callable[[float], None]
+"""Run on the event loop when it answers a probe, with the seconds the answer took."""
+
+
+@dataclass
+class HealthState:
+    """Written by the event loop, read by the HTTP thread (plain attribute swaps only)."""
+
+    clock: Callable[[], float] = time.monotonic
+    dead: tuple[str, ...] = ()
+    not_ready: dict[str, str] = field(default_factory=lambda: {"host": "starting"})
+    answer_timeout: float = LOOP_ANSWER_TIMEOUT
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    _on_answer: LoopAnswer | None = field(default=None, repr=False)
+
+    def attach(self, loop: asyncio.AbstractEventLoop, on_answer: LoopAnswer) -> None:
+        """The host's loop answers probes from now on (`on_answer` runs on it each time)."""
+        self._on_answer = on_answer
+        self._loop = loop
+
+    def detach(self) -> None:
+        self._loop = None
+
+    @property
+    def attached(self) -> bool:
+        return self._loop is not None
+
+    def ask_loop(self) -> float | None:
+        """From another thread: the seconds the loop took to run a callback, or None when
+        it did not within `answer_timeout` (or no loop is attached). A late answer still
+        runs `on_answer` with its delay when the loop gets to it."""
+        loop, on_answer = self._loop, self._on_answer
+        if loop is None or on_answer is None:
+            return None
+        asked = self.clock()
+        answered = threading.Event()
+        delay: list[float] = []
+
+        def answer() -> None:
+            delay.append(self.clock() - asked)
+            on_answer(delay[0])
+            answered.set()
+
+        try:
+            loop.call_soon_threadsafe(answer)
+        except RuntimeError:  # the loop is closed
+            return None
+        return delay[0] if answered.wait(self.answer_timeout) else None
+
+    def liveness_problem(self) -> str | None:
+        if self._loop is None:
+            return "event loop stalled: not running"
+        if self.ask_loop() is None:
+            return f"event loop stalled: no answer within {self.answer_timeout:g}s"
+        if self.dead:
+            return "resources failed for good: " + ", ".join(self.dead)
+        return None

@@ -10,6 +10,7 @@ and the count of kubelet restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import os
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
+from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
@@ -27,7 +28,14 @@ from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
 from .nfd import NodeFeatureFile
-from .node import NodeInfo, NodeLabelSource, Selection, needs_labels, select_for_node
+from .node import (
+    NodeInfo,
+    NodeLabelSource,
+    Selection,
+    needs_labels,
+    select_for_node,
+    settled,
+)
 from .ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex, read_saved
 from .podresources import PodResourcesPoller
 from .probes import HealthState
@@ -67,6 +75,8 @@ class Host:
     served only where they select (kdp_host.node)."""
     node_labels: NodeLabelSource | None = None
     """Reads and follows the node's labels, from the moment an entry selects by label."""
+    label_settle: float = NODE_LABEL_SETTLE
+    """A label change is applied once it has settled this long (kdp_host.node.settled)."""
     selection: Selection = field(init=False)
     """The entries this node serves (`config` is the whole file)."""
     ownership: OwnershipIndex = field(init=False)
@@ -323,8 +333,10 @@ class Host:
 
     async def _follow_labels(self, source: NodeLabelSource) -> None:
         try:
-            async for labels in source.updates():
-                self.relabel(labels)
+            changes = settled(source.updates(), self.label_settle)
+            async with contextlib.aclosing(changes):
+                async for labels in changes:
+                    self.relabel(labels)
         except Exception as exc:  # the source retries on its own: this is a defect
             self.log.error("node_labels_stopped", node=self.node.name, error=repr(exc))
             raise

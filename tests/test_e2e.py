@@ -17,6 +17,7 @@ from kdp_host.drivers import Driver, DriverDeps, Notifier, make_driver
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 from kdp_host.supervisor import RestartPolicy
 
+from .cdi_spec import read_spec_file
 from .conftest import glob_config, script, wait_until
 
 FPGA = "vendor.example/fpga"
@@ -319,6 +320,7 @@ async def test_rolling_upgrade_leaves_the_cdi_spec_file_to_the_new_instance(
     spec = spec_dir / "kdp-host_vendor.example_fpga.json"
     await old.shutdown()
     assert spec.exists(), "the stopping instance removed the spec file the new one serves"
+    read_spec_file(spec)
     await wait_until(lambda: new.host.not_ready() == {}, what="the new instance ready")
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
     assert spec.exists()

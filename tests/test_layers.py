@@ -36,7 +36,6 @@ NOT_YET_SPLIT = frozenset(
         "drivers.scanning",
         "ownership",
         "resource",
-        "sysfs.discover",
         "sysfs.reader",
     }
 )

@@ -79,7 +79,8 @@ def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | 
     node claims the node).
 
     One lstat for a path that is no link: its real path is its directory's real path
-    (cached in `real_dirs`, for one list) joined with its name.
+    (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
+    path is kept as it is (no copy per claim).
     """
     try:
         st = os.lstat(path)
@@ -94,11 +95,14 @@ def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | 
         return ("b", st.st_rdev)
     if link:
         return ("path", os.path.realpath(path))
-    parent, name = os.path.split(os.path.normpath(path))
+    norm = os.path.normpath(path)
+    parent, name = os.path.split(norm)
     cache = {} if real_dirs is None else real_dirs
     real_parent = cache.get(parent)
     if real_parent is None:
         real_parent = cache[parent] = os.path.realpath(parent)
+    if real_parent == parent:
+        return ("path", path if norm == path else norm)
     return ("path", os.path.join(real_parent, name))
 
 
@@ -113,17 +117,35 @@ def describe_key(key: ClaimKey) -> str:
 Resolver = Callable[[str], "ClaimKey | None"]
 
 
+Claim = tuple[ClaimKey, str]
+"""A claim and the host path it was made through."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claims:
-    """What one device claims, with the host path each claim came from."""
+    """What one device claims, with the host path each claim came from (tuples, not dicts:
+    one of these is kept per device of the host)."""
 
-    exclusive: Mapping[ClaimKey, str]
-    shared: Mapping[ClaimKey, str]
+    exclusive: tuple[Claim, ...]
+    shared: tuple[Claim, ...] = ()
+
+    def exclusive_keys(self) -> frozenset[ClaimKey]:
+        return frozenset(key for key, _ in self.exclusive)
+
+    def shared_keys(self) -> frozenset[ClaimKey]:
+        return frozenset(key for key, _ in self.shared)
 
 
 def device_claims(device: Device, resolve: Resolver = claim_key) -> Claims:
     """A device's claims: its nodes (shared ones apart) and its mount sources. A path that
     does not exist (yet) is claimed by its normalised text."""
+    if (
+        device.mounts == ()
+        and device.path is not None
+        and device.has_only_node(device.path, device.path)
+    ):
+        path = device.path  # the common one-node device: no lists, no dicts
+        return Claims((((resolve(path) or ("path", os.path.normpath(path))), path),))
     exclusive: dict[ClaimKey, str] = {}
     shared: dict[ClaimKey, str] = {}
     paths = [(n.host_path, n.shared) for n in device.nodes]
@@ -133,7 +155,7 @@ def device_claims(device: Device, resolve: Resolver = claim_key) -> Claims:
         (shared if is_shared else exclusive).setdefault(key, path)
     for key in exclusive:
         shared.pop(key, None)
-    return Claims(exclusive, shared)
+    return Claims(tuple(exclusive.items()), tuple(shared.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +177,7 @@ def _owner_order(owner: Owner) -> tuple[str, str]:
     return owner.resource, owner.device
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Holding:
     """Why a device is held: logged and counted once while it stays the same."""
 
@@ -176,13 +198,23 @@ class _Resource:
     """The resource's table while a runtime is attached."""
     reported: Mapping[str, Device] = field(default_factory=dict)
     """The driver's last list (driver IDs)."""
-    claims: dict[str, tuple[Device, Claims]] = field(default_factory=dict)
-    """Claims per driver ID, with the device they were resolved for."""
+    admitted_from: Mapping[str, Device] = field(default_factory=dict)
+    """The list the last admission ran on: `claims` were resolved for its devices."""
+    admitted: Mapping[str, Device] = field(default_factory=dict)
+    """What the last admission advertised."""
+    settled: bool = False
+    """The last admission ran for this runtime (an unchanged list needs no walk)."""
+    sent: Mapping[str, Device] | None = None
+    """What this runtime's table was last given (the same again is not sent)."""
+    claims: dict[str, Claims] = field(default_factory=dict)
+    """Claims per driver ID, resolved for the device of `admitted_from` (or the one being
+    admitted)."""
     owned: dict[str, Claims] = field(default_factory=dict)
     """Advertised ID -> what it claims in the index."""
-    lingering: dict[ClaimKey, float] = field(default_factory=dict)
+    lingering: dict[ClaimKey, tuple[float, str]] = field(default_factory=dict)
     """Exclusive claims of devices no longer advertised, kept while the node is there (or a
-    pod may hold them), with the time (index clock) they stopped being advertised."""
+    pod may hold them), with the time (index clock) they stopped being advertised and the
+    host path they were made through (to see whether it is gone)."""
     held: dict[str, _Holding] = field(default_factory=dict)
     retired: bool = False
     plain: bool = True
@@ -193,7 +225,7 @@ class _Resource:
     """Devices held after a change of `replicas` while pods may hold their old IDs."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _ReplicaWait:
     vanished: frozenset[str]
     """Advertised IDs of the device before the change that the new count does not have."""
@@ -223,16 +255,15 @@ class OwnershipIndex:
         self._clock = clock
         """The PodResources poller's clock (`Holdings.asked_at`)."""
         self._exclusive: dict[ClaimKey, Owner] = {}
-        self._where: dict[ClaimKey, str] = {}
-        """The host path each exclusive claim was made through (to see whether it is gone)."""
         self._shared: dict[ClaimKey, set[Owner]] = {}
         """Key -> the advertised devices that claim it shared."""
         self._resources: dict[str, _Resource] = {}
         self._pending: dict[str, None] = {}
         self._draining = False
-        self._kept: dict[ClaimKey, Owner] = {}
+        self._kept: dict[ClaimKey, tuple[Owner, str]] = {}
         """Exclusive claims of devices advertised under an ID they inherited, advertised or
-        lingering: what `<stateDir>/ownership.json` holds."""
+        lingering, with the host path each was made through: what
+        `<stateDir>/ownership.json` holds."""
         self._sink: StateSink | None = None
 
     # ------------------------------------------------------------------ runtimes
@@ -252,7 +283,10 @@ class OwnershipIndex:
         state = self._state(resource)
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
-        state.plain = False  # a new runtime's first list is admitted in full (and logged)
+        state.settled, state.sent = False, None
+        # A new runtime's first list is admitted in full (and logged, what it holds too)
+        # unless the resource never listed a device.
+        state.plain = not state.admitted_from and not state.owned and not state.lingering
         if state.replicas is not None and state.replicas != replicas:
             now = self._clock()
             for device_id in [*state.owned, *state.waits]:
@@ -279,6 +313,7 @@ class OwnershipIndex:
         state.retired = True
         state.publish = None
         state.held = {}
+        state.settled = False
         released = False
         for advertised_id in list(state.owned):
             released |= self._unadvertise(state, advertised_id)
@@ -299,7 +334,7 @@ class OwnershipIndex:
                 if late and not any(replica in held for replica in wait.vanished):
                     del state.waits[device_id]
                     released = True
-            for key, since in list(state.lingering.items()):
+            for key, (since, _) in list(state.lingering.items()):
                 if holdings.asked_at < since + HEARD_AFTER:
                     continue
                 device = self._exclusive[key].device
@@ -329,9 +364,8 @@ class OwnershipIndex:
             if state.publish is None:
                 state.retired = True  # until a runtime of it attaches
             self._exclusive[key] = owner
-            self._where[key] = path
-            self._kept[key] = owner
-            state.lingering[key] = now
+            self._kept[key] = (owner, path)
+            state.lingering[key] = (now, path)
         self._sink = sink
 
     def _kept_changed(self) -> None:
@@ -346,9 +380,9 @@ class OwnershipIndex:
                     "device": owner.device,
                     "kind": key[0],
                     "key": key[1],
-                    "path": self._where[key],
+                    "path": path,
                 }
-                for key, owner in sorted(self._kept.items(), key=lambda item: str(item[0]))
+                for key, (owner, path) in sorted(self._kept.items(), key=lambda item: str(item[0]))
             ]
         }
 
@@ -374,7 +408,10 @@ class OwnershipIndex:
 
     def _apply(self, state: _Resource) -> bool:
         admitted = self._admit(state)
-        return state.publish(admitted) if state.publish is not None else False
+        if state.publish is None or admitted is state.sent:
+            return False
+        state.sent = admitted
+        return state.publish(admitted)
 
     def _drain(self) -> None:
         """Publish again the resources that wait for a released claim (one at a time, never
@@ -394,24 +431,39 @@ class OwnershipIndex:
 
     def _claims_of(self, state: _Resource, devices: Mapping[str, Device]) -> dict[str, Claims]:
         """Claims of every device, resolved again only for devices that changed."""
-        cache = state.claims
-        fresh: dict[str, tuple[Device, Claims]] = {}
+        cache, before = state.claims, state.admitted_from
+        fresh: dict[str, Claims] = {}
         for device_id, device in devices.items():
             known = cache.get(device_id)
-            if known is None or not (known[0] is device or known[0].same_places(device)):
-                known = (device, device_claims(device, self._resolve))
+            old = before.get(device_id)
+            if known is None or old is None or not (old is device or old.same_places(device)):
+                known = device_claims(device, self._resolve)
             fresh[device_id] = known
         state.claims = fresh
-        return {device_id: claims for device_id, (_, claims) in fresh.items()}
+        return fresh
 
     def _claim_key(self, path: str) -> ClaimKey | None:
         return claim_key(path, self._real_dirs)
 
     def _admit(self, state: _Resource) -> Mapping[str, Device]:
+        """What to advertise of `state.reported`. An unchanged list costs what is held and
+        what lingers, not a walk of the list: advertised devices own their claims, so only a
+        held device (its owner may have gone) or a lingering claim (its node may have gone)
+        can change the outcome."""
         self._real_dirs = {}
-        fast = self._admit_changes(state)
-        if fast is not None:
-            return fast
+        devices = state.reported
+        unchanged = state.settled and (
+            devices is state.admitted_from or devices == state.admitted_from
+        )
+        if unchanged and not state.held and not state.lingering and not state.waits:
+            return state.admitted
+        admitted = self._admit_changes(state, unchanged)
+        if admitted is None:
+            admitted = self._admit_all(state)
+        state.admitted_from, state.admitted, state.settled = devices, admitted, True
+        return admitted
+
+    def _admit_all(self, state: _Resource) -> Mapping[str, Device]:
         devices = state.reported
         name = state.name
         released = self._prune_gone(state)
@@ -422,7 +474,7 @@ class OwnershipIndex:
         for device_id, claim in claims.items():
             inherited = [
                 owner.device
-                for key in claim.exclusive
+                for key, _ in claim.exclusive
                 if (owner := self._exclusive.get(key)) is not None
                 and owner.resource == name
                 and owner.device != device_id
@@ -474,46 +526,46 @@ class OwnershipIndex:
             return devices
         return admitted
 
-    def _admit_changes(self, state: _Resource) -> Mapping[str, Device] | None:
+    def _admit_changes(self, state: _Resource, unchanged: bool) -> Mapping[str, Device] | None:
         """The common case in O(changed) claim work: every device the last admission
         advertised kept its own ID, and nothing waits on replicas. Devices that changed, and
-        those held last time, are admitted or held one by one; a change that may rename a
-        device (a node let go of, a claim of a device of this resource that is no longer
-        advertised) goes to the full admission, which starts from what this did. Returns
-        what to advertise, or None."""
+        those held last time, are admitted or held one by one (with `unchanged`, the list is
+        the last one: only those held); a change that may rename a device (a node let go of,
+        a claim of a device of this resource that is no longer advertised) goes to the full
+        admission, which starts from what this did. Returns what to advertise, or None."""
         if not state.plain or state.waits:
             return None
         devices = state.reported
-        cache = state.claims
+        cache, before = state.claims, state.admitted_from
         dirty = [d for d in state.held if d in devices]
-        added = 0
-        for device_id, device in devices.items():
-            known = cache.get(device_id)
-            if known is None:
-                added += 1
-                dirty.append(device_id)
-            elif known[0] is not device and known[0] != device:
-                dirty.append(device_id)
         released = self._prune_gone(state)
-        if len(cache) + added != len(devices):
-            for device_id in [d for d in cache if d not in devices]:
-                del cache[device_id]
-                released |= self._unadvertise(state, device_id)
+        if not unchanged:
+            added = 0
+            for device_id, device in devices.items():
+                old = before.get(device_id)
+                if old is None or device_id not in cache:
+                    added += old is None
+                    dirty.append(device_id)
+                elif old is not device and old != device:
+                    dirty.append(device_id)
+            if len(before) + added != len(devices):
+                for device_id in [d for d in before if d not in devices]:
+                    cache.pop(device_id, None)
+                    released |= self._unadvertise(state, device_id)
         holding: dict[str, _Holding] = {}
         result: Mapping[str, Device] | None = devices
         for device_id in sorted(set(dirty)):
             device = devices[device_id]
             known = cache.get(device_id)
-            if known is not None and known[0].same_places(device):
-                claims = known[1]
-                cache[device_id] = (device, claims)
+            old = before.get(device_id)
+            if known is not None and old is not None and old.same_places(device):
+                claims = known
                 if device_id not in state.held:
                     continue  # health or env changed: it owns its claims
             else:
-                claims = device_claims(device, self._resolve)
-                cache[device_id] = (device, claims)
-            before = state.owned.get(device_id)
-            if before is not None and not before.exclusive.keys() <= claims.exclusive.keys():
+                claims = cache[device_id] = device_claims(device, self._resolve)
+            owned = state.owned.get(device_id)
+            if owned is not None and not owned.exclusive_keys() <= claims.exclusive_keys():
                 result = None  # it lets go of a node, which may keep its ID
                 break
             why = self._conflict(state.name, device_id, claims)
@@ -530,7 +582,10 @@ class OwnershipIndex:
             self._wake_waiting(state.name)
         if result is None:
             return None
+        same_held = holding.keys() == state.held.keys()
         self._note_held(state, holding, {d: d for d in devices if d in state.held})
+        if unchanged and same_held:
+            return state.admitted
         if holding:
             return {d: device for d, device in devices.items() if d not in holding}
         return devices
@@ -539,19 +594,19 @@ class OwnershipIndex:
         """Whether the device advertised as `advertised_id` owns its claims already."""
         me = Owner(state.name, advertised_id)
         return bool(claims.exclusive) and all(
-            self._exclusive.get(key) == me for key in claims.exclusive
+            self._exclusive.get(key) == me for key, _ in claims.exclusive
         )
 
     def _conflict(self, resource: str, device_id: str, claims: Claims) -> _Holding | None:
         me = Owner(resource, device_id)
-        for key, path in claims.exclusive.items():
+        for key, path in claims.exclusive:
             owner = self._exclusive.get(key)
             if owner is not None and owner != me and not self._released_if_gone(key):
                 return _Holding("owned", owner, path)
-            sharers = self._shared.get(key, set()) - {me}
-            if sharers:
-                return _Holding("shared", min(sharers, key=_owner_order), path)
-        for key, path in claims.shared.items():
+            sharers = self._shared.get(key)
+            if sharers and (len(sharers) > 1 or me not in sharers):
+                return _Holding("shared", min(sharers - {me}, key=_owner_order), path)
+        for key, path in claims.shared:
             owner = self._exclusive.get(key)
             if owner is not None and owner != me and not self._released_if_gone(key):
                 return _Holding("owned", owner, path)
@@ -561,14 +616,15 @@ class OwnershipIndex:
         """Release a lingering claim whose node is gone; True if it was released."""
         owner = self._exclusive[key]
         state = self._resources[owner.resource]
-        if key not in state.lingering or self._resolve(self._where[key]) == key:
+        lingering = state.lingering.get(key)
+        if lingering is None or self._resolve(lingering[1]) == key:
             return False
         self._release_lingering(state, key)
         return True
 
     def _release_lingering(self, state: _Resource, key: ClaimKey) -> None:
         del state.lingering[key]
-        del self._exclusive[key], self._where[key]
+        del self._exclusive[key]
         if self._kept.pop(key, None) is not None:
             self._kept_changed()
 
@@ -580,20 +636,22 @@ class OwnershipIndex:
         self, state: _Resource, device_id: str, claims: Claims, inherited: bool = False
     ) -> None:
         me = Owner(state.name, device_id)
+        lingering = state.lingering
         kept = self._kept
         changed = False
-        for key, path in claims.exclusive.items():
+        for key, path in claims.exclusive:
             self._exclusive[key] = me
-            self._where[key] = path
-            state.lingering.pop(key, None)
-            if inherited and kept.get(key) != me:
-                kept[key] = me
-                changed = True
-            elif not inherited and kept and kept.pop(key, None) is not None:
+            if lingering:
+                lingering.pop(key, None)
+            if inherited:
+                if kept.get(key) != (me, path):
+                    kept[key] = (me, path)
+                    changed = True
+            elif kept and kept.pop(key, None) is not None:
                 changed = True
         if changed:
             self._kept_changed()
-        for key in claims.shared:
+        for key, _ in claims.shared:
             self._shared.setdefault(key, set()).add(me)
         state.owned[device_id] = claims
 
@@ -612,13 +670,15 @@ class OwnershipIndex:
         """An advertised device's claims it no longer makes: exclusive ones linger, shared
         ones go (True if one did)."""
         old = state.owned.get(advertised_id)
-        if old is None:
+        if old is None or old is new:
             return False
         me = Owner(state.name, advertised_id)
-        for key in old.exclusive.keys() - new.exclusive.keys():
-            if self._exclusive.get(key) == me:
-                state.lingering.setdefault(key, self._clock())
-        return any([self._unshare(key, me) for key in old.shared.keys() - new.shared.keys()])
+        kept = new.exclusive_keys()
+        for key, path in old.exclusive:
+            if key not in kept and self._exclusive.get(key) == me:
+                state.lingering.setdefault(key, (self._clock(), path))
+        kept = new.shared_keys()
+        return any([self._unshare(key, me) for key, _ in old.shared if key not in kept])
 
     def _unadvertise(self, state: _Resource, advertised_id: str) -> bool:
         """The device is no longer advertised: its exclusive claims linger, its shared ones
@@ -628,10 +688,10 @@ class OwnershipIndex:
             return False
         me = Owner(state.name, advertised_id)
         now = self._clock()
-        for key in old.exclusive:
+        for key, path in old.exclusive:
             if self._exclusive.get(key) == me:
-                state.lingering.setdefault(key, now)
-        return any([self._unshare(key, me) for key in old.shared])
+                state.lingering.setdefault(key, (now, path))
+        return any([self._unshare(key, me) for key, _ in old.shared])
 
     def _unshare(self, key: ClaimKey, owner: Owner) -> bool:
         sharers = self._shared.get(key)
@@ -724,7 +784,7 @@ def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = claim_ke
         me = Owner(resource, device.id)
         claims = device_claims(device, resolve)
         for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
-            for key, path in mine.items():
+            for key, path in mine:
                 known = seen.get(key)
                 if known is None:
                     seen[key] = (me, is_shared)

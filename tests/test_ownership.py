@@ -222,13 +222,63 @@ def test_claims_of_unchanged_devices_are_not_resolved_again() -> None:
     assert calls == ["/dev/new"]
 
 
+def test_an_unchanged_list_costs_what_is_held_and_lingers_not_a_walk() -> None:
+    """The safety-net rescan of every resource republishes an equal list: nothing is
+    resolved and the table is not given the list again; a held device is still checked, so
+    it is advertised once its owner's node is gone, though its own list never changed."""
+    nodes = FakeNodes({f"/dev/n{i}": ("c", i) for i in range(100)})
+    nodes.nodes["/dev/alias"] = ("c", 7)
+    calls: list[str] = []
+
+    def resolve(path: str) -> ClaimKey | None:
+        calls.append(path)
+        return nodes(path)
+
+    host = Host(resolve)
+    sent: list[int] = []
+    table = host.attach(R1)
+
+    def publish(devices: Mapping[str, Device]) -> bool:
+        sent.append(len(devices))
+        return table.publish(devices)
+
+    host.index.attach(R1, publish, get_logger().bind(resource=R1))
+    host.publish(R1, *[node(f"/dev/n{i}") for i in range(100)])
+    host.publish(R2, node("/dev/alias"))
+    assert host.ids(R2) == [] and sent == [100]
+    calls.clear()
+    host.publish(R1, *[node(f"/dev/n{i}") for i in range(100)])  # equal, not the same
+    assert calls == [] and sent == [100]
+    host.publish(R2, node("/dev/alias"))  # the held one is checked again, nothing else
+    assert calls == [] and host.ids(R2) == []
+    # the owner lets go of n7 (a pod may hold it: it lingers), then the node goes
+    host.publish(R1, *[node(f"/dev/n{i}") for i in range(100) if i != 7])
+    assert host.ids(R2) == [] and sent == [100, 99]
+    del nodes.nodes["/dev/n7"]
+    calls.clear()
+    host.publish(R2, node("/dev/alias"))  # its list is the same: the claim is won anyway
+    assert host.ids(R2) == ["alias"]
+    assert calls == ["/dev/n7"]
+
+
+def test_a_restarted_runtime_does_not_advertise_what_it_held() -> None:
+    """(A counter-example the property test found: a new runtime forgot what it held.)"""
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host = Host(nodes)
+    host.publish(R2, dev("x", "/dev/a"))
+    host.publish(R1, dev("y", "/dev/a"), dev("z", "/dev/b"))
+    host.attach(R1)
+    host.publish(R1, dev("y", "/dev/a"), dev("z", "/dev/b"))
+    assert host.ids(R1) == ["z"] and host.ids(R2) == ["x"]
+
+
 def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) -> None:
     (tmp_path / "f").touch()
     (tmp_path / "l").symlink_to(tmp_path / "f")
     assert claim_key(f"{tmp_path}/l") == claim_key(f"{tmp_path}/f") == ("path", f"{tmp_path}/f")
     assert claim_key(f"{tmp_path}/missing") is None
     claims = device_claims(dev("a", f"{tmp_path}/missing"), claim_key)
-    assert list(claims.exclusive) == [("path", f"{tmp_path}/missing")]
+    assert [key for key, _ in claims.exclusive] == [("path", f"{tmp_path}/missing")]
 
 
 # ------------------------------------------------------------------ property

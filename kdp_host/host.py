@@ -230,6 +230,7 @@ class Host:
                 await asyncio.gather(self._label_task, return_exceptions=True)
             kubelet_watch()
             await supervisor.stop_all()
+            services.registrar.close()
             for task in internal:
                 task.cancel()
             await asyncio.gather(*internal, return_exceptions=True)

@@ -10,6 +10,10 @@ put into a container:
   node or a link for it is the same claim), anything else by its resolved real path;
 - every mount source of the device, by its resolved real path.
 
+A directory mounted into a container holds everything below it, so a claim below a
+directory another device claims (a mount of `/dev/dri` and the node `/dev/dri/card0`), or a
+directory with another's claim below it, clashes as if both were one claim.
+
 Nodes a driver marks `shared` (a control node every device needs, like `/dev/vfio/vfio`) are
 claimed shared: any number of shared claims may coexist, but not with an exclusive one.
 
@@ -46,7 +50,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -73,10 +77,14 @@ HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
 
 
-def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
-    """What a host path reaches: a device node by its number, anything else (a directory or
-    file to mount) by its real path; None when nothing is there. Follows links (a link to a
-    node claims the node).
+Reached = tuple[ClaimKey, str]
+"""What a host path reaches (its claim) and its real path."""
+
+
+def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
+    """What a host path reaches: a device node by its number, a directory or anything else
+    by its real path; None when nothing is there. Follows links (a link to a node claims the
+    node). With the claim, the real path (what a directory mount contains is below it).
 
     One lstat for a path that is no link: its real path is its directory's real path
     (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
@@ -84,26 +92,37 @@ def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | 
     """
     try:
         st = os.lstat(path)
-        link = stat.S_ISLNK(st.st_mode)
-        if link:
+        if stat.S_ISLNK(st.st_mode):
             st = os.stat(path)
+            real = os.path.realpath(path)
+        else:
+            real = _real_path(path, {} if real_dirs is None else real_dirs)
     except (OSError, ValueError):
         return None
-    if stat.S_ISCHR(st.st_mode):
-        return ("c", st.st_rdev)
-    if stat.S_ISBLK(st.st_mode):
-        return ("b", st.st_rdev)
-    if link:
-        return ("path", os.path.realpath(path))
+    mode = st.st_mode
+    if stat.S_ISCHR(mode):
+        return ("c", st.st_rdev), real
+    if stat.S_ISBLK(mode):
+        return ("b", st.st_rdev), real
+    return ("dir" if stat.S_ISDIR(mode) else "path", real), real
+
+
+def _real_path(path: str, real_dirs: dict[str, str]) -> str:
+    """The real path of a path that is no link, from its directory's (cached)."""
     norm = os.path.normpath(path)
     parent, name = os.path.split(norm)
-    cache = {} if real_dirs is None else real_dirs
-    real_parent = cache.get(parent)
+    real_parent = real_dirs.get(parent)
     if real_parent is None:
-        real_parent = cache[parent] = os.path.realpath(parent)
+        real_parent = real_dirs[parent] = os.path.realpath(parent)
     if real_parent == parent:
-        return ("path", path if norm == path else norm)
-    return ("path", os.path.join(real_parent, name))
+        return path if norm == path else norm
+    return os.path.join(real_parent, name)
+
+
+def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
+    """The claim a host path makes (see `reach`), or None when nothing is there."""
+    reached = reach(path, real_dirs)
+    return None if reached is None else reached[0]
 
 
 def describe_key(key: ClaimKey) -> str:
@@ -114,11 +133,28 @@ def describe_key(key: ClaimKey) -> str:
     return str(value)
 
 
-Resolver = Callable[[str], "ClaimKey | None"]
+def ancestors(real: str) -> Iterator[str]:
+    """The directories a real path is below (`/a/b/c`: `/a/b`, `/a`, `/`)."""
+    end = real.rfind("/")
+    while end > 0:
+        yield real[:end]
+        end = real.rfind("/", 0, end)
+    if end == 0 and len(real) > 1:
+        yield "/"
 
 
-Claim = tuple[ClaimKey, str]
-"""A claim and the host path it was made through."""
+def below(real: str, directory: str) -> bool:
+    """Whether `real` is inside `directory` (not the directory itself)."""
+    if directory == "/":
+        return real.startswith("/") and real != "/"
+    return real.startswith(directory) and real[len(directory) : len(directory) + 1] == "/"
+
+
+Resolver = Callable[[str], "Reached | None"]
+
+
+Claim = tuple[ClaimKey, str, str]
+"""A claim, the host path it was made through and its real path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,32 +166,39 @@ class Claims:
     shared: tuple[Claim, ...] = ()
 
     def exclusive_keys(self) -> frozenset[ClaimKey]:
-        return frozenset(key for key, _ in self.exclusive)
+        return frozenset(claim[0] for claim in self.exclusive)
 
     def shared_keys(self) -> frozenset[ClaimKey]:
-        return frozenset(key for key, _ in self.shared)
+        return frozenset(claim[0] for claim in self.shared)
+
+    def all(self) -> tuple[Claim, ...]:
+        return self.exclusive + self.shared if self.shared else self.exclusive
 
 
-def device_claims(device: Device, resolve: Resolver = claim_key) -> Claims:
-    """A device's claims: its nodes (shared ones apart) and its mount sources. A path that
-    does not exist (yet) is claimed by its normalised text."""
-    if (
-        device.mounts == ()
-        and device.path is not None
-        and device.has_only_node(device.path, device.path)
-    ):
-        path = device.path  # the common one-node device: no lists, no dicts
-        return Claims((((resolve(path) or ("path", os.path.normpath(path))), path),))
-    exclusive: dict[ClaimKey, str] = {}
-    shared: dict[ClaimKey, str] = {}
+def _claim_of(path: str, resolve: Resolver) -> Claim:
+    """A path's claim; a path that does not exist (yet) is claimed by its normalised text."""
+    reached = resolve(path)
+    if reached is None:
+        norm = os.path.normpath(path)
+        return ("path", norm), path, norm
+    return reached[0], path, reached[1]
+
+
+def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
+    """A device's claims: its nodes (shared ones apart) and its mount sources."""
+    path = device.path
+    if not device.mounts and path is not None and device.has_only_node(path, path):
+        return Claims((_claim_of(path, resolve),))  # the common one-node device: no dicts
+    exclusive: dict[ClaimKey, Claim] = {}
+    shared: dict[ClaimKey, Claim] = {}
     paths = [(n.host_path, n.shared) for n in device.nodes]
     paths += [(m.host_path, m.shared) for m in device.mounts]
-    for path, is_shared in paths:
-        key = resolve(path) or ("path", os.path.normpath(path))
-        (shared if is_shared else exclusive).setdefault(key, path)
+    for host_path, is_shared in paths:
+        claim = _claim_of(host_path, resolve)
+        (shared if is_shared else exclusive).setdefault(claim[0], claim)
     for key in exclusive:
         shared.pop(key, None)
-    return Claims(tuple(exclusive.items()), tuple(shared.items()))
+    return Claims(tuple(exclusive.values()), tuple(shared.values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,10 +254,10 @@ class _Resource:
     admitted)."""
     owned: dict[str, Claims] = field(default_factory=dict)
     """Advertised ID -> what it claims in the index."""
-    lingering: dict[ClaimKey, tuple[float, str]] = field(default_factory=dict)
+    lingering: dict[ClaimKey, tuple[float, Claim]] = field(default_factory=dict)
     """Exclusive claims of devices no longer advertised, kept while the node is there (or a
     pod may hold them), with the time (index clock) they stopped being advertised and the
-    host path they were made through (to see whether it is gone)."""
+    claim (its host path: to see whether it is gone)."""
     held: dict[str, _Holding] = field(default_factory=dict)
     retired: bool = False
     plain: bool = True
@@ -257,13 +300,19 @@ class OwnershipIndex:
         self._exclusive: dict[ClaimKey, Owner] = {}
         self._shared: dict[ClaimKey, set[Owner]] = {}
         """Key -> the advertised devices that claim it shared."""
+        self._dirs: dict[str, ClaimKey] = {}
+        """Real path -> key of every claimed directory (a mount contains what is below)."""
+        self._at: dict[ClaimKey, str] | None = None
+        """Key -> real path of every claim, kept from the first directory claim on (a host
+        without directory mounts pays nothing for containment)."""
+        self._below: dict[str, int] = {}
+        """Directory -> how many claims of `_at` are below it."""
         self._resources: dict[str, _Resource] = {}
         self._pending: dict[str, None] = {}
         self._draining = False
-        self._kept: dict[ClaimKey, tuple[Owner, str]] = {}
+        self._kept: dict[ClaimKey, tuple[Owner, Claim]] = {}
         """Exclusive claims of devices advertised under an ID they inherited, advertised or
-        lingering, with the host path each was made through: what
-        `<stateDir>/ownership.json` holds."""
+        lingering: what `<stateDir>/ownership.json` holds."""
         self._sink: StateSink | None = None
 
     # ------------------------------------------------------------------ runtimes
@@ -345,11 +394,6 @@ class OwnershipIndex:
             self._wake_waiting("")
             self._drain()
 
-    def owner_of(self, path: str) -> Owner | None:
-        """The device that owns `path` exclusively (advertised or lingering), or None."""
-        key = self._resolve(path)
-        return None if key is None else self._exclusive.get(key)
-
     # ------------------------------------------------------------------ kept IDs
 
     def keep_in(self, sink: StateSink, saved: Saved | None) -> None:
@@ -357,15 +401,17 @@ class OwnershipIndex:
         after taking back those `saved` by the last run (before any resource publishes):
         each lingers with its owner, as if its device had just stopped being advertised."""
         now = self._clock()
-        for owner, key, path in saved or ():
+        for owner, claim in saved or ():
+            key = claim[0]
             if key in self._exclusive:
                 continue
             state = self._state(owner.resource)
             if state.publish is None:
                 state.retired = True  # until a runtime of it attaches
+            self._count(key, claim[2])
             self._exclusive[key] = owner
-            self._kept[key] = (owner, path)
-            state.lingering[key] = (now, path)
+            self._kept[key] = (owner, claim)
+            state.lingering[key] = (now, claim)
         self._sink = sink
 
     def _kept_changed(self) -> None:
@@ -381,8 +427,12 @@ class OwnershipIndex:
                     "kind": key[0],
                     "key": key[1],
                     "path": path,
+                    "real": real,
                 }
-                for key, (owner, path) in sorted(self._kept.items(), key=lambda item: str(item[0]))
+                for (key, path, real), owner in sorted(
+                    ((claim, owner) for owner, claim in self._kept.values()),
+                    key=lambda item: str(item[0][0]),
+                )
             ]
         }
 
@@ -442,8 +492,8 @@ class OwnershipIndex:
         state.claims = fresh
         return fresh
 
-    def _claim_key(self, path: str) -> ClaimKey | None:
-        return claim_key(path, self._real_dirs)
+    def _claim_key(self, path: str) -> Reached | None:
+        return reach(path, self._real_dirs)
 
     def _admit(self, state: _Resource) -> Mapping[str, Device]:
         """What to advertise of `state.reported`. An unchanged list costs what is held and
@@ -474,7 +524,7 @@ class OwnershipIndex:
         for device_id, claim in claims.items():
             inherited = [
                 owner.device
-                for key, _ in claim.exclusive
+                for key, _, _ in claim.exclusive
                 if (owner := self._exclusive.get(key)) is not None
                 and owner.resource == name
                 and owner.device != device_id
@@ -594,30 +644,122 @@ class OwnershipIndex:
         """Whether the device advertised as `advertised_id` owns its claims already."""
         me = Owner(state.name, advertised_id)
         return bool(claims.exclusive) and all(
-            self._exclusive.get(key) == me for key, _ in claims.exclusive
+            self._exclusive.get(key) == me for key, _, _ in claims.exclusive
         )
 
     def _conflict(self, resource: str, device_id: str, claims: Claims) -> _Holding | None:
+        """Why the device cannot own its claims: another owns one of them (or a directory
+        one is below, or one below a directory it mounts), or shares it while the device
+        wants it alone. None: it can."""
         me = Owner(resource, device_id)
-        for key, path in claims.exclusive:
-            owner = self._exclusive.get(key)
-            if owner is not None and owner != me and not self._released_if_gone(key):
-                return _Holding("owned", owner, path)
+        for claim in claims.exclusive:
+            why = self._clash(me, claim[0], claim[1], False)
+            if why is not None:
+                return why
+        for claim in claims.shared:
+            why = self._clash(me, claim[0], claim[1], True)
+            if why is not None:
+                return why
+        if self._dirs or any(claim[0][0] == "dir" for claim in claims.all()):
+            return self._contained(me, claims)
+        return None
+
+    def _clash(self, me: Owner, key: ClaimKey, path: str, shared: bool) -> _Holding | None:
+        """Whether `key`, claimed by `me` (shared or not), clashes with another's claim."""
+        owner = self._exclusive.get(key)
+        if owner is not None and owner != me and not self._released_if_gone(key):
+            return _Holding("owned", owner, path)
+        if not shared:
             sharers = self._shared.get(key)
             if sharers and (len(sharers) > 1 or me not in sharers):
                 return _Holding("shared", min(sharers - {me}, key=_owner_order), path)
-        for key, path in claims.shared:
-            owner = self._exclusive.get(key)
-            if owner is not None and owner != me and not self._released_if_gone(key):
-                return _Holding("owned", owner, path)
         return None
+
+    def _contained(self, me: Owner, claims: Claims) -> _Holding | None:
+        """Containment: a claim below a directory another device mounts, or a directory
+        mount with another's claim below it, clashes as if it were the same claim (two
+        shared claims excepted)."""
+        at, below_counts = self._containment()
+        mine = claims.all()
+        for key, path, real in mine:
+            shared = claims.shared != () and key in claims.shared_keys()
+            for directory in ancestors(real):
+                outer = self._dirs.get(directory)
+                if outer is not None:
+                    why = self._clash(me, outer, path, shared)
+                    if why is not None:
+                        return why
+            if key[0] != "dir" or not below_counts.get(real):
+                continue
+            own = sum(
+                1
+                for other_key, _, other_real in mine
+                if other_key in at and below(other_real, real) and self._holds(me, other_key)
+            )
+            if below_counts[real] <= own:
+                continue
+            for inner in [k for k, r in at.items() if below(r, real)]:
+                if inner in at:
+                    why = self._clash(me, inner, path, shared)
+                    if why is not None:
+                        return why
+        return None
+
+    def _holds(self, me: Owner, key: ClaimKey) -> bool:
+        return self._exclusive.get(key) == me or me in self._shared.get(key, ())
+
+    def _containment(self) -> tuple[dict[ClaimKey, str], dict[str, int]]:
+        """The real path of every claim and the counts below each directory, built from
+        the claims on first use."""
+        if self._at is None:
+            self._at = {}
+            for state in self._resources.values():
+                for claims in state.owned.values():
+                    for key, _, real in claims.all():
+                        self._count(key, real)
+                for _, (key, _, real) in state.lingering.values():
+                    self._count(key, real)
+        return self._at, self._below
+
+    def _count(self, key: ClaimKey, real: str) -> None:
+        """A claim is made: its directory is one a claim may be below, and it is below its
+        ancestors."""
+        if key[0] == "dir":
+            self._dirs[real] = key
+        at = self._at
+        if at is None or key in at:
+            return
+        at[key] = real
+        counts = self._below
+        for directory in ancestors(real):
+            counts[directory] = counts.get(directory, 0) + 1
+
+    def _uncount(self, key: ClaimKey) -> None:
+        """A claim is gone (from both maps)."""
+        if key in self._exclusive or key in self._shared:
+            return
+        if key[0] == "dir" and isinstance(key[1], str):
+            self._dirs.pop(key[1], None)
+        real = None if self._at is None else self._at.pop(key, None)
+        if real is None:
+            return
+        counts = self._below
+        for directory in ancestors(real):
+            left = counts[directory] - 1
+            if left:
+                counts[directory] = left
+            else:
+                del counts[directory]
 
     def _released_if_gone(self, key: ClaimKey) -> bool:
         """Release a lingering claim whose node is gone; True if it was released."""
         owner = self._exclusive[key]
         state = self._resources[owner.resource]
         lingering = state.lingering.get(key)
-        if lingering is None or self._resolve(lingering[1]) == key:
+        if lingering is None:
+            return False
+        reached = self._resolve(lingering[1][1])
+        if reached is not None and reached[0] == key:
             return False
         self._release_lingering(state, key)
         return True
@@ -625,6 +767,7 @@ class OwnershipIndex:
     def _release_lingering(self, state: _Resource, key: ClaimKey) -> None:
         del state.lingering[key]
         del self._exclusive[key]
+        self._uncount(key)
         if self._kept.pop(key, None) is not None:
             self._kept_changed()
 
@@ -637,22 +780,30 @@ class OwnershipIndex:
     ) -> None:
         me = Owner(state.name, device_id)
         lingering = state.lingering
+        exclusive = self._exclusive
         kept = self._kept
         changed = False
-        for key, path in claims.exclusive:
-            self._exclusive[key] = me
+        for claim in claims.exclusive:
+            key = claim[0]
+            if key not in exclusive:
+                self._count(key, claim[2])
+            exclusive[key] = me
             if lingering:
                 lingering.pop(key, None)
             if inherited:
-                if kept.get(key) != (me, path):
-                    kept[key] = (me, path)
+                if kept.get(key) != (me, claim):
+                    kept[key] = (me, claim)
                     changed = True
             elif kept and kept.pop(key, None) is not None:
                 changed = True
         if changed:
             self._kept_changed()
-        for key, _ in claims.shared:
-            self._shared.setdefault(key, set()).add(me)
+        for key, _, real in claims.shared:
+            sharers = self._shared.get(key)
+            if sharers is None:
+                self._count(key, real)
+                sharers = self._shared[key] = set()
+            sharers.add(me)
         state.owned[device_id] = claims
 
     def _release_stale(self, state: _Resource, wanted: Mapping[str, Claims]) -> bool:
@@ -674,11 +825,12 @@ class OwnershipIndex:
             return False
         me = Owner(state.name, advertised_id)
         kept = new.exclusive_keys()
-        for key, path in old.exclusive:
+        for claim in old.exclusive:
+            key = claim[0]
             if key not in kept and self._exclusive.get(key) == me:
-                state.lingering.setdefault(key, (self._clock(), path))
+                state.lingering.setdefault(key, (self._clock(), claim))
         kept = new.shared_keys()
-        return any([self._unshare(key, me) for key, _ in old.shared if key not in kept])
+        return any([self._unshare(claim[0], me) for claim in old.shared if claim[0] not in kept])
 
     def _unadvertise(self, state: _Resource, advertised_id: str) -> bool:
         """The device is no longer advertised: its exclusive claims linger, its shared ones
@@ -688,10 +840,10 @@ class OwnershipIndex:
             return False
         me = Owner(state.name, advertised_id)
         now = self._clock()
-        for key, path in old.exclusive:
-            if self._exclusive.get(key) == me:
-                state.lingering.setdefault(key, (now, path))
-        return any([self._unshare(key, me) for key, _ in old.shared])
+        for claim in old.exclusive:
+            if self._exclusive.get(claim[0]) == me:
+                state.lingering.setdefault(claim[0], (now, claim))
+        return any([self._unshare(claim[0], me) for claim in old.shared])
 
     def _unshare(self, key: ClaimKey, owner: Owner) -> bool:
         sharers = self._shared.get(key)
@@ -700,6 +852,7 @@ class OwnershipIndex:
         sharers.discard(owner)
         if not sharers:
             del self._shared[key]
+            self._uncount(key)
         return True
 
     def _wake_waiting(self, releaser: str) -> None:
@@ -743,26 +896,27 @@ class StateSink(Protocol):
     def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
 
 
-Saved = list[tuple[Owner, ClaimKey, str]]
-"""Kept claims read back: owner, claim, the host path it was made through."""
+Saved = list[tuple[Owner, Claim]]
+"""Kept claims read back, with their owners."""
 
 
 def read_saved(document: Mapping[str, Any]) -> Saved:
     """The kept claims of `ownership.json` (its `claims`), checked: a `kind` of `c` or `b`
-    with a device number, or `path` with a path; text resource, device and path."""
+    with a device number, or `path` or `dir` with a path; text resource, device, path and
+    real path."""
     saved: Saved = []
     for entry in document["claims"]:
         kind, value = entry["kind"], entry["key"]
         if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
             key: ClaimKey = (kind, value)
-        elif kind == "path" and isinstance(value, str):
+        elif kind in ("path", "dir") and isinstance(value, str):
             key = (kind, value)
         else:
-            raise TypeError(f"a claim is not c/b with a number or path with a path: {entry!r}")
-        texts = [entry[name] for name in ("resource", "device", "path")]
+            raise TypeError(f"a claim is not c/b with a number or path/dir with a path: {entry!r}")
+        texts = [entry[name] for name in ("resource", "device", "path", "real")]
         if not all(isinstance(text, str) and text for text in texts):
-            raise TypeError(f"a claim's resource, device and path must be text: {entry!r}")
-        saved.append((Owner(texts[0], texts[1]), key, texts[2]))
+            raise TypeError(f"a claim's resource, device, path and real must be text: {entry!r}")
+        saved.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
     return saved
 
 
@@ -775,21 +929,32 @@ class Overlap:
     second: Owner
 
 
-def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = claim_key) -> list[Overlap]:
-    """Every claim two devices would make (not two shared ones), by the index's rules:
-    the later device in `devices` order would be held while the first is advertised."""
+def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -> list[Overlap]:
+    """Every claim two devices would make (not two shared ones), by the index's rules (a
+    claim below a directory another device mounts too): the later device in `devices` order
+    would be held while the first is advertised."""
     seen: dict[ClaimKey, tuple[Owner, bool]] = {}
+    dirs: list[tuple[str, Owner, bool]] = []
+    made: list[tuple[Claim, Owner, bool]] = []
     found: list[Overlap] = []
     for resource, device in devices:
         me = Owner(resource, device.id)
         claims = device_claims(device, resolve)
         for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
-            for key, path in mine:
+            for claim in mine:
+                key, path, real = claim
+                made.append((claim, me, is_shared))
+                if key[0] == "dir":
+                    dirs.append((real, me, is_shared))
                 known = seen.get(key)
                 if known is None:
                     seen[key] = (me, is_shared)
                 elif not (is_shared and known[1]):
                     found.append(Overlap(path, known[0], me))
+    for directory, owner, dir_shared in dirs:
+        for (_, path, real), me, is_shared in made:
+            if me != owner and below(real, directory) and not (is_shared and dir_shared):
+                found.append(Overlap(path, owner, me))
     return found
 
 

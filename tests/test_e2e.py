@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import grpclib.server
 import pytest
+from grpclib.client import Channel
 
+from kdp_host.api.v1beta1 import DevicePluginStub, Empty, RegisterRequest, RegistrationBase
 from kdp_host.config import DriverConfig, GlobDriverConfig
 from kdp_host.devices import Device
 from kdp_host.drivers import Driver, DriverDeps, Notifier, make_driver
@@ -382,3 +385,59 @@ async def test_shell_probe_resource_end_to_end(
     (short_dir / "broken").unlink()
     await kubelet.wait_for(lambda: kubelet.resource(name).allocatable == 2, timeout=10)
     assert kubelet.resource(name).registrations == 1
+
+
+class SlowToHangUpKubelet(RegistrationBase):
+    """A kubelet on kubelet.sock that dials each registering plugin back, reads its
+    ListAndWatch stream, and hangs up `delay` seconds after the stream ended: when an old
+    stream's end reaches the real kubelet after a new registration, it drops the new
+    client (docs/kubelet-contract.md §9). Records what happened, in order."""
+
+    def __init__(self, socket_dir: Path, delay: float) -> None:
+        self.socket_dir = socket_dir
+        self.delay = delay
+        self.events: list[str] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def register(self, message: RegisterRequest) -> Empty:
+        self.events.append("register")
+        channel = Channel(path=str(self.socket_dir / message.endpoint))
+        stub = DevicePluginStub(channel)
+        await stub.get_device_plugin_options(Empty())
+        task = asyncio.create_task(self._watch(stub, channel))
+        self.tasks.add(task)
+        return Empty()
+
+    async def _watch(self, stub: DevicePluginStub, channel: Channel) -> None:
+        try:
+            async for _ in stub.list_and_watch(Empty()):
+                pass
+        except Exception:
+            pass
+        self.events.append("stream_ended")
+        await asyncio.sleep(self.delay)
+        channel.close()
+        self.events.append("hung_up")
+
+
+async def test_a_resource_registers_again_only_once_the_kubelet_hung_up(
+    socket_dir: Path, devices: Path, start_host
+) -> None:
+    """Issue 19: Register now travels over a connection kept open, so it can reach the
+    kubelet before the old stream's end did (a new connection used to take that long);
+    the resource waits until the kubelet has hung up on the old server."""
+    kubelet = SlowToHangUpKubelet(socket_dir, delay=0.3)
+    server = grpclib.server.Server([kubelet])
+    await server.start(path=str(socket_dir / "kubelet.sock"))
+    try:
+        running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga[0-9]*")))
+        await wait_until(lambda: kubelet.events == ["register"], what="registered")
+        await wait_until(lambda: FPGA in running.host.resources, what="resource started")
+        os.unlink(running.host.resources[FPGA].socket_path)
+        await wait_until(lambda: kubelet.events.count("register") == 2, what="registered again")
+        assert kubelet.events[:4] == ["register", "stream_ended", "hung_up", "register"]
+    finally:
+        for task in kubelet.tasks:
+            task.cancel()
+        server.close()
+        await server.wait_closed()

@@ -27,9 +27,12 @@ from kdp_host.ownership import (
     OWNERSHIP_VERSION,
     ClaimKey,
     OwnershipIndex,
+    Reached,
     Resolver,
     claim_key,
     device_claims,
+    overlaps,
+    reach,
     read_saved,
 )
 from kdp_host.podresources import Holder, Holdings
@@ -55,7 +58,7 @@ def dev(device_id: str, *paths: str, mounts: tuple[str, ...] = ()) -> Device:
 class Host:
     """An index with one DeviceTable per resource, as the resources of a host use it."""
 
-    def __init__(self, resolve: Resolver = claim_key) -> None:
+    def __init__(self, resolve: Resolver = reach) -> None:
         self.metrics = Metrics()
         self.index = OwnershipIndex(self.metrics, resolve)
         self.tables: dict[str, DeviceTable] = {}
@@ -84,13 +87,15 @@ class Host:
 
 
 class FakeNodes:
-    """Device numbers without root: a path -> claim table the test edits."""
+    """Device numbers without root: a path -> claim table the test edits (every path is
+    its own real path)."""
 
     def __init__(self, nodes: Mapping[str, ClaimKey]) -> None:
         self.nodes = dict(nodes)
 
-    def __call__(self, path: str) -> ClaimKey | None:
-        return self.nodes.get(path)
+    def __call__(self, path: str) -> Reached | None:
+        key = self.nodes.get(path)
+        return None if key is None else (key, path)
 
 
 def test_a_node_reached_by_a_link_from_another_resource_is_held_and_logged(
@@ -210,9 +215,9 @@ def test_an_id_that_another_node_held_is_not_reused_for_a_new_node() -> None:
 def test_claims_of_unchanged_devices_are_not_resolved_again() -> None:
     calls: list[str] = []
 
-    def resolve(path: str) -> ClaimKey | None:
+    def resolve(path: str) -> Reached | None:
         calls.append(path)
-        return ("c", hash(path) & 0xFFFF)
+        return ("c", hash(path) & 0xFFFF), path
 
     host = Host(resolve)
     devices = [node(f"/dev/n{i}") for i in range(100)]
@@ -230,7 +235,7 @@ def test_an_unchanged_list_costs_what_is_held_and_lingers_not_a_walk() -> None:
     nodes.nodes["/dev/alias"] = ("c", 7)
     calls: list[str] = []
 
-    def resolve(path: str) -> ClaimKey | None:
+    def resolve(path: str) -> Reached | None:
         calls.append(path)
         return nodes(path)
 
@@ -277,8 +282,59 @@ def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) ->
     (tmp_path / "l").symlink_to(tmp_path / "f")
     assert claim_key(f"{tmp_path}/l") == claim_key(f"{tmp_path}/f") == ("path", f"{tmp_path}/f")
     assert claim_key(f"{tmp_path}/missing") is None
-    claims = device_claims(dev("a", f"{tmp_path}/missing"), claim_key)
-    assert [key for key, _ in claims.exclusive] == [("path", f"{tmp_path}/missing")]
+    claims = device_claims(dev("a", f"{tmp_path}/missing"))
+    assert [claim[0] for claim in claims.exclusive] == [("path", f"{tmp_path}/missing")]
+    assert claim_key(str(tmp_path)) == ("dir", str(tmp_path))
+
+
+def test_a_directory_mount_clashes_with_what_is_below_it_both_ways(tmp_path: Path) -> None:
+    """A mount of /dev/dri in one device and the node /dev/dri/card0 in another reach the
+    same node: whichever comes second is held, in either order, and `check` says so."""
+    (tmp_path / "dri" / "by-path").mkdir(parents=True)
+    (tmp_path / "dri" / "card0").touch()
+    (tmp_path / "other").touch()
+    dri, card0 = f"{tmp_path}/dri", f"{tmp_path}/dri/card0"
+    mount_dri = dev("gpu-all", f"{tmp_path}/other", mounts=(dri,))
+    host = Host()
+    host.publish(R1, mount_dri)
+    host.publish(R2, dev("card0", card0))
+    assert host.ids(R1) == ["gpu-all"] and host.ids(R2) == [] and host.held(R2) == 1
+    other = Host()
+    other.publish(R2, dev("card0", card0))
+    other.publish(R1, mount_dri)
+    assert other.ids(R2) == ["card0"] and other.ids(R1) == []
+    # a directory inside the mounted one, and the whole tree above it, clash too
+    host.publish(R3, dev("by-path", f"{tmp_path}/other-missing", mounts=(f"{dri}/by-path",)))
+    host.publish(R2, dev("everything", f"{tmp_path}/x", mounts=(str(tmp_path),)))
+    assert host.ids(R3) == [] and host.ids(R2) == []
+    found = overlaps([(R1, mount_dri), (R2, dev("card0", card0))])
+    assert [(o.first.device, o.second.device, o.path) for o in found] == [
+        ("gpu-all", "card0", card0)
+    ]
+
+
+def test_shared_directory_mounts_and_shared_nodes_below_them_coexist(tmp_path: Path) -> None:
+    (tmp_path / "fw").mkdir()
+    (tmp_path / "fw" / "ctl").touch()
+    (tmp_path / "a").touch()
+    (tmp_path / "b").touch()
+    fw = str(tmp_path / "fw")
+    host = Host()
+    host.publish(
+        R1,
+        Device(
+            "a",
+            nodes=(DeviceNode(f"{tmp_path}/a", "/a"),),
+            mounts=(DeviceMount(fw, "/fw", shared=True),),
+        ),
+        Device(
+            "b",
+            nodes=(DeviceNode(f"{tmp_path}/b", "/b"), DeviceNode(f"{fw}/ctl", "/ctl", shared=True)),
+        ),
+    )
+    assert host.ids(R1) == ["a", "b"]
+    host.publish(R2, Device("ctl", nodes=(DeviceNode(f"{fw}/ctl", "/ctl"),)))
+    assert host.ids(R2) == []
 
 
 # ------------------------------------------------------------------ property
@@ -305,14 +361,24 @@ async def glob_list(root: Path, patterns: tuple[str, ...]) -> dict[str, Device]:
     return {d.id: d for d in await driver.scan()}
 
 
-def shell_list(root: Path, picks: list[tuple[int, int, bool]]) -> dict[str, Device]:
-    """What a probe might print: devices with one or two nodes, a mount, shared nodes."""
+MOUNTS = (("", False), ("fw", False), ("fw", True), ("nodes", False), ("nodes", True), ("a", False))
+"""A device's mount: none, a directory of its own (or shared), the directory of every node
+(contains them all: a clash with every other device's node), one of links only."""
+
+
+def shell_list(root: Path, picks: list[tuple[int, int, int]]) -> dict[str, Device]:
+    """What a probe might print: devices with one or two nodes, a directory mount (which
+    may contain the nodes of others), shared nodes."""
     out: dict[str, Device] = {}
-    for k, (first, second, with_mount) in enumerate(picks):
+    for k, (first, second, mount) in enumerate(picks):
         nodes = [DeviceNode(f"{root}/nodes/n{first}", f"/dev/x{k}")]
         if second != first:
             nodes.append(DeviceNode(f"{root}/nodes/n{second}", f"/dev/y{k}", shared=second == 4))
-        mounts = (DeviceMount(f"{root}/fw", "/fw"),) if with_mount else ()
+        mounts = tuple(
+            DeviceMount(f"{root}/{sub}", f"/{sub}", shared=shared)
+            for sub, shared in [MOUNTS[mount]]
+            if sub
+        )
         out[f"s{k}"] = Device(f"s{k}", nodes=tuple(nodes), mounts=mounts)
     return out
 
@@ -322,7 +388,11 @@ resource_lists = st.one_of(
     st.tuples(
         st.just("shell"),
         st.lists(
-            st.tuples(st.integers(0, NODES - 1), st.integers(0, NODES - 1), st.booleans()),
+            st.tuples(
+                st.integers(0, NODES - 1),
+                st.integers(0, NODES - 1),
+                st.integers(0, len(MOUNTS) - 1),
+            ),
             max_size=3,
         ),
     ),
@@ -398,6 +468,7 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]]) -> 
         # every live resource's advertised list, checked independently
         owners: dict[ClaimKey, tuple[str, str]] = {}
         sharers: dict[ClaimKey, set[str]] = {}
+        made: list[tuple[tuple[str, str], str, bool]] = []
         for resource in sorted(live):
             for device in host.tables[resource].snapshot.devices:
                 exclusive, shared = independent_claims(device)
@@ -411,6 +482,16 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]]) -> 
                 for key in shared:
                     assert key not in owners, (key, owners[key], me)
                     sharers.setdefault(key, set()).add(resource)
+                made += [(me, str(key[1]), False) for key in exclusive]
+                made += [(me, str(key[1]), True) for key in shared]
+        # a directory one device mounts holds nothing another device claims (two shared
+        # claims apart)
+        for me, directory, dir_shared in made:
+            if not os.path.isdir(directory):
+                continue
+            for other, real, shared in made:
+                if other != me and real.startswith(directory + "/"):
+                    assert dir_shared and shared, (directory, me, real, other)
 
 
 def test_a_lingering_claim_goes_once_podresources_shows_no_pod_holding_it() -> None:
@@ -549,11 +630,11 @@ async def test_a_kept_id_goes_when_its_node_goes_or_no_pod_holds_it(tmp_path: Pa
         '{"version": 2, "claims": []}',
         '{"version": 1}',
         '{"version": 1, "claims": [{"resource": "t.io/a", "device": "a", "kind": "c", '
-        '"key": "1", "path": "/dev/a"}]}',
+        '"key": "1", "path": "/dev/a", "real": "/dev/a"}]}',
         '{"version": 1, "claims": [{"resource": "t.io/a", "device": "", "kind": "path", '
-        '"key": "/d", "path": "/d"}]}',
+        '"key": "/d", "path": "/d", "real": "/d"}]}',
         '{"version": 1, "claims": [{"resource": "t.io/a", "device": "a", "kind": "c", '
-        '"key": true, "path": "/dev/a"}]}',
+        '"key": true, "path": "/dev/a", "real": "/dev/a"}]}',
     ],
 )
 def test_a_bad_ownership_file_is_set_aside_with_an_error_and_nothing_else_is_lost(

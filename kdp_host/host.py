@@ -147,6 +147,7 @@ class Host:
             self.log.bind(component="watch"), offload=self.offload
         )
         self.watcher = watcher
+        self.ownership.watch(watcher)  # a claimed path that changes is resolved again
         kubelet = self.config.kubelet
         socket_dir = kubelet.socket_dir
         if kubelet.pod_resources_interval > 0:

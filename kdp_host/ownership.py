@@ -47,6 +47,8 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import stat
 import time
@@ -60,6 +62,7 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .podresources import Holdings
+    from .watch import Watcher
 
 ClaimKey = tuple[str, int | str]
 """('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else (the
@@ -208,6 +211,14 @@ class Owner:
     """The ID the kubelet knows the device by."""
 
 
+def _through(device: Device, directory: str, paths: set[str] | None) -> bool:
+    """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
+    for host_path in [*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts)]:
+        if host_path in paths if paths is not None else os.path.dirname(host_path) == directory:
+            return True
+    return False
+
+
 def _advertises(advertised_id: str, device_id: str) -> bool:
     """Whether an advertised ID is the device or one of its replicas (`<id>::<k>`)."""
     return advertised_id == device_id or (
@@ -314,8 +325,64 @@ class OwnershipIndex:
         """Exclusive claims of devices advertised under an ID they inherited, advertised or
         lingering: what `<stateDir>/ownership.json` holds."""
         self._sink: StateSink | None = None
+        self._watcher: Watcher | None = None
+        self._followed: dict[str, set[str]] = {}
+        """Directory of a claimed host path -> the resources that claimed through it."""
+        self._changed: dict[str, set[str] | None] = {}
+        """Names the watcher reported changed per directory since the last recheck (None:
+        anything in it)."""
 
     # ------------------------------------------------------------------ runtimes
+
+    def watch(self, watcher: Watcher) -> None:
+        """Follow the directories of claimed host paths through the host's watcher: a claim
+        is resolved again when its path changes (a node replaced by one with another device
+        number must not keep the old claim). Their subscriptions last as long as the host."""
+        self._watcher = watcher
+
+    def _follow(self, resource: str, claims: Claims) -> None:
+        watcher = self._watcher
+        if watcher is None:
+            return
+        for _, path, _ in claims.all():
+            directory = os.path.dirname(path)
+            users = self._followed.get(directory)
+            if users is None:
+                users = self._followed[directory] = set()
+                watcher.subscribe(directory, functools.partial(self._path_changed, directory))
+            users.add(resource)
+
+    def _path_changed(self, directory: str, name: str | None) -> None:
+        """A watcher callback: note it, and recheck once the burst is over (soon)."""
+        first = not self._changed
+        if name is None:
+            self._changed[directory] = None
+        else:
+            names = self._changed.setdefault(directory, set())
+            if names is not None:
+                names.add(name)
+        if first:
+            asyncio.get_running_loop().call_soon(self._recheck)
+
+    def _recheck(self) -> None:
+        """Forget the claims of devices with a changed path, and admit their resources
+        again (which resolves them anew)."""
+        changed, self._changed = self._changed, {}
+        for directory, names in changed.items():
+            paths = None if names is None else {os.path.join(directory, n) for n in names}
+            for name in self._followed.get(directory, ()):
+                state = self._resources[name]
+                stale = [
+                    device_id
+                    for device_id, device in state.admitted_from.items()
+                    if _through(device, directory, paths)
+                ]
+                for device_id in stale:
+                    state.claims.pop(device_id, None)
+                if stale and state.publish is not None and not state.retired:
+                    state.settled = False
+                    self._pending[name] = None
+        self._drain()
 
     def attach(
         self,
@@ -805,6 +872,7 @@ class OwnershipIndex:
                 sharers = self._shared[key] = set()
             sharers.add(me)
         state.owned[device_id] = claims
+        self._follow(state.name, claims)
 
     def _release_stale(self, state: _Resource, wanted: Mapping[str, Claims]) -> bool:
         """Claims of advertised IDs that are gone, or that a device no longer has, linger."""

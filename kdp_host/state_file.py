@@ -2,7 +2,7 @@
 `ownership.json`): the one way such a file is read and written.
 
 Read once at start and checked (`load`, with the owner's parser). Written atomically
-(`cdi.write_atomic`: temporary file, fsync, rename) through the host's offload, changes
+(`atomic_files.write_atomic`: temporary file, fsync, rename) through the host's offload, changes
 coalesced: `changed` asks for a write of the owner's current document, `flush` waits until
 the file holds every change made so far. A file that cannot be read, or that does not have
 its shape, is set aside as `<name>.unreadable` with one error line saying what that costs
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .cdi import write_atomic
+from .atomic_files import write_atomic
 from .files import Offload
 from .logs import EventLogger
 

@@ -32,7 +32,6 @@ GENERATED = "api"
 NOT_YET_SPLIT = frozenset(
     {
         "allocation",
-        "cdi",
         "drivers.scanning",
         "ownership",
         "resource",

@@ -38,6 +38,7 @@ from kdp_host.ownership import (
 from kdp_host.podresources import Holder, Holdings
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.state_file import StateFile
+from kdp_host.testing import ManualWatcher
 from kdp_host.watch import PollingWatcher
 
 R1, R2, R3 = "t.io/a", "t.io/b", "t.io/c"
@@ -275,6 +276,24 @@ def test_a_restarted_runtime_does_not_advertise_what_it_held() -> None:
     host.attach(R1)
     host.publish(R1, dev("y", "/dev/a"), dev("z", "/dev/b"))
     assert host.ids(R1) == ["z"] and host.ids(R2) == ["x"]
+
+
+async def test_a_node_replaced_at_its_path_is_claimed_by_its_new_number() -> None:
+    """Claims are kept while a device's paths are unchanged; the watcher says when a path
+    changed (a node removed and made again with another device number), and the device is
+    claimed anew: the new number is not left free for another resource to advertise."""
+    nodes = FakeNodes({"/dev/fpga0": ("c", 5), "/dev/by-id/other": ("c", 6)})
+    host = Host(nodes)
+    watcher = ManualWatcher()
+    host.index.watch(watcher)
+    host.publish(R1, node("/dev/fpga0"))
+    assert watcher.directories == {"/dev"}
+    nodes.nodes["/dev/fpga0"] = ("c", 6)
+    watcher.change("/dev", "fpga1")  # another name: nothing to do
+    watcher.change("/dev", "fpga0")
+    await asyncio.sleep(0)  # the recheck runs once the burst is over (call_soon)
+    host.publish(R2, node("/dev/by-id/other"))
+    assert host.ids(R1) == ["fpga0"] and host.ids(R2) == [] and host.held(R2) == 1
 
 
 def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) -> None:

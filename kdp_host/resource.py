@@ -46,11 +46,11 @@ from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
 from .protocol.registration import (
     KUBELET_SOCKET,
     FileIdentity,
+    Registrar,
     RegistrationError,
     file_identity,
     kubelet_listening,
     kubelet_socket_identity,
-    register,
 )
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
@@ -62,6 +62,9 @@ from .watch import Watcher
 SAFETY_CHECK_INTERVAL = 30.0
 """Re-check sockets this often even when no watch event came (a lost event costs at most this)."""
 FRESH_KUBELET_RETRY = 0.01
+KUBELET_HANG_UP_WAIT = 1.0
+"""How long a stopping server waits for the kubelet to close its connection after the
+streams ended (it does at once; another client may keep one open)."""
 FIRST_SCAN_WAIT = 2.0
 """Register only after the driver's first list (so the kubelet does not see 0 devices first),
 but do not wait longer than this for a slow probe."""
@@ -113,6 +116,9 @@ class HostServices:
     registry_wait: RegistryWait = field(default_factory=RegistryWait)
     node_features: NodeFeatureFile | None = None
     """The NFD feature file every resource's device counts go to (None: `nodeFeatures` off)."""
+    registrar: Registrar = field(default_factory=Registrar)
+    """Every resource's Register calls, over one connection to kubelet.sock (the owner
+    closes it)."""
 
 
 @dataclass
@@ -435,6 +441,10 @@ class ResourceRuntime:
         self._mark(serving=False, registered=False)
         try:
             await service.end_streams()
+            # The kubelet drops whichever client holds the name when an old stream's end
+            # reaches it (docs/kubelet-contract.md §9): register again only once it has
+            # hung up on this server.
+            await server.wait_peers_hung_up(KUBELET_HANG_UP_WAIT)
         finally:
             server.close()
             server.close_connections()
@@ -465,7 +475,9 @@ class ResourceRuntime:
             if file_identity(self.socket_path) != identity:
                 raise _SocketLost()
             try:
-                await register(self._serve_dir, self.config.name, self.endpoint, service.options)
+                await self._services.registrar.register(
+                    self._serve_dir, self.config.name, self.endpoint, service.options
+                )
             except RegistrationError as exc:
                 metrics.registrations.labels(self.config.name, exc.result).inc()
                 message = str(exc)

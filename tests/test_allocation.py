@@ -17,7 +17,7 @@ from kdp_host.allocation import (
     cdi_device_name,
     preferred_allocation,
 )
-from kdp_host.cdi import build_spec
+from kdp_host.cdi_spec import build_spec
 from kdp_host.command_output import ContainerExtras
 from kdp_host.config import (
     AllocateConfig,

@@ -118,10 +118,10 @@ def test_hook_config_problems(short_dir: Path, extra: str, problem: str) -> None
 
 
 def test_cdi_options_for_non_root_containers(short_dir: Path) -> None:
-    from kdp_host.cdi import build_spec
+    from kdp_host.cdi_spec import build_spec
     from kdp_host.devices import Device, DeviceNode, DeviceTable
 
-    from .test_cdi import validate_cdi_spec
+    from .cdi_spec import validate_cdi_spec
 
     cdi = "{kind: vendor.example/fpga, deviceGid: 2000, deviceFileMode: '0660'"
     plain = load_config_text(_config(short_dir, short_dir, f"allocate: {{cdi: {cdi}}}}}"))

@@ -32,11 +32,9 @@ GENERATED = "api"
 NOT_YET_SPLIT = frozenset(
     {
         "allocation",
-        "cdi",
         "drivers.scanning",
         "ownership",
         "resource",
-        "sysfs.discover",
         "sysfs.reader",
     }
 )

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.drivers.base import Skipped
-from kdp_host.drivers.scanning import ScanLoop, ScanSettings
+from kdp_host.drivers.scanning import DirWatch, Listed, ScanLoop, ScanResult, ScanSettings
 from kdp_host.files import DaemonThreads
 from kdp_host.safety_net import SafetyNet
 from kdp_host.testing import RecordingNotifier, driver_deps
@@ -166,3 +166,30 @@ def test_the_same_list_again_is_still_checked_for_unlistable_paths() -> None:
     assert table.snapshot.devices == ()
     notifier.update({"fixed": Device("fixed", nodes=(DeviceNode("/dev/f", "/dev/f"),))})
     assert [d.id for d in table.snapshot.devices] == ["fixed"]
+
+
+async def test_a_hung_scan_is_reported_again_at_every_safety_net_check(tmp_path: Path) -> None:
+    """The loop's wait for a stuck scan ends at the scan timeout; each later check sees no
+    finished scan and waits for it again, so the failures add up to a degraded resource."""
+    started = [0]
+
+    class Counting(FakeScanner):
+        def scan(
+            self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None
+        ) -> ScanResult:
+            started[0] += 1
+            return super().scan(listed, dirs, changed)
+
+    scanner = Counting(tmp_path)
+    loop = ScanLoop(scanner, ScanSettings(0.05, 60.0, 0.05), driver_deps())
+    notifier = RecordingNotifier()
+    scanner.block.clear()
+    task = asyncio.create_task(loop.run(notifier))
+    try:
+        await wait_until(lambda: len(notifier.failures) >= 3, what="three timeouts")
+        assert {f.reason for f in notifier.failures} == {"timeout"}
+        assert started == [1], "the stuck scan is never started twice"
+    finally:
+        scanner.block.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

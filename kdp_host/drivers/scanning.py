@@ -251,6 +251,8 @@ class ScanLoop(Generic[S]):
         self._net = deps.safety_net if deps.safety_net is not None else SafetyNet(deps.offload)
         self._notifier: Notifier | None = None
         self._grace_running = False
+        self._stepping = False
+        """`run` is scanning or publishing (a safety-net answer then says nothing new)."""
         self._unchanged_runs = 0
         """Safety-net checks in a row that found nothing changed (for `full_rescan_every`)."""
 
@@ -390,7 +392,11 @@ class ScanLoop(Generic[S]):
         try:
             while True:
                 wake.clear()
-                next_expiry = await self.step(notifier, rescan=woken, incremental=True)
+                self._stepping = True
+                try:
+                    next_expiry = await self.step(notifier, rescan=woken, incremental=True)
+                finally:
+                    self._stepping = False
                 self._grace_running = next_expiry is not None
                 woken = await wait_for_change(wake, next_expiry, self._deps.clock)
         finally:
@@ -404,6 +410,8 @@ class ScanLoop(Generic[S]):
     def _checked(self, unchanged: bool) -> None:
         """The safety net's answer (on the loop): rescan everything if a watched directory
         changed (or a full rescan is due), else hand the Notifier the same list again."""
+        if self._stepping or self._notifier is None:
+            return  # the loop is looking or publishing now: the next check compares with that
         full_every = self.settings.full_rescan_every
         if not unchanged or (full_every is not None and self._unchanged_runs >= full_every):
             self._unchanged_runs = 0
@@ -412,14 +420,8 @@ class ScanLoop(Generic[S]):
             return
         self._unchanged_runs += 1
         notifier, last = self._notifier, self._last
-        if (
-            notifier is None
-            or last is None
-            or self._pending is not None
-            or self._grace_running
-            or self._wake.is_set()
-        ):
-            return  # the loop is at work, or will publish soon anyway
+        if last is None or self._grace_running or self._wake.is_set():
+            return  # the loop will look again and publish soon anyway
         # Nothing changed and no grace period runs: the merge would give the same list.
         notifier.update(self.tracker.listed.devices, last.skipped)
 

@@ -20,9 +20,9 @@ from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
 from kdp_host.drivers import DriverDeps, make_driver
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.ownership import (
+from kdp_host.ownership import OwnershipIndex
+from kdp_host.ownership_claims import (
     ClaimKey,
-    OwnershipIndex,
     Reached,
     Resolver,
     claim_key,

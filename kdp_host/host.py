@@ -89,7 +89,7 @@ class Host:
     def __post_init__(self) -> None:
         """Raises SelectionError (a ConfigError) if two entries of a name select this node."""
         self.selection = select_for_node(self.config, self.node)
-        self.ownership = OwnershipIndex(self.metrics)
+        self.ownership = OwnershipIndex(self.metrics, offload=self.offload)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
 
@@ -210,6 +210,7 @@ class Host:
                 await asyncio.gather(self._label_task, return_exceptions=True)
             kubelet_watch()
             await supervisor.stop_all()
+            self.ownership.close()
             services.registrar.close()
             for task in internal:
                 task.cancel()

@@ -128,6 +128,14 @@ def _claim_of(path: str, resolve: Resolver) -> Claim:
     return reached[0], path, reached[1]
 
 
+def host_paths(device: Device) -> tuple[str, ...]:
+    """Every host path a device puts into a container: its nodes, then its mount sources."""
+    path = device.path
+    if not device.mounts and path is not None and device.has_only_node(path, path):
+        return (path,)
+    return (*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts))
+
+
 def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
     """A device's claims: its nodes (shared ones apart) and its mount sources."""
     path = device.path

@@ -403,8 +403,12 @@ class OwnershipIndex:
                 if state.retired or state.publish is None:
                     continue
                 self._take(state, resolved)
-                self._pending[state.name] = None
+                changed = self._admit_or_defer(state)
                 self._drain()
+                if changed and state.log is not None:  # (as the reporter logs a list it gave)
+                    healthy = sum(1 for device in state.reported.values() if device.healthy)
+                    unhealthy = len(state.reported) - healthy
+                    state.log.info("devices_changed", healthy=healthy, unhealthy=unhealthy)
         finally:
             state.resolving = None
 

@@ -380,6 +380,7 @@ class OwnershipIndex:
                 return False
             self._take(state, self._paths.inline(wanted))
         changed = self._apply(state)
+        state.needs = {}  # (kept only while its paths are resolved: a list can be long)
         late, self._late = self._late, {}
         for path, names in late.items():
             for name in names:

@@ -36,6 +36,13 @@ Rules:
   old ID, which the kubelet may have given to a pod: the kubelet then never hands the same
   node out a second time under a new ID. A device whose own ID is taken that way is held
   (`id_taken`) until the old one is gone.
+- **Kept IDs survive a restart.** The claims of devices advertised under such an inherited
+  ID are kept in `<stateDir>/ownership.json` (`keep_in`, written by `StateFile`) and read back
+  at start as lingering claims, so the first list after a restart (a crash, SIGKILL, a
+  rolling upgrade) advertises the device under the ID the kubelet booked again. An entry goes
+  when the index lets go of its claim: the node is gone, or the device is no longer
+  advertised and PodResources (asked `HEARD_AFTER` later) shows no pod holding the ID. While
+  the device is advertised under the kept ID the entry stays: a pod may get it at any time.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .devices import REPLICA_SEPARATOR, Device, replica_ids
 from .files import Offload
@@ -76,6 +83,9 @@ HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
 ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
 for later shows every pod that can hold it."""
+
+OWNERSHIP_FILE = "ownership.json"
+OWNERSHIP_VERSION = 1
 
 HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
@@ -214,6 +224,10 @@ class OwnershipIndex:
         self._resources: dict[str, _Resource] = {}
         self._pending: dict[str, None] = {}
         self._draining = False
+        self._kept: dict[ClaimKey, tuple[Owner, Claim]] = {}
+        """Exclusive claims of devices advertised under an ID they inherited, advertised or
+        lingering: what `<stateDir>/ownership.json` holds."""
+        self._sink: StateSink | None = None
         self._watcher: Watcher | None = None
         self._followed: dict[str, set[str]] = {}
         """Directory of a claimed host path -> the resources that claimed through it."""
@@ -355,6 +369,48 @@ class OwnershipIndex:
         if released:
             self._wake_waiting("")
             self._drain()
+
+    # ------------------------------------------------------------------ kept IDs
+
+    def keep_in(self, sink: StateSink, saved: Saved | None) -> None:
+        """Keep the claims of devices advertised under inherited IDs in `sink` from now on,
+        after taking back those `saved` by the last run (before any resource publishes):
+        each lingers with its owner, as if its device had just stopped being advertised."""
+        now = self._clock()
+        for owner, claim in saved or ():
+            key = claim[0]
+            if key in self._exclusive:
+                continue
+            state = self._state(owner.resource)
+            if state.publish is None:
+                state.retired = True  # until a runtime of it attaches
+            self._count(key, claim[2])
+            self._exclusive[key] = owner
+            self._kept[key] = (owner, claim)
+            state.lingering[key] = (now, claim)
+        self._sink = sink
+
+    def _kept_changed(self) -> None:
+        if self._sink is not None:
+            self._sink.changed(self._kept_document)
+
+    def _kept_document(self) -> Mapping[str, Any]:
+        return {
+            "claims": [
+                {
+                    "resource": owner.resource,
+                    "device": owner.device,
+                    "kind": key[0],
+                    "key": key[1],
+                    "path": path,
+                    "real": real,
+                }
+                for (key, path, real), owner in sorted(
+                    ((claim, owner) for owner, claim in self._kept.values()),
+                    key=lambda item: str(item[0][0]),
+                )
+            ]
+        }
 
     # ------------------------------------------------------------------ publishing
 
@@ -571,7 +627,7 @@ class OwnershipIndex:
                 holding[device_id] = why
                 released |= self._unadvertise(state, advertised_id)
                 continue
-            self._claim(state, advertised_id, claim)
+            self._claim(state, advertised_id, claim, inherited=advertised_id != device_id)
             taken.add(advertised_id)
             wait = state.waits.get(advertised_id)
             if wait is not None:
@@ -794,21 +850,36 @@ class OwnershipIndex:
         del state.lingering[key]
         del self._exclusive[key]
         self._uncount(key)
+        if self._kept.pop(key, None) is not None:
+            self._kept_changed()
 
     def _prune_gone(self, state: _Resource) -> bool:
         """Release this resource's lingering claims whose nodes are gone."""
         return any([self._released_if_gone(key) for key in list(state.lingering)])
 
-    def _claim(self, state: _Resource, device_id: str, claims: Claims) -> None:
+    def _claim(
+        self, state: _Resource, device_id: str, claims: Claims, inherited: bool = False
+    ) -> None:
         me = Owner(state.name, device_id)
         lingering = state.lingering
         exclusive = self._exclusive
-        for key, _, real in claims.exclusive:
+        kept = self._kept
+        changed = False
+        for claim in claims.exclusive:
+            key = claim[0]
             if key not in exclusive:
-                self._count(key, real)
+                self._count(key, claim[2])
             exclusive[key] = me
             if lingering:
                 lingering.pop(key, None)
+            if inherited:
+                if kept.get(key) != (me, claim):
+                    kept[key] = (me, claim)
+                    changed = True
+            elif kept and kept.pop(key, None) is not None:
+                changed = True
+        if changed:
+            self._kept_changed()
         for key, _, real in claims.shared:
             sharers = self._shared.get(key)
             if sharers is None:
@@ -900,6 +971,36 @@ class OwnershipIndex:
             if log is not None and device_id in ids:
                 log.info("device_claim_won", device=device_id, advertised_as=ids[device_id])
         state.held = holding
+
+
+class StateSink(Protocol):
+    """Where the index keeps its kept IDs (`state_file.StateFile`)."""
+
+    def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
+
+
+Saved = list[tuple[Owner, Claim]]
+"""Kept claims read back, with their owners."""
+
+
+def read_saved(document: Mapping[str, Any]) -> Saved:
+    """The kept claims of `ownership.json` (its `claims`), checked: a `kind` of `c` or `b`
+    with a device number, or `path` or `dir` with a path; text resource, device, path and
+    real path."""
+    saved: Saved = []
+    for entry in document["claims"]:
+        kind, value = entry["kind"], entry["key"]
+        if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
+            key: ClaimKey = (kind, value)
+        elif kind in ("path", "dir") and isinstance(value, str):
+            key = (kind, value)
+        else:
+            raise TypeError(f"a claim is not c/b with a number or path/dir with a path: {entry!r}")
+        texts = [entry[name] for name in ("resource", "device", "path", "real")]
+        if not all(isinstance(text, str) and text for text in texts):
+            raise TypeError(f"a claim's resource, device, path and real must be text: {entry!r}")
+        saved.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
+    return saved
 
 
 class _Table(Protocol):

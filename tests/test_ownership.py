@@ -4,6 +4,7 @@ one advertised device, across resources, drivers and reloads."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ from kdp_host.drivers import DriverDeps, make_driver
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.ownership import OwnershipIndex
+from kdp_host.ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex
 from kdp_host.ownership_claims import (
     ClaimKey,
     Reached,
@@ -31,8 +32,11 @@ from kdp_host.ownership_claims import (
     device_claims,
     overlaps,
     reach,
+    read_saved,
 )
 from kdp_host.podresources import Holder, Holdings
+from kdp_host.release_state import STATE_FILE, ReleaseStateStore
+from kdp_host.state_file import StateFile
 from kdp_host.testing import ManualWatcher
 from kdp_host.watch import PollingWatcher
 
@@ -608,3 +612,114 @@ def test_a_device_whose_replica_ids_change_waits_until_no_pod_holds_an_old_one()
     assert table.snapshot.advertised == ()
     host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a::1": ()}}))
     assert len(table.snapshot.advertised) == 4
+
+
+# ---------------------------------------------------------------- kept IDs across restarts
+
+
+def kept_file(directory: Path) -> StateFile:
+    return StateFile(
+        str(directory),
+        OWNERSHIP_FILE,
+        "ownership_state",
+        OWNERSHIP_VERSION,
+        get_logger(),
+        DaemonThreads(),
+        consequence="kept IDs are forgotten",
+        if_unwritten="kept IDs are not kept",
+    )
+
+
+def restarted(
+    directory: Path, nodes: Resolver, now: list[float] | None = None
+) -> tuple[Host, StateFile]:
+    """A Host whose index read `ownership.json` back, as `kdp_host.host.Host` does at start,
+    and the file it keeps its kept IDs in."""
+    host = Host(nodes)
+    if now is not None:
+        host.index = OwnershipIndex(host.metrics, nodes, clock=lambda: now[0])
+    state = kept_file(directory)
+    host.index.keep_in(state, state.load(read_saved))
+    return host, state
+
+
+def kept_devices(directory: Path) -> list[str]:
+    document = json.loads((directory / OWNERSHIP_FILE).read_text())
+    return sorted(entry["device"] for entry in document["claims"])
+
+
+async def test_ids_a_reload_kept_survive_a_restart(tmp_path: Path) -> None:
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/d": ("path", "/d")})
+    first, state = restarted(tmp_path, nodes)
+    first.publish(R1, dev("old-a", "/dev/a"), dev("old-b", "/dev/b", mounts=("/d",)))
+    assert not (tmp_path / OWNERSHIP_FILE).exists(), "no ID was kept: nothing to write"
+    first.attach(R1)  # a reload renames both
+    first.publish(R1, dev("new-a", "/dev/a"), dev("new-b", "/dev/b", mounts=("/d",)))
+    assert first.ids(R1) == ["old-a", "old-b"]
+    await asyncio.wait_for(state.flush(), 30)
+    assert kept_devices(tmp_path) == ["old-a", "old-b", "old-b"]
+
+    second, _ = restarted(tmp_path, nodes)  # SIGKILL, start again with the new config
+    second.publish(R1, dev("new-a", "/dev/a"), dev("new-b", "/dev/b", mounts=("/d",)))
+    assert second.ids(R1) == ["old-a", "old-b"]
+    [device] = [d for d in second.tables[R1].snapshot.devices if d.id == "old-b"]
+    assert device.mounts[0].host_path == "/d"
+
+
+async def test_a_kept_id_goes_when_its_node_goes_or_no_pod_holds_it(tmp_path: Path) -> None:
+    now = [100.0]
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/dev/c": ("c", 3)})
+    first, state = restarted(tmp_path, nodes, now)
+    first.publish(R1, dev("a", "/dev/a"), dev("b", "/dev/b"))
+    first.publish(R2, dev("c", "/dev/c"))
+    first.attach(R1)
+    first.attach(R2)
+    first.publish(R1, dev("x-a", "/dev/a"), dev("x-b", "/dev/b"))
+    first.publish(R2, dev("x-c", "/dev/c"))
+    await asyncio.wait_for(state.flush(), 30)
+    assert kept_devices(tmp_path) == ["a", "b", "c"]
+
+    second, state = restarted(tmp_path, nodes, now)  # R2 left the config while kdp-host was down
+    del nodes.nodes["/dev/a"]  # unplugged
+    second.publish(R1, dev("x-b", "/dev/b"))
+    assert second.ids(R1) == ["b"]
+    # a pod still holds c: the claim stays (and R3, reaching it, waits)
+    second.publish(R3, dev("y", "/dev/c"))
+    assert second.ids(R3) == []
+    pod = (Holder("ns", "p", "c", 0.0),)
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {R2: {"c": pod}}))
+    assert second.ids(R3) == []
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert second.ids(R3) == ["y"]
+    await asyncio.wait_for(state.flush(), 30)
+    assert kept_devices(tmp_path) == ["b"], "a's node is gone, no pod holds c"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        '{"version": 2, "claims": []}',
+        '{"version": 1}',
+        '{"version": 1, "claims": [{"resource": "t.io/a", "device": "a", "kind": "c", '
+        '"key": "1", "path": "/dev/a", "real": "/dev/a"}]}',
+        '{"version": 1, "claims": [{"resource": "t.io/a", "device": "", "kind": "path", '
+        '"key": "/d", "path": "/d", "real": "/d"}]}',
+        '{"version": 1, "claims": [{"resource": "t.io/a", "device": "a", "kind": "c", '
+        '"key": true, "path": "/dev/a", "real": "/dev/a"}]}',
+    ],
+)
+def test_a_bad_ownership_file_is_set_aside_with_an_error_and_nothing_else_is_lost(
+    tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / OWNERSHIP_FILE).write_text(text)
+    release = {"version": 1, "resources": {R1: {"a": {"used": ["a"], "owed": False}}}}
+    (tmp_path / STATE_FILE).write_text(json.dumps(release))
+    state = kept_file(tmp_path)
+    assert state.load(read_saved) is None and state.unknown
+    assert (tmp_path / (OWNERSHIP_FILE + ".unreadable")).read_text() == text
+    [line] = [r for r in caplog.records if r.getMessage() == "ownership_state_unreadable"]
+    assert line.levelno == logging.ERROR
+    store = ReleaseStateStore(str(tmp_path), get_logger(), DaemonThreads())
+    store.load()
+    assert not store.unknown and store.entries(R1) == {"a": {"used": ["a"], "owed": False}}

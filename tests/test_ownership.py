@@ -23,7 +23,7 @@ from kdp_host.drivers import DriverDeps, make_driver
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex
+from kdp_host.ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex, read_saved
 from kdp_host.ownership_claims import (
     ClaimKey,
     Reached,
@@ -32,7 +32,6 @@ from kdp_host.ownership_claims import (
     device_claims,
     overlaps,
     reach,
-    read_saved,
 )
 from kdp_host.podresources import Holder, Holdings
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore

@@ -34,7 +34,6 @@ NOT_YET_SPLIT = frozenset(
         "allocation",
         "drivers.scanning",
         "ownership",
-        "resource",
         "sysfs.reader",
     }
 )

@@ -234,7 +234,6 @@ class Host:
                 await asyncio.gather(self._label_task, return_exceptions=True)
             kubelet_watch()
             await supervisor.stop_all()
-            self.ownership.close()
             services.registrar.close()
             for task in internal:
                 task.cancel()

@@ -287,12 +287,6 @@ class OwnershipIndex:
                     self._pending[name] = None
         self._drain()
 
-    def close(self) -> None:
-        """The host stops: admissions waiting for paths to resolve are dropped."""
-        for state in self._resources.values():
-            if state.resolving is not None:
-                state.resolving.cancel()
-
     def attach(
         self,
         resource: str,
@@ -325,8 +319,11 @@ class OwnershipIndex:
         state.replicas = replicas
 
         def detach() -> None:
+            """The runtime stopped: an admission waiting for paths is dropped with it."""
             if state.publish is publish:
                 state.publish = None
+                if state.resolving is not None:
+                    state.resolving.cancel()
 
         return detach
 

@@ -9,8 +9,9 @@ import re
 import socket
 import stat
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpclib.server
 import pytest
@@ -500,12 +501,8 @@ async def test_close_sends_what_is_pending_and_abort_drops_it() -> None:
     assert dropped.writes == [] and dropped.aborted
 
 
-@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
-def test_a_unary_answer_leaves_the_server_in_one_write(
-    short_dir: Path, monkeypatch: pytest.MonkeyPatch, loop_kind: str
-) -> None:
-    """grpclib writes the flow-control update, headers, message and trailers of an answer
-    separately; through PluginServer they reach the socket in one write (on either loop)."""
+def count_flushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every write a PluginServer's connections make from now on, as one entry each."""
     import kdp_host.protocol.server as server_module
 
     counted: list[int] = []
@@ -517,38 +514,61 @@ def test_a_unary_answer_leaves_the_server_in_one_write(
             super().flush()
 
     monkeypatch.setattr(server_module, "CoalescingTransport", Counting)
+    return counted
 
-    async def main() -> None:
-        table = DeviceTable()
-        table.publish([Device("a"), Device("b")])
-        server = PluginServer([service_with(table)])
-        path = str(short_dir / "p.sock")
-        await server.serve(path)
-        channel = Channel(path=path)
-        try:
-            stub = DevicePluginStub(channel)
-            await stub.get_device_plugin_options(Empty())
-            for _ in range(5):
-                before = len(counted)
-                response = await stub.allocate(
-                    AllocateRequest(container_requests=[ContainerAllocateRequest(["a"])])
-                )
-                assert len(response.container_responses) == 1
-                await asyncio.sleep(0.01)
-                assert len(counted) - before == 1
-        finally:
-            server.close()
-            server.close_connections()
-            channel.close()
-            async with asyncio.timeout(5):
-                await server.wait_closed()
 
+@contextlib.asynccontextmanager
+async def two_device_server(short_dir: Path) -> AsyncIterator[str]:
+    """A PluginServer with devices a and b; yields its socket path."""
+    table = DeviceTable()
+    table.publish([Device("a"), Device("b")])
+    server = PluginServer([service_with(table)])
+    path = str(short_dir / "p.sock")
+    await server.serve(path)
+    try:
+        yield path
+    finally:
+        server.close()
+        server.close_connections()
+        async with asyncio.timeout(5):
+            await server.wait_closed()
+
+
+def run_on(loop_kind: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     if loop_kind == "uvloop":
         uvloop = pytest.importorskip("uvloop")
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
     else:
         asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_unary_answer_leaves_the_server_in_one_write(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, loop_kind: str
+) -> None:
+    """grpclib writes the flow-control update, headers, message and trailers of an answer
+    separately; through PluginServer they reach the socket in one write (on either loop)."""
+    counted = count_flushes(monkeypatch)
+
+    async def main() -> None:
+        async with two_device_server(short_dir) as path:
+            channel = Channel(path=path)
+            try:
+                stub = DevicePluginStub(channel)
+                await stub.get_device_plugin_options(Empty())
+                for _ in range(5):
+                    before = len(counted)
+                    response = await stub.allocate(
+                        AllocateRequest(container_requests=[ContainerAllocateRequest(["a"])])
+                    )
+                    assert len(response.container_responses) == 1
+                    await asyncio.sleep(0.01)
+                    assert len(counted) - before == 1
+            finally:
+                channel.close()
+
+    run_on(loop_kind, main)
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
@@ -562,78 +582,53 @@ def test_the_ping_ack_of_a_request_leaves_with_its_answer(
     import h2.connection
     import h2.events
 
-    import kdp_host.protocol.server as server_module
-
-    flushed: list[bytes] = []
-
-    class Recording(CoalescingTransport):
-        def flush(self) -> None:
-            if self.get_write_buffer_size():
-                flushed.append(b"")
-            super().flush()
-
-    monkeypatch.setattr(server_module, "CoalescingTransport", Recording)
+    flushed = count_flushes(monkeypatch)
     request = bytes(AllocateRequest(container_requests=[ContainerAllocateRequest(["a"])]))
     message = b"\x00" + len(request).to_bytes(4, "big") + request
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/v1beta1.DevicePlugin/Allocate"),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
 
     async def main() -> None:
-        table = DeviceTable()
-        table.publish([Device("a"), Device("b")])
-        server = PluginServer([service_with(table)])
-        path = str(short_dir / "p.sock")
-        await server.serve(path)
-        reader, writer = await asyncio.open_unix_connection(path)
-        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        client.initiate_connection()
-        writer.write(client.data_to_send())
+        async with two_device_server(short_dir) as path:
+            reader, writer = await asyncio.open_unix_connection(path)
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            client.initiate_connection()
+            writer.write(client.data_to_send())
 
-        async def until(kind: type) -> list[h2.events.Event]:
-            seen: list[h2.events.Event] = []
-            async with asyncio.timeout(5):
-                while not any(isinstance(e, kind) for e in seen):
-                    data = await reader.read(65536)
-                    assert data, "the server closed the connection"
-                    seen += client.receive_data(data)
-                    writer.write(client.data_to_send())
-            return seen
+            async def until(kind: type) -> list[h2.events.Event]:
+                seen: list[h2.events.Event] = []
+                async with asyncio.timeout(5):
+                    while not any(isinstance(e, kind) for e in seen):
+                        data = await reader.read(65536)
+                        assert data, "the server closed the connection"
+                        seen += client.receive_data(data)
+                        writer.write(client.data_to_send())
+                return seen
 
-        try:
-            await until(h2.events.RemoteSettingsChanged)
-            for call in range(3):
-                await asyncio.sleep(0.05)  # the handshake's writes are out
-                before = len(flushed)
-                stream = client.get_next_available_stream_id()
-                client.send_headers(
-                    stream,
-                    [
-                        (":method", "POST"),
-                        (":scheme", "http"),
-                        (":path", "/v1beta1.DevicePlugin/Allocate"),
-                        (":authority", "localhost"),
-                        ("content-type", "application/grpc"),
-                        ("te", "trailers"),
-                    ],
-                )
-                client.send_data(stream, message, end_stream=True)
-                client.ping(call.to_bytes(8, "big"))
-                writer.write(client.data_to_send())  # one read at the server, as grpc-go's
-                events = await until(h2.events.StreamEnded)
-                assert any(isinstance(e, h2.events.PingAckReceived) for e in events)
-                await asyncio.sleep(0.05)
-                assert len(flushed) - before == 1
-        finally:
-            writer.close()
-            server.close()
-            server.close_connections()
-            async with asyncio.timeout(5):
-                await server.wait_closed()
+            try:
+                await until(h2.events.RemoteSettingsChanged)
+                for call in range(3):
+                    await asyncio.sleep(0.05)  # the handshake's writes are out
+                    before = len(flushed)
+                    stream = client.get_next_available_stream_id()
+                    client.send_headers(stream, headers)
+                    client.send_data(stream, message, end_stream=True)
+                    client.ping(call.to_bytes(8, "big"))
+                    writer.write(client.data_to_send())  # one read at the server, as grpc-go's
+                    events = await until(h2.events.StreamEnded)
+                    assert any(isinstance(e, h2.events.PingAckReceived) for e in events)
+                    await asyncio.sleep(0.05)
+                    assert len(flushed) - before == 1
+            finally:
+                writer.close()
 
-    if loop_kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
-    else:
-        asyncio.run(main())
+    run_on(loop_kind, main)
 
 
 async def test_a_stopping_server_waits_for_its_peers_to_hang_up_but_not_forever(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 import time
@@ -35,7 +36,7 @@ from .node import (
     select_for_node,
     settled,
 )
-from .ownership import OwnershipIndex
+from .ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex, read_saved
 from .podresources import PodResourcesPoller
 from .probes import HealthState
 from .process import ProcessRunner
@@ -44,6 +45,7 @@ from .release_state import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import HostServices, RegistryWait, ResourceRuntime
 from .stale_sockets import remove_stale_sockets
+from .state_file import StateFile
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
 
@@ -121,12 +123,31 @@ class Host:
             )
         return out
 
+    async def _keep_ids(self) -> None:
+        """Read the IDs a reload kept (`ownership.json`) back into the ownership index, and
+        keep them there from now on."""
+        kept = StateFile(
+            self.config.state_dir,
+            OWNERSHIP_FILE,
+            "ownership_state",
+            OWNERSHIP_VERSION,
+            self.log,
+            self.offload,
+            consequence="IDs a reload kept are forgotten: a device renamed by a reload before "
+            "this restart is advertised under its new ID, while a pod may hold its old one",
+            if_unwritten="IDs a reload kept now are forgotten if kdp-host restarts before a "
+            "write succeeds",
+        )
+        saved = await self.offload.run(functools.partial(kept.load, read_saved))
+        self.ownership.keep_in(kept, saved)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
         watcher = self.watcher or make_watcher(
             self.log.bind(component="watch"), offload=self.offload
         )
         self.watcher = watcher
+        self.ownership.watch(watcher)  # a claimed path that changes is resolved again
         kubelet = self.config.kubelet
         socket_dir = kubelet.socket_dir
         if kubelet.pod_resources_interval > 0:
@@ -140,6 +161,7 @@ class Host:
             self.pod_resources.subscribe(self.ownership.holdings)
         release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
         await self.offload.run(release_state.load)
+        await self._keep_ids()
         commands = ProcessRunner()
         if not commands.dies_with_host:
             self.log.warning(

@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import os
 
+from .atomic_files import write_atomic
 from .backoff import Backoff
-from .cdi import write_atomic
 from .devices import Snapshot
 from .files import Offload
 from .logs import EventLogger

@@ -10,6 +10,10 @@ put into a container:
   node or a link for it is the same claim), anything else by its resolved real path;
 - every mount source of the device, by its resolved real path.
 
+A directory mounted into a container holds everything below it, so a claim below a
+directory another device claims (a mount of `/dev/dri` and the node `/dev/dri/card0`), or a
+directory with another's claim below it, clashes as if both were one claim.
+
 Nodes a driver marks `shared` (a control node every device needs, like `/dev/vfio/vfio`) are
 claimed shared: any number of shared claims may coexist, but not with an exclusive one.
 
@@ -32,16 +36,25 @@ Rules:
   old ID, which the kubelet may have given to a pod: the kubelet then never hands the same
   node out a second time under a new ID. A device whose own ID is taken that way is held
   (`id_taken`) until the old one is gone.
+- **Kept IDs survive a restart.** The claims of devices advertised under such an inherited
+  ID are kept in `<stateDir>/ownership.json` (`keep_in`, written by `StateFile`) and read back
+  at start as lingering claims, so the first list after a restart (a crash, SIGKILL, a
+  rolling upgrade) advertises the device under the ID the kubelet booked again. An entry goes
+  when the index lets go of its claim: the node is gone, or the device is no longer
+  advertised and PodResources (asked `HEARD_AFTER` later) shows no pod holding the ID. While
+  the device is advertised under the kept ID the entry stays: a pod may get it at any time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .devices import REPLICA_SEPARATOR, Device, replica_ids
 from .logs import EventLogger
@@ -49,6 +62,7 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .podresources import Holdings
+    from .watch import Watcher
 
 ClaimKey = tuple[str, int | str]
 """('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else (the
@@ -59,14 +73,21 @@ HEARD_AFTER = 5.0
 ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
 for later shows every pod that can hold it."""
 
+OWNERSHIP_FILE = "ownership.json"
+OWNERSHIP_VERSION = 1
+
 HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
 
 
-def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
-    """What a host path reaches: a device node by its number, anything else (a directory or
-    file to mount) by its real path; None when nothing is there. Follows links (a link to a
-    node claims the node).
+Reached = tuple[ClaimKey, str]
+"""What a host path reaches (its claim) and its real path."""
+
+
+def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
+    """What a host path reaches: a device node by its number, a directory or anything else
+    by its real path; None when nothing is there. Follows links (a link to a node claims the
+    node). With the claim, the real path (what a directory mount contains is below it).
 
     One lstat for a path that is no link: its real path is its directory's real path
     (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
@@ -74,26 +95,37 @@ def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | 
     """
     try:
         st = os.lstat(path)
-        link = stat.S_ISLNK(st.st_mode)
-        if link:
+        if stat.S_ISLNK(st.st_mode):
             st = os.stat(path)
+            real = os.path.realpath(path)
+        else:
+            real = _real_path(path, {} if real_dirs is None else real_dirs)
     except (OSError, ValueError):
         return None
-    if stat.S_ISCHR(st.st_mode):
-        return ("c", st.st_rdev)
-    if stat.S_ISBLK(st.st_mode):
-        return ("b", st.st_rdev)
-    if link:
-        return ("path", os.path.realpath(path))
+    mode = st.st_mode
+    if stat.S_ISCHR(mode):
+        return ("c", st.st_rdev), real
+    if stat.S_ISBLK(mode):
+        return ("b", st.st_rdev), real
+    return ("dir" if stat.S_ISDIR(mode) else "path", real), real
+
+
+def _real_path(path: str, real_dirs: dict[str, str]) -> str:
+    """The real path of a path that is no link, from its directory's (cached)."""
     norm = os.path.normpath(path)
     parent, name = os.path.split(norm)
-    cache = {} if real_dirs is None else real_dirs
-    real_parent = cache.get(parent)
+    real_parent = real_dirs.get(parent)
     if real_parent is None:
-        real_parent = cache[parent] = os.path.realpath(parent)
+        real_parent = real_dirs[parent] = os.path.realpath(parent)
     if real_parent == parent:
-        return ("path", path if norm == path else norm)
-    return ("path", os.path.join(real_parent, name))
+        return path if norm == path else norm
+    return os.path.join(real_parent, name)
+
+
+def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
+    """The claim a host path makes (see `reach`), or None when nothing is there."""
+    reached = reach(path, real_dirs)
+    return None if reached is None else reached[0]
 
 
 def describe_key(key: ClaimKey) -> str:
@@ -104,11 +136,28 @@ def describe_key(key: ClaimKey) -> str:
     return str(value)
 
 
-Resolver = Callable[[str], "ClaimKey | None"]
+def ancestors(real: str) -> Iterator[str]:
+    """The directories a real path is below (`/a/b/c`: `/a/b`, `/a`, `/`)."""
+    end = real.rfind("/")
+    while end > 0:
+        yield real[:end]
+        end = real.rfind("/", 0, end)
+    if end == 0 and len(real) > 1:
+        yield "/"
 
 
-Claim = tuple[ClaimKey, str]
-"""A claim and the host path it was made through."""
+def below(real: str, directory: str) -> bool:
+    """Whether `real` is inside `directory` (not the directory itself)."""
+    if directory == "/":
+        return real.startswith("/") and real != "/"
+    return real.startswith(directory) and real[len(directory) : len(directory) + 1] == "/"
+
+
+Resolver = Callable[[str], "Reached | None"]
+
+
+Claim = tuple[ClaimKey, str, str]
+"""A claim, the host path it was made through and its real path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,32 +169,39 @@ class Claims:
     shared: tuple[Claim, ...] = ()
 
     def exclusive_keys(self) -> frozenset[ClaimKey]:
-        return frozenset(key for key, _ in self.exclusive)
+        return frozenset(claim[0] for claim in self.exclusive)
 
     def shared_keys(self) -> frozenset[ClaimKey]:
-        return frozenset(key for key, _ in self.shared)
+        return frozenset(claim[0] for claim in self.shared)
+
+    def all(self) -> tuple[Claim, ...]:
+        return self.exclusive + self.shared if self.shared else self.exclusive
 
 
-def device_claims(device: Device, resolve: Resolver = claim_key) -> Claims:
-    """A device's claims: its nodes (shared ones apart) and its mount sources. A path that
-    does not exist (yet) is claimed by its normalised text."""
-    if (
-        device.mounts == ()
-        and device.path is not None
-        and device.has_only_node(device.path, device.path)
-    ):
-        path = device.path  # the common one-node device: no lists, no dicts
-        return Claims((((resolve(path) or ("path", os.path.normpath(path))), path),))
-    exclusive: dict[ClaimKey, str] = {}
-    shared: dict[ClaimKey, str] = {}
+def _claim_of(path: str, resolve: Resolver) -> Claim:
+    """A path's claim; a path that does not exist (yet) is claimed by its normalised text."""
+    reached = resolve(path)
+    if reached is None:
+        norm = os.path.normpath(path)
+        return ("path", norm), path, norm
+    return reached[0], path, reached[1]
+
+
+def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
+    """A device's claims: its nodes (shared ones apart) and its mount sources."""
+    path = device.path
+    if not device.mounts and path is not None and device.has_only_node(path, path):
+        return Claims((_claim_of(path, resolve),))  # the common one-node device: no dicts
+    exclusive: dict[ClaimKey, Claim] = {}
+    shared: dict[ClaimKey, Claim] = {}
     paths = [(n.host_path, n.shared) for n in device.nodes]
     paths += [(m.host_path, m.shared) for m in device.mounts]
-    for path, is_shared in paths:
-        key = resolve(path) or ("path", os.path.normpath(path))
-        (shared if is_shared else exclusive).setdefault(key, path)
+    for host_path, is_shared in paths:
+        claim = _claim_of(host_path, resolve)
+        (shared if is_shared else exclusive).setdefault(claim[0], claim)
     for key in exclusive:
         shared.pop(key, None)
-    return Claims(tuple(exclusive.items()), tuple(shared.items()))
+    return Claims(tuple(exclusive.values()), tuple(shared.values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +209,14 @@ class Owner:
     resource: str
     device: str
     """The ID the kubelet knows the device by."""
+
+
+def _through(device: Device, directory: str, paths: set[str] | None) -> bool:
+    """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
+    for host_path in [*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts)]:
+        if host_path in paths if paths is not None else os.path.dirname(host_path) == directory:
+            return True
+    return False
 
 
 def _advertises(advertised_id: str, device_id: str) -> bool:
@@ -201,10 +265,10 @@ class _Resource:
     admitted)."""
     owned: dict[str, Claims] = field(default_factory=dict)
     """Advertised ID -> what it claims in the index."""
-    lingering: dict[ClaimKey, tuple[float, str]] = field(default_factory=dict)
+    lingering: dict[ClaimKey, tuple[float, Claim]] = field(default_factory=dict)
     """Exclusive claims of devices no longer advertised, kept while the node is there (or a
     pod may hold them), with the time (index clock) they stopped being advertised and the
-    host path they were made through (to see whether it is gone)."""
+    claim (its host path: to see whether it is gone)."""
     held: dict[str, _Holding] = field(default_factory=dict)
     retired: bool = False
     plain: bool = True
@@ -247,11 +311,78 @@ class OwnershipIndex:
         self._exclusive: dict[ClaimKey, Owner] = {}
         self._shared: dict[ClaimKey, set[Owner]] = {}
         """Key -> the advertised devices that claim it shared."""
+        self._dirs: dict[str, ClaimKey] = {}
+        """Real path -> key of every claimed directory (a mount contains what is below)."""
+        self._at: dict[ClaimKey, str] | None = None
+        """Key -> real path of every claim, kept from the first directory claim on (a host
+        without directory mounts pays nothing for containment)."""
+        self._below: dict[str, int] = {}
+        """Directory -> how many claims of `_at` are below it."""
         self._resources: dict[str, _Resource] = {}
         self._pending: dict[str, None] = {}
         self._draining = False
+        self._kept: dict[ClaimKey, tuple[Owner, Claim]] = {}
+        """Exclusive claims of devices advertised under an ID they inherited, advertised or
+        lingering: what `<stateDir>/ownership.json` holds."""
+        self._sink: StateSink | None = None
+        self._watcher: Watcher | None = None
+        self._followed: dict[str, set[str]] = {}
+        """Directory of a claimed host path -> the resources that claimed through it."""
+        self._changed: dict[str, set[str] | None] = {}
+        """Names the watcher reported changed per directory since the last recheck (None:
+        anything in it)."""
 
     # ------------------------------------------------------------------ runtimes
+
+    def watch(self, watcher: Watcher) -> None:
+        """Follow the directories of claimed host paths through the host's watcher: a claim
+        is resolved again when its path changes (a node replaced by one with another device
+        number must not keep the old claim). Their subscriptions last as long as the host."""
+        self._watcher = watcher
+
+    def _follow(self, resource: str, claims: Claims) -> None:
+        watcher = self._watcher
+        if watcher is None:
+            return
+        for _, path, _ in claims.all():
+            directory = os.path.dirname(path)
+            users = self._followed.get(directory)
+            if users is None:
+                users = self._followed[directory] = set()
+                watcher.subscribe(directory, functools.partial(self._path_changed, directory))
+            users.add(resource)
+
+    def _path_changed(self, directory: str, name: str | None) -> None:
+        """A watcher callback: note it, and recheck once the burst is over (soon)."""
+        first = not self._changed
+        if name is None:
+            self._changed[directory] = None
+        else:
+            names = self._changed.setdefault(directory, set())
+            if names is not None:
+                names.add(name)
+        if first:
+            asyncio.get_running_loop().call_soon(self._recheck)
+
+    def _recheck(self) -> None:
+        """Forget the claims of devices with a changed path, and admit their resources
+        again (which resolves them anew)."""
+        changed, self._changed = self._changed, {}
+        for directory, names in changed.items():
+            paths = None if names is None else {os.path.join(directory, n) for n in names}
+            for name in self._followed.get(directory, ()):
+                state = self._resources[name]
+                stale = [
+                    device_id
+                    for device_id, device in state.admitted_from.items()
+                    if _through(device, directory, paths)
+                ]
+                for device_id in stale:
+                    state.claims.pop(device_id, None)
+                if stale and state.publish is not None and not state.retired:
+                    state.settled = False
+                    self._pending[name] = None
+        self._drain()
 
     def attach(
         self,
@@ -330,10 +461,47 @@ class OwnershipIndex:
             self._wake_waiting("")
             self._drain()
 
-    def owner_of(self, path: str) -> Owner | None:
-        """The device that owns `path` exclusively (advertised or lingering), or None."""
-        key = self._resolve(path)
-        return None if key is None else self._exclusive.get(key)
+    # ------------------------------------------------------------------ kept IDs
+
+    def keep_in(self, sink: StateSink, saved: Saved | None) -> None:
+        """Keep the claims of devices advertised under inherited IDs in `sink` from now on,
+        after taking back those `saved` by the last run (before any resource publishes):
+        each lingers with its owner, as if its device had just stopped being advertised."""
+        now = self._clock()
+        for owner, claim in saved or ():
+            key = claim[0]
+            if key in self._exclusive:
+                continue
+            state = self._state(owner.resource)
+            if state.publish is None:
+                state.retired = True  # until a runtime of it attaches
+            self._count(key, claim[2])
+            self._exclusive[key] = owner
+            self._kept[key] = (owner, claim)
+            state.lingering[key] = (now, claim)
+        self._sink = sink
+
+    def _kept_changed(self) -> None:
+        if self._sink is not None:
+            self._sink.changed(self._kept_document)
+
+    def _kept_document(self) -> Mapping[str, Any]:
+        return {
+            "claims": [
+                {
+                    "resource": owner.resource,
+                    "device": owner.device,
+                    "kind": key[0],
+                    "key": key[1],
+                    "path": path,
+                    "real": real,
+                }
+                for (key, path, real), owner in sorted(
+                    ((claim, owner) for owner, claim in self._kept.values()),
+                    key=lambda item: str(item[0][0]),
+                )
+            ]
+        }
 
     # ------------------------------------------------------------------ publishing
 
@@ -391,8 +559,8 @@ class OwnershipIndex:
         state.claims = fresh
         return fresh
 
-    def _claim_key(self, path: str) -> ClaimKey | None:
-        return claim_key(path, self._real_dirs)
+    def _claim_key(self, path: str) -> Reached | None:
+        return reach(path, self._real_dirs)
 
     def _admit(self, state: _Resource) -> Mapping[str, Device]:
         """What to advertise of `state.reported`. An unchanged list costs what is held and
@@ -423,7 +591,7 @@ class OwnershipIndex:
         for device_id, claim in claims.items():
             inherited = [
                 owner.device
-                for key, _ in claim.exclusive
+                for key, _, _ in claim.exclusive
                 if (owner := self._exclusive.get(key)) is not None
                 and owner.resource == name
                 and owner.device != device_id
@@ -451,7 +619,7 @@ class OwnershipIndex:
                 holding[device_id] = why
                 released |= self._unadvertise(state, advertised_id)
                 continue
-            self._claim(state, advertised_id, claim)
+            self._claim(state, advertised_id, claim, inherited=advertised_id != device_id)
             taken.add(advertised_id)
             wait = state.waits.get(advertised_id)
             if wait is not None:
@@ -543,30 +711,122 @@ class OwnershipIndex:
         """Whether the device advertised as `advertised_id` owns its claims already."""
         me = Owner(state.name, advertised_id)
         return bool(claims.exclusive) and all(
-            self._exclusive.get(key) == me for key, _ in claims.exclusive
+            self._exclusive.get(key) == me for key, _, _ in claims.exclusive
         )
 
     def _conflict(self, resource: str, device_id: str, claims: Claims) -> _Holding | None:
+        """Why the device cannot own its claims: another owns one of them (or a directory
+        one is below, or one below a directory it mounts), or shares it while the device
+        wants it alone. None: it can."""
         me = Owner(resource, device_id)
-        for key, path in claims.exclusive:
-            owner = self._exclusive.get(key)
-            if owner is not None and owner != me and not self._released_if_gone(key):
-                return _Holding("owned", owner, path)
+        for claim in claims.exclusive:
+            why = self._clash(me, claim[0], claim[1], False)
+            if why is not None:
+                return why
+        for claim in claims.shared:
+            why = self._clash(me, claim[0], claim[1], True)
+            if why is not None:
+                return why
+        if self._dirs or any(claim[0][0] == "dir" for claim in claims.all()):
+            return self._contained(me, claims)
+        return None
+
+    def _clash(self, me: Owner, key: ClaimKey, path: str, shared: bool) -> _Holding | None:
+        """Whether `key`, claimed by `me` (shared or not), clashes with another's claim."""
+        owner = self._exclusive.get(key)
+        if owner is not None and owner != me and not self._released_if_gone(key):
+            return _Holding("owned", owner, path)
+        if not shared:
             sharers = self._shared.get(key)
             if sharers and (len(sharers) > 1 or me not in sharers):
                 return _Holding("shared", min(sharers - {me}, key=_owner_order), path)
-        for key, path in claims.shared:
-            owner = self._exclusive.get(key)
-            if owner is not None and owner != me and not self._released_if_gone(key):
-                return _Holding("owned", owner, path)
         return None
+
+    def _contained(self, me: Owner, claims: Claims) -> _Holding | None:
+        """Containment: a claim below a directory another device mounts, or a directory
+        mount with another's claim below it, clashes as if it were the same claim (two
+        shared claims excepted)."""
+        at, below_counts = self._containment()
+        mine = claims.all()
+        for key, path, real in mine:
+            shared = claims.shared != () and key in claims.shared_keys()
+            for directory in ancestors(real):
+                outer = self._dirs.get(directory)
+                if outer is not None:
+                    why = self._clash(me, outer, path, shared)
+                    if why is not None:
+                        return why
+            if key[0] != "dir" or not below_counts.get(real):
+                continue
+            own = sum(
+                1
+                for other_key, _, other_real in mine
+                if other_key in at and below(other_real, real) and self._holds(me, other_key)
+            )
+            if below_counts[real] <= own:
+                continue
+            for inner in [k for k, r in at.items() if below(r, real)]:
+                if inner in at:
+                    why = self._clash(me, inner, path, shared)
+                    if why is not None:
+                        return why
+        return None
+
+    def _holds(self, me: Owner, key: ClaimKey) -> bool:
+        return self._exclusive.get(key) == me or me in self._shared.get(key, ())
+
+    def _containment(self) -> tuple[dict[ClaimKey, str], dict[str, int]]:
+        """The real path of every claim and the counts below each directory, built from
+        the claims on first use."""
+        if self._at is None:
+            self._at = {}
+            for state in self._resources.values():
+                for claims in state.owned.values():
+                    for key, _, real in claims.all():
+                        self._count(key, real)
+                for _, (key, _, real) in state.lingering.values():
+                    self._count(key, real)
+        return self._at, self._below
+
+    def _count(self, key: ClaimKey, real: str) -> None:
+        """A claim is made: its directory is one a claim may be below, and it is below its
+        ancestors."""
+        if key[0] == "dir":
+            self._dirs[real] = key
+        at = self._at
+        if at is None or key in at:
+            return
+        at[key] = real
+        counts = self._below
+        for directory in ancestors(real):
+            counts[directory] = counts.get(directory, 0) + 1
+
+    def _uncount(self, key: ClaimKey) -> None:
+        """A claim is gone (from both maps)."""
+        if key in self._exclusive or key in self._shared:
+            return
+        if key[0] == "dir" and isinstance(key[1], str):
+            self._dirs.pop(key[1], None)
+        real = None if self._at is None else self._at.pop(key, None)
+        if real is None:
+            return
+        counts = self._below
+        for directory in ancestors(real):
+            left = counts[directory] - 1
+            if left:
+                counts[directory] = left
+            else:
+                del counts[directory]
 
     def _released_if_gone(self, key: ClaimKey) -> bool:
         """Release a lingering claim whose node is gone; True if it was released."""
         owner = self._exclusive[key]
         state = self._resources[owner.resource]
         lingering = state.lingering.get(key)
-        if lingering is None or self._resolve(lingering[1]) == key:
+        if lingering is None:
+            return False
+        reached = self._resolve(lingering[1][1])
+        if reached is not None and reached[0] == key:
             return False
         self._release_lingering(state, key)
         return True
@@ -574,21 +834,45 @@ class OwnershipIndex:
     def _release_lingering(self, state: _Resource, key: ClaimKey) -> None:
         del state.lingering[key]
         del self._exclusive[key]
+        self._uncount(key)
+        if self._kept.pop(key, None) is not None:
+            self._kept_changed()
 
     def _prune_gone(self, state: _Resource) -> bool:
         """Release this resource's lingering claims whose nodes are gone."""
         return any([self._released_if_gone(key) for key in list(state.lingering)])
 
-    def _claim(self, state: _Resource, device_id: str, claims: Claims) -> None:
+    def _claim(
+        self, state: _Resource, device_id: str, claims: Claims, inherited: bool = False
+    ) -> None:
         me = Owner(state.name, device_id)
         lingering = state.lingering
-        for key, _ in claims.exclusive:
-            self._exclusive[key] = me
+        exclusive = self._exclusive
+        kept = self._kept
+        changed = False
+        for claim in claims.exclusive:
+            key = claim[0]
+            if key not in exclusive:
+                self._count(key, claim[2])
+            exclusive[key] = me
             if lingering:
                 lingering.pop(key, None)
-        for key, _ in claims.shared:
-            self._shared.setdefault(key, set()).add(me)
+            if inherited:
+                if kept.get(key) != (me, claim):
+                    kept[key] = (me, claim)
+                    changed = True
+            elif kept and kept.pop(key, None) is not None:
+                changed = True
+        if changed:
+            self._kept_changed()
+        for key, _, real in claims.shared:
+            sharers = self._shared.get(key)
+            if sharers is None:
+                self._count(key, real)
+                sharers = self._shared[key] = set()
+            sharers.add(me)
         state.owned[device_id] = claims
+        self._follow(state.name, claims)
 
     def _release_stale(self, state: _Resource, wanted: Mapping[str, Claims]) -> bool:
         """Claims of advertised IDs that are gone, or that a device no longer has, linger."""
@@ -609,11 +893,12 @@ class OwnershipIndex:
             return False
         me = Owner(state.name, advertised_id)
         kept = new.exclusive_keys()
-        for key, path in old.exclusive:
+        for claim in old.exclusive:
+            key = claim[0]
             if key not in kept and self._exclusive.get(key) == me:
-                state.lingering.setdefault(key, (self._clock(), path))
+                state.lingering.setdefault(key, (self._clock(), claim))
         kept = new.shared_keys()
-        return any([self._unshare(key, me) for key, _ in old.shared if key not in kept])
+        return any([self._unshare(claim[0], me) for claim in old.shared if claim[0] not in kept])
 
     def _unadvertise(self, state: _Resource, advertised_id: str) -> bool:
         """The device is no longer advertised: its exclusive claims linger, its shared ones
@@ -623,10 +908,10 @@ class OwnershipIndex:
             return False
         me = Owner(state.name, advertised_id)
         now = self._clock()
-        for key, path in old.exclusive:
-            if self._exclusive.get(key) == me:
-                state.lingering.setdefault(key, (now, path))
-        return any([self._unshare(key, me) for key, _ in old.shared])
+        for claim in old.exclusive:
+            if self._exclusive.get(claim[0]) == me:
+                state.lingering.setdefault(claim[0], (now, claim))
+        return any([self._unshare(claim[0], me) for claim in old.shared])
 
     def _unshare(self, key: ClaimKey, owner: Owner) -> bool:
         sharers = self._shared.get(key)
@@ -635,6 +920,7 @@ class OwnershipIndex:
         sharers.discard(owner)
         if not sharers:
             del self._shared[key]
+            self._uncount(key)
         return True
 
     def _wake_waiting(self, releaser: str) -> None:
@@ -672,6 +958,36 @@ class OwnershipIndex:
         state.held = holding
 
 
+class StateSink(Protocol):
+    """Where the index keeps its kept IDs (`state_file.StateFile`)."""
+
+    def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
+
+
+Saved = list[tuple[Owner, Claim]]
+"""Kept claims read back, with their owners."""
+
+
+def read_saved(document: Mapping[str, Any]) -> Saved:
+    """The kept claims of `ownership.json` (its `claims`), checked: a `kind` of `c` or `b`
+    with a device number, or `path` or `dir` with a path; text resource, device, path and
+    real path."""
+    saved: Saved = []
+    for entry in document["claims"]:
+        kind, value = entry["kind"], entry["key"]
+        if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
+            key: ClaimKey = (kind, value)
+        elif kind in ("path", "dir") and isinstance(value, str):
+            key = (kind, value)
+        else:
+            raise TypeError(f"a claim is not c/b with a number or path/dir with a path: {entry!r}")
+        texts = [entry[name] for name in ("resource", "device", "path", "real")]
+        if not all(isinstance(text, str) and text for text in texts):
+            raise TypeError(f"a claim's resource, device, path and real must be text: {entry!r}")
+        saved.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
+    return saved
+
+
 @dataclass(frozen=True)
 class Overlap:
     """Two devices that reach one node or mount source (what `check` warns about)."""
@@ -681,21 +997,32 @@ class Overlap:
     second: Owner
 
 
-def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = claim_key) -> list[Overlap]:
-    """Every claim two devices would make (not two shared ones), by the index's rules:
-    the later device in `devices` order would be held while the first is advertised."""
+def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -> list[Overlap]:
+    """Every claim two devices would make (not two shared ones), by the index's rules (a
+    claim below a directory another device mounts too): the later device in `devices` order
+    would be held while the first is advertised."""
     seen: dict[ClaimKey, tuple[Owner, bool]] = {}
+    dirs: list[tuple[str, Owner, bool]] = []
+    made: list[tuple[Claim, Owner, bool]] = []
     found: list[Overlap] = []
     for resource, device in devices:
         me = Owner(resource, device.id)
         claims = device_claims(device, resolve)
         for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
-            for key, path in mine:
+            for claim in mine:
+                key, path, real = claim
+                made.append((claim, me, is_shared))
+                if key[0] == "dir":
+                    dirs.append((real, me, is_shared))
                 known = seen.get(key)
                 if known is None:
                     seen[key] = (me, is_shared)
                 elif not (is_shared and known[1]):
                     found.append(Overlap(path, known[0], me))
+    for directory, owner, dir_shared in dirs:
+        for (_, path, real), me, is_shared in made:
+            if me != owner and below(real, directory) and not (is_shared and dir_shared):
+                found.append(Overlap(path, owner, me))
     return found
 
 

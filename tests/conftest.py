@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -125,16 +126,23 @@ class RunningHost:
 
 
 @pytest.fixture
-async def start_host() -> AsyncIterator[Callable[..., object]]:
+async def start_host(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Callable[..., object]]:
     """`await start_host(config_or_yaml, config_path=None, **host_options)` runs a Host in
-    this event loop; `host_options` are further Host fields (a restart policy, ...)."""
+    this event loop; `host_options` are further Host fields (a restart policy, ...). A config
+    without a file to reload that keeps the default `stateDir` gets a temporary one."""
     running: list[RunningHost] = []
+    state_dir = str(tmp_path_factory.mktemp("state"))
 
     async def start(
         config: Config | str, config_path: Path | None = None, **host_options: Any
     ) -> RunningHost:
         if isinstance(config, str):
             config = load_config_text(config)
+        if config.state_dir == Config.state_dir and config_path is None:
+            # (a reload reads stateDir from its file: a test that reloads sets its own)
+            config = dataclasses.replace(config, state_dir=state_dir)
         metrics = Metrics()
         host = Host(
             config=config,

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdp_host.allocation import AllocationBuilder, AllocationError, cdi_device_name
-from kdp_host.cdi import build_spec
+from kdp_host.cdi_spec import build_spec
 from kdp_host.command_output import ContainerExtras
 from kdp_host.config import (
     AllocateConfig,

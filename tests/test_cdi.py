@@ -14,19 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdp_host import cdi as cdi_module
+from kdp_host import atomic_files
 from kdp_host.allocation import AllocationBuilder
-from kdp_host.cdi import (
-    CdiSpecWriter,
-    build_spec,
-    minimum_cdi_version,
-    owner_path,
-    read_owner,
-    render_spec_file,
-    spec_file_name,
-    spec_path,
-    write_atomic,
-)
+from kdp_host.atomic_files import write_atomic
+from kdp_host.cdi import CdiSpecWriter, spec_file_name, spec_path
+from kdp_host.cdi_lease import owner_path, read_owner
+from kdp_host.cdi_spec import build_spec, minimum_cdi_version, render_spec_file
 from kdp_host.config import (
     AllocateConfig,
     CdiConfig,
@@ -275,7 +268,7 @@ def test_write_atomic_failure_keeps_old_content(
     def broken_replace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cdi_module.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic_files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space"):
         write_atomic(str(target), b"new")
     assert target.read_bytes() == b"old"
@@ -477,7 +470,7 @@ async def test_a_spec_file_of_another_kind_resolves_nothing(
 ) -> None:
     """A file left with the same name by a config with another kind: its names do not
     resolve for this kind until it is rewritten."""
-    from kdp_host.cdi import spec_device_names
+    from kdp_host.cdi_spec import spec_device_names
 
     config = resource(tmp_path)
     table = DeviceTable()

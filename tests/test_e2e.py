@@ -441,3 +441,34 @@ async def test_a_resource_registers_again_only_once_the_kubelet_hung_up(
             task.cancel()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_path_replaced_behind_an_unchanged_list_is_claimed_anew(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host
+) -> None:
+    """A probe lists a device at `n/p`, a plain file; another resource advertises `o/q`.
+    `p` is replaced by a link to `q`: the probe's list does not change, but the host's
+    watcher saw `p` change, so its claim is resolved again: it reaches `q`, which the other
+    resource owns, and is held (its old claim, the file that was there, is not kept)."""
+    (short_dir / "n").mkdir()
+    (short_dir / "o").mkdir()
+    p, q = short_dir / "n" / "p", short_dir / "o" / "q"
+    p.touch()
+    q.touch()
+    listing = short_dir / "list.txt"
+    listing.write_text(f"d0 Healthy path={p}:/dev/d0\n")
+    probe = script(short_dir, "probe.sh", f"cat {listing}\n")
+    await start_host(
+        f"kubelet: {{socketDir: {socket_dir}}}\n"
+        "resources:\n"
+        f"  - name: {SERIAL}\n"
+        f'    glob: {{paths: ["{short_dir}/o/q*"]}}\n'
+        f"  - name: {FPGA}\n"
+        f"    shell: {{command: [{probe}], interval: 100ms, timeout: 2s}}\n"
+    )
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 1)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    p.unlink()
+    p.symlink_to(q)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 0, timeout=10)
+    assert kubelet.resource(SERIAL).allocatable == 1

@@ -501,25 +501,25 @@ async def test_close_sends_what_is_pending_and_abort_drops_it() -> None:
     assert dropped.writes == [] and dropped.aborted
 
 
-def count_flushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every write a PluginServer's connections make from now on, as one entry each."""
+def counted_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per write PluginServer makes to a socket from now on."""
     import kdp_host.protocol.server as server_module
 
-    counted: list[int] = []
+    writes: list[int] = []
 
     class Counting(CoalescingTransport):
         def flush(self) -> None:
             if self.get_write_buffer_size():
-                counted.append(1)
+                writes.append(1)
             super().flush()
 
     monkeypatch.setattr(server_module, "CoalescingTransport", Counting)
-    return counted
+    return writes
 
 
 @contextlib.asynccontextmanager
-async def two_device_server(short_dir: Path) -> AsyncIterator[str]:
-    """A PluginServer with devices a and b; yields its socket path."""
+async def serving_a_and_b(short_dir: Path) -> AsyncIterator[str]:
+    """A PluginServer listing devices a and b on a socket (its path), closed on the way out."""
     table = DeviceTable()
     table.publish([Device("a"), Device("b")])
     server = PluginServer([service_with(table)])
@@ -535,6 +535,7 @@ async def two_device_server(short_dir: Path) -> AsyncIterator[str]:
 
 
 def run_on(loop_kind: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `main()` on the standard asyncio loop or on uvloop (skipped where it is absent)."""
     if loop_kind == "uvloop":
         uvloop = pytest.importorskip("uvloop")
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -549,10 +550,10 @@ def test_a_unary_answer_leaves_the_server_in_one_write(
 ) -> None:
     """grpclib writes the flow-control update, headers, message and trailers of an answer
     separately; through PluginServer they reach the socket in one write (on either loop)."""
-    counted = count_flushes(monkeypatch)
+    counted = counted_writes(monkeypatch)
 
     async def main() -> None:
-        async with two_device_server(short_dir) as path:
+        async with serving_a_and_b(short_dir) as path:
             channel = Channel(path=path)
             try:
                 stub = DevicePluginStub(channel)
@@ -582,20 +583,12 @@ def test_the_ping_ack_of_a_request_leaves_with_its_answer(
     import h2.connection
     import h2.events
 
-    flushed = count_flushes(monkeypatch)
+    flushed = counted_writes(monkeypatch)
     request = bytes(AllocateRequest(container_requests=[ContainerAllocateRequest(["a"])]))
     message = b"\x00" + len(request).to_bytes(4, "big") + request
-    headers = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/v1beta1.DevicePlugin/Allocate"),
-        (":authority", "localhost"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
 
     async def main() -> None:
-        async with two_device_server(short_dir) as path:
+        async with serving_a_and_b(short_dir) as path:
             reader, writer = await asyncio.open_unix_connection(path)
             client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
             client.initiate_connection()
@@ -617,7 +610,17 @@ def test_the_ping_ack_of_a_request_leaves_with_its_answer(
                     await asyncio.sleep(0.05)  # the handshake's writes are out
                     before = len(flushed)
                     stream = client.get_next_available_stream_id()
-                    client.send_headers(stream, headers)
+                    client.send_headers(
+                        stream,
+                        [
+                            (":method", "POST"),
+                            (":scheme", "http"),
+                            (":path", "/v1beta1.DevicePlugin/Allocate"),
+                            (":authority", "localhost"),
+                            ("content-type", "application/grpc"),
+                            ("te", "trailers"),
+                        ],
+                    )
                     client.send_data(stream, message, end_stream=True)
                     client.ping(call.to_bytes(8, "big"))
                     writer.write(client.data_to_send())  # one read at the server, as grpc-go's

@@ -1101,7 +1101,8 @@ class Config:
         "stateDir",
         AbsolutePath(),
         "Where kdp-host keeps what must outlive it: which devices of resources with `release` "
-        "were used and not released yet (a small file, `release-state.json`).",
+        "were used and not released yet (`release-state.json`), and the IDs a reload kept for "
+        "devices the kubelet may have booked (`ownership.json`). Small files.",
         default="/var/lib/kdp-host",
         restart=True,
     )

@@ -43,7 +43,9 @@ from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release_state import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
-from .resource import HostServices, RegistryWait, ResourceRuntime
+from .resource import ResourceRuntime
+from .safety_net import SafetyNet
+from .services import HostServices, RegistryWait
 from .stale_sockets import remove_stale_sockets
 from .state_file import StateFile
 from .supervisor import RestartPolicy, Supervisor
@@ -91,7 +93,7 @@ class Host:
     def __post_init__(self) -> None:
         """Raises SelectionError (a ConfigError) if two entries of a name select this node."""
         self.selection = select_for_node(self.config, self.node)
-        self.ownership = OwnershipIndex(self.metrics)
+        self.ownership = OwnershipIndex(self.metrics, offload=self.offload)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
 
@@ -186,6 +188,7 @@ class Host:
             status_changed=self._refresh_readiness,
             registry_wait=self.registry_wait,
             offload=self.offload,
+            safety_net=SafetyNet(self.offload),
             node_features=node_features,
         )
         supervisor = Supervisor(services, self.restart_policy)

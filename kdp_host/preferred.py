@@ -39,7 +39,7 @@ def preferred_can_matter(policy: PreferredPolicy, replicas: int, devices: Iterab
     The policies rank the free IDs by nothing but their physical device (the replicas of one
     device, `replicas` > 1) and its NUMA node. Without either, every policy answers "the
     first free IDs", which is as good as the kubelet's own pick. A resource whose answer
-    changes (a device with a NUMA node appears) registers again (`resource.py`).
+    changes (a device with a NUMA node appears) registers again (`serving.py`).
     """
     return policy != "none" and (replicas > 1 or any(device.numa is not None for device in devices))
 

@@ -33,7 +33,6 @@ NOT_YET_SPLIT = frozenset(
     {
         "drivers.scanning",
         "ownership",
-        "resource",
         "sysfs.reader",
     }
 )

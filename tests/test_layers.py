@@ -32,7 +32,6 @@ GENERATED = "api"
 NOT_YET_SPLIT = frozenset(
     {
         "drivers.scanning",
-        "ownership",
         "sysfs.reader",
     }
 )

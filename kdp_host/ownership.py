@@ -50,23 +50,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .devices import REPLICA_SEPARATOR, Device, replica_ids
+from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
+from .ownership_claims import ClaimKey, Claims, Owner, Resolver, host_paths
+from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
+from .ownership_table import Holding, ReplicaWait, ResourceState, Saved
 
 if TYPE_CHECKING:
     from .podresources import Holdings
     from .watch import Watcher
-
-ClaimKey = tuple[str, int | str]
-"""('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else (the
-normalised path where nothing is yet)."""
 
 HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
@@ -80,140 +79,9 @@ HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
 
 
-Reached = tuple[ClaimKey, str]
-"""What a host path reaches (its claim) and its real path."""
-
-
-def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
-    """What a host path reaches: a device node by its number, a directory or anything else
-    by its real path; None when nothing is there. Follows links (a link to a node claims the
-    node). With the claim, the real path (what a directory mount contains is below it).
-
-    One lstat for a path that is no link: its real path is its directory's real path
-    (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
-    path is kept as it is (no copy per claim).
-    """
-    try:
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            st = os.stat(path)
-            real = os.path.realpath(path)
-        else:
-            real = _real_path(path, {} if real_dirs is None else real_dirs)
-    except (OSError, ValueError):
-        return None
-    mode = st.st_mode
-    if stat.S_ISCHR(mode):
-        return ("c", st.st_rdev), real
-    if stat.S_ISBLK(mode):
-        return ("b", st.st_rdev), real
-    return ("dir" if stat.S_ISDIR(mode) else "path", real), real
-
-
-def _real_path(path: str, real_dirs: dict[str, str]) -> str:
-    """The real path of a path that is no link, from its directory's (cached)."""
-    norm = os.path.normpath(path)
-    parent, name = os.path.split(norm)
-    real_parent = real_dirs.get(parent)
-    if real_parent is None:
-        real_parent = real_dirs[parent] = os.path.realpath(parent)
-    if real_parent == parent:
-        return path if norm == path else norm
-    return os.path.join(real_parent, name)
-
-
-def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
-    """The claim a host path makes (see `reach`), or None when nothing is there."""
-    reached = reach(path, real_dirs)
-    return None if reached is None else reached[0]
-
-
-def describe_key(key: ClaimKey) -> str:
-    """A claim for a log line: `char 240:0`, `block 8:1` or the real path."""
-    kind, value = key
-    if kind in ("c", "b") and isinstance(value, int):
-        return f"{'char' if kind == 'c' else 'block'} {os.major(value)}:{os.minor(value)}"
-    return str(value)
-
-
-def ancestors(real: str) -> Iterator[str]:
-    """The directories a real path is below (`/a/b/c`: `/a/b`, `/a`, `/`)."""
-    end = real.rfind("/")
-    while end > 0:
-        yield real[:end]
-        end = real.rfind("/", 0, end)
-    if end == 0 and len(real) > 1:
-        yield "/"
-
-
-def below(real: str, directory: str) -> bool:
-    """Whether `real` is inside `directory` (not the directory itself)."""
-    if directory == "/":
-        return real.startswith("/") and real != "/"
-    return real.startswith(directory) and real[len(directory) : len(directory) + 1] == "/"
-
-
-Resolver = Callable[[str], "Reached | None"]
-
-
-Claim = tuple[ClaimKey, str, str]
-"""A claim, the host path it was made through and its real path."""
-
-
-@dataclass(frozen=True, slots=True)
-class Claims:
-    """What one device claims, with the host path each claim came from (tuples, not dicts:
-    one of these is kept per device of the host)."""
-
-    exclusive: tuple[Claim, ...]
-    shared: tuple[Claim, ...] = ()
-
-    def exclusive_keys(self) -> frozenset[ClaimKey]:
-        return frozenset(claim[0] for claim in self.exclusive)
-
-    def shared_keys(self) -> frozenset[ClaimKey]:
-        return frozenset(claim[0] for claim in self.shared)
-
-    def all(self) -> tuple[Claim, ...]:
-        return self.exclusive + self.shared if self.shared else self.exclusive
-
-
-def _claim_of(path: str, resolve: Resolver) -> Claim:
-    """A path's claim; a path that does not exist (yet) is claimed by its normalised text."""
-    reached = resolve(path)
-    if reached is None:
-        norm = os.path.normpath(path)
-        return ("path", norm), path, norm
-    return reached[0], path, reached[1]
-
-
-def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
-    """A device's claims: its nodes (shared ones apart) and its mount sources."""
-    path = device.path
-    if not device.mounts and path is not None and device.has_only_node(path, path):
-        return Claims((_claim_of(path, resolve),))  # the common one-node device: no dicts
-    exclusive: dict[ClaimKey, Claim] = {}
-    shared: dict[ClaimKey, Claim] = {}
-    paths = [(n.host_path, n.shared) for n in device.nodes]
-    paths += [(m.host_path, m.shared) for m in device.mounts]
-    for host_path, is_shared in paths:
-        claim = _claim_of(host_path, resolve)
-        (shared if is_shared else exclusive).setdefault(claim[0], claim)
-    for key in exclusive:
-        shared.pop(key, None)
-    return Claims(tuple(exclusive.values()), tuple(shared.values()))
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    resource: str
-    device: str
-    """The ID the kubelet knows the device by."""
-
-
 def _through(device: Device, directory: str, paths: set[str] | None) -> bool:
     """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
-    for host_path in [*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts)]:
+    for host_path in host_paths(device):
         if host_path in paths if paths is not None else os.path.dirname(host_path) == directory:
             return True
     return False
@@ -227,67 +95,11 @@ def _advertises(advertised_id: str, device_id: str) -> bool:
     )
 
 
-def _owner_order(owner: Owner) -> tuple[str, str]:
-    return owner.resource, owner.device
-
-
-@dataclass(frozen=True, slots=True)
-class _Holding:
-    """Why a device is held: logged and counted once while it stays the same."""
-
-    reason: str
-    """`owned` (another device's claim), `shared` (a node other devices share),
-    `replicas_changed` (pods may hold the device under its IDs before a change of
-    `replicas`; the owner's device field lists them),
-    `id_taken` (its ID is the old ID of another device of the resource)."""
-    owner: Owner
-    path: str
-
-
-@dataclass
-class _Resource:
-    name: str
-    log: EventLogger | None = None
-    publish: Callable[[Mapping[str, Device]], bool] | None = None
-    """The resource's table while a runtime is attached."""
-    reported: Mapping[str, Device] = field(default_factory=dict)
-    """The driver's last list (driver IDs)."""
-    admitted_from: Mapping[str, Device] = field(default_factory=dict)
-    """The list the last admission ran on: `claims` were resolved for its devices."""
-    admitted: Mapping[str, Device] = field(default_factory=dict)
-    """What the last admission advertised."""
-    settled: bool = False
-    """The last admission ran for this runtime (an unchanged list needs no walk)."""
-    sent: Mapping[str, Device] | None = None
-    """What this runtime's table was last given (the same again is not sent)."""
-    claims: dict[str, Claims] = field(default_factory=dict)
-    """Claims per driver ID, resolved for the device of `admitted_from` (or the one being
-    admitted)."""
-    owned: dict[str, Claims] = field(default_factory=dict)
-    """Advertised ID -> what it claims in the index."""
-    lingering: dict[ClaimKey, tuple[float, Claim]] = field(default_factory=dict)
-    """Exclusive claims of devices no longer advertised, kept while the node is there (or a
-    pod may hold them), with the time (index clock) they stopped being advertised and the
-    claim (its host path: to see whether it is gone)."""
-    held: dict[str, _Holding] = field(default_factory=dict)
-    retired: bool = False
-    plain: bool = True
-    """The last admission advertised every device it did not hold under its own ID."""
-    replicas: int | None = None
-    """The replica count its last runtime advertised with."""
-    waits: dict[str, _ReplicaWait] = field(default_factory=dict)
-    """Devices held after a change of `replicas` while pods may hold their old IDs."""
-
-
-@dataclass(frozen=True, slots=True)
-class _ReplicaWait:
-    vanished: frozenset[str]
-    """Advertised IDs of the device before the change that the new count does not have."""
-    since: float
-
-
-class OwnershipIndex:
-    """The host-wide index of claims (one per host, passed to every resource).
+class OwnershipIndex(Resolving):
+    """The host-wide index of claims (one per host, passed to every resource). Built in
+    layers, one module each: the claim table (`ownership_table.ClaimTable`), admission
+    (`ownership_admission.Admission`), resolving off the loop (`ownership_resolve.Resolving`);
+    this adds runtimes, publishing, PodResources answers and the watcher.
 
     A claim whose device stops being advertised (it left the list, is held, or its resource
     was removed) *lingers*: it keeps its owner while its node is still there, because a pod
@@ -301,30 +113,12 @@ class OwnershipIndex:
         metrics: Metrics | None = None,
         resolve: Resolver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        offload: Offload | None = None,
+        timeout: float = RESOLVE_TIMEOUT,
     ) -> None:
-        self._metrics = metrics
-        self._real_dirs: dict[str, str] = {}
-        """Real paths of directories, for one admission (`claim_key`)."""
-        self._resolve: Resolver = resolve or self._claim_key
-        self._clock = clock
-        """The PodResources poller's clock (`Holdings.asked_at`)."""
-        self._exclusive: dict[ClaimKey, Owner] = {}
-        self._shared: dict[ClaimKey, set[Owner]] = {}
-        """Key -> the advertised devices that claim it shared."""
-        self._dirs: dict[str, ClaimKey] = {}
-        """Real path -> key of every claimed directory (a mount contains what is below)."""
-        self._at: dict[ClaimKey, str] | None = None
-        """Key -> real path of every claim, kept from the first directory claim on (a host
-        without directory mounts pays nothing for containment)."""
-        self._below: dict[str, int] = {}
-        """Directory -> how many claims of `_at` are below it."""
-        self._resources: dict[str, _Resource] = {}
+        super().__init__(clock, metrics, resolve, offload, timeout)
         self._pending: dict[str, None] = {}
         self._draining = False
-        self._kept: dict[ClaimKey, tuple[Owner, Claim]] = {}
-        """Exclusive claims of devices advertised under an ID they inherited, advertised or
-        lingering: what `<stateDir>/ownership.json` holds."""
-        self._sink: StateSink | None = None
         self._watcher: Watcher | None = None
         self._followed: dict[str, set[str]] = {}
         """Directory of a claimed host path -> the resources that claimed through it."""
@@ -412,12 +206,15 @@ class OwnershipIndex:
                 if before is not None:
                     gone |= before.vanished
                 if gone:
-                    state.waits[device_id] = _ReplicaWait(frozenset(gone), now)
+                    state.waits[device_id] = ReplicaWait(frozenset(gone), now)
         state.replicas = replicas
 
         def detach() -> None:
+            """The runtime stopped: an admission waiting for paths is dropped with it."""
             if state.publish is publish:
                 state.publish = None
+                if state.resolving is not None:
+                    state.resolving.cancel()
 
         return detach
 
@@ -461,48 +258,6 @@ class OwnershipIndex:
             self._wake_waiting("")
             self._drain()
 
-    # ------------------------------------------------------------------ kept IDs
-
-    def keep_in(self, sink: StateSink, saved: Saved | None) -> None:
-        """Keep the claims of devices advertised under inherited IDs in `sink` from now on,
-        after taking back those `saved` by the last run (before any resource publishes):
-        each lingers with its owner, as if its device had just stopped being advertised."""
-        now = self._clock()
-        for owner, claim in saved or ():
-            key = claim[0]
-            if key in self._exclusive:
-                continue
-            state = self._state(owner.resource)
-            if state.publish is None:
-                state.retired = True  # until a runtime of it attaches
-            self._count(key, claim[2])
-            self._exclusive[key] = owner
-            self._kept[key] = (owner, claim)
-            state.lingering[key] = (now, claim)
-        self._sink = sink
-
-    def _kept_changed(self) -> None:
-        if self._sink is not None:
-            self._sink.changed(self._kept_document)
-
-    def _kept_document(self) -> Mapping[str, Any]:
-        return {
-            "claims": [
-                {
-                    "resource": owner.resource,
-                    "device": owner.device,
-                    "kind": key[0],
-                    "key": key[1],
-                    "path": path,
-                    "real": real,
-                }
-                for (key, path, real), owner in sorted(
-                    ((claim, owner) for owner, claim in self._kept.values()),
-                    key=lambda item: str(item[0][0]),
-                )
-            ]
-        }
-
     # ------------------------------------------------------------------ publishing
 
     def publish(self, resource: str, devices: Mapping[str, Device]) -> bool:
@@ -513,17 +268,12 @@ class OwnershipIndex:
         if state.retired:
             return False
         state.reported = devices
-        changed = self._apply(state)
+        changed = self._admit_or_defer(state)
         self._drain()
         return changed
 
-    def _state(self, resource: str) -> _Resource:
-        state = self._resources.get(resource)
-        if state is None:
-            state = self._resources[resource] = _Resource(resource)
-        return state
-
-    def _apply(self, state: _Resource) -> bool:
+    def _apply(self, state: ResourceState) -> bool:
+        self._admitting = state.name
         admitted = self._admit(state)
         if state.publish is None or admitted is state.sent:
             return False
@@ -542,386 +292,10 @@ class OwnershipIndex:
                 del self._pending[name]
                 state = self._resources[name]
                 if state.publish is not None and not state.retired:
-                    self._apply(state)
+                    self._admit_or_defer(state)
         finally:
             self._draining = False
-
-    def _claims_of(self, state: _Resource, devices: Mapping[str, Device]) -> dict[str, Claims]:
-        """Claims of every device, resolved again only for devices that changed."""
-        cache, before = state.claims, state.admitted_from
-        fresh: dict[str, Claims] = {}
-        for device_id, device in devices.items():
-            known = cache.get(device_id)
-            old = before.get(device_id)
-            if known is None or old is None or not (old is device or old.same_places(device)):
-                known = device_claims(device, self._resolve)
-            fresh[device_id] = known
-        state.claims = fresh
-        return fresh
-
-    def _claim_key(self, path: str) -> Reached | None:
-        return reach(path, self._real_dirs)
-
-    def _admit(self, state: _Resource) -> Mapping[str, Device]:
-        """What to advertise of `state.reported`. An unchanged list costs what is held and
-        what lingers, not a walk of the list: advertised devices own their claims, so only a
-        held device (its owner may have gone) or a lingering claim (its node may have gone)
-        can change the outcome."""
-        self._real_dirs = {}
-        devices = state.reported
-        unchanged = state.settled and (
-            devices is state.admitted_from or devices == state.admitted_from
-        )
-        if unchanged and not state.held and not state.lingering and not state.waits:
-            return state.admitted
-        admitted = self._admit_changes(state, unchanged)
-        if admitted is None:
-            admitted = self._admit_all(state)
-        state.admitted_from, state.admitted, state.settled = devices, admitted, True
-        return admitted
-
-    def _admit_all(self, state: _Resource) -> Mapping[str, Device]:
-        devices = state.reported
-        name = state.name
-        released = self._prune_gone(state)
-        claims = self._claims_of(state, devices)
-        # The ID each device is advertised under: the ID of this resource that owns its
-        # claims already (the kubelet may have given it to a pod), else its own.
-        ids: dict[str, str] = {}
-        for device_id, claim in claims.items():
-            inherited = [
-                owner.device
-                for key, _, _ in claim.exclusive
-                if (owner := self._exclusive.get(key)) is not None
-                and owner.resource == name
-                and owner.device != device_id
-            ]
-            ids[device_id] = min(inherited) if inherited else device_id
-        # Devices that own their claims already go first (the kubelet may have given them
-        # to a pod), then the others in ID order.
-        order = sorted(claims, key=lambda d: (not self._incumbent(state, ids[d], claims[d]), d))
-        wanted: dict[str, Claims] = {}
-        for device_id in order:
-            wanted.setdefault(ids[device_id], claims[device_id])
-        released |= self._release_stale(state, wanted)
-        admitted: dict[str, Device] = {}
-        holding: dict[str, _Holding] = {}
-        taken: set[str] = set()
-        """Advertised IDs whose device owns its claims (advertised, or waiting on replicas)."""
-        for device_id in order:
-            advertised_id = ids[device_id]
-            claim = claims[device_id]
-            if advertised_id in taken:
-                holding[device_id] = _Holding("id_taken", Owner(name, advertised_id), "")
-                continue
-            why = self._conflict(name, advertised_id, claim)
-            if why is not None:
-                holding[device_id] = why
-                released |= self._unadvertise(state, advertised_id)
-                continue
-            self._claim(state, advertised_id, claim, inherited=advertised_id != device_id)
-            taken.add(advertised_id)
-            wait = state.waits.get(advertised_id)
-            if wait is not None:
-                # it keeps its claims: pods may hold it under its old replica IDs
-                vanished = ",".join(sorted(wait.vanished))
-                holding[device_id] = _Holding("replicas_changed", Owner(name, vanished), "")
-                continue
-            device = devices[device_id]
-            admitted[advertised_id] = (
-                device if advertised_id == device_id else device.with_id(advertised_id)
-            )
-        for advertised_id in [a for a in state.owned if a not in taken]:
-            released |= self._unadvertise(state, advertised_id)
-        for advertised_id in [a for a in state.waits if a not in taken]:
-            del state.waits[advertised_id]  # gone from the list: nothing left to wait for
-        self._note_held(state, holding, ids)
-        if released:
-            self._wake_waiting(name)
-        state.plain = not state.waits and all(ids[d] == d for d in ids if d not in holding)
-        if not holding and state.plain:
-            return devices
-        return admitted
-
-    def _admit_changes(self, state: _Resource, unchanged: bool) -> Mapping[str, Device] | None:
-        """The common case in O(changed) claim work: every device the last admission
-        advertised kept its own ID, and nothing waits on replicas. Devices that changed, and
-        those held last time, are admitted or held one by one (with `unchanged`, the list is
-        the last one: only those held); a change that may rename a device (a node let go of,
-        a claim of a device of this resource that is no longer advertised) goes to the full
-        admission, which starts from what this did. Returns what to advertise, or None."""
-        if not state.plain or state.waits:
-            return None
-        devices = state.reported
-        cache, before = state.claims, state.admitted_from
-        dirty = [d for d in state.held if d in devices]
-        released = self._prune_gone(state)
-        if not unchanged:
-            added = 0
-            for device_id, device in devices.items():
-                old = before.get(device_id)
-                if old is None or device_id not in cache:
-                    added += old is None
-                    dirty.append(device_id)
-                elif old is not device and old != device:
-                    dirty.append(device_id)
-            if len(before) + added != len(devices):
-                for device_id in [d for d in before if d not in devices]:
-                    cache.pop(device_id, None)
-                    released |= self._unadvertise(state, device_id)
-        holding: dict[str, _Holding] = {}
-        result: Mapping[str, Device] | None = devices
-        for device_id in sorted(set(dirty)):
-            device = devices[device_id]
-            known = cache.get(device_id)
-            old = before.get(device_id)
-            if known is not None and old is not None and old.same_places(device):
-                claims = known
-                if device_id not in state.held:
-                    continue  # health or env changed: it owns its claims
-            else:
-                claims = cache[device_id] = device_claims(device, self._resolve)
-            owned = state.owned.get(device_id)
-            if owned is not None and not owned.exclusive_keys() <= claims.exclusive_keys():
-                result = None  # it lets go of a node, which may keep its ID
-                break
-            why = self._conflict(state.name, device_id, claims)
-            if why is not None:
-                if why.owner.resource == state.name and why.owner.device not in state.owned:
-                    result = None  # a node of a device of ours that went: a rename
-                    break
-                holding[device_id] = why
-                released |= self._unadvertise(state, device_id)
-                continue
-            released |= self._drop_keys(state, device_id, claims)
-            self._claim(state, device_id, claims)
-        if released:
-            self._wake_waiting(state.name)
-        if result is None:
-            return None
-        same_held = holding.keys() == state.held.keys()
-        self._note_held(state, holding, {d: d for d in devices if d in state.held})
-        if unchanged and same_held:
-            return state.admitted
-        if holding:
-            return {d: device for d, device in devices.items() if d not in holding}
-        return devices
-
-    def _incumbent(self, state: _Resource, advertised_id: str, claims: Claims) -> bool:
-        """Whether the device advertised as `advertised_id` owns its claims already."""
-        me = Owner(state.name, advertised_id)
-        return bool(claims.exclusive) and all(
-            self._exclusive.get(key) == me for key, _, _ in claims.exclusive
-        )
-
-    def _conflict(self, resource: str, device_id: str, claims: Claims) -> _Holding | None:
-        """Why the device cannot own its claims: another owns one of them (or a directory
-        one is below, or one below a directory it mounts), or shares it while the device
-        wants it alone. None: it can."""
-        me = Owner(resource, device_id)
-        for claim in claims.exclusive:
-            why = self._clash(me, claim[0], claim[1], False)
-            if why is not None:
-                return why
-        for claim in claims.shared:
-            why = self._clash(me, claim[0], claim[1], True)
-            if why is not None:
-                return why
-        if self._dirs or any(claim[0][0] == "dir" for claim in claims.all()):
-            return self._contained(me, claims)
-        return None
-
-    def _clash(self, me: Owner, key: ClaimKey, path: str, shared: bool) -> _Holding | None:
-        """Whether `key`, claimed by `me` (shared or not), clashes with another's claim."""
-        owner = self._exclusive.get(key)
-        if owner is not None and owner != me and not self._released_if_gone(key):
-            return _Holding("owned", owner, path)
-        if not shared:
-            sharers = self._shared.get(key)
-            if sharers and (len(sharers) > 1 or me not in sharers):
-                return _Holding("shared", min(sharers - {me}, key=_owner_order), path)
-        return None
-
-    def _contained(self, me: Owner, claims: Claims) -> _Holding | None:
-        """Containment: a claim below a directory another device mounts, or a directory
-        mount with another's claim below it, clashes as if it were the same claim (two
-        shared claims excepted)."""
-        at, below_counts = self._containment()
-        mine = claims.all()
-        for key, path, real in mine:
-            shared = claims.shared != () and key in claims.shared_keys()
-            for directory in ancestors(real):
-                outer = self._dirs.get(directory)
-                if outer is not None:
-                    why = self._clash(me, outer, path, shared)
-                    if why is not None:
-                        return why
-            if key[0] != "dir" or not below_counts.get(real):
-                continue
-            own = sum(
-                1
-                for other_key, _, other_real in mine
-                if other_key in at and below(other_real, real) and self._holds(me, other_key)
-            )
-            if below_counts[real] <= own:
-                continue
-            for inner in [k for k, r in at.items() if below(r, real)]:
-                if inner in at:
-                    why = self._clash(me, inner, path, shared)
-                    if why is not None:
-                        return why
-        return None
-
-    def _holds(self, me: Owner, key: ClaimKey) -> bool:
-        return self._exclusive.get(key) == me or me in self._shared.get(key, ())
-
-    def _containment(self) -> tuple[dict[ClaimKey, str], dict[str, int]]:
-        """The real path of every claim and the counts below each directory, built from
-        the claims on first use."""
-        if self._at is None:
-            self._at = {}
-            for state in self._resources.values():
-                for claims in state.owned.values():
-                    for key, _, real in claims.all():
-                        self._count(key, real)
-                for _, (key, _, real) in state.lingering.values():
-                    self._count(key, real)
-        return self._at, self._below
-
-    def _count(self, key: ClaimKey, real: str) -> None:
-        """A claim is made: its directory is one a claim may be below, and it is below its
-        ancestors."""
-        if key[0] == "dir":
-            self._dirs[real] = key
-        at = self._at
-        if at is None or key in at:
-            return
-        at[key] = real
-        counts = self._below
-        for directory in ancestors(real):
-            counts[directory] = counts.get(directory, 0) + 1
-
-    def _uncount(self, key: ClaimKey) -> None:
-        """A claim is gone (from both maps)."""
-        if key in self._exclusive or key in self._shared:
-            return
-        if key[0] == "dir" and isinstance(key[1], str):
-            self._dirs.pop(key[1], None)
-        real = None if self._at is None else self._at.pop(key, None)
-        if real is None:
-            return
-        counts = self._below
-        for directory in ancestors(real):
-            left = counts[directory] - 1
-            if left:
-                counts[directory] = left
-            else:
-                del counts[directory]
-
-    def _released_if_gone(self, key: ClaimKey) -> bool:
-        """Release a lingering claim whose node is gone; True if it was released."""
-        owner = self._exclusive[key]
-        state = self._resources[owner.resource]
-        lingering = state.lingering.get(key)
-        if lingering is None:
-            return False
-        reached = self._resolve(lingering[1][1])
-        if reached is not None and reached[0] == key:
-            return False
-        self._release_lingering(state, key)
-        return True
-
-    def _release_lingering(self, state: _Resource, key: ClaimKey) -> None:
-        del state.lingering[key]
-        del self._exclusive[key]
-        self._uncount(key)
-        if self._kept.pop(key, None) is not None:
-            self._kept_changed()
-
-    def _prune_gone(self, state: _Resource) -> bool:
-        """Release this resource's lingering claims whose nodes are gone."""
-        return any([self._released_if_gone(key) for key in list(state.lingering)])
-
-    def _claim(
-        self, state: _Resource, device_id: str, claims: Claims, inherited: bool = False
-    ) -> None:
-        me = Owner(state.name, device_id)
-        lingering = state.lingering
-        exclusive = self._exclusive
-        kept = self._kept
-        changed = False
-        for claim in claims.exclusive:
-            key = claim[0]
-            if key not in exclusive:
-                self._count(key, claim[2])
-            exclusive[key] = me
-            if lingering:
-                lingering.pop(key, None)
-            if inherited:
-                if kept.get(key) != (me, claim):
-                    kept[key] = (me, claim)
-                    changed = True
-            elif kept and kept.pop(key, None) is not None:
-                changed = True
-        if changed:
-            self._kept_changed()
-        for key, _, real in claims.shared:
-            sharers = self._shared.get(key)
-            if sharers is None:
-                self._count(key, real)
-                sharers = self._shared[key] = set()
-            sharers.add(me)
-        state.owned[device_id] = claims
-        self._follow(state.name, claims)
-
-    def _release_stale(self, state: _Resource, wanted: Mapping[str, Claims]) -> bool:
-        """Claims of advertised IDs that are gone, or that a device no longer has, linger."""
-        released = False
-        for advertised_id in list(state.owned):
-            new = wanted.get(advertised_id)
-            if new is None:
-                released |= self._unadvertise(state, advertised_id)
-            else:
-                released |= self._drop_keys(state, advertised_id, new)
-        return released
-
-    def _drop_keys(self, state: _Resource, advertised_id: str, new: Claims) -> bool:
-        """An advertised device's claims it no longer makes: exclusive ones linger, shared
-        ones go (True if one did)."""
-        old = state.owned.get(advertised_id)
-        if old is None or old is new:
-            return False
-        me = Owner(state.name, advertised_id)
-        kept = new.exclusive_keys()
-        for claim in old.exclusive:
-            key = claim[0]
-            if key not in kept and self._exclusive.get(key) == me:
-                state.lingering.setdefault(key, (self._clock(), claim))
-        kept = new.shared_keys()
-        return any([self._unshare(claim[0], me) for claim in old.shared if claim[0] not in kept])
-
-    def _unadvertise(self, state: _Resource, advertised_id: str) -> bool:
-        """The device is no longer advertised: its exclusive claims linger, its shared ones
-        go. True if something was released."""
-        old = state.owned.pop(advertised_id, None)
-        if old is None:
-            return False
-        me = Owner(state.name, advertised_id)
-        now = self._clock()
-        for claim in old.exclusive:
-            if self._exclusive.get(claim[0]) == me:
-                state.lingering.setdefault(claim[0], (now, claim))
-        return any([self._unshare(claim[0], me) for claim in old.shared])
-
-    def _unshare(self, key: ClaimKey, owner: Owner) -> bool:
-        sharers = self._shared.get(key)
-        if sharers is None or owner not in sharers:
-            return False
-        sharers.discard(owner)
-        if not sharers:
-            del self._shared[key]
-            self._uncount(key)
-        return True
+            self._fresh.clear()
 
     def _wake_waiting(self, releaser: str) -> None:
         for name, other in self._resources.items():
@@ -929,7 +303,7 @@ class OwnershipIndex:
                 self._pending[name] = None
 
     def _note_held(
-        self, state: _Resource, holding: dict[str, _Holding], ids: Mapping[str, str]
+        self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
     ) -> None:
         log = state.log
         for device_id, why in holding.items():
@@ -958,16 +332,6 @@ class OwnershipIndex:
         state.held = holding
 
 
-class StateSink(Protocol):
-    """Where the index keeps its kept IDs (`state_file.StateFile`)."""
-
-    def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
-
-
-Saved = list[tuple[Owner, Claim]]
-"""Kept claims read back, with their owners."""
-
-
 def read_saved(document: Mapping[str, Any]) -> Saved:
     """The kept claims of `ownership.json` (its `claims`), checked: a `kind` of `c` or `b`
     with a device number, or `path` or `dir` with a path; text resource, device, path and
@@ -986,44 +350,6 @@ def read_saved(document: Mapping[str, Any]) -> Saved:
             raise TypeError(f"a claim's resource, device, path and real must be text: {entry!r}")
         saved.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
     return saved
-
-
-@dataclass(frozen=True)
-class Overlap:
-    """Two devices that reach one node or mount source (what `check` warns about)."""
-
-    path: str
-    first: Owner
-    second: Owner
-
-
-def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -> list[Overlap]:
-    """Every claim two devices would make (not two shared ones), by the index's rules (a
-    claim below a directory another device mounts too): the later device in `devices` order
-    would be held while the first is advertised."""
-    seen: dict[ClaimKey, tuple[Owner, bool]] = {}
-    dirs: list[tuple[str, Owner, bool]] = []
-    made: list[tuple[Claim, Owner, bool]] = []
-    found: list[Overlap] = []
-    for resource, device in devices:
-        me = Owner(resource, device.id)
-        claims = device_claims(device, resolve)
-        for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
-            for claim in mine:
-                key, path, real = claim
-                made.append((claim, me, is_shared))
-                if key[0] == "dir":
-                    dirs.append((real, me, is_shared))
-                known = seen.get(key)
-                if known is None:
-                    seen[key] = (me, is_shared)
-                elif not (is_shared and known[1]):
-                    found.append(Overlap(path, known[0], me))
-    for directory, owner, dir_shared in dirs:
-        for (_, path, real), me, is_shared in made:
-            if me != owner and below(real, directory) and not (is_shared and dir_shared):
-                found.append(Overlap(path, owner, me))
-    return found
 
 
 class _Table(Protocol):

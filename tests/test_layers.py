@@ -31,9 +31,7 @@ SIZE_EXEMPT = frozenset({"config.model"})
 GENERATED = "api"
 NOT_YET_SPLIT = frozenset(
     {
-        "allocation",
         "drivers.scanning",
-        "ownership",
         "sysfs.reader",
     }
 )

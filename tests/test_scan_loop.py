@@ -163,7 +163,8 @@ async def test_a_watched_change_wakes_the_loop_and_an_unchanged_directory_skips_
         old_dir(tmp_path)  # the mtime looks old; the watch says it changed
         watcher.change(str(tmp_path), "b")
         await wait_until(lambda: list(notifier.devices) == ["a", "b"])
-        assert scanner.scans == 2
+        # (a safety-net check between the touch and old_dir may have seen it first)
+        assert scanner.scans in (2, 3)
         assert scanner.seen[1].devices.keys() == {"a"}, "the scan reads what was listed"
     finally:
         task.cancel()

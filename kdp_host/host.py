@@ -172,7 +172,9 @@ class Host:
             )
         features = self.config.node_features
         node_features = (
-            None if features is None else NodeFeatureFile(features.file, self.log, self.offload)
+            None
+            if features is None
+            else NodeFeatureFile(features.file, self.log, self.offload, features.expiry)
         )
         services = HostServices(
             kubelet,

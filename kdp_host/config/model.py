@@ -1091,6 +1091,16 @@ class NodeFeaturesConfig:
         "`/etc/kubernetes/node-feature-discovery/features.d/` (the chart mounts it).",
         default="/etc/kubernetes/node-feature-discovery/features.d/kdp-host",
     )
+    expiry: float = key(
+        "expiry",
+        Duration(1.0),
+        "How long NFD keeps the labels of a kdp-host that stopped refreshing the file "
+        "(killed, its node lost): the file carries NFD's `# +expiry-time=` this far ahead, "
+        "rewritten every third of it. NFD v0.14 or newer honours it (older versions keep the "
+        "labels); NFD drops expired labels at its next rescan, so make it a few of NFD's "
+        "rescan intervals (`sleepInterval`, 60s by default).",
+        default="10m",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

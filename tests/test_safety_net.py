@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.drivers.base import Skipped
-from kdp_host.drivers.scanning import DirWatch, Listed, ScanLoop, ScanResult, ScanSettings
+from kdp_host.drivers.scanner import DirWatch, Listed, ScanResult, ScanSettings
+from kdp_host.drivers.scanning import ScanLoop
 from kdp_host.files import DaemonThreads
 from kdp_host.safety_net import SafetyNet
 from kdp_host.testing import RecordingNotifier, driver_deps

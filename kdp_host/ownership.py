@@ -43,6 +43,8 @@ Rules:
   when the index lets go of its claim: the node is gone, or the device is no longer
   advertised and PodResources (asked `HEARD_AFTER` later) shows no pod holding the ID. While
   the device is advertised under the kept ID the entry stays: a pod may get it at any time.
+  A device waiting on a change of `replicas` is kept there too, and still waits after a
+  restart until PodResources shows no pod holding one of its old IDs.
 """
 
 from __future__ import annotations
@@ -413,6 +415,8 @@ class OwnershipIndex:
                     gone |= before.vanished
                 if gone:
                     state.waits[device_id] = _ReplicaWait(frozenset(gone), now)
+            if state.waits:
+                self._kept_changed()
         state.replicas = replicas
 
         def detach() -> None:
@@ -450,6 +454,7 @@ class OwnershipIndex:
                 if late and not any(replica in held for replica in wait.vanished):
                     del state.waits[device_id]
                     released = True
+                    self._kept_changed()
             for key, (since, _) in list(state.lingering.items()):
                 if holdings.asked_at < since + HEARD_AFTER:
                     continue
@@ -464,11 +469,14 @@ class OwnershipIndex:
     # ------------------------------------------------------------------ kept IDs
 
     def keep_in(self, sink: StateSink, saved: Saved | None) -> None:
-        """Keep the claims of devices advertised under inherited IDs in `sink` from now on,
-        after taking back those `saved` by the last run (before any resource publishes):
-        each lingers with its owner, as if its device had just stopped being advertised."""
+        """Keep the claims of devices advertised under inherited IDs, and the devices waiting
+        on a change of `replicas`, in `sink` from now on, after taking back those `saved` by
+        the last run (before any resource publishes): each claim lingers with its owner, as if
+        its device had just stopped being advertised; each wait starts again."""
         now = self._clock()
-        for owner, claim in saved or ():
+        for resource, device, vanished in saved.waits if saved else ():
+            self._state(resource).waits.setdefault(device, _ReplicaWait(vanished, now))
+        for owner, claim in saved.claims if saved else ():
             key = claim[0]
             if key in self._exclusive:
                 continue
@@ -486,7 +494,13 @@ class OwnershipIndex:
             self._sink.changed(self._kept_document)
 
     def _kept_document(self) -> Mapping[str, Any]:
+        waits = [
+            {"resource": state.name, "device": device, "vanished": sorted(wait.vanished)}
+            for state in self._resources.values()
+            for device, wait in sorted(state.waits.items())
+        ]
         return {
+            "waits": waits,
             "claims": [
                 {
                     "resource": owner.resource,
@@ -500,7 +514,7 @@ class OwnershipIndex:
                     ((claim, owner) for owner, claim in self._kept.values()),
                     key=lambda item: str(item[0][0]),
                 )
-            ]
+            ],
         }
 
     # ------------------------------------------------------------------ publishing
@@ -635,6 +649,7 @@ class OwnershipIndex:
             released |= self._unadvertise(state, advertised_id)
         for advertised_id in [a for a in state.waits if a not in taken]:
             del state.waits[advertised_id]  # gone from the list: nothing left to wait for
+            self._kept_changed()
         self._note_held(state, holding, ids)
         if released:
             self._wake_waiting(name)
@@ -964,15 +979,25 @@ class StateSink(Protocol):
     def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
 
 
-Saved = list[tuple[Owner, Claim]]
-"""Kept claims read back, with their owners."""
+@dataclass(frozen=True)
+class Saved:
+    """What `ownership.json` held: kept claims with their owners, and devices waiting on a
+    change of `replicas` (resource, device, the old advertised IDs a pod may hold)."""
+
+    claims: list[tuple[Owner, Claim]]
+    waits: list[tuple[str, str, frozenset[str]]]
 
 
 def read_saved(document: Mapping[str, Any]) -> Saved:
-    """The kept claims of `ownership.json` (its `claims`), checked: a `kind` of `c` or `b`
-    with a device number, or `path` or `dir` with a path; text resource, device, path and
-    real path."""
-    saved: Saved = []
+    """`ownership.json`, checked: each claim a `kind` of `c` or `b` with a device number, or
+    `path` or `dir` with a path, and text resource, device, path and real path; each wait a
+    text resource and device and a list of text IDs."""
+    saved = Saved([], [])
+    for entry in document.get("waits", ()):
+        names = [entry["resource"], entry["device"], *entry["vanished"]]
+        if not all(isinstance(text, str) and text for text in names):
+            raise TypeError(f"a wait's resource, device and IDs must be text: {entry!r}")
+        saved.waits.append((names[0], names[1], frozenset(names[2:])))
     for entry in document["claims"]:
         kind, value = entry["kind"], entry["key"]
         if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
@@ -984,7 +1009,7 @@ def read_saved(document: Mapping[str, Any]) -> Saved:
         texts = [entry[name] for name in ("resource", "device", "path", "real")]
         if not all(isinstance(text, str) and text for text in texts):
             raise TypeError(f"a claim's resource, device, path and real must be text: {entry!r}")
-        saved.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
+        saved.claims.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
     return saved
 
 

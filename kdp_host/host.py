@@ -44,6 +44,7 @@ from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release_state import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import ResourceRuntime
+from .safety_net import SafetyNet
 from .services import HostServices, RegistryWait
 from .stale_sockets import remove_stale_sockets
 from .state_file import StateFile
@@ -187,6 +188,7 @@ class Host:
             status_changed=self._refresh_readiness,
             registry_wait=self.registry_wait,
             offload=self.offload,
+            safety_net=SafetyNet(self.offload),
             node_features=node_features,
         )
         supervisor = Supervisor(services, self.restart_policy)

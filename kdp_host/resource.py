@@ -106,7 +106,11 @@ class ResourceRuntime:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
         deps = DriverDeps(
-            self.log, services.watcher, offload=services.offload, commands=services.commands
+            self.log,
+            services.watcher,
+            offload=services.offload,
+            commands=services.commands,
+            safety_net=services.safety_net,
         )
         driver = services.drivers(self.config.driver, deps)
         detach = services.ownership.attach(

@@ -17,6 +17,7 @@ from .podresources import PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
 from .protocol.registration import Registrar
 from .release_state import ReleaseStateStore
+from .safety_net import SafetyNet
 from .watch import Watcher
 
 
@@ -44,6 +45,9 @@ class HostServices:
     """Makes each resource's driver (tests pass their own)."""
     offload: Offload = field(default_factory=DaemonThreads)
     """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
+    safety_net: SafetyNet | None = None
+    """The host's one periodic-check timer, shared by every resource (None: each driver
+    makes its own)."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
     """Runs every command of the resources: probes, health checks, preStart, allocate and
     release."""

@@ -9,11 +9,13 @@ change that answer (`DirWatch.watch`). Everything else lives here, once:
   (threads would pile up on a hung file system);
 - **watching**: every directory the last scan named is subscribed to on the host's watcher;
   a change wakes the loop at once (a hot-plug is seen in milliseconds);
-- **the safety net**: every `rescanInterval` (jittered, so many resources do not rescan at
-  once), a rescan runs unless no watched directory changed since the last scan began
-  (`unchanged_since_scan`: one stat per directory); a scanner whose watched directories do
-  not decide everything (sysfs: a device without nodes changes nothing in /dev) asks for a
-  full rescan at least every `full_rescan_every` intervals;
+- **the safety net**: every `rescanInterval`, through the host's one `SafetyNet` (one timer
+  and one thread hop for the checks of every resource due), a rescan runs unless no watched
+  directory changed since the last scan began (`unchanged_since_scan`: one stat per
+  directory); a scanner whose watched directories do not decide everything (sysfs: a device
+  without nodes changes nothing in /dev) asks for a full rescan at least every
+  `full_rescan_every` intervals. When nothing changed, the last list goes to the Notifier
+  again as the same object (it does O(1) work for it) and the loop's task does not wake;
 - **the grace period** (`Tracker`): a device that vanished stays listed, Unhealthy, for
   `gracePeriod`; a device still present that lost one of its nodes (not an optional one)
   is Unhealthy for the grace period, then listed without it (unless it comes back);
@@ -26,13 +28,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
 from ..devices import Device
+from ..safety_net import SafetyNet
 from ..watch import DirSignature, Subscription, dir_signature
 from .base import DriverDeps, DriverError, Notifier, Skipped
 
@@ -41,8 +43,6 @@ FAILURE_THRESHOLD = 3
 MAX_NAMED_CHANGES = 4096
 """Changed paths remembered between two scans; past this (a flood of events) the next scan
 looks at everything instead (bounded memory, and a full scan is cheaper by then)."""
-RESCAN_JITTER = 0.1
-"""Spread the safety-net rescans of many resources instead of running them all at once."""
 RECENT_CHANGE = 2.0
 """A directory modified this recently (seconds) is rescanned even if its signature matches:
 some file systems keep coarse timestamps, so a change right after a scan could hide."""
@@ -150,7 +150,14 @@ class Tracker:
         next_expiry: float | None = None
         extra: dict[str, Device] = {}
         lost_now: dict[str, dict[str, float]] = {}
-        for device_id, device in present.items():
+        # Only devices that are not the very object listed before can have lost a node
+        # (scanners reuse unchanged devices), plus those losing one already: O(changed)
+        # work after one identity pass.
+        listed_before = before.devices.get
+        touched = [i for i, device in present.items() if listed_before(i) is not device]
+        touched.extend(i for i in self._lost if i in present and listed_before(i) is present[i])
+        for device_id in touched:
+            device = present[device_id]
             old = before.devices.get(device_id)
             lost = self._lost.get(device_id)
             if (
@@ -174,9 +181,8 @@ class Tracker:
                 next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
                 extra[device_id] = device.with_health(False) if device.healthy else device
         gone_now: dict[str, float] = {}
-        for device_id, old in before.devices.items():
-            if device_id in present:
-                continue
+        for device_id in before.devices.keys() - present.keys():
+            old = before.devices[device_id]
             since = self._gone_since.get(device_id, now)
             if grace <= 0 or since + grace <= now:
                 continue
@@ -242,6 +248,13 @@ class ScanLoop(Generic[S]):
         self._changes: set[str] | None = None
         """Paths the watcher named since the last scan began (None: unknown, look at all)."""
         self._notices: tuple[Notice, ...] | None = None
+        self._net = deps.safety_net if deps.safety_net is not None else SafetyNet(deps.offload)
+        self._notifier: Notifier | None = None
+        self._grace_running = False
+        self._stepping = False
+        """`run` is scanning or publishing (a safety-net answer then says nothing new)."""
+        self._unchanged_runs = 0
+        """Safety-net checks in a row that found nothing changed (for `full_rescan_every`)."""
 
     async def scan(self) -> list[Device]:
         """One scan, for `kdp-host check`: the devices present, by ID (what it left out is
@@ -368,42 +381,61 @@ class ScanLoop(Generic[S]):
         """Report complete lists until cancelled (see the module docstring)."""
         settings = self.settings
         wake = self._wake
+        self._notifier = notifier
+        leave = self._net.join(
+            settings.rescan_interval,
+            self.unchanged_since_scan,
+            self._checked,
+            timeout=settings.scan_timeout,
+        )
         woken = True
-        unchanged_runs = 0
         try:
             while True:
                 wake.clear()
-                rescan = (
-                    self._last is None
-                    or woken
-                    or (
-                        settings.full_rescan_every is not None
-                        and unchanged_runs >= settings.full_rescan_every
-                    )
-                    or not await self._deps.offload.run(self.unchanged_since_scan)
-                )
-                unchanged_runs = 0 if rescan else unchanged_runs + 1
-                next_expiry = await self.step(notifier, rescan=rescan, incremental=woken)
-                woken = await wait_for_change(
-                    wake, settings.rescan_interval, next_expiry, self._deps.clock
-                )
+                self._stepping = True
+                try:
+                    next_expiry = await self.step(notifier, rescan=woken, incremental=True)
+                finally:
+                    self._stepping = False
+                self._grace_running = next_expiry is not None
+                woken = await wait_for_change(wake, next_expiry, self._deps.clock)
         finally:
+            leave()
+            self._notifier = None
             for subscription in self._subscriptions.values():
                 subscription.cancel()
             self._subscriptions.clear()
             self._watched = frozenset()
 
+    def _checked(self, unchanged: bool) -> None:
+        """The safety net's answer (on the loop): rescan everything if a watched directory
+        changed (or a full rescan is due), else hand the Notifier the same list again."""
+        if self._stepping or self._notifier is None:
+            return  # the loop is looking or publishing now: the next check compares with that
+        full_every = self.settings.full_rescan_every
+        if not unchanged or (full_every is not None and self._unchanged_runs >= full_every):
+            self._unchanged_runs = 0
+            self._changes = None  # the watcher missed something: look at everything
+            self._wake.set()
+            return
+        self._unchanged_runs += 1
+        notifier, last = self._notifier, self._last
+        if last is None or self._grace_running or self._wake.is_set():
+            return  # the loop will look again and publish soon anyway
+        # Nothing changed and no grace period runs: the merge would give the same list.
+        notifier.update(self.tracker.listed.devices, last.skipped)
+
 
 async def wait_for_change(
-    wake: asyncio.Event, interval: float, next_expiry: float | None, clock: Callable[[], float]
+    wake: asyncio.Event, next_expiry: float | None, clock: Callable[[], float]
 ) -> bool:
-    """Wait for a watched change, the jittered safety-net rescan or the next grace expiry,
-    whichever comes first: True when a change woke it."""
-    timeout = interval * random.uniform(1 - RESCAN_JITTER, 1 + RESCAN_JITTER)
-    if next_expiry is not None:
-        timeout = min(timeout, max(0.0, next_expiry - clock()))
+    """Wait for a wake-up (a watched change, the safety net) or the next grace expiry,
+    whichever comes first: True when woken."""
+    if next_expiry is None:
+        await wake.wait()
+        return True
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(max(0.0, next_expiry - clock())):
             await wake.wait()
     except TimeoutError:
         return False

@@ -93,7 +93,7 @@ class Host:
     def __post_init__(self) -> None:
         """Raises SelectionError (a ConfigError) if two entries of a name select this node."""
         self.selection = select_for_node(self.config, self.node)
-        self.ownership = OwnershipIndex(self.metrics)
+        self.ownership = OwnershipIndex(self.metrics, offload=self.offload)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
 

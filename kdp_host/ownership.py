@@ -52,23 +52,34 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .devices import REPLICA_SEPARATOR, Device, replica_ids
+from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
+from .ownership_claims import (
+    Claim,
+    ClaimKey,
+    Claims,
+    Owner,
+    Reached,
+    Resolver,
+    ancestors,
+    below,
+    device_claims,
+    host_paths,
+    owner_order,
+    reach,
+)
+from .ownership_resolve import HUNG, RESOLVE_TIMEOUT, PathResolver, Resolution
 
 if TYPE_CHECKING:
     from .podresources import Holdings
     from .watch import Watcher
-
-ClaimKey = tuple[str, int | str]
-"""('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else (the
-normalised path where nothing is yet)."""
 
 HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
@@ -81,141 +92,19 @@ OWNERSHIP_VERSION = 1
 HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
 
-
-Reached = tuple[ClaimKey, str]
-"""What a host path reaches (its claim) and its real path."""
-
-
-def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
-    """What a host path reaches: a device node by its number, a directory or anything else
-    by its real path; None when nothing is there. Follows links (a link to a node claims the
-    node). With the claim, the real path (what a directory mount contains is below it).
-
-    One lstat for a path that is no link: its real path is its directory's real path
-    (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
-    path is kept as it is (no copy per claim).
-    """
-    try:
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            st = os.stat(path)
-            real = os.path.realpath(path)
-        else:
-            real = _real_path(path, {} if real_dirs is None else real_dirs)
-    except (OSError, ValueError):
-        return None
-    mode = st.st_mode
-    if stat.S_ISCHR(mode):
-        return ("c", st.st_rdev), real
-    if stat.S_ISBLK(mode):
-        return ("b", st.st_rdev), real
-    return ("dir" if stat.S_ISDIR(mode) else "path", real), real
+UNRESOLVED_REASON = "read_timeout"
+"""The `reason` of `kdp_driver_skipped_total` for a device left out because a path of it did
+not resolve in time (a hung file system)."""
 
 
-def _real_path(path: str, real_dirs: dict[str, str]) -> str:
-    """The real path of a path that is no link, from its directory's (cached)."""
-    norm = os.path.normpath(path)
-    parent, name = os.path.split(norm)
-    real_parent = real_dirs.get(parent)
-    if real_parent is None:
-        real_parent = real_dirs[parent] = os.path.realpath(parent)
-    if real_parent == parent:
-        return path if norm == path else norm
-    return os.path.join(real_parent, name)
-
-
-def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
-    """The claim a host path makes (see `reach`), or None when nothing is there."""
-    reached = reach(path, real_dirs)
-    return None if reached is None else reached[0]
-
-
-def describe_key(key: ClaimKey) -> str:
-    """A claim for a log line: `char 240:0`, `block 8:1` or the real path."""
-    kind, value = key
-    if kind in ("c", "b") and isinstance(value, int):
-        return f"{'char' if kind == 'c' else 'block'} {os.major(value)}:{os.minor(value)}"
-    return str(value)
-
-
-def ancestors(real: str) -> Iterator[str]:
-    """The directories a real path is below (`/a/b/c`: `/a/b`, `/a`, `/`)."""
-    end = real.rfind("/")
-    while end > 0:
-        yield real[:end]
-        end = real.rfind("/", 0, end)
-    if end == 0 and len(real) > 1:
-        yield "/"
-
-
-def below(real: str, directory: str) -> bool:
-    """Whether `real` is inside `directory` (not the directory itself)."""
-    if directory == "/":
-        return real.startswith("/") and real != "/"
-    return real.startswith(directory) and real[len(directory) : len(directory) + 1] == "/"
-
-
-Resolver = Callable[[str], "Reached | None"]
-
-
-Claim = tuple[ClaimKey, str, str]
-"""A claim, the host path it was made through and its real path."""
-
-
-@dataclass(frozen=True, slots=True)
-class Claims:
-    """What one device claims, with the host path each claim came from (tuples, not dicts:
-    one of these is kept per device of the host)."""
-
-    exclusive: tuple[Claim, ...]
-    shared: tuple[Claim, ...] = ()
-
-    def exclusive_keys(self) -> frozenset[ClaimKey]:
-        return frozenset(claim[0] for claim in self.exclusive)
-
-    def shared_keys(self) -> frozenset[ClaimKey]:
-        return frozenset(claim[0] for claim in self.shared)
-
-    def all(self) -> tuple[Claim, ...]:
-        return self.exclusive + self.shared if self.shared else self.exclusive
-
-
-def _claim_of(path: str, resolve: Resolver) -> Claim:
-    """A path's claim; a path that does not exist (yet) is claimed by its normalised text."""
-    reached = resolve(path)
-    if reached is None:
-        norm = os.path.normpath(path)
-        return ("path", norm), path, norm
-    return reached[0], path, reached[1]
-
-
-def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
-    """A device's claims: its nodes (shared ones apart) and its mount sources."""
-    path = device.path
-    if not device.mounts and path is not None and device.has_only_node(path, path):
-        return Claims((_claim_of(path, resolve),))  # the common one-node device: no dicts
-    exclusive: dict[ClaimKey, Claim] = {}
-    shared: dict[ClaimKey, Claim] = {}
-    paths = [(n.host_path, n.shared) for n in device.nodes]
-    paths += [(m.host_path, m.shared) for m in device.mounts]
-    for host_path, is_shared in paths:
-        claim = _claim_of(host_path, resolve)
-        (shared if is_shared else exclusive).setdefault(claim[0], claim)
-    for key in exclusive:
-        shared.pop(key, None)
-    return Claims(tuple(exclusive.values()), tuple(shared.values()))
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    resource: str
-    device: str
-    """The ID the kubelet knows the device by."""
+def _batch_reach() -> Resolver:
+    """`reach` with a cache of directories' real paths for one batch."""
+    return functools.partial(reach, real_dirs={})
 
 
 def _through(device: Device, directory: str, paths: set[str] | None) -> bool:
     """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
-    for host_path in [*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts)]:
+    for host_path in host_paths(device):
         if host_path in paths if paths is not None else os.path.dirname(host_path) == directory:
             return True
     return False
@@ -229,10 +118,6 @@ def _advertises(advertised_id: str, device_id: str) -> bool:
     )
 
 
-def _owner_order(owner: Owner) -> tuple[str, str]:
-    return owner.resource, owner.device
-
-
 @dataclass(frozen=True, slots=True)
 class _Holding:
     """Why a device is held: logged and counted once while it stays the same."""
@@ -244,6 +129,8 @@ class _Holding:
     `id_taken` (its ID is the old ID of another device of the resource)."""
     owner: Owner
     path: str
+    key: ClaimKey | None = None
+    """The claim it waits for (a lingering one is checked again before each admission)."""
 
 
 @dataclass
@@ -279,6 +166,13 @@ class _Resource:
     """The replica count its last runtime advertised with."""
     waits: dict[str, _ReplicaWait] = field(default_factory=dict)
     """Devices held after a change of `replicas` while pods may hold their old IDs."""
+    needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Devices of `reported` whose claims must be resolved first, with their host paths."""
+    wanted: set[str] = field(default_factory=set)
+    """Paths to resolve (off the loop) before the next admission."""
+    resolving: asyncio.Task[None] | None = None
+    unresolved: dict[str, str] = field(default_factory=dict)
+    """Devices left out because a path of theirs did not resolve in time, with that path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,11 +197,20 @@ class OwnershipIndex:
         metrics: Metrics | None = None,
         resolve: Resolver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        offload: Offload | None = None,
+        timeout: float = RESOLVE_TIMEOUT,
     ) -> None:
         self._metrics = metrics
-        self._real_dirs: dict[str, str] = {}
-        """Real paths of directories, for one admission (`claim_key`)."""
-        self._resolve: Resolver = resolve or self._claim_key
+        self._paths = PathResolver(
+            (lambda: resolve) if resolve is not None else _batch_reach, offload, timeout
+        )
+        self._fresh: dict[str, Resolution] = {}
+        """Paths resolved for the admissions running now (emptied once they ran)."""
+        self._late: dict[str, set[str]] = {}
+        self._admitting = ""
+        """The resource being admitted."""
+        """Paths of lingering claims an admission met unresolved -> the resources to admit
+        again once they are (with an offload: the claim held meanwhile)."""
         self._clock = clock
         """The PodResources poller's clock (`Holdings.asked_at`)."""
         self._exclusive: dict[ClaimKey, Owner] = {}
@@ -420,8 +323,11 @@ class OwnershipIndex:
         state.replicas = replicas
 
         def detach() -> None:
+            """The runtime stopped: an admission waiting for paths is dropped with it."""
             if state.publish is publish:
                 state.publish = None
+                if state.resolving is not None:
+                    state.resolving.cancel()
 
         return detach
 
@@ -527,9 +433,101 @@ class OwnershipIndex:
         if state.retired:
             return False
         state.reported = devices
-        changed = self._apply(state)
+        changed = self._admit_or_defer(state)
         self._drain()
         return changed
+
+    def _admit_or_defer(self, state: _Resource) -> bool:
+        """Admit `state` now if every path it needs is resolved (inline without an offload),
+        else once they are, off the loop. Returns whether its table changed now."""
+        wanted = self._wanted(state)
+        if wanted:
+            if self._paths.offload is not None:
+                self._defer(state, wanted)
+                return False
+            self._take(state, self._paths.inline(wanted))
+        changed = self._apply(state)
+        state.needs = {}  # (kept only while its paths are resolved: a list can be long)
+        late, self._late = self._late, {}
+        for path, names in late.items():
+            for name in names:
+                self._defer(self._resources[name], {path})
+        return changed
+
+    def _defer(self, state: _Resource, paths: set[str]) -> None:
+        """Resolve `paths` off the loop, then admit `state` again."""
+        state.wanted |= paths
+        if state.resolving is None:
+            state.resolving = asyncio.get_running_loop().create_task(
+                self._resolve_for(state), name=f"claims {state.name}"
+            )
+
+    async def _resolve_for(self, state: _Resource) -> None:
+        """Resolve what `state` waits for off the loop, then admit it."""
+        try:
+            while state.wanted:
+                paths, state.wanted = state.wanted, set()
+                resolved = await self._paths.resolve(paths)
+                if state.retired or state.publish is None:
+                    continue
+                self._take(state, resolved)
+                changed = self._admit_or_defer(state)
+                self._drain()
+                if changed and state.log is not None:  # (as the reporter logs a list it gave)
+                    healthy = sum(1 for device in state.reported.values() if device.healthy)
+                    unhealthy = len(state.reported) - healthy
+                    state.log.info("devices_changed", healthy=healthy, unhealthy=unhealthy)
+        finally:
+            state.resolving = None
+
+    def _take(self, state: _Resource, resolved: Mapping[str, Resolution]) -> None:
+        """Resolutions for the admissions to come; a device a path of which did not answer
+        in time is left out (logged and counted once), until a later list tries again."""
+        self._fresh.update(resolved)
+        unresolved: dict[str, str] = {}
+        for device_id, paths in state.needs.items():
+            hung = next((p for p in paths if resolved.get(p, "") == HUNG), None)
+            if hung is not None:
+                unresolved[device_id] = hung
+        for device_id in unresolved.keys() - state.unresolved.keys():
+            if self._metrics is not None:
+                self._metrics.driver_skipped.labels(state.name, UNRESOLVED_REASON).inc()
+            if state.log is not None:
+                state.log.warning(
+                    "device_path_unresolved",
+                    device=device_id,
+                    path=unresolved[device_id],
+                    timeout=self._paths.timeout,
+                    action="not advertised; tried again with the next list",
+                )
+        state.unresolved = unresolved
+
+    def _wanted(self, state: _Resource) -> set[str]:
+        """The paths the next admission of `state` must have resolved: those of devices whose
+        claims are not known (a walk of the list only when it changed), its lingering claims
+        (gone?), and the lingering claims its held devices wait for."""
+        devices = state.reported
+        needs: dict[str, tuple[str, ...]] = {}
+        if not (
+            state.settled and (devices is state.admitted_from or devices == state.admitted_from)
+        ):
+            cache, before = state.claims, state.admitted_from
+            for device_id, device in devices.items():
+                old = before.get(device_id)
+                if device_id in cache and old is not None and old.same_places(device):
+                    continue
+                needs[device_id] = host_paths(device)
+        state.needs = needs
+        state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}
+        wanted = {path for paths in needs.values() for path in paths}
+        wanted.update(claim[1] for _, claim in state.lingering.values())
+        for why in state.held.values():
+            owner = None if why.key is None else self._exclusive.get(why.key)
+            if owner is not None and why.key is not None:
+                lingering = self._resources[owner.resource].lingering.get(why.key)
+                if lingering is not None:
+                    wanted.add(lingering[1][1])
+        return wanted - self._fresh.keys()
 
     def _state(self, resource: str) -> _Resource:
         state = self._resources.get(resource)
@@ -556,9 +554,10 @@ class OwnershipIndex:
                 del self._pending[name]
                 state = self._resources[name]
                 if state.publish is not None and not state.retired:
-                    self._apply(state)
+                    self._admit_or_defer(state)
         finally:
             self._draining = False
+            self._fresh.clear()
 
     def _claims_of(self, state: _Resource, devices: Mapping[str, Device]) -> dict[str, Claims]:
         """Claims of every device, resolved again only for devices that changed."""
@@ -568,34 +567,40 @@ class OwnershipIndex:
             known = cache.get(device_id)
             old = before.get(device_id)
             if known is None or old is None or not (old is device or old.same_places(device)):
-                known = device_claims(device, self._resolve)
+                known = device_claims(device, self._lookup)
             fresh[device_id] = known
         state.claims = fresh
         return fresh
 
-    def _claim_key(self, path: str) -> Reached | None:
-        return reach(path, self._real_dirs)
+    def _lookup(self, path: str) -> Reached | None:
+        """A path's claim, as resolved for this admission (`_wanted` named every one; a
+        path it did not name, which should not happen, is resolved here)."""
+        if path not in self._fresh:
+            self._fresh.update(self._paths.inline([path]))
+        resolved = self._fresh[path]
+        return None if isinstance(resolved, str) else resolved
 
     def _admit(self, state: _Resource) -> Mapping[str, Device]:
         """What to advertise of `state.reported`. An unchanged list costs what is held and
         what lingers, not a walk of the list: advertised devices own their claims, so only a
         held device (its owner may have gone) or a lingering claim (its node may have gone)
         can change the outcome."""
-        self._real_dirs = {}
+        self._admitting = state.name
         devices = state.reported
+        if state.unresolved:
+            devices = {d: device for d, device in devices.items() if d not in state.unresolved}
         unchanged = state.settled and (
             devices is state.admitted_from or devices == state.admitted_from
         )
         if unchanged and not state.held and not state.lingering and not state.waits:
             return state.admitted
-        admitted = self._admit_changes(state, unchanged)
+        admitted = self._admit_changes(state, devices, unchanged)
         if admitted is None:
-            admitted = self._admit_all(state)
+            admitted = self._admit_all(state, devices)
         state.admitted_from, state.admitted, state.settled = devices, admitted, True
         return admitted
 
-    def _admit_all(self, state: _Resource) -> Mapping[str, Device]:
-        devices = state.reported
+    def _admit_all(self, state: _Resource, devices: Mapping[str, Device]) -> Mapping[str, Device]:
         name = state.name
         released = self._prune_gone(state)
         claims = self._claims_of(state, devices)
@@ -658,7 +663,9 @@ class OwnershipIndex:
             return devices
         return admitted
 
-    def _admit_changes(self, state: _Resource, unchanged: bool) -> Mapping[str, Device] | None:
+    def _admit_changes(
+        self, state: _Resource, devices: Mapping[str, Device], unchanged: bool
+    ) -> Mapping[str, Device] | None:
         """The common case in O(changed) claim work: every device the last admission
         advertised kept its own ID, and nothing waits on replicas. Devices that changed, and
         those held last time, are admitted or held one by one (with `unchanged`, the list is
@@ -667,7 +674,6 @@ class OwnershipIndex:
         admission, which starts from what this did. Returns what to advertise, or None."""
         if not state.plain or state.waits:
             return None
-        devices = state.reported
         cache, before = state.claims, state.admitted_from
         dirty = [d for d in state.held if d in devices]
         released = self._prune_gone(state)
@@ -695,7 +701,7 @@ class OwnershipIndex:
                 if device_id not in state.held:
                     continue  # health or env changed: it owns its claims
             else:
-                claims = cache[device_id] = device_claims(device, self._resolve)
+                claims = cache[device_id] = device_claims(device, self._lookup)
             owned = state.owned.get(device_id)
             if owned is not None and not owned.exclusive_keys() <= claims.exclusive_keys():
                 result = None  # it lets go of a node, which may keep its ID
@@ -750,11 +756,11 @@ class OwnershipIndex:
         """Whether `key`, claimed by `me` (shared or not), clashes with another's claim."""
         owner = self._exclusive.get(key)
         if owner is not None and owner != me and not self._released_if_gone(key):
-            return _Holding("owned", owner, path)
+            return _Holding("owned", owner, path, key)
         if not shared:
             sharers = self._shared.get(key)
             if sharers and (len(sharers) > 1 or me not in sharers):
-                return _Holding("shared", min(sharers - {me}, key=_owner_order), path)
+                return _Holding("shared", min(sharers - {me}, key=owner_order), path)
         return None
 
     def _contained(self, me: Owner, claims: Claims) -> _Holding | None:
@@ -840,9 +846,15 @@ class OwnershipIndex:
         lingering = state.lingering.get(key)
         if lingering is None:
             return False
-        reached = self._resolve(lingering[1][1])
-        if reached is not None and reached[0] == key:
-            return False
+        path = lingering[1][1]
+        if path not in self._fresh:
+            if self._paths.offload is not None:
+                self._late.setdefault(path, set()).add(self._admitting)
+                return False  # not known yet: it holds until it is
+            self._fresh.update(self._paths.inline([path]))
+        reached = self._fresh[path]
+        if isinstance(reached, str) or (reached is not None and reached[0] == key):
+            return False  # (no answer in time: it holds)
         self._release_lingering(state, key)
         return True
 
@@ -1011,44 +1023,6 @@ def read_saved(document: Mapping[str, Any]) -> Saved:
             raise TypeError(f"a claim's resource, device, path and real must be text: {entry!r}")
         saved.claims.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
     return saved
-
-
-@dataclass(frozen=True)
-class Overlap:
-    """Two devices that reach one node or mount source (what `check` warns about)."""
-
-    path: str
-    first: Owner
-    second: Owner
-
-
-def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -> list[Overlap]:
-    """Every claim two devices would make (not two shared ones), by the index's rules (a
-    claim below a directory another device mounts too): the later device in `devices` order
-    would be held while the first is advertised."""
-    seen: dict[ClaimKey, tuple[Owner, bool]] = {}
-    dirs: list[tuple[str, Owner, bool]] = []
-    made: list[tuple[Claim, Owner, bool]] = []
-    found: list[Overlap] = []
-    for resource, device in devices:
-        me = Owner(resource, device.id)
-        claims = device_claims(device, resolve)
-        for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
-            for claim in mine:
-                key, path, real = claim
-                made.append((claim, me, is_shared))
-                if key[0] == "dir":
-                    dirs.append((real, me, is_shared))
-                known = seen.get(key)
-                if known is None:
-                    seen[key] = (me, is_shared)
-                elif not (is_shared and known[1]):
-                    found.append(Overlap(path, known[0], me))
-    for directory, owner, dir_shared in dirs:
-        for (_, path, real), me, is_shared in made:
-            if me != owner and below(real, directory) and not (is_shared and dir_shared):
-                found.append(Overlap(path, owner, me))
-    return found
 
 
 class _Table(Protocol):

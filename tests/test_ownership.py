@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,24 +23,23 @@ from kdp_host.drivers import DriverDeps, make_driver
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.ownership import (
-    OWNERSHIP_FILE,
-    OWNERSHIP_VERSION,
+from kdp_host.ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex, read_saved
+from kdp_host.ownership_claims import (
     ClaimKey,
-    OwnershipIndex,
     Reached,
     Resolver,
     claim_key,
     device_claims,
     overlaps,
     reach,
-    read_saved,
 )
 from kdp_host.podresources import Holder, Holdings
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.state_file import StateFile
 from kdp_host.testing import ManualWatcher
 from kdp_host.watch import PollingWatcher
+
+from .conftest import wait_until
 
 R1, R2, R3 = "t.io/a", "t.io/b", "t.io/c"
 
@@ -294,6 +294,61 @@ async def test_a_node_replaced_at_its_path_is_claimed_by_its_new_number() -> Non
     await asyncio.sleep(0)  # the recheck runs once the burst is over (call_soon)
     host.publish(R2, node("/dev/by-id/other"))
     assert host.ids(R1) == ["fpga0"] and host.ids(R2) == [] and host.held(R2) == 1
+
+
+async def test_a_path_that_hangs_is_left_out_and_stalls_nothing() -> None:
+    """Claims are resolved off the loop through the host's offload, bounded by a timeout: a
+    probe naming a path on a hung file system leaves that device out (logged, counted as
+    `read_timeout`) while the rest of its list and every other resource go on; the next
+    list tries again without a second thread stuck on the same path, and once the path
+    answers the device is advertised."""
+    nodes = FakeNodes({"/nfs/dead": ("path", "/nfs/dead"), "/dev/a": ("c", 1)})
+    nodes.nodes.update({"/dev/b": ("c", 2), "/dev/c": ("c", 3)})
+    answer = threading.Event()
+    calls: list[str] = []
+
+    def resolve(path: str) -> Reached | None:
+        calls.append(path)
+        if path == "/nfs/dead":
+            answer.wait(60)  # a hung file system, until the test lets it answer
+        return nodes(path)
+
+    metrics = Metrics()
+    index = OwnershipIndex(metrics, resolve, offload=DaemonThreads(), timeout=0.2)
+    tables = {R1: DeviceTable(), R2: DeviceTable()}
+    detach = [
+        index.attach(name, table.publish, get_logger().bind(resource=name))
+        for name, table in tables.items()
+    ]
+
+    def ids(name: str) -> list[str]:
+        return [d.id for d in tables[name].snapshot.devices]
+
+    def timeouts() -> float:
+        labels = {"resource": R1, "reason": "read_timeout"}
+        return metrics.registry.get_sample_value("kdp_driver_skipped_total", labels) or 0.0
+
+    try:
+        index.publish(R1, {"a": dev("a", "/dev/a"), "dead": dev("dead", "/nfs/dead")})
+        index.publish(R2, {"b": dev("b", "/dev/b")})
+        await wait_until(lambda: ids(R1) == ["a"] and ids(R2) == ["b"], timeout=20)
+        assert timeouts() == 1
+        calls.clear()
+        devices = {"a": dev("a", "/dev/a"), "c": dev("c", "/dev/c")}
+        index.publish(R1, {**devices, "dead": dev("dead", "/nfs/dead")})
+        await wait_until(lambda: ids(R1) == ["a", "c"], timeout=20)
+        assert "/nfs/dead" not in calls and timeouts() == 1
+        answer.set()
+
+        def rescanned() -> bool:
+            index.publish(R1, {**devices, "dead": dev("dead", "/nfs/dead")})  # the next list
+            return ids(R1) == ["a", "c", "dead"]
+
+        await wait_until(rescanned, timeout=20)
+    finally:
+        answer.set()
+        for stop in detach:
+            stop()  # (a runtime that stops drops an admission waiting for paths)
 
 
 def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) -> None:

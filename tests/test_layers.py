@@ -33,7 +33,6 @@ NOT_YET_SPLIT = frozenset(
     {
         "allocation",
         "drivers.scanning",
-        "ownership",
         "sysfs.reader",
     }
 )

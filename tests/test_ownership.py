@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -349,6 +350,25 @@ async def test_a_path_that_hangs_is_left_out_and_stalls_nothing() -> None:
         answer.set()
         for stop in detach:
             stop()  # (a runtime that stops drops an admission waiting for paths)
+
+
+async def test_a_long_batch_or_a_busy_offload_is_no_hang() -> None:
+    """The timeout is per path: a batch of many paths, each answering within it, takes
+    longer than the timeout in all and loses none of them."""
+    nodes = FakeNodes({f"/dev/n{i}": ("c", i) for i in range(12)})
+
+    def slow(path: str) -> Reached | None:
+        time.sleep(0.03)  # a slow file system, not a hung one (12 x 0.03 s > 0.2 s)
+        return nodes(path)
+
+    index = OwnershipIndex(Metrics(), slow, offload=DaemonThreads(), timeout=0.2)
+    table = DeviceTable()
+    detach = index.attach(R1, table.publish, get_logger().bind(resource=R1))
+    try:
+        index.publish(R1, {f"n{i}": node(f"/dev/n{i}") for i in range(12)})
+        await wait_until(lambda: len(table.snapshot.devices) == 12, timeout=20)
+    finally:
+        detach()
 
 
 def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import os
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -40,8 +41,8 @@ STUCK_PER_BATCH: Final = 3
 MAX_STUCK: Final = 4
 """Workers stuck on paths at once beyond which a path given up on before is not tried."""
 
-QUEUED_LIMIT: Final = 10
-"""Timeouts a batch may wait for a worker (every one busy) before it is given up."""
+QUEUED_LIMIT: Final = 30.0
+"""Seconds a batch may wait for a worker (every one busy) before it is given up."""
 
 HUNG: Final = "hung"
 Resolution = Reached | None | Literal["hung"]
@@ -60,8 +61,9 @@ class PathResolver:
     _stuck: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     """Paths a worker is still stuck on, with that worker's call."""
     _suspect: set[str] = field(default_factory=set)
-    """Paths given up on (HUNG) and not resolved since: tried last, and not at all while
-    MAX_STUCK workers are stuck."""
+    """Directories of paths a worker got stuck on, none of whose paths resolved since: their
+    paths are tried last, and not at all while MAX_STUCK workers are stuck (a dead file
+    system must not take every worker of the offload)."""
 
     def inline(self, paths: Collection[str]) -> dict[str, Resolution]:
         resolve = self.resolver()
@@ -76,9 +78,9 @@ class PathResolver:
         results: dict[str, Resolution] = {path: HUNG for path in paths if path in self._stuck}
         crowded = len(set(self._stuck.values())) >= MAX_STUCK
         for path in paths:
-            if crowded and path in self._suspect:
+            if crowded and self._suspected(path):
                 results[path] = HUNG  # (no more workers for a file system that hangs)
-        todo = sorted((p for p in paths if p not in results), key=self._suspect.__contains__)
+        todo = sorted((p for p in paths if p not in results), key=self._suspected)
         for _ in range(STUCK_PER_BATCH):
             if not todo:
                 break
@@ -92,17 +94,18 @@ class PathResolver:
                 path, since = current[0]
                 if path and time.monotonic() - since >= self.timeout:
                     break
-                if not path and waited >= QUEUED_LIMIT * self.timeout:
+                if not path and waited >= QUEUED_LIMIT:
                     break  # never started: every worker is taken
             results.update(dict(done))  # (the worker may add to `done` later: not read again)
-            self._suspect.difference_update(done)
+            if self._suspect:
+                self._suspect.difference_update(os.path.dirname(path) for path in done)
             if call.done():
                 call.result()
                 return results
             stuck = current[0][0]
             if stuck:
                 results[stuck] = HUNG
-                self._suspect.add(stuck)
+                self._suspect.add(os.path.dirname(stuck))
                 self._stuck[stuck] = call
                 call.add_done_callback(functools.partial(self._unstuck, stuck))
             else:
@@ -110,8 +113,10 @@ class PathResolver:
                 break
             todo = [path for path in todo if path not in results]
         results.update(dict.fromkeys(todo, HUNG))
-        self._suspect.update(todo)
         return results
+
+    def _suspected(self, path: str) -> bool:
+        return bool(self._suspect) and os.path.dirname(path) in self._suspect
 
     def _batch(
         self, todo: list[str], done: dict[str, Resolution], current: list[tuple[str, float]]

@@ -31,7 +31,6 @@ SIZE_EXEMPT = frozenset({"config.model"})
 GENERATED = "api"
 NOT_YET_SPLIT = frozenset(
     {
-        "allocation",
         "drivers.scanning",
         "sysfs.reader",
     }

@@ -3,6 +3,7 @@ failure policy, log lines and metrics."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
@@ -11,6 +12,8 @@ from ..logs import EventLogger
 from ..metrics import Metrics
 from ..rules import LIST_SEPARATOR, device_path_problem
 from .base import DriverError, Skipped
+
+_HEALTHY = operator.attrgetter("healthy")
 
 
 class DeviceSink(Protocol):
@@ -71,7 +74,7 @@ class DeviceReporter:
             skipped = [*skipped, *(item for _, item in unlistable)]
         if self._sink.publish(devices):
             values = devices.values() if isinstance(devices, Mapping) else devices
-            healthy = sum(1 for device in values if device.healthy)
+            healthy = sum(map(_HEALTHY, values))
             self._log.info("devices_changed", healthy=healthy, unhealthy=len(devices) - healthy)
         self._note_skipped(frozenset(skipped))
         self._note_flood_end()

@@ -174,7 +174,7 @@ def advertised_by(entry: dict[str, Any], devices: Sequence[SysfsDevice]) -> tupl
     """The kernel names of the devices `entry` would advertise among `devices`: the entry
     read by the config loader and matched by the driver, as if pasted into a config."""
     from ..config import SysfsDriverConfig, load_config_text
-    from ..drivers.sysfs import advertised_devices
+    from ..drivers.sysfs_advertised import advertised_devices
 
     driver = load_config_text(json.dumps({"resources": [entry]})).resources[0].driver
     assert isinstance(driver, SysfsDriverConfig)

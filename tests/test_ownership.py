@@ -755,10 +755,39 @@ async def test_a_kept_id_goes_when_its_node_goes_or_no_pod_holds_it(tmp_path: Pa
     assert kept_devices(tmp_path) == ["b"], "a's node is gone, no pod holds c"
 
 
+async def test_a_replica_wait_survives_a_restart(tmp_path: Path) -> None:
+    now = [100.0]
+    nodes = FakeNodes({"/dev/a": ("c", 1)})
+
+    def run(host: Host, replicas: int) -> DeviceTable:
+        table = host.tables[R1] = DeviceTable(replicas=replicas)
+        host.index.attach(R1, table.publish, get_logger(), replicas=replicas)
+        host.index.publish(R1, {"a": dev("a", "/dev/a")})
+        return table
+
+    first, state = restarted(tmp_path, nodes, now)
+    run(first, 1)
+    assert [e.id for e in run(first, 2).snapshot.advertised] == [], "a pod may hold a"
+    await asyncio.wait_for(state.flush(), 30)
+
+    second, state = restarted(tmp_path, nodes, now)  # SIGKILL, start with replicas: 2
+    table = run(second, 2)
+    assert [e.id for e in table.snapshot.advertised] == []
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a": (Holder("n", "p", "c", 0.0),)}}))
+    assert [e.id for e in table.snapshot.advertised] == []
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert [e.id for e in table.snapshot.advertised] == ["a::0", "a::1"]
+    await asyncio.wait_for(state.flush(), 30)
+    assert json.loads((tmp_path / OWNERSHIP_FILE).read_text())["waits"] == []
+
+
 @pytest.mark.parametrize(
     "text",
     [
         "{not json",
+        '{"version": 1, "claims": [], "waits": [{"resource": "t.io/a", "device": "a", '
+        '"vanished": [1]}]}',
+        '{"version": 1, "claims": [], "waits": [{"resource": "t.io/a", "vanished": []}]}',
         '{"version": 2, "claims": []}',
         '{"version": 1}',
         '{"version": 1, "claims": [{"resource": "t.io/a", "device": "a", "kind": "c", '

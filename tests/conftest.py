@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from kdp_host.config import Config, load_config_text
 from kdp_host.devices import DeviceTable, Snapshot
@@ -24,12 +26,36 @@ from kdp_host.simulator import KubeletSimulator
 from .kubelet_harness import RealKubelet, harness_binary, missing_reason
 
 
+def in_ci() -> bool:
+    """Whether the suite runs in CI (`.ci/run` runs it with CI=true)."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+# Hypothesis: in CI every run tries the same examples (derandomize: a red CI is a property
+# that fails, never the luck of a draw; no timing deadline on a loaded machine); local runs
+# keep exploring with fresh random examples. A counter-example found either way is kept in
+# its test as an @example, so every later run tries it first.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("ci" if in_ci() else "default")
+
+
 def script(directory: Path, name: str, body: str) -> str:
     """An executable /bin/sh script in `directory`; returns its path."""
     path = directory / name
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(0o755)
     return str(path)
+
+
+def process_gone(pid: int) -> bool:
+    """The process no longer runs: gone, or a zombie waiting for its reaper (this test
+    process may not be it). A process that exits while its stat is read is gone too: the
+    read then fails with ESRCH (ProcessLookupError), not ENOENT."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
 
 
 @pytest.fixture

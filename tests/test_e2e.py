@@ -283,7 +283,9 @@ async def test_rolling_upgrade_with_surge_recovers_from_the_stale_stream_disconn
     """Two instances overlap (maxSurge). The new one registers, then the old one stops: its
     stream ends after the new registration, and the kubelet disconnects the *new* client
     (docs/kubelet-contract.md §9). The new instance sees the kubelet close its stream and
-    registers again."""
+    registers again. That client's own stream end may come after the new registration and
+    disconnect it in turn (the kubelet's runClient does so): however often, the new instance
+    registers again until the kubelet keeps one client, its own."""
     config = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
     old = await start_host(config)
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
@@ -292,13 +294,15 @@ async def test_rolling_upgrade_with_surge_recovers_from_the_stale_stream_disconn
     new_socket = new.host.resources[FPGA].socket_path
     await kubelet.wait_for(lambda: kubelet.plugin_clients().get(FPGA) == Path(new_socket))
     await old.shutdown()
-    await kubelet.wait_for(lambda: kubelet.stale_disconnects == 1, timeout=5)
+    await kubelet.wait_for(lambda: kubelet.stale_disconnects >= 1, timeout=30)
     await kubelet.wait_for(
         lambda: (
-            kubelet.resource(FPGA).registrations == 3 and kubelet.resource(FPGA).allocatable == 2
+            kubelet.clients_running(FPGA) == 1
+            and kubelet.resource(FPGA).registrations == 2 + kubelet.stale_disconnects
+            and kubelet.resource(FPGA).allocatable == 2
         ),
-        timeout=10,
-        description="the new instance registered again",
+        timeout=30,
+        description="the new instance registered again after every disconnect",
     )
     assert kubelet.plugin_clients()[FPGA] == Path(new_socket)
     await kubelet.allocate(FPGA, 1)

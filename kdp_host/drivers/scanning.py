@@ -81,6 +81,9 @@ class ScanLoop(Generic[S]):
         """`run` is scanning or publishing (a safety-net answer then says nothing new)."""
         self._unchanged_runs = 0
         """Safety-net checks in a row that found nothing changed (for `full_rescan_every`)."""
+        self._scans_started = 0
+        self._check_began = 0
+        """`_scans_started` when the last safety-net check began (set off the loop)."""
 
     async def scan(self) -> list[Device]:
         """One scan, for `kdp-host check`: the devices present, by ID (what it left out is
@@ -103,6 +106,7 @@ class ScanLoop(Generic[S]):
             changes = self._changes if incremental else None
             changed = frozenset(changes) if changes is not None else None
             self._changes = set()
+            self._scans_started += 1
             self._pending = asyncio.ensure_future(
                 self._deps.offload.run(lambda: self._scan_sync(listed, watched, changed))
             )
@@ -141,6 +145,7 @@ class ScanLoop(Generic[S]):
     def unchanged_since_scan(self) -> bool:
         """Whether no watched directory changed since the last scan began (so a rescan
         would find the same). Blocking: one stat per directory."""
+        self._check_began = self._scans_started
         signatures = self._signatures
         watched = self._watched
         if self._last is None or not watched <= signatures.keys():
@@ -238,6 +243,11 @@ class ScanLoop(Generic[S]):
         changed (or a full rescan is due), else hand the Notifier the same list again."""
         if self._stepping or self._notifier is None:
             return  # the loop is looking or publishing now: the next check compares with that
+        if not unchanged and self._check_began != self._scans_started:
+            # A scan began after this check did: it read what the check saw (a change after
+            # it differs from that scan's signatures: the next check finds it). Rescanning
+            # again would read the same change twice.
+            return
         full_every = self.settings.full_rescan_every
         if not unchanged or (full_every is not None and self._unchanged_runs >= full_every):
             self._unchanged_runs = 0

@@ -43,6 +43,8 @@ Rules:
   when the index lets go of its claim: the node is gone, or the device is no longer
   advertised and PodResources (asked `HEARD_AFTER` later) shows no pod holding the ID. While
   the device is advertised under the kept ID the entry stays: a pod may get it at any time.
+  A device waiting on a change of `replicas` is kept there too, and still waits after a
+  restart until PodResources shows no pod holding one of its old IDs.
 """
 
 from __future__ import annotations
@@ -207,6 +209,8 @@ class OwnershipIndex(Resolving):
                     gone |= before.vanished
                 if gone:
                     state.waits[device_id] = ReplicaWait(frozenset(gone), now)
+            if state.waits:
+                self._kept_changed()
         state.replicas = replicas
 
         def detach() -> None:
@@ -246,6 +250,7 @@ class OwnershipIndex(Resolving):
                 late = holdings.asked_at >= wait.since + HEARD_AFTER
                 if late and not any(replica in held for replica in wait.vanished):
                     del state.waits[device_id]
+                    self._kept_changed()
                     released = True
             for key, (since, _) in list(state.lingering.items()):
                 if holdings.asked_at < since + HEARD_AFTER:
@@ -333,10 +338,15 @@ class OwnershipIndex(Resolving):
 
 
 def read_saved(document: Mapping[str, Any]) -> Saved:
-    """The kept claims of `ownership.json` (its `claims`), checked: a `kind` of `c` or `b`
-    with a device number, or `path` or `dir` with a path; text resource, device, path and
-    real path."""
-    saved: Saved = []
+    """`ownership.json`, checked: each claim a `kind` of `c` or `b` with a device number, or
+    `path` or `dir` with a path, and text resource, device, path and real path; each wait a
+    text resource and device and a list of text IDs."""
+    saved = Saved([], [])
+    for entry in document.get("waits", ()):
+        names = [entry["resource"], entry["device"], *entry["vanished"]]
+        if not all(isinstance(text, str) and text for text in names):
+            raise TypeError(f"a wait's resource, device and IDs must be text: {entry!r}")
+        saved.waits.append((names[0], names[1], frozenset(names[2:])))
     for entry in document["claims"]:
         kind, value = entry["kind"], entry["key"]
         if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
@@ -348,7 +358,7 @@ def read_saved(document: Mapping[str, Any]) -> Saved:
         texts = [entry[name] for name in ("resource", "device", "path", "real")]
         if not all(isinstance(text, str) and text for text in texts):
             raise TypeError(f"a claim's resource, device, path and real must be text: {entry!r}")
-        saved.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
+        saved.claims.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
     return saved
 
 

@@ -123,6 +123,7 @@ class Admission(ClaimTable):
             released |= self._unadvertise(state, advertised_id)
         for advertised_id in [a for a in state.waits if a not in taken]:
             del state.waits[advertised_id]  # gone from the list: nothing left to wait for
+            self._kept_changed()
         self._note_held(state, holding, ids)
         if released:
             self._wake_waiting(name)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import os
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -36,6 +38,12 @@ RESOLVE_TIMEOUT: Final = 2.0
 STUCK_PER_BATCH: Final = 3
 """Hung paths one batch steps over before it gives the rest up until the next list."""
 
+MAX_STUCK: Final = 4
+"""Workers stuck on paths at once beyond which a path given up on before is not tried."""
+
+QUEUED_LIMIT: Final = 30.0
+"""Seconds a batch may wait for a worker (every one busy) before it is given up."""
+
 HUNG: Final = "hung"
 Resolution = Reached | None | Literal["hung"]
 """What a path reaches, None (nothing there), or HUNG (no answer in time)."""
@@ -52,45 +60,72 @@ class PathResolver:
     timeout: float = RESOLVE_TIMEOUT
     _stuck: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     """Paths a worker is still stuck on, with that worker's call."""
+    _suspect: set[str] = field(default_factory=set)
+    """Directories of paths a worker got stuck on, none of whose paths resolved since: their
+    paths are tried last, and not at all while MAX_STUCK workers are stuck (a dead file
+    system must not take every worker of the offload)."""
 
     def inline(self, paths: Collection[str]) -> dict[str, Resolution]:
         resolve = self.resolver()
         return {path: resolve(path) for path in paths}
 
     async def resolve(self, paths: Collection[str]) -> dict[str, Resolution]:
-        """Every path's resolution, through the offload: a path the worker is still on when
-        the timeout ends is HUNG, and the others go on in a new batch (after
-        STUCK_PER_BATCH hung paths, the rest are HUNG too, until the next list)."""
+        """Every path's resolution, through the offload. A path the worker has been on for
+        the whole timeout is HUNG, and the others go on in a new batch; after
+        STUCK_PER_BATCH such paths the rest are HUNG too, until the next list. (Time a
+        batch waits for a worker, or spends on other paths, is no hang.)"""
         assert self.offload is not None
         results: dict[str, Resolution] = {path: HUNG for path in paths if path in self._stuck}
-        todo = [path for path in paths if path not in results]
+        crowded = len(set(self._stuck.values())) >= MAX_STUCK
+        for path in paths:
+            if crowded and self._suspected(path):
+                results[path] = HUNG  # (no more workers for a file system that hangs)
+        todo = sorted((p for p in paths if p not in results), key=self._suspected)
         for _ in range(STUCK_PER_BATCH):
             if not todo:
                 break
             done: dict[str, Resolution] = {}
-            current = [""]
+            current = [("", 0.0)]
             call = asyncio.ensure_future(self.offload.run(self._batch(todo, done, current)))
-            finished, _ = await asyncio.wait({call}, timeout=self.timeout)
+            waited = 0.0
+            while not call.done():
+                await asyncio.wait({call}, timeout=self.timeout)
+                waited += self.timeout
+                path, since = current[0]
+                if path and time.monotonic() - since >= self.timeout:
+                    break
+                if not path and waited >= QUEUED_LIMIT:
+                    break  # never started: every worker is taken
             results.update(dict(done))  # (the worker may add to `done` later: not read again)
-            if finished:
+            if self._suspect:
+                self._suspect.difference_update(os.path.dirname(path) for path in done)
+            if call.done():
                 call.result()
                 return results
-            stuck = current[0]
-            results[stuck] = HUNG
-            self._stuck[stuck] = call
-            call.add_done_callback(functools.partial(self._unstuck, stuck))
+            stuck = current[0][0]
+            if stuck:
+                results[stuck] = HUNG
+                self._suspect.add(os.path.dirname(stuck))
+                self._stuck[stuck] = call
+                call.add_done_callback(functools.partial(self._unstuck, stuck))
+            else:
+                call.cancel()
+                break
             todo = [path for path in todo if path not in results]
         results.update(dict.fromkeys(todo, HUNG))
         return results
 
+    def _suspected(self, path: str) -> bool:
+        return bool(self._suspect) and os.path.dirname(path) in self._suspect
+
     def _batch(
-        self, todo: list[str], done: dict[str, Resolution], current: list[str]
+        self, todo: list[str], done: dict[str, Resolution], current: list[tuple[str, float]]
     ) -> Callable[[], None]:
         resolve = self.resolver()
 
         def run() -> None:
             for path in todo:
-                current[0] = path
+                current[0] = (path, time.monotonic())
                 done[path] = resolve(path)
 
         return run

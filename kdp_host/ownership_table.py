@@ -89,8 +89,13 @@ class StateSink(Protocol):
     def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
 
 
-Saved = list[tuple[Owner, Claim]]
-"""Kept claims read back, with their owners."""
+@dataclass(frozen=True)
+class Saved:
+    """What `ownership.json` held: kept claims with their owners, and devices waiting on a
+    change of `replicas` (resource, device, the old advertised IDs a pod may hold)."""
+
+    claims: list[tuple[Owner, Claim]]
+    waits: list[tuple[str, str, frozenset[str]]]
 
 
 class ClaimTable(abc.ABC):
@@ -131,11 +136,14 @@ class ClaimTable(abc.ABC):
         """`resource` claimed `claims`: follow their paths for changes."""
 
     def keep_in(self, sink: StateSink, saved: Saved | None) -> None:
-        """Keep the claims of devices advertised under inherited IDs in `sink` from now on,
-        after taking back those `saved` by the last run (before any resource publishes):
-        each lingers with its owner, as if its device had just stopped being advertised."""
+        """Keep the claims of devices advertised under inherited IDs, and the devices waiting
+        on a change of `replicas`, in `sink` from now on, after taking back those `saved` by
+        the last run (before any resource publishes): each claim lingers with its owner, as if
+        its device had just stopped being advertised; each wait starts again."""
         now = self._clock()
-        for owner, claim in saved or ():
+        for resource, device, vanished in saved.waits if saved else ():
+            self._state(resource).waits.setdefault(device, ReplicaWait(vanished, now))
+        for owner, claim in saved.claims if saved else ():
             key = claim[0]
             if key in self._exclusive:
                 continue
@@ -153,7 +161,13 @@ class ClaimTable(abc.ABC):
             self._sink.changed(self._kept_document)
 
     def _kept_document(self) -> Mapping[str, Any]:
+        waits = [
+            {"resource": state.name, "device": device, "vanished": sorted(wait.vanished)}
+            for state in self._resources.values()
+            for device, wait in sorted(state.waits.items())
+        ]
         return {
+            "waits": waits,
             "claims": [
                 {
                     "resource": owner.resource,
@@ -167,7 +181,7 @@ class ClaimTable(abc.ABC):
                     ((claim, owner) for owner, claim in self._kept.values()),
                     key=lambda item: str(item[0][0]),
                 )
-            ]
+            ],
         }
 
     def _incumbent(self, state: ResourceState, advertised_id: str, claims: Claims) -> bool:

@@ -538,8 +538,8 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     assert m["sys"] == {"name": "sys", "mountPath": "/sys", "readOnly": True}
     assert v["sys"]["hostPath"]["path"] == "/sys"
     assert m["config"] == {"name": "config", "mountPath": "/etc/kdp-host", "readOnly": True}
-    # PodResources (who holds each device) is read by default; no resource has `release`,
-    # so no state directory is mounted
+    # PodResources (who holds each device) is read by default; the state directory is
+    # mounted whatever the resources (the IDs a reload kept must outlive the pod)
     pod_resources = "/var/lib/kubelet/pod-resources"
     assert m["pod-resources"] == {
         "name": "pod-resources",
@@ -547,7 +547,8 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
         "readOnly": True,
     }
     assert v["pod-resources"]["hostPath"] == {"path": pod_resources, "type": "DirectoryOrCreate"}
-    assert "state" not in m and "state" not in v
+    assert m["state"] == {"name": "state", "mountPath": "/var/lib/kdp-host"}
+    assert v["state"]["hostPath"] == {"path": "/var/lib/kdp-host", "type": "DirectoryOrCreate"}
     (source,) = v["config"]["projected"]["sources"]
     assert source["configMap"]["name"] == one(docs, "ConfigMap", "-config")["metadata"]["name"]
     assert source["configMap"]["items"] == [{"key": "config.yaml", "path": "config.yaml"}]

@@ -10,7 +10,8 @@ import random
 import pytest
 
 from kdp_host.devices import Device, DeviceNode, DeviceTable
-from kdp_host.drivers.scanning import ScanResult, Tracker
+from kdp_host.drivers.grace import Tracker
+from kdp_host.drivers.scanner import ScanResult
 from kdp_host.testing import ManualClock
 
 from .conftest import reporter

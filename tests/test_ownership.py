@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from kdp_host.ownership_claims import (
     overlaps,
     reach,
 )
+from kdp_host.ownership_resolve import MAX_STUCK, STUCK_PER_BATCH
 from kdp_host.podresources import Holder, Holdings
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.state_file import StateFile
@@ -349,6 +351,62 @@ async def test_a_path_that_hangs_is_left_out_and_stalls_nothing() -> None:
         answer.set()
         for stop in detach:
             stop()  # (a runtime that stops drops an admission waiting for paths)
+
+
+async def test_a_long_batch_or_a_busy_offload_is_no_hang() -> None:
+    """The timeout is per path: a batch of many paths, each answering within it, takes
+    longer than the timeout in all and loses none of them."""
+    nodes = FakeNodes({f"/dev/n{i}": ("c", i) for i in range(12)})
+
+    def slow(path: str) -> Reached | None:
+        time.sleep(0.03)  # a slow file system, not a hung one (12 x 0.03 s > 0.2 s)
+        return nodes(path)
+
+    index = OwnershipIndex(Metrics(), slow, offload=DaemonThreads(), timeout=0.2)
+    table = DeviceTable()
+    detach = index.attach(R1, table.publish, get_logger().bind(resource=R1))
+    try:
+        index.publish(R1, {f"n{i}": node(f"/dev/n{i}") for i in range(12)})
+        await wait_until(lambda: len(table.snapshot.devices) == 12, timeout=20)
+    finally:
+        detach()
+
+
+async def test_a_dead_file_system_takes_a_bounded_number_of_workers() -> None:
+    """Twenty devices on a dead mount, listed again and again: a few workers get stuck on
+    it, then its paths are not tried while they are, and a device elsewhere is advertised
+    every time."""
+    answer = threading.Event()
+    stuck: list[str] = []
+
+    def resolve(path: str) -> Reached | None:
+        if path.startswith("/nfs/"):
+            stuck.append(path)
+            answer.wait(60)
+            return None
+        return ("path", path), path
+
+    index = OwnershipIndex(Metrics(), resolve, offload=DaemonThreads(), timeout=0.05)
+    table = DeviceTable()
+    detach = index.attach(R1, table.publish, get_logger().bind(resource=R1))
+
+    def ids() -> list[str]:
+        return [d.id for d in table.snapshot.devices]
+
+    try:
+        devices = {"d0": node("/nfs/d0"), "live0": node("/dev/live0")}
+        index.publish(R1, devices)
+        await wait_until(lambda: "live0" in ids(), timeout=20)
+        for rescan in range(1, 6):  # each list has a new device elsewhere: its admission ran
+            devices = {**{f"d{i}": node(f"/nfs/d{i}") for i in range(20)}, **devices}
+            devices[f"live{rescan}"] = node(f"/dev/live{rescan}")
+            index.publish(R1, devices)
+            await wait_until(lambda r=rescan: f"live{r}" in ids(), timeout=20)  # type: ignore[misc]
+        assert not [i for i in ids() if i.startswith("d")]
+        assert len(stuck) <= MAX_STUCK - 1 + STUCK_PER_BATCH
+    finally:
+        answer.set()
+        detach()
 
 
 def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) -> None:
@@ -697,10 +755,39 @@ async def test_a_kept_id_goes_when_its_node_goes_or_no_pod_holds_it(tmp_path: Pa
     assert kept_devices(tmp_path) == ["b"], "a's node is gone, no pod holds c"
 
 
+async def test_a_replica_wait_survives_a_restart(tmp_path: Path) -> None:
+    now = [100.0]
+    nodes = FakeNodes({"/dev/a": ("c", 1)})
+
+    def run(host: Host, replicas: int) -> DeviceTable:
+        table = host.tables[R1] = DeviceTable(replicas=replicas)
+        host.index.attach(R1, table.publish, get_logger(), replicas=replicas)
+        host.index.publish(R1, {"a": dev("a", "/dev/a")})
+        return table
+
+    first, state = restarted(tmp_path, nodes, now)
+    run(first, 1)
+    assert [e.id for e in run(first, 2).snapshot.advertised] == [], "a pod may hold a"
+    await asyncio.wait_for(state.flush(), 30)
+
+    second, state = restarted(tmp_path, nodes, now)  # SIGKILL, start with replicas: 2
+    table = run(second, 2)
+    assert [e.id for e in table.snapshot.advertised] == []
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a": (Holder("n", "p", "c", 0.0),)}}))
+    assert [e.id for e in table.snapshot.advertised] == []
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert [e.id for e in table.snapshot.advertised] == ["a::0", "a::1"]
+    await asyncio.wait_for(state.flush(), 30)
+    assert json.loads((tmp_path / OWNERSHIP_FILE).read_text())["waits"] == []
+
+
 @pytest.mark.parametrize(
     "text",
     [
         "{not json",
+        '{"version": 1, "claims": [], "waits": [{"resource": "t.io/a", "device": "a", '
+        '"vanished": [1]}]}',
+        '{"version": 1, "claims": [], "waits": [{"resource": "t.io/a", "vanished": []}]}',
         '{"version": 2, "claims": []}',
         '{"version": 1}',
         '{"version": 1, "claims": [{"resource": "t.io/a", "device": "a", "kind": "c", '

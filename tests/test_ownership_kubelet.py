@@ -238,3 +238,62 @@ async def test_ids_a_reload_kept_survive_a_kdp_host_kill(
         second.send_signal(signal.SIGTERM)
         await second.wait()
         log.close()
+
+
+async def test_a_replica_change_still_waits_after_a_kdp_host_kill(
+    real_kubelet_factory, short_dir: Path, devices: Path
+) -> None:
+    """`replicas: 1` -> `2` while p1 holds fpga0: the device waits (no pod may share it
+    with p1). kdp-host is SIGKILLed and started again with `replicas: 2`: it must still wait
+    (`ownership.json`), or the kubelet would hand fpga0::0 to a second pod."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    (devices / "fpga1").unlink()
+    config = short_dir / "config.yaml"
+    head = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
+        f"stateDir: {short_dir / 'state'}\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1s}}\n'
+    )
+    config.write_text(head)
+    argv = [sys.executable, "-m", "kdp_host", "run", "--config", str(config)]
+    log = (short_dir / "host.log").open("wb")
+    first = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    try:
+        await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+        assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+        before = await kubelet.acall(kubelet.last_seq)
+        config.write_text(head + "    replicas: 2\n")
+        first.send_signal(signal.SIGHUP)
+        await kubelet.acall(kubelet.registered_at, [FPGA], before)  # new options: again
+        await kubelet.await_for(healthy(FPGA, 0), what="fpga0 waits for p1")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    held_lines = _replica_waits(short_dir / "host.log")
+    assert held_lines >= 1
+    before = await kubelet.acall(kubelet.last_seq)
+    second = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    try:
+        await kubelet.acall(kubelet.registered_at, [FPGA], before)
+        await wait_until(
+            lambda: _replica_waits(short_dir / "host.log") > held_lines,
+            what="the restarted host holds fpga0 back",
+        )
+        await kubelet.await_for(healthy(FPGA, 0), what="the kubelet sees no free device")
+        for pod in ("p2", "p3"):
+            answer = await kubelet.acall(kubelet.allocate, pod, {FPGA: 1})
+            assert answer["error"] != "", f"{pod} got fpga0 while p1 holds it exclusively"
+        await kubelet.acall(kubelet.release, "p1")
+        await kubelet.await_for(healthy(FPGA, 2), what="both replicas once p1 is gone")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()
+        log.close()
+
+
+def _replica_waits(log: Path) -> int:
+    """`device_held` lines of a device waiting on a change of `replicas` in a host log."""
+    lines = log.read_text(errors="replace").splitlines()
+    return sum("device_held" in line and "replicas_changed" in line for line in lines)

@@ -6,33 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.drivers.base import Skipped
-from kdp_host.drivers.scanning import DirWatch, Listed, ScanLoop, ScanResult, ScanSettings
+from kdp_host.drivers.scanner import DirWatch, Listed, ScanResult, ScanSettings
+from kdp_host.drivers.scanning import ScanLoop
 from kdp_host.files import DaemonThreads
 from kdp_host.safety_net import SafetyNet
 from kdp_host.testing import RecordingNotifier, driver_deps
 
 from .conftest import reporter, wait_until
+from .test_offload import CountingOffload
 from .test_scan_loop import FakeScanner, old_dir
-
-T = TypeVar("T")
-
-
-class CountingOffload:
-    """The host's offload, counting the calls that leave the loop."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._threads = DaemonThreads()
-
-    async def run(self, function: Callable[[], T]) -> T:
-        self.calls += 1
-        return await self._threads.run(function)
 
 
 class ListsNotifier(RecordingNotifier):

@@ -18,16 +18,9 @@ from kdp_host.devices import Device, DeviceNode
 from kdp_host.drivers import REGISTRY, DriverError, failure_threshold, make_driver
 from kdp_host.drivers.glob import GlobDriver, GlobScan
 from kdp_host.drivers.glob_groups import GlobGroupScan
-from kdp_host.drivers.scanning import (
-    MAX_NAMED_CHANGES,
-    DirWatch,
-    Listed,
-    Notice,
-    ScanLoop,
-    ScanResult,
-    ScanSettings,
-    Tracker,
-)
+from kdp_host.drivers.grace import Tracker
+from kdp_host.drivers.scanner import DirWatch, Listed, Notice, ScanResult, ScanSettings
+from kdp_host.drivers.scanning import MAX_NAMED_CHANGES, ScanLoop
 from kdp_host.files import DaemonThreads
 from kdp_host.testing import ManualClock, ManualWatcher, RecordingNotifier, driver_deps
 

@@ -27,7 +27,8 @@ from ..logs import quote_text
 from ..sysfs import PCI, USB, NodeInfo, SysfsDevice, SysfsReader, SysfsScan
 from ..sysfs.model import VFIO_CONTAINER_NODE, device_id
 from .base import DriverDeps, Skipped
-from .scanning import DirWatch, Listed, Notice, ScanLoop, ScanResult, ScanSettings
+from .scanner import DirWatch, Listed, Notice, ScanResult, ScanSettings
+from .scanning import ScanLoop
 from .sysfs_advertised import Advertising
 from .sysfs_match import matches
 

@@ -26,7 +26,7 @@ from ..devices import Device
 from ..logs import quote_text
 from ..sysfs import PCI, USB, SysfsDevice
 from ..sysfs.model import VFIO_PCI_DRIVER
-from ..sysfs.reader import enclosing_device
+from ..sysfs.tree import enclosing_device
 from .base import Skipped
 from .sysfs_match import matches
 

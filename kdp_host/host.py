@@ -172,9 +172,7 @@ class Host:
             )
         features = self.config.node_features
         node_features = (
-            None
-            if features is None
-            else NodeFeatureFile(features.file, self.log, self.offload, features.expiry)
+            None if features is None else NodeFeatureFile(features, self.log, self.offload)
         )
         services = HostServices(
             kubelet,

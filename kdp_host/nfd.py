@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from .atomic_files import write_atomic
 from .backoff import Backoff
+from .config.model import NodeFeaturesConfig
 from .devices import Snapshot
 from .files import Offload
 from .logs import EventLogger
@@ -67,16 +68,15 @@ class NodeFeatureFile:
 
     def __init__(
         self,
-        path: str,
+        config: NodeFeaturesConfig,
         log: EventLogger,
         offload: Offload,
-        expiry: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = path
+        self.path = path = config.file
         self._offload = offload
         self._log = log.bind(component="node-features", path=path)
-        self._expiry = expiry
+        self._expiry = config.expiry
         self._clock = clock
         self._counts: dict[str, int] = {}
         self._changed = asyncio.Event()

@@ -73,9 +73,11 @@ async def test_an_idle_host_checks_every_resource_in_one_batch_and_wakes_none(
         assert all(len(n.lists) == 1 for n in notifiers), "the same list object each time"
         # a change the watcher missed (no event): that resource alone looks at everything
         (tmp_path / "r3" / "d1").touch()
-        await wait_until(lambda: scanners[3].scans == 2, what="the missed change found")
-        assert scanners[3].changed[1] is None
-        assert list(notifiers[3].devices) == ["d0", "d1"]
+        # the scan counts itself before it lists: wait for the list it publishes
+        await wait_until(
+            lambda: list(notifiers[3].devices) == ["d0", "d1"], what="the missed change found"
+        )
+        assert scanners[3].scans == 2 and scanners[3].changed[1] is None
         assert [s.scans for i, s in enumerate(scanners) if i != 3] == [1] * 19
     finally:
         for task in tasks:

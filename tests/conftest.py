@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from kdp_host.config import Config, load_config_text
+from kdp_host.config import Config, load_config, load_config_text
 from kdp_host.devices import DeviceTable, Snapshot
 from kdp_host.drivers import DeviceReporter
 from kdp_host.host import Host
@@ -157,18 +157,26 @@ async def start_host(
 ) -> AsyncIterator[Callable[..., object]]:
     """`await start_host(config_or_yaml, config_path=None, **host_options)` runs a Host in
     this event loop; `host_options` are further Host fields (a restart policy, ...). A config
-    without a file to reload that keeps the default `stateDir` gets a temporary one."""
+    that keeps the default `stateDir` gets a temporary one, also when reloaded from its file
+    (never the real /var/lib)."""
     running: list[RunningHost] = []
     state_dir = str(tmp_path_factory.mktemp("state"))
+
+    def in_temporary_state(config: Config) -> Config:
+        if config.state_dir != Config.state_dir:
+            return config
+        return dataclasses.replace(config, state_dir=state_dir)
 
     async def start(
         config: Config | str, config_path: Path | None = None, **host_options: Any
     ) -> RunningHost:
         if isinstance(config, str):
             config = load_config_text(config)
-        if config.state_dir == Config.state_dir and config_path is None:
-            # (a reload reads stateDir from its file: a test that reloads sets its own)
-            config = dataclasses.replace(config, state_dir=state_dir)
+        config = in_temporary_state(config)
+        if config_path is not None:
+            host_options.setdefault(
+                "load_config", lambda path: in_temporary_state(load_config(path))
+            )
         metrics = Metrics()
         host = Host(
             config=config,
@@ -190,8 +198,10 @@ async def start_host(
 
 
 def glob_config(socket_dir: Path, *resources: tuple[str, str], extra: str = "") -> str:
-    """YAML for glob resources given as (name, pattern) pairs."""
-    lines = [f"kubelet: {{socketDir: {socket_dir}}}", "resources:"]
+    """YAML for glob resources given as (name, pattern) pairs (`stateDir` beside the socket
+    directory, so a kdp-host run as a process of its own never writes the real one)."""
+    lines = [f"kubelet: {{socketDir: {socket_dir}}}", f"stateDir: {Path(socket_dir).parent}/state"]
+    lines += ["resources:"]
     for name, pattern in resources:
         lines += [f"  - name: {name}", f'    glob: {{paths: ["{pattern}"], gracePeriod: 1s}}']
         if extra:

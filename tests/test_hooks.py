@@ -493,6 +493,7 @@ async def test_pre_start_through_the_grpcio_kubelet(
         SLOTS: "slot*",
     }
     lines = [f"kubelet: {{socketDir: {socket_dir}}}", "metrics: {listen: '127.0.0.1:0'}"]
+    lines += [f"stateDir: {short_dir}/state"]
     lines += ["resources:"]
     for name, (hook, hook_args, extra) in hooks.items():
         argv = ", ".join(filter(None, [f'"{hook}"', hook_args]))

@@ -68,10 +68,7 @@ async def test_a_reload_that_renames_ids_never_hands_a_booked_node_to_a_new_pod(
     other = short_dir / "other"
     other.mkdir()
     config = short_dir / "config.yaml"
-    config.write_text(
-        f"stateDir: {short_dir / 'state'}\n"
-        + glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]*"))
-    )
+    config.write_text(glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]*")))
     running = await start_host(config.read_text(), config_path=config)
 
     await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")

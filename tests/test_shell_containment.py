@@ -78,7 +78,7 @@ def test_a_sigkilled_host_leaves_no_stream_command_running(tmp_path: Path, short
                     "printf 'a\\n\\n'\nexec sleep 600\n")  # fmt: skip
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"kubelet: {{socketDir: {socket_dir}}}\n"
+        f"kubelet: {{socketDir: {socket_dir}}}\nstateDir: {tmp_path}/state\n"
         "metrics: {listen: '127.0.0.1:0'}\n"
         "resources:\n"
         "  - name: vendor.example/streamed\n"

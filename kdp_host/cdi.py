@@ -9,35 +9,27 @@ host overwrites its own file instead of leaving a second one. A CDI kind belongs
 resource (config check) and `allocation.cdi_device_name` is one-to-one, so every
 `kind=name` the host publishes is unique.
 
-What goes into the spec (each device: device nodes and mounts; the spec: the resource's
-mounts) is what is true for a device whatever else the container got. Runtimes apply CDI
-edits after the kubelet's env (CDI replaces a variable that is already set), so values that
-depend on the whole allocation (`{ids}`, `{paths}`, `{count}`, per-device env that other
-devices set differently, the resource-level env keys) stay in the Allocate response only:
-a per-device copy would override the combined value.
-
 Writes are atomic (temporary file in the same directory, then rename; the temporary name
 does not end in .json, so CDI watchers ignore it), happen only when the content changed,
 and are coalesced: a burst of device changes is written once. Rendering and file work run
-through the host's offload (one call per read, write or removal).
+through the host's offload (one call per read, write or removal). What goes into the spec is
+`cdi_spec.py`; which instance may write the file, `cdi_lease.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import os
 import secrets
-import stat
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from .allocation import ALLOCATION_DEPENDENT_FIELDS, cdi_device_name, has_cdi_edits
-from .config import CdiConfig, ResourceConfig, render_template, template_fields
+from .allocation import cdi_device_name, has_cdi_edits
+from .atomic_files import read_or_none, unlink, write_atomic
+from .cdi_lease import LEASE, VERIFY, OwnerLease, owner_path
+from .cdi_spec import render_spec_file, spec_device_names
+from .config import ResourceConfig
 from .devices import Device, DeviceTable, Snapshot
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
@@ -51,11 +43,6 @@ DEBOUNCE = 0.05
 """Seconds to let a burst of device changes settle before writing."""
 RETRY_INTERVAL = 5.0
 """Seconds before retrying a failed write when nothing changed meanwhile."""
-VERIFY = 10.0
-"""Seconds between checks that the spec file on disk is still the one written (a safety net:
-the spec dir is watched, so a change shows within milliseconds)."""
-LEASE = 3 * VERIFY
-"""An owner file not refreshed for this long belongs to an instance that is gone."""
 
 
 def spec_dir(resource: ResourceConfig) -> str:
@@ -78,141 +65,6 @@ def spec_file_name(resource_name: str) -> str:
 
 def spec_path(resource: ResourceConfig) -> str:
     return os.path.join(spec_dir(resource), spec_file_name(resource.name))
-
-
-def owner_path(spec: str) -> str:
-    """The owner file of a spec file: `.kdp-host_vendor.example_fpga.owner` next to it (a
-    name CDI ignores: it reads only `.json` and `.yaml` files)."""
-    directory, name = os.path.split(spec)
-    return os.path.join(directory, f".{name.removesuffix('.json')}.owner")
-
-
-def minimum_cdi_version(kind: str, additional_gids: bool = False) -> str:
-    """The lowest cdiVersion that has every feature the spec uses.
-
-    Older runtimes reject versions they do not know, so the spec declares the minimum,
-    as CDI's own producer does: 0.5.0 for `hostPath` on device nodes (and device names
-    starting with a digit), 0.6.0 when the class holds a `.`, 0.7.0 for `additionalGids`
-    (`allocate.cdi.additionalGids`). A device node's `gid` and `fileMode` are older than 0.5.0.
-    """
-    if additional_gids:
-        return "0.7.0"
-    _, _, klass = kind.partition("/")
-    return "0.6.0" if "." in klass else "0.5.0"
-
-
-def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] | None:
-    """The spec for the snapshot's physical devices, or None when it would hold none.
-
-    CDI rejects a spec without devices and a device without edits, so devices with neither
-    a device node nor a mount are left out (Allocate gives them no CDI name either).
-    """
-    cdi = resource.allocate.cdi
-    if cdi is None:
-        return None
-    allocate = resource.allocate
-    shared_env = _consistent_device_env(snapshot.devices, allocate.env.keys())
-    devices: list[dict[str, Any]] = []
-    for device in snapshot.devices:
-        if not has_cdi_edits(device):
-            continue
-        devices.append(
-            {
-                "name": cdi_device_name(device.id),  # one-to-one: no two entries share it
-                "containerEdits": _device_edits(device, allocate.permissions, shared_env, cdi),
-            }
-        )
-    if not devices:
-        return None
-    spec: dict[str, Any] = {
-        "cdiVersion": minimum_cdi_version(cdi.kind, bool(cdi.additional_gids)),
-        "kind": cdi.kind,
-        "devices": devices,
-    }
-    values = {"resource": resource.name}
-    env = [
-        f"{key}={render_template(text, values)}"
-        for key, text in allocate.env.items()
-        if not template_fields(text) & ALLOCATION_DEPENDENT_FIELDS
-    ]
-    mounts: dict[str, dict[str, Any]] = {}
-    for mount in allocate.mounts:
-        mounts.setdefault(
-            mount.container_path, _mount(mount.host_path, mount.container_path, mount.read_only)
-        )
-    edits: dict[str, Any] = {}
-    if env:
-        edits["env"] = env
-    if cdi.additional_gids:
-        edits["additionalGids"] = list(cdi.additional_gids)
-    if mounts:
-        edits["mounts"] = list(mounts.values())
-    if edits:
-        spec["containerEdits"] = edits
-    return spec
-
-
-def encode_spec(spec: Mapping[str, Any]) -> bytes:
-    return (json.dumps(spec, indent=2) + "\n").encode()
-
-
-def render_spec_file(resource: ResourceConfig, snapshot: Snapshot) -> bytes | None:
-    spec = build_spec(resource, snapshot)
-    return None if spec is None else encode_spec(spec)
-
-
-def _consistent_device_env(devices: Iterable[Device], configured: Iterable[str]) -> frozenset[str]:
-    """Per-device env keys that can go into the spec: not configured at resource level,
-    and set to one value by every device that sets them."""
-    values: dict[str, set[str]] = {}
-    for device in devices:
-        for key, value in device.env.items():
-            values.setdefault(key, set()).add(value)
-    blocked = set(configured)
-    return frozenset(key for key, seen in values.items() if len(seen) == 1 and key not in blocked)
-
-
-def _device_edits(
-    device: Device, permissions: str, shared_env: frozenset[str], cdi: CdiConfig
-) -> dict[str, Any]:
-    edits: dict[str, Any] = {}
-    nodes: dict[str, dict[str, Any]] = {}
-    ownership: dict[str, Any] = {}
-    if cdi.device_gid is not None:
-        ownership["gid"] = cdi.device_gid
-    if cdi.device_file_mode is not None:
-        ownership["fileMode"] = int(cdi.device_file_mode, 8)
-    for node in device.nodes:
-        nodes.setdefault(
-            node.container_path,
-            {
-                "path": node.container_path,
-                "hostPath": node.host_path,
-                "permissions": node.permissions or permissions,
-                **ownership,
-            },
-        )
-    if nodes:
-        edits["deviceNodes"] = list(nodes.values())
-    env = [f"{key}={value}" for key, value in sorted(device.env.items()) if key in shared_env]
-    if env:
-        edits["env"] = env
-    mounts: dict[str, dict[str, Any]] = {}
-    for mount in device.mounts:
-        mounts.setdefault(
-            mount.container_path, _mount(mount.host_path, mount.container_path, mount.read_only)
-        )
-    if mounts:
-        edits["mounts"] = list(mounts.values())
-    return edits
-
-
-def _mount(host_path: str, container_path: str, read_only: bool) -> dict[str, Any]:
-    return {
-        "hostPath": host_path,
-        "containerPath": container_path,
-        "options": ["ro" if read_only else "rw", "bind"],
-    }
 
 
 @dataclass
@@ -260,11 +112,14 @@ class CdiSpecWriter:
     first_sync: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     """Set after the first attempt to write the driver's first list (success or not)."""
     _last_error: str | None = field(default=None, init=False, repr=False)
-    _handed_over: bool = field(default=False, init=False, repr=False)
+    _lease: OwnerLease = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = spec_path(self.resource)
         self.owner_file = owner_path(self.path)
+        self._lease = OwnerLease(
+            self.owner_file, self.path, self.instance, self.lease, self.offload, self.log
+        )
         if self.resource.allocate.cdi is not None:
             self.table.hold_unhealthy(self._unresolvable)
 
@@ -301,7 +156,7 @@ class CdiSpecWriter:
         try:
             self._set_on_disk(await self._read())
             await self.table.published.wait()
-            await self._take_over()
+            await self._lease.take_over()
             snapshot = self.table.snapshot
             while True:
                 synced = await self._sync(snapshot)
@@ -322,8 +177,8 @@ class CdiSpecWriter:
                     # the verify interval passed: look at what is on disk now (the sync
                     # below restores it if it is ours); as the owner, refresh the lease.
                     self._set_on_disk(await self._read())
-                    if on_disk not in done and await self._owner() == self.instance:
-                        await self.offload.run(lambda: touch(self.owner_file))
+                    if on_disk not in done:
+                        await self._lease.refresh()
                 await asyncio.sleep(self.debounce)
                 snapshot = self.table.snapshot
         finally:
@@ -331,35 +186,10 @@ class CdiSpecWriter:
                 subscription.cancel()
             await self._remove()
 
-    async def _owner(self) -> str | None:
-        """The instance that owns the spec file now (None: nobody, or its lease ran out)."""
-        return await self.offload.run(lambda: read_owner(self.owner_file, self.lease))
-
-    async def _take_over(self) -> None:
-        """The newest instance owns the file: during a rolling upgrade the new one takes it
-        from the old one, which then neither writes nor removes it."""
-        owner = f"{self.instance}\n".encode()
-        try:
-            await self.offload.run(lambda: write_atomic(self.owner_file, owner))
-        except OSError as exc:
-            self.log.warning("cdi_owner_write_failed", path=self.owner_file, reason=str(exc))
-
-    async def _may_write(self) -> bool:
-        """Whether this instance owns the file (taking it over when nobody does)."""
-        owner = await self._owner()
-        if owner is None:
-            self.log.info("cdi_spec_taken_over", path=self.path, reason="no live owner")
-            await self._take_over()
-            return True
-        if owner != self.instance and not self._handed_over:
-            self.log.info("cdi_spec_handed_over", path=self.path, owner=owner)
-        self._handed_over = owner != self.instance
-        return not self._handed_over
-
     async def _sync(self, snapshot: Snapshot) -> bool:
         try:
             content = await self.offload.run(lambda: render_spec_file(self.resource, snapshot))
-            if content != self._on_disk and await self._may_write():
+            if content != self._on_disk and await self._lease.may_write():
                 if content is None:
                     await self._unlink()
                     self.log.info("cdi_spec_removed", path=self.path, reason="no_devices")
@@ -396,13 +226,13 @@ class CdiSpecWriter:
         """Remove the file at stop, unless another instance owns it now (it serves the same
         resource: during a rolling upgrade the old instance must leave the new one's file)."""
         try:
-            owner = await self._owner()
-            if owner not in (None, self.instance):
+            owner = await self._lease.other_owner()
+            if owner is not None:
                 self.log.info("cdi_spec_left", path=self.path, owner=owner)
             else:
                 if await self._unlink():
                     self.log.info("cdi_spec_removed", path=self.path, reason="resource_stopped")
-                await self.offload.run(lambda: unlink(self.owner_file))
+                await self._lease.give_up()
         except OSError as exc:
             self.failures += 1
             self.count_failure()
@@ -414,88 +244,3 @@ class CdiSpecWriter:
 
     async def _unlink(self) -> bool:
         return await self.offload.run(lambda: unlink(self.path))
-
-
-def spec_device_names(content: bytes | None, kind: str) -> frozenset[str]:
-    """The device names a spec file's content makes resolvable for `kind` (none when it
-    is missing, unreadable, or of another kind)."""
-    if content is None:
-        return frozenset()
-    try:
-        spec = json.loads(content)
-        if spec.get("kind") != kind:
-            return frozenset()
-        return frozenset(str(device["name"]) for device in spec["devices"])
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return frozenset()
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write `path` all at once: a temporary file next to it, fsync, then rename over it.
-    Blocking: the writer runs it through its offload.
-
-    Creates the directory when missing. Readers see the old content or the new one, never
-    a partial file; the temporary name (`.<name>.<random>.tmp`) is ignored by CDI.
-    """
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
-
-
-def read_or_none(path: str) -> bytes | None:
-    """The file's content, None when it cannot be read (missing, unreadable, not a regular
-    file: a FIFO put in its place never blocks the read)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def read_owner(path: str, lease: float, now: Callable[[], float] = time.time) -> str | None:
-    """The instance named in an owner file, or None when it is missing, empty or its lease
-    (the file's age) ran out."""
-    try:
-        with open(path, "rb") as f:
-            age = now() - os.fstat(f.fileno()).st_mtime
-            owner = f.read(256).decode("utf-8", "replace").strip()
-    except OSError:
-        return None
-    return owner if owner and age <= lease else None
-
-
-def touch(path: str) -> None:
-    """Refresh a lease: the owner file's modification time."""
-    with contextlib.suppress(OSError):
-        os.utime(path)
-
-
-def unlink(path: str) -> bool:
-    """Remove `path`; False when it was not there."""
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        return False
-    return True

@@ -177,7 +177,7 @@ def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
 def overlap_warnings(rows: list[CheckRow]) -> list[str]:
     """One line per node or mount source two devices would reach: the host advertises only
     the first (docs: Reliability, one node, one advertised device)."""
-    from .ownership import overlaps
+    from .ownership_claims import overlaps
 
     found = overlaps((row.resource, row.device) for row in rows if row.device is not None)
     return [

@@ -9,6 +9,7 @@ immutable snapshots with a version number, and wakes every waiter when the effec
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Protocol
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 REPLICA_SEPARATOR = "::"
+SMALL_CHANGE = 64
+"""IDs added or removed at once up to which the table updates its order instead of sorting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +202,9 @@ class Snapshot:
         """Built on first use (allocation), not for every snapshot of a large idle list."""
         return {entry.id: entry for entry in self.advertised}
 
-    @property
+    @functools.cached_property
     def healthy_count(self) -> int:
+        """Counted once per snapshot (the metrics, NFD and the reporter's log ask)."""
         return sum(1 for entry in self.advertised if entry.healthy)
 
     @property
@@ -234,6 +238,11 @@ class DeviceTable:
         self._changed = asyncio.Event()
         self.published = asyncio.Event()
         """Set once the driver reported its first list (even an empty one)."""
+        self._order: tuple[Mapping[str, Device], list[str]] = (self._reported, [])
+        """The reported mapping last ordered, and its IDs sorted."""
+        self._replica_entries: dict[str, tuple[AdvertisedDevice, ...]] = {}
+        """Device ID -> its replicas' entries in the last snapshot (reused while the device
+        is the same object)."""
         self._snapshot = self._build(0)
 
     @property
@@ -261,8 +270,8 @@ class DeviceTable:
             reported = {}
             for device in devices:
                 reported.setdefault(device.id, device)
-        if reported == self._reported:
-            return False
+        if reported is self._reported or reported == self._reported:
+            return False  # (the same mapping again: never changed, see above)
         self._reported = reported
         self._failed_checks &= reported.keys()
         return self._rebuild()
@@ -311,29 +320,59 @@ class DeviceTable:
             listener(snapshot)
         return True
 
+    def _sorted_ids(self) -> list[str]:
+        """The reported IDs in order: after a change of a few devices, the last order with
+        those inserted or removed (a hot-plug costs O(changed) here, not a sort)."""
+        reported = self._reported
+        before, order = self._order
+        if before is reported:
+            return order
+        if before.keys() != reported.keys():
+            added = reported.keys() - before.keys()
+            removed = before.keys() - reported.keys()
+            if len(added) + len(removed) > SMALL_CHANGE:
+                order = sorted(reported)
+            else:
+                order = list(order)
+                for device_id in removed:
+                    del order[bisect.bisect_left(order, device_id)]
+                for device_id in added:
+                    bisect.insort(order, device_id)
+        self._order = (reported, order)
+        return order
+
     def _build(self, version: int) -> Snapshot:
-        devices: list[Device] = []
-        replicas: list[AdvertisedDevice] = []
+        reported = self._reported
+        order = self._sorted_ids()
         held = self._held
-        for device_id in sorted(self._reported):
-            device = self._reported[device_id]
-            healthy = (
-                device.healthy
-                and self._degraded_reason is None
-                and device_id not in self._failed_checks
-                and not (held is not None and held(device))
-            )
-            if healthy != device.healthy:
-                device = device.with_health(healthy)
-            devices.append(device)
-            if self._replicas > 1:
-                replicas.extend(
-                    AdvertisedDevice(rid, device, healthy)
-                    for rid in replica_ids(device_id, self._replicas)
+        if self._degraded_reason is None and not self._failed_checks and held is None:
+            devices = list(map(reported.__getitem__, order))  # every device as reported
+        else:
+            devices = []
+            for device_id in order:
+                device = reported[device_id]
+                healthy = (
+                    device.healthy
+                    and self._degraded_reason is None
+                    and device_id not in self._failed_checks
+                    and not (held is not None and held(device))
                 )
+                if healthy != device.healthy:
+                    device = device.with_health(healthy)
+                devices.append(device)
         physical = tuple(devices)
-        return Snapshot(
-            version=version,
-            devices=physical,
-            advertised=tuple(replicas) if self._replicas > 1 else physical,
-        )
+        if self._replicas == 1:
+            return Snapshot(version=version, devices=physical, advertised=physical)
+        replicas: list[AdvertisedDevice] = []
+        made = self._replica_entries
+        self._replica_entries = {}
+        for device in physical:
+            entries = made.get(device.id)
+            if entries is None or entries[0].device is not device:
+                entries = tuple(
+                    AdvertisedDevice(rid, device, device.healthy)
+                    for rid in replica_ids(device.id, self._replicas)
+                )
+            self._replica_entries[device.id] = entries
+            replicas.extend(entries)
+        return Snapshot(version=version, devices=physical, advertised=tuple(replicas))

@@ -10,7 +10,9 @@ and the count of kubelet restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 import time
@@ -18,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
+from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
@@ -26,16 +28,26 @@ from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
 from .nfd import NodeFeatureFile
-from .node import NodeInfo, NodeLabelSource, Selection, needs_labels, select_for_node
-from .ownership import OwnershipIndex
+from .node import (
+    NodeInfo,
+    NodeLabelSource,
+    Selection,
+    needs_labels,
+    select_for_node,
+    settled,
+)
+from .ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex, read_saved
 from .podresources import PodResourcesPoller
 from .probes import HealthState
 from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release_state import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
-from .resource import HostServices, RegistryWait, ResourceRuntime
+from .resource import ResourceRuntime
+from .safety_net import SafetyNet
+from .services import HostServices, RegistryWait
 from .stale_sockets import remove_stale_sockets
+from .state_file import StateFile
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
 
@@ -65,6 +77,8 @@ class Host:
     served only where they select (kdp_host.node)."""
     node_labels: NodeLabelSource | None = None
     """Reads and follows the node's labels, from the moment an entry selects by label."""
+    label_settle: float = NODE_LABEL_SETTLE
+    """A label change is applied once it has settled this long (kdp_host.node.settled)."""
     selection: Selection = field(init=False)
     """The entries this node serves (`config` is the whole file)."""
     ownership: OwnershipIndex = field(init=False)
@@ -79,7 +93,7 @@ class Host:
     def __post_init__(self) -> None:
         """Raises SelectionError (a ConfigError) if two entries of a name select this node."""
         self.selection = select_for_node(self.config, self.node)
-        self.ownership = OwnershipIndex(self.metrics)
+        self.ownership = OwnershipIndex(self.metrics, offload=self.offload)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
 
@@ -111,12 +125,31 @@ class Host:
             )
         return out
 
+    async def _keep_ids(self) -> None:
+        """Read the IDs a reload kept (`ownership.json`) back into the ownership index, and
+        keep them there from now on."""
+        kept = StateFile(
+            self.config.state_dir,
+            OWNERSHIP_FILE,
+            "ownership_state",
+            OWNERSHIP_VERSION,
+            self.log,
+            self.offload,
+            consequence="IDs a reload kept are forgotten: a device renamed by a reload before "
+            "this restart is advertised under its new ID, while a pod may hold its old one",
+            if_unwritten="IDs a reload kept now are forgotten if kdp-host restarts before a "
+            "write succeeds",
+        )
+        saved = await self.offload.run(functools.partial(kept.load, read_saved))
+        self.ownership.keep_in(kept, saved)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
         watcher = self.watcher or make_watcher(
             self.log.bind(component="watch"), offload=self.offload
         )
         self.watcher = watcher
+        self.ownership.watch(watcher)  # a claimed path that changes is resolved again
         kubelet = self.config.kubelet
         socket_dir = kubelet.socket_dir
         if kubelet.pod_resources_interval > 0:
@@ -130,6 +163,7 @@ class Host:
             self.pod_resources.subscribe(self.ownership.holdings)
         release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
         await self.offload.run(release_state.load)
+        await self._keep_ids()
         commands = ProcessRunner()
         if not commands.dies_with_host:
             self.log.warning(
@@ -138,7 +172,7 @@ class Host:
             )
         features = self.config.node_features
         node_features = (
-            None if features is None else NodeFeatureFile(features.file, self.log, self.offload)
+            None if features is None else NodeFeatureFile(features, self.log, self.offload)
         )
         services = HostServices(
             kubelet,
@@ -154,6 +188,7 @@ class Host:
             status_changed=self._refresh_readiness,
             registry_wait=self.registry_wait,
             offload=self.offload,
+            safety_net=SafetyNet(self.offload),
             node_features=node_features,
         )
         supervisor = Supervisor(services, self.restart_policy)
@@ -199,6 +234,7 @@ class Host:
                 await asyncio.gather(self._label_task, return_exceptions=True)
             kubelet_watch()
             await supervisor.stop_all()
+            services.registrar.close()
             for task in internal:
                 task.cancel()
             await asyncio.gather(*internal, return_exceptions=True)
@@ -302,8 +338,10 @@ class Host:
 
     async def _follow_labels(self, source: NodeLabelSource) -> None:
         try:
-            async for labels in source.updates():
-                self.relabel(labels)
+            changes = settled(source.updates(), self.label_settle)
+            async with contextlib.aclosing(changes):
+                async for labels in changes:
+                    self.relabel(labels)
         except Exception as exc:  # the source retries on its own: this is a defect
             self.log.error("node_labels_stopped", node=self.node.name, error=repr(exc))
             raise

@@ -7,16 +7,26 @@ rescan, so pods and other tools can select nodes by what kdp-host found, and kdp
 no API access for it. The file is written atomically (a dot file, which NFD ignores, renamed
 into place) only when its content changes, and removed when kdp-host stops: an uninstalled
 plugin leaves no stale labels.
+
+A kdp-host that dies without removing it (killed, its node lost, its pod evicted with the
+host path kept) would leave its labels for ever; so the file carries NFD's
+`# +expiry-time=<RFC 3339>` directive (NFD v0.14 and newer ignore the lines after it once
+that time has passed; older versions read it as a comment), `nodeFeatures.expiry` ahead,
+and kdp-host rewrites it every third of that with a later time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
+import time
+from collections.abc import Callable
 
+from .atomic_files import write_atomic
 from .backoff import Backoff
-from .cdi import write_atomic
+from .config.model import NodeFeaturesConfig
 from .devices import Snapshot
 from .files import Offload
 from .logs import EventLogger
@@ -26,11 +36,24 @@ WRITE_DEBOUNCE = 0.1
 """Changes within this time (a burst of hot-plugs, a reload) make one write."""
 MAX_FEATURE_FILE_BYTES = 64 * 1024
 """NFD ignores a feature file larger than this."""
+REFRESHES_PER_EXPIRY = 3
+"""The file is rewritten with a later expiry time this many times per `nodeFeatures.expiry`,
+so two refreshes can be missed (a loaded node) before NFD drops the labels."""
 
 
-def feature_file_text(counts: dict[str, int]) -> str:
-    """The file's content for the given resources' healthy device counts."""
+def expiry_directive(expires: float) -> str:
+    """NFD's expiry directive for the Unix time `expires`, rounded up to the second (RFC 3339
+    in UTC, the format NFD parses)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(expires)))
+    return f"# +expiry-time={stamp}"
+
+
+def feature_file_text(counts: dict[str, int], expires: float | None = None) -> str:
+    """The file's content for the given resources' healthy device counts; with `expires`
+    (a Unix time), NFD ignores the labels from then on."""
     lines = ["# Written by kdp-host for Node Feature Discovery (local source). Do not edit."]
+    if expires is not None:
+        lines.append(expiry_directive(expires))
     for resource in sorted(counts):
         present, count = node_feature_labels(resource)
         lines += [
@@ -43,13 +66,24 @@ def feature_file_text(counts: dict[str, int]) -> str:
 class NodeFeatureFile:
     """Keeps the feature file in step with the resources' device lists."""
 
-    def __init__(self, path: str, log: EventLogger, offload: Offload) -> None:
-        self.path = path
+    def __init__(
+        self,
+        config: NodeFeaturesConfig,
+        log: EventLogger,
+        offload: Offload,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path = config.file
         self._offload = offload
         self._log = log.bind(component="node-features", path=path)
+        self._expiry = config.expiry
+        self._clock = clock
         self._counts: dict[str, int] = {}
         self._changed = asyncio.Event()
         self._written: str | None = None
+        """The labels last written (the file's text without its expiry time)."""
+        self._refresh_at: float | None = None
+        """When the file must be written again with a later expiry (Unix time)."""
         self._retry = Backoff(initial=1.0, maximum=60.0)
 
     def update(self, resource: str, snapshot: Snapshot) -> None:
@@ -65,20 +99,29 @@ class NodeFeatureFile:
             self._changed.set()
 
     async def run(self) -> None:
-        """Write on every change until cancelled, then remove the file."""
+        """Write on every change, and before the expiry time written passes, until
+        cancelled; then remove the file."""
         try:
             while True:
-                await self._changed.wait()
-                await asyncio.sleep(WRITE_DEBOUNCE)
-                self._changed.clear()
-                await self._write(feature_file_text(self._counts))
+                refresh_in = None if self._refresh_at is None else self._refresh_at - self._clock()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(refresh_in):
+                        await self._changed.wait()
+                if self._changed.is_set():
+                    await asyncio.sleep(WRITE_DEBOUNCE)
+                    self._changed.clear()
+                await self._write(dict(self._counts))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)  # at shutdown: a small local unlink
 
-    async def _write(self, text: str) -> None:
-        if text == self._written:
+    async def _write(self, counts: dict[str, int]) -> None:
+        labels = feature_file_text(counts)
+        now = self._clock()
+        refresh_due = self._refresh_at is not None and now >= self._refresh_at
+        if labels == self._written and not refresh_due:
             return
+        text = feature_file_text(counts, expires=now + self._expiry)
         data = text.encode()
         if len(data) > MAX_FEATURE_FILE_BYTES:
             self._log.error(
@@ -97,5 +140,9 @@ class NodeFeatureFile:
             self._changed.set()
             return
         self._retry.reset()
-        self._written = text
-        self._log.info("node_features_written", resources=len(self._counts))
+        self._refresh_at = now + self._expiry / REFRESHES_PER_EXPIRY
+        if labels != self._written:
+            self._log.info("node_features_written", resources=len(counts))
+        else:
+            self._log.debug("node_features_refreshed", resources=len(counts))
+        self._written = labels

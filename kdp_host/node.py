@@ -14,9 +14,9 @@ import dataclasses
 import fnmatch
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .config import Config, ConfigError, ResourceConfig
 
@@ -118,3 +118,50 @@ def select_for_node(config: Config, node: NodeInfo) -> Selection:
     resources = tuple(config.resources[i] for i in sorted(chosen.values()))
     waiting_names = tuple(dict.fromkeys(n for n in waiting if n not in chosen))
     return Selection(dataclasses.replace(config, resources=resources), waiting_names)
+
+
+T = TypeVar("T")
+
+
+async def settled(
+    updates: AsyncIterator[T],
+    window: float,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> AsyncGenerator[T, None]:
+    """`updates` with each burst coalesced: the first value at once; after that, a change
+    opens a window of `window` seconds and the value that is latest when it closes comes
+    next (the ones before it in the window are skipped). So at most one value per window,
+    each at most `window` late. Ends when `updates` ends; raises what it raises."""
+    latest: list[T] = []
+    arrived = asyncio.Event()
+    ended: list[BaseException | None] = []
+
+    async def pump() -> None:
+        try:
+            async for value in updates:
+                latest[:] = [value]
+                arrived.set()
+            ended.append(None)
+        except Exception as exc:
+            ended.append(exc)
+        arrived.set()
+
+    task = asyncio.create_task(pump())
+    try:
+        first = True
+        while True:
+            while not latest and not ended:
+                arrived.clear()
+                await arrived.wait()
+            if latest and not first and not ended:
+                await sleep(window)
+            first = False
+            if latest:
+                yield latest.pop()
+            elif ended[0] is not None:
+                raise ended[0]
+            else:
+                return
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

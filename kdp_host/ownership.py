@@ -10,6 +10,10 @@ put into a container:
   node or a link for it is the same claim), anything else by its resolved real path;
 - every mount source of the device, by its resolved real path.
 
+A directory mounted into a container holds everything below it, so a claim below a
+directory another device claims (a mount of `/dev/dri` and the node `/dev/dri/card0`), or a
+directory with another's claim below it, clashes as if both were one claim.
+
 Nodes a driver marks `shared` (a control node every device needs, like `/dev/vfio/vfio`) are
 claimed shared: any number of shared claims may coexist, but not with an exclusive one.
 
@@ -32,105 +36,57 @@ Rules:
   old ID, which the kubelet may have given to a pod: the kubelet then never hands the same
   node out a second time under a new ID. A device whose own ID is taken that way is held
   (`id_taken`) until the old one is gone.
+- **Kept IDs survive a restart.** The claims of devices advertised under such an inherited
+  ID are kept in `<stateDir>/ownership.json` (`keep_in`, written by `StateFile`) and read back
+  at start as lingering claims, so the first list after a restart (a crash, SIGKILL, a
+  rolling upgrade) advertises the device under the ID the kubelet booked again. An entry goes
+  when the index lets go of its claim: the node is gone, or the device is no longer
+  advertised and PodResources (asked `HEARD_AFTER` later) shows no pod holding the ID. While
+  the device is advertised under the kept ID the entry stays: a pod may get it at any time.
+  A device waiting on a change of `replicas` is kept there too, and still waits after a
+  restart until PodResources shows no pod holding one of its old IDs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
-import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .devices import REPLICA_SEPARATOR, Device, replica_ids
+from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
+from .ownership_claims import ClaimKey, Claims, Owner, Resolver, host_paths
+from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
+from .ownership_table import Holding, ReplicaWait, ResourceState, Saved
 
 if TYPE_CHECKING:
     from .podresources import Holdings
-
-ClaimKey = tuple[str, int | str]
-"""('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else (the
-normalised path where nothing is yet)."""
+    from .watch import Watcher
 
 HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
 ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
 for later shows every pod that can hold it."""
 
+OWNERSHIP_FILE = "ownership.json"
+OWNERSHIP_VERSION = 1
+
 HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
 
 
-def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
-    """What a host path reaches: a device node by its number, anything else (a directory or
-    file to mount) by its real path; None when nothing is there. Follows links (a link to a
-    node claims the node).
-
-    One lstat for a path that is no link: its real path is its directory's real path
-    (cached in `real_dirs`, for one list) joined with its name.
-    """
-    try:
-        st = os.lstat(path)
-        link = stat.S_ISLNK(st.st_mode)
-        if link:
-            st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    if stat.S_ISCHR(st.st_mode):
-        return ("c", st.st_rdev)
-    if stat.S_ISBLK(st.st_mode):
-        return ("b", st.st_rdev)
-    if link:
-        return ("path", os.path.realpath(path))
-    parent, name = os.path.split(os.path.normpath(path))
-    cache = {} if real_dirs is None else real_dirs
-    real_parent = cache.get(parent)
-    if real_parent is None:
-        real_parent = cache[parent] = os.path.realpath(parent)
-    return ("path", os.path.join(real_parent, name))
-
-
-def describe_key(key: ClaimKey) -> str:
-    """A claim for a log line: `char 240:0`, `block 8:1` or the real path."""
-    kind, value = key
-    if kind in ("c", "b") and isinstance(value, int):
-        return f"{'char' if kind == 'c' else 'block'} {os.major(value)}:{os.minor(value)}"
-    return str(value)
-
-
-Resolver = Callable[[str], "ClaimKey | None"]
-
-
-@dataclass(frozen=True, slots=True)
-class Claims:
-    """What one device claims, with the host path each claim came from."""
-
-    exclusive: Mapping[ClaimKey, str]
-    shared: Mapping[ClaimKey, str]
-
-
-def device_claims(device: Device, resolve: Resolver = claim_key) -> Claims:
-    """A device's claims: its nodes (shared ones apart) and its mount sources. A path that
-    does not exist (yet) is claimed by its normalised text."""
-    exclusive: dict[ClaimKey, str] = {}
-    shared: dict[ClaimKey, str] = {}
-    paths = [(n.host_path, n.shared) for n in device.nodes]
-    paths += [(m.host_path, m.shared) for m in device.mounts]
-    for path, is_shared in paths:
-        key = resolve(path) or ("path", os.path.normpath(path))
-        (shared if is_shared else exclusive).setdefault(key, path)
-    for key in exclusive:
-        shared.pop(key, None)
-    return Claims(exclusive, shared)
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    resource: str
-    device: str
-    """The ID the kubelet knows the device by."""
+def _through(device: Device, directory: str, paths: set[str] | None) -> bool:
+    """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
+    for host_path in host_paths(device):
+        if host_path in paths if paths is not None else os.path.dirname(host_path) == directory:
+            return True
+    return False
 
 
 def _advertises(advertised_id: str, device_id: str) -> bool:
@@ -141,57 +97,11 @@ def _advertises(advertised_id: str, device_id: str) -> bool:
     )
 
 
-def _owner_order(owner: Owner) -> tuple[str, str]:
-    return owner.resource, owner.device
-
-
-@dataclass(frozen=True)
-class _Holding:
-    """Why a device is held: logged and counted once while it stays the same."""
-
-    reason: str
-    """`owned` (another device's claim), `shared` (a node other devices share),
-    `replicas_changed` (pods may hold the device under its IDs before a change of
-    `replicas`; the owner's device field lists them),
-    `id_taken` (its ID is the old ID of another device of the resource)."""
-    owner: Owner
-    path: str
-
-
-@dataclass
-class _Resource:
-    name: str
-    log: EventLogger | None = None
-    publish: Callable[[Mapping[str, Device]], bool] | None = None
-    """The resource's table while a runtime is attached."""
-    reported: Mapping[str, Device] = field(default_factory=dict)
-    """The driver's last list (driver IDs)."""
-    claims: dict[str, tuple[Device, Claims]] = field(default_factory=dict)
-    """Claims per driver ID, with the device they were resolved for."""
-    owned: dict[str, Claims] = field(default_factory=dict)
-    """Advertised ID -> what it claims in the index."""
-    lingering: dict[ClaimKey, float] = field(default_factory=dict)
-    """Exclusive claims of devices no longer advertised, kept while the node is there (or a
-    pod may hold them), with the time (index clock) they stopped being advertised."""
-    held: dict[str, _Holding] = field(default_factory=dict)
-    retired: bool = False
-    plain: bool = True
-    """The last admission advertised every device it did not hold under its own ID."""
-    replicas: int | None = None
-    """The replica count its last runtime advertised with."""
-    waits: dict[str, _ReplicaWait] = field(default_factory=dict)
-    """Devices held after a change of `replicas` while pods may hold their old IDs."""
-
-
-@dataclass(frozen=True)
-class _ReplicaWait:
-    vanished: frozenset[str]
-    """Advertised IDs of the device before the change that the new count does not have."""
-    since: float
-
-
-class OwnershipIndex:
-    """The host-wide index of claims (one per host, passed to every resource).
+class OwnershipIndex(Resolving):
+    """The host-wide index of claims (one per host, passed to every resource). Built in
+    layers, one module each: the claim table (`ownership_table.ClaimTable`), admission
+    (`ownership_admission.Admission`), resolving off the loop (`ownership_resolve.Resolving`);
+    this adds runtimes, publishing, PodResources answers and the watcher.
 
     A claim whose device stops being advertised (it left the list, is held, or its resource
     was removed) *lingers*: it keeps its owner while its node is still there, because a pod
@@ -205,23 +115,70 @@ class OwnershipIndex:
         metrics: Metrics | None = None,
         resolve: Resolver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        offload: Offload | None = None,
+        timeout: float = RESOLVE_TIMEOUT,
     ) -> None:
-        self._metrics = metrics
-        self._real_dirs: dict[str, str] = {}
-        """Real paths of directories, for one admission (`claim_key`)."""
-        self._resolve: Resolver = resolve or self._claim_key
-        self._clock = clock
-        """The PodResources poller's clock (`Holdings.asked_at`)."""
-        self._exclusive: dict[ClaimKey, Owner] = {}
-        self._where: dict[ClaimKey, str] = {}
-        """The host path each exclusive claim was made through (to see whether it is gone)."""
-        self._shared: dict[ClaimKey, set[Owner]] = {}
-        """Key -> the advertised devices that claim it shared."""
-        self._resources: dict[str, _Resource] = {}
+        super().__init__(clock, metrics, resolve, offload, timeout)
         self._pending: dict[str, None] = {}
         self._draining = False
+        self._watcher: Watcher | None = None
+        self._followed: dict[str, set[str]] = {}
+        """Directory of a claimed host path -> the resources that claimed through it."""
+        self._changed: dict[str, set[str] | None] = {}
+        """Names the watcher reported changed per directory since the last recheck (None:
+        anything in it)."""
 
     # ------------------------------------------------------------------ runtimes
+
+    def watch(self, watcher: Watcher) -> None:
+        """Follow the directories of claimed host paths through the host's watcher: a claim
+        is resolved again when its path changes (a node replaced by one with another device
+        number must not keep the old claim). Their subscriptions last as long as the host."""
+        self._watcher = watcher
+
+    def _follow(self, resource: str, claims: Claims) -> None:
+        watcher = self._watcher
+        if watcher is None:
+            return
+        for _, path, _ in claims.all():
+            directory = os.path.dirname(path)
+            users = self._followed.get(directory)
+            if users is None:
+                users = self._followed[directory] = set()
+                watcher.subscribe(directory, functools.partial(self._path_changed, directory))
+            users.add(resource)
+
+    def _path_changed(self, directory: str, name: str | None) -> None:
+        """A watcher callback: note it, and recheck once the burst is over (soon)."""
+        first = not self._changed
+        if name is None:
+            self._changed[directory] = None
+        else:
+            names = self._changed.setdefault(directory, set())
+            if names is not None:
+                names.add(name)
+        if first:
+            asyncio.get_running_loop().call_soon(self._recheck)
+
+    def _recheck(self) -> None:
+        """Forget the claims of devices with a changed path, and admit their resources
+        again (which resolves them anew)."""
+        changed, self._changed = self._changed, {}
+        for directory, names in changed.items():
+            paths = None if names is None else {os.path.join(directory, n) for n in names}
+            for name in self._followed.get(directory, ()):
+                state = self._resources[name]
+                stale = [
+                    device_id
+                    for device_id, device in state.admitted_from.items()
+                    if _through(device, directory, paths)
+                ]
+                for device_id in stale:
+                    state.claims.pop(device_id, None)
+                if stale and state.publish is not None and not state.retired:
+                    state.settled = False
+                    self._pending[name] = None
+        self._drain()
 
     def attach(
         self,
@@ -238,7 +195,10 @@ class OwnershipIndex:
         state = self._state(resource)
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
-        state.plain = False  # a new runtime's first list is admitted in full (and logged)
+        state.settled, state.sent = False, None
+        # A new runtime's first list is admitted in full (and logged, what it holds too)
+        # unless the resource never listed a device.
+        state.plain = not state.admitted_from and not state.owned and not state.lingering
         if state.replicas is not None and state.replicas != replicas:
             now = self._clock()
             for device_id in [*state.owned, *state.waits]:
@@ -248,12 +208,17 @@ class OwnershipIndex:
                 if before is not None:
                     gone |= before.vanished
                 if gone:
-                    state.waits[device_id] = _ReplicaWait(frozenset(gone), now)
+                    state.waits[device_id] = ReplicaWait(frozenset(gone), now)
+            if state.waits:
+                self._kept_changed()
         state.replicas = replicas
 
         def detach() -> None:
+            """The runtime stopped: an admission waiting for paths is dropped with it."""
             if state.publish is publish:
                 state.publish = None
+                if state.resolving is not None:
+                    state.resolving.cancel()
 
         return detach
 
@@ -265,6 +230,7 @@ class OwnershipIndex:
         state.retired = True
         state.publish = None
         state.held = {}
+        state.settled = False
         released = False
         for advertised_id in list(state.owned):
             released |= self._unadvertise(state, advertised_id)
@@ -284,8 +250,9 @@ class OwnershipIndex:
                 late = holdings.asked_at >= wait.since + HEARD_AFTER
                 if late and not any(replica in held for replica in wait.vanished):
                     del state.waits[device_id]
+                    self._kept_changed()
                     released = True
-            for key, since in list(state.lingering.items()):
+            for key, (since, _) in list(state.lingering.items()):
                 if holdings.asked_at < since + HEARD_AFTER:
                     continue
                 device = self._exclusive[key].device
@@ -295,11 +262,6 @@ class OwnershipIndex:
         if released:
             self._wake_waiting("")
             self._drain()
-
-    def owner_of(self, path: str) -> Owner | None:
-        """The device that owns `path` exclusively (advertised or lingering), or None."""
-        key = self._resolve(path)
-        return None if key is None else self._exclusive.get(key)
 
     # ------------------------------------------------------------------ publishing
 
@@ -311,19 +273,17 @@ class OwnershipIndex:
         if state.retired:
             return False
         state.reported = devices
-        changed = self._apply(state)
+        changed = self._admit_or_defer(state)
         self._drain()
         return changed
 
-    def _state(self, resource: str) -> _Resource:
-        state = self._resources.get(resource)
-        if state is None:
-            state = self._resources[resource] = _Resource(resource)
-        return state
-
-    def _apply(self, state: _Resource) -> bool:
+    def _apply(self, state: ResourceState) -> bool:
+        self._admitting = state.name
         admitted = self._admit(state)
-        return state.publish(admitted) if state.publish is not None else False
+        if state.publish is None or admitted is state.sent:
+            return False
+        state.sent = admitted
+        return state.publish(admitted)
 
     def _drain(self) -> None:
         """Publish again the resources that wait for a released claim (one at a time, never
@@ -337,246 +297,10 @@ class OwnershipIndex:
                 del self._pending[name]
                 state = self._resources[name]
                 if state.publish is not None and not state.retired:
-                    self._apply(state)
+                    self._admit_or_defer(state)
         finally:
             self._draining = False
-
-    def _claims_of(self, state: _Resource, devices: Mapping[str, Device]) -> dict[str, Claims]:
-        """Claims of every device, resolved again only for devices that changed."""
-        cache = state.claims
-        fresh: dict[str, tuple[Device, Claims]] = {}
-        for device_id, device in devices.items():
-            known = cache.get(device_id)
-            if known is None or not (known[0] is device or known[0].same_places(device)):
-                known = (device, device_claims(device, self._resolve))
-            fresh[device_id] = known
-        state.claims = fresh
-        return {device_id: claims for device_id, (_, claims) in fresh.items()}
-
-    def _claim_key(self, path: str) -> ClaimKey | None:
-        return claim_key(path, self._real_dirs)
-
-    def _admit(self, state: _Resource) -> Mapping[str, Device]:
-        self._real_dirs = {}
-        fast = self._admit_changes(state)
-        if fast is not None:
-            return fast
-        devices = state.reported
-        name = state.name
-        released = self._prune_gone(state)
-        claims = self._claims_of(state, devices)
-        # The ID each device is advertised under: the ID of this resource that owns its
-        # claims already (the kubelet may have given it to a pod), else its own.
-        ids: dict[str, str] = {}
-        for device_id, claim in claims.items():
-            inherited = [
-                owner.device
-                for key in claim.exclusive
-                if (owner := self._exclusive.get(key)) is not None
-                and owner.resource == name
-                and owner.device != device_id
-            ]
-            ids[device_id] = min(inherited) if inherited else device_id
-        # Devices that own their claims already go first (the kubelet may have given them
-        # to a pod), then the others in ID order.
-        order = sorted(claims, key=lambda d: (not self._incumbent(state, ids[d], claims[d]), d))
-        wanted: dict[str, Claims] = {}
-        for device_id in order:
-            wanted.setdefault(ids[device_id], claims[device_id])
-        released |= self._release_stale(state, wanted)
-        admitted: dict[str, Device] = {}
-        holding: dict[str, _Holding] = {}
-        taken: set[str] = set()
-        """Advertised IDs whose device owns its claims (advertised, or waiting on replicas)."""
-        for device_id in order:
-            advertised_id = ids[device_id]
-            claim = claims[device_id]
-            if advertised_id in taken:
-                holding[device_id] = _Holding("id_taken", Owner(name, advertised_id), "")
-                continue
-            why = self._conflict(name, advertised_id, claim)
-            if why is not None:
-                holding[device_id] = why
-                released |= self._unadvertise(state, advertised_id)
-                continue
-            self._claim(state, advertised_id, claim)
-            taken.add(advertised_id)
-            wait = state.waits.get(advertised_id)
-            if wait is not None:
-                # it keeps its claims: pods may hold it under its old replica IDs
-                vanished = ",".join(sorted(wait.vanished))
-                holding[device_id] = _Holding("replicas_changed", Owner(name, vanished), "")
-                continue
-            device = devices[device_id]
-            admitted[advertised_id] = (
-                device if advertised_id == device_id else device.with_id(advertised_id)
-            )
-        for advertised_id in [a for a in state.owned if a not in taken]:
-            released |= self._unadvertise(state, advertised_id)
-        for advertised_id in [a for a in state.waits if a not in taken]:
-            del state.waits[advertised_id]  # gone from the list: nothing left to wait for
-        self._note_held(state, holding, ids)
-        if released:
-            self._wake_waiting(name)
-        state.plain = not state.waits and all(ids[d] == d for d in ids if d not in holding)
-        if not holding and state.plain:
-            return devices
-        return admitted
-
-    def _admit_changes(self, state: _Resource) -> Mapping[str, Device] | None:
-        """The common case in O(changed) claim work: every device the last admission
-        advertised kept its own ID, and nothing waits on replicas. Devices that changed, and
-        those held last time, are admitted or held one by one; a change that may rename a
-        device (a node let go of, a claim of a device of this resource that is no longer
-        advertised) goes to the full admission, which starts from what this did. Returns
-        what to advertise, or None."""
-        if not state.plain or state.waits:
-            return None
-        devices = state.reported
-        cache = state.claims
-        dirty = [d for d in state.held if d in devices]
-        added = 0
-        for device_id, device in devices.items():
-            known = cache.get(device_id)
-            if known is None:
-                added += 1
-                dirty.append(device_id)
-            elif known[0] is not device and known[0] != device:
-                dirty.append(device_id)
-        released = self._prune_gone(state)
-        if len(cache) + added != len(devices):
-            for device_id in [d for d in cache if d not in devices]:
-                del cache[device_id]
-                released |= self._unadvertise(state, device_id)
-        holding: dict[str, _Holding] = {}
-        result: Mapping[str, Device] | None = devices
-        for device_id in sorted(set(dirty)):
-            device = devices[device_id]
-            known = cache.get(device_id)
-            if known is not None and known[0].same_places(device):
-                claims = known[1]
-                cache[device_id] = (device, claims)
-                if device_id not in state.held:
-                    continue  # health or env changed: it owns its claims
-            else:
-                claims = device_claims(device, self._resolve)
-                cache[device_id] = (device, claims)
-            before = state.owned.get(device_id)
-            if before is not None and not before.exclusive.keys() <= claims.exclusive.keys():
-                result = None  # it lets go of a node, which may keep its ID
-                break
-            why = self._conflict(state.name, device_id, claims)
-            if why is not None:
-                if why.owner.resource == state.name and why.owner.device not in state.owned:
-                    result = None  # a node of a device of ours that went: a rename
-                    break
-                holding[device_id] = why
-                released |= self._unadvertise(state, device_id)
-                continue
-            released |= self._drop_keys(state, device_id, claims)
-            self._claim(state, device_id, claims)
-        if released:
-            self._wake_waiting(state.name)
-        if result is None:
-            return None
-        self._note_held(state, holding, {d: d for d in devices if d in state.held})
-        if holding:
-            return {d: device for d, device in devices.items() if d not in holding}
-        return devices
-
-    def _incumbent(self, state: _Resource, advertised_id: str, claims: Claims) -> bool:
-        """Whether the device advertised as `advertised_id` owns its claims already."""
-        me = Owner(state.name, advertised_id)
-        return bool(claims.exclusive) and all(
-            self._exclusive.get(key) == me for key in claims.exclusive
-        )
-
-    def _conflict(self, resource: str, device_id: str, claims: Claims) -> _Holding | None:
-        me = Owner(resource, device_id)
-        for key, path in claims.exclusive.items():
-            owner = self._exclusive.get(key)
-            if owner is not None and owner != me and not self._released_if_gone(key):
-                return _Holding("owned", owner, path)
-            sharers = self._shared.get(key, set()) - {me}
-            if sharers:
-                return _Holding("shared", min(sharers, key=_owner_order), path)
-        for key, path in claims.shared.items():
-            owner = self._exclusive.get(key)
-            if owner is not None and owner != me and not self._released_if_gone(key):
-                return _Holding("owned", owner, path)
-        return None
-
-    def _released_if_gone(self, key: ClaimKey) -> bool:
-        """Release a lingering claim whose node is gone; True if it was released."""
-        owner = self._exclusive[key]
-        state = self._resources[owner.resource]
-        if key not in state.lingering or self._resolve(self._where[key]) == key:
-            return False
-        self._release_lingering(state, key)
-        return True
-
-    def _release_lingering(self, state: _Resource, key: ClaimKey) -> None:
-        del state.lingering[key]
-        del self._exclusive[key], self._where[key]
-
-    def _prune_gone(self, state: _Resource) -> bool:
-        """Release this resource's lingering claims whose nodes are gone."""
-        return any([self._released_if_gone(key) for key in list(state.lingering)])
-
-    def _claim(self, state: _Resource, device_id: str, claims: Claims) -> None:
-        me = Owner(state.name, device_id)
-        for key, path in claims.exclusive.items():
-            self._exclusive[key] = me
-            self._where[key] = path
-            state.lingering.pop(key, None)
-        for key in claims.shared:
-            self._shared.setdefault(key, set()).add(me)
-        state.owned[device_id] = claims
-
-    def _release_stale(self, state: _Resource, wanted: Mapping[str, Claims]) -> bool:
-        """Claims of advertised IDs that are gone, or that a device no longer has, linger."""
-        released = False
-        for advertised_id in list(state.owned):
-            new = wanted.get(advertised_id)
-            if new is None:
-                released |= self._unadvertise(state, advertised_id)
-            else:
-                released |= self._drop_keys(state, advertised_id, new)
-        return released
-
-    def _drop_keys(self, state: _Resource, advertised_id: str, new: Claims) -> bool:
-        """An advertised device's claims it no longer makes: exclusive ones linger, shared
-        ones go (True if one did)."""
-        old = state.owned.get(advertised_id)
-        if old is None:
-            return False
-        me = Owner(state.name, advertised_id)
-        for key in old.exclusive.keys() - new.exclusive.keys():
-            if self._exclusive.get(key) == me:
-                state.lingering.setdefault(key, self._clock())
-        return any([self._unshare(key, me) for key in old.shared.keys() - new.shared.keys()])
-
-    def _unadvertise(self, state: _Resource, advertised_id: str) -> bool:
-        """The device is no longer advertised: its exclusive claims linger, its shared ones
-        go. True if something was released."""
-        old = state.owned.pop(advertised_id, None)
-        if old is None:
-            return False
-        me = Owner(state.name, advertised_id)
-        now = self._clock()
-        for key in old.exclusive:
-            if self._exclusive.get(key) == me:
-                state.lingering.setdefault(key, now)
-        return any([self._unshare(key, me) for key in old.shared])
-
-    def _unshare(self, key: ClaimKey, owner: Owner) -> bool:
-        sharers = self._shared.get(key)
-        if sharers is None or owner not in sharers:
-            return False
-        sharers.discard(owner)
-        if not sharers:
-            del self._shared[key]
-        return True
+            self._fresh.clear()
 
     def _wake_waiting(self, releaser: str) -> None:
         for name, other in self._resources.items():
@@ -584,7 +308,7 @@ class OwnershipIndex:
                 self._pending[name] = None
 
     def _note_held(
-        self, state: _Resource, holding: dict[str, _Holding], ids: Mapping[str, str]
+        self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
     ) -> None:
         log = state.log
         for device_id, why in holding.items():
@@ -613,31 +337,29 @@ class OwnershipIndex:
         state.held = holding
 
 
-@dataclass(frozen=True)
-class Overlap:
-    """Two devices that reach one node or mount source (what `check` warns about)."""
-
-    path: str
-    first: Owner
-    second: Owner
-
-
-def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = claim_key) -> list[Overlap]:
-    """Every claim two devices would make (not two shared ones), by the index's rules:
-    the later device in `devices` order would be held while the first is advertised."""
-    seen: dict[ClaimKey, tuple[Owner, bool]] = {}
-    found: list[Overlap] = []
-    for resource, device in devices:
-        me = Owner(resource, device.id)
-        claims = device_claims(device, resolve)
-        for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
-            for key, path in mine.items():
-                known = seen.get(key)
-                if known is None:
-                    seen[key] = (me, is_shared)
-                elif not (is_shared and known[1]):
-                    found.append(Overlap(path, known[0], me))
-    return found
+def read_saved(document: Mapping[str, Any]) -> Saved:
+    """`ownership.json`, checked: each claim a `kind` of `c` or `b` with a device number, or
+    `path` or `dir` with a path, and text resource, device, path and real path; each wait a
+    text resource and device and a list of text IDs."""
+    saved = Saved([], [])
+    for entry in document.get("waits", ()):
+        names = [entry["resource"], entry["device"], *entry["vanished"]]
+        if not all(isinstance(text, str) and text for text in names):
+            raise TypeError(f"a wait's resource, device and IDs must be text: {entry!r}")
+        saved.waits.append((names[0], names[1], frozenset(names[2:])))
+    for entry in document["claims"]:
+        kind, value = entry["kind"], entry["key"]
+        if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
+            key: ClaimKey = (kind, value)
+        elif kind in ("path", "dir") and isinstance(value, str):
+            key = (kind, value)
+        else:
+            raise TypeError(f"a claim is not c/b with a number or path/dir with a path: {entry!r}")
+        texts = [entry[name] for name in ("resource", "device", "path", "real")]
+        if not all(isinstance(text, str) and text for text in texts):
+            raise TypeError(f"a claim's resource, device, path and real must be text: {entry!r}")
+        saved.claims.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
+    return saved
 
 
 class _Table(Protocol):

@@ -1,166 +1,38 @@
-"""One resource's runtime: driver, device table, gRPC server and registration, as a unit.
-
-The serving loop follows the kubelet's rules. With `registration: deviceSocket`: serve
-first, then Register (the kubelet dials back inside Register); when the kubelet restarts
-(kubelet.sock re-created, our socket deleted by its cleanup) or drops our stream, stop the
-old server and its streams first, then serve on a fresh socket and register again. With
-`registration: pluginsRegistry` the socket itself is the registration
-(docs/kubelet-contract.md §14): create it once the first list is ready, and let the kubelet's
-plugin manager register it, also after kubelet restarts; create it again only when the
-kubelet refuses it or no verdict comes in time (a v1.32 kubelet never retries a failed
-registration by itself).
-"""
+"""One resource's runtime: driver, device table, the parts that follow it (health checks,
+CDI spec, release, who holds what) and its socket (`serving.py`), run as a unit: one task
+group, so a part that fails ends the resource and the supervisor restarts it."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import functools
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Final, Literal
 
-from .backoff import Backoff
-from .config import KubeletConfig, ResourceConfig
+from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot, physical_id
-from .drivers import (
-    DeviceReporter,
-    Driver,
-    DriverDeps,
-    DriverFactory,
-    failure_threshold,
-    make_driver,
-)
-from .endpoint import socket_name
-from .files import DaemonThreads, Offload
+from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
 from .hooks import AllocateHook, PreStartHook
-from .logs import EventLogger
-from .metrics import Metrics
-from .nfd import NodeFeatureFile
-from .ownership import OwnedTable, OwnershipIndex
-from .podresources import Holder, Holdings, PodResourcesPoller
-from .process import CommandRunner, ProcessRunner
-from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
-from .protocol.registration import (
-    KUBELET_SOCKET,
-    FileIdentity,
-    RegistrationError,
-    file_identity,
-    kubelet_listening,
-    kubelet_socket_identity,
-    register,
-)
-from .protocol.server import PluginServer
+from .ownership import OwnedTable
+from .podresources import Holder, Holdings
 from .protocol.service import DevicePluginService, ListAndWatchEncoder
 from .release import ReleaseTracker
-from .release_state import ReleaseStateStore
-from .watch import Watcher
-
-SAFETY_CHECK_INTERVAL = 30.0
-"""Re-check sockets this often even when no watch event came (a lost event costs at most this)."""
-FRESH_KUBELET_RETRY = 0.01
-FIRST_SCAN_WAIT = 2.0
-"""Register only after the driver's first list (so the kubelet does not see 0 devices first),
-but do not wait longer than this for a slow probe."""
-OPTIONS_CHANGED: Final = "options_changed"
-"""Why a resource registers again when the kubelet must learn new DevicePluginOptions (it
-takes them only at registration): GetPreferredAllocation now matters."""
-STREAM_LOST: Final = "stream_lost"
-"""In the queue of what the kubelet did, beside its verdicts: it ended our last stream."""
-
-
-@dataclass(frozen=True)
-class RegistryWait:
-    """With `registration: pluginsRegistry`: how long a resource waits for the kubelet's
-    verdict (after creating its socket, or after the kubelet ended its stream) before it
-    creates its socket again; doubled on each wait in a row that ends with nothing."""
-
-    first: float = 5.0
-    maximum: float = 300.0
-
-
-@dataclass(frozen=True)
-class HostServices:
-    """What the host lends every resource."""
-
-    kubelet: KubeletConfig
-    """The kubelet's directories and the registration mode."""
-    instance_id: str
-    watcher: Watcher
-    metrics: Metrics
-    log: EventLogger
-    drivers: DriverFactory = make_driver
-    """Makes each resource's driver (tests pass their own)."""
-    offload: Offload = field(default_factory=DaemonThreads)
-    """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
-    commands: CommandRunner = field(default_factory=ProcessRunner)
-    """Runs every command of the resources: probes, health checks, preStart, allocate and
-    release."""
-    pod_resources: PodResourcesPoller | None = None
-    """Who holds each device (None: PodResources polling is off)."""
-    release_state: ReleaseStateStore | None = None
-    """What the release trackers keep across restarts (None: `release` cannot run)."""
-    ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
-    """The host's one index of claimed nodes and mount sources, shared by every resource."""
-    status_changed: Callable[[], None] = lambda: None
-    """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
-    registry_wait: RegistryWait = field(default_factory=RegistryWait)
-    node_features: NodeFeatureFile | None = None
-    """The NFD feature file every resource's device counts go to (None: `nodeFeatures` off)."""
-
-
-@dataclass
-class ResourceStatus:
-    """What /readyz says about a resource. Reasons are short and fixed (no host paths, no
-    probe output): the endpoint is reachable from the pod network."""
-
-    serving: bool = False
-    registered: bool = False
-    last_error: str | None = None
-    problems: dict[str, str] = field(default_factory=dict)
-    """Parts of the resource that keep it from being ready (e.g. `cdi`), with a short reason."""
-
-    @property
-    def ready(self) -> bool:
-        return self.serving and self.registered and not self.problems
-
-    def not_ready_reason(self) -> str:
-        if self.problems:
-            return "; ".join(self.problems[part] for part in sorted(self.problems))
-        return self.last_error or ("not serving" if not self.serving else "not registered")
+from .services import HostServices
+from .serving import ServingLoop
 
 
 class ResourceRuntime:
+    """One resource: its driver and device table, the parts that follow the table (health,
+    CDI, release, who holds what), and its socket (`serving.ServingLoop`)."""
+
     def __init__(self, config: ResourceConfig, services: HostServices) -> None:
         self.config = config
         self._services = services
         self.log = services.log.bind(resource=config.name)
-        self.status = ResourceStatus()
-        kubelet = services.kubelet
-        self._registry = kubelet.registration == "pluginsRegistry"
-        self._serve_dir = kubelet.serve_dir
-        self.endpoint = socket_name(config.name, services.instance_id, self._serve_dir)
-        self.socket_path = os.path.join(self._serve_dir, self.endpoint)
         self.table = DeviceTable(replicas=config.replicas)
         self._held: dict[str, tuple[Holder, ...]] = {}
         """Physical devices a container holds (the last PodResources answer), and by whom."""
         self._held_missing: set[str] = set()
-        self.table.add_listener(self._on_devices_changed)
         self._encoder = ListAndWatchEncoder()
-        self._service: DevicePluginService | None = None
-        """The service of the socket served now (None between two servers)."""
-        self._wake = asyncio.Event()
-        self._stream_lost = False
-        self._kubelet_events: collections.deque[KubeletVerdict | Literal["stream_lost"]] = (
-            collections.deque()
-        )
-        """pluginsRegistry: the kubelet's verdicts and stream ends, in the order they came."""
-        self._info_asked = False
-        """pluginsRegistry: the kubelet called GetInfo on the current socket."""
-        self._last_refusal: str | None = None
-        """pluginsRegistry: the kubelet's last refusal, logged once while it repeats."""
         self._pre_start = (
             None
             if config.pre_start is None
@@ -198,9 +70,27 @@ class ResourceRuntime:
                 self.log,
             )
         )
-        self._first_list_ready: list[asyncio.Event] = [self.table.published]
-        """Set when the first list is complete (the driver's first scan, the first CDI spec
-        write): the kubelet's first ListAndWatch then sees final health, not a flap."""
+        self._serving = ServingLoop(
+            config.name, services, self.log, self._make_service, [self.table.published]
+        )
+        self.status = self._serving.status
+        self.endpoint = self._serving.endpoint
+        self.socket_path = self._serving.socket_path
+        self.table.add_listener(self._on_devices_changed)
+
+    def _make_service(self, on_stream_lost: Callable[[], None]) -> DevicePluginService:
+        """The DevicePlugin service of a new socket."""
+        return DevicePluginService(
+            self.config,
+            self.table,
+            self._encoder,
+            self._services.metrics,
+            self.log,
+            on_stream_lost=on_stream_lost,
+            pre_start=self._pre_start,
+            allocate_hook=self._allocate_hook,
+            release=self.release,
+        )
 
     def _on_devices_changed(self, snapshot: Snapshot) -> None:
         self._services.metrics.set_device_counts(
@@ -210,14 +100,17 @@ class ResourceRuntime:
             self._services.node_features.update(self.config.name, snapshot)
         if self._held:
             self._check_held_devices(snapshot)
-        if self._service is not None and self._service.options_outdated():
-            self._wake.set()
+        self._serving.devices_changed()
 
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""
         services = self._services
         deps = DriverDeps(
-            self.log, services.watcher, offload=services.offload, commands=services.commands
+            self.log,
+            services.watcher,
+            offload=services.offload,
+            commands=services.commands,
+            safety_net=services.safety_net,
         )
         driver = services.drivers(self.config.driver, deps)
         detach = services.ownership.attach(
@@ -314,293 +207,12 @@ class ResourceRuntime:
                     self.config,
                     self.table,
                     self.log,
-                    report=functools.partial(self._set_problem, "cdi"),
+                    report=functools.partial(self._serving.set_problem, "cdi"),
                     count_failure=cdi_failures.inc,
                     instance=services.instance_id,
                     watcher=services.watcher,
                     offload=services.offload,
                 )
-                self._first_list_ready.append(writer.first_sync)
+                self._serving.first_list_ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{self.config.name}:cdi")
-            group.create_task(self._serve_forever(), name=f"{self.config.name}:serve")
-
-    async def _serve_forever(self) -> None:
-        subscription = self._services.watcher.subscribe(
-            self._serve_dir, self._on_socket_dir_event, names=(KUBELET_SOCKET, self.endpoint)
-        )
-        wait = self._services.registry_wait
-        patience = Backoff(wait.first, wait.maximum)
-        refusals = Backoff()
-        try:
-            while True:
-                if self._registry:
-                    await self._first_list()  # creating the socket registers it
-                service, server, identity = await self._start_server()
-                try:
-                    if self._registry:
-                        reason = await self._follow_the_plugin_manager(
-                            service, identity, patience, refusals
-                        )
-                    else:
-                        kubelet = await self._register_until_done(service, identity)
-                        reason = await self._wait_until_reregister_needed(
-                            service, identity, kubelet
-                        )
-                except _SocketLost:
-                    reason = "socket_removed"
-                finally:
-                    await self._stop_server(service, server)
-                self.log.info("reregistering", reason=reason)
-        finally:
-            subscription.cancel()
-            self._mark(serving=False, registered=False)
-
-    def _on_socket_dir_event(self, name: str | None) -> None:
-        if name is None or name in (KUBELET_SOCKET, self.endpoint):
-            self._wake.set()
-
-    def _on_stream_lost(self) -> None:
-        self._stream_lost = True
-        self._kubelet_events.append(STREAM_LOST)
-        self._wake.set()
-
-    def _on_info(self) -> None:
-        self._info_asked = True
-
-    def _on_verdict(self, verdict: KubeletVerdict) -> None:
-        self._kubelet_events.append(verdict)
-        self._wake.set()
-
-    async def _start_server(self) -> tuple[DevicePluginService, PluginServer, FileIdentity]:
-        """Serve on a fresh socket, waiting (with backoff) for the socket dir to exist."""
-        backoff = Backoff()
-        while True:
-            self._wake.clear()
-            service = DevicePluginService(
-                self.config,
-                self.table,
-                self._encoder,
-                self._services.metrics,
-                self.log,
-                on_stream_lost=self._on_stream_lost,
-                pre_start=self._pre_start,
-                allocate_hook=self._allocate_hook,
-                release=self.release,
-            )
-            handlers: list[object] = [service]
-            if self._registry:
-                handlers.append(
-                    PluginRegistrationService(
-                        self.config.name,
-                        self.socket_path,
-                        on_info=self._on_info,
-                        on_verdict=self._on_verdict,
-                    )
-                )
-            self._kubelet_events.clear()
-            self._info_asked = False
-            server = PluginServer(handlers)
-            try:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.socket_path)
-                await server.serve(self.socket_path)
-                identity = file_identity(self.socket_path)
-                if identity is None:
-                    raise FileNotFoundError(self.socket_path)
-            except OSError as exc:
-                self._mark(serving=False, error=f"cannot serve: {type(exc).__name__}")
-                self.log.warning("serve_failed", socket=self.socket_path, reason=str(exc))
-                await self._sleep_or_wake(backoff.next_delay())
-                continue
-            self._service = service
-            self._mark(serving=True)
-            self.log.info("serving", socket=self.socket_path)
-            return service, server, identity
-
-    async def _stop_server(self, service: DevicePluginService, server: PluginServer) -> None:
-        """End streams first (clean EOF at the kubelet), then close server and connections.
-
-        The synchronous part (close, drop connections, remove the socket) runs even when
-        the wait for the streams is interrupted by a second cancel.
-        """
-        self._service = None
-        self._mark(serving=False, registered=False)
-        try:
-            await service.end_streams()
-        finally:
-            server.close()
-            server.close_connections()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)
-        try:
-            async with asyncio.timeout(1.0):
-                await server.wait_closed()
-        except TimeoutError:
-            self.log.warning("server_close_slow")
-
-    async def _register_until_done(
-        self, service: DevicePluginService, identity: FileIdentity
-    ) -> FileIdentity | None:
-        """Register, retrying with backoff; returns the identity of the kubelet.sock used."""
-        await self._first_list()
-        backoff = Backoff()
-        metrics = self._services.metrics
-        last_message = None
-        refused: FileIdentity | None = None
-        while True:
-            self._wake.clear()
-            kubelet = kubelet_socket_identity(self._serve_dir)
-            # Our socket is checked once the kubelet listens: a kubelet that is starting
-            # deletes plugin sockets before it listens, and one deleted under a Register
-            # call costs the kubelet's 10 s dial-back deadline.
-            await kubelet_listening(self._serve_dir)
-            if file_identity(self.socket_path) != identity:
-                raise _SocketLost()
-            try:
-                await register(self._serve_dir, self.config.name, self.endpoint, service.options)
-            except RegistrationError as exc:
-                metrics.registrations.labels(self.config.name, exc.result).inc()
-                message = str(exc)
-                self._mark(registered=False, error=f"not registered: {exc.result}")
-                if message != last_message:
-                    level = self.log.info if exc.result == "unavailable" else self.log.warning
-                    level("register_failed", result=exc.result, reason=message)
-                    last_message = message
-                delay = backoff.next_delay()
-                if exc.result == "unavailable" and kubelet not in (None, refused):
-                    # A kubelet.sock that was just created may not be listening yet.
-                    refused, delay = kubelet, FRESH_KUBELET_RETRY
-                await self._sleep_or_wake(delay)
-                continue
-            metrics.registrations.labels(self.config.name, "ok").inc()
-            self._stream_lost = False
-            self._mark(registered=True)
-            self.log.info("registered", endpoint=self.endpoint)
-            return kubelet
-
-    async def _wait_until_reregister_needed(
-        self, service: DevicePluginService, identity: FileIdentity, kubelet: FileIdentity | None
-    ) -> str:
-        while True:
-            self._wake.clear()
-            if file_identity(self.socket_path) != identity:
-                return "socket_removed"
-            current = kubelet_socket_identity(self._serve_dir)
-            if current is not None and current != kubelet:
-                return "kubelet_restarted"
-            if self._stream_lost:
-                return "stream_closed_by_kubelet"
-            if service.options_outdated():
-                return OPTIONS_CHANGED
-            await self._sleep_or_wake(SAFETY_CHECK_INTERVAL)
-
-    async def _first_list(self) -> None:
-        """Wait for the first complete list (`FIRST_SCAN_WAIT` at most)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FIRST_SCAN_WAIT):
-                for event in self._first_list_ready:
-                    await event.wait()
-
-    async def _follow_the_plugin_manager(
-        self,
-        service: DevicePluginService,
-        identity: FileIdentity,
-        patience: Backoff,
-        refusals: Backoff,
-    ) -> str:
-        """pluginsRegistry: follow the kubelet's verdicts on the socket just created; returns
-        why the socket must be created again (docs/kubelet-contract.md §14).
-
-        Registered: nothing to do until the kubelet ends our stream. It does that when it
-        restarts (its new plugin manager then registers the socket again) or when it gives up
-        on us (nothing follows): so after a stream end, as after creating the socket, a verdict
-        must come within `patience`. A refusal is retried after `refusals`, unless the kubelet
-        (a newer one retries by itself) registers the socket meanwhile.
-        """
-        loop = asyncio.get_running_loop()
-        metrics = self._services.metrics
-        deadline: float | None = loop.time() + patience.next_delay()
-        refused: str | None = None
-        while True:
-            self._wake.clear()
-            if file_identity(self.socket_path) != identity:
-                return "socket_removed"
-            if service.options_outdated():
-                return OPTIONS_CHANGED
-            while self._kubelet_events:
-                event = self._kubelet_events.popleft()
-                if event == STREAM_LOST:
-                    if self.status.registered:
-                        self._mark(registered=False, error="not registered: stream closed")
-                        self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
-                        deadline = loop.time() + patience.next_delay()
-                elif isinstance(event, KubeletVerdict) and event.registered:
-                    metrics.registrations.labels(self.config.name, "ok").inc()
-                    patience.reset()
-                    refusals.reset()
-                    deadline, refused, self._last_refusal = None, None, None
-                    self._mark(registered=True)
-                    self.log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
-                elif isinstance(event, KubeletVerdict):
-                    metrics.registrations.labels(self.config.name, "refused").inc()
-                    self._mark(registered=False, error="not registered: refused")
-                    level = (
-                        self.log.debug if event.error == self._last_refusal else self.log.warning
-                    )
-                    level("register_failed", result="refused", reason=event.error)
-                    self._last_refusal = event.error
-                    deadline, refused = loop.time() + refusals.next_delay(), event.error
-            if deadline is not None and loop.time() >= deadline:
-                if refused is not None:
-                    return "registration_refused"
-                metrics.registrations.labels(self.config.name, "unavailable").inc()
-                self._mark(registered=False, error="not registered: unavailable")
-                self.log.info(
-                    "register_failed",
-                    result="unavailable",
-                    reason=(
-                        "the kubelet asked GetInfo but sent no registration status"
-                        if self._info_asked
-                        else "no GetInfo from the kubelet's plugin watcher"
-                    ),
-                    dir=self._serve_dir,
-                )
-                return "no_registration_status"
-            delay = SAFETY_CHECK_INTERVAL if deadline is None else deadline - loop.time()
-            await self._sleep_or_wake(delay)
-
-    async def _sleep_or_wake(self, delay: float) -> None:
-        """Sleep, cut short by a socket-dir event (callers clear the event before checking)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._wake.wait()
-
-    def _set_problem(self, part: str, reason: str | None) -> None:
-        """A part of the resource keeps it from being ready (reason), or no longer (None)."""
-        if reason is None:
-            self.status.problems.pop(part, None)
-        else:
-            self.status.problems[part] = reason
-        self._services.status_changed()
-
-    def _mark(
-        self,
-        *,
-        serving: bool | None = None,
-        registered: bool | None = None,
-        error: str | None = None,
-    ) -> None:
-        if serving is not None:
-            self.status.serving = serving
-        if registered is not None:
-            self.status.registered = registered
-            self._services.metrics.registered.labels(self.config.name).set(int(registered))
-            if registered:
-                self.status.last_error = None
-        if error is not None:
-            self.status.last_error = error
-        self._services.status_changed()
-
-
-class _SocketLost(Exception):
-    pass
+            group.create_task(self._serving.run(), name=f"{self.config.name}:serve")

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from .backoff import Backoff
 from .config import ResourceConfig
-from .resource import HostServices, ResourceRuntime
+from .resource import ResourceRuntime
+from .services import HostServices
 
 STOP_WAIT = 1.5
 """Seconds the host waits for its resources to stop at shutdown before logging the slow ones."""

@@ -25,6 +25,7 @@ from .devices import Device
 from .drivers.base import DriverDeps, DriverError, Skipped
 from .files import DaemonThreads, FileReader, Offload
 from .logs import EventLogger, get_logger
+from .safety_net import SafetyNet
 from .watch import Subscription, WatchCallback, new_subscription
 
 
@@ -122,6 +123,7 @@ def driver_deps(
     clock: ManualClock | None = None,
     files: FileReader | None = None,
     offload: Offload | None = None,
+    safety_net: SafetyNet | None = None,
 ) -> DriverDeps:
     """DriverDeps for a test: a ManualWatcher and a ManualClock unless given."""
     return DriverDeps(
@@ -130,6 +132,7 @@ def driver_deps(
         clock=clock or ManualClock(),
         files=files or FileReader(),
         offload=offload or DaemonThreads(),
+        safety_net=safety_net,
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -11,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
-from kdp_host.config import Config, load_config_text
+from kdp_host.config import Config, load_config, load_config_text
 from kdp_host.devices import DeviceTable, Snapshot
 from kdp_host.drivers import DeviceReporter
 from kdp_host.host import Host
@@ -23,12 +26,36 @@ from kdp_host.simulator import KubeletSimulator
 from .kubelet_harness import RealKubelet, harness_binary, missing_reason
 
 
+def in_ci() -> bool:
+    """Whether the suite runs in CI (`.ci/run` runs it with CI=true)."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+# Hypothesis: in CI every run tries the same examples (derandomize: a red CI is a property
+# that fails, never the luck of a draw; no timing deadline on a loaded machine); local runs
+# keep exploring with fresh random examples. A counter-example found either way is kept in
+# its test as an @example, so every later run tries it first.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("ci" if in_ci() else "default")
+
+
 def script(directory: Path, name: str, body: str) -> str:
     """An executable /bin/sh script in `directory`; returns its path."""
     path = directory / name
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(0o755)
     return str(path)
+
+
+def process_gone(pid: int) -> bool:
+    """The process no longer runs: gone, or a zombie waiting for its reaper (this test
+    process may not be it). A process that exits while its stat is read is gone too: the
+    read then fails with ESRCH (ProcessLookupError), not ENOENT."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
 
 
 @pytest.fixture
@@ -125,16 +152,31 @@ class RunningHost:
 
 
 @pytest.fixture
-async def start_host() -> AsyncIterator[Callable[..., object]]:
+async def start_host(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Callable[..., object]]:
     """`await start_host(config_or_yaml, config_path=None, **host_options)` runs a Host in
-    this event loop; `host_options` are further Host fields (a restart policy, ...)."""
+    this event loop; `host_options` are further Host fields (a restart policy, ...). A config
+    that keeps the default `stateDir` gets a temporary one, also when reloaded from its file
+    (never the real /var/lib)."""
     running: list[RunningHost] = []
+    state_dir = str(tmp_path_factory.mktemp("state"))
+
+    def in_temporary_state(config: Config) -> Config:
+        if config.state_dir != Config.state_dir:
+            return config
+        return dataclasses.replace(config, state_dir=state_dir)
 
     async def start(
         config: Config | str, config_path: Path | None = None, **host_options: Any
     ) -> RunningHost:
         if isinstance(config, str):
             config = load_config_text(config)
+        config = in_temporary_state(config)
+        if config_path is not None:
+            host_options.setdefault(
+                "load_config", lambda path: in_temporary_state(load_config(path))
+            )
         metrics = Metrics()
         host = Host(
             config=config,
@@ -156,8 +198,10 @@ async def start_host() -> AsyncIterator[Callable[..., object]]:
 
 
 def glob_config(socket_dir: Path, *resources: tuple[str, str], extra: str = "") -> str:
-    """YAML for glob resources given as (name, pattern) pairs."""
-    lines = [f"kubelet: {{socketDir: {socket_dir}}}", "resources:"]
+    """YAML for glob resources given as (name, pattern) pairs (`stateDir` beside the socket
+    directory, so a kdp-host run as a process of its own never writes the real one)."""
+    lines = [f"kubelet: {{socketDir: {socket_dir}}}", f"stateDir: {Path(socket_dir).parent}/state"]
+    lines += ["resources:"]
     for name, pattern in resources:
         lines += [f"  - name: {name}", f'    glob: {{paths: ["{pattern}"], gracePeriod: 1s}}']
         if extra:

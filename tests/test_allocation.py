@@ -11,13 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdp_host.allocation import (
-    AllocationBuilder,
-    AllocationError,
-    cdi_device_name,
-    preferred_allocation,
-)
-from kdp_host.cdi import build_spec
+from kdp_host.allocation import AllocationBuilder, AllocationError, cdi_device_name
+from kdp_host.cdi_spec import build_spec
 from kdp_host.command_output import ContainerExtras
 from kdp_host.config import (
     AllocateConfig,
@@ -29,6 +24,7 @@ from kdp_host.config import (
     render_template,
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
+from kdp_host.preferred import preferred_allocation
 
 RESOURCE = "vendor.example/fpga"
 KIND = "vendor.example/fpga"

@@ -12,8 +12,8 @@ import pytest
 from kdp_host.cdi import spec_file_name
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
+from .cdi_spec import read_spec_file
 from .conftest import glob_config, wait_until
-from .test_cdi import validate_cdi_spec
 
 FPGA = "vendor.example/fpga"
 
@@ -168,8 +168,7 @@ async def test_cdi_resource(
             return []
 
     await wait_until(lambda: spec_devices() == ["fpga0", "fpga1"], what="CDI spec file")
-    spec = json.loads(spec_path.read_text())
-    validate_cdi_spec(spec)
+    spec = read_spec_file(spec_path)
     assert spec["containerEdits"] == {"env": ["STATIC=yes"]}
 
     response = await kubelet.allocate(FPGA, 3, pod_uid="a")

@@ -38,7 +38,7 @@ from packaging.version import Version
 from kdp_host import __version__, cli
 from kdp_host.simulator import KubeletSimulator
 
-from .conftest import glob_config
+from .conftest import glob_config, in_ci, wait_until
 from .fake_sysfs import FTDI, FakeSysfs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,10 +68,6 @@ Doc = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def need_tool(name: str, why: str) -> str:
@@ -542,8 +538,8 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     assert m["sys"] == {"name": "sys", "mountPath": "/sys", "readOnly": True}
     assert v["sys"]["hostPath"]["path"] == "/sys"
     assert m["config"] == {"name": "config", "mountPath": "/etc/kdp-host", "readOnly": True}
-    # PodResources (who holds each device) is read by default; no resource has `release`,
-    # so no state directory is mounted
+    # PodResources (who holds each device) is read by default; the state directory is
+    # mounted whatever the resources (the IDs a reload kept must outlive the pod)
     pod_resources = "/var/lib/kubelet/pod-resources"
     assert m["pod-resources"] == {
         "name": "pod-resources",
@@ -551,7 +547,8 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
         "readOnly": True,
     }
     assert v["pod-resources"]["hostPath"] == {"path": pod_resources, "type": "DirectoryOrCreate"}
-    assert "state" not in m and "state" not in v
+    assert m["state"] == {"name": "state", "mountPath": "/var/lib/kdp-host"}
+    assert v["state"]["hostPath"] == {"path": "/var/lib/kdp-host", "type": "DirectoryOrCreate"}
     (source,) = v["config"]["projected"]["sources"]
     assert source["configMap"]["name"] == one(docs, "ConfigMap", "-config")["metadata"]["name"]
     assert source["configMap"]["items"] == [{"key": "config.yaml", "path": "config.yaml"}]
@@ -1203,19 +1200,34 @@ async def test_default_preset_serves_without_capabilities(
 metrics: {{listen: '127.0.0.1:0'}}
 """
     )
+    # The host's log goes to a file: a pipe nobody reads while it runs fills up (64 KiB, a
+    # few hundred lines on a loaded machine) and blocks the host in the middle of its work.
+    log_path = short_dir / "host.log"
     async with KubeletSimulator(socket_dir, dial_timeout=5.0) as kubelet:
-        proc = await asyncio.create_subprocess_exec(
-            *sandbox_command(security_context, writable=[socket_dir]),
-            *_kdp_host_command(), "run", "--config", str(config),
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        with log_path.open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                *sandbox_command(security_context, writable=[socket_dir]),
+                *_kdp_host_command(), "run", "--config", str(config),
+                stderr=log,
+            )  # fmt: skip
+
+        def serving() -> bool:
+            if proc.returncode is not None:
+                return True  # exited: said below, with its log
+            seen = kubelet.snapshot()
+            fpga, serial = seen.get("vendor.example/fpga"), seen.get("vendor.example/serial")
+            return (fpga is not None and fpga.allocatable == 2) and (
+                serial is not None and serial.allocatable == 1
+            )
+
         try:
-            await kubelet.wait_for(
-                lambda: kubelet.resource("vendor.example/fpga").allocatable == 2, timeout=30
-            )
-            await kubelet.wait_for(
-                lambda: kubelet.resource("vendor.example/serial").allocatable == 1, timeout=30
-            )
+            # Generous: the host starts under setpriv and unshare, on a loaded machine.
+            try:
+                await wait_until(serving, timeout=120, what="both resources registered")
+            except TimeoutError as exc:
+                seen, log = kubelet.describe(), log_path.read_text()
+                raise AssertionError(f"{exc}; kubelet: {seen}; log:\n{log}") from None
+            assert proc.returncode is None, log_path.read_text()
             status = proc_status(proc.pid)
             for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
                 assert int(status[field], 16) == 0, f"{field} {status[field]}"
@@ -1240,7 +1252,7 @@ metrics: {{listen: '127.0.0.1:0'}}
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-        stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
+        stderr = log_path.read_text()
         assert code == 0, stderr
         assert not [p for p in os.listdir(socket_dir) if p.startswith("kdp-")], stderr
 

@@ -222,13 +222,7 @@ async def test_host_runs_where_asyncinotify_cannot_even_be_imported(
     (fake / "__init__.py").write_text(
         'raise AttributeError("dlsym(RTLD_DEFAULT, inotify_init1): symbol not found")\n'
     )
-    dev = short_dir / "dev"
-    dev.mkdir()
-    (dev / "fpga0").touch()
-    config = short_dir / "config.yaml"
-    config.write_text(
-        glob_config(socket_dir, (FPGA, f"{dev}/fpga*")) + "metrics: {listen: '127.0.0.1:0'}\n"
-    )
+    config = ephemeral_port_config(short_dir, socket_dir)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), *sys.path])}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kdp_host", "run", "--config", str(config),
@@ -245,7 +239,7 @@ async def test_host_runs_where_asyncinotify_cannot_even_be_imported(
     reader = asyncio.create_task(drain())
     try:
         await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 1, timeout=30)
-        (dev / "fpga1").touch()
+        (short_dir / "dev" / "fpga1").touch()
         await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
     finally:
         proc.terminate()

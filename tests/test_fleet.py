@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kdp_host.backoff import Backoff
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.kubeapi import ApiError, ApiServer, NodeLabelWatch
 from kdp_host.logs import get_logger
-from kdp_host.node import NodeInfo, NoLabels, local_node_name, needs_labels, select_for_node
+from kdp_host.node import (
+    NodeInfo,
+    NoLabels,
+    local_node_name,
+    needs_labels,
+    select_for_node,
+    settled,
+)
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
@@ -208,6 +217,40 @@ async def apiserver(short_dir: Path) -> AsyncIterator[tuple[FakeApiServer, ApiSe
         await server.close()
 
 
+@dataclass
+class LabelledHost:
+    """A host on node gpu-1 that follows its labels through the fake API server."""
+
+    server: FakeApiServer
+    watch: NodeLabelWatch
+    running: Any
+
+
+@pytest.fixture
+def start_labelled(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    dev: Path,
+    start_host: Callable[..., Any],
+    apiserver: tuple[FakeApiServer, ApiServer],
+) -> Callable[..., Awaitable[LabelledHost]]:
+    """`await start_labelled(backoff=..., **host_options)`: the fleet config on node gpu-1,
+    its labels followed from the fake API server; returns once the serial resource (on every
+    node) is allocatable."""
+    server, api = apiserver
+
+    async def start(backoff: Backoff | None = None, **host_options: Any) -> LabelledHost:
+        options = {} if backoff is None else {"backoff": backoff}
+        watch = NodeLabelWatch(api, "gpu-1", get_logger(), **options)
+        running = await start_host(
+            fleet_yaml(socket_dir, dev), node=NodeInfo("gpu-1"), node_labels=watch, **host_options
+        )
+        await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+        return LabelledHost(server, watch, running)
+
+    return start
+
+
 async def test_the_client_reads_labels_with_the_token_over_tls(
     apiserver: tuple[FakeApiServer, ApiServer],
 ) -> None:
@@ -244,18 +287,10 @@ async def test_a_wrong_ca_or_token_is_a_clear_reason(
 
 
 async def test_labels_are_followed_and_a_change_is_applied_like_a_config_edit(
-    kubelet: KubeletSimulator,
-    socket_dir: Path,
-    dev: Path,
-    start_host: Callable[..., Any],
-    apiserver: tuple[FakeApiServer, ApiServer],
+    kubelet: KubeletSimulator, start_labelled: Callable[..., Awaitable[LabelledHost]]
 ) -> None:
-    server, api = apiserver
-    watch = NodeLabelWatch(api, "gpu-1", get_logger())
-    running = await start_host(
-        fleet_yaml(socket_dir, dev), node=NodeInfo("gpu-1"), node_labels=watch
-    )
-    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    labelled = await start_labelled()
+    server, running = labelled.server, labelled.running
     await wait_until(lambda: server.open_watches == 1, what="the node watched")
     assert running.host.node.labels == {"kubernetes.io/os": "linux"}
     assert FPGA not in running.host.resources and not running.host.not_ready()
@@ -277,20 +312,13 @@ async def test_labels_are_followed_and_a_change_is_applied_like_a_config_edit(
 
 async def test_label_entries_wait_and_say_why_while_the_api_refuses(
     kubelet: KubeletSimulator,
-    socket_dir: Path,
-    dev: Path,
-    start_host: Callable[..., Any],
     apiserver: tuple[FakeApiServer, ApiServer],
+    start_labelled: Callable[..., Awaitable[LabelledHost]],
 ) -> None:
-    from kdp_host.backoff import Backoff
-
-    server, api = apiserver
+    server, _ = apiserver
     server.fail_with = 403
-    watch = NodeLabelWatch(api, "gpu-1", get_logger(), backoff=Backoff(0.05, 0.05))
-    running = await start_host(
-        fleet_yaml(socket_dir, dev), node=NodeInfo("gpu-1"), node_labels=watch
-    )
-    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    labelled = await start_labelled(backoff=Backoff(0.05, 0.05))
+    watch, running = labelled.watch, labelled.running
     await wait_until(lambda: watch.problem is not None and "403" in watch.problem)
     reason = running.host.not_ready()["node"]
     assert "HTTP 403 (RBAC: get, list, watch nodes)" in reason and FPGA in reason
@@ -356,19 +384,12 @@ async def test_a_silent_or_garbage_server_is_an_error_not_a_hang(short_dir: Path
 
 
 async def test_the_host_stops_at_once_when_the_api_server_has_just_gone(
-    kubelet: KubeletSimulator,
-    socket_dir: Path,
-    dev: Path,
-    start_host: Callable[..., Any],
-    apiserver: tuple[FakeApiServer, ApiServer],
+    kubelet: KubeletSimulator, start_labelled: Callable[..., Awaitable[LabelledHost]]
 ) -> None:
     """Stopping while the label watch reconnects (the API server just went away) must not
     lose the cancellation (Python 3.11's wait_for can: the host then waited for ever)."""
-    server, api = apiserver
-    watch = NodeLabelWatch(api, "gpu-1", get_logger())
-    running = await start_host(
-        fleet_yaml(socket_dir, dev), node=NodeInfo("gpu-1"), node_labels=watch
-    )
+    labelled = await start_labelled()
+    server, running = labelled.server, labelled.running
     await wait_until(lambda: server.open_watches == 1, what="the node watched")
     server.set_labels({"kubernetes.io/os": "linux", LABEL: "u250"})
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
@@ -376,3 +397,83 @@ async def test_the_host_stops_at_once_when_the_api_server_has_just_gone(
     await wait_until(lambda: FPGA not in running.host.resources, what="FPGA stopped")
     await server.close()
     await running.shutdown(timeout=20)
+
+
+# ------------------------------------------------------------------ flapping labels
+
+
+async def test_settled_passes_the_first_value_then_one_per_window() -> None:
+    """The first labels at once; a burst after them comes out once, as its latest value."""
+    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def source() -> AsyncIterator[dict[str, str]]:
+        while True:
+            yield await queue.get()
+
+    gate, sleeping = asyncio.Event(), asyncio.Event()
+    windows: list[float] = []
+
+    async def sleep(window: float) -> None:
+        windows.append(window)
+        sleeping.set()
+        await gate.wait()
+
+    changes = settled(source(), 5.0, sleep)
+    async with contextlib.aclosing(changes):
+        queue.put_nowait({})
+        assert await anext(changes) == {}
+        queue.put_nowait({LABEL: "u250"})
+        after = asyncio.ensure_future(anext(changes))
+        await wait_until(sleeping.is_set, what="the window opened")
+        queue.put_nowait({})
+        queue.put_nowait({LABEL: "u250", "x": "1"})
+        await wait_until(queue.empty, what="the burst read")
+        assert not after.done()
+        gate.set()
+        assert await after == {LABEL: "u250", "x": "1"}
+        assert windows == [5.0]
+
+
+async def test_settled_ends_and_fails_as_its_source_does() -> None:
+    async def failing() -> AsyncIterator[dict[str, str]]:
+        yield {"a": "1"}
+        raise ApiError("gone")
+
+    changes = settled(failing(), 60.0)
+    assert await anext(changes) == {"a": "1"}
+    with pytest.raises(ApiError, match="gone"):
+        await anext(changes)
+
+    async def two() -> AsyncIterator[int]:
+        yield 1
+
+    assert [value async for value in settled(two(), 60.0)] == [1]
+
+
+async def test_a_flapping_label_reloads_once(
+    kubelet: KubeletSimulator,
+    start_labelled: Callable[..., Awaitable[LabelledHost]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kubectl label on/off/on within the settle window: the entries it selects are applied
+    once (the FPGA entry starts once, not started, stopped, started), and off/on/off once."""
+    labelled = await start_labelled()
+    server, running = labelled.server, labelled.running
+    await wait_until(lambda: server.open_watches == 1, what="the node watched")
+    await wait_until(lambda: running.host.node.labels is not None, what="labels read")
+    on = {"kubernetes.io/os": "linux", LABEL: "u250"}
+    off = {"kubernetes.io/os": "linux"}
+
+    def applied() -> int:
+        return sum(r.getMessage() == "node_labels_applied" for r in caplog.records)
+
+    with caplog.at_level("INFO", logger="kdp_host"):
+        caplog.clear()  # the labels read at start were applied too
+        for labels in (on, off, on):
+            server.set_labels(labels)
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+        assert running.host.node.labels == on and applied() == 1
+        for labels in (off, on, off):
+            server.set_labels(labels)
+        await wait_until(lambda: FPGA not in running.host.resources, what="FPGA stopped")
+        assert running.host.node.labels == off and applied() == 2

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from kdp_host.config import GlobDriverConfig, GlobGroupMemberConfig
 from kdp_host.drivers.glob import GlobScan
 from kdp_host.drivers.glob_groups import GlobGroupScan
-from kdp_host.drivers.scanning import DirWatch, Listed, ScanResult
+from kdp_host.drivers.scanner import DirWatch, Listed, ScanResult
 from kdp_host.files import FileReader
 
 NAMES = ("a0", "a1", "a2", "b0", "x0_user", "x1_user", "x0_c2h", "x1_c2h")

@@ -117,7 +117,7 @@ def test_sigterm_exits_while_a_numa_file_is_a_fifo(tmp_path: Path, short_dir: Pa
     os.mkfifo(tmp_path / "numa")
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"kubelet: {{socketDir: {socket_dir}}}\n"
+        f"kubelet: {{socketDir: {socket_dir}}}\nstateDir: {tmp_path}/state\n"
         "metrics: {listen: '127.0.0.1:0'}\n"
         "resources:\n"
         "  - name: vendor.example/accel\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from kdp_host.config import ConfigError, load_config_text
 from kdp_host.rules import MAX_ALLOCATE_TIMEOUT, MAX_PRE_START_TIMEOUT
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
-from .conftest import glob_config, script, wait_until
+from .conftest import glob_config, process_gone, script, wait_until
 
 try:
     from .interop_kubelet import InteropKubelet, load_official_api
@@ -52,16 +53,25 @@ def _counter(running: object, name: str, **labels: str) -> float:
     return 0.0 if value is None else float(value)
 
 
-def _process_gone(pid: int) -> bool:
-    """The process no longer runs (gone, or a zombie waiting for its reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 # --------------------------------------------------------------------------- config
+
+
+def test_a_process_that_exits_while_its_stat_is_read_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading /proc/<pid>/stat of a process that exits meanwhile fails with ESRCH, not
+    ENOENT: the waits on hook processes took that for an error (a flaky test)."""
+    import builtins
+
+    real_open = builtins.open
+
+    def exiting(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path).startswith("/proc/"):
+            raise ProcessLookupError(3, "No such process")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", exiting)
+    assert process_gone(os.getpid())
 
 
 def test_allocate_timeout_is_bounded(short_dir: Path) -> None:
@@ -118,10 +128,10 @@ def test_hook_config_problems(short_dir: Path, extra: str, problem: str) -> None
 
 
 def test_cdi_options_for_non_root_containers(short_dir: Path) -> None:
-    from kdp_host.cdi import build_spec
+    from kdp_host.cdi_spec import build_spec
     from kdp_host.devices import Device, DeviceNode, DeviceTable
 
-    from .test_cdi import validate_cdi_spec
+    from .cdi_spec import validate_cdi_spec
 
     cdi = "{kind: vendor.example/fpga, deviceGid: 2000, deviceFileMode: '0660'"
     plain = load_config_text(_config(short_dir, short_dir, f"allocate: {{cdi: {cdi}}}}}"))
@@ -249,7 +259,7 @@ async def test_hanging_pre_start_is_killed_at_its_timeout_without_orphans(
     assert "timed out after 0.5s" in str(caught.value)
     assert "waiting for firmware" in str(caught.value)
     for pid in map(int, pids.read_text().split()):
-        await wait_until(lambda pid=pid: _process_gone(pid), what=f"process {pid} to be gone")
+        await wait_until(lambda pid=pid: process_gone(pid), what=f"process {pid} to be gone")
     assert _counter(running, "kdp_pre_start_calls_total", resource=FPGA, result="timeout") == 1
 
 
@@ -483,6 +493,7 @@ async def test_pre_start_through_the_grpcio_kubelet(
         SLOTS: "slot*",
     }
     lines = [f"kubelet: {{socketDir: {socket_dir}}}", "metrics: {listen: '127.0.0.1:0'}"]
+    lines += [f"stateDir: {short_dir}/state"]
     lines += ["resources:"]
     for name, (hook, hook_args, extra) in hooks.items():
         argv = ", ".join(filter(None, [f'"{hook}"', hook_args]))
@@ -532,7 +543,7 @@ async def test_pre_start_through_the_grpcio_kubelet(
         assert deadline.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await wait_until(lambda: len(pids.read_text().split()) == 4, what="both hangs started")
         for pid in map(int, pids.read_text().split()):
-            await wait_until(lambda pid=pid: _process_gone(pid), what=f"process {pid} gone")
+            await wait_until(lambda pid=pid: process_gone(pid), what=f"process {pid} gone")
         # ten containers at once: they overlap up to the bound, never more
         ids = [f"slot{index}" for index in range(10)]
         await asyncio.gather(*(kubelet.pre_start(SLOTS, [device]) for device in ids))

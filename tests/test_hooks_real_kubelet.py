@@ -8,8 +8,8 @@ import asyncio
 import json
 from pathlib import Path
 
-from .conftest import script, wait_until
-from .test_hooks import _counter, _process_gone
+from .conftest import process_gone, script, wait_until
+from .test_hooks import _counter
 
 SHELL = "t.io/shell"
 GLOB = "t.io/glob"
@@ -119,7 +119,7 @@ async def test_a_hung_allocate_command_is_cut_at_its_timeout_and_admission_goes_
     assert "allocate.command for a0: timed out after 1s" in str(hung_result["error"])
     assert behind_result["error"] == "" and behind_result["device_ids"] == {QUICK: ["b0"]}
     for pid in map(int, pids.read_text().split()):
-        await wait_until(lambda pid=pid: _process_gone(pid), what=f"process {pid} gone")
+        await wait_until(lambda pid=pid: process_gone(pid), what=f"process {pid} gone")
     assert _counter(running, "kdp_allocate_hook_runs_total", resource=HANG, result="timeout") == 1
     assert _counter(running, "kdp_allocate_hook_runs_total", resource=QUICK, result="ok") == 1
     # the device of the failed pod went back to the kubelet: the next pod gets it

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,13 +22,8 @@ SERIAL = "vendor.example/serial"
 
 
 def labels_in(path: Path) -> dict[str, str]:
-    """What NFD's local source makes of the file: `name=value` lines, `#` comments."""
-    out = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            out[name] = value
-    return out
+    """What NFD's local source makes of the file now (`nfd_labels`)."""
+    return nfd_labels(path.read_text(), time.time())
 
 
 def test_the_file_says_present_and_count_per_resource() -> None:
@@ -85,3 +83,64 @@ async def test_the_file_follows_the_devices_and_goes_with_the_host(
 
     await running.shutdown()
     assert not features.exists()  # no stale labels once kdp-host is gone
+
+
+def nfd_labels(text: str, now: float) -> dict[str, str]:
+    """What NFD's local source (v0.14+) makes of a feature file at Unix time `now`: `#`
+    lines are comments, except `# +expiry-time=<RFC 3339>`, after which lines count only
+    while that time is ahead."""
+    out: dict[str, str] = {}
+    expires: float | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("# +expiry-time="):
+            stamp = line.removeprefix("# +expiry-time=")
+            expires = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        elif line and not line.startswith("#") and (expires is None or expires > now):
+            name, _, value = line.partition("=")
+            out[name] = value
+    return out
+
+
+def expiry_of(path: Path) -> float:
+    (stamp,) = re.findall(r"^# \+expiry-time=(\S+)$", path.read_text(), re.M)
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_the_labels_of_a_host_that_stopped_refreshing_expire() -> None:
+    """A kdp-host killed without removing its file: NFD drops the labels once the expiry time
+    written passes."""
+    written = 1_767_225_600.25  # 2026-01-01T00:00:00.25Z
+    text = feature_file_text({FPGA: 2}, expires=written + 600)
+    assert "# +expiry-time=2026-01-01T00:10:01Z\n" in text  # rounded up, never early
+    assert nfd_labels(text, now=written) == {f"{FPGA}.present": "true", f"{FPGA}.count": "2"}
+    assert nfd_labels(text, now=written + 599) == nfd_labels(text, now=written)
+    assert nfd_labels(text, now=written + 602) == {}
+
+
+async def test_the_file_is_refreshed_before_it_expires(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    devices: Path,
+    short_dir: Path,
+    start_host: Callable[..., Any],
+) -> None:
+    """With nothing changing, the expiry time moves on (every third of `expiry`), so a
+    running kdp-host's labels never expire."""
+    features = short_dir / "features.d" / "kdp-host"
+    text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*")) + (
+        f"nodeFeatures: {{file: {features}, expiry: 6s}}\n"
+    )
+    before = time.time()
+    await start_host(text)
+    await wait_until(lambda: features.exists() and len(labels_in(features)) == 2)
+    first = expiry_of(features)
+    assert before + 6 <= first <= time.time() + 7
+    for _ in range(2):
+        previous = expiry_of(features)
+        await wait_until(lambda p=previous: expiry_of(features) > p, what="refreshed")
+        now = time.time()
+        assert nfd_labels(features.read_text(), now) == {
+            f"{FPGA}.present": "true",
+            f"{FPGA}.count": "2",
+        }

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from kdp_host.cdi import read_or_none
+from kdp_host.atomic_files import read_or_none
 from kdp_host.config import load_config_text
 from kdp_host.files import DaemonThreads
 from kdp_host.host import Host

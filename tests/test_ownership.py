@@ -4,10 +4,13 @@ one advertised device, across resources, drivers and reloads."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,11 +21,27 @@ from hypothesis import strategies as st
 from kdp_host.config import GlobDriverConfig
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
 from kdp_host.drivers import DriverDeps, make_driver
+from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.ownership import ClaimKey, OwnershipIndex, Resolver, claim_key, device_claims
+from kdp_host.ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex, read_saved
+from kdp_host.ownership_claims import (
+    ClaimKey,
+    Reached,
+    Resolver,
+    claim_key,
+    device_claims,
+    overlaps,
+    reach,
+)
+from kdp_host.ownership_resolve import MAX_STUCK, STUCK_PER_BATCH
 from kdp_host.podresources import Holder, Holdings
+from kdp_host.release_state import STATE_FILE, ReleaseStateStore
+from kdp_host.state_file import StateFile
+from kdp_host.testing import ManualWatcher
 from kdp_host.watch import PollingWatcher
+
+from .conftest import wait_until
 
 R1, R2, R3 = "t.io/a", "t.io/b", "t.io/c"
 
@@ -42,7 +61,7 @@ def dev(device_id: str, *paths: str, mounts: tuple[str, ...] = ()) -> Device:
 class Host:
     """An index with one DeviceTable per resource, as the resources of a host use it."""
 
-    def __init__(self, resolve: Resolver = claim_key) -> None:
+    def __init__(self, resolve: Resolver = reach) -> None:
         self.metrics = Metrics()
         self.index = OwnershipIndex(self.metrics, resolve)
         self.tables: dict[str, DeviceTable] = {}
@@ -71,13 +90,15 @@ class Host:
 
 
 class FakeNodes:
-    """Device numbers without root: a path -> claim table the test edits."""
+    """Device numbers without root: a path -> claim table the test edits (every path is
+    its own real path)."""
 
     def __init__(self, nodes: Mapping[str, ClaimKey]) -> None:
         self.nodes = dict(nodes)
 
-    def __call__(self, path: str) -> ClaimKey | None:
-        return self.nodes.get(path)
+    def __call__(self, path: str) -> Reached | None:
+        key = self.nodes.get(path)
+        return None if key is None else (key, path)
 
 
 def test_a_node_reached_by_a_link_from_another_resource_is_held_and_logged(
@@ -197,9 +218,9 @@ def test_an_id_that_another_node_held_is_not_reused_for_a_new_node() -> None:
 def test_claims_of_unchanged_devices_are_not_resolved_again() -> None:
     calls: list[str] = []
 
-    def resolve(path: str) -> ClaimKey | None:
+    def resolve(path: str) -> Reached | None:
         calls.append(path)
-        return ("c", hash(path) & 0xFFFF)
+        return ("c", hash(path) & 0xFFFF), path
 
     host = Host(resolve)
     devices = [node(f"/dev/n{i}") for i in range(100)]
@@ -209,13 +230,243 @@ def test_claims_of_unchanged_devices_are_not_resolved_again() -> None:
     assert calls == ["/dev/new"]
 
 
+def test_an_unchanged_list_costs_what_is_held_and_lingers_not_a_walk() -> None:
+    """The safety-net rescan of every resource republishes an equal list: nothing is
+    resolved and the table is not given the list again; a held device is still checked, so
+    it is advertised once its owner's node is gone, though its own list never changed."""
+    nodes = FakeNodes({f"/dev/n{i}": ("c", i) for i in range(100)})
+    nodes.nodes["/dev/alias"] = ("c", 7)
+    calls: list[str] = []
+
+    def resolve(path: str) -> Reached | None:
+        calls.append(path)
+        return nodes(path)
+
+    host = Host(resolve)
+    sent: list[int] = []
+    table = host.attach(R1)
+
+    def publish(devices: Mapping[str, Device]) -> bool:
+        sent.append(len(devices))
+        return table.publish(devices)
+
+    host.index.attach(R1, publish, get_logger().bind(resource=R1))
+    host.publish(R1, *[node(f"/dev/n{i}") for i in range(100)])
+    host.publish(R2, node("/dev/alias"))
+    assert host.ids(R2) == [] and sent == [100]
+    calls.clear()
+    host.publish(R1, *[node(f"/dev/n{i}") for i in range(100)])  # equal, not the same
+    assert calls == [] and sent == [100]
+    host.publish(R2, node("/dev/alias"))  # the held one is checked again, nothing else
+    assert calls == [] and host.ids(R2) == []
+    # the owner lets go of n7 (a pod may hold it: it lingers), then the node goes
+    host.publish(R1, *[node(f"/dev/n{i}") for i in range(100) if i != 7])
+    assert host.ids(R2) == [] and sent == [100, 99]
+    del nodes.nodes["/dev/n7"]
+    calls.clear()
+    host.publish(R2, node("/dev/alias"))  # its list is the same: the claim is won anyway
+    assert host.ids(R2) == ["alias"]
+    assert calls == ["/dev/n7"]
+
+
+def test_a_restarted_runtime_does_not_advertise_what_it_held() -> None:
+    """(A counter-example the property test found: a new runtime forgot what it held.)"""
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host = Host(nodes)
+    host.publish(R2, dev("x", "/dev/a"))
+    host.publish(R1, dev("y", "/dev/a"), dev("z", "/dev/b"))
+    host.attach(R1)
+    host.publish(R1, dev("y", "/dev/a"), dev("z", "/dev/b"))
+    assert host.ids(R1) == ["z"] and host.ids(R2) == ["x"]
+
+
+async def test_a_node_replaced_at_its_path_is_claimed_by_its_new_number() -> None:
+    """Claims are kept while a device's paths are unchanged; the watcher says when a path
+    changed (a node removed and made again with another device number), and the device is
+    claimed anew: the new number is not left free for another resource to advertise."""
+    nodes = FakeNodes({"/dev/fpga0": ("c", 5), "/dev/by-id/other": ("c", 6)})
+    host = Host(nodes)
+    watcher = ManualWatcher()
+    host.index.watch(watcher)
+    host.publish(R1, node("/dev/fpga0"))
+    assert watcher.directories == {"/dev"}
+    nodes.nodes["/dev/fpga0"] = ("c", 6)
+    watcher.change("/dev", "fpga1")  # another name: nothing to do
+    watcher.change("/dev", "fpga0")
+    await asyncio.sleep(0)  # the recheck runs once the burst is over (call_soon)
+    host.publish(R2, node("/dev/by-id/other"))
+    assert host.ids(R1) == ["fpga0"] and host.ids(R2) == [] and host.held(R2) == 1
+
+
+async def test_a_path_that_hangs_is_left_out_and_stalls_nothing() -> None:
+    """Claims are resolved off the loop through the host's offload, bounded by a timeout: a
+    probe naming a path on a hung file system leaves that device out (logged, counted as
+    `read_timeout`) while the rest of its list and every other resource go on; the next
+    list tries again without a second thread stuck on the same path, and once the path
+    answers the device is advertised."""
+    nodes = FakeNodes({"/nfs/dead": ("path", "/nfs/dead"), "/dev/a": ("c", 1)})
+    nodes.nodes.update({"/dev/b": ("c", 2), "/dev/c": ("c", 3)})
+    answer = threading.Event()
+    calls: list[str] = []
+
+    def resolve(path: str) -> Reached | None:
+        calls.append(path)
+        if path == "/nfs/dead":
+            answer.wait(60)  # a hung file system, until the test lets it answer
+        return nodes(path)
+
+    metrics = Metrics()
+    index = OwnershipIndex(metrics, resolve, offload=DaemonThreads(), timeout=0.2)
+    tables = {R1: DeviceTable(), R2: DeviceTable()}
+    detach = [
+        index.attach(name, table.publish, get_logger().bind(resource=name))
+        for name, table in tables.items()
+    ]
+
+    def ids(name: str) -> list[str]:
+        return [d.id for d in tables[name].snapshot.devices]
+
+    def timeouts() -> float:
+        labels = {"resource": R1, "reason": "read_timeout"}
+        return metrics.registry.get_sample_value("kdp_driver_skipped_total", labels) or 0.0
+
+    try:
+        index.publish(R1, {"a": dev("a", "/dev/a"), "dead": dev("dead", "/nfs/dead")})
+        index.publish(R2, {"b": dev("b", "/dev/b")})
+        await wait_until(lambda: ids(R1) == ["a"] and ids(R2) == ["b"], timeout=20)
+        assert timeouts() == 1
+        calls.clear()
+        devices = {"a": dev("a", "/dev/a"), "c": dev("c", "/dev/c")}
+        index.publish(R1, {**devices, "dead": dev("dead", "/nfs/dead")})
+        await wait_until(lambda: ids(R1) == ["a", "c"], timeout=20)
+        assert "/nfs/dead" not in calls and timeouts() == 1
+        answer.set()
+
+        def rescanned() -> bool:
+            index.publish(R1, {**devices, "dead": dev("dead", "/nfs/dead")})  # the next list
+            return ids(R1) == ["a", "c", "dead"]
+
+        await wait_until(rescanned, timeout=20)
+    finally:
+        answer.set()
+        for stop in detach:
+            stop()  # (a runtime that stops drops an admission waiting for paths)
+
+
+async def test_a_long_batch_or_a_busy_offload_is_no_hang() -> None:
+    """The timeout is per path: a batch of many paths, each answering within it, takes
+    longer than the timeout in all and loses none of them."""
+    nodes = FakeNodes({f"/dev/n{i}": ("c", i) for i in range(12)})
+
+    def slow(path: str) -> Reached | None:
+        time.sleep(0.03)  # a slow file system, not a hung one (12 x 0.03 s > 0.2 s)
+        return nodes(path)
+
+    index = OwnershipIndex(Metrics(), slow, offload=DaemonThreads(), timeout=0.2)
+    table = DeviceTable()
+    detach = index.attach(R1, table.publish, get_logger().bind(resource=R1))
+    try:
+        index.publish(R1, {f"n{i}": node(f"/dev/n{i}") for i in range(12)})
+        await wait_until(lambda: len(table.snapshot.devices) == 12, timeout=20)
+    finally:
+        detach()
+
+
+async def test_a_dead_file_system_takes_a_bounded_number_of_workers() -> None:
+    """Twenty devices on a dead mount, listed again and again: a few workers get stuck on
+    it, then its paths are not tried while they are, and a device elsewhere is advertised
+    every time."""
+    answer = threading.Event()
+    stuck: list[str] = []
+
+    def resolve(path: str) -> Reached | None:
+        if path.startswith("/nfs/"):
+            stuck.append(path)
+            answer.wait(60)
+            return None
+        return ("path", path), path
+
+    index = OwnershipIndex(Metrics(), resolve, offload=DaemonThreads(), timeout=0.05)
+    table = DeviceTable()
+    detach = index.attach(R1, table.publish, get_logger().bind(resource=R1))
+
+    def ids() -> list[str]:
+        return [d.id for d in table.snapshot.devices]
+
+    try:
+        devices = {"d0": node("/nfs/d0"), "live0": node("/dev/live0")}
+        index.publish(R1, devices)
+        await wait_until(lambda: "live0" in ids(), timeout=20)
+        for rescan in range(1, 6):  # each list has a new device elsewhere: its admission ran
+            devices = {**{f"d{i}": node(f"/nfs/d{i}") for i in range(20)}, **devices}
+            devices[f"live{rescan}"] = node(f"/dev/live{rescan}")
+            index.publish(R1, devices)
+            await wait_until(lambda r=rescan: f"live{r}" in ids(), timeout=20)  # type: ignore[misc]
+        assert not [i for i in ids() if i.startswith("d")]
+        assert len(stuck) <= MAX_STUCK - 1 + STUCK_PER_BATCH
+    finally:
+        answer.set()
+        detach()
+
+
 def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) -> None:
     (tmp_path / "f").touch()
     (tmp_path / "l").symlink_to(tmp_path / "f")
     assert claim_key(f"{tmp_path}/l") == claim_key(f"{tmp_path}/f") == ("path", f"{tmp_path}/f")
     assert claim_key(f"{tmp_path}/missing") is None
-    claims = device_claims(dev("a", f"{tmp_path}/missing"), claim_key)
-    assert list(claims.exclusive) == [("path", f"{tmp_path}/missing")]
+    claims = device_claims(dev("a", f"{tmp_path}/missing"))
+    assert [claim[0] for claim in claims.exclusive] == [("path", f"{tmp_path}/missing")]
+    assert claim_key(str(tmp_path)) == ("dir", str(tmp_path))
+
+
+def test_a_directory_mount_clashes_with_what_is_below_it_both_ways(tmp_path: Path) -> None:
+    """A mount of /dev/dri in one device and the node /dev/dri/card0 in another reach the
+    same node: whichever comes second is held, in either order, and `check` says so."""
+    (tmp_path / "dri" / "by-path").mkdir(parents=True)
+    (tmp_path / "dri" / "card0").touch()
+    (tmp_path / "other").touch()
+    dri, card0 = f"{tmp_path}/dri", f"{tmp_path}/dri/card0"
+    mount_dri = dev("gpu-all", f"{tmp_path}/other", mounts=(dri,))
+    host = Host()
+    host.publish(R1, mount_dri)
+    host.publish(R2, dev("card0", card0))
+    assert host.ids(R1) == ["gpu-all"] and host.ids(R2) == [] and host.held(R2) == 1
+    other = Host()
+    other.publish(R2, dev("card0", card0))
+    other.publish(R1, mount_dri)
+    assert other.ids(R2) == ["card0"] and other.ids(R1) == []
+    # a directory inside the mounted one, and the whole tree above it, clash too
+    host.publish(R3, dev("by-path", f"{tmp_path}/other-missing", mounts=(f"{dri}/by-path",)))
+    host.publish(R2, dev("everything", f"{tmp_path}/x", mounts=(str(tmp_path),)))
+    assert host.ids(R3) == [] and host.ids(R2) == []
+    found = overlaps([(R1, mount_dri), (R2, dev("card0", card0))])
+    assert [(o.first.device, o.second.device, o.path) for o in found] == [
+        ("gpu-all", "card0", card0)
+    ]
+
+
+def test_shared_directory_mounts_and_shared_nodes_below_them_coexist(tmp_path: Path) -> None:
+    (tmp_path / "fw").mkdir()
+    (tmp_path / "fw" / "ctl").touch()
+    (tmp_path / "a").touch()
+    (tmp_path / "b").touch()
+    fw = str(tmp_path / "fw")
+    host = Host()
+    host.publish(
+        R1,
+        Device(
+            "a",
+            nodes=(DeviceNode(f"{tmp_path}/a", "/a"),),
+            mounts=(DeviceMount(fw, "/fw", shared=True),),
+        ),
+        Device(
+            "b",
+            nodes=(DeviceNode(f"{tmp_path}/b", "/b"), DeviceNode(f"{fw}/ctl", "/ctl", shared=True)),
+        ),
+    )
+    assert host.ids(R1) == ["a", "b"]
+    host.publish(R2, Device("ctl", nodes=(DeviceNode(f"{fw}/ctl", "/ctl"),)))
+    assert host.ids(R2) == []
 
 
 # ------------------------------------------------------------------ property
@@ -242,14 +493,24 @@ async def glob_list(root: Path, patterns: tuple[str, ...]) -> dict[str, Device]:
     return {d.id: d for d in await driver.scan()}
 
 
-def shell_list(root: Path, picks: list[tuple[int, int, bool]]) -> dict[str, Device]:
-    """What a probe might print: devices with one or two nodes, a mount, shared nodes."""
+MOUNTS = (("", False), ("fw", False), ("fw", True), ("nodes", False), ("nodes", True), ("a", False))
+"""A device's mount: none, a directory of its own (or shared), the directory of every node
+(contains them all: a clash with every other device's node), one of links only."""
+
+
+def shell_list(root: Path, picks: list[tuple[int, int, int]]) -> dict[str, Device]:
+    """What a probe might print: devices with one or two nodes, a directory mount (which
+    may contain the nodes of others), shared nodes."""
     out: dict[str, Device] = {}
-    for k, (first, second, with_mount) in enumerate(picks):
+    for k, (first, second, mount) in enumerate(picks):
         nodes = [DeviceNode(f"{root}/nodes/n{first}", f"/dev/x{k}")]
         if second != first:
             nodes.append(DeviceNode(f"{root}/nodes/n{second}", f"/dev/y{k}", shared=second == 4))
-        mounts = (DeviceMount(f"{root}/fw", "/fw"),) if with_mount else ()
+        mounts = tuple(
+            DeviceMount(f"{root}/{sub}", f"/{sub}", shared=shared)
+            for sub, shared in [MOUNTS[mount]]
+            if sub
+        )
         out[f"s{k}"] = Device(f"s{k}", nodes=tuple(nodes), mounts=mounts)
     return out
 
@@ -259,7 +520,11 @@ resource_lists = st.one_of(
     st.tuples(
         st.just("shell"),
         st.lists(
-            st.tuples(st.integers(0, NODES - 1), st.integers(0, NODES - 1), st.booleans()),
+            st.tuples(
+                st.integers(0, NODES - 1),
+                st.integers(0, NODES - 1),
+                st.integers(0, len(MOUNTS) - 1),
+            ),
             max_size=3,
         ),
     ),
@@ -335,6 +600,7 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]]) -> 
         # every live resource's advertised list, checked independently
         owners: dict[ClaimKey, tuple[str, str]] = {}
         sharers: dict[ClaimKey, set[str]] = {}
+        made: list[tuple[tuple[str, str], str, bool]] = []
         for resource in sorted(live):
             for device in host.tables[resource].snapshot.devices:
                 exclusive, shared = independent_claims(device)
@@ -348,6 +614,16 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]]) -> 
                 for key in shared:
                     assert key not in owners, (key, owners[key], me)
                     sharers.setdefault(key, set()).add(resource)
+                made += [(me, str(key[1]), False) for key in exclusive]
+                made += [(me, str(key[1]), True) for key in shared]
+        # a directory one device mounts holds nothing another device claims (two shared
+        # claims apart)
+        for me, directory, dir_shared in made:
+            if not os.path.isdir(directory):
+                continue
+            for other, real, shared in made:
+                if other != me and real.startswith(directory + "/"):
+                    assert dir_shared and shared, (directory, me, real, other)
 
 
 def test_a_lingering_claim_goes_once_podresources_shows_no_pod_holding_it() -> None:
@@ -396,3 +672,143 @@ def test_a_device_whose_replica_ids_change_waits_until_no_pod_holds_an_old_one()
     assert table.snapshot.advertised == ()
     host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a::1": ()}}))
     assert len(table.snapshot.advertised) == 4
+
+
+# ---------------------------------------------------------------- kept IDs across restarts
+
+
+def kept_file(directory: Path) -> StateFile:
+    return StateFile(
+        str(directory),
+        OWNERSHIP_FILE,
+        "ownership_state",
+        OWNERSHIP_VERSION,
+        get_logger(),
+        DaemonThreads(),
+        consequence="kept IDs are forgotten",
+        if_unwritten="kept IDs are not kept",
+    )
+
+
+def restarted(
+    directory: Path, nodes: Resolver, now: list[float] | None = None
+) -> tuple[Host, StateFile]:
+    """A Host whose index read `ownership.json` back, as `kdp_host.host.Host` does at start,
+    and the file it keeps its kept IDs in."""
+    host = Host(nodes)
+    if now is not None:
+        host.index = OwnershipIndex(host.metrics, nodes, clock=lambda: now[0])
+    state = kept_file(directory)
+    host.index.keep_in(state, state.load(read_saved))
+    return host, state
+
+
+def kept_devices(directory: Path) -> list[str]:
+    document = json.loads((directory / OWNERSHIP_FILE).read_text())
+    return sorted(entry["device"] for entry in document["claims"])
+
+
+async def test_ids_a_reload_kept_survive_a_restart(tmp_path: Path) -> None:
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/d": ("path", "/d")})
+    first, state = restarted(tmp_path, nodes)
+    first.publish(R1, dev("old-a", "/dev/a"), dev("old-b", "/dev/b", mounts=("/d",)))
+    assert not (tmp_path / OWNERSHIP_FILE).exists(), "no ID was kept: nothing to write"
+    first.attach(R1)  # a reload renames both
+    first.publish(R1, dev("new-a", "/dev/a"), dev("new-b", "/dev/b", mounts=("/d",)))
+    assert first.ids(R1) == ["old-a", "old-b"]
+    await asyncio.wait_for(state.flush(), 30)
+    assert kept_devices(tmp_path) == ["old-a", "old-b", "old-b"]
+
+    second, _ = restarted(tmp_path, nodes)  # SIGKILL, start again with the new config
+    second.publish(R1, dev("new-a", "/dev/a"), dev("new-b", "/dev/b", mounts=("/d",)))
+    assert second.ids(R1) == ["old-a", "old-b"]
+    [device] = [d for d in second.tables[R1].snapshot.devices if d.id == "old-b"]
+    assert device.mounts[0].host_path == "/d"
+
+
+async def test_a_kept_id_goes_when_its_node_goes_or_no_pod_holds_it(tmp_path: Path) -> None:
+    now = [100.0]
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/dev/c": ("c", 3)})
+    first, state = restarted(tmp_path, nodes, now)
+    first.publish(R1, dev("a", "/dev/a"), dev("b", "/dev/b"))
+    first.publish(R2, dev("c", "/dev/c"))
+    first.attach(R1)
+    first.attach(R2)
+    first.publish(R1, dev("x-a", "/dev/a"), dev("x-b", "/dev/b"))
+    first.publish(R2, dev("x-c", "/dev/c"))
+    await asyncio.wait_for(state.flush(), 30)
+    assert kept_devices(tmp_path) == ["a", "b", "c"]
+
+    second, state = restarted(tmp_path, nodes, now)  # R2 left the config while kdp-host was down
+    del nodes.nodes["/dev/a"]  # unplugged
+    second.publish(R1, dev("x-b", "/dev/b"))
+    assert second.ids(R1) == ["b"]
+    # a pod still holds c: the claim stays (and R3, reaching it, waits)
+    second.publish(R3, dev("y", "/dev/c"))
+    assert second.ids(R3) == []
+    pod = (Holder("ns", "p", "c", 0.0),)
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {R2: {"c": pod}}))
+    assert second.ids(R3) == []
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert second.ids(R3) == ["y"]
+    await asyncio.wait_for(state.flush(), 30)
+    assert kept_devices(tmp_path) == ["b"], "a's node is gone, no pod holds c"
+
+
+async def test_a_replica_wait_survives_a_restart(tmp_path: Path) -> None:
+    now = [100.0]
+    nodes = FakeNodes({"/dev/a": ("c", 1)})
+
+    def run(host: Host, replicas: int) -> DeviceTable:
+        table = host.tables[R1] = DeviceTable(replicas=replicas)
+        host.index.attach(R1, table.publish, get_logger(), replicas=replicas)
+        host.index.publish(R1, {"a": dev("a", "/dev/a")})
+        return table
+
+    first, state = restarted(tmp_path, nodes, now)
+    run(first, 1)
+    assert [e.id for e in run(first, 2).snapshot.advertised] == [], "a pod may hold a"
+    await asyncio.wait_for(state.flush(), 30)
+
+    second, state = restarted(tmp_path, nodes, now)  # SIGKILL, start with replicas: 2
+    table = run(second, 2)
+    assert [e.id for e in table.snapshot.advertised] == []
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a": (Holder("n", "p", "c", 0.0),)}}))
+    assert [e.id for e in table.snapshot.advertised] == []
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert [e.id for e in table.snapshot.advertised] == ["a::0", "a::1"]
+    await asyncio.wait_for(state.flush(), 30)
+    assert json.loads((tmp_path / OWNERSHIP_FILE).read_text())["waits"] == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        '{"version": 1, "claims": [], "waits": [{"resource": "t.io/a", "device": "a", '
+        '"vanished": [1]}]}',
+        '{"version": 1, "claims": [], "waits": [{"resource": "t.io/a", "vanished": []}]}',
+        '{"version": 2, "claims": []}',
+        '{"version": 1}',
+        '{"version": 1, "claims": [{"resource": "t.io/a", "device": "a", "kind": "c", '
+        '"key": "1", "path": "/dev/a", "real": "/dev/a"}]}',
+        '{"version": 1, "claims": [{"resource": "t.io/a", "device": "", "kind": "path", '
+        '"key": "/d", "path": "/d", "real": "/d"}]}',
+        '{"version": 1, "claims": [{"resource": "t.io/a", "device": "a", "kind": "c", '
+        '"key": true, "path": "/dev/a", "real": "/dev/a"}]}',
+    ],
+)
+def test_a_bad_ownership_file_is_set_aside_with_an_error_and_nothing_else_is_lost(
+    tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / OWNERSHIP_FILE).write_text(text)
+    release = {"version": 1, "resources": {R1: {"a": {"used": ["a"], "owed": False}}}}
+    (tmp_path / STATE_FILE).write_text(json.dumps(release))
+    state = kept_file(tmp_path)
+    assert state.load(read_saved) is None and state.unknown
+    assert (tmp_path / (OWNERSHIP_FILE + ".unreadable")).read_text() == text
+    [line] = [r for r in caplog.records if r.getMessage() == "ownership_state_unreadable"]
+    assert line.levelno == logging.ERROR
+    store = ReleaseStateStore(str(tmp_path), get_logger(), DaemonThreads())
+    store.load()
+    assert not store.unknown and store.entries(R1) == {"a": {"used": ["a"], "owed": False}}

@@ -4,7 +4,10 @@ host can keep a node from reaching two pods."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
+import sys
 from pathlib import Path
 
 from .conftest import glob_config, wait_until
@@ -100,7 +103,8 @@ async def test_a_removed_resource_keeps_its_node_until_no_pod_holds_it(
     (devices / "alias0").symlink_to(devices / "fpga0")
     head = (
         f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
-        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\nresources:\n"
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
+        f"stateDir: {short_dir / 'state'}\nresources:\n"
     )
     owner = f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
     waiter = f'  - name: {ALIAS}\n    glob: {{paths: ["{devices}/alias*"]}}\n'
@@ -145,7 +149,8 @@ async def test_a_reload_that_changes_replicas_never_adds_users_to_a_booked_devic
     (devices / "fpga1").unlink()
     head = (
         f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
-        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\nresources:\n"
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
+        f"stateDir: {short_dir / 'state'}\nresources:\n"
         f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
     )
     config = short_dir / "config.yaml"
@@ -170,3 +175,122 @@ async def test_a_reload_that_changes_replicas_never_adds_users_to_a_booked_devic
     for pod in ("p3", "p4"):
         answer = await kubelet.acall(kubelet.allocate, pod, {FPGA: 1})
         assert answer["error"] == "" and host_paths(answer) == {str(devices / "fpga0")}
+
+
+async def test_ids_a_reload_kept_survive_a_kdp_host_kill(
+    real_kubelet_factory, short_dir: Path, devices: Path
+) -> None:
+    """A reload renames fpga0 (`fpga0` -> another ID) while p1 holds it: the device keeps
+    `fpga0`. Then kdp-host is SIGKILLed and started again with the new config: it must
+    still advertise the node as `fpga0` (`<stateDir>/ownership.json`), or the kubelet,
+    which books `fpga0` for p1, would hand the same node to a new pod under its new ID."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    (devices / "fpga1").unlink()
+    other = short_dir / "other"
+    other.mkdir()
+    (other / "x0").touch()
+    config = short_dir / "config.yaml"
+    config.write_text(
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
+        f"stateDir: {short_dir / 'state'}\n"
+        "resources:\n"
+        f"  - name: {FPGA}\n"
+        f'    glob: {{paths: ["{devices}/fpga[0-9]*"], gracePeriod: 1s}}\n'
+    )
+    argv = [sys.executable, "-m", "kdp_host", "run", "--config", str(config)]
+    log = (short_dir / "host.log").open("wb")
+    first = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    try:
+        await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+        booked = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+        assert booked["error"] == "" and booked["device_ids"][FPGA] == ["fpga0"]
+        config.write_text(
+            config.read_text().replace(
+                f'["{devices}/fpga[0-9]*"]', f'["{devices}/fpga[0-9]*", "{other}/x*"]'
+            )
+        )
+        first.send_signal(signal.SIGHUP)
+        await kubelet.await_for(healthy(FPGA, 2), what="both devices after the reload")
+        assert "fpga0" in kubelet.resource(FPGA)["device_numa"]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    before = await kubelet.acall(kubelet.last_seq)
+    second = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    try:
+        await kubelet.acall(kubelet.registered_at, [FPGA], before)
+        await kubelet.await_for(healthy(FPGA, 2), what="both devices after the restart")
+        granted = []
+        for pod in ("p2", "p3"):
+            answer = await kubelet.acall(kubelet.allocate, pod, {FPGA: 1})
+            if answer["error"] == "":
+                granted.append(answer)
+        assert [host_paths(a) for a in granted] == [{str(other / "x0")}], (
+            "the node p1 holds went to a second pod after the restart"
+        )
+        assert "fpga0" in kubelet.resource(FPGA)["device_numa"]
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()
+        log.close()
+
+
+async def test_a_replica_change_still_waits_after_a_kdp_host_kill(
+    real_kubelet_factory, short_dir: Path, devices: Path
+) -> None:
+    """`replicas: 1` -> `2` while p1 holds fpga0: the device waits (no pod may share it
+    with p1). kdp-host is SIGKILLed and started again with `replicas: 2`: it must still wait
+    (`ownership.json`), or the kubelet would hand fpga0::0 to a second pod."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    (devices / "fpga1").unlink()
+    config = short_dir / "config.yaml"
+    head = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
+        f"stateDir: {short_dir / 'state'}\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1s}}\n'
+    )
+    config.write_text(head)
+    argv = [sys.executable, "-m", "kdp_host", "run", "--config", str(config)]
+    log = (short_dir / "host.log").open("wb")
+    first = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    try:
+        await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+        assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+        before = await kubelet.acall(kubelet.last_seq)
+        config.write_text(head + "    replicas: 2\n")
+        first.send_signal(signal.SIGHUP)
+        await kubelet.acall(kubelet.registered_at, [FPGA], before)  # new options: again
+        await kubelet.await_for(healthy(FPGA, 0), what="fpga0 waits for p1")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    held_lines = _replica_waits(short_dir / "host.log")
+    assert held_lines >= 1
+    before = await kubelet.acall(kubelet.last_seq)
+    second = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    try:
+        await kubelet.acall(kubelet.registered_at, [FPGA], before)
+        await wait_until(
+            lambda: _replica_waits(short_dir / "host.log") > held_lines,
+            what="the restarted host holds fpga0 back",
+        )
+        await kubelet.await_for(healthy(FPGA, 0), what="the kubelet sees no free device")
+        for pod in ("p2", "p3"):
+            answer = await kubelet.acall(kubelet.allocate, pod, {FPGA: 1})
+            assert answer["error"] != "", f"{pod} got fpga0 while p1 holds it exclusively"
+        await kubelet.acall(kubelet.release, "p1")
+        await kubelet.await_for(healthy(FPGA, 2), what="both replicas once p1 is gone")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()
+        log.close()
+
+
+def _replica_waits(log: Path) -> int:
+    """`device_held` lines of a device waiting on a change of `replicas` in a host log."""
+    lines = log.read_text(errors="replace").splitlines()
+    return sum("device_held" in line and "replicas_changed" in line for line in lines)

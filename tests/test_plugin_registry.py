@@ -23,7 +23,7 @@ from kdp_host.api.pluginregistration import (
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.protocol.registration import file_identity
 from kdp_host.reload import restart_required
-from kdp_host.resource import RegistryWait
+from kdp_host.services import RegistryWait
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import RunningHost, glob_config, wait_until

@@ -51,6 +51,7 @@ def yaml(socket_dir: Path, devices: Path, pod_resources: Path, interval: str = "
     return (
         f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {pod_resources}/kubelet.sock,"
         f" podResourcesInterval: {interval}}}\n"
+        f"stateDir: {pod_resources.parent}/state\n"
         "resources:\n"
         f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
     )

@@ -9,8 +9,9 @@ import re
 import socket
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpclib.server
 import pytest
@@ -28,6 +29,8 @@ from kdp_host.api.v1beta1 import (
     ListAndWatchResponse,
     PreferredAllocationRequest,
     PreStartContainerRequest,
+    RegisterRequest,
+    RegistrationBase,
 )
 from kdp_host.config import load_config_text
 from kdp_host.devices import Device, DeviceTable
@@ -42,7 +45,7 @@ from kdp_host.endpoint import (
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.protocol.codec import DevicePluginCodec, EncodedMessage
-from kdp_host.protocol.registration import RegistrationError, register
+from kdp_host.protocol.registration import Registrar, RegistrationError
 from kdp_host.protocol.server import SOCKET_MODE, CoalescingTransport, PluginServer
 from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
 from kdp_host.simulator import KubeletSimulator
@@ -337,15 +340,98 @@ async def test_register_with_a_kubelet_that_drops_every_connection_is_unavailabl
 
     dropper = threading.Thread(target=drop_connections, daemon=True)
     dropper.start()
+    registrar = Registrar()
     try:
         for _ in range(60):
             with pytest.raises(RegistrationError) as refused:
-                await register(str(socket_dir), FPGA, "x.sock", DevicePluginOptions(), timeout=5)
+                await registrar.register(
+                    str(socket_dir), FPGA, "x.sock", DevicePluginOptions(), timeout=5
+                )
             assert refused.value.result == "unavailable"
     finally:
+        registrar.close()
         listener.shutdown(socket.SHUT_RDWR)
         listener.close()
         dropper.join(5)
+
+
+class RecordingKubelet(RegistrationBase):
+    def __init__(self) -> None:
+        self.requests: list[RegisterRequest] = []
+        self.refuse: str | None = None
+
+    async def register(self, message: RegisterRequest) -> Empty:
+        self.requests.append(message)
+        if self.refuse is not None:
+            raise GRPCError(Status.INVALID_ARGUMENT, self.refuse)
+        return Empty()
+
+
+@contextlib.asynccontextmanager
+async def counted_kubelet_sock(
+    socket_dir: Path, kubelet: RecordingKubelet
+) -> AsyncIterator[list[int]]:
+    """kubelet.sock in front of a Registration server: yields the list of connections
+    accepted (each one's number), forwarding their bytes both ways."""
+    backend = socket_dir / "backend.sock"
+    server = grpclib.server.Server([kubelet])
+    await server.start(path=str(backend))
+    accepted: list[int] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(len(accepted))
+        to_reader, to_writer = await asyncio.open_unix_connection(str(backend))
+        await asyncio.gather(pipe(reader, to_writer), pipe(to_reader, writer))
+
+    front = await asyncio.start_unix_server(forward, path=str(socket_dir / "kubelet.sock"))
+    try:
+        yield accepted
+    finally:
+        front.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_resources_of_a_host_register_over_one_connection(socket_dir: Path) -> None:
+    """Issue 19 (start-up): concurrent Register calls of many resources share one
+    connection to kubelet.sock (a connect and HTTP/2 handshake each cost most of a
+    resource's start-up work); a refusal keeps it; a re-created kubelet.sock (a restarted
+    kubelet) gets a new one."""
+    kubelet = RecordingKubelet()
+    registrar = Registrar()
+    try:
+        async with counted_kubelet_sock(socket_dir, kubelet) as accepted:
+            await asyncio.gather(
+                *(
+                    registrar.register(
+                        str(socket_dir), f"r{i}.io/x", f"r{i}.sock", DevicePluginOptions()
+                    )
+                    for i in range(20)
+                )
+            )
+            assert sorted(r.resource_name for r in kubelet.requests) == sorted(
+                f"r{i}.io/x" for i in range(20)
+            )
+            kubelet.refuse = "no such resource"
+            with pytest.raises(RegistrationError) as refused:
+                await registrar.register(str(socket_dir), "bad", "b.sock", DevicePluginOptions())
+            assert refused.value.result == "refused"
+            kubelet.refuse = None
+            await registrar.register(str(socket_dir), "r0.io/x", "r0.sock", DevicePluginOptions())
+            assert accepted == [0]
+        async with counted_kubelet_sock(socket_dir, kubelet) as accepted:
+            await registrar.register(str(socket_dir), "r0.io/x", "r0.sock", DevicePluginOptions())
+            assert accepted == [0]
+        assert len(kubelet.requests) == 23
+    finally:
+        registrar.close()
 
 
 # ------------------------------------------------------------------ coalesced writes
@@ -376,20 +462,25 @@ class RecordingTransport(asyncio.Transport):
         return 0
 
 
-async def test_writes_of_one_loop_turn_leave_in_one_write() -> None:
+async def test_writes_of_two_loop_turns_leave_in_one_write() -> None:
+    loop = asyncio.get_running_loop()
     real = RecordingTransport()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())
-    transport.write(b"headers|")
+    transport = CoalescingTransport(real, loop)
+    transport.write(b"ping ack|")
     transport.write(b"")
-    transport.write(bytearray(b"message|"))
-    transport.write(memoryview(b"trailers"))
+    # the handler of the request runs in the next turn
+    loop.call_soon(transport.write, bytearray(b"headers|message|"))
+    loop.call_soon(transport.write, memoryview(b"trailers"))
     assert real.writes == []
-    assert transport.get_write_buffer_size() == len(b"headers|message|trailers")
     await asyncio.sleep(0)
-    assert real.writes == [b"headers|message|trailers"]
-    transport.write(b"next turn")
+    assert real.writes == []
+    assert transport.get_write_buffer_size() == len(b"ping ack|headers|message|trailers")
     await asyncio.sleep(0)
-    assert real.writes == [b"headers|message|trailers", b"next turn"]
+    assert real.writes == [b"ping ack|headers|message|trailers"]
+    transport.write(b"later")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert real.writes == [b"ping ack|headers|message|trailers", b"later"]
 
 
 async def test_close_sends_what_is_pending_and_abort_drops_it() -> None:
@@ -410,52 +501,159 @@ async def test_close_sends_what_is_pending_and_abort_drops_it() -> None:
     assert dropped.writes == [] and dropped.aborted
 
 
-@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
-def test_a_unary_answer_leaves_the_server_in_one_write(
-    short_dir: Path, monkeypatch: pytest.MonkeyPatch, loop_kind: str
-) -> None:
-    """grpclib writes the flow-control update, headers, message and trailers of an answer
-    separately; through PluginServer they reach the socket in one write (on either loop)."""
+def counted_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per write PluginServer makes to a socket from now on."""
     import kdp_host.protocol.server as server_module
 
-    counted: list[int] = []
+    writes: list[int] = []
 
     class Counting(CoalescingTransport):
         def flush(self) -> None:
             if self.get_write_buffer_size():
-                counted.append(1)
+                writes.append(1)
             super().flush()
 
     monkeypatch.setattr(server_module, "CoalescingTransport", Counting)
+    return writes
 
-    async def main() -> None:
-        table = DeviceTable()
-        table.publish([Device("a"), Device("b")])
-        server = PluginServer([service_with(table)])
-        path = str(short_dir / "p.sock")
-        await server.serve(path)
-        channel = Channel(path=path)
-        try:
-            stub = DevicePluginStub(channel)
-            await stub.get_device_plugin_options(Empty())
-            for _ in range(5):
-                before = len(counted)
-                response = await stub.allocate(
-                    AllocateRequest(container_requests=[ContainerAllocateRequest(["a"])])
-                )
-                assert len(response.container_responses) == 1
-                await asyncio.sleep(0.01)
-                assert len(counted) - before == 1
-        finally:
-            server.close()
-            server.close_connections()
-            channel.close()
-            async with asyncio.timeout(5):
-                await server.wait_closed()
 
+@contextlib.asynccontextmanager
+async def serving_a_and_b(short_dir: Path) -> AsyncIterator[str]:
+    """A PluginServer listing devices a and b on a socket (its path), closed on the way out."""
+    table = DeviceTable()
+    table.publish([Device("a"), Device("b")])
+    server = PluginServer([service_with(table)])
+    path = str(short_dir / "p.sock")
+    await server.serve(path)
+    try:
+        yield path
+    finally:
+        server.close()
+        server.close_connections()
+        async with asyncio.timeout(5):
+            await server.wait_closed()
+
+
+def run_on(loop_kind: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `main()` on the standard asyncio loop or on uvloop (skipped where it is absent)."""
     if loop_kind == "uvloop":
         uvloop = pytest.importorskip("uvloop")
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
     else:
         asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_unary_answer_leaves_the_server_in_one_write(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, loop_kind: str
+) -> None:
+    """grpclib writes the flow-control update, headers, message and trailers of an answer
+    separately; through PluginServer they reach the socket in one write (on either loop)."""
+    counted = counted_writes(monkeypatch)
+
+    async def main() -> None:
+        async with serving_a_and_b(short_dir) as path:
+            channel = Channel(path=path)
+            try:
+                stub = DevicePluginStub(channel)
+                await stub.get_device_plugin_options(Empty())
+                for _ in range(5):
+                    before = len(counted)
+                    response = await stub.allocate(
+                        AllocateRequest(container_requests=[ContainerAllocateRequest(["a"])])
+                    )
+                    assert len(response.container_responses) == 1
+                    await asyncio.sleep(0.01)
+                    assert len(counted) - before == 1
+            finally:
+                channel.close()
+
+    run_on(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_the_ping_ack_of_a_request_leaves_with_its_answer(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, loop_kind: str
+) -> None:
+    """The kubelet's gRPC client (grpc-go) sends a PING with each request (its bandwidth
+    estimate); h2 acknowledges it while reading the request, a turn before the handler
+    answers. Both leave in one write: one wake-up of the kubelet per call, not two."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    flushed = counted_writes(monkeypatch)
+    request = bytes(AllocateRequest(container_requests=[ContainerAllocateRequest(["a"])]))
+    message = b"\x00" + len(request).to_bytes(4, "big") + request
+
+    async def main() -> None:
+        async with serving_a_and_b(short_dir) as path:
+            reader, writer = await asyncio.open_unix_connection(path)
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            client.initiate_connection()
+            writer.write(client.data_to_send())
+
+            async def until(kind: type) -> list[h2.events.Event]:
+                seen: list[h2.events.Event] = []
+                async with asyncio.timeout(5):
+                    while not any(isinstance(e, kind) for e in seen):
+                        data = await reader.read(65536)
+                        assert data, "the server closed the connection"
+                        seen += client.receive_data(data)
+                        writer.write(client.data_to_send())
+                return seen
+
+            try:
+                await until(h2.events.RemoteSettingsChanged)
+                for call in range(3):
+                    await asyncio.sleep(0.05)  # the handshake's writes are out
+                    before = len(flushed)
+                    stream = client.get_next_available_stream_id()
+                    client.send_headers(
+                        stream,
+                        [
+                            (":method", "POST"),
+                            (":scheme", "http"),
+                            (":path", "/v1beta1.DevicePlugin/Allocate"),
+                            (":authority", "localhost"),
+                            ("content-type", "application/grpc"),
+                            ("te", "trailers"),
+                        ],
+                    )
+                    client.send_data(stream, message, end_stream=True)
+                    client.ping(call.to_bytes(8, "big"))
+                    writer.write(client.data_to_send())  # one read at the server, as grpc-go's
+                    events = await until(h2.events.StreamEnded)
+                    assert any(isinstance(e, h2.events.PingAckReceived) for e in events)
+                    await asyncio.sleep(0.05)
+                    assert len(flushed) - before == 1
+            finally:
+                writer.close()
+
+    run_on(loop_kind, main)
+
+
+async def test_a_stopping_server_waits_for_its_peers_to_hang_up_but_not_forever(
+    short_dir: Path,
+) -> None:
+    server = PluginServer([service_with(DeviceTable())])
+    path = str(short_dir / "p.sock")
+    await server.serve(path)
+    assert await server.wait_peers_hung_up(0.01), "no connection: nothing to wait for"
+    first, second = Channel(path=path), Channel(path=path)
+    try:
+        for channel in (first, second):
+            await DevicePluginStub(channel).get_device_plugin_options(Empty())
+        assert not await server.wait_peers_hung_up(0.05)  # a client that stays: bounded
+        first.close()
+        assert not await server.wait_peers_hung_up(0.05)
+        second.close()
+        assert await server.wait_peers_hung_up(5)
+    finally:
+        first.close()
+        second.close()
+        server.close()
+        server.close_connections()
+        async with asyncio.timeout(5):
+            await server.wait_closed()

@@ -28,7 +28,7 @@ from kdp_host.process import CommandError, ProcessRunner
 from kdp_host.process_group import death_signal_wrapper
 from kdp_host.watch import PollingWatcher
 
-from .conftest import reporter, script, wait_table, wait_until
+from .conftest import process_gone, reporter, script, wait_table, wait_until
 
 LOGGER = "test_containment"
 
@@ -78,7 +78,7 @@ def test_a_sigkilled_host_leaves_no_stream_command_running(tmp_path: Path, short
                     "printf 'a\\n\\n'\nexec sleep 600\n")  # fmt: skip
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"kubelet: {{socketDir: {socket_dir}}}\n"
+        f"kubelet: {{socketDir: {socket_dir}}}\nstateDir: {tmp_path}/state\n"
         "metrics: {listen: '127.0.0.1:0'}\n"
         "resources:\n"
         "  - name: vendor.example/streamed\n"
@@ -96,16 +96,11 @@ def test_a_sigkilled_host_leaves_no_stream_command_running(tmp_path: Path, short
         host.kill()
         host.wait(timeout=30)
 
-        def gone() -> bool:
-            try:
-                os.kill(stream_pid, 0)
-            except ProcessLookupError:
-                return True
-            # A zombie is dead too (this test process may not be its reaper).
-            with open(f"/proc/{stream_pid}/stat") as stat:
-                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-
-        asyncio.run(wait_until(gone, 30, "the stream command died with the host"))
+        asyncio.run(
+            wait_until(
+                lambda: process_gone(stream_pid), 30, "the stream command died with the host"
+            )
+        )
     finally:
         if host.poll() is None:
             host.kill()

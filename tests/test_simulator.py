@@ -653,6 +653,8 @@ class PreStartPlugin(FakePlugin):
     def __init__(self, devices: list[Device], *, pre_start: bool = True) -> None:
         super().__init__(devices, pre_start=pre_start)
         self.remaining: list[float] = []
+        self.deadlines: list[float] = []
+        """The deadline each call had, as the plugin got it (time.monotonic())."""
         self.failure: GRPCError | None = None
         self.hang = False
         self.cancelled = asyncio.Event()
@@ -679,7 +681,9 @@ class PreStartPlugin(FakePlugin):
         self.calls.append("PreStartContainer")
         self.pre_start_requests.append(request)
         assert stream.deadline is not None, "the kubelet sends its deadline with the call"
-        self.remaining.append(stream.deadline.time_remaining())
+        left = stream.deadline.time_remaining()
+        self.remaining.append(left)
+        self.deadlines.append(time.monotonic() + left)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         if self.in_flight >= self.release_when:
@@ -705,6 +709,7 @@ async def test_pre_start_follows_allocate_with_the_containers_devices_and_deadli
     await env.serve_and_register(plugin, "p.sock")
     sim = env.sim
     await sim.wait_for(lambda: sim.allocatable(RES) == 4)
+    called = time.monotonic()
     await sim.allocate(RES, 2, pod_uid="p1", container="main")
     await sim.allocate(RES, 1, pod_uid="p1", container="side")
     assert plugin.calls[-4:] == ["Allocate", "PreStartContainer", "Allocate", "PreStartContainer"]
@@ -714,8 +719,10 @@ async def test_pre_start_follows_allocate_with_the_containers_devices_and_deadli
     first, second = plugin.pre_start_requests
     assert list(first.devices_ids) == list(main.device_ids) and len(main.device_ids) == 2
     assert list(second.devices_ids) == list(side.device_ids) and len(side.device_ids) == 1
-    # The kubelet's 30 s deadline travels with the call.
+    # The kubelet's 30 s deadline travels with the call, never shorter (as grpc-go sends it):
+    # a plugin that works to its deadline is not cut off before the kubelet's passes.
     assert all(25.0 < left <= 30.0 for left in plugin.remaining), plugin.remaining
+    assert plugin.deadlines[0] >= called + 30.0
     assert [(c.container, c.error, c.timeout) for c in sim.pre_start_calls] == [
         ("main", None, 30.0),
         ("side", None, 30.0),
@@ -765,8 +772,12 @@ async def test_pre_start_hang_ends_at_the_kubelet_deadline(sock_dir: Path) -> No
         await environment.serve_and_register(plugin, "p.sock")
         sim = environment.sim
         await sim.wait_for(lambda: sim.allocatable(RES) == 1)
+        called = time.monotonic()
         with pytest.raises(SimulatorAllocationError) as info:
             await sim.allocate(RES, 1)
+        # the kubelet's own context expires first (the plugin's copy is not shorter), so the
+        # kubelet reports its deadline, not the plugin's DEADLINE_EXCEEDED status
+        assert plugin.deadlines[0] >= called + 0.3
         assert str(info.value) == (
             "device plugin PreStartContainer rpc failed with err:"
             " rpc error: code = DeadlineExceeded desc = context deadline exceeded"

@@ -366,7 +366,7 @@ def test_a_real_device_node_is_placed_by_its_number(fake: FakeSysfs) -> None:
     (fake.sys / "dev" / "char" / number).symlink_to(target)
     (fake.dev / "whatever").symlink_to("/dev/null")
     reader = SysfsReader(str(fake.sys), str(fake.dev))
-    assert reader.node_directory("whatever") == str(target)
+    assert reader.nodes.node_directory("whatever") == str(target)
 
 
 @pytest.mark.parametrize("seed", range(6))

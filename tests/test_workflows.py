@@ -108,3 +108,20 @@ def test_test_all_tries_every_supported_python() -> None:
 def test_requires_python_is_the_oldest_supported() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["requires-python"] == f">={supported_pythons()[0]}"
+
+
+@pytest.mark.parametrize(("ci", "derandomized"), [("true", True), ("", False)])
+def test_hypothesis_is_derandomised_in_ci_only(ci: str, derandomized: bool) -> None:
+    """CI (CI=true, as .ci/run and GitHub Actions set it) tries the same examples every run;
+    a local run explores new ones."""
+    import os
+    import sys
+
+    probe = "import tests.conftest; from hypothesis import settings; print(settings().derandomize)"
+    env = {**os.environ, "CI": ci}
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(derandomized)

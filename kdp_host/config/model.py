@@ -84,6 +84,10 @@ HOOK_TEMPLATE_FIELDS = ALLOCATE_TEMPLATE_FIELDS | {"hostPaths"}
 MAX_PRE_START_PARALLELISM = 64
 MIN_POD_RESOURCES_INTERVAL = 1.0
 """The shortest PodResources poll interval (the kubelet's limit is shared by all clients)."""
+NODE_LABEL_SETTLE = 2.0
+"""Seconds a node-label change settles before it is applied: the changes that follow the
+first within this window are applied with it, once (the labels as they are when it closes),
+so a label flapping on/off/on reloads the entries it selects once, not three times."""
 MAX_GID = 2**32 - 2
 """Highest group ID (2^32 - 1 is the kernel's "no group")."""
 GLOB_TEMPLATE_FIELDS = frozenset({"path", "name"})
@@ -868,7 +872,8 @@ class NodeSelectorConfig:
         "Node labels that must all be set to these values (like a pod's `nodeSelector`). "
         "kdp-host reads its own node from the Kubernetes API (get and watch, with the pod's "
         "service account; the chart grants it when a resource uses labels) and applies a "
-        "label change like a config edit.",
+        f"label change like a config edit, once it has settled for {NODE_LABEL_SETTLE:g}s "
+        "(the changes within that time are applied together: a flapping label reloads once).",
         default={},
     )
 
@@ -1094,6 +1099,16 @@ class NodeFeaturesConfig:
         "`/etc/kubernetes/node-feature-discovery/features.d/` (the chart mounts it).",
         default="/etc/kubernetes/node-feature-discovery/features.d/kdp-host",
     )
+    expiry: float = key(
+        "expiry",
+        Duration(1.0),
+        "How long NFD keeps the labels of a kdp-host that stopped refreshing the file "
+        "(killed, its node lost): the file carries NFD's `# +expiry-time=` this far ahead, "
+        "rewritten every third of it. NFD v0.14 or newer honours it (older versions keep the "
+        "labels); NFD drops expired labels at its next rescan, so make it a few of NFD's "
+        "rescan intervals (`sleepInterval`, 60s by default).",
+        default="10m",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1104,7 +1119,8 @@ class Config:
         "stateDir",
         AbsolutePath(),
         "Where kdp-host keeps what must outlive it: which devices of resources with `release` "
-        "were used and not released yet (a small file, `release-state.json`).",
+        "were used and not released yet (`release-state.json`), and the IDs a reload kept for "
+        "devices the kubelet may have booked (`ownership.json`). Small files.",
         default="/var/lib/kdp-host",
         restart=True,
     )

@@ -20,6 +20,7 @@ from ..devices import Device
 from ..files import DaemonThreads, FileReader, Offload
 from ..logs import EventLogger
 from ..process import CommandRunner, ProcessRunner
+from ..safety_net import SafetyNet
 
 if TYPE_CHECKING:
     from ..config import DriverConfig
@@ -86,6 +87,9 @@ class DriverDeps:
     """The one way off the event loop: whole scans, large parses (shared by the resources
     of a host)."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
+    safety_net: SafetyNet | None = None
+    """The host's one periodic-check timer, shared by the resources of a host (None: the
+    driver makes its own, on `offload`)."""
 
 
 class Driver(Protocol):

@@ -41,7 +41,8 @@ from .glob_paths import (
     printable_path,
 )
 from .glob_shared import dir_readable, numa_node, scan_notices, watch_pattern
-from .scanning import DirWatch, Listed, ScanLoop, ScanResult, ScanSettings
+from .scanner import DirWatch, Listed, ScanResult, ScanSettings
+from .scanning import ScanLoop
 
 SCAN_TIMEOUT = 30.0
 """A scan slower than this (a hung file system) counts as a failure; the next waits for it."""

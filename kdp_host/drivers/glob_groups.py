@@ -42,7 +42,7 @@ from .glob_paths import (
     printable_path,
 )
 from .glob_shared import dir_readable, numa_node, scan_notices, watch_pattern
-from .scanning import DirWatch, Listed, ScanResult
+from .scanner import DirWatch, Listed, ScanResult
 
 INCOMPLETE = "incomplete_group"
 """The skip reason of a group that lacks a required member."""

@@ -11,7 +11,7 @@ from ..config import GlobDriverConfig, render_template
 from ..files import FileReader, FileReadError
 from .base import Skipped
 from .glob_paths import printable_path, watch_dirs
-from .scanning import DirWatch, Notice
+from .scanner import DirWatch, Notice
 
 
 def dir_readable(directory: str) -> bool:

@@ -3,6 +3,7 @@ failure policy, log lines and metrics."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
@@ -11,6 +12,8 @@ from ..logs import EventLogger
 from ..metrics import Metrics
 from ..rules import LIST_SEPARATOR, device_path_problem
 from .base import DriverError, Skipped
+
+_HEALTHY = operator.attrgetter("healthy")
 
 
 class DeviceSink(Protocol):
@@ -52,6 +55,10 @@ class DeviceReporter:
         self._throttled = 0
         """Lists dropped by the rate limit since the flood began (0: no flood)."""
         self._dropped_before_this_list = False
+        self._checked: tuple[
+            Mapping[str, Device] | list[Device] | None, list[tuple[Device, Skipped]]
+        ] = (None, [])
+        """The last list given (a mapping is never changed later) and its unlistable devices."""
 
     def update(
         self,
@@ -60,18 +67,36 @@ class DeviceReporter:
     ) -> None:
         if not isinstance(devices, Mapping):
             devices = list(devices)
-        unlistable = _unlistable(_values(devices))
+        unlistable = self._unlistable(devices)
         if unlistable:
             left_out = {device.id for device, _ in unlistable}
             devices = [d for d in _values(devices) if d.id not in left_out]
             skipped = [*skipped, *(item for _, item in unlistable)]
         if self._sink.publish(devices):
             values = devices.values() if isinstance(devices, Mapping) else devices
-            healthy = sum(1 for device in values if device.healthy)
+            healthy = sum(map(_HEALTHY, values))
             self._log.info("devices_changed", healthy=healthy, unhealthy=len(devices) - healthy)
         self._note_skipped(frozenset(skipped))
         self._note_flood_end()
         self._recovered()
+
+    def _unlistable(
+        self, devices: Mapping[str, Device] | list[Device]
+    ) -> list[tuple[Device, Skipped]]:
+        """`_unlistable(devices)`, checking only the devices that are not the very objects
+        of the last mapping (drivers reuse unchanged devices: a hot-plug checks one)."""
+        before, found = self._checked
+        if devices is before:
+            return found  # the same list again (the safety net)
+        if isinstance(devices, Mapping) and isinstance(before, Mapping):
+            was = before.get
+            changed = [d for i, d in devices.items() if was(i) is not d]
+            found = [item for item in found if devices.get(item[0].id) is item[0]]
+            found.extend(_unlistable(changed))
+        else:
+            found = _unlistable(_values(devices))
+        self._checked = (devices, found)
+        return found
 
     def failure(self, error: DriverError) -> None:
         self.consecutive_failures += 1

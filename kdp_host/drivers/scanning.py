@@ -1,22 +1,24 @@
 """The one scan loop of the drivers that watch directories (glob, glob groups, sysfs).
 
-Such a driver is a `Scanner`: a blocking function that looks at the file system once and
-returns every device it found (`ScanResult`), with the directories whose changes could
-change that answer (`DirWatch.watch`). Everything else lives here, once:
+Such a driver is a `Scanner` (`scanner.py`): a blocking function that looks at the file
+system once and returns every device it found (`ScanResult`), with the directories whose
+changes could change that answer (`DirWatch.watch`). Everything else lives here, once:
 
 - **the scan, off the loop**: through the host's offload (`DriverDeps.offload`), bounded by
   the scan timeout; a scan that hangs is waited for again next time, never started twice
   (threads would pile up on a hung file system);
 - **watching**: every directory the last scan named is subscribed to on the host's watcher;
   a change wakes the loop at once (a hot-plug is seen in milliseconds);
-- **the safety net**: every `rescanInterval` (jittered, so many resources do not rescan at
-  once), a rescan runs unless no watched directory changed since the last scan began
-  (`unchanged_since_scan`: one stat per directory); a scanner whose watched directories do
-  not decide everything (sysfs: a device without nodes changes nothing in /dev) asks for a
-  full rescan at least every `full_rescan_every` intervals;
-- **the grace period** (`Tracker`): a device that vanished stays listed, Unhealthy, for
-  `gracePeriod`; a device still present that lost one of its nodes (not an optional one)
-  is Unhealthy for the grace period, then listed without it (unless it comes back);
+- **the safety net**: every `rescanInterval`, through the host's one `SafetyNet` (one timer
+  and one thread hop for the checks of every resource due), a rescan runs unless no watched
+  directory changed since the last scan began (`unchanged_since_scan`: one stat per
+  directory); a scanner whose watched directories do not decide everything (sysfs: a device
+  without nodes changes nothing in /dev) asks for a full rescan at least every
+  `full_rescan_every` intervals. When nothing changed, the last list goes to the Notifier
+  again as the same object (it does O(1) work for it) and the loop's task does not wake;
+- **the grace period** (`grace.Tracker`): a device that vanished stays listed, Unhealthy,
+  for `gracePeriod`; a device still present that lost one of its nodes (not an optional
+  one) is Unhealthy for the grace period, then listed without it (unless it comes back);
 - **reporting**: complete lists to the Notifier, scan durations, failures; notices (an
   unreadable directory) are logged when they change.
 """
@@ -26,195 +28,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import random
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar
 
 from ..devices import Device
+from ..safety_net import SafetyNet
 from ..watch import DirSignature, Subscription, dir_signature
-from .base import DriverDeps, DriverError, Notifier, Skipped
+from .base import DriverDeps, DriverError, Notifier
+from .grace import Tracker
+from .scanner import DirWatch, Listed, Notice, Scanner, ScanResult, ScanSettings
 
 FAILURE_THRESHOLD = 3
 """Failed scans in a row (an I/O error, a scan that hangs) before every device is Unhealthy."""
 MAX_NAMED_CHANGES = 4096
 """Changed paths remembered between two scans; past this (a flood of events) the next scan
 looks at everything instead (bounded memory, and a full scan is cheaper by then)."""
-RESCAN_JITTER = 0.1
-"""Spread the safety-net rescans of many resources instead of running them all at once."""
 RECENT_CHANGE = 2.0
 """A directory modified this recently (seconds) is rescanned even if its signature matches:
 some file systems keep coarse timestamps, so a change right after a scan could hide."""
-
-
-@dataclass(frozen=True)
-class Notice:
-    """Something about a scan worth one log line when it starts or stops being true (a
-    directory that cannot be read, no device matching)."""
-
-    event: str
-    fields: tuple[tuple[str, str], ...] = ()
-    level: Literal["info", "warning"] = "warning"
-
-
-@dataclass(frozen=True)
-class ScanResult:
-    """What one scan found."""
-
-    devices: Mapping[str, Device]
-    """Every device present, by ID (never changed later: the loop may publish it as is)."""
-    skipped: tuple[Skipped, ...] = ()
-    places: Mapping[str, str] | None = None
-    """Where each device sits (sysfs: its directory), for scanners whose devices can move: a
-    device that moved did not lose the nodes it had elsewhere. None: devices never move."""
-    notices: tuple[Notice, ...] = ()
-
-
-@dataclass(frozen=True)
-class Listed:
-    """What the loop listed last, handed to the next scan (read-only, replaced, never
-    changed: a scan thread may read it while the loop merges)."""
-
-    devices: Mapping[str, Device] = field(default_factory=dict)
-    """Every device listed, present or vanished (Unhealthy)."""
-    places: Mapping[str, str] = field(default_factory=dict)
-    """The place of each device present in the last scan (see `ScanResult.places`)."""
-
-
-class DirWatch:
-    """The directories one scan depends on, each signed before the scan looked into it.
-
-    The loop signs the directories it watches before the scan starts; a scanner calls
-    `watch` for every directory that decides its answer, before listing it where it can
-    (glob) or after reading where it cannot know them earlier (sysfs node directories).
-    """
-
-    def __init__(self, watched: Iterable[str] = ()) -> None:
-        self.signatures: dict[str, DirSignature | None] = {
-            directory: dir_signature(directory) for directory in watched
-        }
-        self.wanted: set[str] = set()
-
-    def watch(self, directory: str) -> None:
-        if directory not in self.wanted:
-            self.wanted.add(directory)
-            if directory not in self.signatures:
-                self.signatures[directory] = dir_signature(directory)
-
-
-class Scanner(Protocol):
-    """A watching driver's own part: one look at the file system."""
-
-    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
-        """Every device present now. Blocking (runs off the loop); reads `listed` only.
-
-        `changed`: the paths the watcher named as changed since the last successful scan
-        (an entry created, removed or changed in a watched directory), or None when
-        anything may have changed (the first scan, a safety-net rescan, a watch that could
-        not say what changed, a failed or stuck scan before). A scanner may look again only
-        at what those paths can affect and reuse the rest of its last answer (O(changed)),
-        or ignore them. Raises DriverError or OSError."""
-        ...
-
-
-@dataclass(frozen=True)
-class ScanSettings:
-    rescan_interval: float
-    grace_period: float
-    scan_timeout: float
-    full_rescan_every: int | None = None
-    """Safety-net rescans run at least every this many intervals even when no watched
-    directory changed (None: the watched directories decide everything)."""
-
-
-class Tracker:
-    """The grace period: merges each scan with what was listed before (see the module
-    docstring). Runs on the loop; `listed` is what the next scan reads."""
-
-    def __init__(self, grace_period: float, clock: Callable[[], float]) -> None:
-        self._grace = grace_period
-        self._clock = clock
-        self.listed = Listed()
-        self._gone_since: dict[str, float] = {}
-        self._lost: dict[str, dict[str, float]] = {}
-        """Device ID -> host path of a lost node -> when it vanished."""
-
-    def merge(self, result: ScanResult) -> tuple[Mapping[str, Device], float | None]:
-        """The list to publish, and when the next grace period ends (None: none running)."""
-        now = self._clock()
-        grace = self._grace
-        present = result.devices
-        places = result.places
-        before = self.listed
-        next_expiry: float | None = None
-        extra: dict[str, Device] = {}
-        lost_now: dict[str, dict[str, float]] = {}
-        for device_id, device in present.items():
-            old = before.devices.get(device_id)
-            lost = self._lost.get(device_id)
-            if (
-                old is not None
-                and old is not device
-                and device_id not in self._gone_since
-                and (places is None or before.places.get(device_id) == places[device_id])
-            ):
-                lost = _lost_parts(old, device, now, lost)
-            if not lost:
-                continue
-            kept = _parts(device)
-            lost = {
-                part: since
-                for part, since in lost.items()
-                if part not in kept and grace > 0 and since + grace > now
-            }
-            if lost:
-                lost_now[device_id] = lost
-                expiry = min(lost.values()) + grace
-                next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
-                extra[device_id] = device.with_health(False) if device.healthy else device
-        gone_now: dict[str, float] = {}
-        for device_id, old in before.devices.items():
-            if device_id in present:
-                continue
-            since = self._gone_since.get(device_id, now)
-            if grace <= 0 or since + grace <= now:
-                continue
-            gone_now[device_id] = since
-            expiry = since + grace
-            next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
-            # Still listed from the last merge: reuse that Unhealthy copy (scans only ever
-            # produce healthy devices), so a long list of vanished devices costs no copies.
-            extra[device_id] = old if not old.healthy else old.with_health(False)
-        # `present` is never changed: copy it only when something must be added or replaced
-        # (usually: no copy at all).
-        listed = {**present, **extra} if extra else present
-        self._gone_since = gone_now
-        self._lost = lost_now
-        self.listed = Listed(listed, places if places is not None else {})
-        return listed, next_expiry
-
-
-def _parts(device: Device) -> set[str]:
-    """The nodes a device cannot lose without being Unhealthy for a while: all but the
-    optional ones (a glob group's optional member may come and go)."""
-    return {node.host_path for node in device.nodes if not node.optional}
-
-
-def _lost_parts(
-    old: Device, device: Device, now: float, lost: dict[str, float] | None
-) -> dict[str, float] | None:
-    """`lost` plus the required nodes `old` had and `device` has not (since now)."""
-    if old.nodes == device.nodes:
-        return lost
-    kept = _parts(device)
-    gone = [part for part in _parts(old) if part not in kept]
-    if not gone:
-        return lost
-    lost = dict(lost or {})
-    for part in gone:
-        lost.setdefault(part, now)
-    return lost
 
 
 S = TypeVar("S", bound=Scanner)
@@ -242,6 +74,16 @@ class ScanLoop(Generic[S]):
         self._changes: set[str] | None = None
         """Paths the watcher named since the last scan began (None: unknown, look at all)."""
         self._notices: tuple[Notice, ...] | None = None
+        self._net = deps.safety_net if deps.safety_net is not None else SafetyNet(deps.offload)
+        self._notifier: Notifier | None = None
+        self._grace_running = False
+        self._stepping = False
+        """`run` is scanning or publishing (a safety-net answer then says nothing new)."""
+        self._unchanged_runs = 0
+        """Safety-net checks in a row that found nothing changed (for `full_rescan_every`)."""
+        self._scans_started = 0
+        self._check_began = 0
+        """`_scans_started` when the last safety-net check began (set off the loop)."""
 
     async def scan(self) -> list[Device]:
         """One scan, for `kdp-host check`: the devices present, by ID (what it left out is
@@ -264,6 +106,7 @@ class ScanLoop(Generic[S]):
             changes = self._changes if incremental else None
             changed = frozenset(changes) if changes is not None else None
             self._changes = set()
+            self._scans_started += 1
             self._pending = asyncio.ensure_future(
                 self._deps.offload.run(lambda: self._scan_sync(listed, watched, changed))
             )
@@ -302,6 +145,7 @@ class ScanLoop(Generic[S]):
     def unchanged_since_scan(self) -> bool:
         """Whether no watched directory changed since the last scan began (so a rescan
         would find the same). Blocking: one stat per directory."""
+        self._check_began = self._scans_started
         signatures = self._signatures
         watched = self._watched
         if self._last is None or not watched <= signatures.keys():
@@ -368,42 +212,66 @@ class ScanLoop(Generic[S]):
         """Report complete lists until cancelled (see the module docstring)."""
         settings = self.settings
         wake = self._wake
+        self._notifier = notifier
+        leave = self._net.join(
+            settings.rescan_interval,
+            self.unchanged_since_scan,
+            self._checked,
+            timeout=settings.scan_timeout,
+        )
         woken = True
-        unchanged_runs = 0
         try:
             while True:
                 wake.clear()
-                rescan = (
-                    self._last is None
-                    or woken
-                    or (
-                        settings.full_rescan_every is not None
-                        and unchanged_runs >= settings.full_rescan_every
-                    )
-                    or not await self._deps.offload.run(self.unchanged_since_scan)
-                )
-                unchanged_runs = 0 if rescan else unchanged_runs + 1
-                next_expiry = await self.step(notifier, rescan=rescan, incremental=woken)
-                woken = await wait_for_change(
-                    wake, settings.rescan_interval, next_expiry, self._deps.clock
-                )
+                self._stepping = True
+                try:
+                    next_expiry = await self.step(notifier, rescan=woken, incremental=True)
+                finally:
+                    self._stepping = False
+                self._grace_running = next_expiry is not None
+                woken = await wait_for_change(wake, next_expiry, self._deps.clock)
         finally:
+            leave()
+            self._notifier = None
             for subscription in self._subscriptions.values():
                 subscription.cancel()
             self._subscriptions.clear()
             self._watched = frozenset()
 
+    def _checked(self, unchanged: bool) -> None:
+        """The safety net's answer (on the loop): rescan everything if a watched directory
+        changed (or a full rescan is due), else hand the Notifier the same list again."""
+        if self._stepping or self._notifier is None:
+            return  # the loop is looking or publishing now: the next check compares with that
+        if not unchanged and self._check_began != self._scans_started:
+            # A scan began after this check did: it read what the check saw (a change after
+            # it differs from that scan's signatures: the next check finds it). Rescanning
+            # again would read the same change twice.
+            return
+        full_every = self.settings.full_rescan_every
+        if not unchanged or (full_every is not None and self._unchanged_runs >= full_every):
+            self._unchanged_runs = 0
+            self._changes = None  # the watcher missed something: look at everything
+            self._wake.set()
+            return
+        self._unchanged_runs += 1
+        notifier, last = self._notifier, self._last
+        if last is None or self._grace_running or self._wake.is_set():
+            return  # the loop will look again and publish soon anyway
+        # Nothing changed and no grace period runs: the merge would give the same list.
+        notifier.update(self.tracker.listed.devices, last.skipped)
+
 
 async def wait_for_change(
-    wake: asyncio.Event, interval: float, next_expiry: float | None, clock: Callable[[], float]
+    wake: asyncio.Event, next_expiry: float | None, clock: Callable[[], float]
 ) -> bool:
-    """Wait for a watched change, the jittered safety-net rescan or the next grace expiry,
-    whichever comes first: True when a change woke it."""
-    timeout = interval * random.uniform(1 - RESCAN_JITTER, 1 + RESCAN_JITTER)
-    if next_expiry is not None:
-        timeout = min(timeout, max(0.0, next_expiry - clock()))
+    """Wait for a wake-up (a watched change, the safety net) or the next grace expiry,
+    whichever comes first: True when woken."""
+    if next_expiry is None:
+        await wake.wait()
+        return True
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(max(0.0, next_expiry - clock())):
             await wake.wait()
     except TimeoutError:
         return False

@@ -57,35 +57,75 @@ async def kubelet_listening(socket_dir: str, timeout: float = 1.0) -> bool:
     return True
 
 
-async def register(
-    socket_dir: str,
-    resource: str,
-    endpoint: str,
-    options: DevicePluginOptions,
-    timeout: float = REGISTER_TIMEOUT,
-) -> None:
-    """One Register call. The plugin must already be serving on `endpoint`."""
-    path = os.path.join(socket_dir, KUBELET_SOCKET)
-    if not os.path.exists(path):
-        raise RegistrationError("unavailable", f"{path} does not exist (kubelet not running?)")
-    channel = grpclib.client.Channel(path=path)
-    try:
-        await RegistrationStub(channel).register(
-            RegisterRequest(
-                version=API_VERSION, endpoint=endpoint, resource_name=resource, options=options
-            ),
-            timeout=timeout,
-        )
-    except grpclib.GRPCError as exc:
-        result = "unavailable" if exc.status == Status.UNAVAILABLE else "refused"
-        raise RegistrationError(result, f"kubelet: {exc.message or exc.status.name}") from None
-    except (OSError, ConnectionError, StreamTerminatedError, ProtocolError) as exc:
-        raise RegistrationError("unavailable", f"cannot reach {path}: {exc}") from None
-    except AttributeError as exc:
-        # grpclib (0.4.x, its issue #110) fails this way when the peer closes the connection
-        # before the request goes out: a kubelet stopping or restarting at that moment.
-        raise RegistrationError("unavailable", f"{path} closed the connection: {exc}") from None
-    except TimeoutError:
-        raise RegistrationError("error", f"Register timed out after {timeout:g}s") from None
-    finally:
-        channel.close()
+class Registrar:
+    """Registration.Register of every resource of a host, over one connection per
+    kubelet.sock (grpclib multiplexes the calls of concurrent resources on it).
+
+    A connection per call cost each resource a connect and an HTTP/2 handshake with the
+    kubelet: most of a resource's start-up work beside the kubelet's own dial-back. The
+    connection is made again when kubelet.sock is a new file (a restarted kubelet) and
+    after a call failed for want of the connection; the host closes it when it stops.
+    """
+
+    def __init__(self) -> None:
+        self._channels: dict[str, tuple[FileIdentity, grpclib.client.Channel]] = {}
+
+    def _channel(self, path: str, identity: FileIdentity) -> grpclib.client.Channel:
+        known = self._channels.get(path)
+        if known is not None:
+            if known[0] == identity:
+                return known[1]
+            known[1].close()
+        channel = grpclib.client.Channel(path=path)
+        self._channels[path] = (identity, channel)
+        return channel
+
+    def _drop(self, path: str, channel: grpclib.client.Channel) -> None:
+        """Forget a channel whose connection failed (unless another call replaced it)."""
+        known = self._channels.get(path)
+        if known is not None and known[1] is channel:
+            del self._channels[path]
+            channel.close()
+
+    async def register(
+        self,
+        socket_dir: str,
+        resource: str,
+        endpoint: str,
+        options: DevicePluginOptions,
+        timeout: float = REGISTER_TIMEOUT,
+    ) -> None:
+        """One Register call. The plugin must already be serving on `endpoint`."""
+        path = os.path.join(socket_dir, KUBELET_SOCKET)
+        identity = file_identity(path)
+        if identity is None:
+            raise RegistrationError("unavailable", f"{path} does not exist (kubelet not running?)")
+        channel = self._channel(path, identity)
+        try:
+            await RegistrationStub(channel).register(
+                RegisterRequest(
+                    version=API_VERSION, endpoint=endpoint, resource_name=resource, options=options
+                ),
+                timeout=timeout,
+            )
+        except grpclib.GRPCError as exc:
+            result = "unavailable" if exc.status == Status.UNAVAILABLE else "refused"
+            if result == "unavailable":
+                self._drop(path, channel)
+            raise RegistrationError(result, f"kubelet: {exc.message or exc.status.name}") from None
+        except (OSError, ConnectionError, StreamTerminatedError, ProtocolError) as exc:
+            self._drop(path, channel)
+            raise RegistrationError("unavailable", f"cannot reach {path}: {exc}") from None
+        except AttributeError as exc:
+            # grpclib (0.4.x, its issue #110) fails this way when the peer closes the
+            # connection before the request goes out: a kubelet stopping or restarting then.
+            self._drop(path, channel)
+            raise RegistrationError("unavailable", f"{path} closed the connection: {exc}") from None
+        except TimeoutError:
+            self._drop(path, channel)
+            raise RegistrationError("error", f"Register timed out after {timeout:g}s") from None
+
+    def close(self) -> None:
+        for _, channel in self._channels.values():
+            channel.close()
+        self._channels.clear()

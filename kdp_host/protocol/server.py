@@ -37,14 +37,18 @@ def bind_unix_socket(path: str, mode: int = SOCKET_MODE) -> socket.socket:
 
 
 class CoalescingTransport(asyncio.Transport):
-    """A transport that sends what was written during one turn of the event loop at once.
+    """A transport that sends what was written during two turns of the event loop at once.
 
     grpclib writes each HTTP/2 frame group as soon as it is made: an answer to a unary call
     is four writes (the flow-control update for the request, the headers, the message, the
     trailers), so four system calls and, at the peer, up to four wake-ups for one answer.
-    Here they are gathered and leave in one write, scheduled with `call_soon` at the first
-    write of a turn: nothing waits longer than the rest of the turn that wrote it.
-    Everything else goes to the real transport; `close` sends what is pending first.
+    Here they are gathered and leave in one write. The write is scheduled at the first write
+    of a turn, for the end of the next turn: a request's handler runs in the turn after the
+    request was read, so what h2 answers while reading it (the PING acknowledgement the
+    kubelet's gRPC client asks for with each request, flow-control updates) leaves with the
+    answer, and the kubelet wakes once per call instead of twice. Nothing waits longer than
+    the next turn. Everything else goes to the real transport; `close` sends what is
+    pending first.
     """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
@@ -57,11 +61,14 @@ class CoalescingTransport(asyncio.Transport):
         if not data:
             return
         if not self._pending:
-            self._loop.call_soon(self.flush)
+            self._loop.call_soon(self._flush_next_turn)
         self._pending.append(bytes(data))
 
+    def _flush_next_turn(self) -> None:
+        self._loop.call_soon(self.flush)
+
     def flush(self) -> None:
-        """Send what is pending now (also run by the loop after the turn that wrote it)."""
+        """Send what is pending now (also run by the loop in the turn after the next one)."""
         if not self._pending:
             return
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
@@ -100,14 +107,17 @@ class CoalescingTransport(asyncio.Transport):
 
 
 class _CoalescingProtocol(asyncio.Protocol):
-    """Hands the connection's protocol a `CoalescingTransport` in place of the real one."""
+    """Hands the connection's protocol a `CoalescingTransport` in place of the real one,
+    and tells the server's `_Connections` when the connection opens and closes."""
 
-    def __init__(self, protocol: H2Protocol) -> None:
+    def __init__(self, protocol: H2Protocol, connections: _Connections) -> None:
         self._protocol = protocol
+        self._connections = connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's do not derive from asyncio.Transport).
         stream = cast(asyncio.Transport, transport)
+        self._connections.opened()
         self._protocol.connection_made(CoalescingTransport(stream, asyncio.get_running_loop()))
 
     def data_received(self, data: bytes) -> None:
@@ -123,7 +133,26 @@ class _CoalescingProtocol(asyncio.Protocol):
         self._protocol.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.closed()
         self._protocol.connection_lost(exc)
+
+
+class _Connections:
+    """How many accepted connections are open; an event set while there are none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.none_open = asyncio.Event()
+        self.none_open.set()
+
+    def opened(self) -> None:
+        self.count += 1
+        self.none_open.clear()
+
+    def closed(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.none_open.set()
 
 
 class PluginServer(grpclib.server.Server):
@@ -134,6 +163,7 @@ class PluginServer(grpclib.server.Server):
     def __init__(self, handlers: Collection[Any], *, codec: CodecBase | None = None) -> None:
         super().__init__(handlers, codec=DevicePluginCodec() if codec is None else codec)
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+        self._connections = _Connections()
 
     async def serve(self, path: str, mode: int = SOCKET_MODE) -> None:
         """Start serving on a new socket file at `path` (see `bind_unix_socket`)."""
@@ -160,7 +190,18 @@ class PluginServer(grpclib.server.Server):
     def _protocol_factory(self) -> asyncio.Protocol:  # type: ignore[override]
         protocol = super()._protocol_factory()
         self._protocols.add(protocol)
-        return _CoalescingProtocol(protocol)
+        return _CoalescingProtocol(protocol, self._connections)
+
+    async def wait_peers_hung_up(self, timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) until every accepted connection is closed;
+        whether they are. After its ListAndWatch stream ends, the kubelet forgets the
+        client and then closes its connection (docs/kubelet-contract.md §9)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connections.none_open.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def close_connections(self) -> None:
         for protocol in list(self._protocols):

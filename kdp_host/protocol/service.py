@@ -22,12 +22,7 @@ import grpclib.server
 from grpclib.const import Status
 from prometheus_client import Counter
 
-from ..allocation import (
-    AllocationBuilder,
-    AllocationError,
-    preferred_allocation,
-    preferred_can_matter,
-)
+from ..allocation import AllocationBuilder, AllocationError
 from ..api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
@@ -48,6 +43,7 @@ from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
 from ..metric_histograms import Observer
 from ..metrics import Metrics
+from ..preferred import preferred_allocation, preferred_can_matter
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
 from .wire import encode_device_entry, topology_field

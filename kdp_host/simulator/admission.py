@@ -32,7 +32,7 @@ from .records import (
     PreStartCall,
     SimulatorAllocationError,
 )
-from .transport import Endpoint, RpcFailed
+from .transport import Endpoint, RpcFailed, sent_timeout
 
 Notify = Callable[[], Awaitable[None]]
 
@@ -330,7 +330,8 @@ class Admission:
         timeout = self.pre_start_timeout
         try:
             await endpoint.call(
-                lambda stub: stub.pre_start_container(request, timeout=timeout), timeout
+                lambda stub: stub.pre_start_container(request, timeout=sent_timeout(timeout)),
+                timeout,
             )
         except RpcFailed as exc:
             text = str(exc)

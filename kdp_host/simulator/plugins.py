@@ -52,6 +52,10 @@ class PluginHandler:
         self._write_checkpoint = write_checkpoint
         self.clients: dict[str, PluginClient] = {}  # v1.32: one client per resource name
         self._open_clients: set[PluginClient] = set()
+        self.running: dict[str, int] = {}
+        """Clients per resource whose runClient has not ended: more than one means an old
+        client's stream end, and the disconnect it brings (docs/kubelet-contract.md §9), is
+        still to come."""
         self._serial = 0
         # records, cumulative for the simulator's life
         self.register_attempts: list[RegisterAttempt] = []
@@ -68,6 +72,7 @@ class PluginHandler:
             client.close()
         self._open_clients.clear()
         self.clients.clear()
+        self.running.clear()  # their runClient tasks are cancelled with the kubelet
 
     async def handle_register(self, request: RegisterRequest) -> None:
         """``Register`` (docs/kubelet-contract.md §1-§3): validate, dial back, ask for the
@@ -152,6 +157,7 @@ class PluginHandler:
             pre_start_required=options.pre_start_required,
             preferred_allocation=options.get_preferred_allocation_available,
         )
+        self.running[resource] = self.running.get(resource, 0) + 1
         self._spawn(self._run_client(client), f"list-and-watch:{resource}#{client.serial}")
 
     async def _run_client(self, client: PluginClient) -> None:
@@ -181,6 +187,9 @@ class PluginHandler:
             messages=client.messages,
             reason=reason,
         )
+        # No await from here to the disconnect: whoever sees this client ended sees the
+        # disconnect it brings too.
+        self.running[client.resource] = self.running.get(client.resource, 1) - 1
         current = self.clients.get(client.resource)
         if current is None:
             client.close()

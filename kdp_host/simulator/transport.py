@@ -198,6 +198,19 @@ class PluginClient:
             self._channel = None
 
 
+def sent_timeout(timeout: float) -> float:
+    """The timeout to give grpclib for a call whose deadline (``timeout`` from now) travels
+    to the plugin, so that the plugin's copy never passes before the kubelet's own.
+
+    grpclib writes the grpc-timeout header truncated to its unit (whole seconds above 10 s,
+    milliseconds above 10 ms, microseconds below), so a 30 s deadline reached the plugin as
+    29 s and a 0.3 s one as 0.299 s: the plugin's server gave up first and the kubelet saw its
+    DEADLINE_EXCEEDED status instead of its own expired context. grpc-go rounds the header up;
+    one unit more gives the same, while the kubelet's own deadline (``Endpoint.call``) stays
+    exact."""
+    return timeout + (1.0 if timeout > 10 else 1e-3 if timeout > 0.01 else 1e-6)
+
+
 @dataclass(slots=True)
 class Endpoint:
     """The kubelet's endpoint of a registered resource: its options and client, or a stopped

@@ -147,6 +147,12 @@ class KubeletView:
         (set when Register starts dialling, removed on disconnect or a failed dial)."""
         return {name: client.socket_path for name, client in self._plugins.clients.items()}
 
+    def clients_running(self, resource: str) -> int:
+        """Clients of the resource still reading their ListAndWatch stream (the current one,
+        and old ones whose end, and the disconnect of the current client it brings, is still
+        to come: docs/kubelet-contract.md §9)."""
+        return self._plugins.running.get(resource, 0)
+
     @property
     def allocations(self) -> list[Allocation]:
         return list(self._manager.pod_devices.values())

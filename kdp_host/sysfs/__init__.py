@@ -10,7 +10,8 @@ from .model import (
     UsbInterface,
     normalize_hex,
 )
-from .reader import DEFAULT_SCAN_TIMEOUT, SysfsReader, read_text
+from .reader import DEFAULT_SCAN_TIMEOUT, SysfsReader
+from .tree import read_text
 
 __all__ = [
     "DEFAULT_SCAN_TIMEOUT",

@@ -10,18 +10,12 @@ import sys
 from ..files import DaemonThreads
 from ..logs import quote_text
 from ..rules import sysfs_name_problem
-from .discover import (
-    DEFAULT_DOMAIN,
-    Names,
-    discover,
-    domain_problem,
-    render_json,
-    render_table,
-    render_yaml,
-)
+from .describe import Names
+from .discover import DEFAULT_DOMAIN, discover, domain_problem
 from .ids import PCI_IDS_PATHS, USB_IDS_PATHS, IdsError, find_ids
 from .model import PCI, USB, SysfsScan
 from .reader import DEFAULT_SCAN_TIMEOUT, SysfsReader
+from .render import render_json, render_table, render_yaml
 
 EXIT_OK = 0
 EXIT_FAILED = 1

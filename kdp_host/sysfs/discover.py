@@ -1,5 +1,7 @@
 """`kdp-host discover`: what this machine has, the way an operator thinks about it, with a
-ready-to-paste `sysfs` resource entry for each device.
+ready-to-paste `sysfs` resource entry for each device: the narrowest entry that advertises
+the device alone (checked through the driver's own matching), under a resource name that
+says what it is. What a device is called comes from `describe.py`; printing is `render.py`.
 
 Only reads sysfs (through the same reader as the driver) and prints; it never fails on an
 unreadable attribute: the reason is shown next to the device.
@@ -13,64 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from ..logs import quote_text
 from ..rules import MAX_QUALIFIED_NAME_LENGTH, extended_resource_name_problem
-from .ids import NO_DATABASE, IdsDatabase
+from .describe import BUILT_IN_NAMES, Names, describe, is_infrastructure
 from .match import exact_pattern
 from .model import PCI, USB, SysfsDevice, device_id, normalize_hex
 
-PCI_CLASS_NAMES = {
-    "0100": "SCSI storage controller",
-    "0101": "IDE controller",
-    "0104": "RAID controller",
-    "0106": "SATA controller",
-    "0107": "SAS controller",
-    "0108": "NVMe controller",
-    "0180": "storage controller",
-    "0200": "Ethernet controller",
-    "0207": "InfiniBand controller",
-    "0280": "network controller",
-    "0300": "VGA controller",
-    "0302": "3D controller",
-    "0380": "display controller",
-    "0401": "audio device",
-    "0403": "audio device",
-    "0480": "multimedia controller",
-    "0600": "host bridge",
-    "0601": "ISA bridge",
-    "0604": "PCI bridge",
-    "0680": "bridge",
-    "0880": "system peripheral",
-    "0b40": "co-processor",
-    "0c03": "USB controller",
-    "0c05": "SMBus controller",
-    "1200": "processing accelerator",
-    "1280": "accelerator",
-    "ff00": "unassigned class",
-}
-"""Common PCI class names (the PCI SIG's codes): what `discover` says without a pci.ids."""
-
-USB_CLASS_NAMES = {
-    "01": "audio",
-    "02": "communications (CDC)",
-    "03": "HID",
-    "06": "imaging",
-    "07": "printer",
-    "08": "mass storage",
-    "09": "hub",
-    "0a": "CDC data",
-    "0b": "smart card",
-    "0e": "video",
-    "e0": "wireless",
-    "ef": "miscellaneous",
-    "fe": "application specific",
-    "ff": "vendor specific",
-}
-
-USB_ROOT_HUB_VENDOR = "1d6b"
-PCI_BRIDGE_CLASS = "06"
 DEFAULT_DOMAIN = "example.com"
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9]+")
 
@@ -78,25 +28,6 @@ _SLUG_UNSAFE = re.compile(r"[^a-z0-9]+")
 class HexId(str):
     """A hex ID, always written quoted in YAML: `vendor: "0403"` (unquoted, YAML would read
     0403 as an octal number, and kdp-host refuses numbers there)."""
-
-
-class _EntryDumper(yaml.SafeDumper):
-    pass
-
-
-def _represent_hex(dumper: yaml.SafeDumper, value: HexId) -> yaml.ScalarNode:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", str(value), style='"')
-
-
-_EntryDumper.add_representer(HexId, _represent_hex)
-
-
-@dataclass(frozen=True)
-class Names:
-    """The ID databases names come from (see ids.py); empty ones leave the built-in tables."""
-
-    pci: IdsDatabase = NO_DATABASE
-    usb: IdsDatabase = NO_DATABASE
 
 
 @dataclass(frozen=True)
@@ -150,62 +81,6 @@ class Discovered:
         data["resource"] = self.resource
         data["matches"] = list(self.matches)
         return data
-
-
-def driver_text(device: SysfsDevice) -> str:
-    """The bound driver; for a USB device its interfaces' drivers (the device's own is `usb`)."""
-    if device.source == USB:
-        drivers = [i.driver for i in device.interfaces if i.driver]
-        if drivers:
-            return ",".join(dict.fromkeys(drivers))
-    return device.driver or "-"
-
-
-def describe(device: SysfsDevice, names: Names = Names()) -> str:
-    """What the device is: its USB strings, or its name in the ID databases, or its class,
-    or its `name` attribute."""
-    if device.source == USB:
-        return (
-            device.display_name
-            or names.usb.product_text(device.vendor, device.product)
-            or _usb_class_name(device, names.usb)
-        )
-    if device.source == PCI:
-        if names.pci.device(device.vendor, device.product):
-            return names.pci.product_text(device.vendor, device.product) or ""
-        klass = pci_class_name(device.attributes.get("class"), names.pci)
-        vendor = names.pci.vendor(device.vendor)
-        return f"{vendor} {klass}" if vendor and klass else klass
-    return device.attributes.get("name", "")
-
-
-def pci_class_name(raw: str | None, database: IdsDatabase = NO_DATABASE) -> str:
-    if raw is None:
-        return ""
-    code = normalize_hex(raw).zfill(6)
-    return (
-        database.class_name(code)
-        or PCI_CLASS_NAMES.get(code[:4])
-        or database.class_name(code[:2])
-        or f"class {code}"
-    )
-
-
-def _usb_class_name(device: SysfsDevice, database: IdsDatabase) -> str:
-    codes = [(i.interface_class or "").lower() for i in device.interfaces if i.interface_class]
-    names = [database.class_name(c) or USB_CLASS_NAMES.get(c, c) for c in codes]
-    return ", ".join(dict.fromkeys(n for n in names if n))
-
-
-def is_infrastructure(device: SysfsDevice) -> bool:
-    """USB root hubs and PCI bridges: listed only with `--all`."""
-    if device.source == USB:
-        return device.vendor == USB_ROOT_HUB_VENDOR
-    if device.source == PCI:
-        return (
-            normalize_hex(device.attributes.get("class", "")).zfill(6).startswith(PCI_BRIDGE_CLASS)
-        )
-    return False
 
 
 def domain_problem(domain: str) -> str | None:
@@ -299,7 +174,7 @@ def advertised_by(entry: dict[str, Any], devices: Sequence[SysfsDevice]) -> tupl
     """The kernel names of the devices `entry` would advertise among `devices`: the entry
     read by the config loader and matched by the driver, as if pasted into a config."""
     from ..config import SysfsDriverConfig, load_config_text
-    from ..drivers.sysfs import advertised_devices
+    from ..drivers.sysfs_advertised import advertised_devices
 
     driver = load_config_text(json.dumps({"resources": [entry]})).resources[0].driver
     assert isinstance(driver, SysfsDriverConfig)
@@ -343,7 +218,7 @@ def discover(
     *,
     domain: str = DEFAULT_DOMAIN,
     include_all: bool = False,
-    names: Names = Names(),
+    names: Names = BUILT_IN_NAMES,
 ) -> list[Discovered]:
     """Each device worth an entry (with `include_all`, also infrastructure and devices
     without nodes), with the narrowest entry that advertises it alone, or, when none
@@ -388,90 +263,3 @@ def discover(
             )
         )
     return found
-
-
-# --------------------------------------------------------------------------- output
-
-
-def render_json(found: Sequence[Discovered], problems: Sequence[str]) -> str:
-    document = {"devices": [d.as_dict() for d in found], "problems": list(problems)}
-    return json.dumps(document, indent=2, ensure_ascii=False)
-
-
-def render_yaml(found: Sequence[Discovered], problems: Sequence[str]) -> str:
-    document = {"devices": [d.as_dict() for d in found], "problems": list(problems)}
-    return yaml.dump(document, Dumper=_EntryDumper, sort_keys=False, allow_unicode=False, width=100)
-
-
-def entry_yaml(item: Discovered) -> str:
-    """The resource entry as a YAML list item, with the serial as a comment to pin it."""
-    if item.resource is None:
-        return "# no entry: its vendor and product IDs could not be read\n"
-    text = yaml.dump(
-        [item.resource], Dumper=_EntryDumper, sort_keys=False, default_flow_style=None, width=100
-    )
-    if not item.exact:
-        shown = ", ".join(quote_text(name) for name in item.matches) or "none"
-        if item.device.name in item.matches:
-            text += f"#   matches {len(item.matches)} devices here, not only this one: {shown}\n"
-        else:
-            text += f"#   does not advertise this device on its own; it advertises: {shown}\n"
-    if item.serial_hint:
-        text += f"#   pin it to this one device: add serial: {json.dumps(item.serial_hint)}\n"
-        if item.serial_hint != item.device.serial:
-            text += "#   (its glob characters in brackets, so it matches only this serial)\n"
-    return text
-
-
-def _shown(text: str) -> str:
-    """Printable text as it is; anything with a control character quoted and escaped, so
-    a hostile serial or product string cannot forge a line or move the cursor."""
-    return text if text.isprintable() else quote_text(text)
-
-
-def render_table(found: Sequence[Discovered], problems: Sequence[str]) -> str:
-    """A table of devices, then each device's nodes, errors and resource entry."""
-    quote = _shown
-    rows = [("SOURCE", "ADDRESS", "ID", "VENDOR:PRODUCT", "NUMA", "DRIVER", "DESCRIPTION")]
-    for item in found:
-        device = item.device
-        rows.append(
-            (
-                quote_text(device.source),
-                quote_text(device.name),
-                quote_text(item.suggested_id),
-                quote_text(f"{device.vendor or '?'}:{device.product or '?'}"),
-                "-" if device.numa is None else str(device.numa),
-                quote_text(driver_text(device)),
-                quote(item.description),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    for item in found:
-        device = item.device
-        lines.append("")
-        description = item.description
-        lines.append(
-            f"# {quote_text(device.source)} {quote_text(device.name)}: "
-            + (quote(description) if description else "-")
-        )
-        if device.serial:
-            lines.append(f"#   serial: {quote(device.serial)}")
-        for node in device.nodes:
-            missing = "" if node.present else "  (not in the dev root)"
-            lines.append(
-                f"#   node: {quote_text(node.host_path)} ({quote_text(node.subsystem)}){missing}"
-            )
-        for attribute, reason in sorted(device.errors.items()):
-            lines.append(f"#   unreadable: {quote_text(attribute)}: {quote(reason)}")
-        lines.append(entry_yaml(item).rstrip("\n"))
-    if problems:
-        lines.append("")
-        lines.extend(f"# not read: {quote(problem)}" for problem in problems)
-    if not found:
-        lines.append("(no devices found)")
-    return "\n".join(lines) + "\n"

@@ -176,6 +176,10 @@ class SysfsScan:
     skipped: tuple[tuple[str, str], ...] = ()
     """(sysfs path, why) of what was left out: device names with control characters, IOMMU
     group names no vfio node can have. Logged and counted (`bad_name`) by the driver."""
+    changed: Mapping[str, SysfsDevice | None] | None = None
+    """After `SysfsReader.update`: the directory of every device that was read again,
+    appeared or vanished, with the device there now (None: gone); every other device is
+    the same object as in the read it updates. None: a full read."""
 
 
 def is_device_boundary(name: str) -> bool:

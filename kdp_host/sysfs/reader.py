@@ -16,15 +16,14 @@ Layout relied on, as the kernel makes it:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import stat
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..logs import quote_text
 from ..rules import name_text_problem
+from .index import ReadIndex
 from .model import (
     OPTIONAL_ATTRIBUTES,
     PCI,
@@ -35,34 +34,27 @@ from .model import (
     USB_INTERFACE_ATTRIBUTES,
     VFIO_CONTAINER_NODE,
     VFIO_PCI_DRIVER,
-    NodeInfo,
     SysfsDevice,
     SysfsScan,
     UsbInterface,
-    is_device_boundary,
     usb_bus_node,
     vfio_group_problem,
 )
+from .nodes import DevNodes
+from .tree import (
+    devices_reaching,
+    link_name,
+    numa_of_parents,
+    parse_numa,
+    parse_uevent,
+    read_quiet,
+    read_text,
+    resolve_entry,
+)
 
-READ_LIMIT = 64 * 1024
-"""Bytes read from one attribute file at most (the kernel's attributes fit in a page)."""
-MAX_WALK_DEPTH = 8
-"""How deep below a device its nodes are searched (tty sits 4 levels below a USB device)."""
-MAX_WALK_DIRS = 4096
-"""Directories visited below one device at most: a bound against odd or hostile trees."""
 MAX_UNPLACED = 256
 """Nodes no listed device has that an update places one by one at most; more: a full read."""
-MAX_DEV_DIRS = 1024
-"""Directories below the dev root watched at most."""
-MAX_DEV_DEPTH = 4
-DEV_SKIPPED = frozenset({"pts", "shm", "mqueue", "hugepages", "disk", "char", "block", "serial"})
-"""Directories at the top of the dev root that hold no kernel-made node: other mounts
-(ptys, shared memory) and the link farms udev keeps."""
 DEFAULT_SCAN_TIMEOUT = 10.0
-ATTRIBUTE_GROUPS = frozenset(
-    {"power", "msi_irqs", "queue", "mq", "holders", "slaves", "trace", "integrity", "statistics"}
-)
-"""Subdirectories of devices that hold attributes only, never a device: not walked."""
 
 
 @dataclass
@@ -72,58 +64,6 @@ class _ScanState:
     numa_of_dir: dict[str, int | None] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(sysfs path, why) of names left out (see SysfsScan.skipped)."""
-
-
-@dataclass
-class _Index:
-    """Where a scan's devices and nodes are, for updating it (see SysfsReader.update)."""
-
-    scan: SysfsScan
-    by_path: dict[str, SysfsDevice]
-    by_node: dict[str, set[str]]
-    """Node name (relative to the dev root) -> the directories of the devices holding it."""
-    known: dict[str, set[str]]
-    """Source -> the kernel names of the scan's devices from it."""
-    by_entry: dict[tuple[str, str], SysfsDevice]
-
-    @classmethod
-    def of(cls, scan: SysfsScan) -> _Index:
-        index = cls(scan, {}, {}, {}, {})
-        for device in scan.devices:
-            index._add(device)
-        return index
-
-    def _add(self, device: SysfsDevice) -> None:
-        self.by_path[device.path] = device
-        self.known.setdefault(device.source, set()).add(device.name)
-        self.by_entry[(device.source, device.name)] = device
-        for node in device.nodes:
-            self.by_node.setdefault(node.devname, set()).add(device.path)
-
-    def _remove(self, device: SysfsDevice) -> None:
-        if self.by_path.get(device.path) is device:
-            del self.by_path[device.path]
-        if self.by_entry.get((device.source, device.name)) is device:
-            del self.by_entry[(device.source, device.name)]
-            self.known.get(device.source, set()).discard(device.name)
-        for node in device.nodes:
-            holders = self.by_node.get(node.devname)
-            if holders is not None:
-                holders.discard(device.path)
-                if not holders:
-                    del self.by_node[node.devname]
-
-    def moved_to(
-        self, scan: SysfsScan, dropped: Iterable[SysfsDevice], fresh: Iterable[SysfsDevice]
-    ) -> _Index:
-        """This index changed in place to index `scan`, which has the devices of the last
-        one but `dropped`, plus `fresh`: O(changed)."""
-        for device in dropped:
-            self._remove(device)
-        for device in fresh:
-            self._add(device)
-        self.scan = scan
-        return self
 
 
 @dataclass(frozen=True)
@@ -145,9 +85,11 @@ class SysfsReader:
     def __init__(self, sysfs_root: str = "/sys", dev_root: str = "/dev") -> None:
         self.sysfs_root = os.path.normpath(sysfs_root)
         self.dev_root = os.path.normpath(dev_root)
+        self.nodes = DevNodes(self.sysfs_root, self.dev_root)
+        """Where the devices' nodes are (`nodes.py`)."""
         self._cache: dict[tuple[str, ...], _CachedAttributes] = {}
         self._next_cache: dict[tuple[str, ...], _CachedAttributes] = {}
-        self._index: _Index | None = None
+        self._index: ReadIndex | None = None
         """Of the last scan this reader made or updated."""
         self._not_devices: dict[str, set[str]] = {}
         """Source -> names listed there that are no device (USB interfaces), since the last
@@ -173,11 +115,11 @@ class SysfsReader:
             if device is not None:
                 devices.append(device)
         self._cache, self._next_cache = self._next_cache, {}
-        watch = {self.dev_root, *self.dev_directories()}
+        watch = {self.dev_root, *self.nodes.dev_directories()}
         for device in devices:
-            watch.update(self._node_dirs(device))
+            watch.update(self.nodes.node_dirs(device))
         result = SysfsScan(tuple(devices), tuple(problems), frozenset(watch), tuple(state.skipped))
-        self._index = _Index.of(result)
+        self._index = ReadIndex.of(result)
         return result
 
     def update(
@@ -201,14 +143,14 @@ class SysfsReader:
         """
         index = self._index if self._index is not None and self._index.scan is previous else None
         if index is None:
-            index = _Index.of(previous)
+            index = ReadIndex.of(previous)
         state = _ScanState()
         self._next_cache = {}
         extra = tuple(dict.fromkeys(extra_attributes))
         watch = set(previous.watch_dirs)
         dirty: set[str] = set()
         unplaced: list[str] = []
-        for devname in self._node_names(changed, watch):
+        for devname in self.nodes.changed_names(changed, watch):
             owners = index.by_node.get(devname)
             if owners:
                 dirty.update(owners)
@@ -230,7 +172,7 @@ class SysfsReader:
             new_nodes = {node.devname for device in added for node in device.nodes}
             for devname in unplaced:
                 if devname not in new_nodes:
-                    directory = self.node_directory(devname)
+                    directory = self.nodes.node_directory(devname)
                     if directory is not None:
                         dirty.update(devices_reaching(directory, index.by_path))
         dropped: list[SysfsDevice] = []
@@ -259,96 +201,21 @@ class SysfsReader:
             devices = list(previous.devices)
         devices.extend(added)
         fresh.extend(added)
-        kept = tuple(device for device in devices if device is not None)
+        kept = tuple(filter(None, devices))  # (C speed: no device is falsy)
         for device in fresh:
-            watch.update(self._node_dirs(device))
+            watch.update(self.nodes.node_dirs(device))
         self._next_cache = {}
+        delta: dict[str, SysfsDevice | None] = {device.path: None for device in dropped}
+        delta.update((device.path, device) for device in fresh)
         result = SysfsScan(
             kept,
             previous.problems,
             frozenset(watch),
             tuple(dict.fromkeys((*previous.skipped, *state.skipped))),
+            delta,
         )
         self._index = index.moved_to(result, dropped, fresh)
         return result
-
-    def _node_names(self, changed: Iterable[str], watch: set[str]) -> list[str]:
-        """The names in `changed`, with a directory that appeared replaced by the names of
-        what it holds (at most MAX_DEV_DEPTH deep), and added to `watch`."""
-        names: list[str] = []
-        pending = list(dict.fromkeys(changed))
-        while pending:
-            name = pending.pop()
-            path = os.path.join(self.dev_root, name)
-            if name.count("/") < MAX_DEV_DEPTH and os.path.isdir(path) and not os.path.islink(path):
-                if path not in watch and len(watch) < MAX_DEV_DIRS:
-                    watch.add(path)
-                    with contextlib.suppress(OSError):
-                        pending.extend(f"{name}/{entry}" for entry in os.listdir(path))
-                continue
-            names.append(name)
-        return names
-
-    def node_directory(self, devname: str) -> str | None:
-        """The sysfs directory of the device whose node is `devname` (relative to the dev
-        root): by its device number, else by the class entry of its name whose uevent
-        names it; None when neither finds it."""
-        path = os.path.join(self.dev_root, devname)
-        try:
-            info = os.stat(path)
-        except OSError:
-            return None
-        if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
-            kind = "block" if stat.S_ISBLK(info.st_mode) else "char"
-            number = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
-            found = _resolve_entry(os.path.join(self.sysfs_root, "dev", kind, number))
-            if found is not None:
-                return found
-        base = os.path.basename(devname)
-        class_root = os.path.join(self.sysfs_root, "class")
-        try:
-            classes = sorted(os.listdir(class_root))
-        except OSError:
-            return None
-        for klass in classes:
-            entry = os.path.join(class_root, klass, base)
-            if not os.path.lexists(entry):
-                continue
-            found = _resolve_entry(entry)
-            if found is not None:
-                node = self._node_of(found)
-                if node is not None and node.devname == devname:
-                    return found
-        return None
-
-    def dev_directories(self) -> set[str]:
-        """The directories below the dev root where the kernel may create nodes (for
-        inotify: a node appearing anywhere there is seen at once), at most MAX_DEV_DIRS,
-        MAX_DEV_DEPTH deep; not the mounts and link farms others keep there (DEV_SKIPPED,
-        `by-*`, hidden ones) and no symlinks."""
-        found: set[str] = set()
-        stack = [(self.dev_root, 0)]
-        while stack and len(found) < MAX_DEV_DIRS:
-            directory, depth = stack.pop()
-            try:
-                entries = list(os.scandir(directory))
-            except OSError:
-                continue
-            for entry in entries:
-                name = entry.name
-                if (
-                    (depth == 0 and name in DEV_SKIPPED)
-                    or name.startswith((".", "by-"))
-                    or not _is_real_dir(entry)
-                ):
-                    continue
-                found.add(entry.path)
-                if depth + 1 < MAX_DEV_DEPTH:
-                    stack.append((entry.path, depth + 1))
-        return found
-
-    def _node_dirs(self, device: SysfsDevice) -> set[str]:
-        return {os.path.dirname(os.path.join(self.dev_root, node.devname)) for node in device.nodes}
 
     def _entry_link(self, source: str, name: str) -> str:
         relative = source if source.startswith("class/") else f"bus/{source}/devices"
@@ -401,7 +268,7 @@ class SysfsReader:
     ) -> SysfsDevice | None:
         """The device behind `link` (a bus or class entry), or None if it vanished."""
         state = state or _ScanState()
-        path = _resolve_entry(link)
+        path = resolve_entry(link)
         if path is None:
             return None
         wanted: tuple[str, ...]
@@ -411,7 +278,7 @@ class SysfsReader:
             wanted = (*PCI_ATTRIBUTES, "numa_node")
         else:
             wanted = ()
-        uevent_text = self._read_quiet(os.path.join(path, "uevent")) or ""
+        uevent_text = read_quiet(os.path.join(path, "uevent")) or ""
         uevent = parse_uevent(uevent_text)
         key = (path, uevent_text, *wanted, "", *extra)
         cached = self._cache.get(key)
@@ -428,34 +295,32 @@ class SysfsReader:
             self._next_cache[key] = cached
         attributes = dict(cached.attributes)
         errors = dict(cached.errors)
-        driver = _link_name(os.path.join(path, "driver"))
-        iommu_group = _link_name(os.path.join(path, "iommu_group"))
+        driver = link_name(os.path.join(path, "driver"))
+        iommu_group = link_name(os.path.join(path, "iommu_group"))
         if iommu_group is not None and (why := vfio_group_problem(iommu_group)) is not None:
             errors["iommu_group"] = f"{quote_text(iommu_group)} {why}: no vfio node"
             state.skipped.append((os.path.join(path, "iommu_group"), errors["iommu_group"]))
             iommu_group = None
-        nodes = self._nodes_beneath(path, uevent_text)
+        nodes = self.nodes.nodes_beneath(path, uevent_text)
         interfaces: tuple[UsbInterface, ...] = ()
         if source == USB:
             interfaces = tuple(
-                UsbInterface(
-                    entry, *classes, driver=_link_name(os.path.join(path, entry, "driver"))
-                )
+                UsbInterface(entry, *classes, driver=link_name(os.path.join(path, entry, "driver")))
                 for entry, classes in cached.interface_classes
             )
             if not any(node.subsystem == USB for node in nodes):
                 derived = usb_bus_node(attributes.get("busnum", ""), attributes.get("devnum", ""))
                 if derived is not None:
-                    nodes = (*nodes, self._node(derived, USB, None, None))
+                    nodes = (*nodes, self.nodes.node(derived, USB, None, None))
         if source == PCI and driver == VFIO_PCI_DRIVER and iommu_group is not None:
             nodes = (
                 *nodes,
-                self._node(f"vfio/{iommu_group}", "vfio", None, None),
-                self._node(VFIO_CONTAINER_NODE, "vfio", None, None),
+                self.nodes.node(f"vfio/{iommu_group}", "vfio", None, None),
+                self.nodes.node(VFIO_CONTAINER_NODE, "vfio", None, None),
             )
-        numa = self._numa(path, attributes.pop("numa_node", None) if source == PCI else None)
+        numa = parse_numa(attributes.pop("numa_node", None) if source == PCI else None)
         if numa is None:
-            numa = self._numa_of_parents(path, state)
+            numa = numa_of_parents(self.sysfs_root, path, state.numa_of_dir)
         return SysfsDevice(
             source=source,
             name=name,
@@ -489,12 +354,6 @@ class SysfsReader:
             return
         into[attribute] = text
 
-    def _read_quiet(self, path: str) -> str | None:
-        try:
-            return read_text(path)
-        except OSError:
-            return None
-
     def _usb_interface_classes(
         self, path: str, name: str
     ) -> tuple[tuple[str, tuple[str | None, str | None, str | None]], ...]:
@@ -511,183 +370,3 @@ class SysfsReader:
             classes = tuple(values.get(a) for a in USB_INTERFACE_ATTRIBUTES)
             found.append((entry, (classes[0], classes[1], classes[2])))
         return tuple(found)
-
-    def _node(
-        self, devname: str, subsystem: str, devnum: str | None, sysfs_path: str | None
-    ) -> NodeInfo:
-        present = os.path.exists(os.path.join(self.dev_root, devname))
-        return NodeInfo(devname, subsystem, present, devnum, sysfs_path)
-
-    def _nodes_beneath(self, path: str, uevent_text: str) -> tuple[NodeInfo, ...]:
-        """Every node announced at or below `path`, not crossing into other devices.
-
-        Only a directory with a `dev` attribute stands for a node (the kernel adds `dev`
-        exactly when the device has a device number): only those uevents are read.
-        """
-        nodes: list[NodeInfo] = []
-        stack = [(path, 0)]
-        visited = 0
-        while stack and visited < MAX_WALK_DIRS:
-            directory, depth = stack.pop()
-            visited += 1
-            try:
-                entries = list(os.scandir(directory))
-            except OSError:
-                continue
-            children = []
-            has_dev = False
-            for entry in entries:
-                name = entry.name
-                if name == "dev":
-                    has_dev = True
-                elif (
-                    depth < MAX_WALK_DEPTH
-                    and name not in ATTRIBUTE_GROUPS
-                    and not is_device_boundary(name)
-                    and _is_real_dir(entry)
-                ):
-                    children.append(entry.path)
-            if has_dev:
-                node = self._node_of(directory, uevent_text if directory == path else None)
-                if node is not None:
-                    nodes.append(node)
-            stack.extend((child, depth + 1) for child in sorted(children, reverse=True))
-        nodes.sort(key=lambda n: (n.subsystem == USB, n.devname))
-        return tuple(nodes)
-
-    def _node_of(self, directory: str, text: str | None = None) -> NodeInfo | None:
-        if text is None:
-            text = self._read_quiet(os.path.join(directory, "uevent"))
-        if not text or "DEVNAME=" not in text:
-            return None
-        uevent = parse_uevent(text)
-        devname = uevent.get("DEVNAME", "")
-        if not devname or devname.startswith("/") or ".." in devname.split("/"):
-            return None
-        devnum = None
-        if "MAJOR" in uevent and "MINOR" in uevent:
-            devnum = f"{uevent['MAJOR']}:{uevent['MINOR']}"
-        subsystem = _link_name(os.path.join(directory, "subsystem")) or ""
-        return self._node(devname, subsystem, devnum, directory)
-
-    # ------------------------------------------------------------------ NUMA
-
-    @staticmethod
-    def _numa(path: str, text: str | None) -> int | None:
-        if text is None:
-            return None
-        try:
-            node = int(text)
-        except ValueError:
-            return None
-        return node if node >= 0 else None
-
-    def _numa_of_parents(self, path: str, state: _ScanState) -> int | None:
-        """The NUMA node of the nearest parent that has one (a USB device's host controller)."""
-        top = os.path.join(self.sysfs_root, "devices")
-        directory = os.path.dirname(path)
-        seen: list[str] = []
-        result: int | None = None
-        while directory.startswith(top + "/"):
-            if directory in state.numa_of_dir:
-                result = state.numa_of_dir[directory]
-                break
-            seen.append(directory)
-            try:
-                text: str | None = read_text(os.path.join(directory, "numa_node"))
-            except OSError:
-                text = None
-            if text is not None:
-                result = self._numa(directory, text)
-                break
-            directory = os.path.dirname(directory)
-        for directory in seen:
-            state.numa_of_dir[directory] = result
-        return result
-
-
-def devices_reaching(path: str, candidates: Container[str]) -> list[str]:
-    """The `candidates` (device directories) whose node walk reaches the directory `path`,
-    innermost first: `path` itself if it is one, then the devices above it up to the bus
-    device it belongs to.
-
-    The walk's own rule read upwards: it never enters another bus device (`path` itself
-    being one means no device above reaches it) and goes MAX_WALK_DEPTH levels deep.
-    """
-    found = [path] if path in candidates else []
-    if is_device_boundary(os.path.basename(path)):
-        return found
-    directory = path
-    for _ in range(MAX_WALK_DEPTH):
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            break
-        directory = parent
-        if directory in candidates:
-            found.append(directory)
-        name = os.path.basename(directory)
-        if name in ATTRIBUTE_GROUPS or is_device_boundary(name):
-            break
-    return found
-
-
-def enclosing_device(path: str, candidates: Container[str]) -> str | None:
-    """The outermost of `candidates` other than `path` whose node walk reaches `path`, so
-    that its nodes are already that device's; None when none does."""
-    reaching = devices_reaching(path, candidates)
-    outer = reaching[-1] if reaching else None
-    return outer if outer != path else None
-
-
-def read_text(path: str) -> str:
-    """An attribute file's text without its trailing newline; at most READ_LIMIT bytes.
-
-    Opened non-blocking, so a FIFO or a tty planted in a tree cannot hold the thread.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        data = os.read(fd, READ_LIMIT)
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", "replace").rstrip("\n").strip()
-
-
-def _resolve_entry(link: str) -> str | None:
-    """The real directory of a bus or class entry, or None if it vanished.
-
-    The kernel makes these entries relative symlinks into the real tree, which holds no
-    symlinked directory: one readlink resolves them (`os.path.realpath` would lstat every
-    component, several times the cost over a thousand devices).
-    """
-    try:
-        target = os.readlink(link)
-    except OSError:
-        return os.path.realpath(link) if os.path.isdir(link) else None
-    path = os.path.normpath(os.path.join(os.path.dirname(link), target))
-    if os.path.islink(path) or not os.path.isdir(path):
-        real = os.path.realpath(link)
-        return real if os.path.isdir(real) else None
-    return path
-
-
-def parse_uevent(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = value
-    return values
-
-
-def _link_name(path: str) -> str | None:
-    try:
-        return os.path.basename(os.readlink(path))
-    except OSError:
-        return None
-
-
-def _is_real_dir(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_dir(follow_symlinks=False)
-    except OSError:
-        return False

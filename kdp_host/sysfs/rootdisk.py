@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .reader import parse_uevent, read_text
+from .tree import parse_uevent, read_text
 
 MAX_BLOCK_DEVICES = 256
 """Block devices followed at most (slaves of slaves...): a bound against odd trees."""

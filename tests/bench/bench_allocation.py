@@ -26,7 +26,7 @@ from pathlib import Path
 
 import grpc
 
-from kdp_host.allocation import AllocationBuilder, preferred_allocation
+from kdp_host.allocation import AllocationBuilder
 from kdp_host.api.v1beta1 import (
     AllocateRequest,
     ContainerAllocateRequest,
@@ -43,6 +43,7 @@ from kdp_host.config import (
 from kdp_host.devices import Device, DeviceNode, DeviceTable, Snapshot
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
+from kdp_host.preferred import preferred_allocation
 from kdp_host.protocol.server import PluginServer
 from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
 

@@ -249,6 +249,7 @@ class KdpHost:
         self.log_level = log_level
         config = {
             "kubelet": {"socketDir": str(socket_dir)},
+            "stateDir": str(workdir / f"{name}.state"),
             "metrics": {"listen": f"127.0.0.1:{free_port()}"},
             "resources": resources,
         }

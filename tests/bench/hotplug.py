@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 
 from .harness import (
     Figure,
     Options,
-    Update,
     glob_resource,
     make_device_files,
     make_workdir,
@@ -23,7 +23,7 @@ from .harness import (
     remove_tree,
     touch,
 )
-from .latency import served_host
+from .latency import ServedHost, served_host
 
 RESOURCE = "bench.kdp-host.io/hotplug"
 BASE_DEVICES = 8
@@ -35,38 +35,60 @@ def run(opts: Options) -> list[Figure]:
     unplug = Figure("hot-plug removal -> update", "ms", target=50.0, note="median of the run")
     worst = Figure("hot-plug add -> update, max", "ms", note="slowest event of the run")
     workdir = make_workdir("hotplug")
-    rng = random.Random(7)
     try:
         make_device_files(workdir / "dev", BASE_DEVICES, "fpga")
         resources = [glob_resource(RESOURCE, f"{workdir}/dev/fpga*")]
         with served_host(workdir, "kdp-hotplug", resources) as served:
-            connection = served.kubelet.plugins[RESOURCE]
             hot = workdir / "dev" / "fpga-hot"
 
-            def wait(count: int, after: int) -> Update:
-                _, update = connection.wait_update(
-                    lambda u: u.healthy() == count, after=after, timeout=10
-                )
-                return update
+            def arm() -> tuple[Callable[[], None], Callable[[], None]]:
+                return (lambda: touch(hot)), (lambda: os.unlink(hot))
 
-            for _ in range(opts.repeats):
-                adds: list[float] = []
-                removals: list[float] = []
-                for _ in range(opts.hotplug_events):
-                    after = connection.count()
-                    started = now()
-                    touch(hot)
-                    adds.append((wait(BASE_DEVICES + 1, after).at - started) * MS)
-                    time.sleep(0.02 + rng.random() * 0.03)
-                    after = connection.count()
-                    started = now()
-                    os.unlink(hot)
-                    removals.append((wait(BASE_DEVICES, after).at - started) * MS)
-                    time.sleep(0.02 + rng.random() * 0.03)
-                plug.add(median(adds))
-                unplug.add(median(removals))
-                worst.add(max(adds))
-                served.host.check_alive()
+            measure_hotplug(opts, served, RESOURCE, BASE_DEVICES, arm, (plug, unplug, worst))
     finally:
         remove_tree(workdir)
     return [plug, unplug, worst]
+
+
+Arm = Callable[[], tuple[Callable[[], None], Callable[[], None]]]
+"""Gets one device ready (untimed) and returns how to plug it in and how to unplug it."""
+
+
+def measure_hotplug(
+    opts: Options,
+    served: ServedHost,
+    resource: str,
+    present: int,
+    arm: Arm,
+    figures: tuple[Figure, Figure, Figure],
+) -> None:
+    """Plug and unplug one device in turn while `present` others are listed, each event
+    timed until the ListAndWatch update with the new healthy count arrives; per run, the
+    medians go into the plug and unplug figures and the slowest plug into the third."""
+    plug_figure, unplug_figure, worst = figures
+    connection = served.kubelet.plugins[resource]
+    rng = random.Random(7)
+
+    def wait(count: int, after: int) -> float:
+        _, update = connection.wait_update(lambda u: u.healthy() == count, after=after, timeout=10)
+        return update.at
+
+    for _ in range(opts.repeats):
+        adds: list[float] = []
+        removals: list[float] = []
+        for _ in range(opts.hotplug_events):
+            plug, unplug = arm()
+            after = connection.count()
+            started = now()
+            plug()
+            adds.append((wait(present + 1, after) - started) * MS)
+            time.sleep(0.02 + rng.random() * 0.03)
+            after = connection.count()
+            started = now()
+            unplug()
+            removals.append((wait(present, after) - started) * MS)
+            time.sleep(0.02 + rng.random() * 0.03)
+        plug_figure.add(median(adds))
+        unplug_figure.add(median(removals))
+        worst.add(max(adds))
+        served.host.check_alive()

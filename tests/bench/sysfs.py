@@ -11,8 +11,8 @@ the kubelet's ListAndWatch stream open, as in the glob hot-plug benchmark.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from kdp_host.sysfs import SysfsReader
 from kdp_host.watch import PollingWatcher
 
 from ..fake_sysfs import FTDI, FakeSysfs, UsbController
-from .harness import Figure, Options, make_workdir, median, now, remove_tree
+from .harness import Figure, Options, make_workdir, remove_tree
+from .hotplug import measure_hotplug
 from .latency import served_host
 from .scale import idle_cpu_percent
 
@@ -73,41 +74,23 @@ def hotplug(opts: Options, present: int = BASE_DEVICES) -> list[Figure]:
     unplug = Figure(f"{what}: removal -> update", "ms", target=5.0)
     worst = Figure(f"{what}: node appears -> update, max", "ms")
     workdir = make_workdir("sysfs-hotplug")
-    rng = random.Random(7)
     try:
         fake = FakeSysfs(workdir / "root")
         controller = build_adapters(fake, present)[0]
         # A long grace period: an unplugged adapter stays listed Unhealthy, so each event
         # moves the healthy count by one.
         with served_host(workdir, "kdp-sysfs", [resource(fake, gracePeriod="1h")]) as served:
-            connection = served.kubelet.plugins[RESOURCE]
 
-            def wait(count: int, after: int) -> float:
-                _, update = connection.wait_update(
-                    lambda u: u.healthy() == count, after=after, timeout=10
-                )
-                return update.at
+            def arm() -> tuple[Callable[[], None], Callable[[], None]]:
+                device = plug_in(fake, controller, create_nodes=False)
 
-            for _ in range(opts.repeats):
-                adds: list[float] = []
-                removals: list[float] = []
-                for _ in range(opts.hotplug_events):
-                    device = plug_in(fake, controller, create_nodes=False)
-                    after = connection.count()
-                    started = now()
+                def create_nodes() -> None:
                     for devname in fake.nodes_of(device):
                         fake.create_node(devname)
-                    adds.append((wait(present + 1, after) - started) * MS)
-                    time.sleep(0.02 + rng.random() * 0.03)
-                    after = connection.count()
-                    started = now()
-                    fake.remove_device(device)
-                    removals.append((wait(present, after) - started) * MS)
-                    time.sleep(0.02 + rng.random() * 0.03)
-                plug.add(median(adds))
-                unplug.add(median(removals))
-                worst.add(max(adds))
-                served.host.check_alive()
+
+                return create_nodes, lambda: fake.remove_device(device)
+
+            measure_hotplug(opts, served, RESOURCE, present, arm, (plug, unplug, worst))
     finally:
         remove_tree(workdir)
     return [plug, unplug, worst]

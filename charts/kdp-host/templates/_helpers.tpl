@@ -182,22 +182,15 @@ when it is off.
 {{- end }}
 
 {{/*
-config.stateDir when a resource has `release` (its state must outlive the pod), else empty.
+config.stateDir, always mounted: what is kept there must outlive the pod (the release state of
+resources with `release`, and the IDs a reload kept for devices the kubelet may have booked).
 */}}
 {{- define "kdp-host.stateDir" -}}
-{{- $used := false }}
-{{- range $r := (dig "resources" (list) .Values.config) }}
-{{- if and (kindIs "map" $r) (hasKey $r "release") }}
-{{- $used = true }}
-{{- end }}
-{{- end }}
-{{- if $used }}
 {{- $dir := dig "stateDir" "/var/lib/kdp-host" .Values.config | toString }}
 {{- if not (hasPrefix "/" $dir) }}
 {{- fail (printf "config.stateDir must be an absolute path, got %q" $dir) }}
 {{- end }}
 {{- $dir }}
-{{- end }}
 {{- end }}
 
 {{/*

@@ -1,0 +1,102 @@
+"""Who owns a CDI spec file among the host instances serving its resource: an owner file
+next to it names the instance (`.kdp-host_vendor.example_fpga.owner`, a name CDI ignores),
+refreshed while it lives. The newest instance takes the file over; during a rolling upgrade
+the old one then neither writes nor removes it. An owner file not refreshed for `LEASE`
+seconds belongs to an instance that is gone, and the next writer takes the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .atomic_files import unlink, write_atomic
+from .files import Offload
+from .logs import EventLogger
+
+VERIFY = 10.0
+"""Seconds between checks that the spec file on disk is still the one written (a safety net:
+the spec dir is watched, so a change shows within milliseconds); a live owner refreshes its
+lease as often."""
+LEASE = 3 * VERIFY
+"""An owner file not refreshed for this long belongs to an instance that is gone."""
+
+
+def owner_path(spec: str) -> str:
+    """The owner file of a spec file: `.kdp-host_vendor.example_fpga.owner` next to it (a
+    name CDI ignores: it reads only `.json` and `.yaml` files)."""
+    directory, name = os.path.split(spec)
+    return os.path.join(directory, f".{name.removesuffix('.json')}.owner")
+
+
+def read_owner(path: str, lease: float, now: Callable[[], float] = time.time) -> str | None:
+    """The instance named in an owner file, or None when it is missing, empty or its lease
+    (the file's age) ran out."""
+    try:
+        with open(path, "rb") as f:
+            age = now() - os.fstat(f.fileno()).st_mtime
+            owner = f.read(256).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return owner if owner and age <= lease else None
+
+
+def touch(path: str) -> None:
+    """Refresh a lease: the owner file's modification time."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+@dataclass
+class OwnerLease:
+    """One instance's claim on one spec file (`spec`), through its owner file (`path`)."""
+
+    path: str
+    spec: str
+    instance: str
+    lease: float
+    offload: Offload
+    log: EventLogger
+    _handed_over: bool = field(default=False, init=False, repr=False)
+
+    async def owner(self) -> str | None:
+        """The instance that owns the spec file now (None: nobody, or its lease ran out)."""
+        return await self.offload.run(lambda: read_owner(self.path, self.lease))
+
+    async def other_owner(self) -> str | None:
+        """The other live instance that owns the spec file now (None: nobody else)."""
+        owner = await self.owner()
+        return None if owner in (None, self.instance) else owner
+
+    async def take_over(self) -> None:
+        """The newest instance owns the file: during a rolling upgrade the new one takes it
+        from the old one, which then neither writes nor removes it."""
+        owner = f"{self.instance}\n".encode()
+        try:
+            await self.offload.run(lambda: write_atomic(self.path, owner))
+        except OSError as exc:
+            self.log.warning("cdi_owner_write_failed", path=self.path, reason=str(exc))
+
+    async def may_write(self) -> bool:
+        """Whether this instance owns the file (taking it over when nobody does)."""
+        owner = await self.owner()
+        if owner is None:
+            self.log.info("cdi_spec_taken_over", path=self.spec, reason="no live owner")
+            await self.take_over()
+            return True
+        if owner != self.instance and not self._handed_over:
+            self.log.info("cdi_spec_handed_over", path=self.spec, owner=owner)
+        self._handed_over = owner != self.instance
+        return not self._handed_over
+
+    async def refresh(self) -> None:
+        """As the owner, refresh the lease (a no-op when another instance owns the file)."""
+        if await self.owner() == self.instance:
+            await self.offload.run(lambda: touch(self.path))
+
+    async def give_up(self) -> None:
+        """Remove the owner file (the spec file is gone with this instance)."""
+        await self.offload.run(lambda: unlink(self.path))

@@ -1,0 +1,162 @@
+"""What goes into a resource's CDI spec, and which device names a spec on disk resolves.
+
+Each device: its device nodes and mounts; the spec: the resource's mounts. That is what is
+true for a device whatever else the container got. Runtimes apply CDI edits after the
+kubelet's env (CDI replaces a variable that is already set), so values that depend on the
+whole allocation (`{ids}`, `{paths}`, `{count}`, per-device env that other devices set
+differently, the resource-level env keys) stay in the Allocate response only: a per-device
+copy would override the combined value. Plain functions of the config and a snapshot;
+`cdi.CdiSpecWriter` runs them through the offload and keeps the file current.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .allocation import ALLOCATION_DEPENDENT_FIELDS, cdi_device_name, has_cdi_edits
+from .config import CdiConfig, ResourceConfig, render_template, template_fields
+from .devices import Device, Snapshot
+
+
+def minimum_cdi_version(kind: str, additional_gids: bool = False) -> str:
+    """The lowest cdiVersion that has every feature the spec uses.
+
+    Older runtimes reject versions they do not know, so the spec declares the minimum,
+    as CDI's own producer does: 0.5.0 for `hostPath` on device nodes (and device names
+    starting with a digit), 0.6.0 when the class holds a `.`, 0.7.0 for `additionalGids`
+    (`allocate.cdi.additionalGids`). A device node's `gid` and `fileMode` are older than 0.5.0.
+    """
+    if additional_gids:
+        return "0.7.0"
+    _, _, klass = kind.partition("/")
+    return "0.6.0" if "." in klass else "0.5.0"
+
+
+def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] | None:
+    """The spec for the snapshot's physical devices, or None when it would hold none.
+
+    CDI rejects a spec without devices and a device without edits, so devices with neither
+    a device node nor a mount are left out (Allocate gives them no CDI name either).
+    """
+    cdi = resource.allocate.cdi
+    if cdi is None:
+        return None
+    allocate = resource.allocate
+    shared_env = _consistent_device_env(snapshot.devices, allocate.env.keys())
+    devices: list[dict[str, Any]] = []
+    for device in snapshot.devices:
+        if not has_cdi_edits(device):
+            continue
+        devices.append(
+            {
+                "name": cdi_device_name(device.id),  # one-to-one: no two entries share it
+                "containerEdits": _device_edits(device, allocate.permissions, shared_env, cdi),
+            }
+        )
+    if not devices:
+        return None
+    spec: dict[str, Any] = {
+        "cdiVersion": minimum_cdi_version(cdi.kind, bool(cdi.additional_gids)),
+        "kind": cdi.kind,
+        "devices": devices,
+    }
+    values = {"resource": resource.name}
+    env = [
+        f"{key}={render_template(text, values)}"
+        for key, text in allocate.env.items()
+        if not template_fields(text) & ALLOCATION_DEPENDENT_FIELDS
+    ]
+    mounts: dict[str, dict[str, Any]] = {}
+    for mount in allocate.mounts:
+        mounts.setdefault(
+            mount.container_path, _mount(mount.host_path, mount.container_path, mount.read_only)
+        )
+    edits: dict[str, Any] = {}
+    if env:
+        edits["env"] = env
+    if cdi.additional_gids:
+        edits["additionalGids"] = list(cdi.additional_gids)
+    if mounts:
+        edits["mounts"] = list(mounts.values())
+    if edits:
+        spec["containerEdits"] = edits
+    return spec
+
+
+def encode_spec(spec: Mapping[str, Any]) -> bytes:
+    return (json.dumps(spec, indent=2) + "\n").encode()
+
+
+def render_spec_file(resource: ResourceConfig, snapshot: Snapshot) -> bytes | None:
+    spec = build_spec(resource, snapshot)
+    return None if spec is None else encode_spec(spec)
+
+
+def _consistent_device_env(devices: Iterable[Device], configured: Iterable[str]) -> frozenset[str]:
+    """Per-device env keys that can go into the spec: not configured at resource level,
+    and set to one value by every device that sets them."""
+    values: dict[str, set[str]] = {}
+    for device in devices:
+        for key, value in device.env.items():
+            values.setdefault(key, set()).add(value)
+    blocked = set(configured)
+    return frozenset(key for key, seen in values.items() if len(seen) == 1 and key not in blocked)
+
+
+def _device_edits(
+    device: Device, permissions: str, shared_env: frozenset[str], cdi: CdiConfig
+) -> dict[str, Any]:
+    edits: dict[str, Any] = {}
+    nodes: dict[str, dict[str, Any]] = {}
+    ownership: dict[str, Any] = {}
+    if cdi.device_gid is not None:
+        ownership["gid"] = cdi.device_gid
+    if cdi.device_file_mode is not None:
+        ownership["fileMode"] = int(cdi.device_file_mode, 8)
+    for node in device.nodes:
+        nodes.setdefault(
+            node.container_path,
+            {
+                "path": node.container_path,
+                "hostPath": node.host_path,
+                "permissions": node.permissions or permissions,
+                **ownership,
+            },
+        )
+    if nodes:
+        edits["deviceNodes"] = list(nodes.values())
+    env = [f"{key}={value}" for key, value in sorted(device.env.items()) if key in shared_env]
+    if env:
+        edits["env"] = env
+    mounts: dict[str, dict[str, Any]] = {}
+    for mount in device.mounts:
+        mounts.setdefault(
+            mount.container_path, _mount(mount.host_path, mount.container_path, mount.read_only)
+        )
+    if mounts:
+        edits["mounts"] = list(mounts.values())
+    return edits
+
+
+def _mount(host_path: str, container_path: str, read_only: bool) -> dict[str, Any]:
+    return {
+        "hostPath": host_path,
+        "containerPath": container_path,
+        "options": ["ro" if read_only else "rw", "bind"],
+    }
+
+
+def spec_device_names(content: bytes | None, kind: str) -> frozenset[str]:
+    """The device names a spec file's content makes resolvable for `kind` (none when it
+    is missing, unreadable, or of another kind)."""
+    if content is None:
+        return frozenset()
+    try:
+        spec = json.loads(content)
+        if spec.get("kind") != kind:
+            return frozenset()
+        return frozenset(str(device["name"]) for device in spec["devices"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return frozenset()

@@ -1,0 +1,93 @@
+"""What a watching driver's scan is (`Scanner`) and what it hands the scan loop
+(`scanning.py`): every device present (`ScanResult`), the directories its answer depends on
+(`DirWatch`), what the loop listed last (`Listed`), and the loop's settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from ..devices import Device
+from ..watch import DirSignature, dir_signature
+from .base import Skipped
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something about a scan worth one log line when it starts or stops being true (a
+    directory that cannot be read, no device matching)."""
+
+    event: str
+    fields: tuple[tuple[str, str], ...] = ()
+    level: Literal["info", "warning"] = "warning"
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What one scan found."""
+
+    devices: Mapping[str, Device]
+    """Every device present, by ID (never changed later: the loop may publish it as is)."""
+    skipped: tuple[Skipped, ...] = ()
+    places: Mapping[str, str] | None = None
+    """Where each device sits (sysfs: its directory), for scanners whose devices can move: a
+    device that moved did not lose the nodes it had elsewhere. None: devices never move."""
+    notices: tuple[Notice, ...] = ()
+
+
+@dataclass(frozen=True)
+class Listed:
+    """What the loop listed last, handed to the next scan (read-only, replaced, never
+    changed: a scan thread may read it while the loop merges)."""
+
+    devices: Mapping[str, Device] = field(default_factory=dict)
+    """Every device listed, present or vanished (Unhealthy)."""
+    places: Mapping[str, str] = field(default_factory=dict)
+    """The place of each device present in the last scan (see `ScanResult.places`)."""
+
+
+class DirWatch:
+    """The directories one scan depends on, each signed before the scan looked into it.
+
+    The loop signs the directories it watches before the scan starts; a scanner calls
+    `watch` for every directory that decides its answer, before listing it where it can
+    (glob) or after reading where it cannot know them earlier (sysfs node directories).
+    """
+
+    def __init__(self, watched: Iterable[str] = ()) -> None:
+        self.signatures: dict[str, DirSignature | None] = {
+            directory: dir_signature(directory) for directory in watched
+        }
+        self.wanted: set[str] = set()
+
+    def watch(self, directory: str) -> None:
+        if directory not in self.wanted:
+            self.wanted.add(directory)
+            if directory not in self.signatures:
+                self.signatures[directory] = dir_signature(directory)
+
+
+class Scanner(Protocol):
+    """A watching driver's own part: one look at the file system."""
+
+    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
+        """Every device present now. Blocking (runs off the loop); reads `listed` only.
+
+        `changed`: the paths the watcher named as changed since the last successful scan
+        (an entry created, removed or changed in a watched directory), or None when
+        anything may have changed (the first scan, a safety-net rescan, a watch that could
+        not say what changed, a failed or stuck scan before). A scanner may look again only
+        at what those paths can affect and reuse the rest of its last answer (O(changed)),
+        or ignore them. Raises DriverError or OSError."""
+        ...
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    rescan_interval: float
+    grace_period: float
+    scan_timeout: float
+    full_rescan_every: int | None = None
+    """Safety-net rescans run at least every this many intervals even when no watched
+    directory changed (None: the watched directories decide everything)."""

@@ -1,0 +1,198 @@
+"""Admission: which devices of a resource's list are advertised, and under which IDs.
+
+Devices that own their claims already go first (the kubelet may have given them to a pod),
+then the others in ID order; a device whose claims another owns is held; a device whose
+claims an old ID of the same resource owns is advertised under that ID. The common case
+(no renames, nothing waiting on replicas) costs the devices that changed; an unchanged list
+costs what is held and what lingers.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+
+from .devices import Device
+from .ownership_claims import Claims, Owner, Reached, device_claims
+from .ownership_table import ClaimTable, Holding, ResourceState
+
+
+class Admission(ClaimTable):
+    """Admitting lists against the claim table (the index supplies resolved paths and
+    says what was held)."""
+
+    @abc.abstractmethod
+    def _lookup(self, path: str) -> Reached | None:
+        """What `path` reaches, resolved for this admission."""
+
+    @abc.abstractmethod
+    def _note_held(
+        self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
+    ) -> None:
+        """Log and count what the admission held (once while it stays held)."""
+
+    @abc.abstractmethod
+    def _wake_waiting(self, releaser: str) -> None:
+        """A claim was released: admit again the resources with held devices."""
+
+    def _claims_of(self, state: ResourceState, devices: Mapping[str, Device]) -> dict[str, Claims]:
+        """Claims of every device, resolved again only for devices that changed."""
+        cache, before = state.claims, state.admitted_from
+        fresh: dict[str, Claims] = {}
+        for device_id, device in devices.items():
+            known = cache.get(device_id)
+            old = before.get(device_id)
+            if known is None or old is None or not (old is device or old.same_places(device)):
+                known = device_claims(device, self._lookup)
+            fresh[device_id] = known
+        state.claims = fresh
+        return fresh
+
+    def _admit(self, state: ResourceState) -> Mapping[str, Device]:
+        """What to advertise of `state.reported`. An unchanged list costs what is held and
+        what lingers, not a walk of the list: advertised devices own their claims, so only a
+        held device (its owner may have gone) or a lingering claim (its node may have gone)
+        can change the outcome."""
+        devices = state.reported
+        if state.unresolved:
+            devices = {d: device for d, device in devices.items() if d not in state.unresolved}
+        unchanged = state.settled and (
+            devices is state.admitted_from or devices == state.admitted_from
+        )
+        if unchanged and not state.held and not state.lingering and not state.waits:
+            return state.admitted
+        admitted = self._admit_changes(state, devices, unchanged)
+        if admitted is None:
+            admitted = self._admit_all(state, devices)
+        state.admitted_from, state.admitted, state.settled = devices, admitted, True
+        return admitted
+
+    def _admit_all(
+        self, state: ResourceState, devices: Mapping[str, Device]
+    ) -> Mapping[str, Device]:
+        name = state.name
+        released = self._prune_gone(state)
+        claims = self._claims_of(state, devices)
+        # The ID each device is advertised under: the ID of this resource that owns its
+        # claims already (the kubelet may have given it to a pod), else its own.
+        ids: dict[str, str] = {}
+        for device_id, claim in claims.items():
+            inherited = [
+                owner.device
+                for key, _, _ in claim.exclusive
+                if (owner := self._exclusive.get(key)) is not None
+                and owner.resource == name
+                and owner.device != device_id
+            ]
+            ids[device_id] = min(inherited) if inherited else device_id
+        # Devices that own their claims already go first (the kubelet may have given them
+        # to a pod), then the others in ID order.
+        order = sorted(claims, key=lambda d: (not self._incumbent(state, ids[d], claims[d]), d))
+        wanted: dict[str, Claims] = {}
+        for device_id in order:
+            wanted.setdefault(ids[device_id], claims[device_id])
+        released |= self._release_stale(state, wanted)
+        admitted: dict[str, Device] = {}
+        holding: dict[str, Holding] = {}
+        taken: set[str] = set()
+        """Advertised IDs whose device owns its claims (advertised, or waiting on replicas)."""
+        for device_id in order:
+            advertised_id = ids[device_id]
+            claim = claims[device_id]
+            if advertised_id in taken:
+                holding[device_id] = Holding("id_taken", Owner(name, advertised_id), "")
+                continue
+            why = self._conflict(name, advertised_id, claim)
+            if why is not None:
+                holding[device_id] = why
+                released |= self._unadvertise(state, advertised_id)
+                continue
+            self._claim(state, advertised_id, claim, inherited=advertised_id != device_id)
+            taken.add(advertised_id)
+            wait = state.waits.get(advertised_id)
+            if wait is not None:
+                # it keeps its claims: pods may hold it under its old replica IDs
+                vanished = ",".join(sorted(wait.vanished))
+                holding[device_id] = Holding("replicas_changed", Owner(name, vanished), "")
+                continue
+            device = devices[device_id]
+            admitted[advertised_id] = (
+                device if advertised_id == device_id else device.with_id(advertised_id)
+            )
+        for advertised_id in [a for a in state.owned if a not in taken]:
+            released |= self._unadvertise(state, advertised_id)
+        for advertised_id in [a for a in state.waits if a not in taken]:
+            del state.waits[advertised_id]  # gone from the list: nothing left to wait for
+            self._kept_changed()
+        self._note_held(state, holding, ids)
+        if released:
+            self._wake_waiting(name)
+        state.plain = not state.waits and all(ids[d] == d for d in ids if d not in holding)
+        if not holding and state.plain:
+            return devices
+        return admitted
+
+    def _admit_changes(
+        self, state: ResourceState, devices: Mapping[str, Device], unchanged: bool
+    ) -> Mapping[str, Device] | None:
+        """The common case in O(changed) claim work: every device the last admission
+        advertised kept its own ID, and nothing waits on replicas. Devices that changed, and
+        those held last time, are admitted or held one by one (with `unchanged`, the list is
+        the last one: only those held); a change that may rename a device (a node let go of,
+        a claim of a device of this resource that is no longer advertised) goes to the full
+        admission, which starts from what this did. Returns what to advertise, or None."""
+        if not state.plain or state.waits:
+            return None
+        cache, before = state.claims, state.admitted_from
+        dirty = [d for d in state.held if d in devices]
+        released = self._prune_gone(state)
+        if not unchanged:
+            added = 0
+            for device_id, device in devices.items():
+                old = before.get(device_id)
+                if old is None or device_id not in cache:
+                    added += old is None
+                    dirty.append(device_id)
+                elif old is not device and old != device:
+                    dirty.append(device_id)
+            if len(before) + added != len(devices):
+                for device_id in [d for d in before if d not in devices]:
+                    cache.pop(device_id, None)
+                    released |= self._unadvertise(state, device_id)
+        holding: dict[str, Holding] = {}
+        result: Mapping[str, Device] | None = devices
+        for device_id in sorted(set(dirty)):
+            device = devices[device_id]
+            known = cache.get(device_id)
+            old = before.get(device_id)
+            if known is not None and old is not None and old.same_places(device):
+                claims = known
+                if device_id not in state.held:
+                    continue  # health or env changed: it owns its claims
+            else:
+                claims = cache[device_id] = device_claims(device, self._lookup)
+            owned = state.owned.get(device_id)
+            if owned is not None and not owned.exclusive_keys() <= claims.exclusive_keys():
+                result = None  # it lets go of a node, which may keep its ID
+                break
+            why = self._conflict(state.name, device_id, claims)
+            if why is not None:
+                if why.owner.resource == state.name and why.owner.device not in state.owned:
+                    result = None  # a node of a device of ours that went: a rename
+                    break
+                holding[device_id] = why
+                released |= self._unadvertise(state, device_id)
+                continue
+            released |= self._drop_keys(state, device_id, claims)
+            self._claim(state, device_id, claims)
+        if released:
+            self._wake_waiting(state.name)
+        if result is None:
+            return None
+        same_held = holding.keys() == state.held.keys()
+        self._note_held(state, holding, {d: d for d in devices if d in state.held})
+        if unchanged and same_held:
+            return state.admitted
+        if holding:
+            return {d: device for d, device in devices.items() if d not in holding}
+        return devices

@@ -1,0 +1,202 @@
+"""Claims: what a device would put into a container, as the ownership index compares it.
+
+Each DeviceSpec host path of a device claims what it reaches: a character or block node by
+its device number (so a second node or a link for it is the same claim), a directory or
+anything else by its real path. Each mount source claims the same way. Nodes and mounts a
+driver marks `shared` are claimed shared. A directory holds everything below it
+(`ancestors`, `below`): the index compares claims by key and by containment.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from .devices import Device
+
+ClaimKey = tuple[str, int | str]
+"""('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else (the
+normalised path where nothing is yet)."""
+
+
+Reached = tuple[ClaimKey, str]
+"""What a host path reaches (its claim) and its real path."""
+
+
+def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
+    """What a host path reaches: a device node by its number, a directory or anything else
+    by its real path; None when nothing is there. Follows links (a link to a node claims the
+    node). With the claim, the real path (what a directory mount contains is below it).
+
+    One lstat for a path that is no link: its real path is its directory's real path
+    (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
+    path is kept as it is (no copy per claim).
+    """
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            st = os.stat(path)
+            real = os.path.realpath(path)
+        else:
+            real = _real_path(path, {} if real_dirs is None else real_dirs)
+    except (OSError, ValueError):
+        return None
+    mode = st.st_mode
+    if stat.S_ISCHR(mode):
+        return ("c", st.st_rdev), real
+    if stat.S_ISBLK(mode):
+        return ("b", st.st_rdev), real
+    return ("dir" if stat.S_ISDIR(mode) else "path", real), real
+
+
+def _real_path(path: str, real_dirs: dict[str, str]) -> str:
+    """The real path of a path that is no link, from its directory's (cached)."""
+    norm = os.path.normpath(path)
+    parent, name = os.path.split(norm)
+    real_parent = real_dirs.get(parent)
+    if real_parent is None:
+        real_parent = real_dirs[parent] = os.path.realpath(parent)
+    if real_parent == parent:
+        return path if norm == path else norm
+    return os.path.join(real_parent, name)
+
+
+def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
+    """The claim a host path makes (see `reach`), or None when nothing is there."""
+    reached = reach(path, real_dirs)
+    return None if reached is None else reached[0]
+
+
+def describe_key(key: ClaimKey) -> str:
+    """A claim for a log line: `char 240:0`, `block 8:1` or the real path."""
+    kind, value = key
+    if kind in ("c", "b") and isinstance(value, int):
+        return f"{'char' if kind == 'c' else 'block'} {os.major(value)}:{os.minor(value)}"
+    return str(value)
+
+
+def ancestors(real: str) -> Iterator[str]:
+    """The directories a real path is below (`/a/b/c`: `/a/b`, `/a`, `/`)."""
+    end = real.rfind("/")
+    while end > 0:
+        yield real[:end]
+        end = real.rfind("/", 0, end)
+    if end == 0 and len(real) > 1:
+        yield "/"
+
+
+def below(real: str, directory: str) -> bool:
+    """Whether `real` is inside `directory` (not the directory itself)."""
+    if directory == "/":
+        return real.startswith("/") and real != "/"
+    return real.startswith(directory) and real[len(directory) : len(directory) + 1] == "/"
+
+
+Resolver = Callable[[str], "Reached | None"]
+
+
+Claim = tuple[ClaimKey, str, str]
+"""A claim, the host path it was made through and its real path."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What one device claims, with the host path each claim came from (tuples, not dicts:
+    one of these is kept per device of the host)."""
+
+    exclusive: tuple[Claim, ...]
+    shared: tuple[Claim, ...] = ()
+
+    def exclusive_keys(self) -> frozenset[ClaimKey]:
+        return frozenset(claim[0] for claim in self.exclusive)
+
+    def shared_keys(self) -> frozenset[ClaimKey]:
+        return frozenset(claim[0] for claim in self.shared)
+
+    def all(self) -> tuple[Claim, ...]:
+        return self.exclusive + self.shared if self.shared else self.exclusive
+
+
+def _claim_of(path: str, resolve: Resolver) -> Claim:
+    """A path's claim; a path that does not exist (yet) is claimed by its normalised text."""
+    reached = resolve(path)
+    if reached is None:
+        norm = os.path.normpath(path)
+        return ("path", norm), path, norm
+    return reached[0], path, reached[1]
+
+
+def host_paths(device: Device) -> tuple[str, ...]:
+    """Every host path a device puts into a container: its nodes, then its mount sources."""
+    path = device.path
+    if not device.mounts and path is not None and device.has_only_node(path, path):
+        return (path,)
+    return (*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts))
+
+
+def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
+    """A device's claims: its nodes (shared ones apart) and its mount sources."""
+    path = device.path
+    if not device.mounts and path is not None and device.has_only_node(path, path):
+        return Claims((_claim_of(path, resolve),))  # the common one-node device: no dicts
+    exclusive: dict[ClaimKey, Claim] = {}
+    shared: dict[ClaimKey, Claim] = {}
+    paths = [(n.host_path, n.shared) for n in device.nodes]
+    paths += [(m.host_path, m.shared) for m in device.mounts]
+    for host_path, is_shared in paths:
+        claim = _claim_of(host_path, resolve)
+        (shared if is_shared else exclusive).setdefault(claim[0], claim)
+    for key in exclusive:
+        shared.pop(key, None)
+    return Claims(tuple(exclusive.values()), tuple(shared.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    resource: str
+    device: str
+    """The ID the kubelet knows the device by."""
+
+
+def owner_order(owner: Owner) -> tuple[str, str]:
+    return owner.resource, owner.device
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Two devices that reach one node or mount source (what `check` warns about)."""
+
+    path: str
+    first: Owner
+    second: Owner
+
+
+def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -> list[Overlap]:
+    """Every claim two devices would make (not two shared ones), by the index's rules (a
+    claim below a directory another device mounts too): the later device in `devices` order
+    would be held while the first is advertised."""
+    seen: dict[ClaimKey, tuple[Owner, bool]] = {}
+    dirs: list[tuple[str, Owner, bool]] = []
+    made: list[tuple[Claim, Owner, bool]] = []
+    found: list[Overlap] = []
+    for resource, device in devices:
+        me = Owner(resource, device.id)
+        claims = device_claims(device, resolve)
+        for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
+            for claim in mine:
+                key, path, real = claim
+                made.append((claim, me, is_shared))
+                if key[0] == "dir":
+                    dirs.append((real, me, is_shared))
+                known = seen.get(key)
+                if known is None:
+                    seen[key] = (me, is_shared)
+                elif not (is_shared and known[1]):
+                    found.append(Overlap(path, known[0], me))
+    for directory, owner, dir_shared in dirs:
+        for (_, path, real), me, is_shared in made:
+            if me != owner and below(real, directory) and not (is_shared and dir_shared):
+                found.append(Overlap(path, owner, me))
+    return found

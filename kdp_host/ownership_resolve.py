@@ -1,0 +1,288 @@
+"""Resolving claimed paths off the event loop, bounded by a timeout.
+
+A claim is what a host path reaches (`ownership_claims.reach`: lstat, stat, realpath). On
+a hung file system (a dead NFS mount that a probe names) each of those blocks, so the host's
+ownership index never resolves on the event loop: what one admission needs goes to the
+host's offload in one batch (`PathResolver.resolve`). A path that does not answer within
+the timeout is reported `HUNG`: its device is not advertised this time, and the next list
+asks again. The thread stuck on it is not started a second time while it hangs (its path
+stays `HUNG` until the call returns). `Resolving` (a base of the index) names what the next
+admission of a resource needs resolved, has it resolved (inline without an offload), then
+admits.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import os
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from .files import Offload
+from .metrics import Metrics
+from .ownership_admission import Admission
+from .ownership_claims import ClaimKey, Reached, Resolver, host_paths, reach
+from .ownership_table import ResourceState
+
+UNRESOLVED_REASON: Final = "read_timeout"
+"""The `reason` of `kdp_driver_skipped_total` for a device left out because a path of it did
+not resolve in time (a hung file system)."""
+
+RESOLVE_TIMEOUT: Final = 2.0
+"""Seconds one batch of paths may take before the path it is on counts as hung."""
+
+STUCK_PER_BATCH: Final = 3
+"""Hung paths one batch steps over before it gives the rest up until the next list."""
+
+MAX_STUCK: Final = 4
+"""Workers stuck on paths at once beyond which a path given up on before is not tried."""
+
+QUEUED_LIMIT: Final = 30.0
+"""Seconds a batch may wait for a worker (every one busy) before it is given up."""
+
+HUNG: Final = "hung"
+Resolution = Reached | None | Literal["hung"]
+"""What a path reaches, None (nothing there), or HUNG (no answer in time)."""
+
+
+@dataclass
+class PathResolver:
+    """Resolves batches of paths through the host's offload (inline without one: unit
+    tests and `kdp-host check`, where nothing else waits)."""
+
+    resolver: Callable[[], Resolver]
+    """A resolver for one batch (it may cache directories for that batch only)."""
+    offload: Offload | None = None
+    timeout: float = RESOLVE_TIMEOUT
+    _stuck: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    """Paths a worker is still stuck on, with that worker's call."""
+    _suspect: set[str] = field(default_factory=set)
+    """Directories of paths a worker got stuck on, none of whose paths resolved since: their
+    paths are tried last, and not at all while MAX_STUCK workers are stuck (a dead file
+    system must not take every worker of the offload)."""
+
+    def inline(self, paths: Collection[str]) -> dict[str, Resolution]:
+        resolve = self.resolver()
+        return {path: resolve(path) for path in paths}
+
+    async def resolve(self, paths: Collection[str]) -> dict[str, Resolution]:
+        """Every path's resolution, through the offload. A path the worker has been on for
+        the whole timeout is HUNG, and the others go on in a new batch; after
+        STUCK_PER_BATCH such paths the rest are HUNG too, until the next list. (Time a
+        batch waits for a worker, or spends on other paths, is no hang.)"""
+        assert self.offload is not None
+        results: dict[str, Resolution] = {path: HUNG for path in paths if path in self._stuck}
+        crowded = len(set(self._stuck.values())) >= MAX_STUCK
+        for path in paths:
+            if crowded and self._suspected(path):
+                results[path] = HUNG  # (no more workers for a file system that hangs)
+        todo = sorted((p for p in paths if p not in results), key=self._suspected)
+        for _ in range(STUCK_PER_BATCH):
+            if not todo:
+                break
+            done: dict[str, Resolution] = {}
+            current = [("", 0.0)]
+            call = asyncio.ensure_future(self.offload.run(self._batch(todo, done, current)))
+            waited = 0.0
+            while not call.done():
+                await asyncio.wait({call}, timeout=self.timeout)
+                waited += self.timeout
+                path, since = current[0]
+                if path and time.monotonic() - since >= self.timeout:
+                    break
+                if not path and waited >= QUEUED_LIMIT:
+                    break  # never started: every worker is taken
+            results.update(dict(done))  # (the worker may add to `done` later: not read again)
+            if self._suspect:
+                self._suspect.difference_update(os.path.dirname(path) for path in done)
+            if call.done():
+                call.result()
+                return results
+            stuck = current[0][0]
+            if stuck:
+                results[stuck] = HUNG
+                self._suspect.add(os.path.dirname(stuck))
+                self._stuck[stuck] = call
+                call.add_done_callback(functools.partial(self._unstuck, stuck))
+            else:
+                call.cancel()
+                break
+            todo = [path for path in todo if path not in results]
+        results.update(dict.fromkeys(todo, HUNG))
+        return results
+
+    def _suspected(self, path: str) -> bool:
+        return bool(self._suspect) and os.path.dirname(path) in self._suspect
+
+    def _batch(
+        self, todo: list[str], done: dict[str, Resolution], current: list[tuple[str, float]]
+    ) -> Callable[[], None]:
+        resolve = self.resolver()
+
+        def run() -> None:
+            for path in todo:
+                current[0] = (path, time.monotonic())
+                done[path] = resolve(path)
+
+        return run
+
+    def _unstuck(self, path: str, call: asyncio.Future[None]) -> None:
+        if self._stuck.get(path) is call:
+            del self._stuck[path]
+        if not call.cancelled():
+            call.exception()  # retrieved: an abandoned call's error is not an unhandled one
+
+
+def _batch_reach() -> Resolver:
+    """`reach` with a cache of directories' real paths for one batch."""
+    return functools.partial(reach, real_dirs={})
+
+
+class Resolving(Admission):
+    """Admitting a list once the paths it needs are resolved (inline without an offload,
+    else off the loop); the index publishes (`_apply`) and drains."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        metrics: Metrics | None,
+        resolve: Resolver | None,
+        offload: Offload | None,
+        timeout: float,
+    ) -> None:
+        super().__init__(clock)
+        self._metrics = metrics
+        self._paths = PathResolver(
+            (lambda: resolve) if resolve is not None else _batch_reach, offload, timeout
+        )
+        self._fresh: dict[str, Resolution] = {}
+        """Paths resolved for the admissions running now (emptied once they ran)."""
+        self._late: dict[str, set[str]] = {}
+        """Paths of lingering claims an admission met unresolved -> the resources to admit
+        again once they are (with an offload: the claim held meanwhile)."""
+        self._admitting = ""
+        """The resource being admitted."""
+
+    @abc.abstractmethod
+    def _apply(self, state: ResourceState) -> bool:
+        """Admit `state` and give its table the result; whether the table changed."""
+
+    @abc.abstractmethod
+    def _drain(self) -> None:
+        """Admit the resources waiting to be admitted again."""
+
+    def _admit_or_defer(self, state: ResourceState) -> bool:
+        """Admit `state` now if every path it needs is resolved (inline without an offload),
+        else once they are, off the loop. Returns whether its table changed now."""
+        wanted = self._wanted(state)
+        if wanted:
+            if self._paths.offload is not None:
+                self._defer(state, wanted)
+                return False
+            self._take(state, self._paths.inline(wanted))
+        changed = self._apply(state)
+        state.needs = {}  # (kept only while its paths are resolved: a list can be long)
+        late, self._late = self._late, {}
+        for path, names in late.items():
+            for name in names:
+                self._defer(self._resources[name], {path})
+        return changed
+
+    def _defer(self, state: ResourceState, paths: set[str]) -> None:
+        """Resolve `paths` off the loop, then admit `state` again."""
+        state.wanted |= paths
+        if state.resolving is None:
+            state.resolving = asyncio.get_running_loop().create_task(
+                self._resolve_for(state), name=f"claims {state.name}"
+            )
+
+    async def _resolve_for(self, state: ResourceState) -> None:
+        """Resolve what `state` waits for off the loop, then admit it."""
+        try:
+            while state.wanted:
+                paths, state.wanted = state.wanted, set()
+                resolved = await self._paths.resolve(paths)
+                if state.retired or state.publish is None:
+                    continue
+                self._take(state, resolved)
+                changed = self._admit_or_defer(state)
+                self._drain()
+                if changed and state.log is not None:  # (as the reporter logs a list it gave)
+                    healthy = sum(1 for device in state.reported.values() if device.healthy)
+                    unhealthy = len(state.reported) - healthy
+                    state.log.info("devices_changed", healthy=healthy, unhealthy=unhealthy)
+        finally:
+            state.resolving = None
+
+    def _take(self, state: ResourceState, resolved: Mapping[str, Resolution]) -> None:
+        """Resolutions for the admissions to come; a device a path of which did not answer
+        in time is left out (logged and counted once), until a later list tries again."""
+        self._fresh.update(resolved)
+        unresolved: dict[str, str] = {}
+        for device_id, paths in state.needs.items():
+            hung = next((p for p in paths if resolved.get(p, "") == HUNG), None)
+            if hung is not None:
+                unresolved[device_id] = hung
+        for device_id in unresolved.keys() - state.unresolved.keys():
+            if self._metrics is not None:
+                self._metrics.driver_skipped.labels(state.name, UNRESOLVED_REASON).inc()
+            if state.log is not None:
+                state.log.warning(
+                    "device_path_unresolved",
+                    device=device_id,
+                    path=unresolved[device_id],
+                    timeout=self._paths.timeout,
+                    action="not advertised; tried again with the next list",
+                )
+        state.unresolved = unresolved
+
+    def _wanted(self, state: ResourceState) -> set[str]:
+        """The paths the next admission of `state` must have resolved: those of devices whose
+        claims are not known (a walk of the list only when it changed), its lingering claims
+        (gone?), and the lingering claims its held devices wait for."""
+        devices = state.reported
+        needs: dict[str, tuple[str, ...]] = {}
+        if not (
+            state.settled and (devices is state.admitted_from or devices == state.admitted_from)
+        ):
+            cache, before = state.claims, state.admitted_from
+            for device_id, device in devices.items():
+                old = before.get(device_id)
+                if device_id in cache and old is not None and old.same_places(device):
+                    continue
+                needs[device_id] = host_paths(device)
+        state.needs = needs
+        state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}
+        wanted = {path for paths in needs.values() for path in paths}
+        wanted.update(claim[1] for _, claim in state.lingering.values())
+        for why in state.held.values():
+            owner = None if why.key is None else self._exclusive.get(why.key)
+            if owner is not None and why.key is not None:
+                lingering = self._resources[owner.resource].lingering.get(why.key)
+                if lingering is not None:
+                    wanted.add(lingering[1][1])
+        return wanted - self._fresh.keys()
+
+    def _lookup(self, path: str) -> Reached | None:
+        """A path's claim, as resolved for this admission (`_wanted` named every one; a
+        path it did not name, which should not happen, is resolved here)."""
+        if path not in self._fresh:
+            self._fresh.update(self._paths.inline([path]))
+        resolved = self._fresh[path]
+        return None if isinstance(resolved, str) else resolved
+
+    def _still_there(self, key: ClaimKey, path: str) -> bool:
+        """Whether a lingering claim's path still reaches it, as resolved for this
+        admission; a path not resolved yet holds (with an offload: it is resolved, and the
+        resource admitted again), as does one that did not answer in time."""
+        if path not in self._fresh:
+            if self._paths.offload is not None:
+                self._late.setdefault(path, set()).add(self._admitting)
+                return True
+            self._fresh.update(self._paths.inline([path]))
+        reached = self._fresh[path]
+        return isinstance(reached, str) or (reached is not None and reached[0] == key)

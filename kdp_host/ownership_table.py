@@ -1,0 +1,398 @@
+"""The claim table: which device owns which claim, held devices, lingering claims.
+
+One table for the host (the ownership index is one). A claim is owned by one advertised
+device (exclusive) or shared by many (`shared`), never both; a directory claim also covers
+what is below it. A claim whose device stops being advertised lingers with its owner until
+its path is gone (asked of the index: `_still_there`) or the owner's resource takes it back.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .devices import Device
+from .logs import EventLogger
+from .ownership_claims import Claim, ClaimKey, Claims, Owner, ancestors, below, owner_order
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """Why a device is held: logged and counted once while it stays the same."""
+
+    reason: str
+    """`owned` (another device's claim), `shared` (a node other devices share),
+    `replicas_changed` (pods may hold the device under its IDs before a change of
+    `replicas`; the owner's device field lists them),
+    `id_taken` (its ID is the old ID of another device of the resource)."""
+    owner: Owner
+    path: str
+    key: ClaimKey | None = None
+    """The claim it waits for (a lingering one is checked again before each admission)."""
+
+
+@dataclass
+class ResourceState:
+    name: str
+    log: EventLogger | None = None
+    publish: Callable[[Mapping[str, Device]], bool] | None = None
+    """The resource's table while a runtime is attached."""
+    reported: Mapping[str, Device] = field(default_factory=dict)
+    """The driver's last list (driver IDs)."""
+    admitted_from: Mapping[str, Device] = field(default_factory=dict)
+    """The list the last admission ran on: `claims` were resolved for its devices."""
+    admitted: Mapping[str, Device] = field(default_factory=dict)
+    """What the last admission advertised."""
+    settled: bool = False
+    """The last admission ran for this runtime (an unchanged list needs no walk)."""
+    sent: Mapping[str, Device] | None = None
+    """What this runtime's table was last given (the same again is not sent)."""
+    claims: dict[str, Claims] = field(default_factory=dict)
+    """Claims per driver ID, resolved for the device of `admitted_from` (or the one being
+    admitted)."""
+    owned: dict[str, Claims] = field(default_factory=dict)
+    """Advertised ID -> what it claims in the index."""
+    lingering: dict[ClaimKey, tuple[float, Claim]] = field(default_factory=dict)
+    """Exclusive claims of devices no longer advertised, kept while the node is there (or a
+    pod may hold them), with the time (index clock) they stopped being advertised and the
+    claim (its host path: to see whether it is gone)."""
+    held: dict[str, Holding] = field(default_factory=dict)
+    retired: bool = False
+    plain: bool = True
+    """The last admission advertised every device it did not hold under its own ID."""
+    replicas: int | None = None
+    """The replica count its last runtime advertised with."""
+    waits: dict[str, ReplicaWait] = field(default_factory=dict)
+    """Devices held after a change of `replicas` while pods may hold their old IDs."""
+    needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Devices of `reported` whose claims must be resolved first, with their host paths."""
+    wanted: set[str] = field(default_factory=set)
+    """Paths to resolve (off the loop) before the next admission."""
+    resolving: asyncio.Task[None] | None = None
+    unresolved: dict[str, str] = field(default_factory=dict)
+    """Devices left out because a path of theirs did not resolve in time, with that path."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaWait:
+    vanished: frozenset[str]
+    """Advertised IDs of the device before the change that the new count does not have."""
+    since: float
+
+
+class StateSink(Protocol):
+    """Where the index keeps its kept IDs (`state_file.StateFile`)."""
+
+    def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What `ownership.json` held: kept claims with their owners, and devices waiting on a
+    change of `replicas` (resource, device, the old advertised IDs a pod may hold)."""
+
+    claims: list[tuple[Owner, Claim]]
+    waits: list[tuple[str, str, frozenset[str]]]
+
+
+class ClaimTable(abc.ABC):
+    """Who owns what, for every resource of the host (`ResourceState.owned`,
+    `ResourceState.lingering`), with containment of directory claims."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        """The PodResources poller's clock (`Holdings.asked_at`)."""
+        self._exclusive: dict[ClaimKey, Owner] = {}
+        self._shared: dict[ClaimKey, set[Owner]] = {}
+        """Key -> the advertised devices that claim it shared."""
+        self._dirs: dict[str, ClaimKey] = {}
+        """Real path -> key of every claimed directory (a mount contains what is below)."""
+        self._at: dict[ClaimKey, str] | None = None
+        """Key -> real path of every claim, kept from the first directory claim on (a host
+        without directory mounts pays nothing for containment)."""
+        self._below: dict[str, int] = {}
+        """Directory -> how many claims of `_at` are below it."""
+        self._resources: dict[str, ResourceState] = {}
+        self._kept: dict[ClaimKey, tuple[Owner, Claim]] = {}
+        """Exclusive claims of devices advertised under an ID they inherited, advertised or
+        lingering: what `<stateDir>/ownership.json` holds."""
+        self._sink: StateSink | None = None
+
+    def _state(self, resource: str) -> ResourceState:
+        state = self._resources.get(resource)
+        if state is None:
+            state = self._resources[resource] = ResourceState(resource)
+        return state
+
+    @abc.abstractmethod
+    def _still_there(self, key: ClaimKey, path: str) -> bool:
+        """Whether `path` still reaches `key` (a lingering claim is kept while it does)."""
+
+    @abc.abstractmethod
+    def _follow(self, resource: str, claims: Claims) -> None:
+        """`resource` claimed `claims`: follow their paths for changes."""
+
+    def keep_in(self, sink: StateSink, saved: Saved | None) -> None:
+        """Keep the claims of devices advertised under inherited IDs, and the devices waiting
+        on a change of `replicas`, in `sink` from now on, after taking back those `saved` by
+        the last run (before any resource publishes): each claim lingers with its owner, as if
+        its device had just stopped being advertised; each wait starts again."""
+        now = self._clock()
+        for resource, device, vanished in saved.waits if saved else ():
+            self._state(resource).waits.setdefault(device, ReplicaWait(vanished, now))
+        for owner, claim in saved.claims if saved else ():
+            key = claim[0]
+            if key in self._exclusive:
+                continue
+            state = self._state(owner.resource)
+            if state.publish is None:
+                state.retired = True  # until a runtime of it attaches
+            self._count(key, claim[2])
+            self._exclusive[key] = owner
+            self._kept[key] = (owner, claim)
+            state.lingering[key] = (now, claim)
+        self._sink = sink
+
+    def _kept_changed(self) -> None:
+        if self._sink is not None:
+            self._sink.changed(self._kept_document)
+
+    def _kept_document(self) -> Mapping[str, Any]:
+        waits = [
+            {"resource": state.name, "device": device, "vanished": sorted(wait.vanished)}
+            for state in self._resources.values()
+            for device, wait in sorted(state.waits.items())
+        ]
+        return {
+            "waits": waits,
+            "claims": [
+                {
+                    "resource": owner.resource,
+                    "device": owner.device,
+                    "kind": key[0],
+                    "key": key[1],
+                    "path": path,
+                    "real": real,
+                }
+                for (key, path, real), owner in sorted(
+                    ((claim, owner) for owner, claim in self._kept.values()),
+                    key=lambda item: str(item[0][0]),
+                )
+            ],
+        }
+
+    def _incumbent(self, state: ResourceState, advertised_id: str, claims: Claims) -> bool:
+        """Whether the device advertised as `advertised_id` owns its claims already."""
+        me = Owner(state.name, advertised_id)
+        return bool(claims.exclusive) and all(
+            self._exclusive.get(key) == me for key, _, _ in claims.exclusive
+        )
+
+    def _conflict(self, resource: str, device_id: str, claims: Claims) -> Holding | None:
+        """Why the device cannot own its claims: another owns one of them (or a directory
+        one is below, or one below a directory it mounts), or shares it while the device
+        wants it alone. None: it can."""
+        me = Owner(resource, device_id)
+        for claim in claims.exclusive:
+            why = self._clash(me, claim[0], claim[1], False)
+            if why is not None:
+                return why
+        for claim in claims.shared:
+            why = self._clash(me, claim[0], claim[1], True)
+            if why is not None:
+                return why
+        if self._dirs or any(claim[0][0] == "dir" for claim in claims.all()):
+            return self._contained(me, claims)
+        return None
+
+    def _clash(self, me: Owner, key: ClaimKey, path: str, shared: bool) -> Holding | None:
+        """Whether `key`, claimed by `me` (shared or not), clashes with another's claim."""
+        owner = self._exclusive.get(key)
+        if owner is not None and owner != me and not self._released_if_gone(key):
+            return Holding("owned", owner, path, key)
+        if not shared:
+            sharers = self._shared.get(key)
+            if sharers and (len(sharers) > 1 or me not in sharers):
+                return Holding("shared", min(sharers - {me}, key=owner_order), path)
+        return None
+
+    def _contained(self, me: Owner, claims: Claims) -> Holding | None:
+        """Containment: a claim below a directory another device mounts, or a directory
+        mount with another's claim below it, clashes as if it were the same claim (two
+        shared claims excepted)."""
+        at, below_counts = self._containment()
+        mine = claims.all()
+        for key, path, real in mine:
+            shared = claims.shared != () and key in claims.shared_keys()
+            for directory in ancestors(real):
+                outer = self._dirs.get(directory)
+                if outer is not None:
+                    why = self._clash(me, outer, path, shared)
+                    if why is not None:
+                        return why
+            if key[0] != "dir" or not below_counts.get(real):
+                continue
+            own = sum(
+                1
+                for other_key, _, other_real in mine
+                if other_key in at and below(other_real, real) and self._holds(me, other_key)
+            )
+            if below_counts[real] <= own:
+                continue
+            for inner in [k for k, r in at.items() if below(r, real)]:
+                if inner in at:
+                    why = self._clash(me, inner, path, shared)
+                    if why is not None:
+                        return why
+        return None
+
+    def _holds(self, me: Owner, key: ClaimKey) -> bool:
+        return self._exclusive.get(key) == me or me in self._shared.get(key, ())
+
+    def _containment(self) -> tuple[dict[ClaimKey, str], dict[str, int]]:
+        """The real path of every claim and the counts below each directory, built from
+        the claims on first use."""
+        if self._at is None:
+            self._at = {}
+            for state in self._resources.values():
+                for claims in state.owned.values():
+                    for key, _, real in claims.all():
+                        self._count(key, real)
+                for _, (key, _, real) in state.lingering.values():
+                    self._count(key, real)
+        return self._at, self._below
+
+    def _count(self, key: ClaimKey, real: str) -> None:
+        """A claim is made: its directory is one a claim may be below, and it is below its
+        ancestors."""
+        if key[0] == "dir":
+            self._dirs[real] = key
+        at = self._at
+        if at is None or key in at:
+            return
+        at[key] = real
+        counts = self._below
+        for directory in ancestors(real):
+            counts[directory] = counts.get(directory, 0) + 1
+
+    def _uncount(self, key: ClaimKey) -> None:
+        """A claim is gone (from both maps)."""
+        if key in self._exclusive or key in self._shared:
+            return
+        if key[0] == "dir" and isinstance(key[1], str):
+            self._dirs.pop(key[1], None)
+        real = None if self._at is None else self._at.pop(key, None)
+        if real is None:
+            return
+        counts = self._below
+        for directory in ancestors(real):
+            left = counts[directory] - 1
+            if left:
+                counts[directory] = left
+            else:
+                del counts[directory]
+
+    def _released_if_gone(self, key: ClaimKey) -> bool:
+        """Release a lingering claim whose node is gone; True if it was released."""
+        owner = self._exclusive[key]
+        state = self._resources[owner.resource]
+        lingering = state.lingering.get(key)
+        if lingering is None or self._still_there(key, lingering[1][1]):
+            return False
+        self._release_lingering(state, key)
+        return True
+
+    def _release_lingering(self, state: ResourceState, key: ClaimKey) -> None:
+        del state.lingering[key]
+        del self._exclusive[key]
+        self._uncount(key)
+        if self._kept.pop(key, None) is not None:
+            self._kept_changed()
+
+    def _prune_gone(self, state: ResourceState) -> bool:
+        """Release this resource's lingering claims whose nodes are gone."""
+        return any([self._released_if_gone(key) for key in list(state.lingering)])
+
+    def _claim(
+        self, state: ResourceState, device_id: str, claims: Claims, inherited: bool = False
+    ) -> None:
+        me = Owner(state.name, device_id)
+        lingering = state.lingering
+        exclusive = self._exclusive
+        kept = self._kept
+        changed = False
+        for claim in claims.exclusive:
+            key = claim[0]
+            if key not in exclusive:
+                self._count(key, claim[2])
+            exclusive[key] = me
+            if lingering:
+                lingering.pop(key, None)
+            if inherited:
+                if kept.get(key) != (me, claim):
+                    kept[key] = (me, claim)
+                    changed = True
+            elif kept and kept.pop(key, None) is not None:
+                changed = True
+        if changed:
+            self._kept_changed()
+        for key, _, real in claims.shared:
+            sharers = self._shared.get(key)
+            if sharers is None:
+                self._count(key, real)
+                sharers = self._shared[key] = set()
+            sharers.add(me)
+        state.owned[device_id] = claims
+        self._follow(state.name, claims)
+
+    def _release_stale(self, state: ResourceState, wanted: Mapping[str, Claims]) -> bool:
+        """Claims of advertised IDs that are gone, or that a device no longer has, linger."""
+        released = False
+        for advertised_id in list(state.owned):
+            new = wanted.get(advertised_id)
+            if new is None:
+                released |= self._unadvertise(state, advertised_id)
+            else:
+                released |= self._drop_keys(state, advertised_id, new)
+        return released
+
+    def _drop_keys(self, state: ResourceState, advertised_id: str, new: Claims) -> bool:
+        """An advertised device's claims it no longer makes: exclusive ones linger, shared
+        ones go (True if one did)."""
+        old = state.owned.get(advertised_id)
+        if old is None or old is new:
+            return False
+        me = Owner(state.name, advertised_id)
+        kept = new.exclusive_keys()
+        for claim in old.exclusive:
+            key = claim[0]
+            if key not in kept and self._exclusive.get(key) == me:
+                state.lingering.setdefault(key, (self._clock(), claim))
+        kept = new.shared_keys()
+        return any([self._unshare(claim[0], me) for claim in old.shared if claim[0] not in kept])
+
+    def _unadvertise(self, state: ResourceState, advertised_id: str) -> bool:
+        """The device is no longer advertised: its exclusive claims linger, its shared ones
+        go. True if something was released."""
+        old = state.owned.pop(advertised_id, None)
+        if old is None:
+            return False
+        me = Owner(state.name, advertised_id)
+        now = self._clock()
+        for claim in old.exclusive:
+            if self._exclusive.get(claim[0]) == me:
+                state.lingering.setdefault(claim[0], (now, claim))
+        return any([self._unshare(claim[0], me) for claim in old.shared])
+
+    def _unshare(self, key: ClaimKey, owner: Owner) -> bool:
+        sharers = self._shared.get(key)
+        if sharers is None or owner not in sharers:
+            return False
+        sharers.discard(owner)
+        if not sharers:
+            del self._shared[key]
+            self._uncount(key)
+        return True

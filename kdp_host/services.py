@@ -1,0 +1,88 @@
+"""What the host and its resources share: what it lends every resource (`HostServices`,
+made once by the host) and what it reads back of each (`ResourceStatus`, for /readyz)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import KubeletConfig
+from .drivers import DriverFactory, make_driver
+from .files import DaemonThreads, Offload
+from .logs import EventLogger
+from .metrics import Metrics
+from .nfd import NodeFeatureFile
+from .ownership import OwnershipIndex
+from .podresources import PodResourcesPoller
+from .process import CommandRunner, ProcessRunner
+from .protocol.registration import Registrar
+from .release_state import ReleaseStateStore
+from .safety_net import SafetyNet
+from .watch import Watcher
+
+
+@dataclass(frozen=True)
+class RegistryWait:
+    """With `registration: pluginsRegistry`: how long a resource waits for the kubelet's
+    verdict (after creating its socket, or after the kubelet ended its stream) before it
+    creates its socket again; doubled on each wait in a row that ends with nothing."""
+
+    first: float = 5.0
+    maximum: float = 300.0
+
+
+@dataclass(frozen=True)
+class HostServices:
+    """What the host lends every resource."""
+
+    kubelet: KubeletConfig
+    """The kubelet's directories and the registration mode."""
+    instance_id: str
+    watcher: Watcher
+    metrics: Metrics
+    log: EventLogger
+    drivers: DriverFactory = make_driver
+    """Makes each resource's driver (tests pass their own)."""
+    offload: Offload = field(default_factory=DaemonThreads)
+    """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
+    safety_net: SafetyNet | None = None
+    """The host's one periodic-check timer, shared by every resource (None: each driver
+    makes its own)."""
+    commands: CommandRunner = field(default_factory=ProcessRunner)
+    """Runs every command of the resources: probes, health checks, preStart, allocate and
+    release."""
+    pod_resources: PodResourcesPoller | None = None
+    """Who holds each device (None: PodResources polling is off)."""
+    release_state: ReleaseStateStore | None = None
+    """What the release trackers keep across restarts (None: `release` cannot run)."""
+    ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
+    """The host's one index of claimed nodes and mount sources, shared by every resource."""
+    status_changed: Callable[[], None] = lambda: None
+    """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
+    registry_wait: RegistryWait = field(default_factory=RegistryWait)
+    node_features: NodeFeatureFile | None = None
+    """The NFD feature file every resource's device counts go to (None: `nodeFeatures` off)."""
+    registrar: Registrar = field(default_factory=Registrar)
+    """Every resource's Register calls, over one connection to kubelet.sock (the owner
+    closes it)."""
+
+
+@dataclass
+class ResourceStatus:
+    """What /readyz says about a resource. Reasons are short and fixed (no host paths, no
+    probe output): the endpoint is reachable from the pod network."""
+
+    serving: bool = False
+    registered: bool = False
+    last_error: str | None = None
+    problems: dict[str, str] = field(default_factory=dict)
+    """Parts of the resource that keep it from being ready (e.g. `cdi`), with a short reason."""
+
+    @property
+    def ready(self) -> bool:
+        return self.serving and self.registered and not self.problems
+
+    def not_ready_reason(self) -> str:
+        if self.problems:
+            return "; ".join(self.problems[part] for part in sorted(self.problems))
+        return self.last_error or ("not serving" if not self.serving else "not registered")

@@ -1,0 +1,124 @@
+"""One JSON document in `stateDir` that kdp-host keeps across restarts (`release-state.json`,
+`ownership.json`): the one way such a file is read and written.
+
+Read once at start and checked (`load`, with the owner's parser). Written atomically
+(`atomic_files.write_atomic`: temporary file, fsync, rename) through the host's offload, changes
+coalesced: `changed` asks for a write of the owner's current document, `flush` waits until
+the file holds every change made so far. A file that cannot be read, or that does not have
+its shape, is set aside as `<name>.unreadable` with one error line saying what that costs
+(`consequence`); every other state file is read as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .atomic_files import write_atomic
+from .files import Offload
+from .logs import EventLogger
+
+T = TypeVar("T")
+
+Parser = Callable[[Mapping[str, Any]], T]
+"""Reads a document (its version checked already); raises ValueError, KeyError, TypeError or
+AttributeError when it does not have its shape."""
+
+
+class StateFile:
+    """`<directory>/<name>`: `{"version": <version>, ...}`, read and written as one. Its log
+    lines are `<what>_unreadable` and `<what>_write_failed`."""
+
+    def __init__(
+        self,
+        directory: str,
+        name: str,
+        what: str,
+        version: int,
+        log: EventLogger,
+        offload: Offload,
+        *,
+        consequence: str,
+        if_unwritten: str,
+    ) -> None:
+        self.path = Path(directory) / name
+        self._version_tag = version
+        self._offload = offload
+        self._what = what
+        self._log = log.bind(component=what.replace("_", "-"), path=str(self.path))
+        self._consequence = consequence
+        self._if_unwritten = if_unwritten
+        self.unknown = False
+        """The file could not be read."""
+        self.write_failures = 0
+        self._document: Callable[[], Mapping[str, Any]] = dict
+        self._version = 0
+        self._written = 0
+        self._lock = asyncio.Lock()
+        self._writer: asyncio.Task[None] | None = None
+
+    def load(self, parse: Parser[T]) -> T | None:
+        """The file's document read by `parse`; None when it is missing or unreadable
+        (blocking: call it through the offload)."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._unreadable(f"cannot read: {exc}")
+            return None
+        try:
+            document = json.loads(raw)
+            if document.get("version") != self._version_tag:
+                raise ValueError(f"version {document.get('version')!r}, not {self._version_tag}")
+            return parse(document)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = self.path.with_name(self.path.name + ".unreadable")
+            with contextlib.suppress(OSError):
+                os.replace(self.path, aside)
+            self._unreadable(f"does not parse ({exc}); kept as {aside.name}")
+            return None
+
+    def _unreadable(self, why: str) -> None:
+        self.unknown = True
+        self._log.error(f"{self._what}_unreadable", reason=why, consequence=self._consequence)
+
+    def changed(self, document: Callable[[], Mapping[str, Any]]) -> None:
+        """What the file holds changed: write `document()` (asked for when the write
+        starts, on the event loop) soon."""
+        self._document = document
+        self._version += 1
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self.flush(), name=self.path.name)
+
+    async def flush(self) -> None:
+        """Write the file until it holds every change made so far."""
+        async with self._lock:
+            while self._written != self._version:
+                version = self._version
+                body = {**self._document(), "version": self._version_tag}
+                text = json.dumps(body, sort_keys=True).encode()
+                try:
+                    await self._offload.run(functools.partial(write_atomic, str(self.path), text))
+                except OSError as exc:
+                    self.write_failures += 1
+                    self._log.error(
+                        f"{self._what}_write_failed",
+                        reason=str(exc),
+                        consequence=self._if_unwritten,
+                    )
+                    return
+                self._written = version
+
+
+def text(value: object) -> str:
+    """`value` when it is a string (a parser's check)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value

@@ -1,0 +1,173 @@
+"""Where a sysfs device's nodes are under the dev root: the nodes announced at or below a
+device (`uevent` with `DEVNAME`), the device a node belongs to, and the dev root's
+directories to watch (a node appearing anywhere there is seen at once)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterable
+
+from .model import USB, NodeInfo, SysfsDevice, is_device_boundary
+from .tree import (
+    ATTRIBUTE_GROUPS,
+    MAX_WALK_DEPTH,
+    MAX_WALK_DIRS,
+    is_real_dir,
+    link_name,
+    parse_uevent,
+    read_quiet,
+    resolve_entry,
+)
+
+MAX_DEV_DIRS = 1024
+"""Directories below the dev root watched at most."""
+MAX_DEV_DEPTH = 4
+DEV_SKIPPED = frozenset({"pts", "shm", "mqueue", "hugepages", "disk", "char", "block", "serial"})
+"""Directories at the top of the dev root that hold no kernel-made node: other mounts
+(ptys, shared memory) and the link farms udev keeps."""
+
+
+class DevNodes:
+    """The nodes of sysfs devices under one dev root (blocking file access, off the loop)."""
+
+    def __init__(self, sysfs_root: str, dev_root: str) -> None:
+        self.sysfs_root = sysfs_root
+        self.dev_root = dev_root
+
+    def changed_names(self, changed: Iterable[str], watch: set[str]) -> list[str]:
+        """The names in `changed`, with a directory that appeared replaced by the names of
+        what it holds (at most MAX_DEV_DEPTH deep), and added to `watch`."""
+        names: list[str] = []
+        pending = list(dict.fromkeys(changed))
+        while pending:
+            name = pending.pop()
+            path = os.path.join(self.dev_root, name)
+            if name.count("/") < MAX_DEV_DEPTH and os.path.isdir(path) and not os.path.islink(path):
+                if path not in watch and len(watch) < MAX_DEV_DIRS:
+                    watch.add(path)
+                    with contextlib.suppress(OSError):
+                        pending.extend(f"{name}/{entry}" for entry in os.listdir(path))
+                continue
+            names.append(name)
+        return names
+
+    def node_directory(self, devname: str) -> str | None:
+        """The sysfs directory of the device whose node is `devname` (relative to the dev
+        root): by its device number, else by the class entry of its name whose uevent
+        names it; None when neither finds it."""
+        path = os.path.join(self.dev_root, devname)
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+            kind = "block" if stat.S_ISBLK(info.st_mode) else "char"
+            number = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+            found = resolve_entry(os.path.join(self.sysfs_root, "dev", kind, number))
+            if found is not None:
+                return found
+        base = os.path.basename(devname)
+        class_root = os.path.join(self.sysfs_root, "class")
+        try:
+            classes = sorted(os.listdir(class_root))
+        except OSError:
+            return None
+        for klass in classes:
+            entry = os.path.join(class_root, klass, base)
+            if not os.path.lexists(entry):
+                continue
+            found = resolve_entry(entry)
+            if found is not None:
+                node = self.node_of(found)
+                if node is not None and node.devname == devname:
+                    return found
+        return None
+
+    def dev_directories(self) -> set[str]:
+        """The directories below the dev root where the kernel may create nodes (for
+        inotify: a node appearing anywhere there is seen at once), at most MAX_DEV_DIRS,
+        MAX_DEV_DEPTH deep; not the mounts and link farms others keep there (DEV_SKIPPED,
+        `by-*`, hidden ones) and no symlinks."""
+        found: set[str] = set()
+        stack = [(self.dev_root, 0)]
+        while stack and len(found) < MAX_DEV_DIRS:
+            directory, depth = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                name = entry.name
+                if (
+                    (depth == 0 and name in DEV_SKIPPED)
+                    or name.startswith((".", "by-"))
+                    or not is_real_dir(entry)
+                ):
+                    continue
+                found.add(entry.path)
+                if depth + 1 < MAX_DEV_DEPTH:
+                    stack.append((entry.path, depth + 1))
+        return found
+
+    def node_dirs(self, device: SysfsDevice) -> set[str]:
+        return {os.path.dirname(os.path.join(self.dev_root, node.devname)) for node in device.nodes}
+
+    def node(
+        self, devname: str, subsystem: str, devnum: str | None, sysfs_path: str | None
+    ) -> NodeInfo:
+        present = os.path.exists(os.path.join(self.dev_root, devname))
+        return NodeInfo(devname, subsystem, present, devnum, sysfs_path)
+
+    def nodes_beneath(self, path: str, uevent_text: str) -> tuple[NodeInfo, ...]:
+        """Every node announced at or below `path`, not crossing into other devices.
+
+        Only a directory with a `dev` attribute stands for a node (the kernel adds `dev`
+        exactly when the device has a device number): only those uevents are read.
+        """
+        nodes: list[NodeInfo] = []
+        stack = [(path, 0)]
+        visited = 0
+        while stack and visited < MAX_WALK_DIRS:
+            directory, depth = stack.pop()
+            visited += 1
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            children = []
+            has_dev = False
+            for entry in entries:
+                name = entry.name
+                if name == "dev":
+                    has_dev = True
+                elif (
+                    depth < MAX_WALK_DEPTH
+                    and name not in ATTRIBUTE_GROUPS
+                    and not is_device_boundary(name)
+                    and is_real_dir(entry)
+                ):
+                    children.append(entry.path)
+            if has_dev:
+                node = self.node_of(directory, uevent_text if directory == path else None)
+                if node is not None:
+                    nodes.append(node)
+            stack.extend((child, depth + 1) for child in sorted(children, reverse=True))
+        nodes.sort(key=lambda n: (n.subsystem == USB, n.devname))
+        return tuple(nodes)
+
+    def node_of(self, directory: str, text: str | None = None) -> NodeInfo | None:
+        if text is None:
+            text = read_quiet(os.path.join(directory, "uevent"))
+        if not text or "DEVNAME=" not in text:
+            return None
+        uevent = parse_uevent(text)
+        devname = uevent.get("DEVNAME", "")
+        if not devname or devname.startswith("/") or ".." in devname.split("/"):
+            return None
+        devnum = None
+        if "MAJOR" in uevent and "MINOR" in uevent:
+            devnum = f"{uevent['MAJOR']}:{uevent['MINOR']}"
+        subsystem = link_name(os.path.join(directory, "subsystem")) or ""
+        return self.node(devname, subsystem, devnum, directory)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
@@ -20,7 +20,12 @@ from .devices import HEALTHY, UNHEALTHY, Device
 from .files import DaemonThreads, Offload
 from .logs import get_logger, quote_text, setup_logging
 from .node import NodeInfo, NodeLabelSource, NoLabels, local_node_name, select_for_node, selects
-from .sysfs.rootdisk import RootDisk, find_root_disk
+
+if TYPE_CHECKING:
+    from .sysfs.rootdisk import RootDisk
+
+# A module only a command or a configured feature uses is imported where it is used: every
+# command (`run` among them) imports this module and builds the whole parser.
 
 EXIT_OK = 0
 EXIT_DRIVER_FAILED = 1
@@ -221,6 +226,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
     for warning in overlap_warnings(rows):
         print(warning, file=sys.stderr)
+    from .sysfs.rootdisk import find_root_disk
+
     for warning in root_disk_warnings(rows, find_root_disk(args.root_fs, args.sysfs_root)):
         print(warning, file=sys.stderr)
     failed = sorted({row.resource for row in rows if row.failed})

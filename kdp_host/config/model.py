@@ -56,8 +56,8 @@ from ..rules import (
     sysfs_name_problem,
 )
 from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
+from ..sysfs.model import DEFAULT_SCAN_TIMEOUT
 from ..sysfs.model import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
-from ..sysfs.reader import DEFAULT_SCAN_TIMEOUT
 from .declare import Key, Section, declarations, key, one_of
 from .kinds import (
     INVALID,

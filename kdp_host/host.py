@@ -180,6 +180,7 @@ class Host:
             watcher,
             self.metrics,
             self.log,
+            SafetyNet(self.offload),
             self.drivers,
             commands=commands,
             pod_resources=self.pod_resources,
@@ -188,7 +189,6 @@ class Host:
             status_changed=self._refresh_readiness,
             registry_wait=self.registry_wait,
             offload=self.offload,
-            safety_net=SafetyNet(self.offload),
             node_features=node_features,
         )
         supervisor = Supervisor(services, self.restart_policy)

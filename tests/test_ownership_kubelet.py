@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -344,11 +344,16 @@ class KdpProcess:
 
 
 @pytest.fixture
-async def kdp_process(short_dir: Path) -> AsyncIterator[Callable[[Path], KdpProcess]]:
+async def kdp_process(
+    short_dir: Path,
+) -> AsyncIterator[Callable[[Path], Awaitable[KdpProcess]]]:
+    """`await kdp_process(config)`: kdp-host started as a process of its own on `config`
+    (stopped at the end of the test)."""
     started: list[KdpProcess] = []
 
-    def make(config: Path) -> KdpProcess:
+    async def make(config: Path) -> KdpProcess:
         started.append(KdpProcess(config, short_dir / "kdp.log"))
+        await started[-1].start()
         return started[-1]
 
     yield make
@@ -365,6 +370,15 @@ def booked_head(kubelet: RealKubelet, short_dir: Path, interval: str = "1s") -> 
         f"metrics: {{listen: 127.0.0.1:{free_port()}}}\n"
         "resources:\n"
     )
+
+
+def booked_config(
+    kubelet: RealKubelet, short_dir: Path, resources: str, interval: str = "1s"
+) -> Path:
+    """`<short_dir>/config.yaml`: `booked_head`, then the `resources` entries."""
+    config = short_dir / "config.yaml"
+    config.write_text(booked_head(kubelet, short_dir, interval) + resources)
+    return config
 
 
 async def grants(kubelet: RealKubelet, resource: str, *pods: str) -> list[set[str]]:
@@ -394,13 +408,12 @@ async def test_hostile_1_a_restart_after_a_renaming_reload_keeps_the_booked_node
         directory.mkdir()
     (a / "x").touch()
     (a / "y").touch()
-    config = short_dir / "config.yaml"
-    config.write_text(
-        booked_head(kubelet, short_dir)
-        + f'  - name: {FPGA}\n    glob: {{paths: ["{a}/*", "{b}/*"]}}\n'
+    config = booked_config(
+        kubelet,
+        short_dir,
+        f'  - name: {FPGA}\n    glob: {{paths: ["{a}/*", "{b}/*"]}}\n',
     )
-    host = kdp_process(config)
-    await host.start()
+    host = await kdp_process(config)
     await kubelet.await_for(healthy(FPGA, 2), what="a-x and a-y advertised")
     [booked] = await grants(kubelet, FPGA, "p1")
     config.write_text(config.read_text().replace(f', "{b}/*"', ""))  # IDs x and y now
@@ -417,11 +430,9 @@ async def test_hostile_2_a_restart_with_fewer_replicas_adds_no_user_to_a_booked_
 ) -> None:
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     (devices / "fpga1").unlink()
-    config = short_dir / "config.yaml"
     entry = f'  - name: {FPGA}\n    replicas: 2\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
-    config.write_text(booked_head(kubelet, short_dir) + entry)
-    host = kdp_process(config)
-    await host.start()
+    config = booked_config(kubelet, short_dir, entry)
+    host = await kdp_process(config)
     await kubelet.await_for(healthy(FPGA, 2), what="fpga0::0 and fpga0::1 advertised")
     assert await grants(kubelet, FPGA, "p1", "p2") == [{str(devices / "fpga0")}] * 2
     (devices / "fpga1").touch()
@@ -440,14 +451,13 @@ async def test_hostile_3_a_restart_never_gives_a_booked_node_to_another_resource
     links.mkdir()
     (links / "l1").symlink_to(devices / "fpga1")
     probe = f"echo fpga0 Healthy path={devices}/fpga0"
-    config = short_dir / "config.yaml"
-    config.write_text(
-        booked_head(kubelet, short_dir)
-        + f'  - name: {FPGA}\n    shell: {{command: [sh, -c, "{probe}"], interval: 2s}}\n'
-        + f'  - name: {ALIAS}\n    glob: {{paths: ["{links}/*"]}}\n'
+    config = booked_config(
+        kubelet,
+        short_dir,
+        f'  - name: {FPGA}\n    shell: {{command: [sh, -c, "{probe}"], interval: 2s}}\n'
+        + f'  - name: {ALIAS}\n    glob: {{paths: ["{links}/*"]}}\n',
     )
-    host = kdp_process(config)
-    await host.start()
+    host = await kdp_process(config)
     await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]
     (links / "l0").symlink_to(devices / "fpga0")  # a by-id style link appears later
@@ -467,13 +477,12 @@ async def test_hostile_4_a_probe_that_renamed_a_booked_device_keeps_it_across_a_
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     out = short_dir / "out"
     out.write_text(f"devA Healthy path={devices}/fpga0\n")
-    config = short_dir / "config.yaml"
-    config.write_text(
-        booked_head(kubelet, short_dir)
-        + f'  - name: {FPGA}\n    shell: {{command: [cat, "{out}"], interval: 1s}}\n'
+    config = booked_config(
+        kubelet,
+        short_dir,
+        f'  - name: {FPGA}\n    shell: {{command: [cat, "{out}"], interval: 1s}}\n',
     )
-    host = kdp_process(config)
-    await host.start()
+    host = await kdp_process(config)
     await kubelet.await_for(healthy(FPGA, 1), what="devA advertised")
     assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]
     out.write_text(f"devB Healthy path={devices}/fpga0\ndevY Healthy path={devices}/fpga1\n")
@@ -572,13 +581,13 @@ async def test_hostile_12_without_podresources_a_parked_device_says_what_frees_i
     real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
 ) -> None:
     kubelet = real_kubelet_factory()
-    config = short_dir / "config.yaml"
-    config.write_text(
-        booked_head(kubelet, short_dir, interval="0s")
-        + f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    config = booked_config(
+        kubelet,
+        short_dir,
+        f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n',
+        interval="0s",
     )
-    host = kdp_process(config)
-    await host.start()
+    host = await kdp_process(config)
     await kubelet.await_for(healthy(FPGA, 2), what="fpga0 and fpga1 advertised")
     answer = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
     [booked] = answer["device_ids"][FPGA]

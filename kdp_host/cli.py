@@ -180,15 +180,16 @@ def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
 
 
 def overlap_warnings(rows: list[CheckRow]) -> list[str]:
-    """One line per node or mount source two devices would reach: the host advertises only
-    the first (docs: Reliability, one node, one advertised device)."""
+    """One line per node or mount source two devices would reach: the host advertises one of
+    them at a time (docs: Reliability, one node, one advertised device; booked claims)."""
     from .ownership_claims import overlaps
 
     found = overlaps((row.resource, row.device) for row in rows if row.device is not None)
     return [
         f"warning: {quote_text(o.path)} is reachable from {quote_text(o.first.resource)} "
         f"(device {quote_text(o.first.device)}) and {quote_text(o.second.resource)} (device "
-        f"{quote_text(o.second.device)}): only the first to claim it is advertised"
+        f"{quote_text(o.second.device)}): only one is advertised at a time, the one a pod "
+        "holds it through, else the first to list it"
         for o in found
     ]
 
@@ -377,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .status import add_status_arguments
 
     add_status_arguments(status, config_help)
+    from .unbook import UNBOOK_HELP, add_unbook_arguments, cmd_unbook
+
+    add_unbook_arguments(add("unbook", cmd_unbook, UNBOOK_HELP), config_help)
     add("version", cmd_version, "Print the version.")
     sim = add("simulate-kubelet", cmd_simulate_kubelet, "Run a kubelet device-manager simulator.")
     sim.add_argument(

@@ -1119,8 +1119,8 @@ class Config:
         "stateDir",
         AbsolutePath(),
         "Where kdp-host keeps what must outlive it: which devices of resources with `release` "
-        "were used and not released yet (`release-state.json`), and the IDs a reload kept for "
-        "devices the kubelet may have booked (`ownership.json`). Small files.",
+        "were used and not released yet (`release-state.json`), and the device IDs the kubelet "
+        "booked with the nodes they reach (`ownership.json`). Small files.",
         default="/var/lib/kdp-host",
         restart=True,
     )

@@ -21,11 +21,8 @@ from .files import DaemonThreads, Offload
 from .logs import get_logger, quote_text, setup_logging
 from .node import NodeInfo, NodeLabelSource, NoLabels, local_node_name, select_for_node, selects
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a module only one command uses is imported where it runs
     from .sysfs.rootdisk import RootDisk
-
-# A module only a command or a configured feature uses is imported where it is used: every
-# command (`run` among them) imports this module and builds the whole parser.
 
 EXIT_OK = 0
 EXIT_DRIVER_FAILED = 1

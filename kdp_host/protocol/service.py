@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Any, Protocol
 
 import grpclib
 import grpclib.server
@@ -92,6 +92,12 @@ class ListAndWatchEncoder:
         return data
 
 
+class Bookings(Protocol):
+    """Where an answered Allocate's IDs are recorded as booked (`OwnershipIndex`)."""
+
+    async def book(self, resource: str, ids: Iterable[str]) -> None: ...
+
+
 class DevicePluginService(DevicePluginBase):
     """The generated DevicePlugin service, with ListAndWatch served by a handler of its own
     (`__mapping__`, grpclib's servable protocol): `device_lists` driven under `aclosing`."""
@@ -109,6 +115,7 @@ class DevicePluginService(DevicePluginBase):
         pre_start: PreStartHook | None = None,
         allocate_hook: AllocateHook | None = None,
         release: ReleaseTracker | None = None,
+        bookings: Bookings | None = None,
     ) -> None:
         self._config = config
         self._table = table
@@ -121,6 +128,7 @@ class DevicePluginService(DevicePluginBase):
         self._pre_start = pre_start
         self._allocate_hook = allocate_hook
         self._release = release
+        self._bookings = bookings
         self._closing = asyncio.Event()
         self._open_streams = 0
         self._streams_drained = asyncio.Event()
@@ -293,6 +301,10 @@ class DevicePluginService(DevicePluginBase):
         if self._release is not None:
             for request in message.container_requests:
                 self._release.allocated(request.devices_ids)
+        if self._bookings is not None:
+            # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
+            booked = [i for request in message.container_requests for i in request.devices_ids]
+            await self._bookings.book(name, booked)
         self._allocated_ok.inc(len(responses))
         self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)

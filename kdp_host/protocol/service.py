@@ -130,6 +130,8 @@ class DevicePluginService(DevicePluginBase):
         self._release = release
         self._bookings = bookings
         self._closing = asyncio.Event()
+        self._stream_wakes: set[asyncio.Event] = set()
+        """One per open stream: set by a new table version and by `end_streams`."""
         self._open_streams = 0
         self._streams_drained = asyncio.Event()
         self._streams_drained.set()
@@ -156,6 +158,8 @@ class DevicePluginService(DevicePluginBase):
     async def end_streams(self, timeout: float = 0.5) -> None:
         """End every ListAndWatch stream with a clean end-of-stream and wait until sent."""
         self._closing.set()
+        for wake in self._stream_wakes:
+            wake.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._streams_drained.wait()
@@ -231,23 +235,25 @@ class DevicePluginService(DevicePluginBase):
         updates = self._metrics.list_and_watch_updates.labels(name)
         streams.inc()
         self._log.info("list_and_watch_opened")
-        closing = asyncio.ensure_future(self._closing.wait())
-        newer: asyncio.Future[Snapshot] | None = None
+        # The stream waits on one event, set by the table's listener and by end_streams: no
+        # task of its own, and a new version wakes it in the loop turn that publishes it.
+        wake = asyncio.Event()
+        self._stream_wakes.add(wake)
+        stop_listening = self._table.add_listener(lambda _snapshot: wake.set())
         try:
-            snapshot = self._table.snapshot
+            table = self._table
+            snapshot = table.snapshot
             while not self._closing.is_set():
                 data = await self._encoder.encode(snapshot)
                 yield EncodedMessage(ListAndWatchResponse, data)
                 updates.inc()
-                newer = asyncio.ensure_future(self._table.wait_newer(snapshot.version))
-                await asyncio.wait((newer, closing), return_when=asyncio.FIRST_COMPLETED)
-                if not newer.done():
-                    break
-                snapshot = newer.result()
+                while table.snapshot.version <= snapshot.version and not self._closing.is_set():
+                    wake.clear()
+                    await wake.wait()
+                snapshot = table.snapshot
         finally:
-            closing.cancel()
-            if newer is not None:
-                newer.cancel()
+            stop_listening()
+            self._stream_wakes.discard(wake)
             streams.dec()
             by_peer = not self._closing.is_set()
             self._log.info("list_and_watch_closed", by="kubelet" if by_peer else "plugin")

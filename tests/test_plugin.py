@@ -177,6 +177,36 @@ async def test_list_and_watch_ends_only_when_the_host_closes() -> None:
         await asyncio.wait_for(closing, 5)
 
 
+async def test_a_list_and_watch_stream_waits_for_the_table_with_no_task_of_its_own() -> None:
+    """Between versions a stream is one suspended generator: a new table version (or
+    end_streams) wakes it with no task of its own (memory per resource, one loop turn less
+    per update), and a stream that ended leaves no listener on the table."""
+    table = DeviceTable()
+    table.publish([TableDevice("a")])
+    service = service_for(RESOURCE, table)
+    stream = service.device_lists()
+    await anext(stream)
+    before = asyncio.all_tasks()
+    pending = asyncio.ensure_future(anext(stream))
+    for _ in range(5):  # let it reach its wait
+        await asyncio.sleep(0)
+    assert not pending.done()
+    assert asyncio.all_tasks() - before == {pending}
+    table.publish([TableDevice("a"), TableDevice("b")])
+    second = await asyncio.wait_for(pending, 5)
+    assert len(ListAndWatchResponse.parse(second.data).devices) == 2
+    closing = asyncio.ensure_future(anext(stream))
+    await service.end_streams(timeout=0.01)
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(closing, 5)
+    seen: list[int] = []
+    stop = table.add_listener(lambda snapshot: seen.append(snapshot.version))
+    table.publish([TableDevice("c")])
+    stop()
+    table.publish([TableDevice("d")])
+    assert len(seen) == 1
+
+
 async def test_real_host_against_the_grpcio_kubelet(
     short_dir: Path, socket_dir: Path, start_host
 ) -> None:

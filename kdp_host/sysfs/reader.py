@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 from ..logs import quote_text
@@ -164,17 +164,26 @@ class SysfsReader:
         added: list[SysfsDevice] = []
         listed: dict[str, set[str]] | None = None
         if unplaced:
-            entries, _, listed = self._entries(buses, classes, state, index.known)
+            sources = _sources(buses, classes)
+            placed = self._place(unplaced, sources, index)
+            if placed is None:
+                # A node that is there but cannot be placed (no device number sysfs knows,
+                # no class entry of its name): look for new devices in the lists.
+                entries, _, listed = self._entries(buses, classes, state, index.known)
+            else:
+                entries, reached = placed
+                dirty.update(reached)
             for source, name, link in entries:
                 device = self.read_device(source, name, link, extra, state)
                 if device is not None:
                     added.append(device)
-            new_nodes = {node.devname for device in added for node in device.nodes}
-            for devname in unplaced:
-                if devname not in new_nodes:
-                    directory = self.nodes.node_directory(devname)
-                    if directory is not None:
-                        dirty.update(devices_reaching(directory, index.by_path))
+            if placed is None:
+                new_nodes = {node.devname for device in added for node in device.nodes}
+                for devname in unplaced:
+                    if devname not in new_nodes:
+                        directory = self.nodes.node_directory(devname)
+                        if directory is not None:
+                            dirty.update(devices_reaching(directory, index.by_path))
         dropped: list[SysfsDevice] = []
         if listed is not None:
             for source, names in index.known.items():
@@ -195,13 +204,17 @@ class SysfsReader:
             else:
                 replaced[path] = found
                 fresh.append(found)
-        if replaced:
-            devices = [replaced.get(device.path, device) for device in previous.devices]
-        else:
-            devices = list(previous.devices)
-        devices.extend(added)
         fresh.extend(added)
-        kept = tuple(filter(None, devices))  # (C speed: no device is falsy)
+        vanished = sum(device is None for device in replaced.values())
+        # The index's `by_path` is in the devices' order (new ones last): when it holds
+        # exactly them before and after, it gives the new tuple at C speed.
+        whole = len(index.by_path) == len(previous.devices)
+        index.move(dropped, fresh)
+        if whole and len(index.by_path) == len(previous.devices) - vanished + len(added):
+            kept = tuple(index.by_path.values())
+        else:
+            devices = [replaced.get(device.path, device) for device in previous.devices]
+            kept = tuple(filter(None, [*devices, *added]))  # (no device is falsy)
         for device in fresh:
             watch.update(self.nodes.node_dirs(device))
         self._next_cache = {}
@@ -214,8 +227,37 @@ class SysfsReader:
             tuple(dict.fromkeys((*previous.skipped, *state.skipped))),
             delta,
         )
-        self._index = index.moved_to(result, dropped, fresh)
+        index.scan = result
+        self._index = index
         return result
+
+    def _place(
+        self, unplaced: Iterable[str], sources: list[str], index: ReadIndex
+    ) -> tuple[list[tuple[str, str, str]], set[str]] | None:
+        """The devices the nodes `unplaced` (held by no listed device) belong to, found from
+        each node upwards (its directory, by device number or class entry, then the
+        devices whose node walk reaches it): the entries (source, name, link) of new ones
+        and the directories of listed ones. O(nodes x depth), whatever the buses hold.
+        None when a node that is there cannot be placed (the caller lists the sources)."""
+        entries: dict[tuple[str, str], str] = {}
+        owners: set[str] = set()
+        candidates = _EntryOf(self, sources, index.by_path)
+        for devname in unplaced:
+            directory = self.nodes.node_directory(devname)
+            if directory is None:
+                if os.path.lexists(os.path.join(self.dev_root, devname)):
+                    return None
+                continue  # gone again, and no listed device had it
+            for path in devices_reaching(directory, candidates):
+                if path in index.by_path:
+                    owners.add(path)
+                for source, name in candidates.entries.get(path, ()):
+                    known = index.by_entry.get((source, name))
+                    if known is not None:
+                        owners.add(known.path)  # its name moved here: read where it points
+                    else:
+                        entries[(source, name)] = self._entry_link(source, name)
+        return [(source, name, link) for (source, name), link in entries.items()], owners
 
     def _entry_link(self, source: str, name: str) -> str:
         relative = source if source.startswith("class/") else f"bus/{source}/devices"
@@ -231,7 +273,7 @@ class SysfsReader:
         """(source, kernel name, entry) of every device listed under the buses and classes
         (with `known`: of those not in it), the sources that could not be listed, and the
         names listed of each source."""
-        sources = [*dict.fromkeys(buses), *(f"class/{k}" for k in dict.fromkeys(classes))]
+        sources = _sources(buses, classes)
         entries: list[tuple[str, str, str]] = []
         problems: list[str] = []
         listed: dict[str, set[str]] = {}
@@ -247,7 +289,7 @@ class SysfsReader:
             if known is not None:
                 names = list(listed[source] - known.get(source, set()) - ignored)
             for name in sorted(names):
-                if source == USB and USB_DEVICE_NAME.fullmatch(name) is None:
+                if not _may_be_device(source, name):
                     ignored.add(name)
                     continue  # an interface (`1-1:1.0`), listed under its device
                 if (why := name_text_problem(name)) is not None:
@@ -370,3 +412,40 @@ class SysfsReader:
             classes = tuple(values.get(a) for a in USB_INTERFACE_ATTRIBUTES)
             found.append((entry, (classes[0], classes[1], classes[2])))
         return tuple(found)
+
+
+def _sources(buses: Iterable[str], classes: Iterable[str]) -> list[str]:
+    """The sources read: each bus, then `class/<name>` of each class."""
+    return [*dict.fromkeys(buses), *(f"class/{k}" for k in dict.fromkeys(classes))]
+
+
+def _may_be_device(source: str, name: str) -> bool:
+    """Whether an entry of `source` named `name` may be a device (the USB bus lists its
+    interfaces, `1-1:1.0`, beside its devices)."""
+    return source != USB or USB_DEVICE_NAME.fullmatch(name) is not None
+
+
+class _EntryOf:
+    """The directories that are a listed device or the entry of one of `sources` (for
+    `devices_reaching`), with the (source, name) of each entry found (`entries`)."""
+
+    def __init__(self, reader: SysfsReader, sources: list[str], listed: Container[str]) -> None:
+        self._reader = reader
+        self._sources = sources
+        self._listed = listed
+        self.entries: dict[str, list[tuple[str, str]]] = {}
+
+    def __contains__(self, directory: object) -> bool:
+        if not isinstance(directory, str):
+            return False
+        name = os.path.basename(directory)
+        found = self.entries.get(directory)
+        if found is None:
+            found = self.entries[directory] = [
+                (source, name)
+                for source in self._sources
+                if _may_be_device(source, name)
+                and name_text_problem(name) is None
+                and resolve_entry(self._reader._entry_link(source, name)) == directory
+            ]
+        return bool(found) or directory in self._listed

@@ -422,8 +422,9 @@ def test_a_hot_plugged_device_is_found_from_its_node_not_by_listing_the_bus(
 ) -> None:
     """The node names what changed: its device is found from the node upwards (by device
     number, or the class entry of its name), so a hot-plug costs the same whatever the bus
-    holds. Only a node that is there and cannot be placed makes the update list the bus;
-    a node no listed device had that is gone again makes it read nothing."""
+    holds. Only a node that is there, cannot be placed and is no new device's makes the
+    update list the bus; a node no listed device had that is gone again makes it read
+    nothing."""
     controller = fake.usb_controller()
     for port in range(1, 4):
         fake.usb_serial_adapter(controller, f"1-{port}", devnum=port + 1, tty=f"ttyUSB{port}")
@@ -445,6 +446,13 @@ def test_a_hot_plugged_device_is_found_from_its_node_not_by_listing_the_bus(
     third, listed = listed_while(lambda: reader.update(second, [usb_node], buses=["usb"]))
     assert bus not in listed
     assert (usb_node, "usb", True) in view(third)[new.path][0]
+    other = fake.usb_serial_adapter(controller, "1-8", devnum=10, tty="ttyUSB8", serial="TWO")
+    # Its USB node is a plain file here (no device number to place it by), but it is a node
+    # of the device its tty node leads to.
+    fourth, listed = listed_while(lambda: reader.update(third, fake.nodes_of(other), buses=["usb"]))
+    assert bus not in listed
+    assert view(fourth) == view(SysfsReader(str(fake.sys), str(fake.dev)).scan(buses=["usb"]))
+    third = fourth
     fake.create_node("stray/node")  # a plain file: no device number, no class entry
     fourth, listed = listed_while(lambda: reader.update(third, ["stray/node"], buses=["usb"]))
     assert bus in listed

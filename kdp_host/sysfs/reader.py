@@ -164,26 +164,23 @@ class SysfsReader:
         added: list[SysfsDevice] = []
         listed: dict[str, set[str]] | None = None
         if unplaced:
-            sources = _sources(buses, classes)
-            placed = self._place(unplaced, sources, index)
-            if placed is None:
-                # A node that is there but cannot be placed (no device number sysfs knows,
-                # no class entry of its name): look for new devices in the lists.
-                entries, _, listed = self._entries(buses, classes, state, index.known)
-            else:
-                entries, reached = placed
-                dirty.update(reached)
+            entries, reached, unplaceable = self._place(unplaced, _sources(buses, classes), index)
+            dirty.update(reached)
             for source, name, link in entries:
                 device = self.read_device(source, name, link, extra, state)
                 if device is not None:
                     added.append(device)
-            if placed is None:
-                new_nodes = {node.devname for device in added for node in device.nodes}
-                for devname in unplaced:
-                    if devname not in new_nodes:
-                        directory = self.nodes.node_directory(devname)
-                        if directory is not None:
-                            dirty.update(devices_reaching(directory, index.by_path))
+            new_nodes = {node.devname for device in added for node in device.nodes}
+            if any(devname not in new_nodes for devname in unplaceable):
+                # A node that is there, cannot be placed (no device number sysfs knows, no
+                # class entry of its name) and is no new device's: look in the lists.
+                read = {(source, name) for source, name, _ in entries}
+                entries, _, listed = self._entries(buses, classes, state, index.known)
+                for source, name, link in entries:
+                    if (source, name) not in read:
+                        device = self.read_device(source, name, link, extra, state)
+                        if device is not None:
+                            added.append(device)
         dropped: list[SysfsDevice] = []
         if listed is not None:
             for source, names in index.known.items():
@@ -233,31 +230,33 @@ class SysfsReader:
 
     def _place(
         self, unplaced: Iterable[str], sources: list[str], index: ReadIndex
-    ) -> tuple[list[tuple[str, str, str]], set[str]] | None:
+    ) -> tuple[list[tuple[str, str, str]], set[str], list[str]]:
         """The devices the nodes `unplaced` (held by no listed device) belong to, found from
         each node upwards (its directory, by device number or class entry, then the
-        devices whose node walk reaches it): the entries (source, name, link) of new ones
-        and the directories of listed ones. O(nodes x depth), whatever the buses hold.
-        None when a node that is there cannot be placed (the caller lists the sources)."""
+        devices whose node walk reaches it): the entries (source, name, link) of new ones,
+        the directories of listed ones, and the nodes that are there but could not be
+        placed. O(nodes x depth), whatever the buses hold."""
         entries: dict[tuple[str, str], str] = {}
-        owners: set[str] = set()
+        reached: set[str] = set()
+        unplaceable: list[str] = []
         candidates = _EntryOf(self, sources, index.by_path)
         for devname in unplaced:
             directory = self.nodes.node_directory(devname)
             if directory is None:
                 if os.path.lexists(os.path.join(self.dev_root, devname)):
-                    return None
-                continue  # gone again, and no listed device had it
+                    unplaceable.append(devname)
+                continue  # else gone again, and no listed device had it
             for path in devices_reaching(directory, candidates):
                 if path in index.by_path:
-                    owners.add(path)
+                    reached.add(path)
                 for source, name in candidates.entries.get(path, ()):
                     known = index.by_entry.get((source, name))
                     if known is not None:
-                        owners.add(known.path)  # its name moved here: read where it points
+                        reached.add(known.path)  # its name moved here: read where it points
                     else:
                         entries[(source, name)] = self._entry_link(source, name)
-        return [(source, name, link) for (source, name), link in entries.items()], owners
+        found = [(source, name, link) for (source, name), link in entries.items()]
+        return found, reached, unplaceable
 
     def _entry_link(self, source: str, name: str) -> str:
         relative = source if source.startswith("class/") else f"bus/{source}/devices"

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
@@ -20,7 +20,9 @@ from .devices import HEALTHY, UNHEALTHY, Device
 from .files import DaemonThreads, Offload
 from .logs import get_logger, quote_text, setup_logging
 from .node import NodeInfo, NodeLabelSource, NoLabels, local_node_name, select_for_node, selects
-from .sysfs.rootdisk import RootDisk, find_root_disk
+
+if TYPE_CHECKING:  # a module only one command uses is imported where it runs
+    from .sysfs.rootdisk import RootDisk
 
 EXIT_OK = 0
 EXIT_DRIVER_FAILED = 1
@@ -175,15 +177,16 @@ def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
 
 
 def overlap_warnings(rows: list[CheckRow]) -> list[str]:
-    """One line per node or mount source two devices would reach: the host advertises only
-    the first (docs: Reliability, one node, one advertised device)."""
+    """One line per node or mount source two devices would reach: the host advertises one of
+    them at a time (docs: Reliability, one node, one advertised device; booked claims)."""
     from .ownership_claims import overlaps
 
     found = overlaps((row.resource, row.device) for row in rows if row.device is not None)
     return [
         f"warning: {quote_text(o.path)} is reachable from {quote_text(o.first.resource)} "
         f"(device {quote_text(o.first.device)}) and {quote_text(o.second.resource)} (device "
-        f"{quote_text(o.second.device)}): only the first to claim it is advertised"
+        f"{quote_text(o.second.device)}): only one is advertised at a time, the one a pod "
+        "holds it through, else the first to list it"
         for o in found
     ]
 
@@ -221,6 +224,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
     for warning in overlap_warnings(rows):
         print(warning, file=sys.stderr)
+    from .sysfs.rootdisk import find_root_disk
+
     for warning in root_disk_warnings(rows, find_root_disk(args.root_fs, args.sysfs_root)):
         print(warning, file=sys.stderr)
     failed = sorted({row.resource for row in rows if row.failed})
@@ -370,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .status import add_status_arguments
 
     add_status_arguments(status, config_help)
+    from .unbook import UNBOOK_HELP, add_unbook_arguments, cmd_unbook
+
+    add_unbook_arguments(add("unbook", cmd_unbook, UNBOOK_HELP), config_help)
     add("version", cmd_version, "Print the version.")
     sim = add("simulate-kubelet", cmd_simulate_kubelet, "Run a kubelet device-manager simulator.")
     sim.add_argument(

@@ -253,8 +253,10 @@ class DeviceTable:
     def degraded_reason(self) -> str | None:
         return self._degraded_reason
 
-    def add_listener(self, listener: Callable[[Snapshot], None]) -> None:
+    def add_listener(self, listener: Callable[[Snapshot], None]) -> Callable[[], None]:
+        """Call `listener` with every new snapshot, on the loop; returns the call that stops it."""
         self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool:
         """Replace the whole reported list. Returns True if what the kubelet sees changed.

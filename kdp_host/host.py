@@ -36,7 +36,8 @@ from .node import (
     select_for_node,
     settled,
 )
-from .ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex, read_saved
+from .ownership import OwnershipIndex
+from .ownership_bookings import ownership_file, read_saved
 from .podresources import PodResourcesPoller
 from .probes import HealthState
 from .process import ProcessRunner
@@ -47,7 +48,6 @@ from .resource import ResourceRuntime
 from .safety_net import SafetyNet
 from .services import HostServices, RegistryWait
 from .stale_sockets import remove_stale_sockets
-from .state_file import StateFile
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
 
@@ -93,7 +93,11 @@ class Host:
     def __post_init__(self) -> None:
         """Raises SelectionError (a ConfigError) if two entries of a name select this node."""
         self.selection = select_for_node(self.config, self.node)
-        self.ownership = OwnershipIndex(self.metrics, offload=self.offload)
+        self.ownership = OwnershipIndex(
+            self.metrics,
+            offload=self.offload,
+            pod_resources=self.config.kubelet.pod_resources_interval > 0,
+        )
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
 
@@ -125,23 +129,12 @@ class Host:
             )
         return out
 
-    async def _keep_ids(self) -> None:
-        """Read the IDs a reload kept (`ownership.json`) back into the ownership index, and
-        keep them there from now on."""
-        kept = StateFile(
-            self.config.state_dir,
-            OWNERSHIP_FILE,
-            "ownership_state",
-            OWNERSHIP_VERSION,
-            self.log,
-            self.offload,
-            consequence="IDs a reload kept are forgotten: a device renamed by a reload before "
-            "this restart is advertised under its new ID, while a pod may hold its old one",
-            if_unwritten="IDs a reload kept now are forgotten if kdp-host restarts before a "
-            "write succeeds",
-        )
-        saved = await self.offload.run(functools.partial(kept.load, read_saved))
-        self.ownership.keep_in(kept, saved)
+    async def _load_bookings(self) -> None:
+        """Read the bookings (`ownership.json`) back into the ownership index, and keep them
+        there from now on."""
+        bookings = ownership_file(self.config.state_dir, self.log, self.offload)
+        saved = await self.offload.run(functools.partial(bookings.load, read_saved))
+        self.ownership.keep_bookings_in(bookings, saved)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every resource until `stop` is set, then shut everything down cleanly."""
@@ -163,7 +156,7 @@ class Host:
             self.pod_resources.subscribe(self.ownership.holdings)
         release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
         await self.offload.run(release_state.load)
-        await self._keep_ids()
+        await self._load_bookings()
         commands = ProcessRunner()
         if not commands.dies_with_host:
             self.log.warning(
@@ -180,6 +173,7 @@ class Host:
             watcher,
             self.metrics,
             self.log,
+            SafetyNet(self.offload),
             self.drivers,
             commands=commands,
             pod_resources=self.pod_resources,
@@ -188,7 +182,6 @@ class Host:
             status_changed=self._refresh_readiness,
             registry_wait=self.registry_wait,
             offload=self.offload,
-            safety_net=SafetyNet(self.offload),
             node_features=node_features,
         )
         supervisor = Supervisor(services, self.restart_policy)
@@ -307,8 +300,8 @@ class Host:
                 self.log.warning(
                     "replicas_changed",
                     resource=name,
-                    detail="device IDs change: a device whose old IDs pods may hold waits until "
-                    "PodResources shows none held",
+                    detail="device IDs change: a device with a booked ID that is not among its "
+                    "new IDs is held until PodResources shows no pod holding it",
                 )
         stopping = {name: supervisor.stop_later(name) for name in (*plan.removed, *plan.changed)}
         for name in (*plan.changed, *plan.added):

@@ -36,15 +36,20 @@ Rules:
   old ID, which the kubelet may have given to a pod: the kubelet then never hands the same
   node out a second time under a new ID. A device whose own ID is taken that way is held
   (`id_taken`) until the old one is gone.
-- **Kept IDs survive a restart.** The claims of devices advertised under such an inherited
-  ID are kept in `<stateDir>/ownership.json` (`keep_in`, written by `StateFile`) and read back
-  at start as lingering claims, so the first list after a restart (a crash, SIGKILL, a
-  rolling upgrade) advertises the device under the ID the kubelet booked again. An entry goes
-  when the index lets go of its claim: the node is gone, or the device is no longer
-  advertised and PodResources (asked `HEARD_AFTER` later) shows no pod holding the ID. While
-  the device is advertised under the kept ID the entry stays: a pod may get it at any time.
-  A device waiting on a change of `replicas` is kept there too, and still waits after a
-  restart until PodResources shows no pod holding one of its old IDs.
+- **A booked claim wins.** When kdp-host answers an Allocate, the kubelet has booked those
+  IDs: each (resource, ID) is recorded with its device's exclusive claims (`book`,
+  `ownership_bookings`) and kept in `<stateDir>/ownership.json` (through `StateFile`) before
+  the answer goes out; writing only when the bookings change. While a booking lives,
+  nothing else reaching its claims is advertised: no other resource, no other ID of the
+  same node (a reload or a probe renamed it, `replicas` changed), before or after any
+  restart (bookings are read back at start, before any resource publishes, as lingering
+  claims of their device). A booking lives while PodResources shows a pod holding its ID,
+  even when the node is gone (a reused device number stays owned until the old pod ends);
+  it goes when an answer asked for `HEARD_AFTER` after the booking shows no pod holding the
+  ID, or is replaced when the kubelet allocates the same ID again. With PodResources
+  polling off nothing can show the pod ended: a booking then lives until the ID is
+  allocated again, or until it is dropped with `kdp-host unbook` while kdp-host is stopped;
+  a device it holds says so in its `device_held` line.
 """
 
 from __future__ import annotations
@@ -55,15 +60,15 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .devices import REPLICA_SEPARATOR, Device, replica_ids
+from .devices import REPLICA_SEPARATOR, Device, physical_id
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
-from .ownership_claims import ClaimKey, Claims, Owner, Resolver, host_paths
+from .ownership_claims import Claims, Owner, Resolver, host_paths
 from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
-from .ownership_table import Holding, ReplicaWait, ResourceState, Saved
+from .ownership_table import Holding, ResourceState
 
 if TYPE_CHECKING:
     from .podresources import Holdings
@@ -73,9 +78,6 @@ HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
 ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
 for later shows every pod that can hold it."""
-
-OWNERSHIP_FILE = "ownership.json"
-OWNERSHIP_VERSION = 1
 
 HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
@@ -117,8 +119,11 @@ class OwnershipIndex(Resolving):
         clock: Callable[[], float] = time.monotonic,
         offload: Offload | None = None,
         timeout: float = RESOLVE_TIMEOUT,
+        pod_resources: bool = True,
     ) -> None:
+        """`pod_resources`: PodResources polling is on (a booking can be seen to end)."""
         super().__init__(clock, metrics, resolve, offload, timeout)
+        self.pod_resources = pod_resources
         self._pending: dict[str, None] = {}
         self._draining = False
         self._watcher: Watcher | None = None
@@ -189,9 +194,8 @@ class OwnershipIndex(Resolving):
     ) -> Callable[[], None]:
         """A runtime of `resource` starts publishing to `publish`; returns its detach.
 
-        A resource added back after it was retired takes its old claims back. When its
-        `replicas` changed, every device whose old replica IDs are not all among the new
-        ones waits until no pod holds one of those (PodResources), then is advertised."""
+        A resource added back after it was retired takes its old claims back. Its `replicas`
+        decide which booked IDs its devices may have (`book`)."""
         state = self._state(resource)
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
@@ -199,18 +203,6 @@ class OwnershipIndex(Resolving):
         # A new runtime's first list is admitted in full (and logged, what it holds too)
         # unless the resource never listed a device.
         state.plain = not state.admitted_from and not state.owned and not state.lingering
-        if state.replicas is not None and state.replicas != replicas:
-            now = self._clock()
-            for device_id in [*state.owned, *state.waits]:
-                gone = set(replica_ids(device_id, state.replicas))
-                gone -= set(replica_ids(device_id, replicas))
-                before = state.waits.get(device_id)
-                if before is not None:
-                    gone |= before.vanished
-                if gone:
-                    state.waits[device_id] = ReplicaWait(frozenset(gone), now)
-            if state.waits:
-                self._kept_changed()
         state.replicas = replicas
 
         def detach() -> None:
@@ -239,21 +231,19 @@ class OwnershipIndex(Resolving):
             self._drain()
 
     def holdings(self, holdings: Holdings) -> None:
-        """Who holds what, from the kubelet's PodResources API: a lingering claim whose
-        device no pod holds is released (its waiter is advertised), once the answer was
-        asked for well after the device stopped being advertised (the kubelet may have
-        admitted a pod with it until it heard of that)."""
-        released = False
+        """Who holds what, from the kubelet's PodResources API: a booking no pod holds goes,
+        then a lingering claim whose device no pod holds is released (its waiter is
+        advertised), once the answer was asked for well after the booking, or after the
+        device stopped being advertised (the kubelet may have admitted a pod with it until
+        it heard of that)."""
+        released = self._ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
+        if released:
+            self._ledger.changed()
+        booked = self._ledger.booked
         for state in self._resources.values():
             held = holdings.of(state.name)
-            for device_id, wait in list(state.waits.items()):
-                late = holdings.asked_at >= wait.since + HEARD_AFTER
-                if late and not any(replica in held for replica in wait.vanished):
-                    del state.waits[device_id]
-                    self._kept_changed()
-                    released = True
             for key, (since, _) in list(state.lingering.items()):
-                if holdings.asked_at < since + HEARD_AFTER:
+                if holdings.asked_at < since + HEARD_AFTER or key in booked:
                     continue
                 device = self._exclusive[key].device
                 if not any(_advertises(a, device) for a in held):
@@ -262,6 +252,38 @@ class OwnershipIndex(Resolving):
         if released:
             self._wake_waiting("")
             self._drain()
+
+    # ------------------------------------------------------------------ bookings
+
+    async def book(self, resource: str, ids: Iterable[str]) -> None:
+        """The kubelet booked `ids` of `resource` (an Allocate is answered): record each with
+        the claims of its device, and return once `<stateDir>/ownership.json` holds them
+        (nothing is written when the bookings are the ones recorded already)."""
+        ledger = self._ledger
+        if self._book(resource, ids) and ledger.sink is not None:
+            ledger.changed()
+            await ledger.sink.flush()
+
+    def _book(self, resource: str, ids: Iterable[str]) -> bool:
+        state = self._resources.get(resource)
+        if state is None:
+            return False
+        now = self._clock()
+        changed = False
+        for kubelet_id in ids:
+            device = physical_id(kubelet_id, state.replicas or 1)
+            claims = state.owned.get(device)
+            if claims is not None:
+                booked = claims.exclusive
+            else:  # it stopped being advertised since the kubelet's last list
+                me = Owner(resource, device)
+                booked = tuple(
+                    claim
+                    for key, (_, claim) in state.lingering.items()
+                    if self._exclusive.get(key) == me
+                )
+            changed |= self._ledger.record(Owner(resource, kubelet_id), device, booked, now)
+        return changed
 
     # ------------------------------------------------------------------ publishing
 
@@ -307,6 +329,18 @@ class OwnershipIndex(Resolving):
             if name != releaser and other.held and other.publish is not None:
                 self._pending[name] = None
 
+    def _what_releases(self, why: Holding) -> str:
+        if why.reason != "booked":
+            return "not advertised until the owner is gone"
+        if self.pod_resources:
+            return "not advertised until PodResources shows no pod holding the booked ID"
+        return (
+            "not advertised while the booking lives: PodResources polling is off "
+            "(kubelet.podResourcesInterval: 0s), so nothing shows its pod ended; it ends when "
+            "the kubelet allocates the booked ID again, or with `kdp-host unbook` run while "
+            "kdp-host is stopped"
+        )
+
     def _note_held(
         self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
     ) -> None:
@@ -329,37 +363,12 @@ class OwnershipIndex(Resolving):
                     owner_device=owner.device,
                     owner_advertised=bool(owner_state and owner.device in owner_state.owned),
                     owner_retired=bool(owner_state and owner_state.retired),
-                    action="not advertised until the owner is gone",
+                    action=self._what_releases(why),
                 )
         for device_id in state.held.keys() - holding.keys():
             if log is not None and device_id in ids:
                 log.info("device_claim_won", device=device_id, advertised_as=ids[device_id])
         state.held = holding
-
-
-def read_saved(document: Mapping[str, Any]) -> Saved:
-    """`ownership.json`, checked: each claim a `kind` of `c` or `b` with a device number, or
-    `path` or `dir` with a path, and text resource, device, path and real path; each wait a
-    text resource and device and a list of text IDs."""
-    saved = Saved([], [])
-    for entry in document.get("waits", ()):
-        names = [entry["resource"], entry["device"], *entry["vanished"]]
-        if not all(isinstance(text, str) and text for text in names):
-            raise TypeError(f"a wait's resource, device and IDs must be text: {entry!r}")
-        saved.waits.append((names[0], names[1], frozenset(names[2:])))
-    for entry in document["claims"]:
-        kind, value = entry["kind"], entry["key"]
-        if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
-            key: ClaimKey = (kind, value)
-        elif kind in ("path", "dir") and isinstance(value, str):
-            key = (kind, value)
-        else:
-            raise TypeError(f"a claim is not c/b with a number or path/dir with a path: {entry!r}")
-        texts = [entry[name] for name in ("resource", "device", "path", "real")]
-        if not all(isinstance(text, str) and text for text in texts):
-            raise TypeError(f"a claim's resource, device, path and real must be text: {entry!r}")
-        saved.claims.append((Owner(texts[0], texts[1]), (key, texts[2], texts[3])))
-    return saved
 
 
 class _Table(Protocol):

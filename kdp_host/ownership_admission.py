@@ -3,7 +3,7 @@
 Devices that own their claims already go first (the kubelet may have given them to a pod),
 then the others in ID order; a device whose claims another owns is held; a device whose
 claims an old ID of the same resource owns is advertised under that ID. The common case
-(no renames, nothing waiting on replicas) costs the devices that changed; an unchanged list
+(no renames) costs the devices that changed; an unchanged list
 costs what is held and what lingers.
 """
 
@@ -35,6 +35,14 @@ class Admission(ClaimTable):
     def _wake_waiting(self, releaser: str) -> None:
         """A claim was released: admit again the resources with held devices."""
 
+    def _booking_conflict(
+        self, state: ResourceState, device_id: str, claims: Claims
+    ) -> Holding | None:
+        """A booking wins: held when one of the device's claims is booked under an ID it is
+        not about to be advertised under (another resource, device or replica count)."""
+        found = self._ledger.conflict(state.name, device_id, state.replicas or 1, claims)
+        return None if found is None else Holding("booked", found[0], found[1])
+
     def _claims_of(self, state: ResourceState, devices: Mapping[str, Device]) -> dict[str, Claims]:
         """Claims of every device, resolved again only for devices that changed."""
         cache, before = state.claims, state.admitted_from
@@ -59,7 +67,7 @@ class Admission(ClaimTable):
         unchanged = state.settled and (
             devices is state.admitted_from or devices == state.admitted_from
         )
-        if unchanged and not state.held and not state.lingering and not state.waits:
+        if unchanged and not state.held and not state.lingering:
             return state.admitted
         admitted = self._admit_changes(state, devices, unchanged)
         if admitted is None:
@@ -107,13 +115,12 @@ class Admission(ClaimTable):
                 holding[device_id] = why
                 released |= self._unadvertise(state, advertised_id)
                 continue
-            self._claim(state, advertised_id, claim, inherited=advertised_id != device_id)
+            self._claim(state, advertised_id, claim)
             taken.add(advertised_id)
-            wait = state.waits.get(advertised_id)
-            if wait is not None:
-                # it keeps its claims: pods may hold it under its old replica IDs
-                vanished = ",".join(sorted(wait.vanished))
-                holding[device_id] = Holding("replicas_changed", Owner(name, vanished), "")
+            booked = self._booking_conflict(state, advertised_id, claim)
+            if booked is not None:
+                # it keeps its claims, but a pod holds them under another ID
+                holding[device_id] = booked
                 continue
             device = devices[device_id]
             admitted[advertised_id] = (
@@ -121,13 +128,10 @@ class Admission(ClaimTable):
             )
         for advertised_id in [a for a in state.owned if a not in taken]:
             released |= self._unadvertise(state, advertised_id)
-        for advertised_id in [a for a in state.waits if a not in taken]:
-            del state.waits[advertised_id]  # gone from the list: nothing left to wait for
-            self._kept_changed()
         self._note_held(state, holding, ids)
         if released:
             self._wake_waiting(name)
-        state.plain = not state.waits and all(ids[d] == d for d in ids if d not in holding)
+        state.plain = all(ids[d] == d for d in ids if d not in holding)
         if not holding and state.plain:
             return devices
         return admitted
@@ -136,12 +140,12 @@ class Admission(ClaimTable):
         self, state: ResourceState, devices: Mapping[str, Device], unchanged: bool
     ) -> Mapping[str, Device] | None:
         """The common case in O(changed) claim work: every device the last admission
-        advertised kept its own ID, and nothing waits on replicas. Devices that changed, and
+        advertised kept its own ID. Devices that changed, and
         those held last time, are admitted or held one by one (with `unchanged`, the list is
         the last one: only those held); a change that may rename a device (a node let go of,
         a claim of a device of this resource that is no longer advertised) goes to the full
         admission, which starts from what this did. Returns what to advertise, or None."""
-        if not state.plain or state.waits:
+        if not state.plain:
             return None
         cache, before = state.claims, state.admitted_from
         dirty = [d for d in state.held if d in devices]
@@ -185,6 +189,9 @@ class Admission(ClaimTable):
                 continue
             released |= self._drop_keys(state, device_id, claims)
             self._claim(state, device_id, claims)
+            booked = self._booking_conflict(state, device_id, claims)
+            if booked is not None:
+                holding[device_id] = booked  # it keeps its claims (see _admit_all)
         if released:
             self._wake_waiting(state.name)
         if result is None:

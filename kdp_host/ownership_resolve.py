@@ -25,7 +25,7 @@ from typing import Final, Literal
 from .files import Offload
 from .metrics import Metrics
 from .ownership_admission import Admission
-from .ownership_claims import ClaimKey, Reached, Resolver, host_paths, reach
+from .ownership_claims import ClaimKey, Owner, Reached, Resolver, host_paths, reach
 from .ownership_table import ResourceState
 
 UNRESOLVED_REASON: Final = "read_timeout"
@@ -258,7 +258,8 @@ class Resolving(Admission):
         state.needs = needs
         state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}
         wanted = {path for paths in needs.values() for path in paths}
-        wanted.update(claim[1] for _, claim in state.lingering.values())
+        booked = self._ledger.booked  # (held while booked, gone or not)
+        wanted.update(c[1] for k, (_, c) in state.lingering.items() if k not in booked)
         for why in state.held.values():
             owner = None if why.key is None else self._exclusive.get(why.key)
             if owner is not None and why.key is not None:
@@ -266,6 +267,22 @@ class Resolving(Admission):
                 if lingering is not None:
                     wanted.add(lingering[1][1])
         return wanted - self._fresh.keys()
+
+    async def owners_of(self, paths: Collection[str]) -> dict[str, Owner | None]:
+        """The device that owns each host path exclusively (advertised, lingering or booked;
+        through a directory another device mounts above it, or, for a directory, a claim
+        below it), resolved off the loop; None where no device does (or nothing is there)."""
+        if self._paths.offload is not None:
+            resolved = await self._paths.resolve(paths)
+        else:
+            resolved = self._paths.inline(paths)
+        found: dict[str, Owner | None] = {}
+        for path in paths:
+            reached = resolved.get(path)
+            found[path] = (
+                None if reached is None or isinstance(reached, str) else self._owner(reached)
+            )
+        return found
 
     def _lookup(self, path: str) -> Reached | None:
         """A path's claim, as resolved for this admission (`_wanted` named every one; a

@@ -12,11 +12,20 @@ import abc
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from .devices import Device
 from .logs import EventLogger
-from .ownership_claims import Claim, ClaimKey, Claims, Owner, ancestors, below, owner_order
+from .ownership_bookings import Booking, Ledger, Saved, StateSink
+from .ownership_claims import (
+    Claim,
+    ClaimKey,
+    Claims,
+    Owner,
+    Reached,
+    ancestors,
+    below,
+    owner_order,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +34,8 @@ class Holding:
 
     reason: str
     """`owned` (another device's claim), `shared` (a node other devices share),
-    `replicas_changed` (pods may hold the device under its IDs before a change of
-    `replicas`; the owner's device field lists them),
+    `booked` (the kubelet booked one of its claims under another ID or resource: the
+    owner is that booking),
     `id_taken` (its ID is the old ID of another device of the resource)."""
     owner: Owner
     path: str
@@ -65,8 +74,6 @@ class ResourceState:
     """The last admission advertised every device it did not hold under its own ID."""
     replicas: int | None = None
     """The replica count its last runtime advertised with."""
-    waits: dict[str, ReplicaWait] = field(default_factory=dict)
-    """Devices held after a change of `replicas` while pods may hold their old IDs."""
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Devices of `reported` whose claims must be resolved first, with their host paths."""
     wanted: set[str] = field(default_factory=set)
@@ -74,28 +81,6 @@ class ResourceState:
     resolving: asyncio.Task[None] | None = None
     unresolved: dict[str, str] = field(default_factory=dict)
     """Devices left out because a path of theirs did not resolve in time, with that path."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaWait:
-    vanished: frozenset[str]
-    """Advertised IDs of the device before the change that the new count does not have."""
-    since: float
-
-
-class StateSink(Protocol):
-    """Where the index keeps its kept IDs (`state_file.StateFile`)."""
-
-    def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
-
-
-@dataclass(frozen=True)
-class Saved:
-    """What `ownership.json` held: kept claims with their owners, and devices waiting on a
-    change of `replicas` (resource, device, the old advertised IDs a pod may hold)."""
-
-    claims: list[tuple[Owner, Claim]]
-    waits: list[tuple[str, str, frozenset[str]]]
 
 
 class ClaimTable(abc.ABC):
@@ -116,10 +101,8 @@ class ClaimTable(abc.ABC):
         self._below: dict[str, int] = {}
         """Directory -> how many claims of `_at` are below it."""
         self._resources: dict[str, ResourceState] = {}
-        self._kept: dict[ClaimKey, tuple[Owner, Claim]] = {}
-        """Exclusive claims of devices advertised under an ID they inherited, advertised or
-        lingering: what `<stateDir>/ownership.json` holds."""
-        self._sink: StateSink | None = None
+        self._ledger = Ledger()
+        """The IDs the kubelet booked, with their claims (`<stateDir>/ownership.json`)."""
 
     def _state(self, resource: str) -> ResourceState:
         state = self._resources.get(resource)
@@ -135,54 +118,23 @@ class ClaimTable(abc.ABC):
     def _follow(self, resource: str, claims: Claims) -> None:
         """`resource` claimed `claims`: follow their paths for changes."""
 
-    def keep_in(self, sink: StateSink, saved: Saved | None) -> None:
-        """Keep the claims of devices advertised under inherited IDs, and the devices waiting
-        on a change of `replicas`, in `sink` from now on, after taking back those `saved` by
-        the last run (before any resource publishes): each claim lingers with its owner, as if
-        its device had just stopped being advertised; each wait starts again."""
+    def keep_bookings_in(self, sink: StateSink, saved: Saved | None) -> None:
+        """Keep the bookings in `sink` from now on, after taking back those `saved` by the
+        last run (before any resource publishes): each claim lingers with its device, as if
+        it had just stopped being advertised, and its booking holds it."""
         now = self._clock()
-        for resource, device, vanished in saved.waits if saved else ():
-            self._state(resource).waits.setdefault(device, ReplicaWait(vanished, now))
-        for owner, claim in saved.claims if saved else ():
-            key = claim[0]
-            if key in self._exclusive:
-                continue
+        for owner, device, claims in saved or ():
+            self._ledger.add(owner, Booking(device, claims, now))
             state = self._state(owner.resource)
             if state.publish is None:
                 state.retired = True  # until a runtime of it attaches
-            self._count(key, claim[2])
-            self._exclusive[key] = owner
-            self._kept[key] = (owner, claim)
-            state.lingering[key] = (now, claim)
-        self._sink = sink
-
-    def _kept_changed(self) -> None:
-        if self._sink is not None:
-            self._sink.changed(self._kept_document)
-
-    def _kept_document(self) -> Mapping[str, Any]:
-        waits = [
-            {"resource": state.name, "device": device, "vanished": sorted(wait.vanished)}
-            for state in self._resources.values()
-            for device, wait in sorted(state.waits.items())
-        ]
-        return {
-            "waits": waits,
-            "claims": [
-                {
-                    "resource": owner.resource,
-                    "device": owner.device,
-                    "kind": key[0],
-                    "key": key[1],
-                    "path": path,
-                    "real": real,
-                }
-                for (key, path, real), owner in sorted(
-                    ((claim, owner) for owner, claim in self._kept.values()),
-                    key=lambda item: str(item[0][0]),
-                )
-            ],
-        }
+            for claim in claims:
+                key = claim[0]
+                if key not in self._exclusive:
+                    self._count(key, claim[2])
+                    self._exclusive[key] = Owner(owner.resource, device)
+                    state.lingering[key] = (now, claim)
+        self._ledger.sink = sink
 
     def _incumbent(self, state: ResourceState, advertised_id: str, claims: Claims) -> bool:
         """Whether the device advertised as `advertised_id` owns its claims already."""
@@ -249,6 +201,24 @@ class ClaimTable(abc.ABC):
                         return why
         return None
 
+    def _owner(self, reached: Reached) -> Owner | None:
+        """The device that owns what a path reaches exclusively (through a directory it
+        mounts above it, or, for a directory, a claim below it); None if none does."""
+        key, real = reached
+        owner = self._exclusive.get(key)
+        if owner is not None:
+            return owner
+        for directory in ancestors(real):
+            outer = self._dirs.get(directory)
+            if outer is not None and (owner := self._exclusive.get(outer)) is not None:
+                return owner
+        if key[0] == "dir":
+            at, _ = self._containment()
+            for inner, inner_real in at.items():
+                if below(inner_real, real) and (owner := self._exclusive.get(inner)) is not None:
+                    return owner
+        return None
+
     def _holds(self, me: Owner, key: ClaimKey) -> bool:
         return self._exclusive.get(key) == me or me in self._shared.get(key, ())
 
@@ -300,7 +270,9 @@ class ClaimTable(abc.ABC):
         owner = self._exclusive[key]
         state = self._resources[owner.resource]
         lingering = state.lingering.get(key)
-        if lingering is None or self._still_there(key, lingering[1][1]):
+        if lingering is None or key in self._ledger.booked:
+            return False  # advertised, or a pod holds it (even when its node is gone)
+        if self._still_there(key, lingering[1][1]):
             return False
         self._release_lingering(state, key)
         return True
@@ -309,21 +281,15 @@ class ClaimTable(abc.ABC):
         del state.lingering[key]
         del self._exclusive[key]
         self._uncount(key)
-        if self._kept.pop(key, None) is not None:
-            self._kept_changed()
 
     def _prune_gone(self, state: ResourceState) -> bool:
         """Release this resource's lingering claims whose nodes are gone."""
         return any([self._released_if_gone(key) for key in list(state.lingering)])
 
-    def _claim(
-        self, state: ResourceState, device_id: str, claims: Claims, inherited: bool = False
-    ) -> None:
+    def _claim(self, state: ResourceState, device_id: str, claims: Claims) -> None:
         me = Owner(state.name, device_id)
         lingering = state.lingering
         exclusive = self._exclusive
-        kept = self._kept
-        changed = False
         for claim in claims.exclusive:
             key = claim[0]
             if key not in exclusive:
@@ -331,14 +297,6 @@ class ClaimTable(abc.ABC):
             exclusive[key] = me
             if lingering:
                 lingering.pop(key, None)
-            if inherited:
-                if kept.get(key) != (me, claim):
-                    kept[key] = (me, claim)
-                    changed = True
-            elif kept and kept.pop(key, None) is not None:
-                changed = True
-        if changed:
-            self._kept_changed()
         for key, _, real in claims.shared:
             sharers = self._shared.get(key)
             if sharers is None:

@@ -56,6 +56,7 @@ class ResourceRuntime:
                 services.commands,
                 services.metrics,
                 self.log,
+                services.ownership.owners_of,
             )
         )
         self.release = (
@@ -90,6 +91,7 @@ class ResourceRuntime:
             pre_start=self._pre_start,
             allocate_hook=self._allocate_hook,
             release=self.release,
+            bookings=self._services.ownership,
         )
 
     def _on_devices_changed(self, snapshot: Snapshot) -> None:

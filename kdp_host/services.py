@@ -41,13 +41,13 @@ class HostServices:
     watcher: Watcher
     metrics: Metrics
     log: EventLogger
+    safety_net: SafetyNet
+    """The host's one periodic-check timer, shared by every resource (its scan loop, its
+    socket checks)."""
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
     offload: Offload = field(default_factory=DaemonThreads)
     """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
-    safety_net: SafetyNet | None = None
-    """The host's one periodic-check timer, shared by every resource (None: each driver
-    makes its own)."""
     commands: CommandRunner = field(default_factory=ProcessRunner)
     """Runs every command of the resources: probes, health checks, preStart, allocate and
     release."""

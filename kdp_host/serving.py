@@ -18,12 +18,11 @@ import collections
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from .backoff import Backoff
 from .endpoint import socket_name
 from .logs import EventLogger
-from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
 from .protocol.registration import (
     KUBELET_SOCKET,
     FileIdentity,
@@ -36,25 +35,25 @@ from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService
 from .services import HostServices, ResourceStatus
 
+if TYPE_CHECKING:  # imported where used: only `registration: pluginsRegistry` needs it
+    from .protocol.plugin_registry import KubeletVerdict
+
 SAFETY_CHECK_INTERVAL = 30.0
-"""Re-check sockets this often even when no watch event came (a lost event costs at most this)."""
+"""Re-check sockets this often even when no watch event came (a lost event costs at most this),
+on the host's one safety-net timer (`safety_net.SafetyNet`): no resource wakes for it."""
 FRESH_KUBELET_RETRY = 0.01
 KUBELET_HANG_UP_WAIT = 1.0
-"""How long a stopping server waits for the kubelet to close its connection after the
-streams ended (it does at once; another client may keep one open)."""
+"""How long a stopping server waits for the kubelet to hang up once the streams ended."""
 FIRST_SCAN_WAIT = 2.0
-"""Register only after the driver's first list (so the kubelet does not see 0 devices first),
-but do not wait longer than this for a slow probe."""
+"""Register after the driver's first list (not 0 devices first), waiting this long at most."""
 OPTIONS_CHANGED: Final = "options_changed"
-"""Why a resource registers again when the kubelet must learn new DevicePluginOptions (it
-takes them only at registration): GetPreferredAllocation now matters."""
+"""Registering again: the kubelet must learn new options (GetPreferredAllocation matters)."""
 STREAM_LOST: Final = "stream_lost"
 """In the queue of what the kubelet did, beside its verdicts: it ended our last stream."""
 
 
 ServiceFactory = Callable[[Callable[[], None]], DevicePluginService]
-"""Makes the DevicePlugin service of a new socket, given what to call when the kubelet ends
-its stream."""
+"""Makes a new socket's DevicePlugin service, given what to call when its stream ends."""
 
 
 class ServingLoop:
@@ -84,6 +83,8 @@ class ServingLoop:
         self.socket_path = os.path.join(self._serve_dir, self.endpoint)
         self._service: DevicePluginService | None = None
         """The service of the socket served now (None between two servers)."""
+        self._expected: tuple[FileIdentity, FileIdentity | None] | None = None
+        """The socket and kubelet.sock the safety net checks (`_sockets_unchanged`)."""
         self._wake = asyncio.Event()
         self._stream_lost = False
         self._kubelet_events: collections.deque[KubeletVerdict | Literal["stream_lost"]] = (
@@ -108,6 +109,9 @@ class ServingLoop:
         wait = self._services.registry_wait
         patience = Backoff(wait.first, wait.maximum)
         refusals = Backoff()
+        leave_net = self._services.safety_net.join(
+            SAFETY_CHECK_INTERVAL, self._sockets_unchanged, self._safety_answer, timeout=5.0
+        )
         try:
             while True:
                 if self._registry:
@@ -129,8 +133,13 @@ class ServingLoop:
                     await self._stop_server(service, server)
                 self.log.info("reregistering", reason=reason)
         finally:
+            leave_net()
             subscription.cancel()
             self._mark(serving=False, registered=False)
+
+    def _safety_answer(self, unchanged: bool) -> None:
+        if not unchanged:  # no answer within 5 s counts as a change, too
+            self._wake.set()
 
     def _on_socket_dir_event(self, name: str | None) -> None:
         if name is None or name in (KUBELET_SOCKET, self.endpoint):
@@ -156,6 +165,8 @@ class ServingLoop:
             service = self._make_service(self._on_stream_lost)
             handlers: list[object] = [service]
             if self._registry:
+                from .protocol.plugin_registry import PluginRegistrationService
+
                 handlers.append(
                     PluginRegistrationService(
                         self.name,
@@ -190,7 +201,7 @@ class ServingLoop:
         The synchronous part (close, drop connections, remove the socket) runs even when
         the wait for the streams is interrupted by a second cancel.
         """
-        self._service = None
+        self._service, self._expected = None, None
         self._mark(serving=False, registered=False)
         try:
             await service.end_streams()
@@ -254,6 +265,7 @@ class ServingLoop:
     async def _wait_until_reregister_needed(
         self, service: DevicePluginService, identity: FileIdentity, kubelet: FileIdentity | None
     ) -> str:
+        self._expected = (identity, kubelet)
         while True:
             self._wake.clear()
             if file_identity(self.socket_path) != identity:
@@ -265,7 +277,16 @@ class ServingLoop:
                 return "stream_closed_by_kubelet"
             if service.options_outdated():
                 return OPTIONS_CHANGED
-            await self._sleep_or_wake(SAFETY_CHECK_INTERVAL)
+            await self._wake.wait()
+
+    def _sockets_unchanged(self) -> bool:
+        """The safety net's check, off the loop (False wakes the loop to look itself)."""
+        if (expected := self._expected) is None:
+            return True
+        socket, kubelet = expected
+        if file_identity(self.socket_path) != socket:
+            return False
+        return self._registry or kubelet_socket_identity(self._serve_dir) in (None, kubelet)
 
     async def _first_list(self) -> None:
         """Wait for the first complete list (`FIRST_SCAN_WAIT` at most)."""
@@ -290,6 +311,7 @@ class ServingLoop:
         must come within `patience`. A refusal is retried after `refusals`, unless the kubelet
         (a newer one retries by itself) registers the socket meanwhile.
         """
+        self._expected = (identity, None)
         loop = asyncio.get_running_loop()
         metrics = self._services.metrics
         deadline: float | None = loop.time() + patience.next_delay()
@@ -302,19 +324,19 @@ class ServingLoop:
                 return OPTIONS_CHANGED
             while self._kubelet_events:
                 event = self._kubelet_events.popleft()
-                if event == STREAM_LOST:
+                if isinstance(event, str):  # STREAM_LOST
                     if self.status.registered:
                         self._mark(registered=False, error="not registered: stream closed")
                         self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
                         deadline = loop.time() + patience.next_delay()
-                elif isinstance(event, KubeletVerdict) and event.registered:
+                elif event.registered:
                     metrics.registrations.labels(self.name, "ok").inc()
                     patience.reset()
                     refusals.reset()
                     deadline, refused, self._last_refusal = None, None, None
                     self._mark(registered=True)
                     self.log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
-                elif isinstance(event, KubeletVerdict):
+                else:
                     metrics.registrations.labels(self.name, "refused").inc()
                     self._mark(registered=False, error="not registered: refused")
                     level = (
@@ -339,11 +361,10 @@ class ServingLoop:
                     dir=self._serve_dir,
                 )
                 return "no_registration_status"
-            delay = SAFETY_CHECK_INTERVAL if deadline is None else deadline - loop.time()
-            await self._sleep_or_wake(delay)
+            await self._sleep_or_wake(None if deadline is None else deadline - loop.time())
 
-    async def _sleep_or_wake(self, delay: float) -> None:
-        """Sleep, cut short by a socket-dir event (callers clear the event before checking)."""
+    async def _sleep_or_wake(self, delay: float | None) -> None:
+        """Sleep (None: until woken), cut short by `_wake` (callers clear it, then check)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._wake.wait()

@@ -14,8 +14,6 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +145,8 @@ def status_address(listen: str) -> str:
 
 def fetch_devices(address: str, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
     """GET /devices from a running host; raises OSError (or ValueError for a bad answer)."""
+    import urllib.request  # only `kdp-host status` asks (a running host answers /devices)
+
     with urllib.request.urlopen(f"http://{address}/devices", timeout=timeout) as response:
         raw = response.read(MAX_ANSWER + 1)
     if len(raw) > MAX_ANSWER:
@@ -162,7 +162,9 @@ def status_command(args: argparse.Namespace, listen: str) -> int:
     try:
         document = fetch_devices(address)
     except (OSError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        from urllib.error import URLError
+
+        reason = exc.reason if isinstance(exc, URLError) else exc
         print(f"kdp-host: cannot read http://{address}/devices: {reason}", file=sys.stderr)
         return 1
     if args.format == "json":

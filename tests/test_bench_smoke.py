@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench import harness, hotplug, latency, run
+from tests.bench import harness, hotplug, latency, run, scale
 
 MODULES = (
     "containment",
@@ -46,6 +46,23 @@ def test_statistics_helpers() -> None:
     assert (figure.median, figure.min, figure.max, figure.passed) == (2.0, 1.0, 3.0, True)
     assert harness.Figure("y", "ms", target=1.0).passed is False
     assert math.isnan(harness.Figure("z", "ms").median)
+
+
+def test_scale_start_up_ends_when_every_resource_listed_all_its_devices() -> None:
+    """An empty first list (a resource that registered before its first scan was done) is
+    not the end of start-up: the scale bench's idle window must not begin in its scan."""
+    updates = {
+        "a": [harness.Update(1.0, 0, 0), harness.Update(5.0, 10, 10)],
+        "b": [harness.Update(0.5, 10, 10), harness.Update(2.0, 10, 10)],
+    }
+    since = {"a": 0.9, "b": 1.5}  # b's list at 0.5 came before its Register
+
+    def of(name: str) -> list[harness.Update]:
+        return updates[name]
+
+    assert scale.all_devices_listed(of, since, 10) == 5.0
+    updates["a"].pop()
+    assert scale.all_devices_listed(of, since, 10) is None
 
 
 def check_figures(figures: list[harness.Figure], with_target: bool = True) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -19,6 +21,7 @@ from kdp_host import __version__
 from kdp_host.cli import build_parser, device_cell, main
 from kdp_host.devices import Device, DeviceNode
 from kdp_host.logs import get_logger, quote_text
+from kdp_host.ownership_bookings import OWNERSHIP_FILE
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.watch import PollingWatcher, Watcher, make_watcher
 
@@ -125,7 +128,8 @@ def test_check_warns_when_one_node_is_reachable_from_two_resources(
     warnings = [line for line in err if line.startswith("warning:")]
     assert warnings == [
         f"warning: {dev}/fpga0 is reachable from {FPGA} (device fpga0) and {alias} (device "
-        "fpga0): only the first to claim it is advertised"
+        "fpga0): only one is advertised at a time, the one a pod holds it through, else the "
+        "first to list it"
     ]
 
 
@@ -271,3 +275,35 @@ async def test_status_asks_a_running_host_and_devices_can_be_turned_off(
     async with kdp_host_run(config) as (_, port):
         with pytest.raises(urllib.error.HTTPError, match="404"):
             await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/devices")
+
+
+def test_unbook_drops_bookings_only_while_kdp_host_is_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    claims = [{"kind": "path", "key": "/dev/x", "path": "/dev/x", "real": "/dev/x"}]
+    bookings = [
+        {"resource": FPGA, "id": i, "device": i.split("::")[0], "claims": claims}
+        for i in ("fpga0::0", "fpga0::1")
+    ]
+    (state / OWNERSHIP_FILE).write_text(json.dumps({"version": 1, "bookings": bookings}))
+    with socket.socket() as listener:  # a running host's HTTP port
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"stateDir: {state}\nmetrics: {{listen: 127.0.0.1:{port}}}\n"
+            f"resources:\n  - name: {FPGA}\n    glob: {{paths: [/dev/fpga*]}}\n"
+        )
+        assert main(["unbook", "--config", str(config), FPGA]) == 1
+        assert "stop it first" in capsys.readouterr().err
+    assert len(json.loads((state / OWNERSHIP_FILE).read_text())["bookings"]) == 2
+    assert main(["unbook", "--config", str(config), FPGA, "fpga0::1"]) == 0
+    left = json.loads((state / OWNERSHIP_FILE).read_text())["bookings"]
+    assert [b["id"] for b in left] == ["fpga0::0"]
+    assert main(["unbook", "--config", str(config), "other.example/x"]) == 1
+    assert "no booking" in capsys.readouterr().err
+    config.write_text("resources: [")
+    assert main(["unbook", "--config", str(config), FPGA]) == 2

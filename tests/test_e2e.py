@@ -13,15 +13,18 @@ import grpclib.server
 import pytest
 from grpclib.client import Channel
 
+from kdp_host import serving
 from kdp_host.api.v1beta1 import DevicePluginStub, Empty, RegisterRequest, RegistrationBase
 from kdp_host.config import DriverConfig, GlobDriverConfig
 from kdp_host.devices import Device
 from kdp_host.drivers import Driver, DriverDeps, Notifier, make_driver
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 from kdp_host.supervisor import RestartPolicy
+from kdp_host.testing import ManualWatcher
 
 from .cdi_spec import read_spec_file
 from .conftest import glob_config, script, wait_until
+from .test_offload import CountingOffload
 
 FPGA = "vendor.example/fpga"
 SERIAL = "vendor.example/serial"
@@ -121,6 +124,34 @@ async def test_socket_deleted_is_served_again(
     await kubelet.allocate(FPGA, 1)
     assert kubelet.resource(SERIAL).registrations == 1
     assert kubelet.stale_disconnects == 0
+
+
+async def test_a_socket_deletion_the_watcher_missed_is_found_by_the_hosts_safety_net(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    devices: Path,
+    start_host,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No socket-dir event reaches the resources (a watcher that reports nothing): every
+    resource's socket check runs in the host's one safety net, off the loop (through the
+    host's offload), and a socket deleted meanwhile is served and registered again."""
+    monkeypatch.setattr(serving, "SAFETY_CHECK_INTERVAL", 0.2)
+    config = two_resources(socket_dir, devices).replace(
+        "gracePeriod: 1s", "gracePeriod: 1s, rescanInterval: 1h"
+    )
+    offload = CountingOffload()
+    running = await start_host(config, watcher=ManualWatcher(), offload=offload)
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+    before = offload.calls
+    for name in (FPGA, SERIAL):
+        os.unlink(running.host.resources[name].socket_path)
+    for name in (FPGA, SERIAL):
+        await kubelet.wait_for(lambda n=name: kubelet.resource(n).registrations == 2, timeout=10)
+    assert offload.calls > before  # the checks that found it ran off the loop
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    await kubelet.allocate(FPGA, 1)
 
 
 async def test_socket_dir_created_late_and_kubelet_started_late(

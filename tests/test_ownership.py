@@ -24,7 +24,8 @@ from kdp_host.drivers import DriverDeps, make_driver
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.ownership import OWNERSHIP_FILE, OWNERSHIP_VERSION, OwnershipIndex, read_saved
+from kdp_host.ownership import OwnershipIndex
+from kdp_host.ownership_bookings import OWNERSHIP_FILE, ownership_file, read_saved
 from kdp_host.ownership_claims import (
     ClaimKey,
     Reached,
@@ -39,6 +40,7 @@ from kdp_host.podresources import Holder, Holdings
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.state_file import StateFile
 from kdp_host.testing import ManualWatcher
+from kdp_host.unbook import drop_bookings
 from kdp_host.watch import PollingWatcher
 
 from .conftest import wait_until
@@ -644,100 +646,143 @@ def test_a_lingering_claim_goes_once_podresources_shows_no_pod_holding_it() -> N
     assert host.ids(R2) == ["f"]
 
 
-def test_a_device_whose_replica_ids_change_waits_until_no_pod_holds_an_old_one() -> None:
+async def test_a_device_whose_replica_ids_change_waits_until_no_pod_holds_a_booked_one() -> None:
     now = [100.0]
     nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
     host = Host(nodes)
     host.index = OwnershipIndex(host.metrics, nodes, clock=lambda: now[0])
 
-    def run(replicas: int) -> DeviceTable:
+    def run(replicas: int) -> list[str]:
         table = host.tables[R1] = DeviceTable(replicas=replicas)
         host.index.attach(R1, table.publish, get_logger(), replicas=replicas)
         host.index.publish(R1, {d.id: d for d in (dev("a", "/dev/a"), dev("b", "/dev/b"))})
-        return table
+        return [e.id for e in table.snapshot.advertised]
+
+    def advertised() -> list[str]:
+        return [e.id for e in host.tables[R1].snapshot.advertised]
 
     run(1)
+    await host.index.book(R1, ["a"])
     # 1 -> 2: a pod holds "a"; "a::0" and "a::1" would give it to two more
-    table = run(2)
-    assert [e.id for e in table.snapshot.advertised] == []
+    assert run(2) == ["b::0", "b::1"]
     host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a": (Holder("n", "p", "c", 0.0),)}}))
-    assert [e.id for e in table.snapshot.advertised] == ["b::0", "b::1"]
+    assert advertised() == ["b::0", "b::1"]
     host.index.holdings(Holdings(now[0] + 60, 0.0, {}))
-    assert [e.id for e in table.snapshot.advertised] == ["a::0", "a::1", "b::0", "b::1"]
-    # 2 -> 3 keeps every old ID: nothing to wait for
-    table = run(3)
-    assert len(table.snapshot.advertised) == 6
-    # 3 -> 2: a pod may hold a::2 or b::2
-    table = run(2)
-    assert table.snapshot.advertised == ()
+    assert advertised() == ["a::0", "a::1", "b::0", "b::1"]
+    # 2 -> 3 keeps every booked ID: nothing to wait for
+    await host.index.book(R1, ["a::1"])
+    assert len(run(3)) == 6
+    # 3 -> 2: a pod holds b::2
+    await host.index.book(R1, ["b::2"])
+    assert run(2) == ["a::0", "a::1"]
     host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"a::1": ()}}))
-    assert len(table.snapshot.advertised) == 4
+    assert len(advertised()) == 4
 
 
-# ---------------------------------------------------------------- kept IDs across restarts
+# ---------------------------------------------------------------- bookings
 
 
 def kept_file(directory: Path) -> StateFile:
-    return StateFile(
-        str(directory),
-        OWNERSHIP_FILE,
-        "ownership_state",
-        OWNERSHIP_VERSION,
-        get_logger(),
-        DaemonThreads(),
-        consequence="kept IDs are forgotten",
-        if_unwritten="kept IDs are not kept",
-    )
+    return ownership_file(str(directory), get_logger(), DaemonThreads())
 
 
 def restarted(
-    directory: Path, nodes: Resolver, now: list[float] | None = None
+    directory: Path, nodes: Resolver, now: list[float] | None = None, pod_resources: bool = True
 ) -> tuple[Host, StateFile]:
     """A Host whose index read `ownership.json` back, as `kdp_host.host.Host` does at start,
-    and the file it keeps its kept IDs in."""
+    and the file it keeps its bookings in."""
     host = Host(nodes)
-    if now is not None:
-        host.index = OwnershipIndex(host.metrics, nodes, clock=lambda: now[0])
+    clock = (lambda: now[0]) if now is not None else time.monotonic
+    host.index = OwnershipIndex(host.metrics, nodes, clock=clock, pod_resources=pod_resources)
     state = kept_file(directory)
-    host.index.keep_in(state, state.load(read_saved))
+    host.index.keep_bookings_in(state, state.load(read_saved))
     return host, state
 
 
-def kept_devices(directory: Path) -> list[str]:
+def booked_ids(directory: Path) -> list[str]:
     document = json.loads((directory / OWNERSHIP_FILE).read_text())
-    return sorted(entry["device"] for entry in document["claims"])
+    return sorted(f"{entry['resource']}/{entry['id']}" for entry in document["bookings"])
 
 
-async def test_ids_a_reload_kept_survive_a_restart(tmp_path: Path) -> None:
+async def test_a_booked_device_keeps_its_id_across_a_restart_that_renames_it(
+    tmp_path: Path,
+) -> None:
     nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/d": ("path", "/d")})
-    first, state = restarted(tmp_path, nodes)
+    first, _ = restarted(tmp_path, nodes)
     first.publish(R1, dev("old-a", "/dev/a"), dev("old-b", "/dev/b", mounts=("/d",)))
-    assert not (tmp_path / OWNERSHIP_FILE).exists(), "no ID was kept: nothing to write"
-    first.attach(R1)  # a reload renames both
-    first.publish(R1, dev("new-a", "/dev/a"), dev("new-b", "/dev/b", mounts=("/d",)))
-    assert first.ids(R1) == ["old-a", "old-b"]
-    await asyncio.wait_for(state.flush(), 30)
-    assert kept_devices(tmp_path) == ["old-a", "old-b", "old-b"]
+    assert not (tmp_path / OWNERSHIP_FILE).exists(), "nothing booked: nothing to write"
+    await first.index.book(R1, ["old-a"])
+    await first.index.book(R1, ["old-b"])
+    assert booked_ids(tmp_path) == [f"{R1}/old-a", f"{R1}/old-b"]
+    inode = (tmp_path / OWNERSHIP_FILE).stat().st_ino
+    await first.index.book(R1, ["old-a", "old-b"])  # booked again, same claims
+    assert (tmp_path / OWNERSHIP_FILE).stat().st_ino == inode, "an unchanged booking is written"
 
-    second, _ = restarted(tmp_path, nodes)  # SIGKILL, start again with the new config
+    # SIGKILL; the new config renames both (nothing of the rename was seen live)
+    second, _ = restarted(tmp_path, nodes)
     second.publish(R1, dev("new-a", "/dev/a"), dev("new-b", "/dev/b", mounts=("/d",)))
     assert second.ids(R1) == ["old-a", "old-b"]
     [device] = [d for d in second.tables[R1].snapshot.devices if d.id == "old-b"]
     assert device.mounts[0].host_path == "/d"
 
 
-async def test_a_kept_id_goes_when_its_node_goes_or_no_pod_holds_it(tmp_path: Path) -> None:
+async def test_a_booked_node_is_never_advertised_by_another_resource_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    nodes = FakeNodes({"/dev/x0": ("c", 7), "/links/l0": ("c", 7)})
+    first, _ = restarted(tmp_path, nodes)
+    first.publish(R1, node("/dev/x0"))
+    await first.index.book(R1, ["x0"])
+    second, _ = restarted(tmp_path, nodes)
+    second.publish(R2, node("/links/l0"))  # the other resource lists first this time
+    assert second.ids(R2) == []
+    second.publish(R1, node("/dev/x0"))
+    assert second.ids(R1) == ["x0"] and second.ids(R2) == []
+
+
+async def test_a_booking_holds_a_reused_device_number_until_its_pod_ends() -> None:
+    """A held tty is unplugged, another stick gets the same node number: while the old pod
+    runs (its container keeps the major:minor), no new ID and no other resource gets it."""
+    now = [100.0]
+    nodes = FakeNodes({"/dev/ttyUSB0": ("c", 188 << 8)})
+    host = Host(nodes)
+    host.index = OwnershipIndex(host.metrics, nodes, clock=lambda: now[0])
+    host.publish(R1, dev("SERB", "/dev/ttyUSB0"))
+    await host.index.book(R1, ["SERB"])
+    del nodes.nodes["/dev/ttyUSB0"]
+    host.publish(R1)  # unplugged
+    host.publish(R2)
+    nodes.nodes["/dev/ttyUSB0"] = ("c", 188 << 8)  # another stick, the same number
+    host.publish(R1, dev("SERC", "/dev/ttyUSB0"))
+    host.publish(R2, dev("other", "/dev/ttyUSB0"))
+    assert host.ids(R1) == ["SERB"], "only under the ID the kubelet gave the old pod"
+    assert host.ids(R2) == []
+    pod = (Holder("ns", "p1", "c", 0.0),)
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"SERB": pod}}))
+    assert host.ids(R2) == []
+    # the node gone while the booking lives: the claim stays
+    del nodes.nodes["/dev/ttyUSB0"]
+    host.publish(R1)
+    nodes.nodes["/dev/ttyUSB0"] = ("c", 188 << 8)
+    host.publish(R2, dev("other", "/dev/ttyUSB0"))
+    assert host.ids(R2) == []
+    # an answer asked for too soon after the booking proves nothing
+    await host.index.book(R1, ["SERB"])
+    host.index.holdings(Holdings(now[0] + 1, 0.0, {}))
+    assert host.ids(R2) == []
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert host.ids(R2) == ["other"]
+
+
+async def test_a_booking_goes_when_no_pod_holds_it_and_the_file_follows(tmp_path: Path) -> None:
     now = [100.0]
     nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/dev/c": ("c", 3)})
     first, state = restarted(tmp_path, nodes, now)
     first.publish(R1, dev("a", "/dev/a"), dev("b", "/dev/b"))
     first.publish(R2, dev("c", "/dev/c"))
-    first.attach(R1)
-    first.attach(R2)
-    first.publish(R1, dev("x-a", "/dev/a"), dev("x-b", "/dev/b"))
-    first.publish(R2, dev("x-c", "/dev/c"))
-    await asyncio.wait_for(state.flush(), 30)
-    assert kept_devices(tmp_path) == ["a", "b", "c"]
+    await first.index.book(R1, ["a", "b"])
+    await first.index.book(R2, ["c"])
+    assert booked_ids(tmp_path) == [f"{R1}/a", f"{R1}/b", f"{R2}/c"]
 
     second, state = restarted(tmp_path, nodes, now)  # R2 left the config while kdp-host was down
     del nodes.nodes["/dev/a"]  # unplugged
@@ -747,15 +792,41 @@ async def test_a_kept_id_goes_when_its_node_goes_or_no_pod_holds_it(tmp_path: Pa
     second.publish(R3, dev("y", "/dev/c"))
     assert second.ids(R3) == []
     pod = (Holder("ns", "p", "c", 0.0),)
-    second.index.holdings(Holdings(now[0] + 60, 0.0, {R2: {"c": pod}}))
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"b": pod}, R2: {"c": pod}}))
     assert second.ids(R3) == []
-    second.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    second.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"b": pod}}))
     assert second.ids(R3) == ["y"]
     await asyncio.wait_for(state.flush(), 30)
-    assert kept_devices(tmp_path) == ["b"], "a's node is gone, no pod holds c"
+    assert booked_ids(tmp_path) == [f"{R1}/b"], "no pod holds a or c"
+
+
+async def test_without_podresources_a_held_device_says_what_ends_the_booking(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    nodes = FakeNodes({"/dev/a": ("c", 1)})
+    host, _ = restarted(tmp_path, nodes, pod_resources=False)
+    host.publish(R1, dev("a", "/dev/a"))
+    await host.index.book(R1, ["a"])
+    table = host.tables[R1] = DeviceTable(replicas=2)
+    host.index.attach(R1, table.publish, get_logger().bind(resource=R1), replicas=2)
+    host.index.publish(R1, {"a": dev("a", "/dev/a")})
+    assert table.snapshot.advertised == ()
+    [line] = [r for r in caplog.records if r.getMessage() == "device_held"]
+    action = getattr(line, "action", "") or str(line.__dict__)
+    assert "PodResources polling is off" in action and "kdp-host unbook" in action
+    # what unbook does (kdp-host stopped): the next start advertises it
+    assert await drop_bookings(str(tmp_path), R1, ["a"]) == ["a"]
+    assert booked_ids(tmp_path) == []
+    again, _ = restarted(tmp_path, nodes, pod_resources=False)
+    table = again.tables[R1] = DeviceTable(replicas=2)
+    again.index.attach(R1, table.publish, get_logger(), replicas=2)
+    again.index.publish(R1, {"a": dev("a", "/dev/a")})
+    assert [e.id for e in table.snapshot.advertised] == ["a::0", "a::1"]
 
 
 async def test_a_replica_wait_survives_a_restart(tmp_path: Path) -> None:
+    """`replicas: 1` -> `2` while a pod holds the booked `a`: the device waits, and still
+    waits after a restart (the booking is in `ownership.json`) until no pod holds `a`."""
     now = [100.0]
     nodes = FakeNodes({"/dev/a": ("c", 1)})
 
@@ -767,8 +838,8 @@ async def test_a_replica_wait_survives_a_restart(tmp_path: Path) -> None:
 
     first, state = restarted(tmp_path, nodes, now)
     run(first, 1)
+    await first.index.book(R1, ["a"])
     assert [e.id for e in run(first, 2).snapshot.advertised] == [], "a pod may hold a"
-    await asyncio.wait_for(state.flush(), 30)
 
     second, state = restarted(tmp_path, nodes, now)  # SIGKILL, start with replicas: 2
     table = run(second, 2)
@@ -778,24 +849,28 @@ async def test_a_replica_wait_survives_a_restart(tmp_path: Path) -> None:
     second.index.holdings(Holdings(now[0] + 60, 0.0, {}))
     assert [e.id for e in table.snapshot.advertised] == ["a::0", "a::1"]
     await asyncio.wait_for(state.flush(), 30)
-    assert json.loads((tmp_path / OWNERSHIP_FILE).read_text())["waits"] == []
+    assert json.loads((tmp_path / OWNERSHIP_FILE).read_text())["bookings"] == []
 
 
 @pytest.mark.parametrize(
     "text",
     [
         "{not json",
-        '{"version": 1, "claims": [], "waits": [{"resource": "t.io/a", "device": "a", '
-        '"vanished": [1]}]}',
-        '{"version": 1, "claims": [], "waits": [{"resource": "t.io/a", "vanished": []}]}',
+        '{"version": 1, "bookings": [{"resource": "t.io/a", "id": "a", "device": "a", '
+        '"claims": "x"}]}',
+        '{"version": 1, "bookings": [{"resource": "t.io/a", "device": "a", "claims": []}]}',
         '{"version": 2, "claims": []}',
         '{"version": 1}',
-        '{"version": 1, "claims": [{"resource": "t.io/a", "device": "a", "kind": "c", '
-        '"key": "1", "path": "/dev/a", "real": "/dev/a"}]}',
-        '{"version": 1, "claims": [{"resource": "t.io/a", "device": "", "kind": "path", '
-        '"key": "/d", "path": "/d", "real": "/d"}]}',
-        '{"version": 1, "claims": [{"resource": "t.io/a", "device": "a", "kind": "c", '
-        '"key": true, "path": "/dev/a", "real": "/dev/a"}]}',
+        '{"version": 1, "bookings": [{"resource": "t.io/a", "id": "a", "device": "a", '
+        '"claims": [{"kind": "c", "key": "1", "path": "/dev/a", "real": "/dev/a"}]}]}',
+        '{"version": 1, "bookings": [{"resource": "t.io/a", "id": "", "device": "a", '
+        '"claims": [{"kind": "path", "key": "/d", "path": "/d", "real": "/d"}]}]}',
+        '{"version": 1, "bookings": [{"resource": "t.io/a", "id": "a", "device": "a", '
+        '"claims": [{"kind": "c", "key": true, "path": "/dev/a", "real": "/dev/a"}]}]}',
+        '{"version": 1, "bookings": [{"resource": "t.io/a", "id": "a", "device": "a", '
+        '"claims": [{"kind": "c", "key": 1, "path": 5, "real": "/dev/a"}]}]}',
+        '{"version": 1, "bookings": [{"resource": "t.io/a", "id": "a", "device": "a", '
+        '"claims": [{"kind": "c", "key": 1, "path": "/dev/a"}]}]}',
     ],
 )
 def test_a_bad_ownership_file_is_set_aside_with_an_error_and_nothing_else_is_lost(

@@ -5,13 +5,18 @@ host can keep a node from reaching two pods."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from .conftest import glob_config, wait_until
-from .kubelet_harness import healthy
+from .fake_sysfs import FakeSysfs
+from .kubelet_harness import RealKubelet, free_port, healthy
 
 FPGA = "vendor.example/fpga"
 ALIAS = "vendor.example/alias"
@@ -195,6 +200,7 @@ async def test_ids_a_reload_kept_survive_a_kdp_host_kill(
         f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
         f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
         f"stateDir: {short_dir / 'state'}\n"
+        f"metrics: {{listen: 127.0.0.1:{free_port()}}}\n"
         "resources:\n"
         f"  - name: {FPGA}\n"
         f'    glob: {{paths: ["{devices}/fpga[0-9]*"], gracePeriod: 1s}}\n'
@@ -250,7 +256,8 @@ async def test_a_replica_change_still_waits_after_a_kdp_host_kill(
     head = (
         f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
         f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
-        f"stateDir: {short_dir / 'state'}\nresources:\n"
+        f"stateDir: {short_dir / 'state'}\n"
+        f"metrics: {{listen: 127.0.0.1:{free_port()}}}\nresources:\n"
         f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1s}}\n'
     )
     config.write_text(head)
@@ -291,6 +298,312 @@ async def test_a_replica_change_still_waits_after_a_kdp_host_kill(
 
 
 def _replica_waits(log: Path) -> int:
-    """`device_held` lines of a device waiting on a change of `replicas` in a host log."""
+    """`device_held` lines of a device held by a booking in a host log (a change of
+    `replicas` gives it IDs other than the one p1 booked)."""
     lines = log.read_text(errors="replace").splitlines()
-    return sum("device_held" in line and "replicas_changed" in line for line in lines)
+    return sum("device_held" in line and "booked" in line for line in lines)
+
+
+# ---------------------------------------------------------------- booked claims (issue 17)
+# Each test replays one finding of the hostile pass through the real kubelet: the kubelet
+# books by ID, so a node the host hands out under a second ID (after a restart, a rename, a
+# replicas change, an unplug or a reused device number) reaches a second live pod.
+
+
+class KdpProcess:
+    """kdp-host as a process of its own: SIGKILLed and started again on the same stateDir."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        argv = [sys.executable, "-m", "kdp_host", "--log-format", "text", "run", "--config"]
+        argv.append(str(self.config))
+        with self.log.open("ab") as out:
+            self.process = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out)
+
+    async def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(sig)
+            await asyncio.wait_for(self.process.wait(), 30)
+
+    def reload(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
+    def logged(self, *texts: str) -> Callable[[RealKubelet], bool]:
+        """A predicate for `await_for`: the log has a line with every one of `texts`."""
+
+        def check(_: RealKubelet) -> bool:
+            lines = self.log.read_text().splitlines() if self.log.exists() else []
+            return any(all(text in line for text in texts) for line in lines)
+
+        return check
+
+
+@pytest.fixture
+async def kdp_process(
+    short_dir: Path,
+) -> AsyncIterator[Callable[[Path], Awaitable[KdpProcess]]]:
+    """`await kdp_process(config)`: kdp-host started as a process of its own on `config`
+    (stopped at the end of the test)."""
+    started: list[KdpProcess] = []
+
+    async def make(config: Path) -> KdpProcess:
+        started.append(KdpProcess(config, short_dir / "kdp.log"))
+        await started[-1].start()
+        return started[-1]
+
+    yield make
+    for process in started:
+        await process.stop()
+
+
+def booked_head(kubelet: RealKubelet, short_dir: Path, interval: str = "1s") -> str:
+    """The config's head: PodResources polled, a stateDir and a port of the test's own."""
+    return (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{short_dir / 'pr'}/kubelet.sock, podResourcesInterval: {interval}}}\n"
+        f"stateDir: {short_dir / 'state'}\n"
+        f"metrics: {{listen: 127.0.0.1:{free_port()}}}\n"
+        "resources:\n"
+    )
+
+
+def booked_config(
+    kubelet: RealKubelet, short_dir: Path, resources: str, interval: str = "1s"
+) -> Path:
+    """`<short_dir>/config.yaml`: `booked_head`, then the `resources` entries."""
+    config = short_dir / "config.yaml"
+    config.write_text(booked_head(kubelet, short_dir, interval) + resources)
+    return config
+
+
+async def grants(kubelet: RealKubelet, resource: str, *pods: str) -> list[set[str]]:
+    """The host paths each pod got (one device each), for the pods the kubelet admitted."""
+    granted = []
+    for pod in pods:
+        answer = await kubelet.acall(kubelet.allocate, pod, {resource: 1})
+        if answer["error"] == "":
+            granted.append(host_paths(answer))
+    return granted
+
+
+async def restart(kubelet: RealKubelet, host: KdpProcess, *resources: str) -> None:
+    """SIGKILL (a crash, an OOM kill, an upgrade), start again, wait for the registrations."""
+    await host.stop()
+    before = await kubelet.acall(kubelet.last_seq)
+    await host.start()
+    await kubelet.acall(kubelet.registered_at, resources, before)
+
+
+async def test_hostile_1_a_restart_after_a_renaming_reload_keeps_the_booked_node(
+    real_kubelet_factory, short_dir: Path, kdp_process
+) -> None:
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    a, b = short_dir / "a", short_dir / "b"
+    for directory in (a, b):
+        directory.mkdir()
+    (a / "x").touch()
+    (a / "y").touch()
+    config = booked_config(
+        kubelet,
+        short_dir,
+        f'  - name: {FPGA}\n    glob: {{paths: ["{a}/*", "{b}/*"]}}\n',
+    )
+    host = await kdp_process(config)
+    await kubelet.await_for(healthy(FPGA, 2), what="a-x and a-y advertised")
+    [booked] = await grants(kubelet, FPGA, "p1")
+    config.write_text(config.read_text().replace(f', "{b}/*"', ""))  # IDs x and y now
+    host.reload()
+    await kubelet.await_for(host.logged("config_reloaded"), what="the reload")
+    await restart(kubelet, host, FPGA)
+    await kubelet.await_for(healthy(FPGA, 2), what="both devices after the restart")
+    granted = await grants(kubelet, FPGA, "p2", "p3")
+    assert len(granted) == 1 and booked not in granted, (booked, granted)
+
+
+async def test_hostile_2_a_restart_with_fewer_replicas_adds_no_user_to_a_booked_device(
+    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
+) -> None:
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    (devices / "fpga1").unlink()
+    entry = f'  - name: {FPGA}\n    replicas: 2\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    config = booked_config(kubelet, short_dir, entry)
+    host = await kdp_process(config)
+    await kubelet.await_for(healthy(FPGA, 2), what="fpga0::0 and fpga0::1 advertised")
+    assert await grants(kubelet, FPGA, "p1", "p2") == [{str(devices / "fpga0")}] * 2
+    (devices / "fpga1").touch()
+    config.write_text(config.read_text().replace("    replicas: 2\n", ""))
+    await restart(kubelet, host, FPGA)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga1 alone after the restart")
+    granted = await grants(kubelet, FPGA, "p3", "p4")
+    assert granted == [{str(devices / "fpga1")}], "fpga0 is booked twice already"
+
+
+async def test_hostile_3_a_restart_never_gives_a_booked_node_to_another_resource(
+    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
+) -> None:
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    links = short_dir / "links"
+    links.mkdir()
+    (links / "l1").symlink_to(devices / "fpga1")
+    probe = f"echo fpga0 Healthy path={devices}/fpga0"
+    config = booked_config(
+        kubelet,
+        short_dir,
+        f'  - name: {FPGA}\n    shell: {{command: [sh, -c, "{probe}"], interval: 2s}}\n'
+        + f'  - name: {ALIAS}\n    glob: {{paths: ["{links}/*"]}}\n',
+    )
+    host = await kdp_process(config)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+    assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]
+    (links / "l0").symlink_to(devices / "fpga0")  # a by-id style link appears later
+    await restart(kubelet, host, FPGA, ALIAS)  # the glob lists before the shell probe
+
+    def both(k: RealKubelet) -> bool:
+        return (k.resource(ALIAS) or {}).get("healthy", 0) >= 1 and healthy(FPGA, 1)(k)
+
+    await kubelet.await_for(both, what="both resources after the restart")
+    granted = await grants(kubelet, ALIAS, "p2", "p3")
+    assert granted == [{str(devices / "fpga1")}], "p1 holds fpga0"
+
+
+async def test_hostile_4_a_probe_that_renamed_a_booked_device_keeps_it_across_a_restart(
+    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
+) -> None:
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    out = short_dir / "out"
+    out.write_text(f"devA Healthy path={devices}/fpga0\n")
+    config = booked_config(
+        kubelet,
+        short_dir,
+        f'  - name: {FPGA}\n    shell: {{command: [cat, "{out}"], interval: 1s}}\n',
+    )
+    host = await kdp_process(config)
+    await kubelet.await_for(healthy(FPGA, 1), what="devA advertised")
+    assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]
+    out.write_text(f"devB Healthy path={devices}/fpga0\ndevY Healthy path={devices}/fpga1\n")
+    await kubelet.await_for(healthy(FPGA, 2), what="devY added, devA kept")
+    await restart(kubelet, host, FPGA)
+    await kubelet.await_for(healthy(FPGA, 2), what="two devices after the restart")
+    granted = await grants(kubelet, FPGA, "p2", "p3")
+    assert granted == [{str(devices / "fpga1")}], "p1 holds fpga0"
+
+
+async def test_hostile_5_unplug_reload_replug_keeps_the_booked_node(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    a, b = short_dir / "a", short_dir / "b"
+    for directory in (a, b):
+        directory.mkdir()
+    (a / "x").touch()
+    config = short_dir / "config.yaml"
+    config.write_text(
+        booked_head(kubelet, short_dir)
+        + f'  - name: {FPGA}\n    glob: {{paths: ["{a}/*", "{b}/*"], gracePeriod: 0s}}\n'
+    )
+    running = await start_host(config.read_text(), config_path=config)
+    await kubelet.await_for(healthy(FPGA, 1), what="a-x advertised")
+    assert await grants(kubelet, FPGA, "p1") == [{str(a / "x")}]
+    (a / "x").unlink()  # unplugged; the pod keeps running
+    await kubelet.await_for(healthy(FPGA, 0), what="a-x gone")
+    config.write_text(config.read_text().replace(f', "{b}/*"', ""))  # its ID would be x
+    assert await running.host.reload_from(config) == "ok"
+    (a / "z").touch()  # the reloaded resource lists while the node is away
+    await kubelet.await_for(healthy(FPGA, 1), what="z advertised")
+    (a / "x").touch()  # plugged back
+    await kubelet.await_for(healthy(FPGA, 2), what="the node advertised again")
+    assert await grants(kubelet, FPGA, "p2", "p3") == [{str(a / "z")}], "p1 holds a-x"
+    assert "a-x" in kubelet.resource(FPGA)["device_numa"]
+
+
+async def test_hostile_6_a_reused_device_number_stays_booked_until_the_old_pod_ends(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    fake = FakeSysfs(short_dir / "root")
+    controller = fake.usb_controller()
+    first = fake.usb_serial_adapter(controller, "1-1", devnum=3, serial="SERB")
+    await start_host(
+        booked_head(kubelet, short_dir)
+        + f'  - name: {FPGA}\n    sysfs:\n      usb: [{{vendor: "0403"}}]\n'
+        f"      sysfsRoot: {fake.sys}\n      devRoot: {fake.dev}\n      gracePeriod: 0s\n"
+        "      nodes: {subsystems: [tty]}\n"
+    )
+    await kubelet.await_for(healthy(FPGA, 1), what="SERB advertised")
+    assert await grants(kubelet, FPGA, "p1") == [{"/dev/ttyUSB0"}]  # devRoot is /dev inside
+    fake.remove_device(first)  # unplugged: p1 keeps running, its container keeps 188:0
+    await kubelet.await_for(healthy(FPGA, 0), what="SERB gone")
+    fake.usb_serial_adapter(controller, "1-2", devnum=4, serial="SERC")  # ttyUSB0 again
+    await kubelet.await_for(healthy(FPGA, 1), what="the new stick's node advertised")
+    assert await grants(kubelet, FPGA, "p2") == [], "p1 can still reach ttyUSB0"
+    await kubelet.acall(
+        kubelet.release, "p1"
+    )  # the old pod ends: PodResources shows it, the stick is free
+    await kubelet.await_for(lambda k: k.allocate("p2", {FPGA: 1})["error"] == "", what="p2")
+
+
+async def test_hostile_7_allocate_command_output_naming_another_devices_node_is_refused(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    kubelet = real_kubelet_factory()
+    (devices / "y0").touch()
+    output = json.dumps(
+        {
+            "paths": [f"{devices}/fpga1:/dev/stolen"],
+            "mounts": [{"hostPath": f"{devices}/fpga0", "containerPath": "/stolen2"}],
+        }
+    )
+    hook = short_dir / "hook.sh"
+    hook.write_text(f"#!/bin/sh\ncat <<'END'\n{output}\nEND\n")
+    hook.chmod(0o755)
+    await start_host(
+        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+        f'  - name: {ALIAS}\n    glob: {{paths: ["{devices}/y*"]}}\n'
+        f'    allocate: {{command: ["{hook}"]}}\n'
+    )
+    await kubelet.await_for(
+        lambda k: healthy(FPGA, 2)(k) and healthy(ALIAS, 1)(k), what="both registered"
+    )
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 2})
+    assert first["error"] == ""
+    refused = await kubelet.acall(kubelet.allocate, "p2", {ALIAS: 1})
+    assert "InvalidArgument" in refused["error"] or "INVALID_ARGUMENT" in refused["error"]
+    assert f"which device fpga1 of {FPGA} owns" in refused["error"], refused
+
+
+async def test_hostile_12_without_podresources_a_parked_device_says_what_frees_it(
+    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
+) -> None:
+    kubelet = real_kubelet_factory()
+    config = booked_config(
+        kubelet,
+        short_dir,
+        f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n',
+        interval="0s",
+    )
+    host = await kdp_process(config)
+    await kubelet.await_for(healthy(FPGA, 2), what="fpga0 and fpga1 advertised")
+    answer = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    [booked] = answer["device_ids"][FPGA]
+    config.write_text(config.read_text().replace("    glob:", "    replicas: 2\n    glob:"))
+    host.reload()
+    await kubelet.await_for(host.logged("config_reloaded"), what="the reload")
+    await kubelet.acall(kubelet.release, "p1")
+    parked = host.logged("device_held", f"device={booked}", "kdp-host unbook")
+    await kubelet.await_for(parked, what="the held device's log line says what frees it")
+    await kubelet.await_for(healthy(FPGA, 2), what="the free device's two replicas only")
+    free = {str(devices / "fpga0"), str(devices / "fpga1")} - host_paths(answer)
+    granted = await grants(kubelet, FPGA, "p2", "p3", "p4")
+    assert granted == [free, free], "the booked device stays parked: nothing shows p1 ended"
+    await host.stop(signal.SIGTERM)
+    unbook = [sys.executable, "-m", "kdp_host", "unbook", "--config", str(config), FPGA, booked]
+    done = await asyncio.create_subprocess_exec(*unbook)
+    assert await asyncio.wait_for(done.wait(), 60) == 0
+    await restart(kubelet, host, FPGA)
+    await kubelet.await_for(healthy(FPGA, 4), what="both devices' replicas after unbook")

@@ -157,7 +157,11 @@ async def test_preferred_allocation_never_fails(
     assert set(must) <= set(answer.device_i_ds)
 
 
-async def test_list_and_watch_ends_only_when_the_host_closes() -> None:
+async def test_list_and_watch_waits_with_no_task_of_its_own_and_ends_when_the_host_closes() -> None:
+    """Between versions a stream is one suspended generator: a new table version (or
+    end_streams) wakes it with no task of its own (memory per resource, one loop turn less
+    per update); only the host ends it. The table's listeners can be removed (the stream
+    removes its own when it ends)."""
     table = DeviceTable()
     table.publish([TableDevice("a")])
     service = service_for(RESOURCE, table)
@@ -165,9 +169,12 @@ async def test_list_and_watch_ends_only_when_the_host_closes() -> None:
     first = await anext(stream)
     assert first.message_type is ListAndWatchResponse
     assert ListAndWatchResponse.parse(first.data).devices[0].id == "a"
+    before = asyncio.all_tasks()
     pending = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0.05)
+    for _ in range(5):  # let it reach its wait
+        await asyncio.sleep(0)
     assert not pending.done()
+    assert asyncio.all_tasks() - before == {pending}
     table.publish([TableDevice("a"), TableDevice("b")])
     second = await asyncio.wait_for(pending, 5)
     assert len(ListAndWatchResponse.parse(second.data).devices) == 2
@@ -175,6 +182,12 @@ async def test_list_and_watch_ends_only_when_the_host_closes() -> None:
     await service.end_streams(timeout=0.01)
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(closing, 5)
+    seen: list[int] = []
+    stop = table.add_listener(lambda snapshot: seen.append(snapshot.version))
+    table.publish([TableDevice("c")])
+    stop()
+    table.publish([TableDevice("d")])
+    assert len(seen) == 1
 
 
 async def test_real_host_against_the_grpcio_kubelet(

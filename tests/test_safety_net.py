@@ -16,6 +16,7 @@ from kdp_host.drivers.scanner import DirWatch, Listed, ScanResult, ScanSettings
 from kdp_host.drivers.scanning import ScanLoop
 from kdp_host.files import DaemonThreads
 from kdp_host.safety_net import SafetyNet
+from kdp_host.simulator import KubeletSimulator
 from kdp_host.testing import RecordingNotifier, driver_deps
 
 from .conftest import reporter, wait_until
@@ -183,3 +184,48 @@ async def test_a_hung_scan_is_reported_again_at_every_safety_net_check(tmp_path:
         scanner.block.set()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_idle_host_with_many_devices_scans_and_sends_nothing_at_its_checks(
+    kubelet: KubeletSimulator, socket_dir: Path, tmp_path: Path, start_host: Any
+) -> None:
+    """The whole host, idle, 8 resources x 250 devices, every stream open: the safety-net
+    checks come (one offload hop each) and find nothing; no scan, no list sent."""
+    resources, devices = 8, 250
+    names = [f"idle.kdp-host.io/r{i}" for i in range(resources)]
+    lines = [f"kubelet: {{socketDir: {socket_dir}}}", f"stateDir: {tmp_path}/state", "resources:"]
+    for number, name in enumerate(names):
+        directory = tmp_path / "dev" / f"r{number}"
+        directory.mkdir(parents=True)
+        for device in range(devices):
+            (directory / f"d{device:03d}").touch()
+        old_dir(directory)
+        lines += [
+            f"  - name: {name}",
+            f'    glob: {{paths: ["{directory}/d*"], rescanInterval: 0.1s}}',
+        ]
+    offload = CountingOffload()
+    running = await start_host("\n".join(lines) + "\n", offload=offload)
+    metrics = running.metrics.registry
+
+    def work() -> tuple[float, ...]:
+        scans = [
+            metrics.get_sample_value("kdp_driver_scan_duration_seconds_count", {"resource": n})
+            for n in names
+        ]
+        sent = [
+            metrics.get_sample_value("kdp_list_and_watch_updates_total", {"resource": n})
+            for n in names
+        ]
+        return (*(s or 0.0 for s in scans), *(s or 0.0 for s in sent))
+
+    await kubelet.wait_for(
+        lambda: all(kubelet.resource(n).allocatable == devices for n in names), timeout=60
+    )
+    calls = offload.calls
+    await wait_until(lambda: offload.calls >= calls + 3, what="three safety-net checks")
+    before, received, calls = work(), len(kubelet.list_and_watch_updates), offload.calls
+    assert all(before), "every resource scanned and sent its list"
+    await wait_until(lambda: offload.calls >= calls + 20, what="twenty safety-net checks")
+    assert work() == before, "no scan, no list sent"
+    assert len(kubelet.list_and_watch_updates) == received

@@ -18,7 +18,8 @@ from kdp_host.config import SysfsDriverConfig, load_config_text
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.sysfs import SysfsDriver
 from kdp_host.logs import get_logger
-from kdp_host.sysfs import SysfsReader, SysfsScan
+from kdp_host.sysfs import SysfsScan
+from kdp_host.sysfs.reader import SysfsReader
 from kdp_host.watch import PollingWatcher
 
 from .fake_sysfs import CH340, SILABS_CP210X, FakeSysfs, standard_machine

@@ -19,7 +19,8 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.rules import device_id_problem
 from kdp_host.simulator import KubeletSimulator
-from kdp_host.sysfs import SysfsReader, SysfsScan
+from kdp_host.sysfs import SysfsScan
+from kdp_host.sysfs.reader import SysfsReader
 from kdp_host.testing import ManualClock, RecordingNotifier
 from kdp_host.watch import InotifyWatcher, PollingWatcher
 

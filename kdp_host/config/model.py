@@ -56,8 +56,8 @@ from ..rules import (
     sysfs_name_problem,
 )
 from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
+from ..sysfs.model import DEFAULT_SCAN_TIMEOUT
 from ..sysfs.model import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
-from ..sysfs.reader import DEFAULT_SCAN_TIMEOUT
 from .declare import Key, Section, declarations, key, one_of
 from .kinds import (
     INVALID,
@@ -1119,8 +1119,8 @@ class Config:
         "stateDir",
         AbsolutePath(),
         "Where kdp-host keeps what must outlive it: which devices of resources with `release` "
-        "were used and not released yet (`release-state.json`), and the IDs a reload kept for "
-        "devices the kubelet may have booked (`ownership.json`). Small files.",
+        "were used and not released yet (`release-state.json`), and the device IDs the kubelet "
+        "booked with the nodes they reach (`ownership.json`). Small files.",
         default="/var/lib/kdp-host",
         restart=True,
     )

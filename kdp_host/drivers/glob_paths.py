@@ -230,13 +230,37 @@ def _leaf_matches(leaf: str, name: str) -> bool:
     return fnmatch.fnmatchcase(name, leaf)
 
 
-def links_on_the_way(path: str, limit: int = 40) -> tuple[str, ...]:
+DirLinks = dict[str, tuple[tuple[str, ...], str]]
+"""Per directory (as spelt): the links resolving it passes through and where it leads."""
+
+
+def links_on_the_way(path: str, limit: int = 40, dirs: DirLinks | None = None) -> tuple[str, ...]:
     """Every symlink that resolving `path` passes through, each named as the path it has
     there: a matched path depends on all of them (`dev/a0/a1` through a link `dev/a0 -> dev`
-    depends on `dev/a1`), not only on itself and its real path."""
-    links: list[str] = []
-    pending = [part for part in reversed(path.split("/")) if part]
-    current = "/"
+    depends on `dev/a1`), not only on itself and its real path.
+
+    With `dirs` (kept for one scan), the directory above `path` is walked once, not once per
+    path in it: one lstat per path instead of one per component of each."""
+    parts = [part for part in path.split("/") if part]
+    if dirs is None or len(parts) < 2:
+        links: list[str] = []
+        _follow(parts, "/", links, limit)
+        return tuple(links)
+    directory = "/".join(parts[:-1])
+    known = dirs.get(directory)
+    if known is None:
+        links = []
+        end = _follow(parts[:-1], "/", links, limit)
+        known = dirs[directory] = (tuple(links), end)
+    links = list(known[0])
+    _follow(parts[-1:], known[1], links, limit)
+    return tuple(links)
+
+
+def _follow(parts: list[str], current: str, links: list[str], limit: int) -> str:
+    """Resolve `parts` from the directory `current`, adding each symlink passed through to
+    `links` (at most `limit`); where they lead."""
+    pending = list(reversed(parts))
     while pending:
         part = pending.pop()
         if part == ".":
@@ -257,7 +281,7 @@ def links_on_the_way(path: str, limit: int = 40) -> tuple[str, ...]:
         if target.startswith("/"):
             current = "/"
         pending.extend(part for part in reversed(target.split("/")) if part)
-    return tuple(links)
+    return current
 
 
 class MatchCache(Generic[T]):
@@ -279,6 +303,8 @@ class MatchCache(Generic[T]):
         self._listed: list[list[str] | None] = [None] * len(self._patterns)
         self._kept: dict[Hashable, tuple[T, str | None, tuple[str, ...]]] = {}
         self._seen: dict[Hashable, tuple[T, str | None, tuple[str, ...]]] = {}
+        self._dirs: DirLinks = {}
+        """The links above each directory, learnt in this scan."""
         self._changed: frozenset[str] | None = None
         self._below: tuple[str, ...] = ()
 
@@ -287,6 +313,7 @@ class MatchCache(Generic[T]):
         self._below = tuple(path.rstrip("/") + "/" for path in changed or ())
         """Everything below a changed path (a directory replaced) changed too."""
         self._seen = {}
+        self._dirs = {}
         if changed is None:
             self._kept = {}
             self._listed = [None] * len(self._patterns)
@@ -337,7 +364,7 @@ class MatchCache(Generic[T]):
             return kept[0]
         value, real_path, keep = look()
         if keep:
-            self._seen[key] = (value, real_path, links_on_the_way(path))
+            self._seen[key] = (value, real_path, links_on_the_way(path, dirs=self._dirs))
         return value
 
     def _touched(self, path: str) -> bool:

@@ -24,8 +24,9 @@ from ..config import (
 )
 from ..devices import Device, DeviceNode
 from ..logs import quote_text
-from ..sysfs import PCI, USB, NodeInfo, SysfsDevice, SysfsReader, SysfsScan
+from ..sysfs import PCI, USB, NodeInfo, SysfsDevice, SysfsScan
 from ..sysfs.model import VFIO_CONTAINER_NODE, device_id
+from ..sysfs.reader import SysfsReader
 from .base import DriverDeps, Skipped
 from .scanner import DirWatch, Listed, Notice, ScanResult, ScanSettings
 from .scanning import ScanLoop

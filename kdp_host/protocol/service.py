@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Any, Protocol
 
 import grpclib
 import grpclib.server
@@ -92,6 +92,12 @@ class ListAndWatchEncoder:
         return data
 
 
+class Bookings(Protocol):
+    """Where an answered Allocate's IDs are recorded as booked (`OwnershipIndex`)."""
+
+    async def book(self, resource: str, ids: Iterable[str]) -> None: ...
+
+
 class DevicePluginService(DevicePluginBase):
     """The generated DevicePlugin service, with ListAndWatch served by a handler of its own
     (`__mapping__`, grpclib's servable protocol): `device_lists` driven under `aclosing`."""
@@ -109,6 +115,7 @@ class DevicePluginService(DevicePluginBase):
         pre_start: PreStartHook | None = None,
         allocate_hook: AllocateHook | None = None,
         release: ReleaseTracker | None = None,
+        bookings: Bookings | None = None,
     ) -> None:
         self._config = config
         self._table = table
@@ -121,7 +128,10 @@ class DevicePluginService(DevicePluginBase):
         self._pre_start = pre_start
         self._allocate_hook = allocate_hook
         self._release = release
+        self._bookings = bookings
         self._closing = asyncio.Event()
+        self._stream_wakes: set[asyncio.Event] = set()
+        """One per open stream: set by a new table version and by `end_streams`."""
         self._open_streams = 0
         self._streams_drained = asyncio.Event()
         self._streams_drained.set()
@@ -148,6 +158,8 @@ class DevicePluginService(DevicePluginBase):
     async def end_streams(self, timeout: float = 0.5) -> None:
         """End every ListAndWatch stream with a clean end-of-stream and wait until sent."""
         self._closing.set()
+        for wake in self._stream_wakes:
+            wake.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._streams_drained.wait()
@@ -223,23 +235,25 @@ class DevicePluginService(DevicePluginBase):
         updates = self._metrics.list_and_watch_updates.labels(name)
         streams.inc()
         self._log.info("list_and_watch_opened")
-        closing = asyncio.ensure_future(self._closing.wait())
-        newer: asyncio.Future[Snapshot] | None = None
+        # The stream waits on one event, set by the table's listener and by end_streams: no
+        # task of its own, and a new version wakes it in the loop turn that publishes it.
+        wake = asyncio.Event()
+        self._stream_wakes.add(wake)
+        stop_listening = self._table.add_listener(lambda _snapshot: wake.set())
         try:
-            snapshot = self._table.snapshot
+            table = self._table
+            snapshot = table.snapshot
             while not self._closing.is_set():
                 data = await self._encoder.encode(snapshot)
                 yield EncodedMessage(ListAndWatchResponse, data)
                 updates.inc()
-                newer = asyncio.ensure_future(self._table.wait_newer(snapshot.version))
-                await asyncio.wait((newer, closing), return_when=asyncio.FIRST_COMPLETED)
-                if not newer.done():
-                    break
-                snapshot = newer.result()
+                while table.snapshot.version <= snapshot.version and not self._closing.is_set():
+                    wake.clear()
+                    await wake.wait()
+                snapshot = table.snapshot
         finally:
-            closing.cancel()
-            if newer is not None:
-                newer.cancel()
+            stop_listening()
+            self._stream_wakes.discard(wake)
             streams.dec()
             by_peer = not self._closing.is_set()
             self._log.info("list_and_watch_closed", by="kubelet" if by_peer else "plugin")
@@ -293,6 +307,10 @@ class DevicePluginService(DevicePluginBase):
         if self._release is not None:
             for request in message.container_requests:
                 self._release.allocated(request.devices_ids)
+        if self._bookings is not None:
+            # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
+            booked = [i for request in message.container_requests for i in request.devices_ids]
+            await self._bookings.book(name, booked)
         self._allocated_ok.inc(len(responses))
         self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)

@@ -1,6 +1,12 @@
-"""The sysfs model: devices of USB, PCI, any bus or class, as the kernel describes them."""
+"""The sysfs model: devices of USB, PCI, any bus or class, as the kernel describes them.
+
+The package exports the plain data (`model.py`) only: the config's checks import it on every
+run, so reading sysfs (`reader.SysfsReader`, `tree`, `nodes`, `index`) and `kdp-host
+discover` (`discover`, `describe`, `ids`, `render`, `cli`) load only where they are used.
+"""
 
 from .model import (
+    DEFAULT_SCAN_TIMEOUT,
     PCI,
     TEMPLATE_FIELDS,
     USB,
@@ -10,8 +16,6 @@ from .model import (
     UsbInterface,
     normalize_hex,
 )
-from .reader import DEFAULT_SCAN_TIMEOUT, SysfsReader
-from .tree import read_text
 
 __all__ = [
     "DEFAULT_SCAN_TIMEOUT",
@@ -20,9 +24,7 @@ __all__ = [
     "USB",
     "NodeInfo",
     "SysfsDevice",
-    "SysfsReader",
     "SysfsScan",
     "UsbInterface",
     "normalize_hex",
-    "read_text",
 ]

@@ -9,16 +9,32 @@ import sys
 
 from ..files import DaemonThreads
 from ..logs import quote_text
-from ..rules import sysfs_name_problem
-from .describe import Names
-from .discover import DEFAULT_DOMAIN, discover, domain_problem
-from .ids import PCI_IDS_PATHS, USB_IDS_PATHS, IdsError, find_ids
-from .model import PCI, USB, SysfsScan
-from .reader import DEFAULT_SCAN_TIMEOUT, SysfsReader
-from .render import render_json, render_table, render_yaml
+from ..rules import extended_resource_name_problem, sysfs_name_problem
+from .model import DEFAULT_SCAN_TIMEOUT, PCI, USB, SysfsScan
+
+# The command's body (reader, ID databases, discover, render) is imported when it runs:
+# every kdp-host command builds this parser, `run` among them.
+
+DEFAULT_DOMAIN = "example.com"
+"""The domain of the suggested resource names."""
+PCI_IDS_PATHS = ("/usr/share/hwdata/pci.ids", "/usr/share/misc/pci.ids", "/usr/share/pci.ids")
+"""Where distributions put pci.ids (hwdata; Debian's pci.ids and pciutils), in that order."""
+USB_IDS_PATHS = (
+    "/usr/share/hwdata/usb.ids",
+    "/usr/share/misc/usb.ids",
+    "/var/lib/usbutils/usb.ids",
+    "/usr/share/usb.ids",
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+
+
+def domain_problem(domain: str) -> str | None:
+    """Why `domain` cannot prefix a resource name (the rules module's resource-name rule)."""
+    if "/" in domain:
+        return "must be a domain without '/', e.g. vendor.example"
+    return extended_resource_name_problem(f"{domain}/device")
 
 
 def domain_argument(text: str) -> str:
@@ -95,6 +111,12 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def discover_command(args: argparse.Namespace) -> int:
+    from .describe import Names
+    from .discover import discover
+    from .ids import IdsError, find_ids
+    from .reader import SysfsReader
+    from .render import render_json, render_table, render_yaml
+
     reader = SysfsReader(args.sysfs_root, args.dev_root)
     buses = args.bus if args.bus else [USB, PCI]
     extra = ["name"] if args.classes else []

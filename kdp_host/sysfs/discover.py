@@ -15,13 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..logs import quote_text
 from ..rules import MAX_QUALIFIED_NAME_LENGTH, extended_resource_name_problem
 from .describe import BUILT_IN_NAMES, Names, describe, is_infrastructure
 from .match import exact_pattern
 from .model import PCI, USB, SysfsDevice, device_id, normalize_hex
 
-DEFAULT_DOMAIN = "example.com"
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9]+")
 
 
@@ -81,13 +79,6 @@ class Discovered:
         data["resource"] = self.resource
         data["matches"] = list(self.matches)
         return data
-
-
-def domain_problem(domain: str) -> str | None:
-    """Why `domain` cannot prefix a resource name (the rules module's resource-name rule)."""
-    if "/" in domain:
-        return "must be a domain without '/', e.g. vendor.example"
-    return extended_resource_name_problem(f"{domain}/device")
 
 
 def _slug(text: str, length: int = 40) -> str:
@@ -216,17 +207,14 @@ class _Pool:
 def discover(
     devices: Sequence[SysfsDevice],
     *,
-    domain: str = DEFAULT_DOMAIN,
+    domain: str,
     include_all: bool = False,
     names: Names = BUILT_IN_NAMES,
 ) -> list[Discovered]:
     """Each device worth an entry (with `include_all`, also infrastructure and devices
     without nodes), with the narrowest entry that advertises it alone, or, when none
-    does, the narrowest one and what it advertises. Raises ValueError for a domain no
-    resource name can have."""
-
-    if (why := domain_problem(domain)) is not None:
-        raise ValueError(f"domain {quote_text(domain)}: {why}")
+    does, the narrowest one and what it advertises. `domain` prefixes the resource names
+    (the command checked it: `cli.domain_problem`)."""
     found = []
     taken: set[str] = set()
     pool = _Pool(devices)

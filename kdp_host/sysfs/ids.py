@@ -14,14 +14,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-PCI_IDS_PATHS = ("/usr/share/hwdata/pci.ids", "/usr/share/misc/pci.ids", "/usr/share/pci.ids")
-"""Where distributions put pci.ids (hwdata; Debian's pci.ids and pciutils), in that order."""
-USB_IDS_PATHS = (
-    "/usr/share/hwdata/usb.ids",
-    "/usr/share/misc/usb.ids",
-    "/var/lib/usbutils/usb.ids",
-    "/usr/share/usb.ids",
-)
 DATABASE_LIMIT = 16 * 1024 * 1024
 """Bytes read from a database at most (pci.ids is about 1.4 MB)."""
 

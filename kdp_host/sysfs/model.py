@@ -17,6 +17,9 @@ from ..rules import join_list
 USB = "usb"
 PCI = "pci"
 
+DEFAULT_SCAN_TIMEOUT = 10.0
+"""Seconds a sysfs read may take before it counts as hung (`scanTimeout`, `discover --timeout`)."""
+
 USB_DEVICE_NAME = re.compile(r"usb\d+|\d+-\d+(?:\.\d+)*")
 """Kernel names of USB devices (root hubs `usbN`, ports `B-P[.P...]`); interfaces have `:`."""
 PCI_DEVICE_NAME = re.compile(r"[0-9a-fA-F]{4,}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")

@@ -54,7 +54,6 @@ from .tree import (
 
 MAX_UNPLACED = 256
 """Nodes no listed device has that an update places one by one at most; more: a full read."""
-DEFAULT_SCAN_TIMEOUT = 10.0
 
 
 @dataclass

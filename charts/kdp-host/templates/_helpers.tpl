@@ -183,7 +183,7 @@ when it is off.
 
 {{/*
 config.stateDir, always mounted: what is kept there must outlive the pod (the release state of
-resources with `release`, and the IDs a reload kept for devices the kubelet may have booked).
+resources with `release`, and the device IDs the kubelet booked with the nodes they reach).
 */}}
 {{- define "kdp-host.stateDir" -}}
 {{- $dir := dig "stateDir" "/var/lib/kdp-host" .Values.config | toString }}

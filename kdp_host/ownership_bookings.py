@@ -1,0 +1,192 @@
+"""Booked claims: the IDs the kubelet booked, each with the claims of its device then.
+
+When kdp-host answers an Allocate, the kubelet has booked those IDs: each (resource, ID) is
+recorded with its device's exclusive claims (`OwnershipIndex.book`) and kept in
+`<stateDir>/ownership.json` (through `StateFile`) before the answer goes out; the file is
+written only when the bookings change. The index reads them back at start, before any
+resource publishes, as lingering claims of their device (`ClaimTable.keep_bookings_in`).
+While a booking lives, nothing else reaching its claims is advertised (`Ledger.conflict`),
+and its claims linger even when their node is gone. This module holds the bookings
+(`Ledger`) and the file's document, read and written one way (`bookings_document`,
+`read_saved`), shared with `kdp-host unbook`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .devices import replica_ids
+from .files import Offload
+from .logs import EventLogger
+from .ownership_claims import Claim, ClaimKey, Claims, Owner, owner_order
+from .state_file import StateFile
+
+OWNERSHIP_FILE = "ownership.json"
+OWNERSHIP_VERSION = 1
+
+
+@dataclass
+class Booking:
+    """What the kubelet booked under one ID: the claims of its device then."""
+
+    device: str
+    """The device's ID in the index (the booked ID without a replica suffix)."""
+    claims: tuple[Claim, ...]
+    """Its exclusive claims (key, host path, real path)."""
+    since: float
+    """When it was last booked (index clock): a PodResources answer asked for later than
+    `HEARD_AFTER` after it shows the pod."""
+
+
+class StateSink(Protocol):
+    """Where the index keeps its bookings (`state_file.StateFile`)."""
+
+    def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+Saved = list[tuple[Owner, str, tuple[Claim, ...]]]
+"""Bookings read back: (resource, booked ID), the device's ID, its claims."""
+
+
+class Ledger:
+    """The host's bookings (one per ownership index), by booked ID and by claim."""
+
+    def __init__(self) -> None:
+        self.bookings: dict[Owner, Booking] = {}
+        """(resource, ID the kubelet booked) -> what it booked: what the file holds."""
+        self.booked: dict[ClaimKey, set[Owner]] = {}
+        """Claim -> the bookings that hold it."""
+        self.sink: StateSink | None = None
+
+    def add(self, owner: Owner, booking: Booking) -> None:
+        self.bookings[owner] = booking
+        for claim in booking.claims:
+            self.booked.setdefault(claim[0], set()).add(owner)
+
+    def drop(self, owner: Owner) -> None:
+        booking = self.bookings.pop(owner)
+        for key, _, _ in booking.claims:
+            holders = self.booked.get(key)
+            if holders is not None:
+                holders.discard(owner)
+                if not holders:
+                    del self.booked[key]
+
+    def record(self, owner: Owner, device: str, claims: tuple[Claim, ...], now: float) -> bool:
+        """Book `owner` with `claims`; False when it is booked so already (only its time is
+        refreshed: nothing to write)."""
+        before = self.bookings.get(owner)
+        if before is not None and before.device == device and before.claims == claims:
+            before.since = now
+            return False
+        if before is not None:
+            self.drop(owner)
+        self.add(owner, Booking(device, claims, now))
+        return True
+
+    def expire(self, asked_at: float, after: float, held: Callable[[str], Collection[str]]) -> bool:
+        """Drop the bookings no pod holds, by an answer asked for at `asked_at` (at least
+        `after` seconds after the booking); True if one went."""
+        gone = [
+            owner
+            for owner, booking in self.bookings.items()
+            if asked_at >= booking.since + after and owner.device not in held(owner.resource)
+        ]
+        for owner in gone:
+            self.drop(owner)
+        return bool(gone)
+
+    def conflict(
+        self, resource: str, device_id: str, replicas: int, claims: Claims
+    ) -> tuple[Owner, str] | None:
+        """A booking of one of the device's claims that is not one of the IDs it is about to
+        be advertised under (another resource, another device, another replica count), with
+        the host path of that claim."""
+        if not self.booked:
+            return None
+        mine: set[str] | None = None
+        for key, path, _ in claims.exclusive:
+            for owner in self.booked.get(key, ()):
+                if owner.resource == resource:
+                    if mine is None:
+                        mine = set(replica_ids(device_id, replicas))
+                    if owner.device in mine:
+                        continue
+                return owner, path
+        return None
+
+    def changed(self) -> None:
+        if self.sink is not None:
+            self.sink.changed(self.document)
+
+    def document(self) -> Mapping[str, Any]:
+        return bookings_document(
+            (owner, booking.device, booking.claims) for owner, booking in self.bookings.items()
+        )
+
+
+def ownership_file(directory: str, log: EventLogger, offload: Offload) -> StateFile:
+    """`<directory>/ownership.json`, where the bookings are kept."""
+    return StateFile(
+        directory,
+        OWNERSHIP_FILE,
+        "ownership_state",
+        OWNERSHIP_VERSION,
+        log,
+        offload,
+        consequence="bookings are forgotten: a device the kubelet booked before this restart "
+        "may be advertised under another ID or resource while a pod holds it",
+        if_unwritten="bookings made now are forgotten if kdp-host restarts before a write succeeds",
+    )
+
+
+def bookings_document(
+    bookings: Iterable[tuple[Owner, str, tuple[Claim, ...]]],
+) -> dict[str, Any]:
+    """`ownership.json`'s body: `bookings`, one entry per booked ID."""
+    return {
+        "bookings": [
+            {
+                "resource": owner.resource,
+                "id": owner.device,
+                "device": device,
+                "claims": [
+                    {"kind": key[0], "key": key[1], "path": path, "real": real}
+                    for key, path, real in sorted(claims, key=lambda claim: str(claim[0]))
+                ],
+            }
+            for owner, device, claims in sorted(bookings, key=lambda b: owner_order(b[0]))
+        ]
+    }
+
+
+def read_saved(document: Mapping[str, Any]) -> Saved:
+    """The bookings of `ownership.json`, checked: text resource, id, device, paths and real
+    paths; a claim `kind` of `c` or `b` with a device number, or `path` or `dir` with a
+    path."""
+    saved: Saved = []
+    for entry in document["bookings"]:
+        texts = [entry[name] for name in ("resource", "id", "device")]
+        if not all(isinstance(text, str) and text for text in texts):
+            raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
+        claims: list[Claim] = []
+        for claim in entry["claims"]:
+            kind, value = claim["kind"], claim["key"]
+            if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
+                key: ClaimKey = (kind, value)
+            elif kind in ("path", "dir") and isinstance(value, str):
+                key = (kind, value)
+            else:
+                raise TypeError(
+                    f"a claim is not c/b with a number or path/dir with a path: {claim!r}"
+                )
+            path, real = claim["path"], claim["real"]
+            if not all(isinstance(text, str) and text for text in (path, real)):
+                raise TypeError(f"a claim's path and real path must be text: {claim!r}")
+            claims.append((key, path, real))
+        saved.append((Owner(texts[0], texts[1]), texts[2], tuple(claims)))
+    return saved

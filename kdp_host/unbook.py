@@ -1,0 +1,92 @@
+"""`kdp-host unbook`: drop bookings from `<stateDir>/ownership.json` while kdp-host is stopped.
+
+With PodResources polling off nothing shows that the pod holding a booked ID has ended, so a
+booking lives until the kubelet allocates that ID again (`ownership.py`). This is the one other
+way to end it: the operator, who knows the pod is gone, drops it. A running kdp-host keeps its
+bookings in memory and would write them back, so the command refuses when the host's HTTP
+endpoint (`metrics.listen`) answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .files import DaemonThreads
+from .logs import get_logger
+from .ownership_bookings import bookings_document, ownership_file, read_saved
+from .status import status_address
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def host_answers(listen: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts connections where a running kdp-host serves HTTP."""
+    host, _, port = status_address(listen).rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+async def drop_bookings(state_dir: str, resource: str, ids: Sequence[str]) -> list[str]:
+    """Drop the bookings of `resource` (those of `ids` only, when given); returns the IDs
+    dropped. Raises OSError when the file cannot be written."""
+    offload = DaemonThreads()
+    state = ownership_file(state_dir, get_logger(), offload)
+    saved = await offload.run(lambda: state.load(read_saved)) or []
+    keep = [b for b in saved if b[0].resource != resource or (ids and b[0].device not in ids)]
+    dropped = sorted(b[0].device for b in saved if b not in keep)
+    if dropped:
+        state.changed(lambda: bookings_document(keep))
+        await state.flush()
+        if state.write_failures:
+            raise OSError(f"cannot write {state.path}")
+    return dropped
+
+
+UNBOOK_HELP = (
+    "Drop the bookings of a resource whose pods are gone (kdp-host stopped; needed only with "
+    "PodResources polling off)."
+)
+
+
+def cmd_unbook(args: argparse.Namespace) -> int:
+    """Exit 2: invalid config; 1: kdp-host runs, nothing to drop, or the write failed."""
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        print(f"kdp-host: invalid config {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    listen = config.metrics.listen
+    if host_answers(listen):
+        print(
+            f"kdp-host: a kdp-host answers on {listen}: stop it first (a running host keeps "
+            "its bookings and writes them back)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    try:
+        dropped = asyncio.run(drop_bookings(config.state_dir, args.resource, args.id))
+    except OSError as exc:
+        print(f"kdp-host: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not dropped:
+        print(f"kdp-host: no booking of {args.resource} to drop", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"dropped the bookings of {args.resource}: {', '.join(dropped)}")
+    return EXIT_OK
+
+
+def add_unbook_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("resource", help="the resource name, e.g. example.com/fpga")
+    parser.add_argument(
+        "id", nargs="*", help="the booked IDs to drop (default: every booking of the resource)"
+    )

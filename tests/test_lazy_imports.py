@@ -1,0 +1,110 @@
+"""A run imports only what it uses: modules of other commands, drivers and features that no
+resource configures stay unloaded (start-up time and memory of every kdp-host process)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+
+from kdp_host.simulator import KubeletSimulator
+
+from .conftest import glob_config
+
+FPGA = "vendor.example/fpga"
+
+NOT_IMPORTED_BY_A_GLOB_RUN = (
+    # other commands: the simulator and demo, `discover`'s body, `check`'s root-disk probe
+    "kdp_host.simulator",
+    "kdp_host.demo",
+    "kdp_host.testing",
+    "kdp_host.sysfs.discover",
+    "kdp_host.sysfs.describe",
+    "kdp_host.sysfs.ids",
+    "kdp_host.sysfs.render",
+    "kdp_host.sysfs.rootdisk",
+    # reading sysfs, with no sysfs resource (the config's checks need the model only)
+    "kdp_host.sysfs.reader",
+    "kdp_host.sysfs.tree",
+    "kdp_host.sysfs.nodes",
+    "kdp_host.sysfs.index",
+    "kdp_host.drivers.sysfs",
+    "kdp_host.drivers.sysfs_match",
+    "kdp_host.drivers.sysfs_advertised",
+    # drivers and features no resource uses
+    "kdp_host.drivers.shell",
+    "kdp_host.drivers.stream",
+    "kdp_host.cdi",
+    "kdp_host.cdi_spec",
+    "kdp_host.cdi_lease",
+    "kdp_host.protocol.plugin_registry",
+    "kdp_host.api.pluginregistration",
+    # the schema machinery (make schema) and test-only libraries
+    "kdp_host.config.docs",
+    "jsonschema",
+    "hypothesis",
+)
+
+_RECORD_MODULES = """
+import atexit, sys
+out = sys.argv[1]
+atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
+from kdp_host.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+async def test_a_glob_run_imports_no_module_it_does_not_use(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path
+) -> None:
+    """A `kdp-host run` of a glob resource, registered, its HTTP paths asked, then stopped:
+    the modules it loaded on the way hold none of the list above."""
+    config = short_dir / "config.yaml"
+    config.write_text(
+        glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
+        + "metrics: {listen: '127.0.0.1:0', devices: true}\n"
+    )
+    loaded = short_dir / "modules.txt"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _RECORD_MODULES,
+        str(loaded),
+        "run",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        address = None
+        while address is None:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert line, "kdp-host ended before it served HTTP"
+            if match := re.search(r"event=http_serving listen=(\S+)", line):
+                address = match.group(1)
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
+        for path in ("/metrics", "/readyz", "/healthz", "/devices"):
+            await asyncio.to_thread(_get, f"http://{address}{path}")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    modules = set(loaded.read_text().split())
+    assert "kdp_host.drivers.glob" in modules  # the list is the run's own
+    unused = [
+        name
+        for name in sorted(modules)
+        if any(name == m or name.startswith(f"{m}.") for m in NOT_IMPORTED_BY_A_GLOB_RUN)
+    ]
+    assert unused == []
+
+
+def _get(url: str) -> None:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        response.read()

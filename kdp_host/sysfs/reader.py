@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..logs import quote_text
@@ -30,7 +30,6 @@ from .model import (
     PCI_ATTRIBUTES,
     USB,
     USB_ATTRIBUTES,
-    USB_DEVICE_NAME,
     USB_INTERFACE_ATTRIBUTES,
     VFIO_CONTAINER_NODE,
     VFIO_PCI_DRIVER,
@@ -41,8 +40,8 @@ from .model import (
     vfio_group_problem,
 )
 from .nodes import DevNodes
+from .placing import may_be_device, place_nodes, source_names
 from .tree import (
-    devices_reaching,
     link_name,
     numa_of_parents,
     parse_numa,
@@ -163,7 +162,10 @@ class SysfsReader:
         added: list[SysfsDevice] = []
         listed: dict[str, set[str]] | None = None
         if unplaced:
-            entries, reached, unplaceable = self._place(unplaced, _sources(buses, classes), index)
+            sources = source_names(buses, classes)
+            entries, reached, unplaceable = place_nodes(
+                self.nodes, self._entry_link, unplaced, sources, index
+            )
             dirty.update(reached)
             for source, name, link in entries:
                 device = self.read_device(source, name, link, extra, state)
@@ -227,36 +229,6 @@ class SysfsReader:
         self._index = index
         return result
 
-    def _place(
-        self, unplaced: Iterable[str], sources: list[str], index: ReadIndex
-    ) -> tuple[list[tuple[str, str, str]], set[str], list[str]]:
-        """The devices the nodes `unplaced` (held by no listed device) belong to, found from
-        each node upwards (its directory, by device number or class entry, then the
-        devices whose node walk reaches it): the entries (source, name, link) of new ones,
-        the directories of listed ones, and the nodes that are there but could not be
-        placed. O(nodes x depth), whatever the buses hold."""
-        entries: dict[tuple[str, str], str] = {}
-        reached: set[str] = set()
-        unplaceable: list[str] = []
-        candidates = _EntryOf(self, sources, index.by_path)
-        for devname in unplaced:
-            directory = self.nodes.node_directory(devname)
-            if directory is None:
-                if os.path.lexists(os.path.join(self.dev_root, devname)):
-                    unplaceable.append(devname)
-                continue  # else gone again, and no listed device had it
-            for path in devices_reaching(directory, candidates):
-                if path in index.by_path:
-                    reached.add(path)
-                for source, name in candidates.entries.get(path, ()):
-                    known = index.by_entry.get((source, name))
-                    if known is not None:
-                        reached.add(known.path)  # its name moved here: read where it points
-                    else:
-                        entries[(source, name)] = self._entry_link(source, name)
-        found = [(source, name, link) for (source, name), link in entries.items()]
-        return found, reached, unplaceable
-
     def _entry_link(self, source: str, name: str) -> str:
         relative = source if source.startswith("class/") else f"bus/{source}/devices"
         return os.path.join(self.sysfs_root, relative, name)
@@ -271,7 +243,7 @@ class SysfsReader:
         """(source, kernel name, entry) of every device listed under the buses and classes
         (with `known`: of those not in it), the sources that could not be listed, and the
         names listed of each source."""
-        sources = _sources(buses, classes)
+        sources = source_names(buses, classes)
         entries: list[tuple[str, str, str]] = []
         problems: list[str] = []
         listed: dict[str, set[str]] = {}
@@ -287,7 +259,7 @@ class SysfsReader:
             if known is not None:
                 names = list(listed[source] - known.get(source, set()) - ignored)
             for name in sorted(names):
-                if not _may_be_device(source, name):
+                if not may_be_device(source, name):
                     ignored.add(name)
                     continue  # an interface (`1-1:1.0`), listed under its device
                 if (why := name_text_problem(name)) is not None:
@@ -410,40 +382,3 @@ class SysfsReader:
             classes = tuple(values.get(a) for a in USB_INTERFACE_ATTRIBUTES)
             found.append((entry, (classes[0], classes[1], classes[2])))
         return tuple(found)
-
-
-def _sources(buses: Iterable[str], classes: Iterable[str]) -> list[str]:
-    """The sources read: each bus, then `class/<name>` of each class."""
-    return [*dict.fromkeys(buses), *(f"class/{k}" for k in dict.fromkeys(classes))]
-
-
-def _may_be_device(source: str, name: str) -> bool:
-    """Whether an entry of `source` named `name` may be a device (the USB bus lists its
-    interfaces, `1-1:1.0`, beside its devices)."""
-    return source != USB or USB_DEVICE_NAME.fullmatch(name) is not None
-
-
-class _EntryOf:
-    """The directories that are a listed device or the entry of one of `sources` (for
-    `devices_reaching`), with the (source, name) of each entry found (`entries`)."""
-
-    def __init__(self, reader: SysfsReader, sources: list[str], listed: Container[str]) -> None:
-        self._reader = reader
-        self._sources = sources
-        self._listed = listed
-        self.entries: dict[str, list[tuple[str, str]]] = {}
-
-    def __contains__(self, directory: object) -> bool:
-        if not isinstance(directory, str):
-            return False
-        name = os.path.basename(directory)
-        found = self.entries.get(directory)
-        if found is None:
-            found = self.entries[directory] = [
-                (source, name)
-                for source in self._sources
-                if _may_be_device(source, name)
-                and name_text_problem(name) is None
-                and resolve_entry(self._reader._entry_link(source, name)) == directory
-            ]
-        return bool(found) or directory in self._listed

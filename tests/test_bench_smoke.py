@@ -98,6 +98,36 @@ def test_runner_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixt
     assert plug["min"] <= plug["median"] <= plug["max"]
 
 
+def test_runner_sends_log_records_to_a_file_not_among_the_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulator's warnings (e.g. a stale stream's disconnect) and asyncio's complaints
+    once reached the output through logging's last resort."""
+    import logging
+
+    from kdp_host.simulator.log import log_event
+
+    def noisy(opts: harness.Options) -> list[harness.Figure]:
+        log_event(logging.WARNING, "stale_stream_disconnects_new_client", resource="r/x")
+        logging.getLogger("asyncio").error("Unclosed connection: Channel(...)")
+        return []
+
+    monkeypatch.setitem(run.BENCHMARKS, "noisy", "noisy")
+    monkeypatch.setattr(run.importlib, "import_module", lambda name: type("M", (), {"run": noisy}))
+    level = logging.getLogger().level
+    out = tmp_path / "bench.json"
+    assert run.main(["--quick", "--only", "noisy", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "stale_stream" not in printed.out + printed.err
+    assert "Unclosed" not in printed.out + printed.err
+    lines = [json.loads(line) for line in out.with_suffix(".log").read_text().splitlines()]
+    assert [(r["event"], r.get("resource")) for r in lines] == [
+        ("stale_stream_disconnects_new_client", "r/x"),
+        ("Unclosed connection: Channel(...)", None),
+    ]
+    assert logging.getLogger().level == level  # the process's logging is left as it was
+
+
 def test_hotplug_benchmark_structure() -> None:
     check_figures(hotplug.run(TINY))
 

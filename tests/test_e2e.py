@@ -116,6 +116,7 @@ async def test_socket_deleted_is_served_again(
 ) -> None:
     running = await start_host(two_resources(socket_dir, devices))
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+    await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
     runtime = running.host.resources[FPGA]
     os.unlink(runtime.socket_path)
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).registrations == 2, timeout=5)

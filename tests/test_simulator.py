@@ -883,6 +883,30 @@ async def test_stop_marks_resources_unhealthy_and_removes_socket(env: Env) -> No
     await env.sim.stop()  # idempotent
 
 
+async def test_a_stopped_kubelet_takes_no_register_on_a_connection_kept_open(env: Env) -> None:
+    """grpc-go's Stop closes every connection; grpclib's close leaves a client's connection
+    open. A Register sent on it after the stop must fail UNAVAILABLE and change nothing: it
+    once dialled the plugin back and connected it to the next start's fresh state."""
+    plugin = FakePlugin(devs("a", "b"))
+    await env.serve(plugin, "p.sock")
+    channel = Channel(path=str(env.dir / KUBELET_SOCKET_NAME))
+    try:
+        stub = RegistrationStub(channel)
+        request = RegisterRequest(version="v1beta1", endpoint="p.sock", resource_name=RES)
+        await stub.register(request, timeout=30)
+        await env.sim.wait_for(lambda: env.sim.allocatable(RES) == 2)
+        await env.sim.stop()
+        attempts = len(env.sim.register_attempts)
+        with pytest.raises(GRPCError) as info:
+            await stub.register(request, timeout=30)
+    finally:
+        channel.close()
+    assert (info.value.status, info.value.message) == (Status.UNAVAILABLE, "transport is closing")
+    assert len(env.sim.register_attempts) == attempts
+    snap = env.sim.resource(RES)
+    assert (snap.registrations, snap.endpoint_stopped, snap.allocatable) == (1, True, 0)
+
+
 async def test_cleanup_sockets_only_option(sock_dir: Path) -> None:
     (sock_dir / "notes.txt").write_text("x")
     with socket.socket(socket.AF_UNIX) as sock:

@@ -47,7 +47,7 @@ from kdp_host.api.v1 import (
 
 from .manager import DeviceManager
 from .records import NODE_WITHOUT_TOPOLOGY
-from .transport import STOP_WAIT
+from .transport import STOP_WAIT, stopped_server_refuses_calls
 
 RATE_LIMIT_QPS: Final = 100.0
 RATE_LIMIT_BURST: Final = 10
@@ -185,6 +185,7 @@ class PodResourcesServer:
         self.limiter = limiter or TokenBucket()
         self._server = Server([_Lister(manager, self.limiter, self.calls)])
         self._serving = False
+        stopped_server_refuses_calls(self._server, lambda: self._serving)
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from typing import Final, TypeVar
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
+from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
@@ -47,6 +48,29 @@ class RpcFailed(Exception):
     """A call to a plugin that failed; ``str()`` is the kubelet's error text."""
 
 
+# --------------------------------------------------------------------------- servers
+
+TRANSPORT_CLOSING: Final = "transport is closing"
+"""grpc-go's status text for a call on a connection its server closed."""
+
+
+def stopped_server_refuses_calls(server: Server, serving: Callable[[], bool]) -> None:
+    """Make ``server`` answer UNAVAILABLE to every call that arrives while ``serving()`` is
+    false, before any handler runs.
+
+    grpc-go's ``Server.Stop`` closes every connection, so nothing reaches a stopped kubelet.
+    grpclib's ``Server.close`` only stops listening and cancels the calls running then: a
+    client that keeps its connection (kdp-host keeps one to ``kubelet.sock``) could still
+    deliver a Register to a stopped simulator, whose dial-back then outlived the stop and
+    connected the plugin to the next start's fresh state."""
+
+    async def gate(event: RecvRequest) -> None:
+        if not serving():
+            raise GRPCError(Status.UNAVAILABLE, TRANSPORT_CLOSING)
+
+    listen(server, RecvRequest, gate)
+
+
 # --------------------------------------------------------------------------- Registration
 
 
@@ -69,6 +93,7 @@ class RegistrationServer:
     def __init__(self, handle: Callable[[RegisterRequest], Awaitable[None]]) -> None:
         self._server = Server([_RegistrationService(handle)])
         self._started = False
+        stopped_server_refuses_calls(self._server, lambda: self._started)
 
     async def start(self, path: Path) -> None:
         await self._server.start(path=str(path))

@@ -5,26 +5,31 @@
 Each figure is the median of one value per repeated run, with min and max; comparisons are
 ratios taken within a run. `--quick` shrinks sizes and durations for a smoke run (its
 figures are not comparable with the targets). Exit status: 0 when every benchmark ran (even
-with missed targets), 1 when one could not run.
+with missed targets), 1 when one could not run. Log records of the benchmarks' own process
+(the kubelet simulator's, asyncio's, warnings) go to bench-results/bench.log, not stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import datetime
 import importlib
 import json
+import logging
 import math
 import os
 import platform
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kdp_host.logs import JsonFormatter
 
 from .harness import Figure, Options
 from .proto import REPO
@@ -95,6 +100,28 @@ def compile_product() -> None:
     machines, each start would otherwise compile every module again, which is not what an
     installed kdp-host does and costs its start-up and memory figures."""
     compileall.compile_dir(str(REPO / "kdp_host"), quiet=1)
+
+
+@contextlib.contextmanager
+def logs_to(path: Path) -> Iterator[None]:
+    """Send this process's log records (WARNING and up: the kubelet simulator's findings,
+    asyncio's complaints) and Python warnings to `path` meanwhile, so the output holds only
+    figures. Without a handler, logging's last resort printed them among the figures."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(JsonFormatter())  # with the simulator's fields
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.setLevel(level)
+        root.removeHandler(handler)
+        handler.close()
 
 
 def run_one(name: str, run: Callable[[Options], list[Figure]], opts: Options) -> Outcome:
@@ -218,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             if external is not None:
                 runners[name] = external
 
+    log_path = args.out.with_suffix(".log")
     compile_product()
     started = datetime.datetime.now(datetime.UTC)
-    outcomes = [run_one(name, run, opts) for name, run in runners.items()]
+    with logs_to(log_path):
+        outcomes = [run_one(name, run, opts) for name, run in runners.items()]
     info = machine()
     print()
     print(
@@ -244,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {args.out} (log records: {log_path})")
     return 1 if any(o.error for o in outcomes) else 0
 
 

@@ -215,6 +215,28 @@ class RealKubelet:
         self.wait_events(all_registered, since, timeout, f"{len(wanted)} registrations")
         return times
 
+    def list_received(
+        self, resource: str, healthy: int, since: int, timeout: float = 30.0
+    ) -> tuple[int, int]:
+        """The first ListAndWatch list of `resource` with `healthy` healthy devices that the
+        kubelet received after event `since`: (its seq, when it arrived in unix ns, the
+        `t_recv_unix_ns` the kubelet stamps before it processes the list)."""
+        found: list[tuple[int, int]] = []
+
+        def arrived(events: list[dict[str, Any]]) -> bool:
+            for event in events:
+                if (
+                    event["kind"] == "list_and_watch"
+                    and event["resource"] == resource
+                    and event["healthy"] == healthy
+                ):
+                    found.append((int(event["seq"]), int(event["t_recv_unix_ns"])))
+                    return True
+            return False
+
+        self.wait_events(arrived, since, timeout, f"{resource}: a list with {healthy} healthy")
+        return found[0]
+
     def bench(self, resource: str, iterations: int, per_pod: int = 1, **options: Any) -> Any:
         body = {"resource": resource, "per_pod": per_pod, "iterations": iterations, **options}
         return self._request("POST", "/bench", body)

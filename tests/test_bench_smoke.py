@@ -169,15 +169,34 @@ def test_side_by_side_table_shows_both_columns_ratio_and_why_a_column_is_missing
 def test_peer_benchmark_says_why_when_the_harness_is_absent(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Without the binaries the section still runs the hot-plug rows and names the reason."""
+    """Without the binaries every row names the reason: the hot-plug rows are measured
+    through the real kubelet only (the simulated figures are the hotplug and sysfs
+    sections')."""
     from tests.bench import peer
 
     monkeypatch.setenv("KDP_KUBELET_HARNESS", str(tmp_path / "absent"))
     figures = peer.run(replace(TINY, repeats=1, hotplug_events=1))
+    hot = [f for f in figures if "hot-plug" in f.row and f.column != "ratio"]
+    assert hot and all(not f.values and "not found" in f.note for f in hot)
     gdp = [f for f in figures if f.column == "GDP"]
-    assert gdp and all((not f.values and "not found" in f.note) or "/sys" in f.note for f in gdp)
-    hot = next(f for f in figures if f.column == "kdp-host" and "glob hot-plug" in f.row)
-    check_figures([hot])
+    assert gdp and all(not f.values and "not found" in f.note for f in gdp)
+
+
+def test_peer_hotplug_rows_are_measured_through_the_real_kubelet() -> None:
+    """Glob and sysfs hot-plug -> the real kubelet's receipt of the list (its own stamp)."""
+    from tests.bench import peer
+    from tests.kubelet_harness import harness_binary, missing_reason
+
+    if harness_binary() is None:
+        pytest.skip(missing_reason())
+    rows = peer.hotplug_rows(replace(TINY, repeats=1, hotplug_events=2), None, "left out here")
+    labels = [row.label for row in rows]
+    assert labels[0].startswith("glob hot-plug") and "10 USB adapters" in labels[1]
+    assert labels[-1].startswith("sysfs removal with 10")
+    for row in rows:
+        assert len(row.kdp.values) == 1 and 0 < row.kdp.values[0] < 10_000, row.label
+        assert not row.gdp.values
+    assert rows[0].gdp.note == "not measured: left out here"
 
 
 def test_release_benchmark_says_why_when_the_harness_is_absent(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -369,10 +370,12 @@ def test_a_real_device_node_is_placed_by_its_number(fake: FakeSysfs) -> None:
     assert reader.nodes.node_directory("whatever") == str(target)
 
 
+@pytest.mark.parametrize("one_by_one", [False, True], ids=["together", "one_by_one"])
 @pytest.mark.parametrize("seed", range(6))
-def test_updates_agree_with_full_scans(fake: FakeSysfs, seed: int) -> None:
+def test_updates_agree_with_full_scans(fake: FakeSysfs, seed: int, one_by_one: bool) -> None:
     """Random plugs, unplugs, late nodes and lost nodes, each followed by an update with the
-    names of the nodes that changed: always what a full scan finds."""
+    names of the nodes that changed (all at once, or one update per node, the tty first:
+    a new adapter is then found from its tty node alone): always what a full scan finds."""
     rng = random.Random(seed)
     controller = fake.usb_controller()
     reader = SysfsReader(str(fake.sys), str(fake.dev))
@@ -395,8 +398,69 @@ def test_updates_agree_with_full_scans(fake: FakeSysfs, seed: int) -> None:
         elif port in plugged and action == "lose":
             changed = fake.nodes_of(plugged[port])[-1:]
             fake.remove_node(changed[0])
-        current = reader.update(current, changed)
+        for names in [[name] for name in changed] if one_by_one else [changed]:
+            current = reader.update(current, names)
         assert view(current) == view(SysfsReader(str(fake.sys), str(fake.dev)).scan()), step
+
+
+def listed_while(reader_call: Callable[[], SysfsScan]) -> tuple[SysfsScan, list[str]]:
+    """What `reader_call` returns, and the directories it listed."""
+    listed: list[str] = []
+    real = os.listdir
+
+    def listdir(path: str) -> list[str]:
+        listed.append(os.fspath(path))
+        return real(path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "listdir", listdir)
+        return reader_call(), listed
+
+
+def test_a_hot_plugged_device_is_found_from_its_node_not_by_listing_the_bus(
+    fake: FakeSysfs,
+) -> None:
+    """The node names what changed: its device is found from the node upwards (by device
+    number, or the class entry of its name), so a hot-plug costs the same whatever the bus
+    holds. Only a node that is there, cannot be placed and is no new device's makes the
+    update list the bus; a node no listed device had that is gone again makes it read
+    nothing."""
+    controller = fake.usb_controller()
+    for port in range(1, 4):
+        fake.usb_serial_adapter(controller, f"1-{port}", devnum=port + 1, tty=f"ttyUSB{port}")
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    first = reader.scan(buses=["usb"])
+    bus = str(fake.sys / "bus" / "usb" / "devices")
+    stick = fake.usb_serial_adapter(
+        controller, "1-7", devnum=9, tty="ttyUSB7", serial="NEW", create_nodes=False
+    )
+    tty, usb_node = fake.nodes_of(stick)
+    fake.create_node(tty)
+    second, listed = listed_while(lambda: reader.update(first, [tty], buses=["usb"]))
+    assert bus not in listed
+    assert view(second) == view(SysfsReader(str(fake.sys), str(fake.dev)).scan(buses=["usb"]))
+    [new] = [d for d in second.devices if d.name == "1-7"]
+    assert (tty, "tty", True) in view(second)[new.path][0]
+    assert [d for d in second.devices if d.name != "1-7"] == list(first.devices)
+    fake.create_node(usb_node)
+    third, listed = listed_while(lambda: reader.update(second, [usb_node], buses=["usb"]))
+    assert bus not in listed
+    assert (usb_node, "usb", True) in view(third)[new.path][0]
+    other = fake.usb_serial_adapter(controller, "1-8", devnum=10, tty="ttyUSB8", serial="TWO")
+    # Its USB node is a plain file here (no device number to place it by), but it is a node
+    # of the device its tty node leads to.
+    fourth, listed = listed_while(lambda: reader.update(third, fake.nodes_of(other), buses=["usb"]))
+    assert bus not in listed
+    assert view(fourth) == view(SysfsReader(str(fake.sys), str(fake.dev)).scan(buses=["usb"]))
+    third = fourth
+    fake.create_node("stray/node")  # a plain file: no device number, no class entry
+    fourth, listed = listed_while(lambda: reader.update(third, ["stray/node"], buses=["usb"]))
+    assert bus in listed
+    assert [id(d) for d in fourth.devices] == [id(d) for d in third.devices]
+    fake.remove_node("stray/node")
+    fifth, listed = listed_while(lambda: reader.update(fourth, ["stray/node"], buses=["usb"]))
+    assert bus not in listed
+    assert [id(d) for d in fifth.devices] == [id(d) for d in fourth.devices]
 
 
 def test_a_name_that_moved_to_another_device_is_read_there(fake: FakeSysfs) -> None:

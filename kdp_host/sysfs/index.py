@@ -15,6 +15,8 @@ class ReadIndex:
 
     scan: SysfsScan
     by_path: dict[str, SysfsDevice]
+    """In the order of the scan's devices (an update keeps a device read again in its
+    place and adds new ones at the end, as `SysfsReader.update` orders them)."""
     by_node: dict[str, set[str]]
     """Node name (relative to the dev root) -> the directories of the devices holding it."""
     known: dict[str, set[str]]
@@ -35,8 +37,10 @@ class ReadIndex:
         for node in device.nodes:
             self.by_node.setdefault(node.devname, set()).add(device.path)
 
-    def _remove(self, device: SysfsDevice) -> None:
-        if self.by_path.get(device.path) is device:
+    def _remove(self, device: SysfsDevice, staying: bool = False) -> None:
+        """`device` leaves the index (`staying`: a new read of its directory takes its
+        place, keeping its position in `by_path`)."""
+        if self.by_path.get(device.path) is device and not staying:
             del self.by_path[device.path]
         if self.by_entry.get((device.source, device.name)) is device:
             del self.by_entry[(device.source, device.name)]
@@ -48,14 +52,12 @@ class ReadIndex:
                 if not holders:
                     del self.by_node[node.devname]
 
-    def moved_to(
-        self, scan: SysfsScan, dropped: Iterable[SysfsDevice], fresh: Iterable[SysfsDevice]
-    ) -> ReadIndex:
-        """This index changed in place to index `scan`, which has the devices of the last
-        one but `dropped`, plus `fresh`: O(changed)."""
+    def move(self, dropped: Iterable[SysfsDevice], fresh: Iterable[SysfsDevice]) -> None:
+        """Drop the devices `dropped` and add `fresh` (O(changed)); a fresh device read in
+        the directory of a dropped one takes its place in `by_path`."""
+        fresh = list(fresh)
+        staying = {device.path for device in fresh}
         for device in dropped:
-            self._remove(device)
+            self._remove(device, device.path in staying)
         for device in fresh:
             self._add(device)
-        self.scan = scan
-        return self

@@ -30,7 +30,6 @@ from .model import (
     PCI_ATTRIBUTES,
     USB,
     USB_ATTRIBUTES,
-    USB_DEVICE_NAME,
     USB_INTERFACE_ATTRIBUTES,
     VFIO_CONTAINER_NODE,
     VFIO_PCI_DRIVER,
@@ -41,8 +40,8 @@ from .model import (
     vfio_group_problem,
 )
 from .nodes import DevNodes
+from .placing import may_be_device, place_nodes, source_names
 from .tree import (
-    devices_reaching,
     link_name,
     numa_of_parents,
     parse_numa,
@@ -163,17 +162,26 @@ class SysfsReader:
         added: list[SysfsDevice] = []
         listed: dict[str, set[str]] | None = None
         if unplaced:
-            entries, _, listed = self._entries(buses, classes, state, index.known)
+            sources = source_names(buses, classes)
+            entries, reached, unplaceable = place_nodes(
+                self.nodes, self._entry_link, unplaced, sources, index
+            )
+            dirty.update(reached)
             for source, name, link in entries:
                 device = self.read_device(source, name, link, extra, state)
                 if device is not None:
                     added.append(device)
             new_nodes = {node.devname for device in added for node in device.nodes}
-            for devname in unplaced:
-                if devname not in new_nodes:
-                    directory = self.nodes.node_directory(devname)
-                    if directory is not None:
-                        dirty.update(devices_reaching(directory, index.by_path))
+            if any(devname not in new_nodes for devname in unplaceable):
+                # A node that is there, cannot be placed (no device number sysfs knows, no
+                # class entry of its name) and is no new device's: look in the lists.
+                read = {(source, name) for source, name, _ in entries}
+                entries, _, listed = self._entries(buses, classes, state, index.known)
+                for source, name, link in entries:
+                    if (source, name) not in read:
+                        device = self.read_device(source, name, link, extra, state)
+                        if device is not None:
+                            added.append(device)
         dropped: list[SysfsDevice] = []
         if listed is not None:
             for source, names in index.known.items():
@@ -194,13 +202,17 @@ class SysfsReader:
             else:
                 replaced[path] = found
                 fresh.append(found)
-        if replaced:
-            devices = [replaced.get(device.path, device) for device in previous.devices]
-        else:
-            devices = list(previous.devices)
-        devices.extend(added)
         fresh.extend(added)
-        kept = tuple(filter(None, devices))  # (C speed: no device is falsy)
+        vanished = sum(device is None for device in replaced.values())
+        # The index's `by_path` is in the devices' order (new ones last): when it holds
+        # exactly them before and after, it gives the new tuple at C speed.
+        whole = len(index.by_path) == len(previous.devices)
+        index.move(dropped, fresh)
+        if whole and len(index.by_path) == len(previous.devices) - vanished + len(added):
+            kept = tuple(index.by_path.values())
+        else:
+            devices = [replaced.get(device.path, device) for device in previous.devices]
+            kept = tuple(filter(None, [*devices, *added]))  # (no device is falsy)
         for device in fresh:
             watch.update(self.nodes.node_dirs(device))
         self._next_cache = {}
@@ -213,7 +225,8 @@ class SysfsReader:
             tuple(dict.fromkeys((*previous.skipped, *state.skipped))),
             delta,
         )
-        self._index = index.moved_to(result, dropped, fresh)
+        index.scan = result
+        self._index = index
         return result
 
     def _entry_link(self, source: str, name: str) -> str:
@@ -230,7 +243,7 @@ class SysfsReader:
         """(source, kernel name, entry) of every device listed under the buses and classes
         (with `known`: of those not in it), the sources that could not be listed, and the
         names listed of each source."""
-        sources = [*dict.fromkeys(buses), *(f"class/{k}" for k in dict.fromkeys(classes))]
+        sources = source_names(buses, classes)
         entries: list[tuple[str, str, str]] = []
         problems: list[str] = []
         listed: dict[str, set[str]] = {}
@@ -246,7 +259,7 @@ class SysfsReader:
             if known is not None:
                 names = list(listed[source] - known.get(source, set()) - ignored)
             for name in sorted(names):
-                if source == USB and USB_DEVICE_NAME.fullmatch(name) is None:
+                if not may_be_device(source, name):
                     ignored.add(name)
                     continue  # an interface (`1-1:1.0`), listed under its device
                 if (why := name_text_problem(name)) is not None:

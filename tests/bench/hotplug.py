@@ -11,10 +11,13 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from .harness import (
     Figure,
     Options,
+    PluginConnection,
     glob_resource,
     make_device_files,
     make_workdir,
@@ -23,7 +26,7 @@ from .harness import (
     remove_tree,
     touch,
 )
-from .latency import ServedHost, served_host
+from .latency import served_host
 
 RESOURCE = "bench.kdp-host.io/hotplug"
 BASE_DEVICES = 8
@@ -44,7 +47,9 @@ def run(opts: Options) -> list[Figure]:
             def arm() -> tuple[Callable[[], None], Callable[[], None]]:
                 return (lambda: touch(hot)), (lambda: os.unlink(hot))
 
-            measure_hotplug(opts, served, RESOURCE, BASE_DEVICES, arm, (plug, unplug, worst))
+            arrivals = SimulatorArrivals(served.kubelet.plugins[RESOURCE])
+            figures = (plug, unplug, worst)
+            measure_hotplug(opts, arrivals, BASE_DEVICES, arm, figures, served.host.check_alive)
     finally:
         remove_tree(workdir)
     return [plug, unplug, worst]
@@ -54,41 +59,73 @@ Arm = Callable[[], tuple[Callable[[], None], Callable[[], None]]]
 """Gets one device ready (untimed) and returns how to plug it in and how to unplug it."""
 
 
+class Arrivals(Protocol):
+    """Where one resource's ListAndWatch lists arrive, stamped on arrival, and the clock
+    they are stamped with (seconds)."""
+
+    def mark(self) -> int:
+        """A position in the lists received: the ones after it are new."""
+
+    def now(self) -> float:
+        """The stamps' clock, now."""
+
+    def arrival(self, healthy: int, after: int) -> tuple[float, int]:
+        """When the first list after `after` with `healthy` healthy devices arrived, and the
+        position just past it."""
+
+
+@dataclass
+class SimulatorArrivals:
+    """The lists the in-process simulated kubelet received (stamped with `now`)."""
+
+    connection: PluginConnection
+
+    def mark(self) -> int:
+        return self.connection.count()
+
+    def now(self) -> float:
+        return now()
+
+    def arrival(self, healthy: int, after: int) -> tuple[float, int]:
+        index, update = self.connection.wait_update(
+            lambda u: u.healthy() == healthy, after=after, timeout=10
+        )
+        return update.at, index + 1
+
+
 def measure_hotplug(
     opts: Options,
-    served: ServedHost,
-    resource: str,
+    arrivals: Arrivals,
     present: int,
     arm: Arm,
     figures: tuple[Figure, Figure, Figure],
+    check_alive: Callable[[], None],
+    events: int | None = None,
 ) -> None:
     """Plug and unplug one device in turn while `present` others are listed, each event
-    timed until the ListAndWatch update with the new healthy count arrives; per run, the
-    medians go into the plug and unplug figures and the slowest plug into the third."""
+    timed until the ListAndWatch update with the new healthy count arrives; per run (of
+    `events`, default `opts.hotplug_events`), the medians go into the plug and unplug
+    figures and the slowest plug into the third."""
     plug_figure, unplug_figure, worst = figures
-    connection = served.kubelet.plugins[resource]
     rng = random.Random(7)
+    position = arrivals.mark()
 
-    def wait(count: int, after: int) -> float:
-        _, update = connection.wait_update(lambda u: u.healthy() == count, after=after, timeout=10)
-        return update.at
+    def timed(action: Callable[[], None], healthy: int) -> float:
+        nonlocal position
+        started = arrivals.now()
+        action()
+        arrived, position = arrivals.arrival(healthy, position)
+        time.sleep(0.02 + rng.random() * 0.03)
+        return (arrived - started) * MS
 
     for _ in range(opts.repeats):
         adds: list[float] = []
         removals: list[float] = []
-        for _ in range(opts.hotplug_events):
+        for _ in range(opts.hotplug_events if events is None else events):
             plug, unplug = arm()
-            after = connection.count()
-            started = now()
-            plug()
-            adds.append((wait(present + 1, after) - started) * MS)
-            time.sleep(0.02 + rng.random() * 0.03)
-            after = connection.count()
-            started = now()
-            unplug()
-            removals.append((wait(present, after) - started) * MS)
-            time.sleep(0.02 + rng.random() * 0.03)
+            adds.append(timed(plug, present + 1))
+            removals.append(timed(unplug, present))
         plug_figure.add(median(adds))
         unplug_figure.add(median(removals))
         worst.add(max(adds))
-        served.host.check_alive()
+        check_alive()

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..fake_sysfs import FakeSysfs
 from ..kubelet_harness import (
     GenericDevicePlugin,
     HarnessError,
@@ -42,7 +42,6 @@ from ..kubelet_harness import (
     harness_binary,
     missing_reason,
 )
-from . import hotplug as glob_hotplug
 from . import sysfs as sysfs_bench
 from .harness import (
     BenchError,
@@ -53,11 +52,11 @@ from .harness import (
     glob_resource,
     make_device_files,
     make_workdir,
-    median,
     remove_tree,
     rss_bytes,
     touch,
 )
+from .hotplug import Arm, measure_hotplug
 
 GDP, KDP, RATIO = "GDP", "kdp-host", "ratio"
 MB = 1e6
@@ -66,6 +65,8 @@ KDP_DOMAIN = "kdp.example"
 ALLOCATE_DEVICES = 8
 SYSFS_PRESENT = (10, 100, 1000)
 QUICK_SYSFS_PRESENT = (10,)
+FIRST_LOOK = 0.03
+"""Seconds after a hot-plug event before the first look at the kubelet's events."""
 
 
 @dataclass
@@ -123,8 +124,7 @@ def run(opts: Options) -> list[Figure]:
         )
     else:
         rows += allocate_rows(opts, gdp_missing)
-    rows.append(glob_hotplug_row(opts, gdp_missing))
-    rows += sysfs_rows(opts)
+    rows += hotplug_rows(opts, kubelet_missing, gdp_missing)
     if kubelet_missing is None:
         rows += scale_rows(opts, gdp_missing)
     return [figure for row in rows for figure in row.figures()]
@@ -162,9 +162,11 @@ def peers(
     *,
     with_gdp: bool,
     start: bool = True,
+    kdp_config: list[dict[str, Any]] | None = None,
 ) -> Iterator[Peers]:
     """A kubelet and both plugins, each serving one resource per directory of `trees`
-    (every file in it a device). With `start`, both are started and registered."""
+    (every file in it a device), or kdp-host the resources of `kdp_config` instead. With
+    `start`, both are started and registered."""
     socket_dir = workdir / f"{name}-dp"
     kubelet = RealKubelet(socket_dir)
     kubelet.start()
@@ -174,14 +176,11 @@ def peers(
         if with_gdp
         else None
     )
-    kdp_resources = [f"{KDP_DOMAIN}/r{i:03d}" for i in range(len(trees))]
-    kdp = KdpHost(
-        workdir,
-        socket_dir,
-        [glob_resource(r, f"{tree}/*") for r, tree in zip(kdp_resources, trees, strict=True)],
-        name=f"{name}-kdp",
-        log_level="warning",
-    )
+    if kdp_config is None:
+        names = [f"{KDP_DOMAIN}/r{i:03d}" for i in range(len(trees))]
+        kdp_config = [glob_resource(r, f"{t}/*") for r, t in zip(names, trees, strict=True)]
+    kdp_resources = [str(resource["name"]) for resource in kdp_config]
+    kdp = KdpHost(workdir, socket_dir, kdp_config, name=f"{name}-kdp", log_level="warning")
     gdp_resources = [] if gdp is None else [gdp.resource(d["name"]) for d in gdp_devices]
     try:
         together = Peers(kubelet, gdp, kdp, gdp_resources, kdp_resources)
@@ -283,91 +282,141 @@ def _bench_p50(kubelet: RealKubelet, resource: str, iterations: int, direct_rpc:
 # ---------------------------------------------------------------------------- hot-plug
 
 
-def glob_hotplug_row(opts: Options, gdp_missing: str | None) -> Row:
-    row = Row.make(
+@dataclass
+class KubeletArrivals:
+    """`hotplug.Arrivals` of the real kubelet: the lists of one resource it received, from
+    its events, stamped on receipt (`t_recv_unix_ns`, the machine's real-time clock)."""
+
+    kubelet: RealKubelet
+    resource: str
+
+    def mark(self) -> int:
+        return self.kubelet.last_seq()
+
+    def now(self) -> float:
+        return time.time_ns() / 1e9
+
+    def arrival(self, healthy: int, after: int) -> tuple[float, int]:
+        # The kubelet stamps the arrival: the first look waits until the update is likely
+        # there, so this process's polling does not compete for the CPU with what it times.
+        time.sleep(FIRST_LOOK)
+        # GDP rescans every 5 s: generous.
+        seq, received = self.kubelet.list_received(self.resource, healthy, after, timeout=30)
+        return received / 1e9, seq
+
+
+def hotplug_rows(opts: Options, kubelet_missing: str | None, gdp_missing: str | None) -> list[Row]:
+    """Glob and sysfs hot-plug -> the real kubelet received the list with the device."""
+    glob = Row.make(
         "glob hot-plug -> kubelet sees it, median",
         "ms",
         kdp_target=2.0,
-        note="kdp-host: the hotplug benchmark (simulated kubelet, stamped on arrival); "
-        "GDP: the real kubelet's receive time",
+        note="a matching file created -> the kubelet received the list with it (its receive "
+        "time); both plugins on one kubelet, watching one directory",
     )
-    kdp = glob_hotplug.run(opts)[0]
-    gdp: list[float | None] = [None] * len(kdp.values)
+    presents = QUICK_SYSFS_PRESENT if opts.quick else SYSFS_PRESENT
+    sysfs = [
+        Row.make(
+            f"sysfs hot-plug with {present} USB adapters present, median",
+            "ms",
+            kdp_target=5.0 if present == SYSFS_PRESENT[-1] else None,
+            note="fake sysfs tree: the adapter's entries, then its nodes created -> the "
+            "kubelet received the list with it",
+        )
+        for present in presents
+    ]
+    removal = Row.make(
+        f"sysfs removal with {presents[-1]} USB adapters present, median",
+        "ms",
+        kdp_target=5.0 if presents[-1] == SYSFS_PRESENT[-1] else None,
+        note="the adapter's nodes, then its entries removed -> the kubelet received the list",
+    )
+    rows = [glob, *sysfs, removal]
+    if kubelet_missing is not None:
+        return _not_run([row.label for row in rows], kubelet_missing)
     if gdp_missing is not None:
-        row.skip_gdp(gdp_missing)
-    else:
-        gdp = list(gdp_hotplug(opts, len(kdp.values)))
-    for gdp_value, kdp_value in zip(gdp, kdp.values, strict=True):
-        row.add(gdp_value, kdp_value)
-    return row
+        glob.skip_gdp(gdp_missing)
+    glob_hotplug(opts, glob, with_gdp=gdp_missing is None)
+    for row in (*sysfs, removal):
+        row.skip_gdp("GDP reads the machine's own /sys (no fake tree) and polls every 5 s")
+    for present, row in zip(presents, sysfs, strict=True):
+        plug, unplug = sysfs_hotplug(opts, present)
+        for value in plug.values:
+            row.add(None, value)
+        if present == presents[-1]:
+            for value in unplug.values:
+                removal.add(None, value)
+    return rows
 
 
-def gdp_hotplug(opts: Options, repeats: int) -> Iterator[float]:
-    """Per repeat, the median over `opts.peer_hotplug_events` of GDP's file-created -> the
-    kubelet received the list that has it (GDP rescans every 5 s)."""
+def glob_hotplug(opts: Options, row: Row, *, with_gdp: bool) -> None:
+    """Per repeat, the median over `opts.hotplug_events` of kdp-host's file created -> the
+    kubelet received the list that has it, and GDP's over `opts.peer_hotplug_events` (it
+    rescans every 5 s), on one kubelet."""
     workdir = make_workdir("peer-hotplug")
-    rng = random.Random(11)
     base = 2
     try:
         tree = workdir / "dev"
         make_device_files(tree, base, "h")
         hot = tree / "hot"
-        with peers(workdir, "hot", [tree], with_gdp=True, start=False) as p:
-            assert p.gdp is not None
-            start_and_wait(p, p.gdp)
-            resource = p.gdp_resources[0]
+
+        def arm() -> tuple[Callable[[], None], Callable[[], None]]:
+            return (lambda: touch(hot)), (lambda: os.unlink(hot))
+
+        with peers(workdir, "hot", [tree], with_gdp=with_gdp) as p:
             kubelet = p.kubelet
-            for _ in range(repeats):
-                adds = []
-                for _ in range(opts.peer_hotplug_events):
-                    since = kubelet.last_seq()
-                    started = time.time_ns()
-                    touch(hot)
-                    arrived = _lists_healthy(kubelet, resource, base + 1, since)
-                    adds.append((arrived - started) / 1e6)
-                    since = kubelet.last_seq()
-                    os.unlink(hot)
-                    _lists_healthy(kubelet, resource, base, since)
-                    time.sleep(rng.random() * 0.5)
-                yield median(adds)
+            kubelet.wait_for(
+                lambda k: healthy(k, p.gdp_resources + p.kdp_resources, base),
+                30,
+                "every device healthy at the kubelet",
+            )
+            kdp, _ = kubelet_hotplug(opts, p, p.kdp_resources[0], base, arm)
+            gdp: list[float | None] = [None] * len(kdp.values)
+            if p.gdp_resources:
+                events = opts.peer_hotplug_events
+                gdp = list(
+                    kubelet_hotplug(opts, p, p.gdp_resources[0], base, arm, events)[0].values
+                )
+            for gdp_value, kdp_value in zip(gdp, kdp.values, strict=True):
+                row.add(gdp_value, kdp_value)
     finally:
         remove_tree(workdir)
 
 
-def _lists_healthy(kubelet: RealKubelet, resource: str, count: int, since: int) -> int:
-    """When (unix ns) the kubelet received the first list of `resource` after event
-    `since` with `count` healthy devices."""
-    found: list[int] = []
-
-    def arrived(events: list[dict[str, Any]]) -> bool:
-        for event in events:
-            if (
-                event["kind"] == "list_and_watch"
-                and event["resource"] == resource
-                and event["healthy"] == count
-            ):
-                found.append(int(event["t_recv_unix_ns"]))
-                return True
-        return False
-
-    kubelet.wait_events(arrived, since, timeout=20, what=f"{resource}: {count} healthy")
-    return found[0]
+def kubelet_hotplug(
+    opts: Options, p: Peers, resource: str, present: int, arm: Arm, events: int | None = None
+) -> tuple[Figure, Figure]:
+    """`hotplug.measure_hotplug` of one of the peers' resources on the real kubelet: per
+    repeat, the median plug and the median removal."""
+    plug, removal = Figure(f"{resource}: plug", "ms"), Figure(f"{resource}: removal", "ms")
+    plugin = p.kdp if resource in p.kdp_resources else p.gdp
+    assert plugin is not None
+    arrivals = KubeletArrivals(p.kubelet, resource)
+    figures = (plug, removal, Figure(f"{resource}: plug, max", "ms"))
+    measure_hotplug(opts, arrivals, present, arm, figures, plugin.check_alive, events)
+    return plug, removal
 
 
-def sysfs_rows(opts: Options) -> list[Row]:
-    rows = []
-    for present in QUICK_SYSFS_PRESENT if opts.quick else SYSFS_PRESENT:
-        row = Row.make(
-            f"sysfs hot-plug with {present} USB adapters present, median",
-            "ms",
-            kdp_target=5.0 if present == SYSFS_PRESENT[-1] else None,
-            note="kdp-host: the sysfs benchmark's hot-plug",
-        )
-        row.skip_gdp("GDP reads the machine's own /sys (no fake tree) and polls every 5 s")
-        for value in sysfs_bench.hotplug(opts, present)[0].values:
-            row.add(None, value)
-        rows.append(row)
-    return rows
+def sysfs_hotplug(opts: Options, present: int) -> tuple[Figure, Figure]:
+    """kdp-host's sysfs hot-plug of one adapter while `present` others are listed, through
+    the real kubelet (the tree and the events are the sysfs benchmark's): plug and removal."""
+    workdir = make_workdir("peer-sysfs")
+    try:
+        fake = FakeSysfs(workdir / "root")
+        controller = sysfs_bench.build_adapters(fake, present)[0]
+        # A long grace period: an unplugged adapter stays listed Unhealthy, so each event
+        # moves the healthy count by one.
+        config = sysfs_bench.resource(fake, gracePeriod="1h")
+        with peers(workdir, "sysfs", [], with_gdp=False, kdp_config=[config]) as p:
+            p.kubelet.wait_for(
+                lambda k: healthy(k, [sysfs_bench.RESOURCE], present),
+                120,
+                f"{present} adapters healthy at the kubelet",
+            )
+            arm = sysfs_bench.hot_adapter(fake, controller)
+            return kubelet_hotplug(opts, p, sysfs_bench.RESOURCE, present, arm)
+    finally:
+        remove_tree(workdir)
 
 
 # ---------------------------------------------------------------------------- scale

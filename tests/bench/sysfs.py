@@ -25,7 +25,7 @@ from kdp_host.watch import PollingWatcher
 
 from ..fake_sysfs import FTDI, FakeSysfs, UsbController
 from .harness import Figure, Options, make_workdir, remove_tree
-from .hotplug import measure_hotplug
+from .hotplug import Arm, SimulatorArrivals, measure_hotplug
 from .latency import served_host
 from .scale import idle_cpu_percent
 
@@ -80,20 +80,30 @@ def hotplug(opts: Options, present: int = BASE_DEVICES) -> list[Figure]:
         # A long grace period: an unplugged adapter stays listed Unhealthy, so each event
         # moves the healthy count by one.
         with served_host(workdir, "kdp-sysfs", [resource(fake, gracePeriod="1h")]) as served:
-
-            def arm() -> tuple[Callable[[], None], Callable[[], None]]:
-                device = plug_in(fake, controller, create_nodes=False)
-
-                def create_nodes() -> None:
-                    for devname in fake.nodes_of(device):
-                        fake.create_node(devname)
-
-                return create_nodes, lambda: fake.remove_device(device)
-
-            measure_hotplug(opts, served, RESOURCE, present, arm, (plug, unplug, worst))
+            arrivals = SimulatorArrivals(served.kubelet.plugins[RESOURCE])
+            arm = hot_adapter(fake, controller)
+            figures = (plug, unplug, worst)
+            measure_hotplug(opts, arrivals, present, arm, figures, served.host.check_alive)
     finally:
         remove_tree(workdir)
     return [plug, unplug, worst]
+
+
+def hot_adapter(fake: FakeSysfs, controller: UsbController) -> Arm:
+    """The hot-plug of one adapter as the kernel does it: its sysfs entries (untimed), then
+    its nodes; the unplug removes the nodes, then the entries."""
+
+    def arm() -> tuple[Callable[[], None], Callable[[], None]]:
+        device = plug_in(fake, controller, create_nodes=False)
+        devnames = fake.nodes_of(device)
+
+        def create_nodes() -> None:
+            for devname in devnames:
+                fake.create_node(devname)
+
+        return create_nodes, lambda: fake.remove_device(device)
+
+    return arm
 
 
 def plug_in(fake: FakeSysfs, controller: UsbController, *, create_nodes: bool = True) -> Path:

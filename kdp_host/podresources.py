@@ -174,7 +174,7 @@ class PodResourcesPoller:
                 delay = await self.poll()
                 await asyncio.sleep(delay * (1 + random.uniform(-JITTER, JITTER)))
         finally:
-            self._close()
+            self.close()
 
     async def poll_soon(self, timeout: float) -> bool:
         """Wait up to `timeout` for the next poll to finish (whatever its result)."""
@@ -197,7 +197,7 @@ class PodResourcesPoller:
 
     async def _poll(self) -> float:
         if not _is_socket(self.socket):
-            self._close()
+            self.close()
             self._set_state("absent", "no socket (kubelet too old, or the directory not mounted)")
             return self.interval
         stub = PodResourcesListerStub(self._open())
@@ -213,7 +213,7 @@ class PodResourcesPoller:
             ProtocolError,
             TimeoutError,
         ) as exc:
-            self._close()
+            self.close()
             self._set_state("error", f"{type(exc).__name__}: {exc}".rstrip(": "))
             return self._backoff.next_delay()
         self._backoff.reset()
@@ -261,7 +261,7 @@ class PodResourcesPoller:
                 "the kubelet does not serve PodResources v1 List (Kubernetes 1.20 or newer has it)",
             )
             return max(self.interval, UNSUPPORTED_RETRY)
-        self._close()
+        self.close()
         self._set_state("error", f"{exc.status.name}: {exc.message}")
         return self._backoff.next_delay()
 
@@ -281,7 +281,9 @@ class PodResourcesPoller:
             self._channel = grpclib.client.Channel(path=self.socket)
         return self._channel
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close the connection to the kubelet (`run` does on its way out; whoever calls
+        `poll` itself does when done). A later poll opens it again."""
         channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()

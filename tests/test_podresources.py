@@ -4,8 +4,10 @@ against the kubelet's own server and client), `/devices` and `kdp-host status`."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,10 +36,16 @@ from .kubelet_harness import harness_binary
 FPGA = "vendor.example/fpga"
 
 
-def _poller(socket: Path, interval: float = 1.0) -> PodResourcesPoller:
-    return PodResourcesPoller(
+@contextlib.contextmanager
+def _poller(socket: Path, interval: float = 1.0) -> Iterator[PodResourcesPoller]:
+    """A poller whose connection is closed after the test (its polls are the test's own)."""
+    poller = PodResourcesPoller(
         str(socket), interval, Metrics(process_collectors=False), get_logger()
     )
+    try:
+        yield poller
+    finally:
+        poller.close()
 
 
 def _count(poller: PodResourcesPoller, result: str) -> float:
@@ -76,29 +84,29 @@ async def test_the_simulator_lists_holders_and_refuses_over_its_rate_limit(
         running = await start_host(yaml(socket_dir, devices, short_dir / "pr", interval="1h"))
         await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
         await sim.allocate(FPGA, 1, pod_uid="p1", container="main")
-        poller = _poller(short_dir / "pr" / "kubelet.sock")
-        assert await poller.poll() == 1.0
-        assert poller.holdings is not None
-        [holder] = poller.holdings.of(FPGA)["fpga0"]
-        assert (holder.namespace, holder.pod, holder.container) == ("default", "p1", "main")
-        assert poller.allocatable == {FPGA: frozenset({"fpga0", "fpga1"})}
-        since = holder.since
-        await poller.poll()
-        assert poller.holdings.of(FPGA)["fpga0"][0].since == since  # first seen, kept
-        # Another client spent the burst; with the clock held still nothing refills.
-        pod_resources = sim.pod_resources
-        assert pod_resources is not None
-        frozen = [pod_resources.limiter.clock()]
-        pod_resources.limiter.clock = lambda: frozen[0]
-        pod_resources.limiter.exhaust()
-        delays = [await poller.poll() for _ in range(4)]
-        assert _count(poller, "rate_limited") == 4
-        assert poller.status.state == "rate_limited"
-        assert poller.status.problem is not None and RATE_LIMITED in poller.status.problem
-        assert delays == [2.0, 4.0, 8.0, 16.0]  # doubling from twice the interval
-        assert poller.holdings.of(FPGA)["fpga0"][0].pod == "p1"  # the last answer stays
-        frozen[0] += 0.05  # five tokens back
-        assert await poller.poll() == 1.0 and poller.status.state == "ok"
+        with _poller(short_dir / "pr" / "kubelet.sock") as poller:
+            assert await poller.poll() == 1.0
+            assert poller.holdings is not None
+            [holder] = poller.holdings.of(FPGA)["fpga0"]
+            assert (holder.namespace, holder.pod, holder.container) == ("default", "p1", "main")
+            assert poller.allocatable == {FPGA: frozenset({"fpga0", "fpga1"})}
+            since = holder.since
+            await poller.poll()
+            assert poller.holdings.of(FPGA)["fpga0"][0].since == since  # first seen, kept
+            # Another client spent the burst; with the clock held still nothing refills.
+            pod_resources = sim.pod_resources
+            assert pod_resources is not None
+            frozen = [pod_resources.limiter.clock()]
+            pod_resources.limiter.clock = lambda: frozen[0]
+            pod_resources.limiter.exhaust()
+            delays = [await poller.poll() for _ in range(4)]
+            assert _count(poller, "rate_limited") == 4
+            assert poller.status.state == "rate_limited"
+            assert poller.status.problem is not None and RATE_LIMITED in poller.status.problem
+            assert delays == [2.0, 4.0, 8.0, 16.0]  # doubling from twice the interval
+            assert poller.holdings.of(FPGA)["fpga0"][0].pod == "p1"  # the last answer stays
+            frozen[0] += 0.05  # five tokens back
+            assert await poller.poll() == 1.0 and poller.status.state == "ok"
         del running
     finally:
         await sim.stop()
@@ -107,14 +115,14 @@ async def test_the_simulator_lists_holders_and_refuses_over_its_rate_limit(
 async def test_an_absent_socket_is_logged_once_counted_and_harmless(
     short_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    poller = _poller(short_dir / "nothing" / "kubelet.sock", interval=2.0)
-    for _ in range(3):
-        assert await poller.poll() == 2.0
-    assert poller.status.state == "absent" and poller.holdings is None
-    assert _count(poller, "absent") == 3
-    assert poller.metrics.registry.get_sample_value("kdp_pod_resources_up") == 0
-    lines = [r for r in caplog.records if r.getMessage() == "pod_resources_unavailable"]
-    assert len(lines) == 1
+    with _poller(short_dir / "nothing" / "kubelet.sock", interval=2.0) as poller:
+        for _ in range(3):
+            assert await poller.poll() == 2.0
+        assert poller.status.state == "absent" and poller.holdings is None
+        assert _count(poller, "absent") == 3
+        assert poller.metrics.registry.get_sample_value("kdp_pod_resources_up") == 0
+        lines = [r for r in caplog.records if r.getMessage() == "pod_resources_unavailable"]
+        assert len(lines) == 1
 
 
 class _OldKubelet(PodResourcesListerBase):
@@ -128,11 +136,11 @@ async def test_a_kubelet_without_the_v1_api_is_unsupported_and_asked_rarely(
     server = Server([_OldKubelet()])
     await server.start(path=str(short_dir / "old.sock"))
     try:
-        poller = _poller(short_dir / "old.sock")
-        delay = await poller.poll()
-        assert poller.status.state == "unsupported" and delay >= 300
-        assert "1.20" in (poller.status.problem or "")
-        assert _count(poller, "unsupported") == 1
+        with _poller(short_dir / "old.sock") as poller:
+            delay = await poller.poll()
+            assert poller.status.state == "unsupported" and delay >= 300
+            assert "1.20" in (poller.status.problem or "")
+            assert _count(poller, "unsupported") == 1
     finally:
         server.close()
         await server.wait_closed()

@@ -355,7 +355,7 @@ class DeviceTable:
             devices = list(map(reported.__getitem__, order))  # every device as reported
         else:
             devices = []
-            made, self._overridden = self._overridden, {}
+            copies, self._overridden = self._overridden, {}
             for device_id in order:
                 device = reported[device_id]
                 healthy = (
@@ -365,7 +365,7 @@ class DeviceTable:
                     and not (held is not None and held(device))
                 )
                 if healthy != device.healthy:
-                    known = made.get(device_id)
+                    known = copies.get(device_id)
                     copy = known[1] if known and known[0] is device else device.with_health(False)
                     self._overridden[device_id] = (device, copy)
                     device = copy

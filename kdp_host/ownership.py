@@ -64,13 +64,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .devices import REPLICA_SEPARATOR, Device, physical_id
+from .devices import REPLICA_SEPARATOR, Device
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
-from .ownership_adopt import Adoption, claims_now
-from .ownership_claims import Claims, Owner, Resolver, host_paths
-from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
+from .ownership_adopt import Adoption
+from .ownership_allocate import BookingAllocations
+from .ownership_claims import Claims, Resolver, host_paths
+from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
 ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
 for later shows every pod that can hold it."""
+
 
 HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
@@ -102,10 +104,11 @@ def _advertises(advertised_id: str, device_id: str) -> bool:
     )
 
 
-class OwnershipIndex(Resolving):
+class OwnershipIndex(BookingAllocations):
     """The host-wide index of claims (one per host, passed to every resource). Built in
     layers, one module each: the claim table (`ownership_table.ClaimTable`), admission
-    (`ownership_admission.Admission`), resolving off the loop (`ownership_resolve.Resolving`);
+    (`ownership_admission.Admission`), resolving off the loop (`ownership_resolve.Resolving`),
+    booking an answered Allocate (`ownership_allocate.BookingAllocations`);
     this adds runtimes, publishing, PodResources answers and the watcher.
 
     A claim whose device stops being advertised (it left the list, is held, or its resource
@@ -260,29 +263,6 @@ class OwnershipIndex(Resolving):
         if released:
             self._wake_waiting("")
             self._drain()
-
-    # ------------------------------------------------------------------ bookings
-
-    async def book(self, resource: str, ids: Iterable[str]) -> None:
-        """The kubelet booked `ids` of `resource` (an Allocate is answered): record each with
-        the claims of its device, and return once `<stateDir>/ownership.json` holds them
-        (nothing is written when the bookings are the ones recorded already)."""
-        ledger = self._ledger
-        if self._book(resource, ids) and ledger.sink is not None:
-            ledger.changed()
-            await ledger.sink.flush()
-
-    def _book(self, resource: str, ids: Iterable[str]) -> bool:
-        state = self._resources.get(resource)
-        if state is None:
-            return False
-        now = self._clock()
-        changed = False
-        for kubelet_id in ids:
-            device = physical_id(kubelet_id, state.replicas or 1)
-            booked = claims_now(state, self._exclusive, device)
-            changed |= self._ledger.record(Owner(resource, kubelet_id), device, booked, now)
-        return changed
 
     # ------------------------------------------------------------------ publishing
 

@@ -123,8 +123,8 @@ class ClaimTable(abc.ABC):
         last run (before any resource publishes): each claim lingers with its device, as if
         it had just stopped being advertised, and its booking holds it."""
         now = self._clock()
-        for owner, device, claims in saved or ():
-            self._ledger.add(owner, Booking(device, claims, now))
+        for owner, device, claims, places in saved or ():
+            self._ledger.add(owner, Booking(device, claims, now, places))
             state = self._state(owner.resource)
             if state.publish is None:
                 state.retired = True  # until a runtime of it attaches
@@ -201,23 +201,23 @@ class ClaimTable(abc.ABC):
                         return why
         return None
 
-    def _owner(self, reached: Reached) -> Owner | None:
-        """The device that owns what a path reaches exclusively (through a directory it
-        mounts above it, or, for a directory, a claim below it); None if none does."""
+    def _owners(self, reached: Reached) -> list[Owner]:
+        """Every device that owns what a path reaches exclusively: its claim, a directory
+        it mounts above it, or, for a directory, any claim below it (a mount of the
+        directory reaches them all)."""
         key, real = reached
-        owner = self._exclusive.get(key)
-        if owner is not None:
-            return owner
+        exclusive = self._exclusive
+        found = [owner] if (owner := exclusive.get(key)) is not None else []
         for directory in ancestors(real):
             outer = self._dirs.get(directory)
-            if outer is not None and (owner := self._exclusive.get(outer)) is not None:
-                return owner
+            if outer is not None and (owner := exclusive.get(outer)) is not None:
+                found.append(owner)
         if key[0] == "dir":
             at, _ = self._containment()
             for inner, inner_real in at.items():
-                if below(inner_real, real) and (owner := self._exclusive.get(inner)) is not None:
-                    return owner
-        return None
+                if below(inner_real, real) and (owner := exclusive.get(inner)) is not None:
+                    found.append(owner)
+        return found
 
     def _holds(self, me: Owner, key: ClaimKey) -> bool:
         return self._exclusive.get(key) == me or me in self._shared.get(key, ())

@@ -155,8 +155,8 @@ def test_check_warns_when_allocate_mounts_reach_another_resources_device(
     warnings = [line for line in err if line.startswith("warning:")]
     assert warnings == [
         f"warning: {dev}/b/b0 is reachable from the allocate.mounts of vendor.example/c and "
-        f"{other} (device b0): an Allocate of vendor.example/c is refused while that device is advertised or "
-        "held, and the device is not advertised while a pod holds the mount"
+        f"{other} (device b0): an Allocate of vendor.example/c is refused while that device "
+        "is advertised or held, and the device is not advertised while a pod holds the mount"
     ]
 
 

@@ -4,7 +4,7 @@ failure policy, log lines and metrics."""
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from ..devices import Device
@@ -42,8 +42,12 @@ class DeviceReporter:
         log: EventLogger,
         metrics: Metrics,
         failure_threshold: int,
+        first_attempt_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._sink = sink
+        self._first_attempt_failed = first_attempt_failed
+        """Called with the reason of a failure that comes before any list (the resource then
+        registers without waiting for a first list: first_list.py)."""
         self._resource = resource
         self._log = log
         self._metrics = metrics
@@ -67,6 +71,7 @@ class DeviceReporter:
     ) -> None:
         if not isinstance(devices, Mapping):
             devices = list(devices)
+        self._first_attempt_failed = None
         unlistable = self._unlistable(devices)
         if unlistable:
             left_out = {device.id for device, _ in unlistable}
@@ -100,6 +105,9 @@ class DeviceReporter:
 
     def failure(self, error: DriverError) -> None:
         self.consecutive_failures += 1
+        if self._first_attempt_failed is not None:
+            self._first_attempt_failed(error.reason)
+            self._first_attempt_failed = None
         self._metrics.driver_errors.labels(self._resource, error.reason).inc()
         if self.consecutive_failures == 1 or error.reason != self._last_reason:
             self._log.warning(

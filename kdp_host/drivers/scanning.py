@@ -120,6 +120,8 @@ class ScanLoop(Generic[S]):
             async with asyncio.timeout(timeout):
                 result, dirs = await asyncio.shield(pending)
         except TimeoutError:
+            if not waited:  # a scan that comes back later wakes the loop to scan again
+                pending.add_done_callback(lambda _: self._wake.set())
             raise DriverError(
                 "timeout", f"scan did not finish within {timeout:g}s{waited} (a hung file system?)"
             ) from None

@@ -7,7 +7,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from ..devices import Device
+from ..devices import Device, PathReach
 from ..logs import EventLogger
 from ..metrics import Metrics
 from ..rules import LIST_SEPARATOR, device_path_problem
@@ -19,7 +19,11 @@ _HEALTHY = operator.attrgetter("healthy")
 class DeviceSink(Protocol):
     """What the reporter writes to (the resource's DeviceTable)."""
 
-    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool: ...
+    def publish(
+        self,
+        devices: Iterable[Device] | Mapping[str, Device],
+        reached: Mapping[str, PathReach] | None = None,
+    ) -> bool: ...
 
     def set_degraded(self, reason: str | None) -> bool: ...
 
@@ -68,6 +72,7 @@ class DeviceReporter:
         self,
         devices: Iterable[Device] | Mapping[str, Device],
         skipped: Sequence[Skipped] = (),
+        reached: Mapping[str, PathReach] | None = None,
     ) -> None:
         if not isinstance(devices, Mapping):
             devices = list(devices)
@@ -77,7 +82,7 @@ class DeviceReporter:
             left_out = {device.id for device, _ in unlistable}
             devices = [d for d in _values(devices) if d.id not in left_out]
             skipped = [*skipped, *(item for _, item in unlistable)]
-        if self._sink.publish(devices):
+        if self._sink.publish(devices, reached):
             values = devices.values() if isinstance(devices, Mapping) else devices
             healthy = sum(map(_HEALTHY, values))
             self._log.info("devices_changed", healthy=healthy, unhealthy=len(devices) - healthy)

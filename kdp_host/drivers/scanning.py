@@ -26,6 +26,7 @@ changes could change that answer (`DirWatch.watch`). Everything else lives here,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import time
@@ -180,7 +181,9 @@ class ScanLoop(Generic[S]):
             return None
         self._subscribe()
         devices, next_expiry = self.tracker.merge(result)
-        notifier.update(devices, result.skipped)
+        notifier.update(devices, result.skipped, result.reached)
+        if result.reached:  # handed on once: not kept with the last scan
+            self._last = dataclasses.replace(result, reached=None)
         if result.notices != self._notices:
             log = self._deps.log
             for notice in result.notices:

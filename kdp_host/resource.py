@@ -15,7 +15,8 @@ from .first_list import FirstList
 from .hooks import AllocateHook, PreStartHook
 from .ownership import OwnedTable
 from .podresources import Holder, Holdings
-from .protocol.service import DevicePluginService, ListAndWatchEncoder
+from .protocol.lists import ListAndWatchEncoder
+from .protocol.service import DevicePluginService
 from .release import ReleaseTracker
 from .services import HostServices
 from .serving import ServingLoop

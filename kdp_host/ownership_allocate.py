@@ -48,6 +48,12 @@ class BookingAllocations(Resolving):
             ledger.changed()
             await ledger.sink.flush()
 
+    async def owners_of(self, paths: Collection[str]) -> dict[str, list[Owner]]:
+        """Every device that owns what each host path reaches (`_owners`), resolved off the
+        loop."""
+        reached = await self._reach_all(paths)
+        return {path: [] if r is None else self._owners(r) for path, r in reached.items()}
+
     async def _claim_places(
         self, resource: str, places: Mapping[str, Collection[str]]
     ) -> dict[str, tuple[Claim, ...]]:

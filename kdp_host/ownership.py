@@ -66,7 +66,7 @@ from .devices import REPLICA_SEPARATOR, Device, physical_id
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
-from .ownership_claims import Claims, Owner, Resolver, host_paths
+from .ownership_claims import Claims, Owner, Resolver, host_paths, places
 from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
 from .ownership_table import Holding, ResourceState
 
@@ -179,7 +179,8 @@ class OwnershipIndex(Resolving):
                     if _through(device, directory, paths)
                 ]
                 for device_id in stale:
-                    state.claims.pop(device_id, None)
+                    state.claims.pop(places(state.admitted_from[device_id]), None)
+                    state.stale.add(device_id)
                 if stale and state.publish is not None and not state.retired:
                     state.settled = False
                     self._pending[name] = None

@@ -13,8 +13,12 @@ import abc
 from collections.abc import Mapping
 
 from .devices import Device
-from .ownership_claims import Claims, Owner, Reached, device_claims
+from .ownership_claims import Claims, Owner, Places, Reached, device_claims, places
 from .ownership_table import ClaimTable, Holding, ResourceState
+
+PRUNE_SLACK = 64
+"""Places of devices gone that the claims cache keeps beyond twice the list (a rename may
+bring them back) before it is cut to the list's."""
 
 
 class Admission(ClaimTable):
@@ -44,17 +48,19 @@ class Admission(ClaimTable):
         return None if found is None else Holding("booked", found[0], found[1])
 
     def _claims_of(self, state: ResourceState, devices: Mapping[str, Device]) -> dict[str, Claims]:
-        """Claims of every device, resolved again only for devices that changed."""
-        cache, before = state.claims, state.admitted_from
-        fresh: dict[str, Claims] = {}
+        """Claims of every device, resolved only for places not known (a device renamed on
+        its paths is not resolved again); the cache keeps the places of this list."""
+        cache = state.claims
+        fresh: dict[Places, Claims] = {}
+        claims: dict[str, Claims] = {}
         for device_id, device in devices.items():
-            known = cache.get(device_id)
-            old = before.get(device_id)
-            if known is None or old is None or not (old is device or old.same_places(device)):
+            key = places(device)
+            known = fresh.get(key) or cache.get(key)
+            if known is None:
                 known = device_claims(device, self._lookup)
-            fresh[device_id] = known
+            claims[device_id] = fresh[key] = known
         state.claims = fresh
-        return fresh
+        return claims
 
     def _admit(self, state: ResourceState) -> Mapping[str, Device]:
         """What to advertise of `state.reported`. An unchanged list costs what is held and
@@ -72,6 +78,7 @@ class Admission(ClaimTable):
         admitted = self._admit_changes(state, devices, unchanged)
         if admitted is None:
             admitted = self._admit_all(state, devices)
+        state.stale.clear()
         state.admitted_from, state.admitted, state.settled = devices, admitted, True
         return admitted
 
@@ -147,41 +154,42 @@ class Admission(ClaimTable):
         admission, which starts from what this did. Returns what to advertise, or None."""
         if not state.plain:
             return None
-        cache, before = state.claims, state.admitted_from
+        cache, before, stale = state.claims, state.admitted_from, state.stale
         dirty = [d for d in state.held if d in devices]
         released = self._prune_gone(state)
+        removed = False
         if not unchanged:
             added = 0
             for device_id, device in devices.items():
                 old = before.get(device_id)
-                if old is None or device_id not in cache:
+                if old is None or device_id in stale:
                     added += old is None
                     dirty.append(device_id)
                 elif old is not device and old != device:
                     dirty.append(device_id)
-            if len(before) + added != len(devices):
-                for device_id in [d for d in before if d not in devices]:
-                    cache.pop(device_id, None)
-                    released |= self._unadvertise(state, device_id)
+            removed = len(before) + added != len(devices)
         holding: dict[str, Holding] = {}
         result: Mapping[str, Device] | None = devices
         for device_id in sorted(set(dirty)):
             device = devices[device_id]
-            known = cache.get(device_id)
+            key = places(device)
+            claims = cache.get(key)  # (a device renamed on its paths is known)
             old = before.get(device_id)
-            if known is not None and old is not None and old.same_places(device):
-                claims = known
+            if claims is not None and old is not None and old.same_places(device):
                 if device_id not in state.held:
                     continue  # health or env changed: it owns its claims
-            else:
-                claims = cache[device_id] = device_claims(device, self._lookup)
+            elif claims is None:
+                claims = cache[key] = device_claims(device, self._lookup)
             owned = state.owned.get(device_id)
             if owned is not None and not owned.exclusive_keys() <= claims.exclusive_keys():
                 result = None  # it lets go of a node, which may keep its ID
                 break
             why = self._conflict(state.name, device_id, claims)
             if why is not None:
-                if why.owner.resource == state.name and why.owner.device not in state.owned:
+                owner = why.owner
+                if owner.resource == state.name and (
+                    owner.device not in state.owned or owner.device not in devices
+                ):
                     result = None  # a node of a device of ours that went: a rename
                     break
                 holding[device_id] = why
@@ -192,6 +200,13 @@ class Admission(ClaimTable):
             booked = self._booking_conflict(state, device_id, claims)
             if booked is not None:
                 holding[device_id] = booked  # it keeps its claims (see _admit_all)
+        if removed and result is not None:
+            # (after the changed ones: a rename is found before anything is let go of)
+            for device_id in [d for d in before if d not in devices]:
+                released |= self._unadvertise(state, device_id)
+            if len(cache) > 2 * len(devices) + PRUNE_SLACK:
+                keep = {places(device) for device in devices.values()}
+                state.claims = {k: c for k, c in cache.items() if k in keep}
         if released:
             self._wake_waiting(state.name)
         if result is None:

@@ -25,7 +25,7 @@ from typing import Final, Literal
 from .files import Offload
 from .metrics import Metrics
 from .ownership_admission import Admission
-from .ownership_claims import ClaimKey, Owner, Reached, Resolver, host_paths, reach
+from .ownership_claims import ClaimKey, Owner, Reached, Resolver, host_paths, places, reach
 from .ownership_table import ResourceState
 
 UNRESOLVED_REASON: Final = "read_timeout"
@@ -249,12 +249,12 @@ class Resolving(Admission):
         if not (
             state.settled and (devices is state.admitted_from or devices == state.admitted_from)
         ):
-            cache, before = state.claims, state.admitted_from
+            cache, before, stale = state.claims, state.admitted_from, state.stale
             for device_id, device in devices.items():
-                old = before.get(device_id)
-                if device_id in cache and old is not None and old.same_places(device):
+                if before.get(device_id) is device and device_id not in stale:
                     continue
-                needs[device_id] = host_paths(device)
+                if places(device) not in cache:
+                    needs[device_id] = host_paths(device)
         state.needs = needs
         state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}
         wanted = {path for paths in needs.values() for path in paths}

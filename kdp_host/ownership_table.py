@@ -21,6 +21,7 @@ from .ownership_claims import (
     ClaimKey,
     Claims,
     Owner,
+    Places,
     Reached,
     ancestors,
     below,
@@ -59,9 +60,12 @@ class ResourceState:
     """The last admission ran for this runtime (an unchanged list needs no walk)."""
     sent: Mapping[str, Device] | None = None
     """What this runtime's table was last given (the same again is not sent)."""
-    claims: dict[str, Claims] = field(default_factory=dict)
-    """Claims per driver ID, resolved for the device of `admitted_from` (or the one being
-    admitted)."""
+    claims: dict[Places, Claims] = field(default_factory=dict)
+    """Claims by places (`ownership_claims.places`) of the devices of `admitted_from` (or
+    of the list being admitted): a device renamed on the same paths is not resolved again;
+    the watcher's recheck forgets the places of a changed path."""
+    stale: set[str] = field(default_factory=set)
+    """Devices of `admitted_from` whose places the watcher's recheck forgot (to claim anew)."""
     owned: dict[str, Claims] = field(default_factory=dict)
     """Advertised ID -> what it claims in the index."""
     lingering: dict[ClaimKey, tuple[float, Claim]] = field(default_factory=dict)

@@ -232,6 +232,32 @@ def test_claims_of_unchanged_devices_are_not_resolved_again() -> None:
     assert calls == ["/dev/new"]
 
 
+def test_devices_renamed_on_their_paths_are_not_resolved_again() -> None:
+    """A probe that renames every device on the same paths (d<i> <-> e<i>) costs no
+    resolution: claims are known by places, not by driver ID; the IDs the kubelet knows stay."""
+    nodes = FakeNodes({f"/dev/n{i}": ("c", i) for i in range(50)})
+    calls: list[str] = []
+
+    def resolve(path: str) -> Reached | None:
+        calls.append(path)
+        return nodes(path)
+
+    host = Host(resolve)
+    first = [dev(f"d{i}", f"/dev/n{i}") for i in range(50)]
+    host.publish(R1, *first)
+    assert len(calls) == 50
+    calls.clear()
+    for _ in range(3):
+        host.publish(R1, *[dev(f"e{i}", f"/dev/n{i}") for i in range(50)])
+        assert host.ids(R1) == sorted(f"d{i}" for i in range(50))
+        host.publish(R1, *[dev(f"d{i}", f"/dev/n{i}") for i in range(50)])
+        assert host.ids(R1) == sorted(f"d{i}" for i in range(50))
+    # a renamed device that also moves to a new path resolves that path only
+    host.publish(R1, *first[1:], dev("e0", "/dev/new"))
+    assert calls == ["/dev/new"]
+    assert "e0" in host.ids(R1) and "d0" not in host.ids(R1)
+
+
 def test_an_unchanged_list_costs_what_is_held_and_lingers_not_a_walk() -> None:
     """The safety-net rescan of every resource republishes an equal list: nothing is
     resolved and the table is not given the list again; a held device is still checked, so

@@ -243,6 +243,10 @@ class DeviceTable:
         self._replica_entries: dict[str, tuple[AdvertisedDevice, ...]] = {}
         """Device ID -> its replicas' entries in the last snapshot (reused while the device
         is the same object)."""
+        self._overridden: dict[str, tuple[Device, Device]] = {}
+        """Device ID -> (reported device, its Unhealthy copy) in the last snapshot (reused
+        while the reported device is the same object: unchanged entries stay the same
+        objects, which ListAndWatch does not write again)."""
         self._snapshot = self._build(0)
 
     @property
@@ -351,6 +355,7 @@ class DeviceTable:
             devices = list(map(reported.__getitem__, order))  # every device as reported
         else:
             devices = []
+            copies, self._overridden = self._overridden, {}
             for device_id in order:
                 device = reported[device_id]
                 healthy = (
@@ -360,7 +365,10 @@ class DeviceTable:
                     and not (held is not None and held(device))
                 )
                 if healthy != device.healthy:
-                    device = device.with_health(healthy)
+                    known = copies.get(device_id)
+                    copy = known[1] if known and known[0] is device else device.with_health(False)
+                    self._overridden[device_id] = (device, copy)
+                    device = copy
                 devices.append(device)
         physical = tuple(devices)
         if self._replicas == 1:

@@ -48,6 +48,7 @@ from .resource import ResourceRuntime
 from .safety_net import SafetyNet
 from .services import HostServices, RegistryWait
 from .stale_sockets import remove_stale_sockets
+from .state_lock import holding
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
 
@@ -137,7 +138,12 @@ class Host:
         self.ownership.keep_bookings_in(bookings, saved)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve every resource until `stop` is set, then shut everything down cleanly."""
+        """Serve every resource until `stop` is set, then shut everything down cleanly,
+        holding `stateDir` (`state_lock`) all along."""
+        async with holding(self.config.state_dir, self.offload, self.log):
+            await self._serve(stop)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         watcher = self.watcher or make_watcher(
             self.log.bind(component="watch"), offload=self.offload
         )

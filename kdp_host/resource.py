@@ -14,7 +14,8 @@ from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
 from .hooks import AllocateHook, PreStartHook
 from .ownership import OwnedTable
 from .podresources import Holder, Holdings
-from .protocol.service import DevicePluginService, ListAndWatchEncoder
+from .protocol.lists import ListAndWatchEncoder
+from .protocol.service import DevicePluginService
 from .release import ReleaseTracker
 from .services import HostServices
 from .serving import ServingLoop

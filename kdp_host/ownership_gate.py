@@ -78,6 +78,7 @@ class AdmissionGate(Resolving):
         """Admit `state` once the paths it needs are resolved (inline without an offload,
         else off the loop, and admitted then) and give its table the result; whether the
         table changed. Yields when `pace` says."""
+        known = state.known
         wanted = yield from self._wanted(state, pace)
         if wanted:
             if self._paths.offload is not None:
@@ -87,7 +88,9 @@ class AdmissionGate(Resolving):
         self._admitting = state.name
         admitted = yield from self._admit(state, pace)
         changed = self._give(state, admitted)
-        state.needs = {}  # (kept only while its paths are resolved: a list can be long)
+        state.needs = {}  # (kept only until admitted: a list can be long)
+        if state.known is known:  # (not a newer list's, which waits for its admission)
+            state.known = {}
         late, self._late = self._late, {}
         for path, names in late.items():
             for name in names:

@@ -246,6 +246,8 @@ class Resolving(Admission):
         state.needs = needs
         state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}
         wanted = {path for paths in needs.values() for path in paths}
+        if known := state.known:  # what the scan learnt is as fresh as the list it made
+            self._fresh.update((path, known[path]) for path in wanted if path in known)
         booked = self._ledger.booked  # (held while booked, gone or not)
         wanted.update(c[1] for k, (_, c) in state.lingering.items() if k not in booked)
         for why in state.held.values():

@@ -235,7 +235,6 @@ class DeviceTable:
         self._failed_checks: set[str] = set()
         self._held: Callable[[Device], bool] | None = None
         self._listeners: list[Callable[[Snapshot], None]] = []
-        self._changed = asyncio.Event()
         self.published = asyncio.Event()
         """Set once the driver reported its first list (even an empty one)."""
         self._order: tuple[Mapping[str, Device], list[str]] = (self._reported, [])
@@ -308,9 +307,20 @@ class DeviceTable:
         return self._rebuild()
 
     async def wait_newer(self, version: int) -> Snapshot:
-        while self._snapshot.version <= version:
-            changed = self._changed
-            await changed.wait()
+        """The first snapshot newer than `version` (the table keeps no event of its own:
+        a waiter listens while it waits)."""
+        if self._snapshot.version <= version:
+            newer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def wake(_: Snapshot) -> None:
+                if not newer.done():
+                    newer.set_result(None)
+
+            stop = self.add_listener(wake)
+            try:
+                await newer
+            finally:
+                stop()
         return self._snapshot
 
     def _rebuild(self) -> bool:
@@ -320,8 +330,6 @@ class DeviceTable:
         ):
             return False
         self._snapshot = snapshot
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
         for listener in self._listeners:
             listener(snapshot)
         return True

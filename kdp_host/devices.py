@@ -55,6 +55,11 @@ class DeviceMount:
 
 _NO_ENTRIES: Mapping[str, str] = MappingProxyType({})
 
+PathReach = tuple[tuple[str, int | str], str]
+"""What a host path reaches, as a scan learnt it: its claim key (`('c'|'b', st_rdev)` for a
+device node, `('path', real path)` for anything else) and its real path; the answer of
+`ownership_claims.reach` (the ownership index takes it instead of asking again)."""
+
 
 @dataclass(frozen=True, slots=True, init=False)
 class Device:
@@ -261,8 +266,13 @@ class DeviceTable:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool:
+    def publish(
+        self,
+        devices: Iterable[Device] | Mapping[str, Device],
+        reached: Mapping[str, PathReach] | None = None,
+    ) -> bool:
         """Replace the whole reported list. Returns True if what the kubelet sees changed.
+        (`reached` is for the ownership index in front of a table: a table claims nothing.)
 
         A mapping (id -> device) is kept as it is, not copied: one dict per resource even
         for very long lists. The caller must not change it afterwards.

@@ -249,8 +249,7 @@ class DeviceTable:
         is the same object)."""
         self._overridden: dict[str, tuple[Device, Device]] = {}
         """Device ID -> (reported device, its Unhealthy copy) in the last snapshot (reused
-        while the reported device is the same object: unchanged entries stay the same
-        objects, which ListAndWatch does not write again)."""
+        while the reported device is the same object: ListAndWatch writes no entry again)."""
         self._snapshot = self._build(0)
 
     @property
@@ -317,20 +316,14 @@ class DeviceTable:
         return self._rebuild()
 
     async def wait_newer(self, version: int) -> Snapshot:
-        """The first snapshot newer than `version` (the table keeps no event of its own:
-        a waiter listens while it waits)."""
-        if self._snapshot.version <= version:
-            newer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-            def wake(_: Snapshot) -> None:
-                if not newer.done():
-                    newer.set_result(None)
-
-            stop = self.add_listener(wake)
-            try:
-                await newer
-            finally:
-                stop()
+        """The first snapshot newer than `version` (a waiter listens while it waits)."""
+        newer = asyncio.Event()
+        stop = self.add_listener(lambda _: newer.set())
+        try:
+            while self._snapshot.version <= version:
+                await newer.wait()
+        finally:
+            stop()
         return self._snapshot
 
     def _rebuild(self) -> bool:

@@ -109,12 +109,12 @@ async def test_a_table_and_its_service_keep_no_event_nobody_waits_on(
     for i in range(5):
         table.publish([TableDevice(f"d{i}")])
     assert made == [table.published]  # (what the resource's start waits on)
+    await asyncio.wait_for(service.end_streams(timeout=30), 30)  # no stream: at once
+    assert made == [table.published]
     waiter = asyncio.create_task(table.wait_newer(table.snapshot.version))
     await asyncio.sleep(0)
     table.publish([TableDevice("x")])
     assert (await asyncio.wait_for(waiter, 30)).devices == (TableDevice("x"),)
-    await asyncio.wait_for(service.end_streams(timeout=30), 30)  # no stream: at once
-    assert made == [table.published]
 
 
 @pytest.mark.parametrize(

@@ -164,6 +164,8 @@ class ClaimTable(abc.ABC):
 
     def _incumbent(self, state: ResourceState, advertised_id: str, claims: Claims) -> bool:
         """Whether the device advertised as `advertised_id` owns its claims already."""
+        if state.owned.get(advertised_id) is claims:
+            return bool(claims.exclusive)
         me = Owner(state.name, advertised_id)
         return bool(claims.exclusive) and all(
             self._exclusive.get(key) == me for key, _, _ in claims.exclusive

@@ -49,7 +49,9 @@ Rules:
   ID, or is replaced when the kubelet allocates the same ID again. With PodResources
   polling off nothing can show the pod ended: a booking then lives until the ID is
   allocated again, or until it is dropped with `kdp-host unbook` while kdp-host is stopped;
-  a device it holds says so in its `device_held` line.
+  a device it holds says so in its `device_held` line. An ID PodResources shows a pod
+  holding with no booking (admitted before bookings were kept, or the file was lost) is
+  booked then with its device's claims (`ownership_adopt`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from .devices import REPLICA_SEPARATOR, Device, physical_id
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
+from .ownership_adopt import Adoption, claims_now
 from .ownership_claims import Claims, Owner, Resolver, host_paths
 from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
 from .ownership_table import Holding, ResourceState
@@ -124,6 +127,7 @@ class OwnershipIndex(Resolving):
         """`pod_resources`: PodResources polling is on (a booking can be seen to end)."""
         super().__init__(clock, metrics, resolve, offload, timeout)
         self.pod_resources = pod_resources
+        self._adoption = Adoption(self._ledger, metrics)
         self._pending: dict[str, None] = {}
         self._draining = False
         self._watcher: Watcher | None = None
@@ -232,13 +236,17 @@ class OwnershipIndex(Resolving):
 
     def holdings(self, holdings: Holdings) -> None:
         """Who holds what, from the kubelet's PodResources API: a booking no pod holds goes,
-        then a lingering claim whose device no pod holds is released (its waiter is
-        advertised), once the answer was asked for well after the booking, or after the
-        device stopped being advertised (the kubelet may have admitted a pod with it until
-        it heard of that)."""
-        released = self._ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
-        if released:
-            self._ledger.changed()
+        a held ID no booking holds is booked (`ownership_adopt`), then a lingering claim
+        whose device no pod holds is released (its waiter is advertised), once the answer
+        was asked for well after the booking, or after the device stopped being advertised
+        (the kubelet may have admitted a pod with it until it heard of that)."""
+        ledger = self._ledger
+        released = ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
+        adopted = self._adoption.book_held(
+            holdings, self._resources, self._exclusive, self._clock()
+        )
+        if released or adopted:
+            ledger.changed()
         booked = self._ledger.booked
         for state in self._resources.values():
             held = holdings.of(state.name)
@@ -272,16 +280,7 @@ class OwnershipIndex(Resolving):
         changed = False
         for kubelet_id in ids:
             device = physical_id(kubelet_id, state.replicas or 1)
-            claims = state.owned.get(device)
-            if claims is not None:
-                booked = claims.exclusive
-            else:  # it stopped being advertised since the kubelet's last list
-                me = Owner(resource, device)
-                booked = tuple(
-                    claim
-                    for key, (_, claim) in state.lingering.items()
-                    if self._exclusive.get(key) == me
-                )
+            booked = claims_now(state, self._exclusive, device)
             changed |= self._ledger.record(Owner(resource, kubelet_id), device, booked, now)
         return changed
 

@@ -6,8 +6,9 @@ Read once at start and checked (`load`, with the owner's parser). Written atomic
 coalesced: `changed` asks for a write of the owner's current document, `flush` waits until
 the file holds every change made so far. A file that cannot be read (read like every small
 file, `files.read_attribute`: a FIFO or a directory there is refused at once, never waited
-on), or that does not have its shape (or nested too deep to parse), is set aside as `<name>.unreadable` (`.1`, `.2`, ...
-when earlier copies are there: none is replaced) with one error line saying what that costs
+on), or that does not have its shape (or nested too deep to parse), is set aside as
+`<name>.unreadable` (`.1`, `.2`, ... when earlier copies are there: none is replaced) with
+one error line saying what that costs
 (`consequence`); every other state file is read as usual.
 """
 

@@ -54,4 +54,3 @@ async def test_hostile2_6_a_fifo_as_a_state_file_neither_hangs_the_start_nor_sig
     assert len(unreadable) == 1, unreadable
     assert "not a regular file" in unreadable[0]
     assert (state / (name + ".unreadable")).is_fifo()
-

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kdp_host.cli import main
 from kdp_host.config import load_config_text
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
@@ -134,3 +135,24 @@ async def test_hostile2_8_news_before_the_tracker_starts_never_wipes_the_kept_st
     new.start()
     assert new.view("fpga0")["state"] in ("pending", "running")
     await new.close()
+
+
+async def test_hostile2_7_check_leaves_out_what_run_leaves_out(
+    real_kubelet_factory, short_dir: Path, start_host, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """F7: `check` listed a glob device whose path holds ',' as Healthy, while `run` leaves
+    it out (`bad_name`: `{paths}` could not list it). Both go through the one reporter, so
+    `check` shows exactly the devices the real kubelet is given."""
+    kubelet = real_kubelet_factory()
+    dev = short_dir / "dev"
+    dev.mkdir()
+    (dev / "com,ma").touch()
+    (dev / "ok0").touch()
+    config = short_dir / "config.yaml"
+    config.write_text(glob_config(kubelet.socket_dir, (FPGA, f"{dev}/*")))
+    assert await asyncio.to_thread(main, ["check", "--config", str(config)]) == 0
+    rows = [line.split()[2] for line in capsys.readouterr().out.splitlines()[2:]]
+    await start_host(config.read_text())
+    await kubelet.await_for(healthy(FPGA, 1), what="ok0 advertised")
+    advertised = sorted(kubelet.resource(FPGA)["device_numa"])
+    assert rows == advertised == ["ok0"]

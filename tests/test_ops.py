@@ -90,6 +90,12 @@ async def test_http_endpoints(
         await wait_until(lambda: FPGA in health.not_ready, what="readiness computed")
         status, body = await asyncio.to_thread(http_get, http, "/readyz")
         assert status == 503 and f"not ready: {FPGA}" in body and SERIAL in body
+        # readiness is computed before the first Register: wait for the one that found no
+        # kubelet, or the kubelet below may start before it is tried
+        await wait_until(
+            lambda: value(metrics, "kdp_registrations_total", resource=FPGA, result="unavailable"),
+            what="a Register without a kubelet counted",
+        )
         await kubelet.start()
         await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
         await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)

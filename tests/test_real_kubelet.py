@@ -37,9 +37,9 @@ async def test_glob_resource_registers_allocates_and_survives_a_kubelet_restart(
     [began] = [e["t_unix_ns"] for e in events if e["kind"] == "restart_begin"]
     registered = [e for e in events if e["kind"] == "registered" and e["resource"] == FPGA]
     # Registered once with the first kubelet while it ran, and once with the restarted one.
-    # A stopping kubelet drops our stream before its server stops (docs/kubelet-contract.md
-    # §9, "Kubelet stop"), so the Register that follows may still land on it: that one is
-    # neither (a full run saw [0, 0, 1]).
+    # A stopping kubelet drops our stream before its server stops
+    # (docs/kubelet-contract.md §9, "Kubelet stop"), so the Register that follows may still
+    # land on it: that one is neither (a full run saw [0, 0, 1]).
     assert [e["gen"] for e in registered if e["t_unix_ns"] < began] == [0]
     assert [e["gen"] for e in registered].count(1) == 1
 

@@ -55,6 +55,11 @@ class DeviceMount:
 
 _NO_ENTRIES: Mapping[str, str] = MappingProxyType({})
 
+PathReach = tuple[tuple[str, int | str], str]
+"""What a host path reaches, as a scan learnt it: its claim key (`('c'|'b', st_rdev)` for a
+device node, `('path', real path)` for anything else) and its real path; the answer of
+`ownership_claims.reach` (the ownership index takes it instead of asking again)."""
+
 
 @dataclass(frozen=True, slots=True, init=False)
 class Device:
@@ -243,6 +248,10 @@ class DeviceTable:
         self._replica_entries: dict[str, tuple[AdvertisedDevice, ...]] = {}
         """Device ID -> its replicas' entries in the last snapshot (reused while the device
         is the same object)."""
+        self._overridden: dict[str, tuple[Device, Device]] = {}
+        """Device ID -> (reported device, its Unhealthy copy) in the last snapshot (reused
+        while the reported device is the same object: unchanged entries stay the same
+        objects, which ListAndWatch does not write again)."""
         self._snapshot = self._build(0)
 
     @property
@@ -258,8 +267,13 @@ class DeviceTable:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool:
+    def publish(
+        self,
+        devices: Iterable[Device] | Mapping[str, Device],
+        reached: Mapping[str, PathReach] | None = None,
+    ) -> bool:
         """Replace the whole reported list. Returns True if what the kubelet sees changed.
+        (`reached` is for the ownership index in front of a table: a table claims nothing.)
 
         A mapping (id -> device) is kept as it is, not copied: one dict per resource even
         for very long lists. The caller must not change it afterwards.
@@ -351,6 +365,7 @@ class DeviceTable:
             devices = list(map(reported.__getitem__, order))  # every device as reported
         else:
             devices = []
+            copies, self._overridden = self._overridden, {}
             for device_id in order:
                 device = reported[device_id]
                 healthy = (
@@ -360,7 +375,10 @@ class DeviceTable:
                     and not (held is not None and held(device))
                 )
                 if healthy != device.healthy:
-                    device = device.with_health(healthy)
+                    known = copies.get(device_id)
+                    copy = known[1] if known and known[0] is device else device.with_health(False)
+                    self._overridden[device_id] = (device, copy)
+                    device = copy
                 devices.append(device)
         physical = tuple(devices)
         if self._replicas == 1:

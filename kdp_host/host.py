@@ -37,6 +37,7 @@ from .node import (
     settled,
 )
 from .ownership import OwnershipIndex
+from .ownership_adopt import WITHOUT_POD_RESOURCES
 from .ownership_bookings import ownership_file, read_saved
 from .podresources import PodResourcesPoller
 from .probes import HealthState
@@ -48,6 +49,7 @@ from .resource import ResourceRuntime
 from .safety_net import SafetyNet
 from .services import HostServices, RegistryWait
 from .stale_sockets import remove_stale_sockets
+from .state_lock import holding
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
 
@@ -129,15 +131,13 @@ class Host:
             )
         return out
 
-    async def _load_bookings(self) -> None:
-        """Read the bookings (`ownership.json`) back into the ownership index, and keep them
-        there from now on."""
-        bookings = ownership_file(self.config.state_dir, self.log, self.offload)
-        saved = await self.offload.run(functools.partial(bookings.load, read_saved))
-        self.ownership.keep_bookings_in(bookings, saved)
-
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve every resource until `stop` is set, then shut everything down cleanly."""
+        """Serve every resource until `stop` is set, then shut everything down cleanly,
+        holding `stateDir` (`state_lock`) all along."""
+        async with holding(self.config.state_dir, self.offload, self.log):
+            await self._serve(stop)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         watcher = self.watcher or make_watcher(
             self.log.bind(component="watch"), offload=self.offload
         )
@@ -154,9 +154,14 @@ class Host:
             )
             # lingering claims go once the kubelet shows no pod holding them
             self.pod_resources.subscribe(self.ownership.holdings)
+        else:
+            self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
         release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
         await self.offload.run(release_state.load)
-        await self._load_bookings()
+        # the bookings (`ownership.json`) are read back before any resource publishes
+        bookings = ownership_file(self.config.state_dir, self.log, self.offload)
+        saved = await self.offload.run(functools.partial(bookings.load, read_saved))
+        self.ownership.keep_bookings_in(bookings, saved)
         commands = ProcessRunner()
         if not commands.dies_with_host:
             self.log.warning(

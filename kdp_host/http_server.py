@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -149,6 +150,15 @@ class BoundedWSGIServer(WSGIServer):
         self._slot_freed = threading.Condition()
         self._serving: list[_Connection] = []
         super().__init__(address, _QuietHandler)
+
+    def server_bind(self) -> None:
+        """Bind and name the server by its address. The standard library's HTTPServer names
+        it by `socket.getfqdn`, a reverse lookup of the host's name at every start (a DNS
+        query in a pod, and the idna codec loaded), for a name only WSGI's SERVER_NAME shows."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), port
+        self.setup_environ()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._slot_freed:

@@ -30,6 +30,7 @@ from .metric_labels import (
     POD_RESOURCES_RESULTS,
     PRE_START_RESULTS,
     RELEASE_RESULTS,
+    UNBOOKED_RESULTS,
     HistogramMode,
 )
 
@@ -148,6 +149,14 @@ class MetricFamilies:
             "Calls of the kubelet's PodResources List, by result ("
             + ", ".join(POD_RESOURCES_RESULTS)
             + ").",
+            ["result"],
+            registry=r,
+        )
+        self.pod_resources_unbooked = Counter(
+            "kdp_pod_resources_unbooked",
+            "IDs of the host's resources a PodResources answer showed a pod holding with no "
+            "booking (pods admitted before bookings were kept, or bookings lost with "
+            "stateDir), by result (" + ", ".join(UNBOOKED_RESULTS) + ").",
             ["result"],
             registry=r,
         )

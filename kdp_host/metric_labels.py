@@ -52,6 +52,11 @@ POD_RESOURCES_RESULTS: tuple[PodResourcesResult, ...] = get_args(PodResourcesRes
 """Every `result` of a PodResources poll (`absent`: no socket; `unsupported`: no v1 List;
 `rate_limited`: refused by the kubelet's rate limit)."""
 
+UnbookedResult = Literal["booked", "not_present"]
+UNBOOKED_RESULTS: tuple[UnbookedResult, ...] = get_args(UnbookedResult)
+"""Every `result` of a held ID PodResources showed without a booking (`booked`: booked then,
+with its device's claims; `not_present`: no device of its resource has that ID now)."""
+
 HistogramMode = Literal["perResource", "host", "off"]
 HISTOGRAM_MODES: tuple[HistogramMode, ...] = ("perResource", "host", "off")
 """`metrics.histograms`: one set of latency histograms per resource (15 series each), one set

@@ -26,6 +26,7 @@ from .metric_labels import (
     PRE_START_RESULTS,
     REGISTRATION_RESULTS,
     RELEASE_RESULTS,
+    UNBOOKED_RESULTS,
     HookName,
 )
 
@@ -101,6 +102,8 @@ class Metrics(MetricFamilies):
         """Create the PodResources series (polling is on), at zero."""
         for result in POD_RESOURCES_RESULTS:
             self.pod_resources_polls.labels(result)
+        for unbooked in UNBOOKED_RESULTS:
+            self.pod_resources_unbooked.labels(unbooked)
         self.pod_resources_up.set(0)
 
     def add_allocate_hook(self, resource: str) -> None:

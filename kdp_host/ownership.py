@@ -49,7 +49,9 @@ Rules:
   ID, or is replaced when the kubelet allocates the same ID again. With PodResources
   polling off nothing can show the pod ended: a booking then lives until the ID is
   allocated again, or until it is dropped with `kdp-host unbook` while kdp-host is stopped;
-  a device it holds says so in its `device_held` line.
+  a device it holds says so in its `device_held` line. An ID PodResources shows a pod
+  holding with no booking (admitted before bookings were kept, or the file was lost) is
+  booked then with its device's claims (`ownership_adopt`).
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ from .devices import REPLICA_SEPARATOR, Device, physical_id
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
-from .ownership_claims import Claims, Owner, Resolver, host_paths
+from .ownership_adopt import Adoption, claims_now
+from .ownership_claims import Claims, Owner, Reached, Resolver, host_paths
 from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
 from .ownership_table import Holding, ResourceState
 
@@ -74,6 +77,8 @@ if TYPE_CHECKING:
     from .podresources import Holdings
     from .watch import Watcher
 
+Devices = Mapping[str, Device]
+Reaches = Mapping[str, Reached]
 HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
 ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
@@ -124,6 +129,7 @@ class OwnershipIndex(Resolving):
         """`pod_resources`: PodResources polling is on (a booking can be seen to end)."""
         super().__init__(clock, metrics, resolve, offload, timeout)
         self.pod_resources = pod_resources
+        self._adoption = Adoption(self._ledger, metrics)
         self._pending: dict[str, None] = {}
         self._draining = False
         self._watcher: Watcher | None = None
@@ -232,13 +238,17 @@ class OwnershipIndex(Resolving):
 
     def holdings(self, holdings: Holdings) -> None:
         """Who holds what, from the kubelet's PodResources API: a booking no pod holds goes,
-        then a lingering claim whose device no pod holds is released (its waiter is
-        advertised), once the answer was asked for well after the booking, or after the
-        device stopped being advertised (the kubelet may have admitted a pod with it until
-        it heard of that)."""
-        released = self._ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
-        if released:
-            self._ledger.changed()
+        a held ID no booking holds is booked (`ownership_adopt`), then a lingering claim
+        whose device no pod holds is released (its waiter is advertised), once the answer
+        was asked for well after the booking, or after the device stopped being advertised
+        (the kubelet may have admitted a pod with it until it heard of that)."""
+        ledger = self._ledger
+        released = ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
+        adopted = self._adoption.book_held(
+            holdings, self._resources, self._exclusive, self._clock()
+        )
+        if released or adopted:
+            ledger.changed()
         booked = self._ledger.booked
         for state in self._resources.values():
             held = holdings.of(state.name)
@@ -272,29 +282,20 @@ class OwnershipIndex(Resolving):
         changed = False
         for kubelet_id in ids:
             device = physical_id(kubelet_id, state.replicas or 1)
-            claims = state.owned.get(device)
-            if claims is not None:
-                booked = claims.exclusive
-            else:  # it stopped being advertised since the kubelet's last list
-                me = Owner(resource, device)
-                booked = tuple(
-                    claim
-                    for key, (_, claim) in state.lingering.items()
-                    if self._exclusive.get(key) == me
-                )
+            booked = claims_now(state, self._exclusive, device)
             changed |= self._ledger.record(Owner(resource, kubelet_id), device, booked, now)
         return changed
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, resource: str, devices: Mapping[str, Device]) -> bool:
-        """A complete list of `resource` (driver IDs): claim, and publish what may be
-        advertised (under the IDs the kubelet knows). Returns whether the resource's table
-        changed. A retired resource's runtime that is still stopping changes nothing."""
+    def publish(self, resource: str, devices: Devices, reached: Reaches | None = None) -> bool:
+        """A complete list of `resource` (driver IDs; `reached`: what its scan learnt paths
+        reach): claim, and publish what may be advertised (under the IDs the kubelet knows).
+        Returns whether its table changed. A retired resource's runtime changes nothing."""
         state = self._state(resource)
         if state.retired:
             return False
-        state.reported = devices
+        state.reported, state.known = devices, reached or {}
         changed = self._admit_or_defer(state)
         self._drain()
         return changed
@@ -386,13 +387,13 @@ class OwnedTable:
     resource: str
     table: _Table
 
-    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool:
+    def publish(self, devices: Iterable[Device] | Devices, reached: Reaches | None = None) -> bool:
         if not isinstance(devices, Mapping):
             listed: dict[str, Device] = {}
             for device in devices:
                 listed.setdefault(device.id, device)
             devices = listed
-        return self.index.publish(self.resource, devices)
+        return self.index.publish(self.resource, devices, reached)
 
     def set_degraded(self, reason: str | None) -> bool:
         return self.table.set_degraded(reason)

@@ -5,14 +5,14 @@ Read once at start and checked (`load`, with the owner's parser). Written atomic
 (`atomic_files.write_atomic`: temporary file, fsync, rename) through the host's offload, changes
 coalesced: `changed` asks for a write of the owner's current document, `flush` waits until
 the file holds every change made so far. A file that cannot be read, or that does not have
-its shape, is set aside as `<name>.unreadable` with one error line saying what that costs
+its shape (or nested too deep to parse), is set aside as `<name>.unreadable` (`.1`, `.2`, ...
+when earlier copies are there: none is replaced) with one error line saying what that costs
 (`consequence`); every other state file is read as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import os
@@ -71,22 +71,32 @@ class StateFile:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            self._unreadable(f"cannot read: {exc}")
+            self._unreadable(f"cannot read ({exc})")
             return None
         try:
             document = json.loads(raw)
             if document.get("version") != self._version_tag:
                 raise ValueError(f"version {document.get('version')!r}, not {self._version_tag}")
             return parse(document)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            aside = self.path.with_name(self.path.name + ".unreadable")
-            with contextlib.suppress(OSError):
-                os.replace(self.path, aside)
-            self._unreadable(f"does not parse ({exc}); kept as {aside.name}")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            self._unreadable(f"does not parse ({str(exc)[:200]})")
             return None
 
     def _unreadable(self, why: str) -> None:
+        """Set the file aside under the first free `<name>.unreadable[.N]` (an earlier copy
+        is never replaced) and say so."""
         self.unknown = True
+        aside = self.path.with_name(self.path.name + ".unreadable")
+        copies = 0
+        while os.path.lexists(aside):
+            copies += 1
+            aside = self.path.with_name(f"{self.path.name}.unreadable.{copies}")
+        try:
+            os.rename(self.path, aside)
+        except OSError as exc:
+            why += f"; not set aside ({exc}): the next write replaces it"
+        else:
+            why += f"; kept as {aside.name}"
         self._log.error(f"{self._what}_unreadable", reason=why, consequence=self._consequence)
 
     def changed(self, document: Callable[[], Mapping[str, Any]]) -> None:

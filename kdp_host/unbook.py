@@ -3,15 +3,14 @@
 With PodResources polling off nothing shows that the pod holding a booked ID has ended, so a
 booking lives until the kubelet allocates that ID again (`ownership.py`). This is the one other
 way to end it: the operator, who knows the pod is gone, drops it. A running kdp-host keeps its
-bookings in memory and would write them back, so the command refuses when the host's HTTP
-endpoint (`metrics.listen`) answers.
+bookings in memory and would write them back, so the command refuses while a kdp-host runs on
+the state directory (it holds `<stateDir>/kdp-host.lock`, `state_lock`), whatever its config.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,24 +19,20 @@ from .config import ConfigError, load_config
 from .files import DaemonThreads
 from .logs import get_logger
 from .ownership_bookings import bookings_document, ownership_file, read_saved
-from .status import status_address
+from .state_lock import StateDirBusy, exclusive
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
-def host_answers(listen: str, timeout: float = 1.0) -> bool:
-    """Whether something accepts connections where a running kdp-host serves HTTP."""
-    host, _, port = status_address(listen).rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 async def drop_bookings(state_dir: str, resource: str, ids: Sequence[str]) -> list[str]:
-    """Drop the bookings of `resource` (those of `ids` only, when given); returns the IDs
-    dropped. Raises OSError when the file cannot be written."""
+    """Drop the bookings of `resource` (those of `ids` only, when given), holding the state
+    directory alone; returns the IDs dropped. Raises StateDirBusy while a kdp-host runs on
+    it, OSError when the file cannot be written."""
+    with exclusive(state_dir):
+        return await _drop(state_dir, resource, ids)
+
+
+async def _drop(state_dir: str, resource: str, ids: Sequence[str]) -> list[str]:
     offload = DaemonThreads()
     state = ownership_file(state_dir, get_logger(), offload)
     saved = await offload.run(lambda: state.load(read_saved)) or []
@@ -64,16 +59,15 @@ def cmd_unbook(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kdp-host: invalid config {exc}", file=sys.stderr)
         return EXIT_INVALID
-    listen = config.metrics.listen
-    if host_answers(listen):
+    try:
+        dropped = asyncio.run(drop_bookings(config.state_dir, args.resource, args.id))
+    except StateDirBusy as exc:
         print(
-            f"kdp-host: a kdp-host answers on {listen}: stop it first (a running host keeps "
-            "its bookings and writes them back)",
+            f"kdp-host: {exc}: stop it first (a running host keeps its bookings and writes "
+            "them back)",
             file=sys.stderr,
         )
         return EXIT_FAILED
-    try:
-        dropped = asyncio.run(drop_bookings(config.state_dir, args.resource, args.id))
     except OSError as exc:
         print(f"kdp-host: {exc}", file=sys.stderr)
         return EXIT_FAILED

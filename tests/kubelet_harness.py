@@ -237,6 +237,27 @@ class RealKubelet:
         self.wait_events(arrived, since, timeout, f"{resource}: a list with {healthy} healthy")
         return found[0]
 
+    def first_list_after_registering(
+        self, resource: str, since: int, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """The first ListAndWatch list of `resource` after its first registration after
+        event `since` (what a restarted or reloaded plugin shows first)."""
+        registered: list[int] = []
+        found: list[dict[str, Any]] = []
+
+        def listed(events: list[dict[str, Any]]) -> bool:
+            for event in events:
+                if event["resource"] != resource:
+                    continue
+                if event["kind"] == "registered" and not registered:
+                    registered.append(int(event["seq"]))
+                elif event["kind"] == "list_and_watch" and registered and not found:
+                    found.append(event)
+            return bool(found)
+
+        self.wait_events(listed, since, timeout, f"{resource}: registered and listed")
+        return found[0]
+
     def bench(self, resource: str, iterations: int, per_pod: int = 1, **options: Any) -> Any:
         body = {"resource": resource, "per_pod": per_pod, "iterations": iterations, **options}
         return self._request("POST", "/bench", body)

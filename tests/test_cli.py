@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -277,33 +276,65 @@ async def test_status_asks_a_running_host_and_devices_can_be_turned_off(
             await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/devices")
 
 
-def test_unbook_drops_bookings_only_while_kdp_host_is_stopped(
+def write_bookings(state: Path, *ids: str) -> None:
+    state.mkdir(exist_ok=True)
+    claims = [{"kind": "path", "key": "/dev/x", "path": "/dev/x", "real": "/dev/x"}]
+    bookings = [
+        {"resource": FPGA, "id": i, "device": i.split("::")[0], "claims": claims} for i in ids
+    ]
+    (state / OWNERSHIP_FILE).write_text(json.dumps({"version": 1, "bookings": bookings}))
+
+
+def booked(state: Path) -> list[str]:
+    return [b["id"] for b in json.loads((state / OWNERSHIP_FILE).read_text())["bookings"]]
+
+
+def test_unbook_drops_the_bookings_asked_for(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state = tmp_path / "state"
-    state.mkdir()
-    claims = [{"kind": "path", "key": "/dev/x", "path": "/dev/x", "real": "/dev/x"}]
-    bookings = [
-        {"resource": FPGA, "id": i, "device": i.split("::")[0], "claims": claims}
-        for i in ("fpga0::0", "fpga0::1")
-    ]
-    (state / OWNERSHIP_FILE).write_text(json.dumps({"version": 1, "bookings": bookings}))
-    with socket.socket() as listener:  # a running host's HTTP port
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        config = tmp_path / "config.yaml"
-        config.write_text(
-            f"stateDir: {state}\nmetrics: {{listen: 127.0.0.1:{port}}}\n"
-            f"resources:\n  - name: {FPGA}\n    glob: {{paths: [/dev/fpga*]}}\n"
-        )
-        assert main(["unbook", "--config", str(config), FPGA]) == 1
-        assert "stop it first" in capsys.readouterr().err
-    assert len(json.loads((state / OWNERSHIP_FILE).read_text())["bookings"]) == 2
+    write_bookings(state, "fpga0::0", "fpga0::1")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"stateDir: {state}\nresources:\n  - name: {FPGA}\n    glob: {{paths: [/dev/fpga*]}}\n"
+    )
     assert main(["unbook", "--config", str(config), FPGA, "fpga0::1"]) == 0
-    left = json.loads((state / OWNERSHIP_FILE).read_text())["bookings"]
-    assert [b["id"] for b in left] == ["fpga0::0"]
+    assert booked(state) == ["fpga0::0"]
     assert main(["unbook", "--config", str(config), "other.example/x"]) == 1
     assert "no booking" in capsys.readouterr().err
     config.write_text("resources: [")
     assert main(["unbook", "--config", str(config), FPGA]) == 2
+
+
+async def test_unbook_refuses_while_a_host_runs_whatever_its_metrics_port(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path
+) -> None:
+    """The host's config names no port (`127.0.0.1:0`), and unbook is given another config
+    (another port) on the same stateDir: it still sees the host, until the host is killed."""
+    config = ephemeral_port_config(short_dir, socket_dir)
+    state = short_dir / "state"
+    write_bookings(state, "fpga0")
+    other = short_dir / "other.yaml"
+    other.write_text(config.read_text().replace("127.0.0.1:0", "127.0.0.1:1"))
+    unbook = [sys.executable, "-m", "kdp_host", "unbook", "--config"]
+    log = (short_dir / "host.log").open("wb")
+    host = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kdp_host", "run", "--config", str(config), stderr=log
+    )
+    try:
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA) is not None, timeout=30)
+        for path in (config, other):
+            refused = await asyncio.create_subprocess_exec(
+                *unbook, str(path), FPGA, stderr=asyncio.subprocess.PIPE
+            )
+            _, err = await asyncio.wait_for(refused.communicate(), 60)
+            assert refused.returncode == 1, err
+            assert b"stop it first" in err and b"kdp-host.lock" in err, err
+    finally:
+        host.kill()  # SIGKILL: the kernel drops its lock
+        await host.wait()
+        log.close()
+    assert booked(state) == ["fpga0"]
+    done = await asyncio.create_subprocess_exec(*unbook, str(other), FPGA)
+    assert await asyncio.wait_for(done.wait(), 60) == 0
+    assert booked(state) == []

@@ -42,6 +42,11 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.cdi_lease",
     "kdp_host.protocol.plugin_registry",
     "kdp_host.api.pluginregistration",
+    # what only a mistake or a lookup needs: "did you mean" hints of the config's checks, and
+    # the idna codec of a reverse name lookup (socket.getfqdn) when the HTTP server binds
+    "difflib",
+    "encodings.idna",
+    "stringprep",
     # the schema machinery (make schema) and test-only libraries
     "kdp_host.config.docs",
     "jsonschema",

@@ -813,6 +813,26 @@ def test_http_endpoint_logs_and_binds_an_ephemeral_port() -> None:
         server.stop()
 
 
+def test_http_server_binds_without_looking_up_the_hosts_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The standard library's HTTPServer asked `socket.getfqdn` for the server's name at
+    every start: a reverse DNS query in a pod (and the idna codec loaded) for a name nothing
+    reads. The server is named by its address and answers as before."""
+
+    def no_lookup(name: str = "") -> str:
+        raise AssertionError(f"getfqdn({name!r}) called")
+
+    monkeypatch.setattr(socket, "getfqdn", no_lookup)
+    server = HttpServer("127.0.0.1", 0, Metrics(process_collectors=False), HealthState())
+    server.start()
+    try:
+        status, body = http_get(server.port, "/metrics")
+        assert status == 200 and "kdp_" in body
+    finally:
+        server.stop()
+
+
 async def test_readyz_names_resources_and_short_reasons_never_host_paths(
     socket_dir: Path, devices: Path, short_dir: Path, http: int, running_health
 ) -> None:

@@ -852,6 +852,52 @@ async def test_a_replica_wait_survives_a_restart(tmp_path: Path) -> None:
     assert json.loads((tmp_path / OWNERSHIP_FILE).read_text())["bookings"] == []
 
 
+async def test_a_held_id_without_a_booking_is_booked_from_podresources(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ownership.json is gone (an upgrade from a version without it, a lost state directory)
+    while pods hold `a` and an ID no device has now: the first answer after the resource
+    listed books `a` with its claims (and writes the file), so a reload that renames `a`
+    (replicas 1 -> 2) holds it; the other is logged once and counted, and holds nothing."""
+    caplog.set_level(logging.INFO)
+    now = [100.0]
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host, state = restarted(tmp_path, nodes, now)
+    pod = (Holder("ns", "p1", "c", 0.0),)
+    held = {R1: {"a": pod, "gone": pod}, "other.io/gpu": {"g0": pod}}
+    host.index.holdings(Holdings(now[0] + 1, 0.0, held))  # before R1 listed: nothing known
+    assert not [r for r in caplog.records if r.getMessage().startswith("held_id")]
+    table = host.tables[R1] = DeviceTable()
+    host.index.attach(R1, table.publish, get_logger().bind(resource=R1))
+    host.index.publish(R1, {"a": dev("a", "/dev/a"), "b": dev("b", "/dev/b")})
+    for _ in range(2):
+        host.index.holdings(Holdings(now[0] + 2, 0.0, held))
+    await asyncio.wait_for(state.flush(), 30)
+    assert booked_ids(tmp_path) == [f"{R1}/a"]
+    lines = [r for r in caplog.records if r.getMessage().startswith("held_id")]
+    assert [(r.getMessage(), r.__dict__["kdp_fields"]["device"]) for r in lines] == [
+        ("held_id_booked", "a"),
+        ("held_id_not_present", "gone"),
+    ]
+    assert lines[1].__dict__["kdp_fields"]["resource"] == R1
+    counted = {
+        result: host.metrics.registry.get_sample_value(
+            "kdp_pod_resources_unbooked_total", {"result": result}
+        )
+        for result in ("booked", "not_present")
+    }
+    assert counted == {"booked": 1.0, "not_present": 1.0}
+
+    table = host.tables[R1] = DeviceTable(replicas=2)
+    host.index.attach(R1, table.publish, get_logger().bind(resource=R1), replicas=2)
+    host.index.publish(R1, {"a": dev("a", "/dev/a"), "b": dev("b", "/dev/b")})
+    assert [e.id for e in table.snapshot.advertised] == ["b::0", "b::1"], "p1 holds a"
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))  # p1 ended
+    assert len(table.snapshot.advertised) == 4
+    await asyncio.wait_for(state.flush(), 30)
+    assert booked_ids(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     "text",
     [

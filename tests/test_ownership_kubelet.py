@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+
+from kdp_host.ownership_bookings import OWNERSHIP_FILE
 
 from .conftest import glob_config, wait_until
 from .fake_sysfs import FakeSysfs
@@ -397,6 +401,48 @@ async def restart(kubelet: RealKubelet, host: KdpProcess, *resources: str) -> No
     before = await kubelet.acall(kubelet.last_seq)
     await host.start()
     await kubelet.acall(kubelet.registered_at, resources, before)
+
+
+def pod_resources_answers(config: Path) -> float:
+    """How many PodResources answers the kdp-host running on `config` has had (its
+    `/metrics`)."""
+    listen = re.search(r"listen: (127\.0\.0\.1:[0-9]+)", config.read_text())
+    assert listen is not None
+    with urllib.request.urlopen(f"http://{listen[1]}/metrics", timeout=10) as answer:
+        body = answer.read().decode()
+    found = re.search(r'^kdp_pod_resources_polls_total\{result="ok"\} (\S+)$', body, re.M)
+    return float(found[1]) if found else 0.0
+
+
+async def test_a_pod_admitted_before_bookings_were_kept_keeps_its_node_after_a_rename(
+    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
+) -> None:
+    """ownership.json is gone while p1 holds fpga0 (an upgrade from a version without
+    bookings, a lost or deleted state directory). The restarted host books fpga0 from what
+    PodResources shows p1 holding, so a reload that renames its IDs (`replicas: 2`: fpga0::0,
+    fpga0::1) does not hand the node to more pods."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    (devices / "fpga1").unlink()
+    entry = f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    config = booked_config(kubelet, short_dir, entry)
+    host = await kdp_process(config)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+    assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]
+    await host.stop()
+    (short_dir / "state" / OWNERSHIP_FILE).unlink()
+    await restart(kubelet, host, FPGA)
+    answered = await asyncio.to_thread(pod_resources_answers, config)
+    await kubelet.await_for(
+        lambda _: pod_resources_answers(config) > answered,
+        what="a PodResources answer after the restarted host listed fpga0",
+    )
+    before = await kubelet.acall(kubelet.last_seq)
+    config.write_text(config.read_text().replace("    glob:", "    replicas: 2\n    glob:"))
+    host.reload()
+    listed = await kubelet.acall(kubelet.first_list_after_registering, FPGA, before)
+    assert await grants(kubelet, FPGA, "p2", "p3") == [], f"p1 holds fpga0 ({listed})"
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(FPGA, 2), what="both replicas once p1 is gone")
 
 
 async def test_hostile_1_a_restart_after_a_renaming_reload_keeps_the_booked_node(

@@ -22,7 +22,8 @@ from kdp_host.devices import Device as TableDevice
 from kdp_host.devices import DeviceTable
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
+from kdp_host.protocol.lists import ListAndWatchEncoder
+from kdp_host.protocol.service import DevicePluginService
 
 from .interop_kubelet import InteropKubelet, load_official_api
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +124,23 @@ async def test_an_absent_socket_is_logged_once_counted_and_harmless(
         assert poller.metrics.registry.get_sample_value("kdp_pod_resources_up") == 0
         lines = [r for r in caplog.records if r.getMessage() == "pod_resources_unavailable"]
         assert len(lines) == 1
+
+
+async def test_with_polling_off_the_start_says_what_bookings_cannot_do(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    devices: Path,
+    short_dir: Path,
+    start_host,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    running = await start_host(yaml(socket_dir, devices, short_dir / "pr", interval="0s"))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
+    assert running.host.pod_resources is None
+    [line] = [r for r in caplog.records if r.getMessage() == "pod_resources_off"]
+    consequence = line.__dict__["kdp_fields"]["consequence"]
+    assert "is not booked" in consequence and "kdp-host unbook" in consequence
+    assert line.levelno == logging.WARNING
 
 
 class _OldKubelet(PodResourcesListerBase):

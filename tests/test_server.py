@@ -45,9 +45,10 @@ from kdp_host.endpoint import (
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.protocol.codec import DevicePluginCodec, EncodedMessage
+from kdp_host.protocol.lists import ListAndWatchEncoder
 from kdp_host.protocol.registration import Registrar, RegistrationError
 from kdp_host.protocol.server import SOCKET_MODE, CoalescingTransport, PluginServer
-from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
+from kdp_host.protocol.service import DevicePluginService
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config, wait_until

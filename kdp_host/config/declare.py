@@ -24,7 +24,6 @@ into the dataclass default, so the docs, the schema and the loader cannot disagr
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass
 from typing import Any, Final
@@ -165,6 +164,8 @@ def read_section(r: Reader, cls: type[Any], value: Any, path: FieldPath) -> Any 
     known = yaml_keys(cls)
     for name in value:
         if name not in known:
+            import difflib  # only for a config with a mistake (not loaded by a good one)
+
             hint = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.6)
             r.problem(
                 (*path, str(name)),

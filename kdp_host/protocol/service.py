@@ -1,11 +1,9 @@
 """The DevicePlugin gRPC service of one resource.
 
-Each ListAndWatch message is the complete device list. Encoding it with betterproto2 costs
-~20 us per device, so the service sends bytes built by `ListAndWatchEncoder`, which writes
-the three fields of a Device itself (~0.5 us per entry, byte-identical to betterproto2 and
-to the official protobuf encoding: tests/test_wire.py), once per snapshot, yielding to the
-event loop between chunks of a large list. The server's codec (`codec.py`) sends those
-bytes as they are and runs the Allocate and GetPreferredAllocation messages through `wire`.
+Each ListAndWatch message is the complete device list, sent as the bytes
+`ListAndWatchEncoder` (`lists.py`) built once per snapshot. The server's codec (`codec.py`)
+sends those bytes as they are and runs the Allocate and GetPreferredAllocation messages
+through `wire`.
 """
 
 from __future__ import annotations
@@ -46,50 +44,9 @@ from ..metrics import Metrics
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
-from .wire import encode_device_entry, topology_field
+from .lists import ListAndWatchEncoder
 
-ENCODE_CHUNK = 256
-"""Entries encoded between two yields to the event loop."""
 LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
-
-
-class _TopologyFields(dict[int | None, bytes]):
-    """NUMA node -> encoded Device.topology field, filled on first use (None -> no field)."""
-
-    def __missing__(self, numa: int | None) -> bytes:
-        field = b"" if numa is None else topology_field(numa)
-        self[numa] = field
-        return field
-
-
-class ListAndWatchEncoder:
-    """Builds the ListAndWatchResponse bytes of a snapshot, once per snapshot version.
-
-    Entries are written directly (see `encode_device_entry`): that costs about what looking
-    them up in a cache did, without keeping a cache of every entry in memory.
-    """
-
-    def __init__(self) -> None:
-        self._topologies = _TopologyFields()
-        self._last: tuple[int, bytes] | None = None
-
-    async def encode(self, snapshot: Snapshot) -> bytes:
-        if self._last is not None and self._last[0] == snapshot.version:
-            return self._last[1]
-        advertised = snapshot.advertised
-        parts: list[bytes] = []
-        topology = self._topologies
-        entry_bytes = encode_device_entry
-        for start in range(0, len(advertised), ENCODE_CHUNK):
-            if start:
-                await asyncio.sleep(0)
-            parts += [
-                entry_bytes(entry.id, entry.healthy, topology[entry.device.numa])
-                for entry in advertised[start : start + ENCODE_CHUNK]
-            ]
-        data = b"".join(parts)
-        self._last = (snapshot.version, data)
-        return data
 
 
 class Bookings(Protocol):

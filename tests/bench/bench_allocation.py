@@ -44,8 +44,9 @@ from kdp_host.devices import Device, DeviceNode, DeviceTable, Snapshot
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.preferred import preferred_allocation
+from kdp_host.protocol.lists import ListAndWatchEncoder
 from kdp_host.protocol.server import PluginServer
-from kdp_host.protocol.service import DevicePluginService, ListAndWatchEncoder
+from kdp_host.protocol.service import DevicePluginService
 
 RESOURCE = "bench.kdp-host.io/fpga"
 MS = 1000.0

@@ -1,0 +1,119 @@
+"""Bookings from PodResources: what a pod holds that no booking holds.
+
+A pod admitted before kdp-host kept bookings (an upgrade from a version without
+`ownership.json`), or whose booking was lost with the state directory (deleted, or a file
+that did not parse and was set aside), holds a device the index does not know is booked: a
+reload or a restart that renames the device would advertise its node again under a new ID.
+So each PodResources answer is also read the other way round (`Adoption.book_held`): an ID
+of one of the host's resources that a pod holds and no booking holds is booked with the
+claims its device has now (advertised, or lingering since it stopped being advertised), as
+an Allocate would have booked it. An ID whose resource, listing now, has no such device (it
+was renamed or unplugged while kdp-host was down) has nothing to hold: it is logged once
+while it stays so (`held_id_not_present`). Both are counted
+(`kdp_pod_resources_unbooked_total{result}`). With PodResources polling off nothing shows
+who holds what: the host says so at start (`WITHOUT_POD_RESOURCES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .devices import physical_id
+from .metric_labels import UnbookedResult
+from .metrics import Metrics
+from .ownership_bookings import Ledger
+from .ownership_claims import Claim, ClaimKey, Owner
+from .ownership_table import ResourceState
+
+if TYPE_CHECKING:
+    from .podresources import Holder, Holdings
+
+WITHOUT_POD_RESOURCES = (
+    "PodResources polling is off (kubelet.podResourcesInterval: 0s): a pod admitted before "
+    "kdp-host kept bookings, or whose booking was lost with stateDir/ownership.json, is not "
+    "booked (a reload or restart that renames its device may advertise the node again under "
+    "a new ID), and a booking ends only when its ID is allocated again or with "
+    "`kdp-host unbook`"
+)
+
+
+def claims_now(
+    state: ResourceState, exclusive: Mapping[ClaimKey, Owner], device: str
+) -> tuple[Claim, ...]:
+    """The exclusive claims of `device` of the resource now: advertised, or lingering (it
+    stopped being advertised); () when it has none."""
+    claims = state.owned.get(device)
+    if claims is not None:
+        return claims.exclusive
+    me = Owner(state.name, device)
+    return tuple(claim for key, (_, claim) in state.lingering.items() if exclusive.get(key) == me)
+
+
+@dataclass
+class Adoption:
+    """Books the held IDs no booking holds (one per ownership index)."""
+
+    ledger: Ledger
+    metrics: Metrics | None = None
+    noted: set[Owner] = field(default_factory=set)
+    """Held IDs without a device, logged already (not again while a pod holds them)."""
+
+    def book_held(
+        self,
+        holdings: Holdings,
+        resources: Mapping[str, ResourceState],
+        exclusive: Mapping[ClaimKey, Owner],
+        now: float,
+    ) -> bool:
+        """Book every ID of `resources` that `holdings` shows held and no booking holds;
+        True if one was booked. A resource that has not listed since its runtime started
+        is left for a later answer."""
+        ledger = self.ledger
+        booked = False
+        noted = {o for o in self.noted if o.device in holdings.of(o.resource)}
+        for name, held in holdings.by_resource.items():
+            state = resources.get(name)
+            if state is None:
+                continue  # not one of ours
+            for kubelet_id, holders in held.items():
+                owner = Owner(name, kubelet_id)
+                if owner in ledger.bookings:
+                    continue
+                device = physical_id(kubelet_id, state.replicas or 1)
+                claims = claims_now(state, exclusive, device)
+                if claims:
+                    ledger.record(owner, device, claims, now)
+                    booked = True
+                    self._note(state, kubelet_id, holders, "booked")
+                elif state.settled and not state.retired and owner not in noted:
+                    noted.add(owner)
+                    self._note(state, kubelet_id, holders, "not_present")
+        self.noted = noted
+        return booked
+
+    def _note(
+        self,
+        state: ResourceState,
+        kubelet_id: str,
+        holders: tuple[Holder, ...],
+        result: UnbookedResult,
+    ) -> None:
+        if self.metrics is not None:
+            self.metrics.pod_resources_unbooked.labels(result).inc()
+        log = state.log
+        if log is None:
+            return
+        pods = ",".join(sorted({f"{h.namespace}/{h.pod}" for h in holders}))
+        if result == "booked":
+            log.info("held_id_booked", device=kubelet_id, pods=pods)
+        else:
+            log.warning(
+                "held_id_not_present",
+                device=kubelet_id,
+                pods=pods,
+                detail="a pod holds this ID but no device of the resource has it now "
+                "(renamed or unplugged while kdp-host was down, with no booking kept): its "
+                "node is not known, so it may be advertised under another ID",
+            )

@@ -1,0 +1,79 @@
+"""A running host's hold on its stateDir (kdp_host/state_lock.py): what `kdp-host unbook`
+sees, shared by hosts that overlap, waited for by a host that starts during an unbook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from kdp_host.state_lock import LOCK_FILE, StateDirBusy, exclusive
+
+from .conftest import glob_config, wait_until
+
+
+def config_in(short_dir: Path, state: Path) -> str:
+    dev = short_dir / "dev"
+    dev.mkdir(exist_ok=True)
+    (dev / "fpga0").touch()
+    text = glob_config(short_dir / "dp", ("vendor.example/fpga", f"{dev}/fpga*"))
+    return text.replace(f"stateDir: {short_dir}/state", f"stateDir: {state}")
+
+
+@pytest.fixture(autouse=True)
+def info_lines(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+
+
+def started(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(r.getMessage() == "host_started" for r in caplog.records)
+
+
+async def test_hosts_on_one_state_dir_share_it_and_unbook_waits_for_none(
+    short_dir: Path, start_host, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two hosts (a rolling update with maxSurge) both run; while either runs the directory
+    cannot be held alone; once both stopped it can."""
+    state = short_dir / "state"
+    first = await start_host(config_in(short_dir, state))
+    second = await start_host(config_in(short_dir, state))
+    await wait_until(lambda: started(caplog) == 2, what="both hosts started")
+    for running in (first, second):
+        with pytest.raises(StateDirBusy, match=LOCK_FILE), exclusive(str(state)):
+            pass
+        await running.shutdown()
+    with exclusive(str(state)):
+        pass
+
+
+async def test_a_host_that_starts_during_an_unbook_waits_for_it(
+    short_dir: Path, start_host, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = short_dir / "state"
+    state.mkdir()
+    unbooking = exclusive(str(state))
+    unbooking.__enter__()
+    try:
+        await start_host(config_in(short_dir, state))
+        await wait_until(
+            lambda: any(r.getMessage() == "state_dir_busy" for r in caplog.records),
+            what="the host says what it waits for",
+        )
+        await asyncio.sleep(0)
+        assert started(caplog) == 0, "the host read its state while unbook rewrote it"
+    finally:
+        unbooking.__exit__(None, None, None)
+    await wait_until(lambda: started(caplog) == 1, what="the host runs once unbook is done")
+
+
+async def test_a_state_dir_that_cannot_be_locked_is_logged_and_the_host_runs(
+    short_dir: Path, start_host, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = short_dir / "state"
+    state.write_text("a file where the directory should be")
+    await start_host(config_in(short_dir, state))
+    await wait_until(lambda: started(caplog) == 1, what="the host runs")
+    [line] = [r for r in caplog.records if r.getMessage() == "state_lock_failed"]
+    assert "kdp-host unbook" in str(line.__dict__)

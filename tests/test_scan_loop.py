@@ -193,6 +193,20 @@ class GatedOffload:
         return result
 
 
+async def answer_then_three_more_checks(offload: GatedOffload, notifier: RecordingNotifier) -> None:
+    """Hand back the held check's answer, then let three more safety-net checks pass."""
+    offload.after.set()
+    updates = notifier.updates
+    await wait_until(lambda: notifier.updates >= updates + 3, what="more checks")
+
+
+async def stop_gated(task: asyncio.Task[None], offload: GatedOffload) -> None:
+    offload.before.set()
+    offload.after.set()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_check_that_saw_a_change_before_the_scan_that_read_it_adds_no_scan(
     tmp_path: Path,
 ) -> None:
@@ -221,15 +235,10 @@ async def test_a_check_that_saw_a_change_before_the_scan_that_read_it_adds_no_sc
         watcher.change(str(tmp_path), "b")  # the watch wakes the loop, which scans
         await wait_until(lambda: list(notifier.devices) == ["a", "b"], what="scanned")
         assert scanner.scans == 2
-        offload.after.set()  # the check's answer ("changed") arrives now
-        updates = notifier.updates
-        await wait_until(lambda: notifier.updates >= updates + 3, what="more checks")
+        await answer_then_three_more_checks(offload, notifier)  # the answer: "changed"
         assert scanner.scans == 2
     finally:
-        offload.before.set()
-        offload.after.set()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_gated(task, offload)
 
 
 async def test_a_check_that_began_during_the_first_scan_adds_no_scan(tmp_path: Path) -> None:
@@ -256,16 +265,11 @@ async def test_a_check_that_began_during_the_first_scan_adds_no_scan(tmp_path: P
         await wait_until(lambda: offload.ran == 1, what="the check looked during the scan")
         scanner.block.set()
         await wait_until(lambda: list(notifier.devices) == ["a"], what="the first scan's list")
-        offload.after.set()  # the check's answer ("changed") arrives after the scan
-        updates = notifier.updates
-        await wait_until(lambda: notifier.updates >= updates + 3, what="more checks")
+        await answer_then_three_more_checks(offload, notifier)  # "changed", after the scan
         assert scanner.scans == 1
     finally:
         scanner.block.set()
-        offload.before.set()
-        offload.after.set()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_gated(task, offload)
 
 
 async def test_a_full_rescan_runs_every_n_intervals_when_asked(tmp_path: Path) -> None:

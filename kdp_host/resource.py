@@ -136,10 +136,12 @@ class ResourceRuntime:
             first_attempt_failed=self._serving.first_list.failed,
         )
         self._on_devices_changed(self.table.snapshot)
+        if self.release is not None:
+            # Before any news (subscribing hands over the last answer at once): the tracker
+            # takes up the state kept for the resource first, owed releases included.
+            self.release.start()
         poller = services.pod_resources
         unsubscribe = None if poller is None else poller.subscribe(self._on_holdings)
-        if self.release is not None:
-            self.release.start()
         try:
             await self._run_parts(driver, reporter, deps)
         finally:

@@ -4,9 +4,11 @@
 Read once at start and checked (`load`, with the owner's parser). Written atomically
 (`atomic_files.write_atomic`: temporary file, fsync, rename) through the host's offload, changes
 coalesced: `changed` asks for a write of the owner's current document, `flush` waits until
-the file holds every change made so far. A file that cannot be read, or that does not have
-its shape (or nested too deep to parse), is set aside as `<name>.unreadable` (`.1`, `.2`, ...
-when earlier copies are there: none is replaced) with one error line saying what that costs
+the file holds every change made so far. A file that cannot be read (read like every small
+file, `files.read_attribute`: a FIFO or a directory there is refused at once, never waited
+on), or that does not have its shape (or nested too deep to parse), is set aside as
+`<name>.unreadable` (`.1`, `.2`, ... when earlier copies are there: none is replaced) with
+one error line saying what that costs
 (`consequence`); every other state file is read as usual.
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .atomic_files import write_atomic
-from .files import Offload
+from .files import MAX_DOCUMENT_SIZE, FileReadError, Offload, read_attribute
 from .logs import EventLogger
 
 T = TypeVar("T")
@@ -65,13 +67,15 @@ class StateFile:
 
     def load(self, parse: Parser[T]) -> T | None:
         """The file's document read by `parse`; None when it is missing or unreadable
-        (blocking: call it through the offload)."""
+        (blocking: call it through the offload). Read like every small file
+        (`files.read_attribute`): a FIFO, a device or a directory there is refused at once,
+        never waited on."""
         try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
+            raw = read_attribute(str(self.path), MAX_DOCUMENT_SIZE)
+        except FileReadError as exc:
             self._unreadable(f"cannot read ({exc})")
+            return None
+        if raw is None:
             return None
         try:
             document = json.loads(raw)

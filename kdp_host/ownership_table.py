@@ -162,6 +162,10 @@ class ClaimTable(abc.ABC):
                     state.lingering[key] = (now, claim)
         self._ledger.sink = sink
 
+    def is_booked(self, resource: str, advertised_id: str) -> bool:
+        """Whether the kubelet has `advertised_id` of `resource` booked now."""
+        return Owner(resource, advertised_id) in self._ledger.bookings
+
     def _incumbent(self, state: ResourceState, advertised_id: str, claims: Claims) -> bool:
         """Whether the device advertised as `advertised_id` owns its claims already."""
         if state.owned.get(advertised_id) is claims:

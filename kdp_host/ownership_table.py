@@ -50,17 +50,11 @@ class Pace:
     device each), `due` says yield (a long list never holds the loop for long)."""
 
     every: int
-    left: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.left = self.every
+    steps: int = 0
 
     def due(self) -> bool:
-        self.left -= 1
-        if self.left > 0:
-            return False
-        self.left = self.every
-        return True
+        self.steps += 1
+        return self.steps % self.every == 0
 
 
 @dataclass

@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import stat
+
+from .files import MAX_DOCUMENT_SIZE, FileReadError, read_attribute
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -39,20 +40,11 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def read_or_none(path: str) -> bytes | None:
     """The file's content, None when it cannot be read (missing, unreadable, not a regular
-    file: a FIFO put in its place never blocks the read)."""
+    file: a FIFO put in its place never blocks the read; larger than MAX_DOCUMENT_SIZE)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
+        return read_attribute(path, MAX_DOCUMENT_SIZE)
+    except FileReadError:
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def unlink(path: str) -> bool:

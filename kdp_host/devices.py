@@ -240,7 +240,6 @@ class DeviceTable:
         self._failed_checks: set[str] = set()
         self._held: Callable[[Device], bool] | None = None
         self._listeners: list[Callable[[Snapshot], None]] = []
-        self._changed = asyncio.Event()
         self.published = asyncio.Event()
         """Set once the driver reported its first list (even an empty one)."""
         self._order: tuple[Mapping[str, Device], list[str]] = (self._reported, [])
@@ -250,8 +249,7 @@ class DeviceTable:
         is the same object)."""
         self._overridden: dict[str, tuple[Device, Device]] = {}
         """Device ID -> (reported device, its Unhealthy copy) in the last snapshot (reused
-        while the reported device is the same object: unchanged entries stay the same
-        objects, which ListAndWatch does not write again)."""
+        while the reported device is the same object: ListAndWatch writes no entry again)."""
         self._snapshot = self._build(0)
 
     @property
@@ -318,9 +316,14 @@ class DeviceTable:
         return self._rebuild()
 
     async def wait_newer(self, version: int) -> Snapshot:
-        while self._snapshot.version <= version:
-            changed = self._changed
-            await changed.wait()
+        """The first snapshot newer than `version` (a waiter listens while it waits)."""
+        newer = asyncio.Event()
+        stop = self.add_listener(lambda _: newer.set())
+        try:
+            while self._snapshot.version <= version:
+                await newer.wait()
+        finally:
+            stop()
         return self._snapshot
 
     def _rebuild(self) -> bool:
@@ -330,8 +333,6 @@ class DeviceTable:
         ):
             return False
         self._snapshot = snapshot
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
         for listener in self._listeners:
             listener(snapshot)
         return True

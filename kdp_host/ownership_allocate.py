@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterable, Mapping
 from .devices import physical_id
 from .ownership_adopt import claims_now
 from .ownership_claims import Claim, Owner, claim_of
-from .ownership_resolve import Resolving
+from .ownership_gate import AdmissionGate
 
 
 class PlaceOwned(ValueError):
@@ -26,7 +26,7 @@ class PlaceOwned(ValueError):
     host owns (the answer is refused)."""
 
 
-class BookingAllocations(Resolving):
+class BookingAllocations(AdmissionGate):
     """Records what the kubelet booked (the ownership index's layer for Allocate)."""
 
     async def book(
@@ -38,15 +38,16 @@ class BookingAllocations(Resolving):
         """The kubelet booked `ids` of `resource` (an Allocate is answered): record each with
         the claims of its device and the host paths its answer hands out besides (`places`,
         by ID: `allocate.mounts`, an `allocate.command`'s output), and return once
-        `<stateDir>/ownership.json` holds them (nothing is written when the bookings are the
-        ones recorded already). Raises PlaceOwned, booking nothing, when such a path
-        reaches what another device of the host owns (advertised, or held by a pod)."""
+        `<stateDir>/ownership.json` holds them, or after `state_file.WRITE_LIMIT` with an error
+        line (nothing is written when the bookings are the ones recorded already). Raises
+        PlaceOwned, booking nothing, when such a path reaches what another device of the
+        host owns (advertised, or held by a pod)."""
         ids = list(ids)
         claimed = await self._claim_places(resource, places) if places else {}
         ledger = self._ledger
         if self._book(resource, ids, claimed) and ledger.sink is not None:
             ledger.changed()
-            await ledger.sink.flush()
+            await ledger.sink.written()
 
     async def owners_of(self, paths: Collection[str]) -> dict[str, list[Owner]]:
         """Every device that owns what each host path reaches (`_owners`), resolved off the

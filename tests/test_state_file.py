@@ -127,4 +127,6 @@ async def test_allocate_and_prestart_do_not_wait_for_a_state_dir_that_hangs(
     writes.go.set()  # the file system answers again: both writes land
     await wait_until(lambda: (tmp_path / OWNERSHIP_FILE).exists(), what="ownership.json")
     await wait_until(lambda: (tmp_path / STATE_FILE).exists(), what="release-state.json")
-    assert kept.load(read_saved) == [(Owner("t.io/a", "a"), "a", ((("c", 1), "/dev/a", "/dev/a"),))]
+    assert kept.load(read_saved) == [
+        (Owner("t.io/a", "a"), "a", ((("c", 1), "/dev/a", "/dev/a"),), ())
+    ]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, heap
 from .config import Config, ConfigError, load_config
 from .files import DaemonThreads, Offload
 from .logs import get_logger, quote_text, setup_logging
@@ -114,9 +114,13 @@ async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load_or_report(args.config)
-    if config is None:
-        return EXIT_INVALID
+    with heap.paused():  # what start-up makes to keep: made, then frozen (heap.py)
+        config = _load_or_report(args.config)
+        if config is None:
+            return EXIT_INVALID
+        from . import host, http, metrics, status  # noqa: F401 (for `_run`, made here)
+
+        heap.settle()
     node = NodeInfo(args.node_name or local_node_name())
     return _run_async(_run(config, args.config.absolute(), node), args.loop)
 
@@ -317,7 +321,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format, args.log_level)
     result: int = args.handler(args)
     return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

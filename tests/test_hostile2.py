@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kdp_host.cdi import spec_file_name
 from kdp_host.cli import main
 from kdp_host.config import load_config_text
 from kdp_host.logs import get_logger
@@ -20,10 +22,12 @@ from kdp_host.release_state import STATE_FILE
 
 from .conftest import glob_config, wait_until
 from .kubelet_harness import healthy
+from .test_ownership_kubelet import host_paths
 from .test_release import _answer, _Commands, _tracker, host_yaml, release_lines, release_script
 from .test_release import _registered as registered
 
 FPGA = "vendor.example/fpga"
+PROBE = "c.example/probe"
 
 
 @pytest.mark.parametrize("name", [OWNERSHIP_FILE, STATE_FILE])
@@ -156,3 +160,69 @@ async def test_hostile2_7_check_leaves_out_what_run_leaves_out(
     await kubelet.await_for(healthy(FPGA, 1), what="ok0 advertised")
     advertised = sorted(kubelet.resource(FPGA)["device_numa"])
     assert rows == advertised == ["ok0"]
+
+
+async def test_hostile2_9_a_held_ids_cdi_entry_keeps_what_was_allocated(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """F9: the CDI spec was rewritten so a held ID's name pointed at a node its pod was never
+    allocated (the probe moved the device to another node): a container restart, which
+    resolves the CDI name again, would have got that node while the kubelet's checkpoint
+    says the first. While the ID is booked its entry keeps what was allocated (the other
+    device, which no pod holds, follows the probe in the same write); once no pod holds it,
+    the entry follows the device, and the next pod is allocated (and resolves) the new node."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    dev = short_dir / "dev"
+    for side in ("a", "b"):
+        (dev / side).mkdir(parents=True)
+        for name in ("x", "y"):
+            (dev / side / name).touch()
+    which = short_dir / "which"
+    which.write_text("a\n")
+    spec_dir = short_dir / "cdi"
+    probe = "; ".join(f"echo {n} Healthy path={dev}/$(cat {which})/{n}:/dev/{n}" for n in "xy")
+    config = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
+        f"stateDir: {short_dir / 'state'}\nresources:\n"
+        f"  - name: {PROBE}\n"
+        f'    shell: {{command: [sh, -c, "{probe}"], interval: 1s}}\n'
+        f"    allocate: {{cdi: {{kind: c.example/dev, specDir: {spec_dir}, "
+        "alsoDeviceSpecs: true}}\n"
+    )
+    await start_host(config)
+    spec_path = spec_dir / spec_file_name(PROBE)
+
+    def spec_nodes() -> dict[str, str]:
+        try:
+            devices = json.loads(spec_path.read_text())["devices"]
+            return {
+                d["name"]: node["hostPath"]
+                for d in devices
+                for node in d["containerEdits"]["deviceNodes"]
+            }
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def on(side: str) -> dict[str, str]:
+        return {n: str(dev / side / n) for n in "xy"}
+
+    await kubelet.await_for(healthy(PROBE, 2), what="x and y advertised")
+    await wait_until(lambda: spec_nodes() == on("a"), what="the spec names dev/a")
+    first = await kubelet.acall(kubelet.allocate, "p1", {PROBE: 1})
+    [held] = first["device_ids"][PROBE]
+    assert first["error"] == "" and host_paths(first) == {on("a")[held]}
+    [free] = {"x", "y"} - {held}
+
+    which.write_text("b\n")
+    await wait_until(
+        lambda: spec_nodes().get(free) == on("b")[free], what="the probe's move written"
+    )
+    assert spec_nodes()[held] == on("a")[held], "p1's CDI name resolves a node it never got"
+
+    await kubelet.acall(kubelet.release, "p1")
+    await wait_until(lambda: spec_nodes() == on("b"), timeout=60, what="the entry follows")
+    second = await kubelet.acall(kubelet.allocate, "p2", {PROBE: 2})
+    assert second["error"] == "" and host_paths(second) == set(on("b").values())
+    assert spec_nodes() == on("b")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .atomic_files import write_atomic
+from .atomic_files import read_regular, write_atomic
 from .files import Offload
 from .logs import EventLogger
 
@@ -67,7 +67,7 @@ class StateFile:
         """The file's document read by `parse`; None when it is missing or unreadable
         (blocking: call it through the offload)."""
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular(str(self.path))
         except FileNotFoundError:
             return None
         except OSError as exc:

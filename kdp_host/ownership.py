@@ -49,9 +49,8 @@ Rules:
   ID, or is replaced when the kubelet allocates the same ID again. With PodResources
   polling off nothing can show the pod ended: a booking then lives until the ID is
   allocated again, or until it is dropped with `kdp-host unbook` while kdp-host is stopped;
-  a device it holds says so in its `device_held` line. An ID PodResources shows a pod
-  holding with no booking (admitted before bookings were kept, or the file was lost) is
-  booked then with its device's claims (`ownership_adopt`).
+  a device it holds says so in its `device_held` line. An ID a pod holds with no booking
+  (admitted before bookings were kept, or the file was lost) is booked (`ownership_adopt`).
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ from .devices import REPLICA_SEPARATOR, Device, physical_id
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
-from .ownership_adopt import Adoption, claims_now
+from .ownership_adopt import Adoption, DeviceClaims
 from .ownership_claims import Claims, Owner, Resolver, host_paths
 from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
 from .ownership_table import Holding, ResourceState
@@ -242,11 +241,12 @@ class OwnershipIndex(Resolving):
         (the kubelet may have admitted a pod with it until it heard of that)."""
         ledger = self._ledger
         released = ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
-        adopted = self._adoption.book_held(
+        adopted, again = self._adoption.book_held(
             holdings, self._resources, self._exclusive, self._clock()
         )
         if released or adopted:
             ledger.changed()
+        self._pending.update(dict.fromkeys(again))
         booked = self._ledger.booked
         for state in self._resources.values():
             held = holdings.of(state.name)
@@ -259,6 +259,7 @@ class OwnershipIndex(Resolving):
                     released = True
         if released:
             self._wake_waiting("")
+        if released or again:
             self._drain()
 
     # ------------------------------------------------------------------ bookings
@@ -278,9 +279,10 @@ class OwnershipIndex(Resolving):
             return False
         now = self._clock()
         changed = False
+        devices = DeviceClaims(state, self._exclusive)
         for kubelet_id in ids:
             device = physical_id(kubelet_id, state.replicas or 1)
-            booked = claims_now(state, self._exclusive, device)
+            booked = devices.of(device)
             changed |= self._ledger.record(Owner(resource, kubelet_id), device, booked, now)
         return changed
 

@@ -898,6 +898,23 @@ async def test_a_held_id_without_a_booking_is_booked_from_podresources(
     assert booked_ids(tmp_path) == []
 
 
+async def test_a_held_replica_id_of_another_replica_count_holds_its_device(
+    tmp_path: Path,
+) -> None:
+    """`replicas: 2` -> `1` while kdp-host was down and ownership.json is gone: p1 holds
+    `a::1`, which no device has now; it is the device `a`'s, so `a` waits until p1 ends."""
+    now = [100.0]
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host, _ = restarted(tmp_path, nodes, now)
+    host.publish(R1, dev("a", "/dev/a"), dev("b", "/dev/b"))
+    assert host.ids(R1) == ["a", "b"]
+    host.index.holdings(Holdings(now[0] + 1, 0.0, {R1: {"a::1": (Holder("n", "p1", "c", 0.0),)}}))
+    host.publish(R1, dev("a", "/dev/a"), dev("b", "/dev/b"))
+    assert host.ids(R1) == ["b"], "a second pod would share a with p1"
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert host.ids(R1) == ["a", "b"]
+
+
 @pytest.mark.parametrize(
     "text",
     [

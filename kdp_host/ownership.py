@@ -68,6 +68,7 @@ from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption, DeviceClaims
+from .ownership_bookings import what_releases
 from .ownership_claims import Claims, Owner, Resolver, host_paths
 from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
 from .ownership_table import Holding, ResourceState
@@ -207,6 +208,7 @@ class OwnershipIndex(Resolving):
         # unless the resource never listed a device.
         state.plain = not state.admitted_from and not state.owned and not state.lingering
         state.replicas = replicas
+        self._adoption.unchecked.add(resource)
 
         def detach() -> None:
             """The runtime stopped: an admission waiting for paths is dropped with it."""
@@ -240,6 +242,7 @@ class OwnershipIndex(Resolving):
         was asked for well after the booking, or after the device stopped being advertised
         (the kubelet may have admitted a pod with it until it heard of that)."""
         ledger = self._ledger
+        self._adoption.heard = holdings
         released = ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
         adopted, again = self._adoption.book_held(
             holdings, self._resources, self._exclusive, self._clock()
@@ -303,6 +306,8 @@ class OwnershipIndex(Resolving):
     def _apply(self, state: ResourceState) -> bool:
         self._admitting = state.name
         admitted = self._admit(state)
+        if self._adoption.first_admission(state, self._exclusive, self._clock()):
+            admitted = self._admit(state)
         if state.publish is None or admitted is state.sent:
             return False
         state.sent = admitted
@@ -330,18 +335,6 @@ class OwnershipIndex(Resolving):
             if name != releaser and other.held and other.publish is not None:
                 self._pending[name] = None
 
-    def _what_releases(self, why: Holding) -> str:
-        if why.reason != "booked":
-            return "not advertised until the owner is gone"
-        if self.pod_resources:
-            return "not advertised until PodResources shows no pod holding the booked ID"
-        return (
-            "not advertised while the booking lives: PodResources polling is off "
-            "(kubelet.podResourcesInterval: 0s), so nothing shows its pod ended; it ends when "
-            "the kubelet allocates the booked ID again, or with `kdp-host unbook` run while "
-            "kdp-host is stopped"
-        )
-
     def _note_held(
         self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
     ) -> None:
@@ -364,7 +357,7 @@ class OwnershipIndex(Resolving):
                     owner_device=owner.device,
                     owner_advertised=bool(owner_state and owner.device in owner_state.owned),
                     owner_retired=bool(owner_state and owner_state.retired),
-                    action=self._what_releases(why),
+                    action=what_releases(why.reason, self.pod_resources),
                 )
         for device_id in state.held.keys() - holding.keys():
             if log is not None and device_id in ids:

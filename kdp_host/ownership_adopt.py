@@ -74,6 +74,26 @@ class Adoption:
     metrics: Metrics | None = None
     noted: set[Owner] = field(default_factory=set)
     """Held IDs without a device, logged already (not again while a pod holds them)."""
+    heard: Holdings | None = None
+    """The last PodResources answer."""
+    unchecked: set[str] = field(default_factory=set)
+    """Resources whose runtime has not been admitted yet since it attached."""
+
+    def first_admission(
+        self, state: ResourceState, exclusive: Mapping[ClaimKey, Owner], now: float
+    ) -> bool:
+        """A runtime's first admission: book what the last answer (it may have come before
+        the resource listed, as at start) shows its pods hold, before its list goes out.
+        True: admit it again."""
+        if state.name not in self.unchecked or not state.settled:
+            return False
+        self.unchecked.discard(state.name)
+        if self.heard is None:
+            return False
+        booked, again = self.book_held(self.heard, {state.name: state}, exclusive, now)
+        if booked:
+            self.ledger.changed()
+        return bool(again)
 
     def book_held(
         self,
@@ -86,7 +106,7 @@ class Adoption:
         Returns whether one was booked, and the resources to admit again: a device booked
         under an ID it is not advertised under now is held (`Ledger.conflict`) once its
         resource is admitted in full. A resource that has not listed since its runtime
-        started is left for a later answer."""
+        started is left for its first admission (`first_admission`)."""
         ledger = self.ledger
         booked = False
         again: list[str] = []

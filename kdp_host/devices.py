@@ -55,6 +55,11 @@ class DeviceMount:
 
 _NO_ENTRIES: Mapping[str, str] = MappingProxyType({})
 
+PathReach = tuple[tuple[str, int | str], str]
+"""What a host path reaches, as a scan learnt it: its claim key (`('c'|'b', st_rdev)` for a
+device node, `('path', real path)` for anything else) and its real path; the answer of
+`ownership_claims.reach` (the ownership index takes it instead of asking again)."""
+
 
 @dataclass(frozen=True, slots=True, init=False)
 class Device:
@@ -235,7 +240,6 @@ class DeviceTable:
         self._failed_checks: set[str] = set()
         self._held: Callable[[Device], bool] | None = None
         self._listeners: list[Callable[[Snapshot], None]] = []
-        self._changed = asyncio.Event()
         self.published = asyncio.Event()
         """Set once the driver reported its first list (even an empty one)."""
         self._order: tuple[Mapping[str, Device], list[str]] = (self._reported, [])
@@ -245,8 +249,7 @@ class DeviceTable:
         is the same object)."""
         self._overridden: dict[str, tuple[Device, Device]] = {}
         """Device ID -> (reported device, its Unhealthy copy) in the last snapshot (reused
-        while the reported device is the same object: unchanged entries stay the same
-        objects, which ListAndWatch does not write again)."""
+        while the reported device is the same object: ListAndWatch writes no entry again)."""
         self._snapshot = self._build(0)
 
     @property
@@ -262,8 +265,13 @@ class DeviceTable:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool:
+    def publish(
+        self,
+        devices: Iterable[Device] | Mapping[str, Device],
+        reached: Mapping[str, PathReach] | None = None,
+    ) -> bool:
         """Replace the whole reported list. Returns True if what the kubelet sees changed.
+        (`reached` is for the ownership index in front of a table: a table claims nothing.)
 
         A mapping (id -> device) is kept as it is, not copied: one dict per resource even
         for very long lists. The caller must not change it afterwards.
@@ -308,9 +316,14 @@ class DeviceTable:
         return self._rebuild()
 
     async def wait_newer(self, version: int) -> Snapshot:
-        while self._snapshot.version <= version:
-            changed = self._changed
-            await changed.wait()
+        """The first snapshot newer than `version` (a waiter listens while it waits)."""
+        newer = asyncio.Event()
+        stop = self.add_listener(lambda _: newer.set())
+        try:
+            while self._snapshot.version <= version:
+                await newer.wait()
+        finally:
+            stop()
         return self._snapshot
 
     def _rebuild(self) -> bool:
@@ -320,8 +333,6 @@ class DeviceTable:
         ):
             return False
         self._snapshot = snapshot
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
         for listener in self._listeners:
             listener(snapshot)
         return True

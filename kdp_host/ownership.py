@@ -69,7 +69,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption, DeviceClaims
 from .ownership_bookings import what_releases
-from .ownership_claims import Claims, Owner, Resolver, host_paths
+from .ownership_claims import Claims, Owner, Reached, Resolver, host_paths
 from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
 from .ownership_table import Holding, ResourceState
 
@@ -77,6 +77,8 @@ if TYPE_CHECKING:
     from .podresources import Holdings
     from .watch import Watcher
 
+Devices = Mapping[str, Device]
+Reaches = Mapping[str, Reached]
 HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
 ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
@@ -291,14 +293,14 @@ class OwnershipIndex(Resolving):
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, resource: str, devices: Mapping[str, Device]) -> bool:
-        """A complete list of `resource` (driver IDs): claim, and publish what may be
-        advertised (under the IDs the kubelet knows). Returns whether the resource's table
-        changed. A retired resource's runtime that is still stopping changes nothing."""
+    def publish(self, resource: str, devices: Devices, reached: Reaches | None = None) -> bool:
+        """A complete list of `resource` (driver IDs; `reached`: what its scan learnt paths
+        reach): claim, and publish what may be advertised (under the IDs the kubelet knows).
+        Returns whether its table changed. A retired resource's runtime changes nothing."""
         state = self._state(resource)
         if state.retired:
             return False
-        state.reported = devices
+        state.reported, state.known = devices, reached or {}
         changed = self._admit_or_defer(state)
         self._drain()
         return changed
@@ -380,13 +382,13 @@ class OwnedTable:
     resource: str
     table: _Table
 
-    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool:
+    def publish(self, devices: Iterable[Device] | Devices, reached: Reaches | None = None) -> bool:
         if not isinstance(devices, Mapping):
             listed: dict[str, Device] = {}
             for device in devices:
                 listed.setdefault(device.id, device)
             devices = listed
-        return self.index.publish(self.resource, devices)
+        return self.index.publish(self.resource, devices, reached)
 
     def set_degraded(self, reason: str | None) -> bool:
         return self.table.set_degraded(reason)

@@ -14,14 +14,14 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from .devices import Device
+from .devices import Device, PathReach
 
 ClaimKey = tuple[str, int | str]
 """('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else (the
 normalised path where nothing is yet)."""
 
 
-Reached = tuple[ClaimKey, str]
+Reached = PathReach
 """What a host path reaches (its claim) and its real path."""
 
 

@@ -185,7 +185,7 @@ class Resolving(Admission):
                 return False
             self._take(state, self._paths.inline(wanted))
         changed = self._apply(state)
-        state.needs = {}  # (kept only while its paths are resolved: a list can be long)
+        state.needs, state.known = {}, {}  # (kept only until admitted: a list can be long)
         late, self._late = self._late, {}
         for path, names in late.items():
             for name in names:
@@ -258,6 +258,8 @@ class Resolving(Admission):
         state.needs = needs
         state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}
         wanted = {path for paths in needs.values() for path in paths}
+        if known := state.known:  # what the scan learnt is as fresh as the list it made
+            self._fresh.update((path, known[path]) for path in wanted if path in known)
         booked = self._ledger.booked  # (held while booked, gone or not)
         wanted.update(c[1] for k, (_, c) in state.lingering.items() if k not in booked)
         for why in state.held.values():

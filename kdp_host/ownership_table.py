@@ -78,6 +78,9 @@ class ResourceState:
     """Devices of `reported` whose claims must be resolved first, with their host paths."""
     wanted: set[str] = field(default_factory=set)
     """Paths to resolve (off the loop) before the next admission."""
+    known: Mapping[str, Reached] = field(default_factory=dict)
+    """What the driver's scan learnt host paths of `reported` reach (not resolved again),
+    until it is admitted."""
     resolving: asyncio.Task[None] | None = None
     unresolved: dict[str, str] = field(default_factory=dict)
     """Devices left out because a path of theirs did not resolve in time, with that path."""

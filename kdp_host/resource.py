@@ -11,6 +11,7 @@ from collections.abc import Callable
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot, physical_id
 from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
+from .first_list import FirstList
 from .hooks import AllocateHook, PreStartHook
 from .ownership import OwnedTable
 from .podresources import Holder, Holdings
@@ -73,7 +74,7 @@ class ResourceRuntime:
             )
         )
         self._serving = ServingLoop(
-            config.name, services, self.log, self._make_service, [self.table.published]
+            config.name, services, self.log, self._make_service, FirstList([self.table.published])
         )
         self.status = self._serving.status
         self.endpoint = self._serving.endpoint
@@ -132,6 +133,7 @@ class ResourceRuntime:
             log=self.log,
             metrics=services.metrics,
             failure_threshold=failure_threshold(self.config.driver),
+            first_attempt_failed=self._serving.first_list.failed,
         )
         self._on_devices_changed(self.table.snapshot)
         poller = services.pod_resources
@@ -216,6 +218,6 @@ class ResourceRuntime:
                     watcher=services.watcher,
                     offload=services.offload,
                 )
-                self._serving.first_list_ready.append(writer.first_sync)
+                self._serving.first_list.ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{self.config.name}:cdi")
             group.create_task(self._serving.run(), name=f"{self.config.name}:serve")

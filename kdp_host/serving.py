@@ -8,7 +8,8 @@ old server and its streams first, then serve on a fresh socket and register agai
 (docs/kubelet-contract.md §14): create it once the first list is ready, and let the kubelet's
 plugin manager register it, also after kubelet restarts; create it again only when the
 kubelet refuses it or no verdict comes in time (a v1.32 kubelet never retries a failed
-registration by itself).
+registration by itself). Either way the kubelet learns of the resource once its first list
+is ready (`first_list.FirstList`, the rule).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from .backoff import Backoff
 from .endpoint import socket_name
+from .first_list import FirstList
 from .logs import EventLogger
 from .protocol.registration import (
     KUBELET_SOCKET,
@@ -44,8 +46,6 @@ on the host's one safety-net timer (`safety_net.SafetyNet`): no resource wakes f
 FRESH_KUBELET_RETRY = 0.01
 KUBELET_HANG_UP_WAIT = 1.0
 """How long a stopping server waits for the kubelet to hang up once the streams ended."""
-FIRST_SCAN_WAIT = 2.0
-"""Register after the driver's first list (not 0 devices first), waiting this long at most."""
 OPTIONS_CHANGED: Final = "options_changed"
 """Registering again: the kubelet must learn new options (GetPreferredAllocation matters)."""
 STREAM_LOST: Final = "stream_lost"
@@ -66,15 +66,15 @@ class ServingLoop:
         services: HostServices,
         log: EventLogger,
         make_service: ServiceFactory,
-        first_list_ready: list[asyncio.Event],
+        first_list: FirstList,
     ) -> None:
         self.name = name
         self._services = services
         self.log = log
         self._make_service = make_service
-        self.first_list_ready = first_list_ready
-        """Set when the first list is complete (the driver's first scan, the first CDI spec
-        write): the kubelet's first ListAndWatch then sees final health, not a flap."""
+        self.first_list = first_list
+        """What the kubelet waits for: the driver's first list, the first CDI spec write
+        (its first ListAndWatch then sees every device and final health, not a flap)."""
         self.status = ResourceStatus()
         kubelet = services.kubelet
         self._registry = kubelet.registration == "pluginsRegistry"
@@ -115,7 +115,7 @@ class ServingLoop:
         try:
             while True:
                 if self._registry:
-                    await self._first_list()  # creating the socket registers it
+                    await self.first_list.wait(self.log)  # creating the socket registers it
                 service, server, identity = await self._start_server()
                 try:
                     if self._registry:
@@ -224,7 +224,7 @@ class ServingLoop:
         self, service: DevicePluginService, identity: FileIdentity
     ) -> FileIdentity | None:
         """Register, retrying with backoff; returns the identity of the kubelet.sock used."""
-        await self._first_list()
+        await self.first_list.wait(self.log)
         backoff = Backoff()
         metrics = self._services.metrics
         last_message = None
@@ -287,13 +287,6 @@ class ServingLoop:
         if file_identity(self.socket_path) != socket:
             return False
         return self._registry or kubelet_socket_identity(self._serve_dir) in (None, kubelet)
-
-    async def _first_list(self) -> None:
-        """Wait for the first complete list (`FIRST_SCAN_WAIT` at most)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FIRST_SCAN_WAIT):
-                for event in self.first_list_ready:
-                    await event.wait()
 
     async def _follow_the_plugin_manager(
         self,

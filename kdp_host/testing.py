@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .devices import Device
+from .devices import Device, PathReach
 from .drivers.base import DriverDeps, DriverError, Skipped
 from .files import DaemonThreads, FileReader, Offload
 from .logs import EventLogger, get_logger
@@ -56,7 +56,10 @@ class RecordingNotifier:
     dropped: int = 0
 
     def update(
-        self, devices: Iterable[Device] | Mapping[str, Device], skipped: Sequence[Skipped] = ()
+        self,
+        devices: Iterable[Device] | Mapping[str, Device],
+        skipped: Sequence[Skipped] = (),
+        reached: Mapping[str, PathReach] | None = None,
     ) -> None:
         items = devices.values() if isinstance(devices, Mapping) else devices
         self.devices = {device.id: device for device in items}

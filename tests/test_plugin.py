@@ -90,6 +90,33 @@ async def test_options_and_prestart() -> None:
     assert bytes(response) == b""
 
 
+async def test_a_table_and_its_service_keep_no_event_nobody_waits_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 19 (memory): each resource's table and service held asyncio Events (~0.7 KiB
+    each with the deque of their waiters) only a waiter needs, and the table made a new one
+    at every change. Now waiters bring their own, and the waits still end."""
+    made: list[asyncio.Event] = []
+
+    class Counted(asyncio.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(asyncio, "Event", Counted)
+    table = DeviceTable()
+    service = service_for(RESOURCE, table)
+    for i in range(5):
+        table.publish([TableDevice(f"d{i}")])
+    assert made == [table.published]  # (what the resource's start waits on)
+    await asyncio.wait_for(service.end_streams(timeout=30), 30)  # no stream: at once
+    assert made == [table.published]
+    waiter = asyncio.create_task(table.wait_newer(table.snapshot.version))
+    await asyncio.sleep(0)
+    table.publish([TableDevice("x")])
+    assert (await asyncio.wait_for(waiter, 30)).devices == (TableDevice("x"),)
+
+
 @pytest.mark.parametrize(
     ("extra", "devices", "advertised"),
     [

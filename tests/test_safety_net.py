@@ -31,9 +31,9 @@ class ListsNotifier(RecordingNotifier):
         super().__init__()
         self.lists: dict[int, object] = {}
 
-    def update(self, devices: Any, skipped: Sequence[Skipped] = ()) -> None:
+    def update(self, devices: Any, skipped: Sequence[Skipped] = (), reached: Any = None) -> None:
         self.lists[id(devices)] = devices
-        super().update(devices, skipped)
+        super().update(devices, skipped, reached)
 
 
 async def test_an_idle_host_checks_every_resource_in_one_batch_and_wakes_none(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ..devices import Device
+from ..devices import Device, PathReach
 from ..files import DaemonThreads, FileReader, Offload
 from ..logs import EventLogger
 from ..process import CommandRunner, ProcessRunner
@@ -56,9 +56,11 @@ class Notifier(Protocol):
         self,
         devices: Iterable[Device] | Mapping[str, Device],
         skipped: Sequence[Skipped] = (),
+        reached: Mapping[str, PathReach] | None = None,
     ) -> None:
         """A complete, successful list (a mapping is kept as is: do not change it later),
-        with what the scan left out; both replace the previous report."""
+        with what the scan left out; both replace the previous report. `reached`: what the
+        scan learnt some of the devices' host paths reach (`ScanResult.reached`)."""
         ...
 
     def failure(self, error: DriverError) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 
 from ..config import GlobDriverConfig, render_template
-from ..devices import Device, DeviceNode
+from ..devices import Device, DeviceNode, PathReach
 from ..files import FileReader
 from .base import DriverDeps, Skipped
 from .glob_groups import GlobGroupScan
@@ -112,6 +112,7 @@ class GlobScan:
                 by_identity.setdefault(found.identity, []).append((matched, found.real_path))
         assigned, collided = assign_ids(by_identity, self._held, self._ids)
         devices: dict[str, Device] = {}
+        reached: dict[str, PathReach] = {}
         for identity, paths in by_identity.items():
             matched = paths[0][0]
             for other, _real in paths[1:]:
@@ -127,7 +128,11 @@ class GlobScan:
                 )
                 continue
             device_id, host_path = assigned[identity]
-            devices[device_id] = self._device(device_id, matched, host_path, previous, skipped)
+            device = devices[device_id] = self._device(
+                device_id, matched, host_path, previous, skipped
+            )
+            if device is not previous.get(device_id):  # (the index knows a device kept)
+                reached[host_path] = (identity, host_path)
         # Read by the next scan only (scans never overlap: the loop runs one at a time).
         self._held = assigned
         cache.end()
@@ -135,6 +140,7 @@ class GlobScan:
             devices,
             tuple(skipped.values()),
             notices=scan_notices(bool(devices), config.paths, unreadable),
+            reached=reached,
         )
 
     def _device(

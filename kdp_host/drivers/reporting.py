@@ -4,10 +4,10 @@ failure policy, log lines and metrics."""
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from ..devices import Device
+from ..devices import Device, PathReach
 from ..logs import EventLogger
 from ..metrics import Metrics
 from ..rules import LIST_SEPARATOR, device_path_problem
@@ -19,7 +19,11 @@ _HEALTHY = operator.attrgetter("healthy")
 class DeviceSink(Protocol):
     """What the reporter writes to (the resource's DeviceTable)."""
 
-    def publish(self, devices: Iterable[Device] | Mapping[str, Device]) -> bool: ...
+    def publish(
+        self,
+        devices: Iterable[Device] | Mapping[str, Device],
+        reached: Mapping[str, PathReach] | None = None,
+    ) -> bool: ...
 
     def set_degraded(self, reason: str | None) -> bool: ...
 
@@ -42,8 +46,12 @@ class DeviceReporter:
         log: EventLogger,
         metrics: Metrics,
         failure_threshold: int,
+        first_attempt_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._sink = sink
+        self._first_attempt_failed = first_attempt_failed
+        """Called with the reason of a failure that comes before any list (the resource then
+        registers without waiting for a first list: first_list.py)."""
         self._resource = resource
         self._log = log
         self._metrics = metrics
@@ -64,15 +72,17 @@ class DeviceReporter:
         self,
         devices: Iterable[Device] | Mapping[str, Device],
         skipped: Sequence[Skipped] = (),
+        reached: Mapping[str, PathReach] | None = None,
     ) -> None:
         if not isinstance(devices, Mapping):
             devices = list(devices)
+        self._first_attempt_failed = None
         unlistable = self._unlistable(devices)
         if unlistable:
             left_out = {device.id for device, _ in unlistable}
             devices = [d for d in _values(devices) if d.id not in left_out]
             skipped = [*skipped, *(item for _, item in unlistable)]
-        if self._sink.publish(devices):
+        if self._sink.publish(devices, reached):
             values = devices.values() if isinstance(devices, Mapping) else devices
             healthy = sum(map(_HEALTHY, values))
             self._log.info("devices_changed", healthy=healthy, unhealthy=len(devices) - healthy)
@@ -100,6 +110,9 @@ class DeviceReporter:
 
     def failure(self, error: DriverError) -> None:
         self.consecutive_failures += 1
+        if self._first_attempt_failed is not None:
+            self._first_attempt_failed(error.reason)
+            self._first_attempt_failed = None
         self._metrics.driver_errors.labels(self._resource, error.reason).inc()
         if self.consecutive_failures == 1 or error.reason != self._last_reason:
             self._log.warning(

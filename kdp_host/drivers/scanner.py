@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from ..devices import Device
+from ..devices import Device, PathReach
 from ..watch import DirSignature, dir_signature
 from .base import Skipped
 
@@ -34,6 +34,10 @@ class ScanResult:
     """Where each device sits (sysfs: its directory), for scanners whose devices can move: a
     device that moved did not lose the nodes it had elsewhere. None: devices never move."""
     notices: tuple[Notice, ...] = ()
+    reached: Mapping[str, PathReach] | None = None
+    """What the scan learnt the host paths of its devices reach (glob: each device's
+    canonical path), handed on once with the list (`Notifier.update`), so the ownership index
+    does not look at them again."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ changes could change that answer (`DirWatch.watch`). Everything else lives here,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import time
@@ -120,6 +121,8 @@ class ScanLoop(Generic[S]):
             async with asyncio.timeout(timeout):
                 result, dirs = await asyncio.shield(pending)
         except TimeoutError:
+            if not waited:  # a scan that comes back later wakes the loop to scan again
+                pending.add_done_callback(lambda _: self._wake.set())
             raise DriverError(
                 "timeout", f"scan did not finish within {timeout:g}s{waited} (a hung file system?)"
             ) from None
@@ -178,7 +181,9 @@ class ScanLoop(Generic[S]):
             return None
         self._subscribe()
         devices, next_expiry = self.tracker.merge(result)
-        notifier.update(devices, result.skipped)
+        notifier.update(devices, result.skipped, result.reached)
+        if result.reached:  # handed on once: not kept with the last scan
+            self._last = dataclasses.replace(result, reached=None)
         if result.notices != self._notices:
             log = self._deps.log
             for notice in result.notices:

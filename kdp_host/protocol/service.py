@@ -86,12 +86,12 @@ class DevicePluginService(DevicePluginBase):
         self._allocate_hook = allocate_hook
         self._release = release
         self._bookings = bookings
-        self._closing = asyncio.Event()
+        self._closing = False
         self._stream_wakes: set[asyncio.Event] = set()
         """One per open stream: set by a new table version and by `end_streams`."""
         self._open_streams = 0
-        self._streams_drained = asyncio.Event()
-        self._streams_drained.set()
+        self._drained: asyncio.Future[None] | None = None
+        """Made by `end_streams` while streams are open; done when the last one ended."""
         self._pre_start_required = pre_start is not None or release is not None
         self._told_preferred: bool | None = None
         """What the last GetDevicePluginOptions answer said of GetPreferredAllocation."""
@@ -114,12 +114,13 @@ class DevicePluginService(DevicePluginBase):
 
     async def end_streams(self, timeout: float = 0.5) -> None:
         """End every ListAndWatch stream with a clean end-of-stream and wait until sent."""
-        self._closing.set()
+        self._closing = True
         for wake in self._stream_wakes:
             wake.set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._streams_drained.wait()
+        if self._open_streams:
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.wait({self._drained}, timeout=timeout)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         """The generated handlers, except ListAndWatch: `_serve_list_and_watch` (same types)."""
@@ -172,7 +173,6 @@ class DevicePluginService(DevicePluginBase):
         """
         await stream.recv_message()
         self._open_streams += 1
-        self._streams_drained.clear()
         try:
             async with contextlib.aclosing(self.device_lists()) as lists:
                 async for encoded in lists:
@@ -181,8 +181,9 @@ class DevicePluginService(DevicePluginBase):
         finally:
             self._open_streams -= 1
             if self._open_streams == 0:
-                self._streams_drained.set()
-                if not self._closing.is_set() and self._on_stream_lost is not None:
+                if self._drained is not None and not self._drained.done():
+                    self._drained.set_result(None)
+                if not self._closing and self._on_stream_lost is not None:
                     self._on_stream_lost()
 
     async def device_lists(self) -> AsyncGenerator[EncodedMessage, None]:
@@ -200,11 +201,11 @@ class DevicePluginService(DevicePluginBase):
         try:
             table = self._table
             snapshot = table.snapshot
-            while not self._closing.is_set():
+            while not self._closing:
                 data = await self._encoder.encode(snapshot)
                 yield EncodedMessage(ListAndWatchResponse, data)
                 updates.inc()
-                while table.snapshot.version <= snapshot.version and not self._closing.is_set():
+                while table.snapshot.version <= snapshot.version and not self._closing:
                     wake.clear()
                     await wake.wait()
                 snapshot = table.snapshot
@@ -212,7 +213,7 @@ class DevicePluginService(DevicePluginBase):
             stop_listening()
             self._stream_wakes.discard(wake)
             streams.dec()
-            by_peer = not self._closing.is_set()
+            by_peer = not self._closing
             self._log.info("list_and_watch_closed", by="kubelet" if by_peer else "plugin")
 
     async def get_preferred_allocation(

@@ -3,8 +3,8 @@
 N glob resources over N directories of M files each (kept under /tmp between runs, they
 take a while to create). Each run starts a fresh kdp-host: start-up is from the moment the
 process is spawned to the last resource's Register call, to the last first list, and to the
-last list that carries all of a resource's M devices (a resource whose first scan is not done
-within the host's first-list wait registers with an empty list: its devices come later).
+last list that carries all of a resource's M devices (a resource registers once its first
+list is complete, so the three differ only by the kubelet's dial-back and the first message).
 Only then, once the process settled, RSS (VmRSS) and idle CPU (utime+stime over a quiet
 period with every ListAndWatch stream open): a window that began at the first lists would
 count the rest of start-up as idle. The same for one resource of M devices.

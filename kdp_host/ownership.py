@@ -69,8 +69,9 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption, DeviceClaims
 from .ownership_bookings import what_releases
-from .ownership_claims import Claims, Owner, Reached, Resolver, host_paths
-from .ownership_resolve import RESOLVE_TIMEOUT, Resolving
+from .ownership_claims import Claims, Owner, Reached, Resolver, host_paths, places
+from .ownership_gate import ADMISSION_CHUNK, AdmissionGate
+from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
 
 if TYPE_CHECKING:
@@ -88,12 +89,14 @@ HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
 
 
+def _in(path: str, directory: str, paths: set[str] | None) -> bool:
+    """Whether `path` is one of `paths` (None: any in `directory`)."""
+    return path in paths if paths is not None else os.path.dirname(path) == directory
+
+
 def _through(device: Device, directory: str, paths: set[str] | None) -> bool:
     """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
-    for host_path in host_paths(device):
-        if host_path in paths if paths is not None else os.path.dirname(host_path) == directory:
-            return True
-    return False
+    return any(_in(host_path, directory, paths) for host_path in host_paths(device))
 
 
 def _advertises(advertised_id: str, device_id: str) -> bool:
@@ -104,10 +107,11 @@ def _advertises(advertised_id: str, device_id: str) -> bool:
     )
 
 
-class OwnershipIndex(Resolving):
+class OwnershipIndex(AdmissionGate):
     """The host-wide index of claims (one per host, passed to every resource). Built in
     layers, one module each: the claim table (`ownership_table.ClaimTable`), admission
-    (`ownership_admission.Admission`), resolving off the loop (`ownership_resolve.Resolving`);
+    (`ownership_admission.Admission`), resolving off the loop (`ownership_resolve.Resolving`),
+    one admission at a time in bounded turns of the loop (`ownership_gate.AdmissionGate`);
     this adds runtimes, publishing, PodResources answers and the watcher.
 
     A claim whose device stops being advertised (it left the list, is held, or its resource
@@ -125,17 +129,17 @@ class OwnershipIndex(Resolving):
         offload: Offload | None = None,
         timeout: float = RESOLVE_TIMEOUT,
         pod_resources: bool = True,
+        chunk: int = ADMISSION_CHUNK,
     ) -> None:
-        """`pod_resources`: PodResources polling is on (a booking can be seen to end)."""
-        super().__init__(clock, metrics, resolve, offload, timeout)
+        """`pod_resources`: PodResources polling is on (a booking can be seen to end);
+        `chunk`: devices an admission works on per turn of the event loop."""
+        super().__init__(clock, metrics, resolve, offload, timeout, chunk)
         self.pod_resources = pod_resources
         self._adoption = Adoption(self._ledger, metrics)
-        self._pending: dict[str, None] = {}
-        self._draining = False
         self._watcher: Watcher | None = None
         self._followed: dict[str, set[str]] = {}
         """Directory of a claimed host path -> the resources that claimed through it."""
-        self._changed: dict[str, set[str] | None] = {}
+        self._changed_paths: dict[str, set[str] | None] = {}
         """Names the watcher reported changed per directory since the last recheck (None:
         anything in it)."""
 
@@ -161,11 +165,11 @@ class OwnershipIndex(Resolving):
 
     def _path_changed(self, directory: str, name: str | None) -> None:
         """A watcher callback: note it, and recheck once the burst is over (soon)."""
-        first = not self._changed
+        first = not self._changed_paths
         if name is None:
-            self._changed[directory] = None
+            self._changed_paths[directory] = None
         else:
-            names = self._changed.setdefault(directory, set())
+            names = self._changed_paths.setdefault(directory, set())
             if names is not None:
                 names.add(name)
         if first:
@@ -174,9 +178,11 @@ class OwnershipIndex(Resolving):
     def _recheck(self) -> None:
         """Forget the claims of devices with a changed path, and admit their resources
         again (which resolves them anew)."""
-        changed, self._changed = self._changed, {}
+        changed, self._changed_paths = self._changed_paths, {}
         for directory, names in changed.items():
             paths = None if names is None else {os.path.join(directory, n) for n in names}
+            for path in [p for p in self._fresh if _in(p, directory, paths)]:
+                del self._fresh[path]  # (resolved before it changed)
             for name in self._followed.get(directory, ()):
                 state = self._resources[name]
                 stale = [
@@ -185,7 +191,8 @@ class OwnershipIndex(Resolving):
                     if _through(device, directory, paths)
                 ]
                 for device_id in stale:
-                    state.claims.pop(device_id, None)
+                    state.claims.pop(places(state.admitted_from[device_id]), None)
+                    state.stale.add(device_id)
                 if stale and state.publish is not None and not state.retired:
                     state.settled = False
                     self._pending[name] = None
@@ -243,20 +250,18 @@ class OwnershipIndex(Resolving):
         whose device no pod holds is released (its waiter is advertised), once the answer
         was asked for well after the booking, or after the device stopped being advertised
         (the kubelet may have admitted a pod with it until it heard of that)."""
-        ledger = self._ledger
-        self._adoption.heard = holdings
+        ledger, adoption = self._ledger, self._adoption
+        adoption.heard = holdings
         released = ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
-        adopted, again = self._adoption.book_held(
-            holdings, self._resources, self._exclusive, self._clock()
-        )
-        if released or adopted:
+        booked = adoption.book_held(holdings, self._resources, self._exclusive, self._clock())
+        if released or booked:
             ledger.changed()
-        self._pending.update(dict.fromkeys(again))
-        booked = self._ledger.booked
+        self._pending.update(dict.fromkeys(adoption.stale))
+        booked_keys = ledger.booked
         for state in self._resources.values():
             held = holdings.of(state.name)
             for key, (since, _) in list(state.lingering.items()):
-                if holdings.asked_at < since + HEARD_AFTER or key in booked:
+                if holdings.asked_at < since + HEARD_AFTER or key in booked_keys:
                     continue
                 device = self._exclusive[key].device
                 if not any(_advertises(a, device) for a in held):
@@ -264,7 +269,7 @@ class OwnershipIndex(Resolving):
                     released = True
         if released:
             self._wake_waiting("")
-        if released or again:
+        if released or adoption.stale:
             self._drain()
 
     # ------------------------------------------------------------------ bookings
@@ -305,37 +310,8 @@ class OwnershipIndex(Resolving):
         self._drain()
         return changed
 
-    def _apply(self, state: ResourceState) -> bool:
-        self._admitting = state.name
-        admitted = self._admit(state)
-        if self._adoption.first_admission(state, self._exclusive, self._clock()):
-            admitted = self._admit(state)
-        if state.publish is None or admitted is state.sent:
-            return False
-        state.sent = admitted
-        return state.publish(admitted)
-
-    def _drain(self) -> None:
-        """Publish again the resources that wait for a released claim (one at a time, never
-        nested: a publish that releases more only queues)."""
-        if self._draining:
-            return
-        self._draining = True
-        try:
-            while self._pending:
-                name = next(iter(self._pending))
-                del self._pending[name]
-                state = self._resources[name]
-                if state.publish is not None and not state.retired:
-                    self._admit_or_defer(state)
-        finally:
-            self._draining = False
-            self._fresh.clear()
-
-    def _wake_waiting(self, releaser: str) -> None:
-        for name, other in self._resources.items():
-            if name != releaser and other.held and other.publish is not None:
-                self._pending[name] = None
+    def _admit_again(self, state: ResourceState) -> bool:
+        return self._adoption.admitted(state, self._exclusive, self._clock())
 
     def _note_held(
         self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]

@@ -10,11 +10,15 @@ costs what is held and what lingers.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 
 from .devices import Device
-from .ownership_claims import Claims, Owner, Reached, device_claims
-from .ownership_table import ClaimTable, Holding, ResourceState
+from .ownership_claims import Claims, Owner, Places, Reached, device_claims, places
+from .ownership_table import ClaimTable, Holding, Pace, ResourceState
+
+PRUNE_SLACK = 64
+"""Places of devices gone that the claims cache keeps beyond twice the list (a rename may
+bring them back) before it is cut to the list's."""
 
 
 class Admission(ClaimTable):
@@ -43,24 +47,34 @@ class Admission(ClaimTable):
         found = self._ledger.conflict(state.name, device_id, state.replicas or 1, claims)
         return None if found is None else Holding("booked", found[0], found[1])
 
-    def _claims_of(self, state: ResourceState, devices: Mapping[str, Device]) -> dict[str, Claims]:
-        """Claims of every device, resolved again only for devices that changed."""
-        cache, before = state.claims, state.admitted_from
-        fresh: dict[str, Claims] = {}
+    def _claims_of(
+        self, state: ResourceState, devices: Mapping[str, Device], pace: Pace
+    ) -> Generator[None, None, dict[str, Claims]]:
+        """Claims of every device, resolved only for places not known (a device renamed on
+        its paths is not resolved again) or whose path changed; the cache keeps the places
+        of this list."""
+        cache, stale = state.claims, state.stale
+        fresh: dict[Places, Claims] = {}
+        claims: dict[str, Claims] = {}
         for device_id, device in devices.items():
-            known = cache.get(device_id)
-            old = before.get(device_id)
-            if known is None or old is None or not (old is device or old.same_places(device)):
+            if pace.due():
+                yield
+            key = places(device)
+            known = fresh.get(key) or (None if device_id in stale else cache.get(key))
+            if known is None:
                 known = device_claims(device, self._lookup)
-            fresh[device_id] = known
+            claims[device_id] = fresh[key] = known
         state.claims = fresh
-        return fresh
+        return claims
 
-    def _admit(self, state: ResourceState) -> Mapping[str, Device]:
-        """What to advertise of `state.reported`. An unchanged list costs what is held and
-        what lingers, not a walk of the list: advertised devices own their claims, so only a
-        held device (its owner may have gone) or a lingering claim (its node may have gone)
-        can change the outcome."""
+    def _admit(
+        self, state: ResourceState, pace: Pace
+    ) -> Generator[None, None, Mapping[str, Device]]:
+        """What to advertise of `state.reported`, yielding when `pace` says (between two
+        devices: the table is consistent at every yield). An unchanged list costs what is
+        held and what lingers, not a walk of the list: advertised devices own their claims,
+        so only a held device (its owner may have gone) or a lingering claim (its node may
+        have gone) can change the outcome."""
         devices = state.reported
         if state.unresolved:
             devices = {d: device for d, device in devices.items() if d not in state.unresolved}
@@ -69,22 +83,29 @@ class Admission(ClaimTable):
         )
         if unchanged and not state.held and not state.lingering:
             return state.admitted
-        admitted = self._admit_changes(state, devices, unchanged)
+        stale = set(state.stale)
+        admitted = yield from self._admit_changes(state, devices, unchanged, pace)
         if admitted is None:
-            admitted = self._admit_all(state, devices)
+            admitted = yield from self._admit_all(state, devices, pace)
+        state.stale -= stale  # (a path that changed meanwhile is claimed anew next time)
         state.admitted_from, state.admitted, state.settled = devices, admitted, True
         return admitted
 
     def _admit_all(
-        self, state: ResourceState, devices: Mapping[str, Device]
-    ) -> Mapping[str, Device]:
+        self, state: ResourceState, devices: Mapping[str, Device], pace: Pace
+    ) -> Generator[None, None, Mapping[str, Device]]:
         name = state.name
-        released = self._prune_gone(state)
-        claims = self._claims_of(state, devices)
+        released = yield from self._prune_gone(state, pace)
+        claims = yield from self._claims_of(state, devices, pace)
         # The ID each device is advertised under: the ID of this resource that owns its
-        # claims already (the kubelet may have given it to a pod), else its own.
+        # claims already (the kubelet may have given it to a pod), else its own. Devices
+        # that own their claims already go first, then the others in ID order.
         ids: dict[str, str] = {}
+        first: list[str] = []
+        others: list[str] = []
         for device_id, claim in claims.items():
+            if pace.due():
+                yield
             inherited = [
                 owner.device
                 for key, _, _ in claim.exclusive
@@ -92,19 +113,25 @@ class Admission(ClaimTable):
                 and owner.resource == name
                 and owner.device != device_id
             ]
-            ids[device_id] = min(inherited) if inherited else device_id
-        # Devices that own their claims already go first (the kubelet may have given them
-        # to a pod), then the others in ID order.
-        order = sorted(claims, key=lambda d: (not self._incumbent(state, ids[d], claims[d]), d))
+            advertised_id = ids[device_id] = min(inherited) if inherited else device_id
+            (first if self._incumbent(state, advertised_id, claim) else others).append(device_id)
+        first.sort()
+        others.sort()
+        order = first + others
         wanted: dict[str, Claims] = {}
         for device_id in order:
             wanted.setdefault(ids[device_id], claims[device_id])
-        released |= self._release_stale(state, wanted)
+        released |= yield from self._release_stale(state, wanted, pace)
         admitted: dict[str, Device] = {}
         holding: dict[str, Holding] = {}
         taken: set[str] = set()
         """Advertised IDs whose device owns its claims (advertised, or waiting on replicas)."""
+        last, same = state.admitted, True
+        """What the last admission advertised, and whether each entry so far equals its own
+        there (then that is given again: the table compares nothing, sends nothing)."""
         for device_id in order:
+            if pace.due():
+                yield
             advertised_id = ids[device_id]
             claim = claims[device_id]
             if advertised_id in taken:
@@ -123,22 +150,26 @@ class Admission(ClaimTable):
                 holding[device_id] = booked
                 continue
             device = devices[device_id]
-            admitted[advertised_id] = (
-                device if advertised_id == device_id else device.with_id(advertised_id)
-            )
+            entry = device if advertised_id == device_id else device.with_id(advertised_id)
+            admitted[advertised_id] = entry
+            if same:
+                before = last.get(advertised_id)
+                same = before is entry or before == entry
         for advertised_id in [a for a in state.owned if a not in taken]:
             released |= self._unadvertise(state, advertised_id)
         self._note_held(state, holding, ids)
         if released:
             self._wake_waiting(name)
         state.plain = all(ids[d] == d for d in ids if d not in holding)
+        if same and len(admitted) == len(last):
+            return last  # what the kubelet sees is unchanged (a rename on the same paths)
         if not holding and state.plain:
             return devices
         return admitted
 
     def _admit_changes(
-        self, state: ResourceState, devices: Mapping[str, Device], unchanged: bool
-    ) -> Mapping[str, Device] | None:
+        self, state: ResourceState, devices: Mapping[str, Device], unchanged: bool, pace: Pace
+    ) -> Generator[None, None, Mapping[str, Device] | None]:
         """The common case in O(changed) claim work: every device the last admission
         advertised kept its own ID. Devices that changed, and
         those held last time, are admitted or held one by one (with `unchanged`, the list is
@@ -147,41 +178,46 @@ class Admission(ClaimTable):
         admission, which starts from what this did. Returns what to advertise, or None."""
         if not state.plain:
             return None
-        cache, before = state.claims, state.admitted_from
+        cache, before, stale = state.claims, state.admitted_from, state.stale
         dirty = [d for d in state.held if d in devices]
-        released = self._prune_gone(state)
+        released = yield from self._prune_gone(state, pace)
+        removed = False
         if not unchanged:
             added = 0
             for device_id, device in devices.items():
+                if pace.due():
+                    yield
                 old = before.get(device_id)
-                if old is None or device_id not in cache:
+                if old is None or device_id in stale:
                     added += old is None
                     dirty.append(device_id)
                 elif old is not device and old != device:
                     dirty.append(device_id)
-            if len(before) + added != len(devices):
-                for device_id in [d for d in before if d not in devices]:
-                    cache.pop(device_id, None)
-                    released |= self._unadvertise(state, device_id)
+            removed = len(before) + added != len(devices)
         holding: dict[str, Holding] = {}
         result: Mapping[str, Device] | None = devices
         for device_id in sorted(set(dirty)):
+            if pace.due():
+                yield
             device = devices[device_id]
-            known = cache.get(device_id)
+            key = places(device)
+            claims = None if device_id in stale else cache.get(key)  # (renamed: known)
             old = before.get(device_id)
-            if known is not None and old is not None and old.same_places(device):
-                claims = known
+            if claims is not None and old is not None and old.same_places(device):
                 if device_id not in state.held:
                     continue  # health or env changed: it owns its claims
-            else:
-                claims = cache[device_id] = device_claims(device, self._lookup)
+            elif claims is None:
+                claims = cache[key] = device_claims(device, self._lookup)
             owned = state.owned.get(device_id)
             if owned is not None and not owned.exclusive_keys() <= claims.exclusive_keys():
                 result = None  # it lets go of a node, which may keep its ID
                 break
             why = self._conflict(state.name, device_id, claims)
             if why is not None:
-                if why.owner.resource == state.name and why.owner.device not in state.owned:
+                owner = why.owner
+                if owner.resource == state.name and (
+                    owner.device not in state.owned or owner.device not in devices
+                ):
                     result = None  # a node of a device of ours that went: a rename
                     break
                 holding[device_id] = why
@@ -192,6 +228,15 @@ class Admission(ClaimTable):
             booked = self._booking_conflict(state, device_id, claims)
             if booked is not None:
                 holding[device_id] = booked  # it keeps its claims (see _admit_all)
+        if removed and result is not None:
+            # (after the changed ones: a rename is found before anything is let go of)
+            for device_id in [d for d in before if d not in devices]:
+                if pace.due():
+                    yield
+                released |= self._unadvertise(state, device_id)
+            if len(cache) > 2 * len(devices) + PRUNE_SLACK:
+                keep = {places(device) for device in devices.values()}
+                state.claims = {k: c for k, c in cache.items() if k in keep}
         if released:
             self._wake_waiting(state.name)
         if result is None:

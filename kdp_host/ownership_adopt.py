@@ -78,22 +78,27 @@ class Adoption:
     """The last PodResources answer."""
     unchecked: set[str] = field(default_factory=set)
     """Resources whose runtime has not been admitted yet since it attached."""
+    stale: set[str] = field(default_factory=set)
+    """Resources with a device booked under an ID it is not advertised under: held
+    (`Ledger.conflict`) once the resource is admitted again in full."""
 
-    def first_admission(
+    def admitted(
         self, state: ResourceState, exclusive: Mapping[ClaimKey, Owner], now: float
     ) -> bool:
-        """A runtime's first admission: book what the last answer (it may have come before
-        the resource listed, as at start) shows its pods hold, before its list goes out.
-        True: admit it again."""
-        if state.name not in self.unchecked or not state.settled:
+        """`state` was admitted, its list not given yet: at its runtime's first admission,
+        book what the last answer (it may have come before the resource listed, as at
+        start) shows its pods hold. True: admit it again, in full (set here, after the
+        admission that would set them back)."""
+        name = state.name
+        if name in self.unchecked:
+            self.unchecked.discard(name)
+            if self.heard is not None and self.book_held(self.heard, {name: state}, exclusive, now):
+                self.ledger.changed()
+        if name not in self.stale:
             return False
-        self.unchecked.discard(state.name)
-        if self.heard is None:
-            return False
-        booked, again = self.book_held(self.heard, {state.name: state}, exclusive, now)
-        if booked:
-            self.ledger.changed()
-        return bool(again)
+        self.stale.discard(name)
+        state.settled = state.plain = False
+        return True
 
     def book_held(
         self,
@@ -101,15 +106,13 @@ class Adoption:
         resources: Mapping[str, ResourceState],
         exclusive: Mapping[ClaimKey, Owner],
         now: float,
-    ) -> tuple[bool, list[str]]:
-        """Book every ID of `resources` that `holdings` shows held and no booking holds.
-        Returns whether one was booked, and the resources to admit again: a device booked
-        under an ID it is not advertised under now is held (`Ledger.conflict`) once its
-        resource is admitted in full. A resource that has not listed since its runtime
-        started is left for its first admission (`first_admission`)."""
+    ) -> bool:
+        """Book every ID of `resources` that `holdings` shows held and no booking holds;
+        True if one was booked (a resource whose device it holds under another ID is then
+        `stale`). A resource that has not listed since its runtime started is left for its
+        first admission (`admitted`)."""
         ledger = self.ledger
         booked = False
-        again: list[str] = []
         noted = {o for o in self.noted if o.device in holdings.of(o.resource)}
         for name, held in holdings.by_resource.items():
             state = resources.get(name)
@@ -131,13 +134,12 @@ class Adoption:
                     booked = True
                     self._note(state, kubelet_id, holders, "booked")
                     if kubelet_id not in replica_ids(device, state.replicas or 1):
-                        state.settled = state.plain = False  # a full admission
-                        again.append(name)
+                        self.stale.add(name)
                 elif state.settled and not state.retired and owner not in noted:
                     noted.add(owner)
                     self._note(state, kubelet_id, holders, "not_present")
         self.noted = noted
-        return booked, again
+        return booked
 
     def _note(
         self,

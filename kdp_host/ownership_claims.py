@@ -136,6 +136,26 @@ def host_paths(device: Device) -> tuple[str, ...]:
     return (*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts))
 
 
+Places = str | tuple[tuple[str, bool], ...]
+"""What a device's claims depend on: its host paths with their `shared` flags (the one path
+of the common one-node device)."""
+
+
+def places(device: Device) -> Places:
+    """The key of a device's claims: two devices with the same places claim the same (a
+    device renamed on its paths needs no resolution)."""
+    path, mounts = device.path, device.mounts
+    if not mounts:
+        if path is not None and device.has_only_node(path, path):
+            return path
+        nodes = device.nodes
+        if len(nodes) == 1:
+            return ((nodes[0].host_path, nodes[0].shared),)
+    return tuple(
+        [(n.host_path, n.shared) for n in device.nodes] + [(m.host_path, m.shared) for m in mounts]
+    )
+
+
 def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
     """A device's claims: its nodes (shared ones apart) and its mount sources."""
     path = device.path

@@ -18,15 +18,15 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from .files import Offload
 from .metrics import Metrics
 from .ownership_admission import Admission
-from .ownership_claims import ClaimKey, Owner, Reached, Resolver, host_paths, reach
-from .ownership_table import ResourceState
+from .ownership_claims import ClaimKey, Owner, Reached, Resolver, host_paths, places, reach
+from .ownership_table import Pace, ResourceState
 
 UNRESOLVED_REASON: Final = "read_timeout"
 """The `reason` of `kdp_driver_skipped_total` for a device left out because a path of it did
@@ -144,7 +144,7 @@ def _batch_reach() -> Resolver:
 
 class Resolving(Admission):
     """Admitting a list once the paths it needs are resolved (inline without an offload,
-    else off the loop); the index publishes (`_apply`) and drains."""
+    else off the loop); the gate (`ownership_gate`) admits, publishes and drains."""
 
     def __init__(
         self,
@@ -168,29 +168,18 @@ class Resolving(Admission):
         """The resource being admitted."""
 
     @abc.abstractmethod
-    def _apply(self, state: ResourceState) -> bool:
-        """Admit `state` and give its table the result; whether the table changed."""
+    def _admit_or_defer(self, state: ResourceState) -> bool:
+        """Admit `state` (now, in turns of the loop, or once its paths are resolved);
+        whether its table changed now."""
 
     @abc.abstractmethod
     def _drain(self) -> None:
         """Admit the resources waiting to be admitted again."""
 
-    def _admit_or_defer(self, state: ResourceState) -> bool:
-        """Admit `state` now if every path it needs is resolved (inline without an offload),
-        else once they are, off the loop. Returns whether its table changed now."""
-        wanted = self._wanted(state)
-        if wanted:
-            if self._paths.offload is not None:
-                self._defer(state, wanted)
-                return False
-            self._take(state, self._paths.inline(wanted))
-        changed = self._apply(state)
-        state.needs, state.known = {}, {}  # (kept only until admitted: a list can be long)
-        late, self._late = self._late, {}
-        for path, names in late.items():
-            for name in names:
-                self._defer(self._resources[name], {path})
-        return changed
+    @abc.abstractmethod
+    def _changed(self, state: ResourceState) -> None:
+        """`state`'s table changed outside a publish of its driver (logged as the reporter
+        logs a list it gave)."""
 
     def _defer(self, state: ResourceState, paths: set[str]) -> None:
         """Resolve `paths` off the loop, then admit `state` again."""
@@ -209,12 +198,9 @@ class Resolving(Admission):
                 if state.retired or state.publish is None:
                     continue
                 self._take(state, resolved)
-                changed = self._admit_or_defer(state)
+                if self._admit_or_defer(state):
+                    self._changed(state)
                 self._drain()
-                if changed and state.log is not None:  # (as the reporter logs a list it gave)
-                    healthy = sum(1 for device in state.reported.values() if device.healthy)
-                    unhealthy = len(state.reported) - healthy
-                    state.log.info("devices_changed", healthy=healthy, unhealthy=unhealthy)
         finally:
             state.resolving = None
 
@@ -240,7 +226,7 @@ class Resolving(Admission):
                 )
         state.unresolved = unresolved
 
-    def _wanted(self, state: ResourceState) -> set[str]:
+    def _wanted(self, state: ResourceState, pace: Pace) -> Generator[None, None, set[str]]:
         """The paths the next admission of `state` must have resolved: those of devices whose
         claims are not known (a walk of the list only when it changed), its lingering claims
         (gone?), and the lingering claims its held devices wait for."""
@@ -249,12 +235,14 @@ class Resolving(Admission):
         if not (
             state.settled and (devices is state.admitted_from or devices == state.admitted_from)
         ):
-            cache, before = state.claims, state.admitted_from
+            cache, before, stale = state.claims, state.admitted_from, state.stale
             for device_id, device in devices.items():
-                old = before.get(device_id)
-                if device_id in cache and old is not None and old.same_places(device):
+                if pace.due():
+                    yield
+                if before.get(device_id) is device and device_id not in stale:
                     continue
-                needs[device_id] = host_paths(device)
+                if device_id in stale or places(device) not in cache:
+                    needs[device_id] = host_paths(device)
         state.needs = needs
         state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}
         wanted = {path for paths in needs.values() for path in paths}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 
 from .devices import Device
@@ -21,6 +21,7 @@ from .ownership_claims import (
     ClaimKey,
     Claims,
     Owner,
+    Places,
     Reached,
     ancestors,
     below,
@@ -44,6 +45,25 @@ class Holding:
 
 
 @dataclass
+class Pace:
+    """How much an admission does per turn of the event loop: every `every` steps (a
+    device each), `due` says yield (a long list never holds the loop for long)."""
+
+    every: int
+    left: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.left = self.every
+
+    def due(self) -> bool:
+        self.left -= 1
+        if self.left > 0:
+            return False
+        self.left = self.every
+        return True
+
+
+@dataclass
 class ResourceState:
     name: str
     log: EventLogger | None = None
@@ -59,9 +79,12 @@ class ResourceState:
     """The last admission ran for this runtime (an unchanged list needs no walk)."""
     sent: Mapping[str, Device] | None = None
     """What this runtime's table was last given (the same again is not sent)."""
-    claims: dict[str, Claims] = field(default_factory=dict)
-    """Claims per driver ID, resolved for the device of `admitted_from` (or the one being
-    admitted)."""
+    claims: dict[Places, Claims] = field(default_factory=dict)
+    """Claims by places (`ownership_claims.places`) of the devices of `admitted_from` (or
+    of the list being admitted): a device renamed on the same paths is not resolved again;
+    the watcher's recheck forgets the places of a changed path."""
+    stale: set[str] = field(default_factory=set)
+    """Devices of `admitted_from` whose places the watcher's recheck forgot (to claim anew)."""
     owned: dict[str, Claims] = field(default_factory=dict)
     """Advertised ID -> what it claims in the index."""
     lingering: dict[ClaimKey, tuple[float, Claim]] = field(default_factory=dict)
@@ -149,7 +172,9 @@ class ClaimTable(abc.ABC):
     def _conflict(self, resource: str, device_id: str, claims: Claims) -> Holding | None:
         """Why the device cannot own its claims: another owns one of them (or a directory
         one is below, or one below a directory it mounts), or shares it while the device
-        wants it alone. None: it can."""
+        wants it alone. None: it can (as when it owns these very claims already)."""
+        if self._resources[resource].owned.get(device_id) is claims:
+            return None
         me = Owner(resource, device_id)
         for claim in claims.exclusive:
             why = self._clash(me, claim[0], claim[1], False)
@@ -285,11 +310,19 @@ class ClaimTable(abc.ABC):
         del self._exclusive[key]
         self._uncount(key)
 
-    def _prune_gone(self, state: ResourceState) -> bool:
+    def _prune_gone(self, state: ResourceState, pace: Pace) -> Generator[None, None, bool]:
         """Release this resource's lingering claims whose nodes are gone."""
-        return any([self._released_if_gone(key) for key in list(state.lingering)])
+        released = False
+        for key in list(state.lingering):
+            if pace.due():
+                yield
+            if key in state.lingering and key in self._exclusive:
+                released |= self._released_if_gone(key)
+        return released
 
     def _claim(self, state: ResourceState, device_id: str, claims: Claims) -> None:
+        if state.owned.get(device_id) is claims:
+            return  # it owns them already (a device renamed on its paths keeps its old ID)
         me = Owner(state.name, device_id)
         lingering = state.lingering
         exclusive = self._exclusive
@@ -309,10 +342,14 @@ class ClaimTable(abc.ABC):
         state.owned[device_id] = claims
         self._follow(state.name, claims)
 
-    def _release_stale(self, state: ResourceState, wanted: Mapping[str, Claims]) -> bool:
+    def _release_stale(
+        self, state: ResourceState, wanted: Mapping[str, Claims], pace: Pace
+    ) -> Generator[None, None, bool]:
         """Claims of advertised IDs that are gone, or that a device no longer has, linger."""
         released = False
         for advertised_id in list(state.owned):
+            if pace.due():
+                yield
             new = wanted.get(advertised_id)
             if new is None:
                 released |= self._unadvertise(state, advertised_id)

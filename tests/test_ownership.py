@@ -35,6 +35,7 @@ from kdp_host.ownership_claims import (
     overlaps,
     reach,
 )
+from kdp_host.ownership_gate import ADMISSION_CHUNK
 from kdp_host.ownership_resolve import MAX_STUCK, STUCK_PER_BATCH
 from kdp_host.podresources import Holder, Holdings
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
@@ -63,9 +64,9 @@ def dev(device_id: str, *paths: str, mounts: tuple[str, ...] = ()) -> Device:
 class Host:
     """An index with one DeviceTable per resource, as the resources of a host use it."""
 
-    def __init__(self, resolve: Resolver = reach) -> None:
+    def __init__(self, resolve: Resolver = reach, chunk: int = ADMISSION_CHUNK) -> None:
         self.metrics = Metrics()
-        self.index = OwnershipIndex(self.metrics, resolve)
+        self.index = OwnershipIndex(self.metrics, resolve, chunk=chunk)
         self.tables: dict[str, DeviceTable] = {}
         self.detach: dict[str, object] = {}
 
@@ -230,6 +231,32 @@ def test_claims_of_unchanged_devices_are_not_resolved_again() -> None:
     calls.clear()
     host.publish(R1, *devices, node("/dev/new"))
     assert calls == ["/dev/new"]
+
+
+def test_devices_renamed_on_their_paths_are_not_resolved_again() -> None:
+    """A probe that renames every device on the same paths (d<i> <-> e<i>) costs no
+    resolution: claims are known by places, not by driver ID; the IDs the kubelet knows stay."""
+    nodes = FakeNodes({f"/dev/n{i}": ("c", i) for i in range(50)})
+    calls: list[str] = []
+
+    def resolve(path: str) -> Reached | None:
+        calls.append(path)
+        return nodes(path)
+
+    host = Host(resolve)
+    first = [dev(f"d{i}", f"/dev/n{i}") for i in range(50)]
+    host.publish(R1, *first)
+    assert len(calls) == 50
+    calls.clear()
+    for _ in range(3):
+        host.publish(R1, *[dev(f"e{i}", f"/dev/n{i}") for i in range(50)])
+        assert host.ids(R1) == sorted(f"d{i}" for i in range(50))
+        host.publish(R1, *[dev(f"d{i}", f"/dev/n{i}") for i in range(50)])
+        assert host.ids(R1) == sorted(f"d{i}" for i in range(50))
+    # a renamed device that also moves to a new path resolves that path only
+    host.publish(R1, *first[1:], dev("e0", "/dev/new"))
+    assert calls == ["/dev/new"]
+    assert "e0" in host.ids(R1) and "d0" not in host.ids(R1)
 
 
 def test_an_unchanged_list_costs_what_is_held_and_lingers_not_a_walk() -> None:
@@ -559,24 +586,26 @@ def independent_claims(device: Device) -> tuple[set[ClaimKey], set[ClaimKey]]:
 @given(
     links=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, NODES - 1)), max_size=5),
     script=steps,
+    chunk=st.sampled_from([ADMISSION_CHUNK, 1, 2]),
 )
 def test_no_node_is_ever_in_two_advertised_devices(
-    links: list[tuple[str, int]], script: list[tuple[str, int, object, int]]
+    links: list[tuple[str, int]], script: list[tuple[str, int, object, int]], chunk: int
 ) -> None:
     """Random glob patterns and probe-like lists over a random tree of nodes and links, with
     restarts, reloads that retire resources and nodes that vanish: at every step no node or
     mount source is in two advertised devices, and a node that stayed present is only ever
-    advertised under one (resource, ID) -- what the kubelet books."""
+    advertised under one (resource, ID) -- what the kubelet books. With a small `chunk`,
+    admissions run in turns of the loop, and the next steps come while they run."""
     root = Path(tempfile.mkdtemp(prefix="kdp-own"))
     try:
         build_tree(root, links)
-        asyncio.run(run_script(root, script))
+        asyncio.run(run_script(root, script, chunk))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def run_script(root: Path, script: list[tuple[str, int, object, int]]) -> None:
-    host = Host()
+async def run_script(root: Path, script: list[tuple[str, int, object, int]], chunk: int) -> None:
+    host = Host(chunk=chunk)
     names = [R1, R2, R3]
     live: set[str] = set()
     booked: dict[ClaimKey, tuple[str, str]] = {}
@@ -599,33 +628,39 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]]) -> 
         kind, arg = spec  # type: ignore[misc]
         devices = await glob_list(root, tuple(arg)) if kind == "glob" else shell_list(root, arg)
         host.index.publish(name, devices)
-        # every live resource's advertised list, checked independently
-        owners: dict[ClaimKey, tuple[str, str]] = {}
-        sharers: dict[ClaimKey, set[str]] = {}
-        made: list[tuple[tuple[str, str], str, bool]] = []
-        for resource in sorted(live):
-            for device in host.tables[resource].snapshot.devices:
-                exclusive, shared = independent_claims(device)
-                me = (resource, device.id)
-                for key in exclusive:
-                    assert key not in owners, (key, owners[key], me)
-                    assert key not in sharers, (key, sharers[key], me)
-                    owners[key] = me
-                    if os.path.exists(key[1]):
-                        assert booked.setdefault(key, me) == me, (key, booked[key], me)
-                for key in shared:
-                    assert key not in owners, (key, owners[key], me)
-                    sharers.setdefault(key, set()).add(resource)
-                made += [(me, str(key[1]), False) for key in exclusive]
-                made += [(me, str(key[1]), True) for key in shared]
-        # a directory one device mounts holds nothing another device claims (two shared
-        # claims apart)
-        for me, directory, dir_shared in made:
-            if not os.path.isdir(directory):
-                continue
-            for other, real, shared in made:
-                if other != me and real.startswith(directory + "/"):
-                    assert dir_shared and shared, (directory, me, real, other)
+        check_advertised(host, live, booked)
+    await host.index.quiet()
+    check_advertised(host, live, booked)
+
+
+def check_advertised(host: Host, live: set[str], booked: dict[ClaimKey, tuple[str, str]]) -> None:
+    """Every live resource's advertised list, checked independently."""
+    owners: dict[ClaimKey, tuple[str, str]] = {}
+    sharers: dict[ClaimKey, set[str]] = {}
+    made: list[tuple[tuple[str, str], str, bool]] = []
+    for resource in sorted(live):
+        for device in host.tables[resource].snapshot.devices:
+            exclusive, shared = independent_claims(device)
+            me = (resource, device.id)
+            for key in exclusive:
+                assert key not in owners, (key, owners[key], me)
+                assert key not in sharers, (key, sharers[key], me)
+                owners[key] = me
+                if os.path.exists(key[1]):
+                    assert booked.setdefault(key, me) == me, (key, booked[key], me)
+            for key in shared:
+                assert key not in owners, (key, owners[key], me)
+                sharers.setdefault(key, set()).add(resource)
+            made += [(me, str(key[1]), False) for key in exclusive]
+            made += [(me, str(key[1]), True) for key in shared]
+    # a directory one device mounts holds nothing another device claims (two shared
+    # claims apart)
+    for me, directory, dir_shared in made:
+        if not os.path.isdir(directory):
+            continue
+        for other, real, shared in made:
+            if other != me and real.startswith(directory + "/"):
+                assert dir_shared and shared, (directory, me, real, other)
 
 
 def test_a_lingering_claim_goes_once_podresources_shows_no_pod_holding_it() -> None:

@@ -1,0 +1,187 @@
+"""One admission at a time, in bounded turns of the event loop.
+
+An admission walks a resource's list (claims, IDs, conflicts): a probe that renames 12,000
+devices at once costs tens of milliseconds of Python, and the event loop serves every
+resource's gRPC. So an admission works in turns of at most `chunk` devices and yields to
+the loop between two turns: its first turn runs where the list arrived (a small change is
+admitted at once, as it always was), the rest in a task.
+
+The index admits one list at a time (the gate): while an admission runs, a list of any
+resource, a released claim or a changed path only queues its resource, which is admitted
+(with its newest list) once the running admission is done. Between two turns the table is
+consistent device by device (every advertised ID owns its claims, or they linger with it),
+so what reads or trims it meanwhile never waits for an admission: an Allocate's booking
+(`book`), a PodResources answer (`holdings`), a retire, `owners_of`. An admission whose
+runtime stopped, or whose resource was retired, stops at its next turn; its resource's next
+list is then admitted in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Generator, Mapping
+from typing import Final
+
+from .devices import Device
+from .files import Offload
+from .metrics import Metrics
+from .ownership_claims import Resolver
+from .ownership_resolve import Resolving
+from .ownership_table import Pace, ResourceState
+
+ADMISSION_CHUNK: Final = 500
+"""Devices an admission works on per turn of the event loop (a few milliseconds)."""
+
+
+class AdmissionGate(Resolving):
+    """Admissions one at a time (queued behind the one running), each in bounded turns."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        metrics: Metrics | None,
+        resolve: Resolver | None,
+        offload: Offload | None,
+        timeout: float,
+        chunk: int,
+    ) -> None:
+        super().__init__(clock, metrics, resolve, offload, timeout)
+        self._chunk = max(1, chunk)
+        self._pending: dict[str, None] = {}
+        """Resources to admit again once no admission runs (in this order)."""
+        self._draining = False
+        self._running: asyncio.Task[None] | None = None
+        """The admission that continues in turns of the loop (the gate is closed)."""
+
+    def _admit_or_defer(self, state: ResourceState) -> bool:
+        """Admit `state`: its first turn now, the rest (if any) in later turns of the loop;
+        after the running admission if one runs. Returns whether its table changed now."""
+        if self._running is not None:
+            self._pending[state.name] = None
+            return False
+        steps = self._admission(state, Pace(self._chunk))
+        try:
+            next(steps)
+        except StopIteration as done:
+            changed: bool = done.value
+            return changed
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop to yield to (nothing else waits): go on here
+            return _to_the_end(steps)
+        self._running = loop.create_task(
+            self._turns(state, steps, state.publish), name=f"admission {state.name}"
+        )
+        return False
+
+    def _admission(self, state: ResourceState, pace: Pace) -> Generator[None, None, bool]:
+        """Admit `state` once the paths it needs are resolved (inline without an offload,
+        else off the loop, and admitted then) and give its table the result; whether the
+        table changed. Yields when `pace` says."""
+        known = state.known
+        wanted = yield from self._wanted(state, pace)
+        if wanted:
+            if self._paths.offload is not None:
+                self._defer(state, wanted)
+                return False
+            self._take(state, self._paths.inline(wanted))
+        self._admitting = state.name
+        admitted = yield from self._admit(state, pace)
+        if self._admit_again(state):
+            admitted = yield from self._admit(state, pace)
+        changed = self._give(state, admitted)
+        state.needs = {}  # (kept only until admitted: a list can be long)
+        if state.known is known:  # (not a newer list's, which waits for its admission)
+            state.known = {}
+        late, self._late = self._late, {}
+        for path, names in late.items():
+            for name in names:
+                self._defer(self._resources[name], {path})
+        return changed
+
+    def _admit_again(self, state: ResourceState) -> bool:
+        """`state` was admitted, its table not given the result yet: True to admit it again
+        at once (the index books what its pods hold, `ownership_adopt`)."""
+        return False
+
+    def _give(self, state: ResourceState, admitted: Mapping[str, Device]) -> bool:
+        if state.publish is None or admitted is state.sent:
+            return False
+        state.sent = admitted
+        return state.publish(admitted)
+
+    async def _turns(
+        self,
+        state: ResourceState,
+        steps: Generator[None, None, bool],
+        publish: Callable[[Mapping[str, Device]], bool] | None,
+    ) -> None:
+        """The rest of an admission, a turn of the loop at a time; then the queued ones."""
+        changed = False
+        try:
+            while True:
+                await asyncio.sleep(0)
+                if state.publish is not publish or state.retired:
+                    steps.close()  # its runtime stopped: the next list is admitted in full
+                    state.settled = state.plain = False
+                    self._wake_waiting(state.name)
+                    break
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    changed = done.value
+                    break
+        finally:
+            self._running = None
+        if changed:
+            self._changed(state)
+        self._drain()
+
+    async def quiet(self) -> None:
+        """Return once no admission runs, waits for its turn or for its paths."""
+        while True:
+            busy = {s.resolving for s in self._resources.values() if s.resolving is not None}
+            if self._running is not None:
+                busy.add(self._running)
+            if not busy:
+                return
+            await asyncio.wait(busy)
+
+    def _drain(self) -> None:
+        """Admit again the resources that wait (for a released claim, or for the admission
+        that ran): one at a time, never nested (a publish that releases more only queues)."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._pending and self._running is None:
+                name = next(iter(self._pending))
+                del self._pending[name]
+                state = self._resources[name]
+                live = state.publish is not None and not state.retired
+                if live and self._admit_or_defer(state):
+                    self._changed(state)
+        finally:
+            self._draining = False
+            if self._running is None:
+                self._fresh.clear()
+
+    def _wake_waiting(self, releaser: str) -> None:
+        for name, other in self._resources.items():
+            if name != releaser and other.held and other.publish is not None:
+                self._pending[name] = None
+
+    def _changed(self, state: ResourceState) -> None:
+        if state.log is not None:  # (as the reporter logs a list it gave)
+            healthy = sum(1 for device in state.reported.values() if device.healthy)
+            unhealthy = len(state.reported) - healthy
+            state.log.info("devices_changed", healthy=healthy, unhealthy=unhealthy)
+
+
+def _to_the_end(steps: Generator[None, None, bool]) -> bool:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            changed: bool = done.value
+            return changed

@@ -1,0 +1,161 @@
+"""Admissions in bounded turns of the event loop, one at a time (kdp_host/ownership_gate.py):
+a long list (a probe renaming 12,000 devices at once) never holds the loop for long, and
+what comes meanwhile sees a consistent table."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kdp_host.devices import Device
+from kdp_host.ownership import OwnershipIndex
+from kdp_host.podresources import Holder, Holdings
+
+from .test_ownership import R1, R2, FakeNodes, Host, dev, node
+
+N, CHUNK = 1000, 50
+
+
+def listed(prefix: str, n: int = N) -> dict[str, Device]:
+    return {f"{prefix}{i}": dev(f"{prefix}{i}", f"/dev/n{i}") for i in range(n)}
+
+
+def nodes(n: int = N) -> FakeNodes:
+    found = FakeNodes({f"/dev/n{i}": ("c", i) for i in range(n)})
+    found.nodes["/dev/alias"] = ("c", 3)
+    return found
+
+
+class Beside:
+    """A task that counts the turns of the event loop it gets."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.task = asyncio.get_running_loop().create_task(self._count())
+
+    async def _count(self) -> None:
+        while True:
+            self.turns += 1
+            await asyncio.sleep(0)
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+async def test_a_long_admission_yields_to_the_loop_in_bounded_turns() -> None:
+    """1,000 devices, then all of them renamed on their paths: each admission works in
+    turns of at most CHUNK devices, another task runs between them, and the table gets
+    the list once, at the end (the IDs the kubelet knows stay)."""
+    host = Host(nodes(), chunk=CHUNK)
+    table = host.attach(R1)
+    beside = Beside()
+    try:
+        assert not host.index.publish(R1, listed("d")), "more than a turn: not done yet"
+        assert table.snapshot.devices == ()
+        await host.index.quiet()
+        assert len(host.ids(R1)) == N
+        assert beside.turns >= N // CHUNK
+        for prefix in "ede":
+            beside.turns = 0
+            version = table.snapshot.version
+            host.index.publish(R1, listed(prefix))
+            await host.index.quiet()
+            assert host.ids(R1) == sorted(listed("d")), "renamed: the kubelet's IDs stay"
+            assert beside.turns >= N // CHUNK
+            assert table.snapshot.version == version, "nothing the kubelet sees changed"
+        # a rename that changes something the kubelet sees is given to the table
+        renamed = listed("e")
+        renamed["e5"] = Device("e5", healthy=False, nodes=renamed["e5"].nodes)
+        host.index.publish(R1, renamed)
+        await host.index.quiet()
+        assert host.ids(R1) == sorted(listed("d"))
+        assert [d.id for d in table.snapshot.devices if not d.healthy] == ["d5"]
+    finally:
+        beside.stop()
+
+
+def test_without_an_event_loop_an_admission_runs_to_its_end() -> None:
+    host = Host(nodes(20), chunk=5)
+    host.attach(R1)
+    assert host.index.publish(R1, listed("d", 20))
+    assert len(host.ids(R1)) == 20
+
+
+class Sink:
+    """Bookings kept in memory, flushed at once (the file's own tests are elsewhere)."""
+
+    def __init__(self) -> None:
+        self.document: Callable[[], Mapping[str, Any]] | None = None
+
+    def changed(self, document: Callable[[], Mapping[str, Any]]) -> None:
+        self.document = document
+
+    async def flush(self) -> None:
+        await asyncio.sleep(0)  # (a turn of the loop, as a write through the offload takes)
+
+    def booked(self) -> list[str]:
+        assert self.document is not None
+        return sorted(f"{e['resource']}/{e['id']}" for e in self.document()["bookings"])
+
+
+async def test_lists_that_come_during_an_admission_wait_for_it() -> None:
+    """One admission at a time: another resource's list that reaches a node of the one being
+    admitted waits for it, then is held; an Allocate's booking does not wait, and books the
+    claims of the device it names."""
+    host = Host(nodes(), chunk=CHUNK)
+    sink = Sink()
+    host.index.keep_bookings_in(sink, None)
+    host.attach(R1)
+    host.index.publish(R1, listed("d"))
+    await host.index.quiet()
+    host.index.publish(R1, listed("e"))  # a long admission
+    host.publish(R2, node("/dev/alias"))  # reaches /dev/n3
+    assert host.ids(R2) == [] and host.held(R2) == 0, "it waits for its turn"
+    await host.index.book(R1, ["d7"])
+    assert host.held(R2) == 0, "the booking did not wait for the admission"
+    assert sink.booked() == [f"{R1}/d7"]
+    await host.index.quiet()
+    assert host.ids(R2) == [] and host.held(R2) == 1
+    assert host.ids(R1) == sorted(listed("d"))
+
+
+async def test_an_admission_of_a_retired_resource_stops_and_its_claims_linger() -> None:
+    host = Host(nodes(), chunk=CHUNK)
+    host.attach(R1)
+    host.index.publish(R1, listed("d"))
+    await host.index.quiet()
+    host.index.publish(R1, listed("e"))
+    await asyncio.sleep(0)
+    host.index.retire(R1)  # a reload removed it while its list was being admitted
+    await host.index.quiet()
+    host.publish(R2, node("/dev/alias"))
+    assert host.ids(R2) == [] and host.held(R2) == 1, "n3 lingers with d3 (a pod may hold it)"
+    # added back: it takes its claims back, under the IDs the kubelet knows
+    host.attach(R1)
+    host.index.publish(R1, listed("e"))
+    await host.index.quiet()
+    assert host.ids(R1) == sorted(listed("d"))
+
+
+async def test_a_booking_from_podresources_during_an_admission_holds_its_device() -> None:
+    """A PodResources answer comes between two turns of a long admission: a pod holds
+    `d7::1` with no booking (`replicas` was 2 before a restart that lost ownership.json). It
+    is d7's: booked, and once the admission is done the resource is admitted again in
+    full, so d7 is held (the admission running set its flags back at its end)."""
+    now = [100.0]
+    host = Host(nodes(), chunk=CHUNK)
+    host.index = OwnershipIndex(host.metrics, nodes(), clock=lambda: now[0], chunk=CHUNK)
+    host.index.keep_bookings_in(Sink(), None)
+    host.attach(R1)
+    host.index.publish(R1, listed("d"))
+    await host.index.quiet()
+    host.index.publish(R1, listed("e"))  # a long admission
+    await asyncio.sleep(0)
+    pod = (Holder("ns", "p1", "c", 0.0),)
+    host.index.holdings(Holdings(now[0] + 1, 0.0, {R1: {"d7::1": pod}}))
+    await host.index.quiet()
+    assert "d7" not in host.ids(R1) and len(host.ids(R1)) == N - 1
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))  # p1 ended
+    await host.index.quiet()
+    assert host.ids(R1) == sorted(listed("d"))

@@ -15,6 +15,7 @@ from kdp_host.podresources import Holder, Holdings
 from .test_ownership import R1, R2, FakeNodes, Host, dev, node
 
 N, CHUNK = 1000, 50
+NOW = 100.0
 
 
 def listed(prefix: str, n: int = N) -> dict[str, Device]:
@@ -139,23 +140,26 @@ async def test_an_admission_of_a_retired_resource_stops_and_its_claims_linger() 
 
 
 async def test_a_booking_from_podresources_during_an_admission_holds_its_device() -> None:
-    """A PodResources answer comes between two turns of a long admission: a pod holds
-    `d7::1` with no booking (`replicas` was 2 before a restart that lost ownership.json). It
-    is d7's: booked, and once the admission is done the resource is admitted again in
-    full, so d7 is held (the admission running set its flags back at its end)."""
-    now = [100.0]
-    host = Host(nodes(), chunk=CHUNK)
-    host.index = OwnershipIndex(host.metrics, nodes(), clock=lambda: now[0], chunk=CHUNK)
-    host.index.keep_bookings_in(Sink(), None)
-    host.attach(R1)
-    host.index.publish(R1, listed("d"))
-    await host.index.quiet()
-    host.index.publish(R1, listed("e"))  # a long admission
-    await asyncio.sleep(0)
+    """A PodResources answer comes between two turns of a long admission (at every phase of
+    it): a pod holds `d7::1` with no booking (`replicas` was 2 before a restart that lost
+    ownership.json). It is d7's: booked, and once the admission is done the resource is
+    admitted again in full, so d7 is held (the admission that was running sets its flags
+    back at its end)."""
     pod = (Holder("ns", "p1", "c", 0.0),)
-    host.index.holdings(Holdings(now[0] + 1, 0.0, {R1: {"d7::1": pod}}))
-    await host.index.quiet()
-    assert "d7" not in host.ids(R1) and len(host.ids(R1)) == N - 1
-    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))  # p1 ended
-    await host.index.quiet()
-    assert host.ids(R1) == sorted(listed("d"))
+    for turns in range(0, 3 * N // CHUNK, 3):
+        host = Host(nodes(), chunk=CHUNK)
+        host.index = OwnershipIndex(host.metrics, nodes(), clock=lambda: NOW, chunk=CHUNK)
+        host.index.keep_bookings_in(Sink(), None)
+        host.attach(R1)
+        host.index.publish(R1, listed("d"))
+        await host.index.quiet()
+        down = {i: Device(i, healthy=False, nodes=d.nodes) for i, d in listed("d").items()}
+        host.index.publish(R1, down)  # a long admission (no rename: the quick path)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        host.index.holdings(Holdings(NOW + 1, 0.0, {R1: {"d7::1": pod}}))
+        await host.index.quiet()
+        assert "d7" not in host.ids(R1) and len(host.ids(R1)) == N - 1, turns
+        host.index.holdings(Holdings(NOW + 60, 0.0, {}))  # p1 ended
+        await host.index.quiet()
+        assert host.ids(R1) == sorted(listed("d")), turns

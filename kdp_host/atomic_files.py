@@ -6,10 +6,10 @@ features file (`nfd.py`) run through the host's offload.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
-import stat
+
+from .files import MAX_DOCUMENT_SIZE, FileReadError, read_attribute
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -38,25 +38,12 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def read_regular(path: str) -> bytes:
-    """The whole file; OSError when it cannot be read, also when it is not a regular file
-    (a FIFO put in its place never blocks the read)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
-
-
 def read_or_none(path: str) -> bytes | None:
     """The file's content, None when it cannot be read (missing, unreadable, not a regular
-    file)."""
+    file: a FIFO put in its place never blocks the read; larger than MAX_DOCUMENT_SIZE)."""
     try:
-        return read_regular(path)
-    except OSError:
+        return read_attribute(path, MAX_DOCUMENT_SIZE)
+    except FileReadError:
         return None
 
 

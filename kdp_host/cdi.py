@@ -14,6 +14,10 @@ does not end in .json, so CDI watchers ignore it), happen only when the content 
 and are coalesced: a burst of device changes is written once. Rendering and file work run
 through the host's offload (one call per read, write or removal). What goes into the spec is
 `cdi_spec.py`; which instance may write the file, `cdi_lease.py`.
+
+A container that restarts resolves its CDI names again, without a new Allocate: so a device
+an Allocate handed out keeps its entry as it was then while one of its IDs is booked (the
+ownership index's rule of booked claims), and follows the driver's list once none is.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import hashlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .allocation import cdi_device_name, has_cdi_edits
@@ -30,7 +34,7 @@ from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_lease import LEASE, VERIFY, OwnerLease, owner_path
 from .cdi_spec import render_spec_file, spec_device_names
 from .config import ResourceConfig
-from .devices import Device, DeviceTable, Snapshot
+from .devices import Device, DeviceTable, Snapshot, replica_ids
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .rules import cdi_kind_problem
@@ -80,6 +84,10 @@ class CdiSpecWriter:
     A device whose CDI name is not in the spec file on disk is held Unhealthy in the table
     (the runtime could not resolve the name Allocate would return): a new device until its
     spec is written, every device of a file that cannot be written.
+
+    A device an Allocate handed out keeps its entry as it was then while one of its IDs is
+    booked (`allocated`, `booked`): the spec never points a pod's CDI name at a node it was
+    not allocated (the rule of the ownership index's booked claims).
     """
 
     resource: ResourceConfig
@@ -99,6 +107,12 @@ class CdiSpecWriter:
     """Watches the spec dir, so a file removed or replaced behind the writer's back is seen
     at once (without it, at the next verify)."""
     lease: float = LEASE
+    booked: Callable[[str], bool] = field(default=lambda advertised_id: False)
+    """Whether the kubelet has an advertised ID of the resource booked now (the host's
+    ownership index): while it has, the device's entry keeps what was allocated."""
+    pinned: dict[str, Device] = field(default_factory=dict)
+    """Device ID -> the device as an Allocate handed it out, while one of its IDs is booked
+    (the host's, `HostServices.cdi_pins`: a runtime a reload starts anew keeps them)."""
     path: str = field(init=False)
     owner_file: str = field(init=False)
     writes: int = field(default=0, init=False)
@@ -113,6 +127,7 @@ class CdiSpecWriter:
     """Set after the first attempt to write the driver's first list (success or not)."""
     _last_error: str | None = field(default=None, init=False, repr=False)
     _lease: OwnerLease = field(init=False, repr=False)
+    _repinned: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = spec_path(self.resource)
@@ -122,6 +137,26 @@ class CdiSpecWriter:
         )
         if self.resource.allocate.cdi is not None:
             self.table.hold_unhealthy(self._unresolvable)
+
+    def allocated(self, snapshot: Snapshot, advertised_ids: Iterable[str]) -> None:
+        """An Allocate handed these IDs out as `snapshot` lists them: each device's entry
+        keeps that content while one of its IDs is booked (a container that restarts
+        resolves its CDI name again: it must get the nodes it was allocated, not where the
+        driver lists the device now). The file is brought up to date at once if it differs."""
+        entries = snapshot.by_advertised_id
+        for advertised in advertised_ids:
+            entry = entries.get(advertised)
+            if entry is not None and self.pinned.get(entry.device.id) is not entry.device:
+                self.pinned[entry.device.id] = entry.device
+                self._repinned.set()
+
+    def _pins(self) -> dict[str, Device]:
+        """The pinned devices one of whose IDs is still booked (the others are let go)."""
+        replicas = self.resource.replicas
+        for device_id in list(self.pinned):
+            if not any(self.booked(advertised) for advertised in replica_ids(device_id, replicas)):
+                del self.pinned[device_id]
+        return dict(self.pinned)
 
     def _unresolvable(self, device: Device) -> bool:
         return has_cdi_edits(device) and cdi_device_name(device.id) not in self._resolvable
@@ -165,14 +200,19 @@ class CdiSpecWriter:
                 changed_on_disk.clear()
                 newer = asyncio.ensure_future(self.table.wait_newer(snapshot.version))
                 on_disk = asyncio.ensure_future(changed_on_disk.wait())
+                repinned = asyncio.ensure_future(self._repinned.wait())
                 try:
                     done, _ = await asyncio.wait(
-                        {newer, on_disk}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                        {newer, on_disk, repinned},
+                        timeout=timeout,
+                        return_when=asyncio.FIRST_COMPLETED,
                     )
                 finally:
                     newer.cancel()
                     on_disk.cancel()
-                if newer not in done:
+                    repinned.cancel()
+                self._repinned.clear()
+                if newer not in done and repinned not in done:
                     # The file changed behind our back (another instance, an operator) or
                     # the verify interval passed: look at what is on disk now (the sync
                     # below restores it if it is ours); as the owner, refresh the lease.
@@ -188,7 +228,10 @@ class CdiSpecWriter:
 
     async def _sync(self, snapshot: Snapshot) -> bool:
         try:
-            content = await self.offload.run(lambda: render_spec_file(self.resource, snapshot))
+            pinned = self._pins()
+            content = await self.offload.run(
+                lambda: render_spec_file(self.resource, snapshot, pinned)
+            )
             if content != self._on_disk and await self._lease.may_write():
                 if content is None:
                     await self._unlink()

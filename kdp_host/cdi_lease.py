@@ -14,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .atomic_files import unlink, write_atomic
-from .files import Offload
+from .files import FileReadError, Offload, read_attribute
 from .logs import EventLogger
 
 VERIFY = 10.0
 """Seconds between checks that the spec file on disk is still the one written (a safety net:
 the spec dir is watched, so a change shows within milliseconds); a live owner refreshes its
 lease as often."""
+MAX_OWNER_FILE_SIZE = 256
+"""Most bytes of an owner file (an instance ID); a larger one names no owner."""
 LEASE = 3 * VERIFY
 """An owner file not refreshed for this long belongs to an instance that is gone."""
 
@@ -36,11 +38,11 @@ def read_owner(path: str, lease: float, now: Callable[[], float] = time.time) ->
     """The instance named in an owner file, or None when it is missing, empty or its lease
     (the file's age) ran out."""
     try:
-        with open(path, "rb") as f:
-            age = now() - os.fstat(f.fileno()).st_mtime
-            owner = f.read(256).decode("utf-8", "replace").strip()
-    except OSError:
+        data = read_attribute(path, MAX_OWNER_FILE_SIZE)
+        age = now() - os.stat(path).st_mtime
+    except (FileReadError, OSError):
         return None
+    owner = (data or b"").decode("utf-8", "replace").strip()
     return owner if owner and age <= lease else None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from .allocation import ALLOCATION_DEPENDENT_FIELDS, cdi_device_name, has_cdi_edits
@@ -34,11 +35,19 @@ def minimum_cdi_version(kind: str, additional_gids: bool = False) -> str:
     return "0.6.0" if "." in klass else "0.5.0"
 
 
-def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] | None:
+NO_PINS: Mapping[str, Device] = MappingProxyType({})
+
+
+def build_spec(
+    resource: ResourceConfig, snapshot: Snapshot, pinned: Mapping[str, Device] = NO_PINS
+) -> dict[str, Any] | None:
     """The spec for the snapshot's physical devices, or None when it would hold none.
 
     CDI rejects a spec without devices and a device without edits, so devices with neither
-    a device node nor a mount are left out (Allocate gives them no CDI name either).
+    a device node nor a mount are left out (Allocate gives them no CDI name either). A
+    device in `pinned` (by ID: the device as an Allocate handed it out, while a pod holds
+    it) keeps that entry whatever it lists now: a container that restarts resolves its CDI
+    name again and must get what it was allocated.
     """
     cdi = resource.allocate.cdi
     if cdi is None:
@@ -47,12 +56,13 @@ def build_spec(resource: ResourceConfig, snapshot: Snapshot) -> dict[str, Any] |
     shared_env = _consistent_device_env(snapshot.devices, allocate.env.keys())
     devices: list[dict[str, Any]] = []
     for device in snapshot.devices:
-        if not has_cdi_edits(device):
+        shown = pinned.get(device.id, device) if pinned else device
+        if not has_cdi_edits(shown):
             continue
         devices.append(
             {
                 "name": cdi_device_name(device.id),  # one-to-one: no two entries share it
-                "containerEdits": _device_edits(device, allocate.permissions, shared_env, cdi),
+                "containerEdits": _device_edits(shown, allocate.permissions, shared_env, cdi),
             }
         )
     if not devices:
@@ -89,8 +99,10 @@ def encode_spec(spec: Mapping[str, Any]) -> bytes:
     return (json.dumps(spec, indent=2) + "\n").encode()
 
 
-def render_spec_file(resource: ResourceConfig, snapshot: Snapshot) -> bytes | None:
-    spec = build_spec(resource, snapshot)
+def render_spec_file(
+    resource: ResourceConfig, snapshot: Snapshot, pinned: Mapping[str, Device] = NO_PINS
+) -> bytes | None:
+    spec = build_spec(resource, snapshot, pinned)
     return None if spec is None else encode_spec(spec)
 
 

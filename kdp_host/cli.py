@@ -9,20 +9,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import __version__
+from . import __version__, heap
 from .config import Config, ConfigError, load_config
-from .devices import HEALTHY, UNHEALTHY, Device
 from .files import DaemonThreads, Offload
 from .logs import get_logger, quote_text, setup_logging
-from .node import NodeInfo, NodeLabelSource, NoLabels, local_node_name, select_for_node, selects
-
-if TYPE_CHECKING:  # a module only one command uses is imported where it runs
-    from .sysfs.rootdisk import RootDisk
+from .node import NodeInfo, NodeLabelSource, NoLabels, local_node_name, select_for_node
 
 EXIT_OK = 0
 EXIT_DRIVER_FAILED = 1
@@ -119,84 +114,15 @@ async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load_or_report(args.config)
-    if config is None:
-        return EXIT_INVALID
+    with heap.paused():  # what start-up makes to keep: made, then frozen (heap.py)
+        config = _load_or_report(args.config)
+        if config is None:
+            return EXIT_INVALID
+        from . import host, http, metrics, status  # noqa: F401 (for `_run`, made here)
+
+        heap.settle()
     node = NodeInfo(args.node_name or local_node_name())
     return _run_async(_run(config, args.config.absolute(), node), args.loop)
-
-
-@dataclass(frozen=True)
-class CheckRow:
-    resource: str
-    driver: str
-    text: str
-    failed: bool = False
-    """The driver's scan failed (the text is its error)."""
-    device: Device | None = None
-
-
-async def _check(config: Config, node: NodeInfo | None) -> list[CheckRow]:
-    """Scan every entry (or, for a node, the entries it serves)."""
-    from .drivers import DriverDeps, DriverError, make_driver
-    from .watch import PollingWatcher
-
-    log = get_logger()
-    rows: list[CheckRow] = []
-    for resource in config.resources:
-        kind = resource.driver.kind
-        selected = True if node is None else selects(resource, node)
-        if not selected:
-            why = "selects by label: give --node-label" if selected is None else "another node's"
-            rows.append(CheckRow(resource.name, kind, f"(not scanned: {why})"))
-            continue
-        deps = DriverDeps(log.bind(resource=resource.name), PollingWatcher(log))
-        try:
-            devices = await make_driver(resource.driver, deps).scan()
-        except DriverError as exc:
-            rows.append(CheckRow(resource.name, kind, f"driver error: {quote_text(exc)}", True))
-            continue
-        if not devices:
-            rows.append(CheckRow(resource.name, kind, "(no devices found now)"))
-        rows.extend(
-            CheckRow(resource.name, kind, device_cell(device), device=device) for device in devices
-        )
-    return rows
-
-
-def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
-    """A line for each device that would hand out the root filesystem's disk."""
-    return [
-        f"warning: {row.resource} hands out the root filesystem's disk: "
-        f"{quote_text(node.host_path)}"
-        for row in rows
-        if row.device is not None
-        for node in row.device.nodes
-        if root.holds(node.host_path)
-    ]
-
-
-def overlap_warnings(rows: list[CheckRow]) -> list[str]:
-    """One line per node or mount source two devices would reach: the host advertises one of
-    them at a time (docs: Reliability, one node, one advertised device; booked claims)."""
-    from .ownership_claims import overlaps
-
-    found = overlaps((row.resource, row.device) for row in rows if row.device is not None)
-    return [
-        f"warning: {quote_text(o.path)} is reachable from {quote_text(o.first.resource)} "
-        f"(device {quote_text(o.first.device)}) and {quote_text(o.second.resource)} (device "
-        f"{quote_text(o.second.device)}): only one is advertised at a time, the one a pod "
-        "holds it through, else the first to list it"
-        for o in found
-    ]
-
-
-def device_cell(device: Device) -> str:
-    """A device in `check`'s table: ID and paths quoted, so nothing in them breaks the line."""
-    where = ", ".join(quote_text(node.host_path) for node in device.nodes) or "-"
-    numa = "" if device.numa is None else f" numa={device.numa}"
-    health = HEALTHY if device.healthy else UNHEALTHY
-    return f"{quote_text(device.id)} {health}{numa} {where}"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -215,7 +141,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"kdp-host: invalid config {exc}", file=sys.stderr)
             return EXIT_INVALID
-    rows = asyncio.run(_check(config, node))
+    from .check import overlap_warnings, root_disk_warnings, scan_entries
+
+    rows = asyncio.run(scan_entries(config, node))
     where = "" if node is None else f" (node {quote_text(node.name)})"
     print(f"{quote_text(args.config)}: valid, {len(config.resources)} resource(s){where}")
     width = max((len(r.resource) for r in rows), default=8)
@@ -393,7 +321,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format, args.log_level)
     result: int = args.handler(args)
     return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

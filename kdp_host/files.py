@@ -1,11 +1,11 @@
 """Touching files that may hang: small attribute reads and whole scans, never blocking for ever.
 
-A driver reads small files (a device's NUMA node file) and walks directories. Any of these
-can block in the kernel: a FIFO or a tty opened by mistake, a hung network or FUSE file
-system. So:
+A driver reads small files (a device's NUMA node file) and walks directories; the host reads
+its state files (`state_file.py`), the CDI spec it wrote, its config. Any of these can block
+in the kernel: a FIFO or a tty opened by mistake, a hung network or FUSE file system. So:
 
-- attribute files are opened with O_NONBLOCK and O_NOCTTY, refused unless they are regular
-  files, and read once, capped at `limit` bytes;
+- small files are read one way, `read_attribute`: opened with O_NONBLOCK and O_NOCTTY,
+  refused unless they are regular files, capped at `limit` bytes;
 - every read runs on a daemon worker thread and is given up after `timeout` (the caller gets
   `FileReadError("read_timeout")`); a worker stuck in the kernel is abandoned, a fresh one
   serves the next reads, and past `max_stuck` abandoned workers reads are refused at once;
@@ -34,11 +34,14 @@ T = TypeVar("T")
 
 MAX_ATTRIBUTE_SIZE = 4096
 """Most bytes read from an attribute file."""
+MAX_DOCUMENT_SIZE = 64 << 20
+"""Most bytes of a file kdp-host wrote itself and reads back (a state file, a CDI spec)."""
 READ_TIMEOUT = 1.0
 """Seconds an attribute read may take."""
 MAX_STUCK_READS = 4
 """Abandoned reads (threads stuck in the kernel) after which reads are refused at once."""
 _WORKER_IDLE = 5.0
+_READ_CHUNK = 1 << 16
 
 
 class FileReadError(Exception):
@@ -52,7 +55,11 @@ class FileReadError(Exception):
 
 
 def read_attribute(path: str, limit: int) -> bytes | None:
-    """Read a small regular file without ever waiting on a FIFO or a tty; None if missing."""
+    """Read a small regular file (an attribute, a state file) without ever waiting on a FIFO
+    or a tty: the one way kdp-host reads such a file. None if it is missing; FileReadError
+    (`read_refused`) if it is not a regular file or longer than `limit` bytes, (`read_error`)
+    on any other OSError. Blocking (a regular file on a hung file system can still stall a
+    read): run it on a daemon thread (`FileReader`, the offload)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -62,14 +69,22 @@ def read_attribute(path: str, limit: int) -> bytes | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise FileReadError("read_refused", f"{path!r} is not a regular file")
-        data = os.read(fd, limit + 1)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            want = min(limit + 1 - size, _READ_CHUNK)
+            chunk = os.read(fd, want)
+            chunks.append(chunk)
+            size += len(chunk)
+            if len(chunk) < want:  # a regular file reads short only at its end
+                break
     except OSError as exc:
         raise FileReadError("read_error", f"cannot read {path!r}: {exc.strerror}") from None
     finally:
         os.close(fd)
-    if len(data) > limit:
-        raise FileReadError("read_refused", f"{path!r} is longer than {limit} bytes")
-    return data
+    if size > limit:
+        raise FileReadError("read_refused", f"{path!r} is larger than {limit} bytes")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _Worker:

@@ -276,12 +276,14 @@ class OwnershipIndex(AdmissionGate):
 
     async def book(self, resource: str, ids: Iterable[str]) -> None:
         """The kubelet booked `ids` of `resource` (an Allocate is answered): record each with
-        the claims of its device, and return once `<stateDir>/ownership.json` holds them
-        (nothing is written when the bookings are the ones recorded already)."""
+        the claims of its device, and return once `<stateDir>/ownership.json` holds them,
+        or after `state_file.WRITE_LIMIT` with an error line (a state directory that hangs
+        does not hang Allocate); nothing is written when the bookings are the ones recorded
+        already."""
         ledger = self._ledger
         if self._book(resource, ids) and ledger.sink is not None:
             ledger.changed()
-            await ledger.sink.flush()
+            await ledger.sink.written()
 
     def _book(self, resource: str, ids: Iterable[str]) -> bool:
         state = self._resources.get(resource)

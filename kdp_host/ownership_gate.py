@@ -29,8 +29,8 @@ from .ownership_claims import Resolver
 from .ownership_resolve import Resolving
 from .ownership_table import Pace, ResourceState
 
-ADMISSION_CHUNK: Final = 500
-"""Devices an admission works on per turn of the event loop (a few milliseconds)."""
+ADMISSION_CHUNK: Final = 200
+"""Devices an admission works on per turn of the event loop (about a millisecond)."""
 
 
 class AdmissionGate(Resolving):

@@ -196,6 +196,7 @@ class Resolving(Admission):
                 paths, state.wanted = state.wanted, set()
                 resolved = await self._paths.resolve(paths)
                 if state.retired or state.publish is None:
+                    state.known = {}  # (no admission follows to drop it)
                     continue
                 self._take(state, resolved)
                 if self._admit_or_defer(state):

@@ -50,17 +50,11 @@ class Pace:
     device each), `due` says yield (a long list never holds the loop for long)."""
 
     every: int
-    left: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.left = self.every
+    steps: int = 0
 
     def due(self) -> bool:
-        self.left -= 1
-        if self.left > 0:
-            return False
-        self.left = self.every
-        return True
+        self.steps += 1
+        return self.steps % self.every == 0
 
 
 @dataclass
@@ -162,8 +156,14 @@ class ClaimTable(abc.ABC):
                     state.lingering[key] = (now, claim)
         self._ledger.sink = sink
 
+    def is_booked(self, resource: str, advertised_id: str) -> bool:
+        """Whether the kubelet has `advertised_id` of `resource` booked now."""
+        return Owner(resource, advertised_id) in self._ledger.bookings
+
     def _incumbent(self, state: ResourceState, advertised_id: str, claims: Claims) -> bool:
         """Whether the device advertised as `advertised_id` owns its claims already."""
+        if state.owned.get(advertised_id) is claims:
+            return bool(claims.exclusive)
         me = Owner(state.name, advertised_id)
         return bool(claims.exclusive) and all(
             self._exclusive.get(key) == me for key, _, _ in claims.exclusive

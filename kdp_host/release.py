@@ -28,8 +28,10 @@ is not held back (the device never was free).
 What must outlive kdp-host (`used` and `owed`) is kept in `<stateDir>/release-state.json`
 (`release_state.py`), written before PreStartContainer answers, so devices used while
 kdp-host was down (upgrade, SIGKILL) are released after it starts again: an owed release at
-once, a used device when PodResources shows it free or when it is allocated again. A state
-file that cannot be read counts every device as used (everything unheld is released once).
+once, a used device when PodResources shows it free or when it is allocated again. A resource
+a reload restarts takes up the same state (its tracker starts before it hears any news), so
+an owed release survives a reload exactly as a SIGKILL. A state file that cannot be read
+counts every device as used (everything unheld is released once).
 """
 
 from __future__ import annotations
@@ -180,7 +182,11 @@ class ReleaseTracker:
         self._publish()
 
     def holdings(self, answer: Holdings) -> None:
-        """A PodResources answer: devices none of whose IDs is held are free."""
+        """A PodResources answer: devices none of whose IDs is held are free. Ignored by a
+        tracker not started (or closed): it has not taken up the kept state, and writing
+        its own would wipe that state (owed releases) for the resource."""
+        if self._closed:
+            return
         replicas = self._resource.replicas
         held: dict[str, dict[str, tuple[Holder, ...]]] = {}
         for advertised, holders in answer.of(self._resource.name).items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot, physical_id
@@ -20,6 +21,9 @@ from .protocol.service import DevicePluginService
 from .release import ReleaseTracker
 from .services import HostServices
 from .serving import ServingLoop
+
+if TYPE_CHECKING:  # imported where it runs: only a resource with `allocate.cdi` needs it
+    from .cdi import CdiSpecWriter
 
 
 class ResourceRuntime:
@@ -73,6 +77,9 @@ class ResourceRuntime:
                 self.log,
             )
         )
+        self._cdi: CdiSpecWriter | None = None
+        """The CDI spec writer of a resource with `allocate.cdi`, once it runs (told what
+        each Allocate handed out)."""
         self._serving = ServingLoop(
             config.name, services, self.log, self._make_service, FirstList([self.table.published])
         )
@@ -94,6 +101,7 @@ class ResourceRuntime:
             allocate_hook=self._allocate_hook,
             release=self.release,
             bookings=self._services.ownership,
+            cdi=self._cdi,
         )
 
     def _on_devices_changed(self, snapshot: Snapshot) -> None:
@@ -136,10 +144,12 @@ class ResourceRuntime:
             first_attempt_failed=self._serving.first_list.failed,
         )
         self._on_devices_changed(self.table.snapshot)
+        if self.release is not None:
+            # Before any news (subscribing hands over the last answer at once): the tracker
+            # takes up the state kept for the resource first, owed releases included.
+            self.release.start()
         poller = services.pod_resources
         unsubscribe = None if poller is None else poller.subscribe(self._on_holdings)
-        if self.release is not None:
-            self.release.start()
         try:
             await self._run_parts(driver, reporter, deps)
         finally:
@@ -208,7 +218,7 @@ class ResourceRuntime:
                 from .cdi import CdiSpecWriter
 
                 cdi_failures = services.metrics.cdi_spec_failures.labels(self.config.name)
-                writer = CdiSpecWriter(
+                writer = self._cdi = CdiSpecWriter(
                     self.config,
                     self.table,
                     self.log,
@@ -217,6 +227,8 @@ class ResourceRuntime:
                     instance=services.instance_id,
                     watcher=services.watcher,
                     offload=services.offload,
+                    booked=functools.partial(services.ownership.is_booked, self.config.name),
+                    pinned=services.cdi_pins.setdefault(self.config.name, {}),
                 )
                 self._serving.first_list.ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{self.config.name}:cdi")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import KubeletConfig
+from .devices import Device
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
@@ -65,6 +66,10 @@ class HostServices:
     registrar: Registrar = field(default_factory=Registrar)
     """Every resource's Register calls, over one connection to kubelet.sock (the owner
     closes it)."""
+    cdi_pins: dict[str, dict[str, Device]] = field(default_factory=dict)
+    """Per resource with `allocate.cdi`: the devices as an Allocate handed them out, while
+    one of their IDs is booked (`cdi.CdiSpecWriter.pinned`); kept here, so a resource a
+    reload restarts keeps them."""
 
 
 @dataclass

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from kdp_host import __version__
-from kdp_host.cli import build_parser, device_cell, main
+from kdp_host.check import device_cell
+from kdp_host.cli import build_parser, main
 from kdp_host.devices import Device, DeviceNode
 from kdp_host.logs import get_logger, quote_text
 from kdp_host.ownership_bookings import OWNERSHIP_FILE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -439,20 +440,24 @@ class SlowToHangUpKubelet(RegistrationBase):
         self.events.append("register")
         channel = Channel(path=str(self.socket_dir / message.endpoint))
         stub = DevicePluginStub(channel)
-        await stub.get_device_plugin_options(Empty())
+        try:
+            await stub.get_device_plugin_options(Empty())
+        except BaseException:
+            channel.close()
+            raise
         task = asyncio.create_task(self._watch(stub, channel))
         self.tasks.add(task)
         return Empty()
 
     async def _watch(self, stub: DevicePluginStub, channel: Channel) -> None:
         try:
-            async for _ in stub.list_and_watch(Empty()):
-                pass
-        except Exception:
-            pass
-        self.events.append("stream_ended")
-        await asyncio.sleep(self.delay)
-        channel.close()
+            with contextlib.suppress(Exception):
+                async for _ in stub.list_and_watch(Empty()):
+                    pass
+            self.events.append("stream_ended")
+            await asyncio.sleep(self.delay)
+        finally:  # also when the test cancels it: the connection is this kubelet's to close
+            channel.close()
         self.events.append("hung_up")
 
 
@@ -475,6 +480,7 @@ async def test_a_resource_registers_again_only_once_the_kubelet_hung_up(
     finally:
         for task in kubelet.tasks:
             task.cancel()
+        await asyncio.gather(*kubelet.tasks, return_exceptions=True)
         server.close()
         await server.wait_closed()
 

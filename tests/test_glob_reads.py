@@ -123,23 +123,23 @@ def test_sigterm_exits_while_a_numa_file_is_a_fifo(tmp_path: Path, short_dir: Pa
         "  - name: vendor.example/accel\n"
         f'    glob: {{paths: ["{tmp_path}/dev/accel*"], numaNodeFile: "{tmp_path}/numa"}}\n'
     )
-    process = subprocess.Popen(
+    with subprocess.Popen(  # leaving the block closes the stderr pipe
         [sys.executable, "-m", "kdp_host", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert process.stderr is not None
-        for line in process.stderr:
-            if "path_skipped" in line:  # the scan got past the FIFO
-                break
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    ) as process:
+        try:
+            assert process.stderr is not None
+            for line in process.stderr:
+                if "path_skipped" in line:  # the scan got past the FIFO
+                    break
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 async def test_a_scan_that_hangs_is_a_timeout_failure_and_degrades(tmp_path: Path) -> None:

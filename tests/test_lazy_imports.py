@@ -4,11 +4,13 @@ resource configures stay unloaded (start-up time and memory of every kdp-host pr
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from kdp_host.simulator import KubeletSimulator
 
@@ -53,31 +55,33 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "hypothesis",
 )
 
-_RECORD_MODULES = """
-import atexit, sys
+_RECORD = """
+import atexit, gc, json, sys
 out = sys.argv[1]
-atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
+atexit.register(lambda: open(out, "w").write(json.dumps({
+    "modules": sorted(sys.modules), "frozen": gc.get_freeze_count(), "collects": gc.isenabled()
+})))
 from kdp_host.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
 
-async def test_a_glob_run_imports_no_module_it_does_not_use(
+async def record_a_run(
     kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path
-) -> None:
+) -> dict[str, Any]:
     """A `kdp-host run` of a glob resource, registered, its HTTP paths asked, then stopped:
-    the modules it loaded on the way hold none of the list above."""
+    what it had loaded (`modules`) and its collector's state (`frozen`, `collects`) at exit."""
     config = short_dir / "config.yaml"
     config.write_text(
         glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
         + "metrics: {listen: '127.0.0.1:0', devices: true}\n"
     )
-    loaded = short_dir / "modules.txt"
+    record = short_dir / "run.json"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        _RECORD_MODULES,
-        str(loaded),
+        _RECORD,
+        str(record),
         "run",
         "--config",
         str(config),
@@ -100,7 +104,15 @@ async def test_a_glob_run_imports_no_module_it_does_not_use(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    modules = set(loaded.read_text().split())
+    recorded: dict[str, Any] = json.loads(record.read_text())
+    return recorded
+
+
+async def test_a_glob_run_imports_no_module_it_does_not_use(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path
+) -> None:
+    """The modules a glob run loaded on the way hold none of the list above."""
+    modules = set((await record_a_run(kubelet, socket_dir, devices, short_dir))["modules"])
     assert "kdp_host.drivers.glob" in modules  # the list is the run's own
     unused = [
         name

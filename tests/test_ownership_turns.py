@@ -92,7 +92,7 @@ class Sink:
     def changed(self, document: Callable[[], Mapping[str, Any]]) -> None:
         self.document = document
 
-    async def flush(self) -> None:
+    async def written(self) -> None:
         await asyncio.sleep(0)  # (a turn of the loop, as a write through the offload takes)
 
     def booked(self) -> list[str]:

@@ -173,7 +173,7 @@ class GatedOffload:
         self.inner = DaemonThreads()
         self.armed = False
         self.before, self.after = asyncio.Event(), asyncio.Event()
-        self.waiting = self.ran = 0
+        self.waiting = self.ran = self.calls = 0
 
     def arm(self) -> None:
         self.armed = True
@@ -181,6 +181,7 @@ class GatedOffload:
         self.after.clear()
 
     async def run(self, function: Callable[[], T]) -> T:
+        self.calls += 1
         if not self.armed:
             return await self.inner.run(function)
         self.armed = False
@@ -190,6 +191,20 @@ class GatedOffload:
         self.ran += 1
         await self.after.wait()
         return result
+
+
+async def answer_then_three_more_checks(offload: GatedOffload, notifier: RecordingNotifier) -> None:
+    """Hand back the held check's answer, then let three more safety-net checks pass."""
+    offload.after.set()
+    updates = notifier.updates
+    await wait_until(lambda: notifier.updates >= updates + 3, what="more checks")
+
+
+async def stop_gated(task: asyncio.Task[None], offload: GatedOffload) -> None:
+    offload.before.set()
+    offload.after.set()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_check_that_saw_a_change_before_the_scan_that_read_it_adds_no_scan(
@@ -220,15 +235,41 @@ async def test_a_check_that_saw_a_change_before_the_scan_that_read_it_adds_no_sc
         watcher.change(str(tmp_path), "b")  # the watch wakes the loop, which scans
         await wait_until(lambda: list(notifier.devices) == ["a", "b"], what="scanned")
         assert scanner.scans == 2
-        offload.after.set()  # the check's answer ("changed") arrives now
-        updates = notifier.updates
-        await wait_until(lambda: notifier.updates >= updates + 3, what="more checks")
+        await answer_then_three_more_checks(offload, notifier)  # the answer: "changed"
         assert scanner.scans == 2
     finally:
+        await stop_gated(task, offload)
+
+
+async def test_a_check_that_began_during_the_first_scan_adds_no_scan(tmp_path: Path) -> None:
+    """A safety-net check that looks while the first scan still runs has nothing to compare
+    with ("changed"); its answer comes once that scan is done, and is about no scan at all:
+    no second scan (the flaky 2 == 1 of the first loop test, made certain)."""
+    (tmp_path / "a").touch()
+    old_dir(tmp_path)
+    offload = GatedOffload()
+    scanner = FakeScanner(tmp_path)
+    scanner.block.clear()  # the first scan waits in its thread
+    loop = ScanLoop(
+        scanner,
+        ScanSettings(0.02, 60.0, 30.0),
+        driver_deps(watcher=ManualWatcher(), offload=offload),
+    )
+    notifier = RecordingNotifier()
+    task = asyncio.create_task(loop.run(notifier))
+    try:
+        await wait_until(lambda: offload.calls == 1, what="the first scan started")
+        offload.arm()  # the next call is a safety-net check
+        await wait_until(lambda: offload.waiting == 1, what="a check about to look")
         offload.before.set()
-        offload.after.set()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await wait_until(lambda: offload.ran == 1, what="the check looked during the scan")
+        scanner.block.set()
+        await wait_until(lambda: list(notifier.devices) == ["a"], what="the first scan's list")
+        await answer_then_three_more_checks(offload, notifier)  # "changed", after the scan
+        assert scanner.scans == 1
+    finally:
+        scanner.block.set()
+        await stop_gated(task, offload)
 
 
 async def test_a_full_rescan_runs_every_n_intervals_when_asked(tmp_path: Path) -> None:

@@ -378,6 +378,8 @@ async def counted_kubelet_sock(
     server = grpclib.server.Server([kubelet])
     await server.start(path=str(backend))
     accepted: list[int] = []
+    writers: list[asyncio.StreamWriter] = []
+    forwarding: set[asyncio.Task[Any]] = set()
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
@@ -387,15 +389,27 @@ async def counted_kubelet_sock(
         writer.close()
 
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if (task := asyncio.current_task()) is not None:
+            forwarding.add(task)
         accepted.append(len(accepted))
+        writers.append(writer)
         to_reader, to_writer = await asyncio.open_unix_connection(str(backend))
+        writers.append(to_writer)
         await asyncio.gather(pipe(reader, to_writer), pipe(to_reader, writer))
 
     front = await asyncio.start_unix_server(forward, path=str(socket_dir / "kubelet.sock"))
     try:
         yield accepted
     finally:
+        # A closed server keeps the connections it accepted (until Python 3.13's
+        # close_clients): this proxy ends its own, both sides, before it goes.
         front.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*forwarding, return_exceptions=True)
+        for writer in writers:
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
         server.close()
         await server.wait_closed()
 

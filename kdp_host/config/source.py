@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, cast
 
 import yaml
+
+from ..files import FileReadError, read_attribute
 
 MAX_CONFIG_BYTES: Final = 2 * 1024 * 1024
 """Largest config file read (a ConfigMap holds at most 1 MiB)."""
@@ -64,27 +65,15 @@ class ConfigSource:
 
 
 def read_config_bytes(path: Path) -> bytes:
-    """The file's bytes: a regular file of at most MAX_CONFIG_BYTES. Raises SourceError."""
+    """The file's bytes: a regular file of at most MAX_CONFIG_BYTES, read like every small
+    file (`files.read_attribute`). Raises SourceError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SourceError([f"cannot read: {exc.strerror or exc}"]) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SourceError(["cannot read: not a regular file"])
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, 1 << 16):
-            size += len(chunk)
-            if size > MAX_CONFIG_BYTES:
-                raise SourceError([f"larger than {MAX_CONFIG_BYTES} bytes"])
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        reason = "would block" if exc.errno == errno.EAGAIN else exc.strerror or str(exc)
-        raise SourceError([f"cannot read: {reason}"]) from None
-    finally:
-        os.close(fd)
+        data = read_attribute(str(path), MAX_CONFIG_BYTES)
+    except FileReadError as exc:
+        raise SourceError([f"cannot read: {exc}"]) from None
+    if data is None:
+        raise SourceError([f"cannot read: {os.strerror(errno.ENOENT)}"])
+    return data
 
 
 def decode_config(data: bytes) -> str:

@@ -83,8 +83,11 @@ class ScanLoop(Generic[S]):
         self._unchanged_runs = 0
         """Safety-net checks in a row that found nothing changed (for `full_rescan_every`)."""
         self._scans_started = 0
-        self._check_began = 0
-        """`_scans_started` when the last safety-net check began (set off the loop)."""
+        self._scans_looked = 0
+        """`_scans_started` when the last scan's outcome was taken in (`_last` set)."""
+        self._check_compared = 0
+        """`_scans_looked` when the last safety-net check began: the scans whose outcome it
+        compared with (set off the loop)."""
 
     async def scan(self) -> list[Device]:
         """One scan, for `kdp-host check`: the devices present, by ID (what it left out is
@@ -148,7 +151,7 @@ class ScanLoop(Generic[S]):
     def unchanged_since_scan(self) -> bool:
         """Whether no watched directory changed since the last scan began (so a rescan
         would find the same). Blocking: one stat per directory."""
-        self._check_began = self._scans_started
+        self._check_compared = self._scans_looked  # read before `_last`, which is set first
         signatures = self._signatures
         watched = self._watched
         if self._last is None or not watched <= signatures.keys():
@@ -175,6 +178,7 @@ class ScanLoop(Generic[S]):
             except DriverError as exc:
                 notifier.failure(exc)
                 self._last = None
+            self._scans_looked = self._scans_started
             notifier.scanned(self._deps.clock() - started)
         result = self._last
         if result is None:
@@ -248,10 +252,12 @@ class ScanLoop(Generic[S]):
         changed (or a full rescan is due), else hand the Notifier the same list again."""
         if self._stepping or self._notifier is None:
             return  # the loop is looking or publishing now: the next check compares with that
-        if not unchanged and self._check_began != self._scans_started:
-            # A scan began after this check did: it read what the check saw (a change after
-            # it differs from that scan's signatures: the next check finds it). Rescanning
-            # again would read the same change twice.
+        if not unchanged and self._check_compared != self._scans_started:
+            # The check compared with an older scan than the latest: one began after the
+            # check did, or was still running when it began (the first scan: nothing to
+            # compare with yet). That scan read what the check saw, or signed its
+            # directories before a change the next check then finds. Rescanning now would
+            # read the same state twice.
             return
         full_every = self.settings.full_rescan_every
         if not unchanged or (full_every is not None and self._unchanged_runs >= full_every):

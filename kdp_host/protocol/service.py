@@ -55,6 +55,13 @@ class Bookings(Protocol):
     async def book(self, resource: str, ids: Iterable[str]) -> None: ...
 
 
+class Pins(Protocol):
+    """Told what an answered Allocate handed out (`cdi.CdiSpecWriter`: a held ID's CDI
+    entry keeps it)."""
+
+    def allocated(self, snapshot: Snapshot, advertised_ids: Iterable[str]) -> None: ...
+
+
 class DevicePluginService(DevicePluginBase):
     """The generated DevicePlugin service, with ListAndWatch served by a handler of its own
     (`__mapping__`, grpclib's servable protocol): `device_lists` driven under `aclosing`."""
@@ -73,6 +80,7 @@ class DevicePluginService(DevicePluginBase):
         allocate_hook: AllocateHook | None = None,
         release: ReleaseTracker | None = None,
         bookings: Bookings | None = None,
+        cdi: Pins | None = None,
     ) -> None:
         self._config = config
         self._table = table
@@ -86,6 +94,7 @@ class DevicePluginService(DevicePluginBase):
         self._allocate_hook = allocate_hook
         self._release = release
         self._bookings = bookings
+        self._cdi = cdi
         self._closing = False
         self._stream_wakes: set[asyncio.Event] = set()
         """One per open stream: set by a new table version and by `end_streams`."""
@@ -265,6 +274,9 @@ class DevicePluginService(DevicePluginBase):
         if self._release is not None:
             for request in message.container_requests:
                 self._release.allocated(request.devices_ids)
+        if self._cdi is not None:
+            for request in message.container_requests:
+                self._cdi.allocated(snapshot, request.devices_ids)
         if self._bookings is not None:
             # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
             booked = [i for request in message.container_requests for i in request.devices_ids]

@@ -618,6 +618,10 @@ def helper_process(module: str, *args: str) -> Iterator[subprocess.Popen[str]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        for pipe in (proc.stdin, proc.stdout):  # ours to close, not the garbage collector's
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # stdin: a helper gone before the flush
+                    pipe.close()
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float, what: str) -> str:

@@ -1,0 +1,103 @@
+"""`kdp-host check`: every entry scanned once, as a run's driver would report it, and the
+warnings about what the devices found reach (a node two devices reach, the root disk)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .config import Config
+from .devices import HEALTHY, UNHEALTHY, Device, DeviceTable
+from .logs import get_logger, quote_text
+from .node import NodeInfo, selects
+
+if TYPE_CHECKING:  # a module only one command uses is imported where it runs
+    from .sysfs.rootdisk import RootDisk
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    resource: str
+    driver: str
+    text: str
+    failed: bool = False
+    """The driver's scan failed (the text is its error)."""
+    device: Device | None = None
+
+
+async def scan_entries(config: Config, node: NodeInfo | None) -> list[CheckRow]:
+    """Scan every entry (or, for a node, the entries it serves). Each scan goes through the
+    reporter a run's driver reports to (`DeviceReporter`), so what it leaves out (a node
+    path `{paths}` cannot list) is left out here too, with the same `path_skipped` line."""
+    from .drivers import DriverDeps, DriverError, failure_threshold, make_driver
+    from .drivers.reporting import DeviceReporter
+    from .metrics import Metrics
+    from .watch import PollingWatcher
+
+    log = get_logger()
+    metrics = Metrics(process_collectors=False)
+    rows: list[CheckRow] = []
+    for resource in config.resources:
+        kind = resource.driver.kind
+        selected = True if node is None else selects(resource, node)
+        if not selected:
+            why = "selects by label: give --node-label" if selected is None else "another node's"
+            rows.append(CheckRow(resource.name, kind, f"(not scanned: {why})"))
+            continue
+        deps = DriverDeps(log.bind(resource=resource.name), PollingWatcher(log))
+        try:
+            scanned = await make_driver(resource.driver, deps).scan()
+        except DriverError as exc:
+            rows.append(CheckRow(resource.name, kind, f"driver error: {quote_text(exc)}", True))
+            continue
+        table = DeviceTable()
+        DeviceReporter(
+            table,
+            resource=resource.name,
+            log=deps.log,
+            metrics=metrics,
+            failure_threshold=failure_threshold(resource.driver),
+        ).update(scanned)
+        devices = sorted(table.snapshot.devices, key=lambda d: d.id)
+        if not devices:
+            rows.append(CheckRow(resource.name, kind, "(no devices found now)"))
+        rows.extend(
+            CheckRow(resource.name, kind, device_cell(device), device=device) for device in devices
+        )
+    return rows
+
+
+def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
+    """A line for each device that would hand out the root filesystem's disk."""
+    return [
+        f"warning: {row.resource} hands out the root filesystem's disk: "
+        f"{quote_text(node.host_path)}"
+        for row in rows
+        if row.device is not None
+        for node in row.device.nodes
+        if root.holds(node.host_path)
+    ]
+
+
+def overlap_warnings(rows: list[CheckRow]) -> list[str]:
+    """One line per node or mount source two devices would reach: the host advertises one of
+    them at a time (docs: Reliability, one node, one advertised device; booked claims)."""
+    from .ownership_claims import overlaps
+
+    found = overlaps((row.resource, row.device) for row in rows if row.device is not None)
+    return [
+        f"warning: {quote_text(o.path)} is reachable from {quote_text(o.first.resource)} "
+        f"(device {quote_text(o.first.device)}) and {quote_text(o.second.resource)} (device "
+        f"{quote_text(o.second.device)}): only one is advertised at a time, the one a pod "
+        "holds it through, else the first to list it"
+        for o in found
+    ]
+
+
+def device_cell(device: Device) -> str:
+    """A device in `check`'s table: ID and paths quoted, so nothing in them breaks the line."""
+    where = ", ".join(quote_text(node.host_path) for node in device.nodes) or "-"
+    numa = "" if device.numa is None else f" numa={device.numa}"
+    health = HEALTHY if device.healthy else UNHEALTHY
+    return f"{quote_text(device.id)} {health}{numa} {where}"

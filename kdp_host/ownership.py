@@ -49,9 +49,8 @@ Rules:
   ID, or is replaced when the kubelet allocates the same ID again. With PodResources
   polling off nothing can show the pod ended: a booking then lives until the ID is
   allocated again, or until it is dropped with `kdp-host unbook` while kdp-host is stopped;
-  a device it holds says so in its `device_held` line. An ID PodResources shows a pod
-  holding with no booking (admitted before bookings were kept, or the file was lost) is
-  booked then with its device's claims (`ownership_adopt`).
+  a device it holds says so in its `device_held` line. An ID a pod holds with no booking
+  (admitted before bookings were kept, or the file was lost) is booked (`ownership_adopt`).
 """
 
 from __future__ import annotations
@@ -70,6 +69,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
+from .ownership_bookings import what_releases
 from .ownership_claims import Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
@@ -220,6 +220,7 @@ class OwnershipIndex(BookingAllocations):
         # unless the resource never listed a device.
         state.plain = not state.admitted_from and not state.owned and not state.lingering
         state.replicas = replicas
+        self._adoption.unchecked.add(resource)
 
         def detach() -> None:
             """The runtime stopped: an admission waiting for paths is dropped with it."""
@@ -252,18 +253,18 @@ class OwnershipIndex(BookingAllocations):
         whose device no pod holds is released (its waiter is advertised), once the answer
         was asked for well after the booking, or after the device stopped being advertised
         (the kubelet may have admitted a pod with it until it heard of that)."""
-        ledger = self._ledger
+        ledger, adoption = self._ledger, self._adoption
+        adoption.heard = holdings
         released = ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
-        adopted = self._adoption.book_held(
-            holdings, self._resources, self._exclusive, self._clock()
-        )
-        if released or adopted:
+        booked = adoption.book_held(holdings, self._resources, self._exclusive, self._clock())
+        if released or booked:
             ledger.changed()
-        booked = self._ledger.booked
+        self._pending.update(dict.fromkeys(adoption.stale))
+        booked_keys = ledger.booked
         for state in self._resources.values():
             held = holdings.of(state.name)
             for key, (since, _) in list(state.lingering.items()):
-                if holdings.asked_at < since + HEARD_AFTER or key in booked:
+                if holdings.asked_at < since + HEARD_AFTER or key in booked_keys:
                     continue
                 device = self._exclusive[key].device
                 if not any(_advertises(a, device) for a in held):
@@ -271,6 +272,7 @@ class OwnershipIndex(BookingAllocations):
                     released = True
         if released:
             self._wake_waiting("")
+        if released or adoption.stale:
             self._drain()
 
     # ------------------------------------------------------------------ publishing
@@ -287,17 +289,8 @@ class OwnershipIndex(BookingAllocations):
         self._drain()
         return changed
 
-    def _what_releases(self, why: Holding) -> str:
-        if why.reason != "booked":
-            return "not advertised until the owner is gone"
-        if self.pod_resources:
-            return "not advertised until PodResources shows no pod holding the booked ID"
-        return (
-            "not advertised while the booking lives: PodResources polling is off "
-            "(kubelet.podResourcesInterval: 0s), so nothing shows its pod ended; it ends when "
-            "the kubelet allocates the booked ID again, or with `kdp-host unbook` run while "
-            "kdp-host is stopped"
-        )
+    def _admit_again(self, state: ResourceState) -> bool:
+        return self._adoption.admitted(state, self._exclusive, self._clock())
 
     def _note_held(
         self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
@@ -321,7 +314,7 @@ class OwnershipIndex(BookingAllocations):
                     owner_device=owner.device,
                     owner_advertised=bool(owner_state and owner.device in owner_state.owned),
                     owner_retired=bool(owner_state and owner_state.retired),
-                    action=self._what_releases(why),
+                    action=what_releases(why.reason, self.pod_resources),
                 )
         for device_id in state.held.keys() - holding.keys():
             if log is not None and device_id in ids:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 
 from .devices import physical_id
-from .ownership_adopt import claims_now
+from .ownership_adopt import DeviceClaims
 from .ownership_claims import Claim, Owner, claim_of
 from .ownership_gate import AdmissionGate
 
@@ -86,9 +86,10 @@ class BookingAllocations(AdmissionGate):
             return False
         now = self._clock()
         changed = False
+        devices = DeviceClaims(state, self._exclusive)
         for kubelet_id in ids:
             device = physical_id(kubelet_id, state.replicas or 1)
-            booked = claims_now(state, self._exclusive, device)
+            booked = devices.of(device)
             own = {claim[0] for claim in booked}
             extra = tuple(c for c in places.get(kubelet_id, ()) if c[0] not in own)
             owner = Owner(resource, kubelet_id)

@@ -173,6 +173,21 @@ def _discard(index: dict[Any, set[Owner]], key: object, owner: Owner) -> None:
             del index[key]
 
 
+def what_releases(reason: str, pod_resources: bool) -> str:
+    """What ends the holding of a device held for `reason` (its `device_held` line's
+    `action`), with PodResources polling on or off."""
+    if reason != "booked":
+        return "not advertised until the owner is gone"
+    if pod_resources:
+        return "not advertised until PodResources shows no pod holding the booked ID"
+    return (
+        "not advertised while the booking lives: PodResources polling is off "
+        "(kubelet.podResourcesInterval: 0s), so nothing shows its pod ended; it ends when "
+        "the kubelet allocates the booked ID again, or with `kdp-host unbook` run while "
+        "kdp-host is stopped"
+    )
+
+
 def ownership_file(directory: str, log: EventLogger, offload: Offload) -> StateFile:
     """`<directory>/ownership.json`, where the bookings are kept."""
     return StateFile(

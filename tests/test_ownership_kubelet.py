@@ -414,6 +414,19 @@ def pod_resources_answers(config: Path) -> float:
     return float(found[1]) if found else 0.0
 
 
+async def restart_without_bookings(kubelet: RealKubelet, host: KdpProcess, config: Path) -> None:
+    """SIGKILL, ownership.json gone, start again: return once a PodResources answer came
+    after the restarted host listed (what the host books from it is booked then)."""
+    await host.stop()
+    (config.parent / "state" / OWNERSHIP_FILE).unlink()
+    await restart(kubelet, host, FPGA)
+    answered = await asyncio.to_thread(pod_resources_answers, config)
+    await kubelet.await_for(
+        lambda _: pod_resources_answers(config) > answered,
+        what="a PodResources answer after the restarted host listed",
+    )
+
+
 async def test_a_pod_admitted_before_bookings_were_kept_keeps_its_node_after_a_rename(
     real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
 ) -> None:
@@ -428,14 +441,7 @@ async def test_a_pod_admitted_before_bookings_were_kept_keeps_its_node_after_a_r
     host = await kdp_process(config)
     await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]
-    await host.stop()
-    (short_dir / "state" / OWNERSHIP_FILE).unlink()
-    await restart(kubelet, host, FPGA)
-    answered = await asyncio.to_thread(pod_resources_answers, config)
-    await kubelet.await_for(
-        lambda _: pod_resources_answers(config) > answered,
-        what="a PodResources answer after the restarted host listed fpga0",
-    )
+    await restart_without_bookings(kubelet, host, config)
     before = await kubelet.acall(kubelet.last_seq)
     config.write_text(config.read_text().replace("    glob:", "    replicas: 2\n    glob:"))
     host.reload()
@@ -443,6 +449,29 @@ async def test_a_pod_admitted_before_bookings_were_kept_keeps_its_node_after_a_r
     assert await grants(kubelet, FPGA, "p2", "p3") == [], f"p1 holds fpga0 ({listed})"
     await kubelet.acall(kubelet.release, "p1")
     await kubelet.await_for(healthy(FPGA, 2), what="both replicas once p1 is gone")
+
+
+async def test_replicas_changed_while_down_with_no_bookings_kept_adds_no_user(
+    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
+) -> None:
+    """`replicas: 2` -> `1` while kdp-host is down, ownership.json gone, p1 and p2 holding
+    fpga0::0 and fpga0::1: fpga0 is booked from PodResources (the replica IDs are fpga0's)
+    and waits; only fpga1 goes to new pods."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    (devices / "fpga1").unlink()
+    entry = f'  - name: {FPGA}\n    replicas: 2\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    config = booked_config(kubelet, short_dir, entry)
+    host = await kdp_process(config)
+    await kubelet.await_for(healthy(FPGA, 2), what="fpga0::0 and fpga0::1 advertised")
+    assert await grants(kubelet, FPGA, "p1", "p2") == [{str(devices / "fpga0")}] * 2
+    (devices / "fpga1").touch()
+    config.write_text(config.read_text().replace("    replicas: 2\n", ""))
+    await restart_without_bookings(kubelet, host, config)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 held once p1 and p2 are seen")
+    assert await grants(kubelet, FPGA, "p3", "p4") == [{str(devices / "fpga1")}]
+    for pod in ("p1", "p2"):
+        await kubelet.acall(kubelet.release, pod)
+    await kubelet.await_for(healthy(FPGA, 2), what="fpga0 again once p1 and p2 ended")
 
 
 async def test_hostile_1_a_restart_after_a_renaming_reload_keeps_the_booked_node(

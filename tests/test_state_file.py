@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -86,6 +87,14 @@ async def test_a_state_file_that_cannot_be_read_is_kept_aside_too(
     await state.flush()
     await wait_until(lambda: (tmp_path / OWNERSHIP_FILE).is_file(), what="the file written")
     assert state.write_failures == 0
+
+
+async def test_a_fifo_in_place_of_the_file_never_blocks_the_start(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / OWNERSHIP_FILE)
+    state = ownership_file(str(tmp_path), get_logger(), DaemonThreads())
+    loaded = DaemonThreads().run(lambda: state.load(read_saved))  # a daemon: never waited on
+    assert await asyncio.wait_for(loaded, 30) is None
+    assert state.unknown and (tmp_path / (OWNERSHIP_FILE + ".unreadable")).is_fifo()
 
 
 class HungWrites:

@@ -7,10 +7,12 @@ resource's `DeviceReporter` writes to through `OwnedTable`). Each device claims 
 put into a container:
 
 - every DeviceSpec host path: a character or block node by its device number (so a second
-  node or a link for it is the same claim), anything else by its resolved real path;
-- every mount source of the device, by its resolved real path.
+  node or a link for it is the same claim), any other file or a directory by its inode (a
+  hard link or a rename is the same claim), a path where nothing is by its text;
+- every mount source of the device, the same way;
+- a sysfs device itself, by its directory in sysfs (one that passes no node is one device).
 
-A directory mounted into a container holds everything below it, so a claim below a
+A directory mounted into a container holds everything below its real path, so a claim below a
 directory another device claims (a mount of `/dev/dri` and the node `/dev/dri/card0`), or a
 directory with another's claim below it, clashes as if both were one claim.
 
@@ -70,7 +72,7 @@ from .metrics import Metrics
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
 from .ownership_bookings import what_releases
-from .ownership_claims import Claims, Reached, Resolver, host_paths, places
+from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
@@ -158,7 +160,9 @@ class OwnershipIndex(BookingAllocations):
         watcher = self._watcher
         if watcher is None:
             return
-        for _, path, _ in claims.all():
+        for key, path, _ in claims.all():
+            if key[0] == SYSFS:
+                continue  # (not resolved from its path: its driver follows the device)
             directory = os.path.dirname(path)
             users = self._followed.get(directory)
             if users is None:

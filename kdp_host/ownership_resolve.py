@@ -25,7 +25,15 @@ from typing import Final, Literal
 from .files import Offload
 from .metrics import Metrics
 from .ownership_admission import Admission
-from .ownership_claims import ClaimKey, Reached, Resolver, host_paths, places, reach
+from .ownership_claims import (
+    ClaimKey,
+    Reached,
+    Resolver,
+    host_paths,
+    places,
+    reach,
+    still_reaches,
+)
 from .ownership_table import Pace, ResourceState
 
 UNRESOLVED_REASON: Final = "read_timeout"
@@ -290,4 +298,4 @@ class Resolving(Admission):
                 return True
             self._fresh.update(self._paths.inline([path]))
         reached = self._fresh[path]
-        return isinstance(reached, str) or (reached is not None and reached[0] == key)
+        return isinstance(reached, str) or still_reaches(key, reached)

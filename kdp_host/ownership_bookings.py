@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .devices import replica_ids
+from .devices import advertises, replica_ids
 from .files import Offload
 from .logs import EventLogger
 from .ownership_claims import Claim, ClaimKey, Claims, Owner, owner_order
@@ -165,14 +165,16 @@ def bookings_document(
 
 
 def read_saved(document: Mapping[str, Any]) -> Saved:
-    """The bookings of `ownership.json`, checked: text resource, id, device, paths and real
-    paths; a claim `kind` of `c` or `b` with a device number, or `path` or `dir` with a
-    path."""
+    """The bookings of `ownership.json`, checked: text resource, id, device (the id, or the
+    device the id is a replica of), paths and real paths; a claim `kind` of `c` or `b` with
+    a device number, or `path` or `dir` with a path."""
     saved: Saved = []
     for entry in document["bookings"]:
         texts = [entry[name] for name in ("resource", "id", "device")]
         if not all(isinstance(text, str) and text for text in texts):
             raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
+        if not advertises(texts[1], texts[2]):
+            raise ValueError(f"a booking's id must be its device or a replica of it: {entry!r}")
         claims: list[Claim] = []
         for claim in entry["claims"]:
             kind, value = claim["kind"], claim["key"]

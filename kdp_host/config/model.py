@@ -841,7 +841,8 @@ class ReleaseConfig:
         Choice(("ignore", "unhealthy")),
         "`unhealthy`: a device whose release failed is reported Unhealthy until a later "
         "release succeeds (retried with backoff, and at the next container start on it) or "
-        "its `health` command passes. `ignore`: it stays Healthy. Either way the release "
+        "its `health` command passes, also when it is unplugged and plugged in again "
+        "meanwhile. `ignore`: it stays Healthy. Either way the release "
         "stays pending: the next container start on the device runs it again and fails "
         "with its error if it fails again.",
         default="unhealthy",

@@ -80,19 +80,14 @@ def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
     ]
 
 
-def overlap_warnings(rows: list[CheckRow]) -> list[str]:
-    """One line per node or mount source two devices would reach: the host advertises one of
-    them at a time (docs: Reliability, one node, one advertised device; booked claims)."""
-    from .ownership_claims import overlaps
+def overlap_warnings(rows: list[CheckRow], config: Config) -> list[str]:
+    """One line per node or mount source two devices (or a resource's `allocate.mounts` and
+    a device) would reach (docs: Reliability, one node, one advertised device)."""
+    from .ownership_claims import overlap_warnings as warnings
 
-    found = overlaps((row.resource, row.device) for row in rows if row.device is not None)
-    return [
-        f"warning: {quote_text(o.path)} is reachable from {quote_text(o.first.resource)} "
-        f"(device {quote_text(o.first.device)}) and {quote_text(o.second.resource)} (device "
-        f"{quote_text(o.second.device)}): only one is advertised at a time, the one a pod "
-        "holds it through, else the first to list it"
-        for o in found
-    ]
+    devices = [(row.resource, row.device) for row in rows if row.device is not None]
+    mounts = {r.name: [m.host_path for m in r.allocate.mounts] for r in config.resources}
+    return warnings(devices, mounts, quote_text)
 
 
 def device_cell(device: Device) -> str:

@@ -150,7 +150,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
     for row in rows:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
-    for warning in overlap_warnings(rows):
+    for warning in overlap_warnings(rows, config):
         print(warning, file=sys.stderr)
     from .sysfs.rootdisk import find_root_disk
 

@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from grpclib.const import Status
 
 from .allocation import AllocationBuilder, AllocationError, device_env, hook_values
 from .api.v1beta1 import ContainerAllocateResponse
-from .command_output import ContainerExtras, ProbeOutputError, parse_allocate_output
+from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot
 from .logs import EventLogger
 from .metric_labels import HookName, HookResult
 from .metrics import Metrics
-from .ownership_claims import Owner
 from .process import CommandError, CommandResult, CommandRunner
 
 STDERR_IN_STATUS = 512
@@ -190,31 +189,9 @@ class AllocateHook:
     commands: CommandRunner
     metrics: Metrics
     log: EventLogger
-    owners_of: Callable[[Sequence[str]], Awaitable[Mapping[str, Owner | None]]] | None = None
-    """The device of the host that owns each host path (the ownership index): the output
-    may not name a node or mount source another device owns."""
 
     def __post_init__(self) -> None:
         self.metrics.add_allocate_hook(self.resource)
-
-    async def _check_owners(
-        self, what: str, physical: Sequence[Device], extras: ContainerExtras
-    ) -> None:
-        """Raise HookFailed (INVALID_ARGUMENT) when the output names a node or mount source
-        that another device of the host owns (advertised, or held by a pod)."""
-        paths = [node.host_path for node in extras.nodes]
-        paths += [mount.host_path for mount in extras.mounts]
-        if self.owners_of is None or not paths:
-            return
-        mine = {device.id for device in physical}
-        for path, owner in (await self.owners_of(paths)).items():
-            if owner is not None and not (owner.resource == self.resource and owner.device in mine):
-                raise HookFailed(
-                    Status.INVALID_ARGUMENT,
-                    "parse",
-                    f"{what} output names {path}, which device {owner.device} of "
-                    f"{owner.resource} owns",
-                )
 
     async def response(
         self, builder: AllocationBuilder, snapshot: Snapshot, requested_ids: Sequence[str]
@@ -238,7 +215,6 @@ class AllocateHook:
                 raise HookFailed(
                     Status.FAILED_PRECONDITION, "parse", f"{what} output does not parse: {exc}"
                 ) from None
-            await self._check_owners(what, physical, extras)
             try:
                 response = builder.container_response(snapshot, requested_ids, extras)
             except AllocationError as exc:

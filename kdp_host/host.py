@@ -28,14 +28,7 @@ from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
 from .nfd import NodeFeatureFile
-from .node import (
-    NodeInfo,
-    NodeLabelSource,
-    Selection,
-    needs_labels,
-    select_for_node,
-    settled,
-)
+from .node import NodeInfo, NodeLabelSource, Selection, needs_labels, select_for_node, settled
 from .ownership import OwnershipIndex
 from .ownership_adopt import WITHOUT_POD_RESOURCES
 from .ownership_bookings import ownership_file, read_saved
@@ -184,7 +177,7 @@ class Host:
             pod_resources=self.pod_resources,
             release_state=release_state,
             ownership=self.ownership,
-            status_changed=self._refresh_readiness,
+            status_changed=self._status_changed,
             registry_wait=self.registry_wait,
             offload=self.offload,
             node_features=node_features,
@@ -216,6 +209,7 @@ class Host:
         try:
             for resource in self.selection.config.resources:
                 supervisor.start(resource)
+            self._refresh_readiness()
             self._log_selection()
             self._follow_labels_if_needed()
             await asyncio.wait({stop_task, *internal}, return_when=asyncio.FIRST_COMPLETED)
@@ -238,8 +232,16 @@ class Host:
             await asyncio.gather(*internal, return_exceptions=True)
             self.log.info("host_stopped")
 
+    def _status_changed(self, name: str) -> None:
+        """/readyz follows a resource's status change at once: its own entry is worked out
+        again, not every resource's (that was O(resources²) while they start)."""
+        if (supervisor := self._supervisor) is not None:
+            self.health.resource_readiness(name, supervisor.not_ready_reason(name))
+            if supervisor.gave_up(name) != (name in self.health.dead):
+                self.health.dead = tuple(supervisor.dead_resources())
+
     def _refresh_readiness(self) -> None:
-        """/readyz follows every status change at once (and each probe refreshes it)."""
+        """Every resource's readiness, and the dead ones (each probe refreshes them too)."""
         if self._supervisor is not None:
             self.health.not_ready = self.not_ready()
             self.health.dead = tuple(self._supervisor.dead_resources())

@@ -49,9 +49,8 @@ Rules:
   ID, or is replaced when the kubelet allocates the same ID again. With PodResources
   polling off nothing can show the pod ended: a booking then lives until the ID is
   allocated again, or until it is dropped with `kdp-host unbook` while kdp-host is stopped;
-  a device it holds says so in its `device_held` line. An ID PodResources shows a pod
-  holding with no booking (admitted before bookings were kept, or the file was lost) is
-  booked then with its device's claims (`ownership_adopt`).
+  a device it holds says so in its `device_held` line. An ID a pod holds with no booking
+  (admitted before bookings were kept, or the file was lost) is booked (`ownership_adopt`).
 """
 
 from __future__ import annotations
@@ -64,13 +63,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .devices import Device, advertises, physical_id
+from .devices import Device, advertises
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
-from .ownership_adopt import Adoption, claims_now
-from .ownership_claims import Claims, Owner, Reached, Resolver, host_paths, places
-from .ownership_gate import ADMISSION_CHUNK, AdmissionGate
+from .ownership_adopt import Adoption
+from .ownership_allocate import BookingAllocations
+from .ownership_bookings import what_releases
+from .ownership_claims import Claims, Reached, Resolver, host_paths, places
+from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
 
@@ -84,6 +85,7 @@ HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
 ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
 for later shows every pod that can hold it."""
+
 
 HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
@@ -99,11 +101,12 @@ def _through(device: Device, directory: str, paths: set[str] | None) -> bool:
     return any(_in(host_path, directory, paths) for host_path in host_paths(device))
 
 
-class OwnershipIndex(AdmissionGate):
+class OwnershipIndex(BookingAllocations):
     """The host-wide index of claims (one per host, passed to every resource). Built in
     layers, one module each: the claim table (`ownership_table.ClaimTable`), admission
     (`ownership_admission.Admission`), resolving off the loop (`ownership_resolve.Resolving`),
-    one admission at a time in bounded turns of the loop (`ownership_gate.AdmissionGate`);
+    one admission at a time in bounded turns of the loop (`ownership_gate.AdmissionGate`),
+    booking an answered Allocate (`ownership_allocate.BookingAllocations`);
     this adds runtimes, publishing, PodResources answers and the watcher.
 
     A claim whose device stops being advertised (it left the list, is held, or its resource
@@ -209,6 +212,7 @@ class OwnershipIndex(AdmissionGate):
         # unless the resource never listed a device.
         state.plain = not state.admitted_from and not state.owned and not state.lingering
         state.replicas = replicas
+        self._adoption.unchecked.add(resource)
 
         def detach() -> None:
             """The runtime stopped: an admission waiting for paths is dropped with it."""
@@ -241,18 +245,18 @@ class OwnershipIndex(AdmissionGate):
         whose device no pod holds is released (its waiter is advertised), once the answer
         was asked for well after the booking, or after the device stopped being advertised
         (the kubelet may have admitted a pod with it until it heard of that)."""
-        ledger = self._ledger
+        ledger, adoption = self._ledger, self._adoption
+        adoption.heard = holdings
         released = ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
-        adopted = self._adoption.book_held(
-            holdings, self._resources, self._exclusive, self._clock()
-        )
-        if released or adopted:
+        booked = adoption.book_held(holdings, self._resources, self._exclusive, self._clock())
+        if released or booked:
             ledger.changed()
-        booked = self._ledger.booked
+        self._pending.update(dict.fromkeys(adoption.stale))
+        booked_keys = ledger.booked
         for state in self._resources.values():
             held = holdings.of(state.name)
             for key, (since, _) in list(state.lingering.items()):
-                if holdings.asked_at < since + HEARD_AFTER or key in booked:
+                if holdings.asked_at < since + HEARD_AFTER or key in booked_keys:
                     continue
                 device = self._exclusive[key].device
                 if not any(advertises(a, device) for a in held):
@@ -260,30 +264,8 @@ class OwnershipIndex(AdmissionGate):
                     released = True
         if released:
             self._wake_waiting("")
+        if released or adoption.stale:
             self._drain()
-
-    # ------------------------------------------------------------------ bookings
-
-    async def book(self, resource: str, ids: Iterable[str]) -> None:
-        """The kubelet booked `ids` of `resource` (an Allocate is answered): record each with
-        the claims of its device, and return once `<stateDir>/ownership.json` holds them
-        (nothing is written when the bookings are the ones recorded already)."""
-        ledger = self._ledger
-        if self._book(resource, ids) and ledger.sink is not None:
-            ledger.changed()
-            await ledger.sink.flush()
-
-    def _book(self, resource: str, ids: Iterable[str]) -> bool:
-        state = self._resources.get(resource)
-        if state is None:
-            return False
-        now = self._clock()
-        changed = False
-        for kubelet_id in ids:
-            device = physical_id(kubelet_id, state.replicas or 1)
-            booked = claims_now(state, self._exclusive, device)
-            changed |= self._ledger.record(Owner(resource, kubelet_id), device, booked, now)
-        return changed
 
     # ------------------------------------------------------------------ publishing
 
@@ -299,17 +281,8 @@ class OwnershipIndex(AdmissionGate):
         self._drain()
         return changed
 
-    def _what_releases(self, why: Holding) -> str:
-        if why.reason != "booked":
-            return "not advertised until the owner is gone"
-        if self.pod_resources:
-            return "not advertised until PodResources shows no pod holding the booked ID"
-        return (
-            "not advertised while the booking lives: PodResources polling is off "
-            "(kubelet.podResourcesInterval: 0s), so nothing shows its pod ended; it ends when "
-            "the kubelet allocates the booked ID again, or with `kdp-host unbook` run while "
-            "kdp-host is stopped"
-        )
+    def _admit_again(self, state: ResourceState) -> bool:
+        return self._adoption.admitted(state, self._exclusive, self._clock())
 
     def _note_held(
         self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
@@ -333,7 +306,7 @@ class OwnershipIndex(AdmissionGate):
                     owner_device=owner.device,
                     owner_advertised=bool(owner_state and owner.device in owner_state.owned),
                     owner_retired=bool(owner_state and owner_state.retired),
-                    action=self._what_releases(why),
+                    action=what_releases(why.reason, self.pod_resources),
                 )
         for device_id in state.held.keys() - holding.keys():
             if log is not None and device_id in ids:

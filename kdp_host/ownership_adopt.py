@@ -7,11 +7,13 @@ reload or a restart that renames the device would advertise its node again under
 So each PodResources answer is also read the other way round (`Adoption.book_held`): an ID
 of one of the host's resources that a pod holds and no booking holds is booked with the
 claims its device has now (advertised, or lingering since it stopped being advertised), as
-an Allocate would have booked it. An ID whose resource, listing now, has no such device (it
-was renamed or unplugged while kdp-host was down) has nothing to hold: it is logged once
-while it stays so (`held_id_not_present`). Both are counted
-(`kdp_pod_resources_unbooked_total{result}`). With PodResources polling off nothing shows
-who holds what: the host says so at start (`WITHOUT_POD_RESOURCES`).
+an Allocate would have booked it; a replica ID `<id>::<k>` whose resource has no such device
+is the device `<id>`'s if it has one (`replicas` changed while kdp-host was down: the device
+then waits for the pod, as after a live change, its resource admitted again). An ID whose
+resource, listing now, has no such device (it was renamed or unplugged while kdp-host was
+down) has nothing to hold: it is logged once while it stays so (`held_id_not_present`).
+Both are counted (`kdp_pod_resources_unbooked_total{result}`). With PodResources polling
+off nothing shows who holds what: the host says so at start (`WITHOUT_POD_RESOURCES`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .devices import physical_id
+from .devices import REPLICA_SEPARATOR, physical_id, replica_ids
 from .metric_labels import UnbookedResult
 from .metrics import Metrics
 from .ownership_bookings import Ledger
@@ -39,16 +41,29 @@ WITHOUT_POD_RESOURCES = (
 )
 
 
-def claims_now(
-    state: ResourceState, exclusive: Mapping[ClaimKey, Owner], device: str
-) -> tuple[Claim, ...]:
-    """The exclusive claims of `device` of the resource now: advertised, or lingering (it
-    stopped being advertised); () when it has none."""
-    claims = state.owned.get(device)
-    if claims is not None:
-        return claims.exclusive
-    me = Owner(state.name, device)
-    return tuple(claim for key, (_, claim) in state.lingering.items() if exclusive.get(key) == me)
+class DeviceClaims:
+    """The exclusive claims of a resource's devices now: advertised, or lingering (the device
+    stopped being advertised); the lingering ones are sorted by device on first need, once
+    for any number of devices."""
+
+    def __init__(self, state: ResourceState, exclusive: Mapping[ClaimKey, Owner]) -> None:
+        self._state = state
+        self._exclusive = exclusive
+        self._lingering: dict[str, list[Claim]] | None = None
+
+    def of(self, device: str) -> tuple[Claim, ...]:
+        """() when the device has none."""
+        claims = self._state.owned.get(device)
+        if claims is not None:
+            return claims.exclusive
+        if self._lingering is None:
+            self._lingering = {}
+            name = self._state.name
+            for key, (_, claim) in self._state.lingering.items():
+                owner = self._exclusive.get(key)
+                if owner is not None and owner.resource == name:
+                    self._lingering.setdefault(owner.device, []).append(claim)
+        return tuple(self._lingering.get(device, ()))
 
 
 @dataclass
@@ -59,6 +74,31 @@ class Adoption:
     metrics: Metrics | None = None
     noted: set[Owner] = field(default_factory=set)
     """Held IDs without a device, logged already (not again while a pod holds them)."""
+    heard: Holdings | None = None
+    """The last PodResources answer."""
+    unchecked: set[str] = field(default_factory=set)
+    """Resources whose runtime has not been admitted yet since it attached."""
+    stale: set[str] = field(default_factory=set)
+    """Resources with a device booked under an ID it is not advertised under: held
+    (`Ledger.conflict`) once the resource is admitted again in full."""
+
+    def admitted(
+        self, state: ResourceState, exclusive: Mapping[ClaimKey, Owner], now: float
+    ) -> bool:
+        """`state` was admitted, its list not given yet: at its runtime's first admission,
+        book what the last answer (it may have come before the resource listed, as at
+        start) shows its pods hold. True: admit it again, in full (set here, after the
+        admission that would set them back)."""
+        name = state.name
+        if name in self.unchecked:
+            self.unchecked.discard(name)
+            if self.heard is not None and self.book_held(self.heard, {name: state}, exclusive, now):
+                self.ledger.changed()
+        if name not in self.stale:
+            return False
+        self.stale.discard(name)
+        state.settled = state.plain = False
+        return True
 
     def book_held(
         self,
@@ -68,8 +108,9 @@ class Adoption:
         now: float,
     ) -> bool:
         """Book every ID of `resources` that `holdings` shows held and no booking holds;
-        True if one was booked. A resource that has not listed since its runtime started
-        is left for a later answer."""
+        True if one was booked (a resource whose device it holds under another ID is then
+        `stale`). A resource that has not listed since its runtime started is left for its
+        first admission (`admitted`)."""
         ledger = self.ledger
         booked = False
         noted = {o for o in self.noted if o.device in holdings.of(o.resource)}
@@ -77,16 +118,23 @@ class Adoption:
             state = resources.get(name)
             if state is None:
                 continue  # not one of ours
+            devices = DeviceClaims(state, exclusive)
             for kubelet_id, holders in held.items():
                 owner = Owner(name, kubelet_id)
                 if owner in ledger.bookings:
                     continue
                 device = physical_id(kubelet_id, state.replicas or 1)
-                claims = claims_now(state, exclusive, device)
+                claims = devices.of(device)
+                if not claims and REPLICA_SEPARATOR in kubelet_id:
+                    # a replica ID of another replica count (`replicas` changed meanwhile)
+                    device = kubelet_id.rpartition(REPLICA_SEPARATOR)[0]
+                    claims = devices.of(device)
                 if claims:
                     ledger.record(owner, device, claims, now)
                     booked = True
                     self._note(state, kubelet_id, holders, "booked")
+                    if kubelet_id not in replica_ids(device, state.replicas or 1):
+                        self.stale.add(name)
                 elif state.settled and not state.retired and owner not in noted:
                     noted.add(owner)
                     self._note(state, kubelet_id, holders, "not_present")

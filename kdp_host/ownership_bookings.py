@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from .devices import advertises, replica_ids
 from .files import Offload
 from .logs import EventLogger
-from .ownership_claims import Claim, ClaimKey, Claims, Owner, owner_order
+from .ownership_claims import Claim, ClaimKey, Claims, Owner, ancestors, below, owner_order
 from .state_file import StateFile
 
 OWNERSHIP_FILE = "ownership.json"
@@ -38,6 +38,11 @@ class Booking:
     since: float
     """When it was last booked (index clock): a PodResources answer asked for later than
     `HEARD_AFTER` after it shows the pod."""
+    places: tuple[Claim, ...] = ()
+    """What the Allocate answer handed out besides the device's own claims (the nodes and
+    mount sources of `allocate.mounts` and of the `allocate.command`'s output): no device
+    reaching one of them (the same place, below it, or a directory above it) is
+    advertised while the booking lives; other allocations may share them."""
 
 
 class StateSink(Protocol):
@@ -45,11 +50,11 @@ class StateSink(Protocol):
 
     def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
 
-    async def flush(self) -> None: ...
+    async def written(self) -> None: ...
 
 
-Saved = list[tuple[Owner, str, tuple[Claim, ...]]]
-"""Bookings read back: (resource, booked ID), the device's ID, its claims."""
+Saved = list[tuple[Owner, str, tuple[Claim, ...], tuple[Claim, ...]]]
+"""Bookings read back: (resource, booked ID), the device's ID, its claims, its places."""
 
 
 class Ledger:
@@ -59,33 +64,47 @@ class Ledger:
         self.bookings: dict[Owner, Booking] = {}
         """(resource, ID the kubelet booked) -> what it booked: what the file holds."""
         self.booked: dict[ClaimKey, set[Owner]] = {}
-        """Claim -> the bookings that hold it."""
+        """Claim (of a device or a place) -> the bookings that hold it."""
+        self.places: dict[str, set[Owner]] = {}
+        """Real path of a booked place -> the bookings that handed it out."""
         self.sink: StateSink | None = None
 
     def add(self, owner: Owner, booking: Booking) -> None:
         self.bookings[owner] = booking
-        for claim in booking.claims:
+        for claim in (*booking.claims, *booking.places):
             self.booked.setdefault(claim[0], set()).add(owner)
+        for _, _, real in booking.places:
+            self.places.setdefault(real, set()).add(owner)
 
     def drop(self, owner: Owner) -> None:
         booking = self.bookings.pop(owner)
-        for key, _, _ in booking.claims:
-            holders = self.booked.get(key)
-            if holders is not None:
-                holders.discard(owner)
-                if not holders:
-                    del self.booked[key]
+        for key, _, _ in (*booking.claims, *booking.places):
+            _discard(self.booked, key, owner)
+        for _, _, real in booking.places:
+            _discard(self.places, real, owner)
 
-    def record(self, owner: Owner, device: str, claims: tuple[Claim, ...], now: float) -> bool:
-        """Book `owner` with `claims`; False when it is booked so already (only its time is
-        refreshed: nothing to write)."""
+    def record(
+        self,
+        owner: Owner,
+        device: str,
+        claims: tuple[Claim, ...],
+        now: float,
+        places: tuple[Claim, ...] = (),
+    ) -> bool:
+        """Book `owner` with `claims` (and the `places` its allocation handed out besides);
+        False when it is booked so already (only its time is refreshed: nothing to write)."""
         before = self.bookings.get(owner)
-        if before is not None and before.device == device and before.claims == claims:
+        if (
+            before is not None
+            and before.device == device
+            and before.claims == claims
+            and before.places == places
+        ):
             before.since = now
             return False
         if before is not None:
             self.drop(owner)
-        self.add(owner, Booking(device, claims, now))
+        self.add(owner, Booking(device, claims, now, places))
         return True
 
     def expire(self, asked_at: float, after: float, held: Callable[[str], Collection[str]]) -> bool:
@@ -109,8 +128,11 @@ class Ledger:
         if not self.booked:
             return None
         mine: set[str] | None = None
-        for key, path, _ in claims.exclusive:
-            for owner in self.booked.get(key, ()):
+        for key, path, real in claims.exclusive:
+            holders: Iterable[Owner] = self.booked.get(key, ())
+            if self.places:
+                holders = [*holders, *self._places_reached(key, real)]
+            for owner in holders:
                 if owner.resource == resource:
                     if mine is None:
                         mine = set(replica_ids(device_id, replicas))
@@ -119,14 +141,51 @@ class Ledger:
                 return owner, path
         return None
 
+    def _places_reached(self, key: ClaimKey, real: str) -> list[Owner]:
+        """The bookings whose places a claim reaches: the same real path, a place it is
+        below (a mounted directory holds it), or, for a directory, a place below it."""
+        places = self.places
+        found = [*places.get(real, ())]
+        for directory in ancestors(real):
+            found += places.get(directory, ())
+        if key[0] == "dir":
+            for place, owners in places.items():
+                if below(place, real):
+                    found += owners
+        return found
+
     def changed(self) -> None:
         if self.sink is not None:
             self.sink.changed(self.document)
 
     def document(self) -> Mapping[str, Any]:
         return bookings_document(
-            (owner, booking.device, booking.claims) for owner, booking in self.bookings.items()
+            (owner, booking.device, booking.claims, booking.places)
+            for owner, booking in self.bookings.items()
         )
+
+
+def _discard(index: dict[Any, set[Owner]], key: object, owner: Owner) -> None:
+    holders = index.get(key)
+    if holders is not None:
+        holders.discard(owner)
+        if not holders:
+            del index[key]
+
+
+def what_releases(reason: str, pod_resources: bool) -> str:
+    """What ends the holding of a device held for `reason` (its `device_held` line's
+    `action`), with PodResources polling on or off."""
+    if reason != "booked":
+        return "not advertised until the owner is gone"
+    if pod_resources:
+        return "not advertised until PodResources shows no pod holding the booked ID"
+    return (
+        "not advertised while the booking lives: PodResources polling is off "
+        "(kubelet.podResourcesInterval: 0s), so nothing shows its pod ended; it ends when "
+        "the kubelet allocates the booked ID again, or with `kdp-host unbook` run while "
+        "kdp-host is stopped"
+    )
 
 
 def ownership_file(directory: str, log: EventLogger, offload: Offload) -> StateFile:
@@ -145,29 +204,35 @@ def ownership_file(directory: str, log: EventLogger, offload: Offload) -> StateF
 
 
 def bookings_document(
-    bookings: Iterable[tuple[Owner, str, tuple[Claim, ...]]],
+    bookings: Iterable[tuple[Owner, str, tuple[Claim, ...], tuple[Claim, ...]]],
 ) -> dict[str, Any]:
-    """`ownership.json`'s body: `bookings`, one entry per booked ID."""
-    return {
-        "bookings": [
-            {
-                "resource": owner.resource,
-                "id": owner.device,
-                "device": device,
-                "claims": [
-                    {"kind": key[0], "key": key[1], "path": path, "real": real}
-                    for key, path, real in sorted(claims, key=lambda claim: str(claim[0]))
-                ],
-            }
-            for owner, device, claims in sorted(bookings, key=lambda b: owner_order(b[0]))
-        ]
-    }
+    """`ownership.json`'s body: `bookings`, one entry per booked ID (`places` only where
+    its allocation handed out more than its device)."""
+    entries = []
+    for owner, device, claims, places in sorted(bookings, key=lambda b: owner_order(b[0])):
+        entry: dict[str, Any] = {
+            "resource": owner.resource,
+            "id": owner.device,
+            "device": device,
+            "claims": _claims_document(claims),
+        }
+        if places:
+            entry["places"] = _claims_document(places)
+        entries.append(entry)
+    return {"bookings": entries}
+
+
+def _claims_document(claims: tuple[Claim, ...]) -> list[dict[str, Any]]:
+    return [
+        {"kind": key[0], "key": key[1], "path": path, "real": real}
+        for key, path, real in sorted(claims, key=lambda claim: str(claim[0]))
+    ]
 
 
 def read_saved(document: Mapping[str, Any]) -> Saved:
     """The bookings of `ownership.json`, checked: text resource, id, device (the id, or the
     device the id is a replica of), paths and real paths; a claim `kind` of `c` or `b` with
-    a device number, or `path` or `dir` with a path."""
+    a device number, or `path` or `dir` with a path; `places` (optional) read as claims are."""
     saved: Saved = []
     for entry in document["bookings"]:
         texts = [entry[name] for name in ("resource", "id", "device")]
@@ -175,20 +240,24 @@ def read_saved(document: Mapping[str, Any]) -> Saved:
             raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
         if not advertises(texts[1], texts[2]):
             raise ValueError(f"a booking's id must be its device or a replica of it: {entry!r}")
-        claims: list[Claim] = []
-        for claim in entry["claims"]:
-            kind, value = claim["kind"], claim["key"]
-            if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
-                key: ClaimKey = (kind, value)
-            elif kind in ("path", "dir") and isinstance(value, str):
-                key = (kind, value)
-            else:
-                raise TypeError(
-                    f"a claim is not c/b with a number or path/dir with a path: {claim!r}"
-                )
-            path, real = claim["path"], claim["real"]
-            if not all(isinstance(text, str) and text for text in (path, real)):
-                raise TypeError(f"a claim's path and real path must be text: {claim!r}")
-            claims.append((key, path, real))
-        saved.append((Owner(texts[0], texts[1]), texts[2], tuple(claims)))
+        claims = _read_claims(entry["claims"])
+        places = _read_claims(entry.get("places", []))
+        saved.append((Owner(texts[0], texts[1]), texts[2], claims, places))
     return saved
+
+
+def _read_claims(listed: Iterable[Any]) -> tuple[Claim, ...]:
+    claims: list[Claim] = []
+    for claim in listed:
+        kind, value = claim["kind"], claim["key"]
+        if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
+            key: ClaimKey = (kind, value)
+        elif kind in ("path", "dir") and isinstance(value, str):
+            key = (kind, value)
+        else:
+            raise TypeError(f"a claim is not c/b with a number or path/dir with a path: {claim!r}")
+        path, real = claim["path"], claim["real"]
+        if not all(isinstance(text, str) and text for text in (path, real)):
+            raise TypeError(f"a claim's path and real path must be text: {claim!r}")
+        claims.append((key, path, real))
+    return tuple(claims)

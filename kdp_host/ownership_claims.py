@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from .devices import Device, PathReach
+from .devices import Device, DeviceMount, PathReach
 
 ClaimKey = tuple[str, int | str]
 """('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else (the
@@ -119,7 +119,7 @@ class Claims:
         return self.exclusive + self.shared if self.shared else self.exclusive
 
 
-def _claim_of(path: str, resolve: Resolver) -> Claim:
+def claim_of(path: str, resolve: Resolver) -> Claim:
     """A path's claim; a path that does not exist (yet) is claimed by its normalised text."""
     reached = resolve(path)
     if reached is None:
@@ -160,13 +160,13 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
     """A device's claims: its nodes (shared ones apart) and its mount sources."""
     path = device.path
     if not device.mounts and path is not None and device.has_only_node(path, path):
-        return Claims((_claim_of(path, resolve),))  # the common one-node device: no dicts
+        return Claims((claim_of(path, resolve),))  # the common one-node device: no dicts
     exclusive: dict[ClaimKey, Claim] = {}
     shared: dict[ClaimKey, Claim] = {}
     paths = [(n.host_path, n.shared) for n in device.nodes]
     paths += [(m.host_path, m.shared) for m in device.mounts]
     for host_path, is_shared in paths:
-        claim = _claim_of(host_path, resolve)
+        claim = claim_of(host_path, resolve)
         (shared if is_shared else exclusive).setdefault(claim[0], claim)
     for key in exclusive:
         shared.pop(key, None)
@@ -220,3 +220,44 @@ def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -
             if me != owner and below(real, directory) and not (is_shared and dir_shared):
                 found.append(Overlap(path, owner, me))
     return found
+
+
+STATIC_MOUNTS = "(allocate.mounts)"
+"""The device `check` compares a resource's `allocate.mounts` as (no device ID has `(`)."""
+
+
+def overlap_warnings(
+    devices: list[tuple[str, Device]],
+    static_mounts: Mapping[str, Sequence[str]],
+    quote: Callable[[str], str],
+) -> list[str]:
+    """`check`'s warning lines: one per node or mount source two devices would reach (the
+    host advertises one of them at a time; docs: Reliability, one node, one advertised
+    device; booked claims). A resource's `allocate.mounts` (`static_mounts`, host paths by
+    resource) are compared as a device every pod of the resource gets (shared by them, not
+    with another device)."""
+    for resource, paths in static_mounts.items():
+        if paths:
+            mounts = tuple(DeviceMount(path, path, shared=True) for path in paths)
+            devices = [*devices, (resource, Device(STATIC_MOUNTS, mounts=mounts))]
+    lines = []
+    for o in overlaps(devices):
+        if STATIC_MOUNTS in (o.first.device, o.second.device):
+            static, other = (o.first, o.second)
+            if other.device == STATIC_MOUNTS:
+                static, other = other, static
+            lines.append(
+                f"warning: {quote(o.path)} is reachable from the allocate.mounts of "
+                f"{quote(static.resource)} and {quote(other.resource)} (device "
+                f"{quote(other.device)}): an Allocate of {quote(static.resource)} is refused "
+                "while that device is advertised or held, and the device is not advertised "
+                "while a pod holds the mount"
+            )
+            continue
+        lines.append(
+            f"warning: {quote(o.path)} is reachable from {quote(o.first.resource)} "
+            f"(device {quote(o.first.device)}) and {quote(o.second.resource)} (device "
+            f"{quote(o.second.device)}): only one is advertised at a time, the one a pod "
+            "holds it through, else the first to list it"
+        )
+    return lines

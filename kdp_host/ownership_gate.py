@@ -29,8 +29,8 @@ from .ownership_claims import Resolver
 from .ownership_resolve import Resolving
 from .ownership_table import Pace, ResourceState
 
-ADMISSION_CHUNK: Final = 500
-"""Devices an admission works on per turn of the event loop (a few milliseconds)."""
+ADMISSION_CHUNK: Final = 200
+"""Devices an admission works on per turn of the event loop (about a millisecond)."""
 
 
 class AdmissionGate(Resolving):
@@ -87,6 +87,8 @@ class AdmissionGate(Resolving):
             self._take(state, self._paths.inline(wanted))
         self._admitting = state.name
         admitted = yield from self._admit(state, pace)
+        if self._admit_again(state):
+            admitted = yield from self._admit(state, pace)
         changed = self._give(state, admitted)
         state.needs = {}  # (kept only until admitted: a list can be long)
         if state.known is known:  # (not a newer list's, which waits for its admission)
@@ -96,6 +98,11 @@ class AdmissionGate(Resolving):
             for name in names:
                 self._defer(self._resources[name], {path})
         return changed
+
+    def _admit_again(self, state: ResourceState) -> bool:
+        """`state` was admitted, its table not given the result yet: True to admit it again
+        at once (the index books what its pods hold, `ownership_adopt`)."""
+        return False
 
     def _give(self, state: ResourceState, admitted: Mapping[str, Device]) -> bool:
         if state.publish is None or admitted is state.sent:

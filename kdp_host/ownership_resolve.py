@@ -25,7 +25,7 @@ from typing import Final, Literal
 from .files import Offload
 from .metrics import Metrics
 from .ownership_admission import Admission
-from .ownership_claims import ClaimKey, Owner, Reached, Resolver, host_paths, places, reach
+from .ownership_claims import ClaimKey, Reached, Resolver, host_paths, places, reach
 from .ownership_table import Pace, ResourceState
 
 UNRESOLVED_REASON: Final = "read_timeout"
@@ -259,20 +259,17 @@ class Resolving(Admission):
                     wanted.add(lingering[1][1])
         return wanted - self._fresh.keys()
 
-    async def owners_of(self, paths: Collection[str]) -> dict[str, Owner | None]:
-        """The device that owns each host path exclusively (advertised, lingering or booked;
-        through a directory another device mounts above it, or, for a directory, a claim
-        below it), resolved off the loop; None where no device does (or nothing is there)."""
+    async def _reach_all(self, paths: Collection[str]) -> dict[str, Reached | None]:
+        """What each path reaches, resolved off the loop (inline without an offload); None
+        where nothing is there or the path did not answer in time."""
         if self._paths.offload is not None:
             resolved = await self._paths.resolve(paths)
         else:
             resolved = self._paths.inline(paths)
-        found: dict[str, Owner | None] = {}
+        found: dict[str, Reached | None] = {}
         for path in paths:
             reached = resolved.get(path)
-            found[path] = (
-                None if reached is None or isinstance(reached, str) else self._owner(reached)
-            )
+            found[path] = None if reached is None or isinstance(reached, str) else reached
         return found
 
     def _lookup(self, path: str) -> Reached | None:

@@ -50,17 +50,11 @@ class Pace:
     device each), `due` says yield (a long list never holds the loop for long)."""
 
     every: int
-    left: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.left = self.every
+    steps: int = 0
 
     def due(self) -> bool:
-        self.left -= 1
-        if self.left > 0:
-            return False
-        self.left = self.every
-        return True
+        self.steps += 1
+        return self.steps % self.every == 0
 
 
 @dataclass
@@ -149,8 +143,8 @@ class ClaimTable(abc.ABC):
         last run (before any resource publishes): each claim lingers with its device, as if
         it had just stopped being advertised, and its booking holds it."""
         now = self._clock()
-        for owner, device, claims in saved or ():
-            self._ledger.add(owner, Booking(device, claims, now))
+        for owner, device, claims, places in saved or ():
+            self._ledger.add(owner, Booking(device, claims, now, places))
             state = self._state(owner.resource)
             if state.publish is None:
                 state.retired = True  # until a runtime of it attaches
@@ -168,6 +162,8 @@ class ClaimTable(abc.ABC):
 
     def _incumbent(self, state: ResourceState, advertised_id: str, claims: Claims) -> bool:
         """Whether the device advertised as `advertised_id` owns its claims already."""
+        if state.owned.get(advertised_id) is claims:
+            return bool(claims.exclusive)
         me = Owner(state.name, advertised_id)
         return bool(claims.exclusive) and all(
             self._exclusive.get(key) == me for key, _, _ in claims.exclusive
@@ -233,23 +229,23 @@ class ClaimTable(abc.ABC):
                         return why
         return None
 
-    def _owner(self, reached: Reached) -> Owner | None:
-        """The device that owns what a path reaches exclusively (through a directory it
-        mounts above it, or, for a directory, a claim below it); None if none does."""
+    def _owners(self, reached: Reached) -> list[Owner]:
+        """Every device that owns what a path reaches exclusively: its claim, a directory
+        it mounts above it, or, for a directory, any claim below it (a mount of the
+        directory reaches them all)."""
         key, real = reached
-        owner = self._exclusive.get(key)
-        if owner is not None:
-            return owner
+        exclusive = self._exclusive
+        found = [owner] if (owner := exclusive.get(key)) is not None else []
         for directory in ancestors(real):
             outer = self._dirs.get(directory)
-            if outer is not None and (owner := self._exclusive.get(outer)) is not None:
-                return owner
+            if outer is not None and (owner := exclusive.get(outer)) is not None:
+                found.append(owner)
         if key[0] == "dir":
             at, _ = self._containment()
             for inner, inner_real in at.items():
-                if below(inner_real, real) and (owner := self._exclusive.get(inner)) is not None:
-                    return owner
-        return None
+                if below(inner_real, real) and (owner := exclusive.get(inner)) is not None:
+                    found.append(owner)
+        return found
 
     def _holds(self, me: Owner, key: ClaimKey) -> bool:
         return self._exclusive.get(key) == me or me in self._shared.get(key, ())

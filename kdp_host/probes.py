@@ -20,16 +20,31 @@ LoopAnswer = Callable[[float], None]
 """Run on the event loop when it answers a probe, with the seconds the answer took."""
 
 
+STARTING = "host"
+"""The entry of `HealthState.not_ready` until the host reports its resources."""
+
+
 @dataclass
 class HealthState:
     """Written by the event loop, read by the HTTP thread (plain attribute swaps only)."""
 
     clock: Callable[[], float] = time.monotonic
     dead: tuple[str, ...] = ()
-    not_ready: dict[str, str] = field(default_factory=lambda: {"host": "starting"})
+    not_ready: dict[str, str] = field(default_factory=lambda: {STARTING: "starting"})
     answer_timeout: float = LOOP_ANSWER_TIMEOUT
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _on_answer: LoopAnswer | None = field(default=None, repr=False)
+
+    def resource_readiness(self, name: str, reason: str | None) -> None:
+        """One resource is ready (None) or not (why): its entry alone changes, and the
+        host's "starting" goes with its first report. A new dict: the HTTP thread may be
+        reading the old one."""
+        before = self.not_ready
+        if before.get(name) != reason or STARTING in before:
+            after = {k: v for k, v in before.items() if k != name and k != STARTING}
+            if reason is not None:
+                after[name] = reason
+            self.not_ready = after
 
     def attach(self, loop: asyncio.AbstractEventLoop, on_answer: LoopAnswer) -> None:
         """The host's loop answers probes from now on (`on_answer` runs on it each time)."""

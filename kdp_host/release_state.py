@@ -69,8 +69,9 @@ class ReleaseStateStore:
 
     async def flush(self) -> None:
         """Write the file until it holds every change made so far (changes are written
-        soon by themselves; PreStartContainer awaits this before it answers)."""
-        await self._file.flush()
+        soon by themselves; PreStartContainer awaits this before it answers, at most
+        `state_file.WRITE_LIMIT`)."""
+        await self._file.written()
 
 
 def _parse(document: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:

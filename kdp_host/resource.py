@@ -62,7 +62,6 @@ class ResourceRuntime:
                 services.commands,
                 services.metrics,
                 self.log,
-                services.ownership.owners_of,
             )
         )
         self.release = (

@@ -58,8 +58,9 @@ class HostServices:
     """What the release trackers keep across restarts (None: `release` cannot run)."""
     ownership: OwnershipIndex = field(default_factory=OwnershipIndex)
     """The host's one index of claimed nodes and mount sources, shared by every resource."""
-    status_changed: Callable[[], None] = lambda: None
-    """Called whenever a resource's `ResourceStatus` changes (the host refreshes /readyz)."""
+    status_changed: Callable[[str], None] = lambda name: None
+    """Called with its name whenever a resource's `ResourceStatus` changes (the host updates
+    its entry of /readyz)."""
     registry_wait: RegistryWait = field(default_factory=RegistryWait)
     node_features: NodeFeatureFile | None = None
     """The NFD feature file every resource's device counts go to (None: `nodeFeatures` off)."""

@@ -368,7 +368,7 @@ class ServingLoop:
             self.status.problems.pop(part, None)
         else:
             self.status.problems[part] = reason
-        self._services.status_changed()
+        self._services.status_changed(self.name)
 
     def _mark(
         self,
@@ -386,7 +386,7 @@ class ServingLoop:
                 self.status.last_error = None
         if error is not None:
             self.status.last_error = error
-        self._services.status_changed()
+        self._services.status_changed(self.name)
 
 
 class _SocketLost(Exception):

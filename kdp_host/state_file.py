@@ -18,15 +18,22 @@ import asyncio
 import functools
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from .atomic_files import write_atomic
 from .files import MAX_DOCUMENT_SIZE, FileReadError, Offload, read_attribute
 from .logs import EventLogger
 
 T = TypeVar("T")
+
+WRITE_LIMIT: Final = 5.0
+"""Seconds an answer to the kubelet (Allocate, PreStartContainer) waits for its state file
+to be written. A state directory whose file system hangs must not hang the answer (nor the
+kubelet's admission of every pod after it): past the limit the answer goes out, with an
+error line, as when a write fails; the write goes on and lands when the file system does."""
 
 Parser = Callable[[Mapping[str, Any]], T]
 """Reads a document (its version checked already); raises ValueError, KeyError, TypeError or
@@ -64,6 +71,9 @@ class StateFile:
         self._written = 0
         self._lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
+        self.write_limit = WRITE_LIMIT
+        self.stalls = 0
+        """Answers that went out before the file held their change (`written`)."""
 
     def load(self, parse: Parser[T]) -> T | None:
         """The file's document read by `parse`; None when it is missing or unreadable
@@ -110,6 +120,24 @@ class StateFile:
         self._version += 1
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self.flush(), name=self.path.name)
+
+    async def written(self) -> None:
+        """`flush`, for an answer to the kubelet: at most `write_limit` seconds; past that
+        an error line says the file is not written yet and what that costs, and the write
+        goes on (the answer does not wait for a file system that hangs)."""
+        waited = time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.flush()), self.write_limit)
+        except TimeoutError:
+            self.stalls += 1
+            self._log.error(
+                f"{self._what}_write_stalled",
+                reason=f"not written within {self.write_limit:g} s: the file system of "
+                "stateDir does not answer",
+                waited=round(time.monotonic() - waited, 3),
+                consequence=self._if_unwritten,
+                action="answering now; the write goes on",
+            )
 
     async def flush(self) -> None:
         """Write the file until it holds every change made so far."""

@@ -58,12 +58,18 @@ class Supervisor:
 
     def not_ready(self) -> dict[str, str]:
         """Resources that are not serving and registered, with the reason."""
-        out = {}
-        for name, supervised in self._running.items():
-            status = supervised.runtime.status
-            if not status.ready:
-                out[name] = status.not_ready_reason()
-        return out
+        return {n: why for n in self._running if (why := self.not_ready_reason(n)) is not None}
+
+    def not_ready_reason(self, name: str) -> str | None:
+        """Why a running resource is not ready; None when it is (or runs no more)."""
+        supervised = self._running.get(name)
+        if supervised is None or (status := supervised.runtime.status).ready:
+            return None
+        return status.not_ready_reason()
+
+    def gave_up(self, name: str) -> bool:
+        supervised = self._running.get(name)
+        return supervised is not None and supervised.gave_up
 
     def dead_resources(self) -> list[str]:
         return [name for name, s in self._running.items() if s.gave_up]
@@ -80,13 +86,13 @@ class Supervisor:
             self._supervise(supervised, after), name=f"resource:{config.name}"
         )
         self._running[config.name] = supervised
-        self.services.status_changed()
+        self.services.status_changed(config.name)
 
     def stop_later(self, name: str) -> asyncio.Task[None] | None:
         """Cancel a resource's task; returns it so a successor can wait for it to end."""
         supervised = self._running.pop(name)
         supervised.stopping = True
-        self.services.status_changed()
+        self.services.status_changed(name)
         task = supervised.task
         if task is not None:
             task.cancel()
@@ -135,4 +141,4 @@ class Supervisor:
                 await asyncio.sleep(delay)
                 runtime = ResourceRuntime(runtime.config, self.services)
                 supervised.runtime = runtime
-                self.services.status_changed()
+                self.services.status_changed(runtime.config.name)

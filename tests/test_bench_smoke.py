@@ -19,6 +19,7 @@ MODULES = (
     "containment",
     "floor_server",
     "hooks",
+    "hostile_drivers",
     "large",
     "peer",
     "pinger",

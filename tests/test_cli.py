@@ -133,6 +133,34 @@ def test_check_warns_when_one_node_is_reachable_from_two_resources(
     ]
 
 
+def test_check_warns_when_allocate_mounts_reach_another_resources_device(
+    short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hostile2 F3: a mount every pod of a resource gets, over another resource's device
+    (a resource with no device now still hands it out)."""
+    dev = short_dir / "dev"
+    for name in ("a", "b"):
+        (dev / name).mkdir(parents=True)
+    (dev / "a" / "a0").touch()
+    (dev / "b" / "b0").touch()
+    config = short_dir / "config.yaml"
+    other = "vendor.example/b"
+    mounts = f"[{{hostPath: {dev}/b, containerPath: /mnt/b}}]"
+    config.write_text(
+        glob_config(socket_dir, (FPGA, f"{dev}/a/*"), (other, f"{dev}/b/*"))
+        + f"  - name: vendor.example/c\n    glob: {{paths: [{dev}/c*]}}\n"
+        f"    allocate: {{mounts: {mounts}}}\n"
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {dev}/b/b0 is reachable from the allocate.mounts of vendor.example/c and "
+        f"{other} (device b0): an Allocate of vendor.example/c is refused while that device "
+        "is advertised or held, and the device is not advertised while a pod holds the mount"
+    ]
+
+
 @contextlib.asynccontextmanager
 async def kdp_host_run(config: Path) -> AsyncIterator[tuple[str, int]]:
     """`kdp-host run` in a subprocess; yields the host and port its http_serving line names."""

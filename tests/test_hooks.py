@@ -340,10 +340,12 @@ async def test_allocate_command_output_is_merged_into_the_response(
     kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
 ) -> None:
     (devices / "fpga-mgr").touch()
+    session = short_dir / "mounted"  # (not a directory above the devices: that is refused)
+    session.mkdir()
     output = {
         "env": {"SESSION": "s-42", "FPGA_DEVICES": "ignored: configured keys win"},
         "annotations": {"vendor.example/session": "s-42"},
-        "mounts": [{"hostPath": str(short_dir), "containerPath": "/session"}],
+        "mounts": [{"hostPath": str(session), "containerPath": "/session"}],
         "paths": [f"{devices}/fpga-mgr:/dev/fpga-mgr"],
         "cdiDevices": ["vendor.example/fpga-mgr=mgr0"],
     }
@@ -357,7 +359,7 @@ async def test_allocate_command_output_is_merged_into_the_response(
     assert response.envs["FPGA_DEVICES"] in ("fpga0", "fpga1")
     assert response.annotations["vendor.example/session"] == "s-42"
     assert [(m.host_path, m.container_path, m.read_only) for m in response.mounts] == [
-        (str(short_dir), "/session", True)
+        (str(session), "/session", True)
     ]
     assert (f"{devices}/fpga-mgr", "/dev/fpga-mgr", "rw") in [
         (d.host_path, d.container_path, d.permissions) for d in response.devices

@@ -891,9 +891,10 @@ async def test_a_held_id_without_a_booking_is_booked_from_podresources(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """ownership.json is gone (an upgrade from a version without it, a lost state directory)
-    while pods hold `a` and an ID no device has now: the first answer after the resource
-    listed books `a` with its claims (and writes the file), so a reload that renames `a`
-    (replicas 1 -> 2) holds it; the other is logged once and counted, and holds nothing."""
+    while pods hold `a` and an ID no device has now. An answer that came before the resource
+    listed (as at start) is used by its first admission, before its list goes out: `a` is
+    booked with its claims (and the file written), so a reload that renames `a` (replicas
+    1 -> 2) holds it; the other is logged once and counted, and holds nothing."""
     caplog.set_level(logging.INFO)
     now = [100.0]
     nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
@@ -905,10 +906,10 @@ async def test_a_held_id_without_a_booking_is_booked_from_podresources(
     table = host.tables[R1] = DeviceTable()
     host.index.attach(R1, table.publish, get_logger().bind(resource=R1))
     host.index.publish(R1, {"a": dev("a", "/dev/a"), "b": dev("b", "/dev/b")})
-    for _ in range(2):
-        host.index.holdings(Holdings(now[0] + 2, 0.0, held))
     await asyncio.wait_for(state.flush(), 30)
     assert booked_ids(tmp_path) == [f"{R1}/a"]
+    for _ in range(2):  # later answers: nothing new
+        host.index.holdings(Holdings(now[0] + 2, 0.0, held))
     lines = [r for r in caplog.records if r.getMessage().startswith("held_id")]
     assert [(r.getMessage(), r.__dict__["kdp_fields"]["device"]) for r in lines] == [
         ("held_id_booked", "a"),
@@ -931,6 +932,23 @@ async def test_a_held_id_without_a_booking_is_booked_from_podresources(
     assert len(table.snapshot.advertised) == 4
     await asyncio.wait_for(state.flush(), 30)
     assert booked_ids(tmp_path) == []
+
+
+async def test_a_held_replica_id_of_another_replica_count_holds_its_device(
+    tmp_path: Path,
+) -> None:
+    """`replicas: 2` -> `1` while kdp-host was down and ownership.json is gone: p1 holds
+    `a::1`, which no device has now; it is the device `a`'s, so `a` waits until p1 ends."""
+    now = [100.0]
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host, _ = restarted(tmp_path, nodes, now)
+    host.publish(R1, dev("a", "/dev/a"), dev("b", "/dev/b"))
+    assert host.ids(R1) == ["a", "b"]
+    host.index.holdings(Holdings(now[0] + 1, 0.0, {R1: {"a::1": (Holder("n", "p1", "c", 0.0),)}}))
+    host.publish(R1, dev("a", "/dev/a"), dev("b", "/dev/b"))
+    assert host.ids(R1) == ["b"], "a second pod would share a with p1"
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert host.ids(R1) == ["a", "b"]
 
 
 @pytest.mark.parametrize(

@@ -414,6 +414,19 @@ def pod_resources_answers(config: Path) -> float:
     return float(found[1]) if found else 0.0
 
 
+async def restart_without_bookings(kubelet: RealKubelet, host: KdpProcess, config: Path) -> None:
+    """SIGKILL, ownership.json gone, start again: return once a PodResources answer came
+    after the restarted host listed (what the host books from it is booked then)."""
+    await host.stop()
+    (config.parent / "state" / OWNERSHIP_FILE).unlink()
+    await restart(kubelet, host, FPGA)
+    answered = await asyncio.to_thread(pod_resources_answers, config)
+    await kubelet.await_for(
+        lambda _: pod_resources_answers(config) > answered,
+        what="a PodResources answer after the restarted host listed",
+    )
+
+
 async def test_a_pod_admitted_before_bookings_were_kept_keeps_its_node_after_a_rename(
     real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
 ) -> None:
@@ -428,14 +441,7 @@ async def test_a_pod_admitted_before_bookings_were_kept_keeps_its_node_after_a_r
     host = await kdp_process(config)
     await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]
-    await host.stop()
-    (short_dir / "state" / OWNERSHIP_FILE).unlink()
-    await restart(kubelet, host, FPGA)
-    answered = await asyncio.to_thread(pod_resources_answers, config)
-    await kubelet.await_for(
-        lambda _: pod_resources_answers(config) > answered,
-        what="a PodResources answer after the restarted host listed fpga0",
-    )
+    await restart_without_bookings(kubelet, host, config)
     before = await kubelet.acall(kubelet.last_seq)
     config.write_text(config.read_text().replace("    glob:", "    replicas: 2\n    glob:"))
     host.reload()
@@ -443,6 +449,29 @@ async def test_a_pod_admitted_before_bookings_were_kept_keeps_its_node_after_a_r
     assert await grants(kubelet, FPGA, "p2", "p3") == [], f"p1 holds fpga0 ({listed})"
     await kubelet.acall(kubelet.release, "p1")
     await kubelet.await_for(healthy(FPGA, 2), what="both replicas once p1 is gone")
+
+
+async def test_replicas_changed_while_down_with_no_bookings_kept_adds_no_user(
+    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
+) -> None:
+    """`replicas: 2` -> `1` while kdp-host is down, ownership.json gone, p1 and p2 holding
+    fpga0::0 and fpga0::1: fpga0 is booked from PodResources (the replica IDs are fpga0's)
+    and waits; only fpga1 goes to new pods."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    (devices / "fpga1").unlink()
+    entry = f'  - name: {FPGA}\n    replicas: 2\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    config = booked_config(kubelet, short_dir, entry)
+    host = await kdp_process(config)
+    await kubelet.await_for(healthy(FPGA, 2), what="fpga0::0 and fpga0::1 advertised")
+    assert await grants(kubelet, FPGA, "p1", "p2") == [{str(devices / "fpga0")}] * 2
+    (devices / "fpga1").touch()
+    config.write_text(config.read_text().replace("    replicas: 2\n", ""))
+    await restart_without_bookings(kubelet, host, config)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 held once p1 and p2 are seen")
+    assert await grants(kubelet, FPGA, "p3", "p4") == [{str(devices / "fpga1")}]
+    for pod in ("p1", "p2"):
+        await kubelet.acall(kubelet.release, pod)
+    await kubelet.await_for(healthy(FPGA, 2), what="fpga0 again once p1 and p2 ended")
 
 
 async def test_hostile_1_a_restart_after_a_renaming_reload_keeps_the_booked_node(
@@ -620,7 +649,7 @@ async def test_hostile_7_allocate_command_output_naming_another_devices_node_is_
     assert first["error"] == ""
     refused = await kubelet.acall(kubelet.allocate, "p2", {ALIAS: 1})
     assert "InvalidArgument" in refused["error"] or "INVALID_ARGUMENT" in refused["error"]
-    assert f"which device fpga1 of {FPGA} owns" in refused["error"], refused
+    assert re.search(f"which device fpga[01] of {re.escape(FPGA)} owns", refused["error"]), refused
 
 
 async def test_hostile_12_without_podresources_a_parked_device_says_what_frees_it(
@@ -653,3 +682,116 @@ async def test_hostile_12_without_podresources_a_parked_device_says_what_frees_i
     assert await asyncio.wait_for(done.wait(), 60) == 0
     await restart(kubelet, host, FPGA)
     await kubelet.await_for(healthy(FPGA, 4), what="both devices' replicas after unbook")
+
+
+# ---------------------------------------------------------------- the second hostile pass
+# What an Allocate answer hands out besides its devices (`allocate.mounts`, an
+# `allocate.command`'s nodes and mounts) is booked with it: a device that appears there later
+# is not advertised while the pod holds it.
+
+B_RESOURCE = "vendor.example/b"
+
+
+def _hook_printing(short_dir: Path, output: dict[str, object]) -> Path:
+    hook = short_dir / "hook.sh"
+    hook.write_text(f"#!/bin/sh\ncat <<'END'\n{json.dumps(output)}\nEND\n")
+    hook.chmod(0o755)
+    return hook
+
+
+@pytest.mark.parametrize("variant", ["node", "mount"])
+async def test_hostile2_2_what_allocate_command_handed_out_is_booked(
+    real_kubelet_factory, short_dir: Path, start_host, variant: str
+) -> None:
+    """pod1's allocate.command hands it `dev/b/b0` (a node) or the directory `dev/b` (a
+    mount) while nothing is there; b0 appears later: it is not advertised while pod1 runs
+    (c1, appearing with it, is), and is once pod1 ends."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    dev = short_dir / "dev"
+    for name in ("a", "b", "c"):
+        (dev / name).mkdir(parents=True)
+    (dev / "a" / "a0").touch()
+    b0 = dev / "b" / "b0"
+    output: dict[str, object] = (
+        {"paths": [f"{b0}:/dev/extra"]}
+        if variant == "node"
+        else {"mounts": [{"hostPath": str(dev / "b"), "containerPath": "/mnt/b"}]}
+    )
+    hook = _hook_printing(short_dir, output)
+    await start_host(
+        booked_head(kubelet, short_dir) + f'  - name: {FPGA}\n    glob: {{paths: ["{dev}/a/*"]}}\n'
+        f'    allocate: {{command: ["{hook}"]}}\n'
+        f"  - name: {B_RESOURCE}\n"
+        f'    glob: {{paths: ["{dev}/b/*", "{dev}/c/*"], gracePeriod: 0s}}\n'
+    )
+    await kubelet.await_for(healthy(FPGA, 1), what="a0 advertised")
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert first["error"] == "", first
+    b0.touch()
+    (dev / "c" / "c1").touch()
+    await kubelet.await_for(healthy(B_RESOURCE, 1), what="c1 advertised (b0 held)")
+    granted = await grants(kubelet, B_RESOURCE, "p2", "p3")
+    assert granted == [{str(dev / "c" / "c1")}], "p1 can reach b0 through its hook's output"
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(B_RESOURCE, 2), what="b0 advertised once p1 is gone")
+    assert await grants(kubelet, B_RESOURCE, "p4") == [{str(b0)}]
+
+
+async def test_hostile2_11_allocate_command_mounting_an_ancestor_of_a_held_node_is_refused(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """A mount of `dev` (not only of `dev/b`) reaches p0's b0: refused, naming b0."""
+    kubelet = real_kubelet_factory()
+    dev = short_dir / "dev"
+    for name in ("a", "b"):
+        (dev / name).mkdir(parents=True)
+    (dev / "a" / "a0").touch()
+    (dev / "b" / "b0").touch()
+    hook = _hook_printing(
+        short_dir, {"mounts": [{"hostPath": str(dev), "containerPath": "/mnt/x"}]}
+    )
+    await start_host(
+        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["{dev}/a/*"]}}\n'
+        f'    allocate: {{command: ["{hook}"]}}\n'
+        f'  - name: {B_RESOURCE}\n    glob: {{paths: ["{dev}/b/*"]}}\n'
+    )
+    await kubelet.await_for(
+        lambda k: healthy(FPGA, 1)(k) and healthy(B_RESOURCE, 1)(k), what="both registered"
+    )
+    assert (await kubelet.acall(kubelet.allocate, "p0", {B_RESOURCE: 1}))["error"] == ""
+    refused = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert "InvalidArgument" in refused["error"] or "INVALID_ARGUMENT" in refused["error"]
+    assert f"which device b0 of {B_RESOURCE} owns" in refused["error"], refused
+
+
+async def test_hostile2_3_allocate_mounts_are_booked_and_checked(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """`allocate.mounts` names `dev/b`, where b's devices are: while p1 holds that mount, b0
+    appearing there is not advertised (c1 is); once b0 is advertised, an Allocate of the
+    resource with the mount is refused, naming b0."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    dev = short_dir / "dev"
+    for name in ("a", "b", "c"):
+        (dev / name).mkdir(parents=True)
+    (dev / "a" / "a0").touch()
+    (dev / "a" / "a1").touch()
+    b0 = dev / "b" / "b0"
+    await start_host(
+        booked_head(kubelet, short_dir) + f'  - name: {FPGA}\n    glob: {{paths: ["{dev}/a/*"]}}\n'
+        f"    allocate: {{mounts: [{{hostPath: {dev / 'b'}, containerPath: /mnt/b}}]}}\n"
+        f"  - name: {B_RESOURCE}\n"
+        f'    glob: {{paths: ["{dev}/b/*", "{dev}/c/*"], gracePeriod: 0s}}\n'
+    )
+    await kubelet.await_for(healthy(FPGA, 2), what="a0 and a1 advertised")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    b0.touch()
+    (dev / "c" / "c1").touch()
+    await kubelet.await_for(healthy(B_RESOURCE, 1), what="c1 advertised (b0 held)")
+    granted = await grants(kubelet, B_RESOURCE, "p2", "p3")
+    assert granted == [{str(dev / "c" / "c1")}], "p1 can reach b0 through allocate.mounts"
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(B_RESOURCE, 2), what="b0 advertised once p1 is gone")
+    refused = await kubelet.acall(kubelet.allocate, "p4", {FPGA: 1})
+    assert f"which device b-b0 of {B_RESOURCE} owns" in refused["error"], refused

@@ -9,10 +9,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kdp_host.devices import Device
+from kdp_host.ownership import OwnershipIndex
+from kdp_host.podresources import Holder, Holdings
 
 from .test_ownership import R1, R2, FakeNodes, Host, dev, node
 
 N, CHUNK = 1000, 50
+NOW = 100.0
 
 
 def listed(prefix: str, n: int = N) -> dict[str, Device]:
@@ -89,7 +92,7 @@ class Sink:
     def changed(self, document: Callable[[], Mapping[str, Any]]) -> None:
         self.document = document
 
-    async def flush(self) -> None:
+    async def written(self) -> None:
         await asyncio.sleep(0)  # (a turn of the loop, as a write through the offload takes)
 
     def booked(self) -> list[str]:
@@ -134,3 +137,29 @@ async def test_an_admission_of_a_retired_resource_stops_and_its_claims_linger() 
     host.index.publish(R1, listed("e"))
     await host.index.quiet()
     assert host.ids(R1) == sorted(listed("d"))
+
+
+async def test_a_booking_from_podresources_during_an_admission_holds_its_device() -> None:
+    """A PodResources answer comes between two turns of a long admission (at every phase of
+    it): a pod holds `d7::1` with no booking (`replicas` was 2 before a restart that lost
+    ownership.json). It is d7's: booked, and once the admission is done the resource is
+    admitted again in full, so d7 is held (the admission that was running sets its flags
+    back at its end)."""
+    pod = (Holder("ns", "p1", "c", 0.0),)
+    for turns in range(0, 3 * N // CHUNK, 3):
+        host = Host(nodes(), chunk=CHUNK)
+        host.index = OwnershipIndex(host.metrics, nodes(), clock=lambda: NOW, chunk=CHUNK)
+        host.index.keep_bookings_in(Sink(), None)
+        host.attach(R1)
+        host.index.publish(R1, listed("d"))
+        await host.index.quiet()
+        down = {i: Device(i, healthy=False, nodes=d.nodes) for i, d in listed("d").items()}
+        host.index.publish(R1, down)  # a long admission (no rename: the quick path)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        host.index.holdings(Holdings(NOW + 1, 0.0, {R1: {"d7::1": pod}}))
+        await host.index.quiet()
+        assert "d7" not in host.ids(R1) and len(host.ids(R1)) == N - 1, turns
+        host.index.holdings(Holdings(NOW + 60, 0.0, {}))  # p1 ended
+        await host.index.quiet()
+        assert host.ids(R1) == sorted(listed("d")), turns

@@ -74,8 +74,8 @@ async def test_the_index_does_not_look_again_at_paths_the_scan_learnt(tmp_path: 
         snapshot = await wait_table(table, lambda snapshot: len(snapshot.devices) == 4)
         assert looked == []
         owners = await index.owners_of([str(tmp_path / "real" / "target")])
-        [owner] = owners.values()
+        [[owner]] = owners.values()
         dev2 = next(d.id for d in snapshot.devices if d.path and d.path.endswith("dev2"))
-        assert owner is not None and owner.device == dev2  # claimed as reach says
+        assert owner.device == dev2  # claimed as reach says
     finally:
         detach()

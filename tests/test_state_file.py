@@ -3,18 +3,28 @@ aside under a name of its own (never over an earlier copy), and the start goes o
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
+from kdp_host import state_file
+from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
+from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_bookings import OWNERSHIP_FILE, ownership_file, read_saved
-from kdp_host.release_state import STATE_FILE
+from kdp_host.ownership_claims import Owner
+from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config, wait_until
+
+T = TypeVar("T")
 
 FPGA = "vendor.example/fpga"
 NESTED = "[" * 100_000
@@ -77,3 +87,55 @@ async def test_a_state_file_that_cannot_be_read_is_kept_aside_too(
     await state.flush()
     await wait_until(lambda: (tmp_path / OWNERSHIP_FILE).is_file(), what="the file written")
     assert state.write_failures == 0
+
+
+async def test_a_fifo_in_place_of_the_file_never_blocks_the_start(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / OWNERSHIP_FILE)
+    state = ownership_file(str(tmp_path), get_logger(), DaemonThreads())
+    loaded = DaemonThreads().run(lambda: state.load(read_saved))  # a daemon: never waited on
+    assert await asyncio.wait_for(loaded, 30) is None
+    assert state.unknown and (tmp_path / (OWNERSHIP_FILE + ".unreadable")).is_fifo()
+
+
+class HungWrites:
+    """An offload whose calls wait until `go` is set (a state directory whose file system
+    hangs), then run on threads."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.threads = DaemonThreads()
+
+    async def run(self, function: Callable[[], T]) -> T:
+        await self.go.wait()
+        return await self.threads.run(function)
+
+
+async def test_allocate_and_prestart_do_not_wait_for_a_state_dir_that_hangs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Allocate's booking (`ownership.json`) and PreStartContainer's release state
+    (`release-state.json`) wait for their write at most `WRITE_LIMIT`: then the answer goes
+    out with an error line, and the write lands once the file system answers."""
+    monkeypatch.setattr(state_file, "WRITE_LIMIT", 0.05)
+    writes = HungWrites()
+    kept = ownership_file(str(tmp_path), get_logger(), writes)
+    index = OwnershipIndex(resolve=lambda path: (("c", 1), path))
+    index.keep_bookings_in(kept, None)
+    table = DeviceTable()
+    index.attach("t.io/a", table.publish, get_logger())
+    index.publish("t.io/a", {"a": Device("a", nodes=(DeviceNode("/dev/a", "/dev/a"),))})
+    store = ReleaseStateStore(str(tmp_path), get_logger(), writes)
+    store.update("t.io/a", {"a": {"used": True}})
+    with caplog.at_level(logging.ERROR):
+        await asyncio.wait_for(index.book("t.io/a", ["a"]), 30)  # the Allocate's booking
+        await asyncio.wait_for(store.flush(), 30)  # what PreStartContainer awaits
+    events = [r.getMessage() for r in caplog.records]
+    assert events.count("ownership_state_write_stalled") == 1
+    assert events.count("release_state_write_stalled") == 1
+    assert not (tmp_path / OWNERSHIP_FILE).exists() and not (tmp_path / STATE_FILE).exists()
+    writes.go.set()  # the file system answers again: both writes land
+    await wait_until(lambda: (tmp_path / OWNERSHIP_FILE).exists(), what="ownership.json")
+    await wait_until(lambda: (tmp_path / STATE_FILE).exists(), what="release-state.json")
+    assert kept.load(read_saved) == [
+        (Owner("t.io/a", "a"), "a", ((("c", 1), "/dev/a", "/dev/a"),), ())
+    ]

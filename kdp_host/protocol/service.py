@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 import grpclib
@@ -41,6 +41,8 @@ from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
 from ..metric_histograms import Observer
 from ..metrics import Metrics
+from ..ownership_allocate import PlaceOwned
+from ..ownership_claims import host_paths
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
@@ -50,9 +52,16 @@ LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
 
 
 class Bookings(Protocol):
-    """Where an answered Allocate's IDs are recorded as booked (`OwnershipIndex`)."""
+    """Where an answered Allocate's IDs are recorded as booked (`OwnershipIndex`), with the
+    host paths each answer hands out besides its devices (raises `PlaceOwned` when one is
+    another device's)."""
 
-    async def book(self, resource: str, ids: Iterable[str]) -> None: ...
+    async def book(
+        self,
+        resource: str,
+        ids: Iterable[str],
+        places: Mapping[str, Collection[str]] | None = None,
+    ) -> None: ...
 
 
 class Pins(Protocol):
@@ -271,19 +280,45 @@ class DevicePluginService(DevicePluginBase):
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if self._allocate_hook is not None:
             await self._add_hook_extras(snapshot, message, responses)
+        if self._bookings is not None:
+            # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
+            booked = [i for request in message.container_requests for i in request.devices_ids]
+            try:
+                await self._bookings.book(name, booked, self._places(snapshot, message, responses))
+            except PlaceOwned as exc:
+                self._metrics.allocations.labels(name, "invalid").inc()
+                self._log.warning("allocate_refused", reason=str(exc))
+                raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if self._release is not None:
             for request in message.container_requests:
                 self._release.allocated(request.devices_ids)
         if self._cdi is not None:
             for request in message.container_requests:
                 self._cdi.allocated(snapshot, request.devices_ids)
-        if self._bookings is not None:
-            # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
-            booked = [i for request in message.container_requests for i in request.devices_ids]
-            await self._bookings.book(name, booked)
         self._allocated_ok.inc(len(responses))
         self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)
+
+    def _places(
+        self,
+        snapshot: Snapshot,
+        message: AllocateRequest,
+        responses: list[ContainerAllocateResponse],
+    ) -> dict[str, list[str]]:
+        """The host paths each container's answer hands out besides its devices' own nodes
+        and mounts (`allocate.mounts`, an `allocate.command`'s output), by requested ID."""
+        places: dict[str, list[str]] = {}
+        for request, response in zip(message.container_requests, responses, strict=True):
+            handed = {spec.host_path for spec in response.devices}
+            handed.update(mount.host_path for mount in response.mounts)
+            if not handed:
+                continue
+            physical = self._builder.physical_devices(snapshot, request.devices_ids)
+            extra = sorted(handed.difference(*(host_paths(device) for device in physical)))
+            if extra:
+                for device_id in request.devices_ids:
+                    places.setdefault(device_id, []).extend(extra)
+        return places
 
     async def _add_hook_extras(
         self,

@@ -4,6 +4,9 @@
   one also runs a stream command printing two alternating device lists as fast as it can.
   Allocate p99 is measured on both in rotating order; the figure is the ratio flood/none
   within the same run (target 2x: the flood is rate-limited, the command blocks on its pipe).
+- Renaming probe: the same, beside a probe listing 12,000 devices whose IDs all change on
+  every 200 ms run (same paths): the ownership index admits each list in bounded turns of
+  the loop (target 2x).
 - Daemon-leaving probe: a poll probe starts a daemon (setsid) that keeps the probe's stdout
   open, so every run ends at its timeout. The figure is how many pipe descriptors kdp-host
   holds after 100 such runs beyond what it held after the first few (target 0; it leaked 2
@@ -20,6 +23,7 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,14 @@ from .harness import (
     make_workdir,
     remove_tree,
 )
-from .latency import RESOURCE, allocate_request, allocate_targets, measure, served_host
+from .latency import (
+    RESOURCE,
+    ServedHost,
+    allocate_request,
+    allocate_targets,
+    measure,
+    served_host,
+)
 
 FLOOD = (
     "import sys\n"
@@ -42,6 +53,7 @@ FLOOD = (
     '    write(\'[{"id": "a"}]\\n[{"id": "b"}]\\n\')\n'
 )
 PROBE_RUNS = 100
+RENAMED = 12_000
 _TIMEOUTS = re.compile(
     r'^kdp_driver_errors_total\{reason="timeout",resource="([^"]+)"\} ([0-9.e+]+)$', re.M
 )
@@ -57,22 +69,57 @@ def _metrics(config_path: Path) -> str:
     return text
 
 
-def _flood(opts: Options) -> list[Figure]:
-    labels = ["no flood", "stream flood"]
+def _allocate_beside(
+    opts: Options,
+    labels: tuple[str, str],
+    hostile: dict[str, Any],
+    ratio: Figure,
+    setup: Callable[[Path], None] = lambda workdir: None,
+    ready: Callable[[ServedHost], None] = lambda served: None,
+    after: Callable[[ServedHost], list[Figure]] = lambda served: [],
+) -> list[Figure]:
+    """Allocate p50/p99 of the same glob resource (rich allocate section) on two kdp-host
+    processes, one of which also runs the `hostile` resource, in rotating order; `ratio`
+    gets hostile/none p99 of each run. `setup` makes its files, `ready` waits for it to be
+    at work, `after` reads figures of its own."""
+    none, label = labels
     figures = {
-        f"allocate {q} {label}": Figure(f"hostile: allocate {q}, {label}", "ms")
-        for label in labels
+        f"allocate {q} {name}": Figure(f"hostile: allocate {q}, {name}", "ms")
+        for name in labels
         for q in ("p50", "p99")
     }
+    workdir = make_workdir(label.split()[0])
+    fpga = glob_resource(RESOURCE, f"{workdir}/dev/fpga*", RICH_ALLOCATE)
+    try:
+        make_device_files(workdir / "dev", 16, "fpga")
+        setup(workdir)
+        with contextlib.ExitStack() as stack:
+            plain = stack.enter_context(served_host(workdir, "kdp-plain", [fpga]))
+            beside = stack.enter_context(
+                served_host(workdir, "kdp-hostile", [fpga, hostile], wait_for=[RESOURCE])
+            )
+            ready(beside)
+            request = allocate_request(plain.device_ids[:2])
+            targets = allocate_targets(stack, list(labels), [plain, beside], request)
+            sized = Options(**{**opts.__dict__, "calls": opts.containment_calls})
+            for i in range(opts.repeats):
+                result = measure(targets, request, sized, figures, i)
+                ratio.add(result[label][1] / result[none][1])
+                for served in (plain, beside):
+                    served.host.check_alive()
+            extra = after(beside)
+    finally:
+        remove_tree(workdir)
+    return [*figures.values(), ratio, *extra]
+
+
+def _flood(opts: Options) -> list[Figure]:
     ratio = Figure(
         "hostile: allocate p99 ratio, stream flood/none",
         "x",
         target=2.0,
         note="same run, vs the same host without the flooding stream command",
     )
-    dropped = Figure("hostile: stream lists dropped by the rate limit", "lists")
-    workdir = make_workdir("flood")
-    fpga = glob_resource(RESOURCE, f"{workdir}/dev/fpga*", RICH_ALLOCATE)
     flood: dict[str, Any] = {
         "name": "bench.kdp-host.io/flood",
         "shell": {
@@ -81,26 +128,47 @@ def _flood(opts: Options) -> list[Figure]:
             "format": "json",
         },
     }
-    try:
-        make_device_files(workdir / "dev", 16, "fpga")
-        with contextlib.ExitStack() as stack:
-            plain = stack.enter_context(served_host(workdir, "kdp-plain", [fpga]))
-            flooded = stack.enter_context(
-                served_host(workdir, "kdp-flood", [fpga, flood], wait_for=[RESOURCE])
-            )
-            request = allocate_request(plain.device_ids[:2])
-            targets = allocate_targets(stack, list(labels), [plain, flooded], request)
-            sized = Options(**{**opts.__dict__, "calls": opts.containment_calls})
-            for i in range(opts.repeats):
-                result = measure(targets, request, sized, figures, i)
-                ratio.add(result["stream flood"][1] / result["no flood"][1])
-                for served in (plain, flooded):
-                    served.host.check_alive()
-            counts = dict(_RATE_LIMITED.findall(_metrics(flooded.host.config_path)))
-            dropped.add(float(counts.get(flood["name"], 0.0)))
-    finally:
-        remove_tree(workdir)
-    return [*figures.values(), ratio, dropped]
+
+    def dropped(served: ServedHost) -> list[Figure]:
+        counts = dict(_RATE_LIMITED.findall(_metrics(served.host.config_path)))
+        figure = Figure("hostile: stream lists dropped by the rate limit", "lists")
+        figure.add(float(counts.get(flood["name"], 0.0)))
+        return [figure]
+
+    return _allocate_beside(opts, ("no flood", "stream flood"), flood, ratio, after=dropped)
+
+
+def _renaming_probe(opts: Options) -> list[Figure]:
+    """A probe listing RENAMED devices whose IDs flip (d<i> / e<i>) on every 200 ms run,
+    on the same paths: every run renames every device (Issue 17, Hostile #11)."""
+    n = RENAMED // 10 if opts.quick else RENAMED
+    name = "bench.kdp-host.io/renamed"
+    ratio = Figure(
+        f"hostile: allocate p99 ratio, renaming probe ({n} IDs every 200 ms)/none",
+        "x",
+        target=2.0,
+        note="same run, vs the same host without the renaming probe",
+    )
+    probe: dict[str, Any] = {"name": name, "shell": {"format": "json", "interval": "200ms"}}
+
+    def setup(workdir: Path) -> None:
+        paths = [str(p) for p in make_device_files(workdir / "many", n)]
+        for prefix in "de":
+            listed = [{"id": f"{prefix}{i}", "paths": [p]} for i, p in enumerate(paths)]
+            (workdir / f"{prefix}.json").write_text(json.dumps(listed))
+        flag = workdir / "renamed"
+        script = (
+            f"if [ -e {flag} ]; then rm -f {flag}; cat {workdir}/d.json; "
+            f"else : > {flag}; cat {workdir}/e.json; fi"
+        )
+        probe["shell"]["command"] = ["sh", "-c", script]
+
+    def ready(served: ServedHost) -> None:
+        served.kubelet.wait_registrations([name], timeout=60)
+        served.kubelet.plugins[name].wait_update(lambda u: u.healthy() == n, timeout=120)
+
+    labels = ("no renaming probe", "renaming probe")
+    return _allocate_beside(opts, labels, probe, ratio, setup, ready)
 
 
 def _pipes(pid: int) -> int:
@@ -166,4 +234,4 @@ def _daemon_probe(opts: Options) -> list[Figure]:
 
 
 def run(opts: Options) -> list[Figure]:
-    return [*_flood(opts), *_daemon_probe(opts)]
+    return [*_flood(opts), *_renaming_probe(opts), *_daemon_probe(opts)]

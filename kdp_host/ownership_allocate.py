@@ -1,0 +1,97 @@
+"""Booking an answered Allocate: the IDs the kubelet booked, with their devices' claims and
+what the answer hands out besides its devices.
+
+An Allocate answer may hand a container more than its devices' own nodes and mounts: the
+resource's `allocate.mounts` and what its `allocate.command` printed (nodes, mounts). Those
+*places* are checked when the answer is made (`PlaceOwned`: one that reaches what another
+device of the host owns, advertised or held by a pod, the same node, inside a directory it
+mounts or a directory holding it, refuses the answer) and booked with each ID
+(`Booking.places`): while the booking lives, no device reaching one of them is advertised
+(`Ledger.conflict`, containment both ways). Places are not exclusive among allocations:
+every pod of a resource gets its `allocate.mounts`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+
+from .devices import physical_id
+from .ownership_adopt import DeviceClaims
+from .ownership_claims import Claim, Owner, claim_of
+from .ownership_gate import AdmissionGate
+
+
+class PlaceOwned(ValueError):
+    """An Allocate answer would hand out, besides its devices, what another device of the
+    host owns (the answer is refused)."""
+
+
+class BookingAllocations(AdmissionGate):
+    """Records what the kubelet booked (the ownership index's layer for Allocate)."""
+
+    async def book(
+        self,
+        resource: str,
+        ids: Iterable[str],
+        places: Mapping[str, Collection[str]] | None = None,
+    ) -> None:
+        """The kubelet booked `ids` of `resource` (an Allocate is answered): record each with
+        the claims of its device and the host paths its answer hands out besides (`places`,
+        by ID: `allocate.mounts`, an `allocate.command`'s output), and return once
+        `<stateDir>/ownership.json` holds them, or after `state_file.WRITE_LIMIT` with an error
+        line (nothing is written when the bookings are the ones recorded already). Raises
+        PlaceOwned, booking nothing, when such a path reaches what another device of the
+        host owns (advertised, or held by a pod)."""
+        ids = list(ids)
+        claimed = await self._claim_places(resource, places) if places else {}
+        ledger = self._ledger
+        if self._book(resource, ids, claimed) and ledger.sink is not None:
+            ledger.changed()
+            await ledger.sink.written()
+
+    async def owners_of(self, paths: Collection[str]) -> dict[str, list[Owner]]:
+        """Every device that owns what each host path reaches (`_owners`), resolved off the
+        loop."""
+        reached = await self._reach_all(paths)
+        return {path: [] if r is None else self._owners(r) for path, r in reached.items()}
+
+    async def _claim_places(
+        self, resource: str, places: Mapping[str, Collection[str]]
+    ) -> dict[str, tuple[Claim, ...]]:
+        """The claims of each ID's places, checked: none may reach another device's claim
+        (the same node, inside a directory it mounts, or a directory holding it)."""
+        reached = await self._reach_all({path for paths in places.values() for path in paths})
+        state = self._resources.get(resource)
+        n = 1 if state is None else state.replicas or 1
+        claimed: dict[str, tuple[Claim, ...]] = {}
+        for kubelet_id, paths in places.items():
+            # the devices of the container (all the IDs handed the same paths)
+            mine = {d for i, p in places.items() if p == paths for d in (i, physical_id(i, n))}
+            for path in paths:
+                found = reached[path]
+                for owner in () if found is None else self._owners(found):
+                    if owner.resource != resource or owner.device not in mine:
+                        raise PlaceOwned(
+                            f"{resource}: the answer for {kubelet_id} hands out {path}, "
+                            f"which device {owner.device} of {owner.resource} owns"
+                        )
+            claimed[kubelet_id] = tuple(claim_of(path, reached.get) for path in sorted(paths))
+        return claimed
+
+    def _book(
+        self, resource: str, ids: Iterable[str], places: Mapping[str, tuple[Claim, ...]]
+    ) -> bool:
+        state = self._resources.get(resource)
+        if state is None:
+            return False
+        now = self._clock()
+        changed = False
+        devices = DeviceClaims(state, self._exclusive)
+        for kubelet_id in ids:
+            device = physical_id(kubelet_id, state.replicas or 1)
+            booked = devices.of(device)
+            own = {claim[0] for claim in booked}
+            extra = tuple(c for c in places.get(kubelet_id, ()) if c[0] not in own)
+            owner = Owner(resource, kubelet_id)
+            changed |= self._ledger.record(owner, device, booked, now, extra)
+        return changed

@@ -314,7 +314,7 @@ def test_hostile2_12_a_bookings_id_is_its_device_or_a_replica_of_it(
     entry = {"resource": FPGA, "id": booked, "device": device, "claims": []}
     document = {"version": 1, "bookings": [entry]}
     if valid:
-        assert read_saved(document) == [(Owner(FPGA, booked), device, ())]
+        assert read_saved(document) == [(Owner(FPGA, booked), device, (), ())]
     else:
         with pytest.raises(ValueError, match="replica"):
             read_saved(document)

@@ -13,19 +13,23 @@ import pytest
 
 from kdp_host.cdi import spec_file_name
 from kdp_host.cli import main
-from kdp_host.config import load_config_text
 from kdp_host.devices import Device, DeviceTable
-from kdp_host.logs import get_logger
-from kdp_host.metrics import Metrics
 from kdp_host.ownership_bookings import OWNERSHIP_FILE, read_saved
 from kdp_host.ownership_claims import Owner
-from kdp_host.release import ReleaseTracker
 from kdp_host.release_state import STATE_FILE
 
 from .conftest import glob_config, wait_until
 from .kubelet_harness import healthy
 from .test_ownership_kubelet import host_paths
-from .test_release import _answer, _Commands, _tracker, host_yaml, release_lines, release_script
+from .test_release import (
+    _answer,
+    _Commands,
+    _successor,
+    _tracker,
+    host_yaml,
+    release_lines,
+    release_script,
+)
 from .test_release import _registered as registered
 
 FPGA = "vendor.example/fpga"
@@ -128,14 +132,7 @@ async def test_hostile2_8_news_before_the_tracker_starts_never_wipes_the_kept_st
     old.holdings(_answer(10.0**9))  # nothing held: fpga0's release is owed
     await old.close()
     assert store.entries(FPGA)["fpga0"]["owed"]
-    config = load_config_text(
-        f"kubelet: {{socketDir: {short_dir}}}\nresources:\n  - name: {FPGA}\n"
-        '    glob: {paths: ["/dev/fpga*"]}\n    release: {command: ["reset2", "{ids}"]}\n'
-    )
-    new = ReleaseTracker(
-        config.resources[0], table, store, commands, Metrics(process_collectors=False),
-        get_logger(),
-    )  # fmt: skip
+    new = _successor(short_dir, table, store, commands)
     new.holdings(_answer(10.0**9 + 1))
     assert store.entries(FPGA)["fpga0"]["owed"]
     new.start()

@@ -35,3 +35,8 @@ def identity_of(st: os.stat_result) -> Identity:
     if stat.S_ISBLK(mode):
         return ("b", st.st_rdev)
     return (DIRECTORY if stat.S_ISDIR(mode) else FILE, st.st_dev << 64 | st.st_ino)
+
+
+PathReach = tuple[Identity, str]
+"""What a host path reaches, as a scan learnt it: its identity and its real path; the answer
+of `ownership_claims.reach` (the ownership index takes it instead of asking again)."""

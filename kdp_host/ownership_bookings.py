@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .devices import replica_ids
+from .devices import advertises, replica_ids
 from .files import Offload
 from .identity import DIRECTORY, FILE
 from .logs import EventLogger
@@ -251,16 +251,19 @@ OLD_DIRECTORY = "dir"
 
 
 def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
-    """The bookings of `ownership.json`, checked: text resource, id, device, paths and real
-    paths; a claim `kind` of `c`, `b` (device number), `d`, `f` (inode) with a number, or
-    `path`, `sysfs` (or `dir`, as older versions wrote) with a path; `places` (optional)
-    read as claims are. A claim by path (`path`, `dir`: an older version claimed every file
-    and directory so) is what that path is now, if anything is there (`resolve`)."""
+    """The bookings of `ownership.json`, checked: text resource, id, device (the id, or the
+    device the id is a replica of), paths and real paths; a claim `kind` of `c`, `b` (device
+    number), `d`, `f` (inode) with a number, or `path`, `sysfs` (or `dir`, as older versions
+    wrote) with a path; `places` (optional) read as claims are. A claim by path (`path`,
+    `dir`: an older version claimed every file and directory so) is what that path is now,
+    if anything is there (`resolve`)."""
     saved: Saved = []
     for entry in document["bookings"]:
         texts = [entry[name] for name in ("resource", "id", "device")]
         if not all(isinstance(text, str) and text for text in texts):
             raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
+        if not advertises(texts[1], texts[2]):
+            raise ValueError(f"a booking's id must be its device or a replica of it: {entry!r}")
         claims = _read_claims(entry["claims"], resolve)
         places = _read_claims(entry.get("places", []), resolve)
         saved.append((Owner(texts[0], texts[1]), texts[2], claims, places))

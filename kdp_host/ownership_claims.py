@@ -17,8 +17,8 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from .devices import Device, DeviceMount, PathReach
-from .identity import DIRECTORY, identity_of
+from .devices import Device, DeviceMount
+from .identity import DIRECTORY, PathReach, identity_of
 
 ClaimKey = tuple[str, int | str]
 """What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f', inode)), ('path',

@@ -12,7 +12,8 @@ import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from kdp_host.metric_series import Counter, Gauge
+from kdp_host.metric_histograms import SCAN_BUCKETS
+from kdp_host.metric_series import Counter, Gauge, Histogram
 from kdp_host.metrics import Metrics
 
 
@@ -51,6 +52,36 @@ def test_the_exposition_is_prometheus_clients_own() -> None:
     assert ours.get_sample_value("kdp_x_total", {"resource": "a", "result": "ok"}) == 3.5
 
 
+def _observe(labelled: Any, plain: Any) -> None:
+    for amount in (0.0, 0.001, 0.0011, 0.3, 5.0, 29.9, 30.0, 31.0, 1e9, float("nan")):
+        labelled.labels("a").observe(amount)
+        plain.observe(amount)
+    labelled.labels("b").observe(0.02)
+    labelled.labels("c")
+    labelled.labels("d").observe(1.0)
+    labelled.remove("d")
+
+
+def test_histograms_expose_what_prometheus_clients_own_do() -> None:
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    _observe(
+        prometheus_client.Histogram(
+            "kdp_h", "Hs.", ["resource"], buckets=SCAN_BUCKETS, registry=theirs
+        ),
+        prometheus_client.Histogram(
+            "kdp_g", "Gs.", buckets=(0.5, 1.0, float("inf")), registry=theirs
+        ),
+    )
+    _observe(
+        Histogram("kdp_h", "Hs.", ["resource"], buckets=SCAN_BUCKETS, registry=ours),
+        Histogram("kdp_g", "Gs.", buckets=(0.5, 1.0, float("inf")), registry=ours),
+    )
+    assert generate_latest(ours) == generate_latest(theirs)
+    assert ours.get_sample_value("kdp_h_bucket", {"resource": "a", "le": "0.001"}) == 2.0
+    with pytest.raises(ValueError, match="sorted"):
+        Histogram("kdp_unsorted", "U.", buckets=(1.0, 0.5), registry=ours)
+
+
 def test_misuse_fails_as_prometheus_client_does() -> None:
     registry = CollectorRegistry()
     counter = Counter("kdp_x", "Xs.", ["resource", "result"], registry=registry)
@@ -67,15 +98,18 @@ def test_misuse_fails_as_prometheus_client_does() -> None:
 
 
 def test_a_resources_series_are_small() -> None:
-    """A resource's ~37 series at zero: prometheus-client's own children took ~24 KiB."""
+    """A resource's ~37 series at zero and its scan histogram: prometheus-client's own
+    children took ~24 KiB."""
     metrics = Metrics(process_collectors=False)
     metrics.add_resource("warm.example/r")
+    metrics.scan_seconds.labels("warm.example/r").observe(0.002)
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for i in range(50):
             metrics.add_resource(f"r{i}.example/dev")
+            metrics.scan_seconds.labels(f"r{i}.example/dev").observe(0.002)
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

@@ -149,21 +149,34 @@ class OwnershipIndex(BookingAllocations):
         self._watcher = watcher
 
     def _follow(self, resource: str, claims: Claims) -> None:
-        watcher = self._watcher
-        if watcher is None:
-            return
         for key, path, _ in claims.all():
             if key[0] == SYSFS:
                 continue  # (not resolved from its path: its driver follows the device)
-            directory = os.path.dirname(path)
-            users = self._followed.get(directory)
+            users = self._users(os.path.dirname(path))
             if users is None:
-                users = self._followed[directory] = set()
-                watcher.subscribe(directory, functools.partial(self._path_changed, directory))
+                return
             users.add(resource)
 
+    def _follows(self, path: str) -> bool:
+        return self._users(os.path.dirname(path)) is not None
+
+    def _users(self, directory: str) -> set[str] | None:
+        """The resources that claimed through `directory`, the watcher following it from
+        now on (None: no watcher)."""
+        watcher = self._watcher
+        if watcher is None:
+            return None
+        users = self._followed.get(directory)
+        if users is None:
+            users = self._followed[directory] = set()
+            watcher.subscribe(directory, functools.partial(self._path_changed, directory))
+        return users
+
     def _path_changed(self, directory: str, name: str | None) -> None:
-        """A watcher callback: note it, and recheck once the burst is over (soon)."""
+        """A watcher callback: forget the places kept there, note it, and recheck once the
+        burst is over (soon)."""
+        paths = None if name is None else {os.path.join(directory, name)}
+        self._forget_kept(functools.partial(_in, directory=directory, paths=paths))
         first = not self._changed_paths
         if name is None:
             self._changed_paths[directory] = None

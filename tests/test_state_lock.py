@@ -4,12 +4,14 @@ sees, shared by hosts that overlap, waited for by a host that starts during an u
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
-from kdp_host.state_lock import LOCK_FILE, StateDirBusy, exclusive
+from kdp_host.state_lock import LOCK_FILE, StateDirBusy, exclusive, hold_shared, release
 
 from .conftest import glob_config, wait_until
 
@@ -46,6 +48,48 @@ async def test_hosts_on_one_state_dir_share_it_and_unbook_waits_for_none(
         await running.shutdown()
     with exclusive(str(state)):
         pass
+
+
+async def test_unbook_is_refused_after_a_cleaner_removed_the_lock_file(
+    short_dir: Path, start_host, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hostile3 G5: `rm <stateDir>/kdp-host.lock` (a "stale lock") leaves the host's flock on
+    an inode the path no longer names; the host still holds the directory itself."""
+    state = short_dir / "state"
+    running = await start_host(config_in(short_dir, state))
+    await wait_until(lambda: started(caplog) == 1, what="the host started")
+    (state / LOCK_FILE).unlink()
+    with pytest.raises(StateDirBusy, match="directory"), exclusive(str(state)):
+        pass
+    await running.shutdown()
+    with exclusive(str(state)):
+        pass
+
+
+def test_hosts_and_commands_of_the_previous_version_still_see_each_other(
+    tmp_path: Path,
+) -> None:
+    """A rolling upgrade: the previous version locks only the lock file (shared by a host,
+    exclusively by unbook); each side still refuses while the other holds."""
+    old = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(old, fcntl.LOCK_SH)  # a host of the previous version
+        with pytest.raises(StateDirBusy), exclusive(str(tmp_path)):
+            pass
+        fcntl.flock(old, fcntl.LOCK_UN)
+        held = hold_shared(str(tmp_path), wait=False)  # a host of this version
+        assert held is not None
+        other = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            with pytest.raises(BlockingIOError):  # the previous version's unbook
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+        release(held)
+        with exclusive(str(tmp_path)):
+            pass
+    finally:
+        os.close(old)
 
 
 async def test_a_host_that_starts_during_an_unbook_waits_for_it(

@@ -42,6 +42,7 @@ from .resource import ResourceRuntime
 from .safety_net import SafetyNet
 from .services import HostServices, RegistryWait
 from .stale_sockets import remove_stale_sockets
+from .state_file import StateFile
 from .state_lock import holding
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
@@ -82,6 +83,8 @@ class Host:
     _worst_lag: float = field(default=0.0, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
     _label_task: asyncio.Task[None] | None = field(default=None, init=False)
+    _state_files: tuple[StateFile, ...] = field(default=(), init=False)
+    """`release-state.json` and `ownership.json` once read: /readyz says while one is unwritten."""
     pod_resources: PodResourcesPoller | None = field(default=None, init=False)
     """Who holds each device (None until running, or with polling off)."""
 
@@ -122,6 +125,9 @@ class Host:
                 + ", ".join(self.selection.waiting)
                 + " wait for them"
             )
+        unwritten = [f.unwritten for f in self._state_files if f.unwritten is not None]
+        if unwritten:
+            out["stateDir"] = "; ".join(unwritten)
         return out
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -155,6 +161,7 @@ class Host:
         bookings = ownership_file(self.config.state_dir, self.log, self.offload)
         saved = await self.offload.run(functools.partial(bookings.load, read_saved))
         self.ownership.keep_bookings_in(bookings, saved)
+        self._state_files = (release_state.file, bookings)
         commands = ProcessRunner()
         if not commands.dies_with_host:
             self.log.warning(

@@ -51,6 +51,10 @@ class ReleaseStateStore:
     def write_failures(self) -> int:
         return self._file.write_failures
 
+    @property
+    def file(self) -> StateFile:
+        return self._file
+
     def load(self) -> None:
         """Read the file (blocking: call it in a thread). Missing: nothing was used."""
         self._data = self._file.load(_parse) or {}

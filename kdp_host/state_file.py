@@ -10,11 +10,18 @@ on), or that does not have its shape (or nested too deep to parse), is set aside
 `<name>.unreadable` (`.1`, `.2`, ... when earlier copies are there: none is replaced) with
 one error line saying what that costs
 (`consequence`); every other state file is read as usual.
+
+A write that fails (a full disk, a read-only file system) is tried again, with backoff
+(`RETRY_FIRST` doubling to `RETRY_MAX` seconds, and at once on every change) until one
+succeeds: one error line when it starts failing (`<what>_write_failed`), one when the file
+is written again (`<what>_write_recovered`), and `unwritten` says why meanwhile (/readyz).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 import json
 import os
@@ -34,6 +41,11 @@ WRITE_LIMIT: Final = 5.0
 to be written. A state directory whose file system hangs must not hang the answer (nor the
 kubelet's admission of every pod after it): past the limit the answer goes out, with an
 error line, as when a write fails; the write goes on and lands when the file system does."""
+
+RETRY_FIRST: Final = 1.0
+"""Seconds before a failed write is tried again; doubled after each failure..."""
+RETRY_MAX: Final = 60.0
+"""... up to this."""
 
 Parser = Callable[[Mapping[str, Any]], T]
 """Reads a document (its version checked already); raises ValueError, KeyError, TypeError or
@@ -72,6 +84,13 @@ class StateFile:
         self._lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
         self.write_limit = WRITE_LIMIT
+        self.retry_first = RETRY_FIRST
+        self.retry_max = RETRY_MAX
+        self._wake = asyncio.Event()
+        self.unwritten: str | None = None
+        """Why the file does not hold the latest change, while its writes fail (short: the
+        file's name and the error's code, for /readyz); None when they succeed."""
+        self._failing_since = 0.0
         self.stalls = 0
         """Answers that went out before the file held their change (`written`)."""
 
@@ -118,8 +137,22 @@ class StateFile:
         starts, on the event loop) soon."""
         self._document = document
         self._version += 1
+        self._wake.set()
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self.flush(), name=self.path.name)
+            self._writer = asyncio.create_task(self._keep_writing(), name=self.path.name)
+
+    async def _keep_writing(self) -> None:
+        """`flush` until the file holds every change: after a failure, again after a backoff
+        (or at once when something changes)."""
+        delay = self.retry_first
+        while True:
+            self._wake.clear()
+            await self.flush()
+            if self._written == self._version:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            delay = min(delay * 2, self.retry_max)
 
     async def written(self) -> None:
         """`flush`, for an answer to the kubelet: at most `write_limit` seconds; past that
@@ -149,14 +182,32 @@ class StateFile:
                 try:
                     await self._offload.run(functools.partial(write_atomic, str(self.path), text))
                 except OSError as exc:
-                    self.write_failures += 1
-                    self._log.error(
-                        f"{self._what}_write_failed",
-                        reason=str(exc),
-                        consequence=self._if_unwritten,
-                    )
+                    self._failed(exc)
                     return
                 self._written = version
+                if self.unwritten is not None:
+                    self.unwritten = None
+                    self._log.info(
+                        f"{self._what}_write_recovered",
+                        failures=self.write_failures,
+                        unwritten_for=round(time.monotonic() - self._failing_since, 3),
+                    )
+
+    def _failed(self, exc: OSError) -> None:
+        """Count a failed write; the first of a run of failures is logged."""
+        self.write_failures += 1
+        if self.unwritten is not None:
+            return
+        code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        self.unwritten = f"{self.path.name} not written ({code}): retrying"
+        self._failing_since = time.monotonic()
+        self._log.error(
+            f"{self._what}_write_failed",
+            reason=str(exc),
+            consequence=self._if_unwritten,
+            action=f"tried again after {self.retry_first:g} s doubling to "
+            f"{self.retry_max:g} s, and at every change, until a write succeeds",
+        )
 
 
 def text(value: object) -> str:

@@ -4,11 +4,13 @@ aside under a name of its own (never over an earlier copy), and the start goes o
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -139,3 +141,81 @@ async def test_allocate_and_prestart_do_not_wait_for_a_state_dir_that_hangs(
     assert kept.load(read_saved) == [
         (Owner("t.io/a", "a"), "a", ((("c", 1), "/dev/a", "/dev/a"),), ())
     ]
+
+
+class FullDisk:
+    """`write_atomic` on a file system that is full while `full` is set (hostile3 G3)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = True
+        self.attempts = 0
+        self._write = state_file.write_atomic
+        monkeypatch.setattr(state_file, "write_atomic", self)
+
+    def __call__(self, path: str, data: bytes) -> None:
+        self.attempts += 1
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        self._write(path, data)
+
+
+def written_bookings(path: Path) -> Any:
+    return json.loads(path.read_text())["bookings"]
+
+
+@pytest.mark.parametrize("name", [OWNERSHIP_FILE, STATE_FILE])
+async def test_a_failed_write_is_tried_again_until_it_lands(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails (disk full) is tried again with backoff, with no further change,
+    until the disk has room: one error line when it starts failing, one when it recovers,
+    and `unwritten` (/readyz) says so meanwhile."""
+    caplog.set_level(logging.INFO)
+    disk = FullDisk(monkeypatch)
+    if name == OWNERSHIP_FILE:
+        state = ownership_file(str(tmp_path), get_logger(), DaemonThreads())
+    else:
+        state = ReleaseStateStore(str(tmp_path), get_logger(), DaemonThreads()).file
+    state.retry_first = 0.01
+    state.retry_max = 0.05
+    state.changed(lambda: {"bookings": ["b1"]})
+    await wait_until(lambda: disk.attempts >= 3, what="the write tried again, unasked")
+    assert state.unwritten == f"{name} not written (ENOSPC): retrying"
+    assert not (tmp_path / name).exists()
+    disk.full = False
+    await wait_until(lambda: (tmp_path / name).exists(), what="the write once there is room")
+    assert written_bookings(tmp_path / name) == ["b1"]
+    assert state.unwritten is None
+    events = [r.getMessage() for r in caplog.records]
+    what = "ownership_state" if name == OWNERSHIP_FILE else "release_state"
+    assert events.count(f"{what}_write_failed") == 1
+    assert events.count(f"{what}_write_recovered") == 1
+    tries = disk.attempts
+    state.changed(lambda: {"bookings": ["b2"]})  # and writes go on as usual
+    await wait_until(lambda: disk.attempts == tries + 1, what="the next write")
+    await state.flush()
+    assert written_bookings(tmp_path / name) == ["b2"]
+
+
+async def test_a_booking_made_while_the_disk_is_full_is_written_once_it_has_room(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    devices: Path,
+    start_host,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hostile3 G3 through a host: the Allocate is answered, /readyz names the unwritten
+    file while the disk is full, and the booking lands on disk once it has room."""
+    monkeypatch.setattr(state_file, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(state_file, "RETRY_MAX", 0.05)
+    state = socket_dir.parent / "state"
+    running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
+    disk = FullDisk(monkeypatch)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    await wait_until(lambda: "stateDir" in running.host.not_ready(), what="/readyz says it")
+    assert "ownership.json not written (ENOSPC)" in running.host.not_ready()["stateDir"]
+    disk.full = False
+    await wait_until(lambda: (state / OWNERSHIP_FILE).exists(), what="written once there is room")
+    assert len(written_bookings(state / OWNERSHIP_FILE)) == 1
+    await wait_until(lambda: "stateDir" not in running.host.not_ready(), what="ready again")

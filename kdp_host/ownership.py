@@ -7,10 +7,12 @@ resource's `DeviceReporter` writes to through `OwnedTable`). Each device claims 
 put into a container:
 
 - every DeviceSpec host path: a character or block node by its device number (so a second
-  node or a link for it is the same claim), anything else by its resolved real path;
-- every mount source of the device, by its resolved real path.
+  node or a link for it is the same claim), any other file or a directory by its inode (a
+  hard link or a rename is the same claim), a path where nothing is by its text;
+- every mount source of the device, the same way;
+- a sysfs device itself, by its directory in sysfs (one that passes no node is one device).
 
-A directory mounted into a container holds everything below it, so a claim below a
+A directory mounted into a container holds everything below its real path, so a claim below a
 directory another device claims (a mount of `/dev/dri` and the node `/dev/dri/card0`), or a
 directory with another's claim below it, clashes as if both were one claim.
 
@@ -63,14 +65,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .devices import REPLICA_SEPARATOR, Device
+from .devices import Device, advertises
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
 from .ownership_bookings import what_releases
-from .ownership_claims import Claims, Reached, Resolver, host_paths, places
+from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
@@ -99,14 +101,6 @@ def _in(path: str, directory: str, paths: set[str] | None) -> bool:
 def _through(device: Device, directory: str, paths: set[str] | None) -> bool:
     """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
     return any(_in(host_path, directory, paths) for host_path in host_paths(device))
-
-
-def _advertises(advertised_id: str, device_id: str) -> bool:
-    """Whether an advertised ID is the device or one of its replicas (`<id>::<k>`)."""
-    return advertised_id == device_id or (
-        advertised_id.startswith(device_id)
-        and advertised_id[len(device_id) :].startswith(REPLICA_SEPARATOR)
-    )
 
 
 class OwnershipIndex(BookingAllocations):
@@ -155,19 +149,34 @@ class OwnershipIndex(BookingAllocations):
         self._watcher = watcher
 
     def _follow(self, resource: str, claims: Claims) -> None:
-        watcher = self._watcher
-        if watcher is None:
-            return
-        for _, path, _ in claims.all():
-            directory = os.path.dirname(path)
-            users = self._followed.get(directory)
+        for key, path, _ in claims.all():
+            if key[0] == SYSFS:
+                continue  # (not resolved from its path: its driver follows the device)
+            users = self._users(os.path.dirname(path))
             if users is None:
-                users = self._followed[directory] = set()
-                watcher.subscribe(directory, functools.partial(self._path_changed, directory))
+                return
             users.add(resource)
 
+    def _follows(self, path: str) -> bool:
+        return self._users(os.path.dirname(path)) is not None
+
+    def _users(self, directory: str) -> set[str] | None:
+        """The resources that claimed through `directory`, the watcher following it from
+        now on (None: no watcher)."""
+        watcher = self._watcher
+        if watcher is None:
+            return None
+        users = self._followed.get(directory)
+        if users is None:
+            users = self._followed[directory] = set()
+            watcher.subscribe(directory, functools.partial(self._path_changed, directory))
+        return users
+
     def _path_changed(self, directory: str, name: str | None) -> None:
-        """A watcher callback: note it, and recheck once the burst is over (soon)."""
+        """A watcher callback: forget the places kept there, note it, and recheck once the
+        burst is over (soon)."""
+        paths = None if name is None else {os.path.join(directory, name)}
+        self._forget_kept(functools.partial(_in, directory=directory, paths=paths))
         first = not self._changed_paths
         if name is None:
             self._changed_paths[directory] = None
@@ -267,7 +276,7 @@ class OwnershipIndex(BookingAllocations):
                 if holdings.asked_at < since + HEARD_AFTER or key in booked_keys:
                     continue
                 device = self._exclusive[key].device
-                if not any(_advertises(a, device) for a in held):
+                if not any(advertises(a, device) for a in held):
                     self._release_lingering(state, key)
                     released = True
         if released:

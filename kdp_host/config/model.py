@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 from ..endpoint import SOCKET_NAME_MIN_LENGTH
 from ..metric_labels import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
+from ..cdi_rules import CDI_KIND_PATTERN, cdi_kind_problem
 from ..rules import (
-    CDI_KIND_PATTERN,
     ENV_NAME_PATTERN,
     EXTENDED_RESOURCE_NAME_NOT_PATTERN,
     EXTENDED_RESOURCE_NAME_PATTERN,
@@ -45,7 +45,6 @@ from ..rules import (
     MAX_PRE_START_TIMEOUT,
     absolute_path_problem,
     annotation_key_problem,
-    cdi_kind_problem,
     container_path_problem,
     env_name_problem,
     extended_resource_name_problem,

@@ -207,11 +207,13 @@ class OwnershipIndex(BookingAllocations):
         publish: Callable[[Mapping[str, Device]], bool],
         log: EventLogger,
         replicas: int = 1,
+        cdi_kind: str | None = None,
     ) -> Callable[[], None]:
         """A runtime of `resource` starts publishing to `publish`; returns its detach.
 
         A resource added back after it was retired takes its old claims back. Its `replicas`
-        decide which booked IDs its devices may have (`book`)."""
+        decide which booked IDs its devices may have (`book`); CDI names of its `cdi_kind`
+        (`allocate.cdi.kind`) name its devices only (`book`)."""
         state = self._state(resource)
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
@@ -220,6 +222,7 @@ class OwnershipIndex(BookingAllocations):
         # unless the resource never listed a device.
         state.plain = not state.admitted_from and not state.owned and not state.lingering
         state.replicas = replicas
+        state.cdi_kind = cdi_kind or state.cdi_kind
         self._adoption.unchecked.add(resource)
 
         def detach() -> None:

@@ -42,7 +42,6 @@ from ..logs import EventLogger
 from ..metric_histograms import Observer
 from ..metrics import Metrics
 from ..ownership_allocate import PlaceOwned
-from ..ownership_claims import host_paths
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
@@ -53,14 +52,15 @@ LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
 
 class Bookings(Protocol):
     """Where an answered Allocate's IDs are recorded as booked (`OwnershipIndex`), with the
-    host paths each answer hands out besides its devices (raises `PlaceOwned` when one is
-    another device's)."""
+    host paths and CDI names each answer hands out besides its devices (raises `PlaceOwned`
+    when one is another device's)."""
 
     async def book(
         self,
         resource: str,
         ids: Iterable[str],
         places: Mapping[str, Collection[str]] | None = None,
+        cdi_names: Mapping[str, Collection[str]] | None = None,
     ) -> None: ...
 
 
@@ -284,7 +284,9 @@ class DevicePluginService(DevicePluginBase):
             # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
             booked = [i for request in message.container_requests for i in request.devices_ids]
             try:
-                await self._bookings.book(name, booked, self._places(snapshot, message, responses))
+                requests = [request.devices_ids for request in message.container_requests]
+                handed = self._builder.handed(snapshot, requests, responses)
+                await self._bookings.book(name, booked, handed.places, handed.cdi_names)
             except PlaceOwned as exc:
                 self._metrics.allocations.labels(name, "invalid").inc()
                 self._log.warning("allocate_refused", reason=str(exc))
@@ -298,27 +300,6 @@ class DevicePluginService(DevicePluginBase):
         self._allocated_ok.inc(len(responses))
         self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)
-
-    def _places(
-        self,
-        snapshot: Snapshot,
-        message: AllocateRequest,
-        responses: list[ContainerAllocateResponse],
-    ) -> dict[str, list[str]]:
-        """The host paths each container's answer hands out besides its devices' own nodes
-        and mounts (`allocate.mounts`, an `allocate.command`'s output), by requested ID."""
-        places: dict[str, list[str]] = {}
-        for request, response in zip(message.container_requests, responses, strict=True):
-            handed = {spec.host_path for spec in response.devices}
-            handed.update(mount.host_path for mount in response.mounts)
-            if not handed:
-                continue
-            physical = self._builder.physical_devices(snapshot, request.devices_ids)
-            extra = sorted(handed.difference(*(host_paths(device) for device in physical)))
-            if extra:
-                for device_id in request.devices_ids:
-                    places.setdefault(device_id, []).extend(extra)
-        return places
 
     async def _add_hook_extras(
         self,

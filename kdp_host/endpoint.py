@@ -50,11 +50,18 @@ def socket_name(resource: str, instance_id: str, socket_dir: str) -> str:
     """
     if not 0 < len(instance_id) <= INSTANCE_ID_MAX_LENGTH or _SOCKET_UNSAFE.search(instance_id):
         raise ValueError(f"instance ID {instance_id!r}: 1 to 8 of [A-Za-z0-9._-]")
-    readable = f"{_SOCKET_PREFIX}{make_name(resource, SOCKET_SLUG)}-{instance_id}{_SOCKET_SUFFIX}"
+    readable = f"{_SOCKET_PREFIX}{socket_slug(resource)}-{instance_id}{_SOCKET_SUFFIX}"
     if socket_path_problem(os.path.join(socket_dir, readable)) is None:
         return readable
     both = hashlib.sha256(f"{resource}\0{instance_id}".encode()).digest()
     return _SOCKET_PREFIX + base64.b32encode(both).decode().lower()[:_SOCKET_HASH_LENGTH]
+
+
+def socket_slug(resource: str) -> str:
+    """The part of a readable socket name that comes from the resource name. Two names that
+    give one slug would serve on one path (each taking the other's bind for its own socket
+    deleted): the config refuses them (`Config.check`)."""
+    return make_name(resource, SOCKET_SLUG)
 
 
 def is_socket_name(name: str) -> bool:

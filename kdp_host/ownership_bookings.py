@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .devices import replica_ids
+from .devices import advertises, replica_ids
 from .files import Offload
 from .logs import EventLogger
 from .ownership_claims import Claim, ClaimKey, Claims, Owner, ancestors, below, owner_order
@@ -230,14 +230,16 @@ def _claims_document(claims: tuple[Claim, ...]) -> list[dict[str, Any]]:
 
 
 def read_saved(document: Mapping[str, Any]) -> Saved:
-    """The bookings of `ownership.json`, checked: text resource, id, device, paths and real
-    paths; a claim `kind` of `c` or `b` with a device number, or `path` or `dir` with a
-    path; `places` (optional) read as claims are."""
+    """The bookings of `ownership.json`, checked: text resource, id, device (the id, or the
+    device the id is a replica of), paths and real paths; a claim `kind` of `c` or `b` with
+    a device number, or `path` or `dir` with a path; `places` (optional) read as claims are."""
     saved: Saved = []
     for entry in document["bookings"]:
         texts = [entry[name] for name in ("resource", "id", "device")]
         if not all(isinstance(text, str) and text for text in texts):
             raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
+        if not advertises(texts[1], texts[2]):
+            raise ValueError(f"a booking's id must be its device or a replica of it: {entry!r}")
         claims = _read_claims(entry["claims"])
         places = _read_claims(entry.get("places", []))
         saved.append((Owner(texts[0], texts[1]), texts[2], claims, places))

@@ -39,7 +39,7 @@ from ..cdi_rules import (
     cdi_name_parts,
     is_cdi_annotation_key,
 )
-from ..endpoint import SOCKET_NAME_MIN_LENGTH
+from ..endpoint import SOCKET_NAME_MIN_LENGTH, socket_slug
 from ..metric_labels import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
     ENV_NAME_PATTERN,
@@ -847,7 +847,8 @@ class ReleaseConfig:
         Choice(("ignore", "unhealthy")),
         "`unhealthy`: a device whose release failed is reported Unhealthy until a later "
         "release succeeds (retried with backoff, and at the next container start on it) or "
-        "its `health` command passes. `ignore`: it stays Healthy. Either way the release "
+        "its `health` command passes, also when it is unplugged and plugged in again "
+        "meanwhile. `ignore`: it stays Healthy. Either way the release "
         "stays pending: the next container start on the device runs it again and fails "
         "with its error if it fails again.",
         default="unhealthy",
@@ -1161,7 +1162,8 @@ class Config:
     def check(self) -> Problems:
         """One resource per CDI kind: CDI names are unique per kind only when one resource
         names all of them (two resources of one kind could both publish `kind=fpga0`).
-        Entries of one resource for different nodes (nodeSelector) may share its kind."""
+        Entries of one resource for different nodes (nodeSelector) may share its kind.
+        One socket name per resource (`endpoint.socket_slug`)."""
         first: dict[str, int] = {}
         for index, resource in enumerate(self.resources):
             cdi = resource.allocate.cdi
@@ -1176,6 +1178,16 @@ class Config:
                     "within it), e.g. another class: vendor.example/fpga-b",
                 )
         yield from self._cdi_annotation_problems()
+        slugs: dict[str, str] = {}
+        for index, resource in enumerate(self.resources):
+            other = slugs.setdefault(socket_slug(resource.name), resource.name)
+            if other != resource.name:
+                yield (
+                    ("resources", index, "name"),
+                    f"resource {resource.name!r} would be served on the socket of resource "
+                    f"{other!r} (their names give one socket name, kdp-"
+                    f"{socket_slug(resource.name)}-...): change the first 20 characters of one",
+                )
         if self.node_features is not None:
             for index, resource in enumerate(self.resources):
                 if why := node_feature_label_problem(resource.name):

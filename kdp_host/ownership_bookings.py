@@ -19,8 +19,21 @@ from typing import Any, Protocol
 
 from .devices import advertises, replica_ids
 from .files import Offload
+from .identity import DIRECTORY, FILE
 from .logs import EventLogger
-from .ownership_claims import Claim, ClaimKey, Claims, Owner, ancestors, below, owner_order
+from .ownership_claims import (
+    NOTHING,
+    SYSFS,
+    Claim,
+    ClaimKey,
+    Claims,
+    Owner,
+    Resolver,
+    ancestors,
+    below,
+    owner_order,
+    reach,
+)
 from .state_file import StateFile
 
 OWNERSHIP_FILE = "ownership.json"
@@ -148,7 +161,7 @@ class Ledger:
         found = [*places.get(real, ())]
         for directory in ancestors(real):
             found += places.get(directory, ())
-        if key[0] == "dir":
+        if key[0] == DIRECTORY:
             for place, owners in places.items():
                 if below(place, real):
                     found += owners
@@ -229,10 +242,21 @@ def _claims_document(claims: tuple[Claim, ...]) -> list[dict[str, Any]]:
     ]
 
 
-def read_saved(document: Mapping[str, Any]) -> Saved:
+NUMBERED = ("c", "b", DIRECTORY, FILE)
+"""Claim kinds whose key is a number: a device number, an inode (`identity.identity_of`)."""
+BY_TEXT = (NOTHING, SYSFS)
+"""Claim kinds whose key is a path: nothing there when booked, a sysfs device itself."""
+OLD_DIRECTORY = "dir"
+"""A directory's claim by its real path, as versions before inodes wrote it."""
+
+
+def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
     """The bookings of `ownership.json`, checked: text resource, id, device (the id, or the
-    device the id is a replica of), paths and real paths; a claim `kind` of `c` or `b` with
-    a device number, or `path` or `dir` with a path; `places` (optional) read as claims are."""
+    device the id is a replica of), paths and real paths; a claim `kind` of `c`, `b` (device
+    number), `d`, `f` (inode) with a number, or `path`, `sysfs` (or `dir`, as older versions
+    wrote) with a path; `places` (optional) read as claims are. A claim by path (`path`,
+    `dir`: an older version claimed every file and directory so) is what that path is now,
+    if anything is there (`resolve`)."""
     saved: Saved = []
     for entry in document["bookings"]:
         texts = [entry[name] for name in ("resource", "id", "device")]
@@ -240,24 +264,29 @@ def read_saved(document: Mapping[str, Any]) -> Saved:
             raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
         if not advertises(texts[1], texts[2]):
             raise ValueError(f"a booking's id must be its device or a replica of it: {entry!r}")
-        claims = _read_claims(entry["claims"])
-        places = _read_claims(entry.get("places", []))
+        claims = _read_claims(entry["claims"], resolve)
+        places = _read_claims(entry.get("places", []), resolve)
         saved.append((Owner(texts[0], texts[1]), texts[2], claims, places))
     return saved
 
 
-def _read_claims(listed: Iterable[Any]) -> tuple[Claim, ...]:
+def _read_claims(listed: Iterable[Any], resolve: Resolver) -> tuple[Claim, ...]:
     claims: list[Claim] = []
     for claim in listed:
         kind, value = claim["kind"], claim["key"]
-        if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
+        if kind in NUMBERED and isinstance(value, int) and not isinstance(value, bool):
             key: ClaimKey = (kind, value)
-        elif kind in ("path", "dir") and isinstance(value, str):
+        elif kind in (*BY_TEXT, OLD_DIRECTORY) and isinstance(value, str):
             key = (kind, value)
         else:
-            raise TypeError(f"a claim is not c/b with a number or path/dir with a path: {claim!r}")
+            raise TypeError(
+                f"a claim is not c/b/d/f with a number or path/sysfs with a path: {claim!r}"
+            )
         path, real = claim["path"], claim["real"]
         if not all(isinstance(text, str) and text for text in (path, real)):
             raise TypeError(f"a claim's path and real path must be text: {claim!r}")
+        if kind in (NOTHING, OLD_DIRECTORY):
+            reached = resolve(value)
+            key, real = ((NOTHING, value), real) if reached is None else reached
         claims.append((key, path, real))
     return tuple(claims)

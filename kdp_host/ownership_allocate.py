@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable, Mapping
 
 from .devices import physical_id
 from .ownership_adopt import DeviceClaims
-from .ownership_claims import Claim, Owner, claim_of
+from .ownership_claims import Claim, ClaimKey, Owner, claim_of
 from .ownership_gate import AdmissionGate
 
 
@@ -48,6 +48,23 @@ class BookingAllocations(AdmissionGate):
         if self._book(resource, ids, claimed) and ledger.sink is not None:
             ledger.changed()
             await ledger.sink.written()
+
+    def claimed(self, resource: str, ids: Iterable[str]) -> dict[str, ClaimKey]:
+        """What each host path of the devices behind `ids` was claimed as (host path to
+        claim key): an answer hands a path out only while it still reaches that
+        (`ownership_claims.handed_reals`)."""
+        state = self._resources.get(resource)
+        if state is None:
+            return {}
+        devices = DeviceClaims(state, self._exclusive)
+        found: dict[str, ClaimKey] = {}
+        for kubelet_id in ids:
+            device = physical_id(kubelet_id, state.replicas or 1)
+            owned = state.owned.get(device)
+            claims = devices.of(device) if owned is None else owned.all()
+            for key, path, _ in claims:
+                found.setdefault(path, key)
+        return found
 
     async def owners_of(self, paths: Collection[str]) -> dict[str, list[Owner]]:
         """Every device that owns what each host path reaches (`_owners`), resolved off the

@@ -16,6 +16,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from .devices import Device, DeviceMount
 from .identity import DIRECTORY, PathReach, identity_of, names_it
@@ -70,7 +71,17 @@ def _real_path(path: str, real_dirs: dict[str, str]) -> str:
 class Unresolvable(ValueError):
     """A host path whose real path does not name what the path reaches (a magic link such
     as `/proc/<pid>/root/...`, whose text is not where the kernel goes, or a link swapped
-    between the two lookups): it is not handed out."""
+    between the two lookups), or that no longer reaches what was claimed for it (`stale`:
+    that path, to be claimed anew): it is not handed out."""
+
+    def __init__(self, message: str, stale: str | None = None) -> None:
+        super().__init__(message)
+        self.stale = stale
+
+
+HANDED_TIMEOUT: Final = 10.0
+"""Seconds an Allocate waits for the host paths it hands out to resolve (`handed_reals`, off
+the loop) before it is refused: a path on a hung file system does not hold the admission."""
 
 
 def handed_real(path: str) -> Reached | None:
@@ -105,7 +116,8 @@ def handed_reals(paths: Iterable[str], claimed: Mapping[str, ClaimKey]) -> dict[
         if key is not None and key[0] not in (NOTHING, SYSFS) and stale:
             raise Unresolvable(
                 f"{path} no longer reaches what was claimed for it (a link or an "
-                "ancestor directory changed since): refused until it is claimed anew"
+                "ancestor directory changed since): refused until it is claimed anew",
+                stale=path,
             )
         found[path] = path if reached is None else reached[1]
     return found

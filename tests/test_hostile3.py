@@ -3,6 +3,7 @@ an Allocate hands out is the real path the index claimed, checked to name what w
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -115,7 +116,8 @@ async def test_hostile3_2_a_swapped_ancestor_link_refuses_the_allocate(
 ) -> None:
     """G2: the probe's path lies under a linked directory; swapping that directory (the
     probe's output unchanged) left the claim stale, and pod1 got B's node, which B gave
-    pod2. An Allocate hands a device's path out only while it reaches what was claimed."""
+    pod2. An Allocate hands a device's path out only while it reaches what was claimed; a
+    path that does not is refused and claimed anew."""
     pts0, pts1 = ptys
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     for name in ("dev", "dA", "dB"):
@@ -134,11 +136,11 @@ async def test_hostile3_2_a_swapped_ancestor_link_refuses_the_allocate(
     [other] = second["devices"]
     assert rdev(other["PathOnHost"]) == rdev(pts1)
     first = await kubelet.acall(kubelet.allocate, "pod1", {A: 1})
-    # never B's node: refused (a DeviceSpec reaching A's claimed node would do as well)
-    if first["error"] == "":
-        assert all(rdev(s["PathOnHost"]) == rdev(pts0) for s in first["devices"])
-    else:
-        assert "no longer reaches what was claimed" in first["error"]
+    # never B's node: refused, and the path claimed anew: it reaches the node pod2 holds,
+    # so A's device is held back
+    assert "no longer reaches what was claimed" in first["error"]
+    assert not first.get("devices")
+    await kubelet.await_for(healthy(A, 0), what="A's device held back once claimed anew")
 
 
 @pytest.fixture
@@ -252,3 +254,49 @@ def test_a_magic_link_is_unresolvable(private_bind: tuple[int, Path]) -> None:
     pid, x = private_bind
     with pytest.raises(Unresolvable, match="not what the path reaches"):
         handed_real(f"/proc/{pid}/root{x}/n")
+
+
+@pytest.mark.parametrize("source", ["probe", "allocate.mounts"])
+async def test_hostile3_1_mount_sources_through_links_are_handed_out_real(
+    source: str, real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """G1 (mounts): a probe's `mounts[].hostPath` or a resource's `allocate.mounts` host
+    path through a link was handed out as printed; re-pointing the link gave pod1 the
+    directory of pod2's device. The answer carries the real directory."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    for name in ("dev", "mA", "mB"):
+        (short_dir / name).mkdir()
+    (short_dir / "mB" / "fileB").write_text("")
+    link = short_dir / "dev" / "mlink"
+    link.symlink_to(short_dir / "mA")
+    mount = f"{{hostPath: {link}, containerPath: /m}}"
+    if source == "probe":
+        probe = short_dir / "p.json"
+        probe.write_text(
+            json.dumps([{"id": "s0", "mounts": [{"hostPath": str(link), "containerPath": "/m"}]}])
+        )
+        a = f"    shell: {{command: [cat, {probe}], format: json, interval: 1s}}\n"
+    else:
+        (short_dir / "dev" / "x0").write_text("")
+        a = (
+            f'    glob: {{paths: ["{short_dir}/dev/x*"], gracePeriod: 1s}}\n'
+            f"    allocate: {{mounts: [{mount}]}}\n"
+        )
+    await start_host(
+        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\n"
+        "resources:\n"
+        f"  - name: {A}\n{a}"
+        f"  - name: {B}\n"
+        f'    glob: {{paths: ["{short_dir}/mB/*"], gracePeriod: 1s}}\n'
+    )
+    await kubelet.await_for(healthy(A, 1), what="A's device")
+    await kubelet.await_for(healthy(B, 1), what="B's device")
+    first = await kubelet.acall(kubelet.allocate, "pod1", {A: 1})
+    assert first["error"] == ""
+    [handed] = [m for m in first["mounts"] if m["ContainerPath"] == "/m"]
+    assert handed["HostPath"] == str(short_dir / "mA")
+    relink(link, short_dir / "mB")
+    second = await kubelet.acall(kubelet.allocate, "pod2", {B: 1})
+    assert second["error"] == ""
+    # pod1's checkpointed mount still names A's directory, not the one holding pod2's file
+    assert not (Path(handed["HostPath"]) / "fileB").exists()

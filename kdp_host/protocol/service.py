@@ -42,7 +42,13 @@ from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
 from ..metrics import Metrics
 from ..ownership_allocate import PlaceOwned
-from ..ownership_claims import ClaimKey, Unresolvable, handed_reals, host_paths
+from ..ownership_claims import (
+    HANDED_TIMEOUT,
+    ClaimKey,
+    Unresolvable,
+    handed_reals,
+    host_paths,
+)
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
@@ -64,6 +70,8 @@ class Bookings(Protocol):
     ) -> None: ...
 
     def claimed(self, resource: str, ids: Iterable[str]) -> dict[str, ClaimKey]: ...
+
+    def claim_again(self, path: str) -> None: ...
 
 
 class Pins(Protocol):
@@ -318,9 +326,14 @@ class DevicePluginService(DevicePluginBase):
             return
         claimed = {} if self._bookings is None else self._bookings.claimed(self._config.name, ids)
         try:
-            real = await asyncio.to_thread(handed_reals, sorted(paths), claimed)
-        except Unresolvable as exc:
-            reason = f"{self._config.name}: cannot allocate: {exc}"
+            real = await asyncio.wait_for(
+                asyncio.to_thread(handed_reals, sorted(paths), claimed), HANDED_TIMEOUT
+            )
+        except (Unresolvable, TimeoutError) as exc:
+            if isinstance(exc, Unresolvable) and exc.stale and self._bookings is not None:
+                self._bookings.claim_again(exc.stale)
+            why = str(exc) or f"its host paths did not resolve within {HANDED_TIMEOUT:g} s"
+            reason = f"{self._config.name}: cannot allocate: {why}"
             self._metrics.allocations.labels(self._config.name, "invalid").inc()
             self._log.warning("allocate_refused", reason=reason)
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, reason) from None

@@ -187,12 +187,6 @@ class OwnershipIndex(BookingAllocations):
         if first:
             asyncio.get_running_loop().call_soon(self._recheck)
 
-    def claim_again(self, path: str) -> None:
-        """An Allocate found a claimed path reaching something else than its claim (a link
-        or an ancestor directory swapped, which the watcher does not follow): resolve the
-        claims through it anew, as if the watcher had seen it change."""
-        self._path_changed(os.path.dirname(path), os.path.basename(path))
-
     def _recheck(self) -> None:
         """Forget the claims of devices with a changed path, and admit their resources
         again (which resolves them anew)."""

@@ -42,13 +42,7 @@ from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
 from ..metrics import Metrics
 from ..ownership_allocate import PlaceOwned
-from ..ownership_claims import (
-    HANDED_TIMEOUT,
-    ClaimKey,
-    Unresolvable,
-    handed_reals,
-    host_paths,
-)
+from ..ownership_claims import Unresolvable, host_paths
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
@@ -69,9 +63,9 @@ class Bookings(Protocol):
         places: Mapping[str, Collection[str]] | None = None,
     ) -> None: ...
 
-    def claimed(self, resource: str, ids: Iterable[str]) -> dict[str, ClaimKey]: ...
-
-    def claim_again(self, path: str) -> None: ...
+    async def hand_out(
+        self, resource: str, ids: Iterable[str], paths: Collection[str]
+    ) -> dict[str, str]: ...
 
 
 class Pins(Protocol):
@@ -322,18 +316,12 @@ class DevicePluginService(DevicePluginBase):
         a path cannot be resolved so."""
         paths = {spec.host_path for r in responses for spec in r.devices}
         paths.update(mount.host_path for r in responses for mount in r.mounts)
-        if not paths:
+        if not paths or self._bookings is None:
             return
-        claimed = {} if self._bookings is None else self._bookings.claimed(self._config.name, ids)
         try:
-            real = await asyncio.wait_for(
-                asyncio.to_thread(handed_reals, sorted(paths), claimed), HANDED_TIMEOUT
-            )
-        except (Unresolvable, TimeoutError) as exc:
-            if isinstance(exc, Unresolvable) and exc.stale and self._bookings is not None:
-                self._bookings.claim_again(exc.stale)
-            why = str(exc) or f"its host paths did not resolve within {HANDED_TIMEOUT:g} s"
-            reason = f"{self._config.name}: cannot allocate: {why}"
+            real = await self._bookings.hand_out(self._config.name, ids, paths)
+        except Unresolvable as exc:
+            reason = f"{self._config.name}: cannot allocate: {exc}"
             self._metrics.allocations.labels(self._config.name, "invalid").inc()
             self._log.warning("allocate_refused", reason=reason)
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, reason) from None

@@ -357,7 +357,8 @@ class MatchCache(Generic[T]):
     def lookup(self, key: Hashable, path: str, look: Callable[[], tuple[T, str | None, bool]]) -> T:
         """What `key` (a matched `path`) is: the answer kept from the last scan if neither
         the path nor the real path it had changed, else `look()`'s: (the answer, the real
-        path it depends on, whether it may be kept: a dangling link may not)."""
+        path it depends on (`path` itself when no link is on the way), whether it may be
+        kept: a dangling link may not)."""
         kept = self._kept.get(key)
         if (
             kept is not None
@@ -369,7 +370,10 @@ class MatchCache(Generic[T]):
             return kept[0]
         value, real_path, keep = look()
         if keep:
-            self._seen[key] = (value, real_path, links_on_the_way(path, dirs=self._dirs))
+            # A path that is its own real path passes through no link (resolving it went
+            # through none): no lstat of each of its components again.
+            links = () if real_path == path else links_on_the_way(path, dirs=self._dirs)
+            self._seen[key] = (value, real_path, links)
         return value
 
     def _touched(self, path: str) -> bool:

@@ -136,29 +136,15 @@ class Device:
         )
 
     def with_health(self, healthy: bool) -> Device:
-        return Device(
-            self.id,
-            healthy,
-            self.nodes,
-            self.numa,
-            self.env,
-            self.mounts,
-            self.annotations,
-            self.path,
-        )
+        return self._copy(self.id, healthy)
 
     def with_id(self, device_id: str) -> Device:
         """The same device under another ID (the one the kubelet knows it by)."""
-        return Device(
-            device_id,
-            self.healthy,
-            self.nodes,
-            self.numa,
-            self.env,
-            self.mounts,
-            self.annotations,
-            self.path,
-        )
+        return self._copy(device_id, self.healthy)
+
+    def _copy(self, device_id: str, healthy: bool) -> Device:
+        s = self
+        return Device(device_id, healthy, s.nodes, s.numa, s.env, s.mounts, s.annotations, s.path)
 
     @property
     def device(self) -> Device:
@@ -223,6 +209,14 @@ def replica_ids(device_id: str, replicas: int) -> list[str]:
     return [f"{device_id}{REPLICA_SEPARATOR}{k}" for k in range(replicas)]
 
 
+def advertises(advertised_id: str, device_id: str) -> bool:
+    """Whether an advertised ID is the device or one of its replicas (`<id>::<k>`)."""
+    return advertised_id == device_id or (
+        advertised_id.startswith(device_id)
+        and advertised_id[len(device_id) :].startswith(REPLICA_SEPARATOR)
+    )
+
+
 def physical_id(advertised_id: str, replicas: int) -> str:
     """The device a replica ID (`<id>::<k>`) belongs to: the inverse of `replica_ids`."""
     if replicas == 1:
@@ -238,6 +232,7 @@ class DeviceTable:
         self._reported: Mapping[str, Device] = {}
         self._degraded_reason: str | None = None
         self._failed_checks: set[str] = set()
+        self._kept: set[str] = set()  # failed checks kept while the device is gone
         self._held: Callable[[Device], bool] | None = None
         self._listeners: list[Callable[[Snapshot], None]] = []
         self.published = asyncio.Event()
@@ -245,8 +240,7 @@ class DeviceTable:
         self._order: tuple[Mapping[str, Device], list[str]] = (self._reported, [])
         """The reported mapping last ordered, and its IDs sorted."""
         self._replica_entries: dict[str, tuple[AdvertisedDevice, ...]] = {}
-        """Device ID -> its replicas' entries in the last snapshot (reused while the device
-        is the same object)."""
+        """Device ID -> its replicas' entries in the last snapshot (reused: same device)."""
         self._overridden: dict[str, tuple[Device, Device]] = {}
         """Device ID -> (reported device, its Unhealthy copy) in the last snapshot (reused
         while the reported device is the same object: ListAndWatch writes no entry again)."""
@@ -287,7 +281,7 @@ class DeviceTable:
         if reported is self._reported or reported == self._reported:
             return False  # (the same mapping again: never changed, see above)
         self._reported = reported
-        self._failed_checks &= reported.keys()
+        self._failed_checks = {i for i in self._failed_checks if i in reported or i in self._kept}
         return self._rebuild()
 
     def set_degraded(self, reason: str | None) -> bool:
@@ -304,8 +298,14 @@ class DeviceTable:
         self._held = predicate
         return self._rebuild()
 
-    def set_check_result(self, device_id: str, healthy: bool) -> bool:
-        if device_id not in self._reported:
+    def set_check_result(self, device_id: str, healthy: bool, *, keep: bool = False) -> bool:
+        """A check's verdict. With `keep` (a failed release) the device stays Unhealthy also
+        when it leaves the list and comes back, until a passing verdict."""
+        if healthy:
+            self._kept.discard(device_id)
+        elif keep:
+            self._kept.add(device_id)
+        elif device_id not in self._reported:
             return False
         if healthy == (device_id not in self._failed_checks):
             return False

@@ -60,7 +60,7 @@ def socket_name(resource: str, instance_id: str, socket_dir: str) -> str:
     problem = instance_id_problem(instance_id)
     if problem is not None:
         raise ValueError(f"instance ID {instance_id!r} {problem}")
-    readable = f"{_SOCKET_PREFIX}{make_name(resource, SOCKET_SLUG)}-{instance_id}{_SOCKET_SUFFIX}"
+    readable = f"{_SOCKET_PREFIX}{socket_slug(resource)}-{instance_id}{_SOCKET_SUFFIX}"
     if socket_path_problem(os.path.join(socket_dir, readable)) is None:
         return readable
     both = hashlib.sha256(f"{resource}\0{instance_id}".encode()).digest()
@@ -74,6 +74,13 @@ def socket_instance(name: str) -> str | None:
         return None
     instance = name[: -len(_SOCKET_SUFFIX)].rpartition("-")[2]
     return instance if instance_id_problem(instance) is None else None
+
+
+def socket_slug(resource: str) -> str:
+    """The part of a readable socket name that comes from the resource name. Two names that
+    give one slug would serve on one path (each taking the other's bind for its own socket
+    deleted): the config refuses them (`Config.check`)."""
+    return make_name(resource, SOCKET_SLUG)
 
 
 def is_socket_name(name: str) -> bool:

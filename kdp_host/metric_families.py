@@ -1,6 +1,7 @@
 """The metric families: every kdp_ family (and the process collectors) declared on a
-registry owned by the host. prometheus-client metric objects are thread-safe, so the HTTP
-thread reads them while the event loop writes. Which series of them exist when is
+registry owned by the host: counters and gauges of `metric_series` (small series), the
+histograms, infos and process collectors of prometheus-client. All are thread-safe, so the
+HTTP thread reads them while the event loop writes. Which series of them exist when is
 `metrics.Metrics`'s business.
 """
 
@@ -10,8 +11,6 @@ import platform
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
-    Gauge,
     GCCollector,
     Info,
     PlatformCollector,
@@ -33,6 +32,7 @@ from .metric_labels import (
     UNBOOKED_RESULTS,
     HistogramMode,
 )
+from .metric_series import Counter, Gauge
 
 
 class MetricFamilies:

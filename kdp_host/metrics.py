@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Collection
 
-from prometheus_client import Counter, Gauge
-
 from .metric_families import MetricFamilies
 from .metric_histograms import ResourceHistogram
 from .metric_labels import (
@@ -29,6 +27,7 @@ from .metric_labels import (
     UNBOOKED_RESULTS,
     HookName,
 )
+from .metric_series import Counter, Gauge
 
 
 class Metrics(MetricFamilies):
@@ -123,7 +122,7 @@ class Metrics(MetricFamilies):
             if hook in keep:
                 continue
             for metric in families:
-                for labels in _label_values_of(metric, resource):
+                for labels in metric.label_values_of(resource):
                     with contextlib.suppress(KeyError):
                         metric.remove(*labels)
             if histogram is not None:
@@ -150,7 +149,7 @@ class Metrics(MetricFamilies):
         """Drop every series of a resource that left the config (call once it has stopped)."""
         self.set_holders(resource, set())
         for metric in (self.devices, *self._by_resource()):
-            for labels in _label_values_of(metric, resource):
+            for labels in metric.label_values_of(resource):
                 with contextlib.suppress(KeyError):
                     metric.remove(*labels)
         for histogram in (
@@ -161,15 +160,3 @@ class Metrics(MetricFamilies):
             self.release_seconds,
         ):
             histogram.remove(resource)
-
-
-def _label_values_of(metric: Counter | Gauge, resource: str) -> list[tuple[str, ...]]:
-    """The label tuples of `metric`'s series whose first label is `resource`, including
-    values no list above knows (a driver's new reason)."""
-    found: set[tuple[str, ...]] = set()
-    for family in metric.collect():
-        for sample in family.samples:
-            if sample.labels.get("resource") == resource:
-                names = [n for n in sample.labels if n != "le"]
-                found.add(tuple(sample.labels[n] for n in names))
-    return sorted(found)

@@ -66,7 +66,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .devices import REPLICA_SEPARATOR, Device
+from .devices import Device, advertises
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
@@ -102,14 +102,6 @@ def _in(path: str, directory: str, paths: set[str] | None) -> bool:
 def _through(device: Device, directory: str, paths: set[str] | None) -> bool:
     """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
     return any(_in(host_path, directory, paths) for host_path in host_paths(device))
-
-
-def _advertises(advertised_id: str, device_id: str) -> bool:
-    """Whether an advertised ID is the device or one of its replicas (`<id>::<k>`)."""
-    return advertised_id == device_id or (
-        advertised_id.startswith(device_id)
-        and advertised_id[len(device_id) :].startswith(REPLICA_SEPARATOR)
-    )
 
 
 class OwnershipIndex(BookingAllocations):
@@ -270,7 +262,7 @@ class OwnershipIndex(BookingAllocations):
                 if holdings.asked_at < since + HEARD_AFTER or key in booked_keys:
                     continue
                 device = self._exclusive[key].device
-                if not any(_advertises(a, device) for a in held):
+                if not any(advertises(a, device) for a in held):
                     self._release_lingering(state, key)
                     released = True
         if released:

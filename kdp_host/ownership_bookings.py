@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from .devices import replica_ids
+from .devices import advertises, replica_ids
 from .files import Offload
 from .logs import EventLogger
 from .ownership_claims import Claim, ClaimKey, Claims, Owner, ancestors, below, owner_order
@@ -349,14 +349,17 @@ def _claims_document(claims: tuple[Claim, ...]) -> list[dict[str, Any]]:
 
 
 def read_saved(document: Mapping[str, Any]) -> Saved:
-    """The bookings of `ownership.json`, checked: text resource, id, device, paths and real
-    paths; a claim `kind` of `c` or `b` with a device number, or `path` or `dir` with a
-    path; `places` (optional) read as claims are; `writer` (optional) text."""
+    """The bookings of `ownership.json`, checked: text resource, id, device (the id, or the
+    device the id is a replica of), paths and real paths; a claim `kind` of `c` or `b` with
+    a device number, or `path` or `dir` with a path; `places` (optional) read as claims are;
+    `writer` (optional) text."""
     saved: Saved = []
     for entry in document["bookings"]:
         texts = [entry[name] for name in ("resource", "id", "device")]
         if not all(isinstance(text, str) and text for text in texts):
             raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
+        if not advertises(texts[1], texts[2]):
+            raise ValueError(f"a booking's id must be its device or a replica of it: {entry!r}")
         writer = entry.get("writer")
         if writer is not None and not (isinstance(writer, str) and writer):
             raise TypeError(f"a booking's writer must be text: {entry!r}")

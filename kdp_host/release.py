@@ -312,7 +312,8 @@ class ReleaseTracker:
         )
         if self.config.on_failure == "unhealthy" and not use.marked_unhealthy:
             use.marked_unhealthy = True
-            if self._table.set_check_result(device_id, False):
+            # kept while the device is gone: plugged in again, it is still not clean
+            if self._table.set_check_result(device_id, False, keep=True):
                 self._log.warning("device_unhealthy_after_release", device=device_id)
         if not self._closed:
             loop = asyncio.get_running_loop()

@@ -212,6 +212,13 @@ resources:
             False,
         ),
         (
+            "resources: [{name: h3.example/collisions-5469, glob: {paths: [/x]}},"
+            " {name: h3.example/collisions-792a, glob: {paths: [/y]}}]",
+            "resources[1].name: resource 'h3.example/collisions-792a' would be served on the "
+            "socket of resource 'h3.example/collisions-5469'",
+            False,
+        ),
+        (
             "resources: [{name: a.io/b, glob: {paths: [/x]}, replicas: true}]",
             "must be an integer",
             True,

@@ -107,7 +107,7 @@ async def test_twenty_kubelet_restarts_in_a_row(
             description=f"re-registration after restart {restart}",
         )
     assert kubelet.stale_disconnects == 0
-    assert running.metrics.kubelet_restarts._value.get() == 20
+    assert running.metrics.registry.get_sample_value("kdp_kubelet_restarts_total") == 20
     response = await kubelet.allocate(SERIAL, 1)
     assert [d.container_path for d in response.devices] == [f"{devices}/ttyA0"]
 
@@ -251,7 +251,7 @@ async def test_crashing_resource_restarts_while_others_serve(
     )
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
     await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1, timeout=15)
-    assert running.metrics.resource_restarts.labels(SERIAL)._value.get() == 2
+    assert running.metrics.resource_restarts.labels(SERIAL).value == 2
     assert kubelet.resource(FPGA).registrations == 1
 
 
@@ -383,7 +383,7 @@ async def test_a_second_client_closing_its_stream_does_not_reregister(
     await stream.aclose()
     channel.close()
     await wait_until(
-        lambda: running.metrics.list_and_watch_streams.labels(FPGA)._value.get() == 1,
+        lambda: running.metrics.list_and_watch_streams.labels(FPGA).value == 1,
         what="the debugging stream closed",
     )
     (devices / "fpga9").touch()

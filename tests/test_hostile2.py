@@ -13,17 +13,23 @@ import pytest
 
 from kdp_host.cdi import spec_file_name
 from kdp_host.cli import main
-from kdp_host.config import load_config_text
-from kdp_host.logs import get_logger
-from kdp_host.metrics import Metrics
-from kdp_host.ownership_bookings import OWNERSHIP_FILE
-from kdp_host.release import ReleaseTracker
+from kdp_host.devices import Device, DeviceTable
+from kdp_host.ownership_bookings import OWNERSHIP_FILE, read_saved
+from kdp_host.ownership_claims import Owner
 from kdp_host.release_state import STATE_FILE
 
 from .conftest import glob_config, wait_until
 from .kubelet_harness import healthy
 from .test_ownership_kubelet import host_paths
-from .test_release import _answer, _Commands, _tracker, host_yaml, release_lines, release_script
+from .test_release import (
+    _answer,
+    _Commands,
+    _successor,
+    _tracker,
+    host_yaml,
+    release_lines,
+    release_script,
+)
 from .test_release import _registered as registered
 
 FPGA = "vendor.example/fpga"
@@ -126,14 +132,7 @@ async def test_hostile2_8_news_before_the_tracker_starts_never_wipes_the_kept_st
     old.holdings(_answer(10.0**9))  # nothing held: fpga0's release is owed
     await old.close()
     assert store.entries(FPGA)["fpga0"]["owed"]
-    config = load_config_text(
-        f"kubelet: {{socketDir: {short_dir}}}\nresources:\n  - name: {FPGA}\n"
-        '    glob: {paths: ["/dev/fpga*"]}\n    release: {command: ["reset2", "{ids}"]}\n'
-    )
-    new = ReleaseTracker(
-        config.resources[0], table, store, commands, Metrics(process_collectors=False),
-        get_logger(),
-    )  # fmt: skip
+    new = _successor(short_dir, table, store, commands)
     new.holdings(_answer(10.0**9 + 1))
     assert store.entries(FPGA)["fpga0"]["owed"]
     new.start()
@@ -226,3 +225,93 @@ async def test_hostile2_9_a_held_ids_cdi_entry_keeps_what_was_allocated(
     second = await kubelet.acall(kubelet.allocate, "p2", {PROBE: 2})
     assert second["error"] == "" and host_paths(second) == set(on("b").values())
     assert spec_nodes() == on("b")
+
+
+async def test_hostile2_14_a_failed_release_keeps_a_replugged_device_unhealthy(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """F14: with `onFailure: unhealthy` a device whose release failed is Unhealthy until a
+    release succeeds; unplugged and plugged in again it was advertised Healthy (the table
+    dropped the mark with the device), so the kubelet admitted pods that then failed at
+    their start. The mark now outlives the device's absence."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    config = host_yaml(
+        kubelet.socket_dir, devices, short_dir / "state", release_script(short_dir, fail=True),
+        pod_resources=pod_resources,
+    ).replace("gracePeriod: 1s", "gracePeriod: 0s")  # fmt: skip
+    await start_host(config)
+    await kubelet.await_for(registered(kubelet), what="fpga registered")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(
+        lambda k: k.resource(FPGA)["unhealthy"] == 1, what="fpga0 Unhealthy after its release"
+    )
+
+    (devices / "fpga0").unlink()
+    await kubelet.await_for(lambda k: not k.resource(FPGA)["device_numa"], what="unplugged")
+    (devices / "fpga0").touch()
+    await kubelet.await_for(lambda k: k.resource(FPGA)["device_numa"], what="plugged in again")
+    seen = kubelet.resource(FPGA)
+    assert (seen["healthy"], seen["unhealthy"]) == (0, 1), seen
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert "no healthy devices" in second["error"], second["error"]
+
+
+def test_hostile2_14_a_kept_check_outlives_the_device_and_a_plain_one_does_not() -> None:
+    table = DeviceTable()
+    table.publish([Device("a", path="/dev/a"), Device("b", path="/dev/b")])
+    assert table.set_check_result("a", False, keep=True)
+    assert table.set_check_result("b", False)
+    table.publish([])
+    table.publish([Device("a", path="/dev/a"), Device("b", path="/dev/b")])
+    assert [d.healthy for d in table.snapshot.devices] == [False, True]
+    table.set_check_result("z", False, keep=True)  # a release failed while z was gone
+    table.publish([Device(i, path=f"/dev/{i}") for i in "abz"])
+    assert [d.healthy for d in table.snapshot.devices] == [False, True, False]
+    assert table.set_check_result("a", True)  # a release succeeded: lifted for good
+    table.publish([])
+    table.publish([Device("a", path="/dev/a")])
+    assert [d.healthy for d in table.snapshot.devices] == [True]
+
+
+async def test_hostile2_12_a_booking_whose_device_is_not_its_id_is_refused(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """F12: a well-typed `ownership.json` booking `gone-id` for a device `zz` (neither that
+    ID nor a device it is a replica of) held fpga0 by a phantom owner for good once the
+    booking ended, or advertised fpga0 as `zz`. Such a file does not have the shape of
+    bookings: it is set aside with one error line, like any bad state file, and fpga0 is
+    advertised under its own ID."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    state = short_dir / "state"
+    state.mkdir()
+    node = str(devices / "fpga0")
+    claim = {"kind": "path", "key": node, "path": node, "real": node}
+    booking = {"resource": FPGA, "id": "gone-id", "device": "zz", "claims": [claim]}
+    text = json.dumps({"version": 1, "bookings": [booking]})
+    (state / OWNERSHIP_FILE).write_text(text)
+    config = glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga0"))
+    config = config.replace(
+        "}\n", f", podResourcesSocket: {short_dir}/pr/kubelet.sock, podResourcesInterval: 1s}}\n", 1
+    )
+    await start_host(config)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+    assert sorted(kubelet.resource(FPGA)["device_numa"]) == ["fpga0"]  # not as "zz"
+    assert (state / (OWNERSHIP_FILE + ".unreadable")).read_text() == text
+
+
+@pytest.mark.parametrize(
+    ("booked", "device", "valid"),
+    [("r0", "r0", True), ("r0::1", "r0", True), ("gone-id", "zz", False), ("r0", "r0::1", False)],
+)
+def test_hostile2_12_a_bookings_id_is_its_device_or_a_replica_of_it(
+    booked: str, device: str, valid: bool
+) -> None:
+    entry = {"resource": FPGA, "id": booked, "device": device, "claims": []}
+    document = {"version": 1, "bookings": [entry]}
+    if valid:
+        assert read_saved(document) == [(Owner(FPGA, booked), device, (), ())]
+    else:
+        with pytest.raises(ValueError, match="replica"):
+            read_saved(document)

@@ -451,29 +451,6 @@ async def test_a_pod_admitted_before_bookings_were_kept_keeps_its_node_after_a_r
     await kubelet.await_for(healthy(FPGA, 2), what="both replicas once p1 is gone")
 
 
-async def test_replicas_changed_while_down_with_no_bookings_kept_adds_no_user(
-    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
-) -> None:
-    """`replicas: 2` -> `1` while kdp-host is down, ownership.json gone, p1 and p2 holding
-    fpga0::0 and fpga0::1: fpga0 is booked from PodResources (the replica IDs are fpga0's)
-    and waits; only fpga1 goes to new pods."""
-    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
-    (devices / "fpga1").unlink()
-    entry = f'  - name: {FPGA}\n    replicas: 2\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
-    config = booked_config(kubelet, short_dir, entry)
-    host = await kdp_process(config)
-    await kubelet.await_for(healthy(FPGA, 2), what="fpga0::0 and fpga0::1 advertised")
-    assert await grants(kubelet, FPGA, "p1", "p2") == [{str(devices / "fpga0")}] * 2
-    (devices / "fpga1").touch()
-    config.write_text(config.read_text().replace("    replicas: 2\n", ""))
-    await restart_without_bookings(kubelet, host, config)
-    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 held once p1 and p2 are seen")
-    assert await grants(kubelet, FPGA, "p3", "p4") == [{str(devices / "fpga1")}]
-    for pod in ("p1", "p2"):
-        await kubelet.acall(kubelet.release, pod)
-    await kubelet.await_for(healthy(FPGA, 2), what="fpga0 again once p1 and p2 ended")
-
-
 async def test_hostile_1_a_restart_after_a_renaming_reload_keeps_the_booked_node(
     real_kubelet_factory, short_dir: Path, kdp_process
 ) -> None:
@@ -500,9 +477,13 @@ async def test_hostile_1_a_restart_after_a_renaming_reload_keeps_the_booked_node
     assert len(granted) == 1 and booked not in granted, (booked, granted)
 
 
+@pytest.mark.parametrize("bookings_kept", [True, False], ids=["booked", "no-bookings"])
 async def test_hostile_2_a_restart_with_fewer_replicas_adds_no_user_to_a_booked_device(
-    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
+    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process, bookings_kept: bool
 ) -> None:
+    """`replicas: 2` -> `1` while kdp-host is down, p1 and p2 holding fpga0::0 and fpga0::1:
+    fpga0 waits (booked from ownership.json, or, with it gone, from PodResources: the replica
+    IDs are fpga0's); only fpga1 goes to new pods, and fpga0 comes back once both ended."""
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     (devices / "fpga1").unlink()
     entry = f'  - name: {FPGA}\n    replicas: 2\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
@@ -512,10 +493,16 @@ async def test_hostile_2_a_restart_with_fewer_replicas_adds_no_user_to_a_booked_
     assert await grants(kubelet, FPGA, "p1", "p2") == [{str(devices / "fpga0")}] * 2
     (devices / "fpga1").touch()
     config.write_text(config.read_text().replace("    replicas: 2\n", ""))
-    await restart(kubelet, host, FPGA)
+    if bookings_kept:
+        await restart(kubelet, host, FPGA)
+    else:
+        await restart_without_bookings(kubelet, host, config)
     await kubelet.await_for(healthy(FPGA, 1), what="fpga1 alone after the restart")
     granted = await grants(kubelet, FPGA, "p3", "p4")
     assert granted == [{str(devices / "fpga1")}], "fpga0 is booked twice already"
+    for pod in ("p1", "p2"):
+        await kubelet.acall(kubelet.release, pod)
+    await kubelet.await_for(healthy(FPGA, 2), what="fpga0 again once p1 and p2 ended")
 
 
 async def test_hostile_3_a_restart_never_gives_a_booked_node_to_another_resource(

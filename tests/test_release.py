@@ -404,6 +404,19 @@ class _Commands:
         raise NotImplementedError
 
 
+def _successor(short_dir: Path, table: DeviceTable, store: ReleaseStateStore, commands: _Commands):  # type: ignore[no-untyped-def]
+    """The tracker a reload makes for the resource (its release command changed to `reset2`),
+    on the table and state store of the one `_tracker` made."""
+    config = load_config_text(
+        f"kubelet: {{socketDir: {short_dir}}}\nresources:\n  - name: {FPGA}\n"
+        '    glob: {paths: ["/dev/fpga*"]}\n    release: {command: ["reset2", "{ids}"]}\n'
+    )
+    return ReleaseTracker(
+        config.resources[0], table, store, commands, Metrics(process_collectors=False),
+        get_logger(),
+    )  # fmt: skip
+
+
 def _tracker(short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=None):  # type: ignore[no-untyped-def]
     text = (
         f"kubelet: {{socketDir: {short_dir}}}\nstateDir: {short_dir}/state\nresources:\n"
@@ -532,14 +545,7 @@ async def test_a_restarted_runtime_takes_up_the_state_of_the_one_before(short_di
     runs, and takes up what the old one left when it starts."""
     commands = _Commands()
     old, table, store = _tracker(short_dir, commands)
-    config = load_config_text(
-        f"kubelet: {{socketDir: {short_dir}}}\nresources:\n  - name: {FPGA}\n"
-        '    glob: {paths: ["/dev/fpga*"]}\n    release: {command: ["reset2", "{ids}"]}\n'
-    )
-    new = ReleaseTracker(
-        config.resources[0], table, store, commands, Metrics(process_collectors=False),
-        get_logger(),
-    )  # fmt: skip
+    new = _successor(short_dir, table, store, commands)
     old.allocated(["fpga0"])  # used under the old runtime
     await old.close()
     new.start()

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..endpoint import SOCKET_NAME_MIN_LENGTH
+from ..endpoint import SOCKET_NAME_MIN_LENGTH, socket_slug
 from ..metric_labels import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
     CDI_KIND_PATTERN,
@@ -841,7 +841,8 @@ class ReleaseConfig:
         Choice(("ignore", "unhealthy")),
         "`unhealthy`: a device whose release failed is reported Unhealthy until a later "
         "release succeeds (retried with backoff, and at the next container start on it) or "
-        "its `health` command passes. `ignore`: it stays Healthy. Either way the release "
+        "its `health` command passes, also when it is unplugged and plugged in again "
+        "meanwhile. `ignore`: it stays Healthy. Either way the release "
         "stays pending: the next container start on the device runs it again and fails "
         "with its error if it fails again.",
         default="unhealthy",
@@ -1155,7 +1156,8 @@ class Config:
     def check(self) -> Problems:
         """One resource per CDI kind: CDI names are unique per kind only when one resource
         names all of them (two resources of one kind could both publish `kind=fpga0`).
-        Entries of one resource for different nodes (nodeSelector) may share its kind."""
+        Entries of one resource for different nodes (nodeSelector) may share its kind.
+        One socket name per resource (`endpoint.socket_slug`)."""
         first: dict[str, int] = {}
         for index, resource in enumerate(self.resources):
             cdi = resource.allocate.cdi
@@ -1168,6 +1170,16 @@ class Config:
                     f"CDI kind {cdi.kind!r} is already used by resource {other!r}: each "
                     "resource needs a kind of its own (its device names are unique only "
                     "within it), e.g. another class: vendor.example/fpga-b",
+                )
+        slugs: dict[str, str] = {}
+        for index, resource in enumerate(self.resources):
+            other = slugs.setdefault(socket_slug(resource.name), resource.name)
+            if other != resource.name:
+                yield (
+                    ("resources", index, "name"),
+                    f"resource {resource.name!r} would be served on the socket of resource "
+                    f"{other!r} (their names give one socket name, kdp-"
+                    f"{socket_slug(resource.name)}-...): change the first 20 characters of one",
                 )
         if self.node_features is not None:
             for index, resource in enumerate(self.resources):

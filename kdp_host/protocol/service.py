@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import grpclib
 import grpclib.server
 from grpclib.const import Status
-from prometheus_client import Counter
 
 from ..allocation import AllocationBuilder, AllocationError
 from ..api.v1beta1 import (
@@ -40,6 +39,7 @@ from ..devices import DeviceTable, Snapshot
 from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
 from ..metric_histograms import Observer
+from ..metric_series import CounterSeries
 from ..metrics import Metrics
 from ..ownership_allocate import PlaceOwned
 from ..ownership_claims import host_paths
@@ -119,7 +119,7 @@ class DevicePluginService(DevicePluginBase):
     # of a call does.
 
     @functools.cached_property
-    def _allocated_ok(self) -> Counter:
+    def _allocated_ok(self) -> CounterSeries:
         return self._metrics.allocations.labels(self._config.name, "ok")
 
     @functools.cached_property

@@ -41,10 +41,9 @@ resource when `<dir>/` plus this many bytes fits a Unix socket path."""
 
 
 def instance_id_problem(instance: str) -> str | None:
-    """Why `instance` cannot be a host's instance ID: 1 to 8 of [A-Za-z0-9._-], not `.` or
-    `..` (it names a file)."""
-    if _INSTANCE_ID.fullmatch(instance) is None or instance in (".", ".."):
-        return f"must be 1 to {INSTANCE_ID_MAX_LENGTH} of [A-Za-z0-9._-], not . or .."
+    """Why `instance` cannot be a host's instance ID: 1 to 8 of [A-Za-z0-9._-]."""
+    if _INSTANCE_ID.fullmatch(instance) is None:
+        return f"must be 1 to {INSTANCE_ID_MAX_LENGTH} of [A-Za-z0-9._-]"
     return None
 
 

@@ -85,7 +85,7 @@ def running(directory: str, instance: str | None) -> bool:
     """Whether the host `instance` runs on `directory` (it holds its lock file). A lock file
     no process holds (its host ended, SIGKILL included) is removed. None, or a name that is
     no instance ID (a hand-edited file), runs nowhere. Blocking: call it off the loop."""
-    if instance is None or instance_id_problem(instance) is not None:
+    if instance is None or instance in (".", "..") or instance_id_problem(instance) is not None:
         return False
     path = host_lock_path(directory, instance)
     try:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
+from .identity import PathReach
+
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 REPLICA_SEPARATOR = "::"
@@ -55,11 +57,6 @@ class DeviceMount:
 
 _NO_ENTRIES: Mapping[str, str] = MappingProxyType({})
 
-PathReach = tuple[tuple[str, int | str], str]
-"""What a host path reaches, as a scan learnt it: its claim key (`('c'|'b', st_rdev)` for a
-device node, `('path', real path)` for anything else) and its real path; the answer of
-`ownership_claims.reach` (the ownership index takes it instead of asking again)."""
-
 
 @dataclass(frozen=True, slots=True, init=False)
 class Device:
@@ -81,6 +78,8 @@ class Device:
     annotations: Mapping[str, str]
     path: str | None
     """Where the driver found it (the matched path of a glob), for `{path}` in health checks."""
+    sysfs_path: str | None
+    """A sysfs device's directory (real path): the ownership index claims the device itself."""
 
     def __init__(
         self,
@@ -92,6 +91,7 @@ class Device:
         mounts: tuple[DeviceMount, ...] = (),
         annotations: Mapping[str, str] = _NO_ENTRIES,
         path: str | None = None,
+        sysfs_path: str | None = None,
     ) -> None:
         compact = (
             path is not None
@@ -108,6 +108,7 @@ class Device:
         set_field(self, "mounts", mounts)
         set_field(self, "annotations", annotations)
         set_field(self, "path", path)
+        set_field(self, "sysfs_path", sysfs_path)
 
     @property
     def nodes(self) -> tuple[DeviceNode, ...]:
@@ -131,9 +132,8 @@ class Device:
 
     def same_places(self, other: Device) -> bool:
         """Whether `other` passes the same nodes and mounts (health, env or NUMA aside)."""
-        return (
-            self.path == other.path and self._nodes == other._nodes and self.mounts == other.mounts
-        )
+        mine = (self.path, self._nodes, self.mounts, self.sysfs_path)
+        return mine == (other.path, other._nodes, other.mounts, other.sysfs_path)
 
     def with_health(self, healthy: bool) -> Device:
         return self._copy(self.id, healthy)
@@ -144,7 +144,8 @@ class Device:
 
     def _copy(self, device_id: str, healthy: bool) -> Device:
         s = self
-        return Device(device_id, healthy, s.nodes, s.numa, s.env, s.mounts, s.annotations, s.path)
+        fields = (s.nodes, s.numa, s.env, s.mounts, s.annotations, s.path, s.sysfs_path)
+        return Device(device_id, healthy, *fields)
 
     @property
     def device(self) -> Device:

@@ -30,38 +30,41 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 
-class CounterSeries:
-    """One series of a counter: it only goes up."""
+class _ValueSeries:
+    """One value, changed under its family's lock."""
 
     __slots__ = ("_lock", "value")
 
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
         self.value = 0.0
+
+    def _add(self, amount: float) -> None:
+        with self._lock:
+            self.value += amount
+
+
+class CounterSeries(_ValueSeries):
+    """One series of a counter: it only goes up."""
+
+    __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
         if amount < 0:
             raise ValueError("counters can only be incremented by non-negative amounts")
-        with self._lock:
-            self.value += amount
+        self._add(amount)
 
 
-class GaugeSeries:
+class GaugeSeries(_ValueSeries):
     """One series of a gauge."""
 
-    __slots__ = ("_lock", "value")
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-        self.value = 0.0
+    __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
-        with self._lock:
-            self.value += amount
+        self._add(amount)
 
     def dec(self, amount: float = 1.0) -> None:
-        with self._lock:
-            self.value -= amount
+        self._add(-amount)
 
     def set(self, value: float) -> None:
         self.value = float(value)

@@ -7,10 +7,12 @@ resource's `DeviceReporter` writes to through `OwnedTable`). Each device claims 
 put into a container:
 
 - every DeviceSpec host path: a character or block node by its device number (so a second
-  node or a link for it is the same claim), anything else by its resolved real path;
-- every mount source of the device, by its resolved real path.
+  node or a link for it is the same claim), any other file or a directory by its inode (a
+  hard link or a rename is the same claim), a path where nothing is by its text;
+- every mount source of the device, the same way;
+- a sysfs device itself, by its directory in sysfs (one that passes no node is one device).
 
-A directory mounted into a container holds everything below it, so a claim below a
+A directory mounted into a container holds everything below its real path, so a claim below a
 directory another device claims (a mount of `/dev/dri` and the node `/dev/dri/card0`), or a
 directory with another's claim below it, clashes as if both were one claim.
 
@@ -73,7 +75,7 @@ from .metrics import Metrics
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
 from .ownership_bookings import Saved, what_releases
-from .ownership_claims import Claims, Reached, Resolver, host_paths, places
+from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
@@ -150,19 +152,34 @@ class OwnershipIndex(BookingAllocations):
         self._watcher = watcher
 
     def _follow(self, resource: str, claims: Claims) -> None:
-        watcher = self._watcher
-        if watcher is None:
-            return
-        for _, path, _ in claims.all():
-            directory = os.path.dirname(path)
-            users = self._followed.get(directory)
+        for key, path, _ in claims.all():
+            if key[0] == SYSFS:
+                continue  # (not resolved from its path: its driver follows the device)
+            users = self._users(os.path.dirname(path))
             if users is None:
-                users = self._followed[directory] = set()
-                watcher.subscribe(directory, functools.partial(self._path_changed, directory))
+                return
             users.add(resource)
 
+    def _follows(self, path: str) -> bool:
+        return self._users(os.path.dirname(path)) is not None
+
+    def _users(self, directory: str) -> set[str] | None:
+        """The resources that claimed through `directory`, the watcher following it from
+        now on (None: no watcher)."""
+        watcher = self._watcher
+        if watcher is None:
+            return None
+        users = self._followed.get(directory)
+        if users is None:
+            users = self._followed[directory] = set()
+            watcher.subscribe(directory, functools.partial(self._path_changed, directory))
+        return users
+
     def _path_changed(self, directory: str, name: str | None) -> None:
-        """A watcher callback: note it, and recheck once the burst is over (soon)."""
+        """A watcher callback: forget the places kept there, note it, and recheck once the
+        burst is over (soon)."""
+        paths = None if name is None else {os.path.join(directory, name)}
+        self._forget_kept(functools.partial(_in, directory=directory, paths=paths))
         first = not self._changed_paths
         if name is None:
             self._changed_paths[directory] = None

@@ -60,7 +60,7 @@ class BookingAllocations(AdmissionGate):
     ) -> dict[str, tuple[Claim, ...]]:
         """The claims of each ID's places, checked: none may reach another device's claim
         (the same node, inside a directory it mounts, or a directory holding it)."""
-        reached = await self._reach_all({path for paths in places.values() for path in paths})
+        reached = await self._reach_kept({path for paths in places.values() for path in paths})
         state = self._resources.get(resource)
         n = 1 if state is None else state.replicas or 1
         claimed: dict[str, tuple[Claim, ...]] = {}

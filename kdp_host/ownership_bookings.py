@@ -12,8 +12,8 @@ and its claims linger even when their node is gone. This module holds the bookin
 
 Hosts that share the state directory (a rolling update with `maxSurge` runs the new host
 beside the old one) share the file: each entry names its `writer` (the host's instance ID),
-a host writes its own entries only and keeps every other's (`merged_with`: read again and
-merged under the file's lock, `state_file`), and it follows the file (`ownership_sync`): the
+a host writes its own entries only and keeps every other's (`ownership_sync.merged_with`:
+read again and merged under the file's lock, `state_file`), and it follows the file: the
 entries of a host that runs are its *foreign* bookings (`Ledger.mirror`), which hold their
 claims like its own but which only their writer drops; the entries of a host that ended
 (`state_lock.running`), or of no named writer (an older version, `kdp-host unbook`), are
@@ -29,10 +29,22 @@ from typing import Any, NamedTuple, Protocol
 
 from .devices import advertises, replica_ids
 from .files import Offload
+from .identity import DIRECTORY, FILE
 from .logs import EventLogger
-from .ownership_claims import Claim, ClaimKey, Claims, Owner, ancestors, below, owner_order
+from .ownership_claims import (
+    NOTHING,
+    SYSFS,
+    Claim,
+    ClaimKey,
+    Claims,
+    Owner,
+    Resolver,
+    ancestors,
+    below,
+    owner_order,
+    reach,
+)
 from .state_file import Merge, StateFile
-from .state_lock import running
 
 OWNERSHIP_FILE = "ownership.json"
 OWNERSHIP_VERSION = 1
@@ -224,7 +236,7 @@ class Ledger:
         found = [*places.get(real, ())]
         for directory in ancestors(real):
             found += places.get(directory, ())
-        if key[0] == "dir":
+        if key[0] == DIRECTORY:
             for place, owners in places.items():
                 if below(place, real):
                     found += owners
@@ -278,10 +290,10 @@ def what_releases(reason: str, pod_resources: bool) -> str:
 
 
 def ownership_file(
-    directory: str, log: EventLogger, offload: Offload, writer: str | None = None
+    directory: str, log: EventLogger, offload: Offload, merge: Merge | None = None
 ) -> StateFile:
-    """`<directory>/ownership.json`, where the bookings are kept; written by host `writer`
-    (merged with the other hosts' entries, `merged_with`) when given."""
+    """`<directory>/ownership.json`, where the bookings are kept; written with `merge` (the
+    other hosts' entries kept, `ownership_sync.merged_with`) when given."""
     return StateFile(
         directory,
         OWNERSHIP_FILE,
@@ -292,34 +304,8 @@ def ownership_file(
         consequence="bookings are forgotten: a device the kubelet booked before this restart "
         "may be advertised under another ID or resource while a pod holds it",
         if_unwritten="bookings made now are forgotten if kdp-host restarts before a write succeeds",
-        merge=None if writer is None else merged_with(directory, writer),
+        merge=merge,
     )
-
-
-def merged_with(directory: str, writer: str) -> Merge:
-    """How host `writer` writes the file: its own entries replace those it wrote before;
-    every other host's stay, except the entries of a host that no longer runs whose booked
-    ID `writer` has booked itself (it took them over, `ownership_sync`). Blocking (the
-    hosts' lock files are asked), run while the file is locked."""
-
-    def merge(mine: Mapping[str, Any], current: Mapping[str, Any] | None) -> Mapping[str, Any]:
-        if current is None:
-            return mine
-        read_saved(current)  # (raises when it does not have its shape: set aside)
-        own = {(entry["resource"], entry["id"]) for entry in mine["bookings"]}
-        alive: dict[str | None, bool] = {writer: False}
-        kept = []
-        for entry in current["bookings"]:
-            other = entry.get("writer")
-            if other not in alive:
-                alive[other] = running(directory, other)
-            if alive[other] or (other != writer and (entry["resource"], entry["id"]) not in own):
-                kept.append(entry)
-        entries = [*kept, *mine["bookings"]]
-        entries.sort(key=lambda e: (e["resource"], e["id"], e.get("writer") or ""))
-        return {"bookings": entries}
-
-    return merge
 
 
 def bookings_document(bookings: Iterable[SavedBooking]) -> dict[str, Any]:
@@ -348,11 +334,21 @@ def _claims_document(claims: tuple[Claim, ...]) -> list[dict[str, Any]]:
     ]
 
 
-def read_saved(document: Mapping[str, Any]) -> Saved:
+NUMBERED = ("c", "b", DIRECTORY, FILE)
+"""Claim kinds whose key is a number: a device number, an inode (`identity.identity_of`)."""
+BY_TEXT = (NOTHING, SYSFS)
+"""Claim kinds whose key is a path: nothing there when booked, a sysfs device itself."""
+OLD_DIRECTORY = "dir"
+"""A directory's claim by its real path, as versions before inodes wrote it."""
+
+
+def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
     """The bookings of `ownership.json`, checked: text resource, id, device (the id, or the
-    device the id is a replica of), paths and real paths; a claim `kind` of `c` or `b` with
-    a device number, or `path` or `dir` with a path; `places` (optional) read as claims are;
-    `writer` (optional) text."""
+    device the id is a replica of), paths and real paths; a claim `kind` of `c`, `b` (device
+    number), `d`, `f` (inode) with a number, or `path`, `sysfs` (or `dir`, as older versions
+    wrote) with a path; `places` (optional) read as claims are. A claim by path (`path`,
+    `dir`: an older version claimed every file and directory so) is what that path is now,
+    if anything is there (`resolve`). `writer` (optional) text."""
     saved: Saved = []
     for entry in document["bookings"]:
         texts = [entry[name] for name in ("resource", "id", "device")]
@@ -363,24 +359,29 @@ def read_saved(document: Mapping[str, Any]) -> Saved:
         writer = entry.get("writer")
         if writer is not None and not (isinstance(writer, str) and writer):
             raise TypeError(f"a booking's writer must be text: {entry!r}")
-        claims = _read_claims(entry["claims"])
-        places = _read_claims(entry.get("places", []))
+        claims = _read_claims(entry["claims"], resolve)
+        places = _read_claims(entry.get("places", []), resolve)
         saved.append(SavedBooking(Owner(texts[0], texts[1]), texts[2], claims, places, writer))
     return saved
 
 
-def _read_claims(listed: Iterable[Any]) -> tuple[Claim, ...]:
+def _read_claims(listed: Iterable[Any], resolve: Resolver) -> tuple[Claim, ...]:
     claims: list[Claim] = []
     for claim in listed:
         kind, value = claim["kind"], claim["key"]
-        if kind in ("c", "b") and isinstance(value, int) and not isinstance(value, bool):
+        if kind in NUMBERED and isinstance(value, int) and not isinstance(value, bool):
             key: ClaimKey = (kind, value)
-        elif kind in ("path", "dir") and isinstance(value, str):
+        elif kind in (*BY_TEXT, OLD_DIRECTORY) and isinstance(value, str):
             key = (kind, value)
         else:
-            raise TypeError(f"a claim is not c/b with a number or path/dir with a path: {claim!r}")
+            raise TypeError(
+                f"a claim is not c/b/d/f with a number or path/sysfs with a path: {claim!r}"
+            )
         path, real = claim["path"], claim["real"]
         if not all(isinstance(text, str) and text for text in (path, real)):
             raise TypeError(f"a claim's path and real path must be text: {claim!r}")
+        if kind in (NOTHING, OLD_DIRECTORY):
+            reached = resolve(value)
+            key, real = ((NOTHING, value), real) if reached is None else reached
         claims.append((key, path, real))
     return tuple(claims)

@@ -1,10 +1,13 @@
 """Claims: what a device would put into a container, as the ownership index compares it.
 
-Each DeviceSpec host path of a device claims what it reaches: a character or block node by
-its device number (so a second node or a link for it is the same claim), a directory or
-anything else by its real path. Each mount source claims the same way. Nodes and mounts a
-driver marks `shared` are claimed shared. A directory holds everything below it
-(`ancestors`, `below`): the index compares claims by key and by containment.
+Each DeviceSpec host path of a device claims what it reaches (`identity.identity_of`): a
+character or block node by its device number (so a second node or a link for it is the same
+claim), a directory or any other file by its inode (so a hard link, a bind mount or a
+rename of it is the same claim), a path where nothing is by its text. Each mount source
+claims the same way. Nodes and mounts a driver marks `shared` are claimed shared. A sysfs
+device also claims itself, by its sysfs directory (`SYSFS`): a device that passes no node is
+advertised once too. A directory holds everything below its real path (`ancestors`,
+`below`): the index compares claims by key and by containment.
 """
 
 from __future__ import annotations
@@ -14,11 +17,17 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from .devices import Device, DeviceMount, PathReach
+from .devices import Device, DeviceMount
+from .identity import DIRECTORY, PathReach, identity_of
 
 ClaimKey = tuple[str, int | str]
-"""('c' or 'b', st_rdev) for a device node, ('path', real path) for anything else (the
-normalised path where nothing is yet)."""
+"""What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f', inode)), ('path',
+normalised path) where nothing is yet, or (SYSFS, real path) for a sysfs device itself."""
+
+NOTHING = "path"
+"""The kind of the claim of a path where nothing is (by its normalised text)."""
+SYSFS = "sysfs"
+"""The kind of a sysfs device's claim of itself (its real sysfs directory)."""
 
 
 Reached = PathReach
@@ -26,9 +35,9 @@ Reached = PathReach
 
 
 def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
-    """What a host path reaches: a device node by its number, a directory or anything else
-    by its real path; None when nothing is there. Follows links (a link to a node claims the
-    node). With the claim, the real path (what a directory mount contains is below it).
+    """What a host path reaches (`identity.identity_of`: a device node by its number, anything
+    else by its inode); None when nothing is there. Follows links (a link to a node claims
+    the node). With the claim, the real path (what a directory mount contains is below it).
 
     One lstat for a path that is no link: its real path is its directory's real path
     (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
@@ -43,12 +52,7 @@ def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
             real = _real_path(path, {} if real_dirs is None else real_dirs)
     except (OSError, ValueError):
         return None
-    mode = st.st_mode
-    if stat.S_ISCHR(mode):
-        return ("c", st.st_rdev), real
-    if stat.S_ISBLK(mode):
-        return ("b", st.st_rdev), real
-    return ("dir" if stat.S_ISDIR(mode) else "path", real), real
+    return identity_of(st), real
 
 
 def _real_path(path: str, real_dirs: dict[str, str]) -> str:
@@ -69,12 +73,12 @@ def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | 
     return None if reached is None else reached[0]
 
 
-def describe_key(key: ClaimKey) -> str:
-    """A claim for a log line: `char 240:0`, `block 8:1` or the real path."""
-    kind, value = key
-    if kind in ("c", "b") and isinstance(value, int):
-        return f"{'char' if kind == 'c' else 'block'} {os.major(value)}:{os.minor(value)}"
-    return str(value)
+def still_reaches(key: ClaimKey, reached: Reached | None) -> bool:
+    """Whether a claim's path still reaches it (what it reaches now: `reach`): the same
+    node or file, or for a sysfs device's claim of itself, its directory still there."""
+    if reached is None:
+        return False
+    return reached[0] == key or (key[0] == SYSFS and reached[0][0] == DIRECTORY)
 
 
 def ancestors(real: str) -> Iterator[str]:
@@ -124,7 +128,7 @@ def claim_of(path: str, resolve: Resolver) -> Claim:
     reached = resolve(path)
     if reached is None:
         norm = os.path.normpath(path)
-        return ("path", norm), path, norm
+        return (NOTHING, norm), path, norm
     return reached[0], path, reached[1]
 
 
@@ -136,30 +140,38 @@ def host_paths(device: Device) -> tuple[str, ...]:
     return (*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts))
 
 
-Places = str | tuple[tuple[str, bool], ...]
+Places = str | tuple[tuple[str, bool | None], ...]
 """What a device's claims depend on: its host paths with their `shared` flags (the one path
-of the common one-node device)."""
+of the common one-node device), then its sysfs directory, if any, as (path, None)."""
 
 
 def places(device: Device) -> Places:
     """The key of a device's claims: two devices with the same places claim the same (a
     device renamed on its paths needs no resolution)."""
-    path, mounts = device.path, device.mounts
-    if not mounts:
+    path, mounts, sysfs = device.path, device.mounts, device.sysfs_path
+    if not mounts and sysfs is None:
         if path is not None and device.has_only_node(path, path):
             return path
         nodes = device.nodes
         if len(nodes) == 1:
             return ((nodes[0].host_path, nodes[0].shared),)
-    return tuple(
-        [(n.host_path, n.shared) for n in device.nodes] + [(m.host_path, m.shared) for m in mounts]
-    )
+    found: list[tuple[str, bool | None]] = [(n.host_path, n.shared) for n in device.nodes]
+    found += [(m.host_path, m.shared) for m in mounts]
+    if sysfs is not None:
+        found.append((sysfs, None))
+    return tuple(found)
 
 
 def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
-    """A device's claims: its nodes (shared ones apart) and its mount sources."""
-    path = device.path
-    if not device.mounts and path is not None and device.has_only_node(path, path):
+    """A device's claims: its nodes (shared ones apart), its mount sources, and a sysfs
+    device itself (its directory, never resolved: the driver found it there)."""
+    path, sysfs = device.path, device.sysfs_path
+    if (
+        sysfs is None
+        and not device.mounts
+        and path is not None
+        and device.has_only_node(path, path)
+    ):
         return Claims((claim_of(path, resolve),))  # the common one-node device: no dicts
     exclusive: dict[ClaimKey, Claim] = {}
     shared: dict[ClaimKey, Claim] = {}
@@ -170,6 +182,8 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
         (shared if is_shared else exclusive).setdefault(claim[0], claim)
     for key in exclusive:
         shared.pop(key, None)
+    if sysfs is not None:
+        exclusive.setdefault((SYSFS, sysfs), ((SYSFS, sysfs), sysfs, sysfs))
     return Claims(tuple(exclusive.values()), tuple(shared.values()))
 
 
@@ -208,7 +222,7 @@ def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -
             for claim in mine:
                 key, path, real = claim
                 made.append((claim, me, is_shared))
-                if key[0] == "dir":
+                if key[0] == DIRECTORY:
                     dirs.append((real, me, is_shared))
                 known = seen.get(key)
                 if known is None:

@@ -25,7 +25,15 @@ from typing import Final, Literal
 from .files import Offload
 from .metrics import Metrics
 from .ownership_admission import Admission
-from .ownership_claims import ClaimKey, Reached, Resolver, host_paths, places, reach
+from .ownership_claims import (
+    ClaimKey,
+    Reached,
+    Resolver,
+    host_paths,
+    places,
+    reach,
+    still_reaches,
+)
 from .ownership_table import Pace, ResourceState
 
 UNRESOLVED_REASON: Final = "read_timeout"
@@ -37,6 +45,10 @@ RESOLVE_TIMEOUT: Final = 2.0
 
 STUCK_PER_BATCH: Final = 3
 """Hung paths one batch steps over before it gives the rest up until the next list."""
+
+KEPT_LIMIT: Final = 4096
+"""Places kept resolved (`Resolving._reach_kept`) beyond which they are all forgotten (an
+`allocate.command` may print new paths every time)."""
 
 MAX_STUCK: Final = 4
 """Workers stuck on paths at once beyond which a path given up on before is not tried."""
@@ -166,11 +178,20 @@ class Resolving(Admission):
         again once they are (with an offload: the claim held meanwhile)."""
         self._admitting = ""
         """The resource being admitted."""
+        self._kept: dict[str, Resolution] = {}
+        """Places an Allocate answer hands out besides its devices, as resolved while the
+        watcher follows their directories (forgotten when one changes, `_forget_kept`)."""
+        self._path_news = 0
+        """Changes the watcher reported so far (a resolution that raced one is not kept)."""
 
     @abc.abstractmethod
     def _admit_or_defer(self, state: ResourceState) -> bool:
         """Admit `state` (now, in turns of the loop, or once its paths are resolved);
         whether its table changed now."""
+
+    @abc.abstractmethod
+    def _follows(self, path: str) -> bool:
+        """Whether the watcher follows `path`'s directory from now on (False: no watcher)."""
 
     @abc.abstractmethod
     def _drain(self) -> None:
@@ -262,15 +283,37 @@ class Resolving(Admission):
     async def _reach_all(self, paths: Collection[str]) -> dict[str, Reached | None]:
         """What each path reaches, resolved off the loop (inline without an offload); None
         where nothing is there or the path did not answer in time."""
+        return _reached(paths, await self._resolve_all(paths))
+
+    async def _resolve_all(self, paths: Collection[str]) -> dict[str, Resolution]:
         if self._paths.offload is not None:
-            resolved = await self._paths.resolve(paths)
-        else:
-            resolved = self._paths.inline(paths)
-        found: dict[str, Reached | None] = {}
-        for path in paths:
-            reached = resolved.get(path)
-            found[path] = None if reached is None or isinstance(reached, str) else reached
-        return found
+            return await self._paths.resolve(paths)
+        return self._paths.inline(paths)
+
+    async def _reach_kept(self, paths: Collection[str]) -> dict[str, Reached | None]:
+        """`_reach_all` for the places of an Allocate answer: a path resolved before while
+        the watcher follows its directory is not resolved again, so an Allocate repeated
+        leaves the loop for nothing (and never waits behind another resource's work on the
+        offload, nor for a worker thread to get a turn of the interpreter)."""
+        kept = self._kept
+        todo = [path for path in paths if path not in kept]
+        if todo:
+            # (a path kept is forgotten by its name: only a normalised one is kept)
+            followed = [p for p in todo if os.path.normpath(p) == p and self._follows(p)]
+            news = self._path_news
+            resolved = await self._resolve_all(todo)
+            if news == self._path_news:  # (else a path may have changed meanwhile)
+                if len(kept) + len(followed) > KEPT_LIMIT:
+                    kept.clear()
+                kept.update((p, resolved[p]) for p in followed if resolved.get(p, HUNG) != HUNG)
+            return _reached(paths, {**kept, **resolved})
+        return _reached(paths, kept)
+
+    def _forget_kept(self, changed: Callable[[str], bool]) -> None:
+        """The watcher reported changes: forget the kept places `changed` names."""
+        self._path_news += 1
+        for path in [p for p in self._kept if changed(p)]:
+            del self._kept[path]
 
     def _lookup(self, path: str) -> Reached | None:
         """A path's claim, as resolved for this admission (`_wanted` named every one; a
@@ -290,4 +333,15 @@ class Resolving(Admission):
                 return True
             self._fresh.update(self._paths.inline([path]))
         reached = self._fresh[path]
-        return isinstance(reached, str) or (reached is not None and reached[0] == key)
+        return isinstance(reached, str) or still_reaches(key, reached)
+
+
+def _reached(
+    paths: Collection[str], resolved: Mapping[str, Resolution]
+) -> dict[str, Reached | None]:
+    """What each path reaches; None where nothing is there or it did not answer in time."""
+    found: dict[str, Reached | None] = {}
+    for path in paths:
+        reached = resolved.get(path)
+        found[path] = None if reached is None or isinstance(reached, str) else reached
+    return found

@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable, Collection
-from typing import Protocol
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Protocol
 
 from .files import Offload
 from .logs import EventLogger
 from .ownership_bookings import OWNERSHIP_FILE, Saved, StateSink, ownership_file, read_saved
 from .safety_net import SafetyNet
-from .state_file import StateFile
+from .state_file import Merge, StateFile
 from .state_lock import running
 from .watch import Subscription, Watcher, dir_signature
 
@@ -48,18 +48,50 @@ async def shared_bookings(
 ) -> BookingsSync:
     """`<state_dir>/ownership.json` read back into `index` and kept by it from now on, as
     host `writer`; follow it with the returned `BookingsSync` (`follow`)."""
-    file = ownership_file(state_dir, log, offload, writer)
+    file = ownership_file(state_dir, log, offload, merged_with(state_dir, writer))
     sync = BookingsSync(file, writer, index, offload, log)
     saved, others = await sync.read()
     index.keep_bookings_in(file, saved, others, writer)
     return sync
 
 
+def as_written(_path: str) -> None:
+    """A resolver that resolves nothing: bookings read as they were written (a host
+    compares its own entries with what it wrote, `ownership_sync`)."""
+    return None
+
+
+def merged_with(directory: str, writer: str) -> Merge:
+    """How host `writer` writes the file: its own entries replace those it wrote before;
+    every other host's stay, except the entries of a host that no longer runs whose booked
+    ID `writer` has booked itself (it took them over, `ownership_sync`). Blocking (the
+    hosts' lock files are asked), run while the file is locked."""
+
+    def merge(mine: Mapping[str, Any], current: Mapping[str, Any] | None) -> Mapping[str, Any]:
+        if current is None:
+            return mine
+        read_saved(current, as_written)  # (raises when it does not have its shape: set aside)
+        own = {(entry["resource"], entry["id"]) for entry in mine["bookings"]}
+        alive: dict[str | None, bool] = {writer: False}
+        kept = []
+        for entry in current["bookings"]:
+            other = entry.get("writer")
+            if other not in alive:
+                alive[other] = running(directory, other)
+            if alive[other] or (other != writer and (entry["resource"], entry["id"]) not in own):
+                kept.append(entry)
+        entries = [*kept, *mine["bookings"]]
+        entries.sort(key=lambda e: (e["resource"], e["id"], e.get("writer") or ""))
+        return {"bookings": entries}
+
+    return merge
+
+
 def read_shared(file: StateFile, writer: str) -> tuple[Saved | None, frozenset[str]]:
     """The file's bookings (None: it could not be read, and was set aside) and the other
     hosts that wrote some and still run (blocking)."""
     before = file.set_aside
-    loaded = file.load(read_saved)
+    loaded = file.load(functools.partial(read_saved, resolve=as_written))
     if file.set_aside != before:
         return None, frozenset()
     saved = loaded or []

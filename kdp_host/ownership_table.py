@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
 
 from .devices import Device
+from .identity import DIRECTORY
 from .logs import EventLogger
 from .ownership_bookings import Ledger, Saved, StateSink
 from .ownership_claims import (
@@ -142,11 +143,9 @@ class ClaimTable(abc.ABC):
         self, sink: StateSink, saved: Saved | None, running: Collection[str] = (), writer: str = ""
     ) -> None:
         """Keep the bookings in `sink` from now on, as host `writer`, after taking back those
-        `saved` (before any resource publishes): each claim lingers with its device, as if
-        it had just stopped being advertised, and its booking holds it; those of the other
-        hosts `running` on the state directory stay theirs (`Ledger.take_in`)."""
-        now = self._clock()
-        self._ledger.writer = writer or None
+        `saved` (before any resource publishes): each claim lingers with its device, and its
+        booking holds it; those of other hosts `running` stay theirs (`Ledger.take_in`)."""
+        now, self._ledger.writer = self._clock(), writer or None
         self._ledger.take_in(saved or [], running, now)
         for owner, device, claims, _, _ in saved or ():
             state = self._state(owner.resource)
@@ -188,7 +187,7 @@ class ClaimTable(abc.ABC):
             why = self._clash(me, claim[0], claim[1], True)
             if why is not None:
                 return why
-        if self._dirs or any(claim[0][0] == "dir" for claim in claims.all()):
+        if self._dirs or any(claim[0][0] == DIRECTORY for claim in claims.all()):
             return self._contained(me, claims)
         return None
 
@@ -217,7 +216,7 @@ class ClaimTable(abc.ABC):
                     why = self._clash(me, outer, path, shared)
                     if why is not None:
                         return why
-            if key[0] != "dir" or not below_counts.get(real):
+            if key[0] != DIRECTORY or not below_counts.get(real):
                 continue
             own = sum(
                 1
@@ -244,7 +243,7 @@ class ClaimTable(abc.ABC):
             outer = self._dirs.get(directory)
             if outer is not None and (owner := exclusive.get(outer)) is not None:
                 found.append(owner)
-        if key[0] == "dir":
+        if key[0] == DIRECTORY:
             at, _ = self._containment()
             for inner, inner_real in at.items():
                 if below(inner_real, real) and (owner := exclusive.get(inner)) is not None:
@@ -268,10 +267,11 @@ class ClaimTable(abc.ABC):
         return self._at, self._below
 
     def _count(self, key: ClaimKey, real: str) -> None:
-        """A claim is made: its directory is one a claim may be below, and it is below its
-        ancestors."""
-        if key[0] == "dir":
+        """A claim is made: its directory is one a claim may be below (kept from the first
+        directory on: `_containment`), and it is below its ancestors."""
+        if key[0] == DIRECTORY:
             self._dirs[real] = key
+            self._containment()
         at = self._at
         if at is None or key in at:
             return
@@ -284,11 +284,11 @@ class ClaimTable(abc.ABC):
         """A claim is gone (from both maps)."""
         if key in self._exclusive or key in self._shared:
             return
-        if key[0] == "dir" and isinstance(key[1], str):
-            self._dirs.pop(key[1], None)
         real = None if self._at is None else self._at.pop(key, None)
         if real is None:
             return
+        if self._dirs.get(real) == key:
+            del self._dirs[real]
         counts = self._below
         for directory in ancestors(real):
             left = counts[directory] - 1

@@ -21,9 +21,10 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .devices import Device, PathReach
+from .devices import Device
 from .drivers.base import DriverDeps, DriverError, Skipped
 from .files import DaemonThreads, FileReader, Offload
+from .identity import PathReach
 from .logs import EventLogger, get_logger
 from .safety_net import SafetyNet
 from .watch import Subscription, WatchCallback, new_subscription

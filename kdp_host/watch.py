@@ -167,6 +167,7 @@ class InotifyWatcher:
         self._dir_mask = _dir_mask(Mask)
         self._overflow = int(Mask.Q_OVERFLOW)
         self._gone = int(Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF)
+        self._appeared = int(Mask.CREATE | Mask.MOVED_TO)
         self._inotify = Inotify()
         self._subs = _SubscriberIndex()
         self._watches: dict[str, Watch] = {}
@@ -217,8 +218,9 @@ class InotifyWatcher:
         self._pending.discard(directory)
         return True
 
-    def _retry_pending(self) -> None:
-        for directory in list(self._pending):
+    def _retry_pending(self, directories: Iterable[str] | None = None) -> None:
+        """Watch the missing `directories` (None: all) that are there now."""
+        for directory in list(self._pending if directories is None else directories):
             if self._add_watch(directory):
                 self._log.debug("watch_added", dir=directory)
                 self._subs.notify(directory, None, self._log)
@@ -261,8 +263,6 @@ class InotifyWatcher:
             name = data[offset : offset + length].split(b"\0", 1)[0]
             offset += length
             self._dispatch(mask, wd, os.fsdecode(name) if name else None)
-        if self._pending:
-            self._retry_pending()
 
     async def _retry_pending_forever(self) -> None:
         """Directories that do not exist yet (a socket dir before the kubelet made it): tried
@@ -294,6 +294,11 @@ class InotifyWatcher:
             return
         for directory in directories:
             self._subs.notify(directory, name, self._log)
+        if name is not None and mask & self._appeared and self._pending:
+            # a missing directory made in a watched one is watched at once (the others at
+            # the next retry: trying every one on every event cost a failed watch each)
+            made = [os.path.join(directory, name) for directory in directories]
+            self._retry_pending([path for path in made if path in self._pending])
 
 
 class PollingWatcher:

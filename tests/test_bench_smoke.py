@@ -200,6 +200,28 @@ def test_peer_hotplug_rows_are_measured_through_the_real_kubelet() -> None:
     assert rows[0].gdp.note == "not measured: left out here"
 
 
+def test_a_crashed_peer_row_says_why_and_the_other_rows_keep_their_figures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One measurement of the peer section timing out (the glob hot-plug) loses only its own
+    row: the row says what failed, the sysfs rows keep what they measured."""
+    from tests.bench import peer
+
+    def crashed(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("timed out after 30s waiting for gdp.example/r000")
+
+    def measured(opts: harness.Options, present: int) -> tuple[harness.Figure, harness.Figure]:
+        return harness.Figure("plug", "ms", [1.5]), harness.Figure("removal", "ms", [2.5])
+
+    monkeypatch.setattr(peer, "glob_hotplug", crashed)
+    monkeypatch.setattr(peer, "sysfs_hotplug", measured)
+    rows = peer.hotplug_rows(TINY, None, None)
+    glob, *rest = rows
+    assert glob.kdp.note.startswith("FAILED (TimeoutError: timed out after 30s")
+    assert not glob.kdp.values and glob.kdp.passed is False
+    assert rest and all(row.kdp.values for row in rest)
+
+
 def test_release_benchmark_says_why_when_the_harness_is_absent(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

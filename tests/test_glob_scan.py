@@ -86,8 +86,8 @@ async def test_rescan_keeps_unchanged_devices_and_sees_changes(tmp_path: Path) -
 
     (tmp_path / "real" / "rel-link").unlink()
     (tmp_path / "real" / "rel-link").symlink_to("f1")
-    (tmp_path / "real" / "f1").unlink()
-    (tmp_path / "real" / "f1-new").touch()
+    (tmp_path / "real" / "f1-new").touch()  # (first: made after f1 went, it could get f1's
+    (tmp_path / "real" / "f1").unlink()  # inode number, and be f1 renamed)
     (tmp_path / "real" / "rel-link").unlink()
     (tmp_path / "real" / "rel-link").symlink_to("f1-new")
     second = await step(glob_driver, notifier)

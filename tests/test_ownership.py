@@ -439,13 +439,23 @@ async def test_a_dead_file_system_takes_a_bounded_number_of_workers() -> None:
 
 
 def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) -> None:
+    """A file is claimed by its inode, through a symbolic or a hard link, and after a rename;
+    a directory too; a missing path by its text."""
     (tmp_path / "f").touch()
     (tmp_path / "l").symlink_to(tmp_path / "f")
-    assert claim_key(f"{tmp_path}/l") == claim_key(f"{tmp_path}/f") == ("path", f"{tmp_path}/f")
+    os.link(tmp_path / "f", tmp_path / "h")
+    st = os.stat(tmp_path / "f")
+    inode = ("f", st.st_dev << 64 | st.st_ino)
+    assert claim_key(f"{tmp_path}/l") == claim_key(f"{tmp_path}/f") == inode
+    assert claim_key(f"{tmp_path}/h") == inode
+    os.rename(tmp_path / "f", tmp_path / "g")
+    assert claim_key(f"{tmp_path}/g") == inode
     assert claim_key(f"{tmp_path}/missing") is None
     claims = device_claims(dev("a", f"{tmp_path}/missing"))
     assert [claim[0] for claim in claims.exclusive] == [("path", f"{tmp_path}/missing")]
-    assert claim_key(str(tmp_path)) == ("dir", str(tmp_path))
+    st = os.stat(tmp_path)
+    assert claim_key(str(tmp_path)) == ("d", st.st_dev << 64 | st.st_ino)
+    assert reach(f"{tmp_path}/h") == (inode, f"{tmp_path}/h")
 
 
 def test_a_directory_mount_clashes_with_what_is_below_it_both_ways(tmp_path: Path) -> None:
@@ -505,14 +515,18 @@ NODES = 5
 PATTERNS = ("nodes/n*", "nodes/n[0-2]", "a/*", "b/*", "a/l[0-1]*")
 
 
-def build_tree(root: Path, links: list[tuple[str, int]]) -> None:
+def build_tree(root: Path, links: list[tuple[str, int, bool]]) -> None:
+    """Nodes (files), and links to them in a/ and b/: symbolic, or hard (the same file)."""
     for sub in ("nodes", "a", "b", "fw"):
         (root / sub).mkdir()
     for i in range(NODES):
         (root / "nodes" / f"n{i}").touch()
-    for k, (where, target) in enumerate(links):
+    for k, (where, target, hard) in enumerate(links):
         link = root / where / f"l{k}"
-        link.symlink_to(root / "nodes" / f"n{target}")
+        if hard:
+            os.link(root / "nodes" / f"n{target}", link)
+        else:
+            link.symlink_to(root / "nodes" / f"n{target}")
 
 
 async def glob_list(root: Path, patterns: tuple[str, ...]) -> dict[str, Device]:
@@ -570,32 +584,53 @@ steps = st.lists(
 )
 
 
-def independent_claims(device: Device) -> tuple[set[ClaimKey], set[ClaimKey]]:
-    """What a device puts into a container, resolved here without the index's code."""
-    exclusive: set[ClaimKey] = set()
-    shared: set[ClaimKey] = set()
+IndependentKey = tuple[str, object]
+
+
+def independent_key(path: str) -> tuple[IndependentKey, str]:
+    """What a path is, found here without the index's code: the file (device and inode) it
+    reaches, or its real path where nothing is; with its real path."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("missing", real), real
+    return ("file", (st.st_dev, st.st_ino)), real
+
+
+def independent_claims(
+    device: Device,
+) -> tuple[dict[IndependentKey, str], dict[IndependentKey, str]]:
+    """What a device puts into a container (key -> real path), resolved here without the
+    index's code."""
+    exclusive: dict[IndependentKey, str] = {}
+    shared: dict[IndependentKey, str] = {}
     paths = [(n.host_path, n.shared) for n in device.nodes]
     paths += [(m.host_path, m.shared) for m in device.mounts]
     for path, is_shared in paths:
-        key: ClaimKey = ("path", os.path.realpath(path))
-        (shared if is_shared else exclusive).add(key)
-    return exclusive, shared - exclusive
+        key, real = independent_key(path)
+        (shared if is_shared else exclusive)[key] = real
+    return exclusive, {key: real for key, real in shared.items() if key not in exclusive}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    links=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, NODES - 1)), max_size=5),
+    links=st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.integers(0, NODES - 1), st.booleans()),
+        max_size=5,
+    ),
     script=steps,
     chunk=st.sampled_from([ADMISSION_CHUNK, 1, 2]),
 )
 def test_no_node_is_ever_in_two_advertised_devices(
-    links: list[tuple[str, int]], script: list[tuple[str, int, object, int]], chunk: int
+    links: list[tuple[str, int, bool]], script: list[tuple[str, int, object, int]], chunk: int
 ) -> None:
-    """Random glob patterns and probe-like lists over a random tree of nodes and links, with
-    restarts, reloads that retire resources and nodes that vanish: at every step no node or
-    mount source is in two advertised devices, and a node that stayed present is only ever
-    advertised under one (resource, ID) -- what the kubelet books. With a small `chunk`,
-    admissions run in turns of the loop, and the next steps come while they run."""
+    """Random glob patterns and probe-like lists over a random tree of nodes and links
+    (symbolic and hard), with restarts, reloads that retire resources and nodes that vanish:
+    at every step no node (file) or mount source is in two advertised devices, and a node
+    that stayed present is only ever advertised under one (resource, ID) -- what the kubelet
+    books. With a small `chunk`, admissions run in turns of the loop, and the next steps
+    come while they run."""
     root = Path(tempfile.mkdtemp(prefix="kdp-own"))
     try:
         build_tree(root, links)
@@ -608,13 +643,13 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]], chu
     host = Host(chunk=chunk)
     names = [R1, R2, R3]
     live: set[str] = set()
-    booked: dict[ClaimKey, tuple[str, str]] = {}
+    booked: dict[IndependentKey, tuple[str, str]] = {}
     for action, which, spec, victim in script:
         name = names[which]
         if action == "remove_node":
             path = root / "nodes" / f"n{victim}"
-            if path.exists():
-                booked.pop(("path", str(path)), None)
+            if path.exists():  # (a claim made through it lingers no longer: a hard link
+                booked.pop(independent_key(str(path))[0], None)  # may keep the file)
                 path.unlink()
             continue
         if action == "retire":
@@ -633,10 +668,12 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]], chu
     check_advertised(host, live, booked)
 
 
-def check_advertised(host: Host, live: set[str], booked: dict[ClaimKey, tuple[str, str]]) -> None:
+def check_advertised(
+    host: Host, live: set[str], booked: dict[IndependentKey, tuple[str, str]]
+) -> None:
     """Every live resource's advertised list, checked independently."""
-    owners: dict[ClaimKey, tuple[str, str]] = {}
-    sharers: dict[ClaimKey, set[str]] = {}
+    owners: dict[IndependentKey, tuple[str, str]] = {}
+    sharers: dict[IndependentKey, set[str]] = {}
     made: list[tuple[tuple[str, str], str, bool]] = []
     for resource in sorted(live):
         for device in host.tables[resource].snapshot.devices:
@@ -646,13 +683,13 @@ def check_advertised(host: Host, live: set[str], booked: dict[ClaimKey, tuple[st
                 assert key not in owners, (key, owners[key], me)
                 assert key not in sharers, (key, sharers[key], me)
                 owners[key] = me
-                if os.path.exists(key[1]):
+                if key[0] == "file":
                     assert booked.setdefault(key, me) == me, (key, booked[key], me)
             for key in shared:
                 assert key not in owners, (key, owners[key], me)
                 sharers.setdefault(key, set()).add(resource)
-            made += [(me, str(key[1]), False) for key in exclusive]
-            made += [(me, str(key[1]), True) for key in shared]
+            made += [(me, real, False) for real in exclusive.values()]
+            made += [(me, real, True) for real in shared.values()]
     # a directory one device mounts holds nothing another device claims (two shared
     # claims apart)
     for me, directory, dir_shared in made:

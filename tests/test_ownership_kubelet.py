@@ -571,13 +571,14 @@ async def test_hostile_5_unplug_reload_replug_keeps_the_booked_node(
     running = await start_host(config.read_text(), config_path=config)
     await kubelet.await_for(healthy(FPGA, 1), what="a-x advertised")
     assert await grants(kubelet, FPGA, "p1") == [{str(a / "x")}]
-    (a / "x").unlink()  # unplugged; the pod keeps running
+    away = short_dir / "away"  # (files stand for nodes: a file is its inode, so the node
+    (a / "x").rename(away)  # unplugged and plugged back is the same file moved away and back)
     await kubelet.await_for(healthy(FPGA, 0), what="a-x gone")
     config.write_text(config.read_text().replace(f', "{b}/*"', ""))  # its ID would be x
     assert await running.host.reload_from(config) == "ok"
     (a / "z").touch()  # the reloaded resource lists while the node is away
     await kubelet.await_for(healthy(FPGA, 1), what="z advertised")
-    (a / "x").touch()  # plugged back
+    away.rename(a / "x")  # plugged back
     await kubelet.await_for(healthy(FPGA, 2), what="the node advertised again")
     assert await grants(kubelet, FPGA, "p2", "p3") == [{str(a / "z")}], "p1 holds a-x"
     assert "a-x" in kubelet.resource(FPGA)["device_numa"]

@@ -22,6 +22,7 @@ from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership_bookings import OWNERSHIP_FILE, Booking, Ledger, ownership_file, read_saved
 from kdp_host.ownership_claims import Claim, Claims, Owner
+from kdp_host.ownership_sync import as_written, merged_with
 from kdp_host.stale_sockets import other_hosts
 from kdp_host.state_file import StateFile
 from kdp_host.state_lock import HOSTS_DIR, hold_instance, host_lock_path, running
@@ -38,7 +39,9 @@ class Writer:
 
     def __init__(self, state: Path, name: str, hold: bool = True) -> None:
         self.name = name
-        self.file: StateFile = ownership_file(str(state), get_logger(), DaemonThreads(), name)
+        self.file: StateFile = ownership_file(
+            str(state), get_logger(), DaemonThreads(), merged_with(str(state), name)
+        )
         self.ledger = Ledger(name)
         self.ledger.sink = self.file
         self.fd = hold_instance(str(state), name) if hold else None
@@ -52,7 +55,7 @@ class Writer:
 
     def read(self) -> tuple[bool, bool]:
         """Take the file in, as `ownership_sync` does: (bookings changed, file stale)."""
-        saved = self.file.load(read_saved) or []
+        saved = self.file.load(lambda document: read_saved(document, as_written)) or []
         directory = str(self.file.path.parent)
         others = {b.writer for b in saved if b.writer and b.writer != self.name}
         return self.ledger.take_in(saved, {w for w in others if running(directory, w)}, 1.0)

@@ -188,3 +188,43 @@ async def test_a_flood_of_events_does_not_starve_the_loop(
         os.close(os.open(tmp_path / f"f{n}", os.O_CREAT | os.O_WRONLY, 0o600))
     await wait_until(lambda: dispatched >= total, 30, "every event")
     assert seen_by_the_loop and seen_by_the_loop[0] < total
+
+
+async def test_a_missing_directory_is_tried_again_only_when_it_may_be_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory that does not exist is tried at the retry timer, or at once when a watched
+    directory sees it made; events elsewhere no longer try every missing one again (with a
+    device's node directory missing, that was a failed watch per event: Issue 17, sysfs)."""
+    watcher = InotifyWatcher(get_logger(), retry_interval=3600)
+    tries: list[str] = []
+    add_watch = watcher._add_watch
+
+    def counting(directory: str) -> bool:
+        tries.append(directory)
+        return add_watch(directory)
+
+    monkeypatch.setattr(watcher, "_add_watch", counting)
+    task = asyncio.create_task(watcher.run())
+    heard: list[str | None] = []
+    try:
+        busy = tmp_path / "busy"
+        busy.mkdir()
+        watcher.subscribe(str(tmp_path), heard.append, names=("made",))
+        watcher.subscribe(str(busy), heard.append)
+        missing = tmp_path / "elsewhere" / "missing"
+        made = tmp_path / "made"
+        watcher.subscribe(str(missing), heard.append)
+        watcher.subscribe(str(made), heard.append)
+        for n in range(20):
+            (busy / f"f{n}").touch()
+        await wait_until(lambda: "f19" in heard, 5, "the events in busy")
+        assert tries.count(str(missing)) == 1, "an event elsewhere tried the missing directory"
+        made.mkdir()
+        await wait_until(lambda: str(made) not in watcher._pending, 5, "made watched at once")
+        (made / "x").touch()
+        await wait_until(lambda: "x" in heard, 5, "an event in the directory made")
+        assert tries.count(str(missing)) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

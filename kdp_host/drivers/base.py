@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ..devices import Device, PathReach
+from ..devices import Device
 from ..files import DaemonThreads, FileReader, Offload
+from ..identity import PathReach
 from ..logs import EventLogger
 from ..process import CommandRunner, ProcessRunner
 from ..safety_net import SafetyNet

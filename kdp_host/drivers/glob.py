@@ -25,8 +25,9 @@ from collections.abc import Callable, Mapping
 from functools import partial
 
 from ..config import GlobDriverConfig, render_template
-from ..devices import Device, DeviceNode, PathReach
+from ..devices import Device, DeviceNode
 from ..files import FileReader
+from ..identity import PathReach
 from .base import DriverDeps, Skipped
 from .glob_groups import GlobGroupScan
 from .glob_paths import (

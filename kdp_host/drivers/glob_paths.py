@@ -1,11 +1,12 @@
 """What a path matched by a glob pattern is: which physical device it reaches (identity),
 what its device ID is, whether it can be a device at all, and which directories to watch.
 
-Identity: a character or block device node is identified by its device number (`st_rdev`,
-so a node and every symlink or second node for it are one device), anything else by its
-resolved real path. IDs: `DeviceIds`, a pure function of the device's canonical path (the
-resolved real path of the node) and the patterns, never of which matched path (a link or
-the node itself) led to it, so a link that appears or vanishes never renames a device.
+Identity (`identity.identity_of`): a character or block device node is identified by its
+device number (`st_rdev`, so a node and every symlink or second node for it are one device),
+anything else by its inode (a hard link to a file is the same device). IDs: `DeviceIds`, a
+pure function of the device's canonical path (the resolved real path of the node) and the
+patterns, never of which matched path (a link or the node itself) led to it, so a link that
+appears or vanishes never renames a device.
 A device already listed keeps its ID and host path while it stays present (`assign_ids`):
 a second node for its device number, whatever its path, never renames it.
 """
@@ -22,13 +23,14 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 from .. import rules
+from ..identity import Identity, identity_of
 from ..names import PATH_ID, make_name
 from .base import Skipped
 
 _HASH_SUFFIX = re.compile(r"-[0-9a-f]{10}\Z")
 
-DeviceIdentity = tuple[str, int | str]
-"""('c' or 'b', st_rdev) for device nodes, ('path', real path) for anything else."""
+DeviceIdentity = Identity
+"""('c' or 'b', st_rdev) for device nodes, ('f', inode) for anything else."""
 
 
 def fixed_parent(pattern: str) -> str:
@@ -200,14 +202,7 @@ def examine(path: str, real_dirs: dict[str, str]) -> Found | Skipped | None:
         real_path = path if real_parent == parent else os.path.join(real_parent, name)
     if stat.S_ISDIR(st.st_mode):
         return None
-    identity: DeviceIdentity
-    if stat.S_ISCHR(st.st_mode):
-        identity = ("c", st.st_rdev)
-    elif stat.S_ISBLK(st.st_mode):
-        identity = ("b", st.st_rdev)
-    else:
-        identity = ("path", real_path)
-    return Found(real_path, identity, link_dir)
+    return Found(real_path, identity_of(st), link_dir)
 
 
 T = TypeVar("T")
@@ -352,7 +347,8 @@ class MatchCache(Generic[T]):
     def lookup(self, key: Hashable, path: str, look: Callable[[], tuple[T, str | None, bool]]) -> T:
         """What `key` (a matched `path`) is: the answer kept from the last scan if neither
         the path nor the real path it had changed, else `look()`'s: (the answer, the real
-        path it depends on, whether it may be kept: a dangling link may not)."""
+        path it depends on (`path` itself when no link is on the way), whether it may be
+        kept: a dangling link may not)."""
         kept = self._kept.get(key)
         if (
             kept is not None
@@ -364,7 +360,10 @@ class MatchCache(Generic[T]):
             return kept[0]
         value, real_path, keep = look()
         if keep:
-            self._seen[key] = (value, real_path, links_on_the_way(path, dirs=self._dirs))
+            # A path that is its own real path passes through no link (resolving it went
+            # through none): no lstat of each of its components again.
+            links = () if real_path == path else links_on_the_way(path, dirs=self._dirs)
+            self._seen[key] = (value, real_path, links)
         return value
 
     def _touched(self, path: str) -> bool:

@@ -7,7 +7,8 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from ..devices import Device, PathReach
+from ..devices import Device
+from ..identity import PathReach
 from ..logs import EventLogger
 from ..metrics import Metrics
 from ..rules import LIST_SEPARATOR, device_path_problem

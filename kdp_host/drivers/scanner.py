@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from ..devices import Device, PathReach
+from ..devices import Device
+from ..identity import PathReach
 from ..watch import DirSignature, dir_signature
 from .base import Skipped
 

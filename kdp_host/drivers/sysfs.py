@@ -156,6 +156,7 @@ class SysfsScanner:
             env={k: render_template(v, values) for k, v in config.env.items()},
             annotations={k: render_template(v, values) for k, v in config.annotations.items()},
             path=nodes[0].host_path if nodes else None,
+            sysfs_path=found.path,
         )
 
 

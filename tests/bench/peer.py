@@ -123,11 +123,28 @@ def run(opts: Options) -> list[Figure]:
             kubelet_missing,
         )
     else:
-        rows += allocate_rows(opts, gdp_missing)
+        rows += _guarded(lambda: allocate_rows(opts, gdp_missing), ["Allocate through the kubelet"])
     rows += hotplug_rows(opts, kubelet_missing, gdp_missing)
     if kubelet_missing is None:
-        rows += scale_rows(opts, gdp_missing)
+        rows += _guarded(lambda: scale_rows(opts, gdp_missing), ["100 resources"])
     return [figure for row in rows for figure in row.figures()]
+
+
+def _failed(row: Row, exc: Exception) -> None:
+    """Say on `row` that its measurement crashed (the section's other rows are kept)."""
+    why = f"FAILED ({type(exc).__name__}: {exc})"
+    row.kdp.note = row.gdp.note = why
+
+
+def _guarded(measure: Callable[[], list[Row]], labels: list[str]) -> list[Row]:
+    """`measure()`'s rows, or rows saying it failed and why."""
+    try:
+        return measure()
+    except (BenchError, HarnessError, TimeoutError, OSError) as exc:
+        rows = [Row.make(label, "") for label in labels]
+        for row in rows:
+            _failed(row, exc)
+        return rows
 
 
 def _not_run(labels: list[str], reason: str) -> list[Row]:
@@ -336,11 +353,18 @@ def hotplug_rows(opts: Options, kubelet_missing: str | None, gdp_missing: str | 
         return _not_run([row.label for row in rows], kubelet_missing)
     if gdp_missing is not None:
         glob.skip_gdp(gdp_missing)
-    glob_hotplug(opts, glob, with_gdp=gdp_missing is None)
+    try:
+        glob_hotplug(opts, glob, with_gdp=gdp_missing is None)
+    except (BenchError, HarnessError, TimeoutError, OSError) as exc:
+        _failed(glob, exc)
     for row in (*sysfs, removal):
         row.skip_gdp("GDP reads the machine's own /sys (no fake tree) and polls every 5 s")
     for present, row in zip(presents, sysfs, strict=True):
-        plug, unplug = sysfs_hotplug(opts, present)
+        try:
+            plug, unplug = sysfs_hotplug(opts, present)
+        except (BenchError, HarnessError, TimeoutError, OSError) as exc:
+            _failed(row, exc)
+            continue
         for value in plug.values:
             row.add(None, value)
         if present == presents[-1]:
@@ -374,9 +398,12 @@ def glob_hotplug(opts: Options, row: Row, *, with_gdp: bool) -> None:
             gdp: list[float | None] = [None] * len(kdp.values)
             if p.gdp_resources:
                 events = opts.peer_hotplug_events
-                gdp = list(
-                    kubelet_hotplug(opts, p, p.gdp_resources[0], base, arm, events)[0].values
-                )
+                try:
+                    got = kubelet_hotplug(opts, p, p.gdp_resources[0], base, arm, events)[0]
+                except (BenchError, HarnessError, TimeoutError, OSError) as exc:
+                    row.gdp.note = f"FAILED ({type(exc).__name__}: {exc})"
+                else:
+                    gdp = list(got.values)
             for gdp_value, kdp_value in zip(gdp, kdp.values, strict=True):
                 row.add(gdp_value, kdp_value)
     finally:
@@ -391,6 +418,13 @@ def kubelet_hotplug(
     plug, removal = Figure(f"{resource}: plug", "ms"), Figure(f"{resource}: removal", "ms")
     plugin = p.kdp if resource in p.kdp_resources else p.gdp
     assert plugin is not None
+    # The kubelet must hold the plugin's list of the devices there now before the first
+    # plug: GDP reports only changes, at its 5 s rescan, so after the previous measurement
+    # on the same files its last list may still show the device plugged; a plug would then
+    # change nothing it reports, and no list with one more healthy device would ever come.
+    p.kubelet.wait_for(
+        lambda k: healthy(k, [resource], present), 30, f"{resource}: {present} healthy"
+    )
     arrivals = KubeletArrivals(p.kubelet, resource)
     figures = (plug, removal, Figure(f"{resource}: plug, max", "ms"))
     measure_hotplug(opts, arrivals, present, arm, figures, plugin.check_alive, events)

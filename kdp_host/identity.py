@@ -1,0 +1,42 @@
+"""What a host path is: the identity that claims in the ownership index and the devices of
+the glob driver are compared by (one rule for both: the driver hands what its scan learnt to
+the index, which takes it instead of asking again).
+
+A character or block device node is its device number (a second node or a link for it is
+the same device: what a container's cgroup allows). Anything else, a directory or any other
+file, is its inode, `st_dev` and `st_ino` (a hard link, a bind mount or a rename of it is the
+same file; a file made anew at the same path is another). Like a device number, an inode
+number can be reused once its file is gone: what holds one (a booking) holds the new file
+until it ends, and a glob device whose file went takes the new one for itself renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+Identity = tuple[str, int | str]
+"""What a host path is (`identity_of`): `('c'|'b', st_rdev)` for a device node, `('d'|'f',
+inode)` for a directory or any other file; the ownership index's claim key."""
+DIRECTORY = "d"
+"""The kind of a directory's identity (a mount of it holds what is below its real path)."""
+FILE = "f"
+"""The kind of the identity of a file that is no device node and no directory."""
+
+
+def identity_of(st: os.stat_result) -> Identity:
+    """What a host path is, from its (followed) stat: a character or block device node by
+    its device number (a second node or a link for it is the same device), a directory or
+    any other file by its inode, `st_dev` and `st_ino` in one number (a hard link or a
+    rename is the same file; a file made anew at the same path is another)."""
+    mode = st.st_mode
+    if stat.S_ISCHR(mode):
+        return ("c", st.st_rdev)
+    if stat.S_ISBLK(mode):
+        return ("b", st.st_rdev)
+    return (DIRECTORY if stat.S_ISDIR(mode) else FILE, st.st_dev << 64 | st.st_ino)
+
+
+PathReach = tuple[Identity, str]
+"""What a host path reaches, as a scan learnt it: its identity and its real path; the answer
+of `ownership_claims.reach` (the ownership index takes it instead of asking again)."""

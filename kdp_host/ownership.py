@@ -136,6 +136,7 @@ class OwnershipIndex(BookingAllocations):
         super().__init__(clock, metrics, resolve, offload, timeout, chunk)
         self.pod_resources = pod_resources
         self._adoption = Adoption(self._ledger, metrics)
+        self._cdi_kinds = {}
         self._watcher: Watcher | None = None
         self._followed: dict[str, set[str]] = {}
         """Directory of a claimed host path -> the resources that claimed through it."""
@@ -234,7 +235,8 @@ class OwnershipIndex(BookingAllocations):
         # unless the resource never listed a device.
         state.plain = not state.admitted_from and not state.owned and not state.lingering
         state.replicas = replicas
-        state.cdi_kind = cdi_kind or state.cdi_kind
+        if cdi_kind is not None:
+            self._cdi_kinds[cdi_kind] = resource
         self._adoption.unchecked.add(resource)
 
         def detach() -> None:

@@ -12,7 +12,7 @@ every pod of a resource gets its `allocate.mounts`.
 
 An answer may also name devices by CDI name (its CDI devices, the values of `cdi.k8s.io/...`
 annotations), which the runtime resolves through spec files. A name of a kind kdp-host
-writes (`ResourceState.cdi_kind`: any resource's of this host) that is not one of the
+writes (`_cdi_kinds`: any resource's of this host, kept after) that is not one of the
 container's own devices' names refuses the answer (`PlaceOwned`, naming the device that
 owns it): through it the container would reach another device's nodes, unbooked. Names of
 other kinds (a vendor's own spec files) are outside kdp-host's reach and pass.
@@ -49,6 +49,9 @@ class PlaceOwned(ValueError):
 
 class BookingAllocations(AdmissionGate):
     """Records what the kubelet booked (the ownership index's layer for Allocate)."""
+
+    _cdi_kinds: dict[str, str]
+    """CDI kind -> the resource whose runtime writes its spec file (`attach`)."""
 
     async def book(
         self,
@@ -128,7 +131,7 @@ class BookingAllocations(AdmissionGate):
     def _check_cdi_names(self, resource: str, names: Mapping[str, Collection[str]]) -> None:
         """Refuse a CDI name of a kind kdp-host writes among those an answer carries besides
         its own devices' names: it names another device (of this resource or another)."""
-        kinds = {s.cdi_kind: s.name for s in self._resources.values() if s.cdi_kind}
+        kinds = self._cdi_kinds
         for kubelet_id, carried in names.items():
             for name in carried:
                 kind, device = cdi_name_parts(name)

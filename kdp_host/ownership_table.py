@@ -92,8 +92,6 @@ class ResourceState:
     """The last admission advertised every device it did not hold under its own ID."""
     replicas: int | None = None
     """The replica count its last runtime advertised with."""
-    cdi_kind: str | None = None
-    """The CDI kind its runtime writes a spec file of (`allocate.cdi.kind`), kept after."""
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Devices of `reported` whose claims must be resolved first, with their host paths."""
     wanted: set[str] = field(default_factory=set)

@@ -53,6 +53,9 @@ Rules:
   allocated again, or until it is dropped with `kdp-host unbook` while kdp-host is stopped;
   a device it holds says so in its `device_held` line. An ID a pod holds with no booking
   (admitted before bookings were kept, or the file was lost) is booked (`ownership_adopt`).
+  Hosts on one state directory (a rolling update) share the file: another host's bookings
+  hold what they reach as this host's own do, from the moment it writes them (`take_in`,
+  `ownership_sync`).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -71,7 +74,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
-from .ownership_bookings import what_releases
+from .ownership_bookings import Saved, what_releases
 from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
@@ -133,6 +136,7 @@ class OwnershipIndex(BookingAllocations):
         super().__init__(clock, metrics, resolve, offload, timeout, chunk)
         self.pod_resources = pod_resources
         self._adoption = Adoption(self._ledger, metrics)
+        self._cdi_kinds = {}
         self._watcher: Watcher | None = None
         self._followed: dict[str, set[str]] = {}
         """Directory of a claimed host path -> the resources that claimed through it."""
@@ -216,11 +220,13 @@ class OwnershipIndex(BookingAllocations):
         publish: Callable[[Mapping[str, Device]], bool],
         log: EventLogger,
         replicas: int = 1,
+        cdi_kind: str | None = None,
     ) -> Callable[[], None]:
         """A runtime of `resource` starts publishing to `publish`; returns its detach.
 
         A resource added back after it was retired takes its old claims back. Its `replicas`
-        decide which booked IDs its devices may have (`book`)."""
+        decide which booked IDs its devices may have (`book`); CDI names of its `cdi_kind`
+        (`allocate.cdi.kind`) name its devices only (`book`)."""
         state = self._state(resource)
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
@@ -229,6 +235,8 @@ class OwnershipIndex(BookingAllocations):
         # unless the resource never listed a device.
         state.plain = not state.admitted_from and not state.owned and not state.lingering
         state.replicas = replicas
+        if cdi_kind is not None:
+            self._cdi_kinds[cdi_kind] = resource
         self._adoption.unchecked.add(resource)
 
         def detach() -> None:
@@ -283,6 +291,22 @@ class OwnershipIndex(BookingAllocations):
             self._wake_waiting("")
         if released or adoption.stale:
             self._drain()
+
+    def take_in(self, saved: Saved | None, running: Collection[str]) -> None:
+        """`ownership.json` as read now, while hosts `running` share the state directory
+        (`ownership_sync`; None: it could not be read): their bookings hold what they reach
+        at once, every resource is admitted again against them; this host's own are written
+        back when the file does not hold them as they are (deleted, set aside, taken over)."""
+        changed, stale = self._ledger.take_in(saved, running, self._clock())
+        if stale:
+            self._ledger.changed()
+        if not changed:
+            return
+        for state in self._resources.values():
+            if state.publish is not None and not state.retired:
+                state.settled = state.plain = False
+                self._pending[state.name] = None
+        self._drain()
 
     # ------------------------------------------------------------------ publishing
 

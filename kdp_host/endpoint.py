@@ -18,9 +18,10 @@ from .names import SOCKET_SLUG, make_name
 from .rules import socket_path_problem
 
 INSTANCE_ID_MAX_LENGTH: Final = 8
-"""Longest host instance ID a socket name carries (the host uses 8 hex digits)."""
+"""Longest host instance ID (the host uses 8 hex digits): it is part of every socket name
+and names the host's lock file in stateDir (`state_lock`)."""
+_INSTANCE_ID: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{INSTANCE_ID_MAX_LENGTH}}}")
 _SOCKET_HASH_LENGTH: Final = 8
-_SOCKET_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _SOCKET_PREFIX, _SOCKET_SUFFIX = "kdp-", ".sock"
 _COMPACT_SOCKET: Final = re.compile(r"kdp-[a-z2-7]{8}")
 
@@ -39,6 +40,13 @@ SOCKET_NAME_MIN_LENGTH: Final = len(_SOCKET_PREFIX) + _SOCKET_HASH_LENGTH
 resource when `<dir>/` plus this many bytes fits a Unix socket path."""
 
 
+def instance_id_problem(instance: str) -> str | None:
+    """Why `instance` cannot be a host's instance ID: 1 to 8 of [A-Za-z0-9._-]."""
+    if _INSTANCE_ID.fullmatch(instance) is None:
+        return f"must be 1 to {INSTANCE_ID_MAX_LENGTH} of [A-Za-z0-9._-]"
+    return None
+
+
 def socket_name(resource: str, instance_id: str, socket_dir: str) -> str:
     """The socket name of `resource` for host instance `instance_id` in `socket_dir`.
 
@@ -48,13 +56,23 @@ def socket_name(resource: str, instance_id: str, socket_dir: str) -> str:
     Otherwise compact, `kdp-<8 base32 characters>`: a hash of the resource name and the
     instance, so it is still unique per resource and instance.
     """
-    if not 0 < len(instance_id) <= INSTANCE_ID_MAX_LENGTH or _SOCKET_UNSAFE.search(instance_id):
-        raise ValueError(f"instance ID {instance_id!r}: 1 to 8 of [A-Za-z0-9._-]")
+    problem = instance_id_problem(instance_id)
+    if problem is not None:
+        raise ValueError(f"instance ID {instance_id!r} {problem}")
     readable = f"{_SOCKET_PREFIX}{socket_slug(resource)}-{instance_id}{_SOCKET_SUFFIX}"
     if socket_path_problem(os.path.join(socket_dir, readable)) is None:
         return readable
     both = hashlib.sha256(f"{resource}\0{instance_id}".encode()).digest()
     return _SOCKET_PREFIX + base64.b32encode(both).decode().lower()[:_SOCKET_HASH_LENGTH]
+
+
+def socket_instance(name: str) -> str | None:
+    """The instance ID a readable socket name carries (`socket_name`); None for a compact
+    name, or a name that carries none."""
+    if not (name.startswith(_SOCKET_PREFIX) and name.endswith(_SOCKET_SUFFIX)):
+        return None
+    instance = name[: -len(_SOCKET_SUFFIX)].rpartition("-")[2]
+    return instance if instance_id_problem(instance) is None else None
 
 
 def socket_slug(resource: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import os
 import secrets
 import time
@@ -31,7 +30,7 @@ from .nfd import NodeFeatureFile
 from .node import NodeInfo, NodeLabelSource, Selection, needs_labels, select_for_node, settled
 from .ownership import OwnershipIndex
 from .ownership_adopt import WITHOUT_POD_RESOURCES
-from .ownership_bookings import ownership_file, read_saved
+from .ownership_sync import shared_bookings
 from .podresources import PodResourcesPoller
 from .probes import HealthState
 from .process import ProcessRunner
@@ -41,7 +40,7 @@ from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, re
 from .resource import ResourceRuntime
 from .safety_net import SafetyNet
 from .services import HostServices, RegistryWait
-from .stale_sockets import remove_stale_sockets
+from .stale_sockets import clear_sockets
 from .state_lock import holding
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
@@ -127,7 +126,7 @@ class Host:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every resource until `stop` is set, then shut everything down cleanly,
         holding `stateDir` (`state_lock`) all along."""
-        async with holding(self.config.state_dir, self.offload, self.log):
+        async with holding(self.config.state_dir, self.offload, self.log, self.instance_id):
             await self._serve(stop)
 
     async def _serve(self, stop: asyncio.Event) -> None:
@@ -149,12 +148,12 @@ class Host:
             self.pod_resources.subscribe(self.ownership.holdings)
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
-        release_state = ReleaseStateStore(self.config.state_dir, self.log, self.offload)
+        state_dir, instance = self.config.state_dir, self.instance_id
+        release_state = ReleaseStateStore(state_dir, self.log, self.offload)
         await self.offload.run(release_state.load)
-        # the bookings (`ownership.json`) are read back before any resource publishes
-        bookings = ownership_file(self.config.state_dir, self.log, self.offload)
-        saved = await self.offload.run(functools.partial(bookings.load, read_saved))
-        self.ownership.keep_bookings_in(bookings, saved)
+        # bookings: read back before any resource publishes, shared by hosts on stateDir
+        sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
+        sync.follow(watcher, safety_net := SafetyNet(self.offload))
         commands = ProcessRunner()
         if not commands.dies_with_host:
             self.log.warning(
@@ -171,7 +170,7 @@ class Host:
             watcher,
             self.metrics,
             self.log,
-            SafetyNet(self.offload),
+            safety_net,
             self.drivers,
             commands=commands,
             pod_resources=self.pod_resources,
@@ -196,7 +195,7 @@ class Host:
             watcher=watcher.kind,
         )
         self._record_config(self.config)
-        await self.offload.run(lambda: remove_stale_sockets(kubelet.serve_dir, self.log))
+        await self.offload.run(lambda: clear_sockets(kubelet, state_dir, instance, self.log))
         self.health.attach(asyncio.get_running_loop(), self._loop_answered)
         internal = [watch_task]
         if self._reloader is not None:
@@ -225,6 +224,7 @@ class Host:
                 self._label_task.cancel()
                 await asyncio.gather(self._label_task, return_exceptions=True)
             kubelet_watch()
+            sync.close()
             await supervisor.stop_all()
             services.registrar.close()
             for task in internal:

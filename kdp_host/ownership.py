@@ -53,6 +53,9 @@ Rules:
   allocated again, or until it is dropped with `kdp-host unbook` while kdp-host is stopped;
   a device it holds says so in its `device_held` line. An ID a pod holds with no booking
   (admitted before bookings were kept, or the file was lost) is booked (`ownership_adopt`).
+  Hosts on one state directory (a rolling update) share the file: another host's bookings
+  hold what they reach as this host's own do, from the moment it writes them (`take_in`,
+  `ownership_sync`).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -71,7 +74,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
-from .ownership_bookings import what_releases
+from .ownership_bookings import Saved, what_releases
 from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
@@ -283,6 +286,22 @@ class OwnershipIndex(BookingAllocations):
             self._wake_waiting("")
         if released or adoption.stale:
             self._drain()
+
+    def take_in(self, saved: Saved | None, running: Collection[str]) -> None:
+        """`ownership.json` as read now, while hosts `running` share the state directory
+        (`ownership_sync`; None: it could not be read): their bookings hold what they reach
+        at once, every resource is admitted again against them; this host's own are written
+        back when the file does not hold them as they are (deleted, set aside, taken over)."""
+        changed, stale = self._ledger.take_in(saved, running, self._clock())
+        if stale:
+            self._ledger.changed()
+        if not changed:
+            return
+        for state in self._resources.values():
+            if state.publish is not None and not state.retired:
+                state.settled = state.plain = False
+                self._pending[state.name] = None
+        self._drain()
 
     # ------------------------------------------------------------------ publishing
 

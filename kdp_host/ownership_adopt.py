@@ -121,7 +121,7 @@ class Adoption:
             devices = DeviceClaims(state, exclusive)
             for kubelet_id, holders in held.items():
                 owner = Owner(name, kubelet_id)
-                if owner in ledger.bookings:
+                if ledger.has(owner):
                     continue
                 device = physical_id(kubelet_id, state.replicas or 1)
                 claims = devices.of(device)

@@ -9,13 +9,23 @@ While a booking lives, nothing else reaching its claims is advertised (`Ledger.c
 and its claims linger even when their node is gone. This module holds the bookings
 (`Ledger`) and the file's document, read and written one way (`bookings_document`,
 `read_saved`), shared with `kdp-host unbook`.
+
+Hosts that share the state directory (a rolling update with `maxSurge` runs the new host
+beside the old one) share the file: each entry names its `writer` (the host's instance ID),
+a host writes its own entries only and keeps every other's (`ownership_sync.merged_with`:
+read again and merged under the file's lock, `state_file`), and it follows the file: the
+entries of a host that runs are its *foreign* bookings (`Ledger.mirror`), which hold their
+claims like its own but which only their writer drops; the entries of a host that ended
+(`state_lock.running`), or of no named writer (an older version, `kdp-host unbook`), are
+taken over as its own. So no host's write drops another's bookings, and a booking one drops
+(its pod ended) is not written back by another.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .devices import advertises, replica_ids
 from .files import Offload
@@ -34,7 +44,7 @@ from .ownership_claims import (
     owner_order,
     reach,
 )
-from .state_file import StateFile
+from .state_file import Merge, StateFile
 
 OWNERSHIP_FILE = "ownership.json"
 OWNERSHIP_VERSION = 1
@@ -66,35 +76,100 @@ class StateSink(Protocol):
     async def written(self) -> None: ...
 
 
-Saved = list[tuple[Owner, str, tuple[Claim, ...], tuple[Claim, ...]]]
-"""Bookings read back: (resource, booked ID), the device's ID, its claims, its places."""
+class SavedBooking(NamedTuple):
+    """A booking as the file keeps it."""
+
+    owner: Owner
+    """(resource, booked ID)"""
+    device: str
+    claims: tuple[Claim, ...]
+    places: tuple[Claim, ...] = ()
+    writer: str | None = None
+    """The instance ID of the host that wrote it (None: no host named, one that ended)."""
+
+
+Saved = list[SavedBooking]
+
+Counted = dict[Owner, int]
+"""The bookings that hold a claim, each with how many times (its own and a foreign copy)."""
 
 
 class Ledger:
     """The host's bookings (one per ownership index), by booked ID and by claim."""
 
-    def __init__(self) -> None:
+    def __init__(self, writer: str | None = None) -> None:
+        self.writer = writer
+        """This host's instance ID, written with each of its bookings."""
         self.bookings: dict[Owner, Booking] = {}
-        """(resource, ID the kubelet booked) -> what it booked: what the file holds."""
-        self.booked: dict[ClaimKey, set[Owner]] = {}
+        """(resource, ID the kubelet booked) -> what it booked: this host's entries of the
+        file."""
+        self.foreign: dict[tuple[str, Owner], Booking] = {}
+        """(writer, owner) -> the bookings of the other hosts that run on the state directory
+        (`mirror`): they hold their claims as this host's own do."""
+        self.foreign_owners: set[Owner] = set()
+        self.booked: dict[ClaimKey, Counted] = {}
         """Claim (of a device or a place) -> the bookings that hold it."""
-        self.places: dict[str, set[Owner]] = {}
+        self.places: dict[str, Counted] = {}
         """Real path of a booked place -> the bookings that handed it out."""
         self.sink: StateSink | None = None
 
     def add(self, owner: Owner, booking: Booking) -> None:
         self.bookings[owner] = booking
-        for claim in (*booking.claims, *booking.places):
-            self.booked.setdefault(claim[0], set()).add(owner)
-        for _, _, real in booking.places:
-            self.places.setdefault(real, set()).add(owner)
+        self._index(owner, booking, 1)
 
     def drop(self, owner: Owner) -> None:
-        booking = self.bookings.pop(owner)
+        self._index(owner, self.bookings.pop(owner), -1)
+
+    def has(self, owner: Owner) -> bool:
+        """Whether a host on the state directory (this one or another) has `owner` booked."""
+        return owner in self.bookings or owner in self.foreign_owners
+
+    def mirror(self, foreign: dict[tuple[str, Owner], Booking]) -> bool:
+        """The other hosts' bookings are now `foreign`; True if that changed any."""
+        before = self.foreign
+        changed = False
+        for key, booking in before.items():
+            if not _same(foreign.get(key), booking):
+                self._index(key[1], booking, -1)
+                changed = True
+        for key, booking in foreign.items():
+            if not _same(before.get(key), booking):
+                self._index(key[1], booking, 1)
+                changed = True
+        self.foreign = foreign
+        self.foreign_owners = {owner for _, owner in foreign}
+        return changed
+
+    def take_in(
+        self, saved: Saved | None, running: Collection[str], now: float
+    ) -> tuple[bool, bool]:
+        """The file as read now: the bookings of the other hosts `running` become the
+        foreign ones; a booking of a host that ended (or of none named) is taken over
+        unless this host has its ID booked. Returns whether the bookings changed, and
+        whether the file does not hold this host's own as they are (it is to be written).
+        None (the file could not be read): what is held stays, and the file is written."""
+        if saved is None:
+            return False, True
+        foreign: dict[tuple[str, Owner], Booking] = {}
+        on_file: Saved = []
+        taken = False
+        for booked in saved:
+            booking = Booking(booked.device, booked.claims, now, booked.places)
+            if booked.writer is not None and booked.writer == self.writer:
+                on_file.append(booked)
+            elif booked.writer is not None and booked.writer in running:
+                foreign[(booked.writer, booked.owner)] = booking
+            elif booked.owner not in self.bookings:
+                self.add(booked.owner, booking)
+                taken = True
+        changed = self.mirror(foreign) or taken
+        return changed, bookings_document(on_file) != self.document()
+
+    def _index(self, owner: Owner, booking: Booking, step: int) -> None:
         for key, _, _ in (*booking.claims, *booking.places):
-            _discard(self.booked, key, owner)
+            _count(self.booked, key, owner, step)
         for _, _, real in booking.places:
-            _discard(self.places, real, owner)
+            _count(self.places, real, owner, step)
 
     def record(
         self,
@@ -172,16 +247,29 @@ class Ledger:
             self.sink.changed(self.document)
 
     def document(self) -> Mapping[str, Any]:
+        """This host's entries of the file."""
         return bookings_document(
-            (owner, booking.device, booking.claims, booking.places)
+            SavedBooking(owner, booking.device, booking.claims, booking.places, self.writer)
             for owner, booking in self.bookings.items()
         )
 
 
-def _discard(index: dict[Any, set[Owner]], key: object, owner: Owner) -> None:
-    holders = index.get(key)
-    if holders is not None:
-        holders.discard(owner)
+def _same(one: Booking | None, other: Booking) -> bool:
+    return (
+        one is not None
+        and one.device == other.device
+        and one.claims == other.claims
+        and one.places == other.places
+    )
+
+
+def _count(index: dict[Any, Counted], key: object, owner: Owner, step: int) -> None:
+    holders = index.setdefault(key, {})
+    left = holders.get(owner, 0) + step
+    if left > 0:
+        holders[owner] = left
+    else:
+        holders.pop(owner, None)
         if not holders:
             del index[key]
 
@@ -201,8 +289,11 @@ def what_releases(reason: str, pod_resources: bool) -> str:
     )
 
 
-def ownership_file(directory: str, log: EventLogger, offload: Offload) -> StateFile:
-    """`<directory>/ownership.json`, where the bookings are kept."""
+def ownership_file(
+    directory: str, log: EventLogger, offload: Offload, merge: Merge | None = None
+) -> StateFile:
+    """`<directory>/ownership.json`, where the bookings are kept; written with `merge` (the
+    other hosts' entries kept, `ownership_sync.merged_with`) when given."""
     return StateFile(
         directory,
         OWNERSHIP_FILE,
@@ -213,24 +304,25 @@ def ownership_file(directory: str, log: EventLogger, offload: Offload) -> StateF
         consequence="bookings are forgotten: a device the kubelet booked before this restart "
         "may be advertised under another ID or resource while a pod holds it",
         if_unwritten="bookings made now are forgotten if kdp-host restarts before a write succeeds",
+        merge=merge,
     )
 
 
-def bookings_document(
-    bookings: Iterable[tuple[Owner, str, tuple[Claim, ...], tuple[Claim, ...]]],
-) -> dict[str, Any]:
+def bookings_document(bookings: Iterable[SavedBooking]) -> dict[str, Any]:
     """`ownership.json`'s body: `bookings`, one entry per booked ID (`places` only where
-    its allocation handed out more than its device)."""
+    its allocation handed out more than its device, `writer` where a host is named)."""
     entries = []
-    for owner, device, claims, places in sorted(bookings, key=lambda b: owner_order(b[0])):
+    for booked in sorted(bookings, key=lambda b: owner_order(b.owner)):
         entry: dict[str, Any] = {
-            "resource": owner.resource,
-            "id": owner.device,
-            "device": device,
-            "claims": _claims_document(claims),
+            "resource": booked.owner.resource,
+            "id": booked.owner.device,
+            "device": booked.device,
+            "claims": _claims_document(booked.claims),
         }
-        if places:
-            entry["places"] = _claims_document(places)
+        if booked.places:
+            entry["places"] = _claims_document(booked.places)
+        if booked.writer is not None:
+            entry["writer"] = booked.writer
         entries.append(entry)
     return {"bookings": entries}
 
@@ -256,7 +348,7 @@ def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
     number), `d`, `f` (inode) with a number, or `path`, `sysfs` (or `dir`, as older versions
     wrote) with a path; `places` (optional) read as claims are. A claim by path (`path`,
     `dir`: an older version claimed every file and directory so) is what that path is now,
-    if anything is there (`resolve`)."""
+    if anything is there (`resolve`). `writer` (optional) text."""
     saved: Saved = []
     for entry in document["bookings"]:
         texts = [entry[name] for name in ("resource", "id", "device")]
@@ -264,9 +356,12 @@ def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
             raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
         if not advertises(texts[1], texts[2]):
             raise ValueError(f"a booking's id must be its device or a replica of it: {entry!r}")
+        writer = entry.get("writer")
+        if writer is not None and not (isinstance(writer, str) and writer):
+            raise TypeError(f"a booking's writer must be text: {entry!r}")
         claims = _read_claims(entry["claims"], resolve)
         places = _read_claims(entry.get("places", []), resolve)
-        saved.append((Owner(texts[0], texts[1]), texts[2], claims, places))
+        saved.append(SavedBooking(Owner(texts[0], texts[1]), texts[2], claims, places, writer))
     return saved
 
 

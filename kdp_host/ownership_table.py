@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
 
 from .devices import Device
 from .identity import DIRECTORY
 from .logs import EventLogger
-from .ownership_bookings import Booking, Ledger, Saved, StateSink
+from .ownership_bookings import Ledger, Saved, StateSink
 from .ownership_claims import (
     Claim,
     ClaimKey,
@@ -139,13 +139,15 @@ class ClaimTable(abc.ABC):
     def _follow(self, resource: str, claims: Claims) -> None:
         """`resource` claimed `claims`: follow their paths for changes."""
 
-    def keep_bookings_in(self, sink: StateSink, saved: Saved | None) -> None:
-        """Keep the bookings in `sink` from now on, after taking back those `saved` by the
-        last run (before any resource publishes): each claim lingers with its device, as if
-        it had just stopped being advertised, and its booking holds it."""
-        now = self._clock()
-        for owner, device, claims, places in saved or ():
-            self._ledger.add(owner, Booking(device, claims, now, places))
+    def keep_bookings_in(
+        self, sink: StateSink, saved: Saved | None, running: Collection[str] = (), writer: str = ""
+    ) -> None:
+        """Keep the bookings in `sink` from now on, as host `writer`, after taking back those
+        `saved` (before any resource publishes): each claim lingers with its device, and its
+        booking holds it; those of other hosts `running` stay theirs (`Ledger.take_in`)."""
+        now, self._ledger.writer = self._clock(), writer or None
+        self._ledger.take_in(saved or [], running, now)
+        for owner, device, claims, _, _ in saved or ():
             state = self._state(owner.resource)
             if state.publish is None:
                 state.retired = True  # until a runtime of it attaches
@@ -159,7 +161,7 @@ class ClaimTable(abc.ABC):
 
     def is_booked(self, resource: str, advertised_id: str) -> bool:
         """Whether the kubelet has `advertised_id` of `resource` booked now."""
-        return Owner(resource, advertised_id) in self._ledger.bookings
+        return self._ledger.has(Owner(resource, advertised_id))
 
     def _incumbent(self, state: ResourceState, advertised_id: str, claims: Claims) -> bool:
         """Whether the device advertised as `advertised_id` owns its claims already."""

@@ -10,11 +10,18 @@ on), or that does not have its shape (or nested too deep to parse), is set aside
 `<name>.unreadable` (`.1`, `.2`, ... when earlier copies are there: none is replaced) with
 one error line saying what that costs
 (`consequence`); every other state file is read as usual.
+
+A file several hosts share (two instances on one stateDir during a rolling update: the
+bookings) is written with a `merge`: under an exclusive `fcntl.flock` of `<name>.lock`, the
+file is read again and `merge(mine, on_disk)` decides what is written, so no host's write
+drops what another wrote since (a file that does not parse then is set aside as at start).
+The hosts re-read it when it changes (`load` again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import json
 import os
@@ -38,6 +45,12 @@ error line, as when a write fails; the write goes on and lands when the file sys
 Parser = Callable[[Mapping[str, Any]], T]
 """Reads a document (its version checked already); raises ValueError, KeyError, TypeError or
 AttributeError when it does not have its shape."""
+Merge = Callable[[Mapping[str, Any], Mapping[str, Any] | None], Mapping[str, Any]]
+"""What a shared file is written with: (this host's document, the file's now or None when
+it has none) -> the document to write; raises as a `Parser` does when the file's document
+does not have its shape (it is set aside, and `merge(mine, None)` is written). Runs off the
+loop, while the file is locked."""
+_SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
 class StateFile:
@@ -55,8 +68,11 @@ class StateFile:
         *,
         consequence: str,
         if_unwritten: str,
+        merge: Merge | None = None,
     ) -> None:
         self.path = Path(directory) / name
+        self.lock_path = Path(directory) / f"{name}.lock"
+        self._merge = merge
         self._version_tag = version
         self._offload = offload
         self._what = what
@@ -65,8 +81,10 @@ class StateFile:
         self._if_unwritten = if_unwritten
         self.unknown = False
         """The file could not be read."""
+        self.set_aside = 0
+        """Times a file that could not be read was set aside (or found so)."""
         self.write_failures = 0
-        self._document: Callable[[], Mapping[str, Any]] = dict
+        self._content: Callable[[], Mapping[str, Any]] = dict
         self._version = 0
         self._written = 0
         self._lock = asyncio.Lock()
@@ -80,6 +98,18 @@ class StateFile:
         (blocking: call it through the offload). Read like every small file
         (`files.read_attribute`): a FIFO, a device or a directory there is refused at once,
         never waited on."""
+        document = self._document()
+        if document is None:
+            return None
+        try:
+            return parse(document)
+        except _SHAPE_ERRORS as exc:
+            self._unreadable(f"does not parse ({str(exc)[:200]})")
+            return None
+
+    def _document(self) -> Mapping[str, Any] | None:
+        """The file's document, its version checked; None when there is none (missing, or
+        unreadable: set aside)."""
         try:
             raw = read_attribute(str(self.path), MAX_DOCUMENT_SIZE)
         except FileReadError as exc:
@@ -91,15 +121,17 @@ class StateFile:
             document = json.loads(raw)
             if document.get("version") != self._version_tag:
                 raise ValueError(f"version {document.get('version')!r}, not {self._version_tag}")
-            return parse(document)
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        except _SHAPE_ERRORS as exc:
             self._unreadable(f"does not parse ({str(exc)[:200]})")
             return None
+        checked: Mapping[str, Any] = document
+        return checked
 
     def _unreadable(self, why: str) -> None:
         """Set the file aside under the first free `<name>.unreadable[.N]` (an earlier copy
         is never replaced) and say so."""
         self.unknown = True
+        self.set_aside += 1
         aside = self.path.with_name(self.path.name + ".unreadable")
         copies = 0
         while os.path.lexists(aside):
@@ -116,7 +148,7 @@ class StateFile:
     def changed(self, document: Callable[[], Mapping[str, Any]]) -> None:
         """What the file holds changed: write `document()` (asked for when the write
         starts, on the event loop) soon."""
-        self._document = document
+        self._content = document
         self._version += 1
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self.flush(), name=self.path.name)
@@ -144,10 +176,9 @@ class StateFile:
         async with self._lock:
             while self._written != self._version:
                 version = self._version
-                body = {**self._document(), "version": self._version_tag}
-                text = json.dumps(body, sort_keys=True).encode()
+                mine = self._content()
                 try:
-                    await self._offload.run(functools.partial(write_atomic, str(self.path), text))
+                    await self._offload.run(functools.partial(self._write, mine))
                 except OSError as exc:
                     self.write_failures += 1
                     self._log.error(
@@ -157,6 +188,28 @@ class StateFile:
                     )
                     return
                 self._written = version
+
+    def _write(self, mine: Mapping[str, Any]) -> None:
+        """Write `mine` (blocking); a shared file merged with what it holds now, locked."""
+        if self._merge is None:
+            self._write_document(mine)
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = self._document()
+            try:
+                merged = self._merge(mine, current)
+            except _SHAPE_ERRORS as exc:
+                self._unreadable(f"does not parse ({str(exc)[:200]})")
+                merged = self._merge(mine, None)
+            self._write_document(merged)
+        finally:
+            os.close(fd)
+
+    def _write_document(self, document: Mapping[str, Any]) -> None:
+        body = {**document, "version": self._version_tag}
+        write_atomic(str(self.path), json.dumps(body, sort_keys=True).encode())
 
 
 def text(value: object) -> str:

@@ -9,6 +9,12 @@ while any host holds it. Shared, because two hosts may run on one directory for 
 rolling update with `maxSurge` starts the new pod before the old one stops); a host that
 starts while such a command holds the lock waits for it, so it never reads a file being
 rewritten. The descriptor is close-on-exec: a command the host runs never inherits the lock.
+
+Each host also holds `<stateDir>/hosts/<instance>` exclusively while it runs: hosts that share
+the directory write their bookings into one file, each entry with its writer
+(`ownership_bookings`), and tell a writer that runs from one that ended by this lock
+(`running`): the bookings of one that ended (stopped, SIGKILLed, OOM killed) are taken over by
+the hosts that go on.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import functools
 import os
 from collections.abc import AsyncIterator, Iterator
 
+from .endpoint import instance_id_problem
 from .files import Offload
 from .logs import EventLogger
 
 LOCK_FILE = "kdp-host.lock"
+HOSTS_DIR = "hosts"
+"""Where each running host holds its own lock file, named by its instance ID."""
 
 
 class StateDirBusy(RuntimeError):
@@ -55,11 +64,56 @@ def hold_shared(directory: str, wait: bool) -> int | None:
     return fd
 
 
+def host_lock_path(directory: str, instance: str) -> str:
+    return os.path.join(directory, HOSTS_DIR, instance)
+
+
+def hold_instance(directory: str, instance: str) -> int:
+    """Lock `<directory>/hosts/<instance>` exclusively (created) and return the descriptor
+    that holds it. Raises OSError when it cannot, or when another process holds it."""
+    os.makedirs(os.path.join(directory, HOSTS_DIR), mode=0o755, exist_ok=True)
+    fd = os.open(host_lock_path(directory, instance), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def running(directory: str, instance: str | None) -> bool:
+    """Whether the host `instance` runs on `directory` (it holds its lock file). A lock file
+    no process holds (its host ended, SIGKILL included) is removed. None, or a name that is
+    no instance ID (a hand-edited file), runs nowhere. Blocking: call it off the loop."""
+    if instance is None or instance in (".", "..") or instance_id_problem(instance) is not None:
+        return False
+    path = host_lock_path(directory, instance)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return False
+
+
 @contextlib.asynccontextmanager
-async def holding(directory: str, offload: Offload, log: EventLogger) -> AsyncIterator[None]:
+async def holding(
+    directory: str, offload: Offload, log: EventLogger, instance: str | None = None
+) -> AsyncIterator[None]:
     """A host's hold on `directory` while the block runs: waits (logged) while a command
-    holds it exclusively; a lock that cannot be taken is logged and the host runs without."""
+    holds it exclusively; a lock that cannot be taken is logged and the host runs without.
+    With `instance`, it also holds its own lock file (`running`) once it holds the first."""
     fd: int | None = None
+    mine: int | None = None
     try:
         fd = await offload.run(functools.partial(hold_shared, directory, False))
         if fd is None:
@@ -76,11 +130,23 @@ async def holding(directory: str, offload: Offload, log: EventLogger) -> AsyncIt
             reason=str(exc),
             consequence="kdp-host unbook cannot tell that this host runs",
         )
+    if instance is not None and fd is not None:
+        try:
+            mine = await offload.run(functools.partial(hold_instance, directory, instance))
+        except OSError as exc:
+            log.warning(
+                "state_lock_failed",
+                path=host_lock_path(directory, instance),
+                reason=str(exc),
+                consequence="a host sharing stateDir takes this host's bookings over as if it "
+                "had ended; this host writes them back when it sees them gone",
+            )
     try:
         yield
     finally:
-        if fd is not None:
-            os.close(fd)
+        for held in (mine, fd):
+            if held is not None:
+                os.close(held)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import pytest
 from kdp_host.cdi import spec_file_name
 from kdp_host.cli import main
 from kdp_host.devices import Device, DeviceTable
-from kdp_host.ownership_bookings import OWNERSHIP_FILE, read_saved
+from kdp_host.ownership_bookings import OWNERSHIP_FILE, SavedBooking, read_saved
 from kdp_host.ownership_claims import Owner
 from kdp_host.release_state import STATE_FILE
 
@@ -311,7 +311,7 @@ def test_hostile2_12_a_bookings_id_is_its_device_or_a_replica_of_it(
     entry = {"resource": FPGA, "id": booked, "device": device, "claims": []}
     document = {"version": 1, "bookings": [entry]}
     if valid:
-        assert read_saved(document) == [(Owner(FPGA, booked), device, (), ())]
+        assert read_saved(document) == [SavedBooking(Owner(FPGA, booked), device, (), ())]
     else:
         with pytest.raises(ValueError, match="replica"):
             read_saved(document)

@@ -17,7 +17,7 @@ from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
-from kdp_host.ownership_bookings import OWNERSHIP_FILE, ownership_file, read_saved
+from kdp_host.ownership_bookings import OWNERSHIP_FILE, SavedBooking, ownership_file, read_saved
 from kdp_host.ownership_claims import Owner
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.simulator import KubeletSimulator
@@ -137,5 +137,5 @@ async def test_allocate_and_prestart_do_not_wait_for_a_state_dir_that_hangs(
     await wait_until(lambda: (tmp_path / OWNERSHIP_FILE).exists(), what="ownership.json")
     await wait_until(lambda: (tmp_path / STATE_FILE).exists(), what="release-state.json")
     assert kept.load(read_saved) == [
-        (Owner("t.io/a", "a"), "a", ((("c", 1), "/dev/a", "/dev/a"),), ())
+        SavedBooking(Owner("t.io/a", "a"), "a", ((("c", 1), "/dev/a", "/dev/a"),), ())
     ]

@@ -1,0 +1,206 @@
+"""Following `<stateDir>/ownership.json` while other hosts share the state directory.
+
+During a rolling update with `maxSurge` the new host starts beside the old one, on the same
+state directory, and either may answer an Allocate until the old one stops. Each writes its
+own bookings into the one file (merged under its lock, `ownership_bookings.merged_with`); each
+follows it through the host's watcher and reads it again when it changes (`BookingsSync`):
+another host's bookings hold what they reach at once (`OwnershipIndex.take_in`, every
+resource admitted again), and this host's own are written back when the file lost them. While
+another host's bookings are held, a safety-net check (`SAFETY_INTERVAL`) asks whether that
+host still runs (`state_lock.running`): the bookings of one that ended, SIGKILL included, are
+taken over, so they end when their pods do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Protocol
+
+from .files import Offload
+from .logs import EventLogger
+from .ownership_bookings import OWNERSHIP_FILE, Saved, StateSink, ownership_file, read_saved
+from .safety_net import SafetyNet
+from .state_file import Merge, StateFile
+from .state_lock import running
+from .watch import Subscription, Watcher, dir_signature
+
+SAFETY_INTERVAL = 5.0
+"""Seconds between checks that the hosts whose bookings are held still run (and that the
+file did not change unseen)."""
+SAFETY_TIMEOUT = 10.0
+
+
+class TakesBookings(Protocol):
+    """The ownership index (`OwnershipIndex.keep_bookings_in`, `take_in`)."""
+
+    def keep_bookings_in(
+        self, sink: StateSink, saved: Saved | None, running: Collection[str], writer: str
+    ) -> None: ...
+
+    def take_in(self, saved: Saved | None, running: Collection[str]) -> None: ...
+
+
+async def shared_bookings(
+    index: TakesBookings, state_dir: str, writer: str, offload: Offload, log: EventLogger
+) -> BookingsSync:
+    """`<state_dir>/ownership.json` read back into `index` and kept by it from now on, as
+    host `writer`; follow it with the returned `BookingsSync` (`follow`)."""
+    file = ownership_file(state_dir, log, offload, merged_with(state_dir, writer))
+    sync = BookingsSync(file, writer, index, offload, log)
+    saved, others = await sync.read()
+    index.keep_bookings_in(file, saved, others, writer)
+    return sync
+
+
+def as_written(_path: str) -> None:
+    """A resolver that resolves nothing: bookings read as they were written (a host
+    compares its own entries with what it wrote, `ownership_sync`)."""
+    return None
+
+
+def merged_with(directory: str, writer: str) -> Merge:
+    """How host `writer` writes the file: its own entries replace those it wrote before;
+    every other host's stay, except the entries of a host that no longer runs whose booked
+    ID `writer` has booked itself (it took them over, `ownership_sync`). Blocking (the
+    hosts' lock files are asked), run while the file is locked."""
+
+    def merge(mine: Mapping[str, Any], current: Mapping[str, Any] | None) -> Mapping[str, Any]:
+        if current is None:
+            return mine
+        read_saved(current, as_written)  # (raises when it does not have its shape: set aside)
+        own = {(entry["resource"], entry["id"]) for entry in mine["bookings"]}
+        alive: dict[str | None, bool] = {writer: False}
+        kept = []
+        for entry in current["bookings"]:
+            other = entry.get("writer")
+            if other not in alive:
+                alive[other] = running(directory, other)
+            if alive[other] or (other != writer and (entry["resource"], entry["id"]) not in own):
+                kept.append(entry)
+        entries = [*kept, *mine["bookings"]]
+        entries.sort(key=lambda e: (e["resource"], e["id"], e.get("writer") or ""))
+        return {"bookings": entries}
+
+    return merge
+
+
+def read_shared(file: StateFile, writer: str) -> tuple[Saved | None, frozenset[str]]:
+    """The file's bookings (None: it could not be read, and was set aside) and the other
+    hosts that wrote some and still run (blocking)."""
+    before = file.set_aside
+    loaded = file.load(functools.partial(read_saved, resolve=as_written))
+    if file.set_aside != before:
+        return None, frozenset()
+    saved = loaded or []
+    directory = str(file.path.parent)
+    others = {b.writer for b in saved if b.writer is not None and b.writer != writer}
+    return saved, frozenset(w for w in others if running(directory, w))
+
+
+class BookingsSync:
+    """Reads `ownership.json` again whenever it changes, for host `writer`."""
+
+    def __init__(
+        self,
+        file: StateFile,
+        writer: str,
+        index: TakesBookings,
+        offload: Offload,
+        log: EventLogger,
+    ) -> None:
+        self._file = file
+        self._writer = writer
+        self._index = index
+        self._offload = offload
+        self._log = log.bind(component="ownership-sync", path=str(file.path))
+        self._others: frozenset[str] = frozenset()
+        """The other hosts whose bookings are held."""
+        self._seen: tuple[int, int, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        self._subscription: Subscription | None = None
+        self._leave: Callable[[], None] | None = None
+        self._net: SafetyNet | None = None
+
+    async def read(self) -> tuple[Saved | None, frozenset[str]]:
+        """The file at start: its bookings, and the other hosts that run (their bookings
+        stay theirs)."""
+        saved, others = await self._offload.run(
+            functools.partial(read_shared, self._file, self._writer)
+        )
+        self._others = others
+        if others:
+            self._log.info("state_dir_shared", hosts=",".join(sorted(others)))
+        return saved, others
+
+    def follow(self, watcher: Watcher, net: SafetyNet) -> None:
+        """Read the file again whenever it changes, from now on (and once now: what was
+        written since `read`)."""
+        self._net = net
+        directory, name = os.path.split(self._file.path)
+        self._subscription = watcher.subscribe(directory, self.changed, names=[name])
+        self.changed(None)
+
+    def close(self) -> None:
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        self._watch_others(frozenset())
+        self._net = None
+        if self._task is not None:
+            self._task.cancel()
+
+    def changed(self, _name: str | None) -> None:
+        """A watcher callback (and the safety net's): read the file soon, once per burst."""
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._sync(), name=OWNERSHIP_FILE)
+
+    async def _sync(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            try:
+                saved, others = await self._offload.run(
+                    functools.partial(read_shared, self._file, self._writer)
+                )
+            except OSError as exc:
+                self._log.error("ownership_sync_failed", reason=str(exc))
+                return
+            if saved is None:  # set aside (logged): what is held stays, this host's are written
+                self._index.take_in(None, self._others)
+                continue
+            for gone in sorted(self._others - others):
+                self._log.info("bookings_taken_over", host=gone, detail="that host ended")
+            for new in sorted(others - self._others):
+                self._log.info("state_dir_shared", hosts=new)
+            self._index.take_in(saved, others)
+            self._watch_others(others)
+
+    def _watch_others(self, others: frozenset[str]) -> None:
+        """Check on the other hosts while their bookings are held (and only then)."""
+        self._others = others
+        if others and self._leave is None and self._net is not None:
+            self._leave = self._net.join(
+                SAFETY_INTERVAL, self._unchanged, self._checked, timeout=SAFETY_TIMEOUT
+            )
+        elif not others and self._leave is not None:
+            self._leave()
+            self._leave = None
+
+    def _unchanged(self) -> bool:
+        """Off the loop: every other host still runs and the file is the one last seen."""
+        directory = str(self._file.path.parent)
+        signature = dir_signature(str(self._file.path))
+        if signature != self._seen:
+            self._seen = signature
+            return False
+        return all(running(directory, other) for other in self._others)
+
+    def _checked(self, unchanged: bool) -> None:
+        if not unchanged:
+            self.changed(None)

@@ -1,0 +1,211 @@
+"""Bookings shared by hosts on one stateDir (kdp_host/ownership_bookings.py, state_file.py,
+state_lock.py): each host writes its own entries and keeps every other's, a booking one host
+drops is not written back by another, a host that ended (SIGKILL too) has its bookings taken
+over, and a file the other side left corrupt costs neither side its bookings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host.endpoint import socket_instance, socket_name
+from kdp_host.files import DaemonThreads
+from kdp_host.logs import get_logger
+from kdp_host.ownership_bookings import OWNERSHIP_FILE, Booking, Ledger, ownership_file, read_saved
+from kdp_host.ownership_claims import Claim, Claims, Owner
+from kdp_host.ownership_sync import as_written, merged_with
+from kdp_host.stale_sockets import other_hosts
+from kdp_host.state_file import StateFile
+from kdp_host.state_lock import HOSTS_DIR, hold_instance, host_lock_path, running
+
+R = "s.example/s"
+
+
+def claim(number: int) -> tuple[Claim, ...]:
+    return ((("c", number), f"/dev/n{number}", f"/dev/n{number}"),)
+
+
+class Writer:
+    """One host's ledger and its view of the file, as the host keeps them."""
+
+    def __init__(self, state: Path, name: str, hold: bool = True) -> None:
+        self.name = name
+        self.file: StateFile = ownership_file(
+            str(state), get_logger(), DaemonThreads(), merged_with(str(state), name)
+        )
+        self.ledger = Ledger(name)
+        self.ledger.sink = self.file
+        self.fd = hold_instance(str(state), name) if hold else None
+
+    def book(self, device_id: str, number: int) -> None:
+        self.ledger.add(Owner(R, device_id), Booking(device_id, claim(number), 0.0))
+
+    async def write(self) -> None:
+        self.ledger.changed()
+        await self.file.flush()
+
+    def read(self) -> tuple[bool, bool]:
+        """Take the file in, as `ownership_sync` does: (bookings changed, file stale)."""
+        saved = self.file.load(lambda document: read_saved(document, as_written)) or []
+        directory = str(self.file.path.parent)
+        others = {b.writer for b in saved if b.writer and b.writer != self.name}
+        return self.ledger.take_in(saved, {w for w in others if running(directory, w)}, 1.0)
+
+    def stop(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def on_file(state: Path) -> list[tuple[str, str | None]]:
+    document: dict[str, Any] = json.loads((state / OWNERSHIP_FILE).read_text())
+    return sorted((entry["id"], entry.get("writer")) for entry in document["bookings"])
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    directory = tmp_path / "state"
+    directory.mkdir()
+    return directory
+
+
+async def test_two_writers_keep_each_others_bookings(state: Path) -> None:
+    old, new = Writer(state, "old"), Writer(state, "new")
+    try:
+        new.book("new1", 1)
+        await new.write()
+        old.book("old0", 0)  # booked after the new host read the (then empty) file
+        await old.write()
+        assert on_file(state) == [("new1", "new"), ("old0", "old")]
+        new.book("new2", 2)
+        await new.write()  # from its own memory, which never held old0
+        assert on_file(state) == [("new1", "new"), ("new2", "new"), ("old0", "old")]
+        assert new.read() == (True, False)  # old0 is the old host's: held, not written
+        assert new.ledger.has(Owner(R, "old0")) and Owner(R, "old0") not in new.ledger.bookings
+        found = new.ledger.conflict(R, "other", 1, Claims(exclusive=claim(0)))
+        assert found == (Owner(R, "old0"), "/dev/n0")
+    finally:
+        old.stop()
+        new.stop()
+
+
+async def test_a_booking_one_host_dropped_is_not_written_back_by_another(state: Path) -> None:
+    old, new = Writer(state, "old"), Writer(state, "new")
+    try:
+        old.book("old0", 0)
+        await old.write()
+        new.read()  # the new host holds old0 (foreign)
+        old.ledger.drop(Owner(R, "old0"))  # pod1 ended: the old host drops it
+        await old.write()
+        new.book("new1", 1)
+        await new.write()  # a stale copy of old0 in the new host's memory is not written
+        assert on_file(state) == [("new1", "new")]
+        assert new.read() == (True, False)  # and the new host lets go of it
+        assert not new.ledger.has(Owner(R, "old0")) and ("c", 0) not in new.ledger.booked
+    finally:
+        old.stop()
+        new.stop()
+
+
+async def test_the_bookings_of_a_sigkilled_host_are_taken_over(state: Path) -> None:
+    holder = (
+        "import sys, time\n"
+        "from kdp_host.state_lock import hold_instance\n"
+        "hold_instance(sys.argv[1], 'dead')\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", holder, str(state), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        assert await asyncio.wait_for(process.stdout.readline(), 30) == b"held\n"
+        assert running(str(state), "dead")
+        dead = Writer(state, "dead", hold=False)  # its entries, as it wrote them
+        dead.book("old0", 0)
+        await dead.write()
+        survivor = Writer(state, "new")
+        assert survivor.read() == (True, False)
+        assert Owner(R, "old0") not in survivor.ledger.bookings  # it runs: its own
+        process.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(process.wait(), 30)
+        assert not running(str(state), "dead")
+        assert not os.path.exists(host_lock_path(str(state), "dead"))  # cleaned up
+        assert survivor.read() == (True, True)  # taken over; the file is to be written
+        assert Owner(R, "old0") in survivor.ledger.bookings
+        await survivor.write()
+        assert on_file(state) == [("old0", "new")]
+        assert survivor.read() == (False, False)  # settled: no write loop
+        survivor.stop()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_a_corrupt_file_from_the_other_side_costs_no_bookings(
+    state: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old, new = Writer(state, "old"), Writer(state, "new")
+    try:
+        old.book("old0", 0)
+        await old.write()
+        new.read()
+        (state / OWNERSHIP_FILE).write_text("{garbage")  # the other side's write, broken
+        new.book("new1", 1)
+        with caplog.at_level(logging.ERROR):
+            await new.write()
+        assert [r.getMessage() for r in caplog.records] == ["ownership_state_unreadable"]
+        assert (state / (OWNERSHIP_FILE + ".unreadable")).read_text() == "{garbage"
+        assert on_file(state) == [("new1", "new")]
+        assert new.ledger.has(Owner(R, "old0"))  # still held from what it read before
+        assert old.read() == (True, True)  # the old host sees its own gone: writes them back
+        await old.write()
+        assert on_file(state) == [("new1", "new"), ("old0", "old")]
+    finally:
+        old.stop()
+        new.stop()
+
+
+def test_a_hand_edited_writer_runs_nowhere(state: Path) -> None:
+    (state / HOSTS_DIR).mkdir()
+    for name in [None, "", ".", "..", "a/b", "x" * 9, "../state"]:
+        assert not running(str(state), name), name
+    assert (state / HOSTS_DIR).is_dir() and state.is_dir()
+
+
+def test_a_live_socket_of_a_host_outside_the_state_dir_is_found(
+    state: Path, short_dir: Path
+) -> None:
+    """t45: two kdp-hosts on one node with two stateDirs never see each other's claims; the
+    one that starts finds the other's live socket (a host of its own stateDir is fine)."""
+    sockets = short_dir / "dp"
+    sockets.mkdir()
+    listeners = []
+    try:
+        for instance in ("peer0001", "other001", "mine0001"):
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(sockets / socket_name(R, instance, str(sockets))))
+            listener.listen()
+            listeners.append(listener)
+        peer = hold_instance(str(state), "peer0001")  # a host on this stateDir (rolling update)
+        try:
+            found = other_hosts(str(sockets), str(state), "mine0001", get_logger())
+        finally:
+            os.close(peer)
+        assert found == [socket_name(R, "other001", str(sockets))]
+        assert socket_instance(socket_name(R, "other001", str(sockets))) == "other001"
+        assert socket_instance("kdp-abcdefgh") is None  # a compact name carries none
+    finally:
+        for listener in listeners:
+            listener.close()

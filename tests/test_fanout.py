@@ -18,7 +18,7 @@ from kdp_host.config import GlobDriverConfig
 from kdp_host.devices import DeviceTable
 from kdp_host.drivers import DriverDeps, DriverError
 from kdp_host.drivers.glob import GlobDriver
-from kdp_host.drivers.glob_paths import glob_paths
+from kdp_host.drivers.glob_walk import glob_paths
 from kdp_host.drivers.scanner import DirWatch, Listed, ScanGuard, ScanResult, ScanSettings
 from kdp_host.drivers.scanning import ScanLoop
 from kdp_host.first_list import FirstList

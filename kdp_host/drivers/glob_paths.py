@@ -18,13 +18,14 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 from .. import rules
 from ..identity import Identity, identity_of
 from ..names import PATH_ID, make_name
 from .base import Skipped
+from .glob_walk import glob_paths
 from .scanner import ScanGuard
 
 _HASH_SUFFIX = re.compile(r"-[0-9a-f]{10}\Z")
@@ -99,64 +100,6 @@ def watch_dirs(pattern: str, guard: ScanGuard) -> list[str]:
             prefix = "/".join(parts[:depth])
             dirs.extend(p for p in glob_paths(prefix, guard, pattern) if os.path.isdir(p))
     return dirs
-
-
-def glob_paths(pattern: str, guard: ScanGuard, counted: str | None = None) -> Iterator[str]:
-    """What `glob.glob(pattern)` lists (no recursive `**`; names starting with a dot only
-    where the pattern's component does), walked lazily under `guard`: every directory
-    entry looked at checks whether the scan was abandoned, every path matched (a directory
-    a wildcard matched on the way too) counts towards its limit (errors name `counted`,
-    the configured pattern, else `pattern`). Raises DriverError."""
-    named = counted if counted is not None else pattern
-    for path in _glob(pattern, guard, named, dironly=False):
-        guard.match(named)
-        yield path
-
-
-def _glob(pattern: str, guard: ScanGuard, named: str, *, dironly: bool) -> Iterator[str]:
-    directory, name = os.path.split(pattern)
-    if not rules.GLOB_MAGIC.search(pattern):
-        if os.path.lexists(pattern) if name else os.path.isdir(directory):
-            yield pattern
-        return
-    parents: Iterable[str]
-    if directory != pattern and rules.GLOB_MAGIC.search(directory):
-        parents = _counted(_glob(directory, guard, named, dironly=True), guard, named)
-    else:
-        parents = (directory,)
-    magic = rules.GLOB_MAGIC.search(name) is not None
-    for parent in parents:
-        if not magic:
-            if os.path.lexists(os.path.join(parent, name)) if name else os.path.isdir(parent):
-                yield os.path.join(parent, name)
-            continue
-        for entry in _entries(parent or os.curdir, guard, dironly=dironly):
-            if (not entry.startswith(".") or name.startswith(".")) and fnmatch.fnmatchcase(
-                entry, name
-            ):
-                yield os.path.join(parent, entry)
-
-
-def _counted(paths: Iterator[str], guard: ScanGuard, named: str) -> Iterator[str]:
-    for path in paths:
-        guard.match(named)
-        yield path
-
-
-def _entries(directory: str, guard: ScanGuard, *, dironly: bool) -> Iterator[str]:
-    """The names in `directory` (only those of directories, links to them included, with
-    `dironly`); none if it cannot be listed."""
-    try:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                guard.entry()
-                try:
-                    if not dironly or entry.is_dir():
-                        yield entry.name
-                except OSError:
-                    continue
-    except OSError:
-        return
 
 
 def printable_path(path: str) -> str:

@@ -37,6 +37,18 @@ def identity_of(st: os.stat_result) -> Identity:
     return (DIRECTORY if stat.S_ISDIR(mode) else FILE, st.st_dev << 64 | st.st_ino)
 
 
+def names_it(st: os.stat_result, real: str) -> bool:
+    """Whether a real path names what a path reached (`st`, its followed stat): the same
+    (st_dev, st_ino). Not so through a magic link (`/proc/<pid>/root/...`: the kernel goes
+    into another mount namespace, the link's text says "/") or a link swapped between the
+    two lookups: such a real path is not handed out for the path."""
+    try:
+        at = os.stat(real)
+    except (OSError, ValueError):
+        return False
+    return (at.st_dev, at.st_ino) == (st.st_dev, st.st_ino)
+
+
 PathReach = tuple[Identity, str]
 """What a host path reaches, as a scan learnt it: its identity and its real path; the answer
 of `ownership_claims.reach` (the ownership index takes it instead of asking again)."""

@@ -27,6 +27,7 @@ DRIVER_SKIP_REASONS = (
     "incomplete_group",
     "path_collision",
     "unsafe_mount",
+    "unresolvable",
     "node_owned",
 )
 """Every `reason` a driver may count something it left out (without failing) under."""

@@ -13,11 +13,23 @@ every pod of a resource gets its `allocate.mounts`.
 
 from __future__ import annotations
 
+import abc
+import asyncio
+import functools
+import os
 from collections.abc import Collection, Iterable, Mapping
 
 from .devices import physical_id
 from .ownership_adopt import DeviceClaims
-from .ownership_claims import Claim, Owner, claim_of
+from .ownership_claims import (
+    HANDED_TIMEOUT,
+    Claim,
+    ClaimKey,
+    Owner,
+    Unresolvable,
+    claim_of,
+    handed_reals,
+)
 from .ownership_gate import AdmissionGate
 
 
@@ -48,6 +60,51 @@ class BookingAllocations(AdmissionGate):
         if self._book(resource, ids, claimed) and ledger.sink is not None:
             ledger.changed()
             await ledger.sink.written()
+
+    async def hand_out(
+        self, resource: str, ids: Iterable[str], paths: Collection[str]
+    ) -> dict[str, str]:
+        """The real path to hand out for each host path of an answer for `ids`
+        (`ownership_claims.handed_reals`: checked to name what the path reaches and, for a
+        path of those devices, what was claimed for it), resolved off the loop within
+        `HANDED_TIMEOUT`. Raises Unresolvable; a claimed path that reaches something else
+        now is claimed anew (as if the watcher had seen it change: a link or an ancestor
+        directory swapped behind an unchanged list)."""
+        work = functools.partial(handed_reals, sorted(paths), self._claimed(resource, ids))
+        offload = self._paths.offload
+        try:
+            if offload is None:
+                return work()
+            return await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
+        except TimeoutError:
+            raise Unresolvable(
+                f"its host paths did not resolve within {HANDED_TIMEOUT:g} s"
+            ) from None
+        except Unresolvable as exc:
+            if exc.stale is not None:
+                self._path_changed(os.path.dirname(exc.stale), os.path.basename(exc.stale))
+            raise
+
+    @abc.abstractmethod
+    def _path_changed(self, directory: str, name: str | None) -> None:
+        """A path changed (the watcher saw it, or an Allocate found it reaching something
+        else than its claim): resolve the claims through it anew."""
+
+    def _claimed(self, resource: str, ids: Iterable[str]) -> dict[str, ClaimKey]:
+        """What each host path of the devices behind `ids` was claimed as (host path to
+        claim key)."""
+        state = self._resources.get(resource)
+        if state is None:
+            return {}
+        devices = DeviceClaims(state, self._exclusive)
+        found: dict[str, ClaimKey] = {}
+        for kubelet_id in ids:
+            device = physical_id(kubelet_id, state.replicas or 1)
+            owned = state.owned.get(device)
+            claims = devices.of(device) if owned is None else owned.all()
+            for key, path, _ in claims:
+                found.setdefault(path, key)
+        return found
 
     async def owners_of(self, paths: Collection[str]) -> dict[str, list[Owner]]:
         """Every device that owns what each host path reaches (`_owners`), resolved off the

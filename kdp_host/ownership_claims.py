@@ -16,9 +16,10 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from .devices import Device, DeviceMount
-from .identity import DIRECTORY, PathReach, identity_of
+from .identity import DIRECTORY, PathReach, identity_of, names_it
 
 ClaimKey = tuple[str, int | str]
 """What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f', inode)), ('path',
@@ -65,6 +66,61 @@ def _real_path(path: str, real_dirs: dict[str, str]) -> str:
     if real_parent == parent:
         return path if norm == path else norm
     return os.path.join(real_parent, name)
+
+
+class Unresolvable(ValueError):
+    """A host path whose real path does not name what the path reaches (a magic link such
+    as `/proc/<pid>/root/...`, whose text is not where the kernel goes, or a link swapped
+    between the two lookups), or that no longer reaches what was claimed for it (`stale`:
+    that path, to be claimed anew): it is not handed out."""
+
+    def __init__(self, message: str, stale: str | None = None) -> None:
+        super().__init__(message)
+        self.stale = stale
+
+
+HANDED_TIMEOUT: Final = 10.0
+"""Seconds an Allocate waits for the host paths it hands out to resolve (`handed_reals`, off
+the loop) before it is refused: a path on a hung file system does not hold the admission."""
+
+
+def handed_real(path: str) -> Reached | None:
+    """What a host path an answer hands out reaches, with the real path handed instead of
+    the text (a link re-pointed later does not change what the container gets); None when
+    nothing is there. The real path counts only when it names what the path reaches: where
+    it differs from the text, its (st_dev, st_ino) must be those reached through the text,
+    else Unresolvable (one stat more, only where the text is no real path)."""
+    try:
+        st = os.stat(path)
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        return None
+    if real != path and not names_it(st, real):
+        raise Unresolvable(
+            f"{path}: its real path {real} is not what the path reaches (a magic link, or "
+            "changed while it was resolved)"
+        )
+    return identity_of(st), real
+
+
+def handed_reals(paths: Iterable[str], claimed: Mapping[str, ClaimKey]) -> dict[str, str]:
+    """The real path to hand out for each host path (`handed_real`; a path where nothing
+    is stays as it is). A path whose device claimed it (`claimed`: host path to claim key)
+    must still reach that claim: else it changed since it was claimed (a link or an
+    ancestor directory swapped behind an unchanged list) and is refused (Unresolvable)."""
+    found: dict[str, str] = {}
+    for path in paths:
+        reached = handed_real(path)
+        key = claimed.get(path)
+        stale = reached is None or reached[0] != key
+        if key is not None and key[0] not in (NOTHING, SYSFS) and stale:
+            raise Unresolvable(
+                f"{path} no longer reaches what was claimed for it (a link or an "
+                "ancestor directory changed since): refused until it is claimed anew",
+                stale=path,
+            )
+        found[path] = path if reached is None else reached[1]
+    return found
 
 
 def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:

@@ -22,11 +22,14 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 from .. import rules
-from ..identity import Identity, identity_of
+from ..identity import Identity, identity_of, names_it
 from ..names import PATH_ID, make_name
 from .base import Skipped
 from .glob_walk import glob_paths
 from .scanner import ScanGuard
+
+UNRESOLVABLE = "unresolvable"
+"""The skip reason of a matched path whose real path does not name what it reaches."""
 
 _HASH_SUFFIX = re.compile(r"-[0-9a-f]{10}\Z")
 
@@ -204,6 +207,13 @@ def examine(path: str, real_dirs: dict[str, str]) -> Found | Skipped | None:
         real_path = path if real_parent == parent else os.path.join(real_parent, name)
     if stat.S_ISDIR(st.st_mode):
         return None
+    if real_path != path and not names_it(st, real_path):
+        return Skipped(
+            UNRESOLVABLE,
+            printable_path(path),
+            f"its real path {printable_path(real_path)} is not what the path reaches (a "
+            "magic link such as /proc/<pid>/root, or changed while it was resolved)",
+        )
     return Found(real_path, identity_of(st), link_dir)
 
 

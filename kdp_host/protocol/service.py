@@ -42,7 +42,7 @@ from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
 from ..metrics import Metrics
 from ..ownership_allocate import PlaceOwned
-from ..ownership_claims import host_paths
+from ..ownership_claims import Unresolvable, host_paths
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
@@ -62,6 +62,10 @@ class Bookings(Protocol):
         ids: Iterable[str],
         places: Mapping[str, Collection[str]] | None = None,
     ) -> None: ...
+
+    async def hand_out(
+        self, resource: str, ids: Iterable[str], paths: Collection[str]
+    ) -> dict[str, str]: ...
 
 
 class Pins(Protocol):
@@ -280,11 +284,13 @@ class DevicePluginService(DevicePluginBase):
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if self._allocate_hook is not None:
             await self._add_hook_extras(snapshot, message, responses)
+        booked = [i for request in message.container_requests for i in request.devices_ids]
+        places = None if self._bookings is None else self._places(snapshot, message, responses)
+        await self._hand_real_paths(booked, responses)
         if self._bookings is not None:
             # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
-            booked = [i for request in message.container_requests for i in request.devices_ids]
             try:
-                await self._bookings.book(name, booked, self._places(snapshot, message, responses))
+                await self._bookings.book(name, booked, places)
             except PlaceOwned as exc:
                 self._metrics.allocations.labels(name, "invalid").inc()
                 self._log.warning("allocate_refused", reason=str(exc))
@@ -298,6 +304,32 @@ class DevicePluginService(DevicePluginBase):
         self._allocated_ok.inc(len(responses))
         self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)
+
+    async def _hand_real_paths(
+        self, ids: list[str], responses: list[ContainerAllocateResponse]
+    ) -> None:
+        """Hand out every host path of the answer (DeviceSpecs and mounts, of the devices,
+        `allocate.mounts` and an `allocate.command`'s output alike) as the real path it
+        reaches, checked to name what the path reaches and, for a device's own path, what
+        was claimed for it (`ownership_claims.handed_reals`): a link re-pointed after the
+        Allocate does not change what the container gets. Refused (INVALID_ARGUMENT) when
+        a path cannot be resolved so."""
+        paths = {spec.host_path for r in responses for spec in r.devices}
+        paths.update(mount.host_path for r in responses for mount in r.mounts)
+        if not paths or self._bookings is None:
+            return
+        try:
+            real = await self._bookings.hand_out(self._config.name, ids, paths)
+        except Unresolvable as exc:
+            reason = f"{self._config.name}: cannot allocate: {exc}"
+            self._metrics.allocations.labels(self._config.name, "invalid").inc()
+            self._log.warning("allocate_refused", reason=reason)
+            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, reason) from None
+        for response in responses:
+            for spec in response.devices:
+                spec.host_path = real[spec.host_path]
+            for mount in response.mounts:
+                mount.host_path = real[mount.host_path]
 
     def _places(
         self,

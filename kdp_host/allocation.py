@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
+from .cdi_rules import CDI_NAME_SEPARATOR, cdi_annotation_names, is_cdi_annotation_key
 from .command_output import ContainerExtras
 from .config import MountConfig, ResourceConfig, render_template
 from .devices import Advertised, Device, DeviceMount, DeviceNode, Snapshot
 from .names import CDI_NAME, make_name
+from .ownership_claims import host_paths
 from .rules import LIST_SEPARATOR, join_list
 
 ALLOCATION_DEPENDENT_FIELDS: Final = frozenset({"ids", "paths", "count"})
@@ -45,6 +47,11 @@ def cdi_device_name(device_id: str) -> str:
     devices with this function.
     """
     return make_name(device_id, CDI_NAME)
+
+
+def qualified_cdi_name(kind: str, device_id: str) -> str:
+    """The qualified CDI name `<kind>=<name>` of a physical device of a resource of `kind`."""
+    return f"{kind}{CDI_NAME_SEPARATOR}{cdi_device_name(device_id)}"
 
 
 def has_cdi_edits(device: Device) -> bool:
@@ -122,6 +129,17 @@ class _ContainerPaths:
 
 
 @dataclass(frozen=True)
+class Handed:
+    """What an Allocate answer hands out besides its devices' own, by requested ID (each ID
+    gets its container's): host paths (`allocate.mounts`, an `allocate.command`'s nodes and
+    mounts) and CDI names (an `allocate.command`'s `cdiDevices`, the names `cdi.k8s.io/...`
+    annotations list). The ownership index checks and books them (`ownership_allocate`)."""
+
+    places: dict[str, list[str]]
+    cdi_names: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
 class AllocationBuilder:
     """Turns requested device IDs into the container options the kubelet passes on."""
 
@@ -168,7 +186,7 @@ class AllocationBuilder:
         cdi_names = (
             []
             if cdi is None
-            else [f"{cdi.kind}={cdi_device_name(d.id)}" for d in physical if has_cdi_edits(d)]
+            else [qualified_cdi_name(cdi.kind, d.id) for d in physical if has_cdi_edits(d)]
         )
         if extras is not None:
             for key, value in extras.env.items():
@@ -186,6 +204,36 @@ class AllocationBuilder:
             annotations=annotations,
             cdi_devices=[CdiDevice(name=cdi_name) for cdi_name in cdi_names],
         )
+
+    def handed(
+        self,
+        snapshot: Snapshot,
+        requests: Sequence[Sequence[str]],
+        responses: Sequence[ContainerAllocateResponse],
+    ) -> Handed:
+        """What each container's answer (`responses`, one per requested ID list) hands out
+        besides its devices' own nodes, mounts and CDI names, by requested ID."""
+        handed = Handed({}, {})
+        cdi = self.resource.allocate.cdi
+        for requested_ids, response in zip(requests, responses, strict=True):
+            paths = {spec.host_path for spec in response.devices}
+            paths.update(mount.host_path for mount in response.mounts)
+            names = [c.name for c in response.cdi_devices]
+            for key, value in response.annotations.items():
+                if is_cdi_annotation_key(key):
+                    names += cdi_annotation_names(value)
+            if not paths and not names:
+                continue
+            physical = self.physical_devices(snapshot, requested_ids)
+            extra = sorted(paths.difference(*(host_paths(device) for device in physical)))
+            own = set() if cdi is None else {qualified_cdi_name(cdi.kind, d.id) for d in physical}
+            foreign = [name for name in dict.fromkeys(names) if name not in own]
+            for device_id in requested_ids:
+                if extra:
+                    handed.places.setdefault(device_id, []).extend(extra)
+                if foreign:
+                    handed.cdi_names.setdefault(device_id, []).extend(foreign)
+        return handed
 
     def physical_devices(
         self, snapshot: Snapshot, requested_ids: Sequence[str], *, healthy_only: bool = True

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_lease import LEASE, VERIFY, OwnerLease, owner_path
+from .cdi_rules import cdi_kind_problem
 from .cdi_spec import render_spec_file, spec_device_names
 from .config import ResourceConfig
 from .devices import Device, DeviceTable, Snapshot, replica_ids
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
-from .rules import cdi_kind_problem
 from .watch import Watcher
 
 DEFAULT_SPEC_DIR = "/var/run/cdi"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import rules
+from .cdi_rules import cdi_qualified_name_problem
 from .devices import Device, DeviceMount, DeviceNode
 from .files import Offload
 from .output_checks import (
@@ -370,7 +371,7 @@ def parse_allocate_output(data: bytes | str) -> ContainerExtras:
         for index, entry in enumerate(_json_list(spec.get("cdiDevices", []), "cdiDevices")):
             what = f"cdiDevices[{index}]"
             name = _json_string(entry, what)
-            if why := rules.cdi_qualified_name_problem(name):
+            if why := cdi_qualified_name_problem(name):
                 raise Invalid(f"{what} {why}, got {quote(name)}")
             if name not in names:
                 names.append(name)

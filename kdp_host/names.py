@@ -38,7 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from .rules import CDI_DEVICE_NAME, CDI_NAME_ESCAPE, MAX_DEVICE_ID_LENGTH, device_id_problem
+from .cdi_rules import CDI_DEVICE_NAME, CDI_NAME_ESCAPE
+from .rules import MAX_DEVICE_ID_LENGTH, device_id_problem
 
 
 @dataclass(frozen=True)

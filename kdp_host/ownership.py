@@ -136,6 +136,7 @@ class OwnershipIndex(BookingAllocations):
         super().__init__(clock, metrics, resolve, offload, timeout, chunk)
         self.pod_resources = pod_resources
         self._adoption = Adoption(self._ledger, metrics)
+        self._cdi_kinds = {}
         self._watcher: Watcher | None = None
         self._followed: dict[str, set[str]] = {}
         """Directory of a claimed host path -> the resources that claimed through it."""
@@ -219,11 +220,13 @@ class OwnershipIndex(BookingAllocations):
         publish: Callable[[Mapping[str, Device]], bool],
         log: EventLogger,
         replicas: int = 1,
+        cdi_kind: str | None = None,
     ) -> Callable[[], None]:
         """A runtime of `resource` starts publishing to `publish`; returns its detach.
 
         A resource added back after it was retired takes its old claims back. Its `replicas`
-        decide which booked IDs its devices may have (`book`)."""
+        decide which booked IDs its devices may have (`book`); CDI names of its `cdi_kind`
+        (`allocate.cdi.kind`) name its devices only (`book`)."""
         state = self._state(resource)
         state.publish, state.log, state.retired = publish, log, False
         state.held = {}
@@ -232,6 +235,8 @@ class OwnershipIndex(BookingAllocations):
         # unless the resource never listed a device.
         state.plain = not state.admitted_from and not state.owned and not state.lingering
         state.replicas = replicas
+        if cdi_kind is not None:
+            self._cdi_kinds[cdi_kind] = resource
         self._adoption.unchecked.add(resource)
 
         def detach() -> None:

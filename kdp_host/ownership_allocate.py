@@ -9,6 +9,13 @@ mounts or a directory holding it, refuses the answer) and booked with each ID
 (`Booking.places`): while the booking lives, no device reaching one of them is advertised
 (`Ledger.conflict`, containment both ways). Places are not exclusive among allocations:
 every pod of a resource gets its `allocate.mounts`.
+
+An answer may also name devices by CDI name (its CDI devices, the values of `cdi.k8s.io/...`
+annotations), which the runtime resolves through spec files. A name of a kind kdp-host
+writes (`_cdi_kinds`: any resource's of this host, kept after) that is not one of the
+container's own devices' names refuses the answer (`PlaceOwned`, naming the device that
+owns it): through it the container would reach another device's nodes, unbooked. Names of
+other kinds (a vendor's own spec files) are outside kdp-host's reach and pass.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import functools
 import os
 from collections.abc import Collection, Iterable, Mapping
 
+from .allocation import cdi_device_name
+from .cdi_rules import cdi_name_parts
 from .devices import physical_id
 from .ownership_adopt import DeviceClaims
 from .ownership_claims import (
@@ -41,11 +50,15 @@ class PlaceOwned(ValueError):
 class BookingAllocations(AdmissionGate):
     """Records what the kubelet booked (the ownership index's layer for Allocate)."""
 
+    _cdi_kinds: dict[str, str]
+    """CDI kind -> the resource whose runtime writes its spec file (`attach`)."""
+
     async def book(
         self,
         resource: str,
         ids: Iterable[str],
         places: Mapping[str, Collection[str]] | None = None,
+        cdi_names: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         """The kubelet booked `ids` of `resource` (an Allocate is answered): record each with
         the claims of its device and the host paths its answer hands out besides (`places`,
@@ -53,8 +66,11 @@ class BookingAllocations(AdmissionGate):
         `<stateDir>/ownership.json` holds them, or after `state_file.WRITE_LIMIT` with an error
         line (nothing is written when the bookings are the ones recorded already). Raises
         PlaceOwned, booking nothing, when such a path reaches what another device of the
-        host owns (advertised, or held by a pod)."""
+        host owns (advertised, or held by a pod), or when a CDI name the answer carries
+        besides its devices' own (`cdi_names`, by ID) is of a kind kdp-host writes."""
         ids = list(ids)
+        if cdi_names:
+            self._check_cdi_names(resource, cdi_names)
         claimed = await self._claim_places(resource, places) if places else {}
         ledger = self._ledger
         if self._book(resource, ids, claimed) and ledger.sink is not None:
@@ -111,6 +127,30 @@ class BookingAllocations(AdmissionGate):
         loop."""
         reached = await self._reach_all(paths)
         return {path: [] if r is None else self._owners(r) for path, r in reached.items()}
+
+    def _check_cdi_names(self, resource: str, names: Mapping[str, Collection[str]]) -> None:
+        """Refuse a CDI name of a kind kdp-host writes among those an answer carries besides
+        its own devices' names: it names another device (of this resource or another)."""
+        kinds = self._cdi_kinds
+        for kubelet_id, carried in names.items():
+            for name in carried:
+                kind, device = cdi_name_parts(name)
+                owner = kinds.get(kind)
+                if owner is not None:
+                    raise PlaceOwned(
+                        f"{resource}: the answer for {kubelet_id} hands out CDI device "
+                        f"{name!r}, which {self._cdi_owner(owner, device)}; only the "
+                        "container's own devices may be named by a kind kdp-host writes"
+                    )
+
+    def _cdi_owner(self, resource: str, name: str) -> str:
+        """Who owns CDI device `name` of `resource`'s kind, in words."""
+        state = self._resources.get(resource)
+        listed = () if state is None else (*state.admitted.values(), *state.reported.values())
+        for device in listed:
+            if cdi_device_name(device.id) == name:
+                return f"device {device.id} of {resource} owns"
+        return f"names no device of this container (the kind is {resource}'s)"
 
     async def _claim_places(
         self, resource: str, places: Mapping[str, Collection[str]]

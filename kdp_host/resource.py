@@ -124,8 +124,13 @@ class ResourceRuntime:
             safety_net=services.safety_net,
         )
         driver = services.drivers(self.config.driver, deps)
+        cdi = self.config.allocate.cdi
         detach = services.ownership.attach(
-            self.config.name, self.table.publish, self.log, replicas=self.config.replicas
+            self.config.name,
+            self.table.publish,
+            self.log,
+            replicas=self.config.replicas,
+            cdi_kind=None if cdi is None else cdi.kind,
         )
         try:
             await self._run(deps, driver)

@@ -1,4 +1,4 @@
-"""Every text rule of kdp-host, in one place.
+"""Every text rule of kdp-host, in one place (those of CDI names in `cdi_rules.py`).
 
 A name, an ID, a key or a path that crosses into the kubelet, the API server, a container
 runtime or a CDI spec must satisfy that consumer's rule, or the failure shows up far from its
@@ -68,15 +68,6 @@ one (`extended_resource_name_problem` is the whole rule, lengths too)."""
 ENV_NAME_PATTERN: Final = r"[-._a-zA-Z][-._a-zA-Z0-9]*"
 """The character rule of an env name, as a regular expression (JSON Schema uses it too)."""
 _ENV_NAME: Final = re.compile(ENV_NAME_PATTERN)
-_CDI_VENDOR_OR_CLASS: Final = r"[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]"
-"""A CDI vendor or class of at least 2 characters (CDI's Go validator mis-slices 1)."""
-CDI_KIND_PATTERN: Final = f"^{_CDI_VENDOR_OR_CLASS}/{_CDI_VENDOR_OR_CLASS}$"
-"""`cdi_kind_problem` as a JSON Schema pattern."""
-CDI_DEVICE_NAME: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
-CDI_NAME_ESCAPE: Final = "::"
-"""In a CDI device name: what follows is the hex spelling of a device ID that is not a CDI
-name of its own (`allocation.cdi_device_name`)."""
-"""A CDI device name: letters and digits at both ends, `_ . : -` inside (CDI's parser)."""
 _MULTILINE_WHITESPACE: Final = frozenset("\t\n")
 GLOB_MAGIC: Final = re.compile(r"[*?[]")
 """A character that makes a path a glob pattern (Python's glob: `*`, `?`, `[...]`)."""
@@ -343,51 +334,6 @@ def device_id_problem(device_id: str) -> str | None:
             f"device ID must not contain {LIST_SEPARATOR!r} ({{ids}} lists IDs separated by "
             f"{LIST_SEPARATOR!r}: it would name several devices)"
         )
-    return None
-
-
-def cdi_kind_problem(kind: str) -> str | None:
-    """Why CDI would refuse `kind` (`vendor/class`), or None.
-
-    CDI's parser: vendor and class each start with a letter, end with a letter or digit,
-    and hold only letters, digits, `_`, `-` and `.` (a `.` in the class needs cdiVersion
-    0.6.0). One-character parts are refused as well: CDI's Go validator mis-slices them.
-    """
-    vendor, sep, klass = kind.partition("/")
-    if not sep or not vendor or not klass:
-        return "must be vendor/class, e.g. vendor.example/fpga"
-    for what, part in (("vendor", vendor), ("class", klass)):
-        if not re.fullmatch(_CDI_VENDOR_OR_CLASS, part):
-            return (
-                f"{what} {part!r} must start with a letter, end with a letter or digit and "
-                "hold only letters, digits, '_', '-' and '.' (at least 2 characters)"
-            )
-    return None
-
-
-def cdi_device_name_problem(name: str) -> str | None:
-    """Why CDI would refuse `name` as a device name in a spec, or None.
-
-    CDI's ValidateDeviceName: ASCII letters or digits at both ends, and letters, digits,
-    `_`, `-`, `.` and `:` in between (one character is enough).
-    """
-    if not CDI_DEVICE_NAME.fullmatch(name):
-        return (
-            "must start and end with a letter or digit and hold only letters, digits, "
-            "'_', '-', '.' and ':'"
-        )
-    return None
-
-
-def cdi_qualified_name_problem(name: str) -> str | None:
-    """Why CDI would refuse `name` as a qualified device name (`vendor/class=device`), or None."""
-    kind, sep, device = name.partition("=")
-    if not sep:
-        return "must be a CDI name vendor/class=device, e.g. vendor.example/fpga=0"
-    if why := cdi_kind_problem(kind):
-        return why
-    if why := cdi_device_name_problem(device):
-        return f"device name {why}"
     return None
 
 

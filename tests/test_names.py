@@ -17,17 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kdp_host.allocation import cdi_device_name
+from kdp_host.cdi_rules import CDI_DEVICE_NAME, CDI_NAME_ESCAPE, cdi_device_name_problem
 from kdp_host.drivers.glob_paths import DeviceIds, fixed_parent
 from kdp_host.endpoint import socket_name
 from kdp_host.names import CDI_NAME, DEVICE_ID, PATH_ID, make_name
-from kdp_host.rules import (
-    CDI_DEVICE_NAME,
-    CDI_NAME_ESCAPE,
-    MAX_DEVICE_ID_LENGTH,
-    cdi_device_name_problem,
-    device_id_problem,
-    socket_path_problem,
-)
+from kdp_host.rules import MAX_DEVICE_ID_LENGTH, device_id_problem, socket_path_problem
 from kdp_host.sysfs.model import USB, SysfsDevice, device_id
 
 # --------------------------------------------------------------------- frozen copies (main,

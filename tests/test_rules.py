@@ -24,7 +24,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from kdp_host import rules
+from kdp_host import cdi_rules, rules
 from kdp_host.command_output import ProbeOutputError, parse_json
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.drivers import glob_paths
@@ -234,8 +234,10 @@ ENV_NAME_USERS = [
 ]
 
 CDI_KIND_USERS = [
-    pytest.param(accepted_by(rules.cdi_kind_problem), id="rules"),
-    pytest.param(lambda kind: schema_pattern_matches(rules.CDI_KIND_PATTERN, kind), id="schema"),
+    pytest.param(accepted_by(cdi_rules.cdi_kind_problem), id="rules"),
+    pytest.param(
+        lambda kind: schema_pattern_matches(cdi_rules.CDI_KIND_PATTERN, kind), id="schema"
+    ),
     pytest.param(reference_cdi_kind, id="cdi-reference"),
     pytest.param(
         lambda kind: loader_accepts(glob_resource(allocate={"cdi": {"kind": kind}})),
@@ -244,7 +246,7 @@ CDI_KIND_USERS = [
 ]
 
 CDI_DEVICE_NAME_USERS = [
-    pytest.param(accepted_by(rules.cdi_device_name_problem), id="rules"),
+    pytest.param(accepted_by(cdi_rules.cdi_device_name_problem), id="rules"),
     pytest.param(reference_cdi_device_name, id="cdi-reference"),
 ]
 

@@ -32,10 +32,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..cdi_rules import (
+    CDI_KIND_PATTERN,
+    cdi_annotation_names,
+    cdi_kind_problem,
+    cdi_name_parts,
+    is_cdi_annotation_key,
+)
 from ..endpoint import SOCKET_NAME_MIN_LENGTH, socket_slug
 from ..metric_labels import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
 from ..rules import (
-    CDI_KIND_PATTERN,
     ENV_NAME_PATTERN,
     EXTENDED_RESOURCE_NAME_NOT_PATTERN,
     EXTENDED_RESOURCE_NAME_PATTERN,
@@ -45,7 +51,6 @@ from ..rules import (
     MAX_PRE_START_TIMEOUT,
     absolute_path_problem,
     annotation_key_problem,
-    cdi_kind_problem,
     container_path_problem,
     env_name_problem,
     extended_resource_name_problem,
@@ -693,7 +698,8 @@ class AllocateConfig:
         "annotations",
         StringMap(annotation_key_problem, templates=ALLOCATE_TEMPLATE_FIELDS),
         "Container annotations (keys checked as the API server checks them: "
-        "`[prefix/]name`); same templates.",
+        "`[prefix/]name`); same templates. A `cdi.k8s.io/...` key may not name a CDI kind "
+        "of the config (`allocate.cdi.kind`): kdp-host hands those devices out itself.",
         default={},
     )
     permissions: str = key(
@@ -1171,6 +1177,7 @@ class Config:
                     "resource needs a kind of its own (its device names are unique only "
                     "within it), e.g. another class: vendor.example/fpga-b",
                 )
+        yield from self._cdi_annotation_problems()
         slugs: dict[str, str] = {}
         for index, resource in enumerate(self.resources):
             other = slugs.setdefault(socket_slug(resource.name), resource.name)
@@ -1185,6 +1192,27 @@ class Config:
             for index, resource in enumerate(self.resources):
                 if why := node_feature_label_problem(resource.name):
                     yield ("resources", index, "name"), f"with nodeFeatures, {why}"
+
+    def _cdi_annotation_problems(self) -> Problems:
+        """A `cdi.k8s.io/...` annotation in `allocate.annotations` naming a kind kdp-host
+        writes: it would hand every pod of the resource those devices, whichever it was
+        allocated (the kind's own resource hands out its devices' CDI names itself)."""
+        kinds = {r.allocate.cdi.kind: r.name for r in self.resources if r.allocate.cdi}
+        for index, resource in enumerate(self.resources):
+            for annotation, value in resource.allocate.annotations.items():
+                if not is_cdi_annotation_key(annotation):
+                    continue
+                for name in cdi_annotation_names(value):
+                    kind = cdi_name_parts(name)[0]
+                    if kind in kinds:
+                        yield (
+                            ("resources", index, "allocate", "annotations", annotation),
+                            f"names the CDI device {name!r} of kind {kind!r}, whose spec file "
+                            f"kdp-host writes for resource {kinds[kind]!r}: an annotation "
+                            "would hand it to every pod of this resource, whichever devices "
+                            "it was allocated, while another pod may hold it. A resource's "
+                            "own devices go out as CDI names with allocate.cdi",
+                        )
 
 
 README_TABLES: Mapping[str, tuple[type[object], str]] = {

@@ -42,7 +42,7 @@ from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
 from ..metrics import Metrics
 from ..ownership_allocate import PlaceOwned
-from ..ownership_claims import Unresolvable, host_paths
+from ..ownership_claims import Unresolvable
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..release import ReleaseTracker
 from .codec import EncodedMessage
@@ -53,14 +53,15 @@ LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
 
 class Bookings(Protocol):
     """Where an answered Allocate's IDs are recorded as booked (`OwnershipIndex`), with the
-    host paths each answer hands out besides its devices (raises `PlaceOwned` when one is
-    another device's)."""
+    host paths and CDI names each answer hands out besides its devices (raises `PlaceOwned`
+    when one is another device's)."""
 
     async def book(
         self,
         resource: str,
         ids: Iterable[str],
         places: Mapping[str, Collection[str]] | None = None,
+        cdi_names: Mapping[str, Collection[str]] | None = None,
     ) -> None: ...
 
     async def hand_out(
@@ -285,12 +286,16 @@ class DevicePluginService(DevicePluginBase):
         if self._allocate_hook is not None:
             await self._add_hook_extras(snapshot, message, responses)
         booked = [i for request in message.container_requests for i in request.devices_ids]
-        places = None if self._bookings is None else self._places(snapshot, message, responses)
+        requests = [request.devices_ids for request in message.container_requests]
+        handed = (
+            None if self._bookings is None else self._builder.handed(snapshot, requests, responses)
+        )
         await self._hand_real_paths(booked, responses)
         if self._bookings is not None:
             # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
             try:
-                await self._bookings.book(name, booked, places)
+                assert handed is not None
+                await self._bookings.book(name, booked, handed.places, handed.cdi_names)
             except PlaceOwned as exc:
                 self._metrics.allocations.labels(name, "invalid").inc()
                 self._log.warning("allocate_refused", reason=str(exc))
@@ -330,27 +335,6 @@ class DevicePluginService(DevicePluginBase):
                 spec.host_path = real[spec.host_path]
             for mount in response.mounts:
                 mount.host_path = real[mount.host_path]
-
-    def _places(
-        self,
-        snapshot: Snapshot,
-        message: AllocateRequest,
-        responses: list[ContainerAllocateResponse],
-    ) -> dict[str, list[str]]:
-        """The host paths each container's answer hands out besides its devices' own nodes
-        and mounts (`allocate.mounts`, an `allocate.command`'s output), by requested ID."""
-        places: dict[str, list[str]] = {}
-        for request, response in zip(message.container_requests, responses, strict=True):
-            handed = {spec.host_path for spec in response.devices}
-            handed.update(mount.host_path for mount in response.mounts)
-            if not handed:
-                continue
-            physical = self._builder.physical_devices(snapshot, request.devices_ids)
-            extra = sorted(handed.difference(*(host_paths(device) for device in physical)))
-            if extra:
-                for device_id in request.devices_ids:
-                    places.setdefault(device_id, []).extend(extra)
-        return places
 
     async def _add_hook_extras(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 from .. import rules
@@ -36,16 +37,16 @@ def _glob(pattern: str, guard: ScanGuard, named: str, *, dironly: bool) -> Itera
         parents = _counted(_glob(directory, guard, named, dironly=True), guard, named)
     else:
         parents = (directory,)
-    magic = rules.GLOB_MAGIC.search(name) is not None
-    for parent in parents:
-        if not magic:
+    if rules.GLOB_MAGIC.search(name) is None:
+        for parent in parents:
             if os.path.lexists(os.path.join(parent, name)) if name else os.path.isdir(parent):
                 yield os.path.join(parent, name)
-            continue
+        return
+    match = re.compile(fnmatch.translate(name)).match  # (once, not once per entry)
+    hidden = name.startswith(".")
+    for parent in parents:
         for entry in _entries(parent or os.curdir, guard, dironly=dironly):
-            if (not entry.startswith(".") or name.startswith(".")) and fnmatch.fnmatchcase(
-                entry, name
-            ):
+            if (hidden or not entry.startswith(".")) and match(entry):
                 yield os.path.join(parent, entry)
 
 

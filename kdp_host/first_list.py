@@ -43,12 +43,12 @@ class FirstList:
 
     async def wait(self, log: EventLogger) -> None:
         """Return once the kubelet may learn of the resource (the module's rule)."""
-        pending = [event.wait() for event in self.ready if not event.is_set()]
+        pending = [event for event in self.ready if not event.is_set()]
         if not pending or self._failed.is_set():
-            for waiting in pending:
-                waiting.close()
             return
-        ready = asyncio.ensure_future(asyncio.gather(*pending))
+        # One task, not a gather: a gather cancelled here ends with an exception nobody
+        # retrieves ("_GatheringFuture exception was never retrieved").
+        ready = asyncio.ensure_future(_all_set(pending))
         failed = asyncio.ensure_future(self._failed.wait())
         try:
             await asyncio.wait(
@@ -72,3 +72,8 @@ class FirstList:
                 waited=FIRST_LIST_LIMIT,
                 action="registering with the devices listed so far",
             )
+
+
+async def _all_set(events: list[asyncio.Event]) -> None:
+    for event in events:
+        await event.wait()

@@ -71,6 +71,15 @@ _ENV_NAME: Final = re.compile(ENV_NAME_PATTERN)
 _MULTILINE_WHITESPACE: Final = frozenset("\t\n")
 GLOB_MAGIC: Final = re.compile(r"[*?[]")
 """A character that makes a path a glob pattern (Python's glob: `*`, `?`, `[...]`)."""
+MAX_MATCHED_PATHS: Final = 50_000
+"""Paths one scan of a resource's glob patterns may match, counting the directories its
+wildcards match on the way (`d*/d*/f` counts each `d*` and each `d*/d*` too). A scan that
+reaches it stops walking and fails (`too_many_paths`, the last good list is kept): a tree
+of symlinks that fan out (`d0..d9 -> .`) matches 10 times more paths at each level, all
+of them one file."""
+SKIPPED_SHOWN: Final = 20
+"""Skipped paths of one reason logged one line each per list; past this, one summary line
+per reason with the count (`paths_skipped`) instead of a line per path."""
 
 
 def _control_character(text: str, allowed: frozenset[str] = frozenset()) -> str | None:

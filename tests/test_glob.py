@@ -15,6 +15,7 @@ from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_paths import DeviceIds, watch_dirs
+from kdp_host.drivers.scanner import ScanGuard
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.watch import InotifyWatcher, PollingWatcher, Watcher
@@ -52,10 +53,10 @@ def test_ids_are_unique_stable_and_safe() -> None:
 def test_watch_dirs_cover_wildcard_directories(tmp_path: Path) -> None:
     for bus in ("001", "002"):
         (tmp_path / "usb" / bus).mkdir(parents=True)
-    dirs = watch_dirs(f"{tmp_path}/usb/*/*")
+    dirs = watch_dirs(f"{tmp_path}/usb/*/*", ScanGuard())
     assert dirs[0] == f"{tmp_path}/usb"
     assert sorted(dirs[1:]) == [f"{tmp_path}/usb/001", f"{tmp_path}/usb/002"]
-    assert watch_dirs(f"{tmp_path}/dev/fpga*") == [f"{tmp_path}/dev"]
+    assert watch_dirs(f"{tmp_path}/dev/fpga*", ScanGuard()) == [f"{tmp_path}/dev"]
 
 
 def make_driver(config: GlobDriverConfig, watcher: Watcher, **options: Any) -> GlobDriver:

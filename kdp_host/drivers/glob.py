@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable, Mapping
 from functools import partial
 
+from .. import rules
 from ..config import GlobDriverConfig, render_template
 from ..devices import Device, DeviceNode
 from ..files import FileReader
@@ -49,9 +50,18 @@ SCAN_TIMEOUT = 30.0
 """A scan slower than this (a hung file system) counts as a failure; the next waits for it."""
 
 
-def glob_settings(config: GlobDriverConfig, scan_timeout: float = SCAN_TIMEOUT) -> ScanSettings:
+def glob_settings(
+    config: GlobDriverConfig,
+    scan_timeout: float = SCAN_TIMEOUT,
+    max_matched_paths: int = rules.MAX_MATCHED_PATHS,
+) -> ScanSettings:
     """How the scan loop runs a glob resource (with or without groups)."""
-    return ScanSettings(config.rescan_interval, config.grace_period, scan_timeout)
+    return ScanSettings(
+        config.rescan_interval,
+        config.grace_period,
+        scan_timeout,
+        max_matched_paths=max_matched_paths,
+    )
 
 
 def look_at(
@@ -98,7 +108,7 @@ class GlobScan:
         by_identity: dict[DeviceIdentity, list[tuple[str, str]]] = {}
         for index, pattern in enumerate(config.paths):
             watch_pattern(pattern, dirs, self._dir_readable, unreadable)
-            for matched in cache.matched(index):
+            for matched in cache.matched(index, dirs.guard):
                 if matched in seen_paths:
                     continue
                 seen_paths.add(matched)
@@ -198,6 +208,7 @@ class GlobDriver(ScanLoop["GlobScan | GlobGroupScan"]):
         *,
         dir_readable: Callable[[str], bool] = dir_readable,
         scan_timeout: float = SCAN_TIMEOUT,
+        max_matched_paths: int = rules.MAX_MATCHED_PATHS,
     ) -> None:
         scanner = glob_scan(config, deps.files, dir_readable=dir_readable)
-        super().__init__(scanner, glob_settings(config, scan_timeout), deps)
+        super().__init__(scanner, glob_settings(config, scan_timeout, max_matched_paths), deps)

@@ -167,7 +167,7 @@ class GlobGroupScan:
         for index, member in enumerate(self._members):
             watch_pattern(member.pattern, dirs, self._dir_readable, unreadable)
             real_base = real_bases[index]
-            for matched in cache.matched(index):
+            for matched in cache.matched(index, dirs.guard):
                 key, match = cache.lookup(
                     (index, matched),
                     matched,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import glob as globlib
 import os
 import re
 import stat
@@ -26,6 +25,8 @@ from .. import rules
 from ..identity import Identity, identity_of, names_it
 from ..names import PATH_ID, make_name
 from .base import Skipped
+from .glob_walk import glob_paths
+from .scanner import ScanGuard
 
 UNRESOLVABLE = "unresolvable"
 """The skip reason of a matched path whose real path does not name what it reaches."""
@@ -91,7 +92,7 @@ class DeviceIds:
         return make_name(path, PATH_ID, shown=joined if inside else parts[-1])
 
 
-def watch_dirs(pattern: str) -> list[str]:
+def watch_dirs(pattern: str, guard: ScanGuard) -> list[str]:
     """Directories whose entries decide what `pattern` matches (inotify is not recursive)."""
     parent = os.path.dirname(pattern)
     base = fixed_parent(pattern)
@@ -99,7 +100,8 @@ def watch_dirs(pattern: str) -> list[str]:
     if parent != base:
         parts = parent.split("/")
         for depth in range(len(base.rstrip("/").split("/")) + 1, len(parts) + 1):
-            dirs.extend(p for p in globlib.glob("/".join(parts[:depth])) if os.path.isdir(p))
+            prefix = "/".join(parts[:depth])
+            dirs.extend(p for p in glob_paths(prefix, guard, pattern) if os.path.isdir(p))
     return dirs
 
 
@@ -327,14 +329,15 @@ class MatchCache(Generic[T]):
         """Keep what this scan saw (and only that) for the next."""
         self._kept, self._seen = self._seen, {}
 
-    def matched(self, index: int) -> list[str]:
-        """The paths pattern `index` matches now, in sorted order."""
+    def matched(self, index: int, guard: ScanGuard) -> list[str]:
+        """The paths pattern `index` matches now, in sorted order (walked under `guard`:
+        raises DriverError)."""
         pattern = self._patterns[index]
         listed = self._listed[index]
         leaf = self._leaves[index]
         changed = self._changed
         if listed is None or leaf is None or changed is None:
-            listed = sorted(globlib.glob(pattern))
+            listed = sorted(glob_paths(pattern, guard))
         else:
             directory, name_pattern = leaf
             named = [
@@ -351,6 +354,7 @@ class MatchCache(Generic[T]):
                     else:
                         paths.discard(path)
                 listed = sorted(paths)
+                guard.match(pattern, len(listed))
         self._listed[index] = listed
         return listed
 

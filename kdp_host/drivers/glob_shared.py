@@ -23,7 +23,7 @@ def watch_pattern(
 ) -> None:
     """Watch the directories that decide what `pattern` matches (signed before the glob
     looks into them); note those that exist but cannot be read."""
-    for directory in watch_dirs(pattern):
+    for directory in watch_dirs(pattern, dirs.guard):
         dirs.watch(directory)
         if os.path.isdir(directory) and not is_readable(directory):
             unreadable.add(directory)

@@ -11,7 +11,7 @@ from ..devices import Device
 from ..identity import PathReach
 from ..logs import EventLogger
 from ..metrics import Metrics
-from ..rules import LIST_SEPARATOR, device_path_problem
+from ..rules import LIST_SEPARATOR, SKIPPED_SHOWN, device_path_problem
 from .base import DriverError, Skipped
 
 _HEALTHY = operator.attrgetter("healthy")
@@ -36,7 +36,8 @@ class DeviceReporter:
     in a row every device is reported Unhealthy (the list is kept) until a list arrives.
     The log says so once per change of state (first failure, a new reason, degradation,
     recovery); metrics count every failure. A changed list is logged; a skipped path is
-    logged and counted once while it stays skipped.
+    logged and counted once while it stays skipped (more than `rules.SKIPPED_SHOWN` newly
+    skipped for one reason: one summary line for them, with the count and an example).
     """
 
     def __init__(
@@ -174,11 +175,25 @@ class DeviceReporter:
     def _note_skipped(self, skipped: frozenset[Skipped]) -> None:
         if skipped == self._skipped:
             return
+        by_reason: dict[str, list[Skipped]] = {}
         for item in skipped - self._skipped:
-            self._metrics.driver_skipped.labels(self._resource, item.reason).inc()
-            self._log.warning(
-                "path_skipped", reason=item.reason, path=item.subject, error=item.message
-            )
+            by_reason.setdefault(item.reason, []).append(item)
+        for reason, items in sorted(by_reason.items()):
+            self._metrics.driver_skipped.labels(self._resource, reason).inc(len(items))
+            if len(items) > SKIPPED_SHOWN:
+                first = min(items, key=lambda item: item.subject)
+                self._log.warning(
+                    "paths_skipped",
+                    reason=reason,
+                    count=len(items),
+                    example=first.subject,
+                    error=first.message,
+                )
+                continue
+            for item in items:
+                self._log.warning(
+                    "path_skipped", reason=item.reason, path=item.subject, error=item.message
+                )
         self._skipped = skipped
 
 

@@ -8,10 +8,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from .. import rules
 from ..devices import Device
 from ..identity import PathReach
 from ..watch import DirSignature, dir_signature
-from .base import Skipped
+from .base import DriverError, Skipped
 
 
 @dataclass(frozen=True)
@@ -52,19 +53,51 @@ class Listed:
     """The place of each device present in the last scan (see `ScanResult.places`)."""
 
 
+class ScanGuard:
+    """The bounds of one scan, checked by the scanner as it walks: the loop abandons a scan
+    that timed out (its thread then stops at its next entry instead of running on), and
+    the paths it may match are limited (`rules.MAX_MATCHED_PATHS`)."""
+
+    def __init__(self, max_matched: int = rules.MAX_MATCHED_PATHS) -> None:
+        self.max_matched = max_matched
+        self.matched = 0
+        self.abandoned = False
+        """Set by the loop (another thread) when it stopped waiting for this scan."""
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+    def entry(self) -> None:
+        """Before looking at the next directory entry: stop if the scan was abandoned."""
+        if self.abandoned:
+            raise DriverError("abandoned", "scan abandoned after its timeout")
+
+    def match(self, pattern: str, count: int = 1) -> None:
+        """More paths (or directories on the way) matched by `pattern`: stop at the limit."""
+        self.matched += count
+        if self.matched > self.max_matched:
+            raise DriverError(
+                "too_many_paths",
+                f"pattern {pattern!r} matched more than {self.max_matched} paths"
+                " (directories on the way included; symlinks that fan out?)",
+            )
+
+
 class DirWatch:
-    """The directories one scan depends on, each signed before the scan looked into it.
+    """The directories one scan depends on, each signed before the scan looked into it,
+    and the scan's `guard`.
 
     The loop signs the directories it watches before the scan starts; a scanner calls
     `watch` for every directory that decides its answer, before listing it where it can
     (glob) or after reading where it cannot know them earlier (sysfs node directories).
     """
 
-    def __init__(self, watched: Iterable[str] = ()) -> None:
+    def __init__(self, watched: Iterable[str] = (), guard: ScanGuard | None = None) -> None:
         self.signatures: dict[str, DirSignature | None] = {
             directory: dir_signature(directory) for directory in watched
         }
         self.wanted: set[str] = set()
+        self.guard = guard if guard is not None else ScanGuard()
 
     def watch(self, directory: str) -> None:
         if directory not in self.wanted:
@@ -94,5 +127,6 @@ class ScanSettings:
     grace_period: float
     scan_timeout: float
     full_rescan_every: int | None = None
+    max_matched_paths: int = rules.MAX_MATCHED_PATHS
     """Safety-net rescans run at least every this many intervals even when no watched
     directory changed (None: the watched directories decide everything)."""

@@ -38,7 +38,7 @@ from ..safety_net import SafetyNet
 from ..watch import DirSignature, Subscription, dir_signature
 from .base import DriverDeps, DriverError, Notifier
 from .grace import Tracker
-from .scanner import DirWatch, Listed, Notice, Scanner, ScanResult, ScanSettings
+from .scanner import DirWatch, Listed, Notice, ScanGuard, Scanner, ScanResult, ScanSettings
 
 FAILURE_THRESHOLD = 3
 """Failed scans in a row (an I/O error, a scan that hangs) before every device is Unhealthy."""
@@ -63,6 +63,8 @@ class ScanLoop(Generic[S]):
         self.tracker = Tracker(settings.grace_period, deps.clock)
         self._pending: asyncio.Future[tuple[ScanResult, DirWatch]] | None = None
         self._pending_since = 0.0
+        self._guard = ScanGuard(settings.max_matched_paths)
+        """The bounds of the pending (or last) scan."""
         self._last: ScanResult | None = None
         self._wanted: frozenset[str] = frozenset()
         """The directories the last scan depends on."""
@@ -105,14 +107,21 @@ class ScanLoop(Generic[S]):
         is told which paths the watcher named since the last scan. Raises DriverError."""
         timeout = self.settings.scan_timeout
         waited = ""
+        if self._pending is not None and self._pending.done() and self._guard.abandoned:
+            # A scan abandoned at its timeout that has stopped since: its outcome is stale.
+            if not self._pending.cancelled():
+                self._pending.exception()  # (retrieved: it was reported as the timeout)
+            self._pending = None
+            self._changes = None
         if self._pending is None:
             listed, watched = self.tracker.listed, self._watched
             changes = self._changes if incremental else None
             changed = frozenset(changes) if changes is not None else None
             self._changes = set()
             self._scans_started += 1
+            guard = self._guard = ScanGuard(self.settings.max_matched_paths)
             self._pending = asyncio.ensure_future(
-                self._deps.offload.run(lambda: self._scan_sync(listed, watched, changed))
+                self._deps.offload.run(lambda: self._scan_sync(listed, watched, changed, guard))
             )
             self._pending_since = self._deps.clock()
         else:
@@ -126,6 +135,7 @@ class ScanLoop(Generic[S]):
         except TimeoutError:
             if not waited:  # a scan that comes back later wakes the loop to scan again
                 pending.add_done_callback(lambda _: self._wake.set())
+            self._guard.abandon()  # its thread stops at its next entry (a walk that runs on)
             raise DriverError(
                 "timeout", f"scan did not finish within {timeout:g}s{waited} (a hung file system?)"
             ) from None
@@ -133,9 +143,11 @@ class ScanLoop(Generic[S]):
             self._pending = None
             self._changes = None
             raise DriverError("io", f"scan failed: {exc}") from None
-        except DriverError:
+        except DriverError as exc:
             self._pending = None
             self._changes = None
+            if exc.reason == "abandoned":  # the scan given up at its timeout has stopped
+                return await self.scan_once()
             raise
         self._pending = None
         self._wanted = frozenset(dirs.wanted)
@@ -143,9 +155,13 @@ class ScanLoop(Generic[S]):
         return result
 
     def _scan_sync(
-        self, listed: Listed, watched: frozenset[str], changed: frozenset[str] | None
+        self,
+        listed: Listed,
+        watched: frozenset[str],
+        changed: frozenset[str] | None,
+        guard: ScanGuard,
     ) -> tuple[ScanResult, DirWatch]:
-        dirs = DirWatch(watched)
+        dirs = DirWatch(watched, guard)
         return self.scanner.scan(listed, dirs, changed), dirs
 
     def unchanged_since_scan(self) -> bool:

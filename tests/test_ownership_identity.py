@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from kdp_host.devices import Device
-from kdp_host.ownership_bookings import OWNERSHIP_FILE, bookings_document, read_saved
+from kdp_host.ownership_bookings import (
+    OWNERSHIP_FILE,
+    SavedBooking,
+    bookings_document,
+    read_saved,
+)
 from kdp_host.ownership_claims import Owner, device_claims, overlap_warnings, reach
 from kdp_host.podresources import Holder, Holdings
 
@@ -141,8 +146,9 @@ def test_ownership_json_of_an_older_version_is_read_as_files_now(tmp_path: Path)
     claims = [old(tmp_path / "a" / "f", "path"), old(tmp_path / "d", "dir")]
     claims.append(old(tmp_path / "gone", "dir"))
     document = {"version": 1, "bookings": [{**entry, "claims": claims}]}
-    [(owner, device, read, places)] = read_saved(document)
-    assert (owner, device, places) == (Owner(R1, "f"), "f", ())
+    [saved] = read_saved(document)
+    read = saved.claims
+    assert (saved.owner, saved.device, saved.places) == (Owner(R1, "f"), "f", ())
     assert [claim[0] for claim in read] == [
         inode(tmp_path / "a" / "f"),
         inode(tmp_path / "d"),
@@ -166,9 +172,10 @@ def test_new_claim_kinds_are_written_and_read_back_as_they_are(tmp_path: Path) -
                sysfs_path=device.sysfs_path)
     ).exclusive  # fmt: skip
     assert sorted(claim[0][0] for claim in claims) == ["d", "f", "sysfs"]
-    written = json.loads(json.dumps(bookings_document([(Owner(R1, "x"), "x", claims, ())])))
-    [(_, _, read, _)] = read_saved(written)
-    assert sorted(read) == sorted(claims)
+    booking = SavedBooking(Owner(R1, "x"), "x", claims)
+    written = json.loads(json.dumps(bookings_document([booking])))
+    [saved] = read_saved(written)
+    assert sorted(saved.claims) == sorted(claims)
 
 
 @pytest.mark.parametrize("kind", ["d", "f", "sysfs", "path"])

@@ -715,13 +715,7 @@ async def test_hostile2_2_what_allocate_command_handed_out_is_booked(
     await kubelet.await_for(healthy(FPGA, 1), what="a0 advertised")
     first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
     assert first["error"] == "", first
-    b0.touch()
-    (dev / "c" / "c1").touch()
-    await kubelet.await_for(healthy(B_RESOURCE, 1), what="c1 advertised (b0 held)")
-    granted = await grants(kubelet, B_RESOURCE, "p2", "p3")
-    assert granted == [{str(dev / "c" / "c1")}], "p1 can reach b0 through its hook's output"
-    await kubelet.acall(kubelet.release, "p1")
-    await kubelet.await_for(healthy(B_RESOURCE, 2), what="b0 advertised once p1 is gone")
+    await _b0_waits_for_p1(kubelet, dev, "its hook's output")
     assert await grants(kubelet, B_RESOURCE, "p4") == [{str(b0)}]
 
 
@@ -753,6 +747,18 @@ async def test_hostile2_11_allocate_command_mounting_an_ancestor_of_a_held_node_
     assert f"which device b0 of {B_RESOURCE} owns" in refused["error"], refused
 
 
+async def _b0_waits_for_p1(kubelet: RealKubelet, dev: Path, through: str) -> None:
+    """p1 holds what reaches `dev/b`: b0 appearing there is held while p1 lives (c1 is
+    advertised and granted), and advertised once p1 is gone."""
+    (dev / "b" / "b0").touch()
+    (dev / "c" / "c1").touch()
+    await kubelet.await_for(healthy(B_RESOURCE, 1), what="c1 advertised (b0 held)")
+    granted = await grants(kubelet, B_RESOURCE, "p2", "p3")
+    assert granted == [{str(dev / "c" / "c1")}], f"p1 can reach b0 through {through}"
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(B_RESOURCE, 2), what="b0 advertised once p1 is gone")
+
+
 async def test_hostile2_3_allocate_mounts_are_booked_and_checked(
     real_kubelet_factory, short_dir: Path, start_host
 ) -> None:
@@ -765,7 +771,6 @@ async def test_hostile2_3_allocate_mounts_are_booked_and_checked(
         (dev / name).mkdir(parents=True)
     (dev / "a" / "a0").touch()
     (dev / "a" / "a1").touch()
-    b0 = dev / "b" / "b0"
     await start_host(
         booked_head(kubelet, short_dir) + f'  - name: {FPGA}\n    glob: {{paths: ["{dev}/a/*"]}}\n'
         f"    allocate: {{mounts: [{{hostPath: {dev / 'b'}, containerPath: /mnt/b}}]}}\n"
@@ -774,12 +779,6 @@ async def test_hostile2_3_allocate_mounts_are_booked_and_checked(
     )
     await kubelet.await_for(healthy(FPGA, 2), what="a0 and a1 advertised")
     assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
-    b0.touch()
-    (dev / "c" / "c1").touch()
-    await kubelet.await_for(healthy(B_RESOURCE, 1), what="c1 advertised (b0 held)")
-    granted = await grants(kubelet, B_RESOURCE, "p2", "p3")
-    assert granted == [{str(dev / "c" / "c1")}], "p1 can reach b0 through allocate.mounts"
-    await kubelet.acall(kubelet.release, "p1")
-    await kubelet.await_for(healthy(B_RESOURCE, 2), what="b0 advertised once p1 is gone")
+    await _b0_waits_for_p1(kubelet, dev, "allocate.mounts")
     refused = await kubelet.acall(kubelet.allocate, "p4", {FPGA: 1})
     assert f"which device b-b0 of {B_RESOURCE} owns" in refused["error"], refused

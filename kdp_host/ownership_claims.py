@@ -12,6 +12,7 @@ advertised once too. A directory holds everything below its real path (`ancestor
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Final
 
 from .devices import Device, DeviceMount
 from .identity import DIRECTORY, PathReach, identity_of, names_it
+from .rules import device_path_problem
 
 ClaimKey = tuple[str, int | str]
 """What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f', inode)), ('path',
@@ -44,16 +46,36 @@ def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
     (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
     path is kept as it is (no copy per claim).
     """
+    found = _stat_real(path, real_dirs)
+    return None if found is None else (identity_of(found[0]), found[1])
+
+
+def checked_reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
+    """`reach` for a device's claim, whose real path is the device's one canonical host path
+    (`canonical`: what every consumer hands out): the real path must name what the path
+    reaches (`identity.names_it`, one stat more, only where it is not the text), else
+    Unresolvable (a magic link such as `/proc/<pid>/root/...`: the device is left out), as
+    is a real path that `{hostPaths}` could not list (`rules.device_path_problem`)."""
+    found = _stat_real(path, real_dirs)
+    if found is None:
+        return None
+    st, real = found
+    if real != path:
+        if not names_it(st, real):
+            raise Unresolvable(f"{path}: its real path {real} is not what the path reaches")
+        if why := device_path_problem(real):
+            raise Unresolvable(f"{path}: its real path {real} {why}")
+    return identity_of(st), real
+
+
+def _stat_real(path: str, real_dirs: dict[str, str] | None) -> tuple[os.stat_result, str] | None:
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            st = os.stat(path)
-            real = os.path.realpath(path)
-        else:
-            real = _real_path(path, {} if real_dirs is None else real_dirs)
+            return os.stat(path), os.path.realpath(path)
+        return st, _real_path(path, {} if real_dirs is None else real_dirs)
     except (OSError, ValueError):
         return None
-    return identity_of(st), real
 
 
 def _real_path(path: str, real_dirs: dict[str, str]) -> str:
@@ -168,6 +190,9 @@ class Claims:
 
     exclusive: tuple[Claim, ...]
     shared: tuple[Claim, ...] = ()
+    renamed: tuple[tuple[str, str], ...] = ()
+    """(host path, its real path) for each host path of the device whose real path is not
+    its text (a link, a path below a linked directory): `canonical` (usually empty)."""
 
     def exclusive_keys(self) -> frozenset[ClaimKey]:
         return frozenset(claim[0] for claim in self.exclusive)
@@ -177,6 +202,30 @@ class Claims:
 
     def all(self) -> tuple[Claim, ...]:
         return self.exclusive + self.shared if self.shared else self.exclusive
+
+
+def canonical(device: Device, claims: Claims) -> Device:
+    """The device with each host path of its nodes and mounts replaced by the real path its
+    claim resolved (checked to name what the path reaches: `checked_reach`): the one host
+    path of each node and mount that every consumer takes (the Allocate answer, the CDI
+    spec, `{hostPaths}` of the hooks), so a link re-pointed later changes nothing handed out
+    until the index claims it anew. Container paths stay as the driver gave them; a device
+    without such a path is itself (no copy)."""
+    if not claims.renamed:
+        return device
+    real = dict(claims.renamed)
+    nodes = tuple(
+        dataclasses.replace(n, host_path=real[n.host_path]) if n.host_path in real else n
+        for n in device.nodes
+    )
+    mounts = tuple(
+        dataclasses.replace(m, host_path=real[m.host_path]) if m.host_path in real else m
+        for m in device.mounts
+    )
+    d = device
+    return Device(
+        d.id, d.healthy, nodes, d.numa, d.env, mounts, d.annotations, d.path, d.sysfs_path
+    )
 
 
 def claim_of(path: str, resolve: Resolver) -> Claim:
@@ -228,19 +277,32 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
         and path is not None
         and device.has_only_node(path, path)
     ):
-        return Claims((claim_of(path, resolve),))  # the common one-node device: no dicts
+        claim = claim_of(path, resolve)  # the common one-node device: no dicts
+        return Claims((claim,), (), _renamed([claim]))
     exclusive: dict[ClaimKey, Claim] = {}
     shared: dict[ClaimKey, Claim] = {}
+    made: list[Claim] = []
     paths = [(n.host_path, n.shared) for n in device.nodes]
     paths += [(m.host_path, m.shared) for m in device.mounts]
     for host_path, is_shared in paths:
         claim = claim_of(host_path, resolve)
+        made.append(claim)
         (shared if is_shared else exclusive).setdefault(claim[0], claim)
     for key in exclusive:
         shared.pop(key, None)
     if sysfs is not None:
         exclusive.setdefault((SYSFS, sysfs), ((SYSFS, sysfs), sysfs, sysfs))
-    return Claims(tuple(exclusive.values()), tuple(shared.values()))
+    return Claims(tuple(exclusive.values()), tuple(shared.values()), _renamed(made))
+
+
+def _renamed(claims: Iterable[Claim]) -> tuple[tuple[str, str], ...]:
+    """(host path, real path) of the claims whose real path is not their text (a path where
+    nothing is keeps its text: nothing names it yet)."""
+    return tuple(
+        dict.fromkeys(
+            (path, real) for key, path, real in claims if real != path and key[0] != NOTHING
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)

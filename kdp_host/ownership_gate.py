@@ -25,7 +25,7 @@ from typing import Final
 from .devices import Device
 from .files import Offload
 from .metrics import Metrics
-from .ownership_claims import Resolver
+from .ownership_claims import Resolver, canonical
 from .ownership_resolve import Resolving
 from .ownership_table import Pace, ResourceState
 
@@ -52,6 +52,10 @@ class AdmissionGate(Resolving):
         self._draining = False
         self._running: asyncio.Task[None] | None = None
         """The admission that continues in turns of the loop (the gate is closed)."""
+        self._views: dict[str, tuple[Mapping[str, Device], tuple[object, ...], dict[str, Device]]]
+        self._views = {}
+        """Per resource: the last admitted mapping with real paths (`_canonical`), with what
+        it was made from."""
 
     def _admit_or_defer(self, state: ResourceState) -> bool:
         """Admit `state`: its first turn now, the rest (if any) in later turns of the loop;
@@ -105,10 +109,33 @@ class AdmissionGate(Resolving):
         return False
 
     def _give(self, state: ResourceState, admitted: Mapping[str, Device]) -> bool:
-        if state.publish is None or admitted is state.sent:
+        if state.publish is None:
             return False
-        state.sent = admitted
-        return state.publish(admitted)
+        advertised = self._canonical(state, admitted)
+        if advertised is state.sent:
+            return False
+        state.sent = advertised
+        return state.publish(advertised)
+
+    def _canonical(
+        self, state: ResourceState, admitted: Mapping[str, Device]
+    ) -> Mapping[str, Device]:
+        """What the table gets: the admitted devices, each with the real paths its claims
+        resolved (`ownership_claims.canonical`; the same mapping when none has a path that is
+        not its real path). Costs the devices with such a path, and only when those or the
+        admission changed."""
+        if not state.renamed:
+            return admitted
+        owned = state.owned
+        renamed = tuple((i, owned[i]) for i in sorted(state.renamed) if i in admitted)
+        made = self._views.get(state.name)
+        if made is not None and made[0] is admitted and made[1] == renamed:
+            return made[2]
+        view = dict(admitted)
+        for device_id, claims in renamed:
+            view[device_id] = canonical(admitted[device_id], claims)
+        self._views[state.name] = (admitted, renamed, view)
+        return view
 
     async def _turns(
         self,

@@ -23,15 +23,17 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from .files import Offload
+from .identity import UNRESOLVABLE
 from .metrics import Metrics
 from .ownership_admission import Admission
 from .ownership_claims import (
     ClaimKey,
     Reached,
     Resolver,
+    Unresolvable,
+    checked_reach,
     host_paths,
     places,
-    reach,
     still_reaches,
 )
 from .ownership_table import Pace, ResourceState
@@ -57,8 +59,9 @@ QUEUED_LIMIT: Final = 30.0
 """Seconds a batch may wait for a worker (every one busy) before it is given up."""
 
 HUNG: Final = "hung"
-Resolution = Reached | None | Literal["hung"]
-"""What a path reaches, None (nothing there), or HUNG (no answer in time)."""
+Resolution = Reached | None | Literal["hung", "unresolvable"]
+"""What a path reaches, None (nothing there), HUNG (no answer in time) or UNRESOLVABLE (its
+real path does not name what it reaches: `ownership_claims.checked_reach`)."""
 
 
 @dataclass
@@ -79,7 +82,7 @@ class PathResolver:
 
     def inline(self, paths: Collection[str]) -> dict[str, Resolution]:
         resolve = self.resolver()
-        return {path: resolve(path) for path in paths}
+        return {path: _resolution(resolve, path) for path in paths}
 
     async def resolve(self, paths: Collection[str]) -> dict[str, Resolution]:
         """Every path's resolution, through the offload. A path the worker has been on for
@@ -138,7 +141,7 @@ class PathResolver:
         def run() -> None:
             for path in todo:
                 current[0] = (path, time.monotonic())
-                done[path] = resolve(path)
+                done[path] = _resolution(resolve, path)
 
         return run
 
@@ -149,9 +152,16 @@ class PathResolver:
             call.exception()  # retrieved: an abandoned call's error is not an unhandled one
 
 
+def _resolution(resolve: Resolver, path: str) -> Resolution:
+    try:
+        return resolve(path)
+    except Unresolvable:
+        return UNRESOLVABLE
+
+
 def _batch_reach() -> Resolver:
-    """`reach` with a cache of directories' real paths for one batch."""
-    return functools.partial(reach, real_dirs={})
+    """`checked_reach` with a cache of directories' real paths for one batch."""
+    return functools.partial(checked_reach, real_dirs={})
 
 
 class Resolving(Admission):
@@ -232,18 +242,32 @@ class Resolving(Admission):
         self._fresh.update(resolved)
         unresolved: dict[str, str] = {}
         for device_id, paths in state.needs.items():
-            hung = next((p for p in paths if resolved.get(p, "") == HUNG), None)
-            if hung is not None:
-                unresolved[device_id] = hung
+            bad = next((p for p in paths if resolved.get(p, "") in (HUNG, UNRESOLVABLE)), None)
+            if bad is not None:
+                unresolved[device_id] = bad
         for device_id in unresolved.keys() - state.unresolved.keys():
+            path = unresolved[device_id]
+            hung = resolved[path] == HUNG
             if self._metrics is not None:
-                self._metrics.driver_skipped.labels(state.name, UNRESOLVED_REASON).inc()
-            if state.log is not None:
+                reason = UNRESOLVED_REASON if hung else UNRESOLVABLE
+                self._metrics.driver_skipped.labels(state.name, reason).inc()
+            if state.log is None:
+                continue
+            if hung:
                 state.log.warning(
                     "device_path_unresolved",
                     device=device_id,
-                    path=unresolved[device_id],
+                    path=path,
                     timeout=self._paths.timeout,
+                    action="not advertised; tried again with the next list",
+                )
+            else:
+                state.log.warning(
+                    "device_path_unresolvable",
+                    device=device_id,
+                    path=path,
+                    reason="its real path is not what the path reaches (a magic link such "
+                    "as /proc/<pid>/root/...), or holds ',' ({hostPaths} lists it)",
                     action="not advertised; tried again with the next list",
                 )
         state.unresolved = unresolved

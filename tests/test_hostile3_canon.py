@@ -1,0 +1,188 @@
+"""Issue 17, hostile3 G1 (CDI and hooks): one host path per device node and mount, the
+real path the ownership index claimed (checked against what the path reaches), taken by
+every consumer: the Allocate answer, the CDI spec's entries, the hooks' `{hostPaths}`
+(argv and env) and the release of a use. Through the real kubelet."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kdp_host.cdi import spec_file_name
+from kdp_host.devices import Device, DeviceMount, DeviceNode
+from kdp_host.ownership_claims import (
+    Unresolvable,
+    canonical,
+    checked_reach,
+    device_claims,
+    reach,
+)
+
+from .conftest import script, wait_until
+from .kubelet_harness import healthy
+from .test_hostile3 import A, B, ptys, rdev, relink
+
+__all__ = ["ptys"]  # (the fixture, used by name)
+
+KIND = "h3.example/aa"
+
+
+def linked_nodes(short_dir: Path, pts0: str, pts1: str) -> Path:
+    """`dev/link` -> pts0 (A's probe prints the link), `b/n1` -> pts1 (B's glob device)."""
+    (short_dir / "dev").mkdir()
+    (short_dir / "b").mkdir()
+    link = short_dir / "dev" / "link"
+    link.symlink_to(pts0)
+    (short_dir / "b" / "n1").symlink_to(pts1)
+    return link
+
+
+def kubelet_section(kubelet_socket_dir: Path, pod_resources: Path) -> str:
+    return (
+        f"kubelet: {{socketDir: {kubelet_socket_dir}, podResourcesSocket: "
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
+    )
+
+
+async def test_hostile3_1_cdi_spec_entries_carry_the_real_path(
+    real_kubelet_factory, short_dir: Path, start_host, ptys: tuple[str, str]
+) -> None:
+    """G1 (CDI): a probe printed a link as its node's path and the CDI spec's entry carried
+    the link: re-pointed at B's node, which B then gave pod2, it gave a container of pod1
+    that resolves its CDI name (at its start, at every restart) pod2's node. The entry
+    carries the real path the index claimed, and keeps it while pod1 holds the device."""
+    pts0, pts1 = ptys
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    link = linked_nodes(short_dir, pts0, pts1)
+    cdi = short_dir / "cdi"
+    await start_host(
+        kubelet_section(kubelet.socket_dir, pod_resources) + "resources:\n"
+        f"  - name: {A}\n"
+        f'    shell: {{command: [echo, "s0 Healthy path={link}:/dev/s0"], interval: 1s}}\n'
+        f"    allocate: {{cdi: {{kind: {KIND}, specDir: {cdi}}}}}\n"
+        f"  - name: {B}\n"
+        f'    glob: {{paths: ["{short_dir}/b/*"], gracePeriod: 1s}}\n'
+    )
+    await kubelet.await_for(healthy(A, 1), what="A's device")
+    await kubelet.await_for(healthy(B, 1), what="B's device")
+    spec_file = cdi / spec_file_name(A)
+
+    def entry() -> dict[str, str]:
+        spec = json.loads(spec_file.read_text())
+        [device] = spec["devices"]
+        [node] = device["containerEdits"]["deviceNodes"]
+        return {"name": device["name"], **node}
+
+    written = entry()
+    assert (written["hostPath"], written["path"]) == (os.path.realpath(pts0), "/dev/s0")
+    first = await kubelet.acall(kubelet.allocate, "pod1", {A: 1})
+    assert first["error"] == ""
+    assert [c["Name"] for c in first["cdi_devices"]] == [f"{KIND}={written['name']}"]
+
+    relink(link, pts1)
+    # the index claims the link anew: it reaches B's node now, so A's device is held
+    await kubelet.await_for(healthy(A, 0), what="A's device held once its link moved")
+    second = await kubelet.acall(kubelet.allocate, "pod2", {B: 1})
+    assert second["error"] == ""
+    [other] = second["devices"]
+    assert rdev(other["PathOnHost"]) == rdev(pts1)
+    # pod1's CDI name still resolves to the node A claimed and handed out, never pod2's
+    kept = entry()
+    assert kept["hostPath"] == os.path.realpath(pts0)
+    assert rdev(kept["hostPath"]) == rdev(pts0) != rdev(pts1)
+
+
+async def test_hostile3_1_hooks_get_the_real_path_and_release_what_was_handed_out(
+    real_kubelet_factory, short_dir: Path, start_host, ptys: tuple[str, str]
+) -> None:
+    """G1 addendum (hooks): `{hostPaths}` of `allocate.command`, `preStart` and `release`
+    (argv and env) expanded the printed link: after it was re-pointed at the node B gave
+    pod2, the release of pod1's device reset pod2's node. Every hook gets the real path the
+    index claimed; a release resets what the Allocate handed out."""
+    pts0, pts1 = ptys
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    link = linked_nodes(short_dir, pts0, pts1)
+    log = short_dir / "hooks.log"
+    hook = script(
+        short_dir,
+        "hook.sh",
+        f'echo "$1 $2 $HOSTS" >> {log}\nif [ "$1" = allocate ]; then echo "{{}}"; fi\n',
+    )
+    env = '{HOSTS: "{hostPaths}"}'
+    await start_host(
+        kubelet_section(kubelet.socket_dir, pod_resources) + "resources:\n"
+        f"  - name: {A}\n"
+        f'    shell: {{command: [echo, "s0 Healthy path={link}:/dev/s0"], interval: 1s}}\n'
+        f'    allocate: {{command: ["{hook}", allocate, "{{hostPaths}}"]}}\n'
+        f'    preStart: {{command: ["{hook}", preStart, "{{hostPaths}}"], env: {env}}}\n'
+        f'    release: {{command: ["{hook}", release, "{{hostPaths}}"], env: {env}}}\n'
+        f"  - name: {B}\n"
+        f'    glob: {{paths: ["{short_dir}/b/*"], gracePeriod: 1s}}\n'
+    )
+    await kubelet.await_for(healthy(A, 1), what="A's device")
+    await kubelet.await_for(healthy(B, 1), what="B's device")
+    real = os.path.realpath(pts0)
+
+    first = await kubelet.acall(kubelet.allocate, "pod1", {A: 1})
+    assert first["error"] == ""
+    [spec] = first["devices"]
+    assert spec["PathOnHost"] == real
+    lines = log.read_text().splitlines()
+    assert lines == [f"allocate {real} ", f"preStart {real} {real}"]
+
+    relink(link, pts1)
+    await kubelet.await_for(healthy(A, 0), what="A's device held once its link moved")
+    second = await kubelet.acall(kubelet.allocate, "pod2", {B: 1})
+    assert second["error"] == ""
+    assert (await kubelet.acall(kubelet.release, "pod1"))["found"]
+    await wait_until(
+        lambda: any(line.startswith("release") for line in log.read_text().splitlines()),
+        what="pod1's device released",
+    )
+    [released] = [line for line in log.read_text().splitlines() if line.startswith("release")]
+    # the node pod1 was handed, not the one the link reaches now (pod2's)
+    assert released == f"release {real} {real}"
+
+
+def test_a_device_has_one_host_path_per_node_and_mount(tmp_path: Path) -> None:
+    """`canonical`: each node's and mount's host path is the real path its claim resolved
+    (container paths as given); a device all of whose paths are real is itself."""
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    (real_dir / "node").write_text("")
+    (tmp_path / "link").symlink_to(real_dir / "node")
+    (tmp_path / "dir").symlink_to(real_dir)
+    device = Device(
+        "d",
+        nodes=(DeviceNode(f"{tmp_path}/link", "/dev/x"), DeviceNode(f"{tmp_path}/dir/node", "/y")),
+        mounts=(DeviceMount(f"{tmp_path}/dir", "/m"),),
+        path=f"{tmp_path}/link",
+    )
+    claims = device_claims(device, checked_reach)
+    made = canonical(device, claims)
+    assert [(n.host_path, n.container_path) for n in made.nodes] == [
+        (str(real_dir / "node"), "/dev/x"),
+        (str(real_dir / "node"), "/y"),
+    ]
+    assert [(m.host_path, m.container_path) for m in made.mounts] == [(str(real_dir), "/m")]
+    assert made.path == device.path  # (where the driver found it: `{path}` of health checks)
+    node = str(real_dir / "node")
+    plain = Device("p", path=node, nodes=(DeviceNode(node, node),))
+    assert canonical(plain, device_claims(plain, checked_reach)) is plain
+
+
+def test_a_real_path_hostpaths_could_not_list_is_unresolvable(tmp_path: Path) -> None:
+    """A link to a node whose real path holds `,`: `{hostPaths}` would split it into two
+    paths, so the device is left out like a magic link's (a printed `,` is a parse error)."""
+    odd = tmp_path / "a,b"
+    odd.mkdir()
+    (odd / "node").write_text("")
+    (tmp_path / "link").symlink_to(odd / "node")
+    with pytest.raises(Unresolvable, match="must not contain ','"):
+        checked_reach(str(tmp_path / "link"))
+    assert reach(str(tmp_path / "link")) is not None  # (what `check` compares: no refusal)

@@ -278,7 +278,9 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
         and device.has_only_node(path, path)
     ):
         claim = claim_of(path, resolve)  # the common one-node device: no dicts
-        return Claims((claim,), (), _renamed([claim]))
+        if claim[2] == path or claim[0][0] == NOTHING:
+            return Claims((claim,))
+        return Claims((claim,), (), ((path, claim[2]),))
     exclusive: dict[ClaimKey, Claim] = {}
     shared: dict[ClaimKey, Claim] = {}
     made: list[Claim] = []

@@ -82,7 +82,13 @@ class PathResolver:
 
     def inline(self, paths: Collection[str]) -> dict[str, Resolution]:
         resolve = self.resolver()
-        return {path: _resolution(resolve, path) for path in paths}
+        found: dict[str, Resolution] = {}
+        for path in paths:
+            try:
+                found[path] = resolve(path)
+            except Unresolvable:
+                found[path] = UNRESOLVABLE
+        return found
 
     async def resolve(self, paths: Collection[str]) -> dict[str, Resolution]:
         """Every path's resolution, through the offload. A path the worker has been on for
@@ -141,7 +147,10 @@ class PathResolver:
         def run() -> None:
             for path in todo:
                 current[0] = (path, time.monotonic())
-                done[path] = _resolution(resolve, path)
+                try:
+                    done[path] = resolve(path)
+                except Unresolvable:
+                    done[path] = UNRESOLVABLE
 
         return run
 
@@ -150,13 +159,6 @@ class PathResolver:
             del self._stuck[path]
         if not call.cancelled():
             call.exception()  # retrieved: an abandoned call's error is not an unhandled one
-
-
-def _resolution(resolve: Resolver, path: str) -> Resolution:
-    try:
-        return resolve(path)
-    except Unresolvable:
-        return UNRESOLVABLE
 
 
 def _batch_reach() -> Resolver:

@@ -3,8 +3,7 @@
 One table for the host (the ownership index is one). A claim is owned by one advertised
 device (exclusive) or shared by many (`shared`), never both; a directory claim also covers
 what is below it. A claim whose device stops being advertised lingers with its owner until
-its path is gone (asked of the index: `_still_there`) or the owner's resource takes it back.
-"""
+its path is gone (asked of the index: `_still_there`) or the owner's resource takes it back."""
 
 from __future__ import annotations
 
@@ -342,7 +341,8 @@ class ClaimTable(abc.ABC):
                 sharers = self._shared[key] = set()
             sharers.add(me)
         state.owned[device_id] = claims
-        (state.renamed.add if claims.renamed else state.renamed.discard)(device_id)
+        if claims.renamed or state.renamed:
+            (state.renamed.add if claims.renamed else state.renamed.discard)(device_id)
         self._follow(state.name, claims)
 
     def _release_stale(

@@ -40,11 +40,23 @@ def linked_nodes(short_dir: Path, pts0: str, pts1: str) -> Path:
     return link
 
 
-def kubelet_section(kubelet_socket_dir: Path, pod_resources: Path) -> str:
-    return (
-        f"kubelet: {{socketDir: {kubelet_socket_dir}, podResourcesSocket: "
+async def start_linked(
+    start_host, kubelet, short_dir: Path, link: Path, pod_resources: Path, a_keys: str
+) -> None:
+    """A (a probe printing `link` as s0's path, with `a_keys`) and B (glob over `b/`), with
+    PodResources polled every second; returns once the kubelet sees both devices."""
+    await start_host(
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
         f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
+        "resources:\n"
+        f"  - name: {A}\n"
+        f'    shell: {{command: [echo, "s0 Healthy path={link}:/dev/s0"], interval: 1s}}\n'
+        f"{a_keys}"
+        f"  - name: {B}\n"
+        f'    glob: {{paths: ["{short_dir}/b/*"], gracePeriod: 1s}}\n'
     )
+    await kubelet.await_for(healthy(A, 1), what="A's device")
+    await kubelet.await_for(healthy(B, 1), what="B's device")
 
 
 async def test_hostile3_1_cdi_spec_entries_carry_the_real_path(
@@ -59,16 +71,8 @@ async def test_hostile3_1_cdi_spec_entries_carry_the_real_path(
     kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
     link = linked_nodes(short_dir, pts0, pts1)
     cdi = short_dir / "cdi"
-    await start_host(
-        kubelet_section(kubelet.socket_dir, pod_resources) + "resources:\n"
-        f"  - name: {A}\n"
-        f'    shell: {{command: [echo, "s0 Healthy path={link}:/dev/s0"], interval: 1s}}\n'
-        f"    allocate: {{cdi: {{kind: {KIND}, specDir: {cdi}}}}}\n"
-        f"  - name: {B}\n"
-        f'    glob: {{paths: ["{short_dir}/b/*"], gracePeriod: 1s}}\n'
-    )
-    await kubelet.await_for(healthy(A, 1), what="A's device")
-    await kubelet.await_for(healthy(B, 1), what="B's device")
+    cdi_keys = f"    allocate: {{cdi: {{kind: {KIND}, specDir: {cdi}}}}}\n"
+    await start_linked(start_host, kubelet, short_dir, link, pod_resources, cdi_keys)
     spec_file = cdi / spec_file_name(A)
 
     def entry() -> dict[str, str]:
@@ -114,18 +118,12 @@ async def test_hostile3_1_hooks_get_the_real_path_and_release_what_was_handed_ou
         f'echo "$1 $2 $HOSTS" >> {log}\nif [ "$1" = allocate ]; then echo "{{}}"; fi\n',
     )
     env = '{HOSTS: "{hostPaths}"}'
-    await start_host(
-        kubelet_section(kubelet.socket_dir, pod_resources) + "resources:\n"
-        f"  - name: {A}\n"
-        f'    shell: {{command: [echo, "s0 Healthy path={link}:/dev/s0"], interval: 1s}}\n'
+    hooks = (
         f'    allocate: {{command: ["{hook}", allocate, "{{hostPaths}}"]}}\n'
         f'    preStart: {{command: ["{hook}", preStart, "{{hostPaths}}"], env: {env}}}\n'
         f'    release: {{command: ["{hook}", release, "{{hostPaths}}"], env: {env}}}\n'
-        f"  - name: {B}\n"
-        f'    glob: {{paths: ["{short_dir}/b/*"], gracePeriod: 1s}}\n'
     )
-    await kubelet.await_for(healthy(A, 1), what="A's device")
-    await kubelet.await_for(healthy(B, 1), what="B's device")
+    await start_linked(start_host, kubelet, short_dir, link, pod_resources, hooks)
     real = os.path.realpath(pts0)
 
     first = await kubelet.acall(kubelet.allocate, "pod1", {A: 1})

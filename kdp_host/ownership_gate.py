@@ -132,8 +132,12 @@ class AdmissionGate(Resolving):
         if made is not None and made[0] is admitted and made[1] == renamed:
             return made[2]
         view = dict(admitted)
+        before = {} if made is None else made[2]
         for device_id, claims in renamed:
-            view[device_id] = canonical(admitted[device_id], claims)
+            device = canonical(admitted[device_id], claims)
+            known = before.get(device_id)
+            # (the same entry again: ListAndWatch writes no entry it wrote already)
+            view[device_id] = known if known is not None and known == device else device
         self._views[state.name] = (admitted, renamed, view)
         return view
 

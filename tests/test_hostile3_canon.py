@@ -100,6 +100,38 @@ async def test_hostile3_1_cdi_spec_entries_carry_the_real_path(
     assert rdev(kept["hostPath"]) == rdev(pts0) != rdev(pts1)
 
 
+async def test_hostile3_1_a_link_re_pointed_at_a_free_node_is_handed_out_as_its_new_target(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """The one host path follows the claim: a link re-pointed at a node nobody owns is
+    claimed anew, and the CDI spec and the next Allocate hand out its new real path (no pod
+    held the device: nothing keeps the old one)."""
+    kubelet = real_kubelet_factory()
+    (short_dir / "dev").mkdir()
+    (short_dir / "b").mkdir()
+    (short_dir / "b" / "n1").write_text("")
+    for name in ("f1", "f2"):
+        (short_dir / name).write_text("")
+    link = short_dir / "dev" / "link"
+    link.symlink_to(short_dir / "f1")
+    cdi = short_dir / "cdi"
+    cdi_keys = f"    allocate: {{cdi: {{kind: {KIND}, specDir: {cdi}, alsoDeviceSpecs: true}}}}\n"
+    await start_linked(start_host, kubelet, short_dir, link, short_dir / "pr", cdi_keys)
+    spec_file = cdi / spec_file_name(A)
+
+    def host_path() -> str:
+        [device] = json.loads(spec_file.read_text())["devices"]
+        [node] = device["containerEdits"]["deviceNodes"]
+        return str(node["hostPath"])
+
+    assert host_path() == str(short_dir / "f1")
+    relink(link, short_dir / "f2")
+    await wait_until(lambda: host_path() == str(short_dir / "f2"), what="the spec's new path")
+    answer = await kubelet.acall(kubelet.allocate, "pod1", {A: 1})
+    assert answer["error"] == ""
+    assert [d["PathOnHost"] for d in answer["devices"]] == [str(short_dir / "f2")]
+
+
 async def test_hostile3_1_hooks_get_the_real_path_and_release_what_was_handed_out(
     real_kubelet_factory, short_dir: Path, start_host, ptys: tuple[str, str]
 ) -> None:

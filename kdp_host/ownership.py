@@ -75,16 +75,7 @@ from .metrics import Metrics
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
 from .ownership_bookings import Saved, what_releases
-from .ownership_claims import (
-    SYSFS,
-    Claims,
-    Reached,
-    Resolver,
-    ancestors,
-    below,
-    host_paths,
-    places,
-)
+from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
@@ -149,8 +140,6 @@ class OwnershipIndex(BookingAllocations):
         self._watcher: Watcher | None = None
         self._followed: dict[str, set[str]] = {}
         """Directory of a claimed host path -> the resources that claimed through it."""
-        self._above: set[str] = set()
-        """Directories the watcher follows as entries of their parent (`_follows`)."""
         self._changed_paths: dict[str, set[str] | None] = {}
         """Names the watcher reported changed per directory since the last recheck (None:
         anything in it)."""
@@ -173,29 +162,14 @@ class OwnershipIndex(BookingAllocations):
             users.add(resource)
 
     def _follows(self, path: str) -> bool:
-        """Its directory (as for a claim: `_users`) and, for their entry on the way to it,
-        every directory above: a directory above renamed, or replaced by a link, changes
-        what the path reaches with no event in its own directory (hostile3 G10). Not with
-        the polling watcher: it sees a change up to a poll later."""
+        """Its directory (as for a claim: `_users`) and every directory above it
+        (`_follow_above`); not with the polling watcher: it sees a change a poll later."""
         watcher = self._watcher
         directory = os.path.dirname(path)
         if watcher is None or watcher.kind == "poll" or self._users(directory) is None:
             return False
-        above = self._above
-        for parent in ancestors(directory):
-            if directory in above:
-                break  # (and every directory above it)
-            name = os.path.basename(directory)
-            watcher.subscribe(parent, functools.partial(self._above_changed, directory), (name,))
-            above.add(directory)
-            directory = parent
+        self._follow_above(watcher, directory)
         return True
-
-    def _above_changed(self, directory: str, name: str | None) -> None:
-        """A watcher callback: `directory` (an entry of a directory followed for it) was
-        renamed, removed or replaced, or anything there may have changed (`name` None):
-        forget what was kept below it."""
-        self._forget_kept(functools.partial(below, directory=directory))
 
     def _users(self, directory: str) -> set[str] | None:
         """The resources that claimed through `directory`, the watcher following it from

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from .files import Offload
 from .metrics import Metrics
@@ -29,12 +29,17 @@ from .ownership_claims import (
     ClaimKey,
     Reached,
     Resolver,
+    ancestors,
+    below,
     host_paths,
     places,
     reach,
     still_reaches,
 )
 from .ownership_table import Pace, ResourceState
+
+if TYPE_CHECKING:
+    from .watch import Watcher
 
 UNRESOLVED_REASON: Final = "read_timeout"
 """The `reason` of `kdp_driver_skipped_total` for a device left out because a path of it did
@@ -181,6 +186,8 @@ class Resolving(Admission):
         self._kept: dict[str, Resolution] = {}
         """What Allocate answers hand out (places, host paths), as resolved while the
         watcher follows their directories (forgotten when one changes, `_forget_kept`)."""
+        self._above: set[str] = set()
+        """Directories the watcher follows as entries of their parent (`_follow_above`)."""
         self._path_news = 0
         """Changes the watcher reported so far (a resolution that raced one is not kept)."""
 
@@ -325,6 +332,23 @@ class Resolving(Admission):
                 if found is None or (not isinstance(found, str) and found[1] == path):
                     kept[path] = found
         return resolved
+
+    def _follow_above(self, watcher: Watcher, directory: str) -> None:
+        """Have the watcher follow every directory above `directory` for its entry on the
+        way there: one renamed, removed or replaced by a link changes what a path below
+        reaches with no event in the path's own directory (hostile3 G10)."""
+        for parent in ancestors(directory):
+            if directory in self._above:
+                break  # (and every directory above it)
+            changed = functools.partial(self._above_changed, directory)
+            watcher.subscribe(parent, changed, (os.path.basename(directory),))
+            self._above.add(directory)
+            directory = parent
+
+    def _above_changed(self, directory: str, name: str | None) -> None:
+        """A watcher callback: `directory` changed in its parent (or anything there may
+        have, `name` None): forget what was kept below it."""
+        self._forget_kept(functools.partial(below, directory=directory))
 
     def _forget_kept(self, changed: Callable[[str], bool]) -> None:
         """The watcher reported changes: forget the kept places `changed` names."""

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from kdp_host.config import GlobDriverConfig, GlobGroupMemberConfig
 from kdp_host.drivers.glob import GlobScan
-from kdp_host.drivers.glob_groups import GlobGroupScan
 from kdp_host.drivers.glob_cache import DirLinks, links_on_the_way
+from kdp_host.drivers.glob_groups import GlobGroupScan
 from kdp_host.drivers.scanner import DirWatch, Listed, ScanResult
 from kdp_host.files import FileReader
 

@@ -17,10 +17,10 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from .devices import Device, DeviceMount
-from .identity import DIRECTORY, PathReach, identity_of, names_it
+from .identity import DIRECTORY, UNRESOLVABLE, PathReach, identity_of, names_it
 from .rules import device_path_problem
 
 ClaimKey = tuple[str, int | str]
@@ -50,21 +50,20 @@ def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
     return None if found is None else (identity_of(found[0]), found[1])
 
 
-def checked_reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
+def checked_reach(
+    path: str, real_dirs: dict[str, str] | None = None
+) -> Reached | Literal["unresolvable"] | None:
     """`reach` for a device's claim, whose real path is the device's one canonical host path
     (`canonical`: what every consumer hands out): the real path must name what the path
     reaches (`identity.names_it`, one stat more, only where it is not the text), else
-    Unresolvable (a magic link such as `/proc/<pid>/root/...`: the device is left out), as
+    UNRESOLVABLE (a magic link such as `/proc/<pid>/root/...`: the device is left out), as
     is a real path that `{hostPaths}` could not list (`rules.device_path_problem`)."""
     found = _stat_real(path, real_dirs)
     if found is None:
         return None
     st, real = found
-    if real != path:
-        if not names_it(st, real):
-            raise Unresolvable(f"{path}: its real path {real} is not what the path reaches")
-        if why := device_path_problem(real):
-            raise Unresolvable(f"{path}: its real path {real} {why}")
+    if real != path and (not names_it(st, real) or device_path_problem(real)):
+        return UNRESOLVABLE
     return identity_of(st), real
 
 
@@ -125,14 +124,20 @@ def handed_real(path: str) -> Reached | None:
     return identity_of(st), real
 
 
-def handed_reals(paths: Iterable[str], claimed: Mapping[str, ClaimKey]) -> dict[str, str]:
+def handed_reals(
+    paths: Iterable[str],
+    claimed: Mapping[str, ClaimKey],
+    known: Mapping[str, Reached | None] | None = None,
+) -> dict[str, str]:
     """The real path to hand out for each host path (`handed_real`; a path where nothing
-    is stays as it is). A path whose device claimed it (`claimed`: host path to claim key)
-    must still reach that claim: else it changed since it was claimed (a link or an
-    ancestor directory swapped behind an unchanged list) and is refused (Unresolvable)."""
+    is stays as it is). `known`: what paths were resolved to already (the index's kept
+    resolutions, `Resolving._resolve_keeping`); the others are resolved here. A path whose
+    device claimed it (`claimed`: host path to claim key) must still reach that claim: else
+    it changed since it was claimed (a link or an ancestor directory swapped behind an
+    unchanged list) and is refused (Unresolvable)."""
     found: dict[str, str] = {}
     for path in paths:
-        reached = handed_real(path)
+        reached = known[path] if known is not None and path in known else handed_real(path)
         key = claimed.get(path)
         stale = reached is None or reached[0] != key
         if key is not None and key[0] not in (NOTHING, SYSFS) and stale:
@@ -205,11 +210,10 @@ class Claims:
 
 
 def canonical(device: Device, claims: Claims) -> Device:
-    """The device with each host path of its nodes and mounts replaced by the real path its
-    claim resolved (checked to name what the path reaches: `checked_reach`): the one host
-    path of each node and mount that every consumer takes (the Allocate answer, the CDI
-    spec, `{hostPaths}` of the hooks), so a link re-pointed later changes nothing handed out
-    until the index claims it anew. Container paths stay as the driver gave them; a device
+    """The device with each node's and mount's host path replaced by the real path its claim
+    resolved (`checked_reach`): the one host path every consumer takes (the Allocate answer,
+    the CDI spec, the hooks' `{hostPaths}`), so a link re-pointed later changes nothing
+    handed out until the index claims it anew. Container paths stay as given; a device
     without such a path is itself (no copy)."""
     if not claims.renamed:
         return device
@@ -300,11 +304,8 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
 def _renamed(claims: Iterable[Claim]) -> tuple[tuple[str, str], ...]:
     """(host path, real path) of the claims whose real path is not their text (a path where
     nothing is keeps its text: nothing names it yet)."""
-    return tuple(
-        dict.fromkeys(
-            (path, real) for key, path, real in claims if real != path and key[0] != NOTHING
-        )
-    )
+    found = {(path, real) for key, path, real in claims if real != path and key[0] != NOTHING}
+    return tuple(sorted(found))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,9 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from .files import Offload
 from .identity import UNRESOLVABLE
@@ -30,13 +30,17 @@ from .ownership_claims import (
     ClaimKey,
     Reached,
     Resolver,
-    Unresolvable,
+    ancestors,
+    below,
     checked_reach,
     host_paths,
     places,
     still_reaches,
 )
 from .ownership_table import Pace, ResourceState
+
+if TYPE_CHECKING:
+    from .watch import Watcher
 
 UNRESOLVED_REASON: Final = "read_timeout"
 """The `reason` of `kdp_driver_skipped_total` for a device left out because a path of it did
@@ -49,7 +53,7 @@ STUCK_PER_BATCH: Final = 3
 """Hung paths one batch steps over before it gives the rest up until the next list."""
 
 KEPT_LIMIT: Final = 4096
-"""Places kept resolved (`Resolving._reach_kept`) beyond which they are all forgotten (an
+"""Paths kept resolved (`Resolving._resolve_keeping`) beyond which they are all forgotten (an
 `allocate.command` may print new paths every time)."""
 
 MAX_STUCK: Final = 4
@@ -58,10 +62,14 @@ MAX_STUCK: Final = 4
 QUEUED_LIMIT: Final = 30.0
 """Seconds a batch may wait for a worker (every one busy) before it is given up."""
 
+NOT_NAMED: Final = "its real path is not what it reaches (a magic link), or holds ','"
+"""Why a device path is UNRESOLVABLE (`ownership_claims.checked_reach`), as logged."""
 HUNG: Final = "hung"
 Resolution = Reached | None | Literal["hung", "unresolvable"]
 """What a path reaches, None (nothing there), HUNG (no answer in time) or UNRESOLVABLE (its
 real path does not name what it reaches: `ownership_claims.checked_reach`)."""
+PathResolve = Callable[[str], Reached | Literal["unresolvable"] | None]
+"""What resolves a path (`ownership_claims.checked_reach`; a test's `Resolver`)."""
 
 
 @dataclass
@@ -69,7 +77,7 @@ class PathResolver:
     """Resolves batches of paths through the host's offload (inline without one: unit
     tests and `kdp-host check`, where nothing else waits)."""
 
-    resolver: Callable[[], Resolver]
+    resolver: Callable[[], PathResolve]
     """A resolver for one batch (it may cache directories for that batch only)."""
     offload: Offload | None = None
     timeout: float = RESOLVE_TIMEOUT
@@ -82,13 +90,7 @@ class PathResolver:
 
     def inline(self, paths: Collection[str]) -> dict[str, Resolution]:
         resolve = self.resolver()
-        found: dict[str, Resolution] = {}
-        for path in paths:
-            try:
-                found[path] = resolve(path)
-            except Unresolvable:
-                found[path] = UNRESOLVABLE
-        return found
+        return {path: resolve(path) for path in paths}
 
     async def resolve(self, paths: Collection[str]) -> dict[str, Resolution]:
         """Every path's resolution, through the offload. A path the worker has been on for
@@ -147,10 +149,7 @@ class PathResolver:
         def run() -> None:
             for path in todo:
                 current[0] = (path, time.monotonic())
-                try:
-                    done[path] = resolve(path)
-                except Unresolvable:
-                    done[path] = UNRESOLVABLE
+                done[path] = resolve(path)
 
         return run
 
@@ -161,7 +160,7 @@ class PathResolver:
             call.exception()  # retrieved: an abandoned call's error is not an unhandled one
 
 
-def _batch_reach() -> Resolver:
+def _batch_reach() -> PathResolve:
     """`checked_reach` with a cache of directories' real paths for one batch."""
     return functools.partial(checked_reach, real_dirs={})
 
@@ -191,8 +190,10 @@ class Resolving(Admission):
         self._admitting = ""
         """The resource being admitted."""
         self._kept: dict[str, Resolution] = {}
-        """Places an Allocate answer hands out besides its devices, as resolved while the
+        """What Allocate answers hand out (places, host paths), as resolved while the
         watcher follows their directories (forgotten when one changes, `_forget_kept`)."""
+        self._above: set[str] = set()
+        """Directories the watcher follows as entries of their parent (`_follow_above`)."""
         self._path_news = 0
         """Changes the watcher reported so far (a resolution that raced one is not kept)."""
 
@@ -203,7 +204,9 @@ class Resolving(Admission):
 
     @abc.abstractmethod
     def _follows(self, path: str) -> bool:
-        """Whether the watcher follows `path`'s directory from now on (False: no watcher)."""
+        """Whether the watcher reports at once, from now on, a change of what the normalised
+        `path` reaches, unless through a link (its directory and the directories above it
+        followed; False: no such watcher)."""
 
     @abc.abstractmethod
     def _drain(self) -> None:
@@ -253,23 +256,13 @@ class Resolving(Admission):
             if self._metrics is not None:
                 reason = UNRESOLVED_REASON if hung else UNRESOLVABLE
                 self._metrics.driver_skipped.labels(state.name, reason).inc()
-            if state.log is None:
-                continue
-            if hung:
+            if state.log is not None:
+                why = {"timeout": self._paths.timeout} if hung else {"reason": NOT_NAMED}
                 state.log.warning(
-                    "device_path_unresolved",
+                    "device_path_unresolved" if hung else "device_path_unresolvable",
                     device=device_id,
                     path=path,
-                    timeout=self._paths.timeout,
-                    action="not advertised; tried again with the next list",
-                )
-            else:
-                state.log.warning(
-                    "device_path_unresolvable",
-                    device=device_id,
-                    path=path,
-                    reason="its real path is not what the path reaches (a magic link such "
-                    "as /proc/<pid>/root/...), or holds ',' ({hostPaths} lists it)",
+                    **why,
                     action="not advertised; tried again with the next list",
                 )
         state.unresolved = unresolved
@@ -309,7 +302,7 @@ class Resolving(Admission):
     async def _reach_all(self, paths: Collection[str]) -> dict[str, Reached | None]:
         """What each path reaches, resolved off the loop (inline without an offload); None
         where nothing is there or the path did not answer in time."""
-        return _reached(paths, await self._resolve_all(paths))
+        return reached_only(paths, await self._resolve_all(paths))
 
     async def _resolve_all(self, paths: Collection[str]) -> dict[str, Resolution]:
         if self._paths.offload is not None:
@@ -317,23 +310,55 @@ class Resolving(Admission):
         return self._paths.inline(paths)
 
     async def _reach_kept(self, paths: Collection[str]) -> dict[str, Reached | None]:
-        """`_reach_all` for the places of an Allocate answer: a path resolved before while
-        the watcher follows its directory is not resolved again, so an Allocate repeated
-        leaves the loop for nothing (and never waits behind another resource's work on the
-        offload, nor for a worker thread to get a turn of the interpreter)."""
+        """`_reach_all` for the places of an Allocate answer, kept (`_resolve_keeping`)."""
         kept = self._kept
         todo = [path for path in paths if path not in kept]
-        if todo:
-            # (a path kept is forgotten by its name: only a normalised one is kept)
-            followed = [p for p in todo if os.path.normpath(p) == p and self._follows(p)]
-            news = self._path_news
-            resolved = await self._resolve_all(todo)
-            if news == self._path_news:  # (else a path may have changed meanwhile)
-                if len(kept) + len(followed) > KEPT_LIMIT:
-                    kept.clear()
-                kept.update((p, resolved[p]) for p in followed if resolved.get(p, HUNG) != HUNG)
-            return _reached(paths, {**kept, **resolved})
-        return _reached(paths, kept)
+        if not todo:
+            return reached_only(paths, kept)
+        resolved = await self._resolve_keeping(todo, self._resolve_all)
+        return reached_only(paths, {**kept, **resolved})
+
+    async def _resolve_keeping(
+        self,
+        todo: list[str],
+        resolve: Callable[[list[str]], Awaitable[Mapping[str, Resolution]]],
+    ) -> Mapping[str, Resolution]:
+        """What an Allocate hands out (its places, its host paths), resolved by `resolve`
+        off the loop, and kept where the watcher will say it changed: a path that is its
+        own real path (no link on the way: where a link's target lies is not followed)
+        whose directory and every directory above it the watcher follows (`_follows`). So
+        an Allocate repeated leaves the loop for nothing (no thread hop, no system call;
+        nor does it wait behind another resource's work on the offload). A change reported
+        while resolving (it may have come after the answer) keeps nothing."""
+        kept = self._kept
+        followed = [p for p in todo if os.path.normpath(p) == p and self._follows(p)]
+        news = self._path_news
+        resolved = await resolve(todo)
+        if news == self._path_news and followed:
+            if len(kept) + len(followed) > KEPT_LIMIT:
+                kept.clear()
+            for path in followed:
+                found = resolved.get(path, HUNG)
+                if found is None or (not isinstance(found, str) and found[1] == path):
+                    kept[path] = found
+        return resolved
+
+    def _follow_above(self, watcher: Watcher, directory: str) -> None:
+        """Have the watcher follow every directory above `directory` for its entry on the
+        way there: one renamed, removed or replaced by a link changes what a path below
+        reaches with no event in the path's own directory (hostile3 G10)."""
+        for parent in ancestors(directory):
+            if directory in self._above:
+                break  # (and every directory above it)
+            changed = functools.partial(self._above_changed, directory)
+            watcher.subscribe(parent, changed, (os.path.basename(directory),))
+            self._above.add(directory)
+            directory = parent
+
+    def _above_changed(self, directory: str, name: str | None) -> None:
+        """A watcher callback: `directory` changed in its parent (or anything there may
+        have, `name` None): forget what was kept below it."""
+        self._forget_kept(functools.partial(below, directory=directory))
 
     def _forget_kept(self, changed: Callable[[str], bool]) -> None:
         """The watcher reported changes: forget the kept places `changed` names."""
@@ -362,7 +387,7 @@ class Resolving(Admission):
         return isinstance(reached, str) or still_reaches(key, reached)
 
 
-def _reached(
+def reached_only(
     paths: Collection[str], resolved: Mapping[str, Resolution]
 ) -> dict[str, Reached | None]:
     """What each path reaches; None where nothing is there or it did not answer in time."""

@@ -40,21 +40,25 @@ def linked_nodes(short_dir: Path, pts0: str, pts1: str) -> Path:
 
 async def start_linked(
     start_host, kubelet, short_dir: Path, link: Path, pod_resources: Path, a_keys: str
-) -> None:
+) -> Path:
     """A (a probe printing `link` as s0's path, with `a_keys`) and B (glob over `b/`), with
-    PodResources polled every second; returns once the kubelet sees both devices."""
+    PodResources polled every second; returns once the kubelet sees both devices, with the
+    file A's probe prints (each line a device)."""
+    probe = short_dir / "probe.txt"
+    probe.write_text(f"s0 Healthy path={link}:/dev/s0\n")
     await start_host(
         f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
         f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
         "resources:\n"
         f"  - name: {A}\n"
-        f'    shell: {{command: [echo, "s0 Healthy path={link}:/dev/s0"], interval: 1s}}\n'
+        f"    shell: {{command: [cat, {probe}], interval: 1s}}\n"
         f"{a_keys}"
         f"  - name: {B}\n"
         f'    glob: {{paths: ["{short_dir}/b/*"], gracePeriod: 1s}}\n'
     )
     await kubelet.await_for(healthy(A, 1), what="A's device")
     await kubelet.await_for(healthy(B, 1), what="B's device")
+    return probe
 
 
 async def test_hostile3_1_cdi_spec_entries_carry_the_real_path(
@@ -70,14 +74,21 @@ async def test_hostile3_1_cdi_spec_entries_carry_the_real_path(
     link = linked_nodes(short_dir, pts0, pts1)
     cdi = short_dir / "cdi"
     cdi_keys = f"    allocate: {{cdi: {{kind: {KIND}, specDir: {cdi}}}}}\n"
-    await start_linked(start_host, kubelet, short_dir, link, pod_resources, cdi_keys)
+    probe = await start_linked(start_host, kubelet, short_dir, link, pod_resources, cdi_keys)
     spec_file = cdi / spec_file_name(A)
 
+    def entries() -> dict[str, dict[str, str]]:
+        if not spec_file.exists():
+            return {}
+        found = {}
+        for device in json.loads(spec_file.read_text())["devices"]:
+            [node] = device["containerEdits"]["deviceNodes"]
+            found[device["name"]] = node
+        return found
+
     def entry() -> dict[str, str]:
-        spec = json.loads(spec_file.read_text())
-        [device] = spec["devices"]
-        [node] = device["containerEdits"]["deviceNodes"]
-        return {"name": device["name"], **node}
+        [(name, node)] = [(n, e) for n, e in entries().items() if n != "s1"]
+        return {"name": name, **node}
 
     written = entry()
     assert (written["hostPath"], written["path"]) == (os.path.realpath(pts0), "/dev/s0")
@@ -92,6 +103,10 @@ async def test_hostile3_1_cdi_spec_entries_carry_the_real_path(
     assert second["error"] == ""
     [other] = second["devices"]
     assert rdev(other["PathOnHost"]) == rdev(pts1)
+    # a device more: once the spec lists it, it was written after A's s0 was held
+    (short_dir / "f1").write_text("")
+    probe.write_text(probe.read_text() + f"s1 Healthy path={short_dir}/f1:/dev/s1\n")
+    await wait_until(lambda: "s1" in entries(), what="the spec written after the hold")
     # pod1's CDI name still resolves to the node A claimed and handed out, never pod2's
     kept = entry()
     assert kept["hostPath"] == os.path.realpath(pts0)

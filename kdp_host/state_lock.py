@@ -54,27 +54,25 @@ def lock_path(directory: str) -> str:
     return os.path.join(directory, LOCK_FILE)
 
 
-def _open_directory(directory: str, how: int) -> int:
-    """The directory's descriptor, locked with `how` (flock flags); raises."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _locked(fd: int, how: int) -> int:
+    """`fd`, locked with `how` (flock flags); closed when it cannot be (raises)."""
     try:
         fcntl.flock(fd, how)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_directory(directory: str, how: int) -> int:
+    """The directory's descriptor, locked with `how`; raises."""
+    return _locked(os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), how)
 
 
 def _lock_file(directory: str, how: int, log: EventLogger) -> int:
     """The lock file's descriptor (created; anything else there is set aside,
     `atomic_files.open_lock`), locked with `how`; raises."""
-    fd = open_lock(lock_path(directory), aside_logged(log))
-    try:
-        fcntl.flock(fd, how)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _locked(open_lock(lock_path(directory), aside_logged(log)), how)
 
 
 def release(held: Iterable[int]) -> None:
@@ -132,13 +130,9 @@ def hold_instance(directory: str, instance: str, log: EventLogger) -> int:
     cannot, or when another process holds it."""
     aside = aside_logged(log)
     directory_at(os.path.join(directory, HOSTS_DIR), aside)
-    fd = open_lock(host_lock_path(directory, instance), aside)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _locked(
+        open_lock(host_lock_path(directory, instance), aside), fcntl.LOCK_EX | fcntl.LOCK_NB
+    )
 
 
 def running(directory: str, instance: str | None) -> bool:
@@ -199,6 +193,7 @@ class Hold:
         self._again = False
         self._task: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
+        self._closed = False
 
     def stale(self) -> list[str]:
         """What the paths no longer name: `directory`, `lock file`, `instance` (blocking)."""
@@ -220,6 +215,9 @@ class Hold:
         if "directory" in stale or "lock file" in stale:
             held = _hold_shared(self.directory, wait, self._log)
             if held is None:
+                return False
+            if self._closed:  # the host stopped meanwhile: nothing may stay held
+                release(held)
                 return False
             release(self.shared)
             self.shared = held
@@ -288,6 +286,7 @@ class Hold:
                 )
 
     def close(self) -> None:
+        self._closed = True
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None

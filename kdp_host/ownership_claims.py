@@ -12,16 +12,14 @@ advertised once too. A directory holds everything below its real path (`ancestor
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Protocol
 
 from .devices import Device, DeviceMount
-from .identity import DIRECTORY, UNRESOLVABLE, PathReach, identity_of, names_it
-from .rules import device_path_problem
+from .identity import DIRECTORY, PathReach, identity_of, names_it
 
 ClaimKey = tuple[str, int | str]
 """What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f', inode)), ('path',
@@ -46,28 +44,11 @@ def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
     (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
     path is kept as it is (no copy per claim).
     """
-    found = _stat_real(path, real_dirs)
+    found = stat_real(path, real_dirs)
     return None if found is None else (identity_of(found[0]), found[1])
 
 
-def checked_reach(
-    path: str, real_dirs: dict[str, str] | None = None
-) -> Reached | Literal["unresolvable"] | None:
-    """`reach` for a device's claim, whose real path is the device's one canonical host path
-    (`canonical`: what every consumer hands out): the real path must name what the path
-    reaches (`identity.names_it`, one stat more, only where it is not the text), else
-    UNRESOLVABLE (a magic link such as `/proc/<pid>/root/...`: the device is left out), as
-    is a real path that `{hostPaths}` could not list (`rules.device_path_problem`)."""
-    found = _stat_real(path, real_dirs)
-    if found is None:
-        return None
-    st, real = found
-    if real != path and (not names_it(st, real) or device_path_problem(real)):
-        return UNRESOLVABLE
-    return identity_of(st), real
-
-
-def _stat_real(path: str, real_dirs: dict[str, str] | None) -> tuple[os.stat_result, str] | None:
+def stat_real(path: str, real_dirs: dict[str, str] | None) -> tuple[os.stat_result, str] | None:
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
@@ -188,16 +169,34 @@ Claim = tuple[ClaimKey, str, str]
 """A claim, the host path it was made through and its real path."""
 
 
+class Claims(Protocol):
+    """What one device claims, with the host path each claim came from (one of these is
+    kept per device of the host): a `ClaimSet`, or the common device's `OneClaim`."""
+
+    @property
+    def exclusive(self) -> tuple[Claim, ...]: ...
+
+    @property
+    def shared(self) -> tuple[Claim, ...]: ...
+
+    def exclusive_keys(self) -> frozenset[ClaimKey]: ...
+
+    def shared_keys(self) -> frozenset[ClaimKey]: ...
+
+    def all(self) -> tuple[Claim, ...]: ...
+
+    @property
+    def renamed(self) -> tuple[tuple[str, str], ...]:
+        """(host path, real path) of its paths that are not their real path (`canonical`)."""
+
+
 @dataclass(frozen=True, slots=True)
-class Claims:
-    """What one device claims, with the host path each claim came from (tuples, not dicts:
-    one of these is kept per device of the host)."""
+class ClaimSet:
+    """Claims of any number (tuples, not dicts)."""
 
     exclusive: tuple[Claim, ...]
     shared: tuple[Claim, ...] = ()
     renamed: tuple[tuple[str, str], ...] = ()
-    """(host path, its real path) for each host path of the device whose real path is not
-    its text (a link, a path below a linked directory): `canonical` (usually empty)."""
 
     def exclusive_keys(self) -> frozenset[ClaimKey]:
         return frozenset(claim[0] for claim in self.exclusive)
@@ -209,27 +208,31 @@ class Claims:
         return self.exclusive + self.shared if self.shared else self.exclusive
 
 
-def canonical(device: Device, claims: Claims) -> Device:
-    """The device with each node's and mount's host path replaced by the real path its claim
-    resolved (`checked_reach`): the one host path every consumer takes (the Allocate answer,
-    the CDI spec, the hooks' `{hostPaths}`), so a link re-pointed later changes nothing
-    handed out until the index claims it anew. Container paths stay as given; a device
-    without such a path is itself (no copy)."""
-    if not claims.renamed:
-        return device
-    real = dict(claims.renamed)
-    nodes = tuple(
-        dataclasses.replace(n, host_path=real[n.host_path]) if n.host_path in real else n
-        for n in device.nodes
-    )
-    mounts = tuple(
-        dataclasses.replace(m, host_path=real[m.host_path]) if m.host_path in real else m
-        for m in device.mounts
-    )
-    d = device
-    return Device(
-        d.id, d.healthy, nodes, d.numa, d.env, mounts, d.annotations, d.path, d.sysfs_path
-    )
+class OneClaim(tuple[ClaimKey, str, str]):
+    """The claims of a device with one exclusive claim and no other (the common one-node
+    device): that claim itself, one object per device instead of a ClaimSet, a tuple and
+    the claim (9 MiB less at 100,000 devices)."""
+
+    __slots__ = ()
+    renamed: tuple[tuple[str, str], ...] = ()
+    """(Its path is its real path: else the device's claims are a ClaimSet.)"""
+
+    @property
+    def exclusive(self) -> tuple[Claim, ...]:
+        return (self,)
+
+    @property
+    def shared(self) -> tuple[Claim, ...]:
+        return ()
+
+    def exclusive_keys(self) -> frozenset[ClaimKey]:
+        return frozenset((self[0],))
+
+    def shared_keys(self) -> frozenset[ClaimKey]:
+        return frozenset()
+
+    def all(self) -> tuple[Claim, ...]:
+        return (self,)
 
 
 def claim_of(path: str, resolve: Resolver) -> Claim:
@@ -283,8 +286,8 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
     ):
         claim = claim_of(path, resolve)  # the common one-node device: no dicts
         if claim[2] == path or claim[0][0] == NOTHING:
-            return Claims((claim,))
-        return Claims((claim,), (), ((path, claim[2]),))
+            return OneClaim(claim)
+        return ClaimSet((claim,), (), ((path, claim[2]),))
     exclusive: dict[ClaimKey, Claim] = {}
     shared: dict[ClaimKey, Claim] = {}
     made: list[Claim] = []
@@ -298,12 +301,11 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
         shared.pop(key, None)
     if sysfs is not None:
         exclusive.setdefault((SYSFS, sysfs), ((SYSFS, sysfs), sysfs, sysfs))
-    return Claims(tuple(exclusive.values()), tuple(shared.values()), _renamed(made))
+    return ClaimSet(tuple(exclusive.values()), tuple(shared.values()), _renamed(made))
 
 
 def _renamed(claims: Iterable[Claim]) -> tuple[tuple[str, str], ...]:
-    """(host path, real path) of the claims whose real path is not their text (a path where
-    nothing is keeps its text: nothing names it yet)."""
+    """(host path, real path) of the claims not made by their real path (nothing there: text)."""
     found = {(path, real) for key, path, real in claims if real != path and key[0] != NOTHING}
     return tuple(sorted(found))
 

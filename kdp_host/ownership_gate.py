@@ -26,7 +26,8 @@ from typing import Final
 from .devices import Device
 from .files import Offload
 from .metrics import Metrics
-from .ownership_claims import Claims, Resolver, canonical
+from .ownership_canonical import canonical
+from .ownership_claims import Claims, Resolver
 from .ownership_resolve import Resolving
 from .ownership_table import Pace, ResourceState
 
@@ -131,7 +132,7 @@ class AdmissionGate(Resolving):
         self, state: ResourceState, admitted: Mapping[str, Device]
     ) -> Mapping[str, Device]:
         """What the table gets: the admitted devices, each with the real paths its claims
-        resolved (`ownership_claims.canonical`; the same mapping when none has a path that is
+        resolved (`ownership_canonical.canonical`; the same mapping when none has a path that is
         not its real path). A device is made again only when it or its claims changed (an
         unchanged one keeps its entry: ListAndWatch writes no entry it wrote already)."""
         if not state.renamed:

@@ -26,13 +26,13 @@ from .files import Offload
 from .identity import UNRESOLVABLE
 from .metrics import Metrics
 from .ownership_admission import Admission
+from .ownership_canonical import checked_reach
 from .ownership_claims import (
     ClaimKey,
     Reached,
     Resolver,
     ancestors,
     below,
-    checked_reach,
     host_paths,
     places,
     still_reaches,
@@ -63,13 +63,13 @@ QUEUED_LIMIT: Final = 30.0
 """Seconds a batch may wait for a worker (every one busy) before it is given up."""
 
 NOT_NAMED: Final = "its real path is not what it reaches (a magic link), or holds ','"
-"""Why a device path is UNRESOLVABLE (`ownership_claims.checked_reach`), as logged."""
+"""Why a device path is UNRESOLVABLE (`ownership_canonical.checked_reach`), as logged."""
 HUNG: Final = "hung"
 Resolution = Reached | None | Literal["hung", "unresolvable"]
 """What a path reaches, None (nothing there), HUNG (no answer in time) or UNRESOLVABLE (its
-real path does not name what it reaches: `ownership_claims.checked_reach`)."""
+real path does not name what it reaches: `ownership_canonical.checked_reach`)."""
 PathResolve = Callable[[str], Reached | Literal["unresolvable"] | None]
-"""What resolves a path (`ownership_claims.checked_reach`; a test's `Resolver`)."""
+"""What resolves a path (`ownership_canonical.checked_reach`; a test's `Resolver`)."""
 
 
 @dataclass

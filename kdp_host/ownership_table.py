@@ -82,7 +82,7 @@ class ResourceState:
     """Advertised ID -> what it claims in the index."""
     renamed: set[str] = field(default_factory=set)
     """Advertised IDs of `owned` with a host path that is not its real path (`Claims.renamed`:
-    the device is advertised with its real paths, `ownership_claims.canonical`)."""
+    the device is advertised with its real paths, `ownership_canonical.canonical`)."""
     lingering: dict[ClaimKey, tuple[float, Claim]] = field(default_factory=dict)
     """Exclusive claims of devices no longer advertised, kept while the node is there (or a
     pod may hold them), with the time (index clock) they stopped being advertised and the

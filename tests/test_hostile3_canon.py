@@ -12,12 +12,8 @@ from pathlib import Path
 from kdp_host.cdi import spec_file_name
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.identity import UNRESOLVABLE
-from kdp_host.ownership_claims import (
-    canonical,
-    checked_reach,
-    device_claims,
-    reach,
-)
+from kdp_host.ownership_canonical import canonical, checked_reach
+from kdp_host.ownership_claims import device_claims, reach
 
 from .conftest import script, wait_until
 from .kubelet_harness import healthy

@@ -68,19 +68,29 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .devices import Device, advertises
+from .devices import Device, advertises, physical_id
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
 from .ownership_bookings import Saved, what_releases
-from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
+from .ownership_claims import (
+    SYSFS,
+    Claim,
+    Claims,
+    Owner,
+    Reached,
+    Resolver,
+    host_paths,
+    places,
+)
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
 
 if TYPE_CHECKING:
+    from .kubelet_checkpoint import HandedClaims
     from .podresources import Holdings
     from .watch import Watcher
 
@@ -291,6 +301,22 @@ class OwnershipIndex(BookingAllocations):
             self._wake_waiting("")
         if released or adoption.stale:
             self._drain()
+
+    def take_handed(
+        self, handed: Iterable[HandedClaims], replicas: Mapping[str, int]
+    ) -> list[tuple[Owner, tuple[Claim, ...]]]:
+        """What the kubelet kept of its pods' answers (`kubelet_checkpoint`, read at start
+        before any resource publishes): booked (`Ledger.take_handed`; `replicas` by
+        resource name tell an ID's device) and written; returns each booking made or
+        widened, with the claims it gained."""
+
+        def device(owner: Owner) -> str:
+            return physical_id(owner.device, replicas.get(owner.resource, 1))
+
+        gained = self._ledger.take_handed(handed, device, self._clock())
+        if gained:
+            self._ledger.changed()
+        return gained
 
     def take_in(self, saved: Saved | None, running: Collection[str]) -> None:
         """`ownership.json` as read now, while hosts `running` share the state directory

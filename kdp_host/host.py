@@ -23,7 +23,6 @@ from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
-from .kubelet_checkpoint import book_handed
 from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
@@ -152,11 +151,8 @@ class Host:
         state_dir, instance = self.config.state_dir, self.instance_id
         release_state = ReleaseStateStore(state_dir, self.log, self.offload)
         await self.offload.run(release_state.load)
-        # bookings: read back before any resource publishes, shared by hosts on stateDir
         sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
-        # and what the kubelet's checkpoint says its pods were handed (bookings lost)
-        replicas = {r.name: r.replicas for r in self.selection.config.resources}
-        await book_handed(self.ownership, socket_dir, replicas, self.offload, self.log)
+        await self.ownership.book_handed(self.selection.config, self.offload, self.log)
         sync.follow(watcher, safety_net := SafetyNet(self.offload))
         commands = ProcessRunner()
         if not commands.dies_with_host:

@@ -8,7 +8,7 @@ made from that answer, and a restarted container gets the same answer again, so 
 paths are what the pod holds, whatever the IDs mean now.
 
 kdp-host reads it at start (`read_handed`, off the loop) to book those host paths when its
-own bookings were lost (`Ledger.take_handed`): a probe that renamed its IDs while kdp-host
+own bookings were lost (`take_handed`): a probe that renamed its IDs while kdp-host
 was down then cannot make the node a pod holds go out under another ID. The file is the
 kubelet's, not an API: anything missing, unreadable, of another shape, or with a checksum
 that does not match is a `CheckpointError` (the caller logs it and goes on without it).
@@ -29,12 +29,16 @@ import json
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .api.v1beta1 import ContainerAllocateResponse
 from .files import Offload
 from .logs import EventLogger
 from .ownership_claims import Claim, Owner, Resolver, claim_of, reach
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .ownership_bookings import Ledger
 
 CHECKPOINT_FILE: Final = "kubelet_internal_checkpoint"
 READ_TIMEOUT: Final = 10.0
@@ -68,12 +72,45 @@ class HandedClaims:
     claims: tuple[Claim, ...]
 
 
+Gained = list[tuple[Owner, tuple[Claim, ...]]]
+"""Bookings made or widened, each with the claims it gained."""
+
+
 class HandedBookings(Protocol):
     """Where what the kubelet handed out is booked (`OwnershipIndex.take_handed`)."""
 
-    def take_handed(
-        self, handed: Iterable[HandedClaims], replicas: Mapping[str, int]
-    ) -> list[tuple[Owner, tuple[Claim, ...]]]: ...
+    def take_handed(self, handed: Iterable[HandedClaims]) -> Gained: ...
+
+
+def take_handed(ledger: Ledger, handed: Iterable[HandedClaims], now: float) -> Gained:
+    """Book what the kubelet kept of its pods' answers (read at start, before any resource
+    publishes): the claims of every host path a container was handed, as places of each of
+    its IDs (shared by them: `Booking.group`), so no device reaching one is advertised under
+    another ID while the pod may hold it, whatever the IDs mean now (each is booked as its
+    own device: which device it is now is not known). A booking kept in the file is widened
+    by the handed claims it lacks; an ID another running host has booked is left to it. An
+    answer that named devices by CDI name is left to PodResources (`ownership_adopt`): the
+    nodes those names stood for are not in it."""
+    gained: Gained = []
+    for entry in handed:
+        ids, claims = entry.handed.ids, entry.claims
+        if entry.handed.cdi_names or not claims:
+            continue
+        group = ids if len(ids) > 1 else ()
+        for kubelet_id in ids:
+            owner = Owner(entry.handed.resource, kubelet_id)
+            before = ledger.bookings.get(owner)
+            if before is None and owner not in ledger.foreign_owners:
+                ledger.record(owner, kubelet_id, (), now, claims, group)
+                gained.append((owner, claims))
+            elif before is not None:
+                kept = {claim[0] for claim in (*before.claims, *before.places)}
+                missing = tuple(claim for claim in claims if claim[0] not in kept)
+                places = before.places + missing
+                ledger.record(owner, before.device, before.claims, now, places, group)
+                if missing:
+                    gained.append((owner, missing))
+    return gained
 
 
 WITHOUT_CHECKPOINT: Final = (
@@ -83,17 +120,15 @@ WITHOUT_CHECKPOINT: Final = (
 
 
 async def book_handed(
-    index: HandedBookings,
-    directory: str,
-    replicas: Mapping[str, int],
-    offload: Offload,
-    log: EventLogger,
+    index: HandedBookings, config: Config, offload: Offload, log: EventLogger
 ) -> None:
-    """At start, before any resource publishes: book what `<directory>`'s checkpoint says
-    the pods of `replicas`' resources were handed (read off the loop, once). A missing,
-    unreadable or bad checkpoint is logged, and the start goes on without it."""
+    """At start, before any resource publishes: book what the checkpoint in the kubelet's
+    device-plugin directory says the pods of `config`'s resources were handed (read off the
+    loop, once). A missing, unreadable or bad checkpoint is logged, and the start goes on
+    without it."""
+    directory = config.kubelet.socket_dir
     path = os.path.join(directory, CHECKPOINT_FILE)
-    work = functools.partial(read_handed, directory, replicas)
+    work = functools.partial(read_handed, directory, [r.name for r in config.resources])
     try:
         handed = await asyncio.wait_for(offload.run(work), READ_TIMEOUT)
     except TimeoutError:
@@ -112,7 +147,7 @@ async def book_handed(
     if handed is None:
         log.info("kubelet_checkpoint_absent", path=path)
         return
-    for owner, claims in index.take_handed(handed, replicas):
+    for owner, claims in index.take_handed(handed):
         log.bind(resource=owner.resource).info(
             "kubelet_checkpoint_booked",
             device=owner.device,

@@ -51,8 +51,10 @@ Rules:
   ID, or is replaced when the kubelet allocates the same ID again. With PodResources
   polling off nothing can show the pod ended: a booking then lives until the ID is
   allocated again, or until it is dropped with `kdp-host unbook` while kdp-host is stopped;
-  a device it holds says so in its `device_held` line. An ID a pod holds with no booking
-  (admitted before bookings were kept, or the file was lost) is booked (`ownership_adopt`).
+  a device it holds says so in its `device_held` line. When the file was lost, what the
+  kubelet's checkpoint says each pod was handed is booked at start (`kubelet_checkpoint`);
+  an ID a pod holds with no booking still (admitted before bookings were kept, an answer with
+  CDI names) is booked from PodResources (`ownership_adopt`).
   Hosts on one state directory (a rolling update) share the file: another host's bookings
   hold what they reach as this host's own do, from the moment it writes them (`take_in`,
   `ownership_sync`).
@@ -68,29 +70,21 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .devices import Device, advertises, physical_id
+from .devices import Device, advertises
 from .files import Offload
+from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
 from .ownership_bookings import Saved, what_releases
-from .ownership_claims import (
-    SYSFS,
-    Claim,
-    Claims,
-    Owner,
-    Reached,
-    Resolver,
-    host_paths,
-    places,
-)
+from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
 
 if TYPE_CHECKING:
-    from .kubelet_checkpoint import HandedClaims
+    from .config import Config
     from .podresources import Holdings
     from .watch import Watcher
 
@@ -302,18 +296,15 @@ class OwnershipIndex(BookingAllocations):
         if released or adoption.stale:
             self._drain()
 
-    def take_handed(
-        self, handed: Iterable[HandedClaims], replicas: Mapping[str, int]
-    ) -> list[tuple[Owner, tuple[Claim, ...]]]:
-        """What the kubelet kept of its pods' answers (`kubelet_checkpoint`, read at start
-        before any resource publishes): booked (`Ledger.take_handed`; `replicas` by
-        resource name tell an ID's device) and written; returns each booking made or
-        widened, with the claims it gained."""
+    async def book_handed(self, config: Config, offload: Offload, log: EventLogger) -> None:
+        """At start, after `ownership.json` was read back, before any resource publishes:
+        book what the kubelet's checkpoint says the pods were handed (`book_handed`)."""
+        await book_handed(self, config, offload, log)
 
-        def device(owner: Owner) -> str:
-            return physical_id(owner.device, replicas.get(owner.resource, 1))
-
-        gained = self._ledger.take_handed(handed, device, self._clock())
+    def take_handed(self, handed: Iterable[HandedClaims]) -> Gained:
+        """What the kubelet kept of its pods' answers, read at start before any resource
+        publishes: booked (`kubelet_checkpoint.take_handed`) and written."""
+        gained = take_handed(self._ledger, handed, self._clock())
         if gained:
             self._ledger.changed()
         return gained

@@ -2,8 +2,10 @@
 
 A pod admitted before kdp-host kept bookings (an upgrade from a version without
 `ownership.json`), or whose booking was lost with the state directory (deleted, or a file
-that did not parse and was set aside), holds a device the index does not know is booked: a
-reload or a restart that renames the device would advertise its node again under a new ID.
+that did not parse and was set aside) and not booked again at start from the kubelet's
+checkpoint (`kubelet_checkpoint`: none, or an answer with CDI names), holds a device the
+index does not know is booked: a reload or a restart that renames the device would
+advertise its node again under a new ID.
 So each PodResources answer is also read the other way round (`Adoption.book_held`): an ID
 of one of the host's resources that a pod holds and no booking holds is booked with the
 claims its device has now (advertised, or lingering since it stopped being advertised), as

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .devices import advertises, replica_ids
 from .files import Offload
@@ -45,9 +45,6 @@ from .ownership_claims import (
     reach,
 )
 from .state_file import Merge, StateFile
-
-if TYPE_CHECKING:
-    from .kubelet_checkpoint import HandedClaims
 
 OWNERSHIP_FILE = "ownership.json"
 OWNERSHIP_VERSION = 1
@@ -70,8 +67,8 @@ class Booking:
     reaching one of them (the same place, below it, or a directory above it) is
     advertised while the booking lives; other allocations may share them."""
     group: tuple[str, ...] = ()
-    """The other IDs of one container's answer, when booked from what the kubelet kept of it
-    (`take_handed`): its places are theirs too, so their devices may reach them."""
+    """The IDs of one container's answer, when booked from the kubelet's checkpoint (not kept
+    in the file: read again at each start, `kubelet_checkpoint`): its places are theirs too."""
 
 
 class StateSink(Protocol):
@@ -92,7 +89,6 @@ class SavedBooking(NamedTuple):
     places: tuple[Claim, ...] = ()
     writer: str | None = None
     """The instance ID of the host that wrote it (None: no host named, one that ended)."""
-    group: tuple[str, ...] = ()
 
 
 Saved = list[SavedBooking]
@@ -161,7 +157,7 @@ class Ledger:
         on_file: Saved = []
         taken = False
         for booked in saved:
-            booking = Booking(booked.device, booked.claims, now, booked.places, booked.group)
+            booking = Booking(booked.device, booked.claims, now, booked.places)
             if booked.writer is not None and booked.writer == self.writer:
                 on_file.append(booked)
             elif booked.writer is not None and booked.writer in running:
@@ -200,37 +196,6 @@ class Ledger:
         self.add(owner, booking)
         return True
 
-    def take_handed(
-        self, handed: Iterable[HandedClaims], physical: Callable[[Owner], str], now: float
-    ) -> list[tuple[Owner, tuple[Claim, ...]]]:
-        """Book what the kubelet kept of its pods' answers (`kubelet_checkpoint`, read at
-        start, before any resource publishes): the claims of every host path a container
-        was handed, as places of each of its IDs (shared by them: `group`), so no device
-        reaching one is advertised under another ID while the pod may hold it, whatever the
-        IDs mean now. An ID this host has booked keeps its booking, widened by the handed
-        claims it lacks; one another running host has booked is left to it. Returns each
-        booking made or widened, with the claims it gained (`physical`: an ID's device)."""
-        gained: list[tuple[Owner, tuple[Claim, ...]]] = []
-        for entry in handed:
-            ids, claims = entry.handed.ids, entry.claims
-            group = ids if len(ids) > 1 else ()
-            for kubelet_id in ids:
-                owner = Owner(entry.handed.resource, kubelet_id)
-                before = self.bookings.get(owner)
-                if not claims or (before is None and owner in self.foreign_owners):
-                    continue
-                if before is None:
-                    self.record(owner, physical(owner), (), now, claims, group)
-                    gained.append((owner, claims))
-                    continue
-                kept = {claim[0] for claim in (*before.claims, *before.places)}
-                missing = tuple(claim for claim in claims if claim[0] not in kept)
-                if missing:
-                    places = before.places + missing
-                    self.record(owner, before.device, before.claims, now, places, group)
-                    gained.append((owner, missing))
-        return gained
-
     def expire(self, asked_at: float, after: float, held: Callable[[str], Collection[str]]) -> bool:
         """Drop the bookings no pod holds, by an answer asked for at `asked_at` (at least
         `after` seconds after the booking); True if one went."""
@@ -266,11 +231,8 @@ class Ledger:
         return None
 
     def _together(self, owner: Owner, ids: set[str]) -> bool:
-        """Whether `owner` was booked in one answer with one of `ids` (its places are
-        theirs too)."""
+        """Whether `owner` was booked in one answer with one of `ids` (its places too)."""
         booking = self.bookings.get(owner)
-        if booking is None:
-            booking = next((b for (_, o), b in self.foreign.items() if o == owner), None)
         return booking is not None and not ids.isdisjoint(booking.group)
 
     def _places_reached(self, key: ClaimKey, real: str) -> list[Owner]:
@@ -293,9 +255,7 @@ class Ledger:
     def document(self) -> Mapping[str, Any]:
         """This host's entries of the file."""
         return bookings_document(
-            SavedBooking(
-                owner, booking.device, booking.claims, booking.places, self.writer, booking.group
-            )
+            SavedBooking(owner, booking.device, booking.claims, booking.places, self.writer)
             for owner, booking in self.bookings.items()
         )
 
@@ -357,8 +317,7 @@ def ownership_file(
 
 def bookings_document(bookings: Iterable[SavedBooking]) -> dict[str, Any]:
     """`ownership.json`'s body: `bookings`, one entry per booked ID (`places` only where
-    its allocation handed out more than its device, `writer` where a host is named, `group`
-    where it was booked from a container's answer with other IDs)."""
+    its allocation handed out more than its device, `writer` where a host is named)."""
     entries = []
     for booked in sorted(bookings, key=lambda b: owner_order(b.owner)):
         entry: dict[str, Any] = {
@@ -371,8 +330,6 @@ def bookings_document(bookings: Iterable[SavedBooking]) -> dict[str, Any]:
             entry["places"] = _claims_document(booked.places)
         if booked.writer is not None:
             entry["writer"] = booked.writer
-        if booked.group:
-            entry["group"] = list(booked.group)
         entries.append(entry)
     return {"bookings": entries}
 
@@ -398,8 +355,7 @@ def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
     number), `d`, `f` (inode) with a number, or `path`, `sysfs` (or `dir`, as older versions
     wrote) with a path; `places` (optional) read as claims are. A claim by path (`path`,
     `dir`: an older version claimed every file and directory so) is what that path is now,
-    if anything is there (`resolve`). `writer` (optional) text; `group` (optional) a list of
-    IDs."""
+    if anything is there (`resolve`). `writer` (optional) text."""
     saved: Saved = []
     for entry in document["bookings"]:
         texts = [entry[name] for name in ("resource", "id", "device")]
@@ -410,13 +366,9 @@ def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
         writer = entry.get("writer")
         if writer is not None and not (isinstance(writer, str) and writer):
             raise TypeError(f"a booking's writer must be text: {entry!r}")
-        group = entry.get("group", [])
-        if not (isinstance(group, list) and all(isinstance(i, str) and i for i in group)):
-            raise TypeError(f"a booking's group must be a list of IDs: {entry!r}")
         claims = _read_claims(entry["claims"], resolve)
         places = _read_claims(entry.get("places", []), resolve)
-        owner = Owner(texts[0], texts[1])
-        saved.append(SavedBooking(owner, texts[2], claims, places, writer, tuple(group)))
+        saved.append(SavedBooking(Owner(texts[0], texts[1]), texts[2], claims, places, writer))
     return saved
 
 

@@ -147,7 +147,7 @@ class ClaimTable(abc.ABC):
         booking holds it; those of other hosts `running` stay theirs (`Ledger.take_in`)."""
         now, self._ledger.writer = self._clock(), writer or None
         self._ledger.take_in(saved or [], running, now)
-        for owner, device, claims, *_ in saved or ():
+        for owner, device, claims, _, _ in saved or ():
             state = self._state(owner.resource)
             if state.publish is None:
                 state.retired = True  # until a runtime of it attaches

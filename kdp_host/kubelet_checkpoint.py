@@ -27,6 +27,7 @@ import binascii
 import functools
 import json
 import os
+import stat
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -163,26 +164,35 @@ def read_handed(
     through the offload). Raises CheckpointError."""
     path = os.path.join(directory, CHECKPOINT_FILE)
     try:
-        with open(path, "rb") as file:
-            blob = file.read(MAX_CHECKPOINT_BYTES + 1)
+        # (non-blocking: a FIFO put there does not hang the start)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise CheckpointError(f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError("is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            blob = file.read(MAX_CHECKPOINT_BYTES + 1)
+    except OSError as exc:
+        raise CheckpointError(f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     if len(blob) > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"is larger than {MAX_CHECKPOINT_BYTES} bytes")
-    wanted = set(resources)
     out = []
-    for handed in parse_checkpoint(blob):
-        if handed.resource in wanted:
-            claims = tuple(claim_of(p, resolve) for p in handed.paths)
-            out.append(HandedClaims(handed, claims))
+    for handed in parse_checkpoint(blob, set(resources)):
+        claims = tuple(claim_of(p, resolve) for p in handed.paths)
+        out.append(HandedClaims(handed, claims))
     return out
 
 
-def parse_checkpoint(blob: bytes) -> list[Handed]:
-    """Every allocation of a checkpoint, checked (shape, checksum, answers). Raises
-    CheckpointError."""
+def parse_checkpoint(blob: bytes, resources: Collection[str] | None = None) -> list[Handed]:
+    """The allocations of `resources` (None: all) in a checkpoint, checked: its shape, the
+    kubelet's checksum, each answer. A checkpoint with none of them is not checked further
+    (the checksum costs about 0.2 µs per byte of its rendering: what nothing is booked from
+    is not paid for). Raises CheckpointError."""
     try:
         document = json.loads(blob)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -196,23 +206,28 @@ def parse_checkpoint(blob: bytes) -> list[Handed]:
     entries = data.get("PodDeviceEntries")
     if entries is not None and not isinstance(entries, list):
         raise CheckpointError("PodDeviceEntries is not a list")
+    for entry in entries or ():
+        _check(entry)
+    wanted = [e for e in entries or () if resources is None or e["ResourceName"] in resources]
+    if not wanted:
+        return []
     registered = data.get("RegisteredDevices")
     if registered is not None and not _ids_by(registered, _text):
         raise CheckpointError("RegisteredDevices is not a map of ID lists")
-    handed = [_entry(entry) for entry in entries or ()]
     actual = checksum(data)
     if actual != expected:
         raise CheckpointError(
             f"checksum {expected} does not match its data ({actual}): written in part, or "
             "changed by hand"
         )
-    return handed
+    return [_handed(entry) for entry in wanted]
 
 
-def _entry(entry: Any) -> Handed:
+def _check(entry: Any) -> None:
+    """An entry has the kubelet's shape (its answer is decoded only when wanted)."""
     if not isinstance(entry, dict):
         raise CheckpointError(f"an entry is not an object: {entry!r:.80}")
-    texts = [entry.get(name, "") for name in ("PodUID", "ContainerName", "ResourceName")]
+    texts = [entry.setdefault(name, "") for name in ("PodUID", "ContainerName", "ResourceName")]
     if not all(isinstance(text, str) for text in texts):
         raise CheckpointError(f"an entry's PodUID, ContainerName, ResourceName: {entry!r:.120}")
     by_numa = entry.get("DeviceIDs")
@@ -220,18 +235,23 @@ def _entry(entry: Any) -> Handed:
         raise CheckpointError("an entry's DeviceIDs is a list (the format before Kubernetes 1.20)")
     if by_numa is not None and not _ids_by(by_numa, _int64):
         raise CheckpointError(f"an entry's DeviceIDs is not a map of ID lists: {by_numa!r:.80}")
-    raw = _answer_bytes(entry.get("AllocResp"))
+    _answer_bytes(entry.get("AllocResp"))
+
+
+def _handed(entry: dict[str, Any]) -> Handed:
+    """A checked entry, its answer decoded."""
     try:
-        answer = ContainerAllocateResponse.parse(raw or b"")
+        answer = ContainerAllocateResponse.parse(_answer_bytes(entry.get("AllocResp")) or b"")
     except Exception as exc:  # (betterproto2 raises several kinds on bad bytes)
         raise CheckpointError(
             f"an entry's AllocResp is no ContainerAllocateResponse ({exc})"
         ) from None
-    ids = sorted({i for listed in (by_numa or {}).values() for i in listed or ()})
+    by_numa = entry.get("DeviceIDs") or {}
+    ids = sorted({i for listed in by_numa.values() for i in listed or ()})
     paths = [spec.host_path for spec in answer.devices]
     paths += [mount.host_path for mount in answer.mounts]
     names = tuple(device.name for device in answer.cdi_devices)
-    return Handed(texts[2], tuple(ids), tuple(p for p in paths if p), names)
+    return Handed(entry["ResourceName"], tuple(ids), tuple(p for p in paths if p), names)
 
 
 def _answer_bytes(value: Any) -> bytes | None:

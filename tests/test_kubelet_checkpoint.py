@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,20 @@ def test_read_handed_resolves_the_paths_of_served_resources_only(tmp_path: Path)
     assert read_handed(str(tmp_path), ["other.io/x"], nodes) == []
     (tmp_path / CHECKPOINT_FILE).unlink()
     (tmp_path / CHECKPOINT_FILE).mkdir()
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="not a regular file"):
         read_handed(str(tmp_path), [A], nodes)
+    (tmp_path / CHECKPOINT_FILE).rmdir()
+    os.mkfifo(tmp_path / CHECKPOINT_FILE)  # (a blocking open would wait for a writer)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        read_handed(str(tmp_path), [A], nodes)
+
+
+def test_a_checkpoint_without_entries_of_the_hosts_resources_is_not_checked_further() -> None:
+    """Nothing is booked from it: its checksum is not computed (that costs 0.2 µs a byte)."""
+    blob = mangled("stub_envs", lambda d: d.update(Checksum=1))
+    assert parse_checkpoint(blob, {A}) == []
+    with pytest.raises(CheckpointError, match="checksum"):
+        parse_checkpoint(blob, {"st.example/x"})
 
 
 def config(socket_dir: Path) -> Config:

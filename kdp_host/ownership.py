@@ -72,7 +72,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from .devices import Device, advertises
 from .files import Offload
-from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption
@@ -84,7 +83,6 @@ from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
 
 if TYPE_CHECKING:
-    from .config import Config
     from .podresources import Holdings
     from .watch import Watcher
 
@@ -302,19 +300,6 @@ class OwnershipIndex(BookingAllocations):
             self._wake_waiting("")
         if released or adoption.stale:
             self._drain()
-
-    async def book_handed(self, config: Config, offload: Offload, log: EventLogger) -> None:
-        """At start, after `ownership.json` was read back, before any resource publishes:
-        book what the kubelet's checkpoint says the pods were handed (`book_handed`)."""
-        await book_handed(self, config, offload, log)
-
-    def take_handed(self, handed: Iterable[HandedClaims]) -> Gained:
-        """What the kubelet kept of its pods' answers, read at start before any resource
-        publishes: booked (`kubelet_checkpoint.take_handed`) and written."""
-        gained = take_handed(self._ledger, handed, self._clock())
-        if gained:
-            self._ledger.changed()
-        return gained
 
     def take_in(self, saved: Saved | None, running: Collection[str]) -> None:
         """`ownership.json` as read now, while hosts `running` share the state directory

@@ -102,15 +102,18 @@ def take_handed(ledger: Ledger, handed: Iterable[HandedClaims], now: float) -> G
             owner = Owner(entry.handed.resource, kubelet_id)
             before = ledger.bookings.get(owner)
             if before is None and owner not in ledger.foreign_owners:
-                ledger.record(owner, kubelet_id, (), now, claims, group)
+                ledger.record(owner, kubelet_id, (), now, claims)
                 gained.append((owner, claims))
             elif before is not None:
                 kept = {claim[0] for claim in (*before.claims, *before.places)}
                 missing = tuple(claim for claim in claims if claim[0] not in kept)
                 places = before.places + missing
-                ledger.record(owner, before.device, before.claims, now, places, group)
+                ledger.record(owner, before.device, before.claims, now, places)
                 if missing:
                     gained.append((owner, missing))
+            else:
+                continue
+            ledger.bookings[owner].group = group
     return gained
 
 

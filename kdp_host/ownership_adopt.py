@@ -43,6 +43,21 @@ WITHOUT_POD_RESOURCES = (
 )
 
 
+def what_releases(reason: str, pod_resources: bool) -> str:
+    """What ends the holding of a device held for `reason` (its `device_held` line's
+    `action`), with PodResources polling on or off."""
+    if reason != "booked":
+        return "not advertised until the owner is gone"
+    if pod_resources:
+        return "not advertised until PodResources shows no pod holding the booked ID"
+    return (
+        "not advertised while the booking lives: PodResources polling is off "
+        "(kubelet.podResourcesInterval: 0s), so nothing shows its pod ended; it ends when "
+        "the kubelet allocates the booked ID again, or with `kdp-host unbook` run while "
+        "kdp-host is stopped"
+    )
+
+
 class DeviceClaims:
     """The exclusive claims of a resource's devices now: advertised, or lingering (the device
     stopped being advertised); the lingering ones are sorted by device on first need, once

@@ -67,8 +67,7 @@ class Booking:
     reaching one of them (the same place, below it, or a directory above it) is
     advertised while the booking lives; other allocations may share them."""
     group: tuple[str, ...] = ()
-    """The IDs of one container's answer, when booked from the kubelet's checkpoint (not kept
-    in the file: read again at each start, `kubelet_checkpoint`): its places are theirs too."""
+    """IDs booked from one answer of the kubelet's checkpoint: its places are theirs too."""
 
 
 class StateSink(Protocol):
@@ -97,6 +96,15 @@ Counted = dict[Owner, int]
 """The bookings that hold a claim, each with how many times (its own and a foreign copy)."""
 
 
+ReleasePending = Callable[[str, str], bool]
+"""(resource, device) -> whether the device's release (`release.command`) is still due: its
+users are not seen gone, or no release has succeeded since (`ReleaseStateStore.pending`)."""
+
+
+def _none_pending(_resource: str, _device: str) -> bool:
+    return False
+
+
 class Ledger:
     """The host's bookings (one per ownership index), by booked ID and by claim."""
 
@@ -115,6 +123,7 @@ class Ledger:
         self.places: dict[str, Counted] = {}
         """Real path of a booked place -> the bookings that handed it out."""
         self.sink: StateSink | None = None
+        self.releasing: ReleasePending = _none_pending  # (see `expire`)
 
     def add(self, owner: Owner, booking: Booking) -> None:
         self.bookings[owner] = booking
@@ -181,28 +190,33 @@ class Ledger:
         claims: tuple[Claim, ...],
         now: float,
         places: tuple[Claim, ...] = (),
-        group: tuple[str, ...] = (),
     ) -> bool:
-        """Book `owner` with `claims` (and the `places` its allocation handed out besides,
-        shared with the IDs of its `group`); False when it is booked so already (only its
-        time is refreshed: nothing to write)."""
-        booking = Booking(device, claims, now, places, group)
+        """Book `owner` with `claims` (and the `places` its allocation handed out besides);
+        False when it is booked so already (only its time is refreshed: nothing to write)."""
         before = self.bookings.get(owner)
-        if before is not None and _same(before, booking):
+        if (
+            before is not None
+            and before.device == device
+            and before.claims == claims
+            and before.places == places
+        ):
             before.since = now
             return False
         if before is not None:
             self.drop(owner)
-        self.add(owner, booking)
+        self.add(owner, Booking(device, claims, now, places))
         return True
 
     def expire(self, asked_at: float, after: float, held: Callable[[str], Collection[str]]) -> bool:
         """Drop the bookings no pod holds, by an answer asked for at `asked_at` (at least
-        `after` seconds after the booking); True if one went."""
+        `after` seconds after the booking), unless their device's release is still due
+        (`releasing`: the node reaches no other pod before it is clean); True if one went."""
         gone = [
             owner
             for owner, booking in self.bookings.items()
-            if asked_at >= booking.since + after and owner.device not in held(owner.resource)
+            if asked_at >= booking.since + after
+            and owner.device not in held(owner.resource)
+            and not self.releasing(owner.resource, booking.device)
         ]
         for owner in gone:
             self.drop(owner)
@@ -266,7 +280,6 @@ def _same(one: Booking | None, other: Booking) -> bool:
         and one.device == other.device
         and one.claims == other.claims
         and one.places == other.places
-        and one.group == other.group
     )
 
 
@@ -279,21 +292,6 @@ def _count(index: dict[Any, Counted], key: object, owner: Owner, step: int) -> N
         holders.pop(owner, None)
         if not holders:
             del index[key]
-
-
-def what_releases(reason: str, pod_resources: bool) -> str:
-    """What ends the holding of a device held for `reason` (its `device_held` line's
-    `action`), with PodResources polling on or off."""
-    if reason != "booked":
-        return "not advertised until the owner is gone"
-    if pod_resources:
-        return "not advertised until PodResources shows no pod holding the booked ID"
-    return (
-        "not advertised while the booking lives: PodResources polling is off "
-        "(kubelet.podResourcesInterval: 0s), so nothing shows its pod ended; it ends when "
-        "the kubelet allocates the booked ID again, or with `kdp-host unbook` run while "
-        "kdp-host is stopped"
-    )
 
 
 def ownership_file(

@@ -30,7 +30,7 @@ from kdp_host.kubelet_checkpoint import (
 )
 from kdp_host.logs import get_logger
 from kdp_host.ownership_bookings import Ledger, read_saved
-from kdp_host.ownership_claims import Claims, Owner
+from kdp_host.ownership_claims import ClaimSet, Owner
 from kdp_host.podresources import Holdings
 
 from .test_ownership import FakeNodes, booked_ids, dev, restarted
@@ -175,8 +175,8 @@ def test_the_ids_of_one_answer_share_its_places_and_nobody_else_does() -> None:
     both = [handed(("s0", "s1"), "/dev/a", "/dev/b", nodes=nodes)]
     gained = take_handed(ledger, both, 0.0)
     assert [owner.device for owner, _ in gained] == ["s0", "s1"]
-    a = Claims(((("c", 1), "/dev/a", "/dev/a"),))
-    b = Claims(((("c", 2), "/dev/b", "/dev/b"),))
+    a = ClaimSet(((("c", 1), "/dev/a", "/dev/a"),))
+    b = ClaimSet(((("c", 2), "/dev/b", "/dev/b"),))
     assert ledger.conflict(A, "s0", 1, a) is None
     assert ledger.conflict(A, "s1", 1, a) is None, "a swap inside one answer is one pod's"
     assert ledger.conflict(A, "s1", 1, b) is None

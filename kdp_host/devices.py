@@ -63,10 +63,8 @@ class Device:
     """One physical device as its driver found it.
 
     A device whose only node is its own `path`, the same inside the container (most glob
-    devices), keeps no DeviceNode: `nodes` derives it on use. With 100,000 devices in one
-    process that saves ~10 MB; the constructor takes and `nodes` returns the same thing
-    either way.
-    """
+    devices), keeps no DeviceNode: `nodes` derives it on use (~10 MB saved with 100,000
+    devices); the constructor takes and `nodes` returns the same thing either way."""
 
     id: str
     healthy: bool
@@ -138,9 +136,13 @@ class Device:
     def with_health(self, healthy: bool) -> Device:
         return self._copy(self.id, healthy)
 
-    def with_id(self, device_id: str) -> Device:
-        """The same device under another ID (the one the kubelet knows it by)."""
-        return self._copy(device_id, self.healthy)
+    def with_id(self, device_id: str, known: Device | None = None) -> Device:
+        """The same device under another ID (the kubelet's); `known` if it is that already."""
+        s, k = self, known
+        if k is None or k.id != device_id or not k.same_places(s):
+            return self._copy(device_id, self.healthy)
+        rest = (k.healthy, k.numa, k.env, k.annotations)
+        return k if rest == (s.healthy, s.numa, s.env, s.annotations) else s.with_id(device_id)
 
     def _copy(self, device_id: str, healthy: bool) -> Device:
         s = self
@@ -173,10 +175,8 @@ class Advertised(Protocol):
 
     @property
     def id(self) -> str: ...
-
     @property
     def device(self) -> Device: ...
-
     @property
     def healthy(self) -> bool: ...
 

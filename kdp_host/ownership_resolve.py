@@ -34,7 +34,8 @@ from .ownership_claims import (
     reach,
     still_reaches,
 )
-from .ownership_table import Pace, ResourceState
+from .ownership_table import ResourceState
+from .turns import Pace
 
 UNRESOLVED_REASON: Final = "read_timeout"
 """The `reason` of `kdp_driver_skipped_total` for a device left out because a path of it did

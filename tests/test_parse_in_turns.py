@@ -79,8 +79,7 @@ def test_the_same_entries_again_are_the_same_objects() -> None:
     assert all(a is b for a, b in zip(first, again, strict=True))
     lines = "a path=/dev/a\nb numa=1\n"
     assert all(
-        a is b
-        for a, b in zip(parse_lines(lines, recall), parse_lines(lines, recall), strict=True)
+        a is b for a, b in zip(parse_lines(lines, recall), parse_lines(lines, recall), strict=True)
     )
 
 
@@ -103,7 +102,7 @@ def test_recall_holds_only_what_the_last_output_made() -> None:
 def test_an_output_that_fails_leaves_recall_as_the_last_good_one() -> None:
     recall = Recall()
     first = parse_json(json.dumps(listing("d", 3)), recall)
-    bad = listing("d", 3) + [{"id": "x", "numa": "many"}]
+    bad = [*listing("d", 3), {"id": "x", "numa": "many"}]
     with pytest.raises(ProbeOutputError, match=r"^\[3\]: numa must be an integer"):
         parse_json(json.dumps(bad), recall)
     with pytest.raises(ProbeOutputError, match="already given"):

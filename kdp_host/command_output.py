@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 from . import rules
 from .cdi_rules import cdi_qualified_name_problem
 from .devices import Device, DeviceMount, DeviceNode
+from .files import Offload
 from .json_document import (
     NotAList,
     compact,
@@ -51,6 +52,7 @@ from .output_checks import (
     numa_from_text,
     quote,
 )
+from .recall import Recall
 from .turns import Pace, Steps, in_turns, to_the_end
 
 __all__ = [
@@ -67,6 +69,8 @@ __all__ = [
 
 ENTRIES_PER_TURN: Final = 100
 """Lines or list entries a probe's output is parsed in per turn of the event loop."""
+_WHOLE_OFF_LOOP_BYTES = 16 * 1024
+"""A JSON output with an error larger than this is read whole in a worker thread."""
 _LINE_KEYS = ("path", "numa")
 _DEVICE_KEYS = frozenset({"id", "health", "paths", "numa", "env", "mounts", "annotations"})
 _EXTRA_KEYS = frozenset({"mounts", "env", "annotations"})
@@ -78,47 +82,6 @@ in the host's ownership index (`DeviceNode.shared`), not a device of its own."""
 _EXTRAS_KEYS = frozenset({"env", "annotations", "mounts", "paths", "cdiDevices"})
 
 Format = Literal["lines", "json"]
-
-
-class Recall:
-    """What a probe's last output made (the shell driver keeps one): each entry (a line, a
-    JSON list entry) by its text, each JSON `paths` list of strings by its strings. An entry
-    printed again is the same Device object (what compares lists downstream sees it unchanged
-    by identity, and nothing is made or kept twice); a device renamed on the same paths gets
-    the same nodes. It holds what the last output that parsed made, nothing older."""
-
-    def __init__(self) -> None:
-        self._devices: dict[str, Device] = {}
-        self._nodes: dict[tuple[str, ...], tuple[DeviceNode, ...]] = {}
-        self._new_devices: dict[str, Device] = {}
-        self._new_nodes: dict[tuple[str, ...], tuple[DeviceNode, ...]] = {}
-
-    def start(self) -> None:
-        self._new_devices, self._new_nodes = {}, {}
-
-    def device(self, text: str) -> Device | None:
-        """The device the last output made of the entry `text`."""
-        return self._devices.get(text)
-
-    def nodes(self, paths: tuple[str, ...]) -> tuple[DeviceNode, ...] | None:
-        """The nodes the last output made of `paths`."""
-        return self._nodes.get(paths)
-
-    def keep(self, text: str, device: Device) -> Device:
-        """`device` is what this output made of `text`; returns it."""
-        self._new_devices[text] = device
-        return device
-
-    def keep_nodes(
-        self, paths: tuple[str, ...], nodes: tuple[DeviceNode, ...]
-    ) -> tuple[DeviceNode, ...]:
-        self._new_nodes[paths] = nodes
-        return nodes
-
-    def parsed(self) -> None:
-        """The output parsed: what it made is what the next one recalls."""
-        self._devices, self._nodes = self._new_devices, self._new_nodes
-        self.start()
 
 
 def parse_lines(data: bytes | str, recall: Recall | None = None) -> list[Device]:
@@ -188,13 +151,14 @@ def _device_from_tokens(tokens: list[str]) -> Device:
 
 def parse_json(data: bytes | str, recall: Recall | None = None) -> list[Device]:
     """Parse `json` output. Raises ProbeOutputError naming the offending line or entry."""
-    return to_the_end(_json(data, Pace(ENTRIES_PER_TURN), recall or Recall()))
+    devices = to_the_end(_json(data, Pace(ENTRIES_PER_TURN), recall or Recall()))
+    return _read_whole(data) if devices is None else devices
 
 
-def _json(data: bytes | str, pace: Pace, recall: Recall) -> Steps[list[Device]]:
-    """A device list, an entry at a time (`json_document.list_entries`); anything else,
-    and a list with an error, is read whole for the error (syntax first, then the first
-    bad entry), as `_devices_from_document` reports it."""
+def _json(data: bytes | str, pace: Pace, recall: Recall) -> Steps[list[Device] | None]:
+    """A device list, an entry at a time (`json_document.list_entries`); None for anything
+    else and for a list with an error: `_read_whole` names the error as it always did
+    (syntax first, then the first bad entry)."""
     text = decode_text(data)
     devices: list[Device] = []
     seen: set[str] = set()
@@ -206,13 +170,17 @@ def _json(data: bytes | str, pace: Pace, recall: Recall) -> Steps[list[Device]]:
             found = recall.device(entry) or _device_from_json(decode_entry(entry), recall)
             device = recall.keep(entry, found)
             if device.id in seen:
-                raise NotAList
+                return None
             seen.add(device.id)
             devices.append(device)
     except (NotAList, Invalid):
-        return _devices_from_document(load_json(text))
+        return None
     recall.parsed()
     return devices
+
+
+def _read_whole(data: bytes | str) -> list[Device]:
+    return _devices_from_document(load_json(data))
 
 
 def _devices_from_document(document: Any) -> list[Device]:
@@ -377,14 +345,19 @@ def parse_allocate_output(data: bytes | str) -> ContainerExtras:
 
 def parse_output(data: bytes | str, fmt: Format) -> list[Device]:
     """Parse probe output in either format. Raises ProbeOutputError."""
-    return to_the_end(_parse(data, fmt, Pace(ENTRIES_PER_TURN), Recall()))
+    return parse_json(data) if fmt == "json" else parse_lines(data)
 
 
-async def parse_in_turns(data: bytes, fmt: Format, recall: Recall) -> list[Device]:
+async def parse_in_turns(
+    data: bytes, fmt: Format, recall: Recall, offload: Offload
+) -> list[Device]:
     """Parse probe output on the event loop, `ENTRIES_PER_TURN` entries a turn
-    (`turns.py`), recalling what the last output made. Raises ProbeOutputError."""
-    return await in_turns(_parse(data, fmt, Pace(ENTRIES_PER_TURN), recall))
-
-
-def _parse(data: bytes | str, fmt: Format, pace: Pace, recall: Recall) -> Steps[list[Device]]:
-    return _json(data, pace, recall) if fmt == "json" else _lines(data, pace, recall)
+    (`turns.py`), recalling what the last output made; a JSON output with an error is read
+    whole for it, through `offload` when large. Raises ProbeOutputError."""
+    pace = Pace(ENTRIES_PER_TURN)
+    if fmt == "lines":
+        return await in_turns(_lines(data, pace, recall))
+    devices = await in_turns(_json(data, pace, recall))
+    if devices is None and len(data) > _WHOLE_OFF_LOOP_BYTES:
+        return await offload.run(lambda: _read_whole(data))
+    return _read_whole(data) if devices is None else devices

@@ -36,12 +36,12 @@ class Pace:
 
 def to_the_end(steps: Steps[T]) -> T:
     """Run `steps` to its end at once (no event loop to yield to)."""
-    while True:
-        try:
+    try:
+        while True:
             next(steps)
-        except StopIteration as done:
-            result: T = done.value
-            return result
+    except StopIteration as done:
+        result: T = done.value
+        return result
 
 
 async def in_turns(steps: Steps[T]) -> T:

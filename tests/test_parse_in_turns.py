@@ -24,24 +24,14 @@ from kdp_host.command_output import (
 )
 from kdp_host.devices import Device, DeviceNode
 
+from .test_ownership_places import CountingOffload
+from .test_ownership_turns import Beside
+
 N = 1000
 
 
 def listing(prefix: str, n: int = N) -> list[dict[str, Any]]:
     return [{"id": f"{prefix}{i}", "paths": [f"/dev/n{i}"]} for i in range(n)]
-
-
-class Beside:
-    """A task that counts the turns of the event loop it gets."""
-
-    def __init__(self) -> None:
-        self.turns = 0
-        self.task = asyncio.get_running_loop().create_task(self._count())
-
-    async def _count(self) -> None:
-        while True:
-            self.turns += 1
-            await asyncio.sleep(0)
 
 
 @pytest.mark.parametrize("fmt", ["json", "lines"])
@@ -50,11 +40,12 @@ async def test_a_long_output_is_parsed_in_bounded_turns_of_the_loop(fmt: str) ->
         output = json.dumps(listing("d")).encode()
     else:
         output = "".join(f"d{i} path=/dev/n{i}\n" for i in range(N)).encode()
-    beside = Beside()
+    beside, offload = Beside(), CountingOffload()
     try:
-        devices = await parse_in_turns(output, fmt, Recall())  # type: ignore[arg-type]
+        devices = await parse_in_turns(output, fmt, Recall(), offload)  # type: ignore[arg-type]
     finally:
-        beside.task.cancel()
+        beside.stop()
+    assert offload.calls == 0, "a valid output never leaves the loop"
     assert [d.id for d in devices] == [f"d{i}" for i in range(N)]
     assert devices[7] == Device("d7", nodes=(DeviceNode("/dev/n7", "/dev/n7"),))
     assert beside.turns >= N // ENTRIES_PER_TURN, "another task ran between the turns"
@@ -62,12 +53,25 @@ async def test_a_long_output_is_parsed_in_bounded_turns_of_the_loop(fmt: str) ->
 
 async def test_a_cancelled_parse_stops_at_its_turn() -> None:
     task = asyncio.get_running_loop().create_task(
-        parse_in_turns(json.dumps(listing("d")).encode(), "json", Recall())
+        parse_in_turns(json.dumps(listing("d")).encode(), "json", Recall(), CountingOffload())
     )
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_long_output_with_an_error_is_read_whole_off_the_loop() -> None:
+    """The error is named as it always was (the whole document read: syntax first), and a
+    long document is read whole in a worker thread, not on the loop."""
+    offload = CountingOffload()
+    bad = json.dumps([*listing("d"), {"id": "x", "numa": "many"}]) + "]"
+    with pytest.raises(ProbeOutputError, match="invalid JSON: Extra data"):
+        await parse_in_turns(bad.encode(), "json", Recall(), offload)
+    assert offload.calls == 1
+    with pytest.raises(ProbeOutputError, match="invalid JSON: Extra data"):
+        await parse_in_turns(b'[{"id": "a"}]]', "json", Recall(), offload)
+    assert offload.calls == 1, "a short one is read on the loop"
 
 
 def test_the_same_entries_again_are_the_same_objects() -> None:

@@ -182,6 +182,8 @@ class ShellDriver:
 
     async def _parse(self, output: bytes) -> list[Device]:
         try:
-            return await parse_in_turns(output, self._config.format, self._recall)
+            return await parse_in_turns(
+                output, self._config.format, self._recall, self._deps.offload
+            )
         except ProbeOutputError as exc:
             raise DriverError("parse", f"output does not parse: {exc}") from None

@@ -269,10 +269,8 @@ class DeviceTable:
     ) -> bool:
         """Replace the whole reported list. Returns True if what the kubelet sees changed.
         (`reached` is for the ownership index in front of a table: a table claims nothing.)
-
         A mapping (id -> device) is kept as it is, not copied: one dict per resource even
-        for very long lists. The caller must not change it afterwards.
-        """
+        for very long lists. The caller must not change it afterwards."""
         self.published.set()
         reported: Mapping[str, Device]
         if isinstance(devices, Mapping):

@@ -70,7 +70,8 @@ __all__ = [
 ENTRIES_PER_TURN: Final = 100
 """Lines or list entries a probe's output is parsed in per turn of the event loop."""
 _WHOLE_OFF_LOOP_BYTES = 16 * 1024
-"""A JSON output with an error larger than this is read whole in a worker thread."""
+"""A JSON output with an error larger than this, or any output with an entry (a line, a
+list entry) larger than this, is parsed in a worker thread."""
 _LINE_KEYS = ("path", "numa")
 _DEVICE_KEYS = frozenset({"id", "health", "paths", "numa", "env", "mounts", "annotations"})
 _EXTRA_KEYS = frozenset({"mounts", "env", "annotations"})
@@ -86,10 +87,15 @@ Format = Literal["lines", "json"]
 
 def parse_lines(data: bytes | str, recall: Recall | None = None) -> list[Device]:
     """Parse `lines` output. Raises ProbeOutputError naming the first bad line."""
-    return to_the_end(_lines(data, Pace(ENTRIES_PER_TURN), recall or Recall()))
+    devices = to_the_end(_lines(data, Pace(ENTRIES_PER_TURN), recall or Recall(), None))
+    assert devices is not None  # (no line is too long without a limit)
+    return devices
 
 
-def _lines(data: bytes | str, pace: Pace, recall: Recall) -> Steps[list[Device]]:
+def _lines(
+    data: bytes | str, pace: Pace, recall: Recall, limit: int | None
+) -> Steps[list[Device] | None]:
+    """None once a line is longer than `limit` (too large for a turn of the loop)."""
     if isinstance(data, str):
         text = data
     else:
@@ -102,6 +108,8 @@ def _lines(data: bytes | str, pace: Pace, recall: Recall) -> Steps[list[Device]]
     for lineno, line in enumerate(text.split("\n"), 1):
         if pace.due():
             yield
+        if limit is not None and len(line) > limit:
+            return None
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -132,7 +140,7 @@ def _device_from_tokens(tokens: list[str]) -> Device:
     if rest and "=" not in rest[0]:
         healthy = health_word(rest[0])
         rest = rest[1:]
-    nodes: list[DeviceNode] = []
+    nodes: dict[str, DeviceNode] = {}
     numa: int | None = None
     for token in rest:
         key, sep, value = token.partition("=")
@@ -146,7 +154,7 @@ def _device_from_tokens(tokens: list[str]) -> Device:
             numa = numa_from_text(value)
         else:
             raise Invalid(f"unknown key {quote(key)} (known: {', '.join(_LINE_KEYS)})")
-    return Device(id=device_id, healthy=healthy, nodes=tuple(nodes), numa=numa)
+    return Device(id=device_id, healthy=healthy, nodes=tuple(nodes.values()), numa=numa)
 
 
 def parse_json(data: bytes | str, recall: Recall | None = None) -> list[Device]:
@@ -157,8 +165,8 @@ def parse_json(data: bytes | str, recall: Recall | None = None) -> list[Device]:
 
 def _json(data: bytes | str, pace: Pace, recall: Recall) -> Steps[list[Device] | None]:
     """A device list, an entry at a time (`json_document.list_entries`); None for anything
-    else and for a list with an error: `_read_whole` names the error as it always did
-    (syntax first, then the first bad entry)."""
+    else, for a list with an error (`_read_whole` names it as it always did: syntax first,
+    then the first bad entry) and for one with an entry too large for a turn of the loop."""
     text = decode_text(data)
     devices: list[Device] = []
     seen: set[str] = set()
@@ -167,6 +175,8 @@ def _json(data: bytes | str, pace: Pace, recall: Recall) -> Steps[list[Device] |
         for entry in list_entries(text):
             if pace.due():
                 yield
+            if len(entry) > _WHOLE_OFF_LOOP_BYTES:  # (one turn checks a small entry at most)
+                return None
             found = recall.device(entry) or _device_from_json(decode_entry(entry), recall)
             device = recall.keep(entry, found)
             if device.id in seen:
@@ -220,7 +230,7 @@ def _devices_from_document(document: Any) -> list[Device]:
 def _nodes_from_json(value: Any, *, shared_ok: bool = False) -> list[DeviceNode]:
     """`paths`: strings (`/dev/x` or `/dev/x:/dev/y`) or {hostPath, containerPath?} objects
     (and `shared?` with `shared_ok`: a probe's device)."""
-    nodes: list[DeviceNode] = []
+    nodes: dict[str, DeviceNode] = {}
     keys = _PATH_KEYS | {_SHARED} if shared_ok else _PATH_KEYS
     for index, entry in enumerate(json_list(value, "paths")):
         what = f"paths[{index}]"
@@ -240,7 +250,7 @@ def _nodes_from_json(value: Any, *, shared_ok: bool = False) -> list[DeviceNode]
                 )
             node = DeviceNode(host, container, shared=json_flag(obj, _SHARED, what, False))
         add_node(nodes, node)
-    return nodes
+    return list(nodes.values())
 
 
 def _mounts_from_json(value: Any, *, shared_ok: bool = False) -> list[DeviceMount]:
@@ -353,10 +363,15 @@ async def parse_in_turns(
 ) -> list[Device]:
     """Parse probe output on the event loop, `ENTRIES_PER_TURN` entries a turn
     (`turns.py`), recalling what the last output made; a JSON output with an error is read
-    whole for it, through `offload` when large. Raises ProbeOutputError."""
+    whole for it (as is one with a huge entry), through `offload` when large; an output with
+    a line or entry too large for a turn is parsed through `offload`. Raises
+    ProbeOutputError."""
     pace = Pace(ENTRIES_PER_TURN)
     if fmt == "lines":
-        return await in_turns(_lines(data, pace, recall))
+        devices = await in_turns(_lines(data, pace, recall, _WHOLE_OFF_LOOP_BYTES))
+        if devices is None:
+            return await offload.run(lambda: parse_lines(data, recall))
+        return devices
     devices = await in_turns(_json(data, pace, recall))
     if devices is None and len(data) > _WHOLE_OFF_LOOP_BYTES:
         return await offload.run(lambda: _read_whole(data))

@@ -74,6 +74,42 @@ async def test_a_long_output_with_an_error_is_read_whole_off_the_loop() -> None:
     assert offload.calls == 1, "a short one is read on the loop"
 
 
+async def test_an_entry_too_large_for_a_turn_is_read_off_the_loop() -> None:
+    """One entry of ~1 MiB (a huge env) would hold the loop for its whole check: the output
+    is read whole in a worker thread instead, with the same devices."""
+    offload = CountingOffload()
+    env = {f"VAR_{i}": "x" * 20 for i in range(30_000)}
+    output = json.dumps([{"id": "big", "env": env}, *listing("d", 3)]).encode()
+    devices = await parse_in_turns(output, "json", Recall(), offload)
+    assert offload.calls == 1
+    assert [d.id for d in devices] == ["big", "d0", "d1", "d2"]
+    assert devices[0].env == env
+
+
+async def test_a_line_too_long_for_a_turn_is_parsed_off_the_loop() -> None:
+    offload = CountingOffload()
+    paths = " ".join(f"path=/dev/x{i}" for i in range(2000))
+    output = f"a\nbig {paths}\nb\n".encode()
+    devices = await parse_in_turns(output, "lines", Recall(), offload)
+    assert offload.calls == 1
+    assert [d.id for d in devices] == ["a", "big", "b"] and len(devices[1].nodes) == 2000
+
+
+@pytest.mark.parametrize("fmt", ["json", "lines"])
+def test_a_device_with_many_paths_is_checked_in_linear_time(fmt: str) -> None:
+    """Each path's container path was compared with every one before it: a 1 MiB output of
+    one device with ~70,000 paths took minutes of CPU (the test's timeout catches that)."""
+    n = 60_000
+    if fmt == "json":
+        devices = parse_json(json.dumps([{"id": "a", "paths": [f"/d/{i}" for i in range(n)]}]))
+    else:
+        devices = parse_lines("a " + " ".join(f"path=/d/{i}" for i in range(n)))
+    assert len(devices[0].nodes) == n
+    twice = [{"id": "a", "paths": ["/d/1", "/e/1:/d/1"]}]
+    with pytest.raises(ProbeOutputError, match="container path '/d/1' given twice"):
+        parse_json(json.dumps(twice))
+
+
 def test_the_same_entries_again_are_the_same_objects() -> None:
     """What compares lists downstream (the ownership index, the table, ListAndWatch) sees an
     entry printed again as unchanged by identity."""

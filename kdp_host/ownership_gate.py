@@ -29,7 +29,8 @@ from .metrics import Metrics
 from .ownership_canonical import canonical
 from .ownership_claims import Claims, Resolver
 from .ownership_resolve import Resolving
-from .ownership_table import Pace, ResourceState
+from .ownership_table import ResourceState
+from .turns import Pace, to_the_end
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ class AdmissionGate(Resolving):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop to yield to (nothing else waits): go on here
-            return _to_the_end(steps)
+            return to_the_end(steps)
         self._running = loop.create_task(
             self._turns(state, steps, state.publish), name=f"admission {state.name}"
         )
@@ -224,12 +225,3 @@ class AdmissionGate(Resolving):
             healthy = sum(1 for device in state.reported.values() if device.healthy)
             unhealthy = len(state.reported) - healthy
             state.log.info("devices_changed", healthy=healthy, unhealthy=unhealthy)
-
-
-def _to_the_end(steps: Generator[None, None, bool]) -> bool:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            changed: bool = done.value
-            return changed

@@ -37,7 +37,8 @@ from .ownership_claims import (
     places,
     still_reaches,
 )
-from .ownership_table import Pace, ResourceState
+from .ownership_table import ResourceState
+from .turns import Pace
 
 if TYPE_CHECKING:
     from .watch import Watcher

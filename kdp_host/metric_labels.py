@@ -46,8 +46,11 @@ ALLOCATE_HOOK_RESULTS: tuple[HookResult, ...] = (
 HookName = Literal["preStart", "allocate.command", "release"]
 """The config sections whose series exist only while a resource has them (`forget_hooks`)."""
 
-RELEASE_RESULTS: tuple[HookResult, ...] = ("ok", "exit", "timeout", "spawn", "output_too_large")
-"""Every `result` of a `release.command` run."""
+RELEASE_RESULTS: tuple[HookResult, ...] = (
+    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid",
+)  # fmt: skip
+"""Every `result` of a `release.command` run (`invalid`: a device neither listed nor kept
+as handed out: nothing to release, not run)."""
 PodResourcesResult = Literal["ok", "absent", "unsupported", "rate_limited", "error"]
 POD_RESOURCES_RESULTS: tuple[PodResourcesResult, ...] = get_args(PodResourcesResult)
 """Every `result` of a PodResources poll (`absent`: no socket; `unsupported`: no v1 List;

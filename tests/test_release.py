@@ -590,3 +590,42 @@ async def test_a_hung_release_is_killed_at_its_timeout_and_fails_the_start(
         "kdp_release_runs_total", {"resource": FPGA, "result": "timeout"}
     )
     assert timeouts is not None and timeouts >= 1
+
+
+async def test_a_reload_just_after_an_allocation_never_releases_under_the_pod(
+    real_kubelet_factory, start_host, short_dir: Path, devices: Path
+) -> None:
+    """hostile4 H14: p1 is allocated fpga0, then a reload restarts the resource at once. The
+    restarted resource is handed the last PodResources answer, asked before the Allocate
+    (fpga0 free): that is no news about fpga0, for the new tracker as for the old one, so no
+    release runs under p1. When p1 ends, the release runs on the paths p1 was handed."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    command = release_script(short_dir)
+    config = short_dir / "kdp.yaml"
+
+    def write(interval: str, grace: str) -> None:
+        text = host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
+                         pod_resources=pod_resources, interval=interval)  # fmt: skip
+        config.write_text(text.replace("gracePeriod: 1s", f"gracePeriod: {grace}"))
+
+    write("1h", "1m")  # one answer, at start: asked before the Allocate
+    running = await start_host(config.read_text(), config_path=config)
+    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    poller = running.host.pod_resources
+    assert poller is not None
+    await wait_until(lambda: poller.holdings is not None, what="a first PodResources answer")
+    since = await kubelet.acall(kubelet.last_seq)
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    write("1h", "2m")  # changes the resource: it is restarted
+    assert await running.host.reload_from(config) == "ok"
+    await kubelet.acall(kubelet.first_list_after_registering, FPGA, since)
+    registry = running.metrics.registry
+    assert registry.get_sample_value("kdp_releases_pending", {"resource": FPGA}) == 0
+    assert registry.get_sample_value(
+        "kdp_release_runs_total", {"resource": FPGA, "result": "ok"}
+    ) == 0, "released under the running pod p1"
+    assert release_lines(short_dir) == []
+    entries = json.loads((short_dir / "state" / STATE_FILE).read_text())["resources"][FPGA]
+    assert entries["fpga0"]["used"] == ["fpga0"] and not entries["fpga0"]["owed"]
+    assert entries["fpga0"]["handed"]["nodes"] == [[str(devices / "fpga0")] * 2]

@@ -21,6 +21,7 @@ import pytest
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.files import DaemonThreads
+from kdp_host.hooks import HookFailed
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.podresources import Holder, Holdings
@@ -629,3 +630,62 @@ async def test_a_reload_just_after_an_allocation_never_releases_under_the_pod(
     entries = json.loads((short_dir / "state" / STATE_FILE).read_text())["resources"][FPGA]
     assert entries["fpga0"]["used"] == ["fpga0"] and not entries["fpga0"]["owed"]
     assert entries["fpga0"]["handed"]["nodes"] == [[str(devices / "fpga0")] * 2]
+
+
+def _restarted(short_dir: Path, commands: _Commands, table: DeviceTable) -> ReleaseTracker:
+    """A tracker of `{ids} {hostPaths}` after kdp-host restarted: a new store read from the
+    state directory `_tracker` wrote."""
+    config = load_config_text(
+        f"kubelet: {{socketDir: {short_dir}}}\nstateDir: {short_dir}/state\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n'
+        '    release: {command: ["reset", "{ids}", "{hostPaths}"]}\n'
+    )
+    store = ReleaseStateStore(config.state_dir, get_logger(), DaemonThreads())
+    store.load()
+    return ReleaseTracker(
+        config.resources[0], table, store, commands, Metrics(process_collectors=False),
+        get_logger(),
+    )  # fmt: skip
+
+
+async def test_a_release_owed_after_a_restart_acts_on_the_paths_handed_out(
+    short_dir: Path,
+) -> None:
+    """hostile4 H6: fpga0 was handed out as /dev/fpga0; kdp-host stops; the pod ends
+    meanwhile; at the next start fpga0 is not listed (yet). The release acts on the paths
+    the Allocate handed out, kept in the state file, not on nothing."""
+    commands = _Commands()
+    tracker, table, store = _tracker(short_dir, commands)
+    table.publish([Device("fpga0", nodes=None, path="/dev/fpga0")])
+    tracker.allocated(["fpga0"], table.snapshot)
+    await tracker.before_start(["fpga0"])
+    await tracker.close()
+    restarted = _restarted(short_dir, commands, DeviceTable())
+    restarted.start()
+    restarted.holdings(_answer(10.0**9))  # nothing held: the pod ended while down
+    await restarted.before_start(["fpga0"])
+    assert commands.runs == [["reset", "fpga0", "/dev/fpga0"]]
+    await restarted.close()
+
+
+async def test_a_release_with_nothing_to_act_on_fails_and_stays_owed(short_dir: Path) -> None:
+    """A state file of an older version keeps no handed-out paths; with the device not
+    listed either, the release has nothing to act on: it fails (`invalid`, not run), the
+    device stays owed, and the release runs on its paths once it is listed again."""
+    state = short_dir / "state"
+    state.mkdir()
+    (state / STATE_FILE).write_text(
+        json.dumps({"version": 1, "resources": {FPGA: {"fpga0": {"used": [], "owed": True}}}})
+    )
+    commands = _Commands()
+    table = DeviceTable()
+    tracker = _restarted(short_dir, commands, table)
+    tracker.start()
+    with pytest.raises(HookFailed, match="nothing to release"):
+        await tracker.before_start(["fpga0"])
+    assert commands.runs == [] and tracker.view("fpga0")["state"] == "failed"
+    assert json.loads((state / STATE_FILE).read_text())["resources"][FPGA]["fpga0"]["owed"]
+    table.publish([Device("fpga0", nodes=None, path="/dev/fpga0")])
+    await tracker.before_start(["fpga0"])
+    assert commands.runs == [["reset", "fpga0", "/dev/fpga0"]]
+    await tracker.close()

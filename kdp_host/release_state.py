@@ -4,8 +4,9 @@ Per resource, per device: `used` (the advertised IDs handed to containers whose 
 been seen), `owed` (the users are gone and no release has succeeded since), `allocatedAt`
 (when it was last allocated: a PodResources answer from before then is no news about it,
 also for a tracker started later) and `handed` (the host paths and env its last Allocate
-handed out: what its release acts on, also after a restart); see `release.py`. A file that cannot be read or does not have that shape is kept aside and marks
-the state unknown: every device then counts as used.
+handed out: what its release acts on, also after a restart); see `release.py`. A file that
+cannot be read or does not have that shape is kept aside and marks the state unknown: every
+device then counts as used.
 
 Hosts that share the state directory (a rolling update runs the new host beside the old one)
 share the file as they share `ownership.json` (`state_file`'s merge, under the file's lock):

@@ -623,9 +623,8 @@ async def test_a_reload_just_after_an_allocation_never_releases_under_the_pod(
     await kubelet.acall(kubelet.first_list_after_registering, FPGA, since)
     registry = running.metrics.registry
     assert registry.get_sample_value("kdp_releases_pending", {"resource": FPGA}) == 0
-    assert registry.get_sample_value(
-        "kdp_release_runs_total", {"resource": FPGA, "result": "ok"}
-    ) == 0, "released under the running pod p1"
+    ok = registry.get_sample_value("kdp_release_runs_total", {"resource": FPGA, "result": "ok"})
+    assert ok == 0, "released under the running pod p1"
     assert release_lines(short_dir) == []
     entries = json.loads((short_dir / "state" / STATE_FILE).read_text())["resources"][FPGA]
     assert entries["fpga0"]["used"] == ["fpga0"] and not entries["fpga0"]["owed"]
@@ -655,7 +654,7 @@ async def test_a_release_owed_after_a_restart_acts_on_the_paths_handed_out(
     meanwhile; at the next start fpga0 is not listed (yet). The release acts on the paths
     the Allocate handed out, kept in the state file, not on nothing."""
     commands = _Commands()
-    tracker, table, store = _tracker(short_dir, commands)
+    tracker, table, _ = _tracker(short_dir, commands)
     table.publish([Device("fpga0", nodes=None, path="/dev/fpga0")])
     tracker.allocated(["fpga0"], table.snapshot)
     await tracker.before_start(["fpga0"])

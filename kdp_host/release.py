@@ -47,13 +47,13 @@ from grpclib.const import Status
 from .allocation import device_env, hook_values
 from .backoff import Backoff
 from .config import ReleaseConfig, ResourceConfig, render_template
-from .devices import Device, DeviceNode, DeviceTable, Snapshot, physical_id
+from .devices import Device, DeviceTable, Snapshot, physical_id
 from .hooks import HookFailed, render_argv, run_hook
 from .logs import EventLogger
 from .metrics import Metrics
 from .podresources import Holder, Holdings
 from .process import CommandRunner
-from .release_state import ReleaseStateStore
+from .release_state import ReleaseStateStore, handed_device, handed_entry
 from .rules import join_list
 
 ALLOCATION_SETTLE = 1.0
@@ -106,10 +106,7 @@ def _kept(use: DeviceUse) -> dict[str, Any]:
     if use.allocated_wall is not None:
         entry["allocatedAt"] = use.allocated_wall
     if use.handed is not None:
-        entry["handed"] = {
-            "nodes": [[n.host_path, n.container_path] for n in use.handed.nodes],
-            "env": dict(use.handed.env),
-        }
+        entry["handed"] = handed_entry(use.handed)
     return entry
 
 
@@ -175,13 +172,7 @@ class ReleaseTracker:
         if allocated is not None:
             use.allocated_wall = allocated
             use.allocated_at = self._clock() - max(0.0, self._wall() - allocated)
-        handed = entry.get("handed")
-        if handed is not None:
-            use.handed = Device(
-                device_id,
-                nodes=tuple(DeviceNode(host, container) for host, container in handed["nodes"]),
-                env=handed["env"],
-            )
+        use.handed = handed_device(device_id, entry)
         return use
 
     async def close(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .devices import Device, DeviceNode
 from .files import Offload
 from .logs import EventLogger
 from .state_file import StateFile, text
@@ -181,3 +182,20 @@ def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
             "env": {text(k): text(v) for k, v in env.items()},
         }
     return checked
+
+
+def handed_entry(device: Device) -> dict[str, Any]:
+    """A device as an Allocate handed it out, as its entry keeps it (`handed`)."""
+    return {
+        "nodes": [[node.host_path, node.container_path] for node in device.nodes],
+        "env": dict(device.env),
+    }
+
+
+def handed_device(device_id: str, entry: Mapping[str, Any]) -> Device | None:
+    """The device an entry's `handed` keeps (None: the entry keeps none)."""
+    handed = entry.get("handed")
+    if handed is None:
+        return None
+    nodes = tuple(DeviceNode(host, container) for host, container in handed["nodes"])
+    return Device(device_id, nodes=nodes, env=handed["env"])

@@ -7,6 +7,10 @@ names them, and other entries' events never reach it (the kubelet's socket dir s
 checkpoint write per pod admission; every resource watches that dir for two names).
 Callbacks run on the event loop and must be cheap: they set an event that the subscriber's
 own task waits on. Nothing in here wakes up while nothing changes.
+
+A mount made or removed in the host's mount namespace changes what a path reaches with no
+inotify event anywhere; the kernel reports a change of the mount table instead, on
+/proc/self/mountinfo (POLLPRI). `Watcher.follow_mounts` subscribes to that (`MountTable`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import select
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +32,10 @@ if TYPE_CHECKING:
     from asyncinotify import Mask, Watch
 
 WatchCallback = Callable[[str | None], None]
+MountCallback = Callable[[], None]
+
+MOUNTINFO: str = "/proc/self/mountinfo"
+"""Where Linux reports a change of the process's mount table (poll: POLLPRI|POLLERR)."""
 
 
 def _dir_mask(mask: type[Mask]) -> Mask:
@@ -71,6 +80,11 @@ class Watcher(Protocol):
     def unsubscribe(self, subscription: Subscription) -> None: ...
 
     async def run(self) -> None: ...
+
+    def follow_mounts(self, callback: MountCallback) -> bool:
+        """Call `callback` (on the loop) whenever the host's mount table changes from now
+        on; False: this watcher cannot say (nothing will be called)."""
+        ...
 
     @property
     def kind(self) -> str: ...
@@ -144,6 +158,69 @@ class _SubscriberIndex:
             self.notify(directory, None, log)
 
 
+class MountTable:
+    """Changes of the process's mount table, on the watcher's loop.
+
+    /proc/self/mountinfo is always readable, so the loop cannot wait for it to be: an epoll
+    instance of its own waits for its POLLPRI (a change), and the loop waits for that
+    instance's descriptor to be readable (`attach`). Opened at construction, so a change
+    made before the loop runs is still reported. `open` is None where the file is absent or
+    cannot be polled (not Linux, /proc not mounted): the caller says so once.
+    """
+
+    def __init__(self, fd: int, poller: select.epoll, log: EventLogger) -> None:
+        self._fd = fd
+        self._poller = poller
+        self._log = log
+        self._callbacks: list[MountCallback] = []
+
+    @classmethod
+    def open(cls, log: EventLogger, path: str = MOUNTINFO) -> MountTable | None:
+        fd = poller = None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            poller = select.epoll()
+            poller.register(fd, select.EPOLLPRI | select.EPOLLERR)
+        except (OSError, AttributeError) as exc:  # (AttributeError: no epoll, not Linux)
+            if poller is not None:
+                poller.close()
+            if fd is not None:
+                os.close(fd)
+            log.warning(
+                "mount_changes_unwatched",
+                path=path,
+                reason=f"{type(exc).__name__}: {exc}",
+                consequence="every Allocate resolves the paths it hands out",
+            )
+            return None
+        return cls(fd, poller, log)
+
+    def follow(self, callback: MountCallback) -> None:
+        self._callbacks.append(callback)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_reader(self._poller.fileno(), self._changed)
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_reader(self._poller.fileno())
+
+    def close(self) -> None:
+        self._poller.close()
+        os.close(self._fd)
+
+    def _changed(self) -> None:
+        # The loop's own check of the epoll instance already took the change from the
+        # file (its poll is what clears it): this poll only empties the instance's ready list
+        # (else the loop would call again at once), and may find nothing.
+        self._poller.poll(0)
+        self._log.debug("mount_table_changed", action="paths resolved again")
+        for callback in list(self._callbacks):
+            try:
+                callback()
+            except Exception:
+                self._log.exception("watch_callback_failed", dir=MOUNTINFO)
+
+
 class InotifyWatcher:
     """All directory watches of the host on one inotify file descriptor.
 
@@ -160,7 +237,12 @@ class InotifyWatcher:
 
     kind = "inotify"
 
-    def __init__(self, log: EventLogger, retry_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        log: EventLogger,
+        retry_interval: float = 0.5,
+        mounts: Callable[[EventLogger], MountTable | None] = MountTable.open,
+    ) -> None:
         from asyncinotify import Inotify, Mask
 
         self._log = log
@@ -179,6 +261,13 @@ class InotifyWatcher:
         self._retry_interval = retry_interval
         self._closed = False
         """The descriptor is closed (`run` ended): subscriptions may still be cancelled."""
+        self._mounts = mounts(log)
+
+    def follow_mounts(self, callback: MountCallback) -> bool:
+        if self._mounts is None or self._closed:
+            return False
+        self._mounts.follow(callback)
+        return True
 
     def subscribe(
         self, directory: str, callback: WatchCallback, names: Iterable[str] | None = None
@@ -241,6 +330,9 @@ class InotifyWatcher:
 
         retry = asyncio.create_task(self._retry_pending_forever(), name="inotify-retry")
         loop.add_reader(fd, readable)
+        mounts = self._mounts
+        if mounts is not None:
+            mounts.attach(loop)
         try:
             await failed
         finally:
@@ -248,6 +340,9 @@ class InotifyWatcher:
             retry.cancel()
             self._closed = True
             self._inotify.close()
+            if mounts is not None:
+                mounts.detach(loop)
+                mounts.close()
 
     def _read_events(self) -> None:
         """Dispatch the events one read of the (non-blocking) descriptor returns. The loop
@@ -326,6 +421,10 @@ class PollingWatcher:
     def unsubscribe(self, subscription: Subscription) -> None:
         if self._subs.remove(subscription):
             self._seen.pop(subscription.directory, None)
+
+    def follow_mounts(self, callback: MountCallback) -> bool:
+        """Not followed: a poll sees a change late anyway, and nothing is kept on it."""
+        return False
 
     async def run(self) -> None:
         while True:

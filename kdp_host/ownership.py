@@ -139,9 +139,8 @@ class OwnershipIndex(BookingAllocations):
         self._adoption = Adoption(self._ledger, metrics)
         self._cdi_kinds = {}
         self._watcher: Watcher | None = None
-        self._mounts_followed = False
-        """The watcher reports mount-table changes (else nothing is kept: a mount over a
-        kept path makes no directory event)."""
+        self._keeps = False
+        """What an Allocate hands out may be kept (`_follows`)."""
         self._followed: dict[str, set[str]] = {}
         """Directory of a claimed host path -> the resources that claimed through it."""
         self._changed_paths: dict[str, set[str] | None] = {}
@@ -155,12 +154,12 @@ class OwnershipIndex(BookingAllocations):
         is resolved again when its path changes (a node replaced by one with another device
         number must not keep the old claim). Their subscriptions last as long as the host."""
         self._watcher = watcher
-        self._mounts_followed = watcher.follow_mounts(self._mounts_changed)
+        # (a poll sees a change late; a mount over a path makes no directory event)
+        self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
 
     def _mounts_changed(self) -> None:
-        """A watcher callback: the mount table changed (a mount made or gone, which no
-        directory's event reports): forget everything kept and recheck every claim, as
-        after a watcher overflow."""
+        """A watcher callback: the mount table changed: forget everything kept and recheck
+        every claim, as after an overflow."""
         self._forget_kept(lambda _path: True)
         for directory in list(self._followed):
             self._path_changed(directory, None)
@@ -175,17 +174,11 @@ class OwnershipIndex(BookingAllocations):
             users.add(resource)
 
     def _follows(self, path: str) -> bool:
-        """Its directory (as for a claim: `_users`) and every directory above it
-        (`_follow_above`), and the mount table (a mount over it or over a directory above);
-        not with the polling watcher: it sees a change a poll later."""
+        """Its directory (as for a claim: `_users`), every directory above it
+        (`_follow_above`) and the mount table (`_keeps`)."""
         watcher = self._watcher
         directory = os.path.dirname(path)
-        if (
-            watcher is None
-            or watcher.kind == "poll"
-            or not self._mounts_followed
-            or self._users(directory) is None
-        ):
+        if watcher is None or not self._keeps or self._users(directory) is None:
             return False
         self._follow_above(watcher, directory)
         return True

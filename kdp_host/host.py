@@ -151,8 +151,8 @@ class Host:
         release_state = ReleaseStateStore(state_dir, self.log, self.offload)
         await self.offload.run(release_state.load)
         self.ownership.hold_while_releasing(release_state.pending)
-        # bookings: read back before any resource publishes, shared by hosts on stateDir
         sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
+        await self.ownership.book_handed(self.selection.config, self.offload, self.log)
         sync.follow(watcher, safety_net := SafetyNet(self.offload))
         self.state_files.add(sync.file, release_state.file)
         commands = ProcessRunner()

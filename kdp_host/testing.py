@@ -26,8 +26,9 @@ from .drivers.base import DriverDeps, DriverError, Skipped
 from .files import DaemonThreads, FileReader, Offload
 from .identity import PathReach
 from .logs import EventLogger, get_logger
+from .mount_table import MountCallback
 from .safety_net import SafetyNet
-from .watch import MountCallback, Subscription, WatchCallback, new_subscription
+from .watch import Subscription, WatchCallback, new_subscription
 
 
 @dataclass

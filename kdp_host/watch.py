@@ -8,9 +8,8 @@ checkpoint write per pod admission; every resource watches that dir for two name
 Callbacks run on the event loop and must be cheap: they set an event that the subscriber's
 own task waits on. Nothing in here wakes up while nothing changes.
 
-A mount made or removed in the host's mount namespace changes what a path reaches with no
-inotify event anywhere; the kernel reports a change of the mount table instead, on
-/proc/self/mountinfo (POLLPRI). `Watcher.follow_mounts` subscribes to that (`MountTable`).
+A mount made or gone changes what a path reaches with no inotify event: `Watcher.follow_mounts`
+reports changes of the mount table instead (`mount_table`).
 """
 
 from __future__ import annotations
@@ -19,23 +18,20 @@ import asyncio
 import contextlib
 import functools
 import os
-import select
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from .dir_signature import DirSignature, dir_signature, dir_signatures
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
+from .mount_table import MountCallback, MountTable
 
 if TYPE_CHECKING:
     from asyncinotify import Mask, Watch
 
 WatchCallback = Callable[[str | None], None]
-MountCallback = Callable[[], None]
-
-MOUNTINFO: str = "/proc/self/mountinfo"
-"""Where Linux reports a change of the process's mount table (poll: POLLPRI|POLLERR)."""
 
 
 def _dir_mask(mask: type[Mask]) -> Mask:
@@ -156,69 +152,6 @@ class _SubscriberIndex:
     def notify_all(self, log: EventLogger) -> None:
         for directory in list(self.by_dir):
             self.notify(directory, None, log)
-
-
-class MountTable:
-    """Changes of the process's mount table, on the watcher's loop.
-
-    /proc/self/mountinfo is always readable, so the loop cannot wait for it to be: an epoll
-    instance of its own waits for its POLLPRI (a change), and the loop waits for that
-    instance's descriptor to be readable (`attach`). Opened at construction, so a change
-    made before the loop runs is still reported. `open` is None where the file is absent or
-    cannot be polled (not Linux, /proc not mounted): the caller says so once.
-    """
-
-    def __init__(self, fd: int, poller: select.epoll, log: EventLogger) -> None:
-        self._fd = fd
-        self._poller = poller
-        self._log = log
-        self._callbacks: list[MountCallback] = []
-
-    @classmethod
-    def open(cls, log: EventLogger, path: str = MOUNTINFO) -> MountTable | None:
-        fd = poller = None
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            poller = select.epoll()
-            poller.register(fd, select.EPOLLPRI | select.EPOLLERR)
-        except (OSError, AttributeError) as exc:  # (AttributeError: no epoll, not Linux)
-            if poller is not None:
-                poller.close()
-            if fd is not None:
-                os.close(fd)
-            log.warning(
-                "mount_changes_unwatched",
-                path=path,
-                reason=f"{type(exc).__name__}: {exc}",
-                consequence="every Allocate resolves the paths it hands out",
-            )
-            return None
-        return cls(fd, poller, log)
-
-    def follow(self, callback: MountCallback) -> None:
-        self._callbacks.append(callback)
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_reader(self._poller.fileno(), self._changed)
-
-    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.remove_reader(self._poller.fileno())
-
-    def close(self) -> None:
-        self._poller.close()
-        os.close(self._fd)
-
-    def _changed(self) -> None:
-        # The loop's own check of the epoll instance already took the change from the
-        # file (its poll is what clears it): this poll only empties the instance's ready list
-        # (else the loop would call again at once), and may find nothing.
-        self._poller.poll(0)
-        self._log.debug("mount_table_changed", action="paths resolved again")
-        for callback in list(self._callbacks):
-            try:
-                callback()
-            except Exception:
-                self._log.exception("watch_callback_failed", dir=MOUNTINFO)
 
 
 class InotifyWatcher:
@@ -435,23 +368,6 @@ class PollingWatcher:
                 if directory in self._seen and self._seen[directory] != signature:
                     self._seen[directory] = signature
                     self._subs.notify(directory, None, self._log)
-
-
-def dir_signatures(directories: list[str]) -> list[DirSignature | None]:
-    return [dir_signature(d) for d in directories]
-
-
-DirSignature = tuple[int, int, int]
-
-
-def dir_signature(directory: str) -> DirSignature | None:
-    """Inode, modification and change time of a directory: any entry added, removed or
-    renamed in it changes the signature."""
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def make_watcher(

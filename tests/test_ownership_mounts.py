@@ -18,35 +18,57 @@ from pathlib import Path
 
 import pytest
 
+from kdp_host.devices import DeviceTable
+from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
+from kdp_host.mount_table import MountTable
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Unresolvable
 from kdp_host.testing import ManualWatcher
-from kdp_host.watch import InotifyWatcher, MountTable
+from kdp_host.watch import InotifyWatcher
 
-from .test_ownership_places import R1, handed_index, hops
+from .test_ownership_places import R1, R2, handed_index, hops, node
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-async def test_a_mount_table_change_forgets_the_kept_paths_and_refuses_a_swapped_one(
-    tmp_path: Path,
-) -> None:
-    """A kept path is resolved again after the mount table changed; one that now reaches
-    another node (here swapped with no directory event reported, as a mount does it) is
-    refused, not handed out as kept."""
+async def test_a_mount_table_change_forgets_the_kept_paths(tmp_path: Path) -> None:
+    """A kept path is resolved again after the mount table changed (once)."""
     watcher = ManualWatcher()
     index, offload, path = await handed_index(tmp_path, watcher)
     assert await index.hand_out(R1, ["n0"], [path]) == {path: path}
     assert await hops(index, offload, [path], 2) == 0, "kept"
     watcher.change_mounts()
     assert await hops(index, offload, [path], 2) == 1, "resolved again once"
+
+
+async def test_a_path_a_mount_swapped_is_refused_then_held(tmp_path: Path) -> None:
+    """The path now reaches resource b's node, with no directory event reported (as a
+    mount does it): the next Allocate is refused, not handed the kept path, and once the
+    claims are rechecked a's device is held (b owns the node)."""
+    watcher = ManualWatcher()
+    for side in ("a", "b"):
+        (tmp_path / side / "dev").mkdir(parents=True)
+        (tmp_path / side / "dev" / "n0").write_text(side)
+    path = str(tmp_path / "a" / "dev" / "n0")
+    index = OwnershipIndex(offload=DaemonThreads())
+    index.watch(watcher)
+    tables = {R1: DeviceTable(), R2: DeviceTable()}
+    for name, side in ((R1, "a"), (R2, "b")):
+        index.attach(name, tables[name].publish, get_logger().bind(resource=name))
+        index.publish(name, {"n0": node(str(tmp_path / side / "dev" / "n0"))})
+    await index.quiet()
+    for _ in range(2):
+        assert await index.hand_out(R1, ["n0"], [path]) == {path: path}
     os.rename(tmp_path / "a", tmp_path / "a.old")
-    (tmp_path / "a" / "dev").mkdir(parents=True)
-    (tmp_path / "a" / "dev" / "n0").write_text("")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
     watcher.change_mounts()  # (the only report: no directory event)
     with pytest.raises(Unresolvable, match="no longer reaches what was claimed"):
-        await index.hand_out(R1, ["n0"], [path])
+        await index.hand_out(R1, ["n0"], [path])  # (before the recheck's turn of the loop)
+    await asyncio.sleep(0)
+    await index.quiet()
+    assert tables[R1].snapshot.devices == ()
+    assert [d.id for d in tables[R2].snapshot.devices] == ["n0"]
 
 
 async def test_without_mount_changes_nothing_is_kept(tmp_path: Path) -> None:
@@ -125,11 +147,6 @@ async def bind_mount_child(root: str, over: str) -> None:
     """Run in a user and mount namespace (`unshare -rm`): keep a path, mount over it. Prints
     what an Allocate of a's device got after the mount, then `held` once a's device is no
     longer advertised (or `advertised` after 30 s)."""
-    from kdp_host.devices import DeviceTable
-    from kdp_host.files import DaemonThreads
-
-    from .test_ownership_places import R2, node
-
     tmp = Path(root)
     for side in ("a", "b"):
         (tmp / side / "dev").mkdir(parents=True)

@@ -111,6 +111,38 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
+class _PipeEnd:
+    """One end of a pipe, closed at most once and only while it is still that pipe.
+
+    Handed to the loop's `connect_read_pipe`, which owns it from then on, on both loops and
+    whatever happens: the standard loop's transport calls `close()` (a turn later when the
+    connection is cancelled), but uvloop's handle closes the descriptor itself (libuv) when
+    the connection is cancelled, before the file object is attached. A file object closed
+    then raised EBADF or, were the number reused meanwhile (another thread), closed someone
+    else's descriptor; this one checks that the number is still this pipe (its inode).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        stat = os.fstat(fd)
+        self._identity = (stat.st_dev, stat.st_ino)
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            stat = os.fstat(self._fd)
+        except OSError:
+            return  # closed by the loop already
+        if (stat.st_dev, stat.st_ino) == self._identity:
+            os.close(self._fd)
+
+
 class _Pipe:
     """The read end of a pipe, connected to the event loop; closing it is ours to do."""
 
@@ -122,7 +154,7 @@ class _Pipe:
     async def connect(cls, fd: int, limit: int) -> _Pipe:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=limit, loop=loop)
-        pipe = os.fdopen(fd, "rb", buffering=0)
+        pipe = _PipeEnd(fd)
         try:
             transport, _ = await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe

@@ -117,9 +117,9 @@ def status_rows(document: Mapping[str, Any]) -> list[tuple[str, ...]]:
 def print_table(document: Mapping[str, Any]) -> None:
     pod_resources = document.get("podResources", {})
     state = pod_resources.get("state", "?")
-    line = f"podresources: {state}"
+    line = f"podresources: {quote_text(state)}"
     if pod_resources.get("lastAnswer"):
-        line += f", last answer {pod_resources['lastAnswer']}"
+        line += f", last answer {quote_text(pod_resources['lastAnswer'])}"
     if pod_resources.get("problem"):
         line += f" ({quote_text(pod_resources['problem'])})"
     print(line)
@@ -151,7 +151,10 @@ def fetch_devices(address: str, timeout: float = STATUS_TIMEOUT) -> dict[str, An
         raw = response.read(MAX_ANSWER + 1)
     if len(raw) > MAX_ANSWER:
         raise ValueError(f"the answer is larger than {MAX_ANSWER} bytes")
-    document = json.loads(raw)
+    try:
+        document = json.loads(raw)
+    except RecursionError:
+        raise ValueError("the answer is JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise ValueError("the answer is not a JSON object")
     return document

@@ -278,6 +278,21 @@ def test_status_address_and_an_empty_table(capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().out.splitlines()[0] == "podresources: off"
 
 
+def test_status_quotes_every_field_of_the_podresources_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """hostile4 H3: the first line went to the terminal raw (an escape sequence in `state`)."""
+    print_table(
+        {
+            "podResources": {"state": "ok\x1b[31mRED", "lastAnswer": "now\r\nFAKE"},
+            "resources": [],
+        }
+    )
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == 'podresources: "ok\\x1b[31mRED", last answer "now\\r\\nFAKE"'
+    assert "\x1b" not in first
+
+
 async def test_holder_series_only_when_asked_and_gone_with_their_pod(
     socket_dir: Path, short_dir: Path, devices: Path
 ) -> None:
@@ -312,15 +327,22 @@ async def test_holder_series_only_when_asked_and_gone_with_their_pod(
     assert off.registry.get_sample_value("kdp_device_holder_info", labels) is None
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"resources": [1, 2]}', "is not a devices document"),
+        # Deeper than the JSON decoder's recursion: one clear line, no traceback (hostile4 H3).
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ],
+)
 def test_status_refuses_an_answer_that_is_not_a_devices_document(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], body: bytes, said: str
 ) -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     class Odd(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b'{"resources": [1, 2]}'
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -337,4 +359,6 @@ def test_status_refuses_an_answer_that_is_not_a_devices_document(
     finally:
         server.shutdown()
         server.server_close()
-    assert "is not a devices document" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert said in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1

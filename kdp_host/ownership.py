@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -82,6 +83,7 @@ from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, plac
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
+from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
 if TYPE_CHECKING:
     from .podresources import Holdings
@@ -345,30 +347,55 @@ class OwnershipIndex(BookingAllocations):
         self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
     ) -> None:
         log = state.log
+        newly: dict[str, list[tuple[str, Holding]]] = {}
         for device_id, why in holding.items():
             before = state.held.get(device_id)
             if before == why:
                 continue
             if self._metrics is not None and before is None:
                 self._metrics.driver_skipped.labels(state.name, HELD_REASON).inc()
-            if log is not None:
-                owner = why.owner
-                owner_state = self._resources.get(owner.resource)
-                log.warning(
-                    "device_held",
-                    device=device_id,
-                    reason=why.reason,
-                    path=why.path,
-                    owner_resource=owner.resource,
-                    owner_device=owner.device,
-                    owner_advertised=bool(owner_state and owner.device in owner_state.owned),
-                    owner_retired=bool(owner_state and owner_state.retired),
-                    action=what_releases(why.reason, self.pod_resources),
+            newly.setdefault(why.reason, []).append((device_id, why))
+        if log is not None:
+            for reason in sorted(newly):
+                items = newly[reason]
+                if len(items) > SKIPPED_SHOWN:
+                    # One line per reason per change, not one per device: a probe whose
+                    # thousands of IDs share one node would fill the node's log.
+                    first = heapq.nsmallest(HELD_SHOWN, items, key=lambda item: item[0])
+                    log.warning(
+                        "devices_held",
+                        count=len(items),
+                        devices=",".join(device_id for device_id, _ in first),
+                        **self._held_fields(first[0][1]),
+                    )
+                    continue
+                for device_id, why in items:
+                    log.warning("device_held", device=device_id, **self._held_fields(why))
+            won = [d for d in state.held.keys() - holding.keys() if d in ids]
+            if len(won) > SKIPPED_SHOWN:
+                log.info(
+                    "device_claims_won",
+                    count=len(won),
+                    devices=",".join(heapq.nsmallest(HELD_SHOWN, won)),
                 )
-        for device_id in state.held.keys() - holding.keys():
-            if log is not None and device_id in ids:
-                log.info("device_claim_won", device=device_id, advertised_as=ids[device_id])
+            else:
+                for device_id in won:
+                    log.info("device_claim_won", device=device_id, advertised_as=ids[device_id])
         state.held = holding
+
+    def _held_fields(self, why: Holding) -> dict[str, object]:
+        """What a `device_held` line says of why (for a summary line: of its first device)."""
+        owner = why.owner
+        owner_state = self._resources.get(owner.resource)
+        return {
+            "reason": why.reason,
+            "path": why.path,
+            "owner_resource": owner.resource,
+            "owner_device": owner.device,
+            "owner_advertised": bool(owner_state and owner.device in owner_state.owned),
+            "owner_retired": bool(owner_state and owner_state.retired),
+            "action": what_releases(why.reason, self.pod_resources),
+        }
 
 
 class _Table(Protocol):

@@ -128,6 +128,8 @@ class ReleaseTracker:
         self._assume_used = store.unknown
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self.uses: dict[str, DeviceUse] = {}
+        self.changes = 0
+        """Counts the changes of what `view` shows (`/devices` is built again after one)."""
         metrics.add_release(resource.name)
         self._closed = True
 
@@ -250,6 +252,7 @@ class ReleaseTracker:
             retry.cancel()
         task = asyncio.create_task(self._release(device_id), name=f"release:{device_id}")
         use.running = task
+        self.changes += 1
         return task
 
     async def _release(self, device_id: str) -> None:
@@ -328,6 +331,7 @@ class ReleaseTracker:
     # ------------------------------------------------------------------ views
 
     def _publish(self) -> None:
+        self.changes += 1
         entries = {
             device_id: {"used": sorted(use.used), "owed": use.owed}
             for device_id, use in self.uses.items()

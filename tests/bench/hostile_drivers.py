@@ -7,6 +7,10 @@
 - Renaming probe: the same, beside a probe listing 12,000 devices whose IDs all change on
   every 200 ms run (same paths): the ownership index admits each list in bounded turns of
   the loop (target 2x).
+- Scraped `/devices`: the same, beside a probe listing 20,000 devices with `replicas: 5`
+  (100,000 advertised IDs) while two clients poll `/devices` and two `/metrics` in a loop
+  (Issue 17, hostile4 H9: each request built and encoded the 8 MB document again, holding
+  the GIL; Allocate waited seconds). The answer is now built once per change (target 2x).
 - Daemon-leaving probe: a poll probe starts a daemon (setsid) that keeps the probe's stdout
   open, so every run ends at its timeout. The figure is how many pipe descriptors kdp-host
   holds after 100 such runs beyond what it held after the first few (target 0; it leaked 2
@@ -21,6 +25,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -54,6 +59,8 @@ FLOOD = (
 )
 PROBE_RUNS = 100
 RENAMED = 12_000
+SCRAPED = 20_000
+SCRAPED_REPLICAS = 5
 _TIMEOUTS = re.compile(
     r'^kdp_driver_errors_total\{reason="timeout",resource="([^"]+)"\} ([0-9.e+]+)$', re.M
 )
@@ -171,6 +178,61 @@ def _renaming_probe(opts: Options) -> list[Figure]:
     return _allocate_beside(opts, labels, probe, ratio, setup, ready)
 
 
+def _scraped_devices(opts: Options) -> list[Figure]:
+    """Allocate of another resource while 2 clients poll `/devices` and 2 `/metrics` of a
+    host advertising SCRAPED x SCRAPED_REPLICAS IDs (hostile4 H9)."""
+    n = SCRAPED // 10 if opts.quick else SCRAPED
+    name = "bench.kdp-host.io/scraped"
+    ratio = Figure(
+        f"hostile: allocate p99 ratio, /devices scraped ({n * SCRAPED_REPLICAS} IDs)/none",
+        "x",
+        target=2.0,
+        note="same run, vs the same host without the large resource and the scrapers",
+    )
+    probe: dict[str, Any] = {
+        "name": name,
+        "replicas": SCRAPED_REPLICAS,
+        "shell": {"format": "json", "interval": "2s"},
+    }
+    stop = threading.Event()
+    scrapes = [0]
+
+    def setup(workdir: Path) -> None:
+        listed = [{"id": f"s{i}"} for i in range(n)]
+        (workdir / "scraped.json").write_text(json.dumps(listed))
+        probe["shell"]["command"] = ["cat", str(workdir / "scraped.json")]
+
+    def scrape(url: str) -> None:
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    response.read()
+                scrapes[0] += 1
+            except OSError:
+                if stop.wait(0.1):
+                    return
+
+    def ready(served: ServedHost) -> None:
+        served.kubelet.wait_registrations([name], timeout=60)
+        total = n * SCRAPED_REPLICAS
+        served.kubelet.plugins[name].wait_update(lambda u: u.healthy() == total, timeout=120)
+        base = f"http://{served.host.metrics_address}"
+        for path in ("/devices", "/devices", "/metrics", "/metrics"):
+            threading.Thread(target=scrape, args=(base + path,), daemon=True).start()
+
+    def after(served: ServedHost) -> list[Figure]:
+        stop.set()
+        figure = Figure("hostile: scrapes answered during the /devices run", "scrapes")
+        figure.add(float(scrapes[0]))
+        return [figure]
+
+    labels = ("no scrapers", "devices scraped")
+    try:
+        return _allocate_beside(opts, labels, probe, ratio, setup, ready, after)
+    finally:
+        stop.set()
+
+
 def _pipes(pid: int) -> int:
     """Pipe descriptors kdp-host holds (sockets come and go with /metrics scrapes)."""
     count = 0
@@ -234,4 +296,9 @@ def _daemon_probe(opts: Options) -> list[Figure]:
 
 
 def run(opts: Options) -> list[Figure]:
-    return [*_flood(opts), *_renaming_probe(opts), *_daemon_probe(opts)]
+    return [
+        *_flood(opts),
+        *_renaming_probe(opts),
+        *_scraped_devices(opts),
+        *_daemon_probe(opts),
+    ]

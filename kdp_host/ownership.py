@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -76,14 +75,14 @@ from .devices import Device, advertises
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
-from .ownership_adopt import Adoption, what_releases
+from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
 from .ownership_bookings import ReleasePending, Saved
 from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
+from .ownership_held import note_held
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
-from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
 if TYPE_CHECKING:
     from .podresources import Holdings
@@ -95,10 +94,6 @@ HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
 ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
 for later shows every pod that can hold it."""
-
-
-HELD_REASON = "node_owned"
-"""The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
 
 
 def _in(path: str, directory: str, paths: set[str] | None) -> bool:
@@ -346,56 +341,7 @@ class OwnershipIndex(BookingAllocations):
     def _note_held(
         self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
     ) -> None:
-        log = state.log
-        newly: dict[str, list[tuple[str, Holding]]] = {}
-        for device_id, why in holding.items():
-            before = state.held.get(device_id)
-            if before == why:
-                continue
-            if self._metrics is not None and before is None:
-                self._metrics.driver_skipped.labels(state.name, HELD_REASON).inc()
-            newly.setdefault(why.reason, []).append((device_id, why))
-        if log is not None:
-            for reason in sorted(newly):
-                items = newly[reason]
-                if len(items) > SKIPPED_SHOWN:
-                    # One line per reason per change, not one per device: a probe whose
-                    # thousands of IDs share one node would fill the node's log.
-                    first = heapq.nsmallest(HELD_SHOWN, items, key=lambda item: item[0])
-                    log.warning(
-                        "devices_held",
-                        count=len(items),
-                        devices=",".join(device_id for device_id, _ in first),
-                        **self._held_fields(first[0][1]),
-                    )
-                    continue
-                for device_id, why in items:
-                    log.warning("device_held", device=device_id, **self._held_fields(why))
-            won = [d for d in state.held.keys() - holding.keys() if d in ids]
-            if len(won) > SKIPPED_SHOWN:
-                log.info(
-                    "device_claims_won",
-                    count=len(won),
-                    devices=",".join(heapq.nsmallest(HELD_SHOWN, won)),
-                )
-            else:
-                for device_id in won:
-                    log.info("device_claim_won", device=device_id, advertised_as=ids[device_id])
-        state.held = holding
-
-    def _held_fields(self, why: Holding) -> dict[str, object]:
-        """What a `device_held` line says of why (for a summary line: of its first device)."""
-        owner = why.owner
-        owner_state = self._resources.get(owner.resource)
-        return {
-            "reason": why.reason,
-            "path": why.path,
-            "owner_resource": owner.resource,
-            "owner_device": owner.device,
-            "owner_advertised": bool(owner_state and owner.device in owner_state.owned),
-            "owner_retired": bool(owner_state and owner_state.retired),
-            "action": what_releases(why.reason, self.pod_resources),
-        }
+        note_held(state, holding, ids, self._resources, self.pod_resources, self._metrics)
 
 
 class _Table(Protocol):

@@ -584,7 +584,7 @@ def test_a_pipe_connection_cancelled_while_the_host_stops_closes_it_once(loop_ki
     while the loop waits for the transport. uvloop closes the descriptor itself then; the
     file object closed after it raised EBADF (logged as `resource_stop_failed`). The read end
     is closed either way, once, and nothing but the cancellation comes out."""
-    from kdp_host.process import _Pipe
+    from kdp_host.pipes import Pipe
 
     from .test_server import run_on
 
@@ -592,7 +592,7 @@ def test_a_pipe_connection_cancelled_while_the_host_stops_closes_it_once(loop_ki
         for _ in range(3):
             read_end, write_end = os.pipe()
             try:
-                task = asyncio.create_task(_Pipe.connect(read_end, 1024))
+                task = asyncio.create_task(Pipe.connect(read_end, 1024))
                 await asyncio.sleep(0)  # the connection now waits for its transport
                 assert not task.done()
                 task.cancel()

@@ -11,6 +11,9 @@
   (100,000 advertised IDs) while two clients poll `/devices` and two `/metrics` in a loop
   (Issue 17, hostile4 H9: each request built and encoded the 8 MB document again, holding
   the GIL; Allocate waited seconds). The answer is now built once per change (target 2x).
+- File churn: the same, beside a glob resource whose directory a thread churns (create one
+  of 500 files, remove another, without pause; hostile4 H7: every event made a scan and a
+  published list). Scans of a resource now start at least 0.25 s apart (target 2x).
 - Daemon-leaving probe: a poll probe starts a daemon (setsid) that keeps the probe's stdout
   open, so every run ends at its timeout. The figure is how many pipe descriptors kdp-host
   holds after 100 such runs beyond what it held after the first few (target 0; it leaked 2
@@ -60,6 +63,7 @@ FLOOD = (
 PROBE_RUNS = 100
 RENAMED = 12_000
 SCRAPED = 20_000
+CHURNED = 500
 SCRAPED_REPLICAS = 5
 _TIMEOUTS = re.compile(
     r'^kdp_driver_errors_total\{reason="timeout",resource="([^"]+)"\} ([0-9.e+]+)$', re.M
@@ -233,6 +237,51 @@ def _scraped_devices(opts: Options) -> list[Figure]:
         stop.set()
 
 
+def _churn(opts: Options) -> list[Figure]:
+    """Allocate of another resource while a thread creates and removes files in a glob
+    resource's directory without pause (hostile4 H7)."""
+    name = "bench.kdp-host.io/churned"
+    ratio = Figure(
+        f"hostile: allocate p99 ratio, file churn ({CHURNED} files)/none",
+        "x",
+        target=2.0,
+        note="same run, vs the same host without the churned resource",
+    )
+    churned: dict[str, Any] = {"name": name, "glob": {"gracePeriod": "0s"}}
+    stop = threading.Event()
+    events = [0]
+
+    def setup(workdir: Path) -> None:
+        make_device_files(workdir / "churn", CHURNED, "f")
+        churned["glob"]["paths"] = [f"{workdir}/churn/*"]
+
+    def churn(directory: Path) -> None:
+        i = 0
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                (directory / f"f{i % CHURNED}_{i}").touch()
+                (directory / f"f{(i + CHURNED // 2) % CHURNED}_{i - CHURNED // 2}").unlink()
+            events[0] += 2
+            i += 1
+
+    def ready(served: ServedHost) -> None:
+        served.kubelet.wait_registrations([name], timeout=60)
+        directory = Path(churned["glob"]["paths"][0]).parent
+        threading.Thread(target=churn, args=(directory,), daemon=True).start()
+
+    def after(served: ServedHost) -> list[Figure]:
+        stop.set()
+        figure = Figure("hostile: file events made during the churn run", "events")
+        figure.add(float(events[0]))
+        return [figure]
+
+    labels = ("no churn", "file churn")
+    try:
+        return _allocate_beside(opts, labels, churned, ratio, setup, ready, after)
+    finally:
+        stop.set()
+
+
 def _pipes(pid: int) -> int:
     """Pipe descriptors kdp-host holds (sockets come and go with /metrics scrapes)."""
     count = 0
@@ -300,5 +349,6 @@ def run(opts: Options) -> list[Figure]:
         *_flood(opts),
         *_renaming_probe(opts),
         *_scraped_devices(opts),
+        *_churn(opts),
         *_daemon_probe(opts),
     ]

@@ -80,6 +80,16 @@ def _metrics(config_path: Path) -> str:
     return text
 
 
+def _ratio(what: str, without: str) -> Figure:
+    """hostile/none Allocate p99 within one run (target 2x)."""
+    return Figure(
+        f"hostile: allocate p99 ratio, {what}/none",
+        "x",
+        target=2.0,
+        note=f"same run, vs the same host without {without}",
+    )
+
+
 def _allocate_beside(
     opts: Options,
     labels: tuple[str, str],
@@ -125,12 +135,7 @@ def _allocate_beside(
 
 
 def _flood(opts: Options) -> list[Figure]:
-    ratio = Figure(
-        "hostile: allocate p99 ratio, stream flood/none",
-        "x",
-        target=2.0,
-        note="same run, vs the same host without the flooding stream command",
-    )
+    ratio = _ratio("stream flood", "the flooding stream command")
     flood: dict[str, Any] = {
         "name": "bench.kdp-host.io/flood",
         "shell": {
@@ -154,12 +159,7 @@ def _renaming_probe(opts: Options) -> list[Figure]:
     on the same paths: every run renames every device (Issue 17, Hostile #11)."""
     n = RENAMED // 10 if opts.quick else RENAMED
     name = "bench.kdp-host.io/renamed"
-    ratio = Figure(
-        f"hostile: allocate p99 ratio, renaming probe ({n} IDs every 200 ms)/none",
-        "x",
-        target=2.0,
-        note="same run, vs the same host without the renaming probe",
-    )
+    ratio = _ratio(f"renaming probe ({n} IDs every 200 ms)", "the renaming probe")
     probe: dict[str, Any] = {"name": name, "shell": {"format": "json", "interval": "200ms"}}
 
     def setup(workdir: Path) -> None:
@@ -182,24 +182,38 @@ def _renaming_probe(opts: Options) -> list[Figure]:
     return _allocate_beside(opts, labels, probe, ratio, setup, ready)
 
 
+class _Background:
+    """Threads a hostile run starts once its host is at work and stops after the
+    measurement, with one figure of what they did (`count`)."""
+
+    def __init__(self, figure: Figure) -> None:
+        self.figure = figure
+        self.stop = threading.Event()
+        self.count = 0
+
+    def start(self, work: Callable[..., None], *args: Any) -> None:
+        threading.Thread(target=work, args=args, daemon=True).start()
+
+    def after(self, served: ServedHost) -> list[Figure]:
+        self.stop.set()
+        self.figure.add(float(self.count))
+        return [self.figure]
+
+
 def _scraped_devices(opts: Options) -> list[Figure]:
     """Allocate of another resource while 2 clients poll `/devices` and 2 `/metrics` of a
     host advertising SCRAPED x SCRAPED_REPLICAS IDs (hostile4 H9)."""
     n = SCRAPED // 10 if opts.quick else SCRAPED
     name = "bench.kdp-host.io/scraped"
-    ratio = Figure(
-        f"hostile: allocate p99 ratio, /devices scraped ({n * SCRAPED_REPLICAS} IDs)/none",
-        "x",
-        target=2.0,
-        note="same run, vs the same host without the large resource and the scrapers",
+    ratio = _ratio(
+        f"/devices scraped ({n * SCRAPED_REPLICAS} IDs)", "the large resource and the scrapers"
     )
     probe: dict[str, Any] = {
         "name": name,
         "replicas": SCRAPED_REPLICAS,
         "shell": {"format": "json", "interval": "2s"},
     }
-    stop = threading.Event()
-    scrapes = [0]
+    scrapers = _Background(Figure("hostile: scrapes answered during the /devices run", "scrapes"))
 
     def setup(workdir: Path) -> None:
         listed = [{"id": f"s{i}"} for i in range(n)]
@@ -207,13 +221,13 @@ def _scraped_devices(opts: Options) -> list[Figure]:
         probe["shell"]["command"] = ["cat", str(workdir / "scraped.json")]
 
     def scrape(url: str) -> None:
-        while not stop.is_set():
+        while not scrapers.stop.is_set():
             try:
                 with urllib.request.urlopen(url, timeout=60) as response:
                     response.read()
-                scrapes[0] += 1
+                scrapers.count += 1
             except OSError:
-                if stop.wait(0.1):
+                if scrapers.stop.wait(0.1):
                     return
 
     def ready(served: ServedHost) -> None:
@@ -222,34 +236,22 @@ def _scraped_devices(opts: Options) -> list[Figure]:
         served.kubelet.plugins[name].wait_update(lambda u: u.healthy() == total, timeout=120)
         base = f"http://{served.host.metrics_address}"
         for path in ("/devices", "/devices", "/metrics", "/metrics"):
-            threading.Thread(target=scrape, args=(base + path,), daemon=True).start()
-
-    def after(served: ServedHost) -> list[Figure]:
-        stop.set()
-        figure = Figure("hostile: scrapes answered during the /devices run", "scrapes")
-        figure.add(float(scrapes[0]))
-        return [figure]
+            scrapers.start(scrape, base + path)
 
     labels = ("no scrapers", "devices scraped")
     try:
-        return _allocate_beside(opts, labels, probe, ratio, setup, ready, after)
+        return _allocate_beside(opts, labels, probe, ratio, setup, ready, scrapers.after)
     finally:
-        stop.set()
+        scrapers.stop.set()
 
 
 def _churn(opts: Options) -> list[Figure]:
     """Allocate of another resource while a thread creates and removes files in a glob
     resource's directory without pause (hostile4 H7)."""
     name = "bench.kdp-host.io/churned"
-    ratio = Figure(
-        f"hostile: allocate p99 ratio, file churn ({CHURNED} files)/none",
-        "x",
-        target=2.0,
-        note="same run, vs the same host without the churned resource",
-    )
+    ratio = _ratio(f"file churn ({CHURNED} files)", "the churned resource")
     churned: dict[str, Any] = {"name": name, "glob": {"gracePeriod": "0s"}}
-    stop = threading.Event()
-    events = [0]
+    churner = _Background(Figure("hostile: file events made during the churn run", "events"))
 
     def setup(workdir: Path) -> None:
         make_device_files(workdir / "churn", CHURNED, "f")
@@ -257,29 +259,22 @@ def _churn(opts: Options) -> list[Figure]:
 
     def churn(directory: Path) -> None:
         i = 0
-        while not stop.is_set():
+        while not churner.stop.is_set():
             with contextlib.suppress(OSError):
                 (directory / f"f{i % CHURNED}_{i}").touch()
                 (directory / f"f{(i + CHURNED // 2) % CHURNED}_{i - CHURNED // 2}").unlink()
-            events[0] += 2
+            churner.count += 2
             i += 1
 
     def ready(served: ServedHost) -> None:
         served.kubelet.wait_registrations([name], timeout=60)
-        directory = Path(churned["glob"]["paths"][0]).parent
-        threading.Thread(target=churn, args=(directory,), daemon=True).start()
-
-    def after(served: ServedHost) -> list[Figure]:
-        stop.set()
-        figure = Figure("hostile: file events made during the churn run", "events")
-        figure.add(float(events[0]))
-        return [figure]
+        churner.start(churn, Path(churned["glob"]["paths"][0]).parent)
 
     labels = ("no churn", "file churn")
     try:
-        return _allocate_beside(opts, labels, churned, ratio, setup, ready, after)
+        return _allocate_beside(opts, labels, churned, ratio, setup, ready, churner.after)
     finally:
-        stop.set()
+        churner.stop.set()
 
 
 def _pipes(pid: int) -> int:

@@ -96,8 +96,6 @@ ListAndWatch update, or the end of a stopped resource's stream): a PodResources 
 for later shows every pod that can hold it."""
 
 
-
-
 class OwnershipIndex(BookingAllocations):
     """The host-wide index of claims (one per host, passed to every resource). Built in
     layers, one module each: the claim table (`ownership_table.ClaimTable`), admission

@@ -394,6 +394,8 @@ class Host:
             if last is not None:
                 self.metrics.kubelet_restarts.inc()
                 log.info("kubelet_restarted", socket=os.path.join(socket_dir, KUBELET_SOCKET))
+                if self.pod_resources is not None:
+                    self.pod_resources.kubelet_restarted()  # its first answers may lack pods
             last = current
 
         subscription = self.watcher.subscribe(socket_dir, on_event, names=(KUBELET_SOCKET,))

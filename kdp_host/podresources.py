@@ -14,6 +14,10 @@ fraction of a percent of that; a call refused with RESOURCE_EXHAUSTED doubles th
 socket, an old kubelet without the v1 API, or any other failure is one log line when the
 state changes and a counted poll (`kdp_pod_resources_polls_total{result}`): everything else
 keeps working, and the last answer stays (marked by its age in `/devices`).
+
+An answer is not taken at its word when it lacks a container shown before: right after a
+restart the kubelet answers from a pod manager it is still filling. `Settle` publishes such a
+holder as still holding until it has been missing long enough, on answers that count.
 """
 
 from __future__ import annotations

@@ -44,16 +44,18 @@ def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
     (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
     path is kept as it is (no copy per claim).
     """
+    found = stat_real(path, real_dirs)
+    return None if found is None else (identity_of(found[0]), found[1])
+
+
+def stat_real(path: str, real_dirs: dict[str, str] | None) -> tuple[os.stat_result, str] | None:
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            st = os.stat(path)
-            real = os.path.realpath(path)
-        else:
-            real = _real_path(path, {} if real_dirs is None else real_dirs)
+            return os.stat(path), os.path.realpath(path)
+        return st, _real_path(path, {} if real_dirs is None else real_dirs)
     except (OSError, ValueError):
         return None
-    return identity_of(st), real
 
 
 def _real_path(path: str, real_dirs: dict[str, str]) -> str:
@@ -183,6 +185,10 @@ class Claims(Protocol):
 
     def all(self) -> tuple[Claim, ...]: ...
 
+    @property
+    def renamed(self) -> tuple[tuple[str, str], ...]:
+        """(host path, real path) of its paths that are not their real path (`canonical`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ClaimSet:
@@ -190,6 +196,7 @@ class ClaimSet:
 
     exclusive: tuple[Claim, ...]
     shared: tuple[Claim, ...] = ()
+    renamed: tuple[tuple[str, str], ...] = ()
 
     def exclusive_keys(self) -> frozenset[ClaimKey]:
         return frozenset(claim[0] for claim in self.exclusive)
@@ -207,6 +214,8 @@ class OneClaim(tuple[ClaimKey, str, str]):
     the claim (9 MiB less at 100,000 devices)."""
 
     __slots__ = ()
+    renamed: tuple[tuple[str, str], ...] = ()
+    """(Its path is its real path: else the device's claims are a ClaimSet.)"""
 
     @property
     def exclusive(self) -> tuple[Claim, ...]:
@@ -275,19 +284,30 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
         and path is not None
         and device.has_only_node(path, path)
     ):
-        return OneClaim(claim_of(path, resolve))  # the common one-node device: no dicts
+        claim = claim_of(path, resolve)  # the common one-node device: no dicts
+        if claim[2] == path or claim[0][0] == NOTHING:
+            return OneClaim(claim)
+        return ClaimSet((claim,), (), ((path, claim[2]),))
     exclusive: dict[ClaimKey, Claim] = {}
     shared: dict[ClaimKey, Claim] = {}
+    made: list[Claim] = []
     paths = [(n.host_path, n.shared) for n in device.nodes]
     paths += [(m.host_path, m.shared) for m in device.mounts]
     for host_path, is_shared in paths:
         claim = claim_of(host_path, resolve)
+        made.append(claim)
         (shared if is_shared else exclusive).setdefault(claim[0], claim)
     for key in exclusive:
         shared.pop(key, None)
     if sysfs is not None:
         exclusive.setdefault((SYSFS, sysfs), ((SYSFS, sysfs), sysfs, sysfs))
-    return ClaimSet(tuple(exclusive.values()), tuple(shared.values()))
+    return ClaimSet(tuple(exclusive.values()), tuple(shared.values()), _renamed(made))
+
+
+def _renamed(claims: Iterable[Claim]) -> tuple[tuple[str, str], ...]:
+    """(host path, real path) of the claims not made by their real path (nothing there: text)."""
+    found = {(path, real) for key, path, real in claims if real != path and key[0] != NOTHING}
+    return tuple(sorted(found))
 
 
 @dataclass(frozen=True, slots=True)

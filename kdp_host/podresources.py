@@ -56,7 +56,7 @@ UNSUPPORTED_RETRY = 300.0
 ALLOCATABLE_EVERY = 12
 """GetAllocatableResources is called with every poll while it lists nothing (no plugin has
 registered yet), then every this many polls."""
-GONE_AFTER = 5.0
+GONE_AFTER = 4.0
 """Seconds a holder must be missing from the kubelet's answers (in two answers at least, the
 first and the last of them this far apart) before it is let go: one answer without a pod
 (a kubelet between its restart and its pod manager being filled again) ends nothing."""

@@ -22,6 +22,7 @@ from kdp_host.ownership import HEARD_AFTER
 from kdp_host.podresources import GONE_AFTER, RESTART_SETTLE, Holder, Holdings, Settle
 
 from .conftest import wait_until
+from .test_podresources import _count
 from .test_release import FPGA, _registered, host_yaml, release_lines, release_script
 
 A, B = "h13.example/a", "h13.example/b"
@@ -104,6 +105,8 @@ async def _release_form(
         )
         await _next_answer(poller)
         assert release_lines(short_dir) == [], "released while p1 still runs on fpga0"
+        # counted as incomplete only in the window after a kubelet restart
+        assert (_count(poller, "incomplete") >= 3) == restart, _count(poller, "incomplete")
         assert poller.holdings is not None and poller.holdings.of(FPGA)
         # a pod that really ended is still released, once
         await kubelet.acall(kubelet.release, "p1")

@@ -1,11 +1,8 @@
-"""The host: every configured resource on one event loop, until told to stop.
-
-It composes the pieces that each own one idea: the supervisor (a task per resource,
-restarted with backoff), the config reloader (a new file applied as a diff, Intel's
-device-plugin manager shape: new resources start, removed ones stop, changed ones restart,
-unchanged ones are not touched), stale-socket cleanup, the loop's answers behind /healthz,
-and the count of kubelet restarts.
-"""
+"""The host: every configured resource on one event loop, until told to stop. It composes
+the pieces that each own one idea: the supervisor (a task per resource, restarted with
+backoff), the config reloader (a new file applied as a diff: new resources start, removed
+ones stop, changed ones restart, unchanged ones are not touched), stale-socket cleanup, the
+loop's answers behind /healthz, the state files behind /readyz, kubelet restarts."""
 
 from __future__ import annotations
 
@@ -41,6 +38,7 @@ from .resource import ResourceRuntime
 from .safety_net import SafetyNet
 from .services import HostServices, RegistryWait
 from .stale_sockets import clear_sockets
+from .state_file import StateFiles
 from .state_lock import holding
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
@@ -60,15 +58,13 @@ class Host:
     drivers: DriverFactory = make_driver
     """Makes each resource's driver (tests pass their own)."""
     registry_wait: RegistryWait = field(default_factory=RegistryWait)
-    """With `kubelet.registration: pluginsRegistry`: how long to wait for the kubelet's
-    verdict before creating a socket again."""
+    """With pluginsRegistry: how long to wait for the kubelet's verdict before a new socket."""
     load_config: Callable[[Path], Config] = load_config
     """Reads and validates a config file on reload (through `offload`); raises ConfigError."""
     offload: Offload = field(default_factory=DaemonThreads)
     """The one way off the event loop, for the host and every resource."""
     node: NodeInfo = field(default_factory=lambda: NodeInfo(""))
-    """This node: its name, and its labels once read. Entries with a nodeSelector are
-    served only where they select (kdp_host.node)."""
+    """This node: its name, and its labels once read (entries select by them, `node`)."""
     node_labels: NodeLabelSource | None = None
     """Reads and follows the node's labels, from the moment an entry selects by label."""
     label_settle: float = NODE_LABEL_SETTLE
@@ -77,6 +73,7 @@ class Host:
     """The entries this node serves (`config` is the whole file)."""
     ownership: OwnershipIndex = field(init=False)
     """One index of claimed nodes for every resource and every config version of this host."""
+    state_files: StateFiles = field(init=False)
     _supervisor: Supervisor | None = field(default=None, init=False)
     _worst_lag: float = field(default=0.0, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
@@ -92,6 +89,7 @@ class Host:
             offload=self.offload,
             pod_resources=self.config.kubelet.pod_resources_interval > 0,
         )
+        self.state_files = StateFiles(self.metrics.state_persist_failing, self._refresh_readiness)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
 
@@ -114,6 +112,7 @@ class Host:
         """Resources that are not serving and registered, with a short reason; `node` while
         entries wait for the node's labels."""
         out = {} if self._supervisor is None else self._supervisor.not_ready()
+        out.update(self.state_files.not_ready())
         if self.selection.waiting:
             why = self.node_labels.problem if self.node_labels is not None else None
             out["node"] = (
@@ -154,6 +153,7 @@ class Host:
         # bookings: read back before any resource publishes, shared by hosts on stateDir
         sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
         sync.follow(watcher, safety_net := SafetyNet(self.offload))
+        self.state_files.add(sync.file, release_state.file)
         commands = ProcessRunner()
         if not commands.dies_with_host:
             self.log.warning(

@@ -260,6 +260,13 @@ class MetricFamilies:
         self.config_info = Info(
             "kdp_config", "The config in force (sha256 of the file).", registry=r
         )
+        self.state_persist_failing = Gauge(
+            "kdp_state_persist_failing",
+            "1 while a state file in stateDir does not hold the latest change: its writes "
+            "fail and are retried (what it holds is lost if kdp-host restarts meanwhile).",
+            ["file"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "kdp_event_loop_lag_seconds",
             "How long the event loop took to answer the last probe or scrape.",

@@ -164,7 +164,14 @@ class OwnershipIndex(BookingAllocations):
             users.add(resource)
 
     def _follows(self, path: str) -> bool:
-        return self._users(os.path.dirname(path)) is not None
+        """Its directory (as for a claim: `_users`) and every directory above it
+        (`_follow_above`); not with the polling watcher: it sees a change a poll later."""
+        watcher = self._watcher
+        directory = os.path.dirname(path)
+        if watcher is None or watcher.kind == "poll" or self._users(directory) is None:
+            return False
+        self._follow_above(watcher, directory)
+        return True
 
     def _users(self, directory: str) -> set[str] | None:
         """The resources that claimed through `directory`, the watcher following it from

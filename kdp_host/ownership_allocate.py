@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import functools
 import os
 from collections.abc import Collection, Iterable, Mapping
 
@@ -37,9 +36,11 @@ from .ownership_claims import (
     Owner,
     Unresolvable,
     claim_of,
+    handed_real,
     handed_reals,
 )
 from .ownership_gate import AdmissionGate
+from .ownership_resolve import Resolution, reached_only
 
 
 class PlaceOwned(ValueError):
@@ -82,24 +83,41 @@ class BookingAllocations(AdmissionGate):
     ) -> dict[str, str]:
         """The real path to hand out for each host path of an answer for `ids`
         (`ownership_claims.handed_reals`: checked to name what the path reaches and, for a
-        path of those devices, what was claimed for it), resolved off the loop within
-        `HANDED_TIMEOUT`. Raises Unresolvable; a claimed path that reaches something else
-        now is claimed anew (as if the watcher had seen it change: a link or an ancestor
-        directory swapped behind an unchanged list)."""
-        work = functools.partial(handed_reals, sorted(paths), self._claimed(resource, ids))
-        offload = self._paths.offload
+        path of those devices, what was claimed for it). A path kept resolved
+        (`_resolve_keeping`: its own real path, followed by the watcher) is taken as kept;
+        the others are resolved off the loop within `HANDED_TIMEOUT`. Raises Unresolvable;
+        a claimed path that reaches something else now is claimed anew (as if the watcher
+        had seen it change: a link or an ancestor directory swapped behind an unchanged
+        list)."""
+        kept = self._kept
+        known: dict[str, Resolution] = {path: kept[path] for path in paths if path in kept}
+        todo = sorted(path for path in paths if path not in known)
         try:
-            if offload is None:
-                return work()
+            if todo:
+                known.update(await self._resolve_keeping(todo, self._handed))
+            return handed_reals(paths, self._claimed(resource, ids), reached_only(paths, known))
+        except Unresolvable as exc:
+            if exc.stale is not None:
+                self._path_changed(os.path.dirname(exc.stale), os.path.basename(exc.stale))
+            raise
+
+    async def _handed(self, paths: list[str]) -> dict[str, Resolution]:
+        """What each path an answer hands out reaches (`handed_real`), off the loop (inline
+        without an offload). Raises Unresolvable (a magic link; no answer within
+        `HANDED_TIMEOUT`)."""
+
+        def work() -> dict[str, Resolution]:
+            return {path: handed_real(path) for path in paths}
+
+        offload = self._paths.offload
+        if offload is None:
+            return work()
+        try:
             return await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
         except TimeoutError:
             raise Unresolvable(
                 f"its host paths did not resolve within {HANDED_TIMEOUT:g} s"
             ) from None
-        except Unresolvable as exc:
-            if exc.stale is not None:
-                self._path_changed(os.path.dirname(exc.stale), os.path.basename(exc.stale))
-            raise
 
     @abc.abstractmethod
     def _path_changed(self, directory: str, name: str | None) -> None:

@@ -103,14 +103,20 @@ def handed_real(path: str) -> Reached | None:
     return identity_of(st), real
 
 
-def handed_reals(paths: Iterable[str], claimed: Mapping[str, ClaimKey]) -> dict[str, str]:
+def handed_reals(
+    paths: Iterable[str],
+    claimed: Mapping[str, ClaimKey],
+    known: Mapping[str, Reached | None] | None = None,
+) -> dict[str, str]:
     """The real path to hand out for each host path (`handed_real`; a path where nothing
-    is stays as it is). A path whose device claimed it (`claimed`: host path to claim key)
-    must still reach that claim: else it changed since it was claimed (a link or an
-    ancestor directory swapped behind an unchanged list) and is refused (Unresolvable)."""
+    is stays as it is). `known`: what paths were resolved to already (the index's kept
+    resolutions, `Resolving._resolve_keeping`); the others are resolved here. A path whose
+    device claimed it (`claimed`: host path to claim key) must still reach that claim: else
+    it changed since it was claimed (a link or an ancestor directory swapped behind an
+    unchanged list) and is refused (Unresolvable)."""
     found: dict[str, str] = {}
     for path in paths:
-        reached = handed_real(path)
+        reached = known[path] if known is not None and path in known else handed_real(path)
         key = claimed.get(path)
         stale = reached is None or reached[0] != key
         if key is not None and key[0] not in (NOTHING, SYSFS) and stale:

@@ -18,9 +18,9 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from .files import Offload
 from .metrics import Metrics
@@ -29,12 +29,17 @@ from .ownership_claims import (
     ClaimKey,
     Reached,
     Resolver,
+    ancestors,
+    below,
     host_paths,
     places,
     reach,
     still_reaches,
 )
 from .ownership_table import Pace, ResourceState
+
+if TYPE_CHECKING:
+    from .watch import Watcher
 
 UNRESOLVED_REASON: Final = "read_timeout"
 """The `reason` of `kdp_driver_skipped_total` for a device left out because a path of it did
@@ -47,7 +52,7 @@ STUCK_PER_BATCH: Final = 3
 """Hung paths one batch steps over before it gives the rest up until the next list."""
 
 KEPT_LIMIT: Final = 4096
-"""Places kept resolved (`Resolving._reach_kept`) beyond which they are all forgotten (an
+"""Paths kept resolved (`Resolving._resolve_keeping`) beyond which they are all forgotten (an
 `allocate.command` may print new paths every time)."""
 
 MAX_STUCK: Final = 4
@@ -179,8 +184,10 @@ class Resolving(Admission):
         self._admitting = ""
         """The resource being admitted."""
         self._kept: dict[str, Resolution] = {}
-        """Places an Allocate answer hands out besides its devices, as resolved while the
+        """What Allocate answers hand out (places, host paths), as resolved while the
         watcher follows their directories (forgotten when one changes, `_forget_kept`)."""
+        self._above: set[str] = set()
+        """Directories the watcher follows as entries of their parent (`_follow_above`)."""
         self._path_news = 0
         """Changes the watcher reported so far (a resolution that raced one is not kept)."""
 
@@ -191,7 +198,9 @@ class Resolving(Admission):
 
     @abc.abstractmethod
     def _follows(self, path: str) -> bool:
-        """Whether the watcher follows `path`'s directory from now on (False: no watcher)."""
+        """Whether the watcher reports at once, from now on, a change of what the normalised
+        `path` reaches, unless through a link (its directory and the directories above it
+        followed; False: no such watcher)."""
 
     @abc.abstractmethod
     def _drain(self) -> None:
@@ -283,7 +292,7 @@ class Resolving(Admission):
     async def _reach_all(self, paths: Collection[str]) -> dict[str, Reached | None]:
         """What each path reaches, resolved off the loop (inline without an offload); None
         where nothing is there or the path did not answer in time."""
-        return _reached(paths, await self._resolve_all(paths))
+        return reached_only(paths, await self._resolve_all(paths))
 
     async def _resolve_all(self, paths: Collection[str]) -> dict[str, Resolution]:
         if self._paths.offload is not None:
@@ -291,23 +300,55 @@ class Resolving(Admission):
         return self._paths.inline(paths)
 
     async def _reach_kept(self, paths: Collection[str]) -> dict[str, Reached | None]:
-        """`_reach_all` for the places of an Allocate answer: a path resolved before while
-        the watcher follows its directory is not resolved again, so an Allocate repeated
-        leaves the loop for nothing (and never waits behind another resource's work on the
-        offload, nor for a worker thread to get a turn of the interpreter)."""
+        """`_reach_all` for the places of an Allocate answer, kept (`_resolve_keeping`)."""
         kept = self._kept
         todo = [path for path in paths if path not in kept]
-        if todo:
-            # (a path kept is forgotten by its name: only a normalised one is kept)
-            followed = [p for p in todo if os.path.normpath(p) == p and self._follows(p)]
-            news = self._path_news
-            resolved = await self._resolve_all(todo)
-            if news == self._path_news:  # (else a path may have changed meanwhile)
-                if len(kept) + len(followed) > KEPT_LIMIT:
-                    kept.clear()
-                kept.update((p, resolved[p]) for p in followed if resolved.get(p, HUNG) != HUNG)
-            return _reached(paths, {**kept, **resolved})
-        return _reached(paths, kept)
+        if not todo:
+            return reached_only(paths, kept)
+        resolved = await self._resolve_keeping(todo, self._resolve_all)
+        return reached_only(paths, {**kept, **resolved})
+
+    async def _resolve_keeping(
+        self,
+        todo: list[str],
+        resolve: Callable[[list[str]], Awaitable[Mapping[str, Resolution]]],
+    ) -> Mapping[str, Resolution]:
+        """What an Allocate hands out (its places, its host paths), resolved by `resolve`
+        off the loop, and kept where the watcher will say it changed: a path that is its
+        own real path (no link on the way: where a link's target lies is not followed)
+        whose directory and every directory above it the watcher follows (`_follows`). So
+        an Allocate repeated leaves the loop for nothing (no thread hop, no system call;
+        nor does it wait behind another resource's work on the offload). A change reported
+        while resolving (it may have come after the answer) keeps nothing."""
+        kept = self._kept
+        followed = [p for p in todo if os.path.normpath(p) == p and self._follows(p)]
+        news = self._path_news
+        resolved = await resolve(todo)
+        if news == self._path_news and followed:
+            if len(kept) + len(followed) > KEPT_LIMIT:
+                kept.clear()
+            for path in followed:
+                found = resolved.get(path, HUNG)
+                if found is None or (not isinstance(found, str) and found[1] == path):
+                    kept[path] = found
+        return resolved
+
+    def _follow_above(self, watcher: Watcher, directory: str) -> None:
+        """Have the watcher follow every directory above `directory` for its entry on the
+        way there: one renamed, removed or replaced by a link changes what a path below
+        reaches with no event in the path's own directory (hostile3 G10)."""
+        for parent in ancestors(directory):
+            if directory in self._above:
+                break  # (and every directory above it)
+            changed = functools.partial(self._above_changed, directory)
+            watcher.subscribe(parent, changed, (os.path.basename(directory),))
+            self._above.add(directory)
+            directory = parent
+
+    def _above_changed(self, directory: str, name: str | None) -> None:
+        """A watcher callback: `directory` changed in its parent (or anything there may
+        have, `name` None): forget what was kept below it."""
+        self._forget_kept(functools.partial(below, directory=directory))
 
     def _forget_kept(self, changed: Callable[[str], bool]) -> None:
         """The watcher reported changes: forget the kept places `changed` names."""
@@ -336,7 +377,7 @@ class Resolving(Admission):
         return isinstance(reached, str) or still_reaches(key, reached)
 
 
-def _reached(
+def reached_only(
     paths: Collection[str], resolved: Mapping[str, Resolution]
 ) -> dict[str, Reached | None]:
     """What each path reaches; None where nothing is there or it did not answer in time."""

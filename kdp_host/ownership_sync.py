@@ -125,6 +125,10 @@ class BookingsSync:
         self._leave: Callable[[], None] | None = None
         self._net: SafetyNet | None = None
 
+    @property
+    def file(self) -> StateFile:
+        return self._file
+
     async def read(self) -> tuple[Saved | None, frozenset[str]]:
         """The file at start: its bookings, and the other hosts that run (their bookings
         stay theirs)."""

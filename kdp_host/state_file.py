@@ -20,7 +20,10 @@ A file several hosts share (two instances on one stateDir during a rolling updat
 bookings) is written with a `merge`: under an exclusive `fcntl.flock` of `<name>.lock`, the
 file is read again and `merge(mine, on_disk)` decides what is written, so no host's write
 drops what another wrote since (a file that does not parse then is set aside as at start).
-The hosts re-read it when it changes (`load` again).
+The hosts re-read it when it changes (`load` again). Something that is no regular file at
+`<name>.lock` (a directory, a FIFO, a symlink) is set aside as a bad file is and the lock
+file made again (`atomic_files.open_lock`), so it never turns the writes off; while a file
+is not written the host is not ready (`StateFiles`).
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from .atomic_files import write_atomic
+from .atomic_files import Aside, open_lock, set_aside, write_atomic
 from .files import MAX_DOCUMENT_SIZE, FileReadError, Offload, read_attribute
 from .logs import EventLogger
+from .metric_series import Gauge
 
 T = TypeVar("T")
 
@@ -90,6 +94,7 @@ class StateFile:
         self._what = what
         self._log = log.bind(component=what.replace("_", "-"), path=str(self.path))
         self._consequence = consequence
+        self._aside = aside_logged(log)
         self._if_unwritten = if_unwritten
         self.unknown = False
         """The file could not be read."""
@@ -109,6 +114,8 @@ class StateFile:
         """Why the file does not hold the latest change, while its writes fail (short: the
         file's name and the error's code); None when they succeed."""
         self._failing_since = 0.0
+        self.on_unwritten: Callable[[], None] | None = None
+        """Called when `unwritten` changes (`StateFiles`)."""
         self.stalls = 0
         """Answers that went out before the file held their change (`written`)."""
 
@@ -151,17 +158,12 @@ class StateFile:
         is never replaced) and say so."""
         self.unknown = True
         self.set_aside += 1
-        aside = self.path.with_name(self.path.name + ".unreadable")
-        copies = 0
-        while os.path.lexists(aside):
-            copies += 1
-            aside = self.path.with_name(f"{self.path.name}.unreadable.{copies}")
         try:
-            os.rename(self.path, aside)
+            aside = set_aside(str(self.path))
         except OSError as exc:
             why += f"; not set aside ({exc}): the next write replaces it"
         else:
-            why += f"; kept as {aside.name}"
+            why += f"; kept as {os.path.basename(aside)}"
         self._log.error(f"{self._what}_unreadable", reason=why, consequence=self._consequence)
 
     def changed(self, document: Callable[[], Mapping[str, Any]]) -> None:
@@ -218,6 +220,7 @@ class StateFile:
                 self._written = version
                 if self.unwritten is not None:
                     self.unwritten = None
+                    self._tell()
                     self._log.info(
                         f"{self._what}_write_recovered",
                         failures=self.write_failures,
@@ -232,6 +235,7 @@ class StateFile:
         code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         self.unwritten = f"{self.path.name} not written ({code}): retrying"
         self._failing_since = time.monotonic()
+        self._tell()
         self._log.error(
             f"{self._what}_write_failed",
             reason=str(exc),
@@ -240,12 +244,16 @@ class StateFile:
             f"{self.retry_max:g} s, and at every change, until a write succeeds",
         )
 
+    def _tell(self) -> None:
+        if self.on_unwritten is not None:
+            self.on_unwritten()
+
     def _write(self, mine: Mapping[str, Any]) -> None:
         """Write `mine` (blocking); a shared file merged with what it holds now, locked."""
         if self._merge is None:
             self._write_document(mine)
             return
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_lock(str(self.lock_path), self._aside)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             current = self._document()
@@ -261,6 +269,53 @@ class StateFile:
     def _write_document(self, document: Mapping[str, Any]) -> None:
         body = {**document, "version": self._version_tag}
         write_atomic(str(self.path), json.dumps(body, sort_keys=True).encode())
+
+
+class StateFiles:
+    """A host's state files, as /readyz and `kdp_state_persist_failing{file}` show them:
+    while one does not hold its latest change (its writes fail, `StateFile.unwritten`) the
+    host is not ready (entry `stateDir`) and the file's series is 1, from the failure that
+    starts it to the write that ends it (`changed`, the host's readiness, is called then)."""
+
+    def __init__(self, gauge: Gauge, changed: Callable[[], None]) -> None:
+        self._gauge = gauge
+        self._changed = changed
+        self._files: list[StateFile] = []
+
+    def add(self, *files: StateFile) -> None:
+        for file in files:
+            self._files.append(file)
+            file.on_unwritten = functools.partial(self._report, file)
+            self._report(file)
+
+    def _report(self, file: StateFile) -> None:
+        self._gauge.labels(file.path.name).set(0 if file.unwritten is None else 1)
+        self._changed()
+
+    def not_ready(self) -> dict[str, str]:
+        """`{"stateDir": why}` while a file is not written, else nothing."""
+        unwritten = [f.unwritten for f in self._files if f.unwritten is not None]
+        return {STATE_DIR: "; ".join(unwritten)} if unwritten else {}
+
+
+STATE_DIR = "stateDir"
+"""The /readyz entry of the state files."""
+
+
+def aside_logged(log: EventLogger) -> Aside:
+    """How a path in stateDir that is not what the host makes there is reported when it is
+    set aside (`atomic_files.open_lock`, `directory_at`): one error line."""
+
+    def aside(path: str, found: str, kept_as: str) -> None:
+        log.error(
+            "state_path_set_aside",
+            path=path,
+            found=found,
+            kept_as=os.path.basename(kept_as),
+            consequence="made again as kdp-host needs it; what was there is kept",
+        )
+
+    return aside
 
 
 def text(value: object) -> str:

@@ -31,9 +31,11 @@ import functools
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 
+from .atomic_files import directory_at, open_lock
 from .endpoint import instance_id_problem
 from .files import Offload
 from .logs import EventLogger
+from .state_file import aside_logged
 
 LOCK_FILE = "kdp-host.lock"
 HOSTS_DIR = "hosts"
@@ -48,19 +50,27 @@ def lock_path(directory: str) -> str:
     return os.path.join(directory, LOCK_FILE)
 
 
-def _lock(directory: str, how: int) -> tuple[int, ...]:
-    """Lock the directory and its lock file (created) with `how` (flock flags) and return
-    the descriptors that hold them; none is left open when one cannot be taken (raises)."""
-    held: list[int] = []
+def _open_directory(directory: str, how: int) -> int:
+    """The directory's descriptor, locked with `how` (flock flags); raises."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        held.append(os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-        held.append(os.open(lock_path(directory), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
-        for fd in held:
-            fcntl.flock(fd, how)
+        fcntl.flock(fd, how)
     except BaseException:
-        release(held)
+        os.close(fd)
         raise
-    return tuple(held)
+    return fd
+
+
+def _lock_file(directory: str, how: int, log: EventLogger) -> int:
+    """The lock file's descriptor (created; anything else there is set aside,
+    `atomic_files.open_lock`), locked with `how`; raises."""
+    fd = open_lock(lock_path(directory), aside_logged(log))
+    try:
+        fcntl.flock(fd, how)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def release(held: Iterable[int]) -> None:
@@ -69,27 +79,50 @@ def release(held: Iterable[int]) -> None:
         os.close(fd)
 
 
-def hold_shared(directory: str, wait: bool) -> tuple[int, ...] | None:
-    """Lock the directory shared (created when missing) and return the descriptors that hold
-    it: the lock lasts until they are closed (`release`) or the process ends. None when another
-    process holds it exclusively and `wait` is False. Raises OSError when it cannot be
-    opened or locked. Blocking with `wait`: run it through the offload."""
+def hold_shared(directory: str, wait: bool, log: EventLogger) -> tuple[int, ...] | None:
+    """Lock the directory, then its lock file, shared (created when missing) and return the
+    descriptors that hold them: the locks last until they are closed (`release`) or the
+    process ends. None when another process holds either exclusively and `wait` is False.
+    Raises OSError when the directory cannot be opened or locked; a lock file that cannot
+    (a read-only file, a full inode table) is logged and the directory's lock held alone:
+    a command of this version still sees the host. Blocking with `wait`: run it through the
+    offload."""
     os.makedirs(directory, mode=0o755, exist_ok=True)
+    how = fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB)
     try:
-        return _lock(directory, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))
+        held = _open_directory(directory, how)
     except BlockingIOError:
         return None
+    try:
+        return held, _lock_file(directory, how, log)
+    except BlockingIOError:
+        os.close(held)
+        return None
+    except OSError as exc:
+        log.warning(
+            "state_lock_failed",
+            path=lock_path(directory),
+            reason=str(exc),
+            consequence="a kdp-host unbook of the previous version cannot tell that this "
+            "host runs (this version's sees the directory's lock)",
+        )
+        return (held,)
+    except BaseException:
+        os.close(held)
+        raise
 
 
 def host_lock_path(directory: str, instance: str) -> str:
     return os.path.join(directory, HOSTS_DIR, instance)
 
 
-def hold_instance(directory: str, instance: str) -> int:
-    """Lock `<directory>/hosts/<instance>` exclusively (created) and return the descriptor
-    that holds it. Raises OSError when it cannot, or when another process holds it."""
-    os.makedirs(os.path.join(directory, HOSTS_DIR), mode=0o755, exist_ok=True)
-    fd = os.open(host_lock_path(directory, instance), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def hold_instance(directory: str, instance: str, log: EventLogger) -> int:
+    """Lock `<directory>/hosts/<instance>` exclusively (created, as is `hosts/`: anything
+    else there is set aside) and return the descriptor that holds it. Raises OSError when it
+    cannot, or when another process holds it."""
+    aside = aside_logged(log)
+    directory_at(os.path.join(directory, HOSTS_DIR), aside)
+    fd = open_lock(host_lock_path(directory, instance), aside)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
@@ -132,14 +165,14 @@ async def holding(
     fd: tuple[int, ...] | None = None
     mine: int | None = None
     try:
-        fd = await offload.run(functools.partial(hold_shared, directory, False))
+        fd = await offload.run(functools.partial(hold_shared, directory, False, log))
         if fd is None:
             log.warning(
                 "state_dir_busy",
                 path=lock_path(directory),
                 detail="waiting for the command that holds it (kdp-host unbook) to finish",
             )
-            fd = await offload.run(functools.partial(hold_shared, directory, True))
+            fd = await offload.run(functools.partial(hold_shared, directory, True, log))
     except OSError as exc:
         log.warning(
             "state_lock_failed",
@@ -149,7 +182,7 @@ async def holding(
         )
     if instance is not None and fd is not None:
         try:
-            mine = await offload.run(functools.partial(hold_instance, directory, instance))
+            mine = await offload.run(functools.partial(hold_instance, directory, instance, log))
         except OSError as exc:
             log.warning(
                 "state_lock_failed",
@@ -167,21 +200,29 @@ async def holding(
 
 
 @contextlib.contextmanager
-def exclusive(directory: str) -> Iterator[None]:
+def exclusive(directory: str, log: EventLogger) -> Iterator[None]:
     """Hold the directory alone while the block runs: raises StateDirBusy while a kdp-host
     runs on it, OSError when the lock file cannot be opened. A directory that does not exist
     has no host (a host creates it) and nothing to lock."""
+    how = fcntl.LOCK_EX | fcntl.LOCK_NB
+    held: list[int] = []
     try:
-        held = _lock(directory, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(_open_directory(directory, how))
+        held.append(_lock_file(directory, how, log))
     except FileNotFoundError:
+        release(held)
         if os.path.isdir(directory):
             raise
         yield
         return
     except BlockingIOError:
+        release(held)
         raise StateDirBusy(
             f"a kdp-host runs on {directory} (it holds {lock_path(directory)} or the directory)"
         ) from None
+    except BaseException:
+        release(held)
+        raise
     try:
         yield
     finally:

@@ -28,7 +28,7 @@ async def drop_bookings(state_dir: str, resource: str, ids: Sequence[str]) -> li
     """Drop the bookings of `resource` (those of `ids` only, when given), holding the state
     directory alone; returns the IDs dropped. Raises StateDirBusy while a kdp-host runs on
     it, OSError when the file cannot be written."""
-    with exclusive(state_dir):
+    with exclusive(state_dir, get_logger()):
         return await _drop(state_dir, resource, ids)
 
 

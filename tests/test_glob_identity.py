@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from kdp_host import rules
 from kdp_host.config import GlobDriverConfig
-from kdp_host.devices import Device, DeviceTable
+from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_paths import Assigned, DeviceIdentity, DeviceIds, assign_ids, examine
@@ -325,7 +325,7 @@ def test_a_listed_device_keeps_its_id() -> None:
     ids = DeviceIds(["/d/*"])
     number: DeviceIdentity = ("c", 7)
     other: DeviceIdentity = ("c", 8)
-    held = {number: Assigned("b", "/d/b")}
+    held = {number: Device("b", nodes=(DeviceNode("/d/b", "/d/b"),), path="/d/b")}
     assigned, collided = assign_ids({number: [("/d/a", "/d/a"), ("/d/b", "/d/b")]}, held, ids)
     assert assigned == {number: Assigned("b", "/d/b")} and collided == {}
     # its host path vanished: the ID stays, the path is the canonical one of what remains

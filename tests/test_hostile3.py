@@ -143,6 +143,48 @@ async def test_hostile3_2_a_swapped_ancestor_link_refuses_the_allocate(
     await kubelet.await_for(healthy(A, 0), what="A's device held back once claimed anew")
 
 
+async def test_hostile3_10_a_swapped_ancestor_of_a_kept_glob_path_refuses_the_allocate(
+    real_kubelet_factory, short_dir: Path, start_host, ptys: tuple[str, str]
+) -> None:
+    """G10: an ancestor directory of a glob device's canonical path became a link; the stale
+    path was handed out and reached another pod's node. An Allocate hands out a path kept
+    from an earlier one (Issue 19: no resolution per Allocate) only while the watcher
+    follows its directory and every directory above: the swap is seen, the path resolved
+    again and the Allocate refused."""
+    pts0, _ = ptys
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    for name in ("dev", "deep/a/b", "deep2/b", "b"):
+        (short_dir / name).mkdir(parents=True)
+    canonical = short_dir / "deep" / "a" / "b" / "n"
+    canonical.write_text("")
+    (short_dir / "dev" / "l").symlink_to(canonical)
+    (short_dir / "deep2" / "b" / "n").symlink_to(pts0)
+    (short_dir / "b" / "n1").symlink_to(pts0)
+    await start_host(
+        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\n"
+        "resources:\n"
+        f"  - name: {A}\n"
+        f'    glob: {{paths: ["{short_dir}/dev/*"], gracePeriod: 1s}}\n'
+        f"  - name: {B}\n"
+        f'    glob: {{paths: ["{short_dir}/b/*"], gracePeriod: 1s}}\n'
+    )
+    await kubelet.await_for(healthy(A, 1), what="A's device")
+    await kubelet.await_for(healthy(B, 1), what="B's device")
+    for pod in ("pod0", "pod0b"):  # the canonical path is kept from here on
+        answer = await kubelet.acall(kubelet.allocate, pod, {A: 1})
+        assert answer["error"] == ""
+        assert [s["PathOnHost"] for s in answer["devices"]] == [str(canonical)]
+        await kubelet.acall(kubelet.release, pod)
+
+    (short_dir / "deep" / "a").rename(short_dir / "deep" / "a.old")
+    (short_dir / "deep" / "a").symlink_to(short_dir / "deep2")
+    second = await kubelet.acall(kubelet.allocate, "pod2", {B: 1})
+    assert second["error"] == ""
+    first = await kubelet.acall(kubelet.allocate, "pod1", {A: 1})
+    assert "no longer reaches what was claimed" in first["error"]
+    assert not first.get("devices")
+
+
 @pytest.fixture
 def private_bind(short_dir: Path, ptys: tuple[str, str]) -> Iterator[tuple[int, Path]]:
     """A process in a mount namespace of its own that bind-mounts a pty over `X/n`, which

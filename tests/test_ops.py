@@ -921,6 +921,7 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     metrics.add_release(FPGA)
     metrics.add_pod_resources()
     metrics.set_holders(FPGA, {("fpga0", "default", "web-0", "app")})
+    metrics.state_persist_failing.labels("ownership.json").set(0)  # a host's, at its start
     for histogram in (
         metrics.allocate_seconds,
         metrics.preferred_seconds,
@@ -980,3 +981,53 @@ async def test_readyz_follows_registration_at_once_not_at_the_next_heartbeat(
     await kubelet.stop()
     await on_every_iteration_until(False)
     assert FPGA in health.not_ready
+
+
+async def test_readyz_and_a_gauge_say_while_a_state_file_cannot_be_written(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    devices: Path,
+    http: int,
+    running_health: tuple[Metrics, HealthState],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hostile3 G11/G3: while a booking cannot be written (disk full, a lock that cannot be
+    made), the host answers Allocate but is not ready (`stateDir`, the file and the error's
+    code) and `kdp_state_persist_failing{file}` is 1; both clear once the write lands."""
+    from kdp_host import state_file
+    from kdp_host.config import load_config_text
+    from kdp_host.host import Host
+    from kdp_host.logs import get_logger
+
+    from .test_state_file import FullDisk
+
+    monkeypatch.setattr(state_file, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(state_file, "RETRY_MAX", 0.05)
+    metrics, health = running_health
+    text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
+    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
+    stop = asyncio.Event()
+    task = asyncio.create_task(host.run(stop))
+    try:
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
+        await wait_until(lambda: health.attached, what="the loop answers probes")
+        for name in ("ownership.json", "release-state.json"):  # series from the start
+            assert ("kdp_state_persist_failing", (("file", name),)) in samples(metrics)
+        disk = FullDisk(monkeypatch)
+        await kubelet.allocate(FPGA, 1, pod_uid="p1")
+        await wait_until(lambda: disk.attempts >= 2, what="the booking's write tried again")
+        status, body = await asyncio.to_thread(http_get, http, "/readyz")
+        assert status == 503, body
+        assert 'not ready: stateDir: "ownership.json not written (ENOSPC): retrying"' in body
+        await asyncio.to_thread(http_get, http, "/metrics")
+        assert value(metrics, "kdp_state_persist_failing", file="ownership.json") == 1
+        assert value(metrics, "kdp_state_persist_failing", file="release-state.json") == 0
+        disk.full = False
+        await wait_until(lambda: host.not_ready() == {}, what="the write landed")
+        status, body = await asyncio.to_thread(http_get, http, "/readyz")
+        assert (status, body.strip()) == (200, "ok")
+        await asyncio.to_thread(http_get, http, "/metrics")
+        assert value(metrics, "kdp_state_persist_failing", file="ownership.json") == 0
+    finally:
+        stop.set()
+        await task

@@ -5,6 +5,10 @@ for nothing (Issue 17: another resource's churn on the offload queued it)."""
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -13,10 +17,11 @@ from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_allocate import PlaceOwned
-from kdp_host.ownership_claims import ClaimKey, Reached
+from kdp_host.ownership_claims import ClaimKey, Reached, Unresolvable
 from kdp_host.testing import ManualWatcher
 
 R1, R2 = "t.io/a", "t.io/b"
+T = TypeVar("T")
 
 
 class CountingNodes:
@@ -107,3 +112,97 @@ async def test_a_place_that_changes_while_it_is_resolved_is_not_kept() -> None:
     await index.book(R1, ["a"], {"a": ["/opt/lib"]})
     await index.book(R1, ["a"], {"a": ["/opt/lib"]})
     assert nodes.resolved == ["/opt/lib", "/opt/lib"]
+
+
+class CountingOffload(DaemonThreads):
+    """The host's offload, counting the calls that leave the loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def run(self, function: Callable[[], T]) -> T:
+        self.calls += 1
+        return await super().run(function)
+
+
+class PollingKind(ManualWatcher):
+    kind = "poll"
+
+
+async def handed_index(
+    tmp_path: Path, watcher: ManualWatcher | None
+) -> tuple[OwnershipIndex, CountingOffload, str]:
+    """An index with one device, a plain file two directories down (its own real path)."""
+    directory = tmp_path / "a" / "dev"
+    directory.mkdir(parents=True)
+    (directory / "n0").write_text("")
+    path = str(directory / "n0")
+    offload = CountingOffload()
+    index = OwnershipIndex(offload=offload)
+    if watcher is not None:
+        index.watch(watcher)
+    index.attach(R1, DeviceTable().publish, get_logger().bind(resource=R1))
+    index.publish(R1, {"n0": node(path)})
+    await index.quiet()
+    return index, offload, path
+
+
+async def hops(index: OwnershipIndex, offload: CountingOffload, paths: list[str], n: int) -> int:
+    """How often `n` Allocates of device n0 handing out `paths` left the loop (after what
+    the index itself resolved again: its recheck starts in the next turn of the loop)."""
+    await asyncio.sleep(0)
+    await index.quiet()
+    before = offload.calls
+    for _ in range(n):
+        await index.hand_out(R1, ["n0"], paths)
+    return offload.calls - before
+
+
+async def test_a_repeated_allocate_hands_out_its_kept_paths_without_leaving_the_loop(
+    tmp_path: Path,
+) -> None:
+    """Issue 19: every Allocate resolved its host paths on the offload (a thread hop, a
+    stat and a realpath per path). A path that is its own real path is resolved once and
+    kept while the watcher follows its directory and every directory above it; a change
+    there (an ancestor renamed or replaced by a link: hostile3 G10) resolves it again."""
+    watcher = ManualWatcher()
+    index, offload, path = await handed_index(tmp_path, watcher)
+    assert await index.hand_out(R1, ["n0"], [path]) == {path: path}
+    assert await hops(index, offload, [path], 3) == 0, "kept"
+    directory = os.path.dirname(path)
+    assert {directory, str(tmp_path / "a"), str(tmp_path), "/"} <= watcher.directories
+    # another entry of the directory, or of one above, changed: still kept
+    watcher.change(directory, "other")
+    watcher.change(str(tmp_path), "other")
+    assert await hops(index, offload, [path], 2) == 0
+    # the path's own entry changed: resolved again (once)
+    watcher.change(directory, "n0")
+    assert await hops(index, offload, [path], 2) == 1
+    # a directory above it renamed (G10: no event in its own directory)
+    watcher.change(str(tmp_path), "a")
+    assert await hops(index, offload, [path], 2) == 1
+    # ... and really swapped: the Allocate is refused, not handed the stale path
+    os.rename(tmp_path / "a", tmp_path / "a.old")
+    (tmp_path / "b" / "dev").mkdir(parents=True)
+    (tmp_path / "b" / "dev" / "n0").write_text("")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    watcher.change(str(tmp_path), "a")
+    with pytest.raises(Unresolvable, match="no longer reaches what was claimed"):
+        await index.hand_out(R1, ["n0"], [path])
+
+
+async def test_a_path_through_a_link_is_resolved_at_every_allocate(tmp_path: Path) -> None:
+    """Where a link's target lies is not followed (hostile3 G1, G2): such a path is never
+    kept, nor is anything without a watcher, or with the polling one (it sees a change up
+    to a poll later)."""
+    watcher = ManualWatcher()
+    index, offload, path = await handed_index(tmp_path, watcher)
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    assert await index.hand_out(R1, ["n0"], [str(link)]) == {str(link): path}
+    assert await hops(index, offload, [str(link)], 2) == 2
+    for other in (None, PollingKind()):
+        index, offload, path = await handed_index(tmp_path / f"{other}", other)
+        await index.hand_out(R1, ["n0"], [path])
+        assert await hops(index, offload, [path], 2) == 2

@@ -44,7 +44,7 @@ class Writer:
         )
         self.ledger = Ledger(name)
         self.ledger.sink = self.file
-        self.fd = hold_instance(str(state), name) if hold else None
+        self.fd = hold_instance(str(state), name, get_logger()) if hold else None
 
     def book(self, device_id: str, number: int) -> None:
         self.ledger.add(Owner(R, device_id), Booking(device_id, claim(number), 0.0))
@@ -120,7 +120,8 @@ async def test_the_bookings_of_a_sigkilled_host_are_taken_over(state: Path) -> N
     holder = (
         "import sys, time\n"
         "from kdp_host.state_lock import hold_instance\n"
-        "hold_instance(sys.argv[1], 'dead')\n"
+        "from kdp_host.logs import get_logger\n"
+        "hold_instance(sys.argv[1], 'dead', get_logger())\n"
         "print('held', flush=True)\n"
         "time.sleep(600)\n"
     )
@@ -198,7 +199,9 @@ def test_a_live_socket_of_a_host_outside_the_state_dir_is_found(
             listener.bind(str(sockets / socket_name(R, instance, str(sockets))))
             listener.listen()
             listeners.append(listener)
-        peer = hold_instance(str(state), "peer0001")  # a host on this stateDir (rolling update)
+        peer = hold_instance(
+            str(state), "peer0001", get_logger()
+        )  # a host on this stateDir (rolling update)
         try:
             found = other_hosts(str(sockets), str(state), "mine0001", get_logger())
         finally:

@@ -218,3 +218,98 @@ async def test_a_booking_made_while_the_disk_is_full_is_written_once_it_has_room
     disk.full = False
     await wait_until(lambda: (state / OWNERSHIP_FILE).exists(), what="written once there is room")
     assert len(written_bookings(state / OWNERSHIP_FILE)) == 1
+
+
+def stray(path: Path, kind: str) -> None:
+    """Put something that is no lock file at `path` (hostile3 G11: a stray directory, a
+    botched restore)."""
+    if kind == "directory":
+        path.mkdir()
+        (path / "inside").write_text("kept")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        os.symlink(path.parent, path)  # to a directory: a lock of it would be the wrong one
+    else:
+        os.symlink(path.parent / "nowhere", path)
+
+
+STRAYS = ["directory", "fifo", "symlink", "dangling"]
+
+
+@pytest.mark.parametrize("kind", STRAYS)
+async def test_a_stray_entry_at_a_state_files_lock_is_set_aside_and_writes_go_on(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hostile3 G11: something that is no regular file at `ownership.json.lock` made every
+    booking write fail for good (`Is a directory`). It is set aside like a bad state file
+    (`.unreadable`, with an error line) and the lock file made again."""
+    from kdp_host.ownership_sync import merged_with
+
+    stray(tmp_path / f"{OWNERSHIP_FILE}.lock", kind)
+    state = ownership_file(
+        str(tmp_path), get_logger(), DaemonThreads(), merged_with(str(tmp_path), "me000001")
+    )
+    state.changed(lambda: {"bookings": []})
+    await state.flush()
+    assert state.unwritten is None and state.write_failures == 0
+    assert json.loads((tmp_path / OWNERSHIP_FILE).read_text())["bookings"] == []
+    assert (tmp_path / f"{OWNERSHIP_FILE}.lock").is_file()
+    kept = tmp_path / f"{OWNERSHIP_FILE}.lock.unreadable"
+    assert os.path.lexists(kept)
+    if kind == "directory":
+        assert (kept / "inside").read_text() == "kept"
+    line = next(r for r in caplog.records if r.getMessage() == "state_path_set_aside")
+    fields = line.__dict__["kdp_fields"]
+    assert (fields["found"], fields["kept_as"]) == (
+        "symlink" if kind == "dangling" else kind,
+        kept.name,
+    )
+
+
+@pytest.mark.parametrize("kind", STRAYS)
+def test_a_stray_entry_at_the_state_dirs_own_locks_is_set_aside(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for every lock a host takes in stateDir: `kdp-host.lock`, `hosts/` (a file
+    there) and `hosts/<instance>`; each is held once set aside and made again."""
+    from kdp_host.state_lock import HOSTS_DIR, LOCK_FILE, hold_instance, hold_shared, release
+
+    stray(tmp_path / LOCK_FILE, kind)
+    held = hold_shared(str(tmp_path), wait=False, log=get_logger())
+    assert held is not None and len(held) == 2, "the lock file is held beside the directory"
+    assert (tmp_path / LOCK_FILE).is_file()
+    assert os.path.lexists(tmp_path / f"{LOCK_FILE}.unreadable")
+    (tmp_path / HOSTS_DIR).write_text("a file where the hosts' directory belongs")
+    mine = hold_instance(str(tmp_path), "me000001", get_logger())
+    os.close(mine)
+    stray(tmp_path / HOSTS_DIR / "me000002", kind)
+    mine = hold_instance(str(tmp_path), "me000002", get_logger())
+    os.close(mine)
+    release(held)
+    assert (tmp_path / HOSTS_DIR).is_dir() and (tmp_path / HOSTS_DIR / "me000002").is_file()
+    assert (tmp_path / f"{HOSTS_DIR}.unreadable").read_text().startswith("a file")
+    assert os.path.lexists(tmp_path / HOSTS_DIR / "me000002.unreadable")
+    set_aside = [r for r in caplog.records if r.getMessage() == "state_path_set_aside"]
+    assert len(set_aside) == 3, [r.__dict__["kdp_fields"] for r in set_aside]
+
+
+async def test_a_host_with_a_directory_at_the_bookings_lock_keeps_its_bookings(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    devices: Path,
+    start_host,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """hostile3 G11 through a host: `mkdir <stateDir>/ownership.json.lock` before the start;
+    the booking of an Allocate is on disk, and the host is ready."""
+    state = socket_dir.parent / "state"
+    state.mkdir()
+    (state / f"{OWNERSHIP_FILE}.lock").mkdir()
+    running = await start_host(glob_config(socket_dir, (FPGA, f"{devices}/fpga*")))
+    await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    assert len(written_bookings(state / OWNERSHIP_FILE)) == 1
+    assert (state / f"{OWNERSHIP_FILE}.lock.unreadable").is_dir()
+    await wait_until(lambda: not running.host.not_ready(), what="ready")
+    assert not any(r.getMessage() == "ownership_state_write_failed" for r in caplog.records)

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from kdp_host.logs import get_logger
 from kdp_host.state_lock import LOCK_FILE, StateDirBusy, exclusive, hold_shared, release
 
 from .conftest import glob_config, wait_until
+
+LOG = get_logger()
 
 
 def config_in(short_dir: Path, state: Path) -> str:
@@ -43,10 +46,10 @@ async def test_hosts_on_one_state_dir_share_it_and_unbook_waits_for_none(
     second = await start_host(config_in(short_dir, state))
     await wait_until(lambda: started(caplog) == 2, what="both hosts started")
     for running in (first, second):
-        with pytest.raises(StateDirBusy, match=LOCK_FILE), exclusive(str(state)):
+        with pytest.raises(StateDirBusy, match=LOCK_FILE), exclusive(str(state), LOG):
             pass
         await running.shutdown()
-    with exclusive(str(state)):
+    with exclusive(str(state), LOG):
         pass
 
 
@@ -59,10 +62,10 @@ async def test_unbook_is_refused_after_a_cleaner_removed_the_lock_file(
     running = await start_host(config_in(short_dir, state))
     await wait_until(lambda: started(caplog) == 1, what="the host started")
     (state / LOCK_FILE).unlink()
-    with pytest.raises(StateDirBusy, match="directory"), exclusive(str(state)):
+    with pytest.raises(StateDirBusy, match="directory"), exclusive(str(state), LOG):
         pass
     await running.shutdown()
-    with exclusive(str(state)):
+    with exclusive(str(state), LOG):
         pass
 
 
@@ -74,10 +77,10 @@ def test_hosts_and_commands_of_the_previous_version_still_see_each_other(
     old = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(old, fcntl.LOCK_SH)  # a host of the previous version
-        with pytest.raises(StateDirBusy), exclusive(str(tmp_path)):
+        with pytest.raises(StateDirBusy), exclusive(str(tmp_path), LOG):
             pass
         fcntl.flock(old, fcntl.LOCK_UN)
-        held = hold_shared(str(tmp_path), wait=False)  # a host of this version
+        held = hold_shared(str(tmp_path), wait=False, log=LOG)  # a host of this version
         assert held is not None
         other = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -86,7 +89,7 @@ def test_hosts_and_commands_of_the_previous_version_still_see_each_other(
         finally:
             os.close(other)
         release(held)
-        with exclusive(str(tmp_path)):
+        with exclusive(str(tmp_path), LOG):
             pass
     finally:
         os.close(old)
@@ -97,7 +100,7 @@ async def test_a_host_that_starts_during_an_unbook_waits_for_it(
 ) -> None:
     state = short_dir / "state"
     state.mkdir()
-    unbooking = exclusive(str(state))
+    unbooking = exclusive(str(state), LOG)
     unbooking.__enter__()
     try:
         await start_host(config_in(short_dir, state))

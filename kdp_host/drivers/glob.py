@@ -30,13 +30,12 @@ from ..devices import Device, DeviceNode
 from ..files import FileReader
 from ..identity import PathReach
 from .base import DriverDeps, Skipped
+from .glob_cache import MatchCache
 from .glob_groups import GlobGroupScan
 from .glob_paths import (
-    Assigned,
     DeviceIdentity,
     DeviceIds,
     Found,
-    MatchCache,
     assign_ids,
     examine,
     name_problem,
@@ -64,15 +63,20 @@ def glob_settings(
     )
 
 
-def look_at(
-    matched: str, real_dirs: dict[str, str]
-) -> tuple[Found | Skipped | None, str | None, bool]:
+Looked = Found | DeviceIdentity | Skipped | None
+"""What a scan keeps of a matched path (`look_at`): a device (its identity alone when the
+path is its own real path, the common case: one object less per path), skipped, or nothing."""
+
+
+def look_at(matched: str, real_dirs: dict[str, str]) -> tuple[Looked, str | None, bool]:
     """What a matched path is (for `MatchCache.lookup`): a device, skipped (a bad name stays
     bad; a dangling link may not), or nothing (a directory, gone)."""
     if why := name_problem(matched):
         return Skipped("bad_name", printable_path(matched), why), None, True
     found = examine(matched, real_dirs)
     if isinstance(found, Found):
+        if found.real_path == matched and found.link_dir is None:
+            return found.identity, matched, True
         return found, found.real_path, True
     return found, None, found is None
 
@@ -91,9 +95,9 @@ class GlobScan:
         self._files = files
         self._ids = DeviceIds(config.paths)
         self._dir_readable = dir_readable
-        self._held: dict[DeviceIdentity, Assigned] = {}
-        """The ID and host path of each device of the last scan, by identity."""
-        self._cache: MatchCache[Found | Skipped | None] = MatchCache(config.paths)
+        self._held: dict[DeviceIdentity, Device] = {}
+        """Each device of the last scan (its ID and host path), by identity."""
+        self._cache: MatchCache[Looked] = MatchCache(config.paths)
 
     def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         config = self.config
@@ -118,11 +122,16 @@ class GlobScan:
                 if isinstance(found, Skipped):
                     skipped[matched] = found
                     continue
-                if found.link_dir is not None:
-                    dirs.watch(found.link_dir)
-                by_identity.setdefault(found.identity, []).append((matched, found.real_path))
+                if isinstance(found, Found):
+                    if found.link_dir is not None:
+                        dirs.watch(found.link_dir)
+                    identity, real = found.identity, found.real_path
+                else:
+                    identity, real = found, matched  # (its own real path)
+                by_identity.setdefault(identity, []).append((matched, real))
         assigned, collided = assign_ids(by_identity, self._held, self._ids)
         devices: dict[str, Device] = {}
+        held: dict[DeviceIdentity, Device] = {}
         reached: dict[str, PathReach] = {}
         for identity, paths in by_identity.items():
             matched = paths[0][0]
@@ -139,13 +148,13 @@ class GlobScan:
                 )
                 continue
             device_id, host_path = assigned[identity]
-            device = devices[device_id] = self._device(
+            device = devices[device_id] = held[identity] = self._device(
                 device_id, matched, host_path, previous, skipped
             )
             if device is not previous.get(device_id):  # (the index knows a device kept)
                 reached[host_path] = (identity, host_path)
         # Read by the next scan only (scans never overlap: the loop runs one at a time).
-        self._held = assigned
+        self._held = held
         cache.end()
         return ScanResult(
             devices,

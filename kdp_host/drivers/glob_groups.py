@@ -32,11 +32,11 @@ from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
 from ..files import FileReader
 from .base import Skipped
+from .glob_cache import MatchCache
 from .glob_keys import GroupMember
 from .glob_paths import (
     DeviceIdentity,
     DeviceIds,
-    MatchCache,
     examine,
     name_problem,
     printable_path,

@@ -14,14 +14,14 @@ a second node for its device number, whatever its path, never renames it.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
 import re
 import stat
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Generic, NamedTuple, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 from .. import rules
+from ..devices import Device
 from ..identity import Identity, identity_of, names_it
 from ..names import PATH_ID, make_name
 from .base import Skipped
@@ -135,13 +135,14 @@ class Assigned(NamedTuple):
 
 def assign_ids(
     by_identity: Mapping[DeviceIdentity, Sequence[tuple[str, str]]],
-    held: Mapping[DeviceIdentity, Assigned],
+    held: Mapping[DeviceIdentity, Device],
     ids: DeviceIds,
 ) -> tuple[dict[DeviceIdentity, Assigned], dict[DeviceIdentity, DeviceIdentity]]:
     """The ID of each device of a scan (its (matched path, real path) pairs by identity),
     and the devices left out because their ID is another's (identity -> the holder's).
 
-    A device listed last time (`held`) keeps its ID, and its host path while that path still
+    A device listed last time (`held`: its Device by identity) keeps its ID, and its host
+    path (its node's) while that path still
     reaches it (else the canonical path of what does): a second node with the same device
     number and a lower path (`mknod`, a devtmpfs alias) never renames a device the kubelet
     may have given to a pod. A new device gets the ID of its canonical path; if a listed
@@ -154,10 +155,11 @@ def assign_ids(
     for identity in sorted(by_identity, key=lambda identity: identity not in held):
         paths = by_identity[identity]
         kept = held.get(identity)
-        if kept is not None and any(real == kept.host_path for _matched, real in paths):
-            choice = kept
-        elif kept is not None:
-            choice = Assigned(kept.device_id, canonical_path(paths))
+        if kept is not None:
+            host_path = kept.nodes[0].host_path
+            if not any(real == host_path for _matched, real in paths):
+                host_path = canonical_path(paths)
+            choice = Assigned(kept.id, host_path)
         else:
             canonical = canonical_path(paths)
             choice = Assigned(ids(canonical), canonical)
@@ -215,173 +217,3 @@ def examine(path: str, real_dirs: dict[str, str]) -> Found | Skipped | None:
             "magic link such as /proc/<pid>/root, or changed while it was resolved)",
         )
     return Found(real_path, identity_of(st), link_dir)
-
-
-T = TypeVar("T")
-
-
-def _leaf_pattern(pattern: str) -> tuple[str, str] | None:
-    """(directory, leaf) of a pattern whose only wildcards are in its last component, the
-    case a change named by the watcher can be applied to directly; else None."""
-    directory, leaf = os.path.split(pattern)
-    if rules.GLOB_MAGIC.search(directory) or os.path.normpath(pattern) != pattern:
-        return None  # (a path spelt with `//` or `.` is listed as spelt, not as named)
-    return directory, leaf
-
-
-def _leaf_matches(leaf: str, name: str) -> bool:
-    """What glob.glob lists in a directory: names matching `leaf`, hidden ones only when
-    `leaf` starts with a dot."""
-    if name.startswith(".") and not leaf.startswith("."):
-        return False
-    return fnmatch.fnmatchcase(name, leaf)
-
-
-DirLinks = dict[str, tuple[tuple[str, ...], str]]
-"""Per directory (as spelt): the links resolving it passes through and where it leads."""
-
-
-def links_on_the_way(path: str, limit: int = 40, dirs: DirLinks | None = None) -> tuple[str, ...]:
-    """Every symlink that resolving `path` passes through, each named as the path it has
-    there: a matched path depends on all of them (`dev/a0/a1` through a link `dev/a0 -> dev`
-    depends on `dev/a1`), not only on itself and its real path.
-
-    With `dirs` (kept for one scan), the directory above `path` is walked once, not once per
-    path in it: one lstat per path instead of one per component of each."""
-    parts = [part for part in path.split("/") if part]
-    if dirs is None or len(parts) < 2:
-        links: list[str] = []
-        _follow(parts, "/", links, limit)
-        return tuple(links)
-    directory = "/".join(parts[:-1])
-    known = dirs.get(directory)
-    if known is None:
-        links = []
-        end = _follow(parts[:-1], "/", links, limit)
-        known = dirs[directory] = (tuple(links), end)
-    links = list(known[0])
-    _follow(parts[-1:], known[1], links, limit)
-    return tuple(links)
-
-
-def _follow(parts: list[str], current: str, links: list[str], limit: int) -> str:
-    """Resolve `parts` from the directory `current`, adding each symlink passed through to
-    `links` (at most `limit`); where they lead."""
-    pending = list(reversed(parts))
-    while pending:
-        part = pending.pop()
-        if part == ".":
-            continue
-        if part == "..":
-            current = os.path.dirname(current)
-            continue
-        candidate = os.path.join(current, part)
-        if len(links) >= limit or not os.path.islink(candidate):
-            current = candidate
-            continue
-        links.append(candidate)
-        try:
-            target = os.readlink(candidate)
-        except OSError:
-            current = candidate
-            continue
-        if target.startswith("/"):
-            current = "/"
-        pending.extend(part for part in reversed(target.split("/")) if part)
-    return current
-
-
-class MatchCache(Generic[T]):
-    """What a scan learnt about each matched path, kept for the next scan, so that a scan
-    told which paths changed (the watcher's names) looks again only at those: O(changed)
-    system calls instead of one listing and a few per path.
-
-    A kept answer is reused while neither the path nor its real path, nor a directory above
-    either, was named as changed; anything else is looked at again. The listing of a
-    pattern whose wildcards are all in its last component is the last listing with the
-    named entries of its directory added or removed; other patterns are listed again.
-    Without a change set (None: the first scan, a safety-net rescan) nothing is reused.
-    Used by one scan at a time (the scan loop never runs two at once).
-    """
-
-    def __init__(self, patterns: Sequence[str]) -> None:
-        self._patterns = tuple(patterns)
-        self._leaves = tuple(_leaf_pattern(p) for p in self._patterns)
-        self._listed: list[list[str] | None] = [None] * len(self._patterns)
-        self._kept: dict[Hashable, tuple[T, str | None, tuple[str, ...]]] = {}
-        self._seen: dict[Hashable, tuple[T, str | None, tuple[str, ...]]] = {}
-        self._dirs: DirLinks = {}
-        """The links above each directory, learnt in this scan."""
-        self._changed: frozenset[str] | None = None
-        self._below: tuple[str, ...] = ()
-
-    def begin(self, changed: frozenset[str] | None) -> None:
-        self._changed = changed
-        self._below = tuple(path.rstrip("/") + "/" for path in changed or ())
-        """Everything below a changed path (a directory replaced) changed too."""
-        self._seen = {}
-        self._dirs = {}
-        if changed is None:
-            self._kept = {}
-            self._listed = [None] * len(self._patterns)
-
-    def end(self) -> None:
-        """Keep what this scan saw (and only that) for the next."""
-        self._kept, self._seen = self._seen, {}
-
-    def matched(self, index: int, guard: ScanGuard) -> list[str]:
-        """The paths pattern `index` matches now, in sorted order (walked under `guard`:
-        raises DriverError)."""
-        pattern = self._patterns[index]
-        listed = self._listed[index]
-        leaf = self._leaves[index]
-        changed = self._changed
-        if listed is None or leaf is None or changed is None:
-            listed = sorted(glob_paths(pattern, guard))
-        else:
-            directory, name_pattern = leaf
-            named = [
-                path
-                for path in changed
-                if os.path.dirname(path) == directory
-                and _leaf_matches(name_pattern, os.path.basename(path))
-            ]
-            if named:
-                paths = set(listed)
-                for path in named:
-                    if os.path.lexists(path):
-                        paths.add(path)
-                    else:
-                        paths.discard(path)
-                listed = sorted(paths)
-                guard.match(pattern, len(listed))
-        self._listed[index] = listed
-        return listed
-
-    def lookup(self, key: Hashable, path: str, look: Callable[[], tuple[T, str | None, bool]]) -> T:
-        """What `key` (a matched `path`) is: the answer kept from the last scan if neither
-        the path nor the real path it had changed, else `look()`'s: (the answer, the real
-        path it depends on (`path` itself when no link is on the way), whether it may be
-        kept: a dangling link may not)."""
-        kept = self._kept.get(key)
-        if (
-            kept is not None
-            and not self._touched(path)
-            and (kept[1] is None or not self._touched(kept[1]))
-            and not any(self._touched(link) for link in kept[2])
-        ):
-            self._seen[key] = kept
-            return kept[0]
-        value, real_path, keep = look()
-        if keep:
-            # A path that is its own real path passes through no link (resolving it went
-            # through none): no lstat of each of its components again.
-            links = () if real_path == path else links_on_the_way(path, dirs=self._dirs)
-            self._seen[key] = (value, real_path, links)
-        return value
-
-    def _touched(self, path: str) -> bool:
-        changed = self._changed
-        if changed is None:
-            return True
-        return path in changed or path.startswith(self._below)

@@ -121,3 +121,20 @@ def test_a_node_that_appears_where_another_device_claims_nothing_yet_stays_with_
     host.publish(R1)
     host.publish(R2, node("/dev/fpga0"))
     assert host.ids(R2) == ["fpga0"]
+
+
+def test_a_link_to_a_real_device_node_that_went_clashes_with_the_nodes_number(
+    tmp_path: Path,
+) -> None:
+    """The same with a real character device (no root: a link to /dev/null): the link is
+    removed while its device is advertised; a list that still names it is held."""
+    link = tmp_path / "null0"
+    link.symlink_to("/dev/null")
+    host = Host()
+    host.publish(R1, node(str(link)))
+    link.unlink()
+    host.publish(R2, node(str(link)))
+    assert host.ids(R1) == ["null0"] and host.ids(R2) == []
+    host.publish(R1)
+    host.publish(R2, node(str(link)))
+    assert host.ids(R2) == ["null0"]

@@ -4,29 +4,23 @@ One table for the host (the ownership index is one). A claim is owned by one adv
 device (exclusive) or shared by many (`shared`), never both; a directory claim also covers
 what is below it. A claim whose device stops being advertised lingers with its owner until
 its path is gone (asked of the index: `_still_there`) or the owner's resource takes it back.
-
-A path where nothing is is claimed by its text, and that text claim is the claim the path was
-made under while that one is held (`_named`, `_alias`): a node removed while its device is
-advertised (or lingers) is not taken by another device whose list, made before it went,
-still names the path, and a node that appears where a device claims nothing yet is not
-taken from it.
+A claim by text and the claim its path was last made under are one (`ownership_aliases`).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import os
 from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
 
 from .devices import Device
 from .identity import DIRECTORY
 from .logs import EventLogger
+from .ownership_aliases import PathAliases
 from .ownership_bookings import Ledger, Saved, StateSink
 from .ownership_claims import (
     NOTHING,
-    SYSFS,
     Claim,
     ClaimKey,
     Claims,
@@ -130,13 +124,8 @@ class ClaimTable(abc.ABC):
         without directory mounts pays nothing for containment)."""
         self._below: dict[str, int] = {}
         """Directory -> how many claims of `_at` are below it."""
-        self._named: dict[str, ClaimKey] = {}
-        """Host path (normalised) and real path -> the key of the claim last made through
-        it that is not by text, while that key is in the table (`_alias`)."""
-        self._names: dict[ClaimKey, tuple[str, ...]] = {}
-        """Key -> the paths `_named` gives it under (dropped with the key)."""
-        self._texts: set[ClaimKey] = set()
-        """The claims by text (paths where nothing is) the table holds."""
+        self._aliases = PathAliases()
+        """The key each path was last claimed under, and the claims by text (`_aliased`)."""
         self._resources: dict[str, ResourceState] = {}
         self._ledger = Ledger()
         """The IDs the kubelet booked, with their claims (`<stateDir>/ownership.json`)."""
@@ -171,7 +160,7 @@ class ClaimTable(abc.ABC):
                 key = claim[0]
                 if key not in self._exclusive:
                     self._count(key, claim[2])
-                    self._enter(claim)
+                    self._aliases.enter(claim)
                     self._exclusive[key] = Owner(owner.resource, device)
                     state.lingering[key] = (now, claim)
         self._ledger.sink = sink
@@ -198,13 +187,13 @@ class ClaimTable(abc.ABC):
         me = Owner(resource, device_id)
         for claim in claims.exclusive:
             why = self._clash(me, claim[0], claim[1], False)
-            if why is None and (self._texts or claim[0][0] == NOTHING):
+            if why is None and (self._aliases.texts or claim[0][0] == NOTHING):
                 why = self._aliased(me, claim, False)
             if why is not None:
                 return why
         for claim in claims.shared:
             why = self._clash(me, claim[0], claim[1], True)
-            if why is None and (self._texts or claim[0][0] == NOTHING):
+            if why is None and (self._aliases.texts or claim[0][0] == NOTHING):
                 why = self._aliased(me, claim, True)
             if why is not None:
                 return why
@@ -213,66 +202,9 @@ class ClaimTable(abc.ABC):
         return None
 
     def _aliased(self, me: Owner, claim: Claim, shared: bool) -> Holding | None:
-        """A claim by text and the claim of another key last made through that path
-        (`_alias`) clash as if they were one claim."""
-        alias = self._alias(claim)
+        """A claim and the other claim its path names (`PathAliases.of`) clash as one."""
+        alias = self._aliases.of(claim, self._exclusive, self._shared)
         return None if alias is None else self._clash(me, alias, claim[1], shared)
-
-    def _alias(self, claim: Claim) -> ClaimKey | None:
-        """The other claim of the table that a claim's path names: for a claim by text (a
-        path where nothing is now), the key that path was last claimed under, while that
-        claim is held; for any other claim, the claim by text of its path (its host path
-        or its real path), if one is held.
-
-        Why: what a path is can change while a claim made through it is held. A node
-        removed while its device is advertised (or its claim lingers: a pod may still hold
-        it) leaves that claim in the table under the node's identity; a device whose list
-        still names the path (made before the node went, or a probe that prints it)
-        resolves it to nothing and claims its text, another key. The path is the same, and
-        a node that comes back there is what both devices would hand out: so the text
-        claim clashes with the identity the path had. The other way round, a device that
-        claims a path where nothing is yet hands out whatever appears there: a node that
-        appears is not taken from it by another device (until it resolves the path anew,
-        or lets go of it). Two identities at one path (a file made anew while the old one
-        is held) stay two claims (`identity`)."""
-        key, path, real = claim
-        if key[0] == NOTHING:
-            named = self._named.get(real)
-            return None if named is None or named == key else named
-        if not self._texts or key[0] == SYSFS:
-            return None
-        for name in (real,) if path is real else (real, os.path.normpath(path)):
-            text = (NOTHING, name)
-            if text in self._exclusive or text in self._shared:
-                return text
-        return None
-
-    def _enter(self, claim: Claim) -> None:
-        """A claim is made: a claim by text is noted, any other gives its key the names of
-        its paths (`_alias`)."""
-        key, path, real = claim
-        if key[0] == NOTHING:
-            self._texts.add(key)
-            return
-        if key[0] == SYSFS:
-            return  # (a sysfs device's own directory: no device lists it as a node)
-        named = self._named
-        names = self._names.get(key, ())
-        for name in (real,) if path is real or path == real else (real, os.path.normpath(path)):
-            named[name] = key
-            if name not in names:
-                names = (*names, name)
-        self._names[key] = names
-
-    def _leave(self, key: ClaimKey) -> None:
-        """A key is gone from the table: uncounted, or its names dropped."""
-        if key[0] == NOTHING:
-            self._texts.discard(key)
-            return
-        named = self._named
-        for name in self._names.pop(key, ()):
-            if named.get(name) == key:
-                del named[name]
 
     def _clash(self, me: Owner, key: ClaimKey, path: str, shared: bool) -> Holding | None:
         """Whether `key`, claimed by `me` (shared or not), clashes with another's claim."""
@@ -315,24 +247,6 @@ class ClaimTable(abc.ABC):
                         return why
         return None
 
-    def _owners(self, reached: Reached) -> list[Owner]:
-        """Every device that owns what a path reaches exclusively: its claim, a directory
-        it mounts above it, or, for a directory, any claim below it (a mount of the
-        directory reaches them all)."""
-        key, real = reached
-        exclusive = self._exclusive
-        found = [owner] if (owner := exclusive.get(key)) is not None else []
-        for directory in ancestors(real):
-            outer = self._dirs.get(directory)
-            if outer is not None and (owner := exclusive.get(outer)) is not None:
-                found.append(owner)
-        if key[0] == DIRECTORY:
-            at, _ = self._containment()
-            for inner, inner_real in at.items():
-                if below(inner_real, real) and (owner := exclusive.get(inner)) is not None:
-                    found.append(owner)
-        return found
-
     def _holds(self, me: Owner, key: ClaimKey) -> bool:
         return self._exclusive.get(key) == me or me in self._shared.get(key, ())
 
@@ -367,7 +281,7 @@ class ClaimTable(abc.ABC):
         """A claim is gone (from both maps)."""
         if key in self._exclusive or key in self._shared:
             return
-        self._leave(key)
+        self._aliases.leave(key)
         real = None if self._at is None else self._at.pop(key, None)
         if real is None:
             return
@@ -418,17 +332,16 @@ class ClaimTable(abc.ABC):
             key = claim[0]
             if key not in exclusive:
                 self._count(key, claim[2])
-            self._enter(claim)
+            self._aliases.enter(claim)
             exclusive[key] = me
             if lingering:
                 lingering.pop(key, None)
-        for claim in claims.shared:
-            key = claim[0]
+        for key, path, real in claims.shared:
             sharers = self._shared.get(key)
             if sharers is None:
-                self._count(key, claim[2])
+                self._count(key, real)
                 sharers = self._shared[key] = set()
-            self._enter(claim)
+            self._aliases.enter((key, path, real))
             sharers.add(me)
         state.owned[device_id] = claims
         self._follow(state.name, claims)

@@ -5,12 +5,17 @@ round, so one path is never in two advertised devices."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import pytest
 
-from kdp_host.devices import Device, DeviceNode
+from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.logs import get_logger
+from kdp_host.ownership import OwnershipIndex
+from kdp_host.ownership_claims import Unresolvable
+from kdp_host.testing import ManualWatcher
 
 from .test_ownership import (
     R1,
@@ -138,3 +143,30 @@ def test_a_link_to_a_real_device_node_that_went_clashes_with_the_nodes_number(
     host.publish(R1)
     host.publish(R2, node(str(link)))
     assert host.ids(R2) == ["null0"]
+
+
+async def test_an_allocate_of_a_path_claimed_by_text_that_reaches_a_node_now_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A device claims a path where nothing is (by its text); a link to another device's
+    file appears there, and an Allocate comes before the watcher's news: it is refused
+    (the path no longer reaches what was claimed for it: nothing), not handed the other
+    device's file, and the path is claimed anew, which holds the device."""
+    (tmp_path / "n1").touch()
+    n1, p0 = str(tmp_path / "n1"), str(tmp_path / "p0")
+    index = OwnershipIndex()
+    index.watch(ManualWatcher())
+    tables = {R1: DeviceTable(), R2: DeviceTable()}
+    for name, table in tables.items():
+        index.attach(name, table.publish, get_logger().bind(resource=name))
+    index.publish(R2, {"n1": node(n1)})
+    index.publish(R1, {"p0": node(p0)})
+    await index.quiet()
+    assert [d.id for d in tables[R1].snapshot.devices] == ["p0"]
+    (tmp_path / "p0").symlink_to(n1)
+    with pytest.raises(Unresolvable, match="no longer reaches what was claimed"):
+        await index.hand_out(R1, ["p0"], [p0])
+    await asyncio.sleep(0)
+    await index.quiet()
+    assert [d.id for d in tables[R1].snapshot.devices] == []
+    assert [d.id for d in tables[R2].snapshot.devices] == ["n1"]

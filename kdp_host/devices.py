@@ -63,10 +63,8 @@ class Device:
     """One physical device as its driver found it.
 
     A device whose only node is its own `path`, the same inside the container (most glob
-    devices), keeps no DeviceNode: `nodes` derives it on use. With 100,000 devices in one
-    process that saves ~10 MB; the constructor takes and `nodes` returns the same thing
-    either way.
-    """
+    devices), keeps no DeviceNode: `nodes` derives it on use (~10 MB less for 100,000
+    devices); the constructor takes and `nodes` returns the same thing either way."""
 
     id: str
     healthy: bool
@@ -85,7 +83,7 @@ class Device:
         self,
         id: str,
         healthy: bool = True,
-        nodes: tuple[DeviceNode, ...] = (),
+        nodes: tuple[DeviceNode, ...] | None = (),
         numa: int | None = None,
         env: Mapping[str, str] = _NO_ENTRIES,
         mounts: tuple[DeviceMount, ...] = (),
@@ -93,11 +91,13 @@ class Device:
         path: str | None = None,
         sysfs_path: str | None = None,
     ) -> None:
-        compact = (
-            path is not None
-            and len(nodes) == 1
-            and nodes[0].host_path == path
-            and nodes[0] == DeviceNode(path, path)
+        """`nodes` None: one node, `path` on the host and in the container (no DeviceNode
+        built: a first scan makes one device per matched path)."""
+        node = nodes[0] if nodes is not None and len(nodes) == 1 else None
+        compact = nodes is None or (
+            node is not None  # (compared without building a DeviceNode)
+            and (node.host_path, node.container_path, node.permissions) == (path, path, None)
+            and not (node.optional or node.shared)
         )
         set_field = object.__setattr__
         set_field(self, "id", id)

@@ -78,8 +78,7 @@ class Host:
     _worst_lag: float = field(default=0.0, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
     _label_task: asyncio.Task[None] | None = field(default=None, init=False)
-    pod_resources: PodResourcesPoller | None = field(default=None, init=False)
-    """Who holds each device (None until running, or with polling off)."""
+    pod_resources: PodResourcesPoller | None = field(default=None, init=False)  # or polling off
 
     def __post_init__(self) -> None:
         """Raises SelectionError (a ConfigError) if two entries of a name select this node."""
@@ -150,6 +149,7 @@ class Host:
         state_dir, instance = self.config.state_dir, self.instance_id
         release_state = ReleaseStateStore(state_dir, self.log, self.offload)
         await self.offload.run(release_state.load)
+        self.ownership.hold_while_releasing(release_state.pending)
         # bookings: read back before any resource publishes, shared by hosts on stateDir
         sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
         sync.follow(watcher, safety_net := SafetyNet(self.offload))

@@ -50,10 +50,11 @@ Rules:
   claims of their device). A booking lives while PodResources shows a pod holding its ID,
   even when the node is gone (a reused device number stays owned until the old pod ends);
   it goes when an answer asked for `HEARD_AFTER` after the booking shows no pod holding the
-  ID, or is replaced when the kubelet allocates the same ID again. With PodResources
-  polling off nothing can show the pod ended: a booking then lives until the ID is
-  allocated again, or until it is dropped with `kdp-host unbook` while kdp-host is stopped;
-  a device it holds says so in its `device_held` line. An ID a pod holds with no booking
+  ID and its device's release (`release.command`) is not still due, or is replaced when
+  the kubelet allocates the same ID again. With PodResources polling off nothing can show
+  the pod ended: a booking then lives until the ID is allocated again, or until it is
+  dropped with `kdp-host unbook` while kdp-host is stopped; a device it holds says so in its
+  `device_held` line. An ID a pod holds with no booking
   (admitted before bookings were kept, or the file was lost) is booked (`ownership_adopt`).
   Hosts on one state directory (a rolling update) share the file: another host's bookings
   hold what they reach as this host's own do, from the moment it writes them (`take_in`,
@@ -76,7 +77,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
-from .ownership_bookings import Saved, what_releases
+from .ownership_bookings import ReleasePending, Saved, what_releases
 from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
@@ -256,6 +257,12 @@ class OwnershipIndex(BookingAllocations):
                     state.resolving.cancel()
 
         return detach
+
+    def hold_while_releasing(self, pending: ReleasePending) -> None:
+        """A booking whose device's release is still due (`release_state`) stays, holding its
+        claims for every resource, until a PodResources answer after the release succeeded
+        (hostile3 G9: the release is owed by the resource's ID, the node is the index's)."""
+        self._ledger.releasing = pending
 
     def retire(self, resource: str) -> None:
         """`resource` left the config: its claims linger while their nodes are there."""

@@ -94,6 +94,15 @@ Counted = dict[Owner, int]
 """The bookings that hold a claim, each with how many times (its own and a foreign copy)."""
 
 
+ReleasePending = Callable[[str, str], bool]
+"""(resource, device) -> whether the device's release (`release.command`) is still due: its
+users are not seen gone, or no release has succeeded since (`ReleaseStateStore.pending`)."""
+
+
+def _none_pending(_resource: str, _device: str) -> bool:
+    return False
+
+
 class Ledger:
     """The host's bookings (one per ownership index), by booked ID and by claim."""
 
@@ -112,6 +121,7 @@ class Ledger:
         self.places: dict[str, Counted] = {}
         """Real path of a booked place -> the bookings that handed it out."""
         self.sink: StateSink | None = None
+        self.releasing: ReleasePending = _none_pending  # (see `expire`)
 
     def add(self, owner: Owner, booking: Booking) -> None:
         self.bookings[owner] = booking
@@ -197,11 +207,14 @@ class Ledger:
 
     def expire(self, asked_at: float, after: float, held: Callable[[str], Collection[str]]) -> bool:
         """Drop the bookings no pod holds, by an answer asked for at `asked_at` (at least
-        `after` seconds after the booking); True if one went."""
+        `after` seconds after the booking), unless their device's release is still due
+        (`releasing`: the node reaches no other pod before it is clean); True if one went."""
         gone = [
             owner
             for owner, booking in self.bookings.items()
-            if asked_at >= booking.since + after and owner.device not in held(owner.resource)
+            if asked_at >= booking.since + after
+            and owner.device not in held(owner.resource)
+            and not self.releasing(owner.resource, booking.device)
         ]
         for owner in gone:
             self.drop(owner)

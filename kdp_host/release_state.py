@@ -59,6 +59,11 @@ class ReleaseStateStore:
         """Read the file (blocking: call it in a thread). Missing: nothing was used."""
         self._data = self._file.load(_parse) or {}
 
+    def pending(self, resource: str, device: str) -> bool:
+        """Whether the device's release is still due: used by a container whose end has not
+        been seen, or owed (`ownership_bookings.ReleasePending`: its booking stays)."""
+        return device in self._data.get(resource, {})
+
     def entries(self, resource: str) -> Mapping[str, dict[str, Any]]:
         return self._data.get(resource, {})
 

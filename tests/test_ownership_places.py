@@ -25,16 +25,18 @@ T = TypeVar("T")
 
 
 class CountingNodes:
-    """path -> claim, every path its own real path; counts what is resolved."""
+    """path -> claim, every path its own real path unless `reals` names another (a link on
+    the way); counts what is resolved."""
 
-    def __init__(self, nodes: dict[str, ClaimKey]) -> None:
+    def __init__(self, nodes: dict[str, ClaimKey], reals: dict[str, str] | None = None) -> None:
         self.nodes = nodes
+        self.reals = reals or {}
         self.resolved: list[str] = []
 
     def __call__(self, path: str) -> Reached | None:
         self.resolved.append(path)
         key = self.nodes.get(path)
-        return None if key is None else (key, path)
+        return None if key is None else (key, self.reals.get(path, path))
 
 
 def node(path: str) -> Device:
@@ -206,3 +208,21 @@ async def test_a_path_through_a_link_is_resolved_at_every_allocate(tmp_path: Pat
         index, offload, path = await handed_index(tmp_path / f"{other}", other)
         await index.hand_out(R1, ["n0"], [path])
         assert await hops(index, offload, [path], 2) == 2
+
+
+async def test_a_place_through_a_link_is_resolved_at_every_allocate() -> None:
+    """A place whose real path is not its text (a link on the way) was kept like any other:
+    its target re-pointed in a directory nobody follows (hostile3 G2 addendum) kept the old
+    claim, while the Allocate handed out the new real path. It is never kept now."""
+    nodes = CountingNodes(
+        {"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/opt/lib": ("d", 7)}, {"/opt/lib": "/srv/lib"}
+    )
+    index = index_with(nodes, ManualWatcher())
+    await index.quiet()
+    nodes.resolved.clear()
+    await index.book(R1, ["a"], {"a": ["/opt/lib"]})
+    await index.book(R1, ["a"], {"a": ["/opt/lib"]})
+    assert nodes.resolved == ["/opt/lib", "/opt/lib"]
+    nodes.nodes["/opt/lib"] = ("c", 2)  # the link's target now reaches what b owns
+    with pytest.raises(PlaceOwned, match="device b of t"):
+        await index.book(R1, ["a"], {"a": ["/opt/lib"]})

@@ -190,9 +190,9 @@ class GlobScan:
             # Unchanged since the last scan: keep the same object (a rescan then
             # allocates nothing per device, and comparing the lists is cheap).
             return known
-        return Device(
-            id=device_id, nodes=(DeviceNode(host_path, container),), numa=numa, path=matched
-        )
+        # (the common device whose one node is its path: no DeviceNode built)
+        nodes = None if host_path == matched == container else (DeviceNode(host_path, container),)
+        return Device(id=device_id, nodes=nodes, numa=numa, path=matched)
 
 
 def glob_scan(

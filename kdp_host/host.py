@@ -39,7 +39,7 @@ from .safety_net import SafetyNet
 from .services import HostServices, RegistryWait
 from .stale_sockets import clear_sockets
 from .state_file import StateFiles
-from .state_lock import holding
+from .state_lock import Hold, holding
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher
 
@@ -122,16 +122,17 @@ class Host:
         return out
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve every resource until `stop` is set, then shut everything down cleanly,
-        holding `stateDir` (`state_lock`) all along."""
-        async with holding(self.config.state_dir, self.offload, self.log, self.instance_id):
-            await self._serve(stop)
+        """Serve every resource until `stop` is set, holding `stateDir` all along."""
+        state_dir, instance = self.config.state_dir, self.instance_id
+        async with holding(state_dir, self.offload, self.log, instance) as hold:
+            await self._serve(stop, hold)
 
-    async def _serve(self, stop: asyncio.Event) -> None:
+    async def _serve(self, stop: asyncio.Event, hold: Hold) -> None:
         watcher = self.watcher or make_watcher(
             self.log.bind(component="watch"), offload=self.offload
         )
         self.watcher = watcher
+        hold.follow(watcher, self.offload)  # taken again when what stateDir names changes
         self.ownership.watch(watcher)  # a claimed path that changes is resolved again
         kubelet = self.config.kubelet
         socket_dir = kubelet.socket_dir
@@ -233,8 +234,7 @@ class Host:
             self.log.info("host_stopped")
 
     def _status_changed(self, name: str) -> None:
-        """/readyz follows a resource's status change at once: its own entry is worked out
-        again, not every resource's (that was O(resources²) while they start)."""
+        """/readyz follows a resource's status change at once: its own entry alone."""
         if (supervisor := self._supervisor) is not None:
             self.health.resource_readiness(name, supervisor.not_ready_reason(name))
             if supervisor.gave_up(name) != (name in self.health.dead):

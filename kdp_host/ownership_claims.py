@@ -16,7 +16,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from .devices import Device, DeviceMount
 from .identity import DIRECTORY, PathReach, identity_of, names_it
@@ -176,10 +176,26 @@ Claim = tuple[ClaimKey, str, str]
 """A claim, the host path it was made through and its real path."""
 
 
+class Claims(Protocol):
+    """What one device claims, with the host path each claim came from (one of these is
+    kept per device of the host): a `ClaimSet`, or the common device's `OneClaim`."""
+
+    @property
+    def exclusive(self) -> tuple[Claim, ...]: ...
+
+    @property
+    def shared(self) -> tuple[Claim, ...]: ...
+
+    def exclusive_keys(self) -> frozenset[ClaimKey]: ...
+
+    def shared_keys(self) -> frozenset[ClaimKey]: ...
+
+    def all(self) -> tuple[Claim, ...]: ...
+
+
 @dataclass(frozen=True, slots=True)
-class Claims:
-    """What one device claims, with the host path each claim came from (tuples, not dicts:
-    one of these is kept per device of the host)."""
+class ClaimSet:
+    """Claims of any number (tuples, not dicts)."""
 
     exclusive: tuple[Claim, ...]
     shared: tuple[Claim, ...] = ()
@@ -192,6 +208,31 @@ class Claims:
 
     def all(self) -> tuple[Claim, ...]:
         return self.exclusive + self.shared if self.shared else self.exclusive
+
+
+class OneClaim(tuple[ClaimKey, str, str]):
+    """The claims of a device with one exclusive claim and no other (the common one-node
+    device): that claim itself, one object per device instead of a ClaimSet, a tuple and
+    the claim (9 MiB less at 100,000 devices)."""
+
+    __slots__ = ()
+
+    @property
+    def exclusive(self) -> tuple[Claim, ...]:
+        return (self,)
+
+    @property
+    def shared(self) -> tuple[Claim, ...]:
+        return ()
+
+    def exclusive_keys(self) -> frozenset[ClaimKey]:
+        return frozenset((self[0],))
+
+    def shared_keys(self) -> frozenset[ClaimKey]:
+        return frozenset()
+
+    def all(self) -> tuple[Claim, ...]:
+        return (self,)
 
 
 def claim_of(path: str, resolve: Resolver) -> Claim:
@@ -243,7 +284,7 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
         and path is not None
         and device.has_only_node(path, path)
     ):
-        return Claims((claim_of(path, resolve),))  # the common one-node device: no dicts
+        return OneClaim(claim_of(path, resolve))  # the common one-node device: no dicts
     exclusive: dict[ClaimKey, Claim] = {}
     shared: dict[ClaimKey, Claim] = {}
     paths = [(n.host_path, n.shared) for n in device.nodes]
@@ -255,7 +296,7 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
         shared.pop(key, None)
     if sysfs is not None:
         exclusive.setdefault((SYSFS, sysfs), ((SYSFS, sysfs), sysfs, sysfs))
-    return Claims(tuple(exclusive.values()), tuple(shared.values()))
+    return ClaimSet(tuple(exclusive.values()), tuple(shared.values()))
 
 
 @dataclass(frozen=True, slots=True)

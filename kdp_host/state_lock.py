@@ -12,9 +12,11 @@ rewritten. The descriptor is close-on-exec: a command the host runs never inheri
 
 The directory itself is locked the same way (shared by hosts, exclusively by a command): a
 cleaner that unlinks `kdp-host.lock` (a "stale lock") leaves a running host's flock on an
-inode the path no longer names, so the file alone would let `unbook` in; a directory that
-holds files cannot be replaced under a host. The file lock stays too: hosts and commands of
-the previous version (a rolling upgrade) lock only the file.
+inode the path no longer names, so the file alone would let `unbook` in. The file lock stays
+too: hosts and commands of the previous version (a rolling upgrade) lock only the file. And
+a host follows the directory (`Hold.follow`, through its watcher): when what the paths name
+is no longer what it holds (the lock file deleted, the directory moved away and made again,
+restored from a backup), it takes the new ones.
 
 Each host also holds `<stateDir>/hosts/<instance>` exclusively while it runs: hosts that share
 the directory write their bookings into one file, each entry with its writer
@@ -25,6 +27,7 @@ the hosts that go on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import functools
@@ -36,6 +39,7 @@ from .endpoint import instance_id_problem
 from .files import Offload
 from .logs import EventLogger
 from .state_file import aside_logged
+from .watch import Subscription, Watcher
 
 LOCK_FILE = "kdp-host.lock"
 HOSTS_DIR = "hosts"
@@ -50,27 +54,25 @@ def lock_path(directory: str) -> str:
     return os.path.join(directory, LOCK_FILE)
 
 
-def _open_directory(directory: str, how: int) -> int:
-    """The directory's descriptor, locked with `how` (flock flags); raises."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _locked(fd: int, how: int) -> int:
+    """`fd`, locked with `how` (flock flags); closed when it cannot be (raises)."""
     try:
         fcntl.flock(fd, how)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_directory(directory: str, how: int) -> int:
+    """The directory's descriptor, locked with `how`; raises."""
+    return _locked(os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), how)
 
 
 def _lock_file(directory: str, how: int, log: EventLogger) -> int:
     """The lock file's descriptor (created; anything else there is set aside,
     `atomic_files.open_lock`), locked with `how`; raises."""
-    fd = open_lock(lock_path(directory), aside_logged(log))
-    try:
-        fcntl.flock(fd, how)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _locked(open_lock(lock_path(directory), aside_logged(log)), how)
 
 
 def release(held: Iterable[int]) -> None:
@@ -88,6 +90,12 @@ def hold_shared(directory: str, wait: bool, log: EventLogger) -> tuple[int, ...]
     a command of this version still sees the host. Blocking with `wait`: run it through the
     offload."""
     os.makedirs(directory, mode=0o755, exist_ok=True)
+    return _hold_shared(directory, wait, log)
+
+
+def _hold_shared(directory: str, wait: bool, log: EventLogger) -> tuple[int, ...] | None:
+    """`hold_shared` of a directory that is there (never made: a directory moved away
+    while the host runs may be about to be moved back)."""
     how = fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB)
     try:
         held = _open_directory(directory, how)
@@ -122,13 +130,9 @@ def hold_instance(directory: str, instance: str, log: EventLogger) -> int:
     cannot, or when another process holds it."""
     aside = aside_logged(log)
     directory_at(os.path.join(directory, HOSTS_DIR), aside)
-    fd = open_lock(host_lock_path(directory, instance), aside)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _locked(
+        open_lock(host_lock_path(directory, instance), aside), fcntl.LOCK_EX | fcntl.LOCK_NB
+    )
 
 
 def running(directory: str, instance: str | None) -> bool:
@@ -155,24 +159,164 @@ def running(directory: str, instance: str | None) -> bool:
     return False
 
 
+RENEW_RETRY = 1.0
+"""Seconds before a hold that a command kept the host from taking again is tried again."""
+
+
+def _names(path: str, fd: int) -> bool:
+    """Whether `path` (followed) is the file `fd` is open on; blocking."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
+
+
+class Hold:
+    """A running host's hold on its state directory: the directory and its lock file shared,
+    its own `hosts/<instance>` exclusively. Taken again when what the paths name is no
+    longer what it holds (`follow`): the lock file deleted as "stale", `hosts/` emptied, the
+    directory moved away and made again or restored from a backup. `kdp-host unbook` (or one
+    of the previous version, which checks the lock file only) would otherwise find the new
+    ones free while the host runs, say it dropped bookings, and the host would write them
+    back."""
+
+    def __init__(self, directory: str, instance: str | None, log: EventLogger) -> None:
+        self.directory = directory
+        self.instance = instance
+        self._log = log
+        self.shared: tuple[int, ...] = ()
+        """The directory's and the lock file's descriptors (the lock file's may be missing:
+        it could not be made)."""
+        self.mine: int | None = None
+        self._again = False
+        self._task: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
+        self._closed = False
+
+    def stale(self) -> list[str]:
+        """What the paths no longer name: `directory`, `lock file`, `instance` (blocking)."""
+        found = []
+        if not self.shared or not _names(self.directory, self.shared[0]):
+            found.append("directory")
+        elif len(self.shared) < 2 or not _names(lock_path(self.directory), self.shared[1]):
+            found.append("lock file")
+        path = None if self.instance is None else host_lock_path(self.directory, self.instance)
+        if path is not None and (self.mine is None or not _names(path, self.mine)):
+            found.append("instance")
+        return found
+
+    def take(self, wait: bool) -> bool:
+        """Take what is stale (blocking: the offload). False when a command holds the
+        directory exclusively and `wait` is False. Raises OSError when the directory cannot
+        be opened or locked; an instance lock that cannot be taken is logged."""
+        stale = self.stale()
+        if "directory" in stale or "lock file" in stale:
+            held = _hold_shared(self.directory, wait, self._log)
+            if held is None:
+                return False
+            if self._closed:  # the host stopped meanwhile: nothing may stay held
+                release(held)
+                return False
+            release(self.shared)
+            self.shared = held
+        if "instance" in stale and self.instance is not None:
+            try:
+                mine = hold_instance(self.directory, self.instance, self._log)
+            except OSError as exc:
+                self._log.warning(
+                    "state_lock_failed",
+                    path=host_lock_path(self.directory, self.instance),
+                    reason=str(exc),
+                    consequence="a host sharing stateDir takes this host's bookings over as "
+                    "if it had ended; this host writes them back when it sees them gone",
+                )
+            else:
+                if self.mine is not None:
+                    os.close(self.mine)
+                self.mine = mine
+        return True
+
+    def follow(self, watcher: Watcher, offload: Offload) -> None:
+        """From now on, take again what a change in the directory (its lock file, `hosts/`)
+        or of the directory itself (moved, deleted, made again) leaves stale."""
+        self._subscription = watcher.subscribe(
+            self.directory, functools.partial(self._changed, offload), (LOCK_FILE, HOSTS_DIR)
+        )
+
+    def _changed(self, offload: Offload, _name: str | None) -> None:
+        self._again = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._renew(offload), name="state-lock"
+            )
+
+    async def _renew(self, offload: Offload) -> None:
+        while self._again:
+            self._again = False
+            try:
+                stale = await offload.run(self.stale)
+                if not stale:
+                    continue
+                if await offload.run(functools.partial(self.take, False)):
+                    self._log.warning(
+                        "state_lock_taken_again",
+                        path=self.directory,
+                        stale=",".join(stale),
+                        detail="what the state directory's paths name changed under the host",
+                    )
+                    continue
+                self._log.warning(
+                    "state_dir_busy",
+                    path=lock_path(self.directory),
+                    detail="a command holds the state directory that replaced this host's: "
+                    "taken once it is done",
+                )
+                await asyncio.sleep(RENEW_RETRY)
+                self._again = True
+            except FileNotFoundError:
+                continue  # moved away, not back yet: the watcher says when it comes back
+            except OSError as exc:
+                self._log.warning(
+                    "state_lock_failed",
+                    path=lock_path(self.directory),
+                    reason=str(exc),
+                    consequence="kdp-host unbook cannot tell that this host runs",
+                )
+
+    def close(self) -> None:
+        self._closed = True
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        if self._task is not None:
+            self._task.cancel()
+        release(self.shared)
+        self.shared = ()
+        if self.mine is not None:
+            os.close(self.mine)
+            self.mine = None
+
+
 @contextlib.asynccontextmanager
 async def holding(
     directory: str, offload: Offload, log: EventLogger, instance: str | None = None
-) -> AsyncIterator[None]:
+) -> AsyncIterator[Hold]:
     """A host's hold on `directory` while the block runs: waits (logged) while a command
     holds it exclusively; a lock that cannot be taken is logged and the host runs without.
-    With `instance`, it also holds its own lock file (`running`) once it holds the first."""
-    fd: tuple[int, ...] | None = None
-    mine: int | None = None
+    With `instance`, it also holds its own lock file (`running`) once it holds the first.
+    The host has it `follow` the directory once its watcher runs."""
+    hold = Hold(directory, instance, log)
     try:
-        fd = await offload.run(functools.partial(hold_shared, directory, False, log))
-        if fd is None:
+        await offload.run(functools.partial(os.makedirs, directory, 0o755, True))
+        if not await offload.run(functools.partial(hold.take, False)):
             log.warning(
                 "state_dir_busy",
                 path=lock_path(directory),
                 detail="waiting for the command that holds it (kdp-host unbook) to finish",
             )
-            fd = await offload.run(functools.partial(hold_shared, directory, True, log))
+            await offload.run(functools.partial(hold.take, True))
     except OSError as exc:
         log.warning(
             "state_lock_failed",
@@ -180,23 +324,10 @@ async def holding(
             reason=str(exc),
             consequence="kdp-host unbook cannot tell that this host runs",
         )
-    if instance is not None and fd is not None:
-        try:
-            mine = await offload.run(functools.partial(hold_instance, directory, instance, log))
-        except OSError as exc:
-            log.warning(
-                "state_lock_failed",
-                path=host_lock_path(directory, instance),
-                reason=str(exc),
-                consequence="a host sharing stateDir takes this host's bookings over as if it "
-                "had ended; this host writes them back when it sees them gone",
-            )
     try:
-        yield
+        yield hold
     finally:
-        release(fd or ())
-        if mine is not None:
-            os.close(mine)
+        hold.close()
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ for nothing (Issue 17: another resource's churn on the offload queued it)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -226,3 +228,29 @@ async def test_a_place_through_a_link_is_resolved_at_every_allocate() -> None:
     nodes.nodes["/opt/lib"] = ("c", 2)  # the link's target now reaches what b owns
     with pytest.raises(PlaceOwned, match="device b of t"):
         await index.book(R1, ["a"], {"a": ["/opt/lib"]})
+
+
+def test_the_common_devices_claims_are_one_object_each() -> None:
+    """A device with one node at its path (most glob devices) costs the index one object
+    for its claims, the claim itself (`OneClaim`), not a Claims, a tuple and the claim (at
+    100 resources x 1000 devices the three were 15 MiB of the host's 120)."""
+    paths = [f"/dev/n{number:04d}" for number in range(2000)]
+    nodes = CountingNodes({path: ("c", 1000 + number) for number, path in enumerate(paths)})
+    devices = {device.id: device for device in map(node, paths)}
+    index = OwnershipIndex(resolve=nodes)
+    table = DeviceTable()
+    index.attach(R1, table.publish, get_logger().bind(resource=R1))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        index.publish(R1, devices)
+        assert len(table.snapshot.devices) == 2000
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+        del index, table
+        gc.collect()
+        kept = held - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # per device: its claim, its owner, the index's entries and the table's; it was 313
+    assert kept / 2000 < 270, f"{kept / 2000:.0f} bytes per device"

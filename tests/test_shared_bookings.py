@@ -21,7 +21,7 @@ from kdp_host.endpoint import socket_instance, socket_name
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership_bookings import OWNERSHIP_FILE, Booking, Ledger, ownership_file, read_saved
-from kdp_host.ownership_claims import Claim, Claims, Owner
+from kdp_host.ownership_claims import Claim, ClaimSet, Owner
 from kdp_host.ownership_sync import as_written, merged_with
 from kdp_host.stale_sockets import other_hosts
 from kdp_host.state_file import StateFile
@@ -91,7 +91,7 @@ async def test_two_writers_keep_each_others_bookings(state: Path) -> None:
         assert on_file(state) == [("new1", "new"), ("new2", "new"), ("old0", "old")]
         assert new.read() == (True, False)  # old0 is the old host's: held, not written
         assert new.ledger.has(Owner(R, "old0")) and Owner(R, "old0") not in new.ledger.bookings
-        found = new.ledger.conflict(R, "other", 1, Claims(exclusive=claim(0)))
+        found = new.ledger.conflict(R, "other", 1, ClaimSet(exclusive=claim(0)))
         assert found == (Owner(R, "old0"), "/dev/n0")
     finally:
         old.stop()

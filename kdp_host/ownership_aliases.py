@@ -14,13 +14,14 @@ a path where nothing is yet hands out whatever appears there: a claim of a node 
 at that path clashes with the claim by text (until its device claims the path anew, or lets
 go of it). Two identities at one path (a file made anew while the old one is held) stay two
 claims. The table asks `PathAliases.of` for each claim it checks (`ClaimTable._conflict`), and
-tells it every claim made (`enter`) and every key gone (`leave`).
+tells it every claim made (`enter`) and every key gone (`leave`). The paths are indexed from
+the first claim by text on (a host where every path reaches something pays nothing).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Container
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
 from .ownership_claims import NOTHING, SYSFS, Claim, ClaimKey
@@ -30,23 +31,32 @@ from .ownership_claims import NOTHING, SYSFS, Claim, ClaimKey
 class PathAliases:
     """The key each path was last claimed under (not by text), and the claims by text."""
 
-    named: dict[str, ClaimKey] = field(default_factory=dict)
+    named: dict[str, ClaimKey] | None = None
     """Host path (normalised) and real path -> the key of the claim last made through it
-    that is not by text, while that key is in the table."""
+    that is not by text, while that key is in the table; kept from the first claim by text
+    that is checked on (None before)."""
     names: dict[ClaimKey, tuple[str, ...]] = field(default_factory=dict)
     """Key -> the paths `named` gives it under (dropped with the key)."""
     texts: set[ClaimKey] = field(default_factory=set)
     """The claims by text (paths where nothing is) the table holds."""
 
     def of(
-        self, claim: Claim, exclusive: Container[ClaimKey], shared: Container[ClaimKey]
+        self,
+        claim: Claim,
+        exclusive: Container[ClaimKey],
+        shared: Container[ClaimKey],
+        made: Callable[[], Iterable[Claim]],
     ) -> ClaimKey | None:
-        """The other claim of the table (`exclusive`, `shared`: its keys) that a claim's path
-        names: for a claim by text, the key that path was last claimed under (if its claim
-        is held); for any other claim, the claim by text of its real path or its host path,
-        if one is held."""
+        """The other claim of the table (`exclusive`, `shared`: its keys; `made`: its
+        claims, read once to index them) that a claim's path names: for a claim by text,
+        the key that path was last claimed under (if its claim is held); for any other
+        claim, the claim by text of its real path or its host path, if one is held."""
         key, path, real = claim
         if key[0] == NOTHING:
+            if self.named is None:
+                self.named = {}
+                for made_claim in made():
+                    self._name(made_claim)
             named = self.named.get(real)
             return None if named is None or named == key else named
         if not self.texts or key[0] == SYSFS:
@@ -58,15 +68,19 @@ class PathAliases:
         return None
 
     def enter(self, claim: Claim) -> None:
-        """A claim is made: a claim by text is noted, any other gives its key the names of
-        its paths (the last claim through a path names it)."""
+        """A claim is made: a claim by text is noted, any other names its key (`_name`)."""
+        if claim[0][0] == NOTHING:
+            self.texts.add(claim[0])
+        else:
+            self._name(claim)
+
+    def _name(self, claim: Claim) -> None:
+        """Its paths name the key of a claim not by text (the last claim through a path
+        names it), once paths are indexed."""
         key, path, real = claim
-        if key[0] == NOTHING:
-            self.texts.add(key)
-            return
-        if key[0] == SYSFS:
-            return  # (a sysfs device's own directory: no device lists it as a node)
         named = self.named
+        if named is None or key[0] in (NOTHING, SYSFS):
+            return  # (a sysfs device's own directory: no device lists it as a node)
         names = self.names.get(key, ())
         for name in (real,) if path is real or path == real else (real, os.path.normpath(path)):
             named[name] = key
@@ -81,5 +95,5 @@ class PathAliases:
             return
         named = self.named
         for name in self.names.pop(key, ()):
-            if named.get(name) == key:
+            if named is not None and named.get(name) == key:
                 del named[name]

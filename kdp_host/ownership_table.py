@@ -4,14 +4,13 @@ One table for the host (the ownership index is one). A claim is owned by one adv
 device (exclusive) or shared by many (`shared`), never both; a directory claim also covers
 what is below it. A claim whose device stops being advertised lingers with its owner until
 its path is gone (asked of the index: `_still_there`) or the owner's resource takes it back.
-A claim by text and the claim its path was last made under are one (`ownership_aliases`).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .devices import Device
@@ -20,7 +19,6 @@ from .logs import EventLogger
 from .ownership_aliases import PathAliases
 from .ownership_bookings import Ledger, Saved, StateSink
 from .ownership_claims import (
-    NOTHING,
     Claim,
     ClaimKey,
     Claims,
@@ -186,15 +184,11 @@ class ClaimTable(abc.ABC):
             return None
         me = Owner(resource, device_id)
         for claim in claims.exclusive:
-            why = self._clash(me, claim[0], claim[1], False)
-            if why is None and (self._aliases.texts or claim[0][0] == NOTHING):
-                why = self._aliased(me, claim, False)
+            why = self._clash(me, claim[0], claim[1], False) or self._aliased(me, claim, False)
             if why is not None:
                 return why
         for claim in claims.shared:
-            why = self._clash(me, claim[0], claim[1], True)
-            if why is None and (self._aliases.texts or claim[0][0] == NOTHING):
-                why = self._aliased(me, claim, True)
+            why = self._clash(me, claim[0], claim[1], True) or self._aliased(me, claim, True)
             if why is not None:
                 return why
         if self._dirs or any(claim[0][0] == DIRECTORY for claim in claims.all()):
@@ -203,7 +197,7 @@ class ClaimTable(abc.ABC):
 
     def _aliased(self, me: Owner, claim: Claim, shared: bool) -> Holding | None:
         """A claim and the other claim its path names (`PathAliases.of`) clash as one."""
-        alias = self._aliases.of(claim, self._exclusive, self._shared)
+        alias = self._aliases.of(claim, self._exclusive, self._shared, self._made)
         return None if alias is None else self._clash(me, alias, claim[1], shared)
 
     def _clash(self, me: Owner, key: ClaimKey, path: str, shared: bool) -> Holding | None:
@@ -255,13 +249,17 @@ class ClaimTable(abc.ABC):
         the claims on first use."""
         if self._at is None:
             self._at = {}
-            for state in self._resources.values():
-                for claims in state.owned.values():
-                    for key, _, real in claims.all():
-                        self._count(key, real)
-                for _, (key, _, real) in state.lingering.values():
-                    self._count(key, real)
+            for key, _, real in self._made():
+                self._count(key, real)
         return self._at, self._below
+
+    def _made(self) -> Iterator[Claim]:
+        """Every claim of the table: of advertised devices, and lingering ones."""
+        for state in self._resources.values():
+            for claims in state.owned.values():
+                yield from claims.all()
+            for _, claim in state.lingering.values():
+                yield claim
 
     def _count(self, key: ClaimKey, real: str) -> None:
         """A claim is made: its directory is one a claim may be below (kept from the first

@@ -15,17 +15,29 @@ Every error names the line (or the JSON entry) and quotes it.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from . import rules
 from .cdi_rules import cdi_qualified_name_problem
 from .devices import Device, DeviceMount, DeviceNode
 from .files import Offload
+from .json_document import (
+    NotAList,
+    compact,
+    decode_entry,
+    decode_text,
+    json_flag,
+    json_kind,
+    json_list,
+    json_object,
+    json_string,
+    json_string_map,
+    list_entries,
+    load_json,
+)
 from .output_checks import (
-    QUOTE_LIMIT,
     Invalid,
     ProbeOutputError,
     add_node,
@@ -40,22 +52,29 @@ from .output_checks import (
     numa_from_text,
     quote,
 )
+from .recall import Recall
+from .turns import Pace, Steps, in_turns, to_the_end
 
 __all__ = [
     "ContainerExtras",
     "Format",
     "ProbeOutputError",
+    "Recall",
     "parse_allocate_output",
+    "parse_in_turns",
     "parse_json",
     "parse_lines",
-    "parse_off_loop",
     "parse_output",
 ]
 
-_OFFLOAD_PARSE_BYTES = 16 * 1024
-"""Outputs larger than this are parsed in a worker thread, off the event loop."""
+ENTRIES_PER_TURN: Final = 100
+"""Lines or list entries a probe's output is parsed in per turn of the event loop."""
+_WHOLE_OFF_LOOP_BYTES = 16 * 1024
+"""A JSON output with an error larger than this, or any output with an entry (a line, a
+list entry) larger than this, is parsed in a worker thread."""
 _LINE_KEYS = ("path", "numa")
 _DEVICE_KEYS = frozenset({"id", "health", "paths", "numa", "env", "mounts", "annotations"})
+_EXTRA_KEYS = frozenset({"mounts", "env", "annotations"})
 _PATH_KEYS = frozenset({"hostPath", "containerPath"})
 _MOUNT_KEYS = frozenset({"hostPath", "containerPath", "readOnly"})
 _SHARED = "shared"
@@ -66,20 +85,37 @@ _EXTRAS_KEYS = frozenset({"env", "annotations", "mounts", "paths", "cdiDevices"}
 Format = Literal["lines", "json"]
 
 
-def parse_lines(data: bytes | str) -> list[Device]:
+def parse_lines(data: bytes | str, recall: Recall | None = None) -> list[Device]:
     """Parse `lines` output. Raises ProbeOutputError naming the first bad line."""
-    if isinstance(data, bytes):
-        lines = [decode_line(raw, n) for n, raw in enumerate(data.split(b"\n"), 1)]
+    devices = to_the_end(_lines(data, Pace(ENTRIES_PER_TURN), recall or Recall(), None))
+    assert devices is not None  # (no line is too long without a limit)
+    return devices
+
+
+def _lines(
+    data: bytes | str, pace: Pace, recall: Recall, limit: int | None
+) -> Steps[list[Device] | None]:
+    """None once a line is longer than `limit` (too large for a turn of the loop)."""
+    if isinstance(data, str):
+        text = data
     else:
-        lines = data.split("\n")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:  # (named by the first line that does not decode)
+            text = "\n".join(decode_line(raw, n) for n, raw in enumerate(data.split(b"\n"), 1))
     devices: list[Device] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if pace.due():
+            yield
+        if limit is not None and len(line) > limit:
+            return None
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         try:
-            device = _device_from_tokens(stripped.split())
+            found = recall.device(stripped) or _device_from_tokens(stripped.split())
+            device = recall.keep(stripped, found)
         except Invalid as exc:
             raise ProbeOutputError(str(exc), lineno, stripped) from None
         if device.id in seen:
@@ -90,6 +126,7 @@ def parse_lines(data: bytes | str) -> list[Device]:
             )
         seen[device.id] = lineno
         devices.append(device)
+    recall.parsed()
     return devices
 
 
@@ -103,7 +140,7 @@ def _device_from_tokens(tokens: list[str]) -> Device:
     if rest and "=" not in rest[0]:
         healthy = health_word(rest[0])
         rest = rest[1:]
-    nodes: list[DeviceNode] = []
+    nodes: dict[str, DeviceNode] = {}
     numa: int | None = None
     for token in rest:
         key, sep, value = token.partition("=")
@@ -117,57 +154,43 @@ def _device_from_tokens(tokens: list[str]) -> Device:
             numa = numa_from_text(value)
         else:
             raise Invalid(f"unknown key {quote(key)} (known: {', '.join(_LINE_KEYS)})")
-    return Device(id=device_id, healthy=healthy, nodes=tuple(nodes), numa=numa)
+    return Device(id=device_id, healthy=healthy, nodes=tuple(nodes.values()), numa=numa)
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def parse_json(data: bytes | str) -> list[Device]:
+def parse_json(data: bytes | str, recall: Recall | None = None) -> list[Device]:
     """Parse `json` output. Raises ProbeOutputError naming the offending line or entry."""
-    return _devices_from_document(_load_json(data))
+    devices = to_the_end(_json(data, Pace(ENTRIES_PER_TURN), recall or Recall()))
+    return _read_whole(data) if devices is None else devices
 
 
-def _load_json(data: bytes | str) -> Any:
-    """The JSON document of `data`: strict UTF-8, no key twice, bounded nesting."""
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            lineno = data.count(b"\n", 0, exc.start) + 1
-            raise ProbeOutputError(
-                "not valid UTF-8", lineno, _line_of(data.decode("utf-8", "replace"), lineno)
-            ) from None
-    else:
-        text = data
+def _json(data: bytes | str, pace: Pace, recall: Recall) -> Steps[list[Device] | None]:
+    """A device list, an entry at a time (`json_document.list_entries`); None for anything
+    else, for a list with an error (`_read_whole` names it as it always did: syntax first,
+    then the first bad entry) and for one with an entry too large for a turn of the loop."""
+    text = decode_text(data)
+    devices: list[Device] = []
+    seen: set[str] = set()
+    recall.start()
     try:
-        document = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise ProbeOutputError(
-            f"invalid JSON: {exc.msg}", exc.lineno, _line_of(text, exc.lineno)
-        ) from None
-    except _DuplicateKey as exc:
-        raise ProbeOutputError(f"invalid JSON: key {str(exc)!r} given twice") from None
-    except RecursionError:
-        raise ProbeOutputError("invalid JSON: nested too deeply") from None
-    except ValueError as exc:
-        raise ProbeOutputError(f"invalid JSON: {exc}") from None
-    return document
+        for entry in list_entries(text):
+            if pace.due():
+                yield
+            if len(entry) > _WHOLE_OFF_LOOP_BYTES:  # (one turn checks a small entry at most)
+                return None
+            found = recall.device(entry) or _device_from_json(decode_entry(entry), recall)
+            device = recall.keep(entry, found)
+            if device.id in seen:
+                return None
+            seen.add(device.id)
+            devices.append(device)
+    except (NotAList, Invalid):
+        return None
+    recall.parsed()
+    return devices
 
 
-def _line_of(text: str, lineno: int) -> str:
-    lines = text.split("\n")
-    return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+def _read_whole(data: bytes | str) -> list[Device]:
+    return _devices_from_document(load_json(data))
 
 
 def _devices_from_document(document: Any) -> list[Device]:
@@ -184,7 +207,7 @@ def _devices_from_document(document: Any) -> list[Device]:
         where = "devices"
     if not isinstance(items, list):
         raise ProbeOutputError(
-            f"{where or 'output'}: expected a list of devices, got {_json_kind(items)}"
+            f"{where or 'output'}: expected a list of devices, got {json_kind(items)}"
         )
     devices: list[Device] = []
     seen: dict[str, int] = {}
@@ -193,160 +216,102 @@ def _devices_from_document(document: Any) -> list[Device]:
         try:
             device = _device_from_json(item)
         except Invalid as exc:
-            raise ProbeOutputError(f"{location}: {exc}", text=_compact(item)) from None
+            raise ProbeOutputError(f"{location}: {exc}", text=compact(item)) from None
         if device.id in seen:
             raise ProbeOutputError(
                 f"{location}: device ID {device.id!r} already given at {where}[{seen[device.id]}]",
-                text=_compact(item),
+                text=compact(item),
             )
         seen[device.id] = index
         devices.append(device)
     return devices
 
 
-def _compact(item: Any) -> str:
-    try:
-        return json.dumps(item, ensure_ascii=False)[: QUOTE_LIMIT + 1]
-    except (ValueError, RecursionError):
-        return "<unprintable>"
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return "a string" if isinstance(value, str) else "a number"
-
-
-def _json_object(value: Any, what: str, known: frozenset[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise Invalid(f"{what} must be an object, got {_json_kind(value)}")
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise Invalid(f"{what}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    return value
-
-
-def _json_string(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise Invalid(f"{what} must be a string, got {_json_kind(value)}")
-    return check_text(value, what)
-
-
-def _json_list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise Invalid(f"{what} must be a list, got {_json_kind(value)}")
-    return value
-
-
-def _json_string_map(
-    value: Any, what: str, key_check: Callable[[str], str | None]
-) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise Invalid(f"{what} must be an object of strings, got {_json_kind(value)}")
-    out: dict[str, str] = {}
-    for key, item in value.items():
-        check_text(key, f"{what} key")
-        if why := key_check(key):
-            raise Invalid(f"{what}: {quote(key)} {why}")
-        out[key] = _json_string(item, f"{what}.{key}")
-    return out
-
-
 def _nodes_from_json(value: Any, *, shared_ok: bool = False) -> list[DeviceNode]:
     """`paths`: strings (`/dev/x` or `/dev/x:/dev/y`) or {hostPath, containerPath?} objects
     (and `shared?` with `shared_ok`: a probe's device)."""
-    nodes: list[DeviceNode] = []
+    nodes: dict[str, DeviceNode] = {}
     keys = _PATH_KEYS | {_SHARED} if shared_ok else _PATH_KEYS
-    for index, entry in enumerate(_json_list(value, "paths")):
+    for index, entry in enumerate(json_list(value, "paths")):
         what = f"paths[{index}]"
         if isinstance(entry, str):
             node = node_from_spec(check_text(entry, what))
         else:
-            obj = _json_object(entry, what, keys)
+            obj = json_object(entry, what, keys)
             if "hostPath" not in obj:
                 raise Invalid(f"{what}: missing required key 'hostPath'")
-            host = check_node_path(_json_string(obj["hostPath"], f"{what}.hostPath"), "host path")
+            host = check_node_path(json_string(obj["hostPath"], f"{what}.hostPath"), "host path")
             container = host
             if "containerPath" in obj:
                 container = check_container_path(
-                    _json_string(obj["containerPath"], f"{what}.containerPath"),
+                    json_string(obj["containerPath"], f"{what}.containerPath"),
                     "container path",
                     device_node=True,
                 )
-            node = DeviceNode(host, container, shared=_json_flag(obj, _SHARED, what, False))
+            node = DeviceNode(host, container, shared=json_flag(obj, _SHARED, what, False))
         add_node(nodes, node)
-    return nodes
-
-
-def _json_flag(obj: dict[str, Any], key: str, what: str, default: bool) -> bool:
-    value = obj.get(key, default)
-    if not isinstance(value, bool):
-        raise Invalid(f"{what}.{key} must be true or false, got {_json_kind(value)}")
-    return value
+    return list(nodes.values())
 
 
 def _mounts_from_json(value: Any, *, shared_ok: bool = False) -> list[DeviceMount]:
     mounts: list[DeviceMount] = []
     keys = _MOUNT_KEYS | {_SHARED} if shared_ok else _MOUNT_KEYS
-    for index, entry in enumerate(_json_list(value, "mounts")):
+    for index, entry in enumerate(json_list(value, "mounts")):
         what = f"mounts[{index}]"
-        obj = _json_object(entry, what, keys)
+        obj = json_object(entry, what, keys)
         for key in ("hostPath", "containerPath"):
             if key not in obj:
                 raise Invalid(f"{what}: missing required key {key!r}")
-        read_only = _json_flag(obj, "readOnly", what, True)
+        read_only = json_flag(obj, "readOnly", what, True)
         mounts.append(
             DeviceMount(
-                check_path(_json_string(obj["hostPath"], f"{what}.hostPath"), "host path"),
+                check_path(json_string(obj["hostPath"], f"{what}.hostPath"), "host path"),
                 check_container_path(
-                    _json_string(obj["containerPath"], f"{what}.containerPath"),
+                    json_string(obj["containerPath"], f"{what}.containerPath"),
                     "container path",
                     device_node=False,
                 ),
                 read_only,
-                _json_flag(obj, _SHARED, what, False),
+                json_flag(obj, _SHARED, what, False),
             )
         )
     return mounts
 
 
-def _device_from_json(item: Any) -> Device:
-    spec = _json_object(item, "device", _DEVICE_KEYS)
+def _device_from_json(item: Any, recall: Recall | None = None) -> Device:
+    spec = json_object(item, "device", _DEVICE_KEYS)
     if "id" not in spec:
         raise Invalid("missing required key 'id'")
-    device_id = _json_string(spec["id"], "id")
+    device_id = json_string(spec["id"], "id")
     if why := rules.device_id_problem(device_id):
         raise Invalid(why)
     healthy = True
     if spec.get("health") is not None:
-        healthy = health_word(_json_string(spec["health"], "health"))
-    nodes = _nodes_from_json(spec.get("paths", []), shared_ok=True)
+        healthy = health_word(json_string(spec["health"], "health"))
+    paths = spec.get("paths", [])
+    if recall is not None and isinstance(paths, list) and all(isinstance(p, str) for p in paths):
+        key = tuple(paths)
+        nodes = recall.keep_nodes(key, recall.nodes(key) or _probe_nodes(paths))
+    else:
+        nodes = _probe_nodes(paths)
     numa: int | None = None
     if spec.get("numa") is not None:
         raw_numa = spec["numa"]
         if not isinstance(raw_numa, int) or isinstance(raw_numa, bool):
-            raise Invalid(f"numa must be an integer, got {_json_kind(raw_numa)}")
+            raise Invalid(f"numa must be an integer, got {json_kind(raw_numa)}")
         numa = numa_from_int(raw_numa)
+    if _EXTRA_KEYS.isdisjoint(spec):  # (nothing made for what 12,000 devices do not have)
+        return Device(device_id, healthy, nodes, numa)
     mounts = _mounts_from_json(spec.get("mounts", []), shared_ok=True)
-    env = _json_string_map(spec.get("env", {}), "env", rules.env_name_problem)
-    annotations = _json_string_map(
+    env = json_string_map(spec.get("env", {}), "env", rules.env_name_problem)
+    annotations = json_string_map(
         spec.get("annotations", {}), "annotations", rules.annotation_key_problem
     )
-    return Device(
-        id=device_id,
-        healthy=healthy,
-        nodes=tuple(nodes),
-        numa=numa,
-        env=env,
-        mounts=tuple(mounts),
-        annotations=annotations,
-    )
+    return Device(device_id, healthy, nodes, numa, env, tuple(mounts), annotations)
+
+
+def _probe_nodes(paths: Any) -> tuple[DeviceNode, ...]:
+    return tuple(_nodes_from_json(paths, shared_ok=True))
 
 
 @dataclass(frozen=True)
@@ -364,20 +329,20 @@ def parse_allocate_output(data: bytes | str) -> ContainerExtras:
     """Parse what an `allocate.command` prints: one JSON object with the optional keys
     `env`, `annotations`, `mounts`, `paths` (device nodes) and `cdiDevices` (qualified CDI
     names), checked by the same rules as a probe's device entries. Raises ProbeOutputError."""
-    document = _load_json(data)
+    document = load_json(data)
     try:
-        spec = _json_object(document, "output", _EXTRAS_KEYS)
+        spec = json_object(document, "output", _EXTRAS_KEYS)
         names: list[str] = []
-        for index, entry in enumerate(_json_list(spec.get("cdiDevices", []), "cdiDevices")):
+        for index, entry in enumerate(json_list(spec.get("cdiDevices", []), "cdiDevices")):
             what = f"cdiDevices[{index}]"
-            name = _json_string(entry, what)
+            name = json_string(entry, what)
             if why := cdi_qualified_name_problem(name):
                 raise Invalid(f"{what} {why}, got {quote(name)}")
             if name not in names:
                 names.append(name)
         return ContainerExtras(
-            env=_json_string_map(spec.get("env", {}), "env", rules.env_name_problem),
-            annotations=_json_string_map(
+            env=json_string_map(spec.get("env", {}), "env", rules.env_name_problem),
+            annotations=json_string_map(
                 spec.get("annotations", {}), "annotations", rules.annotation_key_problem
             ),
             mounts=tuple(_mounts_from_json(spec.get("mounts", []))),
@@ -385,7 +350,7 @@ def parse_allocate_output(data: bytes | str) -> ContainerExtras:
             cdi_devices=tuple(names),
         )
     except Invalid as exc:
-        raise ProbeOutputError(str(exc), text=_compact(document)) from None
+        raise ProbeOutputError(str(exc), text=compact(document)) from None
 
 
 def parse_output(data: bytes | str, fmt: Format) -> list[Device]:
@@ -393,8 +358,21 @@ def parse_output(data: bytes | str, fmt: Format) -> list[Device]:
     return parse_json(data) if fmt == "json" else parse_lines(data)
 
 
-async def parse_off_loop(data: bytes, fmt: Format, offload: Offload) -> list[Device]:
-    """Parse probe output; a large document through `offload`, off the loop."""
-    if len(data) > _OFFLOAD_PARSE_BYTES:
-        return await offload.run(lambda: parse_output(data, fmt))
-    return parse_output(data, fmt)
+async def parse_in_turns(
+    data: bytes, fmt: Format, recall: Recall, offload: Offload
+) -> list[Device]:
+    """Parse probe output on the event loop, `ENTRIES_PER_TURN` entries a turn
+    (`turns.py`), recalling what the last output made; a JSON output with an error is read
+    whole for it (as is one with a huge entry), through `offload` when large; an output with
+    a line or entry too large for a turn is parsed through `offload`. Raises
+    ProbeOutputError."""
+    pace = Pace(ENTRIES_PER_TURN)
+    if fmt == "lines":
+        devices = await in_turns(_lines(data, pace, recall, _WHOLE_OFF_LOOP_BYTES))
+        if devices is None:
+            return await offload.run(lambda: parse_lines(data, recall))
+        return devices
+    devices = await in_turns(_json(data, pace, recall))
+    if devices is None and len(data) > _WHOLE_OFF_LOOP_BYTES:
+        return await offload.run(lambda: _read_whole(data))
+    return _read_whole(data) if devices is None else devices

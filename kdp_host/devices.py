@@ -138,9 +138,13 @@ class Device:
     def with_health(self, healthy: bool) -> Device:
         return self._copy(self.id, healthy)
 
-    def with_id(self, device_id: str) -> Device:
-        """The same device under another ID (the one the kubelet knows it by)."""
-        return self._copy(device_id, self.healthy)
+    def with_id(self, device_id: str, known: Device | None = None) -> Device:
+        """The same device under another ID (the kubelet's); `known` if it is that already."""
+        s, k = self, known
+        if k is None or k.id != device_id or not k.same_places(s):
+            return self._copy(device_id, self.healthy)
+        rest = (k.healthy, k.numa, k.env, k.annotations)
+        return k if rest == (s.healthy, s.numa, s.env, s.annotations) else s.with_id(device_id)
 
     def _copy(self, device_id: str, healthy: bool) -> Device:
         s = self
@@ -173,10 +177,8 @@ class Advertised(Protocol):
 
     @property
     def id(self) -> str: ...
-
     @property
     def device(self) -> Device: ...
-
     @property
     def healthy(self) -> bool: ...
 
@@ -267,10 +269,8 @@ class DeviceTable:
     ) -> bool:
         """Replace the whole reported list. Returns True if what the kubelet sees changed.
         (`reached` is for the ownership index in front of a table: a table claims nothing.)
-
         A mapping (id -> device) is kept as it is, not copied: one dict per resource even
-        for very long lists. The caller must not change it afterwards.
-        """
+        for very long lists. The caller must not change it afterwards."""
         self.published.set()
         reported: Mapping[str, Device]
         if isinstance(devices, Mapping):

@@ -148,11 +148,11 @@ class Host:
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
         state_dir, instance = self.config.state_dir, self.instance_id
-        release_state = ReleaseStateStore(state_dir, self.log, self.offload)
+        release_state = ReleaseStateStore(state_dir, self.log, self.offload, instance)
         await self.offload.run(release_state.load)
         self.ownership.hold_while_releasing(release_state.pending)
-        # bookings: read back before any resource publishes, shared by hosts on stateDir
         sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
+        await self.ownership.book_handed(self.selection.config, self.offload, self.log)
         sync.follow(watcher, safety_net := SafetyNet(self.offload))
         self.state_files.add(sync.file, release_state.file)
         commands = ProcessRunner()

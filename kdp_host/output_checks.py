@@ -81,10 +81,11 @@ def node_from_spec(spec: str) -> DeviceNode:
     )
 
 
-def add_node(nodes: list[DeviceNode], node: DeviceNode) -> None:
-    if any(n.container_path == node.container_path for n in nodes):
+def add_node(nodes: dict[str, DeviceNode], node: DeviceNode) -> None:
+    """Add `node` to a device's `nodes` (by container path: one lookup, however many)."""
+    if node.container_path in nodes:
         raise Invalid(f"container path {node.container_path!r} given twice")
-    nodes.append(node)
+    nodes[node.container_path] = node
 
 
 def numa_from_text(text: str) -> int:

@@ -54,8 +54,10 @@ Rules:
   the kubelet allocates the same ID again. With PodResources polling off nothing can show
   the pod ended: a booking then lives until the ID is allocated again, or until it is
   dropped with `kdp-host unbook` while kdp-host is stopped; a device it holds says so in its
-  `device_held` line. An ID a pod holds with no booking
-  (admitted before bookings were kept, or the file was lost) is booked (`ownership_adopt`).
+  `device_held` line. When the file was lost, what the kubelet's checkpoint says each pod was
+  handed is booked at start (`kubelet_checkpoint`); an ID a pod holds with no booking still
+  (admitted before bookings were kept, an answer with CDI names) is booked from PodResources
+  (`ownership_adopt`).
   Hosts on one state directory (a rolling update) share the file: another host's bookings
   hold what they reach as this host's own do, from the moment it writes them (`take_in`,
   `ownership_sync`).
@@ -75,9 +77,9 @@ from .devices import Device, advertises
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
-from .ownership_adopt import Adoption
+from .ownership_adopt import Adoption, what_releases
 from .ownership_allocate import BookingAllocations
-from .ownership_bookings import ReleasePending, Saved, what_releases
+from .ownership_bookings import ReleasePending, Saved
 from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT

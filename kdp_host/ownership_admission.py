@@ -14,7 +14,8 @@ from collections.abc import Generator, Mapping
 
 from .devices import Device
 from .ownership_claims import Claims, Owner, Places, Reached, device_claims, places
-from .ownership_table import ClaimTable, Holding, Pace, ResourceState
+from .ownership_table import ClaimTable, Holding, ResourceState
+from .turns import Pace
 
 PRUNE_SLACK = 64
 """Places of devices gone that the claims cache keeps beyond twice the list (a rename may
@@ -149,12 +150,10 @@ class Admission(ClaimTable):
                 # it keeps its claims, but a pod holds them under another ID
                 holding[device_id] = booked
                 continue
-            device = devices[device_id]
-            entry = device if advertised_id == device_id else device.with_id(advertised_id)
+            device, before = devices[device_id], last.get(advertised_id)
+            entry = device if advertised_id == device_id else device.with_id(advertised_id, before)
             admitted[advertised_id] = entry
-            if same:
-                before = last.get(advertised_id)
-                same = before is entry or before == entry
+            same = same and (before is entry or before == entry)
         for advertised_id in [a for a in state.owned if a not in taken]:
             released |= self._unadvertise(state, advertised_id)
         self._note_held(state, holding, ids)

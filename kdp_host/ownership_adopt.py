@@ -2,8 +2,10 @@
 
 A pod admitted before kdp-host kept bookings (an upgrade from a version without
 `ownership.json`), or whose booking was lost with the state directory (deleted, or a file
-that did not parse and was set aside), holds a device the index does not know is booked: a
-reload or a restart that renames the device would advertise its node again under a new ID.
+that did not parse and was set aside) and not booked again at start from the kubelet's
+checkpoint (`kubelet_checkpoint`: none, or an answer with CDI names), holds a device the
+index does not know is booked: a reload or a restart that renames the device would
+advertise its node again under a new ID.
 So each PodResources answer is also read the other way round (`Adoption.book_held`): an ID
 of one of the host's resources that a pod holds and no booking holds is booked with the
 claims its device has now (advertised, or lingering since it stopped being advertised), as
@@ -39,6 +41,21 @@ WITHOUT_POD_RESOURCES = (
     "a new ID), and a booking ends only when its ID is allocated again or with "
     "`kdp-host unbook`"
 )
+
+
+def what_releases(reason: str, pod_resources: bool) -> str:
+    """What ends the holding of a device held for `reason` (its `device_held` line's
+    `action`), with PodResources polling on or off."""
+    if reason != "booked":
+        return "not advertised until the owner is gone"
+    if pod_resources:
+        return "not advertised until PodResources shows no pod holding the booked ID"
+    return (
+        "not advertised while the booking lives: PodResources polling is off "
+        "(kubelet.podResourcesInterval: 0s), so nothing shows its pod ended; it ends when "
+        "the kubelet allocates the booked ID again, or with `kdp-host unbook` run while "
+        "kdp-host is stopped"
+    )
 
 
 class DeviceClaims:

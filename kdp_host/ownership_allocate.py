@@ -16,6 +16,10 @@ writes (`_cdi_kinds`: any resource's of this host, kept after) that is not one o
 container's own devices' names refuses the answer (`PlaceOwned`, naming the device that
 owns it): through it the container would reach another device's nodes, unbooked. Names of
 other kinds (a vendor's own spec files) are outside kdp-host's reach and pass.
+
+The answers the kubelet kept (its checkpoint, `kubelet_checkpoint`) are booked too, at start,
+before any resource publishes (`book_handed`): what bookings were lost with the state
+directory is booked again from what the pods were really handed.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ import abc
 import asyncio
 import os
 from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from .allocation import cdi_device_name
 from .cdi_rules import cdi_name_parts
 from .devices import physical_id
+from .files import Offload
 from .identity import DIRECTORY
+from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
+from .logs import EventLogger
 from .ownership_adopt import DeviceClaims
 from .ownership_claims import (
     HANDED_TIMEOUT,
@@ -45,6 +53,9 @@ from .ownership_claims import (
 )
 from .ownership_gate import AdmissionGate
 from .ownership_resolve import Resolution, reached_only
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 class PlaceOwned(ValueError):
@@ -122,6 +133,19 @@ class BookingAllocations(AdmissionGate):
             raise Unresolvable(
                 f"its host paths did not resolve within {HANDED_TIMEOUT:g} s"
             ) from None
+
+    async def book_handed(self, config: Config, offload: Offload, log: EventLogger) -> None:
+        """At start, after `ownership.json` was read back, before any resource publishes:
+        book what the kubelet's checkpoint says the pods were handed (`book_handed`)."""
+        await book_handed(self, config, offload, log)
+
+    def take_handed(self, handed: Iterable[HandedClaims]) -> Gained:
+        """What the kubelet kept of its pods' answers, read at start before any resource
+        publishes: booked (`kubelet_checkpoint.take_handed`) and written."""
+        gained = take_handed(self._ledger, handed, self._clock())
+        if gained:
+            self._ledger.changed()
+        return gained
 
     @abc.abstractmethod
     def _path_changed(self, directory: str, name: str | None) -> None:

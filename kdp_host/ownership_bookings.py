@@ -66,6 +66,8 @@ class Booking:
     mount sources of `allocate.mounts` and of the `allocate.command`'s output): no device
     reaching one of them (the same place, below it, or a directory above it) is
     advertised while the booking lives; other allocations may share them."""
+    group: tuple[str, ...] = ()
+    """IDs booked from one answer of the kubelet's checkpoint: its places are theirs too."""
 
 
 class StateSink(Protocol):
@@ -237,10 +239,15 @@ class Ledger:
                 if owner.resource == resource:
                     if mine is None:
                         mine = set(replica_ids(device_id, replicas))
-                    if owner.device in mine:
+                    if owner.device in mine or self._together(owner, mine):
                         continue
                 return owner, path
         return None
+
+    def _together(self, owner: Owner, ids: set[str]) -> bool:
+        """Whether `owner` was booked in one answer with one of `ids` (its places too)."""
+        booking = self.bookings.get(owner)
+        return booking is not None and not ids.isdisjoint(booking.group)
 
     def _places_reached(self, key: ClaimKey, real: str) -> list[Owner]:
         """The bookings whose places a claim reaches: the same real path, a place it is
@@ -285,21 +292,6 @@ def _count(index: dict[Any, Counted], key: object, owner: Owner, step: int) -> N
         holders.pop(owner, None)
         if not holders:
             del index[key]
-
-
-def what_releases(reason: str, pod_resources: bool) -> str:
-    """What ends the holding of a device held for `reason` (its `device_held` line's
-    `action`), with PodResources polling on or off."""
-    if reason != "booked":
-        return "not advertised until the owner is gone"
-    if pod_resources:
-        return "not advertised until PodResources shows no pod holding the booked ID"
-    return (
-        "not advertised while the booking lives: PodResources polling is off "
-        "(kubelet.podResourcesInterval: 0s), so nothing shows its pod ended; it ends when "
-        "the kubelet allocates the booked ID again, or with `kdp-host unbook` run while "
-        "kdp-host is stopped"
-    )
 
 
 def ownership_file(

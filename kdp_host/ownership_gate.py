@@ -27,7 +27,8 @@ from .files import Offload
 from .metrics import Metrics
 from .ownership_claims import Resolver
 from .ownership_resolve import Resolving
-from .ownership_table import Pace, ResourceState
+from .ownership_table import ResourceState
+from .turns import Pace, to_the_end
 
 ADMISSION_CHUNK: Final = 200
 """Devices an admission works on per turn of the event loop (about a millisecond)."""
@@ -68,7 +69,7 @@ class AdmissionGate(Resolving):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop to yield to (nothing else waits): go on here
-            return _to_the_end(steps)
+            return to_the_end(steps)
         self._running = loop.create_task(
             self._turns(state, steps, state.publish), name=f"admission {state.name}"
         )
@@ -176,12 +177,3 @@ class AdmissionGate(Resolving):
             healthy = sum(1 for device in state.reported.values() if device.healthy)
             unhealthy = len(state.reported) - healthy
             state.log.info("devices_changed", healthy=healthy, unhealthy=unhealthy)
-
-
-def _to_the_end(steps: Generator[None, None, bool]) -> bool:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            changed: bool = done.value
-            return changed

@@ -36,7 +36,8 @@ from .ownership_claims import (
     reach,
     still_reaches,
 )
-from .ownership_table import Pace, ResourceState
+from .ownership_table import ResourceState
+from .turns import Pace
 
 if TYPE_CHECKING:
     from .watch import Watcher

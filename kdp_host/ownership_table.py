@@ -29,6 +29,7 @@ from .ownership_claims import (
     below,
     owner_order,
 )
+from .turns import Pace
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +45,6 @@ class Holding:
     path: str
     key: ClaimKey | None = None
     """The claim it waits for (a lingering one is checked again before each admission)."""
-
-
-@dataclass
-class Pace:
-    """How much an admission does per turn of the event loop: every `every` steps (a
-    device each), `due` says yield (a long list never holds the loop for long)."""
-
-    every: int
-    steps: int = 0
-
-    def due(self) -> bool:
-        self.steps += 1
-        return self.steps % self.every == 0
 
 
 @dataclass

@@ -4,6 +4,14 @@ Per resource, per device: `used` (the advertised IDs handed to containers whose 
 been seen) and `owed` (the users are gone and no release has succeeded since); see
 `release.py`. A file that cannot be read or does not have that shape is kept aside and marks
 the state unknown: every device then counts as used.
+
+Hosts that share the state directory (a rolling update runs the new host beside the old one)
+share the file as they share `ownership.json` (`state_file`'s merge, under the file's lock):
+each writes its own entries under `writers.<instance ID>` and keeps those of every other
+host that runs (`state_lock.running`); `resources` is the union of them all (used IDs
+joined, owed if any host owes it), which is what a host reads at start. So no host's write
+drops what another wrote. A host that ended leaves its entries until a host that started
+after it ended (and so took them up at start) writes: then they go.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import Any
 from .files import Offload
 from .logs import EventLogger
 from .state_file import StateFile, text
+from .state_lock import running
 
 STATE_FILE = "release-state.json"
 STATE_VERSION = 1
@@ -27,7 +36,14 @@ class ReleaseStateStore:
     (atomically, through the host's offload).
     """
 
-    def __init__(self, directory: str, log: EventLogger, offload: Offload) -> None:
+    def __init__(
+        self, directory: str, log: EventLogger, offload: Offload, writer: str | None = None
+    ) -> None:
+        """`writer`: this host's instance ID (its entries are merged with the other hosts'
+        on the state directory); None writes the file as this host's alone."""
+        self._writer = writer
+        self._taken: frozenset[str] = frozenset()
+        """Hosts that had ended when the file was read: their entries were taken up."""
         self._file = StateFile(
             directory,
             STATE_FILE,
@@ -38,6 +54,7 @@ class ReleaseStateStore:
             consequence="every device counts as used: each is released once it is free",
             if_unwritten="devices used now are not released if kdp-host restarts "
             "before a write succeeds",
+            merge=None if writer is None else self._merge,
         )
         self.path = self._file.path
         self._data: dict[str, dict[str, dict[str, Any]]] = {}
@@ -57,7 +74,34 @@ class ReleaseStateStore:
 
     def load(self) -> None:
         """Read the file (blocking: call it in a thread). Missing: nothing was used."""
-        self._data = self._file.load(_parse) or {}
+        self._data, writers = self._file.load(_read) or ({}, {})
+        if self._writer is not None:
+            directory = str(self.path.parent)
+            self._taken = frozenset(w for w in writers if not running(directory, w))
+
+    def _merge(
+        self, mine: Mapping[str, Any], current: Mapping[str, Any] | None
+    ) -> Mapping[str, Any]:
+        """This host's entries replace those it wrote before; every other host's stay, but
+        those of a host that had ended when this one read the file (blocking: the hosts'
+        lock files are asked; run while the file is locked)."""
+        assert self._writer is not None
+        kept = {} if current is None else _read(current)[1]
+        directory = str(self.path.parent)
+        writers = {
+            w: entries
+            for w, entries in kept.items()
+            if w != self._writer and (w not in self._taken or running(directory, w))
+        }
+        writers[self._writer] = _parse(mine)
+        union: Resources = {}
+        for entries in writers.values():
+            for name, devices in entries.items():
+                for device, entry in devices.items():
+                    found = union.setdefault(name, {}).setdefault(device, _entry(entry))
+                    found["used"] = sorted({*found["used"], *entry["used"]})
+                    found["owed"] = found["owed"] or entry["owed"]
+        return {"resources": union, "writers": writers}
 
     def pending(self, resource: str, device: str) -> bool:
         """Whether the device's release is still due: used by a container whose end has not
@@ -83,10 +127,26 @@ class ReleaseStateStore:
         await self._file.written()
 
 
-def _parse(document: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+Resources = dict[str, dict[str, dict[str, Any]]]
+"""Resource -> device -> {used: [IDs], owed: bool}."""
+
+
+def _parse(document: Mapping[str, Any]) -> Resources:
     return {
         text(name): {text(device): _entry(entry) for device, entry in devices.items()}
         for name, devices in document["resources"].items()
+    }
+
+
+def _read(document: Mapping[str, Any]) -> tuple[Resources, dict[str, Resources]]:
+    return _parse(document), _writers(document)
+
+
+def _writers(document: Mapping[str, Any]) -> dict[str, Resources]:
+    """Each host's own entries (none in a file of an older version, which wrote none)."""
+    return {
+        text(writer): _parse({"resources": resources})
+        for writer, resources in document.get("writers", {}).items()
     }
 
 

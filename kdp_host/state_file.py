@@ -17,13 +17,13 @@ succeeds: one error line when it starts failing (`<what>_write_failed`), one whe
 is written again (`<what>_write_recovered`), and `unwritten` says why meanwhile.
 
 A file several hosts share (two instances on one stateDir during a rolling update: the
-bookings) is written with a `merge`: under an exclusive `fcntl.flock` of `<name>.lock`, the
-file is read again and `merge(mine, on_disk)` decides what is written, so no host's write
-drops what another wrote since (a file that does not parse then is set aside as at start).
-The hosts re-read it when it changes (`load` again). Something that is no regular file at
-`<name>.lock` (a directory, a FIFO, a symlink) is set aside as a bad file is and the lock
-file made again (`atomic_files.open_lock`), so it never turns the writes off; while a file
-is not written the host is not ready (`StateFiles`).
+bookings, the release state) is written with a `merge`: under an exclusive `fcntl.flock` of
+`<name>.lock`, the file is read again and `merge(mine, on_disk)` decides what is written, so
+no host's write drops what another wrote since (a file that does not parse then is set aside
+as at start). The hosts re-read the bookings when they change (`load` again). Something that
+is no regular file at `<name>.lock` (a directory, a FIFO, a symlink) is set aside as a bad
+file is and the lock file made again (`atomic_files.open_lock`), so it never turns the
+writes off; while a file is not written the host is not ready (`StateFiles`).
 """
 
 from __future__ import annotations

@@ -342,3 +342,50 @@ async def test_hostile3_1_mount_sources_through_links_are_handed_out_real(
     assert second["error"] == ""
     # pod1's checkpointed mount still names A's directory, not the one holding pod2's file
     assert not (Path(handed["HostPath"]) / "fileB").exists()
+
+
+async def test_hostile3_7_lost_bookings_are_rebooked_from_what_the_kubelet_handed_out(
+    real_kubelet_factory, short_dir: Path, start_host, ptys: tuple[str, str]
+) -> None:
+    """G7: stateDir lost, and the probe swapped its IDs' nodes while kdp-host was down. The
+    re-booking used what pod1's ID names now, so pod1's real node went out under the other
+    ID to pod2 (two pods, one node). The kubelet's checkpoint keeps pod1's answer: its host
+    paths are booked at start, before any device is advertised."""
+    pts0, pts1 = ptys
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    listing = short_dir / "out"
+    listing.write_text(f"s0 Healthy path={pts0}\ns1 Healthy path={pts1}\n")
+    state = short_dir / "state"
+    config = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{pod_resources}/kubelet.sock, podResourcesInterval: 1s}}\n"
+        f"stateDir: {state}\nresources:\n"
+        f"  - name: {A}\n"
+        f"    shell: {{command: [cat, {listing}], interval: 1s}}\n"
+    )
+    running = await start_host(config)
+    await kubelet.await_for(healthy(A, 2), what="s0 and s1 advertised")
+    first = await kubelet.acall(kubelet.allocate, "pod1", {A: 1})
+    assert first["error"] == ""
+    [spec] = first["devices"]
+    held = rdev(spec["PathOnHost"])
+
+    await running.shutdown()
+    await kubelet.await_for(
+        lambda k: (k.resource(A) or {}).get("healthy", 0) == 0, what="the kubelet saw kdp-host go"
+    )
+    shutil.rmtree(state)  # the bookings are lost...
+    # ...and the IDs now name each other's node
+    listing.write_text(f"s0 Healthy path={pts1}\ns1 Healthy path={pts0}\n")
+    await start_host(config)
+    await kubelet.await_for(
+        lambda k: (k.resource(A) or {}).get("healthy", 0) >= 1, what="kdp-host back"
+    )
+    second = await kubelet.acall(kubelet.allocate, "pod2", {A: 1})
+    handed = [rdev(d["PathOnHost"]) for d in second["devices"]]
+    assert held not in handed, "pod1's node went to pod2"
+    assert second["error"] != "", "only pod1's ID is advertised: nothing is left for pod2"
+
+    await kubelet.acall(kubelet.release, "pod1")
+    await kubelet.await_for(healthy(A, 2), what="pod1's node is advertised once pod1 ended")

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from typing import Any
 
-from kdp_host.devices import Device
+from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.podresources import Holder, Holdings
 
@@ -163,3 +164,46 @@ async def test_a_booking_from_podresources_during_an_admission_holds_its_device(
         host.index.holdings(Holdings(NOW + 60, 0.0, {}))  # p1 ended
         await host.index.quiet()
         assert host.ids(R1) == sorted(listed("d")), turns
+
+
+async def test_a_rename_that_changes_one_device_makes_no_copy_of_the_others() -> None:
+    """Every device renamed on its paths, one of them now Unhealthy: the table gets the list
+    under the kubelet's IDs, every other entry the same object as before (ListAndWatch writes
+    only the changed entry again; nothing is copied for the unchanged ones)."""
+    host = Host(nodes(), chunk=CHUNK)
+    table = host.attach(R1)
+    host.index.publish(R1, listed("d"))
+    await host.index.quiet()
+    before = {d.id: d for d in table.snapshot.devices}
+    renamed = listed("e")
+    renamed["e5"] = Device("e5", healthy=False, nodes=renamed["e5"].nodes)
+    host.index.publish(R1, renamed)
+    await host.index.quiet()
+    after = {d.id: d for d in table.snapshot.devices}
+    assert after.keys() == before.keys()
+    assert not after["d5"].healthy
+    assert [i for i in after if after[i] is not before[i]] == ["d5"]
+
+
+def test_a_device_under_a_known_id_is_the_known_entry_only_when_all_else_is_the_same() -> None:
+    device = Device("e1", nodes=(DeviceNode("/dev/n1", "/dev/n1"),), numa=0, env={"A": "1"})
+    known = device.with_id("d1")
+    assert device.with_id("d1", known) is known
+    assert device.with_id("d2", known) == Device("d2", nodes=device.nodes, numa=0, env={"A": "1"})
+    for field in fields(Device):
+        if field.name == "id":
+            continue
+        value = getattr(known, field.name)
+        other = {
+            bool: lambda v: not v,
+            str: lambda v: v + "x",
+            int: lambda v: v + 1,
+            tuple: lambda v: (*v, DeviceMount("/m", "/m")),
+            type(None): lambda v: "/x",
+        }.get(type(value), lambda v: {"B": "2"})(value)
+        changed = Device.__new__(Device)
+        for f in fields(Device):
+            object.__setattr__(changed, f.name, getattr(known, f.name))
+        object.__setattr__(changed, field.name, other)
+        got = device.with_id("d1", changed)
+        assert got is not changed and got == known, field.name

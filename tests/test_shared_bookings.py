@@ -212,3 +212,46 @@ def test_a_live_socket_of_a_host_outside_the_state_dir_is_found(
     finally:
         for listener in listeners:
             listener.close()
+
+
+async def test_release_state_of_hosts_sharing_a_state_dir_is_merged_not_overwritten(
+    tmp_path: Path,
+) -> None:
+    """Two hosts on one stateDir (a rolling update): each one's write of
+    `release-state.json` keeps what the other wrote (it was last-writer-wins: a release owed
+    by one was dropped by the other's next write, and lost at a restart). A host that ended
+    leaves its entries until a host that started after it ended has written."""
+    from kdp_host.release_state import ReleaseStateStore
+
+    def store(name: str | None) -> ReleaseStateStore:
+        made = ReleaseStateStore(str(tmp_path), get_logger(), DaemonThreads(), name)
+        made.load()
+        return made
+
+    owed = {"used": [], "owed": True}
+    first_lock = hold_instance(str(tmp_path), "aaaa0001", get_logger())
+    first = store("aaaa0001")
+    second_lock = hold_instance(str(tmp_path), "bbbb0002", get_logger())
+    second = store("bbbb0002")
+    first.update(R, {"d0": {"used": ["d0"], "owed": False}})
+    await first.flush()
+    second.update(R, {"d1": owed})
+    await second.flush()
+    first.update(R, {"d0": owed})  # the first host's next write keeps the second's entry
+    await first.flush()
+    assert store(None).entries(R) == {"d0": owed, "d1": owed}
+
+    os.close(second_lock)  # the second host ends, its release of d1 still owed
+    first.update(R, {})
+    await first.flush()
+    assert store(None).entries(R) == {"d1": owed}, "kept: the first host never took it up"
+    third_lock = hold_instance(str(tmp_path), "cccc0003", get_logger())
+    third = store("cccc0003")
+    assert third.entries(R) == {"d1": owed}  # taken up at start
+    third.update(R, {})  # released
+    await third.flush()
+    assert store(None).entries(R) == {}
+    document = json.loads((tmp_path / "release-state.json").read_text())
+    assert sorted(document["writers"]) == ["aaaa0001", "cccc0003"]
+    for fd in (first_lock, third_lock):
+        os.close(fd)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from ..backoff import Backoff
-from ..command_output import ProbeOutputError, parse_off_loop
+from ..command_output import ProbeOutputError, Recall, parse_in_turns
 from ..config import ShellDriverConfig
 from ..devices import Device
 from ..process import MAX_OUTPUT, CommandError, RunningCommand, describe_exit, raise_if_cancelling
@@ -51,6 +51,7 @@ class ShellDriver:
         self._stable_after = stable_after
         self._max_output = max_output
         self._rate_limit = rate_limit or RateLimit(deps.clock)
+        self._recall = Recall()
 
     async def scan(self) -> list[Device]:
         """Run the command once; in stream mode, take its first complete list and stop it."""
@@ -181,6 +182,8 @@ class ShellDriver:
 
     async def _parse(self, output: bytes) -> list[Device]:
         try:
-            return await parse_off_loop(output, self._config.format, self._deps.offload)
+            return await parse_in_turns(
+                output, self._config.format, self._recall, self._deps.offload
+            )
         except ProbeOutputError as exc:
             raise DriverError("parse", f"output does not parse: {exc}") from None

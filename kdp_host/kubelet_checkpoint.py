@@ -1,0 +1,347 @@
+"""What the kubelet handed out: its device manager's checkpoint, read once at start.
+
+The kubelet keeps `kubelet_internal_checkpoint` in its device-plugin directory (the one
+kdp-host serves its sockets in) and rewrites it at every allocation: one entry per (pod,
+container, resource) with the device IDs it got and the plugin's Allocate answer for that
+container, as protobuf bytes (`ContainerAllocateResponse`). A container's runtime set-up is
+made from that answer, and a restarted container gets the same answer again, so its host
+paths are what the pod holds, whatever the IDs mean now.
+
+kdp-host reads it at start (`read_handed`, off the loop) to book those host paths when its
+own bookings were lost (`take_handed`): a probe that renamed its IDs while kdp-host
+was down then cannot make the node a pod holds go out under another ID. The file is the
+kubelet's, not an API: anything missing, unreadable, of another shape, or with a checksum
+that does not match is a `CheckpointError` (the caller logs it and goes on without it).
+
+The checksum is the kubelet's (`checkpointmanager/checksum`): FNV-32a over the `go-spew`
+rendering (`%#v`, keys sorted) of the `Data` object as Go holds it after reading the JSON;
+`spew_data` writes that rendering for the object's one shape (checked against files the
+kubelet wrote, tests/test_kubelet_checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import json
+import os
+import stat
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from .api.v1beta1 import ContainerAllocateResponse
+from .files import Offload
+from .logs import EventLogger
+from .ownership_claims import Claim, Owner, Resolver, claim_of, reach
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .ownership_bookings import Ledger
+
+CHECKPOINT_FILE: Final = "kubelet_internal_checkpoint"
+READ_TIMEOUT: Final = 10.0
+"""Seconds the start waits for the checkpoint to be read (a hung file system)."""
+MAX_CHECKPOINT_BYTES: Final = 64 << 20
+"""A larger file is not read (the kubelet's holds a few KiB per pod)."""
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be used (why, in words)."""
+
+
+@dataclass(frozen=True)
+class Handed:
+    """One container's allocation of one resource, as the kubelet kept it."""
+
+    resource: str
+    ids: tuple[str, ...]
+    """The device IDs the container got (sorted)."""
+    paths: tuple[str, ...]
+    """The host paths its answer handed out: DeviceSpec host paths, then mount sources."""
+    cdi_names: tuple[str, ...] = ()
+    """The CDI device names its answer carried (resolved by the runtime, not here)."""
+
+
+@dataclass(frozen=True)
+class HandedClaims:
+    """A `Handed` with the claims of its host paths (`ownership_claims.claim_of`)."""
+
+    handed: Handed
+    claims: tuple[Claim, ...]
+
+
+Gained = list[tuple[Owner, tuple[Claim, ...]]]
+"""Bookings made or widened, each with the claims it gained."""
+
+
+class HandedBookings(Protocol):
+    """Where what the kubelet handed out is booked (`OwnershipIndex.take_handed`)."""
+
+    def take_handed(self, handed: Iterable[HandedClaims]) -> Gained: ...
+
+
+def take_handed(ledger: Ledger, handed: Iterable[HandedClaims], now: float) -> Gained:
+    """Book what the kubelet kept of its pods' answers (read at start, before any resource
+    publishes): the claims of every host path a container was handed, as places of each of
+    its IDs (shared by them: `Booking.group`), so no device reaching one is advertised under
+    another ID while the pod may hold it, whatever the IDs mean now (each is booked as its
+    own device: which device it is now is not known). A booking kept in the file is widened
+    by the handed claims it lacks; an ID another running host has booked is left to it. An
+    answer that named devices by CDI name is left to PodResources (`ownership_adopt`): the
+    nodes those names stood for are not in it."""
+    gained: Gained = []
+    for entry in handed:
+        ids, claims = entry.handed.ids, entry.claims
+        if entry.handed.cdi_names or not claims:
+            continue
+        group = ids if len(ids) > 1 else ()
+        for kubelet_id in ids:
+            owner = Owner(entry.handed.resource, kubelet_id)
+            before = ledger.bookings.get(owner)
+            if before is None and owner not in ledger.foreign_owners:
+                ledger.record(owner, kubelet_id, (), now, claims)
+                gained.append((owner, claims))
+            elif before is not None:
+                kept = {claim[0] for claim in (*before.claims, *before.places)}
+                missing = tuple(claim for claim in claims if claim[0] not in kept)
+                places = before.places + missing
+                ledger.record(owner, before.device, before.claims, now, places)
+                if missing:
+                    gained.append((owner, missing))
+            else:
+                continue
+            ledger.bookings[owner].group = group
+    return gained
+
+
+WITHOUT_CHECKPOINT: Final = (
+    "what the kubelet handed out is not known: an ID a pod holds without a booking (the "
+    "state directory was lost) is booked from PodResources with what the ID names now"
+)
+
+
+async def book_handed(
+    index: HandedBookings, config: Config, offload: Offload, log: EventLogger
+) -> None:
+    """At start, before any resource publishes: book what the checkpoint in the kubelet's
+    device-plugin directory says the pods of `config`'s resources were handed (read off the
+    loop, once). A missing, unreadable or bad checkpoint is logged, and the start goes on
+    without it."""
+    directory = config.kubelet.socket_dir
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    work = functools.partial(read_handed, directory, [r.name for r in config.resources])
+    try:
+        handed = await asyncio.wait_for(offload.run(work), READ_TIMEOUT)
+    except TimeoutError:
+        log.warning(
+            "kubelet_checkpoint_unusable",
+            path=path,
+            error=f"not read within {READ_TIMEOUT:g} s",
+            consequence=WITHOUT_CHECKPOINT,
+        )
+        return
+    except Exception as exc:  # (the kubelet's file: whatever is wrong with it, never fatal)
+        log.warning(
+            "kubelet_checkpoint_unusable", path=path, error=str(exc), consequence=WITHOUT_CHECKPOINT
+        )
+        return
+    if handed is None:
+        log.info("kubelet_checkpoint_absent", path=path)
+        return
+    for owner, claims in index.take_handed(handed):
+        log.bind(resource=owner.resource).info(
+            "kubelet_checkpoint_booked",
+            device=owner.device,
+            paths=",".join(path for _, path, _ in claims),
+        )
+
+
+def read_handed(
+    directory: str, resources: Collection[str], resolve: Resolver = reach
+) -> list[HandedClaims] | None:
+    """The allocations of `resources` in `<directory>/kubelet_internal_checkpoint`, each
+    with the claims of its host paths; None when there is no such file. Blocking (run it
+    through the offload). Raises CheckpointError."""
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    try:
+        # (non-blocking: a FIFO put there does not hang the start)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CheckpointError(f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError("is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            blob = file.read(MAX_CHECKPOINT_BYTES + 1)
+    except OSError as exc:
+        raise CheckpointError(f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(blob) > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"is larger than {MAX_CHECKPOINT_BYTES} bytes")
+    out = []
+    for handed in parse_checkpoint(blob, set(resources)):
+        claims = tuple(claim_of(p, resolve) for p in handed.paths)
+        out.append(HandedClaims(handed, claims))
+    return out
+
+
+def parse_checkpoint(blob: bytes, resources: Collection[str] | None = None) -> list[Handed]:
+    """The allocations of `resources` (None: all) in a checkpoint, checked: its shape, the
+    kubelet's checksum, each answer. A checkpoint with none of them is not checked further
+    (the checksum costs about 0.2 µs per byte of its rendering: what nothing is booked from
+    is not paid for). Raises CheckpointError."""
+    try:
+        document = json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"is not JSON ({exc})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("Data"), dict):
+        raise CheckpointError("has no Data object")
+    data = document["Data"]
+    expected = document.get("Checksum")
+    if not isinstance(expected, int) or isinstance(expected, bool):
+        raise CheckpointError("has no numeric Checksum")
+    entries = data.get("PodDeviceEntries")
+    if entries is not None and not isinstance(entries, list):
+        raise CheckpointError("PodDeviceEntries is not a list")
+    for entry in entries or ():
+        _check(entry)
+    wanted = [e for e in entries or () if resources is None or e["ResourceName"] in resources]
+    if not wanted:
+        return []
+    registered = data.get("RegisteredDevices")
+    if registered is not None and not _ids_by(registered, _text):
+        raise CheckpointError("RegisteredDevices is not a map of ID lists")
+    actual = checksum(data)
+    if actual != expected:
+        raise CheckpointError(
+            f"checksum {expected} does not match its data ({actual}): written in part, or "
+            "changed by hand"
+        )
+    return [_handed(entry) for entry in wanted]
+
+
+def _check(entry: Any) -> None:
+    """An entry has the kubelet's shape (its answer is decoded only when wanted)."""
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"an entry is not an object: {entry!r:.80}")
+    texts = [entry.setdefault(name, "") for name in ("PodUID", "ContainerName", "ResourceName")]
+    if not all(isinstance(text, str) for text in texts):
+        raise CheckpointError(f"an entry's PodUID, ContainerName, ResourceName: {entry!r:.120}")
+    by_numa = entry.get("DeviceIDs")
+    if isinstance(by_numa, list):
+        raise CheckpointError("an entry's DeviceIDs is a list (the format before Kubernetes 1.20)")
+    if by_numa is not None and not _ids_by(by_numa, _int64):
+        raise CheckpointError(f"an entry's DeviceIDs is not a map of ID lists: {by_numa!r:.80}")
+    _answer_bytes(entry.get("AllocResp"))
+
+
+def _handed(entry: dict[str, Any]) -> Handed:
+    """A checked entry, its answer decoded."""
+    try:
+        answer = ContainerAllocateResponse.parse(_answer_bytes(entry.get("AllocResp")) or b"")
+    except Exception as exc:  # (betterproto2 raises several kinds on bad bytes)
+        raise CheckpointError(
+            f"an entry's AllocResp is no ContainerAllocateResponse ({exc})"
+        ) from None
+    by_numa = entry.get("DeviceIDs") or {}
+    ids = sorted({i for listed in by_numa.values() for i in listed or ()})
+    paths = [spec.host_path for spec in answer.devices]
+    paths += [mount.host_path for mount in answer.mounts]
+    names = tuple(device.name for device in answer.cdi_devices)
+    return Handed(entry["ResourceName"], tuple(ids), tuple(p for p in paths if p), names)
+
+
+def _answer_bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise CheckpointError("an entry's AllocResp is not base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CheckpointError(f"an entry's AllocResp is not base64 ({exc})") from None
+
+
+def _int64(key: str) -> bool:
+    """Whether a key is a NUMA node number as Go reads it (`strconv.ParseInt`)."""
+    try:
+        return -(1 << 63) <= int(key) < (1 << 63) and key.strip() == key and "_" not in key
+    except ValueError:
+        return False
+
+
+def _text(key: str) -> bool:
+    return True
+
+
+def _ids_by(value: Any, key_ok: Callable[[str], bool]) -> bool:
+    """Whether `value` is a JSON object of ID lists (or nulls) whose keys pass `key_ok`."""
+    if not isinstance(value, dict):
+        return False
+    for key, listed in value.items():
+        if not key_ok(key):
+            return False
+        if listed is not None and not (
+            isinstance(listed, list) and all(isinstance(i, str) for i in listed)
+        ):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------- checksum
+
+NIL: Final = "<nil>"
+
+
+def checksum(data: Mapping[str, Any]) -> int:
+    """The kubelet's checksum of a checkpoint's `Data` (as read from JSON)."""
+    return fnv32a(spew_data(data).encode())
+
+
+def fnv32a(blob: bytes) -> int:
+    value = 0x811C9DC5
+    for byte in blob:
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value
+
+
+def spew_data(data: Mapping[str, Any]) -> str:
+    """`spew` `%#v` of the kubelet's `checkpointData` holding `data` (Go's view of the JSON:
+    null or missing is a nil slice or map, `[]`/`{}` an empty one). Types are written for
+    struct fields and the top value only, not for elements of a slice or map."""
+    entries = data.get("PodDeviceEntries")
+    listed = NIL if entries is None else "[" + " ".join(_spew_entry(e) for e in entries) + "]"
+    registered = data.get("RegisteredDevices")
+    return (
+        "(checkpoint.checkpointData){PodDeviceEntries:([]checkpoint.PodDevicesEntry)"
+        f"{listed} RegisteredDevices:(map[string][]string){_spew_map(registered, str)}}}"
+    )
+
+
+def _spew_entry(entry: Mapping[str, Any]) -> str:
+    raw = _answer_bytes(entry.get("AllocResp"))
+    answer = NIL if raw is None else "[" + " ".join(str(b) for b in raw) + "]"
+    return (
+        f"{{PodUID:(string){entry.get('PodUID', '')} "
+        f"ContainerName:(string){entry.get('ContainerName', '')} "
+        f"ResourceName:(string){entry.get('ResourceName', '')} "
+        f"DeviceIDs:(checkpoint.DevicesPerNUMA){_spew_map(entry.get('DeviceIDs'), int)} "
+        f"AllocResp:([]uint8){answer}}}"
+    )
+
+
+def _spew_map(value: Mapping[str, Any] | None, order: Callable[[str], Any]) -> str:
+    if value is None:
+        return NIL
+    items = sorted((order(key), ids) for key, ids in value.items())
+    return "map[" + " ".join(f"{key}:{_spew_ids(ids)}" for key, ids in items) + "]"
+
+
+def _spew_ids(ids: list[str] | None) -> str:
+    return NIL if ids is None else "[" + " ".join(ids) + "]"

@@ -1,0 +1,260 @@
+"""The kubelet's device-manager checkpoint (`kdp_host.kubelet_checkpoint`): read from files the
+kubelet's own device manager wrote (tests/data/kubelet_checkpoint, written by kubelet-harness
+with kdp-host and with the kubelet's stub plugin answering), checked (shape, checksum), and
+booked at start (issue 17, G7)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host.config import Config, load_config_text
+from kdp_host.files import DaemonThreads
+from kdp_host.kubelet_checkpoint import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    Handed,
+    HandedClaims,
+    checksum,
+    parse_checkpoint,
+    read_handed,
+    take_handed,
+)
+from kdp_host.logs import get_logger
+from kdp_host.ownership_bookings import Ledger, read_saved
+from kdp_host.ownership_claims import ClaimSet, Owner
+from kdp_host.podresources import Holdings
+
+from .test_ownership import FakeNodes, booked_ids, dev, restarted
+
+FIXTURES = Path(__file__).parent / "data" / "kubelet_checkpoint"
+A = "h3.example/a"
+MDIR = "/tmp/kcp/exp/dev/mdir"
+"""The `allocate.mounts` source of the config the fixtures were written with."""
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / f"{name}.json").read_bytes()
+
+
+def test_checkpoints_the_kubelet_wrote_are_read_with_their_checksum() -> None:
+    assert parse_checkpoint(fixture("two_pods")) == [
+        Handed(A, ("s0",), ("/dev/null", MDIR)),
+        Handed(A, ("s1",), ("/dev/zero", MDIR)),
+    ]
+    assert parse_checkpoint(fixture("two_ids_one_container")) == [
+        Handed(A, ("s0", "s1"), ("/dev/null", "/dev/zero", MDIR))
+    ]
+    # an answer with an env only (the kubelet's stub plugin): nothing handed out
+    assert parse_checkpoint(fixture("stub_envs")) == [Handed("st.example/x", ("dev0",), ())]
+    assert parse_checkpoint(fixture("no_pods")) == []  # PodDeviceEntries null
+
+
+def test_the_checksum_is_the_kubelets_for_empty_and_null_values() -> None:
+    """Go reads null as a nil slice or map and `[]`/`{}` as empty ones: spew writes them
+    apart, so the checksum of each differs, and each is what the kubelet computes (the
+    no-pods file holds null entries; its checksum verifies)."""
+    document = json.loads(fixture("no_pods"))
+    assert checksum(document["Data"]) == document["Checksum"]
+    empty = dict(document["Data"], PodDeviceEntries=[])
+    assert checksum(empty) != document["Checksum"]
+
+
+def mangled(name: str, change: Any) -> bytes:
+    document = json.loads(fixture(name))
+    change(document)
+    return json.dumps(document).encode()
+
+
+def set_entry(key: str, value: Any) -> Any:
+    def change(document: dict[str, Any]) -> None:
+        document["Data"]["PodDeviceEntries"][0][key] = value
+
+    return change
+
+
+def drop(*keys: str) -> Any:
+    def change(document: dict[str, Any]) -> None:
+        target = document
+        for key in keys[:-1]:
+            target = target[key]
+        del target[keys[-1]]
+
+    return change
+
+
+BAD = {
+    "truncated": fixture("two_pods")[:200],
+    "empty file": b"",
+    "not json": b"\x00\x01 binary",
+    "wrong checksum": mangled("two_pods", lambda d: d.update(Checksum=d["Checksum"] + 1)),
+    "checksum as text": mangled("two_pods", lambda d: d.update(Checksum=str(d["Checksum"]))),
+    "no checksum": mangled("two_pods", drop("Checksum")),
+    "an ID changed (old checksum)": mangled("two_pods", set_entry("DeviceIDs", {"-1": ["s9"]})),
+    "a path changed (old checksum)": mangled(
+        "two_pods",
+        set_entry("AllocResp", base64.b64encode(b"\x1a\x04\x0a\x02/x").decode()),
+    ),
+    "no Data": mangled("two_pods", drop("Data")),
+    "entries not a list": mangled("two_pods", lambda d: d["Data"].update(PodDeviceEntries={})),
+    "AllocResp not base64": mangled("two_pods", set_entry("AllocResp", "***")),
+    "AllocResp not protobuf": mangled(
+        "two_pods", set_entry("AllocResp", base64.b64encode(b"\x12\xff\xff").decode())
+    ),
+    "DeviceIDs of before 1.20": mangled("two_pods", set_entry("DeviceIDs", ["s0"])),
+    "NUMA key not a number": mangled("two_pods", set_entry("DeviceIDs", {"x": ["s0"]})),
+    "ResourceName not text": mangled("two_pods", set_entry("ResourceName", 5)),
+}
+
+
+@pytest.mark.parametrize("blob", BAD.values(), ids=BAD.keys())
+def test_a_bad_checkpoint_is_an_error_that_says_why(blob: bytes) -> None:
+    with pytest.raises(CheckpointError) as caught:
+        parse_checkpoint(blob)
+    assert str(caught.value)
+
+
+def test_read_handed_resolves_the_paths_of_served_resources_only(tmp_path: Path) -> None:
+    assert read_handed(str(tmp_path), [A]) is None, "no checkpoint: nothing known"
+    shutil.copy(FIXTURES / "two_pods.json", tmp_path / CHECKPOINT_FILE)
+    nodes = FakeNodes({"/dev/null": ("c", 1), "/dev/zero": ("c", 2)})
+    handed = read_handed(str(tmp_path), [A, "other.io/x"], nodes)
+    assert handed is not None
+    assert [(h.handed.ids, [c[0] for c in h.claims]) for h in handed] == [
+        (("s0",), [("c", 1), ("path", MDIR)]),
+        (("s1",), [("c", 2), ("path", MDIR)]),
+    ]
+    assert read_handed(str(tmp_path), ["other.io/x"], nodes) == []
+    (tmp_path / CHECKPOINT_FILE).unlink()
+    (tmp_path / CHECKPOINT_FILE).mkdir()
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        read_handed(str(tmp_path), [A], nodes)
+    (tmp_path / CHECKPOINT_FILE).rmdir()
+    os.mkfifo(tmp_path / CHECKPOINT_FILE)  # (a blocking open would wait for a writer)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        read_handed(str(tmp_path), [A], nodes)
+
+
+def test_a_checkpoint_without_entries_of_the_hosts_resources_is_not_checked_further() -> None:
+    """Nothing is booked from it: its checksum is not computed (that costs 0.2 µs a byte)."""
+    blob = mangled("stub_envs", lambda d: d.update(Checksum=1))
+    assert parse_checkpoint(blob, {A}) == []
+    with pytest.raises(CheckpointError, match="checksum"):
+        parse_checkpoint(blob, {"st.example/x"})
+
+
+def config(socket_dir: Path) -> Config:
+    return load_config_text(
+        f"kubelet: {{socketDir: {socket_dir}}}\nresources:\n"
+        f"  - name: {A}\n    shell: {{command: [echo, s0]}}\n"
+    )
+
+
+def handed(ids: tuple[str, ...], *paths: str, nodes: FakeNodes) -> HandedClaims:
+    claims = []
+    for path in paths:
+        reached = nodes(path)
+        assert reached is not None
+        claims.append((reached[0], path, reached[1]))
+    return HandedClaims(Handed(A, ids, paths), tuple(claims))
+
+
+def test_the_ids_of_one_answer_share_its_places_and_nobody_else_does() -> None:
+    """Two IDs handed out in one answer: each is booked with both nodes (which node was
+    whose is not kept), and neither holds the other back; a third ID reaching one is held."""
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    ledger = Ledger()
+    both = [handed(("s0", "s1"), "/dev/a", "/dev/b", nodes=nodes)]
+    gained = take_handed(ledger, both, 0.0)
+    assert [owner.device for owner, _ in gained] == ["s0", "s1"]
+    a = ClaimSet(((("c", 1), "/dev/a", "/dev/a"),))
+    b = ClaimSet(((("c", 2), "/dev/b", "/dev/b"),))
+    assert ledger.conflict(A, "s0", 1, a) is None
+    assert ledger.conflict(A, "s1", 1, a) is None, "a swap inside one answer is one pod's"
+    assert ledger.conflict(A, "s1", 1, b) is None
+    assert ledger.conflict(A, "s2", 1, a) == (Owner(A, "s0"), "/dev/a")
+    assert ledger.conflict("other.io/x", "s0", 1, b) is not None
+    # the file does not keep the group: read back, the next start's checkpoint gives it again
+    again = Ledger()
+    again.take_in(read_saved(json.loads(json.dumps(ledger.document())), nodes), (), 1.0)
+    assert again.conflict(A, "s1", 1, a) == (Owner(A, "s0"), "/dev/a")
+    assert take_handed(again, both, 1.0) == [], "nothing to write"
+    assert again.conflict(A, "s1", 1, a) is None
+
+
+def test_a_booking_kept_is_widened_by_what_it_lacks_and_another_hosts_is_left() -> None:
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    ledger = Ledger()
+    ledger.record(Owner(A, "s0"), "s0", ((("c", 1), "/dev/a", "/dev/a"),), 0.0)
+    same = take_handed(ledger, [handed(("s0",), "/dev/a", nodes=nodes)], 1.0)
+    assert same == [], "the booking holds what was handed out"
+    wider = take_handed(ledger, [handed(("s0",), "/dev/b", nodes=nodes)], 1.0)
+    assert wider == [(Owner(A, "s0"), ((("c", 2), "/dev/b", "/dev/b"),))]
+    assert ledger.bookings[Owner(A, "s0")].claims == ((("c", 1), "/dev/a", "/dev/a"),)
+    ledger.foreign_owners.add(Owner(A, "s7"))
+    assert take_handed(ledger, [handed(("s7",), "/dev/b", nodes=nodes)], 1.0) == []
+
+
+async def test_bookings_lost_are_booked_at_start_from_the_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ownership.json is gone and the IDs swapped nodes while kdp-host was down: pod1 was
+    handed /dev/a under s0. s1, which names /dev/a now, is held until pod1 ends."""
+    caplog.set_level(logging.INFO)
+    dp = tmp_path / "dp"
+    dp.mkdir()
+    entry = {
+        "PodUID": "u1",
+        "ContainerName": "c",
+        "ResourceName": A,
+        "DeviceIDs": {"-1": ["s0"]},
+        "AllocResp": base64.b64encode(b"\x1a\x10\x0a\x06/dev/a\x12\x06/dev/a").decode(),
+    }
+    data = {"PodDeviceEntries": [entry], "RegisteredDevices": {A: ["s0", "s1"]}}
+    (dp / CHECKPOINT_FILE).write_text(json.dumps({"Data": data, "Checksum": checksum(data)}))
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    now = [100.0]
+    host, state = restarted(tmp_path / "state", nodes, now)
+    await host.index.book_handed(config(dp), DaemonThreads(), get_logger())
+    [line] = [r for r in caplog.records if r.getMessage() == "kubelet_checkpoint_booked"]
+    expected = {"resource": A, "device": "s0", "paths": "/dev/a"}
+    assert expected.items() <= line.__dict__["kdp_fields"].items()
+    await asyncio.wait_for(state.flush(), 30)
+    assert booked_ids(tmp_path / "state") == [f"{A}/s0"]
+
+    host.publish(A, dev("s0", "/dev/b"), dev("s1", "/dev/a"))
+    assert host.ids(A) == ["s0"], "s1 reaches pod1's node"
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))  # pod1 ended
+    assert host.ids(A) == ["s0", "s1"]
+
+
+@pytest.mark.parametrize("blob", [b"{", fixture("two_pods")[:-5]], ids=["garbage", "truncated"])
+async def test_a_bad_checkpoint_is_logged_and_the_start_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, blob: bytes
+) -> None:
+    (tmp_path / CHECKPOINT_FILE).write_bytes(blob)
+    host, _ = restarted(tmp_path / "state", FakeNodes({}))
+    await host.index.book_handed(config(tmp_path), DaemonThreads(), get_logger())
+    [line] = [r for r in caplog.records if r.getMessage() == "kubelet_checkpoint_unusable"]
+    assert line.levelno == logging.WARNING
+    assert "PodResources" in line.__dict__["kdp_fields"]["consequence"]
+    assert not (tmp_path / "state" / "ownership.json").exists()
+
+
+def test_an_answer_with_cdi_names_is_left_to_podresources() -> None:
+    """The nodes a CDI name stood for are not in the answer: booking its other paths only
+    (a static mount) would keep PodResources from booking the device's node."""
+    nodes = FakeNodes({"/m": ("d", 9)})
+    entry = handed(("s0",), "/m", nodes=nodes)
+    cdi = HandedClaims(Handed(A, ("s0",), ("/m",), ("k.io/a=s0",)), entry.claims)
+    ledger = Ledger()
+    assert take_handed(ledger, [cdi], 0.0) == []
+    assert not ledger.has(Owner(A, "s0"))

@@ -46,8 +46,9 @@ def build_spec(
     CDI rejects a spec without devices and a device without edits, so devices with neither
     a device node nor a mount are left out (Allocate gives them no CDI name either). A
     device in `pinned` (by ID: the device as an Allocate handed it out, while a pod holds
-    it) keeps that entry whatever it lists now: a container that restarts resolves its CDI
-    name again and must get what it was allocated.
+    it) keeps that entry whatever it lists now, also while the snapshot no longer lists it
+    (held since): a container that restarts resolves its CDI name again and must get what
+    it was allocated.
     """
     cdi = resource.allocate.cdi
     if cdi is None:
@@ -55,7 +56,7 @@ def build_spec(
     allocate = resource.allocate
     shared_env = _consistent_device_env(snapshot.devices, allocate.env.keys())
     devices: list[dict[str, Any]] = []
-    for device in snapshot.devices:
+    for device in _with_pinned(snapshot.devices, pinned):
         shown = pinned.get(device.id, device) if pinned else device
         if not has_cdi_edits(shown):
             continue
@@ -93,6 +94,17 @@ def build_spec(
     if edits:
         spec["containerEdits"] = edits
     return spec
+
+
+def _with_pinned(devices: tuple[Device, ...], pinned: Mapping[str, Device]) -> Iterable[Device]:
+    """The snapshot's devices, and, in ID order among them, the pinned ones it no longer
+    lists (held since their Allocate: their pod may restart a container, which resolves its
+    CDI name again and must find what it was handed)."""
+    if not pinned:
+        return devices
+    listed = {device.id for device in devices}
+    gone = [device for device_id, device in pinned.items() if device_id not in listed]
+    return sorted([*devices, *gone], key=lambda device: device.id) if gone else devices
 
 
 def encode_spec(spec: Mapping[str, Any]) -> bytes:

@@ -83,7 +83,7 @@ def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
 def overlap_warnings(rows: list[CheckRow], config: Config) -> list[str]:
     """One line per node or mount source two devices (or a resource's `allocate.mounts` and
     a device) would reach (docs: Reliability, one node, one advertised device)."""
-    from .ownership_claims import overlap_warnings as warnings
+    from .ownership_overlaps import overlap_warnings as warnings
 
     devices = [(row.resource, row.device) for row in rows if row.device is not None]
     mounts = {r.name: [m.host_path for m in r.allocate.mounts] for r in config.resources}

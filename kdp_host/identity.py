@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Final
 
 Identity = tuple[str, int | str]
 """What a host path is (`identity_of`): `('c'|'b', st_rdev)` for a device node, `('d'|'f',
@@ -22,6 +23,10 @@ DIRECTORY = "d"
 """The kind of a directory's identity (a mount of it holds what is below its real path)."""
 FILE = "f"
 """The kind of the identity of a file that is no device node and no directory."""
+UNRESOLVABLE: Final = "unresolvable"
+"""Why a path is left out whose real path does not name what it reaches (`names_it`): the
+skip reason of a glob path, and of a device whose claimed path the ownership index found so
+(every driver), in `kdp_driver_skipped_total`."""
 
 
 def identity_of(st: os.stat_result) -> Identity:

@@ -80,7 +80,7 @@ from .metrics import Metrics
 from .ownership_adopt import Adoption, what_releases
 from .ownership_allocate import BookingAllocations
 from .ownership_bookings import ReleasePending, Saved
-from .ownership_claims import SYSFS, Claims, Reached, Resolver, host_paths, places
+from .ownership_claims import SYSFS, Claims, Reached, Resolver, named_in, places, reaches_through
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
@@ -99,16 +99,6 @@ for later shows every pod that can hold it."""
 
 HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
-
-
-def _in(path: str, directory: str, paths: set[str] | None) -> bool:
-    """Whether `path` is one of `paths` (None: any in `directory`)."""
-    return path in paths if paths is not None else os.path.dirname(path) == directory
-
-
-def _through(device: Device, directory: str, paths: set[str] | None) -> bool:
-    """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
-    return any(_in(host_path, directory, paths) for host_path in host_paths(device))
 
 
 class OwnershipIndex(BookingAllocations):
@@ -143,6 +133,8 @@ class OwnershipIndex(BookingAllocations):
         self._adoption = Adoption(self._ledger, metrics)
         self._cdi_kinds = {}
         self._watcher: Watcher | None = None
+        self._keeps = False
+        """What an Allocate hands out may be kept (`_follows`)."""
         self._followed: dict[str, set[str]] = {}
         """Directory of a claimed host path -> the resources that claimed through it."""
         self._changed_paths: dict[str, set[str] | None] = {}
@@ -156,6 +148,15 @@ class OwnershipIndex(BookingAllocations):
         is resolved again when its path changes (a node replaced by one with another device
         number must not keep the old claim). Their subscriptions last as long as the host."""
         self._watcher = watcher
+        # (a poll sees a change late; a mount over a path makes no directory event)
+        self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
+
+    def _mounts_changed(self) -> None:
+        """A watcher callback: the mount table changed: forget everything kept and recheck
+        every claim, as after an overflow."""
+        self._forget_kept(lambda _path: True)
+        for directory in list(self._followed):
+            self._path_changed(directory, None)
 
     def _follow(self, resource: str, claims: Claims) -> None:
         for key, path, _ in claims.all():
@@ -167,11 +168,11 @@ class OwnershipIndex(BookingAllocations):
             users.add(resource)
 
     def _follows(self, path: str) -> bool:
-        """Its directory (as for a claim: `_users`) and every directory above it
-        (`_follow_above`); not with the polling watcher: it sees a change a poll later."""
+        """Its directory (as for a claim: `_users`), every directory above it
+        (`_follow_above`) and the mount table (`_keeps`)."""
         watcher = self._watcher
         directory = os.path.dirname(path)
-        if watcher is None or watcher.kind == "poll" or self._users(directory) is None:
+        if watcher is None or not self._keeps or self._users(directory) is None:
             return False
         self._follow_above(watcher, directory)
         return True
@@ -192,7 +193,7 @@ class OwnershipIndex(BookingAllocations):
         """A watcher callback: forget the places kept there, note it, and recheck once the
         burst is over (soon)."""
         paths = None if name is None else {os.path.join(directory, name)}
-        self._forget_kept(functools.partial(_in, directory=directory, paths=paths))
+        self._forget_kept(functools.partial(named_in, directory=directory, paths=paths))
         first = not self._changed_paths
         if name is None:
             self._changed_paths[directory] = None
@@ -209,14 +210,14 @@ class OwnershipIndex(BookingAllocations):
         changed, self._changed_paths = self._changed_paths, {}
         for directory, names in changed.items():
             paths = None if names is None else {os.path.join(directory, n) for n in names}
-            for path in [p for p in self._fresh if _in(p, directory, paths)]:
+            for path in [p for p in self._fresh if named_in(p, directory, paths)]:
                 del self._fresh[path]  # (resolved before it changed)
             for name in self._followed.get(directory, ()):
                 state = self._resources[name]
                 stale = [
                     device_id
                     for device_id, device in state.admitted_from.items()
-                    if _through(device, directory, paths)
+                    if reaches_through(device, directory, paths)
                 ]
                 for device_id in stale:
                     state.claims.pop(places(state.admitted_from[device_id]), None)

@@ -153,8 +153,8 @@ class BookingAllocations(AdmissionGate):
         else than its claim): resolve the claims through it anew."""
 
     def _claimed(self, resource: str, ids: Iterable[str]) -> dict[str, ClaimKey]:
-        """What each host path of the devices behind `ids` was claimed as (host path to
-        claim key)."""
+        """What each host path of the devices behind `ids` was claimed as (host path, and
+        its real path, which the device is advertised with, to claim key)."""
         state = self._resources.get(resource)
         if state is None:
             return {}
@@ -164,8 +164,9 @@ class BookingAllocations(AdmissionGate):
             device = physical_id(kubelet_id, state.replicas or 1)
             owned = state.owned.get(device)
             claims = devices.of(device) if owned is None else owned.all()
-            for key, path, _ in claims:
+            for key, path, real in claims:
                 found.setdefault(path, key)
+                found.setdefault(real, key)  # (the device's host path: `canonical`)
         return found
 
     async def owners_of(self, paths: Collection[str]) -> dict[str, list[Owner]]:

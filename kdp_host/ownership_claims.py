@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from .devices import Device, DeviceMount
+from .devices import Device
 from .identity import DIRECTORY, PathReach, identity_of, names_it
 
 ClaimKey = tuple[str, int | str]
@@ -44,16 +44,18 @@ def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
     (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
     path is kept as it is (no copy per claim).
     """
+    found = stat_real(path, real_dirs)
+    return None if found is None else (identity_of(found[0]), found[1])
+
+
+def stat_real(path: str, real_dirs: dict[str, str] | None) -> tuple[os.stat_result, str] | None:
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            st = os.stat(path)
-            real = os.path.realpath(path)
-        else:
-            real = _real_path(path, {} if real_dirs is None else real_dirs)
+            return os.stat(path), os.path.realpath(path)
+        return st, _real_path(path, {} if real_dirs is None else real_dirs)
     except (OSError, ValueError):
         return None
-    return identity_of(st), real
 
 
 def _real_path(path: str, real_dirs: dict[str, str]) -> str:
@@ -192,6 +194,10 @@ class Claims(Protocol):
 
     def all(self) -> tuple[Claim, ...]: ...
 
+    @property
+    def renamed(self) -> tuple[tuple[str, str], ...]:
+        """(host path, real path) of its paths that are not their real path (`canonical`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ClaimSet:
@@ -199,6 +205,7 @@ class ClaimSet:
 
     exclusive: tuple[Claim, ...]
     shared: tuple[Claim, ...] = ()
+    renamed: tuple[tuple[str, str], ...] = ()
 
     def exclusive_keys(self) -> frozenset[ClaimKey]:
         return frozenset(claim[0] for claim in self.exclusive)
@@ -216,6 +223,8 @@ class OneClaim(tuple[ClaimKey, str, str]):
     the claim (9 MiB less at 100,000 devices)."""
 
     __slots__ = ()
+    renamed: tuple[tuple[str, str], ...] = ()
+    """(Its path is its real path: else the device's claims are a ClaimSet.)"""
 
     @property
     def exclusive(self) -> tuple[Claim, ...]:
@@ -252,6 +261,17 @@ def host_paths(device: Device) -> tuple[str, ...]:
     return (*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts))
 
 
+def named_in(path: str, directory: str, paths: set[str] | None) -> bool:
+    """Whether `path` is one of `paths` (None: any in `directory`): what a watcher report
+    names."""
+    return path in paths if paths is not None else os.path.dirname(path) == directory
+
+
+def reaches_through(device: Device, directory: str, paths: set[str] | None) -> bool:
+    """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
+    return any(named_in(host_path, directory, paths) for host_path in host_paths(device))
+
+
 Places = str | tuple[tuple[str, bool | None], ...]
 """What a device's claims depend on: its host paths with their `shared` flags (the one path
 of the common one-node device), then its sysfs directory, if any, as (path, None)."""
@@ -284,19 +304,30 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
         and path is not None
         and device.has_only_node(path, path)
     ):
-        return OneClaim(claim_of(path, resolve))  # the common one-node device: no dicts
+        claim = claim_of(path, resolve)  # the common one-node device: no dicts
+        if claim[2] == path or claim[0][0] == NOTHING:
+            return OneClaim(claim)
+        return ClaimSet((claim,), (), ((path, claim[2]),))
     exclusive: dict[ClaimKey, Claim] = {}
     shared: dict[ClaimKey, Claim] = {}
+    made: list[Claim] = []
     paths = [(n.host_path, n.shared) for n in device.nodes]
     paths += [(m.host_path, m.shared) for m in device.mounts]
     for host_path, is_shared in paths:
         claim = claim_of(host_path, resolve)
+        made.append(claim)
         (shared if is_shared else exclusive).setdefault(claim[0], claim)
     for key in exclusive:
         shared.pop(key, None)
     if sysfs is not None:
         exclusive.setdefault((SYSFS, sysfs), ((SYSFS, sysfs), sysfs, sysfs))
-    return ClaimSet(tuple(exclusive.values()), tuple(shared.values()))
+    return ClaimSet(tuple(exclusive.values()), tuple(shared.values()), _renamed(made))
+
+
+def _renamed(claims: Iterable[Claim]) -> tuple[tuple[str, str], ...]:
+    """(host path, real path) of the claims not made by their real path (nothing there: text)."""
+    found = {(path, real) for key, path, real in claims if real != path and key[0] != NOTHING}
+    return tuple(sorted(found))
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,82 +339,3 @@ class Owner:
 
 def owner_order(owner: Owner) -> tuple[str, str]:
     return owner.resource, owner.device
-
-
-@dataclass(frozen=True)
-class Overlap:
-    """Two devices that reach one node or mount source (what `check` warns about)."""
-
-    path: str
-    first: Owner
-    second: Owner
-
-
-def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -> list[Overlap]:
-    """Every claim two devices would make (not two shared ones), by the index's rules (a
-    claim below a directory another device mounts too): the later device in `devices` order
-    would be held while the first is advertised."""
-    seen: dict[ClaimKey, tuple[Owner, bool]] = {}
-    dirs: list[tuple[str, Owner, bool]] = []
-    made: list[tuple[Claim, Owner, bool]] = []
-    found: list[Overlap] = []
-    for resource, device in devices:
-        me = Owner(resource, device.id)
-        claims = device_claims(device, resolve)
-        for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
-            for claim in mine:
-                key, path, real = claim
-                made.append((claim, me, is_shared))
-                if key[0] == DIRECTORY:
-                    dirs.append((real, me, is_shared))
-                known = seen.get(key)
-                if known is None:
-                    seen[key] = (me, is_shared)
-                elif not (is_shared and known[1]):
-                    found.append(Overlap(path, known[0], me))
-    for directory, owner, dir_shared in dirs:
-        for (_, path, real), me, is_shared in made:
-            if me != owner and below(real, directory) and not (is_shared and dir_shared):
-                found.append(Overlap(path, owner, me))
-    return found
-
-
-STATIC_MOUNTS = "(allocate.mounts)"
-"""The device `check` compares a resource's `allocate.mounts` as (no device ID has `(`)."""
-
-
-def overlap_warnings(
-    devices: list[tuple[str, Device]],
-    static_mounts: Mapping[str, Sequence[str]],
-    quote: Callable[[str], str],
-) -> list[str]:
-    """`check`'s warning lines: one per node or mount source two devices would reach (the
-    host advertises one of them at a time; docs: Reliability, one node, one advertised
-    device; booked claims). A resource's `allocate.mounts` (`static_mounts`, host paths by
-    resource) are compared as a device every pod of the resource gets (shared by them, not
-    with another device)."""
-    for resource, paths in static_mounts.items():
-        if paths:
-            mounts = tuple(DeviceMount(path, path, shared=True) for path in paths)
-            devices = [*devices, (resource, Device(STATIC_MOUNTS, mounts=mounts))]
-    lines = []
-    for o in overlaps(devices):
-        if STATIC_MOUNTS in (o.first.device, o.second.device):
-            static, other = (o.first, o.second)
-            if other.device == STATIC_MOUNTS:
-                static, other = other, static
-            lines.append(
-                f"warning: {quote(o.path)} is reachable from the allocate.mounts of "
-                f"{quote(static.resource)} and {quote(other.resource)} (device "
-                f"{quote(other.device)}): an Allocate of {quote(static.resource)} is refused "
-                "while that device is advertised or held, and the device is not advertised "
-                "while a pod holds the mount"
-            )
-            continue
-        lines.append(
-            f"warning: {quote(o.path)} is reachable from {quote(o.first.resource)} "
-            f"(device {quote(o.first.device)}) and {quote(o.second.resource)} (device "
-            f"{quote(o.second.device)}): only one is advertised at a time, the one a pod "
-            "holds it through, else the first to list it"
-        )
-    return lines

@@ -20,15 +20,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from .devices import Device
 from .files import Offload
 from .metrics import Metrics
-from .ownership_claims import Resolver
+from .ownership_canonical import canonical
+from .ownership_claims import Claims, Resolver
 from .ownership_resolve import Resolving
 from .ownership_table import ResourceState
 from .turns import Pace, to_the_end
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """The admitted devices with real paths (`AdmissionGate._canonical`), and what they were
+    made from: device ID -> (the admitted device, its claims, the device with real paths)."""
+
+    admitted: Mapping[str, Device]
+    made: dict[str, tuple[Device, Claims, Device]]
+    view: dict[str, Device]
+
 
 ADMISSION_CHUNK: Final = 200
 """Devices an admission works on per turn of the event loop (about a millisecond)."""
@@ -53,6 +66,8 @@ class AdmissionGate(Resolving):
         self._draining = False
         self._running: asyncio.Task[None] | None = None
         """The admission that continues in turns of the loop (the gate is closed)."""
+        self._views: dict[str, _View] = {}
+        """Per resource: the last admitted mapping with real paths (`_canonical`)."""
 
     def _admit_or_defer(self, state: ResourceState) -> bool:
         """Admit `state`: its first turn now, the rest (if any) in later turns of the loop;
@@ -106,10 +121,43 @@ class AdmissionGate(Resolving):
         return False
 
     def _give(self, state: ResourceState, admitted: Mapping[str, Device]) -> bool:
-        if state.publish is None or admitted is state.sent:
+        if state.publish is None:
             return False
-        state.sent = admitted
-        return state.publish(admitted)
+        advertised = self._canonical(state, admitted)
+        if advertised is state.sent:
+            return False
+        state.sent = advertised
+        return state.publish(advertised)
+
+    def _canonical(
+        self, state: ResourceState, admitted: Mapping[str, Device]
+    ) -> Mapping[str, Device]:
+        """What the table gets: the admitted devices, each with the real paths its claims
+        resolved (`ownership_canonical.canonical`; the same mapping when none has a path that is
+        not its real path). A device is made again only when it or its claims changed (an
+        unchanged one keeps its entry: ListAndWatch writes no entry it wrote already)."""
+        if not state.renamed:
+            return admitted
+        last = self._views.get(state.name)
+        before = {} if last is None else last.made
+        made: dict[str, tuple[Device, Claims, Device]] = {}
+        changed = last is None or last.admitted is not admitted
+        for device_id in state.renamed:
+            source = admitted.get(device_id)
+            if source is None:
+                continue
+            claims = state.owned[device_id]
+            known = before.get(device_id)
+            if known is None or known[0] is not source or known[1] is not claims:
+                known = (source, claims, canonical(source, claims))
+                changed = True
+            made[device_id] = known
+        if last is not None and not changed and len(made) == len(before):
+            return last.view
+        view = dict(admitted)
+        view.update((device_id, entry[2]) for device_id, entry in made.items())
+        self._views[state.name] = _View(admitted, made, view)
+        return view
 
     async def _turns(
         self,

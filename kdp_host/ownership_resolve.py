@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
 from .files import Offload
+from .identity import UNRESOLVABLE
 from .metrics import Metrics
 from .ownership_admission import Admission
+from .ownership_canonical import checked_reach
 from .ownership_claims import (
     ClaimKey,
     Reached,
@@ -33,7 +35,6 @@ from .ownership_claims import (
     below,
     host_paths,
     places,
-    reach,
     still_reaches,
 )
 from .ownership_table import ResourceState
@@ -62,9 +63,14 @@ MAX_STUCK: Final = 4
 QUEUED_LIMIT: Final = 30.0
 """Seconds a batch may wait for a worker (every one busy) before it is given up."""
 
+NOT_NAMED: Final = "its real path is not what it reaches (a magic link), or holds ','"
+"""Why a device path is UNRESOLVABLE (`ownership_canonical.checked_reach`), as logged."""
 HUNG: Final = "hung"
-Resolution = Reached | None | Literal["hung"]
-"""What a path reaches, None (nothing there), or HUNG (no answer in time)."""
+Resolution = Reached | None | Literal["hung", "unresolvable"]
+"""What a path reaches, None (nothing there), HUNG (no answer in time) or UNRESOLVABLE (its
+real path does not name what it reaches: `ownership_canonical.checked_reach`)."""
+PathResolve = Callable[[str], Reached | Literal["unresolvable"] | None]
+"""What resolves a path (`ownership_canonical.checked_reach`; a test's `Resolver`)."""
 
 
 @dataclass
@@ -72,7 +78,7 @@ class PathResolver:
     """Resolves batches of paths through the host's offload (inline without one: unit
     tests and `kdp-host check`, where nothing else waits)."""
 
-    resolver: Callable[[], Resolver]
+    resolver: Callable[[], PathResolve]
     """A resolver for one batch (it may cache directories for that batch only)."""
     offload: Offload | None = None
     timeout: float = RESOLVE_TIMEOUT
@@ -155,9 +161,9 @@ class PathResolver:
             call.exception()  # retrieved: an abandoned call's error is not an unhandled one
 
 
-def _batch_reach() -> Resolver:
-    """`reach` with a cache of directories' real paths for one batch."""
-    return functools.partial(reach, real_dirs={})
+def _batch_reach() -> PathResolve:
+    """`checked_reach` with a cache of directories' real paths for one batch."""
+    return functools.partial(checked_reach, real_dirs={})
 
 
 class Resolving(Admission):
@@ -242,18 +248,22 @@ class Resolving(Admission):
         self._fresh.update(resolved)
         unresolved: dict[str, str] = {}
         for device_id, paths in state.needs.items():
-            hung = next((p for p in paths if resolved.get(p, "") == HUNG), None)
-            if hung is not None:
-                unresolved[device_id] = hung
+            bad = next((p for p in paths if resolved.get(p, "") in (HUNG, UNRESOLVABLE)), None)
+            if bad is not None:
+                unresolved[device_id] = bad
         for device_id in unresolved.keys() - state.unresolved.keys():
+            path = unresolved[device_id]
+            hung = resolved[path] == HUNG
             if self._metrics is not None:
-                self._metrics.driver_skipped.labels(state.name, UNRESOLVED_REASON).inc()
+                reason = UNRESOLVED_REASON if hung else UNRESOLVABLE
+                self._metrics.driver_skipped.labels(state.name, reason).inc()
             if state.log is not None:
+                why = {"timeout": self._paths.timeout} if hung else {"reason": NOT_NAMED}
                 state.log.warning(
-                    "device_path_unresolved",
+                    "device_path_unresolved" if hung else "device_path_unresolvable",
                     device=device_id,
-                    path=unresolved[device_id],
-                    timeout=self._paths.timeout,
+                    path=path,
+                    **why,
                     action="not advertised; tried again with the next list",
                 )
         state.unresolved = unresolved

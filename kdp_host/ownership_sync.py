@@ -19,13 +19,14 @@ import os
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
+from .dir_signature import dir_signature
 from .files import Offload
 from .logs import EventLogger
 from .ownership_bookings import OWNERSHIP_FILE, Saved, StateSink, ownership_file, read_saved
 from .safety_net import SafetyNet
 from .state_file import Merge, StateFile
 from .state_lock import running
-from .watch import Subscription, Watcher, dir_signature
+from .watch import Subscription, Watcher
 
 SAFETY_INTERVAL = 5.0
 """Seconds between checks that the hosts whose bookings are held still run (and that the

@@ -3,8 +3,7 @@
 One table for the host (the ownership index is one). A claim is owned by one advertised
 device (exclusive) or shared by many (`shared`), never both; a directory claim also covers
 what is below it. A claim whose device stops being advertised lingers with its owner until
-its path is gone (asked of the index: `_still_there`) or the owner's resource takes it back.
-"""
+its path is gone (asked of the index: `_still_there`) or the owner's resource takes it back."""
 
 from __future__ import annotations
 
@@ -37,10 +36,9 @@ class Holding:
     """Why a device is held: logged and counted once while it stays the same."""
 
     reason: str
-    """`owned` (another device's claim), `shared` (a node other devices share),
-    `booked` (the kubelet booked one of its claims under another ID or resource: the
-    owner is that booking),
-    `id_taken` (its ID is the old ID of another device of the resource)."""
+    """`owned` (another device's claim), `shared` (a node other devices share), `booked`
+    (the kubelet booked one of its claims under another ID or resource: the owner is that
+    booking), `id_taken` (its ID is the old ID of another device of the resource)."""
     owner: Owner
     path: str
     key: ClaimKey | None = None
@@ -71,6 +69,9 @@ class ResourceState:
     """Devices of `admitted_from` whose places the watcher's recheck forgot (to claim anew)."""
     owned: dict[str, Claims] = field(default_factory=dict)
     """Advertised ID -> what it claims in the index."""
+    renamed: set[str] = field(default_factory=set)
+    """Advertised IDs of `owned` with a host path that is not its real path (`Claims.renamed`:
+    the device is advertised with its real paths, `ownership_canonical.canonical`)."""
     lingering: dict[ClaimKey, tuple[float, Claim]] = field(default_factory=dict)
     """Exclusive claims of devices no longer advertised, kept while the node is there (or a
     pod may hold them), with the time (index clock) they stopped being advertised and the
@@ -171,14 +172,13 @@ class ClaimTable(abc.ABC):
         if self._resources[resource].owned.get(device_id) is claims:
             return None
         me = Owner(resource, device_id)
-        for claim in claims.exclusive:
-            why = self._clash(me, claim[0], claim[1], False) or self._aliased(me, claim, False)
-            if why is not None:
-                return why
-        for claim in claims.shared:
-            why = self._clash(me, claim[0], claim[1], True) or self._aliased(me, claim, True)
-            if why is not None:
-                return why
+        for mine, shared in ((claims.exclusive, False), (claims.shared, True)):
+            for claim in mine:
+                why = self._clash(me, claim[0], claim[1], shared)
+                if why is None:
+                    why = self._aliased(me, claim, shared)
+                if why is not None:
+                    return why
         if self._dirs or any(claim[0][0] == DIRECTORY for claim in claims.all()):
             return self._contained(me, claims)
         return None
@@ -330,6 +330,8 @@ class ClaimTable(abc.ABC):
             self._aliases.enter((key, path, real))
             sharers.add(me)
         state.owned[device_id] = claims
+        if claims.renamed or state.renamed:
+            (state.renamed.add if claims.renamed else state.renamed.discard)(device_id)
         self._follow(state.name, claims)
 
     def _release_stale(
@@ -368,6 +370,7 @@ class ClaimTable(abc.ABC):
         old = state.owned.pop(advertised_id, None)
         if old is None:
             return False
+        state.renamed.discard(advertised_id)
         me = Owner(state.name, advertised_id)
         now = self._clock()
         for claim in old.exclusive:

@@ -47,7 +47,7 @@ from grpclib.const import Status
 from .allocation import device_env, hook_values
 from .backoff import Backoff
 from .config import ReleaseConfig, ResourceConfig, render_template
-from .devices import Device, DeviceTable, physical_id
+from .devices import Device, DeviceTable, Snapshot, physical_id
 from .hooks import HookFailed, render_argv, run_hook
 from .logs import EventLogger
 from .metrics import Metrics
@@ -78,6 +78,9 @@ class DeviceUse:
     """Monotonic time of its last Allocate."""
     holders: tuple[Holder, ...] = ()
     """Who held it, as PodResources last said (kept after they left, for the templates)."""
+    handed: Device | None = None
+    """The device as the last Allocate handed it out (its host paths: what a release of
+    that use resets, whatever its paths reach by now)."""
     running: asyncio.Task[None] | None = None
     failure: str | None = None
     marked_unhealthy: bool = False
@@ -162,8 +165,9 @@ class ReleaseTracker:
 
     # ------------------------------------------------------------------ news
 
-    def allocated(self, advertised_ids: Sequence[str]) -> None:
-        """Allocate handed these IDs to a container (cheap: no I/O here)."""
+    def allocated(self, advertised_ids: Sequence[str], snapshot: Snapshot | None = None) -> None:
+        """Allocate handed these IDs to a container, as `snapshot` lists them (cheap: no I/O
+        here)."""
         now = self._clock()
         replicas = self._resource.replicas
         for advertised in advertised_ids:
@@ -179,6 +183,9 @@ class ReleaseTracker:
                     self._start(device_id)
             use.used.add(advertised)
             use.allocated_at = now
+            entry = None if snapshot is None else snapshot.by_advertised_id.get(advertised)
+            if entry is not None:
+                use.handed = entry.device
         self._publish()
 
     def holdings(self, answer: Holdings) -> None:
@@ -248,11 +255,13 @@ class ReleaseTracker:
         retry = self._retries.pop(device_id, None)
         if retry is not None:
             retry.cancel()
-        task = asyncio.create_task(self._release(device_id), name=f"release:{device_id}")
+        task = asyncio.create_task(
+            self._release(device_id, use.handed), name=f"release:{device_id}"
+        )
         use.running = task
         return task
 
-    async def _release(self, device_id: str) -> None:
+    async def _release(self, device_id: str, handed: Device | None) -> None:
         use = self.uses[device_id]
         name = self._resource.name
         try:
@@ -260,7 +269,7 @@ class ReleaseTracker:
                 started = self._clock()
                 error: HookFailed | None = None
                 try:
-                    await self._run_command(device_id, use)
+                    await self._run_command(device_id, use, handed)
                 except HookFailed as exc:
                     error = exc
                 seconds = self._clock() - started
@@ -274,8 +283,10 @@ class ReleaseTracker:
             use.running = None
             self._publish()
 
-    async def _run_command(self, device_id: str, use: DeviceUse) -> None:
-        device = next(
+    async def _run_command(self, device_id: str, use: DeviceUse, handed: Device | None) -> None:
+        """The release of what the Allocate handed out (`handed`, taken when the release was
+        owed); without it (allocated before kdp-host started) the device as listed now."""
+        device = handed or next(
             (d for d in self._table.snapshot.devices if d.id == device_id), Device(device_id)
         )
         values = hook_values(self._resource.name, [device])

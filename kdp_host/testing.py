@@ -26,6 +26,7 @@ from .drivers.base import DriverDeps, DriverError, Skipped
 from .files import DaemonThreads, FileReader, Offload
 from .identity import PathReach
 from .logs import EventLogger, get_logger
+from .mount_table import MountCallback
 from .safety_net import SafetyNet
 from .watch import Subscription, WatchCallback, new_subscription
 
@@ -85,12 +86,16 @@ class RecordingNotifier:
 
 
 class ManualWatcher:
-    """A Watcher that reports what the test says changed (`change`), nothing else."""
+    """A Watcher that reports what the test says changed (`change`, `change_mounts`),
+    nothing else. `mounts=False`: one that cannot follow the mount table (no
+    /proc/self/mountinfo to poll)."""
 
     kind = "manual"
 
-    def __init__(self) -> None:
+    def __init__(self, mounts: bool = True) -> None:
         self._subscriptions: list[Subscription] = []
+        self._mounts = mounts
+        self._mount_callbacks: list[MountCallback] = []
 
     @property
     def directories(self) -> set[str]:
@@ -115,6 +120,16 @@ class ManualWatcher:
                 name is None or subscription.names is None or name in subscription.names
             ):
                 subscription.callback(name)
+
+    def follow_mounts(self, callback: MountCallback) -> bool:
+        if self._mounts:
+            self._mount_callbacks.append(callback)
+        return self._mounts
+
+    def change_mounts(self) -> None:
+        """Tell the followers of the mount table that it changed (a mount made or gone)."""
+        for callback in list(self._mount_callbacks):
+            callback()
 
     async def run(self) -> None:
         await asyncio.Event().wait()

@@ -7,6 +7,9 @@ names them, and other entries' events never reach it (the kubelet's socket dir s
 checkpoint write per pod admission; every resource watches that dir for two names).
 Callbacks run on the event loop and must be cheap: they set an event that the subscriber's
 own task waits on. Nothing in here wakes up while nothing changes.
+
+A mount made or gone changes what a path reaches with no inotify event: `Watcher.follow_mounts`
+reports changes of the mount table instead (`mount_table`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from .dir_signature import DirSignature, dir_signature, dir_signatures
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
+from .mount_table import MountCallback, MountTable
 
 if TYPE_CHECKING:
     from asyncinotify import Mask, Watch
@@ -71,6 +76,11 @@ class Watcher(Protocol):
     def unsubscribe(self, subscription: Subscription) -> None: ...
 
     async def run(self) -> None: ...
+
+    def follow_mounts(self, callback: MountCallback) -> bool:
+        """Call `callback` (on the loop) whenever the host's mount table changes from now
+        on; False: this watcher cannot say (nothing will be called)."""
+        ...
 
     @property
     def kind(self) -> str: ...
@@ -160,7 +170,12 @@ class InotifyWatcher:
 
     kind = "inotify"
 
-    def __init__(self, log: EventLogger, retry_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        log: EventLogger,
+        retry_interval: float = 0.5,
+        mounts: Callable[[EventLogger], MountTable | None] = MountTable.open,
+    ) -> None:
         from asyncinotify import Inotify, Mask
 
         self._log = log
@@ -179,6 +194,13 @@ class InotifyWatcher:
         self._retry_interval = retry_interval
         self._closed = False
         """The descriptor is closed (`run` ended): subscriptions may still be cancelled."""
+        self._mounts = mounts(log)
+
+    def follow_mounts(self, callback: MountCallback) -> bool:
+        if self._mounts is None or self._closed:
+            return False
+        self._mounts.follow(callback)
+        return True
 
     def subscribe(
         self, directory: str, callback: WatchCallback, names: Iterable[str] | None = None
@@ -241,6 +263,9 @@ class InotifyWatcher:
 
         retry = asyncio.create_task(self._retry_pending_forever(), name="inotify-retry")
         loop.add_reader(fd, readable)
+        mounts = self._mounts
+        if mounts is not None:
+            mounts.attach(loop)
         try:
             await failed
         finally:
@@ -248,6 +273,9 @@ class InotifyWatcher:
             retry.cancel()
             self._closed = True
             self._inotify.close()
+            if mounts is not None:
+                mounts.detach(loop)
+                mounts.close()
 
     def _read_events(self) -> None:
         """Dispatch the events one read of the (non-blocking) descriptor returns. The loop
@@ -327,6 +355,10 @@ class PollingWatcher:
         if self._subs.remove(subscription):
             self._seen.pop(subscription.directory, None)
 
+    def follow_mounts(self, callback: MountCallback) -> bool:
+        """Not followed: a poll sees a change late anyway, and nothing is kept on it."""
+        return False
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
@@ -336,23 +368,6 @@ class PollingWatcher:
                 if directory in self._seen and self._seen[directory] != signature:
                     self._seen[directory] = signature
                     self._subs.notify(directory, None, self._log)
-
-
-def dir_signatures(directories: list[str]) -> list[DirSignature | None]:
-    return [dir_signature(d) for d in directories]
-
-
-DirSignature = tuple[int, int, int]
-
-
-def dir_signature(directory: str) -> DirSignature | None:
-    """Inode, modification and change time of a directory: any entry added, removed or
-    renamed in it changes the signature."""
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def make_watcher(

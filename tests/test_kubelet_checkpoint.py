@@ -56,6 +56,10 @@ def test_checkpoints_the_kubelet_wrote_are_read_with_their_checksum() -> None:
     # an answer with an env only (the kubelet's stub plugin): nothing handed out
     assert parse_checkpoint(fixture("stub_envs")) == [Handed("st.example/x", ("dev0",), ())]
     assert parse_checkpoint(fixture("no_pods")) == []  # PodDeviceEntries null
+    # `allocate.cdi` without alsoDeviceSpecs: a CDI name only (RegisteredDevices unsorted)
+    assert parse_checkpoint(fixture("cdi_names")) == [
+        Handed("h3.example/c", ("s0",), (), ("kdp.example/dev=s0",))
+    ]
 
 
 def test_the_checksum_is_the_kubelets_for_empty_and_null_values() -> None:

@@ -32,10 +32,10 @@ from kdp_host.ownership_claims import (
     Resolver,
     claim_key,
     device_claims,
-    overlaps,
     reach,
 )
 from kdp_host.ownership_gate import ADMISSION_CHUNK
+from kdp_host.ownership_overlaps import overlaps
 from kdp_host.ownership_resolve import MAX_STUCK, STUCK_PER_BATCH
 from kdp_host.podresources import Holder, Holdings
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore

@@ -17,7 +17,8 @@ from kdp_host.ownership_bookings import (
     bookings_document,
     read_saved,
 )
-from kdp_host.ownership_claims import Owner, device_claims, overlap_warnings, reach
+from kdp_host.ownership_claims import Owner, device_claims, reach
+from kdp_host.ownership_overlaps import overlap_warnings
 from kdp_host.podresources import Holder, Holdings
 
 from .test_ownership import R1, R2, FakeNodes, Host, booked_ids, dev, node, restarted

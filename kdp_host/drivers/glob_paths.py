@@ -22,14 +22,11 @@ from typing import NamedTuple
 
 from .. import rules
 from ..devices import Device
-from ..identity import Identity, identity_of, names_it
+from ..identity import UNRESOLVABLE, Identity, identity_of, names_it
 from ..names import PATH_ID, make_name
 from .base import Skipped
 from .glob_walk import glob_paths
 from .scanner import ScanGuard
-
-UNRESOLVABLE = "unresolvable"
-"""The skip reason of a matched path whose real path does not name what it reaches."""
 
 _HASH_SUFFIX = re.compile(r"-[0-9a-f]{10}\Z")
 

@@ -10,8 +10,8 @@ from typing import Literal, Protocol
 
 from .. import rules
 from ..devices import Device
+from ..dir_signature import DirSignature, dir_signature
 from ..identity import PathReach
-from ..watch import DirSignature, dir_signature
 from .base import DriverError, Skipped
 
 

@@ -34,8 +34,9 @@ from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
 from ..devices import Device
+from ..dir_signature import DirSignature, dir_signature
 from ..safety_net import SafetyNet
-from ..watch import DirSignature, Subscription, dir_signature
+from ..watch import Subscription
 from .base import DriverDeps, DriverError, Notifier
 from .grace import Tracker
 from .scanner import DirWatch, Listed, Notice, ScanGuard, Scanner, ScanResult, ScanSettings

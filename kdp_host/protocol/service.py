@@ -302,7 +302,7 @@ class DevicePluginService(DevicePluginBase):
                 raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if self._release is not None:
             for request in message.container_requests:
-                self._release.allocated(request.devices_ids)
+                self._release.allocated(request.devices_ids, snapshot)
         if self._cdi is not None:
             for request in message.container_requests:
                 self._cdi.allocated(snapshot, request.devices_ids)

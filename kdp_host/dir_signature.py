@@ -1,0 +1,22 @@
+"""A directory's signature: what stat polling compares (the polling watcher, the scan loop's
+safety net, the shared bookings' check)."""
+
+from __future__ import annotations
+
+import os
+
+DirSignature = tuple[int, int, int]
+
+
+def dir_signature(directory: str) -> DirSignature | None:
+    """Inode, modification and change time of a directory: any entry added, removed or
+    renamed in it changes the signature."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def dir_signatures(directories: list[str]) -> list[DirSignature | None]:
+    return [dir_signature(d) for d in directories]

@@ -1,0 +1,61 @@
+"""One host path per device node and mount: the real path its claim resolved.
+
+A device's driver gives its host paths as it found them (a probe's printed link, a udev
+`by-path` link, a path below a linked directory). The ownership index resolves each one for
+its claim, checked here to name what the path reaches (`checked_reach`: not so through a
+magic link such as `/proc/<pid>/root/...`, whose text is not where the kernel goes), and
+advertises the device with those real paths (`canonical`). Every consumer takes that one
+path from the snapshot: the Allocate answer, the CDI spec's entries, the hooks'
+`{hostPaths}` (argv and env); a release takes the device as its Allocate handed it out. A
+link re-pointed later changes nothing handed out until the index claims it anew.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from .devices import Device
+from .identity import UNRESOLVABLE, identity_of, names_it
+from .ownership_claims import Claims, Reached, stat_real
+from .rules import device_path_problem
+
+
+def checked_reach(
+    path: str, real_dirs: dict[str, str] | None = None
+) -> Reached | Literal["unresolvable"] | None:
+    """`reach` for a device's claim, whose real path is the device's one canonical host path
+    (`canonical`: what every consumer hands out): the real path must name what the path
+    reaches (`identity.names_it`, one stat more, only where it is not the text), else
+    UNRESOLVABLE (a magic link such as `/proc/<pid>/root/...`: the device is left out), as
+    is a real path that `{hostPaths}` could not list (`rules.device_path_problem`)."""
+    found = stat_real(path, real_dirs)
+    if found is None:
+        return None
+    st, real = found
+    if real != path and (not names_it(st, real) or device_path_problem(real)):
+        return UNRESOLVABLE
+    return identity_of(st), real
+
+
+def canonical(device: Device, claims: Claims) -> Device:
+    """The device with each node's and mount's host path replaced by the real path its claim
+    resolved (`checked_reach`): the one host path every consumer takes (the Allocate answer,
+    the CDI spec, the hooks' `{hostPaths}`), so a link re-pointed later changes nothing
+    handed out until the index claims it anew. Container paths stay as given; a device
+    without such a path is itself (no copy)."""
+    if not claims.renamed:
+        return device
+    real = dict(claims.renamed)
+    nodes = tuple(
+        dataclasses.replace(n, host_path=real[n.host_path]) if n.host_path in real else n
+        for n in device.nodes
+    )
+    mounts = tuple(
+        dataclasses.replace(m, host_path=real[m.host_path]) if m.host_path in real else m
+        for m in device.mounts
+    )
+    d = device
+    return Device(
+        d.id, d.healthy, nodes, d.numa, d.env, mounts, d.annotations, d.path, d.sysfs_path
+    )

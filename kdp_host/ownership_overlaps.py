@@ -1,0 +1,90 @@
+"""Overlaps: every claim two devices would make, by the ownership index's rules (what
+`kdp-host check` warns about before anything runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .devices import Device, DeviceMount
+from .identity import DIRECTORY
+from .ownership_claims import Claim, ClaimKey, Owner, Resolver, below, device_claims, reach
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Two devices that reach one node or mount source (what `check` warns about)."""
+
+    path: str
+    first: Owner
+    second: Owner
+
+
+def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -> list[Overlap]:
+    """Every claim two devices would make (not two shared ones), by the index's rules (a
+    claim below a directory another device mounts too): the later device in `devices` order
+    would be held while the first is advertised."""
+    seen: dict[ClaimKey, tuple[Owner, bool]] = {}
+    dirs: list[tuple[str, Owner, bool]] = []
+    made: list[tuple[Claim, Owner, bool]] = []
+    found: list[Overlap] = []
+    for resource, device in devices:
+        me = Owner(resource, device.id)
+        claims = device_claims(device, resolve)
+        for mine, is_shared in ((claims.exclusive, False), (claims.shared, True)):
+            for claim in mine:
+                key, path, real = claim
+                made.append((claim, me, is_shared))
+                if key[0] == DIRECTORY:
+                    dirs.append((real, me, is_shared))
+                known = seen.get(key)
+                if known is None:
+                    seen[key] = (me, is_shared)
+                elif not (is_shared and known[1]):
+                    found.append(Overlap(path, known[0], me))
+    for directory, owner, dir_shared in dirs:
+        for (_, path, real), me, is_shared in made:
+            if me != owner and below(real, directory) and not (is_shared and dir_shared):
+                found.append(Overlap(path, owner, me))
+    return found
+
+
+STATIC_MOUNTS = "(allocate.mounts)"
+"""The device `check` compares a resource's `allocate.mounts` as (no device ID has `(`)."""
+
+
+def overlap_warnings(
+    devices: list[tuple[str, Device]],
+    static_mounts: Mapping[str, Sequence[str]],
+    quote: Callable[[str], str],
+) -> list[str]:
+    """`check`'s warning lines: one per node or mount source two devices would reach (the
+    host advertises one of them at a time; docs: Reliability, one node, one advertised
+    device; booked claims). A resource's `allocate.mounts` (`static_mounts`, host paths by
+    resource) are compared as a device every pod of the resource gets (shared by them, not
+    with another device)."""
+    for resource, paths in static_mounts.items():
+        if paths:
+            mounts = tuple(DeviceMount(path, path, shared=True) for path in paths)
+            devices = [*devices, (resource, Device(STATIC_MOUNTS, mounts=mounts))]
+    lines = []
+    for o in overlaps(devices):
+        if STATIC_MOUNTS in (o.first.device, o.second.device):
+            static, other = (o.first, o.second)
+            if other.device == STATIC_MOUNTS:
+                static, other = other, static
+            lines.append(
+                f"warning: {quote(o.path)} is reachable from the allocate.mounts of "
+                f"{quote(static.resource)} and {quote(other.resource)} (device "
+                f"{quote(other.device)}): an Allocate of {quote(static.resource)} is refused "
+                "while that device is advertised or held, and the device is not advertised "
+                "while a pod holds the mount"
+            )
+            continue
+        lines.append(
+            f"warning: {quote(o.path)} is reachable from {quote(o.first.resource)} "
+            f"(device {quote(o.first.device)}) and {quote(o.second.resource)} (device "
+            f"{quote(o.second.device)}): only one is advertised at a time, the one a pod "
+            "holds it through, else the first to list it"
+        )
+    return lines

@@ -18,6 +18,7 @@ from .logs import EventLogger
 from .ownership_aliases import PathAliases
 from .ownership_bookings import Ledger, Saved, StateSink
 from .ownership_claims import (
+    NOTHING,
     Claim,
     ClaimKey,
     Claims,
@@ -175,7 +176,7 @@ class ClaimTable(abc.ABC):
         for mine, shared in ((claims.exclusive, False), (claims.shared, True)):
             for claim in mine:
                 why = self._clash(me, claim[0], claim[1], shared)
-                if why is None:
+                if why is None and (self._aliases.texts or claim[0][0] == NOTHING):
                     why = self._aliased(me, claim, shared)
                 if why is not None:
                     return why

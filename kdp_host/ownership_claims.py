@@ -6,8 +6,8 @@ claim), a directory or any other file by its inode (so a hard link, a bind mount
 rename of it is the same claim), a path where nothing is by its place (`missing`). Each
 mount source claims the same way. Nodes and mounts a driver marks `shared` are claimed
 shared. A sysfs device also claims itself, by its sysfs directory (`SYSFS`): a device that
-passes no node is advertised once too. A directory holds everything below its real path (`ancestors`,
-`below`): the index compares claims by key and by containment.
+passes no node is advertised once too. A directory holds everything below its real path
+(`ancestors`, `below`): the index compares claims by key and by containment.
 """
 
 from __future__ import annotations

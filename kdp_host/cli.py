@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import logging
 import os
 import signal
@@ -66,7 +65,7 @@ async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
     from .host import Host
     from .http import HttpServer
     from .metrics import Metrics
-    from .status import devices_document
+    from .status import DevicesAnswer
 
     log = get_logger()
     offload = DaemonThreads()
@@ -91,7 +90,7 @@ async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
             config.metrics.port,
             metrics,
             health,
-            devices=functools.partial(devices_document, host) if config.metrics.devices else None,
+            devices=DevicesAnswer(host) if config.metrics.devices else None,
         )
     except OSError as exc:
         log.error("metrics_listen_failed", listen=config.metrics.listen, reason=str(exc))

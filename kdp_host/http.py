@@ -8,7 +8,6 @@ and short fixed reasons, never host paths or probe output.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,8 +26,8 @@ MAX_REASON = 120
 StartResponse = Callable[..., Any]
 
 
-DevicesView = Callable[[], dict[str, Any]]
-"""Builds the `/devices` document (called in an HTTP thread)."""
+DevicesView = Callable[[], bytes]
+"""The `/devices` answer's JSON (called in an HTTP thread; `status.DevicesAnswer`)."""
 
 
 def make_app(
@@ -66,10 +65,9 @@ def make_app(
             return text(start_response, "200 OK", "ok")
         if path == "/devices" and devices is not None:
             try:
-                document = devices()
+                data = devices()
             except RuntimeError:  # the loop changed a map while we read it: rare, retry
                 return text(start_response, "503 Service Unavailable", "busy: try again")
-            data = (json.dumps(document, sort_keys=True) + "\n").encode()
             start_response(
                 "200 OK",
                 [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],

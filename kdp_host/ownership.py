@@ -75,11 +75,12 @@ from .devices import Device, advertises
 from .files import Offload
 from .logs import EventLogger
 from .metrics import Metrics
-from .ownership_adopt import Adoption, what_releases
+from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
 from .ownership_bookings import ReleasePending, Saved
 from .ownership_claims import SYSFS, Claims, Reached, Resolver, named_in, places, reaches_through
 from .ownership_gate import ADMISSION_CHUNK
+from .ownership_held import note_held
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
 
@@ -93,10 +94,6 @@ HEARD_AFTER = 5.0
 """Seconds after a device stops being advertised by which the kubelet has heard of it (a
 ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
 for later shows every pod that can hold it."""
-
-
-HELD_REASON = "node_owned"
-"""The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
 
 
 class OwnershipIndex(BookingAllocations):
@@ -345,31 +342,7 @@ class OwnershipIndex(BookingAllocations):
     def _note_held(
         self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
     ) -> None:
-        log = state.log
-        for device_id, why in holding.items():
-            before = state.held.get(device_id)
-            if before == why:
-                continue
-            if self._metrics is not None and before is None:
-                self._metrics.driver_skipped.labels(state.name, HELD_REASON).inc()
-            if log is not None:
-                owner = why.owner
-                owner_state = self._resources.get(owner.resource)
-                log.warning(
-                    "device_held",
-                    device=device_id,
-                    reason=why.reason,
-                    path=why.path,
-                    owner_resource=owner.resource,
-                    owner_device=owner.device,
-                    owner_advertised=bool(owner_state and owner.device in owner_state.owned),
-                    owner_retired=bool(owner_state and owner_state.retired),
-                    action=what_releases(why.reason, self.pod_resources),
-                )
-        for device_id in state.held.keys() - holding.keys():
-            if log is not None and device_id in ids:
-                log.info("device_claim_won", device=device_id, advertised_as=ids[device_id])
-        state.held = holding
+        note_held(state, holding, ids, self._resources, self.pod_resources, self._metrics)
 
 
 class _Table(Protocol):

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .pipes import Pipe
 from .process_group import (
     DEFAULT_KILL_GRACE,
     child_env,
@@ -111,36 +112,11 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
-class _Pipe:
-    """The read end of a pipe, connected to the event loop; closing it is ours to do."""
-
-    def __init__(self, transport: asyncio.ReadTransport, reader: asyncio.StreamReader) -> None:
-        self.transport = transport
-        self.reader = reader
-
-    @classmethod
-    async def connect(cls, fd: int, limit: int) -> _Pipe:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=limit, loop=loop)
-        pipe = os.fdopen(fd, "rb", buffering=0)
-        try:
-            transport, _ = await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe
-            )
-        except BaseException:
-            pipe.close()
-            raise
-        return cls(transport, reader)
-
-    def close(self) -> None:
-        self.transport.close()
-
-
 class _StderrTail:
     """Drains a stderr pipe for the command's whole life (so it never blocks on a full pipe),
     keeping only the end."""
 
-    def __init__(self, pipe: _Pipe) -> None:
+    def __init__(self, pipe: Pipe) -> None:
         self._pipe = pipe
         self._buffer = bytearray()
         self._dropped = False
@@ -172,7 +148,7 @@ class _StderrTail:
 class RunningCommand:
     """A started command: its process, its stdout stream and the tail of its stderr."""
 
-    def __init__(self, process: asyncio.subprocess.Process, stdout: _Pipe, stderr: _Pipe) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, stdout: Pipe, stderr: Pipe) -> None:
         self.process = process
         self._stdout_pipe = stdout
         self.stdout: asyncio.StreamReader = stdout.reader
@@ -292,14 +268,14 @@ class ProcessRunner:
             raise
         cancelled = False
         running: RunningCommand | None = None
-        stdout: _Pipe | None = None
+        stdout: Pipe | None = None
         try:
             try:
-                stdout = await _Pipe.connect(out_read, self._read_ahead)
+                stdout = await Pipe.connect(out_read, self._read_ahead)
             except BaseException:
                 os.close(err_read)
                 raise
-            running = RunningCommand(process, stdout, await _Pipe.connect(err_read, _READ_CHUNK))
+            running = RunningCommand(process, stdout, await Pipe.connect(err_read, _READ_CHUNK))
             yield running
         except asyncio.CancelledError:
             cancelled = True

@@ -131,6 +131,8 @@ class ReleaseTracker:
         self._assume_used = store.unknown
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self.uses: dict[str, DeviceUse] = {}
+        self.changes = 0
+        """Counts the changes of what `view` shows (`/devices` is built again after one)."""
         metrics.add_release(resource.name)
         self._closed = True
 
@@ -259,6 +261,7 @@ class ReleaseTracker:
             self._release(device_id, use.handed), name=f"release:{device_id}"
         )
         use.running = task
+        self.changes += 1
         return task
 
     async def _release(self, device_id: str, handed: Device | None) -> None:
@@ -339,6 +342,7 @@ class ReleaseTracker:
     # ------------------------------------------------------------------ views
 
     def _publish(self) -> None:
+        self.changes += 1
         entries = {
             device_id: {"used": sorted(use.used), "owed": use.owed}
             for device_id, use in self.uses.items()

@@ -79,7 +79,11 @@ of symlinks that fan out (`d0..d9 -> .`) matches 10 times more paths at each lev
 of them one file."""
 SKIPPED_SHOWN: Final = 20
 """Skipped paths of one reason logged one line each per list; past this, one summary line
-per reason with the count (`paths_skipped`) instead of a line per path."""
+per reason with the count (`paths_skipped`) instead of a line per path. The same bound
+turns the `device_held` lines of one change of a resource into one `devices_held` line per
+reason (and `device_claim_won` into `device_claims_won`)."""
+HELD_SHOWN: Final = 5
+"""Device IDs a `devices_held` / `device_claims_won` summary line names (the smallest)."""
 
 
 def _control_character(text: str, allowed: frozenset[str] = frozenset()) -> str | None:

@@ -123,6 +123,60 @@ def test_a_node_reached_by_a_link_from_another_resource_is_held_and_logged(
     assert (fields["owner_resource"], fields["owner_device"]) == (R1, "fpga0")
 
 
+def test_many_held_devices_of_one_change_are_one_line_and_each_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hostile4 H10: a probe whose 5,000 devices share one node logged 4,999 `device_held`
+    lines per list. Past SKIPPED_SHOWN, one `devices_held` line per reason per change (the
+    count and the first IDs); each device is still counted. Few stay one line each."""
+    from kdp_host.rules import HELD_SHOWN, SKIPPED_SHOWN
+
+    (tmp_path / "x").touch()
+    shared_node = f"{tmp_path}/x"
+    host = Host()
+    host.publish(R1, dev("owner", shared_node))
+    many = [dev(f"d{i:04}", shared_node) for i in range(500)]
+    with caplog.at_level(logging.INFO):
+        host.publish(R2, *many)
+        host.publish(R2, *many)  # no change: nothing more
+    assert host.ids(R2) == []
+    assert host.held(R2) == 500
+    assert not [r for r in caplog.records if r.getMessage() == "device_held"]
+    [summary] = [r for r in caplog.records if r.getMessage() == "devices_held"]
+    fields = summary.kdp_fields  # type: ignore[attr-defined]
+    assert fields["resource"] == R2 and fields["count"] == 500
+    assert fields["devices"] == ",".join(f"d{i:04}" for i in range(HELD_SHOWN))
+    assert (fields["owner_resource"], fields["owner_device"]) == (R1, "owner")
+    assert fields["reason"] and fields["action"]
+    caplog.clear()
+    few = [dev(f"e{i}", shared_node) for i in range(SKIPPED_SHOWN)]
+    with caplog.at_level(logging.INFO):
+        host.publish(R2, *many, *few)
+    assert len([r for r in caplog.records if r.getMessage() == "device_held"]) == SKIPPED_SHOWN
+    assert host.held(R2) == 500 + SKIPPED_SHOWN
+
+
+def test_many_claims_won_at_once_are_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    from kdp_host.rules import SKIPPED_SHOWN
+
+    count = SKIPPED_SHOWN + 10
+    nodes = FakeNodes({f"/dev/{side}{i}": ("c", i) for i in range(count) for side in ("a", "b")})
+    host = Host(nodes)
+    host.publish(R1, *(node(f"/dev/a{i}") for i in range(count)))
+    waiting = [node(f"/dev/b{i}") for i in range(count)]
+    host.publish(R2, *waiting)
+    assert host.ids(R2) == []
+    host.publish(R1)
+    for i in range(count):
+        del nodes.nodes[f"/dev/a{i}"]
+    with caplog.at_level(logging.INFO):
+        host.publish(R1)  # the owner's nodes are gone: every waiter is advertised, in one line
+    assert len(host.ids(R2)) == count
+    assert not [r for r in caplog.records if r.getMessage() == "device_claim_won"]
+    [won] = [r for r in caplog.records if r.getMessage() == "device_claims_won"]
+    assert won.kdp_fields["count"] == count  # type: ignore[attr-defined]
+
+
 def test_a_second_node_with_the_same_device_number_is_the_same_claim() -> None:
     nodes = FakeNodes({"/dev/fpga0": ("c", 0xF000), "/dev/other/card": ("c", 0xF000)})
     host = Host(nodes)

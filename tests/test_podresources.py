@@ -10,6 +10,7 @@ import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpclib.const import Status
@@ -29,7 +30,7 @@ from kdp_host.podresources import PodResourcesPoller
 from kdp_host.probes import HealthState
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.podresources import RATE_LIMITED, TokenBucket
-from kdp_host.status import devices_document, print_table, status_address
+from kdp_host.status import DevicesAnswer, devices_document, print_table, status_address
 
 from .conftest import wait_until
 from .kubelet_harness import harness_binary
@@ -242,7 +243,7 @@ async def test_devices_endpoint_and_status_command(
         await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="seen")
         http = HttpServer(
             "127.0.0.1", 0, running.metrics, HealthState(),
-            devices=lambda: devices_document(running.host),
+            devices=DevicesAnswer(running.host),
         )  # fmt: skip
         http.start()
         try:
@@ -270,12 +271,71 @@ async def test_devices_endpoint_and_status_command(
         await sim.stop()
 
 
+def test_the_devices_answer_is_built_once_per_change_and_shared_by_scrapers() -> None:
+    """hostile4 H9: every request built and encoded `/devices` again (0.5 s of GIL for
+    100,000 devices: two scrapers stalled every Allocate and the loop). Now one build per
+    change of what it shows, shared by the scrapers of that change, however many."""
+    import threading
+    from types import SimpleNamespace
+
+    from kdp_host.devices import Device, DeviceTable
+
+    table = DeviceTable()
+    table.publish([Device("a"), Device("b")])
+    runtime = SimpleNamespace(config=SimpleNamespace(replicas=1), table=table, release=None)
+    host: Any = SimpleNamespace(pod_resources=None, resources={FPGA: runtime})
+    answer = DevicesAnswer(host)
+    start = threading.Barrier(8)
+    answers: list[bytes] = []
+
+    def scrape() -> None:
+        start.wait()
+        answers.append(answer())
+
+    threads = [threading.Thread(target=scrape) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answer() == answers[0] and set(answers) == {answers[0]}
+    assert answer.builds == 1
+    assert json.loads(answers[0]) == devices_document(host)
+    table.publish([Device("a"), Device("b"), Device("c")])  # a new snapshot: built again
+    assert [d["id"] for d in json.loads(answer())["resources"][0]["devices"]] == ["a", "b", "c"]
+    assert answer() is answer() and answer.builds == 2
+    views = {"a": {"state": "running"}}
+    tracker = SimpleNamespace(changes=0, view=lambda d: views.get(d, {"state": "clean"}))
+    runtime.release = tracker
+    assert json.loads(answer())["resources"][0]["devices"][0]["release"] == {"state": "running"}
+    views["a"] = {"state": "clean"}
+    tracker.changes += 1  # what a release tracker does on each change of its view
+    assert json.loads(answer())["resources"][0]["devices"][0]["release"] == {"state": "clean"}
+    assert answer.builds == 4
+    host.resources = {}  # a resource removed by a reload
+    assert json.loads(answer())["resources"] == [] and answer.builds == 5
+
+
 def test_status_address_and_an_empty_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert status_address("0.0.0.0:9410") == "127.0.0.1:9410"
     assert status_address("[::]:9410") == "[::1]:9410"
     assert status_address("10.0.0.1:80") == "10.0.0.1:80"
     print_table({"podResources": {"state": "off"}, "resources": []})
     assert capsys.readouterr().out.splitlines()[0] == "podresources: off"
+
+
+def test_status_quotes_every_field_of_the_podresources_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """hostile4 H3: the first line went to the terminal raw (an escape sequence in `state`)."""
+    print_table(
+        {
+            "podResources": {"state": "ok\x1b[31mRED", "lastAnswer": "now\r\nFAKE"},
+            "resources": [],
+        }
+    )
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == 'podresources: "ok\\x1b[31mRED", last answer "now\\r\\nFAKE"'
+    assert "\x1b" not in first
 
 
 async def test_holder_series_only_when_asked_and_gone_with_their_pod(
@@ -312,15 +372,22 @@ async def test_holder_series_only_when_asked_and_gone_with_their_pod(
     assert off.registry.get_sample_value("kdp_device_holder_info", labels) is None
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"resources": [1, 2]}', "is not a devices document"),
+        # Deeper than the JSON decoder's recursion: one clear line, no traceback (hostile4 H3).
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ],
+)
 def test_status_refuses_an_answer_that_is_not_a_devices_document(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], body: bytes, said: str
 ) -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     class Odd(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b'{"resources": [1, 2]}'
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -337,4 +404,6 @@ def test_status_refuses_an_answer_that_is_not_a_devices_document(
     finally:
         server.shutdown()
         server.server_close()
-    assert "is not a devices document" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert said in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -590,3 +590,36 @@ async def test_a_hung_release_is_killed_at_its_timeout_and_fails_the_start(
         "kdp_release_runs_total", {"resource": FPGA, "result": "timeout"}
     )
     assert timeouts is not None and timeouts >= 1
+
+
+async def test_every_change_of_the_view_counts_a_change(short_dir: Path) -> None:
+    """`/devices` is built again only when `changes` moves (status.DevicesAnswer): two
+    moments with the same count show the same view, through allocation, a release running,
+    its success and the next use."""
+    commands = _Commands()
+    tracker, _, _ = _tracker(short_dir, commands)
+    seen: dict[int, dict[str, object]] = {}
+
+    def note() -> None:
+        view = tracker.view("fpga0")
+        assert seen.setdefault(tracker.changes, view) == view, (tracker.changes, view)
+
+    note()
+    tracker.allocated(["fpga0"])
+    note()
+    tracker.holdings(_answer(1.0, fpga0="p1"))
+    note()
+    tracker.allocated(["fpga0"])  # p1 left: the release is owed
+    note()
+    task = asyncio.ensure_future(tracker.before_start(["fpga0"]))
+    await asyncio.sleep(0)
+    note()  # running
+    await task
+    note()
+    assert len(commands.runs) == 1
+    assert {str(v) for v in seen.values()} >= {
+        str({"state": "clean"}),
+        str({"state": "in_use"}),
+        str({"state": "running"}),
+    }
+    await tracker.close()

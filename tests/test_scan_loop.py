@@ -275,7 +275,9 @@ async def test_a_check_that_began_during_the_first_scan_adds_no_scan(tmp_path: P
 async def test_a_full_rescan_runs_every_n_intervals_when_asked(tmp_path: Path) -> None:
     old_dir(tmp_path)
     scanner = FakeScanner(tmp_path)
-    loop = ScanLoop(scanner, ScanSettings(0.01, 60.0, 5.0, full_rescan_every=3), driver_deps())
+    # (no spacing: the safety net's 10 ms interval is shorter than the default spacing)
+    settings = ScanSettings(0.01, 60.0, 5.0, full_rescan_every=3, spacing=0.0)
+    loop = ScanLoop(scanner, settings, driver_deps())
     notifier = RecordingNotifier()
     task = asyncio.create_task(loop.run(notifier))
     try:
@@ -389,3 +391,54 @@ async def test_a_flood_of_named_changes_makes_a_full_scan(tmp_path: Path) -> Non
         watcher.change(str(tmp_path), f"n{number}")
     await loop.step(notifier, incremental=True)
     assert scanner.changed == [None, frozenset({str(tmp_path / "few")}), None]
+
+
+async def test_changes_that_keep_coming_are_gathered_into_one_scan_per_spacing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hostile4 H7: a loop creating and removing files made one scan (and one published
+    list) per event, and every other resource's Allocate waited. A change after a quiet
+    spell is scanned at once; changes that keep coming wait for the spacing, and all that
+    came meanwhile are one scan of the names involved, the flood logged once."""
+    import logging
+
+    (tmp_path / "a").touch()
+    old_dir(tmp_path)
+    watcher = ManualWatcher()
+    scanner = FakeScanner(tmp_path)
+    spacing = 3600.0  # the second scan waits for good: nothing else can make it
+    settings = ScanSettings(60.0, 60.0, 5.0, spacing=spacing)
+    loop = ScanLoop(scanner, settings, driver_deps(watcher=watcher))
+    notifier = RecordingNotifier()
+    task = asyncio.create_task(loop.run(notifier))
+    try:
+        with caplog.at_level(logging.INFO):
+            await wait_until(lambda: list(notifier.devices) == ["a"])
+            for i in range(200):  # a flood, the loop running in between
+                watcher.change(str(tmp_path), f"f{i}")
+                await asyncio.sleep(0)
+            await wait_until(lambda: loop.spaced == 1, what="the wake-up waiting")
+            for _ in range(20):
+                await asyncio.sleep(0)
+        assert scanner.scans == 1, "no scan per event"
+        assert [r.getMessage() for r in caplog.records].count("scans_spaced") == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # the same with a spacing that passes: every name gathered goes to the next scan
+    scanner = FakeScanner(tmp_path)
+    settings = ScanSettings(60.0, 60.0, 5.0, spacing=5.0)  # (longer than a scan under load)
+    loop = ScanLoop(scanner, settings, driver_deps(watcher=watcher))
+    task = asyncio.create_task(loop.run(RecordingNotifier()))
+    try:
+        await wait_until(lambda: scanner.scans == 1)
+        watcher.change(str(tmp_path), "g0")
+        await wait_until(lambda: loop.spaced == 1, what="the wake-up waiting")
+        names = [f"g{i}" for i in range(1, 100)]
+        for name in names:  # all before the loop runs again
+            watcher.change(str(tmp_path), name)
+        await wait_until(lambda: scanner.scans == 2)
+        assert scanner.changed[-1] == frozenset(str(tmp_path / n) for n in ["g0", *names])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -576,3 +576,34 @@ async def test_stream_unterminated_last_block_counts_at_exit(tmp_path: Path) -> 
     probe = script(tmp_path, "once", "echo a; echo b\n")
     devices = await ShellDriver(shell(probe, mode="stream"), make_deps()).scan()
     assert [d.id for d in devices] == ["a", "b"]
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_pipe_connection_cancelled_while_the_host_stops_closes_it_once(loop_kind: str) -> None:
+    """A probe's spawn cancelled while the host stops: the pipe's connection is cancelled
+    while the loop waits for the transport. uvloop closes the descriptor itself then; the
+    file object closed after it raised EBADF (logged as `resource_stop_failed`). The read end
+    is closed either way, once, and nothing but the cancellation comes out."""
+    from kdp_host.pipes import Pipe
+
+    from .test_server import run_on
+
+    async def main() -> None:
+        for _ in range(3):
+            read_end, write_end = os.pipe()
+            try:
+                task = asyncio.create_task(Pipe.connect(read_end, 1024))
+                await asyncio.sleep(0)  # the connection now waits for its transport
+                assert not task.done()
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                for _turn in range(3):  # the standard loop's transport closes a turn later
+                    await asyncio.sleep(0)
+                with pytest.raises(OSError) as closed:
+                    os.fstat(read_end)
+                assert closed.value.errno == errno.EBADF
+            finally:
+                os.close(write_end)
+
+    run_on(loop_kind, main)

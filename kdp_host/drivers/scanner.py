@@ -121,12 +121,21 @@ class Scanner(Protocol):
         ...
 
 
+SCAN_SPACING = 0.25
+"""Seconds from the start of one scan of a resource to the start of its next one. A change
+after a quiet spell is scanned at once; changes that keep coming (a loop creating and
+removing files) wait, and all that came meanwhile make one scan of the names involved: a
+flood costs a bounded rate of scans, not one per event (hostile4 H7)."""
+
+
 @dataclass(frozen=True)
 class ScanSettings:
     rescan_interval: float
     grace_period: float
     scan_timeout: float
     full_rescan_every: int | None = None
-    max_matched_paths: int = rules.MAX_MATCHED_PATHS
     """Safety-net rescans run at least every this many intervals even when no watched
     directory changed (None: the watched directories decide everything)."""
+    max_matched_paths: int = rules.MAX_MATCHED_PATHS
+    spacing: float = SCAN_SPACING
+    """Seconds between the starts of two scans (see SCAN_SPACING)."""

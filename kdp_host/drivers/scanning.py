@@ -8,7 +8,9 @@ changes could change that answer (`DirWatch.watch`). Everything else lives here,
   the scan timeout; a scan that hangs is waited for again next time, never started twice
   (threads would pile up on a hung file system);
 - **watching**: every directory the last scan named is subscribed to on the host's watcher;
-  a change wakes the loop at once (a hot-plug is seen in milliseconds);
+  a change wakes the loop at once (a hot-plug is seen in milliseconds), but two scans start
+  at least `spacing` apart: changes that keep coming are gathered meanwhile and make one scan
+  of the names involved (a flood costs a bounded rate of scans; logged once per flood);
 - **the safety net**: every `rescanInterval`, through the host's one `SafetyNet` (one timer
   and one thread hop for the checks of every resource due), a rescan runs unless no watched
   directory changed since the last scan began (`unchanged_since_scan`: one stat per
@@ -89,6 +91,10 @@ class ScanLoop(Generic[S]):
         self._scans_looked = 0
         """`_scans_started` when the last scan's outcome was taken in (`_last` set)."""
         self._check_compared = 0
+        self._next_scan = float("-inf")
+        """`clock()` before which no scan starts (`settings.spacing` after the last began)."""
+        self.spaced = 0
+        """Wake-ups that waited for the spacing in the current flood (0: none is waiting)."""
         """`_scans_looked` when the last safety-net check began: the scans whose outcome it
         compared with (set off the loop)."""
 
@@ -248,9 +254,11 @@ class ScanLoop(Generic[S]):
         woken = True
         try:
             while True:
-                wake.clear()
-                self._stepping = True
+                self._stepping = True  # (a safety-net check now would only repeat the scan)
                 try:
+                    if woken:
+                        await self._spacing()
+                    wake.clear()
                     next_expiry = await self.step(notifier, rescan=woken, incremental=True)
                 finally:
                     self._stepping = False
@@ -263,6 +271,29 @@ class ScanLoop(Generic[S]):
                 subscription.cancel()
             self._subscriptions.clear()
             self._watched = frozenset()
+
+    async def _spacing(self) -> None:
+        """Wait until `spacing` has passed since the last scan began (on the event loop's
+        clock: the pause is a timer); what the watcher names meanwhile joins the next scan.
+        A flood is logged when the first wake-up waits, and its end with the next wake-up
+        that does not."""
+        loop, log = asyncio.get_running_loop(), self._deps.log
+        remaining = self._next_scan - loop.time()
+        if remaining <= 0:
+            if self.spaced:
+                log.info("scans_spaced_ended", waited=self.spaced)
+                self.spaced = 0
+        else:
+            if not self.spaced:
+                log.info(
+                    "scans_spaced",
+                    spacing=self.settings.spacing,
+                    action="changes come faster than scans: they are gathered, one scan "
+                    "of the names involved per spacing",
+                )
+            self.spaced += 1
+            await asyncio.sleep(remaining)
+        self._next_scan = loop.time() + self.settings.spacing
 
     def _checked(self, unchanged: bool) -> None:
         """The safety net's answer (on the loop): rescan everything if a watched directory

@@ -7,6 +7,13 @@
 - Renaming probe: the same, beside a probe listing 12,000 devices whose IDs all change on
   every 200 ms run (same paths): the ownership index admits each list in bounded turns of
   the loop (target 2x).
+- Scraped `/devices`: the same, beside a probe listing 20,000 devices with `replicas: 5`
+  (100,000 advertised IDs) while two clients poll `/devices` and two `/metrics` in a loop
+  (Issue 17, hostile4 H9: each request built and encoded the 8 MB document again, holding
+  the GIL; Allocate waited seconds). The answer is now built once per change (target 2x).
+- File churn: the same, beside a glob resource whose directory a thread churns (create one
+  of 500 files, remove another, without pause; hostile4 H7: every event made a scan and a
+  published list). Scans of a resource now start at least 0.25 s apart (target 2x).
 - Daemon-leaving probe: a poll probe starts a daemon (setsid) that keeps the probe's stdout
   open, so every run ends at its timeout. The figure is how many pipe descriptors kdp-host
   holds after 100 such runs beyond what it held after the first few (target 0; it leaked 2
@@ -21,6 +28,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -54,6 +62,9 @@ FLOOD = (
 )
 PROBE_RUNS = 100
 RENAMED = 12_000
+SCRAPED = 20_000
+CHURNED = 500
+SCRAPED_REPLICAS = 5
 _TIMEOUTS = re.compile(
     r'^kdp_driver_errors_total\{reason="timeout",resource="([^"]+)"\} ([0-9.e+]+)$', re.M
 )
@@ -67,6 +78,16 @@ def _metrics(config_path: Path) -> str:
     with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as response:
         text: str = response.read().decode()
     return text
+
+
+def _ratio(what: str, without: str) -> Figure:
+    """hostile/none Allocate p99 within one run (target 2x)."""
+    return Figure(
+        f"hostile: allocate p99 ratio, {what}/none",
+        "x",
+        target=2.0,
+        note=f"same run, vs the same host without {without}",
+    )
 
 
 def _allocate_beside(
@@ -114,12 +135,7 @@ def _allocate_beside(
 
 
 def _flood(opts: Options) -> list[Figure]:
-    ratio = Figure(
-        "hostile: allocate p99 ratio, stream flood/none",
-        "x",
-        target=2.0,
-        note="same run, vs the same host without the flooding stream command",
-    )
+    ratio = _ratio("stream flood", "the flooding stream command")
     flood: dict[str, Any] = {
         "name": "bench.kdp-host.io/flood",
         "shell": {
@@ -143,12 +159,7 @@ def _renaming_probe(opts: Options) -> list[Figure]:
     on the same paths: every run renames every device (Issue 17, Hostile #11)."""
     n = RENAMED // 10 if opts.quick else RENAMED
     name = "bench.kdp-host.io/renamed"
-    ratio = Figure(
-        f"hostile: allocate p99 ratio, renaming probe ({n} IDs every 200 ms)/none",
-        "x",
-        target=2.0,
-        note="same run, vs the same host without the renaming probe",
-    )
+    ratio = _ratio(f"renaming probe ({n} IDs every 200 ms)", "the renaming probe")
     probe: dict[str, Any] = {"name": name, "shell": {"format": "json", "interval": "200ms"}}
 
     def setup(workdir: Path) -> None:
@@ -169,6 +180,101 @@ def _renaming_probe(opts: Options) -> list[Figure]:
 
     labels = ("no renaming probe", "renaming probe")
     return _allocate_beside(opts, labels, probe, ratio, setup, ready)
+
+
+class _Background:
+    """Threads a hostile run starts once its host is at work and stops after the
+    measurement, with one figure of what they did (`count`)."""
+
+    def __init__(self, figure: Figure) -> None:
+        self.figure = figure
+        self.stop = threading.Event()
+        self.count = 0
+
+    def start(self, work: Callable[..., None], *args: Any) -> None:
+        threading.Thread(target=work, args=args, daemon=True).start()
+
+    def after(self, served: ServedHost) -> list[Figure]:
+        self.stop.set()
+        self.figure.add(float(self.count))
+        return [self.figure]
+
+
+def _scraped_devices(opts: Options) -> list[Figure]:
+    """Allocate of another resource while 2 clients poll `/devices` and 2 `/metrics` of a
+    host advertising SCRAPED x SCRAPED_REPLICAS IDs (hostile4 H9)."""
+    n = SCRAPED // 10 if opts.quick else SCRAPED
+    name = "bench.kdp-host.io/scraped"
+    ratio = _ratio(
+        f"/devices scraped ({n * SCRAPED_REPLICAS} IDs)", "the large resource and the scrapers"
+    )
+    probe: dict[str, Any] = {
+        "name": name,
+        "replicas": SCRAPED_REPLICAS,
+        "shell": {"format": "json", "interval": "2s"},
+    }
+    scrapers = _Background(Figure("hostile: scrapes answered during the /devices run", "scrapes"))
+
+    def setup(workdir: Path) -> None:
+        listed = [{"id": f"s{i}"} for i in range(n)]
+        (workdir / "scraped.json").write_text(json.dumps(listed))
+        probe["shell"]["command"] = ["cat", str(workdir / "scraped.json")]
+
+    def scrape(url: str) -> None:
+        while not scrapers.stop.is_set():
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    response.read()
+                scrapers.count += 1
+            except OSError:
+                if scrapers.stop.wait(0.1):
+                    return
+
+    def ready(served: ServedHost) -> None:
+        served.kubelet.wait_registrations([name], timeout=60)
+        total = n * SCRAPED_REPLICAS
+        served.kubelet.plugins[name].wait_update(lambda u: u.healthy() == total, timeout=120)
+        base = f"http://{served.host.metrics_address}"
+        for path in ("/devices", "/devices", "/metrics", "/metrics"):
+            scrapers.start(scrape, base + path)
+
+    labels = ("no scrapers", "devices scraped")
+    try:
+        return _allocate_beside(opts, labels, probe, ratio, setup, ready, scrapers.after)
+    finally:
+        scrapers.stop.set()
+
+
+def _churn(opts: Options) -> list[Figure]:
+    """Allocate of another resource while a thread creates and removes files in a glob
+    resource's directory without pause (hostile4 H7)."""
+    name = "bench.kdp-host.io/churned"
+    ratio = _ratio(f"file churn ({CHURNED} files)", "the churned resource")
+    churned: dict[str, Any] = {"name": name, "glob": {"gracePeriod": "0s"}}
+    churner = _Background(Figure("hostile: file events made during the churn run", "events"))
+
+    def setup(workdir: Path) -> None:
+        make_device_files(workdir / "churn", CHURNED, "f")
+        churned["glob"]["paths"] = [f"{workdir}/churn/*"]
+
+    def churn(directory: Path) -> None:
+        i = 0
+        while not churner.stop.is_set():
+            with contextlib.suppress(OSError):
+                (directory / f"f{i % CHURNED}_{i}").touch()
+                (directory / f"f{(i + CHURNED // 2) % CHURNED}_{i - CHURNED // 2}").unlink()
+            churner.count += 2
+            i += 1
+
+    def ready(served: ServedHost) -> None:
+        served.kubelet.wait_registrations([name], timeout=60)
+        churner.start(churn, Path(churned["glob"]["paths"][0]).parent)
+
+    labels = ("no churn", "file churn")
+    try:
+        return _allocate_beside(opts, labels, churned, ratio, setup, ready, churner.after)
+    finally:
+        churner.stop.set()
 
 
 def _pipes(pid: int) -> int:
@@ -234,4 +340,10 @@ def _daemon_probe(opts: Options) -> list[Figure]:
 
 
 def run(opts: Options) -> list[Figure]:
-    return [*_flood(opts), *_renaming_probe(opts), *_daemon_probe(opts)]
+    return [
+        *_flood(opts),
+        *_renaming_probe(opts),
+        *_scraped_devices(opts),
+        *_churn(opts),
+        *_daemon_probe(opts),
+    ]

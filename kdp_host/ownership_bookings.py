@@ -43,6 +43,7 @@ from .ownership_claims import (
     below,
     owner_order,
     reach,
+    sysfs_claim,
 )
 from .state_file import Merge, StateFile
 
@@ -339,10 +340,12 @@ def _claims_document(claims: tuple[Claim, ...]) -> list[dict[str, Any]]:
     ]
 
 
-NUMBERED = ("c", "b", DIRECTORY, FILE)
-"""Claim kinds whose key is a number: a device number, an inode (`identity.identity_of`)."""
+NUMBERED = ("c", "b", DIRECTORY, FILE, SYSFS)
+"""Claim kinds whose key is a number: a device number, an inode (`identity.identity_of`; a
+sysfs device's directory: `ownership_claims.sysfs_claim`)."""
 BY_TEXT = (NOTHING, SYSFS)
-"""Claim kinds whose key is a path: nothing there when booked, a sysfs device itself."""
+"""Claim kinds whose key is a path: nothing there when booked, a sysfs device whose directory
+was gone (or as versions before inodes wrote it: read as what is there now)."""
 OLD_DIRECTORY = "dir"
 """A directory's claim by its real path, as versions before inodes wrote it."""
 
@@ -350,10 +353,11 @@ OLD_DIRECTORY = "dir"
 def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
     """The bookings of `ownership.json`, checked: text resource, id, device (the id, or the
     device the id is a replica of), paths and real paths; a claim `kind` of `c`, `b` (device
-    number), `d`, `f` (inode) with a number, or `path`, `sysfs` (or `dir`, as older versions
-    wrote) with a path; `places` (optional) read as claims are. A claim by path (`path`,
-    `dir`: an older version claimed every file and directory so) is what that path is now,
-    if anything is there (`resolve`). `writer` (optional) text."""
+    number), `d`, `f`, `sysfs` (inode) with a number, or `path`, `sysfs` (or `dir`, as older
+    versions wrote) with a path; `places` (optional) read as claims are. A claim by path
+    (`path`, `dir`, `sysfs`: an older version claimed every file and directory, and a sysfs
+    device, so) is what that path is now, if anything is there (`resolve`). `writer`
+    (optional) text."""
     saved: Saved = []
     for entry in document["bookings"]:
         texts = [entry[name] for name in ("resource", "id", "device")]
@@ -380,7 +384,7 @@ def _read_claims(listed: Iterable[Any], resolve: Resolver) -> tuple[Claim, ...]:
             key = (kind, value)
         else:
             raise TypeError(
-                f"a claim is not c/b/d/f with a number or path/sysfs with a path: {claim!r}"
+                f"a claim is not c/b/d/f/sysfs with a number or path/sysfs with a path: {claim!r}"
             )
         path, real = claim["path"], claim["real"]
         if not all(isinstance(text, str) and text for text in (path, real)):
@@ -388,5 +392,7 @@ def _read_claims(listed: Iterable[Any], resolve: Resolver) -> tuple[Claim, ...]:
         if kind in (NOTHING, OLD_DIRECTORY):
             reached = resolve(value)
             key, real = ((NOTHING, value), real) if reached is None else reached
+        elif kind == SYSFS and isinstance(value, str):
+            key, _, real = sysfs_claim(value, resolve(value))  # (by its path: older versions)
         claims.append((key, path, real))
     return tuple(claims)

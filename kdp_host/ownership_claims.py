@@ -5,9 +5,11 @@ character or block node by its device number (so a second node or a link for it 
 claim), a directory or any other file by its inode (so a hard link, a bind mount or a
 rename of it is the same claim), a path where nothing is by its place (`missing`). Each
 mount source claims the same way. Nodes and mounts a driver marks `shared` are claimed
-shared. A sysfs device also claims itself, by its sysfs directory (`SYSFS`): a device that
-passes no node is advertised once too. A directory holds everything below its real path
-(`ancestors`, `below`): the index compares claims by key and by containment.
+shared. A sysfs device also claims itself, by its sysfs directory's inode (`SYSFS`): a
+device that passes no node is advertised once too, whatever the spelling of the sysfs root
+it was found through (a link to it or a bind mount of it is the same directory). A
+directory holds everything below its real path (`ancestors`, `below`): the index compares
+claims by key and by containment.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from .identity import DIRECTORY, PathReach, identity_of, names_it
 
 ClaimKey = tuple[str, int | str]
 """What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f', inode)), ('path',
-the real path of its place: `missing`) where nothing is yet, or (SYSFS, real path) for a
-sysfs device itself."""
+the real path of its place: `missing`) where nothing is yet, or (SYSFS, inode of its
+directory; its normalised path when that is gone) for a sysfs device itself."""
 
 NOTHING = "path"
 """The kind of the claim of a path where nothing is (by the text of its place)."""
 SYSFS = "sysfs"
-"""The kind of a sysfs device's claim of itself (its real sysfs directory)."""
+"""The kind of a sysfs device's claim of itself (its sysfs directory, by inode: `sysfs_claim`)."""
 
 
 Reached = PathReach
@@ -160,7 +162,9 @@ def still_reaches(key: ClaimKey, reached: Reached | None) -> bool:
     node or file, or for a sysfs device's claim of itself, its directory still there."""
     if reached is None or reached[0][0] == NOTHING:
         return False  # (nothing there: a claim of what was there is gone)
-    return reached[0] == key or (key[0] == SYSFS and reached[0][0] == DIRECTORY)
+    if key[0] == SYSFS:
+        return reached[0][0] == DIRECTORY and (isinstance(key[1], str) or reached[0][1] == key[1])
+    return reached[0] == key
 
 
 def ancestors(real: str) -> Iterator[str]:
@@ -253,6 +257,17 @@ class OneClaim(tuple[ClaimKey, str, str]):
         return (self,)
 
 
+def sysfs_claim(path: str, reached: Reached | None) -> Claim:
+    """A sysfs device's claim of itself, its directory (`reached`: what `path` reaches):
+    by the directory's inode, so a sysfs root spelled through a link or a bind mount of
+    another is the same device; by its normalised text where no directory is there (the
+    device left)."""
+    if reached is None or reached[0][0] != DIRECTORY:
+        norm = os.path.normpath(path)
+        return (SYSFS, norm), path, norm
+    return (SYSFS, reached[0][1]), path, reached[1]
+
+
 def claim_of(path: str, resolve: Resolver) -> Claim:
     """A path's claim; a path that does not exist (yet) is claimed by its normalised text."""
     reached = resolve(path)
@@ -268,6 +283,13 @@ def host_paths(device: Device) -> tuple[str, ...]:
     if not device.mounts and path is not None and device.has_only_node(path, path):
         return (path,)
     return (*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts))
+
+
+def claimed_paths(device: Device) -> tuple[str, ...]:
+    """Every path a device's claims are resolved from: its host paths, then its sysfs
+    directory, if any."""
+    paths = host_paths(device)
+    return paths if device.sysfs_path is None else (*paths, device.sysfs_path)
 
 
 def named_in(path: str, directory: str, paths: set[str] | None) -> bool:
@@ -305,7 +327,7 @@ def places(device: Device) -> Places:
 
 def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
     """A device's claims: its nodes (shared ones apart), its mount sources, and a sysfs
-    device itself (its directory, never resolved: the driver found it there)."""
+    device itself (its directory: `sysfs_claim`)."""
     path, sysfs = device.path, device.sysfs_path
     if (
         sysfs is None
@@ -329,7 +351,8 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
     for key in exclusive:
         shared.pop(key, None)
     if sysfs is not None:
-        exclusive.setdefault((SYSFS, sysfs), ((SYSFS, sysfs), sysfs, sysfs))
+        mine = sysfs_claim(sysfs, resolve(sysfs))
+        exclusive.setdefault(mine[0], mine)
     return ClaimSet(tuple(exclusive.values()), tuple(shared.values()), _renamed(made))
 
 

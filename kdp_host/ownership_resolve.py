@@ -33,7 +33,7 @@ from .ownership_claims import (
     Resolver,
     ancestors,
     below,
-    host_paths,
+    claimed_paths,
     places,
     still_reaches,
 )
@@ -284,7 +284,7 @@ class Resolving(Admission):
                 if before.get(device_id) is device and device_id not in stale:
                     continue
                 if device_id in stale or places(device) not in cache:
-                    needs[device_id] = host_paths(device)
+                    needs[device_id] = claimed_paths(device)
         state.needs = needs
         state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}
         wanted = {path for paths in needs.values() for path in paths}

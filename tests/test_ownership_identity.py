@@ -181,10 +181,10 @@ def test_new_claim_kinds_are_written_and_read_back_as_they_are(tmp_path: Path) -
 
 @pytest.mark.parametrize("kind", ["d", "f", "sysfs", "path"])
 def test_a_claim_kind_with_the_wrong_key_is_refused(kind: str) -> None:
-    key: object = "/x" if kind in ("d", "f") else 7
+    key: object = "/x" if kind in ("d", "f") else (True if kind == "sysfs" else 7)
     claim = {"kind": kind, "key": key, "path": "/x", "real": "/x"}
     document = {"bookings": [{"resource": R1, "id": "a", "device": "a", "claims": [claim]}]}
-    with pytest.raises(TypeError, match="c/b/d/f with a number or path/sysfs with a path"):
+    with pytest.raises(TypeError, match="c/b/d/f/sysfs with a number or path/sysfs with a path"):
         read_saved(document)
 
 
@@ -209,6 +209,51 @@ def test_a_pci_device_without_a_node_is_advertised_by_one_resource(tmp_path: Pat
         R2, pci("0000:02:00.0", str(other)), pci("0000:01:00.0", str(sysfs), f"{tmp_path}/vfio7")
     )
     assert host.ids(R2) == ["0000:02:00.0"]
+
+
+@pytest.mark.parametrize("spelling", ["root_link", "device_link"])
+def test_a_pci_device_found_through_another_spelling_of_sysfs_is_the_same(
+    tmp_path: Path, spelling: str
+) -> None:
+    """Hostile4 H5: one resource's `sysfsRoot` a link to the other's, or another path to the
+    device's directory itself: the device is one claim, so the later resource is held and
+    `check` warns. The claim is the directory's inode (asserted last), which a bind mount
+    of the tree (root only, not made here) reaches too."""
+    sys = tmp_path / "sys"
+    sysfs = sys / "devices" / "pci0000:00" / "0000:03:00.0"
+    sysfs.mkdir(parents=True)
+    if spelling == "root_link":
+        (tmp_path / "sys2").symlink_to(sys)
+        other = tmp_path / "sys2" / "devices" / "pci0000:00" / "0000:03:00.0"
+    else:
+        (tmp_path / "mnt" / "devices" / "pci0000:00").mkdir(parents=True)
+        other = tmp_path / "mnt" / "devices" / "pci0000:00" / "0000:03:00.0"
+        other.symlink_to(sysfs)
+    host = Host()
+    host.publish(R1, pci("0000:03:00.0", str(sysfs)))
+    host.publish(R2, pci("0000:03:00.0", str(other)))
+    assert host.ids(R1) == ["0000:03:00.0"] and host.ids(R2) == [] and host.held(R2) == 1
+    devices = [(R1, pci("0000:03:00.0", str(sysfs))), (R2, pci("0000:03:00.0", str(other)))]
+    [warning] = overlap_warnings(devices, {}, str)
+    assert str(other) in warning and R1 in warning and R2 in warning
+    [claim] = device_claims(devices[1][1]).exclusive
+    assert claim == (("sysfs", inode(sysfs)[1]), str(other), str(sysfs))
+
+
+def test_a_sysfs_claim_booked_by_an_older_version_is_read_as_its_directory(
+    tmp_path: Path,
+) -> None:
+    """`ownership.json` of a version that claimed a sysfs device by its path: the booking
+    holds the device's directory now (a resource finding it through a link is held)."""
+    sysfs = tmp_path / "sys" / "0000:03:00.0"
+    sysfs.mkdir(parents=True)
+    claim = {"kind": "sysfs", "key": str(sysfs), "path": str(sysfs), "real": str(sysfs)}
+    document = {"bookings": [{"resource": R1, "id": "a", "device": "a", "claims": [claim]}]}
+    [saved] = read_saved(document)
+    assert saved.claims == ((("sysfs", inode(sysfs)[1]), str(sysfs), str(sysfs)),)
+    gone = {**claim, "key": str(tmp_path / "gone"), "path": str(tmp_path / "gone")}
+    [saved] = read_saved({"bookings": [{**document["bookings"][0], "claims": [gone]}]})
+    assert saved.claims[0][0] == ("sysfs", str(tmp_path / "gone"))
 
 
 def test_a_sysfs_devices_claim_lingers_while_its_directory_is_there(tmp_path: Path) -> None:

@@ -782,3 +782,50 @@ async def test_hostile2_3_allocate_mounts_are_booked_and_checked(
     await _b0_waits_for_p1(kubelet, dev, "allocate.mounts")
     refused = await kubelet.acall(kubelet.allocate, "p4", {FPGA: 1})
     assert f"which device b-b0 of {B_RESOURCE} owns" in refused["error"], refused
+
+
+@pytest.mark.parametrize("spelling", ["same", "link"])
+async def test_hostile4_h5_one_pci_function_in_one_pod_whatever_sysfs_root_spelling(
+    real_kubelet_factory, short_dir: Path, start_host, spelling: str
+) -> None:
+    """Hostile4 H5: a PCI function that passes no node (handed out by `{address}`), matched
+    by two resources whose `sysfsRoot` is one tree, the second spelled through a link to
+    it: one resource advertises it, the other holds it, so one pod gets it."""
+    kubelet = real_kubelet_factory()
+    fake = FakeSysfs(short_dir / "root")
+    fake.pci_device("0000:03:00.0", "10ee", "9038")
+    other_root = fake.sys
+    if spelling == "link":
+        other_root = short_dir / "sys2"
+        other_root.symlink_to(fake.sys)
+    entry = (
+        '    sysfs:\n      pci: [{{vendor: "0x10ee"}}]\n      env: {{ADDR: "{{address}}"}}\n'
+        "      sysfsRoot: {root}\n      devRoot: {dev}\n      gracePeriod: 0s\n"
+    )
+    config = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\n"
+        f"stateDir: {short_dir / 'state'}\n"
+        f"metrics: {{listen: 127.0.0.1:{free_port()}}}\n"
+        "resources:\n"
+        f"  - name: {FPGA}\n"
+        + entry.format(root=fake.sys, dev=fake.dev)
+        + f"  - name: {ALIAS}\n"
+        + entry.format(root=other_root, dev=fake.dev)
+    )
+    running = await start_host(config)
+
+    def one_advertised(k) -> bool:
+        seen = [k.resource(r) for r in (FPGA, ALIAS)]
+        return None not in seen and sorted(r["healthy"] for r in seen if r) == [0, 1]
+
+    await kubelet.await_for(one_advertised, what="the function advertised by one resource")
+    seen = await kubelet.acall(kubelet.capacity)
+    winner, loser = sorted((FPGA, ALIAS), key=lambda r: -seen["resources"][r]["healthy"])
+    first = await kubelet.acall(kubelet.allocate, "p1", {winner: 1})
+    second = await kubelet.acall(kubelet.allocate, "p2", {loser: 1})
+    assert first["error"] == "" and second["error"] != "", (first, second)
+    registry = running.metrics.registry
+    held = registry.get_sample_value(
+        "kdp_driver_skipped_total", {"resource": loser, "reason": "node_owned"}
+    )
+    assert held == 1

@@ -8,7 +8,8 @@ put into a container:
 
 - every DeviceSpec host path: a character or block node by its device number (so a second
   node or a link for it is the same claim), any other file or a directory by its inode (a
-  hard link or a rename is the same claim), a path where nothing is by its text;
+  hard link or a rename is the same claim), a path where nothing is by its text (one with
+  the claim that path was made under while that is held: `ownership_aliases`);
 - every mount source of the device, the same way;
 - a sysfs device itself, by its directory in sysfs (one that passes no node is one device).
 

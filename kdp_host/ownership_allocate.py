@@ -34,6 +34,7 @@ from .allocation import cdi_device_name
 from .cdi_rules import cdi_name_parts
 from .devices import physical_id
 from .files import Offload
+from .identity import DIRECTORY
 from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
 from .logs import EventLogger
 from .ownership_adopt import DeviceClaims
@@ -42,7 +43,10 @@ from .ownership_claims import (
     Claim,
     ClaimKey,
     Owner,
+    Reached,
     Unresolvable,
+    ancestors,
+    below,
     claim_of,
     handed_real,
     handed_reals,
@@ -170,6 +174,24 @@ class BookingAllocations(AdmissionGate):
         loop."""
         reached = await self._reach_all(paths)
         return {path: [] if r is None else self._owners(r) for path, r in reached.items()}
+
+    def _owners(self, reached: Reached) -> list[Owner]:
+        """Every device that owns what a path reaches exclusively: its claim, a directory
+        it mounts above it, or, for a directory, any claim below it (a mount of the
+        directory reaches them all)."""
+        key, real = reached
+        exclusive = self._exclusive
+        found = [owner] if (owner := exclusive.get(key)) is not None else []
+        for directory in ancestors(real):
+            outer = self._dirs.get(directory)
+            if outer is not None and (owner := exclusive.get(outer)) is not None:
+                found.append(owner)
+        if key[0] == DIRECTORY:
+            at, _ = self._containment()
+            for inner, inner_real in at.items():
+                if below(inner_real, real) and (owner := exclusive.get(inner)) is not None:
+                    found.append(owner)
+        return found
 
     def _check_cdi_names(self, resource: str, names: Mapping[str, Collection[str]]) -> None:
         """Refuse a CDI name of a kind kdp-host writes among those an answer carries besides

@@ -134,20 +134,30 @@ def handed_reals(
     resolutions, `Resolving._resolve_keeping`); the others are resolved here. A path whose
     device claimed it (`claimed`: host path to claim key) must still reach that claim: else
     it changed since it was claimed (a link or an ancestor directory swapped behind an
-    unchanged list) and is refused (Unresolvable)."""
+    unchanged list, or a node that appeared where nothing was) and is refused
+    (Unresolvable)."""
     found: dict[str, str] = {}
     for path in paths:
         reached = known[path] if known is not None and path in known else handed_real(path)
         key = claimed.get(path)
-        stale = reached is None or reached[0] != key
-        if key is not None and key[0] not in (NOTHING, SYSFS) and stale:
+        if key is not None and key[0] != SYSFS and _changed(key, reached):
             raise Unresolvable(
-                f"{path} no longer reaches what was claimed for it (a link or an "
-                "ancestor directory changed since): refused until it is claimed anew",
+                f"{path} no longer reaches what was claimed for it (a link, an ancestor "
+                "directory or the entry changed since): refused until it is claimed anew",
                 stale=path,
             )
         found[path] = path if reached is None else reached[1]
     return found
+
+
+def _changed(key: ClaimKey, reached: Reached | None) -> bool:
+    """Whether a path reaches something else now than what was claimed for it: another
+    node or file, or nothing; for a path claimed where nothing was (by its text), anything
+    (whose it is was never asked: it is claimed anew first), or another place (a link on
+    the way re-pointed: `missing`)."""
+    if key[0] == NOTHING:
+        return reached is not None and reached[0] != key
+    return reached is None or reached[0] != key
 
 
 def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:

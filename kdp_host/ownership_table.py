@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .devices import Device
 from .identity import DIRECTORY
 from .logs import EventLogger
+from .ownership_aliases import PathAliases
 from .ownership_bookings import Ledger, Saved, StateSink
 from .ownership_claims import (
+    NOTHING,
     Claim,
     ClaimKey,
     Claims,
@@ -110,6 +112,8 @@ class ClaimTable(abc.ABC):
         without directory mounts pays nothing for containment)."""
         self._below: dict[str, int] = {}
         """Directory -> how many claims of `_at` are below it."""
+        self._aliases = PathAliases()
+        """The key each path was last claimed under, and the claims by text (`_aliased`)."""
         self._resources: dict[str, ResourceState] = {}
         self._ledger = Ledger()
         """The IDs the kubelet booked, with their claims (`<stateDir>/ownership.json`)."""
@@ -144,6 +148,7 @@ class ClaimTable(abc.ABC):
                 key = claim[0]
                 if key not in self._exclusive:
                     self._count(key, claim[2])
+                    self._aliases.enter(claim)
                     self._exclusive[key] = Owner(owner.resource, device)
                     state.lingering[key] = (now, claim)
         self._ledger.sink = sink
@@ -170,11 +175,19 @@ class ClaimTable(abc.ABC):
         me = Owner(resource, device_id)
         for mine, shared in ((claims.exclusive, False), (claims.shared, True)):
             for claim in mine:
-                if (why := self._clash(me, claim[0], claim[1], shared)) is not None:
+                why = self._clash(me, claim[0], claim[1], shared)
+                if why is None and (self._aliases.texts or claim[0][0] == NOTHING):
+                    why = self._aliased(me, claim, shared)
+                if why is not None:
                     return why
         if self._dirs or any(claim[0][0] == DIRECTORY for claim in claims.all()):
             return self._contained(me, claims)
         return None
+
+    def _aliased(self, me: Owner, claim: Claim, shared: bool) -> Holding | None:
+        """A claim and the other claim its path names (`PathAliases.of`) clash as one."""
+        alias = self._aliases.of(claim, self._exclusive, self._shared, self._made)
+        return None if alias is None else self._clash(me, alias, claim[1], shared)
 
     def _clash(self, me: Owner, key: ClaimKey, path: str, shared: bool) -> Holding | None:
         """Whether `key`, claimed by `me` (shared or not), clashes with another's claim."""
@@ -217,24 +230,6 @@ class ClaimTable(abc.ABC):
                         return why
         return None
 
-    def _owners(self, reached: Reached) -> list[Owner]:
-        """Every device that owns what a path reaches exclusively: its claim, a directory
-        it mounts above it, or, for a directory, any claim below it (a mount of the
-        directory reaches them all)."""
-        key, real = reached
-        exclusive = self._exclusive
-        found = [owner] if (owner := exclusive.get(key)) is not None else []
-        for directory in ancestors(real):
-            outer = self._dirs.get(directory)
-            if outer is not None and (owner := exclusive.get(outer)) is not None:
-                found.append(owner)
-        if key[0] == DIRECTORY:
-            at, _ = self._containment()
-            for inner, inner_real in at.items():
-                if below(inner_real, real) and (owner := exclusive.get(inner)) is not None:
-                    found.append(owner)
-        return found
-
     def _holds(self, me: Owner, key: ClaimKey) -> bool:
         return self._exclusive.get(key) == me or me in self._shared.get(key, ())
 
@@ -243,13 +238,17 @@ class ClaimTable(abc.ABC):
         the claims on first use."""
         if self._at is None:
             self._at = {}
-            for state in self._resources.values():
-                for claims in state.owned.values():
-                    for key, _, real in claims.all():
-                        self._count(key, real)
-                for _, (key, _, real) in state.lingering.values():
-                    self._count(key, real)
+            for key, _, real in self._made():
+                self._count(key, real)
         return self._at, self._below
+
+    def _made(self) -> Iterator[Claim]:
+        """Every claim of the table: of advertised devices, and lingering ones."""
+        for state in self._resources.values():
+            for claims in state.owned.values():
+                yield from claims.all()
+            for _, claim in state.lingering.values():
+                yield claim
 
     def _count(self, key: ClaimKey, real: str) -> None:
         """A claim is made: its directory is one a claim may be below (kept from the first
@@ -269,6 +268,7 @@ class ClaimTable(abc.ABC):
         """A claim is gone (from both maps)."""
         if key in self._exclusive or key in self._shared:
             return
+        self._aliases.leave(key)
         real = None if self._at is None else self._at.pop(key, None)
         if real is None:
             return
@@ -319,14 +319,16 @@ class ClaimTable(abc.ABC):
             key = claim[0]
             if key not in exclusive:
                 self._count(key, claim[2])
+            self._aliases.enter(claim)
             exclusive[key] = me
             if lingering:
                 lingering.pop(key, None)
-        for key, _, real in claims.shared:
+        for key, path, real in claims.shared:
             sharers = self._shared.get(key)
             if sharers is None:
                 self._count(key, real)
                 sharers = self._shared[key] = set()
+            self._aliases.enter((key, path, real))
             sharers.add(me)
         state.owned[device_id] = claims
         if claims.renamed or state.renamed:

@@ -1,8 +1,9 @@
-"""Who owns a CDI spec file among the host instances serving its resource: an owner file
-next to it names the instance (`.kdp-host_vendor.example_fpga.owner`, a name CDI ignores),
-refreshed while it lives. The newest instance takes the file over; during a rolling upgrade
-the old one then neither writes nor removes it. An owner file not refreshed for `LEASE`
-seconds belongs to an instance that is gone, and the next writer takes the file.
+"""Who owns a file several host instances write (a resource's CDI spec file, the node's
+feature file): an owner file next to it names the instance (`.kdp-host_vendor.example_fpga.owner`,
+a dot file CDI and NFD ignore), refreshed while it lives. The newest instance takes the file
+over; during a rolling upgrade the old one then neither writes nor removes it. An owner file
+not refreshed for `LEASE` seconds belongs to an instance that is gone, and the next writer
+takes the file.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ LEASE = 3 * VERIFY
 
 def owner_path(spec: str) -> str:
     """The owner file of a spec file: `.kdp-host_vendor.example_fpga.owner` next to it (a
-    name CDI ignores: it reads only `.json` and `.yaml` files)."""
+    name CDI ignores: it reads only `.json` and `.yaml` files; NFD skips dot files)."""
     directory, name = os.path.split(spec)
     return os.path.join(directory, f".{name.removesuffix('.json')}.owner")
 
@@ -54,7 +55,7 @@ def touch(path: str) -> None:
 
 @dataclass
 class OwnerLease:
-    """One instance's claim on one spec file (`spec`), through its owner file (`path`)."""
+    """One instance's claim on one file (`spec`), through its owner file (`path`)."""
 
     path: str
     spec: str
@@ -62,6 +63,8 @@ class OwnerLease:
     lease: float
     offload: Offload
     log: EventLogger
+    what: str = "cdi_spec"
+    """The file's name in log events (`<what>_taken_over`, `<what>_handed_over`, ...)."""
     _handed_over: bool = field(default=False, init=False, repr=False)
 
     async def owner(self) -> str | None:
@@ -80,17 +83,17 @@ class OwnerLease:
         try:
             await self.offload.run(lambda: write_atomic(self.path, owner))
         except OSError as exc:
-            self.log.warning("cdi_owner_write_failed", path=self.path, reason=str(exc))
+            self.log.warning(f"{self.what}_owner_write_failed", path=self.path, reason=str(exc))
 
     async def may_write(self) -> bool:
         """Whether this instance owns the file (taking it over when nobody does)."""
         owner = await self.owner()
         if owner is None:
-            self.log.info("cdi_spec_taken_over", path=self.spec, reason="no live owner")
+            self.log.info(f"{self.what}_taken_over", path=self.spec, reason="no live owner")
             await self.take_over()
             return True
         if owner != self.instance and not self._handed_over:
-            self.log.info("cdi_spec_handed_over", path=self.spec, owner=owner)
+            self.log.info(f"{self.what}_handed_over", path=self.spec, owner=owner)
         self._handed_over = owner != self.instance
         return not self._handed_over
 
@@ -100,5 +103,5 @@ class OwnerLease:
             await self.offload.run(lambda: touch(self.path))
 
     async def give_up(self) -> None:
-        """Remove the owner file (the spec file is gone with this instance)."""
+        """Remove the owner file (the file is gone with this instance)."""
         await self.offload.run(lambda: unlink(self.path))

@@ -161,9 +161,9 @@ class Host:
                 "commands_may_outlive_host",
                 detail="no setpriv (util-linux) on PATH: commands do not get the death signal",
             )
-        features = self.config.node_features
+        features, offload = self.config.node_features, self.offload
         node_features = (
-            None if features is None else NodeFeatureFile(features, self.log, self.offload)
+            None if features is None else NodeFeatureFile(features, self.log, offload, instance)
         )
         services = HostServices(
             kubelet,

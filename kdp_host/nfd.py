@@ -13,6 +13,11 @@ host path kept) would leave its labels for ever; so the file carries NFD's
 `# +expiry-time=<RFC 3339>` directive (NFD v0.14 and newer ignore the lines after it once
 that time has passed; older versions read it as a comment), `nodeFeatures.expiry` ahead,
 and kdp-host rewrites it every third of that with a later time.
+
+Two instances on one node (a rolling upgrade runs the new one beside the old one) write the
+same file: it is owned like a CDI spec file (`cdi_lease.py`, the owner file
+`.kdp-host.owner` next to it). The newest instance takes it over; the old one then neither
+rewrites nor removes it, and takes it back only once the owner's lease ran out.
 """
 
 from __future__ import annotations
@@ -20,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import time
 from collections.abc import Callable
 
-from .atomic_files import write_atomic
+from .atomic_files import unlink, write_atomic
 from .backoff import Backoff
+from .cdi_lease import LEASE, VERIFY, OwnerLease, owner_path
 from .config.model import NodeFeaturesConfig
 from .devices import Snapshot
 from .files import Offload
@@ -71,11 +76,18 @@ class NodeFeatureFile:
         config: NodeFeaturesConfig,
         log: EventLogger,
         offload: Offload,
+        instance: str,
         clock: Callable[[], float] = time.time,
+        lease: float = LEASE,
     ) -> None:
+        """`instance`: this host instance, the owner of the file it writes."""
         self.path = path = config.file
         self._offload = offload
         self._log = log.bind(component="node-features", path=path)
+        self._lease = OwnerLease(
+            owner_path(path), path, instance, lease, offload, self._log, what="node_features"
+        )
+        self._verify = min(VERIFY, lease / 3)
         self._expiry = config.expiry
         self._clock = clock
         self._counts: dict[str, int] = {}
@@ -100,20 +112,48 @@ class NodeFeatureFile:
 
     async def run(self) -> None:
         """Write on every change, and before the expiry time written passes, until
-        cancelled; then remove the file."""
+        cancelled; then remove the file unless another instance owns it now. Every
+        `VERIFY` seconds the owner refreshes its lease, and a file nobody owns any more is
+        written again (taken over)."""
         try:
+            await self._lease.take_over()
             while True:
-                refresh_in = None if self._refresh_at is None else self._refresh_at - self._clock()
+                refresh_in = self._verify
+                if self._refresh_at is not None:
+                    refresh_in = min(refresh_in, self._refresh_at - self._clock())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(refresh_in):
                         await self._changed.wait()
                 if self._changed.is_set():
                     await asyncio.sleep(WRITE_DEBOUNCE)
                     self._changed.clear()
+                else:
+                    await self._keep_lease()
                 await self._write(dict(self._counts))
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)  # at shutdown: a small local unlink
+            await self._remove()
+
+    async def _keep_lease(self) -> None:
+        """As the owner, refresh the lease; a file nobody owns (its owner stopped, or its
+        lease ran out) is written again by this instance, which takes it over."""
+        owner = await self._lease.owner()
+        if owner == self._lease.instance:
+            await self._lease.refresh()
+        elif owner is None:
+            self._written = None
+
+    async def _remove(self) -> None:
+        """At stop: remove the file, unless another instance owns it now (during a rolling
+        upgrade the old instance leaves the new one's file)."""
+        try:
+            owner = await self._lease.other_owner()
+            if owner is not None:
+                self._log.info("node_features_left", owner=owner)
+                return
+            await self._offload.run(lambda: unlink(self.path))
+            await self._lease.give_up()
+        except OSError as exc:
+            self._log.warning("node_features_remove_failed", reason=str(exc))
 
     async def _write(self, counts: dict[str, int]) -> None:
         labels = feature_file_text(counts)
@@ -121,6 +161,8 @@ class NodeFeatureFile:
         refresh_due = self._refresh_at is not None and now >= self._refresh_at
         if labels == self._written and not refresh_due:
             return
+        if not await self._lease.may_write():
+            return  # another instance owns the file (a rolling upgrade): it keeps it
         text = feature_file_text(counts, expires=now + self._expiry)
         data = text.encode()
         if len(data) > MAX_FEATURE_FILE_BYTES:

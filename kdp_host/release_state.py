@@ -6,7 +6,8 @@ been seen), `owed` (the users are gone and no release has succeeded since), `all
 also for a tracker started later) and `handed` (the host paths and env its last Allocate
 handed out: what its release acts on, also after a restart); see `release.py`. A file that
 cannot be read or does not have that shape is kept aside and marks the state unknown: every
-device then counts as used.
+device then counts as used; so does a file whose writes failed when its host stopped
+(`state_file`'s unsaved marker: a SIGKILL while the disk is full).
 
 Hosts that share the state directory (a rolling update runs the new host beside the old one)
 share the file as they share `ownership.json` (`state_file`'s merge, under the file's lock):
@@ -19,6 +20,7 @@ after it ended (and so took them up at start) writes: then they go.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,8 +59,11 @@ class ReleaseStateStore:
             offload,
             consequence="every device counts as used: each is released once it is free",
             if_unwritten="devices used now are not released if kdp-host restarts "
-            "before a write succeeds",
+            "before a write succeeds and no marker could be made",
             merge=None if writer is None else self._merge,
+            mark_unsaved=True,
+            writer=writer,
+            running=running,
         )
         self.path = self._file.path
         self._data: dict[str, dict[str, dict[str, Any]]] = {}
@@ -169,8 +174,12 @@ def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     checked: dict[str, Any] = {"used": [text(i) for i in used], "owed": owed}
     allocated_at = entry.get("allocatedAt")
     if allocated_at is not None:
-        if isinstance(allocated_at, bool) or not isinstance(allocated_at, (int, float)):
-            raise TypeError(f"allocatedAt is not a number: {allocated_at!r}")
+        if (
+            isinstance(allocated_at, bool)
+            or not isinstance(allocated_at, (int, float))
+            or not math.isfinite(allocated_at)
+        ):
+            raise TypeError(f"allocatedAt is not a finite number: {allocated_at!r}")
         checked["allocatedAt"] = float(allocated_at)
     handed = entry.get("handed")
     if handed is not None:

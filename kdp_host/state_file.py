@@ -24,6 +24,13 @@ as at start). The hosts re-read the bookings when they change (`load` again). So
 is no regular file at `<name>.lock` (a directory, a FIFO, a symlink) is set aside as a bad
 file is and the lock file made again (`atomic_files.open_lock`), so it never turns the
 writes off; while a file is not written the host is not ready (`StateFiles`).
+
+A file that must fail closed (`mark_unsaved`: the release state) gets a marker while its
+writes fail: `<name>.unsaved` (`.unsaved.<writer>` for a shared file), an empty file (no data
+block: made on a full disk too), created when a write fails and removed by the next write
+that succeeds. A host that starts and finds a marker (its writer stopped: killed before a
+write succeeded) reads the file as one that cannot be read (`unknown`): what it holds may
+lack the latest changes. It takes the marker over and removes it with its own first write.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ WRITE_LIMIT: Final = 5.0
 to be written. A state directory whose file system hangs must not hang the answer (nor the
 kubelet's admission of every pod after it): past the limit the answer goes out, with an
 error line, as when a write fails; the write goes on and lands when the file system does."""
+
+UNSAVED: Final = ".unsaved"
+"""The marker of a file whose writes fail (`mark_unsaved`): `<name>.unsaved[.<writer>]`."""
 
 RETRY_FIRST: Final = 1.0
 """Seconds before a failed write is tried again; doubled after each failure..."""
@@ -85,8 +95,20 @@ class StateFile:
         consequence: str,
         if_unwritten: str,
         merge: Merge | None = None,
+        mark_unsaved: bool = False,
+        writer: str | None = None,
+        running: Callable[[str, str], bool] | None = None,
     ) -> None:
+        """`mark_unsaved`: keep a marker while writes fail (see the module docstring);
+        `writer`: this host's instance ID in a shared file's marker name; `running(directory,
+        writer)`: whether that host runs (its marker is not taken over; blocking)."""
+        self._running = running
         self.path = Path(directory) / name
+        self._mark_unsaved = mark_unsaved
+        self._marker = Path(directory) / (
+            f"{name}{UNSAVED}" if writer is None else f"{name}{UNSAVED}.{writer}"
+        )
+        self._marked = False  # this host's marker exists (a failed write made it, or taken over)
         self.lock_path = Path(directory) / f"{name}.lock"
         self._merge = merge
         self._version_tag = version
@@ -124,6 +146,8 @@ class StateFile:
         (blocking: call it through the offload). Read like every small file
         (`files.read_attribute`): a FIFO, a device or a directory there is refused at once,
         never waited on."""
+        if self._mark_unsaved:
+            self._take_over_markers()
         document = self._document()
         if document is None:
             return None
@@ -132,6 +156,35 @@ class StateFile:
         except _SHAPE_ERRORS as exc:
             self._unreadable(f"does not parse ({str(exc)[:200]})")
             return None
+
+    def _take_over_markers(self) -> None:
+        """Markers of hosts that stopped before their write succeeded: the file may lack
+        their latest changes, so it counts as unknown; this host takes each marker over
+        (its own first write removes it). A running host's marker stays its own."""
+        directory = str(self.path.parent)
+        prefix = f"{self.path.name}{UNSAVED}"
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            return  # no state directory yet: nothing was kept
+        for name in names:
+            if not (name == prefix or name.startswith(f"{prefix}.")):
+                continue
+            owner = name.removeprefix(prefix).removeprefix(".") or None
+            if owner is not None and self._running is not None and self._running(directory, owner):
+                continue
+            self.unknown = True
+            self._log.error(
+                f"{self._what}_unsaved",
+                reason=f"{name}: a host stopped before it could write its latest changes",
+                consequence=self._consequence,
+            )
+            try:
+                os.replace(os.path.join(directory, name), self._marker)
+            except OSError as exc:
+                self._log.warning(f"{self._what}_unsaved_not_taken", reason=str(exc))
+            else:
+                self._marked = True
 
     def _document(self) -> Mapping[str, Any] | None:
         """The file's document, its version checked; None when there is none (missing, or
@@ -213,7 +266,7 @@ class StateFile:
                 version = self._version
                 mine = self._content()
                 try:
-                    await self._offload.run(functools.partial(self._write, mine))
+                    await self._offload.run(functools.partial(self._write_marked, mine))
                 except OSError as exc:
                     self._failed(exc)
                     return
@@ -247,6 +300,28 @@ class StateFile:
     def _tell(self) -> None:
         if self.on_unwritten is not None:
             self.on_unwritten()
+
+    def _write_marked(self, mine: Mapping[str, Any]) -> None:
+        """`_write`, keeping the unsaved marker (blocking): made at a failure, gone at a success."""
+        try:
+            self._write(mine)
+        except OSError:
+            if self._mark_unsaved and not self._marked:
+                try:
+                    os.close(os.open(self._marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                except OSError as exc:
+                    self._log.error(
+                        f"{self._what}_unsaved_not_marked",
+                        reason=str(exc),
+                        consequence=self._if_unwritten,
+                    )
+                else:
+                    self._marked = True
+            raise
+        if self._marked:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._marker)
+            self._marked = False
 
     def _write(self, mine: Mapping[str, Any]) -> None:
         """Write `mine` (blocking); a shared file merged with what it holds now, locked."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
 import time
@@ -12,7 +13,10 @@ from typing import Any
 import pytest
 
 from kdp_host.config import ConfigError, load_config_text
-from kdp_host.nfd import feature_file_text
+from kdp_host.devices import Device, DeviceTable
+from kdp_host.files import DaemonThreads
+from kdp_host.logs import get_logger
+from kdp_host.nfd import NodeFeatureFile, feature_file_text
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config, wait_until
@@ -79,10 +83,11 @@ async def test_the_file_follows_the_devices_and_goes_with_the_host(
     )
     assert await running.host.reload_from(config) == "ok"
     await wait_until(lambda: set(labels_in(features)) == {f"{FPGA}.present", f"{FPGA}.count"})
-    assert [p.name for p in features.parent.iterdir()] == ["kdp-host"]  # no temporary left
+    # no temporary left; the owner file (a dot file NFD skips) names this instance
+    assert sorted(p.name for p in features.parent.iterdir()) == [".kdp-host.owner", "kdp-host"]
 
     await running.shutdown()
-    assert not features.exists()  # no stale labels once kdp-host is gone
+    assert list(features.parent.iterdir()) == []  # no stale labels once kdp-host is gone
 
 
 def nfd_labels(text: str, now: float) -> dict[str, str]:
@@ -144,3 +149,71 @@ async def test_the_file_is_refreshed_before_it_expires(
             f"{FPGA}.present": "true",
             f"{FPGA}.count": "2",
         }
+
+
+def start_instance(
+    features: Path, instance: str, started: list[asyncio.Task[None]], lease: float = 30.0
+) -> NodeFeatureFile:
+    """One host instance's feature file writer (serving FPGA with two devices), running."""
+    config = load_config_text(
+        f"nodeFeatures: {{file: {features}}}\n"
+        f"resources: [{{name: {FPGA}, glob: {{paths: [/dev/fpga*]}}}}]\n"
+    ).node_features
+    assert config is not None
+    writer = NodeFeatureFile(config, get_logger(), DaemonThreads(), instance, lease=lease)
+    table = DeviceTable()
+    table.publish([Device("fpga0"), Device("fpga1")])
+    writer.update(FPGA, table.snapshot)
+    started.append(asyncio.create_task(writer.run()))
+    return writer
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_stopping_old_instance_leaves_the_file_the_new_instance_owns(
+    short_dir: Path,
+) -> None:
+    """hostile4 H15, a rolling upgrade (maxSurge): the new instance starts beside the old one
+    and takes the file over; the old one, stopping, must not remove it (NFD would drop the
+    node's labels until the new one happens to rewrite it)."""
+    features = short_dir / "features.d" / "kdp-host"
+    owner = features.parent / ".kdp-host.owner"
+    started: list[asyncio.Task[None]] = []
+    try:
+        start_instance(features, "old", started)
+        await wait_until(lambda: features.exists() and owner.exists(), what="old wrote")
+        start_instance(features, "new", started)
+        await wait_until(lambda: owner.read_text().strip() == "new", what="new took over")
+        await stop(started[0])
+        assert features.exists(), "the old instance removed the new instance's file"
+        assert labels_in(features) == {f"{FPGA}.present": "true", f"{FPGA}.count": "2"}
+        await stop(started[1])
+        assert list(features.parent.iterdir()) == [], "the owner leaves nothing behind"
+    finally:
+        for task in started:
+            await stop(task)
+
+
+async def test_a_file_its_owner_left_is_taken_back(short_dir: Path) -> None:
+    """The new instance stops first (a rollback): it removes the file it owns; the old one,
+    still running, writes it again within its lease check (here 0.2 s)."""
+    features = short_dir / "features.d" / "kdp-host"
+    owner = features.parent / ".kdp-host.owner"
+    started: list[asyncio.Task[None]] = []
+    try:
+        start_instance(features, "old", started, lease=0.6)
+        await wait_until(lambda: features.exists(), what="old wrote")
+        start_instance(features, "new", started, lease=0.6)
+        await wait_until(lambda: owner.read_text().strip() == "new", what="new took over")
+        await stop(started[1])
+        await wait_until(
+            lambda: features.exists() and owner.exists() and owner.read_text().strip() == "old",
+            what="the old instance writes the file again",
+        )
+        assert labels_in(features) == {f"{FPGA}.present": "true", f"{FPGA}.count": "2"}
+    finally:
+        for task in started:
+            await stop(task)

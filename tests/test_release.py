@@ -721,3 +721,32 @@ async def test_every_change_of_the_view_counts_a_change(short_dir: Path) -> None
         str({"state": "running"}),
     }
     await tracker.close()
+
+
+async def test_a_kill_while_the_state_file_cannot_be_written_fails_closed(
+    short_dir: Path,
+) -> None:
+    """hostile4 H8: while release-state.json cannot be written (here a directory stands in
+    its way; a full disk alike), fpga0 is allocated, then kdp-host is killed. The failed
+    write left a marker (an empty file: made on a full disk too), so the next start reads
+    the state as unknown: every device counts as used and is released once it is free,
+    instead of fpga0 counting as never used. The first write that succeeds removes the
+    marker."""
+    state = short_dir / "state"
+    commands = _Commands()
+    tracker, table, store = _tracker(short_dir, commands)
+    store.file.retry_first = 3600.0  # no background retry after the "kill"
+    (state / STATE_FILE).mkdir(parents=True)  # writes fail from now on
+    tracker.allocated(["fpga0"], table.snapshot)
+    await tracker.before_start(["fpga0"])  # the write fails; the start goes on
+    marker = state / f"{STATE_FILE}.unsaved"
+    assert store.write_failures >= 1 and marker.exists()
+    await tracker.close()  # (a SIGKILL: the state never reached the file)
+    (state / STATE_FILE).rmdir()  # the disk has room again
+    restarted = _restarted(short_dir, commands, table)
+    restarted.start()
+    restarted.holdings(_answer(10.0**9))  # nothing held: p1 ended while kdp-host was down
+    await restarted.before_start(["fpga0", "fpga1"])
+    assert sorted(run[1] for run in commands.runs) == ["fpga0", "fpga1"]
+    assert not marker.exists(), "the first write that succeeded removes the marker"
+    await restarted.close()

@@ -23,7 +23,6 @@ from .hooks import configured_hooks
 from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
-from .nfd import NodeFeatureFile
 from .node import NodeInfo, NodeLabelSource, Selection, needs_labels, select_for_node, settled
 from .ownership import OwnershipIndex
 from .ownership_adopt import WITHOUT_POD_RESOURCES
@@ -161,10 +160,11 @@ class Host:
                 "commands_may_outlive_host",
                 detail="no setpriv (util-linux) on PATH: commands do not get the death signal",
             )
-        features, offload = self.config.node_features, self.offload
-        node_features = (
-            None if features is None else NodeFeatureFile(features, self.log, offload, instance)
-        )
+        node_features, features = None, self.config.node_features
+        if features is not None:  # imported only where configured, like the CDI writer
+            from .nfd import NodeFeatureFile
+
+            node_features = NodeFeatureFile(features, self.log, self.offload, instance)
         services = HostServices(
             kubelet,
             self.instance_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .config import KubeletConfig
 from .devices import Device
@@ -12,7 +13,6 @@ from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .metrics import Metrics
-from .nfd import NodeFeatureFile
 from .ownership import OwnershipIndex
 from .podresources import PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
@@ -20,6 +20,9 @@ from .protocol.registration import Registrar
 from .release_state import ReleaseStateStore
 from .safety_net import SafetyNet
 from .watch import Watcher
+
+if TYPE_CHECKING:  # only a host with nodeFeatures imports the feature-file writer
+    from .nfd import NodeFeatureFile
 
 
 @dataclass(frozen=True)

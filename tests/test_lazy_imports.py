@@ -42,6 +42,7 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.cdi",
     "kdp_host.cdi_spec",
     "kdp_host.cdi_lease",
+    "kdp_host.nfd",
     "kdp_host.protocol.plugin_registry",
     "kdp_host.api.pluginregistration",
     # what only a mistake or a lookup needs: "did you mean" hints of the config's checks, and

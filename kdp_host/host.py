@@ -382,18 +382,18 @@ class Host:
     def _watch_kubelet_restarts(self, socket_dir: str) -> Callable[[], None]:
         assert self.watcher is not None
         last = kubelet_socket_identity(socket_dir)
-        log = self.log
 
         def on_event(name: str | None) -> None:
             nonlocal last
-            if name not in (None, KUBELET_SOCKET):
-                return
-            current = kubelet_socket_identity(socket_dir)
+            ours = name in (None, KUBELET_SOCKET)
+            current = kubelet_socket_identity(socket_dir) if ours else None
             if current is None or current == last:
                 return
             if last is not None:
                 self.metrics.kubelet_restarts.inc()
-                log.info("kubelet_restarted", socket=os.path.join(socket_dir, KUBELET_SOCKET))
+                self.log.info("kubelet_restarted", socket=os.path.join(socket_dir, KUBELET_SOCKET))
+                if self.pod_resources is not None:
+                    self.pod_resources.kubelet_restarted()  # its first answers may lack pods
             last = current
 
         subscription = self.watcher.subscribe(socket_dir, on_event, names=(KUBELET_SOCKET,))

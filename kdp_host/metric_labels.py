@@ -46,11 +46,15 @@ ALLOCATE_HOOK_RESULTS: tuple[HookResult, ...] = (
 HookName = Literal["preStart", "allocate.command", "release"]
 """The config sections whose series exist only while a resource has them (`forget_hooks`)."""
 
-RELEASE_RESULTS: tuple[HookResult, ...] = ("ok", "exit", "timeout", "spawn", "output_too_large")
-"""Every `result` of a `release.command` run."""
-PodResourcesResult = Literal["ok", "absent", "unsupported", "rate_limited", "error"]
+RELEASE_RESULTS: tuple[HookResult, ...] = (
+    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid",
+)  # fmt: skip
+"""Every `result` of a `release.command` run (`invalid`: a device neither listed nor kept
+as handed out: nothing to release, not run)."""
+PodResourcesResult = Literal["ok", "incomplete", "absent", "unsupported", "rate_limited", "error"]
 POD_RESOURCES_RESULTS: tuple[PodResourcesResult, ...] = get_args(PodResourcesResult)
-"""Every `result` of a PodResources poll (`absent`: no socket; `unsupported`: no v1 List;
+"""Every `result` of a PodResources poll (`incomplete`: answered soon after a kubelet
+restart without pods shown before, which still hold; `absent`: no socket; `unsupported`: no v1 List;
 `rate_limited`: refused by the kubelet's rate limit)."""
 
 UnbookedResult = Literal["booked", "not_present"]

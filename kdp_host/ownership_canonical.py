@@ -17,7 +17,7 @@ from typing import Literal
 
 from .devices import Device
 from .identity import UNRESOLVABLE, identity_of, names_it
-from .ownership_claims import Claims, Reached, stat_real
+from .ownership_claims import Claims, Reached, missing, stat_real
 from .rules import device_path_problem
 
 
@@ -28,10 +28,15 @@ def checked_reach(
     (`canonical`: what every consumer hands out): the real path must name what the path
     reaches (`identity.names_it`, one stat more, only where it is not the text), else
     UNRESOLVABLE (a magic link such as `/proc/<pid>/root/...`: the device is left out), as
-    is a real path that `{hostPaths}` could not list (`rules.device_path_problem`)."""
+    is a real path that `{hostPaths}` could not list (`rules.device_path_problem`). Where
+    nothing is (yet), its place (`missing`: a mount source the runtime creates is one place
+    however it is spelled)."""
     found = stat_real(path, real_dirs)
     if found is None:
-        return None
+        place = missing(path)
+        if place is not None and place[1] != path and device_path_problem(place[1]):
+            return UNRESOLVABLE
+        return place
     st, real = found
     if real != path and (not names_it(st, real) or device_path_problem(real)):
         return UNRESOLVABLE

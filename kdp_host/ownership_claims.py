@@ -3,12 +3,13 @@
 Each DeviceSpec host path of a device claims what it reaches (`identity.identity_of`): a
 character or block node by its device number (so a second node or a link for it is the same
 claim), a directory or any other file by its inode (so a hard link, a bind mount or a
-rename of it is the same claim), a path where nothing is by its text. Each mount source
-claims the same way. Nodes and mounts a driver marks `shared` are claimed shared. A sysfs
-device also claims itself, by its sysfs directory's inode (`SYSFS`): a device that passes no
-node is advertised once too, whatever the spelling of the sysfs root it was found through (a
-link to it or a bind mount of it is the same directory). A directory holds everything below
-its real path (`ancestors`, `below`): the index compares claims by key and by containment.
+rename of it is the same claim), a path where nothing is by its place (`missing`). Each
+mount source claims the same way. Nodes and mounts a driver marks `shared` are claimed
+shared. A sysfs device also claims itself, by its sysfs directory's inode (`SYSFS`): a
+device that passes no node is advertised once too, whatever the spelling of the sysfs root
+it was found through (a link to it or a bind mount of it is the same directory). A
+directory holds everything below its real path (`ancestors`, `below`): the index compares
+claims by key and by containment.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from .identity import DIRECTORY, PathReach, identity_of, names_it
 
 ClaimKey = tuple[str, int | str]
 """What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f', inode)), ('path',
-normalised path) where nothing is yet, or (SYSFS, inode of its directory; its normalised path
-when that is gone) for a sysfs device itself."""
+the real path of its place: `missing`) where nothing is yet, or (SYSFS, inode of its
+directory; its normalised path when that is gone) for a sysfs device itself."""
 
 NOTHING = "path"
-"""The kind of the claim of a path where nothing is (by its normalised text)."""
+"""The kind of the claim of a path where nothing is (by the text of its place)."""
 SYSFS = "sysfs"
 """The kind of a sysfs device's claim of itself (its sysfs directory, by inode: `sysfs_claim`)."""
 
@@ -39,15 +40,28 @@ Reached = PathReach
 
 def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
     """What a host path reaches (`identity.identity_of`: a device node by its number, anything
-    else by its inode); None when nothing is there. Follows links (a link to a node claims
-    the node). With the claim, the real path (what a directory mount contains is below it).
+    else by its inode). Follows links (a link to a node claims the node). With the claim,
+    the real path (what a directory mount contains is below it). Where nothing is (yet),
+    its place (`missing`); None for a path that is no path (a NUL in it).
 
     One lstat for a path that is no link: its real path is its directory's real path
     (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
     path is kept as it is (no copy per claim).
     """
     found = stat_real(path, real_dirs)
-    return None if found is None else (identity_of(found[0]), found[1])
+    return missing(path) if found is None else (identity_of(found[0]), found[1])
+
+
+def missing(path: str) -> Reached | None:
+    """The claim of a path where nothing is: the real path of its longest existing prefix
+    (links followed), then the rest as written (`os.path.realpath`, not strict), by that
+    text. A mount source the runtime creates there is one place however it is spelled
+    (hostile4 H4: `run/lnk/m`, `lnk` a link to `run`, is `run/m`). None: a NUL in it."""
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        return None
+    return (NOTHING, real), real
 
 
 def stat_real(path: str, real_dirs: dict[str, str] | None) -> tuple[os.stat_result, str] | None:
@@ -90,15 +104,18 @@ the loop) before it is refused: a path on a hung file system does not hold the a
 
 def handed_real(path: str) -> Reached | None:
     """What a host path an answer hands out reaches, with the real path handed instead of
-    the text (a link re-pointed later does not change what the container gets); None when
-    nothing is there. The real path counts only when it names what the path reaches: where
-    it differs from the text, its (st_dev, st_ino) must be those reached through the text,
-    else Unresolvable (one stat more, only where the text is no real path)."""
+    the text (a link re-pointed later does not change what the container gets); where
+    nothing is, its place (`missing`: a mount source the runtime creates is made there).
+    The real path counts only when it names what the path reaches: where it differs from
+    the text, its (st_dev, st_ino) must be those reached through the text, else
+    Unresolvable (one stat more, only where the text is no real path)."""
     try:
         st = os.stat(path)
         real = os.path.realpath(path)
-    except (OSError, ValueError):
+    except ValueError:
         return None
+    except OSError:
+        return missing(path)
     if real != path and not names_it(st, real):
         raise Unresolvable(
             f"{path}: its real path {real} is not what the path reaches (a magic link, or "
@@ -113,7 +130,7 @@ def handed_reals(
     known: Mapping[str, Reached | None] | None = None,
 ) -> dict[str, str]:
     """The real path to hand out for each host path (`handed_real`; a path where nothing
-    is stays as it is). `known`: what paths were resolved to already (the index's kept
+    is, as its place). `known`: what paths were resolved to already (the index's kept
     resolutions, `Resolving._resolve_keeping`); the others are resolved here. A path whose
     device claimed it (`claimed`: host path to claim key) must still reach that claim: else
     it changed since it was claimed (a link or an ancestor directory swapped behind an
@@ -136,14 +153,16 @@ def handed_reals(
 def _changed(key: ClaimKey, reached: Reached | None) -> bool:
     """Whether a path reaches something else now than what was claimed for it: another
     node or file, or nothing; for a path claimed where nothing was (by its text), anything
-    (whose it is was never asked: it is claimed anew first)."""
+    (whose it is was never asked: it is claimed anew first), or another place (a link on
+    the way re-pointed: `missing`)."""
     if key[0] == NOTHING:
-        return reached is not None
+        return reached is not None and reached[0] != key
     return reached is None or reached[0] != key
 
 
 def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
-    """The claim a host path makes (see `reach`), or None when nothing is there."""
+    """The claim a host path makes (see `reach`; where nothing is, by its place), or None
+    for a path that is no path."""
     reached = reach(path, real_dirs)
     return None if reached is None else reached[0]
 
@@ -151,8 +170,8 @@ def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | 
 def still_reaches(key: ClaimKey, reached: Reached | None) -> bool:
     """Whether a claim's path still reaches it (what it reaches now: `reach`): the same
     node or file, or for a sysfs device's claim of itself, its directory still there."""
-    if reached is None:
-        return False
+    if reached is None or reached[0][0] == NOTHING:
+        return False  # (nothing there: a claim of what was there is gone)
     if key[0] == SYSFS:
         return reached[0][0] == DIRECTORY and (isinstance(key[1], str) or reached[0][1] == key[1])
     return reached[0] == key

@@ -14,6 +14,10 @@ fraction of a percent of that; a call refused with RESOURCE_EXHAUSTED doubles th
 socket, an old kubelet without the v1 API, or any other failure is one log line when the
 state changes and a counted poll (`kdp_pod_resources_polls_total{result}`): everything else
 keeps working, and the last answer stays (marked by its age in `/devices`).
+
+An answer is not taken at its word when it lacks a container shown before: right after a
+restart the kubelet answers from a pod manager it is still filling. `Settle` publishes such a
+holder as still holding until it has been missing long enough, on answers that count.
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ UNSUPPORTED_RETRY = 300.0
 ALLOCATABLE_EVERY = 12
 """GetAllocatableResources is called with every poll while it lists nothing (no plugin has
 registered yet), then every this many polls."""
+GONE_AFTER = 4.0
+"""Seconds a holder must be missing from the kubelet's answers (in two answers at least, the
+first and the last of them this far apart) before it is let go: one answer without a pod
+(a kubelet between its restart and its pod manager being filled again) ends nothing."""
+RESTART_SETTLE = 10.0
+"""Seconds after a kubelet restart (its socket made anew, or PodResources unreachable and
+back) in which an answer that lacks a holder is no evidence at all: the kubelet answers from
+a pod manager it is still filling."""
 JITTER = 0.1
 """Polls are spread by up to this fraction of the delay, so hosts started together do not
 call the kubelet in step."""
@@ -119,6 +131,75 @@ def holdings_from(
     )
 
 
+Key = tuple[str, str, Holder]
+"""resource, advertised device ID, holder."""
+
+
+@dataclass
+class Settle:
+    """Turns the kubelet's answers into who holds what, on trustworthy evidence only.
+
+    A holder shown once holds until it has been missing for `GONE_AFTER` seconds, from
+    two answers at least, none of them asked within `RESTART_SETTLE` seconds of a kubelet
+    restart. Until then it is carried into the published `Holdings` as it was (same
+    `since`), so claims, bookings and owed releases (every subscriber) see it held."""
+
+    restarted_at: float = float("-inf")
+    """Monotonic time of the last kubelet restart seen (`kubelet_restarted`)."""
+    missing: dict[Key, float] = field(default_factory=dict)
+    """Holder -> asked_at of the first trusted answer that lacked it."""
+    misses: dict[Key, int] = field(default_factory=dict)
+
+    def restarted(self, now: float) -> None:
+        self.restarted_at = now
+        self.missing.clear()  # absences seen before the restart prove nothing after it
+        self.misses.clear()
+
+    def trusted(self, asked_at: float) -> bool:
+        return asked_at >= self.restarted_at + RESTART_SETTLE
+
+    def apply(self, answer: Holdings, previous: Holdings | None) -> tuple[Holdings, int]:
+        """The holdings to publish for `answer`, and how many holders it lacked that are
+        carried (still held)."""
+        if previous is None:
+            return answer, 0
+        trusted = self.trusted(answer.asked_at)
+        merged = {
+            r: {d: list(hs) for d, hs in ids.items()} for r, ids in answer.by_resource.items()
+        }
+        shown = {
+            (r, d, h.namespace, h.pod, h.container)
+            for r, ids in merged.items()
+            for d, hs in ids.items()
+            for h in hs
+        }
+        carried = 0
+        still: set[Key] = set()
+        for resource, ids in previous.by_resource.items():
+            for device_id, holders in ids.items():
+                for h in holders:
+                    if (resource, device_id, h.namespace, h.pod, h.container) in shown:
+                        continue
+                    key = (resource, device_id, h)
+                    if trusted:
+                        first = self.missing.setdefault(key, answer.asked_at)
+                        misses = self.misses[key] = self.misses.get(key, 0) + 1
+                        if misses >= 2 and answer.asked_at - first >= GONE_AFTER:
+                            continue  # gone, on trustworthy evidence
+                    still.add(key)
+                    carried += 1
+                    merged.setdefault(resource, {}).setdefault(device_id, []).append(h)
+        for forgotten in set(self.missing) - still:
+            del self.missing[forgotten]
+            self.misses.pop(forgotten, None)
+        published = Holdings(
+            answer.asked_at,
+            answer.answered_at,
+            {r: {d: tuple(hs) for d, hs in ids.items()} for r, ids in merged.items()},
+        )
+        return published, carried
+
+
 @dataclass
 class PollerStatus:
     """What `/devices` says about PodResources (replaced whole, read from the HTTP thread)."""
@@ -149,6 +230,8 @@ class PodResourcesPoller:
     _allocatable_supported: bool = True
     _backoff: Backoff = field(default_factory=Backoff)
     _polled: asyncio.Event = field(default_factory=asyncio.Event)
+    _settle: Settle = field(default_factory=Settle)
+    _incomplete: int = 0
 
     def __post_init__(self) -> None:
         self._backoff = Backoff(initial=self.interval * 2, maximum=max(MAX_BACKOFF, self.interval))
@@ -166,6 +249,10 @@ class PodResourcesPoller:
                 self._listeners.remove(listener)
 
         return cancel
+
+    def kubelet_restarted(self) -> None:
+        """The kubelet restarted: for `RESTART_SETTLE` seconds its answers end no holding."""
+        self._settle.restarted(self.clock())
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -217,12 +304,26 @@ class PodResourcesPoller:
             self._set_state("error", f"{type(exc).__name__}: {exc}".rstrip(": "))
             return self._backoff.next_delay()
         self._backoff.reset()
-        holdings = holdings_from(response, asked_at, self.wall(), self.holdings)
+        if self.status.state != "ok" and self.status.last_ok is not None:
+            self._settle.restarted(asked_at)  # unreachable, then back: maybe a new kubelet
+        answer = holdings_from(response, asked_at, self.wall(), self.holdings)
+        holdings, carried = self._settle.apply(answer, self.holdings)
         self.holdings = holdings
         if self.status.state != "ok":
             self.log.info("pod_resources_connected")
         self.status = PollerStatus("ok", None, holdings.answered_at)
-        self._count("ok")
+        if carried and not self._settle.trusted(asked_at):
+            if carried != self._incomplete:
+                self.log.warning(
+                    "pod_resources_incomplete",
+                    holders_missing=carried,
+                    detail="an answer soon after a kubelet restart lacks pods shown before: "
+                    "they are still taken as holding their devices",
+                )
+            self._count("incomplete")
+        else:
+            self._count("ok")
+        self._incomplete = carried if not self._settle.trusted(asked_at) else 0
         for listener in list(self._listeners):  # before any await: one consistent step
             listener(holdings)
         if self._allocatable_supported and (
@@ -274,7 +375,7 @@ class PodResourcesPoller:
 
     def _count(self, result: PodResourcesResult) -> None:
         self.metrics.pod_resources_polls.labels(result).inc()
-        self.metrics.pod_resources_up.set(1 if result == "ok" else 0)
+        self.metrics.pod_resources_up.set(1 if result in ("ok", "incomplete") else 0)
 
     def _open(self) -> grpclib.client.Channel:
         if self._channel is None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,7 +53,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .podresources import Holder, Holdings
 from .process import CommandRunner
-from .release_state import ReleaseStateStore
+from .release_state import ReleaseStateStore, handed_device, handed_entry
 from .rules import join_list
 
 ALLOCATION_SETTLE = 1.0
@@ -76,6 +76,9 @@ class DeviceUse:
     """The users are gone and no release has succeeded since."""
     allocated_at: float = float("-inf")
     """Monotonic time of its last Allocate."""
+    allocated_wall: float | None = None
+    """Unix time of its last Allocate (kept in the state file: a tracker started later,
+    by a reload or after a restart, still ignores answers asked before it)."""
     holders: tuple[Holder, ...] = ()
     """Who held it, as PodResources last said (kept after they left, for the templates)."""
     handed: Device | None = None
@@ -95,6 +98,16 @@ class DeviceUse:
         if self.owed:
             return "failed" if self.failure is not None else "pending"
         return "in_use" if self.used else "clean"
+
+
+def _kept(use: DeviceUse) -> dict[str, Any]:
+    """A device's entry in the state file (`release_state.py`)."""
+    entry: dict[str, Any] = {"used": sorted(use.used), "owed": use.owed}
+    if use.allocated_wall is not None:
+        entry["allocatedAt"] = use.allocated_wall
+    if use.handed is not None:
+        entry["handed"] = handed_entry(use.handed)
+    return entry
 
 
 def _joined(values: Iterable[str]) -> str:
@@ -143,7 +156,7 @@ class ReleaseTracker:
         kdp-host restarted) and start the releases owed from then."""
         self._closed = False
         self.uses = {
-            device_id: DeviceUse(used=set(entry["used"]), owed=entry["owed"])
+            device_id: self._taken_up(device_id, entry)
             for device_id, entry in self._store.entries(self._resource.name).items()
         }
         for device_id, use in self.uses.items():
@@ -151,6 +164,18 @@ class ReleaseTracker:
                 self._log.info("release_owed_from_before", device=device_id)
                 self._start(device_id)
         self._publish()
+
+    def _taken_up(self, device_id: str, entry: Mapping[str, Any]) -> DeviceUse:
+        """A device's use as the state file keeps it: its Allocate time back on the
+        monotonic clock (an answer asked before it stays no news after a restart) and the
+        device as that Allocate handed it out."""
+        use = DeviceUse(used=set(entry["used"]), owed=entry["owed"])
+        allocated = entry.get("allocatedAt")
+        if allocated is not None:
+            use.allocated_wall = allocated
+            use.allocated_at = self._clock() - max(0.0, self._wall() - allocated)
+        use.handed = handed_device(device_id, entry)
+        return use
 
     async def close(self) -> None:
         """Stop: cancel retries and running releases (their devices stay owed)."""
@@ -170,7 +195,7 @@ class ReleaseTracker:
     def allocated(self, advertised_ids: Sequence[str], snapshot: Snapshot | None = None) -> None:
         """Allocate handed these IDs to a container, as `snapshot` lists them (cheap: no I/O
         here)."""
-        now = self._clock()
+        now, wall = self._clock(), self._wall()
         replicas = self._resource.replicas
         for advertised in advertised_ids:
             device_id = physical_id(advertised, replicas)
@@ -185,6 +210,7 @@ class ReleaseTracker:
                     self._start(device_id)
             use.used.add(advertised)
             use.allocated_at = now
+            use.allocated_wall = wall
             entry = None if snapshot is None else snapshot.by_advertised_id.get(advertised)
             if entry is not None:
                 use.handed = entry.device
@@ -288,10 +314,20 @@ class ReleaseTracker:
 
     async def _run_command(self, device_id: str, use: DeviceUse, handed: Device | None) -> None:
         """The release of what the Allocate handed out (`handed`, taken when the release was
-        owed); without it (allocated before kdp-host started) the device as listed now."""
+        owed, kept in the state file); without it (a state file of an older version) the
+        device as listed now. Neither: the release has nothing to act on, and fails (the
+        device stays owed and is released once it is listed again), never counted ok."""
         device = handed or next(
-            (d for d in self._table.snapshot.devices if d.id == device_id), Device(device_id)
+            (d for d in self._table.snapshot.devices if d.id == device_id), None
         )
+        if device is None:
+            raise HookFailed(
+                Status.FAILED_PRECONDITION,
+                "invalid",
+                f"{self._resource.name}: release of {device_id}: the device is not listed "
+                "and its paths as handed out are not kept: nothing to release; retried once "
+                "it is listed",
+            )
         values = hook_values(self._resource.name, [device])
         values["namespace"] = _joined(h.namespace for h in use.holders)
         values["pod"] = _joined(h.pod for h in use.holders)
@@ -344,9 +380,7 @@ class ReleaseTracker:
     def _publish(self) -> None:
         self.changes += 1
         entries = {
-            device_id: {"used": sorted(use.used), "owed": use.owed}
-            for device_id, use in self.uses.items()
-            if use.used or use.owed
+            device_id: _kept(use) for device_id, use in self.uses.items() if use.used or use.owed
         }
         self._store.update(self._resource.name, entries)
         pending = sum(1 for use in self.uses.values() if use.owed)

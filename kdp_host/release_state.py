@@ -1,9 +1,12 @@
 """`<stateDir>/release-state.json`: what the release trackers must keep across restarts.
 
 Per resource, per device: `used` (the advertised IDs handed to containers whose end has not
-been seen) and `owed` (the users are gone and no release has succeeded since); see
-`release.py`. A file that cannot be read or does not have that shape is kept aside and marks
-the state unknown: every device then counts as used.
+been seen), `owed` (the users are gone and no release has succeeded since), `allocatedAt`
+(when it was last allocated: a PodResources answer from before then is no news about it,
+also for a tracker started later) and `handed` (the host paths and env its last Allocate
+handed out: what its release acts on, also after a restart); see `release.py`. A file that
+cannot be read or does not have that shape is kept aside and marks the state unknown: every
+device then counts as used.
 
 Hosts that share the state directory (a rolling update runs the new host beside the old one)
 share the file as they share `ownership.json` (`state_file`'s merge, under the file's lock):
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .devices import Device, DeviceNode
 from .files import Offload
 from .logs import EventLogger
 from .state_file import StateFile, text
@@ -101,6 +105,10 @@ class ReleaseStateStore:
                     found = union.setdefault(name, {}).setdefault(device, _entry(entry))
                     found["used"] = sorted({*found["used"], *entry["used"]})
                     found["owed"] = found["owed"] or entry["owed"]
+                    if entry.get("allocatedAt", -1.0) > found.get("allocatedAt", -1.0):
+                        found["allocatedAt"] = entry["allocatedAt"]
+                        if "handed" in entry:
+                            found["handed"] = entry["handed"]
         return {"resources": union, "writers": writers}
 
     def pending(self, resource: str, device: str) -> bool:
@@ -128,7 +136,7 @@ class ReleaseStateStore:
 
 
 Resources = dict[str, dict[str, dict[str, Any]]]
-"""Resource -> device -> {used: [IDs], owed: bool}."""
+"""Resource -> device -> {used: [IDs], owed: bool, allocatedAt?: float, handed?: {...}}."""
 
 
 def _parse(document: Mapping[str, Any]) -> Resources:
@@ -151,8 +159,43 @@ def _writers(document: Mapping[str, Any]) -> dict[str, Resources]:
 
 
 def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """One device's entry of the state file, checked: {"used": [IDs], "owed": bool}."""
+    """One device's entry of the state file, checked: {"used": [IDs], "owed": bool}, and
+    optionally `allocatedAt` (Unix time of its last Allocate) and `handed` (the device as
+    that Allocate handed it out: {"nodes": [[host path, container path], ...], "env": {}}),
+    which files of older versions lack."""
     used, owed = entry["used"], entry["owed"]
     if not isinstance(used, list) or not isinstance(owed, bool):
         raise TypeError(f"a device entry is not {{used: [...], owed: true|false}}: {entry!r}")
-    return {"used": [text(i) for i in used], "owed": owed}
+    checked: dict[str, Any] = {"used": [text(i) for i in used], "owed": owed}
+    allocated_at = entry.get("allocatedAt")
+    if allocated_at is not None:
+        if isinstance(allocated_at, bool) or not isinstance(allocated_at, (int, float)):
+            raise TypeError(f"allocatedAt is not a number: {allocated_at!r}")
+        checked["allocatedAt"] = float(allocated_at)
+    handed = entry.get("handed")
+    if handed is not None:
+        nodes, env = handed["nodes"], handed["env"]
+        if not isinstance(nodes, list) or not isinstance(env, dict):
+            raise TypeError(f"handed is not {{nodes: [...], env: {{}}}}: {handed!r}")
+        checked["handed"] = {
+            "nodes": [[text(host), text(container)] for host, container in nodes],
+            "env": {text(k): text(v) for k, v in env.items()},
+        }
+    return checked
+
+
+def handed_entry(device: Device) -> dict[str, Any]:
+    """A device as an Allocate handed it out, as its entry keeps it (`handed`)."""
+    return {
+        "nodes": [[node.host_path, node.container_path] for node in device.nodes],
+        "env": dict(device.env),
+    }
+
+
+def handed_device(device_id: str, entry: Mapping[str, Any]) -> Device | None:
+    """The device an entry's `handed` keeps (None: the entry keeps none)."""
+    handed = entry.get("handed")
+    if handed is None:
+        return None
+    nodes = tuple(DeviceNode(host, container) for host, container in handed["nodes"])
+    return Device(device_id, nodes=nodes, env=handed["env"])

@@ -274,7 +274,8 @@ def test_the_identity_rule_takes_a_real_path_only_when_it_names_what_the_path_re
     assert handed_real(str(target)) == reach(str(target))
     assert handed_real(str(link)) == (reach(str(target))[0], str(target))  # type: ignore[index]
     assert handed_real(str(linked_dir / "g")) == reach(str(other))
-    assert handed_real(str(tmp_path / "none")) is None
+    none = str(tmp_path / "none")
+    assert handed_real(none) == (("path", os.path.realpath(none)), os.path.realpath(none))
     # the claim still reached: its real path; another node behind the same text: refused
     key = reach(str(target))[0]  # type: ignore[index]
     assert handed_reals([str(link)], {str(link): key}) == {str(link): str(target)}

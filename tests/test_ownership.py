@@ -492,9 +492,9 @@ async def test_a_dead_file_system_takes_a_bounded_number_of_workers() -> None:
         detach()
 
 
-def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) -> None:
+def test_claim_key_follows_links_and_claims_missing_paths_by_their_place(tmp_path: Path) -> None:
     """A file is claimed by its inode, through a symbolic or a hard link, and after a rename;
-    a directory too; a missing path by its text."""
+    a directory too; a missing path by the real path of where it would be."""
     (tmp_path / "f").touch()
     (tmp_path / "l").symlink_to(tmp_path / "f")
     os.link(tmp_path / "f", tmp_path / "h")
@@ -504,7 +504,7 @@ def test_claim_key_follows_links_and_names_missing_paths_none(tmp_path: Path) ->
     assert claim_key(f"{tmp_path}/h") == inode
     os.rename(tmp_path / "f", tmp_path / "g")
     assert claim_key(f"{tmp_path}/g") == inode
-    assert claim_key(f"{tmp_path}/missing") is None
+    assert claim_key(f"{tmp_path}/missing") == ("path", os.path.realpath(f"{tmp_path}/missing"))
     claims = device_claims(dev("a", f"{tmp_path}/missing"))
     assert [claim[0] for claim in claims.exclusive] == [("path", f"{tmp_path}/missing")]
     st = os.stat(tmp_path)

@@ -25,7 +25,7 @@ from kdp_host.mount_table import MountTable
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Unresolvable
 from kdp_host.testing import ManualWatcher
-from kdp_host.watch import InotifyWatcher
+from kdp_host.watch import InotifyWatcher, Watcher
 
 from .test_ownership_places import R1, R2, handed_index, hops, node
 
@@ -42,24 +42,33 @@ async def test_a_mount_table_change_forgets_the_kept_paths(tmp_path: Path) -> No
     assert await hops(index, offload, [path], 2) == 1, "resolved again once"
 
 
-async def test_a_path_a_mount_swapped_is_refused_then_held(tmp_path: Path) -> None:
-    """The path now reaches resource b's node, with no directory event reported (as a
-    mount does it): the next Allocate is refused, not handed the kept path, and once the
-    claims are rechecked a's device is held (b owns the node)."""
-    watcher = ManualWatcher()
+async def kept_beside_b(
+    tmp: Path, watcher: Watcher
+) -> tuple[OwnershipIndex, dict[str, DeviceTable], str]:
+    """Resource a's node a/dev/n0 (its path kept by two Allocates) and resource b's node
+    b/dev/n0 (another file), on `watcher`."""
     for side in ("a", "b"):
-        (tmp_path / side / "dev").mkdir(parents=True)
-        (tmp_path / side / "dev" / "n0").write_text(side)
-    path = str(tmp_path / "a" / "dev" / "n0")
+        (tmp / side / "dev").mkdir(parents=True)
+        (tmp / side / "dev" / "n0").write_text(side)
+    path = str(tmp / "a" / "dev" / "n0")
     index = OwnershipIndex(offload=DaemonThreads())
     index.watch(watcher)
     tables = {R1: DeviceTable(), R2: DeviceTable()}
     for name, side in ((R1, "a"), (R2, "b")):
         index.attach(name, tables[name].publish, get_logger().bind(resource=name))
-        index.publish(name, {"n0": node(str(tmp_path / side / "dev" / "n0"))})
+        index.publish(name, {"n0": node(str(tmp / side / "dev" / "n0"))})
     await index.quiet()
     for _ in range(2):
         assert await index.hand_out(R1, ["n0"], [path]) == {path: path}
+    return index, tables, path
+
+
+async def test_a_path_a_mount_swapped_is_refused_then_held(tmp_path: Path) -> None:
+    """The path now reaches resource b's node, with no directory event reported (as a
+    mount does it): the next Allocate is refused, not handed the kept path, and once the
+    claims are rechecked a's device is held (b owns the node)."""
+    watcher = ManualWatcher()
+    index, tables, path = await kept_beside_b(tmp_path, watcher)
     os.rename(tmp_path / "a", tmp_path / "a.old")
     (tmp_path / "a").symlink_to(tmp_path / "b")
     watcher.change_mounts()  # (the only report: no directory event)
@@ -148,21 +157,9 @@ async def bind_mount_child(root: str, over: str) -> None:
     what an Allocate of a's device got after the mount, then `held` once a's device is no
     longer advertised (or `advertised` after 30 s)."""
     tmp = Path(root)
-    for side in ("a", "b"):
-        (tmp / side / "dev").mkdir(parents=True)
-        (tmp / side / "dev" / "n0").write_text(side)
-    path = str(tmp / "a" / "dev" / "n0")
     watcher = InotifyWatcher(get_logger())
     watching = asyncio.create_task(watcher.run())
-    index = OwnershipIndex(offload=DaemonThreads())
-    index.watch(watcher)
-    tables = {R1: DeviceTable(), R2: DeviceTable()}
-    for name, side in ((R1, "a"), (R2, "b")):
-        index.attach(name, tables[name].publish, get_logger().bind(resource=name))
-        index.publish(name, {"n0": node(str(tmp / side / "dev" / "n0"))})
-    await index.quiet()
-    for _ in range(2):
-        assert await index.hand_out(R1, ["n0"], [path]) == {path: path}
+    index, tables, path = await kept_beside_b(tmp, watcher)
     source, target = (
         (tmp / "b", tmp / "a") if over == "ancestor" else (tmp / "b/dev/n0", tmp / "a/dev/n0")
     )

@@ -21,6 +21,7 @@ import pytest
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.files import DaemonThreads
+from kdp_host.hooks import HookFailed
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.podresources import Holder, Holdings
@@ -590,6 +591,103 @@ async def test_a_hung_release_is_killed_at_its_timeout_and_fails_the_start(
         "kdp_release_runs_total", {"resource": FPGA, "result": "timeout"}
     )
     assert timeouts is not None and timeouts >= 1
+
+
+async def test_a_reload_just_after_an_allocation_never_releases_under_the_pod(
+    real_kubelet_factory, start_host, short_dir: Path, devices: Path
+) -> None:
+    """hostile4 H14: p1 is allocated fpga0, then a reload restarts the resource at once. The
+    restarted resource is handed the last PodResources answer, asked before the Allocate
+    (fpga0 free): that is no news about fpga0, for the new tracker as for the old one, so no
+    release runs under p1. When p1 ends, the release runs on the paths p1 was handed."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    command = release_script(short_dir)
+    config = short_dir / "kdp.yaml"
+
+    def write(interval: str, grace: str) -> None:
+        text = host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
+                         pod_resources=pod_resources, interval=interval)  # fmt: skip
+        config.write_text(text.replace("gracePeriod: 1s", f"gracePeriod: {grace}"))
+
+    write("1h", "1m")  # one answer, at start: asked before the Allocate
+    running = await start_host(config.read_text(), config_path=config)
+    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    poller = running.host.pod_resources
+    assert poller is not None
+    await wait_until(lambda: poller.holdings is not None, what="a first PodResources answer")
+    since = await kubelet.acall(kubelet.last_seq)
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    write("1h", "2m")  # changes the resource: it is restarted
+    assert await running.host.reload_from(config) == "ok"
+    await kubelet.acall(kubelet.first_list_after_registering, FPGA, since)
+    registry = running.metrics.registry
+    assert registry.get_sample_value("kdp_releases_pending", {"resource": FPGA}) == 0
+    ok = registry.get_sample_value("kdp_release_runs_total", {"resource": FPGA, "result": "ok"})
+    assert ok == 0, "released under the running pod p1"
+    assert release_lines(short_dir) == []
+    entries = json.loads((short_dir / "state" / STATE_FILE).read_text())["resources"][FPGA]
+    assert entries["fpga0"]["used"] == ["fpga0"] and not entries["fpga0"]["owed"]
+    assert entries["fpga0"]["handed"]["nodes"] == [[str(devices / "fpga0")] * 2]
+
+
+def _restarted(short_dir: Path, commands: _Commands, table: DeviceTable) -> ReleaseTracker:
+    """A tracker of `{ids} {hostPaths}` after kdp-host restarted: a new store read from the
+    state directory `_tracker` wrote."""
+    config = load_config_text(
+        f"kubelet: {{socketDir: {short_dir}}}\nstateDir: {short_dir}/state\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n'
+        '    release: {command: ["reset", "{ids}", "{hostPaths}"]}\n'
+    )
+    store = ReleaseStateStore(config.state_dir, get_logger(), DaemonThreads())
+    store.load()
+    return ReleaseTracker(
+        config.resources[0], table, store, commands, Metrics(process_collectors=False),
+        get_logger(),
+    )  # fmt: skip
+
+
+async def test_a_release_owed_after_a_restart_acts_on_the_paths_handed_out(
+    short_dir: Path,
+) -> None:
+    """hostile4 H6: fpga0 was handed out as /dev/fpga0; kdp-host stops; the pod ends
+    meanwhile; at the next start fpga0 is not listed (yet). The release acts on the paths
+    the Allocate handed out, kept in the state file, not on nothing."""
+    commands = _Commands()
+    tracker, table, _ = _tracker(short_dir, commands)
+    table.publish([Device("fpga0", nodes=None, path="/dev/fpga0")])
+    tracker.allocated(["fpga0"], table.snapshot)
+    await tracker.before_start(["fpga0"])
+    await tracker.close()
+    restarted = _restarted(short_dir, commands, DeviceTable())
+    restarted.start()
+    restarted.holdings(_answer(10.0**9))  # nothing held: the pod ended while down
+    await restarted.before_start(["fpga0"])
+    assert commands.runs == [["reset", "fpga0", "/dev/fpga0"]]
+    await restarted.close()
+
+
+async def test_a_release_with_nothing_to_act_on_fails_and_stays_owed(short_dir: Path) -> None:
+    """A state file of an older version keeps no handed-out paths; with the device not
+    listed either, the release has nothing to act on: it fails (`invalid`, not run), the
+    device stays owed, and the release runs on its paths once it is listed again."""
+    state = short_dir / "state"
+    state.mkdir()
+    (state / STATE_FILE).write_text(
+        json.dumps({"version": 1, "resources": {FPGA: {"fpga0": {"used": [], "owed": True}}}})
+    )
+    commands = _Commands()
+    table = DeviceTable()
+    tracker = _restarted(short_dir, commands, table)
+    tracker.start()
+    with pytest.raises(HookFailed, match="nothing to release"):
+        await tracker.before_start(["fpga0"])
+    assert commands.runs == [] and tracker.view("fpga0")["state"] == "failed"
+    assert json.loads((state / STATE_FILE).read_text())["resources"][FPGA]["fpga0"]["owed"]
+    table.publish([Device("fpga0", nodes=None, path="/dev/fpga0")])
+    await tracker.before_start(["fpga0"])
+    assert commands.runs == [["reset", "fpga0", "/dev/fpga0"]]
+    await tracker.close()
 
 
 async def test_every_change_of_the_view_counts_a_change(short_dir: Path) -> None:

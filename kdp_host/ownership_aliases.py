@@ -13,9 +13,11 @@ claimed under, while a claim of that key is held. The other way round, a device 
 a path where nothing is yet hands out whatever appears there: a claim of a node that appears
 at that path clashes with the claim by text (until its device claims the path anew, or lets
 go of it). Two identities at one path (a file made anew while the old one is held) stay two
-claims. The table asks `PathAliases.of` for each claim it checks (`ClaimTable._conflict`), and
-tells it every claim made (`enter`) and every key gone (`leave`). The paths are indexed from
-the first claim by text on (a host where every path reaches something pays nothing).
+claims. A sysfs device's claim of itself is the same, within its kind: by its directory's
+inode, by its text once the directory is gone (`ownership_claims.sysfs_claim`). The table
+asks `PathAliases.of` for each claim it checks (`ClaimTable._conflict`), and tells it every
+claim made (`enter`) and every key gone (`leave`). The paths are indexed from the first
+claim by text on (a host where every path reaches something pays nothing).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class PathAliases:
     names: dict[ClaimKey, tuple[str, ...]] = field(default_factory=dict)
     """Key -> the paths `named` gives it under (dropped with the key)."""
     texts: set[ClaimKey] = field(default_factory=set)
-    """The claims by text (paths where nothing is) the table holds."""
+    """The claims by text (`by_text`) the table holds."""
 
     def of(
         self,
@@ -52,24 +54,27 @@ class PathAliases:
         the key that path was last claimed under (if its claim is held); for any other
         claim, the claim by text of its real path or its host path, if one is held."""
         key, path, real = claim
-        if key[0] == NOTHING:
+        sysfs = key[0] == SYSFS
+        if by_text(key):
             if self.named is None:
                 self.named = {}
                 for made_claim in made():
                     self._name(made_claim)
             named = self.named.get(real)
-            return None if named is None or named == key else named
-        if not self.texts or key[0] == SYSFS:
+            if named is None or named == key or (named[0] == SYSFS) != sysfs:
+                return None
+            return named
+        if not self.texts:
             return None
         for name in (real,) if path is real else (real, os.path.normpath(path)):
-            text = (NOTHING, name)
+            text = (SYSFS if sysfs else NOTHING, name)
             if text in exclusive or text in shared:
                 return text
         return None
 
     def enter(self, claim: Claim) -> None:
         """A claim is made: a claim by text is noted, any other names its key (`_name`)."""
-        if claim[0][0] == NOTHING:
+        if by_text(claim[0]):
             self.texts.add(claim[0])
         else:
             self._name(claim)
@@ -79,8 +84,8 @@ class PathAliases:
         names it), once paths are indexed."""
         key, path, real = claim
         named = self.named
-        if named is None or key[0] in (NOTHING, SYSFS):
-            return  # (a sysfs device's own directory: no device lists it as a node)
+        if named is None or by_text(key):
+            return
         names = self.names.get(key, ())
         for name in (real,) if path is real or path == real else (real, os.path.normpath(path)):
             named[name] = key
@@ -90,10 +95,16 @@ class PathAliases:
 
     def leave(self, key: ClaimKey) -> None:
         """A key is gone from the table: its claim by text, or its names, go too."""
-        if key[0] == NOTHING:
+        if by_text(key):
             self.texts.discard(key)
             return
         named = self.named
         for name in self.names.pop(key, ()):
             if named is not None and named.get(name) == key:
                 del named[name]
+
+
+def by_text(key: ClaimKey) -> bool:
+    """Whether a claim is by text: a path where nothing is, or a sysfs device whose
+    directory is gone (`ownership_claims.sysfs_claim`: its text, not its inode)."""
+    return key[0] == NOTHING or (key[0] == SYSFS and isinstance(key[1], str))

@@ -19,6 +19,7 @@ from .ownership_aliases import PathAliases
 from .ownership_bookings import Ledger, Saved, StateSink
 from .ownership_claims import (
     NOTHING,
+    SYSFS,
     Claim,
     ClaimKey,
     Claims,
@@ -176,7 +177,7 @@ class ClaimTable(abc.ABC):
         for mine, shared in ((claims.exclusive, False), (claims.shared, True)):
             for claim in mine:
                 why = self._clash(me, claim[0], claim[1], shared)
-                if why is None and (self._aliases.texts or claim[0][0] == NOTHING):
+                if why is None and (self._aliases.texts or claim[0][0] in (NOTHING, SYSFS)):
                     why = self._aliased(me, claim, shared)
                 if why is not None:
                     return why

@@ -28,6 +28,7 @@ from .test_ownership import (
     glob_list,
     node,
 )
+from .test_ownership_identity import pci
 
 
 async def test_the_property_tests_minimal_example_holds_the_vanished_node(
@@ -170,3 +171,21 @@ async def test_an_allocate_of_a_path_claimed_by_text_that_reaches_a_node_now_is_
     await index.quiet()
     assert [d.id for d in tables[R1].snapshot.devices] == []
     assert [d.id for d in tables[R2].snapshot.devices] == ["n1"]
+
+
+def test_a_sysfs_device_whose_directory_went_clashes_with_its_directorys_inode(
+    tmp_path: Path,
+) -> None:
+    """The same for a sysfs device's claim of itself: by its directory's inode, by its text
+    once the directory is gone; another resource's list that still has the device is held
+    while the first advertises it."""
+    directory = tmp_path / "0000:01:00.0"
+    directory.mkdir()
+    host = Host()
+    host.publish(R1, pci("0000:01:00.0", str(directory)))
+    directory.rmdir()
+    host.publish(R2, pci("0000:01:00.0", str(directory)))
+    assert host.ids(R1) == ["0000:01:00.0"] and host.ids(R2) == []
+    host.publish(R1)
+    host.publish(R2, pci("0000:01:00.0", str(directory)))
+    assert host.ids(R2) == ["0000:01:00.0"]

@@ -407,7 +407,7 @@ async def test_changes_that_keep_coming_are_gathered_into_one_scan_per_spacing(
     watcher = ManualWatcher()
     scanner = FakeScanner(tmp_path)
     spacing = 3600.0  # the second scan waits for good: nothing else can make it
-    settings = ScanSettings(60.0, 60.0, 5.0, spacing=spacing)
+    settings = ScanSettings(60.0, 60.0, 5.0, spacing=spacing, burst=1)
     loop = ScanLoop(scanner, settings, driver_deps(watcher=watcher))
     notifier = RecordingNotifier()
     task = asyncio.create_task(loop.run(notifier))
@@ -427,7 +427,7 @@ async def test_changes_that_keep_coming_are_gathered_into_one_scan_per_spacing(
         await asyncio.gather(task, return_exceptions=True)
     # the same with a spacing that passes: every name gathered goes to the next scan
     scanner = FakeScanner(tmp_path)
-    settings = ScanSettings(60.0, 60.0, 5.0, spacing=5.0)  # (longer than a scan under load)
+    settings = ScanSettings(60.0, 60.0, 5.0, spacing=5.0, burst=1)  # (longer than a scan)
     loop = ScanLoop(scanner, settings, driver_deps(watcher=watcher))
     task = asyncio.create_task(loop.run(RecordingNotifier()))
     try:
@@ -439,6 +439,31 @@ async def test_changes_that_keep_coming_are_gathered_into_one_scan_per_spacing(
             watcher.change(str(tmp_path), name)
         await wait_until(lambda: scanner.scans == 2)
         assert scanner.changed[-1] == frozenset(str(tmp_path / n) for n in ["g0", *names])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_hot_plug_burst_is_scanned_at_once_change_by_change(tmp_path: Path) -> None:
+    """The bound on a flood must not delay a hot-plug: a device's nodes appearing one after
+    another, or a remove and a re-add, are each scanned at once (the burst); only changes
+    beyond the burst wait for the spacing."""
+    (tmp_path / "a").touch()
+    old_dir(tmp_path)
+    watcher = ManualWatcher()
+    scanner = FakeScanner(tmp_path)
+    settings = ScanSettings(60.0, 60.0, 5.0, spacing=3600.0, burst=4)
+    loop = ScanLoop(scanner, settings, driver_deps(watcher=watcher))
+    task = asyncio.create_task(loop.run(RecordingNotifier()))
+    try:
+        await wait_until(lambda: scanner.scans == 1)  # the first scan takes one of the four
+        for i in range(3):
+            watcher.change(str(tmp_path), f"n{i}")
+            await wait_until(lambda i=i: scanner.scans == i + 2, what=f"change {i} scanned")
+        assert loop.spaced == 0
+        watcher.change(str(tmp_path), "n3")  # beyond the burst: waits for the spacing
+        await wait_until(lambda: loop.spaced == 1, what="the wake-up waiting")
+        assert scanner.scans == 4
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -122,10 +122,14 @@ class Scanner(Protocol):
 
 
 SCAN_SPACING = 0.25
-"""Seconds from the start of one scan of a resource to the start of its next one. A change
-after a quiet spell is scanned at once; changes that keep coming (a loop creating and
-removing files) wait, and all that came meanwhile make one scan of the names involved: a
-flood costs a bounded rate of scans, not one per event (hostile4 H7)."""
+"""Seconds per scan of a resource once its burst is spent (see SCAN_BURST): changes that keep
+coming (a loop creating and removing files) then wait, and all that came meanwhile make one
+scan of the names involved: a flood costs a bounded rate of scans, not one per event
+(hostile4 H7)."""
+SCAN_BURST = 8
+"""Scans of a resource that may start back to back, one more each SCAN_SPACING up to this
+many (a token bucket). A hot-plug is a handful of changes in quick succession (a device's
+nodes, a remove and a re-add): each is scanned at once; only a flood waits."""
 
 
 @dataclass(frozen=True)
@@ -138,4 +142,6 @@ class ScanSettings:
     directory changed (None: the watched directories decide everything)."""
     max_matched_paths: int = rules.MAX_MATCHED_PATHS
     spacing: float = SCAN_SPACING
-    """Seconds between the starts of two scans (see SCAN_SPACING)."""
+    """Seconds per scan once the burst is spent (see SCAN_SPACING)."""
+    burst: int = SCAN_BURST
+    """Scans that may start back to back (see SCAN_BURST)."""

@@ -8,9 +8,10 @@ changes could change that answer (`DirWatch.watch`). Everything else lives here,
   the scan timeout; a scan that hangs is waited for again next time, never started twice
   (threads would pile up on a hung file system);
 - **watching**: every directory the last scan named is subscribed to on the host's watcher;
-  a change wakes the loop at once (a hot-plug is seen in milliseconds), but two scans start
-  at least `spacing` apart: changes that keep coming are gathered meanwhile and make one scan
-  of the names involved (a flood costs a bounded rate of scans; logged once per flood);
+  a change wakes the loop at once (a hot-plug is seen in milliseconds); a burst of `burst`
+  scans may start back to back, then one per `spacing`: changes that keep coming are gathered
+  meanwhile and make one scan of the names involved (a flood costs a bounded rate of scans;
+  logged once per flood);
 - **the safety net**: every `rescanInterval`, through the host's one `SafetyNet` (one timer
   and one thread hop for the checks of every resource due), a rescan runs unless no watched
   directory changed since the last scan began (`unchanged_since_scan`: one stat per
@@ -91,12 +92,15 @@ class ScanLoop(Generic[S]):
         self._scans_looked = 0
         """`_scans_started` when the last scan's outcome was taken in (`_last` set)."""
         self._check_compared = 0
-        self._next_scan = float("-inf")
-        """`clock()` before which no scan starts (`settings.spacing` after the last began)."""
-        self.spaced = 0
-        """Wake-ups that waited for the spacing in the current flood (0: none is waiting)."""
         """`_scans_looked` when the last safety-net check began: the scans whose outcome it
         compared with (set off the loop)."""
+        self._tokens = float(self.settings.burst)
+        """Scans that may start now without waiting (a token bucket: one more per
+        `settings.spacing`, at most `settings.burst`)."""
+        self._tokens_at = float("-inf")
+        """The event loop's time when `_tokens` was counted."""
+        self.spaced = 0
+        """Wake-ups that waited for the spacing in the current flood (0: none is waiting)."""
 
     async def scan(self) -> list[Device]:
         """One scan, for `kdp-host check`: the devices present, by ID (what it left out is
@@ -273,13 +277,15 @@ class ScanLoop(Generic[S]):
             self._watched = frozenset()
 
     async def _spacing(self) -> None:
-        """Wait until `spacing` has passed since the last scan began (on the event loop's
-        clock: the pause is a timer); what the watcher names meanwhile joins the next scan.
-        A flood is logged when the first wake-up waits, and its end with the next wake-up
-        that does not."""
-        loop, log = asyncio.get_running_loop(), self._deps.log
-        remaining = self._next_scan - loop.time()
-        if remaining <= 0:
+        """Take a scan from the bucket, waiting (a timer on the event loop's clock) until one
+        is there; what the watcher names meanwhile joins the next scan. A flood is logged
+        when the first wake-up waits, and its end with the next wake-up that does not."""
+        loop, log, settings = asyncio.get_running_loop(), self._deps.log, self.settings
+        now = loop.time()
+        earned = (now - self._tokens_at) / settings.spacing if settings.spacing > 0 else 1e9
+        self._tokens, self._tokens_at = min(settings.burst, self._tokens + earned), now
+        if self._tokens >= 1:
+            self._tokens -= 1
             if self.spaced:
                 log.info("scans_spaced_ended", waited=self.spaced)
                 self.spaced = 0
@@ -292,8 +298,8 @@ class ScanLoop(Generic[S]):
                     "of the names involved per spacing",
                 )
             self.spaced += 1
-            await asyncio.sleep(remaining)
-        self._next_scan = loop.time() + self.settings.spacing
+            await asyncio.sleep((1 - self._tokens) * settings.spacing)
+            self._tokens, self._tokens_at = 0.0, loop.time()
 
     def _checked(self, unchanged: bool) -> None:
         """The safety net's answer (on the loop): rescan everything if a watched directory

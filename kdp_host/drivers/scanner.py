@@ -121,12 +121,12 @@ class Scanner(Protocol):
         ...
 
 
-SCAN_SPACING = 0.25
+SCAN_SPACING = 0.02
 """Seconds per scan of a resource once its burst is spent (see SCAN_BURST): changes that keep
 coming (a loop creating and removing files) then wait, and all that came meanwhile make one
 scan of the names involved: a flood costs a bounded rate of scans, not one per event
 (hostile4 H7)."""
-SCAN_BURST = 8
+SCAN_BURST = 16
 """Scans of a resource that may start back to back, one more each SCAN_SPACING up to this
 many (a token bucket). A hot-plug is a handful of changes in quick succession (a device's
 nodes, a remove and a re-add): each is scanned at once; only a flood waits."""

@@ -27,13 +27,12 @@ import binascii
 import functools
 import json
 import os
-import stat
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .api.v1beta1 import ContainerAllocateResponse
-from .files import Offload
+from .files import FileReadError, Offload, read_attribute
 from .logs import EventLogger
 from .ownership_claims import Claim, Owner, Resolver, claim_of, reach
 
@@ -167,23 +166,11 @@ def read_handed(
     through the offload). Raises CheckpointError."""
     path = os.path.join(directory, CHECKPOINT_FILE)
     try:
-        # (non-blocking: a FIFO put there does not hang the start)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+        blob = read_attribute(path, MAX_CHECKPOINT_BYTES)
+    except FileReadError as exc:
+        raise CheckpointError(str(exc)) from None
+    if blob is None:
         return None
-    except OSError as exc:
-        raise CheckpointError(f"cannot be read ({exc.strerror or exc})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CheckpointError("is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as file:
-            blob = file.read(MAX_CHECKPOINT_BYTES + 1)
-    except OSError as exc:
-        raise CheckpointError(f"cannot be read ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
-    if len(blob) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"is larger than {MAX_CHECKPOINT_BYTES} bytes")
     out = []
     for handed in parse_checkpoint(blob, set(resources)):
         claims = tuple(claim_of(p, resolve) for p in handed.paths)

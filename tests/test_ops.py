@@ -10,13 +10,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kdp_host.config import load_config_text
+from kdp_host.host import Host
 from kdp_host.http import HttpServer
+from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.probes import HealthState
 from kdp_host.simulator import KubeletSimulator
@@ -66,6 +69,20 @@ def running_health() -> tuple[Metrics, HealthState]:
     return Metrics(), HealthState()
 
 
+@contextlib.asynccontextmanager
+async def running_host(text: str, metrics: Metrics, health: HealthState) -> AsyncIterator[Host]:
+    """A Host of `text` reporting to `metrics` and `health` (what the `http` fixture serves),
+    running until the block ends."""
+    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
+    stop = asyncio.Event()
+    task = asyncio.create_task(host.run(stop))
+    try:
+        yield host
+    finally:
+        stop.set()
+        await task
+
+
 async def test_http_endpoints(
     kubelet: KubeletSimulator, socket_dir: Path, devices: Path, http: int, running_health
 ) -> None:
@@ -76,14 +93,8 @@ async def test_http_endpoints(
     assert status == 503 and "event loop stalled" in body
     await kubelet.stop()
     text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"), (SERIAL, f"{devices}/ttyA*"))
-    from kdp_host.config import load_config_text
-    from kdp_host.host import Host
-    from kdp_host.logs import get_logger
 
-    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
-    stop = asyncio.Event()
-    task = asyncio.create_task(host.run(stop))
-    try:
+    async with running_host(text, metrics, health):
         await wait_until(lambda: health.attached, what="the loop answers probes")
         status, body = await asyncio.to_thread(http_get, http, "/healthz")
         assert (status, body.strip()) == (200, "ok")
@@ -130,9 +141,6 @@ async def test_http_endpoints(
 
         status, body = await asyncio.to_thread(http_get, http, "/nope")
         assert status == 404
-    finally:
-        stop.set()
-        await task
 
 
 async def test_healthz_turns_503_while_the_loop_is_blocked(
@@ -140,14 +148,8 @@ async def test_healthz_turns_503_while_the_loop_is_blocked(
 ) -> None:
     metrics, health = running_health
     text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
-    from kdp_host.config import load_config_text
-    from kdp_host.host import Host
-    from kdp_host.logs import get_logger
 
-    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
-    stop = asyncio.Event()
-    task = asyncio.create_task(host.run(stop))
-    try:
+    async with running_host(text, metrics, health):
         await wait_until(lambda: health.attached, what="the loop answers probes")
         assert (await asyncio.to_thread(http_get, http, "/healthz"))[0] == 200
         # Block the event loop; the HTTP thread keeps answering, with a 503 once the loop
@@ -172,9 +174,6 @@ async def test_healthz_turns_503_while_the_loop_is_blocked(
         )
         assert (await asyncio.to_thread(http_get, http, "/healthz"))[0] == 200
         assert value(metrics, "kdp_event_loop_lag_max_seconds") > 2
-    finally:
-        stop.set()
-        await task
 
 
 async def test_an_idle_host_wakes_for_nothing(
@@ -185,14 +184,8 @@ async def test_an_idle_host_wakes_for_nothing(
     timer shorter than its safety nets (and the probes still work)."""
     metrics, health = running_health
     text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"), (SERIAL, f"{devices}/ttyA*"))
-    from kdp_host.config import load_config_text
-    from kdp_host.host import Host
-    from kdp_host.logs import get_logger
 
     loop = asyncio.get_running_loop()
-    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
-    stop = asyncio.Event()
-    task = asyncio.create_task(host.run(stop))
     timers: list[float] = []
     real_call_at = loop.call_at
 
@@ -200,24 +193,23 @@ async def test_an_idle_host_wakes_for_nothing(
         timers.append(when - loop.time())
         return real_call_at(when, callback, *args, context=context)
 
-    try:
-        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
-        await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
-        await wait_until(lambda: not health.not_ready, what="ready")
-        await asyncio.sleep(0.2)
-        loop.call_at = recording_call_at  # type: ignore[method-assign]
-        idle_until = loop.time() + 1.5
-        while loop.time() < idle_until:
-            await asyncio.to_thread(time.sleep, 0.1)
-        loop.call_at = real_call_at  # type: ignore[method-assign]
-        short = [round(t, 3) for t in timers if t < 5.0]
-        assert short == [], f"timers set while idle: {short}"
-        assert await asyncio.to_thread(http_get, http, "/healthz") == (200, "ok\n")
-        assert value(metrics, "kdp_event_loop_lag_seconds") < 2
-    finally:
-        loop.call_at = real_call_at  # type: ignore[method-assign]
-        stop.set()
-        await task
+    async with running_host(text, metrics, health):
+        try:
+            await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
+            await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1)
+            await wait_until(lambda: not health.not_ready, what="ready")
+            await asyncio.sleep(0.2)
+            loop.call_at = recording_call_at  # type: ignore[method-assign]
+            idle_until = loop.time() + 1.5
+            while loop.time() < idle_until:
+                await asyncio.to_thread(time.sleep, 0.1)
+            loop.call_at = real_call_at  # type: ignore[method-assign]
+            short = [round(t, 3) for t in timers if t < 5.0]
+            assert short == [], f"timers set while idle: {short}"
+            assert await asyncio.to_thread(http_get, http, "/healthz") == (200, "ok\n")
+            assert value(metrics, "kdp_event_loop_lag_seconds") < 2
+        finally:
+            loop.call_at = real_call_at  # type: ignore[method-assign]
 
 
 def write_config(path: Path, text: str) -> None:
@@ -568,7 +560,7 @@ def test_histogram_modes_bound_series_per_resource(
 
 
 def test_histograms_key_is_read_and_needs_a_restart(socket_dir: Path) -> None:
-    from kdp_host.config import ConfigError, load_config_text
+    from kdp_host.config import ConfigError
     from kdp_host.reload import restart_required
 
     base = glob_config(socket_dir, (FPGA, "/dev/fpga*"))
@@ -845,14 +837,8 @@ async def test_readyz_names_resources_and_short_reasons_never_host_paths(
         f"  - name: {FPGA}\n    glob: {{paths: ['{devices}/fpga*']}}\n"
         f"    allocate: {{cdi: {{kind: {FPGA}, specDir: {blocker}/cdi}}}}\n"
     )
-    from kdp_host.config import load_config_text
-    from kdp_host.host import Host
-    from kdp_host.logs import get_logger
 
-    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
-    stop = asyncio.Event()
-    task = asyncio.create_task(host.run(stop))
-    try:
+    async with running_host(text, metrics, health):
         await wait_until(
             lambda: "CDI spec file not written" in health.not_ready.get(FPGA, ""),
             what="CDI failure reported",
@@ -867,9 +853,6 @@ async def test_readyz_names_resources_and_short_reasons_never_host_paths(
         assert value(metrics, "kdp_cdi_spec_write_failures_total", resource=FPGA) >= 1
         assert value(metrics, "kdp_devices", resource=FPGA, health="unhealthy") == 2
         assert value(metrics, "kdp_devices", resource=FPGA, health="healthy") == 0
-    finally:
-        stop.set()
-        await task
 
 
 async def test_cdi_failure_keeps_devices_from_the_kubelet_until_written(
@@ -995,9 +978,6 @@ async def test_readyz_and_a_gauge_say_while_a_state_file_cannot_be_written(
     made), the host answers Allocate but is not ready (`stateDir`, the file and the error's
     code) and `kdp_state_persist_failing{file}` is 1; both clear once the write lands."""
     from kdp_host import state_file
-    from kdp_host.config import load_config_text
-    from kdp_host.host import Host
-    from kdp_host.logs import get_logger
 
     from .test_state_file import FullDisk
 
@@ -1005,10 +985,7 @@ async def test_readyz_and_a_gauge_say_while_a_state_file_cannot_be_written(
     monkeypatch.setattr(state_file, "RETRY_MAX", 0.05)
     metrics, health = running_health
     text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
-    host = Host(config=load_config_text(text), metrics=metrics, log=get_logger(), health=health)
-    stop = asyncio.Event()
-    task = asyncio.create_task(host.run(stop))
-    try:
+    async with running_host(text, metrics, health) as host:
         await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
         await wait_until(lambda: health.attached, what="the loop answers probes")
         for name in ("ownership.json", "release-state.json"):  # series from the start
@@ -1028,6 +1005,3 @@ async def test_readyz_and_a_gauge_say_while_a_state_file_cannot_be_written(
         assert (status, body.strip()) == (200, "ok")
         await asyncio.to_thread(http_get, http, "/metrics")
         assert value(metrics, "kdp_state_persist_failing", file="ownership.json") == 0
-    finally:
-        stop.set()
-        await task

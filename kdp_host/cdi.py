@@ -13,7 +13,7 @@ Writes are atomic (temporary file in the same directory, then rename; the tempor
 does not end in .json, so CDI watchers ignore it), happen only when the content changed,
 and are coalesced: a burst of device changes is written once. Rendering and file work run
 through the host's offload (one call per read, write or removal). What goes into the spec is
-`cdi_spec.py`; which instance may write the file, `cdi_lease.py`.
+`cdi_spec.py`; which instance may write the file, `file_lease.py`.
 
 A container that restarts resolves its CDI names again, without a new Allocate: so a device
 an Allocate handed out keeps its entry as it was then while one of its IDs is booked (the
@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 
 from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
-from .cdi_lease import LEASE, VERIFY, OwnerLease, owner_path
 from .cdi_rules import cdi_kind_problem
 from .cdi_spec import render_spec_file, spec_device_names
 from .config import ResourceConfig
 from .devices import Device, DeviceTable, Snapshot, replica_ids
+from .file_lease import LEASE, VERIFY, OwnerLease, owner_path
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .watch import Watcher

@@ -15,7 +15,7 @@ that time has passed; older versions read it as a comment), `nodeFeatures.expiry
 and kdp-host rewrites it every third of that with a later time.
 
 Two instances on one node (a rolling upgrade runs the new one beside the old one) write the
-same file: it is owned like a CDI spec file (`cdi_lease.py`, the owner file
+same file: it is owned like a CDI spec file (`file_lease.py`, the owner file
 `.kdp-host.owner` next to it). The newest instance takes it over; the old one then neither
 rewrites nor removes it, and takes it back only once the owner's lease ran out.
 """
@@ -30,9 +30,9 @@ from collections.abc import Callable
 
 from .atomic_files import unlink, write_atomic
 from .backoff import Backoff
-from .cdi_lease import LEASE, VERIFY, OwnerLease, owner_path
 from .config.model import NodeFeaturesConfig
 from .devices import Snapshot
+from .file_lease import LEASE, VERIFY, OwnerLease, owner_path
 from .files import Offload
 from .logs import EventLogger
 from .rules import node_feature_labels

@@ -41,7 +41,7 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.drivers.stream",
     "kdp_host.cdi",
     "kdp_host.cdi_spec",
-    "kdp_host.cdi_lease",
+    "kdp_host.file_lease",
     "kdp_host.nfd",
     "kdp_host.protocol.plugin_registry",
     "kdp_host.api.pluginregistration",

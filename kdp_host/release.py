@@ -142,6 +142,8 @@ class ReleaseTracker:
         self._wall = wall
         self._slots = asyncio.Semaphore(self.config.parallelism)
         self._assume_used = store.unknown
+        if self._assume_used:
+            store.assuming(resource.name)
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self.uses: dict[str, DeviceUse] = {}
         self.changes = 0
@@ -228,6 +230,7 @@ class ReleaseTracker:
             held.setdefault(physical_id(advertised, replicas), {})[advertised] = holders
         if self._assume_used and self._table.published.is_set():
             self._assume_used = False  # from now on the state is known
+            self._store.known(self._resource.name)
             for device in self._table.snapshot.devices:
                 if device.id not in held:
                     self.uses.setdefault(device.id, DeviceUse()).used.add(device.id)

@@ -67,6 +67,8 @@ class ReleaseStateStore:
         )
         self.path = self._file.path
         self._data: dict[str, dict[str, dict[str, Any]]] = {}
+        self._assuming: set[str] = set()
+        """Resources whose tracker still counts every device as used (`unknown`)."""
 
     @property
     def unknown(self) -> bool:
@@ -84,6 +86,7 @@ class ReleaseStateStore:
     def load(self) -> None:
         """Read the file (blocking: call it in a thread). Missing: nothing was used."""
         self._data, writers = self._file.load(_read) or ({}, {})
+        self._file.unsettled = self._file.unknown
         if self._writer is not None:
             directory = str(self.path.parent)
             self._taken = frozenset(w for w in writers if not running(directory, w))
@@ -115,6 +118,19 @@ class ReleaseStateStore:
                         if "handed" in entry:
                             found["handed"] = entry["handed"]
         return {"resources": union, "writers": writers}
+
+    def assuming(self, resource: str) -> None:
+        """`resource`'s tracker counts every device as used until it learns who holds what
+        (the state is `unknown`): the file stays marked unsaved meanwhile."""
+        self._assuming.add(resource)
+
+    def known(self, resource: str) -> None:
+        """`resource`'s tracker learnt who holds what; once none is still assuming, the next
+        write removes the marker (one is asked for now)."""
+        self._assuming.discard(resource)
+        if self._file.unsettled and not self._assuming:
+            self._file.unsettled = False
+            self._file.changed(lambda: {"resources": self._data})
 
     def pending(self, resource: str, device: str) -> bool:
         """Whether the device's release is still due: used by a container whose end has not

@@ -30,7 +30,9 @@ writes fail: `<name>.unsaved` (`.unsaved.<writer>` for a shared file), an empty 
 block: made on a full disk too), created when a write fails and removed by the next write
 that succeeds. A host that starts and finds a marker (its writer stopped: killed before a
 write succeeded) reads the file as one that cannot be read (`unknown`): what it holds may
-lack the latest changes. It takes the marker over and removes it with its own first write.
+lack the latest changes. It takes the marker over and keeps it (`unsettled`, also for a file
+that could not be read) until its owner has learnt again what was lost; its first write after
+that removes it, so a second kill before then still fails closed.
 """
 
 from __future__ import annotations
@@ -120,6 +122,10 @@ class StateFile:
         self._if_unwritten = if_unwritten
         self.unknown = False
         """The file could not be read."""
+        self.unsettled = False
+        """What the file holds is not yet all its writer knows (`mark_unsaved`: it was
+        `unknown` at start and its writer has not learnt since what it lost): the marker
+        stays, and is made if missing, across writes until this turns False."""
         self.set_aside = 0
         """Times a file that could not be read was set aside (or found so)."""
         self.write_failures = 0
@@ -160,7 +166,7 @@ class StateFile:
     def _take_over_markers(self) -> None:
         """Markers of hosts that stopped before their write succeeded: the file may lack
         their latest changes, so it counts as unknown; this host takes each marker over
-        (its own first write removes it). A running host's marker stays its own."""
+        (`unsettled` says when it goes). A running host's marker stays its own."""
         directory = str(self.path.parent)
         prefix = f"{self.path.name}{UNSAVED}"
         try:
@@ -302,26 +308,30 @@ class StateFile:
             self.on_unwritten()
 
     def _write_marked(self, mine: Mapping[str, Any]) -> None:
-        """`_write`, keeping the unsaved marker (blocking): made at a failure, gone at a success."""
+        """`_write`, keeping the unsaved marker (blocking): made at a failure, and before
+        any write while `unsettled`; gone at a success once settled."""
+        if self.unsettled and not self._marked:
+            self._mark()
         try:
             self._write(mine)
         except OSError:
             if self._mark_unsaved and not self._marked:
-                try:
-                    os.close(os.open(self._marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-                except OSError as exc:
-                    self._log.error(
-                        f"{self._what}_unsaved_not_marked",
-                        reason=str(exc),
-                        consequence=self._if_unwritten,
-                    )
-                else:
-                    self._marked = True
+                self._mark()
             raise
-        if self._marked:
+        if self._marked and not self.unsettled:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._marker)
             self._marked = False
+
+    def _mark(self) -> None:
+        try:
+            os.close(os.open(self._marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            self._log.error(
+                f"{self._what}_unsaved_not_marked", reason=str(exc), consequence=self._if_unwritten
+            )
+        else:
+            self._marked = True
 
     def _write(self, mine: Mapping[str, Any]) -> None:
         """Write `mine` (blocking); a shared file merged with what it holds now, locked."""

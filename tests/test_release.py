@@ -750,3 +750,38 @@ async def test_a_kill_while_the_state_file_cannot_be_written_fails_closed(
     assert sorted(run[1] for run in commands.runs) == ["fpga0", "fpga1"]
     assert not marker.exists(), "the first write that succeeded removes the marker"
     await restarted.close()
+
+
+async def test_the_unsaved_marker_stays_until_the_state_is_known_again(short_dir: Path) -> None:
+    """hostile4 H8, the gap release2 named: after a start that found the marker, a write that
+    succeeds before the first PodResources answer (an Allocate) must not remove it: the file
+    still lacks what the killed host knew (every device counts as used until an answer says
+    otherwise). A second kill then still fails closed. The first write after an answer
+    removes it."""
+    state = short_dir / "state"
+    commands = _Commands()
+    tracker, table, store = _tracker(short_dir, commands)
+    store.file.retry_first = 3600.0
+    (state / STATE_FILE).mkdir(parents=True)
+    tracker.allocated(["fpga0"], table.snapshot)
+    await tracker.before_start(["fpga0"])
+    marker = state / f"{STATE_FILE}.unsaved"
+    assert marker.exists()
+    await tracker.close()  # killed
+    (state / STATE_FILE).rmdir()
+    second = _restarted(short_dir, commands, table)
+    second.start()
+    second.allocated(["fpga1"], table.snapshot)  # before any PodResources answer
+    await second.before_start(["fpga1"])  # its write succeeds
+    assert (state / STATE_FILE).is_file()
+    assert marker.exists(), "a write before the state is known removed the marker"
+    await second.close()  # killed again
+    third = _restarted(short_dir, commands, table)
+    assert third._store.unknown
+    third.start()
+    third.holdings(_answer(10.0**9))  # nothing held
+    await third.before_start(["fpga0", "fpga1"])
+    assert sorted(run[1] for run in commands.runs) == ["fpga0", "fpga1", "fpga1"]
+    await third._store.flush()
+    assert not marker.exists(), "the first write once the state is known removes the marker"
+    await third.close()

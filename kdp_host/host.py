@@ -37,7 +37,7 @@ from .resource import ResourceRuntime
 from .safety_net import SafetyNet
 from .services import HostServices, RegistryWait
 from .stale_sockets import clear_sockets
-from .state_file import StateFiles
+from .state_files import StateFiles
 from .state_lock import Hold, holding
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher, make_watcher

@@ -53,7 +53,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .podresources import Holder, Holdings
 from .process import CommandRunner
-from .release_state import ReleaseStateStore, handed_device, handed_entry
+from .release_state import ReleaseStateStore, device_entry, handed_device
 from .rules import join_list
 
 ALLOCATION_SETTLE = 1.0
@@ -98,16 +98,6 @@ class DeviceUse:
         if self.owed:
             return "failed" if self.failure is not None else "pending"
         return "in_use" if self.used else "clean"
-
-
-def _kept(use: DeviceUse) -> dict[str, Any]:
-    """A device's entry in the state file (`release_state.py`)."""
-    entry: dict[str, Any] = {"used": sorted(use.used), "owed": use.owed}
-    if use.allocated_wall is not None:
-        entry["allocatedAt"] = use.allocated_wall
-    if use.handed is not None:
-        entry["handed"] = handed_entry(use.handed)
-    return entry
 
 
 def _joined(values: Iterable[str]) -> str:
@@ -383,7 +373,9 @@ class ReleaseTracker:
     def _publish(self) -> None:
         self.changes += 1
         entries = {
-            device_id: _kept(use) for device_id, use in self.uses.items() if use.used or use.owed
+            device_id: device_entry(use.used, use.owed, use.allocated_wall, use.handed)
+            for device_id, use in self.uses.items()
+            if use.used or use.owed
         }
         self._store.update(self._resource.name, entries)
         pending = sum(1 for use in self.uses.values() if use.owed)

@@ -21,7 +21,7 @@ after it ended (and so took them up at start) writes: then they go.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .devices import Device, DeviceNode
@@ -207,6 +207,18 @@ def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
             "env": {text(k): text(v) for k, v in env.items()},
         }
     return checked
+
+
+def device_entry(
+    used: Iterable[str], owed: bool, allocated_wall: float | None, handed: Device | None
+) -> dict[str, Any]:
+    """A device's entry as the tracker writes it (read back by `_entry`)."""
+    entry: dict[str, Any] = {"used": sorted(used), "owed": owed}
+    if allocated_wall is not None:
+        entry["allocatedAt"] = allocated_wall
+    if handed is not None:
+        entry["handed"] = handed_entry(handed)
+    return entry
 
 
 def handed_entry(device: Device) -> dict[str, Any]:

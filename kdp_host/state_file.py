@@ -23,7 +23,7 @@ no host's write drops what another wrote since (a file that does not parse then 
 as at start). The hosts re-read the bookings when they change (`load` again). Something that
 is no regular file at `<name>.lock` (a directory, a FIFO, a symlink) is set aside as a bad
 file is and the lock file made again (`atomic_files.open_lock`), so it never turns the
-writes off; while a file is not written the host is not ready (`StateFiles`).
+writes off; while a file is not written the host is not ready (`state_files.StateFiles`).
 
 A file that must fail closed (`mark_unsaved`: the release state) gets a marker while its
 writes fail: `<name>.unsaved` (`.unsaved.<writer>` for a shared file), an empty file (no data
@@ -52,7 +52,6 @@ from typing import Any, Final, TypeVar
 from .atomic_files import Aside, open_lock, set_aside, write_atomic
 from .files import MAX_DOCUMENT_SIZE, FileReadError, Offload, read_attribute
 from .logs import EventLogger
-from .metric_series import Gauge
 
 T = TypeVar("T")
 
@@ -354,37 +353,6 @@ class StateFile:
     def _write_document(self, document: Mapping[str, Any]) -> None:
         body = {**document, "version": self._version_tag}
         write_atomic(str(self.path), json.dumps(body, sort_keys=True).encode())
-
-
-class StateFiles:
-    """A host's state files, as /readyz and `kdp_state_persist_failing{file}` show them:
-    while one does not hold its latest change (its writes fail, `StateFile.unwritten`) the
-    host is not ready (entry `stateDir`) and the file's series is 1, from the failure that
-    starts it to the write that ends it (`changed`, the host's readiness, is called then)."""
-
-    def __init__(self, gauge: Gauge, changed: Callable[[], None]) -> None:
-        self._gauge = gauge
-        self._changed = changed
-        self._files: list[StateFile] = []
-
-    def add(self, *files: StateFile) -> None:
-        for file in files:
-            self._files.append(file)
-            file.on_unwritten = functools.partial(self._report, file)
-            self._report(file)
-
-    def _report(self, file: StateFile) -> None:
-        self._gauge.labels(file.path.name).set(0 if file.unwritten is None else 1)
-        self._changed()
-
-    def not_ready(self) -> dict[str, str]:
-        """`{"stateDir": why}` while a file is not written, else nothing."""
-        unwritten = [f.unwritten for f in self._files if f.unwritten is not None]
-        return {STATE_DIR: "; ".join(unwritten)} if unwritten else {}
-
-
-STATE_DIR = "stateDir"
-"""The /readyz entry of the state files."""
 
 
 def aside_logged(log: EventLogger) -> Aside:

@@ -98,7 +98,7 @@ class ScanLoop(Generic[S]):
         """Scans that may start now without waiting (a token bucket: one more per
         `settings.spacing`, at most `settings.burst`)."""
         self._tokens_at = float("-inf")
-        """The event loop's time when `_tokens` was counted."""
+        """The driver's clock when `_tokens` was counted."""
         self.spaced = 0
         """Wake-ups that waited for the spacing in the current flood (0: none is waiting)."""
 
@@ -277,11 +277,12 @@ class ScanLoop(Generic[S]):
             self._watched = frozenset()
 
     async def _spacing(self) -> None:
-        """Take a scan from the bucket, waiting (a timer on the event loop's clock) until one
-        is there; what the watcher names meanwhile joins the next scan. A flood is logged
+        """Take a scan from the bucket, waiting until one is there; what the watcher names
+        meanwhile joins the next scan. The bucket counts on the driver's clock
+        (`DriverDeps.clock`), so a test's clock decides what was earned. A flood is logged
         when the first wake-up waits, and its end with the next wake-up that does not."""
-        loop, log, settings = asyncio.get_running_loop(), self._deps.log, self.settings
-        now = loop.time()
+        clock, log, settings = self._deps.clock, self._deps.log, self.settings
+        now = clock()
         earned = (now - self._tokens_at) / settings.spacing if settings.spacing > 0 else 1e9
         self._tokens, self._tokens_at = min(settings.burst, self._tokens + earned), now
         if self._tokens >= 1:
@@ -299,7 +300,7 @@ class ScanLoop(Generic[S]):
                 )
             self.spaced += 1
             await asyncio.sleep((1 - self._tokens) * settings.spacing)
-            self._tokens, self._tokens_at = 0.0, loop.time()
+            self._tokens, self._tokens_at = 0.0, clock()
 
     def _checked(self, unchanged: bool) -> None:
         """The safety net's answer (on the loop): rescan everything if a watched directory

@@ -20,8 +20,9 @@ import pytest
 from kdp_host.config import ShellDriverConfig
 from kdp_host.devices import DeviceTable
 from kdp_host.drivers import DriverDeps, DriverError
+from kdp_host.drivers.rate_limit import RateLimit
 from kdp_host.drivers.shell import ShellDriver
-from kdp_host.drivers.stream import DocumentReader, RateLimit
+from kdp_host.drivers.stream import DocumentReader
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.process import CommandError, ProcessRunner

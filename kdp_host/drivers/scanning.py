@@ -42,6 +42,7 @@ from ..safety_net import SafetyNet
 from ..watch import Subscription
 from .base import DriverDeps, DriverError, Notifier
 from .grace import Tracker
+from .rate_limit import RateLimit
 from .scanner import DirWatch, Listed, Notice, ScanGuard, Scanner, ScanResult, ScanSettings
 
 FAILURE_THRESHOLD = 3
@@ -94,11 +95,12 @@ class ScanLoop(Generic[S]):
         self._check_compared = 0
         """`_scans_looked` when the last safety-net check began: the scans whose outcome it
         compared with (set off the loop)."""
-        self._tokens = float(self.settings.burst)
-        """Scans that may start now without waiting (a token bucket: one more per
-        `settings.spacing`, at most `settings.burst`)."""
-        self._tokens_at = float("-inf")
-        """The driver's clock when `_tokens` was counted."""
+        spacing = self.settings.spacing
+        self._bucket = (
+            RateLimit(deps.clock, 1.0 / spacing, self.settings.burst) if spacing > 0 else None
+        )
+        """Scans that may start now without waiting: one more per `settings.spacing`, at
+        most `settings.burst` (None: no spacing)."""
         self.spaced = 0
         """Wake-ups that waited for the spacing in the current flood (0: none is waiting)."""
 
@@ -278,15 +280,13 @@ class ScanLoop(Generic[S]):
 
     async def _spacing(self) -> None:
         """Take a scan from the bucket, waiting until one is there; what the watcher names
-        meanwhile joins the next scan. The bucket counts on the driver's clock
-        (`DriverDeps.clock`), so a test's clock decides what was earned. A flood is logged
-        when the first wake-up waits, and its end with the next wake-up that does not."""
-        clock, log, settings = self._deps.clock, self._deps.log, self.settings
-        now = clock()
-        earned = (now - self._tokens_at) / settings.spacing if settings.spacing > 0 else 1e9
-        self._tokens, self._tokens_at = min(settings.burst, self._tokens + earned), now
-        if self._tokens >= 1:
-            self._tokens -= 1
+        meanwhile joins the next scan. A flood is logged when the first wake-up waits, and
+        its end with the next wake-up that does not."""
+        bucket, log = self._bucket, self._deps.log
+        if bucket is None:
+            return
+        wait = bucket.delay()
+        if wait <= 0:
             if self.spaced:
                 log.info("scans_spaced_ended", waited=self.spaced)
                 self.spaced = 0
@@ -299,8 +299,8 @@ class ScanLoop(Generic[S]):
                     "of the names involved per spacing",
                 )
             self.spaced += 1
-            await asyncio.sleep((1 - self._tokens) * settings.spacing)
-            self._tokens, self._tokens_at = 0.0, clock()
+            await asyncio.sleep(wait)
+        bucket.take()
 
     def _checked(self, unchanged: bool) -> None:
         """The safety net's answer (on the loop): rescan everything if a watched directory

@@ -19,7 +19,8 @@ from ..config import ShellDriverConfig
 from ..devices import Device
 from ..process import MAX_OUTPUT, CommandError, RunningCommand, describe_exit, raise_if_cancelling
 from .base import DriverDeps, DriverError, Notifier
-from .stream import DocumentReader, NoFirstList, RateLimit, first_document
+from .rate_limit import RateLimit
+from .stream import STREAM_BURST, STREAM_RATE, DocumentReader, NoFirstList, first_document
 
 STREAM_RESTART_DELAYS = (0.5, 30.0)
 """Restart backoff of a stream command that exited: first and longest delay, in seconds."""
@@ -50,7 +51,7 @@ class ShellDriver:
         self._backoff = restart_backoff or Backoff(*STREAM_RESTART_DELAYS)
         self._stable_after = stable_after
         self._max_output = max_output
-        self._rate_limit = rate_limit or RateLimit(deps.clock)
+        self._rate_limit = rate_limit or RateLimit(deps.clock, STREAM_RATE, STREAM_BURST)
         self._recall = Recall()
 
     async def scan(self) -> list[Device]:

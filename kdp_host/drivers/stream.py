@@ -2,8 +2,8 @@
 
 A stream command prints a complete list whenever it changes: one JSON document per line
 (`json`), or for `lines` a block ended by a blank line (an empty block is an empty list).
-`DocumentReader` cuts its stdout into those documents; `RateLimit` bounds how many are
-applied per second, so a command printing as fast as it can neither starves the event loop
+`DocumentReader` cuts its stdout into those documents; `rate_limit.RateLimit` bounds how
+many are applied per second, so a command printing as fast as it can neither starves the event loop
 nor floods the kubelet: while it floods, the driver stops reading between lists (the
 command then blocks on a full pipe) and applies only the newest list it has.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from typing import Literal
 
 from ..process import RunningCommand
@@ -127,33 +126,3 @@ async def first_document(
 
 class NoFirstList(DriverError):
     """The stream command printed no complete list within its timeout of starting."""
-
-
-class RateLimit:
-    """A token bucket: `burst` lists at once, then `rate` per second."""
-
-    def __init__(
-        self,
-        clock: Callable[[], float],
-        rate: float = STREAM_RATE,
-        burst: int = STREAM_BURST,
-    ) -> None:
-        self._clock = clock
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._updated = clock()
-
-    def delay(self) -> float:
-        """Seconds until a list may be applied (0: now)."""
-        self._refill()
-        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self._rate
-
-    def take(self) -> None:
-        self._refill()
-        self._tokens -= 1.0
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
-        self._updated = now

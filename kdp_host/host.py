@@ -20,6 +20,7 @@ from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
+from .inotify_watch import make_watcher
 from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
@@ -40,7 +41,7 @@ from .stale_sockets import clear_sockets
 from .state_files import StateFiles
 from .state_lock import Hold, holding
 from .supervisor import RestartPolicy, Supervisor
-from .watch import Watcher, make_watcher
+from .watch import Watcher
 
 
 @dataclass
@@ -127,10 +128,10 @@ class Host:
             await self._serve(stop, hold)
 
     async def _serve(self, stop: asyncio.Event, hold: Hold) -> None:
-        watcher = self.watcher or make_watcher(
+        self.watcher = watcher = self.watcher or make_watcher(
             self.log.bind(component="watch"), offload=self.offload
         )
-        self.watcher = watcher
+        watcher.report_unwatched(self.metrics.watch_unwatched.set)
         hold.follow(watcher, self.offload)  # taken again when what stateDir names changes
         self.ownership.watch(watcher)  # a claimed path that changes is resolved again
         kubelet = self.config.kubelet
@@ -347,9 +348,8 @@ class Host:
             raise
 
     def _forget_when_stopped(self, name: str, task: asyncio.Task[None] | None) -> None:
-        """Once a stopped runtime is gone (it writes until then), drop the series its
-        resource no longer has: all of them if it left the config, else those of the hooks
-        the config has no longer (as it is then: it may have changed again meanwhile)."""
+        """Once a stopped runtime is gone (it writes until then), drop the series its resource
+        has no longer: all if it left the config, else the hooks' the config then lacks."""
 
         def forget(_: object = None) -> None:
             current = next((r for r in self.selection.config.resources if r.name == name), None)

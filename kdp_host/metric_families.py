@@ -267,6 +267,12 @@ class MetricFamilies:
             ["file"],
             registry=r,
         )
+        self.watch_unwatched = Gauge(
+            "kdp_watch_unwatched_directories",
+            "Directories kdp-host needs to watch that are there but inotify refused (its "
+            "watch limit reached): their changes are seen by the safety-net rescan only.",
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "kdp_event_loop_lag_seconds",
             "How long the event loop took to answer the last probe or scrape.",

@@ -28,7 +28,7 @@ from .identity import PathReach
 from .logs import EventLogger, get_logger
 from .mount_table import MountCallback
 from .safety_net import SafetyNet
-from .watch import Subscription, WatchCallback, new_subscription
+from .watch import Subscription, UnwatchedReport, WatchCallback, new_subscription
 
 
 @dataclass
@@ -125,6 +125,10 @@ class ManualWatcher:
         if self._mounts:
             self._mount_callbacks.append(callback)
         return self._mounts
+
+    def report_unwatched(self, report: UnwatchedReport) -> None:
+        """Every directory is watched (nothing to refuse)."""
+        report(0)
 
     def change_mounts(self) -> None:
         """Tell the followers of the mount table that it changed (a mount made or gone)."""

@@ -29,9 +29,9 @@ from kdp_host.config import (
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
 from kdp_host.file_lease import owner_path, read_owner
+from kdp_host.inotify_watch import make_watcher
 from kdp_host.logs import get_logger
 from kdp_host.rules import extended_resource_name_problem
-from kdp_host.watch import make_watcher
 
 from .cdi_spec import (
     missing_schema_reason,

@@ -16,9 +16,10 @@ from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_paths import DeviceIds, watch_dirs
 from kdp_host.drivers.scanner import ScanGuard
+from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.watch import InotifyWatcher, PollingWatcher, Watcher
+from kdp_host.watch import PollingWatcher, Watcher
 
 from .conftest import reporter, wait_until
 

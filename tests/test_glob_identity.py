@@ -20,10 +20,11 @@ from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_paths import Assigned, DeviceIdentity, DeviceIds, assign_ids, examine
+from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.testing import RecordingNotifier
-from kdp_host.watch import InotifyWatcher, PollingWatcher
+from kdp_host.watch import PollingWatcher
 
 from .conftest import reporter, wait_table
 

@@ -12,10 +12,10 @@ from kdp_host.config import GlobDriverConfig, load_config_text
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
+from kdp_host.inotify_watch import make_watcher
 from kdp_host.logs import get_logger
 from kdp_host.protocol.lists import ListAndWatchEncoder
 from kdp_host.simulator import KubeletSimulator
-from kdp_host.watch import make_watcher
 
 from .conftest import glob_config
 

@@ -20,12 +20,13 @@ import pytest
 
 from kdp_host.devices import DeviceTable
 from kdp_host.files import DaemonThreads
+from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.mount_table import MountTable
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Unresolvable
 from kdp_host.testing import ManualWatcher
-from kdp_host.watch import InotifyWatcher, Watcher
+from kdp_host.watch import Watcher
 
 from .test_ownership_places import R1, R2, handed_index, hops, node
 

@@ -15,6 +15,7 @@ from kdp_host.config import ConfigError, SysfsDriverConfig, load_config_text
 from kdp_host.devices import Device, DeviceTable, Snapshot
 from kdp_host.drivers import DriverDeps, DriverError, Skipped
 from kdp_host.drivers.sysfs import SysfsDriver
+from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.rules import device_id_problem
@@ -22,7 +23,7 @@ from kdp_host.simulator import KubeletSimulator
 from kdp_host.sysfs import SysfsScan
 from kdp_host.sysfs.reader import SysfsReader
 from kdp_host.testing import ManualClock, RecordingNotifier
-from kdp_host.watch import InotifyWatcher, PollingWatcher
+from kdp_host.watch import PollingWatcher
 
 from .conftest import reporter, wait_table
 from .fake_sysfs import CH340, FTDI, SILABS_CP210X, FakeSysfs, standard_machine

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import kdp_host.watch as watch_module
+import kdp_host.inotify_watch as watch_module
+from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
-from kdp_host.watch import InotifyWatcher, PollingWatcher, Watcher
+from kdp_host.watch import PollingWatcher, Watcher
 
 from .conftest import wait_until
 
@@ -228,3 +229,68 @@ async def test_a_missing_directory_is_tried_again_only_when_it_may_be_there(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+REFUSED = """
+import asyncio, json, sys
+from kdp_host.inotify_watch import InotifyWatcher
+from kdp_host.logs import get_logger, setup_logging
+
+async def main(first, second):
+    setup_logging(stream=sys.stderr)
+    reports = []
+    watcher = InotifyWatcher(get_logger(), retry_interval=0.01, mounts=lambda _log: None)
+    watcher.report_unwatched(reports.append)
+    task = asyncio.create_task(watcher.run())
+    heard = []
+    kept = watcher.subscribe(first, heard.append)
+    watcher.subscribe(second, heard.append)
+    refused = list(reports)
+    kept.cancel()  # frees the one watch the limit allows: the refused directory gets it
+    for _ in range(1000):
+        if reports[-1] == 0:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    print(json.dumps({"refused": refused, "reports": reports}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_a_directory_inotify_refuses_is_logged_counted_and_watched_once_it_can_be(
+    tmp_path: Path,
+) -> None:
+    """A host at the kernel's inotify watch limit (ENOSPC) lost hot-plug for the directories
+    it could not watch without a word: they were retried in silence and only the safety-net
+    rescan saw their changes. The refusal is now logged with what to do, counted
+    (`kdp_watch_unwatched_directories`), and the directory watched once a watch is free.
+    The limit is set in a user namespace of this test's own (no root needed)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare (util-linux): cannot lower the inotify watch limit here")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    limit = "echo 1 > /proc/sys/user/max_inotify_watches"
+    probe = subprocess.run(["unshare", "-r", "sh", "-c", limit], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot set the inotify watch limit in a user namespace: {probe.stderr!r}")
+    in_namespace = ["unshare", "-r", "sh", "-c", f'{limit} && exec "$0" -c "$1" "$2" "$3"']
+    result = subprocess.run(
+        [*in_namespace, sys.executable, REFUSED, str(first), str(second)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["refused"] == [0, 1], "the refused directory is counted"
+    assert outcome["reports"][-1] == 0, "watched once a watch was free"
+    assert "watch_refused" in result.stderr and "max_user_watches" in result.stderr
+    assert str(second) in result.stderr
+    assert "watch_recovered" in result.stderr

@@ -90,13 +90,30 @@ class KubeletView:
             await self._sim.wait_changed(seen)
 
 
+async def _show_holders(port: int, pod: str) -> None:
+    """Print `kdp-host status` once it shows `pod` holding a device (PodResources is asked
+    every second in the demo)."""
+    status = (sys.executable, "-m", "kdp_host", "status", "--address", f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 15
+    while True:
+        shown = await asyncio.create_subprocess_exec(
+            *status, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output = (await shown.communicate())[0].decode(errors="replace")
+        if f"/{pod}/" in output or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    for line in output.splitlines():
+        _say("    " + line)
+
+
 async def demo_main(root: Path, duration: float | None, loop: str) -> int:
     port = _free_port()
     config = prepare_demo_dir(root, port)
     socket_dir = root / "device-plugins"
     _say(f"kdp-host demo: fake devices and a simulated kubelet under {root}")
     _say(f"config: {config}")
-    sim = KubeletSimulator(socket_dir)
+    sim = KubeletSimulator(socket_dir, pod_resources_dir=root / "pod-resources")
     await sim.start()
     host = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kdp_host", "run", "--config", str(config),
@@ -126,6 +143,9 @@ async def demo_main(root: Path, duration: float | None, loop: str) -> int:
         except SimulatorAllocationError as exc:
             _say(f"allocation failed: {exc}")
 
+        _say("\nwho holds what: the kubelet's PodResources API, as `kdp-host status` shows it ...")
+        await _show_holders(port, "demo-pod")
+
         new_device = root / "dev" / "fpga2"
         _say(f"\nhot-plug: creating {new_device} ...")
         started = time.perf_counter()
@@ -142,6 +162,7 @@ async def demo_main(root: Path, duration: float | None, loop: str) -> int:
                 f"  touch {root}/dongles/dongle-c    # the shell probe finds it within 2s\n"
                 f"  curl -s http://127.0.0.1:{port}/metrics | grep ^kdp_\n"
                 f"  curl -s http://127.0.0.1:{port}/readyz\n"
+                f"  {sys.executable} -m kdp_host status --address 127.0.0.1:{port}\n"
                 "Press Ctrl-C to stop."
             )
             await asyncio.Event().wait()

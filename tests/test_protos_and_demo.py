@@ -48,6 +48,14 @@ def test_demo_runs_and_stops_cleanly() -> None:
     assert "resource=demo.kdp-host.io/fpga capacity=2 allocatable=2" in out
     assert "resource=demo.kdp-host.io/dongle capacity=4 allocatable=4" in out
     assert "env        FPGA_DEVICES=fpga0" in out
+    held = [line.split() for line in out.splitlines() if "default/demo-pod/main" in line]
+    assert held and held[0][:4] == [
+        "demo.kdp-host.io/fpga",
+        "fpga0",
+        "Healthy",
+        "default/demo-pod/main",
+    ], "who holds the device, from the simulated kubelet's PodResources"
+    assert "pod_resources_unavailable" not in result.stderr
     assert "the kubelet saw the new device" in out
     assert "kdp-host stopped (exit 0)" in out
     assert "resource=demo.kdp-host.io/fpga capacity=3 allocatable=0" in out

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -248,6 +249,25 @@ async def test_sim_a_socket_removed_by_someone_else_is_created_again(
     )
     assert socket_path.exists()
     assert "deregister" in [op.kind for op in sim.registry_operations]
+
+
+async def test_sim_a_chmod_of_a_registered_socket_is_no_new_socket(
+    plugin_manager: KubeletSimulator, devices: Path, start_host
+) -> None:
+    """The kubelet's plugin watcher acts on fsnotify Create events only; a chmod (IN_ATTRIB)
+    is ignored. The simulator took a socket's change time as part of its identity, so
+    kdp-host's chmod right after bind, seen between two of its scans, made it deregister and
+    register the plugin again, and an Allocate then lost its connection."""
+    sim = plugin_manager
+    running = await start_registry_host(start_host, sim, devices, PATIENT)
+    await sim.wait_for(lambda: sim.resource(FPGA).allocatable == 2)
+    socket_path = Path(running.host.resources[FPGA].socket_path)
+    os.chmod(socket_path, 0o640)
+    os.chmod(socket_path, 0o600)
+    reconciles = sim.reconciles
+    await sim.wait_for(lambda: sim.reconciles >= reconciles + 5)
+    assert [op.kind for op in sim.registry_operations] == ["register"], sim.registry_operations
+    await sim.allocate(FPGA, 1)
 
 
 async def test_no_verdict_in_time_creates_the_socket_again_until_a_kubelet_registers_it(

@@ -30,12 +30,14 @@ FileIdentity = tuple[int, int]
 
 
 def file_identity(path: str) -> FileIdentity | None:
-    """Inode and change time: a re-created file can reuse the inode number, not both."""
+    """Inode and modification time: a re-created file can reuse the inode number, not both.
+    Not the change time: a chmod or chown of the same socket (which the kubelet's own
+    watcher ignores) is no new socket."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_ino, st.st_ctime_ns)
+    return (st.st_ino, st.st_mtime_ns)
 
 
 def kubelet_socket_identity(socket_dir: str) -> FileIdentity | None:

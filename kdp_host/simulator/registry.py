@@ -5,10 +5,12 @@ The watcher's desired state (socket path -> the time its creation was seen) is t
 scan of the directory at every reconcile instead of fsnotify events: the reconciler only
 looks at that state once per period, so it makes the same decisions (a socket created again
 between two reconciles has a new identity, hence a new timestamp, as a delete and a create
-event would give). The rest is the kubelet's: the reconciler (deregister first, then
-register), one operation per socket at a time with a back-off after a failure, the register
-operation (dial, GetInfo, ValidatePlugin, RegisterPlugin, NotifyRegistrationStatus) with the
-v1.32 defect that a failed RegisterPlugin is never retried until the socket is created again.
+event would give). The identity is the inode and its modification time, not its change time:
+a chmod or chown (IN_ATTRIB, which the kubelet's watcher ignores) changes only the latter).
+The rest is the kubelet's: the reconciler (deregister first, then register), one operation
+per socket at a time with a back-off after a failure, the register operation (dial, GetInfo,
+ValidatePlugin, RegisterPlugin, NotifyRegistrationStatus) with the v1.32 defect that a failed
+RegisterPlugin is never retried until the socket is created again.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ class PluginManager:
                     continue
                 if not stat.S_ISSOCK(st.st_mode):
                     continue
-                identity = (st.st_ino, st.st_ctime_ns)
+                identity = (st.st_ino, st.st_mtime_ns)
                 previous = known.get(path)
                 if previous is not None and previous[0] == identity:
                     found[path] = previous

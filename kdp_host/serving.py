@@ -30,7 +30,6 @@ from .protocol.registration import (
     FileIdentity,
     RegistrationError,
     file_identity,
-    kubelet_listening,
     kubelet_socket_identity,
 )
 from .protocol.server import PluginServer
@@ -235,7 +234,7 @@ class ServingLoop:
             # Our socket is checked once the kubelet listens: a kubelet that is starting
             # deletes plugin sockets before it listens, and one deleted under a Register
             # call costs the kubelet's 10 s dial-back deadline.
-            await kubelet_listening(self._serve_dir)
+            await self._services.registrar.wait_listening(self._serve_dir)
             if file_identity(self.socket_path) != identity:
                 raise _SocketLost()
             try:

@@ -449,6 +449,33 @@ async def test_the_resources_of_a_host_register_over_one_connection(socket_dir: 
         registrar.close()
 
 
+async def test_the_resources_of_a_host_ask_once_whether_the_kubelet_listens(
+    socket_dir: Path,
+) -> None:
+    """Issue 19 (start-up): before registering, each resource connected to kubelet.sock to
+    learn whether the kubelet listens (past its start-up clean-up): a connection per
+    resource. Now the resources of a host ask once per kubelet.sock file, concurrent
+    callers sharing the one connection; a re-created kubelet.sock is asked again."""
+    kubelet = RecordingKubelet()
+    registrar = Registrar()
+    try:
+        async with counted_kubelet_sock(socket_dir, kubelet) as accepted:
+            asked = [registrar.wait_listening(str(socket_dir)) for _ in range(20)]
+            assert await asyncio.gather(*asked) == [True] * 20
+            assert await registrar.wait_listening(str(socket_dir))
+            # accepted in the order they connected: the check, then Register's connection
+            await registrar.register(str(socket_dir), "r0.io/x", "r0.sock", DevicePluginOptions())
+            assert accepted == [0, 1]
+        async with counted_kubelet_sock(socket_dir, kubelet) as accepted:
+            assert await registrar.wait_listening(str(socket_dir))
+            await registrar.register(str(socket_dir), "r0.io/x", "r0.sock", DevicePluginOptions())
+            assert accepted == [0, 1]
+        (socket_dir / "kubelet.sock").unlink(missing_ok=True)
+        assert not await registrar.wait_listening(str(socket_dir))
+    finally:
+        registrar.close()
+
+
 # ------------------------------------------------------------------ coalesced writes
 
 

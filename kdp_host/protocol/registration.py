@@ -61,7 +61,8 @@ async def kubelet_listening(socket_dir: str, timeout: float = 1.0) -> bool:
 
 class Registrar:
     """Registration.Register of every resource of a host, over one connection per
-    kubelet.sock (grpclib multiplexes the calls of concurrent resources on it).
+    kubelet.sock (grpclib multiplexes the calls of concurrent resources on it), and the
+    question whether that kubelet listens yet, asked once per kubelet.sock file.
 
     A connection per call cost each resource a connect and an HTTP/2 handshake with the
     kubelet: most of a resource's start-up work beside the kubelet's own dial-back. The
@@ -71,6 +72,30 @@ class Registrar:
 
     def __init__(self) -> None:
         self._channels: dict[str, tuple[FileIdentity, grpclib.client.Channel]] = {}
+        self._listening: dict[str, FileIdentity] = {}
+        """kubelet.sock files (by path) seen accepting a connection: their kubelet is past
+        its start-up clean-up, for good (a restarted kubelet makes a new file)."""
+        self._asking: dict[tuple[str, FileIdentity], asyncio.Future[bool]] = {}
+        """The check under way per kubelet.sock file: concurrent callers share it."""
+
+    async def wait_listening(self, socket_dir: str) -> bool:
+        """`kubelet_listening` of `socket_dir`, asked once per kubelet.sock file: a hundred
+        resources registering at start cost the kubelet one connection, not a hundred."""
+        path = os.path.join(socket_dir, KUBELET_SOCKET)
+        identity = file_identity(path)
+        if identity is None:
+            return False
+        if self._listening.get(path) == identity:
+            return True
+        key = (path, identity)
+        asking = self._asking.get(key)
+        if asking is None:
+            asking = self._asking[key] = asyncio.ensure_future(kubelet_listening(socket_dir))
+            asking.add_done_callback(lambda _: self._asking.pop(key, None))
+        listening = await asyncio.shield(asking)  # one caller cancelled: not the others
+        if listening:
+            self._listening[path] = identity
+        return listening
 
     def _channel(self, path: str, identity: FileIdentity) -> grpclib.client.Channel:
         known = self._channels.get(path)
@@ -131,3 +156,5 @@ class Registrar:
         for _, channel in self._channels.values():
             channel.close()
         self._channels.clear()
+        for asking in self._asking.values():
+            asking.cancel()

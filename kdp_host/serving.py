@@ -178,12 +178,7 @@ class ServingLoop:
             self._info_asked = False
             server = PluginServer(handlers)
             try:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.socket_path)
-                await server.serve(self.socket_path)
-                identity = file_identity(self.socket_path)
-                if identity is None:
-                    raise FileNotFoundError(self.socket_path)
+                identity = await server.serve(self.socket_path, offload=self._services.offload)
             except OSError as exc:
                 self._mark(serving=False, error=f"cannot serve: {type(exc).__name__}")
                 self.log.warning("serve_failed", socket=self.socket_path, reason=str(exc))

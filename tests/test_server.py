@@ -91,6 +91,61 @@ async def test_host_serves_on_a_0600_socket_under_umask_0(
     assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
 
 
+class HeldOffload:
+    """An Offload that runs each call on a thread once `release` is set, recording them."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.done = 0
+
+    async def run(self, function: Callable[[], Any]) -> Any:
+        self.calls += 1
+        await self.release.wait()
+        try:
+            return await asyncio.to_thread(function)
+        finally:
+            self.done += 1
+
+
+async def test_plugin_server_makes_its_socket_off_the_loop(short_dir: Path) -> None:
+    """Issue 19 (start-up): removing an old socket file, binding the new one and setting its
+    mode are file system calls (about a millisecond each here): made on the loop, a hundred
+    resources starting waited on each other's. They run on the host's offload now."""
+    path = short_dir / "p.sock"
+    path.write_text("left behind")
+    offload = HeldOffload()
+    server = PluginServer([])
+    serving = asyncio.ensure_future(server.serve(str(path), offload=offload))
+    await wait_until(lambda: offload.calls == 1, what="the socket asked of the offload")
+    assert not serving.done() and path.read_text() == "left behind"
+    offload.release.set()
+    try:
+        identity = await serving
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert identity == (path.stat().st_ino, path.stat().st_ctime_ns)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_cancelled_server_start_leaves_no_socket_behind(short_dir: Path) -> None:
+    """A start cancelled while its socket is being made off the loop closes the socket and
+    removes its file once made (a resource stopped at that moment leaves nothing for the
+    kubelet's plugin watcher to find)."""
+    path = short_dir / "p.sock"
+    offload = HeldOffload()
+    server = PluginServer([])
+    serving = asyncio.ensure_future(server.serve(str(path), offload=offload))
+    await wait_until(lambda: offload.calls == 1, what="the socket asked of the offload")
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    offload.release.set()
+    await wait_until(lambda: offload.done == 1, what="the socket made")
+    await wait_until(lambda: not path.exists(), what="its file removed")
+
+
 # ------------------------------------------------------------------ socket name
 
 

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, heap
 from .config import Config, ConfigError, load_config
 from .files import DaemonThreads, Offload
 from .logs import get_logger, quote_text, setup_logging
 from .node import NodeInfo, NodeLabelSource, NoLabels, local_node_name, select_for_node
+
+if TYPE_CHECKING:
+    from .probes import HealthState
 
 EXIT_OK = 0
 EXIT_DRIVER_FAILED = 1
@@ -103,9 +107,11 @@ async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, host.request_reload)
+    settling = asyncio.create_task(_settle_heap_when_ready(health), name="heap")
     try:
         await host.run(stop)
     finally:
+        settling.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         http.stop()
@@ -120,8 +126,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         from . import host, http, metrics, status  # noqa: F401 (for `_run`, made here)
 
         heap.settle()
-    node = NodeInfo(args.node_name or local_node_name())
-    return _run_async(_run(config, args.config.absolute(), node), args.loop)
+        node = NodeInfo(args.node_name or local_node_name())
+        return _run_async(_run(config, args.config.absolute(), node), args.loop)
+
+
+async def _settle_heap_when_ready(health: HealthState) -> None:
+    """The collector stays paused until the host is first ready (every resource serving and
+    registered), `heap.START_PAUSE_LIMIT` at most; then `heap.settle_started`."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(heap.START_PAUSE_LIMIT):
+            await health.ready_once.wait()
+    heap.settle_started()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

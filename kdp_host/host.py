@@ -244,7 +244,7 @@ class Host:
     def _refresh_readiness(self) -> None:
         """Every resource's readiness, and the dead ones (each probe refreshes them too)."""
         if self._supervisor is not None:
-            self.health.not_ready = self.not_ready()
+            self.health.report_not_ready(self.not_ready())
             self.health.dead = tuple(self._supervisor.dead_resources())
 
     def request_reload(self) -> None:

@@ -31,7 +31,10 @@ class HealthState:
     clock: Callable[[], float] = time.monotonic
     dead: tuple[str, ...] = ()
     not_ready: dict[str, str] = field(default_factory=lambda: {STARTING: "starting"})
+    """Written through `report_not_ready`."""
     answer_timeout: float = LOOP_ANSWER_TIMEOUT
+    ready_once: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set (on the loop) the first time nothing is not ready: the host's start is over."""
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _on_answer: LoopAnswer | None = field(default=None, repr=False)
 
@@ -44,7 +47,13 @@ class HealthState:
             after = {k: v for k, v in before.items() if k != name and k != STARTING}
             if reason is not None:
                 after[name] = reason
-            self.not_ready = after
+            self.report_not_ready(after)
+
+    def report_not_ready(self, not_ready: dict[str, str]) -> None:
+        """What is not ready now (a new dict: the HTTP thread may be reading the old one)."""
+        self.not_ready = not_ready
+        if not not_ready:
+            self.ready_once.set()
 
     def attach(self, loop: asyncio.AbstractEventLoop, on_answer: LoopAnswer) -> None:
         """The host's loop answers probes from now on (`on_answer` runs on it each time)."""

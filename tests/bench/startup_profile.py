@@ -1,0 +1,168 @@
+"""Where kdp-host's start-up goes: N resources x M devices on the kubelet's real device
+manager (the peer section's set-up, `peer.peers`), from spawning the process to the
+kubelet's last `registered` event.
+
+    python -m tests.bench.startup_profile time [--runs 3]      spawn -> registered, per run
+    python -m tests.bench.startup_profile timeline             the phases, from the JSON log
+    python -m tests.bench.startup_profile cprofile [--top 40]  cProfile of the real process
+    python -m tests.bench.startup_profile importtime           python -X importtime, summed
+
+Not part of `make bench`: a tool for issue 19's start-up row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pstats
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .harness import make_device_files, make_workdir, remove_tree
+from .peer import Peers, peers, start_and_wait
+from .run import compile_product
+
+
+@contextlib.contextmanager
+def prepared(resources: int, devices: int) -> Iterator[tuple[Path, list[Path]]]:
+    workdir = make_workdir("startup")
+    try:
+        trees = [workdir / "trees" / f"d{i:03d}" for i in range(resources)]
+        for tree in trees:
+            make_device_files(tree, devices, "d")
+        yield workdir, trees
+    finally:
+        remove_tree(workdir)
+
+
+@contextlib.contextmanager
+def command(argv: list[str]) -> Iterator[None]:
+    """kdp-host started as `argv` (tests.bench.harness.kdp_host_command reads it)."""
+    old = os.environ.get("KDP_BENCH_COMMAND")
+    os.environ["KDP_BENCH_COMMAND"] = " ".join(argv)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["KDP_BENCH_COMMAND"]
+        else:
+            os.environ["KDP_BENCH_COMMAND"] = old
+
+
+@contextlib.contextmanager
+def started(
+    workdir: Path, trees: list[Path], name: str, log_level: str = "warning"
+) -> Iterator[tuple[Peers, float]]:
+    """kdp-host alone on a fresh kubelet: seconds from its spawn to the last registration."""
+    with peers(workdir, name, trees, with_gdp=False, start=False) as p:
+        p.kdp.log_level = log_level
+        yield p, start_and_wait(p, p.kdp)
+
+
+def registered_spread(p: Peers, seconds: float) -> tuple[float, float]:
+    """Seconds from kdp-host's spawn to the first and to the last `registered` event, given
+    `seconds` to the last."""
+    times = [int(e["t_unix_ns"]) for e in p.kubelet.events() if e["kind"] == "registered"]
+    return seconds - (max(times) - min(times)) / 1e9, seconds
+
+
+def cmd_time(args: argparse.Namespace) -> None:
+    with prepared(args.resources, args.devices) as (workdir, trees):
+        for run in range(args.runs):
+            with started(workdir, trees, f"t{run}") as (p, seconds):
+                cpu = p.kdp.cpu_seconds()
+                first, _ = registered_spread(p, seconds)
+                print(
+                    f"run {run}: spawn -> all registered {seconds * 1000:.0f} ms "
+                    f"(first registered at {first * 1000:.0f} ms), CPU {cpu * 1000:.0f} ms"
+                )
+
+
+def cmd_timeline(args: argparse.Namespace) -> None:
+    """Phases from kdp-host's JSON log (info level) and the kubelet's events."""
+    base = [sys.executable, "-m", "kdp_host", "--log-format", "json"]
+    with (
+        prepared(args.resources, args.devices) as (workdir, trees),
+        command(base),
+        started(workdir, trees, "tl", "info") as (p, seconds),
+    ):
+        time.sleep(0.5)
+        # the wall clock of the spawn (the logs' and the kubelet's clock)
+        spawned = time.time() - (time.monotonic() - p.kdp.started_at)
+        marks: dict[str, list[float]] = {}
+        for line in p.kdp.log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                marks.setdefault(entry["event"], []).append(float(entry["ts"]) - spawned)
+        for event in p.kubelet.events():
+            if event["kind"] in ("registered", "list_and_watch"):
+                at = int(event["t_unix_ns"]) / 1e9 - spawned
+                marks.setdefault(f"kubelet:{event['kind']}", []).append(at)
+    print(f"spawn -> all registered {seconds * 1000:.0f} ms")
+    for name, times in sorted(marks.items(), key=lambda kv: min(kv[1])):
+        print(
+            f"  {name:32s} n={len(times):4d} first {min(times) * 1000:7.1f} ms  "
+            f"last {max(times) * 1000:7.1f} ms"
+        )
+
+
+def cmd_cprofile(args: argparse.Namespace) -> None:
+    with prepared(args.resources, args.devices) as (workdir, trees):
+        out = workdir / "startup.prof"
+        argv = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "kdp_host"]
+        with command(argv), started(workdir, trees, "cp") as (_, seconds):
+            print(f"spawn -> all registered {seconds * 1000:.0f} ms (under cProfile)")
+        # stopped (SIGTERM): the profile covers exec -> registered -> a clean stop
+        stats = pstats.Stats(str(out))
+        if args.save:
+            stats.dump_stats(args.save)
+        stats.sort_stats(args.sort).print_stats(args.top)
+
+
+def cmd_importtime(args: argparse.Namespace) -> None:
+    with prepared(args.resources, args.devices) as (workdir, trees):
+        argv = [sys.executable, "-X", "importtime", "-m", "kdp_host"]
+        with command(argv), started(workdir, trees, "it") as (p, seconds):
+            print(f"spawn -> all registered {seconds * 1000:.0f} ms (with -X importtime)")
+            text = p.kdp.log_path.read_text()
+    rows: list[tuple[int, int, str]] = []
+    for line in text.splitlines():
+        if line.startswith("import time:") and "|" in line and "self [us]" not in line:
+            own, cumulative, name = line.removeprefix("import time:").split("|")
+            rows.append((int(own), int(cumulative), name.rstrip()))
+    top = [r for r in rows if not r[2].startswith("  ")]
+    total = sum(r[1] for r in top)
+    print(f"{len(rows)} modules, {total / 1000:.0f} ms in imports")
+    for own, cumulative, name in sorted(rows, key=lambda r: -r[1])[: args.top]:
+        print(f"  {cumulative / 1000:7.1f} ms cumulative {own / 1000:6.1f} ms own  {name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resources", type=int, default=100)
+    parser.add_argument("--devices", type=int, default=10)
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("time").add_argument("--runs", type=int, default=3)
+    sub.add_parser("timeline")
+    profile = sub.add_parser("cprofile")
+    profile.add_argument("--top", type=int, default=40)
+    profile.add_argument("--sort", default="cumulative")
+    profile.add_argument("--save", default="")
+    sub.add_parser("importtime").add_argument("--top", type=int, default=40)
+    args = parser.parse_args(argv)
+    compile_product()  # as `make bench` does (and installing the package)
+    handlers = {
+        "time": cmd_time,
+        "timeline": cmd_timeline,
+        "cprofile": cmd_cprofile,
+        "importtime": cmd_importtime,
+    }
+    handlers[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ MODULES = (
     "release",
     "restart",
     "scale",
+    "startup_profile",
     "sysfs",
     "uevent_sources",
 )

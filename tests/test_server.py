@@ -46,7 +46,7 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.protocol.codec import DevicePluginCodec, EncodedMessage
 from kdp_host.protocol.lists import ListAndWatchEncoder
-from kdp_host.protocol.registration import Registrar, RegistrationError
+from kdp_host.protocol.registration import Registrar, RegistrationError, file_identity
 from kdp_host.protocol.server import SOCKET_MODE, CoalescingTransport, PluginServer
 from kdp_host.protocol.service import DevicePluginService
 from kdp_host.simulator import KubeletSimulator
@@ -123,7 +123,7 @@ async def test_plugin_server_makes_its_socket_off_the_loop(short_dir: Path) -> N
     try:
         identity = await serving
         assert stat.S_ISSOCK(path.stat().st_mode)
-        assert identity == (path.stat().st_ino, path.stat().st_ctime_ns)
+        assert identity == file_identity(str(path))
     finally:
         server.close()
         await server.wait_closed()

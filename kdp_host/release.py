@@ -381,6 +381,11 @@ class ReleaseTracker:
         pending = sum(1 for use in self.uses.values() if use.owed)
         self._metrics.releases_pending.labels(self._resource.name).set(pending)
 
+    def outstanding(self) -> set[str]:
+        """The devices in use or owed a release (read from the HTTP thread): `/devices`
+        shows them whether or not the resource lists them now."""
+        return {device_id for device_id, use in list(self.uses.items()) if use.used or use.owed}
+
     def view(self, device_id: str) -> dict[str, Any]:
         """The release part of a device in `/devices` (read from the HTTP thread). The
         command's error is in the log only: `/devices` shows no command output."""

@@ -30,6 +30,8 @@ STATUS_TIMEOUT = 5.0
 """Seconds `kdp-host status` waits for the host's answer."""
 MAX_ANSWER = 64 << 20
 """Most bytes of a `/devices` answer `kdp-host status` reads."""
+MISSING = "missing"
+"""The health of a device held or owed a release that the resource does not list now."""
 
 
 def utc(seconds: float | None) -> str | None:
@@ -83,8 +85,14 @@ def devices_document(host: Host) -> dict[str, Any]:
             if tracker is not None:
                 entry["release"] = tracker.view(device.id)
             devices.append(entry)
-        for device_id in sorted(held.keys() - listed):
-            devices.append({"id": device_id, "health": "missing", "holders": held[device_id]})
+        outstanding = set() if tracker is None else tracker.outstanding()
+        for device_id in sorted((held.keys() | outstanding) - listed):
+            # Held or owed a release, and not in the list the resource advertises now (gone,
+            # held back, or renamed by a reload): shown until released (hostile5 H3).
+            entry = {"id": device_id, "health": MISSING, "holders": held.get(device_id, [])}
+            if tracker is not None:
+                entry["release"] = tracker.view(device_id)
+            devices.append(entry)
         resources.append({"name": name, "devices": devices})
     return {"podResources": pod_resources, "resources": resources}
 

@@ -23,7 +23,6 @@ ownership index's rule of booked claims), and follows the driver's list once non
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import secrets
 from collections.abc import Callable, Iterable
@@ -34,41 +33,17 @@ from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_rules import cdi_kind_problem
 from .cdi_spec import render_spec_file, spec_device_names
 from .config import ResourceConfig
+from .config.outputs import owner_path, spec_path
 from .devices import Device, DeviceTable, Snapshot, replica_ids
-from .file_lease import LEASE, VERIFY, OwnerLease, owner_path
+from .file_lease import LEASE, VERIFY, OwnerLease
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .watch import Watcher
 
-DEFAULT_SPEC_DIR = "/var/run/cdi"
-FILE_PREFIX = "kdp-host_"
-MAX_SLUG = 200
 DEBOUNCE = 0.05
 """Seconds to let a burst of device changes settle before writing."""
 RETRY_INTERVAL = 5.0
 """Seconds before retrying a failed write when nothing changed meanwhile."""
-
-
-def spec_dir(resource: ResourceConfig) -> str:
-    cdi = resource.allocate.cdi
-    return (cdi.spec_dir if cdi is not None else None) or DEFAULT_SPEC_DIR
-
-
-def spec_file_name(resource_name: str) -> str:
-    """`vendor.example/fpga` -> `kdp-host_vendor.example_fpga.json`.
-
-    One-to-one: the domain part of a resource name cannot hold `_`, so the first `_` after
-    the prefix always stands for the `/`. Very long names are cut and get a hash.
-    """
-    slug = resource_name.replace("/", "_")
-    if len(slug) > MAX_SLUG:
-        digest = hashlib.sha256(resource_name.encode()).hexdigest()[:12]
-        slug = f"{slug[: MAX_SLUG - 13]}-{digest}"
-    return f"{FILE_PREFIX}{slug}.json"
-
-
-def spec_path(resource: ResourceConfig) -> str:
-    return os.path.join(spec_dir(resource), spec_file_name(resource.name))
 
 
 @dataclass

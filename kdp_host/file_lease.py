@@ -28,13 +28,6 @@ LEASE = 3 * VERIFY
 """An owner file not refreshed for this long belongs to an instance that is gone."""
 
 
-def owner_path(spec: str) -> str:
-    """The owner file of a spec file: `.kdp-host_vendor.example_fpga.owner` next to it (a
-    name CDI ignores: it reads only `.json` and `.yaml` files; NFD skips dot files)."""
-    directory, name = os.path.split(spec)
-    return os.path.join(directory, f".{name.removesuffix('.json')}.owner")
-
-
 def read_owner(path: str, lease: float, now: Callable[[], float] = time.time) -> str | None:
     """The instance named in an owner file, or None when it is missing, empty or its lease
     (the file's age) ran out."""

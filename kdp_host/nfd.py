@@ -31,8 +31,9 @@ from collections.abc import Callable
 from .atomic_files import unlink, write_atomic
 from .backoff import Backoff
 from .config.model import NodeFeaturesConfig
+from .config.outputs import owner_path
 from .devices import Snapshot
-from .file_lease import LEASE, VERIFY, OwnerLease, owner_path
+from .file_lease import LEASE, VERIFY, OwnerLease
 from .files import Offload
 from .logs import EventLogger
 from .rules import node_feature_labels

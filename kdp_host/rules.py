@@ -155,6 +155,13 @@ def absolute_path_problem(path: str) -> str | None:
     return None
 
 
+def path_inside(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or lies under it, comparing normalised paths (no I/O:
+    resolve symlinks first where that matters)."""
+    path, directory = posixpath.normpath(path), posixpath.normpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 def join_list(items: Iterable[str]) -> str:
     """A list template field's value: the items joined with LIST_SEPARATOR."""
     return LIST_SEPARATOR.join(items)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kdp_host.cdi import spec_file_name
+from kdp_host.config.outputs import spec_file_name
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
 from .cdi_spec import read_spec_file

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kdp_host import atomic_files
 from kdp_host.allocation import AllocationBuilder
 from kdp_host.atomic_files import write_atomic
-from kdp_host.cdi import CdiSpecWriter, spec_file_name, spec_path
+from kdp_host.cdi import CdiSpecWriter
 from kdp_host.cdi_rules import cdi_kind_problem
 from kdp_host.cdi_spec import build_spec, minimum_cdi_version, render_spec_file
 from kdp_host.config import (
@@ -27,8 +27,9 @@ from kdp_host.config import (
     MountConfig,
     ResourceConfig,
 )
+from kdp_host.config.outputs import owner_path, spec_file_name, spec_path
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
-from kdp_host.file_lease import owner_path, read_owner
+from kdp_host.file_lease import read_owner
 from kdp_host.inotify_watch import make_watcher
 from kdp_host.logs import get_logger
 from kdp_host.rules import extended_resource_name_problem

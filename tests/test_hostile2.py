@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host.cdi import spec_file_name
 from kdp_host.cli import main
+from kdp_host.config.outputs import spec_file_name
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.ownership_bookings import OWNERSHIP_FILE, SavedBooking, read_saved
 from kdp_host.ownership_claims import Owner

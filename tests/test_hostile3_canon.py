@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from kdp_host.cdi import spec_file_name
+from kdp_host.config.outputs import spec_file_name
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.identity import UNRESOLVABLE
 from kdp_host.ownership_canonical import canonical, checked_reach

@@ -420,7 +420,7 @@ def _successor(short_dir: Path, table: DeviceTable, store: ReleaseStateStore, co
 
 def _tracker(short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=None):  # type: ignore[no-untyped-def]
     text = (
-        f"kubelet: {{socketDir: {short_dir}}}\nstateDir: {short_dir}/state\nresources:\n"
+        f"kubelet: {{socketDir: {short_dir}/dp}}\nstateDir: {short_dir}/state\nresources:\n"
         f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n    replicas: {replicas}\n'
         '    release: {command: ["reset", "{ids}", "{pod}"]}\n'
     )
@@ -635,7 +635,7 @@ def _restarted(short_dir: Path, commands: _Commands, table: DeviceTable) -> Rele
     """A tracker of `{ids} {hostPaths}` after kdp-host restarted: a new store read from the
     state directory `_tracker` wrote."""
     config = load_config_text(
-        f"kubelet: {{socketDir: {short_dir}}}\nstateDir: {short_dir}/state\nresources:\n"
+        f"kubelet: {{socketDir: {short_dir}/dp}}\nstateDir: {short_dir}/state\nresources:\n"
         f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n'
         '    release: {command: ["reset", "{ids}", "{hostPaths}"]}\n'
     )

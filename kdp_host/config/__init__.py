@@ -41,6 +41,7 @@ from .model import (
     SysfsMatchConfig,
     UsbMatchConfig,
 )
+from .outputs import written_path_problems
 from .source import ConfigSource, SourceError, parse_config_text, read_config_source
 from .syntax import parse_duration, render_template, template_fields
 
@@ -95,7 +96,7 @@ def load_config_text(text: str, source: str = "<config>") -> Config:
     except SourceError as exc:
         raise ConfigError(source, exc.problems) from None
     parsed.sha256 = hashlib.sha256(text.encode()).hexdigest()
-    return _config_from_source(parsed, source)
+    return _config_from_source(parsed, source, None)
 
 
 def load_config(path: Path) -> Config:
@@ -106,13 +107,19 @@ def load_config(path: Path) -> Config:
         parsed = read_config_source(path)
     except SourceError as exc:
         raise ConfigError(str(path), exc.problems) from None
-    return _config_from_source(parsed, str(path))
+    return _config_from_source(parsed, str(path), str(path))
 
 
-def _config_from_source(parsed: ConfigSource, source: str) -> Config:
+def _config_from_source(parsed: ConfigSource, source: str, config_file: str | None) -> Config:
+    """The config `parsed` declares, checked, then the paths it would write checked
+    (`outputs.written_path_problems`: against the kubelet's, the state directory, each
+    other and `config_file`, the file it came from)."""
     reader = Reader(parsed.lines)
     reader.found.extend(parsed.problems)
     config = read_section(reader, Config, parsed.data, ())
+    if not reader.problems and isinstance(config, Config):
+        for path, message in written_path_problems(config, config_file):
+            reader.problem(path, message)
     if reader.problems or config is None:
         raise ConfigError(source, reader.problems)
     assert isinstance(config, Config)

@@ -26,7 +26,6 @@ Text rules (names, paths, env names, annotation keys) come from kdp_host/rules.p
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from ..rules import (
     label_key_problem,
     label_value_problem,
     node_feature_label_problem,
+    path_inside,
     socket_path_problem,
     sysfs_name_problem,
 )
@@ -974,12 +974,6 @@ def _socket_dir_problem(socket_dir: str) -> str | None:
 RegistrationMode = Literal["deviceSocket", "pluginsRegistry"]
 
 
-def _inside(path: str, directory: str) -> bool:
-    """Whether `path` is `directory` or lies under it (lexically)."""
-    path, directory = os.path.normpath(path), os.path.normpath(directory)
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
-
-
 @dataclass(frozen=True)
 class KubeletConfig:
     socket_dir: str = key(
@@ -1035,7 +1029,7 @@ class KubeletConfig:
         return self.socket_dir
 
     def check(self) -> Problems:
-        if self.registration == "pluginsRegistry" and _inside(
+        if self.registration == "pluginsRegistry" and path_inside(
             self.socket_dir, self.plugins_registry_dir
         ):
             yield (

@@ -186,7 +186,7 @@ def test_the_config_file_is_never_written(dirs: Path) -> None:
 def test_the_config_file_may_not_be_kept_in_the_state_dir(dirs: Path) -> None:
     config = dirs / "state" / "config.yaml"
     config.write_text(_head(dirs) + "resources:\n" + _resource(FPGA))
-    with pytest.raises(ConfigError, match="stateDir: stateDir, .* holds the config file"):
+    with pytest.raises(ConfigError, match=r"stateDir: stateDir, .* holds the config file"):
         load_config(config)
 
 

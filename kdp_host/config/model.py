@@ -652,7 +652,9 @@ class CdiConfig:
     spec_dir: str | None = key(
         "specDir",
         AbsolutePath(),
-        "Where the CDI spec file is written (atomically; removed when the resource goes away).",
+        "Where the CDI spec file is written (atomically; removed when the resource goes away). "
+        "Not inside the kubelet's directories or `stateDir`, nor another file kdp-host writes "
+        "(see [Paths kdp-host writes](#paths-kdp-host-writes)).",
         default=None,
         default_doc="`/var/run/cdi`",
     )
@@ -1097,7 +1099,10 @@ class NodeFeaturesConfig:
         AbsolutePath(),
         "The feature file, written atomically (a dot file renamed into place) whenever a "
         "count changes, and removed when kdp-host stops. NFD's worker reads "
-        "`/etc/kubernetes/node-feature-discovery/features.d/` (the chart mounts it).",
+        "`/etc/kubernetes/node-feature-discovery/features.d/` (the chart mounts it). Refused "
+        "when it is (or resolves to) a directory, the config file or another file kdp-host "
+        "writes, or lies in the kubelet's directories or `stateDir` (see [Paths kdp-host "
+        "writes](#paths-kdp-host-writes)).",
         default="/etc/kubernetes/node-feature-discovery/features.d/kdp-host",
     )
     expiry: float = key(
@@ -1121,7 +1126,9 @@ class Config:
         AbsolutePath(),
         "Where kdp-host keeps what must outlive it: which devices of resources with `release` "
         "were used and not released yet (`release-state.json`), and the device IDs the kubelet "
-        "booked with the nodes they reach (`ownership.json`). Small files.",
+        "booked with the nodes they reach (`ownership.json`). Small files. kdp-host writes "
+        "nothing else there, and nothing else of kdp-host may be there: not the config file, "
+        "not another path of the config (see [Paths kdp-host writes](#paths-kdp-host-writes)).",
         default="/var/lib/kdp-host",
         restart=True,
     )

@@ -39,13 +39,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from grpclib.const import Status
 
 from .allocation import device_env, hook_values
-from .backoff import Backoff
 from .config import ReleaseConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot, physical_id
 from .hooks import HookFailed, render_argv, run_hook
@@ -54,50 +52,13 @@ from .metrics import Metrics
 from .podresources import Holder, Holdings
 from .process import CommandRunner
 from .release_state import ReleaseStateStore, device_entry, handed_device
+from .release_use import DeviceUse
 from .rules import join_list
 
 ALLOCATION_SETTLE = 1.0
 """Seconds after an Allocate during which a PodResources answer is not taken as news about
 that device: the kubelet records the allocation only once our answer has reached it, so a
 List in between would show the device free."""
-RETRY_MAXIMUM = 300.0
-"""Longest wait between two background attempts of a failed release."""
-
-ReleaseState = Literal["clean", "in_use", "pending", "running", "failed"]
-
-
-@dataclass
-class DeviceUse:
-    """What the tracker knows about one physical device."""
-
-    used: set[str] = field(default_factory=set)
-    """Advertised IDs handed to containers whose end has not been seen."""
-    owed: bool = False
-    """The users are gone and no release has succeeded since."""
-    allocated_at: float = float("-inf")
-    """Monotonic time of its last Allocate."""
-    allocated_wall: float | None = None
-    """Unix time of its last Allocate (kept in the state file: a tracker started later,
-    by a reload or after a restart, still ignores answers asked before it)."""
-    holders: tuple[Holder, ...] = ()
-    """Who held it, as PodResources last said (kept after they left, for the templates)."""
-    handed: Device | None = None
-    """The device as the last Allocate handed it out (its host paths: what a release of
-    that use resets, whatever its paths reach by now)."""
-    running: asyncio.Task[None] | None = None
-    failure: str | None = None
-    marked_unhealthy: bool = False
-    released_at: float | None = None
-    """Unix time of the last successful release."""
-    backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=RETRY_MAXIMUM))
-
-    @property
-    def state(self) -> ReleaseState:
-        if self.running is not None:
-            return "running"
-        if self.owed:
-            return "failed" if self.failure is not None else "pending"
-        return "in_use" if self.used else "clean"
 
 
 def _joined(values: Iterable[str]) -> str:
@@ -214,10 +175,11 @@ class ReleaseTracker:
         its own would wipe that state (owed releases) for the resource."""
         if self._closed:
             return
-        replicas = self._resource.replicas
+        replicas, handed = self._resource.replicas, self.device_ids()
         held: dict[str, dict[str, tuple[Holder, ...]]] = {}
         for advertised, holders in answer.of(self._resource.name).items():
-            held.setdefault(physical_id(advertised, replicas), {})[advertised] = holders
+            device_id = handed.get(advertised) or physical_id(advertised, replicas)
+            held.setdefault(device_id, {})[advertised] = holders
         if self._assume_used and self._table.published.is_set():
             self._assume_used = False  # from now on the state is known
             self._store.known(self._resource.name)
@@ -385,6 +347,12 @@ class ReleaseTracker:
         """The devices in use or owed a release (read from the HTTP thread): `/devices`
         shows them whether or not the resource lists them now."""
         return {device_id for device_id, use in list(self.uses.items()) if use.used or use.owed}
+
+    def device_ids(self) -> dict[str, str]:
+        """Advertised ID -> device, for the IDs handed out whose users are not seen gone:
+        the kubelet's IDs keep naming their device after a reload changed `replicas`
+        (`fpga0::1` is still fpga0's with `replicas: 1`). Read from the HTTP thread too."""
+        return {a: device_id for device_id, use in list(self.uses.items()) for a in use.used}
 
     def view(self, device_id: str) -> dict[str, Any]:
         """The release part of a device in `/devices` (read from the HTTP thread). The

@@ -55,22 +55,25 @@ def devices_document(host: Host) -> dict[str, Any]:
             pod_resources["problem"] = status.problem
     resources = []
     for name, runtime in sorted(list(host.resources.items())):
-        replicas = runtime.config.replicas
+        replicas, tracker = runtime.config.replicas, runtime.release
+        # the device each kubelet ID names: as handed out (a reload may have changed
+        # `replicas` since), else by the replica count in force
+        handed = {} if tracker is None else tracker.device_ids()
         held: dict[str, list[dict[str, Any]]] = {}
         if holdings is not None:
             for advertised, holders in sorted(holdings.of(name).items()):
-                held.setdefault(physical_id(advertised, replicas), []).extend(
+                device_id = handed.get(advertised) or physical_id(advertised, replicas)
+                held.setdefault(device_id, []).extend(
                     {
                         "namespace": h.namespace,
                         "pod": h.pod,
                         "container": h.container,
                         "since": utc(h.since),
-                        **({"replica": advertised} if replicas > 1 else {}),
+                        **({"replica": advertised} if advertised != device_id else {}),
                     }
                     for h in holders
                 )
         known = None if allocatable is None else allocatable.get(name, frozenset())
-        tracker = runtime.release
         devices = []
         listed = set()
         for device in runtime.table.snapshot.devices:

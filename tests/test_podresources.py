@@ -305,7 +305,10 @@ def test_the_devices_answer_is_built_once_per_change_and_shared_by_scrapers() ->
     assert answer() is answer() and answer.builds == 2
     views = {"a": {"state": "running"}}
     tracker = SimpleNamespace(
-        changes=0, view=lambda d: views.get(d, {"state": "clean"}), outstanding=set
+        changes=0,
+        view=lambda d: views.get(d, {"state": "clean"}),
+        outstanding=set,
+        device_ids=dict,
     )
     runtime.release = tracker
     assert json.loads(answer())["resources"][0]["devices"][0]["release"] == {"state": "running"}

@@ -74,3 +74,43 @@ async def test_a_held_and_an_owed_device_stay_visible_after_a_reload_of_replicas
         assert after[owed]["holders"] == []
     finally:
         await sim.stop()
+
+
+async def test_a_reload_that_lowers_replicas_never_releases_under_the_pod(
+    socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
+) -> None:
+    """p1 holds `fpga0::1` (replicas 2); a reload to `replicas: 1` must not take the kubelet's
+    ID for another device: the device stays held by p1, shown so, and is not released."""
+    (devices / "ttyA0").unlink()
+    (devices / "fpga1").unlink()
+    log = short_dir / "release.log"
+    command = script(short_dir, "release.sh", f'echo "$1" >> {log}\n')
+    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
+    await sim.start()
+    try:
+        config = short_dir / "kdp.yaml"
+        config.write_text(_yaml(socket_dir, short_dir, devices, command, replicas=2))
+        running = await start_host(config.read_text(), config_path=config)
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+        await sim.allocate(FPGA, 1, pod_uid="p1")
+        poller = running.host.pod_resources
+        await wait_until(lambda: len(poller.holdings.of(FPGA)) == 1, what="p1 seen")
+        config.write_text(_yaml(socket_dir, short_dir, devices, command, replicas=1))
+        assert await running.host.reload_from(config) == "ok"
+        before = poller.status.last_ok
+        await wait_until(
+            lambda: (
+                poller.status.last_ok is not None
+                and before is not None
+                and poller.status.last_ok > before + 1.5
+            ),
+            what="two PodResources answers after the reload",
+        )
+        shown = _devices(devices_document(running.host))
+        assert not log.exists(), log.read_text()
+        assert [h["pod"] for d in shown.values() for h in d["holders"]] == ["p1"]
+        (holder,) = shown["fpga0"]["holders"]  # the kubelet's ID still names fpga0
+        assert holder["replica"] in ("fpga0::0", "fpga0::1")
+        assert shown["fpga0"]["release"]["state"] == "in_use"
+    finally:
+        await sim.stop()

@@ -4,8 +4,11 @@ that keeps failing until the device is released."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.status import devices_document
@@ -33,84 +36,96 @@ def _devices(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {device["id"]: device for device in resource["devices"]}
 
 
+@pytest.fixture
+async def sim(socket_dir: Path, short_dir: Path) -> AsyncIterator[KubeletSimulator]:
+    """The simulated kubelet, with its PodResources server."""
+    async with KubeletSimulator(
+        socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr"
+    ) as kubelet:
+        yield kubelet
+
+
+class _Host:
+    """A host of the FPGA resource on the simulator, from a config file a test reloads."""
+
+    def __init__(self, short_dir: Path, devices: Path, socket_dir: Path, command: str) -> None:
+        self.config = short_dir / "kdp.yaml"
+        self._yaml = lambda replicas: _yaml(socket_dir, short_dir, devices, command, replicas)
+
+    async def start(self, start_host: Any, replicas: int) -> Any:
+        self.config.write_text(self._yaml(replicas))
+        self.running = await start_host(self.config.read_text(), config_path=self.config)
+        return self.running
+
+    async def reload(self, replicas: int) -> None:
+        self.config.write_text(self._yaml(replicas))
+        assert await self.running.host.reload_from(self.config) == "ok"
+
+    def shown(self) -> dict[str, dict[str, Any]]:
+        return _devices(devices_document(self.running.host))
+
+
 async def test_a_held_and_an_owed_device_stay_visible_after_a_reload_of_replicas(
-    socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
+    sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
 ) -> None:
     """p1 holds one FPGA; p2 held the other and ended, and its release keeps failing. A
     reload that changes `replicas` (the resource is started again, its IDs change) used to
-    drop both from `/devices`: the kubelet's IDs were read with the new replica count, and
-    the owed device was shown only while the new list had it."""
+    drop both from `/devices`: the view showed only the devices the new list had, and the
+    held ones the kubelet named."""
     (devices / "ttyA0").unlink()
     failing = script(short_dir, "release.sh", 'echo "stuck in reset" >&2\nexit 3\n')
-    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
-    await sim.start()
-    try:
-        config = short_dir / "kdp.yaml"
-        config.write_text(_yaml(socket_dir, short_dir, devices, failing, replicas=1))
-        running = await start_host(config.read_text(), config_path=config)
-        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
-        await sim.allocate(FPGA, 1, pod_uid="p1")
-        await sim.allocate(FPGA, 1, pod_uid="p2")
-        poller = running.host.pod_resources
+    host = _Host(short_dir, devices, socket_dir, failing)
+    running = await host.start(start_host, replicas=1)
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+    await sim.allocate(FPGA, 1, pod_uid="p1")
+    await sim.allocate(FPGA, 1, pod_uid="p2")
+    poller = running.host.pod_resources
 
-        def shown() -> dict[str, dict[str, Any]]:
-            return _devices(devices_document(running.host))
+    def release_of(device: str) -> str | None:
+        return host.shown().get(device, {}).get("release", {}).get("state")
 
-        def release_of(device: str) -> str | None:
-            return shown().get(device, {}).get("release", {}).get("state")
+    await wait_until(lambda: len(poller.holdings.of(FPGA)) == 2, what="p1 and p2 seen")
+    pods = {h.pod: i for i, holders in poller.holdings.of(FPGA).items() for h in holders}
+    held, owed = pods["p1"], pods["p2"]
+    await sim.release("p2")
+    await wait_until(lambda: release_of(owed) == "failed", what="the release failed")
 
-        await wait_until(lambda: len(poller.holdings.of(FPGA)) == 2, what="p1 and p2 seen")
-        pods = {h.pod: i for i, holders in poller.holdings.of(FPGA).items() for h in holders}
-        held, owed = pods["p1"], pods["p2"]
-        await sim.release("p2")
-        await wait_until(lambda: release_of(owed) == "failed", what="the release failed")
-
-        config.write_text(_yaml(socket_dir, short_dir, devices, failing, replicas=2))
-        assert await running.host.reload_from(config) == "ok"
-        await wait_until(lambda: release_of(owed) == "failed", what="the owed device shown")
-        after = shown()
-        assert [h["pod"] for h in after[held]["holders"]] == ["p1"]
-        assert after[held]["release"]["state"] == "in_use"
-        assert after[owed]["holders"] == []
-    finally:
-        await sim.stop()
+    await host.reload(replicas=2)
+    await wait_until(lambda: release_of(owed) == "failed", what="the owed device shown")
+    after = host.shown()
+    assert [h["pod"] for h in after[held]["holders"]] == ["p1"]
+    assert after[held]["release"]["state"] == "in_use"
+    assert after[owed]["holders"] == []
 
 
 async def test_a_reload_that_lowers_replicas_never_releases_under_the_pod(
-    socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
+    sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
 ) -> None:
-    """p1 holds `fpga0::1` (replicas 2); a reload to `replicas: 1` must not take the kubelet's
-    ID for another device: the device stays held by p1, shown so, and is not released."""
+    """p1 holds `fpga0::<k>` (replicas 2); a reload to `replicas: 1` read that kubelet ID as
+    a device of its own, so fpga0 looked free and was released under p1. The ID still names
+    fpga0: held by p1, shown so, not released."""
     (devices / "ttyA0").unlink()
     (devices / "fpga1").unlink()
     log = short_dir / "release.log"
-    command = script(short_dir, "release.sh", f'echo "$1" >> {log}\n')
-    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
-    await sim.start()
-    try:
-        config = short_dir / "kdp.yaml"
-        config.write_text(_yaml(socket_dir, short_dir, devices, command, replicas=2))
-        running = await start_host(config.read_text(), config_path=config)
-        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
-        await sim.allocate(FPGA, 1, pod_uid="p1")
-        poller = running.host.pod_resources
-        await wait_until(lambda: len(poller.holdings.of(FPGA)) == 1, what="p1 seen")
-        config.write_text(_yaml(socket_dir, short_dir, devices, command, replicas=1))
-        assert await running.host.reload_from(config) == "ok"
-        before = poller.status.last_ok
-        await wait_until(
-            lambda: (
-                poller.status.last_ok is not None
-                and before is not None
-                and poller.status.last_ok > before + 1.5
-            ),
-            what="two PodResources answers after the reload",
-        )
-        shown = _devices(devices_document(running.host))
-        assert not log.exists(), log.read_text()
-        assert [h["pod"] for d in shown.values() for h in d["holders"]] == ["p1"]
-        (holder,) = shown["fpga0"]["holders"]  # the kubelet's ID still names fpga0
-        assert holder["replica"] in ("fpga0::0", "fpga0::1")
-        assert shown["fpga0"]["release"]["state"] == "in_use"
-    finally:
-        await sim.stop()
+    host = _Host(short_dir, devices, socket_dir, script(short_dir, "r.sh", f'echo "$1" >> {log}\n'))
+    running = await host.start(start_host, replicas=2)
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+    await sim.allocate(FPGA, 1, pod_uid="p1")
+    poller = running.host.pod_resources
+    await wait_until(lambda: len(poller.holdings.of(FPGA)) == 1, what="p1 seen")
+    await host.reload(replicas=1)
+    before = poller.status.last_ok
+    await wait_until(
+        lambda: (
+            poller.status.last_ok is not None
+            and before is not None
+            and poller.status.last_ok > before + 1.5
+        ),
+        what="two PodResources answers after the reload",
+    )
+    assert not log.exists(), log.read_text()
+    shown = host.shown()
+    assert [h["pod"] for d in shown.values() for h in d["holders"]] == ["p1"]
+    (holder,) = shown["fpga0"]["holders"]  # the kubelet's ID still names fpga0
+    assert holder["replica"] in ("fpga0::0", "fpga0::1")
+    assert shown["fpga0"]["release"]["state"] == "in_use"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Final
 
-from .backoff import Backoff
+from .backoff import Retries, Retry
 from .config import ResourceConfig
 from .resource import ResourceRuntime
 from .services import HostServices
@@ -20,15 +21,16 @@ STOP_WAIT = 1.5
 """Seconds the host waits for its resources to stop at shutdown before logging the slow ones."""
 
 
+RESTARTS: Final = Retry(first=0.5, maximum=30.0, stable=60.0)
+"""A crashed resource restarts after 0.5 s, doubling on each crash in a row up to 30 s; one
+that ran a minute before crashing restarts with the shortest delay again."""
+
+
 @dataclass(frozen=True)
 class RestartPolicy:
     """How a crashed resource is restarted."""
 
-    first_delay: float = 0.5
-    """Seconds before the first restart; doubles on each crash in a row."""
-    max_delay: float = 30.0
-    stable_after: float = 60.0
-    """A resource that ran this long before crashing restarts with the shortest delay again."""
+    retry: Retry = RESTARTS
     give_up_after: int = 10
     """Crashes in a row (none of them stable) after which /healthz reports the resource dead."""
 
@@ -37,7 +39,6 @@ class RestartPolicy:
 class _Supervised:
     runtime: ResourceRuntime
     task: asyncio.Task[None] | None = None
-    crashes: int = 0
     gave_up: bool = False
     stopping: bool = False
     """Set before the supervisor cancels it: an error from here on is part of stopping."""
@@ -114,11 +115,10 @@ class Supervisor:
         if after is not None:
             await asyncio.wait({after})
         policy = self.policy
-        backoff = Backoff(policy.first_delay, policy.max_delay)
-        loop = asyncio.get_running_loop()
+        crashes = Retries(policy.retry)
         runtime = supervised.runtime
         while True:
-            started = loop.time()
+            crashes.started()
             try:
                 await runtime.run()
                 raise RuntimeError("resource runtime returned")
@@ -130,12 +130,8 @@ class Supervisor:
                     # runtime stopped): the resource is being stopped, not crashing.
                     runtime.log.exception("resource_stop_failed")
                     raise asyncio.CancelledError from exc
-                if loop.time() - started > policy.stable_after:
-                    backoff.reset()
-                    supervised.crashes = 0
-                delay = backoff.next_delay()
-                supervised.crashes += 1
-                supervised.gave_up = supervised.crashes >= policy.give_up_after
+                delay = crashes.failed()
+                supervised.gave_up = crashes.in_a_row >= policy.give_up_after
                 self.services.metrics.resource_restarts.labels(runtime.config.name).inc()
                 runtime.log.exception("resource_crashed", restart_in=f"{delay:g}s", error=repr(exc))
                 await asyncio.sleep(delay)

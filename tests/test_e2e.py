@@ -16,6 +16,7 @@ from grpclib.client import Channel
 
 from kdp_host import serving
 from kdp_host.api.v1beta1 import DevicePluginStub, Empty, RegisterRequest, RegistrationBase
+from kdp_host.backoff import Retry
 from kdp_host.config import DriverConfig, GlobDriverConfig
 from kdp_host.devices import Device
 from kdp_host.drivers import Driver, DriverDeps, Notifier, make_driver
@@ -247,7 +248,7 @@ async def test_crashing_resource_restarts_while_others_serve(
     running = await start_host(
         two_resources(socket_dir, devices),
         drivers=crashing_twice,
-        restart_policy=RestartPolicy(0.05, 0.1),
+        restart_policy=RestartPolicy(Retry(first=0.05, maximum=0.1)),
     )
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2)
     await kubelet.wait_for(lambda: kubelet.resource(SERIAL).allocatable == 1, timeout=15)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from kdp_host.backoff import Backoff
+from kdp_host.backoff import Retry
 from kdp_host.config import ShellDriverConfig
 from kdp_host.devices import DeviceTable, Snapshot
 from kdp_host.drivers import DriverDeps, DriverError
@@ -476,8 +476,7 @@ async def test_stream_restarts_with_backoff(tmp_path: Path) -> None:
     metrics = Metrics()
     table = DeviceTable()
     config = shell(probe, mode="stream", failure_threshold=3)
-    backoff = Backoff(initial=0.02, maximum=0.1)
-    driver = ShellDriver(config, make_deps(), restart_backoff=backoff)
+    driver = ShellDriver(config, make_deps(), restarts=Retry(first=0.02, maximum=0.1))
     async with running(driver, table, metrics, threshold=3):
         await wait_table(table, lambda s: ids(s) == ["run4"])
     assert errors(metrics, "exit") >= 3
@@ -502,7 +501,7 @@ async def test_stream_down_degrades_and_recovers(
     driver = ShellDriver(
         config,
         make_deps(kill_grace=GRACE),
-        restart_backoff=Backoff(initial=0.02, maximum=0.05),
+        restarts=Retry(first=0.02, maximum=0.05),
     )
     async with running(driver, table, metrics, threshold=2):
         await wait_table(table, lambda s: health(s) == {"a": True, "b": True})
@@ -535,7 +534,7 @@ async def test_stream_overlong_line_restarts_the_command(tmp_path: Path) -> None
     driver = ShellDriver(
         config,
         make_deps(kill_grace=GRACE),
-        restart_backoff=Backoff(initial=0.02),
+        restarts=Retry(first=0.02, maximum=5.0),
         max_output=1000,
     )
     async with running(driver, table, metrics):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..backoff import Backoff
+from ..backoff import Retries, Retry
 from ..command_output import ProbeOutputError, Recall, parse_in_turns
 from ..config import ShellDriverConfig
 from ..devices import Device
@@ -22,10 +22,9 @@ from .base import DriverDeps, DriverError, Notifier
 from .rate_limit import RateLimit
 from .stream import STREAM_BURST, STREAM_RATE, DocumentReader, NoFirstList, first_document
 
-STREAM_RESTART_DELAYS = (0.5, 30.0)
-"""Restart backoff of a stream command that exited: first and longest delay, in seconds."""
-STREAM_STABLE_AFTER = 60.0
-"""A stream command that ran this long before exiting restarts after the first delay again."""
+STREAM_RESTARTS = Retry(first=0.5, maximum=30.0, stable=60.0)
+"""A stream command that exited restarts after 0.5 s, doubling up to 30 s while it keeps
+exiting; one that ran a minute before exiting restarts after the first delay again."""
 
 
 def command_failure(exc: CommandError) -> DriverError:
@@ -41,15 +40,13 @@ class ShellDriver:
         config: ShellDriverConfig,
         deps: DriverDeps,
         *,
-        restart_backoff: Backoff | None = None,
-        stable_after: float = STREAM_STABLE_AFTER,
+        restarts: Retry = STREAM_RESTARTS,
         max_output: int = MAX_OUTPUT,
         rate_limit: RateLimit | None = None,
     ) -> None:
         self._config = config
         self._deps = deps
-        self._backoff = restart_backoff or Backoff(*STREAM_RESTART_DELAYS)
-        self._stable_after = stable_after
+        self._restarts = restarts
         self._max_output = max_output
         self._rate_limit = rate_limit or RateLimit(deps.clock, STREAM_RATE, STREAM_BURST)
         self._recall = Recall()
@@ -101,9 +98,9 @@ class ShellDriver:
             await asyncio.sleep(max(0.0, started + self._config.interval - clock()))
 
     async def _run_stream(self, notifier: Notifier) -> None:
-        clock = self._deps.clock
+        restarts = Retries(self._restarts, self._deps.clock)
         while True:
-            started = clock()
+            restarts.started()
             try:
                 error = await self._stream_once(notifier)
             except CommandError as exc:
@@ -111,9 +108,7 @@ class ShellDriver:
             except DriverError as exc:
                 error = exc
             notifier.failure(error)
-            if clock() - started >= self._stable_after:
-                self._backoff.reset()
-            delay = self._backoff.next_delay()
+            delay = restarts.failed()
             self._deps.log.debug("stream_restart_scheduled", delay=delay)
             raise_if_cancelling()
             await asyncio.sleep(delay)

@@ -47,6 +47,16 @@ of the node is admitted, whatever it asks for, and a hung command would stall ad
 ever. So kdp-host sets the deadline itself: the command is killed after at most 10 s (plus
 the 1 s TERM-to-KILL grace), the Allocate fails with its stderr, and admission goes on. An
 allocate.command is meant to take milliseconds; slow work belongs in `preStart`."""
+KUBELET_MAX_RECEIVE_MESSAGE: Final = 4 * 1024 * 1024
+"""The largest message the kubelet's gRPC client takes: grpc-go's default receive limit
+(`defaultClientMaxReceiveMessageSize`, 4 MiB of message body), which the kubelet's device
+plugin client keeps (docs/kubelet-contract.md §4). A larger ListAndWatch message fails the
+kubelet's Recv with ResourceExhausted and the kubelet drops the plugin's endpoint."""
+LIST_AND_WATCH_MAX_BYTES: Final = KUBELET_MAX_RECEIVE_MESSAGE - 64 * 1024
+"""The most one ListAndWatch message of kdp-host holds (the encoded ListAndWatchResponse,
+counted exactly): 64 KiB under the kubelet's limit, a margin for what is not ours to count
+(the 5-byte gRPC prefix, a field a later API version adds to the message). A longer device
+list is cut to its longest prefix that fits (`protocol.lists`)."""
 LIST_SEPARATOR: Final = ","
 """How a template field that lists several items renders them: `{ids}`, `{paths}`,
 `{hostPaths}` (allocate env and annotations, preStart and allocate commands) and the sysfs

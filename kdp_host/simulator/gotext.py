@@ -215,6 +215,14 @@ def no_container_responses() -> str:
     )
 
 
+def message_too_large(size: int, limit: int) -> str:
+    """grpc-go's Recv of a message over its receive limit (docs/kubelet-contract.md §4)."""
+    return (
+        "rpc error: code = ResourceExhausted desc = grpc: received message larger than max "
+        f"({size} vs. {limit})"
+    )
+
+
 def unmarshal_failed(reason: str) -> str:
     return (
         f"rpc error: code = Internal desc = grpc: failed to unmarshal the received message {reason}"

@@ -10,6 +10,9 @@ Deliberately reproduced kubelet behaviour that plugins must cope with:
   (docs/kubelet-contract.md §4).
 * When a stream ends the resource keeps its capacity, allocatable drops to 0, the endpoint is
   stopped and nothing reconnects (docs/kubelet-contract.md §4).
+* A ListAndWatch message over the kubelet's receive limit (grpc-go's default, 4 MiB;
+  ``max_receive_message``) fails the stream with ResourceExhausted, which ends it as above
+  (docs/kubelet-contract.md §4).
 * If an *old* plugin client's stream ends after the same resource registered again, the *new*
   client is disconnected (docs/kubelet-contract.md §9). Counted in
   :attr:`KubeletSimulator.stale_disconnects`.

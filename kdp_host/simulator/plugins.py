@@ -18,7 +18,13 @@ from . import gotext
 from .listwire import WireError, decode_device_list
 from .log import log_event
 from .manager import DeviceManager
-from .records import SUPPORTED_VERSIONS, ListAndWatchUpdate, RegisterAttempt, StaleDisconnect
+from .records import (
+    MAX_RECEIVE_MESSAGE,
+    SUPPORTED_VERSIONS,
+    ListAndWatchUpdate,
+    RegisterAttempt,
+    StaleDisconnect,
+)
 from .transport import Endpoint, PluginClient, RegisterRefused, RpcFailed
 
 DECODE_IN_THREAD: Final = 64 * 1024
@@ -50,6 +56,8 @@ class PluginHandler:
         self._spawn = spawn
         self._notify = notify
         self._write_checkpoint = write_checkpoint
+        self.max_receive_message = MAX_RECEIVE_MESSAGE
+        """The receive limit of the clients made from now on (the kubelet's: grpc-go's default)."""
         self.clients: dict[str, PluginClient] = {}  # v1.32: one client per resource name
         self._open_clients: set[PluginClient] = set()
         self.running: dict[str, int] = {}
@@ -132,7 +140,7 @@ class PluginHandler:
     async def _connect_client(self, resource: str, socket_path: Path) -> None:
         """``connectClient`` of v1.32: register the client, dial, PluginConnected, run."""
         self._serial += 1
-        client = PluginClient(self._serial, resource, socket_path)
+        client = PluginClient(self._serial, resource, socket_path, self.max_receive_message)
         self.clients[resource] = client  # registerClient overwrites
         self._open_clients.add(client)
         await self._notify()

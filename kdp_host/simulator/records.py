@@ -19,7 +19,7 @@ from kdp_host.api.v1beta1 import (
     PreferredAllocationRequest,
     PreferredAllocationResponse,
 )
-from kdp_host.rules import KUBELET_PRE_START_DEADLINE
+from kdp_host.rules import KUBELET_MAX_RECEIVE_MESSAGE, KUBELET_PRE_START_DEADLINE
 
 KUBELET_SOCKET_NAME: Final = "kubelet.sock"
 CHECKPOINT_NAME: Final = "kubelet_internal_checkpoint"
@@ -34,6 +34,9 @@ ENDPOINT_STOP_GRACE_PERIOD: Final = 300.0
 """How long a stopped endpoint's resource is kept (docs/kubelet-contract.md §4)."""
 PRE_START_TIMEOUT: Final = KUBELET_PRE_START_DEADLINE
 """KubeletPreStartContainerRPCTimeoutInSecs (docs/kubelet-contract.md §8)."""
+MAX_RECEIVE_MESSAGE: Final = KUBELET_MAX_RECEIVE_MESSAGE
+"""The largest message the kubelet's gRPC client takes: grpc-go's default, 4 MiB
+(docs/kubelet-contract.md §4)."""
 
 
 class SimulatorAllocationError(Exception):

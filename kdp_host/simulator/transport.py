@@ -31,7 +31,7 @@ from kdp_host.api.v1beta1 import (
 
 from . import gotext
 from .log import log_event
-from .records import PluginOptions
+from .records import MAX_RECEIVE_MESSAGE, PluginOptions
 
 T = TypeVar("T")
 
@@ -163,10 +163,17 @@ class RawMessage:
 class PluginClient:
     """The kubelet's connection to one registered plugin (one per registration)."""
 
-    def __init__(self, serial: int, resource: str, socket_path: Path) -> None:
+    def __init__(
+        self,
+        serial: int,
+        resource: str,
+        socket_path: Path,
+        max_receive_message: int = MAX_RECEIVE_MESSAGE,
+    ) -> None:
         self.serial = serial
         self.resource = resource
         self.socket_path = socket_path
+        self.max_receive_message = max_receive_message
         self.messages = 0
         self._channel: Channel | None = None
 
@@ -210,9 +217,12 @@ class PluginClient:
             ) as stream:
                 await stream.send_message(Empty(), end=True)
                 async for message in stream:
+                    if (size := len(message.data)) > (limit := self.max_receive_message):
+                        # grpc-go fails Recv and resets the stream (docs/kubelet-contract.md §4)
+                        raise RpcFailed(gotext.message_too_large(size, limit))
                     self.messages += 1
                     yield message.data
-        except (asyncio.CancelledError, GeneratorExit):
+        except (asyncio.CancelledError, GeneratorExit, RpcFailed):
             raise
         except Exception as exc:
             raise RpcFailed(gotext.rpc_error_text(exc)) from exc

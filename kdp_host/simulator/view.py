@@ -83,6 +83,17 @@ class KubeletView:
         return self._plugins.dial_timeout
 
     @property
+    def max_receive_message(self) -> int:
+        """The largest ListAndWatch message the kubelet takes (docs/kubelet-contract.md §4):
+        grpc-go's default, 4 MiB; a larger one ends the stream. Set it to model a kubelet
+        that refuses what a plugin sends (it applies to the clients registered after)."""
+        return self._plugins.max_receive_message
+
+    @max_receive_message.setter
+    def max_receive_message(self, limit: int) -> None:
+        self._plugins.max_receive_message = limit
+
+    @property
     def register_attempts(self) -> list[RegisterAttempt]:
         return self._plugins.register_attempts
 

@@ -1,10 +1,11 @@
 """`kdp-host check`: every entry scanned once, as a run's driver would report it, and the
-warnings about what the devices found reach (a node two devices reach, the root disk)."""
+warnings about what the devices found reach (a node two devices reach, the root disk) and
+about a list too long for one message to the kubelet."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import Config
@@ -26,7 +27,14 @@ class CheckRow:
     device: Device | None = None
 
 
-async def scan_entries(config: Config, node: NodeInfo | None) -> list[CheckRow]:
+@dataclass
+class Scan:
+    rows: list[CheckRow] = field(default_factory=list)
+    too_large: list[str] = field(default_factory=list)
+    """A warning per entry whose list (replicas counted) one ListAndWatch message cannot hold."""
+
+
+async def scan_entries(config: Config, node: NodeInfo | None) -> Scan:
     """Scan every entry (or, for a node, the entries it serves). Each scan goes through the
     reporter a run's driver reports to (`DeviceReporter`), so what it leaves out (a node
     path `{paths}` cannot list) is left out here too, with the same `path_skipped` line."""
@@ -37,7 +45,8 @@ async def scan_entries(config: Config, node: NodeInfo | None) -> list[CheckRow]:
 
     log = get_logger()
     metrics = Metrics(process_collectors=False)
-    rows: list[CheckRow] = []
+    scan = Scan()
+    rows = scan.rows
     for resource in config.resources:
         kind = resource.driver.kind
         selected = True if node is None else selects(resource, node)
@@ -51,7 +60,7 @@ async def scan_entries(config: Config, node: NodeInfo | None) -> list[CheckRow]:
         except DriverError as exc:
             rows.append(CheckRow(resource.name, kind, f"driver error: {quote_text(exc)}", True))
             continue
-        table = DeviceTable()
+        table = DeviceTable(replicas=resource.replicas)
         DeviceReporter(
             table,
             resource=resource.name,
@@ -65,7 +74,26 @@ async def scan_entries(config: Config, node: NodeInfo | None) -> list[CheckRow]:
         rows.extend(
             CheckRow(resource.name, kind, device_cell(device), device=device) for device in devices
         )
-    return rows
+        if (warning := too_large_warning(resource.name, table)) is not None:
+            scan.too_large.append(warning)
+    return scan
+
+
+def too_large_warning(resource: str, table: DeviceTable) -> str | None:
+    """A line if a run would advertise only part of the list: it is longer than one
+    ListAndWatch message may be (`protocol.lists.list_overflow`, the rule a run follows)."""
+    from .protocol.lists import entries_overflow
+    from .rules import LIST_AND_WATCH_MAX_BYTES
+
+    overflow = entries_overflow(table.snapshot.advertised)
+    if overflow is None:
+        return None
+    return (
+        f"warning: {resource}: the device list takes {overflow.size} bytes, more than one "
+        f"message to the kubelet may hold ({LIST_AND_WATCH_MAX_BYTES}): only the first "
+        f"{overflow.advertised} of its {overflow.entries} entries would be advertised "
+        "(lower replicas, or split the devices over several resources)"
+    )
 
 
 def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:

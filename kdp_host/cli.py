@@ -157,14 +157,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             return EXIT_INVALID
     from .check import overlap_warnings, root_disk_warnings, scan_entries
 
-    rows = asyncio.run(scan_entries(config, node))
+    scan = asyncio.run(scan_entries(config, node))
+    rows = scan.rows
     where = "" if node is None else f" (node {quote_text(node.name)})"
     print(f"{quote_text(args.config)}: valid, {len(config.resources)} resource(s){where}")
     width = max((len(r.resource) for r in rows), default=8)
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
     for row in rows:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
-    for warning in overlap_warnings(rows, config):
+    for warning in [*overlap_warnings(rows, config), *scan.too_large]:
         print(warning, file=sys.stderr)
     from .sysfs.rootdisk import find_root_disk
 

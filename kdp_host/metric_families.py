@@ -206,6 +206,19 @@ class MetricFamilies:
             ["resource"],
             registry=r,
         )
+        self.list_and_watch_left_out = Gauge(
+            "kdp_list_and_watch_left_out",
+            "Entries of the device list left out of ListAndWatch: the list is longer than one "
+            "message to the kubelet may be, and only its first entries are advertised.",
+            ["resource"],
+            registry=r,
+        )
+        self.streams_lost = Counter(
+            "kdp_list_and_watch_streams_lost",
+            "ListAndWatch streams the kubelet ended (each one means registering again).",
+            ["resource"],
+            registry=r,
+        )
         self.scan_seconds = ResourceHistogram(
             "kdp_driver_scan_duration_seconds",
             "Duration of one driver scan or probe run.",

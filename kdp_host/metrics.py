@@ -42,6 +42,8 @@ class Metrics(MetricFamilies):
             self.registered,
             self.list_and_watch_updates,
             self.list_and_watch_streams,
+            self.list_and_watch_left_out,
+            self.streams_lost,
             self.driver_errors,
             self.driver_skipped,
             self.health_check_failures,

@@ -16,9 +16,10 @@ from .first_list import FirstList
 from .hooks import AllocateHook, PreStartHook
 from .ownership import OwnedTable
 from .podresources import Holder, Holdings
-from .protocol.lists import ListAndWatchEncoder
+from .protocol.lists import ListAndWatchEncoder, Overflow
 from .protocol.service import DevicePluginService
 from .release import ReleaseTracker
+from .rules import LIST_AND_WATCH_MAX_BYTES
 from .services import HostServices
 from .serving import ServingLoop
 
@@ -38,7 +39,7 @@ class ResourceRuntime:
         self._held: dict[str, tuple[Holder, ...]] = {}
         """Physical devices a container holds (the last PodResources answer), and by whom."""
         self._held_missing: set[str] = set()
-        self._encoder = ListAndWatchEncoder()
+        self._encoder = ListAndWatchEncoder(on_overflow=self._on_list_overflow)
         self._pre_start = (
             None
             if config.pre_start is None
@@ -101,6 +102,29 @@ class ResourceRuntime:
             release=self.release,
             bookings=self._services.ownership,
             cdi=self._cdi,
+        )
+
+    def _on_list_overflow(self, overflow: Overflow | None) -> None:
+        """The list became longer than one ListAndWatch message may be, or fits again (told
+        once per change): an error line, the gauge, and /readyz names the resource."""
+        name = self.config.name
+        left_out = 0 if overflow is None else overflow.left_out
+        self._services.metrics.list_and_watch_left_out.labels(name).set(left_out)
+        if overflow is None:
+            self.log.info("device_list_fits")
+            self._serving.set_problem("list", None)
+            return
+        self.log.error(
+            "device_list_too_large",
+            advertised=overflow.advertised,
+            entries=overflow.entries,
+            size=overflow.size,
+            limit=LIST_AND_WATCH_MAX_BYTES,
+        )
+        self._serving.set_problem(
+            "list",
+            f"device list over the kubelet's message limit: "
+            f"{overflow.advertised} of {overflow.entries} advertised",
         )
 
     def _on_devices_changed(self, snapshot: Snapshot) -> None:

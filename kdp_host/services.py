@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .backoff import Retry
 from .config import KubeletConfig
 from .devices import Device
 from .drivers import DriverFactory, make_driver
@@ -19,6 +20,7 @@ from .process import CommandRunner, ProcessRunner
 from .protocol.registration import Registrar
 from .release_state import ReleaseStateStore
 from .safety_net import SafetyNet
+from .stream_losses import LOST_STREAMS
 from .watch import Watcher
 
 if TYPE_CHECKING:  # only a host with nodeFeatures imports the feature-file writer
@@ -27,12 +29,15 @@ if TYPE_CHECKING:  # only a host with nodeFeatures imports the feature-file writ
 
 @dataclass(frozen=True)
 class RegistryWait:
-    """With `registration: pluginsRegistry`: how long a resource waits for the kubelet's
-    verdict (after creating its socket, or after the kubelet ended its stream) before it
-    creates its socket again; doubled on each wait in a row that ends with nothing."""
+    """The waits around registering. With `registration: pluginsRegistry`: how long a
+    resource waits for the kubelet's verdict (after creating its socket, or after the kubelet
+    ended its stream) before it creates its socket again; doubled on each wait in a row that
+    ends with nothing. In both modes: the back-off while the kubelet keeps ending the
+    resource's stream (`lost`)."""
 
     first: float = 5.0
     maximum: float = 300.0
+    lost: Retry = LOST_STREAMS
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Literal
 
+from . import plugin_socket
 from .backoff import Backoff
 from .endpoint import socket_name
 from .first_list import FirstList
@@ -35,6 +36,7 @@ from .protocol.registration import (
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService
 from .services import HostServices, ResourceStatus
+from .stream_losses import StreamLosses
 
 if TYPE_CHECKING:  # imported where used: only `registration: pluginsRegistry` needs it
     from .protocol.plugin_registry import KubeletVerdict
@@ -43,12 +45,12 @@ SAFETY_CHECK_INTERVAL = 30.0
 """Re-check sockets this often even when no watch event came (a lost event costs at most this),
 on the host's one safety-net timer (`safety_net.SafetyNet`): no resource wakes for it."""
 FRESH_KUBELET_RETRY = 0.01
-KUBELET_HANG_UP_WAIT = 1.0
-"""How long a stopping server waits for the kubelet to hang up once the streams ended."""
 OPTIONS_CHANGED: Final = "options_changed"
 """Registering again: the kubelet must learn new options (GetPreferredAllocation matters)."""
 STREAM_LOST: Final = "stream_lost"
 """In the queue of what the kubelet did, beside its verdicts: it ended our last stream."""
+STREAM_CLOSED: Final = "stream_closed_by_kubelet"
+"""Registering again: the kubelet ended our stream (after a wait when it keeps doing so)."""
 
 
 ServiceFactory = Callable[[Callable[[], None]], DevicePluginService]
@@ -94,6 +96,11 @@ class ServingLoop:
         """pluginsRegistry: the kubelet called GetInfo on the current socket."""
         self._last_refusal: str | None = None
         """pluginsRegistry: the kubelet's last refusal, logged once while it repeats."""
+        self._losses = StreamLosses(
+            services.registry_wait.lost,
+            services.metrics.streams_lost.labels(name),
+            lambda reason: self.set_problem("stream", reason),
+        )
 
     def devices_changed(self) -> None:
         """The device list changed: register again if the kubelet must learn new options."""
@@ -112,6 +119,7 @@ class ServingLoop:
             SAFETY_CHECK_INTERVAL, self._sockets_unchanged, self._safety_answer, timeout=5.0
         )
         try:
+            kubelet: FileIdentity | None = None
             while True:
                 if self._registry:
                     await self.first_list.wait(self.log)  # creating the socket registers it
@@ -131,6 +139,8 @@ class ServingLoop:
                 finally:
                     await self._stop_server(service, server)
                 self.log.info("reregistering", reason=reason)
+                if reason == STREAM_CLOSED and (delay := self._losses.lost()):
+                    await self._back_off(delay, kubelet)
         finally:
             leave_net()
             subscription.cancel()
@@ -190,29 +200,9 @@ class ServingLoop:
             return service, server, identity
 
     async def _stop_server(self, service: DevicePluginService, server: PluginServer) -> None:
-        """End streams first (clean EOF at the kubelet), then close server and connections.
-
-        The synchronous part (close, drop connections, remove the socket) runs even when
-        the wait for the streams is interrupted by a second cancel.
-        """
         self._service, self._expected = None, None
         self._mark(serving=False, registered=False)
-        try:
-            await service.end_streams()
-            # The kubelet drops whichever client holds the name when an old stream's end
-            # reaches it (docs/kubelet-contract.md §9): register again only once it has
-            # hung up on this server.
-            await server.wait_peers_hung_up(KUBELET_HANG_UP_WAIT)
-        finally:
-            server.close()
-            server.close_connections()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)
-        try:
-            async with asyncio.timeout(1.0):
-                await server.wait_closed()
-        except TimeoutError:
-            self.log.warning("server_close_slow")
+        await plugin_socket.stop(service, server, self.socket_path, self.log)
 
     async def _register_until_done(
         self, service: DevicePluginService, identity: FileIdentity
@@ -252,6 +242,7 @@ class ServingLoop:
                 continue
             metrics.registrations.labels(self.name, "ok").inc()
             self._stream_lost = False
+            self._losses.registered()
             self._mark(registered=True)
             self.log.info("registered", endpoint=self.endpoint)
             return kubelet
@@ -268,10 +259,26 @@ class ServingLoop:
             if current is not None and current != kubelet:
                 return "kubelet_restarted"
             if self._stream_lost:
-                return "stream_closed_by_kubelet"
+                return STREAM_CLOSED
             if service.options_outdated():
                 return OPTIONS_CHANGED
-            await self._wake.wait()
+            self._losses.check_stable()
+            await self._sleep_or_wake(self._losses.until_stable())
+
+    async def _back_off(self, delay: float, kubelet: FileIdentity | None) -> None:
+        """Wait `delay` before serving and registering again (the kubelet keeps ending our
+        stream, `stream_losses`), cut short by a new kubelet.sock: a restarted kubelet is
+        registered with at once."""
+        self._mark(error="not registered: stream closed by the kubelet")
+        self.log.warning("reregister_backoff", delay=delay, losses=self._losses.in_a_row)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while (left := deadline - loop.time()) > 0:
+            self._wake.clear()
+            if kubelet_socket_identity(self._serve_dir) not in (None, kubelet):
+                self._losses.kubelet_restarted()
+                return
+            await self._sleep_or_wake(left)
 
     def _sockets_unchanged(self) -> bool:
         """The safety net's check, off the loop (False wakes the loop to look itself)."""
@@ -312,13 +319,16 @@ class ServingLoop:
             while self._kubelet_events:
                 event = self._kubelet_events.popleft()
                 if isinstance(event, str):  # STREAM_LOST
+                    self._losses.lost()  # (counted; the wait for a verdict is the back-off)
                     if self.status.registered:
                         self._mark(registered=False, error="not registered: stream closed")
                         self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
                         deadline = loop.time() + patience.next_delay()
                 elif event.registered:
                     metrics.registrations.labels(self.name, "ok").inc()
-                    patience.reset()
+                    self._losses.registered()
+                    if not self._losses.in_a_row:  # (else the kubelet keeps dropping us)
+                        patience.reset()
                     refusals.reset()
                     deadline, refused, self._last_refusal = None, None, None
                     self._mark(registered=True)
@@ -348,7 +358,10 @@ class ServingLoop:
                     dir=self._serve_dir,
                 )
                 return "no_registration_status"
-            await self._sleep_or_wake(None if deadline is None else deadline - loop.time())
+            self._losses.check_stable()
+            left = None if deadline is None else deadline - loop.time()
+            waits = [w for w in (self._losses.until_stable(), left) if w is not None]
+            await self._sleep_or_wake(min(waits, default=None))
 
     async def _sleep_or_wake(self, delay: float | None) -> None:
         """Sleep (None: until woken), cut short by `_wake` (callers clear it, then check)."""

@@ -6,18 +6,25 @@ written directly (`wire.encode_device_entry`, ~0.5 us per entry, byte-identical 
 betterproto2 and to the official protobuf encoding: tests/test_wire.py), once per snapshot,
 only for the entries that changed since the last list, yielding to the event loop between
 chunks of a long run of entries.
+
+One message holds at most `rules.LIST_AND_WATCH_MAX_BYTES` (the kubelet's receive limit, less
+a margin): a longer list is cut to its longest prefix that fits, in the table's order (by ID),
+so the same list always sends the same prefix, and the encoder reports it (`Overflow`, once per
+change) to whoever must say so (the resource: an error line, a gauge, /readyz).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 from array import array
-from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import compress, count
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import accumulate, compress, count
 from operator import is_not
 
 from ..devices import Advertised, Snapshot
+from ..rules import LIST_AND_WATCH_MAX_BYTES
 from .wire import encode_device_entry, topology_field
 
 ENCODE_CHUNK = 256
@@ -33,15 +40,53 @@ class _TopologyFields(dict[int | None, bytes]):
         return field
 
 
+def _entry_bytes(entries: Iterable[Advertised], topology: _TopologyFields) -> list[bytes]:
+    return [encode_device_entry(e.id, e.healthy, topology[e.device.numa]) for e in entries]
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    """A device list longer than one ListAndWatch message may be: the message holds the
+    list's first `advertised` entries, the longest prefix that fits."""
+
+    advertised: int
+    entries: int
+    """Entries of the whole list (replicas counted)."""
+    size: int = field(compare=False)
+    """Bytes of the whole list (not part of what changes: the entries advertised are)."""
+
+    @property
+    def left_out(self) -> int:
+        return self.entries - self.advertised
+
+
+def list_overflow(sizes: Sequence[int], total: int | None = None) -> Overflow | None:
+    """How a list whose entries take `sizes` bytes (`total` in all, if known) fits one
+    ListAndWatch message: None when whole, else the prefix that does (the one rule)."""
+    total = sum(sizes) if total is None else total
+    if total <= LIST_AND_WATCH_MAX_BYTES:
+        return None
+    fitting = bisect.bisect_right(list(accumulate(sizes)), LIST_AND_WATCH_MAX_BYTES)
+    return Overflow(fitting, len(sizes), total)
+
+
+def entries_overflow(entries: Sequence[Advertised]) -> Overflow | None:
+    """`list_overflow` of an advertised list, its entries written as ListAndWatch writes them
+    (for `kdp-host check`, which sends nothing)."""
+    return list_overflow(array("I", map(len, _entry_bytes(entries, _TopologyFields()))))
+
+
 @dataclass(frozen=True, slots=True)
 class _Encoded:
-    """The last list written: its snapshot version, its entries, its bytes, and the length
-    of each entry's bytes in them (4 bytes an entry kept, not an object per entry)."""
+    """The last list written: its snapshot version, its entries, its bytes, the length of
+    each entry's bytes in them (4 bytes an entry kept, not an object per entry), and what is
+    sent of them (`data`, or its prefix that fits one message)."""
 
     version: int
     advertised: Sequence[Advertised]
     data: bytes
     sizes: array[int]
+    sent: bytes
 
 
 class ListAndWatchEncoder:
@@ -53,22 +98,31 @@ class ListAndWatchEncoder:
     list's bytes. A hot-plug among a thousand devices writes one entry.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_overflow: Callable[[Overflow | None], None] | None = None) -> None:
+        """`on_overflow` is told each change of whether and how the list is cut to fit."""
         self._topologies = _TopologyFields()
         self._last: _Encoded | None = None
+        self._on_overflow = on_overflow
+        self._overflow: Overflow | None = None
 
     async def encode(self, snapshot: Snapshot) -> bytes:
         last = self._last
         if last is not None and last.version == snapshot.version:
-            return last.data
+            return last.sent
         new = snapshot.advertised
         if last is None:
             parts = await self._written(new)
             data, sizes = b"".join(parts), array("I", map(len, parts))
         else:
             data, sizes = await self._rewritten(last, new)
-        self._last = _Encoded(snapshot.version, new, data, sizes)
-        return data
+        overflow = list_overflow(sizes, len(data))
+        sent = data if overflow is None else data[: sum(sizes[: overflow.advertised])]
+        self._last = _Encoded(snapshot.version, new, data, sizes, sent)
+        if overflow != self._overflow:
+            self._overflow = overflow
+            if self._on_overflow is not None:
+                self._on_overflow(overflow)
+        return sent
 
     async def _rewritten(
         self, last: _Encoded, new: Sequence[Advertised]
@@ -110,12 +164,8 @@ class ListAndWatchEncoder:
         """Each entry's bytes, yielding to the event loop between chunks of a long list."""
         parts: list[bytes] = []
         topology = self._topologies
-        entry_bytes = encode_device_entry
         for start in range(0, len(entries), ENCODE_CHUNK):
             if start:
                 await asyncio.sleep(0)
-            parts += [
-                entry_bytes(entry.id, entry.healthy, topology[entry.device.numa])
-                for entry in entries[start : start + ENCODE_CHUNK]
-            ]
+            parts += _entry_bytes(entries[start : start + ENCODE_CHUNK], topology)
         return parts

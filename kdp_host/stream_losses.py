@@ -1,0 +1,72 @@
+"""A resource whose ListAndWatch stream the kubelet keeps ending: how long to wait before
+registering again, and what /readyz says meanwhile.
+
+The kubelet ends a stream when it drops the plugin's endpoint: a client it replaced
+(docs/kubelet-contract.md §9), a message it cannot take (over its receive limit, §4), or
+anything else it refuses. Registering again at once is right the first time; when the next
+stream ends soon again, doing it at once spins (a list the kubelet could not take made a
+resource register ~90 times a second). So the losses follow `backoff.Retries` (`LOST_STREAMS`):
+the first loss of a run registers again at once, every further loss waits the next delay,
+and a stream that lasts `stable` seconds ends the run. A kubelet restart (a new
+`kubelet.sock`) is never waited for: it starts the delays over (`kubelet_restarted`). From
+the `NOT_READY_AFTER`-th loss in a row until the run ends, /readyz names the resource.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from .backoff import Retries, Retry
+from .metric_series import CounterSeries
+
+LOST_STREAMS: Final = Retry(first=0.1, maximum=30.0, stable=60.0, at_once=True)
+"""The back-off of registering again after lost streams (the module's rules)."""
+NOT_READY_AFTER: Final = 2
+"""Losses in a row from which the resource is not ready."""
+LOSSES_REASON: Final = "the kubelet keeps ending the stream"
+"""What /readyz says of a resource in a run of lost streams."""
+
+
+class StreamLosses:
+    """One resource's lost streams: counted, the delay before registering again, and the
+    readiness problem while they keep coming (the module's rules)."""
+
+    def __init__(
+        self, retry: Retry, counter: CounterSeries, report: Callable[[str | None], None]
+    ) -> None:
+        self._retries = Retries(retry)
+        self._counter = counter
+        self._report = report
+
+    @property
+    def in_a_row(self) -> int:
+        return self._retries.in_a_row
+
+    def registered(self) -> None:
+        """The resource registered: its stream starts now."""
+        self._retries.started()
+
+    def lost(self) -> float:
+        """The kubelet ended the stream: counted; returns the seconds to wait before
+        registering again (0: at once)."""
+        self._counter.inc()
+        self.check_stable()
+        delay = self._retries.failed()
+        if self.in_a_row == NOT_READY_AFTER:
+            self._report(LOSSES_REASON)
+        return delay
+
+    def kubelet_restarted(self) -> None:
+        """A new kubelet: the next delay is the first one again."""
+        self._retries.restart_delays()
+
+    def until_stable(self) -> float | None:
+        """Seconds until the open stream ends the run of losses (None: no run, or no stream)."""
+        return self._retries.until_stable()
+
+    def check_stable(self) -> None:
+        """End the run of losses if the open stream has lasted `stable` seconds."""
+        in_a_row = self.in_a_row
+        if self._retries.check_stable() and in_a_row >= NOT_READY_AFTER:
+            self._report(None)

@@ -70,8 +70,9 @@ class Retries:
             return 0.0
         return self._backoff.next_delay()
 
-    def restart_delays(self) -> None:
-        """The next delay is the first one again (the failures in a row still count)."""
+    def start_over(self) -> None:
+        """A new run of failures: none in a row, the next delay the first one."""
+        self.in_a_row = 0
         self._backoff.reset()
 
     def until_stable(self) -> float | None:
@@ -85,6 +86,5 @@ class Retries:
         """End the run of failures if the run going has lasted `stable` seconds (True)."""
         if self.until_stable() != 0.0:
             return False
-        self.in_a_row = 0
-        self._backoff.reset()
+        self.start_over()
         return True

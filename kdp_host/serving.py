@@ -96,6 +96,7 @@ class ServingLoop:
         """pluginsRegistry: the kubelet called GetInfo on the current socket."""
         self._last_refusal: str | None = None
         """pluginsRegistry: the kubelet's last refusal, logged once while it repeats."""
+        self._registered_with: FileIdentity | None = None  # (deviceSocket: its kubelet.sock)
         self._losses = StreamLosses(
             services.registry_wait.lost,
             services.metrics.streams_lost.labels(name),
@@ -137,7 +138,9 @@ class ServingLoop:
                 except _SocketLost:
                     reason = "socket_removed"
                 finally:
-                    await self._stop_server(service, server)
+                    self._service, self._expected = None, None
+                    self._mark(serving=False, registered=False)
+                    await plugin_socket.stop(service, server, self.socket_path, self.log)
                 self.log.info("reregistering", reason=reason)
                 if reason == STREAM_CLOSED and (delay := self._losses.lost()):
                     await self._back_off(delay, kubelet)
@@ -199,11 +202,6 @@ class ServingLoop:
             self.log.info("serving", socket=self.socket_path)
             return service, server, identity
 
-    async def _stop_server(self, service: DevicePluginService, server: PluginServer) -> None:
-        self._service, self._expected = None, None
-        self._mark(serving=False, registered=False)
-        await plugin_socket.stop(service, server, self.socket_path, self.log)
-
     async def _register_until_done(
         self, service: DevicePluginService, identity: FileIdentity
     ) -> FileIdentity | None:
@@ -242,7 +240,8 @@ class ServingLoop:
                 continue
             metrics.registrations.labels(self.name, "ok").inc()
             self._stream_lost = False
-            self._losses.registered()
+            self._losses.registered(restarted=self._registered_with not in (None, kubelet))
+            self._registered_with = kubelet
             self._mark(registered=True)
             self.log.info("registered", endpoint=self.endpoint)
             return kubelet
@@ -276,7 +275,6 @@ class ServingLoop:
         while (left := deadline - loop.time()) > 0:
             self._wake.clear()
             if kubelet_socket_identity(self._serve_dir) not in (None, kubelet):
-                self._losses.kubelet_restarted()
                 return
             await self._sleep_or_wake(left)
 
@@ -310,6 +308,7 @@ class ServingLoop:
         metrics = self._services.metrics
         deadline: float | None = loop.time() + patience.next_delay()
         refused: str | None = None
+        lost_here = False
         while True:
             self._wake.clear()
             if file_identity(self.socket_path) != identity:
@@ -320,17 +319,18 @@ class ServingLoop:
                 event = self._kubelet_events.popleft()
                 if isinstance(event, str):  # STREAM_LOST
                     self._losses.lost()  # (counted; the wait for a verdict is the back-off)
+                    lost_here = True
                     if self.status.registered:
                         self._mark(registered=False, error="not registered: stream closed")
                         self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
                         deadline = loop.time() + patience.next_delay()
                 elif event.registered:
                     metrics.registrations.labels(self.name, "ok").inc()
-                    self._losses.registered()
+                    self._losses.registered(restarted=lost_here)  # (by itself: a restart)
                     if not self._losses.in_a_row:  # (else the kubelet keeps dropping us)
                         patience.reset()
                     refusals.reset()
-                    deadline, refused, self._last_refusal = None, None, None
+                    deadline, refused, lost_here, self._last_refusal = None, None, False, None
                     self._mark(registered=True)
                     self.log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
                 else:

@@ -7,9 +7,10 @@ anything else it refuses. Registering again at once is right the first time; whe
 stream ends soon again, doing it at once spins (a list the kubelet could not take made a
 resource register ~90 times a second). So the losses follow `backoff.Retries` (`LOST_STREAMS`):
 the first loss of a run registers again at once, every further loss waits the next delay,
-and a stream that lasts `stable` seconds ends the run. A kubelet restart (a new
-`kubelet.sock`) is never waited for: it starts the delays over (`kubelet_restarted`). From
-the `NOT_READY_AFTER`-th loss in a row until the run ends, /readyz names the resource.
+and a stream that lasts `stable` seconds ends the run. A kubelet restart ends streams too
+but is no loss of ours: a registration with a restarted kubelet ends the run (`registered`),
+and the resource never waits for one (`serving.ServingLoop._back_off`). From the
+`NOT_READY_AFTER`-th loss in a row until the run ends, /readyz names the resource.
 """
 
 from __future__ import annotations
@@ -43,8 +44,12 @@ class StreamLosses:
     def in_a_row(self) -> int:
         return self._retries.in_a_row
 
-    def registered(self) -> None:
-        """The resource registered: its stream starts now."""
+    def registered(self, restarted: bool) -> None:
+        """The resource registered (with a kubelet that `restarted` since the last time: the
+        losses in a row were its restart): its stream starts now."""
+        if restarted:
+            self._end_run(self._retries.in_a_row)
+            self._retries.start_over()
         self._retries.started()
 
     def lost(self) -> float:
@@ -57,10 +62,6 @@ class StreamLosses:
             self._report(LOSSES_REASON)
         return delay
 
-    def kubelet_restarted(self) -> None:
-        """A new kubelet: the next delay is the first one again."""
-        self._retries.restart_delays()
-
     def until_stable(self) -> float | None:
         """Seconds until the open stream ends the run of losses (None: no run, or no stream)."""
         return self._retries.until_stable()
@@ -68,5 +69,9 @@ class StreamLosses:
     def check_stable(self) -> None:
         """End the run of losses if the open stream has lasted `stable` seconds."""
         in_a_row = self.in_a_row
-        if self._retries.check_stable() and in_a_row >= NOT_READY_AFTER:
+        if self._retries.check_stable():
+            self._end_run(in_a_row)
+
+    def _end_run(self, in_a_row: int) -> None:
+        if in_a_row >= NOT_READY_AFTER:
             self._report(None)

@@ -17,6 +17,7 @@ import pytest
 
 from kdp_host.backoff import Retry
 from kdp_host.check import too_large_warning
+from kdp_host.cli import main
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.protocol.lists import ListAndWatchEncoder, Overflow, entries_overflow
 from kdp_host.rules import KUBELET_MAX_RECEIVE_MESSAGE, LIST_AND_WATCH_MAX_BYTES
@@ -95,13 +96,29 @@ async def test_a_long_list_sends_its_longest_prefix_that_fits_once_per_change() 
     assert told == [overflow, None]
 
 
-def test_check_warns_of_a_list_a_run_would_cut() -> None:
+def test_check_warns_of_a_list_a_run_would_cut(
+    short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kdp-host check` scans, counts replicas and warns by the rule a run follows."""
+    devices = short_dir / "dev"
+    devices.mkdir()
+    for i in range(DEVICES):
+        (devices / device_name(i)).touch()
+    config = short_dir / "config.yaml"
+    config.write_text(big_config(socket_dir, devices))
+    assert main(["check", "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2 + DEVICES  # physical devices, one line each
+    [warning] = [line for line in captured.err.splitlines() if line.startswith("warning:")]
     table = DeviceTable(replicas=REPLICAS)
     table.publish([Device(device_name(i)) for i in range(DEVICES)])
-    warning = too_large_warning(BIG, table)
-    assert warning is not None and BIG in warning and f"of its {DEVICES * REPLICAS}" in warning
-    table.publish([Device(device_name(i)) for i in range(2)])
-    assert too_large_warning(BIG, table) is None
+    overflow = entries_overflow(table.snapshot.advertised)
+    assert overflow is not None and warning == too_large_warning(BIG, table)
+    assert f"only the first {overflow.advertised} of its {DEVICES * REPLICAS} entries" in warning
+
+    config.write_text(big_config(socket_dir, devices, replicas=10))
+    assert main(["check", "--config", str(config)]) == 0
+    assert "warning:" not in capsys.readouterr().err
 
 
 async def test_a_list_over_the_kubelets_limit_is_cut_and_served_without_spinning(
@@ -197,13 +214,21 @@ async def test_a_kubelet_that_keeps_ending_the_stream_is_backed_off_and_not_read
         assert registered_ok(sim) == 2
         assert sample(running, "kdp_registrations_total", result="ok") == 2
 
-        # a kubelet restart: registered at once (it takes the list now)
+        # a kubelet restart: registered at once (it takes the list now), and a registration
+        # with a restarted kubelet ends the run of losses
         sim.max_receive_message = 4 * 1024 * 1024
         await sim.restart()
         await sim.wait_for(lambda: sim.allocatable(BIG) == 2, timeout=30)
         assert registered_ok(sim) == 3
-        # still in the run of losses until the stream lasts `stable`: not ready yet
-        assert LOSSES_REASON in running.host.not_ready().get(BIG, "")
+        await wait_until(lambda: BIG not in running.host.not_ready(), what="ready")
+
+        # kubelet restarts end streams too, but are no losses of ours: never waited for,
+        # never "keeps ending the stream"
+        for _ in range(3):
+            await sim.restart()
+            await sim.wait_for(lambda: sim.allocatable(BIG) == 2, timeout=30)
+            await wait_until(lambda: BIG not in running.host.not_ready(), what="ready")
+        assert registered_ok(sim) == 6
     finally:
         await sim.stop()
 
@@ -212,3 +237,45 @@ def test_the_default_wait_backs_off() -> None:
     wait = RegistryWait().lost
     assert wait.at_once and 0 < wait.first < wait.maximum <= wait.stable
     assert NOT_READY_AFTER >= 2
+
+
+async def test_the_real_kubelet_takes_the_cut_list_and_allocates_from_it(
+    real_kubelet_factory: Callable[..., Any], short_dir: Path, start_host: Callable[..., Any]
+) -> None:
+    """The kubelet's own device manager (grpc-go's 4 MiB receive limit): the cut list is
+    received, its devices are allocatable, the stream stays (registered once, never
+    disconnected), and /readyz names the resource."""
+    kubelet = real_kubelet_factory()
+    devices = short_dir / "dev"
+    devices.mkdir()
+    for i in range(DEVICES):
+        (devices / device_name(i)).touch()
+    running = await start_host(big_config(kubelet.socket_dir, devices))
+
+    def served(k: Any) -> bool:
+        seen = k.resource(BIG)
+        return seen is not None and seen["allocatable"] > 0
+
+    await kubelet.await_for(served, timeout=60, what="the cut list received")
+    seen = await kubelet.acall(kubelet.resource, BIG)
+    advertised = seen["allocatable"]
+    assert 0 < advertised < DEVICES * REPLICAS
+    assert sample(running, "kdp_list_and_watch_left_out") == DEVICES * REPLICAS - advertised
+    allocated = await kubelet.acall(kubelet.allocate, "p1", {BIG: 2})
+    assert allocated["error"] == "" and len(allocated["device_ids"][BIG]) == 2
+    assert BIG in running.host.not_ready()
+    # a window of events: a hot-plug's list received (the stream still up)
+    since = await kubelet.acall(kubelet.last_seq)
+    (devices / device_name(DEVICES)).touch()
+    await kubelet.acall(
+        kubelet.wait_events,
+        lambda events: any(e["kind"] == "list_and_watch" and e["resource"] == BIG for e in events),
+        since,
+        30.0,
+        "the hot-plug's list",
+    )
+    events = await kubelet.acall(kubelet.events)
+    mine = [e for e in events if e["resource"] == BIG]
+    assert [e["kind"] for e in mine].count("registered") == 1
+    assert not [e for e in mine if e["kind"] == "disconnected"]
+    assert sample(running, "kdp_list_and_watch_streams_lost_total") == 0

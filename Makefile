@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 ## test: the whole suite (unit, end-to-end, interop, chart)
 test: $(STAMP) helm
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n auto $(PYTEST_ARGS)
 
 ## test-all: the suite on every interpreter of PYTHONS on PATH (or under pyenv), each in its own
 ## venv (.venv-3.X)

@@ -42,6 +42,7 @@ def test_the_sdist_holds_every_tracked_file(sdist: Path) -> None:
     assert not missing, f"not in the sdist (MANIFEST.in): {missing}"
 
 
+@pytest.mark.timeout(600)  # collects the whole suite twice: minutes on a loaded 2-core machine
 def test_tests_run_from_the_unpacked_sdist(sdist: Path, tmp_path: Path) -> None:
     """Its test suite collects as the checkout's does, and the tests that read the repository's
     files (config docs, workflows, Makefile, chart metadata) pass there."""

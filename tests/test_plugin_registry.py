@@ -576,14 +576,14 @@ async def test_the_verdict_text_kept_is_bounded() -> None:
     assert verdicts == [KubeletVerdict(False, "x" * MAX_ERROR_TEXT)]
 
 
-def test_stale_socket_cleanup_removes_only_dead_sockets_of_ours(tmp_path: Path) -> None:
+def test_stale_socket_cleanup_removes_only_dead_sockets_of_ours(short_dir: Path) -> None:
     """Both name forms; a live socket, a regular file with our name and another's socket stay."""
     from kdp_host.logs import get_logger
     from kdp_host.stale_sockets import remove_stale_sockets
 
     def bound(name: str, listening: bool) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX)
-        sock.bind(str(tmp_path / name))
+        sock.bind(str(short_dir / name))
         if listening:
             sock.listen()
         return sock
@@ -591,10 +591,10 @@ def test_stale_socket_cleanup_removes_only_dead_sockets_of_ours(tmp_path: Path) 
     dead = [bound("kdp-abcdefgh", False), bound("kdp-a.io_b-0a1b2c3d-00000000.sock", False)]
     live = bound("kdp-live.io_b-0a1b2c3d-00000000.sock", True)
     other = bound("other.sock", False)
-    (tmp_path / "kdp-zzzzzzzz").write_text("not a socket")
+    (short_dir / "kdp-zzzzzzzz").write_text("not a socket")
     try:
-        remove_stale_sockets(str(tmp_path), get_logger())
-        assert sorted(p.name for p in tmp_path.iterdir()) == [
+        remove_stale_sockets(str(short_dir), get_logger())
+        assert sorted(p.name for p in short_dir.iterdir()) == [
             "kdp-live.io_b-0a1b2c3d-00000000.sock",
             "kdp-zzzzzzzz",
             "other.sock",

@@ -13,7 +13,7 @@ import abc
 from collections.abc import Generator, Mapping
 
 from .devices import Device
-from .ownership_claims import Claims, Owner, Places, Reached, device_claims, places
+from .ownership_claims import Claim, Claims, Owner, Places, Reached, device_claims, places
 from .ownership_table import ClaimTable, Holding, ResourceState
 from .turns import Pace
 
@@ -172,9 +172,12 @@ class Admission(ClaimTable):
         """The common case in O(changed) claim work: every device the last admission
         advertised kept its own ID. Devices that changed, and
         those held last time, are admitted or held one by one (with `unchanged`, the list is
-        the last one: only those held); a change that may rename a device (a node let go of,
-        a claim of a device of this resource that is no longer advertised) goes to the full
-        admission, which starts from what this did. Returns what to advertise, or None."""
+        the last one: only those held); a change that may rename a device (a node one device
+        let go of that another claims, a claim of a device of this resource that is no
+        longer advertised) goes to the full admission, which starts from what this did. A
+        device that only lets go of a node (a node made again, with another identity: a
+        hot-plug) is admitted here, its old claim lingering as the full admission leaves it.
+        Returns what to advertise, or None."""
         if not state.plain:
             return None
         cache, before, stale = state.claims, state.admitted_from, state.stale
@@ -193,8 +196,9 @@ class Admission(ClaimTable):
                 elif old is not device and old != device:
                     dirty.append(device_id)
             removed = len(before) + added != len(devices)
-        holding: dict[str, Holding] = {}
-        result: Mapping[str, Device] | None = devices
+        examined: list[tuple[str, Claims]] = []
+        let_go: list[tuple[str, Claim]] = []
+        """Claims a device examined no longer makes (they linger with its ID), by device."""
         for device_id in sorted(set(dirty)):
             if pace.due():
                 yield
@@ -209,8 +213,16 @@ class Admission(ClaimTable):
                 claims = cache[key] = device_claims(device, self._lookup)
             owned = state.owned.get(device_id)
             if owned is not None and not owned.exclusive_keys() <= claims.exclusive_keys():
-                result = None  # it lets go of a node, which may keep its ID
-                break
+                kept = claims.exclusive_keys()
+                let_go.extend((device_id, c) for c in owned.exclusive if c[0] not in kept)
+            examined.append((device_id, claims))
+        holding: dict[str, Holding] = {}
+        result: Mapping[str, Device] | None = devices
+        if let_go and len(examined) > 1 and _taken_over(let_go, examined):
+            examined, result = [], None  # a node let go of may keep its ID: a rename
+        for device_id, claims in examined:
+            if pace.due():
+                yield
             why = self._conflict(state.name, device_id, claims)
             if why is not None:
                 owner = why.owner
@@ -247,3 +259,18 @@ class Admission(ClaimTable):
         if holding:
             return {d: device for d, device in devices.items() if d not in holding}
         return devices
+
+
+def _taken_over(let_go: list[tuple[str, Claim]], examined: list[tuple[str, Claims]]) -> bool:
+    """Whether a device examined claims what another one let go of (its key, or a claim by
+    its path or real path: a claim by text clashes with the identity its path had)."""
+    named: dict[object, set[str]] = {}
+    for device_id, (key, path, real) in let_go:
+        for name in (key, path, real):
+            named.setdefault(name, set()).add(device_id)
+    return any(
+        bool(named.get(name, set()) - {device_id})
+        for device_id, claims in examined
+        for key, path, real in claims.all()
+        for name in (key, path, real)
+    )

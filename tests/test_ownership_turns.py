@@ -207,3 +207,47 @@ def test_a_device_under_a_known_id_is_the_known_entry_only_when_all_else_is_the_
         object.__setattr__(changed, field.name, other)
         got = device.with_id("d1", changed)
         assert got is not changed and got == known, field.name
+
+
+async def test_a_device_whose_node_changed_is_admitted_with_the_changed_devices_only() -> None:
+    """Issue 20: a hot-plug makes a device's node again, and its old claim goes (here: the
+    device moves to another node). No other device claims what it let go of: it is admitted
+    with the devices that changed (two walks of the list: what to resolve, what changed),
+    not by a full admission (six walks), and its old claim lingers as the full admission
+    leaves it (a node another resource reaches is held while it is there)."""
+    found = nodes()
+    found.nodes["/dev/m5"] = ("c", N + 5)
+    host = Host(found, chunk=CHUNK)
+    table = host.attach(R1)
+    devices = listed("d")
+    host.index.publish(R1, devices)
+    await host.index.quiet()
+    beside = Beside()
+    try:
+        moved = {**devices, "d5": dev("d5", "/dev/m5")}
+        host.index.publish(R1, moved)
+        await host.index.quiet()
+        assert beside.turns <= 2 * N // CHUNK + 5, beside.turns
+    finally:
+        beside.stop()
+    assert host.ids(R1) == sorted(devices)
+    assert [d.nodes[0].host_path for d in table.snapshot.devices if d.id == "d5"] == ["/dev/m5"]
+    host.publish(R2, dev("other", "/dev/n5"))
+    await host.index.quiet()
+    assert host.ids(R2) == [] and host.held(R2) == 1, "its old claim lingers"
+
+
+async def test_a_node_let_go_of_that_another_device_claims_keeps_its_id() -> None:
+    """The node one device lets go of, claimed by a new device of the same list: a rename
+    (the full admission): the node keeps the ID the kubelet knows it by."""
+    found = nodes(20)
+    found.nodes["/dev/m5"] = ("c", 105)
+    host = Host(found, chunk=CHUNK)
+    table = host.attach(R1)
+    devices = listed("d", 20)
+    host.index.publish(R1, devices)
+    await host.index.quiet()
+    host.index.publish(R1, {**devices, "d5": dev("d5", "/dev/m5"), "x": dev("x", "/dev/n5")})
+    await host.index.quiet()
+    assert host.ids(R1) == sorted(devices)
+    assert [d.nodes[0].host_path for d in table.snapshot.devices if d.id == "d5"] == ["/dev/n5"]

@@ -494,3 +494,36 @@ def test_a_flood_of_unrelated_nodes_costs_one_full_read(fake: FakeSysfs) -> None
     assert not {id(d) for d in after.devices} & {id(d) for d in before.devices}
     few = reader.update(after, flood[:3])
     assert [id(d) for d in few.devices] == [id(d) for d in after.devices]
+
+
+def test_a_device_read_again_and_found_the_same_is_no_change(fake: FakeSysfs) -> None:
+    """Issue 20: a node's second event (created, then its permissions set) reads its device
+    again and finds it the same: the update keeps the very object and names no change, and
+    the scanner gives the very list it gave (what follows compares it by identity: a flapping
+    device's repeated events cost no list work downstream)."""
+    from kdp_host.drivers.scanner import DirWatch, Listed
+    from kdp_host.drivers.sysfs import SysfsScanner
+
+    from .fake_sysfs import FTDI
+    from .test_sysfs_driver import sysfs_config
+
+    controller = fake.usb_controller()
+    for slot in range(3):
+        fake.usb_serial_adapter(
+            controller, f"1-{slot + 1}", devnum=slot + 2, tty=f"ttyUSB{slot}", serial=f"S{slot}"
+        )
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    config = sysfs_config(fake, f"usb: [{{vendor: '{FTDI[0]}', product: '{FTDI[1]}'}}]")
+    scanner = SysfsScanner(config, reader)
+    scanner.scan(Listed(), DirWatch(), None)
+    stick = fake.usb_serial_adapter(controller, "1-9", devnum=20, tty="ttyUSB9", serial="HOT")
+    names = frozenset(str(fake.dev / name) for name in fake.nodes_of(stick))
+    plugged = scanner.scan(Listed(), DirWatch(), names)
+    assert len(plugged.devices) == 4
+    first = reader.update(reader.scan(), [n.removeprefix(f"{fake.dev}/") for n in names])
+    second = reader.update(first, [n.removeprefix(f"{fake.dev}/") for n in names])
+    assert second.changed == {}
+    assert all(a is b for a, b in zip(first.devices, second.devices, strict=True))
+    places = dict(plugged.places or {})
+    again = scanner.scan(Listed(plugged.devices, places), DirWatch(), names)
+    assert again.devices is plugged.devices

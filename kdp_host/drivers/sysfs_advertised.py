@@ -229,6 +229,8 @@ class Advertising:
         answer = self._answer
         if answer is None or len(changed) > MAX_UPDATE:
             return None
+        if not changed:
+            return answer  # the same answer (what follows compares it by identity)
         self._answer = None  # until this update is complete
         found, keys = self._found, self._keys
         affected: set[str] = set()

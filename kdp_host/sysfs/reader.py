@@ -136,7 +136,9 @@ class SysfsReader:
         and a node of none of them is placed through its device number
         (`<sysfs>/dev/char|block/MAJ:MIN`, else the class entry of its name) and read again
         with every listed device whose nodes it is among (a USB interface's late tty or
-        input node). Unchanged devices are the same objects as in `previous`. What cannot
+        input node). Unchanged devices are the same objects as in `previous`, as is a device
+        read again and found the same (not in the result's `changed`: a node's second event, a
+        create then its permissions, changes nothing downstream). What cannot
         be placed waits for the next full scan (the caller's safety net).
         """
         index = self._index if self._index is not None and self._index.scan is previous else None
@@ -192,9 +194,11 @@ class SysfsReader:
             device = index.by_path[path]
             if path in replaced:
                 continue
-            dropped.append(device)
             link = self._entry_link(device.source, device.name)
             found = self.read_device(device.source, device.name, link, extra, state)
+            if found == device:
+                continue  # read again, the same: no change (the same object goes on)
+            dropped.append(device)
             if found is None or found.path != path:
                 replaced[path] = None  # gone
                 if found is not None:

@@ -527,3 +527,37 @@ def test_a_device_read_again_and_found_the_same_is_no_change(fake: FakeSysfs) ->
     places = dict(plugged.places or {})
     again = scanner.scan(Listed(plugged.devices, places), DirWatch(), names)
     assert again.devices is plugged.devices
+
+
+def test_an_update_reads_the_attributes_of_an_enumeration_once(
+    fake: FakeSysfs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20: attribute values are kept while a device's `uevent` reads the same, from
+    one update to the next as from one scan to the next: the second event of a node (its
+    device read again) reads no attribute file; a new enumeration (a new `uevent`) reads
+    them again."""
+    from kdp_host.sysfs import reader as reader_module
+
+    opened: list[str] = []
+    read_text = reader_module.read_text
+
+    def counting(path: str) -> str:
+        opened.append(path)
+        return read_text(path)
+
+    monkeypatch.setattr(reader_module, "read_text", counting)
+    controller = fake.usb_controller()
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    scan = reader.scan()
+    stick = fake.usb_serial_adapter(controller, "1-9", devnum=20, tty="ttyUSB9", serial="HOT")
+    names = fake.nodes_of(stick)
+    scan = reader.update(scan, names)
+    assert any(path.startswith(str(stick)) for path in opened)
+    opened.clear()
+    scan = reader.update(scan, names)
+    assert opened == []
+    fake.remove_device(stick)
+    scan = reader.update(scan, names)
+    stick = fake.usb_serial_adapter(controller, "1-9", devnum=21, tty="ttyUSB9", serial="NEXT")
+    scan = reader.update(scan, names)
+    assert [d.serial for d in scan.devices if d.name == "1-9"] == ["NEXT"]

@@ -74,10 +74,11 @@ class _CachedAttributes:
 class SysfsReader:
     """Reads devices; not thread-safe: one scan at a time per reader.
 
-    Attribute values of USB and PCI devices are kept from one scan to the next while the
-    device's `uevent` reads the same (a USB device's changes with every enumeration, a PCI
-    device's with its IDs and driver), so a rescan reads one attribute file per unchanged
-    device, plus its nodes.
+    Attribute values of USB and PCI devices are kept from one read to the next (a scan or
+    an update) while the device's `uevent` reads the same (a USB device's changes with every
+    enumeration, a PCI device's with its IDs and driver), so a rescan reads one attribute
+    file per unchanged device, plus its nodes, and so does an update that reads a device
+    again (its node's second event).
     """
 
     def __init__(self, sysfs_root: str = "/sys", dev_root: str = "/dev") -> None:
@@ -85,8 +86,10 @@ class SysfsReader:
         self.dev_root = os.path.normpath(dev_root)
         self.nodes = DevNodes(self.sysfs_root, self.dev_root)
         """Where the devices' nodes are (`nodes.py`)."""
-        self._cache: dict[tuple[str, ...], _CachedAttributes] = {}
-        self._next_cache: dict[tuple[str, ...], _CachedAttributes] = {}
+        self._cache: dict[str, tuple[tuple[str, ...], _CachedAttributes]] = {}
+        """Device path -> the `uevent` and attribute names its attributes were read with,
+        and what was read (one entry per path: a full scan keeps those of its devices)."""
+        self._next_cache: dict[str, tuple[tuple[str, ...], _CachedAttributes]] = {}
         self._index: ReadIndex | None = None
         """Of the last scan this reader made or updated."""
         self._not_devices: dict[str, set[str]] = {}
@@ -219,6 +222,7 @@ class SysfsReader:
             kept = tuple(filter(None, [*devices, *added]))  # (no device is falsy)
         for device in fresh:
             watch.update(self.nodes.node_dirs(device))
+        self._cache.update(self._next_cache)
         self._next_cache = {}
         delta: dict[str, SysfsDevice | None] = {device.path: None for device in dropped}
         delta.update((device.path, device) for device in fresh)
@@ -296,8 +300,9 @@ class SysfsReader:
             wanted = ()
         uevent_text = read_quiet(os.path.join(path, "uevent")) or ""
         uevent = parse_uevent(uevent_text)
-        key = (path, uevent_text, *wanted, "", *extra)
-        cached = self._cache.get(key)
+        key = (uevent_text, *wanted, "", *extra)
+        kept = self._cache.get(path)
+        cached = kept[1] if kept is not None and kept[0] == key else None
         if cached is None:
             read: dict[str, str] = {}
             errors: dict[str, str] = {}
@@ -308,7 +313,7 @@ class SysfsReader:
         if not cached.errors and source in (USB, PCI):
             # Their uevent names the device (USB: PRODUCT, BUSNUM, DEVNUM, new with every
             # enumeration; PCI: PCI_ID, PCI_SUBSYS_ID, DRIVER); a class device's does not.
-            self._next_cache[key] = cached
+            self._next_cache[path] = (key, cached)
         attributes = dict(cached.attributes)
         errors = dict(cached.errors)
         driver = link_name(os.path.join(path, "driver"))

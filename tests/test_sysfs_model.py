@@ -536,26 +536,22 @@ def test_an_update_reads_the_attributes_of_an_enumeration_once(
     one update to the next as from one scan to the next: the second event of a node (its
     device read again) reads no attribute file; a new enumeration (a new `uevent`) reads
     them again."""
+    from unittest import mock
+
     from kdp_host.sysfs import reader as reader_module
 
-    opened: list[str] = []
-    read_text = reader_module.read_text
-
-    def counting(path: str) -> str:
-        opened.append(path)
-        return read_text(path)
-
-    monkeypatch.setattr(reader_module, "read_text", counting)
+    spy = mock.Mock(wraps=reader_module.read_text)
+    monkeypatch.setattr(reader_module, "read_text", spy)
     controller = fake.usb_controller()
     reader = SysfsReader(str(fake.sys), str(fake.dev))
     scan = reader.scan()
     stick = fake.usb_serial_adapter(controller, "1-9", devnum=20, tty="ttyUSB9", serial="HOT")
     names = fake.nodes_of(stick)
     scan = reader.update(scan, names)
-    assert any(path.startswith(str(stick)) for path in opened)
-    opened.clear()
+    assert any(call.args[0].startswith(str(stick)) for call in spy.call_args_list)
+    spy.reset_mock()
     scan = reader.update(scan, names)
-    assert opened == []
+    assert spy.call_args_list == []
     fake.remove_device(stick)
     scan = reader.update(scan, names)
     stick = fake.usb_serial_adapter(controller, "1-9", devnum=21, tty="ttyUSB9", serial="NEXT")

@@ -120,7 +120,8 @@ def cmd_cprofile(args: argparse.Namespace) -> None:
         stats = pstats.Stats(str(out))
         if args.save:
             stats.dump_stats(args.save)
-        stats.sort_stats(args.sort).print_stats(args.top)
+        if args.top:
+            stats.sort_stats(args.sort).print_stats(args.top)
 
 
 def cmd_importtime(args: argparse.Namespace) -> None:

@@ -39,7 +39,10 @@ class ResourceRuntime:
         self._held: dict[str, tuple[Holder, ...]] = {}
         """Physical devices a container holds (the last PodResources answer), and by whom."""
         self._held_missing: set[str] = set()
-        self._encoder = ListAndWatchEncoder(on_overflow=self._on_list_overflow)
+        self._encoder = ListAndWatchEncoder(
+            on_overflow=self._on_list_overflow,
+            held=functools.partial(services.ownership.is_booked, config.name),
+        )
         self._pre_start = (
             None
             if config.pre_start is None

@@ -96,6 +96,33 @@ async def test_a_long_list_sends_its_longest_prefix_that_fits_once_per_change() 
     assert told == [overflow, None]
 
 
+async def test_ids_pods_hold_stay_advertised_when_the_list_grows_ahead_of_them() -> None:
+    """Devices that sort first push the last entries of the prefix out, but not the IDs the
+    kubelet booked: those stay in the message wherever they are in the list."""
+    table = DeviceTable(replicas=REPLICAS)
+    table.publish([Device(device_name(i)) for i in range(DEVICES)])
+    first = ListAndWatchEncoder()
+    advertised = [d.id for d in decode_device_list(await first.encode(table.snapshot))]
+    booked = {advertised[-1], advertised[-2]}  # the last two that fit, held by pods
+    encoder = ListAndWatchEncoder(held=booked.__contains__)
+    assert await encoder.encode(table.snapshot) == await first.encode(table.snapshot)
+
+    ahead = [Device("a" + device_name(i)[1:]) for i in range(3)]  # sort before the rest
+    table.publish([*ahead, *(Device(device_name(i)) for i in range(DEVICES))])
+    data = await encoder.encode(table.snapshot)
+    assert len(data) <= LIST_AND_WATCH_MAX_BYTES
+    ids = [d.id for d in decode_device_list(data)]
+    sent = set(ids)
+    assert booked <= sent
+    order = [entry.id for entry in table.snapshot.advertised]
+    assert ids == [i for i in order if i in sent]  # in the list's order
+    unbooked = [i for i in ids if i not in booked]
+    assert unbooked == order[: len(unbooked)]  # the others: a prefix
+    # without the bookings the same list cuts them off
+    plain = [d.id for d in decode_device_list(await ListAndWatchEncoder().encode(table.snapshot))]
+    assert not booked <= set(plain) and len(plain) == len(ids)
+
+
 def test_check_warns_of_a_list_a_run_would_cut(
     short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,8 +9,9 @@ chunks of a long run of entries.
 
 One message holds at most `rules.LIST_AND_WATCH_MAX_BYTES` (the kubelet's receive limit, less
 a margin): a longer list is cut to its longest prefix that fits, in the table's order (by ID),
-so the same list always sends the same prefix, and the encoder reports it (`Overflow`, once per
-change) to whoever must say so (the resource: an error line, a gauge, /readyz).
+beside the IDs pods hold (kept wherever they are), so the same list always sends the same
+entries, and the encoder reports it (`Overflow`, once per change) to whoever must say so (the
+resource: an error line, a gauge, /readyz).
 """
 
 from __future__ import annotations
@@ -47,27 +48,53 @@ def _entry_bytes(entries: Iterable[Advertised], topology: _TopologyFields) -> li
 @dataclass(frozen=True, slots=True)
 class Overflow:
     """A device list longer than one ListAndWatch message may be: the message holds the
-    list's first `advertised` entries, the longest prefix that fits."""
+    list's longest prefix that fits (`prefix` entries) beside the entries pods hold, and
+    those held entries past the prefix (`kept`, positions in the list)."""
 
     advertised: int
+    """Entries the message holds."""
     entries: int
     """Entries of the whole list (replicas counted)."""
     size: int = field(compare=False)
     """Bytes of the whole list (not part of what changes: the entries advertised are)."""
+    prefix: int = field(default=0, compare=False)
+    kept: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def left_out(self) -> int:
         return self.entries - self.advertised
 
 
-def list_overflow(sizes: Sequence[int], total: int | None = None) -> Overflow | None:
+def list_overflow(
+    sizes: Sequence[int], total: int | None = None, held: Sequence[int] = ()
+) -> Overflow | None:
     """How a list whose entries take `sizes` bytes (`total` in all, if known) fits one
-    ListAndWatch message: None when whole, else the prefix that does (the one rule)."""
+    ListAndWatch message: None when whole; else the entries at positions `held` (IDs pods
+    hold, in list order: they stay advertised wherever they are) and the longest prefix of
+    the others that fits beside them (the one rule). Held entries too many to fit together
+    are not preferred (the plain prefix)."""
     total = sum(sizes) if total is None else total
     if total <= LIST_AND_WATCH_MAX_BYTES:
         return None
-    fitting = bisect.bisect_right(list(accumulate(sizes)), LIST_AND_WATCH_MAX_BYTES)
-    return Overflow(fitting, len(sizes), total)
+    budget = LIST_AND_WATCH_MAX_BYTES - sum(sizes[i] for i in held)
+    if budget < 0:
+        held, budget = (), LIST_AND_WATCH_MAX_BYTES
+    others = array("I", sizes)
+    for i in held:
+        others[i] = 0
+    prefix = bisect.bisect_right(list(accumulate(others)), budget)
+    kept = tuple(i for i in held if i >= prefix)
+    return Overflow(prefix + len(kept), len(sizes), total, prefix, kept)
+
+
+def _sent(data: bytes, sizes: Sequence[int], overflow: Overflow) -> bytes:
+    """The bytes of the entries `overflow` advertises, in list order."""
+    if not overflow.kept:
+        return data[: sum(sizes[: overflow.prefix])]
+    offsets = list(accumulate(sizes, initial=0))
+    view = memoryview(data)
+    kept = (view[offsets[i] : offsets[i + 1]] for i in overflow.kept)
+    return b"".join([view[: offsets[overflow.prefix]], *kept])
 
 
 def entries_overflow(entries: Sequence[Advertised]) -> Overflow | None:
@@ -98,11 +125,17 @@ class ListAndWatchEncoder:
     list's bytes. A hot-plug among a thousand devices writes one entry.
     """
 
-    def __init__(self, on_overflow: Callable[[Overflow | None], None] | None = None) -> None:
-        """`on_overflow` is told each change of whether and how the list is cut to fit."""
+    def __init__(
+        self,
+        on_overflow: Callable[[Overflow | None], None] | None = None,
+        held: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`on_overflow` is told each change of whether and how the list is cut to fit;
+        `held` says which IDs pods hold (kept in a list cut to fit: `list_overflow`)."""
         self._topologies = _TopologyFields()
         self._last: _Encoded | None = None
         self._on_overflow = on_overflow
+        self._held = held
         self._overflow: Overflow | None = None
 
     async def encode(self, snapshot: Snapshot) -> bytes:
@@ -115,8 +148,12 @@ class ListAndWatchEncoder:
             data, sizes = b"".join(parts), array("I", map(len, parts))
         else:
             data, sizes = await self._rewritten(last, new)
-        overflow = list_overflow(sizes, len(data))
-        sent = data if overflow is None else data[: sum(sizes[: overflow.advertised])]
+        held = self._held
+        if held is not None and len(data) > LIST_AND_WATCH_MAX_BYTES:
+            overflow = list_overflow(sizes, len(data), [i for i, e in enumerate(new) if held(e.id)])
+        else:
+            overflow = list_overflow(sizes, len(data))
+        sent = data if overflow is None else _sent(data, sizes, overflow)
         self._last = _Encoded(snapshot.version, new, data, sizes, sent)
         if overflow != self._overflow:
             self._overflow = overflow

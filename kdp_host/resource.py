@@ -212,8 +212,12 @@ class ResourceRuntime:
     def _check_held_devices(self, snapshot: Snapshot) -> None:
         """Devices a container holds that are gone or unhealthy (GDP#74: the stick was
         unplugged and the pod keeps running): a gauge, and one warning per device as it goes
-        missing, naming its holders (the README's recipe acts on them)."""
+        missing, naming its holders (the README's recipe acts on them). Not before the
+        driver's first list: a PodResources answer that comes first would call every held
+        device gone."""
         healthy = {device.id for device in snapshot.devices if device.healthy}
+        if not self.table.published.is_set() and self._serving.first_list.failure is None:
+            return  # no list yet (a start, a restart by a reload): nothing is known missing
         missing = {device for device in self._held if device not in healthy}
         self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
         listed = {device.id for device in snapshot.devices} if missing else set()

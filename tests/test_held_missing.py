@@ -61,3 +61,48 @@ async def test_an_unplugged_held_device_is_counted_and_names_its_pod(
         assert missing(running) == 0
     finally:
         await sim.stop()
+
+
+async def test_a_held_device_is_not_called_missing_before_the_first_list(
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """hostile6 L1: a resource started again by a reload hears the last PodResources answer
+    as it subscribes, before its driver's first list, and warned `held_device_missing
+    state=gone` for every held device that was there all along (at every start and reload)."""
+    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
+    await sim.start()
+    config = short_dir / "kdp.yaml"
+
+    def write(grace: str) -> None:
+        config.write_text(
+            f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {short_dir}/pr/kubelet.sock,"
+            " podResourcesInterval: 1s}\n"
+            f"resources:\n  - name: {FPGA}\n"
+            f'    glob: {{paths: ["{devices}/fpga*"], gracePeriod: {grace}}}\n'
+        )
+
+    try:
+        write("1h")
+        running = await start_host(config.read_text(), config_path=config)
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+        await sim.allocate(FPGA, 1, pod_uid="train-7", container="worker")
+        poller = running.host.pod_resources
+        await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="held")
+        with caplog.at_level("WARNING", logger="kdp_host"):
+            write("2h")  # the resource is started again
+            assert await running.host.reload_from(config) == "ok"
+            runtime = running.host.resources[FPGA]
+            await wait_until(lambda: runtime.table.published.is_set(), what="its first list")
+            seen = poller.status.last_ok
+            await wait_until(
+                lambda: poller.status.last_ok is not None and poller.status.last_ok != seen,
+                what="an answer after the first list",
+            )
+        assert [r for r in caplog.records if r.getMessage() == "held_device_missing"] == []
+        assert missing(running) == 0
+    finally:
+        await sim.stop()

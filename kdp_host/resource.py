@@ -115,7 +115,7 @@ class ResourceRuntime:
         self._services.metrics.list_and_watch_left_out.labels(name).set(left_out)
         if overflow is None:
             self.log.info("device_list_fits")
-            self._serving.set_problem("list", None)
+            self.status.set_problem("list", None)
             return
         self.log.error(
             "device_list_too_large",
@@ -124,7 +124,7 @@ class ResourceRuntime:
             size=overflow.size,
             limit=LIST_AND_WATCH_MAX_BYTES,
         )
-        self._serving.set_problem(
+        self.status.set_problem(
             "list",
             f"device list over the kubelet's message limit: "
             f"{overflow.advertised} of {overflow.entries} advertised",
@@ -257,7 +257,7 @@ class ResourceRuntime:
                     self.config,
                     self.table,
                     self.log,
-                    report=functools.partial(self._serving.set_problem, "cdi"),
+                    report=functools.partial(self.status.set_problem, "cdi"),
                     count_failure=cdi_failures.inc,
                     instance=services.instance_id,
                     watcher=services.watcher,

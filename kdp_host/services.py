@@ -13,6 +13,7 @@ from .devices import Device
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
+from .metric_series import GaugeSeries
 from .metrics import Metrics
 from .ownership import OwnershipIndex
 from .podresources import PodResourcesPoller
@@ -86,11 +87,43 @@ class ResourceStatus:
     """What /readyz says about a resource. Reasons are short and fixed (no host paths, no
     probe output): the endpoint is reachable from the pod network."""
 
+    changed: Callable[[], None] = lambda: None
+    """Told after every change (the host's readiness follows it)."""
+    registered_series: GaugeSeries | None = None
+    """`kdp_registered` of the resource."""
     serving: bool = False
     registered: bool = False
     last_error: str | None = None
     problems: dict[str, str] = field(default_factory=dict)
     """Parts of the resource that keep it from being ready (e.g. `cdi`), with a short reason."""
+
+    def mark(
+        self,
+        *,
+        serving: bool | None = None,
+        registered: bool | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Serving, registered (a registration clears the last error), or an error."""
+        if serving is not None:
+            self.serving = serving
+        if registered is not None:
+            self.registered = registered
+            if self.registered_series is not None:
+                self.registered_series.set(int(registered))
+            if registered:
+                self.last_error = None
+        if error is not None:
+            self.last_error = error
+        self.changed()
+
+    def set_problem(self, part: str, reason: str | None) -> None:
+        """A part of the resource keeps it from being ready (reason), or no longer (None)."""
+        if reason is None:
+            self.problems.pop(part, None)
+        else:
+            self.problems[part] = reason
+        self.changed()
 
     @property
     def ready(self) -> bool:

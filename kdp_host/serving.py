@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Literal
@@ -31,6 +32,7 @@ from .protocol.registration import (
     FileIdentity,
     RegistrationError,
     file_identity,
+    kubelet_listening,
     kubelet_socket_identity,
 )
 from .protocol.server import PluginServer
@@ -76,7 +78,10 @@ class ServingLoop:
         self.first_list = first_list
         """What the kubelet waits for: the driver's first list, the first CDI spec write
         (its first ListAndWatch then sees every device and final health, not a flap)."""
-        self.status = ResourceStatus()
+        self.status = ResourceStatus(
+            functools.partial(services.status_changed, name),
+            services.metrics.registered.labels(name),
+        )
         kubelet = services.kubelet
         self._registry = kubelet.registration == "pluginsRegistry"
         self._serve_dir = kubelet.serve_dir
@@ -100,7 +105,7 @@ class ServingLoop:
         self._losses = StreamLosses(
             services.registry_wait.lost,
             services.metrics.streams_lost.labels(name),
-            lambda reason: self.set_problem("stream", reason),
+            lambda reason: self.status.set_problem("stream", reason),
         )
 
     def devices_changed(self) -> None:
@@ -139,7 +144,7 @@ class ServingLoop:
                     reason = "socket_removed"
                 finally:
                     self._service, self._expected = None, None
-                    self._mark(serving=False, registered=False)
+                    self.status.mark(serving=False, registered=False)
                     await plugin_socket.stop(service, server, self.socket_path, self.log)
                 self.log.info("reregistering", reason=reason)
                 if reason == STREAM_CLOSED and (delay := self._losses.lost()):
@@ -147,7 +152,7 @@ class ServingLoop:
         finally:
             leave_net()
             subscription.cancel()
-            self._mark(serving=False, registered=False)
+            self.status.mark(serving=False, registered=False)
 
     def _safety_answer(self, unchanged: bool) -> None:
         if not unchanged:  # no answer within 5 s counts as a change, too
@@ -193,12 +198,12 @@ class ServingLoop:
             try:
                 identity = await server.serve(self.socket_path, offload=self._services.offload)
             except OSError as exc:
-                self._mark(serving=False, error=f"cannot serve: {type(exc).__name__}")
+                self.status.mark(serving=False, error=f"cannot serve: {type(exc).__name__}")
                 self.log.warning("serve_failed", socket=self.socket_path, reason=str(exc))
                 await self._sleep_or_wake(backoff.next_delay())
                 continue
             self._service = service
-            self._mark(serving=True)
+            self.status.mark(serving=True)
             self.log.info("serving", socket=self.socket_path)
             return service, server, identity
 
@@ -227,7 +232,7 @@ class ServingLoop:
             except RegistrationError as exc:
                 metrics.registrations.labels(self.name, exc.result).inc()
                 message = str(exc)
-                self._mark(registered=False, error=f"not registered: {exc.result}")
+                self.status.mark(registered=False, error=f"not registered: {exc.result}")
                 if message != last_message:
                     level = self.log.info if exc.result == "unavailable" else self.log.warning
                     level("register_failed", result=exc.result, reason=message)
@@ -242,7 +247,7 @@ class ServingLoop:
             self._stream_lost = False
             self._losses.registered(restarted=self._registered_with not in (None, kubelet))
             self._registered_with = kubelet
-            self._mark(registered=True)
+            self.status.mark(registered=True)
             self.log.info("registered", endpoint=self.endpoint)
             return kubelet
 
@@ -268,7 +273,7 @@ class ServingLoop:
         """Wait `delay` before serving and registering again (the kubelet keeps ending our
         stream, `stream_losses`), cut short by a new kubelet.sock: a restarted kubelet is
         registered with at once."""
-        self._mark(error="not registered: stream closed by the kubelet")
+        self.status.mark(error="not registered: stream closed by the kubelet")
         self.log.warning("reregister_backoff", delay=delay, losses=self._losses.in_a_row)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
@@ -300,8 +305,13 @@ class ServingLoop:
         Registered: nothing to do until the kubelet ends our stream. It does that when it
         restarts (its new plugin manager then registers the socket again) or when it gives up
         on us (nothing follows): so after a stream end, as after creating the socket, a verdict
-        must come within `patience`. A refusal is retried after `refusals`, unless the kubelet
-        (a newer one retries by itself) registers the socket meanwhile.
+        must come within `patience`. But a stream the kubelet ends while it keeps running (the
+        same kubelet.sock as at the registration, listening) is the kubelet giving up on the
+        socket (its watcher deregisters a plugin by name: the old instance of a rolling update
+        removing its socket ends ours too): nothing will register it again, so it is created
+        again after the lost streams' delay (at once the first time). A refusal is retried
+        after `refusals`, unless the kubelet (a newer one retries by itself) registers the
+        socket meanwhile.
         """
         self._expected = (identity, None)
         loop = asyncio.get_running_loop()
@@ -309,6 +319,9 @@ class ServingLoop:
         deadline: float | None = loop.time() + patience.next_delay()
         refused: str | None = None
         lost_here = False
+        dropped = False
+        kubelet_dir = self._services.kubelet.socket_dir
+        registered_with: FileIdentity | None = None
         while True:
             self._wake.clear()
             if file_identity(self.socket_path) != identity:
@@ -318,12 +331,20 @@ class ServingLoop:
             while self._kubelet_events:
                 event = self._kubelet_events.popleft()
                 if isinstance(event, str):  # STREAM_LOST
-                    self._losses.lost()  # (counted; the wait for a verdict is the back-off)
+                    delay = self._losses.lost()
                     lost_here = True
                     if self.status.registered:
-                        self._mark(registered=False, error="not registered: stream closed")
-                        self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
-                        deadline = loop.time() + patience.next_delay()
+                        self.status.mark(registered=False, error="not registered: stream closed")
+                        dropped = registered_with is not None and (
+                            kubelet_socket_identity(kubelet_dir) == registered_with
+                            and await kubelet_listening(kubelet_dir)
+                        )
+                        if dropped:
+                            self.log.info("dropped_by_kubelet", action="new socket", after=delay)
+                            deadline = loop.time() + delay
+                        else:
+                            self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
+                            deadline = loop.time() + patience.next_delay()
                 elif event.registered:
                     metrics.registrations.labels(self.name, "ok").inc()
                     self._losses.registered(restarted=lost_here)  # (by itself: a restart)
@@ -331,11 +352,12 @@ class ServingLoop:
                         patience.reset()
                     refusals.reset()
                     deadline, refused, lost_here, self._last_refusal = None, None, False, None
-                    self._mark(registered=True)
+                    dropped, registered_with = False, kubelet_socket_identity(kubelet_dir)
+                    self.status.mark(registered=True)
                     self.log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
                 else:
                     metrics.registrations.labels(self.name, "refused").inc()
-                    self._mark(registered=False, error="not registered: refused")
+                    self.status.mark(registered=False, error="not registered: refused")
                     level = (
                         self.log.debug if event.error == self._last_refusal else self.log.warning
                     )
@@ -345,8 +367,10 @@ class ServingLoop:
             if deadline is not None and loop.time() >= deadline:
                 if refused is not None:
                     return "registration_refused"
+                if dropped:
+                    return "dropped_by_kubelet"
                 metrics.registrations.labels(self.name, "unavailable").inc()
-                self._mark(registered=False, error="not registered: unavailable")
+                self.status.mark(registered=False, error="not registered: unavailable")
                 self.log.info(
                     "register_failed",
                     result="unavailable",
@@ -368,32 +392,6 @@ class ServingLoop:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._wake.wait()
-
-    def set_problem(self, part: str, reason: str | None) -> None:
-        """A part of the resource keeps it from being ready (reason), or no longer (None)."""
-        if reason is None:
-            self.status.problems.pop(part, None)
-        else:
-            self.status.problems[part] = reason
-        self._services.status_changed(self.name)
-
-    def _mark(
-        self,
-        *,
-        serving: bool | None = None,
-        registered: bool | None = None,
-        error: str | None = None,
-    ) -> None:
-        if serving is not None:
-            self.status.serving = serving
-        if registered is not None:
-            self.status.registered = registered
-            self._services.metrics.registered.labels(self.name).set(int(registered))
-            if registered:
-                self.status.last_error = None
-        if error is not None:
-            self.status.last_error = error
-        self._services.status_changed(self.name)
 
 
 class _SocketLost(Exception):

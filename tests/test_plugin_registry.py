@@ -270,6 +270,32 @@ async def test_sim_a_chmod_of_a_registered_socket_is_no_new_socket(
     await sim.allocate(FPGA, 1)
 
 
+async def test_sim_a_rolling_update_does_not_leave_the_new_instance_unregistered(
+    plugin_manager: KubeletSimulator, devices: Path, start_host
+) -> None:
+    """hostile6 M1: two instances serve one resource through plugins_registry (a rolling
+    update); the old one stops and its socket goes; the kubelet deregisters the plugin by its
+    name, which ends the new instance's stream too. The new instance waited for a verdict
+    that never comes (5 s, here for ever) with the resource gone from the kubelet. A stream
+    the kubelet ends while it keeps running is the kubelet giving up on the socket: it is
+    created again at once, and the plugin watcher registers it."""
+    sim = plugin_manager
+    old = await start_registry_host(start_host, sim, devices, PATIENT)
+    await sim.wait_for(lambda: sim.resource(FPGA).allocatable == 2)
+    new = await start_registry_host(start_host, sim, devices, PATIENT)
+    await wait_until(lambda: FPGA in new.host.resources, what="the new instance started")
+    runtime = new.host.resources[FPGA]
+    await wait_until(lambda: runtime.status.registered, what="the new instance registered")
+    await old.shutdown()
+    await wait_until(
+        lambda: [op.kind for op in sim.registry_operations].count("deregister") >= 1,
+        what="the old socket deregistered",
+    )
+    await sim.wait_for(lambda: sim.resource(FPGA).allocatable == 2, timeout=20)
+    await wait_until(lambda: runtime.status.registered, what="registered again")
+    await sim.allocate(FPGA, 1)
+
+
 async def test_no_verdict_in_time_creates_the_socket_again_until_a_kubelet_registers_it(
     socket_dir: Path, registry: Path, devices: Path, start_host
 ) -> None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .logs import EventLogger
 
@@ -79,3 +80,100 @@ class MountTable:
                 callback()
             except Exception:
                 self._log.exception("watch_callback_failed", dir=MOUNTINFO)
+
+
+Source = tuple[str, str]
+"""What a mount shows: its file system (`major:minor`) and the directory of that file system
+at its root (a bind mount of `/srv/a` shows `/srv/a` of its file system)."""
+
+
+class MountMap:
+    """Where else the mount table shows a path: a bind mount shows one directory (or file)
+    at a second place, which `realpath` does not know (it is no link). Read from
+    /proc/self/mountinfo (`read_mounts`); without a second mount of any file system, every
+    path is only its own place at no cost."""
+
+    def __init__(self, mounts: Iterable[tuple[str, Source]] = ()) -> None:
+        points: dict[str, Source] = {}
+        for point, source in mounts:
+            points[point] = source  # (a later mount on the same point hides the earlier)
+        shown: dict[str, list[tuple[str, str]]] = {}
+        for point, (dev, root) in points.items():
+            shown.setdefault(dev, []).append((root, point))
+        self._points = points
+        """Mount point -> what it shows (only those not hidden by a mount on them)."""
+        self._shown = {dev: tuple(at) for dev, at in shown.items() if len(at) > 1}
+        """File system -> (root, mount point) of each of its mounts, for those shown more
+        than once (the others show each path once)."""
+
+    def places(self, real: str) -> tuple[str, ...]:
+        """Every place the mount table shows what is at `real` (a real path), `real` first:
+        its file system's path through the mount it is below, then that path through every
+        other mount of the same file system whose root holds it."""
+        if not self._shown:
+            return (real,)
+        point = real
+        while point not in self._points:
+            if point == "/":
+                return (real,)
+            point = os.path.dirname(point)
+        dev, root = self._points[point]
+        mounts = self._shown.get(dev)
+        if mounts is None:
+            return (real,)
+        inside = _joined(root, _rest(real, point))
+        found = [real]
+        for other_root, other_point in mounts:
+            rest = _rest(inside, other_root)
+            if rest is not None and other_point != point:
+                place = _joined(other_point, rest)
+                if place not in found:
+                    found.append(place)
+        return tuple(found)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MountMap) and other._points == self._points
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _rest(path: str, base: str) -> str | None:
+    """What follows `base` in `path` (`""` or `/...`); None: `path` is not `base` or below."""
+    if base == "/":
+        return path if path != "/" else ""
+    if path == base:
+        return ""
+    return path[len(base) :] if path.startswith(base + "/") else None
+
+
+def _joined(base: str, rest: str | None) -> str:
+    if not rest:
+        return base
+    return rest if base == "/" else base + rest
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field: a space, tab, newline and backslash are written in octal."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mounts(text: str) -> MountMap:
+    """The mount table from the text of a mountinfo file (lines that are not one are
+    skipped)."""
+    mounts: list[tuple[str, Source]] = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 5 or ":" not in fields[2]:
+            continue
+        mounts.append((_unescape(fields[4]), (fields[2], _unescape(fields[3]))))
+    return MountMap(mounts)
+
+
+def read_mounts(path: str = MOUNTINFO) -> MountMap:
+    """The process's mount table now (procfs: answers at once); where it cannot be read,
+    the empty one (every path its own place)."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as file:
+            return parse_mounts(file.read())
+    except OSError:
+        return MountMap()

@@ -45,8 +45,6 @@ from .ownership_claims import (
     Owner,
     Reached,
     Unresolvable,
-    ancestors,
-    below,
     claim_of,
     handed_real,
     handed_reals,
@@ -182,15 +180,13 @@ class BookingAllocations(AdmissionGate):
         key, real = reached
         exclusive = self._exclusive
         found = [owner] if (owner := exclusive.get(key)) is not None else []
-        for directory in ancestors(real):
-            outer = self._dirs.get(directory)
-            if outer is not None and (owner := exclusive.get(outer)) is not None:
+        places = self._within.places(key, real)
+        for outer in self._within.outer(places):
+            if (owner := exclusive.get(outer)) is not None:
                 found.append(owner)
         if key[0] == DIRECTORY:
-            at, _ = self._containment()
-            for inner, inner_real in at.items():
-                if below(inner_real, real) and (owner := exclusive.get(inner)) is not None:
-                    found.append(owner)
+            inner = {k: None for place in places for k in self._within.inner(place)}
+            found += [owner for k in inner if (owner := exclusive.get(k)) is not None]
         return found
 
     def _check_cdi_names(self, resource: str, names: Mapping[str, Collection[str]]) -> None:

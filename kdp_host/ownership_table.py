@@ -26,10 +26,9 @@ from .ownership_claims import (
     Owner,
     Places,
     Reached,
-    ancestors,
-    below,
     owner_order,
 )
+from .ownership_contain import Containment
 from .turns import Pace
 
 
@@ -106,13 +105,8 @@ class ClaimTable(abc.ABC):
         self._exclusive: dict[ClaimKey, Owner] = {}
         self._shared: dict[ClaimKey, set[Owner]] = {}
         """Key -> the advertised devices that claim it shared."""
-        self._dirs: dict[str, ClaimKey] = {}
-        """Real path -> key of every claimed directory (a mount contains what is below)."""
-        self._at: dict[ClaimKey, str] | None = None
-        """Key -> real path of every claim, kept from the first directory claim on (a host
-        without directory mounts pays nothing for containment)."""
-        self._below: dict[str, int] = {}
-        """Directory -> how many claims of `_at` are below it."""
+        self._within = Containment(self._made)
+        """Which claims lie below which claimed directories, by every place of each."""
         self._aliases = PathAliases()
         """The key each path was last claimed under, and the claims by text (`_aliased`)."""
         self._resources: dict[str, ResourceState] = {}
@@ -181,7 +175,7 @@ class ClaimTable(abc.ABC):
                     why = self._aliased(me, claim, shared)
                 if why is not None:
                     return why
-        if self._dirs or any(claim[0][0] == DIRECTORY for claim in claims.all()):
+        if self._within.dirs or any(claim[0][0] == DIRECTORY for claim in claims.all()):
             return self._contained(me, claims)
         return None
 
@@ -204,28 +198,30 @@ class ClaimTable(abc.ABC):
     def _contained(self, me: Owner, claims: Claims) -> Holding | None:
         """Containment: a claim below a directory another device mounts, or a directory
         mount with another's claim below it, clashes as if it were the same claim (two
-        shared claims excepted)."""
-        at, below_counts = self._containment()
+        shared claims excepted); at every place each is shown at (`Containment`)."""
+        within = self._within
+        at = within.at()
         mine = claims.all()
         for key, path, real in mine:
             shared = claims.shared != () and key in claims.shared_keys()
-            for directory in ancestors(real):
-                outer = self._dirs.get(directory)
-                if outer is not None:
-                    why = self._clash(me, outer, path, shared)
-                    if why is not None:
-                        return why
-            if key[0] != DIRECTORY or not below_counts.get(real):
+            places = at.get(key) or within.places(key, real)
+            for outer in within.outer(places):
+                why = self._clash(me, outer, path, shared)
+                if why is not None:
+                    return why
+            if key[0] != DIRECTORY:
                 continue
-            own = sum(
-                1
-                for other_key, _, other_real in mine
-                if other_key in at and below(other_real, real) and self._holds(me, other_key)
-            )
-            if below_counts[real] <= own:
-                continue
-            for inner in [k for k, r in at.items() if below(r, real)]:
-                if inner in at:
+            for place in places:
+                if not within.count_below(place):
+                    continue
+                own = sum(
+                    1
+                    for other_key, _, _ in mine
+                    if within.holds(place, other_key) and self._holds(me, other_key)
+                )
+                if within.count_below(place) <= own:
+                    continue
+                for inner in within.inner(place):
                     why = self._clash(me, inner, path, shared)
                     if why is not None:
                         return why
@@ -233,15 +229,6 @@ class ClaimTable(abc.ABC):
 
     def _holds(self, me: Owner, key: ClaimKey) -> bool:
         return self._exclusive.get(key) == me or me in self._shared.get(key, ())
-
-    def _containment(self) -> tuple[dict[ClaimKey, str], dict[str, int]]:
-        """The real path of every claim and the counts below each directory, built from
-        the claims on first use."""
-        if self._at is None:
-            self._at = {}
-            for key, _, real in self._made():
-                self._count(key, real)
-        return self._at, self._below
 
     def _made(self) -> Iterator[Claim]:
         """Every claim of the table: of advertised devices, and lingering ones."""
@@ -252,36 +239,15 @@ class ClaimTable(abc.ABC):
                 yield claim
 
     def _count(self, key: ClaimKey, real: str) -> None:
-        """A claim is made: its directory is one a claim may be below (kept from the first
-        directory on: `_containment`), and it is below its ancestors."""
-        if key[0] == DIRECTORY:
-            self._dirs[real] = key
-            self._containment()
-        at = self._at
-        if at is None or key in at:
-            return
-        at[key] = real
-        counts = self._below
-        for directory in ancestors(real):
-            counts[directory] = counts.get(directory, 0) + 1
+        """A claim is made (`Containment.count`)."""
+        self._within.count(key, real)
 
     def _uncount(self, key: ClaimKey) -> None:
         """A claim is gone (from both maps)."""
         if key in self._exclusive or key in self._shared:
             return
         self._aliases.leave(key)
-        real = None if self._at is None else self._at.pop(key, None)
-        if real is None:
-            return
-        if self._dirs.get(real) == key:
-            del self._dirs[real]
-        counts = self._below
-        for directory in ancestors(real):
-            left = counts[directory] - 1
-            if left:
-                counts[directory] = left
-            else:
-                del counts[directory]
+        self._within.uncount(key)
 
     def _released_if_gone(self, key: ClaimKey) -> bool:
         """Release a lingering claim whose node is gone; True if it was released."""

@@ -1,0 +1,139 @@
+"""Containment: which claims lie below which claimed directories (a mount of a directory
+puts everything below it into the container), by every place a claim is shown at.
+
+A claim is at its real path, and also wherever the mount table shows that path again (a
+bind mount of it, or of a directory above it: `mount_table.MountMap.places`), and where it
+was found since it was claimed (`move`: a node or directory renamed into a mounted
+directory is the same identity at a new real path). Kept from the first directory claim on:
+a host whose devices mount no directory pays nothing for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from .identity import DIRECTORY
+from .mount_table import MountMap
+from .ownership_claims import Claim, ClaimKey, ancestors, below
+
+
+class Containment:
+    """The places of every claim (`at`), the claimed directories by place (`dirs`) and how
+    many claims are below each directory (`count_below`)."""
+
+    def __init__(self, made: Callable[[], Iterator[Claim]]) -> None:
+        self._made = made
+        """Every claim of the table (each of its places is counted on first use)."""
+        self.dirs: dict[str, ClaimKey] = {}
+        """Place -> key of every claimed directory (a mount contains what is below)."""
+        self._at: dict[ClaimKey, tuple[str, ...]] | None = None
+        """Key -> places of every claim, kept from the first directory claim on."""
+        self._below: dict[str, int] = {}
+        """Directory -> how many claims of `_at` have a place below it."""
+        self.mounts = MountMap()
+        """Where the mount table shows a path again (`remount`)."""
+        self.moved: dict[ClaimKey, str] = {}
+        """Key -> the real path it was found at since it was claimed (`move`)."""
+
+    def places(self, key: ClaimKey, real: str) -> tuple[str, ...]:
+        """Every place a claim made at `real` is shown at now."""
+        return self.mounts.places(self.moved.get(key, real))
+
+    def at(self) -> dict[ClaimKey, tuple[str, ...]]:
+        """The places of every claim, counted from the claims on first use."""
+        if self._at is None:
+            self._at = {}
+            for key, _, real in self._made():
+                self.count(key, real)
+        return self._at
+
+    def count_below(self, directory: str) -> int:
+        return self._below.get(directory, 0)
+
+    def count(self, key: ClaimKey, real: str) -> None:
+        """A claim is made: a directory is one a claim may be below (containment is kept
+        from the first directory on), and it is below the ancestors of its places."""
+        places = None
+        if key[0] == DIRECTORY:
+            places = self.places(key, real)
+            for place in places:
+                self.dirs[place] = key
+            self.at()
+        at = self._at
+        if at is None or key in at:
+            return
+        at[key] = places = places or self.places(key, real)
+        counts = self._below
+        for directory in _above(places):
+            counts[directory] = counts.get(directory, 0) + 1
+
+    def uncount(self, key: ClaimKey) -> None:
+        """A claim is gone."""
+        self.moved.pop(key, None)
+        self._forget(key)
+
+    def _forget(self, key: ClaimKey) -> None:
+        places = None if self._at is None else self._at.pop(key, None)
+        if places is None:
+            return
+        for place in places:
+            if self.dirs.get(place) == key:
+                del self.dirs[place]
+        counts = self._below
+        for directory in _above(places):
+            left = counts[directory] - 1
+            if left:
+                counts[directory] = left
+            else:
+                del counts[directory]
+
+    def move(self, key: ClaimKey, real: str) -> None:
+        """A claim was found at `real`, another real path than where it was made (renamed
+        there): it is counted there from now on."""
+        self.at()
+        self._forget(key)
+        self.moved[key] = real
+        self.count(key, real)
+
+    def remount(self, mounts: MountMap) -> None:
+        """The mount table changed: every claim is counted again at its places now."""
+        if mounts == self.mounts:
+            return
+        self.mounts = mounts
+        had = self._at is not None
+        self.dirs, self._at, self._below = {}, None, {}
+        if had:
+            self.at()
+
+    def outer(self, places: tuple[str, ...]) -> Iterator[ClaimKey]:
+        """The claimed directories that hold one of `places` (a mount of them holds it)."""
+        dirs = self.dirs
+        for place in places:
+            for directory in ancestors(place):
+                key = dirs.get(directory)
+                if key is not None:
+                    yield key
+
+    def inner(self, directory: str) -> Iterator[ClaimKey]:
+        """The claims with a place below `directory`."""
+        for key, places in list(self.at().items()):
+            if any(below(place, directory) for place in places):
+                yield key
+
+    def holds(self, directory: str, key: ClaimKey) -> bool:
+        """Whether a claim has a place below `directory`."""
+        places = self.at().get(key)
+        return places is not None and any(below(place, directory) for place in places)
+
+
+def _above(places: tuple[str, ...]) -> Iterator[str]:
+    """The directories above any of `places`, once each."""
+    if len(places) == 1:
+        yield from ancestors(places[0])
+        return
+    seen: set[str] = set()
+    for place in places:
+        for directory in ancestors(place):
+            if directory not in seen:
+                seen.add(directory)
+                yield directory

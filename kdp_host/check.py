@@ -111,11 +111,12 @@ def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
 def overlap_warnings(rows: list[CheckRow], config: Config) -> list[str]:
     """One line per node or mount source two devices (or a resource's `allocate.mounts` and
     a device) would reach (docs: Reliability, one node, one advertised device)."""
+    from .mount_table import read_mounts
     from .ownership_overlaps import overlap_warnings as warnings
 
     devices = [(row.resource, row.device) for row in rows if row.device is not None]
     mounts = {r.name: [m.host_path for m in r.allocate.mounts] for r in config.resources}
-    return warnings(devices, mounts, quote_text)
+    return warnings(devices, mounts, quote_text, read_mounts())
 
 
 def device_cell(device: Device) -> str:

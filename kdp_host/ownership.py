@@ -74,10 +74,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from .devices import Device, advertises
 from .files import Offload
+from .identity import DIRECTORY
 from .logs import EventLogger
 from .metrics import Metrics
+from .mount_table import MountMap, read_mounts
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
+from .ownership_arrivals import Arrivals, Found
 from .ownership_bookings import ReleasePending, Saved
 from .ownership_claims import SYSFS, Claims, Reached, Resolver, named_in, places, reaches_through
 from .ownership_gate import ADMISSION_CHUNK
@@ -121,10 +124,15 @@ class OwnershipIndex(BookingAllocations):
         timeout: float = RESOLVE_TIMEOUT,
         pod_resources: bool = True,
         chunk: int = ADMISSION_CHUNK,
+        mounts: Callable[[], MountMap] = read_mounts,
     ) -> None:
         """`pod_resources`: PodResources polling is on (a booking can be seen to end);
-        `chunk`: devices an admission works on per turn of the event loop."""
+        `chunk`: devices an admission works on per turn of the event loop; `mounts`: the
+        mount table now (read again when it changes: a bind mount shows a path twice)."""
         super().__init__(clock, metrics, resolve, offload, timeout, chunk)
+        self._read_mounts = mounts
+        self._within.remount(mounts())
+        self._arrivals = Arrivals(self._arrived, offload)
         self.pod_resources = pod_resources
         self._adoption = Adoption(self._ledger, metrics)
         self._cdi_kinds = {}
@@ -149,19 +157,34 @@ class OwnershipIndex(BookingAllocations):
 
     def _mounts_changed(self) -> None:
         """A watcher callback: the mount table changed: forget everything kept and recheck
-        every claim, as after an overflow."""
+        every claim, as after an overflow, each at its places now."""
+        self._within.remount(self._read_mounts())
         self._forget_kept(lambda _path: True)
         for directory in list(self._followed):
             self._path_changed(directory, None)
 
     def _follow(self, resource: str, claims: Claims) -> None:
-        for key, path, _ in claims.all():
+        for key, path, real in claims.all():
             if key[0] == SYSFS:
                 continue  # (not resolved from its path: its driver follows the device)
             users = self._users(os.path.dirname(path))
             if users is None:
                 return
             users.add(resource)
+            if key[0] == DIRECTORY and self._watcher is not None:
+                self._arrivals.follow(self._watcher, real, self._resources[resource].log)
+
+    async def quiet(self) -> None:
+        """Return once what arrived in claimed directories was read, and no admission runs,
+        waits for its turn or for its paths."""
+        await self._arrivals.quiet()
+        await super().quiet()
+
+    def _arrived(self, found: Found) -> None:
+        """Claims renamed or linked into a claimed directory: the devices that mount it
+        are checked again (`ownership_arrivals`)."""
+        for path in self._found_at(found):
+            self._path_changed(os.path.dirname(path), os.path.basename(path))
 
     def _follows(self, path: str) -> bool:
         """Its directory (as for a claim: `_users`), every directory above it

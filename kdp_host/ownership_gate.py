@@ -212,8 +212,10 @@ class AdmissionGate(Resolving):
                     self._changed(state)
         finally:
             self._draining = False
-            if self._running is None:
-                self._fresh.clear()
+            if self._running is None and not any(
+                state.resolving is not None for state in self._resources.values()
+            ):
+                self._fresh.clear()  # (kept while paths resolve: they add to what is fresh)
 
     def _wake_waiting(self, releaser: str) -> None:
         for name, other in self._resources.items():

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .devices import Device, DeviceMount
 from .identity import DIRECTORY
+from .mount_table import MountMap
 from .ownership_claims import Claim, ClaimKey, Owner, Resolver, below, device_claims, reach
 
 
@@ -20,10 +21,16 @@ class Overlap:
     second: Owner
 
 
-def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -> list[Overlap]:
+def overlaps(
+    devices: Iterable[tuple[str, Device]],
+    resolve: Resolver = reach,
+    mounts: MountMap | None = None,
+) -> list[Overlap]:
     """Every claim two devices would make (not two shared ones), by the index's rules (a
-    claim below a directory another device mounts too): the later device in `devices` order
-    would be held while the first is advertised."""
+    claim below a directory another device mounts too, at every place the mount table
+    `mounts` shows each: a bind mount): the later device in `devices` order would be held
+    while the first is advertised."""
+    places = (mounts or MountMap()).places
     seen: dict[ClaimKey, tuple[Owner, bool]] = {}
     dirs: list[tuple[str, Owner, bool]] = []
     made: list[tuple[Claim, Owner, bool]] = []
@@ -36,7 +43,7 @@ def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -
                 key, path, real = claim
                 made.append((claim, me, is_shared))
                 if key[0] == DIRECTORY:
-                    dirs.append((real, me, is_shared))
+                    dirs += [(place, me, is_shared) for place in places(real)]
                 known = seen.get(key)
                 if known is None:
                     seen[key] = (me, is_shared)
@@ -44,9 +51,11 @@ def overlaps(devices: Iterable[tuple[str, Device]], resolve: Resolver = reach) -
                     found.append(Overlap(path, known[0], me))
     for directory, owner, dir_shared in dirs:
         for (_, path, real), me, is_shared in made:
-            if me != owner and below(real, directory) and not (is_shared and dir_shared):
+            if me == owner or (is_shared and dir_shared):
+                continue
+            if any(below(place, directory) for place in places(real)):
                 found.append(Overlap(path, owner, me))
-    return found
+    return list(dict.fromkeys(found))
 
 
 STATIC_MOUNTS = "(allocate.mounts)"
@@ -57,6 +66,7 @@ def overlap_warnings(
     devices: list[tuple[str, Device]],
     static_mounts: Mapping[str, Sequence[str]],
     quote: Callable[[str], str],
+    table: MountMap | None = None,
 ) -> list[str]:
     """`check`'s warning lines: one per node or mount source two devices would reach (the
     host advertises one of them at a time; docs: Reliability, one node, one advertised
@@ -68,7 +78,7 @@ def overlap_warnings(
             mounts = tuple(DeviceMount(path, path, shared=True) for path in paths)
             devices = [*devices, (resource, Device(STATIC_MOUNTS, mounts=mounts))]
     lines = []
-    for o in overlaps(devices):
+    for o in overlaps(devices, mounts=table):
         if STATIC_MOUNTS in (o.first.device, o.second.device):
             static, other = (o.first, o.second)
             if other.device == STATIC_MOUNTS:

@@ -241,6 +241,7 @@ class Resolving(Admission):
                 self._drain()
         finally:
             state.resolving = None
+        self._drain()  # (what was resolved is fresh no longer once nothing resolves)
 
     def _take(self, state: ResourceState, resolved: Mapping[str, Resolution]) -> None:
         """Resolutions for the admissions to come; a device a path of which did not answer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Collection, Generator, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .devices import Device
@@ -256,10 +256,27 @@ class ClaimTable(abc.ABC):
         lingering = state.lingering.get(key)
         if lingering is None or key in self._ledger.booked:
             return False  # advertised, or a pod holds it (even when its node is gone)
-        if self._still_there(key, lingering[1][1]):
+        if self._still_there(key, self._within.moved.get(key, lingering[1][1])):
             return False
         self._release_lingering(state, key)
         return True
+
+    def _found_at(self, found: Iterable[tuple[ClaimKey, str]]) -> set[str]:
+        """Claims found at another real path than their places (renamed or linked into a
+        claimed directory: `ownership_arrivals`) are counted there from now on (a lingering
+        one is there while it is there); returns the host paths of the directory claims
+        above where they are now (the devices that mount them are checked again)."""
+        within = self._within
+        at = within.at()
+        again: set[str] = set()
+        for key, real in found:
+            places = at.get(key)
+            if places is None or real in places:
+                continue  # (no claim, or where it is known to be)
+            within.move(key, real)
+            outer = set(within.outer(within.places(key, real)))
+            again.update(path for other, path, _ in self._made() if other in outer)
+        return again
 
     def _release_lingering(self, state: ResourceState, key: ClaimKey) -> None:
         del state.lingering[key]

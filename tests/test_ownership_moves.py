@@ -15,11 +15,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
 from kdp_host.files import DaemonThreads
+from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.mount_table import MountMap, parse_mounts
@@ -27,8 +29,10 @@ from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_arrivals import arrived
 from kdp_host.ownership_overlaps import overlaps
 from kdp_host.testing import ManualWatcher
-from kdp_host.watch import InotifyWatcher, Watcher
+from kdp_host.watch import Watcher
 
+from .conftest import glob_config
+from .kubelet_harness import healthy
 from .test_ownership_mounts import REPO, _unshare_refused
 
 R1, R2 = "t.io/a", "t.io/b"
@@ -278,3 +282,36 @@ async def bind_child(root: str) -> None:
     else:
         print("advertised")
     watching.cancel()
+
+
+BOX = "vendor.example/box"
+FPGA = "vendor.example/fpga"
+
+
+async def test_a_held_node_renamed_into_a_mounted_directory_through_the_real_kubelet(
+    real_kubelet_factory: Any, short_dir: Path, devices: Path, start_host: Any
+) -> None:
+    """(b) through the kubelet's real device manager: pod p1 holds fpga0; fpga0 is renamed
+    into box0, the directory resource box mounts into its containers. Before, the kubelet
+    still saw box0 healthy and gave it to pod p2 (which then reached p1's node through the
+    mount). Now box0 is held: p2 is refused."""
+    (devices / "fpga1").unlink()
+    boxes = short_dir / "boxes"
+    (boxes / "box0").mkdir(parents=True)
+    kubelet = real_kubelet_factory()
+    config = glob_config(kubelet.socket_dir, (FPGA, f"{devices}/fpga[0-9]*"))
+    config += (
+        f"  - name: {BOX}\n"
+        f"    glob:\n"
+        f"      gracePeriod: 1s\n"
+        f'      group: [{{path: "{boxes}/box{{key}}", containerPath: "/box/{{key}}"}}]\n'
+    )
+    await start_host(config)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+    await kubelet.await_for(healthy(BOX, 1), what="box0 advertised")
+    first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert first["error"] == "", first
+    os.rename(devices / "fpga0", boxes / "box0" / "fpga0")
+    await kubelet.await_for(healthy(BOX, 0), what="box0 no longer advertised")
+    second = await kubelet.acall(kubelet.allocate, "p2", {BOX: 1})
+    assert second["error"] != "", second

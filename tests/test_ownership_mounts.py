@@ -134,15 +134,19 @@ def test_a_real_bind_mount_over_a_kept_path_is_seen(tmp_path: Path, over: str) -
     advertised and its kept path was handed out (two pods, one node). Now a's device is
     held (b owns the node), and an Allocate meanwhile is refused, never handed the kept
     path."""
+    assert unshared("tests.test_ownership_mounts", "bind_mount_child", str(tmp_path), over)
+
+
+def unshared(module: str, child: str, *args: str) -> bool:
+    """Run the coroutine `module.child(*args)` in a user and mount namespace of its own
+    (`unshare -rm`: a mount as an ordinary user), or skip saying why that cannot be made
+    here; whether the last line it printed is `held`."""
     why = _unshare_refused()
     if why is not None:
         pytest.skip(why)
-    code = (
-        "import asyncio, sys; from tests.test_ownership_mounts import bind_mount_child; "
-        "asyncio.run(bind_mount_child(sys.argv[1], sys.argv[2]))"
-    )
+    code = f"import asyncio, sys; from {module} import {child}; asyncio.run({child}(*sys.argv[1:]))"
     done = subprocess.run(
-        ["unshare", "-rm", sys.executable, "-c", code, str(tmp_path), over],
+        ["unshare", "-rm", sys.executable, "-c", code, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -150,7 +154,7 @@ def test_a_real_bind_mount_over_a_kept_path_is_seen(tmp_path: Path, over: str) -
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[-1] == "held", done.stdout
+    return done.stdout.splitlines()[-1] == "held"
 
 
 async def bind_mount_child(root: str, over: str) -> None:

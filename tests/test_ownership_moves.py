@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from kdp_host.watch import Watcher
 
 from .conftest import glob_config
 from .kubelet_harness import healthy
-from .test_ownership_mounts import REPO, _unshare_refused
+from .test_ownership_mounts import unshared
 
 R1, R2 = "t.io/a", "t.io/b"
 
@@ -231,23 +229,7 @@ def test_a_real_bind_mount_of_a_held_node_into_another_mount(tmp_path: Path) -> 
     """(c) As an ordinary user, in a user and mount namespace (`unshare -rm`): a's node is
     booked, b mounts directory b; a bind mount then shows a's directory at b/sub. The real
     watcher sees the mount table change; b is held. Before, b stayed advertised."""
-    why = _unshare_refused()
-    if why is not None:
-        pytest.skip(why)
-    code = (
-        "import asyncio, sys; from tests.test_ownership_moves import bind_child; "
-        "asyncio.run(bind_child(sys.argv[1]))"
-    )
-    done = subprocess.run(
-        ["unshare", "-rm", sys.executable, "-c", code, str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[-1] == "held", done.stdout
+    assert unshared("tests.test_ownership_moves", "bind_child", str(tmp_path))
 
 
 async def bind_child(root: str) -> None:

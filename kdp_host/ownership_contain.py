@@ -32,12 +32,18 @@ class Containment:
         """Directory -> how many claims of `_at` have a place below it."""
         self.mounts = MountMap()
         """Where the mount table shows a path again (`remount`)."""
-        self.moved: dict[ClaimKey, str] = {}
-        """Key -> the real path it was found at since it was claimed (`move`)."""
+        self.found: dict[ClaimKey, tuple[str, ...]] = {}
+        """Key -> the real paths it was found at since it was claimed (`move`), last last."""
 
     def places(self, key: ClaimKey, real: str) -> tuple[str, ...]:
-        """Every place a claim made at `real` is shown at now."""
-        return self.mounts.places(self.moved.get(key, real))
+        """Every place a claim made at `real` is shown at now: there, where it was found
+        since (a rename or a hard link: the old place is kept, on the safe side, while the
+        claim is), and wherever the mount table shows one of those again."""
+        found = self.found.get(key)
+        if found is None:
+            return self.mounts.places(real)
+        places = dict.fromkeys(p for at in (real, *found) for p in self.mounts.places(at))
+        return tuple(places)
 
     def at(self) -> dict[ClaimKey, tuple[str, ...]]:
         """The places of every claim, counted from the claims on first use."""
@@ -69,8 +75,9 @@ class Containment:
 
     def uncount(self, key: ClaimKey) -> None:
         """A claim is gone."""
-        self.moved.pop(key, None)
-        self._forget(key)
+        if self._at is not None:  # (else nothing was counted, nor found: `move`)
+            self.found.pop(key, None)
+            self._forget(key)
 
     def _forget(self, key: ClaimKey) -> None:
         places = None if self._at is None else self._at.pop(key, None)
@@ -87,13 +94,13 @@ class Containment:
             else:
                 del counts[directory]
 
-    def move(self, key: ClaimKey, real: str) -> None:
-        """A claim was found at `real`, another real path than where it was made (renamed
-        there): it is counted there from now on."""
+    def move(self, key: ClaimKey, real: str, made_at: str) -> None:
+        """A claim made at `made_at` was found at `real` (renamed or hard-linked there): it
+        is counted there too from now on."""
         self.at()
         self._forget(key)
-        self.moved[key] = real
-        self.count(key, real)
+        self.found[key] = (*(p for p in self.found.get(key, ()) if p != real), real)
+        self.count(key, made_at)
 
     def remount(self, mounts: MountMap) -> None:
         """The mount table changed: every claim is counted again at its places now."""

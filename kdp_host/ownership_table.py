@@ -142,7 +142,7 @@ class ClaimTable(abc.ABC):
             for claim in claims:
                 key = claim[0]
                 if key not in self._exclusive:
-                    self._count(key, claim[2])
+                    self._within.count(key, claim[2])
                     self._aliases.enter(claim)
                     self._exclusive[key] = Owner(owner.resource, device)
                     state.lingering[key] = (now, claim)
@@ -238,10 +238,6 @@ class ClaimTable(abc.ABC):
             for _, claim in state.lingering.values():
                 yield claim
 
-    def _count(self, key: ClaimKey, real: str) -> None:
-        """A claim is made (`Containment.count`)."""
-        self._within.count(key, real)
-
     def _uncount(self, key: ClaimKey) -> None:
         """A claim is gone (from both maps)."""
         if key in self._exclusive or key in self._shared:
@@ -256,8 +252,11 @@ class ClaimTable(abc.ABC):
         lingering = state.lingering.get(key)
         if lingering is None or key in self._ledger.booked:
             return False  # advertised, or a pod holds it (even when its node is gone)
-        if self._still_there(key, self._within.moved.get(key, lingering[1][1])):
+        if self._still_there(key, lingering[1][1]):
             return False
+        found = self._within.found.get(key)
+        if found is not None and self._still_there(key, found[-1]):
+            return False  # (where it was found last: `ownership_arrivals`)
         self._release_lingering(state, key)
         return True
 
@@ -268,15 +267,17 @@ class ClaimTable(abc.ABC):
         above where they are now (the devices that mount them are checked again)."""
         within = self._within
         at = within.at()
-        again: set[str] = set()
-        for key, real in found:
-            places = at.get(key)
-            if places is None or real in places:
-                continue  # (no claim, or where it is known to be)
-            within.move(key, real)
-            outer = set(within.outer(within.places(key, real)))
-            again.update(path for other, path, _ in self._made() if other in outer)
-        return again
+        moved = [(key, real) for key, real in found if key in at and real not in at[key]]
+        if not moved:
+            return set()  # (no claim, or where it is known to be: the common case)
+        made: dict[ClaimKey, list[tuple[str, str]]] = {}
+        for key, path, real in self._made():  # (once: what arrived may be many claims)
+            made.setdefault(key, []).append((path, real))
+        outer: set[ClaimKey] = set()
+        for key, real in moved:
+            within.move(key, real, made[key][0][1] if key in made else real)
+            outer.update(within.outer(within.mounts.places(real)))
+        return {path for key in outer for path, _ in made.get(key, ())}
 
     def _release_lingering(self, state: ResourceState, key: ClaimKey) -> None:
         del state.lingering[key]
@@ -302,7 +303,7 @@ class ClaimTable(abc.ABC):
         for claim in claims.exclusive:
             key = claim[0]
             if key not in exclusive:
-                self._count(key, claim[2])
+                self._within.count(key, claim[2])
             self._aliases.enter(claim)
             exclusive[key] = me
             if lingering:
@@ -310,7 +311,7 @@ class ClaimTable(abc.ABC):
         for key, path, real in claims.shared:
             sharers = self._shared.get(key)
             if sharers is None:
-                self._count(key, real)
+                self._within.count(key, real)
                 sharers = self._shared[key] = set()
             self._aliases.enter((key, path, real))
             sharers.add(me)

@@ -161,6 +161,26 @@ async def test_a_held_node_renamed_into_a_mounted_directory_holds_the_mount(
     assert host.held(R2) == 1
 
 
+async def test_a_hard_link_into_a_mounted_directory_keeps_the_old_place_too(
+    tmp_path: Path,
+) -> None:
+    """A held node hard-linked into b's mounted directory holds b, and is still where it
+    was: resource c, which mounts the node's own directory (held by a from the start),
+    stays held when it is checked again."""
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "n0").write_text("")
+    host, watcher = await booked_beside_mount(tmp_path, nodes("n0", str(tmp_path / "dev/n0")))
+    await host.publish("t.io/c", mounting("c", str(tmp_path / "dev")))
+    assert host.ids("t.io/c") == []
+    os.link(tmp_path / "dev" / "n0", tmp_path / "b" / "n0")
+    watcher.change(str(tmp_path / "b"), "n0")
+    await host.settled()
+    assert host.ids(R2) == []
+    watcher.change(str(tmp_path), "dev")
+    await host.settled()
+    assert host.ids("t.io/c") == [], "the node is still below dev"
+
+
 async def test_a_held_mounted_directory_renamed_into_another_holds_the_outer(
     tmp_path: Path,
 ) -> None:

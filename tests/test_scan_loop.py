@@ -431,7 +431,7 @@ async def test_changes_that_keep_coming_are_gathered_into_one_scan_per_spacing(
     loop = ScanLoop(scanner, settings, driver_deps(watcher=watcher))
     task = asyncio.create_task(loop.run(RecordingNotifier()))
     try:
-        await wait_until(lambda: scanner.scans == 1)
+        await wait_until(lambda: scanner.scans == 1 and str(tmp_path) in watcher.directories)
         watcher.change(str(tmp_path), "g0")
         await wait_until(lambda: loop.spaced == 1, what="the wake-up waiting")
         names = [f"g{i}" for i in range(1, 100)]
@@ -456,7 +456,8 @@ async def test_a_hot_plug_burst_is_scanned_at_once_change_by_change(tmp_path: Pa
     loop = ScanLoop(scanner, settings, driver_deps(watcher=watcher))
     task = asyncio.create_task(loop.run(RecordingNotifier()))
     try:
-        await wait_until(lambda: scanner.scans == 1)  # the first scan takes one of the four
+        # the first scan takes one of the four; its directory is watched once it is in
+        await wait_until(lambda: scanner.scans == 1 and str(tmp_path) in watcher.directories)
         for i in range(3):
             watcher.change(str(tmp_path), f"n{i}")
             await wait_until(lambda i=i: scanner.scans == i + 2, what=f"change {i} scanned")

@@ -46,6 +46,9 @@ if TYPE_CHECKING:  # imported where used: only `registration: pluginsRegistry` n
 SAFETY_CHECK_INTERVAL = 30.0
 """Re-check sockets this often even when no watch event came (a lost event costs at most this),
 on the host's one safety-net timer (`safety_net.SafetyNet`): no resource wakes for it."""
+KUBELET_ALIVE_SETTLE: Final = 0.5
+"""pluginsRegistry: seconds after the kubelet ended a stream before asking whether it still
+runs (a kubelet going down ends its streams before its listener closes)."""
 FRESH_KUBELET_RETRY = 0.01
 OPTIONS_CHANGED: Final = "options_changed"
 """Registering again: the kubelet must learn new options (GetPreferredAllocation matters)."""
@@ -306,21 +309,19 @@ class ServingLoop:
         restarts (its new plugin manager then registers the socket again) or when it gives up
         on us (nothing follows): so after a stream end, as after creating the socket, a verdict
         must come within `patience`. But a stream the kubelet ends while it keeps running (the
-        same kubelet.sock as at the registration, listening) is the kubelet giving up on the
-        socket (its watcher deregisters a plugin by name: the old instance of a rolling update
-        removing its socket ends ours too): nothing will register it again, so it is created
-        again after the lost streams' delay (at once the first time). A refusal is retried
-        after `refusals`, unless the kubelet (a newer one retries by itself) registers the
-        socket meanwhile.
+        same kubelet.sock as at the registration, listening `KUBELET_ALIVE_SETTLE` later) is
+        the kubelet giving up on the socket (its watcher deregisters a plugin by name: the old
+        instance of a rolling update removing its socket ends ours too): nothing will register
+        it again, so it is created again then (or after the lost streams' delay, if longer). A
+        refusal is retried after `refusals`, unless the kubelet (a newer one retries by itself)
+        registers the socket meanwhile.
         """
         self._expected = (identity, None)
         loop = asyncio.get_running_loop()
         metrics = self._services.metrics
         deadline: float | None = loop.time() + patience.next_delay()
-        refused: str | None = None
-        lost_here = False
-        dropped = False
-        kubelet_dir = self._services.kubelet.socket_dir
+        refused, lost_here, kubelet_dir = None, False, self._services.kubelet.socket_dir
+        alive_check: float | None = None
         registered_with: FileIdentity | None = None
         while True:
             self._wake.clear()
@@ -335,16 +336,10 @@ class ServingLoop:
                     lost_here = True
                     if self.status.registered:
                         self.status.mark(registered=False, error="not registered: stream closed")
-                        dropped = registered_with is not None and (
-                            kubelet_socket_identity(kubelet_dir) == registered_with
-                            and await kubelet_listening(kubelet_dir)
-                        )
-                        if dropped:
-                            self.log.info("dropped_by_kubelet", action="new socket", after=delay)
-                            deadline = loop.time() + delay
-                        else:
-                            self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
-                            deadline = loop.time() + patience.next_delay()
+                        self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
+                        deadline = loop.time() + patience.next_delay()
+                        if registered_with is not None:  # did it keep running? (below)
+                            alive_check = loop.time() + max(delay, KUBELET_ALIVE_SETTLE)
                 elif event.registered:
                     metrics.registrations.labels(self.name, "ok").inc()
                     self._losses.registered(restarted=lost_here)  # (by itself: a restart)
@@ -352,7 +347,7 @@ class ServingLoop:
                         patience.reset()
                     refusals.reset()
                     deadline, refused, lost_here, self._last_refusal = None, None, False, None
-                    dropped, registered_with = False, kubelet_socket_identity(kubelet_dir)
+                    alive_check, registered_with = None, kubelet_socket_identity(kubelet_dir)
                     self.status.mark(registered=True)
                     self.log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
                 else:
@@ -364,11 +359,16 @@ class ServingLoop:
                     level("register_failed", result="refused", reason=event.error)
                     self._last_refusal = event.error
                     deadline, refused = loop.time() + refusals.next_delay(), event.error
+            if alive_check is not None and loop.time() >= alive_check:
+                alive_check = None
+                if kubelet_socket_identity(kubelet_dir) == registered_with and (
+                    await kubelet_listening(kubelet_dir)
+                ):
+                    self.log.info("dropped_by_kubelet", action="new socket")
+                    return "dropped_by_kubelet"
             if deadline is not None and loop.time() >= deadline:
                 if refused is not None:
                     return "registration_refused"
-                if dropped:
-                    return "dropped_by_kubelet"
                 metrics.registrations.labels(self.name, "unavailable").inc()
                 self.status.mark(registered=False, error="not registered: unavailable")
                 self.log.info(
@@ -383,8 +383,9 @@ class ServingLoop:
                 )
                 return "no_registration_status"
             self._losses.check_stable()
-            left = None if deadline is None else deadline - loop.time()
-            waits = [w for w in (self._losses.until_stable(), left) if w is not None]
+            now = loop.time()
+            left = [None if at is None else at - now for at in (deadline, alive_check)]
+            waits = [w for w in (self._losses.until_stable(), *left) if w is not None]
             await self._sleep_or_wake(min(waits, default=None))
 
     async def _sleep_or_wake(self, delay: float | None) -> None:

@@ -2,15 +2,16 @@
 registering again, and what /readyz says meanwhile.
 
 The kubelet ends a stream when it drops the plugin's endpoint: a client it replaced
-(docs/kubelet-contract.md §9), a message it cannot take (over its receive limit, §4), or
-anything else it refuses. Registering again at once is right the first time; when the next
-stream ends soon again, doing it at once spins (a list the kubelet could not take made a
-resource register ~90 times a second). So the losses follow `backoff.Retries` (`LOST_STREAMS`):
-the first loss of a run registers again at once, every further loss waits the next delay,
-and a stream that lasts `stable` seconds ends the run. A kubelet restart ends streams too
-but is no loss of ours: a registration with a restarted kubelet ends the run (`registered`),
-and the resource never waits for one (`serving.ServingLoop._back_off`). From the
-`NOT_READY_AFTER`-th loss in a row until the run ends, /readyz names the resource.
+(docs/kubelet-contract.md §9), a message it cannot take (over its receive limit,
+docs/kubelet-contract.md §4), or anything else it refuses. Registering again at once is right
+the first time; when the next stream ends soon again, doing it at once spins (a list the kubelet
+could not take made a resource register ~90 times a second). So the losses follow
+`backoff.Retries` (`LOST_STREAMS`): the first loss of a run registers again at once, every
+further loss waits the next delay, and a stream that lasts `stable` seconds ends the run. A
+kubelet restart ends streams too but is no loss of ours: a registration with a restarted kubelet
+ends the run (`registered`), and the resource never waits for one
+(`serving.ServingLoop._back_off`). From the `NOT_READY_AFTER`-th loss in a row until the run
+ends, /readyz names the resource.
 """
 
 from __future__ import annotations

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
-from .cdi_rules import CDI_NAME_SEPARATOR, cdi_annotation_names, is_cdi_annotation_key
+from .cdi_rules import (
+    CDI_NAME_SEPARATOR,
+    CDI_RESOURCE_SEPARATOR,
+    CDI_RESOURCE_SLASH,
+    cdi_annotation_names,
+    is_cdi_annotation_key,
+)
 from .command_output import ContainerExtras
 from .config import MountConfig, ResourceConfig, render_template
 from .devices import Advertised, Device, DeviceMount, DeviceNode, Snapshot
@@ -34,24 +40,39 @@ class AllocationError(ValueError):
     mounts for one container path): INVALID_ARGUMENT."""
 
 
-def cdi_device_name(device_id: str) -> str:
-    """The CDI device name of a physical device: one-to-one, so two devices of a resource
-    never share a name (their resource owns its CDI kind: config check).
+def cdi_device_name(resource: str, device_id: str) -> str:
+    """The CDI device name of a physical device of `resource`: `<resource>:<device>`, unique
+    to the pair by construction, so no reload, rename or second spec file can make a name a
+    pod holds stand for another resource's device (the kubelet hands a restarted container
+    the names of its first Allocate, without asking again).
+
+    The resource part is the resource name with its `/` as `_` (`cdi_rules.CDI_RESOURCE_SLASH`;
+    an extended resource name holds no `:` and its domain no `_`, so the first `:` ends it and
+    it spells one resource only). The device part is `cdi_device_part(device_id)`.
+    """
+    prefix = resource.replace("/", CDI_RESOURCE_SLASH)
+    return f"{prefix}{CDI_RESOURCE_SEPARATOR}{cdi_device_part(device_id)}"
+
+
+def cdi_device_part(device_id: str) -> str:
+    """The device part of a CDI device name: one-to-one, so two devices of a resource never
+    share a name.
 
     CDI device names are `[A-Za-z0-9]`, then `[A-Za-z0-9_.:-]`, ending alphanumeric. An ID
-    that is such a name and holds no `::` is its own name (glob IDs, most others). Any other
-    ID (`dongle/1`, `_x`, `a::b`) is named `<readable>::<hex of the ID's UTF-8>`: the
-    readable part has no `:`, so the first `::` starts the hex, which spells the whole ID --
-    distinct from every other ID's name by construction, and never an ID's own name (those
-    have no `::`): `names.CDI_NAME`. The Allocate response and the CDI spec file both name
-    devices with this function.
+    that is such a name and holds no `::` is its own part (glob IDs, most others). Any other
+    ID (`dongle/1`, `_x`, `a::b`) is `<readable>::<hex of the ID's UTF-8>`: the readable part
+    has no `:`, so the first `::` starts the hex, which spells the whole ID -- distinct from
+    every other ID's part by construction, and never an ID's own part (those have no `::`):
+    `names.CDI_NAME`.
     """
     return make_name(device_id, CDI_NAME)
 
 
-def qualified_cdi_name(kind: str, device_id: str) -> str:
-    """The qualified CDI name `<kind>=<name>` of a physical device of a resource of `kind`."""
-    return f"{kind}{CDI_NAME_SEPARATOR}{cdi_device_name(device_id)}"
+def qualified_cdi_name(kind: str, resource: str, device_id: str) -> str:
+    """The qualified CDI name `<kind>=<resource>:<device>` of a physical device of `resource`,
+    whose CDI kind is `kind`. The Allocate response and the CDI spec file both name devices
+    with `cdi_device_name`."""
+    return f"{kind}{CDI_NAME_SEPARATOR}{cdi_device_name(resource, device_id)}"
 
 
 def has_cdi_edits(device: Device) -> bool:
@@ -186,7 +207,11 @@ class AllocationBuilder:
         cdi_names = (
             []
             if cdi is None
-            else [qualified_cdi_name(cdi.kind, d.id) for d in physical if has_cdi_edits(d)]
+            else [
+                qualified_cdi_name(cdi.kind, name, d.id)
+                for d in physical
+                if has_cdi_edits(d)
+            ]
         )
         if extras is not None:
             for key, value in extras.env.items():
@@ -226,7 +251,11 @@ class AllocationBuilder:
                 continue
             physical = self.physical_devices(snapshot, requested_ids)
             extra = sorted(paths.difference(*(host_paths(device) for device in physical)))
-            own = set() if cdi is None else {qualified_cdi_name(cdi.kind, d.id) for d in physical}
+            own = (
+                set()
+                if cdi is None
+                else {qualified_cdi_name(cdi.kind, self.resource.name, d.id) for d in physical}
+            )
             foreign = [name for name in dict.fromkeys(names) if name not in own]
             for device_id in requested_ids:
                 if extra:

@@ -134,7 +134,8 @@ class CdiSpecWriter:
         return dict(self.pinned)
 
     def _unresolvable(self, device: Device) -> bool:
-        return has_cdi_edits(device) and cdi_device_name(device.id) not in self._resolvable
+        name = cdi_device_name(self.resource.name, device.id)
+        return has_cdi_edits(device) and name not in self._resolvable
 
     def _set_on_disk(self, content: bytes | None) -> None:
         """Remember what the file holds; devices it does not name are held Unhealthy."""

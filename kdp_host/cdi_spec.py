@@ -62,7 +62,7 @@ def build_spec(
             continue
         devices.append(
             {
-                "name": cdi_device_name(device.id),  # one-to-one: no two entries share it
+                "name": cdi_device_name(resource.name, device.id),  # unique to (resource, device)
                 "containerEdits": _device_edits(shown, allocate.permissions, shared_env, cdi),
             }
         )

@@ -209,7 +209,7 @@ class BookingAllocations(AdmissionGate):
         state = self._resources.get(resource)
         listed = () if state is None else (*state.admitted.values(), *state.reported.values())
         for device in listed:
-            if cdi_device_name(device.id) == name:
+            if cdi_device_name(resource, device.id) == name:
                 return f"device {device.id} of {resource} owns"
         return f"names no device of this container (the kind is {resource}'s)"
 

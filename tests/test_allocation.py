@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -11,7 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdp_host.allocation import AllocationBuilder, AllocationError, cdi_device_name
+from kdp_host.allocation import (
+    AllocationBuilder,
+    AllocationError,
+    cdi_device_name,
+    cdi_device_part,
+)
 from kdp_host.cdi_spec import build_spec
 from kdp_host.command_output import ContainerExtras
 from kdp_host.config import (
@@ -25,8 +31,11 @@ from kdp_host.config import (
 )
 from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
 from kdp_host.preferred import preferred_allocation
+from kdp_host.rules import EXTENDED_RESOURCE_NAME_PATTERN, is_extended_resource_name
 
 RESOURCE = "vendor.example/fpga"
+OWN = cdi_device_name(RESOURCE, "x").removesuffix("x")
+"""What the CDI device names of RESOURCE's devices start with (`<resource>:`, issue 17)."""
 KIND = "vendor.example/fpga"
 CDI_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
 POLICIES: tuple[PreferredPolicy, ...] = ("packed", "spread", "numa", "none")
@@ -297,7 +306,7 @@ def test_cdi_names_without_device_specs() -> None:
     snap = snapshot([dev("fpga0"), dev("fpga1"), dev("fpga2")], replicas=2)
     builder = AllocationBuilder(resource(cdi=CdiConfig(kind=KIND), replicas=2))
     response = builder.container_response(snap, ["fpga2::0", "fpga0::1", "fpga0::0"])
-    assert [c.name for c in response.cdi_devices] == [f"{KIND}=fpga0", f"{KIND}=fpga2"]
+    assert [c.name for c in response.cdi_devices] == [f"{KIND}={OWN}fpga0", f"{KIND}={OWN}fpga2"]
     assert response.devices == []
 
 
@@ -305,7 +314,7 @@ def test_cdi_names_with_device_specs() -> None:
     snap = snapshot([dev("fpga0"), dev("fpga1")])
     builder = AllocationBuilder(resource(cdi=CdiConfig(kind=KIND, also_device_specs=True)))
     response = builder.container_response(snap, ["fpga1", "fpga0"])
-    assert [c.name for c in response.cdi_devices] == [f"{KIND}=fpga0", f"{KIND}=fpga1"]
+    assert [c.name for c in response.cdi_devices] == [f"{KIND}={OWN}fpga0", f"{KIND}={OWN}fpga1"]
     assert [d.container_path for d in response.devices] == ["/dev/fpga0", "/dev/fpga1"]
 
 
@@ -319,18 +328,18 @@ def test_cdi_names_of_shell_style_ids_are_valid_and_stable() -> None:
     names = [c.name.split("=", 1)[1] for c in response.cdi_devices]
     assert len(names) == len(set(names)) == len(odd)
     assert all(CDI_NAME.fullmatch(name) for name in names)
-    assert cdi_device_name("ok-1") == "ok-1" and cdi_device_name("a:b") == "a:b"
-    assert cdi_device_name("dongle/1") == "dongle_1::" + b"dongle/1".hex()
-    assert cdi_device_name("dongle/1") == cdi_device_name("dongle/1")
-    assert cdi_device_name("dongle/1") != cdi_device_name("dongle_1")
+    assert cdi_device_part("ok-1") == "ok-1" and cdi_device_part("a:b") == "a:b"
+    assert cdi_device_part("dongle/1") == "dongle_1::" + b"dongle/1".hex()
+    assert cdi_device_part("dongle/1") == cdi_device_part("dongle/1")
+    assert cdi_device_part("dongle/1") != cdi_device_part("dongle_1")
 
 
 def test_an_escaped_cdi_name_is_never_the_name_of_another_id() -> None:
     """An ID made readable (`dongle/1` -> `dongle_1...`) may be another device's raw ID: the
     two devices must still get two names, or one spec entry is dropped."""
-    escaped = cdi_device_name("dongle/1")
-    assert cdi_device_name(escaped) != escaped
-    assert cdi_device_name("a::b") != "a::b"
+    escaped = cdi_device_part("dongle/1")
+    assert cdi_device_part(escaped) != escaped
+    assert cdi_device_part("a::b") != "a::b"
     snap = snapshot(
         [
             Device(id="dongle/1", nodes=(DeviceNode("/dev/ttyA0", "/dev/ttyA0"),)),
@@ -354,15 +363,15 @@ def test_devices_without_nodes_or_mounts_get_no_cdi_name() -> None:
     response = AllocationBuilder(resource(cdi=CdiConfig(kind=KIND))).container_response(
         snap, ["bare", "mounted"]
     )
-    assert [c.name for c in response.cdi_devices] == [f"{KIND}=mounted"]
+    assert [c.name for c in response.cdi_devices] == [f"{KIND}={OWN}mounted"]
     assert response.envs == {"K": "v"}
 
 
 @given(st.text(min_size=1, max_size=40))
 def test_cdi_device_name_is_always_valid(device_id: str) -> None:
-    name = cdi_device_name(device_id)
+    name = cdi_device_part(device_id)
     assert CDI_NAME.fullmatch(name), name
-    assert name == cdi_device_name(device_id)
+    assert name == cdi_device_part(device_id)
     if CDI_NAME.fullmatch(device_id):
         assert name == device_id
 
@@ -370,11 +379,11 @@ def test_cdi_device_name_is_always_valid(device_id: str) -> None:
 @given(st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12))
 def test_cdi_device_names_are_distinct(a: str, b: str) -> None:
     if a != b:
-        assert cdi_device_name(a) != cdi_device_name(b)
+        assert cdi_device_part(a) != cdi_device_part(b)
     # an escaped name, taken as an ID, is escaped again: never someone else's name
-    for name in (cdi_device_name(a), cdi_device_name(b)):
+    for name in (cdi_device_part(a), cdi_device_part(b)):
         if name not in (a, b):
-            assert cdi_device_name(name) not in (cdi_device_name(a), cdi_device_name(b))
+            assert cdi_device_part(name) not in (cdi_device_part(a), cdi_device_part(b))
 
 
 _PATHS = st.sampled_from(["/dev/a", "/dev/b", "/dev/c", "/m/x", "/m/y"])
@@ -793,3 +802,39 @@ def test_allocate_command_output_identical_to_what_is_there_is_passed_once() -> 
     ]
     assert response.envs["SESSION"] == "s1"
     assert [c.name for c in response.cdi_devices] == ["vendor.example/fpga-mgr=mgr0"]
+
+
+_RESOURCES = st.from_regex(EXTENDED_RESOURCE_NAME_PATTERN, fullmatch=True).filter(
+    is_extended_resource_name
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_RESOURCES, st.text(min_size=1, max_size=12), _RESOURCES, st.text(min_size=1, max_size=12))
+def test_cdi_names_are_unique_per_resource_and_device(
+    resource_a: str, device_a: str, resource_b: str, device_b: str
+) -> None:
+    """Issue 17: a CDI name stands for one (resource, device) by construction, so a reload
+    that gives a kind to another resource, or renames a resource, cannot make a name a pod
+    holds (the kubelet reuses it at a container restart) resolve to another resource's
+    device with the same ID."""
+    name_a = cdi_device_name(resource_a, device_a)
+    assert CDI_NAME.fullmatch(name_a), name_a
+    if (resource_a, device_a) != (resource_b, device_b):
+        assert name_a != cdi_device_name(resource_b, device_b)
+
+
+def test_one_device_id_under_two_resources_gets_two_cdi_names() -> None:
+    assert cdi_device_name("example.com/a", "fpga0") == "example.com_a:fpga0"
+    assert cdi_device_name("example.com/b", "fpga0") == "example.com_b:fpga0"
+    snap = snapshot([dev("fpga0")])
+    names = {
+        c.name
+        for name in ("example.com/a", "example.com/b")
+        for c in AllocationBuilder(
+            dataclasses.replace(resource(cdi=CdiConfig(kind=KIND)), name=name)
+        )
+        .container_response(snap, ["fpga0"])
+        .cdi_devices
+    }
+    assert names == {f"{KIND}=example.com_a:fpga0", f"{KIND}=example.com_b:fpga0"}

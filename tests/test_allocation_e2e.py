@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kdp_host.allocation import qualified_cdi_name
 from kdp_host.config.outputs import spec_file_name
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
@@ -163,7 +164,8 @@ async def test_cdi_resource(
 
     def spec_devices() -> list[str]:
         try:
-            return [d["name"] for d in json.loads(spec_path.read_text())["devices"]]
+            devices = json.loads(spec_path.read_text())["devices"]
+            return [d["name"].partition(":")[2] for d in devices]  # the device parts
         except (OSError, ValueError):
             return []
 
@@ -172,10 +174,12 @@ async def test_cdi_resource(
     assert spec["containerEdits"] == {"env": ["STATIC=yes"]}
 
     response = await kubelet.allocate(FPGA, 3, pod_uid="a")
-    assert [c.name for c in response.cdi_devices] == [f"{FPGA}=fpga0", f"{FPGA}=fpga1"]
+    assert [c.name for c in response.cdi_devices] == [
+        qualified_cdi_name(FPGA, FPGA, i) for i in ("fpga0", "fpga1")
+    ]
     assert response.devices == []
     assert response.envs == {"DEVS": "fpga0,fpga1", "STATIC": "yes"}
-    assert {c.name.split("=", 1)[1] for c in response.cdi_devices} <= set(spec_devices())
+    assert {c.name.split(":", 1)[1] for c in response.cdi_devices} <= set(spec_devices())
 
     (dev / "fpga2").touch()
     await wait_until(lambda: spec_devices() == ["fpga0", "fpga1", "fpga2"], what="hot-plug")

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kdp_host import atomic_files
-from kdp_host.allocation import AllocationBuilder
+from kdp_host.allocation import AllocationBuilder, cdi_device_name
 from kdp_host.atomic_files import write_atomic
 from kdp_host.cdi import CdiSpecWriter
 from kdp_host.cdi_rules import cdi_kind_problem
@@ -44,6 +44,12 @@ from .conftest import wait_until
 
 RESOURCE = "vendor.example/fpga"
 KIND = "vendor.example/fpga"
+
+
+def own(device_id: str) -> str:
+    """The CDI device name of a device of RESOURCE (`<resource>:<device>`, issue 17)."""
+    return cdi_device_name(RESOURCE, device_id)
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -117,7 +123,7 @@ def test_spec_content() -> None:
         "kind": KIND,
         "devices": [
             {
-                "name": "fpga0",
+                "name": own("fpga0"),
                 "containerEdits": {
                     "deviceNodes": [
                         {"path": "/dev/fpga0", "hostPath": "/dev/fpga0", "permissions": "rwm"}
@@ -126,7 +132,7 @@ def test_spec_content() -> None:
                 },
             },
             {
-                "name": "fpga1",
+                "name": own("fpga1"),
                 "containerEdits": {
                     "deviceNodes": [
                         {"path": "/dev/fpga1", "hostPath": "/dev/fpga1", "permissions": "rwm"}
@@ -330,7 +336,7 @@ async def test_writer_keeps_file_current_and_removes_it(
     table.publish([dev("fpga0"), dev("fpga1")])
     await wait_until(lambda: synced(writer, table), what="first write")
     spec = read_spec_file(path)
-    assert [d["name"] for d in spec["devices"]] == ["fpga0", "fpga1"]
+    assert [d["name"] for d in spec["devices"]] == [own("fpga0"), own("fpga1")]
     assert writer.writes == 1
 
     # health does not change the spec: no write
@@ -341,9 +347,9 @@ async def test_writer_keeps_file_current_and_removes_it(
     table.publish([dev("fpga0"), dev("fpga1"), dev("fpga2")])
     await wait_until(lambda: synced(writer, table), what="hot-plug")
     assert [d["name"] for d in read_spec_file(path)["devices"]] == [
-        "fpga0",
-        "fpga1",
-        "fpga2",
+        own("fpga0"),
+        own("fpga1"),
+        own("fpga2"),
     ]
     assert writer.writes == 2
 
@@ -479,7 +485,7 @@ async def test_a_spec_file_of_another_kind_resolves_nothing(
     table.publish([dev("fpga0")])
     content = render_spec_file(config, table.snapshot)
     assert content is not None
-    assert spec_device_names(content, KIND) == {"fpga0"}
+    assert spec_device_names(content, KIND) == {own("fpga0")}
     assert spec_device_names(content, "other.example/kind") == frozenset()
     assert spec_device_names(b"{not json", KIND) == frozenset()
     assert spec_device_names(b'{"kind": "%s", "devices": "x"}' % KIND.encode(), KIND) == set()
@@ -509,7 +515,7 @@ async def test_a_stopping_instance_leaves_the_spec_file_the_new_instance_owns(
     await running[0].stop()
     path = Path(new.path)
     assert path.exists(), "the old instance removed the new instance's spec file"
-    assert [d["name"] for d in read_spec_file(path)["devices"]] == ["fpga0", "fpga1"]
+    assert [d["name"] for d in read_spec_file(path)["devices"]] == [own("fpga0"), own("fpga1")]
     assert all(d.healthy for d in new_table.snapshot.devices)
     await running[1].stop()
     assert list(tmp_path.iterdir()) == []

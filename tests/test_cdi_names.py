@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kdp_host.allocation import AllocationBuilder, qualified_cdi_name
+from kdp_host.allocation import AllocationBuilder, cdi_device_name, qualified_cdi_name
 from kdp_host.cdi_rules import (
     CDI_ANNOTATION_PREFIX,
     cdi_annotation_names,
@@ -33,6 +33,8 @@ from .kubelet_harness import RealKubelet, healthy
 
 A, B, C = "a.example/a", "b.example/b", "c.example/c"
 A_KIND, B_KIND = "a.example/aa", "b.example/bb"
+A_PART, B_PART = (cdi_device_name(r, "x").removesuffix("x") for r in (A, B))
+"""What a device name of A, B starts with (`<resource>:`, issue 17)."""
 VENDOR = "vendor.other/gpu"
 """A kind no resource of the config writes (a vendor's own spec file)."""
 
@@ -120,33 +122,41 @@ def test_handed_lists_the_cdi_names_besides_the_containers_own() -> None:
     snapshot = _table("a0", "a1", "a2").snapshot
     extras = ContainerExtras(
         annotations={
-            "cdi.k8s.io/x": f" {A_KIND}=a0 , {B_KIND}=b0",
-            "example.com/y": f"{B_KIND}=b1",  # not a CDI annotation: no name
+            "cdi.k8s.io/x": f" {A_KIND}={A_PART}a0 , {B_KIND}={B_PART}b0",
+            "example.com/y": f"{B_KIND}={B_PART}b1",  # not a CDI annotation: no name
         },
-        cdi_devices=(f"{A_KIND}=a1", f"{VENDOR}=0", f"{A_KIND}=a0"),
+        cdi_devices=(f"{A_KIND}={A_PART}a1", f"{VENDOR}=0", f"{A_KIND}={A_PART}a0"),
     )
     first = builder.container_response(snapshot, ["a0"], extras)
     second = builder.container_response(snapshot, ["a2"])
-    assert [c.name for c in first.cdi_devices] == [f"{A_KIND}=a0", f"{A_KIND}=a1", f"{VENDOR}=0"]
+    assert [c.name for c in first.cdi_devices] == [
+        f"{A_KIND}={A_PART}a0",
+        f"{A_KIND}={A_PART}a1",
+        f"{VENDOR}=0",
+    ]
     handed = builder.handed(snapshot, [["a0"], ["a2"]], [first, second])
     # a0's own name is not "besides"; a2's answer carries only its own name
-    assert handed.cdi_names == {"a0": [f"{A_KIND}=a1", f"{VENDOR}=0", f"{B_KIND}=b0"]}
+    assert handed.cdi_names == {
+        "a0": [f"{A_KIND}={A_PART}a1", f"{VENDOR}=0", f"{B_KIND}={B_PART}b0"]
+    }
     assert handed.places == {}
 
 
 def test_without_a_kind_of_its_own_every_name_is_besides() -> None:
     builder = _resource(kind=None)
     snapshot = _table("a0").snapshot
-    extras = ContainerExtras(cdi_devices=(f"{A_KIND}=a0",))
+    extras = ContainerExtras(cdi_devices=(f"{A_KIND}={A_PART}a0",))
     response = builder.container_response(snapshot, ["a0"], extras)
-    assert builder.handed(snapshot, [["a0"]], [response]).cdi_names == {"a0": [f"{A_KIND}=a0"]}
+    assert builder.handed(snapshot, [["a0"]], [response]).cdi_names == {
+        "a0": [f"{A_KIND}={A_PART}a0"]
+    }
 
 
 def test_a_device_id_that_is_no_cdi_name_is_its_own_escaped_name() -> None:
     builder = _resource()
     snapshot = _table("a+b").snapshot
-    own = qualified_cdi_name(A_KIND, "a+b")
-    assert own != f"{A_KIND}=a+b"
+    own = qualified_cdi_name(A_KIND, A, "a+b")
+    assert own != f"{A_KIND}={A_PART}a+b"
     extras = ContainerExtras(annotations={"cdi.k8s.io/x": own})
     response = builder.container_response(snapshot, ["a+b"], extras)
     assert builder.handed(snapshot, [["a+b"]], [response]).cdi_names == {}
@@ -167,10 +177,10 @@ def _index() -> OwnershipIndex:
 @pytest.mark.parametrize(
     ("name", "owner"),
     [
-        (f"{B_KIND}=b0", f"which device b0 of {B} owns"),
-        (f"{A_KIND}=a1", f"which device a1 of {A} owns"),
-        (f" {B_KIND} =b0", f"which device b0 of {B} owns"),
-        (f"{B_KIND}=b9", f"which names no device of this container (the kind is {B}'s)"),
+        (f"{B_KIND}={B_PART}b0", f"which device b0 of {B} owns"),
+        (f"{A_KIND}={A_PART}a1", f"which device a1 of {A} owns"),
+        (f" {B_KIND} ={B_PART}b0", f"which device b0 of {B} owns"),
+        (f"{B_KIND}={B_PART}b9", f"which names no device of this container (the kind is {B}'s)"),
     ],
 )
 async def test_a_name_of_a_kind_the_host_writes_is_refused_naming_its_owner(
@@ -198,7 +208,7 @@ async def test_a_retired_resources_kind_stays_refused() -> None:
     index = _index()
     index.retire(B)
     with pytest.raises(PlaceOwned, match=f"which device b0 of {B} owns"):
-        await index.book(A, ["a0"], cdi_names={"a0": [f"{B_KIND}=b0"]})
+        await index.book(A, ["a0"], cdi_names={"a0": [f"{B_KIND}={B_PART}b0"]})
 
 
 # ------------------------------------------------------------------ the static config
@@ -219,9 +229,9 @@ def _static(annotation: str, *, b_kind: str = B_KIND) -> str:
 @pytest.mark.parametrize(
     "annotation",
     [
-        f'"cdi.k8s.io/x": "{B_KIND}=b0"',
-        f'"cdi.k8s.io/x": "{VENDOR}=0, {B_KIND}={{ids}}"',
-        f'"CDI.k8s.io/x": " {B_KIND} = b0"',
+        f'"cdi.k8s.io/x": "{B_KIND}={B_PART}b0"',
+        f'"cdi.k8s.io/x": "{VENDOR}=0, {B_KIND}={B_PART}{{ids}}"',
+        f'"CDI.k8s.io/x": " {B_KIND} = {B_PART}b0"',
     ],
 )
 def test_a_static_cdi_annotation_naming_a_kind_of_the_config_is_a_config_error(
@@ -238,7 +248,7 @@ def test_a_static_cdi_annotation_naming_a_kind_of_the_config_is_a_config_error(
     "annotation",
     [
         f'"cdi.k8s.io/x": "{VENDOR}=0"',
-        f'"example.com/x": "{B_KIND}=b0"',  # not read by CDI
+        f'"example.com/x": "{B_KIND}={B_PART}b0"',  # not read by CDI
     ],
 )
 def test_other_static_annotations_load(annotation: str) -> None:
@@ -249,10 +259,10 @@ def test_check_names_the_static_annotation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "kdp.yaml"
-    config.write_text(_static(f'"cdi.k8s.io/x": "{B_KIND}=b0"'))
+    config.write_text(_static(f'"cdi.k8s.io/x": "{B_KIND}={B_PART}b0"'))
     assert main(["check", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert f"names the CDI device '{B_KIND}=b0'" in err, err
+    assert f"names the CDI device '{B_KIND}={B_PART}b0'" in err, err
 
 
 # ------------------------------------------------------------- through the real kubelet
@@ -310,23 +320,25 @@ async def _cdi_host(
     return out
 
 
-HELD_B0 = (f"hands out CDI device '{B_KIND}=b0'", f"which device b0 of {B} owns")
+HELD_B0 = (f"hands out CDI device '{B_KIND}={B_PART}b0'", f"which device b0 of {B} owns")
 
 
 @pytest.mark.parametrize(
     ("output", "texts"),
     [
-        pytest.param({"cdiDevices": [f"{B_KIND}=b0"]}, HELD_B0, id="cdiDevices"),
+        pytest.param({"cdiDevices": [f"{B_KIND}={B_PART}b0"]}, HELD_B0, id="cdiDevices"),
         pytest.param(
-            {"cdiDevices": [f"{A_KIND}=OTHER"]},
-            (f"hands out CDI device '{A_KIND}=a", "which device a", f" of {A} owns"),
+            {"cdiDevices": [f"{A_KIND}={A_PART}OTHER"]},
+            (f"hands out CDI device '{A_KIND}={A_PART}a", "which device a", f" of {A} owns"),
             id="cdiDevices-own-resource-other-device",
         ),
         pytest.param(
-            {"annotations": {"cdi.k8s.io/x": f"{VENDOR}=0,{B_KIND}=b0"}}, HELD_B0, id="annotation"
+            {"annotations": {"cdi.k8s.io/x": f"{VENDOR}=0,{B_KIND}={B_PART}b0"}},
+            HELD_B0,
+            id="annotation",
         ),
         pytest.param(
-            {"annotations": {"cdi.k8s.io/x": f"{A_KIND}=OWN , {B_KIND}=b0 "}},
+            {"annotations": {"cdi.k8s.io/x": f"{A_KIND}={A_PART}OWN , {B_KIND}={B_PART}b0 "}},
             HELD_B0,
             id="annotation-list-with-blanks",
         ),
@@ -344,7 +356,7 @@ async def test_hostile2_13_allocate_command_naming_another_cdi_device_is_refused
     kubelet = real_kubelet_factory()
     out = await _cdi_host(kubelet, short_dir, start_host, {})
     holder = await kubelet.acall(kubelet.allocate, "pod2", {B: 1})
-    assert holder["error"] == "" and _names(holder) == [f"{B_KIND}=b0"], holder
+    assert holder["error"] == "" and _names(holder) == [f"{B_KIND}={B_PART}b0"], holder
     out.write_text(json.dumps(output))
     refused = await kubelet.acall(kubelet.allocate, "pod1", {A: 1})
     _refused(refused, *texts)
@@ -361,16 +373,16 @@ async def test_hostile2_13_own_names_and_vendor_kinds_pass(
     out.write_text(
         json.dumps(
             {
-                "cdiDevices": [f"{A_KIND}=OWN", f"{VENDOR}=0"],
-                "annotations": {"cdi.k8s.io/x": f" {A_KIND}=OWN, {VENDOR}=1"},
+                "cdiDevices": [f"{A_KIND}={A_PART}OWN", f"{VENDOR}=0"],
+                "annotations": {"cdi.k8s.io/x": f" {A_KIND}={A_PART}OWN, {VENDOR}=1"},
             }
         )
     )
     answer = await kubelet.acall(kubelet.allocate, "pod1", {A: 1})
     assert answer["error"] == "", answer
     [own] = answer["device_ids"][A]
-    assert _names(answer) == [f"{A_KIND}={own}", f"{VENDOR}=0"]
-    assert answer["annotations"]["cdi.k8s.io/x"] == f" {A_KIND}={own}, {VENDOR}=1"
+    assert _names(answer) == [f"{A_KIND}={A_PART}{own}", f"{VENDOR}=0"]
+    assert answer["annotations"]["cdi.k8s.io/x"] == f" {A_KIND}={A_PART}{own}, {VENDOR}=1"
 
 
 async def test_hostile2_13_a_probe_devices_cdi_annotation_is_checked_too(
@@ -379,9 +391,11 @@ async def test_hostile2_13_a_probe_devices_cdi_annotation_is_checked_too(
     """A device's own annotations (a shell probe's JSON) reach the answer the same way: one
     naming b0 refuses c0's Allocate."""
     kubelet = real_kubelet_factory()
-    await _cdi_host(kubelet, short_dir, start_host, {"cdi.k8s.io/c": f"{B_KIND}=b0"})
+    await _cdi_host(kubelet, short_dir, start_host, {"cdi.k8s.io/c": f"{B_KIND}={B_PART}b0"})
     refused = await kubelet.acall(kubelet.allocate, "pod1", {C: 1})
-    _refused(refused, f"{C}: the answer for c0 hands out CDI device '{B_KIND}=b0'", f"b0 of {B}")
+    _refused(
+        refused, f"{C}: the answer for c0 hands out CDI device '{B_KIND}={B_PART}b0'", f"b0 of {B}"
+    )
 
 
 async def test_hostile2_13_a_static_cdi_annotation_is_refused_at_load_and_on_reload(
@@ -403,7 +417,7 @@ async def test_hostile2_13_a_static_cdi_annotation_is_refused_at_load_and_on_rel
         f'  - name: {B}\n    glob: {{paths: ["{dev}/b*"]}}\n'
         f"    allocate: {{cdi: {{kind: {B_KIND}, specDir: {short_dir / 'cdi'}}}}}\n"
     )
-    bad = good.replace(f"{VENDOR}=0", f"{B_KIND}=b0")
+    bad = good.replace(f"{VENDOR}=0", f"{B_KIND}={B_PART}b0")
     config = short_dir / "kdp.yaml"
     config.write_text(bad)
     assert await asyncio.to_thread(main, ["check", "--config", str(config)]) == 2

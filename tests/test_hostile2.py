@@ -197,7 +197,7 @@ async def test_hostile2_9_a_held_ids_cdi_entry_keeps_what_was_allocated(
         try:
             devices = json.loads(spec_path.read_text())["devices"]
             return {
-                d["name"]: node["hostPath"]
+                d["name"].partition(":")[2]: node["hostPath"]  # the device part
                 for d in devices
                 for node in d["containerEdits"]["deviceNodes"]
             }

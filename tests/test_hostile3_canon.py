@@ -83,7 +83,7 @@ async def test_hostile3_1_cdi_spec_entries_carry_the_real_path(
         return found
 
     def entry() -> dict[str, str]:
-        [(name, node)] = [(n, e) for n, e in entries().items() if n != "s1"]
+        [(name, node)] = [(n, e) for n, e in entries().items() if not n.endswith(":s1")]
         return {"name": name, **node}
 
     written = entry()
@@ -102,7 +102,9 @@ async def test_hostile3_1_cdi_spec_entries_carry_the_real_path(
     # a device more: once the spec lists it, it was written after A's s0 was held
     (short_dir / "f1").write_text("")
     probe.write_text(probe.read_text() + f"s1 Healthy path={short_dir}/f1:/dev/s1\n")
-    await wait_until(lambda: "s1" in entries(), what="the spec written after the hold")
+    await wait_until(
+        lambda: any(n.endswith(":s1") for n in entries()), what="the spec written after the hold"
+    )
     # pod1's CDI name still resolves to the node A claimed and handed out, never pod2's
     kept = entry()
     assert kept["hostPath"] == os.path.realpath(pts0)

@@ -265,8 +265,8 @@ resources:
         ]
         assert [d.host_path for d in container.devices] == [f"{dev}/fpga0", f"{dev}/fpga1"]
         assert [c.name for c in container.cdi_devices] == [
-            "vendor.example/fpga=fpga0",
-            "vendor.example/fpga=fpga1",
+            "vendor.example/fpga=vendor.example_fpga:fpga0",
+            "vendor.example/fpga=vendor.example_fpga:fpga1",
         ]
         await client.pre_start(["fpga0"])
         (dev / "fpga2").touch()

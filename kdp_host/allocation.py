@@ -20,12 +20,12 @@ from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
 from .cdi_rules import (
     CDI_NAME_SEPARATOR,
     CDI_RESOURCE_SEPARATOR,
-    CDI_RESOURCE_SLASH,
     cdi_annotation_names,
     is_cdi_annotation_key,
 )
 from .command_output import ContainerExtras
 from .config import MountConfig, ResourceConfig, render_template
+from .config.outputs import resource_slug
 from .devices import Advertised, Device, DeviceMount, DeviceNode, Snapshot
 from .names import CDI_NAME, make_name
 from .ownership_claims import host_paths
@@ -46,12 +46,11 @@ def cdi_device_name(resource: str, device_id: str) -> str:
     pod holds stand for another resource's device (the kubelet hands a restarted container
     the names of its first Allocate, without asking again).
 
-    The resource part is the resource name with its `/` as `_` (`cdi_rules.CDI_RESOURCE_SLASH`;
-    an extended resource name holds no `:` and its domain no `_`, so the first `:` ends it and
-    it spells one resource only). The device part is `cdi_device_part(device_id)`.
+    The resource part is `config.outputs.resource_slug` (the resource name with its `/` as
+    `_`; an extended resource name holds no `:` and its domain no `_`, so the first `:` ends
+    it and it spells one resource only). The device part is `cdi_device_part(device_id)`.
     """
-    prefix = resource.replace("/", CDI_RESOURCE_SLASH)
-    return f"{prefix}{CDI_RESOURCE_SEPARATOR}{cdi_device_part(device_id)}"
+    return f"{resource_slug(resource)}{CDI_RESOURCE_SEPARATOR}{cdi_device_part(device_id)}"
 
 
 def cdi_device_part(device_id: str) -> str:

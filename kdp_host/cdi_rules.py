@@ -25,11 +25,9 @@ CDI_NAME_ESCAPE: Final = "::"
 name of its own (`allocation.cdi_device_name`)."""
 CDI_RESOURCE_SEPARATOR: Final = ":"
 """In a CDI device name kdp-host writes, `<resource>:<device>`: after the resource part (the
-resource name with its `/` as `_`), before the device's own name (`allocation.cdi_device_name`).
-An extended resource name holds no `:` and its domain no `_`, so the first `:` ends the
-resource part and the first `_` in it is the `/`: two resources never share a name."""
-CDI_RESOURCE_SLASH: Final = "_"
-"""The `/` of a resource name in the resource part of a CDI device name (`/` is not allowed)."""
+resource name with its `/` as `_`, `config.outputs.resource_slug`), before the device's own
+name (`allocation.cdi_device_name`). An extended resource name holds no `:` and its domain no
+`_`, so the first `:` ends the resource part, which spells one resource only."""
 CDI_NAME_SEPARATOR: Final = "="
 """Between the kind and the device of a qualified CDI name `vendor/class=device`."""
 CDI_ANNOTATION_PREFIX: Final = "cdi.k8s.io/"

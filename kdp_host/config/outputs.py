@@ -46,13 +46,20 @@ def spec_dir(resource: ResourceConfig) -> str:
     return (cdi.spec_dir if cdi is not None else None) or DEFAULT_SPEC_DIR
 
 
+def resource_slug(resource_name: str) -> str:
+    """A resource name with its `/` as `_`: one-to-one, as the domain part of a resource name
+    cannot hold `_` (the first `_` stands for the `/`). Names the CDI spec file and the
+    resource part of CDI device names (`allocation.cdi_device_name`)."""
+    return resource_name.replace("/", "_")
+
+
 def spec_file_name(resource_name: str) -> str:
     """`vendor.example/fpga` -> `kdp-host_vendor.example_fpga.json`.
 
     One-to-one: the domain part of a resource name cannot hold `_`, so the first `_` after
     the prefix always stands for the `/`. Very long names are cut and get a hash.
     """
-    slug = resource_name.replace("/", "_")
+    slug = resource_slug(resource_name)
     if len(slug) > MAX_SLUG:
         digest = hashlib.sha256(resource_name.encode()).hexdigest()[:12]
         slug = f"{slug[: MAX_SLUG - 13]}-{digest}"

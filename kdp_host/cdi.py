@@ -15,6 +15,12 @@ and are coalesced: a burst of device changes is written once. Rendering and file
 through the host's offload (one call per read, write or removal). What goes into the spec is
 `cdi_spec.py`; which instance may write the file, `file_lease.py`.
 
+Names are unique to (resource, device) (`allocation.cdi_device_name`), so no other kdp-host
+file defines them; the writer still looks at the spec dir at each verify: a kdp-host spec file
+of its kind that no live instance owns (left by a SIGKILLed instance that served the resource
+under another name) is removed, and a name of its own another file defines (CDI then drops
+it: the name resolves nowhere) holds the device Unhealthy and the resource not ready.
+
 A container that restarts resolves its CDI names again, without a new Allocate: so a device
 an Allocate handed out keeps its entry as it was then while one of its IDs is booked (the
 ownership index's rule of booked claims), and follows the driver's list once none is.
@@ -33,9 +39,9 @@ from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_rules import cdi_kind_problem
 from .cdi_spec import render_spec_file, spec_device_names
 from .config import ResourceConfig
-from .config.outputs import owner_path, spec_path
+from .config.outputs import FILE_PREFIX, owner_path, spec_path
 from .devices import Device, DeviceTable, Snapshot, replica_ids
-from .file_lease import LEASE, VERIFY, OwnerLease
+from .file_lease import LEASE, VERIFY, OwnerLease, read_owner
 from .files import DaemonThreads, Offload
 from .logs import EventLogger
 from .watch import Watcher
@@ -44,6 +50,47 @@ DEBOUNCE = 0.05
 """Seconds to let a burst of device changes settle before writing."""
 RETRY_INTERVAL = 5.0
 """Seconds before retrying a failed write when nothing changed meanwhile."""
+
+
+CLASH_REASON = "CDI names defined twice in the spec dir"
+"""/readyz's reason while another file of the spec dir defines a name of the resource's."""
+
+
+@dataclass(frozen=True)
+class SpecDirCheck:
+    """What one look at a resource's spec dir found besides its own file."""
+
+    stale: tuple[str, ...] = ()
+    """kdp-host spec files of the kind whose owner is gone: removed."""
+    clashes: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Other files that define names of the resource's (CDI drops such names), by path."""
+
+
+def check_spec_dir(path: str, kind: str, names: frozenset[str], lease: float) -> SpecDirCheck:
+    """Look at the other `.json` files next to the spec file `path` of `kind` (whose names are
+    `names`): remove the kdp-host ones of the kind no live instance owns (and their owner
+    files), and say which others define one of `names`."""
+    directory, own = os.path.split(path)
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError:
+        return SpecDirCheck()
+    stale: list[str] = []
+    clashes: dict[str, frozenset[str]] = {}
+    for entry in entries:
+        if entry == own or not entry.endswith(".json"):
+            continue
+        other = os.path.join(directory, entry)
+        theirs = spec_device_names(read_or_none(other), kind)
+        if not theirs:
+            continue
+        if entry.startswith(FILE_PREFIX) and read_owner(owner_path(other), lease) is None:
+            unlink(other)
+            unlink(owner_path(other))
+            stale.append(other)
+        elif clashing := theirs & names:
+            clashes[other] = clashing
+    return SpecDirCheck(tuple(stale), clashes)
 
 
 @dataclass
@@ -98,6 +145,8 @@ class CdiSpecWriter:
     """Version of the last snapshot the file on disk reflects."""
     _on_disk: bytes | None = field(default=None, init=False, repr=False)
     _resolvable: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    _clashing: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    """Names of the file that another file of the spec dir defines too (CDI drops them)."""
     first_sync: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     """Set after the first attempt to write the driver's first list (success or not)."""
     _last_error: str | None = field(default=None, init=False, repr=False)
@@ -135,7 +184,7 @@ class CdiSpecWriter:
 
     def _unresolvable(self, device: Device) -> bool:
         name = cdi_device_name(self.resource.name, device.id)
-        return has_cdi_edits(device) and name not in self._resolvable
+        return has_cdi_edits(device) and (name not in self._resolvable or name in self._clashing)
 
     def _set_on_disk(self, content: bytes | None) -> None:
         """Remember what the file holds; devices it does not name are held Unhealthy."""
@@ -166,6 +215,7 @@ class CdiSpecWriter:
         )
         try:
             self._set_on_disk(await self._read())
+            await self._check_dir()
             await self.table.published.wait()
             await self._lease.take_over()
             snapshot = self.table.snapshot
@@ -195,6 +245,7 @@ class CdiSpecWriter:
                     self._set_on_disk(await self._read())
                     if on_disk not in done:
                         await self._lease.refresh()
+                        await self._check_dir()
                 await asyncio.sleep(self.debounce)
                 snapshot = self.table.snapshot
         finally:
@@ -227,10 +278,39 @@ class CdiSpecWriter:
             return False
         if self._last_error is not None:
             self.log.info("cdi_spec_recovered", path=self.path)
-            self.report(None)
+            self.report(CLASH_REASON if self._clashing else None)
         self._last_error = None
         self.synced_version = snapshot.version
         return True
+
+    async def _check_dir(self) -> None:
+        """Remove stale kdp-host files of the kind; hold the names another file defines too."""
+        cdi = self.resource.allocate.cdi
+        if cdi is None:
+            return
+        names = self._resolvable
+        try:
+            found = await self.offload.run(
+                lambda: check_spec_dir(self.path, cdi.kind, names, self.lease)
+            )
+        except OSError as exc:
+            self.log.warning("cdi_spec_dir_check_failed", path=self.path, reason=str(exc))
+            return
+        for stale in found.stale:
+            self.log.warning(
+                "cdi_spec_stale_removed", path=stale, kind=cdi.kind, reason="no live owner"
+            )
+        clashing = frozenset().union(*found.clashes.values())
+        if clashing == self._clashing:
+            return
+        for other, both in found.clashes.items():
+            self.log.error("cdi_spec_clash", path=self.path, other=other, names=len(both))
+        if not clashing:
+            self.log.info("cdi_spec_clash_cleared", path=self.path)
+        self._clashing = clashing
+        self.table.hold_unhealthy(self._unresolvable)
+        if self._last_error is None:
+            self.report(CLASH_REASON if clashing else None)
 
     def _failed(self, message: str, *, short: str, logged: bool = False) -> None:
         self.failures += 1

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kdp_host import atomic_files
 from kdp_host.allocation import AllocationBuilder, cdi_device_name
 from kdp_host.atomic_files import write_atomic
-from kdp_host.cdi import CdiSpecWriter
+from kdp_host.cdi import CLASH_REASON, CdiSpecWriter
 from kdp_host.cdi_rules import cdi_kind_problem
 from kdp_host.cdi_spec import build_spec, minimum_cdi_version, render_spec_file
 from kdp_host.config import (
@@ -746,3 +746,69 @@ def test_any_spec_the_host_writes_is_a_valid_cdi_spec(
     spec = json.loads(content)
     validate_cdi_spec(spec)
     assert len(spec["devices"]) == sum(1 for d in devices if d.nodes or d.mounts)
+
+
+# ------------------------------------------------------------- other files of the spec dir
+
+
+def _spec(kind: str, *names: str) -> str:
+    devices = [
+        {"name": name, "containerEdits": {"deviceNodes": [{"path": "/dev/x"}]}} for name in names
+    ]
+    return json.dumps({"cdiVersion": "0.5.0", "kind": kind, "devices": devices})
+
+
+async def test_a_stale_spec_file_of_the_kind_is_removed_a_live_ones_kept(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """hostile6 M5: a SIGKILLed instance served the kind under another resource name; its
+    file stays next to the new one. Once no live instance owns it (no owner file, or its
+    lease ran out) the writer removes it; one a live instance owns (a rolling update) stays,
+    and so do files of other kinds."""
+    spec_dir = tmp_path / "cdi"
+    spec_dir.mkdir()
+    dead = spec_dir / spec_file_name("vendor.example/old")
+    dead.write_text(_spec(KIND, "vendor.example_old:fpga0"))
+    expired = spec_dir / spec_file_name("vendor.example/gone")
+    expired.write_text(_spec(KIND, "vendor.example_gone:fpga0"))
+    Path(owner_path(str(expired))).write_text("dead\n")
+    os.utime(owner_path(str(expired)), (1, 1))
+    live = spec_dir / spec_file_name("vendor.example/live")
+    live.write_text(_spec(KIND, "vendor.example_live:fpga0"))
+    Path(owner_path(str(live))).write_text("other\n")
+    other_kind = spec_dir / spec_file_name("vendor.example/gpu")
+    other_kind.write_text(_spec("vendor.example/gpu", "vendor.example_gpu:gpu0"))
+    table = DeviceTable()
+    writer = start_writer(running, resource(spec_dir), table, debounce=0.0)
+    table.publish([dev("fpga0")])
+    await wait_until(lambda: synced(writer, table), what="first write")
+    assert not dead.exists() and not expired.exists()
+    assert not Path(owner_path(str(expired))).exists()
+    assert live.exists() and other_kind.exists()
+
+
+async def test_a_name_another_file_defines_holds_the_device_and_the_resource_not_ready(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """hostile6 M5: CDI drops a name two files of one spec dir define (every container
+    naming it fails to start). The device is held Unhealthy and /readyz says why, until the
+    other file goes."""
+    spec_dir = tmp_path / "cdi"
+    spec_dir.mkdir()
+    reasons: list[str | None] = []
+    table = DeviceTable()
+    writer = start_writer(
+        running, resource(spec_dir), table, debounce=0.0, verify_interval=0.05,
+        report=reasons.append,
+    )  # fmt: skip
+    table.publish([dev("fpga0"), dev("fpga1")])
+    await wait_until(lambda: synced(writer, table), what="first write")
+    assert table.snapshot.healthy_count == 2
+    vendor = spec_dir / "vendor.json"
+    vendor.write_text(_spec(KIND, own("fpga0")))
+    await wait_until(lambda: reasons[-1:] == [CLASH_REASON], what="the clash reported")
+    assert table.snapshot.healthy_count == 1
+    assert vendor.exists()  # not kdp-host's: never removed
+    vendor.unlink()
+    await wait_until(lambda: reasons[-1:] == [None], what="the clash cleared")
+    await wait_until(lambda: table.snapshot.healthy_count == 2, what="fpga0 healthy again")

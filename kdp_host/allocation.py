@@ -206,11 +206,7 @@ class AllocationBuilder:
         cdi_names = (
             []
             if cdi is None
-            else [
-                qualified_cdi_name(cdi.kind, name, d.id)
-                for d in physical
-                if has_cdi_edits(d)
-            ]
+            else [qualified_cdi_name(cdi.kind, name, d.id) for d in physical if has_cdi_edits(d)]
         )
         if extras is not None:
             for key, value in extras.env.items():

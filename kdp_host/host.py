@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config
+from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
 from .hooks import configured_hooks
@@ -88,6 +88,7 @@ class Host:
             offload=self.offload,
             pod_resources=self.config.kubelet.pod_resources_interval > 0,
         )
+        self.ownership.never_handed = never_handed(self.config, self.config_path)
         self.state_files = StateFiles(self.metrics.state_persist_failing, self._refresh_readiness)
         if self.config_path is not None:
             self._reloader = self._reloader_for(self.config_path)
@@ -108,8 +109,7 @@ class Host:
         return {} if self._supervisor is None else self._supervisor.resources
 
     def not_ready(self) -> dict[str, str]:
-        """Resources that are not serving and registered, with a short reason; `node` while
-        entries wait for the node's labels."""
+        """Resources not serving and registered, with a reason; `node`: waiting for labels."""
         out = {} if self._supervisor is None else self._supervisor.not_ready()
         out.update(self.state_files.not_ready())
         if self.selection.waiting:
@@ -266,6 +266,7 @@ class Host:
         problems = restart_required(self.config, new)
         if problems:
             raise RestartRequired("; ".join(problems))
+        self.ownership.never_handed = never_handed(new, self.config_path)
         plan = self._apply_selection(select_for_node(new, self.node))
         self.config = new
         self._record_config(new)
@@ -273,8 +274,8 @@ class Host:
         return plan
 
     def relabel(self, labels: Mapping[str, str]) -> ReloadPlan | None:
-        """The node's labels are now `labels`: apply the entries they select like a config
-        edit. A selection that fails keeps the entries in force (logged); returns the plan."""
+        """Apply the entries the node's `labels` select like a config edit (returns the
+        plan); a selection that fails keeps the entries in force (logged)."""
         if labels == self.node.labels:
             return None
         self.node = dataclasses.replace(self.node, labels=dict(labels))

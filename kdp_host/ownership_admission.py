@@ -12,11 +12,23 @@ from __future__ import annotations
 import abc
 from collections.abc import Generator, Mapping
 
+from .config import UNSAFE_MOUNT, NeverHanded
 from .devices import Device
-from .ownership_claims import Claim, Claims, Owner, Places, Reached, device_claims, places
+from .ownership_claims import (
+    SYSFS,
+    Claim,
+    Claims,
+    Owner,
+    Places,
+    Reached,
+    device_claims,
+    places,
+)
 from .ownership_table import ClaimTable, Holding, ResourceState
 from .turns import Pace
 
+NOBODY = Owner("", "")
+"""The owner of a holding no other device causes (`unsafe_mount`)."""
 PRUNE_SLACK = 64
 """Places of devices gone that the claims cache keeps beyond twice the list (a rename may
 bring them back) before it is cut to the list's."""
@@ -39,6 +51,19 @@ class Admission(ClaimTable):
     @abc.abstractmethod
     def _wake_waiting(self, releaser: str) -> None:
         """A claim was released: admit again the resources with held devices."""
+
+    never_handed: NeverHanded = NeverHanded()
+    """The host paths no container may be handed (`config.handed`); the host sets its
+    config's (this default refuses `/` alone)."""
+
+    def _unsafe(self, claims: Claims) -> Holding | None:
+        """Held, whoever owns what: a node or mount of the device whose real path no container
+        may be handed (`config.handed`: the kubelet's or kdp-host's own directories, `/`)."""
+        problem = self.never_handed.problem
+        for key, path, real in claims.all():
+            if key[0] != SYSFS and (why := problem(real)) is not None:
+                return Holding(UNSAFE_MOUNT, NOBODY, path, detail=f"its real path {real} {why}")
+        return None
 
     def _booking_conflict(
         self, state: ResourceState, device_id: str, claims: Claims
@@ -138,7 +163,7 @@ class Admission(ClaimTable):
             if advertised_id in taken:
                 holding[device_id] = Holding("id_taken", Owner(name, advertised_id), "")
                 continue
-            why = self._conflict(name, advertised_id, claim)
+            why = self._unsafe(claim) or self._conflict(name, advertised_id, claim)
             if why is not None:
                 holding[device_id] = why
                 released |= self._unadvertise(state, advertised_id)
@@ -223,7 +248,7 @@ class Admission(ClaimTable):
         for device_id, claims in examined:
             if pace.due():
                 yield
-            why = self._conflict(state.name, device_id, claims)
+            why = self._unsafe(claims) or self._conflict(state.name, device_id, claims)
             if why is not None:
                 owner = why.owner
                 if owner.resource == state.name and (

@@ -101,14 +101,19 @@ class BookingAllocations(AdmissionGate):
         the others are resolved off the loop within `HANDED_TIMEOUT`. Raises Unresolvable;
         a claimed path that reaches something else now is claimed anew (as if the watcher
         had seen it change: a link or an ancestor directory swapped behind an unchanged
-        list)."""
+        list). Raises Unresolvable too for a real path no container may be handed
+        (`config.handed`: an `allocate.command` printing the kubelet's directory, `/`)."""
         kept = self._kept
         known: dict[str, Resolution] = {path: kept[path] for path in paths if path in kept}
         todo = sorted(path for path in paths if path not in known)
         try:
             if todo:
                 known.update(await self._resolve_keeping(todo, self._handed))
-            return handed_reals(paths, self._claimed(resource, ids), reached_only(paths, known))
+            real = handed_reals(paths, self._claimed(resource, ids), reached_only(paths, known))
+            for path in sorted(paths):
+                if (why := self.never_handed.problem(real[path])) is not None:
+                    raise Unresolvable(f"{path}: its real path {real[path]} {why}")
+            return real
         except Unresolvable as exc:
             if exc.stale is not None:
                 self._path_changed(os.path.dirname(exc.stale), os.path.basename(exc.stale))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 
+from .config import UNSAFE_MOUNT
 from .metrics import Metrics
 from .ownership_adopt import what_releases
 from .ownership_table import Holding, ResourceState
@@ -35,7 +36,8 @@ def note_held(
         if before == why:
             continue
         if metrics is not None and before is None:
-            metrics.driver_skipped.labels(state.name, HELD_REASON).inc()
+            reason = UNSAFE_MOUNT if why.reason == UNSAFE_MOUNT else HELD_REASON
+            metrics.driver_skipped.labels(state.name, reason).inc()
         newly.setdefault(why.reason, []).append((device_id, why))
     if log is not None:
         for reason in sorted(newly):
@@ -70,6 +72,13 @@ def _fields(
     why: Holding, resources: Mapping[str, ResourceState], pod_resources: bool
 ) -> dict[str, object]:
     """What a `device_held` line says of why (for a summary line: of its first device)."""
+    if why.reason == UNSAFE_MOUNT:
+        return {
+            "reason": why.reason,
+            "path": why.path,
+            "error": why.detail,
+            "action": "not advertised while it reaches there",
+        }
     owner = why.owner
     owner_state = resources.get(owner.resource)
     return {

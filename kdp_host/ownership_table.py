@@ -39,11 +39,14 @@ class Holding:
     reason: str
     """`owned` (another device's claim), `shared` (a node other devices share), `booked`
     (the kubelet booked one of its claims under another ID or resource: the owner is that
-    booking), `id_taken` (its ID is the old ID of another device of the resource)."""
+    booking), `id_taken` (its ID is the old ID of another device of the resource),
+    `unsafe_mount` (a path of it no container may be handed: no owner)."""
     owner: Owner
     path: str
     key: ClaimKey | None = None
     """The claim it waits for (a lingering one is checked again before each admission)."""
+    detail: str = ""
+    """Why, in words, where no owner says it (`unsafe_mount`: `config.handed`)."""
 
 
 @dataclass

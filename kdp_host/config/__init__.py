@@ -14,6 +14,7 @@ import hashlib
 from pathlib import Path
 
 from .declare import read_section
+from .handed import UNSAFE_MOUNT, NeverHanded, handed_path_problems, never_handed
 from .kinds import Reader
 from .model import (
     ALLOCATE_TEMPLATE_FIELDS,
@@ -50,6 +51,7 @@ __all__ = [
     "HOOK_TEMPLATE_FIELDS",
     "MAX_REPLICAS",
     "NODE_LABEL_SETTLE",
+    "UNSAFE_MOUNT",
     "AllocateConfig",
     "CdiConfig",
     "Config",
@@ -61,6 +63,7 @@ __all__ = [
     "KubeletConfig",
     "MetricsConfig",
     "MountConfig",
+    "NeverHanded",
     "NodeSelectConfig",
     "PciMatchConfig",
     "PreStartConfig",
@@ -73,6 +76,7 @@ __all__ = [
     "UsbMatchConfig",
     "load_config",
     "load_config_text",
+    "never_handed",
     "parse_duration",
     "render_template",
     "template_fields",
@@ -113,12 +117,15 @@ def load_config(path: Path) -> Config:
 def _config_from_source(parsed: ConfigSource, source: str, config_file: str | None) -> Config:
     """The config `parsed` declares, checked, then the paths it would write checked
     (`outputs.written_path_problems`: against the kubelet's, the state directory, each
-    other and `config_file`, the file it came from)."""
+    other and `config_file`, the file it came from) and those it hands to containers
+    (`handed.handed_path_problems`)."""
     reader = Reader(parsed.lines)
     reader.found.extend(parsed.problems)
     config = read_section(reader, Config, parsed.data, ())
     if not reader.problems and isinstance(config, Config):
         for path, message in written_path_problems(config, config_file):
+            reader.problem(path, message)
+        for path, message in handed_path_problems(config, config_file):
             reader.problem(path, message)
     if reader.problems or config is None:
         raise ConfigError(source, reader.problems)

@@ -85,7 +85,7 @@ STATE: Final = "stateDir"
 
 
 @dataclass(frozen=True)
-class _Place:
+class Place:
     """A path the config names, as written and as it resolves now."""
 
     key: FieldPath
@@ -101,7 +101,7 @@ class _Place:
     @classmethod
     def at(
         cls, key: FieldPath, what: str, path: str, owner: str = "", *, file: bool = False
-    ) -> _Place:
+    ) -> Place:
         return cls(key, what, path, os.path.realpath(path), owner, file)
 
     def named(self) -> str:
@@ -109,13 +109,13 @@ class _Place:
         return shown if self.real == shown else f"{shown} (resolved: {self.real})"
 
 
-def _written(config: Config) -> list[_Place]:
+def _written(config: Config) -> list[Place]:
     """Every path kdp-host writes (or writes in) with this config."""
     kubelet = config.kubelet
     serve_key = "pluginsRegistryDir" if kubelet.registration == "pluginsRegistry" else "socketDir"
     places = [
-        _Place.at(("stateDir",), "stateDir", config.state_dir, STATE),
-        _Place.at(("kubelet", serve_key), f"kubelet.{serve_key}", kubelet.serve_dir, SOCKETS),
+        Place.at(("stateDir",), "stateDir", config.state_dir, STATE),
+        Place.at(("kubelet", serve_key), f"kubelet.{serve_key}", kubelet.serve_dir, SOCKETS),
     ]
     for index, resource in enumerate(config.resources):
         cdi = resource.allocate.cdi
@@ -125,18 +125,18 @@ def _written(config: Config) -> list[_Place]:
         key += ("specDir",) if cdi.spec_dir is not None else ()
         spec = spec_path(resource)
         what = f"the CDI spec file of {resource.name}"
-        places.append(_Place.at(key, what, spec, resource.name, file=True))
-        places.append(_Place.at(key, f"{what}'s owner file", owner_path(spec), resource.name))
+        places.append(Place.at(key, what, spec, resource.name, file=True))
+        places.append(Place.at(key, f"{what}'s owner file", owner_path(spec), resource.name))
     if (features := config.node_features) is not None:
         key = ("nodeFeatures", "file")
-        places.append(_Place.at(key, "the nodeFeatures file", features.file, "nfd", file=True))
+        places.append(Place.at(key, "the nodeFeatures file", features.file, "nfd", file=True))
         places.append(
-            _Place.at(key, "the nodeFeatures owner file", owner_path(features.file), "nfd")
+            Place.at(key, "the nodeFeatures owner file", owner_path(features.file), "nfd")
         )
     return places
 
 
-def _kubelet_places(config: Config) -> list[_Place]:
+def kubelet_places(config: Config) -> list[Place]:
     """The kubelet's own: kdp-host writes nothing there but its sockets."""
     kubelet = config.kubelet
     keys = (
@@ -144,7 +144,7 @@ def _kubelet_places(config: Config) -> list[_Place]:
         ("pluginsRegistryDir", kubelet.plugins_registry_dir),
         ("podResourcesSocket", kubelet.pod_resources_socket),
     )
-    return [_Place.at(("kubelet", key), f"kubelet.{key}", path) for key, path in keys]
+    return [Place.at(("kubelet", key), f"kubelet.{key}", path) for key, path in keys]
 
 
 def written_path_problems(config: Config, config_file: str | None) -> Problems:
@@ -157,7 +157,7 @@ def written_path_problems(config: Config, config_file: str | None) -> Problems:
     for place in written:
         if place.owner == SOCKETS:
             continue  # the sockets are the kubelet directory's own
-        for kubelet in _kubelet_places(config):
+        for kubelet in kubelet_places(config):
             if path_inside(place.real, kubelet.real) and _first(seen, place.owner, kubelet.what):
                 yield (
                     place.key,
@@ -183,7 +183,7 @@ def written_path_problems(config: Config, config_file: str | None) -> Problems:
             )
             yield place.key, f"{place.what}, {place.named()}, {how} {other.what}: {why}"
     if config_file is not None:
-        yield from _config_file_problems(written, _Place.at((), "", config_file))
+        yield from _config_file_problems(written, Place.at((), "", config_file))
     for place in written:
         if place.file and os.path.isdir(place.real):
             yield (
@@ -199,7 +199,7 @@ def _first(seen: set[tuple[str, str]], owner: str, other: str) -> bool:
     return not found
 
 
-def _config_file_problems(written: list[_Place], config: _Place) -> Problems:
+def _config_file_problems(written: list[Place], config: Place) -> Problems:
     """The config file is written by none of them, and not kept in stateDir."""
     for place in written:
         if place.real == config.real:

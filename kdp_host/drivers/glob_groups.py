@@ -27,7 +27,13 @@ from functools import partial
 from typing import NamedTuple
 
 from .. import rules
-from ..config import GlobDriverConfig, GlobGroupMemberConfig, render_template
+from ..config import (
+    UNSAFE_MOUNT,
+    GlobDriverConfig,
+    GlobGroupMemberConfig,
+    NeverHanded,
+    render_template,
+)
 from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
 from ..files import FileReader
@@ -46,9 +52,9 @@ from .scanner import DirWatch, Listed, ScanResult
 
 INCOMPLETE = "incomplete_group"
 """The skip reason of a group that lacks a required member."""
-UNSAFE_MOUNT = "unsafe_mount"
-"""The skip reason of a path to mount whose real path is `/` or outside its member's fixed
-directory (a directory member that is a symlink out of it)."""
+_NEVER_HANDED = NeverHanded()
+"""`/`, which no group mounts (the ownership index applies the whole rule, with the config's
+paths, to every device: `config.handed`)."""
 PATH_COLLISION = "path_collision"
 """The skip reason of a group with two different paths at one container path (the runtime
 would keep only one of them)."""
@@ -273,15 +279,16 @@ class GlobGroupScan:
             return None  # gone since the glob
         relative = os.path.relpath(matched, member.base)
         link = real_path != os.path.normpath(os.path.join(real_base, relative))
-        if (directory or member.config.mount) and (
-            real_path == "/" or not real_path.startswith(real_base.rstrip("/") + "/")
-        ):
-            return Skipped(
-                UNSAFE_MOUNT,
-                printable_path(matched),
-                f"not mounted: its real path {printable_path(real_path)} is "
-                + ("/" if real_path == "/" else f"outside {printable_path(real_base)}"),
-            )
+        if directory or member.config.mount:
+            why = _NEVER_HANDED.problem(real_path)
+            if why is None and not real_path.startswith(real_base.rstrip("/") + "/"):
+                why = f"is outside {printable_path(real_base)}"
+            if why is not None:
+                return Skipped(
+                    UNSAFE_MOUNT,
+                    printable_path(matched),
+                    f"not mounted: its real path {printable_path(real_path)} {why}",
+                )
         return _Match(matched, real_path, directory, identity, link), link_dir
 
     def _group_device(

@@ -1,0 +1,175 @@
+"""Host paths no container may be handed (issue 17, hostile6 M4; `config/handed.py`): `/`,
+the kubelet's directories, kdp-host's stateDir, config file and CDI spec directories. Refused
+in the config (`allocate.mounts`, glob paths and group members), left out of a driver's list
+at run time (`unsafe_mount`), and an Allocate whose `allocate.command` prints one is refused;
+symlinks resolved first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host.config import ConfigError, Config, load_config, never_handed
+from kdp_host.simulator import KubeletSimulator
+from kdp_host.simulator.records import SimulatorAllocationError
+
+from .conftest import wait_until
+
+PROBE = "vendor.example/probe"
+FPGA = "vendor.example/fpga"
+
+
+def _head(short_dir: Path) -> str:
+    return (
+        f"kubelet: {{socketDir: {short_dir}/dp, podResourcesSocket: {short_dir}/pr/kubelet.sock}}\n"
+        f"stateDir: {short_dir}/state\nresources:\n"
+    )
+
+
+@pytest.fixture
+def dirs(short_dir: Path) -> Path:
+    for name in ("dp", "pr", "state", "cdi", "dev", "opt"):
+        (short_dir / name).mkdir()
+    (short_dir / "dev" / "fpga0").touch()
+    return short_dir
+
+
+def _load(dirs: Path, resources: str) -> Config:
+    config = dirs / "kdp.yaml"
+    config.write_text(_head(dirs) + resources)
+    return load_config(config)
+
+
+def _problems(dirs: Path, resources: str) -> list[str]:
+    with pytest.raises(ConfigError) as raised:
+        _load(dirs, resources)
+    return raised.value.problems
+
+
+def _mounts(dirs: Path, *sources: str | Path) -> str:
+    mounts = ", ".join(f"{{hostPath: {s}, containerPath: /m{i}}}" for i, s in enumerate(sources))
+    return (
+        f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
+        f"    allocate: {{mounts: [{mounts}]}}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("dp", "is kubelet.socketDir"),
+        ("state", "is stateDir"),
+        ("state/ownership.json", "lies in stateDir"),
+        ("pr", "is the directory of kubelet.podResourcesSocket"),
+        ("kdp.yaml", "is the config file"),
+        ("", "holds kubelet.socketDir"),
+    ],
+)
+def test_allocate_mounts_of_the_hosts_own_paths_are_config_errors(
+    dirs: Path, source: str, said: str
+) -> None:
+    (problem,) = _problems(dirs, _mounts(dirs, dirs / source))
+    assert problem.startswith("line 6: resources[0].allocate.mounts[0].hostPath: "), problem
+    assert said in problem
+
+
+def test_a_link_to_root_is_seen_through_and_dev_is_fine(dirs: Path) -> None:
+    (dirs / "opt" / "root").symlink_to("/")
+    (problem,) = _problems(dirs, _mounts(dirs, "/dev/null", dirs / "opt" / "root", "/opt"))
+    assert "allocate.mounts[1].hostPath" in problem
+    assert "(resolved: /) is / (the host's root)" in problem
+    _load(dirs, _mounts(dirs, "/dev/null", dirs / "opt"))  # a path inside / is fine
+
+
+def test_the_cdi_spec_dir_may_not_be_mounted(dirs: Path) -> None:
+    text = _mounts(dirs, dirs / "cdi").replace(
+        "allocate: {", f"allocate: {{cdi: {{kind: {FPGA}, specDir: {dirs}/cdi}}, "
+    )
+    (problem,) = _problems(dirs, text)
+    assert f"is the CDI spec directory of {FPGA}" in problem
+
+
+def test_glob_paths_and_group_members_that_are_no_pattern_are_checked(dirs: Path) -> None:
+    problems = _problems(
+        dirs,
+        f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dp']}}\n"
+        f"  - name: vendor.example/grp\n    glob:\n      group:\n"
+        f"        - {{path: '{dirs}/dev/fpga{{key}}'}}\n"
+        f"        - {{path: '{dirs}/state', mount: true, readOnly: false}}\n",
+    )
+    assert [p.split(": ")[1] for p in problems] == [
+        "resources[0].glob.paths[0]",
+        "resources[1].glob.group[1].path",
+    ]
+
+
+def test_the_rule_names_what_it_protects(dirs: Path) -> None:
+    rule = never_handed(_load(dirs, _mounts(dirs, "/dev/null")), str(dirs / "kdp.yaml"))
+    assert rule.problem("/") == "is / (the host's root)"
+    assert rule.problem("/dev/fpga0") is None
+    assert rule.problem(f"{dirs}/dp/kubelet.sock") == (
+        "lies in kubelet.socketDir, which no container may be handed"
+    )
+    assert rule.problem(f"{dirs}/stateX") is None  # (a sibling whose name starts the same)
+
+
+# --------------------------------------------------------------------------- run time
+
+
+def _counter(running: Any, name: str, **labels: str) -> float:
+    value = running.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
+
+async def test_a_probe_handing_out_the_hosts_own_paths_is_left_out(
+    dirs: Path, start_host: Any
+) -> None:
+    """A probe's devices mounting the kubelet's socket dir, a link to `/` or a file of
+    stateDir are not advertised (`unsafe_mount`, counted once); the good one is."""
+    (dirs / "opt" / "root").symlink_to("/")
+    listed = [
+        {"id": "s0", "mounts": [{"hostPath": f"{dirs}/dp", "containerPath": "/k"}]},
+        {"id": "s1", "mounts": [{"hostPath": f"{dirs}/opt/root", "containerPath": "/h"}]},
+        {"id": "s2", "paths": [f"{dirs}/state/ownership.json:/o"]},
+        {"id": "good", "paths": [f"{dirs}/dev/fpga0"]},
+    ]
+    (dirs / "state" / "ownership.json").write_text("{}")
+    (dirs / "p.json").write_text(json.dumps(listed))
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(
+            _head(dirs) + f"  - name: {PROBE}\n"
+            f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
+        )
+        await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
+        await wait_until(
+            lambda: (
+                _counter(running, "kdp_driver_skipped_total", resource=PROBE, reason="unsafe_mount")
+                == 3
+            ),
+            what="three devices left out",
+        )
+        response = await sim.allocate(PROBE, 1)
+        assert response is not None
+        assert [d.host_path for d in response.devices] == [f"{dirs}/dev/fpga0"]
+
+
+async def test_allocate_command_output_mounting_the_state_dir_is_refused(
+    dirs: Path, start_host: Any
+) -> None:
+    """An `allocate.command` printing a mount of stateDir: the Allocate is refused."""
+    output = {"mounts": [{"hostPath": f"{dirs}/state", "containerPath": "/s", "readOnly": False}]}
+    hook = dirs / "hook.sh"
+    hook.write_text(f"#!/bin/sh\necho '{json.dumps(output)}'\n")
+    hook.chmod(0o755)
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(
+            _head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
+            f"    allocate: {{command: [{hook}]}}\n"
+        )
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
+        with pytest.raises(SimulatorAllocationError, match="is stateDir, which no container"):
+            await sim.allocate(FPGA, 1)
+        assert _counter(running, "kdp_allocations_total", resource=FPGA, result="invalid") == 1

@@ -4,6 +4,7 @@ about a list too long for one message to the kubelet."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -106,6 +107,28 @@ def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
         for node in row.device.nodes
         if root.holds(node.host_path)
     ]
+
+
+def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) -> list[str]:
+    """A line for each device a run would leave out (`unsafe_mount`): a node or mount of it
+    whose real path no container may be handed (`config.handed`, the rule a run follows)."""
+    from .config import never_handed
+
+    rule = never_handed(config, config_file)
+    found: list[str] = []
+    for row in rows:
+        device = row.device
+        if device is None:
+            continue
+        paths = [*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts)]
+        for path in paths:
+            if (why := rule.problem(os.path.realpath(path))) is not None:
+                found.append(
+                    f"warning: {row.resource}: device {quote_text(device.id)} would not be "
+                    f"advertised (unsafe_mount): {quote_text(path)} {why}"
+                )
+                break
+    return found
 
 
 def overlap_warnings(rows: list[CheckRow], config: Config) -> list[str]:

@@ -263,8 +263,7 @@ class Host:
         """Apply a validated config as a diff of the entries this node serves. Raises
         RestartRequired for what needs a restart, SelectionError (a ConfigError) when two
         entries of a name select this node."""
-        problems = restart_required(self.config, new)
-        if problems:
+        if problems := restart_required(self.config, new):
             raise RestartRequired("; ".join(problems))
         self.ownership.never_handed = never_handed(new, self.config_path)
         plan = self._apply_selection(select_for_node(new, self.node))

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from kdp_host.config import ConfigError, Config, load_config, never_handed
+from kdp_host.cli import main
+from kdp_host.config import Config, ConfigError, load_config, never_handed
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
 
@@ -114,6 +115,22 @@ def test_the_rule_names_what_it_protects(dirs: Path) -> None:
         "lies in kubelet.socketDir, which no container may be handed"
     )
     assert rule.problem(f"{dirs}/stateX") is None  # (a sibling whose name starts the same)
+
+
+def test_kdp_host_check_names_a_probe_device_a_run_would_leave_out(
+    dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listed = [{"id": "s0", "mounts": [{"hostPath": f"{dirs}/dp", "containerPath": "/k"}]}]
+    (dirs / "p.json").write_text(json.dumps(listed))
+    config = dirs / "kdp.yaml"
+    config.write_text(
+        _head(dirs) + f"  - name: {PROBE}\n"
+        f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {PROBE}: device s0 would not be advertised (unsafe_mount)" in err
+    assert "is kubelet.socketDir" in err
 
 
 # --------------------------------------------------------------------------- run time

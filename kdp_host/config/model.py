@@ -626,7 +626,13 @@ class HealthCheckConfig:
 
 @dataclass(frozen=True)
 class MountConfig:
-    host_path: str = key("hostPath", AbsolutePath(), "Absolute path on the host.")
+    host_path: str = key(
+        "hostPath",
+        AbsolutePath(),
+        "Absolute path on the host. Not `/`, nor in or holding the kubelet's directories, "
+        "`stateDir`, the config file or a CDI spec directory (see [Paths no container is "
+        "handed](#paths-no-container-is-handed)).",
+    )
     container_path: str = key(
         "containerPath",
         AbsolutePath(rule=_mount_container_path_problem),

@@ -27,13 +27,8 @@ from functools import partial
 from typing import NamedTuple
 
 from .. import rules
-from ..config import (
-    UNSAFE_MOUNT,
-    GlobDriverConfig,
-    GlobGroupMemberConfig,
-    NeverHanded,
-    render_template,
-)
+from ..config import GlobDriverConfig, GlobGroupMemberConfig, render_template
+from ..config.handed import UNSAFE_MOUNT, NeverHanded
 from ..config.model import GROUP_KEY
 from ..devices import Device, DeviceMount, DeviceNode
 from ..files import FileReader
@@ -284,11 +279,8 @@ class GlobGroupScan:
             if why is None and not real_path.startswith(real_base.rstrip("/") + "/"):
                 why = f"is outside {printable_path(real_base)}"
             if why is not None:
-                return Skipped(
-                    UNSAFE_MOUNT,
-                    printable_path(matched),
-                    f"not mounted: its real path {printable_path(real_path)} {why}",
-                )
+                where = f"its real path {printable_path(real_path)} {why}"
+                return Skipped(UNSAFE_MOUNT, printable_path(matched), f"not mounted: {where}")
         return _Match(matched, real_path, directory, identity, link), link_dir
 
     def _group_device(

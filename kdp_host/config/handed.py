@@ -47,15 +47,21 @@ class NeverHanded:
     always one of them."""
 
     places: tuple[tuple[str, str], ...] = ()
-    """(what, real path): refused as itself, anything inside it and anything holding it."""
+    """(what, real path, normalised): refused as itself, anything inside it and anything
+    holding it."""
 
     def problem(self, real: str) -> str | None:
-        """Why the real path `real` may not be handed to a container, or None."""
+        """Why the real path `real` may not be handed to a container, or None. Cheap (it
+        runs for every node and mount of every device admitted): a place is compared only
+        when one of the two paths starts with the other."""
+        real = os.path.normpath(real)
         if real == ROOT:
             return "is / (the host's root)"
         for what, place in self.places:
+            if not (real.startswith(place) or place.startswith(real)):
+                continue  # (neither can lie in the other)
             if path_inside(real, place):
-                how = "is" if os.path.normpath(real) == place else "lies in"
+                how = "is" if real == place else "lies in"
             elif path_inside(place, real):
                 how = "holds"
             else:

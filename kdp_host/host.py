@@ -135,7 +135,6 @@ class Host:
         hold.follow(watcher, self.offload)  # taken again when what stateDir names changes
         self.ownership.watch(watcher)  # a claimed path that changes is resolved again
         kubelet = self.config.kubelet
-        socket_dir = kubelet.socket_dir
         if kubelet.pod_resources_interval > 0:
             self.pod_resources = PodResourcesPoller(
                 kubelet.pod_resources_socket,
@@ -148,11 +147,11 @@ class Host:
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
         state_dir, instance = self.config.state_dir, self.instance_id
-        release_state = ReleaseStateStore(state_dir, self.log, self.offload, instance)
-        await self.offload.run(release_state.load)
+        release_state = await ReleaseStateStore.read(state_dir, self.log, self.offload, instance)
         self.ownership.hold_while_releasing(release_state.pending)
         sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
         await self.ownership.book_handed(self.selection.config, self.offload, self.log)
+        release_watch = release_state.follow(watcher, self.ownership.handed_out())
         sync.follow(watcher, safety_net := SafetyNet(self.offload))
         self.state_files.add(sync.file, release_state.file)
         commands = ProcessRunner()
@@ -186,11 +185,11 @@ class Host:
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
         watch_task = asyncio.create_task(watcher.run(), name="watcher")
-        kubelet_watch = self._watch_kubelet_restarts(socket_dir)
+        kubelet_watch = self._watch_kubelet_restarts(kubelet.socket_dir)
         self.log.info(
             "host_started",
             resources=len(self.selection.config.resources),
-            socket_dir=socket_dir,
+            socket_dir=kubelet.socket_dir,
             registration=kubelet.registration,
             serve_dir=kubelet.serve_dir,
             instance=self.instance_id,
@@ -226,6 +225,7 @@ class Host:
                 self._label_task.cancel()
                 await asyncio.gather(self._label_task, return_exceptions=True)
             kubelet_watch()
+            release_watch.cancel()
             sync.close()
             await supervisor.stop_all()
             services.registrar.close()

@@ -150,6 +150,14 @@ class BookingAllocations(AdmissionGate):
             self._ledger.changed()
         return gained
 
+    def handed_out(self) -> dict[str, set[str]]:
+        """Resource -> the IDs this host has booked: what the kubelet was handed, by an
+        Allocate, `ownership.json` or its checkpoint (`ReleaseStateStore.take_handed`)."""
+        out: dict[str, set[str]] = {}
+        for owner in self._ledger.bookings:
+            out.setdefault(owner.resource, set()).add(owner.device)
+        return out
+
     @abc.abstractmethod
     def _path_changed(self, directory: str, name: str | None) -> None:
         """A path changed (the watcher saw it, or an Allocate found it reaching something

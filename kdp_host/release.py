@@ -31,7 +31,9 @@ kdp-host was down (upgrade, SIGKILL) are released after it starts again: an owed
 once, a used device when PodResources shows it free or when it is allocated again. A resource
 a reload restarts takes up the same state (its tracker starts before it hears any news), so
 an owed release survives a reload exactly as a SIGKILL. A state file that cannot be read
-counts every device as used (everything unheld is released once).
+counts every device as used (everything unheld is released once); a missing one counts the
+devices the kubelet's checkpoint or the bookings say were handed out as used
+(`ReleaseStateStore.handed_out`): a lost state directory does not make a used device clean.
 """
 
 from __future__ import annotations
@@ -112,6 +114,17 @@ class ReleaseTracker:
             device_id: self._taken_up(device_id, entry)
             for device_id, entry in self._store.entries(self._resource.name).items()
         }
+        for advertised in sorted(self._store.handed_out(self._resource.name)):
+            device_id = physical_id(advertised, self._resource.replicas)
+            if device_id not in self.uses:
+                # handed out, and no state file tells of it: counts as used
+                self.uses[device_id] = DeviceUse(used={advertised})
+                self._log.warning(
+                    "release_use_assumed",
+                    device=device_id,
+                    reason="the kubelet's checkpoint or the bookings say it was handed out "
+                    "and no release state was found",
+                )
         for device_id, use in self.uses.items():
             if use.owed:
                 self._log.info("release_owed_from_before", device=device_id)
@@ -249,6 +262,8 @@ class ReleaseTracker:
         use = self.uses[device_id]
         name = self._resource.name
         try:
+            if handed is None:
+                await self._table.published.wait()  # acts on the device as listed: a list
             async with self._slots:
                 started = self._clock()
                 error: HookFailed | None = None

@@ -16,12 +16,25 @@ host that runs (`state_lock.running`); `resources` is the union of them all (use
 joined, owed if any host owes it), which is what a host reads at start. So no host's write
 drops what another wrote. A host that ended leaves its entries until a host that started
 after it ended (and so took them up at start) writes: then they go.
+
+A missing file is no proof that nothing was used: the state directory may have been emptied
+(or changed) while kdp-host was down. At start the host gives the store what its bookings say
+the kubelet handed out (`ownership.json`, and the kubelet's own checkpoint,
+`kubelet_checkpoint`); with no file, a tracker counts each of those devices as used
+(`handed_out`), so it is released once no pod holds it. A file that is there holds every use
+(written before PreStartContainer answers) and is taken as it is: the checkpoint keeps an
+ended pod's entry until the kubelet's next allocation, and taking it then would release a
+clean device again at every restart. A file deleted while the host runs is written again at
+once (`follow`), and /readyz says so until it is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from .devices import Device, DeviceNode
@@ -29,6 +42,7 @@ from .files import Offload
 from .logs import EventLogger
 from .state_file import StateFile, text
 from .state_lock import running
+from .watch import Subscription, Watcher
 
 STATE_FILE = "release-state.json"
 STATE_VERSION = 1
@@ -69,6 +83,11 @@ class ReleaseStateStore:
         self._data: dict[str, dict[str, dict[str, Any]]] = {}
         self._assuming: set[str] = set()
         """Resources whose tracker still counts every device as used (`unknown`)."""
+        self._offload = offload
+        self._handed_out: dict[str, frozenset[str]] = {}
+        """Resource -> the IDs the bookings say were handed out, while the file was missing
+        at start (`follow`); each taken once by its tracker (`handed_out`)."""
+        self._checking: asyncio.Task[None] | None = None
 
     @property
     def unknown(self) -> bool:
@@ -90,6 +109,45 @@ class ReleaseStateStore:
         if self._writer is not None:
             directory = str(self.path.parent)
             self._taken = frozenset(w for w in writers if not running(directory, w))
+
+    def handed_out(self, resource: str) -> frozenset[str]:
+        """The IDs of `resource` handed out that a missing file could not tell of: its
+        tracker counts them as used (taken once: a tracker a reload starts later finds its
+        entries in the file)."""
+        return self._handed_out.pop(resource, frozenset())
+
+    @classmethod
+    async def read(
+        cls, directory: str, log: EventLogger, offload: Offload, writer: str | None = None
+    ) -> ReleaseStateStore:
+        """A store with the file read (through `offload`)."""
+        store = cls(directory, log, offload, writer)
+        await offload.run(store.load)
+        return store
+
+    def follow(self, watcher: Watcher, handed: Mapping[str, Collection[str]]) -> Subscription:
+        """At start, once the bookings are read: `handed` is what they say was handed out
+        (resource -> IDs the kubelet booked), kept for the trackers when the file was
+        missing (see the module docstring). From now on, write the file again whenever it
+        goes while the host runs (cancel the returned subscription to stop)."""
+        if not self._file.found:
+            self._handed_out = {name: frozenset(ids) for name, ids in handed.items() if ids}
+        directory, name = os.path.split(self.path)
+        return watcher.subscribe(directory, self._changed_on_disk, names=[name])
+
+    def _changed_on_disk(self, _name: str | None) -> None:
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.get_running_loop().create_task(
+                self._check_present(), name=STATE_FILE
+            )
+
+    async def _check_present(self) -> None:
+        """The file is missing although it was there or written: write it again."""
+        if not self._file.kept:
+            return
+        if await self._offload.run(functools.partial(os.path.lexists, self.path)):
+            return
+        self._file.write_again(lambda: {"resources": self._data}, "deleted")
 
     def _merge(
         self, mine: Mapping[str, Any], current: Mapping[str, Any] | None

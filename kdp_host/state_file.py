@@ -121,6 +121,8 @@ class StateFile:
         self._if_unwritten = if_unwritten
         self.unknown = False
         """The file could not be read."""
+        self.found = False
+        """The file was there when it was read (`load`)."""
         self.unsettled = False
         """What the file holds is not yet all its writer knows (`mark_unsaved`: it was
         `unknown` at start and its writer has not learnt since what it lost): the marker
@@ -154,6 +156,7 @@ class StateFile:
         if self._mark_unsaved:
             self._take_over_markers()
         document = self._document()
+        self.found = document is not None or self.unknown
         if document is None:
             return None
         try:
@@ -232,6 +235,22 @@ class StateFile:
         self._wake.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._keep_writing(), name=self.path.name)
+
+    def write_again(self, document: Callable[[], Mapping[str, Any]], why: str) -> None:
+        """The file went behind the host's back (deleted, or its directory emptied): write
+        `document()` again; `unwritten` says so (the host is not ready) until a write
+        succeeds."""
+        if self.unwritten is None:
+            self.unwritten = f"{self.path.name} {why}: written again"
+            self._failing_since = time.monotonic()
+            self._tell()
+        self._log.error(f"{self._what}_lost", reason=why, consequence=self._if_unwritten)
+        self.changed(document)
+
+    @property
+    def kept(self) -> bool:
+        """The file was there at start or has been written since: one missing now was lost."""
+        return self.found or self._written > 0
 
     async def _keep_writing(self) -> None:
         """`flush` until the file holds every change: after a failure, again after a backoff

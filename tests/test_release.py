@@ -418,7 +418,7 @@ def _successor(short_dir: Path, table: DeviceTable, store: ReleaseStateStore, co
     )  # fmt: skip
 
 
-def _tracker(short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=None):  # type: ignore[no-untyped-def]
+def _tracker(short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=None, start=True):  # type: ignore[no-untyped-def]
     text = (
         f"kubelet: {{socketDir: {short_dir}/dp}}\nstateDir: {short_dir}/state\nresources:\n"
         f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n    replicas: {replicas}\n'
@@ -434,7 +434,8 @@ def _tracker(short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=N
         config.resources[0], table, store, commands, Metrics(process_collectors=False),
         get_logger(), **options,
     )  # fmt: skip
-    tracker.start()
+    if start:
+        tracker.start()
     return tracker, table, store
 
 
@@ -678,6 +679,7 @@ async def test_a_release_with_nothing_to_act_on_fails_and_stays_owed(short_dir: 
     )
     commands = _Commands()
     table = DeviceTable()
+    table.publish([])  # listed: fpga0 is not (before the first list, the release waits)
     tracker = _restarted(short_dir, commands, table)
     tracker.start()
     with pytest.raises(HookFailed, match="nothing to release"):

@@ -1,0 +1,173 @@
+"""The clean-device promise when `release-state.json` is lost (issue 17, hostile6 M2): a
+state directory emptied while kdp-host is down, the file deleted while it is down or while
+it runs. What the kubelet's checkpoint and the bookings say was handed out still counts as
+used, and a file deleted under a running host is written again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+from kdp_host.release_state import STATE_FILE
+from kdp_host.simulator import KubeletSimulator
+from kdp_host.watch import Subscription, WatchCallback
+
+from .conftest import wait_until
+from .test_release import (
+    FPGA,
+    _answer,
+    _Commands,
+    _registered,
+    _tracker,
+    host_yaml,
+    release_lines,
+    release_script,
+)
+
+
+def _empty(directory: Path) -> None:
+    """What a wiped hostPath (or a stateDir on an emptyDir) leaves: nothing."""
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+async def test_a_state_dir_emptied_while_down_still_releases_what_the_kubelet_handed_out(
+    real_kubelet_factory, start_host, short_dir: Path, devices: Path
+) -> None:
+    """p1 used fpga0; kdp-host stops, its stateDir is emptied, p1 ends, kdp-host starts and
+    p2 is given fpga0. The kubelet's checkpoint says fpga0 was handed out: it is released
+    before p2 starts."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    command = release_script(short_dir)
+    state = short_dir / "state"
+    text = host_yaml(kubelet.socket_dir, devices, state, command, pod_resources=pod_resources)
+    running = await start_host(text)
+    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    await running.shutdown()
+    _empty(state)
+    await kubelet.acall(kubelet.release, "p1")
+    await start_host(text)
+    await kubelet.await_for(_registered(kubelet), what="fpga registered again")
+    assert (await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1}))["error"] == ""
+    lines = release_lines(short_dir)
+    assert [line.split()[0] for line in lines] == ["fpga0", "fpga0"]
+    assert lines[1].endswith(" done")
+
+
+async def test_a_state_file_deleted_while_down_is_made_up_from_the_bookings(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+) -> None:
+    """Only release-state.json went (ownership.json stays; the simulator's checkpoint is not
+    the kubelet's format, so the bookings alone tell): fpga0 is released before p2."""
+    command = release_script(short_dir)
+    state = short_dir / "state"
+    text = host_yaml(socket_dir, devices, state, command, pod_resources=None)
+    running = await start_host(text)
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    await running.shutdown()
+    (state / STATE_FILE).unlink()
+    await kubelet.release("p1")
+    await start_host(text)
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p2")
+    assert release_lines(short_dir) == ["fpga0 // start", "fpga0 // done"]
+
+
+class _Watcher:
+    """Hands out subscriptions; the test calls their callbacks."""
+
+    def __init__(self) -> None:
+        self.subscriptions: list[Subscription] = []
+
+    def subscribe(
+        self, directory: str, callback: WatchCallback, names: object = None
+    ) -> Subscription:
+        subscription = Subscription(directory, callback, frozenset([STATE_FILE]))
+        self.subscriptions.append(subscription)
+        return subscription
+
+
+async def test_a_missing_file_counts_what_was_handed_out_as_used(short_dir: Path) -> None:
+    commands = _Commands()
+    tracker, _, store = _tracker(short_dir, commands, start=False)
+    store.follow(_Watcher(), {FPGA: {"fpga1"}})  # type: ignore[arg-type]
+    tracker.start()
+    assert tracker.view("fpga1")["state"] == "in_use"
+    assert tracker.view("fpga0")["state"] == "clean"
+    tracker.holdings(_answer(10.0**9))  # nobody holds it now
+    await tracker.before_start(["fpga1"])
+    assert commands.runs == [["reset", "fpga1", ""]]
+    await tracker.close()
+
+
+async def test_a_file_that_is_there_is_taken_as_it_is(short_dir: Path) -> None:
+    """The file holds every use (written before PreStartContainer answers): the checkpoint's
+    entry of a pod that ended (kept until the kubelet's next allocation) releases nothing."""
+    state = short_dir / "state"
+    state.mkdir()
+    (state / STATE_FILE).write_text(json.dumps({"version": 1, "resources": {}}))
+    commands = _Commands()
+    tracker, _, store = _tracker(short_dir, commands, start=False)
+    store.follow(_Watcher(), {FPGA: {"fpga1"}})  # type: ignore[arg-type]
+    tracker.start()
+    assert tracker.view("fpga1")["state"] == "clean"
+    await tracker.close()
+
+
+async def test_a_file_deleted_while_running_is_written_again_and_readyz_says_so(
+    short_dir: Path,
+) -> None:
+    commands = _Commands()
+    tracker, _, store = _tracker(short_dir, commands, start=False)
+    watcher = _Watcher()
+    store.follow(watcher, {})  # type: ignore[arg-type]
+    tracker.start()
+    tracker.allocated(["fpga0"])
+    await tracker.before_start(["fpga0"])
+    path = Path(store.path)
+    written = json.loads(path.read_text())
+    reasons: list[str | None] = []
+    store.file.on_unwritten = lambda: reasons.append(store.file.unwritten)
+    path.unlink()
+    for subscription in watcher.subscriptions:
+        subscription.callback(STATE_FILE)
+    await wait_until(path.exists, what="release-state.json written again")
+    assert json.loads(path.read_text()) == written
+    assert reasons == [f"{STATE_FILE} deleted: written again", None]
+    await tracker.close()
+
+
+async def test_a_file_never_there_is_not_written_for_a_watcher_event(short_dir: Path) -> None:
+    commands = _Commands()
+    tracker, _, store = _tracker(short_dir, commands, start=False)
+    watcher = _Watcher()
+    store.follow(watcher, {})  # type: ignore[arg-type]
+    for subscription in watcher.subscriptions:
+        subscription.callback(STATE_FILE)
+    await asyncio.gather(*(t for t in asyncio.all_tasks() if t.get_name() == STATE_FILE))
+    assert not Path(store.path).exists() and store.file.unwritten is None
+    await tracker.close()
+
+
+async def test_a_state_file_deleted_under_a_running_host_is_written_again(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+) -> None:
+    """As ownership.json is: a kdp-host restart after the delete still knows fpga0 is used."""
+    state = short_dir / "state"
+    await start_host(host_yaml(socket_dir, devices, state, "true", pod_resources=None))
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    path = state / STATE_FILE
+    written = json.loads(path.read_text())
+    assert written["resources"][FPGA]["fpga0"]["used"] == ["fpga0"]
+    path.unlink()
+    await wait_until(path.exists, what="release-state.json written again")
+    assert json.loads(path.read_text())["resources"] == written["resources"]

@@ -40,9 +40,10 @@ from .cdi_rules import cdi_kind_problem
 from .cdi_spec import render_spec_file, spec_device_names
 from .config import ResourceConfig
 from .config.outputs import FILE_PREFIX, owner_path, spec_path
-from .devices import Device, DeviceTable, Snapshot, replica_ids
+from .devices import Device, DeviceTable, Snapshot
 from .file_lease import LEASE, VERIFY, OwnerLease, read_owner
 from .files import DaemonThreads, Offload
+from .handed import hand_out, let_go
 from .logs import EventLogger
 from .watch import Watcher
 
@@ -134,7 +135,7 @@ class CdiSpecWriter:
     ownership index): while it has, the device's entry keeps what was allocated."""
     pinned: dict[str, Device] = field(default_factory=dict)
     """Device ID -> the device as an Allocate handed it out, while one of its IDs is booked
-    (the host's, `HostServices.cdi_pins`: a runtime a reload starts anew keeps them)."""
+    (the host's, `HostServices.handed`: a runtime a reload starts anew keeps them)."""
     path: str = field(init=False)
     owner_file: str = field(init=False)
     writes: int = field(default=0, init=False)
@@ -167,19 +168,12 @@ class CdiSpecWriter:
         keeps that content while one of its IDs is booked (a container that restarts
         resolves its CDI name again: it must get the nodes it was allocated, not where the
         driver lists the device now). The file is brought up to date at once if it differs."""
-        entries = snapshot.by_advertised_id
-        for advertised in advertised_ids:
-            entry = entries.get(advertised)
-            if entry is not None and self.pinned.get(entry.device.id) is not entry.device:
-                self.pinned[entry.device.id] = entry.device
-                self._repinned.set()
+        if hand_out(self.pinned, snapshot, advertised_ids):
+            self._repinned.set()
 
     def _pins(self) -> dict[str, Device]:
         """The pinned devices one of whose IDs is still booked (the others are let go)."""
-        replicas = self.resource.replicas
-        for device_id in list(self.pinned):
-            if not any(self.booked(advertised) for advertised in replica_ids(device_id, replicas)):
-                del self.pinned[device_id]
+        let_go(self.pinned, self.booked, self.resource.replicas)
         return dict(self.pinned)
 
     def _unresolvable(self, device: Device) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from grpclib.const import Status
 
@@ -28,6 +28,7 @@ from .api.v1beta1 import ContainerAllocateResponse
 from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot
+from .handed import handed_devices
 from .logs import EventLogger
 from .metric_labels import HookName, HookResult
 from .metrics import Metrics
@@ -114,6 +115,9 @@ class PreStartHook:
     metrics: Metrics
     log: EventLogger
     clock: Callable[[], float] = time.perf_counter
+    handed: Mapping[str, Device] = field(default_factory=dict)
+    """Each device as the last Allocate handed it out (`HostServices.handed`): what the
+    command acts on, not where a reload moved the device since."""
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.config.parallelism)
@@ -127,8 +131,8 @@ class PreStartHook:
         ids = ",".join(device_ids)
         try:
             try:
-                physical = self._builder.physical_devices(
-                    self.table.snapshot, device_ids, healthy_only=False
+                physical = handed_devices(
+                    self._builder, self.table.snapshot, self.handed, device_ids
                 )
             except AllocationError as exc:
                 raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None

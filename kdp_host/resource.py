@@ -43,6 +43,7 @@ class ResourceRuntime:
             on_overflow=self._on_list_overflow,
             held=functools.partial(services.ownership.is_booked, config.name),
         )
+        self._handed = services.handed.setdefault(config.name, {})
         self._pre_start = (
             None
             if config.pre_start is None
@@ -53,6 +54,7 @@ class ResourceRuntime:
                 services.commands,
                 services.metrics,
                 self.log,
+                handed=self._handed,
             )
         )
         command = config.allocate.command
@@ -105,6 +107,7 @@ class ResourceRuntime:
             release=self.release,
             bookings=self._services.ownership,
             cdi=self._cdi,
+            handed=self._handed,
         )
 
     def _on_list_overflow(self, overflow: Overflow | None) -> None:
@@ -263,7 +266,7 @@ class ResourceRuntime:
                     watcher=services.watcher,
                     offload=services.offload,
                     booked=functools.partial(services.ownership.is_booked, self.config.name),
-                    pinned=services.cdi_pins.setdefault(self.config.name, {}),
+                    pinned=self._handed,
                 )
                 self._serving.first_list.ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{self.config.name}:cdi")

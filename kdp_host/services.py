@@ -76,10 +76,11 @@ class HostServices:
     registrar: Registrar = field(default_factory=Registrar)
     """Every resource's Register calls, over one connection to kubelet.sock (the owner
     closes it)."""
-    cdi_pins: dict[str, dict[str, Device]] = field(default_factory=dict)
-    """Per resource with `allocate.cdi`: the devices as an Allocate handed them out, while
-    one of their IDs is booked (`cdi.CdiSpecWriter.pinned`); kept here, so a resource a
-    reload restarts keeps them."""
+    handed: dict[str, dict[str, Device]] = field(default_factory=dict)
+    """Per resource: each device as the last Allocate handed it out, while one of its IDs is
+    booked (`handed.hand_out`): what preStart acts on (`hooks.PreStartHook`) and a held
+    CDI entry keeps (`cdi.CdiSpecWriter.pinned`); kept here, so a resource a reload
+    restarts keeps them."""
 
 
 @dataclass

@@ -35,7 +35,8 @@ from ..api.v1beta1 import (
     PreStartContainerResponse,
 )
 from ..config import ResourceConfig
-from ..devices import DeviceTable, Snapshot
+from ..devices import Device, DeviceTable, Snapshot
+from ..handed import hand_out, let_go
 from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
 from ..metric_histograms import Observer
@@ -68,6 +69,8 @@ class Bookings(Protocol):
         self, resource: str, ids: Iterable[str], paths: Collection[str]
     ) -> dict[str, str]: ...
 
+    def is_booked(self, resource: str, advertised_id: str) -> bool: ...
+
 
 class Pins(Protocol):
     """Told what an answered Allocate handed out (`cdi.CdiSpecWriter`: a held ID's CDI
@@ -95,6 +98,7 @@ class DevicePluginService(DevicePluginBase):
         release: ReleaseTracker | None = None,
         bookings: Bookings | None = None,
         cdi: Pins | None = None,
+        handed: dict[str, Device] | None = None,
     ) -> None:
         self._config = config
         self._table = table
@@ -109,6 +113,8 @@ class DevicePluginService(DevicePluginBase):
         self._release = release
         self._bookings = bookings
         self._cdi = cdi
+        self._handed = handed
+        """Each device as the last Allocate handed it out (`handed.hand_out`)."""
         self._closing = False
         self._stream_wakes: set[asyncio.Event] = set()
         """One per open stream: set by a new table version and by `end_streams`."""
@@ -306,6 +312,12 @@ class DevicePluginService(DevicePluginBase):
         if self._cdi is not None:
             for request in message.container_requests:
                 self._cdi.allocated(snapshot, request.devices_ids)
+        if self._handed is not None:  # (the CDI writer keeps the same record, and was told)
+            if self._bookings is not None:
+                is_booked = functools.partial(self._bookings.is_booked, name)
+                let_go(self._handed, is_booked, self._config.replicas)
+            for request in message.container_requests:
+                hand_out(self._handed, snapshot, request.devices_ids)
         self._allocated_ok.inc(len(responses))
         self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)

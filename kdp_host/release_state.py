@@ -88,6 +88,7 @@ class ReleaseStateStore:
         """Resource -> the IDs the bookings say were handed out, while the file was missing
         at start (`follow`); each taken once by its tracker (`handed_out`)."""
         self._checking: asyncio.Task[None] | None = None
+        self._again = False
 
     @property
     def unknown(self) -> bool:
@@ -136,6 +137,9 @@ class ReleaseStateStore:
         return watcher.subscribe(directory, self._changed_on_disk, names=[name])
 
     def _changed_on_disk(self, _name: str | None) -> None:
+        """A watcher callback: look soon, once per burst (an event while a look runs makes
+        one more: the file may have gone after it looked)."""
+        self._again = True
         if self._checking is None or self._checking.done():
             self._checking = asyncio.get_running_loop().create_task(
                 self._check_present(), name=STATE_FILE
@@ -143,11 +147,12 @@ class ReleaseStateStore:
 
     async def _check_present(self) -> None:
         """The file is missing although it was there or written: write it again."""
-        if not self._file.kept:
-            return
-        if await self._offload.run(functools.partial(os.path.lexists, self.path)):
-            return
-        self._file.write_again(lambda: {"resources": self._data}, "deleted")
+        while self._again:
+            self._again = False
+            if not self._file.kept:
+                continue
+            if not await self._offload.run(functools.partial(os.path.lexists, self.path)):
+                self._file.write_again(lambda: {"resources": self._data}, "deleted")
 
     def _merge(
         self, mine: Mapping[str, Any], current: Mapping[str, Any] | None

@@ -43,7 +43,7 @@ from .config.outputs import FILE_PREFIX, owner_path, spec_path
 from .devices import Device, DeviceTable, Snapshot
 from .file_lease import LEASE, VERIFY, OwnerLease, read_owner
 from .files import DaemonThreads, Offload
-from .handed import hand_out, let_go
+from .handed_out import hand_out, let_go
 from .logs import EventLogger
 from .watch import Watcher
 

@@ -28,7 +28,7 @@ from .api.v1beta1 import ContainerAllocateResponse
 from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot
-from .handed import handed_devices
+from .handed_out import handed_devices
 from .logs import EventLogger
 from .metric_labels import HookName, HookResult
 from .metrics import Metrics

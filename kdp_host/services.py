@@ -78,7 +78,7 @@ class HostServices:
     closes it)."""
     handed: dict[str, dict[str, Device]] = field(default_factory=dict)
     """Per resource: each device as the last Allocate handed it out, while one of its IDs is
-    booked (`handed.hand_out`): what preStart acts on (`hooks.PreStartHook`) and a held
+    booked (`handed_out.hand_out`): what preStart acts on (`hooks.PreStartHook`) and a held
     CDI entry keeps (`cdi.CdiSpecWriter.pinned`); kept here, so a resource a reload
     restarts keeps them."""
 

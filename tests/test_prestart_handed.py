@@ -11,7 +11,7 @@ import pytest
 from kdp_host.allocation import AllocationBuilder, AllocationError
 from kdp_host.config import load_config_text
 from kdp_host.devices import Device, DeviceTable
-from kdp_host.handed import hand_out, handed_devices, let_go
+from kdp_host.handed_out import hand_out, handed_devices, let_go
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until

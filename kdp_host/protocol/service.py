@@ -36,7 +36,7 @@ from ..api.v1beta1 import (
 )
 from ..config import ResourceConfig
 from ..devices import Device, DeviceTable, Snapshot
-from ..handed import hand_out, let_go
+from ..handed_out import hand_out, let_go
 from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
 from ..metric_histograms import Observer
@@ -114,7 +114,7 @@ class DevicePluginService(DevicePluginBase):
         self._bookings = bookings
         self._cdi = cdi
         self._handed = handed
-        """Each device as the last Allocate handed it out (`handed.hand_out`)."""
+        """Each device as the last Allocate handed it out (`handed_out.hand_out`)."""
         self._closing = False
         self._stream_wakes: set[asyncio.Event] = set()
         """One per open stream: set by a new table version and by `end_streams`."""

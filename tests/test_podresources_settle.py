@@ -59,6 +59,9 @@ class Forgetful(PodResourcesListerBase):
 
 
 async def _serve(fake: Forgetful, path: Path) -> Server:
+    """The fake kubelet's PodResources, on a socket in a directory of its own (no container
+    may be handed the PodResources socket's directory: the devices live beside it)."""
+    path.parent.mkdir(exist_ok=True)
     server = Server([fake])
     await server.start(path=str(path))
     return server
@@ -87,12 +90,12 @@ async def _release_form(
     pr = short_dir / "pr"
     kubelet = real_kubelet_factory(pod_resources_dir=pr)
     fake = Forgetful(str(pr / "kubelet.sock"))
-    server = await _serve(fake, short_dir / "fake.sock")
+    server = await _serve(fake, short_dir / "fake" / "kubelet.sock")
     try:
         yaml = host_yaml(
             kubelet.socket_dir, devices, short_dir / "state", release_script(short_dir),
             pod_resources=short_dir / "pr",
-        ).replace(str(pr / "kubelet.sock"), str(short_dir / "fake.sock"))  # fmt: skip
+        ).replace(str(pr / "kubelet.sock"), str(short_dir / "fake" / "kubelet.sock"))  # fmt: skip
         running = await start_host(yaml)
         await kubelet.await_for(_registered(kubelet), what="fpga registered")
         assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
@@ -138,13 +141,13 @@ async def test_empty_answers_after_a_restart_keep_a_lingering_claim_from_a_secon
     pr = short_dir / "pr"
     kubelet = real_kubelet_factory(pod_resources_dir=pr)
     fake = Forgetful(str(pr / "kubelet.sock"))
-    server = await _serve(fake, short_dir / "fake.sock")
+    server = await _serve(fake, short_dir / "fake" / "kubelet.sock")
     node = short_dir / "dev" / "x"
     node.parent.mkdir()
     node.touch()
     head = (
         f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
-        f"{short_dir / 'fake.sock'}, podResourcesInterval: 1s}}\n"
+        f"{short_dir / 'fake' / 'kubelet.sock'}, podResourcesInterval: 1s}}\n"
         f"stateDir: {short_dir / 'state'}\nmetrics: {{listen: 127.0.0.1:0}}\nresources:\n"
     )
     a = f'  - name: {A}\n    glob: {{paths: ["{node}"]}}\n'

@@ -82,9 +82,10 @@ from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
 from .ownership_arrivals import Arrivals, Found
 from .ownership_bookings import ReleasePending, Saved
-from .ownership_claims import SYSFS, Claims, Reached, Resolver, named_in, places, reaches_through
+from .ownership_claims import SYSFS, Claims, Reached, Resolver, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_held import note_held
+from .ownership_paths import PathIndex
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
 
@@ -225,24 +226,27 @@ class OwnershipIndex(BookingAllocations):
 
     def _recheck(self) -> None:
         """Forget the claims of devices with a changed path, and admit their resources
-        again (which resolves them anew)."""
+        again (which resolves them anew): found by path (`PathIndex`), not by a walk."""
         changed, self._changed_paths = self._changed_paths, {}
         for directory, names in changed.items():
             paths = None if names is None else {os.path.join(directory, n) for n in names}
-            for path in [p for p in self._fresh if named_in(p, directory, paths)]:
-                del self._fresh[path]  # (resolved before it changed)
+            fresh = self._fresh
+            if paths is not None:
+                for path in paths:
+                    fresh.pop(path, None)  # (resolved before it changed)
+            else:
+                for path in [p for p in fresh if named_in(p, directory, paths)]:
+                    del fresh[path]
             for name in self._followed.get(directory, ()):
                 state = self._resources[name]
-                stale = [
-                    device_id
-                    for device_id, device in state.admitted_from.items()
-                    if reaches_through(device, directory, paths)
-                ]
-                for device_id in stale:
-                    state.claims.pop(places(state.admitted_from[device_id]), None)
-                    state.stale.add(device_id)
+                if state.paths is None:
+                    state.paths = PathIndex.of_devices(state.admitted_from)
+                stale = set(state.paths.through(directory, paths))
+                for device_id in stale:  # (the index may be ahead of an admission running)
+                    if (device := state.admitted_from.get(device_id)) is not None:
+                        state.claims.pop(places(device), None)
+                state.stale |= stale
                 if stale and state.publish is not None and not state.retired:
-                    state.settled = False
                     self._pending[name] = None
         self._drain()
 

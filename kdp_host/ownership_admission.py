@@ -100,19 +100,22 @@ class Admission(ClaimTable):
         devices: the table is consistent at every yield). An unchanged list costs what is
         held and what lingers, not a walk of the list: advertised devices own their claims,
         so only a held device (its owner may have gone) or a lingering claim (its node may
-        have gone) can change the outcome."""
+        have gone) can change the outcome; nor do devices whose path changed (`stale`)."""
         devices = state.reported
         if state.unresolved:
             devices = {d: device for d, device in devices.items() if d not in state.unresolved}
         unchanged = state.settled and (
             devices is state.admitted_from or devices == state.admitted_from
         )
-        if unchanged and not state.held and not state.lingering:
+        if unchanged and not state.held and not state.lingering and not state.stale:
             return state.admitted
-        stale = set(state.stale)
-        admitted = yield from self._admit_changes(state, devices, unchanged, pace)
+        stale, before, moved = set(state.stale), state.admitted_from, list[str]()
+        admitted = yield from self._admit_changes(state, devices, unchanged, pace, moved)
+        changed: list[str] | None = moved
         if admitted is None:
-            admitted = yield from self._admit_all(state, devices, pace)
+            admitted, changed = (yield from self._admit_all(state, devices, pace)), None
+        if state.paths is not None and devices is not before:
+            yield from state.paths.follow(before, devices, changed, pace)
         state.stale -= stale  # (a path that changed meanwhile is claimed anew next time)
         state.admitted_from, state.admitted, state.settled = devices, admitted, True
         return admitted
@@ -192,29 +195,39 @@ class Admission(ClaimTable):
         return admitted
 
     def _admit_changes(
-        self, state: ResourceState, devices: Mapping[str, Device], unchanged: bool, pace: Pace
+        self,
+        state: ResourceState,
+        devices: Mapping[str, Device],
+        unchanged: bool,
+        pace: Pace,
+        moved: list[str],
     ) -> Generator[None, None, Mapping[str, Device] | None]:
         """The common case in O(changed) claim work: every device the last admission
         advertised kept its own ID. Devices that changed, and
         those held last time, are admitted or held one by one (with `unchanged`, the list is
-        the last one: only those held); a change that may rename a device (a node one device
-        let go of that another claims, a claim of a device of this resource that is no
-        longer advertised) goes to the full admission, which starts from what this did. A
-        device that only lets go of a node (a node made again, with another identity: a
-        hot-plug) is admitted here, its old claim lingering as the full admission leaves it.
-        Returns what to advertise, or None."""
+        the last one: only those held and those whose path changed); a change that may
+        rename a device (a node one device let go of that another claims, a claim of a device
+        of this resource that is no longer advertised) goes to the full admission, which
+        starts from what this did. A device that only lets go of a node (a node made again,
+        with another identity: a hot-plug) is admitted here, its old claim lingering as the
+        full admission leaves it. Returns what to advertise, or None; `moved` gets the
+        devices that are not the very objects of the last list (for `PathIndex.follow`)."""
         if not state.plain:
             return None
         cache, before, stale = state.claims, state.admitted_from, state.stale
         dirty = [d for d in state.held if d in devices]
         released = yield from self._prune_gone(state, pace)
         removed = False
-        if not unchanged:
+        if unchanged:
+            dirty.extend(d for d in stale if d in devices)
+        else:
             added = 0
             for device_id, device in devices.items():
                 if pace.due():
                     yield
                 old = before.get(device_id)
+                if old is not device:
+                    moved.append(device_id)
                 if old is None or device_id in stale:
                     added += old is None
                     dirty.append(device_id)
@@ -269,6 +282,7 @@ class Admission(ClaimTable):
             for device_id in [d for d in before if d not in devices]:
                 if pace.due():
                     yield
+                moved.append(device_id)
                 released |= self._unadvertise(state, device_id)
             if len(cache) > 2 * len(devices) + PRUNE_SLACK:
                 keep = {places(device) for device in devices.values()}
@@ -278,7 +292,7 @@ class Admission(ClaimTable):
         if result is None:
             return None
         same_held = holding.keys() == state.held.keys()
-        self._note_held(state, holding, {d: d for d in devices if d in state.held})
+        self._note_held(state, holding, {d: d for d in state.held if d in devices})
         if unchanged and same_held:
             return state.admitted
         if holding:

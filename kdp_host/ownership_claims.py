@@ -308,11 +308,6 @@ def named_in(path: str, directory: str, paths: set[str] | None) -> bool:
     return path in paths if paths is not None else os.path.dirname(path) == directory
 
 
-def reaches_through(device: Device, directory: str, paths: set[str] | None) -> bool:
-    """Whether a host path of `device` is one of `paths` (None: any in `directory`)."""
-    return any(named_in(host_path, directory, paths) for host_path in host_paths(device))
-
-
 Places = str | tuple[tuple[str, bool | None], ...]
 """What a device's claims depend on: its host paths with their `shared` flags (the one path
 of the common one-node device), then its sysfs directory, if any, as (path, None)."""

@@ -248,8 +248,9 @@ class Resolving(Admission):
         in time is left out (logged and counted once), until a later list tries again."""
         self._fresh.update(resolved)
         unresolved: dict[str, str] = {}
-        for device_id, paths in state.needs.items():
-            bad = next((p for p in paths if resolved.get(p, "") in (HUNG, UNRESOLVABLE)), None)
+        failed = {p for p, found in resolved.items() if found in (HUNG, UNRESOLVABLE)}
+        for device_id, paths in state.needs.items() if failed else ():  # (usually none)
+            bad = next((p for p in paths if p in failed), None)
             if bad is not None:
                 unresolved[device_id] = bad
         for device_id in unresolved.keys() - state.unresolved.keys():
@@ -273,19 +274,17 @@ class Resolving(Admission):
         """The paths the next admission of `state` must have resolved: those of devices whose
         claims are not known (a walk of the list only when it changed), its lingering claims
         (gone?), and the lingering claims its held devices wait for."""
-        devices = state.reported
-        needs: dict[str, tuple[str, ...]] = {}
-        if not (
-            state.settled and (devices is state.admitted_from or devices == state.admitted_from)
-        ):
-            cache, before, stale = state.claims, state.admitted_from, state.stale
-            for device_id, device in devices.items():
-                if pace.due():
-                    yield
-                if before.get(device_id) is device and device_id not in stale:
-                    continue
-                if device_id in stale or places(device) not in cache:
-                    needs[device_id] = claimed_paths(device)
+        devices, needs = state.reported, dict[str, tuple[str, ...]]()
+        cache, before, stale = state.claims, state.admitted_from, state.stale
+        same = state.settled and (devices is before or devices == before)
+        for device_id in list(stale) if same else devices:  # (same list: the changed paths)
+            if pace.due():
+                yield
+            device = devices.get(device_id)
+            if device is None or (before.get(device_id) is device and device_id not in stale):
+                continue
+            if device_id in stale or places(device) not in cache:
+                needs[device_id] = claimed_paths(device)
         state.needs = needs
         state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}
         wanted = {path for paths in needs.values() for path in paths}

@@ -29,6 +29,7 @@ from .ownership_claims import (
     owner_order,
 )
 from .ownership_contain import Containment
+from .ownership_paths import PathIndex
 from .turns import Pace
 
 
@@ -71,6 +72,8 @@ class ResourceState:
     the watcher's recheck forgets the places of a changed path."""
     stale: set[str] = field(default_factory=set)
     """Devices of `admitted_from` whose places the watcher's recheck forgot (to claim anew)."""
+    paths: PathIndex | None = None
+    """The devices of `admitted_from` by host path, from its first recheck on."""
     owned: dict[str, Claims] = field(default_factory=dict)
     """Advertised ID -> what it claims in the index."""
     renamed: set[str] = field(default_factory=set)

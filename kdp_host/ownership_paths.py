@@ -1,0 +1,96 @@
+"""Which devices of a resource's admitted list pass a host path (a node or a mount source).
+
+The watcher reports a changed path; the index must forget the claims of the devices that
+pass it (`OwnershipIndex._recheck`). A walk of the list for them costs every device of the
+resource per report: a hot-plug among 10,000 devices, or 10,000 reports while every device
+comes back, would stall the event loop. `PathIndex` answers by lookup instead: it is built
+for a resource at its first recheck and then kept with each admission from the devices
+that admission found changed (`PathIndex.follow`), so a change costs what it touches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from .devices import Device
+from .ownership_claims import host_paths
+from .turns import Pace
+
+Ids = str | tuple[str, ...]
+"""The device passing a path, or the devices (rare: a path two devices of a list pass)."""
+
+
+@dataclass
+class PathIndex:
+    """Host path (as the device gives it) -> the devices of one list that pass it."""
+
+    of: dict[str, Ids] = field(default_factory=dict)
+
+    @classmethod
+    def of_devices(cls, devices: Mapping[str, Device]) -> PathIndex:
+        index = cls()
+        for device_id, device in devices.items():
+            index._add(device_id, device)
+        return index
+
+    def follow(
+        self,
+        before: Mapping[str, Device],
+        after: Mapping[str, Device],
+        ids: Iterable[str] | None,
+        pace: Pace,
+    ) -> Generator[None, None, None]:
+        """The list went from `before` to `after`: `ids` (at least) changed (None: any, a walk
+        of both lists), yielding when `pace` says (a device at a time, as admissions do)."""
+        if ids is None:
+            ids = itertools.chain(after, (d for d in before if d not in after))
+        for device_id in ids:
+            if pace.due():
+                yield
+            old, new = before.get(device_id), after.get(device_id)
+            if old is new:
+                continue
+            if old is not None:
+                self._remove(device_id, old)
+            if new is not None:
+                self._add(device_id, new)
+
+    def through(self, directory: str, paths: set[str] | None) -> Iterator[str]:
+        """The devices passing one of `paths` (None: any path in `directory`, a walk of the
+        index: a watcher's overflow, the mount table changed)."""
+        if paths is not None:
+            found: Iterable[Ids | None] = map(self.of.get, paths)
+        else:
+            found = (ids for path, ids in self.of.items() if os.path.dirname(path) == directory)
+        for ids in found:
+            if ids is None:
+                continue
+            if isinstance(ids, str):
+                yield ids
+            else:
+                yield from ids
+
+    def _add(self, device_id: str, device: Device) -> None:
+        of = self.of
+        for path in host_paths(device):
+            ids = of.get(path)
+            if ids is None:
+                of[path] = device_id
+            elif isinstance(ids, str):
+                if ids != device_id:
+                    of[path] = (ids, device_id)
+            elif device_id not in ids:
+                of[path] = (*ids, device_id)
+
+    def _remove(self, device_id: str, device: Device) -> None:
+        of = self.of
+        for path in host_paths(device):
+            ids = of.get(path)
+            if ids == device_id:
+                del of[path]
+            elif isinstance(ids, tuple) and device_id in ids:
+                rest = tuple(i for i in ids if i != device_id)
+                of[path] = rest[0] if len(rest) == 1 else rest

@@ -1,0 +1,135 @@
+"""One change costs what it touches, not a walk of every device (issues 19, 20: the event
+loop stalled 123 ms when one device of 10,000 was unplugged). Each test counts the work a
+change does (walks of a list, system calls, objects built), never time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+
+from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.files import DaemonThreads
+from kdp_host.logs import get_logger
+from kdp_host.ownership import OwnershipIndex
+from kdp_host.ownership_claims import ClaimKey, Reached
+from kdp_host.ownership_paths import PathIndex
+from kdp_host.testing import ManualWatcher
+
+R = "t.io/big"
+
+
+class Walked(dict[str, Device]):
+    """A device list that counts the walks of it (an identity check or a lookup is none)."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.walks += 1
+        return super().__iter__()
+
+    def keys(self) -> KeysView[str]:
+        self.walks += 1
+        return super().keys()
+
+    def values(self) -> ValuesView[Device]:
+        self.walks += 1
+        return super().values()
+
+    def items(self) -> ItemsView[str, Device]:
+        self.walks += 1
+        return super().items()
+
+
+def node(i: int) -> Device:
+    path = f"/dev/big/d{i}"
+    return Device(f"d{i}", nodes=None, path=path)
+
+
+class Nodes:
+    """path -> claim (each path its own real path); records what is resolved."""
+
+    def __init__(self, nodes: dict[str, ClaimKey]) -> None:
+        self.nodes = nodes
+        self.resolved: list[str] = []
+
+    def __call__(self, path: str) -> Reached | None:
+        self.resolved.append(path)
+        key = self.nodes.get(path)
+        return None if key is None else (key, path)
+
+
+async def settled(index: OwnershipIndex) -> None:
+    await asyncio.sleep(0)  # (the watcher's recheck runs soon after the report)
+    await index.quiet()
+
+
+async def test_a_changed_path_rechecks_its_device_without_a_walk_of_the_list() -> None:
+    """The watcher reports one path of 300 devices changed: its device is resolved and
+    admitted again, and no list of the resource is walked (the recheck finds it by path)."""
+    nodes = Nodes({f"/dev/big/d{i}": ("c", i) for i in range(300)})
+    watcher = ManualWatcher()
+    index = OwnershipIndex(resolve=nodes, offload=DaemonThreads(), chunk=50)
+    index.watch(watcher)
+    table = DeviceTable()
+    index.attach(R, table.publish, get_logger().bind(resource=R))
+    listed = Walked({f"d{i}": node(i) for i in range(300)})
+    index.publish(R, listed)
+    await index.quiet()
+    assert len(table.snapshot.devices) == 300
+    watcher.change("/dev/big", "d3")  # (the first recheck of a resource indexes its paths)
+    await settled(index)
+    nodes.resolved.clear()
+    listed.walks = 0
+    # the node made again (a udev rule): the same device number
+    watcher.change("/dev/big", "d7")
+    await settled(index)
+    assert nodes.resolved == ["/dev/big/d7"]
+    assert listed.walks == 0, "a change of one path walked the resource's list"
+    assert len(table.snapshot.devices) == 300
+    # one that now reaches another device's node is held, as before
+    nodes.nodes["/dev/big/d9"] = ("c", 8)
+    watcher.change("/dev/big", "d9")
+    await settled(index)
+    assert "d9" not in {d.id for d in table.snapshot.devices}
+    assert "d8" in {d.id for d in table.snapshot.devices}
+
+
+async def test_the_path_index_follows_the_list_it_was_made_for() -> None:
+    """Kept with each admission, the index names the devices of the list as it is now: a
+    device added later, one whose path moved, a path two devices pass, one removed."""
+    nodes = Nodes({f"/dev/big/d{i}": ("c", i) for i in range(20)})
+    nodes.nodes["/dev/big/ctl"] = ("c", 99)
+    watcher = ManualWatcher()
+    index = OwnershipIndex(resolve=nodes, offload=DaemonThreads())
+    index.watch(watcher)
+    table = DeviceTable()
+    index.attach(R, table.publish, get_logger().bind(resource=R))
+    listed = {f"d{i}": node(i) for i in range(10)}
+    index.publish(R, listed)
+    await index.quiet()
+    watcher.change("/dev/big", "d0")
+    await settled(index)
+    ctl = DeviceNode("/dev/big/ctl", "/dev/ctl", shared=True)
+    moved = Device("d1", nodes=(DeviceNode("/dev/big/d11", "/dev/big/d11"), ctl))
+    shares = Device("d2", nodes=(DeviceNode("/dev/big/d2", "/dev/big/d2"), ctl))
+    listed = {**listed, "d1": moved, "d2": shares, "d12": node(12)}
+    del listed["d5"]
+    index.publish(R, listed)
+    await index.quiet()
+    for path, expected in (
+        ("/dev/big/d11", {"d1"}),
+        ("/dev/big/d1", set()),
+        ("/dev/big/ctl", {"d1", "d2"}),
+        ("/dev/big/d12", {"d12"}),
+        ("/dev/big/d5", set()),
+    ):
+        nodes.resolved.clear()
+        watcher.change("/dev/big", os.path.basename(path))
+        await settled(index)
+        assert set(index._resources[R].stale) == set()
+        made = PathIndex.of_devices(listed)
+        assert set(made.through("/dev/big", {path})) == expected
+        kept = index._resources[R].paths
+        assert kept is not None and kept.of == made.of
+    assert set(PathIndex.of_devices(listed).through("/dev/big", None)) == set(listed)

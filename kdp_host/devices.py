@@ -148,7 +148,7 @@ class Device:
 
     def _copy(self, device_id: str, healthy: bool) -> Device:
         s = self
-        fields = (s.nodes, s.numa, s.env, s.mounts, s.annotations, s.path, s.sysfs_path)
+        fields = (s._nodes, s.numa, s.env, s.mounts, s.annotations, s.path, s.sysfs_path)
         return Device(device_id, healthy, *fields)
 
     @property

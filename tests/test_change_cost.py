@@ -8,6 +8,9 @@ import asyncio
 import os
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
 
+import pytest
+
+from kdp_host import devices as devices_module
 from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
@@ -133,3 +136,22 @@ async def test_the_path_index_follows_the_list_it_was_made_for() -> None:
         kept = index._resources[R].paths
         assert kept is not None and kept.of == made.of
     assert set(PathIndex.of_devices(listed).through("/dev/big", None)) == set(listed)
+
+
+def test_an_unhealthy_copy_of_a_one_node_device_builds_no_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+
+    class Counted(DeviceNode):
+        def __init__(self, host_path: str, container_path: str) -> None:
+            built.append(host_path)
+            super().__init__(host_path, container_path)
+
+    device = node(1)
+    monkeypatch.setattr(devices_module, "DeviceNode", Counted)
+    copy = device.with_health(False)
+    renamed = device.with_id("other")
+    assert built == []
+    assert copy.nodes == device.nodes and not copy.healthy
+    assert renamed.nodes == device.nodes and renamed.id == "other"

@@ -33,7 +33,7 @@ def checked_reach(
     however it is spelled)."""
     found = stat_real(path, real_dirs)
     if found is None:
-        place = missing(path)
+        place = missing(path, real_dirs)
         if place is not None and place[1] != path and device_path_problem(place[1]):
             return UNRESOLVABLE
         return place

@@ -49,15 +49,27 @@ def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
     path is kept as it is (no copy per claim).
     """
     found = stat_real(path, real_dirs)
-    return missing(path) if found is None else (identity_of(found[0]), found[1])
+    return missing(path, real_dirs) if found is None else (identity_of(found[0]), found[1])
 
 
-def missing(path: str) -> Reached | None:
+def missing(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
     """The claim of a path where nothing is: the real path of its longest existing prefix
     (links followed), then the rest as written (`os.path.realpath`, not strict), by that
     text. A mount source the runtime creates there is one place however it is spelled
-    (hostile4 H4: `run/lnk/m`, `lnk` a link to `run`, is `run/m`). None: a NUL in it."""
+    (hostile4 H4: `run/lnk/m`, `lnk` a link to `run`, is `run/m`). None: a NUL in it.
+    With `real_dirs`, an absolute path with no entry at all (not even a dangling link) is
+    its directory's real path (cached there, as `reach` does) joined with its name."""
     try:
+        parent, name = os.path.split(path)
+        if real_dirs is not None and parent[:1] == "/" and name not in ("", ".", ".."):
+            try:
+                os.lstat(path)
+            except FileNotFoundError:
+                real_parent = real_dirs.get(parent)
+                if real_parent is None:
+                    real_parent = real_dirs[parent] = os.path.realpath(parent)
+                real = os.path.join(real_parent, name)
+                return (NOTHING, real), real
         real = os.path.realpath(path)
     except (OSError, ValueError):
         return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
-from kdp_host.ownership_claims import ClaimKey, Reached
+from kdp_host.ownership_claims import ClaimKey, Reached, missing
 from kdp_host.ownership_paths import PathIndex
 from kdp_host.testing import ManualWatcher
 
@@ -155,3 +156,27 @@ def test_an_unhealthy_copy_of_a_one_node_device_builds_no_node(
     assert built == []
     assert copy.nodes == device.nodes and not copy.healthy
     assert renamed.nodes == device.nodes and renamed.id == "other"
+
+
+def test_paths_where_nothing_is_resolve_from_their_directorys_real_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many vanished paths of one directory (every device unplugged): the directory's real
+    path is found once, not a walk of every path's components; the place is the same."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    paths = [str(tmp_path / "link" / f"d{i}") for i in range(50)]
+    expected = {path: missing(path) for path in paths}
+    calls: list[str] = []
+    realpath = os.path.realpath
+
+    def counted(path: str, **kwargs: bool) -> str:
+        calls.append(path)
+        return realpath(path, **kwargs)
+
+    monkeypatch.setattr(os.path, "realpath", counted)
+    real_dirs: dict[str, str] = {}
+    found = {path: missing(path, real_dirs) for path in paths}
+    assert found == expected
+    assert found[paths[0]] == (("path", str(tmp_path / "real" / "d0")), str(tmp_path / "real/d0"))
+    assert calls == [str(tmp_path / "link")]

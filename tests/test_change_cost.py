@@ -13,12 +13,14 @@ import pytest
 
 from kdp_host import devices as devices_module
 from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.drivers.grace import Tracker
+from kdp_host.drivers.scanner import Listed, ScanResult
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import ClaimKey, Reached, missing
 from kdp_host.ownership_paths import PathIndex
-from kdp_host.testing import ManualWatcher
+from kdp_host.testing import ManualClock, ManualWatcher
 
 R = "t.io/big"
 
@@ -180,3 +182,28 @@ def test_paths_where_nothing_is_resolve_from_their_directorys_real_path(
     assert found == expected
     assert found[paths[0]] == (("path", str(tmp_path / "real" / "d0")), str(tmp_path / "real/d0"))
     assert calls == [str(tmp_path / "link")]
+
+
+def test_the_grace_merge_walks_no_list_when_nothing_vanished() -> None:
+    """A device added, or one already gone staying gone: the merge looks at what changed
+    (no walk of the last list for what vanished); one that vanishes is found as before."""
+    clock = ManualClock()
+    tracker = Tracker(10.0, clock)
+    base = {f"d{i}": node(i) for i in range(100)}
+    first = Walked(base)
+    tracker.merge(ScanResult(first))
+    first.walks = 0
+    base["d100"] = node(100)
+    tracker.merge(ScanResult(Walked(base)))
+    assert first.walks == 0
+    del base["d5"]
+    third = Walked(base)
+    listed, expiry = tracker.merge(ScanResult(third))
+    assert not listed["d5"].healthy and expiry == clock() + 10.0
+    clock.advance(1.0)
+    base["d101"] = node(101)
+    last = Walked(tracker.listed.devices)
+    tracker.listed = Listed(last, tracker.listed.places)
+    listed, _ = tracker.merge(ScanResult(Walked(base)))
+    assert last.walks == 0
+    assert not listed["d5"].healthy and len(listed) == 102

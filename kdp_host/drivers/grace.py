@@ -6,7 +6,7 @@ back). Each merge looks only at devices that are not the very objects listed bef
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from ..devices import Device
 from .scanner import Listed, ScanResult
@@ -39,6 +39,7 @@ class Tracker:
         # work after one identity pass.
         listed_before = before.devices.get
         touched = [i for i, device in present.items() if listed_before(i) is not device]
+        added = sum(1 for i in touched if listed_before(i) is None)
         touched.extend(i for i in self._lost if i in present and listed_before(i) is present[i])
         for device_id in touched:
             device = present[device_id]
@@ -65,7 +66,7 @@ class Tracker:
                 next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
                 extra[device_id] = device.with_health(False) if device.healthy else device
         gone_now: dict[str, float] = {}
-        for device_id in before.devices.keys() - present.keys():
+        for device_id in _vanished(before.devices, present, added, self._gone_since):
             old = before.devices[device_id]
             since = self._gone_since.get(device_id, now)
             if grace <= 0 or since + grace <= now:
@@ -83,6 +84,21 @@ class Tracker:
         self._lost = lost_now
         self.listed = Listed(listed, places if places is not None else {})
         return listed, next_expiry
+
+
+def _vanished(
+    before: Mapping[str, Device], present: Mapping[str, Device], added: int, gone: Iterable[str]
+) -> Iterable[str]:
+    """The devices listed `before` that are not `present` (`added`: how many of `present`
+    were not listed): those already gone that stay gone when no other went (a count tells),
+    else a walk of `before` (no set of every ID)."""
+    vanished = len(before) - (len(present) - added)
+    if not vanished:
+        return ()
+    still = [device_id for device_id in gone if device_id not in present]
+    if len(still) == vanished:
+        return still
+    return [device_id for device_id in before if device_id not in present]
 
 
 def _parts(device: Device) -> set[str]:

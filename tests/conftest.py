@@ -95,6 +95,17 @@ async def kubelet(socket_dir: Path) -> AsyncIterator[KubeletSimulator]:
         await sim.stop()
 
 
+@pytest.fixture
+async def pod_resources_kubelet(
+    socket_dir: Path, short_dir: Path
+) -> AsyncIterator[KubeletSimulator]:
+    """The simulated kubelet with its PodResources server, on `short_dir`/pr/kubelet.sock."""
+    async with KubeletSimulator(
+        socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr"
+    ) as sim:
+        yield sim
+
+
 async def wait_until(
     predicate: Callable[[], object], timeout: float = 30.0, what: str = ""
 ) -> None:

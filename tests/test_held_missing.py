@@ -16,93 +16,90 @@ from .conftest import wait_until
 FPGA = "vendor.example/fpga"
 
 
+@pytest.fixture
+def sim(pod_resources_kubelet: KubeletSimulator) -> KubeletSimulator:
+    return pod_resources_kubelet
+
+
 def missing(running: Any) -> float | None:
     return running.metrics.registry.get_sample_value("kdp_devices_held_missing", {"resource": FPGA})
 
 
 async def test_an_unplugged_held_device_is_counted_and_names_its_pod(
+    sim: KubeletSimulator,
     socket_dir: Path,
     short_dir: Path,
     devices: Path,
     start_host: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
-    await sim.start()
-    try:
-        running = await start_host(
-            f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {short_dir}/pr/kubelet.sock,"
-            " podResourcesInterval: 1s}\n"
-            f"resources:\n  - name: {FPGA}\n"
-            f'    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1h}}\n'
-        )
-        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
-        assert missing(running) == 0  # from the start, at zero
-        response = await sim.allocate(FPGA, 1, pod_uid="train-7", container="worker")
-        assert response is not None
-        held = Path(response.devices[0].host_path)
-        poller = running.host.pod_resources
-        await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="held")
-        assert missing(running) == 0
+    running = await start_host(
+        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {short_dir}/pr/kubelet.sock,"
+        " podResourcesInterval: 1s}\n"
+        f"resources:\n  - name: {FPGA}\n"
+        f'    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1h}}\n'
+    )
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+    assert missing(running) == 0  # from the start, at zero
+    response = await sim.allocate(FPGA, 1, pod_uid="train-7", container="worker")
+    assert response is not None
+    held = Path(response.devices[0].host_path)
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="held")
+    assert missing(running) == 0
 
-        with caplog.at_level("WARNING", logger="kdp_host"):
-            held.unlink()  # the stick is pulled; the pod keeps running
-            await wait_until(lambda: missing(running) == 1, what="counted")
-        [record] = [r for r in caplog.records if r.getMessage() == "held_device_missing"]
-        fields = getattr(record, "kdp_fields", {})
-        assert fields.get("device") == held.name and fields.get("state") == "unhealthy"
-        assert fields.get("holders") == "default/train-7/worker"
+    with caplog.at_level("WARNING", logger="kdp_host"):
+        held.unlink()  # the stick is pulled; the pod keeps running
+        await wait_until(lambda: missing(running) == 1, what="counted")
+    [record] = [r for r in caplog.records if r.getMessage() == "held_device_missing"]
+    fields = getattr(record, "kdp_fields", {})
+    assert fields.get("device") == held.name and fields.get("state") == "unhealthy"
+    assert fields.get("holders") == "default/train-7/worker"
 
-        held.touch()  # plugged back in
-        await wait_until(lambda: missing(running) == 0, what="back")
-        await sim.release("train-7")  # the pod ended while its device was gone: not counted
-        held.unlink()
-        await wait_until(lambda: not poller.holdings.of(FPGA), what="released")
-        assert missing(running) == 0
-    finally:
-        await sim.stop()
+    held.touch()  # plugged back in
+    await wait_until(lambda: missing(running) == 0, what="back")
+    await sim.release("train-7")  # the pod ended while its device was gone: not counted
+    held.unlink()
+    await wait_until(lambda: not poller.holdings.of(FPGA), what="released")
+    assert missing(running) == 0
 
 
 async def test_a_held_device_is_not_called_missing_before_the_first_list(
+    sim: KubeletSimulator,
     socket_dir: Path,
     short_dir: Path,
     devices: Path,
-    start_host: Callable[..., Any],
-    caplog: pytest.LogCaptureFixture,
+    start_host: Any,
+    caplog: Any,
 ) -> None:
     """hostile6 L1: a resource started again by a reload hears the last PodResources answer
     as it subscribes, before its driver's first list, and warned `held_device_missing
     state=gone` for every held device that was there all along (at every start and reload)."""
-    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
-    await sim.start()
     config = short_dir / "kdp.yaml"
 
     def write(grace: str) -> None:
         config.write_text(
-            f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {short_dir}/pr/kubelet.sock,"
-            " podResourcesInterval: 1s}\n"
+            f"kubelet: {{socketDir: {sim.socket_dir}, "
+            f"podResourcesSocket: {short_dir}/pr/kubelet.sock, podResourcesInterval: 1s}}\n"
             f"resources:\n  - name: {FPGA}\n"
             f'    glob: {{paths: ["{devices}/fpga*"], gracePeriod: {grace}}}\n'
         )
 
-    try:
-        write("1h")
-        running = await start_host(config.read_text(), config_path=config)
-        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
-        await sim.allocate(FPGA, 1, pod_uid="train-7", container="worker")
-        poller = running.host.pod_resources
-        await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="held")
-        with caplog.at_level("WARNING", logger="kdp_host"):
-            write("2h")  # the resource is started again
-            assert await running.host.reload_from(config) == "ok"
-            runtime = running.host.resources[FPGA]
-            await wait_until(lambda: runtime.table.published.is_set(), what="its first list")
-            seen = poller.status.last_ok
-            await wait_until(
-                lambda: poller.status.last_ok is not None and poller.status.last_ok != seen,
-                what="an answer after the first list",
-            )
-        assert [r for r in caplog.records if r.getMessage() == "held_device_missing"] == []
-        assert missing(running) == 0
-    finally:
-        await sim.stop()
+    write("1h")
+    running = await start_host(config.read_text(), config_path=config)
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+    await sim.allocate(FPGA, 1, pod_uid="train-7", container="worker")
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="held")
+    with caplog.at_level("WARNING", logger="kdp_host"):
+        write("2h")  # the resource is started again
+        assert await running.host.reload_from(config) == "ok"
+        runtime = running.host.resources[FPGA]
+        await wait_until(lambda: runtime.table.published.is_set(), what="its first list")
+        seen = poller.status.last_ok
+        await wait_until(
+            lambda: poller.status.last_ok is not None and poller.status.last_ok != seen,
+            what="an answer after the first list",
+        )
+    assert [r for r in caplog.records if r.getMessage() == "held_device_missing"] == []
+    assert missing(running) == 0

@@ -4,7 +4,6 @@ that keeps failing until the device is released."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,8 @@ def _devices(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-async def sim(socket_dir: Path, short_dir: Path) -> AsyncIterator[KubeletSimulator]:
-    """The simulated kubelet, with its PodResources server."""
-    async with KubeletSimulator(
-        socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr"
-    ) as kubelet:
-        yield kubelet
+def sim(pod_resources_kubelet: KubeletSimulator) -> KubeletSimulator:
+    return pod_resources_kubelet
 
 
 class _Host:

@@ -40,11 +40,11 @@ from .ownership_claims import (
     Owner,
     Resolver,
     ancestors,
-    below,
     owner_order,
     reach,
     sysfs_claim,
 )
+from .rules import below
 from .state_file import Merge, StateFile
 
 OWNERSHIP_FILE = "ownership.json"

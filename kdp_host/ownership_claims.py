@@ -199,13 +199,6 @@ def ancestors(real: str) -> Iterator[str]:
         yield "/"
 
 
-def below(real: str, directory: str) -> bool:
-    """Whether `real` is inside `directory` (not the directory itself)."""
-    if directory == "/":
-        return real.startswith("/") and real != "/"
-    return real.startswith(directory) and real[len(directory) : len(directory) + 1] == "/"
-
-
 Resolver = Callable[[str], "Reached | None"]
 
 

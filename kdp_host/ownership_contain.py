@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 
 from .identity import DIRECTORY
 from .mount_table import MountMap
-from .ownership_claims import Claim, ClaimKey, ancestors, below
+from .ownership_claims import Claim, ClaimKey, ancestors
+from .rules import below
 
 
 class Containment:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from .devices import Device, DeviceMount
 from .identity import DIRECTORY
 from .mount_table import MountMap
-from .ownership_claims import Claim, ClaimKey, Owner, Resolver, below, device_claims, reach
+from .ownership_claims import Claim, ClaimKey, Owner, Resolver, device_claims, reach
+from .rules import below
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ from .ownership_claims import (
     Reached,
     Resolver,
     ancestors,
-    below,
     claimed_paths,
     places,
     still_reaches,
 )
 from .ownership_table import ResourceState
+from .rules import below
 from .turns import Pace
 
 if TYPE_CHECKING:

@@ -165,11 +165,18 @@ def absolute_path_problem(path: str) -> str | None:
     return None
 
 
+def below(real: str, directory: str) -> bool:
+    """Whether `real` is inside `directory` (not the directory itself); both normalised."""
+    if directory == "/":
+        return real.startswith("/") and real != "/"
+    return real.startswith(directory) and real[len(directory) : len(directory) + 1] == "/"
+
+
 def path_inside(path: str, directory: str) -> bool:
-    """Whether `path` is `directory` or lies under it, comparing normalised paths (no I/O:
-    resolve symlinks first where that matters)."""
+    """Whether `path` is `directory` or lies under it (`below`), comparing normalised paths
+    (no I/O: resolve symlinks first where that matters)."""
     path, directory = posixpath.normpath(path), posixpath.normpath(directory)
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
+    return path == directory or below(path, directory)
 
 
 def join_list(items: Iterable[str]) -> str:

@@ -104,7 +104,8 @@ class ServingLoop:
         """pluginsRegistry: the kubelet called GetInfo on the current socket."""
         self._last_refusal: str | None = None
         """pluginsRegistry: the kubelet's last refusal, logged once while it repeats."""
-        self._registered_with: FileIdentity | None = None  # (deviceSocket: its kubelet.sock)
+        self._registered_with: FileIdentity | None = None
+        """The kubelet.sock of the last registration (None: none yet)."""
         self._losses = StreamLosses(
             services.registry_wait.lost,
             services.metrics.streams_lost.labels(name),
@@ -322,7 +323,6 @@ class ServingLoop:
         deadline: float | None = loop.time() + patience.next_delay()
         refused, lost_here, kubelet_dir = None, False, self._services.kubelet.socket_dir
         alive_check: float | None = None
-        registered_with: FileIdentity | None = None
         while True:
             self._wake.clear()
             if file_identity(self.socket_path) != identity:
@@ -338,7 +338,7 @@ class ServingLoop:
                         self.status.mark(registered=False, error="not registered: stream closed")
                         self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
                         deadline = loop.time() + patience.next_delay()
-                        if registered_with is not None:  # did it keep running? (below)
+                        if self._registered_with is not None:  # did it keep running? (below)
                             alive_check = loop.time() + max(delay, KUBELET_ALIVE_SETTLE)
                 elif event.registered:
                     metrics.registrations.labels(self.name, "ok").inc()
@@ -347,7 +347,8 @@ class ServingLoop:
                         patience.reset()
                     refusals.reset()
                     deadline, refused, lost_here, self._last_refusal = None, None, False, None
-                    alive_check, registered_with = None, kubelet_socket_identity(kubelet_dir)
+                    alive_check = None
+                    self._registered_with = kubelet_socket_identity(kubelet_dir)
                     self.status.mark(registered=True)
                     self.log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
                 else:
@@ -361,7 +362,7 @@ class ServingLoop:
                     deadline, refused = loop.time() + refusals.next_delay(), event.error
             if alive_check is not None and loop.time() >= alive_check:
                 alive_check = None
-                if kubelet_socket_identity(kubelet_dir) == registered_with and (
+                if kubelet_socket_identity(kubelet_dir) == self._registered_with and (
                     await kubelet_listening(kubelet_dir)
                 ):
                     self.log.info("dropped_by_kubelet", action="new socket")

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import sys
 import urllib.error
@@ -235,9 +234,9 @@ def fetch(url: str) -> bytes:
 
 
 def test_inotify_failures_other_than_oserror_fall_back_to_polling() -> None:
-    """macOS: asyncinotify fails with AttributeError (no inotify symbol in libc) or
-    ImportError, not OSError."""
-    for error in (AttributeError("inotify_init1"), ImportError("asyncinotify"), OSError(24)):
+    """macOS: the C library has no inotify symbol (AttributeError); no ctypes (ImportError);
+    no inotify instance left (OSError)."""
+    for error in (AttributeError("inotify_init1"), ImportError("ctypes"), OSError(24)):
 
         def broken(log: object, error: Exception = error) -> Watcher:
             raise error
@@ -246,20 +245,29 @@ def test_inotify_failures_other_than_oserror_fall_back_to_polling() -> None:
         assert isinstance(watcher, PollingWatcher) and watcher.kind == "poll"
 
 
-async def test_host_runs_where_asyncinotify_cannot_even_be_imported(
+_WITHOUT_INOTIFY = """
+import ctypes, sys
+
+class CLibrary(ctypes.CDLL):  # the C library of macOS: no inotify symbols
+    def __getattr__(self, name):
+        if name.startswith("inotify_"):
+            raise AttributeError(f"dlsym(RTLD_DEFAULT, {name}): symbol not found")
+        return super().__getattr__(name)
+
+ctypes.CDLL = CLibrary
+from kdp_host.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_host_runs_where_the_c_library_has_no_inotify(
     kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path
 ) -> None:
-    """A whole `kdp-host run` on a system where importing asyncinotify fails (macOS)."""
-    fake = short_dir / "fake-lib" / "asyncinotify"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(
-        'raise AttributeError("dlsym(RTLD_DEFAULT, inotify_init1): symbol not found")\n'
-    )
+    """A whole `kdp-host run` where the C library has no inotify functions (macOS)."""
     config = ephemeral_port_config(short_dir, socket_dir)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), *sys.path])}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kdp_host", "run", "--config", str(config),
-        stderr=asyncio.subprocess.PIPE, env=env,
+        sys.executable, "-c", _WITHOUT_INOTIFY, "run", "--config", str(config),
+        stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
     stderr = bytearray()

@@ -133,7 +133,7 @@ class Host:
         )
         watcher.report_unwatched(self.metrics.watch_unwatched.set)
         hold.follow(watcher, self.offload)  # taken again when what stateDir names changes
-        self.ownership.watch(watcher)  # a claimed path that changes is resolved again
+        self.ownership.watch(watcher, safety_net := SafetyNet(self.offload))  # claims, trees
         kubelet = self.config.kubelet
         if kubelet.pod_resources_interval > 0:
             self.pod_resources = PodResourcesPoller(
@@ -152,7 +152,7 @@ class Host:
         sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
         await self.ownership.book_handed(self.selection.config, self.offload, self.log)
         release_watch = release_state.follow(watcher, self.ownership.handed_out())
-        sync.follow(watcher, safety_net := SafetyNet(self.offload))
+        sync.follow(watcher, safety_net)
         self.state_files.add(sync.file, release_state.file)
         commands = ProcessRunner()
         if not commands.dies_with_host:

@@ -145,6 +145,14 @@ class InotifyWatcher:
         self._report_unwatched = report
         report(len(self._refused))
 
+    @property
+    def directories(self) -> set[str]:
+        """The directories watched now."""
+        return set(self._watches)
+
+    def refused(self, directory: str) -> str | None:
+        return self._refused.get(os.path.normpath(directory))
+
     def follow_mounts(self, callback: MountCallback) -> bool:
         if self._mounts is None or self._closed:
             return False

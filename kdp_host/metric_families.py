@@ -286,6 +286,13 @@ class MetricFamilies:
             "watch limit reached): their changes are seen by the safety-net rescan only.",
             registry=r,
         )
+        self.watch_unfollowed = Gauge(
+            "kdp_watch_unfollowed_trees",
+            "Mounted directories whose tree the watcher cannot follow in full (too many "
+            "directories, a watch refused, too much arrived at once): a node moved below "
+            "them is seen by the safety-net rescan only.",
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "kdp_event_loop_lag_seconds",
             "How long the event loop took to answer the last probe or scrape.",

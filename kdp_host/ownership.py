@@ -91,6 +91,7 @@ from .ownership_table import Holding, ResourceState
 
 if TYPE_CHECKING:
     from .podresources import Holdings
+    from .safety_net import SafetyNet
     from .watch import Watcher
 
 Devices = Mapping[str, Device]
@@ -133,7 +134,7 @@ class OwnershipIndex(BookingAllocations):
         super().__init__(clock, metrics, resolve, offload, timeout, chunk)
         self._read_mounts = mounts
         self._within.remount(mounts())
-        self._arrivals = Arrivals(self._arrived, offload)
+        self._arrivals = Arrivals(self._arrived, offload, metrics)
         self.pod_resources = pod_resources
         self._adoption = Adoption(self._ledger, metrics)
         self._cdi_kinds = {}
@@ -148,11 +149,13 @@ class OwnershipIndex(BookingAllocations):
 
     # ------------------------------------------------------------------ runtimes
 
-    def watch(self, watcher: Watcher) -> None:
+    def watch(self, watcher: Watcher, net: SafetyNet | None = None) -> None:
         """Follow the directories of claimed host paths through the host's watcher: a claim
         is resolved again when its path changes (a node replaced by one with another device
-        number must not keep the old claim). Their subscriptions last as long as the host."""
+        number must not keep the old claim). Their subscriptions last as long as the host;
+        a mounted tree it cannot follow in full is read by `net` (`Arrivals.rescan_with`)."""
         self._watcher = watcher
+        self._arrivals.rescan_with(net)
         # (a poll sees a change late; a mount over a path makes no directory event)
         self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
 
@@ -295,10 +298,7 @@ class OwnershipIndex(BookingAllocations):
         state = self._resources.get(resource)
         if state is None:
             return
-        state.retired = True
-        state.publish = None
-        state.held = {}
-        state.settled = False
+        state.retired, state.publish, state.held, state.settled = True, None, {}, False
         released = False
         for advertised_id in list(state.owned):
             released |= self._unadvertise(state, advertised_id)

@@ -1,14 +1,22 @@
 """What arrives in a mounted directory: a claimed node, file or directory renamed (or hard
-linked) into a directory another device mounts is the same identity at a new real path, and
-a pod given that mount would reach it.
+linked) into a directory another device mounts, at any depth, is the same identity at a new
+real path, and a pod given that mount would reach it.
 
-The watcher follows each claimed directory itself (its entries, not the tree below: no walk
-of a mounted tree on any event). An entry that appears there is resolved off the loop by
-identity (not following links: a link in a mounted directory is resolved inside the
-container), and, when it is a directory (renamed in with what it holds), what is below it
-too, up to `ARRIVAL_LIMIT` entries: the cost is what changed. The index then counts each
-claim found at its new place (`Containment.move`) and rechecks the devices that mount a
-directory above it (`OwnershipIndex._arrived`).
+The watcher follows each claimed directory and every directory below it (`Arrivals`: its
+tree is read once when it is claimed, each subdirectory is subscribed to, one made or
+renamed in later too, one gone is let go). An entry that appears anywhere in the tree is
+resolved off the loop by identity (not following links: a link in a mounted directory is
+resolved inside the container), and, when it is a directory (renamed in with what it
+holds), what is below it too, up to `ARRIVAL_LIMIT` entries: the cost is what changed. The
+index then counts each claim found at its new place (`Containment.move`) and rechecks the
+devices that mount a directory above it (`OwnershipIndex._arrived`).
+
+A tree that cannot be followed in full (more than `TREE_LIMIT` directories below the
+claimed one, inotify refused a watch (its limit reached), or more arrived at once than one
+read takes) is logged (`mount_tree_unfollowed`) and counted
+(`kdp_watch_unfollowed_trees`), like a directory the watcher refuses: it is read in full by
+the safety net every `RESCAN_INTERVAL`, up to `RESCAN_LIMIT` entries, and followed again
+once it can be (`mount_tree_followed`).
 """
 
 from __future__ import annotations
@@ -18,24 +26,37 @@ import functools
 import os
 import stat
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from .files import Offload
 from .identity import DIRECTORY, identity_of
 from .logs import EventLogger
+from .metrics import Metrics
 from .ownership_claims import ClaimKey
+from .rules import below
 
 if TYPE_CHECKING:
-    from .watch import Watcher
+    from .safety_net import SafetyNet
+    from .watch import Subscription, Watcher
 
 ARRIVAL_LIMIT: Final = 4096
-"""Entries read below one directory renamed into a mounted directory (the rest is logged,
-`arrival_unread`)."""
+"""Entries read at once below what changed in a followed tree (past it, the tree is left to
+the safety net: `mount_tree_unfollowed`)."""
 ARRIVAL_TIMEOUT: Final = 2.0
 """Seconds the read of what arrived may take (a hung file system is left, logged)."""
+TREE_LIMIT: Final = 1024
+"""Directories followed (one inotify watch each) below one claimed directory."""
+RESCAN_INTERVAL: Final = 30.0
+"""Seconds between the safety net's reads of a tree that is not followed in full."""
+RESCAN_LIMIT: Final = 65536
+"""Entries the safety net reads below such a tree (past it: `arrival_unread`)."""
+RESCAN_TIMEOUT: Final = 10.0
+"""Seconds that read may take."""
 
 Found = list[tuple[ClaimKey, str]]
 """What arrived: each entry's identity and its real path."""
+Read = Callable[[list[str], int], tuple[Found, bool]]
 
 
 def arrived(paths: Iterable[str], limit: int = ARRIVAL_LIMIT) -> tuple[Found, bool]:
@@ -64,31 +85,83 @@ def arrived(paths: Iterable[str], limit: int = ARRIVAL_LIMIT) -> tuple[Found, bo
     return found, False
 
 
+def tops(paths: Iterable[str]) -> list[str]:
+    """`paths` but those below another of them (read with it)."""
+    kept: list[str] = []
+    for path in sorted(paths):
+        if not kept or (path != kept[-1] and not below(path, kept[-1])):
+            kept.append(path)
+    return kept
+
+
+@dataclass
+class _Tree:
+    """A claimed directory followed with what is below it."""
+
+    log: EventLogger | None
+    """The log of the resource that claimed it first."""
+    dirs: int = 0
+    """Directories followed below it."""
+    unfollowed: str | None = None
+    """Why its tree is not followed in full (the safety net reads it), or None."""
+    unread: bool = False
+    """The safety net could not read it all either (`arrival_unread` logged)."""
+
+
 class Arrivals:
-    """Follows claimed directories for entries that appear in them; hands what they are to
-    `found` (on the loop), once per burst of events."""
+    """Follows claimed directories and their trees for entries that appear in them; hands
+    what they are to `found` (on the loop), once per burst of events."""
 
     def __init__(
         self,
         found: Callable[[Found], None],
         offload: Offload | None,
-        read: Callable[[list[str]], tuple[Found, bool]] = arrived,
+        metrics: Metrics | None = None,
+        read: Read = arrived,
     ) -> None:
+        """`metrics`: where the trees not followed in full are counted."""
         self._found = found
         self._offload = offload
         self._read = read
-        self._followed: dict[str, EventLogger | None] = {}
-        """Directory followed -> the log of the resource that claimed it first."""
+        self._metrics = metrics
+        self._trees: dict[str, _Tree] = {}
+        """Claimed directory -> its tree."""
+        self._dirs: dict[str, tuple[str, Subscription]] = {}
+        """Every directory followed (claimed ones too) -> its tree, and its subscription."""
         self._pending: dict[str, set[str]] = {}
+        """Tree -> the paths to read in it."""
+        self._full: set[str] = set()
+        """Trees whose next read is the safety net's (the whole tree, `RESCAN_LIMIT`)."""
         self._task: asyncio.Task[None] | None = None
+        self._watcher: Watcher | None = None
+        self._net: SafetyNet | None = None
+        self._leave: Callable[[], None] | None = None
 
     def follow(self, watcher: Watcher, directory: str, log: EventLogger | None) -> None:
-        """Follow what appears in `directory` (a claimed directory's real path), for as long
-        as the host runs."""
-        if directory in self._followed:
+        """Follow what appears in `directory` (a claimed directory's real path) and below
+        it, for as long as the host runs."""
+        if directory in self._trees:
             return
-        self._followed[directory] = log
-        watcher.subscribe(directory, functools.partial(self._changed, directory))
+        self._watcher = watcher
+        self._trees[directory] = _Tree(log)
+        known = self._dirs.get(directory)
+        if known is not None:  # (followed in a tree above it so far: its own from now on)
+            self._trees[known[0]].dirs -= 1
+            subscription = known[1]
+        else:
+            subscription = watcher.subscribe(directory, functools.partial(self._changed, directory))
+        self._dirs[directory] = (directory, subscription)
+        self._queue(directory, directory)  # (its tree: what to follow below it)
+
+    def rescan_with(self, net: SafetyNet | None) -> None:
+        """Read the trees not followed in full through the host's safety net."""
+        self._net = net
+        self._join()
+
+    @property
+    def unfollowed(self) -> dict[str, str]:
+        """Claimed directory -> why its tree is not followed in full."""
+        return {d: t.unfollowed for d, t in self._trees.items() if t.unfollowed is not None}
 
     async def quiet(self) -> None:
         """Return once what arrived so far was read and handed on."""
@@ -96,36 +169,157 @@ class Arrivals:
             await asyncio.wait({self._task})
 
     def _changed(self, directory: str, name: str | None) -> None:
-        if name is None:
-            return  # (the directory itself: its claim is followed where it is named)
-        self._pending.setdefault(directory, set()).add(os.path.join(directory, name))
+        """A watcher callback: `name` changed in `directory` (None: the directory itself, or
+        anything in it: read it all again)."""
+        followed = self._dirs.get(directory)
+        if followed is not None:
+            self._queue(followed[0], directory if name is None else os.path.join(directory, name))
+
+    def _queue(self, tree: str, path: str) -> None:
+        self._pending.setdefault(tree, set()).add(path)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._read_pending())
 
     async def _read_pending(self) -> None:
         try:
             while self._pending:
-                directory, paths = self._pending.popitem()
-                log = self._followed.get(directory)
+                tree, paths = self._pending.popitem()
+                full = tree in self._full
+                self._full.discard(tree)
+                todo = tops(paths)
+                limit, timeout = (RESCAN_LIMIT, RESCAN_TIMEOUT) if full else (ARRIVAL_LIMIT, None)
+                unread = f"more than {limit:,} entries below what changed there"
                 try:
-                    found, more = await self._run(functools.partial(self._read, sorted(paths)))
+                    found, more = await self._run(
+                        functools.partial(self._read, todo, limit), timeout
+                    )
                 except TimeoutError:
                     found, more = [], True
-                if more and log is not None:
-                    log.warning(
-                        "arrival_unread",
-                        dir=directory,
-                        limit=ARRIVAL_LIMIT,
-                        timeout=ARRIVAL_TIMEOUT,
-                        consequence="claims deeper in what arrived there are not seen there",
-                    )
+                    unread = f"its read took more than {timeout or ARRIVAL_TIMEOUT:g} s"
+                self._take(tree, todo, found, unread if more else None, full)
                 self._found(found)
         finally:
             self._task = None
 
-    def _run(self, call: Callable[[], tuple[Found, bool]]) -> Awaitable[tuple[Found, bool]]:
+    def _take(
+        self, tree: str, read: list[str], found: Found, unread: str | None, full: bool
+    ) -> None:
+        """Follow the directories found that are not yet, let go of those gone (or no
+        directory now), and note whether the tree is followed in full (`unread`: why not
+        all of it was read)."""
+        dirs = {path for key, path in found if key[0] == DIRECTORY}
+        if unread is None:  # (all of each path read: a followed directory not found went)
+            for path in read:
+                if path in self._dirs:
+                    self._let_go(path, dirs)
+        followed: list[str] = []
+        why = None
+        for directory in sorted(dirs):
+            if directory not in self._dirs:
+                why = self._follow_below(tree, directory)
+                if why is not None:
+                    break
+                followed.append(directory)
+        if unread is not None:
+            why = unread
+            if full:
+                self._log_unread(tree, unread)
+        if why is not None:
+            self._set_unfollowed(tree, why)
+        elif full:
+            self._set_unfollowed(tree, None)
+        for directory in tops(followed):  # (what appeared while they were not followed yet)
+            self._queue(tree, directory)
+
+    def _follow_below(self, tree: str, directory: str) -> str | None:
+        """Follow `directory` in `tree`; why it cannot be (None: it is)."""
+        state, watcher = self._trees[tree], self._watcher
+        if watcher is None:
+            return "no watcher"
+        if directory in self._trees:
+            return None  # (a claimed directory: followed as its own tree)
+        if state.dirs >= TREE_LIMIT:
+            return f"more than {TREE_LIMIT:,} directories below it"
+        subscription = watcher.subscribe(directory, functools.partial(self._changed, directory))
+        refused = watcher.refused(directory)
+        if refused is not None:
+            subscription.cancel()
+            return f"a watch of {directory} was refused: {refused}"
+        self._dirs[directory] = (tree, subscription)
+        state.dirs += 1
+        return None
+
+    def _let_go(self, path: str, there: set[str]) -> None:
+        """`path` was read in full: stop following it and what is below it where no
+        directory is now (not one of `there`; a claimed directory is followed for as long
+        as the host runs)."""
+        for directory in [d for d in self._dirs if d == path or below(d, path)]:
+            if directory in there or directory in self._trees:
+                continue
+            tree, subscription = self._dirs.pop(directory)
+            subscription.cancel()
+            self._trees[tree].dirs -= 1
+
+    def _set_unfollowed(self, tree: str, why: str | None) -> None:
+        state = self._trees[tree]
+        if (state.unfollowed is None) == (why is None):
+            return
+        state.unfollowed = why
+        state.unread = False
+        if state.log is not None:
+            if why is not None:
+                state.log.warning(
+                    "mount_tree_unfollowed",
+                    dir=tree,
+                    reason=why,
+                    consequence="what is moved below it is seen by the safety-net rescan "
+                    f"only (every {RESCAN_INTERVAL:g} s) until it can be followed again",
+                )
+            else:
+                state.log.info("mount_tree_followed", dir=tree, dirs=state.dirs)
+        if self._metrics is not None:
+            self._metrics.watch_unfollowed.set(len(self.unfollowed))
+        self._join()
+
+    def _log_unread(self, tree: str, why: str) -> None:
+        """The safety net could not read all of a tree either (logged once a time)."""
+        state = self._trees[tree]
+        if state.log is not None and not state.unread:
+            state.log.warning(
+                "arrival_unread",
+                dir=tree,
+                reason=why,
+                consequence="claims moved deeper in its tree are not seen there",
+            )
+        state.unread = True
+
+    def _join(self) -> None:
+        """In the safety net while a tree is not followed in full, out of it otherwise."""
+        wanted = self._net is not None and any(t.unfollowed for t in self._trees.values())
+        if wanted and self._leave is None and self._net is not None:
+            self._leave = self._net.join(
+                RESCAN_INTERVAL, _nothing_read, self._rescan, timeout=RESCAN_TIMEOUT
+            )
+        elif not wanted and self._leave is not None:
+            self._leave()
+            self._leave = None
+
+    def _rescan(self, _unchanged: bool) -> None:
+        """The safety net's turn: read every tree not followed in full, in full."""
+        for tree in self.unfollowed:
+            self._full.add(tree)
+            self._queue(tree, tree)
+
+    def _run(
+        self, call: Callable[[], tuple[Found, bool]], timeout: float | None
+    ) -> Awaitable[tuple[Found, bool]]:
         if self._offload is None:
             done: asyncio.Future[tuple[Found, bool]] = asyncio.Future()
             done.set_result(call())
             return done
-        return asyncio.wait_for(self._offload.run(call), ARRIVAL_TIMEOUT)
+        return asyncio.wait_for(self._offload.run(call), timeout or ARRIVAL_TIMEOUT)
+
+
+def _nothing_read() -> bool:
+    """The safety net's check: the read itself runs as any arrival's (`_rescan`)."""
+    return False

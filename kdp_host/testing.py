@@ -96,6 +96,8 @@ class ManualWatcher:
         self._subscriptions: list[Subscription] = []
         self._mounts = mounts
         self._mount_callbacks: list[MountCallback] = []
+        self.refusing: dict[str, str] = {}
+        """Directory -> why it cannot be watched (`refused`), as the test says."""
 
     @property
     def directories(self) -> set[str]:
@@ -129,6 +131,9 @@ class ManualWatcher:
     def report_unwatched(self, report: UnwatchedReport) -> None:
         """Every directory is watched (nothing to refuse)."""
         report(0)
+
+    def refused(self, directory: str) -> str | None:
+        return self.refusing.get(os.path.normpath(directory))
 
     def change_mounts(self) -> None:
         """Tell the followers of the mount table that it changed (a mount made or gone)."""

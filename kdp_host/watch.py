@@ -68,6 +68,11 @@ class Watcher(Protocol):
         are there but cannot be watched changes (a watcher that cannot fail: always 0)."""
         ...
 
+    def refused(self, directory: str) -> str | None:
+        """Why `directory` (subscribed to, and there) cannot be watched now (the inotify
+        watch limit reached), or None."""
+        ...
+
     @property
     def kind(self) -> str: ...
 
@@ -175,6 +180,10 @@ class PollingWatcher:
     def report_unwatched(self, report: UnwatchedReport) -> None:
         """A stat poll watches any directory: none is ever refused."""
         report(0)
+
+    def refused(self, directory: str) -> str | None:
+        """A stat poll watches any directory."""
+        return None
 
     async def run(self) -> None:
         while True:

@@ -53,13 +53,17 @@ def bind(source: Path, target: Path) -> MountMap:
 
 
 class Host:
-    def __init__(self, watcher: Watcher | None = None, mounts: MountMap | None = None) -> None:
+    def __init__(
+        self, watcher: Watcher | None = None, mounts: MountMap | None = None, net: Any = None
+    ) -> None:
         self.mounts = mounts or MountMap()
         self.metrics = Metrics()
         self.index = OwnershipIndex(
             self.metrics, offload=DaemonThreads(), mounts=lambda: self.mounts
         )
-        if watcher is not None:
+        if net is not None:
+            self.index.watch(watcher, net)
+        elif watcher is not None:
             self.index.watch(watcher)
         self.tables: dict[str, DeviceTable] = {}
 

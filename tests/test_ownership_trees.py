@@ -1,0 +1,228 @@
+"""A node moved anywhere below a mounted directory (issue 17, "one node, one pod").
+
+The watcher followed the top level of each mounted directory only: a held node renamed into
+a subdirectory of another device's mounted directory (one there from the start, or made
+later) left that device advertised, so a new pod of it reached the node a running pod holds;
+and what arrived past 4,096 entries was never read again. Now every directory of a mounted
+tree is followed (`ownership_arrivals.Arrivals`), up to `TREE_LIMIT`; a tree that cannot be
+followed in full is logged, counted, and read in full by the safety net."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kdp_host import ownership_arrivals
+from kdp_host.devices import DeviceTable
+from kdp_host.files import DaemonThreads
+from kdp_host.inotify_watch import InotifyWatcher
+from kdp_host.logs import get_logger
+from kdp_host.ownership import OwnershipIndex
+from kdp_host.testing import ManualWatcher
+
+from .test_ownership_moves import R1, R2, Host, mounting, nodes
+
+
+class ManualNet:
+    """A safety net that checks when the test says (`tick`)."""
+
+    def __init__(self) -> None:
+        self.members: list[Callable[[bool], None]] = []
+
+    def join(
+        self, interval: float, check: Callable[[], bool], then: Callable[[bool], None], **_: float
+    ) -> Callable[[], None]:
+        self.members.append(then)
+        return lambda: self.members.remove(then)
+
+    def tick(self) -> None:
+        for then in list(self.members):
+            then(False)
+
+
+async def booked_beside_tree(
+    tmp: Path, *below: str, net: ManualNet | None = None
+) -> tuple[Host, ManualWatcher]:
+    """Resource a's node dev/n0 is booked (a pod holds it); resource b mounts tmp/b, which
+    has the directories `below` from the start."""
+    (tmp / "dev").mkdir()
+    (tmp / "dev" / "n0").write_text("")
+    (tmp / "b").mkdir()
+    for directory in below:
+        (tmp / "b" / directory).mkdir(parents=True)
+    watcher = ManualWatcher()
+    host = Host(watcher, net=net)
+    await host.publish(R1, nodes("n0", str(tmp / "dev" / "n0")))
+    await host.index.book(R1, ["n0"])
+    await host.publish(R2, mounting("b", str(tmp / "b")))
+    assert (host.ids(R1), host.ids(R2)) == (["n0"], ["b"])
+    return host, watcher
+
+
+def unfollowed(host: Host) -> float:
+    return host.metrics.registry.get_sample_value("kdp_watch_unfollowed_trees") or 0
+
+
+async def test_a_node_moved_into_a_sub_sub_directory_holds_the_mount(tmp_path: Path) -> None:
+    """b/sub/deep is there from the start; a's held node is renamed into it. Before, only b
+    itself was followed: b stayed advertised."""
+    host, watcher = await booked_beside_tree(tmp_path, "sub/deep")
+    deep = tmp_path / "b" / "sub" / "deep"
+    os.rename(tmp_path / "dev" / "n0", deep / "n0")
+    watcher.change(str(tmp_path / "dev"), "n0")
+    watcher.change(str(deep), "n0")
+    await host.settled()
+    assert host.ids(R2) == [], "b's mount now holds the node a pod of a holds"
+    assert host.held(R2) == 1
+    assert unfollowed(host) == 0
+
+
+async def test_a_directory_made_later_is_followed_and_one_gone_let_go(tmp_path: Path) -> None:
+    """b/new is made after b was claimed, then a's held node is renamed into it (before: not
+    seen). A directory removed from the tree is no longer watched."""
+    host, watcher = await booked_beside_tree(tmp_path, "old")
+    (tmp_path / "b" / "old").rmdir()
+    watcher.change(str(tmp_path / "b"), "old")
+    (tmp_path / "b" / "new" / "inner").mkdir(parents=True)
+    watcher.change(str(tmp_path / "b"), "new")
+    await host.settled()
+    assert host.ids(R2) == ["b"], "nothing held arrived"
+    inner = tmp_path / "b" / "new" / "inner"
+    os.rename(tmp_path / "dev" / "n0", inner / "n0")
+    watcher.change(str(inner), "n0")
+    await host.settled()
+    assert host.ids(R2) == []
+    assert host.held(R2) == 1
+    assert str(inner) in watcher.directories
+    assert str(tmp_path / "b" / "old") not in watcher.directories, "let go when gone"
+
+
+async def test_a_tree_over_the_bound_is_logged_counted_and_read_by_the_safety_net(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More directories below b than `TREE_LIMIT`: not all are followed, so a node renamed
+    into one that is not makes no event. The tree is logged and counted, and the safety net
+    reads it in full: b is held at its next tick."""
+    monkeypatch.setattr(ownership_arrivals, "TREE_LIMIT", 2)
+    net = ManualNet()
+    caplog.set_level(logging.INFO)
+    host, watcher = await booked_beside_tree(tmp_path, "d0", "d1", "d2", "d3", net=net)
+    [record] = [r for r in caplog.records if r.getMessage() == "mount_tree_unfollowed"]
+    fields = record.kdp_fields  # type: ignore[attr-defined]
+    assert fields["resource"] == R2 and fields["dir"] == str(tmp_path / "b")
+    assert "more than 2 directories" in fields["reason"]
+    assert unfollowed(host) == 1
+    assert len(net.members) == 1, "in the safety net while a tree is not followed"
+    followed = {d for d in watcher.directories if os.path.dirname(d) == str(tmp_path / "b")}
+    assert len(followed) == 2
+    [loose] = [f"d{i}" for i in range(4) if str(tmp_path / "b" / f"d{i}") not in followed][1:]
+    os.rename(tmp_path / "dev" / "n0", tmp_path / "b" / loose / "n0")
+    watcher.change(str(tmp_path / "dev"), "n0")
+    await host.settled()
+    assert host.ids(R2) == ["b"], "not seen yet: no watch there"
+    net.tick()
+    await host.settled()
+    assert host.ids(R2) == []
+    assert host.held(R2) == 1
+    # the tree shrinks back within the bound: followed again, out of the safety net
+    for i in range(4):
+        if (tmp_path / "b" / f"d{i}" / "n0").exists():
+            os.rename(tmp_path / "b" / f"d{i}" / "n0", tmp_path / "b" / "n0")
+        if i >= 2:
+            (tmp_path / "b" / f"d{i}").rmdir()
+    net.tick()
+    await host.settled()
+    assert unfollowed(host) == 0
+    assert net.members == []
+    assert "mount_tree_followed" in [r.getMessage() for r in caplog.records]
+
+
+async def test_a_refused_watch_leaves_the_tree_to_the_safety_net(tmp_path: Path) -> None:
+    """inotify refuses a watch below b (its watch limit): the subscription is dropped (not
+    retried in a loop), the tree counted, and the safety net sees what moved there."""
+    (tmp_path / "b" / "sub").mkdir(parents=True)
+    net = ManualNet()
+    watcher = ManualWatcher()
+    watcher.refusing[str(tmp_path / "b" / "sub")] = "ENOSPC: No space left on device"
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "n0").write_text("")
+    host = Host(watcher, net=net)
+    await host.publish(R1, nodes("n0", str(tmp_path / "dev" / "n0")))
+    await host.index.book(R1, ["n0"])
+    await host.publish(R2, mounting("b", str(tmp_path / "b")))
+    assert host.ids(R2) == ["b"]
+    assert str(tmp_path / "b" / "sub") not in watcher.directories
+    assert unfollowed(host) == 1
+    os.rename(tmp_path / "dev" / "n0", tmp_path / "b" / "sub" / "n0")
+    net.tick()
+    await host.settled()
+    assert host.ids(R2) == []
+
+
+async def test_a_renamed_in_tree_past_the_read_limit_is_read_by_the_safety_net(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory with more entries than one read takes (`ARRIVAL_LIMIT`) is renamed into b
+    with a's held node last in it: before, what was past the limit was never read again."""
+    monkeypatch.setattr(ownership_arrivals, "ARRIVAL_LIMIT", 8)
+    net = ManualNet()
+    host, watcher = await booked_beside_tree(tmp_path, net=net)
+    big = tmp_path / "big"
+    for i in range(20):
+        (big / f"d{i:02}").mkdir(parents=True)
+    os.rename(tmp_path / "dev" / "n0", big / "d00" / "n0")
+    os.rename(big, tmp_path / "b" / "big")
+    watcher.change(str(tmp_path / "b"), "big")
+    await host.settled()
+    assert unfollowed(host) == 1
+    net.tick()
+    await host.settled()
+    assert host.ids(R2) == []
+
+
+@pytest.mark.parametrize("made_later", [False, True])
+async def test_a_node_moved_deep_into_a_mounted_tree_with_the_real_watcher(
+    tmp_path: Path, made_later: bool
+) -> None:
+    """The same through inotify: b/sub/deep there from the start, or made after b was
+    claimed; a's booked node renamed into it; b is held."""
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "n0").write_text("")
+    (tmp_path / "b").mkdir()
+    deep = tmp_path / "b" / "sub" / "deep"
+    if not made_later:
+        deep.mkdir(parents=True)
+    watcher = InotifyWatcher(get_logger())
+    watching = asyncio.create_task(watcher.run())
+    try:
+        index = OwnershipIndex(offload=DaemonThreads())
+        index.watch(watcher)
+        tables = {R1: DeviceTable(), R2: DeviceTable()}
+        for name in (R1, R2):
+            index.attach(name, tables[name].publish, get_logger().bind(resource=name))
+        index.publish(R1, {"n0": nodes("n0", str(tmp_path / "dev" / "n0"))})
+        await index.quiet()
+        await index.book(R1, ["n0"])
+        index.publish(R2, {"b": mounting("b", str(tmp_path / "b"))})
+        await index.quiet()
+        assert [d.id for d in tables[R2].snapshot.devices] == ["b"]
+        if made_later:
+            deep.mkdir(parents=True)
+            await until(lambda: str(deep) in watcher.directories)
+        os.rename(tmp_path / "dev" / "n0", deep / "n0")
+        await until(lambda: not tables[R2].snapshot.devices)
+    finally:
+        watching.cancel()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "not within the timeout"
+        await asyncio.sleep(0.01)  # (the watcher's events are on their way to the loop)

@@ -12,6 +12,7 @@ file (`release_state`, also across restarts).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 
 from .allocation import AllocationBuilder
 from .devices import Device, Snapshot, physical_id, replica_ids
@@ -39,6 +40,36 @@ def let_go(
     for device_id in list(handed):
         if not any(booked(advertised) for advertised in replica_ids(device_id, replicas)):
             del handed[device_id]
+
+
+@dataclass
+class Handing:
+    """The record of one resource's Allocate answers (`handed`), kept as `hand_out` and
+    `let_go` keep it, without a walk of every device handed out (each of its IDs) at every
+    answer: `let_go` can find something only after a booking went (`drops`, the ownership
+    index's count of bookings gone) or after an answer handed out an ID left unbooked."""
+
+    handed: MutableMapping[str, Device]
+    replicas: int
+    _drops: int | None = None
+    """`drops` at the last `let_go` (None: none yet)."""
+    _unbooked: bool = False
+    """Whether an answer since handed out an ID that was not booked."""
+
+    def answered(
+        self,
+        snapshot: Snapshot,
+        advertised_ids: Sequence[str],
+        booked: Callable[[str], bool] | None = None,
+        drops: int = 0,
+    ) -> None:
+        """An Allocate handed these IDs out as `snapshot` lists them (and booked them, when
+        `booked` says what is booked now: the devices none of whose IDs is are let go)."""
+        if booked is not None and (self._unbooked or drops != self._drops):
+            let_go(self.handed, booked, self.replicas)
+            self._drops = drops
+        hand_out(self.handed, snapshot, advertised_ids)
+        self._unbooked = booked is not None and not all(map(booked, advertised_ids))
 
 
 def handed_devices(

@@ -125,12 +125,15 @@ class Ledger:
         """Real path of a booked place -> the bookings that handed it out."""
         self.sink: StateSink | None = None
         self.releasing: ReleasePending = _none_pending  # (see `expire`)
+        self.drops = 0
+        """Bookings gone so far (`drop`, another host's: `mirror`): `handed_out.Handing`."""
 
     def add(self, owner: Owner, booking: Booking) -> None:
         self.bookings[owner] = booking
         self._index(owner, booking, 1)
 
     def drop(self, owner: Owner) -> None:
+        self.drops += 1
         self._index(owner, self.bookings.pop(owner), -1)
 
     def has(self, owner: Owner) -> bool:
@@ -149,8 +152,9 @@ class Ledger:
             if not _same(before.get(key), booking):
                 self._index(key[1], booking, 1)
                 changed = True
-        self.foreign = foreign
-        self.foreign_owners = {owner for _, owner in foreign}
+        owners = {owner for _, owner in foreign}
+        self.drops += len(self.foreign_owners - owners)
+        self.foreign, self.foreign_owners = foreign, owners
         return changed
 
     def take_in(
@@ -195,17 +199,13 @@ class Ledger:
         """Book `owner` with `claims` (and the `places` its allocation handed out besides);
         False when it is booked so already (only its time is refreshed: nothing to write)."""
         before = self.bookings.get(owner)
-        if (
-            before is not None
-            and before.device == device
-            and before.claims == claims
-            and before.places == places
-        ):
+        booking = Booking(device, claims, now, places)
+        if before is not None and _same(before, booking):
             before.since = now
             return False
         if before is not None:
             self.drop(owner)
-        self.add(owner, Booking(device, claims, now, places))
+        self.add(owner, booking)
         return True
 
     def expire(self, asked_at: float, after: float, held: Callable[[str], Collection[str]]) -> bool:

@@ -158,6 +158,10 @@ class ClaimTable(abc.ABC):
         """Whether the kubelet has `advertised_id` of `resource` booked now."""
         return self._ledger.has(Owner(resource, advertised_id))
 
+    def drops(self) -> int:
+        """How many bookings went so far (`Ledger.drops`): one more may free a device."""
+        return self._ledger.drops
+
     def _incumbent(self, state: ResourceState, advertised_id: str, claims: Claims) -> bool:
         """Whether the device advertised as `advertised_id` owns its claims already."""
         if state.owned.get(advertised_id) is claims:

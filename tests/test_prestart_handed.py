@@ -4,14 +4,20 @@ after a reload moved a held device's node, a container restart's PreStartContain
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 import pytest
 
 from kdp_host.allocation import AllocationBuilder, AllocationError
+from kdp_host.api.v1beta1 import AllocateRequest, ContainerAllocateRequest
 from kdp_host.config import load_config_text
 from kdp_host.devices import Device, DeviceTable
-from kdp_host.handed_out import hand_out, handed_devices, let_go
+from kdp_host.handed_out import Handing, hand_out, handed_devices, let_go
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.protocol.lists import ListAndWatchEncoder
+from kdp_host.protocol.service import DevicePluginService
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
@@ -83,3 +89,83 @@ def test_a_device_none_of_whose_ids_is_booked_is_let_go() -> None:
     hand_out(handed, table.snapshot, ["fpga0::1", "fpga1::0"])
     let_go(handed, lambda advertised: advertised == "fpga0::1", 2)
     assert list(handed) == ["fpga0"]
+
+
+class _Bookings:
+    """Books every answered ID, counts the questions whether one is booked, and unbooks."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.asked = 0
+        self.gone = 0
+
+    async def book(
+        self,
+        resource: str,
+        ids: Iterable[str],
+        places: Mapping[str, Collection[str]] | None = None,
+        cdi_names: Mapping[str, Collection[str]] | None = None,
+    ) -> None:
+        self.ids.update(ids)
+
+    async def hand_out(
+        self, resource: str, ids: Iterable[str], paths: Collection[str]
+    ) -> dict[str, str]:
+        return {path: path for path in paths}
+
+    def is_booked(self, resource: str, advertised_id: str) -> bool:
+        self.asked += 1
+        return advertised_id in self.ids
+
+    def drops(self) -> int:
+        return self.gone
+
+    def unbook(self, advertised_id: str) -> None:
+        self.ids.discard(advertised_id)
+        self.gone += 1
+
+
+def _allocate(device_id: str) -> AllocateRequest:
+    return AllocateRequest(container_requests=[ContainerAllocateRequest(devices_ids=[device_id])])
+
+
+async def test_an_allocate_looks_at_its_own_ids_not_at_every_device_handed_out() -> None:
+    """Issue 19: every answer walked every device handed out so far, each of its IDs, to
+    let go of the unbooked ones (1,000 devices handed out: ~3 ms per Allocate, on the
+    loop); now only after a booking went."""
+    table = DeviceTable()
+    table.publish([Device(f"fpga{i}", path=f"/dev/fpga{i}") for i in range(40)])
+    bookings = _Bookings()
+    handed: dict[str, Device] = {}
+    service = DevicePluginService(
+        _builder().resource,
+        table,
+        ListAndWatchEncoder(),
+        Metrics(),
+        get_logger(),
+        bookings=bookings,
+        handed=handed,
+    )
+    for i in range(40):
+        await service.allocate(_allocate(f"fpga{i}"))
+    assert len(handed) == 40
+    bookings.asked = 0
+    await service.allocate(_allocate("fpga7"))
+    assert bookings.asked <= 1
+    bookings.unbook("fpga3")
+    await service.allocate(_allocate("fpga7"))
+    assert "fpga3" not in handed  # let go once its booking went
+    assert len(handed) == 39
+
+
+def test_an_id_handed_out_unbooked_is_let_go_at_the_next_answer() -> None:
+    table = DeviceTable()
+    table.publish([Device("fpga0", path="/dev/fpga0"), Device("fpga1", path="/dev/fpga1")])
+    handing = Handing({}, 1)
+    booked = {"fpga1"}
+    handing.answered(table.snapshot, ["fpga0"], booked.__contains__, 0)  # fpga0 not booked
+    assert list(handing.handed) == ["fpga0"]
+    handing.answered(table.snapshot, ["fpga1"], booked.__contains__, 0)
+    assert list(handing.handed) == ["fpga1"]
+    handing.answered(table.snapshot, ["fpga0"])  # no bookings: kept as handed out
+    assert sorted(handing.handed) == ["fpga0", "fpga1"]

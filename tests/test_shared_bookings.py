@@ -255,3 +255,20 @@ async def test_release_state_of_hosts_sharing_a_state_dir_is_merged_not_overwrit
     assert sorted(document["writers"]) == ["aaaa0001", "cccc0003"]
     for fd in (first_lock, third_lock):
         os.close(fd)
+
+
+def test_the_ledger_counts_the_bookings_that_went() -> None:
+    """`Ledger.drops` grows when a booking goes, this host's (`drop`) or another host's
+    (`mirror`), and not when one is booked again as it was: what is kept while an ID is
+    booked (`handed_out.Handing`) is looked at again only then."""
+    ledger = Ledger("me")
+    mine, theirs = Owner("r", "d0"), Owner("r", "d1")
+    assert ledger.record(mine, "d0", (), 1.0)
+    assert not ledger.record(mine, "d0", (), 2.0)
+    assert ledger.drops == 0
+    ledger.mirror({("other", theirs): Booking("d1", (), 1.0)})
+    assert ledger.has(theirs) and ledger.drops == 0
+    ledger.mirror({})
+    assert not ledger.has(theirs) and ledger.drops == 1
+    ledger.drop(mine)
+    assert ledger.drops == 2

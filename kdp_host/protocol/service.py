@@ -36,7 +36,7 @@ from ..api.v1beta1 import (
 )
 from ..config import ResourceConfig
 from ..devices import Device, DeviceTable, Snapshot
-from ..handed_out import hand_out, let_go
+from ..handed_out import Handing
 from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
 from ..metric_histograms import Observer
@@ -70,6 +70,8 @@ class Bookings(Protocol):
     ) -> dict[str, str]: ...
 
     def is_booked(self, resource: str, advertised_id: str) -> bool: ...
+
+    def drops(self) -> int: ...
 
 
 class Pins(Protocol):
@@ -113,8 +115,8 @@ class DevicePluginService(DevicePluginBase):
         self._release = release
         self._bookings = bookings
         self._cdi = cdi
-        self._handed = handed
-        """Each device as the last Allocate handed it out (`handed_out.hand_out`)."""
+        self._handing = None if handed is None else Handing(handed, config.replicas)
+        """Each device as the last Allocate handed it out (`handed_out.Handing`)."""
         self._closing = False
         self._stream_wakes: set[asyncio.Event] = set()
         """One per open stream: set by a new table version and by `end_streams`."""
@@ -312,12 +314,12 @@ class DevicePluginService(DevicePluginBase):
         if self._cdi is not None:
             for request in message.container_requests:
                 self._cdi.allocated(snapshot, request.devices_ids)
-        if self._handed is not None:  # (the CDI writer keeps the same record, and was told)
-            if self._bookings is not None:
+        if self._handing is not None:  # (the CDI writer keeps the same record, and was told)
+            if self._bookings is None:
+                self._handing.answered(snapshot, booked)
+            else:
                 is_booked = functools.partial(self._bookings.is_booked, name)
-                let_go(self._handed, is_booked, self._config.replicas)
-            for request in message.container_requests:
-                hand_out(self._handed, snapshot, request.devices_ids)
+                self._handing.answered(snapshot, booked, is_booked, self._bookings.drops())
         self._allocated_ok.inc(len(responses))
         self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import os
 from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ from .identity import DIRECTORY
 from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
 from .logs import EventLogger
 from .ownership_adopt import DeviceClaims
+from .ownership_arrivals import INSIDE_LIMIT, Found, arrived
 from .ownership_claims import (
     HANDED_TIMEOUT,
     Claim,
@@ -103,21 +105,65 @@ class BookingAllocations(AdmissionGate):
         had seen it change: a link or an ancestor directory swapped behind an unchanged
         list). Raises Unresolvable too for a real path no container may be handed
         (`config.handed`: an `allocate.command` printing the kubelet's directory, `/`)."""
-        kept = self._kept
+        ids, kept = list(ids), self._kept
         known: dict[str, Resolution] = {path: kept[path] for path in paths if path in kept}
         todo = sorted(path for path in paths if path not in known)
         try:
             if todo:
                 known.update(await self._resolve_keeping(todo, self._handed))
-            real = handed_reals(paths, self._claimed(resource, ids), reached_only(paths, known))
+            reached = reached_only(paths, known)
+            real = handed_reals(paths, self._claimed(resource, ids), reached)
             for path in sorted(paths):
                 if (why := self.never_handed.problem(real[path])) is not None:
                     raise Unresolvable(f"{path}: its real path {real[path]} {why}")
-            return real
         except Unresolvable as exc:
             if exc.stale is not None:
                 self._path_changed(os.path.dirname(exc.stale), os.path.basename(exc.stale))
             raise
+        mounted = [r[1] for r in reached.values() if r is not None and r[0][0] == DIRECTORY]
+        if mounted:
+            await self._nothing_moved_in(resource, ids, sorted(mounted))
+        return real
+
+    async def _nothing_moved_in(
+        self, resource: str, ids: Iterable[str], mounted: list[str]
+    ) -> None:
+        """Raise PlaceOwned when what another device owns is below a directory an answer
+        mounts (renamed or linked there since the watcher last reported: the window before
+        the index holds the mounting device), counting it there at once (`_arrived`). Read
+        off the loop up to `INSIDE_LIMIT` entries (a bigger tree is left to the watcher);
+        raises Unresolvable when that read does not end within `HANDED_TIMEOUT`."""
+        offload = self._paths.offload
+        work = functools.partial(arrived, mounted, INSIDE_LIMIT)
+        try:
+            found, _ = (
+                work()
+                if offload is None
+                else await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
+            )
+        except TimeoutError:
+            raise Unresolvable(
+                f"what is below {', '.join(mounted)} was not read within {HANDED_TIMEOUT:g} s"
+            ) from None
+        state = self._resources.get(resource)
+        n = 1 if state is None else state.replicas or 1
+        mine = {d for i in ids for d in (i, physical_id(i, n))}
+        exclusive = self._exclusive
+        foreign = [
+            (key, path)
+            for key, path in found
+            if (o := exclusive.get(key)) is not None
+            and (o.resource != resource or o.device not in mine)
+        ]
+        if not foreign:
+            return
+        self._arrived(foreign)
+        key, path = foreign[0]
+        owner = exclusive[key]
+        raise PlaceOwned(
+            f"{resource}: the answer mounts {path}, which device {owner.device} of "
+            f"{owner.resource} owns (found there now: the mounting device is checked again)"
+        )
 
     async def _handed(self, paths: list[str]) -> dict[str, Resolution]:
         """What each path an answer hands out reaches (`handed_real`), off the loop (inline
@@ -157,6 +203,11 @@ class BookingAllocations(AdmissionGate):
         for owner in self._ledger.bookings:
             out.setdefault(owner.resource, set()).add(owner.device)
         return out
+
+    @abc.abstractmethod
+    def _arrived(self, found: Found) -> None:
+        """Claims found at new real paths (`ownership_arrivals`): counted there, and the
+        devices that mount a directory above them checked again."""
 
     @abc.abstractmethod
     def _path_changed(self, directory: str, name: str | None) -> None:

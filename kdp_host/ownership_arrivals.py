@@ -53,6 +53,9 @@ RESCAN_LIMIT: Final = 65536
 """Entries the safety net reads below such a tree (past it: `arrival_unread`)."""
 RESCAN_TIMEOUT: Final = 10.0
 """Seconds that read may take."""
+INSIDE_LIMIT: Final = 128
+"""Entries an Allocate reads below the directories its answer mounts, for what was moved in
+but not reported yet (`BookingAllocations.hand_out`)."""
 
 Found = list[tuple[ClaimKey, str]]
 """What arrived: each entry's identity and its real path."""
@@ -64,6 +67,7 @@ def arrived(paths: Iterable[str], limit: int = ARRIVAL_LIMIT) -> tuple[Found, bo
     entry's, up to `limit` entries in all; True: more were there (not read)."""
     found: Found = []
     todo = [os.path.normpath(path) for path in paths]
+    left = False  # (entries of a directory not listed: the limit was reached)
     while todo:
         path = todo.pop()
         try:
@@ -75,14 +79,18 @@ def arrived(paths: Iterable[str], limit: int = ARRIVAL_LIMIT) -> tuple[Found, bo
         key = identity_of(st)
         found.append((key, path))  # (its directory's real path, and its name)
         if len(found) >= limit:
-            return found, bool(todo) or key[0] == DIRECTORY
+            return found, bool(todo) or left or key[0] == DIRECTORY
         if key[0] == DIRECTORY:
             try:
                 with os.scandir(path) as entries:
-                    todo += [entry.path for entry in entries]
+                    for entry in entries:  # (no more than the limit: a big directory)
+                        if len(found) + len(todo) >= limit:
+                            left = True
+                            break
+                        todo.append(entry.path)
             except OSError:
                 continue
-    return found, False
+    return found, left
 
 
 def tops(paths: Iterable[str]) -> list[str]:

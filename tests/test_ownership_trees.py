@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host import ownership_arrivals
+from kdp_host import ownership_allocate, ownership_arrivals
 from kdp_host.devices import DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
+from kdp_host.ownership_allocate import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
 from .test_ownership_moves import R1, R2, Host, mounting, nodes
@@ -226,3 +227,38 @@ async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
     while not condition():
         assert loop.time() < deadline, "not within the timeout"
         await asyncio.sleep(0.01)  # (the watcher's events are on their way to the loop)
+
+
+async def test_an_allocate_before_the_watcher_reports_a_move_is_refused(tmp_path: Path) -> None:
+    """A's held node is renamed into b/sub and an Allocate of b comes before the watcher's
+    report: before, the answer mounted b (a new pod reached the node). The Allocate reads
+    below what it mounts: refused, and b is held at once."""
+    host, _ = await booked_beside_tree(tmp_path, "sub")
+    b = str(tmp_path / "b")
+    assert await host.index.hand_out(R2, ["b"], [b]) == {b: b}, "nothing moved in yet"
+    os.rename(tmp_path / "dev" / "n0", tmp_path / "b" / "sub" / "n0")
+    with pytest.raises(PlaceOwned, match=r"device n0 of t\.io/a"):
+        await host.index.hand_out(R2, ["b"], [b])
+    await host.settled()
+    assert host.ids(R2) == []
+    assert host.held(R2) == 1
+
+
+async def test_the_allocate_read_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Allocate reads at most `INSIDE_LIMIT` entries below a mount (a bigger tree is the
+    watcher's): no walk of a big tree per Allocate."""
+    monkeypatch.setattr(ownership_allocate, "INSIDE_LIMIT", 3)
+    host, _ = await booked_beside_tree(tmp_path, "d0", "d1", "d2", "d3")
+    read: list[int] = []
+
+    def counted(paths: list[str], limit: int) -> tuple[ownership_arrivals.Found, bool]:
+        found, more = ownership_arrivals.arrived(paths, limit)
+        read.append(len(found))
+        return found, more
+
+    monkeypatch.setattr(ownership_allocate, "arrived", counted)
+    b = str(tmp_path / "b")
+    await host.index.hand_out(R2, ["b"], [b])
+    assert read == [3]

@@ -332,14 +332,15 @@ class DevicePluginService(DevicePluginBase):
         reaches, checked to name what the path reaches and, for a device's own path, what
         was claimed for it (`ownership_claims.handed_reals`): a link re-pointed after the
         Allocate does not change what the container gets. Refused (INVALID_ARGUMENT) when
-        a path cannot be resolved so."""
+        a path cannot be resolved so, or a directory it mounts holds what another device
+        owns (`PlaceOwned`: moved there, not yet reported by the watcher)."""
         paths = {spec.host_path for r in responses for spec in r.devices}
         paths.update(mount.host_path for r in responses for mount in r.mounts)
         if not paths or self._bookings is None:
             return
         try:
             real = await self._bookings.hand_out(self._config.name, ids, paths)
-        except Unresolvable as exc:
+        except (Unresolvable, PlaceOwned) as exc:
             reason = f"{self._config.name}: cannot allocate: {exc}"
             self._metrics.allocations.labels(self._config.name, "invalid").inc()
             self._log.warning("allocate_refused", reason=reason)

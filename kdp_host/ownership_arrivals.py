@@ -12,11 +12,13 @@ index then counts each claim found at its new place (`Containment.move`) and rec
 devices that mount a directory above it (`OwnershipIndex._arrived`).
 
 A tree that cannot be followed in full (more than `TREE_LIMIT` directories below the
-claimed one, inotify refused a watch (its limit reached), or more arrived at once than one
-read takes) is logged (`mount_tree_unfollowed`) and counted
-(`kdp_watch_unfollowed_trees`), like a directory the watcher refuses: it is read in full by
-the safety net every `RESCAN_INTERVAL`, up to `RESCAN_LIMIT` entries, and followed again
-once it can be (`mount_tree_followed`).
+claimed one, or than `HOST_TREE_LIMIT` below all of them; inotify refused a watch, its
+limit reached; more arrived at once than one read takes) is logged
+(`mount_tree_unfollowed`) and counted (`kdp_watch_unfollowed_trees`), like a directory the
+watcher refuses: it is read in full by the safety net every `RESCAN_INTERVAL`, up to
+`RESCAN_LIMIT` entries, and followed again once it can be (`mount_tree_followed`). Not
+held: a big or deep mounted tree is a working device, and the watch limit is the node's,
+shared with other processes; the safety net keeps the promise within its interval.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ ARRIVAL_TIMEOUT: Final = 2.0
 """Seconds the read of what arrived may take (a hung file system is left, logged)."""
 TREE_LIMIT: Final = 1024
 """Directories followed (one inotify watch each) below one claimed directory."""
+HOST_TREE_LIMIT: Final = 8192
+"""Directories followed below claimed directories on the host in all: the inotify watch
+limit (`fs.inotify.max_user_watches`, 8,192 on older kernels) is shared with the watches
+every resource needs (its patterns' directories, the kubelet's)."""
 RESCAN_INTERVAL: Final = 30.0
 """Seconds between the safety net's reads of a tree that is not followed in full."""
 RESCAN_LIMIT: Final = 65536
@@ -136,6 +142,8 @@ class Arrivals:
         """Claimed directory -> its tree."""
         self._dirs: dict[str, tuple[str, Subscription]] = {}
         """Every directory followed (claimed ones too) -> its tree, and its subscription."""
+        self._below = 0
+        """Directories followed below claimed ones, in all trees."""
         self._pending: dict[str, set[str]] = {}
         """Tree -> the paths to read in it."""
         self._full: set[str] = set()
@@ -155,6 +163,7 @@ class Arrivals:
         known = self._dirs.get(directory)
         if known is not None:  # (followed in a tree above it so far: its own from now on)
             self._trees[known[0]].dirs -= 1
+            self._below -= 1
             subscription = known[1]
         else:
             subscription = watcher.subscribe(directory, functools.partial(self._changed, directory))
@@ -248,6 +257,8 @@ class Arrivals:
             return None  # (a claimed directory: followed as its own tree)
         if state.dirs >= TREE_LIMIT:
             return f"more than {TREE_LIMIT:,} directories below it"
+        if self._below >= HOST_TREE_LIMIT:
+            return f"more than {HOST_TREE_LIMIT:,} directories below mounted ones on the host"
         subscription = watcher.subscribe(directory, functools.partial(self._changed, directory))
         refused = watcher.refused(directory)
         if refused is not None:
@@ -255,6 +266,7 @@ class Arrivals:
             return f"a watch of {directory} was refused: {refused}"
         self._dirs[directory] = (tree, subscription)
         state.dirs += 1
+        self._below += 1
         return None
 
     def _let_go(self, path: str, there: set[str]) -> None:
@@ -267,6 +279,7 @@ class Arrivals:
             tree, subscription = self._dirs.pop(directory)
             subscription.cancel()
             self._trees[tree].dirs -= 1
+            self._below -= 1
 
     def _set_unfollowed(self, tree: str, why: str | None) -> None:
         state = self._trees[tree]

@@ -262,3 +262,25 @@ async def test_the_allocate_read_is_bounded(
     b = str(tmp_path / "b")
     await host.index.hand_out(R2, ["b"], [b])
     assert read == [3]
+
+
+async def test_the_host_wide_bound_leaves_the_tree_past_it_to_the_safety_net(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch limit is shared with every other watch of the node: past
+    `HOST_TREE_LIMIT` directories below mounted ones in all, a tree is left to the safety
+    net (and followed again once there is room)."""
+    monkeypatch.setattr(ownership_arrivals, "HOST_TREE_LIMIT", 3)
+    net = ManualNet()
+    host, watcher = await booked_beside_tree(tmp_path, "d0", "d1", net=net)
+    (tmp_path / "c" / "e0").mkdir(parents=True)
+    (tmp_path / "c" / "e1").mkdir()
+    await host.publish("t.io/c", mounting("c", str(tmp_path / "c")))
+    assert unfollowed(host) == 1
+    (tmp_path / "b" / "d1").rmdir()
+    watcher.change(str(tmp_path / "b"), "d1")
+    await host.settled()
+    net.tick()
+    await host.settled()
+    assert unfollowed(host) == 0
+    assert {str(tmp_path / "c" / "e0"), str(tmp_path / "c" / "e1")} <= watcher.directories

@@ -5,7 +5,12 @@ kubelet's last `registered` event.
     python -m tests.bench.startup_profile time [--runs 3]      spawn -> registered, per run
     python -m tests.bench.startup_profile timeline             the phases, from the JSON log
     python -m tests.bench.startup_profile cprofile [--top 40]  cProfile of the real process
+                                                  (on the CPU clock: a loaded machine's waits
+                                                  are not charged to whatever ran before them)
     python -m tests.bench.startup_profile importtime           python -X importtime, summed
+    python -m tests.bench.startup_profile floor [--repeats 5]  CPU and RSS of a fresh
+                                                  interpreter importing each layer of the
+                                                  stack, then kdp-host's modules of a run
 
 Not part of `make bench`: a tool for issue 19's start-up row.
 """
@@ -17,6 +22,8 @@ import contextlib
 import json
 import os
 import pstats
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -110,10 +117,19 @@ def cmd_timeline(args: argparse.Namespace) -> None:
         )
 
 
+_CPU_PROFILE = """
+import atexit, cProfile, runpy, sys, time
+profile = cProfile.Profile(time.process_time)
+atexit.register(lambda: (profile.disable(), profile.dump_stats(sys.argv.pop(1))))
+profile.enable()
+runpy.run_module("kdp_host", run_name="__main__", alter_sys=True)
+"""
+
+
 def cmd_cprofile(args: argparse.Namespace) -> None:
     with prepared(args.resources, args.devices) as (workdir, trees):
         out = workdir / "startup.prof"
-        argv = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "kdp_host"]
+        argv = [sys.executable, "-c", _CPU_PROFILE, str(out)]
         with command(argv), started(workdir, trees, "cp") as (_, seconds):
             print(f"spawn -> all registered {seconds * 1000:.0f} ms (under cProfile)")
         # stopped (SIGTERM): the profile covers exec -> registered -> a clean stop
@@ -142,6 +158,68 @@ def cmd_importtime(args: argparse.Namespace) -> None:
         print(f"  {cumulative / 1000:7.1f} ms cumulative {own / 1000:6.1f} ms own  {name}")
 
 
+STACK = (
+    "asyncio",
+    "uvloop",
+    "grpclib.server",
+    "grpclib.client",
+    "betterproto2.grpclib",
+    "yaml",
+    "prometheus_client",
+)
+"""The libraries every `kdp-host run` loads (h2 and hpack come with grpclib)."""
+
+RUN_MODULES = (
+    "kdp_host.cli",
+    "kdp_host.host",
+    "kdp_host.http",
+    "kdp_host.metrics",
+    "kdp_host.status",
+    "kdp_host.drivers.glob",
+)
+"""kdp-host's modules that a glob run imports (`cli.cmd_run`, its driver)."""
+
+FLOOR_LAYERS = (
+    ("python -c pass (site, the editable install's finder)", ()),
+    ("+ asyncio (and ssl, which asyncio imports)", ("asyncio",)),
+    ("+ the stack: uvloop, grpclib, h2, betterproto2, PyYAML, prometheus-client", STACK),
+    ("+ kdp-host's modules of a glob run", (*STACK, *RUN_MODULES)),
+)
+
+_MEASURE = """
+import sys, time
+for name in sys.argv[1:]:
+    __import__(name)
+with open("/proc/self/status") as status:
+    rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+print(time.process_time(), rss * 1024, len(sys.modules))
+"""
+
+
+def cmd_floor(args: argparse.Namespace) -> None:
+    """Each layer in a fresh interpreter, the layers alternated within each repeat: the
+    process's CPU time from exec to the end of its imports, and its VmRSS then."""
+    samples: dict[str, list[tuple[float, int, int]]] = {name: [] for name, _ in FLOOR_LAYERS}
+    for _ in range(args.repeats):
+        for name, modules in FLOOR_LAYERS:
+            out = subprocess.run(
+                [sys.executable, "-c", _MEASURE, *modules],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            samples[name].append((float(out[0]), int(out[1]), int(out[2])))
+    load = os.getloadavg()[0]
+    print(f"{args.repeats} repeats, load average {load:.1f}: CPU ms median (min), RSS MB")
+    for name, runs in samples.items():
+        cpu = [run[0] * 1000 for run in runs]
+        rss = statistics.median(run[1] for run in runs) / 1e6
+        print(
+            f"  {statistics.median(cpu):6.0f} ({min(cpu):4.0f}) ms  {rss:5.1f} MB  "
+            f"{runs[0][2]:4d} modules  {name}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resources", type=int, default=100)
@@ -154,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     profile.add_argument("--sort", default="cumulative")
     profile.add_argument("--save", default="")
     sub.add_parser("importtime").add_argument("--top", type=int, default=40)
+    sub.add_parser("floor").add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     compile_product()  # as `make bench` does (and installing the package)
     handlers = {
@@ -161,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         "timeline": cmd_timeline,
         "cprofile": cmd_cprofile,
         "importtime": cmd_importtime,
+        "floor": cmd_floor,
     }
     handlers[args.what](args)
 

@@ -119,8 +119,9 @@ def cmd_timeline(args: argparse.Namespace) -> None:
 
 _CPU_PROFILE = """
 import atexit, cProfile, runpy, sys, time
+out = sys.argv.pop(1)
 profile = cProfile.Profile(time.process_time)
-atexit.register(lambda: (profile.disable(), profile.dump_stats(sys.argv.pop(1))))
+atexit.register(lambda: (profile.disable(), profile.dump_stats(out)))
 profile.enable()
 runpy.run_module("kdp_host", run_name="__main__", alter_sys=True)
 """
@@ -128,8 +129,9 @@ runpy.run_module("kdp_host", run_name="__main__", alter_sys=True)
 
 def cmd_cprofile(args: argparse.Namespace) -> None:
     with prepared(args.resources, args.devices) as (workdir, trees):
-        out = workdir / "startup.prof"
-        argv = [sys.executable, "-c", _CPU_PROFILE, str(out)]
+        out, script = workdir / "startup.prof", workdir / "cpu_profile.py"
+        script.write_text(_CPU_PROFILE)  # a file: the command is passed on split at spaces
+        argv = [sys.executable, str(script), str(out)]
         with command(argv), started(workdir, trees, "cp") as (_, seconds):
             print(f"spawn -> all registered {seconds * 1000:.0f} ms (under cProfile)")
         # stopped (SIGTERM): the profile covers exec -> registered -> a clean stop

@@ -23,7 +23,11 @@ it: the name resolves nowhere) holds the device Unhealthy and the resource not r
 
 A container that restarts resolves its CDI names again, without a new Allocate: so a device
 an Allocate handed out keeps its entry as it was then while one of its IDs is booked (the
-ownership index's rule of booked claims), and follows the driver's list once none is.
+ownership index's rule of booked claims; the record is `handed_out`'s, kept across restarts),
+and follows the driver's list once none is. An ID booked whose device as handed out is not
+known (the record was lost) has no entry: its name fails closed. A resource a reload removes
+keeps the entries of its held devices, written by a writer of its own (`retired`,
+`cdi_keeper`), until none is booked.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .allocation import cdi_device_name, has_cdi_edits
@@ -40,10 +44,10 @@ from .cdi_rules import cdi_kind_problem
 from .cdi_spec import render_spec_file, spec_device_names
 from .config import ResourceConfig
 from .config.outputs import FILE_PREFIX, owner_path, spec_path
-from .devices import Device, DeviceTable, Snapshot
+from .devices import Device, DeviceTable, Snapshot, physical_id
 from .file_lease import LEASE, VERIFY, OwnerLease, read_owner
 from .files import DaemonThreads, Offload
-from .handed_out import hand_out, let_go
+from .handed_out import HandedOut, in_memory
 from .logs import EventLogger
 from .watch import Watcher
 
@@ -109,7 +113,7 @@ class CdiSpecWriter:
     spec is written, every device of a file that cannot be written.
 
     A device an Allocate handed out keeps its entry as it was then while one of its IDs is
-    booked (`allocated`, `booked`): the spec never points a pod's CDI name at a node it was
+    booked (`pinned`, `booked`): the spec never points a pod's CDI name at a node it was
     not allocated (the rule of the ownership index's booked claims).
     """
 
@@ -133,9 +137,12 @@ class CdiSpecWriter:
     booked: Callable[[str], bool] = field(default=lambda advertised_id: False)
     """Whether the kubelet has an advertised ID of the resource booked now (the host's
     ownership index): while it has, the device's entry keeps what was allocated."""
-    pinned: dict[str, Device] = field(default_factory=dict)
-    """Device ID -> the device as an Allocate handed it out, while one of its IDs is booked
-    (the host's, `HostServices.handed`: a runtime a reload starts anew keeps them)."""
+    pinned: HandedOut | None = None
+    """What each Allocate of the resource handed out (the host's record, `handed_out`: kept
+    across reloads and restarts); its changes wake the writer."""
+    retired: bool = False
+    """The resource left the config (`cdi_keeper`): the table lists nothing, and the writer
+    ends (its file removed) once no held device is left to keep."""
     path: str = field(init=False)
     owner_file: str = field(init=False)
     writes: int = field(default=0, init=False)
@@ -153,6 +160,8 @@ class CdiSpecWriter:
     _last_error: str | None = field(default=None, init=False, repr=False)
     _lease: OwnerLease = field(init=False, repr=False)
     _repinned: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _keeping: bool = field(default=False, init=False, repr=False)
+    """The last sync had held devices to keep (pinned or withheld)."""
 
     def __post_init__(self) -> None:
         self.path = spec_path(self.resource)
@@ -160,21 +169,20 @@ class CdiSpecWriter:
         self._lease = OwnerLease(
             self.owner_file, self.path, self.instance, self.lease, self.offload, self.log
         )
+        if self.pinned is None:
+            self.pinned = in_memory(self.resource.name)
         if self.resource.allocate.cdi is not None:
             self.table.hold_unhealthy(self._unresolvable)
 
-    def allocated(self, snapshot: Snapshot, advertised_ids: Iterable[str]) -> None:
-        """An Allocate handed these IDs out as `snapshot` lists them: each device's entry
-        keeps that content while one of its IDs is booked (a container that restarts
-        resolves its CDI name again: it must get the nodes it was allocated, not where the
-        driver lists the device now). The file is brought up to date at once if it differs."""
-        if hand_out(self.pinned, snapshot, advertised_ids):
-            self._repinned.set()
-
-    def _pins(self) -> dict[str, Device]:
-        """The pinned devices one of whose IDs is still booked (the others are let go)."""
-        let_go(self.pinned, self.booked, self.resource.replicas)
-        return dict(self.pinned)
+    def _pins(self) -> tuple[dict[str, Device], frozenset[str]]:
+        """The devices as handed out one of whose IDs is still booked (the others are let
+        go), and those withheld (booked, not known as handed out: left out)."""
+        assert self.pinned is not None
+        self.pinned.let_go(self.booked)
+        replicas = self.resource.replicas
+        return self.pinned.devices, frozenset(
+            physical_id(i, replicas) for i in self.pinned.withheld
+        )
 
     def _unresolvable(self, device: Device) -> bool:
         name = cdi_device_name(self.resource.name, device.id)
@@ -207,6 +215,8 @@ class CdiSpecWriter:
             if self.watcher is None
             else self.watcher.subscribe(os.path.dirname(self.path), on_event)
         )
+        assert self.pinned is not None
+        unwatch = self.pinned.watch(self._repinned.set)  # an Allocate, a booking gone
         try:
             self._set_on_disk(await self._read())
             await self._check_dir()
@@ -216,6 +226,8 @@ class CdiSpecWriter:
             while True:
                 synced = await self._sync(snapshot)
                 self.first_sync.set()
+                if self.retired and synced and not self._keeping:
+                    break  # no held device left to keep
                 timeout = self.retry_interval if not synced else self.verify_interval
                 changed_on_disk.clear()
                 newer = asyncio.ensure_future(self.table.wait_newer(snapshot.version))
@@ -243,15 +255,17 @@ class CdiSpecWriter:
                 await asyncio.sleep(self.debounce)
                 snapshot = self.table.snapshot
         finally:
+            unwatch()
             if subscription is not None:
                 subscription.cancel()
             await self._remove()
 
     async def _sync(self, snapshot: Snapshot) -> bool:
         try:
-            pinned = self._pins()
+            pinned, withheld = self._pins()
+            self._keeping = bool(pinned or withheld)
             content = await self.offload.run(
-                lambda: render_spec_file(self.resource, snapshot, pinned)
+                lambda: render_spec_file(self.resource, snapshot, pinned, withheld)
             )
             if content != self._on_disk and await self._lease.may_write():
                 if content is None:

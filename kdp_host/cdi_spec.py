@@ -12,7 +12,7 @@ copy would override the combined value. Plain functions of the config and a snap
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -39,7 +39,10 @@ NO_PINS: Mapping[str, Device] = MappingProxyType({})
 
 
 def build_spec(
-    resource: ResourceConfig, snapshot: Snapshot, pinned: Mapping[str, Device] = NO_PINS
+    resource: ResourceConfig,
+    snapshot: Snapshot,
+    pinned: Mapping[str, Device] = NO_PINS,
+    withheld: Collection[str] = (),
 ) -> dict[str, Any] | None:
     """The spec for the snapshot's physical devices, or None when it would hold none.
 
@@ -48,7 +51,8 @@ def build_spec(
     device in `pinned` (by ID: the device as an Allocate handed it out, while a pod holds
     it) keeps that entry whatever it lists now, also while the snapshot no longer lists it
     (held since): a container that restarts resolves its CDI name again and must get what
-    it was allocated.
+    it was allocated. A device in `withheld` (booked, and what it was handed is not known:
+    the record was lost) has no entry: its name fails closed.
     """
     cdi = resource.allocate.cdi
     if cdi is None:
@@ -58,7 +62,7 @@ def build_spec(
     devices: list[dict[str, Any]] = []
     for device in _with_pinned(snapshot.devices, pinned):
         shown = pinned.get(device.id, device) if pinned else device
-        if not has_cdi_edits(shown):
+        if not has_cdi_edits(shown) or (withheld and device.id in withheld):
             continue
         devices.append(
             {
@@ -112,9 +116,12 @@ def encode_spec(spec: Mapping[str, Any]) -> bytes:
 
 
 def render_spec_file(
-    resource: ResourceConfig, snapshot: Snapshot, pinned: Mapping[str, Device] = NO_PINS
+    resource: ResourceConfig,
+    snapshot: Snapshot,
+    pinned: Mapping[str, Device] = NO_PINS,
+    withheld: Collection[str] = (),
 ) -> bytes | None:
-    spec = build_spec(resource, snapshot, pinned)
+    spec = build_spec(resource, snapshot, pinned, withheld)
     return None if spec is None else encode_spec(spec)
 
 

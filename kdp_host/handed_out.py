@@ -1,97 +1,416 @@
-"""What each Allocate handed out: per resource, each device as the last Allocate handed it
-to a container (its host paths, mounts and env as they were then), kept while one of its
-IDs is booked (`HostServices.handed`, one record per resource for the host's life).
+"""What each Allocate handed out: the one record, kept in `<stateDir>/handed-out.json`.
 
-A container that restarts gets the kubelet's cached answer again, so what acts on it must
-take the device as handed out, not where a reload moved it since: preStart
-(`hooks.PreStartHook`, through `handed_devices`) and the CDI entry of a held device
-(`cdi.CdiSpecWriter.pinned`) read this record; a release keeps the same device in its state
-file (`release_state`, also across restarts).
+Per resource, per device: the device as the last Allocate handed it to a container (its
+nodes, mounts and env as they were then) and the advertised IDs it was handed under, kept
+while one of those IDs is booked (`ownership_bookings`: the kubelet holds it). A container
+that restarts gets the kubelet's cached answer again, so what acts on it must take the device
+as handed out, not where a reload (or anything while kdp-host was down) moved it since:
+preStart (`hooks.handed_devices`), the CDI entry of a held device
+(`cdi.CdiSpecWriter`, also of a resource a reload removed: `cdi_keeper`) and a release
+(`release.ReleaseTracker`) all read this record (`HandedRecord.of`, one view per resource).
+
+Written as `release-state.json` is (`state_file.StateFile`: atomically, through the offload,
+merged per writer under the file's lock while hosts share the state directory; an Allocate
+answers once its entry is written, at most `state_file.WRITE_LIMIT`). Entries go when none of
+their IDs is booked (at each Allocate, each PodResources answer and each CDI sync); at most
+`MAX_DEVICES` are kept: an Allocate that would need more is refused with that reason.
+
+Fails closed: a file that cannot be read (set aside), or one whose writer stopped before a
+write succeeded (its `.unsaved` marker), leaves every ID booked at start without an entry
+*withheld*: preStart refuses it and its CDI entry is left out (the name resolves nowhere:
+the container does not start) until a new Allocate hands the ID out or its booking ends. A
+missing file withholds them too when the bookings did not survive either (the state
+directory was emptied: `ownership.json` missing); next to an `ownership.json` a missing file
+is one an older version never wrote (an upgrade), and the booked devices are taken as listed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+import math
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .allocation import AllocationBuilder
-from .devices import Device, Snapshot, physical_id, replica_ids
+from .allocation import AllocationError
+from .devices import Device, DeviceMount, DeviceNode, Snapshot
+from .files import Offload
+from .logs import EventLogger
+from .state_file import StateFile, text
+from .state_lock import running
+
+HANDED_FILE = "handed-out.json"
+HANDED_VERSION = 1
+MAX_DEVICES = 20_000
+"""Most devices the record keeps (all resources): far above what one node's pods hold, and
+well within what the file may hold (`files.MAX_DOCUMENT_SIZE`)."""
 
 
-def hand_out(
-    handed: MutableMapping[str, Device], snapshot: Snapshot, advertised_ids: Iterable[str]
-) -> bool:
-    """An Allocate handed these IDs out as `snapshot` lists them: each device is kept so in
-    `handed` (device ID -> device). True when one changed."""
-    changed = False
-    entries = snapshot.by_advertised_id
-    for advertised in advertised_ids:
-        entry = entries.get(advertised)
-        if entry is not None and handed.get(entry.device.id) is not entry.device:
-            handed[entry.device.id] = entry.device
+class RecordFull(AllocationError):
+    """An Allocate would make the record keep more than `MAX_DEVICES` devices."""
+
+
+@dataclass(frozen=True)
+class Handed:
+    """One device as an Allocate handed it out, and the advertised IDs it went under."""
+
+    device: Device
+    ids: frozenset[str]
+    at: float
+    """Unix time of the Allocate (the later one wins when hosts' entries are merged)."""
+
+
+Entries = dict[str, dict[str, Handed]]
+"""Resource -> device ID -> what was handed out."""
+
+
+class HandedRecord:
+    """The record of every resource (one per host); `of(resource)` is a resource's view.
+    `directory` None: kept in memory only (tests, tools)."""
+
+    def __init__(
+        self,
+        directory: str | None = None,
+        log: EventLogger | None = None,
+        offload: Offload | None = None,
+        writer: str | None = None,
+        *,
+        wall: Callable[[], float] | None = None,
+    ) -> None:
+        self._wall = wall or time.time
+        self._writer = writer
+        self._log = log
+        self._data: Entries = {}
+        self._withheld: dict[str, set[str]] = {}
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
+        self._taken: frozenset[str] = frozenset()
+        self._drops: dict[str, int] = {}
+        """Per resource: the ownership index's `drops` at its last Allocate's let-go."""
+        self._unbooked: set[str] = set()
+        """Resources whose last Allocate handed out an ID left unbooked."""
+        self.file: StateFile | None = None
+        if directory is not None:
+            assert offload is not None and log is not None
+            self.file = StateFile(
+                directory,
+                HANDED_FILE,
+                "handed_out",
+                HANDED_VERSION,
+                log,
+                offload,
+                consequence="the devices booked now are withheld (preStart refuses them, "
+                "their CDI entries are left out) until handed out again or no longer booked",
+                if_unwritten="a container restart after a kdp-host restart may act on a "
+                "device as listed then, not as handed out",
+                merge=None if writer is None else self._merge,
+                mark_unsaved=True,
+                writer=writer,
+                running=running,
+            )
+
+    # ------------------------------------------------------------------ start
+
+    def load(self) -> None:
+        """Read the file (blocking: call it in a thread). Missing: nothing was recorded."""
+        if self.file is None:
+            return
+        self._data, writers = self.file.load(_read) or ({}, {})
+        self.file.unsettled = self.file.unknown
+        if self._writer is not None:
+            directory = str(self.file.path.parent)
+            self._taken = frozenset(w for w in writers if not running(directory, w))
+
+    @classmethod
+    async def read(
+        cls, directory: str, log: EventLogger, offload: Offload, writer: str | None = None
+    ) -> HandedRecord:
+        record = cls(directory, log, offload, writer)
+        await offload.run(record.load)
+        return record
+
+    def booked_at_start(
+        self, booked: Mapping[str, Collection[str]], bookings_found: bool = True
+    ) -> None:
+        """At start, once the bookings are read (resource -> booked IDs): those the record
+        cannot tell of are withheld when the file was unreadable, or missing with the
+        bookings lost too (`bookings_found` False); see the module docstring."""
+        file = self.file
+        if file is None or not (file.unknown or (not file.found and not bookings_found)):
+            return
+        for resource, ids in booked.items():
+            entries = self._data.get(resource, {})
+            known = {i for handed in entries.values() for i in handed.ids}
+            if withheld := {i for i in ids if i not in known}:
+                self._withheld[resource] = withheld
+                assert self._log is not None
+                self._log.error(
+                    "handed_out_unknown",
+                    resource=resource,
+                    ids=",".join(sorted(withheld)),
+                    consequence="preStart refuses them and their CDI entries are left out "
+                    "until they are handed out again or no longer booked",
+                )
+        self._settle()
+
+    # ------------------------------------------------------------------ views
+
+    def of(self, resource: str) -> HandedOut:
+        return HandedOut(self, resource)
+
+    def devices(self, resource: str) -> dict[str, Device]:
+        return {d: h.device for d, h in self._data.get(resource, {}).items()}
+
+    def withheld(self, resource: str) -> frozenset[str]:
+        return frozenset(self._withheld.get(resource, ()))
+
+    def resources(self) -> list[str]:
+        return sorted(self._data)
+
+    def watch(self, resource: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` whenever `resource`'s entries change; returns the unsubscribe."""
+        callbacks = self._watchers.setdefault(resource, [])
+        callbacks.append(callback)
+        return lambda: callbacks.remove(callback) if callback in callbacks else None
+
+    # ------------------------------------------------------------------ changes
+
+    def check_room(self, resource: str, snapshot: Snapshot, ids: Iterable[str]) -> None:
+        """Raises RecordFull when handing `ids` out would keep more than `MAX_DEVICES`."""
+        entries, listed = self._data.get(resource, {}), snapshot.by_advertised_id
+        new = {e.device.id for i in ids if (e := listed.get(i)) and e.device.id not in entries}
+        total = sum(len(devices) for devices in self._data.values()) + len(new)
+        if total > MAX_DEVICES:
+            raise RecordFull(
+                f"{resource}: {HANDED_FILE} would keep {total} devices handed out, more than "
+                f"its limit of {MAX_DEVICES}: refused (devices go from it when no pod holds them)"
+            )
+
+    def hand_out(self, resource: str, snapshot: Snapshot, ids: Iterable[str]) -> bool:
+        """An Allocate handed these IDs out as `snapshot` lists them. True when it changed."""
+        entries = self._data.setdefault(resource, {})
+        withheld = self._withheld.get(resource, set())
+        changed, now = False, self._wall()
+        for advertised in ids:
+            withheld.discard(advertised)
+            entry = snapshot.by_advertised_id.get(advertised)
+            if entry is None:
+                continue
+            old = entries.get(entry.device.id)
+            kept = old.ids if old is not None and _same(old.device, entry.device) else frozenset()
+            entries[entry.device.id] = Handed(entry.device, kept | {advertised}, now)
             changed = True
-    return changed
+        if not entries:
+            del self._data[resource]
+        self._changed(resource, changed)
+        return changed
+
+    def answered(
+        self,
+        resource: str,
+        snapshot: Snapshot,
+        ids: Sequence[str],
+        booked: Callable[[str], bool] | None = None,
+        drops: int = 0,
+    ) -> None:
+        """An Allocate handed `ids` out as `snapshot` lists them (and booked them, when
+        `booked` says what is booked now). The entries none of whose IDs is booked are let
+        go first, but only when one can be (issue 19: no walk of every device handed out at
+        each answer): after a booking went (`drops`, the ownership index's count) or after an
+        answer handed out an ID left unbooked."""
+        if booked is not None and (
+            resource in self._unbooked or self._drops.get(resource) != drops
+        ):
+            self.let_go(lambda _name, advertised: booked(advertised), resource)
+            self._drops[resource] = drops
+        self.hand_out(resource, snapshot, ids)
+        if booked is not None and not all(map(booked, ids)):
+            self._unbooked.add(resource)
+        else:
+            self._unbooked.discard(resource)
+
+    def adopt(self, resource: str, device: Device, ids: Collection[str], at: float) -> None:
+        """Take up a device an older version kept elsewhere (`release-state.json`'s
+        `handed`), unless the record has it."""
+        entries = self._data.setdefault(resource, {})
+        if device.id in entries or not ids:
+            if not entries:
+                del self._data[resource]
+            return
+        entries[device.id] = Handed(device, frozenset(ids), at)
+        self._changed(resource, True)
+
+    def let_go(self, booked: Callable[[str, str], bool], resource: str | None = None) -> None:
+        """Entries (of `resource`, or every resource) none of whose IDs is booked go; so do
+        withheld IDs no longer booked."""
+        for name in [resource] if resource is not None else list(self._data | self._withheld):
+            entries = self._data.get(name, {})
+            gone = [d for d, h in entries.items() if not any(booked(name, i) for i in h.ids)]
+            for device_id in gone:
+                del entries[device_id]
+            if name in self._data and not entries:
+                del self._data[name]
+            withheld = self._withheld.get(name, set())
+            freed = {i for i in withheld if not booked(name, i)}
+            withheld -= freed
+            if not withheld:
+                self._withheld.pop(name, None)
+            self._changed(name, bool(gone or freed))
+
+    def _changed(self, resource: str, changed: bool) -> None:
+        if not changed:
+            return
+        self._settle()
+        if self.file is not None:
+            self.file.changed(self.document)
+        for callback in list(self._watchers.get(resource, ())):
+            callback()
+
+    def _settle(self) -> None:
+        """Once nothing is withheld, the unsaved marker may go (`state_file`)."""
+        if self.file is not None and self.file.unsettled and not self._withheld:
+            self.file.unsettled = False
+
+    async def written(self) -> None:
+        """Until the file holds every change (an Allocate awaits it, at most
+        `state_file.WRITE_LIMIT`)."""
+        if self.file is not None:
+            await self.file.written()
+
+    # ------------------------------------------------------------------ the file
+
+    def document(self) -> Mapping[str, Any]:
+        return {"resources": _document(self._data)}
+
+    def _merge(
+        self, mine: Mapping[str, Any], current: Mapping[str, Any] | None
+    ) -> Mapping[str, Any]:
+        """This host's entries replace those it wrote before; every other running host's
+        stay (those of a host that had ended when this one read the file go: taken up).
+        The union, the later Allocate winning per device, is what a start reads."""
+        assert self._writer is not None and self.file is not None
+        kept = {} if current is None else _read(current)[1]
+        directory = str(self.file.path.parent)
+        writers = {
+            w: entries
+            for w, entries in kept.items()
+            if w != self._writer and (w not in self._taken or running(directory, w))
+        }
+        writers[self._writer] = _parse(mine)
+        union: Entries = {}
+        for entries in writers.values():
+            for name, devices in entries.items():
+                for device_id, handed in devices.items():
+                    found = union.setdefault(name, {}).get(device_id)
+                    if found is None or handed.at > found.at:
+                        union[name][device_id] = handed
+        return {
+            "resources": _document(union),
+            "writers": {w: _document(entries) for w, entries in writers.items()},
+        }
 
 
-def let_go(
-    handed: MutableMapping[str, Device], booked: Callable[[str], bool], replicas: int
-) -> None:
-    """The devices of `handed` none of whose IDs is booked now go (no pod may hold them)."""
-    for device_id in list(handed):
-        if not any(booked(advertised) for advertised in replica_ids(device_id, replicas)):
-            del handed[device_id]
+@dataclass(frozen=True)
+class HandedOut:
+    """One resource's view of the record."""
 
+    record: HandedRecord
+    resource: str
 
-@dataclass
-class Handing:
-    """The record of one resource's Allocate answers (`handed`), kept as `hand_out` and
-    `let_go` keep it, without a walk of every device handed out (each of its IDs) at every
-    answer: `let_go` can find something only after a booking went (`drops`, the ownership
-    index's count of bookings gone) or after an answer handed out an ID left unbooked."""
+    @property
+    def devices(self) -> dict[str, Device]:
+        return self.record.devices(self.resource)
 
-    handed: MutableMapping[str, Device]
-    replicas: int
-    _drops: int | None = None
-    """`drops` at the last `let_go` (None: none yet)."""
-    _unbooked: bool = False
-    """Whether an answer since handed out an ID that was not booked."""
+    @property
+    def withheld(self) -> frozenset[str]:
+        """Advertised IDs booked whose device as handed out is not known (fail closed)."""
+        return self.record.withheld(self.resource)
+
+    def hand_out(self, snapshot: Snapshot, ids: Iterable[str]) -> bool:
+        return self.record.hand_out(self.resource, snapshot, ids)
+
+    def let_go(self, booked: Callable[[str], bool]) -> None:
+        self.record.let_go(lambda _name, advertised: booked(advertised), self.resource)
 
     def answered(
         self,
         snapshot: Snapshot,
-        advertised_ids: Sequence[str],
+        ids: Sequence[str],
         booked: Callable[[str], bool] | None = None,
         drops: int = 0,
     ) -> None:
-        """An Allocate handed these IDs out as `snapshot` lists them (and booked them, when
-        `booked` says what is booked now: the devices none of whose IDs is are let go)."""
-        if booked is not None and (self._unbooked or drops != self._drops):
-            let_go(self.handed, booked, self.replicas)
-            self._drops = drops
-        hand_out(self.handed, snapshot, advertised_ids)
-        self._unbooked = booked is not None and not all(map(booked, advertised_ids))
+        self.record.answered(self.resource, snapshot, ids, booked, drops)
+
+    def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self.record.watch(self.resource, callback)
 
 
-def handed_devices(
-    builder: AllocationBuilder,
-    snapshot: Snapshot,
-    handed: Mapping[str, Device],
-    requested_ids: Sequence[str],
-) -> list[Device]:
-    """The physical devices behind `requested_ids` as an Allocate handed them out
-    (`handed`: what the container has, wherever a reload moved them since), else as
-    `snapshot` lists them (handed out before kdp-host started); raises AllocationError for
-    an ID neither knows."""
-    replicas = builder.resource.replicas
-    found: dict[str, Device] = {}
-    listed: list[str] = []
-    for advertised in dict.fromkeys(requested_ids):
-        device = handed.get(physical_id(advertised, replicas))
-        if device is None:
-            listed.append(advertised)
-        else:
-            found[device.id] = device
-    if listed or not found:
-        for device in builder.physical_devices(snapshot, listed, healthy_only=False):
-            found.setdefault(device.id, device)
-    return sorted(found.values(), key=lambda device: device.id)
+def in_memory(resource: str) -> HandedOut:
+    """A view of a record of its own, not persisted (a part made without a host)."""
+    return HandedRecord(None).of(resource)
+
+
+# ---------------------------------------------------------------------- the document
+
+
+def _document(entries: Entries) -> dict[str, Any]:
+    return {
+        name: {device_id: _entry(handed) for device_id, handed in sorted(devices.items())}
+        for name, devices in sorted(entries.items())
+    }
+
+
+def _entry(handed: Handed) -> dict[str, Any]:
+    device = handed.device
+    return {
+        "nodes": [[n.host_path, n.container_path, n.permissions] for n in device.nodes],
+        "mounts": [[m.host_path, m.container_path, m.read_only] for m in device.mounts],
+        "env": dict(device.env),
+        "ids": sorted(handed.ids),
+        "at": handed.at,
+    }
+
+
+def _parse(document: Mapping[str, Any]) -> Entries:
+    return {
+        text(name): {text(device_id): _handed(device_id, e) for device_id, e in devices.items()}
+        for name, devices in document["resources"].items()
+    }
+
+
+def _read(document: Mapping[str, Any]) -> tuple[Entries, dict[str, Entries]]:
+    writers = {
+        text(writer): _parse({"resources": resources})
+        for writer, resources in document.get("writers", {}).items()
+    }
+    return _parse(document), writers
+
+
+def _handed(device_id: str, entry: Mapping[str, Any]) -> Handed:
+    """One entry, checked: raises TypeError/ValueError/KeyError when it is not of its shape."""
+    nodes, mounts, env, ids, at = (entry[k] for k in ("nodes", "mounts", "env", "ids", "at"))
+    if not all(isinstance(v, list) for v in (nodes, mounts, ids)) or not isinstance(env, dict):
+        raise TypeError(f"a handed-out entry is not of its shape: {entry!r}")
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+        raise TypeError(f"at is not a finite number: {at!r}")
+    device = Device(
+        text(device_id),
+        nodes=tuple(
+            DeviceNode(text(h), text(c), None if p is None else text(p)) for h, c, p in nodes
+        ),
+        mounts=tuple(DeviceMount(text(h), text(c), _flag(ro)) for h, c, ro in mounts),
+        env={text(k): text(v) for k, v in env.items()},
+    )
+    return Handed(device, frozenset(text(i) for i in ids), float(at))
+
+
+def _same(one: Device, other: Device) -> bool:
+    """Whether two records of a device hand out the same (nodes, mounts and env)."""
+    if one is other:
+        return True
+    return _entry(Handed(one, frozenset(), 0.0)) == _entry(Handed(other, frozenset(), 0.0))
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{value!r} is not true or false")
+    return value

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from grpclib.const import Status
 
@@ -27,8 +27,8 @@ from .allocation import AllocationBuilder, AllocationError, device_env, hook_val
 from .api.v1beta1 import ContainerAllocateResponse
 from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
-from .devices import Device, DeviceTable, Snapshot
-from .handed_out import handed_devices
+from .devices import Device, DeviceTable, Snapshot, physical_id
+from .handed_out import HANDED_FILE, HandedOut, in_memory
 from .logs import EventLogger
 from .metric_labels import HookName, HookResult
 from .metrics import Metrics
@@ -103,6 +103,33 @@ async def run_hook(
     return result
 
 
+def handed_devices(
+    builder: AllocationBuilder, snapshot: Snapshot, handed: HandedOut, requested_ids: Sequence[str]
+) -> list[Device]:
+    """The physical devices behind `requested_ids` as an Allocate handed them out (wherever
+    a reload moved them since), else as `snapshot` lists them (handed out before the record
+    knew them); raises AllocationError for an ID neither knows or one withheld."""
+    replicas = builder.resource.replicas
+    if withheld := sorted(handed.withheld.intersection(requested_ids)):
+        raise AllocationError(
+            f"{handed.resource}: what {','.join(withheld)} was handed out is not known "
+            f"({HANDED_FILE} was lost or could not be read): refused until handed out again"
+        )
+    devices = handed.devices
+    found: dict[str, Device] = {}
+    listed: list[str] = []
+    for advertised in dict.fromkeys(requested_ids):
+        device = devices.get(physical_id(advertised, replicas))
+        if device is None:
+            listed.append(advertised)
+        else:
+            found[device.id] = device
+    if listed or not found:
+        for device in builder.physical_devices(snapshot, listed, healthy_only=False):
+            found.setdefault(device.id, device)
+    return sorted(found.values(), key=lambda device: device.id)
+
+
 @dataclass
 class PreStartHook:
     """Answers the PreStartContainer calls of one resource (one per resource runtime, so the
@@ -115,11 +142,12 @@ class PreStartHook:
     metrics: Metrics
     log: EventLogger
     clock: Callable[[], float] = time.perf_counter
-    handed: Mapping[str, Device] = field(default_factory=dict)
-    """Each device as the last Allocate handed it out (`HostServices.handed`): what the
-    command acts on, not where a reload moved the device since."""
+    handed: HandedOut | None = None
+    """What each Allocate handed out (`HostServices.handed`, persisted): what the command
+    acts on, not where a reload (or a kdp-host restart) moved the device since."""
 
     def __post_init__(self) -> None:
+        self._handed = self.handed or in_memory(self.resource.name)
         self._slots = asyncio.Semaphore(self.config.parallelism)
         self._builder = AllocationBuilder(self.resource)
         self.metrics.add_pre_start(self.resource.name)
@@ -132,7 +160,7 @@ class PreStartHook:
         try:
             try:
                 physical = handed_devices(
-                    self._builder, self.table.snapshot, self.handed, device_ids
+                    self._builder, self.table.snapshot, self._handed, device_ids
                 )
             except AllocationError as exc:
                 raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None

@@ -19,6 +19,7 @@ from pathlib import Path
 from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
+from .handed_out import HandedRecord
 from .hooks import configured_hooks
 from .inotify_watch import make_watcher
 from .logs import EventLogger
@@ -95,14 +96,9 @@ class Host:
 
     def _reloader_for(self, path: Path) -> ConfigReloader:
         return ConfigReloader(
-            path,
-            current=lambda: self.config,
-            apply=self.apply,
-            metrics=self.metrics,
-            log=self.log,
-            load_config=self.load_config,
-            offload=self.offload,
-        )
+            path, current=lambda: self.config, apply=self.apply, metrics=self.metrics,
+            log=self.log, load_config=self.load_config, offload=self.offload,
+        )  # fmt: skip
 
     @property
     def resources(self) -> dict[str, ResourceRuntime]:
@@ -152,14 +148,16 @@ class Host:
         sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
         await self.ownership.book_handed(self.selection.config, self.offload, self.log)
         release_watch = release_state.follow(watcher, self.ownership.handed_out())
+        handed = await HandedRecord.read(state_dir, self.log, self.offload, instance)
+        handed.booked_at_start(self.ownership.handed_out(), sync.file.found)
+        if self.pod_resources is not None:  # its entries go with their bookings
+            self.pod_resources.subscribe(lambda _: handed.let_go(self.ownership.is_booked))
         sync.follow(watcher, safety_net)
-        self.state_files.add(sync.file, release_state.file)
+        self.state_files.add(sync.file, release_state.file, handed.file)
         commands = ProcessRunner()
         if not commands.dies_with_host:
-            self.log.warning(
-                "commands_may_outlive_host",
-                detail="no setpriv (util-linux) on PATH: commands do not get the death signal",
-            )
+            why = "no setpriv (util-linux) on PATH: commands do not get the death signal"
+            self.log.warning("commands_may_outlive_host", detail=why)
         node_features, features = None, self.config.node_features
         if features is not None:  # imported only where configured, like the CDI writer
             from .nfd import NodeFeatureFile
@@ -181,6 +179,7 @@ class Host:
             registry_wait=self.registry_wait,
             offload=self.offload,
             node_features=node_features,
+            handed=handed,
         )
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -234,15 +233,13 @@ class Host:
             await asyncio.gather(*internal, return_exceptions=True)
             self.log.info("host_stopped")
 
-    def _status_changed(self, name: str) -> None:
-        """/readyz follows a resource's status change at once: its own entry alone."""
+    def _status_changed(self, name: str) -> None:  # /readyz: the resource's entry alone
         if (supervisor := self._supervisor) is not None:
             self.health.resource_readiness(name, supervisor.not_ready_reason(name))
             if supervisor.gave_up(name) != (name in self.health.dead):
                 self.health.dead = tuple(supervisor.dead_resources())
 
-    def _refresh_readiness(self) -> None:
-        """Every resource's readiness, and the dead ones (each probe refreshes them too)."""
+    def _refresh_readiness(self) -> None:  # each probe refreshes them too
         if self._supervisor is not None:
             self.health.report_not_ready(self.not_ready())
             self.health.dead = tuple(self._supervisor.dead_resources())
@@ -311,7 +308,9 @@ class Host:
                     detail="device IDs change: a device with a booked ID that is not among its "
                     "new IDs is held until PodResources shows no pod holding it",
                 )
-        stopping = {name: supervisor.stop_later(name) for name in (*plan.removed, *plan.changed)}
+        stopping = {
+            n: supervisor.stop_later(n, n in plan.removed) for n in (*plan.removed, *plan.changed)
+        }
         for name in (*plan.changed, *plan.added):
             supervisor.start(new_by_name[name], after=stopping.get(name))
         for name in plan.removed:

@@ -47,7 +47,8 @@ from grpclib.const import Status
 
 from .allocation import device_env, hook_values
 from .config import ReleaseConfig, ResourceConfig, render_template
-from .devices import Device, DeviceTable, Snapshot, physical_id
+from .devices import Device, DeviceTable, physical_id
+from .handed_out import HandedOut, in_memory
 from .hooks import HookFailed, render_argv, run_hook
 from .logs import EventLogger
 from .metrics import Metrics
@@ -82,7 +83,10 @@ class ReleaseTracker:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        handed: HandedOut | None = None,
     ) -> None:
+        """`handed`: the host's record of what each Allocate handed out (`handed_out`): what
+        a release acts on."""
         assert resource.release is not None
         self.config: ReleaseConfig = resource.release
         self._resource = resource
@@ -94,6 +98,7 @@ class ReleaseTracker:
         self._clock = clock
         self._wall = wall
         self._slots = asyncio.Semaphore(self.config.parallelism)
+        self._handed = handed or in_memory(resource.name)
         self._assume_used = store.unknown
         if self._assume_used:
             store.assuming(resource.name)
@@ -133,14 +138,17 @@ class ReleaseTracker:
 
     def _taken_up(self, device_id: str, entry: Mapping[str, Any]) -> DeviceUse:
         """A device's use as the state file keeps it: its Allocate time back on the
-        monotonic clock (an answer asked before it stays no news after a restart) and the
-        device as that Allocate handed it out."""
+        monotonic clock (an answer asked before it stays no news after a restart). The
+        device as handed out that a file of an older version keeps goes to the record."""
         use = DeviceUse(used=set(entry["used"]), owed=entry["owed"])
         allocated = entry.get("allocatedAt")
         if allocated is not None:
             use.allocated_wall = allocated
             use.allocated_at = self._clock() - max(0.0, self._wall() - allocated)
-        use.handed = handed_device(device_id, entry)
+        if (legacy := handed_device(device_id, entry)) is not None:
+            at = use.allocated_wall or 0.0
+            ids = use.used or {device_id}  # (an owed release: its booking stays meanwhile)
+            self._handed.record.adopt(self._resource.name, legacy, ids, at)
         return use
 
     async def close(self) -> None:
@@ -158,9 +166,9 @@ class ReleaseTracker:
 
     # ------------------------------------------------------------------ news
 
-    def allocated(self, advertised_ids: Sequence[str], snapshot: Snapshot | None = None) -> None:
-        """Allocate handed these IDs to a container, as `snapshot` lists them (cheap: no I/O
-        here)."""
+    def allocated(self, advertised_ids: Sequence[str]) -> None:
+        """Allocate handed these IDs to a container (cheap: no I/O here); told before the
+        record takes what it handed out (an owed release acts on the earlier use's device)."""
         now, wall = self._clock(), self._wall()
         replicas = self._resource.replicas
         for advertised in advertised_ids:
@@ -177,9 +185,6 @@ class ReleaseTracker:
             use.used.add(advertised)
             use.allocated_at = now
             use.allocated_wall = wall
-            entry = None if snapshot is None else snapshot.by_advertised_id.get(advertised)
-            if entry is not None:
-                use.handed = entry.device
         self._publish()
 
     def holdings(self, answer: Holdings) -> None:
@@ -251,9 +256,8 @@ class ReleaseTracker:
         retry = self._retries.pop(device_id, None)
         if retry is not None:
             retry.cancel()
-        task = asyncio.create_task(
-            self._release(device_id, use.handed), name=f"release:{device_id}"
-        )
+        handed = self._handed.devices.get(device_id)  # as its last Allocate handed it out
+        task = asyncio.create_task(self._release(device_id, handed), name=f"release:{device_id}")
         use.running = task
         self.changes += 1
         return task
@@ -283,9 +287,9 @@ class ReleaseTracker:
             self._publish()
 
     async def _run_command(self, device_id: str, use: DeviceUse, handed: Device | None) -> None:
-        """The release of what the Allocate handed out (`handed`, taken when the release was
-        owed, kept in the state file); without it (a state file of an older version) the
-        device as listed now. Neither: the release has nothing to act on, and fails (the
+        """The release of what the Allocate handed out (`handed`, taken from the record when
+        the release was owed); without it (handed out before the record knew it) the device
+        as listed now. Neither: the release has nothing to act on, and fails (the
         device stays owed and is released once it is listed again), never counted ok."""
         device = handed or next(
             (d for d in self._table.snapshot.devices if d.id == device_id), None
@@ -350,7 +354,7 @@ class ReleaseTracker:
     def _publish(self) -> None:
         self.changes += 1
         entries = {
-            device_id: device_entry(use.used, use.owed, use.allocated_wall, use.handed)
+            device_id: device_entry(use.used, use.owed, use.allocated_wall)
             for device_id, use in self.uses.items()
             if use.used or use.owed
         }

@@ -3,8 +3,9 @@
 Per resource, per device: `used` (the advertised IDs handed to containers whose end has not
 been seen), `owed` (the users are gone and no release has succeeded since), `allocatedAt`
 (when it was last allocated: a PodResources answer from before then is no news about it,
-also for a tracker started later) and `handed` (the host paths and env its last Allocate
-handed out: what its release acts on, also after a restart); see `release.py`. A file that
+also for a tracker started later); see `release.py`. What the device was handed out as is
+`handed_out`'s record (`handed-out.json`); the `handed` of an older version's file is read
+and given to that record. A file that
 cannot be read or does not have that shape is kept aside and marks the state unknown: every
 device then counts as used; so does a file whose writes failed when its host stopped
 (`state_file`'s unsaved marker: a SIGKILL while the disk is full).
@@ -272,28 +273,16 @@ def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def device_entry(
-    used: Iterable[str], owed: bool, allocated_wall: float | None, handed: Device | None
-) -> dict[str, Any]:
+def device_entry(used: Iterable[str], owed: bool, allocated_wall: float | None) -> dict[str, Any]:
     """A device's entry as the tracker writes it (read back by `_entry`)."""
     entry: dict[str, Any] = {"used": sorted(used), "owed": owed}
     if allocated_wall is not None:
         entry["allocatedAt"] = allocated_wall
-    if handed is not None:
-        entry["handed"] = handed_entry(handed)
     return entry
 
 
-def handed_entry(device: Device) -> dict[str, Any]:
-    """A device as an Allocate handed it out, as its entry keeps it (`handed`)."""
-    return {
-        "nodes": [[node.host_path, node.container_path] for node in device.nodes],
-        "env": dict(device.env),
-    }
-
-
 def handed_device(device_id: str, entry: Mapping[str, Any]) -> Device | None:
-    """The device an entry's `handed` keeps (None: the entry keeps none)."""
+    """The device an older version's entry keeps as `handed` (None: it keeps none)."""
     handed = entry.get("handed")
     if handed is None:
         return None

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .backoff import Backoff
-from .devices import Device
 from .podresources import Holder
 
 RETRY_MAXIMUM = 300.0
@@ -31,9 +30,6 @@ class DeviceUse:
     by a reload or after a restart, still ignores answers asked before it)."""
     holders: tuple[Holder, ...] = ()
     """Who held it, as PodResources last said (kept after they left, for the templates)."""
-    handed: Device | None = None
-    """The device as the last Allocate handed it out (its host paths: what a release of
-    that use resets, whatever its paths reach by now)."""
     running: asyncio.Task[None] | None = None
     failure: str | None = None
     marked_unhealthy: bool = False

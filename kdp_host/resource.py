@@ -43,7 +43,7 @@ class ResourceRuntime:
             on_overflow=self._on_list_overflow,
             held=functools.partial(services.ownership.is_booked, config.name),
         )
-        self._handed = services.handed.setdefault(config.name, {})
+        self._handed = services.handed.of(config.name)
         self._pre_start = (
             None
             if config.pre_start is None
@@ -80,6 +80,7 @@ class ResourceRuntime:
                 services.commands,
                 services.metrics,
                 self.log,
+                handed=self._handed,
             )
         )
         self._cdi: CdiSpecWriter | None = None
@@ -106,7 +107,6 @@ class ResourceRuntime:
             allocate_hook=self._allocate_hook,
             release=self.release,
             bookings=self._services.ownership,
-            cdi=self._cdi,
             handed=self._handed,
         )
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 from .backoff import Retry
 from .config import KubeletConfig
-from .devices import Device
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
+from .handed_out import HandedRecord
 from .logs import EventLogger
 from .metric_series import GaugeSeries
 from .metrics import Metrics
@@ -76,11 +76,10 @@ class HostServices:
     registrar: Registrar = field(default_factory=Registrar)
     """Every resource's Register calls, over one connection to kubelet.sock (the owner
     closes it)."""
-    handed: dict[str, dict[str, Device]] = field(default_factory=dict)
-    """Per resource: each device as the last Allocate handed it out, while one of its IDs is
-    booked (`handed_out.hand_out`): what preStart acts on (`hooks.PreStartHook`) and a held
-    CDI entry keeps (`cdi.CdiSpecWriter.pinned`); kept here, so a resource a reload
-    restarts keeps them."""
+    handed: HandedRecord = field(default_factory=HandedRecord)
+    """What each Allocate handed out, while one of its IDs is booked (`handed_out`, kept in
+    `<stateDir>/handed-out.json` by the host): what preStart acts on, a held CDI entry keeps
+    (also of a resource a reload removed: `cdi_keeper`) and a release acts on."""
 
 
 @dataclass

@@ -20,8 +20,8 @@ class StateFiles:
         self._changed = changed
         self._files: list[StateFile] = []
 
-    def add(self, *files: StateFile) -> None:
-        for file in files:
+    def add(self, *files: StateFile | None) -> None:
+        for file in filter(None, files):
             self._files.append(file)
             file.on_unwritten = functools.partial(self._report, file)
             self._report(file)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .backoff import Retries, Retry
+from .cdi_keeper import keep_held_entries
 from .config import ResourceConfig
 from .resource import ResourceRuntime
 from .services import HostServices
@@ -52,6 +53,8 @@ class Supervisor:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     _running: dict[str, _Supervised] = field(default_factory=dict, init=False)
     _stopping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _keepers: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
+    """Resources a reload removed whose held CDI entries are still kept (`cdi_keeper`)."""
 
     @property
     def resources(self) -> dict[str, ResourceRuntime]:
@@ -79,8 +82,13 @@ class Supervisor:
         """Start a resource; a restarted one waits until its old runtime has fully stopped.
 
         Otherwise the old ListAndWatch stream could end after the new registration, and the
-        kubelet would then disconnect the new one (docs/kubelet-contract.md §9).
+        kubelet would then disconnect the new one (docs/kubelet-contract.md §9). One that
+        comes back waits for the keeper of its held CDI entries to stop (one writer a file).
         """
+        keeper = self._keepers.pop(config.name, None)
+        if keeper is not None:
+            keeper.cancel()
+            after = keeper  # (the keeper waited for the old runtime)
         self.services.metrics.add_resource(config.name)
         supervised = _Supervised(ResourceRuntime(config, self.services))
         supervised.task = asyncio.create_task(
@@ -89,8 +97,9 @@ class Supervisor:
         self._running[config.name] = supervised
         self.services.status_changed(config.name)
 
-    def stop_later(self, name: str) -> asyncio.Task[None] | None:
-        """Cancel a resource's task; returns it so a successor can wait for it to end."""
+    def stop_later(self, name: str, removed: bool = False) -> asyncio.Task[None] | None:
+        """Cancel a resource's task; returns it so a successor can wait for it to end. A
+        resource `removed` from the config keeps its held CDI entries (`cdi_keeper`)."""
         supervised = self._running.pop(name)
         supervised.stopping = True
         self.services.status_changed(name)
@@ -99,11 +108,30 @@ class Supervisor:
             task.cancel()
             self._stopping.add(task)
             task.add_done_callback(self._stopping.discard)
+        if removed:
+            self._keep(supervised.runtime.config, task)
         return task
+
+    def _keep(self, config: ResourceConfig, stopping: asyncio.Task[None] | None) -> None:
+        """Start the keeper of a removed resource's held CDI entries, if it has any."""
+        keeper = keep_held_entries(config, self.services, stopping)
+        if keeper is None:
+            return
+        self._keepers[config.name] = keeper
+        self._stopping.add(keeper)
+
+        def done(_: object) -> None:
+            self._stopping.discard(keeper)
+            if self._keepers.get(config.name) is keeper:
+                del self._keepers[config.name]
+
+        keeper.add_done_callback(done)
 
     async def stop_all(self) -> None:
         for name in list(self._running):
             self.stop_later(name)
+        for keeper in self._keepers.values():
+            keeper.cancel()
         if self._stopping:
             _, pending = await asyncio.wait(set(self._stopping), timeout=STOP_WAIT)
             for task in pending:

@@ -1,9 +1,11 @@
 """preStart acts on the device as it was handed to the container (issue 17, hostile6 M6):
-after a reload moved a held device's node, a container restart's PreStartContainer renders
-`{hostPaths}` with the node the Allocate handed out, as the release does."""
+after a reload moved a held device's node, or after kdp-host restarted with the device
+elsewhere, a container restart's PreStartContainer renders `{hostPaths}` with the node the
+Allocate handed out, as the release does: one record (`handed_out`, `handed-out.json`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
@@ -13,12 +15,14 @@ from kdp_host.allocation import AllocationBuilder, AllocationError
 from kdp_host.api.v1beta1 import AllocateRequest, ContainerAllocateRequest
 from kdp_host.config import load_config_text
 from kdp_host.devices import Device, DeviceTable
-from kdp_host.handed_out import Handing, hand_out, handed_devices, let_go
+from kdp_host.handed_out import HANDED_FILE, HandedRecord
+from kdp_host.hooks import handed_devices
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.protocol.lists import ListAndWatchEncoder
 from kdp_host.protocol.service import DevicePluginService
 from kdp_host.simulator import KubeletSimulator
+from kdp_host.simulator.records import SimulatorAllocationError
 
 from .conftest import wait_until
 
@@ -34,13 +38,18 @@ def _config(socket_dir: Path, short_dir: Path, nodes: Path, log: Path) -> str:
     )
 
 
-async def test_pre_start_after_a_reload_moved_the_device_acts_on_the_node_handed_out(
-    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host
-) -> None:
+def _dirs(short_dir: Path) -> tuple[Path, Path, Path]:
     old, new, log = short_dir / "dev", short_dir / "dev2", short_dir / "prestart.log"
     for directory in (old, new):
         directory.mkdir()
         (directory / "fpga0").touch()
+    return old, new, log
+
+
+async def test_pre_start_after_a_reload_moved_the_device_acts_on_the_node_handed_out(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host
+) -> None:
+    old, new, log = _dirs(short_dir)
     config = short_dir / "kdp.yaml"
     config.write_text(_config(socket_dir, short_dir, old, log))
     running = await start_host(config.read_text(), config_path=config)
@@ -60,6 +69,60 @@ async def test_pre_start_after_a_reload_moved_the_device_acts_on_the_node_handed
     assert log.read_text().splitlines() == [f"fpga0 {old}/fpga0"] * 2
 
 
+async def _restarted(running, start_host, text: str, kubelet: KubeletSimulator):  # type: ignore[no-untyped-def]
+    """kdp-host exits and a new process starts on the same stateDir with `text`."""
+    await running.shutdown()
+    again = await start_host(text)
+
+    def registered() -> bool:
+        runtime = again.host.resources.get(FPGA)
+        return runtime is not None and runtime.status.registered
+
+    await wait_until(registered, what="the new kdp-host registered")
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    return again
+
+
+async def test_pre_start_after_a_kdp_host_restart_acts_on_the_node_handed_out(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host
+) -> None:
+    """fpga0 is handed to p1 at dev/fpga0; kdp-host exits; while it is down the device moves
+    (the new config finds it at dev2/fpga0); a new kdp-host process starts on the same
+    stateDir. p1's container restarts: its preStart acts on dev/fpga0, what p1 has."""
+    old, new, log = _dirs(short_dir)
+    running = await start_host(_config(socket_dir, short_dir, old, log))
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    text = _config(socket_dir, short_dir, new, log)
+    await _restarted(running, start_host, text, kubelet)
+    record = json.loads((short_dir / "state" / HANDED_FILE).read_text())
+    assert record["resources"][FPGA]["fpga0"]["nodes"] == [[f"{old}/fpga0"] * 2 + [None]]
+    await kubelet.pre_start_container("p1", "c0", FPGA)  # p1's container restarts
+    assert log.read_text().splitlines() == [f"fpga0 {old}/fpga0"] * 2
+
+
+async def test_a_corrupt_record_fails_closed_after_a_restart(
+    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host
+) -> None:
+    """The record is unreadable at the next start (set aside): what p1 was handed is not
+    known, so its container's preStart is refused (never run on what fpga0 names now)."""
+    old, new, log = _dirs(short_dir)
+    running = await start_host(_config(socket_dir, short_dir, old, log))
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    await running.shutdown()
+    path = short_dir / "state" / HANDED_FILE
+    path.write_text('{"version": 1, "resources": {"x": 3}}')
+    text = _config(socket_dir, short_dir, new, log)
+    again = await start_host(text)
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await wait_until(lambda: FPGA in again.host.resources, what="the resource runs")
+    with pytest.raises(SimulatorAllocationError, match="is not known"):
+        await kubelet.pre_start_container("p1", "c0", FPGA)
+    assert log.read_text().splitlines() == [f"fpga0 {old}/fpga0"]  # the first start only
+    assert (short_dir / "state" / f"{HANDED_FILE}.unreadable").exists()
+
+
 def _builder(replicas: int = 1) -> AllocationBuilder:
     config = load_config_text(
         f"resources:\n  - name: {FPGA}\n    glob: {{paths: ['/dev/fpga*']}}\n"
@@ -71,10 +134,9 @@ def _builder(replicas: int = 1) -> AllocationBuilder:
 def test_the_devices_handed_out_are_what_pre_start_takes_else_the_list() -> None:
     table = DeviceTable()
     table.publish([Device("fpga0", path="/dev/fpga0"), Device("fpga1", path="/dev/fpga1")])
-    handed: dict[str, Device] = {}
-    assert hand_out(handed, table.snapshot, ["fpga0"])
-    assert not hand_out(handed, table.snapshot, ["fpga0"])  # the same: no change
-    given = handed["fpga0"]
+    handed = HandedRecord().of(FPGA)
+    assert handed.hand_out(table.snapshot, ["fpga0"])
+    given = handed.devices["fpga0"]
     table.publish([Device("fpga0", path="/dev2/fpga0"), Device("fpga1", path="/dev/fpga1")])
     devices = handed_devices(_builder(), table.snapshot, handed, ["fpga1", "fpga0"])
     assert devices == [given, table.snapshot.devices[1]]
@@ -85,10 +147,10 @@ def test_the_devices_handed_out_are_what_pre_start_takes_else_the_list() -> None
 def test_a_device_none_of_whose_ids_is_booked_is_let_go() -> None:
     table = DeviceTable(replicas=2)
     table.publish([Device("fpga0", path="/dev/fpga0"), Device("fpga1", path="/dev/fpga1")])
-    handed: dict[str, Device] = {}
-    hand_out(handed, table.snapshot, ["fpga0::1", "fpga1::0"])
-    let_go(handed, lambda advertised: advertised == "fpga0::1", 2)
-    assert list(handed) == ["fpga0"]
+    handed = HandedRecord().of(FPGA)
+    handed.hand_out(table.snapshot, ["fpga0::1", "fpga1::0"])
+    handed.let_go(lambda advertised: advertised == "fpga0::1")
+    assert list(handed.devices) == ["fpga0"]
 
 
 class _Bookings:
@@ -136,7 +198,7 @@ async def test_an_allocate_looks_at_its_own_ids_not_at_every_device_handed_out()
     table = DeviceTable()
     table.publish([Device(f"fpga{i}", path=f"/dev/fpga{i}") for i in range(40)])
     bookings = _Bookings()
-    handed: dict[str, Device] = {}
+    handed = HandedRecord().of(FPGA)
     service = DevicePluginService(
         _builder().resource,
         table,
@@ -148,24 +210,24 @@ async def test_an_allocate_looks_at_its_own_ids_not_at_every_device_handed_out()
     )
     for i in range(40):
         await service.allocate(_allocate(f"fpga{i}"))
-    assert len(handed) == 40
+    assert len(handed.devices) == 40
     bookings.asked = 0
     await service.allocate(_allocate("fpga7"))
     assert bookings.asked <= 1
     bookings.unbook("fpga3")
     await service.allocate(_allocate("fpga7"))
-    assert "fpga3" not in handed  # let go once its booking went
-    assert len(handed) == 39
+    assert "fpga3" not in handed.devices  # let go once its booking went
+    assert len(handed.devices) == 39
 
 
 def test_an_id_handed_out_unbooked_is_let_go_at_the_next_answer() -> None:
     table = DeviceTable()
     table.publish([Device("fpga0", path="/dev/fpga0"), Device("fpga1", path="/dev/fpga1")])
-    handing = Handing({}, 1)
+    handing = HandedRecord().of(FPGA)
     booked = {"fpga1"}
     handing.answered(table.snapshot, ["fpga0"], booked.__contains__, 0)  # fpga0 not booked
-    assert list(handing.handed) == ["fpga0"]
+    assert list(handing.devices) == ["fpga0"]
     handing.answered(table.snapshot, ["fpga1"], booked.__contains__, 0)
-    assert list(handing.handed) == ["fpga1"]
+    assert list(handing.devices) == ["fpga1"]
     handing.answered(table.snapshot, ["fpga0"])  # no bookings: kept as handed out
-    assert sorted(handing.handed) == ["fpga0", "fpga1"]
+    assert sorted(handing.devices) == ["fpga0", "fpga1"]

@@ -21,6 +21,7 @@ import pytest
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.files import DaemonThreads
+from kdp_host.handed_out import HANDED_FILE, HandedOut, HandedRecord
 from kdp_host.hooks import HookFailed
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
@@ -418,7 +419,9 @@ def _successor(short_dir: Path, table: DeviceTable, store: ReleaseStateStore, co
     )  # fmt: skip
 
 
-def _tracker(short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=None, start=True):  # type: ignore[no-untyped-def]
+def _tracker(  # type: ignore[no-untyped-def]
+    short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=None, start=True, handed=None
+):
     text = (
         f"kubelet: {{socketDir: {short_dir}/dp}}\nstateDir: {short_dir}/state\nresources:\n"
         f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n    replicas: {replicas}\n'
@@ -430,6 +433,8 @@ def _tracker(short_dir: Path, commands: _Commands, *, replicas: int = 1, clock=N
     store = ReleaseStateStore(config.state_dir, get_logger(), DaemonThreads())
     store.load()
     options = {} if clock is None else {"clock": clock}
+    if handed is not None:
+        options["handed"] = handed
     tracker = ReleaseTracker(
         config.resources[0], table, store, commands, Metrics(process_collectors=False),
         get_logger(), **options,
@@ -629,10 +634,13 @@ async def test_a_reload_just_after_an_allocation_never_releases_under_the_pod(
     assert release_lines(short_dir) == []
     entries = json.loads((short_dir / "state" / STATE_FILE).read_text())["resources"][FPGA]
     assert entries["fpga0"]["used"] == ["fpga0"] and not entries["fpga0"]["owed"]
-    assert entries["fpga0"]["handed"]["nodes"] == [[str(devices / "fpga0")] * 2]
+    handed = json.loads((short_dir / "state" / HANDED_FILE).read_text())["resources"][FPGA]
+    assert handed["fpga0"]["nodes"] == [[str(devices / "fpga0")] * 2 + [None]]
 
 
-def _restarted(short_dir: Path, commands: _Commands, table: DeviceTable) -> ReleaseTracker:
+def _restarted(
+    short_dir: Path, commands: _Commands, table: DeviceTable, handed: HandedOut | None = None
+) -> ReleaseTracker:
     """A tracker of `{ids} {hostPaths}` after kdp-host restarted: a new store read from the
     state directory `_tracker` wrote."""
     config = load_config_text(
@@ -644,8 +652,15 @@ def _restarted(short_dir: Path, commands: _Commands, table: DeviceTable) -> Rele
     store.load()
     return ReleaseTracker(
         config.resources[0], table, store, commands, Metrics(process_collectors=False),
-        get_logger(),
+        get_logger(), handed=handed,
     )  # fmt: skip
+
+
+def _record(short_dir: Path) -> HandedRecord:
+    """The record of what was handed out, as a (re)started host reads it."""
+    record = HandedRecord(str(short_dir / "state"), get_logger(), DaemonThreads())
+    record.load()
+    return record
 
 
 async def test_a_release_owed_after_a_restart_acts_on_the_paths_handed_out(
@@ -655,12 +670,15 @@ async def test_a_release_owed_after_a_restart_acts_on_the_paths_handed_out(
     meanwhile; at the next start fpga0 is not listed (yet). The release acts on the paths
     the Allocate handed out, kept in the state file, not on nothing."""
     commands = _Commands()
-    tracker, table, _ = _tracker(short_dir, commands)
+    record = _record(short_dir)
+    tracker, table, _ = _tracker(short_dir, commands, handed=record.of(FPGA))
     table.publish([Device("fpga0", nodes=None, path="/dev/fpga0")])
-    tracker.allocated(["fpga0"], table.snapshot)
+    tracker.allocated(["fpga0"])
+    record.hand_out(FPGA, table.snapshot, ["fpga0"])  # (as Allocate does, after the tracker)
+    await record.written()
     await tracker.before_start(["fpga0"])
     await tracker.close()
-    restarted = _restarted(short_dir, commands, DeviceTable())
+    restarted = _restarted(short_dir, commands, DeviceTable(), _record(short_dir).of(FPGA))
     restarted.start()
     restarted.holdings(_answer(10.0**9))  # nothing held: the pod ended while down
     await restarted.before_start(["fpga0"])
@@ -739,7 +757,7 @@ async def test_a_kill_while_the_state_file_cannot_be_written_fails_closed(
     tracker, table, store = _tracker(short_dir, commands)
     store.file.retry_first = 3600.0  # no background retry after the "kill"
     (state / STATE_FILE).mkdir(parents=True)  # writes fail from now on
-    tracker.allocated(["fpga0"], table.snapshot)
+    tracker.allocated(["fpga0"])
     await tracker.before_start(["fpga0"])  # the write fails; the start goes on
     marker = state / f"{STATE_FILE}.unsaved"
     assert store.write_failures >= 1 and marker.exists()
@@ -765,7 +783,7 @@ async def test_the_unsaved_marker_stays_until_the_state_is_known_again(short_dir
     tracker, table, store = _tracker(short_dir, commands)
     store.file.retry_first = 3600.0
     (state / STATE_FILE).mkdir(parents=True)
-    tracker.allocated(["fpga0"], table.snapshot)
+    tracker.allocated(["fpga0"])
     await tracker.before_start(["fpga0"])
     marker = state / f"{STATE_FILE}.unsaved"
     assert marker.exists()
@@ -773,7 +791,7 @@ async def test_the_unsaved_marker_stays_until_the_state_is_known_again(short_dir
     (state / STATE_FILE).rmdir()
     second = _restarted(short_dir, commands, table)
     second.start()
-    second.allocated(["fpga1"], table.snapshot)  # before any PodResources answer
+    second.allocated(["fpga1"])  # before any PodResources answer
     await second.before_start(["fpga1"])  # its write succeeds
     assert (state / STATE_FILE).is_file()
     assert marker.exists(), "a write before the state is known removed the marker"

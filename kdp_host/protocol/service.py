@@ -35,8 +35,8 @@ from ..api.v1beta1 import (
     PreStartContainerResponse,
 )
 from ..config import ResourceConfig
-from ..devices import Device, DeviceTable, Snapshot
-from ..handed_out import Handing
+from ..devices import DeviceTable, Snapshot
+from ..handed_out import HandedOut
 from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
 from ..metric_histograms import Observer
@@ -74,13 +74,6 @@ class Bookings(Protocol):
     def drops(self) -> int: ...
 
 
-class Pins(Protocol):
-    """Told what an answered Allocate handed out (`cdi.CdiSpecWriter`: a held ID's CDI
-    entry keeps it)."""
-
-    def allocated(self, snapshot: Snapshot, advertised_ids: Iterable[str]) -> None: ...
-
-
 class DevicePluginService(DevicePluginBase):
     """The generated DevicePlugin service, with ListAndWatch served by a handler of its own
     (`__mapping__`, grpclib's servable protocol): `device_lists` driven under `aclosing`."""
@@ -99,8 +92,7 @@ class DevicePluginService(DevicePluginBase):
         allocate_hook: AllocateHook | None = None,
         release: ReleaseTracker | None = None,
         bookings: Bookings | None = None,
-        cdi: Pins | None = None,
-        handed: dict[str, Device] | None = None,
+        handed: HandedOut | None = None,
     ) -> None:
         self._config = config
         self._table = table
@@ -114,9 +106,9 @@ class DevicePluginService(DevicePluginBase):
         self._allocate_hook = allocate_hook
         self._release = release
         self._bookings = bookings
-        self._cdi = cdi
-        self._handing = None if handed is None else Handing(handed, config.replicas)
-        """Each device as the last Allocate handed it out (`handed_out.Handing`)."""
+        self._handed = handed
+        """What each Allocate handed out (`handed_out`: preStart, the CDI entries and the
+        release read it)."""
         self._closing = False
         self._stream_wakes: set[asyncio.Event] = set()
         """One per open stream: set by a new table version and by `end_streams`."""
@@ -287,6 +279,9 @@ class DevicePluginService(DevicePluginBase):
                 self._builder.container_response(snapshot, request.devices_ids)
                 for request in message.container_requests
             ]
+            if self._handed is not None:
+                ids = [i for request in message.container_requests for i in request.devices_ids]
+                self._handed.record.check_room(name, snapshot, ids)
         except AllocationError as exc:
             self._metrics.allocations.labels(name, "invalid").inc()
             self._log.warning("allocate_refused", reason=str(exc))
@@ -310,16 +305,14 @@ class DevicePluginService(DevicePluginBase):
                 raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if self._release is not None:
             for request in message.container_requests:
-                self._release.allocated(request.devices_ids, snapshot)
-        if self._cdi is not None:
-            for request in message.container_requests:
-                self._cdi.allocated(snapshot, request.devices_ids)
-        if self._handing is not None:  # (the CDI writer keeps the same record, and was told)
+                self._release.allocated(request.devices_ids)
+        if self._handed is not None:  # after the release took the earlier use's device
             if self._bookings is None:
-                self._handing.answered(snapshot, booked)
+                self._handed.answered(snapshot, booked)
             else:
                 is_booked = functools.partial(self._bookings.is_booked, name)
-                self._handing.answered(snapshot, booked, is_booked, self._bookings.drops())
+                self._handed.answered(snapshot, booked, is_booked, self._bookings.drops())
+            await self._handed.record.written()  # a restart finds it (preStart, CDI)
         self._allocated_ok.inc(len(responses))
         self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)

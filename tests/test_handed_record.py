@@ -1,0 +1,168 @@
+"""The one record of what each Allocate handed out (issue 17, "one device, one pod"):
+`<stateDir>/handed-out.json` (`handed_out.HandedRecord`), read by preStart, the CDI entries
+of held devices and the release; it survives a restart, is bounded, fails closed when lost
+or unreadable, and keeps a removed resource's held CDI names resolving until no pod holds
+them (`cdi_keeper`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdp_host import handed_out
+from kdp_host.allocation import AllocationError
+from kdp_host.cdi_spec import build_spec
+from kdp_host.config import load_config_text
+from kdp_host.config.outputs import spec_file_name
+from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
+from kdp_host.files import DaemonThreads
+from kdp_host.handed_out import HANDED_FILE, HandedRecord, RecordFull
+from kdp_host.hooks import handed_devices
+from kdp_host.logs import get_logger
+from kdp_host.simulator import KubeletSimulator
+
+from .conftest import wait_until
+from .test_cdi_reload import resolved
+from .test_prestart_handed import FPGA, _builder
+
+KIND = "vendor.example/fpga"
+
+
+def _record(state: Path) -> HandedRecord:
+    record = HandedRecord(str(state), get_logger(), DaemonThreads())
+    record.load()
+    return record
+
+
+def _table(path: str = "/dev/fpga0") -> DeviceTable:
+    table = DeviceTable()
+    node = DeviceNode(path, "/dev/fpga", "rw")
+    mount = DeviceMount("/opt/fw", "/fw", read_only=True)
+    table.publish(
+        [
+            Device("fpga0", nodes=(node,), env={"FW": "1"}, mounts=(mount,)),
+            Device("fpga1", path="/dev/fpga1"),
+        ]
+    )
+    return table
+
+
+async def test_the_record_survives_a_restart(short_dir: Path) -> None:
+    state = short_dir / "state"
+    record = _record(state)
+    table = _table()
+    record.hand_out(FPGA, table.snapshot, ["fpga0"])
+    await record.written()
+    again = _record(state)  # a new process on the same stateDir
+    device = again.devices(FPGA)["fpga0"]
+    assert device.nodes == (DeviceNode("/dev/fpga0", "/dev/fpga", "rw"),)
+    assert device.mounts == (DeviceMount("/opt/fw", "/fw", read_only=True),)
+    assert dict(device.env) == {"FW": "1"}
+    assert not again.withheld(FPGA) and not again.file.unknown  # type: ignore[union-attr]
+    moved = _table("/dev2/fpga0")  # what the ID names now
+    assert handed_devices(_builder(), moved.snapshot, again.of(FPGA), ["fpga0"]) == [device]
+
+
+async def test_a_corrupt_record_withholds_what_is_booked_until_handed_out_again(
+    short_dir: Path,
+) -> None:
+    state = short_dir / "state"
+    state.mkdir()
+    (state / HANDED_FILE).write_text("{not json")
+    record = _record(state)
+    assert record.file is not None and record.file.unknown
+    assert (state / f"{HANDED_FILE}.unreadable").exists()
+    record.booked_at_start({FPGA: {"fpga0", "fpga1"}})
+    handed = record.of(FPGA)
+    assert handed.withheld == {"fpga0", "fpga1"}
+    table = _table()
+    with pytest.raises(AllocationError, match="fpga0,fpga1 was handed out is not known"):
+        handed_devices(_builder(), table.snapshot, handed, ["fpga0", "fpga1"])
+    config = load_config_text(
+        f"resources:\n  - name: {FPGA}\n    glob: {{paths: ['/dev/fpga*']}}\n"
+        f"    allocate: {{cdi: {{kind: {KIND}}}}}\n"
+    ).resources[0]
+    assert build_spec(config, table.snapshot, handed.devices, {"fpga0", "fpga1"}) is None
+    handed.hand_out(table.snapshot, ["fpga1"])  # a new Allocate: known again
+    handed.let_go(lambda advertised: advertised == "fpga1")  # fpga0's booking ended
+    assert handed.withheld == frozenset() and not record.file.unsettled
+    await record.written()
+    assert json.loads((state / HANDED_FILE).read_text())["resources"][FPGA].keys() == {"fpga1"}
+
+
+async def test_a_missing_record_fails_closed_only_when_the_bookings_were_lost(
+    short_dir: Path,
+) -> None:
+    """A state directory emptied while kdp-host was down (bookings from the kubelet's
+    checkpoint, no ownership.json): the booked IDs are withheld. A record missing beside an
+    ownership.json is one an older version never wrote: the devices are taken as listed."""
+    emptied = _record(short_dir / "emptied")
+    emptied.booked_at_start({FPGA: {"fpga0"}}, bookings_found=False)
+    assert emptied.withheld(FPGA) == {"fpga0"}
+    upgraded = _record(short_dir / "upgraded")
+    upgraded.booked_at_start({FPGA: {"fpga0"}}, bookings_found=True)
+    assert upgraded.withheld(FPGA) == frozenset()
+
+
+def test_the_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handed_out, "MAX_DEVICES", 1)
+    record, table = HandedRecord(), _table()
+    record.check_room(FPGA, table.snapshot, ["fpga0"])
+    record.hand_out(FPGA, table.snapshot, ["fpga0"])
+    record.check_room(FPGA, table.snapshot, ["fpga0"])  # the same device: no more room needed
+    with pytest.raises(RecordFull, match=f"{HANDED_FILE} would keep 2 devices"):
+        record.check_room(FPGA, table.snapshot, ["fpga1"])
+    record.let_go(lambda resource, advertised: False)  # no ID booked: entries go
+    assert record.resources() == []
+
+
+def _cdi_config(kubelet: KubeletSimulator, short_dir: Path, with_a: bool) -> str:
+    text = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, "
+        f"podResourcesSocket: {short_dir / 'pr' / 'kubelet.sock'}, podResourcesInterval: 1s}}\n"
+        f"stateDir: {short_dir / 'state'}\nresources:\n"
+    )
+    entries = [(FPGA, "k1", "dev")] if with_a else []
+    entries.append(("vendor.example/other", "k2", "dev2"))
+    for name, kind, directory in entries:
+        text += (
+            f'  - name: {name}\n    glob: {{paths: ["{short_dir / directory}/fpga*"]}}\n'
+            f"    allocate: {{cdi: {{kind: vendor.example/{kind}, "
+            f"specDir: {short_dir / 'cdi'}}}}}\n"
+        )
+    return text
+
+
+async def test_a_held_cdi_name_of_a_removed_resource_resolves_until_its_booking_ends(
+    pod_resources_kubelet: KubeletSimulator, short_dir: Path, start_host
+) -> None:
+    """p1 holds fpga0 (CDI name vendor.example/k1=...); a reload removes the resource. p1's
+    container may restart and resolve the name again: it keeps resolving to dev/fpga0 while
+    the kubelet holds it (one keeper writes the removed resource's file), and goes once p1
+    ended."""
+    kubelet = pod_resources_kubelet
+    for directory in ("dev", "dev2"):
+        (short_dir / directory).mkdir()
+        (short_dir / directory / "fpga0").touch()
+    spec_dir, config = short_dir / "cdi", short_dir / "kdp.yaml"
+    config.write_text(_cdi_config(kubelet, short_dir, with_a=True))
+    running = await start_host(config.read_text(), config_path=config)
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    held = [name for name in resolved(spec_dir) if name.startswith("vendor.example/k1=")]
+    assert [resolved(spec_dir)[name] for name in held] == [[str(short_dir / "dev" / "fpga0")]]
+    config.write_text(_cdi_config(kubelet, short_dir, with_a=False))
+    assert await running.host.reload_from(config) == "ok"
+    await wait_until(lambda: FPGA not in running.host.resources, what="the resource stopped")
+    await wait_until(lambda: held[0] in resolved(spec_dir), what="the held name kept")
+    assert resolved(spec_dir)[held[0]] == [str(short_dir / "dev" / "fpga0")]
+    poller = running.host.pod_resources
+    assert poller is not None
+    seen = poller.holdings
+    await wait_until(lambda: poller.holdings is not seen, what="a PodResources answer")
+    assert resolved(spec_dir)[held[0]] == [str(short_dir / "dev" / "fpga0")], "p1 holds it"
+    await kubelet.release("p1")
+    await wait_until(lambda: held[0] not in resolved(spec_dir), what="the held name gone")
+    assert not (spec_dir / spec_file_name(FPGA)).exists()

@@ -1132,8 +1132,10 @@ class Config:
         "stateDir",
         AbsolutePath(),
         "Where kdp-host keeps what must outlive it: which devices of resources with `release` "
-        "were used and not released yet (`release-state.json`), and the device IDs the kubelet "
-        "booked with the nodes they reach (`ownership.json`). Small files. kdp-host writes "
+        "were used and not released yet (`release-state.json`), the device IDs the kubelet "
+        "booked with the nodes they reach (`ownership.json`), and each booked device as its "
+        "Allocate handed it out, which preStart, the CDI entries of held devices and a release "
+        "act on (`handed-out.json`). Small files. kdp-host writes "
         "nothing else there, and nothing else of kdp-host may be there: not the config file, "
         "not another path of the config (see [Paths kdp-host writes](#paths-kdp-host-writes)).",
         default="/var/lib/kdp-host",

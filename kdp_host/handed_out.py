@@ -197,6 +197,8 @@ class HandedRecord:
                 continue
             old = entries.get(entry.device.id)
             kept = old.ids if old is not None and _same(old.device, entry.device) else frozenset()
+            if advertised in kept:
+                continue  # handed out again as it was: nothing to write
             entries[entry.device.id] = Handed(entry.device, kept | {advertised}, now)
             changed = True
         if not entries:

@@ -26,6 +26,7 @@ from kdp_host.simulator import KubeletSimulator
 from .conftest import wait_until
 from .test_cdi_reload import resolved
 from .test_prestart_handed import FPGA, _builder
+from .test_release import _answer, _Commands, _restarted
 
 KIND = "vendor.example/fpga"
 
@@ -166,3 +167,24 @@ async def test_a_held_cdi_name_of_a_removed_resource_resolves_until_its_booking_
     await kubelet.release("p1")
     await wait_until(lambda: held[0] not in resolved(spec_dir), what="the held name gone")
     assert not (spec_dir / spec_file_name(FPGA)).exists()
+
+
+async def test_the_handed_paths_an_older_release_state_kept_are_taken_into_the_record(
+    short_dir: Path,
+) -> None:
+    """An older version kept the release's copy in release-state.json (`handed`): at start
+    the tracker gives it to the one record, and the owed release acts on it."""
+    state = short_dir / "state"
+    state.mkdir()
+    entry = {"used": [], "owed": True, "handed": {"nodes": [["/dev/old0", "/dev/fpga"]], "env": {}}}
+    (state / "release-state.json").write_text(
+        json.dumps({"version": 1, "resources": {FPGA: {"fpga0": entry}}})
+    )
+    record, commands = _record(state), _Commands()
+    tracker = _restarted(short_dir, commands, DeviceTable(), record.of(FPGA))
+    tracker.start()
+    assert record.devices(FPGA)["fpga0"].nodes == (DeviceNode("/dev/old0", "/dev/fpga"),)
+    tracker.holdings(_answer(10.0**9))
+    await tracker.before_start(["fpga0"])
+    assert commands.runs == [["reset", "fpga0", "/dev/old0"]]
+    await tracker.close()

@@ -988,14 +988,16 @@ async def test_readyz_and_a_gauge_say_while_a_state_file_cannot_be_written(
     async with running_host(text, metrics, health) as host:
         await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
         await wait_until(lambda: health.attached, what="the loop answers probes")
-        for name in ("ownership.json", "release-state.json"):  # series from the start
+        for name in ("ownership.json", "release-state.json", "handed-out.json"):  # from the start
             assert ("kdp_state_persist_failing", (("file", name),)) in samples(metrics)
         disk = FullDisk(monkeypatch)
         await kubelet.allocate(FPGA, 1, pod_uid="p1")
         await wait_until(lambda: disk.attempts >= 2, what="the booking's write tried again")
         status, body = await asyncio.to_thread(http_get, http, "/readyz")
         assert status == 503, body
-        assert 'not ready: stateDir: "ownership.json not written (ENOSPC): retrying"' in body
+        assert 'not ready: stateDir: "' in body
+        assert "ownership.json not written (ENOSPC): retrying" in body
+        assert "handed-out.json not written (ENOSPC): retrying" in body  # (the Allocate's too)
         await asyncio.to_thread(http_get, http, "/metrics")
         assert value(metrics, "kdp_state_persist_failing", file="ownership.json") == 1
         assert value(metrics, "kdp_state_persist_failing", file="release-state.json") == 0

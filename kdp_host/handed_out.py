@@ -26,17 +26,24 @@ is one an older version never wrote (an upgrade), and the booked devices are tak
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .allocation import AllocationError
-from .devices import Device, DeviceMount, DeviceNode, Snapshot
+from .devices import Device, Snapshot
 from .files import Offload
+from .handed_entries import (
+    Entries,
+    Handed,
+    entries_document,
+    parse_entries,
+    read_document,
+    same_device,
+)
 from .logs import EventLogger
-from .state_file import StateFile, text
+from .state_file import StateFile
 from .state_lock import running
 
 HANDED_FILE = "handed-out.json"
@@ -48,20 +55,6 @@ well within what the file may hold (`files.MAX_DOCUMENT_SIZE`)."""
 
 class RecordFull(AllocationError):
     """An Allocate would make the record keep more than `MAX_DEVICES` devices."""
-
-
-@dataclass(frozen=True)
-class Handed:
-    """One device as an Allocate handed it out, and the advertised IDs it went under."""
-
-    device: Device
-    ids: frozenset[str]
-    at: float
-    """Unix time of the Allocate (the later one wins when hosts' entries are merged)."""
-
-
-Entries = dict[str, dict[str, Handed]]
-"""Resource -> device ID -> what was handed out."""
 
 
 class HandedRecord:
@@ -114,7 +107,7 @@ class HandedRecord:
         """Read the file (blocking: call it in a thread). Missing: nothing was recorded."""
         if self.file is None:
             return
-        self._data, writers = self.file.load(_read) or ({}, {})
+        self._data, writers = self.file.load(read_document) or ({}, {})
         self.file.unsettled = self.file.unknown
         if self._writer is not None:
             directory = str(self.file.path.parent)
@@ -196,7 +189,11 @@ class HandedRecord:
             if entry is None:
                 continue
             old = entries.get(entry.device.id)
-            kept = old.ids if old is not None and _same(old.device, entry.device) else frozenset()
+            kept = (
+                old.ids
+                if old is not None and same_device(old.device, entry.device)
+                else frozenset()
+            )
             if advertised in kept:
                 continue  # handed out again as it was: nothing to write
             entries[entry.device.id] = Handed(entry.device, kept | {advertised}, now)
@@ -281,7 +278,7 @@ class HandedRecord:
     # ------------------------------------------------------------------ the file
 
     def document(self) -> Mapping[str, Any]:
-        return {"resources": _document(self._data)}
+        return {"resources": entries_document(self._data)}
 
     def _merge(
         self, mine: Mapping[str, Any], current: Mapping[str, Any] | None
@@ -290,14 +287,14 @@ class HandedRecord:
         stay (those of a host that had ended when this one read the file go: taken up).
         The union, the later Allocate winning per device, is what a start reads."""
         assert self._writer is not None and self.file is not None
-        kept = {} if current is None else _read(current)[1]
+        kept = {} if current is None else read_document(current)[1]
         directory = str(self.file.path.parent)
         writers = {
             w: entries
             for w, entries in kept.items()
             if w != self._writer and (w not in self._taken or running(directory, w))
         }
-        writers[self._writer] = _parse(mine)
+        writers[self._writer] = parse_entries(mine)
         union: Entries = {}
         for entries in writers.values():
             for name, devices in entries.items():
@@ -306,8 +303,8 @@ class HandedRecord:
                     if found is None or handed.at > found.at:
                         union[name][device_id] = handed
         return {
-            "resources": _document(union),
-            "writers": {w: _document(entries) for w, entries in writers.items()},
+            "resources": entries_document(union),
+            "writers": {w: entries_document(entries) for w, entries in writers.items()},
         }
 
 
@@ -349,70 +346,3 @@ class HandedOut:
 def in_memory(resource: str) -> HandedOut:
     """A view of a record of its own, not persisted (a part made without a host)."""
     return HandedRecord(None).of(resource)
-
-
-# ---------------------------------------------------------------------- the document
-
-
-def _document(entries: Entries) -> dict[str, Any]:
-    return {
-        name: {device_id: _entry(handed) for device_id, handed in sorted(devices.items())}
-        for name, devices in sorted(entries.items())
-    }
-
-
-def _entry(handed: Handed) -> dict[str, Any]:
-    device = handed.device
-    return {
-        "nodes": [[n.host_path, n.container_path, n.permissions] for n in device.nodes],
-        "mounts": [[m.host_path, m.container_path, m.read_only] for m in device.mounts],
-        "env": dict(device.env),
-        "ids": sorted(handed.ids),
-        "at": handed.at,
-    }
-
-
-def _parse(document: Mapping[str, Any]) -> Entries:
-    return {
-        text(name): {text(device_id): _handed(device_id, e) for device_id, e in devices.items()}
-        for name, devices in document["resources"].items()
-    }
-
-
-def _read(document: Mapping[str, Any]) -> tuple[Entries, dict[str, Entries]]:
-    writers = {
-        text(writer): _parse({"resources": resources})
-        for writer, resources in document.get("writers", {}).items()
-    }
-    return _parse(document), writers
-
-
-def _handed(device_id: str, entry: Mapping[str, Any]) -> Handed:
-    """One entry, checked: raises TypeError/ValueError/KeyError when it is not of its shape."""
-    nodes, mounts, env, ids, at = (entry[k] for k in ("nodes", "mounts", "env", "ids", "at"))
-    if not all(isinstance(v, list) for v in (nodes, mounts, ids)) or not isinstance(env, dict):
-        raise TypeError(f"a handed-out entry is not of its shape: {entry!r}")
-    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
-        raise TypeError(f"at is not a finite number: {at!r}")
-    device = Device(
-        text(device_id),
-        nodes=tuple(
-            DeviceNode(text(h), text(c), None if p is None else text(p)) for h, c, p in nodes
-        ),
-        mounts=tuple(DeviceMount(text(h), text(c), _flag(ro)) for h, c, ro in mounts),
-        env={text(k): text(v) for k, v in env.items()},
-    )
-    return Handed(device, frozenset(text(i) for i in ids), float(at))
-
-
-def _same(one: Device, other: Device) -> bool:
-    """Whether two records of a device hand out the same (nodes, mounts and env)."""
-    if one is other:
-        return True
-    return _entry(Handed(one, frozenset(), 0.0)) == _entry(Handed(other, frozenset(), 0.0))
-
-
-def _flag(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{value!r} is not true or false")
-    return value

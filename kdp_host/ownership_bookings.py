@@ -126,7 +126,7 @@ class Ledger:
         self.sink: StateSink | None = None
         self.releasing: ReleasePending = _none_pending  # (see `expire`)
         self.drops = 0
-        """Bookings gone so far (`drop`, another host's: `mirror`): `handed_out.Handing`."""
+        """Bookings gone so far (`drop`, another host's: `mirror`): `HandedRecord.answered`."""
 
     def add(self, owner: Owner, booking: Booking) -> None:
         self.bookings[owner] = booking

@@ -260,7 +260,7 @@ async def test_release_state_of_hosts_sharing_a_state_dir_is_merged_not_overwrit
 def test_the_ledger_counts_the_bookings_that_went() -> None:
     """`Ledger.drops` grows when a booking goes, this host's (`drop`) or another host's
     (`mirror`), and not when one is booked again as it was: what is kept while an ID is
-    booked (`handed_out.Handing`) is looked at again only then."""
+    booked (`handed_out.HandedRecord.answered`) is looked at again only then."""
     ledger = Ledger("me")
     mine, theirs = Owner("r", "d0"), Owner("r", "d1")
     assert ledger.record(mine, "d0", (), 1.0)

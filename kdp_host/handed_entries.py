@@ -1,0 +1,91 @@
+"""The document of `<stateDir>/handed-out.json` (`handed_out.HandedRecord`): what one entry
+keeps of a device as an Allocate handed it out, written and read back (checked: a value not
+of its shape raises as a `state_file.Parser` does)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .devices import Device, DeviceMount, DeviceNode
+from .state_file import text
+
+
+@dataclass(frozen=True)
+class Handed:
+    """One device as an Allocate handed it out, and the advertised IDs it went under."""
+
+    device: Device
+    ids: frozenset[str]
+    at: float
+    """Unix time of the Allocate (the later one wins when hosts' entries are merged)."""
+
+
+Entries = dict[str, dict[str, Handed]]
+"""Resource -> device ID -> what was handed out."""
+
+
+def entries_document(entries: Entries) -> dict[str, Any]:
+    return {
+        name: {device_id: entry(handed) for device_id, handed in sorted(devices.items())}
+        for name, devices in sorted(entries.items())
+    }
+
+
+def entry(handed: Handed) -> dict[str, Any]:
+    device = handed.device
+    return {
+        "nodes": [[n.host_path, n.container_path, n.permissions] for n in device.nodes],
+        "mounts": [[m.host_path, m.container_path, m.read_only] for m in device.mounts],
+        "env": dict(device.env),
+        "ids": sorted(handed.ids),
+        "at": handed.at,
+    }
+
+
+def parse_entries(document: Mapping[str, Any]) -> Entries:
+    return {
+        text(name): {text(device_id): handed(device_id, e) for device_id, e in devices.items()}
+        for name, devices in document["resources"].items()
+    }
+
+
+def read_document(document: Mapping[str, Any]) -> tuple[Entries, dict[str, Entries]]:
+    writers = {
+        text(writer): parse_entries({"resources": resources})
+        for writer, resources in document.get("writers", {}).items()
+    }
+    return parse_entries(document), writers
+
+
+def handed(device_id: str, entry: Mapping[str, Any]) -> Handed:
+    """One entry, checked: raises TypeError/ValueError/KeyError when it is not of its shape."""
+    nodes, mounts, env, ids, at = (entry[k] for k in ("nodes", "mounts", "env", "ids", "at"))
+    if not all(isinstance(v, list) for v in (nodes, mounts, ids)) or not isinstance(env, dict):
+        raise TypeError(f"a handed-out entry is not of its shape: {entry!r}")
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+        raise TypeError(f"at is not a finite number: {at!r}")
+    device = Device(
+        text(device_id),
+        nodes=tuple(
+            DeviceNode(text(h), text(c), None if p is None else text(p)) for h, c, p in nodes
+        ),
+        mounts=tuple(DeviceMount(text(h), text(c), flag(ro)) for h, c, ro in mounts),
+        env={text(k): text(v) for k, v in env.items()},
+    )
+    return Handed(device, frozenset(text(i) for i in ids), float(at))
+
+
+def same_device(one: Device, other: Device) -> bool:
+    """Whether two records of a device hand out the same (nodes, mounts and env)."""
+    if one is other:
+        return True
+    return entry(Handed(one, frozenset(), 0.0)) == entry(Handed(other, frozenset(), 0.0))
+
+
+def flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{value!r} is not true or false")
+    return value

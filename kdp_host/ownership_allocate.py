@@ -39,7 +39,7 @@ from .identity import DIRECTORY
 from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
 from .logs import EventLogger
 from .ownership_adopt import DeviceClaims
-from .ownership_arrivals import INSIDE_LIMIT, Found, arrived
+from .ownership_arrivals import INSIDE_LIMIT
 from .ownership_claims import (
     HANDED_TIMEOUT,
     Claim,
@@ -52,6 +52,7 @@ from .ownership_claims import (
     handed_reals,
 )
 from .ownership_gate import AdmissionGate
+from .ownership_reads import Found, arrived
 from .ownership_resolve import Resolution, reached_only
 
 if TYPE_CHECKING:

@@ -24,19 +24,21 @@ shared with other processes; the safety net keeps the promise within its interva
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
-import stat
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from .files import Offload
-from .identity import DIRECTORY, identity_of
+from .identity import DIRECTORY
 from .logs import EventLogger
 from .metrics import Metrics
-from .ownership_claims import ClaimKey
+from .ownership_reads import Found as Found
+from .ownership_reads import Read, TreeReads, arrived, tops
 from .rules import below
+from .turns import Pace
 
 if TYPE_CHECKING:
     from .safety_net import SafetyNet
@@ -53,6 +55,8 @@ HOST_TREE_LIMIT: Final = 8192
 """Directories followed below claimed directories on the host in all: the inotify watch
 limit (`fs.inotify.max_user_watches`, 8,192 on older kernels) is shared with the watches
 every resource needs (its patterns' directories, the kubelet's)."""
+TAKE_CHUNK: Final = 64
+"""Trees whose reads are taken in (their directories subscribed to) per turn of the loop."""
 RESCAN_INTERVAL: Final = 30.0
 """Seconds between the safety net's reads of a tree that is not followed in full."""
 RESCAN_LIMIT: Final = 65536
@@ -63,50 +67,6 @@ INSIDE_LIMIT: Final = 128
 """Entries an Allocate reads below the directories its answer mounts, for what was moved in
 but not reported yet (`BookingAllocations.hand_out`)."""
 
-Found = list[tuple[ClaimKey, str]]
-"""What arrived: each entry's identity and its real path."""
-Read = Callable[[list[str], int], tuple[Found, bool]]
-
-
-def arrived(paths: Iterable[str], limit: int = ARRIVAL_LIMIT) -> tuple[Found, bool]:
-    """Each path's identity (lstat: a link is not followed) and, below a directory, every
-    entry's, up to `limit` entries in all; True: more were there (not read)."""
-    found: Found = []
-    todo = [os.path.normpath(path) for path in paths]
-    left = False  # (entries of a directory not listed: the limit was reached)
-    while todo:
-        path = todo.pop()
-        try:
-            st = os.lstat(path)
-        except (OSError, ValueError):
-            continue  # (gone again, or no path)
-        if stat.S_ISLNK(st.st_mode):
-            continue
-        key = identity_of(st)
-        found.append((key, path))  # (its directory's real path, and its name)
-        if len(found) >= limit:
-            return found, bool(todo) or left or key[0] == DIRECTORY
-        if key[0] == DIRECTORY:
-            try:
-                with os.scandir(path) as entries:
-                    for entry in entries:  # (no more than the limit: a big directory)
-                        if len(found) + len(todo) >= limit:
-                            left = True
-                            break
-                        todo.append(entry.path)
-            except OSError:
-                continue
-    return found, left
-
-
-def tops(paths: Iterable[str]) -> list[str]:
-    """`paths` but those below another of them (read with it)."""
-    kept: list[str] = []
-    for path in sorted(paths):
-        if not kept or (path != kept[-1] and not below(path, kept[-1])):
-            kept.append(path)
-    return kept
-
 
 @dataclass
 class _Tree:
@@ -114,7 +74,7 @@ class _Tree:
 
     log: EventLogger | None
     """The log of the resource that claimed it first."""
-    dirs: int = 0
+    dirs: set[str] = field(default_factory=set)
     """Directories followed below it."""
     unfollowed: str | None = None
     """Why its tree is not followed in full (the safety net reads it), or None."""
@@ -162,7 +122,7 @@ class Arrivals:
         self._trees[directory] = _Tree(log)
         known = self._dirs.get(directory)
         if known is not None:  # (followed in a tree above it so far: its own from now on)
-            self._trees[known[0]].dirs -= 1
+            self._trees[known[0]].dirs.discard(directory)
             self._below -= 1
             subscription = known[1]
         else:
@@ -198,23 +158,40 @@ class Arrivals:
             self._task = asyncio.get_running_loop().create_task(self._read_pending())
 
     async def _read_pending(self) -> None:
+        """Read what is pending, every tree's in one call off the loop, until nothing is."""
         try:
             while self._pending:
-                tree, paths = self._pending.popitem()
-                full = tree in self._full
-                self._full.discard(tree)
-                todo = tops(paths)
-                limit, timeout = (RESCAN_LIMIT, RESCAN_TIMEOUT) if full else (ARRIVAL_LIMIT, None)
-                unread = f"more than {limit:,} entries below what changed there"
-                try:
-                    found, more = await self._run(
-                        functools.partial(self._read, todo, limit), timeout
-                    )
-                except TimeoutError:
-                    found, more = [], True
-                    unread = f"its read took more than {timeout or ARRIVAL_TIMEOUT:g} s"
-                self._take(tree, todo, found, unread if more else None, full)
-                self._found(found)
+                pending, self._pending = self._pending, {}
+                full = self._full & pending.keys()
+                self._full -= full
+                limits = {t: RESCAN_LIMIT if t in full else ARRIVAL_LIMIT for t in pending}
+                jobs = [(tree, tops(paths), limits[tree]) for tree, paths in pending.items()]
+                timeout = RESCAN_TIMEOUT if full else ARRIVAL_TIMEOUT
+                batch = TreeReads(jobs, self._read)
+                if self._offload is None:
+                    batch.run()
+                else:
+                    reading = asyncio.ensure_future(self._offload.run(batch.run))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await asyncio.shield(reading)
+                done, running = batch.close()
+                everything: Found = []
+                pace = Pace(TAKE_CHUNK)
+                for tree, todo, limit in jobs:
+                    if pace.due():
+                        await asyncio.sleep(0)  # (a thousand trees read at start)
+                    if tree not in done and tree != running:  # (not started: the next batch)
+                        self._pending.setdefault(tree, set()).update(todo)
+                        self._full |= {tree} & full
+                        continue
+                    found, more = done.get(tree, ([], True))
+                    unread = f"more than {limit:,} entries below what changed there"
+                    if tree not in done:
+                        unread = f"its read took more than {timeout:g} s"
+                    self._take(tree, todo, found, unread if more else None, tree in full)
+                    everything += found
+                self._found(everything)
         finally:
             self._task = None
 
@@ -255,7 +232,7 @@ class Arrivals:
             return "no watcher"
         if directory in self._trees:
             return None  # (a claimed directory: followed as its own tree)
-        if state.dirs >= TREE_LIMIT:
+        if len(state.dirs) >= TREE_LIMIT:
             return f"more than {TREE_LIMIT:,} directories below it"
         if self._below >= HOST_TREE_LIMIT:
             return f"more than {HOST_TREE_LIMIT:,} directories below mounted ones on the host"
@@ -265,21 +242,20 @@ class Arrivals:
             subscription.cancel()
             return f"a watch of {directory} was refused: {refused}"
         self._dirs[directory] = (tree, subscription)
-        state.dirs += 1
+        state.dirs.add(directory)
         self._below += 1
         return None
 
     def _let_go(self, path: str, there: set[str]) -> None:
         """`path` was read in full: stop following it and what is below it where no
         directory is now (not one of `there`; a claimed directory is followed for as long
-        as the host runs)."""
-        for directory in [d for d in self._dirs if d == path or below(d, path)]:
-            if directory in there or directory in self._trees:
-                continue
-            tree, subscription = self._dirs.pop(directory)
-            subscription.cancel()
-            self._trees[tree].dirs -= 1
-            self._below -= 1
+        as the host runs). What its tree follows is looked at, not every tree's."""
+        state = self._trees[self._dirs[path][0]]
+        for directory in [d for d in state.dirs if d == path or below(d, path)]:
+            if directory not in there:
+                state.dirs.discard(directory)
+                self._dirs.pop(directory)[1].cancel()
+                self._below -= 1
 
     def _set_unfollowed(self, tree: str, why: str | None) -> None:
         state = self._trees[tree]
@@ -297,7 +273,7 @@ class Arrivals:
                     f"only (every {RESCAN_INTERVAL:g} s) until it can be followed again",
                 )
             else:
-                state.log.info("mount_tree_followed", dir=tree, dirs=state.dirs)
+                state.log.info("mount_tree_followed", dir=tree, dirs=len(state.dirs))
         if self._metrics is not None:
             self._metrics.watch_unfollowed.set(len(self.unfollowed))
         self._join()
@@ -330,15 +306,6 @@ class Arrivals:
         for tree in self.unfollowed:
             self._full.add(tree)
             self._queue(tree, tree)
-
-    def _run(
-        self, call: Callable[[], tuple[Found, bool]], timeout: float | None
-    ) -> Awaitable[tuple[Found, bool]]:
-        if self._offload is None:
-            done: asyncio.Future[tuple[Found, bool]] = asyncio.Future()
-            done.set_result(call())
-            return done
-        return asyncio.wait_for(self._offload.run(call), timeout or ARRIVAL_TIMEOUT)
 
 
 def _nothing_read() -> bool:

@@ -24,8 +24,8 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.mount_table import MountMap, parse_mounts
 from kdp_host.ownership import OwnershipIndex
-from kdp_host.ownership_arrivals import arrived
 from kdp_host.ownership_overlaps import overlaps
+from kdp_host.ownership_reads import arrived
 from kdp_host.testing import ManualWatcher
 from kdp_host.watch import Watcher
 
@@ -230,7 +230,7 @@ def test_what_arrived_is_read_up_to_its_limit(tmp_path: Path) -> None:
     for i in range(5):
         (tmp_path / "d" / str(i)).mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "d")
-    found, more = arrived([str(tmp_path / "d"), str(tmp_path / "link")])
+    found, more = arrived([str(tmp_path / "d"), str(tmp_path / "link")], 4096)
     assert len(found) == 6 and not more, "the directory and its entries; no link followed"
     found, more = arrived([str(tmp_path / "d")], limit=3)
     assert len(found) == 3 and more

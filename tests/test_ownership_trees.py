@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from kdp_host import ownership_allocate, ownership_arrivals
+from kdp_host import ownership_allocate, ownership_arrivals, ownership_reads
 from kdp_host.devices import DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.inotify_watch import InotifyWatcher
@@ -253,8 +254,8 @@ async def test_the_allocate_read_is_bounded(
     host, _ = await booked_beside_tree(tmp_path, "d0", "d1", "d2", "d3")
     read: list[int] = []
 
-    def counted(paths: list[str], limit: int) -> tuple[ownership_arrivals.Found, bool]:
-        found, more = ownership_arrivals.arrived(paths, limit)
+    def counted(paths: list[str], limit: int) -> tuple[ownership_reads.Found, bool]:
+        found, more = ownership_reads.arrived(paths, limit)
         read.append(len(found))
         return found, more
 
@@ -284,3 +285,33 @@ async def test_the_host_wide_bound_leaves_the_tree_past_it_to_the_safety_net(
     await host.settled()
     assert unfollowed(host) == 0
     assert {str(tmp_path / "c" / "e0"), str(tmp_path / "c" / "e1")} <= watcher.directories
+
+
+async def test_a_hung_tree_is_left_to_the_safety_net_and_the_others_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trees are read in one call off the loop: one whose read hangs (a dead network file
+    system) past `ARRIVAL_TIMEOUT` is left to the safety net, the trees after it in the
+    batch are read in the next one, the trees before it are taken in."""
+    monkeypatch.setattr(ownership_arrivals, "ARRIVAL_TIMEOUT", 0.2)
+    trees = {name: tmp_path / name for name in ("a", "hung", "z")}
+    for tree in trees.values():
+        (tree / "sub").mkdir(parents=True)
+    gate = threading.Event()
+
+    def read(paths: list[str], limit: int) -> tuple[ownership_reads.Found, bool]:
+        if any(path.startswith(str(trees["hung"])) for path in paths):
+            gate.wait(60)
+        return ownership_reads.arrived(paths, limit)
+
+    watcher = ManualWatcher()
+    arrivals = ownership_arrivals.Arrivals(lambda _found: None, DaemonThreads(), read=read)
+    try:
+        for tree in trees.values():
+            arrivals.follow(watcher, str(tree), get_logger().bind(resource=R2))
+        await asyncio.wait_for(arrivals.quiet(), 60)
+        assert set(arrivals.unfollowed) == {str(trees["hung"])}
+        assert "took more than" in arrivals.unfollowed[str(trees["hung"])]
+        assert {str(trees["a"] / "sub"), str(trees["z"] / "sub")} <= watcher.directories
+    finally:
+        gate.set()

@@ -16,6 +16,7 @@ import errno
 import os
 import struct
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from .files import Offload
 from .logs import EventLogger
@@ -30,89 +31,44 @@ from .watch import (
     new_subscription,
 )
 
+if TYPE_CHECKING:
+    from asyncinotify import Mask, Watch
+
 _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR})
 """add_watch errors that mean the directory is not there (yet): tried again, not reported."""
 
-# The event bits of inotify(7) (<sys/inotify.h>, the same on every Linux architecture).
-IN_ATTRIB = 0x4
-IN_CLOSE_WRITE = 0x8
-IN_MOVED_FROM = 0x40
-IN_MOVED_TO = 0x80
-IN_CREATE = 0x100
-IN_DELETE = 0x200
-IN_DELETE_SELF = 0x400
-IN_MOVE_SELF = 0x800
-IN_Q_OVERFLOW = 0x4000
-IN_IGNORED = 0x8000
-IN_ONLYDIR = 0x1000000
 
-_DIR_MASK = (
-    IN_CREATE
-    | IN_DELETE
-    | IN_MOVED_FROM
-    | IN_MOVED_TO
-    | IN_ATTRIB
-    | IN_CLOSE_WRITE
-    | IN_DELETE_SELF
-    | IN_MOVE_SELF
-    | IN_ONLYDIR
-)
-_GONE = IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF
-_APPEARED = IN_CREATE | IN_MOVED_TO
+def _dir_mask(mask: type[Mask]) -> Mask:
+    return (
+        mask.CREATE
+        | mask.DELETE
+        | mask.MOVED_FROM
+        | mask.MOVED_TO
+        | mask.ATTRIB
+        | mask.CLOSE_WRITE
+        | mask.DELETE_SELF
+        | mask.MOVE_SELF
+        | mask.ONLYDIR
+    )
+
 
 _EVENT_HEADER = struct.Struct("iIII")
 """struct inotify_event: wd, mask, cookie, len (then `len` bytes of NUL-padded name)."""
 _READ_SIZE = 64 * 1024
 
 
-class Inotify:
-    """One inotify descriptor (non-blocking, close-on-exec) and its watches, through the C
-    library's own `inotify_init1`, `inotify_add_watch` and `inotify_rm_watch` (ctypes, the
-    symbols of the running process: no library search, no `ldconfig` child at start-up,
-    which a binding that looks libc up by name runs). Where the C library has no inotify
-    (macOS), making one raises AttributeError; an OSError where the kernel refuses one."""
-
-    def __init__(self) -> None:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        init, add, remove = libc.inotify_init1, libc.inotify_add_watch, libc.inotify_rm_watch
-        init.argtypes = (ctypes.c_int,)
-        add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
-        remove.argtypes = (ctypes.c_int, ctypes.c_int)
-        self._add: Callable[[int, bytes, int], int] = add
-        self._remove: Callable[[int, int], int] = remove
-        self._errno: Callable[[], int] = ctypes.get_errno
-        self.fd = self._checked(init(os.O_NONBLOCK | os.O_CLOEXEC), None)
-
-    def add_watch(self, path: str, mask: int) -> int:
-        """The watch descriptor of `path` (the same one again for a watched inode)."""
-        return self._checked(self._add(self.fd, os.fsencode(path), mask), path)
-
-    def rm_watch(self, wd: int) -> None:
-        self._checked(self._remove(self.fd, wd), None)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def _checked(self, result: int, path: str | None) -> int:
-        if result < 0:
-            code = self._errno()
-            raise OSError(code, os.strerror(code), *(() if path is None else (path,)))
-        return result
-
-
 class InotifyWatcher:
     """All directory watches of the host on one inotify file descriptor.
 
-    `Inotify` makes the descriptor and the watches. The events are read here, when the loop
-    says the descriptor is readable, in the kernel's own format (inotify(7): a fixed
-    header, then the name): no task, future, `Path` or flag object per event. The kubelet's
-    socket dir sees four events per pod admission (its checkpoint written and renamed),
-    each woke every resource's task.
+    asyncinotify makes the descriptor and the watches (`Inotify`, `add_watch`, `rm_watch`).
+    The events are read here, when the loop says the descriptor is readable, in the
+    kernel's own format (inotify(7): a fixed header, then the name): no task, future,
+    `Path` or flag object per event. The kubelet's socket dir sees four events per pod
+    admission (its checkpoint written and renamed), each woke every resource's task.
 
-    Where there is no inotify (macOS), making the descriptor fails with errors that are not
-    always OSError, and the host must still start with the polling watcher (`make_watcher`).
+    asyncinotify is imported here, not with the module: on systems without inotify (macOS)
+    it fails at import or at first use, with errors that are not always OSError, and the
+    host must still start with the polling watcher.
     """
 
     kind = "inotify"
@@ -123,11 +79,16 @@ class InotifyWatcher:
         retry_interval: float = 0.5,
         mounts: Callable[[EventLogger], MountTable | None] = MountTable.open,
     ) -> None:
+        from asyncinotify import Inotify, Mask
+
         self._log = log
+        self._dir_mask = _dir_mask(Mask)
+        self._overflow = int(Mask.Q_OVERFLOW)
+        self._gone = int(Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF)
+        self._appeared = int(Mask.CREATE | Mask.MOVED_TO)
         self._inotify = Inotify()
         self._subs = SubscriberIndex()
-        self._watches: dict[str, int] = {}
-        """The watch descriptor of each watched directory."""
+        self._watches: dict[str, Watch] = {}
         self._dirs_of_wd: dict[int, list[str]] = {}
         """Watched directories by watch descriptor (one inode reached by two paths is one
         watch for both)."""
@@ -171,22 +132,22 @@ class InotifyWatcher:
         if self._subs.remove(subscription):
             self._pending.discard(subscription.directory)
             self._set_refused(subscription.directory, None)
-            wd = self._watches.pop(subscription.directory, None)
-            if wd is not None:
-                sharing = self._dirs_of_wd.get(wd, [])
+            watch = self._watches.pop(subscription.directory, None)
+            if watch is not None:
+                sharing = self._dirs_of_wd.get(watch.wd, [])
                 with contextlib.suppress(ValueError):
                     sharing.remove(subscription.directory)
                 if not sharing:
-                    self._dirs_of_wd.pop(wd, None)
+                    self._dirs_of_wd.pop(watch.wd, None)
                     if not self._closed:
                         with contextlib.suppress(OSError):
-                            self._inotify.rm_watch(wd)
+                            self._inotify.rm_watch(watch)
 
     def _add_watch(self, directory: str) -> bool:
         try:
             if self._closed:
                 raise OSError("the inotify descriptor is closed")
-            wd = self._inotify.add_watch(directory, _DIR_MASK)
+            watch = self._inotify.add_watch(directory, self._dir_mask)
         except OSError as exc:
             self._pending.add(directory)
             self._retry_wanted.set()
@@ -194,8 +155,8 @@ class InotifyWatcher:
             self._set_refused(directory, None if absent else _refusal(exc))
             return False
         self._set_refused(directory, None)
-        self._watches[directory] = wd
-        sharing = self._dirs_of_wd.setdefault(wd, [])
+        self._watches[directory] = watch
+        sharing = self._dirs_of_wd.setdefault(watch.wd, [])
         if directory not in sharing:
             sharing.append(directory)
         self._pending.discard(directory)
@@ -286,16 +247,17 @@ class InotifyWatcher:
             self._retry_wanted.clear()
 
     def _dispatch(self, mask: int, wd: int, name: str | None) -> None:
-        if mask & IN_Q_OVERFLOW:
+        if mask & self._overflow:
             self._log.warning("inotify_overflow", action="rescan_all")
             self._subs.notify_all(self._log)
             return
         # A removed watch's last events may still arrive: they concern no one.
         directories = tuple(self._dirs_of_wd.get(wd, ()))
-        if mask & _GONE:
+        if mask & self._gone:
             self._dirs_of_wd.pop(wd, None)
             for directory in directories:
-                if self._watches.get(directory) == wd:
+                watch = self._watches.get(directory)
+                if watch is not None and watch.wd == wd:
                     del self._watches[directory]
                 if directory in self._subs.by_dir:
                     self._pending.add(directory)
@@ -304,7 +266,7 @@ class InotifyWatcher:
             return
         for directory in directories:
             self._subs.notify(directory, name, self._log)
-        if name is not None and mask & _APPEARED and self._pending:
+        if name is not None and mask & self._appeared and self._pending:
             # a missing directory made in a watched one is watched at once (the others at
             # the next retry: trying every one on every event cost a failed watch each)
             made = [os.path.join(directory, name) for directory in directories]
@@ -329,8 +291,7 @@ def make_watcher(
     """An inotify watcher where the system has one, else the polling watcher.
 
     Any failure to set up inotify falls back: an OSError on Linux without inotify
-    instances left, an AttributeError where libc has no inotify (macOS), an ImportError
-    where Python has no ctypes.
+    instances left, an ImportError or AttributeError where libc has no inotify (macOS).
     """
     if prefer_inotify:
         try:

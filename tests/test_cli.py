@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import sys
 import urllib.error
@@ -234,9 +235,9 @@ def fetch(url: str) -> bytes:
 
 
 def test_inotify_failures_other_than_oserror_fall_back_to_polling() -> None:
-    """macOS: the C library has no inotify symbol (AttributeError); no ctypes (ImportError);
-    no inotify instance left (OSError)."""
-    for error in (AttributeError("inotify_init1"), ImportError("ctypes"), OSError(24)):
+    """macOS: asyncinotify fails with AttributeError (no inotify symbol in libc) or
+    ImportError, not OSError."""
+    for error in (AttributeError("inotify_init1"), ImportError("asyncinotify"), OSError(24)):
 
         def broken(log: object, error: Exception = error) -> Watcher:
             raise error
@@ -245,29 +246,20 @@ def test_inotify_failures_other_than_oserror_fall_back_to_polling() -> None:
         assert isinstance(watcher, PollingWatcher) and watcher.kind == "poll"
 
 
-_WITHOUT_INOTIFY = """
-import ctypes, sys
-
-class CLibrary(ctypes.CDLL):  # the C library of macOS: no inotify symbols
-    def __getattr__(self, name):
-        if name.startswith("inotify_"):
-            raise AttributeError(f"dlsym(RTLD_DEFAULT, {name}): symbol not found")
-        return super().__getattr__(name)
-
-ctypes.CDLL = CLibrary
-from kdp_host.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-async def test_host_runs_where_the_c_library_has_no_inotify(
+async def test_host_runs_where_asyncinotify_cannot_even_be_imported(
     kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path
 ) -> None:
-    """A whole `kdp-host run` where the C library has no inotify functions (macOS)."""
+    """A whole `kdp-host run` on a system where importing asyncinotify fails (macOS)."""
+    fake = short_dir / "fake-lib" / "asyncinotify"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        'raise AttributeError("dlsym(RTLD_DEFAULT, inotify_init1): symbol not found")\n'
+    )
     config = ephemeral_port_config(short_dir, socket_dir)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), *sys.path])}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _WITHOUT_INOTIFY, "run", "--config", str(config),
-        stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "kdp_host", "run", "--config", str(config),
+        stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     assert proc.stderr is not None
     stderr = bytearray()

@@ -50,10 +50,6 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "difflib",
     "encodings.idna",
     "stringprep",
-    # a search for the C library by name (ctypes.util.find_library runs `ldconfig -p` in a
-    # child at every start): inotify binds the running process's own symbols
-    "ctypes.util",
-    "asyncinotify",
     # the schema machinery (make schema) and test-only libraries
     "kdp_host.config.docs",
     "jsonschema",

@@ -4,7 +4,6 @@ paths, and no wake-ups while nothing changes."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import kdp_host.inotify_watch as watch_module
-from kdp_host.inotify_watch import IN_CREATE, IN_ONLYDIR, Inotify, InotifyWatcher
+from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.watch import PollingWatcher, Watcher
 
@@ -295,29 +294,3 @@ def test_a_directory_inotify_refuses_is_logged_counted_and_watched_once_it_can_b
     assert "watch_refused" in result.stderr and "max_user_watches" in result.stderr
     assert str(second) in result.stderr
     assert "watch_recovered" in result.stderr
-
-
-def test_the_inotify_binding_says_why_the_kernel_refused(tmp_path: Path) -> None:
-    """The C library's inotify through ctypes: a watch descriptor per inode (the same one for
-    two paths to it), and an OSError with the errno, its text and the path when refused."""
-    inotify = Inotify()
-    try:
-        (tmp_path / "file").touch()
-        (tmp_path / "link").symlink_to(tmp_path)
-        wd = inotify.add_watch(str(tmp_path), IN_CREATE | IN_ONLYDIR)
-        assert wd > 0 and inotify.add_watch(str(tmp_path / "link"), IN_CREATE) == wd
-        refused = [
-            (str(tmp_path / "absent"), errno.ENOENT),
-            (str(tmp_path / "file"), errno.ENOTDIR),
-        ]
-        for path, code in refused:
-            with pytest.raises(OSError) as caught:
-                inotify.add_watch(path, IN_CREATE | IN_ONLYDIR)
-            assert (caught.value.errno, caught.value.filename) == (code, path)
-            assert caught.value.strerror == os.strerror(code)
-        inotify.rm_watch(wd)
-        with pytest.raises(OSError) as caught:
-            inotify.rm_watch(wd)
-        assert caught.value.errno == errno.EINVAL
-    finally:
-        inotify.close()

@@ -85,6 +85,7 @@ class InotifyWatcher:
         self._dir_mask = _dir_mask(Mask)
         self._overflow = int(Mask.Q_OVERFLOW)
         self._gone = int(Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF)
+        self._moved = int(Mask.MOVE_SELF)
         self._appeared = int(Mask.CREATE | Mask.MOVED_TO)
         self._inotify = Inotify()
         self._subs = SubscriberIndex()
@@ -259,6 +260,11 @@ class InotifyWatcher:
                 watch = self._watches.get(directory)
                 if watch is not None and watch.wd == wd:
                     del self._watches[directory]
+                    if mask & self._moved:
+                        # (the kernel keeps watching the inode where it went: one watch of
+                        # the limit for as long as it lives, unless removed here)
+                        with contextlib.suppress(OSError):
+                            self._inotify.rm_watch(watch)
                 if directory in self._subs.by_dir:
                     self._pending.add(directory)
                     self._retry_wanted.set()

@@ -27,6 +27,7 @@ from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_allocate import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
+from .conftest import wait_until
 from .test_ownership_moves import R1, R2, Host, mounting, nodes
 
 
@@ -215,19 +216,11 @@ async def test_a_node_moved_deep_into_a_mounted_tree_with_the_real_watcher(
         assert [d.id for d in tables[R2].snapshot.devices] == ["b"]
         if made_later:
             deep.mkdir(parents=True)
-            await until(lambda: str(deep) in watcher.directories)
+            await wait_until(lambda: str(deep) in watcher.directories, what="deep followed")
         os.rename(tmp_path / "dev" / "n0", deep / "n0")
-        await until(lambda: not tables[R2].snapshot.devices)
+        await wait_until(lambda: not tables[R2].snapshot.devices, what="b held")
     finally:
         watching.cancel()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "not within the timeout"
-        await asyncio.sleep(0.01)  # (the watcher's events are on their way to the loop)
 
 
 async def test_an_allocate_before_the_watcher_reports_a_move_is_refused(tmp_path: Path) -> None:

@@ -294,3 +294,26 @@ def test_a_directory_inotify_refuses_is_logged_counted_and_watched_once_it_can_b
     assert "watch_refused" in result.stderr and "max_user_watches" in result.stderr
     assert str(second) in result.stderr
     assert "watch_recovered" in result.stderr
+
+
+def kernel_watches(watcher: InotifyWatcher) -> int:
+    """The watches the kernel holds on the watcher's descriptor (its fdinfo)."""
+    fd = watcher._inotify.fd
+    lines = Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+    return sum(line.startswith("inotify wd:") for line in lines)
+
+
+async def test_a_watched_directory_moved_away_leaves_no_kernel_watch(
+    inotify: InotifyWatcher, tmp_path: Path
+) -> None:
+    """A watched directory renamed away (a subdirectory moved out of a mounted tree) kept
+    its kernel watch where it went, for as long as the inode lived: one watch of the node's
+    limit leaked per move. It is removed when the move is reported."""
+    (tmp_path / "d").mkdir()
+    heard: list[str | None] = []
+    subscription = inotify.subscribe(str(tmp_path / "d"), heard.append)
+    assert kernel_watches(inotify) == 1
+    os.rename(tmp_path / "d", tmp_path / "e")
+    await wait_until(lambda: None in heard, what="the move reported")
+    subscription.cancel()
+    await wait_until(lambda: kernel_watches(inotify) == 0, what="no watch left")

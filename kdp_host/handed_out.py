@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .allocation import AllocationError
 from .devices import Device, Snapshot
@@ -51,6 +51,14 @@ HANDED_VERSION = 1
 MAX_DEVICES = 20_000
 """Most devices the record keeps (all resources): far above what one node's pods hold, and
 well within what the file may hold (`files.MAX_DOCUMENT_SIZE`)."""
+
+
+class Bookings(Protocol):
+    """What the kubelet has booked (the host's `ownership.OwnershipIndex`)."""
+
+    def is_booked(self, resource: str, advertised_id: str) -> bool: ...
+
+    def drops(self) -> int: ...
 
 
 class RecordFull(AllocationError):
@@ -79,6 +87,8 @@ class HandedRecord:
         self._taken: frozenset[str] = frozenset()
         self._drops: dict[str, int] = {}
         """Per resource: the ownership index's `drops` at its last Allocate's let-go."""
+        self._all_drops: int | None = None
+        """`drops` at the last let-go of every resource (a PodResources answer)."""
         self._unbooked: set[str] = set()
         """Resources whose last Allocate handed out an ID left unbooked."""
         self.file: StateFile | None = None
@@ -238,9 +248,19 @@ class HandedRecord:
         entries[device.id] = Handed(device, frozenset(ids), at)
         self._changed(resource, True)
 
-    def let_go(self, booked: Callable[[str, str], bool], resource: str | None = None) -> None:
+    def let_go(
+        self,
+        booked: Callable[[str, str], bool],
+        resource: str | None = None,
+        drops: int | None = None,
+    ) -> None:
         """Entries (of `resource`, or every resource) none of whose IDs is booked go; so do
-        withheld IDs no longer booked."""
+        withheld IDs no longer booked. `drops` (the ownership index's count of bookings gone,
+        every resource): nothing is looked at when no booking went since the last call."""
+        if drops is not None:
+            if drops == self._all_drops:
+                return
+            self._all_drops = drops
         for name in [resource] if resource is not None else list(self._data | self._withheld):
             entries = self._data.get(name, {})
             gone = [d for d, h in entries.items() if not any(booked(name, i) for i in h.ids)]
@@ -254,6 +274,11 @@ class HandedRecord:
             if not withheld:
                 self._withheld.pop(name, None)
             self._changed(name, bool(gone or freed))
+
+    def after_answers(self, bookings: Bookings) -> Callable[[object], None]:
+        """A PodResources subscriber: after each answer (which may end bookings), the
+        entries and withheld IDs of every resource no longer booked go."""
+        return lambda _answer: self.let_go(bookings.is_booked, None, bookings.drops())
 
     def _changed(self, resource: str, changed: bool) -> None:
         if not changed:

@@ -151,7 +151,7 @@ class Host:
         handed = await HandedRecord.read(state_dir, self.log, self.offload, instance)
         handed.booked_at_start(self.ownership.handed_out(), sync.file.found)
         if self.pod_resources is not None:  # its entries go with their bookings
-            self.pod_resources.subscribe(lambda _: handed.let_go(self.ownership.is_booked))
+            self.pod_resources.subscribe(handed.after_answers(self.ownership))
         sync.follow(watcher, safety_net)
         self.state_files.add(sync.file, release_state.file, handed.file)
         commands = ProcessRunner()

@@ -188,3 +188,62 @@ async def test_the_handed_paths_an_older_release_state_kept_are_taken_into_the_r
     await tracker.before_start(["fpga0"])
     assert commands.runs == [["reset", "fpga0", "/dev/old0"]]
     await tracker.close()
+
+
+async def test_a_removed_resource_added_back_takes_its_file_over_from_the_keeper(
+    pod_resources_kubelet: KubeletSimulator, short_dir: Path, start_host
+) -> None:
+    """The keeper of a removed resource's held entries stops when the resource comes back
+    (one writer a file): the new runtime writes the file, p1's name resolving as before."""
+    kubelet = pod_resources_kubelet
+    for directory in ("dev", "dev2"):
+        (short_dir / directory).mkdir()
+        (short_dir / directory / "fpga0").touch()
+    spec_dir, config = short_dir / "cdi", short_dir / "kdp.yaml"
+    config.write_text(_cdi_config(kubelet, short_dir, with_a=True))
+    running = await start_host(config.read_text(), config_path=config)
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    held = [name for name in resolved(spec_dir) if name.startswith("vendor.example/k1=")]
+    config.write_text(_cdi_config(kubelet, short_dir, with_a=False))
+    assert await running.host.reload_from(config) == "ok"
+    supervisor = running.host._supervisor
+    await wait_until(lambda: FPGA in supervisor._keepers, what="the keeper runs")
+    config.write_text(_cdi_config(kubelet, short_dir, with_a=True))
+    assert await running.host.reload_from(config) == "ok"
+    await wait_until(lambda: FPGA not in supervisor._keepers, what="the keeper stopped")
+
+    def served() -> bool:
+        runtime = running.host.resources.get(FPGA)
+        return runtime is not None and runtime.status.ready
+
+    await wait_until(served, what="the resource serves again")
+    assert resolved(spec_dir)[held[0]] == [str(short_dir / "dev" / "fpga0")]
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+
+
+class _Booked:
+    def __init__(self, *ids: str) -> None:
+        self.ids, self.gone = set(ids), 0
+
+    def is_booked(self, resource: str, advertised_id: str) -> bool:
+        return advertised_id in self.ids
+
+    def drops(self) -> int:
+        return self.gone
+
+
+def test_after_a_podresources_answer_entries_go_once_their_booking_went() -> None:
+    """Each answer walks the record only when a booking went since the last (issue 19)."""
+    record, table = HandedRecord(), _table()
+    record.hand_out(FPGA, table.snapshot, ["fpga0"])
+    bookings = _Booked("fpga0")
+    after_answer = record.after_answers(bookings)
+    after_answer(None)
+    assert list(record.devices(FPGA)) == ["fpga0"]
+    bookings.ids.clear()  # (not counted: no walk, nothing could have gone)
+    after_answer(None)
+    assert list(record.devices(FPGA)) == ["fpga0"]
+    bookings.gone += 1
+    after_answer(None)
+    assert record.resources() == []

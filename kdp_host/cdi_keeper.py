@@ -50,7 +50,13 @@ def keep_held_entries(
 
     async def keep() -> None:
         if after is not None:
-            await asyncio.wait({after})
+            try:
+                await asyncio.wait({after})
+            except asyncio.CancelledError:
+                # the resource came back and waits for this task: its old runtime (which
+                # removes the file as it stops) must be gone first
+                await asyncio.wait({after})
+                raise
         log.info("cdi_held_entries_kept", held=len(handed.devices) + len(handed.withheld))
         await writer.run()
         log.info("cdi_held_entries_gone")

@@ -218,7 +218,9 @@ async def test_a_removed_resource_added_back_takes_its_file_over_from_the_keeper
         return runtime is not None and runtime.status.ready
 
     await wait_until(served, what="the resource serves again")
-    assert resolved(spec_dir)[held[0]] == [str(short_dir / "dev" / "fpga0")]
+    assert resolved(spec_dir).get(held[0]) == [str(short_dir / "dev" / "fpga0")], [
+        (p.name, p.read_text()) for p in spec_dir.iterdir()
+    ]
     await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
 
 

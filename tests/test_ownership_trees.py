@@ -23,11 +23,13 @@ from kdp_host.devices import DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_allocate import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
 from .conftest import wait_until
+from .test_ownership_mounts import unshared
 from .test_ownership_moves import R1, R2, Host, mounting, nodes
 
 
@@ -308,3 +310,47 @@ async def test_a_hung_tree_is_left_to_the_safety_net_and_the_others_are_read(
         assert {str(trees["a"] / "sub"), str(trees["z"] / "sub")} <= watcher.directories
     finally:
         gate.set()
+
+
+def test_the_real_watch_limit_leaves_the_tree_to_the_safety_net(tmp_path: Path) -> None:
+    """In a user namespace of the test's own with room for three inotify watches (a's node's
+    directory, the one above b, b itself), b/sub is refused (ENOSPC): the tree is counted
+    and a's held node renamed into b/sub is seen at the safety net's next read."""
+    assert unshared("tests.test_ownership_trees", "watch_limit_child", str(tmp_path))
+
+
+async def watch_limit_child(root: str) -> None:
+    Path("/proc/sys/user/max_inotify_watches").write_text("3\n")
+    tmp = Path(root)
+    (tmp / "dev").mkdir()
+    (tmp / "dev" / "n0").write_text("")
+    (tmp / "b" / "sub").mkdir(parents=True)
+    watcher = InotifyWatcher(get_logger(), mounts=lambda _log: None)
+    watching = asyncio.create_task(watcher.run())
+    net = ManualNet()
+    metrics = Metrics()
+    index = OwnershipIndex(metrics, offload=DaemonThreads())
+    index.watch(watcher, net)
+    tables = {R1: DeviceTable(), R2: DeviceTable()}
+    for name in (R1, R2):
+        index.attach(name, tables[name].publish, get_logger().bind(resource=name))
+    index.publish(R1, {"n0": nodes("n0", str(tmp / "dev" / "n0"))})
+    await settled(index)
+    await index.book(R1, ["n0"])
+    index.publish(R2, {"b": mounting("b", str(tmp / "b"))})
+    await settled(index)
+    counted = metrics.registry.get_sample_value("kdp_watch_unfollowed_trees")
+    advertised = [d.id for d in tables[R2].snapshot.devices]
+    os.rename(tmp / "dev" / "n0", tmp / "b" / "sub" / "n0")
+    net.tick()
+    await settled(index)
+    print(counted, advertised, [d.id for d in tables[R2].snapshot.devices])
+    held = counted == 1 and advertised == ["b"] and not tables[R2].snapshot.devices
+    print("held" if held else "advertised")
+    watching.cancel()
+
+
+async def settled(index: OwnershipIndex) -> None:
+    for _ in range(3):  # (a recheck, a tree's read start in a later turn of the loop)
+        await asyncio.sleep(0)
+        await index.quiet()

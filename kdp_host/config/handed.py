@@ -4,10 +4,10 @@ writes away from the same places.
 
 A pod given the kubelet's device-plugin directory can connect to `kubelet.sock` and
 register a device plugin of its own under any resource name (a read-only mount does not
-stop a `connect`); a pod given `stateDir` can rewrite `ownership.json` and
-`release-state.json`; a pod given the CDI spec directory can point any CDI name at any node;
-a pod given `/` has all of them. So no device node or mount source may be, lie inside or
-hold:
+stop a `connect`); a pod given `stateDir` can rewrite `ownership.json`,
+`release-state.json` and `handed-out.json`; a pod given the CDI spec directory can point
+any CDI name at any node; a pod given `/` has all of them. So no device node or mount
+source may be, lie inside or hold:
 
 - `/` itself (a path inside it, `/dev/fpga0`, is of course fine);
 - the kubelet's `socketDir`, `pluginsRegistryDir` and the directory of its PodResources

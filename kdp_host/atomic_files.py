@@ -18,6 +18,7 @@ import stat
 from collections.abc import Callable
 
 from .files import MAX_DOCUMENT_SIZE, FileReadError, read_attribute
+from .logs import EventLogger
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -140,3 +141,19 @@ def unlink(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def aside_logged(log: EventLogger) -> Aside:
+    """How a path in stateDir that is not what the host makes there is reported when it is
+    set aside (`open_lock`, `directory_at`): one error line."""
+
+    def aside(path: str, found: str, kept_as: str) -> None:
+        log.error(
+            "state_path_set_aside",
+            path=path,
+            found=found,
+            kept_as=os.path.basename(kept_as),
+            consequence="made again as kdp-host needs it; what was there is kept",
+        )
+
+    return aside

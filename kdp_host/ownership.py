@@ -58,8 +58,7 @@ Rules:
   (admitted before bookings were kept, an answer with CDI names) is booked from PodResources
   (`ownership_adopt`).
   Hosts on one state directory (a rolling update) share the file: another host's bookings
-  hold what they reach as this host's own do, from the moment it writes them (`take_in`,
-  `ownership_sync`).
+  hold what they reach as this host's own do, from the moment it writes them (`take_in`).
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ from .mount_table import MountMap, read_mounts
 from .ownership_adopt import Adoption
 from .ownership_allocate import BookingAllocations
 from .ownership_arrivals import Arrivals, Found
-from .ownership_bookings import ReleasePending, Saved
+from .ownership_bookings import ReleasePending
 from .ownership_claims import SYSFS, Claims, Reached, Resolver, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_held import note_held
@@ -90,6 +89,7 @@ from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import Holding, ResourceState
 
 if TYPE_CHECKING:
+    from .ownership_document import Saved
     from .podresources import Holdings
     from .safety_net import SafetyNet
     from .watch import Watcher
@@ -334,12 +334,12 @@ class OwnershipIndex(BookingAllocations):
         if released or adoption.stale:
             self._drain()
 
-    def take_in(self, saved: Saved | None, running: Collection[str]) -> None:
-        """`ownership.json` as read now, while hosts `running` share the state directory
-        (`ownership_sync`; None: it could not be read): their bookings hold what they reach
-        at once, every resource is admitted again against them; this host's own are written
-        back when the file does not hold them as they are (deleted, set aside, taken over)."""
-        changed, stale = self._ledger.take_in(saved, running, self._clock())
+    def take_in(self, saved: Saved | None, running: Collection[str], ours: bool = False) -> None:
+        """`ownership.json` as read now (`ours`: this host's last write), while hosts `running`
+        share it (`ownership_sync`; None: it could not be read): their bookings hold what they
+        reach at once, every resource is admitted again against them; this host's own are
+        written back when the file lacks them as they are (deleted, set aside, taken over)."""
+        changed, stale = self._ledger.take_in(saved, running, self._clock(), ours)
         if stale:
             self._ledger.changed()
         if not changed:

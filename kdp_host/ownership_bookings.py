@@ -7,8 +7,8 @@ written only when the bookings change. The index reads them back at start, befor
 resource publishes, as lingering claims of their device (`ClaimTable.keep_bookings_in`).
 While a booking lives, nothing else reaching its claims is advertised (`Ledger.conflict`),
 and its claims linger even when their node is gone. This module holds the bookings
-(`Ledger`) and the file's document, read and written one way (`bookings_document`,
-`read_saved`), shared with `kdp-host unbook`.
+(`Ledger`), each rendered into its entry of the file once, when booked; the file's document
+is read and written one way (`ownership_document`), shared with `kdp-host unbook`.
 
 Hosts that share the state directory (a rolling update with `maxSurge` runs the new host
 beside the old one) share the file: each entry names its `writer` (the host's instance ID),
@@ -23,32 +23,16 @@ taken over as its own. So no host's write drops another's bookings, and a bookin
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-from .devices import advertises, replica_ids
-from .files import Offload
-from .identity import DIRECTORY, FILE
-from .logs import EventLogger
-from .ownership_claims import (
-    NOTHING,
-    SYSFS,
-    Claim,
-    ClaimKey,
-    Claims,
-    Owner,
-    Resolver,
-    ancestors,
-    owner_order,
-    reach,
-    sysfs_claim,
-)
+from .devices import replica_ids
+from .identity import DIRECTORY
+from .ownership_claims import Claim, ClaimKey, Claims, Owner, ancestors, owner_order
+from .ownership_document import Entry, Saved, SavedBooking, entry_of
 from .rules import below
-from .state_file import Merge, StateFile
-
-OWNERSHIP_FILE = "ownership.json"
-OWNERSHIP_VERSION = 1
 
 
 @dataclass
@@ -79,20 +63,6 @@ class StateSink(Protocol):
     async def written(self) -> None: ...
 
 
-class SavedBooking(NamedTuple):
-    """A booking as the file keeps it."""
-
-    owner: Owner
-    """(resource, booked ID)"""
-    device: str
-    claims: tuple[Claim, ...]
-    places: tuple[Claim, ...] = ()
-    writer: str | None = None
-    """The instance ID of the host that wrote it (None: no host named, one that ended)."""
-
-
-Saved = list[SavedBooking]
-
 Counted = dict[Owner, int]
 """The bookings that hold a claim, each with how many times (its own and a foreign copy)."""
 
@@ -110,11 +80,14 @@ class Ledger:
     """The host's bookings (one per ownership index), by booked ID and by claim."""
 
     def __init__(self, writer: str | None = None) -> None:
-        self.writer = writer
-        """This host's instance ID, written with each of its bookings."""
+        self._writer = writer
         self.bookings: dict[Owner, Booking] = {}
         """(resource, ID the kubelet booked) -> what it booked: this host's entries of the
         file."""
+        self._order: list[Owner] = []
+        """This host's booked IDs in the file's order (`owner_order`), and the entry of each,
+        rendered once, when booked (`document` hands out the list)."""
+        self._entries: list[Entry] = []
         self.foreign: dict[tuple[str, Owner], Booking] = {}
         """(writer, owner) -> the bookings of the other hosts that run on the state directory
         (`mirror`): they hold their claims as this host's own do."""
@@ -128,13 +101,38 @@ class Ledger:
         self.drops = 0
         """Bookings gone so far (`drop`, another host's: `mirror`): `HandedRecord.answered`."""
 
+    @property
+    def writer(self) -> str | None:
+        """This host's instance ID, written with each of its bookings."""
+        return self._writer
+
+    @writer.setter
+    def writer(self, writer: str | None) -> None:
+        self._writer = writer
+        self._entries = [self._entry(owner) for owner in self._order]
+
     def add(self, owner: Owner, booking: Booking) -> None:
+        known = owner in self.bookings
         self.bookings[owner] = booking
         self._index(owner, booking, 1)
+        at = bisect_left(self._order, owner_order(owner), key=owner_order)
+        if known:
+            self._entries[at] = self._entry(owner)
+        else:
+            self._order.insert(at, owner)
+            self._entries.insert(at, self._entry(owner))
 
     def drop(self, owner: Owner) -> None:
         self.drops += 1
         self._index(owner, self.bookings.pop(owner), -1)
+        at = bisect_left(self._order, owner_order(owner), key=owner_order)
+        del self._order[at], self._entries[at]
+
+    def _entry(self, owner: Owner) -> Entry:
+        booking = self.bookings[owner]
+        return entry_of(
+            SavedBooking(owner, booking.device, booking.claims, booking.places, self._writer)
+        )
 
     def has(self, owner: Owner) -> bool:
         """Whether a host on the state directory (this one or another) has `owner` booked."""
@@ -158,29 +156,35 @@ class Ledger:
         return changed
 
     def take_in(
-        self, saved: Saved | None, running: Collection[str], now: float
+        self, saved: Saved | None, running: Collection[str], now: float, ours: bool = False
     ) -> tuple[bool, bool]:
         """The file as read now: the bookings of the other hosts `running` become the
         foreign ones; a booking of a host that ended (or of none named) is taken over
         unless this host has its ID booked. Returns whether the bookings changed, and
         whether the file does not hold this host's own as they are (it is to be written).
-        None (the file could not be read): what is held stays, and the file is written."""
+        None (the file could not be read): what is held stays, and the file is written.
+        `ours`: the file is this host's last write and `saved` the other entries in it (its
+        own are as it wrote them: a change since asked for another write)."""
         if saved is None:
             return False, True
         foreign: dict[tuple[str, Owner], Booking] = {}
         on_file: Saved = []
         taken = False
         for booked in saved:
-            booking = Booking(booked.device, booked.claims, now, booked.places)
-            if booked.writer is not None and booked.writer == self.writer:
+            if booked.writer is not None and booked.writer == self._writer:
                 on_file.append(booked)
-            elif booked.writer is not None and booked.writer in running:
+                continue
+            booking = Booking(booked.device, booked.claims, now, booked.places)
+            if booked.writer is not None and booked.writer in running:
                 foreign[(booked.writer, booked.owner)] = booking
             elif booked.owner not in self.bookings:
                 self.add(booked.owner, booking)
                 taken = True
         changed = self.mirror(foreign) or taken
-        return changed, bookings_document(on_file) != self.document()
+        if ours:
+            return changed, taken
+        on_file.sort(key=lambda booked: owner_order(booked.owner))
+        return changed, on_file != [entry.saved for entry in self._entries]
 
     def _index(self, owner: Owner, booking: Booking, step: int) -> None:
         for key, _, _ in (*booking.claims, *booking.places):
@@ -268,11 +272,8 @@ class Ledger:
             self.sink.changed(self.document)
 
     def document(self) -> Mapping[str, Any]:
-        """This host's entries of the file."""
-        return bookings_document(
-            SavedBooking(owner, booking.device, booking.claims, booking.places, self.writer)
-            for owner, booking in self.bookings.items()
-        )
+        """This host's entries of the file, in its order (rendered when booked)."""
+        return {"bookings": list(self._entries)}
 
 
 def _same(one: Booking | None, other: Booking) -> bool:
@@ -293,106 +294,3 @@ def _count(index: dict[Any, Counted], key: object, owner: Owner, step: int) -> N
         holders.pop(owner, None)
         if not holders:
             del index[key]
-
-
-def ownership_file(
-    directory: str, log: EventLogger, offload: Offload, merge: Merge | None = None
-) -> StateFile:
-    """`<directory>/ownership.json`, where the bookings are kept; written with `merge` (the
-    other hosts' entries kept, `ownership_sync.merged_with`) when given."""
-    return StateFile(
-        directory,
-        OWNERSHIP_FILE,
-        "ownership_state",
-        OWNERSHIP_VERSION,
-        log,
-        offload,
-        consequence="bookings are forgotten: a device the kubelet booked before this restart "
-        "may be advertised under another ID or resource while a pod holds it",
-        if_unwritten="bookings made now are forgotten if kdp-host restarts before a write succeeds",
-        merge=merge,
-    )
-
-
-def bookings_document(bookings: Iterable[SavedBooking]) -> dict[str, Any]:
-    """`ownership.json`'s body: `bookings`, one entry per booked ID (`places` only where
-    its allocation handed out more than its device, `writer` where a host is named)."""
-    entries = []
-    for booked in sorted(bookings, key=lambda b: owner_order(b.owner)):
-        entry: dict[str, Any] = {
-            "resource": booked.owner.resource,
-            "id": booked.owner.device,
-            "device": booked.device,
-            "claims": _claims_document(booked.claims),
-        }
-        if booked.places:
-            entry["places"] = _claims_document(booked.places)
-        if booked.writer is not None:
-            entry["writer"] = booked.writer
-        entries.append(entry)
-    return {"bookings": entries}
-
-
-def _claims_document(claims: tuple[Claim, ...]) -> list[dict[str, Any]]:
-    return [
-        {"kind": key[0], "key": key[1], "path": path, "real": real}
-        for key, path, real in sorted(claims, key=lambda claim: str(claim[0]))
-    ]
-
-
-NUMBERED = ("c", "b", DIRECTORY, FILE, SYSFS)
-"""Claim kinds whose key is a number: a device number, an inode (`identity.identity_of`; a
-sysfs device's directory: `ownership_claims.sysfs_claim`)."""
-BY_TEXT = (NOTHING, SYSFS)
-"""Claim kinds whose key is a path: nothing there when booked, a sysfs device whose directory
-was gone (or as versions before inodes wrote it: read as what is there now)."""
-OLD_DIRECTORY = "dir"
-"""A directory's claim by its real path, as versions before inodes wrote it."""
-
-
-def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
-    """The bookings of `ownership.json`, checked: text resource, id, device (the id, or the
-    device the id is a replica of), paths and real paths; a claim `kind` of `c`, `b` (device
-    number), `d`, `f`, `sysfs` (inode) with a number, or `path`, `sysfs` (or `dir`, as older
-    versions wrote) with a path; `places` (optional) read as claims are. A claim by path
-    (`path`, `dir`, `sysfs`: an older version claimed every file and directory, and a sysfs
-    device, so) is what that path is now, if anything is there (`resolve`). `writer`
-    (optional) text."""
-    saved: Saved = []
-    for entry in document["bookings"]:
-        texts = [entry[name] for name in ("resource", "id", "device")]
-        if not all(isinstance(text, str) and text for text in texts):
-            raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
-        if not advertises(texts[1], texts[2]):
-            raise ValueError(f"a booking's id must be its device or a replica of it: {entry!r}")
-        writer = entry.get("writer")
-        if writer is not None and not (isinstance(writer, str) and writer):
-            raise TypeError(f"a booking's writer must be text: {entry!r}")
-        claims = _read_claims(entry["claims"], resolve)
-        places = _read_claims(entry.get("places", []), resolve)
-        saved.append(SavedBooking(Owner(texts[0], texts[1]), texts[2], claims, places, writer))
-    return saved
-
-
-def _read_claims(listed: Iterable[Any], resolve: Resolver) -> tuple[Claim, ...]:
-    claims: list[Claim] = []
-    for claim in listed:
-        kind, value = claim["kind"], claim["key"]
-        if kind in NUMBERED and isinstance(value, int) and not isinstance(value, bool):
-            key: ClaimKey = (kind, value)
-        elif kind in (*BY_TEXT, OLD_DIRECTORY) and isinstance(value, str):
-            key = (kind, value)
-        else:
-            raise TypeError(
-                f"a claim is not c/b/d/f/sysfs with a number or path/sysfs with a path: {claim!r}"
-            )
-        path, real = claim["path"], claim["real"]
-        if not all(isinstance(text, str) and text for text in (path, real)):
-            raise TypeError(f"a claim's path and real path must be text: {claim!r}")
-        if kind in (NOTHING, OLD_DIRECTORY):
-            reached = resolve(value)
-            key, real = ((NOTHING, value), real) if reached is None else reached
-        elif kind == SYSFS and isinstance(value, str):
-            key, _, real = sysfs_claim(value, resolve(value))  # (by its path: older versions)
-        claims.append((key, path, real))
-    return tuple(claims)

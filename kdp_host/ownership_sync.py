@@ -2,8 +2,9 @@
 
 During a rolling update with `maxSurge` the new host starts beside the old one, on the same
 state directory, and either may answer an Allocate until the old one stops. Each writes its
-own bookings into the one file (merged under its lock, `ownership_bookings.merged_with`); each
-follows it through the host's watcher and reads it again when it changes (`BookingsSync`):
+own bookings into the one file (merged under its lock, `merged_with`); each follows it
+through the host's watcher and reads it again when it changes (`BookingsSync`; its own last
+write, read back unchanged, is known without reading its entries again, `ownership_document`):
 another host's bookings hold what they reach at once (`OwnershipIndex.take_in`, every
 resource admitted again), and this host's own are written back when the file lost them. While
 another host's bookings are held, a safety-net check (`SAFETY_INTERVAL`) asks whether that
@@ -22,7 +23,15 @@ from typing import Any, Protocol
 from .dir_signature import dir_signature
 from .files import Offload
 from .logs import EventLogger
-from .ownership_bookings import OWNERSHIP_FILE, Saved, StateSink, ownership_file, read_saved
+from .ownership_bookings import StateSink
+from .ownership_document import (
+    OWNERSHIP_FILE,
+    Saved,
+    as_written,
+    checked_entries,
+    ownership_file,
+    read_saved,
+)
 from .safety_net import SafetyNet
 from .state_file import Merge, StateFile
 from .state_lock import running
@@ -41,7 +50,9 @@ class TakesBookings(Protocol):
         self, sink: StateSink, saved: Saved | None, running: Collection[str], writer: str
     ) -> None: ...
 
-    def take_in(self, saved: Saved | None, running: Collection[str]) -> None: ...
+    def take_in(
+        self, saved: Saved | None, running: Collection[str], ours: bool = False
+    ) -> None: ...
 
 
 async def shared_bookings(
@@ -56,49 +67,59 @@ async def shared_bookings(
     return sync
 
 
-def as_written(_path: str) -> None:
-    """A resolver that resolves nothing: bookings read as they were written (a host
-    compares its own entries with what it wrote, `ownership_sync`)."""
-    return None
-
-
 def merged_with(directory: str, writer: str) -> Merge:
     """How host `writer` writes the file: its own entries replace those it wrote before;
     every other host's stay, except the entries of a host that no longer runs whose booked
     ID `writer` has booked itself (it took them over, `ownership_sync`). Blocking (the
-    hosts' lock files are asked), run while the file is locked."""
+    hosts' lock files are asked), run while the file is locked. Each entry is checked once
+    (`checked_entries`): the file as this host wrote it last is not read again."""
 
     def merge(mine: Mapping[str, Any], current: Mapping[str, Any] | None) -> Mapping[str, Any]:
         if current is None:
             return mine
-        read_saved(current, as_written)  # (raises when it does not have its shape: set aside)
-        own = {(entry["resource"], entry["id"]) for entry in mine["bookings"]}
+        entries = checked_entries(current)  # (raises when it does not have its shape: set aside)
+        own: set[tuple[str, str]] | None = None
         alive: dict[str | None, bool] = {writer: False}
         kept = []
-        for entry in current["bookings"]:
-            other = entry.get("writer")
+        for entry in entries:
+            other = entry.saved.writer
             if other not in alive:
                 alive[other] = running(directory, other)
-            if alive[other] or (other != writer and (entry["resource"], entry["id"]) not in own):
+            if alive[other]:
                 kept.append(entry)
-        entries = [*kept, *mine["bookings"]]
-        entries.sort(key=lambda e: (e["resource"], e["id"], e.get("writer") or ""))
-        return {"bookings": entries}
+            elif other != writer:  # (a host that ended: kept unless `writer` took its ID)
+                if own is None:
+                    own = {(e["resource"], e["id"]) for e in mine["bookings"]}
+                if (entry["resource"], entry["id"]) not in own:
+                    kept.append(entry)
+        if not kept:
+            return mine  # (in the file's order already)
+        merged = [*kept, *mine["bookings"]]
+        merged.sort(key=lambda e: (e["resource"], e["id"], e.get("writer") or ""))
+        return {"bookings": merged}
 
     return merge
 
 
-def read_shared(file: StateFile, writer: str) -> tuple[Saved | None, frozenset[str]]:
-    """The file's bookings (None: it could not be read, and was set aside) and the other
-    hosts that wrote some and still run (blocking)."""
-    before = file.set_aside
-    loaded = file.load(functools.partial(read_saved, resolve=as_written))
+def read_shared(file: StateFile, writer: str) -> tuple[Saved | None, frozenset[str], bool]:
+    """The file's bookings (None: it could not be read, and was set aside), the other
+    hosts that wrote some and still run, and whether it is this host's last write (then
+    only the other entries, and none read again: `ownership_document`). Blocking."""
+    before, ours = file.set_aside, False
+
+    def parse(document: Mapping[str, Any]) -> Saved:
+        nonlocal ours
+        ours = document is file.last_written
+        saved = read_saved(document, as_written)
+        return [b for b in saved if b.writer != writer] if ours else saved
+
+    loaded = file.load(parse)
     if file.set_aside != before:
-        return None, frozenset()
+        return None, frozenset(), False
     saved = loaded or []
     directory = str(file.path.parent)
     others = {b.writer for b in saved if b.writer is not None and b.writer != writer}
-    return saved, frozenset(w for w in others if running(directory, w))
+    return saved, frozenset(w for w in others if running(directory, w)), ours
 
 
 class BookingsSync:
@@ -133,7 +154,7 @@ class BookingsSync:
     async def read(self) -> tuple[Saved | None, frozenset[str]]:
         """The file at start: its bookings, and the other hosts that run (their bookings
         stay theirs)."""
-        saved, others = await self._offload.run(
+        saved, others, _ = await self._offload.run(
             functools.partial(read_shared, self._file, self._writer)
         )
         self._others = others
@@ -170,7 +191,7 @@ class BookingsSync:
         while self._again:
             self._again = False
             try:
-                saved, others = await self._offload.run(
+                saved, others, ours = await self._offload.run(
                     functools.partial(read_shared, self._file, self._writer)
                 )
             except OSError as exc:
@@ -183,7 +204,7 @@ class BookingsSync:
                 self._log.info("bookings_taken_over", host=gone, detail="that host ended")
             for new in sorted(others - self._others):
                 self._log.info("state_dir_shared", hosts=new)
-            self._index.take_in(saved, others)
+            self._index.take_in(saved, others, ours)
             self._watch_others(others)
 
     def _watch_others(self, others: frozenset[str]) -> None:

@@ -16,7 +16,7 @@ from .devices import Device
 from .identity import DIRECTORY
 from .logs import EventLogger
 from .ownership_aliases import PathAliases
-from .ownership_bookings import Ledger, Saved, StateSink
+from .ownership_bookings import Ledger, StateSink
 from .ownership_claims import (
     NOTHING,
     SYSFS,
@@ -29,6 +29,7 @@ from .ownership_claims import (
     owner_order,
 )
 from .ownership_contain import Containment
+from .ownership_document import Saved
 from .ownership_paths import PathIndex
 from .turns import Pace
 

@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from .atomic_files import Aside, open_lock, set_aside, write_atomic
+from .atomic_files import aside_logged, open_lock, set_aside, write_atomic
 from .files import MAX_DOCUMENT_SIZE, FileReadError, Offload, read_attribute
 from .logs import EventLogger
 
@@ -99,11 +99,16 @@ class StateFile:
         mark_unsaved: bool = False,
         writer: str | None = None,
         running: Callable[[str, str], bool] | None = None,
+        encode: Callable[[Mapping[str, Any]], bytes] | None = None,
     ) -> None:
         """`mark_unsaved`: keep a marker while writes fail (see the module docstring);
         `writer`: this host's instance ID in a shared file's marker name; `running(directory,
-        writer)`: whether that host runs (its marker is not taken over; blocking)."""
-        self._running = running
+        writer)`: whether that host runs (its marker is not taken over; blocking); `encode`:
+        how a document is written (default: `json.dumps`, keys sorted); given, the file read
+        back as the bytes last written is that document (`last_written`), not parsed again
+        (for documents of parts never changed once made: `ownership_document.encoded`)."""
+        self._running, self._encode = running, encode
+        self._wrote: tuple[bytes, Mapping[str, Any]] | None = None
         self.path = Path(directory) / name
         self._mark_unsaved = mark_unsaved
         self._marker = Path(directory) / (
@@ -202,8 +207,9 @@ class StateFile:
         except FileReadError as exc:
             self._unreadable(f"cannot read ({exc})")
             return None
-        if raw is None:
-            return None
+        wrote = self._wrote
+        if raw is None or (wrote is not None and raw == wrote[0]):
+            return None if raw is None or wrote is None else wrote[1]
         try:
             document = json.loads(raw)
             if document.get("version") != self._version_tag:
@@ -369,25 +375,20 @@ class StateFile:
         finally:
             os.close(fd)
 
+    @property
+    def last_written(self) -> Mapping[str, Any] | None:
+        """The document last written (kept with `encode` only)."""
+        wrote = self._wrote
+        return None if wrote is None else wrote[1]
+
     def _write_document(self, document: Mapping[str, Any]) -> None:
         body = {**document, "version": self._version_tag}
-        write_atomic(str(self.path), json.dumps(body, sort_keys=True).encode())
-
-
-def aside_logged(log: EventLogger) -> Aside:
-    """How a path in stateDir that is not what the host makes there is reported when it is
-    set aside (`atomic_files.open_lock`, `directory_at`): one error line."""
-
-    def aside(path: str, found: str, kept_as: str) -> None:
-        log.error(
-            "state_path_set_aside",
-            path=path,
-            found=found,
-            kept_as=os.path.basename(kept_as),
-            consequence="made again as kdp-host needs it; what was there is kept",
-        )
-
-    return aside
+        if self._encode is None:
+            write_atomic(str(self.path), json.dumps(body, sort_keys=True).encode())
+            return
+        data = self._encode(body)
+        write_atomic(str(self.path), data)
+        self._wrote = (data, body)
 
 
 def text(value: object) -> str:

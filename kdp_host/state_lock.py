@@ -34,11 +34,10 @@ import functools
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 
-from .atomic_files import directory_at, open_lock
+from .atomic_files import aside_logged, directory_at, open_lock
 from .endpoint import instance_id_problem
 from .files import Offload
 from .logs import EventLogger
-from .state_file import aside_logged
 from .watch import Subscription, Watcher
 
 LOCK_FILE = "kdp-host.lock"

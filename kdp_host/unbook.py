@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import ConfigError, load_config
 from .files import DaemonThreads
 from .logs import get_logger
-from .ownership_bookings import bookings_document, ownership_file, read_saved
+from .ownership_document import bookings_document, ownership_file, read_saved
 from .state_lock import StateDirBusy, exclusive
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2

@@ -22,7 +22,7 @@ from kdp_host.cli import build_parser, main
 from kdp_host.devices import Device, DeviceNode
 from kdp_host.inotify_watch import make_watcher
 from kdp_host.logs import get_logger, quote_text
-from kdp_host.ownership_bookings import OWNERSHIP_FILE
+from kdp_host.ownership_document import OWNERSHIP_FILE
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.watch import PollingWatcher, Watcher
 

@@ -29,8 +29,9 @@ from kdp_host.kubelet_checkpoint import (
     take_handed,
 )
 from kdp_host.logs import get_logger
-from kdp_host.ownership_bookings import Ledger, read_saved
+from kdp_host.ownership_bookings import Ledger
 from kdp_host.ownership_claims import ClaimSet, Owner
+from kdp_host.ownership_document import read_saved
 from kdp_host.podresources import Holdings
 
 from .test_ownership import FakeNodes, booked_ids, dev, restarted

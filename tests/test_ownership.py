@@ -25,7 +25,6 @@ from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
-from kdp_host.ownership_bookings import OWNERSHIP_FILE, ownership_file, read_saved
 from kdp_host.ownership_claims import (
     ClaimKey,
     Reached,
@@ -34,6 +33,7 @@ from kdp_host.ownership_claims import (
     device_claims,
     reach,
 )
+from kdp_host.ownership_document import OWNERSHIP_FILE, ownership_file, read_saved
 from kdp_host.ownership_gate import ADMISSION_CHUNK
 from kdp_host.ownership_overlaps import overlaps
 from kdp_host.ownership_resolve import MAX_STUCK, STUCK_PER_BATCH

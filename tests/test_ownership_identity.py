@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from kdp_host.devices import Device
-from kdp_host.ownership_bookings import (
+from kdp_host.ownership_claims import Owner, device_claims, reach
+from kdp_host.ownership_document import (
     OWNERSHIP_FILE,
     SavedBooking,
     bookings_document,
     read_saved,
 )
-from kdp_host.ownership_claims import Owner, device_claims, reach
 from kdp_host.ownership_overlaps import overlap_warnings
 from kdp_host.podresources import Holder, Holdings
 

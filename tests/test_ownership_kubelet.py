@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host.ownership_bookings import OWNERSHIP_FILE
+from kdp_host.ownership_document import OWNERSHIP_FILE
 
 from .conftest import glob_config, wait_until
 from .fake_sysfs import FakeSysfs

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host.ownership_bookings import OWNERSHIP_FILE
+from kdp_host.ownership_document import OWNERSHIP_FILE
 
 from .conftest import wait_until
 from .kubelet_harness import healthy

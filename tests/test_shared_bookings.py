@@ -20,9 +20,10 @@ import pytest
 from kdp_host.endpoint import socket_instance, socket_name
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
-from kdp_host.ownership_bookings import OWNERSHIP_FILE, Booking, Ledger, ownership_file, read_saved
+from kdp_host.ownership_bookings import Booking, Ledger
 from kdp_host.ownership_claims import Claim, ClaimSet, Owner
-from kdp_host.ownership_sync import as_written, merged_with
+from kdp_host.ownership_document import OWNERSHIP_FILE, ownership_file
+from kdp_host.ownership_sync import merged_with, read_shared
 from kdp_host.stale_sockets import other_hosts
 from kdp_host.state_file import StateFile
 from kdp_host.state_lock import HOSTS_DIR, hold_instance, host_lock_path, running
@@ -45,6 +46,8 @@ class Writer:
         self.ledger = Ledger(name)
         self.ledger.sink = self.file
         self.fd = hold_instance(str(state), name, get_logger()) if hold else None
+        self.ours = False
+        """Whether the file last read was this host's own last write."""
 
     def book(self, device_id: str, number: int) -> None:
         self.ledger.add(Owner(R, device_id), Booking(device_id, claim(number), 0.0))
@@ -55,10 +58,8 @@ class Writer:
 
     def read(self) -> tuple[bool, bool]:
         """Take the file in, as `ownership_sync` does: (bookings changed, file stale)."""
-        saved = self.file.load(lambda document: read_saved(document, as_written)) or []
-        directory = str(self.file.path.parent)
-        others = {b.writer for b in saved if b.writer and b.writer != self.name}
-        return self.ledger.take_in(saved, {w for w in others if running(directory, w)}, 1.0)
+        saved, others, self.ours = read_shared(self.file, self.name)
+        return self.ledger.take_in(saved or [], others, 1.0, self.ours)
 
     def stop(self) -> None:
         if self.fd is not None:
@@ -272,3 +273,133 @@ def test_the_ledger_counts_the_bookings_that_went() -> None:
     assert not ledger.has(theirs) and ledger.drops == 1
     ledger.drop(mine)
     assert ledger.drops == 2
+
+
+class Counted:
+    """A function of kdp-host, counting its calls (a seam: what is rendered or checked)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> None:
+        self.calls = 0
+        function = getattr(module, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return function(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+
+async def test_a_hosts_own_write_is_read_back_without_rendering_or_checking_its_bookings(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: an Allocate that books a new ID waits for the file; each write rendered
+    every booking (the document), checked every entry again under the lock (the merge),
+    and the host's read of its own write (its watcher) checked every entry and rendered
+    them twice more: O(bookings) on the loop per booking, 5 ms at 1,000. Now a booking is
+    rendered once, when booked, and the file read back as written is known as such."""
+    from kdp_host import ownership_bookings, ownership_document
+
+    me = Writer(state, "me")
+    try:
+        for number in range(50):
+            me.book(f"d{number}", number)
+        await me.write()
+        assert me.read() == (False, False) and me.ours
+        rendered = Counted(monkeypatch, ownership_bookings, "entry_of")
+        checked = Counted(monkeypatch, ownership_document, "checked_entry")
+        assert me.ledger.record(Owner(R, "new"), "new", claim(99), 2.0)
+        await me.write()
+        assert me.read() == (False, False) and me.ours  # its own write: nothing to take in
+        assert (rendered.calls, checked.calls) == (1, 0)
+        assert len(on_file(state)) == 51
+        document = json.loads((state / OWNERSHIP_FILE).read_text())
+        assert document == json.loads(json.dumps(me.file.last_written))
+    finally:
+        me.stop()
+
+
+async def test_another_hosts_write_merged_into_ours_is_still_taken_in(state: Path) -> None:
+    """The other host writes, then this host writes (merging the other's entries) before
+    its watcher reads the file: the file is its own last write, and the other host's
+    bookings in it are held all the same."""
+    old, new = Writer(state, "old"), Writer(state, "new")
+    try:
+        new.book("new1", 1)
+        await new.write()
+        old.book("old0", 0)
+        await old.write()
+        new.book("new2", 2)
+        await new.write()  # merged with old0 under the lock, not read by `new` yet
+        assert new.read() == (True, False) and new.ours
+        assert new.ledger.has(Owner(R, "old0")) and Owner(R, "old0") not in new.ledger.bookings
+        assert new.ledger.conflict(R, "other", 1, ClaimSet(exclusive=claim(0))) is not None
+        old.ledger.drop(Owner(R, "old0"))
+        await old.write()  # the other host's write: read in full
+        assert new.read() == (True, False) and not new.ours
+        assert not new.ledger.has(Owner(R, "old0"))
+        assert on_file(state) == [("new1", "new"), ("new2", "new")]
+    finally:
+        old.stop()
+        new.stop()
+
+
+async def test_a_write_that_lost_this_hosts_bookings_is_seen_and_written_again(
+    state: Path,
+) -> None:
+    """The file changed behind the host (its entries edited away, the same size or not):
+    it is read in full, and the host's bookings are written back."""
+    me = Writer(state, "me")
+    try:
+        me.book("d0", 0)
+        me.book("d1", 1)
+        await me.write()
+        path = state / OWNERSHIP_FILE
+        path.write_text(path.read_text().replace('"key": 1,', '"key": 7,'))
+        assert me.read() == (False, True) and not me.ours
+        await me.write()
+        assert me.read() == (False, False) and me.ours
+        assert '"key": 1,' in path.read_text()
+    finally:
+        me.stop()
+
+
+def test_a_document_of_entries_is_written_as_json_writes_it() -> None:
+    """`encoded` joins each entry's text, made once: the same bytes as `json.dumps` with
+    sorted keys, the file format of every version."""
+    from kdp_host.ownership_document import (
+        SavedBooking,
+        as_written,
+        bookings_document,
+        encoded,
+        read_saved,
+    )
+
+    places = ((("path", "/opt/x"), "/opt/x", "/opt/x"),)
+    document = bookings_document(
+        [
+            SavedBooking(Owner(R, "b"), "b", claim(2) + claim(1), places, "me"),
+            SavedBooking(Owner(R, "a"), "a", claim(3)),
+        ]
+    )
+    body = {**document, "version": 1}
+    plain = {"bookings": [dict(entry) for entry in body["bookings"]], "version": 1}
+    assert encoded(body) == json.dumps(plain, sort_keys=True).encode()
+    assert encoded({"bookings": []}) == b'{"bookings": []}'
+    again = read_saved(json.loads(encoded(body)), as_written)
+    assert read_saved(body, as_written) == again  # an entry reads as it was written
+
+
+def test_the_ledger_renders_a_booking_once_and_again_when_its_writer_changes() -> None:
+    ledger = Ledger()
+    ledger.record(Owner(R, "b"), "b", claim(2), 1.0)
+    ledger.record(Owner(R, "a"), "a", claim(1), 1.0)
+    first = ledger.document()["bookings"]
+    assert [e["id"] for e in first] == ["a", "b"] and "writer" not in first[0]
+    assert not ledger.record(Owner(R, "a"), "a", claim(1), 2.0)
+    assert ledger.document()["bookings"][0] is first[0]  # booked again as it was
+    ledger.record(Owner(R, "a"), "a", claim(5), 3.0)
+    assert ledger.document()["bookings"][0]["claims"][0]["key"] == 5
+    ledger.writer = "me"
+    assert [e["writer"] for e in ledger.document()["bookings"]] == ["me", "me"]
+    ledger.drop(Owner(R, "a"))
+    assert [e["id"] for e in ledger.document()["bookings"]] == ["b"]

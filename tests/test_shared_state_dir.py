@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdp_host.ownership_bookings import OWNERSHIP_FILE
+from kdp_host.ownership_document import OWNERSHIP_FILE
 
 from .conftest import wait_until
 from .kubelet_harness import RealKubelet

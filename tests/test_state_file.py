@@ -19,8 +19,8 @@ from kdp_host.devices import Device, DeviceNode, DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
-from kdp_host.ownership_bookings import OWNERSHIP_FILE, SavedBooking, ownership_file, read_saved
 from kdp_host.ownership_claims import Owner
+from kdp_host.ownership_document import OWNERSHIP_FILE, SavedBooking, ownership_file, read_saved
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.simulator import KubeletSimulator
 

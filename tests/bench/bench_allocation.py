@@ -1,4 +1,5 @@
-"""Allocation latency: GetPreferredAllocation at 1,000 available devices, Allocate with replicas.
+"""Allocation latency: GetPreferredAllocation at 1,000 available devices, Allocate with replicas,
+and an Allocate that books a new ID beside 8 or 1,000 bookings.
 
 Two views of each:
 * in-process: the function the gRPC handler calls (`preferred_allocation`,
@@ -6,6 +7,11 @@ Two views of each:
 * round trip: a grpcio client (raw bytes, so the client side costs the same whatever the
   server) calling a DevicePluginService served by grpclib on a unix socket, the server's
   event loop (standard asyncio) in a thread of this process.
+
+The booking figures (`in_process_booking`): `OwnershipIndex.book` of one new ID on a real state
+directory shared as a host shares it (`ownership_sync`: merged under the lock, fsync), which the
+answer waits for, then the host's read of its own write (as its watcher reads it); the event
+loop's CPU time of both is given too (the write's wall time is mostly the disk's fsync).
 
 `run()` returns the figures in milliseconds; `python -m tests.bench.bench_allocation` prints
 them. Not collected by pytest (no `test_` prefix).
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import random
 import shutil
 import tempfile
@@ -41,12 +48,16 @@ from kdp_host.config import (
     ResourceConfig,
 )
 from kdp_host.devices import Device, DeviceNode, DeviceTable, Snapshot
+from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
+from kdp_host.ownership import OwnershipIndex
+from kdp_host.ownership_sync import read_shared, shared_bookings
 from kdp_host.preferred import preferred_allocation
 from kdp_host.protocol.lists import ListAndWatchEncoder
 from kdp_host.protocol.server import PluginServer
 from kdp_host.protocol.service import DevicePluginService
+from kdp_host.state_lock import hold_instance
 
 RESOURCE = "bench.kdp-host.io/fpga"
 MS = 1000.0
@@ -54,6 +65,8 @@ POLICIES: tuple[PreferredPolicy, ...] = ("packed", "spread", "numa")
 PREFERRED_CALLS = 1000
 ALLOCATE_CALLS = 3000
 ROUND_TRIPS = 1000
+BOOKINGS = (8, 1000)
+NEW_BOOKINGS = 40
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -144,6 +157,54 @@ def in_process_allocate() -> dict[str, float]:
             return builder.container_response(snapshot, reqs[next(it) % len(reqs)])
 
         figures |= summary(f"allocate_inproc_replicas10_ids{count}", timed(call, ALLOCATE_CALLS))
+    return figures
+
+
+async def booking_rounds(existing: int) -> dict[str, list[float]]:
+    """Book `NEW_BOOKINGS` new IDs one at a time beside `existing` bookings, each read back."""
+    workdir = Path(tempfile.mkdtemp(prefix="kdpb-book-", dir="/tmp"))
+    log, offload = get_logger(), DaemonThreads()
+    held = hold_instance(str(workdir), "bench001", log)
+    try:
+        index = OwnershipIndex(Metrics(), lambda path: (("c", int(path[len("/dev/fpga") :])), path))
+        sync = await shared_bookings(index, str(workdir), "bench001", offload, log)
+        index.attach(RESOURCE, DeviceTable().publish, log.bind(resource=RESOURCE))
+        index.publish(RESOURCE, {d.id: d for d in devices(existing + NEW_BOOKINGS)})
+        ids = [f"fpga{i:04d}" for i in range(existing + NEW_BOOKINGS)]
+        await index.book(RESOURCE, ids[:existing])
+        figures: dict[str, list[float]] = {"wall": [], "loop": [], "back_wall": [], "back_loop": []}
+        for booked in ids[existing:]:
+            started, cpu = time.perf_counter(), time.thread_time()
+            await index.book(RESOURCE, [booked])
+            figures["wall"].append(time.perf_counter() - started)
+            figures["loop"].append(time.thread_time() - cpu)
+            started = time.perf_counter()
+            saved, others, ours = await offload.run(
+                functools.partial(read_shared, sync.file, "bench001")
+            )
+            cpu = time.thread_time()
+            index.take_in(saved, others, ours)
+            figures["back_loop"].append(time.thread_time() - cpu)
+            figures["back_wall"].append(time.perf_counter() - started)
+        return figures
+    finally:
+        os.close(held)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def in_process_booking() -> dict[str, float]:
+    """An Allocate that books a new ID (its answer waits for `ownership.json`), beside 8 and
+    1,000 bookings: the write's wall time and the loop's CPU for it, and the same for the
+    host's read of its own write."""
+    figures: dict[str, float] = {}
+    for existing in BOOKINGS:
+        rounds = asyncio.run(booking_rounds(existing))
+        for what, samples in rounds.items():
+            label = "book" if what in ("wall", "loop") else "readback"
+            kind = "wall" if what.endswith("wall") else "loop_cpu"
+            figures[f"allocate_{label}_new_id_{existing}_bookings_{kind}_p50_ms"] = (
+                percentile(samples, 50) * MS
+            )
     return figures
 
 
@@ -247,6 +308,7 @@ def run() -> dict[str, float]:
     figures: dict[str, float] = {}
     figures |= in_process_preferred()
     figures |= in_process_allocate()
+    figures |= in_process_booking()
     figures |= round_trips()
     return figures
 

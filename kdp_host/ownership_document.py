@@ -1,0 +1,209 @@
+"""`<stateDir>/ownership.json`: the bookings' document, read and written one way (the host,
+hosts sharing the state directory, `kdp-host unbook`).
+
+`{"bookings": [entry, ...], "version": 1}`, one entry per booked ID: `resource`, `id`,
+`device`, `claims` (each `kind`, `key`, `path`, `real`), `places` where the allocation handed
+out more than its device, `writer` where a host is named (`ownership_bookings`).
+
+Each entry is made once (`Entry`): rendered when its booking is made (`entry_of`), or read and
+checked when another host's entry is first merged (`checked_entries`), with its JSON text and
+the booking it reads as. A document of entries is written as their texts joined (`encoded`,
+the very bytes `json.dumps` would write), and the file read back unchanged is that document
+again (`state_file.StateFile`), so a write and the host's reading of its own write cost what
+changed, not every booking.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from .devices import advertises
+from .files import Offload
+from .identity import DIRECTORY, FILE
+from .logs import EventLogger
+from .ownership_claims import (
+    NOTHING,
+    SYSFS,
+    Claim,
+    ClaimKey,
+    Owner,
+    Resolver,
+    owner_order,
+    reach,
+    sysfs_claim,
+)
+from .state_file import Merge, StateFile
+
+OWNERSHIP_FILE = "ownership.json"
+OWNERSHIP_VERSION = 1
+
+
+class SavedBooking(NamedTuple):
+    """A booking as the file keeps it."""
+
+    owner: Owner
+    """(resource, booked ID)"""
+    device: str
+    claims: tuple[Claim, ...]
+    places: tuple[Claim, ...] = ()
+    writer: str | None = None
+    """The instance ID of the host that wrote it (None: no host named, one that ended)."""
+
+
+Saved = list[SavedBooking]
+
+
+class Entry(dict[str, Any]):
+    """One entry of the file, made once and never changed: its fields, its JSON text
+    (`encoded`) and the booking it reads as when read as written (`as_written`)."""
+
+    __slots__ = ("saved", "text")
+    saved: SavedBooking
+    text: str
+
+    def __init__(self, fields: Mapping[str, Any], saved: SavedBooking) -> None:
+        super().__init__(fields)
+        self.saved = saved
+        self.text = json.dumps(fields, sort_keys=True)
+
+
+def as_written(_path: str) -> None:
+    """A resolver that resolves nothing: bookings read as they were written (a host
+    compares its own entries with what it wrote, `ownership_sync`)."""
+    return None
+
+
+def entry_of(booked: SavedBooking) -> Entry:
+    """A booking's entry (`places` only where its allocation handed out more than its
+    device, `writer` where a host is named); claims in the file's order."""
+    claims, places = _in_order(booked.claims), _in_order(booked.places)
+    fields: dict[str, Any] = {
+        "resource": booked.owner.resource,
+        "id": booked.owner.device,
+        "device": booked.device,
+        "claims": _claims_document(claims),
+    }
+    if places:
+        fields["places"] = _claims_document(places)
+    if booked.writer is not None:
+        fields["writer"] = booked.writer
+    return Entry(fields, booked._replace(claims=claims, places=places))
+
+
+def bookings_document(bookings: Iterable[SavedBooking]) -> dict[str, Any]:
+    """`ownership.json`'s body: `bookings`, one entry per booked ID, in `owner_order`."""
+    ordered = sorted(bookings, key=lambda b: owner_order(b.owner))
+    return {"bookings": [entry_of(booked) for booked in ordered]}
+
+
+def encoded(body: Mapping[str, Any]) -> bytes:
+    """`json.dumps(body, sort_keys=True)` (`bookings` first, then the other keys): each
+    `Entry` as its text, made once; any other entry encoded now."""
+    entries = ", ".join(
+        e.text if isinstance(e, Entry) else json.dumps(e, sort_keys=True) for e in body["bookings"]
+    )
+    rest = json.dumps({k: v for k, v in body.items() if k != "bookings"}, sort_keys=True)
+    return f'{{"bookings": [{entries}]{", " if len(rest) > 2 else ""}{rest[1:]}'.encode()
+
+
+def _in_order(claims: tuple[Claim, ...]) -> tuple[Claim, ...]:
+    return tuple(sorted(claims, key=lambda claim: str(claim[0])))
+
+
+def _claims_document(claims: tuple[Claim, ...]) -> list[dict[str, Any]]:
+    return [{"kind": k[0], "key": k[1], "path": path, "real": real} for k, path, real in claims]
+
+
+def ownership_file(
+    directory: str, log: EventLogger, offload: Offload, merge: Merge | None = None
+) -> StateFile:
+    """`<directory>/ownership.json`, where the bookings are kept; written with `merge` (the
+    other hosts' entries kept, `ownership_sync.merged_with`) when given."""
+    return StateFile(
+        directory,
+        OWNERSHIP_FILE,
+        "ownership_state",
+        OWNERSHIP_VERSION,
+        log,
+        offload,
+        consequence="bookings are forgotten: a device the kubelet booked before this restart "
+        "may be advertised under another ID or resource while a pod holds it",
+        if_unwritten="bookings made now are forgotten if kdp-host restarts before a write succeeds",
+        merge=merge,
+        encode=encoded,
+    )
+
+
+NUMBERED = ("c", "b", DIRECTORY, FILE, SYSFS)
+"""Claim kinds whose key is a number: a device number, an inode (`identity.identity_of`; a
+sysfs device's directory: `ownership_claims.sysfs_claim`)."""
+BY_TEXT = (NOTHING, SYSFS)
+"""Claim kinds whose key is a path: nothing there when booked, a sysfs device whose directory
+was gone (or as versions before inodes wrote it: read as what is there now)."""
+OLD_DIRECTORY = "dir"
+"""A directory's claim by its real path, as versions before inodes wrote it."""
+
+
+def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
+    """The bookings of `ownership.json`, each entry checked (`checked_entry`; an `Entry`
+    read as written is its booking already)."""
+    return [
+        entry.saved
+        if isinstance(entry, Entry) and resolve is as_written
+        else checked_entry(entry, resolve)
+        for entry in document["bookings"]
+    ]
+
+
+def checked_entries(document: Mapping[str, Any]) -> list[Entry]:
+    """The entries of `ownership.json` as written, each checked once (an `Entry` is)."""
+    return [
+        entry if isinstance(entry, Entry) else Entry(entry, checked_entry(entry, as_written))
+        for entry in document["bookings"]
+    ]
+
+
+def checked_entry(entry: Mapping[str, Any], resolve: Resolver = reach) -> SavedBooking:
+    """One entry, checked: text resource, id, device (the id, or the device the id is a
+    replica of), paths and real paths; a claim `kind` of `c`, `b` (device number), `d`, `f`,
+    `sysfs` (inode) with a number, or `path`, `sysfs` (or `dir`, as older versions wrote)
+    with a path; `places` (optional) read as claims are. A claim by path (`path`, `dir`,
+    `sysfs`: an older version claimed every file and directory, and a sysfs device, so) is
+    what that path is now, if anything is there (`resolve`). `writer` (optional) text."""
+    texts = [entry[name] for name in ("resource", "id", "device")]
+    if not all(isinstance(text, str) and text for text in texts):
+        raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
+    if not advertises(texts[1], texts[2]):
+        raise ValueError(f"a booking's id must be its device or a replica of it: {entry!r}")
+    writer = entry.get("writer")
+    if writer is not None and not (isinstance(writer, str) and writer):
+        raise TypeError(f"a booking's writer must be text: {entry!r}")
+    claims = _read_claims(entry["claims"], resolve)
+    places = _read_claims(entry.get("places", []), resolve)
+    return SavedBooking(Owner(texts[0], texts[1]), texts[2], claims, places, writer)
+
+
+def _read_claims(listed: Iterable[Any], resolve: Resolver) -> tuple[Claim, ...]:
+    claims: list[Claim] = []
+    for claim in listed:
+        kind, value = claim["kind"], claim["key"]
+        if kind in NUMBERED and isinstance(value, int) and not isinstance(value, bool):
+            key: ClaimKey = (kind, value)
+        elif kind in (*BY_TEXT, OLD_DIRECTORY) and isinstance(value, str):
+            key = (kind, value)
+        else:
+            raise TypeError(
+                f"a claim is not c/b/d/f/sysfs with a number or path/sysfs with a path: {claim!r}"
+            )
+        path, real = claim["path"], claim["real"]
+        if not all(isinstance(text, str) and text for text in (path, real)):
+            raise TypeError(f"a claim's path and real path must be text: {claim!r}")
+        if kind in (NOTHING, OLD_DIRECTORY):
+            reached = resolve(value)
+            key, real = ((NOTHING, value), real) if reached is None else reached
+        elif kind == SYSFS and isinstance(value, str):
+            key, _, real = sysfs_claim(value, resolve(value))  # (by its path: older versions)
+        claims.append((key, path, real))
+    return tuple(claims)

@@ -10,7 +10,7 @@ a host whose devices mount no directory pays nothing for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from .identity import DIRECTORY
 from .mount_table import MountMap
@@ -102,6 +102,31 @@ class Containment:
         self._forget(key)
         self.found[key] = (*(p for p in self.found.get(key, ()) if p != real), real)
         self.count(key, made_at)
+
+    def found_at(self, found: Iterable[tuple[ClaimKey, str]]) -> set[str]:
+        """Claims found at another real path than their places (renamed or linked into a
+        claimed directory: `ownership_arrivals`) are counted there from now on (a lingering
+        one is there while it is there); returns the host paths of the directory claims
+        above where they are now (the devices that mount them are checked again)."""
+        at = self.at()
+        moved = [(key, real) for key, real in found if key in at and real not in at[key]]
+        if not moved:
+            return set()  # (no claim, or where it is known to be: the common case)
+        made: dict[ClaimKey, list[tuple[str, str]]] = {}
+        for key, path, real in self._made():  # (once: what arrived may be many claims)
+            made.setdefault(key, []).append((path, real))
+        outer: set[ClaimKey] = set()
+        for key, real in moved:
+            self.move(key, real, made[key][0][1] if key in made else real)
+            outer.update(self.outer(self.mounts.places(real)))
+        return {path for key in outer for path, _ in made.get(key, ())}
+
+    def reached_at(self, key: ClaimKey, real: str) -> None:
+        """A claim made already is made again at `real` (another device took it over, through
+        a hard link): counted there too from now on, as if found there (`move`)."""
+        known = self.at().get(key) if self.dirs else None
+        if known is not None and real not in known:
+            self.move(key, real, next((r for k, _, r in self._made() if k == key), real))
 
     def remount(self, mounts: MountMap) -> None:
         """The mount table changed: every claim is counted again at its places now."""

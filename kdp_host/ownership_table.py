@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .devices import Device
@@ -215,7 +215,9 @@ class ClaimTable(abc.ABC):
         mine = claims.all()
         for key, path, real in mine:
             shared = claims.shared != () and key in claims.shared_keys()
-            places = at.get(key) or within.places(key, real)
+            places = within.places(key, real)
+            if (known := at.get(key)) is not None and known != places:
+                places = (*known, *(p for p in places if p not in known))  # (a hard link)
             for outer in within.outer(places):
                 why = self._clash(me, outer, path, shared)
                 if why is not None:
@@ -271,25 +273,6 @@ class ClaimTable(abc.ABC):
         self._release_lingering(state, key)
         return True
 
-    def _found_at(self, found: Iterable[tuple[ClaimKey, str]]) -> set[str]:
-        """Claims found at another real path than their places (renamed or linked into a
-        claimed directory: `ownership_arrivals`) are counted there from now on (a lingering
-        one is there while it is there); returns the host paths of the directory claims
-        above where they are now (the devices that mount them are checked again)."""
-        within = self._within
-        at = within.at()
-        moved = [(key, real) for key, real in found if key in at and real not in at[key]]
-        if not moved:
-            return set()  # (no claim, or where it is known to be: the common case)
-        made: dict[ClaimKey, list[tuple[str, str]]] = {}
-        for key, path, real in self._made():  # (once: what arrived may be many claims)
-            made.setdefault(key, []).append((path, real))
-        outer: set[ClaimKey] = set()
-        for key, real in moved:
-            within.move(key, real, made[key][0][1] if key in made else real)
-            outer.update(within.outer(within.mounts.places(real)))
-        return {path for key in outer for path, _ in made.get(key, ())}
-
     def _release_lingering(self, state: ResourceState, key: ClaimKey) -> None:
         del state.lingering[key]
         del self._exclusive[key]
@@ -315,6 +298,8 @@ class ClaimTable(abc.ABC):
             key = claim[0]
             if key not in exclusive:
                 self._within.count(key, claim[2])
+            else:
+                self._within.reached_at(key, claim[2])
             self._aliases.enter(claim)
             exclusive[key] = me
             if lingering:

@@ -27,8 +27,27 @@ from .test_ownership import (
     check_advertised,
     glob_list,
     node,
+    run_script,
 )
 from .test_ownership_identity import pci
+
+
+async def test_a_hard_link_into_a_directory_another_resource_mounts_is_held_there(
+    tmp_path: Path,
+) -> None:
+    """The property test's example: a/l0 is a hard link of nodes/n1. R1's s0 mounts a/;
+    R2 lists n1 (outside a/), then its glob a/* finds the same file as l0, inside what s0
+    mounts: l0 is held, though the file's claim was made at nodes/n1 (it was advertised as
+    l0 beside s0: one file in two pods); and R1 then listing nodes/n* never takes n1 from
+    R2 (the claim lingers with it)."""
+    build_tree(tmp_path, [("a", 1, True)])
+    script = [
+        ("publish", 0, ("shell", [(0, 0, 5)]), 0),
+        ("publish", 1, ("glob", ["nodes/n*"]), 0),
+        ("publish", 1, ("glob", ["a/*"]), 0),
+        ("publish", 0, ("glob", ["nodes/n*"]), 0),
+    ]
+    await run_script(tmp_path, script, 200)  # (checked at every step)
 
 
 async def test_the_property_tests_minimal_example_holds_the_vanished_node(

@@ -34,11 +34,11 @@ Rules:
   held device is then advertised (`device_claim_won`). A resource restarted by a reload or
   after a crash finds its claims where it left them, so no other resource can take a node
   in between; a resource added back takes its lingering claims back.
-- **IDs follow the physical device.** A device whose claims are owned by another ID of the
-  same resource (a reload changed the patterns, `usbIdFrom`, ...) is advertised under that
-  old ID, which the kubelet may have given to a pod: the kubelet then never hands the same
-  node out a second time under a new ID. A device whose own ID is taken that way is held
-  (`id_taken`) until the old one is gone.
+- **A booked ID follows the physical device.** A device whose claims another ID of its
+  resource owns (a reload changed the patterns, `usbIdFrom`, a probe renamed it) keeps that
+  ID while a booking of it holds them (a pod has the node under it); a device reporting
+  that ID is held (`id_taken`) meanwhile. Else, and once the booking ends, each device has
+  its own ID (`ownership_admission`).
 - **A booked claim wins.** When kdp-host answers an Allocate, the kubelet has booked those
   IDs: each (resource, ID) is recorded with its device's exclusive claims (`book`,
   `ownership_bookings`) and kept in `<stateDir>/ownership.json` (through `StateFile`) before
@@ -314,7 +314,7 @@ class OwnershipIndex(BookingAllocations):
         (the kubelet may have admitted a pod with it until it heard of that)."""
         ledger, adoption = self._ledger, self._adoption
         adoption.heard = holdings
-        released = ledger.expire(holdings.asked_at, HEARD_AFTER, holdings.of)
+        released = self._expire(holdings.asked_at, HEARD_AFTER, holdings.of)
         booked = adoption.book_held(holdings, self._resources, self._exclusive, self._clock())
         if released or booked:
             ledger.changed()

@@ -2,7 +2,12 @@
 
 Devices that own their claims already go first (the kubelet may have given them to a pod),
 then the others in ID order; a device whose claims another owns is held; a device whose
-claims an old ID of the same resource owns is advertised under that ID. The common case
+claims an old ID of the same resource owns is advertised under that ID while a booking of
+that ID holds them (a pod may have the node under it), else under its own, taking the
+claims the old ID left lingering (`ClaimTable._taken_over`): the old ID is then free for
+whatever device reports it. The PodResources answer that ends such a booking admits the
+resource again (`AdmissionGate._expire`); an Allocate of an ID whose device an
+admission let go of meanwhile is refused (`BookingAllocations.book`). The common case
 (no renames) costs the devices that changed; an unchanged list
 costs what is held and what lingers.
 """
@@ -127,11 +132,14 @@ class Admission(ClaimTable):
         released = yield from self._prune_gone(state, pace)
         claims = yield from self._claims_of(state, devices, pace)
         # The ID each device is advertised under: the ID of this resource that owns its
-        # claims already (the kubelet may have given it to a pod), else its own. Devices
-        # that own their claims already go first, then the others in ID order.
+        # claims already while a booking of that ID holds them (the kubelet gave it to a
+        # pod: it must not see the node under a second ID), else its own (it takes the
+        # claims an old ID no booking holds left lingering: `_taken_over`). Devices that own
+        # their claims already go first, then the others in ID order.
         ids: dict[str, str] = {}
         first: list[str] = []
         others: list[str] = []
+        holds = self._booked_under
         for device_id, claim in claims.items():
             if pace.due():
                 yield
@@ -141,6 +149,7 @@ class Admission(ClaimTable):
                 if (owner := self._exclusive.get(key)) is not None
                 and owner.resource == name
                 and owner.device != device_id
+                and holds(owner, key)
             ]
             advertised_id = ids[device_id] = min(inherited) if inherited else device_id
             (first if self._incumbent(state, advertised_id, claim) else others).append(device_id)

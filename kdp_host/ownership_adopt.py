@@ -45,8 +45,9 @@ WITHOUT_POD_RESOURCES = (
 
 def what_releases(reason: str, pod_resources: bool) -> str:
     """What ends the holding of a device held for `reason` (its `device_held` line's
-    `action`), with PodResources polling on or off."""
-    if reason != "booked":
+    `action`), with PodResources polling on or off: a booking ends `booked` and `id_taken`
+    (another device keeps the ID while a booking of it holds that device's node)."""
+    if reason not in ("booked", "id_taken"):
         return "not advertised until the owner is gone"
     if pod_resources:
         return "not advertised until PodResources shows no pod holding the booked ID"

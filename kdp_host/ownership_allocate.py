@@ -83,8 +83,10 @@ class BookingAllocations(AdmissionGate):
         `<stateDir>/ownership.json` holds them, or after `state_file.WRITE_LIMIT` with an error
         line (nothing is written when the bookings are the ones recorded already). Raises
         PlaceOwned, booking nothing, when such a path reaches what another device of the
-        host owns (advertised, or held by a pod), or when a CDI name the answer carries
-        besides its devices' own (`cdi_names`, by ID) is of a kind kdp-host writes."""
+        host owns (advertised, or held by a pod), when a CDI name the answer carries
+        besides its devices' own (`cdi_names`, by ID) is of a kind kdp-host writes, or when
+        the index no longer advertises an ID's device (an admission that let go of it ran
+        while the answer was made: its node may be advertised under another ID now)."""
         ids = list(ids)
         if cdi_names:
             self._check_cdi_names(resource, cdi_names)
@@ -307,14 +309,26 @@ class BookingAllocations(AdmissionGate):
         state = self._resources.get(resource)
         if state is None:
             return False
+        replicas = state.replicas or 1
+        ids = list(ids)
+        for kubelet_id in ids:
+            if physical_id(kubelet_id, replicas) not in state.owned:
+                raise PlaceOwned(
+                    f"{resource}: {kubelet_id} is no longer advertised (an admission let go "
+                    "of it while the Allocate was answered: its node may be another ID's now)"
+                )
         now = self._clock()
         changed = False
         devices = DeviceClaims(state, self._exclusive)
         for kubelet_id in ids:
-            device = physical_id(kubelet_id, state.replicas or 1)
+            device = physical_id(kubelet_id, replicas)
             booked = devices.of(device)
             own = {claim[0] for claim in booked}
             extra = tuple(c for c in places.get(kubelet_id, ()) if c[0] not in own)
             owner = Owner(resource, kubelet_id)
             changed |= self._ledger.record(owner, device, booked, now, extra)
+        if changed and self._running is not None and self._admitting == resource:
+            # the running admission may have chosen its IDs before: admitted again after it
+            state.settled = False
+            self._pending[resource] = None
         return changed

@@ -19,7 +19,7 @@ list is then admitted in full.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -221,6 +221,22 @@ class AdmissionGate(Resolving):
         for name, other in self._resources.items():
             if name != releaser and other.held and other.publish is not None:
                 self._pending[name] = None
+
+    def _expire(
+        self, asked_at: float, after: float, held: Callable[[str], Collection[str]]
+    ) -> bool:
+        """`Ledger.expire`; a resource with a device under an ID a booking that went kept (not
+        `plain`) is admitted again in full, so the device takes its own ID at once."""
+        ledger = self._ledger
+        before = set(ledger.bookings)
+        if not ledger.expire(asked_at, after, held):
+            return False
+        for name in {owner.resource for owner in before - ledger.bookings.keys()}:
+            state = self._resources.get(name)
+            if state is not None and not state.plain:
+                state.settled = False
+                self._pending[name] = None
+        return True
 
     def _changed(self, state: ResourceState) -> None:
         if state.log is not None:  # (as the reporter logs a list it gave)

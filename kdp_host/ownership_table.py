@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .devices import Device
+from .devices import Device, advertises
 from .identity import DIRECTORY
 from .logs import EventLogger
 from .ownership_aliases import PathAliases
@@ -41,7 +41,8 @@ class Holding:
     reason: str
     """`owned` (another device's claim), `shared` (a node other devices share), `booked`
     (the kubelet booked one of its claims under another ID or resource: the owner is that
-    booking), `id_taken` (its ID is the old ID of another device of the resource),
+    booking), `id_taken` (its ID is the old ID another device of the resource keeps while
+    a booking of it holds that device's node),
     `unsafe_mount` (a path of it no container may be handed: no owner)."""
     owner: Owner
     path: str
@@ -198,7 +199,12 @@ class ClaimTable(abc.ABC):
     def _clash(self, me: Owner, key: ClaimKey, path: str, shared: bool) -> Holding | None:
         """Whether `key`, claimed by `me` (shared or not), clashes with another's claim."""
         owner = self._exclusive.get(key)
-        if owner is not None and owner != me and not self._released_if_gone(key):
+        if (
+            owner is not None
+            and owner != me
+            and not self._taken_over(me, owner, key)
+            and not self._released_if_gone(key)
+        ):
             return Holding("owned", owner, path, key)
         if not shared:
             sharers = self._shared.get(key)
@@ -258,6 +264,24 @@ class ClaimTable(abc.ABC):
         self._aliases.leave(key)
         self._within.uncount(key)
 
+    def _taken_over(self, me: Owner, owner: Owner, key: ClaimKey) -> bool:
+        """Whether `me` may take a claim that `owner`, another ID of its resource, left
+        lingering: no booking of that ID holds it (a pod reaches a node under a booked ID
+        only), so the device is advertised under its own ID, not one it had before
+        (`Admission._admit_all`); `_claim` takes it from the lingering ones."""
+        return (
+            me.resource == owner.resource
+            and key in self._resources[owner.resource].lingering
+            and not self._booked_under(owner, key)
+        )
+
+    def _booked_under(self, owner: Owner, key: ClaimKey) -> bool:
+        """Whether a booking (of any host) of device `owner` or a replica of it holds `key`."""
+        return any(
+            b.resource == owner.resource and advertises(b.device, owner.device)
+            for b in self._ledger.booked.get(key, ())
+        )
+
     def _released_if_gone(self, key: ClaimKey) -> bool:
         """Release a lingering claim whose node is gone; True if it was released."""
         owner = self._exclusive[key]
@@ -290,7 +314,7 @@ class ClaimTable(abc.ABC):
 
     def _claim(self, state: ResourceState, device_id: str, claims: Claims) -> None:
         if state.owned.get(device_id) is claims:
-            return  # it owns them already (a device renamed on its paths keeps its old ID)
+            return  # it owns them already (a device renamed on its paths keeps a booked ID)
         me = Owner(state.name, device_id)
         lingering = state.lingering
         exclusive = self._exclusive

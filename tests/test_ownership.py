@@ -248,28 +248,43 @@ def test_claims_survive_a_restart_and_a_retired_resource_keeps_them() -> None:
     assert host.ids(R2) == ["f"]
 
 
-def test_a_renamed_device_keeps_the_id_the_kubelet_knows() -> None:
+async def test_a_renamed_device_keeps_the_id_the_kubelet_booked_and_only_that() -> None:
+    """A reload renames both devices (patterns, usbIdFrom, ...): the one a pod holds (booked)
+    keeps the ID the kubelet gave it; the other takes its new ID (issue 17 M3)."""
     nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
     host = Host(nodes)
     host.publish(R1, dev("old-a", "/dev/a"), dev("old-b", "/dev/b"))
-    # a reload renames both (patterns, usbIdFrom, ...)
+    await host.index.book(R1, ["old-a"])
     host.attach(R1)
     host.publish(R1, dev("new-a", "/dev/a"), dev("new-b", "/dev/b"))
-    assert host.ids(R1) == ["old-a", "old-b"]
+    assert host.ids(R1) == ["new-b", "old-a"]
     [device] = [d for d in host.tables[R1].snapshot.devices if d.id == "old-a"]
     assert device.nodes[0].host_path == "/dev/a"
 
 
-def test_an_id_that_another_node_held_is_not_reused_for_a_new_node() -> None:
+async def test_an_id_a_booking_keeps_for_one_node_is_not_reused_for_a_new_node() -> None:
     nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
     host = Host(nodes)
     host.publish(R1, dev("x", "/dev/a"))
+    await host.index.book(R1, ["x"])
     # /dev/a is now called y, and x names another node: x is held while /dev/a is "x"
     host.publish(R1, dev("y", "/dev/a"), dev("x", "/dev/b"))
     assert host.ids(R1) == ["x"]
     [device] = host.tables[R1].snapshot.devices
     assert device.nodes[0].host_path == "/dev/a"
     assert host.held(R1) == 1
+
+
+def test_an_id_no_booking_keeps_goes_to_the_device_reported_under_it() -> None:
+    """Issue 17 M3: /dev/a is now called y and x names another node; nothing booked x, so
+    /dev/a is y and /dev/b is x (before, /dev/a stayed x and /dev/b was held `id_taken`)."""
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    host = Host(nodes)
+    host.publish(R1, dev("x", "/dev/a"))
+    host.publish(R1, dev("y", "/dev/a"), dev("x", "/dev/b"))
+    paths = {d.id: d.nodes[0].host_path for d in host.tables[R1].snapshot.devices}
+    assert paths == {"x": "/dev/b", "y": "/dev/a"}
+    assert host.held(R1) == 0
 
 
 def test_claims_of_unchanged_devices_are_not_resolved_again() -> None:
@@ -289,7 +304,7 @@ def test_claims_of_unchanged_devices_are_not_resolved_again() -> None:
 
 def test_devices_renamed_on_their_paths_are_not_resolved_again() -> None:
     """A probe that renames every device on the same paths (d<i> <-> e<i>) costs no
-    resolution: claims are known by places, not by driver ID; the IDs the kubelet knows stay."""
+    resolution: claims are known by places, not by driver ID."""
     nodes = FakeNodes({f"/dev/n{i}": ("c", i) for i in range(50)})
     calls: list[str] = []
 
@@ -304,7 +319,7 @@ def test_devices_renamed_on_their_paths_are_not_resolved_again() -> None:
     calls.clear()
     for _ in range(3):
         host.publish(R1, *[dev(f"e{i}", f"/dev/n{i}") for i in range(50)])
-        assert host.ids(R1) == sorted(f"d{i}" for i in range(50))
+        assert host.ids(R1) == sorted(f"e{i}" for i in range(50)), "nothing booked d<i>"
         host.publish(R1, *[dev(f"d{i}", f"/dev/n{i}") for i in range(50)])
         assert host.ids(R1) == sorted(f"d{i}" for i in range(50))
     # a renamed device that also moves to a new path resolves that path only
@@ -628,7 +643,7 @@ resource_lists = st.one_of(
 )
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["publish", "restart", "retire", "remove_node"]),
+        st.sampled_from(["publish", "restart", "retire", "remove_node", "book"]),
         st.integers(0, 2),
         resource_lists,
         st.integers(0, NODES - 1),
@@ -680,11 +695,12 @@ def test_no_node_is_ever_in_two_advertised_devices(
     links: list[tuple[str, int, bool]], script: list[tuple[str, int, object, int]], chunk: int
 ) -> None:
     """Random glob patterns and probe-like lists over a random tree of nodes and links
-    (symbolic and hard), with restarts, reloads that retire resources and nodes that vanish:
-    at every step no node (file) or mount source is in two advertised devices, and a node
-    that stayed present is only ever advertised under one (resource, ID) -- what the kubelet
-    books. With a small `chunk`, admissions run in turns of the loop, and the next steps
-    come while they run."""
+    (symbolic and hard), with restarts, reloads that retire resources, nodes that vanish and
+    Allocates that book what a resource advertises: at every step no node (file) or mount
+    source is in two advertised devices, a node that stayed present is only ever advertised
+    by one resource, and a node a booking holds only under the booked ID -- what the kubelet
+    books (an ID no booking holds follows the list). With a small `chunk`, admissions run
+    in turns of the loop, and the next steps come while they run."""
     root = Path(tempfile.mkdtemp(prefix="kdp-own"))
     try:
         build_tree(root, links)
@@ -697,14 +713,25 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]], chu
     host = Host(chunk=chunk)
     names = [R1, R2, R3]
     live: set[str] = set()
-    booked: dict[IndependentKey, tuple[str, str]] = {}
+    seen: Seen = {}, {}
     for action, which, spec, victim in script:
         name = names[which]
         if action == "remove_node":
             path = root / "nodes" / f"n{victim}"
             if path.exists():  # (a claim made through it lingers no longer: a hard link
-                booked.pop(independent_key(str(path))[0], None)  # may keep the file)
+                key = independent_key(str(path))[0]  # may keep the file)
+                seen[0].pop(key, None)
+                seen[1].pop(key, None)
                 path.unlink()
+            continue
+        if action == "book":
+            if name in live:  # (what the kubelet sees now: an admission may be running)
+                advertised = host.tables[name].snapshot.devices
+                await host.index.book(name, [d.id for d in advertised])
+                for device in advertised:
+                    for key in independent_claims(device)[0]:
+                        if key[0] == "file":
+                            seen[1][key] = (name, device.id)
             continue
         if action == "retire":
             if name in live:
@@ -717,15 +744,19 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]], chu
         kind, arg = spec  # type: ignore[misc]
         devices = await glob_list(root, tuple(arg)) if kind == "glob" else shell_list(root, arg)
         host.index.publish(name, devices)
-        check_advertised(host, live, booked)
+        check_advertised(host, live, seen)
     await host.index.quiet()
-    check_advertised(host, live, booked)
+    check_advertised(host, live, seen)
 
 
-def check_advertised(
-    host: Host, live: set[str], booked: dict[IndependentKey, tuple[str, str]]
-) -> None:
+Seen = tuple[dict[IndependentKey, str], dict[IndependentKey, tuple[str, str]]]
+"""The resource each node was first advertised by, and the (resource, ID) each booked
+node was booked under (bookings never end here: no PodResources answer comes)."""
+
+
+def check_advertised(host: Host, live: set[str], seen: Seen) -> None:
     """Every live resource's advertised list, checked independently."""
+    first, booked = seen
     owners: dict[IndependentKey, tuple[str, str]] = {}
     sharers: dict[IndependentKey, set[str]] = {}
     made: list[tuple[tuple[str, str], str, bool]] = []
@@ -738,7 +769,8 @@ def check_advertised(
                 assert key not in sharers, (key, sharers[key], me)
                 owners[key] = me
                 if key[0] == "file":
-                    assert booked.setdefault(key, me) == me, (key, booked[key], me)
+                    assert first.setdefault(key, resource) == resource, (key, first[key], me)
+                    assert booked.get(key, me) == me, (key, booked[key], me)
             for key in shared:
                 assert key not in owners, (key, owners[key], me)
                 sharers.setdefault(key, set()).add(resource)
@@ -893,7 +925,6 @@ async def test_a_booking_holds_a_reused_device_number_until_its_pod_ends() -> No
     host.publish(R2, dev("other", "/dev/ttyUSB0"))
     assert host.ids(R2) == []
     # an answer asked for too soon after the booking proves nothing
-    await host.index.book(R1, ["SERB"])
     host.index.holdings(Holdings(now[0] + 1, 0.0, {}))
     assert host.ids(R2) == []
     host.index.holdings(Holdings(now[0] + 60, 0.0, {}))

@@ -11,6 +11,7 @@ from typing import Any
 
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.ownership import OwnershipIndex
+from kdp_host.ownership_allocate import PlaceOwned
 from kdp_host.podresources import Holder, Holdings
 
 from .test_ownership import R1, R2, FakeNodes, Host, dev, node
@@ -48,7 +49,8 @@ class Beside:
 async def test_a_long_admission_yields_to_the_loop_in_bounded_turns() -> None:
     """1,000 devices, then all of them renamed on their paths: each admission works in
     turns of at most CHUNK devices, another task runs between them, and the table gets
-    the list once, at the end (the IDs the kubelet knows stay)."""
+    the list once, at the end: under the new IDs (nothing booked), then, all booked, under
+    the IDs the kubelet booked."""
     host = Host(nodes(), chunk=CHUNK)
     table = host.attach(R1)
     beside = Beside()
@@ -58,6 +60,13 @@ async def test_a_long_admission_yields_to_the_loop_in_bounded_turns() -> None:
         await host.index.quiet()
         assert len(host.ids(R1)) == N
         assert beside.turns >= N // CHUNK
+        for prefix in "ed":
+            beside.turns = 0
+            host.index.publish(R1, listed(prefix))
+            await host.index.quiet()
+            assert host.ids(R1) == sorted(listed(prefix)), "no booking: the list's IDs"
+            assert beside.turns >= N // CHUNK
+        await host.index.book(R1, sorted(listed("d")))
         for prefix in "ede":
             beside.turns = 0
             version = table.snapshot.version
@@ -119,7 +128,35 @@ async def test_lists_that_come_during_an_admission_wait_for_it() -> None:
     assert sink.booked() == [f"{R1}/d7"]
     await host.index.quiet()
     assert host.ids(R2) == [] and host.held(R2) == 1
-    assert host.ids(R1) == sorted(listed("d"))
+    assert host.ids(R1) == sorted({*listed("e"), "d7"} - {"e7"}), "d7 is booked: n7 keeps it"
+
+
+async def test_a_booking_made_while_its_device_is_being_renamed_keeps_its_id() -> None:
+    """An Allocate books d7 while an admission that renames every device (nothing booked)
+    runs, at every phase of it. While the index still advertises d7, it is booked and the
+    resource is admitted again once the admission is done (it may have chosen e7 for n7):
+    n7 is advertised under d7, as the kubelet booked it. Once the index let go of d7 (its
+    node may be e7's already), the Allocate is refused: the pod never gets n7 as d7 while
+    the kubelet may give e7 to another."""
+    refused = 0
+    for turns in range(0, 8 * N // CHUNK, 7):
+        host = Host(nodes(), chunk=CHUNK)
+        host.attach(R1)
+        host.index.publish(R1, listed("d"))
+        await host.index.quiet()
+        host.index.publish(R1, listed("e"))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        try:
+            await host.index.book(R1, ["d7"])
+        except PlaceOwned:
+            refused += 1
+            await host.index.quiet()
+            assert host.ids(R1) == sorted(listed("e")), turns
+            continue
+        await host.index.quiet()
+        assert host.ids(R1) == sorted({*listed("e"), "d7"} - {"e7"}), turns
+    assert 0 < refused < 8 * N // CHUNK // 7, "both sides of the admission were seen"
 
 
 async def test_an_admission_of_a_retired_resource_stops_and_its_claims_linger() -> None:
@@ -133,11 +170,11 @@ async def test_an_admission_of_a_retired_resource_stops_and_its_claims_linger() 
     await host.index.quiet()
     host.publish(R2, node("/dev/alias"))
     assert host.ids(R2) == [] and host.held(R2) == 1, "n3 lingers with d3 (a pod may hold it)"
-    # added back: it takes its claims back, under the IDs the kubelet knows
+    # added back: it takes its claims back (under the list's IDs: nothing booked d<i>)
     host.attach(R1)
     host.index.publish(R1, listed("e"))
     await host.index.quiet()
-    assert host.ids(R1) == sorted(listed("d"))
+    assert host.ids(R1) == sorted(listed("e"))
 
 
 async def test_a_booking_from_podresources_during_an_admission_holds_its_device() -> None:
@@ -167,13 +204,15 @@ async def test_a_booking_from_podresources_during_an_admission_holds_its_device(
 
 
 async def test_a_rename_that_changes_one_device_makes_no_copy_of_the_others() -> None:
-    """Every device renamed on its paths, one of them now Unhealthy: the table gets the list
-    under the kubelet's IDs, every other entry the same object as before (ListAndWatch writes
-    only the changed entry again; nothing is copied for the unchanged ones)."""
+    """Every device renamed on its paths (all booked), one of them now Unhealthy: the table
+    gets the list under the kubelet's IDs, every other entry the same object as before
+    (ListAndWatch writes only the changed entry again; nothing is copied for the unchanged
+    ones)."""
     host = Host(nodes(), chunk=CHUNK)
     table = host.attach(R1)
     host.index.publish(R1, listed("d"))
     await host.index.quiet()
+    await host.index.book(R1, sorted(listed("d")))
     before = {d.id: d for d in table.snapshot.devices}
     renamed = listed("e")
     renamed["e5"] = Device("e5", healthy=False, nodes=renamed["e5"].nodes)
@@ -237,17 +276,26 @@ async def test_a_device_whose_node_changed_is_admitted_with_the_changed_devices_
     assert host.ids(R2) == [] and host.held(R2) == 1, "its old claim lingers"
 
 
-async def test_a_node_let_go_of_that_another_device_claims_keeps_its_id() -> None:
+async def test_a_node_let_go_of_that_another_device_claims_keeps_its_booked_id() -> None:
     """The node one device lets go of, claimed by a new device of the same list: a rename
-    (the full admission): the node keeps the ID the kubelet knows it by."""
-    found = nodes(20)
-    found.nodes["/dev/m5"] = ("c", 105)
-    host = Host(found, chunk=CHUNK)
-    table = host.attach(R1)
-    devices = listed("d", 20)
-    host.index.publish(R1, devices)
-    await host.index.quiet()
-    host.index.publish(R1, {**devices, "d5": dev("d5", "/dev/m5"), "x": dev("x", "/dev/n5")})
-    await host.index.quiet()
-    assert host.ids(R1) == sorted(devices)
-    assert [d.nodes[0].host_path for d in table.snapshot.devices if d.id == "d5"] == ["/dev/n5"]
+    (the full admission): the node keeps the ID the kubelet booked it under; with no
+    booking, each device is advertised under its own ID."""
+    for booked in (False, True):
+        found = nodes(20)
+        found.nodes["/dev/m5"] = ("c", 105)
+        host = Host(found, chunk=CHUNK)
+        table = host.attach(R1)
+        devices = listed("d", 20)
+        host.index.publish(R1, devices)
+        await host.index.quiet()
+        if booked:
+            await host.index.book(R1, ["d5"])
+        moved = {**devices, "d5": dev("d5", "/dev/m5"), "x": dev("x", "/dev/n5")}
+        host.index.publish(R1, moved)
+        await host.index.quiet()
+        paths = {d.id: d.nodes[0].host_path for d in table.snapshot.devices}
+        if booked:
+            assert sorted(paths) == sorted(devices) and paths["d5"] == "/dev/n5"
+        else:
+            assert sorted(paths) == sorted(moved)
+            assert (paths["d5"], paths["x"]) == ("/dev/m5", "/dev/n5")

@@ -67,7 +67,7 @@ async def test_the_property_tests_minimal_example_holds_the_vanished_node(
     (tmp_path / "nodes" / "n0").unlink()
     host.index.publish(R2, listed)
     await host.index.quiet()
-    check_advertised(host, live, {})
+    check_advertised(host, live, ({}, {}))
     assert host.ids(R1) == ["n0", "n1", "n2", "n3", "n4"] and host.ids(R2) == []
     assert host.held(R2) == 3
     # R1's next list has no n0: its claim of the file that went lingers no longer, and
@@ -75,7 +75,7 @@ async def test_the_property_tests_minimal_example_holds_the_vanished_node(
     host.index.publish(R1, await glob_list(tmp_path, ("nodes/n*",)))
     host.index.publish(R2, listed)
     await host.index.quiet()
-    check_advertised(host, live, {})
+    check_advertised(host, live, ({}, {}))
     assert host.ids(R1) == ["n1", "n2", "n3", "n4"] and host.ids(R2) == ["n0"]
 
 

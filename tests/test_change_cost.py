@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import ClaimKey, Reached, missing
 from kdp_host.ownership_paths import PathIndex
 from kdp_host.testing import ManualClock, ManualWatcher
+from kdp_host.turns import Pace
 
 R = "t.io/big"
 
@@ -266,3 +267,53 @@ async def test_paths_changing_while_others_resolve_are_admitted_in_a_few_rounds(
     assert second_half
     assert max(nodes.resolved.count(path) for path in paths) <= 2
     assert len(table.snapshot.devices) == 300
+
+
+def test_devices_unplugged_at_once_are_merged_a_chunk_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 20: 10,000 devices unplugged at once were 10,000 Unhealthy copies made in one
+    turn of the loop (the 114 ms stall), and every later merge walked all of them again.
+    The merge makes the copies a chunk at a time (the tracker changes only at its last
+    step), and a merge in which the gone stay gone makes none and yields not once."""
+    clock = ManualClock()
+    tracker = Tracker(10.0, clock)
+    tracker.merge(ScanResult({f"d{i}": node(i) for i in range(1000)}))
+    made = 0
+    with_health = Device.with_health
+
+    def counted(device: Device, healthy: bool) -> Device:
+        nonlocal made
+        made += 1
+        return with_health(device, healthy)
+
+    monkeypatch.setattr(Device, "with_health", counted)
+
+    def merged_in_steps(result: ScanResult) -> tuple[list[int], Mapping[str, Device]]:
+        """The copies each step made, and the list merged."""
+        nonlocal made
+        steps, made_by_step = tracker.merging(result, Pace(100)), []
+        while True:
+            made = 0
+            try:
+                next(steps)
+            except StopIteration as done:
+                made_by_step.append(made)
+                return made_by_step, done.value[0]
+            made_by_step.append(made)
+
+    before = tracker.listed
+    abandoned = tracker.merging(ScanResult({}), Pace(100))
+    next(abandoned)
+    abandoned.close()
+    assert tracker.listed is before, "a merge given up on changed nothing"
+    by_step, listed = merged_in_steps(ScanResult({}))
+    assert sum(by_step) == 1000 and max(by_step) <= 100
+    assert len(listed) == 1000 and not any(d.healthy for d in listed.values())
+    clock.advance(1.0)
+    by_step, again = merged_in_steps(ScanResult({"d5": node(5)}))
+    assert by_step == [0] and again["d5"].healthy
+    assert all(again[i] is listed[i] for i in again if i != "d5"), "the copies are kept"
+    clock.advance(9.0)
+    by_step, expired = merged_in_steps(ScanResult({"d5": node(5)}))
+    assert by_step == [0] and list(expired) == ["d5"]

@@ -2,14 +2,24 @@
 Unhealthy, for `gracePeriod`; a device still present that lost one of its nodes (not an
 optional one) is Unhealthy for the grace period, then listed without it (unless it comes
 back). Each merge looks only at devices that are not the very objects listed before
-(scanners reuse unchanged devices), so a hot-plug costs O(changed)."""
+(scanners reuse unchanged devices) and at those that vanished or came back since the last
+scan; the vanished ones are kept between merges with their Unhealthy copies, in the order
+they vanished (the first to expire first), so a hot-plug costs O(changed). The merge works
+in bounded turns of the event loop (`MERGE_CHUNK` devices a turn): 10,000 devices
+unplugged at once are 10,000 Unhealthy copies, made a chunk at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Final
 
 from ..devices import Device
+from ..turns import Pace, Steps, to_the_end
 from .scanner import Listed, ScanResult
+
+MERGE_CHUNK: Final = 500
+"""Devices a merge works on per turn of the event loop (about a millisecond)."""
 
 
 class Tracker:
@@ -20,35 +30,55 @@ class Tracker:
         self._grace = grace_period
         self._clock = clock
         self.listed = Listed()
+        self._present: Mapping[str, Device] = {}
+        """The devices of the last scan merged."""
         self._gone_since: dict[str, float] = {}
+        """Device ID -> when it vanished, while it is listed Unhealthy."""
+        self._gone: dict[str, Device] = {}
+        """Device ID -> the Unhealthy copy listed while it is gone."""
+        self._expiring: deque[tuple[float, str]] = deque()
+        """(when it vanished, device ID), in that order (an entry whose device came back or
+        vanished again since is skipped when it comes up)."""
         self._lost: dict[str, dict[str, float]] = {}
         """Device ID -> host path of a lost node -> when it vanished."""
 
     def merge(self, result: ScanResult) -> tuple[Mapping[str, Device], float | None]:
-        """The list to publish, and when the next grace period ends (None: none running)."""
+        """`merging` at once (no event loop to yield to)."""
+        return to_the_end(self.merging(result, Pace(MERGE_CHUNK)))
+
+    def merging(
+        self, result: ScanResult, pace: Pace
+    ) -> Steps[tuple[Mapping[str, Device], float | None]]:
+        """The list to publish, and when the next grace period ends (None: none running);
+        yields when `pace` says. Nothing of the tracker changes before its last step (a
+        merge given up on leaves it as it was)."""
         now = self._clock()
         grace = self._grace
         present = result.devices
         places = result.places
         before = self.listed
+        gone_since = self._gone_since
         next_expiry: float | None = None
         extra: dict[str, Device] = {}
         lost_now: dict[str, dict[str, float]] = {}
-        # Only devices that are not the very object listed before can have lost a node
-        # (scanners reuse unchanged devices), plus those losing one already: O(changed)
-        # work after one identity pass.
+        # Only devices that are not the very object listed before can have lost a node or
+        # come back (scanners reuse unchanged devices), plus those losing one already:
+        # O(changed) work after one identity pass.
         listed_before = before.devices.get
         touched = [i for i, device in present.items() if listed_before(i) is not device]
+        back = [i for i in touched if i in gone_since]
         added = sum(1 for i in touched if listed_before(i) is None)
         touched.extend(i for i in self._lost if i in present and listed_before(i) is present[i])
         for device_id in touched:
+            if pace.due():
+                yield
             device = present[device_id]
             old = before.devices.get(device_id)
             lost = self._lost.get(device_id)
             if (
                 old is not None
                 and old is not device
-                and device_id not in self._gone_since
+                and device_id not in gone_since
                 and (places is None or before.places.get(device_id) == places[device_id])
             ):
                 lost = _lost_parts(old, device, now, lost)
@@ -65,40 +95,49 @@ class Tracker:
                 expiry = min(lost.values()) + grace
                 next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
                 extra[device_id] = device.with_health(False) if device.healthy else device
-        gone_now: dict[str, float] = {}
-        for device_id in _vanished(before.devices, present, added, self._gone_since):
-            old = before.devices[device_id]
-            since = self._gone_since.get(device_id, now)
-            if grace <= 0 or since + grace <= now:
-                continue
-            gone_now[device_id] = since
-            expiry = since + grace
-            next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
-            # Still listed from the last merge: reuse that Unhealthy copy (scans only ever
-            # produce healthy devices), so a long list of vanished devices costs no copies.
-            extra[device_id] = old if not old.healthy else old.with_health(False)
+        # Vanished since the last scan: listed then, not found now (a count tells whether
+        # any did; only then a walk of the last scan's devices).
+        last = self._present
+        vanishing = len(last) - (len(present) - added - len(back))
+        vanished = [i for i in last if i not in present] if vanishing > 0 and grace > 0 else []
+        copies: dict[str, Device] = {}
+        for device_id in vanished:
+            if pace.due():
+                yield
+            old = listed_before(device_id) or last[device_id]
+            # Scans only ever produce healthy devices: an Unhealthy one is a copy already.
+            copies[device_id] = old if not old.healthy else old.with_health(False)
+        # The last step: the tracker changes (O(changed)).
+        gone = self._gone
+        for device_id in back:
+            del gone_since[device_id], gone[device_id]
+        gone.update(copies)
+        gone_since.update(dict.fromkeys(copies, now))
+        self._expiring.extend((now, device_id) for device_id in copies)
+        ends = self._expire(now)
+        if ends is not None:
+            next_expiry = ends if next_expiry is None else min(next_expiry, ends)
         # `present` is never changed: copy it only when something must be added or replaced
         # (usually: no copy at all).
-        listed = {**present, **extra} if extra else present
-        self._gone_since = gone_now
+        listed = {**present, **extra, **gone} if extra or gone else present
+        self._present = present
         self._lost = lost_now
         self.listed = Listed(listed, places if places is not None else {})
         return listed, next_expiry
 
-
-def _vanished(
-    before: Mapping[str, Device], present: Mapping[str, Device], added: int, gone: Iterable[str]
-) -> Iterable[str]:
-    """The devices listed `before` that are not `present` (`added`: how many of `present`
-    were not listed): those already gone that stay gone when no other went (a count tells),
-    else a walk of `before` (no set of every ID)."""
-    vanished = len(before) - (len(present) - added)
-    if not vanished:
-        return ()
-    still = [device_id for device_id in gone if device_id not in present]
-    if len(still) == vanished:
-        return still
-    return [device_id for device_id in before if device_id not in present]
+    def _expire(self, now: float) -> float | None:
+        """Drop the vanished devices whose grace period ended; when the next one ends."""
+        expiring, gone_since, grace = self._expiring, self._gone_since, self._grace
+        while expiring:
+            since, device_id = expiring[0]
+            if gone_since.get(device_id) != since:
+                expiring.popleft()  # it came back (or vanished again since)
+            elif since + grace <= now:
+                expiring.popleft()
+                del gone_since[device_id], self._gone[device_id]
+            else:
+                return since + grace
+        return None
 
 
 def _parts(device: Device) -> set[str]:

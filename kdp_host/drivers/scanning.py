@@ -19,9 +19,10 @@ changes could change that answer (`DirWatch.watch`). Everything else lives here,
   without nodes changes nothing in /dev) asks for a full rescan at least every
   `full_rescan_every` intervals. When nothing changed, the last list goes to the Notifier
   again as the same object (it does O(1) work for it) and the loop's task does not wake;
-- **the grace period** (`grace.Tracker`): a device that vanished stays listed, Unhealthy,
-  for `gracePeriod`; a device still present that lost one of its nodes (not an optional
-  one) is Unhealthy for the grace period, then listed without it (unless it comes back);
+- **the grace period** (`grace.Tracker`, merged in bounded turns of the loop): a device
+  that vanished stays listed, Unhealthy, for `gracePeriod`; a device still present that
+  lost one of its nodes (not an optional one) is Unhealthy for the grace period, then
+  listed without it (unless it comes back);
 - **reporting**: complete lists to the Notifier, scan durations, failures; notices (an
   unreadable directory) are logged when they change.
 """
@@ -39,9 +40,10 @@ from typing import Generic, TypeVar
 from ..devices import Device
 from ..dir_signature import DirSignature, dir_signature
 from ..safety_net import SafetyNet
+from ..turns import Pace, in_turns
 from ..watch import Subscription
 from .base import DriverDeps, DriverError, Notifier
-from .grace import Tracker
+from .grace import MERGE_CHUNK, Tracker
 from .rate_limit import RateLimit
 from .scanner import DirWatch, Listed, Notice, ScanGuard, Scanner, ScanResult, ScanSettings
 
@@ -213,7 +215,8 @@ class ScanLoop(Generic[S]):
         if result is None:
             return None
         self._subscribe()
-        devices, next_expiry = self.tracker.merge(result)
+        merging = self.tracker.merging(result, Pace(MERGE_CHUNK))
+        devices, next_expiry = await in_turns(merging)  # (10,000 unplugged: in turns)
         notifier.update(devices, result.skipped, result.reached)
         if result.reached:  # handed on once: not kept with the last scan
             self._last = dataclasses.replace(result, reached=None)

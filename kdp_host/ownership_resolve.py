@@ -46,13 +46,10 @@ if TYPE_CHECKING:
 UNRESOLVED_REASON: Final = "read_timeout"
 """The `reason` of `kdp_driver_skipped_total` for a device left out because a path of it did
 not resolve in time (a hung file system)."""
-
 RESOLVE_TIMEOUT: Final = 2.0
 """Seconds one batch of paths may take before the path it is on counts as hung."""
-
 STUCK_PER_BATCH: Final = 3
 """Hung paths one batch steps over before it gives the rest up until the next list."""
-
 KEPT_LIMIT: Final = 4096
 """Paths kept resolved (`Resolving._resolve_keeping`) beyond which they are all forgotten (an
 `allocate.command` may print new paths every time)."""
@@ -291,7 +288,11 @@ class Resolving(Admission):
         if known := state.known:  # what the scan learnt is as fresh as the list it made
             self._fresh.update((path, known[path]) for path in wanted if path in known)
         booked = self._ledger.booked  # (held while booked, gone or not)
-        wanted.update(c[1] for k, (_, c) in state.lingering.items() if k not in booked)
+        for k, (_, c) in list(state.lingering.items()):  # (10,000 unplugged: as many)
+            if pace.due():
+                yield
+            if k not in booked:
+                wanted.add(c[1])
         for why in state.held.values():
             owner = None if why.key is None else self._exclusive.get(why.key)
             if owner is not None and why.key is not None:

@@ -9,9 +9,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any
 
+import pytest
+
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_allocate import PlaceOwned
+from kdp_host.ownership_claims import Claim, ClaimSet
 from kdp_host.podresources import Holder, Holdings
 
 from .test_ownership import R1, R2, FakeNodes, Host, dev, node
@@ -299,3 +302,48 @@ async def test_a_node_let_go_of_that_another_device_claims_keeps_its_booked_id()
         else:
             assert sorted(paths) == sorted(moved)
             assert (paths["d5"], paths["x"]) == ("/dev/m5", "/dev/n5")
+
+
+async def test_every_node_made_again_at_once_is_admitted_in_bounded_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 20: 10,000 devices unplugged (or plugged back) at once each let go of a node;
+    whether another device claims one of them (a rename) was one walk of every claim in one
+    turn of the loop (~50 ms). It is paced like the rest of the admission: no turn looks at
+    more claims than a few for each of CHUNK devices."""
+    found = nodes()
+    found.nodes.update({f"/dev/m{i}": ("c", N + i) for i in range(N)})
+    host = Host(found, chunk=CHUNK)
+    table = host.attach(R1)
+    devices = listed("d")
+    host.index.publish(R1, devices)
+    await host.index.quiet()
+    looked = 0
+    real_all = ClaimSet.all
+
+    def counted(claims: ClaimSet) -> tuple[Claim, ...]:
+        nonlocal looked
+        looked += 1
+        return real_all(claims)
+
+    monkeypatch.setattr(ClaimSet, "all", counted)
+    most = 0
+
+    async def beside() -> None:
+        nonlocal looked, most
+        while True:
+            most, looked = max(most, looked), 0
+            await asyncio.sleep(0)
+
+    counter = asyncio.get_running_loop().create_task(beside())
+    try:
+        moved = {d: dev(d, f"/dev/m{i}") for i, d in enumerate(devices)}
+        host.index.publish(R1, moved)
+        await host.index.quiet()
+    finally:
+        counter.cancel()
+    assert host.ids(R1) == sorted(devices)
+    assert {d.nodes[0].host_path for d in table.snapshot.devices} == set(
+        f"/dev/m{i}" for i in range(N)
+    )
+    assert 0 < most <= 4 * CHUNK, most  # (a few looks a device: its conflicts, its own)

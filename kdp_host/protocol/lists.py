@@ -179,12 +179,16 @@ class ListAndWatchEncoder:
             view = memoryview(last.data)
             segments: list[bytes | memoryview] = []
             new_sizes = array("I", sizes)
-            copied_to = entry = 0  # (the byte and the entry up to which `view` is copied)
-            for i, entry_bytes in zip(changed, written, strict=True):
-                start = copied_to + sum(sizes[entry:i])
-                segments += (view[copied_to:start], entry_bytes)
-                copied_to, entry = start + sizes[i], i + 1
-                new_sizes[i] = len(entry_bytes)
+            starts = array("Q", accumulate(sizes, initial=0)) if changed else array("Q")
+            copied_to = 0  # (the byte up to which `view` is copied)
+            for at in range(0, len(changed), ENCODE_CHUNK):
+                if at:
+                    await asyncio.sleep(0)  # (every entry changed: as many segments)
+                chunk = slice(at, at + ENCODE_CHUNK)
+                for i, entry_bytes in zip(changed[chunk], written[chunk], strict=True):
+                    segments += (view[copied_to : starts[i]], entry_bytes)
+                    copied_to = starts[i + 1]
+                    new_sizes[i] = len(entry_bytes)
             segments.append(view[copied_to:])
             return b"".join(segments), new_sizes
         shortest = min(len(old), len(new))

@@ -87,6 +87,8 @@ class InotifyWatcher:
         self._gone = int(Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF)
         self._moved = int(Mask.MOVE_SELF)
         self._appeared = int(Mask.CREATE | Mask.MOVED_TO)
+        self._kept_kinds = self._overflow | self._gone
+        """Events dispatched also when their name was dispatched in the same read."""
         self._inotify = Inotify()
         self._subs = SubscriberIndex()
         self._watches: dict[str, Watch] = {}
@@ -224,17 +226,28 @@ class InotifyWatcher:
 
     def _read_events(self) -> None:
         """Dispatch the events one read of the (non-blocking) descriptor returns. The loop
-        calls again while more are queued, so a flood of events cannot starve it."""
+        calls again while more are queued, so a flood of events cannot starve it. A
+        callback is told a name, not what happened to it: an event that names what an
+        earlier one of the same read named (a file made, written and closed is three
+        events; a churned directory makes and removes names by the thousand) is dispatched
+        once, unless its kind matters here (overflow, a watch gone, a name that appeared
+        while a directory waits to be made)."""
         try:
             data = os.read(self._inotify.fd, _READ_SIZE)
         except BlockingIOError:
             return
+        seen: set[tuple[int, bytes]] = set()
         offset, end = 0, len(data)
         while offset < end:
             wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
             offset += _EVENT_HEADER.size
-            name = data[offset : offset + length].split(b"\0", 1)[0]
+            raw = data[offset : offset + length]
             offset += length
+            if not mask & (self._kept_kinds | (self._appeared if self._pending else 0)):
+                if (wd, raw) in seen:
+                    continue
+                seen.add((wd, raw))
+            name = raw.split(b"\0", 1)[0]
             self._dispatch(mask, wd, os.fsdecode(name) if name else None)
 
     async def _retry_pending_forever(self) -> None:

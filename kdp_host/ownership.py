@@ -215,7 +215,7 @@ class OwnershipIndex(BookingAllocations):
     def _path_changed(self, directory: str, name: str | None) -> None:
         """A watcher callback: forget the places kept there, note it, and recheck once the
         burst is over (soon)."""
-        paths = None if name is None else {os.path.join(directory, name)}
+        paths = None if name is None or not self._kept else {os.path.join(directory, name)}
         self._forget_kept(functools.partial(named_in, directory=directory, paths=paths))
         first = not self._changed_paths
         if name is None:

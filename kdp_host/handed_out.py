@@ -37,6 +37,7 @@ from .files import Offload
 from .handed_entries import (
     Entries,
     Handed,
+    encoded,
     entries_document,
     parse_entries,
     read_document,
@@ -109,6 +110,7 @@ class HandedRecord:
                 mark_unsaved=True,
                 writer=writer,
                 running=running,
+                encode=encoded,
             )
 
     # ------------------------------------------------------------------ start

@@ -168,8 +168,14 @@ async def booking_rounds(existing: int) -> dict[str, list[float]]:
     try:
         index = OwnershipIndex(Metrics(), lambda path: (("c", int(path[len("/dev/fpga") :])), path))
         sync = await shared_bookings(index, str(workdir), "bench001", offload, log)
-        index.attach(RESOURCE, DeviceTable().publish, log.bind(resource=RESOURCE))
+        listed = DeviceTable()
+        index.attach(RESOURCE, listed.publish, log.bind(resource=RESOURCE))
         index.publish(RESOURCE, {d.id: d for d in devices(existing + NEW_BOOKINGS)})
+        deadline = time.monotonic() + 60
+        while len(listed.snapshot.devices) < existing + NEW_BOOKINGS:  # admitted in turns
+            if time.monotonic() > deadline:
+                raise TimeoutError("the devices were not admitted within 60 s")
+            await asyncio.sleep(0.01)
         ids = [f"fpga{i:04d}" for i in range(existing + NEW_BOOKINGS)]
         await index.book(RESOURCE, ids[:existing])
         figures: dict[str, list[float]] = {"wall": [], "loop": [], "back_wall": [], "back_loop": []}

@@ -42,21 +42,21 @@ Rules:
 - **A booked claim wins.** When kdp-host answers an Allocate, the kubelet has booked those
   IDs: each (resource, ID) is recorded with its device's exclusive claims (`book`,
   `ownership_bookings`) and kept in `<stateDir>/ownership.json` (through `StateFile`) before
-  the answer goes out; writing only when the bookings change. While a booking lives,
-  nothing else reaching its claims is advertised: no other resource, no other ID of the
-  same node (a reload or a probe renamed it, `replicas` changed), before or after any
-  restart (bookings are read back at start, before any resource publishes, as lingering
-  claims of their device). A booking lives while PodResources shows a pod holding its ID,
-  even when the node is gone (a reused device number stays owned until the old pod ends);
-  it goes when an answer asked for `HEARD_AFTER` after the booking shows no pod holding the
-  ID and its device's release (`release.command`) is not still due, or is replaced when
-  the kubelet allocates the same ID again. With PodResources polling off nothing can show
-  the pod ended: a booking then lives until the ID is allocated again, or until it is
-  dropped with `kdp-host unbook` while kdp-host is stopped; a device it holds says so in its
-  `device_held` line. When the file was lost, what the kubelet's checkpoint says each pod was
-  handed is booked at start (`kubelet_checkpoint`); an ID a pod holds with no booking still
-  (admitted before bookings were kept, an answer with CDI names) is booked from PodResources
-  (`ownership_adopt`).
+  the answer goes out; writing only when the bookings change. While a booking lives, nothing
+  else reaching its claims is advertised: no other resource, no other ID of the same node (a
+  reload or a probe renamed it, `replicas` changed), before or after any restart (bookings
+  are read back at start, before any resource publishes, as lingering claims of their
+  device); nor another ID's device where a booked one was handed out (`place_booked`). A
+  booking lives while PodResources shows a pod holding its ID, even when the node is gone (a
+  reused device number stays owned until the old pod ends); it goes when an answer asked for
+  `HEARD_AFTER` after the booking shows no pod holding the ID and its device's release
+  (`release.command`) is not still due, or is replaced when the kubelet allocates the same
+  ID again. With PodResources polling off nothing can show the pod ended: a booking then
+  lives until the ID is allocated again, or until it is dropped with `kdp-host unbook` while
+  kdp-host is stopped; a device it holds says so in its `device_held` line. When the file
+  was lost, what the kubelet's checkpoint says each pod was handed is booked at start
+  (`kubelet_checkpoint`); an ID a pod holds with no booking still (admitted before bookings
+  were kept, an answer with CDI names) is booked from PodResources (`ownership_adopt`).
   Hosts on one state directory (a rolling update) share the file: another host's bookings
   hold what they reach as this host's own do, from the moment it writes them (`take_in`).
 """

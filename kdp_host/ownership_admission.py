@@ -19,6 +19,7 @@ from collections.abc import Generator, Mapping
 
 from .config import UNSAFE_MOUNT, NeverHanded
 from .devices import Device
+from .ownership_bookings import PLACE_BOOKED
 from .ownership_claims import (
     SYSFS,
     Claim,
@@ -74,9 +75,15 @@ class Admission(ClaimTable):
         self, state: ResourceState, device_id: str, claims: Claims
     ) -> Holding | None:
         """A booking wins: held when one of the device's claims is booked under an ID it is
-        not about to be advertised under (another resource, device or replica count)."""
-        found = self._ledger.conflict(state.name, device_id, state.replicas or 1, claims)
-        return None if found is None else Holding("booked", found[0], found[1])
+        not about to be advertised under (another resource, device or replica count), or
+        when a claim's real path is where such a booking's device was handed out
+        (`PLACE_BOOKED`: a pod's answer names that path)."""
+        ledger, replicas = self._ledger, state.replicas or 1
+        found = ledger.conflict(state.name, device_id, replicas, claims)
+        if found is not None:
+            return Holding("booked", found[0], found[1])
+        found = ledger.place_conflict(state.name, device_id, replicas, claims)
+        return None if found is None else Holding(PLACE_BOOKED, found[0], found[1])
 
     def _claims_of(
         self, state: ResourceState, devices: Mapping[str, Device], pace: Pace

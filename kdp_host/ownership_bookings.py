@@ -30,9 +30,13 @@ from typing import Any, Protocol
 
 from .devices import replica_ids
 from .identity import DIRECTORY
-from .ownership_claims import Claim, ClaimKey, Claims, Owner, ancestors, owner_order
+from .ownership_claims import SYSFS, Claim, ClaimKey, Claims, Owner, ancestors, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
 from .rules import below
+
+PLACE_BOOKED = "place_booked"
+"""Why a device is held whose node or mount source is at the real path another booked ID's
+device was handed out at (moved there, or made anew there: `Ledger.place_conflict`)."""
 
 
 @dataclass
@@ -96,6 +100,10 @@ class Ledger:
         """Claim (of a device or a place) -> the bookings that hold it."""
         self.places: dict[str, Counted] = {}
         """Real path of a booked place -> the bookings that handed it out."""
+        self.spots: dict[str, Counted] = {}
+        """Real path of a booked device's own claim (its node or mount source as the
+        Allocate handed it out) -> the bookings that hold it: the place a pod's answer
+        names stays that pod's, whatever is found there later (`place_conflict`)."""
         self.sink: StateSink | None = None
         self.releasing: ReleasePending = _none_pending  # (see `expire`)
         self.drops = 0
@@ -191,6 +199,9 @@ class Ledger:
             _count(self.booked, key, owner, step)
         for _, _, real in booking.places:
             _count(self.places, real, owner, step)
+        for key, _, real in booking.claims:
+            if key[0] != SYSFS:
+                _count(self.spots, real, owner, step)
 
     def record(
         self,
@@ -240,6 +251,31 @@ class Ledger:
             holders: Iterable[Owner] = self.booked.get(key, ())
             if self.places:
                 holders = [*holders, *self._places_reached(key, real)]
+            for owner in holders:
+                if owner.resource == resource:
+                    if mine is None:
+                        mine = set(replica_ids(device_id, replicas))
+                    if owner.device in mine or self._together(owner, mine):
+                        continue
+                return owner, path
+        return None
+
+    def place_conflict(
+        self, resource: str, device_id: str, replicas: int, claims: Claims
+    ) -> tuple[Owner, str] | None:
+        """A booking of another ID (or resource) whose device was handed out at the real
+        path of one of the device's claims, with that claim's host path: a device moved
+        there, or made anew there with another identity (an inode number reused), would
+        be handed out at the path a pod's answer names (issue 17, hostile7 F3). Its own
+        IDs pass: the device of a booked ID made anew is still that ID's."""
+        spots = self.spots
+        if not spots:
+            return None
+        mine: set[str] | None = None
+        for key, path, real in claims.all():
+            holders = spots.get(real)
+            if not holders or key[0] == SYSFS:
+                continue
             for owner in holders:
                 if owner.resource == resource:
                     if mine is None:

@@ -41,8 +41,10 @@ class Holding:
     reason: str
     """`owned` (another device's claim), `shared` (a node other devices share), `booked`
     (the kubelet booked one of its claims under another ID or resource: the owner is that
-    booking), `id_taken` (its ID is the old ID another device of the resource keeps while
-    a booking of it holds that device's node),
+    booking), `place_booked` (a node or mount source of it is where a booked ID's device
+    was handed out: moved there, or made anew there; the owner is that booking), `id_taken`
+    (its ID is the old ID another device of the resource keeps while a booking of it holds
+    that device's node),
     `unsafe_mount` (a path of it no container may be handed: no owner)."""
     owner: Owner
     path: str

@@ -8,16 +8,17 @@ claims the old ID left lingering (`ClaimTable._taken_over`): the old ID is then 
 whatever device reports it. The PodResources answer that ends such a booking admits the
 resource again (`AdmissionGate._expire`); an Allocate of an ID whose device an
 admission let go of meanwhile is refused (`BookingAllocations.book`). The common case
-(no renames) costs the devices that changed; an unchanged list
-costs what is held and what lingers.
+(no renames) costs the devices that changed (found without a walk when the list says what
+changed: `device_changes`); an unchanged list costs what is held and what lingers.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Generator, Mapping
+from collections.abc import Collection, Generator, Iterable, Mapping
 
 from .config import UNSAFE_MOUNT, NeverHanded
+from .device_changes import changed_among, changed_between
 from .devices import Device
 from .ownership_bookings import PLACE_BOOKED
 from .ownership_claims import (
@@ -116,8 +117,9 @@ class Admission(ClaimTable):
         devices = state.reported
         if state.unresolved:
             devices = {d: device for d, device in devices.items() if d not in state.unresolved}
+        delta = changed_between(state.admitted_from, devices)
         unchanged = state.settled and (
-            devices is state.admitted_from or devices == state.admitted_from
+            devices is state.admitted_from or (delta is None and devices == state.admitted_from)
         )
         if unchanged and not state.held and not state.lingering and not state.stale:
             return state.admitted
@@ -234,11 +236,13 @@ class Admission(ClaimTable):
         dirty = [d for d in state.held if d in devices]
         released = yield from self._prune_gone(state, pace)
         removed = False
+        delta = changed_between(before, devices)
         if unchanged:
             dirty.extend(d for d in stale if d in devices)
         else:
             added = 0
-            for device_id, device in devices.items():
+            ids = changed_among(before, devices, stale, equal_is_same=False)
+            for device_id, device in _listed(devices, ids):
                 if pace.due():
                     yield
                 old = before.get(device_id)
@@ -295,7 +299,8 @@ class Admission(ClaimTable):
                 holding[device_id] = booked  # it keeps its claims (see _admit_all)
         if removed and result is not None:
             # (after the changed ones: a rename is found before anything is let go of)
-            for device_id in [d for d in before if d not in devices]:
+            gone = before if delta is None else sorted(d for d in delta if d in before)
+            for device_id in [d for d in gone if d not in devices]:
                 if pace.due():
                     yield
                 moved.append(device_id)
@@ -314,6 +319,13 @@ class Admission(ClaimTable):
         if holding:
             return {d: device for d, device in devices.items() if d not in holding}
         return devices
+
+
+def _listed(devices: Mapping[str, Device], ids: Collection[str]) -> Iterable[tuple[str, Device]]:
+    """The entries of `devices` among `ids` (every one: `devices` itself)."""
+    if ids is devices:
+        return devices.items()
+    return [(d, device) for d in ids if (device := devices.get(d)) is not None]
 
 
 def _taken_over(

@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from .device_changes import healthy_count
 from .devices import Device
 from .files import Offload
 from .metrics import Metrics
@@ -240,6 +241,6 @@ class AdmissionGate(Resolving):
 
     def _changed(self, state: ResourceState) -> None:
         if state.log is not None:  # (as the reporter logs a list it gave)
-            healthy = sum(1 for device in state.reported.values() if device.healthy)
+            healthy = healthy_count(state.reported)
             unhealthy = len(state.reported) - healthy
             state.log.info("devices_changed", healthy=healthy, unhealthy=unhealthy)

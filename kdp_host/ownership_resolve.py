@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
+from .device_changes import changed_among
 from .files import Offload
 from .identity import UNRESOLVABLE
 from .metrics import Metrics
@@ -269,12 +270,11 @@ class Resolving(Admission):
 
     def _wanted(self, state: ResourceState, pace: Pace) -> Generator[None, None, set[str]]:
         """The paths the next admission of `state` must have resolved: those of devices whose
-        claims are not known (a walk of the list only when it changed), its lingering claims
-        (gone?), and the lingering claims its held devices wait for."""
+        claims are not known (those the list says changed, else a walk of a changed list),
+        its lingering claims (gone?), and the lingering claims its held devices wait for."""
         devices, needs = state.reported, dict[str, tuple[str, ...]]()
         cache, before, stale = state.claims, state.admitted_from, state.stale
-        same = state.settled and (devices is before or devices == before)
-        for device_id in list(stale) if same else devices:  # (same list: the changed paths)
+        for device_id in changed_among(before, devices, stale, equal_is_same=state.settled):
             if pace.due():
                 yield
             device = devices.get(device_id)

@@ -4,16 +4,18 @@ optional one) is Unhealthy for the grace period, then listed without it (unless 
 back). Each merge looks only at devices that are not the very objects listed before
 (scanners reuse unchanged devices) and at those that vanished or came back since the last
 scan; the vanished ones are kept between merges with their Unhealthy copies, in the order
-they vanished (the first to expire first), so a hot-plug costs O(changed). The merge works
+they vanished (the first to expire first), so a hot-plug costs O(changed); a scan's list
+that says what changed (`device_changes.Derived`) spares the identity pass too. The merge works
 in bounded turns of the event loop (`MERGE_CHUNK` devices a turn): 10,000 devices
 unplugged at once are 10,000 Unhealthy copies, made a chunk at a time."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Final
 
+from ..device_changes import Derived, changed_between
 from ..devices import Device
 from ..turns import Pace, Steps, to_the_end
 from .scanner import Listed, ScanResult
@@ -63,9 +65,11 @@ class Tracker:
         lost_now: dict[str, dict[str, float]] = {}
         # Only devices that are not the very object listed before can have lost a node or
         # come back (scanners reuse unchanged devices), plus those losing one already:
-        # O(changed) work after one identity pass.
+        # O(changed) work, after one identity pass unless the scan says what changed.
         listed_before = before.devices.get
-        touched = [i for i, device in present.items() if listed_before(i) is not device]
+        changed = changed_between(self._present, present)
+        looked: Collection[str] = present if changed is None else sorted({*changed, *self._lost})
+        touched = [i for i in looked if i in present and listed_before(i) is not present[i]]
         back = [i for i in touched if i in gone_since]
         added = sum(1 for i in touched if listed_before(i) is None)
         touched.extend(i for i in self._lost if i in present and listed_before(i) is present[i])
@@ -99,7 +103,10 @@ class Tracker:
         # any did; only then a walk of the last scan's devices).
         last = self._present
         vanishing = len(last) - (len(present) - added - len(back))
-        vanished = [i for i in last if i not in present] if vanishing > 0 and grace > 0 else []
+        vanished = []
+        if vanishing > 0 and grace > 0:
+            maybe = last if changed is None else sorted(changed)
+            vanished = [i for i in maybe if i in last and i not in present]
         copies: dict[str, Device] = {}
         for device_id in vanished:
             if pace.due():
@@ -114,19 +121,26 @@ class Tracker:
         gone.update(copies)
         gone_since.update(dict.fromkeys(copies, now))
         self._expiring.extend((now, device_id) for device_id in copies)
-        ends = self._expire(now)
+        expired: list[str] = []
+        ends = self._expire(now, expired)
         if ends is not None:
             next_expiry = ends if next_expiry is None else min(next_expiry, ends)
         # `present` is never changed: copy it only when something must be added or replaced
-        # (usually: no copy at all).
-        listed = {**present, **extra, **gone} if extra or gone else present
+        # (usually: no copy at all); a copy says what changed since the last list.
+        listed: Mapping[str, Device] = present
+        if changed is not None and (extra or gone or before.devices is not self._present):
+            ids = (*changed, *self._lost, *extra, *expired)
+            listed = Derived(before.devices, ids, {**present, **extra, **gone})
+        elif extra or gone:
+            listed = Derived(None, (), {**present, **extra, **gone})
         self._present = present
         self._lost = lost_now
         self.listed = Listed(listed, places if places is not None else {})
         return listed, next_expiry
 
-    def _expire(self, now: float) -> float | None:
-        """Drop the vanished devices whose grace period ended; when the next one ends."""
+    def _expire(self, now: float, expired: list[str]) -> float | None:
+        """Drop the vanished devices whose grace period ended (into `expired`); when the
+        next one ends."""
         expiring, gone_since, grace = self._expiring, self._gone_since, self._grace
         while expiring:
             since, device_id = expiring[0]
@@ -135,6 +149,7 @@ class Tracker:
             elif since + grace <= now:
                 expiring.popleft()
                 del gone_since[device_id], self._gone[device_id]
+                expired.append(device_id)
             else:
                 return since + grace
         return None

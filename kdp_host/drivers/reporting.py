@@ -7,6 +7,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
+from ..device_changes import changed_between, healthy_count
 from ..devices import Device
 from ..identity import PathReach
 from ..logs import EventLogger
@@ -85,8 +86,10 @@ class DeviceReporter:
             devices = [d for d in _values(devices) if d.id not in left_out]
             skipped = [*skipped, *(item for _, item in unlistable)]
         if self._sink.publish(devices, reached):
-            values = devices.values() if isinstance(devices, Mapping) else devices
-            healthy = sum(map(_HEALTHY, values))
+            if isinstance(devices, Mapping):
+                healthy = healthy_count(devices)
+            else:
+                healthy = sum(map(_HEALTHY, devices))
             self._log.info("devices_changed", healthy=healthy, unhealthy=len(devices) - healthy)
         self._note_skipped(frozenset(skipped))
         self._note_flood_end()
@@ -101,8 +104,11 @@ class DeviceReporter:
         if devices is before:
             return found  # the same list again (the safety net)
         if isinstance(devices, Mapping) and isinstance(before, Mapping):
-            was = before.get
-            changed = [d for i, d in devices.items() if was(i) is not d]
+            was, ids = before.get, changed_between(before, devices)
+            if ids is None:
+                changed = [d for i, d in devices.items() if was(i) is not d]
+            else:  # (the list says what changed: no walk)
+                changed = [d for i in ids if (d := devices.get(i)) is not None and was(i) is not d]
             found = [item for item in found if devices.get(item[0].id) is item[0]]
             found.extend(_unlistable(changed))
         else:

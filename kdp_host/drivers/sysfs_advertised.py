@@ -22,6 +22,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 
 from ..config import SysfsDriverConfig
+from ..device_changes import Derived
 from ..devices import Device
 from ..logs import quote_text
 from ..sysfs import PCI, USB, SysfsDevice
@@ -206,7 +207,11 @@ class Advertising:
         chosen, self._left_out = identify(kept, places, self._id)
         built_before, self._built = self._built, {}
         answer = Answer(
-            {did: self._device(device, did, built_before) for did, device in chosen.items()},
+            Derived(
+                None,
+                (),
+                {did: self._device(device, did, built_before) for did, device in chosen.items()},
+            ),
             {did: device.path for did, device in chosen.items()},
             (*refused, *(item for items in self._left_out.values() for item in items)),
         )
@@ -268,7 +273,7 @@ class Advertising:
                 self._outer[path] = did
                 self._by_id.setdefault(did, []).append(device)
                 ids.add(did)
-        devices, where = dict(answer.devices), dict(answer.places)
+        devices, where = Derived(answer.devices, ids, answer.devices), dict(answer.places)
         built = self._built
         for did in ids:
             devices.pop(did, None)

@@ -1,0 +1,117 @@
+"""What changed between two device lists, without a walk of either.
+
+A driver reports the whole list every time, and each stage between it and the kubelet (the
+grace period, the reporter, the ownership index's admission) used to find what changed by
+one identity pass over the list: O(devices) per hot-plug, several times over. A list made
+from another by changing a few entries says so instead (`Derived`): it names its base and
+the IDs it added, replaced or removed, and a stage that holds the base (or an older list the
+chain of bases reaches) asks `changed_between` for them in O(changed). The bases are held
+weakly, so no chain of old lists is kept alive; a list that names no base (a full scan, a
+glob scan, a filtered copy) makes the caller walk, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Collection, Iterable, Mapping
+from typing import Final
+
+from .devices import Device
+
+DEPTH: Final = 8
+"""Bases followed back from a list looking for the one a stage holds (a stage skips a list
+now and then: a list that came while an admission ran)."""
+MAX_CHANGED: Final = 4096
+"""Changed IDs gathered along the bases past which a walk is as cheap (the caller walks)."""
+
+
+class Derived(dict[str, Device]):
+    """A device list (ID -> device) made from `base` by adding, replacing or removing the
+    entries `changed` names: every other entry is the very object of `base` (None: a list
+    made from nothing, which the next one can name as its base). Never changed after it is
+    handed on (as every published list)."""
+
+    __slots__ = ("__weakref__", "_base", "_healthy", "changed")
+
+    def __init__(
+        self,
+        base: Mapping[str, Device] | None,
+        changed: Iterable[str],
+        devices: Mapping[str, Device],
+    ) -> None:
+        """`devices` is the new list (copied); `changed` every ID where it differs from
+        `base` (an ID named that did not change costs a look, nothing else)."""
+        super().__init__(devices)
+        self.changed: frozenset[str] = frozenset(changed)
+        self._base: weakref.ref[Mapping[str, Device]] | None = None
+        self._healthy = -1
+        """Its healthy devices, once counted (`healthy_count`; -1: not yet)."""
+        if base is not None:
+            with contextlib.suppress(TypeError):  # (a plain dict: the caller walks)
+                self._base = weakref.ref(base)
+
+    @property
+    def base(self) -> Mapping[str, Device] | None:
+        """The list this one was made from, while something else holds it."""
+        return None if self._base is None else self._base()
+
+
+def changed_between(
+    before: Mapping[str, Device], after: Mapping[str, Device]
+) -> Collection[str] | None:
+    """The IDs whose entries may differ between `before` and `after` (added, replaced,
+    removed; an ID whose entry is the same object in both may be named too), or None when
+    `after` does not say (the caller walks)."""
+    if after is before:
+        return ()
+    changed: set[str] = set()
+    current: Mapping[str, Device] | None = after
+    for _ in range(DEPTH):
+        if not isinstance(current, Derived):
+            return None
+        changed |= current.changed
+        if len(changed) > MAX_CHANGED:
+            return None
+        current = current.base
+        if current is before:
+            return changed
+    return None
+
+
+def healthy_count(devices: Mapping[str, Device]) -> int:
+    """How many of `devices` are healthy: a `Derived` list whose base was counted is counted
+    from it and the entries that changed (kept on the list, for the next one)."""
+    if not isinstance(devices, Derived):
+        return sum(1 for device in devices.values() if device.healthy)
+    if devices._healthy >= 0:
+        return devices._healthy
+    base = devices.base
+    if isinstance(base, Derived) and base._healthy >= 0:
+        count = base._healthy
+        for device_id in devices.changed:
+            old, new = base.get(device_id), devices.get(device_id)
+            count += (new is not None and new.healthy) - (old is not None and old.healthy)
+    else:
+        count = sum(1 for device in devices.values() if device.healthy)
+    devices._healthy = count
+    return count
+
+
+def changed_among(
+    before: Mapping[str, Device],
+    after: Mapping[str, Device],
+    also: Iterable[str],
+    *,
+    equal_is_same: bool,
+) -> Collection[str]:
+    """The IDs a stage that last looked at `before` must look at in `after`: those
+    `changed_between` them and those `also` names (the stage's own changed ones), in ID
+    order; with `equal_is_same`, an `after` equal to `before` changed nothing. Every ID of
+    `after` when it does not say what changed (`after` itself: a walk)."""
+    changed = changed_between(before, after)
+    if changed is not None:
+        return sorted({*changed, *also})
+    if equal_is_same and after == before:
+        return sorted(set(also))
+    return after

@@ -1,0 +1,145 @@
+"""A list that says what changed (`device_changes.Derived`: a sysfs scan's) goes from the
+driver to the table with no walk of any list (issues 19, 20: a hot-plug among 1,000 USB
+adapters walked the list in the grace merge, the reporter and the admission, each time).
+Each test counts walks of the lists (as tests/test_change_cost.py does), never time."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+
+from kdp_host.device_changes import Derived, changed_between, healthy_count
+from kdp_host.devices import Device
+from kdp_host.drivers.grace import Tracker
+from kdp_host.drivers.reporting import DeviceReporter
+from kdp_host.drivers.scanner import ScanResult
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.ownership import OwnedTable, OwnershipIndex
+from kdp_host.testing import ManualClock
+
+from .test_change_cost import Nodes, node
+
+R = "t.io/big"
+
+
+class WalkedDerived(Derived):
+    """A `Derived` list that counts the walks of it (an identity check or a lookup is none)."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.walks += 1
+        return super().__iter__()
+
+    def keys(self) -> KeysView[str]:
+        self.walks += 1
+        return super().keys()
+
+    def values(self) -> ValuesView[Device]:
+        self.walks += 1
+        return super().values()
+
+    def items(self) -> ItemsView[str, Device]:
+        self.walks += 1
+        return super().items()
+
+
+def derived(
+    base: Mapping[str, Device] | None, devices: dict[str, Device], *changed: str
+) -> WalkedDerived:
+    return WalkedDerived(base, changed, dict(devices))
+
+
+def test_the_grace_merge_of_a_list_that_says_what_changed_walks_nothing() -> None:
+    """Plugged, unplugged (listed Unhealthy for the grace period), plugged back: each merge
+    gives what a merge of plain lists gives, and walks none of the lists."""
+    clock = ManualClock()
+    tracker, plain = Tracker(10.0, clock), Tracker(10.0, clock)
+    devices = {f"d{i}": node(i) for i in range(200)}
+    lists = [derived(None, devices)]
+    tracker.merge(ScanResult(lists[0]))
+    plain.merge(ScanResult(dict(devices)))
+    steps: list[tuple[str, Device | None]] = [
+        ("d200", node(200)),
+        ("d7", None),
+        ("d200", None),
+        ("d7", node(7)),
+        ("d9", Device("d9", path="/dev/big/moved")),
+    ]
+    for device_id, device in steps:
+        clock.advance(1.0)
+        if device is None:
+            del devices[device_id]
+        else:
+            devices[device_id] = device
+        lists.append(derived(lists[-1], devices, device_id))
+        for walked in lists:
+            walked.walks = 0
+        listed, expiry = tracker.merge(ScanResult(lists[-1]))
+        expected, expected_expiry = plain.merge(ScanResult(dict(devices)))
+        # (the new list is copied once where the grace period lists a device it has not)
+        assert lists[-1].walks <= (1 if len(listed) > len(devices) else 0)
+        assert [walked.walks for walked in lists[:-1]] == [0] * (len(lists) - 1)
+        assert dict(listed) == dict(expected) and expiry == expected_expiry
+        assert changed_between(lists[-2], lists[-1]) == {device_id}
+
+
+def test_the_reporter_and_the_index_admit_a_changed_list_without_a_walk() -> None:
+    """One device of 300 plugged, one unplugged: the reporter (what it cannot list, the
+    healthy count it logs) and the index's admission look at those, and walk no list."""
+    nodes = Nodes({f"/dev/big/d{i}": ("c", i) for i in range(301)})
+    index = OwnershipIndex(resolve=nodes)  # (resolved inline: no event loop needed)
+    published: list[Mapping[str, Device]] = []
+
+    def publish(devices: Mapping[str, Device]) -> bool:
+        published.append(devices)
+        return True
+
+    index.attach(R, publish, get_logger().bind(resource=R))
+    reporter = DeviceReporter(
+        OwnedTable(index, R, DaemonlessTable()),
+        resource=R,
+        log=get_logger().bind(resource=R),
+        metrics=Metrics(),
+        failure_threshold=3,
+    )
+    devices = {f"d{i}": node(i) for i in range(300)}
+    lists = [derived(None, devices)]
+    reporter.update(lists[0])
+    for device_id, device in (("d300", node(300)), ("d7", None), ("d300", None)):
+        if device is None:
+            del devices[device_id]
+        else:
+            devices[device_id] = device
+        lists.append(derived(lists[-1], devices, device_id))
+        for walked in lists:
+            walked.walks = 0
+        nodes.resolved.clear()
+        reporter.update(lists[-1])
+        assert [walked.walks for walked in lists] == [0] * len(lists)
+        assert set(published[-1]) == set(devices)
+        # the device that changed, and the claim of one gone (lingering: gone for good?)
+        assert set(nodes.resolved) <= {f"/dev/big/{device_id}", "/dev/big/d7"}
+
+
+class DaemonlessTable:
+    """What `OwnedTable` needs of a table (lists go to the index's publish)."""
+
+    def set_degraded(self, reason: str | None) -> bool:
+        return False
+
+
+def test_the_healthy_count_follows_the_changes() -> None:
+    rng = random.Random(5)
+    devices = {f"d{i}": node(i) for i in range(50)}
+    current: Derived = Derived(None, (), devices)
+    for _ in range(200):
+        device_id = f"d{rng.randrange(60)}"
+        if rng.random() < 0.3:
+            devices.pop(device_id, None)
+        else:
+            devices[device_id] = Device(device_id, healthy=rng.random() < 0.5)
+        current = Derived(current, {device_id}, devices)
+        assert healthy_count(current) == sum(d.healthy for d in devices.values())
+    assert healthy_count({"a": node(1)}) == 1

@@ -4,7 +4,6 @@ about a list too long for one message to the kubelet."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -113,8 +112,9 @@ def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) 
     """A line for each device a run would leave out (`unsafe_mount`): a node or mount of it
     whose real path no container may be handed (`config.handed`, the rule a run follows)."""
     from .config import never_handed
+    from .mount_table import read_mounts
 
-    rule = never_handed(config, config_file)
+    rule, mounts = never_handed(config, config_file), read_mounts()
     found: list[str] = []
     for row in rows:
         device = row.device
@@ -122,7 +122,7 @@ def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) 
             continue
         paths = [*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts)]
         for path in paths:
-            if (why := rule.problem(os.path.realpath(path))) is not None:
+            if (why := rule.path_problem(path, mounts)) is not None:
                 found.append(
                     f"warning: {row.resource}: device {quote_text(device.id)} would not be "
                     f"advertised (unsafe_mount): {quote_text(path)} {why}"

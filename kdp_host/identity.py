@@ -12,6 +12,7 @@ until it ends, and a glob device whose file went takes the new one for itself re
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import Final
@@ -57,3 +58,43 @@ def names_it(st: os.stat_result, real: str) -> bool:
 PathReach = tuple[Identity, str]
 """What a host path reaches, as a scan learnt it: its identity and its real path; the answer
 of `ownership_claims.reach` (the ownership index takes it instead of asking again)."""
+
+
+class Uncheckable(ValueError):
+    """A path kdp-host cannot resolve or stat for a reason other than "nothing is there"
+    (`real_path`, `absent`): a `/proc/<pid>/root/...` magic link it may not read (EACCES,
+    even as root without the capabilities of that process), a directory it may not search,
+    an I/O error. What such a path reaches is not known, so it is never handed out: a config
+    naming it is refused (with its line), a device with it is not advertised, an Allocate
+    answer with it is refused."""
+
+    def __init__(self, path: str, exc: OSError) -> None:
+        super().__init__(f"cannot be checked ({exc.strerror or exc}: {exc.filename or path})")
+        self.path = path
+
+
+def absent(exc: OSError) -> bool:
+    """Whether a failed lstat/stat/readlink says nothing is there (ENOENT, ENOTDIR), not that
+    the path cannot be checked (`Uncheckable`: EACCES, ELOOP, EIO, ...)."""
+    return exc.errno in (errno.ENOENT, errno.ENOTDIR)
+
+
+def real_path(path: str) -> str:
+    """`os.path.realpath(path)` (not strict: links resolved as far as the path exists, the
+    rest normalised), the one way kdp-host resolves a config or host path. Raises
+    Uncheckable where realpath would let an OSError escape (readlink of a magic link it may
+    not read: EACCES): the caller fails closed. ValueError (a NUL) passes."""
+    try:
+        return os.path.realpath(path)
+    except OSError as exc:
+        raise Uncheckable(path, exc) from None
+
+
+def nothing_or_raise(path: str, exc: OSError | ValueError) -> None:
+    """Return where `exc` (of an lstat, stat or `real_path` of `path`) says nothing is there
+    (`absent`) or the path is no path (a NUL: ValueError); raise Uncheckable otherwise (an
+    Uncheckable as it is): the caller's None then means "nothing there", never "not known"."""
+    if isinstance(exc, Uncheckable):
+        raise exc
+    if isinstance(exc, OSError) and not absent(exc):
+        raise Uncheckable(path, exc) from None

@@ -131,6 +131,26 @@ class MountMap:
                     found.append(place)
         return tuple(found)
 
+    def showing(self, real: str) -> tuple[str, ...]:
+        """Every place the mount table shows what is at `real` or anything below it: its
+        `places`, then the mount point of every other mount of its file system whose root
+        lies below it (a bind mount of a directory inside it shows part of it there)."""
+        found = list(self.places(real))
+        if not self._shown:
+            return tuple(found)
+        point = real
+        while point not in self._points:
+            if point == "/":
+                return tuple(found)
+            point = os.path.dirname(point)
+        dev, root = self._points[point]
+        inside = _joined(root, _rest(real, point))
+        for other_root, other_point in self._shown.get(dev, ()):
+            rest = _rest(other_root, inside)
+            if rest and other_point not in found:
+                found.append(other_point)
+        return tuple(found)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MountMap) and other._points == self._points
 

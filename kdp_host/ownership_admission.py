@@ -66,9 +66,9 @@ class Admission(ClaimTable):
     def _unsafe(self, claims: Claims) -> Holding | None:
         """Held, whoever owns what: a node or mount of the device whose real path no container
         may be handed (`config.handed`: the kubelet's or kdp-host's own directories, `/`)."""
-        problem = self.never_handed.problem
+        problem, mounts = self.never_handed.problem, self._within.mounts
         for key, path, real in claims.all():
-            if key[0] != SYSFS and (why := problem(real)) is not None:
+            if key[0] != SYSFS and (why := problem(real, key, mounts)) is not None:
                 return Holding(UNSAFE_MOUNT, NOBODY, path, detail=f"its real path {real} {why}")
         return None
 

@@ -116,8 +116,11 @@ class BookingAllocations(AdmissionGate):
                 known.update(await self._resolve_keeping(todo, self._handed))
             reached = reached_only(paths, known)
             real = handed_reals(paths, self._claimed(resource, ids), reached)
+            mounts = self._within.mounts
             for path in sorted(paths):
-                if (why := self.never_handed.problem(real[path])) is not None:
+                found = reached.get(path)
+                key = None if found is None else found[0]
+                if (why := self.never_handed.problem(real[path], key, mounts)) is not None:
                     raise Unresolvable(f"{path}: its real path {real[path]} {why}")
         except Unresolvable as exc:
             if exc.stale is not None:

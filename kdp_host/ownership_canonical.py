@@ -16,7 +16,7 @@ import dataclasses
 from typing import Literal
 
 from .devices import Device
-from .identity import UNRESOLVABLE, identity_of, names_it
+from .identity import UNRESOLVABLE, Uncheckable, identity_of, names_it
 from .ownership_claims import Claims, Reached, missing, stat_real
 from .rules import device_path_problem
 
@@ -30,10 +30,14 @@ def checked_reach(
     UNRESOLVABLE (a magic link such as `/proc/<pid>/root/...`: the device is left out), as
     is a real path that `{hostPaths}` could not list (`rules.device_path_problem`). Where
     nothing is (yet), its place (`missing`: a mount source the runtime creates is one place
-    however it is spelled)."""
-    found = stat_real(path, real_dirs)
+    however it is spelled). A path that cannot be checked (`identity.Uncheckable`: EACCES on
+    a magic link kdp-host may not read) is UNRESOLVABLE too: the device is left out."""
+    try:
+        found = stat_real(path, real_dirs)
+        place = missing(path, real_dirs) if found is None else None
+    except Uncheckable:
+        return UNRESOLVABLE  # (what it reaches is not known: fail closed)
     if found is None:
-        place = missing(path, real_dirs)
         if place is not None and place[1] != path and device_path_problem(place[1]):
             return UNRESOLVABLE
         return place

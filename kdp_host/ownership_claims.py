@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from .devices import Device
-from .identity import DIRECTORY, PathReach, identity_of, names_it
+from .identity import (
+    DIRECTORY,
+    PathReach,
+    Uncheckable,
+    identity_of,
+    names_it,
+    nothing_or_raise,
+    real_path,
+)
 
 ClaimKey = tuple[str, int | str]
 """What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f', inode)), ('path',
@@ -48,8 +56,11 @@ def reach(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
     (cached in `real_dirs`, for one list) joined with its name. A path that is its own real
     path is kept as it is (no copy per claim).
     """
-    found = stat_real(path, real_dirs)
-    return missing(path, real_dirs) if found is None else (identity_of(found[0]), found[1])
+    try:
+        found = stat_real(path, real_dirs)
+        return missing(path, real_dirs) if found is None else (identity_of(found[0]), found[1])
+    except Uncheckable:
+        return None  # (the admission's resolver, `checked_reach`, fails closed)
 
 
 def missing(path: str, real_dirs: dict[str, str] | None = None) -> Reached | None:
@@ -58,7 +69,8 @@ def missing(path: str, real_dirs: dict[str, str] | None = None) -> Reached | Non
     text. A mount source the runtime creates there is one place however it is spelled
     (hostile4 H4: `run/lnk/m`, `lnk` a link to `run`, is `run/m`). None: a NUL in it.
     With `real_dirs`, an absolute path with no entry at all (not even a dangling link) is
-    its directory's real path (cached there, as `reach` does) joined with its name."""
+    its directory's real path (cached there, as `reach` does) joined with its name (raises
+    Uncheckable: `identity.nothing_or_raise`)."""
     try:
         parent, name = os.path.split(path)
         if real_dirs is not None and parent[:1] == "/" and name not in ("", ".", ".."):
@@ -67,22 +79,25 @@ def missing(path: str, real_dirs: dict[str, str] | None = None) -> Reached | Non
             except FileNotFoundError:
                 real_parent = real_dirs.get(parent)
                 if real_parent is None:
-                    real_parent = real_dirs[parent] = os.path.realpath(parent)
+                    real_parent = real_dirs[parent] = real_path(parent)
                 real = os.path.join(real_parent, name)
                 return (NOTHING, real), real
-        real = os.path.realpath(path)
-    except (OSError, ValueError):
+        real = real_path(path)
+    except (OSError, ValueError) as exc:
+        nothing_or_raise(path, exc)
         return None
     return (NOTHING, real), real
 
 
 def stat_real(path: str, real_dirs: dict[str, str] | None) -> tuple[os.stat_result, str] | None:
+    """A path's (followed) stat and real path; None: nothing there (Uncheckable raised)."""
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            return os.stat(path), os.path.realpath(path)
+            return os.stat(path), real_path(path)
         return st, _real_path(path, {} if real_dirs is None else real_dirs)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        nothing_or_raise(path, exc)
         return None
 
 
@@ -92,7 +107,7 @@ def _real_path(path: str, real_dirs: dict[str, str]) -> str:
     parent, name = os.path.split(norm)
     real_parent = real_dirs.get(parent)
     if real_parent is None:
-        real_parent = real_dirs[parent] = os.path.realpath(parent)
+        real_parent = real_dirs[parent] = real_path(parent)
     if real_parent == parent:
         return path if norm == path else norm
     return os.path.join(real_parent, name)
@@ -120,14 +135,16 @@ def handed_real(path: str) -> Reached | None:
     nothing is, its place (`missing`: a mount source the runtime creates is made there).
     The real path counts only when it names what the path reaches: where it differs from
     the text, its (st_dev, st_ino) must be those reached through the text, else
-    Unresolvable (one stat more, only where the text is no real path)."""
+    Unresolvable (one stat more, only where the text is no real path), as is an Uncheckable."""
     try:
         st = os.stat(path)
-        real = os.path.realpath(path)
-    except ValueError:
-        return None
-    except OSError:
-        return missing(path)
+        real = real_path(path)
+    except (OSError, ValueError) as exc:
+        try:
+            nothing_or_raise(path, exc)  # (a NUL: no path; nothing there: its place)
+            return None if isinstance(exc, ValueError) else missing(path)
+        except Uncheckable as why:
+            raise Unresolvable(f"{path}: {why}: what it reaches is not known") from None
     if real != path and not names_it(st, real):
         raise Unresolvable(
             f"{path}: its real path {real} is not what the path reaches (a magic link, or "

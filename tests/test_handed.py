@@ -90,7 +90,7 @@ def test_the_cdi_spec_dir_may_not_be_mounted(dirs: Path) -> None:
         "allocate: {", f"allocate: {{cdi: {{kind: {FPGA}, specDir: {dirs}/cdi}}, "
     )
     (problem,) = _problems(dirs, text)
-    assert f"is the CDI spec directory of {FPGA}" in problem
+    assert f"is the directory of the CDI spec file of {FPGA}" in problem
 
 
 def test_glob_paths_and_group_members_that_are_no_pattern_are_checked(dirs: Path) -> None:

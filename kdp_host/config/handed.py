@@ -1,22 +1,38 @@
 """The host paths no container may be handed, and the one rule that keeps them out of every
-Allocate answer (hostile6 M4): the read side of `outputs.py`, which keeps what kdp-host
-writes away from the same places.
+Allocate answer (hostile6 M4, hostile7 F1 F2 F4 L2): the read side of `outputs.py`, which
+keeps what kdp-host writes away from the same places.
 
 A pod given the kubelet's device-plugin directory can connect to `kubelet.sock` and
 register a device plugin of its own under any resource name (a read-only mount does not
 stop a `connect`); a pod given `stateDir` can rewrite `ownership.json`,
 `release-state.json` and `handed-out.json`; a pod given the CDI spec directory can point
-any CDI name at any node; a pod given `/` has all of them. So no device node or mount
-source may be, lie inside or hold:
+any CDI name at any node; a pod given the directory of the `nodeFeatures` file can forge
+node labels; a pod given the kubelet's `pods` directory reads every pod's secrets; a pod
+given `/` has all of them. So no device node or mount source may be, lie inside or hold:
 
 - `/` itself (a path inside it, `/dev/fpga0`, is of course fine);
-- the kubelet's `socketDir`, `pluginsRegistryDir` and the directory of its PodResources
-  socket;
-- kdp-host's `stateDir`, its config file, and the CDI spec directory of each resource with
-  `allocate.cdi`.
+- the kubelet's `socketDir`, `pluginsRegistryDir`, the directory of its PodResources socket
+  and, where `socketDir` is `<root>/device-plugins` (the kubelet's layout, whatever its
+  `--root-dir`), `<root>/pods` (every pod's volumes: secrets, service-account tokens);
+- every place kdp-host writes (`outputs.written_places`, the one list): `stateDir`, the
+  directory it serves its sockets from, the directory of each file it writes (the CDI spec
+  file of each resource with `allocate.cdi`, the `nodeFeatures` file) and the config file.
 
-Paths are compared as they resolve (`os.path.realpath`, as `outputs.py` does). The rule is
-applied where the config is loaded, to every path the config itself hands out
+What a path is, not how it is spelled, decides (`NeverHanded.problem`):
+
+- its real path (`identity.real_path`: symlinks), at every place the mount table shows it
+  (`mount_table.MountMap`: a bind mount of a protected directory, of a directory above it,
+  or of `/`, is that directory), against every place the mount table shows each protected
+  path or a part of it (`MountMap.showing`: `/data` holds `/var/lib/kubelet/device-plugins`
+  when `/var/lib/kubelet` is a bind mount of `/data/kubelet`);
+- its identity (`identity.identity_of`, where the caller knows it): a directory that is a
+  protected directory or `/` by (st_dev, st_ino), a file that is a hard link of the config
+  file or of any file directly in a protected directory (`kubelet.sock`, a state file, an
+  owner file), read again whenever such a directory changes (its mtime);
+- a path that cannot be resolved or stat'ed (`identity.Uncheckable`: a `/proc/<pid>/root`
+  magic link kdp-host may not read) is refused: what it reaches is not known.
+
+The rule is applied where the config is loaded, to every path the config itself hands out
 (`handed_path_problems`: `allocate.mounts` sources, glob paths and group members without a
 wildcard), and at run time by the ownership index, to every node and mount of a device any
 driver reports (left out: `device_held reason=unsafe_mount`, counted in
@@ -27,18 +43,34 @@ answer, `allocate.command` output included (the Allocate is refused).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
+from ..identity import DIRECTORY, FILE, Identity, Uncheckable, identity_of, real_path
+from ..mount_table import MountMap, read_mounts
 from ..rules import GLOB_MAGIC, path_inside
 from .model import GROUP_KEY, Config, GlobDriverConfig, Problems
-from .outputs import STATE, Place, kubelet_places, spec_dir
+from .outputs import SOCKETS, STATE, Place, kubelet_places, written_places
 from .source import FieldPath
 
 UNSAFE_MOUNT: Final = "unsafe_mount"
 """The skip reason of a device left out because a path it hands out breaks the rule (or, in a
 glob group, lies outside its member's directory)."""
 ROOT: Final = "/"
+KUBELET_SOCKET_DIR: Final = "device-plugins"
+"""The name of the kubelet's device-plugin directory in its root directory
+(`<root-dir>/device-plugins`): where `socketDir` has it, its parent is the kubelet's root."""
+KUBELET_SECRETS: Final = ("pods",)
+"""What of the kubelet's root directory holds other pods' secrets (their volumes)."""
+_NO_MOUNTS: Final = MountMap()
+
+
+@dataclass
+class _Listed:
+    """The identities of the files directly in a protected directory, as of its mtime."""
+
+    mtime: int
+    files: frozenset[Identity]
 
 
 @dataclass(frozen=True)
@@ -48,36 +80,150 @@ class NeverHanded:
 
     places: tuple[tuple[str, str], ...] = ()
     """(what, real path, normalised): refused as itself, anything inside it and anything
-    holding it."""
+    holding it; a directory among them also by its identity, and the files directly in it."""
+    files: tuple[tuple[str, str], ...] = ()
+    """(what, real path) of protected files (the config file): refused by identity too."""
+    _shown: dict[int, tuple[tuple[str, str], ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Per mount table (by `id`, the last one only): every place it shows each place at."""
+    _listed: dict[str, _Listed] = field(default_factory=dict, compare=False, repr=False)
 
-    def problem(self, real: str) -> str | None:
-        """Why the real path `real` may not be handed to a container, or None. Cheap (it
-        runs for every node and mount of every device admitted): a place is compared only
-        when one of the two paths starts with the other."""
-        real = os.path.normpath(real)
-        if real == ROOT:
+    def problem(
+        self, real: str, key: Identity | None = None, mounts: MountMap | None = None
+    ) -> str | None:
+        """Why the real path `real` (reaching `key`, where known) may not be handed to a
+        container, or None. Cheap where nothing is mounted twice and `key` is a device
+        node (it runs for every node and mount of every device admitted): a place is
+        compared only when one of the two paths starts with the other."""
+        mounts = mounts or _NO_MOUNTS
+        shown = self._shown_at(mounts)
+        places = mounts.places(os.path.normpath(real))
+        if ROOT in places:
             return "is / (the host's root)"
-        for what, place in self.places:
-            if not (real.startswith(place) or place.startswith(real)):
-                continue  # (neither can lie in the other)
-            if path_inside(real, place):
-                how = "is" if real == place else "lies in"
-            elif path_inside(place, real):
-                how = "holds"
-            else:
+        for at in places:
+            for what, place in shown:
+                if not (at.startswith(place) or place.startswith(at)):
+                    continue  # (neither can lie in the other)
+                if path_inside(at, place):
+                    how = "is" if at == place else "lies in"
+                elif path_inside(place, at):
+                    how = "holds"
+                else:
+                    continue
+                return f"{how} {what}, which no container may be handed"
+        if key is not None and key[0] in (DIRECTORY, FILE):
+            return self._identity_problem(key)
+        return None
+
+    def path_problem(self, path: str, mounts: MountMap | None = None) -> str | None:
+        """`problem` for a host path as written: resolved and stat'ed here (I/O); a path that
+        cannot be (`identity.Uncheckable`) is refused."""
+        try:
+            real = real_path(path)
+            try:
+                key: Identity | None = identity_of(os.stat(path))
+            except FileNotFoundError:
+                key = None
+            except OSError as exc:
+                raise Uncheckable(path, exc) from None
+        except Uncheckable as exc:
+            return f"{exc}: what it reaches is not known"
+        except ValueError:
+            return None  # (a NUL: the text rules refuse it)
+        if (why := self.problem(real, key, mounts)) is None:
+            return None
+        shown = os.path.normpath(path)
+        return why if real == shown else f"(resolved: {real}) {why}"
+
+    def _shown_at(self, mounts: MountMap) -> tuple[tuple[str, str], ...]:
+        cached = self._shown.get(id(mounts))
+        if cached is None:
+            found = [(w, at) for w, p in self.places for at in mounts.showing(p)]
+            found += [(w, at) for w, p in self.files for at in mounts.showing(p)]
+            cached = tuple(dict.fromkeys(found))
+            self._shown.clear()
+            self._shown[id(mounts)] = cached  # (a new table is a new object: `remount`)
+        return cached
+
+    def _identity_problem(self, key: Identity) -> str | None:
+        """What `key` is by identity: a protected directory or `/`, the config file, a hard
+        link of a file directly in a protected directory. Stats the protected places on
+        `key`'s file system (one each) and lists a directory again only when it changed."""
+        device = int(key[1]) >> 64
+        if _stat_key(ROOT) == key:
+            return "is / (the host's root)"
+        for what, path in self.files:
+            if _stat_key(path) == key:
+                return f"is {what} (a hard link of it), which no container may be handed"
+        for what, path in self.places:
+            try:
+                st = os.stat(path)
+            except (OSError, ValueError):
                 continue
-            return f"{how} {what}, which no container may be handed"
+            if st.st_dev != device:
+                continue
+            if identity_of(st) == key:
+                return f"is {what} (by identity), which no container may be handed"
+            if key[0] == FILE and key in self._files_in(path, st):
+                return f"lies in {what} (a hard link), which no container may be handed"
+        return None
+
+    def _files_in(self, path: str, st: os.stat_result) -> frozenset[Identity]:
+        listed = self._listed.get(path)
+        if listed is None or listed.mtime != st.st_mtime_ns or not os.path.isdir(path):
+            found: set[Identity] = set()
+            try:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        try:
+                            if not entry.is_dir(follow_symlinks=False):
+                                found.add(identity_of(entry.stat(follow_symlinks=False)))
+                        except OSError:
+                            continue
+            except OSError:
+                pass
+            listed = self._listed[path] = _Listed(st.st_mtime_ns, frozenset(found))
+        return listed.files
+
+
+def _stat_key(path: str) -> Identity | None:
+    try:
+        return identity_of(os.stat(path))
+    except (OSError, ValueError):
         return None
 
 
 def never_handed(config: Config, config_file: str | os.PathLike[str] | None) -> NeverHanded:
     """The rule of `config` (read from `config_file`, when it came from a file). Does I/O
-    (realpath): run it where the config is loaded."""
+    (realpath): run it where the config is loaded. A place that cannot be resolved is
+    compared as written (the config loader refuses such a config: `outputs`)."""
     file = None if config_file is None else os.fspath(config_file)
-    return NeverHanded(tuple((p.what, p.real) for p in _protected(config, file)))
+    places = protected_places(config, file)
+    dirs: dict[str, str] = {}
+    files: dict[str, str] = {}
+    for place in places:  # (one what per real path: the first)
+        (files if place.file else dirs).setdefault(place.real, place.what)
+    return NeverHanded(
+        tuple((what, real) for real, what in dirs.items()),
+        tuple((what, real) for real, what in files.items()),
+    )
 
 
-def _protected(config: Config, config_file: str | None) -> list[Place]:
+def kubelet_root(config: Config) -> str | None:
+    """The kubelet's root directory (`--root-dir`, `/var/lib/kubelet` by default) where
+    `kubelet.socketDir` is its `device-plugins` directory (the kubelet's own layout); None
+    for a socketDir elsewhere (no guess)."""
+    socket_dir = os.path.normpath(config.kubelet.socket_dir)
+    if os.path.basename(socket_dir) != KUBELET_SOCKET_DIR:
+        return None
+    return os.path.dirname(socket_dir)
+
+
+def protected_places(config: Config, config_file: str | None) -> list[Place]:
+    """Every place of the rule (see the module docstring), derived from the kubelet's places
+    and what kdp-host writes (`outputs.written_places`): a directory kdp-host writes in is
+    protected itself, a file it writes by its directory (`file`: a protected file)."""
     kubelet = config.kubelet
     found = [
         *(p for p in kubelet_places(config) if p.key[-1] != "podResourcesSocket"),
@@ -86,40 +232,46 @@ def _protected(config: Config, config_file: str | None) -> list[Place]:
             "the directory of kubelet.podResourcesSocket",
             os.path.dirname(kubelet.pod_resources_socket),
         ),
-        Place.at(("stateDir",), "stateDir", config.state_dir, STATE),
     ]
+    if (root := kubelet_root(config)) is not None:
+        for name in KUBELET_SECRETS:
+            what = f"the kubelet's {name} directory (other pods' secrets)"
+            found.append(Place.at(("kubelet", "socketDir"), what, os.path.join(root, name)))
+    for place in written_places(config):
+        if place.owner in (SOCKETS, STATE):
+            found.append(place)  # (a directory kdp-host writes in)
+        else:  # (a file it writes, or its owner file)
+            what = f"the directory of {place.what}"
+            found.append(Place.at(place.key, what, os.path.dirname(place.path)))
     if config_file is not None:
-        found.append(Place.at((), "the config file", config_file))
-    for resource in config.resources:
-        if resource.allocate.cdi is not None:
-            what = f"the CDI spec directory of {resource.name}"
-            found.append(Place.at((), what, spec_dir(resource)))
+        found.append(Place.at((), "the config file", config_file, file=True))
     return found
 
 
 def handed_path_problems(config: Config, config_file: str | None) -> Problems:
     """Why a host path `config` itself hands to containers breaks the rule: an
-    `allocate.mounts` source, a glob path or group member that is no pattern. Does I/O."""
+    `allocate.mounts` source, a glob path or group member that is no pattern. Does I/O
+    (realpath, stat, the mount table)."""
     rule = never_handed(config, config_file)
+    mounts = read_mounts()
     for index, resource in enumerate(config.resources):
         at: FieldPath = ("resources", index)
         for number, mount in enumerate(resource.allocate.mounts):
             key = (*at, "allocate", "mounts", number, "hostPath")
-            yield from _problem(rule, key, "allocate.mounts source", mount.host_path)
+            yield from _problem(rule, mounts, key, "allocate.mounts source", mount.host_path)
         glob = resource.driver
         if not isinstance(glob, GlobDriverConfig):
             continue
         for number, path in enumerate(glob.paths):
             key = (*at, "glob", "paths", number)
-            yield from _problem(rule, key, "glob path", path)
+            yield from _problem(rule, mounts, key, "glob path", path)
         for number, member in enumerate(glob.group):
             key = (*at, "glob", "group", number, "path")
-            yield from _problem(rule, key, "glob group member", member.path)
+            yield from _problem(rule, mounts, key, "glob group member", member.path)
 
 
-def _problem(rule: NeverHanded, key: FieldPath, what: str, path: str) -> Problems:
+def _problem(rule: NeverHanded, mounts: MountMap, key: FieldPath, what: str, path: str) -> Problems:
     if GLOB_MAGIC.search(path) or GROUP_KEY in path:
         return  # a pattern: what it matches is checked when it is found
-    place = Place.at(key, what, path)
-    if why := rule.problem(place.real):
-        yield key, f"{what} {place.named()} {why}"
+    if why := rule.path_problem(path, mounts):
+        yield key, f"{what} {os.path.normpath(path)} {why}"

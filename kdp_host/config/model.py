@@ -630,8 +630,9 @@ class MountConfig:
         "hostPath",
         AbsolutePath(),
         "Absolute path on the host. Not `/`, nor in or holding the kubelet's directories, "
-        "`stateDir`, the config file or a CDI spec directory (see [Paths no container is "
-        "handed](#paths-no-container-is-handed)).",
+        "`stateDir`, the config file or a directory kdp-host writes a file in (CDI spec, "
+        "node features), by identity: a hard link or bind mount of one is one too (see "
+        "[Paths no container is handed](#paths-no-container-is-handed)).",
     )
     container_path: str = key(
         "containerPath",

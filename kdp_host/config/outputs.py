@@ -19,9 +19,11 @@ them
   feature file, `stateDir`);
 - is a directory where kdp-host writes a file.
 
-Paths are compared as they resolve now (`os.path.realpath`: symlinks resolved as far as the
-path exists, the rest normalised). The names of the files are written here once: the CDI spec
-file of a resource (`spec_path`) and the owner file next to a shared file (`owner_path`).
+Paths are compared as they resolve now (`identity.real_path`: symlinks resolved as far as
+the path exists, the rest normalised); a path that cannot be resolved (a `/proc/<pid>/root`
+magic link kdp-host may not read) is a config error (`unchecked_problems`). The names of
+the files are written here once: the CDI spec file of a resource (`spec_path`) and the
+owner file next to a shared file (`owner_path`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import os
 from dataclasses import dataclass
 from typing import Final
 
+from ..identity import Uncheckable, real_path
 from ..rules import path_inside
 from .model import Config, Problems, ResourceConfig
 from .source import FieldPath
@@ -97,19 +100,26 @@ class Place:
     """Who writes it: places of one owner may meet (entries of one resource share a file)."""
     file: bool = False
     """A file kdp-host writes (not a directory it writes in)."""
+    unchecked: str | None = None
+    """Why the path cannot be resolved (`identity.Uncheckable`: a `/proc/<pid>/root/...`
+    magic link kdp-host may not read); `real` is then the path normalised, and the config
+    is refused (`unchecked_problems`)."""
 
     @classmethod
     def at(
         cls, key: FieldPath, what: str, path: str, owner: str = "", *, file: bool = False
     ) -> Place:
-        return cls(key, what, path, os.path.realpath(path), owner, file)
+        try:
+            return cls(key, what, path, real_path(path), owner, file)
+        except Uncheckable as exc:
+            return cls(key, what, path, os.path.normpath(path), owner, file, str(exc))
 
     def named(self) -> str:
         shown = os.path.normpath(self.path)
         return shown if self.real == shown else f"{shown} (resolved: {self.real})"
 
 
-def _written(config: Config) -> list[Place]:
+def written_places(config: Config) -> list[Place]:
     """Every path kdp-host writes (or writes in) with this config."""
     kubelet = config.kubelet
     serve_key = "pluginsRegistryDir" if kubelet.registration == "pluginsRegistry" else "socketDir"
@@ -152,7 +162,8 @@ def written_path_problems(config: Config, config_file: str | None) -> Problems:
     from a file) is one it must not touch; see the module docstring. One problem per pair
     of owners. Does I/O (realpath, stat): run it where the config is loaded, off the event
     loop."""
-    written = _written(config)
+    written = written_places(config)
+    yield from unchecked_problems([*written, *kubelet_places(config)])
     seen: set[tuple[str, str]] = set()
     for place in written:
         if place.owner == SOCKETS:
@@ -190,6 +201,16 @@ def written_path_problems(config: Config, config_file: str | None) -> Problems:
                 place.key,
                 (f"{place.what}, {place.named()}, is a directory: kdp-host writes a file there"),
             )
+
+
+def unchecked_problems(places: list[Place]) -> Problems:
+    """A problem for each place that cannot be resolved (`Place.unchecked`), once per key:
+    what it reaches is not known, so it can be checked against nothing (hostile7 F5)."""
+    seen: set[FieldPath] = set()
+    for place in places:
+        if place.unchecked is not None and place.key not in seen:
+            seen.add(place.key)
+            yield place.key, f"{place.what}, {os.path.normpath(place.path)}, {place.unchecked}"
 
 
 def _first(seen: set[tuple[str, str]], owner: str, other: str) -> bool:

@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 from .. import rules
 from ..devices import Device
-from ..identity import UNRESOLVABLE, Identity, identity_of, names_it
+from ..identity import UNRESOLVABLE, Identity, Uncheckable, absent, identity_of, names_it
+from ..identity import real_path as resolve
 from ..names import PATH_ID, make_name
 from .base import Skipped
 from .glob_walk import glob_paths
@@ -188,22 +189,28 @@ def examine(path: str, real_dirs: dict[str, str]) -> Found | Skipped | None:
     except OSError:
         return None
     link_dir = None
-    if stat.S_ISLNK(st.st_mode):
-        real_path = os.path.realpath(path)
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            reason = "link_loop" if exc.errno == errno.ELOOP else "dangling_link"
-            return Skipped(reason, printable_path(path), f"symlink leads nowhere: {exc.strerror}")
-        link_dir = os.path.dirname(real_path)
-    elif stat.S_ISDIR(st.st_mode):
-        return None
-    else:
-        parent, name = os.path.split(path)
-        real_parent = real_dirs.get(parent)
-        if real_parent is None:
-            real_parent = real_dirs[parent] = os.path.realpath(parent)
-        real_path = path if real_parent == parent else os.path.join(real_parent, name)
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            real_path = resolve(path)
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                if not absent(exc) and exc.errno != errno.ELOOP:
+                    raise Uncheckable(path, exc) from None
+                reason = "link_loop" if exc.errno == errno.ELOOP else "dangling_link"
+                why = f"symlink leads nowhere: {exc.strerror}"
+                return Skipped(reason, printable_path(path), why)
+            link_dir = os.path.dirname(real_path)
+        elif stat.S_ISDIR(st.st_mode):
+            return None
+        else:
+            parent, name = os.path.split(path)
+            real_parent = real_dirs.get(parent)
+            if real_parent is None:
+                real_parent = real_dirs[parent] = resolve(parent)
+            real_path = path if real_parent == parent else os.path.join(real_parent, name)
+    except Uncheckable as exc:
+        return Skipped(UNRESOLVABLE, printable_path(path), f"{exc}: what it reaches is not known")
     if stat.S_ISDIR(st.st_mode):
         return None
     if real_path != path and not names_it(st, real_path):

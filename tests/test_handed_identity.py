@@ -1,0 +1,382 @@
+"""Paths no container is handed, by what a path is, not how it is spelled (issue 17,
+hostile7 F1 F2 F4 F5 F6 L2; `config/handed.py`): a hard link of a protected file, a bind
+mount of a protected directory (or of `/`, or of a directory holding one), the directory of
+any file kdp-host writes, the kubelet's `pods` directory; and a path kdp-host cannot resolve
+(a `/proc/<pid>/root` magic link it may not read) is a config error, never a crash, and is
+never handed out at run time."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host.cli import main
+from kdp_host.config import ConfigError, load_config, never_handed
+from kdp_host.mount_table import parse_mounts
+from kdp_host.simulator import KubeletSimulator
+from kdp_host.simulator.records import SimulatorAllocationError
+
+from .conftest import wait_until
+
+PROBE = "vendor.example/probe"
+FPGA = "vendor.example/fpga"
+
+
+def _head(d: Path, socket_dir: str = "dp") -> str:
+    return (
+        f"kubelet: {{socketDir: {d}/{socket_dir}, podResourcesSocket: {d}/pr/kubelet.sock}}\n"
+        f"stateDir: {d}/state\nresources:\n"
+    )
+
+
+@pytest.fixture
+def dirs(short_dir: Path) -> Path:
+    for name in ("dp", "pr", "state", "cdi", "dev", "opt", "nfd"):
+        (short_dir / name).mkdir()
+    (short_dir / "dev" / "fpga0").touch()
+    return short_dir
+
+
+def _mounts(d: Path, *sources: str | Path, allocate: str = "") -> str:
+    mounts = ", ".join(f"{{hostPath: {s}, containerPath: /m{i}}}" for i, s in enumerate(sources))
+    return (
+        f"  - name: {FPGA}\n    glob: {{paths: ['{d}/dev/fpga*']}}\n"
+        f"    allocate: {{{allocate}mounts: [{mounts}]}}\n"
+    )
+
+
+def _problems(config: Path, text: str) -> list[str]:
+    config.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    return raised.value.problems
+
+
+def _counter(running: Any, name: str, **labels: str) -> float:
+    value = running.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
+
+# --------------------------------------------------------------------------- F1 hard links
+
+
+def test_a_hard_link_of_the_config_file_or_a_state_file_is_a_config_error(dirs: Path) -> None:
+    config = dirs / "kdp.yaml"
+    config.write_text("placeholder\n")
+    os.link(config, dirs / "opt" / "cfglink")
+    (dirs / "state" / "kdp-host.lock").touch()
+    os.link(dirs / "state" / "kdp-host.lock", dirs / "opt" / "locklink")
+    problems = _problems(
+        config, _head(dirs) + _mounts(dirs, dirs / "opt" / "cfglink", dirs / "opt" / "locklink")
+    )
+    assert len(problems) == 2, problems
+    assert "mounts[0].hostPath" in problems[0]
+    assert "is the config file (a hard link of it)" in problems[0]
+    assert "mounts[1].hostPath" in problems[1]
+    assert "lies in stateDir (a hard link)" in problems[1]
+
+
+def test_the_rule_knows_a_hard_link_by_identity(dirs: Path) -> None:
+    config = dirs / "kdp.yaml"
+    config.write_text(_head(dirs) + _mounts(dirs, "/dev/null"))
+    rule = never_handed(load_config(config), str(config))
+    (dirs / "cdi" / ".owner").touch()
+    os.link(dirs / "cdi" / ".owner", dirs / "opt" / "own")  # (cdi: no resource writes there)
+    os.link(dirs / "state" / ".." / "kdp.yaml", dirs / "opt" / "c")
+    assert rule.path_problem(str(dirs / "opt" / "own")) is None
+    assert "is the config file" in (rule.path_problem(str(dirs / "opt" / "c")) or "")
+    (dirs / "state" / "late").touch()  # made after the rule: stateDir is listed again
+    os.link(dirs / "state" / "late", dirs / "opt" / "late")
+    assert "lies in stateDir" in (rule.path_problem(str(dirs / "opt" / "late")) or "")
+    (dirs / "opt" / "plain").touch()
+    assert rule.path_problem(str(dirs / "opt" / "plain")) is None
+
+
+async def test_a_probe_device_with_a_hard_link_of_kubelet_sock_is_left_out(
+    dirs: Path, start_host: Any
+) -> None:
+    """A hard link of the kubelet's registration socket (a connect to it reaches the kubelet)
+    and of the config file, made after start, as a probe's mount and node: not advertised
+    (`unsafe_mount`); the plain device is."""
+    config = dirs / "kdp.yaml"
+    listed = [
+        {"id": "s0", "mounts": [{"hostPath": f"{dirs}/opt/k", "containerPath": "/k"}]},
+        {"id": "s1", "paths": [f"{dirs}/opt/c:/c"]},
+        {"id": "good", "paths": [f"{dirs}/dev/fpga0"]},
+    ]
+    (dirs / "p.json").write_text(json.dumps(listed))
+    text = (
+        _head(dirs) + f"  - name: {PROBE}\n"
+        f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
+    )
+    config.write_text(text)
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        os.link(dirs / "dp" / "kubelet.sock", dirs / "opt" / "k")
+        os.link(config, dirs / "opt" / "c")
+        running = await start_host(load_config(config), config_path=config)
+        await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
+        await wait_until(
+            lambda: (
+                _counter(running, "kdp_driver_skipped_total", resource=PROBE, reason="unsafe_mount")
+                == 2
+            ),
+            what="two devices left out",
+        )
+        response = await sim.allocate(PROBE, 1)
+        assert response is not None
+        assert [d.host_path for d in response.devices] == [f"{dirs}/dev/fpga0"]
+
+
+async def test_an_allocate_command_printing_a_hard_link_of_the_config_is_refused(
+    dirs: Path, start_host: Any
+) -> None:
+    config = dirs / "kdp.yaml"
+    link = dirs / "opt" / "cfglink"
+    output = {"mounts": [{"hostPath": str(link), "containerPath": "/c", "readOnly": False}]}
+    hook = dirs / "hook.sh"
+    hook.write_text(f"#!/bin/sh\necho '{json.dumps(output)}'\n")
+    hook.chmod(0o755)
+    config.write_text(
+        _head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
+        f"    allocate: {{command: [{hook}]}}\n"
+    )
+    os.link(config, link)
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(load_config(config), config_path=config)
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
+        with pytest.raises(SimulatorAllocationError, match="is the config file"):
+            await sim.allocate(FPGA, 1)
+        assert _counter(running, "kdp_allocations_total", resource=FPGA, result="invalid") == 1
+
+
+# --------------------------------------------------------------------------- F4, L2
+
+
+def test_the_node_features_directory_is_never_handed(dirs: Path) -> None:
+    """Derived from what kdp-host writes (`outputs.written_places`): the NFD directory is
+    protected like the CDI spec directory."""
+    text = _head(dirs) + _mounts(dirs, dirs / "nfd") + f"nodeFeatures: {{file: {dirs}/nfd/kdp}}\n"
+    (problem,) = _problems(dirs / "kdp.yaml", text)
+    assert "allocate.mounts[0].hostPath" in problem
+    assert "is the directory of the nodeFeatures file" in problem
+
+
+def test_the_kubelets_pods_directory_is_never_handed(dirs: Path) -> None:
+    """socketDir `<root>/device-plugins` (the kubelet's layout): `<root>/pods` holds every
+    pod's secrets. A socketDir elsewhere names no kubelet root (nothing guessed)."""
+    (dirs / "kubelet" / "device-plugins").mkdir(parents=True)
+    (dirs / "kubelet" / "pods").mkdir()
+    text = _head(dirs, "kubelet/device-plugins") + _mounts(dirs, dirs / "kubelet" / "pods" / "u")
+    (problem,) = _problems(dirs / "kdp.yaml", text)
+    assert "lies in the kubelet's pods directory" in problem
+    load_config_ok = dirs / "ok.yaml"
+    load_config_ok.write_text(_head(dirs) + _mounts(dirs, dirs / "kubelet" / "pods"))
+    load_config(load_config_ok)
+
+
+# --------------------------------------------------------------------------- F2 bind mounts
+
+
+def test_a_bind_mount_shows_a_protected_directory_elsewhere(dirs: Path) -> None:
+    """The mount table (`MountMap`): `/var/lib/kubelet` a bind mount of `/data/kubelet` makes
+    `/data` hold socketDir; a bind mount of stateDir, or of `/`, is that directory; a bind
+    mount of stateDir inside a directory makes the directory hold it."""
+    config = dirs / "kdp.yaml"
+    kubelet = dirs / "var-lib-kubelet"
+    (kubelet / "device-plugins").mkdir(parents=True)
+    config.write_text(_head(dirs, "var-lib-kubelet/device-plugins") + _mounts(dirs, "/dev/null"))
+    rule = never_handed(load_config(config), str(config))
+    table = parse_mounts(
+        "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        f"2 1 8:1 {dirs}/data/kubelet {kubelet} rw - ext4 /dev/sda1 rw\n"
+        f"3 1 8:1 {dirs}/state {dirs}/mnt/m1 rw - ext4 /dev/sda1 rw\n"
+        f"4 1 8:1 / {dirs}/mnt/m5 rw - ext4 /dev/sda1 rw\n"
+        f"5 1 8:1 {dirs}/state/sub {dirs}/mnt/m6/x rw - ext4 /dev/sda1 rw\n"
+    )
+    assert rule.problem(f"{dirs}/data") is None  # (without the mount table: nothing seen)
+    assert rule.problem(f"{dirs}/data", mounts=table) == (
+        "holds kubelet.socketDir, which no container may be handed"
+    )
+    assert "is stateDir" in (rule.problem(f"{dirs}/mnt/m1", mounts=table) or "")
+    assert "lies in stateDir" in (rule.problem(f"{dirs}/mnt/m1/f", mounts=table) or "")
+    assert rule.problem(f"{dirs}/mnt/m5", mounts=table) == "is / (the host's root)"
+    assert "holds stateDir" in (rule.problem(f"{dirs}/mnt/m6", mounts=table) or "")
+    assert rule.problem(f"{dirs}/data/other", mounts=table) is None
+    assert rule.problem(f"{dirs}/mnt", mounts=table) is not None  # (holds m1, m5, m6)
+    assert rule.problem(f"{dirs}/opt", mounts=table) is None
+
+
+def _unshare() -> list[str]:
+    tool = shutil.which("unshare")
+    if tool is None:
+        pytest.skip("no unshare(1): bind mounts need a mount namespace")
+    probe = subprocess.run([tool, "-rm", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare -rm refused here: {probe.stderr.decode().strip()}")
+    return [tool, "-rm", "--propagation", "private", "sh", "-ec"]
+
+
+def test_kdp_host_check_refuses_a_dataset_mount_holding_a_bind_mounted_kubelet_dir(
+    dirs: Path,
+) -> None:
+    """hostile7 t6b, in a user and mount namespace of its own: the kubelet dir is a bind
+    mount of `data/kubelet`; an `allocate.mounts` of `data` is a config error with its line
+    (exit 2), and a probe device mounting a bind mount of stateDir is named."""
+    unshare = _unshare()
+    kubelet = dirs / "var-lib-kubelet"
+    (kubelet).mkdir()
+    (dirs / "data" / "kubelet" / "device-plugins").mkdir(parents=True)
+    (dirs / "mnt" / "m1").mkdir(parents=True)
+    config = dirs / "kdp.yaml"
+    config.write_text(_head(dirs, "var-lib-kubelet/device-plugins") + _mounts(dirs, dirs / "data"))
+    script = (
+        f"mount --bind {dirs}/data/kubelet {kubelet}\n"
+        f"mount --bind {dirs}/state {dirs}/mnt/m1\n"
+        f'exec "{sys.executable}" -m kdp_host check --config "$1"'
+    )
+    done = subprocess.run(
+        [*unshare, script, "sh", str(config)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert "line 6: resources[0].allocate.mounts[0].hostPath" in done.stderr
+    assert "holds kubelet.socketDir" in done.stderr
+    listed = [{"id": "s0", "mounts": [{"hostPath": f"{dirs}/mnt/m1", "containerPath": "/s"}]}]
+    (dirs / "p.json").write_text(json.dumps(listed))
+    config.write_text(
+        _head(dirs) + f"  - name: {PROBE}\n"
+        f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
+    )
+    done = subprocess.run(
+        [*unshare, script, "sh", str(config)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "device s0 would not be advertised (unsafe_mount)" in done.stderr
+    assert "is stateDir" in done.stderr
+
+
+# --------------------------------------------------------------------------- F5, F6 EACCES
+
+
+@pytest.fixture
+def uncheckable(dirs: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A path through a magic link kdp-host may not read: `/proc/1/root/...` where readlink of
+    it is EACCES for this process (not root, or root without PID 1's capabilities), else a
+    link whose readlink and stat are made to fail so at the os seam."""
+    try:
+        os.readlink("/proc/1/root")
+    except PermissionError:
+        yield "/proc/1/root/srv"
+        return
+    except OSError:
+        pass
+    magic = dirs / "opt" / "magic"
+    magic.symlink_to("/")
+    real_readlink, real_stat = os.readlink, os.stat
+
+    def denied(path: Any) -> bool:
+        text = os.fsdecode(path) if isinstance(path, str | bytes | os.PathLike) else ""
+        return text == str(magic) or text.startswith(f"{magic}/")
+
+    def readlink(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if denied(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+        return real_readlink(path, *args, **kwargs)
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if denied(path) and kwargs.get("follow_symlinks", True):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", readlink)
+    monkeypatch.setattr(os, "stat", stat)
+    yield f"{magic}/srv"
+
+
+def test_a_config_path_that_cannot_be_resolved_is_a_config_error(
+    dirs: Path, uncheckable: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hostile7 F5: an `allocate.mounts` source, a glob path, stateDir and the nodeFeatures
+    file through an unreadable magic link: one error each, with its line (exit 2), no
+    traceback."""
+    config = dirs / "kdp.yaml"
+    config.write_text(
+        f"kubelet: {{socketDir: {dirs}/dp, podResourcesSocket: {dirs}/pr/kubelet.sock}}\n"
+        f"stateDir: {uncheckable}/state\n"
+        f"nodeFeatures: {{file: {uncheckable}/nfd/kdp}}\n"
+        "resources:\n"
+        f"  - name: {FPGA}\n    glob: {{paths: ['{uncheckable}/dev/fpga0']}}\n"
+        f"    allocate: {{mounts: [{{hostPath: {uncheckable}, containerPath: /s}}]}}\n"
+    )
+    assert main(["check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for line, key in (
+        (2, "stateDir"),
+        (3, "nodeFeatures.file"),
+        (6, "resources[0].glob.paths[0]"),
+        (7, "resources[0].allocate.mounts[0].hostPath"),
+    ):
+        assert f"line {line}: {key}: " in err, (key, err)
+    assert "cannot be checked" in err
+
+
+async def test_a_reload_that_cannot_be_resolved_is_invalid_and_the_host_runs_on(
+    dirs: Path, uncheckable: str, start_host: Any
+) -> None:
+    """hostile7 F5: a live reload adding such a mount is counted `invalid`, the last good
+    config keeps running (it killed the host)."""
+    config = dirs / "kdp.yaml"
+    good = _head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
+    config.write_text(good)
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(load_config(config), config_path=config)
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
+        config.write_text(
+            good + f"    allocate: {{mounts: [{{hostPath: {uncheckable}, containerPath: /s}}]}}\n"
+        )
+        assert await running.host.reload_from(config) == "invalid"
+        assert not running.task.done()
+        response = await sim.allocate(FPGA, 1)
+        assert response is not None
+        assert len(response.mounts) == 0
+
+
+async def test_paths_that_cannot_be_resolved_are_never_handed_out(
+    dirs: Path, uncheckable: str, start_host: Any
+) -> None:
+    """hostile7 F6 (fail closed): a probe device whose node is through the magic link is not
+    advertised; an `allocate.command` printing a mount of it is refused."""
+    (dirs / "opt" / "g").touch()
+    listed = [
+        {"id": "s1", "paths": [f"{uncheckable}/dev/null"]},
+        {"id": "good", "paths": [f"{dirs}/opt/g"]},
+    ]
+    (dirs / "p.json").write_text(json.dumps(listed))
+    magic_root = uncheckable.rsplit("/", 1)[0]
+    output = {"mounts": [{"hostPath": magic_root, "containerPath": "/host", "readOnly": False}]}
+    hook = dirs / "hook.sh"
+    hook.write_text(f"#!/bin/sh\necho '{json.dumps(output)}'\n")
+    hook.chmod(0o755)
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(
+            _head(dirs) + f"  - name: {PROBE}\n"
+            f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
+            f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
+            f"    allocate: {{command: [{hook}]}}\n"
+        )
+        await sim.wait_for(lambda: sim.allocatable(PROBE) == 1 and sim.allocatable(FPGA) == 1)
+        response = await sim.allocate(PROBE, 1)
+        assert response is not None
+        assert [d.host_path for d in response.devices] == [f"{dirs}/opt/g"]
+        with pytest.raises(SimulatorAllocationError, match="cannot be checked"):
+            await sim.allocate(FPGA, 1)
+        assert _counter(running, "kdp_allocations_total", resource=FPGA, result="invalid") == 1

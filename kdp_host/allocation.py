@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
 from .cdi_rules import (
@@ -23,13 +23,18 @@ from .cdi_rules import (
     cdi_annotation_names,
     is_cdi_annotation_key,
 )
-from .command_output import ContainerExtras
 from .config import MountConfig, ResourceConfig, render_template
 from .config.outputs import resource_slug
 from .devices import Advertised, Device, DeviceMount, DeviceNode, Snapshot
 from .names import CDI_NAME, make_name
 from .ownership_claims import host_paths
 from .rules import LIST_SEPARATOR, join_list
+
+if TYPE_CHECKING:  # only a resource with `allocate.command` parses its output
+    from grpclib.const import Status
+
+    from .command_output import ContainerExtras
+    from .metric_labels import HookResult
 
 ALLOCATION_DEPENDENT_FIELDS: Final = frozenset({"ids", "paths", "count"})
 """Template fields whose value depends on which devices a container got."""
@@ -38,6 +43,16 @@ ALLOCATION_DEPENDENT_FIELDS: Final = frozenset({"ids", "paths", "count"})
 class AllocationError(ValueError):
     """A request the plugin must refuse (unknown or unhealthy IDs, two different nodes or
     mounts for one container path): INVALID_ARGUMENT."""
+
+
+class HookFailed(Exception):
+    """A hook on the allocation path (`hooks`: preStart, allocate.command; a release before
+    a start) that did not succeed: answer the RPC with `status` and this message."""
+
+    def __init__(self, status: Status, result: HookResult, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.result = result
 
 
 def cdi_device_name(resource: str, device_id: str) -> str:

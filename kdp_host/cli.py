@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -15,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, heap
 from .config import Config, ConfigError, load_config
-from .files import DaemonThreads, Offload
+from .files import DaemonThreads
 from .logs import get_logger, quote_text, setup_logging
-from .node import NodeInfo, NodeLabelSource, NoLabels, local_node_name, select_for_node
+from .node import NodeInfo, local_node_name, select_for_node
 
 if TYPE_CHECKING:
     from .probes import HealthState
@@ -54,18 +53,8 @@ def _load_or_report(path: Path) -> Config | None:
         return None
 
 
-def _node_labels(node: str, offload: Offload) -> NodeLabelSource:
-    """The node's labels from the Kubernetes API (in-cluster), or why they cannot be read."""
-    from .kubeapi import ApiError, ApiServer, NodeLabelWatch
-
-    try:
-        api = ApiServer.in_cluster(os.environ)
-    except ApiError as exc:
-        return NoLabels(str(exc))
-    return NodeLabelWatch(api, node, get_logger().bind(component="kubeapi"), offload)
-
-
 async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
+    from .features import KubernetesLabels
     from .host import Host
     from .http import HttpServer
     from .metrics import Metrics
@@ -73,7 +62,7 @@ async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
 
     log = get_logger()
     offload = DaemonThreads()
-    labels = _node_labels(node.name, offload)  # read only once an entry selects by label
+    labels = KubernetesLabels(node.name, offload, get_logger().bind(component="kubeapi"))
     try:
         host = Host(
             config=config,

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 
 from grpclib.const import Status
 
-from .allocation import AllocationBuilder, AllocationError, device_env, hook_values
+from .allocation import AllocationBuilder, AllocationError, HookFailed, device_env, hook_values
 from .api.v1beta1 import ContainerAllocateResponse
 from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot, physical_id
 from .handed_out import HANDED_FILE, HandedOut, in_memory
 from .logs import EventLogger
-from .metric_labels import HookName, HookResult
+from .metric_labels import HookResult
 from .metrics import Metrics
 from .process import CommandError, CommandResult, CommandRunner
 
@@ -47,25 +47,6 @@ _COMMAND_ERROR_RESULTS: Mapping[str, HookResult] = {
     "output_too_large": "output_too_large",
 }
 """CommandError reasons as hook results (anything else counts as `exit`)."""
-
-
-def configured_hooks(config: ResourceConfig) -> frozenset[HookName]:
-    """The hooks a resource's config has (their series exist only then)."""
-    present: dict[HookName, object] = {
-        "preStart": config.pre_start,
-        "allocate.command": config.allocate.command,
-        "release": config.release,
-    }
-    return frozenset(name for name, section in present.items() if section is not None)
-
-
-class HookFailed(Exception):
-    """A hook that did not succeed: answer the RPC with `status` and this message."""
-
-    def __init__(self, status: Status, result: HookResult, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.result = result
 
 
 def render_argv(command: Sequence[str], values: Mapping[str, str]) -> list[str]:

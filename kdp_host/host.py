@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
+from .features import configured_hooks, node_feature_file, pod_resources_poller
 from .files import DaemonThreads, Offload
 from .handed_out import HandedRecord
-from .hooks import configured_hooks
 from .inotify_watch import make_watcher
 from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
@@ -29,7 +30,6 @@ from .node import NodeInfo, NodeLabelSource, Selection, needs_labels, select_for
 from .ownership import OwnershipIndex
 from .ownership_adopt import WITHOUT_POD_RESOURCES
 from .ownership_sync import shared_bookings
-from .podresources import PodResourcesPoller
 from .probes import HealthState
 from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
@@ -43,6 +43,9 @@ from .state_files import StateFiles
 from .state_lock import Hold, holding
 from .supervisor import RestartPolicy, Supervisor
 from .watch import Watcher
+
+if TYPE_CHECKING:  # imported where the config chooses it (`features`)
+    from .podresources import PodResourcesPoller
 
 
 @dataclass
@@ -131,13 +134,8 @@ class Host:
         hold.follow(watcher, self.offload)  # taken again when what stateDir names changes
         self.ownership.watch(watcher, safety_net := SafetyNet(self.offload))  # claims, trees
         kubelet = self.config.kubelet
-        if kubelet.pod_resources_interval > 0:
-            self.pod_resources = PodResourcesPoller(
-                kubelet.pod_resources_socket,
-                kubelet.pod_resources_interval,
-                self.metrics,
-                self.log,
-            )
+        self.pod_resources = pod_resources_poller(kubelet, self.metrics, self.log)
+        if self.pod_resources is not None:
             # lingering claims go once the kubelet shows no pod holding them
             self.pod_resources.subscribe(self.ownership.holdings)
         else:
@@ -158,11 +156,9 @@ class Host:
         if not commands.dies_with_host:
             why = "no setpriv (util-linux) on PATH: commands do not get the death signal"
             self.log.warning("commands_may_outlive_host", detail=why)
-        node_features, features = None, self.config.node_features
-        if features is not None:  # imported only where configured, like the CDI writer
-            from .nfd import NodeFeatureFile
-
-            node_features = NodeFeatureFile(features, self.log, self.offload, instance)
+        node_features = node_feature_file(
+            self.config.node_features, self.log, self.offload, instance
+        )
         services = HostServices(
             kubelet,
             self.instance_id,

@@ -41,22 +41,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
 
-from .allocation import device_env, hook_values
+from .allocation import HookFailed, device_env, hook_values
 from .config import ReleaseConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, physical_id
 from .handed_out import HandedOut, in_memory
-from .hooks import HookFailed, render_argv, run_hook
+from .hooks import render_argv, run_hook
 from .logs import EventLogger
 from .metrics import Metrics
-from .podresources import Holder, Holdings
 from .process import CommandRunner
 from .release_state import ReleaseStateStore, device_entry, handed_device
 from .release_use import DeviceUse
 from .rules import join_list
+
+if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
+    from .podresources import Holder, Holdings
 
 ALLOCATION_SETTLE = 1.0
 """Seconds after an Allocate during which a PodResources answer is not taken as news about

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .backoff import Backoff
-from .podresources import Holder
+
+if TYPE_CHECKING:
+    from .podresources import Holder
 
 RETRY_MAXIMUM = 300.0
 """Longest wait between two background attempts of a failed release."""

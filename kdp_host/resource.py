@@ -12,19 +12,18 @@ from typing import TYPE_CHECKING
 from .config import ResourceConfig
 from .devices import DeviceTable, Snapshot, physical_id
 from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
+from .features import allocate_hook, cdi_writer, health_checker, pre_start_hook, release_tracker
 from .first_list import FirstList
-from .hooks import AllocateHook, PreStartHook
 from .ownership import OwnedTable
-from .podresources import Holder, Holdings
 from .protocol.lists import ListAndWatchEncoder, Overflow
 from .protocol.service import DevicePluginService
-from .release import ReleaseTracker
 from .rules import LIST_AND_WATCH_MAX_BYTES
 from .services import HostServices
 from .serving import ServingLoop
 
-if TYPE_CHECKING:  # imported where it runs: only a resource with `allocate.cdi` needs it
+if TYPE_CHECKING:  # the features' modules are imported where the config chooses them
     from .cdi import CdiSpecWriter
+    from .podresources import Holder, Holdings
 
 
 class ResourceRuntime:
@@ -44,45 +43,9 @@ class ResourceRuntime:
             held=functools.partial(services.ownership.is_booked, config.name),
         )
         self._handed = services.handed.of(config.name)
-        self._pre_start = (
-            None
-            if config.pre_start is None
-            else PreStartHook(
-                config.pre_start,
-                config,
-                self.table,
-                services.commands,
-                services.metrics,
-                self.log,
-                handed=self._handed,
-            )
-        )
-        command = config.allocate.command
-        self._allocate_hook = (
-            None
-            if command is None
-            else AllocateHook(
-                command,
-                config.allocate.timeout,
-                config.name,
-                services.commands,
-                services.metrics,
-                self.log,
-            )
-        )
-        self.release = (
-            None
-            if config.release is None or services.release_state is None
-            else ReleaseTracker(
-                config,
-                self.table,
-                services.release_state,
-                services.commands,
-                services.metrics,
-                self.log,
-                handed=self._handed,
-            )
-        )
+        self._pre_start = pre_start_hook(config, self.table, services, self.log, self._handed)
+        self._allocate_hook = allocate_hook(config, services, self.log)
+        self.release = release_tracker(config, self.table, services, self.log, self._handed)
         self._cdi: CdiSpecWriter | None = None
         """The CDI spec writer of a resource with `allocate.cdi`, once it runs (told what
         each Allocate handed out)."""
@@ -163,11 +126,11 @@ class ResourceRuntime:
             cdi_kind=None if cdi is None else cdi.kind,
         )
         try:
-            await self._run(deps, driver)
+            await self._run(driver)
         finally:
             detach()
 
-    async def _run(self, deps: DriverDeps, driver: Driver) -> None:
+    async def _run(self, driver: Driver) -> None:
         services = self._services
         reporter = DeviceReporter(
             OwnedTable(services.ownership, self.config.name, self.table),
@@ -185,7 +148,7 @@ class ResourceRuntime:
         poller = services.pod_resources
         unsubscribe = None if poller is None else poller.subscribe(self._on_holdings)
         try:
-            await self._run_parts(driver, reporter, deps)
+            await self._run_parts(driver, reporter)
         finally:
             if unsubscribe is not None:
                 unsubscribe()
@@ -236,38 +199,19 @@ class ResourceRuntime:
             )
         self._held_missing = missing
 
-    async def _run_parts(self, driver: Driver, reporter: DeviceReporter, deps: DriverDeps) -> None:
-        services = self._services
+    async def _run_parts(self, driver: Driver, reporter: DeviceReporter) -> None:
+        services, name = self._services, self.config.name
         async with asyncio.TaskGroup() as group:
-            group.create_task(driver.run(reporter), name=f"{self.config.name}:driver")
-            if self.config.health is not None:
-                from .health import HealthChecker
-
-                checker = HealthChecker(
-                    self.config.health,
-                    self.table,
-                    resource=self.config.name,
-                    log=self.log,
-                    metrics=services.metrics,
-                    commands=deps.commands,
-                )
-                group.create_task(checker.run(), name=f"{self.config.name}:health")
-            if self.config.allocate.cdi is not None:
-                from .cdi import CdiSpecWriter
-
-                cdi_failures = services.metrics.cdi_spec_failures.labels(self.config.name)
-                writer = self._cdi = CdiSpecWriter(
-                    self.config,
-                    self.table,
-                    self.log,
-                    report=functools.partial(self.status.set_problem, "cdi"),
-                    count_failure=cdi_failures.inc,
-                    instance=services.instance_id,
-                    watcher=services.watcher,
-                    offload=services.offload,
-                    booked=functools.partial(services.ownership.is_booked, self.config.name),
-                    pinned=self._handed,
-                )
+            group.create_task(driver.run(reporter), name=f"{name}:driver")
+            checker = health_checker(self.config, self.table, services, self.log)
+            if checker is not None:
+                group.create_task(checker.run(), name=f"{name}:health")
+            report = functools.partial(self.status.set_problem, "cdi")
+            writer = cdi_writer(
+                self.config, self.table, services, self.log, report=report, handed=self._handed
+            )
+            if writer is not None:
+                self._cdi = writer
                 self._serving.first_list.ready.append(writer.first_sync)
-                group.create_task(writer.run(), name=f"{self.config.name}:cdi")
-            group.create_task(self._serving.run(), name=f"{self.config.name}:serve")
+                group.create_task(writer.run(), name=f"{name}:cdi")
+            group.create_task(self._serving.run(), name=f"{name}:serve")

@@ -16,7 +16,6 @@ from .logs import EventLogger
 from .metric_series import GaugeSeries
 from .metrics import Metrics
 from .ownership import OwnershipIndex
-from .podresources import PodResourcesPoller
 from .process import CommandRunner, ProcessRunner
 from .protocol.registration import Registrar
 from .release_state import ReleaseStateStore
@@ -24,8 +23,9 @@ from .safety_net import SafetyNet
 from .stream_losses import LOST_STREAMS
 from .watch import Watcher
 
-if TYPE_CHECKING:  # only a host with nodeFeatures imports the feature-file writer
+if TYPE_CHECKING:  # imported where the config chooses them (`features`)
     from .nfd import NodeFeatureFile
+    from .podresources import PodResourcesPoller
 
 
 @dataclass(frozen=True)

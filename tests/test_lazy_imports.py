@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from kdp_host.simulator import KubeletSimulator
 from .conftest import glob_config
 
 FPGA = "vendor.example/fpga"
+
+POD_RESOURCES = ("kdp_host.podresources", "kdp_host.api.v1")
+"""Imported only with PodResources polling on (`podResourcesInterval`, on by default)."""
 
 NOT_IMPORTED_BY_A_GLOB_RUN = (
     # other commands: the simulator and demo, `discover`'s body, `check`'s root-disk probe
@@ -36,13 +40,21 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.drivers.sysfs",
     "kdp_host.drivers.sysfs_match",
     "kdp_host.drivers.sysfs_advertised",
-    # drivers and features no resource uses
+    # drivers and features no resource uses (made where the config chooses them: `features`)
     "kdp_host.drivers.shell",
     "kdp_host.drivers.stream",
+    "kdp_host.hooks",
+    "kdp_host.command_output",
+    "kdp_host.recall",
+    "kdp_host.release",
+    "kdp_host.release_use",
+    "kdp_host.health",
     "kdp_host.cdi",
     "kdp_host.cdi_spec",
     "kdp_host.file_lease",
     "kdp_host.nfd",
+    # the Kubernetes API, with no entry selecting by label
+    "kdp_host.kubeapi",
     "kdp_host.protocol.plugin_registry",
     "kdp_host.api.pluginregistration",
     # what only a mistake or a lookup needs: "did you mean" hints of the config's checks, and
@@ -67,16 +79,28 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def _config_text(socket_dir: Path, devices: Path, extra: str = "", kubelet: str = "") -> str:
+    text = glob_config(socket_dir, (FPGA, f"{devices}/fpga*"), extra=extra)
+    if kubelet:
+        text = text.replace("kubelet: {", f"kubelet: {{{kubelet}, ", 1)
+    return text + "metrics: {listen: '127.0.0.1:0', devices: true}\n"
+
+
 async def record_a_run(
-    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    devices: Path,
+    short_dir: Path,
+    *,
+    kubelet_keys: str = "",
+    while_running: Callable[[Path], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """A `kdp-host run` of a glob resource, registered, its HTTP paths asked, then stopped:
-    what it had loaded (`modules`) and its collector's state (`frozen`, `collects`) at exit."""
+    what it had loaded (`modules`) and its collector's state (`frozen`, `collects`) at exit.
+    `kubelet_keys` go in its `kubelet` section; `while_running` is awaited (given the config
+    file) before it is stopped."""
     config = short_dir / "config.yaml"
-    config.write_text(
-        glob_config(socket_dir, (FPGA, f"{devices}/fpga*"))
-        + "metrics: {listen: '127.0.0.1:0', devices: true}\n"
-    )
+    config.write_text(_config_text(socket_dir, devices, kubelet=kubelet_keys))
     record = short_dir / "run.json"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -99,6 +123,8 @@ async def record_a_run(
         await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
         for path in ("/metrics", "/readyz", "/healthz", "/devices"):
             await asyncio.to_thread(_get, f"http://{address}{path}")
+        if while_running is not None:
+            await while_running(config)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
@@ -115,12 +141,52 @@ async def test_a_glob_run_imports_no_module_it_does_not_use(
     """The modules a glob run loaded on the way hold none of the list above."""
     modules = set((await record_a_run(kubelet, socket_dir, devices, short_dir))["modules"])
     assert "kdp_host.drivers.glob" in modules  # the list is the run's own
-    unused = [
-        name
-        for name in sorted(modules)
-        if any(name == m or name.startswith(f"{m}.") for m in NOT_IMPORTED_BY_A_GLOB_RUN)
-    ]
-    assert unused == []
+    assert set(POD_RESOURCES) <= modules  # polling is on by default
+    assert _among(modules, NOT_IMPORTED_BY_A_GLOB_RUN) == []
+
+
+async def test_a_run_without_pod_resources_polling_imports_no_poller(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path
+) -> None:
+    """`podResourcesInterval: 0s`: neither the poller nor the PodResources API is loaded."""
+    recorded = await record_a_run(
+        kubelet, socket_dir, devices, short_dir, kubelet_keys="podResourcesInterval: 0s"
+    )
+    assert _among(set(recorded["modules"]), (*NOT_IMPORTED_BY_A_GLOB_RUN, *POD_RESOURCES)) == []
+
+
+async def test_a_reload_that_turns_a_hook_on_imports_it_and_the_hook_runs(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path
+) -> None:
+    """A glob run (no hook module loaded: the test above) reloaded with `preStart` and
+    `allocate.command`: the kubelet is asked for PreStartContainer, an Allocate runs both
+    commands, and the hooks' modules were loaded by then."""
+    ran = short_dir / "hooks.log"
+    hooks = (
+        f'preStart: {{command: ["sh", "-c", "echo preStart {{ids}} >> {ran}"]}}\n'
+        f'allocate: {{command: ["sh", "-c", "echo allocate {{ids}} >> {ran}; echo {{{{}}}}"]}}\n'
+    )
+
+    async def reload_with_hooks(config: Path) -> None:
+        config.write_text(_config_text(socket_dir, devices, extra=hooks))
+        await kubelet.wait_for(
+            lambda: (options := kubelet.options(FPGA)) is not None and options.pre_start_required,
+            timeout=30,
+            description="the resource registered again, asking for PreStartContainer",
+        )
+        await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 2, timeout=30)
+        await kubelet.allocate(FPGA, 1, pod_uid="p1")
+
+    recorded = await record_a_run(
+        kubelet, socket_dir, devices, short_dir, while_running=reload_with_hooks
+    )
+    assert [line.split()[0] for line in ran.read_text().splitlines()] == ["allocate", "preStart"]
+    assert {"kdp_host.hooks", "kdp_host.command_output"} <= set(recorded["modules"])
+
+
+def _among(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    """The modules that are one of `names` or inside one of them."""
+    return [m for m in sorted(modules) if any(m == n or m.startswith(f"{n}.") for n in names)]
 
 
 def _get(url: str) -> None:

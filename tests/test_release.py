@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from kdp_host.allocation import HookFailed
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.handed_out import HANDED_FILE, HandedOut, HandedRecord
-from kdp_host.hooks import HookFailed
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.podresources import Holder, Holdings

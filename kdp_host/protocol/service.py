@@ -13,13 +13,13 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpclib
 import grpclib.server
 from grpclib.const import Status
 
-from ..allocation import AllocationBuilder, AllocationError
+from ..allocation import AllocationBuilder, AllocationError, HookFailed
 from ..api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
@@ -37,7 +37,6 @@ from ..api.v1beta1 import (
 from ..config import ResourceConfig
 from ..devices import DeviceTable, Snapshot
 from ..handed_out import HandedOut
-from ..hooks import AllocateHook, HookFailed, PreStartHook
 from ..logs import EventLogger
 from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
@@ -45,9 +44,12 @@ from ..metrics import Metrics
 from ..ownership_allocate import PlaceOwned
 from ..ownership_claims import Unresolvable
 from ..preferred import preferred_allocation, preferred_can_matter
-from ..release import ReleaseTracker
 from .codec import EncodedMessage
 from .lists import ListAndWatchEncoder
+
+if TYPE_CHECKING:  # made where the config chooses them (`features`)
+    from ..hooks import AllocateHook, PreStartHook
+    from ..release import ReleaseTracker
 
 LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
 

@@ -1,0 +1,211 @@
+"""The optional parts of a resource and of the host, made where the config chooses them.
+
+Each feature's module is imported here, once its config section is there, and nowhere else
+at run time: `preStart` and `allocate.command` (`hooks`), `release` (`release`), `health`
+(`health`), `allocate.cdi` (`cdi`); for the host, PodResources polling (`podresources`,
+with the generated PodResources API), `nodeFeatures` (`nfd`) and the node's labels from the
+Kubernetes API (`kubeapi`, once an entry selects by label). A run imports only what
+its config uses (start-up time and memory of every process, issue 19;
+`tests/test_lazy_imports.py` keeps it so); a reload that turns a feature on imports its
+module then. Everything else names these types under TYPE_CHECKING only; the drivers have
+their own registry (`drivers.REGISTRY`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .config import KubeletConfig, ResourceConfig
+from .config.model import NodeFeaturesConfig
+from .devices import DeviceTable
+from .files import Offload
+from .logs import EventLogger
+from .metric_labels import HookName
+from .metrics import Metrics
+from .node import NodeLabelSource, NoLabels
+from .services import HostServices
+
+if TYPE_CHECKING:
+    from .cdi import CdiSpecWriter
+    from .handed_out import HandedOut
+    from .health import HealthChecker
+    from .hooks import AllocateHook, PreStartHook
+    from .nfd import NodeFeatureFile
+    from .podresources import PodResourcesPoller
+    from .release import ReleaseTracker
+
+
+def configured_hooks(config: ResourceConfig) -> frozenset[HookName]:
+    """The hooks a resource's config has (their series exist only then)."""
+    present: dict[HookName, object] = {
+        "preStart": config.pre_start,
+        "allocate.command": config.allocate.command,
+        "release": config.release,
+    }
+    return frozenset(name for name, section in present.items() if section is not None)
+
+
+def pre_start_hook(
+    config: ResourceConfig,
+    table: DeviceTable,
+    services: HostServices,
+    log: EventLogger,
+    handed: HandedOut,
+) -> PreStartHook | None:
+    """What answers the resource's PreStartContainer calls (None: no `preStart`)."""
+    if config.pre_start is None:
+        return None
+    from .hooks import PreStartHook
+
+    return PreStartHook(
+        config.pre_start,
+        config,
+        table,
+        services.commands,
+        services.metrics,
+        log,
+        handed=handed,
+    )
+
+
+def allocate_hook(
+    config: ResourceConfig, services: HostServices, log: EventLogger
+) -> AllocateHook | None:
+    """What runs `allocate.command` for each container (None: the resource has none)."""
+    command = config.allocate.command
+    if command is None:
+        return None
+    from .hooks import AllocateHook
+
+    return AllocateHook(
+        command, config.allocate.timeout, config.name, services.commands, services.metrics, log
+    )
+
+
+def release_tracker(
+    config: ResourceConfig,
+    table: DeviceTable,
+    services: HostServices,
+    log: EventLogger,
+    handed: HandedOut,
+) -> ReleaseTracker | None:
+    """The resource's release tracker (None: no `release`, or no state to keep it in)."""
+    if config.release is None or services.release_state is None:
+        return None
+    from .release import ReleaseTracker
+
+    return ReleaseTracker(
+        config,
+        table,
+        services.release_state,
+        services.commands,
+        services.metrics,
+        log,
+        handed=handed,
+    )
+
+
+def health_checker(
+    config: ResourceConfig, table: DeviceTable, services: HostServices, log: EventLogger
+) -> HealthChecker | None:
+    """The resource's per-device health checks (None: no `health`)."""
+    if config.health is None:
+        return None
+    from .health import HealthChecker
+
+    return HealthChecker(
+        config.health,
+        table,
+        resource=config.name,
+        log=log,
+        metrics=services.metrics,
+        commands=services.commands,
+    )
+
+
+def cdi_writer(
+    config: ResourceConfig,
+    table: DeviceTable,
+    services: HostServices,
+    log: EventLogger,
+    *,
+    report: Callable[[str | None], None],
+    handed: HandedOut,
+) -> CdiSpecWriter | None:
+    """The writer of the resource's CDI spec file (None: no `allocate.cdi`); `report` is
+    told why the file cannot be written (the resource is then not ready)."""
+    if config.allocate.cdi is None:
+        return None
+    from .cdi import CdiSpecWriter
+
+    return CdiSpecWriter(
+        config,
+        table,
+        log,
+        report=report,
+        count_failure=services.metrics.cdi_spec_failures.labels(config.name).inc,
+        instance=services.instance_id,
+        watcher=services.watcher,
+        offload=services.offload,
+        booked=functools.partial(services.ownership.is_booked, config.name),
+        pinned=handed,
+    )
+
+
+def pod_resources_poller(
+    kubelet: KubeletConfig, metrics: Metrics, log: EventLogger
+) -> PodResourcesPoller | None:
+    """The host's one PodResources poller (None: `podResourcesInterval: 0s`, polling off)."""
+    if kubelet.pod_resources_interval <= 0:
+        return None
+    from .podresources import PodResourcesPoller
+
+    return PodResourcesPoller(
+        kubelet.pod_resources_socket, kubelet.pod_resources_interval, metrics, log
+    )
+
+
+def node_feature_file(
+    config: NodeFeaturesConfig | None, log: EventLogger, offload: Offload, instance: str
+) -> NodeFeatureFile | None:
+    """The NFD feature file every resource's device counts go to (None: no `nodeFeatures`)."""
+    if config is None:
+        return None
+    from .nfd import NodeFeatureFile
+
+    return NodeFeatureFile(config, log, offload, instance)
+
+
+@dataclass
+class KubernetesLabels:
+    """The node's labels from the Kubernetes API (in-cluster), or why they cannot be read:
+    the API is looked for (`kubeapi` imported) only when the host first asks, once an entry
+    selects by label."""
+
+    node: str
+    offload: Offload
+    log: EventLogger
+    _source: NodeLabelSource | None = None
+
+    def _reached(self) -> NodeLabelSource:
+        if self._source is None:
+            from .kubeapi import ApiError, ApiServer, NodeLabelWatch
+
+            try:
+                api = ApiServer.in_cluster(os.environ)
+            except ApiError as exc:
+                self._source = NoLabels(str(exc))
+            else:
+                self._source = NodeLabelWatch(api, self.node, self.log, self.offload)
+        return self._source
+
+    @property
+    def problem(self) -> str | None:
+        return self._reached().problem
+
+    def updates(self) -> AsyncIterator[Mapping[str, str]]:
+        return self._reached().updates()

@@ -24,7 +24,6 @@ __all__ = [
     "compact",
     "decode_entry",
     "decode_text",
-    "dump_in_slices",
     "json_flag",
     "json_kind",
     "json_list",
@@ -213,35 +212,3 @@ def json_flag(obj: dict[str, Any], key: str, what: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise Invalid(f"{what}.{key} must be true or false, got {json_kind(value)}")
     return value
-
-
-DUMP_SLICE = 256
-"""List entries `dump_in_slices` encodes in one call of the C encoder."""
-
-
-def dump_in_slices(value: Any, slice_size: int = DUMP_SLICE) -> Iterator[str]:
-    """`json.dumps(value, sort_keys=True)`, in pieces: one call of the C encoder holds the
-    GIL until it is done (0.5 s for 100,000 `/devices` entries, while the event loop and
-    every Allocate wait), so a long list is encoded `slice_size` entries at a time and a short
-    one, or an object, member by member: other threads get the GIL between two pieces."""
-    if isinstance(value, dict):
-        yield "{"
-        for i, key in enumerate(sorted(value)):
-            yield f"{', ' if i else ''}{json.dumps(str(key))}: "
-            yield from dump_in_slices(value[key], slice_size)
-        yield "}"
-    elif isinstance(value, list) and len(value) > slice_size:
-        yield "["
-        for start in range(0, len(value), slice_size):
-            piece = json.dumps(value[start : start + slice_size], sort_keys=True)
-            yield f"{', ' if start else ''}{piece[1:-1]}"
-        yield "]"
-    elif isinstance(value, list):
-        yield "["
-        for i, item in enumerate(value):
-            if i:
-                yield ", "
-            yield from dump_in_slices(item, slice_size)
-        yield "]"
-    else:
-        yield json.dumps(value)

@@ -16,11 +16,10 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .devices import HEALTHY, UNHEALTHY, physical_id
-from .json_document import dump_in_slices
 from .logs import quote_text
 
 if TYPE_CHECKING:
@@ -32,6 +31,37 @@ MAX_ANSWER = 64 << 20
 """Most bytes of a `/devices` answer `kdp-host status` reads."""
 MISSING = "missing"
 """The health of a device held or owed a release that the resource does not list now."""
+
+DUMP_SLICE = 256
+"""List entries of `/devices` `dump_in_slices` encodes in one call of the C encoder."""
+
+
+def dump_in_slices(value: Any, slice_size: int = DUMP_SLICE) -> Iterator[str]:
+    """`json.dumps(value, sort_keys=True)`, in pieces: one call of the C encoder holds the
+    GIL until it is done (0.5 s for 100,000 `/devices` entries, while the event loop and
+    every Allocate wait), so a long list is encoded `slice_size` entries at a time and a short
+    one, or an object, member by member: other threads get the GIL between two pieces."""
+    if isinstance(value, dict):
+        yield "{"
+        for i, key in enumerate(sorted(value)):
+            yield f"{', ' if i else ''}{json.dumps(str(key))}: "
+            yield from dump_in_slices(value[key], slice_size)
+        yield "}"
+    elif isinstance(value, list) and len(value) > slice_size:
+        yield "["
+        for start in range(0, len(value), slice_size):
+            piece = json.dumps(value[start : start + slice_size], sort_keys=True)
+            yield f"{', ' if start else ''}{piece[1:-1]}"
+        yield "]"
+    elif isinstance(value, list):
+        yield "["
+        for i, item in enumerate(value):
+            if i:
+                yield ", "
+            yield from dump_in_slices(item, slice_size)
+        yield "]"
+    else:
+        yield json.dumps(value)
 
 
 def utc(seconds: float | None) -> str | None:

@@ -2,7 +2,8 @@
 
 Each feature's module is imported here, once its config section is there, and nowhere else
 at run time: `preStart` and `allocate.command` (`hooks`), `release` (`release`), `health`
-(`health`), `allocate.cdi` (`cdi`); for the host, PodResources polling (`podresources`,
+(`health`), `allocate.cdi` (`cdi`, and `cdi_keeper` for a resource a reload removed); for
+the host, PodResources polling (`podresources`,
 with the generated PodResources API), `nodeFeatures` (`nfd`) and the node's labels from the
 Kubernetes API (`kubeapi`, once an entry selects by label). A run imports only what
 its config uses (start-up time and memory of every process, issue 19;
@@ -13,6 +14,7 @@ their own registry (`drivers.REGISTRY`).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -154,6 +156,18 @@ def cdi_writer(
         booked=functools.partial(services.ownership.is_booked, config.name),
         pinned=handed,
     )
+
+
+def cdi_keeper(
+    config: ResourceConfig, services: HostServices, after: asyncio.Task[None] | None
+) -> asyncio.Task[None] | None:
+    """The keeper of a removed resource's held CDI entries, started once `after` (its
+    runtime) ended (`cdi_keeper`); None when it has no `allocate.cdi` or nothing held."""
+    if config.allocate.cdi is None:
+        return None
+    from .cdi_keeper import keep_held_entries
+
+    return keep_held_entries(config, services, after)
 
 
 def pod_resources_poller(

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .backoff import Retries, Retry
-from .cdi_keeper import keep_held_entries
 from .config import ResourceConfig
+from .features import cdi_keeper
 from .resource import ResourceRuntime
 from .services import HostServices
 
@@ -114,7 +114,7 @@ class Supervisor:
 
     def _keep(self, config: ResourceConfig, stopping: asyncio.Task[None] | None) -> None:
         """Start the keeper of a removed resource's held CDI entries, if it has any."""
-        keeper = keep_held_entries(config, self.services, stopping)
+        keeper = cdi_keeper(config, self.services, stopping)
         if keeper is None:
             return
         self._keepers[config.name] = keeper

@@ -52,6 +52,7 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.release_use",
     "kdp_host.health",
     "kdp_host.cdi",
+    "kdp_host.cdi_keeper",
     "kdp_host.cdi_spec",
     "kdp_host.file_lease",
     "kdp_host.nfd",

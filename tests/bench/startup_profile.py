@@ -178,8 +178,11 @@ RUN_MODULES = (
     "kdp_host.metrics",
     "kdp_host.status",
     "kdp_host.drivers.glob",
+    "kdp_host.podresources",
 )
-"""kdp-host's modules that a glob run imports (`cli.cmd_run`, its driver)."""
+"""kdp-host's modules that a glob run imports (`cli.cmd_run`, its driver, and the features
+its config uses: `features.py` imports them where they are chosen; PodResources polling is
+on by default)."""
 
 FLOOR_LAYERS = (
     ("python -c pass (site, the editable install's finder)", ()),

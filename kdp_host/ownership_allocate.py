@@ -120,7 +120,8 @@ class BookingAllocations(AdmissionGate):
             for path in sorted(paths):
                 found = reached.get(path)
                 key = None if found is None else found[0]
-                if (why := self.never_handed.problem(real[path], key, mounts)) is not None:
+                why = self.never_handed.problem(real[path], key, mounts, fresh=True)
+                if why is not None:
                     raise Unresolvable(f"{path}: its real path {real[path]} {why}")
         except Unresolvable as exc:
             if exc.stale is not None:

@@ -43,6 +43,7 @@ answer, `allocate.command` output included (the Allocate is refused).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -65,12 +66,31 @@ KUBELET_SECRETS: Final = ("pods",)
 _NO_MOUNTS: Final = MountMap()
 
 
+VIEW_AGE: Final = 1.0
+"""Seconds the stats of the protected places serve the ownership index's admissions (which
+compare every file and directory claim of a list) before they are taken again; an Allocate
+answer, `check` and the config take them fresh (`problem(fresh=True)`)."""
+
+
 @dataclass
 class _Listed:
     """The identities of the files directly in a protected directory, as of its mtime."""
 
     mtime: int
     files: frozenset[Identity]
+
+
+@dataclass(frozen=True)
+class _View:
+    """The protected places' stats at one moment: who is what by identity."""
+
+    taken: float
+    devices: frozenset[int]
+    """The file systems of the protected places (a key on another one is none of them)."""
+    root: Identity | None
+    files: tuple[tuple[str, Identity], ...]
+    dirs: tuple[tuple[str, str, Identity, int], ...]
+    """(what, path, identity, mtime) of each protected directory there."""
 
 
 @dataclass(frozen=True)
@@ -88,14 +108,22 @@ class NeverHanded:
     )
     """Per mount table (by `id`, the last one only): every place it shows each place at."""
     _listed: dict[str, _Listed] = field(default_factory=dict, compare=False, repr=False)
+    _view: list[_View] = field(default_factory=list, compare=False, repr=False)
 
     def problem(
-        self, real: str, key: Identity | None = None, mounts: MountMap | None = None
+        self,
+        real: str,
+        key: Identity | None = None,
+        mounts: MountMap | None = None,
+        *,
+        fresh: bool = False,
     ) -> str | None:
         """Why the real path `real` (reaching `key`, where known) may not be handed to a
         container, or None. Cheap where nothing is mounted twice and `key` is a device
-        node (it runs for every node and mount of every device admitted): a place is
-        compared only when one of the two paths starts with the other."""
+        node or on no protected place's file system (it runs for every node and mount of
+        every device admitted): a place is compared only when one of the two paths starts
+        with the other; `fresh`: the protected places stat'ed now (else up to VIEW_AGE
+        old)."""
         mounts = mounts or _NO_MOUNTS
         shown = self._shown_at(mounts)
         places = mounts.places(os.path.normpath(real))
@@ -113,7 +141,7 @@ class NeverHanded:
                     continue
                 return f"{how} {what}, which no container may be handed"
         if key is not None and key[0] in (DIRECTORY, FILE):
-            return self._identity_problem(key)
+            return self._identity_problem(key, fresh)
         return None
 
     def path_problem(self, path: str, mounts: MountMap | None = None) -> str | None:
@@ -131,7 +159,7 @@ class NeverHanded:
             return f"{exc}: what it reaches is not known"
         except ValueError:
             return None  # (a NUL: the text rules refuse it)
-        if (why := self.problem(real, key, mounts)) is None:
+        if (why := self.problem(real, key, mounts, fresh=True)) is None:
             return None
         shown = os.path.normpath(path)
         return why if real == shown else f"(resolved: {real}) {why}"
@@ -146,32 +174,46 @@ class NeverHanded:
             self._shown[id(mounts)] = cached  # (a new table is a new object: `remount`)
         return cached
 
-    def _identity_problem(self, key: Identity) -> str | None:
+    def _identity_problem(self, key: Identity, fresh: bool) -> str | None:
         """What `key` is by identity: a protected directory or `/`, the config file, a hard
-        link of a file directly in a protected directory. Stats the protected places on
-        `key`'s file system (one each) and lists a directory again only when it changed."""
-        device = int(key[1]) >> 64
-        if _stat_key(ROOT) == key:
+        link of a file directly in a protected directory (a directory is listed again only
+        when its mtime changed)."""
+        view = self._stats(fresh)
+        if int(key[1]) >> 64 not in view.devices:
+            return None
+        if key == view.root:
             return "is / (the host's root)"
-        for what, path in self.files:
-            if _stat_key(path) == key:
+        for what, identity in view.files:
+            if identity == key:
                 return f"is {what} (a hard link of it), which no container may be handed"
-        for what, path in self.places:
-            try:
-                st = os.stat(path)
-            except (OSError, ValueError):
-                continue
-            if st.st_dev != device:
-                continue
-            if identity_of(st) == key:
+        for what, path, identity, mtime in view.dirs:
+            if identity == key:
                 return f"is {what} (by identity), which no container may be handed"
-            if key[0] == FILE and key in self._files_in(path, st):
+            if key[0] == FILE and key in self._files_in(path, mtime):
                 return f"lies in {what} (a hard link), which no container may be handed"
         return None
 
-    def _files_in(self, path: str, st: os.stat_result) -> frozenset[Identity]:
+    def _stats(self, fresh: bool) -> _View:
+        now = time.monotonic()
+        if self._view and not fresh and now - self._view[0].taken < VIEW_AGE:
+            return self._view[0]
+        root = _stat(ROOT)
+        files = [(what, st) for what, path in self.files if (st := _stat(path)) is not None]
+        dirs = [(w, p, st) for w, p in self.places if (st := _stat(p)) is not None]
+        view = _View(
+            now,
+            frozenset(st.st_dev for st in (root, *(f[1] for f in files), *(d[2] for d in dirs))
+                      if st is not None),
+            None if root is None else identity_of(root),
+            tuple((what, identity_of(st)) for what, st in files),
+            tuple((w, p, identity_of(st), st.st_mtime_ns) for w, p, st in dirs),
+        )  # fmt: skip
+        self._view[:] = [view]
+        return view
+
+    def _files_in(self, path: str, mtime: int) -> frozenset[Identity]:
         listed = self._listed.get(path)
-        if listed is None or listed.mtime != st.st_mtime_ns or not os.path.isdir(path):
+        if listed is None or listed.mtime != mtime:
             found: set[Identity] = set()
             try:
                 with os.scandir(path) as entries:
@@ -183,13 +225,13 @@ class NeverHanded:
                             continue
             except OSError:
                 pass
-            listed = self._listed[path] = _Listed(st.st_mtime_ns, frozenset(found))
+            listed = self._listed[path] = _Listed(mtime, frozenset(found))
         return listed.files
 
 
-def _stat_key(path: str) -> Identity | None:
+def _stat(path: str) -> os.stat_result | None:
     try:
-        return identity_of(os.stat(path))
+        return os.stat(path)
     except (OSError, ValueError):
         return None
 

@@ -71,6 +71,7 @@ def pre_start_hook(
         services.metrics,
         log,
         handed=handed,
+        places=functools.partial(services.ownership.changed_places, config.name),
     )
 
 
@@ -108,6 +109,7 @@ def release_tracker(
         services.metrics,
         log,
         handed=handed,
+        places=functools.partial(services.ownership.changed_places, config.name),
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from grpclib.const import Status
@@ -84,6 +84,33 @@ async def run_hook(
     return result
 
 
+PlaceCheck = Callable[[Collection[str], Collection[str]], Awaitable[Mapping[str, str]]]
+"""(the IDs a device was handed out under, its host paths as handed out) -> the paths that
+reach another device now, with what, in words (`OwnershipIndex.changed_places`, bound to
+the resource): a release or preStart acts on none of them."""
+
+
+async def check_places(
+    check: PlaceCheck | None, what: str, ids: Collection[str], devices: Sequence[Device]
+) -> None:
+    """Raise HookFailed (`place_changed`, FAILED_PRECONDITION) when a host path of `devices`
+    as handed out reaches another device now (issue 17, hostile7 F3: a device renamed onto
+    it, or made there anew with a reused inode number): the command is not run, since it
+    would act on that device, which another pod may hold."""
+    if check is None:
+        return
+    paths = {n.host_path for d in devices for n in d.nodes}
+    paths.update(m.host_path for d in devices for m in d.mounts)
+    changed = await check(ids, paths) if paths else {}
+    if changed:
+        found = "; ".join(f"{path}: {why}" for path, why in sorted(changed.items()))
+        raise HookFailed(
+            Status.FAILED_PRECONDITION,
+            "place_changed",
+            f"{what} not run: a host path it was handed reaches another device now ({found})",
+        )
+
+
 def handed_devices(
     builder: AllocationBuilder, snapshot: Snapshot, handed: HandedOut, requested_ids: Sequence[str]
 ) -> list[Device]:
@@ -126,6 +153,8 @@ class PreStartHook:
     handed: HandedOut | None = None
     """What each Allocate handed out (`HostServices.handed`, persisted): what the command
     acts on, not where a reload (or a kdp-host restart) moved the device since."""
+    places: PlaceCheck | None = None
+    """Whether those host paths still reach what was handed out (`check_places`)."""
 
     def __post_init__(self) -> None:
         self._handed = self.handed or in_memory(self.resource.name)
@@ -145,6 +174,7 @@ class PreStartHook:
                 )
             except AllocationError as exc:
                 raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None
+            await check_places(self.places, f"{name}: preStart for {ids}:", device_ids, physical)
             if self._slots.locked():
                 self.metrics.pre_start_waits.labels(name).inc()
                 self.log.info("pre_start_waiting", devices=ids)

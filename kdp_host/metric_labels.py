@@ -34,11 +34,14 @@ DRIVER_SKIP_REASONS = (
 ConfigReloadResult = Literal["ok", "invalid", "refused", "unchanged"]
 CONFIG_RELOAD_RESULTS: tuple[ConfigReloadResult, ...] = get_args(ConfigReloadResult)
 DEVICE_HEALTH = ("healthy", "unhealthy")
-HookResult = Literal["ok", "exit", "timeout", "spawn", "output_too_large", "parse", "invalid"]
+HookResult = Literal[
+    "ok", "exit", "timeout", "spawn", "output_too_large", "parse", "invalid", "place_changed"
+]
 PRE_START_RESULTS: tuple[HookResult, ...] = (
-    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid",
+    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid", "place_changed",
 )  # fmt: skip
-"""Every `result` of a preStart call (`invalid`: devices the plugin does not know)."""
+"""Every `result` of a preStart call (`invalid`: devices the plugin does not know;
+`place_changed`: a host path handed out reaches another device now: refused, not run)."""
 ALLOCATE_HOOK_RESULTS: tuple[HookResult, ...] = (
     "ok", "exit", "timeout", "spawn", "output_too_large", "parse",
 )  # fmt: skip
@@ -47,10 +50,11 @@ HookName = Literal["preStart", "allocate.command", "release"]
 """The config sections whose series exist only while a resource has them (`forget_hooks`)."""
 
 RELEASE_RESULTS: tuple[HookResult, ...] = (
-    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid",
+    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid", "place_changed",
 )  # fmt: skip
 """Every `result` of a `release.command` run (`invalid`: a device neither listed nor kept
-as handed out: nothing to release, not run)."""
+as handed out: nothing to release, not run; `place_changed`: a host path handed out reaches
+another device now: not run, retried)."""
 PodResourcesResult = Literal["ok", "incomplete", "absent", "unsupported", "rate_limited", "error"]
 POD_RESOURCES_RESULTS: tuple[PodResourcesResult, ...] = get_args(PodResourcesResult)
 """Every `result` of a PodResources poll (`incomplete`: answered soon after a kubelet

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from .allocation import cdi_device_name
 from .cdi_rules import cdi_name_parts
-from .devices import physical_id
+from .devices import physical_id, replica_ids
 from .files import Offload
 from .identity import DIRECTORY
 from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
@@ -42,6 +42,7 @@ from .ownership_adopt import DeviceClaims
 from .ownership_arrivals import INSIDE_LIMIT
 from .ownership_claims import (
     HANDED_TIMEOUT,
+    NOTHING,
     Claim,
     ClaimKey,
     Owner,
@@ -243,6 +244,41 @@ class BookingAllocations(AdmissionGate):
         loop."""
         reached = await self._reach_all(paths)
         return {path: [] if r is None else self._owners(r) for path, r in reached.items()}
+
+    async def changed_places(
+        self, resource: str, ids: Collection[str], paths: Collection[str]
+    ) -> dict[str, str]:
+        """The host paths of a device handed out under `ids` (a release's or a preStart's
+        `{hostPaths}`) that reach something else now than what was handed out, each with
+        what it reaches, in words (issue 17, hostile7 F3: another device renamed there, or
+        made there anew with a reused inode number). A path passes where nothing is (what
+        acts on it reaches no other device), where it reaches a claim booked under one of
+        `ids` (as the Allocate handed it out), or one only those IDs own (the ID's own
+        device made anew). Resolved off the loop; a path that does not answer fails."""
+        reached = await self._reach_all(paths)
+        state = self._resources.get(resource)
+        n = 1 if state is None else state.replicas or 1
+        mine = {Owner(resource, d) for i in ids for d in (i, *replica_ids(physical_id(i, n), n))}
+        booked = self._ledger.booked
+        found: dict[str, str] = {}
+        for path in sorted(paths):
+            at = reached.get(path)
+            if at is None:
+                found[path] = "it did not answer in time"
+                continue
+            key, real = at
+            if key[0] == NOTHING or not mine.isdisjoint(booked.get(key, ())):
+                continue
+            owners = self._owners(at)
+            if owners and all(owner in mine for owner in owners):
+                continue
+            other = next((owner for owner in owners if owner not in mine), None)
+            found[path] = (
+                f"{real} is not what was handed out"
+                if other is None
+                else f"{real} is device {other.device} of {other.resource}"
+            )
+        return found
 
     def _owners(self, reached: Reached) -> list[Owner]:
         """Every device that owns what a path reaches exclusively: its claim, a directory

@@ -49,7 +49,7 @@ from .allocation import HookFailed, device_env, hook_values
 from .config import ReleaseConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, physical_id
 from .handed_out import HandedOut, in_memory
-from .hooks import render_argv, run_hook
+from .hooks import PlaceCheck, check_places, render_argv, run_hook
 from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
@@ -86,9 +86,11 @@ class ReleaseTracker:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         handed: HandedOut | None = None,
+        places: PlaceCheck | None = None,
     ) -> None:
         """`handed`: the host's record of what each Allocate handed out (`handed_out`): what
-        a release acts on."""
+        a release acts on; `places`: whether its host paths still reach it (`check_places`:
+        a release whose path reaches another device now is not run, and retried)."""
         assert resource.release is not None
         self.config: ReleaseConfig = resource.release
         self._resource = resource
@@ -101,6 +103,7 @@ class ReleaseTracker:
         self._wall = wall
         self._slots = asyncio.Semaphore(self.config.parallelism)
         self._handed = handed or in_memory(resource.name)
+        self._places = places
         self._assume_used = store.unknown
         if self._assume_used:
             store.assuming(resource.name)
@@ -304,6 +307,8 @@ class ReleaseTracker:
                 "and its paths as handed out are not kept: nothing to release; retried once "
                 "it is listed",
             )
+        what = f"{self._resource.name}: release of {device_id}:"
+        await check_places(self._places, what, {device_id, *use.used}, [device])
         values = hook_values(self._resource.name, [device])
         values["namespace"] = _joined(h.namespace for h in use.holders)
         values["pod"] = _joined(h.pod for h in use.holders)
@@ -313,7 +318,7 @@ class ReleaseTracker:
         self._log.info("release_started", device=device_id, pod=values["pod"] or "-")
         await run_hook(
             self._commands,
-            f"{self._resource.name}: release of {device_id}:",
+            what,
             render_argv(self.config.command, values),
             env,
             self.config.timeout,

@@ -67,11 +67,12 @@ def _move_in(dev: Path, how: str, reuse: _Reuse) -> None:
     if how == "rename":
         n1.rename(n0)  # (replaces n0)
         return
-    old = identity.identity_of(n1.stat())
+    made = dev.parent / "made"  # (made outside the scanned directory, then put there)
+    made.touch()
+    reuse.reuse(made, identity.identity_of(n1.stat()))
     n0.unlink()
     n1.unlink()
-    n0.touch()
-    reuse.reuse(n0, old)
+    made.rename(n0)
 
 
 @pytest.mark.parametrize("how", ["rename", "inode_reuse"])

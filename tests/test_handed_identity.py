@@ -315,6 +315,9 @@ def test_a_config_path_that_cannot_be_resolved_is_a_config_error(
         "resources:\n"
         f"  - name: {FPGA}\n    glob: {{paths: ['{uncheckable}/dev/fpga0']}}\n"
         f"    allocate: {{mounts: [{{hostPath: {uncheckable}, containerPath: /s}}]}}\n"
+        f"  - name: vendor.example/pat\n    glob: {{paths: ['{uncheckable}/d/x*']}}\n"
+        f"  - name: vendor.example/grp\n"
+        f"    glob: {{group: [{{path: '{uncheckable}/d/m{{key}}', mount: true}}]}}\n"
     )
     assert main(["check", "--config", str(config)]) == 2
     err = capsys.readouterr().err
@@ -324,6 +327,8 @@ def test_a_config_path_that_cannot_be_resolved_is_a_config_error(
         (3, "nodeFeatures.file"),
         (6, "resources[0].glob.paths[0]"),
         (7, "resources[0].allocate.mounts[0].hostPath"),
+        (9, "resources[1].glob.paths[0]"),
+        (11, "resources[2].glob.group[0].path"),
     ):
         assert f"line {line}: {key}: " in err, (key, err)
     assert "cannot be checked" in err

@@ -313,7 +313,13 @@ def handed_path_problems(config: Config, config_file: str | None) -> Problems:
 
 
 def _problem(rule: NeverHanded, mounts: MountMap, key: FieldPath, what: str, path: str) -> Problems:
-    if GLOB_MAGIC.search(path) or GROUP_KEY in path:
-        return  # a pattern: what it matches is checked when it is found
+    magic = GLOB_MAGIC.search(path)
+    at = min(magic.start() if magic else len(path), path.find(GROUP_KEY) % (len(path) + 1))
+    if at < len(path):  # a pattern: what it matches is checked when it is found, but the
+        try:  # directory it starts from must resolve
+            real_path(os.path.dirname(path[:at]) or ROOT)
+        except Uncheckable as exc:
+            yield key, f"{what} {os.path.normpath(path)}: {exc}: what it matches is not known"
+        return
     if why := rule.path_problem(path, mounts):
         yield key, f"{what} {os.path.normpath(path)} {why}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .commands import Commands
 from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
 from .features import configured_hooks, node_feature_file, pod_resources_poller
@@ -31,7 +32,6 @@ from .ownership import OwnershipIndex
 from .ownership_adopt import WITHOUT_POD_RESOURCES
 from .ownership_sync import shared_bookings
 from .probes import HealthState
-from .process import ProcessRunner
 from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release_state import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
@@ -152,10 +152,7 @@ class Host:
             self.pod_resources.subscribe(handed.after_answers(self.ownership))
         sync.follow(watcher, safety_net)
         self.state_files.add(sync.file, release_state.file, handed.file)
-        commands = ProcessRunner()
-        if not commands.dies_with_host:
-            why = "no setpriv (util-linux) on PATH: commands do not get the death signal"
-            self.log.warning("commands_may_outlive_host", detail=why)
+        commands = Commands(self.log)  # the process machinery made at the first command
         node_features = node_feature_file(
             self.config.node_features, self.log, self.offload, instance
         )

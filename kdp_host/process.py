@@ -19,8 +19,8 @@ and exec (no `preexec_fn`, which is unsafe in a process with threads: the HTTP s
 reader threads may hold a lock the child would then wait for forever), so the spawn takes
 CPython's vfork path. The wrapper is found on PATH when the runner is made; where it is
 missing (not Linux, no util-linux) commands run without the death signal, and
-`ProcessRunner.dies_with_host` says so (the host logs it at start-up). Because the wrapper
-execs the command, the host resolves the command on PATH first, so a missing or
+`ProcessRunner.dies_with_host` says so (the host logs it at its first command: `commands`).
+Because the wrapper execs the command, the host resolves the command on PATH first, so a missing or
 non-executable command is still a `spawn` failure rather than an exit status.
 
 Neither the group kill nor the death signal reaches a process that left the group and was

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .backoff import Retry
+from .commands import Commands
 from .config import KubeletConfig
 from .drivers import DriverFactory, make_driver
 from .files import DaemonThreads, Offload
@@ -16,7 +17,6 @@ from .logs import EventLogger
 from .metric_series import GaugeSeries
 from .metrics import Metrics
 from .ownership import OwnershipIndex
-from .process import CommandRunner, ProcessRunner
 from .protocol.registration import Registrar
 from .release_state import ReleaseStateStore
 from .safety_net import SafetyNet
@@ -26,6 +26,7 @@ from .watch import Watcher
 if TYPE_CHECKING:  # imported where the config chooses them (`features`)
     from .nfd import NodeFeatureFile
     from .podresources import PodResourcesPoller
+    from .process import CommandRunner
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class HostServices:
     """Makes each resource's driver (tests pass their own)."""
     offload: Offload = field(default_factory=DaemonThreads)
     """The host's one way off the event loop (scans, CDI writes), shared by every resource."""
-    commands: CommandRunner = field(default_factory=ProcessRunner)
+    commands: CommandRunner = field(default_factory=Commands)
     """Runs every command of the resources: probes, health checks, preStart, allocate and
     release."""
     pod_resources: PodResourcesPoller | None = None

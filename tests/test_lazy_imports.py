@@ -56,6 +56,10 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.cdi_spec",
     "kdp_host.file_lease",
     "kdp_host.nfd",
+    # running commands, with no command configured (`commands.Commands`: at the first one)
+    "kdp_host.process",
+    "kdp_host.process_group",
+    "kdp_host.pipes",
     # the Kubernetes API, with no entry selecting by label
     "kdp_host.kubeapi",
     "kdp_host.protocol.plugin_registry",
@@ -184,7 +188,9 @@ async def test_a_reload_that_turns_a_hook_on_imports_it_and_the_hook_runs(
         kubelet, socket_dir, devices, short_dir, while_running=reload_with_hooks
     )
     assert [line.split()[0] for line in ran.read_text().splitlines()] == ["allocate", "preStart"]
-    assert {"kdp_host.hooks", "kdp_host.command_output"} <= set(recorded["modules"])
+    assert {"kdp_host.hooks", "kdp_host.command_output", "kdp_host.process"} <= set(
+        recorded["modules"]
+    )
 
 
 def _among(modules: set[str], names: tuple[str, ...]) -> list[str]:

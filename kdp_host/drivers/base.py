@@ -16,15 +16,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ..commands import Commands
 from ..devices import Device
 from ..files import DaemonThreads, FileReader, Offload
 from ..identity import PathReach
 from ..logs import EventLogger
-from ..process import CommandRunner, ProcessRunner
 from ..safety_net import SafetyNet
 
 if TYPE_CHECKING:
     from ..config import DriverConfig
+    from ..process import CommandRunner
     from ..watch import Watcher
 
 
@@ -90,7 +91,7 @@ class DriverDeps:
     offload: Offload = field(default_factory=DaemonThreads)
     """The one way off the event loop: whole scans, large parses (shared by the resources
     of a host)."""
-    commands: CommandRunner = field(default_factory=ProcessRunner)
+    commands: CommandRunner = field(default_factory=Commands)
     safety_net: SafetyNet | None = None
     """The host's one periodic-check timer, shared by the resources of a host (None: the
     driver makes its own, on `offload`)."""

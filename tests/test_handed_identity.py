@@ -85,6 +85,28 @@ def test_a_hard_link_of_the_config_file_or_a_state_file_is_a_config_error(dirs: 
     assert "lies in stateDir (a hard link)" in problems[1]
 
 
+def test_an_inode_number_freed_in_a_protected_directory_is_not_held_against_a_new_file(
+    dirs: Path,
+) -> None:
+    """The admissions' stats are up to VIEW_AGE old; a file gone from a protected directory
+    since (the kubelet rewrites its checkpoint at each Allocate) may have left its inode
+    number to the next file made (ext4 reuses it at once): a device file made then was held
+    `unsafe_mount` as "a hard link" of it, for good (nothing admits it again). Here the
+    reused number is the gone file's own key, asked of through another path."""
+    from kdp_host.identity import identity_of
+
+    config = dirs / "kdp.yaml"
+    config.write_text(_head(dirs) + _mounts(dirs, "/dev/null"))
+    rule = never_handed(load_config(config), str(config))
+    gone = dirs / "dp" / "kubelet_internal_checkpoint"
+    gone.touch()
+    key = identity_of(gone.stat())
+    elsewhere = str(dirs / "dev" / "fpga0")
+    assert "lies in" in (rule.problem(elsewhere, key) or "")  # (the admissions' view)
+    gone.unlink()
+    assert rule.problem(elsewhere, key) is None, "a stale view held a new file"
+
+
 def test_the_rule_knows_a_hard_link_by_identity(dirs: Path) -> None:
     config = dirs / "kdp.yaml"
     config.write_text(_head(dirs) + _mounts(dirs, "/dev/null"))

@@ -177,8 +177,14 @@ class NeverHanded:
     def _identity_problem(self, key: Identity, fresh: bool) -> str | None:
         """What `key` is by identity: a protected directory or `/`, the config file, a hard
         link of a file directly in a protected directory (a directory is listed again only
-        when its mtime changed)."""
-        view = self._stats(fresh)
+        when its mtime changed). A problem found on stats up to VIEW_AGE old is confirmed
+        on stats taken now: a file gone from a protected directory since may have left its
+        inode number to the file asked of (ext4 hands a freed one out again at once: the
+        kubelet's checkpoint, rewritten at each Allocate, then the next device file made)."""
+        why = self._found(self._stats(fresh), key)
+        return why if why is None or fresh else self._found(self._stats(True), key)
+
+    def _found(self, view: _View, key: Identity) -> str | None:
         if int(key[1]) >> 64 not in view.devices:
             return None
         if key == view.root:

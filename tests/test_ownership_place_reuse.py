@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kdp_host import identity, ownership_claims
+from kdp_host import identity, ownership_canonical, ownership_claims, ownership_reads
 from kdp_host.drivers import glob_paths
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
@@ -56,8 +56,8 @@ class _Reuse:
 @pytest.fixture
 def reuse(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Reuse]:
     seam = _Reuse()
-    for module in (identity, glob_paths, ownership_claims):
-        monkeypatch.setattr(module, "identity_of", seam)
+    for module in (identity, glob_paths, ownership_claims, ownership_canonical, ownership_reads):
+        monkeypatch.setattr(module, "identity_of", seam, raising=False)
     yield seam
 
 
@@ -71,7 +71,9 @@ def _move_in(dev: Path, how: str, reuse: _Reuse) -> None:
     made.touch()
     reuse.reuse(made, identity.identity_of(n1.stat()))
     n0.unlink()
-    n1.unlink()
+    # n1 leaves the scan as if deleted; its inode stays taken (were it freed, the
+    # filesystem could give that number to another file, which would then be "n1" too)
+    n1.rename(dev.parent / "kept")
     made.rename(n0)
 
 

@@ -7,6 +7,7 @@ P reaches another device; the release runs once P reaches nothing of another's."
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,47 @@ async def test_release_and_pre_start_do_not_act_on_another_pods_device_at_the_pa
         what="the release retried and run",
     )
     assert log.read_text().splitlines() == [f"n0 {place}"] * 2
+
+
+async def test_changed_places_passes_what_was_handed_out_the_ids_own_device_and_nothing() -> None:
+    """`OwnershipIndex.changed_places`, what a release and a preStart ask before acting: a
+    path passes where it reaches what the booking of one of the IDs holds, a claim only
+    those IDs own (the ID's device made anew there), or nothing; it fails where it reaches
+    another device's claim, what no device owns, or does not answer."""
+    from kdp_host.devices import Device, DeviceNode, DeviceTable
+    from kdp_host.logs import get_logger
+    from kdp_host.ownership import OwnershipIndex
+    from kdp_host.ownership_claims import ClaimKey, Reached
+    from kdp_host.testing import ManualWatcher
+
+    reach: dict[str, ClaimKey] = {"/d/n0": ("c", 1), "/d/m0": ("c", 2)}
+
+    def resolve(path: str) -> Reached | None:
+        key = reach.get(path)
+        return (("path", path), path) if key is None else (key, path)
+
+    def node(device_id: str, path: str) -> Device:
+        return Device(device_id, nodes=(DeviceNode(path, path),), path=path)
+
+    index = OwnershipIndex(resolve=resolve)
+    watcher = ManualWatcher()
+    index.watch(watcher)
+    for name, device in ((R1, node("n0", "/d/n0")), (R2, node("m0", "/d/m0"))):
+        index.attach(name, DeviceTable().publish, get_logger().bind(resource=name))
+        index.publish(name, {device.id: device})
+    await index.quiet()
+    await index.book(R1, ["n0"])
+    assert await index.changed_places(R1, ["n0"], ["/d/n0", "/d/gone"]) == {}
+    reach["/d/n0"] = ("c", 3)  # n0 made anew with another number: n0's own once claimed
+    watcher.change("/d", "n0")
+    await asyncio.sleep(0)  # (the recheck starts in the next turn of the loop)
+    await index.quiet()
+    assert await index.changed_places(R1, ["n0"], ["/d/n0"]) == {}
+    reach["/d/n0"] = ("c", 2)  # m0's node, at the path n0 was handed out at
+    assert await index.changed_places(R1, ["n0"], ["/d/n0"]) == {
+        "/d/n0": f"/d/n0 is device m0 of {R2}"
+    }
+    reach["/d/n0"] = ("c", 9)  # a node no device owns
+    assert await index.changed_places(R1, ["n0"], ["/d/n0"]) == {
+        "/d/n0": "/d/n0 is not what was handed out"
+    }

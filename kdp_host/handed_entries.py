@@ -4,14 +4,13 @@ of its shape raises as a `state_file.Parser` does).
 
 Each entry is rendered once per `Handed` (`Handed.rendered`, with its JSON text), so an
 Allocate's write costs what changed, not every device handed out: the document is written as
-those texts put together (`encoded`, the very bytes `json.dumps` would write), the file read
+those texts put together (`rendered_json.encoded`), the file read
 back as this host last wrote it is that document again (`state_file.StateFile`), and a
 rendered entry reads back as its `Handed` without being checked again (`parse_entries`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from .devices import Device, DeviceMount, DeviceNode
+from .rendered_json import Rendered
 from .state_file import text
 
 
@@ -32,23 +32,9 @@ class Handed:
     """Unix time of the Allocate (the later one wins when hosts' entries are merged)."""
 
     @cached_property
-    def rendered(self) -> Rendered:
+    def rendered(self) -> Rendered[Handed]:
         """Its entry of the file, made once."""
         return Rendered(entry(self), self)
-
-
-class Rendered(dict[str, Any]):
-    """A `Handed`'s entry of the file, never changed once made: its JSON text, and the
-    `Handed` it reads back as."""
-
-    __slots__ = ("handed", "text")
-    handed: Handed
-    text: str
-
-    def __init__(self, fields: Mapping[str, Any], handed: Handed) -> None:
-        super().__init__(fields)
-        self.handed = handed
-        self.text = json.dumps(fields, sort_keys=True)
 
 
 Entries = dict[str, dict[str, Handed]]
@@ -60,20 +46,6 @@ def entries_document(entries: Entries) -> dict[str, Any]:
         name: {device_id: handed.rendered for device_id, handed in sorted(devices.items())}
         for name, devices in sorted(entries.items())
     }
-
-
-def encoded(body: Mapping[str, Any]) -> bytes:
-    """`json.dumps(body, sort_keys=True)`, each `Rendered` entry as its text, made once."""
-    return _encoded(body).encode()
-
-
-def _encoded(value: object) -> str:
-    if isinstance(value, Rendered):
-        return value.text
-    if isinstance(value, dict):
-        inner = ", ".join(f"{json.dumps(k)}: {_encoded(v)}" for k, v in sorted(value.items()))
-        return f"{{{inner}}}"
-    return json.dumps(value, sort_keys=True)
 
 
 def entry(handed: Handed) -> dict[str, Any]:
@@ -91,7 +63,7 @@ def parse_entries(document: Mapping[str, Any]) -> Entries:
     """The entries of a document, each checked (a `Rendered` one is its `Handed`)."""
     return {
         text(name): {
-            text(device_id): e.handed if isinstance(e, Rendered) else handed(device_id, e)
+            text(device_id): e.value if isinstance(e, Rendered) else handed(device_id, e)
             for device_id, e in devices.items()
         }
         for name, devices in document["resources"].items()

@@ -37,13 +37,13 @@ from .files import Offload
 from .handed_entries import (
     Entries,
     Handed,
-    encoded,
     entries_document,
     parse_entries,
     read_document,
     same_device,
 )
 from .logs import EventLogger
+from .rendered_json import encoded
 from .state_file import StateFile
 from .state_lock import running
 

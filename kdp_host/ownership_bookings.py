@@ -192,7 +192,7 @@ class Ledger:
         if ours:
             return changed, taken
         on_file.sort(key=lambda booked: owner_order(booked.owner))
-        return changed, on_file != [entry.saved for entry in self._entries]
+        return changed, on_file != [entry.value for entry in self._entries]
 
     def _index(self, owner: Owner, booking: Booking, step: int) -> None:
         for key, _, _ in (*booking.claims, *booking.places):
@@ -246,19 +246,18 @@ class Ledger:
         the host path of that claim."""
         if not self.booked:
             return None
-        mine: set[str] | None = None
-        for key, path, real in claims.exclusive:
-            holders: Iterable[Owner] = self.booked.get(key, ())
-            if self.places:
-                holders = [*holders, *self._places_reached(key, real)]
-            for owner in holders:
-                if owner.resource == resource:
-                    if mine is None:
-                        mine = set(replica_ids(device_id, replicas))
-                    if owner.device in mine or self._together(owner, mine):
-                        continue
-                return owner, path
-        return None
+        return self._first_other(
+            resource,
+            device_id,
+            replicas,
+            ((path, self._holders(key, real)) for key, path, real in claims.exclusive),
+        )
+
+    def _holders(self, key: ClaimKey, real: str) -> Iterable[Owner]:
+        holders: Iterable[Owner] = self.booked.get(key, ())
+        if self.places:
+            holders = [*holders, *self._places_reached(key, real)]
+        return holders
 
     def place_conflict(
         self, resource: str, device_id: str, replicas: int, claims: Claims
@@ -271,11 +270,24 @@ class Ledger:
         spots = self.spots
         if not spots:
             return None
+        return self._first_other(
+            resource,
+            device_id,
+            replicas,
+            ((path, spots.get(real, ())) for key, path, real in claims.all() if key[0] != SYSFS),
+        )
+
+    def _first_other(
+        self,
+        resource: str,
+        device_id: str,
+        replicas: int,
+        held: Iterable[tuple[str, Iterable[Owner]]],
+    ) -> tuple[Owner, str] | None:
+        """The first owner of `held` (host path, its owners) that is none of the IDs the
+        device is advertised under (its replicas, or one booked in one answer with them)."""
         mine: set[str] | None = None
-        for key, path, real in claims.all():
-            holders = spots.get(real)
-            if not holders or key[0] == SYSFS:
-                continue
+        for path, holders in held:
             for owner in holders:
                 if owner.resource == resource:
                     if mine is None:

@@ -7,15 +7,14 @@ out more than its device, `writer` where a host is named (`ownership_bookings`).
 
 Each entry is made once (`Entry`): rendered when its booking is made (`entry_of`), or read and
 checked when another host's entry is first merged (`checked_entries`), with its JSON text and
-the booking it reads as. A document of entries is written as their texts joined (`encoded`,
-the very bytes `json.dumps` would write), and the file read back unchanged is that document
-again (`state_file.StateFile`), so a write and the host's reading of its own write cost what
-changed, not every booking.
+the booking it reads as. A document of entries is written as their texts joined
+(`rendered_json.encoded`), and the file read back unchanged is that document again
+(`state_file.StateFile`), so a write and the host's reading of its own write cost what changed,
+not every booking.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -34,6 +33,7 @@ from .ownership_claims import (
     reach,
     sysfs_claim,
 )
+from .rendered_json import Rendered, encoded
 from .state_file import Merge, StateFile
 
 OWNERSHIP_FILE = "ownership.json"
@@ -55,18 +55,9 @@ class SavedBooking(NamedTuple):
 Saved = list[SavedBooking]
 
 
-class Entry(dict[str, Any]):
-    """One entry of the file, made once and never changed: its fields, its JSON text
-    (`encoded`) and the booking it reads as when read as written (`as_written`)."""
-
-    __slots__ = ("saved", "text")
-    saved: SavedBooking
-    text: str
-
-    def __init__(self, fields: Mapping[str, Any], saved: SavedBooking) -> None:
-        super().__init__(fields)
-        self.saved = saved
-        self.text = json.dumps(fields, sort_keys=True)
+Entry = Rendered[SavedBooking]
+"""One entry of the file, made once: its JSON text and the booking it reads as when read as
+written (`as_written`)."""
 
 
 def as_written(_path: str) -> None:
@@ -96,16 +87,6 @@ def bookings_document(bookings: Iterable[SavedBooking]) -> dict[str, Any]:
     """`ownership.json`'s body: `bookings`, one entry per booked ID, in `owner_order`."""
     ordered = sorted(bookings, key=lambda b: owner_order(b.owner))
     return {"bookings": [entry_of(booked) for booked in ordered]}
-
-
-def encoded(body: Mapping[str, Any]) -> bytes:
-    """`json.dumps(body, sort_keys=True)` (`bookings` first, then the other keys): each
-    `Entry` as its text, made once; any other entry encoded now."""
-    entries = ", ".join(
-        e.text if isinstance(e, Entry) else json.dumps(e, sort_keys=True) for e in body["bookings"]
-    )
-    rest = json.dumps({k: v for k, v in body.items() if k != "bookings"}, sort_keys=True)
-    return f'{{"bookings": [{entries}]{", " if len(rest) > 2 else ""}{rest[1:]}'.encode()
 
 
 def _in_order(claims: tuple[Claim, ...]) -> tuple[Claim, ...]:
@@ -150,8 +131,8 @@ def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
     """The bookings of `ownership.json`, each entry checked (`checked_entry`; an `Entry`
     read as written is its booking already)."""
     return [
-        entry.saved
-        if isinstance(entry, Entry) and resolve is as_written
+        entry.value
+        if isinstance(entry, Rendered) and resolve is as_written
         else checked_entry(entry, resolve)
         for entry in document["bookings"]
     ]
@@ -160,7 +141,7 @@ def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
 def checked_entries(document: Mapping[str, Any]) -> list[Entry]:
     """The entries of `ownership.json` as written, each checked once (an `Entry` is)."""
     return [
-        entry if isinstance(entry, Entry) else Entry(entry, checked_entry(entry, as_written))
+        entry if isinstance(entry, Rendered) else Entry(entry, checked_entry(entry, as_written))
         for entry in document["bookings"]
     ]
 

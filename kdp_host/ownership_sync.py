@@ -82,7 +82,7 @@ def merged_with(directory: str, writer: str) -> Merge:
         alive: dict[str | None, bool] = {writer: False}
         kept = []
         for entry in entries:
-            other = entry.saved.writer
+            other = entry.value.writer
             if other not in alive:
                 alive[other] = running(directory, other)
             if alive[other]:

@@ -106,7 +106,7 @@ class StateFile:
         writer)`: whether that host runs (its marker is not taken over; blocking); `encode`:
         how a document is written (default: `json.dumps`, keys sorted); given, the file read
         back as the bytes last written is that document (`last_written`), not parsed again
-        (for documents of parts never changed once made: `ownership_document.encoded`)."""
+        (for documents of parts never changed once made: `rendered_json.encoded`)."""
         self._running, self._encode = running, encode
         self._wrote: tuple[bytes, Mapping[str, Any]] | None = None
         self.path = Path(directory) / name

@@ -26,6 +26,8 @@ MAX_DEVICE_ID_LENGTH: Final = 128
 pod's allocation record repeat each ID, so IDs stay short)."""
 MAX_PATH_LENGTH: Final = 4096
 """Linux PATH_MAX, terminating NUL included: no longer path can be opened."""
+MAX_NAME_LENGTH: Final = 255
+"""Linux NAME_MAX: no file name (one path component) is longer, in bytes."""
 AF_UNIX_PATH_MAX: Final = 107
 """Longest path a Unix socket can be bound to: `sun_path` is 108 bytes with its NUL."""
 MAX_NUMA_NODE: Final = 1023
@@ -152,7 +154,8 @@ def absolute_path_problem(path: str) -> str | None:
 
     The kubelet passes DeviceSpec and Mount paths to the runtime unchecked, and the runtime
     resolves a relative one against a directory nobody chose: kdp-host requires `/`, refuses
-    control characters (no file name of a device or mount needs one) and paths beyond PATH_MAX.
+    control characters (no file name of a device or mount needs one), paths beyond PATH_MAX
+    and names beyond NAME_MAX (no such path names a file).
     """
     if not path.startswith("/"):
         return "must be an absolute path (start with /)"
@@ -160,8 +163,11 @@ def absolute_path_problem(path: str) -> str | None:
         return "must not contain NUL"
     if (char := _control_character(path)) is not None:
         return f"must not contain control character {char!r}"
-    if len(path.encode("utf-8", "surrogatepass")) >= MAX_PATH_LENGTH:
+    encoded = path.encode("utf-8", "surrogatepass")
+    if len(encoded) >= MAX_PATH_LENGTH:
         return f"must be shorter than {MAX_PATH_LENGTH} bytes"
+    if any(len(name) > MAX_NAME_LENGTH for name in encoded.split(b"/")):
+        return f"must have no name (between two /) longer than {MAX_NAME_LENGTH} bytes"
     return None
 
 

@@ -169,7 +169,10 @@ def _is_control(c: str) -> bool:
 
 def reference_absolute_path(path: str) -> bool:
     return (
-        path.startswith("/") and not any(_is_control(c) for c in path) and len(path.encode()) < 4096
+        path.startswith("/")
+        and not any(_is_control(c) for c in path)
+        and len(path.encode()) < 4096
+        and all(len(name.encode()) <= 255 for name in path.split("/"))
     )
 
 
@@ -471,6 +474,9 @@ def test_device_id_users_agree(device_id: str) -> None:
 @example("/dev/x\n")
 @example("/" + "a" * 4094)
 @example("/" + "a" * 4095)
+@example("/" + "a" * 255)
+@example("/" + "a" * 256)
+@example("/" + "/".join(["a" * 255] * 16))
 def test_absolute_path_users_agree(path: str) -> None:
     assert_agree(ABSOLUTE_PATH_USERS, path)
 

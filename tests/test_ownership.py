@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kdp_host.config import GlobDriverConfig
@@ -25,6 +25,7 @@ from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
+from kdp_host.ownership_allocate import PlaceOwned
 from kdp_host.ownership_claims import (
     ClaimKey,
     Reached,
@@ -691,6 +692,16 @@ def independent_claims(
     script=steps,
     chunk=st.sampled_from([ADMISSION_CHUNK, 1, 2]),
 )
+@example(  # a booking while an admission lets go of the booked node: that Allocate is refused
+    links=[],
+    script=[
+        ("publish", 0, ("glob", ["nodes/n*"]), 0),
+        ("publish", 0, ("glob", ["nodes/n*"]), 0),
+        ("publish", 0, ("glob", ["a/*"]), 0),
+        ("book", 0, ("glob", ["nodes/n*"]), 0),
+    ],
+    chunk=2,
+)
 def test_no_node_is_ever_in_two_advertised_devices(
     links: list[tuple[str, int, bool]], script: list[tuple[str, int, object, int]], chunk: int
 ) -> None:
@@ -727,7 +738,10 @@ async def run_script(root: Path, script: list[tuple[str, int, object, int]], chu
         if action == "book":
             if name in live:  # (what the kubelet sees now: an admission may be running)
                 advertised = host.tables[name].snapshot.devices
-                await host.index.book(name, [d.id for d in advertised])
+                try:
+                    await host.index.book(name, [d.id for d in advertised])
+                except PlaceOwned:
+                    continue  # an admission let go of one meanwhile: the Allocate is refused
                 for device in advertised:
                     for key in independent_claims(device)[0]:
                         if key[0] == "file":

@@ -187,7 +187,7 @@ class OwnershipIndex(BookingAllocations):
     def _arrived(self, found: Found) -> None:
         """Claims renamed or linked into a claimed directory: the devices that mount it
         are checked again (`ownership_arrivals`)."""
-        for path in self._within.found_at(found):
+        for path in self._within.found_at(found, self._ledger.booked.__contains__):
             self._path_changed(os.path.dirname(path), os.path.basename(path))
 
     def _follows(self, path: str) -> bool:

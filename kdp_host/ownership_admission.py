@@ -76,15 +76,29 @@ class Admission(ClaimTable):
         self, state: ResourceState, device_id: str, claims: Claims
     ) -> Holding | None:
         """A booking wins: held when one of the device's claims is booked under an ID it is
-        not about to be advertised under (another resource, device or replica count), or
-        when a claim's real path is where such a booking's device was handed out
-        (`PLACE_BOOKED`: a pod's answer names that path)."""
+        not about to be advertised under (another resource, device or replica count), when
+        a claim's real path is where such a booking's device was handed out
+        (`PLACE_BOOKED`: a pod's answer names that path), or when a claim is below a
+        directory such a booking mounts (`Ledger.mount_conflict`: `_contained` leaves that
+        clash to this, so the device keeps its claims and is advertised once it ends)."""
         ledger, replicas = self._ledger, state.replicas or 1
         found = ledger.conflict(state.name, device_id, replicas, claims)
         if found is not None:
             return Holding("booked", found[0], found[1])
         found = ledger.place_conflict(state.name, device_id, replicas, claims)
-        return None if found is None else Holding(PLACE_BOOKED, found[0], found[1])
+        if found is not None:
+            return Holding(PLACE_BOOKED, found[0], found[1])
+        within = self._within
+        if not within.dirs or not ledger.booked:
+            return None
+        outer = (
+            (path, directory)
+            for key, path, real in claims.all()
+            if key[0] != SYSFS
+            for directory in within.outer(within.places(key, real))
+        )
+        found = ledger.mount_conflict(state.name, device_id, replicas, outer)
+        return None if found is None else Holding("booked", found[0], found[1])
 
     def _claims_of(
         self, state: ResourceState, devices: Mapping[str, Device], pace: Pace

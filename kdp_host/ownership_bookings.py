@@ -277,6 +277,21 @@ class Ledger:
             ((path, spots.get(real, ())) for key, path, real in claims.all() if key[0] != SYSFS),
         )
 
+    def mount_conflict(
+        self, resource: str, device_id: str, replicas: int, outer: Iterable[tuple[str, ClaimKey]]
+    ) -> tuple[Owner, str] | None:
+        """A booking of another ID (or resource) of a directory one of the device's claims is
+        below (`outer`: host path of the claim, key of a claimed directory above one of its
+        places), with that claim's host path: the pod's mount reaches the node, so the
+        device is held while the booking lives (issue 17, hostile8 N1: a booked mount wins
+        over advertising what was linked or renamed into it)."""
+        booked = self.booked
+        if not booked:
+            return None
+        return self._first_other(
+            resource, device_id, replicas, ((path, booked.get(key, ())) for path, key in outer)
+        )
+
     def _first_other(
         self,
         resource: str,

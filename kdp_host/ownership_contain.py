@@ -103,11 +103,16 @@ class Containment:
         self.found[key] = (*(p for p in self.found.get(key, ()) if p != real), real)
         self.count(key, made_at)
 
-    def found_at(self, found: Iterable[tuple[ClaimKey, str]]) -> set[str]:
+    def found_at(
+        self, found: Iterable[tuple[ClaimKey, str]], booked: Callable[[ClaimKey], bool]
+    ) -> set[str]:
         """Claims found at another real path than their places (renamed or linked into a
         claimed directory: `ownership_arrivals`) are counted there from now on (a lingering
         one is there while it is there); returns the host paths of the directory claims
-        above where they are now (the devices that mount them are checked again)."""
+        above where they are now (the devices that mount them are checked again) and, when
+        one of those is `booked` (a pod has the mount: it reaches the claim now), the host
+        paths of the claim itself: its device is checked again too, and held while the
+        booking lives (hostile8 N1: holding the mount alone does nothing, the pod has it)."""
         at = self.at()
         moved = [(key, real) for key, real in found if key in at and real not in at[key]]
         if not moved:
@@ -118,7 +123,10 @@ class Containment:
         outer: set[ClaimKey] = set()
         for key, real in moved:
             self.move(key, real, made[key][0][1] if key in made else real)
-            outer.update(self.outer(self.mounts.places(real)))
+            above = list(self.outer(self.mounts.places(real)))
+            outer.update(above)
+            if any(map(booked, above)):
+                outer.add(key)
         return {path for key in outer for path, _ in made.get(key, ())}
 
     def reached_at(self, key: ClaimKey, real: str) -> None:

@@ -3,7 +3,7 @@
 One table for the host (the ownership index is one). A claim is owned by one advertised
 device (exclusive) or shared by many (`shared`), never both; a directory claim also covers
 what is below it. A claim whose device stops being advertised lingers with its owner until
-its path is gone (asked of the index: `_still_there`) or the owner's resource takes it back."""
+its path is gone (`_still_there`) or the owner's resource takes it back."""
 
 from __future__ import annotations
 
@@ -215,11 +215,11 @@ class ClaimTable(abc.ABC):
         return None
 
     def _contained(self, me: Owner, claims: Claims) -> Holding | None:
-        """Containment: a claim below a directory another device mounts, or a directory
-        mount with another's claim below it, clashes as if it were the same claim (two
-        shared claims excepted); at every place each is shown at (`Containment`)."""
-        within = self._within
-        at = within.at()
+        """Containment: a claim below a directory another device mounts (unless a booking of
+        it does: `Admission._booking_conflict`), or a directory mount with another's claim
+        below it, clashes as the same claim (two shared excepted), at each of its places."""
+        within, booked = self._within, self._ledger.mount_conflict
+        at, n = within.at(), self._resources[me.resource].replicas or 1
         mine = claims.all()
         for key, path, real in mine:
             shared = claims.shared != () and key in claims.shared_keys()
@@ -228,7 +228,7 @@ class ClaimTable(abc.ABC):
                 places = (*known, *(p for p in places if p not in known))  # (a hard link)
             for outer in within.outer(places):
                 why = self._clash(me, outer, path, shared)
-                if why is not None:
+                if why is not None and booked(me.resource, me.device, n, [(path, outer)]) is None:
                     return why
             if key[0] != DIRECTORY:
                 continue

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_allocate import PlaceOwned
+from kdp_host.podresources import Holdings
 from kdp_host.testing import ManualWatcher
 
 from .conftest import wait_until
@@ -354,3 +356,63 @@ async def settled(index: OwnershipIndex) -> None:
     for _ in range(3):  # (a recheck, a tree's read start in a later turn of the loop)
         await asyncio.sleep(0)
         await index.quiet()
+
+
+async def free_node_beside_mount(
+    tmp: Path, *below: str, booked: bool = True
+) -> tuple[Host, ManualWatcher]:
+    """Resource a's node dev/n0 is free (advertised, no pod); resource b mounts tmp/b (with
+    the directories `below`), and a pod holds b (`booked`)."""
+    (tmp / "dev").mkdir()
+    (tmp / "dev" / "n0").write_text("")
+    (tmp / "b").mkdir()
+    for directory in below:
+        (tmp / "b" / directory).mkdir(parents=True)
+    watcher = ManualWatcher()
+    host = Host(watcher)
+    await host.publish(R1, nodes("n0", str(tmp / "dev" / "n0")))
+    await host.publish(R2, mounting("b", str(tmp / "b")))
+    if booked:
+        await host.index.book(R2, ["b"])
+    assert (host.ids(R1), host.ids(R2)) == (["n0"], ["b"])
+    return host, watcher
+
+
+@pytest.mark.parametrize("where", ["", "sub", "sub/deep"])
+async def test_a_free_node_linked_into_a_booked_mount_is_held(tmp_path: Path, where: str) -> None:
+    """Issue 17, hostile8 N1: a's free node is hard-linked into b (top level or a
+    subdirectory) while a pod holds b's mount. Before, b was held (the pod has it already)
+    and a's node stayed advertised: a second pod got the node the first one reaches. A
+    booked mount wins: the node is held while the booking lives."""
+    host, watcher = await free_node_beside_mount(tmp_path, *([where] if where else []))
+    inside = tmp_path / "b" / where
+    os.link(tmp_path / "dev" / "n0", inside / "n0link")
+    watcher.change(str(inside), "n0link")
+    await host.settled()
+    assert host.ids(R1) == [], "the pod holding b reaches a's node"
+    assert host.held(R1) == 1
+
+
+async def test_a_node_held_by_a_booked_mount_is_advertised_once_the_booking_ends(
+    tmp_path: Path,
+) -> None:
+    """The node linked into b keeps its claim while b's booking holds it: once no pod holds
+    b, the node is advertised again and b (which reaches it) is the one held."""
+    host, watcher = await free_node_beside_mount(tmp_path, "sub")
+    os.link(tmp_path / "dev" / "n0", tmp_path / "b" / "sub" / "n0link")
+    watcher.change(str(tmp_path / "b" / "sub"), "n0link")
+    await host.settled()
+    assert (host.ids(R1), host.ids(R2)) == ([], [])
+    host.index.holdings(Holdings(time.monotonic() + 3600, 0.0, {}))  # (long after: no pod)
+    await host.settled()
+    assert (host.ids(R1), host.ids(R2)) == (["n0"], [])
+
+
+async def test_a_free_node_linked_into_an_unbooked_mount_holds_the_mount(tmp_path: Path) -> None:
+    """No pod holds b: the node linked into it stays advertised and b is held (one node,
+    one advertised device: no pod reaches the node through b)."""
+    host, watcher = await free_node_beside_mount(tmp_path, "sub", booked=False)
+    os.link(tmp_path / "dev" / "n0", tmp_path / "b" / "sub" / "n0link")
+    watcher.change(str(tmp_path / "b" / "sub"), "n0link")
+    await host.settled()
+    assert (host.ids(R1), host.ids(R2)) == (["n0"], [])

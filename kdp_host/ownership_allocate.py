@@ -39,7 +39,7 @@ from .identity import DIRECTORY
 from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
 from .logs import EventLogger
 from .ownership_adopt import DeviceClaims
-from .ownership_arrivals import INSIDE_LIMIT
+from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT, Arrivals
 from .ownership_claims import (
     HANDED_TIMEOUT,
     NOTHING,
@@ -70,6 +70,8 @@ class BookingAllocations(AdmissionGate):
 
     _cdi_kinds: dict[str, str]
     """CDI kind -> the resource whose runtime writes its spec file (`attach`)."""
+    _arrivals: Arrivals
+    """What arrives in claimed directories (`_nothing_moved_in`: which trees it follows)."""
 
     async def book(
         self,
@@ -140,11 +142,15 @@ class BookingAllocations(AdmissionGate):
         mounts (renamed or linked there since the watcher last reported: the window before
         the index holds the mounting device), counting it there at once (`_arrived`). Read
         off the loop up to `INSIDE_LIMIT` entries (a bigger tree is left to the watcher);
-        raises Unresolvable when that read does not end within `HANDED_TIMEOUT`."""
+        a tree the watcher does not follow in full (`mount_tree_unfollowed`: the safety net
+        would see a move there within its interval only) is read in full, up to
+        `RESCAN_LIMIT` entries (hostile8 N4). Raises Unresolvable when that is past the
+        limit, or when the read does not end within `HANDED_TIMEOUT`."""
         offload = self._paths.offload
-        work = functools.partial(arrived, mounted, INSIDE_LIMIT)
+        whole = self._arrivals.left_to_net(mounted)
+        work = functools.partial(_read_inside, [d for d in mounted if d not in whole], whole)
         try:
-            found, _ = (
+            found, more = (
                 work()
                 if offload is None
                 else await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
@@ -153,6 +159,11 @@ class BookingAllocations(AdmissionGate):
             raise Unresolvable(
                 f"what is below {', '.join(mounted)} was not read within {HANDED_TIMEOUT:g} s"
             ) from None
+        if more:
+            raise Unresolvable(
+                f"{', '.join(whole)}: its tree is not followed in full (mount_tree_unfollowed) "
+                f"and holds more than {RESCAN_LIMIT:,} entries: what is below it is not known"
+            )
         state = self._resources.get(resource)
         n = 1 if state is None else state.replicas or 1
         mine = {d for i in ids for d in (i, physical_id(i, n))}
@@ -372,3 +383,13 @@ class BookingAllocations(AdmissionGate):
             state.settled = False
             self._pending[resource] = None
         return changed
+
+
+def _read_inside(followed: list[str], whole: list[str]) -> tuple[Found, bool]:
+    """What is below `followed` (up to `INSIDE_LIMIT` entries) and all of `whole` (up to
+    `RESCAN_LIMIT`: True when there is more)."""
+    found = arrived(followed, INSIDE_LIMIT)[0] if followed else []
+    if not whole:
+        return found, False
+    inside, more = arrived(whole, RESCAN_LIMIT)
+    return found + inside, more

@@ -65,7 +65,8 @@ RESCAN_TIMEOUT: Final = 10.0
 """Seconds that read may take."""
 INSIDE_LIMIT: Final = 128
 """Entries an Allocate reads below the directories its answer mounts, for what was moved in
-but not reported yet (`BookingAllocations.hand_out`)."""
+but not reported yet (`BookingAllocations.hand_out`); below one whose tree is not followed
+in full, it reads all of it (up to `RESCAN_LIMIT`: past it, the Allocate is refused)."""
 
 
 @dataclass
@@ -139,6 +140,11 @@ class Arrivals:
     def unfollowed(self) -> dict[str, str]:
         """Claimed directory -> why its tree is not followed in full."""
         return {d: t.unfollowed for d, t in self._trees.items() if t.unfollowed is not None}
+
+    def left_to_net(self, directories: list[str]) -> list[str]:
+        """Those of `directories` that are claimed ones whose tree is not followed in full."""
+        trees = self._trees
+        return [d for d in directories if (t := trees.get(d)) is not None and t.unfollowed]
 
     async def quiet(self) -> None:
         """Return once what arrived so far was read and handed on."""

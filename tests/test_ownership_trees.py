@@ -27,6 +27,7 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_allocate import PlaceOwned
+from kdp_host.ownership_claims import Unresolvable
 from kdp_host.podresources import Holdings
 from kdp_host.testing import ManualWatcher
 
@@ -416,3 +417,37 @@ async def test_a_free_node_linked_into_an_unbooked_mount_holds_the_mount(tmp_pat
     watcher.change(str(tmp_path / "b" / "sub"), "n0link")
     await host.settled()
     assert (host.ids(R1), host.ids(R2)) == (["n0"], [])
+
+
+async def test_an_allocate_of_an_unfollowed_tree_reads_it_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17, hostile8 N4: b's tree is past the follow bound (left to the safety net) and
+    a's held node is linked deep in it, past what an Allocate reads of a followed tree.
+    Before, the Allocate mounted b until the safety net's next read (a second pod reached
+    the node). It reads an unfollowed tree in full: refused, and b is held at once."""
+    monkeypatch.setattr(ownership_arrivals, "TREE_LIMIT", 2)
+    monkeypatch.setattr(ownership_allocate, "INSIDE_LIMIT", 3)
+    host, _ = await booked_beside_tree(tmp_path, "d0", "d1", "d2", "d3/e/f", net=ManualNet())
+    assert unfollowed(host) == 1
+    b = str(tmp_path / "b")
+    assert await host.index.hand_out(R2, ["b"], [b]) == {b: b}, "nothing moved in yet"
+    os.link(tmp_path / "dev" / "n0", tmp_path / "b" / "d3" / "e" / "f" / "n0")
+    with pytest.raises(PlaceOwned, match=r"device n0 of t\.io/a"):
+        await host.index.hand_out(R2, ["b"], [b])
+    await host.settled()
+    assert host.ids(R2) == []
+    assert host.held(R2) == 1
+
+
+async def test_an_allocate_of_an_unfollowed_tree_too_big_to_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the safety net's read limit too, what is below is not known: refused (fail
+    closed), whatever is there; a followed tree keeps the bounded read."""
+    monkeypatch.setattr(ownership_arrivals, "TREE_LIMIT", 2)
+    monkeypatch.setattr(ownership_allocate, "RESCAN_LIMIT", 4, raising=False)  # (new in N4)
+    host, _ = await booked_beside_tree(tmp_path, "d0", "d1", "d2", "d3", net=ManualNet())
+    b = str(tmp_path / "b")
+    with pytest.raises(Unresolvable, match="not followed in full"):
+        await host.index.hand_out(R2, ["b"], [b])

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_rules import cdi_kind_problem
-from .cdi_spec import render_spec_file, spec_device_names
+from .cdi_spec import render_held, spec_device_names
 from .config import ResourceConfig
 from .config.outputs import FILE_PREFIX, owner_path, spec_path
 from .devices import Device, DeviceTable, Snapshot, physical_id
@@ -162,6 +162,8 @@ class CdiSpecWriter:
     _repinned: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     _keeping: bool = field(default=False, init=False, repr=False)
     """The last sync had held devices to keep (pinned or withheld)."""
+    _astray: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    """Held devices left out at the last sync (`render_held`)."""
 
     def __post_init__(self) -> None:
         self.path = spec_path(self.resource)
@@ -264,9 +266,19 @@ class CdiSpecWriter:
         try:
             pinned, withheld = self._pins()
             self._keeping = bool(pinned or withheld)
-            content = await self.offload.run(
-                lambda: render_spec_file(self.resource, snapshot, pinned, withheld)
+            assert self.pinned is not None
+            reached = {d: h.reached for d in pinned if (h := self.pinned.entry(d)) is not None}
+            content, astray = await self.offload.run(
+                lambda: render_held(self.resource, snapshot, pinned, withheld, reached)
             )
+            if astray != self._astray:
+                self._astray = astray
+                if astray:
+                    self.log.warning(
+                        "cdi_held_entries_left_out",
+                        devices=",".join(sorted(astray)),
+                        reason="a host path as handed out reaches another node or file now",
+                    )
             if content != self._on_disk and await self._lease.may_write():
                 if content is None:
                     await self._unlink()

@@ -19,6 +19,7 @@ from typing import Any
 from .allocation import ALLOCATION_DEPENDENT_FIELDS, cdi_device_name, has_cdi_edits
 from .config import CdiConfig, ResourceConfig, render_template, template_fields
 from .devices import Device, Snapshot
+from .identity import Identity, reaches_else
 
 
 def minimum_cdi_version(kind: str, additional_gids: bool = False) -> str:
@@ -123,6 +124,26 @@ def render_spec_file(
 ) -> bytes | None:
     spec = build_spec(resource, snapshot, pinned, withheld)
     return None if spec is None else encode_spec(spec)
+
+
+def render_held(
+    resource: ResourceConfig,
+    snapshot: Snapshot,
+    pinned: Mapping[str, Device],
+    withheld: Collection[str],
+    reached: Mapping[str, Mapping[str, Identity]],
+) -> tuple[bytes | None, frozenset[str]]:
+    """`render_spec_file`, a held device (`pinned`) left out, like a withheld one, while a
+    host path of it reaches another identity than it was handed out with (`reached`, by
+    device: `handed_out.Handed.reached`; issue 17, hostile8 N3: made anew at that path,
+    another pod's node): the held name fails closed, never resolving to another node. Not
+    pinned by number instead: a mount has none, and the number handed out may name
+    another device by now. Blocking (a stat per recorded path); also the left out."""
+    astray = frozenset(
+        d for d, paths in reached.items() if any(reaches_else(p, k) for p, k in paths.items())
+    )
+    kept = {d: device for d, device in pinned.items() if d not in astray}
+    return render_spec_file(resource, snapshot, kept, {*withheld, *astray}), astray
 
 
 def _consistent_device_env(devices: Iterable[Device], configured: Iterable[str]) -> frozenset[str]:

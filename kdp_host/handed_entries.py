@@ -12,12 +12,13 @@ rendered entry reads back as its `Handed` without being checked again (`parse_en
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from .devices import Device, DeviceMount, DeviceNode
+from .identity import Identity
 from .rendered_json import Rendered
 from .state_file import text
 
@@ -30,6 +31,11 @@ class Handed:
     ids: frozenset[str]
     at: float
     """Unix time of the Allocate (the later one wins when hosts' entries are merged)."""
+    reached: Mapping[str, Identity] = field(default_factory=dict)
+    """Host path (of a node or mount) -> the identity it reached when handed out
+    (`identity.identity_of`, as the Allocate's claim check found it; issue 17, hostile8 N2/N3):
+    a release, a preStart and a held CDI entry act on the path only while it reaches that.
+    Empty in an entry written before it was kept (an upgrade): the place check of today."""
 
     @cached_property
     def rendered(self) -> Rendered[Handed]:
@@ -50,13 +56,16 @@ def entries_document(entries: Entries) -> dict[str, Any]:
 
 def entry(handed: Handed) -> dict[str, Any]:
     device = handed.device
-    return {
+    fields: dict[str, Any] = {
         "nodes": [[n.host_path, n.container_path, n.permissions] for n in device.nodes],
         "mounts": [[m.host_path, m.container_path, m.read_only] for m in device.mounts],
         "env": dict(device.env),
         "ids": sorted(handed.ids),
         "at": handed.at,
     }
+    if handed.reached:  # (a key an older version ignores: it reads the rest as before)
+        fields["reached"] = {path: list(key) for path, key in sorted(handed.reached.items())}
+    return fields
 
 
 def parse_entries(document: Mapping[str, Any]) -> Entries:
@@ -93,7 +102,44 @@ def handed(device_id: str, entry: Mapping[str, Any]) -> Handed:
         mounts=tuple(DeviceMount(text(h), text(c), flag(ro)) for h, c, ro in mounts),
         env={text(k): text(v) for k, v in env.items()},
     )
-    return Handed(device, frozenset(text(i) for i in ids), float(at))
+    reached = entry.get("reached", {})  # (none in an entry of an older version)
+    if not isinstance(reached, dict):
+        raise TypeError(f"reached is not an object: {reached!r}")
+    return Handed(
+        device,
+        frozenset(text(i) for i in ids),
+        float(at),
+        {text(path): identity(key) for path, key in reached.items()},
+    )
+
+
+def identity(value: object) -> Identity:
+    """A recorded identity (`[kind, number]`), checked."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise TypeError(f"an identity is not [kind, number]: {value!r}")
+    kind, number = value
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise TypeError(f"an identity's number is not an integer: {number!r}")
+    return text(kind), number
+
+
+def paths_reached(device: Device, reached: Mapping[str, Identity]) -> dict[str, Identity]:
+    """What each host path of `device` (nodes, mounts) reached, of `reached`."""
+    paths = [*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts)]
+    return {path: reached[path] for path in paths if path in reached}
+
+
+def reached_of(
+    entry_of: Callable[[str], Handed | None], devices: Iterable[Device]
+) -> dict[str, Identity]:
+    """What the host paths of `devices` reached when handed out (`Handed.reached`), for
+    those that are the record's (a device as listed instead has none)."""
+    found: dict[str, Identity] = {}
+    for device in devices:
+        handed = entry_of(device.id)
+        if handed is not None and same_device(handed.device, device):
+            found.update(handed.reached)
+    return found
 
 
 def same_device(one: Device, other: Device) -> bool:

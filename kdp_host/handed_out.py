@@ -39,9 +39,12 @@ from .handed_entries import (
     Handed,
     entries_document,
     parse_entries,
+    paths_reached,
+    reached_of,
     read_document,
     same_device,
 )
+from .identity import Identity
 from .logs import EventLogger
 from .rendered_json import encoded
 from .state_file import StateFile
@@ -168,6 +171,9 @@ class HandedRecord:
     def withheld(self, resource: str) -> frozenset[str]:
         return frozenset(self._withheld.get(resource, ()))
 
+    def entry(self, resource: str, device_id: str) -> Handed | None:
+        return self._data.get(resource, {}).get(device_id)
+
     def resources(self) -> list[str]:
         return sorted(self._data)
 
@@ -190,25 +196,31 @@ class HandedRecord:
                 f"its limit of {MAX_DEVICES}: refused (devices go from it when no pod holds them)"
             )
 
-    def hand_out(self, resource: str, snapshot: Snapshot, ids: Iterable[str]) -> bool:
-        """An Allocate handed these IDs out as `snapshot` lists them. True when it changed."""
+    def hand_out(
+        self,
+        resource: str,
+        snapshot: Snapshot,
+        ids: Iterable[str],
+        reached: Mapping[str, Identity] | None = None,
+    ) -> bool:
+        """An Allocate handed these IDs out as `snapshot` lists them, each host path
+        reaching what `reached` says (the Allocate's claim check). True when it changed."""
         entries = self._data.setdefault(resource, {})
         withheld = self._withheld.get(resource, set())
-        changed, now = False, self._wall()
+        changed, now, reached = False, self._wall(), reached or {}
         for advertised in ids:
             withheld.discard(advertised)
             entry = snapshot.by_advertised_id.get(advertised)
             if entry is None:
                 continue
-            old = entries.get(entry.device.id)
-            kept = (
-                old.ids
-                if old is not None and same_device(old.device, entry.device)
-                else frozenset()
-            )
+            device, old = entry.device, entries.get(entry.device.id)
+            found = paths_reached(device, reached)
+            same = old is not None and same_device(old.device, device)
+            kept = old.ids if old and same and found in ({}, old.reached) else frozenset()
             if advertised in kept:
                 continue  # handed out again as it was: nothing to write
-            entries[entry.device.id] = Handed(entry.device, kept | {advertised}, now)
+            found = found or ({} if old is None or not kept else dict(old.reached))
+            entries[device.id] = Handed(device, kept | {advertised}, now, found)
             changed = True
         if not entries:
             del self._data[resource]
@@ -222,18 +234,19 @@ class HandedRecord:
         ids: Sequence[str],
         booked: Callable[[str], bool] | None = None,
         drops: int = 0,
+        reached: Mapping[str, Identity] | None = None,
     ) -> None:
-        """An Allocate handed `ids` out as `snapshot` lists them (and booked them, when
-        `booked` says what is booked now). The entries none of whose IDs is booked are let
-        go first, but only when one can be (issue 19: no walk of every device handed out at
-        each answer): after a booking went (`drops`, the ownership index's count) or after an
-        answer handed out an ID left unbooked."""
+        """An Allocate handed `ids` out as `snapshot` lists them, its host paths reaching
+        `reached` (and booked them, when `booked` says what is booked now). The entries
+        none of whose IDs is booked are let go first, but only when one can be (issue 19:
+        no walk of every device handed out at each answer): after a booking went (`drops`,
+        the ownership index's count) or after an answer handed out an ID left unbooked."""
         if booked is not None and (
             resource in self._unbooked or self._drops.get(resource) != drops
         ):
             self.let_go(lambda _name, advertised: booked(advertised), resource)
             self._drops[resource] = drops
-        self.hand_out(resource, snapshot, ids)
+        self.hand_out(resource, snapshot, ids, reached)
         if booked is not None and not all(map(booked, ids)):
             self._unbooked.add(resource)
         else:
@@ -351,8 +364,16 @@ class HandedOut:
         """Advertised IDs booked whose device as handed out is not known (fail closed)."""
         return self.record.withheld(self.resource)
 
-    def hand_out(self, snapshot: Snapshot, ids: Iterable[str]) -> bool:
-        return self.record.hand_out(self.resource, snapshot, ids)
+    def entry(self, device_id: str) -> Handed | None:
+        return self.record.entry(self.resource, device_id)
+
+    def reached(self, devices: Iterable[Device]) -> dict[str, Identity]:
+        return reached_of(self.entry, devices)
+
+    def hand_out(
+        self, snapshot: Snapshot, ids: Iterable[str], reached: Mapping[str, Identity] | None = None
+    ) -> bool:
+        return self.record.hand_out(self.resource, snapshot, ids, reached)
 
     def let_go(self, booked: Callable[[str], bool]) -> None:
         self.record.let_go(lambda _name, advertised: booked(advertised), self.resource)
@@ -363,8 +384,9 @@ class HandedOut:
         ids: Sequence[str],
         booked: Callable[[str], bool] | None = None,
         drops: int = 0,
+        reached: Mapping[str, Identity] | None = None,
     ) -> None:
-        self.record.answered(self.resource, snapshot, ids, booked, drops)
+        self.record.answered(self.resource, snapshot, ids, booked, drops, reached)
 
     def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
         return self.record.watch(self.resource, callback)

@@ -29,6 +29,7 @@ from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
 from .devices import Device, DeviceTable, Snapshot, physical_id
 from .handed_out import HANDED_FILE, HandedOut, in_memory
+from .identity import Identity
 from .logs import EventLogger
 from .metric_labels import HookResult
 from .metrics import Metrics
@@ -84,24 +85,32 @@ async def run_hook(
     return result
 
 
-PlaceCheck = Callable[[Collection[str], Collection[str]], Awaitable[Mapping[str, str]]]
-"""(the IDs a device was handed out under, its host paths as handed out) -> the paths that
-reach another device now, with what, in words (`OwnershipIndex.changed_places`, bound to
-the resource): a release or preStart acts on none of them."""
+PlaceCheck = Callable[
+    [Collection[str], Collection[str], Mapping[str, Identity]], Awaitable[Mapping[str, str]]
+]
+"""(the IDs a device was handed out under, its host paths as handed out, what those reached
+then where the record knows it) -> the paths that reach another device now, with what, in
+words (`OwnershipIndex.changed_places`, bound to the resource): a release or preStart acts
+on none of them."""
 
 
 async def check_places(
-    check: PlaceCheck | None, what: str, ids: Collection[str], devices: Sequence[Device]
+    check: PlaceCheck | None,
+    what: str,
+    ids: Collection[str],
+    devices: Sequence[Device],
+    handed: Mapping[str, Identity] | None = None,
 ) -> None:
     """Raise HookFailed (`place_changed`, FAILED_PRECONDITION) when a host path of `devices`
     as handed out reaches another device now (issue 17, hostile7 F3: a device renamed onto
     it, or made there anew with a reused inode number): the command is not run, since it
-    would act on that device, which another pod may hold."""
+    would act on that device, which another pod may hold. `handed`: what each path reached
+    when handed out (`HandedOut.reached`): it must reach that still (hostile8 N2)."""
     if check is None:
         return
     paths = {n.host_path for d in devices for n in d.nodes}
     paths.update(m.host_path for d in devices for m in d.mounts)
-    changed = await check(ids, paths) if paths else {}
+    changed = await check(ids, paths, handed or {}) if paths else {}
     if changed:
         found = "; ".join(f"{path}: {why}" for path, why in sorted(changed.items()))
         raise HookFailed(
@@ -174,7 +183,8 @@ class PreStartHook:
                 )
             except AllocationError as exc:
                 raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None
-            await check_places(self.places, f"{name}: preStart for {ids}:", device_ids, physical)
+            what, reached = f"{name}: preStart for {ids}:", self._handed.reached(physical)
+            await check_places(self.places, what, device_ids, physical, reached)
             if self._slots.locked():
                 self.metrics.pre_start_waits.labels(name).inc()
                 self.log.info("pre_start_waiting", devices=ids)

@@ -35,7 +35,7 @@ from .allocation import cdi_device_name
 from .cdi_rules import cdi_name_parts
 from .devices import physical_id, replica_ids
 from .files import Offload
-from .identity import DIRECTORY
+from .identity import DIRECTORY, Identity
 from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
 from .logs import EventLogger
 from .ownership_adopt import DeviceClaims
@@ -102,7 +102,15 @@ class BookingAllocations(AdmissionGate):
     async def hand_out(
         self, resource: str, ids: Iterable[str], paths: Collection[str]
     ) -> dict[str, str]:
-        """The real path to hand out for each host path of an answer for `ids`
+        """The real path to hand out for each host path (`hand_out_reaching`)."""
+        return (await self.hand_out_reaching(resource, ids, paths))[0]
+
+    async def hand_out_reaching(
+        self, resource: str, ids: Iterable[str], paths: Collection[str]
+    ) -> tuple[dict[str, str], dict[str, Identity]]:
+        """What each path reaches, as checked here (for `handed_out.Handed.reached`: what a
+        release, a preStart and a held CDI entry check it against, issue 17, hostile8 N2),
+        and the real path to hand out for each host path of an answer for `ids`
         (`ownership_claims.handed_reals`: checked to name what the path reaches and, for a
         path of those devices, what was claimed for it). A path kept resolved
         (`_resolve_keeping`: its own real path, followed by the watcher) is taken as kept;
@@ -133,7 +141,7 @@ class BookingAllocations(AdmissionGate):
         mounted = [r[1] for r in reached.values() if r is not None and r[0][0] == DIRECTORY]
         if mounted:
             await self._nothing_moved_in(resource, ids, sorted(mounted))
-        return real
+        return real, {p: r[0] for p, r in reached.items() if r is not None and r[0][0] != NOTHING}
 
     async def _nothing_moved_in(
         self, resource: str, ids: Iterable[str], mounted: list[str]
@@ -257,7 +265,11 @@ class BookingAllocations(AdmissionGate):
         return {path: [] if r is None else self._owners(r) for path, r in reached.items()}
 
     async def changed_places(
-        self, resource: str, ids: Collection[str], paths: Collection[str]
+        self,
+        resource: str,
+        ids: Collection[str],
+        paths: Collection[str],
+        handed: Mapping[str, Identity] | None = None,
     ) -> dict[str, str]:
         """The host paths of a device handed out under `ids` (a release's or a preStart's
         `{hostPaths}`) that reach something else now than what was handed out, each with
@@ -265,7 +277,12 @@ class BookingAllocations(AdmissionGate):
         made there anew with a reused inode number). A path passes where nothing is (what
         acts on it reaches no other device), where it reaches a claim booked under one of
         `ids` (as the Allocate handed it out), or one only those IDs own (the ID's own
-        device made anew). Resolved off the loop; a path that does not answer fails."""
+        device made anew). A path whose identity as handed out is recorded (`handed`:
+        `handed_out.Handed.reached`, kept across restarts; issue 17, hostile8 N2) passes
+        where it reaches that identity, nothing or a claim only those IDs own, not by the
+        bookings: after a restart they hold what the kubelet's checkpoint path reaches now
+        (`take_handed`), whoever's it is. Resolved off the loop; a path that does not answer
+        fails."""
         reached = await self._reach_all(paths)
         state = self._resources.get(resource)
         n = 1 if state is None else state.replicas or 1
@@ -278,10 +295,13 @@ class BookingAllocations(AdmissionGate):
                 found[path] = "it did not answer in time"
                 continue
             key, real = at
-            if key[0] == NOTHING or not mine.isdisjoint(booked.get(key, ())):
+            want = None if handed is None else handed.get(path)
+            if key[0] == NOTHING or key == want:
                 continue
             owners = self._owners(at)
-            if owners and all(owner in mine for owner in owners):
+            if (owners and all(owner in mine for owner in owners)) or (
+                want is None and not mine.isdisjoint(booked.get(key, ()))
+            ):
                 continue
             other = next((owner for owner in owners if owner not in mine), None)
             found[path] = (

@@ -47,7 +47,8 @@ from grpclib.const import Status
 
 from .allocation import HookFailed, device_env, hook_values
 from .config import ReleaseConfig, ResourceConfig, render_template
-from .devices import Device, DeviceTable, physical_id
+from .devices import DeviceTable, physical_id
+from .handed_entries import Handed
 from .handed_out import HandedOut, in_memory
 from .hooks import PlaceCheck, check_places, render_argv, run_hook
 from .logs import EventLogger
@@ -261,13 +262,13 @@ class ReleaseTracker:
         retry = self._retries.pop(device_id, None)
         if retry is not None:
             retry.cancel()
-        handed = self._handed.devices.get(device_id)  # as its last Allocate handed it out
+        handed = self._handed.entry(device_id)  # as its last Allocate handed it out
         task = asyncio.create_task(self._release(device_id, handed), name=f"release:{device_id}")
         use.running = task
         self.changes += 1
         return task
 
-    async def _release(self, device_id: str, handed: Device | None) -> None:
+    async def _release(self, device_id: str, handed: Handed | None) -> None:
         use = self.uses[device_id]
         name = self._resource.name
         try:
@@ -291,14 +292,14 @@ class ReleaseTracker:
             use.running = None
             self._publish()
 
-    async def _run_command(self, device_id: str, use: DeviceUse, handed: Device | None) -> None:
+    async def _run_command(self, device_id: str, use: DeviceUse, handed: Handed | None) -> None:
         """The release of what the Allocate handed out (`handed`, taken from the record when
-        the release was owed); without it (handed out before the record knew it) the device
-        as listed now. Neither: the release has nothing to act on, and fails (the
-        device stays owed and is released once it is listed again), never counted ok."""
-        device = handed or next(
-            (d for d in self._table.snapshot.devices if d.id == device_id), None
-        )
+        the release was owed: its paths must reach what they did then); without it (handed
+        out before the record knew it) the device as listed now. Neither: the release has
+        nothing to act on, and fails (the device stays owed and is released once it is
+        listed again), never counted ok."""
+        listed = (d for d in self._table.snapshot.devices if d.id == device_id)
+        device = handed.device if handed else next(listed, None)
         if device is None:
             raise HookFailed(
                 Status.FAILED_PRECONDITION,
@@ -308,7 +309,8 @@ class ReleaseTracker:
                 "it is listed",
             )
         what = f"{self._resource.name}: release of {device_id}:"
-        await check_places(self._places, what, {device_id, *use.used}, [device])
+        reached = handed.reached if handed else None
+        await check_places(self._places, what, {device_id, *use.used}, [device], reached)
         values = hook_values(self._resource.name, [device])
         values["namespace"] = _joined(h.namespace for h in use.holders)
         values["pod"] = _joined(h.pod for h in use.holders)

@@ -17,6 +17,7 @@ from kdp_host.config import load_config_text
 from kdp_host.devices import Device, DeviceTable
 from kdp_host.handed_out import HANDED_FILE, HandedRecord
 from kdp_host.hooks import handed_devices
+from kdp_host.identity import Identity
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.protocol.lists import ListAndWatchEncoder
@@ -170,10 +171,10 @@ class _Bookings:
     ) -> None:
         self.ids.update(ids)
 
-    async def hand_out(
+    async def hand_out_reaching(
         self, resource: str, ids: Iterable[str], paths: Collection[str]
-    ) -> dict[str, str]:
-        return {path: path for path in paths}
+    ) -> tuple[dict[str, str], dict[str, Identity]]:
+        return {path: path for path in paths}, {}
 
     def is_booked(self, resource: str, advertised_id: str) -> bool:
         self.asked += 1

@@ -37,6 +37,7 @@ from ..api.v1beta1 import (
 from ..config import ResourceConfig
 from ..devices import DeviceTable, Snapshot
 from ..handed_out import HandedOut
+from ..identity import Identity
 from ..logs import EventLogger
 from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
@@ -67,9 +68,9 @@ class Bookings(Protocol):
         cdi_names: Mapping[str, Collection[str]] | None = None,
     ) -> None: ...
 
-    async def hand_out(
+    async def hand_out_reaching(
         self, resource: str, ids: Iterable[str], paths: Collection[str]
-    ) -> dict[str, str]: ...
+    ) -> tuple[dict[str, str], dict[str, Identity]]: ...
 
     def is_booked(self, resource: str, advertised_id: str) -> bool: ...
 
@@ -295,7 +296,7 @@ class DevicePluginService(DevicePluginBase):
         handed = (
             None if self._bookings is None else self._builder.handed(snapshot, requests, responses)
         )
-        await self._hand_real_paths(booked, responses)
+        reached = await self._hand_real_paths(booked, responses)
         if self._bookings is not None:
             # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
             try:
@@ -313,7 +314,8 @@ class DevicePluginService(DevicePluginBase):
                 self._handed.answered(snapshot, booked)
             else:
                 is_booked = functools.partial(self._bookings.is_booked, name)
-                self._handed.answered(snapshot, booked, is_booked, self._bookings.drops())
+                drops = self._bookings.drops()
+                self._handed.answered(snapshot, booked, is_booked, drops, reached)
             await self._handed.record.written()  # a restart finds it (preStart, CDI)
         self._allocated_ok.inc(len(responses))
         self._allocate_seconds.observe(self._clock() - started)
@@ -321,7 +323,7 @@ class DevicePluginService(DevicePluginBase):
 
     async def _hand_real_paths(
         self, ids: list[str], responses: list[ContainerAllocateResponse]
-    ) -> None:
+    ) -> dict[str, Identity]:
         """Hand out every host path of the answer (DeviceSpecs and mounts, of the devices,
         `allocate.mounts` and an `allocate.command`'s output alike) as the real path it
         reaches, checked to name what the path reaches and, for a device's own path, what
@@ -332,9 +334,9 @@ class DevicePluginService(DevicePluginBase):
         paths = {spec.host_path for r in responses for spec in r.devices}
         paths.update(mount.host_path for r in responses for mount in r.mounts)
         if not paths or self._bookings is None:
-            return
+            return {}
         try:
-            real = await self._bookings.hand_out(self._config.name, ids, paths)
+            real, reached = await self._bookings.hand_out_reaching(self._config.name, ids, paths)
         except (Unresolvable, PlaceOwned) as exc:
             reason = f"{self._config.name}: cannot allocate: {exc}"
             self._metrics.allocations.labels(self._config.name, "invalid").inc()
@@ -345,6 +347,7 @@ class DevicePluginService(DevicePluginBase):
                 spec.host_path = real[spec.host_path]
             for mount in response.mounts:
                 mount.host_path = real[mount.host_path]
+        return reached  # (what each reached: `handed_out.Handed.reached`)
 
     async def _add_hook_extras(
         self,

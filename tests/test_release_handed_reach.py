@@ -1,0 +1,214 @@
+"""What an Allocate handed out is kept with the identity each host path reached then
+(`handed_out.Handed.reached`), across kdp-host restarts (issue 17, hostile8 N2/N3): p1 holds
+n0 of R1 (its answer names P = .../a/n0), p2 holds m0 of R2; while kdp-host is down (or just
+before it restarts), n0's file goes and a hard link of m0's file is made at P. After the
+restart, p1's release is not run on P (`place_changed`: it reaches p2's file), and the CDI
+entry of p1's held name is left out (it would resolve to p2's file)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host.allocation import cdi_device_name
+from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.handed_entries import handed
+from kdp_host.handed_out import HANDED_FILE, HandedRecord
+from kdp_host.simulator import KubeletSimulator
+
+from .conftest import wait_until
+
+R1 = "vendor.example/one"
+R2 = "vendor.example/two"
+
+
+def _config(socket_dir: Path, root: Path, log: Path, *, cdi: bool = False) -> str:
+    hook = f'[sh, -c, "echo {{ids}} {{hostPaths}} >> {log}"]'
+    allocate = f"    allocate: {{cdi: {{kind: {R1}, specDir: {root / 'cdi'}}}}}\n" if cdi else ""
+    return (
+        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: "
+        f"{root}/pr/kubelet.sock, podResourcesInterval: 1s}}\n"
+        f"stateDir: {root}/state\nresources:\n"
+        f"  - name: {R1}\n"
+        f'    glob: {{paths: ["{root}/a/n*"], gracePeriod: 0s}}\n'
+        f"    release: {{command: {hook}}}\n"
+        f"{allocate}"
+        f"  - name: {R2}\n"
+        f'    glob: {{paths: ["{root}/b/m*"], gracePeriod: 0s}}\n'
+    )
+
+
+def _runs(running: Any, result: str) -> float:
+    found = running.metrics.registry.get_sample_value(
+        "kdp_release_runs_total", {"resource": R1, "result": result}
+    )
+    return found or 0.0
+
+
+async def _held_then_swapped(
+    kubelet: KubeletSimulator, root: Path, start_host: Any, config: str, *, while_down: bool
+) -> Any:
+    """p1 holds n0, p2 holds m0; P (n0's path) becomes a hard link of m0's file, kdp-host
+    restarted around it; returns the second host."""
+    a, b = root / "a", root / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "n0").touch()
+    (b / "m0").touch()
+    first = await start_host(config)
+    await kubelet.wait_for(lambda: kubelet.resource(R1).healthy_ids == {"n0"})
+    await kubelet.wait_for(lambda: kubelet.resource(R2).healthy_ids == {"m0"})
+    assert await kubelet.allocate(R1, 1, pod_uid="p1") is not None
+    assert await kubelet.allocate(R2, 1, pod_uid="p2") is not None
+    if not while_down:
+        (a / "n0").unlink()
+        (a / "n0").hardlink_to(b / "m0")
+    await first.shutdown(timeout=30)
+    if while_down:
+        (a / "n0").unlink()
+        (a / "n0").hardlink_to(b / "m0")
+    second = await start_host(config)
+    await kubelet.wait_for(lambda: kubelet.resource(R2).healthy_ids == {"m0"})
+    return second
+
+
+@pytest.mark.parametrize("while_down", [False, True], ids=["then-restart", "while-down"])
+async def test_a_release_after_a_restart_does_not_act_on_another_pods_file_at_its_path(
+    pod_resources_kubelet: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    start_host: Any,
+    while_down: bool,
+) -> None:
+    """hostile8 N2 (a resource with a release, no preStart, no CDI): the old code ran the
+    release on P (result ok) after the restart, acting on p2's file."""
+    kubelet, log = pod_resources_kubelet, short_dir / "hooks.log"
+    config = _config(socket_dir, short_dir, log)
+    running = await _held_then_swapped(
+        kubelet, short_dir, start_host, config, while_down=while_down
+    )
+    await kubelet.release("p1")
+    await wait_until(
+        lambda: _runs(running, "place_changed") >= 1 or _runs(running, "ok") >= 1,
+        timeout=60,
+        what="the release of n0 tried",
+    )
+    assert _runs(running, "ok") == 0 and not log.exists(), "the release acted on p2's file"
+
+
+async def test_a_held_cdi_entry_whose_path_reaches_another_pods_file_is_left_out(
+    pod_resources_kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host: Any
+) -> None:
+    """hostile8 N3: the held name's entry kept the bare path P, which reaches p2's file now;
+    it is left out (the name fails closed) until P reaches what was handed out again."""
+    kubelet, log = pod_resources_kubelet, short_dir / "hooks.log"
+    config = _config(socket_dir, short_dir, log, cdi=True)
+    await _held_then_swapped(kubelet, short_dir, start_host, config, while_down=True)
+    spec = short_dir / "cdi" / f"kdp-{R1.replace('/', '_')}.json"
+    name = cdi_device_name(R1, "n0").split("=", 1)[-1]
+
+    def names() -> set[str] | None:
+        try:
+            return {d["name"] for d in json.loads(spec.read_text())["devices"]}
+        except (OSError, ValueError):
+            return None  # (no file: no entry)
+
+    await wait_until(lambda: not (names() or set()) & {name}, timeout=30, what="n0 left out")
+
+
+def test_an_entry_keeps_what_its_paths_reached_and_one_of_an_older_version_reads() -> None:
+    """The identity is a key an older version's reader ignores; an entry of an older
+    version (no such key) reads with none: the place check of before applies."""
+    device = Device("n0", nodes=(DeviceNode("/d/n0", "/dev/n0"),))
+    table = DeviceTable()
+    table.publish([device])
+    record = HandedRecord(None)
+    record.hand_out(R1, table.snapshot, ["n0"], {"/d/n0": ("c", 259)})
+    document = json.loads(json.dumps(record.document()))
+    entry = document["resources"][R1]["n0"]
+    assert entry["nodes"] == [["/d/n0", "/dev/n0", None]]  # (as an older version reads it)
+    assert entry["reached"] == {"/d/n0": ["c", 259]}
+    assert handed("n0", entry).reached == {"/d/n0": ("c", 259)}
+    old = {k: v for k, v in entry.items() if k != "reached"}
+    assert handed("n0", old).reached == {}
+    assert handed("n0", old).device == device
+    assert HANDED_FILE == "handed-out.json"
+
+
+async def test_a_path_reaching_another_identity_than_handed_out_fails_whatever_is_booked() -> None:
+    """What the real kubelet does after the restart (hostile8 t41): its checkpoint names P
+    for p1's n0, and `take_handed` widens n0's booking by what P reaches now (m0's node):
+    `changed_places` then passed by the bookings alone, and the release ran on m0's node.
+    With the identity handed out (`handed`), P reaching another one fails."""
+    from kdp_host.allocation import HookFailed
+    from kdp_host.hooks import check_places
+    from kdp_host.kubelet_checkpoint import Handed as CheckpointHanded
+    from kdp_host.kubelet_checkpoint import HandedClaims
+    from kdp_host.logs import get_logger
+    from kdp_host.ownership import OwnershipIndex
+    from kdp_host.ownership_claims import ClaimKey, Reached
+
+    reach: dict[str, ClaimKey] = {"/d/n0": ("c", 3), "/d/m0": ("c", 5)}
+
+    def resolve(path: str) -> Reached | None:
+        key = reach.get(path)
+        return (("path", path), path) if key is None else (key, path)
+
+    def node(device_id: str, path: str) -> Device:
+        return Device(device_id, nodes=(DeviceNode(path, path),), path=path)
+
+    index = OwnershipIndex(resolve=resolve)
+    n0 = node("n0", "/d/n0")
+    for name, device in ((R1, n0), (R2, node("m0", "/d/m0"))):
+        index.attach(name, DeviceTable().publish, get_logger().bind(resource=name))
+        index.publish(name, {device.id: device})
+    await index.quiet()
+    await index.book(R1, ["n0"])
+    await index.book(R2, ["m0"])
+    reach["/d/n0"] = ("c", 5)  # P made anew as m0's number
+    index.take_handed(
+        [HandedClaims(CheckpointHanded(R1, ("n0",), ("/d/n0",)), ((("c", 5), "/d/n0", "/d/n0"),))]
+    )
+    check = functools.partial(index.changed_places, R1)
+    assert await check(["n0"], ["/d/n0"]) == {}  # (by the bookings alone: it passes)
+    handed = {"/d/n0": ("c", 3)}
+    with pytest.raises(HookFailed, match="reaches another device now"):
+        await check_places(check, "release of n0:", ["n0"], [n0], handed)
+    reach["/d/n0"] = ("c", 3)  # back as handed out
+    await check_places(check, "release of n0:", ["n0"], [n0], handed)
+
+
+def test_a_held_cdi_entry_is_written_only_while_its_path_reaches_what_was_handed_out(
+    tmp_path: Path,
+) -> None:
+    """hostile8 N3, the spec rendering: a held (pinned) device whose path reaches another
+    file than it was handed out with is left out (its name fails closed), not pinned to the
+    path; back as handed out (or with no identity recorded: an older record) it is kept."""
+    from kdp_host.cdi_spec import build_spec, render_held
+    from kdp_host.config import AllocateConfig, CdiConfig, GlobDriverConfig, ResourceConfig
+    from kdp_host.identity import identity_of
+
+    config = ResourceConfig(
+        name=R1,
+        driver=GlobDriverConfig(paths=(f"{tmp_path}/n*",)),
+        allocate=AllocateConfig(cdi=CdiConfig(kind=R1, spec_dir=str(tmp_path / "cdi"))),
+    )
+    place, other = tmp_path / "n0", tmp_path / "m0"
+    place.touch()
+    other.touch()
+    n0 = Device("n0", nodes=(DeviceNode(str(place), "/dev/n0"),))
+    handed_out = {"n0": {str(place): identity_of(place.stat())}}
+    empty = DeviceTable().snapshot
+    content, astray = render_held(config, empty, {"n0": n0}, (), handed_out)
+    assert content is not None and astray == frozenset()
+    place.unlink()
+    place.hardlink_to(other)  # another pod's file at the path handed out
+    content, astray = render_held(config, empty, {"n0": n0}, (), handed_out)
+    assert content is None and astray == {"n0"}  # (no entry left: no file)
+    content, astray = render_held(config, empty, {"n0": n0}, (), {"n0": {}})
+    assert content is not None and not astray  # no identity recorded: as before
+    assert build_spec(config, empty, {"n0": n0}) is not None

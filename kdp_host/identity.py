@@ -15,11 +15,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 Identity = tuple[str, int | str]
 """What a host path is (`identity_of`): `('c'|'b', st_rdev)` for a device node, `('d'|'f',
 inode)` for a directory or any other file; the ownership index's claim key."""
+Reach = Mapping[str, Identity]
+"""Host path -> the identity it reached (when handed out: `handed_out.Handed.reached`)."""
+NONE: Reach = MappingProxyType({})
 DIRECTORY = "d"
 """The kind of a directory's identity (a mount of it holds what is below its real path)."""
 FILE = "f"

@@ -35,7 +35,7 @@ from .allocation import cdi_device_name
 from .cdi_rules import cdi_name_parts
 from .devices import physical_id, replica_ids
 from .files import Offload
-from .identity import DIRECTORY, Identity
+from .identity import DIRECTORY, NONE, Identity, Reach
 from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
 from .logs import EventLogger
 from .ownership_adopt import DeviceClaims
@@ -102,23 +102,17 @@ class BookingAllocations(AdmissionGate):
     async def hand_out(
         self, resource: str, ids: Iterable[str], paths: Collection[str]
     ) -> dict[str, str]:
-        """The real path to hand out for each host path (`hand_out_reaching`)."""
         return (await self.hand_out_reaching(resource, ids, paths))[0]
 
     async def hand_out_reaching(
         self, resource: str, ids: Iterable[str], paths: Collection[str]
     ) -> tuple[dict[str, str], dict[str, Identity]]:
-        """What each path reaches, as checked here (for `handed_out.Handed.reached`: what a
-        release, a preStart and a held CDI entry check it against, issue 17, hostile8 N2),
-        and the real path to hand out for each host path of an answer for `ids`
-        (`ownership_claims.handed_reals`: checked to name what the path reaches and, for a
-        path of those devices, what was claimed for it). A path kept resolved
-        (`_resolve_keeping`: its own real path, followed by the watcher) is taken as kept;
-        the others are resolved off the loop within `HANDED_TIMEOUT`. Raises Unresolvable;
-        a claimed path that reaches something else now is claimed anew (as if the watcher
-        had seen it change: a link or an ancestor directory swapped behind an unchanged
-        list). Raises Unresolvable too for a real path no container may be handed
-        (`config.handed`: an `allocate.command` printing the kubelet's directory, `/`)."""
+        """The real path to hand out for each host path of an answer for `ids`, and what
+        each reaches (`Handed.reached`, hostile8 N2), checked (`handed_reals`: it names what
+        the path reaches and, for the devices' paths, what was claimed). A path kept
+        resolved (`_resolve_keeping`) is taken as kept, the others resolved off the loop
+        within `HANDED_TIMEOUT`. Raises Unresolvable (a claimed path reaching something
+        else now is claimed anew; a real path no container may be handed: `config.handed`)."""
         ids, kept = list(ids), self._kept
         known: dict[str, Resolution] = {path: kept[path] for path in paths if path in kept}
         todo = sorted(path for path in paths if path not in known)
@@ -265,24 +259,15 @@ class BookingAllocations(AdmissionGate):
         return {path: [] if r is None else self._owners(r) for path, r in reached.items()}
 
     async def changed_places(
-        self,
-        resource: str,
-        ids: Collection[str],
-        paths: Collection[str],
-        handed: Mapping[str, Identity] | None = None,
+        self, resource: str, ids: Collection[str], paths: Collection[str], handed: Reach = NONE
     ) -> dict[str, str]:
-        """The host paths of a device handed out under `ids` (a release's or a preStart's
-        `{hostPaths}`) that reach something else now than what was handed out, each with
-        what it reaches, in words (issue 17, hostile7 F3: another device renamed there, or
-        made there anew with a reused inode number). A path passes where nothing is (what
-        acts on it reaches no other device), where it reaches a claim booked under one of
-        `ids` (as the Allocate handed it out), or one only those IDs own (the ID's own
-        device made anew). A path whose identity as handed out is recorded (`handed`:
-        `handed_out.Handed.reached`, kept across restarts; issue 17, hostile8 N2) passes
-        where it reaches that identity, nothing or a claim only those IDs own, not by the
-        bookings: after a restart they hold what the kubelet's checkpoint path reaches now
-        (`take_handed`), whoever's it is. Resolved off the loop; a path that does not answer
-        fails."""
+        """The host paths of a device handed out under `ids` (a release's or preStart's
+        `{hostPaths}`) that reach something else now than was handed out, with what, in
+        words (issue 17, hostile7 F3: another device renamed or made anew there). A path
+        passes where nothing is, where it reaches what it did when handed out (`handed`:
+        `Handed.reached`, hostile8 N2), a claim only those IDs own (made anew) or, without
+        `handed`, one booked under `ids` (not with it: after a restart a booking holds what
+        the kubelet's checkpoint path reaches now). Off the loop; no answer fails."""
         reached = await self._reach_all(paths)
         state = self._resources.get(resource)
         n = 1 if state is None else state.replicas or 1
@@ -295,7 +280,7 @@ class BookingAllocations(AdmissionGate):
                 found[path] = "it did not answer in time"
                 continue
             key, real = at
-            want = None if handed is None else handed.get(path)
+            want = handed.get(path)
             if key[0] == NOTHING or key == want:
                 continue
             owners = self._owners(at)

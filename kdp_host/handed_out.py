@@ -48,7 +48,7 @@ from .identity import Identity
 from .logs import EventLogger
 from .rendered_json import encoded
 from .state_file import StateFile
-from .state_lock import running
+from .state_lock import other_writers, running
 
 HANDED_FILE = "handed-out.json"
 HANDED_VERSION = 1
@@ -329,11 +329,7 @@ class HandedRecord:
         assert self._writer is not None and self.file is not None
         kept = {} if current is None else read_document(current)[1]
         directory = str(self.file.path.parent)
-        writers = {
-            w: entries
-            for w, entries in kept.items()
-            if w != self._writer and (w not in self._taken or running(directory, w))
-        }
+        writers = other_writers(kept, self._writer, self._taken, directory)
         writers[self._writer] = parse_entries(mine)
         union: Entries = {}
         for entries in writers.values():

@@ -42,7 +42,7 @@ from .devices import Device, DeviceNode
 from .files import Offload
 from .logs import EventLogger
 from .state_file import StateFile, text
-from .state_lock import running
+from .state_lock import other_writers, running
 from .watch import Subscription, Watcher
 
 STATE_FILE = "release-state.json"
@@ -164,11 +164,7 @@ class ReleaseStateStore:
         assert self._writer is not None
         kept = {} if current is None else _read(current)[1]
         directory = str(self.path.parent)
-        writers = {
-            w: entries
-            for w, entries in kept.items()
-            if w != self._writer and (w not in self._taken or running(directory, w))
-        }
+        writers = other_writers(kept, self._writer, self._taken, directory)
         writers[self._writer] = _parse(mine)
         union: Resources = {}
         for entries in writers.values():

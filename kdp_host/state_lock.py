@@ -32,13 +32,16 @@ import contextlib
 import fcntl
 import functools
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
+from typing import TypeVar
 
 from .atomic_files import aside_logged, directory_at, open_lock
 from .endpoint import instance_id_problem
 from .files import Offload
 from .logs import EventLogger
 from .watch import Subscription, Watcher
+
+V = TypeVar("V")
 
 LOCK_FILE = "kdp-host.lock"
 HOSTS_DIR = "hosts"
@@ -132,6 +135,19 @@ def hold_instance(directory: str, instance: str, log: EventLogger) -> int:
     return _locked(
         open_lock(host_lock_path(directory, instance), aside), fcntl.LOCK_EX | fcntl.LOCK_NB
     )
+
+
+def other_writers(
+    written: Mapping[str, V], writer: str, taken: Collection[str], directory: str
+) -> dict[str, V]:
+    """The entries of a shared state file (writer -> its entries) that a merge by `writer`
+    keeps: every other host's, but not those of a host that had ended when `writer` read
+    the file (`taken`: it took them up) unless it runs again. Blocking (`running`)."""
+    return {
+        w: entries
+        for w, entries in written.items()
+        if w != writer and (w not in taken or running(directory, w))
+    }
 
 
 def running(directory: str, instance: str | None) -> bool:

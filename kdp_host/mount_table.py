@@ -110,18 +110,10 @@ class MountMap:
         """Every place the mount table shows what is at `real` (a real path), `real` first:
         its file system's path through the mount it is below, then that path through every
         other mount of the same file system whose root holds it."""
-        if not self._shown:
+        at = self._on_shown(real)
+        if at is None:
             return (real,)
-        point = real
-        while point not in self._points:
-            if point == "/":
-                return (real,)
-            point = os.path.dirname(point)
-        dev, root = self._points[point]
-        mounts = self._shown.get(dev)
-        if mounts is None:
-            return (real,)
-        inside = _joined(root, _rest(real, point))
+        point, inside, mounts = at
         found = [real]
         for other_root, other_point in mounts:
             rest = _rest(inside, other_root)
@@ -136,20 +128,32 @@ class MountMap:
         `places`, then the mount point of every other mount of its file system whose root
         lies below it (a bind mount of a directory inside it shows part of it there)."""
         found = list(self.places(real))
-        if not self._shown:
+        at = self._on_shown(real)
+        if at is None:
             return tuple(found)
-        point = real
-        while point not in self._points:
-            if point == "/":
-                return tuple(found)
-            point = os.path.dirname(point)
-        dev, root = self._points[point]
-        inside = _joined(root, _rest(real, point))
-        for other_root, other_point in self._shown.get(dev, ()):
+        _, inside, mounts = at
+        for other_root, other_point in mounts:
             rest = _rest(other_root, inside)
             if rest and other_point not in found:
                 found.append(other_point)
         return tuple(found)
+
+    def _on_shown(self, real: str) -> tuple[str, str, tuple[tuple[str, str], ...]] | None:
+        """For a real path on a file system shown more than once: the mount point it is
+        below, its path within the file system and that file system's mounts (root, point);
+        None for any other path."""
+        if not self._shown:
+            return None
+        point = real
+        while point not in self._points:
+            if point == "/":
+                return None
+            point = os.path.dirname(point)
+        dev, root = self._points[point]
+        mounts = self._shown.get(dev)
+        if mounts is None:
+            return None
+        return point, _joined(root, _rest(real, point)), mounts
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MountMap) and other._points == self._points

@@ -26,9 +26,11 @@ from kdp_host.turns import Pace
 R = "t.io/big"
 
 
-class Walked(dict[str, Device]):
-    """A device list that counts the walks of it (an identity check or a lookup is none)."""
+class CountsWalks(dict[str, Device]):
+    """Counts the walks of a device list (an identity check or a lookup is none); adds no
+    instance layout, so any dict-based list can take it in (`Walked`, a `Derived` one)."""
 
+    __slots__ = ()
     walks = 0
 
     def __iter__(self) -> Iterator[str]:
@@ -46,6 +48,10 @@ class Walked(dict[str, Device]):
     def items(self) -> ItemsView[str, Device]:
         self.walks += 1
         return super().items()
+
+
+class Walked(CountsWalks):
+    """A device list that counts the walks of it."""
 
 
 def node(i: int) -> Device:

@@ -6,7 +6,7 @@ Each test counts walks of the lists (as tests/test_change_cost.py does), never t
 from __future__ import annotations
 
 import random
-from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from collections.abc import Mapping
 
 from kdp_host.device_changes import Derived, changed_between, healthy_count
 from kdp_host.devices import Device
@@ -18,31 +18,13 @@ from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnedTable, OwnershipIndex
 from kdp_host.testing import ManualClock
 
-from .test_change_cost import Nodes, node
+from .test_change_cost import CountsWalks, Nodes, node
 
 R = "t.io/big"
 
 
-class WalkedDerived(Derived):
-    """A `Derived` list that counts the walks of it (an identity check or a lookup is none)."""
-
-    walks = 0
-
-    def __iter__(self) -> Iterator[str]:
-        self.walks += 1
-        return super().__iter__()
-
-    def keys(self) -> KeysView[str]:
-        self.walks += 1
-        return super().keys()
-
-    def values(self) -> ValuesView[Device]:
-        self.walks += 1
-        return super().values()
-
-    def items(self) -> ItemsView[str, Device]:
-        self.walks += 1
-        return super().items()
+class WalkedDerived(CountsWalks, Derived):
+    """A `Derived` list that counts the walks of it."""
 
 
 def derived(

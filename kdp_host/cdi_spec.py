@@ -19,7 +19,8 @@ from typing import Any
 from .allocation import ALLOCATION_DEPENDENT_FIELDS, cdi_device_name, has_cdi_edits
 from .config import CdiConfig, ResourceConfig, render_template, template_fields
 from .devices import Device, Snapshot
-from .identity import Identity, reaches_else
+from .identity import Identity
+from .ownership_canonical import strays_now
 
 
 def minimum_cdi_version(kind: str, additional_gids: bool = False) -> str:
@@ -138,9 +139,9 @@ def render_held(
     device: `handed_out.Handed.reached`; issue 17, hostile8 N3: made anew at that path,
     another pod's node): the held name fails closed, never resolving to another node. Not
     pinned by number instead: a mount has none, and the number handed out may name
-    another device by now. Blocking (a stat per recorded path); also the left out."""
+    another device by now. Blocking (`strays_now` per recorded path); also the left out."""
     astray = frozenset(
-        d for d, paths in reached.items() if any(reaches_else(p, k) for p, k in paths.items())
+        d for d, paths in reached.items() if any(strays_now(p, k) for p, k in paths.items())
     )
     kept = {d: device for d, device in pinned.items() if d not in astray}
     return render_spec_file(resource, snapshot, kept, {*withheld, *astray}), astray

@@ -103,15 +103,3 @@ def nothing_or_raise(path: str, exc: OSError | ValueError) -> None:
         raise exc
     if isinstance(exc, OSError) and not absent(exc):
         raise Uncheckable(path, exc) from None
-
-
-def reaches_else(path: str, handed: Identity) -> bool:
-    """Whether `path` (followed) reaches an identity other than `handed` now, or cannot be
-    checked (`Uncheckable`); nothing there is not "else" (what acts on it reaches nothing).
-    Blocking: call it off the loop."""
-    try:
-        return identity_of(os.stat(path)) != handed
-    except ValueError:
-        return False
-    except OSError as exc:
-        return not absent(exc)

@@ -40,6 +40,7 @@ from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
 from .logs import EventLogger
 from .ownership_adopt import DeviceClaims
 from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT, Arrivals
+from .ownership_canonical import strays
 from .ownership_claims import (
     HANDED_TIMEOUT,
     NOTHING,
@@ -264,8 +265,8 @@ class BookingAllocations(AdmissionGate):
         """The host paths of a device handed out under `ids` (a release's or preStart's
         `{hostPaths}`) that reach something else now than was handed out, with what, in
         words (issue 17, hostile7 F3: another device renamed or made anew there). A path
-        passes where nothing is, where it reaches what it did when handed out (`handed`:
-        `Handed.reached`, hostile8 N2), a claim only those IDs own (made anew) or, without
+        passes where it does not stray (`strays`: nothing there, what it reached when handed
+        out, `handed`; hostile8 N2), a claim only those IDs own (made anew) or, without
         `handed`, one booked under `ids` (not with it: after a restart a booking holds what
         the kubelet's checkpoint path reaches now). Off the loop; no answer fails."""
         reached = await self._reach_all(paths)
@@ -275,14 +276,13 @@ class BookingAllocations(AdmissionGate):
         booked = self._ledger.booked
         found: dict[str, str] = {}
         for path in sorted(paths):
-            at = reached.get(path)
+            at, want = reached.get(path), handed.get(path)
+            if not strays(at, want):
+                continue
             if at is None:
                 found[path] = "it did not answer in time"
                 continue
             key, real = at
-            want = handed.get(path)
-            if key[0] == NOTHING or key == want:
-                continue
             owners = self._owners(at)
             if (owners and all(owner in mine for owner in owners)) or (
                 want is None and not mine.isdisjoint(booked.get(key, ()))

@@ -16,8 +16,8 @@ import dataclasses
 from typing import Literal
 
 from .devices import Device
-from .identity import UNRESOLVABLE, Uncheckable, identity_of, names_it
-from .ownership_claims import Claims, Reached, missing, stat_real
+from .identity import UNRESOLVABLE, Identity, Uncheckable, identity_of, names_it
+from .ownership_claims import NOTHING, Claims, Reached, missing, stat_real
 from .rules import device_path_problem
 
 
@@ -45,6 +45,24 @@ def checked_reach(
     if real != path and (not names_it(st, real) or device_path_problem(real)):
         return UNRESOLVABLE
     return identity_of(st), real
+
+
+def strays(now: Reached | str | None, handed: Identity | None) -> bool:
+    """Whether a host path handed out may reach something else now than it was handed as
+    (`handed`: what it reached then, `Handed.reached`; None: not recorded): the one rule
+    of a release and a preStart (`OwnershipIndex.changed_places`) and of a held CDI entry
+    (`cdi_spec.render_held`). `now`, what it reaches (`checked_reach`, as the index
+    resolves it): nothing there passes (what acts on it reaches nothing); not known strays
+    (None: no path, no answer in time; a str: UNRESOLVABLE, hung); else it strays unless
+    it is `handed` (without one, always: the index then asks who owns it)."""
+    if now is None or isinstance(now, str):
+        return True
+    return now[0][0] != NOTHING and now[0] != handed
+
+
+def strays_now(path: str, handed: Identity) -> bool:
+    """`strays` for what `path` reaches now (`checked_reach`). Blocking: off the loop."""
+    return strays(checked_reach(path), handed)
 
 
 def canonical(device: Device, claims: Claims) -> Device:

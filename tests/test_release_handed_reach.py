@@ -212,3 +212,50 @@ def test_a_held_cdi_entry_is_written_only_while_its_path_reaches_what_was_handed
     content, astray = render_held(config, empty, {"n0": n0}, (), {"n0": {}})
     assert content is not None and not astray  # no identity recorded: as before
     assert build_spec(config, empty, {"n0": n0}) is not None
+
+
+async def test_a_release_and_a_held_cdi_entry_ask_one_rule_of_a_path_handed_out(
+    tmp_path: Path,
+) -> None:
+    """`ownership_canonical.strays`, asked by `changed_places` (a release, a preStart) and by
+    `render_held` (a held CDI entry): a path handed out whose real path now holds ',' (a
+    `{hostPaths}` could not list it), a link to the same file, is not known to reach what
+    was handed out. The release failed it (the index's `checked_reach`); the held CDI entry
+    kept it (`identity.reaches_else` asked its stat only): both leave it now."""
+    from kdp_host.cdi_spec import render_held
+    from kdp_host.config import AllocateConfig, CdiConfig, GlobDriverConfig, ResourceConfig
+    from kdp_host.identity import identity_of
+    from kdp_host.logs import get_logger
+    from kdp_host.ownership import OwnershipIndex
+    from kdp_host.ownership_canonical import strays
+
+    place = tmp_path / "n0"
+    place.touch()
+    was = identity_of(place.stat())
+    assert not strays(((was[0], was[1]), str(place)), was)
+    assert not strays((("path", str(place)), str(place)), was)  # nothing there
+    assert strays((("f", 1), str(place)), was) and strays((was, str(place)), None)
+    assert strays(None, was) and strays("unresolvable", was) and strays("hung", was)
+
+    config = ResourceConfig(
+        name=R1,
+        driver=GlobDriverConfig(paths=(f"{tmp_path}/n*",)),
+        allocate=AllocateConfig(cdi=CdiConfig(kind=R1, spec_dir=str(tmp_path / "cdi"))),
+    )
+    n0 = Device("n0", nodes=(DeviceNode(str(place), "/dev/n0"),), path=str(place))
+    index = OwnershipIndex()
+    index.attach(R1, DeviceTable().publish, get_logger().bind(resource=R1))
+    index.publish(R1, {"n0": n0})
+    await index.quiet()
+    await index.book(R1, ["n0"])
+    handed_out = {str(place): was}
+    empty = DeviceTable().snapshot
+    assert await index.changed_places(R1, ["n0"], [str(place)], handed_out) == {}
+    assert render_held(config, empty, {"n0": n0}, (), {"n0": handed_out})[1] == frozenset()
+
+    (tmp_path / "a,b").mkdir()
+    place.rename(tmp_path / "a,b" / "n0")
+    place.symlink_to(tmp_path / "a,b" / "n0")  # the same file, through a ',' path
+    assert identity_of(place.stat()) == was
+    assert await index.changed_places(R1, ["n0"], [str(place)], handed_out) != {}
+    assert render_held(config, empty, {"n0": n0}, (), {"n0": handed_out})[1] == {"n0"}

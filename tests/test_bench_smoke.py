@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench import harness, hotplug, latency, run, scale
+from tests.bench import flooder, harness, hotplug, latency, run, scale
 
 MODULES = (
     "containment",
     "floor_server",
+    "flooder",
     "hooks",
     "hostile_drivers",
     "large",
@@ -38,6 +39,16 @@ TINY = replace(harness.Options.quick_options(), repeats=1, calls=20, warmup=5, h
 @pytest.mark.parametrize("name", MODULES)
 def test_bench_modules_import(name: str) -> None:
     importlib.import_module(f"tests.bench.{name}")
+
+
+def test_churning_flooder_keeps_as_many_files_as_there_were(tmp_path: Path) -> None:
+    harness.make_device_files(tmp_path, 10, "f")
+    event = flooder.churner(tmp_path)
+    for i in range(101):
+        event(i)
+    assert len(list(tmp_path.iterdir())) == 11  # event 100 created one, its removal is next
+    event(101)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"c{i}" for i in range(41, 51)]
 
 
 def test_statistics_helpers() -> None:

@@ -8,12 +8,20 @@
   every 200 ms run (same paths): the ownership index admits each list in bounded turns of
   the loop (target 2x).
 - Scraped `/devices`: the same, beside a probe listing 20,000 devices with `replicas: 5`
-  (100,000 advertised IDs) while two clients poll `/devices` and two `/metrics` in a loop
-  (Issue 17, hostile4 H9: each request built and encoded the 8 MB document again, holding
-  the GIL; Allocate waited seconds). The answer is now built once per change (target 2x).
-- File churn: the same, beside a glob resource whose directory a thread churns (create one
-  of 500 files, remove another, without pause; hostile4 H7: every event made a scan and a
-  published list). Scans of a resource now start at least 0.25 s apart (target 2x).
+  (100,000 advertised IDs) while a flooder child scrapes `/devices` and `/metrics` in turn,
+  10 a second (Issue 17, hostile4 H9: each request built and encoded the 8 MB document
+  again, holding the GIL; Allocate waited seconds). The answer is now built once per change
+  (target 2x).
+- File churn: the same, beside a glob resource whose directory (on tmpfs, as /dev is) a
+  flooder child churns at 2,000 file events a second (create a file, remove the oldest of
+  500; hostile4 H7: every event made a scan and a published list). Scans of a resource now
+  start at least 0.25 s apart (target 2x).
+- Both floods run at a fixed rate, paced by the clock in a process of their own: each run
+  reports the rate achieved and kdp-host's CPU per 1,000 events (the flooded host's CPU
+  beyond the plain host's over the same run). They ran as fast as they could before, so a
+  host that took less CPU per event got a larger flood (0.97 and 4.8 million file events in
+  two runs) and the ratio measured the flooder; and as threads of this process they shared
+  the GIL with the Allocate client being timed.
 - Daemon-leaving probe: a poll probe starts a daemon (setsid) that keeps the probe's stdout
   open, so every run ends at its timeout. The figure is how many pipe descriptors kdp-host
   holds after 100 such runs beyond what it held after the first few (target 0; it leaked 2
@@ -27,8 +35,9 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
-import threading
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -41,8 +50,10 @@ from .harness import (
     Figure,
     Options,
     glob_resource,
+    helper_process,
     make_device_files,
     make_workdir,
+    read_line,
     remove_tree,
 )
 from .latency import (
@@ -60,10 +71,16 @@ FLOOD = (
     "while True:\n"
     '    write(\'[{"id": "a"}]\\n[{"id": "b"}]\\n\')\n'
 )
+MS = 1000.0
 PROBE_RUNS = 100
 RENAMED = 12_000
 SCRAPED = 20_000
 CHURNED = 500
+CHURN_RATE = 2000.0
+"""File events a second (a create or a remove each): the flooder's CPU stays under 5 % of a
+core on tmpfs, so the rate is the same in every run."""
+SCRAPE_RATE = 10.0
+"""Scrapes a second, /devices and /metrics in turn."""
 SCRAPED_REPLICAS = 5
 _TIMEOUTS = re.compile(
     r'^kdp_driver_errors_total\{reason="timeout",resource="([^"]+)"\} ([0-9.e+]+)$', re.M
@@ -98,11 +115,13 @@ def _allocate_beside(
     setup: Callable[[Path], None] = lambda workdir: None,
     ready: Callable[[ServedHost], None] = lambda served: None,
     after: Callable[[ServedHost], list[Figure]] = lambda served: [],
+    flood: _Flood | None = None,
 ) -> list[Figure]:
     """Allocate p50/p99 of the same glob resource (rich allocate section) on two kdp-host
     processes, one of which also runs the `hostile` resource, in rotating order; `ratio`
     gets hostile/none p99 of each run. `setup` makes its files, `ready` waits for it to be
-    at work, `after` reads figures of its own."""
+    at work (and starts `flood`, whose rate and cost each run measures), `after` reads
+    figures of its own."""
     none, label = labels
     figures = {
         f"allocate {q} {name}": Figure(f"hostile: allocate {q}, {name}", "ms")
@@ -124,11 +143,16 @@ def _allocate_beside(
             targets = allocate_targets(stack, list(labels), [plain, beside], request)
             sized = Options(**{**opts.__dict__, "calls": opts.containment_calls})
             for i in range(opts.repeats):
+                before = flood.sample(plain, beside) if flood else None
                 result = measure(targets, request, sized, figures, i)
                 ratio.add(result[label][1] / result[none][1])
+                if flood and before:
+                    flood.add(before, flood.sample(plain, beside))
                 for served in (plain, beside):
                     served.host.check_alive()
             extra = after(beside)
+            if flood:
+                extra += flood.figures()
     finally:
         remove_tree(workdir)
     return [*figures.values(), ratio, *extra]
@@ -182,99 +206,127 @@ def _renaming_probe(opts: Options) -> list[Figure]:
     return _allocate_beside(opts, labels, probe, ratio, setup, ready)
 
 
-class _Background:
-    """Threads a hostile run starts once its host is at work and stops after the
-    measurement, with one figure of what they did (`count`)."""
+class _Flood:
+    """A flooder child (tests/bench/flooder.py) making `rate` events a second, from the
+    start of the measurement to its end: each run gets the rate achieved and kdp-host's CPU
+    per 1,000 events (the flooded host's CPU beyond the plain host's over the same run, where
+    both answered the same Allocate calls)."""
 
-    def __init__(self, figure: Figure) -> None:
-        self.figure = figure
-        self.stop = threading.Event()
-        self.count = 0
+    def __init__(self, what: str, unit: str, rate: float) -> None:
+        self.rate = rate
+        self.achieved = Figure(
+            f"hostile: {what} rate achieved", f"{unit}/s", note=f"asked for {rate:g}/s"
+        )
+        self.cpu = Figure(
+            f"hostile: kdp-host CPU per 1,000 {unit}, {what}",
+            "ms",
+            note=f"beyond the host without them, same run, at {rate:g} {unit}/s",
+        )
+        self.stack = contextlib.ExitStack()
+        self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, work: Callable[..., None], *args: Any) -> None:
-        threading.Thread(target=work, args=args, daemon=True).start()
+    def start(self, *args: str) -> None:
+        self.proc = self.stack.enter_context(
+            helper_process("flooder", *args, "--rate", str(self.rate))
+        )
+        if read_line(self.proc, 30, "ready line") != "ready":
+            raise BenchError("the flooder did not start")
 
-    def after(self, served: ServedHost) -> list[Figure]:
-        self.stop.set()
-        self.figure.add(float(self.count))
-        return [self.figure]
+    def close(self) -> None:
+        self.stack.close()
+
+    def sample(self, plain: ServedHost, flooded: ServedHost) -> tuple[float, float, float, float]:
+        """(events made, monotonic, plain host's CPU s, flooded host's CPU s)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        events, at = json.loads(read_line(self.proc, 30, "count"))
+        return float(events), float(at), plain.host.cpu_seconds(), flooded.host.cpu_seconds()
+
+    def add(
+        self, before: tuple[float, float, float, float], after: tuple[float, float, float, float]
+    ) -> None:
+        events, seconds, plain, flooded = (b - a for a, b in zip(before, after, strict=True))
+        if events <= 0:
+            raise BenchError(f"the flooder made no events in {seconds:.1f}s")
+        self.achieved.add(events / seconds)
+        self.cpu.add((flooded - plain) / events * 1000 * MS)
+
+    def figures(self) -> list[Figure]:
+        return [self.achieved, self.cpu]
 
 
 def _scraped_devices(opts: Options) -> list[Figure]:
-    """Allocate of another resource while 2 clients poll `/devices` and 2 `/metrics` of a
-    host advertising SCRAPED x SCRAPED_REPLICAS IDs (hostile4 H9)."""
+    """Allocate of another resource while a flooder scrapes `/devices` and `/metrics` in
+    turn, SCRAPE_RATE a second, of a host advertising SCRAPED x SCRAPED_REPLICAS IDs
+    (hostile4 H9)."""
     n = SCRAPED // 10 if opts.quick else SCRAPED
     name = "bench.kdp-host.io/scraped"
     ratio = _ratio(
-        f"/devices scraped ({n * SCRAPED_REPLICAS} IDs)", "the large resource and the scrapers"
+        f"/devices scraped ({n * SCRAPED_REPLICAS} IDs, {SCRAPE_RATE:g} scrapes/s)",
+        "the large resource and the scrapes",
     )
     probe: dict[str, Any] = {
         "name": name,
         "replicas": SCRAPED_REPLICAS,
         "shell": {"format": "json", "interval": "2s"},
     }
-    scrapers = _Background(Figure("hostile: scrapes answered during the /devices run", "scrapes"))
+    scrapes = _Flood("/devices and /metrics scraped", "scrapes", SCRAPE_RATE)
 
     def setup(workdir: Path) -> None:
         listed = [{"id": f"s{i}"} for i in range(n)]
         (workdir / "scraped.json").write_text(json.dumps(listed))
         probe["shell"]["command"] = ["cat", str(workdir / "scraped.json")]
 
-    def scrape(url: str) -> None:
-        while not scrapers.stop.is_set():
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response:
-                    response.read()
-                scrapers.count += 1
-            except OSError:
-                if scrapers.stop.wait(0.1):
-                    return
-
     def ready(served: ServedHost) -> None:
         served.kubelet.wait_registrations([name], timeout=60)
         total = n * SCRAPED_REPLICAS
         served.kubelet.plugins[name].wait_update(lambda u: u.healthy() == total, timeout=120)
         base = f"http://{served.host.metrics_address}"
-        for path in ("/devices", "/devices", "/metrics", "/metrics"):
-            scrapers.start(scrape, base + path)
+        scrapes.start("scrape", "--url", f"{base}/devices", "--url", f"{base}/metrics")
 
     labels = ("no scrapers", "devices scraped")
     try:
-        return _allocate_beside(opts, labels, probe, ratio, setup, ready, scrapers.after)
+        return _allocate_beside(opts, labels, probe, ratio, setup, ready, flood=scrapes)
     finally:
-        scrapers.stop.set()
+        scrapes.close()
+
+
+def _churn_directory(workdir: Path) -> Path:
+    """A directory on tmpfs (/dev/shm) where there is one, as /dev (devtmpfs) is: on a disk
+    file system each create and unlink costs the flooder ~0.13 ms of kernel time (ext4,
+    measured), on tmpfs a tenth of it."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix="kdpb-churn-", dir=shm))
+    return workdir / "churn"
 
 
 def _churn(opts: Options) -> list[Figure]:
-    """Allocate of another resource while a thread creates and removes files in a glob
-    resource's directory without pause (hostile4 H7)."""
+    """Allocate of another resource while a flooder creates and removes files in a glob
+    resource's directory, CHURN_RATE events a second (hostile4 H7)."""
     name = "bench.kdp-host.io/churned"
-    ratio = _ratio(f"file churn ({CHURNED} files)", "the churned resource")
+    ratio = _ratio(f"file churn ({CHURNED} files, {CHURN_RATE:g} events/s)", "the churned resource")
     churned: dict[str, Any] = {"name": name, "glob": {"gracePeriod": "0s"}}
-    churner = _Background(Figure("hostile: file events made during the churn run", "events"))
+    churner = _Flood("file churn", "file events", CHURN_RATE)
+    directory: list[Path] = []
 
     def setup(workdir: Path) -> None:
-        make_device_files(workdir / "churn", CHURNED, "f")
-        churned["glob"]["paths"] = [f"{workdir}/churn/*"]
-
-    def churn(directory: Path) -> None:
-        i = 0
-        while not churner.stop.is_set():
-            with contextlib.suppress(OSError):
-                (directory / f"f{i % CHURNED}_{i}").touch()
-                (directory / f"f{(i + CHURNED // 2) % CHURNED}_{i - CHURNED // 2}").unlink()
-            churner.count += 2
-            i += 1
+        directory.append(_churn_directory(workdir))
+        make_device_files(directory[0], CHURNED, "f")
+        churned["glob"]["paths"] = [f"{directory[0]}/*"]
 
     def ready(served: ServedHost) -> None:
         served.kubelet.wait_registrations([name], timeout=60)
-        churner.start(churn, Path(churned["glob"]["paths"][0]).parent)
+        churner.start("churn", "--dir", str(directory[0]))
 
     labels = ("no churn", "file churn")
     try:
-        return _allocate_beside(opts, labels, churned, ratio, setup, ready, churner.after)
+        return _allocate_beside(opts, labels, churned, ratio, setup, ready, flood=churner)
     finally:
-        churner.stop.set()
+        churner.close()
+        for path in directory:
+            remove_tree(path)
 
 
 def _pipes(pid: int) -> int:

@@ -88,7 +88,6 @@ class HandedRecord:
         self._data: Entries = {}
         self._withheld: dict[str, set[str]] = {}
         self._watchers: dict[str, list[Callable[[], None]]] = {}
-        self._taken: frozenset[str] = frozenset()
         self._drops: dict[str, int] = {}
         """Per resource: the ownership index's `drops` at its last Allocate's let-go."""
         self._all_drops: int | None = None
@@ -122,11 +121,7 @@ class HandedRecord:
         """Read the file (blocking: call it in a thread). Missing: nothing was recorded."""
         if self.file is None:
             return
-        self._data, writers = self.file.load(read_document) or ({}, {})
-        self.file.unsettled = self.file.unknown
-        if self._writer is not None:
-            directory = str(self.file.path.parent)
-            self._taken = frozenset(w for w in writers if not running(directory, w))
+        self._data = (self.file.load(read_document) or ({}, {}))[0]
 
     @classmethod
     async def read(
@@ -329,7 +324,7 @@ class HandedRecord:
         assert self._writer is not None and self.file is not None
         kept = {} if current is None else read_document(current)[1]
         directory = str(self.file.path.parent)
-        writers = other_writers(kept, self._writer, self._taken, directory)
+        writers = other_writers(kept, self._writer, self.file.taken, directory)
         writers[self._writer] = parse_entries(mine)
         union: Entries = {}
         for entries in writers.values():

@@ -63,8 +63,6 @@ class ReleaseStateStore:
         """`writer`: this host's instance ID (its entries are merged with the other hosts'
         on the state directory); None writes the file as this host's alone."""
         self._writer = writer
-        self._taken: frozenset[str] = frozenset()
-        """Hosts that had ended when the file was read: their entries were taken up."""
         self._file = StateFile(
             directory,
             STATE_FILE,
@@ -106,11 +104,7 @@ class ReleaseStateStore:
 
     def load(self) -> None:
         """Read the file (blocking: call it in a thread). Missing: nothing was used."""
-        self._data, writers = self._file.load(_read) or ({}, {})
-        self._file.unsettled = self._file.unknown
-        if self._writer is not None:
-            directory = str(self.path.parent)
-            self._taken = frozenset(w for w in writers if not running(directory, w))
+        self._data = (self._file.load(_read) or ({}, {}))[0]
 
     def handed_out(self, resource: str) -> frozenset[str]:
         """The IDs of `resource` handed out that a missing file could not tell of: its
@@ -164,7 +158,7 @@ class ReleaseStateStore:
         assert self._writer is not None
         kept = {} if current is None else _read(current)[1]
         directory = str(self.path.parent)
-        writers = other_writers(kept, self._writer, self._taken, directory)
+        writers = other_writers(kept, self._writer, self._file.taken, directory)
         writers[self._writer] = _parse(mine)
         union: Resources = {}
         for entries in writers.values():

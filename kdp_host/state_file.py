@@ -107,7 +107,7 @@ class StateFile:
         how a document is written (default: `json.dumps`, keys sorted); given, the file read
         back as the bytes last written is that document (`last_written`), not parsed again
         (for documents of parts never changed once made: `rendered_json.encoded`)."""
-        self._running, self._encode = running, encode
+        self._running, self._encode, self._writer_id = running, encode, writer
         self._wrote: tuple[bytes, Mapping[str, Any]] | None = None
         self.path = Path(directory) / name
         self._mark_unsaved = mark_unsaved
@@ -128,6 +128,8 @@ class StateFile:
         """The file could not be read."""
         self.found = False
         """The file was there when it was read (`load`)."""
+        self.taken: frozenset[str] = frozenset()
+        """A shared file's writers that had ended when it was read: taken up (`load`)."""
         self.unsettled = False
         """What the file holds is not yet all its writer knows (`mark_unsaved`: it was
         `unknown` at start and its writer has not learnt since what it lost): the marker
@@ -155,20 +157,22 @@ class StateFile:
 
     def load(self, parse: Parser[T]) -> T | None:
         """The file's document read by `parse`; None when it is missing or unreadable
-        (blocking: call it through the offload). Read like every small file
-        (`files.read_attribute`): a FIFO, a device or a directory there is refused at once,
-        never waited on."""
+        (blocking: through the offload; read like every small file: `read_attribute`).
+        Sets `unsettled` (while `unknown`) and, for a shared file's `writers`, `taken`."""
         if self._mark_unsaved:
             self._take_over_markers()
         document = self._document()
         self.found = document is not None or self.unknown
-        if document is None:
-            return None
         try:
-            return parse(document)
+            found = None if document is None else parse(document)
         except _SHAPE_ERRORS as exc:
             self._unreadable(f"does not parse ({str(exc)[:200]})")
-            return None
+            found = None
+        self.unsettled = self._mark_unsaved and self.unknown
+        if found is not None and document and self._writer_id and self._running is not None:
+            directory, writers = str(self.path.parent), document.get("writers", {})
+            self.taken = frozenset(w for w in writers if not self._running(directory, w))
+        return found
 
     def _take_over_markers(self) -> None:
         """Markers of hosts that stopped before their write succeeded: the file may lack
@@ -243,9 +247,8 @@ class StateFile:
             self._writer = asyncio.create_task(self._keep_writing(), name=self.path.name)
 
     def write_again(self, document: Callable[[], Mapping[str, Any]], why: str) -> None:
-        """The file went behind the host's back (deleted, or its directory emptied): write
-        `document()` again; `unwritten` says so (the host is not ready) until a write
-        succeeds."""
+        """The file went behind the host's back (deleted, its directory emptied): write
+        `document()` again; `unwritten` says so (not ready) until a write succeeds."""
         if self.unwritten is None:
             self.unwritten = f"{self.path.name} {why}: written again"
             self._failing_since = time.monotonic()
@@ -383,12 +386,11 @@ class StateFile:
 
     def _write_document(self, document: Mapping[str, Any]) -> None:
         body = {**document, "version": self._version_tag}
-        if self._encode is None:
-            write_atomic(str(self.path), json.dumps(body, sort_keys=True).encode())
-            return
-        data = self._encode(body)
+        encode = self._encode
+        data = json.dumps(body, sort_keys=True).encode() if encode is None else encode(body)
         write_atomic(str(self.path), data)
-        self._wrote = (data, body)
+        if encode is not None:
+            self._wrote = (data, body)
 
 
 def text(value: object) -> str:

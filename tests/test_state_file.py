@@ -313,3 +313,38 @@ async def test_a_host_with_a_directory_at_the_bookings_lock_keeps_its_bookings(
     assert (state / f"{OWNERSHIP_FILE}.lock.unreadable").is_dir()
     await wait_until(lambda: not running.host.not_ready(), what="ready")
     assert not any(r.getMessage() == "ownership_state_write_failed" for r in caplog.records)
+
+
+def test_a_shared_files_read_names_the_writers_it_takes_up(tmp_path: Path) -> None:
+    """`StateFile.load` of a file several hosts write (release-state.json, handed-out.json):
+    `taken` names the writers whose host had ended (this host took their entries up; its
+    merges leave them out: `state_lock.other_writers`); a file read as unknown stays
+    `unsettled` (with `mark_unsaved`) until its owner learnt again what was lost."""
+    runs = {"b", "me"}
+
+    def shared(merge: bool = True) -> state_file.StateFile:
+        return state_file.StateFile(
+            str(tmp_path),
+            "x.json",
+            "x",
+            1,
+            get_logger(),
+            DaemonThreads(),
+            consequence="-",
+            if_unwritten="-",
+            merge=(lambda mine, _on_disk: mine) if merge else None,
+            mark_unsaved=True,
+            writer="me" if merge else None,
+            running=lambda _directory, writer: writer in runs,
+        )
+
+    document = {"version": 1, "writers": {"a": {}, "b": {}, "me": {}}}
+    (tmp_path / "x.json").write_text(json.dumps(document))
+    file = shared()
+    assert file.load(dict) == document and file.taken == {"a"} and not file.unsettled
+    alone = shared(merge=False)
+    assert alone.load(dict) == document and alone.taken == frozenset()
+    (tmp_path / "x.json").write_text("{not json")
+    unread = shared()
+    assert unread.load(dict) is None and unread.unknown and unread.unsettled
+    assert unread.taken == frozenset()

@@ -18,10 +18,12 @@ from kdp_host.drivers.scanner import Listed, ScanResult
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
-from kdp_host.ownership_claims import ClaimKey, Reached, missing
+from kdp_host.ownership_claims import Reached, missing
 from kdp_host.ownership_paths import PathIndex
 from kdp_host.testing import ManualClock, ManualWatcher
 from kdp_host.turns import Pace
+
+from .fake_nodes import FakeNodes
 
 R = "t.io/big"
 
@@ -59,19 +61,6 @@ def node(i: int) -> Device:
     return Device(f"d{i}", nodes=None, path=path)
 
 
-class Nodes:
-    """path -> claim (each path its own real path); records what is resolved."""
-
-    def __init__(self, nodes: dict[str, ClaimKey]) -> None:
-        self.nodes = nodes
-        self.resolved: list[str] = []
-
-    def __call__(self, path: str) -> Reached | None:
-        self.resolved.append(path)
-        key = self.nodes.get(path)
-        return None if key is None else (key, path)
-
-
 async def settled(index: OwnershipIndex) -> None:
     await asyncio.sleep(0)  # (the watcher's recheck runs soon after the report)
     await index.quiet()
@@ -80,7 +69,7 @@ async def settled(index: OwnershipIndex) -> None:
 async def test_a_changed_path_rechecks_its_device_without_a_walk_of_the_list() -> None:
     """The watcher reports one path of 300 devices changed: its device is resolved and
     admitted again, and no list of the resource is walked (the recheck finds it by path)."""
-    nodes = Nodes({f"/dev/big/d{i}": ("c", i) for i in range(300)})
+    nodes = FakeNodes({f"/dev/big/d{i}": ("c", i) for i in range(300)})
     watcher = ManualWatcher()
     index = OwnershipIndex(resolve=nodes, offload=DaemonThreads(), chunk=50)
     index.watch(watcher)
@@ -111,7 +100,7 @@ async def test_a_changed_path_rechecks_its_device_without_a_walk_of_the_list() -
 async def test_the_path_index_follows_the_list_it_was_made_for() -> None:
     """Kept with each admission, the index names the devices of the list as it is now: a
     device added later, one whose path moved, a path two devices pass, one removed."""
-    nodes = Nodes({f"/dev/big/d{i}": ("c", i) for i in range(20)})
+    nodes = FakeNodes({f"/dev/big/d{i}": ("c", i) for i in range(20)})
     nodes.nodes["/dev/big/ctl"] = ("c", 99)
     watcher = ManualWatcher()
     index = OwnershipIndex(resolve=nodes, offload=DaemonThreads())
@@ -222,7 +211,7 @@ async def test_what_a_round_resolved_is_kept_while_the_next_round_resolves() -> 
     resolved again, then the other half: with 10,000 devices unplugged at once the rounds
     went on for minutes.)"""
     paths = [f"/dev/big/d{i}" for i in range(20)]
-    nodes = Nodes({path: ("c", i) for i, path in enumerate(paths)})
+    nodes = FakeNodes({path: ("c", i) for i, path in enumerate(paths)})
     index = OwnershipIndex(resolve=nodes, offload=DaemonThreads())
     index.attach(R, DeviceTable().publish, get_logger().bind(resource=R))
     index.publish(R, {f"d{i}": node(i) for i in range(20)})
@@ -246,7 +235,7 @@ async def test_paths_changing_while_others_resolve_are_admitted_in_a_few_rounds(
     not forgotten before the admission waiting for the next round ran: no endless rounds of
     one half, then the other)."""
     paths = [f"/dev/big/d{i}" for i in range(300)]
-    nodes = Nodes({path: ("c", i) for i, path in enumerate(paths)})
+    nodes = FakeNodes({path: ("c", i) for i, path in enumerate(paths)})
     watcher = ManualWatcher()
     loop = asyncio.get_running_loop()
     armed = second_half = False

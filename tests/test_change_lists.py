@@ -18,7 +18,8 @@ from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnedTable, OwnershipIndex
 from kdp_host.testing import ManualClock
 
-from .test_change_cost import CountsWalks, Nodes, node
+from .fake_nodes import FakeNodes
+from .test_change_cost import CountsWalks, node
 
 R = "t.io/big"
 
@@ -70,7 +71,7 @@ def test_the_grace_merge_of_a_list_that_says_what_changed_walks_nothing() -> Non
 def test_the_reporter_and_the_index_admit_a_changed_list_without_a_walk() -> None:
     """One device of 300 plugged, one unplugged: the reporter (what it cannot list, the
     healthy count it logs) and the index's admission look at those, and walk no list."""
-    nodes = Nodes({f"/dev/big/d{i}": ("c", i) for i in range(301)})
+    nodes = FakeNodes({f"/dev/big/d{i}": ("c", i) for i in range(301)})
     index = OwnershipIndex(resolve=nodes)  # (resolved inline: no event loop needed)
     published: list[Mapping[str, Device]] = []
 

@@ -34,7 +34,8 @@ from kdp_host.ownership_claims import ClaimSet, Owner
 from kdp_host.ownership_document import read_saved
 from kdp_host.podresources import Holdings
 
-from .test_ownership import FakeNodes, booked_ids, dev, restarted
+from .fake_nodes import FakeNodes
+from .test_ownership import booked_ids, dev, restarted
 
 FIXTURES = Path(__file__).parent / "data" / "kubelet_checkpoint"
 A = "h3.example/a"

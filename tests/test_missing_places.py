@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kdp_host.devices import Device, DeviceMount, DeviceTable
-from kdp_host.logs import get_logger
-from kdp_host.ownership import OwnershipIndex
+from kdp_host.devices import Device, DeviceMount
 from kdp_host.ownership_claims import NOTHING, claim_of, reach
 
 from .conftest import wait_until
+from .fake_nodes import indexed
 from .kubelet_harness import RealKubelet
 from .test_hostile2_identity import held
 
@@ -47,12 +46,8 @@ async def test_a_missing_place_through_a_link_is_the_same_place(tmp_path: Path) 
     run = tmp_path / "run"
     run.mkdir()
     (run / "lnk").symlink_to(run)
-    index = OwnershipIndex()
-    tables = {A: DeviceTable(), B: DeviceTable()}
-    for name, path in ((A, run / "m"), (B, run / "lnk" / "m")):
-        index.attach(name, tables[name].publish, get_logger().bind(resource=name))
-        index.publish(name, {f"{name[-1]}0": mounting(f"{name[-1]}0", str(path))})
-    await index.quiet()
+    places = ((A, run / "m"), (B, run / "lnk" / "m"))
+    index, tables = await indexed({n: [mounting(f"{n[-1]}0", str(p))] for n, p in places})
     assert [d.id for d in tables[A].snapshot.devices] == ["a0"]
     assert tables[B].snapshot.devices == ()
     # what the answer hands out is that place, not the text through the link

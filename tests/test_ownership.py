@@ -27,7 +27,6 @@ from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_allocate import PlaceOwned
 from kdp_host.ownership_claims import (
-    ClaimKey,
     Reached,
     Resolver,
     claim_key,
@@ -46,6 +45,7 @@ from kdp_host.unbook import drop_bookings
 from kdp_host.watch import PollingWatcher
 
 from .conftest import wait_until
+from .fake_nodes import FakeNodes
 
 R1, R2, R3 = "t.io/a", "t.io/b", "t.io/c"
 
@@ -91,18 +91,6 @@ class Host:
             "kdp_driver_skipped_total", {"resource": resource, "reason": "node_owned"}
         )
         return value or 0.0
-
-
-class FakeNodes:
-    """Device numbers without root: a path -> claim table the test edits (every path is
-    its own real path)."""
-
-    def __init__(self, nodes: Mapping[str, ClaimKey]) -> None:
-        self.nodes = dict(nodes)
-
-    def __call__(self, path: str) -> Reached | None:
-        key = self.nodes.get(path)
-        return None if key is None else (key, path)
 
 
 def test_a_node_reached_by_a_link_from_another_resource_is_held_and_logged(

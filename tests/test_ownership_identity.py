@@ -21,7 +21,8 @@ from kdp_host.ownership_document import (
 from kdp_host.ownership_overlaps import overlap_warnings
 from kdp_host.podresources import Holder, Holdings
 
-from .test_ownership import R1, R2, FakeNodes, Host, booked_ids, dev, node, restarted
+from .fake_nodes import FakeNodes
+from .test_ownership import R1, R2, Host, booked_ids, dev, node, restarted
 
 
 def inode(path: Path) -> tuple[str, int]:

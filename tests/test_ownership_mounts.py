@@ -28,7 +28,8 @@ from kdp_host.ownership_claims import Unresolvable
 from kdp_host.testing import ManualWatcher
 from kdp_host.watch import Watcher
 
-from .test_ownership_places import R1, R2, handed_index, hops, node
+from .fake_nodes import indexed, node
+from .test_ownership_places import R1, R2, handed_index, hops
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,13 +53,10 @@ async def kept_beside_b(
         (tmp / side / "dev").mkdir(parents=True)
         (tmp / side / "dev" / "n0").write_text(side)
     path = str(tmp / "a" / "dev" / "n0")
-    index = OwnershipIndex(offload=DaemonThreads())
-    index.watch(watcher)
-    tables = {R1: DeviceTable(), R2: DeviceTable()}
-    for name, side in ((R1, "a"), (R2, "b")):
-        index.attach(name, tables[name].publish, get_logger().bind(resource=name))
-        index.publish(name, {"n0": node(str(tmp / side / "dev" / "n0"))})
-    await index.quiet()
+    devices = {
+        name: [node(str(tmp / side / "dev" / "n0"))] for name, side in ((R1, "a"), (R2, "b"))
+    }
+    index, tables = await indexed(devices, watcher=watcher, offload=DaemonThreads())
     for _ in range(2):
         assert await index.hand_out(R1, ["n0"], [path]) == {path: path}
     return index, tables, path

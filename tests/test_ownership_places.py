@@ -14,52 +14,29 @@ from typing import TypeVar
 
 import pytest
 
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.devices import DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_allocate import PlaceOwned
-from kdp_host.ownership_claims import ClaimKey, Reached, Unresolvable
+from kdp_host.ownership_claims import Reached, Unresolvable
 from kdp_host.testing import ManualWatcher
+
+from .fake_nodes import FakeNodes, indexed, node
 
 R1, R2 = "t.io/a", "t.io/b"
 T = TypeVar("T")
 
 
-class CountingNodes:
-    """path -> claim, every path its own real path unless `reals` names another (a link on
-    the way); counts what is resolved."""
-
-    def __init__(self, nodes: dict[str, ClaimKey], reals: dict[str, str] | None = None) -> None:
-        self.nodes = nodes
-        self.reals = reals or {}
-        self.resolved: list[str] = []
-
-    def __call__(self, path: str) -> Reached | None:
-        self.resolved.append(path)
-        key = self.nodes.get(path)
-        return None if key is None else (key, self.reals.get(path, path))
-
-
-def node(path: str) -> Device:
-    return Device(path.rsplit("/", 1)[-1], nodes=(DeviceNode(path, path),), path=path)
-
-
-def index_with(nodes: CountingNodes, watcher: ManualWatcher | None) -> OwnershipIndex:
-    index = OwnershipIndex(resolve=nodes, offload=DaemonThreads())
-    if watcher is not None:
-        index.watch(watcher)
-    for name, device in ((R1, node("/dev/a")), (R2, node("/dev/b"))):
-        index.attach(name, DeviceTable().publish, get_logger().bind(resource=name))
-        index.publish(name, {device.id: device})
-    return index
+async def index_with(nodes: FakeNodes, watcher: ManualWatcher | None) -> OwnershipIndex:
+    devices = {R1: [node("/dev/a")], R2: [node("/dev/b")]}
+    return (await indexed(devices, nodes, watcher=watcher, offload=DaemonThreads()))[0]
 
 
 async def test_a_repeated_allocate_resolves_its_places_once_while_they_are_followed() -> None:
-    nodes = CountingNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/opt/lib": ("path", "x")})
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/opt/lib": ("path", "x")})
     watcher = ManualWatcher()
-    index = index_with(nodes, watcher)
-    await index.quiet()
+    index = await index_with(nodes, watcher)
     nodes.resolved.clear()
     for _ in range(3):
         await index.book(R1, ["a"], {"a": ["/opt/lib", "/opt/absent"]})
@@ -83,9 +60,8 @@ async def test_a_repeated_allocate_resolves_its_places_once_while_they_are_follo
 
 async def test_without_a_watcher_every_allocate_resolves_its_places() -> None:
     """Nothing would say that a place changed: it is never taken as known."""
-    nodes = CountingNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/opt/lib": ("path", "x")})
-    index = index_with(nodes, None)
-    await index.quiet()
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/opt/lib": ("path", "x")})
+    index = await index_with(nodes, None)
     nodes.resolved.clear()
     await index.book(R1, ["a"], {"a": ["/opt/lib"]})
     await index.book(R1, ["a"], {"a": ["/opt/lib"]})
@@ -98,7 +74,7 @@ async def test_without_a_watcher_every_allocate_resolves_its_places() -> None:
 async def test_a_place_that_changes_while_it_is_resolved_is_not_kept() -> None:
     """A change the watcher reports while the place is being resolved may have come after
     the answer: that answer is used once, not kept."""
-    nodes = CountingNodes({"/dev/a": ("c", 1), "/opt/lib": ("path", "x")})
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/opt/lib": ("path", "x")})
     watcher = ManualWatcher()
     loop = asyncio.get_running_loop()
 
@@ -107,11 +83,9 @@ async def test_a_place_that_changes_while_it_is_resolved_is_not_kept() -> None:
             loop.call_soon_threadsafe(watcher.change, "/opt", "lib")
         return nodes(path)
 
-    index = OwnershipIndex(resolve=racing, offload=DaemonThreads())
-    index.watch(watcher)
-    index.attach(R1, DeviceTable().publish, get_logger().bind(resource=R1))
-    index.publish(R1, {"a": node("/dev/a")})
-    await index.quiet()
+    index, _ = await indexed(
+        {R1: [node("/dev/a")]}, racing, watcher=watcher, offload=DaemonThreads()
+    )
     nodes.resolved.clear()
     await index.book(R1, ["a"], {"a": ["/opt/lib"]})
     await index.book(R1, ["a"], {"a": ["/opt/lib"]})
@@ -143,12 +117,7 @@ async def handed_index(
     (directory / "n0").write_text("")
     path = str(directory / "n0")
     offload = CountingOffload()
-    index = OwnershipIndex(offload=offload)
-    if watcher is not None:
-        index.watch(watcher)
-    index.attach(R1, DeviceTable().publish, get_logger().bind(resource=R1))
-    index.publish(R1, {"n0": node(path)})
-    await index.quiet()
+    index, _ = await indexed({R1: [node(path)]}, watcher=watcher, offload=offload)
     return index, offload, path
 
 
@@ -216,11 +185,10 @@ async def test_a_place_through_a_link_is_resolved_at_every_allocate() -> None:
     """A place whose real path is not its text (a link on the way) was kept like any other:
     its target re-pointed in a directory nobody follows (hostile3 G2 addendum) kept the old
     claim, while the Allocate handed out the new real path. It is never kept now."""
-    nodes = CountingNodes(
+    nodes = FakeNodes(
         {"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/opt/lib": ("d", 7)}, {"/opt/lib": "/srv/lib"}
     )
-    index = index_with(nodes, ManualWatcher())
-    await index.quiet()
+    index = await index_with(nodes, ManualWatcher())
     nodes.resolved.clear()
     await index.book(R1, ["a"], {"a": ["/opt/lib"]})
     await index.book(R1, ["a"], {"a": ["/opt/lib"]})
@@ -235,7 +203,7 @@ def test_the_common_devices_claims_are_one_object_each() -> None:
     for its claims, the claim itself (`OneClaim`), not a Claims, a tuple and the claim (at
     100 resources x 1000 devices the three were 15 MiB of the host's 120)."""
     paths = [f"/dev/n{number:04d}" for number in range(2000)]
-    nodes = CountingNodes({path: ("c", 1000 + number) for number, path in enumerate(paths)})
+    nodes = FakeNodes({path: ("c", 1000 + number) for number, path in enumerate(paths)})
     devices = {device.id: device for device in map(node, paths)}
     index = OwnershipIndex(resolve=nodes)
     table = DeviceTable()

@@ -17,7 +17,8 @@ from kdp_host.ownership_allocate import PlaceOwned
 from kdp_host.ownership_claims import Claim, ClaimSet
 from kdp_host.podresources import Holder, Holdings
 
-from .test_ownership import R1, R2, FakeNodes, Host, dev, node
+from .fake_nodes import FakeNodes
+from .test_ownership import R1, R2, Host, dev, node
 
 N, CHUNK = 1000, 50
 NOW = 100.0

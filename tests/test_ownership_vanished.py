@@ -17,11 +17,11 @@ from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Unresolvable
 from kdp_host.testing import ManualWatcher
 
+from .fake_nodes import FakeNodes
 from .test_ownership import (
     R1,
     R2,
     R3,
-    FakeNodes,
     Host,
     build_tree,
     check_advertised,

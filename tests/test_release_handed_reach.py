@@ -21,6 +21,7 @@ from kdp_host.handed_out import HANDED_FILE, HandedRecord
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
+from .fake_nodes import FakeNodes, indexed, node
 
 R1 = "vendor.example/one"
 R2 = "vendor.example/two"
@@ -148,28 +149,13 @@ async def test_a_path_reaching_another_identity_than_handed_out_fails_whatever_i
     from kdp_host.hooks import check_places
     from kdp_host.kubelet_checkpoint import Handed as CheckpointHanded
     from kdp_host.kubelet_checkpoint import HandedClaims
-    from kdp_host.logs import get_logger
-    from kdp_host.ownership import OwnershipIndex
-    from kdp_host.ownership_claims import ClaimKey, Reached
 
-    reach: dict[str, ClaimKey] = {"/d/n0": ("c", 3), "/d/m0": ("c", 5)}
-
-    def resolve(path: str) -> Reached | None:
-        key = reach.get(path)
-        return (("path", path), path) if key is None else (key, path)
-
-    def node(device_id: str, path: str) -> Device:
-        return Device(device_id, nodes=(DeviceNode(path, path),), path=path)
-
-    index = OwnershipIndex(resolve=resolve)
-    n0 = node("n0", "/d/n0")
-    for name, device in ((R1, n0), (R2, node("m0", "/d/m0"))):
-        index.attach(name, DeviceTable().publish, get_logger().bind(resource=name))
-        index.publish(name, {device.id: device})
-    await index.quiet()
+    nodes = FakeNodes({"/d/n0": ("c", 3), "/d/m0": ("c", 5)}, nothing=True)
+    n0 = node("/d/n0")
+    index, _ = await indexed({R1: [n0], R2: [node("/d/m0")]}, nodes)
     await index.book(R1, ["n0"])
     await index.book(R2, ["m0"])
-    reach["/d/n0"] = ("c", 5)  # P made anew as m0's number
+    nodes.nodes["/d/n0"] = ("c", 5)  # P made anew as m0's number
     index.take_handed(
         [HandedClaims(CheckpointHanded(R1, ("n0",), ("/d/n0",)), ((("c", 5), "/d/n0", "/d/n0"),))]
     )
@@ -178,7 +164,7 @@ async def test_a_path_reaching_another_identity_than_handed_out_fails_whatever_i
     handed = {"/d/n0": ("c", 3)}
     with pytest.raises(HookFailed, match="reaches another device now"):
         await check_places(check, "release of n0:", ["n0"], [n0], handed)
-    reach["/d/n0"] = ("c", 3)  # back as handed out
+    nodes.nodes["/d/n0"] = ("c", 3)  # back as handed out
     await check_places(check, "release of n0:", ["n0"], [n0], handed)
 
 
@@ -225,8 +211,6 @@ async def test_a_release_and_a_held_cdi_entry_ask_one_rule_of_a_path_handed_out(
     from kdp_host.cdi_spec import render_held
     from kdp_host.config import AllocateConfig, CdiConfig, GlobDriverConfig, ResourceConfig
     from kdp_host.identity import identity_of
-    from kdp_host.logs import get_logger
-    from kdp_host.ownership import OwnershipIndex
     from kdp_host.ownership_canonical import strays
 
     place = tmp_path / "n0"
@@ -243,10 +227,7 @@ async def test_a_release_and_a_held_cdi_entry_ask_one_rule_of_a_path_handed_out(
         allocate=AllocateConfig(cdi=CdiConfig(kind=R1, spec_dir=str(tmp_path / "cdi"))),
     )
     n0 = Device("n0", nodes=(DeviceNode(str(place), "/dev/n0"),), path=str(place))
-    index = OwnershipIndex()
-    index.attach(R1, DeviceTable().publish, get_logger().bind(resource=R1))
-    index.publish(R1, {"n0": n0})
-    await index.quiet()
+    index, _ = await indexed({R1: [n0]})
     await index.book(R1, ["n0"])
     handed_out = {str(place): was}
     empty = DeviceTable().snapshot

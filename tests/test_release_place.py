@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
+from kdp_host.testing import ManualWatcher
 
 from .conftest import wait_until
+from .fake_nodes import FakeNodes, indexed, node
 
 R1 = "vendor.example/one"
 R2 = "vendor.example/two"
@@ -88,40 +90,21 @@ async def test_changed_places_passes_what_was_handed_out_the_ids_own_device_and_
     path passes where it reaches what the booking of one of the IDs holds, a claim only
     those IDs own (the ID's device made anew there), or nothing; it fails where it reaches
     another device's claim, what no device owns, or does not answer."""
-    from kdp_host.devices import Device, DeviceNode, DeviceTable
-    from kdp_host.logs import get_logger
-    from kdp_host.ownership import OwnershipIndex
-    from kdp_host.ownership_claims import ClaimKey, Reached
-    from kdp_host.testing import ManualWatcher
-
-    reach: dict[str, ClaimKey] = {"/d/n0": ("c", 1), "/d/m0": ("c", 2)}
-
-    def resolve(path: str) -> Reached | None:
-        key = reach.get(path)
-        return (("path", path), path) if key is None else (key, path)
-
-    def node(device_id: str, path: str) -> Device:
-        return Device(device_id, nodes=(DeviceNode(path, path),), path=path)
-
-    index = OwnershipIndex(resolve=resolve)
     watcher = ManualWatcher()
-    index.watch(watcher)
-    for name, device in ((R1, node("n0", "/d/n0")), (R2, node("m0", "/d/m0"))):
-        index.attach(name, DeviceTable().publish, get_logger().bind(resource=name))
-        index.publish(name, {device.id: device})
-    await index.quiet()
+    nodes = FakeNodes({"/d/n0": ("c", 1), "/d/m0": ("c", 2)}, nothing=True)
+    index, _ = await indexed({R1: [node("/d/n0")], R2: [node("/d/m0")]}, nodes, watcher=watcher)
     await index.book(R1, ["n0"])
     assert await index.changed_places(R1, ["n0"], ["/d/n0", "/d/gone"]) == {}
-    reach["/d/n0"] = ("c", 3)  # n0 made anew with another number: n0's own once claimed
+    nodes.nodes["/d/n0"] = ("c", 3)  # n0 made anew with another number: n0's own once claimed
     watcher.change("/d", "n0")
     await asyncio.sleep(0)  # (the recheck starts in the next turn of the loop)
     await index.quiet()
     assert await index.changed_places(R1, ["n0"], ["/d/n0"]) == {}
-    reach["/d/n0"] = ("c", 2)  # m0's node, at the path n0 was handed out at
+    nodes.nodes["/d/n0"] = ("c", 2)  # m0's node, at the path n0 was handed out at
     assert await index.changed_places(R1, ["n0"], ["/d/n0"]) == {
         "/d/n0": f"/d/n0 is device m0 of {R2}"
     }
-    reach["/d/n0"] = ("c", 9)  # a node no device owns
+    nodes.nodes["/d/n0"] = ("c", 9)  # a node no device owns
     assert await index.changed_places(R1, ["n0"], ["/d/n0"]) == {
         "/d/n0": "/d/n0 is not what was handed out"
     }

@@ -13,10 +13,8 @@ was down then cannot make the node a pod holds go out under another ID. The file
 kubelet's, not an API: anything missing, unreadable, of another shape, or with a checksum
 that does not match is a `CheckpointError` (the caller logs it and goes on without it).
 
-The checksum is the kubelet's (`checkpointmanager/checksum`): FNV-32a over the `go-spew`
-rendering (`%#v`, keys sorted) of the `Data` object as Go holds it after reading the JSON;
-`spew_data` writes that rendering for the object's one shape (checked against files the
-kubelet wrote, tests/test_kubelet_checkpoint.py).
+The checksum is the kubelet's (`kubelet_checksum.checksum`: FNV-32a over the `go-spew`
+rendering of the `Data` object), the one the kubelet simulator writes too.
 """
 
 from __future__ import annotations
@@ -27,12 +25,13 @@ import binascii
 import functools
 import json
 import os
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .api.v1beta1 import ContainerAllocateResponse
 from .files import FileReadError, Offload, read_attribute
+from .kubelet_checksum import checksum
 from .logs import EventLogger
 from .ownership_claims import Claim, Owner, Resolver, claim_of, reach
 
@@ -279,56 +278,3 @@ def _ids_by(value: Any, key_ok: Callable[[str], bool]) -> bool:
         ):
             return False
     return True
-
-
-# ---------------------------------------------------------------------- checksum
-
-NIL: Final = "<nil>"
-
-
-def checksum(data: Mapping[str, Any]) -> int:
-    """The kubelet's checksum of a checkpoint's `Data` (as read from JSON)."""
-    return fnv32a(spew_data(data).encode())
-
-
-def fnv32a(blob: bytes) -> int:
-    value = 0x811C9DC5
-    for byte in blob:
-        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return value
-
-
-def spew_data(data: Mapping[str, Any]) -> str:
-    """`spew` `%#v` of the kubelet's `checkpointData` holding `data` (Go's view of the JSON:
-    null or missing is a nil slice or map, `[]`/`{}` an empty one). Types are written for
-    struct fields and the top value only, not for elements of a slice or map."""
-    entries = data.get("PodDeviceEntries")
-    listed = NIL if entries is None else "[" + " ".join(_spew_entry(e) for e in entries) + "]"
-    registered = data.get("RegisteredDevices")
-    return (
-        "(checkpoint.checkpointData){PodDeviceEntries:([]checkpoint.PodDevicesEntry)"
-        f"{listed} RegisteredDevices:(map[string][]string){_spew_map(registered, str)}}}"
-    )
-
-
-def _spew_entry(entry: Mapping[str, Any]) -> str:
-    raw = _answer_bytes(entry.get("AllocResp"))
-    answer = NIL if raw is None else "[" + " ".join(str(b) for b in raw) + "]"
-    return (
-        f"{{PodUID:(string){entry.get('PodUID', '')} "
-        f"ContainerName:(string){entry.get('ContainerName', '')} "
-        f"ResourceName:(string){entry.get('ResourceName', '')} "
-        f"DeviceIDs:(checkpoint.DevicesPerNUMA){_spew_map(entry.get('DeviceIDs'), int)} "
-        f"AllocResp:([]uint8){answer}}}"
-    )
-
-
-def _spew_map(value: Mapping[str, Any] | None, order: Callable[[str], Any]) -> str:
-    if value is None:
-        return NIL
-    items = sorted((order(key), ids) for key, ids in value.items())
-    return "map[" + " ".join(f"{key}:{_spew_ids(ids)}" for key, ids in items) + "]"
-
-
-def _spew_ids(ids: list[str] | None) -> str:
-    return NIL if ids is None else "[" + " ".join(ids) + "]"

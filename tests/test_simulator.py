@@ -828,6 +828,22 @@ async def test_checkpoint_contents(env: Env) -> None:
     assert checkpoint["Checksum"] == checkpoint_checksum(checkpoint["Data"])
     # The file is replaced atomically: no temp file is left behind.
     assert set(os.listdir(env.dir)) == {CHECKPOINT_NAME, KUBELET_SOCKET_NAME, "p.sock"}
+
+
+async def test_checkpoint_is_read_by_kdp_host_as_the_kubelets(env: Env) -> None:
+    """The simulator's checksum is the real kubelet's (FNV-32a over the go-spew rendering):
+    kdp-host's reader takes its file as usable, not `kubelet_checkpoint_unusable`."""
+    from kdp_host.kubelet_checkpoint import parse_checkpoint
+
+    plugin = FakePlugin([dev("a", numa=[1]), dev("b"), dev("c", "Unhealthy")])
+    await env.serve_and_register(plugin, "p.sock")
+    sim = env.sim
+    await sim.wait_for(lambda: sim.capacity(RES) == 3)
+    assert parse_checkpoint((env.dir / CHECKPOINT_NAME).read_bytes()) == []  # nothing handed out
+    await sim.allocate(RES, 2, pod_uid="uid-1", container="ctr")
+    await sim.read_checkpoint()  # (every write asked for has landed)
+    [handed] = parse_checkpoint((env.dir / CHECKPOINT_NAME).read_bytes())
+    assert (handed.resource, handed.ids) == (RES, ("a", "b"))
     # Release does not rewrite the checkpoint.
     await sim.release("uid-1")
     checkpoint = await sim.read_checkpoint()
@@ -1051,9 +1067,11 @@ def test_checkpoint_checksum_is_stable() -> None:
 
 
 def test_the_simulator_shares_no_code_with_the_product() -> None:
-    """The oracle imports only the generated messages and the kubelet's rules from kdp_host."""
+    """The oracle imports only the generated messages and the kubelet's rules from kdp_host
+    (its checkpoint's checksum: the kubelet's own, so kdp-host reads the file as the real
+    kubelet's)."""
     package = Path(__file__).resolve().parent.parent / "kdp_host" / "simulator"
-    allowed = ("kdp_host.api", "kdp_host.rules")
+    allowed = ("kdp_host.api", "kdp_host.rules", "kdp_host.kubelet_checksum")
     imported: set[str] = set()
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -533,9 +533,11 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     plugins = "/var/lib/kubelet/device-plugins"
     assert m["device-plugins"] == {"name": "device-plugins", "mountPath": plugins}
     assert v["device-plugins"]["hostPath"] == {"path": plugins, "type": "Directory"}
-    assert m["dev"] == {"name": "dev", "mountPath": "/dev", "readOnly": True}
+    # host mounts made after the start reach kdp-host's mount table (a bind mount under a
+    # directory it hands out): HostToContainer on every host path it resolves devices through
+    assert m["dev"] == {"name": "dev", "mountPath": "/dev", "readOnly": True, "mountPropagation": "HostToContainer"}
     assert v["dev"]["hostPath"]["path"] == "/dev"
-    assert m["sys"] == {"name": "sys", "mountPath": "/sys", "readOnly": True}
+    assert m["sys"] == {"name": "sys", "mountPath": "/sys", "readOnly": True, "mountPropagation": "HostToContainer"}
     assert v["sys"]["hostPath"]["path"] == "/sys"
     assert m["config"] == {"name": "config", "mountPath": "/etc/kdp-host", "readOnly": True}
     # PodResources (who holds each device) is read by default; the state directory is
@@ -881,6 +883,7 @@ def test_host_network_and_host_mounts(rendered: dict[str, list[Doc]]) -> None:
         "name": "host-run-udev",
         "mountPath": "/run/udev",
         "readOnly": True,
+        "mountPropagation": "HostToContainer",
     }
     assert v["host-run-udev"]["hostPath"] == {"path": "/run/udev", "type": "Directory"}
     assert m["sys"]["readOnly"] is True and m["dev"]["readOnly"] is True
@@ -901,9 +904,20 @@ def test_extra_host_mounts_defaults(helm_env: dict[str, str]) -> None:
         "--set", "hostMounts.extra[1].readOnly=false",
     )  # fmt: skip
     m, v = mounts(docs), volumes(docs)
-    assert m["host-sysfs"] == {"name": "host-sysfs", "mountPath": "/host/sys", "readOnly": True}
+    assert m["host-sysfs"] == {
+        "name": "host-sysfs", "mountPath": "/host/sys", "readOnly": True, "mountPropagation": "HostToContainer"
+    }  # fmt: skip
     assert v["host-sysfs"]["hostPath"] == {"path": "/sys"}
-    assert m["host-scratch"] == {"name": "host-scratch", "mountPath": "/var/lib/kdp"}
+    assert m["host-scratch"] == {"name": "host-scratch", "mountPath": "/var/lib/kdp", "mountPropagation": "HostToContainer"}
+    # a host whose mounts are not shared: propagation off, everywhere at once
+    docs = render(
+        helm_env, None,
+        "--set", "hostMounts.mountPropagation=None",
+        "--set", "hostMounts.extra[0].name=scratch",
+        "--set", "hostMounts.extra[0].hostPath=/var/lib/kdp",
+    )  # fmt: skip
+    m = mounts(docs)
+    assert {m[name]["mountPropagation"] for name in ("dev", "sys", "host-scratch")} == {"None"}
 
 
 @pytest.mark.parametrize("name", INVALID_SETS)

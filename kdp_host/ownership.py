@@ -31,7 +31,9 @@ Rules:
   left its list, its resource was restarted or removed by a reload) *lingers* with its owner
   while a pod may hold it: until the node is gone, or, with PodResources polling on
   (`kubelet.podResourcesInterval`), until the kubelet's answer shows no pod holding it. The
-  held device is then advertised (`device_claim_won`). A resource restarted by a reload or
+  held device is then advertised (`device_claim_won`). A device held because a path of it
+  is one no container may be handed, and a lingering claim that became one, keep only
+  what a booking holds (`ownership_letgo`). A resource restarted by a reload or
   after a crash finds its claims where it left them, so no other resource can take a node
   in between; a resource added back takes its lingering claims back.
 - **A booked ID follows the physical device.** A device whose claims another ID of its
@@ -83,10 +85,9 @@ from .ownership_arrivals import Arrivals, Found
 from .ownership_bookings import ReleasePending
 from .ownership_claims import SYSFS, Claims, Reached, Resolver, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
-from .ownership_held import note_held
 from .ownership_paths import PathIndex
 from .ownership_resolve import RESOLVE_TIMEOUT
-from .ownership_table import Holding, ResourceState
+from .ownership_table import ResourceState
 
 if TYPE_CHECKING:
     from .ownership_document import Saved
@@ -110,12 +111,10 @@ class OwnershipIndex(BookingAllocations):
     booking an answered Allocate (`ownership_allocate.BookingAllocations`);
     this adds runtimes, publishing, PodResources answers and the watcher.
 
-    A claim whose device stops being advertised (it left the list, is held, or its resource
-    was removed) *lingers*: it keeps its owner while its node is still there, because a pod
-    may hold the device under that ID and the kubelet never says when it lets go. It is
-    released once the node is gone (checked whenever the owner's resource publishes, and
-    whenever another device is held by it), or taken back by its own resource.
-    """
+    A claim whose device stops being advertised (it left the list, its resource was
+    removed) *lingers* with its owner while its node is there, as a pod may hold the device
+    under that ID: until the node is gone, or taken back by its own resource (one no
+    container may be handed: while a booking holds it, `ownership_letgo`)."""
 
     def __init__(
         self,
@@ -366,11 +365,6 @@ class OwnershipIndex(BookingAllocations):
 
     def _admit_again(self, state: ResourceState) -> bool:
         return self._adoption.admitted(state, self._exclusive, self._clock())
-
-    def _note_held(
-        self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
-    ) -> None:
-        note_held(state, holding, ids, self._resources, self.pod_resources, self._metrics)
 
 
 class _Table(Protocol):

@@ -17,9 +17,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection, Generator, Iterable, Mapping
 
-from .config import UNSAFE_MOUNT, NeverHanded
 from .device_changes import changed_among, changed_between
 from .devices import Device
+from .metrics import Metrics
 from .ownership_bookings import PLACE_BOOKED
 from .ownership_claims import (
     SYSFS,
@@ -31,17 +31,17 @@ from .ownership_claims import (
     device_claims,
     places,
 )
-from .ownership_table import ClaimTable, Holding, ResourceState
+from .ownership_held import Advertised, note_held
+from .ownership_letgo import LetGo
+from .ownership_table import Holding, ResourceState
 from .turns import Pace
 
-NOBODY = Owner("", "")
-"""The owner of a holding no other device causes (`unsafe_mount`)."""
 PRUNE_SLACK = 64
 """Places of devices gone that the claims cache keeps beyond twice the list (a rename may
 bring them back) before it is cut to the list's."""
 
 
-class Admission(ClaimTable):
+class Admission(LetGo):
     """Admitting lists against the claim table (the index supplies resolved paths and
     says what was held)."""
 
@@ -49,28 +49,25 @@ class Admission(ClaimTable):
     def _lookup(self, path: str) -> Reached | None:
         """What `path` reaches, resolved for this admission."""
 
-    @abc.abstractmethod
+    _metrics: Metrics | None
+    pod_resources: bool = True
+    """PodResources polling is on (a booking can be seen to end: `device_held` says so)."""
+
     def _note_held(
-        self, state: ResourceState, holding: dict[str, Holding], ids: Mapping[str, str]
+        self,
+        state: ResourceState,
+        holding: dict[str, Holding],
+        ids: Mapping[str, str],
+        advertised: Collection[str],
     ) -> None:
-        """Log and count what the admission held (once while it stays held)."""
+        """Log and count what the admission held (once while it stays held); `advertised`:
+        the IDs it advertises."""
+        resources, metrics = self._resources, self._metrics
+        note_held(state, holding, ids, advertised, resources, self.pod_resources, metrics)
 
     @abc.abstractmethod
     def _wake_waiting(self, releaser: str) -> None:
         """A claim was released: admit again the resources with held devices."""
-
-    never_handed: NeverHanded = NeverHanded()
-    """The host paths no container may be handed (`config.handed`); the host sets its
-    config's (this default refuses `/` alone)."""
-
-    def _unsafe(self, claims: Claims) -> Holding | None:
-        """Held, whoever owns what: a node or mount of the device whose real path no container
-        may be handed (`config.handed`: the kubelet's or kdp-host's own directories, `/`)."""
-        problem, mounts = self.never_handed.problem, self._within.mounts
-        for key, path, real in claims.all():
-            if key[0] != SYSFS and (why := problem(real, key, mounts)) is not None:
-                return Holding(UNSAFE_MOUNT, NOBODY, path, detail=f"its real path {real} {why}")
-        return None
 
     def _booking_conflict(
         self, state: ResourceState, device_id: str, claims: Claims
@@ -190,15 +187,19 @@ class Admission(ClaimTable):
         last, same = state.admitted, True
         """What the last admission advertised, and whether each entry so far equals its own
         there (then that is given again: the table compares nothing, sends nothing)."""
+        unsafe, freed = yield from self._unsafe_first(state, claims, ids, holding, pace)
+        released |= freed
         for device_id in order:
             if pace.due():
                 yield
             advertised_id = ids[device_id]
             claim = claims[device_id]
+            if device_id in holding:
+                continue  # (unsafe: `_unsafe_first`)
             if advertised_id in taken:
                 holding[device_id] = Holding("id_taken", Owner(name, advertised_id), "")
                 continue
-            why = self._unsafe(claim) or self._conflict(name, advertised_id, claim)
+            why = unsafe.get(device_id) or self._conflict(name, advertised_id, claim)
             if why is not None:
                 holding[device_id] = why
                 released |= self._unadvertise(state, advertised_id)
@@ -216,7 +217,7 @@ class Admission(ClaimTable):
             same = same and (before is entry or before == entry)
         for advertised_id in [a for a in state.owned if a not in taken]:
             released |= self._unadvertise(state, advertised_id)
-        self._note_held(state, holding, ids)
+        self._note_held(state, holding, ids, admitted)
         if released:
             self._wake_waiting(name)
         state.plain = all(ids[d] == d for d in ids if d not in holding)
@@ -292,10 +293,14 @@ class Admission(ClaimTable):
         result: Mapping[str, Device] | None = devices
         if let_go and len(examined) > 1 and (yield from _taken_over(let_go, examined, pace)):
             examined, result = [], None  # a node let go of may keep its ID: a rename
+        unsafe, freed = yield from self._unsafe_first(state, dict(examined), None, holding, pace)
+        released |= freed
         for device_id, claims in examined:
             if pace.due():
                 yield
-            why = self._unsafe(claims) or self._conflict(state.name, device_id, claims)
+            if device_id in unsafe:
+                continue
+            why = self._conflict(state.name, device_id, claims)
             if why is not None:
                 owner = why.owner
                 if owner.resource == state.name and (
@@ -327,7 +332,8 @@ class Admission(ClaimTable):
         if result is None:
             return None
         same_held = holding.keys() == state.held.keys()
-        self._note_held(state, holding, {d: d for d in state.held if d in devices})
+        advertised = Advertised(devices, holding)
+        self._note_held(state, holding, {d: d for d in state.held if d in devices}, advertised)
         if unchanged and same_held:
             return state.admitted
         if holding:

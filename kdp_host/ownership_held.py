@@ -7,9 +7,10 @@ thousands of IDs share one node would fill the node's log). Each is counted eith
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 
 from .config import UNSAFE_MOUNT
+from .devices import Device
 from .metrics import Metrics
 from .ownership_adopt import what_releases
 from .ownership_table import Holding, ResourceState
@@ -23,12 +24,14 @@ def note_held(
     state: ResourceState,
     holding: dict[str, Holding],
     ids: Mapping[str, str],
+    advertised: Collection[str],
     resources: Mapping[str, ResourceState],
     pod_resources: bool,
     metrics: Metrics | None,
 ) -> None:
     """Log and count what an admission of `state` held (`holding`), then keep it as held;
-    `ids`: the advertised ID of each device advertised now."""
+    `ids`: the advertised ID of each device advertised now; `advertised`: the IDs this
+    admission advertises (another resource's: what its last one did)."""
     log = state.log
     newly: dict[str, list[tuple[str, Holding]]] = {}
     for device_id, why in holding.items():
@@ -48,12 +51,14 @@ def note_held(
                     "devices_held",
                     count=len(items),
                     devices=",".join(device_id for device_id, _ in first),
-                    **_fields(first[0][1], resources, pod_resources),
+                    **_fields(first[0][1], state, advertised, resources, pod_resources),
                 )
                 continue
             for device_id, why in items:
                 log.warning(
-                    "device_held", device=device_id, **_fields(why, resources, pod_resources)
+                    "device_held",
+                    device=device_id,
+                    **_fields(why, state, advertised, resources, pod_resources),
                 )
         won = [d for d in state.held.keys() - holding.keys() if d in ids]
         if len(won) > SKIPPED_SHOWN:
@@ -69,7 +74,11 @@ def note_held(
 
 
 def _fields(
-    why: Holding, resources: Mapping[str, ResourceState], pod_resources: bool
+    why: Holding,
+    state: ResourceState,
+    advertised: Collection[str],
+    resources: Mapping[str, ResourceState],
+    pod_resources: bool,
 ) -> dict[str, object]:
     """What a `device_held` line says of why (for a summary line: of its first device)."""
     if why.reason == UNSAFE_MOUNT:
@@ -86,7 +95,34 @@ def _fields(
         "path": why.path,
         "owner_resource": owner.resource,
         "owner_device": owner.device,
-        "owner_advertised": bool(owner_state and owner.device in owner_state.owned),
+        "owner_advertised": _advertised(owner.device, owner_state, state, advertised),
         "owner_retired": bool(owner_state and owner_state.retired),
         "action": what_releases(why.reason, pod_resources),
     }
+
+
+def _advertised(
+    device: str, owner: ResourceState | None, state: ResourceState, advertised: Collection[str]
+) -> bool:
+    """Whether the owner of a claim is advertised: it owns its claims and its resource's
+    admission (this one for `state`'s own) advertises it; a device that keeps its claims
+    while a booking holds it (`booked`, `place_booked`) is not (hostile8 L1)."""
+    if owner is None or owner.retired or owner.publish is None or device not in owner.owned:
+        return False
+    return device in (advertised if owner is state else owner.admitted)
+
+
+class Advertised(Collection[str]):
+    """The IDs a plain admission advertises: those of `devices` not in `holding`."""
+
+    def __init__(self, devices: Mapping[str, Device], holding: Mapping[str, Holding]) -> None:
+        self._devices, self._holding = devices, holding
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._devices and device_id not in self._holding
+
+    def __iter__(self) -> Iterator[str]:
+        return (d for d in self._devices if d not in self._holding)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -1,0 +1,114 @@
+"""A device that cannot be advertised for a path of its own owns nothing unbooked (hostile8 L1).
+
+A device with a node or mount whose real path no container may be handed (`config.handed`:
+`/`, the kubelet's directories, stateDir, ... at every place the mount table shows them) is
+held `unsafe_mount`. It keeps only the claims a booking of it holds (a pod has it: those
+stand until the booking ends); its others are released at once, not left to linger as those
+of a device that left its list are (`ownership_table`), and so is a lingering claim whose
+real path became one no container may be handed. Else such a claim, a directory's above
+all, held what is below it at every place the mount table shows that: a group directory a
+bind mount of `/` made unsafe held every device of the host, of every resource. No pod got
+such a claim unbooked from this host: an Allocate books before it answers, one of an ID no
+longer advertised is refused (`BookingAllocations._book`), and one that hands out such a
+path is refused too (`hand_out`). The unsafe devices of a list are found, and let go of,
+before any other device of it is admitted, so none of the list is held by one of them.
+
+A device held by another device's claim (`owned`, `shared`) is not of this kind: its claims
+are safe ones it owned while advertised, and they linger as those of any device that stopped
+being advertised (a pod kdp-host booked nothing for, admitted before bookings were kept, may
+hold it); a device held by a booking (`booked`, `place_booked`) keeps its claims, to be
+advertised once the booking ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Generator, Mapping
+
+from .config import UNSAFE_MOUNT, NeverHanded
+from .ownership_claims import SYSFS, ClaimKey, Claims, Owner
+from .ownership_table import ClaimTable, Holding, ResourceState
+from .turns import Pace
+
+NOBODY = Owner("", "")
+"""The owner of a holding no other device causes (`unsafe_mount`)."""
+
+
+class LetGo(ClaimTable):
+    """Unsafe devices, found first, and the claims they keep."""
+
+    never_handed: NeverHanded = NeverHanded()
+    """The host paths no container may be handed (`config.handed`); the host sets its
+    config's (this default refuses `/` alone)."""
+
+    def _unsafe(self, claims: Claims) -> Holding | None:
+        """Held, whoever owns what: a node or mount of the device whose real path no container
+        may be handed (`config.handed`: the kubelet's or kdp-host's own directories, `/`)."""
+        problem, mounts = self.never_handed.problem, self._within.mounts
+        for key, path, real in claims.all():
+            if key[0] != SYSFS and (why := problem(real, key, mounts)) is not None:
+                return Holding(UNSAFE_MOUNT, NOBODY, path, detail=f"its real path {real} {why}")
+        return None
+
+    def _unsafe_first(
+        self,
+        state: ResourceState,
+        claims: Mapping[str, Claims],
+        ids: Mapping[str, str] | None,
+        holding: dict[str, Holding],
+        pace: Pace,
+    ) -> Generator[None, None, tuple[dict[str, Holding], bool]]:
+        """The devices of `claims` (device ID -> claims; advertised under `ids`, None: their
+        own) whose paths no container may be handed, found before any device is admitted:
+        each is held, its claims let go of first (`_let_go`), so no device of the list is
+        held by one of them; except one whose advertised ID a safe one of the list has (the
+        ID is that one's). Returns them, and whether a claim was released."""
+        unsafe: dict[str, Holding] = {}
+        for device_id, claim in claims.items():
+            if pace.due():
+                yield
+            if (why := self._unsafe(claim)) is not None:
+                unsafe[device_id] = why
+        if not unsafe:
+            return unsafe, False
+        named = (lambda d: d) if ids is None else ids.__getitem__
+        safe = {named(d) for d in claims if d not in unsafe}
+        first = {d: named(d) for d in unsafe if named(d) not in safe}
+        for device_id, advertised_id in first.items():
+            holding[device_id] = unsafe[device_id]
+            self._unadvertise(state, advertised_id)
+        return unsafe, (yield from self._let_go(state, set(first.values()), pace))
+
+    def _let_go(
+        self, state: ResourceState, held: Collection[str], pace: Pace
+    ) -> Generator[None, None, bool]:
+        """The claims devices `held` (advertised IDs of `state`) left lingering that no
+        booking of them holds are released; True if one was."""
+        released = False
+        for key in list(state.lingering):
+            if pace.due():
+                yield
+            owner = self._exclusive.get(key)
+            if (
+                owner is not None
+                and owner.resource == state.name
+                and owner.device in held
+                and not self._booked_under(owner, key)
+            ):
+                self._release_lingering(state, key)
+                released = True
+        return released
+
+    def _released_if_gone(self, key: ClaimKey) -> bool:
+        """Also a lingering claim no booking holds whose real path no container may be
+        handed now (a bind mount of `/` made in a directory since its device went)."""
+        if super()._released_if_gone(key):
+            return True
+        state = self._resources[self._exclusive[key].resource]
+        lingering = state.lingering.get(key)
+        if lingering is None or key in self._ledger.booked or key[0] == SYSFS:
+            return False
+        real = lingering[1][2]
+        if self.never_handed.problem(real, key, self._within.mounts) is None:
+            return False
+        self._release_lingering(state, key)
+        return True

@@ -44,7 +44,8 @@ from .cdi_rules import cdi_kind_problem
 from .cdi_spec import render_held, spec_device_names
 from .config import ResourceConfig
 from .config.outputs import FILE_PREFIX, owner_path, spec_path
-from .devices import Device, DeviceTable, Snapshot, physical_id
+from .device_table import DeviceTable
+from .devices import Device, Snapshot, physical_id
 from .file_lease import LEASE, VERIFY, OwnerLease, read_owner
 from .files import DaemonThreads, Offload
 from .handed_out import HandedOut, in_memory

@@ -19,7 +19,7 @@ import asyncio
 import functools
 
 from .config import ResourceConfig
-from .devices import DeviceTable
+from .device_table import DeviceTable
 from .services import HostServices
 
 

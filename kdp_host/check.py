@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import Config
-from .devices import HEALTHY, UNHEALTHY, Device, DeviceTable
+from .device_table import DeviceTable
+from .devices import HEALTHY, UNHEALTHY, Device
 from .logs import get_logger, quote_text
 from .node import NodeInfo, selects
 

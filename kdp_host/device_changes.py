@@ -80,21 +80,27 @@ def changed_between(
 
 
 def healthy_count(devices: Mapping[str, Device]) -> int:
-    """How many of `devices` are healthy: a `Derived` list whose base was counted is counted
-    from it and the entries that changed (kept on the list, for the next one)."""
+    """How many of `devices` are healthy: a `Derived` list is counted from the nearest list
+    along its bases that was counted (up to DEPTH back) and the entries that changed since
+    (each list on the way keeps its count, for the next one); else by a walk."""
     if not isinstance(devices, Derived):
         return sum(1 for device in devices.values() if device.healthy)
-    if devices._healthy >= 0:
+    steps: list[Derived] = []
+    current: Mapping[str, Device] | None = devices
+    while isinstance(current, Derived) and current._healthy < 0 and len(steps) < DEPTH:
+        steps.append(current)
+        current = current.base
+    if not steps:
         return devices._healthy
-    base = devices.base
-    if isinstance(base, Derived) and base._healthy >= 0:
-        count = base._healthy
-        for device_id in devices.changed:
-            old, new = base.get(device_id), devices.get(device_id)
+    if not isinstance(current, Derived) or current._healthy < 0:
+        devices._healthy = sum(1 for device in devices.values() if device.healthy)
+        return devices._healthy
+    count, base = current._healthy, current
+    for step in reversed(steps):
+        for device_id in step.changed:
+            old, new = base.get(device_id), step.get(device_id)
             count += (new is not None and new.healthy) - (old is not None and old.healthy)
-    else:
-        count = sum(1 for device in devices.values() if device.healthy)
-    devices._healthy = count
+        step._healthy, base = count, step
     return count
 
 

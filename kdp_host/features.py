@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from .config import KubeletConfig, ResourceConfig
 from .config.model import NodeFeaturesConfig
-from .devices import DeviceTable
+from .device_table import DeviceTable
 from .files import Offload
 from .logs import EventLogger
 from .metric_labels import HookName

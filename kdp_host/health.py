@@ -12,7 +12,8 @@ import asyncio
 from collections.abc import Sequence
 
 from .config import HealthCheckConfig, render_template
-from .devices import Device, DeviceTable
+from .device_table import DeviceTable
+from .devices import Device
 from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandError, CommandRunner, ProcessRunner, raise_if_cancelling

@@ -27,7 +27,8 @@ from .allocation import AllocationBuilder, AllocationError, HookFailed, device_e
 from .api.v1beta1 import ContainerAllocateResponse
 from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
-from .devices import Device, DeviceTable, Snapshot, physical_id
+from .device_table import DeviceTable
+from .devices import Device, Snapshot, physical_id
 from .handed_out import HANDED_FILE, HandedOut, in_memory
 from .identity import Identity
 from .logs import EventLogger

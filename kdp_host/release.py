@@ -47,7 +47,8 @@ from grpclib.const import Status
 
 from .allocation import HookFailed, device_env, hook_values
 from .config import ReleaseConfig, ResourceConfig, render_template
-from .devices import DeviceTable, physical_id
+from .device_table import DeviceTable
+from .devices import physical_id
 from .handed_entries import Handed
 from .handed_out import HandedOut, in_memory
 from .hooks import PlaceCheck, check_places, render_argv, run_hook

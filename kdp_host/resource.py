@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .config import ResourceConfig
-from .devices import DeviceTable, Snapshot, physical_id
+from .device_table import DeviceTable
+from .devices import Snapshot, physical_id
 from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
 from .features import allocate_hook, cdi_writer, health_checker, pre_start_hook, release_tracker
 from .first_list import FirstList

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import settings
 
 from kdp_host.config import Config, load_config, load_config_text
-from kdp_host.devices import DeviceTable, Snapshot
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Snapshot
 from kdp_host.drivers import DeviceReporter
 from kdp_host.host import Host
 from kdp_host.logs import get_logger

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.files import Offload
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex

@@ -29,7 +29,8 @@ from kdp_host.config import (
     ResourceConfig,
     render_template,
 )
-from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceMount, DeviceNode, Snapshot
 from kdp_host.preferred import preferred_allocation
 from kdp_host.rules import EXTENDED_RESOURCE_NAME_PATTERN, is_extended_resource_name
 

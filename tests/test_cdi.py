@@ -28,7 +28,8 @@ from kdp_host.config import (
     ResourceConfig,
 )
 from kdp_host.config.outputs import owner_path, spec_file_name, spec_path
-from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable, Snapshot
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceMount, DeviceNode, Snapshot
 from kdp_host.file_lease import read_owner
 from kdp_host.inotify_watch import make_watcher
 from kdp_host.logs import get_logger

@@ -23,7 +23,8 @@ from kdp_host.cdi_rules import (
 from kdp_host.cli import main
 from kdp_host.command_output import ContainerExtras
 from kdp_host.config import ConfigError, load_config_text
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_allocate import PlaceOwned

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from kdp_host import devices as devices_module
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.drivers.grace import Tracker
 from kdp_host.drivers.scanner import Listed, ScanResult
 from kdp_host.files import DaemonThreads

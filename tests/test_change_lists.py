@@ -9,6 +9,7 @@ import random
 from collections.abc import Mapping
 
 from kdp_host.device_changes import Derived, changed_between, healthy_count
+from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device
 from kdp_host.drivers.grace import Tracker
 from kdp_host.drivers.reporting import DeviceReporter
@@ -113,16 +114,69 @@ class DaemonlessTable:
         return False
 
 
+def plug_or_unplug(
+    rng: random.Random, devices: dict[str, Device], ids: int, make: type[Device]
+) -> str:
+    """One random change of `devices`: one of `ids` IDs unplugged (30 %), else plugged or
+    made anew, healthy or not; the ID."""
+    device_id = f"d{rng.randrange(ids)}"
+    if rng.random() < 0.3:
+        devices.pop(device_id, None)
+    else:
+        devices[device_id] = make(device_id, healthy=rng.random() < 0.5)
+    return device_id
+
+
 def test_the_healthy_count_follows_the_changes() -> None:
     rng = random.Random(5)
     devices = {f"d{i}": node(i) for i in range(50)}
     current: Derived = Derived(None, (), devices)
     for _ in range(200):
-        device_id = f"d{rng.randrange(60)}"
-        if rng.random() < 0.3:
-            devices.pop(device_id, None)
-        else:
-            devices[device_id] = Device(device_id, healthy=rng.random() < 0.5)
+        device_id = plug_or_unplug(rng, devices, 60, Device)
         current = Derived(current, {device_id}, devices)
-        assert healthy_count(current) == sum(d.healthy for d in devices.values())
+        if rng.random() < 0.6:  # (counted from the nearest list counted before)
+            assert healthy_count(current) == sum(d.healthy for d in devices.values())
     assert healthy_count({"a": node(1)}) == 1
+
+
+class ReadsHealth(Device):
+    """A device that counts the reads of its health (one count for every such device)."""
+
+    __slots__ = ()
+    reads = 0
+
+    @property
+    def healthy(self) -> bool:  # type: ignore[override]
+        ReadsHealth.reads += 1
+        return bool(Device.healthy.__get__(self))
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        Device.healthy.__set__(self, value)
+
+
+def test_the_table_orders_and_counts_a_changed_list_without_a_walk() -> None:
+    """The metrics' `kdp_devices{state}` at every version: the table counted the healthy
+    entries of each snapshot, one pass over the list per hot-plug, and compared the keys of
+    the lists to order them. A list that says what changed is ordered and counted from the
+    last one: no walk of any list, the health of the changed devices alone read (no pass);
+    the count and the order are right at each step, replicas too."""
+    for replicas in (1, 3):
+        table = DeviceTable(replicas)
+        devices: dict[str, Device] = {f"d{i}": ReadsHealth(f"d{i}", i % 2 == 0) for i in range(300)}
+        lists = [derived(None, devices)]
+        table.publish(lists[0])
+        rng = random.Random(replicas)
+        for _ in range(40):
+            device_id = plug_or_unplug(rng, devices, 310, ReadsHealth)
+            lists.append(derived(lists[-1], devices, device_id))
+            for walked in lists:
+                walked.walks = 0
+            ReadsHealth.reads = 0
+            table.publish(lists[-1])
+            counted = table.snapshot.healthy_count
+            assert [walked.walks for walked in lists] == [0] * len(lists)
+            assert ReadsHealth.reads <= 40, "the changed devices compared and counted, no pass"
+            assert counted == replicas * sum(d.healthy for d in devices.values())
+            assert [d.id for d in table.snapshot.devices] == sorted(devices)
+        assert table.snapshot.unhealthy_count == len(table.snapshot.advertised) - counted

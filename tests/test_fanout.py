@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kdp_host.config import GlobDriverConfig
-from kdp_host.devices import DeviceTable
+from kdp_host.device_table import DeviceTable
 from kdp_host.drivers import DriverDeps, DriverError
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_walk import glob_paths

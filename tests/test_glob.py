@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from kdp_host.config import GlobDriverConfig
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_paths import DeviceIds, watch_dirs

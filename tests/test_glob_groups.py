@@ -16,7 +16,8 @@ from kdp_host.config import (
     ResourceConfig,
     load_config_text,
 )
-from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.drivers import make_driver
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_groups import GlobGroupScan

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from kdp_host import rules
 from kdp_host.config import GlobDriverConfig
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.glob_paths import Assigned, DeviceIdentity, DeviceIds, assign_ids, examine

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kdp_host.config import GlobDriverConfig
-from kdp_host.devices import DeviceTable
+from kdp_host.device_table import DeviceTable
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.files import DaemonThreads, FileReader, FileReadError, read_attribute

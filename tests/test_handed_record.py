@@ -16,7 +16,8 @@ from kdp_host.allocation import AllocationError
 from kdp_host.cdi_spec import build_spec
 from kdp_host.config import load_config_text
 from kdp_host.config.outputs import spec_file_name
-from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.files import DaemonThreads
 from kdp_host.handed_out import HANDED_FILE, HandedRecord, RecordFull
 from kdp_host.hooks import handed_devices

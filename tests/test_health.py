@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kdp_host.config import HealthCheckConfig
-from kdp_host.devices import Device, DeviceNode, DeviceTable, Snapshot
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode, Snapshot
 from kdp_host.health import HealthChecker, health_argv
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics

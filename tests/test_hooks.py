@@ -129,7 +129,8 @@ def test_hook_config_problems(short_dir: Path, extra: str, problem: str) -> None
 
 def test_cdi_options_for_non_root_containers(short_dir: Path) -> None:
     from kdp_host.cdi_spec import build_spec
-    from kdp_host.devices import Device, DeviceNode, DeviceTable
+    from kdp_host.device_table import DeviceTable
+    from kdp_host.devices import Device, DeviceNode
 
     from .cdi_spec import validate_cdi_spec
 

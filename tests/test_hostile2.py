@@ -13,7 +13,8 @@ import pytest
 
 from kdp_host.cli import main
 from kdp_host.config.outputs import spec_file_name
-from kdp_host.devices import Device, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device
 from kdp_host.ownership_claims import Owner
 from kdp_host.ownership_document import OWNERSHIP_FILE, SavedBooking, read_saved
 from kdp_host.release_state import STATE_FILE

@@ -9,7 +9,8 @@ import random
 
 import pytest
 
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.drivers.grace import Tracker
 from kdp_host.drivers.scanner import ScanResult
 from kdp_host.testing import ManualClock

@@ -18,7 +18,8 @@ import pytest
 from kdp_host.backoff import Retry
 from kdp_host.check import too_large_warning
 from kdp_host.cli import main
-from kdp_host.devices import Device, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device
 from kdp_host.protocol.lists import ListAndWatchEncoder, Overflow, entries_overflow
 from kdp_host.rules import KUBELET_MAX_RECEIVE_MESSAGE, LIST_AND_WATCH_MAX_BYTES
 from kdp_host.services import RegistryWait

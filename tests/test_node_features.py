@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from kdp_host.config import ConfigError, load_config_text
-from kdp_host.devices import Device, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.nfd import NodeFeatureFile, feature_file_text

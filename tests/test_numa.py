@@ -9,7 +9,8 @@ import pytest
 from kdp_host.api.v1beta1 import Device as WireDevice
 from kdp_host.api.v1beta1 import ListAndWatchResponse, NumaNode, TopologyInfo
 from kdp_host.config import GlobDriverConfig, load_config_text
-from kdp_host.devices import Device, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.inotify_watch import make_watcher

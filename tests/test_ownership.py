@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kdp_host.config import GlobDriverConfig
-from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.drivers import DriverDeps, make_driver
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger

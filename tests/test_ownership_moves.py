@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from kdp_host.devices import Device, DeviceMount, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.files import DaemonThreads
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import pytest
 
-from kdp_host.devices import DeviceTable
+from kdp_host.device_table import DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from kdp_host import ownership_allocate, ownership_arrivals, ownership_reads
-from kdp_host.devices import DeviceTable
+from kdp_host.device_table import DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger

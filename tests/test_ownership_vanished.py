@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Unresolvable

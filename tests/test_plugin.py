@@ -18,8 +18,8 @@ from kdp_host.api.v1beta1 import (
     TopologyInfo,
 )
 from kdp_host.config import load_config_text
+from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device as TableDevice
-from kdp_host.devices import DeviceTable
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.protocol.lists import ListAndWatchEncoder

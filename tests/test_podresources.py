@@ -278,7 +278,8 @@ def test_the_devices_answer_is_built_once_per_change_and_shared_by_scrapers() ->
     import threading
     from types import SimpleNamespace
 
-    from kdp_host.devices import Device, DeviceTable
+    from kdp_host.device_table import DeviceTable
+    from kdp_host.devices import Device
 
     table = DeviceTable()
     table.publish([Device("a"), Device("b")])

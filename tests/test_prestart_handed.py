@@ -14,7 +14,8 @@ import pytest
 from kdp_host.allocation import AllocationBuilder, AllocationError
 from kdp_host.api.v1beta1 import AllocateRequest, ContainerAllocateRequest
 from kdp_host.config import load_config_text
-from kdp_host.devices import Device, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device
 from kdp_host.handed_out import HANDED_FILE, HandedRecord
 from kdp_host.hooks import handed_devices
 from kdp_host.identity import Identity

@@ -20,7 +20,8 @@ import pytest
 
 from kdp_host.allocation import HookFailed
 from kdp_host.config import ConfigError, load_config_text
-from kdp_host.devices import Device, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device
 from kdp_host.files import DaemonThreads
 from kdp_host.handed_out import HANDED_FILE, HandedOut, HandedRecord
 from kdp_host.logs import get_logger

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from kdp_host.allocation import cdi_device_name
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.handed_entries import handed
 from kdp_host.handed_out import HANDED_FILE, HandedRecord
 from kdp_host.simulator import KubeletSimulator

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.drivers.base import Skipped
 from kdp_host.drivers.scanner import DirWatch, Listed, ScanResult, ScanSettings
 from kdp_host.drivers.scanning import ScanLoop

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdp_host.config import GlobDriverConfig
-from kdp_host.devices import DeviceTable
+from kdp_host.device_table import DeviceTable
 from kdp_host.drivers import DeviceReporter
 from kdp_host.drivers.glob import GlobDriver
 from kdp_host.drivers.scanner import DirWatch, Listed

@@ -33,7 +33,8 @@ from kdp_host.api.v1beta1 import (
     RegistrationBase,
 )
 from kdp_host.config import load_config_text
-from kdp_host.devices import Device, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device
 from kdp_host.endpoint import (
     INSTANCE_ID_MAX_LENGTH,
     SOCKET_NAME_MAX_LENGTH,

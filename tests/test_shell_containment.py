@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kdp_host.config import ShellDriverConfig
-from kdp_host.devices import DeviceTable
+from kdp_host.device_table import DeviceTable
 from kdp_host.drivers import DriverDeps, DriverError
 from kdp_host.drivers.rate_limit import RateLimit
 from kdp_host.drivers.shell import ShellDriver

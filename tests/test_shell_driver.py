@@ -22,7 +22,8 @@ import pytest
 
 from kdp_host.backoff import Retry
 from kdp_host.config import ShellDriverConfig
-from kdp_host.devices import DeviceTable, Snapshot
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Snapshot
 from kdp_host.drivers import DriverDeps, DriverError
 from kdp_host.drivers.shell import ShellDriver
 from kdp_host.logs import get_logger

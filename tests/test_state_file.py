@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import pytest
 
 from kdp_host import state_file
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex

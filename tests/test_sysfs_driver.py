@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from kdp_host.config import ConfigError, SysfsDriverConfig, load_config_text
-from kdp_host.devices import Device, DeviceTable, Snapshot
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, Snapshot
 from kdp_host.drivers import DriverDeps, DriverError, Skipped
 from kdp_host.drivers.sysfs import SysfsDriver
 from kdp_host.inotify_watch import InotifyWatcher

@@ -11,7 +11,8 @@ import pytest
 
 from kdp_host.allocation import AllocationBuilder
 from kdp_host.config import AllocateConfig, GlobDriverConfig, ResourceConfig
-from kdp_host.devices import Device, DeviceNode, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.sysfs import SysfsDevice, SysfsScan, normalize_hex
 from kdp_host.sysfs.reader import MAX_UNPLACED, SysfsReader
 from tests.fake_sysfs import CH340, FakeSysfs, standard_machine

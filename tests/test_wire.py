@@ -25,7 +25,8 @@ from kdp_host.api.v1beta1 import Device as BpDevice
 from kdp_host.api.v1beta1 import ListAndWatchResponse as BpListAndWatchResponse
 from kdp_host.api.v1beta1 import NumaNode as BpNumaNode
 from kdp_host.api.v1beta1 import TopologyInfo as BpTopologyInfo
-from kdp_host.devices import HEALTHY, UNHEALTHY, Device, DeviceTable
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import HEALTHY, UNHEALTHY, Device
 from kdp_host.protocol import lists
 from kdp_host.protocol.lists import ListAndWatchEncoder
 from kdp_host.protocol.server import PluginServer

@@ -35,7 +35,8 @@ from ..api.v1beta1 import (
     PreStartContainerResponse,
 )
 from ..config import ResourceConfig
-from ..devices import DeviceTable, Snapshot
+from ..device_table import DeviceTable
+from ..devices import Snapshot
 from ..handed_out import HandedOut
 from ..identity import Identity
 from ..logs import EventLogger

@@ -47,7 +47,8 @@ from kdp_host.config import (
     PreferredPolicy,
     ResourceConfig,
 )
-from kdp_host.devices import Device, DeviceNode, DeviceTable, Snapshot
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceNode, Snapshot
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics

@@ -26,7 +26,6 @@ from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
-from kdp_host.ownership_allocate import PlaceOwned
 from kdp_host.ownership_claims import (
     Reached,
     Resolver,
@@ -36,6 +35,7 @@ from kdp_host.ownership_claims import (
 )
 from kdp_host.ownership_document import OWNERSHIP_FILE, ownership_file, read_saved
 from kdp_host.ownership_gate import ADMISSION_CHUNK
+from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.ownership_overlaps import overlaps
 from kdp_host.ownership_resolve import MAX_STUCK, STUCK_PER_BATCH
 from kdp_host.podresources import Holder, Holdings

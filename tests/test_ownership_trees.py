@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host import ownership_allocate, ownership_arrivals, ownership_reads
+from kdp_host import ownership_arrivals, ownership_hand_out, ownership_reads
 from kdp_host.device_table import DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
-from kdp_host.ownership_allocate import PlaceOwned
 from kdp_host.ownership_claims import Unresolvable
+from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.podresources import Holdings
 from kdp_host.testing import ManualWatcher
 
@@ -248,7 +248,7 @@ async def test_the_allocate_read_is_bounded(
 ) -> None:
     """An Allocate reads at most `INSIDE_LIMIT` entries below a mount (a bigger tree is the
     watcher's): no walk of a big tree per Allocate."""
-    monkeypatch.setattr(ownership_allocate, "INSIDE_LIMIT", 3)
+    monkeypatch.setattr(ownership_hand_out, "INSIDE_LIMIT", 3)
     host, _ = await booked_beside_tree(tmp_path, "d0", "d1", "d2", "d3")
     read: list[int] = []
 
@@ -257,7 +257,7 @@ async def test_the_allocate_read_is_bounded(
         read.append(len(found))
         return found, more
 
-    monkeypatch.setattr(ownership_allocate, "arrived", counted)
+    monkeypatch.setattr(ownership_hand_out, "arrived", counted)
     b = str(tmp_path / "b")
     await host.index.hand_out(R2, ["b"], [b])
     assert read == [3]
@@ -427,7 +427,7 @@ async def test_an_allocate_of_an_unfollowed_tree_reads_it_in_full(
     Before, the Allocate mounted b until the safety net's next read (a second pod reached
     the node). It reads an unfollowed tree in full: refused, and b is held at once."""
     monkeypatch.setattr(ownership_arrivals, "TREE_LIMIT", 2)
-    monkeypatch.setattr(ownership_allocate, "INSIDE_LIMIT", 3)
+    monkeypatch.setattr(ownership_hand_out, "INSIDE_LIMIT", 3)
     host, _ = await booked_beside_tree(tmp_path, "d0", "d1", "d2", "d3/e/f", net=ManualNet())
     assert unfollowed(host) == 1
     b = str(tmp_path / "b")
@@ -446,7 +446,7 @@ async def test_an_allocate_of_an_unfollowed_tree_too_big_to_read_is_refused(
     """Past the safety net's read limit too, what is below is not known: refused (fail
     closed), whatever is there; a followed tree keeps the bounded read."""
     monkeypatch.setattr(ownership_arrivals, "TREE_LIMIT", 2)
-    monkeypatch.setattr(ownership_allocate, "RESCAN_LIMIT", 4, raising=False)  # (new in N4)
+    monkeypatch.setattr(ownership_hand_out, "RESCAN_LIMIT", 4, raising=False)  # (new in N4)
     host, _ = await booked_beside_tree(tmp_path, "d0", "d1", "d2", "d3", net=ManualNet())
     b = str(tmp_path / "b")
     with pytest.raises(Unresolvable, match="not followed in full"):

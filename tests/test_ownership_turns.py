@@ -13,8 +13,8 @@ import pytest
 
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.ownership import OwnershipIndex
-from kdp_host.ownership_allocate import PlaceOwned
 from kdp_host.ownership_claims import Claim, ClaimSet
+from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.podresources import Holder, Holdings
 
 from .fake_nodes import FakeNodes

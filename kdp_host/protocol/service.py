@@ -43,8 +43,8 @@ from ..logs import EventLogger
 from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
 from ..metrics import Metrics
-from ..ownership_allocate import PlaceOwned
 from ..ownership_claims import Unresolvable
+from ..ownership_hand_out import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
 from .codec import EncodedMessage
 from .lists import ListAndWatchEncoder

@@ -1,0 +1,190 @@
+"""What an Allocate answer hands out: the real path of each host path, checked, and nothing
+another device owns below a directory it mounts.
+
+Each host path of the answer (its devices' nodes and mounts, its places) is handed out as
+its real path (`ownership_claims.handed_reals`: the real path must name what the path
+reaches, and a device's path what it was claimed as), never one no container may be handed
+(`config.handed`), with what it reaches (`Handed.reached`, hostile8 N2). Paths the watcher
+follows are kept resolved (`Resolving._resolve_keeping`), the others resolved off the loop
+within `HANDED_TIMEOUT`. Below a directory the answer mounts, what another device owns that
+was renamed or linked there before the watcher reported it refuses the answer (`PlaceOwned`).
+Booking the answer is `ownership_allocate`'s.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import os
+from collections.abc import Collection, Iterable
+
+from .devices import physical_id
+from .identity import DIRECTORY, Identity
+from .ownership_adopt import DeviceClaims
+from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT, Arrivals
+from .ownership_claims import (
+    HANDED_TIMEOUT,
+    NOTHING,
+    ClaimKey,
+    Unresolvable,
+    handed_real,
+    handed_reals,
+)
+from .ownership_gate import AdmissionGate
+from .ownership_reads import Found, arrived
+from .ownership_resolve import Resolution, reached_only
+
+
+class PlaceOwned(ValueError):
+    """An Allocate answer would hand out, besides its devices, what another device of the
+    host owns (the answer is refused)."""
+
+
+class HandingOut(AdmissionGate):
+    """What an answer hands out (the ownership index's layer under booking it)."""
+
+    _arrivals: Arrivals
+    """What arrives in claimed directories (`_nothing_moved_in`: which trees it follows)."""
+
+    async def hand_out(
+        self, resource: str, ids: Iterable[str], paths: Collection[str]
+    ) -> dict[str, str]:
+        return (await self.hand_out_reaching(resource, ids, paths))[0]
+
+    async def hand_out_reaching(
+        self, resource: str, ids: Iterable[str], paths: Collection[str]
+    ) -> tuple[dict[str, str], dict[str, Identity]]:
+        """The real path to hand out for each host path of an answer for `ids`, and what
+        each reaches (`Handed.reached`, hostile8 N2), checked (`handed_reals`: it names what
+        the path reaches and, for the devices' paths, what was claimed). A path kept
+        resolved (`_resolve_keeping`) is taken as kept, the others resolved off the loop
+        within `HANDED_TIMEOUT`. Raises Unresolvable (a claimed path reaching something
+        else now is claimed anew; a real path no container may be handed: `config.handed`)."""
+        ids, kept = list(ids), self._kept
+        known: dict[str, Resolution] = {path: kept[path] for path in paths if path in kept}
+        todo = sorted(path for path in paths if path not in known)
+        try:
+            if todo:
+                known.update(await self._resolve_keeping(todo, self._handed))
+            reached = reached_only(paths, known)
+            real = handed_reals(paths, self._claimed(resource, ids), reached)
+            mounts = self._within.mounts
+            for path in sorted(paths):
+                found = reached.get(path)
+                key = None if found is None else found[0]
+                why = self.never_handed.problem(real[path], key, mounts, fresh=True)
+                if why is not None:
+                    raise Unresolvable(f"{path}: its real path {real[path]} {why}")
+        except Unresolvable as exc:
+            if exc.stale is not None:
+                self._path_changed(os.path.dirname(exc.stale), os.path.basename(exc.stale))
+            raise
+        mounted = [r[1] for r in reached.values() if r is not None and r[0][0] == DIRECTORY]
+        if mounted:
+            await self._nothing_moved_in(resource, ids, sorted(mounted))
+        return real, {p: r[0] for p, r in reached.items() if r is not None and r[0][0] != NOTHING}
+
+    async def _nothing_moved_in(
+        self, resource: str, ids: Iterable[str], mounted: list[str]
+    ) -> None:
+        """Raise PlaceOwned when what another device owns is below a directory an answer
+        mounts (renamed or linked there since the watcher last reported: the window before
+        the index holds the mounting device), counting it there at once (`_arrived`). Read
+        off the loop up to `INSIDE_LIMIT` entries (a bigger tree is left to the watcher);
+        a tree the watcher does not follow in full (`mount_tree_unfollowed`: the safety net
+        would see a move there within its interval only) is read in full, up to
+        `RESCAN_LIMIT` entries (hostile8 N4). Raises Unresolvable when that is past the
+        limit, or when the read does not end within `HANDED_TIMEOUT`."""
+        offload = self._paths.offload
+        whole = self._arrivals.left_to_net(mounted)
+        work = functools.partial(_read_inside, [d for d in mounted if d not in whole], whole)
+        try:
+            found, more = (
+                work()
+                if offload is None
+                else await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
+            )
+        except TimeoutError:
+            raise Unresolvable(
+                f"what is below {', '.join(mounted)} was not read within {HANDED_TIMEOUT:g} s"
+            ) from None
+        if more:
+            raise Unresolvable(
+                f"{', '.join(whole)}: its tree is not followed in full (mount_tree_unfollowed) "
+                f"and holds more than {RESCAN_LIMIT:,} entries: what is below it is not known"
+            )
+        state = self._resources.get(resource)
+        n = 1 if state is None else state.replicas or 1
+        mine = {d for i in ids for d in (i, physical_id(i, n))}
+        exclusive = self._exclusive
+        foreign = [
+            (key, path)
+            for key, path in found
+            if (o := exclusive.get(key)) is not None
+            and (o.resource != resource or o.device not in mine)
+        ]
+        if not foreign:
+            return
+        self._arrived(foreign)
+        key, path = foreign[0]
+        owner = exclusive[key]
+        raise PlaceOwned(
+            f"{resource}: the answer mounts {path}, which device {owner.device} of "
+            f"{owner.resource} owns (found there now: the mounting device is checked again)"
+        )
+
+    async def _handed(self, paths: list[str]) -> dict[str, Resolution]:
+        """What each path an answer hands out reaches (`handed_real`), off the loop (inline
+        without an offload). Raises Unresolvable (a magic link; no answer within
+        `HANDED_TIMEOUT`)."""
+
+        def work() -> dict[str, Resolution]:
+            return {path: handed_real(path) for path in paths}
+
+        offload = self._paths.offload
+        if offload is None:
+            return work()
+        try:
+            return await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
+        except TimeoutError:
+            raise Unresolvable(
+                f"its host paths did not resolve within {HANDED_TIMEOUT:g} s"
+            ) from None
+
+    @abc.abstractmethod
+    def _arrived(self, found: Found) -> None:
+        """Claims found at new real paths (`ownership_arrivals`): counted there, and the
+        devices that mount a directory above them checked again."""
+
+    @abc.abstractmethod
+    def _path_changed(self, directory: str, name: str | None) -> None:
+        """A path changed (the watcher saw it, or an Allocate found it reaching something
+        else than its claim): resolve the claims through it anew."""
+
+    def _claimed(self, resource: str, ids: Iterable[str]) -> dict[str, ClaimKey]:
+        """What each host path of the devices behind `ids` was claimed as (host path, and
+        its real path, which the device is advertised with, to claim key)."""
+        state = self._resources.get(resource)
+        if state is None:
+            return {}
+        devices = DeviceClaims(state, self._exclusive)
+        found: dict[str, ClaimKey] = {}
+        for kubelet_id in ids:
+            device = physical_id(kubelet_id, state.replicas or 1)
+            owned = state.owned.get(device)
+            claims = devices.of(device) if owned is None else owned.all()
+            for key, path, real in claims:
+                found.setdefault(path, key)
+                found.setdefault(real, key)  # (the device's host path: `canonical`)
+        return found
+
+
+def _read_inside(followed: list[str], whole: list[str]) -> tuple[Found, bool]:
+    """What is below `followed` (up to `INSIDE_LIMIT` entries) and all of `whole` (up to
+    `RESCAN_LIMIT`: True when there is more)."""
+    found = arrived(followed, INSIDE_LIMIT)[0] if followed else []
+    if not whole:
+        return found, False
+    inside, more = arrived(whole, RESCAN_LIMIT)
+    return found + inside, more

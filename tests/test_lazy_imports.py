@@ -40,7 +40,10 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.drivers.sysfs",
     "kdp_host.drivers.sysfs_match",
     "kdp_host.drivers.sysfs_advertised",
-    # drivers and features no resource uses (made where the config chooses them: `features`)
+    # drivers and features no resource uses (made where the config chooses them: `features`;
+    # the glob scan of groups where an entry has `glob.group`)
+    "kdp_host.drivers.glob_groups",
+    "kdp_host.drivers.glob_keys",
     "kdp_host.drivers.shell",
     "kdp_host.drivers.stream",
     "kdp_host.hooks",

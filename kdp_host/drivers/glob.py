@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import TYPE_CHECKING
 
 from .. import rules
 from ..config import GlobDriverConfig, render_template
@@ -31,7 +32,6 @@ from ..files import FileReader
 from ..identity import PathReach
 from .base import DriverDeps, Skipped
 from .glob_cache import MatchCache
-from .glob_groups import GlobGroupScan
 from .glob_paths import (
     DeviceIdentity,
     DeviceIds,
@@ -44,6 +44,9 @@ from .glob_paths import (
 from .glob_shared import dir_readable, numa_node, scan_notices, watch_pattern
 from .scanner import DirWatch, Listed, ScanResult, ScanSettings
 from .scanning import ScanLoop
+
+if TYPE_CHECKING:  # imported where a resource uses `glob.group` (`glob_scan`)
+    from .glob_groups import GlobGroupScan
 
 SCAN_TIMEOUT = 30.0
 """A scan slower than this (a hung file system) counts as a failure; the next waits for it."""
@@ -201,8 +204,11 @@ def glob_scan(
     *,
     dir_readable: Callable[[str], bool] = dir_readable,
 ) -> GlobScan | GlobGroupScan:
-    """The scan of a `glob` section: of its paths, or of its groups (`glob.group`)."""
+    """The scan of a `glob` section: of its paths, or of its groups (`glob.group`, whose
+    modules are imported only then)."""
     if config.group:
+        from .glob_groups import GlobGroupScan
+
         return GlobGroupScan(config, files, dir_readable=dir_readable)
     return GlobScan(config, files, dir_readable=dir_readable)
 

@@ -34,6 +34,9 @@ class Metrics(MetricFamilies):
     """The families, with every series a resource has created at zero when it starts and
     dropped when it leaves."""
 
+    _resource_series: tuple[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]], ...] | None = None
+    """`_label_sets`, made at the first resource."""
+
     def _by_resource(self) -> tuple[Counter | Gauge, ...]:
         return (
             self.allocations,
@@ -58,34 +61,40 @@ class Metrics(MetricFamilies):
             self.releases_pending,
         )
 
-    def _label_sets(self, resource: str) -> list[tuple[Counter | Gauge, tuple[str, ...]]]:
-        """Every series a resource has from its start: one per known label value."""
-        sets: list[tuple[Counter | Gauge, tuple[str, ...]]] = [
-            (self.devices, (resource, health)) for health in DEVICE_HEALTH
-        ]
-        sets += [(self.allocations, (resource, result)) for result in ALLOCATION_RESULTS]
-        sets += [(self.registrations, (resource, result)) for result in REGISTRATION_RESULTS]
-        sets += [(self.driver_errors, (resource, reason)) for reason in DRIVER_ERROR_REASONS]
-        sets += [(self.driver_skipped, (resource, reason)) for reason in DRIVER_SKIP_REASONS]
-        labelled = (self.allocations, self.registrations, self.driver_errors, self.driver_skipped)
-        hooks = (
-            self.allocate_hooks,
-            self.pre_start_calls,
-            self.pre_start_waits,
-            self.release_runs,
-            self.releases_pending,
-        )
-        sets += [
-            (metric, (resource,))
-            for metric in self._by_resource()
-            if metric not in labelled and metric not in hooks
-        ]
-        return sets
+    def _label_sets(self) -> tuple[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]], ...]:
+        """Every series a resource has from its start: per family, the label values that
+        follow the resource's name (one series per known value; `()`: the resource alone)."""
+        if self._resource_series is None:
+            labelled = (
+                (self.devices, DEVICE_HEALTH),
+                (self.allocations, ALLOCATION_RESULTS),
+                (self.registrations, REGISTRATION_RESULTS),
+                (self.driver_errors, DRIVER_ERROR_REASONS),
+                (self.driver_skipped, DRIVER_SKIP_REASONS),
+            )
+            hooks = (
+                self.allocate_hooks,
+                self.pre_start_calls,
+                self.pre_start_waits,
+                self.release_runs,
+                self.releases_pending,
+            )
+            alone: tuple[tuple[str, ...], ...] = ((),)
+            sets: list[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]]] = [
+                (metric, tuple((value,) for value in values)) for metric, values in labelled
+            ]
+            sets += [
+                (metric, alone)
+                for metric in self._by_resource()
+                if all(metric is not other for other, _ in labelled) and metric not in hooks
+            ]
+            self._resource_series = tuple(sets)
+        return self._resource_series
 
     def add_resource(self, resource: str) -> None:
         """Create a starting resource's series at zero."""
-        for metric, labels in self._label_sets(resource):
-            metric.labels(*labels)
+        for metric, rests in self._label_sets():
+            metric.add([(resource, *rest) for rest in rests])
 
     def add_pre_start(self, resource: str) -> None:
         """Create the preStart series of a resource that has a preStart command, at zero."""

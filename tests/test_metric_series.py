@@ -150,3 +150,28 @@ def test_a_scrape_while_series_come_and_go_sees_a_consistent_family() -> None:
         done.set()
         thread.join()
     assert errors == []
+
+
+def test_adding_series_in_bulk_keeps_those_there_and_refuses_a_wrong_width() -> None:
+    """`add` (a starting resource's series in one call per family) makes the missing series
+    at zero, leaves a series already written as it is, and checks each key's width as
+    `labels` does."""
+    registry = CollectorRegistry()
+    counter = Counter("kdp_x", "Xs.", ["resource", "result"], registry=registry)
+    counter.labels("a", "ok").inc(3)
+    counter.add([("a", "ok"), ("a", "invalid")])
+    assert counter.labels("a", "ok").value == 3.0
+    assert counter.label_values_of("a") == [("a", "ok"), ("a", "invalid")]
+    with pytest.raises(ValueError, match="labels"):
+        counter.add([("a",)])
+    metrics = Metrics(process_collectors=False)
+    metrics.add_resource("r.example/dev")
+    metrics.registrations.labels("r.example/dev", "ok").inc()
+    metrics.add_resource("r.example/dev")  # a restarted runtime: its counts go on
+    assert metrics.registrations.labels("r.example/dev", "ok").value == 1.0
+    assert metrics.devices.label_values_of("r.example/dev") == [
+        ("r.example/dev", "healthy"),
+        ("r.example/dev", "unhealthy"),
+    ]
+    assert metrics.registered.label_values_of("r.example/dev") == [("r.example/dev",)]
+    assert metrics.pre_start_calls.label_values_of("r.example/dev") == []  # with its hook only

@@ -102,7 +102,7 @@ class SafetyNet:
         loop = asyncio.get_running_loop()
         member = _Member(interval, timeout, check, then, loop.time() + interval)
         self._members.add(member)
-        self._arm(loop)
+        self._arm(loop, member.due)  # (the others are due no sooner than the timer)
 
         def leave() -> None:
             self._members.discard(member)
@@ -120,10 +120,13 @@ class SafetyNet:
         for task in list(self._tasks):
             task.cancel()
 
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float | None = None) -> None:
+        """Set the timer for the earliest member due (`when`: a member's due time, where
+        the timer already covers every other member)."""
         if not self._members:
             return
-        when = min(member.due for member in self._members)
+        if when is None:
+            when = min(member.due for member in self._members)
         if self._timer is not None:
             if self._timer.when() <= when:
                 return

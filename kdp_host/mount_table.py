@@ -17,6 +17,8 @@ MountCallback = Callable[[], None]
 
 MOUNTINFO = "/proc/self/mountinfo"
 """Where Linux reports a change of the process's mount table (poll: POLLPRI|POLLERR)."""
+BELOW_LIMIT = 4096
+"""Directories whose mount point a `MountMap` keeps found (`MountMap._point`)."""
 
 
 class MountTable:
@@ -105,6 +107,10 @@ class MountMap:
         self._shown = {dev: tuple(at) for dev, at in shown.items() if len(at) > 1}
         """File system -> (root, mount point) of each of its mounts, for those shown more
         than once (the others show each path once)."""
+        self._below: dict[str, str | None] = {}
+        """Directory -> the mount point it is below (itself or its nearest ancestor that is
+        one; None: none), as `_point` found it: the devices of one directory (every node and
+        mount of every device admitted asks) walk up from it once."""
 
     def places(self, real: str) -> tuple[str, ...]:
         """Every place the mount table shows what is at `real` (a real path), `real` first:
@@ -144,16 +150,38 @@ class MountMap:
         None for any other path."""
         if not self._shown:
             return None
-        point = real
-        while point not in self._points:
-            if point == "/":
-                return None
-            point = os.path.dirname(point)
+        point = self._point(real)
+        if point is None:
+            return None
         dev, root = self._points[point]
         mounts = self._shown.get(dev)
         if mounts is None:
             return None
         return point, _joined(root, _rest(real, point)), mounts
+
+    def _point(self, real: str) -> str | None:
+        """The mount point `real` is below: itself or its nearest ancestor that is one."""
+        if real in self._points:
+            return real
+        below, walked = self._below, []
+        at = real
+        while True:
+            if at == "/":
+                point = None
+                break
+            at = os.path.dirname(at)
+            if at in below:
+                point = below[at]
+                break
+            walked.append(at)
+            if at in self._points:
+                point = at
+                break
+        if len(below) + len(walked) > BELOW_LIMIT:
+            below.clear()  # (a table lives until the next mount change: bounded all the same)
+        for directory in walked:
+            below[directory] = point
+        return point
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MountMap) and other._points == self._points

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from kdp_host import mount_table
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.files import DaemonThreads
@@ -97,6 +98,44 @@ def test_places_through_bind_mounts() -> None:
     assert MountMap().places("/x") == ("/x",)
     escaped = parse_mounts("1 0 8:1 / / rw - x y rw\n2 1 8:1 /a\\040b /c rw - x y rw\n")
     assert escaped.places("/a b/n") == ("/a b/n", "/c/n")
+
+
+NESTED_BINDS = (
+    "1 0 8:1 / / rw - x y rw\n"
+    "2 1 8:1 /srv/a /data/b/sub rw - x y rw\n"
+    "3 1 8:1 /srv/a/in /mnt/in rw - x y rw\n"
+    "4 1 9:1 / /data/b rw - x y rw\n"
+)
+
+
+def test_places_asked_in_any_order_are_those_of_the_walk_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A path's mount point is found once per directory (`MountMap._point`, kept for the
+    other paths of that directory and those below it): whatever was asked before, and after
+    the kept directories were dropped at `BELOW_LIMIT`, each path's places are those a table
+    asked nothing before finds."""
+    paths = [
+        "/srv/a/in/deep/n1",
+        "/srv/a/n0",
+        "/srv/a/in/n2",
+        "/data/b/sub/in/n3",
+        "/data/b/sub",
+        "/data/b/other/n4",
+        "/srv/ab/n5",
+        "/mnt/in/deeper/still/n6",
+        "/srv/a/in/deep/n7",
+        "/",
+    ]
+    expected = {path: parse_mounts(NESTED_BINDS).places(path) for path in paths}
+    assert expected["/srv/a/in/n2"] == ("/srv/a/in/n2", "/data/b/sub/in/n2", "/mnt/in/n2")
+    assert expected["/data/b/other/n4"] == ("/data/b/other/n4",)
+    table = parse_mounts(NESTED_BINDS)
+    for order in (paths, paths[::-1]):
+        assert {path: table.places(path) for path in order} == expected
+    monkeypatch.setattr(mount_table, "BELOW_LIMIT", 3)
+    for order in (paths, paths[::-1]):
+        assert {path: table.places(path) for path in order} == expected
 
 
 @pytest.mark.parametrize("node_first", [True, False])

@@ -299,7 +299,7 @@ class Resolving(Admission):
                 lingering = self._resources[owner.resource].lingering.get(why.key)
                 if lingering is not None:
                     wanted.add(lingering[1][1])
-        return wanted - self._fresh.keys()
+        return {path for path in wanted if path not in self._fresh}  # (`- keys()` walks all)
 
     async def _reach_all(self, paths: Collection[str]) -> dict[str, Reached | None]:
         """What each path reaches, resolved off the loop (inline without an offload); None

@@ -98,6 +98,22 @@ async def test_a_changed_path_rechecks_its_device_without_a_walk_of_the_list() -
     assert "d8" in {d.id for d in table.snapshot.devices}
 
 
+async def test_an_admission_looks_its_paths_up_in_the_fresh_ones_without_a_walk() -> None:
+    """The paths resolved for every resource stay fresh while admissions run one after
+    another (a host's start-up); each admission looks its own paths up in them, it does not
+    walk them all (100 resources x 1,000 devices: a fifth of the start-up's CPU, issue 19)."""
+    nodes = FakeNodes({f"/dev/big/d{i}": ("c", i) for i in range(300)})
+    index = OwnershipIndex(resolve=nodes, offload=DaemonThreads(), chunk=50)
+    index._fresh = fresh = CountsWalks()  # type: ignore[assignment]
+    tables = {name: DeviceTable() for name in ("t.io/a", "t.io/b", "t.io/c")}
+    for i, (name, table) in enumerate(tables.items()):
+        index.attach(name, table.publish, get_logger().bind(resource=name))
+        index.publish(name, {f"d{j}": node(j) for j in range(i * 100, i * 100 + 100)})
+    await index.quiet()
+    assert [len(table.snapshot.devices) for table in tables.values()] == [100, 100, 100]
+    assert fresh.walks == 0
+
+
 async def test_the_path_index_follows_the_list_it_was_made_for() -> None:
     """Kept with each admission, the index names the devices of the list as it is now: a
     device added later, one whose path moved, a path two devices pass, one removed."""

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from kdp_host.cli import main
-from kdp_host.config import ConfigError, load_config, never_handed
+from kdp_host.config import ConfigError, handed, load_config, never_handed
 from kdp_host.mount_table import parse_mounts
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
@@ -235,6 +235,51 @@ def test_a_bind_mount_shows_a_protected_directory_elsewhere(dirs: Path) -> None:
     assert rule.problem(f"{dirs}/data/other", mounts=table) is None
     assert rule.problem(f"{dirs}/mnt", mounts=table) is not None  # (holds m1, m5, m6)
     assert rule.problem(f"{dirs}/opt", mounts=table) is None
+
+
+def test_paths_asked_in_any_order_meet_the_places_of_the_walk_over_all(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The places a path is compared with are found once per directory (`_Shown.near_to`):
+    whatever was asked before, and once the kept directories were dropped, every path gets
+    the answer a comparison with every place gives."""
+    config = dirs / "kdp.yaml"
+    kubelet = dirs / "var-lib-kubelet"
+    (kubelet / "device-plugins").mkdir(parents=True)
+    config.write_text(_head(dirs, "var-lib-kubelet/device-plugins") + _mounts(dirs, "/dev/null"))
+    table = parse_mounts(
+        "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        f"2 1 8:1 {dirs}/data/kubelet {kubelet} rw - ext4 /dev/sda1 rw\n"
+        f"3 1 8:1 {dirs}/state {dirs}/mnt/m1 rw - ext4 /dev/sda1 rw\n"
+        f"5 1 8:1 {dirs}/state/sub {dirs}/mnt/m6/x rw - ext4 /dev/sda1 rw\n"
+    )
+    paths = [
+        f"{dirs}/data",
+        f"{dirs}/data/kubelet/device-plugins/kubelet.sock",
+        f"{dirs}/data/other",
+        f"{dirs}/mnt/m1/f",
+        f"{dirs}/mnt/m6",
+        f"{dirs}/mnt/m6/x/y",
+        f"{dirs}/mnt",
+        f"{dirs}/opt/dev0",
+        f"{dirs}/state",
+        f"{dirs}/stat",
+        f"{dirs}",
+        "/opt",
+        "/",
+    ]
+    everywhere = never_handed(load_config(config), str(config))
+    monkeypatch.setattr(handed._Shown, "near_to", lambda shown, directory: shown.places)
+    expected = {path: everywhere.problem(path, mounts=table) for path in paths}
+    monkeypatch.undo()
+    assert expected[f"{dirs}/mnt/m6"] == "holds stateDir, which no container may be handed"
+    assert expected[f"{dirs}/opt/dev0"] is None
+    rule = never_handed(load_config(config), str(config))
+    for order in (paths, paths[::-1]):
+        assert {path: rule.problem(path, mounts=table) for path in order} == expected
+    monkeypatch.setattr(handed, "NEAR_LIMIT", 2)
+    for order in (paths, paths[::-1]):
+        assert {path: rule.problem(path, mounts=table) for path in order} == expected
 
 
 def _unshare() -> list[str]:

@@ -70,6 +70,8 @@ VIEW_AGE: Final = 1.0
 """Seconds the stats of the protected places serve the ownership index's admissions (which
 compare every file and directory claim of a list) before they are taken again; an Allocate
 answer, `check` and the config take them fresh (`problem(fresh=True)`)."""
+NEAR_LIMIT: Final = 4096
+"""Directories whose nearby protected places a mount table's `_Shown` keeps."""
 
 
 @dataclass
@@ -93,6 +95,32 @@ class _View:
     """(what, path, identity, mtime) of each protected directory there."""
 
 
+class _Shown:
+    """Every place a mount table shows each protected place at, and per directory those a
+    path directly in it could lie in or hold (one of the two starts with the other: a
+    superset of the places the rule compares it with, in their order), found once."""
+
+    __slots__ = ("near", "places")
+
+    def __init__(self, places: tuple[tuple[str, str], ...]) -> None:
+        self.places = places
+        """(what, place)."""
+        self.near: dict[str, tuple[tuple[str, str], ...]] = {}
+
+    def near_to(self, directory: str) -> tuple[tuple[str, str], ...]:
+        near = self.near.get(directory)
+        if near is None:
+            near = tuple(
+                (what, place)
+                for what, place in self.places
+                if place.startswith(directory) or directory.startswith(place)
+            )
+            if len(self.near) >= NEAR_LIMIT:
+                self.near.clear()
+            self.near[directory] = near
+        return near
+
+
 @dataclass(frozen=True)
 class NeverHanded:
     """The host paths no container may be handed, as real paths (`never_handed`); `/` is
@@ -103,9 +131,7 @@ class NeverHanded:
     holding it; a directory among them also by its identity, and the files directly in it."""
     files: tuple[tuple[str, str], ...] = ()
     """(what, real path) of protected files (the config file): refused by identity too."""
-    _shown: dict[int, tuple[tuple[str, str], ...]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    _shown: dict[int, _Shown] = field(default_factory=dict, compare=False, repr=False)
     """Per mount table (by `id`, the last one only): every place it shows each place at."""
     _listed: dict[str, _Listed] = field(default_factory=dict, compare=False, repr=False)
     _view: list[_View] = field(default_factory=list, compare=False, repr=False)
@@ -129,8 +155,8 @@ class NeverHanded:
         places = mounts.places(os.path.normpath(real))
         if ROOT in places:
             return "is / (the host's root)"
-        for at in places:
-            for what, place in shown:
+        for at in places:  # (a path's directory: the devices of one directory ask alike)
+            for what, place in shown.near_to(at.rpartition("/")[0]):
                 if not (at.startswith(place) or place.startswith(at)):
                     continue  # (neither can lie in the other)
                 if path_inside(at, place):
@@ -164,12 +190,12 @@ class NeverHanded:
         shown = os.path.normpath(path)
         return why if real == shown else f"(resolved: {real}) {why}"
 
-    def _shown_at(self, mounts: MountMap) -> tuple[tuple[str, str], ...]:
+    def _shown_at(self, mounts: MountMap) -> _Shown:
         cached = self._shown.get(id(mounts))
         if cached is None:
             found = [(w, at) for w, p in self.places for at in mounts.showing(p)]
             found += [(w, at) for w, p in self.files for at in mounts.showing(p)]
-            cached = tuple(dict.fromkeys(found))
+            cached = _Shown(tuple(dict.fromkeys(found)))
             self._shown.clear()
             self._shown[id(mounts)] = cached  # (a new table is a new object: `remount`)
         return cached

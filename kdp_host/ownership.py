@@ -90,8 +90,8 @@ from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import ResourceState
 
 if TYPE_CHECKING:
+    from .holdings import Holdings
     from .ownership_document import Saved
-    from .podresources import Holdings
     from .safety_net import SafetyNet
     from .watch import Watcher
 

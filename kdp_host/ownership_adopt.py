@@ -32,7 +32,7 @@ from .ownership_claims import Claim, ClaimKey, Owner
 from .ownership_table import ResourceState
 
 if TYPE_CHECKING:
-    from .podresources import Holder, Holdings
+    from .holdings import Holder, Holdings
 
 WITHOUT_POD_RESOURCES = (
     "PodResources polling is off (kubelet.podResourcesInterval: 0s): a pod admitted before "

@@ -60,7 +60,7 @@ from .release_use import DeviceUse
 from .rules import join_list
 
 if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
-    from .podresources import Holder, Holdings
+    from .holdings import Holder, Holdings
 
 ALLOCATION_SETTLE = 1.0
 """Seconds after an Allocate during which a PodResources answer is not taken as news about

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from .backoff import Backoff
 
 if TYPE_CHECKING:
-    from .podresources import Holder
+    from .holdings import Holder
 
 RETRY_MAXIMUM = 300.0
 """Longest wait between two background attempts of a failed release."""

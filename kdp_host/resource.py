@@ -24,7 +24,7 @@ from .serving import ServingLoop
 
 if TYPE_CHECKING:  # the features' modules are imported where the config chooses them
     from .cdi import CdiSpecWriter
-    from .podresources import Holder, Holdings
+    from .holdings import Holder, Holdings
 
 
 class ResourceRuntime:

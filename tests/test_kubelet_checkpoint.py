@@ -18,6 +18,7 @@ import pytest
 
 from kdp_host.config import Config, load_config_text
 from kdp_host.files import DaemonThreads
+from kdp_host.holdings import Holdings
 from kdp_host.kubelet_checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -32,7 +33,6 @@ from kdp_host.logs import get_logger
 from kdp_host.ownership_bookings import Ledger
 from kdp_host.ownership_claims import ClaimSet, Owner
 from kdp_host.ownership_document import read_saved
-from kdp_host.podresources import Holdings
 
 from .fake_nodes import FakeNodes
 from .test_ownership import booked_ids, dev, restarted

@@ -19,7 +19,7 @@ from .conftest import glob_config
 
 FPGA = "vendor.example/fpga"
 
-POD_RESOURCES = ("kdp_host.podresources", "kdp_host.api.v1")
+POD_RESOURCES = ("kdp_host.podresources", "kdp_host.holdings", "kdp_host.api.v1")
 """Imported only with PodResources polling on (`podResourcesInterval`, on by default)."""
 
 NOT_IMPORTED_BY_A_GLOB_RUN = (

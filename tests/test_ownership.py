@@ -23,6 +23,7 @@ from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.drivers import DriverDeps, make_driver
 from kdp_host.files import DaemonThreads
+from kdp_host.holdings import Holder, Holdings
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
@@ -38,7 +39,6 @@ from kdp_host.ownership_gate import ADMISSION_CHUNK
 from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.ownership_overlaps import overlaps
 from kdp_host.ownership_resolve import MAX_STUCK, STUCK_PER_BATCH
-from kdp_host.podresources import Holder, Holdings
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.state_file import StateFile
 from kdp_host.testing import ManualWatcher

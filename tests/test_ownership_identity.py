@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdp_host.devices import Device
+from kdp_host.holdings import Holder, Holdings
 from kdp_host.ownership_claims import Owner, device_claims, reach
 from kdp_host.ownership_document import (
     OWNERSHIP_FILE,
@@ -19,7 +20,6 @@ from kdp_host.ownership_document import (
     read_saved,
 )
 from kdp_host.ownership_overlaps import overlap_warnings
-from kdp_host.podresources import Holder, Holdings
 
 from .fake_nodes import FakeNodes
 from .test_ownership import R1, R2, Host, booked_ids, dev, node, restarted

@@ -22,13 +22,13 @@ import pytest
 from kdp_host import ownership_arrivals, ownership_hand_out, ownership_reads
 from kdp_host.device_table import DeviceTable
 from kdp_host.files import DaemonThreads
+from kdp_host.holdings import Holdings
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Unresolvable
 from kdp_host.ownership_hand_out import PlaceOwned
-from kdp_host.podresources import Holdings
 from kdp_host.testing import ManualWatcher
 
 from .conftest import wait_until

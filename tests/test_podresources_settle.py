@@ -18,8 +18,8 @@ from kdp_host.api.v1 import (
     PodResourcesListerBase,
     PodResourcesListerStub,
 )
+from kdp_host.holdings import GONE_AFTER, RESTART_SETTLE, Holder, Holdings, Settle
 from kdp_host.ownership import HEARD_AFTER
-from kdp_host.podresources import GONE_AFTER, RESTART_SETTLE, Holder, Holdings, Settle
 
 from .conftest import wait_until
 from .test_podresources import _count

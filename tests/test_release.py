@@ -24,9 +24,9 @@ from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device
 from kdp_host.files import DaemonThreads
 from kdp_host.handed_out import HANDED_FILE, HandedOut, HandedRecord
+from kdp_host.holdings import Holder, Holdings
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
-from kdp_host.podresources import Holder, Holdings
 from kdp_host.release import ReleaseTracker
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.rules import MAX_PRE_START_TIMEOUT

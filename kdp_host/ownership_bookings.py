@@ -100,6 +100,8 @@ class Ledger:
         """Claim (of a device or a place) -> the bookings that hold it."""
         self.places: dict[str, Counted] = {}
         """Real path of a booked place -> the bookings that handed it out."""
+        self._sorted_places: list[str] | None = None
+        """`places` sorted (those below a directory are one run), made when first needed."""
         self.spots: dict[str, Counted] = {}
         """Real path of a booked device's own claim (its node or mount source as the
         Allocate handed it out) -> the bookings that hold it: the place a pod's answer
@@ -199,6 +201,7 @@ class Ledger:
             _count(self.booked, key, owner, step)
         for _, _, real in booking.places:
             _count(self.places, real, owner, step)
+            self._sorted_places = None
         for key, _, real in booking.claims:
             if key[0] != SYSFS:
                 _count(self.spots, real, owner, step)
@@ -325,9 +328,15 @@ class Ledger:
         for directory in ancestors(real):
             found += places.get(directory, ())
         if key[0] == DIRECTORY:
-            for place, owners in places.items():
-                if below(place, real):
-                    found += owners
+            ordered = self._sorted_places
+            if ordered is None:
+                ordered = self._sorted_places = sorted(places)
+            prefix = real.rstrip("/") + "/"
+            at = bisect_left(ordered, prefix)
+            while at < len(ordered) and ordered[at].startswith(prefix):
+                if below(ordered[at], real):  # (the run: what starts with the prefix)
+                    found += places[ordered[at]]
+                at += 1
         return found
 
     def changed(self) -> None:

@@ -24,6 +24,7 @@ from .features import configured_hooks, node_feature_file, pod_resources_poller
 from .files import DaemonThreads, Offload
 from .handed_out import HandedRecord
 from .inotify_watch import make_watcher
+from .kubelet_checkpoint import book_handed
 from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
@@ -144,7 +145,8 @@ class Host:
         release_state = await ReleaseStateStore.read(state_dir, self.log, self.offload, instance)
         self.ownership.hold_while_releasing(release_state.pending)
         sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
-        await self.ownership.book_handed(self.selection.config, self.offload, self.log)
+        lost = not sync.file.found or sync.file.unknown  # (every resource's entries, then)
+        await book_handed(self.ownership, self.selection.config, self.offload, self.log, lost)
         release_watch = release_state.follow(watcher, self.ownership.handed_out())
         handed = await HandedRecord.read(state_dir, self.log, self.offload, instance)
         handed.booked_at_start(self.ownership.handed_out(), sync.file.found)

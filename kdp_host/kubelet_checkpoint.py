@@ -122,15 +122,22 @@ WITHOUT_CHECKPOINT: Final = (
 
 
 async def book_handed(
-    index: HandedBookings, config: Config, offload: Offload, log: EventLogger
+    index: HandedBookings,
+    config: Config,
+    offload: Offload,
+    log: EventLogger,
+    every: bool = False,
 ) -> None:
     """At start, before any resource publishes: book what the checkpoint in the kubelet's
     device-plugin directory says the pods of `config`'s resources were handed (read off the
-    loop, once). A missing, unreadable or bad checkpoint is logged, and the start goes on
-    without it."""
+    loop, once); `every`: of every resource it lists (this host's bookings were lost: a
+    resource removed from the config meanwhile, or another plugin's, may hold a node the
+    config reaches now). A missing, unreadable or bad checkpoint is logged, and the start
+    goes on without it."""
     directory = config.kubelet.socket_dir
     path = os.path.join(directory, CHECKPOINT_FILE)
-    work = functools.partial(read_handed, directory, [r.name for r in config.resources])
+    served = None if every else [r.name for r in config.resources]
+    work = functools.partial(read_handed, directory, served)
     try:
         handed = await asyncio.wait_for(offload.run(work), READ_TIMEOUT)
     except TimeoutError:
@@ -158,11 +165,12 @@ async def book_handed(
 
 
 def read_handed(
-    directory: str, resources: Collection[str], resolve: Resolver = reach
+    directory: str, resources: Collection[str] | None, resolve: Resolver = reach
 ) -> list[HandedClaims] | None:
-    """The allocations of `resources` in `<directory>/kubelet_internal_checkpoint`, each
-    with the claims of its host paths; None when there is no such file. Blocking (run it
-    through the offload). Raises CheckpointError."""
+    """The allocations of `resources` (None: every one) in
+    `<directory>/kubelet_internal_checkpoint`, each with the claims of its host paths (each
+    path resolved once); None when there is no such file. Blocking (run it through the
+    offload). Raises CheckpointError."""
     path = os.path.join(directory, CHECKPOINT_FILE)
     try:
         blob = read_attribute(path, MAX_CHECKPOINT_BYTES)
@@ -171,9 +179,15 @@ def read_handed(
     if blob is None:
         return None
     out = []
-    for handed in parse_checkpoint(blob, set(resources)):
-        claims = tuple(claim_of(p, resolve) for p in handed.paths)
-        out.append(HandedClaims(handed, claims))
+    known: dict[str, Claim] = {}
+    for handed in parse_checkpoint(blob, None if resources is None else set(resources)):
+        claims = []
+        for host_path in handed.paths:
+            claim = known.get(host_path)
+            if claim is None:
+                claim = known[host_path] = claim_of(host_path, resolve)
+            claims.append(claim)
+        out.append(HandedClaims(handed, tuple(claims)))
     return out
 
 

@@ -18,30 +18,25 @@ owns it): through it the container would reach another device's nodes, unbooked.
 other kinds (a vendor's own spec files) are outside kdp-host's reach and pass.
 
 The answers the kubelet kept (its checkpoint, `kubelet_checkpoint`) are booked too, at start,
-before any resource publishes (`book_handed`): what bookings were lost with the state
-directory is booked again from what the pods were really handed. The real paths an answer
-hands out, checked, are `ownership_hand_out`'s (`HandingOut`, the layer below this one).
+before any resource publishes (`take_handed`): what bookings were lost with the state
+directory is booked again from what the pods were really handed, of every resource. The real
+paths an answer hands out, checked, are `ownership_hand_out`'s (`HandingOut`, the layer below
+this one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from .allocation import cdi_device_name
 from .cdi_rules import cdi_name_parts
 from .devices import physical_id, replica_ids
-from .files import Offload
 from .identity import DIRECTORY, NONE, Reach
-from .kubelet_checkpoint import Gained, HandedClaims, book_handed, take_handed
-from .logs import EventLogger
+from .kubelet_checkpoint import Gained, HandedClaims, take_handed
 from .ownership_adopt import DeviceClaims
 from .ownership_canonical import strays
 from .ownership_claims import Claim, Owner, Reached, claim_of
 from .ownership_hand_out import HandingOut, PlaceOwned
-
-if TYPE_CHECKING:
-    from .config import Config
 
 
 class BookingAllocations(HandingOut):
@@ -76,15 +71,14 @@ class BookingAllocations(HandingOut):
             ledger.changed()
             await ledger.sink.written()
 
-    async def book_handed(self, config: Config, offload: Offload, log: EventLogger) -> None:
-        """At start, after `ownership.json` was read back, before any resource publishes:
-        book what the kubelet's checkpoint says the pods were handed (`book_handed`)."""
-        await book_handed(self, config, offload, log)
-
     def take_handed(self, handed: Iterable[HandedClaims]) -> Gained:
         """What the kubelet kept of its pods' answers, read at start before any resource
-        publishes: booked (`kubelet_checkpoint.take_handed`) and written."""
+        publishes (`kubelet_checkpoint.book_handed`): booked (`take_handed`) and written. A
+        resource no runtime serves is retired, its bookings held as by `keep_bookings_in`."""
         gained = take_handed(self._ledger, handed, self._clock())
+        for owner, _ in gained:
+            if (state := self._state(owner.resource)).publish is None:
+                state.retired = True  # until a runtime of it attaches
         if gained:
             self._ledger.changed()
         return gained

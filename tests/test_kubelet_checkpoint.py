@@ -24,6 +24,7 @@ from kdp_host.kubelet_checkpoint import (
     CheckpointError,
     Handed,
     HandedClaims,
+    book_handed,
     checksum,
     parse_checkpoint,
     read_handed,
@@ -34,6 +35,7 @@ from kdp_host.ownership_bookings import Ledger
 from kdp_host.ownership_claims import ClaimSet, Owner
 from kdp_host.ownership_document import read_saved
 
+from .conftest import wait_until
 from .fake_nodes import FakeNodes
 from .test_ownership import booked_ids, dev, restarted
 
@@ -229,7 +231,7 @@ async def test_bookings_lost_are_booked_at_start_from_the_checkpoint(
     nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
     now = [100.0]
     host, state = restarted(tmp_path / "state", nodes, now)
-    await host.index.book_handed(config(dp), DaemonThreads(), get_logger())
+    await book_handed(host.index, config(dp), DaemonThreads(), get_logger())
     [line] = [r for r in caplog.records if r.getMessage() == "kubelet_checkpoint_booked"]
     expected = {"resource": A, "device": "s0", "paths": "/dev/a"}
     assert expected.items() <= line.__dict__["kdp_fields"].items()
@@ -248,7 +250,7 @@ async def test_a_bad_checkpoint_is_logged_and_the_start_goes_on(
 ) -> None:
     (tmp_path / CHECKPOINT_FILE).write_bytes(blob)
     host, _ = restarted(tmp_path / "state", FakeNodes({}))
-    await host.index.book_handed(config(tmp_path), DaemonThreads(), get_logger())
+    await book_handed(host.index, config(tmp_path), DaemonThreads(), get_logger())
     [line] = [r for r in caplog.records if r.getMessage() == "kubelet_checkpoint_unusable"]
     assert line.levelno == logging.WARNING
     assert "PodResources" in line.__dict__["kdp_fields"]["consequence"]
@@ -264,3 +266,145 @@ def test_an_answer_with_cdi_names_is_left_to_podresources() -> None:
     ledger = Ledger()
     assert take_handed(ledger, [cdi], 0.0) == []
     assert not ledger.has(Owner(A, "s0"))
+
+
+B = "h3.example/b"
+
+
+def entry_of(resource: str, kubelet_id: str, host_path: str) -> dict[str, Any]:
+    """A checkpoint entry: one container handed one node (DeviceSpec container and host
+    path)."""
+    path = host_path.encode()
+    spec = b"\x0a" + bytes([len(path)]) + path + b"\x12" + bytes([len(path)]) + path
+    return {
+        "PodUID": f"uid-{kubelet_id}",
+        "ContainerName": "c",
+        "ResourceName": resource,
+        "DeviceIDs": {"-1": [kubelet_id]},
+        "AllocResp": base64.b64encode(b"\x1a" + bytes([len(spec)]) + spec).decode(),
+    }
+
+
+def write_checkpoint(directory: Path, *entries: dict[str, Any]) -> None:
+    data = {"PodDeviceEntries": list(entries), "RegisteredDevices": None}
+    document = {"Data": data, "Checksum": checksum(data)}
+    (directory / CHECKPOINT_FILE).write_text(json.dumps(document))
+
+
+def config_of(socket_dir: Path, resource: str) -> Config:
+    return load_config_text(
+        f"kubelet: {{socketDir: {socket_dir}}}\nresources:\n"
+        f"  - name: {resource}\n    shell: {{command: [echo, s0]}}\n"
+    )
+
+
+@pytest.mark.parametrize("owner", [A, "vendor.example/gpu"], ids=["removed", "other plugin"])
+async def test_bookings_lost_are_booked_for_every_resource_of_the_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, owner: str
+) -> None:
+    """hostile9 H1: the state directory was lost and the config no longer serves the resource
+    a pod holds /dev/a of (removed meanwhile, or another plugin's): B, which reaches /dev/a
+    now, is held (its owner retired) until PodResources shows the pod gone."""
+    caplog.set_level(logging.INFO)
+    dp = tmp_path / "dp"
+    dp.mkdir()
+    write_checkpoint(dp, entry_of(owner, "n0", "/dev/a"))
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    now = [100.0]
+    host, state = restarted(tmp_path / "state", nodes, now)
+    await book_handed(host.index, config_of(dp, B), DaemonThreads(), get_logger(), every=True)
+    await asyncio.wait_for(state.flush(), 30)
+    assert booked_ids(tmp_path / "state") == [f"{owner}/n0"]
+
+    host.publish(B, dev("x", "/dev/a"), dev("y", "/dev/b"))
+    assert host.ids(B) == ["y"], "x reaches the node a pod holds"
+    [line] = [r for r in caplog.records if r.getMessage() == "device_held"]
+    fields = line.__dict__["kdp_fields"]
+    assert (fields["owner_resource"], fields["owner_device"]) == (owner, "n0")
+    assert fields["owner_retired"] is True
+    host.index.holdings(Holdings(now[0] + 1, 0.0, {owner: {"n0": ()}}))  # the pod still runs
+    assert host.ids(B) == ["y"]
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))  # the pod ended
+    assert host.ids(B) == ["x", "y"]
+
+
+async def test_with_the_bookings_kept_only_the_configs_resources_are_read(
+    tmp_path: Path,
+) -> None:
+    """The file holds this host's bookings (a removed resource's too): other plugins' entries
+    are not decoded (nor the checksum computed: the start costs what it did)."""
+    dp = tmp_path / "dp"
+    dp.mkdir()
+    write_checkpoint(dp, entry_of("vendor.example/gpu", "n0", "/dev/a"))
+    host, _ = restarted(tmp_path / "state", FakeNodes({"/dev/a": ("c", 1)}))
+    await book_handed(host.index, config_of(dp, B), DaemonThreads(), get_logger())
+    host.publish(B, dev("x", "/dev/a"))
+    assert host.ids(B) == ["x"]
+
+
+def served(resource: str, kubelet: Any, devices: Path, state: Path) -> str:
+    return (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, "
+        f"podResourcesSocket: {kubelet.pod_resources_socket}, podResourcesInterval: 1s}}\n"
+        f"stateDir: {state}\nmetrics: {{listen: 127.0.0.1:0}}\nresources:\n"
+        f'  - name: {resource}\n    glob: {{paths: ["{devices}/fpga0"]}}\n'
+    )
+
+
+async def test_a_resource_removed_while_the_state_dir_was_lost_keeps_its_pods_node(
+    real_kubelet_factory: Any,
+    start_host: Any,
+    short_dir: Path,
+    devices: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """hostile9 H1, through the kubelet's real device manager: A gives fpga0 to p1; kdp-host
+    stops, its state directory is emptied and the config now serves B on the same node. The
+    checkpoint's entry of A books the node: B does not advertise it (the kubelet would admit
+    p2 with the same host path) until p1 ends."""
+    caplog.set_level(logging.INFO)
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    state = short_dir / "state"
+    running = await start_host(served(A, kubelet, devices, state))
+
+    def healthy(resource: str, count: int) -> Any:
+        def check(k: Any) -> bool:
+            seen = k.resource(resource)
+            return seen is not None and seen["healthy"] == count
+
+        return check
+
+    await kubelet.await_for(healthy(A, 1), what="A advertises fpga0")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {A: 1}))["error"] == ""
+    await running.shutdown()
+    shutil.rmtree(state)
+    await start_host(served(B, kubelet, devices, state))
+    await wait_until(
+        lambda: any(r.getMessage() == "device_held" for r in caplog.records), what="B holds fpga0"
+    )
+    await kubelet.await_for(lambda k: k.resource(B) is not None, what="B registered")
+    refused = await kubelet.acall(kubelet.allocate, "p2", {B: 1})
+    assert refused["error"] and not refused["device_ids"], refused
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(B, 1), what="B advertises fpga0 once p1 ended")
+    assert (await kubelet.acall(kubelet.allocate, "p2", {B: 1}))["error"] == ""
+
+
+def test_a_directory_reaches_the_booked_places_below_it_and_no_other() -> None:
+    """`Ledger.conflict` of a directory finds the places below it in their sorted run (not a
+    walk of every place: thousands are booked from a big checkpoint)."""
+    nodes = FakeNodes(
+        {p: ("c", i) for i, p in enumerate(["/", "/a", "/a/b", "/a/b/c", "/a/bc", "/a/b0"])}
+    )
+    ledger = Ledger()
+    take_handed(ledger, [handed((f"s{i}",), p, nodes=nodes) for i, p in enumerate(
+        ["/a/b/c", "/a/bc", "/a/b0", "/a"])], 0.0)  # fmt: skip
+
+    def holders(directory: str) -> list[str]:
+        found = ledger._places_reached(("d", directory), directory)
+        return sorted(owner.device for owner in found)
+
+    assert holders("/a/b") == ["s0", "s3"], "below it (s0) and above it (s3)"
+    assert holders("/a/b/c/d") == ["s0", "s3"]
+    assert holders("/z") == []
+    assert holders("/") == ["s0", "s1", "s2", "s3"]

@@ -65,9 +65,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -75,25 +72,20 @@ from typing import TYPE_CHECKING, Protocol
 
 from .devices import Device, advertises
 from .files import Offload
-from .identity import DIRECTORY
 from .logs import EventLogger
 from .metrics import Metrics
 from .mount_table import MountMap, read_mounts
 from .ownership_adopt import Adoption
-from .ownership_allocate import BookingAllocations
-from .ownership_arrivals import Arrivals, Found
 from .ownership_bookings import ReleasePending
-from .ownership_claims import SYSFS, Claims, Reached, Resolver, named_in, places
+from .ownership_claims import Reached, Resolver
 from .ownership_gate import ADMISSION_CHUNK
-from .ownership_paths import PathIndex
 from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import ResourceState
+from .ownership_watching import Watching
 
 if TYPE_CHECKING:
     from .holdings import Holdings
     from .ownership_document import Saved
-    from .safety_net import SafetyNet
-    from .watch import Watcher
 
 Devices = Mapping[str, Device]
 Reaches = Mapping[str, Reached]
@@ -103,13 +95,14 @@ ListAndWatch update, or the end of a stopped resource's stream): a PodResources 
 for later shows every pod that can hold it."""
 
 
-class OwnershipIndex(BookingAllocations):
+class OwnershipIndex(Watching):
     """The host-wide index of claims (one per host, passed to every resource). Built in
     layers, one module each: the claim table (`ownership_table.ClaimTable`), admission
     (`ownership_admission.Admission`), resolving off the loop (`ownership_resolve.Resolving`),
     one admission at a time in bounded turns of the loop (`ownership_gate.AdmissionGate`),
-    booking an answered Allocate (`ownership_allocate.BookingAllocations`);
-    this adds runtimes, publishing, PodResources answers and the watcher.
+    what an answer hands out (`ownership_hand_out.HandingOut`), booking it
+    (`ownership_allocate.BookingAllocations`), following the watcher
+    (`ownership_watching.Watching`); this adds runtimes, publishing and PodResources answers.
 
     A claim whose device stops being advertised (it left the list, its resource was
     removed) *lingers* with its owner while its node is there, as a pod may hold the device
@@ -130,127 +123,12 @@ class OwnershipIndex(BookingAllocations):
         """`pod_resources`: PodResources polling is on (a booking can be seen to end);
         `chunk`: devices an admission works on per turn of the event loop; `mounts`: the
         mount table now (read again when it changes: a bind mount shows a path twice)."""
-        super().__init__(clock, metrics, resolve, offload, timeout, chunk)
-        self._read_mounts = mounts
-        self._within.remount(mounts())
-        self._arrivals = Arrivals(self._arrived, offload, metrics)
+        super().__init__(clock, metrics, resolve, offload, timeout, chunk, mounts)
         self.pod_resources = pod_resources
         self._adoption = Adoption(self._ledger, metrics)
         self._cdi_kinds = {}
-        self._watcher: Watcher | None = None
-        self._keeps = False
-        """What an Allocate hands out may be kept (`_follows`)."""
-        self._followed: dict[str, set[str]] = {}
-        """Directory of a claimed host path -> the resources that claimed through it."""
-        self._changed_paths: dict[str, set[str] | None] = {}
-        """Names the watcher reported changed per directory since the last recheck (None:
-        anything in it)."""
 
     # ------------------------------------------------------------------ runtimes
-
-    def watch(self, watcher: Watcher, net: SafetyNet | None = None) -> None:
-        """Follow the directories of claimed host paths through the host's watcher: a claim
-        is resolved again when its path changes (a node replaced by one with another device
-        number must not keep the old claim). Their subscriptions last as long as the host;
-        a mounted tree it cannot follow in full is read by `net` (`Arrivals.rescan_with`)."""
-        self._watcher = watcher
-        self._arrivals.rescan_with(net)
-        # (a poll sees a change late; a mount over a path makes no directory event)
-        self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
-
-    def _mounts_changed(self) -> None:
-        """A watcher callback: the mount table changed: forget everything kept and recheck
-        every claim, as after an overflow, each at its places now."""
-        self._within.remount(self._read_mounts())
-        self._forget_kept(lambda _path: True)
-        for directory in list(self._followed):
-            self._path_changed(directory, None)
-
-    def _follow(self, resource: str, claims: Claims) -> None:
-        for key, path, real in claims.all():
-            if key[0] == SYSFS:
-                continue  # (not resolved from its path: its driver follows the device)
-            users = self._users(os.path.dirname(path))
-            if users is None:
-                return
-            users.add(resource)
-            if key[0] == DIRECTORY and self._watcher is not None:
-                self._arrivals.follow(self._watcher, real, self._resources[resource].log)
-
-    async def quiet(self) -> None:
-        """Return once what arrived in claimed directories was read, and no admission runs,
-        waits for its turn or for its paths."""
-        await self._arrivals.quiet()
-        await super().quiet()
-
-    def _arrived(self, found: Found) -> None:
-        """Claims renamed or linked into a claimed directory: the devices that mount it
-        are checked again (`ownership_arrivals`)."""
-        for path in self._within.found_at(found, self._ledger.booked.__contains__):
-            self._path_changed(os.path.dirname(path), os.path.basename(path))
-
-    def _follows(self, path: str) -> bool:
-        """Its directory (as for a claim: `_users`), every directory above it
-        (`_follow_above`) and the mount table (`_keeps`)."""
-        watcher = self._watcher
-        directory = os.path.dirname(path)
-        if watcher is None or not self._keeps or self._users(directory) is None:
-            return False
-        self._follow_above(watcher, directory)
-        return True
-
-    def _users(self, directory: str) -> set[str] | None:
-        """The resources that claimed through `directory`, the watcher following it from
-        now on (None: no watcher)."""
-        watcher = self._watcher
-        if watcher is None:
-            return None
-        users = self._followed.get(directory)
-        if users is None:
-            users = self._followed[directory] = set()
-            watcher.subscribe(directory, functools.partial(self._path_changed, directory))
-        return users
-
-    def _path_changed(self, directory: str, name: str | None) -> None:
-        """A watcher callback: forget the places kept there, note it, and recheck once the
-        burst is over (soon)."""
-        paths = None if name is None or not self._kept else {os.path.join(directory, name)}
-        self._forget_kept(functools.partial(named_in, directory=directory, paths=paths))
-        first = not self._changed_paths
-        if name is None:
-            self._changed_paths[directory] = None
-        else:
-            names = self._changed_paths.setdefault(directory, set())
-            if names is not None:
-                names.add(name)
-        if first:
-            asyncio.get_running_loop().call_soon(self._recheck)
-
-    def _recheck(self) -> None:
-        """Forget the claims of devices with a changed path, and admit their resources
-        again (which resolves them anew): found by path (`PathIndex`), not by a walk."""
-        changed, self._changed_paths = self._changed_paths, {}
-        for directory, names in changed.items():
-            paths = None if names is None else {os.path.join(directory, n) for n in names}
-            fresh = self._fresh
-            if paths is not None:
-                for path in paths:
-                    fresh.pop(path, None)  # (resolved before it changed)
-            else:
-                for path in [p for p in fresh if named_in(p, directory, paths)]:
-                    del fresh[path]
-            for name in self._followed.get(directory, ()):
-                state = self._resources[name]
-                if state.paths is None:
-                    state.paths = PathIndex.of_devices(state.admitted_from)
-                stale = set(state.paths.through(directory, paths))
-                for device_id in stale:  # (the index may be ahead of an admission running)
-                    if (device := state.admitted_from.get(device_id)) is not None:
-                        state.claims.pop(places(device), None)
-                state.stale |= stale
-                if stale and state.publish is not None and not state.retired:
-                    self._pending[name] = None
-        self._drain()
 
     def attach(
         self,

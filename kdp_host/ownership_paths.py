@@ -1,11 +1,11 @@
 """Which devices of a resource's admitted list pass a host path (a node or a mount source).
 
 The watcher reports a changed path; the index must forget the claims of the devices that
-pass it (`OwnershipIndex._recheck`). A walk of the list for them costs every device of the
-resource per report: a hot-plug among 10,000 devices, or 10,000 reports while every device
-comes back, would stall the event loop. `PathIndex` answers by lookup instead: it is built
-for a resource at its first recheck and then kept with each admission from the devices
-that admission found changed (`PathIndex.follow`), so a change costs what it touches.
+pass it (`ownership_watching.Watching._recheck`). A walk of the list for them costs every
+device of the resource per report: a hot-plug among 10,000 devices, or 10,000 reports while
+every device comes back, would stall the event loop. `PathIndex` answers by lookup instead:
+it is built for a resource at its first recheck and then kept with each admission from the
+devices that admission found changed (`PathIndex.follow`), so a change costs what it touches.
 """
 
 from __future__ import annotations

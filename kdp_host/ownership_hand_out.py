@@ -9,6 +9,20 @@ follows are kept resolved (`Resolving._resolve_keeping`), the others resolved of
 within `HANDED_TIMEOUT`. Below a directory the answer mounts, what another device owns that
 was renamed or linked there before the watcher reported it refuses the answer (`PlaceOwned`).
 Booking the answer is `ownership_allocate`'s.
+
+The other way round (hostile8 N1 past the follow bound): a free node hard-linked into a
+directory a running pod mounts is found there by the watcher and held (`device_held
+reason=booked`); below a tree the watcher does not follow in full (`mount_tree_unfollowed`)
+only the safety net's read finds it, up to 30 s later, and an Allocate of the node meanwhile
+handed a second pod what the first one reaches. So a node the answer hands out (any path
+but a directory or where nothing is) with more than one link (`st_nlink`: a hard link adds
+one; a node renamed away from its claimed path is refused by `handed_reals`) is looked for
+below every such tree a booking of another ID holds (`Ledger.spots`), by identity, read in
+full as an Allocate of the mount itself reads it (`_not_linked_in`): found there, the answer
+is refused and the index counts the node there at once (its device held while the booking
+lives); past `RESCAN_LIMIT` or `HANDED_TIMEOUT`, refused too (fail closed). With no such
+tree on the host that is one dict lookup; a node of one link costs one `lstat` off the
+loop. A node made anew there with `mknod` (root only) is seen by the safety net's read.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ import abc
 import asyncio
 import functools
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from .devices import physical_id
 from .identity import DIRECTORY, Identity
@@ -27,6 +41,8 @@ from .ownership_claims import (
     HANDED_TIMEOUT,
     NOTHING,
     ClaimKey,
+    Owner,
+    Reached,
     Unresolvable,
     handed_real,
     handed_reals,
@@ -83,6 +99,7 @@ class HandingOut(AdmissionGate):
         mounted = [r[1] for r in reached.values() if r is not None and r[0][0] == DIRECTORY]
         if mounted:
             await self._nothing_moved_in(resource, ids, sorted(mounted))
+        await self._not_linked_in(resource, ids, reached)
         return real, {p: r[0] for p, r in reached.items() if r is not None and r[0][0] != NOTHING}
 
     async def _nothing_moved_in(
@@ -133,6 +150,56 @@ class HandingOut(AdmissionGate):
             f"{resource}: the answer mounts {path}, which device {owner.device} of "
             f"{owner.resource} owns (found there now: the mounting device is checked again)"
         )
+
+    async def _not_linked_in(
+        self, resource: str, ids: Iterable[str], reached: Mapping[str, Reached | None]
+    ) -> None:
+        """Raise PlaceOwned when a node of `reached` (host path -> what it reaches, as the
+        answer hands it out) is also below a tree another ID's booking holds mounted that
+        the watcher does not follow in full; Unresolvable when such a tree could not be
+        read in full in time. Nothing is read when no such tree is on the host."""
+        trees = self._arrivals.unfollowed
+        if not trees:
+            return  # (the common case)
+        state = self._resources.get(resource)
+        n = 1 if state is None else state.replicas or 1
+        mine = {Owner(resource, d) for i in ids for d in (i, physical_id(i, n))}
+        spots = self._ledger.spots
+        booked = sorted(t for t in trees if any(o not in mine for o in spots.get(t, ())))
+        nodes = {
+            r[1]: r[0]
+            for r in reached.values()
+            if r is not None and r[0][0] not in (NOTHING, DIRECTORY)
+        }
+        if not booked or not nodes:
+            return
+        work = functools.partial(_linked_below, booked, nodes)
+        offload = self._paths.offload
+        try:
+            found, more = (
+                work()
+                if offload is None
+                else await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
+            )
+        except TimeoutError:
+            raise Unresolvable(
+                f"{', '.join(booked)}: trees pods hold mounted, not followed in full "
+                f"(mount_tree_unfollowed), were not read within {HANDED_TIMEOUT:g} s"
+            ) from None
+        if found:
+            self._arrived(found)
+            key, path = found[0]
+            node = next(real for real, k in nodes.items() if k == key)
+            raise PlaceOwned(
+                f"{resource}: {node} is also at {path}, below a directory a pod holds mounted "
+                "(found there now: its device is held while that pod holds the directory)"
+            )
+        if more:
+            raise Unresolvable(
+                f"{', '.join(booked)}: trees pods hold mounted are not followed in full "
+                f"(mount_tree_unfollowed) and hold more than {RESCAN_LIMIT:,} entries: "
+                "whether a node handed out is linked below them is not known"
+            )
 
     async def _handed(self, paths: list[str]) -> dict[str, Resolution]:
         """What each path an answer hands out reaches (`handed_real`), off the loop (inline
@@ -188,3 +255,20 @@ def _read_inside(followed: list[str], whole: list[str]) -> tuple[Found, bool]:
         return found, False
     inside, more = arrived(whole, RESCAN_LIMIT)
     return found + inside, more
+
+
+def _linked_below(trees: list[str], nodes: Mapping[str, ClaimKey]) -> tuple[Found, bool]:
+    """Where below `trees` (read up to `RESCAN_LIMIT` entries) the nodes of `nodes` (real
+    path -> identity) with more than one link are, and whether more was there (unread).
+    Nothing is read for nodes of one link."""
+    linked: set[ClaimKey] = set()
+    for real, key in nodes.items():
+        try:
+            if os.lstat(real).st_nlink > 1:
+                linked.add(key)
+        except (OSError, ValueError):
+            continue  # (gone since it was resolved: the runtime finds nothing there)
+    if not linked:
+        return [], False
+    found, more = arrived(trees, RESCAN_LIMIT)
+    return [(key, path) for key, path in found if key in linked and path not in nodes], more

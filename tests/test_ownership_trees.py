@@ -451,3 +451,64 @@ async def test_an_allocate_of_an_unfollowed_tree_too_big_to_read_is_refused(
     b = str(tmp_path / "b")
     with pytest.raises(Unresolvable, match="not followed in full"):
         await host.index.hand_out(R2, ["b"], [b])
+
+
+async def free_node_beside_unfollowed_tree(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, booked: bool = True
+) -> tuple[Host, str]:
+    """Resource a's free node dev/n0 (advertised, no pod); resource b mounts tmp/b, whose
+    tree is past the follow bound (left to the safety net), and a pod holds b (`booked`)."""
+    monkeypatch.setattr(ownership_arrivals, "TREE_LIMIT", 2)
+    host, _ = await free_node_beside_mount(tmp, "d0", "d1", "d2", "d3/e/f", booked=booked)
+    await host.settled()
+    assert unfollowed(host) == 1
+    return host, str(tmp / "dev" / "n0")
+
+
+async def test_an_allocate_of_a_node_linked_into_an_unfollowed_booked_tree_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hostile8 N1 past the follow bound: a's free node is hard-linked deep into b's tree,
+    which a pod holds mounted and the watcher does not follow in full. Before, the node
+    stayed advertised and its Allocate handed it to a second pod until the safety net's
+    read (up to 30 s). The Allocate looks for it there: refused, and a is held at once."""
+    host, n0 = await free_node_beside_unfollowed_tree(tmp_path, monkeypatch)
+    assert await host.index.hand_out(R1, ["n0"], [n0]) == {n0: n0}, "not linked there yet"
+    os.link(n0, tmp_path / "b" / "d3" / "e" / "f" / "n0link")
+    with pytest.raises(PlaceOwned, match=r"n0 is also at .*/d3/e/f/n0link"):
+        await host.index.hand_out(R1, ["n0"], [n0])
+    await host.settled()
+    assert host.ids(R1) == [], "held while the pod holds b"
+
+
+async def test_a_node_linked_into_an_unbooked_or_followed_tree_is_not_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pod holds b: nothing to look for (b is the one held, by the safety net). A node
+    with one link is never looked for: nothing is read, whatever the trees."""
+    reads: list[list[str]] = []
+
+    def counting(paths: list[str], limit: int) -> tuple[ownership_reads.Found, bool]:
+        reads.append(list(paths))
+        return ownership_reads.arrived(paths, limit)
+
+    monkeypatch.setattr(ownership_hand_out, "arrived", counting)
+    host, n0 = await free_node_beside_unfollowed_tree(tmp_path, monkeypatch, booked=False)
+    os.link(n0, tmp_path / "b" / "d3" / "n0link")
+    assert await host.index.hand_out(R1, ["n0"], [n0]) == {n0: n0}
+    await host.index.book(R2, ["b"])
+    os.unlink(tmp_path / "b" / "d3" / "n0link")
+    assert await host.index.hand_out(R1, ["n0"], [n0]) == {n0: n0}, "one link: not read"
+    assert reads == []
+
+
+async def test_an_allocate_of_a_linked_node_beside_a_tree_too_big_to_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node with a second link while a booked unfollowed tree is past the read limit:
+    whether the link is below it is not known, so the Allocate is refused (fail closed)."""
+    monkeypatch.setattr(ownership_hand_out, "RESCAN_LIMIT", 4)
+    host, n0 = await free_node_beside_unfollowed_tree(tmp_path, monkeypatch)
+    os.link(n0, tmp_path / "elsewhere")
+    with pytest.raises(Unresolvable, match="not followed in full"):
+        await host.index.hand_out(R1, ["n0"], [n0])

@@ -331,7 +331,8 @@ class DevicePluginService(DevicePluginBase):
         was claimed for it (`ownership_claims.handed_reals`): a link re-pointed after the
         Allocate does not change what the container gets. Refused (INVALID_ARGUMENT) when
         a path cannot be resolved so, or a directory it mounts holds what another device
-        owns (`PlaceOwned`: moved there, not yet reported by the watcher)."""
+        owns (`PlaceOwned`: moved there, not yet reported by the watcher), or a node it
+        hands out is linked below a tree a pod holds (`ownership_hand_out`)."""
         paths = {spec.host_path for r in responses for spec in r.devices}
         paths.update(mount.host_path for r in responses for mount in r.mounts)
         if not paths or self._bookings is None:

@@ -76,10 +76,10 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .mount_table import MountMap, read_mounts
 from .ownership_adopt import Adoption
+from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_bookings import ReleasePending
 from .ownership_claims import Reached, Resolver
 from .ownership_gate import ADMISSION_CHUNK
-from .ownership_resolve import RESOLVE_TIMEOUT
 from .ownership_table import ResourceState
 from .ownership_watching import Watching
 

@@ -37,6 +37,7 @@ from .devices import physical_id
 from .identity import DIRECTORY, Identity
 from .ownership_adopt import DeviceClaims
 from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT, Arrivals
+from .ownership_batches import Resolution
 from .ownership_claims import (
     HANDED_TIMEOUT,
     NOTHING,
@@ -49,7 +50,7 @@ from .ownership_claims import (
 )
 from .ownership_gate import AdmissionGate
 from .ownership_reads import Found, arrived
-from .ownership_resolve import Resolution, reached_only
+from .ownership_resolve import reached_only
 
 
 class PlaceOwned(ValueError):

@@ -26,10 +26,10 @@ from .metrics import Metrics
 from .mount_table import MountMap, read_mounts
 from .ownership_allocate import BookingAllocations
 from .ownership_arrivals import Arrivals, Found
+from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_claims import SYSFS, Claims, Resolver, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_paths import PathIndex
-from .ownership_resolve import RESOLVE_TIMEOUT
 
 if TYPE_CHECKING:
     from .safety_net import SafetyNet

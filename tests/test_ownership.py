@@ -27,6 +27,7 @@ from kdp_host.holdings import Holder, Holdings
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
+from kdp_host.ownership_batches import MAX_STUCK, STUCK_PER_BATCH
 from kdp_host.ownership_claims import (
     Reached,
     Resolver,
@@ -38,7 +39,6 @@ from kdp_host.ownership_document import OWNERSHIP_FILE, ownership_file, read_sav
 from kdp_host.ownership_gate import ADMISSION_CHUNK
 from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.ownership_overlaps import overlaps
-from kdp_host.ownership_resolve import MAX_STUCK, STUCK_PER_BATCH
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.state_file import StateFile
 from kdp_host.testing import ManualWatcher

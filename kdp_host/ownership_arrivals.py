@@ -101,6 +101,8 @@ class Arrivals:
         self._metrics = metrics
         self._trees: dict[str, _Tree] = {}
         """Claimed directory -> its tree."""
+        self._unfollowed: dict[str, str] = {}
+        """Claimed directory -> why its tree is not followed in full (kept with the trees')."""
         self._dirs: dict[str, tuple[str, Subscription]] = {}
         """Every directory followed (claimed ones too) -> its tree, and its subscription."""
         self._below = 0
@@ -138,8 +140,9 @@ class Arrivals:
 
     @property
     def unfollowed(self) -> dict[str, str]:
-        """Claimed directory -> why its tree is not followed in full."""
-        return {d: t.unfollowed for d, t in self._trees.items() if t.unfollowed is not None}
+        """Claimed directory -> why its tree is not followed in full (a copy; empty at the
+        cost of a lookup, not a walk of the trees: every Allocate asks)."""
+        return dict(self._unfollowed) if self._unfollowed else {}
 
     def left_to_net(self, directories: list[str]) -> list[str]:
         """Those of `directories` that are claimed ones whose tree is not followed in full."""
@@ -268,6 +271,10 @@ class Arrivals:
         if (state.unfollowed is None) == (why is None):
             return
         state.unfollowed = why
+        if why is None:
+            self._unfollowed.pop(tree, None)
+        else:
+            self._unfollowed[tree] = why
         state.unread = False
         if state.log is not None:
             if why is not None:
@@ -281,7 +288,7 @@ class Arrivals:
             else:
                 state.log.info("mount_tree_followed", dir=tree, dirs=len(state.dirs))
         if self._metrics is not None:
-            self._metrics.watch_unfollowed.set(len(self.unfollowed))
+            self._metrics.watch_unfollowed.set(len(self._unfollowed))
         self._join()
 
     def _log_unread(self, tree: str, why: str) -> None:
@@ -298,7 +305,7 @@ class Arrivals:
 
     def _join(self) -> None:
         """In the safety net while a tree is not followed in full, out of it otherwise."""
-        wanted = self._net is not None and any(t.unfollowed for t in self._trees.values())
+        wanted = self._net is not None and bool(self._unfollowed)
         if wanted and self._leave is None and self._net is not None:
             self._leave = self._net.join(
                 RESCAN_INTERVAL, _nothing_read, self._rescan, timeout=RESCAN_TIMEOUT

@@ -15,12 +15,11 @@ is ready (`first_list.FirstList`, the rule).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final
 
 from . import plugin_socket
 from .backoff import Backoff
@@ -32,28 +31,18 @@ from .protocol.registration import (
     FileIdentity,
     RegistrationError,
     file_identity,
-    kubelet_listening,
     kubelet_socket_identity,
 )
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService
 from .services import HostServices, ResourceStatus
+from .serving_registry import OPTIONS_CHANGED, PluginManagerFollower
 from .stream_losses import StreamLosses
-
-if TYPE_CHECKING:  # imported where used: only `registration: pluginsRegistry` needs it
-    from .protocol.plugin_registry import KubeletVerdict
 
 SAFETY_CHECK_INTERVAL = 30.0
 """Re-check sockets this often even when no watch event came (a lost event costs at most this),
 on the host's one safety-net timer (`safety_net.SafetyNet`): no resource wakes for it."""
-KUBELET_ALIVE_SETTLE: Final = 0.5
-"""pluginsRegistry: seconds after the kubelet ended a stream before asking whether it still
-runs (a kubelet going down ends its streams before its listener closes)."""
 FRESH_KUBELET_RETRY = 0.01
-OPTIONS_CHANGED: Final = "options_changed"
-"""Registering again: the kubelet must learn new options (GetPreferredAllocation matters)."""
-STREAM_LOST: Final = "stream_lost"
-"""In the queue of what the kubelet did, beside its verdicts: it ended our last stream."""
 STREAM_CLOSED: Final = "stream_closed_by_kubelet"
 """Registering again: the kubelet ended our stream (after a wait when it keeps doing so)."""
 
@@ -96,14 +85,6 @@ class ServingLoop:
         """The socket and kubelet.sock the safety net checks (`_sockets_unchanged`)."""
         self._wake = asyncio.Event()
         self._stream_lost = False
-        self._kubelet_events: collections.deque[KubeletVerdict | Literal["stream_lost"]] = (
-            collections.deque()
-        )
-        """pluginsRegistry: the kubelet's verdicts and stream ends, in the order they came."""
-        self._info_asked = False
-        """pluginsRegistry: the kubelet called GetInfo on the current socket."""
-        self._last_refusal: str | None = None
-        """pluginsRegistry: the kubelet's last refusal, logged once while it repeats."""
         self._registered_with: FileIdentity | None = None
         """The kubelet.sock of the last registration (None: none yet)."""
         self._losses = StreamLosses(
@@ -111,6 +92,13 @@ class ServingLoop:
             services.metrics.streams_lost.labels(name),
             lambda reason: self.status.set_problem("stream", reason),
         )
+        self._plugins: PluginManagerFollower | None = None
+        """pluginsRegistry: what the kubelet's plugin manager does with the socket."""
+        if self._registry:
+            self._plugins = PluginManagerFollower(
+                name, self.socket_path, self._serve_dir, kubelet.socket_dir, self.status,
+                self._losses, services.metrics, log, self._wake, self._sleep_or_wake,
+            )  # fmt: skip
 
     def devices_changed(self) -> None:
         """The device list changed: register again if the kubelet must learn new options."""
@@ -135,10 +123,9 @@ class ServingLoop:
                     await self.first_list.wait(self.log)  # creating the socket registers it
                 service, server, identity = await self._start_server()
                 try:
-                    if self._registry:
-                        reason = await self._follow_the_plugin_manager(
-                            service, identity, patience, refusals
-                        )
+                    if self._plugins is not None:
+                        self._expected = (identity, None)
+                        reason = await self._plugins.follow(service, identity, patience, refusals)
                     else:
                         kubelet = await self._register_until_done(service, identity)
                         reason = await self._wait_until_reregister_needed(
@@ -168,14 +155,8 @@ class ServingLoop:
 
     def _on_stream_lost(self) -> None:
         self._stream_lost = True
-        self._kubelet_events.append(STREAM_LOST)
-        self._wake.set()
-
-    def _on_info(self) -> None:
-        self._info_asked = True
-
-    def _on_verdict(self, verdict: KubeletVerdict) -> None:
-        self._kubelet_events.append(verdict)
+        if self._plugins is not None:
+            self._plugins.stream_lost()
         self._wake.set()
 
     async def _start_server(self) -> tuple[DevicePluginService, PluginServer, FileIdentity]:
@@ -185,19 +166,8 @@ class ServingLoop:
             self._wake.clear()
             service = self._make_service(self._on_stream_lost)
             handlers: list[object] = [service]
-            if self._registry:
-                from .protocol.plugin_registry import PluginRegistrationService
-
-                handlers.append(
-                    PluginRegistrationService(
-                        self.name,
-                        self.socket_path,
-                        on_info=self._on_info,
-                        on_verdict=self._on_verdict,
-                    )
-                )
-            self._kubelet_events.clear()
-            self._info_asked = False
+            if self._plugins is not None:
+                handlers.append(self._plugins.handler())
             server = PluginServer(handlers)
             try:
                 identity = await server.serve(self.socket_path, offload=self._services.offload)
@@ -295,99 +265,6 @@ class ServingLoop:
         if file_identity(self.socket_path) != socket:
             return False
         return self._registry or kubelet_socket_identity(self._serve_dir) in (None, kubelet)
-
-    async def _follow_the_plugin_manager(
-        self,
-        service: DevicePluginService,
-        identity: FileIdentity,
-        patience: Backoff,
-        refusals: Backoff,
-    ) -> str:
-        """pluginsRegistry: follow the kubelet's verdicts on the socket just created; returns
-        why the socket must be created again (docs/kubelet-contract.md §14).
-
-        Registered: nothing to do until the kubelet ends our stream. It does that when it
-        restarts (its new plugin manager then registers the socket again) or when it gives up
-        on us (nothing follows): so after a stream end, as after creating the socket, a verdict
-        must come within `patience`. But a stream the kubelet ends while it keeps running (the
-        same kubelet.sock as at the registration, listening `KUBELET_ALIVE_SETTLE` later) is
-        the kubelet giving up on the socket (its watcher deregisters a plugin by name: the old
-        instance of a rolling update removing its socket ends ours too): nothing will register
-        it again, so it is created again then (or after the lost streams' delay, if longer). A
-        refusal is retried after `refusals`, unless the kubelet (a newer one retries by itself)
-        registers the socket meanwhile.
-        """
-        self._expected = (identity, None)
-        loop = asyncio.get_running_loop()
-        metrics = self._services.metrics
-        deadline: float | None = loop.time() + patience.next_delay()
-        refused, lost_here, kubelet_dir = None, False, self._services.kubelet.socket_dir
-        alive_check: float | None = None
-        while True:
-            self._wake.clear()
-            if file_identity(self.socket_path) != identity:
-                return "socket_removed"
-            if service.options_outdated():
-                return OPTIONS_CHANGED
-            while self._kubelet_events:
-                event = self._kubelet_events.popleft()
-                if isinstance(event, str):  # STREAM_LOST
-                    delay = self._losses.lost()
-                    lost_here = True
-                    if self.status.registered:
-                        self.status.mark(registered=False, error="not registered: stream closed")
-                        self.log.info("awaiting_kubelet", reason="stream_closed_by_kubelet")
-                        deadline = loop.time() + patience.next_delay()
-                        if self._registered_with is not None:  # did it keep running? (below)
-                            alive_check = loop.time() + max(delay, KUBELET_ALIVE_SETTLE)
-                elif event.registered:
-                    metrics.registrations.labels(self.name, "ok").inc()
-                    self._losses.registered(restarted=lost_here)  # (by itself: a restart)
-                    if not self._losses.in_a_row:  # (else the kubelet keeps dropping us)
-                        patience.reset()
-                    refusals.reset()
-                    deadline, refused, lost_here, self._last_refusal = None, None, False, None
-                    alive_check = None
-                    self._registered_with = kubelet_socket_identity(kubelet_dir)
-                    self.status.mark(registered=True)
-                    self.log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
-                else:
-                    metrics.registrations.labels(self.name, "refused").inc()
-                    self.status.mark(registered=False, error="not registered: refused")
-                    level = (
-                        self.log.debug if event.error == self._last_refusal else self.log.warning
-                    )
-                    level("register_failed", result="refused", reason=event.error)
-                    self._last_refusal = event.error
-                    deadline, refused = loop.time() + refusals.next_delay(), event.error
-            if alive_check is not None and loop.time() >= alive_check:
-                alive_check = None
-                if kubelet_socket_identity(kubelet_dir) == self._registered_with and (
-                    await kubelet_listening(kubelet_dir)
-                ):
-                    self.log.info("dropped_by_kubelet", action="new socket")
-                    return "dropped_by_kubelet"
-            if deadline is not None and loop.time() >= deadline:
-                if refused is not None:
-                    return "registration_refused"
-                metrics.registrations.labels(self.name, "unavailable").inc()
-                self.status.mark(registered=False, error="not registered: unavailable")
-                self.log.info(
-                    "register_failed",
-                    result="unavailable",
-                    reason=(
-                        "the kubelet asked GetInfo but sent no registration status"
-                        if self._info_asked
-                        else "no GetInfo from the kubelet's plugin watcher"
-                    ),
-                    dir=self._serve_dir,
-                )
-                return "no_registration_status"
-            self._losses.check_stable()
-            now = loop.time()
-            left = [None if at is None else at - now for at in (deadline, alive_check)]
-            waits = [w for w in (self._losses.until_stable(), *left) if w is not None]
-            await self._sleep_or_wake(min(waits, default=None))
 
     async def _sleep_or_wake(self, delay: float | None) -> None:
         """Sleep (None: until woken), cut short by `_wake` (callers clear it, then check)."""

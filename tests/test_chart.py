@@ -56,6 +56,8 @@ VALUE_FILES: dict[str, Path] = {
 }
 VALUE_SETS = ["defaults", *sorted(VALUE_FILES)]
 INVALID_SETS = sorted(p.stem for p in VALUES_DIR.glob("invalid-*.yaml"))
+FOLLOWS_HOST = {"mountPropagation": "HostToContainer"}
+"""A host path kdp-host resolves devices through sees the host's later mounts."""
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor"}
 CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text())
 # The chart's kubeVersion is ">=X.Y.Z-0": its documents are validated from X.Y on.
@@ -535,9 +537,9 @@ def test_default_daemonset(rendered: dict[str, list[Doc]]) -> None:
     assert v["device-plugins"]["hostPath"] == {"path": plugins, "type": "Directory"}
     # host mounts made after the start reach kdp-host's mount table (a bind mount under a
     # directory it hands out): HostToContainer on every host path it resolves devices through
-    assert m["dev"] == {"name": "dev", "mountPath": "/dev", "readOnly": True, "mountPropagation": "HostToContainer"}
+    assert m["dev"] == {"name": "dev", "mountPath": "/dev", "readOnly": True, **FOLLOWS_HOST}
     assert v["dev"]["hostPath"]["path"] == "/dev"
-    assert m["sys"] == {"name": "sys", "mountPath": "/sys", "readOnly": True, "mountPropagation": "HostToContainer"}
+    assert m["sys"] == {"name": "sys", "mountPath": "/sys", "readOnly": True, **FOLLOWS_HOST}
     assert v["sys"]["hostPath"]["path"] == "/sys"
     assert m["config"] == {"name": "config", "mountPath": "/etc/kdp-host", "readOnly": True}
     # PodResources (who holds each device) is read by default; the state directory is
@@ -883,7 +885,7 @@ def test_host_network_and_host_mounts(rendered: dict[str, list[Doc]]) -> None:
         "name": "host-run-udev",
         "mountPath": "/run/udev",
         "readOnly": True,
-        "mountPropagation": "HostToContainer",
+        **FOLLOWS_HOST,
     }
     assert v["host-run-udev"]["hostPath"] == {"path": "/run/udev", "type": "Directory"}
     assert m["sys"]["readOnly"] is True and m["dev"]["readOnly"] is True
@@ -905,10 +907,14 @@ def test_extra_host_mounts_defaults(helm_env: dict[str, str]) -> None:
     )  # fmt: skip
     m, v = mounts(docs), volumes(docs)
     assert m["host-sysfs"] == {
-        "name": "host-sysfs", "mountPath": "/host/sys", "readOnly": True, "mountPropagation": "HostToContainer"
+        "name": "host-sysfs", "mountPath": "/host/sys", "readOnly": True, **FOLLOWS_HOST
     }  # fmt: skip
     assert v["host-sysfs"]["hostPath"] == {"path": "/sys"}
-    assert m["host-scratch"] == {"name": "host-scratch", "mountPath": "/var/lib/kdp", "mountPropagation": "HostToContainer"}
+    assert m["host-scratch"] == {
+        "name": "host-scratch",
+        "mountPath": "/var/lib/kdp",
+        **FOLLOWS_HOST,
+    }
     # a host whose mounts are not shared: propagation off, everywhere at once
     docs = render(
         helm_env, None,

@@ -199,6 +199,7 @@ class ServingLoop:
             await self._services.registrar.wait_listening(self._serve_dir)
             if file_identity(self.socket_path) != identity:
                 raise _SocketLost()
+            self.status.mark(error="not registered: waiting for the kubelet to answer Register")
             try:
                 await self._services.registrar.register(
                     self._serve_dir, self.name, self.endpoint, service.options

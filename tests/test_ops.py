@@ -855,6 +855,29 @@ async def test_readyz_names_resources_and_short_reasons_never_host_paths(
         assert value(metrics, "kdp_devices", resource=FPGA, health="healthy") == 0
 
 
+async def test_readyz_says_the_kubelet_has_not_answered_register_while_it_hangs(
+    socket_dir: Path, devices: Path, running_health
+) -> None:
+    """hostile9 L2: a kubelet.sock that accepts and never answers held Register for its 30 s
+    deadline with /readyz saying only "not registered"; it says what it waits for."""
+    metrics, health = running_health
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(socket_dir / "kubelet.sock"))
+    silent.listen(16)
+    try:
+        async with running_host(
+            glob_config(socket_dir, (SERIAL, f"{devices}/ttyA*")), metrics, health
+        ):
+            await wait_until(
+                lambda: (
+                    "waiting for the kubelet to answer Register" in health.not_ready.get(SERIAL, "")
+                ),
+                what="the hung Register named",
+            )
+    finally:
+        silent.close()
+
+
 async def test_cdi_failure_keeps_devices_from_the_kubelet_until_written(
     kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path, start_host
 ) -> None:

@@ -29,6 +29,9 @@ DIRECTORY = "d"
 """The kind of a directory's identity (a mount of it holds what is below its real path)."""
 FILE = "f"
 """The kind of the identity of a file that is no device node and no directory."""
+NODES: Final = frozenset(("c", "b"))
+"""The kinds of a device node's identity (its device number: the kernel may give a number
+again, to a device plugged later)."""
 UNRESOLVABLE: Final = "unresolvable"
 """Why a path is left out whose real path does not name what it reaches (`names_it`): the
 skip reason of a glob path, and of a device whose claimed path the ownership index found so

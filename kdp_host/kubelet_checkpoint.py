@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .api.v1beta1 import ContainerAllocateResponse
 from .files import FileReadError, Offload, read_attribute
+from .identity import NODES
 from .kubelet_checksum import checksum
 from .logs import EventLogger
-from .ownership_claims import Claim, Owner, Resolver, claim_of, reach
+from .ownership_claims import NOTHING, Claim, Owner, Resolver, claim_of, reach
 
 if TYPE_CHECKING:
     from .config import Config
@@ -61,6 +62,8 @@ class Handed:
     """The host paths its answer handed out: DeviceSpec host paths, then mount sources."""
     cdi_names: tuple[str, ...] = ()
     """The CDI device names its answer carried (resolved by the runtime, not here)."""
+    nodes: int = 0
+    """How many of `paths` (the first) are DeviceSpec host paths: device nodes."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,16 @@ Gained = list[tuple[Owner, tuple[Claim, ...]]]
 class HandedBookings(Protocol):
     """Where what the kubelet handed out is booked (`OwnershipIndex.take_handed`)."""
 
-    def take_handed(self, handed: Iterable[HandedClaims]) -> Gained: ...
+    def take_handed(self, handed: Iterable[HandedClaims], lost: bool = False) -> Gained: ...
 
 
-def take_handed(ledger: Ledger, handed: Iterable[HandedClaims], now: float) -> Gained:
+def take_handed(
+    ledger: Ledger,
+    handed: Iterable[HandedClaims],
+    now: float,
+    numbers: bool = False,
+    lost: bool = False,
+) -> Gained:
     """Book what the kubelet kept of its pods' answers (read at start, before any resource
     publishes): the claims of every host path a container was handed, as places of each of
     its IDs (shared by them: `Booking.group`), so no device reaching one is advertised under
@@ -89,24 +98,31 @@ def take_handed(ledger: Ledger, handed: Iterable[HandedClaims], now: float) -> G
     own device: which device it is now is not known). A booking kept in the file is widened
     by the handed claims it lacks; an ID another running host has booked is left to it. An
     answer that named devices by CDI name is left to PodResources (`ownership_adopt`): the
-    nodes those names stood for are not in it."""
+    nodes those names stood for are not in it. `numbers` (PodResources shows when a booking
+    ends): an answer's node gone now makes its IDs' bookings `number_unknown` where no
+    booking knew its device number: one booked from the checkpoint with the bookings `lost`,
+    or kept so (unplugged while kdp-host was down: the kernel may give its number to a node
+    found later, which its pod's container reaches). With the bookings kept, an ID without
+    one is a pod that ended (its entry stays until the kubelet's next allocation)."""
     gained: Gained = []
     for entry in handed:
         ids, claims = entry.handed.ids, entry.claims
         if entry.handed.cdi_names or not claims:
             continue
         group = ids if len(ids) > 1 else ()
+        gone = numbers and any(c[0][0] == NOTHING for c in claims[: entry.handed.nodes])
         for kubelet_id in ids:
             owner = Owner(entry.handed.resource, kubelet_id)
             before = ledger.bookings.get(owner)
             if before is None and owner not in ledger.foreign_owners:
-                ledger.record(owner, kubelet_id, (), now, claims)
+                ledger.record(owner, kubelet_id, (), now, claims, gone and lost)
                 gained.append((owner, claims))
             elif before is not None:
                 kept = {claim[0] for claim in (*before.claims, *before.places)}
                 missing = tuple(claim for claim in claims if claim[0] not in kept)
                 places = before.places + missing
-                ledger.record(owner, before.device, before.claims, now, places)
+                unknown = gone and not any(c[0][0] in NODES for c in before.claims)
+                ledger.record(owner, before.device, before.claims, now, places, unknown)
                 if missing:
                     gained.append((owner, missing))
             else:
@@ -156,7 +172,7 @@ async def book_handed(
     if handed is None:
         log.info("kubelet_checkpoint_absent", path=path)
         return
-    for owner, claims in index.take_handed(handed):
+    for owner, claims in index.take_handed(handed, every):
         log.bind(resource=owner.resource).info(
             "kubelet_checkpoint_booked",
             device=owner.device,
@@ -251,10 +267,10 @@ def _handed(entry: dict[str, Any]) -> Handed:
         ) from None
     by_numa = entry.get("DeviceIDs") or {}
     ids = sorted({i for listed in by_numa.values() for i in listed or ()})
-    paths = [spec.host_path for spec in answer.devices]
-    paths += [mount.host_path for mount in answer.mounts]
+    nodes = [spec.host_path for spec in answer.devices if spec.host_path]
+    paths = (*nodes, *(mount.host_path for mount in answer.mounts if mount.host_path))
     names = tuple(device.name for device in answer.cdi_devices)
-    return Handed(entry["ResourceName"], tuple(ids), tuple(p for p in paths if p), names)
+    return Handed(entry["ResourceName"], tuple(ids), paths, names, len(nodes))
 
 
 def _answer_bytes(value: Any) -> bytes | None:

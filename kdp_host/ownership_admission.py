@@ -20,7 +20,7 @@ from collections.abc import Collection, Generator, Iterable, Mapping
 from .device_changes import changed_among, changed_between
 from .devices import Device
 from .metrics import Metrics
-from .ownership_bookings import PLACE_BOOKED
+from .ownership_bookings import NUMBER_UNKNOWN, PLACE_BOOKED
 from .ownership_claims import (
     SYSFS,
     Claim,
@@ -75,7 +75,9 @@ class Admission(LetGo):
         """A booking wins: held when one of the device's claims is booked under an ID it is
         not about to be advertised under (another resource, device or replica count), when
         a claim's real path is where such a booking's device was handed out
-        (`PLACE_BOOKED`: a pod's answer names that path), or when a claim is below a
+        (`PLACE_BOOKED`: a pod's answer names that path), when it has a node no booking
+        holds while a booking of its resource lost its node's number (`NUMBER_UNKNOWN`:
+        `Ledger.number_unknown`), or when a claim is below a
         directory such a booking mounts (`Ledger.mount_conflict`: `_contained` leaves that
         clash to this, so the device keeps its claims and is advertised once it ends)."""
         ledger, replicas = self._ledger, state.replicas or 1
@@ -85,6 +87,9 @@ class Admission(LetGo):
         found = ledger.place_conflict(state.name, device_id, replicas, claims)
         if found is not None:
             return Holding(PLACE_BOOKED, found[0], found[1])
+        found = ledger.number_unknown(state.name, device_id, replicas, claims)
+        if found is not None:
+            return Holding(NUMBER_UNKNOWN, found[0], found[1])
         within = self._within
         if not within.dirs or not ledger.booked:
             return None

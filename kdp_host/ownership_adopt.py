@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from .devices import REPLICA_SEPARATOR, physical_id, replica_ids
 from .metric_labels import UnbookedResult
 from .metrics import Metrics
-from .ownership_bookings import PLACE_BOOKED, Ledger
+from .ownership_bookings import NUMBER_UNKNOWN, PLACE_BOOKED, Ledger
 from .ownership_claims import Claim, ClaimKey, Owner
 from .ownership_table import ResourceState
 
@@ -45,10 +45,10 @@ WITHOUT_POD_RESOURCES = (
 
 def what_releases(reason: str, pod_resources: bool) -> str:
     """What ends the holding of a device held for `reason` (its `device_held` line's
-    `action`), with PodResources polling on or off: a booking ends `booked`, `place_booked`
-    and `id_taken` (another device keeps the ID while a booking of it holds that device's
-    node)."""
-    if reason not in ("booked", PLACE_BOOKED, "id_taken"):
+    `action`), with PodResources polling on or off: a booking ends `booked`, `place_booked`,
+    `booked_number_unknown` and `id_taken` (another device keeps the ID while a booking of it
+    holds that device's node)."""
+    if reason not in ("booked", PLACE_BOOKED, NUMBER_UNKNOWN, "id_taken"):
         return "not advertised until the owner is gone"
     if pod_resources:
         return "not advertised until PodResources shows no pod holding the booked ID"

@@ -71,11 +71,12 @@ class BookingAllocations(HandingOut):
             ledger.changed()
             await ledger.sink.written()
 
-    def take_handed(self, handed: Iterable[HandedClaims]) -> Gained:
+    def take_handed(self, handed: Iterable[HandedClaims], lost: bool = False) -> Gained:
         """What the kubelet kept of its pods' answers, read at start before any resource
-        publishes (`kubelet_checkpoint.book_handed`): booked (`take_handed`) and written. A
-        resource no runtime serves is retired, its bookings held as by `keep_bookings_in`."""
-        gained = take_handed(self._ledger, handed, self._clock())
+        publishes (`kubelet_checkpoint.book_handed`; `lost`: `ownership.json` was missing or
+        set aside): booked (`take_handed`) and written. A resource no runtime serves is
+        retired, its bookings held as by `keep_bookings_in`."""
+        gained = take_handed(self._ledger, handed, self._clock(), self.pod_resources, lost)
         for owner, _ in gained:
             if (state := self._state(owner.resource)).publish is None:
                 state.retired = True  # until a runtime of it attaches

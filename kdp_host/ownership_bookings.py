@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .devices import replica_ids
-from .identity import DIRECTORY
+from .identity import DIRECTORY, NODES
 from .ownership_claims import SYSFS, Claim, ClaimKey, Claims, Owner, ancestors, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
 from .rules import below
@@ -37,6 +37,9 @@ from .rules import below
 PLACE_BOOKED = "place_booked"
 """Why a device is held whose node or mount source is at the real path another booked ID's
 device was handed out at (moved there, or made anew there: `Ledger.place_conflict`)."""
+NUMBER_UNKNOWN = "booked_number_unknown"
+"""Why a device is held that has a node no booking holds while a booking of its resource was
+made for a node gone at start, whose device number is not known (`Ledger.number_unknown`)."""
 
 
 @dataclass
@@ -57,6 +60,9 @@ class Booking:
     advertised while the booking lives; other allocations may share them."""
     group: tuple[str, ...] = ()
     """IDs booked from one answer of the kubelet's checkpoint: its places are theirs too."""
+    number_unknown: bool = False
+    """Booked from the checkpoint for a node that was gone at start, with no booking that
+    knew its device number: a node found later may have that number (hostile9 H2)."""
 
 
 class StateSink(Protocol):
@@ -102,6 +108,8 @@ class Ledger:
         """Real path of a booked place -> the bookings that handed it out."""
         self._sorted_places: list[str] | None = None
         """`places` sorted (those below a directory are one run), made when first needed."""
+        self.unknown: dict[str, Counted] = {}
+        """Resource -> its bookings whose device number is not known (`number_unknown`)."""
         self.spots: dict[str, Counted] = {}
         """Real path of a booked device's own claim (its node or mount source as the
         Allocate handed it out) -> the bookings that hold it: the place a pod's answer
@@ -205,6 +213,8 @@ class Ledger:
         for key, _, real in booking.claims:
             if key[0] != SYSFS:
                 _count(self.spots, real, owner, step)
+        if booking.number_unknown:
+            _count(self.unknown, owner.resource, owner, step)
 
     def record(
         self,
@@ -213,11 +223,12 @@ class Ledger:
         claims: tuple[Claim, ...],
         now: float,
         places: tuple[Claim, ...] = (),
+        number_unknown: bool = False,
     ) -> bool:
         """Book `owner` with `claims` (and the `places` its allocation handed out besides);
         False when it is booked so already (only its time is refreshed: nothing to write)."""
         before = self.bookings.get(owner)
-        booking = Booking(device, claims, now, places)
+        booking = Booking(device, claims, now, places, number_unknown=number_unknown)
         if before is not None and _same(before, booking):
             before.since = now
             return False
@@ -279,6 +290,21 @@ class Ledger:
             replicas,
             ((path, spots.get(real, ())) for key, path, real in claims.all() if key[0] != SYSFS),
         )
+
+    def number_unknown(
+        self, resource: str, device_id: str, replicas: int, claims: Claims
+    ) -> tuple[Owner, str] | None:
+        """A booking of another ID of `resource` whose node was gone at start, its device
+        number not known (`Booking.number_unknown`), while the device has a node no booking
+        holds (that path): the kernel may have given the gone node's number to it, and the
+        pod's container reaches the device by that number (hostile9 H2)."""
+        unknown = self.unknown.get(resource)
+        if not unknown:
+            return None
+        for key, path, _ in claims.all():
+            if key[0] in NODES and key not in self.booked:
+                return self._first_other(resource, device_id, replicas, [(path, unknown)])
+        return None
 
     def mount_conflict(
         self, resource: str, device_id: str, replicas: int, outer: Iterable[tuple[str, ClaimKey]]
@@ -354,6 +380,7 @@ def _same(one: Booking | None, other: Booking) -> bool:
         and one.device == other.device
         and one.claims == other.claims
         and one.places == other.places
+        and one.number_unknown == other.number_unknown
     )
 
 

@@ -44,7 +44,8 @@ class Holding:
     booking), `place_booked` (a node or mount source of it is where a booked ID's device
     was handed out: moved there, or made anew there; the owner is that booking), `id_taken`
     (its ID is the old ID another device of the resource keeps while a booking of it holds
-    that device's node),
+    that device's node), `booked_number_unknown` (a node of it may have the number of a
+    booked node gone at start: `Ledger.number_unknown`),
     `unsafe_mount` (a path of it no container may be handed: no owner)."""
     owner: Owner
     path: str

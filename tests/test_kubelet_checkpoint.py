@@ -32,7 +32,7 @@ from kdp_host.kubelet_checkpoint import (
 )
 from kdp_host.logs import get_logger
 from kdp_host.ownership_bookings import Ledger
-from kdp_host.ownership_claims import ClaimSet, Owner
+from kdp_host.ownership_claims import ClaimSet, Owner, claim_of
 from kdp_host.ownership_document import read_saved
 
 from .conftest import wait_until
@@ -51,11 +51,11 @@ def fixture(name: str) -> bytes:
 
 def test_checkpoints_the_kubelet_wrote_are_read_with_their_checksum() -> None:
     assert parse_checkpoint(fixture("two_pods")) == [
-        Handed(A, ("s0",), ("/dev/null", MDIR)),
-        Handed(A, ("s1",), ("/dev/zero", MDIR)),
+        Handed(A, ("s0",), ("/dev/null", MDIR), nodes=1),
+        Handed(A, ("s1",), ("/dev/zero", MDIR), nodes=1),
     ]
     assert parse_checkpoint(fixture("two_ids_one_container")) == [
-        Handed(A, ("s0", "s1"), ("/dev/null", "/dev/zero", MDIR))
+        Handed(A, ("s0", "s1"), ("/dev/null", "/dev/zero", MDIR), nodes=2)
     ]
     # an answer with an env only (the kubelet's stub plugin): nothing handed out
     assert parse_checkpoint(fixture("stub_envs")) == [Handed("st.example/x", ("dev0",), ())]
@@ -408,3 +408,68 @@ def test_a_directory_reaches_the_booked_places_below_it_and_no_other() -> None:
     assert holders("/a/b/c/d") == ["s0", "s3"]
     assert holders("/z") == []
     assert holders("/") == ["s0", "s1", "s2", "s3"]
+
+
+def held_reasons(caplog: pytest.LogCaptureFixture) -> dict[str, str]:
+    return {
+        r.__dict__["kdp_fields"]["device"]: r.__dict__["kdp_fields"]["reason"]
+        for r in caplog.records
+        if r.getMessage() == "device_held"
+    }
+
+
+@pytest.mark.parametrize("pod_resources", [True, False], ids=["polling", "polling off"])
+async def test_a_node_gone_at_start_holds_the_unbooked_nodes_of_its_resource(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, pod_resources: bool
+) -> None:
+    """hostile9 H2: the state directory was lost, and p1's node /dev/n0 was unplugged while
+    kdp-host was down: the checkpoint names its path, not its device number, which the
+    kernel may have given to m0. Every node of the resource that no booking holds waits
+    until p1 ends (n1 is booked by its own pod; a directory has no number), also after a
+    restart that finds the booking kept. With PodResources polling off nothing would end
+    the hold: the gap stays (README)."""
+    caplog.set_level(logging.INFO)
+    dp = tmp_path / "dp"
+    dp.mkdir()
+    write_checkpoint(dp, entry_of(A, "n0", "/dev/n0"), entry_of(A, "n1", "/dev/n1"))
+    nodes = FakeNodes({"/dev/m0": ("c", 21), "/dev/n1": ("c", 22), "/srv/d": ("d", 5)})
+    devices = (dev("m0", "/dev/m0"), dev("n1", "/dev/n1"), dev("d", mounts=("/srv/d",)))
+    now = [100.0]
+    host, state = restarted(tmp_path / "state", nodes, now, pod_resources=pod_resources)
+    host.index.take_handed(read_handed(str(dp), None, nodes) or [], lost=True)
+    host.publish(A, *devices)
+    if not pod_resources:
+        assert host.ids(A) == ["d", "m0", "n1"]
+        return
+    assert host.ids(A) == ["d", "n1"], "m0 may have n0's number"
+    assert held_reasons(caplog) == {"m0": "booked_number_unknown"}
+    await asyncio.wait_for(state.flush(), 30)
+
+    again, _ = restarted(tmp_path / "state", nodes, now)  # the booking kept: still unknown
+    again.index.take_handed(read_handed(str(dp), [A], nodes) or [])
+    again.publish(A, *devices)
+    assert again.ids(A) == ["d", "n1"]
+    again.index.holdings(Holdings(now[0] + 60, 0.0, {A: {"n1": ()}}))  # p1 ended
+    assert again.ids(A) == ["d", "m0", "n1"]
+
+
+def test_a_booking_that_knows_the_number_holds_by_it() -> None:
+    """A booking kept with its device number (an Allocate booked it) needs no hold of the
+    unknown: its number holds the node that has it, whatever its name."""
+    nodes = FakeNodes({"/dev/m0": ("c", 22)})
+    ledger = Ledger()
+    ledger.record(Owner(A, "s0"), "s0", ((("c", 21), "/dev/a", "/dev/a"),), 0.0)
+    gone = HandedClaims(Handed(A, ("s0",), ("/dev/a",), nodes=1), (claim_of("/dev/a", nodes),))
+    take_handed(ledger, [gone], 1.0, numbers=True, lost=True)
+    assert not ledger.bookings[Owner(A, "s0")].number_unknown
+    m0 = ClaimSet(((("c", 22), "/dev/m0", "/dev/m0"),))
+    assert ledger.number_unknown(A, "m0", 1, m0) is None
+    take_handed(ledger, [HandedClaims(Handed(A, ("s1",), ("/dev/b",), nodes=1), (
+        claim_of("/dev/b", nodes),))], 1.0, numbers=True, lost=True)  # fmt: skip
+    assert ledger.number_unknown(A, "m0", 1, m0) == (Owner(A, "s1"), "/dev/m0")
+    assert ledger.number_unknown(A, "s1", 1, m0) is None, "its own ID"
+    assert ledger.number_unknown("other.io/x", "m0", 1, m0) is None
+    kept = Ledger()  # the bookings kept: an ID without one is a pod that ended
+    take_handed(kept, [HandedClaims(Handed(A, ("s2",), ("/dev/c",), nodes=1), (
+        claim_of("/dev/c", nodes),))], 1.0, numbers=True)  # fmt: skip
+    assert kept.number_unknown(A, "m0", 1, m0) is None

@@ -53,6 +53,8 @@ _FIND = json.JSONDecoder()
 """Where an entry ends (decoded without a Python call per object; `_DECODER` decodes it)."""
 _SPACE = re.compile(r"[ \t\n\r]*")
 """JSON's whitespace."""
+_AFTER = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
+"""What may follow a list entry: a comma or the list's end, in whitespace."""
 
 
 class NotAList(Exception):
@@ -109,7 +111,7 @@ def list_entries(text: str) -> Iterator[str]:
 def decode_entry(entry: str) -> Any:
     """An entry `list_entries` found, decoded strictly (no key twice). Raises NotAList."""
     try:
-        return _DECODER.decode(entry)
+        return _DECODER.raw_decode(entry)[0]  # (it is one value, from end to end)
     except (ValueError, RecursionError, _DuplicateKey):
         raise NotAList from None
 
@@ -119,6 +121,8 @@ def _entries(text: str) -> Iterator[str]:
         found = _SPACE.match(text, pos)
         assert found is not None  # (it matches the empty string)
         return found.end()
+
+    find, after = _FIND.raw_decode, _AFTER.match
 
     pos = skip(0)
     wrapped = text.startswith("{", pos)
@@ -131,17 +135,18 @@ def _entries(text: str) -> Iterator[str]:
     if not text.startswith("[", pos):
         raise NotAList
     pos = skip(pos + 1)
-    more = not text.startswith("]", pos)
-    while more:
-        _, end = _FIND.raw_decode(text, pos)
-        yield text[pos:end]
-        pos = skip(end)
-        more = text.startswith(",", pos)
-        if more:
-            pos = skip(pos + 1)
-        elif not text.startswith("]", pos):
-            raise NotAList
-    pos = skip(pos + 1)
+    if text.startswith("]", pos):
+        pos = skip(pos + 1)
+    else:
+        while True:
+            _, end = find(text, pos)
+            yield text[pos:end]
+            found = after(text, end)  # (a comma, or the end of the list)
+            if found is None:
+                raise NotAList
+            pos = found.end()
+            if found.group(1) == "]":
+                break
     if wrapped:
         if not text.startswith("}", pos):
             raise NotAList
@@ -175,6 +180,8 @@ def json_kind(value: Any) -> str:
 def json_object(value: Any, what: str, known: frozenset[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Invalid(f"{what} must be an object, got {json_kind(value)}")
+    if known.issuperset(value):
+        return value
     unknown = sorted(set(value) - known)
     if unknown:
         raise Invalid(f"{what}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")

@@ -32,7 +32,7 @@ from .ownership_claims import (
     places,
 )
 from .ownership_held import Advertised, note_held
-from .ownership_letgo import LetGo
+from .ownership_renames import RenameAdmission
 from .ownership_table import Holding, ResourceState
 from .turns import Pace
 
@@ -41,7 +41,7 @@ PRUNE_SLACK = 64
 bring them back) before it is cut to the list's."""
 
 
-class Admission(LetGo):
+class Admission(RenameAdmission):
     """Admitting lists against the claim table (the index supplies resolved paths and
     says what was held)."""
 
@@ -153,9 +153,11 @@ class Admission(LetGo):
     def _admit_all(
         self, state: ResourceState, devices: Mapping[str, Device], pace: Pace
     ) -> Generator[None, None, Mapping[str, Device]]:
-        name = state.name
+        name, rule = state.name, self._rule()
         released = yield from self._prune_gone(state, pace)
         claims = yield from self._claims_of(state, devices, pace)
+        if (yield from self._renamed(state, devices, claims, pace)):
+            return devices  # (each under its own ID: `ownership_renames`)
         # The ID each device is advertised under: the ID of this resource that owns its
         # claims already while a booking of that ID holds them (the kubelet gave it to a
         # pod: it must not see the node under a second ID), else its own (it takes the
@@ -222,6 +224,7 @@ class Admission(LetGo):
             same = same and (before is entry or before == entry)
         for advertised_id in [a for a in state.owned if a not in taken]:
             released |= self._unadvertise(state, advertised_id)
+        self._checked_all(state, rule)
         self._note_held(state, holding, ids, admitted)
         if released:
             self._wake_waiting(name)

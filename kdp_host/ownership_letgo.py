@@ -22,9 +22,10 @@ advertised once the booking ends.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 
 from .config import UNSAFE_MOUNT, NeverHanded
+from .mount_table import MountMap
 from .ownership_claims import SYSFS, ClaimKey, Claims, Owner
 from .ownership_table import ClaimTable, Holding, ResourceState
 from .turns import Pace
@@ -39,6 +40,39 @@ class LetGo(ClaimTable):
     never_handed: NeverHanded = NeverHanded()
     """The host paths no container may be handed (`config.handed`); the host sets its
     config's (this default refuses `/` alone)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(clock)
+        self._checked_under: dict[str, tuple[NeverHanded, MountMap]] = {}
+        """Resource -> the rule and mount table its last full admission checked every device
+        it advertised against (`_unsafe`), unchanged from its start to its end."""
+
+    def _rule(self) -> tuple[NeverHanded, MountMap]:
+        return self.never_handed, self._within.mounts
+
+    def _checked_all(self, state: ResourceState, rule: tuple[NeverHanded, MountMap]) -> None:
+        """An admission of `state` checked every device it advertises against `rule` (kept
+        if it is still the rule in force)."""
+        if rule[0] is self.never_handed and rule[1] is self._within.mounts:
+            self._checked_under[state.name] = rule
+
+    def _owner_checked(self, state: ResourceState, claims: Claims) -> bool:
+        """Whether `claims` (the very object) is what a device of this resource owns, and the
+        resource's devices were checked against the rule and mount table in force: a device
+        renamed on its paths is not checked again, as an unchanged list is not (each claims
+        object is checked as it is claimed, and every device at a full admission)."""
+        under = self._checked_under.get(state.name)
+        if under is None or under[0] is not self.never_handed:
+            return False
+        if under[1] is not self._within.mounts:
+            return False
+        exclusive = claims.exclusive
+        owner = self._exclusive.get(exclusive[0][0]) if exclusive else None
+        return (
+            owner is not None
+            and owner.resource == state.name
+            and state.owned.get(owner.device) is claims
+        )
 
     def _unsafe(self, claims: Claims) -> Holding | None:
         """Held, whoever owns what: a node or mount of the device whose real path no container
@@ -66,6 +100,8 @@ class LetGo(ClaimTable):
         for device_id, claim in claims.items():
             if pace.due():
                 yield
+            if self._owner_checked(state, claim):
+                continue
             if (why := self._unsafe(claim)) is not None:
                 unsafe[device_id] = why
         if not unsafe:

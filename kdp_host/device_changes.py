@@ -85,23 +85,36 @@ def healthy_count(devices: Mapping[str, Device]) -> int:
     (each list on the way keeps its count, for the next one); else by a walk."""
     if not isinstance(devices, Derived):
         return sum(1 for device in devices.values() if device.healthy)
-    steps: list[Derived] = []
-    current: Mapping[str, Device] | None = devices
-    while isinstance(current, Derived) and current._healthy < 0 and len(steps) < DEPTH:
-        steps.append(current)
-        current = current.base
-    if not steps:
-        return devices._healthy
-    if not isinstance(current, Derived) or current._healthy < 0:
+    steps, base = _uncounted(devices)
+    if base is None:
         devices._healthy = sum(1 for device in devices.values() if device.healthy)
         return devices._healthy
-    count, base = current._healthy, current
+    count = base._healthy
     for step in reversed(steps):
         for device_id in step.changed:
             old, new = base.get(device_id), step.get(device_id)
             count += (new is not None and new.healthy) - (old is not None and old.healthy)
         step._healthy, base = count, step
     return count
+
+
+def carry_count(devices: Mapping[str, Device]) -> None:
+    """Count `devices` where that costs what changed (`healthy_count` from a counted list
+    along its bases), keeping the count on it for a list made from it later, which may
+    outlive its bases; a list that would need a walk is left as it is."""
+    if isinstance(devices, Derived) and _uncounted(devices)[1] is not None:
+        healthy_count(devices)
+
+
+def _uncounted(devices: Derived) -> tuple[list[Derived], Derived | None]:
+    """The lists from `devices` back that were not counted, and the counted list they were
+    made from (None: none within DEPTH, or one gone)."""
+    steps: list[Derived] = []
+    current: Mapping[str, Device] | None = devices
+    while isinstance(current, Derived) and current._healthy < 0 and len(steps) < DEPTH:
+        steps.append(current)
+        current = current.base
+    return steps, current if isinstance(current, Derived) and current._healthy >= 0 else None
 
 
 def changed_among(

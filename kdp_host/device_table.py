@@ -13,7 +13,7 @@ import asyncio
 import bisect
 from collections.abc import Callable, Iterable, Mapping
 
-from .device_changes import changed_between, healthy_count
+from .device_changes import carry_count, changed_between, healthy_count
 from .devices import AdvertisedDevice, Device, Snapshot, replica_ids
 from .identity import PathReach
 
@@ -73,9 +73,14 @@ class DeviceTable:
             reported = {}
             for device in devices:
                 reported.setdefault(device.id, device)
-        if reported is self._reported or reported == self._reported:
+        before = self._reported  # (held until the new list is counted from it: `_build`)
+        if reported is before:
             return False  # (the same mapping again: never changed, see above)
-        self._reported = reported
+        self._reported = reported  # (an equal one too: the next list may be made from it)
+        if reported == before:  # (held, ordered and counted as `before`, which may go now)
+            self._order = (reported, self._order[1])
+            carry_count(reported)  # (from `before`, while it is held)
+            return False
         self._failed_checks = {i for i in self._failed_checks if i in reported or i in self._kept}
         return self._rebuild()
 

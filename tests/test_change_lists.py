@@ -71,13 +71,14 @@ def test_the_grace_merge_of_a_list_that_says_what_changed_walks_nothing() -> Non
 
 def test_the_reporter_and_the_index_admit_a_changed_list_without_a_walk() -> None:
     """One device of 300 plugged, one unplugged: the reporter (what it cannot list, the
-    healthy count it logs) and the index's admission look at those, and walk no list."""
+    healthy count it logs) and the index's admission look at those, and walk no list; each
+    stage holds its last list alone (as in a run: no list is kept alive for them)."""
     nodes = FakeNodes({f"/dev/big/d{i}": ("c", i) for i in range(301)})
     index = OwnershipIndex(resolve=nodes)  # (resolved inline: no event loop needed)
     published: list[Mapping[str, Device]] = []
 
     def publish(devices: Mapping[str, Device]) -> bool:
-        published.append(devices)
+        published[:] = [devices]  # (as a table does: the last list alone)
         return True
 
     index.attach(R, publish, get_logger().bind(resource=R))
@@ -89,19 +90,17 @@ def test_the_reporter_and_the_index_admit_a_changed_list_without_a_walk() -> Non
         failure_threshold=3,
     )
     devices = {f"d{i}": node(i) for i in range(300)}
-    lists = [derived(None, devices)]
-    reporter.update(lists[0])
+    current = derived(None, devices)
+    reporter.update(current)
     for device_id, device in (("d300", node(300)), ("d7", None), ("d300", None)):
         if device is None:
             del devices[device_id]
         else:
             devices[device_id] = device
-        lists.append(derived(lists[-1], devices, device_id))
-        for walked in lists:
-            walked.walks = 0
+        current = derived(current, devices, device_id)  # (the last: held by the stages alone)
         nodes.resolved.clear()
-        reporter.update(lists[-1])
-        assert [walked.walks for walked in lists] == [0] * len(lists)
+        reporter.update(current)
+        assert current.walks == 0
         assert set(published[-1]) == set(devices)
         # the device that changed, and the claim of one gone (lingering: gone for good?)
         assert set(nodes.resolved) <= {f"/dev/big/{device_id}", "/dev/big/d7"}

@@ -7,7 +7,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from ..device_changes import changed_between, healthy_count
+from ..device_changes import carry_count, changed_between, healthy_count
 from ..devices import Device
 from ..identity import PathReach
 from ..logs import EventLogger
@@ -79,6 +79,8 @@ class DeviceReporter:
     ) -> None:
         if not isinstance(devices, Mapping):
             devices = list(devices)
+        else:
+            carry_count(devices)  # (from the last list, while it is held: O(changed))
         self._first_attempt_failed = None
         unlistable = self._unlistable(devices)
         if unlistable:

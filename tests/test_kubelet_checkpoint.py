@@ -35,7 +35,6 @@ from kdp_host.ownership_bookings import Ledger
 from kdp_host.ownership_claims import ClaimSet, Owner, claim_of
 from kdp_host.ownership_document import read_saved
 
-from .conftest import wait_until
 from .fake_nodes import FakeNodes
 from .test_ownership import booked_ids, dev, restarted
 
@@ -379,10 +378,10 @@ async def test_a_resource_removed_while_the_state_dir_was_lost_keeps_its_pods_no
     await running.shutdown()
     shutil.rmtree(state)
     await start_host(served(B, kubelet, devices, state))
-    await wait_until(
-        lambda: any(r.getMessage() == "device_held" for r in caplog.records), what="B holds fpga0"
-    )
-    await kubelet.await_for(lambda k: k.resource(B) is not None, what="B registered")
+    first = await kubelet.acall(kubelet.first_list_after_registering, B, 0)
+    assert first["healthy"] == 0, "B's first list holds fpga0 back"
+    [held] = [r.__dict__["kdp_fields"] for r in caplog.records if r.getMessage() == "device_held"]
+    assert (held["owner_resource"], held["owner_retired"]) == (A, True)
     refused = await kubelet.acall(kubelet.allocate, "p2", {B: 1})
     assert refused["error"] and not refused["device_ids"], refused
     await kubelet.acall(kubelet.release, "p1")

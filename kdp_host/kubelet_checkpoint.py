@@ -35,6 +35,7 @@ from .identity import NODES
 from .kubelet_checksum import checksum
 from .logs import EventLogger
 from .ownership_claims import NOTHING, Claim, Owner, Resolver, claim_of, reach
+from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
 if TYPE_CHECKING:
     from .config import Config
@@ -172,12 +173,18 @@ async def book_handed(
     if handed is None:
         log.info("kubelet_checkpoint_absent", path=path)
         return
-    for owner, claims in index.take_handed(handed, every):
-        log.bind(resource=owner.resource).info(
-            "kubelet_checkpoint_booked",
-            device=owner.device,
-            paths=",".join(path for _, path, _ in claims),
-        )
+    by_resource: dict[str, Gained] = {}
+    for gained in index.take_handed(handed, every):
+        by_resource.setdefault(gained[0].resource, []).append(gained)
+    for resource, booked in by_resource.items():
+        bound = log.bind(resource=resource)
+        if len(booked) > SKIPPED_SHOWN:  # (one line: another plugin's thousands of entries)
+            first = sorted(owner.device for owner, _ in booked)[:HELD_SHOWN]
+            bound.info("kubelet_checkpoint_booked", count=len(booked), devices=",".join(first))
+            continue
+        for owner, claims in booked:
+            paths = ",".join(path for _, path, _ in claims)
+            bound.info("kubelet_checkpoint_booked", device=owner.device, paths=paths)
 
 
 def read_handed(
@@ -239,7 +246,8 @@ def parse_checkpoint(blob: bytes, resources: Collection[str] | None = None) -> l
             f"checksum {expected} does not match its data ({actual}): written in part, or "
             "changed by hand"
         )
-    return [_handed(entry) for entry in wanted]
+    answers: dict[str, Answer] = {}
+    return [_handed(entry, answers) for entry in wanted]
 
 
 def _check(entry: Any) -> None:
@@ -257,20 +265,29 @@ def _check(entry: Any) -> None:
     _answer_bytes(entry.get("AllocResp"))
 
 
-def _handed(entry: dict[str, Any]) -> Handed:
-    """A checked entry, its answer decoded."""
-    try:
-        answer = ContainerAllocateResponse.parse(_answer_bytes(entry.get("AllocResp")) or b"")
-    except Exception as exc:  # (betterproto2 raises several kinds on bad bytes)
-        raise CheckpointError(
-            f"an entry's AllocResp is no ContainerAllocateResponse ({exc})"
-        ) from None
+Answer = tuple[tuple[str, ...], tuple[str, ...], int]
+"""What an Allocate answer hands out: `Handed.paths`, `cdi_names`, `nodes`."""
+
+
+def _handed(entry: dict[str, Any], answers: dict[str, Answer]) -> Handed:
+    """A checked entry, its answer decoded (once for the same answer of many entries: the
+    pods of one device whose entries the kubelet kept)."""
     by_numa = entry.get("DeviceIDs") or {}
     ids = sorted({i for listed in by_numa.values() for i in listed or ()})
-    nodes = [spec.host_path for spec in answer.devices if spec.host_path]
-    paths = (*nodes, *(mount.host_path for mount in answer.mounts if mount.host_path))
-    names = tuple(device.name for device in answer.cdi_devices)
-    return Handed(entry["ResourceName"], tuple(ids), paths, names, len(nodes))
+    text = entry.get("AllocResp") or ""
+    found = answers.get(text)
+    if found is None:
+        try:
+            answer = ContainerAllocateResponse.parse(_answer_bytes(text) or b"")
+        except Exception as exc:  # (betterproto2 raises several kinds on bad bytes)
+            raise CheckpointError(
+                f"an entry's AllocResp is no ContainerAllocateResponse ({exc})"
+            ) from None
+        nodes = [spec.host_path for spec in answer.devices if spec.host_path]
+        paths = (*nodes, *(mount.host_path for mount in answer.mounts if mount.host_path))
+        names = tuple(device.name for device in answer.cdi_devices)
+        found = answers[text] = (paths, names, len(nodes))
+    return Handed(entry["ResourceName"], tuple(ids), *found)
 
 
 def _answer_bytes(value: Any) -> bytes | None:

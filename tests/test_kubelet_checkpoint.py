@@ -472,3 +472,21 @@ def test_a_booking_that_knows_the_number_holds_by_it() -> None:
     take_handed(kept, [HandedClaims(Handed(A, ("s2",), ("/dev/c",), nodes=1), (
         claim_of("/dev/c", nodes),))], 1.0, numbers=True)  # fmt: skip
     assert kept.number_unknown(A, "m0", 1, m0) is None
+
+
+async def test_another_plugins_thousands_of_entries_are_one_line_each_answer_decoded_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    dp = tmp_path / "dp"
+    dp.mkdir()
+    gpu = "vendor.example/gpu"
+    write_checkpoint(dp, *(entry_of(gpu, f"g{i}", f"/dev/g{i % 2}") for i in range(30)))
+    handed = read_handed(str(dp), None, FakeNodes({}))
+    assert handed is not None
+    assert [h.handed.paths for h in handed[:3]] == [("/dev/g0",), ("/dev/g1",), ("/dev/g0",)]
+    assert handed[0].handed.paths is handed[2].handed.paths, "one answer, decoded once"
+    host, _ = restarted(tmp_path / "state", FakeNodes({}))
+    await book_handed(host.index, config_of(dp, A), DaemonThreads(), get_logger(), every=True)
+    lines = [r.__dict__["kdp_fields"] for r in caplog.records if "checkpoint_booked" in r.msg]
+    assert lines == [{"resource": gpu, "count": 30, "devices": "g0,g1,g10,g11,g12"}]

@@ -106,8 +106,8 @@ class HandedRecord:
                 offload,
                 consequence="the devices booked now are withheld (preStart refuses them, "
                 "their CDI entries are left out) until handed out again or no longer booked",
-                if_unwritten="a container restart after a kdp-host restart may act on a "
-                "device as listed then, not as handed out",
+                if_unwritten="every Allocate is refused until it is written (a device is "
+                "handed out only once this record keeps it)",
                 merge=None if writer is None else self._merge,
                 mark_unsaved=True,
                 writer=writer,
@@ -304,11 +304,14 @@ class HandedRecord:
         if self.file is not None and self.file.unsettled and not self._withheld:
             self.file.unsettled = False
 
-    async def written(self) -> None:
+    async def written(self) -> str | None:
         """Until the file holds every change (an Allocate awaits it, at most
-        `state_file.WRITE_LIMIT`)."""
-        if self.file is not None:
-            await self.file.written()
+        `state_file.WRITE_LIMIT`): None once it does, else why not (the Allocate is
+        refused: nothing is handed out that a restart would not find here)."""
+        file = self.file
+        if file is None or await file.written():
+            return None
+        return file.unwritten or f"{HANDED_FILE} not written within {file.write_limit:g} s"
 
     # ------------------------------------------------------------------ the file
 

@@ -22,6 +22,7 @@ from . import __version__
 from .metric_histograms import LATENCY_BUCKETS, SCAN_BUCKETS, ResourceHistogram
 from .metric_labels import (
     ALLOCATE_HOOK_RESULTS,
+    ALLOCATION_RESULTS,
     CONFIG_RELOAD_RESULTS,
     DEFAULT_HISTOGRAM_MODE,
     DRIVER_ERROR_REASONS,
@@ -63,7 +64,7 @@ class MetricFamilies:
         )
         self.allocations = Counter(
             "kdp_allocations",
-            "Allocate container requests, by result (ok, invalid, hook_failed: allocate.command).",
+            "Allocate container requests, by result (" + ", ".join(ALLOCATION_RESULTS) + ").",
             ["resource", "result"],
             registry=r,
         )

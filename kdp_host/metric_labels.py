@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-ALLOCATION_RESULTS = ("ok", "invalid", "hook_failed")
+ALLOCATION_RESULTS = ("ok", "invalid", "hook_failed", "unsaved")
+"""Every `result` of an Allocate container request (`unsaved`: refused, its record could not
+be written to `handed-out.json`)."""
 REGISTRATION_RESULTS = ("ok", "refused", "unavailable", "error")
 DriverErrorReason = Literal["timeout", "exit", "parse", "output_too_large", "spawn", "io"]
 """Every `reason` a driver may count a failed scan or probe under (DriverError's type)."""
@@ -35,8 +37,9 @@ ConfigReloadResult = Literal["ok", "invalid", "refused", "unchanged"]
 CONFIG_RELOAD_RESULTS: tuple[ConfigReloadResult, ...] = get_args(ConfigReloadResult)
 DEVICE_HEALTH = ("healthy", "unhealthy")
 HookResult = Literal[
-    "ok", "exit", "timeout", "spawn", "output_too_large", "parse", "invalid", "place_changed"
-]
+    "ok", "exit", "timeout", "spawn", "output_too_large", "parse", "invalid", "place_changed",
+    "unknown",
+]  # fmt: skip
 PRE_START_RESULTS: tuple[HookResult, ...] = (
     "ok", "exit", "timeout", "spawn", "output_too_large", "invalid", "place_changed",
 )  # fmt: skip
@@ -50,11 +53,12 @@ HookName = Literal["preStart", "allocate.command", "release"]
 """The config sections whose series exist only while a resource has them (`forget_hooks`)."""
 
 RELEASE_RESULTS: tuple[HookResult, ...] = (
-    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid", "place_changed",
+    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid", "place_changed", "unknown",
 )  # fmt: skip
 """Every `result` of a `release.command` run (`invalid`: a device neither listed nor kept
 as handed out: nothing to release, not run; `place_changed`: a host path handed out reaches
-another device now: not run, retried)."""
+another device now: not run, retried; `unknown`: what the device was handed out as was lost
+with `handed-out.json`: not run, owed until a container start on it after an Allocate)."""
 PodResourcesResult = Literal["ok", "incomplete", "absent", "unsupported", "rate_limited", "error"]
 POD_RESOURCES_RESULTS: tuple[PodResourcesResult, ...] = get_args(PodResourcesResult)
 """Every `result` of a PodResources poll (`incomplete`: answered soon after a kubelet

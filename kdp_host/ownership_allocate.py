@@ -51,12 +51,14 @@ class BookingAllocations(HandingOut):
         ids: Iterable[str],
         places: Mapping[str, Collection[str]] | None = None,
         cdi_names: Mapping[str, Collection[str]] | None = None,
+        *,
+        wait: bool = True,
     ) -> None:
         """The kubelet booked `ids` of `resource` (an Allocate is answered): record each with
         the claims of its device and the host paths its answer hands out besides (`places`,
         by ID: `allocate.mounts`, an `allocate.command`'s output), and return once
-        `<stateDir>/ownership.json` holds them, or after `state_file.WRITE_LIMIT` with an error
-        line (nothing is written when the bookings are the ones recorded already). Raises
+        `<stateDir>/ownership.json` holds them (`bookings_written`; `wait` False: once they
+        are recorded, the caller waits for the write with others at once). Raises
         PlaceOwned, booking nothing, when such a path reaches what another device of the
         host owns (advertised, or held by a pod), when a CDI name the answer carries
         besides its devices' own (`cdi_names`, by ID) is of a kind kdp-host writes, or when
@@ -69,7 +71,15 @@ class BookingAllocations(HandingOut):
         ledger = self._ledger
         if self._book(resource, ids, claimed) and ledger.sink is not None:
             ledger.changed()
-            await ledger.sink.written()
+            if wait:
+                await ledger.sink.written()
+
+    async def bookings_written(self) -> None:
+        """Until `<stateDir>/ownership.json` holds every booking, or `state_file.WRITE_LIMIT`
+        passed (an error line says so: the bookings hold in memory all the same; nothing is
+        written when they are the ones recorded already)."""
+        if self._ledger.sink is not None:
+            await self._ledger.sink.written()
 
     def take_handed(self, handed: Iterable[HandedClaims], lost: bool = False) -> Gained:
         """What the kubelet kept of its pods' answers, read at start before any resource

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
@@ -56,8 +56,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
 from .release_state import ReleaseStateStore, device_entry, handed_device
-from .release_use import DeviceUse
-from .rules import join_list
+from .release_use import DeviceUse, unknown_release
 
 if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
     from .holdings import Holder, Holdings
@@ -66,11 +65,6 @@ ALLOCATION_SETTLE = 1.0
 """Seconds after an Allocate during which a PodResources answer is not taken as news about
 that device: the kubelet records the allocation only once our answer has reached it, so a
 List in between would show the device free."""
-
-
-def _joined(values: Iterable[str]) -> str:
-    """Pod, namespace and container names as a list (they are DNS labels: no separator)."""
-    return join_list(dict.fromkeys(v for v in values if v))
 
 
 class ReleaseTracker:
@@ -126,8 +120,9 @@ class ReleaseTracker:
             device_id: self._taken_up(device_id, entry)
             for device_id, entry in self._store.entries(self._resource.name).items()
         }
+        replicas = self._resource.replicas
         for advertised in sorted(self._store.handed_out(self._resource.name)):
-            device_id = physical_id(advertised, self._resource.replicas)
+            device_id = physical_id(advertised, replicas)
             if device_id not in self.uses:
                 # handed out, and no state file tells of it: counts as used
                 self.uses[device_id] = DeviceUse(used={advertised})
@@ -137,6 +132,9 @@ class ReleaseTracker:
                     reason="the kubelet's checkpoint or the bookings say it was handed out "
                     "and no release state was found",
                 )
+        for advertised in sorted(self._handed.withheld):  # (booked; used, when so kept)
+            if (device_id := physical_id(advertised, replicas)) in self.uses or self._assume_used:
+                self.uses.setdefault(device_id, DeviceUse({advertised})).handed_unknown = True
         for device_id, use in self.uses.items():
             if use.owed:
                 self._log.info("release_owed_from_before", device=device_id)
@@ -147,7 +145,7 @@ class ReleaseTracker:
         """A device's use as the state file keeps it: its Allocate time back on the
         monotonic clock (an answer asked before it stays no news after a restart). The
         device as handed out that a file of an older version keeps goes to the record."""
-        use = DeviceUse(used=set(entry["used"]), owed=entry["owed"])
+        use = DeviceUse(set(entry["used"]), entry["owed"], handed_unknown="handedUnknown" in entry)
         allocated = entry.get("allocatedAt")
         if allocated is not None:
             use.allocated_wall = allocated
@@ -174,24 +172,36 @@ class ReleaseTracker:
     # ------------------------------------------------------------------ news
 
     def allocated(self, advertised_ids: Sequence[str]) -> None:
-        """Allocate handed these IDs to a container (cheap: no I/O here); told before the
-        record takes what it handed out (an owed release acts on the earlier use's device)."""
-        now, wall = self._clock(), self._wall()
+        """Allocate handed these IDs to a container: `asked` and `taken` at once."""
+        self.asked(advertised_ids)
+        self.taken(advertised_ids)
+
+    def asked(self, advertised_ids: Sequence[str]) -> None:
+        """An Allocate asks for these IDs (no I/O here; told before the record takes what it
+        hands out: an owed release acts on the earlier use's device). An ID used before
+        proves its earlier user gone (the kubelet never gives one ID to two containers at
+        once), whether or not the answer goes out."""
         replicas = self._resource.replicas
         for advertised in advertised_ids:
             device_id = physical_id(advertised, replicas)
             use = self.uses.setdefault(device_id, DeviceUse())
             if advertised in use.used or self._assume_used:
-                # Handed out again: its earlier user is gone (the kubelet never gives one
-                # ID to two containers at once).
                 use.used.discard(advertised)
                 if not use.used and not use.owed:
                     use.owed = True
                     self._log.info("release_owed", device=device_id, reason="allocated_again")
                     self._start(device_id)
+        self._publish()
+
+    def taken(self, advertised_ids: Sequence[str]) -> None:
+        """The Allocate's answer goes out, its record kept (`handed_out`): the devices are
+        used from now, as that answer hands them out (a release acts on that)."""
+        now, wall, replicas = self._clock(), self._wall(), self._resource.replicas
+        for advertised in advertised_ids:
+            use = self.uses.setdefault(physical_id(advertised, replicas), DeviceUse())
             use.used.add(advertised)
-            use.allocated_at = now
-            use.allocated_wall = wall
+            use.allocated_at, use.allocated_wall = now, wall
+            use.handed_unknown = False
         self._publish()
 
     def holdings(self, answer: Holdings) -> None:
@@ -229,9 +239,7 @@ class ReleaseTracker:
                         "release_owed",
                         device=device_id,
                         reason="no_longer_held",
-                        last_holders=_joined(
-                            f"{h.namespace}/{h.pod}/{h.container}" for h in use.holders
-                        ),
+                        last_holders=use.last_holders(),
                     )
                     self._start(device_id)
         self._publish()
@@ -287,6 +295,9 @@ class ReleaseTracker:
             self._metrics.release_runs.labels(name, "ok" if error is None else error.result).inc()
             if error is None:
                 self._succeeded(device_id, use, seconds)
+            elif error.result == "unknown":  # not run: nothing failed on the device
+                use.failure = str(error)
+                self._log.warning("release_skipped", device=device_id, reason=use.failure)
             else:
                 self._failed(device_id, use, str(error))
         finally:
@@ -296,9 +307,12 @@ class ReleaseTracker:
     async def _run_command(self, device_id: str, use: DeviceUse, handed: Handed | None) -> None:
         """The release of what the Allocate handed out (`handed`, taken from the record when
         the release was owed: its paths must reach what they did then); without it (handed
-        out before the record knew it) the device as listed now. Neither: the release has
-        nothing to act on, and fails (the device stays owed and is released once it is
-        listed again), never counted ok."""
+        out before the record knew it) the device as listed now, unless its record was lost
+        (`handed_unknown`: not run, see `unknown_release`). Nothing to act on: the release
+        fails (the device stays owed and is released once listed again), never counted ok."""
+        if handed is None and use.handed_unknown:
+            message = unknown_release(self._resource.name, device_id)
+            raise HookFailed(Status.FAILED_PRECONDITION, "unknown", message)
         listed = (d for d in self._table.snapshot.devices if d.id == device_id)
         device = handed.device if handed else next(listed, None)
         if device is None:
@@ -313,9 +327,7 @@ class ReleaseTracker:
         reached = handed.reached if handed else None
         await check_places(self._places, what, {device_id, *use.used}, [device], reached)
         values = hook_values(self._resource.name, [device])
-        values["namespace"] = _joined(h.namespace for h in use.holders)
-        values["pod"] = _joined(h.pod for h in use.holders)
-        values["container"] = _joined(h.container for h in use.holders)
+        values.update(use.holder_values())
         env = device_env(self._resource.name, [device])
         env.update({key: render_template(text, values) for key, text in self.config.env.items()})
         self._log.info("release_started", device=device_id, pod=values["pod"] or "-")
@@ -328,7 +340,7 @@ class ReleaseTracker:
         )
 
     def _succeeded(self, device_id: str, use: DeviceUse, seconds: float) -> None:
-        use.owed = False
+        use.owed = use.handed_unknown = False
         use.failure = None
         use.released_at = self._wall()
         use.backoff.reset()
@@ -364,7 +376,7 @@ class ReleaseTracker:
     def _publish(self) -> None:
         self.changes += 1
         entries = {
-            device_id: device_entry(use.used, use.owed, use.allocated_wall)
+            device_id: device_entry(use.used, use.owed, use.allocated_wall, use.handed_unknown)
             for device_id, use in self.uses.items()
             if use.used or use.owed
         }
@@ -373,8 +385,8 @@ class ReleaseTracker:
         self._metrics.releases_pending.labels(self._resource.name).set(pending)
 
     def outstanding(self) -> set[str]:
-        """The devices in use or owed a release (read from the HTTP thread): `/devices`
-        shows them whether or not the resource lists them now."""
+        """The devices in use or owed a release (read from the HTTP thread), which
+        `/devices` shows whether or not the resource lists them now."""
         return {device_id for device_id, use in list(self.uses.items()) if use.used or use.owed}
 
     def device_ids(self) -> dict[str, str]:
@@ -384,12 +396,6 @@ class ReleaseTracker:
         return {a: device_id for device_id, use in list(self.uses.items()) for a in use.used}
 
     def view(self, device_id: str) -> dict[str, Any]:
-        """The release part of a device in `/devices` (read from the HTTP thread). The
-        command's error is in the log only: `/devices` shows no command output."""
+        """The release part of a device in `/devices` (`DeviceUse.view`)."""
         use = self.uses.get(device_id)
-        if use is None:
-            return {"state": "clean"}
-        found: dict[str, Any] = {"state": use.state}
-        if use.released_at is not None:
-            found["releasedAt"] = use.released_at
-        return found
+        return {"state": "clean"} if use is None else use.view()

@@ -167,6 +167,8 @@ class ReleaseStateStore:
                     found = union.setdefault(name, {}).setdefault(device, _entry(entry))
                     found["used"] = sorted({*found["used"], *entry["used"]})
                     found["owed"] = found["owed"] or entry["owed"]
+                    if "handedUnknown" in entry:
+                        found["handedUnknown"] = True
                     if entry.get("allocatedAt", -1.0) > found.get("allocatedAt", -1.0):
                         found["allocatedAt"] = entry["allocatedAt"]
                         if "handed" in entry:
@@ -235,9 +237,10 @@ def _writers(document: Mapping[str, Any]) -> dict[str, Resources]:
 
 def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     """One device's entry of the state file, checked: {"used": [IDs], "owed": bool}, and
-    optionally `allocatedAt` (Unix time of its last Allocate) and `handed` (the device as
-    that Allocate handed it out: {"nodes": [[host path, container path], ...], "env": {}}),
-    which files of older versions lack."""
+    optionally `allocatedAt` (Unix time of its last Allocate), `handedUnknown` (true: what
+    it was handed out as is not known, `DeviceUse.handed_unknown`) and `handed` (the device
+    as that Allocate handed it out: {"nodes": [[host path, container path], ...], "env":
+    {}}), which files of older versions lack."""
     used, owed = entry["used"], entry["owed"]
     if not isinstance(used, list) or not isinstance(owed, bool):
         raise TypeError(f"a device entry is not {{used: [...], owed: true|false}}: {entry!r}")
@@ -251,6 +254,8 @@ def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
         ):
             raise TypeError(f"allocatedAt is not a finite number: {allocated_at!r}")
         checked["allocatedAt"] = float(allocated_at)
+    if entry.get("handedUnknown") is True:
+        checked["handedUnknown"] = True
     handed = entry.get("handed")
     if handed is not None:
         nodes, env = handed["nodes"], handed["env"]
@@ -263,11 +268,15 @@ def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def device_entry(used: Iterable[str], owed: bool, allocated_wall: float | None) -> dict[str, Any]:
+def device_entry(
+    used: Iterable[str], owed: bool, allocated_wall: float | None, handed_unknown: bool = False
+) -> dict[str, Any]:
     """A device's entry as the tracker writes it (read back by `_entry`)."""
     entry: dict[str, Any] = {"used": sorted(used), "owed": owed}
     if allocated_wall is not None:
         entry["allocatedAt"] = allocated_wall
+    if handed_unknown:  # (a key an older version ignores)
+        entry["handedUnknown"] = True
     return entry
 
 

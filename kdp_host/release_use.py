@@ -4,14 +4,17 @@ a release is owed, the release running or failed, and the state `/devices` shows
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .backoff import Backoff
+from .rules import join_list
 
 if TYPE_CHECKING:
     from .holdings import Holder
 
+HOLDER_KEYS = ("namespace", "pod", "container")
 RETRY_MAXIMUM = 300.0
 """Longest wait between two background attempts of a failed release."""
 ReleaseState = Literal["clean", "in_use", "pending", "running", "failed"]
@@ -30,6 +33,10 @@ class DeviceUse:
     allocated_wall: float | None = None
     """Unix time of its last Allocate (kept in the state file: a tracker started later,
     by a reload or after a restart, still ignores answers asked before it)."""
+    handed_unknown: bool = False
+    """What it was last handed out as is not known (`handed-out.json` was lost or could not
+    be read, `handed_out`): its release is not run on what its paths reach now
+    (`unknown_release`), only once an Allocate hands it out again (kept in the state file)."""
     holders: tuple[Holder, ...] = ()
     """Who held it, as PodResources last said (kept after they left, for the templates)."""
     running: asyncio.Task[None] | None = None
@@ -46,3 +53,35 @@ class DeviceUse:
         if self.owed:
             return "failed" if self.failure is not None else "pending"
         return "in_use" if self.used else "clean"
+
+    def holder_values(self) -> dict[str, str]:
+        """Who held it last, as PodResources said: the `{namespace}`, `{pod}` and
+        `{container}` of the release's templates."""
+        return {key: _joined(getattr(h, key) for h in self.holders) for key in HOLDER_KEYS}
+
+    def last_holders(self) -> str:
+        """Who held it last, as `namespace/pod/container` (a log line's)."""
+        return _joined(f"{h.namespace}/{h.pod}/{h.container}" for h in self.holders)
+
+    def view(self) -> dict[str, Any]:
+        """Its release part in `/devices` (read from the HTTP thread). The command's error
+        is in the log only: `/devices` shows no command output."""
+        found: dict[str, Any] = {"state": self.state}
+        if self.released_at is not None:
+            found["releasedAt"] = self.released_at
+        return found
+
+
+def unknown_release(resource: str, device_id: str) -> str:
+    """Why the release of a device whose record was lost (`handed_unknown`) is not run."""
+    return (
+        f"{resource}: release of {device_id} not run: what it was handed out as is not known "
+        "(handed-out.json was lost or could not be read), and its paths may reach another "
+        "device now; it stays owed, and runs at the next container start on the device, on "
+        "what that Allocate hands out"
+    )
+
+
+def _joined(values: Iterable[str]) -> str:
+    """Pod, namespace and container names as a list (they are DNS labels: no separator)."""
+    return join_list(dict.fromkeys(v for v in values if v))

@@ -8,8 +8,7 @@ the file holds every change made so far. A file that cannot be read (read like e
 file, `files.read_attribute`: a FIFO or a directory there is refused at once, never waited
 on), or that does not have its shape (or nested too deep to parse), is set aside as
 `<name>.unreadable` (`.1`, `.2`, ... when earlier copies are there: none is replaced) with
-one error line saying what that costs
-(`consequence`); every other state file is read as usual.
+one error line saying what that costs (`consequence`); every other file is read as usual.
 
 A write that fails (a full disk, a read-only file system) is tried again, with backoff
 (`RETRY_FIRST` doubling to `RETRY_MAX` seconds, and at once on every change) until one
@@ -274,23 +273,24 @@ class StateFile:
                 await asyncio.wait_for(self._wake.wait(), delay)
             delay = min(delay * 2, self.retry_max)
 
-    async def written(self) -> None:
-        """`flush`, for an answer to the kubelet: at most `write_limit` seconds; past that
-        an error line says the file is not written yet and what that costs, and the write
-        goes on (the answer does not wait for a file system that hangs)."""
-        waited = time.monotonic()
+    async def written(self) -> bool:
+        """`flush`, for an answer to the kubelet, at most `write_limit` seconds (past that an
+        error line says what that costs; the write goes on): whether the file holds every
+        change made before the call (not: its write failed, `unwritten`, or stalled)."""
+        waited, version = time.monotonic(), self._version
         try:
             await asyncio.wait_for(asyncio.shield(self.flush()), self.write_limit)
         except TimeoutError:
             self.stalls += 1
             self._log.error(
                 f"{self._what}_write_stalled",
-                reason=f"not written within {self.write_limit:g} s: the file system of "
-                "stateDir does not answer",
+                reason=f"not written within {self.write_limit:g} s: stateDir does not answer",
                 waited=round(time.monotonic() - waited, 3),
                 consequence=self._if_unwritten,
                 action="answering now; the write goes on",
             )
+            return False
+        return self._written >= version
 
     async def flush(self) -> None:
         """Write the file until it holds every change made so far."""

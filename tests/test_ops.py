@@ -23,6 +23,7 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.probes import HealthState
 from kdp_host.simulator import KubeletSimulator
+from kdp_host.simulator.records import SimulatorAllocationError
 
 from .conftest import glob_config, wait_until
 
@@ -998,8 +999,9 @@ async def test_readyz_and_a_gauge_say_while_a_state_file_cannot_be_written(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """hostile3 G11/G3: while a booking cannot be written (disk full, a lock that cannot be
-    made), the host answers Allocate but is not ready (`stateDir`, the file and the error's
-    code) and `kdp_state_persist_failing{file}` is 1; both clear once the write lands."""
+    made), the host is not ready (`stateDir`, the file and the error's code) and
+    `kdp_state_persist_failing{file}` is 1; both clear once the write lands. (A full disk
+    refuses the Allocate: its record cannot be written to `handed-out.json` either.)"""
     from kdp_host import state_file
 
     from .test_state_file import FullDisk
@@ -1014,13 +1016,14 @@ async def test_readyz_and_a_gauge_say_while_a_state_file_cannot_be_written(
         for name in ("ownership.json", "release-state.json", "handed-out.json"):  # from the start
             assert ("kdp_state_persist_failing", (("file", name),)) in samples(metrics)
         disk = FullDisk(monkeypatch)
-        await kubelet.allocate(FPGA, 1, pod_uid="p1")
+        with pytest.raises(SimulatorAllocationError, match=r"handed-out\.json not written"):
+            await kubelet.allocate(FPGA, 1, pod_uid="p1")
         await wait_until(lambda: disk.attempts >= 2, what="the booking's write tried again")
         status, body = await asyncio.to_thread(http_get, http, "/readyz")
         assert status == 503, body
         assert 'not ready: stateDir: "' in body
         assert "ownership.json not written (ENOSPC): retrying" in body
-        assert "handed-out.json not written (ENOSPC): retrying" in body  # (the Allocate's too)
+        assert "handed-out.json not written (ENOSPC): retrying" in body  # (why it was refused)
         await asyncio.to_thread(http_get, http, "/metrics")
         assert value(metrics, "kdp_state_persist_failing", file="ownership.json") == 1
         assert value(metrics, "kdp_state_persist_failing", file="release-state.json") == 0

@@ -169,8 +169,13 @@ class _Bookings:
         ids: Iterable[str],
         places: Mapping[str, Collection[str]] | None = None,
         cdi_names: Mapping[str, Collection[str]] | None = None,
+        *,
+        wait: bool = True,
     ) -> None:
         self.ids.update(ids)
+
+    async def bookings_written(self) -> None:
+        pass
 
     async def hand_out_reaching(
         self, resource: str, ids: Iterable[str], paths: Collection[str]

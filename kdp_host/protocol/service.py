@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpclib
 import grpclib.server
@@ -47,6 +47,7 @@ from ..ownership_claims import Unresolvable
 from ..ownership_hand_out import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
 from .codec import EncodedMessage
+from .kept import Bookings, keep
 from .lists import ListAndWatchEncoder
 
 if TYPE_CHECKING:  # made where the config chooses them (`features`)
@@ -54,28 +55,6 @@ if TYPE_CHECKING:  # made where the config chooses them (`features`)
     from ..release import ReleaseTracker
 
 LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
-
-
-class Bookings(Protocol):
-    """Where an answered Allocate's IDs are recorded as booked (`OwnershipIndex`), with the
-    host paths and CDI names each answer hands out besides its devices (raises `PlaceOwned`
-    when one is another device's)."""
-
-    async def book(
-        self,
-        resource: str,
-        ids: Iterable[str],
-        places: Mapping[str, Collection[str]] | None = None,
-        cdi_names: Mapping[str, Collection[str]] | None = None,
-    ) -> None: ...
-
-    async def hand_out_reaching(
-        self, resource: str, ids: Iterable[str], paths: Collection[str]
-    ) -> tuple[dict[str, str], dict[str, Identity]]: ...
-
-    def is_booked(self, resource: str, advertised_id: str) -> bool: ...
-
-    def drops(self) -> int: ...
 
 
 class DevicePluginService(DevicePluginBase):
@@ -302,25 +281,39 @@ class DevicePluginService(DevicePluginBase):
             # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
             try:
                 assert handed is not None
-                await self._bookings.book(name, booked, handed.places, handed.cdi_names)
+                places, names = handed.places, handed.cdi_names
+                await self._bookings.book(name, booked, places, names, wait=False)
             except PlaceOwned as exc:
                 self._metrics.allocations.labels(name, "invalid").inc()
                 self._log.warning("allocate_refused", reason=str(exc))
                 raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-        if self._release is not None:
+        if self._release is not None:  # (an ID asked for again: its earlier user is gone)
+            self._release.asked(booked)
+        await self._kept(snapshot, booked, reached, len(responses))
+        if self._release is not None:  # used from now, as the record keeps it
             for request in message.container_requests:
-                self._release.allocated(request.devices_ids)
-        if self._handed is not None:  # after the release took the earlier use's device
-            if self._bookings is None:
-                self._handed.answered(snapshot, booked)
-            else:
-                is_booked = functools.partial(self._bookings.is_booked, name)
-                drops = self._bookings.drops()
-                self._handed.answered(snapshot, booked, is_booked, drops, reached)
-            await self._handed.record.written()  # a restart finds it (preStart, CDI)
+                self._release.taken(request.devices_ids)
         self._allocated_ok.inc(len(responses))
         self._allocate_seconds.observe(self._clock() - started)
         return AllocateResponse(container_responses=responses)
+
+    async def _kept(
+        self, snapshot: Snapshot, ids: list[str], reached: dict[str, Identity], containers: int
+    ) -> None:
+        """Record the answer (`kept.keep`); refused (UNAVAILABLE) when `handed-out.json`
+        does not hold it: nothing is handed out that a restart would not find there."""
+        name = self._config.name
+        why = await keep(self._handed, self._bookings, name, snapshot, ids, reached)
+        if why is None:
+            return
+        reason = (
+            f"{name}: cannot allocate {','.join(ids)}: {why}; a device is handed out only "
+            "once its record is kept (a kdp-host restart must find what the pod got): "
+            "refused until stateDir can be written"
+        )
+        self._metrics.allocations.labels(name, "unsaved").inc(containers)
+        self._log.error("allocate_refused", reason=reason, result="unsaved")
+        raise grpclib.GRPCError(Status.UNAVAILABLE, reason) from None
 
     async def _hand_real_paths(
         self, ids: list[str], responses: list[ContainerAllocateResponse]

@@ -1,0 +1,76 @@
+"""What an Allocate answer leaves behind before it goes out: the IDs the kubelet booked
+(`Bookings`, the ownership index: `<stateDir>/ownership.json`) and the devices as the answer
+hands them out (`handed_out`: `<stateDir>/handed-out.json`).
+
+Both files are written at once (two writes through the offload, each fsynced, awaited
+together: an answer waits for the slower, not for the sum) and the answer waits for both,
+at most `state_file.WRITE_LIMIT`. They fail differently: a booking not written holds in
+memory and comes back at a restart from the kubelet's checkpoint, so the answer goes out
+(with an error line, and `/readyz` says so); a record not written would leave a restart
+not knowing what the pod got, so the answer is refused (fail closed, issue 17).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Collection, Iterable, Mapping
+from typing import Protocol
+
+from ..devices import Snapshot
+from ..handed_out import HandedOut
+from ..identity import Identity
+
+
+class Bookings(Protocol):
+    """Where an answered Allocate's IDs are recorded as booked (`OwnershipIndex`), with the
+    host paths and CDI names each answer hands out besides its devices (raises `PlaceOwned`
+    when one is another device's)."""
+
+    async def book(
+        self,
+        resource: str,
+        ids: Iterable[str],
+        places: Mapping[str, Collection[str]] | None = None,
+        cdi_names: Mapping[str, Collection[str]] | None = None,
+        *,
+        wait: bool = True,
+    ) -> None: ...
+
+    async def bookings_written(self) -> None: ...
+
+    async def hand_out_reaching(
+        self, resource: str, ids: Iterable[str], paths: Collection[str]
+    ) -> tuple[dict[str, str], dict[str, Identity]]: ...
+
+    def is_booked(self, resource: str, advertised_id: str) -> bool: ...
+
+    def drops(self) -> int: ...
+
+
+async def keep(
+    handed: HandedOut | None,
+    bookings: Bookings | None,
+    resource: str,
+    snapshot: Snapshot,
+    ids: list[str],
+    reached: Mapping[str, Identity],
+) -> str | None:
+    """Record that the answer hands `ids` out as `snapshot` lists them (their host paths
+    reaching `reached`), the entries no longer booked let go first, and wait until both
+    files hold it (the bookings were recorded by `Bookings.book`, unwritten). None once
+    `handed-out.json` holds the record, else why not (the answer is refused)."""
+    if handed is not None:
+        if bookings is None:
+            handed.answered(snapshot, ids)
+        else:
+            booked = functools.partial(bookings.is_booked, resource)
+            handed.answered(snapshot, ids, booked, bookings.drops(), reached)
+    record = handed.record.written() if handed is not None else _nothing()
+    written = bookings.bookings_written() if bookings is not None else _nothing()
+    why, _ = await asyncio.gather(record, written)
+    return why
+
+
+async def _nothing() -> None:
+    """Nothing to wait for (a part the resource does not have)."""

@@ -397,5 +397,4 @@ class ReleaseTracker:
 
     def view(self, device_id: str) -> dict[str, Any]:
         """The release part of a device in `/devices` (`DeviceUse.view`)."""
-        use = self.uses.get(device_id)
-        return {"state": "clean"} if use is None else use.view()
+        return {"state": "clean"} if (use := self.uses.get(device_id)) is None else use.view()

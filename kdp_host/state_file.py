@@ -1,28 +1,26 @@
 """One JSON document in `stateDir` that kdp-host keeps across restarts (`release-state.json`,
-`ownership.json`): the one way such a file is read and written.
+`ownership.json`, `handed-out.json`): the one way such a file is read and written.
 
-Read once at start and checked (`load`, with the owner's parser). Written atomically
-(`atomic_files.write_atomic`: temporary file, fsync, rename) through the host's offload, changes
-coalesced: `changed` asks for a write of the owner's current document, `flush` waits until
-the file holds every change made so far. A file that cannot be read (read like every small
-file, `files.read_attribute`: a FIFO or a directory there is refused at once, never waited
-on), or that does not have its shape (or nested too deep to parse), is set aside as
-`<name>.unreadable` (`.1`, `.2`, ... when earlier copies are there: none is replaced) with
-one error line saying what that costs (`consequence`); every other file is read as usual.
+Read once at start and checked (`load`, with the owner's parser); written atomically
+(`atomic_files.write_atomic`: temporary file, fsync, rename) through the host's offload,
+changes coalesced: `changed` starts a write of the owner's document, `flush` (`written`, for
+an answer) waits until the file holds them. A file that cannot be read (as every small file,
+`files.read_attribute`: a FIFO or a directory is refused, never waited on) or is not of its
+shape (or nested too deep) is set aside as `<name>.unreadable` (`.1`, `.2`, ... when earlier
+copies are there: none is replaced), with one error line saying what that costs
+(`consequence`). A write that fails (a full disk, a read-only file system) is tried again,
+with backoff (`RETRY_FIRST` doubling to `RETRY_MAX` s, and at once on every change) until
+one succeeds: one error line when it starts failing (`<what>_write_failed`), one when the
+file is written again (`<what>_write_recovered`), and `unwritten` says why meanwhile.
 
-A write that fails (a full disk, a read-only file system) is tried again, with backoff
-(`RETRY_FIRST` doubling to `RETRY_MAX` seconds, and at once on every change) until one
-succeeds: one error line when it starts failing (`<what>_write_failed`), one when the file
-is written again (`<what>_write_recovered`), and `unwritten` says why meanwhile.
-
-A file several hosts share (two instances on one stateDir during a rolling update: the
-bookings, the release state) is written with a `merge`: under an exclusive `fcntl.flock` of
-`<name>.lock`, the file is read again and `merge(mine, on_disk)` decides what is written, so
-no host's write drops what another wrote since (a file that does not parse then is set aside
-as at start). The hosts re-read the bookings when they change (`load` again). Something that
-is no regular file at `<name>.lock` (a directory, a FIFO, a symlink) is set aside as a bad
-file is and the lock file made again (`atomic_files.open_lock`), so it never turns the
-writes off; while a file is not written the host is not ready (`state_files.StateFiles`).
+A file several hosts share (two instances on one stateDir in a rolling update) is written
+with a `merge`: under an exclusive `fcntl.flock` of `<name>.lock`, the file is read again
+and `merge(mine, on_disk)` decides what is written, so no host's write drops what another
+wrote since (a file that does not parse then is set aside as at start). The hosts re-read
+the bookings when they change (`load` again). Something that is no regular file at
+`<name>.lock` (a directory, a FIFO, a symlink) is set aside as a bad file is and the lock
+file made again (`atomic_files.open_lock`), so it never turns the writes off; while a file
+is not written the host is not ready (`state_files.StateFiles`).
 
 A file that must fail closed (`mark_unsaved`: the release state) gets a marker while its
 writes fail: `<name>.unsaved` (`.unsaved.<writer>` for a shared file), an empty file (no data
@@ -278,6 +276,8 @@ class StateFile:
         error line says what that costs; the write goes on): whether the file holds every
         change made before the call (not: its write failed, `unwritten`, or stalled)."""
         waited, version = time.monotonic(), self._version
+        if self._written == version:
+            return True  # (nothing to wait for: no turn of the loop)
         try:
             await asyncio.wait_for(asyncio.shield(self.flush()), self.write_limit)
         except TimeoutError:

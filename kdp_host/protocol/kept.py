@@ -2,8 +2,8 @@
 (`Bookings`, the ownership index: `<stateDir>/ownership.json`) and the devices as the answer
 hands them out (`handed_out`: `<stateDir>/handed-out.json`).
 
-Both files are written at once (two writes through the offload, each fsynced, awaited
-together: an answer waits for the slower, not for the sum) and the answer waits for both,
+Both files are written at once (two writes through the offload, each fsynced, started as
+each changes: an answer waits for the slower, not for the sum) and the answer waits for both,
 at most `state_file.WRITE_LIMIT`. They fail differently: a booking not written holds in
 memory and comes back at a restart from the kubelet's checkpoint, so the answer goes out
 (with an error line, and `/readyz` says so); a record not written would leave a restart
@@ -12,7 +12,6 @@ not knowing what the pod got, so the answer is refused (fail closed, issue 17).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Collection, Iterable, Mapping
 from typing import Protocol
@@ -66,11 +65,9 @@ async def keep(
         else:
             booked = functools.partial(bookings.is_booked, resource)
             handed.answered(snapshot, ids, booked, bookings.drops(), reached)
-    record = handed.record.written() if handed is not None else _nothing()
-    written = bookings.bookings_written() if bookings is not None else _nothing()
-    why, _ = await asyncio.gather(record, written)
+    # Both writes are on their way already (each file's writer starts at its change): the
+    # answer waits for one, then for what is left of the other.
+    why = None if handed is None else await handed.record.written()
+    if bookings is not None:
+        await bookings.bookings_written()
     return why
-
-
-async def _nothing() -> None:
-    """Nothing to wait for (a part the resource does not have)."""

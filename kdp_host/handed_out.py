@@ -10,10 +10,13 @@ preStart (`hooks.handed_devices`), the CDI entry of a held device
 (`release.ReleaseTracker`) all read this record (`HandedRecord.of`, one view per resource).
 
 Written as `release-state.json` is (`state_file.StateFile`: atomically, through the offload,
-merged per writer under the file's lock while hosts share the state directory; an Allocate
-answers once its entry is written, at most `state_file.WRITE_LIMIT`). Entries go when none of
-their IDs is booked (at each Allocate, each PodResources answer and each CDI sync); at most
-`MAX_DEVICES` are kept: an Allocate that would need more is refused with that reason.
+merged per writer under the file's lock while hosts share the state directory). An Allocate
+answers once its entry is written, and is refused when it is not within
+`state_file.WRITE_LIMIT` (`protocol/kept.py`): nothing is handed out that a restart would
+not find here. Entries go when none of their IDs is booked (at each Allocate, each
+PodResources answer and each CDI sync); at most `MAX_DEVICES` are kept: an Allocate that
+would need more is refused with that reason. A release of a device whose entry is
+withheld (below) is not run either (`release_use.unknown_release`).
 
 Fails closed: a file that cannot be read (set aside), or one whose writer stopped before a
 write succeeded (its `.unsaved` marker), leaves every ID booked at start without an entry

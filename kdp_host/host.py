@@ -149,7 +149,9 @@ class Host:
         await book_handed(self.ownership, self.selection.config, self.offload, self.log, lost)
         release_watch = release_state.follow(watcher, self.ownership.handed_out())
         handed = await HandedRecord.read(state_dir, self.log, self.offload, instance)
-        handed.booked_at_start(self.ownership.handed_out(), sync.file.found)
+        served = {r.name for r in self.selection.config.resources}  # (not another plugin's)
+        booked = {name: ids for name, ids in self.ownership.handed_out().items() if name in served}
+        handed.booked_at_start(booked, sync.file.found)
         if self.pod_resources is not None:  # its entries go with their bookings
             self.pod_resources.subscribe(handed.after_answers(self.ownership))
         sync.follow(watcher, safety_net)

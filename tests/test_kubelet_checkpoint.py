@@ -382,6 +382,8 @@ async def test_a_resource_removed_while_the_state_dir_was_lost_keeps_its_pods_no
     assert first["healthy"] == 0, "B's first list holds fpga0 back"
     [held] = [r.__dict__["kdp_fields"] for r in caplog.records if r.getMessage() == "device_held"]
     assert (held["owner_resource"], held["owner_retired"]) == (A, True)
+    unknown = [r for r in caplog.records if r.getMessage() == "handed_out_unknown"]
+    assert not unknown, "what preStart would refuse is of the resources served only"
     refused = await kubelet.acall(kubelet.allocate, "p2", {B: 1})
     assert refused["error"] and not refused["device_ids"], refused
     await kubelet.acall(kubelet.release, "p1")

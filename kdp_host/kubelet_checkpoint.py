@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .api.v1beta1 import ContainerAllocateResponse
 from .files import FileReadError, Offload, read_attribute
-from .identity import NODES
 from .kubelet_checksum import checksum
 from .logs import EventLogger
 from .ownership_claims import NOTHING, Claim, Owner, Resolver, claim_of, reach
@@ -101,8 +100,8 @@ def take_handed(
     answer that named devices by CDI name is left to PodResources (`ownership_adopt`): the
     nodes those names stood for are not in it. `numbers` (PodResources shows when a booking
     ends): an answer's node gone now makes its IDs' bookings `number_unknown` where no
-    booking knew its device number: one booked from the checkpoint with the bookings `lost`,
-    or kept so (unplugged while kdp-host was down: the kernel may give its number to a node
+    booking knew what it was: one booked from the checkpoint with the bookings `lost`, or
+    kept so (unplugged while kdp-host was down: the kernel may give its number to a node
     found later, which its pod's container reaches). With the bookings kept, an ID without
     one is a pod that ended (its entry stays until the kubelet's next allocation)."""
     gained: Gained = []
@@ -111,18 +110,19 @@ def take_handed(
         if entry.handed.cdi_names or not claims:
             continue
         group = ids if len(ids) > 1 else ()
-        gone = numbers and any(c[0][0] == NOTHING for c in claims[: entry.handed.nodes])
+        nodes = claims[: entry.handed.nodes] if numbers else ()
+        gone = {path for key, path, _ in nodes if key[0] == NOTHING}
         for kubelet_id in ids:
             owner = Owner(entry.handed.resource, kubelet_id)
             before = ledger.bookings.get(owner)
             if before is None and owner not in ledger.foreign_owners:
-                ledger.record(owner, kubelet_id, (), now, claims, gone and lost)
+                ledger.record(owner, kubelet_id, (), now, claims, bool(gone) and lost)
                 gained.append((owner, claims))
             elif before is not None:
                 kept = {claim[0] for claim in (*before.claims, *before.places)}
                 missing = tuple(claim for claim in claims if claim[0] not in kept)
                 places = before.places + missing
-                unknown = gone and not any(c[0][0] in NODES for c in before.claims)
+                unknown = bool(gone - _known(before.claims + before.places))
                 ledger.record(owner, before.device, before.claims, now, places, unknown)
                 if missing:
                     gained.append((owner, missing))
@@ -130,6 +130,12 @@ def take_handed(
                 continue
             ledger.bookings[owner].group = group
     return gained
+
+
+def _known(claims: Iterable[Claim]) -> set[str]:
+    """The paths (host and real) of claims that say what they reached: a node by its number
+    (held by it), or what has no number."""
+    return {p for key, path, real in claims if key[0] != NOTHING for p in (path, real)}
 
 
 WITHOUT_CHECKPOINT: Final = (

@@ -470,6 +470,11 @@ def test_a_booking_that_knows_the_number_holds_by_it() -> None:
     assert ledger.number_unknown(A, "m0", 1, m0) == (Owner(A, "s1"), "/dev/m0")
     assert ledger.number_unknown(A, "s1", 1, m0) is None, "its own ID"
     assert ledger.number_unknown("other.io/x", "m0", 1, m0) is None
+    files = Ledger()  # a booking that knew the path as a file: no number to reuse
+    files.record(Owner(A, "s3"), "s3", ((("f", 9), "/dev/d", "/dev/d"),), 0.0)
+    take_handed(files, [HandedClaims(Handed(A, ("s3",), ("/dev/d",), nodes=1), (
+        claim_of("/dev/d", nodes),))], 1.0, numbers=True)  # fmt: skip
+    assert files.number_unknown(A, "m0", 1, m0) is None
     kept = Ledger()  # the bookings kept: an ID without one is a pod that ended
     take_handed(kept, [HandedClaims(Handed(A, ("s2",), ("/dev/c",), nodes=1), (
         claim_of("/dev/c", nodes),))], 1.0, numbers=True)  # fmt: skip

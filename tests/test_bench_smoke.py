@@ -16,6 +16,7 @@ import pytest
 from tests.bench import flooder, harness, hotplug, latency, run, scale
 
 MODULES = (
+    "bare_plugin",
     "containment",
     "floor_server",
     "flooder",

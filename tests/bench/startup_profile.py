@@ -11,6 +11,10 @@ kubelet's last `registered` event.
     python -m tests.bench.startup_profile floor [--repeats 5]  CPU and RSS of a fresh
                                                   interpreter importing each layer of the
                                                   stack, then kdp-host's modules of a run
+    python -m tests.bench.startup_profile stack [--runs 3]     the least plugin on the chosen
+                                                  stack (`bare_plugin`), the same with all
+                                                  of the stack imported, kdp-host and GDP,
+                                                  alternated: to all registered, CPU, RSS
 
 Not part of `make bench`: a tool for issue 19's start-up row.
 """
@@ -29,7 +33,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .harness import make_device_files, make_workdir, remove_tree
+from ..kubelet_harness import harness_binary
+from .harness import cpu_seconds, make_device_files, make_workdir, remove_tree, rss_bytes
 from .peer import Peers, peers, start_and_wait
 from .run import compile_product
 
@@ -225,6 +230,55 @@ def cmd_floor(args: argparse.Namespace) -> None:
         )
 
 
+_BARE = [sys.executable, str(Path(__file__).with_name("bare_plugin.py"))]
+STACK_PLUGINS = {
+    "bare plugin (uvloop, grpclib, betterproto2)": _BARE,
+    "bare plugin + PyYAML, prometheus-client": [*_BARE, "--stack"],
+    "kdp-host": [sys.executable, "-m", "kdp_host"],
+}
+"""What `stack` starts in turn in kdp-host's place (`KDP_BENCH_COMMAND`; the bare plugin as
+a script: the harness starts it in its work directory)."""
+
+
+def cmd_stack(args: argparse.Namespace) -> None:
+    """Each plugin of `STACK_PLUGINS` (and GDP beside kdp-host, where its binary is) started
+    alone on a fresh kubelet, in turn, `--runs` times: seconds from the spawn to the last
+    `registered` event, the process's CPU then, and its VmRSS `--settle` seconds later."""
+    samples: dict[str, list[tuple[float, float, float]]] = {"GDP": []}
+    samples.update({name: [] for name in STACK_PLUGINS})
+    with prepared(args.resources, args.devices) as (workdir, trees):
+        for run in range(args.runs):
+            for index, (name, argv) in enumerate(STACK_PLUGINS.items()):
+                with_gdp = argv[-1] == "kdp_host" and harness_binary("generic-device-plugin")
+                with (
+                    command(argv),
+                    peers(
+                        workdir, f"s{run}-{index}", trees, with_gdp=bool(with_gdp), start=False
+                    ) as p,
+                ):
+                    for plugin, key in ((p.gdp, "GDP"), (p.kdp, name)):
+                        if plugin is None:
+                            continue
+                        seconds = start_and_wait(p, plugin)
+                        cpu = cpu_seconds(plugin.pid)
+                        time.sleep(args.settle)
+                        samples[key].append((seconds, cpu, rss_bytes(plugin.pid) / 1e6))
+    load = os.getloadavg()[0]
+    print(
+        f"{args.resources} x {args.devices}, {args.runs} runs, load average {load:.1f}: "
+        "medians (min) of to all registered and CPU then, RSS"
+    )
+    for name, runs in samples.items():
+        if not runs:
+            continue
+        wall, cpu = [r[0] * 1000 for r in runs], [r[1] * 1000 for r in runs]
+        print(
+            f"  {statistics.median(wall):6.0f} ({min(wall):4.0f}) ms  "
+            f"CPU {statistics.median(cpu):4.0f} ({min(cpu):4.0f}) ms  "
+            f"{statistics.median(r[2] for r in runs):5.1f} MB  {name}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resources", type=int, default=100)
@@ -238,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     profile.add_argument("--save", default="")
     sub.add_parser("importtime").add_argument("--top", type=int, default=40)
     sub.add_parser("floor").add_argument("--repeats", type=int, default=5)
+    stack = sub.add_parser("stack")
+    stack.add_argument("--runs", type=int, default=3)
+    stack.add_argument("--settle", type=float, default=3.0)
     args = parser.parse_args(argv)
     compile_product()  # as `make bench` does (and installing the package)
     handlers = {
@@ -246,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         "cprofile": cmd_cprofile,
         "importtime": cmd_importtime,
         "floor": cmd_floor,
+        "stack": cmd_stack,
     }
     handlers[args.what](args)
 

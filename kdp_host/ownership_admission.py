@@ -287,6 +287,10 @@ class Admission(RenameAdmission):
             key = places(device)
             claims = None if device_id in stale else cache.get(key)  # (renamed: known)
             old = before.get(device_id)
+            if not examined and old is None and self._rename_of(state, devices, claims):
+                if released:  # (the first device examined would break off below)
+                    self._wake_waiting(state.name)
+                return None
             if claims is not None and old is not None and old.same_places(device):
                 if device_id not in state.held:
                     continue  # health or env changed: it owns its claims

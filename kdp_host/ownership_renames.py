@@ -103,6 +103,18 @@ class RenameAdmission(LetGo):
         self._checked_all(state, rule)
         return True
 
+    def _rename_of(
+        self, state: ResourceState, devices: Mapping[str, Device], claims: Claims | None
+    ) -> bool:
+        """Whether a new device of `devices` with `claims` is a rename: what an old ID of
+        this resource that `devices` no longer lists owns, checked (`_owner_checked`). The
+        first device `_admit_changes` examines would break off at it (a node of a device of
+        ours that went); it breaks off before examining the list."""
+        if claims is None or not self._owner_checked(state, claims):
+            return False
+        owner = self._exclusive[claims.exclusive[0][0]]
+        return owner.device not in devices
+
     def _move(self, state: ResourceState, owner: Owner, device_id: str, claims: Claims) -> None:
         """`device_id` takes the claims its old ID `owner` owns (what `_unadvertise` then
         `_claim` do, without the claims lingering in between)."""

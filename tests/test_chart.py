@@ -1192,14 +1192,17 @@ async def test_default_preset_serves_without_capabilities(
 ) -> None:
     """The default securityContext (no capabilities, no privilege escalation, read-only root
     filesystem) is enough for kdp-host: as root with an empty capability set it creates its
-    sockets in a root-owned 0700 socket directory (the only writable path, like the pod's
-    hostPath), stats root-owned 0600 device nodes (glob driver), reads sysfs and its 0600
-    nodes (sysfs driver), registers and allocates."""
+    sockets in a root-owned 0700 socket directory and keeps its state in a 0700 stateDir (the
+    only writable paths, like the pod's hostPaths), stats root-owned 0600 device nodes (glob
+    driver), reads sysfs and its 0600 nodes (sysfs driver), registers and allocates (which
+    needs stateDir: an Allocate is answered only once its record is written there)."""
     if os.geteuid() != 0:
         pytest.skip("needs root: the claim is about uid 0 without capabilities (run as root)")
     security_context = container(rendered["defaults"])["securityContext"]
     socket_dir = short_dir / "dp"
     socket_dir.mkdir(mode=0o700)
+    state_dir = short_dir / "state"  # glob_config's stateDir: writable, as the chart's hostPath
+    state_dir.mkdir(mode=0o700)
     dev = short_dir / "dev"
     dev.mkdir(mode=0o755)
     for minor, name in enumerate(("fpga0", "fpga1")):
@@ -1226,7 +1229,7 @@ metrics: {{listen: '127.0.0.1:0'}}
     async with KubeletSimulator(socket_dir, dial_timeout=5.0) as kubelet:
         with log_path.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
-                *sandbox_command(security_context, writable=[socket_dir]),
+                *sandbox_command(security_context, writable=[socket_dir, state_dir]),
                 *_kdp_host_command(), "run", "--config", str(config),
                 stderr=log,
             )  # fmt: skip

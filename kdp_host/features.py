@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import KubeletConfig, ResourceConfig
+from .config import Config, ResourceConfig
 from .config.model import NodeFeaturesConfig
 from .device_table import DeviceTable
 from .files import Offload
@@ -173,15 +173,30 @@ def cdi_keeper(
 
 
 def pod_resources_poller(
-    kubelet: KubeletConfig, metrics: Metrics, log: EventLogger
+    config: Config,
+    metrics: Metrics,
+    log: EventLogger,
+    offload: Offload,
+    booked: Callable[[], Mapping[str, Collection[str]]],
 ) -> PodResourcesPoller | None:
-    """The host's one PodResources poller (None: `podResourcesInterval: 0s`, polling off)."""
+    """The host's one PodResources poller (None: `podResourcesInterval: 0s`, polling off),
+    which holds the IDs handed out that no answer showed (`unlisted`: reading the kubelet's
+    checkpoint in its `socketDir` through `offload`; at start those of `config`'s resources
+    it lists, or every ID `booked` when it cannot be read)."""
+    kubelet = config.kubelet
     if kubelet.pod_resources_interval <= 0:
         return None
     from .podresources import PodResourcesPoller
+    from .unlisted import Unlisted
 
+    unlisted = Unlisted(kubelet.socket_dir, offload, log.bind(component="podresources"))
+    unlisted.seed([resource.name for resource in config.resources], booked)
     return PodResourcesPoller(
-        kubelet.pod_resources_socket, kubelet.pod_resources_interval, metrics, log
+        kubelet.pod_resources_socket,
+        kubelet.pod_resources_interval,
+        metrics,
+        log,
+        unlisted=unlisted,
     )
 
 

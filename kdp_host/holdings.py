@@ -1,18 +1,33 @@
-"""Who holds each device, as the kubelet's PodResources answers show it: the holders of one
-answer (`Holdings`, `holdings_from`; a holder seen before keeps its first `since`) and the
-one rule for when a holder shown is gone (`Settle`): missing from answers `GONE_AFTER` apart,
-none of them just after a kubelet restart. Asking the kubelet is `podresources`'s.
+"""Who holds which device, as the kubelet's PodResources answers say, and when an answer that
+lacks a holder is taken at its word (`Settle`).
+
+`Holdings` is one answer (`holdings_from`), as the poller (`podresources.py`) publishes it to
+the release trackers, the ownership index and `/devices`. An answer is not taken at its word
+when it lacks a container shown before: right after a restart the kubelet answers from a pod
+manager it is still filling, and after a restart while the API server is unreachable it
+lists no API pod for as long as that lasts, while their containers run and keep their
+devices (the kubelet frees nothing before its pod sources are ready). `Settle` publishes such
+a holder as still holding until it has been missing long enough, on answers that count.
+
+Nor does an answer's silence about an ID it never showed say anything: the kubelet does not
+list regular init containers (docs/kubelet-contract.md §15), so an ID an Allocate handed out
+and no answer has shown since is published as held by an unlisted holder (`with_unlisted`,
+kept by `unlisted.Unlisted`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .api.v1 import ListPodResourcesResponse
 
+ALLOCATION_SETTLE = 1.0
+"""Seconds after an Allocate during which a PodResources answer (or a checkpoint written then)
+is not taken as news about that device: the kubelet records the allocation only once our
+answer has reached it, so a List (or a checkpoint write) in between would show it free."""
 GONE_AFTER = 4.0
 """Seconds a holder must be missing from the kubelet's answers (in two answers at least, the
 first and the last of them this far apart) before it is let go: one answer without a pod
@@ -31,7 +46,12 @@ class Holder:
     pod: str
     container: str
     since: float
-    """Unix time of the first answer that showed this container holding the device."""
+    """Unix time of the first answer that showed this container holding the device (of the
+    Allocate, for an unlisted holder)."""
+    listed: bool = True
+    """False: a holder no answer names, of an ID an Allocate handed out and no answer has
+    shown since (a regular init container's, or a pod's not admitted yet); its names are
+    empty (`unlisted.Unlisted`)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,16 @@ class Holdings:
 
     def of(self, resource: str) -> Mapping[str, tuple[Holder, ...]]:
         return self.by_resource.get(resource, {})
+
+    def pods(self) -> frozenset[tuple[str, str]]:
+        """The pods (namespace, name) the answer shows holding a device."""
+        return frozenset(
+            (h.namespace, h.pod)
+            for ids in self.by_resource.values()
+            for holders in ids.values()
+            for h in holders
+            if h.listed
+        )
 
 
 def holdings_from(
@@ -83,8 +113,26 @@ def holdings_from(
     )
 
 
+def with_unlisted(holdings: Holdings, unlisted: Mapping[str, Mapping[str, float]]) -> Holdings:
+    """`holdings` with each ID of `unlisted` (resource -> ID -> Unix time of its Allocate)
+    held by an unlisted holder too."""
+    if not unlisted:
+        return holdings
+    merged = {r: dict(ids) for r, ids in holdings.by_resource.items()}
+    for resource, ids in unlisted.items():
+        by_id = merged.setdefault(resource, {})
+        for device_id, since in ids.items():
+            holder = Holder("", "", "", since, listed=False)
+            by_id[device_id] = (*by_id.get(device_id, ()), holder)
+    return Holdings(holdings.asked_at, holdings.answered_at, merged)
+
+
 Key = tuple[str, str, Holder]
 """resource, advertised device ID, holder."""
+
+
+def _none_listed(_resource: str, _device_id: str) -> bool:
+    return False
 
 
 @dataclass
@@ -94,25 +142,60 @@ class Settle:
     A holder shown once holds until it has been missing for `GONE_AFTER` seconds, from
     two answers at least, none of them asked within `RESTART_SETTLE` seconds of a kubelet
     restart. Until then it is carried into the published `Holdings` as it was (same
-    `since`), so claims, bookings and owed releases (every subscriber) see it held."""
+    `since`), so claims, bookings and owed releases (every subscriber) see it held.
+
+    After a kubelet restart, also past that window, a holder whose ID the kubelet's
+    checkpoint still lists (or when it cannot be read) is carried until the kubelet's pod
+    sources are seen back: an answer shows again a pod shown holding a device before the
+    restart, or an Allocate arrives (`sources_seen`). The kubelet itself frees no
+    allocation before its sources are ready, and writes its checkpoint with every one it
+    keeps, so an ID it drops from the file was freed (an API server away for minutes
+    leaves every API pod out of the answers meanwhile, while their containers run)."""
 
     restarted_at: float = float("-inf")
     """Monotonic time of the last kubelet restart seen (`kubelet_restarted`)."""
     missing: dict[Key, float] = field(default_factory=dict)
     """Holder -> asked_at of the first trusted answer that lacked it."""
     misses: dict[Key, int] = field(default_factory=dict)
+    before: frozenset[tuple[str, str]] = frozenset()
+    """The pods shown holding a device at the last restart, while none is shown again."""
 
-    def restarted(self, now: float) -> None:
+    def restarted(self, now: float, shown: Holdings | None = None) -> None:
+        """A kubelet restart, `shown` the holdings published before it (None: PodResources
+        unreachable and back, maybe a new kubelet: the window only; a kubelet that really
+        restarted made its `kubelet.sock` anew, and `kubelet_restarted` gives `shown`)."""
         self.restarted_at = now
         self.missing.clear()  # absences seen before the restart prove nothing after it
         self.misses.clear()
+        self.before |= shown.pods() if shown is not None else frozenset()
+
+    def sources_seen(self) -> None:
+        """The kubelet's pod sources are back (an Allocate: it admits pods again)."""
+        self.before = frozenset()
+
+    @property
+    def waiting(self) -> bool:
+        """Since a restart, the kubelet's pod sources are not seen back."""
+        return bool(self.before)
 
     def trusted(self, asked_at: float) -> bool:
         return asked_at >= self.restarted_at + RESTART_SETTLE
 
-    def apply(self, answer: Holdings, previous: Holdings | None) -> tuple[Holdings, int]:
+    def doubting(self, asked_at: float) -> bool:
+        """Whether an answer asked at `asked_at` may lack pods that run."""
+        return self.waiting or not self.trusted(asked_at)
+
+    def apply(
+        self,
+        answer: Holdings,
+        previous: Holdings | None,
+        listed: Callable[[str, str], bool] = _none_listed,
+    ) -> tuple[Holdings, int]:
         """The holdings to publish for `answer`, and how many holders it lacked that are
-        carried (still held)."""
+        carried (still held). `listed(resource, ID)`: whether the kubelet's checkpoint lists
+        the ID (True when it cannot be read), asked while the sources are not seen back."""
+        if self.before and not self.before.isdisjoint(answer.pods()):
+            self.sources_seen()
         if previous is None:
             return answer, 0
         trusted = self.trusted(answer.asked_at)
@@ -130,10 +213,12 @@ class Settle:
         for resource, ids in previous.by_resource.items():
             for device_id, holders in ids.items():
                 for h in holders:
-                    if (resource, device_id, h.namespace, h.pod, h.container) in shown:
-                        continue
+                    if not h.listed or (resource, device_id, h.namespace, h.pod, h.container) in (
+                        shown
+                    ):
+                        continue  # (an unlisted holder is added to each answer anew)
                     key = (resource, device_id, h)
-                    if trusted:
+                    if trusted and not (self.before and listed(resource, device_id)):
                         first = self.missing.setdefault(key, answer.asked_at)
                         misses = self.misses[key] = self.misses.get(key, 0) + 1
                         if misses >= 2 and answer.asked_at - first >= GONE_AFTER:

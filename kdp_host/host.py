@@ -135,10 +135,13 @@ class Host:
         hold.follow(watcher, self.offload)  # taken again when what stateDir names changes
         self.ownership.watch(watcher, safety_net := SafetyNet(self.offload))  # claims, trees
         kubelet = self.config.kubelet
-        self.pod_resources = pod_resources_poller(kubelet, self.metrics, self.log)
+        self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown)
+            self.selection.config, self.metrics, self.log, self.offload, self.ownership.handed_out
+        )
         if self.pod_resources is not None:
             # lingering claims go once the kubelet shows no pod holding them
             self.pod_resources.subscribe(self.ownership.holdings)
+            self.pod_resources.nudge(self._kubelet_writes_checkpoint)
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
         state_dir, instance = self.config.state_dir, self.instance_id
@@ -374,6 +377,9 @@ class Host:
     def _record_config(self, config: Config) -> None:
         self.metrics.config_info.info({"sha256": config.sha256})
         self.metrics.config_timestamp.set(time.time())
+
+    def _kubelet_writes_checkpoint(self) -> bool:  # (a list sent again; False: none served)
+        return any(runtime.resend() for runtime in list(self.resources.values()))
 
     def _watch_kubelet_restarts(self, socket_dir: str) -> Callable[[], None]:
         assert self.watcher is not None

@@ -256,6 +256,12 @@ def parse_checkpoint(blob: bytes, resources: Collection[str] | None = None) -> l
     return [_handed(entry, answers) for entry in wanted]
 
 
+def listed_ids(blob: bytes) -> frozenset[tuple[str, str]]:
+    """Every (resource, device ID) a checkpoint lists, checked as `parse_checkpoint` checks
+    it (`unlisted`: an ID the kubelet dropped from it was freed). Raises CheckpointError."""
+    return frozenset((h.resource, i) for h in parse_checkpoint(blob) for i in h.ids)
+
+
 def _check(entry: Any) -> None:
     """An entry has the kubelet's shape (its answer is decoded only when wanted)."""
     if not isinstance(entry, dict):

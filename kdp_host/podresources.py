@@ -16,9 +16,10 @@ state changes and a counted poll (`kdp_pod_resources_polls_total{result}`): ever
 keeps working, and the last answer stays (marked by its age in `/devices`).
 
 An answer is not taken at its word when it lacks a container shown before: right after a
-restart the kubelet answers from a pod manager it is still filling. `holdings.Settle`
-publishes such a holder as still holding until it has been missing long enough, on answers
-that count.
+restart the kubelet answers from a pod manager it is still filling (or while its pod sources
+are not back after one). `holdings.Settle` publishes such a holder as still holding until it
+has been missing long enough, on answers that count. Nor when it lacks an ID an Allocate
+handed out that no answer has shown since (`unlisted.Unlisted`: a regular init container's).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import os
 import random
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,10 +44,11 @@ from .api.v1 import (
     PodResourcesListerStub,
 )
 from .backoff import Backoff
-from .holdings import Holdings, Settle, holdings_from
+from .holdings import Holdings, Settle, holdings_from, with_unlisted
 from .logs import EventLogger
 from .metric_labels import PodResourcesResult
 from .metrics import Metrics
+from .unlisted import Unlisted
 
 CALL_TIMEOUT = 10.0
 """Seconds one PodResources call may take (the kubelet answers from memory)."""
@@ -88,6 +90,9 @@ class PodResourcesPoller:
     allocatable: Mapping[str, frozenset[str]] | None = None
     """resource -> device IDs the kubelet could hand out, from GetAllocatableResources."""
     status: PollerStatus = field(default_factory=PollerStatus)
+    unlisted: Unlisted | None = None
+    """The IDs handed out that no answer has shown since (None: none is held so, and the
+    restart rule takes every ID as listed by the kubelet's checkpoint)."""
     _listeners: list[Callable[[Holdings], None]] = field(default_factory=list)
     _channel: grpclib.client.Channel | None = None
     _polls: int = 0
@@ -115,8 +120,28 @@ class PodResourcesPoller:
         return cancel
 
     def kubelet_restarted(self) -> None:
-        """The kubelet restarted: its answers end no holding for `holdings.RESTART_SETTLE` s."""
-        self._settle.restarted(self.clock())
+        """The kubelet restarted: for `holdings.RESTART_SETTLE` s its answers end no holding,
+        and until its pod sources are seen back none whose ID its checkpoint lists."""
+        self._settle.restarted(self.clock(), self.holdings)
+
+    def nudge(self, write: Callable[[], bool]) -> None:
+        """How to make the kubelet write its checkpoint (`Unlisted.nudge`)."""
+        if self.unlisted is not None:
+            self.unlisted.nudge = write
+
+    @property
+    def waiting(self) -> bool:
+        """Since a kubelet restart, its pod sources are not seen back (`Settle`)."""
+        return self._settle.waiting
+
+    def allocated(self, resource: str, ids: Sequence[str]) -> None:
+        """An Allocate handed these IDs out: held until an answer shows them (`unlisted`);
+        and the kubelet admits pods again (its pod sources are back: `Settle`)."""
+        if self.unlisted is not None:
+            self.unlisted.allocated(resource, ids)
+        if self._settle.waiting:
+            self._settle.sources_seen()
+            self.log.info("kubelet_pod_sources_back", sign="an Allocate", resource=resource)
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -171,23 +196,25 @@ class PodResourcesPoller:
         if self.status.state != "ok" and self.status.last_ok is not None:
             self._settle.restarted(asked_at)  # unreachable, then back: maybe a new kubelet
         answer = holdings_from(response, asked_at, self.wall(), self.holdings)
-        holdings, carried = self._settle.apply(answer, self.holdings)
+        holdings, carried = await self._settled(answer)
         self.holdings = holdings
         if self.status.state != "ok":
             self.log.info("pod_resources_connected")
         self.status = PollerStatus("ok", None, holdings.answered_at)
-        if carried and not self._settle.trusted(asked_at):
+        doubting = self._settle.doubting(asked_at)
+        if carried and doubting:
             if carried != self._incomplete:
                 self.log.warning(
                     "pod_resources_incomplete",
                     holders_missing=carried,
-                    detail="an answer soon after a kubelet restart lacks pods shown before: "
-                    "they are still taken as holding their devices",
+                    detail="an answer soon after a kubelet restart, or before its pod sources "
+                    "are seen back, lacks pods shown before: they are still taken as holding "
+                    "their devices",
                 )
             self._count("incomplete")
         else:
             self._count("ok")
-        self._incomplete = carried if not self._settle.trusted(asked_at) else 0
+        self._incomplete = carried if doubting else 0
         for listener in list(self._listeners):  # before any await: one consistent step
             listener(holdings)
         if self._allocatable_supported and (
@@ -196,6 +223,21 @@ class PodResourcesPoller:
             await self._read_allocatable(stub)
         self._polls += 1
         return self.interval
+
+    async def _settled(self, answer: Holdings) -> tuple[Holdings, int]:
+        """The holdings to publish for `answer` (`Settle`, then the unlisted IDs), and how
+        many holders it lacked that are carried."""
+        unlisted, settle = self.unlisted, self._settle
+        if unlisted is None:
+            return settle.apply(answer, self.holdings, _listed)
+        unlisted.shown(answer)
+        waiting = settle.waiting
+        if unlisted.wanted or waiting:
+            await unlisted.refresh(answer.answered_at)  # (off the loop, when it changed)
+        holdings, carried = settle.apply(answer, self.holdings, unlisted.listed)
+        if waiting and not settle.waiting:
+            self.log.info("kubelet_pod_sources_back", sign="a pod shown before its restart")
+        return with_unlisted(holdings, unlisted.by_resource()), carried
 
     async def _read_allocatable(self, stub: PodResourcesListerStub) -> None:
         try:
@@ -252,6 +294,10 @@ class PodResourcesPoller:
         channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
+
+
+def _listed(_resource: str, _device_id: str) -> bool:
+    return True  # (no checkpoint to ask: every ID is taken as listed)
 
 
 def _is_socket(path: str) -> bool:

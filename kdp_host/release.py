@@ -51,6 +51,7 @@ from .device_table import DeviceTable
 from .devices import physical_id
 from .handed_entries import Handed
 from .handed_out import HandedOut, in_memory
+from .holdings import ALLOCATION_SETTLE
 from .hooks import PlaceCheck, check_places, render_argv, run_hook
 from .logs import EventLogger
 from .metrics import Metrics
@@ -60,11 +61,6 @@ from .release_use import DeviceUse, unknown_release
 
 if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
     from .holdings import Holder, Holdings
-
-ALLOCATION_SETTLE = 1.0
-"""Seconds after an Allocate during which a PodResources answer is not taken as news about
-that device: the kubelet records the allocation only once our answer has reached it, so a
-List in between would show the device free."""
 
 
 class ReleaseTracker:
@@ -228,7 +224,8 @@ class ReleaseTracker:
             now_held = held.get(device_id)
             if now_held:
                 use.used = set(now_held)
-                use.holders = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs))
+                shown = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs if h.listed))
+                use.holders = shown or use.holders  # (an unlisted holder has no names)
             elif use.allocated_at >= answer.asked_at - ALLOCATION_SETTLE:
                 continue  # "free" just after an Allocate: the kubelet may not have recorded it
             elif use.used:

@@ -57,10 +57,17 @@ class ResourceRuntime:
         self.endpoint = self._serving.endpoint
         self.socket_path = self._serving.socket_path
         self.table.add_listener(self._on_devices_changed)
+        self._service: DevicePluginService | None = None
+
+    def resend(self) -> bool:
+        """The list again on the open ListAndWatch stream (the kubelet then writes its
+        checkpoint: `unlisted`); False when none is open."""
+        return self._service is not None and self._service.resend()
 
     def _make_service(self, on_stream_lost: Callable[[], None]) -> DevicePluginService:
-        """The DevicePlugin service of a new socket."""
-        return DevicePluginService(
+        """The DevicePlugin service of a new socket (the one served from now on)."""
+        poller = self._services.pod_resources  # (told each Allocate: `unlisted`)
+        self._service = DevicePluginService(
             self.config,
             self.table,
             self._encoder,
@@ -72,7 +79,9 @@ class ResourceRuntime:
             release=self.release,
             bookings=self._services.ownership,
             handed=self._handed,
+            allocated=None if poller is None else poller.allocated,
         )
+        return self._service
 
     def _on_list_overflow(self, overflow: Overflow | None) -> None:
         """The list became longer than one ListAndWatch message may be, or fits again (told

@@ -99,6 +99,7 @@ def devices_document(host: Host) -> dict[str, Any]:
                         "pod": h.pod,
                         "container": h.container,
                         "since": utc(h.since),
+                        **({} if h.listed else {"listed": False}),
                         **({"replica": advertised} if advertised != device_id else {}),
                     }
                     for h in holders

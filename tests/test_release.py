@@ -177,6 +177,9 @@ async def test_a_kubelet_restart_in_between_changes_nothing(
     await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
     await kubelet.acall(kubelet.restart)
     await kubelet.await_for(_registered(kubelet), what="registered again")
+    # p1 shown again: the kubelet's pod sources are back (until then an ID its checkpoint
+    # lists is held whatever the answers lack: a restart while the API server is away)
+    await wait_until(lambda: not poller.waiting, what="p1 shown after the restart")
     assert release_lines(short_dir) == []
     await kubelet.acall(kubelet.release, "p1")
     await wait_until(lambda: len(release_lines(short_dir)) == 2, what="released")

@@ -210,3 +210,33 @@ class ListAndWatchEncoder:
                 await asyncio.sleep(0)
             parts += _entry_bytes(entries[start : start + ENCODE_CHUNK], topology)
         return parts
+
+
+@dataclass
+class Wakes:
+    """The events of a service's open ListAndWatch streams: set by a new table version (the
+    table's listener), by `resend` and by the end of the streams."""
+
+    events: set[asyncio.Event] = field(default_factory=set)
+    resends: int = 0
+    """Counts `resend` calls: a stream that sees more sends its list again."""
+    closed: bool = False
+
+    def quiet(self, resends: int) -> bool:
+        """Whether a stream that sent its list at `resends` has nothing to send again."""
+        return resends == self.resends and not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake()
+
+    def wake(self) -> None:
+        for event in self.events:
+            event.set()
+
+    def resend(self) -> bool:
+        """The current list again on every stream: the kubelet writes its checkpoint after
+        every ListAndWatch message (docs/kubelet-contract.md §10), which `unlisted` asks for."""
+        self.resends += 1
+        self.wake()
+        return True

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpclib
@@ -48,7 +48,7 @@ from ..ownership_hand_out import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
 from .codec import EncodedMessage
 from .kept import Bookings, keep
-from .lists import ListAndWatchEncoder
+from .lists import ListAndWatchEncoder, Wakes
 
 if TYPE_CHECKING:  # made where the config chooses them (`features`)
     from ..hooks import AllocateHook, PreStartHook
@@ -76,8 +76,10 @@ class DevicePluginService(DevicePluginBase):
         release: ReleaseTracker | None = None,
         bookings: Bookings | None = None,
         handed: HandedOut | None = None,
+        allocated: Callable[[str, Sequence[str]], None] | None = None,
     ) -> None:
         self._config = config
+        self._allocated = allocated  # told each Allocate's IDs (`PodResourcesPoller`)
         self._table = table
         self._encoder = encoder
         self._metrics = metrics
@@ -93,8 +95,7 @@ class DevicePluginService(DevicePluginBase):
         """What each Allocate handed out (`handed_out`: preStart, the CDI entries and the
         release read it)."""
         self._closing = False
-        self._stream_wakes: set[asyncio.Event] = set()
-        """One per open stream: set by a new table version and by `end_streams`."""
+        self._wakes = Wakes()  # of the open streams
         self._open_streams = 0
         self._drained: asyncio.Future[None] | None = None
         """Made by `end_streams` while streams are open; done when the last one ended."""
@@ -118,11 +119,14 @@ class DevicePluginService(DevicePluginBase):
     def _preferred_seconds(self) -> Observer:
         return self._metrics.preferred_seconds.labels(self._config.name)
 
+    def resend(self) -> bool:
+        """The list again on each open stream (`Wakes.resend`); False: none is open."""
+        return self._open_streams > 0 and not self._closing and self._wakes.resend()
+
     async def end_streams(self, timeout: float = 0.5) -> None:
         """End every ListAndWatch stream with a clean end-of-stream and wait until sent."""
         self._closing = True
-        for wake in self._stream_wakes:
-            wake.set()
+        self._wakes.close()
         if self._open_streams:
             if self._drained is None or self._drained.done():
                 self._drained = asyncio.get_running_loop().create_future()
@@ -168,15 +172,12 @@ class DevicePluginService(DevicePluginBase):
         return options
 
     async def _serve_list_and_watch(self, stream: grpclib.server.Stream[Empty, Any]) -> None:
-        """Drive `device_lists` under aclosing, so its `finally` runs when the client cancels.
-
-        When the lists end (the host is closing the server) the trailers are sent right
-        here, so `end_streams` knows the client got a clean end-of-stream before the
-        connection is closed. When the client ends the last open stream (the kubelet drops
-        a client it replaced, docs/kubelet-contract.md §9), `on_stream_lost` tells the
-        resource to register again; a second client (a debugging tool) closing its stream
-        does not.
-        """
+        """Drive `device_lists` under aclosing (its `finally` runs when the client cancels).
+        When the lists end (the host closes the server) the trailers are sent here, so
+        `end_streams` knows the client got a clean end-of-stream before the connection
+        closes. When the client ends the last open stream (the kubelet drops a client it
+        replaced, docs/kubelet-contract.md §9), `on_stream_lost` tells the resource to
+        register again; a second client (a debugging tool) closing its stream does not."""
         await stream.recv_message()
         self._open_streams += 1
         try:
@@ -202,22 +203,23 @@ class DevicePluginService(DevicePluginBase):
         # The stream waits on one event, set by the table's listener and by end_streams: no
         # task of its own, and a new version wakes it in the loop turn that publishes it.
         wake = asyncio.Event()
-        self._stream_wakes.add(wake)
+        self._wakes.events.add(wake)
         stop_listening = self._table.add_listener(lambda _snapshot: wake.set())
         try:
             table = self._table
             snapshot = table.snapshot
             while not self._closing:
+                resends = self._wakes.resends
                 data = await self._encoder.encode(snapshot)
                 yield EncodedMessage(ListAndWatchResponse, data)
                 updates.inc()
-                while table.snapshot.version <= snapshot.version and not self._closing:
+                while table.snapshot.version <= snapshot.version and self._wakes.quiet(resends):
                     wake.clear()
                     await wake.wait()
                 snapshot = table.snapshot
         finally:
             stop_listening()
-            self._stream_wakes.discard(wake)
+            self._wakes.events.discard(wake)
             streams.dec()
             by_peer = not self._closing
             self._log.info("list_and_watch_closed", by="kubelet" if by_peer else "plugin")
@@ -290,6 +292,8 @@ class DevicePluginService(DevicePluginBase):
         if self._release is not None:  # (an ID asked for again: its earlier user is gone)
             self._release.asked(booked)
         await self._kept(snapshot, booked, reached, len(responses))
+        if self._allocated is not None:
+            self._allocated(name, booked)
         if self._release is not None:  # used from now, as the record keeps it
             for request in message.container_requests:
                 self._release.taken(request.devices_ids)

@@ -233,7 +233,7 @@ class PodResourcesPoller:
         unlisted.shown(answer)
         waiting = settle.waiting
         if unlisted.wanted or waiting:
-            await unlisted.refresh(answer.answered_at)  # (off the loop, when it changed)
+            await unlisted.refresh(answer.answered_at, waiting)  # (off the loop, if changed)
         holdings, carried = settle.apply(answer, self.holdings, unlisted.listed)
         if waiting and not settle.waiting:
             self.log.info("kubelet_pod_sources_back", sign="a pod shown before its restart")

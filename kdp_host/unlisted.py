@@ -21,10 +21,10 @@ The checkpoint is read off the loop (the host's offload), only while such an ID 
 the restart rule needs it (`Settle`), and only when the file changed (inode, size, mtime).
 The kubelet frees an ended pod's devices when asked for its `List` (our poll), and writes
 the file at its next ListAndWatch message: while the file, written before the last answer,
-still lists an unlisted ID, the host sends a resource's list again (`nudge`) so the kubelet
-writes it, at most every `NUDGE_FIRST` seconds, doubling up to `NUDGE_MAX` while no ID goes
-(a pod whose init container holds a device for hours costs the kubelet a write every
-5 min).
+still lists an unlisted ID (or the restart rule asks what it lists), the host sends a
+resource's list again (`nudge`) so the kubelet writes it, at most every `NUDGE_FIRST`
+seconds, doubling up to `NUDGE_MAX` while no ID goes (a pod whose init container holds a
+device for hours costs the kubelet a write every 5 min).
 A checkpoint that cannot be used (missing, unreadable, bad checksum) frees nothing: the IDs
 stay held until allocated again (logged once, `kubelet_checkpoint_unusable`).
 
@@ -171,11 +171,12 @@ class Unlisted:
     def wanted(self) -> bool:
         return bool(self.handed) or self._seeding is not None
 
-    async def refresh(self, answered: float = float("inf")) -> None:
+    async def refresh(self, answered: float = float("inf"), doubted: bool = False) -> None:
         """Read the checkpoint again if it changed (bounded by READ_TIMEOUT; a read that
         hangs is waited for by the next refresh, never started twice), then free the IDs it
         no longer lists; `answered`: Unix time of the last answer (the kubelet freed what it
-        had to when asked), a file written before it that lists one is asked for again."""
+        had to when asked), a file written before it that lists one is asked for again, as
+        is one written before it while `doubted` (the restart rule asks what it lists)."""
         if self._reading is None:
             work = functools.partial(read_checkpoint, self.path, self.checkpoint)
             self._reading = asyncio.ensure_future(self.offload.run(work))
@@ -197,9 +198,12 @@ class Unlisted:
             self.log.info("kubelet_checkpoint_usable", path=self.path)
         if read.ids is not None:
             self._free(read.ids, read.written)
-            if read.written < answered and any(
-                key in read.ids and handout.wall + ALLOCATION_SETTLE <= answered
-                for key, handout in self.handed.items()
+            if read.written < answered and (
+                doubted
+                or any(
+                    key in read.ids and handout.wall + ALLOCATION_SETTLE <= answered
+                    for key, handout in self.handed.items()
+                )
             ):
                 self._ask_write()
 

@@ -68,8 +68,12 @@ class Admission:
         container: str,
         numa_affinity: Collection[int] | None,
         pre_start: bool,
+        init_container: bool = False,
     ) -> ContainerAllocateResponse | None:
-        """Admit ``count`` devices for one container, then (``pre_start``) start it."""
+        """Admit ``count`` devices for one container (``init_container``: a regular init
+        container, docs/kubelet-contract.md §6), then (``pre_start``) start it."""
+        if init_container:
+            self._manager.init_containers.add((pod_uid, container))
         async with self._lock:
             affinity = frozenset(numa_affinity) if numa_affinity is not None else None
             devs = await self._devices_to_allocate(pod_uid, container, resource, count, affinity)

@@ -270,8 +270,11 @@ class KubeletSimulator(KubeletView):
         container: str = "c0",
         numa_affinity: Collection[int] | None = None,
         pre_start: bool = True,
+        init_container: bool = False,
     ) -> ContainerAllocateResponse | None:
-        """Admit ``count`` devices of ``resource`` for one container and start it.
+        """Admit ``count`` devices of ``resource`` for one container and start it
+        (``init_container``: a regular init container, which PodResources leaves out,
+        docs/kubelet-contract.md §15).
 
         Runs ``devicesToAllocate`` (with GetPreferredAllocation when advertised), one
         Allocate RPC with exactly one container request, records the allocation, writes the
@@ -288,6 +291,7 @@ class KubeletSimulator(KubeletView):
             container=container,
             numa_affinity=numa_affinity,
             pre_start=pre_start,
+            init_container=init_container,
         )
 
     async def pre_start_container(self, pod_uid: str, container: str, resource: str) -> None:

@@ -38,6 +38,10 @@ class DeviceManager:
     all_devices: dict[str, dict[str, DeviceView]] = field(default_factory=dict)
     allocated: dict[str, set[str]] = field(default_factory=dict)
     pod_devices: dict[PodContainerResource, Allocation] = field(default_factory=dict)
+    init_containers: set[tuple[str, str]] = field(default_factory=set)
+    """(pod, container) of the regular (non-restartable) init containers admitted: part of
+    the pods' specs, not of the device manager, so kept across a restart; PodResources
+    leaves them out (docs/kubelet-contract.md §15)."""
     # counters for the simulator's whole life, kept across restarts
     registrations: dict[str, int] = field(default_factory=dict)
     messages: dict[str, int] = field(default_factory=dict)
@@ -148,6 +152,7 @@ class DeviceManager:
     def release(self, pod_uid: str) -> int:
         """``UpdateAllocatedDevices`` for a pod that is gone: returns the devices freed."""
         keys = [key for key in self.pod_devices if key[0] == pod_uid]
+        self.init_containers = {(p, c) for p, c in self.init_containers if p != pod_uid}
         freed = sum(len(self.pod_devices.pop(key).device_ids) for key in keys)
         self.recompute_allocated()
         return freed

@@ -7,7 +7,9 @@ the device manager's own maps:
 * ``List``: every pod with an allocation (the simulator's pods are its allocations), named
   by its UID in namespace ``default``; each container's devices as one entry per (device,
   NUMA node), or one entry without topology, like the kubelet's
-  ``containerDevicesFromResourceDeviceInstances``;
+  ``containerDevicesFromResourceDeviceInstances``; regular init containers left out, as
+  ``server_v1.go`` does; no pod at all while ``sources_ready`` is False (a kubelet restarted
+  while the API server is away lists only static pods, and the simulator has none);
 * ``GetAllocatableResources``: every healthy device (allocations do not reduce it);
 * ``Get``: one pod, or UNKNOWN ``pod X in namespace Y not found``.
 
@@ -100,6 +102,7 @@ class _Lister(PodResourcesListerBase):
         self._manager = manager
         self._limiter = limiter
         self._calls = calls
+        self.sources_ready = True
 
     def _admit(self) -> None:
         self._calls.times.append(self._limiter.clock())
@@ -111,6 +114,8 @@ class _Lister(PodResourcesListerBase):
     async def list(self, message: ListPodResourcesRequest) -> ListPodResourcesResponse:
         self._admit()
         pods = sorted({pod for pod, _, _ in self._manager.pod_devices})
+        if not self.sources_ready:
+            pods = []
         return ListPodResourcesResponse(pod_resources=[self._pod(pod) for pod in pods])
 
     async def get_allocatable_resources(
@@ -139,7 +144,7 @@ class _Lister(PodResourcesListerBase):
     def _pod(self, pod: str) -> PodResources:
         containers: dict[str, list[ContainerDevices]] = {}
         for (uid, container, resource), allocation in sorted(self._manager.pod_devices.items()):
-            if uid != pod:
+            if uid != pod or (uid, container) in self._manager.init_containers:
                 continue
             entries = containers.setdefault(container, [])
             for numa, ids in sorted(allocation.devices_per_numa.items()):
@@ -183,13 +188,32 @@ class PodResourcesServer:
         self.socket_path = Path(directory) / SOCKET_NAME
         self.calls = PodResourcesCalls()
         self.limiter = limiter or TokenBucket()
-        self._server = Server([_Lister(manager, self.limiter, self.calls)])
+        self._lister = _Lister(manager, self.limiter, self.calls)
         self._serving = False
-        stopped_server_refuses_calls(self._server, lambda: self._serving)
+        self._server = self._new_server()
+
+    def _new_server(self) -> Server:
+        """One server per start: a kubelet restart makes the socket anew
+        (docs/kubelet-contract.md §15)."""
+        server = Server([self._lister])
+        stopped_server_refuses_calls(server, lambda: self._serving)
+        return server
+
+    @property
+    def sources_ready(self) -> bool:
+        """False: ``List`` shows no pod (a kubelet restarted while the API server is away:
+        its pod manager holds no API pod; their containers run, their devices stay
+        allocated, docs/kubelet-contract.md §15)."""
+        return self._lister.sources_ready
+
+    @sources_ready.setter
+    def sources_ready(self, ready: bool) -> None:
+        self._lister.sources_ready = ready
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
+        self._server = self._new_server()
         await self._server.start(path=str(self.socket_path))
         self._serving = True
 

@@ -1,0 +1,203 @@
+"""An ID the kubelet's PodResources cannot show is not free because an answer lacks it
+(hostile9 H3, M1), through the simulator (which lists pods as the kubelet v1.32 does:
+regular init containers left out, no API pod after a restart while the API server is
+away) and through `unlisted.Unlisted` itself.
+
+- H3: a regular init container's device (an FPGA's bitstream loader) stays held, booked and
+  owed no release while its pod lives, and is released once the pod ended and the kubelet's
+  checkpoint, written again at kdp-host's asking, no longer lists it.
+- M1: after a kubelet restart whose pod sources stay away past the restart window, an ID
+  its checkpoint lists stays held until a pod shown before is shown again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host.files import DaemonThreads
+from kdp_host.holdings import GONE_AFTER, RESTART_SETTLE, Holder, Holdings
+from kdp_host.kubelet_checkpoint import CHECKPOINT_FILE
+from kdp_host.kubelet_checksum import checksum
+from kdp_host.logs import get_logger
+from kdp_host.ownership import HEARD_AFTER
+from kdp_host.simulator import KubeletSimulator
+from kdp_host.status import devices_document
+from kdp_host.unlisted import Unlisted
+
+from .conftest import wait_until
+from .test_release import FPGA, host_yaml, release_lines, release_script
+
+
+@pytest.fixture
+async def sim(socket_dir: Path, short_dir: Path):  # type: ignore[no-untyped-def]
+    kubelet = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
+    await kubelet.start()
+    try:
+        yield kubelet
+    finally:
+        await kubelet.stop()
+
+
+async def _host(
+    sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
+) -> Any:
+    running = await start_host(
+        host_yaml(
+            socket_dir,
+            devices,
+            short_dir / "state",
+            release_script(short_dir),
+            pod_resources=short_dir / "pr",
+        )
+    )
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
+    return running
+
+
+def _booked(running: Any) -> set[str]:
+    return set(running.host.ownership.handed_out().get(FPGA, ()))
+
+
+async def test_a_regular_init_containers_device_stays_held_until_its_pod_ended(
+    sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
+) -> None:
+    running = await _host(sim, socket_dir, short_dir, devices, start_host)
+    poller = running.host.pod_resources
+    await sim.allocate(FPGA, 1, pod_uid="p1", container="init-fw", init_container=True)
+    allocated = poller.clock()
+    # answers asked long after the Allocate: the release and the booking's end were due by
+    # now had the device been taken as free because no answer lists it
+    await wait_until(
+        lambda: (
+            poller.holdings is not None and poller.holdings.asked_at > allocated + HEARD_AFTER + 1
+        ),
+        timeout=60,
+        what="answers well after the Allocate",
+    )
+    assert release_lines(short_dir) == [], "released under the running init container"
+    assert _booked(running) == {"fpga0"}, "the booking of the node ended while p1 runs"
+    assert [h.listed for h in poller.holdings.of(FPGA)["fpga0"]] == [False]
+    devices_view = devices_document(running.host)
+    [fpga] = [r for r in devices_view["resources"] if r["name"] == FPGA]
+    [entry] = [d for d in fpga["devices"] if d["id"] == "fpga0"]
+    assert entry["release"]["state"] == "in_use" and entry["holders"][0]["listed"] is False
+    # the pod ends: the kubelet frees the device but writes no checkpoint; kdp-host makes it
+    # write one (its list sent again), reads it, and releases the device once
+    await sim.release("p1")
+    await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
+    assert release_lines(short_dir) == ["fpga0 // start", "fpga0 // done"]
+    await wait_until(lambda: not _booked(running), timeout=60, what="the booking ended")
+
+
+async def test_a_kubelet_restart_while_its_pod_sources_are_away_frees_nothing(
+    sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
+) -> None:
+    running = await _host(sim, socket_dir, short_dir, devices, start_host)
+    poller = running.host.pod_resources
+    await sim.allocate(FPGA, 1, pod_uid="p1", container="c")
+    await wait_until(
+        lambda: (
+            poller.holdings is not None
+            and [h.pod for h in poller.holdings.of(FPGA).get("fpga0", ())] == ["p1"]
+        ),
+        what="p1 listed",
+    )
+    assert sim.pod_resources is not None
+    sim.pod_resources.sources_ready = False  # the API server is away: no API pod listed
+    await sim.restart()
+    restarted = poller.clock()
+    await wait_until(
+        lambda: poller.holdings.asked_at > restarted + RESTART_SETTLE + GONE_AFTER + 2,
+        timeout=60,
+        what="answers past the restart window",
+    )
+    assert release_lines(short_dir) == [], "released under p1, which still runs"
+    assert _booked(running) == {"fpga0"}, "the booking of p1's node ended"
+    assert poller.holdings.of(FPGA).get("fpga0")
+    # the API server answers again: p1 is listed, and its end is seen as before
+    sim.pod_resources.sources_ready = True
+    await wait_until(lambda: not poller.waiting, what="the pod sources back")
+    await sim.release("p1")
+    await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
+    assert release_lines(short_dir)[0] == "fpga0 default/p1/c start"
+
+
+# --------------------------------------------------------------------------- Unlisted
+
+
+def _write(
+    directory: Path, ids: dict[str, list[str]], written: float, *, good: bool = True
+) -> None:
+    entries = [
+        {
+            "PodUID": f"u-{i}",
+            "ContainerName": "init",
+            "ResourceName": resource,
+            "DeviceIDs": {"-1": [i]},
+            "AllocResp": base64.b64encode(b"").decode(),
+        }
+        for resource, listed in ids.items()
+        for i in listed
+    ]
+    data = {"PodDeviceEntries": entries, "RegisteredDevices": {FPGA: ["a", "b"]}}
+    path = directory / CHECKPOINT_FILE
+    path.write_text(json.dumps({"Data": data, "Checksum": checksum(data) + (0 if good else 1)}))
+    os.utime(path, (written, written))
+
+
+def _unlisted(directory: Path, at: list[float]) -> Unlisted:
+    return Unlisted(str(directory), DaemonThreads(), get_logger(), lambda: at[0], lambda: at[0])
+
+
+async def test_an_id_no_answer_showed_goes_when_a_later_checkpoint_drops_it(tmp_path: Path) -> None:
+    """A failed admission (or an ended init container's pod): the ID goes once a checkpoint
+    written at least 1 s after its Allocate no longer lists it; not on an earlier write (the
+    kubelet records the allocation after our answer), nor on a file it cannot use."""
+    now = [1000.0]
+    unlisted = _unlisted(tmp_path, now)
+    unlisted.allocated(FPGA, ["a", "b"])
+    _write(tmp_path, {FPGA: ["a"]}, 1000.5)
+    await unlisted.refresh()
+    assert set(unlisted.by_resource()[FPGA]) == {"a", "b"}
+    _write(tmp_path, {FPGA: ["a"]}, 1002.0, good=False)  # checksum mismatch: fails closed
+    await unlisted.refresh()
+    assert set(unlisted.by_resource()[FPGA]) == {"a", "b"} and unlisted.listed(FPGA, "b")
+    _write(tmp_path, {FPGA: ["a"]}, 1003.0)
+    await unlisted.refresh()
+    assert set(unlisted.by_resource()[FPGA]) == {"a"}
+    assert unlisted.listed(FPGA, "a") and not unlisted.listed(FPGA, "b")
+    # an answer asked after its Allocate shows `a`: from then on the usual rule
+    now[0] = 1004.0
+    unlisted.shown(Holdings(1004.0, 1004.0, {FPGA: {"a": (Holder("ns", "p", "c", 0.0),)}}))
+    assert unlisted.by_resource() == {}
+    # allocated again: held again, until shown or dropped
+    unlisted.allocated(FPGA, ["a"])
+    unlisted.shown(Holdings(1003.5, 1004.0, {FPGA: {"a": (Holder("ns", "p", "c", 0.0),)}}))
+    assert set(unlisted.by_resource()[FPGA]) == {"a"}  # (asked before that Allocate)
+
+
+async def test_at_start_the_ids_the_checkpoint_lists_are_held_until_shown(tmp_path: Path) -> None:
+    """kdp-host restarted while an init container holds `a`: `a` (listed by the checkpoint)
+    is held; a checkpoint it cannot use makes every booked ID held; none makes none."""
+    now = [1000.0]
+    unlisted = _unlisted(tmp_path, now)
+    unlisted.seed([FPGA], lambda: {FPGA: {"a", "b"}})
+    _write(tmp_path, {FPGA: ["a"], "other.example/x": ["z"]}, 999.0)
+    await unlisted.refresh()
+    assert unlisted.by_resource() == {FPGA: {"a": 0.0}}
+    unlisted = _unlisted(tmp_path, now)
+    unlisted.seed([FPGA], lambda: {FPGA: {"a", "b"}})
+    _write(tmp_path, {FPGA: ["a"]}, 999.0, good=False)
+    await unlisted.refresh()
+    assert set(unlisted.by_resource()[FPGA]) == {"a", "b"}
+    (tmp_path / CHECKPOINT_FILE).unlink()
+    unlisted = _unlisted(tmp_path, now)
+    unlisted.seed([FPGA], lambda: {FPGA: {"a", "b"}})
+    await unlisted.refresh()
+    assert unlisted.by_resource() == {}

@@ -15,11 +15,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kdp_host.api.v1 import ListPodResourcesRequest, ListPodResourcesResponse
 from kdp_host.files import DaemonThreads
 from kdp_host.holdings import GONE_AFTER, RESTART_SETTLE, Holder, Holdings
 from kdp_host.kubelet_checkpoint import CHECKPOINT_FILE
@@ -31,7 +33,8 @@ from kdp_host.status import devices_document
 from kdp_host.unlisted import Unlisted
 
 from .conftest import wait_until
-from .test_release import FPGA, host_yaml, release_lines, release_script
+from .test_podresources_settle import Forgetful, _serve
+from .test_release import FPGA, _registered, host_yaml, release_lines, release_script
 
 
 @pytest.fixture
@@ -201,3 +204,57 @@ async def test_at_start_the_ids_the_checkpoint_lists_are_held_until_shown(tmp_pa
     unlisted.seed([FPGA], lambda: {FPGA: {"a", "b"}})
     await unlisted.refresh()
     assert unlisted.by_resource() == {}
+
+
+# --------------------------------------------------------------------------- real kubelet
+
+
+@dataclass
+class InitFilter(Forgetful):
+    """The kubelet's real PodResources, answering as the kubelet v1.32 does for a pod with a
+    regular init container (the harness has none: a container named `init*` stands for
+    one), which `List` leaves out."""
+
+    async def list(self, message: ListPodResourcesRequest) -> ListPodResourcesResponse:
+        answer = await super().list(message)
+        for pod in answer.pod_resources:
+            pod.containers = [c for c in pod.containers if not c.name.startswith("init")]
+        return answer
+
+
+async def test_the_real_kubelet_an_init_containers_device_stays_held_until_its_pod_ended(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path, devices: Path
+) -> None:
+    """hostile9 H3 through the kubelet's real device manager: the release waits for the pod's
+    end, and comes once the kubelet wrote its checkpoint without it (kdp-host asked it to)."""
+    pr = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pr)
+    fake = InitFilter(str(pr / "kubelet.sock"))
+    server = await _serve(fake, short_dir / "fake" / "kubelet.sock")
+    try:
+        yaml = host_yaml(
+            kubelet.socket_dir, devices, short_dir / "state", release_script(short_dir),
+            pod_resources=pr,
+        ).replace(str(pr / "kubelet.sock"), str(short_dir / "fake" / "kubelet.sock"))  # fmt: skip
+        running = await start_host(yaml)
+        await kubelet.await_for(_registered(kubelet), what="fpga registered")
+        granted = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}, container="init-fw")
+        assert granted["error"] == ""
+        poller = running.host.pod_resources
+        allocated = poller.clock()
+        await wait_until(
+            lambda: (
+                poller.holdings is not None
+                and poller.holdings.asked_at > allocated + HEARD_AFTER + 1
+            ),
+            timeout=60,
+            what="answers well after the Allocate",
+        )
+        assert release_lines(short_dir) == [], "released under the running init container"
+        assert _booked(running) == {"fpga0"}, "the booking of the node ended while p1 runs"
+        await kubelet.acall(kubelet.release, "p1")
+        await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
+        assert release_lines(short_dir) == ["fpga0 // start", "fpga0 // done"]
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -141,7 +141,8 @@ class Host:
         if self.pod_resources is not None:
             # lingering claims go once the kubelet shows no pod holding them
             self.pod_resources.subscribe(self.ownership.holdings)
-            self.pod_resources.nudge(self._kubelet_writes_checkpoint)
+            # the kubelet writes its checkpoint when a list is sent again (`unlisted`)
+            self.pod_resources.nudge(lambda: any(r.resend() for r in list(self.resources.values())))
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
         state_dir, instance = self.config.state_dir, self.instance_id
@@ -377,9 +378,6 @@ class Host:
     def _record_config(self, config: Config) -> None:
         self.metrics.config_info.info({"sha256": config.sha256})
         self.metrics.config_timestamp.set(time.time())
-
-    def _kubelet_writes_checkpoint(self) -> bool:  # (a list sent again; False: none served)
-        return any(runtime.resend() for runtime in list(self.resources.values()))
 
     def _watch_kubelet_restarts(self, socket_dir: str) -> Callable[[], None]:
         assert self.watcher is not None

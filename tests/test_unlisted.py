@@ -98,6 +98,34 @@ async def test_a_regular_init_containers_device_stays_held_until_its_pod_ended(
     await wait_until(lambda: not _booked(running), timeout=60, what="the booking ended")
 
 
+async def test_a_kdp_host_restart_keeps_an_init_containers_device_held(
+    sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
+) -> None:
+    """kdp-host exits while p1's init container holds fpga0 and starts again: no answer ever
+    lists fpga0, but the kubelet's checkpoint does, so it stays held until p1 ends."""
+    text = host_yaml(socket_dir, devices, short_dir / "state", release_script(short_dir),
+                     pod_resources=short_dir / "pr")  # fmt: skip
+    running = await start_host(text)
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
+    await sim.allocate(FPGA, 1, pod_uid="p1", container="init-fw", init_container=True)
+    await running.shutdown()
+    again = await start_host(text)
+    await wait_until(lambda: again.host.pod_resources is not None, what="the new poller")
+    poller = again.host.pod_resources
+    started = poller.clock()
+    await wait_until(
+        lambda: (
+            poller.holdings is not None and poller.holdings.asked_at > started + HEARD_AFTER + 1
+        ),
+        timeout=60,
+        what="answers well after the start",
+    )
+    assert release_lines(short_dir) == [], "released under the running init container"
+    assert _booked(again) == {"fpga0"}
+    await sim.release("p1")
+    await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
+
+
 async def test_a_kubelet_restart_while_its_pod_sources_are_away_frees_nothing(
     sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
 ) -> None:

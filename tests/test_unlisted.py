@@ -286,3 +286,44 @@ async def test_the_real_kubelet_an_init_containers_device_stays_held_until_its_p
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_the_real_kubelet_restarted_while_its_pod_sources_are_away_frees_nothing(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path, devices: Path
+) -> None:
+    """hostile9 M1 through the kubelet's real device manager: after its restart, List answers
+    no pod (a forwarder stands for an API server away) past the 10 s + 4 s window; p1's
+    device stays held (the kubelet's checkpoint lists it), and is released once p1, listed
+    again, ends."""
+    pr = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pr)
+    fake = Forgetful(str(pr / "kubelet.sock"))
+    server = await _serve(fake, short_dir / "fake" / "kubelet.sock")
+    try:
+        yaml = host_yaml(
+            kubelet.socket_dir, devices, short_dir / "state", release_script(short_dir),
+            pod_resources=pr,
+        ).replace(str(pr / "kubelet.sock"), str(short_dir / "fake" / "kubelet.sock"))  # fmt: skip
+        running = await start_host(yaml)
+        await kubelet.await_for(_registered(kubelet), what="fpga registered")
+        assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+        poller = running.host.pod_resources
+        await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
+        fake.empty = True
+        await kubelet.acall(kubelet.restart)
+        restarted = poller.clock()
+        await wait_until(
+            lambda: poller.holdings.asked_at > restarted + RESTART_SETTLE + GONE_AFTER + 2,
+            timeout=60,
+            what="answers past the restart window",
+        )
+        assert release_lines(short_dir) == [], "released under p1, which still runs"
+        assert _booked(running) == {"fpga0"}, "the booking of p1's node ended"
+        fake.empty = False
+        await wait_until(lambda: not poller.waiting, what="p1 listed again")
+        await kubelet.acall(kubelet.release, "p1")
+        await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
+        assert release_lines(short_dir)[0] == "fpga0 default/p1/c start"
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -83,6 +83,8 @@ class HandedBookings(Protocol):
 
     def take_handed(self, handed: Iterable[HandedClaims], lost: bool = False) -> Gained: ...
 
+    def serve(self, resources: Iterable[str]) -> None: ...
+
 
 def take_handed(
     ledger: Ledger,
@@ -156,7 +158,9 @@ async def book_handed(
     loop, once); `every`: of every resource it lists (this host's bookings were lost: a
     resource removed from the config meanwhile, or another plugin's, may hold a node the
     config reaches now). A missing, unreadable or bad checkpoint is logged, and the start
-    goes on without it."""
+    goes on without it. A number unknown of one of `config`'s resources may be any of
+    theirs (`OwnershipIndex.serve`)."""
+    index.serve(r.name for r in config.resources)
     directory = config.kubelet.socket_dir
     path = os.path.join(directory, CHECKPOINT_FILE)
     served = None if every else [r.name for r in config.resources]

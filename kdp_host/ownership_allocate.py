@@ -94,6 +94,12 @@ class BookingAllocations(HandingOut):
             self._ledger.changed()
         return gained
 
+    def serve(self, resources: Iterable[str]) -> None:
+        """The config's resources at start (this host's own, not another plugin's): while a
+        booking of one has a node's number unknown, every one's nodes that no booking holds
+        wait (`Ledger.number_unknown`: the kernel may have given that number to any)."""
+        self._ledger.served = frozenset(resources)
+
     def handed_out(self) -> dict[str, set[str]]:
         """Resource -> the IDs this host has booked: what the kubelet was handed, by an
         Allocate, `ownership.json` or its checkpoint (`ReleaseStateStore.take_handed`)."""

@@ -38,8 +38,9 @@ PLACE_BOOKED = "place_booked"
 """Why a device is held whose node or mount source is at the real path another booked ID's
 device was handed out at (moved there, or made anew there: `Ledger.place_conflict`)."""
 NUMBER_UNKNOWN = "booked_number_unknown"
-"""Why a device is held that has a node no booking holds while a booking of its resource was
-made for a node gone at start, whose device number is not known (`Ledger.number_unknown`)."""
+"""Why a device is held that has a node no booking holds while a booking of its resource (or
+of any served one) was made for a node gone at start, whose device number is not known
+(`Ledger.number_unknown`)."""
 
 
 @dataclass
@@ -109,7 +110,9 @@ class Ledger:
         self._sorted_places: list[str] | None = None
         """`places` sorted (those below a directory are one run), made when first needed."""
         self.unknown: dict[str, Counted] = {}
-        """Resource -> its bookings whose device number is not known (`number_unknown`)."""
+        self.served: frozenset[str] = frozenset()
+        """Resource -> its bookings whose device number is not known (`number_unknown`), and
+        the config's resources (not another plugin's): one's unknown number may be any's."""
         self.spots: dict[str, Counted] = {}
         """Real path of a booked device's own claim (its node or mount source as the
         Allocate handed it out) -> the bookings that hold it: the place a pod's answer
@@ -294,14 +297,15 @@ class Ledger:
     def number_unknown(
         self, resource: str, device_id: str, replicas: int, claims: Claims
     ) -> tuple[Owner, str] | None:
-        """A booking of another ID of `resource` whose node was gone at start, its device
-        number not known (`Booking.number_unknown`), while the device has a node no booking
-        holds (that path): the kernel may have given the gone node's number to it, and the
-        pod's container reaches the device by that number (hostile9 H2)."""
-        unknown = self.unknown.get(resource)
-        if not unknown:
-            return None
-        for key, path, _ in claims.all():
+        """A booking of another ID of `resource`, or of any `served` resource, whose node was
+        gone at start, its device number not known (`Booking.number_unknown`), while the
+        device has a node no booking holds (that path): the kernel may have given the gone
+        node's number to it, under any resource's name, and the pod's container reaches the
+        device by that number (hostile9 H2, hostile10 F3)."""
+        served = self.served
+        unknown = [o for name, owned in self.unknown.items() if name == resource or name in served
+                   for o in owned]  # fmt: skip
+        for key, path, _ in claims.all() if unknown else ():
             if key[0] in NODES and key not in self.booked:
                 return self._first_other(resource, device_id, replicas, [(path, unknown)])
         return None

@@ -31,7 +31,7 @@ from kdp_host.kubelet_checkpoint import (
     take_handed,
 )
 from kdp_host.logs import get_logger
-from kdp_host.ownership_bookings import Ledger
+from kdp_host.ownership_bookings import NUMBER_UNKNOWN, Ledger
 from kdp_host.ownership_claims import ClaimSet, Owner, claim_of
 from kdp_host.ownership_document import read_saved
 
@@ -452,6 +452,42 @@ async def test_a_node_gone_at_start_holds_the_unbooked_nodes_of_its_resource(
     assert again.ids(A) == ["d", "n1"]
     again.index.holdings(Holdings(now[0] + 60, 0.0, {A: {"n1": ()}}))  # p1 ended
     assert again.ids(A) == ["d", "m0", "n1"]
+
+
+@pytest.mark.parametrize("owner", [A, "vendor.example/gpu"], ids=["served", "other plugin"])
+async def test_a_node_gone_at_start_holds_the_unbooked_nodes_of_every_served_resource(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, owner: str
+) -> None:
+    """hostile10 F3: the state directory was lost and p1's node of A was unplugged while
+    kdp-host was down; its number may have gone to a node of B (configured all along), which
+    p1's container reaches: B's nodes that no booking holds wait as A's do, until p1 ends.
+    Another plugin's gone node holds none of them (README: its resource alone)."""
+    caplog.set_level(logging.INFO)
+    dp = tmp_path / "dp"
+    dp.mkdir()
+    write_checkpoint(dp, entry_of(owner, "n0", "/kdp-test-gone/n0"))  # (no such node now)
+    nodes = FakeNodes({"/dev/m0": ("c", 21), "/dev/a1": ("c", 22)})
+    now = [100.0]
+    host, _ = restarted(tmp_path / "state", nodes, now)
+    config = load_config_text(
+        f"kubelet: {{socketDir: {dp}}}\nresources:\n"
+        + "".join(f"  - name: {r}\n    shell: {{command: [echo, s0]}}\n" for r in (A, B))
+    )
+    await book_handed(host.index, config, DaemonThreads(), get_logger(), every=True)
+    host.publish(B, dev("m0", "/dev/m0"))
+    host.publish(A, dev("a1", "/dev/a1"))
+    if owner != A:
+        assert (host.ids(A), host.ids(B)) == (["a1"], ["m0"])
+        return
+    assert (host.ids(A), host.ids(B)) == ([], []), "m0 (or a1) may have n0's number"
+    assert held_reasons(caplog) == {"m0": NUMBER_UNKNOWN, "a1": NUMBER_UNKNOWN}
+    fields = [r.__dict__["kdp_fields"] for r in caplog.records if r.getMessage() == "device_held"]
+    assert {(f["resource"], f["owner_resource"], f["owner_device"]) for f in fields} == {
+        (B, A, "n0"), (A, A, "n0")}  # fmt: skip
+    host.index.holdings(Holdings(now[0] + 1, 0.0, {A: {"n0": ()}}))  # p1 still runs
+    assert (host.ids(A), host.ids(B)) == ([], [])
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))  # p1 ended
+    assert (host.ids(A), host.ids(B)) == (["a1"], ["m0"])
 
 
 def test_a_booking_that_knows_the_number_holds_by_it() -> None:

@@ -27,7 +27,6 @@ from .config import MountConfig, ResourceConfig, render_template
 from .config.outputs import resource_slug
 from .devices import Advertised, Device, DeviceMount, DeviceNode, Snapshot
 from .names import CDI_NAME, make_name
-from .ownership_claims import host_paths
 from .rules import LIST_SEPARATOR, join_list
 
 if TYPE_CHECKING:  # only a resource with `allocate.command` parses its output
@@ -260,7 +259,7 @@ class AllocationBuilder:
             if not paths and not names:
                 continue
             physical = self.physical_devices(snapshot, requested_ids)
-            extra = sorted(paths.difference(*(host_paths(device) for device in physical)))
+            extra = sorted(paths.difference(*(spelled_paths(device) for device in physical)))
             own = (
                 set()
                 if cdi is None
@@ -306,6 +305,13 @@ class AllocationBuilder:
         if problems:
             raise AllocationError(f"{self.resource.name}: cannot allocate: {'; '.join(problems)}")
         return found
+
+
+def spelled_paths(device: Device) -> tuple[str, ...]:
+    """Every host path a device's answer hands out, as the host spells it: its nodes'
+    `host_path` (`ownership_claims.host_paths` has where kdp-host sees them), then its
+    mount sources."""
+    return (*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts))
 
 
 def template_values(

@@ -4,6 +4,7 @@ about a list too long for one message to the kubelet."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -121,15 +122,42 @@ def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) 
         device = row.device
         if device is None:
             continue
-        paths = [*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts)]
+        paths = [*(n.seen for n in device.nodes), *(m.host_path for m in device.mounts)]
         for path in paths:
-            if (why := rule.path_problem(path, mounts)) is not None:
+            if (why := rule.path_problem(path, mounts, later=not device.healthy)) is not None:
                 found.append(
                     f"warning: {row.resource}: device {quote_text(device.id)} would not be "
                     f"advertised (unsafe_mount): {quote_text(path)} {why}"
                 )
                 break
     return found
+
+
+def unseen_source_warnings(config: Config, config_file: str) -> list[str]:
+    """A line (with its line in the file) for each `allocate.mounts` source where nothing is
+    now in kdp-host's view (`identity.UNSEEN`, the rule `config.handed` applies): valid in
+    a config (the host may make it later), but a run refuses every Allocate of its
+    resource while it is missing."""
+    from pathlib import Path
+
+    from .config import never_handed
+    from .config.kinds import Reader
+    from .config.source import SourceError, read_config_source
+    from .identity import UNSEEN
+
+    try:
+        lines = read_config_source(Path(config_file)).lines
+    except SourceError:
+        lines = {}
+    reader, rule = Reader(lines), never_handed(config, config_file)
+    for index, resource in enumerate(config.resources):
+        for number, mount in enumerate(resource.allocate.mounts):
+            why = rule.path_problem(mount.host_path)
+            if why is not None and why.endswith(UNSEEN):  # (any other: an invalid config)
+                key = ("resources", index, "allocate", "mounts", number, "hostPath")
+                every = f"every Allocate of {resource.name} is refused while it is missing"
+                reader.problem(key, f"{os.path.normpath(mount.host_path)} {why}: {every}")
+    return [f"warning: {text}" for text in reader.problems]
 
 
 def overlap_warnings(rows: list[CheckRow], config: Config) -> list[str]:

@@ -144,7 +144,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"kdp-host: invalid config {exc}", file=sys.stderr)
             return EXIT_INVALID
-    from .check import handed_warnings, overlap_warnings, root_disk_warnings, scan_entries
+    from .check import (
+        handed_warnings,
+        overlap_warnings,
+        root_disk_warnings,
+        scan_entries,
+        unseen_source_warnings,
+    )
 
     scan = asyncio.run(scan_entries(config, node))
     rows = scan.rows
@@ -154,7 +160,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{'RESOURCE':<{width}}  {'DRIVER':<6}  DEVICE")
     for row in rows:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
-    handed = handed_warnings(rows, config, args.config)
+    handed = [
+        *unseen_source_warnings(config, args.config),
+        *handed_warnings(rows, config, args.config),
+    ]
     for warning in [*handed, *overlap_warnings(rows, config), *scan.too_large]:
         print(warning, file=sys.stderr)
     from .sysfs.rootdisk import find_root_disk

@@ -35,6 +35,15 @@ class DeviceNode:
     shared: bool = False
     """A node every device of the driver passes (a control node like `/dev/vfio/vfio`), not
     a device of its own: claimed shared in the host's ownership index (`ownership.py`)."""
+    seen_path: str | None = None
+    """Where kdp-host sees the node, when not at `host_path`: a sysfs node below a `devRoot`
+    other than `/dev` (hostile9 L1). The ownership index claims and checks it there
+    (`seen`); the DeviceSpec hands out `host_path`, the host's spelling."""
+
+    @property
+    def seen(self) -> str:
+        """The path kdp-host sees the node at (`seen_path`, else `host_path`)."""
+        return self.host_path if self.seen_path is None else self.seen_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +97,7 @@ class Device:
         compact = nodes is None or (
             node is not None  # (compared without building a DeviceNode)
             and (node.host_path, node.container_path, node.permissions) == (path, path, None)
-            and not (node.optional or node.shared)
+            and not (node.optional or node.shared or node.seen_path)
         )
         set_field = object.__setattr__
         set_field(self, "id", id)

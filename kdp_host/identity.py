@@ -32,6 +32,19 @@ FILE = "f"
 NODES: Final = frozenset(("c", "b"))
 """The kinds of a device node's identity (its device number: the kernel may give a number
 again, to a device plugged later)."""
+NOTHING: Final = "path"
+"""The kind of the claim of a path where nothing is in kdp-host's view, by the real path of
+its place (`ownership_claims.missing`): what such a path reaches is not known (`UNSEEN`)."""
+UNSEEN: Final = (
+    "does not exist in kdp-host's view, so what it reaches on the host is not known (if it "
+    "exists on the host, mount it into kdp-host's container: chart hostMounts.extra)"
+)
+"""Why a host path where nothing is in kdp-host's view (`NOTHING`) is never handed out
+(hostile9 H5): kdp-host in a container sees only its volumes; the host's runtime resolves
+the path on the host, where it may be a link to `/`, the kubelet's `pods` directory or
+stateDir, or a directory shown at another place, and creates a missing mount source. The
+rules that compare what a path is (`config.handed`, the ownership index) cannot judge a
+path that is not there, so it is refused like an `Uncheckable` one (`unseen`)."""
 UNRESOLVABLE: Final = "unresolvable"
 """Why a path is left out whose real path does not name what it reaches (`names_it`): the
 skip reason of a glob path, and of a device whose claimed path the ownership index found so
@@ -79,6 +92,12 @@ class Uncheckable(ValueError):
     def __init__(self, path: str, exc: OSError) -> None:
         super().__init__(f"cannot be checked ({exc.strerror or exc}: {exc.filename or path})")
         self.path = path
+
+
+def unseen(key: tuple[str, object] | None) -> bool:
+    """Whether a claim or identity (None: not known) is of a path where nothing is in
+    kdp-host's view (`NOTHING`): never handed out (`UNSEEN`)."""
+    return key is not None and key[0] == NOTHING
 
 
 def absent(exc: OSError) -> bool:

@@ -30,14 +30,13 @@ from .identity import (
     nothing_or_raise,
     real_path,
 )
+from .identity import NOTHING as NOTHING  # (the kind of a claim where nothing is)
 
 ClaimKey = tuple[str, int | str]
 """What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f', inode)), ('path',
 the real path of its place: `missing`) where nothing is yet, or (SYSFS, inode of its
 directory; its normalised path when that is gone) for a sysfs device itself."""
 
-NOTHING = "path"
-"""The kind of the claim of a path where nothing is (by the text of its place)."""
 SYSFS = "sysfs"
 """The kind of a sysfs device's claim of itself (its sysfs directory, by inode: `sysfs_claim`)."""
 
@@ -310,11 +309,12 @@ def claim_of(path: str, resolve: Resolver) -> Claim:
 
 
 def host_paths(device: Device) -> tuple[str, ...]:
-    """Every host path a device puts into a container: its nodes, then its mount sources."""
+    """Every host path a device puts into a container: its nodes (where kdp-host sees them:
+    `DeviceNode.seen`), then its mount sources."""
     path = device.path
     if not device.mounts and path is not None and device.has_only_node(path, path):
         return (path,)
-    return (*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts))
+    return (*(n.seen for n in device.nodes), *(m.host_path for m in device.mounts))
 
 
 def claimed_paths(device: Device) -> tuple[str, ...]:
@@ -344,8 +344,8 @@ def places(device: Device) -> Places:
             return path
         nodes = device.nodes
         if len(nodes) == 1:
-            return ((nodes[0].host_path, nodes[0].shared),)
-    found: list[tuple[str, bool | None]] = [(n.host_path, n.shared) for n in device.nodes]
+            return ((nodes[0].seen, nodes[0].shared),)
+    found: list[tuple[str, bool | None]] = [(n.seen, n.shared) for n in device.nodes]
     found += [(m.host_path, m.shared) for m in mounts]
     if sysfs is not None:
         found.append((sysfs, None))
@@ -369,7 +369,7 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
     exclusive: dict[ClaimKey, Claim] = {}
     shared: dict[ClaimKey, Claim] = {}
     made: list[Claim] = []
-    paths = [(n.host_path, n.shared) for n in device.nodes]
+    paths = [(n.seen, n.shared) for n in device.nodes]
     paths += [(m.host_path, m.shared) for m in device.mounts]
     for host_path, is_shared in paths:
         claim = claim_of(host_path, resolve)

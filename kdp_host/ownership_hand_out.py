@@ -77,8 +77,40 @@ class HandingOut(AdmissionGate):
         the path reaches and, for the devices' paths, what was claimed). A path kept
         resolved (`_resolve_keeping`) is taken as kept, the others resolved off the loop
         within `HANDED_TIMEOUT`. Raises Unresolvable (a claimed path reaching something
-        else now is claimed anew; a real path no container may be handed: `config.handed`)."""
-        ids, kept = list(ids), self._kept
+        else now is claimed anew; a real path no container may be handed: `config.handed`).
+        A node kdp-host sees elsewhere (`DeviceNode.seen_path`, hostile9 L1) is checked
+        where it sees it and handed out as the host spells it."""
+        ids = list(ids)
+        seen = self._seen_at(resource, ids)
+        if not seen:
+            return await self._hand_out_seen(resource, ids, paths)
+        real, reached = await self._hand_out_seen(resource, ids, {seen.get(p, p) for p in paths})
+        return (
+            {p: p if p in seen else real[p] for p in paths},
+            {p: reached[seen.get(p, p)] for p in paths if seen.get(p, p) in reached},
+        )
+
+    def _seen_at(self, resource: str, ids: Iterable[str]) -> dict[str, str]:
+        """Host path -> where kdp-host sees it, of the nodes of the devices behind `ids` that
+        it sees elsewhere (`DeviceNode.seen_path`; none in the common case)."""
+        state = self._resources.get(resource)
+        if state is None:
+            return {}
+        found: dict[str, str] = {}
+        for kubelet_id in ids:
+            device = state.admitted.get(physical_id(kubelet_id, state.replicas or 1))
+            if device is None or device.sysfs_path is None:
+                continue  # (only a sysfs device's nodes are seen elsewhere)
+            for node in device.nodes:
+                if node.seen_path is not None:
+                    found[node.host_path] = node.seen_path
+        return found
+
+    async def _hand_out_seen(
+        self, resource: str, ids: list[str], paths: Collection[str]
+    ) -> tuple[dict[str, str], dict[str, Identity]]:
+        """`hand_out_reaching` for the paths where kdp-host sees them."""
+        kept = self._kept
         known: dict[str, Resolution] = {path: kept[path] for path in paths if path in kept}
         todo = sorted(path for path in paths if path not in known)
         try:

@@ -25,8 +25,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Generator, Mapping
 
 from .config import UNSAFE_MOUNT, NeverHanded
+from .identity import UNSEEN, unseen
 from .mount_table import MountMap
-from .ownership_claims import SYSFS, ClaimKey, Claims, Owner
+from .ownership_claims import SYSFS, ClaimKey, Claims, ClaimSet, Owner
 from .ownership_table import ClaimTable, Holding, ResourceState
 from .turns import Pace
 
@@ -74,14 +75,25 @@ class LetGo(ClaimTable):
             and state.owned.get(owner.device) is claims
         )
 
-    def _unsafe(self, claims: Claims) -> Holding | None:
+    def _unsafe(self, claims: Claims, healthy: bool = True) -> Holding | None:
         """Held, whoever owns what: a node or mount of the device whose real path no container
-        may be handed (`config.handed`: the kubelet's or kdp-host's own directories, `/`)."""
+        may be handed (`config.handed`: the kubelet's or kdp-host's own directories, `/`,
+        a path where nothing is in kdp-host's view: `identity.UNSEEN`, found last). An
+        Unhealthy device (a node that vanished, for its grace period) is advertised so with
+        a path where nothing is: the kubelet allocates no Unhealthy device, and an Allocate
+        that hands one out is refused (`hand_out`, the same rule)."""
         problem, mounts = self.never_handed.problem, self._within.mounts
+        waiting: Holding | None = None
         for key, path, real in claims.all():
-            if key[0] != SYSFS and (why := problem(real, key, mounts)) is not None:
-                return Holding(UNSAFE_MOUNT, NOBODY, path, detail=f"its real path {real} {why}")
-        return None
+            if key[0] == SYSFS or (not healthy and unseen(key)):
+                continue
+            if (why := problem(real, key, mounts)) is None:
+                continue
+            found = Holding(UNSAFE_MOUNT, NOBODY, path, detail=f"its real path {real} {why}")
+            if why != UNSEEN:
+                return found
+            waiting = waiting or found
+        return waiting
 
     def _unsafe_first(
         self,
@@ -95,24 +107,34 @@ class LetGo(ClaimTable):
         own) whose paths no container may be handed, found before any device is admitted:
         each is held, its claims let go of first (`_let_go`), so no device of the list is
         held by one of them; except one whose advertised ID a safe one of the list has (the
-        ID is that one's). Returns them, and whether a claim was released."""
+        ID is that one's). A device held only for a path where nothing is (`UNSEEN`) lets go
+        of nothing (its claims linger as those of a device that left its list: they are
+        safe ones), and the directory of that path is followed: it is admitted again once
+        the path is there. Returns them, and whether a claim was released."""
         unsafe: dict[str, Holding] = {}
         for device_id, claim in claims.items():
             if pace.due():
                 yield
             if self._owner_checked(state, claim):
                 continue
-            if (why := self._unsafe(claim)) is not None:
+            device = state.reported.get(device_id)
+            if (why := self._unsafe(claim, device is None or device.healthy)) is not None:
                 unsafe[device_id] = why
         if not unsafe:
             return unsafe, False
+        waits = {d for d, why in unsafe.items() if why.detail.endswith(UNSEEN)}
+        for device_id in waits:
+            self._follow(
+                state.name, ClaimSet(tuple(c for c in claims[device_id].all() if unseen(c[0])))
+            )
         named = (lambda d: d) if ids is None else ids.__getitem__
         safe = {named(d) for d in claims if d not in unsafe}
         first = {d: named(d) for d in unsafe if named(d) not in safe}
         for device_id, advertised_id in first.items():
             holding[device_id] = unsafe[device_id]
             self._unadvertise(state, advertised_id)
-        return unsafe, (yield from self._let_go(state, set(first.values()), pace))
+        let_go = {a for d, a in first.items() if d not in waits}
+        return unsafe, (yield from self._let_go(state, let_go, pace))
 
     def _let_go(
         self, state: ResourceState, held: Collection[str], pace: Pace

@@ -1,21 +1,23 @@
-"""A place where nothing is yet (a mount source the runtime will create) is claimed where it
-will be: the real path of its longest existing prefix, then the rest (hostile4 H4). Spelled
-through a link to a directory above it, it was claimed by its text, so two resources each
-advertised "their" missing place and both pods got the directory the first container's
-runtime made."""
+"""A place where nothing is yet is claimed where it will be: the real path of its longest
+existing prefix, then the rest (hostile4 H4). Spelled through a link to a directory above it,
+it was claimed by its text, so two resources each advertised "their" missing place and both
+pods got the directory the first container's runtime made. Since hostile9 H5 no such place is
+handed out at all (what it reaches on the host is not known): a device mounting one waits,
+held, until it is there, then the two spellings are one directory."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
 from kdp_host.devices import Device, DeviceMount
-from kdp_host.ownership_claims import NOTHING, claim_of, reach
+from kdp_host.ownership_claims import NOTHING, Unresolvable, claim_of, reach
 
 from .conftest import wait_until
 from .fake_nodes import indexed
 from .kubelet_harness import RealKubelet
-from .test_hostile2_identity import held
 
 A = "h4.example/a"
 B = "h4.example/b"
@@ -41,26 +43,34 @@ def mounting(device_id: str, host_path: str) -> Device:
 
 
 async def test_a_missing_place_through_a_link_is_the_same_place(tmp_path: Path) -> None:
-    """H4 in the index: the second resource's device, whose missing mount source is the
-    first's through a link to its parent, is held, not advertised beside it."""
+    """H4 in the index: a missing mount source is advertised by neither resource (hostile9
+    H5: what it reaches on the host is not known) and no answer hands it out; once it is
+    there, the second resource's device, which mounts it through a link to its parent, is
+    held, not advertised beside the first."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "lnk").symlink_to(run)
     places = ((A, run / "m"), (B, run / "lnk" / "m"))
-    index, tables = await indexed({n: [mounting(f"{n[-1]}0", str(p))] for n, p in places})
+    devices = {n: [mounting(f"{n[-1]}0", str(p))] for n, p in places}
+    index, tables = await indexed(devices)
+    assert tables[A].snapshot.devices == tables[B].snapshot.devices == ()
+    spelled = str(run / "lnk" / "m")
+    with pytest.raises(Unresolvable, match="does not exist in kdp-host's view"):
+        await index.hand_out(A, ["a0"], [spelled])
+    (run / "m").mkdir()
+    index, tables = await indexed(devices)
     assert [d.id for d in tables[A].snapshot.devices] == ["a0"]
     assert tables[B].snapshot.devices == ()
     # what the answer hands out is that place, not the text through the link
-    spelled = str(run / "lnk" / "m")
     assert await index.hand_out(A, ["a0"], [spelled]) == {spelled: str(run / "m")}
 
 
 async def test_hostile4_h4_a_missing_mount_source_through_a_link_is_handed_out_once(
     real_kubelet_factory, short_dir: Path, start_host
 ) -> None:
-    """H4 through the real kubelet: two shell probes print the same missing mount source,
-    one through a link to its parent directory. Only one of them is advertised, so no two
-    pods get the directory the runtime will create there."""
+    """H4 through the real kubelet: two shell probes print the same mount source, one
+    through a link to its parent directory. While it is missing neither is advertised
+    (hostile9 H5); once it is there, only one of them is, so no two pods get it."""
     kubelet: RealKubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     run = short_dir / "run"
     run.mkdir()
@@ -81,14 +91,23 @@ async def test_hostile4_h4_a_missing_mount_source_through_a_link_is_handed_out_o
     def both_live(k: RealKubelet) -> bool:
         return all(k.resource(name) is not None for name in (A, B))
 
-    def one_healthy(k: RealKubelet) -> bool:
+    def healthy(k: RealKubelet) -> int:
         seen = [k.resource(name) for name in (A, B)]
-        return sum(s["healthy"] for s in seen if s is not None) == 1
+        return sum(s["healthy"] for s in seen if s is not None)
 
     await kubelet.await_for(both_live, what="both resources registered")
-    await wait_until(lambda: held(running, A) + held(running, B) >= 1, what="one held")
-    await kubelet.await_for(one_healthy, what="one of the two devices advertised")
+    await wait_until(lambda: unsafe(running, A) + unsafe(running, B) == 2, what="both held")
+    assert healthy(kubelet) == 0
+    (run / "m").mkdir()
+    await kubelet.await_for(lambda k: healthy(k) == 1, what="one of the two devices advertised")
     first, second = (A, B) if (kubelet.resource(A) or {}).get("healthy") == 1 else (B, A)
     assert (await kubelet.acall(kubelet.allocate, "pod1", {first: 1}))["error"] == ""
     refused = await kubelet.acall(kubelet.allocate, "pod2", {second: 1})
     assert refused["error"] != "", refused
+
+
+def unsafe(running: object, resource: str) -> float:
+    value = running.metrics.registry.get_sample_value(  # type: ignore[attr-defined]
+        "kdp_driver_skipped_total", {"resource": resource, "reason": "unsafe_mount"}
+    )
+    return value or 0.0

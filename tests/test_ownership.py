@@ -313,6 +313,7 @@ def test_devices_renamed_on_their_paths_are_not_resolved_again() -> None:
         host.publish(R1, *[dev(f"d{i}", f"/dev/n{i}") for i in range(50)])
         assert host.ids(R1) == sorted(f"d{i}" for i in range(50))
     # a renamed device that also moves to a new path resolves that path only
+    nodes.nodes["/dev/new"] = ("c", 999)  # (a path where nothing is is never advertised)
     host.publish(R1, *first[1:], dev("e0", "/dev/new"))
     assert calls == ["/dev/new"]
     assert "e0" in host.ids(R1) and "d0" not in host.ids(R1)
@@ -392,7 +393,7 @@ async def test_a_path_that_hangs_is_left_out_and_stalls_nothing() -> None:
     `read_timeout`) while the rest of its list and every other resource go on; the next
     list tries again without a second thread stuck on the same path, and once the path
     answers the device is advertised."""
-    nodes = FakeNodes({"/nfs/dead": ("path", "/nfs/dead"), "/dev/a": ("c", 1)})
+    nodes = FakeNodes({"/nfs/dead": ("c", 99), "/dev/a": ("c", 1)})
     nodes.nodes.update({"/dev/b": ("c", 2), "/dev/c": ("c", 3)})
     answer = threading.Event()
     calls: list[str] = []
@@ -472,7 +473,7 @@ async def test_a_dead_file_system_takes_a_bounded_number_of_workers() -> None:
             stuck.append(path)
             answer.wait(60)
             return None
-        return ("path", path), path
+        return ("c", sum(map(ord, path)) << 8 | len(path)), path  # (a node there)
 
     index = OwnershipIndex(Metrics(), resolve, offload=DaemonThreads(), timeout=0.05)
     table = DeviceTable()
@@ -868,7 +869,7 @@ def booked_ids(directory: Path) -> list[str]:
 async def test_a_booked_device_keeps_its_id_across_a_restart_that_renames_it(
     tmp_path: Path,
 ) -> None:
-    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/d": ("path", "/d")})
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2), "/d": ("f", 77)})
     first, _ = restarted(tmp_path, nodes)
     first.publish(R1, dev("old-a", "/dev/a"), dev("old-b", "/dev/b", mounts=("/d",)))
     assert not (tmp_path / OWNERSHIP_FILE).exists(), "nothing booked: nothing to write"

@@ -56,10 +56,11 @@ def test_a_hard_link_is_the_same_file_across_resources_and_check_says_so(
 def test_a_mount_through_a_hard_link_clashes_with_the_file(tmp_path: Path) -> None:
     """A probe's mount source that is a hard link to another device's file is that file."""
     (tmp_path / "f").touch()
+    (tmp_path / "node").touch()
     os.link(tmp_path / "f", tmp_path / "g")
     host = Host()
     host.publish(R1, node(f"{tmp_path}/f"))
-    host.publish(R2, dev("m0", f"{tmp_path}/missing-node", mounts=(f"{tmp_path}/g",)))
+    host.publish(R2, dev("m0", f"{tmp_path}/node", mounts=(f"{tmp_path}/g",)))
     assert host.ids(R2) == [] and host.held(R2) == 1
 
 
@@ -68,6 +69,8 @@ def test_a_directory_renamed_or_bind_reached_keeps_its_claim_and_its_containment
 ) -> None:
     (tmp_path / "dri").mkdir()
     (tmp_path / "dri" / "card0").touch()
+    (tmp_path / "x").touch()
+    (tmp_path / "y").touch()
     host = Host()
     host.publish(R1, dev("all", f"{tmp_path}/x", mounts=(f"{tmp_path}/dri",)))
     [claim] = [

@@ -226,6 +226,7 @@ async def test_real_host_against_the_grpcio_kubelet(
     dev.mkdir()
     for name in ("fpga0", "fpga1"):
         (dev / name).touch()
+    (short_dir / "x").mkdir()  # (a mount source kdp-host cannot see is never handed out)
     api = load_official_api(short_dir / "api")
     kubelet = InteropKubelet(socket_dir, api, dial_timeout=5)
     await kubelet.start()
@@ -238,7 +239,7 @@ resources:
     allocate:
       env: {{IDS: "{{ids}}", COUNT: "{{count}}"}}
       annotations: {{a.io/p: "{{paths}}"}}
-      mounts: [{{hostPath: /opt/x, containerPath: /x}}]
+      mounts: [{{hostPath: {short_dir}/x, containerPath: /x}}]
       cdi: {{kind: vendor.example/fpga, alsoDeviceSpecs: true, specDir: "{short_dir}/cdi"}}
 """
         await start_host(text)
@@ -261,7 +262,7 @@ resources:
         assert dict(container.envs) == {"IDS": "fpga0,fpga1", "COUNT": "2"}
         assert dict(container.annotations) == {"a.io/p": f"{dev}/fpga0,{dev}/fpga1"}
         assert [(m.host_path, m.container_path, m.read_only) for m in container.mounts] == [
-            ("/opt/x", "/x", True)
+            (f"{short_dir}/x", "/x", True)
         ]
         assert [d.host_path for d in container.devices] == [f"{dev}/fpga0", f"{dev}/fpga1"]
         assert [c.name for c in container.cdi_devices] == [

@@ -14,7 +14,12 @@ import hashlib
 from pathlib import Path
 
 from .declare import read_section
-from .handed import UNSAFE_MOUNT, NeverHanded, handed_path_problems, never_handed
+from .handed import (
+    UNSAFE_MOUNT,
+    NeverHanded,
+    handed_path_problems,
+    never_handed,
+)
 from .kinds import Reader
 from .model import (
     ALLOCATE_TEMPLATE_FIELDS,

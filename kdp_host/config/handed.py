@@ -30,7 +30,13 @@ What a path is, not how it is spelled, decides (`NeverHanded.problem`):
   file or of any file directly in a protected directory (`kubelet.sock`, a state file, an
   owner file), read again whenever such a directory changes (its mtime);
 - a path that cannot be resolved or stat'ed (`identity.Uncheckable`: a `/proc/<pid>/root`
-  magic link kdp-host may not read) is refused: what it reaches is not known.
+  magic link kdp-host may not read) is refused: what it reaches is not known;
+- so is a path where nothing is in kdp-host's view (`identity.UNSEEN`, hostile9 H5): in a
+  container kdp-host sees only its volumes, and the host's runtime resolves the path on the
+  host (where it may be a link to `/` or the kubelet's root, or `/data/kubelet/pods` of the
+  "kubelet on the data disk" layout), creating a missing mount source. A config's
+  `allocate.mounts` source may be missing (the host may make it later: `check` warns), its
+  Allocates are refused while it is.
 
 The rule is applied where the config is loaded, to every path the config itself hands out
 (`handed_path_problems`: `allocate.mounts` sources, glob paths and group members without a
@@ -47,7 +53,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from ..identity import DIRECTORY, FILE, Identity, Uncheckable, identity_of, real_path
+from ..identity import (
+    DIRECTORY,
+    FILE,
+    NOTHING,
+    UNSEEN,
+    Identity,
+    Uncheckable,
+    identity_of,
+    real_path,
+    unseen,
+)
 from ..mount_table import MountMap, read_mounts
 from ..rules import GLOB_MAGIC, path_inside
 from .model import GROUP_KEY, Config, GlobDriverConfig, Problems
@@ -144,7 +160,8 @@ class NeverHanded:
         *,
         fresh: bool = False,
     ) -> str | None:
-        """Why the real path `real` (reaching `key`, where known) may not be handed to a
+        """Why the real path `real` (reaching `key`, where known; a claim of a path where
+        nothing is, `identity.NOTHING`, is refused: `identity.UNSEEN`) may not be handed to a
         container, or None. Cheap where nothing is mounted twice and `key` is a device
         node or on no protected place's file system (it runs for every node and mount of
         every device admitted): a place is compared only when one of the two paths starts
@@ -166,19 +183,25 @@ class NeverHanded:
                 else:
                     continue
                 return f"{how} {what}, which no container may be handed"
+        if unseen(key):
+            return UNSEEN  # (hostile9 H5: what it reaches on the host is not known)
         if key is not None and key[0] in (DIRECTORY, FILE):
             return self._identity_problem(key, fresh)
         return None
 
-    def path_problem(self, path: str, mounts: MountMap | None = None) -> str | None:
+    def path_problem(
+        self, path: str, mounts: MountMap | None = None, *, later: bool = False
+    ) -> str | None:
         """`problem` for a host path as written: resolved and stat'ed here (I/O); a path that
-        cannot be (`identity.Uncheckable`) is refused."""
+        cannot be (`identity.Uncheckable`) is refused, as is one where nothing is
+        (`identity.UNSEEN`) unless `later` (a config's mount source the host may make
+        later: judged by its place only, and refused at each Allocate while missing)."""
         try:
             real = real_path(path)
             try:
                 key: Identity | None = identity_of(os.stat(path))
             except FileNotFoundError:
-                key = None
+                key = None if later else (NOTHING, real)
             except OSError as exc:
                 raise Uncheckable(path, exc) from None
         except Uncheckable as exc:
@@ -353,5 +376,5 @@ def _problem(rule: NeverHanded, mounts: MountMap, key: FieldPath, what: str, pat
         except Uncheckable as exc:
             yield key, f"{what} {os.path.normpath(path)}: {exc}: what it matches is not known"
         return
-    if why := rule.path_problem(path, mounts):
+    if why := rule.path_problem(path, mounts, later=True):
         yield key, f"{what} {os.path.normpath(path)} {why}"

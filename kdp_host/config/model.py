@@ -632,7 +632,10 @@ class MountConfig:
         "Absolute path on the host. Not `/`, nor in or holding the kubelet's directories, "
         "`stateDir`, the config file or a directory kdp-host writes a file in (CDI spec, "
         "node features), by identity: a hard link or bind mount of one is one too (see "
-        "[Paths no container is handed](#paths-no-container-is-handed)).",
+        "[Paths no container is handed](#paths-no-container-is-handed)). It must exist where "
+        "kdp-host sees it when an Allocate hands it out (in the chart: mounted into "
+        "kdp-host's container, `hostMounts.extra`): while it is missing every Allocate of the "
+        "resource is refused (`check` warns).",
     )
     container_path: str = key(
         "containerPath",

@@ -33,6 +33,9 @@ from .scanning import ScanLoop
 from .sysfs_advertised import Advertising
 from .sysfs_match import matches
 
+HOST_DEV = "/dev"
+"""Where the kernel puts every node on the host (`NodeInfo.host_path`)."""
+
 FULL_RESCAN_EVERY = 10
 """A safety-net rescan is skipped while no watched node directory changed, but at least
 every this many intervals one runs (a device without nodes changes nothing in /dev)."""
@@ -137,6 +140,14 @@ class SysfsScanner:
         root = self._reader.dev_root + os.sep
         return [path[len(root) :] for path in changed if path.startswith(root)]
 
+    def _seen(self, host_path: str) -> str | None:
+        """Where kdp-host sees a node of the host's /dev (`DeviceNode.seen_path`): below
+        `devRoot` where that is not `/dev` (hostile9 L1: claimed as the node found there)."""
+        root = self._reader.dev_root
+        if root == HOST_DEV:
+            return None
+        return os.path.join(root, os.path.relpath(host_path, HOST_DEV))
+
     def _device(self, found: SysfsDevice, device_id: str) -> Device:
         config = self._config
         nodes = select_nodes(config.nodes, found.nodes)
@@ -148,7 +159,10 @@ class SysfsScanner:
             nodes=tuple(
                 # /dev/vfio/vfio (the container node) goes with every vfio device: shared.
                 DeviceNode(
-                    node.host_path, node.host_path, shared=node.devname == VFIO_CONTAINER_NODE
+                    node.host_path,
+                    node.host_path,
+                    shared=node.devname == VFIO_CONTAINER_NODE,
+                    seen_path=self._seen(node.host_path),
                 )
                 for node in nodes
             ),

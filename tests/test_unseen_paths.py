@@ -1,0 +1,147 @@
+"""A host path where nothing is in kdp-host's view is never handed out (hostile9 H5).
+
+In the chart kdp-host runs in a container that sees only its volumes. A mount source it cannot
+see was taken "by its place" and handed out, but the host's runtime resolves it on the host,
+where it may be anything (the kubelet's `pods` directory through the "kubelet on the data
+disk" layout, a link to `/`), and creates a missing source: nothing failed. So a device with
+such a node or mount is not advertised (`unsafe_mount`), an Allocate answer with one is
+refused, and `kdp-host check` warns of a config's mount source that is missing (the host may
+make it later: the config stays valid)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host.cli import main
+from kdp_host.config import load_config, never_handed
+from kdp_host.devices import Device, DeviceMount
+from kdp_host.ownership_claims import Unresolvable
+from kdp_host.simulator import KubeletSimulator
+from kdp_host.simulator.records import SimulatorAllocationError
+
+from .conftest import wait_until
+from .fake_nodes import indexed
+
+PROBE = "vendor.example/probe"
+FPGA = "vendor.example/fpga"
+UNSEEN = "does not exist in kdp-host's view"
+HINT = "mount it into kdp-host's container: chart hostMounts.extra"
+
+
+def _head(dirs: Path) -> str:
+    return (
+        f"kubelet: {{socketDir: {dirs}/dp, podResourcesSocket: {dirs}/pr/kubelet.sock}}\n"
+        f"stateDir: {dirs}/state\nresources:\n"
+    )
+
+
+@pytest.fixture
+def dirs(short_dir: Path) -> Path:
+    for name in ("dp", "pr", "state", "dev", "data"):
+        (short_dir / name).mkdir()
+    (short_dir / "dev" / "fpga0").touch()
+    return short_dir
+
+
+def _counter(running: Any, name: str, **labels: str) -> float:
+    value = running.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
+
+def test_the_rule_refuses_a_path_where_nothing_is(dirs: Path) -> None:
+    """The one rule (`NeverHanded`): a path where nothing is is refused, with what to do; a
+    config's mount source is judged by its place only (`later`: the host may make it)."""
+    config = dirs / "kdp.yaml"
+    config.write_text(_head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/f*']}}\n")
+    rule = never_handed(load_config(config), str(config))
+    missing = f"{dirs}/data/kubelet/pods"
+    why = rule.path_problem(missing)
+    assert why is not None and UNSEEN in why and HINT in why, why
+    assert rule.path_problem(missing, later=True) is None
+    assert rule.path_problem(f"{dirs}/data") is None
+    (dirs / "data" / "lnk").symlink_to(dirs / "data" / "gone")  # (a dangling link: the same)
+    assert UNSEEN in (rule.path_problem(f"{dirs}/data/lnk") or "")
+
+
+async def test_a_device_mounting_a_missing_source_is_not_advertised_nor_handed_out(
+    dirs: Path,
+) -> None:
+    """In the index: a device whose mount source is missing is held; an answer handing a
+    missing path out is refused."""
+    missing = str(dirs / "data" / "pods")
+    device = Device("v0", mounts=(DeviceMount(missing, "/pods"),))
+    index, tables = await indexed({PROBE: [device], FPGA: [Device("f0", path=f"{dirs}/dev/fpga0")]})
+    assert tables[PROBE].snapshot.devices == ()
+    with pytest.raises(Unresolvable, match=UNSEEN):
+        await index.hand_out(FPGA, ["f0"], [f"{dirs}/dev/fpga0", missing])
+
+
+async def test_hostile9_h5_a_mount_source_kdp_host_cannot_see_is_never_handed_out(
+    dirs: Path, start_host: Any
+) -> None:
+    """Through the host: a probe's device mounting a missing source is left out (counted
+    `unsafe_mount`) until the source is there; an `allocate.mounts` source that is missing
+    refuses the Allocate (`invalid`) with what to do, and is handed out once it is there."""
+    probe_source, mount_source = dirs / "data" / "pods", dirs / "data" / "fw"
+    listed = [{"id": "v0", "mounts": [{"hostPath": str(probe_source), "containerPath": "/p"}]}]
+    (dirs / "p.json").write_text(json.dumps(listed))
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(
+            _head(dirs) + f"  - name: {PROBE}\n"
+            f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
+            f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
+            f"    allocate: {{mounts: [{{hostPath: {mount_source}, containerPath: /fw}}]}}\n"
+        )
+        await wait_until(
+            lambda: (
+                _counter(running, "kdp_driver_skipped_total", resource=PROBE, reason="unsafe_mount")
+                == 1
+            ),
+            what="the probe's device left out",
+        )
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
+        assert sim.allocatable(PROBE) == 0
+        with pytest.raises(SimulatorAllocationError, match=UNSEEN):
+            await sim.allocate(FPGA, 1)
+        assert _counter(running, "kdp_allocations_total", resource=FPGA, result="invalid") == 1
+        # once the host made them (here: kdp-host sees them), both are handed out
+        probe_source.mkdir()
+        mount_source.mkdir()
+        response = await sim.allocate(FPGA, 1)
+        assert response is not None
+        assert [m.host_path for m in response.mounts] == [str(mount_source)]
+        await sim.wait_for(lambda: sim.allocatable(PROBE) == 1, timeout=30.0)
+        response = await sim.allocate(PROBE, 1)
+        assert response is not None
+        assert [m.host_path for m in response.mounts] == [str(probe_source)]
+
+
+def test_kdp_host_check_warns_of_a_missing_mount_source_with_its_line(
+    dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check`: the config is valid (exit 0), with a warning naming the key and its line;
+    a probe's device mounting a missing source would not be advertised."""
+    (dirs / "p.json").write_text(
+        json.dumps(
+            [{"id": "v0", "mounts": [{"hostPath": f"{dirs}/data/x", "containerPath": "/x"}]}]
+        )
+    )
+    config = dirs / "kdp.yaml"
+    config.write_text(
+        _head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
+        f"    allocate: {{mounts: [{{hostPath: {dirs}/data/fw, containerPath: /fw}}]}}\n"
+        f"  - name: {PROBE}\n"
+        f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"warning: line 6: resources[0].allocate.mounts[0].hostPath: {dirs}/data/fw {UNSEEN}"
+    ) in err, err
+    assert f"every Allocate of {FPGA} is refused while it is missing" in err
+    assert f"warning: {PROBE}: device v0 would not be advertised (unsafe_mount)" in err
+    assert f"{dirs}/data/x" in err

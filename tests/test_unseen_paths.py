@@ -11,6 +11,7 @@ make it later: the config stays valid)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from kdp_host.simulator.records import SimulatorAllocationError
 
 from .conftest import wait_until
 from .fake_nodes import indexed
+from .fake_sysfs import FTDI, FakeSysfs
 
 PROBE = "vendor.example/probe"
 FPGA = "vendor.example/fpga"
@@ -145,3 +147,39 @@ def test_kdp_host_check_warns_of_a_missing_mount_source_with_its_line(
     assert f"every Allocate of {FPGA} is refused while it is missing" in err
     assert f"warning: {PROBE}: device v0 would not be advertised (unsafe_mount)" in err
     assert f"{dirs}/data/x" in err
+
+
+async def test_hostile9_l1_a_sysfs_node_is_claimed_where_kdp_host_sees_it(
+    dirs: Path, start_host: Any
+) -> None:
+    """With a `devRoot` other than /dev, a sysfs device's node is claimed as the node found
+    there (it was claimed at kdp-host's own /dev/<name>, where nothing is): a glob resource
+    listing the same node another way clashes with it, so only one of the two is
+    advertised; the sysfs device's DeviceSpec keeps the host's spelling, /dev/<name>."""
+    fake = FakeSysfs(dirs / "host")
+    fake.usb_serial_adapter(fake.usb_controller(), "1-1", devnum=2, serial="A10K4V2F")
+    [node] = [p for p in fake.dev.rglob("ttyUSB*") if p.is_file()]
+    (dirs / "gdev").mkdir()
+    os.link(node, dirs / "gdev" / "g0")  # (the same node, as a second node of its number)
+    serial = "vendor.example/serial"
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(
+            _head(dirs) + f"  - name: {serial}\n    sysfs:\n"
+            f"      sysfsRoot: {fake.sys}\n      devRoot: {fake.dev}\n"
+            f'      usb: [{{vendor: "{FTDI[0]}", product: "{FTDI[1]}"}}]\n'
+            f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/gdev/*']}}\n"
+        )
+
+        def held() -> float:
+            return sum(
+                _counter(running, "kdp_driver_skipped_total", resource=r, reason="node_owned")
+                for r in (serial, FPGA)
+            )
+
+        await sim.wait_for(lambda: sim.allocatable(serial) + sim.allocatable(FPGA) >= 1)
+        await wait_until(lambda: held() == 1, what="the other one held")
+        assert sim.allocatable(serial) + sim.allocatable(FPGA) == 1
+        if sim.allocatable(serial) == 1:
+            response = await sim.allocate(serial, 1)
+            assert response is not None
+            assert [d.host_path for d in response.devices] == [f"/dev/{node.name}"]

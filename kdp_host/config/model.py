@@ -555,7 +555,8 @@ class SysfsDriverConfig:
     dev_root: str = key(
         "devRoot",
         AbsolutePath(),
-        "Where kdp-host sees the host's /dev (DeviceSpecs always name the host's /dev).",
+        "Where kdp-host sees the host's /dev: a node is claimed and checked as found there, "
+        "and DeviceSpecs always name the host's /dev.",
         default="/dev",
     )
     grace_period: float = key(

@@ -11,6 +11,7 @@ from collections.abc import Collection, Iterator, Mapping
 
 from .config import UNSAFE_MOUNT
 from .devices import Device
+from .identity import UNSEEN
 from .metrics import Metrics
 from .ownership_adopt import what_releases
 from .ownership_table import Holding, ResourceState
@@ -86,7 +87,9 @@ def _fields(
             "reason": why.reason,
             "path": why.path,
             "error": why.detail,
-            "action": "not advertised while it reaches there",
+            "action": "not advertised until kdp-host sees it there"
+            if why.detail.endswith(UNSEEN)
+            else "not advertised while it reaches there",
         }
     owner = why.owner
     owner_state = resources.get(owner.resource)

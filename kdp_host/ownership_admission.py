@@ -19,6 +19,7 @@ from collections.abc import Collection, Generator, Iterable, Mapping
 
 from .device_changes import changed_among, changed_between
 from .devices import Device
+from .identity import unseen
 from .metrics import Metrics
 from .ownership_bookings import NUMBER_UNKNOWN, PLACE_BOOKED
 from .ownership_claims import (
@@ -115,7 +116,7 @@ class Admission(RenameAdmission):
             if pace.due():
                 yield
             key = places(device)
-            known = fresh.get(key) or (None if device_id in stale else cache.get(key))
+            known = fresh.get(key) or (None if device_id in stale else cached_claims(cache, device))
             if known is None:
                 known = device_claims(device, self._lookup)
             claims[device_id] = fresh[key] = known
@@ -285,7 +286,7 @@ class Admission(RenameAdmission):
                 yield
             device = devices[device_id]
             key = places(device)
-            claims = None if device_id in stale else cache.get(key)  # (renamed: known)
+            claims = None if device_id in stale else cached_claims(cache, device)  # (renamed)
             old = before.get(device_id)
             if not examined and old is None and self._rename_of(state, devices, claims):
                 if released:  # (the first device examined would break off below)
@@ -382,3 +383,14 @@ def _taken_over(
                 if name in named and named[name] != device_id:
                     return True
     return False
+
+
+def cached_claims(cache: Mapping[Places, Claims], device: Device) -> Claims | None:
+    """The claims the cache keeps for `device`'s places, unless they claim a path where
+    nothing was (`identity.NOTHING`) and the device is healthy: those are resolved again (a
+    node made since, while no listed device named it, sends no event the index follows; a
+    healthy device with such a claim is held: `identity.UNSEEN`)."""
+    claims = cache.get(places(device))
+    if claims is None or not device.healthy:
+        return claims
+    return None if any(unseen(claim[0]) for claim in claims.all()) else claims

@@ -20,7 +20,7 @@ from .device_changes import changed_among
 from .files import Offload
 from .identity import UNRESOLVABLE
 from .metrics import Metrics
-from .ownership_admission import Admission
+from .ownership_admission import Admission, cached_claims
 from .ownership_batches import HUNG, PathResolver, Resolution, batch_reach
 from .ownership_claims import (
     ClaimKey,
@@ -28,7 +28,6 @@ from .ownership_claims import (
     Resolver,
     ancestors,
     claimed_paths,
-    places,
     still_reaches,
 )
 from .ownership_table import ResourceState
@@ -165,7 +164,13 @@ class Resolving(Admission):
             device = devices.get(device_id)
             if device is None or (before.get(device_id) is device and device_id not in stale):
                 continue
-            if device_id in stale or places(device) not in cache:
+            if device_id in stale or cached_claims(cache, device) is None:
+                needs[device_id] = claimed_paths(device)
+        for device_id in list(state.held):  # (one waiting for a path: resolved off the loop)
+            if pace.due():
+                yield
+            device = devices.get(device_id)
+            if device and device_id not in needs and cached_claims(cache, device) is None:
                 needs[device_id] = claimed_paths(device)
         state.needs = needs
         state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}

@@ -249,3 +249,19 @@ def test_a_scan_builds_no_device_node_for_a_device_at_its_path(
     device = result.devices["dev007"]
     assert device == devices.Device("dev007", nodes=(devices.DeviceNode(path, path),), path=path)
     assert device.nodes == (devices.DeviceNode(path, path),)
+
+
+def test_a_link_to_a_directory_dangles_once_the_directory_goes(tmp_path: Path) -> None:
+    """`dev/a0 -> dev/b0`, a directory (a link to a directory is nothing), then `dev/b0`
+    removed, only it named: `dev/a0` dangles now (the scan kept the link's answer, nothing,
+    while the link itself was not named)."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    scan = GlobScan(GlobDriverConfig(paths=(f"{dev}/*",)), FileReader())
+    scan.scan(Listed(), DirWatch(), None)
+    (dev / "b0").mkdir()
+    (dev / "a0").symlink_to(dev / "b0")
+    scan.scan(Listed(), DirWatch(), frozenset({str(dev / "b0"), str(dev / "a0")}))
+    (dev / "b0").rmdir()
+    result = scan.scan(Listed(), DirWatch(), frozenset({str(dev / "b0")}))
+    assert [(s.reason, s.subject) for s in result.skipped] == [("dangling_link", str(dev / "a0"))]

@@ -73,7 +73,8 @@ path is its own real path, the common case: one object less per path), skipped, 
 
 def look_at(matched: str, real_dirs: dict[str, str]) -> tuple[Looked, str | None, bool]:
     """What a matched path is (for `MatchCache.lookup`): a device, skipped (a bad name stays
-    bad; a dangling link may not), or nothing (a directory, gone)."""
+    bad; a dangling link may not), or nothing (a directory, gone; kept unless a link to a
+    directory)."""
     if why := name_problem(matched):
         return Skipped("bad_name", printable_path(matched), why), None, True
     found = examine(matched, real_dirs)
@@ -81,7 +82,8 @@ def look_at(matched: str, real_dirs: dict[str, str]) -> tuple[Looked, str | None
         if found.real_path == matched and found.link_dir is None:
             return found.identity, matched, True
         return found, found.real_path, True
-    return found, None, found is None
+    # (a link to a directory is not kept: it dangles once the directory goes, unnamed)
+    return found, None, found is None and not os.path.islink(matched)
 
 
 class GlobScan:

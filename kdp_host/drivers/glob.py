@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING
 
 from .. import rules
 from ..config import GlobDriverConfig, render_template
+from ..device_changes import Derived
 from ..devices import Device, DeviceNode
 from ..files import FileReader
 from ..identity import PathReach
 from .base import DriverDeps, Skipped
-from .glob_cache import MatchCache
+from .glob_cache import MatchCache, leaf_pattern
+from .glob_delta import Delta
 from .glob_paths import (
     DeviceIdentity,
     DeviceIds,
@@ -86,6 +88,13 @@ def look_at(matched: str, real_dirs: dict[str, str]) -> tuple[Looked, str | None
     return found, None, found is None and not os.path.islink(matched)
 
 
+def leaf_patterns(config: GlobDriverConfig) -> tuple[tuple[str, str], ...] | None:
+    """Each pattern's (directory, leaf) when every pattern's wildcards are in its last
+    component (a scan told what changed may then be a `Delta`'s), else None."""
+    leaves = [leaf_pattern(pattern) for pattern in config.paths]
+    return None if None in leaves else tuple(leaf for leaf in leaves if leaf is not None)
+
+
 class GlobScan:
     """The glob driver's scan: every matched path that reaches a device, once per device."""
 
@@ -103,11 +112,55 @@ class GlobScan:
         self._held: dict[DeviceIdentity, Device] = {}
         """Each device of the last scan (its ID and host path), by identity."""
         self._cache: MatchCache[Looked] = MatchCache(config.paths)
+        self._leaves = leaf_patterns(config)
+        """Each pattern's (directory, leaf), when a scan told what changed can be a `Delta`."""
+        self._delta: Delta | None = None
+        """The last answer, for a scan told what changed (None: not of that kind)."""
+        self._cache_behind = False
+        """Whether scans by `_delta` ran since the cache learnt (its next scan looks at all)."""
 
     def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
+        delta = self._delta
+        self._delta = None  # (kept again below if it answers: a scan that raises drops it)
+        if delta is not None and changed is not None:
+            unreadable: set[str] = set()
+            for pattern in self.config.paths:
+                watch_pattern(pattern, dirs, self._dir_readable, unreadable)
+            counted = dirs.guard.matched
+            if not unreadable:  # (else the full look notes it)
+                real_dirs: dict[str, str] = {}
+                change = delta.scan(
+                    changed,
+                    dirs.guard,
+                    lambda path: look_at(path, real_dirs)[0],
+                    self._ids,
+                    lambda device_id, matched, host_path: self._device(
+                        device_id, matched, host_path, listed.devices, {}
+                    ),
+                    listed.devices,
+                )
+                if change is not None:
+                    self._delta, self._cache_behind = delta, True
+                    self._held = delta.held
+                    return ScanResult(
+                        change.devices,
+                        change.skipped,
+                        notices=scan_notices(bool(change.devices), self.config.paths, set()),
+                        reached=change.reached,
+                    )
+            dirs.guard.matched = counted  # (the full look counts its paths again)
+        if self._cache_behind:
+            changed, self._cache_behind = None, False
+        return self._scan(listed, dirs, changed)
+
+    def _scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         config = self.config
         cache = self._cache
         cache.begin(changed)
+        leaves = self._leaves
+        matches: list[list[str]] = []
+        simple = True
+        """Every matched path its own real path (no link: see `Delta`)."""
         skipped: dict[str, Skipped] = {}
         unreadable: set[str] = set()
         real_dirs: dict[str, str] = {}
@@ -117,17 +170,23 @@ class GlobScan:
         by_identity: dict[DeviceIdentity, list[tuple[str, str]]] = {}
         for index, pattern in enumerate(config.paths):
             watch_pattern(pattern, dirs, self._dir_readable, unreadable)
-            for matched in cache.matched(index, dirs.guard):
+            pattern_matches = cache.matched(index, dirs.guard)
+            matches.append(pattern_matches)
+            for matched in pattern_matches:
                 if matched in seen_paths:
                     continue
                 seen_paths.add(matched)
                 found = cache.lookup(matched, matched, partial(look_at, matched, real_dirs))
                 if found is None:
+                    # (a link to a directory: what it leads to decides; a `Delta` cannot say)
+                    simple = simple and not os.path.islink(matched)
                     continue
                 if isinstance(found, Skipped):
                     skipped[matched] = found
+                    simple = simple and found.reason == "bad_name"  # (else a link's)
                     continue
                 if isinstance(found, Found):
+                    simple = False
                     if found.link_dir is not None:
                         dirs.watch(found.link_dir)
                     identity, real = found.identity, found.real_path
@@ -135,7 +194,7 @@ class GlobScan:
                     identity, real = found, matched  # (its own real path)
                 by_identity.setdefault(identity, []).append((matched, real))
         assigned, collided = assign_ids(by_identity, self._held, self._ids)
-        devices: dict[str, Device] = {}
+        devices: dict[str, Device] = Derived(None, (), {})  # (a base for the next: `Delta`)
         held: dict[DeviceIdentity, Device] = {}
         reached: dict[str, PathReach] = {}
         for identity, paths in by_identity.items():
@@ -161,6 +220,14 @@ class GlobScan:
         # Read by the next scan only (scans never overlap: the loop runs one at a time).
         self._held = held
         cache.end()
+        if leaves and simple and not collided and config.numa_node_file is None:
+            groups = {
+                identity: [matched for matched, _real in paths]
+                for identity, paths in by_identity.items()
+                if len(paths) > 1
+            }
+            counts = [len(m) for m in matches]
+            self._delta = Delta(config.paths, leaves, cache, counts, held, groups, devices, skipped)
         return ScanResult(
             devices,
             tuple(skipped.values()),

@@ -17,7 +17,7 @@ from .scanner import ScanGuard
 T = TypeVar("T")
 
 
-def _leaf_pattern(pattern: str) -> tuple[str, str] | None:
+def leaf_pattern(pattern: str) -> tuple[str, str] | None:
     """(directory, leaf) of a pattern whose only wildcards are in its last component, the
     case a change named by the watcher can be applied to directly; else None."""
     directory, leaf = os.path.split(pattern)
@@ -26,7 +26,7 @@ def _leaf_pattern(pattern: str) -> tuple[str, str] | None:
     return directory, leaf
 
 
-def _leaf_matches(leaf: str, name: str) -> bool:
+def leaf_matches(leaf: str, name: str) -> bool:
     """What glob.glob lists in a directory: names matching `leaf`, hidden ones only when
     `leaf` starts with a dot."""
     if name.startswith(".") and not leaf.startswith("."):
@@ -117,7 +117,7 @@ class MatchCache(Generic[T]):
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self._patterns = tuple(patterns)
-        self._leaves = tuple(_leaf_pattern(p) for p in self._patterns)
+        self._leaves = tuple(leaf_pattern(p) for p in self._patterns)
         self._listed: list[list[str] | None] = [None] * len(self._patterns)
         self._kept: dict[Hashable, T | _Kept[T]] = {}
         self._seen: dict[Hashable, T | _Kept[T]] = {}
@@ -157,7 +157,7 @@ class MatchCache(Generic[T]):
                 path
                 for path in changed
                 if os.path.dirname(path) == directory
-                and _leaf_matches(name_pattern, os.path.basename(path))
+                and leaf_matches(name_pattern, os.path.basename(path))
             ]
             if named:
                 paths = set(listed)
@@ -198,6 +198,26 @@ class MatchCache(Generic[T]):
                 links = links_on_the_way(path, dirs=self._dirs)
                 self._seen[key] = _Kept(value, real_path, links)
         return value
+
+    def kept(self, key: Hashable) -> T | None:
+        """The answer the last scan kept for `key` (None: none, or nothing there)."""
+        kept = self._kept.get(key)
+        return kept.value if isinstance(kept, _Kept) else kept
+
+    def was_matched(self, key: Hashable) -> bool:
+        """Whether the last scan kept an answer for `key` (a path it matched)."""
+        return key in self._kept
+
+    def learn(self, key: Hashable, value: T | None, present: bool, *, own: bool) -> None:
+        """Keep `value` for `key` (a path that is its own real path with `own`), or forget
+        it when nothing is there, as a scan would have; the listings are not changed (the
+        next scan must not be told what changed: `begin(None)`)."""
+        if not present:
+            self._kept.pop(key, None)
+        elif own:
+            self._kept[key] = value  # type: ignore[assignment]
+        else:
+            self._kept[key] = _Kept(value, None, ())  # type: ignore[arg-type]
 
     def _touched(self, path: str) -> bool:
         changed = self._changed

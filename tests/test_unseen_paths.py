@@ -183,3 +183,32 @@ async def test_hostile9_l1_a_sysfs_node_is_claimed_where_kdp_host_sees_it(
             response = await sim.allocate(serial, 1)
             assert response is not None
             assert [d.host_path for d in response.devices] == [f"/dev/{node.name}"]
+
+
+async def test_a_mount_source_that_goes_holds_its_device_until_it_is_back(
+    dirs: Path, start_host: Any
+) -> None:
+    """A probe's device advertised with its mount source; the source is removed (the probe
+    still lists it): the device is held, as it would be at the start; made again, it is
+    advertised again."""
+    source = dirs / "data" / "fw"
+    source.mkdir()
+    listed = [{"id": "v0", "mounts": [{"hostPath": str(source), "containerPath": "/fw"}]}]
+    (dirs / "p.json").write_text(json.dumps(listed))
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(
+            _head(dirs) + f"  - name: {PROBE}\n"
+            f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
+        )
+        await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
+        source.rmdir()
+        await sim.wait_for(lambda: sim.allocatable(PROBE) == 0, timeout=30.0)
+        assert (
+            _counter(running, "kdp_driver_skipped_total", resource=PROBE, reason="unsafe_mount")
+            == 1
+        )
+        source.mkdir()
+        await sim.wait_for(lambda: sim.allocatable(PROBE) == 1, timeout=30.0)
+        response = await sim.allocate(PROBE, 1)
+        assert response is not None
+        assert [m.host_path for m in response.mounts] == [str(source)]

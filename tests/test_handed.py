@@ -117,6 +117,19 @@ def test_the_rule_names_what_it_protects(dirs: Path) -> None:
     assert rule.problem(f"{dirs}/stateX") is None  # (a sibling whose name starts the same)
 
 
+def test_a_link_into_proc_is_refused(dirs: Path) -> None:
+    """hostile10 L2: a glob link to /proc/self/environ resolved to kdp-host's own
+    environment (/proc/<pid>/environ) and was handed out; /proc/sys too."""
+    (dirs / "opt" / "env").symlink_to("/proc/self/environ")
+    (dirs / "opt" / "sysctl").symlink_to("/proc/sys/kernel")
+    problems = _problems(dirs, _mounts(dirs, dirs / "opt" / "env", dirs / "opt" / "sysctl"))
+    assert len(problems) == 2
+    assert all("lies in /proc (the host's processes and kernel settings)" in p for p in problems)
+    rule = never_handed(_load(dirs, _mounts(dirs, "/dev/null")), str(dirs / "kdp.yaml"))
+    assert rule.problem("/proc") is not None and rule.problem("/process") is None
+    assert rule.path_problem(str(dirs / "opt" / "env")) is not None
+
+
 def test_kdp_host_check_names_a_probe_device_a_run_would_leave_out(
     dirs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,6 +11,9 @@ node labels; a pod given the kubelet's `pods` directory reads every pod's secret
 given `/` has all of them. So no device node or mount source may be, lie inside or hold:
 
 - `/` itself (a path inside it, `/dev/fpga0`, is of course fine);
+- `/proc` (`PROC`): the host's processes (a glob link to `/proc/self/environ` resolves to
+  kdp-host's own environment, and in a container `/proc/<pid>` names another process of the
+  host) and kernel settings (`/proc/sys`), never a device;
 - the kubelet's `socketDir`, `pluginsRegistryDir`, the directory of its PodResources socket
   and, where `socketDir` is `<root>/device-plugins` (the kubelet's layout, whatever its
   `--root-dir`), `<root>/pods` (every pod's volumes: secrets, service-account tokens);
@@ -74,6 +77,7 @@ UNSAFE_MOUNT: Final = "unsafe_mount"
 """The skip reason of a device left out because a path it hands out breaks the rule (or, in a
 glob group, lies outside its member's directory)."""
 ROOT: Final = "/"
+PROC: Final = "/proc"
 KUBELET_SOCKET_DIR: Final = "device-plugins"
 """The name of the kubelet's device-plugin directory in its root directory
 (`<root-dir>/device-plugins`): where `socketDir` has it, its parent is the kubelet's root."""
@@ -340,6 +344,7 @@ def protected_places(config: Config, config_file: str | None) -> list[Place]:
         else:  # (a file it writes, or its owner file)
             what = f"the directory of {place.what}"
             found.append(Place.at(place.key, what, os.path.dirname(place.path)))
+    found.append(Place.at((), "/proc (the host's processes and kernel settings)", PROC))
     if config_file is not None:
         found.append(Place.at((), "the config file", config_file, file=True))
     return found

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .devices import HEALTHY, UNHEALTHY, physical_id
 from .logs import quote_text
@@ -183,6 +183,11 @@ class DevicesAnswer:
             return self._data
 
 
+UNLISTED_HOLDER: Final = "(not-listed)"
+"""A holder the kubelet's PodResources does not name (a regular init container's device,
+a kubelet restarted while its API server is away: README, "Device release"), in the table."""
+
+
 def status_rows(document: Mapping[str, Any]) -> list[tuple[str, ...]]:
     """One row per (device, holder) for the table; every cell quoted where it must be."""
     rows: list[tuple[str, ...]] = []
@@ -193,6 +198,9 @@ def status_rows(document: Mapping[str, Any]) -> list[tuple[str, ...]]:
             for holder in holders:
                 if holder is None:
                     held, since = "-", "-"
+                elif holder.get("listed") is False:
+                    held = UNLISTED_HOLDER
+                    since = quote_text(holder.get("since") or "-")
                 else:
                     held = "/".join(
                         quote_text(holder.get(k, "")) for k in ("namespace", "pod", "container")

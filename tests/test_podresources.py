@@ -329,6 +329,20 @@ def test_status_address_and_an_empty_table(capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().out.splitlines()[0] == "podresources: off"
 
 
+def test_status_names_a_holder_podresources_does_not_list(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """hostile10 L3: a holder the kubelet's List leaves out (a regular init container's
+    device) showed as `""/""/""` in the table."""
+    holder = {"namespace": "", "pod": "", "container": "", "since": "t0", "listed": False}
+    device = {"id": "n0", "health": "Healthy", "holders": [holder]}
+    print_table(
+        {"podResources": {"state": "ok"}, "resources": [{"name": "r", "devices": [device]}]}
+    )
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("r ")]
+    assert row.split()[:5] == ["r", "n0", "Healthy", "(not-listed)", "t0"]
+
+
 def test_status_quotes_every_field_of_the_podresources_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

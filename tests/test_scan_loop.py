@@ -121,8 +121,11 @@ class FakeScanner:
         self.changed: list[frozenset[str] | None] = []
         self.block = threading.Event()
         self.block.set()
+        self.entered = 0
+        """Scans begun (told what changed), held or not at `block`."""
 
     def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
+        self.entered += 1
         self.block.wait(30)
         self.scans += 1
         self.seen.append(listed)
@@ -468,3 +471,51 @@ async def test_a_hot_plug_burst_is_scanned_at_once_change_by_change(tmp_path: Pa
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_changes_named_before_a_scan_begins_are_its_own_and_a_burst_during_it_one_more(
+    tmp_path: Path,
+) -> None:
+    """Issue 19, sysfs flapping: the kernel makes several events per hot-plug (a node made,
+    then its permissions, the next node). Those named after a scan was asked for but before
+    its thread began to read are read by that scan: no scan of their own (each made one more
+    scan, told the names the first had read). Those named while it reads make one scan after
+    it, however many."""
+    (tmp_path / "a").touch()
+    old_dir(tmp_path)
+    watcher = ManualWatcher()
+    scanner = FakeScanner(tmp_path)
+    offload = GatedOffload()
+    deps = driver_deps(watcher=watcher, offload=offload)
+    loop = ScanLoop(scanner, ScanSettings(60.0, 60.0, 5.0), deps)
+    notifier = RecordingNotifier()
+    task = asyncio.create_task(loop.run(notifier))
+    directory = str(tmp_path)
+    try:
+        await wait_until(lambda: scanner.scans == 1 and directory in watcher.directories)
+        await wait_until(lambda: notifier.updates == 1)
+        offload.arm()
+        watcher.change(directory, "n0")  # scanned at once...
+        await wait_until(lambda: offload.waiting == 1, what="the scan asked for")
+        before = [f"n{i}" for i in range(10)]
+        for name in before[1:]:  # ...but its thread has not begun yet
+            watcher.change(directory, name)
+        scanner.block.clear()
+        offload.before.set()
+        await wait_until(lambda: scanner.entered == 2, what="the scan begun")
+        during = [f"m{i}" for i in range(10)]
+        for name in during:  # named while it reads
+            watcher.change(directory, name)
+        scanner.block.set()
+        offload.after.set()
+        await wait_until(lambda: scanner.scans == 3 and notifier.updates == 3)
+        watcher.change(directory, "last")  # (any scan still to come would be told it too)
+        await wait_until(lambda: str(tmp_path / "last") in set().union(*scanner.changed[1:]))
+        await wait_until(lambda: notifier.updates == scanner.scans)
+    finally:
+        await stop_gated(task, offload)
+    assert scanner.changed[1:] == [
+        frozenset(str(tmp_path / n) for n in before),
+        frozenset(str(tmp_path / n) for n in during),
+        frozenset({str(tmp_path / "last")}),
+    ]

@@ -1,9 +1,11 @@
 """What a watching driver's scan is (`Scanner`) and what it hands the scan loop
 (`scanning.py`): every device present (`ScanResult`), the directories its answer depends on
-(`DirWatch`), what the loop listed last (`Listed`), and the loop's settings."""
+(`DirWatch`), what the loop listed last (`Listed`), what the watcher named since a scan
+began (`Changes`), and the loop's settings."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -119,6 +121,49 @@ class Scanner(Protocol):
         at what those paths can affect and reuse the rest of its last answer (O(changed)),
         or ignore them. Raises DriverError or OSError."""
         ...
+
+
+class Changes:
+    """What the watcher named since the last scan began, added on the loop and taken by the
+    scan's thread as it begins to read: a change named before a scan begins is one that scan
+    reads, so it needs no scan of its own (the kernel makes several events per hot-plug; the
+    thread hop alone gives the next ones time to come). Every wake-up is counted (`count`),
+    so the loop tells, once a scan is back, whether anything came after it began."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()  # (the loop adds, a scan's thread takes)
+        self._names: set[str] | None = None
+        """The paths named (None: unknown, look at everything; so is the first scan)."""
+        self.count = 0
+        """Wake-ups so far: a path named, or everything to look at again."""
+
+    def add(self, path: str | None) -> None:
+        """A wake-up: `path` named, or (None) anything may have changed. Past `limit`
+        names (a flood of events) the next scan looks at everything instead."""
+        with self._lock:
+            self.count += 1
+            names = self._names
+            if names is not None:
+                if path is None or len(names) >= self._limit:
+                    self._names = None
+                else:
+                    names.add(path)
+
+    def forget(self) -> None:
+        """What was named is not known to be read (a scan failed, or still hangs): the next
+        scan looks at everything. No wake-up."""
+        with self._lock:
+            self._names = None
+
+    def take(self, incremental: bool) -> tuple[frozenset[str] | None, int]:
+        """As a scan begins: what it is told changed (None: everything, always unless
+        `incremental`) and `count` then; what is named from now on is for the next scan."""
+        with self._lock:
+            names = self._names if incremental else None
+            self._names = set()
+            count = self.count
+        return (frozenset(names) if names is not None else None), count
 
 
 SCAN_SPACING = 0.02

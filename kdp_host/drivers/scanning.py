@@ -8,7 +8,9 @@ changes could change that answer (`DirWatch.watch`). Everything else lives here,
   the scan timeout; a scan that hangs is waited for again next time, never started twice
   (threads would pile up on a hung file system);
 - **watching**: every directory the last scan named is subscribed to on the host's watcher;
-  a change wakes the loop at once (a hot-plug is seen in milliseconds); a burst of `burst`
+  a change wakes the loop at once (a hot-plug is seen in milliseconds); the changes named
+  before the scan's thread begins to read are that scan's (`Changes`), those named while it
+  reads make one scan after it, however many; a burst of `burst`
   scans may start back to back, then one per `spacing`: changes that keep coming are gathered
   meanwhile and make one scan of the names involved (a flood costs a bounded rate of scans;
   logged once per flood);
@@ -45,7 +47,16 @@ from ..watch import Subscription
 from .base import DriverDeps, DriverError, Notifier
 from .grace import MERGE_CHUNK, Tracker
 from .rate_limit import RateLimit
-from .scanner import DirWatch, Listed, Notice, ScanGuard, Scanner, ScanResult, ScanSettings
+from .scanner import (
+    Changes,
+    DirWatch,
+    Listed,
+    Notice,
+    ScanGuard,
+    Scanner,
+    ScanResult,
+    ScanSettings,
+)
 
 FAILURE_THRESHOLD = 3
 """Failed scans in a row (an I/O error, a scan that hangs) before every device is Unhealthy."""
@@ -68,7 +79,7 @@ class ScanLoop(Generic[S]):
         self.settings = settings
         self._deps = deps
         self.tracker = Tracker(settings.grace_period, deps.clock)
-        self._pending: asyncio.Future[tuple[ScanResult, DirWatch]] | None = None
+        self._pending: asyncio.Future[tuple[ScanResult, DirWatch, int]] | None = None
         self._pending_since = 0.0
         self._guard = ScanGuard(settings.max_matched_paths)
         """The bounds of the pending (or last) scan."""
@@ -81,8 +92,8 @@ class ScanLoop(Generic[S]):
         """The directories subscribed to now (set on the loop, read by the scan thread)."""
         self._subscriptions: dict[str, Subscription] = {}
         self._wake = asyncio.Event()
-        self._changes: set[str] | None = None
-        """Paths the watcher named since the last scan began (None: unknown, look at all)."""
+        self._changes = Changes(MAX_NAMED_CHANGES)
+        """Paths the watcher named since the last scan began, and the wake-ups counted."""
         self._notices: tuple[Notice, ...] | None = None
         self._net = deps.safety_net if deps.safety_net is not None else SafetyNet(deps.offload)
         self._notifier: Notifier | None = None
@@ -127,57 +138,57 @@ class ScanLoop(Generic[S]):
             if not self._pending.cancelled():
                 self._pending.exception()  # (retrieved: it was reported as the timeout)
             self._pending = None
-            self._changes = None
+            self._changes.forget()
         if self._pending is None:
             listed, watched = self.tracker.listed, self._watched
-            changes = self._changes if incremental else None
-            changed = frozenset(changes) if changes is not None else None
-            self._changes = set()
             self._scans_started += 1
             guard = self._guard = ScanGuard(self.settings.max_matched_paths)
             self._pending = asyncio.ensure_future(
-                self._deps.offload.run(lambda: self._scan_sync(listed, watched, changed, guard))
+                self._deps.offload.run(lambda: self._scan_sync(listed, watched, incremental, guard))
             )
             self._pending_since = self._deps.clock()
         else:
-            self._changes = None  # what the stuck scan saw is unknown: look at all next time
+            self._changes.forget()  # what the stuck scan saw is unknown: look at all next time
             age = self._deps.clock() - self._pending_since
             waited = f"; the scan started {age:.3g}s ago is still stuck"
         pending = self._pending
         try:
             async with asyncio.timeout(timeout):
-                result, dirs = await asyncio.shield(pending)
+                result, dirs, began = await asyncio.shield(pending)
         except TimeoutError:
             if not waited:  # a scan that comes back later wakes the loop to scan again
-                pending.add_done_callback(lambda _: self._wake.set())
+                pending.add_done_callback(lambda _: self._changed_all())
             self._guard.abandon()  # its thread stops at its next entry (a walk that runs on)
             raise DriverError(
                 "timeout", f"scan did not finish within {timeout:g}s{waited} (a hung file system?)"
             ) from None
         except OSError as exc:
             self._pending = None
-            self._changes = None
+            self._changes.forget()
             raise DriverError("io", f"scan failed: {exc}") from None
         except DriverError as exc:
             self._pending = None
-            self._changes = None
+            self._changes.forget()
             if exc.reason == "abandoned":  # the scan given up at its timeout has stopped
                 return await self.scan_once()
             raise
         self._pending = None
         self._wanted = frozenset(dirs.wanted)
         self._signatures = dirs.signatures
+        if began == self._changes.count:
+            self._wake.clear()  # every wake-up came before the scan began: it read them
         return result
 
     def _scan_sync(
         self,
         listed: Listed,
         watched: frozenset[str],
-        changed: frozenset[str] | None,
+        incremental: bool,
         guard: ScanGuard,
-    ) -> tuple[ScanResult, DirWatch]:
+    ) -> tuple[ScanResult, DirWatch, int]:
+        changed, began = self._changes.take(incremental)  # (as late as can be: see Changes)
         dirs = DirWatch(watched, guard)
-        return self.scanner.scan(listed, dirs, changed), dirs
+        return self.scanner.scan(listed, dirs, changed), dirs, began
 
     def unchanged_since_scan(self) -> bool:
         """Whether no watched directory changed since the last scan began (so a rescan
@@ -241,12 +252,12 @@ class ScanLoop(Generic[S]):
         self._watched = wanted
 
     def _changed(self, directory: str, name: str | None) -> None:
-        changes = self._changes
-        if changes is not None:
-            if name is None or len(changes) >= MAX_NAMED_CHANGES:
-                self._changes = None  # anything (or too much to list) changed: look at all
-            else:
-                changes.add(os.path.join(directory, name))
+        self._changes.add(os.path.join(directory, name) if name is not None else None)
+        self._wake.set()
+
+    def _changed_all(self) -> None:
+        """Wake the loop to look at everything."""
+        self._changes.add(None)
         self._wake.set()
 
     async def run(self, notifier: Notifier) -> None:
@@ -320,8 +331,7 @@ class ScanLoop(Generic[S]):
         full_every = self.settings.full_rescan_every
         if not unchanged or (full_every is not None and self._unchanged_runs >= full_every):
             self._unchanged_runs = 0
-            self._changes = None  # the watcher missed something: look at everything
-            self._wake.set()
+            self._changed_all()  # the watcher missed something: look at everything
             return
         self._unchanged_runs += 1
         notifier, last = self._notifier, self._last

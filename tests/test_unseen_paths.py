@@ -19,7 +19,7 @@ import pytest
 
 from kdp_host.cli import main
 from kdp_host.config import load_config, never_handed
-from kdp_host.devices import Device, DeviceMount
+from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.ownership_claims import Unresolvable
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
@@ -212,3 +212,18 @@ async def test_a_mount_source_that_goes_holds_its_device_until_it_is_back(
         response = await sim.allocate(PROBE, 1)
         assert response is not None
         assert [m.host_path for m in response.mounts] == [str(source)]
+
+
+async def test_an_unhealthy_device_whose_node_went_is_held_once_listed_healthy(
+    dirs: Path,
+) -> None:
+    """An Unhealthy device with a node where nothing is stays advertised (a grace period);
+    listed Healthy with the node still missing, it is held (its cached claim is resolved
+    again, not taken as owned)."""
+    path = str(dirs / "dev" / "gone0")
+    sick = Device("gone0", healthy=False, nodes=(DeviceNode(path, path),))
+    index, tables = await indexed({FPGA: [sick]})
+    assert [(d.id, d.healthy) for d in tables[FPGA].snapshot.devices] == [("gone0", False)]
+    index.publish(FPGA, {"gone0": Device("gone0", nodes=(DeviceNode(path, path),))})
+    await index.quiet()
+    assert tables[FPGA].snapshot.devices == ()

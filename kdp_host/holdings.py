@@ -17,7 +17,7 @@ kept by `unlisted.Unlisted`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -129,6 +129,18 @@ def with_unlisted(holdings: Holdings, unlisted: Mapping[str, Mapping[str, float]
 
 Key = tuple[str, str, Holder]
 """resource, advertised device ID, holder."""
+Held = tuple[str, str, str, str, str]
+"""resource, advertised device ID, namespace, pod, container."""
+
+
+def _held(holdings: Holdings) -> frozenset[Held]:
+    return frozenset(
+        (resource, device_id, h.namespace, h.pod, h.container)
+        for resource, ids in holdings.by_resource.items()
+        for device_id, holders in ids.items()
+        for h in holders
+        if h.listed
+    )
 
 
 def _none_listed(_resource: str, _device_id: str) -> bool:
@@ -144,21 +156,25 @@ class Settle:
     restart. Until then it is carried into the published `Holdings` as it was (same
     `since`), so claims, bookings and owed releases (every subscriber) see it held.
 
-    After a kubelet restart, also past that window, a holder whose ID the kubelet's
-    checkpoint still lists (or when it cannot be read) is carried until the kubelet's pod
-    sources are seen back: an answer shows again a pod shown holding a device before the
-    restart, or an Allocate arrives (`sources_seen`). The kubelet itself frees no
-    allocation before its sources are ready, and writes its checkpoint with every one it
-    keeps, so an ID it drops from the file was freed (an API server away for minutes
-    leaves every API pod out of the answers meanwhile, while their containers run)."""
+    After a kubelet restart, also past that window, a holder shown before it and not
+    shown since (`before`) is carried while the kubelet's checkpoint still lists its ID (or
+    cannot be read): the kubelet frees an ended pod's devices only once all its pod
+    sources are ready, and keeps every allocation in the file until then
+    (docs/kubelet-contract.md §10), while a kubelet restarted with its API server away
+    lists no API pod, only its static pods, for as long as that lasts. No other sign says
+    the API pods are back (a static pod shown again, or one admitted, says nothing of
+    them), so such a holder is let go by absence only once the file, written again, no
+    longer lists its ID; or sooner when its own pod is shown again (from then on the usual
+    rule), or when the kubelet allocates its ID again (`allocated`: its earlier user is
+    gone)."""
 
     restarted_at: float = float("-inf")
     """Monotonic time of the last kubelet restart seen (`kubelet_restarted`)."""
     missing: dict[Key, float] = field(default_factory=dict)
     """Holder -> asked_at of the first trusted answer that lacked it."""
     misses: dict[Key, int] = field(default_factory=dict)
-    before: frozenset[tuple[str, str]] = frozenset()
-    """The pods shown holding a device at the last restart, while none is shown again."""
+    before: frozenset[Held] = frozenset()
+    """The holders published at a kubelet restart and not shown since (`Held`)."""
 
     def restarted(self, now: float, shown: Holdings | None = None) -> None:
         """A kubelet restart, `shown` the holdings published before it (None: PodResources
@@ -167,15 +183,15 @@ class Settle:
         self.restarted_at = now
         self.missing.clear()  # absences seen before the restart prove nothing after it
         self.misses.clear()
-        self.before |= shown.pods() if shown is not None else frozenset()
+        self.before |= _held(shown) if shown is not None else frozenset()
 
-    def sources_seen(self) -> None:
-        """The kubelet's pod sources are back (an Allocate: it admits pods again)."""
-        self.before = frozenset()
+    def allocated(self, resource: str, ids: Collection[str]) -> None:
+        """The kubelet allocated these IDs again: their holders before its restart are gone."""
+        self.before = frozenset(h for h in self.before if h[0] != resource or h[1] not in ids)
 
     @property
     def waiting(self) -> bool:
-        """Since a restart, the kubelet's pod sources are not seen back."""
+        """Holders of a kubelet restart are carried while its checkpoint lists their IDs."""
         return bool(self.before)
 
     def trusted(self, asked_at: float) -> bool:
@@ -193,9 +209,11 @@ class Settle:
     ) -> tuple[Holdings, int]:
         """The holdings to publish for `answer`, and how many holders it lacked that are
         carried (still held). `listed(resource, ID)`: whether the kubelet's checkpoint lists
-        the ID (True when it cannot be read), asked while the sources are not seen back."""
-        if self.before and not self.before.isdisjoint(answer.pods()):
-            self.sources_seen()
+        the ID (True when it cannot be read), asked for a holder shown before a restart and
+        not since."""
+        if self.before:
+            pods = answer.pods()
+            self.before = frozenset(h for h in self.before if (h[2], h[3]) not in pods)
         if previous is None:
             return answer, 0
         trusted = self.trusted(answer.asked_at)
@@ -218,7 +236,8 @@ class Settle:
                     ):
                         continue  # (an unlisted holder is added to each answer anew)
                     key = (resource, device_id, h)
-                    if trusted and not (self.before and listed(resource, device_id)):
+                    held = (resource, device_id, h.namespace, h.pod, h.container) in self.before
+                    if trusted and not (held and listed(resource, device_id)):
                         first = self.missing.setdefault(key, answer.asked_at)
                         misses = self.misses[key] = self.misses.get(key, 0) + 1
                         if misses >= 2 and answer.asked_at - first >= GONE_AFTER:
@@ -229,6 +248,10 @@ class Settle:
         for forgotten in set(self.missing) - still:
             del self.missing[forgotten]
             self.misses.pop(forgotten, None)
+        if self.before:  # (a holder let go is no longer carried as the restart's)
+            self.before = self.before & {
+                (r, d, h.namespace, h.pod, h.container) for r, d, h in still
+            }
         published = Holdings(
             answer.asked_at,
             answer.answered_at,

@@ -16,10 +16,11 @@ state changes and a counted poll (`kdp_pod_resources_polls_total{result}`): ever
 keeps working, and the last answer stays (marked by its age in `/devices`).
 
 An answer is not taken at its word when it lacks a container shown before: right after a
-restart the kubelet answers from a pod manager it is still filling (or while its pod sources
-are not back after one). `holdings.Settle` publishes such a holder as still holding until it
-has been missing long enough, on answers that count. Nor when it lacks an ID an Allocate
-handed out that no answer has shown since (`unlisted.Unlisted`: a regular init container's).
+restart the kubelet answers from a pod manager it is still filling (or, while its API
+source is away after one, without any API pod). `holdings.Settle` publishes such a holder
+as still holding until it has been missing long enough, on answers that count. Nor when it
+lacks an ID an Allocate handed out that no answer has shown since (`unlisted.Unlisted`: a
+regular init container's).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class PodResourcesPoller:
 
     def kubelet_restarted(self) -> None:
         """The kubelet restarted: for `holdings.RESTART_SETTLE` s its answers end no holding,
-        and until its pod sources are seen back none whose ID its checkpoint lists."""
+        and none shown before it whose ID its checkpoint lists until the file no longer
+        does (or its pod is shown again, or the ID allocated again: `Settle`)."""
         self._settle.restarted(self.clock(), self.holdings)
 
     def nudge(self, write: Callable[[], bool]) -> None:
@@ -131,17 +133,15 @@ class PodResourcesPoller:
 
     @property
     def waiting(self) -> bool:
-        """Since a kubelet restart, its pod sources are not seen back (`Settle`)."""
+        """Holders shown before a kubelet restart and not since are carried (`Settle`)."""
         return self._settle.waiting
 
     def allocated(self, resource: str, ids: Sequence[str]) -> None:
         """An Allocate handed these IDs out: held until an answer shows them (`unlisted`);
-        and the kubelet admits pods again (its pod sources are back: `Settle`)."""
+        their holders before a kubelet restart are gone (`Settle`)."""
         if self.unlisted is not None:
             self.unlisted.allocated(resource, ids)
-        if self._settle.waiting:
-            self._settle.sources_seen()
-            self.log.info("kubelet_pod_sources_back", sign="an Allocate", resource=resource)
+        self._settle.allocated(resource, ids)
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -207,9 +207,9 @@ class PodResourcesPoller:
                 self.log.warning(
                     "pod_resources_incomplete",
                     holders_missing=carried,
-                    detail="an answer soon after a kubelet restart, or before its pod sources "
-                    "are seen back, lacks pods shown before: they are still taken as holding "
-                    "their devices",
+                    detail="an answer soon after a kubelet restart, or one lacking pods shown "
+                    "before it whose devices its checkpoint lists: they are still taken as "
+                    "holding their devices",
                 )
             self._count("incomplete")
         else:
@@ -236,7 +236,10 @@ class PodResourcesPoller:
             await unlisted.refresh(answer.answered_at, waiting)  # (off the loop, if changed)
         holdings, carried = settle.apply(answer, self.holdings, unlisted.listed)
         if waiting and not settle.waiting:
-            self.log.info("kubelet_pod_sources_back", sign="a pod shown before its restart")
+            self.log.info(
+                "kubelet_restart_settled",
+                detail="every holder shown before the kubelet's restart is shown again or let go",
+            )
         return with_unlisted(holdings, unlisted.by_resource()), carried
 
     async def _read_allocatable(self, stub: PodResourcesListerStub) -> None:

@@ -24,7 +24,9 @@ the file at its next ListAndWatch message: while the file, written before the la
 still lists an unlisted ID (or the restart rule asks what it lists), the host sends a
 resource's list again (`nudge`) so the kubelet writes it, at most every `NUDGE_FIRST`
 seconds, doubling up to `NUDGE_MAX` while no ID goes (a pod whose init container holds a
-device for hours costs the kubelet a write every 5 min).
+device for hours costs the kubelet a write every 5 min), up to `NUDGE_RESTART_MAX` while
+a kubelet restart's holders are carried (`holdings.Settle`: the kubelet frees their pods
+only once its API source is back, which nothing else shows).
 A checkpoint that cannot be used (missing, unreadable, bad checksum) frees nothing: the IDs
 stay held until allocated again (logged once, `kubelet_checkpoint_unusable`).
 
@@ -59,6 +61,10 @@ NUDGE_FIRST = 2.0
 """Seconds before the kubelet is first asked to write its checkpoint again (`nudge`)."""
 NUDGE_MAX = 300.0
 """Longest wait between two such asks while the IDs held so stay listed."""
+NUDGE_RESTART_MAX = 30.0
+"""Longest wait between two asks while a kubelet restart's holders are carried (`doubted`):
+a pod that ended while the kubelet's API source was away is let go at most this long (and
+a few polls) after the kubelet freed it, however long the API server was away."""
 Stamp = tuple[int, int, int]
 """A file's inode, size and mtime (ns): it changed when this did."""
 FREE_WHEN_UNUSABLE = (
@@ -205,14 +211,15 @@ class Unlisted:
                     for key, handout in self.handed.items()
                 )
             ):
-                self._ask_write()
+                self._ask_write(doubted)
 
-    def _ask_write(self) -> None:
+    def _ask_write(self, doubted: bool) -> None:
         now = self.clock()
         if self.nudge is None or now < self._nudged:
             return
         if self.nudge():
-            self._nudged = now + self._backoff.next_delay()
+            delay = self._backoff.next_delay()
+            self._nudged = now + (min(delay, NUDGE_RESTART_MAX) if doubted else delay)
 
     def _seed(self, read: CheckpointRead) -> None:
         resources, self._seeding = self._seeding or (), None

@@ -209,3 +209,26 @@ def test_answers_soon_after_a_restart_are_no_evidence() -> None:
     # after the window: gone once missing from answers GONE_AFTER apart, counted from it
     held, _ = settle.apply(_holdings(t), held)
     assert held.of(FPGA) == {}
+
+
+def test_a_restarts_holder_goes_only_on_its_own_news() -> None:
+    """hostile10 F5: after a kubelet restart, a holder not shown since (an API pod while
+    the API server is away) is carried while the checkpoint lists its ID, whatever other
+    pods are shown (a static pod) or allocated; it goes once its pod is shown again and
+    then missing, once its own ID is allocated again, or once the checkpoint drops it."""
+    settle = Settle()
+    held, _ = settle.apply(_holdings(0.0, "p1", "p2", "p3", "static"), None)
+    settle.restarted(1.0, held)
+    listed = {"d-p1", "d-p2", "d-p3", "d-static"}
+    settle.allocated(FPGA, ["d-new"])  # a static pod admitted: another ID
+    t = 2.0
+    while t < 1.0 + RESTART_SETTLE + 3 * GONE_AFTER:
+        held, _ = settle.apply(_holdings(t, "static"), held, lambda _r, d: d in listed)
+        t += 1.0
+    assert set(held.of(FPGA)) == {"d-p1", "d-p2", "d-p3", "d-static"} and settle.waiting
+    settle.allocated(FPGA, ["d-p1"])  # p1's device given anew: p1 is gone
+    listed.discard("d-p2")  # the kubelet freed p2 and wrote its checkpoint
+    held, _ = settle.apply(_holdings(t, "static", "p3"), held, lambda _r, d: d in listed)
+    for step in (1.0, 1.0 + GONE_AFTER):
+        held, _ = settle.apply(_holdings(t + step, "static"), held, lambda _r, d: d in listed)
+    assert set(held.of(FPGA)) == {"d-static"} and not settle.waiting

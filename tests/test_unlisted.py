@@ -7,7 +7,8 @@ away) and through `unlisted.Unlisted` itself.
   owed no release while its pod lives, and is released once the pod ended and the kubelet's
   checkpoint, written again at kdp-host's asking, no longer lists it.
 - M1: after a kubelet restart whose pod sources stay away past the restart window, an ID
-  its checkpoint lists stays held until a pod shown before is shown again.
+  its checkpoint lists stays held until its pod is shown again (hostile10 F5: a static pod
+  shown or admitted meanwhile says nothing of it) or the checkpoint drops it.
 """
 
 from __future__ import annotations
@@ -157,6 +158,85 @@ async def test_a_kubelet_restart_while_its_pod_sources_are_away_frees_nothing(
     await sim.release("p1")
     await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
     assert release_lines(short_dir)[0] == "fpga0 default/p1/c start"
+
+
+@pytest.mark.parametrize("static", ["listed", "admitted"])
+async def test_a_static_pod_says_nothing_of_the_api_pods_after_a_kubelet_restart(
+    static: str,
+    sim: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host: Any,
+) -> None:
+    """hostile10 F5: the kubelet, restarted while its API server is away, lists its static
+    pods (the file source is ready at once) but no API pod. A static pod shown again
+    (`listed`), or one admitted meanwhile (`admitted`: an Allocate of another ID), says
+    nothing of p1: its device stays held and booked past the restart window. p1 then ends
+    and is never shown again: it is let go once the kubelet's checkpoint, written again at
+    kdp-host's asking, no longer lists its device."""
+    running = await start_host(
+        host_yaml(
+            socket_dir,
+            devices,
+            short_dir / "state",
+            release_script(short_dir),
+            pod_resources=short_dir / "pr",
+            pattern="fpga*",
+        )
+    )
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+    poller = running.host.pod_resources
+    assert sim.pod_resources is not None
+    sim.pod_resources.static_pods.add("static-agent")
+    if static == "listed":
+        await sim.allocate(FPGA, 1, pod_uid="static-agent", container="agent")
+    await sim.allocate(FPGA, 1, pod_uid="p1", container="c")
+    p1 = sim.allocation("p1", "c", FPGA)
+    assert p1 is not None
+    [device] = p1.device_ids
+    await wait_until(
+        lambda: (
+            poller.holdings is not None
+            and [h.pod for h in poller.holdings.of(FPGA).get(device, ())] == ["p1"]
+        ),
+        what="p1 listed",
+    )
+    sim.pod_resources.sources_ready = False  # the API server is away: static pods only
+    await sim.restart()
+    restarted = poller.clock()
+    if static == "admitted":
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+        await sim.allocate(FPGA, 1, pod_uid="static-agent", container="agent")
+    await wait_until(
+        lambda: (
+            poller.holdings is not None
+            and [h.pod for h in poller.holdings.of(FPGA).get(device, ())] == ["p1"]
+            and any(h.pod == "static-agent" for ids in poller.holdings.of(FPGA).values()
+                    for h in ids)
+        ),
+        what="the static pod shown after the restart",
+    )  # fmt: skip
+    await wait_until(
+        lambda: poller.holdings.asked_at > restarted + RESTART_SETTLE + GONE_AFTER + 2,
+        timeout=60,
+        what="answers past the restart window",
+    )
+    assert release_lines(short_dir) == [], "released under p1, which still runs"
+    assert device in _booked(running), "the booking of p1's node ended"
+    assert [h.pod for h in poller.holdings.of(FPGA)[device]] == ["p1"]
+    assert poller.waiting
+    # p1 ends, and the API server answers again: the kubelet frees p1's device (the
+    # simulator at once) but writes no checkpoint; p1 is never shown again
+    await sim.release("p1")
+    sim.pod_resources.sources_ready = True
+    await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=90, what="released")
+    assert release_lines(short_dir) == [
+        f"{device} default/p1/c start",
+        f"{device} default/p1/c done",
+    ]
+    await wait_until(lambda: device not in _booked(running), timeout=60, what="booking ended")
+    assert not poller.waiting
 
 
 # --------------------------------------------------------------------------- Unlisted

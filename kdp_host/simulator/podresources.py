@@ -8,8 +8,9 @@ the device manager's own maps:
   by its UID in namespace ``default``; each container's devices as one entry per (device,
   NUMA node), or one entry without topology, like the kubelet's
   ``containerDevicesFromResourceDeviceInstances``; regular init containers left out, as
-  ``server_v1.go`` does; no pod at all while ``sources_ready`` is False (a kubelet restarted
-  while the API server is away lists only static pods, and the simulator has none);
+  ``server_v1.go`` does; while ``sources_ready`` is False only the pods in ``static_pods``
+  (a kubelet restarted while the API server is away lists only its static pods: the file
+  source is ready at once, the API source when the API server answers);
 * ``GetAllocatableResources``: every healthy device (allocations do not reduce it);
 * ``Get``: one pod, or UNKNOWN ``pod X in namespace Y not found``.
 
@@ -103,6 +104,7 @@ class _Lister(PodResourcesListerBase):
         self._limiter = limiter
         self._calls = calls
         self.sources_ready = True
+        self.static_pods: set[str] = set()
 
     def _admit(self) -> None:
         self._calls.times.append(self._limiter.clock())
@@ -115,7 +117,7 @@ class _Lister(PodResourcesListerBase):
         self._admit()
         pods = sorted({pod for pod, _, _ in self._manager.pod_devices})
         if not self.sources_ready:
-            pods = []
+            pods = [pod for pod in pods if pod in self.static_pods]
         return ListPodResourcesResponse(pod_resources=[self._pod(pod) for pod in pods])
 
     async def get_allocatable_resources(
@@ -201,14 +203,20 @@ class PodResourcesServer:
 
     @property
     def sources_ready(self) -> bool:
-        """False: ``List`` shows no pod (a kubelet restarted while the API server is away:
-        its pod manager holds no API pod; their containers run, their devices stay
-        allocated, docs/kubelet-contract.md §15)."""
+        """False: ``List`` shows only ``static_pods`` (a kubelet restarted while the API
+        server is away: its pod manager holds no API pod; their containers run, their
+        devices stay allocated, docs/kubelet-contract.md §15)."""
         return self._lister.sources_ready
 
     @sources_ready.setter
     def sources_ready(self, ready: bool) -> None:
         self._lister.sources_ready = ready
+
+    @property
+    def static_pods(self) -> set[str]:
+        """Pod UIDs ``List`` shows also while ``sources_ready`` is False (static pods, from
+        the kubelet's file source); kept across restarts."""
+        return self._lister.static_pods
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)

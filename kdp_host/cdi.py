@@ -24,8 +24,9 @@ it: the name resolves nowhere) holds the device Unhealthy and the resource not r
 A container that restarts resolves its CDI names again, without a new Allocate: so a device
 an Allocate handed out keeps its entry as it was then while one of its IDs is booked (the
 ownership index's rule of booked claims; the record is `handed_out`'s, kept across restarts),
-and follows the driver's list once none is. An ID booked whose device as handed out is not
-known (the record was lost) has no entry: its name fails closed. A resource a reload removes
+and follows the driver's list once none is. An ID booked, or shown held by PodResources,
+whose device as handed out is not known (the record was lost: `handed_out`) has no entry:
+its name fails closed. A resource a reload removes
 keeps the entries of its held devices, written by a writer of its own (`retired`,
 `cdi_keeper`), until none is booked.
 """

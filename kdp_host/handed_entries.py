@@ -12,11 +12,12 @@ rendered entry reads back as its `Handed` without being checked again (`parse_en
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
+from .allocation import AllocationError
 from .devices import Device, DeviceMount, DeviceNode
 from .identity import Identity
 from .rendered_json import Rendered
@@ -140,6 +141,63 @@ def reached_of(
         if handed is not None and same_device(handed.device, device):
             found.update(handed.reached)
     return found
+
+
+UNKNOWN_CONSEQUENCE = (
+    "preStart refuses them and their CDI entries are left out until they are handed out "
+    "again or no longer held"
+)
+
+
+class RecordFull(AllocationError):
+    """An Allocate would make the record keep more than `handed_out.MAX_DEVICES` devices."""
+
+
+class Bookings(Protocol):
+    """What the kubelet has booked (the host's `ownership.OwnershipIndex`)."""
+
+    def is_booked(self, resource: str, advertised_id: str) -> bool: ...
+
+    def drops(self) -> int: ...
+
+
+class Answer(Protocol):
+    """A PodResources answer (`holdings.Holdings`): the IDs of a resource pods hold."""
+
+    def of(self, resource: str) -> Mapping[str, object]: ...
+
+
+@dataclass
+class Lost:
+    """The record lost at start (`HandedRecord.booked_at_start`): per resource of `served`,
+    the IDs the last PodResources answer showed held with no entry (handed out before: what
+    they were handed is not known). They are withheld, and not let go while shown (not
+    booked yet is not ended: the answer may have named a device not listed yet)."""
+
+    served: Collection[str]
+    shown: dict[str, set[str]] = field(default_factory=dict)
+
+    def heard(self, answer: Answer, data: Entries) -> bool:
+        """Take in `answer`; whether what it shows changed."""
+        found: dict[str, set[str]] = {}
+        for resource in self.served:
+            known = {i for handed in data.get(resource, {}).values() for i in handed.ids}
+            if ids := {i for i in answer.of(resource) if i not in known}:
+                found[resource] = ids
+        changed, self.shown = found != self.shown, found
+        return changed
+
+
+def union_of(writers: Mapping[str, Entries]) -> Entries:
+    """The entries of every writer, the later Allocate winning per device."""
+    union: Entries = {}
+    for entries in writers.values():
+        for name, devices in entries.items():
+            for device_id, handed in devices.items():
+                found = union.setdefault(name, {}).get(device_id)
+                if found is None or handed.at > found.at:
+                    union[name][device_id] = handed
+    return union
 
 
 def same_device(one: Device, other: Device) -> bool:

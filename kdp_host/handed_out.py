@@ -20,32 +20,36 @@ withheld (below) is not run either (`release_use.unknown_release`).
 
 Fails closed: a file that cannot be read (set aside), or one whose writer stopped before a
 write succeeded (its `.unsaved` marker), leaves every ID booked at start without an entry
-*withheld*: preStart refuses it and its CDI entry is left out (the name resolves nowhere:
-the container does not start) until a new Allocate hands the ID out or its booking ends. A
-missing file withholds them too when the bookings did not survive either (the state
-directory was emptied: `ownership.json` missing); next to an `ownership.json` a missing file
-is one an older version never wrote (an upgrade), and the booked devices are taken as listed.
-"""
+*withheld* (preStart refuses it, its CDI entry is left out: the container does not start)
+until a new Allocate hands the ID out or its booking ends; and then an ID PodResources
+shows held with no entry (a CDI answer the checkpoint leaves to it) while shown. A missing
+file does too when the bookings did not survive either (`ownership.json` missing: the state
+directory emptied); beside an `ownership.json` it is one an older version never wrote."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from .allocation import AllocationError
 from .devices import Device, Snapshot
 from .files import Offload
 from .handed_entries import (
+    UNKNOWN_CONSEQUENCE,
+    Answer,
+    Bookings,
     Entries,
     Handed,
+    Lost,
+    RecordFull,
     entries_document,
     parse_entries,
     paths_reached,
     reached_of,
     read_document,
     same_device,
+    union_of,
 )
 from .identity import Identity
 from .logs import EventLogger
@@ -58,18 +62,6 @@ HANDED_VERSION = 1
 MAX_DEVICES = 20_000
 """Most devices the record keeps (all resources): far above what one node's pods hold, and
 well within what the file may hold (`files.MAX_DOCUMENT_SIZE`)."""
-
-
-class Bookings(Protocol):
-    """What the kubelet has booked (the host's `ownership.OwnershipIndex`)."""
-
-    def is_booked(self, resource: str, advertised_id: str) -> bool: ...
-
-    def drops(self) -> int: ...
-
-
-class RecordFull(AllocationError):
-    """An Allocate would make the record keep more than `MAX_DEVICES` devices."""
 
 
 class HandedRecord:
@@ -97,6 +89,7 @@ class HandedRecord:
         """`drops` at the last let-go of every resource (a PodResources answer)."""
         self._unbooked: set[str] = set()
         """Resources whose last Allocate handed out an ID left unbooked."""
+        self._lost: Lost | None = None  # (the record lost at start: `booked_at_start`)
         self.file: StateFile | None = None
         if directory is not None:
             assert offload is not None and log is not None
@@ -135,28 +128,36 @@ class HandedRecord:
         return record
 
     def booked_at_start(
-        self, booked: Mapping[str, Collection[str]], bookings_found: bool = True
+        self,
+        booked: Mapping[str, Collection[str]],
+        bookings_found: bool = True,
+        served: Collection[str] = (),
     ) -> None:
         """At start, once the bookings are read (resource -> booked IDs): those the record
         cannot tell of are withheld when the file was unreadable, or missing with the
-        bookings lost too (`bookings_found` False); see the module docstring."""
+        bookings lost too (`bookings_found` False); see the module docstring. So are then
+        the IDs of `served` resources an answer shows held with no entry (`after_answers`:
+        CDI names the checkpoint leaves to PodResources; hostile10 F4) while it does."""
         file = self.file
         if file is None or not (file.unknown or (not file.found and not bookings_found)):
             return
+        self._lost = Lost(served)
         for resource, ids in booked.items():
             entries = self._data.get(resource, {})
             known = {i for handed in entries.values() for i in handed.ids}
-            if withheld := {i for i in ids if i not in known}:
-                self._withheld[resource] = withheld
-                assert self._log is not None
-                self._log.error(
-                    "handed_out_unknown",
-                    resource=resource,
-                    ids=",".join(sorted(withheld)),
-                    consequence="preStart refuses them and their CDI entries are left out "
-                    "until they are handed out again or no longer booked",
-                )
+            self._withhold(resource, {i for i in ids if i not in known})
         self._settle()
+
+    def _withhold(self, resource: str, ids: set[str]) -> bool:
+        withheld = self._withheld.setdefault(resource, set())
+        if new := ids - withheld:
+            withheld |= new
+            assert self._log is not None
+            ids_text, why = ",".join(sorted(new)), UNKNOWN_CONSEQUENCE
+            self._log.error("handed_out_unknown", resource=resource, ids=ids_text, consequence=why)
+        elif not withheld:
+            del self._withheld[resource]
+        return bool(new)
 
     # ------------------------------------------------------------------ views
 
@@ -281,17 +282,28 @@ class HandedRecord:
                 del entries[device_id]
             if name in self._data and not entries:
                 del self._data[name]
-            withheld = self._withheld.get(name, set())
-            freed = {i for i in withheld if not booked(name, i)}
+            withheld, lost = self._withheld.get(name, set()), self._lost
+            shown = lost.shown.get(name, ()) if lost is not None else ()
+            freed = {i for i in withheld if not booked(name, i) and i not in shown}
             withheld -= freed
             if not withheld:
                 self._withheld.pop(name, None)
             self._changed(name, bool(gone or freed))
 
-    def after_answers(self, bookings: Bookings) -> Callable[[object], None]:
-        """A PodResources subscriber: after each answer (which may end bookings), the
-        entries and withheld IDs of every resource no longer booked go."""
-        return lambda _answer: self.let_go(bookings.is_booked, None, bookings.drops())
+    def after_answers(self, bookings: Bookings) -> Callable[[Answer], None]:
+        """A PodResources subscriber: after each answer, what it shows held with no entry is
+        withheld (the record lost at start), and entries and withheld IDs unbooked go."""
+
+        def heard(answer: Answer) -> None:
+            lost = self._lost
+            changed = lost is not None and lost.heard(answer, self._data)
+            for resource, ids in lost.shown.items() if lost is not None else ():
+                self._changed(resource, self._withhold(resource, ids))
+            if lost is not None and not lost.shown:
+                self._lost = None  # (no pod left from before: as with the record kept)
+            self.let_go(bookings.is_booked, None, None if changed else bookings.drops())
+
+        return heard
 
     def _changed(self, resource: str, changed: bool) -> None:
         if not changed:
@@ -332,15 +344,8 @@ class HandedRecord:
         directory = str(self.file.path.parent)
         writers = other_writers(kept, self._writer, self.file.taken, directory)
         writers[self._writer] = parse_entries(mine)
-        union: Entries = {}
-        for entries in writers.values():
-            for name, devices in entries.items():
-                for device_id, handed in devices.items():
-                    found = union.setdefault(name, {}).get(device_id)
-                    if found is None or handed.at > found.at:
-                        union[name][device_id] = handed
         return {
-            "resources": entries_document(union),
+            "resources": entries_document(union_of(writers)),
             "writers": {w: entries_document(entries) for w, entries in writers.items()},
         }
 

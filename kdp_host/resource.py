@@ -190,10 +190,14 @@ class ResourceRuntime:
         unplugged and the pod keeps running): a gauge, and one warning per device as it goes
         missing, naming its holders (the README's recipe acts on them). Not before the
         driver's first list: a PodResources answer that comes first would call every held
-        device gone."""
+        device gone; nor before the CDI spec's first write (until then every device is held
+        Unhealthy, its name not on disk yet: hostile10 F4 saw `state=unhealthy` for devices
+        healthy a few ms later); the write changes the snapshot, which checks again."""
         healthy = {device.id for device in snapshot.devices if device.healthy}
         if not self.table.published.is_set() and self._serving.first_list.failure is None:
             return  # no list yet (a start, a restart by a reload): nothing is known missing
+        if self._cdi is not None and not self._cdi.first_sync.is_set():
+            return  # (the spec not written yet: each device Unhealthy until it is)
         missing = {device for device in self._held if device not in healthy}
         self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
         listed = {device.id for device in snapshot.devices} if missing else set()

@@ -7,12 +7,13 @@ them (`cdi_keeper`)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from kdp_host import handed_out
-from kdp_host.allocation import AllocationError
+from kdp_host.allocation import AllocationError, cdi_device_name
 from kdp_host.cdi_spec import build_spec
 from kdp_host.config import load_config_text
 from kdp_host.config.outputs import spec_file_name
@@ -20,6 +21,7 @@ from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.files import DaemonThreads
 from kdp_host.handed_out import HANDED_FILE, HandedRecord, RecordFull
+from kdp_host.holdings import Holdings
 from kdp_host.hooks import handed_devices
 from kdp_host.logs import get_logger
 from kdp_host.simulator import KubeletSimulator
@@ -301,3 +303,150 @@ async def test_an_allocates_write_renders_and_checks_only_what_changed(
         import os
 
         os.close(held)
+
+
+class _Index:
+    """The ownership index's bookings (`handed_out.Bookings`): the IDs in `booked`."""
+
+    def __init__(self) -> None:
+        self.booked: set[str] = set()
+
+    def is_booked(self, resource: str, advertised_id: str) -> bool:
+        return advertised_id in self.booked
+
+    def drops(self) -> int:
+        return 0
+
+
+async def test_an_id_podresources_shows_held_has_no_cdi_entry_while_the_record_is_lost(
+    short_dir: Path,
+) -> None:
+    """hostile10 F4: the state directory emptied while kdp-host was down; p1 holds fpga0,
+    handed out through a CDI name (the checkpoint leaves such an answer to PodResources),
+    and the probe moved fpga0 to another node meanwhile. Shown held with no entry, it is
+    withheld: its CDI entry is left out (the name fails closed) instead of written from
+    the driver's list, also while not booked yet, until an answer shows it no longer held
+    or an Allocate hands it out again. With the record kept, nothing is withheld."""
+    config = load_config_text(
+        f"resources:\n  - name: {FPGA}\n    glob: {{paths: ['/dev/fpga*']}}\n"
+        f"    allocate: {{cdi: {{kind: {KIND}}}}}\n"
+    ).resources[0]
+    table, index = DeviceTable(), _Index()
+    table.publish(
+        [
+            Device(f"fpga{i}", nodes=(DeviceNode(p, "/dev/fpga", "rw"),))
+            for i, p in enumerate(["/dev/B", "/dev/A"])
+        ]
+    )  # fmt: skip (swapped)
+    record = _record(short_dir / "emptied")
+    record.booked_at_start({}, bookings_found=False, served=[FPGA])
+    heard = record.after_answers(index)
+    index.booked.add("fpga0")  # booked from the answer (`ownership_adopt`)
+    heard(Holdings(1.0, 0.0, {FPGA: {"fpga0": ()}, "other.io/gpu": {"g0": ()}}))
+    assert record.withheld(FPGA) == {"fpga0"} and record.resources() == []
+    assert not record.withheld("other.io/gpu"), "another plugin's"
+    spec = build_spec(config, table.snapshot, record.devices(FPGA), record.withheld(FPGA))
+    assert spec is not None and [d["name"] for d in spec["devices"]] == [
+        cdi_device_name(FPGA, "fpga1")
+    ]
+    index.booked.clear()  # not booked (its device not listed yet): still shown held
+    heard(Holdings(2.0, 0.0, {FPGA: {"fpga0": ()}}))
+    record.of(FPGA).let_go(index.booked.__contains__)  # (the CDI writer's sync)
+    assert record.withheld(FPGA) == {"fpga0"}
+    heard(Holdings(3.0, 0.0, {}))  # p1 ended
+    assert record.withheld(FPGA) == frozenset()
+    record.hand_out(FPGA, table.snapshot, ["fpga1"])  # an Allocate after: known
+    heard(Holdings(4.0, 0.0, {FPGA: {"fpga1": ()}}))
+    assert record.withheld(FPGA) == frozenset()
+
+    kept = _record(short_dir / "kept")
+    kept.booked_at_start({}, bookings_found=True, served=[FPGA])
+    kept.after_answers(index)(Holdings(1.0, 0.0, {FPGA: {"fpga0": ()}}))
+    assert kept.withheld(FPGA) == frozenset()
+
+
+async def test_a_held_cdi_name_resolves_nowhere_after_a_start_that_lost_the_state_dir(
+    pod_resources_kubelet: KubeletSimulator, short_dir: Path, start_host
+) -> None:
+    """hostile10 F4: p1 holds s0 (node A) and s1 (node B) through CDI names. kdp-host stops
+    (its spec file goes), the state directory is emptied, the probe swaps them (s0 -> B),
+    kdp-host starts: s0 and s1 are not written from the driver's list (s0 would resolve to
+    B, the node p1 has as s1, or another pod's) but left out, until p1 ends; then they
+    follow the list."""
+    kubelet, dev, probe = pod_resources_kubelet, short_dir / "dev", short_dir / "list"
+    dev.mkdir()
+    for node in ("A", "B"):
+        (dev / node).touch()
+
+    def lists(s0: str, s1: str) -> None:
+        probe.write_text(
+            f"s0 Healthy path={dev / s0}:/dev/f0\ns1 Healthy path={dev / s1}:/dev/f1\n"
+        )
+
+    lists("A", "B")
+    spec_dir, state = short_dir / "cdi", short_dir / "state"
+    config = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, "
+        f"podResourcesSocket: {short_dir / 'pr' / 'kubelet.sock'}, podResourcesInterval: 1s}}\n"
+        f"stateDir: {state}\nresources:\n  - name: {FPGA}\n"
+        f"    shell: {{command: [cat, {probe}], interval: 1s}}\n"
+        f"    allocate: {{cdi: {{kind: {KIND}, specDir: {spec_dir}}}}}\n"
+    )
+    s0, s1 = (f"{KIND}={cdi_device_name(FPGA, i)}" for i in ("s0", "s1"))
+    running = await start_host(config)
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 2)
+    await kubelet.allocate(FPGA, 2, pod_uid="p1")
+    assert (resolved(spec_dir)[s0], resolved(spec_dir)[s1]) == ([f"{dev}/A"], [f"{dev}/B"])
+    await running.shutdown()  # (its spec file goes with it)
+    shutil.rmtree(state)
+    lists("B", "A")  # the probe swaps them (while kdp-host runs, the IDs keep their nodes)
+
+    again = await start_host(config)
+    await wait_until(lambda: FPGA in again.host.resources, what="the resource")
+    runtime = again.host.resources[FPGA]
+    await wait_until(
+        lambda: runtime._cdi is not None and runtime._cdi.first_sync.is_set(), what="written"
+    )
+    poller = again.host.pod_resources
+    assert poller is not None
+    seen = poller.holdings
+    await wait_until(lambda: poller.holdings is not seen, what="a PodResources answer")
+    await wait_until(
+        lambda: not {s0, s1} & resolved(spec_dir).keys(),
+        what="s0 and s1 left out of the spec, not written as listed now",
+    )
+    assert runtime._handed.withheld == {"s0", "s1"}
+    await kubelet.release("p1")
+    await wait_until(lambda: resolved(spec_dir).get(s0) == [f"{dev}/B"], what="as listed")
+
+
+async def test_a_restart_does_not_call_held_cdi_devices_unhealthy_before_its_spec_is_written(
+    pod_resources_kubelet: KubeletSimulator,
+    short_dir: Path,
+    start_host,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """hostile10 F4's `held_device_missing state=unhealthy` for devices healthy a few ms
+    later: at start each CDI device is held Unhealthy until the spec names it; the check of
+    held devices waits for that first write."""
+    kubelet = pod_resources_kubelet
+    (short_dir / "dev").mkdir()
+    (short_dir / "dev" / "fpga0").touch()
+    config = _cdi_config(kubelet, short_dir, with_a=True)
+    running = await start_host(config)
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    await running.shutdown()
+    with caplog.at_level("WARNING", logger="kdp_host"):
+        again = await start_host(config)
+        await wait_until(lambda: again.host.pod_resources is not None, what="the poller")
+        poller = again.host.pod_resources
+        await wait_until(lambda: FPGA in again.host.resources, what="the resource")
+        runtime = again.host.resources[FPGA]
+        await wait_until(
+            lambda: runtime._cdi is not None and runtime._cdi.first_sync.is_set(), what="written"
+        )
+        for _ in range(2):
+            seen = poller.holdings
+            await wait_until(lambda seen=seen: poller.holdings is not seen, what="an answer")
+    assert [r for r in caplog.records if r.getMessage() == "held_device_missing"] == []

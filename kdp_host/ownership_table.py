@@ -104,6 +104,8 @@ class ResourceState:
     resolving: asyncio.Task[None] | None = None
     unresolved: dict[str, str] = field(default_factory=dict)
     """Devices left out because a path of theirs did not resolve in time, with that path."""
+    unseen_lines: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    """`ownership_held`: when it last logged a path where nothing is, and lines kept back since."""
 
 
 class ClaimTable(abc.ABC):

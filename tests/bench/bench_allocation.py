@@ -81,7 +81,7 @@ def config(replicas: int, preferred: PreferredPolicy = "packed") -> ResourceConf
         driver=GlobDriverConfig(paths=("/dev/fpga*",)),
         allocate=AllocateConfig(
             env={"FPGA_DEVICES": "{ids}", "FPGA_COUNT": "{count}", "FPGA_PATHS": "{paths}"},
-            mounts=(MountConfig("/opt/fpga/bitstreams", "/bitstreams"),),
+            mounts=(MountConfig("/usr/share", "/bitstreams"),),
             annotations={"bench.kdp-host.io/devices": "{ids}"},
         ),
         replicas=replicas,

@@ -212,7 +212,7 @@ RICH_ALLOCATE: dict[str, Any] = {
     },
     "mounts": [
         {
-            "hostPath": "/opt/vendor/lib",
+            "hostPath": "/usr/lib",  # (must exist: a source kdp-host cannot see is refused)
             "containerPath": "/usr/local/vendor/lib",
             "readOnly": True,
         }

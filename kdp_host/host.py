@@ -135,9 +135,15 @@ class Host:
         hold.follow(watcher, self.offload)  # taken again when what stateDir names changes
         self.ownership.watch(watcher, safety_net := SafetyNet(self.offload))  # claims, trees
         kubelet = self.config.kubelet
-        self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown)
-            self.selection.config, self.metrics, self.log, self.offload, self.ownership.handed_out
-        )
+        state_dir, instance = self.config.state_dir, self.instance_id
+        release_state = await ReleaseStateStore.read(state_dir, self.log, self.offload, instance)
+        self.ownership.hold_while_releasing(release_state.pending)
+        sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
+        lost = not sync.file.found or sync.file.unknown  # (every resource's entries, then)
+        await book_handed(self.ownership, self.selection.config, self.offload, self.log, lost)
+        self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown; `lost`:
+            self.selection.config, self.metrics, self.log, self.offload,  # every resource's)
+            self.ownership.handed_out, lost)  # fmt: skip
         if self.pod_resources is not None:
             # lingering claims go once the kubelet shows no pod holding them
             self.pod_resources.subscribe(self.ownership.holdings)
@@ -145,12 +151,6 @@ class Host:
             self.pod_resources.nudge(lambda: any(r.resend() for r in list(self.resources.values())))
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
-        state_dir, instance = self.config.state_dir, self.instance_id
-        release_state = await ReleaseStateStore.read(state_dir, self.log, self.offload, instance)
-        self.ownership.hold_while_releasing(release_state.pending)
-        sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
-        lost = not sync.file.found or sync.file.unknown  # (every resource's entries, then)
-        await book_handed(self.ownership, self.selection.config, self.offload, self.log, lost)
         release_watch = release_state.follow(watcher, self.ownership.handed_out())
         handed = await HandedRecord.read(state_dir, self.log, self.offload, instance)
         served = {r.name for r in self.selection.config.resources}  # (not another plugin's)

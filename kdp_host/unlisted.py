@@ -30,10 +30,12 @@ only once its API source is back, which nothing else shows).
 A checkpoint that cannot be used (missing, unreadable, bad checksum) frees nothing: the IDs
 stay held until allocated again (logged once, `kubelet_checkpoint_unusable`).
 
-At start (`seed`) every ID of the host's resources the checkpoint lists is unlisted until an
-answer shows it (the IDs of a running init container are among them; a pod that ended while
-kdp-host was down keeps its IDs until the kubelet writes the file without them); a checkpoint
-that cannot be used then makes every booked ID unlisted (fail closed).
+At start (`seed`) every ID the checkpoint lists of the resources the start booked it for
+(`kubelet_checkpoint.book_handed`: the configured ones; every resource's with the bookings
+lost, a retired or another plugin's included) is unlisted until an answer shows it (the IDs
+of a running init container are among them; a pod that ended while kdp-host was down keeps
+its IDs until the kubelet writes the file without them); a checkpoint that cannot be used
+then makes every booked ID unlisted (fail closed).
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ class Unlisted:
     handed: dict[tuple[str, str], Handout] = field(default_factory=dict)
     """(resource, ID) -> its Allocate."""
     checkpoint: CheckpointRead | None = None
-    _seeding: Collection[str] | None = None
+    _seeding: bool = False
+    _seeded: Collection[str] | None = None
     _booked: Callable[[], Mapping[str, Collection[str]]] | None = None
     _reading: asyncio.Future[CheckpointRead] | None = None
     _told: str | None = None
@@ -140,12 +143,15 @@ class Unlisted:
         return os.path.join(self.socket_dir, CHECKPOINT_FILE)
 
     def seed(
-        self, resources: Collection[str], booked: Callable[[], Mapping[str, Collection[str]]]
+        self,
+        resources: Collection[str] | None,
+        booked: Callable[[], Mapping[str, Collection[str]]],
     ) -> None:
-        """At start: the IDs of `resources` the checkpoint lists are unlisted (`booked`,
-        resource -> the IDs this host booked, when it cannot be used), from the first
-        `refresh` on."""
-        self._seeding, self._booked = resources, booked
+        """At start: the IDs of `resources` (None: of every resource, as the start booked
+        them all: `kubelet_checkpoint.book_handed`) the checkpoint lists are unlisted
+        (`booked`, resource -> the IDs this host booked, when it cannot be used), from the
+        first `refresh` on."""
+        self._seeding, self._seeded, self._booked = True, resources, booked
 
     def allocated(self, resource: str, ids: Collection[str]) -> None:
         """An Allocate handed these IDs out (again: their earlier user is gone)."""
@@ -175,7 +181,7 @@ class Unlisted:
 
     @property
     def wanted(self) -> bool:
-        return bool(self.handed) or self._seeding is not None
+        return bool(self.handed) or self._seeding
 
     async def refresh(self, answered: float = float("inf"), doubted: bool = False) -> None:
         """Read the checkpoint again if it changed (bounded by READ_TIMEOUT; a read that
@@ -195,7 +201,7 @@ class Unlisted:
             if self._reading.done():
                 self._reading = None
         self.checkpoint = read
-        if self._seeding is not None:
+        if self._seeding:
             self._seed(read)
         if read.ids is None and (self.handed or read.stamp is not None):
             self._unusable(read.problem or "cannot be used")  # (none yet at start: no news)
@@ -222,11 +228,11 @@ class Unlisted:
             self._nudged = now + (min(delay, NUDGE_RESTART_MAX) if doubted else delay)
 
     def _seed(self, read: CheckpointRead) -> None:
-        resources, self._seeding = self._seeding or (), None
+        resources, self._seeding = self._seeded, False
         taken = Handout(float("-inf"), 0.0)
         if read.ids is not None:
             for resource, device_id in read.ids:
-                if resource in resources:
+                if resources is None or resource in resources:
                     self.handed.setdefault((resource, device_id), taken)
         elif read.stamp is not None and self._booked is not None:
             for resource, ids in self._booked().items():

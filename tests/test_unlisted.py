@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,40 @@ async def test_a_kdp_host_restart_keeps_an_init_containers_device_held(
     assert _booked(again) == {"fpga0"}
     await sim.release("p1")
     await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
+
+
+async def test_a_retired_checkpoint_booking_of_an_init_containers_node_stays_held(
+    sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
+) -> None:
+    """hostile10 F6: p1's init container holds fpga0; kdp-host stops, its state directory is
+    lost and the config names the resource anew. The node is booked from the kubelet's
+    checkpoint for the old resource (retired), which no answer ever lists: it stays held
+    while p1 lives (not freed by the answers' silence), and is free once p1 ended."""
+    text = host_yaml(socket_dir, devices, short_dir / "state", release_script(short_dir),
+                     pod_resources=short_dir / "pr")  # fmt: skip
+    running = await start_host(text)
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
+    await sim.allocate(FPGA, 1, pod_uid="p1", container="init-fw", init_container=True)
+    await running.shutdown()
+    shutil.rmtree(short_dir / "state")
+    renamed = FPGA + "2"
+    again = await start_host(text.replace(f"name: {FPGA}\n", f"name: {renamed}\n"))
+    await sim.wait_for(lambda: renamed in sim.snapshot())
+    await wait_until(lambda: again.host.pod_resources is not None, what="the new poller")
+    poller = again.host.pod_resources
+    started = poller.clock()
+    await wait_until(
+        lambda: (
+            poller.holdings is not None and poller.holdings.asked_at > started + HEARD_AFTER + 1
+        ),
+        timeout=60,
+        what="answers well after the start",
+    )
+    assert sim.allocatable(renamed) == 0, "p1's node advertised while its init container runs"
+    assert set(again.host.ownership.handed_out().get(FPGA, ())) == {"fpga0"}
+    await sim.release("p1")
+    await wait_until(lambda: sim.allocatable(renamed) == 1, timeout=60, what="the node free")
+    assert not again.host.ownership.handed_out().get(FPGA)
 
 
 async def test_a_kubelet_restart_while_its_pod_sources_are_away_frees_nothing(

@@ -120,11 +120,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _settle_heap_when_ready(health: HealthState) -> None:
-    """The collector stays paused until the host is first ready (every resource serving and
-    registered), `heap.START_PAUSE_LIMIT` at most; then `heap.settle_started`."""
+    """The collector stays paused until the host has started (every resource serving,
+    registered, and its first list sent: `HealthState.started`), `heap.START_PAUSE_LIMIT` at
+    most; then `heap.settle_started`."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(heap.START_PAUSE_LIMIT):
-            await health.ready_once.wait()
+            await health.started.wait()
     heap.settle_started()
 
 

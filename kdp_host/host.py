@@ -236,7 +236,7 @@ class Host:
 
     def _status_changed(self, name: str) -> None:  # /readyz: the resource's entry alone
         if (supervisor := self._supervisor) is not None:
-            self.health.resource_readiness(name, supervisor.not_ready_reason(name))
+            self.health.resource_readiness(name, *supervisor.readiness(name))
             if supervisor.gave_up(name) != (name in self.health.dead):
                 self.health.dead = tuple(supervisor.dead_resources())
 

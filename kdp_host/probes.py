@@ -33,27 +33,34 @@ class HealthState:
     not_ready: dict[str, str] = field(default_factory=lambda: {STARTING: "starting"})
     """Written through `report_not_ready`."""
     answer_timeout: float = LOOP_ANSWER_TIMEOUT
-    ready_once: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    """Set (on the loop) the first time nothing is not ready: the host's start is over."""
+    unlisted: frozenset[str] = frozenset()
+    """Running resources whose first ListAndWatch list has not gone out yet."""
+    started: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set (on the loop) the first time nothing is not ready and every resource has sent
+    the kubelet its first list: the host's start is over (`heap.settle_started`)."""
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _on_answer: LoopAnswer | None = field(default=None, repr=False)
 
-    def resource_readiness(self, name: str, reason: str | None) -> None:
-        """One resource is ready (None) or not (why): its entry alone changes, and the
-        host's "starting" goes with its first report. A new dict: the HTTP thread may be
-        reading the old one."""
+    def resource_readiness(self, name: str, reason: str | None, listed: bool) -> None:
+        """One resource is ready (None) or not (why), and has sent its first list or not:
+        its entry alone changes, and the host's "starting" goes with its first report. A
+        new dict: the HTTP thread may be reading the old one."""
+        if listed == (name in self.unlisted):
+            self.unlisted = self.unlisted ^ {name}
         before = self.not_ready
         if before.get(name) != reason or STARTING in before:
             after = {k: v for k, v in before.items() if k != name and k != STARTING}
             if reason is not None:
                 after[name] = reason
             self.report_not_ready(after)
+        elif not before and not self.unlisted:
+            self.started.set()
 
     def report_not_ready(self, not_ready: dict[str, str]) -> None:
         """What is not ready now (a new dict: the HTTP thread may be reading the old one)."""
         self.not_ready = not_ready
-        if not not_ready:
-            self.ready_once.set()
+        if not not_ready and not self.unlisted:
+            self.started.set()
 
     def attach(self, loop: asyncio.AbstractEventLoop, on_answer: LoopAnswer) -> None:
         """The host's loop answers probes from now on (`on_answer` runs on it each time)."""

@@ -74,6 +74,7 @@ class ResourceRuntime:
             self._services.metrics,
             self.log,
             on_stream_lost=on_stream_lost,
+            on_listed=self.status.first_list_sent,
             pre_start=self._pre_start,
             allocate_hook=self._allocate_hook,
             release=self.release,

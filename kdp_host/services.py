@@ -94,6 +94,8 @@ class ResourceStatus:
     """`kdp_registered` of the resource."""
     serving: bool = False
     registered: bool = False
+    listed: bool = False
+    """A ListAndWatch stream has sent the kubelet a list (the first one: the start is over)."""
     last_error: str | None = None
     problems: dict[str, str] = field(default_factory=dict)
     """Parts of the resource that keep it from being ready (e.g. `cdi`), with a short reason."""
@@ -117,6 +119,11 @@ class ResourceStatus:
         if error is not None:
             self.last_error = error
         self.changed()
+
+    def first_list_sent(self) -> None:
+        if not self.listed:
+            self.listed = True
+            self.changed()
 
     def set_problem(self, part: str, reason: str | None) -> None:
         """A part of the resource keeps it from being ready (reason), or no longer (None)."""

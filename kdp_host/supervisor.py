@@ -71,6 +71,11 @@ class Supervisor:
             return None
         return status.not_ready_reason()
 
+    def readiness(self, name: str) -> tuple[str | None, bool]:
+        """`not_ready_reason`, and whether the resource sent its first list (or runs no more)."""
+        supervised = self._running.get(name)
+        return self.not_ready_reason(name), supervised is None or supervised.runtime.status.listed
+
     def gave_up(self, name: str) -> bool:
         supervised = self._running.get(name)
         return supervised is not None and supervised.gave_up

@@ -330,10 +330,12 @@ async def test_without_close_connections_grpclib_keeps_the_connection(short_dir:
 
 async def test_a_cancelled_list_and_watch_runs_its_cleanup(short_dir: Path) -> None:
     """ListAndWatch is driven under aclosing by the service's own handler: a client that
-    cancels its stream closes the generator (gauge back to 0, on_stream_lost called)."""
+    cancels its stream closes the generator (gauge back to 0, on_stream_lost called).
+    `on_listed` is told once the list went out (the host's start is over: `heap`)."""
     table = DeviceTable()
     table.publish([Device("a")])
     lost: list[bool] = []
+    listed: list[bool] = []
     metrics = Metrics()
     config = load_config_text("resources: [{name: t.io/r, glob: {paths: [/dev/r*]}}]")
     service = DevicePluginService(
@@ -343,6 +345,7 @@ async def test_a_cancelled_list_and_watch_runs_its_cleanup(short_dir: Path) -> N
         metrics,
         get_logger(),
         on_stream_lost=lambda: lost.append(True),
+        on_listed=lambda: listed.append(True),
     )
     server = PluginServer([service])
     path = str(short_dir / "p.sock")
@@ -365,6 +368,7 @@ async def test_a_cancelled_list_and_watch_runs_its_cleanup(short_dir: Path) -> N
             first = await stream.recv_message()
             assert first is not None and [d.id for d in first.devices] == ["a"]
             assert stream_count() == 1
+            await wait_until(lambda: listed == [True], what="on_listed after the first list")
             await stream.cancel()
         await wait_until(lambda: lost == [True], what="on_stream_lost after the cancel")
         assert stream_count() == 0

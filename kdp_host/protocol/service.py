@@ -70,6 +70,7 @@ class DevicePluginService(DevicePluginBase):
         log: EventLogger,
         *,
         on_stream_lost: Callable[[], None] | None = None,
+        on_listed: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         pre_start: PreStartHook | None = None,
         allocate_hook: AllocateHook | None = None,
@@ -86,6 +87,7 @@ class DevicePluginService(DevicePluginBase):
         self._log = log
         self._clock = clock
         self._on_stream_lost = on_stream_lost
+        self._on_listed = on_listed  # told after each list sent (the first one counts)
         self._builder = AllocationBuilder(config)
         self._pre_start = pre_start
         self._allocate_hook = allocate_hook
@@ -184,6 +186,8 @@ class DevicePluginService(DevicePluginBase):
             async with contextlib.aclosing(self.device_lists()) as lists:
                 async for encoded in lists:
                     await stream.send_message(encoded)
+                    if self._on_listed is not None:
+                        self._on_listed()
             await stream.send_trailing_metadata()
         finally:
             self._open_streams -= 1

@@ -122,10 +122,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _settle_heap_when_ready(health: HealthState) -> None:
     """The collector stays paused until the host has started (every resource serving,
     registered, and its first list sent: `HealthState.started`), `heap.START_PAUSE_LIMIT` at
-    most; then `heap.settle_started`."""
+    most; then, once the last lists have left (`written_out`), `heap.settle_started`."""
+    from .protocol.server import written_out
+
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(heap.START_PAUSE_LIMIT):
             await health.started.wait()
+    await written_out()  # not collecting while the last first list waits to be sent
     heap.settle_started()
 
 

@@ -48,7 +48,12 @@ from kdp_host.metrics import Metrics
 from kdp_host.protocol.codec import DevicePluginCodec, EncodedMessage
 from kdp_host.protocol.lists import ListAndWatchEncoder
 from kdp_host.protocol.registration import Registrar, RegistrationError, file_identity
-from kdp_host.protocol.server import SOCKET_MODE, CoalescingTransport, PluginServer
+from kdp_host.protocol.server import (
+    SOCKET_MODE,
+    CoalescingTransport,
+    PluginServer,
+    written_out,
+)
 from kdp_host.protocol.service import DevicePluginService
 from kdp_host.simulator import KubeletSimulator
 
@@ -583,6 +588,18 @@ async def test_writes_of_two_loop_turns_leave_in_one_write() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert real.writes == [b"ping ack|headers|message|trailers", b"later"]
+
+
+async def test_written_out_returns_once_every_write_before_it_has_left() -> None:
+    loop = asyncio.get_running_loop()
+    real, other = RecordingTransport(), RecordingTransport()
+    transport, started_earlier = CoalescingTransport(real, loop), CoalescingTransport(other, loop)
+    started_earlier.write(b"headers|")
+    await asyncio.sleep(0)
+    started_earlier.write(b"list")
+    transport.write(b"list")
+    await written_out()
+    assert real.writes == [b"list"] and other.writes == [b"headers|list"]
 
 
 async def test_close_sends_what_is_pending_and_abort_drops_it() -> None:

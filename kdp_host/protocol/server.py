@@ -136,6 +136,15 @@ class CoalescingTransport(asyncio.Transport):
         return self._transport.is_reading()
 
 
+async def written_out() -> None:
+    """Returns once what every `CoalescingTransport` was given before the call has gone to
+    its transport: each sends what it was given in a turn of the loop by the end of the next
+    turn (its first write schedules a callback that schedules the send), so it has left two
+    turns later."""
+    for _ in range(2):
+        await asyncio.sleep(0)
+
+
 class _CoalescingProtocol(asyncio.Protocol):
     """Hands the connection's protocol a `CoalescingTransport` in place of the real one,
     and tells the server's `_Connections` when the connection opens and closes."""

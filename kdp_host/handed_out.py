@@ -132,20 +132,22 @@ class HandedRecord:
         booked: Mapping[str, Collection[str]],
         bookings_found: bool = True,
         served: Collection[str] = (),
+        booked_now: Callable[[str, str], bool] = lambda resource, advertised: True,
     ) -> None:
         """At start, once the bookings are read (resource -> booked IDs): those the record
         cannot tell of are withheld when the file was unreadable, or missing with the
-        bookings lost too (`bookings_found` False); see the module docstring. So are then
-        the IDs of `served` resources an answer shows held with no entry (`after_answers`:
-        CDI names the checkpoint leaves to PodResources; hostile10 F4) while it does."""
+        bookings lost too (`bookings_found` False; `booked` has CDI answers' IDs too: those
+        not `booked_now` stay until an answer shows them not held); so are then the IDs of
+        `served` resources an answer shows held with no entry (hostile10 F4) while it does."""
         file = self.file
         if file is None or not (file.unknown or (not file.found and not bookings_found)):
             return
-        self._lost = Lost(served)
+        self._lost = lost = Lost(served)
         for resource, ids in booked.items():
-            entries = self._data.get(resource, {})
-            known = {i for handed in entries.values() for i in handed.ids}
-            self._withhold(resource, {i for i in ids if i not in known})
+            known = {i for handed in self._data.get(resource, {}).values() for i in handed.ids}
+            self._withhold(resource, unknown := {i for i in ids if i not in known})
+            if waiting := {i for i in unknown if not booked_now(resource, i)}:
+                lost.shown[resource] = waiting
         self._settle()
 
     def _withhold(self, resource: str, ids: set[str]) -> bool:
@@ -299,8 +301,7 @@ class HandedRecord:
             changed = lost is not None and lost.heard(answer, self._data)
             for resource, ids in lost.shown.items() if lost is not None else ():
                 self._changed(resource, self._withhold(resource, ids))
-            if lost is not None and not lost.shown:
-                self._lost = None  # (no pod left from before: as with the record kept)
+            self._lost = lost if lost is None or lost.shown else None  # (none left from before)
             self.let_go(bookings.is_booked, None, None if changed else bookings.drops())
 
         return heard

@@ -154,8 +154,8 @@ class Host:
         release_watch = release_state.follow(watcher, self.ownership.handed_out())
         handed = await HandedRecord.read(state_dir, self.log, self.offload, instance)
         served = {r.name for r in self.selection.config.resources}  # (not another plugin's)
-        booked = {name: ids for name, ids in self.ownership.handed_out().items() if name in served}
-        handed.booked_at_start(booked, sync.file.found, served)
+        booked = self.ownership.handed_at_start(served)  # (CDI answers of the checkpoint too)
+        handed.booked_at_start(booked, sync.file.found, served, self.ownership.is_booked)
         if self.pod_resources is not None:  # its entries go with their bookings
             self.pod_resources.subscribe(handed.after_answers(self.ownership))
         sync.follow(watcher, safety_net)

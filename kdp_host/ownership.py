@@ -126,7 +126,7 @@ class OwnershipIndex(Watching):
         super().__init__(clock, metrics, resolve, offload, timeout, chunk, mounts)
         self.pod_resources = pod_resources
         self._adoption = Adoption(self._ledger, metrics)
-        self._cdi_kinds = {}
+        self._cdi_kinds, self._cdi_handed = {}, {}
 
     # ------------------------------------------------------------------ runtimes
 

@@ -43,6 +43,8 @@ class BookingAllocations(HandingOut):
     """Records what the kubelet booked (the ownership index's layer for Allocate)."""
 
     _cdi_kinds: dict[str, str]
+    _cdi_handed: dict[str, set[str]]
+    """Resource -> the IDs the checkpoint's answers with CDI names named (at start)."""
     """CDI kind -> the resource whose runtime writes its spec file (`attach`)."""
 
     async def book(
@@ -86,6 +88,11 @@ class BookingAllocations(HandingOut):
         publishes (`kubelet_checkpoint.book_handed`; `lost`: `ownership.json` was missing or
         set aside): booked (`take_handed`) and written. A resource no runtime serves is
         retired, its bookings held as by `keep_bookings_in`."""
+        handed = list(handed)
+        for entry in handed:  # (PodResources books them: `ownership_adopt`)
+            if entry.handed.cdi_names:
+                ids = entry.handed.ids
+                self._cdi_handed.setdefault(entry.handed.resource, set()).update(ids)
         gained = take_handed(self._ledger, handed, self._clock(), self.pod_resources, lost)
         for owner, _ in gained:
             if (state := self._state(owner.resource)).publish is None:
@@ -106,6 +113,15 @@ class BookingAllocations(HandingOut):
         out: dict[str, set[str]] = {}
         for owner in self._ledger.bookings:
             out.setdefault(owner.resource, set()).add(owner.device)
+        return out
+
+    def handed_at_start(self, served: Collection[str]) -> dict[str, set[str]]:
+        """Resource of `served` -> the IDs known at start to be handed out: booked
+        (`handed_out`), or named by a checkpoint answer with CDI names (`take_handed`)."""
+        out = {name: ids for name, ids in self.handed_out().items() if name in served}
+        for name, ids in self._cdi_handed.items():
+            if name in served:
+                out.setdefault(name, set()).update(ids)
         return out
 
     async def owners_of(self, paths: Collection[str]) -> dict[str, list[Owner]]:

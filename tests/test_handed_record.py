@@ -23,7 +23,9 @@ from kdp_host.files import DaemonThreads
 from kdp_host.handed_out import HANDED_FILE, HandedRecord, RecordFull
 from kdp_host.holdings import Holdings
 from kdp_host.hooks import handed_devices
+from kdp_host.kubelet_checkpoint import Handed, HandedClaims
 from kdp_host.logs import get_logger
+from kdp_host.ownership import OwnershipIndex
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
@@ -450,3 +452,24 @@ async def test_a_restart_does_not_call_held_cdi_devices_unhealthy_before_its_spe
             seen = poller.holdings
             await wait_until(lambda seen=seen: poller.holdings is not seen, what="an answer")
     assert [r for r in caplog.records if r.getMessage() == "held_device_missing"] == []
+
+
+async def test_the_checkpoints_cdi_answers_are_withheld_from_the_start_until_an_answer(
+    short_dir: Path,
+) -> None:
+    """hostile10 F4 before the first PodResources answer: the checkpoint's answers with CDI
+    names are booked by none yet (PodResources books them), so with the record lost their
+    IDs are withheld from the start: the CDI writer's first sync leaves them out too. The
+    first answer lets go those no pod holds."""
+    index = OwnershipIndex()
+    cdi = HandedClaims(Handed(FPGA, ("fpga0", "fpga1"), ("/m",), (f"{KIND}=a",)), ())
+    index.take_handed([cdi], lost=True)
+    assert index.handed_at_start([FPGA]) == {FPGA: {"fpga0", "fpga1"}}
+    assert index.handed_at_start(["other.io/gpu"]) == {}
+    record = _record(short_dir / "emptied")
+    at_start = index.handed_at_start([FPGA])
+    record.booked_at_start(at_start, False, [FPGA], index.is_booked)  # (as the host does)
+    record.of(FPGA).let_go(lambda advertised: False)  # the writer's first sync: none booked
+    assert record.withheld(FPGA) == {"fpga0", "fpga1"}
+    record.after_answers(_Index())(Holdings(1.0, 0.0, {FPGA: {"fpga1": ()}}))
+    assert record.withheld(FPGA) == {"fpga1"}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from .api.v1 import ListPodResourcesResponse
@@ -38,6 +38,11 @@ back) in which an answer that lacks a holder is no evidence at all: the kubelet 
 a pod manager it is still filling."""
 
 
+UNLISTED: Final = "(not-listed)"
+"""The name shown for a holder the kubelet's PodResources does not name (a regular init
+container's device; README, "Device release")."""
+
+
 @dataclass(frozen=True, slots=True)
 class Holder:
     """A container holding a device, as the kubelet names it."""
@@ -52,6 +57,14 @@ class Holder:
     """False: a holder no answer names, of an ID an Allocate handed out and no answer has
     shown since (a regular init container's, or a pod's not admitted yet); its names are
     empty (`unlisted.Unlisted`)."""
+
+    def shown(self, container: bool = True) -> str:
+        """How a log line or the status table names it: `namespace/pod[/container]`, or
+        `UNLISTED` for a holder no answer names (its names are empty)."""
+        if not self.listed:
+            return UNLISTED
+        pod = f"{self.namespace}/{self.pod}"
+        return f"{pod}/{self.container}" if container else pod
 
 
 @dataclass(frozen=True)

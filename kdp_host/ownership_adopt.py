@@ -172,7 +172,7 @@ class Adoption:
         log = state.log
         if log is None:
             return
-        pods = ",".join(sorted({f"{h.namespace}/{h.pod}" for h in holders}))
+        pods = ",".join(sorted({h.shown(container=False) for h in holders}))
         if result == "booked":
             log.info("held_id_booked", device=kubelet_id, pods=pods)
         else:

@@ -61,7 +61,7 @@ class DeviceUse:
 
     def last_holders(self) -> str:
         """Who held it last, as `namespace/pod/container` (a log line's)."""
-        return _joined(f"{h.namespace}/{h.pod}/{h.container}" for h in self.holders)
+        return _joined(h.shown() for h in self.holders)
 
     def view(self) -> dict[str, Any]:
         """Its release part in `/devices` (read from the HTTP thread). The command's error

@@ -208,9 +208,7 @@ class ResourceRuntime:
                 "held_device_missing",
                 device=device,
                 state="unhealthy" if present else "gone",
-                holders=",".join(
-                    f"{h.namespace}/{h.pod}/{h.container}" for h in self._held[device]
-                ),
+                holders=",".join(h.shown() for h in self._held[device]),
             )
         self._held_missing = missing
 

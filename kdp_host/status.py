@@ -17,9 +17,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from .devices import HEALTHY, UNHEALTHY, physical_id
+from .holdings import UNLISTED
 from .logs import quote_text
 
 if TYPE_CHECKING:
@@ -183,11 +184,6 @@ class DevicesAnswer:
             return self._data
 
 
-UNLISTED_HOLDER: Final = "(not-listed)"
-"""A holder the kubelet's PodResources does not name (a regular init container's device,
-a kubelet restarted while its API server is away: README, "Device release"), in the table."""
-
-
 def status_rows(document: Mapping[str, Any]) -> list[tuple[str, ...]]:
     """One row per (device, holder) for the table; every cell quoted where it must be."""
     rows: list[tuple[str, ...]] = []
@@ -199,7 +195,7 @@ def status_rows(document: Mapping[str, Any]) -> list[tuple[str, ...]]:
                 if holder is None:
                     held, since = "-", "-"
                 elif holder.get("listed") is False:
-                    held = UNLISTED_HOLDER
+                    held = UNLISTED
                     since = quote_text(holder.get("since") or "-")
                 else:
                     held = "/".join(

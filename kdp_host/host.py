@@ -24,7 +24,7 @@ from .features import configured_hooks, node_feature_file, pod_resources_poller
 from .files import DaemonThreads, Offload
 from .handed_out import HandedRecord
 from .inotify_watch import make_watcher
-from .kubelet_checkpoint import book_handed
+from .kubelet_checkpoint import book_handed, unbooked
 from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
@@ -139,7 +139,9 @@ class Host:
         release_state = await ReleaseStateStore.read(state_dir, self.log, self.offload, instance)
         self.ownership.hold_while_releasing(release_state.pending)
         sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
-        lost = not sync.file.found or sync.file.unknown  # (every resource's entries, then)
+        handed = await HandedRecord.read(state_dir, self.log, self.offload, instance)
+        served = {r.name for r in self.selection.config.resources}  # (lost: every resource's)
+        lost = not sync.file.found or sync.file.unknown or unbooked(handed, served, self.ownership)
         await book_handed(self.ownership, self.selection.config, self.offload, self.log, lost)
         self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown; `lost`:
             self.selection.config, self.metrics, self.log, self.offload,  # every resource's)
@@ -152,8 +154,6 @@ class Host:
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
         release_watch = release_state.follow(watcher, self.ownership.handed_out())
-        handed = await HandedRecord.read(state_dir, self.log, self.offload, instance)
-        served = {r.name for r in self.selection.config.resources}  # (not another plugin's)
         booked = self.ownership.handed_at_start(served)  # (CDI answers of the checkpoint too)
         handed.booked_at_start(booked, sync.file.found, served, self.ownership.is_booked)
         if self.pod_resources is not None:  # its entries go with their bookings

@@ -25,7 +25,7 @@ import binascii
 import functools
 import json
 import os
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -38,6 +38,7 @@ from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
 if TYPE_CHECKING:
     from .config import Config
+    from .handed_entries import Handed as HandedEntry
     from .ownership_bookings import Ledger
 
 CHECKPOINT_FILE: Final = "kubelet_internal_checkpoint"
@@ -138,6 +139,36 @@ def _known(claims: Iterable[Claim]) -> set[str]:
     """The paths (host and real) of claims that say what they reached: a node by its number
     (held by it), or what has no number."""
     return {p for key, path, real in claims if key[0] != NOTHING for p in (path, real)}
+
+
+class Record(Protocol):
+    """What each Allocate handed out (`handed_out.HandedRecord`), as `unbooked` reads it."""
+
+    def resources(self) -> list[str]: ...
+
+    def devices(self, resource: str) -> Mapping[str, object]: ...
+
+    def entry(self, resource: str, device_id: str) -> HandedEntry | None: ...
+
+
+class Booked(Protocol):
+    def is_booked(self, resource: str, advertised_id: str) -> bool: ...
+
+
+def unbooked(record: Record, served: Collection[str], bookings: Booked) -> bool:
+    """Whether `handed-out.json` (written before every Allocate answers) has an entry of a
+    resource the config no longer serves whose IDs `ownership.json` did not book: that
+    write was lost (stalled, then the host killed; hostile10 F9). The start then takes the
+    bookings as lost (`book_handed` with `every`): the checkpoint's entries of every
+    resource are booked, a removed resource's as a retired one's, until the kubelet shows
+    them gone (`unlisted`)."""
+    return any(
+        not bookings.is_booked(resource, i)
+        for resource in set(record.resources()) - set(served)
+        for device_id in record.devices(resource)
+        if (entry := record.entry(resource, device_id)) is not None
+        for i in entry.ids
+    )
 
 
 WITHOUT_CHECKPOINT: Final = (

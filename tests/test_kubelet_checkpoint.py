@@ -341,12 +341,12 @@ async def test_with_the_bookings_kept_only_the_configs_resources_are_read(
     assert host.ids(B) == ["x"]
 
 
-def served(resource: str, kubelet: Any, devices: Path, state: Path) -> str:
+def served(resource: str, kubelet: Any, devices: Path, state: Path, glob: str = "fpga0") -> str:
     return (
         f"kubelet: {{socketDir: {kubelet.socket_dir}, "
         f"podResourcesSocket: {kubelet.pod_resources_socket}, podResourcesInterval: 1s}}\n"
         f"stateDir: {state}\nmetrics: {{listen: 127.0.0.1:0}}\nresources:\n"
-        f'  - name: {resource}\n    glob: {{paths: ["{devices}/fpga0"]}}\n'
+        f'  - name: {resource}\n    glob: {{paths: ["{devices}/{glob}"]}}\n'
     )
 
 
@@ -389,6 +389,44 @@ async def test_a_resource_removed_while_the_state_dir_was_lost_keeps_its_pods_no
     await kubelet.acall(kubelet.release, "p1")
     await kubelet.await_for(healthy(B, 1), what="B advertises fpga0 once p1 ended")
     assert (await kubelet.acall(kubelet.allocate, "p2", {B: 1}))["error"] == ""
+
+
+async def test_a_removed_resources_handed_out_entry_books_its_node_when_the_bookings_lost_it(
+    real_kubelet_factory: Any,
+    start_host: Any,
+    short_dir: Path,
+    devices: Path,
+) -> None:
+    """hostile10 F9: A gives a node to p0 (written to ownership.json), then the other to p1
+    whose bookings write is lost (stalled, then kdp-host killed: handed-out.json, written
+    before every Allocate answers, has p1's entry; ownership.json only p0's). The config now
+    serves both nodes as B: the record's unbooked entry of the removed A makes the start take
+    the bookings as lost, so the checkpoint books p1's node too, held until p1 ends."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    state = short_dir / "state"
+    running = await start_host(served(A, kubelet, devices, state, "fpga[01]"))
+
+    def healthy(resource: str, count: int) -> Any:
+        def check(k: Any) -> bool:
+            seen = k.resource(resource)
+            return seen is not None and seen["healthy"] == count
+
+        return check
+
+    await kubelet.await_for(healthy(A, 2), what="A advertises both nodes")
+    assert (await kubelet.acall(kubelet.allocate, "p0", {A: 1}))["error"] == ""
+    saved = (state / "ownership.json").read_bytes()  # (p0's booking written)
+    assert (await kubelet.acall(kubelet.allocate, "p1", {A: 1}))["error"] == ""
+    await running.shutdown()
+    assert (state / "ownership.json").read_bytes() != saved, "p1's booking was written"
+    (state / "ownership.json").write_bytes(saved)  # p1's booking never reached it
+    await start_host(served(B, kubelet, devices, state, "fpga[01]"))
+    first = await kubelet.acall(kubelet.first_list_after_registering, B, 0)
+    assert first["healthy"] == 0, "B holds back p0's node and p1's"
+    refused = await kubelet.acall(kubelet.allocate, "p2", {B: 1})
+    assert refused["error"] and not refused["device_ids"], refused
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(B, 1), what="B advertises p1's node once p1 ended")
 
 
 def test_a_directory_reaches_the_booked_places_below_it_and_no_other() -> None:

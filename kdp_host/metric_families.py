@@ -277,7 +277,8 @@ class MetricFamilies:
         self.state_persist_failing = Gauge(
             "kdp_state_persist_failing",
             "1 while a state file in stateDir does not hold the latest change: its writes "
-            "fail and are retried (what it holds is lost if kdp-host restarts meanwhile).",
+            "fail and are retried, or one has stalled past 5 s (what it lacks is lost if "
+            "kdp-host restarts meanwhile).",
             ["file"],
             registry=r,
         )

@@ -11,7 +11,8 @@ copies are there: none is replaced), with one error line saying what that costs
 (`consequence`). A write that fails (a full disk, a read-only file system) is tried again,
 with backoff (`RETRY_FIRST` doubling to `RETRY_MAX` s, and at once on every change) until
 one succeeds: one error line when it starts failing (`<what>_write_failed`), one when the
-file is written again (`<what>_write_recovered`), and `unwritten` says why meanwhile.
+file is written again (`<what>_write_recovered`), and `unwritten` says why meanwhile (also
+while a write has not completed within `write_limit`: a lock held, a hung file system).
 
 A file several hosts share (two instances on one stateDir in a rolling update) is written
 with a `merge`: under an exclusive `fcntl.flock` of `<name>.lock`, the file is read again
@@ -62,9 +63,8 @@ UNSAVED: Final = ".unsaved"
 """The marker of a file whose writes fail (`mark_unsaved`): `<name>.unsaved[.<writer>]`."""
 
 RETRY_FIRST: Final = 1.0
-"""Seconds before a failed write is tried again; doubled after each failure..."""
+"""Seconds before a failed write is tried again; doubled at each failure, to RETRY_MAX."""
 RETRY_MAX: Final = 60.0
-"""... up to this."""
 
 Parser = Callable[[Mapping[str, Any]], T]
 """Reads a document (its version checked already); raises ValueError, KeyError, TypeError or
@@ -108,9 +108,7 @@ class StateFile:
         self._wrote: tuple[bytes, Mapping[str, Any]] | None = None
         self.path = Path(directory) / name
         self._mark_unsaved = mark_unsaved
-        self._marker = Path(directory) / (
-            f"{name}{UNSAVED}" if writer is None else f"{name}{UNSAVED}.{writer}"
-        )
+        self._marker = Path(directory) / f"{name}{UNSAVED}{'' if writer is None else '.' + writer}"
         self._marked = False  # this host's marker exists (a failed write made it, or taken over)
         self.lock_path = Path(directory) / f"{name}.lock"
         self._merge = merge
@@ -135,17 +133,14 @@ class StateFile:
         """Times a file that could not be read was set aside (or found so)."""
         self.write_failures = 0
         self._content: Callable[[], Mapping[str, Any]] = dict
-        self._version = 0
-        self._written = 0
+        self._version = self._written = 0
         self._lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
-        self.write_limit = WRITE_LIMIT
-        self.retry_first = RETRY_FIRST
-        self.retry_max = RETRY_MAX
+        self.write_limit, self.retry_first, self.retry_max = WRITE_LIMIT, RETRY_FIRST, RETRY_MAX
         self._wake = asyncio.Event()
         self.unwritten: str | None = None
-        """Why the file does not hold the latest change, while its writes fail (short: the
-        file's name and the error's code); None when they succeed."""
+        """Why the file does not hold the latest change, while its writes fail or stall past
+        `write_limit` (short: the file's name and why); None once one succeeds."""
         self._failing_since = 0.0
         self.on_unwritten: Callable[[], None] | None = None
         """Called when `unwritten` changes (`StateFiles`)."""
@@ -246,10 +241,7 @@ class StateFile:
     def write_again(self, document: Callable[[], Mapping[str, Any]], why: str) -> None:
         """The file went behind the host's back (deleted, its directory emptied): write
         `document()` again; `unwritten` says so (not ready) until a write succeeds."""
-        if self.unwritten is None:
-            self.unwritten = f"{self.path.name} {why}: written again"
-            self._failing_since = time.monotonic()
-            self._tell()
+        self._behind(f"{why}: written again")
         self._log.error(f"{self._what}_lost", reason=why, consequence=self._if_unwritten)
         self.changed(document)
 
@@ -298,11 +290,15 @@ class StateFile:
             while self._written != self._version:
                 version = self._version
                 mine = self._content()
+                why = f"not written within {self.write_limit:g} s: stalled"
+                stall = asyncio.get_running_loop().call_later(self.write_limit, self._behind, why)
                 try:
                     await self._offload.run(functools.partial(self._write_marked, mine))
                 except OSError as exc:
                     self._failed(exc)
                     return
+                finally:
+                    stall.cancel()
                 self._written = version
                 if self.unwritten is not None:
                     self.unwritten = None
@@ -319,9 +315,7 @@ class StateFile:
         if self.unwritten is not None:
             return
         code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        self.unwritten = f"{self.path.name} not written ({code}): retrying"
-        self._failing_since = time.monotonic()
-        self._tell()
+        self._behind(f"not written ({code}): retrying")
         self._log.error(
             f"{self._what}_write_failed",
             reason=str(exc),
@@ -329,6 +323,12 @@ class StateFile:
             action=f"tried again after {self.retry_first:g} s doubling to "
             f"{self.retry_max:g} s, and at every change, until a write succeeds",
         )
+
+    def _behind(self, why: str) -> None:
+        """`unwritten`: a write failed, stalled past `write_limit`, or the file was lost."""
+        if self.unwritten is None:
+            self.unwritten, self._failing_since = f"{self.path.name} {why}", time.monotonic()
+            self._tell()
 
     def _tell(self) -> None:
         if self.on_unwritten is not None:

@@ -13,17 +13,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from kdp_host import state_file
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceNode
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
+from kdp_host.metric_series import Gauge
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Owner
 from kdp_host.ownership_document import OWNERSHIP_FILE, SavedBooking, ownership_file, read_saved
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.simulator import KubeletSimulator
+from kdp_host.state_files import STATE_DIR, StateFiles
 
 from .conftest import glob_config, wait_until
 
@@ -142,6 +145,29 @@ async def test_allocate_and_prestart_do_not_wait_for_a_state_dir_that_hangs(
     assert kept.load(read_saved) == [
         SavedBooking(Owner("t.io/a", "a"), "a", ((("c", 1), "/dev/a", "/dev/a"),), ())
     ]
+
+
+async def test_a_stalled_write_marks_the_file_unwritten_until_it_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hostile10 F10: a write that has not completed within `WRITE_LIMIT` (its lock held by
+    another process, a hung file system) marks the file not written: /readyz names it and
+    `kdp_state_persist_failing` is 1, until the write lands."""
+    monkeypatch.setattr(state_file, "WRITE_LIMIT", 0.05)
+    writes = HungWrites()
+    kept = ownership_file(str(tmp_path), get_logger(), writes)
+    gauge = Gauge("kdp_state_persist_failing", "-", ["file"], registry=CollectorRegistry())
+    files = StateFiles(gauge, lambda: None)
+    files.add(kept)
+    kept.changed(lambda: {"bookings": []})
+    name = OWNERSHIP_FILE
+    await wait_until(lambda: kept.unwritten is not None, what="the stalled write marked")
+    assert files.not_ready() == {STATE_DIR: f"{name} not written within 0.05 s: stalled"}
+    assert gauge.labels(name).value == 1
+    writes.go.set()
+    await wait_until(lambda: kept.unwritten is None, what="the write landed")
+    assert (tmp_path / name).exists() and files.not_ready() == {}
+    assert gauge.labels(name).value == 0
 
 
 class FullDisk:

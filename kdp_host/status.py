@@ -20,7 +20,6 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .devices import HEALTHY, UNHEALTHY, physical_id
-from .holdings import UNLISTED
 from .logs import quote_text
 
 if TYPE_CHECKING:
@@ -186,6 +185,8 @@ class DevicesAnswer:
 
 def status_rows(document: Mapping[str, Any]) -> list[tuple[str, ...]]:
     """One row per (device, holder) for the table; every cell quoted where it must be."""
+    from .holdings import UNLISTED  # (the command's, not a run's: a run may poll nothing)
+
     rows: list[tuple[str, ...]] = []
     for resource in document.get("resources", []):
         for device in resource.get("devices", []):

@@ -31,7 +31,8 @@ import abc
 import asyncio
 import functools
 import os
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TypeVar
 
 from .devices import physical_id
 from .identity import DIRECTORY, Identity
@@ -51,6 +52,8 @@ from .ownership_claims import (
 from .ownership_gate import AdmissionGate
 from .ownership_reads import Found, arrived
 from .ownership_resolve import reached_only
+
+T = TypeVar("T")
 
 
 class PlaceOwned(ValueError):
@@ -146,27 +149,15 @@ class HandingOut(AdmissionGate):
         would see a move there within its interval only) is read in full, up to
         `RESCAN_LIMIT` entries (hostile8 N4). Raises Unresolvable when that is past the
         limit, or when the read does not end within `HANDED_TIMEOUT`."""
-        offload = self._paths.offload
         whole = self._arrivals.left_to_net(mounted)
         work = functools.partial(_read_inside, [d for d in mounted if d not in whole], whole)
-        try:
-            found, more = (
-                work()
-                if offload is None
-                else await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
-            )
-        except TimeoutError:
-            raise Unresolvable(
-                f"what is below {', '.join(mounted)} was not read within {HANDED_TIMEOUT:g} s"
-            ) from None
+        found, more = await self._off_loop(work, f"what is below {', '.join(mounted)} was not read")
         if more:
             raise Unresolvable(
                 f"{', '.join(whole)}: its tree is not followed in full (mount_tree_unfollowed) "
                 f"and holds more than {RESCAN_LIMIT:,} entries: what is below it is not known"
             )
-        state = self._resources.get(resource)
-        n = 1 if state is None else state.replicas or 1
-        mine = {d for i in ids for d in (i, physical_id(i, n))}
+        mine = self._mine(resource, ids)
         exclusive = self._exclusive
         foreign = [
             (key, path)
@@ -194,9 +185,7 @@ class HandingOut(AdmissionGate):
         trees = self._arrivals.unfollowed
         if not trees:
             return  # (the common case)
-        state = self._resources.get(resource)
-        n = 1 if state is None else state.replicas or 1
-        mine = {Owner(resource, d) for i in ids for d in (i, physical_id(i, n))}
+        mine = {Owner(resource, d) for d in self._mine(resource, ids)}
         spots = self._ledger.spots
         booked = sorted(t for t in trees if any(o not in mine for o in spots.get(t, ())))
         nodes = {
@@ -206,19 +195,11 @@ class HandingOut(AdmissionGate):
         }
         if not booked or not nodes:
             return
-        work = functools.partial(_linked_below, booked, nodes)
-        offload = self._paths.offload
-        try:
-            found, more = (
-                work()
-                if offload is None
-                else await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
-            )
-        except TimeoutError:
-            raise Unresolvable(
-                f"{', '.join(booked)}: trees pods hold mounted, not followed in full "
-                f"(mount_tree_unfollowed), were not read within {HANDED_TIMEOUT:g} s"
-            ) from None
+        found, more = await self._off_loop(
+            functools.partial(_linked_below, booked, nodes),
+            f"{', '.join(booked)}: trees pods hold mounted, not followed in full "
+            "(mount_tree_unfollowed), were not read",
+        )
         if found:
             self._arrived(found)
             key, path = found[0]
@@ -242,15 +223,24 @@ class HandingOut(AdmissionGate):
         def work() -> dict[str, Resolution]:
             return {path: handed_real(path) for path in paths}
 
+        return await self._off_loop(work, "its host paths did not resolve")
+
+    async def _off_loop(self, work: Callable[[], T], what: str) -> T:
+        """`work` off the loop (inline without an offload) within `HANDED_TIMEOUT`; raises
+        Unresolvable, saying `what` happened, when it does not end in time."""
         offload = self._paths.offload
         if offload is None:
             return work()
         try:
             return await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
         except TimeoutError:
-            raise Unresolvable(
-                f"its host paths did not resolve within {HANDED_TIMEOUT:g} s"
-            ) from None
+            raise Unresolvable(f"{what} within {HANDED_TIMEOUT:g} s") from None
+
+    def _mine(self, resource: str, ids: Iterable[str]) -> set[str]:
+        """The IDs an answer hands out with the devices they are replicas of."""
+        state = self._resources.get(resource)
+        n = 1 if state is None else state.replicas or 1
+        return {d for i in ids for d in (i, physical_id(i, n))}
 
     @abc.abstractmethod
     def _arrived(self, found: Found) -> None:

@@ -43,9 +43,9 @@ class BookingAllocations(HandingOut):
     """Records what the kubelet booked (the ownership index's layer for Allocate)."""
 
     _cdi_kinds: dict[str, str]
+    """CDI kind -> the resource whose runtime writes its spec file (`attach`)."""
     _cdi_handed: dict[str, set[str]]
     """Resource -> the IDs the checkpoint's answers with CDI names named (at start)."""
-    """CDI kind -> the resource whose runtime writes its spec file (`attach`)."""
 
     async def book(
         self,

@@ -41,8 +41,8 @@ def note_held(
         before = state.held.get(device_id)
         if before == why:
             continue
-        if metrics is not None and before is None:
-            reason = UNSAFE_MOUNT if why.reason == UNSAFE_MOUNT else HELD_REASON
+        reason = _counted_as(why)
+        if metrics is not None and (before is None or _counted_as(before) != reason):
             metrics.driver_skipped.labels(state.name, reason).inc()
         newly.setdefault(why.reason, []).append((device_id, why))
     if log is not None:
@@ -75,6 +75,12 @@ def note_held(
             for device_id in won:
                 log.info("device_claim_won", device=device_id, advertised_as=ids[device_id])
     state.held = holding
+
+
+def _counted_as(why: Holding) -> str:
+    """The `kdp_driver_skipped_total` reason of a holding: a device held first for one and
+    then for the other (a node gone, then found owned) is counted under each."""
+    return UNSAFE_MOUNT if why.reason == UNSAFE_MOUNT else HELD_REASON
 
 
 UNSEEN_LINE_EVERY: Final = 1.0

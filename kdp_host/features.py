@@ -178,14 +178,14 @@ def pod_resources_poller(
     log: EventLogger,
     offload: Offload,
     booked: Callable[[], Mapping[str, Collection[str]]],
-    every: bool = False,
+    seeded: Collection[str] | None,
 ) -> PodResourcesPoller | None:
     """The host's one PodResources poller (None: `podResourcesInterval: 0s`, polling off),
     which holds the IDs handed out that no answer showed (`unlisted`: reading the kubelet's
     checkpoint in its `socketDir` through `offload`; at start those of the resources the
-    start booked it for, `kubelet_checkpoint.book_handed`: `config`'s, or with `every` (the
-    bookings were lost) every resource's it lists; every ID `booked` when it cannot be
-    read)."""
+    start booked it for, `kubelet_checkpoint.book_handed`: `seeded`, the served ones, or
+    None (the bookings were lost) every resource's it lists; every ID `booked` when it
+    cannot be read)."""
     kubelet = config.kubelet
     if kubelet.pod_resources_interval <= 0:
         return None
@@ -193,7 +193,7 @@ def pod_resources_poller(
     from .unlisted import Unlisted
 
     unlisted = Unlisted(kubelet.socket_dir, offload, log.bind(component="podresources"))
-    unlisted.seed(None if every else [resource.name for resource in config.resources], booked)
+    unlisted.seed(seeded, booked)
     return PodResourcesPoller(
         kubelet.pod_resources_socket,
         kubelet.pod_resources_interval,

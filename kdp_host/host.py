@@ -145,7 +145,7 @@ class Host:
         await book_handed(self.ownership, self.selection.config, self.offload, self.log, lost)
         self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown; `lost`:
             self.selection.config, self.metrics, self.log, self.offload,  # every resource's)
-            self.ownership.handed_out, lost)  # fmt: skip
+            self.ownership.handed_out, None if lost else served)  # fmt: skip
         if self.pod_resources is not None:
             # lingering claims go once the kubelet shows no pod holding them
             self.pod_resources.subscribe(self.ownership.holdings)

@@ -2,8 +2,10 @@
 """Run the image against the kubelet simulator and check that it serves (`make image-test`).
 
 The simulator (kdp_host.simulator, from the development venv) plays the kubelet on a socket
-directory of the host; the image runs with that directory and a directory of fake device files
-mounted, its config at the path the image's default CMD reads, and the tightest settings a
+directory of the host; the image runs with that directory, a directory of fake device files and
+a state directory (`stateDir`: the chart mounts one from the host, since an Allocate is refused
+until its record can be kept there) mounted, its config at the path the image's default CMD
+reads, and the tightest settings a
 runtime offers: no capabilities, a read-only root filesystem, no privilege escalation, an init,
 no network. Checked: it registers, advertises the devices, sees a hot-plugged one, answers an
 allocation, and on SIGTERM stops cleanly (exit 0, its socket removed).
@@ -33,10 +35,11 @@ TIMEOUT = 60.0
 SECURITY = ["--cap-drop", "ALL", "--read-only", "--security-opt", "no-new-privileges", "--init"]
 
 
-def config(devices: Path) -> str:
+def config(devices: Path, state: Path) -> str:
     return textwrap.dedent(f"""\
         kubelet:
           socketDir: {devices.parent / "device-plugins"}
+        stateDir: {state}
         resources:
           - name: {RESOURCE}
             glob:
@@ -50,18 +53,21 @@ def config(devices: Path) -> str:
 async def check(image: str, podman: str, work: Path) -> None:
     sockets = work / "device-plugins"
     devices = work / "dev"
+    state = work / "state"
     sockets.mkdir()
     devices.mkdir()
+    state.mkdir()
     for name in ("fpga0", "fpga1"):
         (devices / name).touch()
     config_file = work / "config.yaml"
-    config_file.write_text(config(devices))
+    config_file.write_text(config(devices, state))
 
     name = f"kdp-host-image-test-{int(time.time())}"
     run = [
         podman, "run", "--detach", "--name", name, "--network", "none", *SECURITY,
         "--volume", f"{sockets}:{sockets}",
         "--volume", f"{devices}:{devices}:ro",
+        "--volume", f"{state}:{state}",
         "--volume", f"{config_file}:/etc/kdp-host/config.yaml:ro",
         image,
     ]  # fmt: skip
@@ -89,6 +95,7 @@ async def check(image: str, podman: str, work: Path) -> None:
         host_paths = sorted(d.host_path for d in response.devices)
         assert host_paths == sorted(str(devices / i) for i in allocated), host_paths
         print(f"allocated {allocated}")
+        assert (state / "handed-out.json").is_file(), sorted(p.name for p in state.iterdir())
         plugin_socket = sim.resource(RESOURCE).socket_path
         assert plugin_socket is not None and plugin_socket.exists(), plugin_socket
 

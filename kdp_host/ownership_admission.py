@@ -21,7 +21,7 @@ from .device_changes import changed_among, changed_between
 from .devices import Device
 from .identity import unseen
 from .metrics import Metrics
-from .ownership_bookings import NUMBER_UNKNOWN, PLACE_BOOKED
+from .ownership_bookings import PLACE_BOOKED
 from .ownership_claims import (
     SYSFS,
     Claim,
@@ -35,6 +35,7 @@ from .ownership_claims import (
 from .ownership_held import Advertised, note_held
 from .ownership_renames import RenameAdmission
 from .ownership_table import Holding, ResourceState
+from .ownership_unknown import NUMBER_UNKNOWN
 from .turns import Pace
 
 PRUNE_SLACK = 64
@@ -76,9 +77,9 @@ class Admission(RenameAdmission):
         """A booking wins: held when one of the device's claims is booked under an ID it is
         not about to be advertised under (another resource, device or replica count), when
         a claim's real path is where such a booking's device was handed out
-        (`PLACE_BOOKED`: a pod's answer names that path), when it has a node no booking
-        holds while a booking of its resource lost its node's number (`NUMBER_UNKNOWN`:
-        `Ledger.number_unknown`), or when a claim is below a
+        (`PLACE_BOOKED`: a pod's answer names that path), when it reaches a node no booking
+        holds while a booking lost its node's number (`NUMBER_UNKNOWN`:
+        `ownership_unknown`), or when a claim is below a
         directory such a booking mounts (`Ledger.mount_conflict`: `_contained` leaves that
         clash to this, so the device keeps its claims and is advertised once it ends)."""
         ledger, replicas = self._ledger, state.replicas or 1

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 from .devices import REPLICA_SEPARATOR, physical_id, replica_ids
 from .metric_labels import UnbookedResult
 from .metrics import Metrics
-from .ownership_bookings import NUMBER_UNKNOWN, PLACE_BOOKED, Ledger
+from .ownership_bookings import PLACE_BOOKED, Ledger
 from .ownership_claims import Claim, ClaimKey, Owner
 from .ownership_table import ResourceState
+from .ownership_unknown import NUMBER_UNKNOWN
 
 if TYPE_CHECKING:
     from .holdings import Holder, Holdings

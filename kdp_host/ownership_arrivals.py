@@ -19,6 +19,11 @@ watcher refuses: it is read in full by the safety net every `RESCAN_INTERVAL`, u
 `RESCAN_LIMIT` entries, and followed again once it can be (`mount_tree_followed`). Not
 held: a big or deep mounted tree is a working device, and the watch limit is the node's,
 shared with other processes; the safety net keeps the promise within its interval.
+
+Each tree also says whether a device node may be below it (`reaches_nodes`: the nodes its
+reads found, True until it was read in full and while it is not followed in full), for the
+rule of a booked node's number not known (`ownership_unknown`); `nodes_changed` is told the
+trees whose answer changed.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from .files import Offload
-from .identity import DIRECTORY
+from .identity import DIRECTORY, NODES
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_reads import Found as Found
@@ -81,6 +86,13 @@ class _Tree:
     """Why its tree is not followed in full (the safety net reads it), or None."""
     unread: bool = False
     """The safety net could not read it all either (`arrival_unread` logged)."""
+    nodes: set[str] = field(default_factory=set)
+    """The device nodes its reads found below it (and not found gone since)."""
+    read: bool = False
+    """It was read in full once (what is below it is known)."""
+
+    def may_hold_nodes(self) -> bool:
+        return bool(self.nodes) or not self.read or self.unfollowed is not None
 
 
 class Arrivals:
@@ -93,9 +105,12 @@ class Arrivals:
         offload: Offload | None,
         metrics: Metrics | None = None,
         read: Read = arrived,
+        nodes_changed: Callable[[list[str]], None] | None = None,
     ) -> None:
-        """`metrics`: where the trees not followed in full are counted."""
+        """`metrics`: where the trees not followed in full are counted; `nodes_changed`: told
+        the trees whose `reaches_nodes` may have changed."""
         self._found = found
+        self._nodes_changed = nodes_changed
         self._offload = offload
         self._read = read
         self._metrics = metrics
@@ -144,6 +159,20 @@ class Arrivals:
         cost of a lookup, not a walk of the trees: every Allocate asks)."""
         return dict(self._unfollowed) if self._unfollowed else {}
 
+    def reaches_nodes(self, directory: str) -> bool:
+        """Whether a device node may be below `directory` (a claimed directory's real path):
+        one was found in its tree, or in the tree of a claimed directory below it, or one of
+        those is not known in full (not read yet, not followed in full); True for a
+        directory not followed (fail closed)."""
+        trees = self._trees
+        if directory not in trees:
+            return True
+        return any(
+            tree.may_hold_nodes()
+            for path, tree in trees.items()
+            if path == directory or below(path, directory)
+        )
+
     def left_to_net(self, directories: list[str]) -> list[str]:
         """Those of `directories` that are claimed ones whose tree is not followed in full."""
         trees = self._trees
@@ -186,6 +215,7 @@ class Arrivals:
                             await asyncio.shield(reading)
                 done, running = batch.close()
                 everything: Found = []
+                changed: list[str] = []
                 pace = Pace(TAKE_CHUNK)
                 for tree, todo, limit in jobs:
                     if pace.due():
@@ -198,9 +228,14 @@ class Arrivals:
                     unread = f"more than {limit:,} entries below what changed there"
                     if tree not in done:
                         unread = f"its read took more than {timeout:g} s"
+                    before = self._trees[tree].may_hold_nodes()
                     self._take(tree, todo, found, unread if more else None, tree in full)
+                    if self._trees[tree].may_hold_nodes() != before:
+                        changed.append(tree)
                     everything += found
                 self._found(everything)
+                if changed and self._nodes_changed is not None:
+                    self._nodes_changed(changed)
         finally:
             self._task = None
 
@@ -211,10 +246,15 @@ class Arrivals:
         directory now), and note whether the tree is followed in full (`unread`: why not
         all of it was read)."""
         dirs = {path for key, path in found if key[0] == DIRECTORY}
+        state = self._trees[tree]
         if unread is None:  # (all of each path read: a followed directory not found went)
             for path in read:
                 if path in self._dirs:
                     self._let_go(path, dirs)
+                if state.nodes:
+                    state.nodes = {n for n in state.nodes if n != path and not below(n, path)}
+            state.read = state.read or tree in read
+        state.nodes.update(path for key, path in found if key[0] in NODES)
         followed: list[str] = []
         why = None
         for directory in sorted(dirs):

@@ -29,18 +29,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .devices import replica_ids
-from .identity import DIRECTORY, NODES
+from .identity import DIRECTORY
 from .ownership_claims import SYSFS, Claim, ClaimKey, Claims, Owner, ancestors, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
+from .ownership_unknown import TreeNodes, not_known, reaching_node
 from .rules import below
 
 PLACE_BOOKED = "place_booked"
 """Why a device is held whose node or mount source is at the real path another booked ID's
 device was handed out at (moved there, or made anew there: `Ledger.place_conflict`)."""
-NUMBER_UNKNOWN = "booked_number_unknown"
-"""Why a device is held that has a node no booking holds while a booking of its resource (or
-of any served one) was made for a node gone at start, whose device number is not known
-(`Ledger.number_unknown`)."""
 
 
 @dataclass
@@ -119,6 +116,7 @@ class Ledger:
         names stays that pod's, whatever is found there later (`place_conflict`)."""
         self.sink: StateSink | None = None
         self.releasing: ReleasePending = _none_pending  # (see `expire`)
+        self.tree_nodes: TreeNodes = not_known  # (see `number_unknown`)
         self.drops = 0
         """Bookings gone so far (`drop`, another host's: `mirror`): `HandedRecord.answered`."""
 
@@ -299,16 +297,17 @@ class Ledger:
     ) -> tuple[Owner, str] | None:
         """A booking of another ID of `resource`, or of any `served` resource, whose node was
         gone at start, its device number not known (`Booking.number_unknown`), while the
-        device has a node no booking holds (that path): the kernel may have given the gone
-        node's number to it, under any resource's name, and the pod's container reaches the
-        device by that number (hostile9 H2, hostile10 F3)."""
+        device reaches a device node no booking holds (that path: `reaching_node`, a node or
+        a directory whose tree may hold one, `tree_nodes`): the kernel may have given the
+        gone node's number to it, under any resource's name, and the pod's container reaches
+        the device by that number (hostile9 H2, hostile10 F3, F7)."""
         served = self.served
         unknown = [o for name, owned in self.unknown.items() if name == resource or name in served
                    for o in owned]  # fmt: skip
-        for key, path, _ in claims.all() if unknown else ():
-            if key[0] in NODES and key not in self.booked:
-                return self._first_other(resource, device_id, replicas, [(path, unknown)])
-        return None
+        path = reaching_node(claims, self.booked, self.tree_nodes) if unknown else None
+        if path is None:
+            return None
+        return self._first_other(resource, device_id, replicas, [(path, unknown)])
 
     def mount_conflict(
         self, resource: str, device_id: str, replicas: int, outer: Iterable[tuple[str, ClaimKey]]

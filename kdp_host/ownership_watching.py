@@ -30,6 +30,7 @@ from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_claims import SYSFS, Claims, Resolver, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_paths import PathIndex
+from .rules import below
 
 if TYPE_CHECKING:
     from .safety_net import SafetyNet
@@ -54,7 +55,8 @@ class Watching(BookingAllocations):
         super().__init__(clock, metrics, resolve, offload, timeout, chunk)
         self._read_mounts = mounts
         self._within.remount(mounts())
-        self._arrivals = Arrivals(self._arrived, offload, metrics)
+        self._arrivals = Arrivals(self._arrived, offload, metrics, nodes_changed=self._nodes_in)
+        self._ledger.tree_nodes = self._arrivals.reaches_nodes
         self._watcher: Watcher | None = None
         self._keeps = False
         """What an Allocate hands out may be kept (`_follows`)."""
@@ -104,6 +106,16 @@ class Watching(BookingAllocations):
         are checked again (`ownership_arrivals`)."""
         for path in self._within.found_at(found, self._ledger.booked.__contains__):
             self._path_changed(os.path.dirname(path), os.path.basename(path))
+
+    def _nodes_in(self, trees: list[str]) -> None:
+        """Whether device nodes may be below `trees` changed: while a booked node's number
+        is not known (`ownership_unknown`), the devices that mount them or a directory above
+        them are checked again."""
+        if not self._ledger.unknown:
+            return
+        for key, path, real in list(self._made()):
+            if key[0] == DIRECTORY and any(t == real or below(t, real) for t in trees):
+                self._path_changed(os.path.dirname(path), os.path.basename(path))
 
     def _follows(self, path: str) -> bool:
         """Its directory (as for a claim: `_users`), every directory above it

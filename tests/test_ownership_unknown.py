@@ -1,0 +1,174 @@
+"""A booked node's number not known at start reaches a mounted directory too (hostile10 F7,
+`kdp_host.ownership_unknown`).
+
+The state directory was lost and p1's node of A was unplugged while kdp-host was down: the
+kubelet's checkpoint books it by path, its device number not known. The kernel may have
+given that number to a node made since anywhere, also inside a directory another resource's
+device mounts (a glob group): that device was advertised, and a second pod's mount held the
+node p1's container reaches. Now a directory whose tree holds a device node, or is not known
+to hold none, waits as an unbooked node does, until p1 ends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host import ownership_arrivals, ownership_reads
+from kdp_host.holdings import Holdings
+from kdp_host.identity import identity_of
+from kdp_host.kubelet_checkpoint import Handed, HandedClaims
+from kdp_host.ownership_claims import claim_of, reach
+from kdp_host.ownership_unknown import NUMBER_UNKNOWN
+from kdp_host.testing import ManualWatcher
+
+from .test_ownership_moves import R1, R2, Host, mounting
+
+GONE = "/kdp-test-gone/n0"
+
+
+@pytest.fixture
+def fake_nodes(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """Inodes the mounted trees' reads take for character nodes (a test makes no node)."""
+    inodes: set[int] = set()
+
+    def identity(st: os.stat_result) -> Any:
+        return ("c", 1000 + st.st_ino) if st.st_ino in inodes else identity_of(st)
+
+    monkeypatch.setattr(ownership_reads, "identity_of", identity)
+    return inodes
+
+
+def node_in(directory: Path, name: str, inodes: set[int]) -> Path:
+    """A file the trees' reads take for a device node (`fake_nodes`)."""
+    path = directory / name
+    path.write_text("")
+    inodes.add(path.stat().st_ino)
+    return path
+
+
+async def started(tmp: Path, watcher: ManualWatcher, **dirs: Path) -> Host:
+    """p1's node of R1 (GONE) is booked from the checkpoint, its number not known; R2
+    mounts `dirs` (ID -> directory)."""
+    host = Host(watcher)
+    host.index.serve([R1, R2])
+    gone = HandedClaims(Handed(R1, ("n0",), (GONE,), nodes=1), (claim_of(GONE, reach),))
+    host.index.take_handed([gone], lost=True)
+    await host.publish(R2, *(mounting(d, str(path)) for d, path in dirs.items()))
+    return host
+
+
+def held(caplog: pytest.LogCaptureFixture) -> dict[str, str]:
+    return {
+        r.__dict__["kdp_fields"]["device"]: r.__dict__["kdp_fields"]["reason"]
+        for r in caplog.records
+        if r.getMessage() == "device_held"
+    }
+
+
+async def test_a_mounted_tree_with_a_node_waits_while_a_booked_number_is_not_known(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fake_nodes: set[int]
+) -> None:
+    """R2's `d` holds a node deep in its tree (`sub/m0`), `e` only a file: `d` waits until
+    p1 ends, `e` is advertised once its tree was read. Before, `d` was advertised at once."""
+    caplog.set_level(logging.INFO)
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    node_in(tmp_path / "d" / "sub", "m0", fake_nodes)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "readme").write_text("")
+    host = await started(tmp_path, ManualWatcher(), d=tmp_path / "d", e=tmp_path / "e")
+    assert host.ids(R2) == ["e"], "d's mount may hold the number p1's container reaches"
+    assert held(caplog)["d"] == NUMBER_UNKNOWN
+    [line] = [r for r in caplog.records if r.__dict__.get("kdp_fields", {}).get("device") == "d"
+              and r.getMessage() == "device_held"]  # fmt: skip
+    assert line.__dict__["kdp_fields"]["path"] == str(tmp_path / "d")
+    host.index.holdings(Holdings(1.0, 0.0, {R1: {"n0": ()}}))  # p1 still runs
+    await host.settled()
+    assert host.ids(R2) == ["e"]
+    host.index.holdings(Holdings(1e9, 0.0, {}))  # p1 ended
+    await host.settled()
+    assert host.ids(R2) == ["d", "e"]
+
+
+async def test_a_node_made_later_in_an_advertised_tree_holds_it(
+    tmp_path: Path, fake_nodes: set[int]
+) -> None:
+    """`e` was advertised (no node below it); a node appears in it while the number is not
+    known: `e` waits too. Removed again, `e` is advertised again."""
+    (tmp_path / "e").mkdir()
+    watcher = ManualWatcher()
+    host = await started(tmp_path, watcher, e=tmp_path / "e")
+    assert host.ids(R2) == ["e"]
+    made = node_in(tmp_path / "e", "m0", fake_nodes)
+    watcher.change(str(tmp_path / "e"), "m0")
+    await host.settled()
+    assert host.ids(R2) == [], "the new node may have p1's number"
+    made.unlink()
+    watcher.change(str(tmp_path / "e"), "m0")
+    await host.settled()
+    assert host.ids(R2) == ["e"]
+
+
+async def test_a_tree_too_big_to_follow_waits_and_none_waits_without_an_unknown_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_nodes: set[int]
+) -> None:
+    """A tree not followed in full (more directories than `TREE_LIMIT`) is not known to hold
+    no node: it waits (fail closed). Without a number unknown, the same tree is advertised."""
+    monkeypatch.setattr(ownership_arrivals, "TREE_LIMIT", 1)
+    for name in ("x", "y"):
+        (tmp_path / "big" / name).mkdir(parents=True)
+    host = await started(tmp_path, ManualWatcher(), big=tmp_path / "big")
+    assert host.ids(R2) == []
+    plain = Host(ManualWatcher())
+    await plain.publish(R2, mounting("big", str(tmp_path / "big")))
+    assert plain.ids(R2) == ["big"]
+
+
+async def test_through_the_kubelet_a_glob_groups_directory_with_a_node_waits(
+    real_kubelet_factory: Any,
+    start_host: Any,
+    short_dir: Path,
+    devices: Path,
+    fake_nodes: set[int],
+) -> None:
+    """hostile10 F7 through the kubelet's real device manager: p1 holds A's fpga0; kdp-host
+    stops, its state directory is lost and fpga0 is unplugged. C's glob group advertises
+    the directories share/d (a node below it, which may have fpga0's number) and share/e:
+    only e is advertised until p1 ends (before: both, and p2 got d's mount)."""
+    for name in ("d", "e"):
+        (short_dir / "share" / name).mkdir(parents=True)
+    node_in(short_dir / "share" / "d", "m0", fake_nodes)
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    state = short_dir / "state"
+    config = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, "
+        f"podResourcesSocket: {kubelet.pod_resources_socket}, podResourcesInterval: 1s}}\n"
+        f"stateDir: {state}\nmetrics: {{listen: 127.0.0.1:0}}\nresources:\n"
+        f'  - name: {R1}\n    glob: {{paths: ["{devices}/fpga0"]}}\n'
+        f"  - name: {R2}\n    glob:\n      group:\n"
+        f'        - {{path: "{short_dir}/share/{{key}}", readOnly: false}}\n'
+    )
+    running = await start_host(config)
+
+    def healthy(resource: str, at_least: int) -> Any:
+        def check(k: Any) -> bool:
+            seen = k.resource(resource)
+            return seen is not None and seen["healthy"] >= at_least
+
+        return check
+
+    await kubelet.await_for(healthy(R1, 1), what="A advertises fpga0")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {R1: 1}))["error"] == ""
+    await running.shutdown()
+    shutil.rmtree(state)
+    (devices / "fpga0").unlink()
+    await start_host(config)
+    await kubelet.await_for(healthy(R2, 1), what="C advertises e")
+    refused = await kubelet.acall(kubelet.allocate, "p2", {R2: 2})
+    assert refused["error"] and not refused["device_ids"], "d is held while p1 runs"
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(R2, 2), what="C advertises d once p1 ended")

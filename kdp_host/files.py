@@ -10,7 +10,10 @@ in the kernel: a FIFO or a tty opened by mistake, a hung network or FUSE file sy
   `FileReadError("read_timeout")`); a worker stuck in the kernel is abandoned, a fresh one
   serves the next reads, and past `max_stuck` abandoned workers reads are refused at once;
 - whole scans, and every other blocking call of the host, run on daemon threads too
-  (`DaemonThreads`, the one `Offload`: the host makes one and passes it to whatever needs it).
+  (`DaemonThreads`, the one `Offload`: the host makes one and passes it to whatever needs it);
+- an owner of such work (the host) sends it through an `OffloadScope`, and its stop waits,
+  bounded, for what still runs: nothing it started touches its files after it has stopped,
+  and a call stuck past the bound is abandoned, its result and its log lines dropped.
 
 Daemon threads are the point: the interpreter does not wait for them at exit, so SIGTERM
 ends the host within its shutdown budget even while a thread is stuck in read(2). (A worker
@@ -29,6 +32,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
+
+from .logs import EventLogger, Mute, muted_by
 
 T = TypeVar("T")
 
@@ -188,6 +193,96 @@ class Offload(Protocol):
     (`asyncio.ensure_future(offload.run(...))`) and waits on it again."""
 
     async def run(self, function: Callable[[], T]) -> T: ...
+
+
+STOP_WAIT = 0.5
+"""Seconds an owner's stop waits for its calls still running off the loop (`OffloadScope`);
+with the resources' own wait (`supervisor.STOP_WAIT`) within the 2 s a SIGTERM is given."""
+
+
+class _Dropped(Exception):
+    """A call its scope closed before it started: never run."""
+
+
+class OffloadScope:
+    """The calls one owner (a host) sends off the loop, through the `Offload` it was given.
+
+    `close`, at the owner's stop, waits at most `timeout` seconds for those running on a
+    thread; one still running then is abandoned: its result is dropped (a caller still
+    waiting is cancelled) and so are the lines it logs (`logs.Mute`). A call that had not
+    started never starts, and one asked for after `close` is refused (CancelledError, as if
+    its caller were cancelled): a stopped host leaves no thread touching its `stateDir`
+    (the next instance may be writing it).
+    """
+
+    def __init__(self, offload: Offload) -> None:
+        self._offload = offload
+        self._lock = threading.Lock()
+        self._running: set[Mute] = set()
+        """The calls running on a thread now, each by its `Mute`."""
+        self._closed = False
+        self._idle: Callable[[], None] | None = None
+        """Called (on a thread) when the last running call ends, while `close` waits."""
+
+    async def run(self, function: Callable[[], T]) -> T:
+        if self._closed:
+            raise asyncio.CancelledError("off-loop work of a stopped owner")
+        mute = Mute()
+
+        def call() -> T:
+            with self._lock:
+                if self._closed:
+                    raise _Dropped
+                self._running.add(mute)
+            try:
+                with muted_by(mute):
+                    return function()
+            finally:
+                with self._lock:
+                    self._running.discard(mute)
+                    if not self._running and self._idle is not None:
+                        self._idle()
+
+        try:
+            result = await self._offload.run(call)
+        except _Dropped:
+            raise asyncio.CancelledError("off-loop work of a stopped owner") from None
+        except Exception:
+            if mute.on:
+                raise asyncio.CancelledError("off-loop work of a stopped owner") from None
+            raise
+        if mute.on:
+            raise asyncio.CancelledError("off-loop work of a stopped owner")
+        return result
+
+    async def close(self, timeout: float, log: EventLogger) -> int:
+        """Refuse new calls and wait up to `timeout` seconds for the running ones to end;
+        returns how many were abandoned (still running: muted, results dropped), a warning
+        on `log` (`offload_abandoned`) when any was."""
+        loop = asyncio.get_running_loop()
+        idle = asyncio.Event()
+        with self._lock:
+            self._closed = True
+            if self._running:
+                self._idle = lambda: _call_soon(loop, idle.set)
+            else:
+                idle.set()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(idle.wait(), timeout)
+        finally:
+            with self._lock:
+                self._idle = None
+                for mute in self._running:
+                    mute.on = True
+                abandoned = len(self._running)
+        if abandoned:
+            log.warning(
+                "offload_abandoned",
+                calls=abandoned,
+                consequence=f"still running {timeout:g} s after the stop: results, lines dropped",
+            )
+        return abandoned
 
 
 SCAN_THREADS = 4

@@ -21,7 +21,7 @@ from .commands import Commands
 from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
 from .features import configured_hooks, node_feature_file, pod_resources_poller
-from .files import DaemonThreads, Offload
+from .files import STOP_WAIT, DaemonThreads, Offload, OffloadScope
 from .handed_out import HandedRecord
 from .inotify_watch import make_watcher
 from .kubelet_checkpoint import book_handed, unbooked
@@ -67,7 +67,9 @@ class Host:
     load_config: Callable[[Path], Config] = load_config
     """Reads and validates a config file on reload (through `offload`); raises ConfigError."""
     offload: Offload = field(default_factory=DaemonThreads)
-    """The one way off the event loop, for the host and every resource."""
+    """The one way off the event loop, for the host and every resource (through `_work`)."""
+    offload_wait: float = STOP_WAIT
+    """Seconds `run` waits, once stopped, for what it sent off the loop (`OffloadScope`)."""
     node: NodeInfo = field(default_factory=lambda: NodeInfo(""))
     """This node: its name, and its labels once read (entries select by them, `node`)."""
     node_labels: NodeLabelSource | None = None
@@ -79,6 +81,7 @@ class Host:
     ownership: OwnershipIndex = field(init=False)
     """One index of claimed nodes for every resource and every config version of this host."""
     state_files: StateFiles = field(init=False)
+    _work: OffloadScope = field(init=False)
     _supervisor: Supervisor | None = field(default=None, init=False)
     _worst_lag: float = field(default=0.0, init=False)
     _reloader: ConfigReloader | None = field(default=None, init=False)
@@ -88,9 +91,10 @@ class Host:
     def __post_init__(self) -> None:
         """Raises SelectionError (a ConfigError) if two entries of a name select this node."""
         self.selection = select_for_node(self.config, self.node)
+        self._work = OffloadScope(self.offload)
         self.ownership = OwnershipIndex(
             self.metrics,
-            offload=self.offload,
+            offload=self._work,
             pod_resources=self.config.kubelet.pod_resources_interval > 0,
         )
         self.ownership.never_handed = never_handed(self.config, self.config_path)
@@ -101,7 +105,7 @@ class Host:
     def _reloader_for(self, path: Path) -> ConfigReloader:
         return ConfigReloader(
             path, current=lambda: self.config, apply=self.apply, metrics=self.metrics,
-            log=self.log, load_config=self.load_config, offload=self.offload,
+            log=self.log, load_config=self.load_config, offload=self._work,
         )  # fmt: skip
 
     @property
@@ -122,29 +126,33 @@ class Host:
         return out
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve every resource until `stop` is set, holding `stateDir` all along."""
+        """Serve every resource until `stop` is set, holding `stateDir` all along; once
+        stopped, what it sent off the loop ends (`offload_wait` at most) before the hold goes."""
         state_dir, instance = self.config.state_dir, self.instance_id
-        async with holding(state_dir, self.offload, self.log, instance) as hold:
-            await self._serve(stop, hold)
+        async with holding(state_dir, self._work, self.log, instance) as hold:
+            try:
+                await self._serve(stop, hold)
+            finally:
+                await self._work.close(self.offload_wait, self.log)
 
     async def _serve(self, stop: asyncio.Event, hold: Hold) -> None:
         self.watcher = watcher = self.watcher or make_watcher(
-            self.log.bind(component="watch"), offload=self.offload
+            self.log.bind(component="watch"), offload=self._work
         )
         watcher.report_unwatched(self.metrics.watch_unwatched.set)
-        hold.follow(watcher, self.offload)  # taken again when what stateDir names changes
-        self.ownership.watch(watcher, safety_net := SafetyNet(self.offload))  # claims, trees
+        hold.follow(watcher, self._work)  # taken again when what stateDir names changes
+        self.ownership.watch(watcher, safety_net := SafetyNet(self._work))  # claims, trees
         kubelet = self.config.kubelet
         state_dir, instance = self.config.state_dir, self.instance_id
-        release_state = await ReleaseStateStore.read(state_dir, self.log, self.offload, instance)
+        release_state = await ReleaseStateStore.read(state_dir, self.log, self._work, instance)
         self.ownership.hold_while_releasing(release_state.pending)
-        sync = await shared_bookings(self.ownership, state_dir, instance, self.offload, self.log)
-        handed = await HandedRecord.read(state_dir, self.log, self.offload, instance)
+        sync = await shared_bookings(self.ownership, state_dir, instance, self._work, self.log)
+        handed = await HandedRecord.read(state_dir, self.log, self._work, instance)
         served = {r.name for r in self.selection.config.resources}  # (lost: every resource's)
         lost = not sync.file.found or sync.file.unknown or unbooked(handed, served, self.ownership)
-        await book_handed(self.ownership, self.selection.config, self.offload, self.log, lost)
+        await book_handed(self.ownership, self.selection.config, self._work, self.log, lost)
         self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown; `lost`:
-            self.selection.config, self.metrics, self.log, self.offload,  # every resource's)
+            self.selection.config, self.metrics, self.log, self._work,  # every resource's)
             self.ownership.handed_out, None if lost else served)  # fmt: skip
         if self.pod_resources is not None:
             # lingering claims go once the kubelet shows no pod holding them
@@ -161,27 +169,14 @@ class Host:
         sync.follow(watcher, safety_net)
         self.state_files.add(sync.file, release_state.file, handed.file)
         commands = Commands(self.log)  # the process machinery made at the first command
-        node_features = node_feature_file(
-            self.config.node_features, self.log, self.offload, instance
-        )
+        node_features = node_feature_file(self.config.node_features, self.log, self._work, instance)
         services = HostServices(
-            kubelet,
-            self.instance_id,
-            watcher,
-            self.metrics,
-            self.log,
-            safety_net,
-            self.drivers,
-            commands=commands,
-            pod_resources=self.pod_resources,
-            release_state=release_state,
-            ownership=self.ownership,
-            status_changed=self._status_changed,
-            registry_wait=self.registry_wait,
-            offload=self.offload,
-            node_features=node_features,
+            kubelet, self.instance_id, watcher, self.metrics, self.log, safety_net, self.drivers,
+            commands=commands, pod_resources=self.pod_resources, release_state=release_state,
+            ownership=self.ownership, status_changed=self._status_changed,
+            registry_wait=self.registry_wait, offload=self._work, node_features=node_features,
             handed=handed,
-        )
+        )  # fmt: skip
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
         watch_task = asyncio.create_task(watcher.run(), name="watcher")
@@ -196,7 +191,7 @@ class Host:
             watcher=watcher.kind,
         )
         self._record_config(self.config)
-        await self.offload.run(lambda: clear_sockets(kubelet, state_dir, instance, self.log))
+        await self._work.run(lambda: clear_sockets(kubelet, state_dir, instance, self.log))
         self.health.attach(asyncio.get_running_loop(), self._loop_answered)
         internal = [watch_task]
         if self._reloader is not None:

@@ -1,18 +1,44 @@
 """Structured logs: one event per line, `key=value` text or JSON.
 
 Code logs events with fields (`log.info("registered", endpoint=...)`); a logger bound to a
-resource adds `resource=<name>` to every line it writes.
+resource adds `resource=<name>` to every line it writes. Work that may outlive its owner
+(a call on a thread its owner stopped waiting for, `files.OffloadScope`) runs `muted_by` a
+`Mute`: once the owner turns it on, what that work logs is dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 _FIELDS_ATTR = "kdp_fields"
+
+
+class Mute:
+    """Turned `on` by the owner of some work (from any thread): the lines that work logs
+    from then on (`muted_by`) are dropped."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+
+_MUTE: ContextVar[Mute | None] = ContextVar("kdp_mute", default=None)
+
+
+@contextlib.contextmanager
+def muted_by(mute: Mute) -> Iterator[None]:
+    """What is logged in the block (in this thread or task) is dropped once `mute` is on."""
+    token = _MUTE.set(mute)
+    try:
+        yield
+    finally:
+        _MUTE.reset(token)
 
 
 class EventLogger:
@@ -26,7 +52,7 @@ class EventLogger:
         return EventLogger(self._logger, **{**self._bound, **fields})
 
     def _log(self, level: int, event: str, fields: dict[str, Any], exc: bool = False) -> None:
-        if self._logger.isEnabledFor(level):
+        if self._logger.isEnabledFor(level) and not ((mute := _MUTE.get()) and mute.on):
             self._logger.log(
                 level,
                 event,

@@ -5,6 +5,7 @@ group, so a part that fails ends the resource and the supervisor restarts it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from .device_table import DeviceTable
 from .devices import Snapshot, physical_id
 from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
 from .features import allocate_hook, cdi_writer, health_checker, pre_start_hook, release_tracker
+from .files import STOP_WAIT, OffloadScope
 from .first_list import FirstList
 from .ownership import OwnedTable
 from .protocol.lists import ListAndWatchEncoder, Overflow
@@ -33,7 +35,10 @@ class ResourceRuntime:
 
     def __init__(self, config: ResourceConfig, services: HostServices) -> None:
         self.config = config
-        self._services = services
+        self._work = OffloadScope(services.offload)
+        """What the runtime sends off the loop (its scans, its CDI spec, its socket): waited
+        for when it stops, so the runtime a reload or a crash starts never overlaps it."""
+        services = self._services = dataclasses.replace(services, offload=self._work)
         self.log = services.log.bind(resource=config.name)
         self.table = DeviceTable(replicas=config.replicas)
         self._held: dict[str, tuple[Holder, ...]] = {}
@@ -140,6 +145,7 @@ class ResourceRuntime:
             await self._run(driver)
         finally:
             detach()
+            await self._work.close(STOP_WAIT, self.log)
 
     async def _run(self, driver: Driver) -> None:
         services = self._services

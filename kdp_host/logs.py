@@ -1,9 +1,10 @@
 """Structured logs: one event per line, `key=value` text or JSON.
 
 Code logs events with fields (`log.info("registered", endpoint=...)`); a logger bound to a
-resource adds `resource=<name>` to every line it writes. Work that may outlive its owner
-(a call on a thread its owner stopped waiting for, `files.OffloadScope`) runs `muted_by` a
-`Mute`: once the owner turns it on, what that work logs is dropped.
+resource adds `resource=<name>` to every line it writes; a line of a kind that may come in
+thousands is shown once per interval, the others counted (`LineRate`). Work that may
+outlive its owner (a call on a thread its owner stopped waiting for, `files.OffloadScope`)
+runs `muted_by` a `Mute`: once the owner turns it on, what that work logs is dropped.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 _FIELDS_ATTR = "kdp_fields"
@@ -26,6 +29,26 @@ class Mute:
 
     def __init__(self) -> None:
         self.on = False
+
+
+@dataclass
+class LineRate:
+    """One line of a kind per interval, the others kept back and counted: the next line
+    shown says how many (`like_lines_not_shown`)."""
+
+    last: float = -math.inf
+    """When the last line was shown (the caller's clock)."""
+    kept: int = 0
+    """Lines kept back since."""
+
+    def shown(self, now: float, every: float) -> int | None:
+        """None: keep the line of `now` back (counted), one was shown less than `every`
+        seconds before; else show it, and how many were kept back since the last one."""
+        if now - self.last < every:
+            self.kept += 1
+            return None
+        kept, self.last, self.kept = self.kept, now, 0
+        return kept
 
 
 _MUTE: ContextVar[Mute | None] = ContextVar("kdp_mute", default=None)

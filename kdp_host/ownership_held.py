@@ -59,10 +59,12 @@ def note_held(
                 continue
             for device_id, why in items:
                 fields = _fields(why, state, advertised, resources, pod_resources)
-                if why.detail.endswith(UNSEEN) and (kept := _unseen_kept(state)) is not None:
-                    if kept < 0:
+                if why.detail.endswith(UNSEEN):
+                    kept = state.unseen_lines.shown(time.monotonic(), UNSEEN_LINE_EVERY)
+                    if kept is None:
                         continue
-                    fields["like_lines_not_shown"] = kept
+                    if kept:
+                        fields["like_lines_not_shown"] = kept
                 log.warning("device_held", device=device_id, **fields)
         won = [d for d in state.held.keys() - holding.keys() if d in ids]
         if len(won) > SKIPPED_SHOWN:
@@ -87,18 +89,6 @@ UNSEEN_LINE_EVERY: Final = 1.0
 """Seconds between two `device_held` lines of one resource for a path where nothing is.
 Mostly a node gone between the scan that listed it and its admission (the next scan drops
 the device): a file churn of thousands a second would log each."""
-
-
-def _unseen_kept(state: ResourceState) -> int | None:
-    """For a line of a path where nothing is: -1 to keep it back (counted), else how many
-    were kept back since the last one shown (None: none)."""
-    last, kept = state.unseen_lines
-    now = time.monotonic()
-    if now - last < UNSEEN_LINE_EVERY:
-        state.unseen_lines[1] = kept + 1
-        return -1
-    state.unseen_lines[:] = [now, 0.0]
-    return int(kept) or None
 
 
 def _fields(

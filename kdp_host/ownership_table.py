@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .devices import Device, advertises
 from .identity import DIRECTORY
-from .logs import EventLogger
+from .logs import EventLogger, LineRate
 from .ownership_aliases import PathAliases
 from .ownership_bookings import Ledger, StateSink
 from .ownership_claims import (
@@ -104,8 +104,8 @@ class ResourceState:
     resolving: asyncio.Task[None] | None = None
     unresolved: dict[str, str] = field(default_factory=dict)
     """Devices left out because a path of theirs did not resolve in time, with that path."""
-    unseen_lines: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    """`ownership_held`: when it last logged a path where nothing is, and lines kept back since."""
+    unseen_lines: LineRate = field(default_factory=LineRate)
+    """`ownership_held`'s lines of a path where nothing is, one per `UNSEEN_LINE_EVERY` s."""
 
 
 class ClaimTable(abc.ABC):

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from kdp_host.logs import get_logger, setup_logging
+from kdp_host.logs import LineRate, Mute, get_logger, muted_by, setup_logging
 
 
 @pytest.fixture
@@ -42,3 +42,25 @@ def test_json_lines(stream: io.StringIO) -> None:
     assert first["event"] == "devices_changed" and first["healthy"] == 2
     assert first["resource"] == "vendor.example/fpga" and first["level"] == "debug"
     assert second["level"] == "error" and "ValueError: boom" in second["error"]
+
+
+def test_a_line_rate_shows_one_line_per_interval_and_counts_the_others() -> None:
+    rate = LineRate()
+    assert rate.shown(100.0, 1.0) == 0  # the first line: nothing kept back
+    assert [rate.shown(100.0 + n / 10, 1.0) for n in range(1, 10)] == [None] * 9
+    assert rate.shown(101.0, 1.0) == 9
+    assert rate.shown(102.5, 1.0) == 0
+
+
+def test_a_muted_block_logs_nothing_once_its_owner_turns_the_mute_on(
+    stream: io.StringIO,
+) -> None:
+    setup_logging("text", "info", stream)
+    mute, log = Mute(), get_logger()
+    with muted_by(mute):
+        log.info("before")
+        mute.on = True
+        log.info("after")
+    log.info("outside")
+    events = [line.split("event=")[1].split()[0] for line in stream.getvalue().splitlines()]
+    assert events == ["before", "outside"]

@@ -4,8 +4,11 @@ and PodResources server, with a forwarder in front of it that answers List empty
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpclib.client
 from grpclib.server import Server
@@ -67,6 +70,40 @@ async def _serve(fake: Forgetful, path: Path) -> Server:
     return server
 
 
+FORWARDER = Path("fake") / "kubelet.sock"
+"""The forwarder's socket, below the test's short directory (`forwarded`)."""
+
+
+@contextlib.asynccontextmanager
+async def forwarded(
+    real_kubelet_factory: Any, short_dir: Path, fake_type: type[Forgetful] = Forgetful
+) -> AsyncIterator[tuple[Any, Forgetful]]:
+    """The kubelet's real device manager, with its PodResources served through a `fake_type`
+    forwarder at `FORWARDER` (below `short_dir`): the kubelet and the forwarder."""
+    pr = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pr)
+    fake = fake_type(str(pr / "kubelet.sock"))
+    server = await _serve(fake, short_dir / FORWARDER)
+    try:
+        yield kubelet, fake
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def releasing_host(kubelet: Any, start_host: Any, short_dir: Path, devices: Path) -> Any:
+    """A host serving FPGA (a release script) to the real kubelet, polling PodResources
+    through the forwarder (`forwarded`); returned once the kubelet registered it."""
+    pr = short_dir / "pr"
+    yaml = host_yaml(
+        kubelet.socket_dir, devices, short_dir / "state", release_script(short_dir),
+        pod_resources=pr,
+    ).replace(str(pr / "kubelet.sock"), str(short_dir / FORWARDER))  # fmt: skip
+    running = await start_host(yaml)
+    await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    return running
+
+
 async def _forget_for(fake: Forgetful, answers: int, restart=None) -> None:  # type: ignore[no-untyped-def]
     """List answers empty for `answers` answers (after a kubelet restart, if given: as its
     pod manager is filled again)."""
@@ -87,17 +124,8 @@ async def _next_answer(poller) -> None:  # type: ignore[no-untyped-def]
 async def _release_form(
     real_kubelet_factory, start_host, short_dir: Path, devices: Path, restart: bool
 ) -> None:  # type: ignore[no-untyped-def]
-    pr = short_dir / "pr"
-    kubelet = real_kubelet_factory(pod_resources_dir=pr)
-    fake = Forgetful(str(pr / "kubelet.sock"))
-    server = await _serve(fake, short_dir / "fake" / "kubelet.sock")
-    try:
-        yaml = host_yaml(
-            kubelet.socket_dir, devices, short_dir / "state", release_script(short_dir),
-            pod_resources=short_dir / "pr",
-        ).replace(str(pr / "kubelet.sock"), str(short_dir / "fake" / "kubelet.sock"))  # fmt: skip
-        running = await start_host(yaml)
-        await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    async with forwarded(real_kubelet_factory, short_dir) as (kubelet, fake):
+        running = await releasing_host(kubelet, start_host, short_dir, devices)
         assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
         poller = running.host.pod_resources
         await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
@@ -115,9 +143,6 @@ async def _release_form(
         await kubelet.acall(kubelet.release, "p1")
         await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
         assert release_lines(short_dir) == ["fpga0 default/p1/c start", "fpga0 default/p1/c done"]
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_empty_answers_release_nothing_under_a_running_pod(
@@ -138,23 +163,19 @@ async def test_empty_answers_after_a_restart_keep_a_lingering_claim_from_a_secon
     """a (glob) hands dev/x to p1; a reload removes a (its claim lingers while p1 holds x);
     the kubelet restarts and answers without p1: b (a shell probe of the same node) stays
     out, so no second pod gets dev/x."""
-    pr = short_dir / "pr"
-    kubelet = real_kubelet_factory(pod_resources_dir=pr)
-    fake = Forgetful(str(pr / "kubelet.sock"))
-    server = await _serve(fake, short_dir / "fake" / "kubelet.sock")
     node = short_dir / "dev" / "x"
     node.parent.mkdir()
     node.touch()
-    head = (
-        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
-        f"{short_dir / 'fake' / 'kubelet.sock'}, podResourcesInterval: 1s}}\n"
-        f"stateDir: {short_dir / 'state'}\nmetrics: {{listen: 127.0.0.1:0}}\nresources:\n"
-    )
-    a = f'  - name: {A}\n    glob: {{paths: ["{node}"]}}\n'
-    b = f"  - name: {B}\n    shell: {{command: [sh, -c, 'echo bx Healthy path={node}']}}\n"
-    config = short_dir / "config.yaml"
-    config.write_text(head + a + b)
-    try:
+    async with forwarded(real_kubelet_factory, short_dir) as (kubelet, fake):
+        head = (
+            f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+            f"{short_dir / FORWARDER}, podResourcesInterval: 1s}}\n"
+            f"stateDir: {short_dir / 'state'}\nmetrics: {{listen: 127.0.0.1:0}}\nresources:\n"
+        )
+        a = f'  - name: {A}\n    glob: {{paths: ["{node}"]}}\n'
+        b = f"  - name: {B}\n    shell: {{command: [sh, -c, 'echo bx Healthy path={node}']}}\n"
+        config = short_dir / "config.yaml"
+        config.write_text(head + a + b)
         running = await start_host(config.read_text(), config_path=config)
         await kubelet.await_for(
             lambda k: (k.resource(A) or {}).get("healthy") == 1, what="a advertised"
@@ -174,9 +195,6 @@ async def test_empty_answers_after_a_restart_keep_a_lingering_claim_from_a_secon
         assert not (kubelet.resource(B) or {}).get("healthy"), "b advertises p1's node"
         granted = await kubelet.acall(kubelet.allocate, "p2", {B: 1})
         assert granted["error"] != "", f"p2 got p1's node: {granted}"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def _holdings(asked_at: float, *pods: str) -> Holdings:

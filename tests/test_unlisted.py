@@ -35,8 +35,8 @@ from kdp_host.status import devices_document
 from kdp_host.unlisted import Unlisted
 
 from .conftest import wait_until
-from .test_podresources_settle import Forgetful, _serve
-from .test_release import FPGA, _registered, host_yaml, release_lines, release_script
+from .test_podresources_settle import Forgetful, forwarded, releasing_host
+from .test_release import FPGA, host_yaml, release_lines, release_script
 
 
 @pytest.fixture
@@ -49,18 +49,16 @@ async def sim(socket_dir: Path, short_dir: Path):  # type: ignore[no-untyped-def
         await kubelet.stop()
 
 
+def _yaml(socket_dir: Path, short_dir: Path, devices: Path, **options: Any) -> str:
+    """FPGA with a release script, PodResources polled (the simulator's)."""
+    return host_yaml(socket_dir, devices, short_dir / "state", release_script(short_dir),
+                     pod_resources=short_dir / "pr", **options)  # fmt: skip
+
+
 async def _host(
     sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
 ) -> Any:
-    running = await start_host(
-        host_yaml(
-            socket_dir,
-            devices,
-            short_dir / "state",
-            release_script(short_dir),
-            pod_resources=short_dir / "pr",
-        )
-    )
+    running = await start_host(_yaml(socket_dir, short_dir, devices))
     await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
     return running
 
@@ -69,22 +67,46 @@ def _booked(running: Any) -> set[str]:
     return set(running.host.ownership.handed_out().get(FPGA, ()))
 
 
+async def _answers_after(poller: Any, since: float, what: str) -> None:
+    """Until the poller has an answer asked well after `since`: a booking or a release due
+    for want of an answer listing its device would have come by then."""
+    await wait_until(
+        lambda: poller.holdings is not None and poller.holdings.asked_at > since + HEARD_AFTER + 1,
+        timeout=60,
+        what=what,
+    )
+
+
+async def _past_restart_window(poller: Any, since: float) -> None:
+    """Until the poller has an answer asked past the window after a kubelet restart at
+    `since` (`holdings.RESTART_SETTLE`)."""
+    await wait_until(
+        lambda: poller.holdings.asked_at > since + RESTART_SETTLE + GONE_AFTER + 2,
+        timeout=60,
+        what="answers past the restart window",
+    )
+
+
+async def _listed(poller: Any, device: str) -> None:
+    """Until an answer shows p1, and p1 alone, holding `device`."""
+    await wait_until(
+        lambda: (
+            poller.holdings is not None
+            and [h.pod for h in poller.holdings.of(FPGA).get(device, ())] == ["p1"]
+        ),
+        what="p1 listed",
+    )
+
+
 async def test_a_regular_init_containers_device_stays_held_until_its_pod_ended(
     sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
 ) -> None:
     running = await _host(sim, socket_dir, short_dir, devices, start_host)
     poller = running.host.pod_resources
     await sim.allocate(FPGA, 1, pod_uid="p1", container="init-fw", init_container=True)
-    allocated = poller.clock()
     # answers asked long after the Allocate: the release and the booking's end were due by
     # now had the device been taken as free because no answer lists it
-    await wait_until(
-        lambda: (
-            poller.holdings is not None and poller.holdings.asked_at > allocated + HEARD_AFTER + 1
-        ),
-        timeout=60,
-        what="answers well after the Allocate",
-    )
+    await _answers_after(poller, poller.clock(), "answers well after the Allocate")
     assert release_lines(short_dir) == [], "released under the running init container"
     assert _booked(running) == {"fpga0"}, "the booking of the node ended while p1 runs"
     assert [h.listed for h in poller.holdings.of(FPGA)["fpga0"]] == [False]
@@ -105,8 +127,7 @@ async def test_a_kdp_host_restart_keeps_an_init_containers_device_held(
 ) -> None:
     """kdp-host exits while p1's init container holds fpga0 and starts again: no answer ever
     lists fpga0, but the kubelet's checkpoint does, so it stays held until p1 ends."""
-    text = host_yaml(socket_dir, devices, short_dir / "state", release_script(short_dir),
-                     pod_resources=short_dir / "pr")  # fmt: skip
+    text = _yaml(socket_dir, short_dir, devices)
     running = await start_host(text)
     await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
     await sim.allocate(FPGA, 1, pod_uid="p1", container="init-fw", init_container=True)
@@ -114,14 +135,7 @@ async def test_a_kdp_host_restart_keeps_an_init_containers_device_held(
     again = await start_host(text)
     await wait_until(lambda: again.host.pod_resources is not None, what="the new poller")
     poller = again.host.pod_resources
-    started = poller.clock()
-    await wait_until(
-        lambda: (
-            poller.holdings is not None and poller.holdings.asked_at > started + HEARD_AFTER + 1
-        ),
-        timeout=60,
-        what="answers well after the start",
-    )
+    await _answers_after(poller, poller.clock(), "answers well after the start")
     assert release_lines(short_dir) == [], "released under the running init container"
     assert _booked(again) == {"fpga0"}
     await sim.release("p1")
@@ -135,8 +149,7 @@ async def test_a_retired_checkpoint_booking_of_an_init_containers_node_stays_hel
     lost and the config names the resource anew. The node is booked from the kubelet's
     checkpoint for the old resource (retired), which no answer ever lists: it stays held
     while p1 lives (not freed by the answers' silence), and is free once p1 ended."""
-    text = host_yaml(socket_dir, devices, short_dir / "state", release_script(short_dir),
-                     pod_resources=short_dir / "pr")  # fmt: skip
+    text = _yaml(socket_dir, short_dir, devices)
     running = await start_host(text)
     await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
     await sim.allocate(FPGA, 1, pod_uid="p1", container="init-fw", init_container=True)
@@ -147,14 +160,7 @@ async def test_a_retired_checkpoint_booking_of_an_init_containers_node_stays_hel
     await sim.wait_for(lambda: renamed in sim.snapshot())
     await wait_until(lambda: again.host.pod_resources is not None, what="the new poller")
     poller = again.host.pod_resources
-    started = poller.clock()
-    await wait_until(
-        lambda: (
-            poller.holdings is not None and poller.holdings.asked_at > started + HEARD_AFTER + 1
-        ),
-        timeout=60,
-        what="answers well after the start",
-    )
+    await _answers_after(poller, poller.clock(), "answers well after the start")
     assert sim.allocatable(renamed) == 0, "p1's node advertised while its init container runs"
     assert set(again.host.ownership.handed_out().get(FPGA, ())) == {"fpga0"}
     await sim.release("p1")
@@ -168,22 +174,12 @@ async def test_a_kubelet_restart_while_its_pod_sources_are_away_frees_nothing(
     running = await _host(sim, socket_dir, short_dir, devices, start_host)
     poller = running.host.pod_resources
     await sim.allocate(FPGA, 1, pod_uid="p1", container="c")
-    await wait_until(
-        lambda: (
-            poller.holdings is not None
-            and [h.pod for h in poller.holdings.of(FPGA).get("fpga0", ())] == ["p1"]
-        ),
-        what="p1 listed",
-    )
+    await _listed(poller, "fpga0")
     assert sim.pod_resources is not None
     sim.pod_resources.sources_ready = False  # the API server is away: no API pod listed
     await sim.restart()
     restarted = poller.clock()
-    await wait_until(
-        lambda: poller.holdings.asked_at > restarted + RESTART_SETTLE + GONE_AFTER + 2,
-        timeout=60,
-        what="answers past the restart window",
-    )
+    await _past_restart_window(poller, restarted)
     assert release_lines(short_dir) == [], "released under p1, which still runs"
     assert _booked(running) == {"fpga0"}, "the booking of p1's node ended"
     assert poller.holdings.of(FPGA).get("fpga0")
@@ -210,16 +206,7 @@ async def test_a_static_pod_says_nothing_of_the_api_pods_after_a_kubelet_restart
     nothing of p1: its device stays held and booked past the restart window. p1 then ends
     and is never shown again: it is let go once the kubelet's checkpoint, written again at
     kdp-host's asking, no longer lists its device."""
-    running = await start_host(
-        host_yaml(
-            socket_dir,
-            devices,
-            short_dir / "state",
-            release_script(short_dir),
-            pod_resources=short_dir / "pr",
-            pattern="fpga*",
-        )
-    )
+    running = await start_host(_yaml(socket_dir, short_dir, devices, pattern="fpga*"))
     await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
     poller = running.host.pod_resources
     assert sim.pod_resources is not None
@@ -230,13 +217,7 @@ async def test_a_static_pod_says_nothing_of_the_api_pods_after_a_kubelet_restart
     p1 = sim.allocation("p1", "c", FPGA)
     assert p1 is not None
     [device] = p1.device_ids
-    await wait_until(
-        lambda: (
-            poller.holdings is not None
-            and [h.pod for h in poller.holdings.of(FPGA).get(device, ())] == ["p1"]
-        ),
-        what="p1 listed",
-    )
+    await _listed(poller, device)
     sim.pod_resources.sources_ready = False  # the API server is away: static pods only
     await sim.restart()
     restarted = poller.clock()
@@ -252,11 +233,7 @@ async def test_a_static_pod_says_nothing_of_the_api_pods_after_a_kubelet_restart
         ),
         what="the static pod shown after the restart",
     )  # fmt: skip
-    await wait_until(
-        lambda: poller.holdings.asked_at > restarted + RESTART_SETTLE + GONE_AFTER + 2,
-        timeout=60,
-        what="answers past the restart window",
-    )
+    await _past_restart_window(poller, restarted)
     assert release_lines(short_dir) == [], "released under p1, which still runs"
     assert device in _booked(running), "the booking of p1's node ended"
     assert [h.pod for h in poller.holdings.of(FPGA)[device]] == ["p1"]
@@ -370,37 +347,17 @@ async def test_the_real_kubelet_an_init_containers_device_stays_held_until_its_p
 ) -> None:
     """hostile9 H3 through the kubelet's real device manager: the release waits for the pod's
     end, and comes once the kubelet wrote its checkpoint without it (kdp-host asked it to)."""
-    pr = short_dir / "pr"
-    kubelet = real_kubelet_factory(pod_resources_dir=pr)
-    fake = InitFilter(str(pr / "kubelet.sock"))
-    server = await _serve(fake, short_dir / "fake" / "kubelet.sock")
-    try:
-        yaml = host_yaml(
-            kubelet.socket_dir, devices, short_dir / "state", release_script(short_dir),
-            pod_resources=pr,
-        ).replace(str(pr / "kubelet.sock"), str(short_dir / "fake" / "kubelet.sock"))  # fmt: skip
-        running = await start_host(yaml)
-        await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    async with forwarded(real_kubelet_factory, short_dir, InitFilter) as (kubelet, _):
+        running = await releasing_host(kubelet, start_host, short_dir, devices)
         granted = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}, container="init-fw")
         assert granted["error"] == ""
         poller = running.host.pod_resources
-        allocated = poller.clock()
-        await wait_until(
-            lambda: (
-                poller.holdings is not None
-                and poller.holdings.asked_at > allocated + HEARD_AFTER + 1
-            ),
-            timeout=60,
-            what="answers well after the Allocate",
-        )
+        await _answers_after(poller, poller.clock(), "answers well after the Allocate")
         assert release_lines(short_dir) == [], "released under the running init container"
         assert _booked(running) == {"fpga0"}, "the booking of the node ended while p1 runs"
         await kubelet.acall(kubelet.release, "p1")
         await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
         assert release_lines(short_dir) == ["fpga0 // start", "fpga0 // done"]
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_the_real_kubelet_restarted_while_its_pod_sources_are_away_frees_nothing(
@@ -410,28 +367,14 @@ async def test_the_real_kubelet_restarted_while_its_pod_sources_are_away_frees_n
     no pod (a forwarder stands for an API server away) past the 10 s + 4 s window; p1's
     device stays held (the kubelet's checkpoint lists it), and is released once p1, listed
     again, ends."""
-    pr = short_dir / "pr"
-    kubelet = real_kubelet_factory(pod_resources_dir=pr)
-    fake = Forgetful(str(pr / "kubelet.sock"))
-    server = await _serve(fake, short_dir / "fake" / "kubelet.sock")
-    try:
-        yaml = host_yaml(
-            kubelet.socket_dir, devices, short_dir / "state", release_script(short_dir),
-            pod_resources=pr,
-        ).replace(str(pr / "kubelet.sock"), str(short_dir / "fake" / "kubelet.sock"))  # fmt: skip
-        running = await start_host(yaml)
-        await kubelet.await_for(_registered(kubelet), what="fpga registered")
+    async with forwarded(real_kubelet_factory, short_dir) as (kubelet, fake):
+        running = await releasing_host(kubelet, start_host, short_dir, devices)
         assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
         poller = running.host.pod_resources
         await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
         fake.empty = True
         await kubelet.acall(kubelet.restart)
-        restarted = poller.clock()
-        await wait_until(
-            lambda: poller.holdings.asked_at > restarted + RESTART_SETTLE + GONE_AFTER + 2,
-            timeout=60,
-            what="answers past the restart window",
-        )
+        await _past_restart_window(poller, poller.clock())
         assert release_lines(short_dir) == [], "released under p1, which still runs"
         assert _booked(running) == {"fpga0"}, "the booking of p1's node ended"
         fake.empty = False
@@ -439,6 +382,3 @@ async def test_the_real_kubelet_restarted_while_its_pod_sources_are_away_frees_n
         await kubelet.acall(kubelet.release, "p1")
         await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
         assert release_lines(short_dir)[0] == "fpga0 default/p1/c start"
-    finally:
-        server.close()
-        await server.wait_closed()

@@ -162,6 +162,10 @@ class RunningHost:
         self.stop.set()
         await asyncio.wait_for(self.task, timeout)
 
+    def sample(self, name: str, **labels: str) -> float:
+        """A series of the host's metrics now (0 when it has none yet)."""
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
 
 @pytest.fixture
 async def start_host(

@@ -17,30 +17,17 @@ from kdp_host.config import Config, ConfigError, load_config, never_handed
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
 
-from .conftest import wait_until
-
-PROBE = "vendor.example/probe"
-FPGA = "vendor.example/fpga"
-
-
-def _head(short_dir: Path) -> str:
-    return (
-        f"kubelet: {{socketDir: {short_dir}/dp, podResourcesSocket: {short_dir}/pr/kubelet.sock}}\n"
-        f"stateDir: {short_dir}/state\nresources:\n"
-    )
+from .handed_setup import FPGA, PROBE, answering_hook, fpga_glob, head, left_out, made_dirs, probe
 
 
 @pytest.fixture
 def dirs(short_dir: Path) -> Path:
-    for name in ("dp", "pr", "state", "cdi", "dev", "opt"):
-        (short_dir / name).mkdir()
-    (short_dir / "dev" / "fpga0").touch()
-    return short_dir
+    return made_dirs(short_dir, "cdi", "opt")
 
 
 def _load(dirs: Path, resources: str) -> Config:
     config = dirs / "kdp.yaml"
-    config.write_text(_head(dirs) + resources)
+    config.write_text(head(dirs) + resources)
     return load_config(config)
 
 
@@ -52,10 +39,7 @@ def _problems(dirs: Path, resources: str) -> list[str]:
 
 def _mounts(dirs: Path, *sources: str | Path) -> str:
     mounts = ", ".join(f"{{hostPath: {s}, containerPath: /m{i}}}" for i, s in enumerate(sources))
-    return (
-        f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
-        f"    allocate: {{mounts: [{mounts}]}}\n"
-    )
+    return fpga_glob(dirs) + f"    allocate: {{mounts: [{mounts}]}}\n"
 
 
 @pytest.mark.parametrize(
@@ -136,10 +120,7 @@ def test_kdp_host_check_names_a_probe_device_a_run_would_leave_out(
     listed = [{"id": "s0", "mounts": [{"hostPath": f"{dirs}/dp", "containerPath": "/k"}]}]
     (dirs / "p.json").write_text(json.dumps(listed))
     config = dirs / "kdp.yaml"
-    config.write_text(
-        _head(dirs) + f"  - name: {PROBE}\n"
-        f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
-    )
+    config.write_text(head(dirs) + probe(dirs))
     assert main(["check", "--config", str(config)]) == 0
     err = capsys.readouterr().err
     assert f"warning: {PROBE}: device s0 would not be advertised (unsafe_mount)" in err
@@ -147,11 +128,6 @@ def test_kdp_host_check_names_a_probe_device_a_run_would_leave_out(
 
 
 # --------------------------------------------------------------------------- run time
-
-
-def _counter(running: Any, name: str, **labels: str) -> float:
-    value = running.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else float(value)
 
 
 async def test_a_probe_handing_out_the_hosts_own_paths_is_left_out(
@@ -169,18 +145,9 @@ async def test_a_probe_handing_out_the_hosts_own_paths_is_left_out(
     (dirs / "state" / "ownership.json").write_text("{}")
     (dirs / "p.json").write_text(json.dumps(listed))
     async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
-        running = await start_host(
-            _head(dirs) + f"  - name: {PROBE}\n"
-            f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
-        )
+        running = await start_host(head(dirs) + probe(dirs))
         await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
-        await wait_until(
-            lambda: (
-                _counter(running, "kdp_driver_skipped_total", resource=PROBE, reason="unsafe_mount")
-                == 3
-            ),
-            what="three devices left out",
-        )
+        await left_out(running, 3, "three devices left out")
         response = await sim.allocate(PROBE, 1)
         assert response is not None
         assert [d.host_path for d in response.devices] == [f"{dirs}/dev/fpga0"]
@@ -191,15 +158,12 @@ async def test_allocate_command_output_mounting_the_state_dir_is_refused(
 ) -> None:
     """An `allocate.command` printing a mount of stateDir: the Allocate is refused."""
     output = {"mounts": [{"hostPath": f"{dirs}/state", "containerPath": "/s", "readOnly": False}]}
-    hook = dirs / "hook.sh"
-    hook.write_text(f"#!/bin/sh\necho '{json.dumps(output)}'\n")
-    hook.chmod(0o755)
+    hook = answering_hook(dirs, output)
     async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
         running = await start_host(
-            _head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
-            f"    allocate: {{command: [{hook}]}}\n"
+            head(dirs) + fpga_glob(dirs) + f"    allocate: {{command: [{hook}]}}\n"
         )
         await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
         with pytest.raises(SimulatorAllocationError, match="is stateDir, which no container"):
             await sim.allocate(FPGA, 1)
-        assert _counter(running, "kdp_allocations_total", resource=FPGA, result="invalid") == 1
+        assert running.sample("kdp_allocations_total", resource=FPGA, result="invalid") == 1

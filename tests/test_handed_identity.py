@@ -25,25 +25,12 @@ from kdp_host.mount_table import parse_mounts
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
 
-from .conftest import wait_until
-
-PROBE = "vendor.example/probe"
-FPGA = "vendor.example/fpga"
-
-
-def _head(d: Path, socket_dir: str = "dp") -> str:
-    return (
-        f"kubelet: {{socketDir: {d}/{socket_dir}, podResourcesSocket: {d}/pr/kubelet.sock}}\n"
-        f"stateDir: {d}/state\nresources:\n"
-    )
+from .handed_setup import FPGA, PROBE, answering_hook, fpga_glob, head, left_out, made_dirs, probe
 
 
 @pytest.fixture
 def dirs(short_dir: Path) -> Path:
-    for name in ("dp", "pr", "state", "cdi", "dev", "opt", "nfd"):
-        (short_dir / name).mkdir()
-    (short_dir / "dev" / "fpga0").touch()
-    return short_dir
+    return made_dirs(short_dir, "cdi", "opt", "nfd")
 
 
 def _mounts(d: Path, *sources: str | Path, allocate: str = "") -> str:
@@ -61,11 +48,6 @@ def _problems(config: Path, text: str) -> list[str]:
     return raised.value.problems
 
 
-def _counter(running: Any, name: str, **labels: str) -> float:
-    value = running.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else float(value)
-
-
 # --------------------------------------------------------------------------- F1 hard links
 
 
@@ -76,7 +58,7 @@ def test_a_hard_link_of_the_config_file_or_a_state_file_is_a_config_error(dirs: 
     (dirs / "state" / "kdp-host.lock").touch()
     os.link(dirs / "state" / "kdp-host.lock", dirs / "opt" / "locklink")
     problems = _problems(
-        config, _head(dirs) + _mounts(dirs, dirs / "opt" / "cfglink", dirs / "opt" / "locklink")
+        config, head(dirs) + _mounts(dirs, dirs / "opt" / "cfglink", dirs / "opt" / "locklink")
     )
     assert len(problems) == 2, problems
     assert "mounts[0].hostPath" in problems[0]
@@ -96,7 +78,7 @@ def test_an_inode_number_freed_in_a_protected_directory_is_not_held_against_a_ne
     from kdp_host.identity import identity_of
 
     config = dirs / "kdp.yaml"
-    config.write_text(_head(dirs) + _mounts(dirs, "/dev/null"))
+    config.write_text(head(dirs) + _mounts(dirs, "/dev/null"))
     rule = never_handed(load_config(config), str(config))
     gone = dirs / "dp" / "kubelet_internal_checkpoint"
     gone.touch()
@@ -109,7 +91,7 @@ def test_an_inode_number_freed_in_a_protected_directory_is_not_held_against_a_ne
 
 def test_the_rule_knows_a_hard_link_by_identity(dirs: Path) -> None:
     config = dirs / "kdp.yaml"
-    config.write_text(_head(dirs) + _mounts(dirs, "/dev/null"))
+    config.write_text(head(dirs) + _mounts(dirs, "/dev/null"))
     rule = never_handed(load_config(config), str(config))
     (dirs / "cdi" / ".owner").touch()
     os.link(dirs / "cdi" / ".owner", dirs / "opt" / "own")  # (cdi: no resource writes there)
@@ -136,23 +118,14 @@ async def test_a_probe_device_with_a_hard_link_of_kubelet_sock_is_left_out(
         {"id": "good", "paths": [f"{dirs}/dev/fpga0"]},
     ]
     (dirs / "p.json").write_text(json.dumps(listed))
-    text = (
-        _head(dirs) + f"  - name: {PROBE}\n"
-        f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
-    )
+    text = head(dirs) + probe(dirs)
     config.write_text(text)
     async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
         os.link(dirs / "dp" / "kubelet.sock", dirs / "opt" / "k")
         os.link(config, dirs / "opt" / "c")
         running = await start_host(load_config(config), config_path=config)
         await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
-        await wait_until(
-            lambda: (
-                _counter(running, "kdp_driver_skipped_total", resource=PROBE, reason="unsafe_mount")
-                == 2
-            ),
-            what="two devices left out",
-        )
+        await left_out(running, 2, "two devices left out")
         response = await sim.allocate(PROBE, 1)
         assert response is not None
         assert [d.host_path for d in response.devices] == [f"{dirs}/dev/fpga0"]
@@ -164,20 +137,15 @@ async def test_an_allocate_command_printing_a_hard_link_of_the_config_is_refused
     config = dirs / "kdp.yaml"
     link = dirs / "opt" / "cfglink"
     output = {"mounts": [{"hostPath": str(link), "containerPath": "/c", "readOnly": False}]}
-    hook = dirs / "hook.sh"
-    hook.write_text(f"#!/bin/sh\necho '{json.dumps(output)}'\n")
-    hook.chmod(0o755)
-    config.write_text(
-        _head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
-        f"    allocate: {{command: [{hook}]}}\n"
-    )
+    hook = answering_hook(dirs, output)
+    config.write_text(head(dirs) + fpga_glob(dirs) + f"    allocate: {{command: [{hook}]}}\n")
     os.link(config, link)
     async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
         running = await start_host(load_config(config), config_path=config)
         await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
         with pytest.raises(SimulatorAllocationError, match="is the config file"):
             await sim.allocate(FPGA, 1)
-        assert _counter(running, "kdp_allocations_total", resource=FPGA, result="invalid") == 1
+        assert running.sample("kdp_allocations_total", resource=FPGA, result="invalid") == 1
 
 
 # --------------------------------------------------------------------------- F4, L2
@@ -186,7 +154,7 @@ async def test_an_allocate_command_printing_a_hard_link_of_the_config_is_refused
 def test_the_node_features_directory_is_never_handed(dirs: Path) -> None:
     """Derived from what kdp-host writes (`outputs.written_places`): the NFD directory is
     protected like the CDI spec directory."""
-    text = _head(dirs) + _mounts(dirs, dirs / "nfd") + f"nodeFeatures: {{file: {dirs}/nfd/kdp}}\n"
+    text = head(dirs) + _mounts(dirs, dirs / "nfd") + f"nodeFeatures: {{file: {dirs}/nfd/kdp}}\n"
     (problem,) = _problems(dirs / "kdp.yaml", text)
     assert "allocate.mounts[0].hostPath" in problem
     assert "is the directory of the nodeFeatures file" in problem
@@ -197,11 +165,11 @@ def test_the_kubelets_pods_directory_is_never_handed(dirs: Path) -> None:
     pod's secrets. A socketDir elsewhere names no kubelet root (nothing guessed)."""
     (dirs / "kubelet" / "device-plugins").mkdir(parents=True)
     (dirs / "kubelet" / "pods").mkdir()
-    text = _head(dirs, "kubelet/device-plugins") + _mounts(dirs, dirs / "kubelet" / "pods" / "u")
+    text = head(dirs, "kubelet/device-plugins") + _mounts(dirs, dirs / "kubelet" / "pods" / "u")
     (problem,) = _problems(dirs / "kdp.yaml", text)
     assert "lies in the kubelet's pods directory" in problem
     load_config_ok = dirs / "ok.yaml"
-    load_config_ok.write_text(_head(dirs) + _mounts(dirs, dirs / "kubelet" / "pods"))
+    load_config_ok.write_text(head(dirs) + _mounts(dirs, dirs / "kubelet" / "pods"))
     load_config(load_config_ok)
 
 
@@ -215,7 +183,7 @@ def test_a_bind_mount_shows_a_protected_directory_elsewhere(dirs: Path) -> None:
     config = dirs / "kdp.yaml"
     kubelet = dirs / "var-lib-kubelet"
     (kubelet / "device-plugins").mkdir(parents=True)
-    config.write_text(_head(dirs, "var-lib-kubelet/device-plugins") + _mounts(dirs, "/dev/null"))
+    config.write_text(head(dirs, "var-lib-kubelet/device-plugins") + _mounts(dirs, "/dev/null"))
     rule = never_handed(load_config(config), str(config))
     table = parse_mounts(
         "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
@@ -246,7 +214,7 @@ def test_paths_asked_in_any_order_meet_the_places_of_the_walk_over_all(
     config = dirs / "kdp.yaml"
     kubelet = dirs / "var-lib-kubelet"
     (kubelet / "device-plugins").mkdir(parents=True)
-    config.write_text(_head(dirs, "var-lib-kubelet/device-plugins") + _mounts(dirs, "/dev/null"))
+    config.write_text(head(dirs, "var-lib-kubelet/device-plugins") + _mounts(dirs, "/dev/null"))
     table = parse_mounts(
         "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
         f"2 1 8:1 {dirs}/data/kubelet {kubelet} rw - ext4 /dev/sda1 rw\n"
@@ -304,7 +272,7 @@ def test_kdp_host_check_refuses_a_dataset_mount_holding_a_bind_mounted_kubelet_d
     (dirs / "data" / "kubelet" / "device-plugins").mkdir(parents=True)
     (dirs / "mnt" / "m1").mkdir(parents=True)
     config = dirs / "kdp.yaml"
-    config.write_text(_head(dirs, "var-lib-kubelet/device-plugins") + _mounts(dirs, dirs / "data"))
+    config.write_text(head(dirs, "var-lib-kubelet/device-plugins") + _mounts(dirs, dirs / "data"))
     script = (
         f"mount --bind {dirs}/data/kubelet {kubelet}\n"
         f"mount --bind {dirs}/state {dirs}/mnt/m1\n"
@@ -318,10 +286,7 @@ def test_kdp_host_check_refuses_a_dataset_mount_holding_a_bind_mounted_kubelet_d
     assert "holds kubelet.socketDir" in done.stderr
     listed = [{"id": "s0", "mounts": [{"hostPath": f"{dirs}/mnt/m1", "containerPath": "/s"}]}]
     (dirs / "p.json").write_text(json.dumps(listed))
-    config.write_text(
-        _head(dirs) + f"  - name: {PROBE}\n"
-        f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
-    )
+    config.write_text(head(dirs) + probe(dirs))
     done = subprocess.run(
         [*unshare, script, "sh", str(config)], capture_output=True, text=True, check=False
     )
@@ -407,7 +372,7 @@ async def test_a_reload_that_cannot_be_resolved_is_invalid_and_the_host_runs_on(
     """hostile7 F5: a live reload adding such a mount is counted `invalid`, the last good
     config keeps running (it killed the host)."""
     config = dirs / "kdp.yaml"
-    good = _head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
+    good = head(dirs) + fpga_glob(dirs)
     config.write_text(good)
     async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
         running = await start_host(load_config(config), config_path=config)
@@ -435,15 +400,10 @@ async def test_paths_that_cannot_be_resolved_are_never_handed_out(
     (dirs / "p.json").write_text(json.dumps(listed))
     magic_root = uncheckable.rsplit("/", 1)[0]
     output = {"mounts": [{"hostPath": magic_root, "containerPath": "/host", "readOnly": False}]}
-    hook = dirs / "hook.sh"
-    hook.write_text(f"#!/bin/sh\necho '{json.dumps(output)}'\n")
-    hook.chmod(0o755)
+    hook = answering_hook(dirs, output)
     async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
         running = await start_host(
-            _head(dirs) + f"  - name: {PROBE}\n"
-            f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
-            f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
-            f"    allocate: {{command: [{hook}]}}\n"
+            head(dirs) + probe(dirs) + fpga_glob(dirs) + f"    allocate: {{command: [{hook}]}}\n"
         )
         await sim.wait_for(lambda: sim.allocatable(PROBE) == 1 and sim.allocatable(FPGA) == 1)
         response = await sim.allocate(PROBE, 1)
@@ -451,4 +411,4 @@ async def test_paths_that_cannot_be_resolved_are_never_handed_out(
         assert [d.host_path for d in response.devices] == [f"{dirs}/opt/g"]
         with pytest.raises(SimulatorAllocationError, match="cannot be checked"):
             await sim.allocate(FPGA, 1)
-        assert _counter(running, "kdp_allocations_total", resource=FPGA, result="invalid") == 1
+        assert running.sample("kdp_allocations_total", resource=FPGA, result="invalid") == 1

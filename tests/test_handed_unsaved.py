@@ -60,10 +60,6 @@ def _nodes(root: Path, count: int = 3) -> None:
         (root / "a" / f"n{i}").touch()
 
 
-def _value(running: Any, name: str, **labels: str) -> float:
-    return running.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 def _released(log: Path) -> list[str]:
     """The IDs each release ran for, in order."""
     return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
@@ -72,9 +68,9 @@ def _released(log: Path) -> list[str]:
 async def _answers_after(running: Any, count: int = 2) -> None:
     """Until `count` more PodResources answers were taken in."""
     name = "kdp_pod_resources_polls_total"
-    start = _value(running, name, result="ok")
+    start = running.sample(name, result="ok")
     await wait_until(
-        lambda: _value(running, name, result="ok") >= start + count,
+        lambda: running.sample(name, result="ok") >= start + count,
         timeout=60,
         what=f"{count} more PodResources answers",
     )
@@ -98,8 +94,8 @@ async def test_an_allocate_whose_record_cannot_be_written_is_refused(
     disk = Unwritable(monkeypatch, HANDED_FILE)
     with pytest.raises(SimulatorAllocationError, match=f"cannot allocate .*{HANDED_FILE}"):
         await kubelet.allocate(R1, 1, pod_uid="p2")
-    assert _value(running, "kdp_allocations_total", resource=R1, result="unsaved") == 1
-    assert _value(running, "kdp_allocations_total", resource=R1, result="ok") == 1
+    assert running.sample("kdp_allocations_total", resource=R1, result="unsaved") == 1
+    assert running.sample("kdp_allocations_total", resource=R1, result="ok") == 1
     disk.full = False
     assert await kubelet.allocate(R1, 1, pod_uid="p3") is not None
 
@@ -139,7 +135,7 @@ async def test_a_refused_allocate_leaves_no_release_owed_across_a_restart(
     await _answers_after(running)
     assert _released(log) == [p1_device]
     assert kubelet.allocation("p2", "c0", R1) is None
-    assert _value(running, "kdp_releases_pending", resource=R1) == 0
+    assert running.sample("kdp_releases_pending", resource=R1) == 0
 
 
 async def test_a_release_whose_record_was_lost_waits_for_the_next_start_on_the_device(
@@ -164,17 +160,17 @@ async def test_a_release_whose_record_was_lost_waits_for_the_next_start_on_the_d
     await kubelet.wait_for(lambda: kubelet.resource(R1).registrations >= 2)
     await kubelet.release("p1")
     await wait_until(
-        lambda: _value(running, "kdp_release_runs_total", resource=R1, result="unknown") >= 1,
+        lambda: running.sample("kdp_release_runs_total", resource=R1, result="unknown") >= 1,
         timeout=60,
         what="the release of n0 skipped",
     )
     await _answers_after(running)
     assert _released(log) == [], "the release ran on what n0's path reaches now"
-    assert _value(running, "kdp_releases_pending", resource=R1) == 1
+    assert running.sample("kdp_releases_pending", resource=R1) == 1
     assert kubelet.resource(R1).healthy_ids == {"n0"}  # (not marked unhealthy: nothing failed)
     assert await kubelet.allocate(R1, 1, pod_uid="p3") is not None  # its start runs it first
     assert _released(log) == ["n0"]
-    assert _value(running, "kdp_releases_pending", resource=R1) == 0
+    assert running.sample("kdp_releases_pending", resource=R1) == 0
 
 
 def test_a_release_owed_for_a_lost_record_is_kept_so_across_restarts() -> None:

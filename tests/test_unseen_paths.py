@@ -27,38 +27,22 @@ from kdp_host.simulator.records import SimulatorAllocationError
 from .conftest import wait_until
 from .fake_nodes import indexed
 from .fake_sysfs import FTDI, FakeSysfs
+from .handed_setup import FPGA, PROBE, fpga_glob, head, left_out, made_dirs, probe
 
-PROBE = "vendor.example/probe"
-FPGA = "vendor.example/fpga"
 UNSEEN = "does not exist in kdp-host's view"
 HINT = "mount it into kdp-host's container: chart hostMounts.extra"
 
 
-def _head(dirs: Path) -> str:
-    return (
-        f"kubelet: {{socketDir: {dirs}/dp, podResourcesSocket: {dirs}/pr/kubelet.sock}}\n"
-        f"stateDir: {dirs}/state\nresources:\n"
-    )
-
-
 @pytest.fixture
 def dirs(short_dir: Path) -> Path:
-    for name in ("dp", "pr", "state", "dev", "data"):
-        (short_dir / name).mkdir()
-    (short_dir / "dev" / "fpga0").touch()
-    return short_dir
-
-
-def _counter(running: Any, name: str, **labels: str) -> float:
-    value = running.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else float(value)
+    return made_dirs(short_dir, "data")
 
 
 def test_the_rule_refuses_a_path_where_nothing_is(dirs: Path) -> None:
     """The one rule (`NeverHanded`): a path where nothing is is refused, with what to do; a
     config's mount source is judged by its place only (`later`: the host may make it)."""
     config = dirs / "kdp.yaml"
-    config.write_text(_head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/f*']}}\n")
+    config.write_text(head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/f*']}}\n")
     rule = never_handed(load_config(config), str(config))
     missing = f"{dirs}/data/kubelet/pods"
     why = rule.path_problem(missing)
@@ -93,23 +77,17 @@ async def test_hostile9_h5_a_mount_source_kdp_host_cannot_see_is_never_handed_ou
     (dirs / "p.json").write_text(json.dumps(listed))
     async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
         running = await start_host(
-            _head(dirs) + f"  - name: {PROBE}\n"
-            f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
-            f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
-            f"    allocate: {{mounts: [{{hostPath: {mount_source}, containerPath: /fw}}]}}\n"
+            head(dirs)
+            + probe(dirs)
+            + fpga_glob(dirs)
+            + f"    allocate: {{mounts: [{{hostPath: {mount_source}, containerPath: /fw}}]}}\n"
         )
-        await wait_until(
-            lambda: (
-                _counter(running, "kdp_driver_skipped_total", resource=PROBE, reason="unsafe_mount")
-                == 1
-            ),
-            what="the probe's device left out",
-        )
+        await left_out(running, 1, "the probe's device left out")
         await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
         assert sim.allocatable(PROBE) == 0
         with pytest.raises(SimulatorAllocationError, match=UNSEEN):
             await sim.allocate(FPGA, 1)
-        assert _counter(running, "kdp_allocations_total", resource=FPGA, result="invalid") == 1
+        assert running.sample("kdp_allocations_total", resource=FPGA, result="invalid") == 1
         # once the host made them (here: kdp-host sees them), both are handed out
         probe_source.mkdir()
         mount_source.mkdir()
@@ -134,10 +112,10 @@ def test_kdp_host_check_warns_of_a_missing_mount_source_with_its_line(
     )
     config = dirs / "kdp.yaml"
     config.write_text(
-        _head(dirs) + f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dev/fpga*']}}\n"
-        f"    allocate: {{mounts: [{{hostPath: {dirs}/data/fw, containerPath: /fw}}]}}\n"
-        f"  - name: {PROBE}\n"
-        f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
+        head(dirs)
+        + fpga_glob(dirs)
+        + f"    allocate: {{mounts: [{{hostPath: {dirs}/data/fw, containerPath: /fw}}]}}\n"
+        + probe(dirs)
     )
     assert main(["check", "--config", str(config)]) == 0
     err = capsys.readouterr().err
@@ -164,7 +142,7 @@ async def test_hostile9_l1_a_sysfs_node_is_claimed_where_kdp_host_sees_it(
     serial = "vendor.example/serial"
     async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
         running = await start_host(
-            _head(dirs) + f"  - name: {serial}\n    sysfs:\n"
+            head(dirs) + f"  - name: {serial}\n    sysfs:\n"
             f"      sysfsRoot: {fake.sys}\n      devRoot: {fake.dev}\n"
             f'      usb: [{{vendor: "{FTDI[0]}", product: "{FTDI[1]}"}}]\n'
             f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/gdev/*']}}\n"
@@ -172,7 +150,7 @@ async def test_hostile9_l1_a_sysfs_node_is_claimed_where_kdp_host_sees_it(
 
         def held() -> float:
             return sum(
-                _counter(running, "kdp_driver_skipped_total", resource=r, reason="node_owned")
+                running.sample("kdp_driver_skipped_total", resource=r, reason="node_owned")
                 for r in (serial, FPGA)
             )
 
@@ -196,16 +174,12 @@ async def test_a_mount_source_that_goes_holds_its_device_until_it_is_back(
     listed = [{"id": "v0", "mounts": [{"hostPath": str(source), "containerPath": "/fw"}]}]
     (dirs / "p.json").write_text(json.dumps(listed))
     async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
-        running = await start_host(
-            _head(dirs) + f"  - name: {PROBE}\n"
-            f"    shell: {{command: [cat, {dirs}/p.json], format: json, interval: 1s}}\n"
-        )
+        running = await start_host(head(dirs) + probe(dirs))
         await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
         source.rmdir()
         await sim.wait_for(lambda: sim.allocatable(PROBE) == 0, timeout=30.0)
         assert (
-            _counter(running, "kdp_driver_skipped_total", resource=PROBE, reason="unsafe_mount")
-            == 1
+            running.sample("kdp_driver_skipped_total", resource=PROBE, reason="unsafe_mount") == 1
         )
         source.mkdir()
         await sim.wait_for(lambda: sim.allocatable(PROBE) == 1, timeout=30.0)

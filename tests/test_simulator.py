@@ -62,8 +62,12 @@ from kdp_host.simulator import (
     go_quote,
     run_simulator,
 )
-from kdp_host.simulator.checkpoint import CheckpointEncoder
+from kdp_host.simulator.checkpoint import CheckpointEncoder, CheckpointFile
 from kdp_host.simulator.listwire import WireError, decode_device_list
+from kdp_host.simulator.plugins import READ_AHEAD
+from kdp_host.simulator.transport import PluginClient
+
+from .conftest import wait_until
 
 RES = "vendor.example/fpga"
 WAIT = 10.0
@@ -1171,3 +1175,48 @@ class RawBytes:
 
     def SerializeToString(self) -> bytes:
         return self.data
+
+
+async def test_the_kubelet_reads_a_stream_no_further_ahead_than_it_applies(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kubelet's client receives a ListAndWatch message once it has applied the last one
+    (its `Recv` loop; every message is decoded and checkpointed:
+    docs/kubelet-contract.md §4), so a plugin that sends faster is held back by the stream's
+    flow control and sends its newest list next. The simulator read every message off the
+    stream at once and applied the backlog long after the plugin stopped: 10,000 devices
+    unplugged and plugged again made ~900 lists, applied a minute late (the `large` bench
+    section timed out)."""
+    sim = env.sim
+    applied_when_read: list[int] = []
+    receive = PluginClient.list_and_watch
+
+    async def counted(client: PluginClient) -> AsyncIterator[bytes]:
+        async with contextlib.aclosing(receive(client)) as messages:
+            async for raw in messages:
+                applied_when_read.append(len(sim.list_and_watch_updates))
+                yield raw
+
+    write = CheckpointFile.write
+    gate = asyncio.Event()
+    gate.set()
+
+    async def slow_write(self: CheckpointFile, data: Callable[[], str]) -> None:
+        await gate.wait()  # (the kubelet busy with a message: a long decode, a slow disk)
+        await write(self, data)
+
+    monkeypatch.setattr(PluginClient, "list_and_watch", counted)
+    monkeypatch.setattr(CheckpointFile, "write", slow_write)
+    plugin = FakePlugin(devs("a"))
+    await env.serve_and_register(plugin, "p.sock")
+    await sim.wait_for(lambda: len(sim.list_and_watch_updates) == 1)
+    gate.clear()
+    lists = [devs(*(f"d{i}-{j}" for j in range(5))) for i in range(20)]
+    for devices in lists:
+        plugin.push(devices)
+    await wait_until(lambda: plugin.updates.empty(), what="the plugin sent every list")
+    gate.set()
+    await sim.wait_for(lambda: set(sim.resource(RES).devices) == {d.id for d in lists[-1]})
+    assert len(applied_when_read) == 1 + len(lists)
+    ahead = [read - applied for read, applied in enumerate(applied_when_read)]
+    assert max(ahead) <= READ_AHEAD, ahead

@@ -31,6 +31,14 @@ DECODE_IN_THREAD: Final = 64 * 1024
 """ListAndWatch messages at least this large (~3,000 devices) are decoded off the event loop,
 so other streams, Register calls and arrival stamps are not held up meanwhile."""
 
+READ_AHEAD: Final = 1
+"""ListAndWatch messages read off a stream (and stamped) while an earlier one is still being
+applied. The kubelet's client receives the next message once it has applied the last (its
+``Recv`` loop, docs/kubelet-contract.md §4), so a plugin that sends faster is held back by the
+stream's flow control and sends its newest list next; a reader that took every message off
+the stream at once made the simulator apply a backlog of stale lists long after the plugin
+stopped (the ``large`` bench: ~900 lists of 10,000 devices, applied up to a minute late)."""
+
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
@@ -173,10 +181,14 @@ class PluginHandler:
         reconnect), then disconnect whatever client has the name
         (docs/kubelet-contract.md §4, §9)."""
         arrived: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
-        reader = asyncio.ensure_future(self._read(client, arrived))
+        room = asyncio.Semaphore(READ_AHEAD)
+        reader = asyncio.ensure_future(self._read(client, arrived, room))
         try:
             while (item := await arrived.get()) is not None:
-                await self._on_list(client, *item)
+                try:
+                    await self._on_list(client, *item)
+                finally:
+                    room.release()
             reason = await reader
         except WireError as exc:
             # grpc-go fails the stream's Recv on a message it cannot unmarshal.
@@ -218,15 +230,22 @@ class PluginHandler:
         await self.disconnect_client(client.resource, current, reason="list_and_watch ended")
 
     async def _read(
-        self, client: PluginClient, arrived: asyncio.Queue[tuple[float, bytes] | None]
+        self,
+        client: PluginClient,
+        arrived: asyncio.Queue[tuple[float, bytes] | None],
+        room: asyncio.Semaphore,
     ) -> str:
         """Read the stream, stamping each message as it arrives; returns why it ended. The
         messages are applied in order by ``_run_client``: reading ahead keeps a slow step of
-        the simulator (decoding, the checkpoint write) out of the arrival times."""
+        the simulator (decoding, the checkpoint write) out of the arrival times, by
+        `READ_AHEAD` messages at most (`room`: one taken per message handed on, given back
+        once it is applied); past that the stream is not read, as the kubelet's is not."""
         try:
             async with contextlib.aclosing(client.list_and_watch()) as messages:
                 async for raw in messages:
-                    arrived.put_nowait((self._clock(), raw))
+                    received_at = self._clock()
+                    await room.acquire()
+                    arrived.put_nowait((received_at, raw))
             return "stream ended"
         except RpcFailed as exc:
             return str(exc)

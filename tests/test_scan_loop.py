@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import pytest
 
@@ -20,7 +20,7 @@ from kdp_host.drivers.glob import GlobDriver, GlobScan
 from kdp_host.drivers.glob_groups import GlobGroupScan
 from kdp_host.drivers.grace import Tracker
 from kdp_host.drivers.scanner import DirWatch, Listed, Notice, ScanResult, ScanSettings
-from kdp_host.drivers.scanning import MAX_NAMED_CHANGES, ScanLoop
+from kdp_host.drivers.scanning import MAX_NAMED_CHANGES, ScanLoop, wait_for_change
 from kdp_host.files import DaemonThreads
 from kdp_host.testing import ManualClock, ManualWatcher, RecordingNotifier, driver_deps
 
@@ -519,3 +519,20 @@ async def test_changes_named_before_a_scan_begins_are_its_own_and_a_burst_during
         frozenset(str(tmp_path / n) for n in during),
         frozenset({str(tmp_path / "last")}),
     ]
+
+
+async def test_a_wake_up_that_comes_as_the_grace_period_ends_is_not_lost() -> None:
+    """The loop waits for a wake-up or the next grace expiry. A change named in the turn
+    the expiry's timeout fires sets the event, but the wait is already cancelled: it ended
+    as "not woken", the loop then cleared the event and only merged, and the named change
+    waited for the next event or the safety net (up to `rescanInterval`)."""
+
+    class SetAsTheTimeoutFires(asyncio.Event):
+        async def wait(self) -> Literal[True]:
+            self.set()  # (set in the very turn the timeout cancels the waiting task)
+            await asyncio.Event().wait()
+            return True
+
+    wake = SetAsTheTimeoutFires()
+    clock = ManualClock()
+    assert await wait_for_change(wake, clock.now, clock)

@@ -345,7 +345,8 @@ async def wait_for_change(
     wake: asyncio.Event, next_expiry: float | None, clock: Callable[[], float]
 ) -> bool:
     """Wait for a wake-up (a watched change, the safety net) or the next grace expiry,
-    whichever comes first: True when woken."""
+    whichever comes first: True when woken, also by a wake-up set in the turn the expiry's
+    timeout fired (the loop clears the event next: "not woken" would lose it)."""
     if next_expiry is None:
         await wake.wait()
         return True
@@ -353,5 +354,5 @@ async def wait_for_change(
         async with asyncio.timeout(max(0.0, next_expiry - clock())):
             await wake.wait()
     except TimeoutError:
-        return False
+        return wake.is_set()
     return True

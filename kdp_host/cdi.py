@@ -361,7 +361,22 @@ class CdiSpecWriter:
         self._on_disk = None
 
     async def _read(self) -> bytes | None:
-        return await self.offload.run(lambda: read_or_none(self.path))
+        """What the file holds; None (so it is written again, as a fresh file) while it has
+        another link: a write through a link made outside the spec dir reaches no watch."""
+        content, links = await self.offload.run(
+            lambda: (read_or_none(self.path), _links(self.path))
+        )
+        if links > 1:
+            self.log.warning("cdi_spec_linked", path=self.path, links=links)
+            return None
+        return content
 
     async def _unlink(self) -> bool:
         return await self.offload.run(lambda: unlink(self.path))
+
+
+def _links(path: str) -> int:
+    try:
+        return os.stat(path, follow_symlinks=False).st_nlink
+    except OSError:
+        return 0

@@ -813,3 +813,24 @@ async def test_a_name_another_file_defines_holds_the_device_and_the_resource_not
     vendor.unlink()
     await wait_until(lambda: reasons[-1:] == [None], what="the clash cleared")
     await wait_until(lambda: table.snapshot.healthy_count == 2, what="fpga0 healthy again")
+
+
+async def test_a_spec_file_linked_from_elsewhere_is_written_again_as_a_fresh_file(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """hostile11 K4: a hard link made outside the spec dir lets a write reach the file with
+    no event in the spec dir. At the next check the file is written again as a fresh file
+    even when its content is still right, so the link no longer names what runtimes read."""
+    table = DeviceTable()
+    table.publish([dev("fpga0")])
+    writer = start_writer(running, resource(tmp_path), table, debounce=0.0, verify_interval=0.05)
+    await wait_until(lambda: synced(writer, table), what="first write")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = elsewhere / "spec.json"
+    os.link(writer.path, link)
+    await wait_until(lambda: os.stat(writer.path).st_nlink == 1, what="the link broken")
+    good = Path(writer.path).read_bytes()
+    link.write_bytes(b'{"tampered": true}')
+    assert Path(writer.path).read_bytes() == good
+    assert writer.writes == 2

@@ -536,3 +536,83 @@ async def test_a_wake_up_that_comes_as_the_grace_period_ends_is_not_lost() -> No
     wake = SetAsTheTimeoutFires()
     clock = ManualClock()
     assert await wait_for_change(wake, clock.now, clock)
+
+
+class NotingScanner(FakeScanner):
+    """A FakeScanner that notes when it read each file it lists (`DirWatch.read_at`: the
+    loop's clock before listing), and can be held after reading (`after_read`)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.after_read = threading.Event()
+        self.after_read.set()
+        self.read = 0
+        """Scans that have listed the directory (held at `after_read` or not)."""
+
+    def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
+        self.entered += 1
+        self.block.wait(30)
+        clock = dirs.clock
+        before = clock() if clock is not None else None
+        names = sorted(os.listdir(self.directory))
+        if before is not None:
+            dirs.read_at.update((str(self.directory / n), before) for n in names)
+        self.read += 1
+        self.after_read.wait(30)
+        self.scans += 1
+        self.changed.append(changed)
+        dirs.watch(str(self.directory))
+        return ScanResult({n: device(n, str(self.directory / n)) for n in names})
+
+
+async def test_changes_during_a_scan_to_paths_it_reads_later_make_no_scan_of_their_own(
+    tmp_path: Path,
+) -> None:
+    """Issue 19, sysfs flapping: a device's other node (and more events of the first) named
+    while the scan of its first node runs, before the scan read them, are in its answer: no
+    scan follows (each made one more, told the names the scan had read). A change named
+    after the scan read its path (or for a path it did not read) still makes one more
+    scan, told that path alone, and its answer is listed: nothing is lost."""
+    (tmp_path / "a").touch()
+    old_dir(tmp_path)
+    watcher = ManualWatcher()
+    scanner = NotingScanner(tmp_path)
+    loop = ScanLoop(scanner, ScanSettings(60.0, 60.0, 5.0), driver_deps(watcher=watcher))
+    notifier = RecordingNotifier()
+    task = asyncio.create_task(loop.run(notifier))
+    directory = str(tmp_path)
+
+    def named(*names: str) -> frozenset[str]:
+        return frozenset(str(tmp_path / n) for n in names)
+
+    try:
+        await wait_until(lambda: notifier.updates == 1 and directory in watcher.directories)
+        scanner.block.clear()
+        (tmp_path / "b").touch()
+        watcher.change(directory, "b")  # the device's first node: a scan begins
+        await wait_until(lambda: scanner.entered == 2, what="the scan begun")
+        (tmp_path / "c").touch()
+        for _ in range(5):  # its second node, and more events of both, before the read
+            watcher.change(directory, "c")
+            watcher.change(directory, "b")
+        scanner.block.set()
+        await wait_until(lambda: list(notifier.devices) == ["a", "b", "c"], what="b and c")
+        watcher.change(directory, "mark")  # a scan still to come would come before this one
+        await wait_until(lambda: scanner.scans == 3, what="the scan of the mark")
+        assert scanner.changed[1:] == [named("b"), named("mark")]
+        # after the read: one more scan, however many events, and it is listed
+        scanner.after_read.clear()
+        watcher.change(directory, "c")
+        await wait_until(lambda: scanner.read == 4, what="the scan has read")
+        (tmp_path / "b").unlink()
+        for _ in range(5):
+            watcher.change(directory, "b")
+        watcher.change(directory, "ghost")  # a path it never read
+        scanner.after_read.set()
+        await wait_until(lambda: not notifier.devices["b"].healthy, what="b gone")
+        watcher.change(directory, "mark")
+        await wait_until(lambda: scanner.changed[-1] == named("mark"), what="the mark")
+        assert scanner.changed[3:] == [named("c"), named("b", "ghost"), named("mark")]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -6,8 +6,9 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,11 +23,12 @@ from kdp_host.metrics import Metrics
 from kdp_host.rules import device_id_problem
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.sysfs import SysfsScan
+from kdp_host.sysfs.nodes import NodeLooks
 from kdp_host.sysfs.reader import SysfsReader
-from kdp_host.testing import ManualClock, RecordingNotifier
+from kdp_host.testing import ManualClock, ManualWatcher, RecordingNotifier
 from kdp_host.watch import PollingWatcher
 
-from .conftest import reporter, wait_table
+from .conftest import reporter, wait_table, wait_until
 from .fake_sysfs import CH340, FTDI, SILABS_CP210X, FakeSysfs, standard_machine
 
 RESOURCE = "vendor.example/serial"
@@ -569,6 +571,115 @@ async def test_a_hot_plug_reads_what_changed_not_every_device(fake: FakeSysfs) -
         driving.cancel()
         await asyncio.wait([driving])
         watching.cancel()
+
+
+def test_an_update_says_it_read_a_node_only_if_it_read_every_device_holding_it(
+    fake: FakeSysfs,
+) -> None:
+    """Two vfio devices share /dev/vfio/vfio: an update that reads one of them again looked
+    at that node, but the other still lists what an earlier read saw of it, so the update
+    does not count as having read it (a change to it would be lost); an update told that
+    node reads both."""
+    fake.pci_vfio("0000:5e:00.0", group=41, vfio_dev=1)
+    fake.pci_vfio("0000:5f:00.0", group=42, vfio_dev=2)
+    reader = SysfsReader(str(fake.sys), str(fake.dev))
+    count = iter(range(100, 1000))
+    looks = NodeLooks(lambda: next(count))
+    scan = reader.scan(["pci"], (), (), looks)
+    assert {"vfio/41", "vfio/42", "vfio/vfio"} <= looks.at.keys()
+    looks = NodeLooks(lambda: next(count))
+    scan = reader.update(scan, ["vfio/41"], ["pci"], (), (), looks)
+    assert looks.at.keys() == {"vfio/41", "vfio/devices/vfio1"}
+    looks = NodeLooks(lambda: next(count))
+    reader.update(scan, ["vfio/vfio"], ["pci"], (), (), looks)
+    assert looks.at.keys() == {
+        "vfio/41",
+        "vfio/42",
+        "vfio/devices/vfio1",
+        "vfio/devices/vfio2",
+        "vfio/vfio",
+    }
+
+
+class HeldReader(SysfsReader):
+    """A reader whose updates record the names they are told, and can be held before they
+    read (`before`) or after (`after`)."""
+
+    def __init__(self, fake: FakeSysfs) -> None:
+        super().__init__(str(fake.sys), str(fake.dev))
+        self.told: list[list[str]] = []
+        self.before, self.after = threading.Event(), threading.Event()
+        self.before.set()
+        self.after.set()
+        self.reading = self.read = 0
+
+    def update(self, previous: SysfsScan, changed: Iterable[str], *args: Any) -> SysfsScan:
+        self.told.append(sorted(changed))
+        self.reading += 1
+        self.before.wait(30)
+        result = super().update(previous, changed, *args)
+        self.read += 1
+        self.after.wait(30)
+        return result
+
+
+async def test_a_node_event_during_the_scan_that_reads_it_makes_no_scan(fake: FakeSysfs) -> None:
+    """Issue 19, sysfs flapping: an adapter's bus node wakes a scan; its tty node, and more
+    events of both nodes, named before that scan reads the adapter, are in its answer: no
+    scan follows (each made one more). A node removed after the scan read it makes one more
+    scan, which lists the adapter without it (nothing lost)."""
+    controller = fake.usb_controller()
+    fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="S0")
+    log = get_logger().bind(resource=RESOURCE)
+    watcher = ManualWatcher()
+    config = sysfs_config(
+        fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\ngracePeriod: 1h\nrescanInterval: 1h'
+    )
+    reader = HeldReader(fake)
+    driver = SysfsDriver(config, DriverDeps(log, watcher), reader=reader)
+    notifier = RecordingNotifier()
+    task = asyncio.create_task(driver.run(notifier))
+    dev, usb = str(fake.dev), str(fake.dev / "bus" / "usb" / "001")
+
+    def nodes(device_id: str) -> tuple[bool, list[str]]:
+        found = notifier.devices[device_id]
+        return found.healthy, sorted(os.path.basename(n.host_path) for n in found.nodes)
+
+    try:
+        await wait_until(lambda: "S0" in notifier.devices and usb in watcher.directories)
+        hot = fake.usb_serial_adapter(
+            controller, "1-2", devnum=3, tty="ttyUSB1", serial="HOT", create_nodes=False
+        )
+        bus_node, tty_node = sorted(fake.nodes_of(hot))
+        assert (bus_node, tty_node) == ("bus/usb/001/003", "ttyUSB1")
+        fake.create_node(bus_node)
+        reader.before.clear()
+        watcher.change(usb, "003")
+        await wait_until(lambda: reader.reading == 1, what="the scan of the bus node")
+        fake.create_node(tty_node)
+        for _ in range(5):  # the tty node made, its permissions, the bus node's again
+            watcher.change(dev, "ttyUSB1")
+            watcher.change(usb, "003")
+        reader.before.set()
+        await wait_until(lambda: "HOT" in notifier.devices, what="the adapter listed")
+        assert nodes("HOT") == (True, ["003", "ttyUSB1"])
+        watcher.change(dev, "mark")  # a scan still to come would come before this one
+        await wait_until(lambda: "mark" in reader.told[-1], what="the scan of the mark")
+        assert reader.told == [["bus/usb/001/003"], ["mark"]]
+        # removed after the scan read it: one more scan, and the adapter lost its tty
+        reader.after.clear()
+        watcher.change(dev, "ttyUSB1")
+        await wait_until(lambda: reader.read == 3, what="a scan that read the tty")
+        fake.remove_node(tty_node)
+        watcher.change(dev, "ttyUSB1")
+        reader.after.set()
+        await wait_until(lambda: nodes("HOT") == (False, ["003", "ttyUSB1"]), what="tty lost")
+        assert reader.told[2:] == [["ttyUSB1"], ["ttyUSB1"]]
+    finally:
+        reader.before.set()
+        reader.after.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_sysfs_resource_end_to_end(

@@ -6,7 +6,7 @@ began (`Changes`), and the loop's settings."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -87,19 +87,32 @@ class ScanGuard:
 
 class DirWatch:
     """The directories one scan depends on, each signed before the scan looked into it,
-    and the scan's `guard`.
+    the scan's `guard`, and when it read the paths it can say it read (`read_at`).
 
     The loop signs the directories it watches before the scan starts; a scanner calls
     `watch` for every directory that decides its answer, before listing it where it can
     (glob) or after reading where it cannot know them earlier (sysfs node directories).
     """
 
-    def __init__(self, watched: Iterable[str] = (), guard: ScanGuard | None = None) -> None:
+    def __init__(
+        self,
+        watched: Iterable[str] = (),
+        guard: ScanGuard | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         self.signatures: dict[str, DirSignature | None] = {
             directory: dir_signature(directory) for directory in watched
         }
         self.wanted: set[str] = set()
         self.guard = guard if guard is not None else ScanGuard()
+        self.clock = clock
+        """The loop's count of wake-ups (`Changes.now`; None: not counted, as in
+        `kdp-host check`)."""
+        self.read_at: dict[str, int] = {}
+        """Path -> `clock()` just before the scan first read it, for paths whose change
+        the answer then fully reflects (what a scan told that path alone would find): a
+        change the watcher named by then needs no scan of its own (`Changes.settle`). A
+        scanner may note none (every change named during it makes one more scan)."""
 
     def watch(self, directory: str) -> None:
         if directory not in self.wanted:
@@ -127,14 +140,18 @@ class Changes:
     """What the watcher named since the last scan began, added on the loop and taken by the
     scan's thread as it begins to read: a change named before a scan begins is one that scan
     reads, so it needs no scan of its own (the kernel makes several events per hot-plug; the
-    thread hop alone gives the next ones time to come). Every wake-up is counted (`count`),
-    so the loop tells, once a scan is back, whether anything came after it began."""
+    thread hop alone gives the next ones time to come). Every wake-up is counted (`count`,
+    the clock of `DirWatch.read_at`), and each name keeps the count of its last wake-up: a
+    change named while a scan runs, for a path the scan read after that (a device's second
+    node, read with its first), needs no scan either (`settle`); one named after the path
+    was read makes one more scan, however many."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._lock = threading.Lock()  # (the loop adds, a scan's thread takes)
-        self._names: set[str] | None = None
-        """The paths named (None: unknown, look at everything; so is the first scan)."""
+        self._names: dict[str, int] | None = None
+        """The paths named, with the count of each one's last wake-up (None: unknown, look
+        at everything; so is the first scan)."""
         self.count = 0
         """Wake-ups so far: a path named, or everything to look at again."""
 
@@ -148,7 +165,7 @@ class Changes:
                 if path is None or len(names) >= self._limit:
                     self._names = None
                 else:
-                    names.add(path)
+                    names[path] = self.count
 
     def forget(self) -> None:
         """What was named is not known to be read (a scan failed, or still hangs): the next
@@ -156,14 +173,29 @@ class Changes:
         with self._lock:
             self._names = None
 
-    def take(self, incremental: bool) -> tuple[frozenset[str] | None, int]:
+    def now(self) -> int:
+        """`count` now (read by a scan's thread: a wake-up counted by then came before)."""
+        return self.count
+
+    def take(self, incremental: bool) -> frozenset[str] | None:
         """As a scan begins: what it is told changed (None: everything, always unless
-        `incremental`) and `count` then; what is named from now on is for the next scan."""
+        `incremental`); what is named from now on is for the next scan."""
         with self._lock:
             names = self._names if incremental else None
-            self._names = set()
-            count = self.count
-        return (frozenset(names) if names is not None else None), count
+            self._names = {}
+        return frozenset(names) if names is not None else None
+
+    def settle(self, read_at: Mapping[str, int]) -> bool:
+        """Once a scan is back, with when it read what (`DirWatch.read_at`): forget the
+        names it read after their last wake-up (its answer holds that change); whether
+        nothing is left for another scan (no wake-up since it began, or all so read)."""
+        with self._lock:
+            names = self._names
+            if names is None:
+                return False
+            for path in [p for p, at in names.items() if read_at.get(p, -1) >= at]:
+                del names[path]
+            return not names
 
 
 SCAN_SPACING = 0.02

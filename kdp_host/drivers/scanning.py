@@ -10,7 +10,8 @@ changes could change that answer (`DirWatch.watch`). Everything else lives here,
 - **watching**: every directory the last scan named is subscribed to on the host's watcher;
   a change wakes the loop at once (a hot-plug is seen in milliseconds); the changes named
   before the scan's thread begins to read are that scan's (`Changes`), those named while it
-  reads make one scan after it, however many; a burst of `burst`
+  reads make one scan after it, however many, unless the scan read each of their paths after
+  it was named (`DirWatch.read_at`: a device's second node); a burst of `burst`
   scans may start back to back, then one per `spacing`: changes that keep coming are gathered
   meanwhile and make one scan of the names involved (a flood costs a bounded rate of scans;
   logged once per flood);
@@ -79,7 +80,7 @@ class ScanLoop(Generic[S]):
         self.settings = settings
         self._deps = deps
         self.tracker = Tracker(settings.grace_period, deps.clock)
-        self._pending: asyncio.Future[tuple[ScanResult, DirWatch, int]] | None = None
+        self._pending: asyncio.Future[tuple[ScanResult, DirWatch]] | None = None
         self._pending_since = 0.0
         self._guard = ScanGuard(settings.max_matched_paths)
         """The bounds of the pending (or last) scan."""
@@ -154,7 +155,7 @@ class ScanLoop(Generic[S]):
         pending = self._pending
         try:
             async with asyncio.timeout(timeout):
-                result, dirs, began = await asyncio.shield(pending)
+                result, dirs = await asyncio.shield(pending)
         except TimeoutError:
             if not waited:  # a scan that comes back later wakes the loop to scan again
                 pending.add_done_callback(lambda _: self._changed_all())
@@ -175,8 +176,8 @@ class ScanLoop(Generic[S]):
         self._pending = None
         self._wanted = frozenset(dirs.wanted)
         self._signatures = dirs.signatures
-        if began == self._changes.count:
-            self._wake.clear()  # every wake-up came before the scan began: it read them
+        if self._changes.settle(dirs.read_at):
+            self._wake.clear()  # every wake-up came before the scan read what it named
         return result
 
     def _scan_sync(
@@ -185,10 +186,10 @@ class ScanLoop(Generic[S]):
         watched: frozenset[str],
         incremental: bool,
         guard: ScanGuard,
-    ) -> tuple[ScanResult, DirWatch, int]:
-        changed, began = self._changes.take(incremental)  # (as late as can be: see Changes)
-        dirs = DirWatch(watched, guard)
-        return self.scanner.scan(listed, dirs, changed), dirs, began
+    ) -> tuple[ScanResult, DirWatch]:
+        changed = self._changes.take(incremental)  # (as late as can be: see Changes)
+        dirs = DirWatch(watched, guard, self._changes.now)
+        return self.scanner.scan(listed, dirs, changed), dirs
 
     def unchanged_since_scan(self) -> bool:
         """Whether no watched directory changed since the last scan began (so a rescan

@@ -26,6 +26,7 @@ from ..devices import Device, DeviceNode
 from ..logs import quote_text
 from ..sysfs import PCI, USB, NodeInfo, SysfsDevice, SysfsScan
 from ..sysfs.model import VFIO_CONTAINER_NODE, device_id
+from ..sysfs.nodes import NodeLooks
 from ..sysfs.reader import SysfsReader
 from .base import DriverDeps, Skipped
 from .scanner import DirWatch, Listed, Notice, ScanResult, ScanSettings
@@ -113,12 +114,16 @@ class SysfsScanner:
     def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         previous = self._last
         self._last = None  # until this read is complete
+        reader, sources = self._reader, (self._buses, self._classes, self._extra)
+        looks = NodeLooks(dirs.clock) if dirs.clock is not None else None
         if changed is None or previous is None:
-            scan = self._reader.scan(self._buses, self._classes, self._extra)
+            scan = reader.scan(*sources, looks)
         else:
-            names = self._node_names(changed)
-            scan = self._reader.update(previous, names, self._buses, self._classes, self._extra)
+            scan = reader.update(previous, self._node_names(changed), *sources, looks)
         self._last = scan
+        if looks is not None:  # (a node's second event, read with its first: no scan)
+            root = reader.dev_root
+            dirs.read_at.update((os.path.join(root, n), at) for n, at in looks.at.items())
         # Node directories are known only after the read: signed now (a change between the
         # read and this is caught by a full rescan every FULL_RESCAN_EVERY intervals).
         for directory in scan.watch_dirs:

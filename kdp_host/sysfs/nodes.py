@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from .model import USB, NodeInfo, SysfsDevice, is_device_boundary
 from .tree import (
@@ -29,12 +30,32 @@ DEV_SKIPPED = frozenset({"pts", "shm", "mqueue", "hugepages", "disk", "char", "b
 (ptys, shared memory) and the link farms udev keeps."""
 
 
+@dataclass
+class NodeLooks:
+    """When one read looked whether each node is there (`DevNodes.node`): `clock()` just
+    before its first look, by name (relative to the dev root). The scan loop's clock counts
+    the watcher's wake-ups: a change to a node named by then is one the read saw
+    (`drivers.scanner.Changes.settle`)."""
+
+    clock: Callable[[], int]
+    at: dict[str, int] = field(default_factory=dict)
+
+    def keep_read(self, owners: Mapping[str, set[str]], read: set[str]) -> None:
+        """After an update: keep the looks at nodes whose every holder before (`owners`:
+        `ReadIndex.by_node`) was read again or dropped (`read`): a holder not read again
+        still lists what an earlier read saw of the node."""
+        for devname in [n for n in self.at if not owners.get(n, set()) <= read]:
+            del self.at[devname]
+
+
 class DevNodes:
     """The nodes of sysfs devices under one dev root (blocking file access, off the loop)."""
 
     def __init__(self, sysfs_root: str, dev_root: str) -> None:
         self.sysfs_root = sysfs_root
         self.dev_root = dev_root
+        self.looks: NodeLooks | None = None
+        """Of the read running (set by `SysfsReader.scan` and `update`)."""
 
     def changed_names(self, changed: Iterable[str], watch: set[str]) -> list[str]:
         """The names in `changed`, with a directory that appeared replaced by the names of
@@ -117,6 +138,9 @@ class DevNodes:
     def node(
         self, devname: str, subsystem: str, devnum: str | None, sysfs_path: str | None
     ) -> NodeInfo:
+        looks = self.looks
+        if looks is not None and devname not in looks.at:
+            looks.at[devname] = looks.clock()  # (before the look)
         present = os.path.exists(os.path.join(self.dev_root, devname))
         return NodeInfo(devname, subsystem, present, devnum, sysfs_path)
 

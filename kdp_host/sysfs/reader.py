@@ -39,7 +39,7 @@ from .model import (
     usb_bus_node,
     vfio_group_problem,
 )
-from .nodes import DevNodes
+from .nodes import DevNodes, NodeLooks
 from .placing import may_be_device, place_nodes, source_names
 from .tree import (
     link_name,
@@ -103,8 +103,10 @@ class SysfsReader:
         buses: Iterable[str] = (USB, PCI),
         classes: Iterable[str] = (),
         extra_attributes: Iterable[str] = (),
+        looks: NodeLooks | None = None,
     ) -> SysfsScan:
         """Every device of the given buses and classes, with attributes and nodes."""
+        self.nodes.looks = looks
         state = _ScanState()
         self._next_cache = {}
         self._not_devices = {}
@@ -130,9 +132,11 @@ class SysfsReader:
         buses: Iterable[str] = (USB, PCI),
         classes: Iterable[str] = (),
         extra_attributes: Iterable[str] = (),
+        looks: NodeLooks | None = None,
     ) -> SysfsScan:
         """`previous` brought up to date after the nodes `changed` (names relative to the
-        dev root) appeared, vanished or changed: O(changed), not O(devices).
+        dev root) appeared, vanished or changed: O(changed), not O(devices). `looks`: when
+        each node was looked at (in `scan` too), of those whose every holder was read again.
 
         A node of a listed device: that device is read again (it may have gone). A node no
         listed device has: the bus and class lists are read for new devices (a hot-plug),
@@ -147,6 +151,7 @@ class SysfsReader:
         index = self._index if self._index is not None and self._index.scan is previous else None
         if index is None:
             index = ReadIndex.of(previous)
+        self.nodes.looks = looks
         state = _ScanState()
         self._next_cache = {}
         extra = tuple(dict.fromkeys(extra_attributes))
@@ -162,7 +167,7 @@ class SysfsReader:
         if len(unplaced) > MAX_UNPLACED:
             # A flood of nodes no listed device has: one full read costs less than placing
             # each (and bounds what a burst of unrelated nodes can cost).
-            return self.scan(buses, classes, extra_attributes)
+            return self.scan(buses, classes, extra_attributes, looks)
         fresh: list[SysfsDevice] = []
         added: list[SysfsDevice] = []
         listed: dict[str, set[str]] | None = None
@@ -214,6 +219,8 @@ class SysfsReader:
         # The index's `by_path` is in the devices' order (new ones last): when it holds
         # exactly them before and after, it gives the new tuple at C speed.
         whole = len(index.by_path) == len(previous.devices)
+        if looks is not None:
+            looks.keep_read(index.by_node, dirty | replaced.keys())
         index.move(dropped, fresh)
         if whole and len(index.by_path) == len(previous.devices) - vanished + len(added):
             kept = tuple(index.by_path.values())

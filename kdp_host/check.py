@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .config import Config
 from .device_table import DeviceTable
 from .devices import HEALTHY, UNHEALTHY, Device
+from .identity import identity_of
 from .logs import get_logger, quote_text
 from .node import NodeInfo, selects
 
@@ -130,6 +131,31 @@ def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) 
                     f"advertised (unsafe_mount): {quote_text(path)} {why}"
                 )
                 break
+    return found
+
+
+def dev_root_warnings(rows: Iterable[CheckRow]) -> list[str]:
+    """A line for each node a device names at one host path and kdp-host finds at another
+    (`DeviceNode.seen_path`: a sysfs node below `devRoot`) where both can be read and are
+    not the same node: `devRoot` is not the host's /dev, so the DeviceSpec hands out
+    another node than the one found (a run claims both, the host path by place)."""
+    found: list[str] = []
+    for row in rows:
+        device = row.device
+        for node in () if device is None else device.nodes:
+            if device is None or node.seen_path is None:
+                continue
+            try:
+                seen, handed = os.stat(node.seen_path), os.stat(node.host_path)
+            except (OSError, ValueError):
+                continue  # (not both there: in a container, the host's /dev is not)
+            if identity_of(seen) != identity_of(handed):
+                found.append(
+                    f"warning: {row.resource}: device {quote_text(device.id)}: "
+                    f"{quote_text(node.seen_path)} (devRoot) and {quote_text(node.host_path)}, "
+                    "the path its DeviceSpec names, are not the same node: is devRoot where "
+                    "kdp-host sees the host's /dev?"
+                )
     return found
 
 

@@ -149,6 +149,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"kdp-host: invalid config {exc}", file=sys.stderr)
             return EXIT_INVALID
     from .check import (
+        dev_root_warnings,
         handed_warnings,
         overlap_warnings,
         root_disk_warnings,
@@ -167,6 +168,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     handed = [
         *unseen_source_warnings(config, args.config),
         *handed_warnings(rows, config, args.config),
+        *dev_root_warnings(rows),
     ]
     for warning in [*handed, *overlap_warnings(rows, config), *scan.too_large]:
         print(warning, file=sys.stderr)

@@ -13,7 +13,10 @@ claimed under, while a claim of that key is held. The other way round, a device 
 a path where nothing is yet hands out whatever appears there: a claim of a node that appears
 at that path clashes with the claim by text (until its device claims the path anew, or lets
 go of it). Two identities at one path (a file made anew while the old one is held) stay two
-claims. A sysfs device's claim of itself is the same, within its kind: by its directory's
+claims. A node's claim of the host path it is handed out at where kdp-host sees it elsewhere
+(`ownership_claims.PLACE`) is a claim by text too: it clashes with the claim of whatever
+another device finds at that path, and a claim by text of that path (hostile10 L4). A
+sysfs device's claim of itself is the same, within its kind: by its directory's
 inode, by its text once the directory is gone (`ownership_claims.sysfs_claim`). The table
 asks `PathAliases.of` for each claim it checks (`ClaimTable._conflict`), and tells it every
 claim made (`enter`) and every key gone (`leave`). The paths are indexed from the first
@@ -26,7 +29,10 @@ import os
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
-from .ownership_claims import NOTHING, SYSFS, Claim, ClaimKey
+from .ownership_claims import NOTHING, PLACE, SYSFS, Claim, ClaimKey
+
+ALIASED = frozenset((NOTHING, SYSFS, PLACE))
+"""The claim kinds that may name another claim of the table by their text (`PathAliases.of`)."""
 
 
 @dataclass
@@ -67,9 +73,9 @@ class PathAliases:
         if not self.texts:
             return None
         for name in (real,) if path is real else (real, os.path.normpath(path)):
-            text = (SYSFS if sysfs else NOTHING, name)
-            if text in exclusive or text in shared:
-                return text
+            for kind in (SYSFS,) if sysfs else (NOTHING, PLACE):
+                if (text := (kind, name)) in exclusive or text in shared:
+                    return text
         return None
 
     def enter(self, claim: Claim) -> None:
@@ -105,6 +111,7 @@ class PathAliases:
 
 
 def by_text(key: ClaimKey) -> bool:
-    """Whether a claim is by text: a path where nothing is, or a sysfs device whose
-    directory is gone (`ownership_claims.sysfs_claim`: its text, not its inode)."""
-    return key[0] == NOTHING or (key[0] == SYSFS and isinstance(key[1], str))
+    """Whether a claim is by text: a path where nothing is, a host path a node is handed out
+    at (`ownership_claims.PLACE`), or a sysfs device whose directory is gone
+    (`ownership_claims.sysfs_claim`: its text, not its inode)."""
+    return key[0] in (NOTHING, PLACE) or (key[0] == SYSFS and isinstance(key[1], str))

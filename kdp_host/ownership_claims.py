@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Protocol
 
 from .devices import Device
 from .identity import (
@@ -26,7 +26,6 @@ from .identity import (
     PathReach,
     Uncheckable,
     identity_of,
-    names_it,
     nothing_or_raise,
     real_path,
 )
@@ -39,6 +38,12 @@ directory; its normalised path when that is gone) for a sysfs device itself."""
 
 SYSFS = "sysfs"
 """The kind of a sysfs device's claim of itself (its sysfs directory, by inode: `sysfs_claim`)."""
+PLACE = "place"
+"""The kind of a node's claim of the host path its DeviceSpec names, by that path, where
+kdp-host sees the node elsewhere (`DeviceNode.seen_path`: a sysfs node below a `devRoot`
+other than /dev is claimed by the number found there): two devices that hand out one host
+path clash, as a claim by text does with the identity its path names (`ownership_aliases`),
+whatever node each found there (hostile10 L4: a `devRoot` that is not the host's /dev)."""
 
 
 Reached = PathReach
@@ -123,71 +128,6 @@ class Unresolvable(ValueError):
         self.stale = stale
 
 
-HANDED_TIMEOUT: Final = 10.0
-"""Seconds an Allocate waits for the host paths it hands out to resolve (`handed_reals`, off
-the loop) before it is refused: a path on a hung file system does not hold the admission."""
-
-
-def handed_real(path: str) -> Reached | None:
-    """What a host path an answer hands out reaches, with the real path handed instead of
-    the text (a link re-pointed later does not change what the container gets); where
-    nothing is, its place (`missing`: a mount source the runtime creates is made there).
-    The real path counts only when it names what the path reaches: where it differs from
-    the text, its (st_dev, st_ino) must be those reached through the text, else
-    Unresolvable (one stat more, only where the text is no real path), as is an Uncheckable."""
-    try:
-        st = os.stat(path)
-        real = real_path(path)
-    except (OSError, ValueError) as exc:
-        try:
-            nothing_or_raise(path, exc)  # (a NUL: no path; nothing there: its place)
-            return None if isinstance(exc, ValueError) else missing(path)
-        except Uncheckable as why:
-            raise Unresolvable(f"{path}: {why}: what it reaches is not known") from None
-    if real != path and not names_it(st, real):
-        raise Unresolvable(
-            f"{path}: its real path {real} is not what the path reaches (a magic link, or "
-            "changed while it was resolved)"
-        )
-    return identity_of(st), real
-
-
-def handed_reals(
-    paths: Iterable[str],
-    claimed: Mapping[str, ClaimKey],
-    known: Mapping[str, Reached | None] | None = None,
-) -> dict[str, str]:
-    """The real path to hand out for each host path (`handed_real`; a path where nothing
-    is, as its place). `known`: what paths were resolved to already (the index's kept
-    resolutions, `Resolving._resolve_keeping`); the others are resolved here. A path whose
-    device claimed it (`claimed`: host path to claim key) must still reach that claim: else
-    it changed since it was claimed (a link or an ancestor directory swapped behind an
-    unchanged list, or a node that appeared where nothing was) and is refused
-    (Unresolvable)."""
-    found: dict[str, str] = {}
-    for path in paths:
-        reached = known[path] if known is not None and path in known else handed_real(path)
-        key = claimed.get(path)
-        if key is not None and key[0] != SYSFS and _changed(key, reached):
-            raise Unresolvable(
-                f"{path} no longer reaches what was claimed for it (a link, an ancestor "
-                "directory or the entry changed since): refused until it is claimed anew",
-                stale=path,
-            )
-        found[path] = path if reached is None else reached[1]
-    return found
-
-
-def _changed(key: ClaimKey, reached: Reached | None) -> bool:
-    """Whether a path reaches something else now than what was claimed for it: another
-    node or file, or nothing; for a path claimed where nothing was (by its text), anything
-    (whose it is was never asked: it is claimed anew first), or another place (a link on
-    the way re-pointed: `missing`)."""
-    if key[0] == NOTHING:
-        return reached is not None and reached[0] != key
-    return reached is None or reached[0] != key
-
-
 def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | None:
     """The claim a host path makes (see `reach`; where nothing is, by its place), or None
     for a path that is no path."""
@@ -197,12 +137,12 @@ def claim_key(path: str, real_dirs: dict[str, str] | None = None) -> ClaimKey | 
 
 def still_reaches(key: ClaimKey, reached: Reached | None) -> bool:
     """Whether a claim's path still reaches it (what it reaches now: `reach`): the same
-    node or file, or for a sysfs device's claim of itself, its directory still there."""
+    node or file, for a sysfs device's claim of itself its directory, for a `PLACE` anything."""
     if reached is None or reached[0][0] == NOTHING:
         return False  # (nothing there: a claim of what was there is gone)
     if key[0] == SYSFS:
         return reached[0][0] == DIRECTORY and (isinstance(key[1], str) or reached[0][1] == key[1])
-    return reached[0] == key
+    return key[0] == PLACE or reached[0] == key  # (a place: while something is there)
 
 
 def ancestors(real: str) -> Iterator[str]:
@@ -353,8 +293,9 @@ def places(device: Device) -> Places:
 
 
 def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
-    """A device's claims: its nodes (shared ones apart), its mount sources, and a sysfs
-    device itself (its directory: `sysfs_claim`)."""
+    """A device's claims: its nodes (shared ones apart; one seen elsewhere also by the host
+    path it is handed out at: `PLACE`), its mount sources, and a sysfs device itself (its
+    directory: `sysfs_claim`)."""
     path, sysfs = device.path, device.sysfs_path
     if (
         sysfs is None
@@ -375,6 +316,10 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
         claim = claim_of(host_path, resolve)
         made.append(claim)
         (shared if is_shared else exclusive).setdefault(claim[0], claim)
+    for node in device.nodes:  # (seen elsewhere: its host path claimed by place too)
+        if node.seen_path is not None:
+            at = os.path.normpath(node.host_path)
+            (shared if node.shared else exclusive).setdefault((PLACE, at), ((PLACE, at), at, at))
     for key in exclusive:
         shared.pop(key, None)
     if sysfs is not None:

@@ -24,6 +24,7 @@ from .identity import DIRECTORY, FILE
 from .logs import EventLogger
 from .ownership_claims import (
     NOTHING,
+    PLACE,
     SYSFS,
     Claim,
     ClaimKey,
@@ -69,7 +70,7 @@ def as_written(_path: str) -> None:
 def entry_of(booked: SavedBooking) -> Entry:
     """A booking's entry (`places` only where its allocation handed out more than its
     device, `writer` where a host is named); claims in the file's order."""
-    claims, places = _in_order(booked.claims), _in_order(booked.places)
+    claims, places = _in_order(_by_path(booked.claims)), _in_order(booked.places)
     fields: dict[str, Any] = {
         "resource": booked.owner.resource,
         "id": booked.owner.device,
@@ -87,6 +88,14 @@ def bookings_document(bookings: Iterable[SavedBooking]) -> dict[str, Any]:
     """`ownership.json`'s body: `bookings`, one entry per booked ID, in `owner_order`."""
     ordered = sorted(bookings, key=lambda b: owner_order(b.owner))
     return {"bookings": [entry_of(booked) for booked in ordered]}
+
+
+def _by_path(claims: tuple[Claim, ...]) -> tuple[Claim, ...]:
+    """A host path a node is handed out at (`PLACE`) as a claim by path (`path`): read back
+    as what is there then, as older versions read it too (the file's shape is unchanged)."""
+    if not any(claim[0][0] == PLACE for claim in claims):
+        return claims
+    return tuple(((NOTHING, c[0][1]), c[1], c[2]) if c[0][0] == PLACE else c for c in claims)
 
 
 def _in_order(claims: tuple[Claim, ...]) -> tuple[Claim, ...]:

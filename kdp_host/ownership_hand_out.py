@@ -2,7 +2,7 @@
 another device owns below a directory it mounts.
 
 Each host path of the answer (its devices' nodes and mounts, its places) is handed out as
-its real path (`ownership_claims.handed_reals`: the real path must name what the path
+its real path (`handed_reals`: the real path must name what the path
 reaches, and a device's path what it was claimed as), never one no container may be handed
 (`config.handed`), with what it reaches (`Handed.reached`, hostile8 N2). Paths the watcher
 follows are kept resolved (`Resolving._resolve_keeping`), the others resolved off the loop
@@ -32,28 +32,30 @@ import asyncio
 import functools
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from .devices import physical_id
-from .identity import DIRECTORY, Identity
+from .identity import (
+    DIRECTORY,
+    Identity,
+    Uncheckable,
+    identity_of,
+    names_it,
+    nothing_or_raise,
+    real_path,
+)
 from .ownership_adopt import DeviceClaims
 from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT, Arrivals
 from .ownership_batches import Resolution
-from .ownership_claims import (
-    HANDED_TIMEOUT,
-    NOTHING,
-    ClaimKey,
-    Owner,
-    Reached,
-    Unresolvable,
-    handed_real,
-    handed_reals,
-)
+from .ownership_claims import NOTHING, PLACE, SYSFS, ClaimKey, Owner, Reached, Unresolvable, missing
 from .ownership_gate import AdmissionGate
 from .ownership_reads import Found, arrived
 from .ownership_resolve import reached_only
 
 T = TypeVar("T")
+HANDED_TIMEOUT: Final = 10.0
+"""Seconds an Allocate waits for the host paths it hands out to resolve (`handed_reals`, off
+the loop) before it is refused: a path on a hung file system does not hold the admission."""
 
 
 class PlaceOwned(ValueError):
@@ -295,3 +297,63 @@ def _linked_below(trees: list[str], nodes: Mapping[str, ClaimKey]) -> tuple[Foun
         return [], False
     found, more = arrived(trees, RESCAN_LIMIT)
     return [(key, path) for key, path in found if key in linked and path not in nodes], more
+
+
+def handed_real(path: str) -> Reached | None:
+    """What a host path an answer hands out reaches, with the real path handed instead of
+    the text (a link re-pointed later does not change what the container gets); where
+    nothing is, its place (`missing`: a mount source the runtime creates is made there).
+    The real path counts only when it names what the path reaches: where it differs from
+    the text, its (st_dev, st_ino) must be those reached through the text, else
+    Unresolvable (one stat more, only where the text is no real path), as is an Uncheckable."""
+    try:
+        st = os.stat(path)
+        real = real_path(path)
+    except (OSError, ValueError) as exc:
+        try:
+            nothing_or_raise(path, exc)  # (a NUL: no path; nothing there: its place)
+            return None if isinstance(exc, ValueError) else missing(path)
+        except Uncheckable as why:
+            raise Unresolvable(f"{path}: {why}: what it reaches is not known") from None
+    if real != path and not names_it(st, real):
+        raise Unresolvable(
+            f"{path}: its real path {real} is not what the path reaches (a magic link, or "
+            "changed while it was resolved)"
+        )
+    return identity_of(st), real
+
+
+def handed_reals(
+    paths: Iterable[str],
+    claimed: Mapping[str, ClaimKey],
+    known: Mapping[str, Reached | None] | None = None,
+) -> dict[str, str]:
+    """The real path to hand out for each host path (`handed_real`; a path where nothing
+    is, as its place). `known`: what paths were resolved to already (the index's kept
+    resolutions, `Resolving._resolve_keeping`); the others are resolved here. A path whose
+    device claimed it (`claimed`: host path to claim key) must still reach that claim: else
+    it changed since it was claimed (a link or an ancestor directory swapped behind an
+    unchanged list, or a node that appeared where nothing was) and is refused
+    (Unresolvable)."""
+    found: dict[str, str] = {}
+    for path in paths:
+        reached = known[path] if known is not None and path in known else handed_real(path)
+        key = claimed.get(path)
+        if key is not None and key[0] not in (SYSFS, PLACE) and _changed(key, reached):
+            raise Unresolvable(
+                f"{path} no longer reaches what was claimed for it (a link, an ancestor "
+                "directory or the entry changed since): refused until it is claimed anew",
+                stale=path,
+            )
+        found[path] = path if reached is None else reached[1]
+    return found
+
+
+def _changed(key: ClaimKey, reached: Reached | None) -> bool:
+    """Whether a path reaches something else now than what was claimed for it: another
+    node or file, or nothing; for a path claimed where nothing was (by its text), anything
+    (whose it is was never asked: it is claimed anew first), or another place (a link on
+    the way re-pointed: `missing`)."""
+    if key[0] == NOTHING:
+        return reached is not None and reached[0] != key
+    return reached is None or reached[0] != key

@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Generator, Mapping
 from .config import UNSAFE_MOUNT, NeverHanded
 from .identity import UNSEEN, unseen
 from .mount_table import MountMap
-from .ownership_claims import SYSFS, ClaimKey, Claims, ClaimSet, Owner
+from .ownership_claims import PLACE, SYSFS, ClaimKey, Claims, ClaimSet, Owner
 from .ownership_table import ClaimTable, Holding, ResourceState
 from .turns import Pace
 
@@ -85,7 +85,7 @@ class LetGo(ClaimTable):
         problem, mounts = self.never_handed.problem, self._within.mounts
         waiting: Holding | None = None
         for key, path, real in claims.all():
-            if key[0] == SYSFS or (not healthy and unseen(key)):
+            if key[0] in (SYSFS, PLACE) or (not healthy and unseen(key)):
                 continue
             if (why := problem(real, key, mounts)) is None:
                 continue

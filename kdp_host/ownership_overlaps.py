@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .devices import Device, DeviceMount
 from .identity import DIRECTORY
 from .mount_table import MountMap
-from .ownership_claims import Claim, ClaimKey, Owner, Resolver, device_claims, reach
+from .ownership_claims import PLACE, Claim, ClaimKey, Owner, Resolver, device_claims, reach
 from .rules import below
 
 
@@ -28,11 +28,14 @@ def overlaps(
     mounts: MountMap | None = None,
 ) -> list[Overlap]:
     """Every claim two devices would make (not two shared ones), by the index's rules (a
+    host path a node is handed out at, `PLACE`, and any claim at that real path; a
     claim below a directory another device mounts too, at every place the mount table
     `mounts` shows each: a bind mount): the later device in `devices` order would be held
     while the first is advertised."""
     places = (mounts or MountMap()).places
     seen: dict[ClaimKey, tuple[Owner, bool]] = {}
+    at: dict[str, list[tuple[Owner, bool, bool]]] = {}
+    """Real path -> the devices that claim there: a `PLACE` clashes with any other."""
     dirs: list[tuple[str, Owner, bool]] = []
     made: list[tuple[Claim, Owner, bool]] = []
     found: list[Overlap] = []
@@ -50,6 +53,11 @@ def overlaps(
                     seen[key] = (me, is_shared)
                 elif not (is_shared and known[1]):
                     found.append(Overlap(path, known[0], me))
+                place = key[0] == PLACE
+                for owner, shared, placed in at.get(real, ()):
+                    if owner != me and (place or placed) and not (is_shared and shared):
+                        found.append(Overlap(path, owner, me))
+                at.setdefault(real, []).append((me, is_shared, place))
     for directory, owner, dir_shared in dirs:
         for (_, path, real), me, is_shared in made:
             if me == owner or (is_shared and dir_shared):

@@ -25,12 +25,12 @@ from collections.abc import Generator, Mapping
 
 from .devices import Device
 from .identity import DIRECTORY
-from .ownership_claims import NOTHING, SYSFS, Claims, Owner
+from .ownership_claims import NOTHING, PLACE, SYSFS, Claims, Owner
 from .ownership_letgo import LetGo
 from .ownership_table import Holding, ResourceState
 from .turns import Pace
 
-UNPLAIN_KINDS = frozenset({DIRECTORY, NOTHING, SYSFS})
+UNPLAIN_KINDS = frozenset({DIRECTORY, NOTHING, SYSFS, PLACE})
 """Claim kinds the move does not take (containment, claims by text, sysfs devices: the full
 admission weighs them)."""
 

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from .devices import Device, advertises
 from .identity import DIRECTORY
 from .logs import EventLogger, LineRate
-from .ownership_aliases import PathAliases
+from .ownership_aliases import ALIASED, PathAliases
 from .ownership_bookings import Ledger, StateSink
 from .ownership_claims import (
-    NOTHING,
-    SYSFS,
     Claim,
     ClaimKey,
     Claims,
@@ -188,7 +186,7 @@ class ClaimTable(abc.ABC):
         for mine, shared in ((claims.exclusive, False), (claims.shared, True)):
             for claim in mine:
                 why = self._clash(me, claim[0], claim[1], shared)
-                if why is None and (self._aliases.texts or claim[0][0] in (NOTHING, SYSFS)):
+                if why is None and (self._aliases.texts or claim[0][0] in ALIASED):
                     why = self._aliased(me, claim, shared)
                 if why is not None:
                     return why

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host.ownership_claims import Unresolvable, handed_real, handed_reals, reach
+from kdp_host.ownership_claims import Unresolvable, reach
+from kdp_host.ownership_hand_out import handed_real, handed_reals
 
 from .conftest import wait_until
 from .kubelet_harness import healthy

@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from kdp_host import identity, ownership_canonical, ownership_claims, ownership_reads
+from kdp_host import (
+    identity,
+    ownership_canonical,
+    ownership_claims,
+    ownership_hand_out,
+    ownership_reads,
+)
 from kdp_host.drivers import glob_paths
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
@@ -56,7 +62,8 @@ class _Reuse:
 @pytest.fixture
 def reuse(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Reuse]:
     seam = _Reuse()
-    for module in (identity, glob_paths, ownership_claims, ownership_canonical, ownership_reads):
+    modules = (identity, glob_paths, ownership_claims, ownership_canonical, ownership_reads)
+    for module in (*modules, ownership_hand_out):  # (`handed_real`)
         monkeypatch.setattr(module, "identity_of", seam, raising=False)
     yield seam
 

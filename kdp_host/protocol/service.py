@@ -329,7 +329,7 @@ class DevicePluginService(DevicePluginBase):
         """Hand out every host path of the answer (DeviceSpecs and mounts, of the devices,
         `allocate.mounts` and an `allocate.command`'s output alike) as the real path it
         reaches, checked to name what the path reaches and, for a device's own path, what
-        was claimed for it (`ownership_claims.handed_reals`): a link re-pointed after the
+        was claimed for it (`ownership_hand_out.handed_reals`): a link re-pointed after the
         Allocate does not change what the container gets. Refused (INVALID_ARGUMENT) when
         a path cannot be resolved so, or a directory it mounts holds what another device
         owns (`PlaceOwned`: moved there, not yet reported by the watcher), or a node it

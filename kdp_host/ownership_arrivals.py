@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import functools
 import os
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -116,6 +117,8 @@ class Arrivals:
         self._metrics = metrics
         self._trees: dict[str, _Tree] = {}
         """Claimed directory -> its tree."""
+        self._ordered: list[str] | None = None
+        """The claimed directories sorted (those below one are one run), made when needed."""
         self._unfollowed: dict[str, str] = {}
         """Claimed directory -> why its tree is not followed in full (kept with the trees')."""
         self._dirs: dict[str, tuple[str, Subscription]] = {}
@@ -138,6 +141,7 @@ class Arrivals:
             return
         self._watcher = watcher
         self._trees[directory] = _Tree(log)
+        self._ordered = None
         known = self._dirs.get(directory)
         if known is not None:  # (followed in a tree above it so far: its own from now on)
             self._trees[known[0]].dirs.discard(directory)
@@ -167,11 +171,18 @@ class Arrivals:
         trees = self._trees
         if directory not in trees:
             return True
-        return any(
-            tree.may_hold_nodes()
-            for path, tree in trees.items()
-            if path == directory or below(path, directory)
-        )
+        if trees[directory].may_hold_nodes():
+            return True
+        ordered = self._ordered
+        if ordered is None:
+            ordered = self._ordered = sorted(trees)
+        prefix = directory.rstrip("/") + "/"
+        at = bisect_left(ordered, prefix)
+        while at < len(ordered) and ordered[at].startswith(prefix):  # (the trees below it)
+            if trees[ordered[at]].may_hold_nodes():
+                return True
+            at += 1
+        return False
 
     def left_to_net(self, directories: list[str]) -> list[str]:
         """Those of `directories` that are claimed ones whose tree is not followed in full."""
@@ -251,8 +262,10 @@ class Arrivals:
             for path in read:
                 if path in self._dirs:
                     self._let_go(path, dirs)
-                if state.nodes:
-                    state.nodes = {n for n in state.nodes if n != path and not below(n, path)}
+                if path in state.nodes:
+                    state.nodes.discard(path)  # (a node: nothing below it)
+                elif state.nodes:  # (a directory, or a file or node made anew: what was below)
+                    state.nodes = {n for n in state.nodes if not below(n, path)}
             state.read = state.read or tree in read
         state.nodes.update(path for key, path in found if key[0] in NODES)
         followed: list[str] = []

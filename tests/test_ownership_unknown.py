@@ -98,7 +98,8 @@ async def test_a_node_made_later_in_an_advertised_tree_holds_it(
     tmp_path: Path, fake_nodes: set[int]
 ) -> None:
     """`e` was advertised (no node below it); a node appears in it while the number is not
-    known: `e` waits too. Removed again, `e` is advertised again."""
+    known: `e` waits too. Removed again, `e` is advertised again; so with a directory
+    holding a node."""
     (tmp_path / "e").mkdir()
     watcher = ManualWatcher()
     host = await started(tmp_path, watcher, e=tmp_path / "e")
@@ -111,6 +112,15 @@ async def test_a_node_made_later_in_an_advertised_tree_holds_it(
     watcher.change(str(tmp_path / "e"), "m0")
     await host.settled()
     assert host.ids(R2) == ["e"]
+    (tmp_path / "e" / "sub").mkdir()  # a directory with a node renamed in, then removed
+    node_in(tmp_path / "e" / "sub", "m1", fake_nodes)
+    watcher.change(str(tmp_path / "e"), "sub")
+    await host.settled()
+    assert host.ids(R2) == []
+    shutil.rmtree(tmp_path / "e" / "sub")
+    watcher.change(str(tmp_path / "e"), "sub")
+    await host.settled()
+    assert host.ids(R2) == ["e"], "what was below the directory went with it"
 
 
 async def test_a_tree_too_big_to_follow_waits_and_none_waits_without_an_unknown_number(

@@ -213,9 +213,10 @@ async def stop_gated(task: asyncio.Task[None], offload: GatedOffload) -> None:
 async def test_a_check_that_saw_a_change_before_the_scan_that_read_it_adds_no_scan(
     tmp_path: Path,
 ) -> None:
-    """The safety net's check sees a change; the watch wakes the loop, which scans it; the
-    check's answer comes after that scan: it is about what the scan read, so no second
-    scan (the flaky 3 == 2 of the test above, made certain)."""
+    """The safety net's check sees a change; the watch wakes the loop, which scans
+    everything; the check's answer comes after that scan: it is about what the scan read,
+    so no second scan (the flaky 3 == 2 of the test above, made certain). (A scan of the
+    named paths alone vouches for nothing else: the test below.)"""
     (tmp_path / "a").touch()
     old_dir(tmp_path)
     watcher = ManualWatcher()
@@ -235,7 +236,7 @@ async def test_a_check_that_saw_a_change_before_the_scan_that_read_it_adds_no_sc
         old_dir(tmp_path)  # not "just changed": the check sees it by the directory's ctime
         offload.before.set()
         await wait_until(lambda: offload.ran == 1, what="the check saw the change")
-        watcher.change(str(tmp_path), "b")  # the watch wakes the loop, which scans
+        watcher.change(str(tmp_path))  # the watch wakes the loop, which scans everything
         await wait_until(lambda: list(notifier.devices) == ["a", "b"], what="scanned")
         assert scanner.scans == 2
         await answer_then_three_more_checks(offload, notifier)  # the answer: "changed"
@@ -613,6 +614,34 @@ async def test_changes_during_a_scan_to_paths_it_reads_later_make_no_scan_of_the
         watcher.change(directory, "mark")
         await wait_until(lambda: scanner.changed[-1] == named("mark"), what="the mark")
         assert scanner.changed[3:] == [named("c"), named("b", "ghost"), named("mark")]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_change_the_watcher_missed_is_found_though_a_later_one_was_named(
+    tmp_path: Path,
+) -> None:
+    """The safety net compares the watched directories with what they were when the last
+    scan that looked at everything began. A scan told what the watcher named looks at
+    those paths alone (a glob `Delta`): it signed the directories too, so a change the
+    watcher missed just before a change it named was never looked for again."""
+    (tmp_path / "a").touch()
+    old_dir(tmp_path)
+    watcher = ManualWatcher()
+    config = GlobDriverConfig(paths=(f"{tmp_path}/*",), rescan_interval=0.05)
+    driver = GlobDriver(config, driver_deps(watcher=watcher, clock=ManualClock()))
+    notifier = RecordingNotifier()
+    task = asyncio.create_task(driver.run(notifier))
+    try:
+        await wait_until(lambda: list(notifier.devices) == ["a"])
+        await wait_until(lambda: notifier.updates >= 3, what="safety-net checks")
+        (tmp_path / "missed").touch()  # (its event lost)
+        (tmp_path / "named").touch()
+        old_dir(tmp_path)  # (not "just changed": only the ctime tells)
+        watcher.change(str(tmp_path), "named")
+        await wait_until(lambda: "named" in notifier.devices, what="the named change")
+        await wait_until(lambda: "missed" in notifier.devices, what="the safety net's rescan")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

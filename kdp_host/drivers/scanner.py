@@ -154,6 +154,8 @@ class Changes:
         at everything; so is the first scan)."""
         self.count = 0
         """Wake-ups so far: a path named, or everything to look at again."""
+        self.full = 0
+        """Scans begun told to look at everything (`take` answered None)."""
 
     def add(self, path: str | None) -> None:
         """A wake-up: `path` named, or (None) anything may have changed. Past `limit`
@@ -183,6 +185,7 @@ class Changes:
         with self._lock:
             names = self._names if incremental else None
             self._names = {}
+            self.full += names is None
         return frozenset(names) if names is not None else None
 
     def settle(self, read_at: Mapping[str, int]) -> bool:

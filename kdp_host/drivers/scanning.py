@@ -17,11 +17,14 @@ changes could change that answer (`DirWatch.watch`). Everything else lives here,
   logged once per flood);
 - **the safety net**: every `rescanInterval`, through the host's one `SafetyNet` (one timer
   and one thread hop for the checks of every resource due), a rescan runs unless no watched
-  directory changed since the last scan began (`unchanged_since_scan`: one stat per
-  directory); a scanner whose watched directories do not decide everything (sysfs: a device
-  without nodes changes nothing in /dev) asks for a full rescan at least every
-  `full_rescan_every` intervals. When nothing changed, the last list goes to the Notifier
-  again as the same object (it does O(1) work for it) and the loop's task does not wake;
+  directory changed since the last scan that looked at everything began
+  (`unchanged_since_scan`: one stat per directory; a scan told what the watcher named
+  looks at those paths alone, so it cannot vouch for a change the watcher missed), also
+  while changes keep the loop scanning; a scanner whose watched directories do not decide
+  everything (sysfs: a device without nodes changes nothing in /dev) asks for a full rescan
+  at least every `full_rescan_every` intervals. When nothing changed, the last list goes to
+  the Notifier again as the same object (it does O(1) work for it) and the loop's task does
+  not wake;
 - **the grace period** (`grace.Tracker`, merged in bounded turns of the loop): a device
   that vanished stays listed, Unhealthy, for `gracePeriod`; a device still present that
   lost one of its nodes (not an optional one) is Unhealthy for the grace period, then
@@ -80,7 +83,7 @@ class ScanLoop(Generic[S]):
         self.settings = settings
         self._deps = deps
         self.tracker = Tracker(settings.grace_period, deps.clock)
-        self._pending: asyncio.Future[tuple[ScanResult, DirWatch]] | None = None
+        self._pending: asyncio.Future[tuple[ScanResult, DirWatch, bool]] | None = None
         self._pending_since = 0.0
         self._guard = ScanGuard(settings.max_matched_paths)
         """The bounds of the pending (or last) scan."""
@@ -88,7 +91,8 @@ class ScanLoop(Generic[S]):
         self._wanted: frozenset[str] = frozenset()
         """The directories the last scan depends on."""
         self._signatures: Mapping[str, DirSignature | None] = {}
-        """Of the last scan's directories, taken before it looked."""
+        """Of the directories of the last scan that looked at everything (told no names),
+        taken before it looked: what the safety net compares with."""
         self._watched: frozenset[str] = frozenset()
         """The directories subscribed to now (set on the loop, read by the scan thread)."""
         self._subscriptions: dict[str, Subscription] = {}
@@ -103,12 +107,11 @@ class ScanLoop(Generic[S]):
         """`run` is scanning or publishing (a safety-net answer then says nothing new)."""
         self._unchanged_runs = 0
         """Safety-net checks in a row that found nothing changed (for `full_rescan_every`)."""
-        self._scans_started = 0
-        self._scans_looked = 0
-        """`_scans_started` when the last scan's outcome was taken in (`_last` set)."""
+        self._full_looked = 0
+        """`Changes.full` when the last scan's outcome was taken in (`_last` set)."""
         self._check_compared = 0
-        """`_scans_looked` when the last safety-net check began: the scans whose outcome it
-        compared with (set off the loop)."""
+        """`_full_looked` when the last safety-net check began: the scans that looked at
+        everything whose outcome it compared with (set off the loop)."""
         spacing = self.settings.spacing
         self._bucket = (
             RateLimit(deps.clock, 1.0 / spacing, self.settings.burst) if spacing > 0 else None
@@ -142,7 +145,6 @@ class ScanLoop(Generic[S]):
             self._changes.forget()
         if self._pending is None:
             listed, watched = self.tracker.listed, self._watched
-            self._scans_started += 1
             guard = self._guard = ScanGuard(self.settings.max_matched_paths)
             self._pending = asyncio.ensure_future(
                 self._deps.offload.run(lambda: self._scan_sync(listed, watched, incremental, guard))
@@ -155,7 +157,7 @@ class ScanLoop(Generic[S]):
         pending = self._pending
         try:
             async with asyncio.timeout(timeout):
-                result, dirs = await asyncio.shield(pending)
+                result, dirs, full = await asyncio.shield(pending)
         except TimeoutError:
             if not waited:  # a scan that comes back later wakes the loop to scan again
                 pending.add_done_callback(lambda _: self._changed_all())
@@ -175,7 +177,8 @@ class ScanLoop(Generic[S]):
             raise
         self._pending = None
         self._wanted = frozenset(dirs.wanted)
-        self._signatures = dirs.signatures
+        if full:  # (a scan of named paths vouches for nothing else: see the module docstring)
+            self._signatures = dirs.signatures
         if self._changes.settle(dirs.read_at):
             self._wake.clear()  # every wake-up came before the scan read what it named
         return result
@@ -186,15 +189,16 @@ class ScanLoop(Generic[S]):
         watched: frozenset[str],
         incremental: bool,
         guard: ScanGuard,
-    ) -> tuple[ScanResult, DirWatch]:
+    ) -> tuple[ScanResult, DirWatch, bool]:
         changed = self._changes.take(incremental)  # (as late as can be: see Changes)
         dirs = DirWatch(watched, guard, self._changes.now)
-        return self.scanner.scan(listed, dirs, changed), dirs
+        return self.scanner.scan(listed, dirs, changed), dirs, changed is None
 
     def unchanged_since_scan(self) -> bool:
-        """Whether no watched directory changed since the last scan began (so a rescan
-        would find the same). Blocking: one stat per directory."""
-        self._check_compared = self._scans_looked  # read before `_last`, which is set first
+        """Whether no watched directory changed since the last scan that looked at
+        everything began (so a rescan would find the same). Blocking: one stat per
+        directory."""
+        self._check_compared = self._full_looked  # read before `_last`, which is set first
         signatures = self._signatures
         watched = self._watched
         if self._last is None or not watched <= signatures.keys():
@@ -221,7 +225,7 @@ class ScanLoop(Generic[S]):
             except DriverError as exc:
                 notifier.failure(exc)
                 self._last = None
-            self._scans_looked = self._scans_started
+            self._full_looked = self._changes.full
             notifier.scanned(self._deps.clock() - started)
         result = self._last
         if result is None:
@@ -320,19 +324,28 @@ class ScanLoop(Generic[S]):
     def _checked(self, unchanged: bool) -> None:
         """The safety net's answer (on the loop): rescan everything if a watched directory
         changed (or a full rescan is due), else hand the Notifier the same list again."""
-        if self._stepping or self._notifier is None:
-            return  # the loop is looking or publishing now: the next check compares with that
-        if not unchanged and self._check_compared != self._scans_started:
-            # The check compared with an older scan than the latest: one began after the
-            # check did, or was still running when it began (the first scan: nothing to
-            # compare with yet). That scan read what the check saw, or signed its
-            # directories before a change the next check then finds. Rescanning now would
-            # read the same state twice.
+        if self._notifier is None:
             return
-        full_every = self.settings.full_rescan_every
-        if not unchanged or (full_every is not None and self._unchanged_runs >= full_every):
+        if not unchanged:
+            if self._check_compared != self._changes.full:
+                # The check compared with an older scan of everything than the latest: one
+                # began after the check did, or was still running when it began (the first
+                # scan: nothing to compare with yet). That scan read what the check saw, or
+                # signed its directories before a change the next check then finds.
+                # Rescanning now would read the same state twice.
+                return
+            # The watcher missed something, or only what it named was looked at since: look
+            # at everything (also while the loop is scanning: changes that keep coming must
+            # not keep the safety net off; a scan under way makes this the next one).
             self._unchanged_runs = 0
-            self._changed_all()  # the watcher missed something: look at everything
+            self._changed_all()
+            return
+        if self._stepping:
+            return  # the loop is looking or publishing now: the next check compares with that
+        full_every = self.settings.full_rescan_every
+        if full_every is not None and self._unchanged_runs >= full_every:
+            self._unchanged_runs = 0
+            self._changed_all()  # the watched directories do not decide everything
             return
         self._unchanged_runs += 1
         notifier, last = self._notifier, self._last

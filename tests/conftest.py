@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
@@ -57,6 +59,27 @@ def process_gone(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] == "Z"
     except (FileNotFoundError, ProcessLookupError):
         return True
+
+
+@contextlib.contextmanager
+def logging_kept() -> Iterator[None]:
+    """The `kdp_host` logger as it was before the block: `cli.main` sets up the process's
+    logging (a handler on sys.stderr, in a test capsys's capture, closed after it, and no
+    propagation to caplog), which must not outlive its test."""
+    logger = logging.getLogger("kdp_host")
+    handlers, propagate, level = logger.handlers[:], logger.propagate, logger.level
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _logging_kept() -> Iterator[None]:
+    with logging_kept():
+        yield
 
 
 @pytest.fixture

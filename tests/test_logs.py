@@ -10,6 +10,8 @@ import pytest
 
 from kdp_host.logs import LineRate, Mute, get_logger, muted_by, setup_logging
 
+from .conftest import logging_kept
+
 
 @pytest.fixture
 def stream() -> io.StringIO:
@@ -64,3 +66,18 @@ def test_a_muted_block_logs_nothing_once_its_owner_turns_the_mute_on(
     log.info("outside")
     events = [line.split("event=")[1].split()[0] for line in stream.getvalue().splitlines()]
     assert events == ["before", "outside"]
+
+
+def test_a_cli_run_in_a_test_leaves_no_handler_behind(capsys: pytest.CaptureFixture[str]) -> None:
+    """`kdp_host.cli.main` sets up the process's logging: a handler on sys.stderr (in a test,
+    capsys's capture, closed when the test ends) and no propagation. Left in place, every
+    later line of the worker failed ("--- Logging error ---": I/O operation on closed file),
+    shown in CI for a line that came between tests. Each test runs `logging_kept`."""
+    from kdp_host.cli import main
+
+    logger = logging.getLogger("kdp_host")
+    before = (logger.handlers[:], logger.propagate, logger.level)
+    with logging_kept():
+        assert main(["version"]) == 0
+        assert logger.handlers != before[0] and not logger.propagate
+    assert (logger.handlers, logger.propagate, logger.level) == before

@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 
 from kdp_host import ownership_arrivals, ownership_reads
-from kdp_host.holdings import Holdings
+from kdp_host.holdings import UNLISTED, Holdings
 from kdp_host.identity import identity_of
 from kdp_host.kubelet_checkpoint import Handed, HandedClaims
 from kdp_host.ownership_claims import claim_of, reach
 from kdp_host.ownership_unknown import NUMBER_UNKNOWN
 from kdp_host.testing import ManualWatcher
 
+from .conftest import wait_until
 from .test_ownership_moves import R1, R2, Host, mounting
 
 GONE = "/kdp-test-gone/n0"
@@ -144,11 +145,14 @@ async def test_through_the_kubelet_a_glob_groups_directory_with_a_node_waits(
     short_dir: Path,
     devices: Path,
     fake_nodes: set[int],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """hostile10 F7 through the kubelet's real device manager: p1 holds A's fpga0; kdp-host
-    stops, its state directory is lost and fpga0 is unplugged. C's glob group advertises
-    the directories share/d (a node below it, which may have fpga0's number) and share/e:
-    only e is advertised until p1 ends (before: both, and p2 got d's mount)."""
+    """hostile10 F7 through the kubelet's real device manager: p1 holds A's fpga0 (and
+    fpga1); kdp-host stops, its state directory is lost and fpga0 is unplugged. C's glob
+    group advertises the directories share/d (a node below it, which may have fpga0's
+    number) and share/e: only e is advertised until p1 ends (before: both, and p2 got d's
+    mount). The line that says p1's node is gone names each holder readably (an unlisted
+    one was `//`)."""
     for name in ("d", "e"):
         (short_dir / "share" / name).mkdir(parents=True)
     node_in(short_dir / "share" / "d", "m0", fake_nodes)
@@ -158,7 +162,7 @@ async def test_through_the_kubelet_a_glob_groups_directory_with_a_node_waits(
         f"kubelet: {{socketDir: {kubelet.socket_dir}, "
         f"podResourcesSocket: {kubelet.pod_resources_socket}, podResourcesInterval: 1s}}\n"
         f"stateDir: {state}\nmetrics: {{listen: 127.0.0.1:0}}\nresources:\n"
-        f'  - name: {R1}\n    glob: {{paths: ["{devices}/fpga0"]}}\n'
+        f'  - name: {R1}\n    glob: {{paths: ["{devices}/fpga[01]"]}}\n'
         f"  - name: {R2}\n    glob:\n      group:\n"
         f'        - {{path: "{short_dir}/share/{{key}}", readOnly: false}}\n'
     )
@@ -171,13 +175,22 @@ async def test_through_the_kubelet_a_glob_groups_directory_with_a_node_waits(
 
         return check
 
-    await kubelet.await_for(healthy(R1, 1), what="A advertises fpga0")
-    assert (await kubelet.acall(kubelet.allocate, "p1", {R1: 1}))["error"] == ""
+    await kubelet.await_for(healthy(R1, 2), what="A advertises fpga0 and fpga1")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {R1: 2}))["error"] == ""
     await running.shutdown()
     shutil.rmtree(state)
     (devices / "fpga0").unlink()
     await start_host(config)
     await kubelet.await_for(healthy(R2, 1), what="C advertises e")
+
+    def gone_holders() -> list[str]:
+        return [r.__dict__["kdp_fields"]["holders"] for r in caplog.records
+                if r.getMessage() == "held_device_missing"]  # fmt: skip
+
+    await wait_until(lambda: gone_holders(), what="fpga0 said gone with its holders")
+    for holders in gone_holders():  # (p1, and its checkpoint entry's other ID: not listed)
+        named = set(holders.split(","))
+        assert "default/p1/c" in named and named <= {"default/p1/c", UNLISTED}, holders
     refused = await kubelet.acall(kubelet.allocate, "p2", {R2: 2})
     assert refused["error"] and not refused["device_ids"], "d is held while p1 runs"
     await kubelet.acall(kubelet.release, "p1")

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .nfd import NodeFeatureFile
     from .podresources import PodResourcesPoller
     from .release import ReleaseTracker
+    from .timings import Timings
 
 
 def configured_hooks(config: ResourceConfig) -> frozenset[HookName]:
@@ -110,6 +111,7 @@ def release_tracker(
         log,
         handed=handed,
         places=functools.partial(services.ownership.changed_places, config.name),
+        timings=services.timings,
     )
 
 
@@ -179,6 +181,7 @@ def pod_resources_poller(
     offload: Offload,
     booked: Callable[[], Mapping[str, Collection[str]]],
     seeded: Collection[str] | None,
+    timings: Timings,
 ) -> PodResourcesPoller | None:
     """The host's one PodResources poller (None: `podResourcesInterval: 0s`, polling off),
     which holds the IDs handed out that no answer showed (`unlisted`: reading the kubelet's
@@ -192,7 +195,9 @@ def pod_resources_poller(
     from .podresources import PodResourcesPoller
     from .unlisted import Unlisted
 
-    unlisted = Unlisted(kubelet.socket_dir, offload, log.bind(component="podresources"))
+    unlisted = Unlisted(
+        kubelet.socket_dir, offload, log.bind(component="podresources"), timings=timings
+    )
     unlisted.seed(seeded, booked)
     return PodResourcesPoller(
         kubelet.pod_resources_socket,
@@ -200,6 +205,7 @@ def pod_resources_poller(
         metrics,
         log,
         unlisted=unlisted,
+        timings=timings,
     )
 
 

@@ -21,22 +21,10 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from .timings import Timings
+
 if TYPE_CHECKING:
     from .api.v1 import ListPodResourcesResponse
-
-ALLOCATION_SETTLE = 1.0
-"""Seconds after an Allocate during which a PodResources answer (or a checkpoint written then)
-is not taken as news about that device: the kubelet records the allocation only once our
-answer has reached it, so a List (or a checkpoint write) in between would show it free."""
-GONE_AFTER = 4.0
-"""Seconds a holder must be missing from the kubelet's answers (in two answers at least, the
-first and the last of them this far apart) before it is let go: one answer without a pod
-(a kubelet between its restart and its pod manager being filled again) ends nothing."""
-RESTART_SETTLE = 10.0
-"""Seconds after a kubelet restart (its socket made anew, or PodResources unreachable and
-back) in which an answer that lacks a holder is no evidence at all: the kubelet answers from
-a pod manager it is still filling."""
-
 
 UNLISTED: Final = "(not-listed)"
 """The name shown for a holder the kubelet's PodResources does not name (a regular init
@@ -164,9 +152,9 @@ def _none_listed(_resource: str, _device_id: str) -> bool:
 class Settle:
     """Turns the kubelet's answers into who holds what, on trustworthy evidence only.
 
-    A holder shown once holds until it has been missing for `GONE_AFTER` seconds, from
-    two answers at least, none of them asked within `RESTART_SETTLE` seconds of a kubelet
-    restart. Until then it is carried into the published `Holdings` as it was (same
+    A holder shown once holds until it has been missing for `Timings.gone_after` seconds,
+    from two answers at least, none of them asked within `Timings.restart_settle` seconds of
+    a kubelet restart. Until then it is carried into the published `Holdings` as it was (same
     `since`), so claims, bookings and owed releases (every subscriber) see it held.
 
     After a kubelet restart, also past that window, a holder shown before it and not
@@ -181,6 +169,7 @@ class Settle:
     rule), or when the kubelet allocates its ID again (`allocated`: its earlier user is
     gone)."""
 
+    timings: Timings = field(default_factory=Timings)
     restarted_at: float = float("-inf")
     """Monotonic time of the last kubelet restart seen (`kubelet_restarted`)."""
     missing: dict[Key, float] = field(default_factory=dict)
@@ -208,7 +197,7 @@ class Settle:
         return bool(self.before)
 
     def trusted(self, asked_at: float) -> bool:
-        return asked_at >= self.restarted_at + RESTART_SETTLE
+        return asked_at >= self.restarted_at + self.timings.restart_settle
 
     def doubting(self, asked_at: float) -> bool:
         """Whether an answer asked at `asked_at` may lack pods that run."""
@@ -253,7 +242,7 @@ class Settle:
                     if trusted and not (held and listed(resource, device_id)):
                         first = self.missing.setdefault(key, answer.asked_at)
                         misses = self.misses[key] = self.misses.get(key, 0) + 1
-                        if misses >= 2 and answer.asked_at - first >= GONE_AFTER:
+                        if misses >= 2 and answer.asked_at - first >= self.timings.gone_after:
                             continue  # gone, on trustworthy evidence
                     still.add(key)
                     carried += 1

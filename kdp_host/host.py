@@ -43,6 +43,7 @@ from .stale_sockets import clear_sockets
 from .state_files import StateFiles
 from .state_lock import Hold, holding
 from .supervisor import RestartPolicy, Supervisor
+from .timings import Timings
 from .watch import Watcher
 
 if TYPE_CHECKING:  # imported where the config chooses it (`features`)
@@ -76,6 +77,8 @@ class Host:
     """Reads and follows the node's labels, from the moment an entry selects by label."""
     label_settle: float = NODE_LABEL_SETTLE
     """A label change is applied once it has settled this long (kdp_host.node.settled)."""
+    timings: Timings = field(default_factory=Timings)
+    """The waits on the kubelet's news (the product's defaults; tests pass shorter ones)."""
     selection: Selection = field(init=False)
     """The entries this node serves (`config` is the whole file)."""
     ownership: OwnershipIndex = field(init=False)
@@ -92,10 +95,9 @@ class Host:
         """Raises SelectionError (a ConfigError) if two entries of a name select this node."""
         self.selection = select_for_node(self.config, self.node)
         self._work = OffloadScope(self.offload)
+        polling = self.config.kubelet.pod_resources_interval > 0
         self.ownership = OwnershipIndex(
-            self.metrics,
-            offload=self._work,
-            pod_resources=self.config.kubelet.pod_resources_interval > 0,
+            self.metrics, offload=self._work, pod_resources=polling, timings=self.timings
         )
         self.ownership.never_handed = never_handed(self.config, self.config_path)
         self.state_files = StateFiles(self.metrics.state_persist_failing, self._refresh_readiness)
@@ -153,7 +155,7 @@ class Host:
         await book_handed(self.ownership, self.selection.config, self._work, self.log, lost)
         self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown; `lost`:
             self.selection.config, self.metrics, self.log, self._work,  # every resource's)
-            self.ownership.handed_out, None if lost else served)  # fmt: skip
+            self.ownership.handed_out, None if lost else served, self.timings)  # fmt: skip
         if self.pod_resources is not None:
             # lingering claims go once the kubelet shows no pod holding them
             self.pod_resources.subscribe(self.ownership.holdings)
@@ -176,6 +178,7 @@ class Host:
             ownership=self.ownership, status_changed=self._status_changed,
             registry_wait=self.registry_wait, offload=self._work, node_features=node_features,
             handed=handed,
+            timings=self.timings,
         )  # fmt: skip
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor

@@ -51,7 +51,7 @@ Rules:
   device); nor another ID's device where a booked one was handed out (`place_booked`). A
   booking lives while PodResources shows a pod holding its ID, even when the node is gone (a
   reused device number stays owned until the old pod ends); it goes when an answer asked for
-  `HEARD_AFTER` after the booking shows no pod holding the ID and its device's release
+  `Timings.heard_after` after the booking shows no pod holding the ID and its device's release
   (`release.command`) is not still due, or is replaced when the kubelet allocates the same
   ID again. With PodResources polling off nothing can show the pod ended: a booking then
   lives until the ID is allocated again, or until it is dropped with `kdp-host unbook` while
@@ -82,6 +82,7 @@ from .ownership_claims import Reached, Resolver
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_table import ResourceState
 from .ownership_watching import Watching
+from .timings import Timings
 
 if TYPE_CHECKING:
     from .holdings import Holdings
@@ -89,10 +90,6 @@ if TYPE_CHECKING:
 
 Devices = Mapping[str, Device]
 Reaches = Mapping[str, Reached]
-HEARD_AFTER = 5.0
-"""Seconds after a device stops being advertised by which the kubelet has heard of it (a
-ListAndWatch update, or the end of a stopped resource's stream): a PodResources answer asked
-for later shows every pod that can hold it."""
 
 
 class OwnershipIndex(Watching):
@@ -119,12 +116,15 @@ class OwnershipIndex(Watching):
         pod_resources: bool = True,
         chunk: int = ADMISSION_CHUNK,
         mounts: Callable[[], MountMap] = read_mounts,
+        timings: Timings | None = None,
     ) -> None:
         """`pod_resources`: PodResources polling is on (a booking can be seen to end);
         `chunk`: devices an admission works on per turn of the event loop; `mounts`: the
-        mount table now (read again when it changes: a bind mount shows a path twice)."""
+        mount table now (read again when it changes: a bind mount shows a path twice);
+        `timings`: when the kubelet has heard of a device no longer advertised (`heard_after`)."""
         super().__init__(clock, metrics, resolve, offload, timeout, chunk, mounts)
         self.pod_resources = pod_resources
+        self._heard_after = (timings or Timings()).heard_after
         self._adoption = Adoption(self._ledger, metrics)
         self._cdi_kinds, self._cdi_handed = {}, {}
 
@@ -191,7 +191,7 @@ class OwnershipIndex(Watching):
         (the kubelet may have admitted a pod with it until it heard of that)."""
         ledger, adoption = self._ledger, self._adoption
         adoption.heard = holdings
-        released = self._expire(holdings.asked_at, HEARD_AFTER, holdings.of)
+        released = self._expire(holdings.asked_at, self._heard_after, holdings.of)
         booked = adoption.book_held(holdings, self._resources, self._exclusive, self._clock())
         if released or booked:
             ledger.changed()
@@ -200,7 +200,7 @@ class OwnershipIndex(Watching):
         for state in self._resources.values():
             held = holdings.of(state.name)
             for key, (since, _) in list(state.lingering.items()):
-                if holdings.asked_at < since + HEARD_AFTER or key in booked_keys:
+                if holdings.asked_at < since + self._heard_after or key in booked_keys:
                     continue
                 device = self._exclusive[key].device
                 if not any(advertises(a, device) for a in held):

@@ -50,7 +50,7 @@ class Booking:
     """Its exclusive claims (key, host path, real path)."""
     since: float
     """When it was last booked (index clock): a PodResources answer asked for later than
-    `HEARD_AFTER` after it shows the pod."""
+    `Timings.heard_after` after it shows the pod."""
     places: tuple[Claim, ...] = ()
     """What the Allocate answer handed out besides the device's own claims (the nodes and
     mount sources of `allocate.mounts` and of the `allocate.command`'s output): no device

@@ -49,6 +49,7 @@ from .holdings import Holdings, Settle, holdings_from, with_unlisted
 from .logs import EventLogger
 from .metric_labels import PodResourcesResult
 from .metrics import Metrics
+from .timings import Timings
 from .unlisted import Unlisted
 
 CALL_TIMEOUT = 10.0
@@ -94,6 +95,8 @@ class PodResourcesPoller:
     unlisted: Unlisted | None = None
     """The IDs handed out that no answer has shown since (None: none is held so, and the
     restart rule takes every ID as listed by the kubelet's checkpoint)."""
+    timings: Timings = field(default_factory=Timings)
+    """The restart window and how long a holder missing from the answers is kept (`Settle`)."""
     _listeners: list[Callable[[Holdings], None]] = field(default_factory=list)
     _channel: grpclib.client.Channel | None = None
     _polls: int = 0
@@ -105,6 +108,7 @@ class PodResourcesPoller:
 
     def __post_init__(self) -> None:
         self._backoff = Backoff(initial=self.interval * 2, maximum=max(MAX_BACKOFF, self.interval))
+        self._settle = Settle(self.timings)
         self.log = self.log.bind(component="podresources", socket=self.socket)
         self.metrics.add_pod_resources()
 
@@ -121,7 +125,7 @@ class PodResourcesPoller:
         return cancel
 
     def kubelet_restarted(self) -> None:
-        """The kubelet restarted: for `holdings.RESTART_SETTLE` s its answers end no holding,
+        """The kubelet restarted: for `Timings.restart_settle` s its answers end no holding,
         and none shown before it whose ID its checkpoint lists until the file no longer
         does (or its pod is shown again, or the ID allocated again: `Settle`)."""
         self._settle.restarted(self.clock(), self.holdings)

@@ -10,7 +10,7 @@ Two kinds of news end a use:
 
 - **PodResources** (`podresources.py`): an answer that shows no ID of the device held ends
   every use of it (the release starts at once). An answer is ignored for a device allocated
-  after the question was sent, or less than `ALLOCATION_SETTLE` before: it may predate that
+  after the question was sent, or less than `Timings.allocation_settle` before: it may predate that
   allocation (the kubelet records an allocation only once the plugin's answer reached it).
 - **Allocate**, which the plugin sees for every container: the kubelet never gives one
   advertised ID to two containers at once, so an ID handed out again proves that its earlier
@@ -51,13 +51,13 @@ from .device_table import DeviceTable
 from .devices import physical_id
 from .handed_entries import Handed
 from .handed_out import HandedOut, in_memory
-from .holdings import ALLOCATION_SETTLE
 from .hooks import PlaceCheck, check_places, render_argv, run_hook
 from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
 from .release_state import ReleaseStateStore, device_entry, handed_device
 from .release_use import DeviceUse, unknown_release
+from .timings import Timings
 
 if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
     from .holdings import Holder, Holdings
@@ -79,6 +79,7 @@ class ReleaseTracker:
         wall: Callable[[], float] = time.time,
         handed: HandedOut | None = None,
         places: PlaceCheck | None = None,
+        timings: Timings | None = None,
     ) -> None:
         """`handed`: the host's record of what each Allocate handed out (`handed_out`): what
         a release acts on; `places`: whether its host paths still reach it (`check_places`:
@@ -96,6 +97,7 @@ class ReleaseTracker:
         self._slots = asyncio.Semaphore(self.config.parallelism)
         self._handed = handed or in_memory(resource.name)
         self._places = places
+        self._timings = timings or Timings()
         self._assume_used = store.unknown
         if self._assume_used:
             store.assuming(resource.name)
@@ -226,7 +228,7 @@ class ReleaseTracker:
                 use.used = set(now_held)
                 shown = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs if h.listed))
                 use.holders = shown or use.holders  # (an unlisted holder has no names)
-            elif use.allocated_at >= answer.asked_at - ALLOCATION_SETTLE:
+            elif use.allocated_at >= answer.asked_at - self._timings.allocation_settle:
                 continue  # "free" just after an Allocate: the kubelet may not have recorded it
             elif use.used:
                 use.used.clear()
@@ -340,7 +342,7 @@ class ReleaseTracker:
         use.owed = use.handed_unknown = False
         use.failure = None
         use.released_at = self._wall()
-        use.backoff.reset()
+        use.backoff = None
         self._log.info("release_ok", device=device_id, seconds=round(seconds, 3))
         if use.marked_unhealthy:
             use.marked_unhealthy = False
@@ -349,7 +351,7 @@ class ReleaseTracker:
 
     def _failed(self, device_id: str, use: DeviceUse, message: str) -> None:
         use.failure = message
-        delay = use.backoff.next_delay()
+        delay = use.retry_delay(self._timings)
         self._log.warning(
             "release_failed", device=device_id, error=message, retry_in=round(delay, 3)
         )

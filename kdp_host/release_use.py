@@ -13,10 +13,9 @@ from .rules import join_list
 
 if TYPE_CHECKING:
     from .holdings import Holder
+    from .timings import Timings
 
 HOLDER_KEYS = ("namespace", "pod", "container")
-RETRY_MAXIMUM = 300.0
-"""Longest wait between two background attempts of a failed release."""
 ReleaseState = Literal["clean", "in_use", "pending", "running", "failed"]
 
 
@@ -44,7 +43,15 @@ class DeviceUse:
     marked_unhealthy: bool = False
     released_at: float | None = None
     """Unix time of the last successful release."""
-    backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=RETRY_MAXIMUM))
+    backoff: Backoff | None = None
+    """The waits before its failed release is tried again (None: it has not failed since its
+    last success; made by the tracker from its `Timings`)."""
+
+    def retry_delay(self, timings: Timings) -> float:
+        """The wait before its failed release is tried again (doubling while it fails)."""
+        if self.backoff is None:
+            self.backoff = Backoff(timings.release_retry_first, timings.release_retry_max)
+        return self.backoff.next_delay()
 
     @property
     def state(self) -> ReleaseState:

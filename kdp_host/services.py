@@ -21,6 +21,7 @@ from .protocol.registration import Registrar
 from .release_state import ReleaseStateStore
 from .safety_net import SafetyNet
 from .stream_losses import LOST_STREAMS
+from .timings import Timings
 from .watch import Watcher
 
 if TYPE_CHECKING:  # imported where the config chooses them (`features`)
@@ -78,6 +79,8 @@ class HostServices:
     """Every resource's Register calls, over one connection to kubelet.sock (the owner
     closes it)."""
     handed: HandedRecord = field(default_factory=HandedRecord)
+    timings: Timings = field(default_factory=Timings)
+    """The waits on the kubelet's news (`Host.timings`): the release trackers read theirs."""
     """What each Allocate handed out, while one of its IDs is booked (`handed_out`, kept in
     `<stateDir>/handed-out.json` by the host): what preStart acts on, a held CDI entry keeps
     (also of a resource a reload removed: `cdi_keeper`) and a release acts on."""

@@ -12,7 +12,7 @@ shows it held) until
 - the kubelet allocates it again: its earlier user is gone (the new one is unlisted in turn
   until an answer shows it, and its release is owed: `release.py`);
 - the kubelet's checkpoint (docs/kubelet-contract.md §10), written at least
-  `ALLOCATION_SETTLE` after the Allocate, no longer lists it: the kubelet freed it (an ended
+  `Timings.allocation_settle` after the Allocate, no longer lists it: the kubelet freed it (an ended
   pod, a failed admission). The kubelet rewrites the file at its next ListAndWatch message
   or Allocate, not when it frees a pod, so this comes that much later: a cost in time only
   (a container given the ID meanwhile waits for its release in PreStartContainer).
@@ -22,9 +22,10 @@ the restart rule needs it (`Settle`), and only when the file changed (inode, siz
 The kubelet frees an ended pod's devices when asked for its `List` (our poll), and writes
 the file at its next ListAndWatch message: while the file, written before the last answer,
 still lists an unlisted ID (or the restart rule asks what it lists), the host sends a
-resource's list again (`nudge`) so the kubelet writes it, at most every `NUDGE_FIRST`
-seconds, doubling up to `NUDGE_MAX` while no ID goes (a pod whose init container holds a
-device for hours costs the kubelet a write every 5 min), up to `NUDGE_RESTART_MAX` while
+resource's list again (`nudge`) so the kubelet writes it, at most every
+`Timings.nudge_first` seconds, doubling up to `nudge_max` while no ID goes (a pod whose init
+container holds a device for hours costs the kubelet a write every 5 min), up to
+`nudge_restart_max` while
 a kubelet restart's holders are carried (`holdings.Settle`: the kubelet frees their pods
 only once its API source is back, which nothing else shows).
 A checkpoint that cannot be used (missing, unreadable, bad checksum) frees nothing: the IDs
@@ -49,7 +50,7 @@ from dataclasses import dataclass, field
 
 from .backoff import Backoff
 from .files import FileReadError, Offload, read_attribute
-from .holdings import ALLOCATION_SETTLE, Holdings
+from .holdings import Holdings
 from .kubelet_checkpoint import (
     CHECKPOINT_FILE,
     MAX_CHECKPOINT_BYTES,
@@ -58,15 +59,8 @@ from .kubelet_checkpoint import (
     listed_ids,
 )
 from .logs import EventLogger
+from .timings import Timings
 
-NUDGE_FIRST = 2.0
-"""Seconds before the kubelet is first asked to write its checkpoint again (`nudge`)."""
-NUDGE_MAX = 300.0
-"""Longest wait between two such asks while the IDs held so stay listed."""
-NUDGE_RESTART_MAX = 30.0
-"""Longest wait between two asks while a kubelet restart's holders are carried (`doubted`):
-a pod that ended while the kubelet's API source was away is let go at most this long (and
-a few polls) after the kubelet freed it, however long the API server was away."""
 Stamp = tuple[int, int, int]
 """A file's inode, size and mtime (ns): it changed when this did."""
 FREE_WHEN_UNUSABLE = (
@@ -135,8 +129,14 @@ class Unlisted:
     nudge: Callable[[], bool] | None = None
     """Makes the kubelet write its checkpoint (a resource's list sent again); False when no
     resource has a stream open."""
+    timings: Timings = field(default_factory=Timings)
+    """How long after an Allocate a checkpoint counts, and how often the kubelet is asked to
+    write it again."""
     _nudged: float = float("-inf")
-    _backoff: Backoff = field(default_factory=lambda: Backoff(NUDGE_FIRST, NUDGE_MAX))
+    _backoff: Backoff = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._backoff = Backoff(self.timings.nudge_first, self.timings.nudge_max)
 
     @property
     def path(self) -> str:
@@ -213,7 +213,7 @@ class Unlisted:
             if read.written < answered and (
                 doubted
                 or any(
-                    key in read.ids and handout.wall + ALLOCATION_SETTLE <= answered
+                    key in read.ids and handout.wall + self.timings.allocation_settle <= answered
                     for key, handout in self.handed.items()
                 )
             ):
@@ -225,7 +225,7 @@ class Unlisted:
             return
         if self.nudge():
             delay = self._backoff.next_delay()
-            self._nudged = now + (min(delay, NUDGE_RESTART_MAX) if doubted else delay)
+            self._nudged = now + (min(delay, self.timings.nudge_restart_max) if doubted else delay)
 
     def _seed(self, read: CheckpointRead) -> None:
         resources, self._seeding = self._seeded, False
@@ -241,7 +241,7 @@ class Unlisted:
 
     def _free(self, ids: frozenset[tuple[str, str]], written: float) -> None:
         for key, handout in list(self.handed.items()):
-            if key not in ids and written >= handout.wall + ALLOCATION_SETTLE:
+            if key not in ids and written >= handout.wall + self.timings.allocation_settle:
                 del self.handed[key]
                 self.log.bind(resource=key[0]).info(
                     "handed_id_freed",

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import settings
 
 from kdp_host.config import Config, load_config, load_config_text
+from kdp_host.config.model import MIN_POD_RESOURCES_INTERVAL
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Snapshot
 from kdp_host.drivers import DeviceReporter
@@ -25,6 +26,7 @@ from kdp_host.host import Host
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.simulator import KubeletSimulator
+from kdp_host.timings import Timings
 
 from .kubelet_harness import RealKubelet, harness_binary, missing_reason
 
@@ -130,6 +132,28 @@ async def pod_resources_kubelet(
         yield sim
 
 
+FAST_POLL = 0.5
+"""The podResourcesInterval of a host started `fast` where its config polls at the config's
+floor (1 s, `MIN_POD_RESOURCES_INTERVAL`, which keeps a node's kubelet safe from a typo):
+half of it, set on the loaded config as only a test can."""
+FAST = Timings(
+    allocation_settle=0.5,
+    gone_after=2.0,
+    heard_after=2.5,
+    restart_settle=5.0,
+    nudge_first=0.5,
+    nudge_restart_max=2.0,
+    nudge_max=4.0,
+    release_retry_first=0.25,
+    release_retry_max=1.0,
+)
+"""The timings of a host started `fast`: the windows of PodResources answers halved with
+the poll interval (`FAST_POLL`), so as many answers fall inside each as at the defaults
+with a 1 s interval, in the defaults' order (`Timings()`: allocation settle < gone-after <
+heard-after < restart window); the checkpoint nudges and a failed release's retries, which
+only back off, capped at a few polls."""
+
+
 async def wait_until(
     predicate: Callable[[], object], timeout: float = 30.0, what: str = ""
 ) -> None:
@@ -194,10 +218,11 @@ class RunningHost:
 async def start_host(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Callable[..., object]]:
-    """`await start_host(config_or_yaml, config_path=None, **host_options)` runs a Host in
-    this event loop; `host_options` are further Host fields (a restart policy, ...). A config
-    that keeps the default `stateDir` gets a temporary one, also when reloaded from its file
-    (never the real /var/lib)."""
+    """`await start_host(config_or_yaml, config_path=None, fast=False, **host_options)` runs
+    a Host in this event loop; `host_options` are further Host fields (a restart policy, ...).
+    A config that keeps the default `stateDir` gets a temporary one, also when reloaded from
+    its file (never the real /var/lib). `fast`: the host waits `FAST` and polls PodResources
+    every `FAST_POLL` where its config polls at the floor (also when reloaded)."""
     running: list[RunningHost] = []
     state_dir = str(tmp_path_factory.mktemp("state"))
 
@@ -206,16 +231,26 @@ async def start_host(
             return config
         return dataclasses.replace(config, state_dir=state_dir)
 
+    def polling_fast(config: Config) -> Config:
+        if config.kubelet.pod_resources_interval != MIN_POD_RESOURCES_INTERVAL:
+            return config
+        kubelet = dataclasses.replace(config.kubelet, pod_resources_interval=FAST_POLL)
+        return dataclasses.replace(config, kubelet=kubelet)
+
     async def start(
-        config: Config | str, config_path: Path | None = None, **host_options: Any
+        config: Config | str,
+        config_path: Path | None = None,
+        fast: bool = False,
+        **host_options: Any,
     ) -> RunningHost:
         if isinstance(config, str):
             config = load_config_text(config)
-        config = in_temporary_state(config)
-        if config_path is not None:
-            host_options.setdefault(
-                "load_config", lambda path: in_temporary_state(load_config(path))
-            )
+        adjust = (lambda c: polling_fast(in_temporary_state(c))) if fast else in_temporary_state
+        config = adjust(config)
+        if fast:
+            host_options.setdefault("timings", FAST)
+        if config_path is not None or fast:
+            host_options.setdefault("load_config", lambda path: adjust(load_config(path)))
         metrics = Metrics()
         host = Host(
             config=config,

@@ -118,7 +118,7 @@ async def test_a_refused_allocate_leaves_no_release_owed_across_a_restart(
     kubelet, log = pod_resources_kubelet, short_dir / "hooks.log"
     config = _config(socket_dir, short_dir, log)
     _nodes(short_dir)
-    first = await start_host(config)
+    first = await start_host(config, fast=True)
     await kubelet.wait_for(lambda: kubelet.resource(R1).allocatable == 3)
     [held] = (await kubelet.allocate(R1, 1, pod_uid="p1")).devices  # type: ignore[union-attr]
     p1_device = os.path.basename(held.host_path)
@@ -127,7 +127,7 @@ async def test_a_refused_allocate_leaves_no_release_owed_across_a_restart(
     with contextlib.suppress(SimulatorAllocationError):  # (refused; the old code answered)
         await kubelet.allocate(R1, 1, pod_uid="p2")
     await first.shutdown(timeout=30)
-    running = await start_host(config)
+    running = await start_host(config, fast=True)
     await kubelet.wait_for(lambda: kubelet.resource(R1).registrations >= 2)
     await _answers_after(running)
     await kubelet.release("p1")
@@ -151,12 +151,12 @@ async def test_a_release_whose_record_was_lost_waits_for_the_next_start_on_the_d
     kubelet, log = pod_resources_kubelet, short_dir / "hooks.log"
     config = _config(socket_dir, short_dir, log)
     _nodes(short_dir, 1)
-    first = await start_host(config)
+    first = await start_host(config, fast=True)
     await kubelet.wait_for(lambda: kubelet.resource(R1).allocatable == 1)
     assert await kubelet.allocate(R1, 1, pod_uid="p1") is not None
     await first.shutdown(timeout=30)
     (short_dir / "state" / HANDED_FILE).write_text("{lost")
-    running = await start_host(config)
+    running = await start_host(config, fast=True)
     await kubelet.wait_for(lambda: kubelet.resource(R1).registrations >= 2)
     await kubelet.release("p1")
     await wait_until(

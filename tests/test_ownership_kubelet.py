@@ -18,7 +18,7 @@ import pytest
 
 from kdp_host.ownership_document import OWNERSHIP_FILE
 
-from .conftest import glob_config, wait_until
+from .conftest import FAST, glob_config, wait_until
 from .fake_sysfs import FakeSysfs
 from .kubelet_harness import RealKubelet, free_port, healthy
 
@@ -119,7 +119,7 @@ async def test_a_removed_resource_keeps_its_node_until_no_pod_holds_it(
     waiter = f'  - name: {ALIAS}\n    glob: {{paths: ["{devices}/alias*"]}}\n'
     config = short_dir / "config.yaml"
     config.write_text(head + owner)
-    running = await start_host(config.read_text(), config_path=config)
+    running = await start_host(config.read_text(), config_path=config, fast=True)
 
     await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     config.write_text(head + owner + waiter)
@@ -134,7 +134,10 @@ async def test_a_removed_resource_keeps_its_node_until_no_pod_holds_it(
     assert poller is not None
     reloaded = poller.holdings.asked_at if poller.holdings else 0.0
     await wait_until(
-        lambda: poller.holdings is not None and poller.holdings.asked_at > reloaded + 6,
+        lambda: (
+            poller.holdings is not None
+            and poller.holdings.asked_at > reloaded + FAST.heard_after + poller.interval
+        ),
         what="PodResources answers well after the reload",
     )
     assert (await kubelet.acall(kubelet.resource, ALIAS))["healthy"] == 0
@@ -164,7 +167,7 @@ async def test_a_reload_that_changes_replicas_never_adds_users_to_a_booked_devic
     )
     config = short_dir / "config.yaml"
     config.write_text(head)
-    running = await start_host(config.read_text(), config_path=config)
+    running = await start_host(config.read_text(), config_path=config, fast=True)
 
     await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
@@ -174,7 +177,10 @@ async def test_a_reload_that_changes_replicas_never_adds_users_to_a_booked_devic
     assert poller is not None
     reloaded = poller.holdings.asked_at if poller.holdings else 0.0
     await wait_until(
-        lambda: poller.holdings is not None and poller.holdings.asked_at > reloaded + 6,
+        lambda: (
+            poller.holdings is not None
+            and poller.holdings.asked_at > reloaded + FAST.heard_after + poller.interval
+        ),
         what="PodResources answers well after the reload",
     )
     second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})

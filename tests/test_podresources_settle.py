@@ -21,10 +21,10 @@ from kdp_host.api.v1 import (
     PodResourcesListerBase,
     PodResourcesListerStub,
 )
-from kdp_host.holdings import GONE_AFTER, RESTART_SETTLE, Holder, Holdings, Settle
-from kdp_host.ownership import HEARD_AFTER
+from kdp_host.holdings import Holder, Holdings, Settle
+from kdp_host.timings import Timings
 
-from .conftest import wait_until
+from .conftest import FAST, wait_until
 from .test_podresources import _count
 from .test_release import FPGA, _registered, host_yaml, release_lines, release_script
 
@@ -93,13 +93,14 @@ async def forwarded(
 
 async def releasing_host(kubelet: Any, start_host: Any, short_dir: Path, devices: Path) -> Any:
     """A host serving FPGA (a release script) to the real kubelet, polling PodResources
-    through the forwarder (`forwarded`); returned once the kubelet registered it."""
+    through the forwarder (`forwarded`), started `fast`; returned once the kubelet
+    registered it."""
     pr = short_dir / "pr"
     yaml = host_yaml(
         kubelet.socket_dir, devices, short_dir / "state", release_script(short_dir),
         pod_resources=pr,
     ).replace(str(pr / "kubelet.sock"), str(short_dir / FORWARDER))  # fmt: skip
-    running = await start_host(yaml)
+    running = await start_host(yaml, fast=True)
     await kubelet.await_for(_registered(kubelet), what="fpga registered")
     return running
 
@@ -129,8 +130,8 @@ async def _release_form(
         assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
         poller = running.host.pod_resources
         await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
-        # two answers without p1 are no proof (they are 4 s apart only on a very slow machine);
-        # after a restart no number of answers within 10 s is
+        # two answers without p1 are no proof (they are `gone_after` apart only on a very slow
+        # machine: four polls); after a restart no number of answers within its window is
         await _forget_for(
             fake, 3 if restart else 2, (lambda: kubelet.acall(kubelet.restart)) if restart else None
         )
@@ -176,7 +177,7 @@ async def test_empty_answers_after_a_restart_keep_a_lingering_claim_from_a_secon
         b = f"  - name: {B}\n    shell: {{command: [sh, -c, 'echo bx Healthy path={node}']}}\n"
         config = short_dir / "config.yaml"
         config.write_text(head + a + b)
-        running = await start_host(config.read_text(), config_path=config)
+        running = await start_host(config.read_text(), config_path=config, fast=True)
         await kubelet.await_for(
             lambda k: (k.resource(A) or {}).get("healthy") == 1, what="a advertised"
         )
@@ -187,7 +188,8 @@ async def test_empty_answers_after_a_restart_keep_a_lingering_claim_from_a_secon
         await running.host.reload_from(config)
         went = poller.clock()
         await wait_until(  # the claim could go now, on an answer without p1
-            lambda: poller.holdings.asked_at > went + HEARD_AFTER + 1, what="answers later"
+            lambda: poller.holdings.asked_at > went + FAST.heard_after + poller.interval,
+            what="answers later",
         )
         await _forget_for(fake, 3, lambda: kubelet.acall(kubelet.restart))
         for _ in range(3):  # complete answers again: p1 holds a/x
@@ -195,6 +197,9 @@ async def test_empty_answers_after_a_restart_keep_a_lingering_claim_from_a_secon
         assert not (kubelet.resource(B) or {}).get("healthy"), "b advertises p1's node"
         granted = await kubelet.acall(kubelet.allocate, "p2", {B: 1})
         assert granted["error"] != "", f"p2 got p1's node: {granted}"
+
+
+DEFAULTS = Timings()
 
 
 def _holdings(asked_at: float, *pods: str) -> Holdings:
@@ -208,9 +213,9 @@ def test_a_holder_goes_after_two_answers_gone_after_apart() -> None:
     shown, _ = settle.apply(_holdings(0.0, "p1", "p2"), None)
     one, carried = settle.apply(_holdings(1.0, "p2"), shown)
     assert carried == 1 and set(one.of(FPGA)) == {"d-p1", "d-p2"}
-    two, _ = settle.apply(_holdings(1.0 + GONE_AFTER / 2, "p2"), one)
+    two, _ = settle.apply(_holdings(1.0 + DEFAULTS.gone_after / 2, "p2"), one)
     assert set(two.of(FPGA)) == {"d-p1", "d-p2"}  # not long enough
-    gone, carried = settle.apply(_holdings(1.0 + GONE_AFTER, "p2"), two)
+    gone, carried = settle.apply(_holdings(1.0 + DEFAULTS.gone_after, "p2"), two)
     assert carried == 0 and set(gone.of(FPGA)) == {"d-p2"}
 
 
@@ -219,12 +224,14 @@ def test_answers_soon_after_a_restart_are_no_evidence() -> None:
     held, _ = settle.apply(_holdings(0.0, "p1"), None)
     settle.restarted(1.0)
     t = 2.0
-    while t < 1.0 + RESTART_SETTLE + GONE_AFTER:  # in the window: no answer counts
+    while (
+        t < 1.0 + DEFAULTS.restart_settle + DEFAULTS.gone_after
+    ):  # in the window: no answer counts
         held, _ = settle.apply(_holdings(t), held)
-        if t < 1.0 + RESTART_SETTLE:
+        if t < 1.0 + DEFAULTS.restart_settle:
             assert set(held.of(FPGA)) == {"d-p1"}, t
         t += 1.0
-    # after the window: gone once missing from answers GONE_AFTER apart, counted from it
+    # after the window: gone once missing from answers DEFAULTS.gone_after apart, counted from it
     held, _ = settle.apply(_holdings(t), held)
     assert held.of(FPGA) == {}
 
@@ -240,13 +247,13 @@ def test_a_restarts_holder_goes_only_on_its_own_news() -> None:
     listed = {"d-p1", "d-p2", "d-p3", "d-static"}
     settle.allocated(FPGA, ["d-new"])  # a static pod admitted: another ID
     t = 2.0
-    while t < 1.0 + RESTART_SETTLE + 3 * GONE_AFTER:
+    while t < 1.0 + DEFAULTS.restart_settle + 3 * DEFAULTS.gone_after:
         held, _ = settle.apply(_holdings(t, "static"), held, lambda _r, d: d in listed)
         t += 1.0
     assert set(held.of(FPGA)) == {"d-p1", "d-p2", "d-p3", "d-static"} and settle.waiting
     settle.allocated(FPGA, ["d-p1"])  # p1's device given anew: p1 is gone
     listed.discard("d-p2")  # the kubelet freed p2 and wrote its checkpoint
     held, _ = settle.apply(_holdings(t, "static", "p3"), held, lambda _r, d: d in listed)
-    for step in (1.0, 1.0 + GONE_AFTER):
+    for step in (1.0, 1.0 + DEFAULTS.gone_after):
         held, _ = settle.apply(_holdings(t + step, "static"), held, lambda _r, d: d in listed)
     assert set(held.of(FPGA)) == {"d-static"} and not settle.waiting

@@ -92,12 +92,14 @@ async def real_host(  # type: ignore[no-untyped-def]
     real_kubelet_factory, start_host, short_dir: Path, devices: Path, command: str, **options
 ):
     """The kubelet's real device manager and PodResources server, and a host with the FPGA
-    resource registered with it; returns (kubelet, running host)."""
+    resource registered with it (started `fast`: conftest.FAST); returns (kubelet, running
+    host)."""
     pod_resources = short_dir / "pr"
     kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
     running = await start_host(
         host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
-                  pod_resources=pod_resources, **options)
+                  pod_resources=pod_resources, **options),
+        fast=True,
     )  # fmt: skip
     await kubelet.await_for(_registered(kubelet), what="fpga registered")
     return kubelet, running
@@ -327,7 +329,8 @@ async def test_simulator_pod_end_release_and_a_refusing_kubelet(
     command = release_script(short_dir)
     running = await start_host(
         host_yaml(socket_dir, devices, short_dir / "state", command,
-                  pod_resources=short_dir / "pr")
+                  pod_resources=short_dir / "pr"),
+        fast=True,
     )  # fmt: skip
     await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
     await sim.allocate(FPGA, 1, pod_uid="p1")
@@ -347,7 +350,7 @@ async def test_simulator_pod_end_release_and_a_refusing_kubelet(
     assert release_lines(short_dir) == []  # the last answer (p1 holds it) stands
     assert poller.holdings.of(FPGA)
     refused_at = sim.pod_resources.calls.times[-2:]
-    assert refused_at[1] - refused_at[0] >= 1.5  # backed off beyond the 1s interval
+    assert refused_at[1] - refused_at[0] >= 1.5 * poller.interval  # backed off beyond it
     bucket.qps = 100.0
     await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
     assert release_lines(short_dir)[0] == "fpga0 default/p1/c0 start"

@@ -18,7 +18,7 @@ import pytest
 
 from kdp_host.ownership_document import OWNERSHIP_FILE
 
-from .conftest import wait_until
+from .conftest import FAST, wait_until
 from .kubelet_harness import healthy
 
 OWNER = "vendor.example/reset"
@@ -76,7 +76,7 @@ async def test_a_node_whose_release_fails_reaches_no_pod_through_another_resourc
     other = f'  - name: {OTHER}\n    glob: {{paths: ["{links}/*"]}}\n'
     config = short_dir / "config.yaml"
     config.write_text(head + owner("*") + other)
-    running = await start_host(config.read_text(), config_path=config)
+    running = await start_host(config.read_text(), config_path=config, fast=True)
     await kubelet.await_for(healthy(OWNER, 1), what="x0 advertised")
     first = await kubelet.acall(kubelet.allocate, "p1", {OWNER: 1})
     assert first["error"] == "", first
@@ -101,7 +101,7 @@ async def test_a_node_whose_release_fails_reaches_no_pod_through_another_resourc
     await wait_until(lambda: release_failures() >= 2, timeout=30, what="the release failing")
     if variant == "restart":
         await running.shutdown()
-        running = await start_host(config.read_text(), config_path=config)
+        running = await start_host(config.read_text(), config_path=config, fast=True)
         registry = running.metrics.registry
         await kubelet.await_for(healthy(OTHER, 0), what="OTHER registered again")
         await wait_until(lambda: release_failures() >= 1, timeout=30, what="failing again")
@@ -109,7 +109,10 @@ async def test_a_node_whose_release_fails_reaches_no_pod_through_another_resourc
     assert poller is not None and poller.holdings is not None
     failing = poller.holdings.asked_at
     await wait_until(
-        lambda: poller.holdings is not None and poller.holdings.asked_at > failing + 6,
+        lambda: (
+            poller.holdings is not None
+            and poller.holdings.asked_at > failing + FAST.heard_after + poller.interval
+        ),
         timeout=30,
         what="PodResources answers well after p1 ended",
     )

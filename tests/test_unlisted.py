@@ -25,16 +25,15 @@ import pytest
 
 from kdp_host.api.v1 import ListPodResourcesRequest, ListPodResourcesResponse
 from kdp_host.files import DaemonThreads
-from kdp_host.holdings import GONE_AFTER, RESTART_SETTLE, Holder, Holdings
+from kdp_host.holdings import Holder, Holdings
 from kdp_host.kubelet_checkpoint import CHECKPOINT_FILE
 from kdp_host.kubelet_checksum import checksum
 from kdp_host.logs import get_logger
-from kdp_host.ownership import HEARD_AFTER
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.status import devices_document
 from kdp_host.unlisted import Unlisted
 
-from .conftest import wait_until
+from .conftest import FAST, wait_until
 from .test_podresources_settle import Forgetful, forwarded, releasing_host
 from .test_release import FPGA, host_yaml, release_lines, release_script
 
@@ -58,7 +57,7 @@ def _yaml(socket_dir: Path, short_dir: Path, devices: Path, **options: Any) -> s
 async def _host(
     sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
 ) -> Any:
-    running = await start_host(_yaml(socket_dir, short_dir, devices))
+    running = await start_host(_yaml(socket_dir, short_dir, devices), fast=True)
     await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
     return running
 
@@ -68,20 +67,28 @@ def _booked(running: Any) -> set[str]:
 
 
 async def _answers_after(poller: Any, since: float, what: str) -> None:
-    """Until the poller has an answer asked well after `since`: a booking or a release due
-    for want of an answer listing its device would have come by then."""
+    """Until the poller (of a host started `fast`) has an answer asked well after `since`: a
+    booking or a release due for want of an answer listing its device would have come by
+    then."""
     await wait_until(
-        lambda: poller.holdings is not None and poller.holdings.asked_at > since + HEARD_AFTER + 1,
+        lambda: (
+            poller.holdings is not None
+            and poller.holdings.asked_at > since + FAST.heard_after + poller.interval
+        ),
         timeout=60,
         what=what,
     )
 
 
 async def _past_restart_window(poller: Any, since: float) -> None:
-    """Until the poller has an answer asked past the window after a kubelet restart at
-    `since` (`holdings.RESTART_SETTLE`)."""
+    """Until the poller (of a host started `fast`) has an answer asked past the window after
+    a kubelet restart at `since` (`Timings.restart_settle`), and past the time a holder must
+    be missing (`gone_after`), by two polls."""
     await wait_until(
-        lambda: poller.holdings.asked_at > since + RESTART_SETTLE + GONE_AFTER + 2,
+        lambda: (
+            poller.holdings.asked_at
+            > since + FAST.restart_settle + FAST.gone_after + 2 * poller.interval
+        ),
         timeout=60,
         what="answers past the restart window",
     )
@@ -128,11 +135,11 @@ async def test_a_kdp_host_restart_keeps_an_init_containers_device_held(
     """kdp-host exits while p1's init container holds fpga0 and starts again: no answer ever
     lists fpga0, but the kubelet's checkpoint does, so it stays held until p1 ends."""
     text = _yaml(socket_dir, short_dir, devices)
-    running = await start_host(text)
+    running = await start_host(text, fast=True)
     await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
     await sim.allocate(FPGA, 1, pod_uid="p1", container="init-fw", init_container=True)
     await running.shutdown()
-    again = await start_host(text)
+    again = await start_host(text, fast=True)
     await wait_until(lambda: again.host.pod_resources is not None, what="the new poller")
     poller = again.host.pod_resources
     await _answers_after(poller, poller.clock(), "answers well after the start")
@@ -150,13 +157,13 @@ async def test_a_retired_checkpoint_booking_of_an_init_containers_node_stays_hel
     checkpoint for the old resource (retired), which no answer ever lists: it stays held
     while p1 lives (not freed by the answers' silence), and is free once p1 ended."""
     text = _yaml(socket_dir, short_dir, devices)
-    running = await start_host(text)
+    running = await start_host(text, fast=True)
     await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
     await sim.allocate(FPGA, 1, pod_uid="p1", container="init-fw", init_container=True)
     await running.shutdown()
     shutil.rmtree(short_dir / "state")
     renamed = FPGA + "2"
-    again = await start_host(text.replace(f"name: {FPGA}\n", f"name: {renamed}\n"))
+    again = await start_host(text.replace(f"name: {FPGA}\n", f"name: {renamed}\n"), fast=True)
     await sim.wait_for(lambda: renamed in sim.snapshot())
     await wait_until(lambda: again.host.pod_resources is not None, what="the new poller")
     poller = again.host.pod_resources
@@ -206,7 +213,7 @@ async def test_a_static_pod_says_nothing_of_the_api_pods_after_a_kubelet_restart
     nothing of p1: its device stays held and booked past the restart window. p1 then ends
     and is never shown again: it is let go once the kubelet's checkpoint, written again at
     kdp-host's asking, no longer lists its device."""
-    running = await start_host(_yaml(socket_dir, short_dir, devices, pattern="fpga*"))
+    running = await start_host(_yaml(socket_dir, short_dir, devices, pattern="fpga*"), fast=True)
     await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
     poller = running.host.pod_resources
     assert sim.pod_resources is not None

@@ -134,7 +134,7 @@ async def pod_resources_kubelet(
 
 FAST_POLL = 0.5
 """The podResourcesInterval of a host started `fast` where its config polls at the config's
-floor (1 s, `MIN_POD_RESOURCES_INTERVAL`, which keeps a node's kubelet safe from a typo):
+floor (1 s, `MIN_POD_RESOURCES_INTERVAL`: the kubelet's rate limit is shared on the node):
 half of it, set on the loaded config as only a test can."""
 FAST = Timings(
     allocation_settle=0.5,

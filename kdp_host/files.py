@@ -40,7 +40,8 @@ T = TypeVar("T")
 MAX_ATTRIBUTE_SIZE = 4096
 """Most bytes read from an attribute file."""
 MAX_DOCUMENT_SIZE = 64 << 20
-"""Most bytes of a file kdp-host wrote itself and reads back (a state file, a CDI spec)."""
+"""Most bytes of a file kdp-host wrote itself and reads back (a CDI spec; a state file:
+`state_document.MAX_STATE_SIZE`)."""
 READ_TIMEOUT = 1.0
 """Seconds an attribute read may take."""
 MAX_STUCK_READS = 4

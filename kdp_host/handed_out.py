@@ -61,7 +61,7 @@ HANDED_FILE = "handed-out.json"
 HANDED_VERSION = 1
 MAX_DEVICES = 20_000
 """Most devices the record keeps (all resources): far above what one node's pods hold, and
-well within what the file may hold (`files.MAX_DOCUMENT_SIZE`)."""
+well within what the file may hold (`state_document.MAX_STATE_SIZE`)."""
 
 
 class HandedRecord:

@@ -32,6 +32,7 @@ __all__ = [
     "json_string_map",
     "list_entries",
     "load_json",
+    "object_entries",
 ]
 
 
@@ -153,6 +154,66 @@ def _entries(text: str) -> Iterator[str]:
         pos = skip(pos + 1)
     if pos != len(text):
         raise NotAList
+
+
+def object_entries(text: str, key: str, each: Callable[[Any], Any]) -> dict[str, Any]:
+    """The JSON object `text` is (as `json.loads` reads it), its `key`, when a list, decoded
+    an entry at a time, each entry replaced by `each(entry)` at once: the interpreter may
+    switch threads between two entries (one `json.loads` of a long document holds the GIL
+    for its whole length). Raises ValueError (or what `each` raises) for anything else."""
+    decode, pos = _FIND.raw_decode, _skip(text, 0)
+    if not text.startswith("{", pos):
+        raise ValueError("not a JSON object")
+    found: dict[str, Any] = {}
+    pos = _skip(text, pos + 1)
+    if text.startswith("}", pos):
+        pos = _skip(text, pos + 1)
+    else:
+        while True:
+            name, pos = decode(text, pos)
+            pos = _skip(text, pos)
+            if not isinstance(name, str) or not text.startswith(":", pos):
+                raise ValueError(f"not a JSON object (at {pos})")
+            pos = _skip(text, pos + 1)
+            if name == key and text.startswith("[", pos):
+                found[name], pos = _each_entry(text, pos, each)
+            else:
+                found[name], pos = decode(text, pos)
+            pos = _skip(text, pos)
+            if text.startswith(",", pos):
+                pos = _skip(text, pos + 1)
+                continue
+            if not text.startswith("}", pos):
+                raise ValueError(f"not a JSON object (at {pos})")
+            pos = _skip(text, pos + 1)
+            break
+    if pos != len(text):
+        raise ValueError(f"extra data (at {pos})")
+    return found
+
+
+def _each_entry(text: str, pos: int, each: Callable[[Any], Any]) -> tuple[list[Any], int]:
+    """The list at `pos` (its `[`), each entry turned by `each`; and where it ends."""
+    decode, after = _FIND.raw_decode, _AFTER.match
+    entries: list[Any] = []
+    pos = _skip(text, pos + 1)
+    if text.startswith("]", pos):
+        return entries, pos + 1
+    while True:
+        entry, end = decode(text, pos)
+        entries.append(each(entry))
+        found = after(text, end)  # (a comma, or the end of the list)
+        if found is None:
+            raise ValueError(f"not a JSON list (at {end})")
+        pos = found.end()
+        if found.group(1) == "]":
+            return entries, pos
+
+
+def _skip(text: str, pos: int) -> int:
+    found = _SPACE.match(text, pos)
+    assert found is not None  # (it matches the empty string)
+    return found.end()
 
 
 # Values of a decoded document, checked (Invalid names what is wrong).

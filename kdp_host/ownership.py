@@ -83,6 +83,7 @@ from .ownership_gate import ADMISSION_CHUNK
 from .ownership_table import ResourceState
 from .ownership_watching import Watching
 from .timings import Timings
+from .turns import in_turns
 
 if TYPE_CHECKING:
     from .holdings import Holdings
@@ -211,12 +212,16 @@ class OwnershipIndex(Watching):
         if released or adoption.stale:
             self._drain()
 
-    def take_in(self, saved: Saved | None, running: Collection[str], ours: bool = False) -> None:
+    async def take_in(
+        self, saved: Saved | None, running: Collection[str], ours: bool = False
+    ) -> None:
         """`ownership.json` as read now (`ours`: this host's last write), while hosts `running`
         share it (`ownership_sync`; None: it could not be read): their bookings hold what they
-        reach at once, every resource is admitted again against them; this host's own are
-        written back when the file lacks them as they are (deleted, set aside, taken over)."""
-        changed, stale = self._ledger.take_in(saved, running, self._clock(), ours)
+        reach, in bounded turns of the loop (`Ledger.taking_in`: 100,000 entries of another
+        host never stall it), then every resource is admitted again against them; this host's
+        own are written back when the file lacks them as they are (deleted, set aside, taken
+        over)."""
+        changed, stale = await in_turns(self._ledger.taking_in(saved, running, self._clock(), ours))
         if stale:
             self._ledger.changed()
         if not changed:

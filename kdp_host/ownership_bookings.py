@@ -5,7 +5,7 @@ recorded with its device's exclusive claims (`OwnershipIndex.book`) and kept in
 `<stateDir>/ownership.json` (through `StateFile`) before the answer goes out; the file is
 written only when the bookings change. The index reads them back at start, before any
 resource publishes, as lingering claims of their device (`ClaimTable.keep_bookings_in`).
-While a booking lives, nothing else reaching its claims is advertised (`Ledger.conflict`),
+While a booking lives, nothing else reaching its claims is advertised (`ownership_booked`),
 and its claims linger even when their node is gone. This module holds the bookings
 (`Ledger`), each rendered into its entry of the file once, when booked; the file's document
 is read and written one way (`ownership_document`), shared with `kdp-host unbook`.
@@ -24,43 +24,20 @@ taken over as its own. So no host's write drops another's bookings, and a bookin
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
-from .devices import replica_ids
-from .identity import DIRECTORY
-from .ownership_claims import SYSFS, Claim, ClaimKey, Claims, Owner, ancestors, owner_order
+from .ownership_booked import BookedClaims, Booking, Counted
+from .ownership_claims import SYSFS, Claim, Owner, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
-from .ownership_unknown import TreeNodes, not_known, reaching_node
-from .rules import below
+from .turns import Pace, Steps, to_the_end
+
+TAKE_IN_CHUNK = 500
+"""Entries of another host's file taken in per turn of the event loop (`taking_in`)."""
 
 PLACE_BOOKED = "place_booked"
 """Why a device is held whose node or mount source is at the real path another booked ID's
 device was handed out at (moved there, or made anew there: `Ledger.place_conflict`)."""
-
-
-@dataclass
-class Booking:
-    """What the kubelet booked under one ID: the claims of its device then."""
-
-    device: str
-    """The device's ID in the index (the booked ID without a replica suffix)."""
-    claims: tuple[Claim, ...]
-    """Its exclusive claims (key, host path, real path)."""
-    since: float
-    """When it was last booked (index clock): a PodResources answer asked for later than
-    `Timings.heard_after` after it shows the pod."""
-    places: tuple[Claim, ...] = ()
-    """What the Allocate answer handed out besides the device's own claims (the nodes and
-    mount sources of `allocate.mounts` and of the `allocate.command`'s output): no device
-    reaching one of them (the same place, below it, or a directory above it) is
-    advertised while the booking lives; other allocations may share them."""
-    group: tuple[str, ...] = ()
-    """IDs booked from one answer of the kubelet's checkpoint: its places are theirs too."""
-    number_unknown: bool = False
-    """Booked from the checkpoint for a node that was gone at start, with no booking that
-    knew its device number: a node found later may have that number (hostile9 H2)."""
 
 
 class StateSink(Protocol):
@@ -69,10 +46,6 @@ class StateSink(Protocol):
     def changed(self, document: Callable[[], Mapping[str, Any]]) -> None: ...
 
     async def written(self) -> object: ...
-
-
-Counted = dict[Owner, int]
-"""The bookings that hold a claim, each with how many times (its own and a foreign copy)."""
 
 
 ReleasePending = Callable[[str, str], bool]
@@ -84,14 +57,12 @@ def _none_pending(_resource: str, _device: str) -> bool:
     return False
 
 
-class Ledger:
+class Ledger(BookedClaims):
     """The host's bookings (one per ownership index), by booked ID and by claim."""
 
     def __init__(self, writer: str | None = None) -> None:
+        super().__init__()
         self._writer = writer
-        self.bookings: dict[Owner, Booking] = {}
-        """(resource, ID the kubelet booked) -> what it booked: this host's entries of the
-        file."""
         self._order: list[Owner] = []
         """This host's booked IDs in the file's order (`owner_order`), and the entry of each,
         rendered once, when booked (`document` hands out the list)."""
@@ -100,23 +71,8 @@ class Ledger:
         """(writer, owner) -> the bookings of the other hosts that run on the state directory
         (`mirror`): they hold their claims as this host's own do."""
         self.foreign_owners: set[Owner] = set()
-        self.booked: dict[ClaimKey, Counted] = {}
-        """Claim (of a device or a place) -> the bookings that hold it."""
-        self.places: dict[str, Counted] = {}
-        """Real path of a booked place -> the bookings that handed it out."""
-        self._sorted_places: list[str] | None = None
-        """`places` sorted (those below a directory are one run), made when first needed."""
-        self.unknown: dict[str, Counted] = {}
-        self.served: frozenset[str] = frozenset()
-        """Resource -> its bookings whose device number is not known (`number_unknown`), and
-        the config's resources (not another plugin's): one's unknown number may be any's."""
-        self.spots: dict[str, Counted] = {}
-        """Real path of a booked device's own claim (its node or mount source as the
-        Allocate handed it out) -> the bookings that hold it: the place a pod's answer
-        names stays that pod's, whatever is found there later (`place_conflict`)."""
         self.sink: StateSink | None = None
         self.releasing: ReleasePending = _none_pending  # (see `expire`)
-        self.tree_nodes: TreeNodes = not_known  # (see `number_unknown`)
         self.drops = 0
         """Bookings gone so far (`drop`, another host's: `mirror`): `HandedRecord.answered`."""
 
@@ -159,13 +115,22 @@ class Ledger:
 
     def mirror(self, foreign: dict[tuple[str, Owner], Booking]) -> bool:
         """The other hosts' bookings are now `foreign`; True if that changed any."""
+        return to_the_end(self.mirroring(foreign, Pace(TAKE_IN_CHUNK)))
+
+    def mirroring(self, foreign: dict[tuple[str, Owner], Booking], pace: Pace) -> Steps[bool]:
+        """`mirror` in steps: the claims of what changed are held (and let go) as their step
+        comes; the other hosts' IDs (`has`) change at the last."""
         before = self.foreign
         changed = False
         for key, booking in before.items():
+            if pace.due():
+                yield
             if not _same(foreign.get(key), booking):
                 self._index(key[1], booking, -1)
                 changed = True
         for key, booking in foreign.items():
+            if pace.due():
+                yield
             if not _same(before.get(key), booking):
                 self._index(key[1], booking, 1)
                 changed = True
@@ -177,19 +142,30 @@ class Ledger:
     def take_in(
         self, saved: Saved | None, running: Collection[str], now: float, ours: bool = False
     ) -> tuple[bool, bool]:
+        """`taking_in` at once (at start, before anything is served)."""
+        return to_the_end(self.taking_in(saved, running, now, ours))
+
+    def taking_in(
+        self, saved: Saved | None, running: Collection[str], now: float, ours: bool = False
+    ) -> Steps[tuple[bool, bool]]:
         """The file as read now: the bookings of the other hosts `running` become the
         foreign ones; a booking of a host that ended (or of none named) is taken over
         unless this host has its ID booked. Returns whether the bookings changed, and
         whether the file does not hold this host's own as they are (it is to be written).
         None (the file could not be read): what is held stays, and the file is written.
         `ours`: the file is this host's last write and `saved` the other entries in it (its
-        own are as it wrote them: a change since asked for another write)."""
+        own are as it wrote them: a change since asked for another write). In steps
+        (`turns`): between two, a booking may be made or dropped (each entry is checked
+        when its step comes), and the foreign ones change at the last."""
         if saved is None:
             return False, True
         foreign: dict[tuple[str, Owner], Booking] = {}
         on_file: Saved = []
         taken = False
+        pace = Pace(TAKE_IN_CHUNK)
         for booked in saved:
+            if pace.due():
+                yield
             if booked.writer is not None and booked.writer == self._writer:
                 on_file.append(booked)
                 continue
@@ -199,7 +175,7 @@ class Ledger:
             elif booked.owner not in self.bookings:
                 self.add(booked.owner, booking)
                 taken = True
-        changed = self.mirror(foreign) or taken
+        changed = (yield from self.mirroring(foreign, pace)) or taken
         if ours:
             return changed, taken
         on_file.sort(key=lambda booked: owner_order(booked.owner))
@@ -249,124 +225,16 @@ class Ledger:
             and owner.device not in held(owner.resource)
             and not self.releasing(owner.resource, booking.device)
         ]
-        for owner in gone:
-            self.drop(owner)
+        if len(gone) == 1:
+            self.drop(gone[0])
+        elif gone:  # (one pass over the file's order, not one per booking gone)
+            for owner in gone:
+                self.drops += 1
+                self._index(owner, self.bookings.pop(owner), -1)
+            kept = [at for at, owner in enumerate(self._order) if owner in self.bookings]
+            self._order = [self._order[at] for at in kept]
+            self._entries = [self._entries[at] for at in kept]
         return bool(gone)
-
-    def conflict(
-        self, resource: str, device_id: str, replicas: int, claims: Claims
-    ) -> tuple[Owner, str] | None:
-        """A booking of one of the device's claims that is not one of the IDs it is about to
-        be advertised under (another resource, another device, another replica count), with
-        the host path of that claim."""
-        if not self.booked:
-            return None
-        return self._first_other(
-            resource,
-            device_id,
-            replicas,
-            ((path, self._holders(key, real)) for key, path, real in claims.exclusive),
-        )
-
-    def _holders(self, key: ClaimKey, real: str) -> Iterable[Owner]:
-        holders: Iterable[Owner] = self.booked.get(key, ())
-        if self.places:
-            holders = [*holders, *self._places_reached(key, real)]
-        return holders
-
-    def place_conflict(
-        self, resource: str, device_id: str, replicas: int, claims: Claims
-    ) -> tuple[Owner, str] | None:
-        """A booking of another ID (or resource) whose device was handed out at the real
-        path of one of the device's claims, with that claim's host path: a device moved
-        there, or made anew there with another identity (an inode number reused), would
-        be handed out at the path a pod's answer names (issue 17, hostile7 F3). Its own
-        IDs pass: the device of a booked ID made anew is still that ID's."""
-        spots = self.spots
-        if not spots:
-            return None
-        return self._first_other(
-            resource,
-            device_id,
-            replicas,
-            ((path, spots.get(real, ())) for key, path, real in claims.all() if key[0] != SYSFS),
-        )
-
-    def number_unknown(
-        self, resource: str, device_id: str, replicas: int, claims: Claims
-    ) -> tuple[Owner, str] | None:
-        """A booking of another ID of `resource`, or of any `served` resource, whose node was
-        gone at start, its device number not known (`Booking.number_unknown`), while the
-        device reaches a device node no booking holds (that path: `reaching_node`, a node or
-        a directory whose tree may hold one, `tree_nodes`): the kernel may have given the
-        gone node's number to it, under any resource's name, and the pod's container reaches
-        the device by that number (hostile9 H2, hostile10 F3, F7)."""
-        served = self.served
-        unknown = [o for name, owned in self.unknown.items() if name == resource or name in served
-                   for o in owned]  # fmt: skip
-        path = reaching_node(claims, self.booked, self.tree_nodes) if unknown else None
-        if path is None:
-            return None
-        return self._first_other(resource, device_id, replicas, [(path, unknown)])
-
-    def mount_conflict(
-        self, resource: str, device_id: str, replicas: int, outer: Iterable[tuple[str, ClaimKey]]
-    ) -> tuple[Owner, str] | None:
-        """A booking of another ID (or resource) of a directory one of the device's claims is
-        below (`outer`: host path of the claim, key of a claimed directory above one of its
-        places), with that claim's host path: the pod's mount reaches the node, so the
-        device is held while the booking lives (issue 17, hostile8 N1: a booked mount wins
-        over advertising what was linked or renamed into it)."""
-        booked = self.booked
-        if not booked:
-            return None
-        return self._first_other(
-            resource, device_id, replicas, ((path, booked.get(key, ())) for path, key in outer)
-        )
-
-    def _first_other(
-        self,
-        resource: str,
-        device_id: str,
-        replicas: int,
-        held: Iterable[tuple[str, Iterable[Owner]]],
-    ) -> tuple[Owner, str] | None:
-        """The first owner of `held` (host path, its owners) that is none of the IDs the
-        device is advertised under (its replicas, or one booked in one answer with them)."""
-        mine: set[str] | None = None
-        for path, holders in held:
-            for owner in holders:
-                if owner.resource == resource:
-                    if mine is None:
-                        mine = set(replica_ids(device_id, replicas))
-                    if owner.device in mine or self._together(owner, mine):
-                        continue
-                return owner, path
-        return None
-
-    def _together(self, owner: Owner, ids: set[str]) -> bool:
-        """Whether `owner` was booked in one answer with one of `ids` (its places too)."""
-        booking = self.bookings.get(owner)
-        return booking is not None and not ids.isdisjoint(booking.group)
-
-    def _places_reached(self, key: ClaimKey, real: str) -> list[Owner]:
-        """The bookings whose places a claim reaches: the same real path, a place it is
-        below (a mounted directory holds it), or, for a directory, a place below it."""
-        places = self.places
-        found = [*places.get(real, ())]
-        for directory in ancestors(real):
-            found += places.get(directory, ())
-        if key[0] == DIRECTORY:
-            ordered = self._sorted_places
-            if ordered is None:
-                ordered = self._sorted_places = sorted(places)
-            prefix = real.rstrip("/") + "/"
-            at = bisect_left(ordered, prefix)
-            while at < len(ordered) and ordered[at].startswith(prefix):
-                if below(ordered[at], real):  # (the run: what starts with the prefix)
-                    found += places[ordered[at]]
-                at += 1
-        return found
 
     def changed(self) -> None:
         if self.sink is not None:

@@ -10,7 +10,8 @@ checked when another host's entry is first merged (`checked_entries`), with its 
 the booking it reads as. A document of entries is written as their texts joined
 (`rendered_json.encoded`), and the file read back unchanged is that document again
 (`state_file.StateFile`), so a write and the host's reading of its own write cost what changed,
-not every booking.
+not every booking. Another writer's file is decoded an entry at a time, each entry checked as
+it comes (`decode_bookings`), once per content (`state_document`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 from .devices import advertises
 from .files import Offload
 from .identity import DIRECTORY, FILE
+from .json_document import object_entries
 from .logs import EventLogger
 from .ownership_claims import (
     NOTHING,
@@ -123,6 +125,7 @@ def ownership_file(
         if_unwritten="bookings made now are forgotten if kdp-host restarts before a write succeeds",
         merge=merge,
         encode=encoded,
+        decode=decode_bookings,
     )
 
 
@@ -147,11 +150,20 @@ def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
     ]
 
 
+def decode_bookings(text: str) -> dict[str, Any]:
+    """`ownership.json`'s text read as its document of entries, each checked as it is
+    decoded (`checked_entries`, an entry at a time: `state_document`)."""
+    return object_entries(text, "bookings", _checked)
+
+
+def _checked(entry: Any) -> Entry:
+    return Entry(entry, checked_entry(entry, as_written))
+
+
 def checked_entries(document: Mapping[str, Any]) -> list[Entry]:
     """The entries of `ownership.json` as written, each checked once (an `Entry` is)."""
     return [
-        entry if isinstance(entry, Rendered) else Entry(entry, checked_entry(entry, as_written))
-        for entry in document["bookings"]
+        entry if isinstance(entry, Rendered) else _checked(entry) for entry in document["bookings"]
     ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 import os
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from .logs import EventLogger
 from .ownership_bookings import StateSink
 from .ownership_document import (
     OWNERSHIP_FILE,
+    Entry,
     Saved,
     as_written,
     checked_entries,
@@ -50,7 +52,7 @@ class TakesBookings(Protocol):
         self, sink: StateSink, saved: Saved | None, running: Collection[str], writer: str
     ) -> None: ...
 
-    def take_in(
+    async def take_in(
         self, saved: Saved | None, running: Collection[str], ours: bool = False
     ) -> None: ...
 
@@ -72,30 +74,41 @@ def merged_with(directory: str, writer: str) -> Merge:
     every other host's stay, except the entries of a host that no longer runs whose booked
     ID `writer` has booked itself (it took them over, `ownership_sync`). Blocking (the
     hosts' lock files are asked), run while the file is locked. Each entry is checked once
-    (`checked_entries`): the file as this host wrote it last is not read again."""
+    (`checked_entries`), and the file's entries are grouped by writer once per content
+    read (`state_document`): a write while the other hosts' entries are unchanged costs
+    this host's own and the bytes, not another pass over every entry. The file holds each
+    writer's entries in order, the other hosts' first."""
+    last: list[tuple[object, dict[str | None, list[Entry]]]] = []
+    """The entries last merged with (or written), by writer: the file read back as this
+    host wrote it is that list again (`state_document`)."""
+
+    def by_writer(current: Mapping[str, Any]) -> dict[str | None, list[Entry]]:
+        if last and last[0][0] is current["bookings"]:
+            return last[0][1]
+        groups: dict[str | None, list[Entry]] = {}
+        for entry in checked_entries(current):  # (raises when not of its shape: set aside)
+            groups.setdefault(entry.value.writer, []).append(entry)
+        last[:] = [(current["bookings"], groups)]
+        return groups
 
     def merge(mine: Mapping[str, Any], current: Mapping[str, Any] | None) -> Mapping[str, Any]:
         if current is None:
             return mine
-        entries = checked_entries(current)  # (raises when it does not have its shape: set aside)
         own: set[tuple[str, str]] | None = None
-        alive: dict[str | None, bool] = {writer: False}
-        kept = []
-        for entry in entries:
-            other = entry.value.writer
-            if other not in alive:
-                alive[other] = running(directory, other)
-            if alive[other]:
-                kept.append(entry)
-            elif other != writer:  # (a host that ended: kept unless `writer` took its ID)
-                if own is None:
-                    own = {(e["resource"], e["id"]) for e in mine["bookings"]}
-                if (entry["resource"], entry["id"]) not in own:
-                    kept.append(entry)
-        if not kept:
-            return mine  # (in the file's order already)
-        merged = [*kept, *mine["bookings"]]
-        merged.sort(key=lambda e: (e["resource"], e["id"], e.get("writer") or ""))
+        kept: dict[str | None, list[Entry]] = {}
+        for other, entries in by_writer(current).items():
+            if other == writer:
+                continue
+            if running(directory, other):
+                kept[other] = entries
+                continue
+            if own is None:  # (a host that ended: kept unless `writer` took its ID)
+                own = {(e["resource"], e["id"]) for e in mine["bookings"]}
+            if left := [e for e in entries if (e["resource"], e["id"]) not in own]:
+                kept[other] = left
+        merged: list[Entry] = [entry for entries in kept.values() for entry in entries]
+        merged += mine["bookings"]
+        last[:] = [(merged, {**kept, writer: mine["bookings"]})]
         return {"bookings": merged}
 
     return merge
@@ -122,6 +135,12 @@ def read_shared(file: StateFile, writer: str) -> tuple[Saved | None, frozenset[s
     return saved, frozenset(w for w in others if running(directory, w)), ours
 
 
+def same_bookings(saved: Saved, last: Saved | None) -> bool:
+    """Whether `saved` are the very entries `last` were (a content read once is not read
+    again, `state_document`: its entries are the same objects). Blocking: O(entries)."""
+    return last is not None and len(saved) == len(last) and all(map(operator.is_, saved, last))
+
+
 class BookingsSync:
     """Reads `ownership.json` again whenever it changes, for host `writer`."""
 
@@ -141,6 +160,8 @@ class BookingsSync:
         self._others: frozenset[str] = frozenset()
         """The other hosts whose bookings are held."""
         self._seen: tuple[int, int, int] | None = None
+        self._taken: Saved | None = None
+        """The other hosts' entries of this host's last write, all taken in since."""
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self._subscription: Subscription | None = None
@@ -191,21 +212,31 @@ class BookingsSync:
         while self._again:
             self._again = False
             try:
-                saved, others, ours = await self._offload.run(
-                    functools.partial(read_shared, self._file, self._writer)
+                saved, others, ours, same = await self._offload.run(
+                    functools.partial(self._read, self._taken)
                 )
             except OSError as exc:
                 self._log.error("ownership_sync_failed", reason=str(exc))
                 return
             if saved is None:  # set aside (logged): what is held stays, this host's are written
-                self._index.take_in(None, self._others)
+                self._taken = None
+                await self._index.take_in(None, self._others)
                 continue
+            if same and others == self._others:
+                continue  # (this host's own write of what it took in last: nothing to do)
             for gone in sorted(self._others - others):
                 self._log.info("bookings_taken_over", host=gone, detail="that host ended")
             for new in sorted(others - self._others):
                 self._log.info("state_dir_shared", hosts=new)
-            self._index.take_in(saved, others, ours)
+            self._taken = None
+            await self._index.take_in(saved, others, ours)
+            self._taken = saved if ours else None
             self._watch_others(others)
+
+    def _read(self, last: Saved | None) -> tuple[Saved | None, frozenset[str], bool, bool]:
+        """`read_shared`, and whether it read the very entries `last` (blocking)."""
+        saved, others, ours = read_shared(self._file, self._writer)
+        return saved, others, ours, saved is not None and same_bookings(saved, last)
 
     def _watch_others(self, others: frozenset[str]) -> None:
         """Check on the other hosts while their bookings are held (and only then)."""

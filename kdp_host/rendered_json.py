@@ -40,5 +40,5 @@ def _encoded(value: object) -> str:
         inner = ", ".join(f"{json.dumps(k)}: {_encoded(v)}" for k, v in sorted(value.items()))
         return f"{{{inner}}}"
     if isinstance(value, list):
-        return f"[{', '.join(_encoded(v) for v in value)}]"
+        return f"[{', '.join([v.text if type(v) is Rendered else _encoded(v) for v in value])}]"
     return json.dumps(value, sort_keys=True)

@@ -1,7 +1,8 @@
 """One JSON document in `stateDir` that kdp-host keeps across restarts (`release-state.json`,
 `ownership.json`, `handed-out.json`): the one way such a file is read and written.
 
-Read once at start and checked (`load`, with the owner's parser); written atomically
+Read at start and checked (`load`, with the owner's parser; the bytes read, bounded, and
+each content parsed once: `state_document`); written atomically
 (`atomic_files.write_atomic`: temporary file, fsync, rename) through the host's offload,
 changes coalesced: `changed` starts a write of the owner's document, `flush` (`written`, for
 an answer) waits until the file holds them. A file that cannot be read (as every small file,
@@ -48,8 +49,9 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from .atomic_files import aside_logged, open_lock, set_aside, write_atomic
-from .files import MAX_DOCUMENT_SIZE, FileReadError, Offload, read_attribute
+from .files import Offload
 from .logs import EventLogger
+from .state_document import SHAPE_ERRORS, Decode, DocumentCache, Unreadable
 
 T = TypeVar("T")
 
@@ -74,7 +76,6 @@ Merge = Callable[[Mapping[str, Any], Mapping[str, Any] | None], Mapping[str, Any
 it has none) -> the document to write; raises as a `Parser` does when the file's document
 does not have its shape (it is set aside, and `merge(mine, None)` is written). Runs off the
 loop, while the file is locked."""
-_SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
 class StateFile:
@@ -97,16 +98,18 @@ class StateFile:
         writer: str | None = None,
         running: Callable[[str, str], bool] | None = None,
         encode: Callable[[Mapping[str, Any]], bytes] | None = None,
+        decode: Decode | None = None,
     ) -> None:
         """`mark_unsaved`: keep a marker while writes fail (see the module docstring);
         `writer`: this host's instance ID in a shared file's marker name; `running(directory,
         writer)`: whether that host runs (its marker is not taken over; blocking); `encode`:
         how a document is written (default: `json.dumps`, keys sorted); given, the file read
         back as the bytes last written is that document (`last_written`), not parsed again
-        (for documents of parts never changed once made: `rendered_json.encoded`)."""
+        (for documents of parts never changed once made: `rendered_json.encoded`); `decode`:
+        how a new content is parsed (`state_document`)."""
         self._running, self._encode, self._writer_id = running, encode, writer
-        self._wrote: tuple[bytes, Mapping[str, Any]] | None = None
         self.path = Path(directory) / name
+        self._documents = DocumentCache(str(self.path), version, decode)
         self._mark_unsaved = mark_unsaved
         self._marker = Path(directory) / f"{name}{UNSAVED}{'' if writer is None else '.' + writer}"
         self._marked = False  # this host's marker exists (a failed write made it, or taken over)
@@ -157,7 +160,7 @@ class StateFile:
         self.found = document is not None or self.unknown
         try:
             found = None if document is None else parse(document)
-        except _SHAPE_ERRORS as exc:
+        except SHAPE_ERRORS as exc:
             self._unreadable(f"does not parse ({str(exc)[:200]})")
             found = None
         self.unsettled = self._mark_unsaved and self.unknown
@@ -196,25 +199,14 @@ class StateFile:
                 self._marked = True
 
     def _document(self) -> Mapping[str, Any] | None:
-        """The file's document, its version checked; None when there is none (missing, or
-        unreadable: set aside)."""
+        """The file's document, its version checked (`state_document`: a content known
+        already is not parsed again); None when there is none (missing, or unreadable: set
+        aside)."""
         try:
-            raw = read_attribute(str(self.path), MAX_DOCUMENT_SIZE)
-        except FileReadError as exc:
-            self._unreadable(f"cannot read ({exc})")
+            return self._documents.read()
+        except Unreadable as exc:
+            self._unreadable(str(exc))
             return None
-        wrote = self._wrote
-        if raw is None or (wrote is not None and raw == wrote[0]):
-            return None if raw is None or wrote is None else wrote[1]
-        try:
-            document = json.loads(raw)
-            if document.get("version") != self._version_tag:
-                raise ValueError(f"version {document.get('version')!r}, not {self._version_tag}")
-        except _SHAPE_ERRORS as exc:
-            self._unreadable(f"does not parse ({str(exc)[:200]})")
-            return None
-        checked: Mapping[str, Any] = document
-        return checked
 
     def _unreadable(self, why: str) -> None:
         """Set the file aside under the first free `<name>.unreadable[.N]` (an earlier copy
@@ -371,7 +363,7 @@ class StateFile:
             current = self._document()
             try:
                 merged = self._merge(mine, current)
-            except _SHAPE_ERRORS as exc:
+            except SHAPE_ERRORS as exc:
                 self._unreadable(f"does not parse ({str(exc)[:200]})")
                 merged = self._merge(mine, None)
             self._write_document(merged)
@@ -381,8 +373,12 @@ class StateFile:
     @property
     def last_written(self) -> Mapping[str, Any] | None:
         """The document last written (kept with `encode` only)."""
-        wrote = self._wrote
-        return None if wrote is None else wrote[1]
+        return self._documents.last_written
+
+    @property
+    def parses(self) -> int:
+        """Contents of the file parsed so far (`state_document.DocumentCache`)."""
+        return self._documents.parses
 
     def _write_document(self, document: Mapping[str, Any]) -> None:
         body = {**document, "version": self._version_tag}
@@ -390,7 +386,7 @@ class StateFile:
         data = json.dumps(body, sort_keys=True).encode() if encode is None else encode(body)
         write_atomic(str(self.path), data)
         if encode is not None:
-            self._wrote = (data, body)
+            self._documents.written(data, body)
 
 
 def text(value: object) -> str:

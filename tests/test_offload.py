@@ -199,10 +199,10 @@ class TrackingOffload:
 def gated_ownership_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Gate, Callable[[], None]]:
     """Reads of ownership.json, once armed, wait at the gate, then fail as on a stateDir
     replaced by a file (the CI case: "Not a directory"); returns the gate and `arm`."""
-    from kdp_host import state_file
+    from kdp_host import state_document
 
     gate, armed = Gate(), threading.Event()
-    real = state_file.read_attribute
+    real = state_document.read_attribute
 
     def read(path: str, limit: int) -> bytes | None:
         if not (armed.is_set() and path.endswith(OWNERSHIP_FILE)):
@@ -210,7 +210,7 @@ def gated_ownership_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Gate, Callab
         gate.wait()
         raise FileReadError("read_error", f"cannot open {path!r}: Not a directory")
 
-    monkeypatch.setattr(state_file, "read_attribute", read)
+    monkeypatch.setattr(state_document, "read_attribute", read)
     return gate, armed.set
 
 

@@ -1,0 +1,187 @@
+"""The booked claims, and what a device reaching them conflicts with (`Ledger`'s queries).
+
+The host's bookings (`ownership_bookings.Ledger`) are indexed by what they hold: each claim
+(a device number, an inode, a path where nothing was), each place an Allocate handed out
+besides its device, each real path a device was handed out at. An admission asks, for each
+device it is about to advertise, whether a booking of another ID (or resource) holds one of
+its claims (`conflict`), was handed out at its real path (`place_conflict`), holds a
+directory it is below (`mount_conflict`) or a node whose number is not known that it may be
+(`number_unknown`).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .devices import replica_ids
+from .identity import DIRECTORY
+from .ownership_claims import SYSFS, Claim, ClaimKey, Claims, Owner, ancestors
+from .ownership_unknown import TreeNodes, not_known, reaching_node
+from .rules import below
+
+Counted = dict[Owner, int]
+"""The bookings that hold a claim, each with how many times (its own and a foreign copy)."""
+
+
+@dataclass
+class Booking:
+    """What the kubelet booked under one ID: the claims of its device then."""
+
+    device: str
+    """The device's ID in the index (the booked ID without a replica suffix)."""
+    claims: tuple[Claim, ...]
+    """Its exclusive claims (key, host path, real path)."""
+    since: float
+    """When it was last booked (index clock): a PodResources answer asked for later than
+    `Timings.heard_after` after it shows the pod."""
+    places: tuple[Claim, ...] = ()
+    """What the Allocate answer handed out besides the device's own claims (the nodes and
+    mount sources of `allocate.mounts` and of the `allocate.command`'s output): no device
+    reaching one of them (the same place, below it, or a directory above it) is
+    advertised while the booking lives; other allocations may share them."""
+    group: tuple[str, ...] = ()
+    """IDs booked from one answer of the kubelet's checkpoint: its places are theirs too."""
+    number_unknown: bool = False
+    """Booked from the checkpoint for a node that was gone at start, with no booking that
+    knew its device number: a node found later may have that number (hostile9 H2)."""
+
+
+class BookedClaims:
+    """The bookings by booked ID and by claim, and the conflicts of a device with them."""
+
+    def __init__(self) -> None:
+        self.bookings: dict[Owner, Booking] = {}
+        """(resource, ID the kubelet booked) -> what it booked: this host's entries of the
+        file."""
+        self.booked: dict[ClaimKey, Counted] = {}
+        """Claim (of a device or a place) -> the bookings that hold it."""
+        self.places: dict[str, Counted] = {}
+        """Real path of a booked place -> the bookings that handed it out."""
+        self._sorted_places: list[str] | None = None
+        """`places` sorted (those below a directory are one run), made when first needed."""
+        self.unknown: dict[str, Counted] = {}
+        self.served: frozenset[str] = frozenset()
+        """Resource -> its bookings whose device number is not known (`number_unknown`), and
+        the config's resources (not another plugin's): one's unknown number may be any's."""
+        self.spots: dict[str, Counted] = {}
+        """Real path of a booked device's own claim (its node or mount source as the
+        Allocate handed it out) -> the bookings that hold it: the place a pod's answer
+        names stays that pod's, whatever is found there later (`place_conflict`)."""
+        self.tree_nodes: TreeNodes = not_known  # (see `number_unknown`)
+
+    def conflict(
+        self, resource: str, device_id: str, replicas: int, claims: Claims
+    ) -> tuple[Owner, str] | None:
+        """A booking of one of the device's claims that is not one of the IDs it is about to
+        be advertised under (another resource, another device, another replica count), with
+        the host path of that claim."""
+        if not self.booked:
+            return None
+        return self._first_other(
+            resource,
+            device_id,
+            replicas,
+            ((path, self._holders(key, real)) for key, path, real in claims.exclusive),
+        )
+
+    def _holders(self, key: ClaimKey, real: str) -> Iterable[Owner]:
+        holders: Iterable[Owner] = self.booked.get(key, ())
+        if self.places:
+            holders = [*holders, *self._places_reached(key, real)]
+        return holders
+
+    def place_conflict(
+        self, resource: str, device_id: str, replicas: int, claims: Claims
+    ) -> tuple[Owner, str] | None:
+        """A booking of another ID (or resource) whose device was handed out at the real
+        path of one of the device's claims, with that claim's host path: a device moved
+        there, or made anew there with another identity (an inode number reused), would
+        be handed out at the path a pod's answer names (issue 17, hostile7 F3). Its own
+        IDs pass: the device of a booked ID made anew is still that ID's."""
+        spots = self.spots
+        if not spots:
+            return None
+        return self._first_other(
+            resource,
+            device_id,
+            replicas,
+            ((path, spots.get(real, ())) for key, path, real in claims.all() if key[0] != SYSFS),
+        )
+
+    def number_unknown(
+        self, resource: str, device_id: str, replicas: int, claims: Claims
+    ) -> tuple[Owner, str] | None:
+        """A booking of another ID of `resource`, or of any `served` resource, whose node was
+        gone at start, its device number not known (`Booking.number_unknown`), while the
+        device reaches a device node no booking holds (that path: `reaching_node`, a node or
+        a directory whose tree may hold one, `tree_nodes`): the kernel may have given the
+        gone node's number to it, under any resource's name, and the pod's container reaches
+        the device by that number (hostile9 H2, hostile10 F3, F7)."""
+        served = self.served
+        unknown = [o for name, owned in self.unknown.items() if name == resource or name in served
+                   for o in owned]  # fmt: skip
+        path = reaching_node(claims, self.booked, self.tree_nodes) if unknown else None
+        if path is None:
+            return None
+        return self._first_other(resource, device_id, replicas, [(path, unknown)])
+
+    def mount_conflict(
+        self, resource: str, device_id: str, replicas: int, outer: Iterable[tuple[str, ClaimKey]]
+    ) -> tuple[Owner, str] | None:
+        """A booking of another ID (or resource) of a directory one of the device's claims is
+        below (`outer`: host path of the claim, key of a claimed directory above one of its
+        places), with that claim's host path: the pod's mount reaches the node, so the
+        device is held while the booking lives (issue 17, hostile8 N1: a booked mount wins
+        over advertising what was linked or renamed into it)."""
+        booked = self.booked
+        if not booked:
+            return None
+        return self._first_other(
+            resource, device_id, replicas, ((path, booked.get(key, ())) for path, key in outer)
+        )
+
+    def _first_other(
+        self,
+        resource: str,
+        device_id: str,
+        replicas: int,
+        held: Iterable[tuple[str, Iterable[Owner]]],
+    ) -> tuple[Owner, str] | None:
+        """The first owner of `held` (host path, its owners) that is none of the IDs the
+        device is advertised under (its replicas, or one booked in one answer with them)."""
+        mine: set[str] | None = None
+        for path, holders in held:
+            for owner in holders:
+                if owner.resource == resource:
+                    if mine is None:
+                        mine = set(replica_ids(device_id, replicas))
+                    if owner.device in mine or self._together(owner, mine):
+                        continue
+                return owner, path
+        return None
+
+    def _together(self, owner: Owner, ids: set[str]) -> bool:
+        """Whether `owner` was booked in one answer with one of `ids` (its places too)."""
+        booking = self.bookings.get(owner)
+        return booking is not None and not ids.isdisjoint(booking.group)
+
+    def _places_reached(self, key: ClaimKey, real: str) -> list[Owner]:
+        """The bookings whose places a claim reaches: the same real path, a place it is
+        below (a mounted directory holds it), or, for a directory, a place below it."""
+        places = self.places
+        found = [*places.get(real, ())]
+        for directory in ancestors(real):
+            found += places.get(directory, ())
+        if key[0] == DIRECTORY:
+            ordered = self._sorted_places
+            if ordered is None:
+                ordered = self._sorted_places = sorted(places)
+            prefix = real.rstrip("/") + "/"
+            at = bisect_left(ordered, prefix)
+            while at < len(ordered) and ordered[at].startswith(prefix):
+                if below(ordered[at], real):  # (the run: what starts with the prefix)
+                    found += places[ordered[at]]
+                at += 1
+        return found

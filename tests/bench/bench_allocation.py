@@ -190,7 +190,7 @@ async def booking_rounds(existing: int) -> dict[str, list[float]]:
                 functools.partial(read_shared, sync.file, "bench001")
             )
             cpu = time.thread_time()
-            index.take_in(saved, others, ours)
+            await index.take_in(saved, others, ours)
             figures["back_loop"].append(time.thread_time() - cpu)
             figures["back_wall"].append(time.perf_counter() - started)
         return figures

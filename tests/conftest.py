@@ -216,13 +216,15 @@ class RunningHost:
 
 @pytest.fixture
 async def start_host(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> AsyncIterator[Callable[..., object]]:
-    """`await start_host(config_or_yaml, config_path=None, fast=False, **host_options)` runs
+    """`await start_host(config_or_yaml, config_path=None, fast=None, **host_options)` runs
     a Host in this event loop; `host_options` are further Host fields (a restart policy, ...).
     A config that keeps the default `stateDir` gets a temporary one, also when reloaded from
     its file (never the real /var/lib). `fast`: the host waits `FAST` and polls PodResources
-    every `FAST_POLL` where its config polls at the floor (also when reloaded)."""
+    every `FAST_POLL` where its config polls at the floor (also when reloaded); by default
+    in a test marked `fast` (`pytestmark = pytest.mark.fast`: every host of its file)."""
+    marked = request.node.get_closest_marker("fast") is not None
     running: list[RunningHost] = []
     state_dir = str(tmp_path_factory.mktemp("state"))
 
@@ -240,9 +242,10 @@ async def start_host(
     async def start(
         config: Config | str,
         config_path: Path | None = None,
-        fast: bool = False,
+        fast: bool | None = None,
         **host_options: Any,
     ) -> RunningHost:
+        fast = marked if fast is None else fast
         if isinstance(config, str):
             config = load_config_text(config)
         adjust = (lambda c: polling_fast(in_temporary_state(c))) if fast else in_temporary_state

@@ -33,6 +33,8 @@ from .test_cdi_reload import resolved
 from .test_prestart_handed import FPGA, _builder
 from .test_release import _answer, _Commands, _restarted
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 KIND = "vendor.example/fpga"
 
 

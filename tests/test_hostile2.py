@@ -33,6 +33,8 @@ from .test_release import (
 )
 from .test_release import _registered as registered
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 FPGA = "vendor.example/fpga"
 PROBE = "c.example/probe"
 

@@ -16,6 +16,8 @@ from .fake_sysfs import FakeSysfs
 from .kubelet_harness import RealKubelet
 from .test_ownership_kubelet import booked_head, grants
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 A, B, PROBE = "h.example/a", "h.example/b", "m.example/probe"
 ONE, TWO = "v.example/one", "v.example/two"
 

@@ -18,6 +18,8 @@ from kdp_host.ownership_hand_out import handed_real, handed_reals
 from .conftest import wait_until
 from .kubelet_harness import healthy
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 A = "h3.example/a"
 B = "h3.example/b"
 

@@ -39,6 +39,8 @@ from kdp_host.ownership_unknown import NUMBER_UNKNOWN
 from .fake_nodes import FakeNodes
 from .test_ownership import booked_ids, dev, restarted
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 FIXTURES = Path(__file__).parent / "data" / "kubelet_checkpoint"
 A = "h3.example/a"
 MDIR = "/tmp/kcp/exp/dev/mdir"

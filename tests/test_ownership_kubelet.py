@@ -22,6 +22,8 @@ from .conftest import FAST, glob_config, wait_until
 from .fake_sysfs import FakeSysfs
 from .kubelet_harness import RealKubelet, free_port, healthy
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 FPGA = "vendor.example/fpga"
 ALIAS = "vendor.example/alias"
 
@@ -119,7 +121,7 @@ async def test_a_removed_resource_keeps_its_node_until_no_pod_holds_it(
     waiter = f'  - name: {ALIAS}\n    glob: {{paths: ["{devices}/alias*"]}}\n'
     config = short_dir / "config.yaml"
     config.write_text(head + owner)
-    running = await start_host(config.read_text(), config_path=config, fast=True)
+    running = await start_host(config.read_text(), config_path=config)
 
     await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     config.write_text(head + owner + waiter)
@@ -167,7 +169,7 @@ async def test_a_reload_that_changes_replicas_never_adds_users_to_a_booked_devic
     )
     config = short_dir / "config.yaml"
     config.write_text(head)
-    running = await start_host(config.read_text(), config_path=config, fast=True)
+    running = await start_host(config.read_text(), config_path=config)
 
     await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""

@@ -28,6 +28,8 @@ from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
 from .kubelet_harness import healthy
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 FPGA = "vendor.example/fpga"
 
 

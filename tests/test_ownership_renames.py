@@ -18,6 +18,8 @@ from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 FPGA = "vendor.example/fpga"
 WAIT = 30.0
 

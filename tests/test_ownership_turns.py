@@ -20,6 +20,8 @@ from kdp_host.ownership_hand_out import PlaceOwned
 from .fake_nodes import FakeNodes
 from .test_ownership import R1, R2, Host, dev, node
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 N, CHUNK = 1000, 50
 NOW = 100.0
 

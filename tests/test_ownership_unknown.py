@@ -29,6 +29,8 @@ from kdp_host.testing import ManualWatcher
 from .conftest import wait_until
 from .test_ownership_moves import R1, R2, Host, mounting
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 GONE = "/kdp-test-gone/n0"
 
 

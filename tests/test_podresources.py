@@ -35,6 +35,8 @@ from kdp_host.status import DevicesAnswer, devices_document, print_table, status
 from .conftest import wait_until
 from .kubelet_harness import harness_binary
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 FPGA = "vendor.example/fpga"
 
 

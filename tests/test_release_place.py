@@ -19,6 +19,8 @@ from kdp_host.testing import ManualWatcher
 from .conftest import wait_until
 from .fake_nodes import FakeNodes, indexed, node
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 R1 = "vendor.example/one"
 R2 = "vendor.example/two"
 

@@ -7,11 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kdp_host.ownership_document import OWNERSHIP_FILE
 
 from .conftest import wait_until
 from .kubelet_harness import RealKubelet
 from .test_ownership_kubelet import host_paths
+
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
 SHELL = "s.example/s"
 

@@ -14,6 +14,8 @@ from kdp_host.status import devices_document
 
 from .conftest import script, wait_until
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 FPGA = "vendor.example/fpga"
 
 

@@ -156,8 +156,13 @@ class Containment:
                     yield key
 
     def inner(self, directory: str) -> Iterator[ClaimKey]:
-        """The claims with a place below `directory`."""
-        for key, places in list(self.at().items()):
+        """The claims with a place below `directory`: none without a look at every claim
+        when none is counted below it (an Allocate mounting /usr/lib beside a resource of
+        12,000 devices looked at each of their claims: issue 19, the renaming probe)."""
+        at = self.at()
+        if not self._below.get(directory):
+            return
+        for key, places in list(at.items()):
             if any(below(place, directory) for place in places):
                 yield key
 

@@ -18,12 +18,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from kdp_host import ownership_contain
 from kdp_host.config import GlobDriverConfig
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.drivers import DriverDeps, make_driver
 from kdp_host.files import DaemonThreads
 from kdp_host.holdings import Holder, Holdings
+from kdp_host.identity import DIRECTORY
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.ownership import OwnershipIndex
@@ -1112,3 +1114,31 @@ def test_a_bad_ownership_file_is_set_aside_with_an_error_and_nothing_else_is_los
     store = ReleaseStateStore(str(tmp_path), get_logger(), DaemonThreads())
     store.load()
     assert not store.unknown and store.entries(R1) == {"a": {"used": ["a"], "owed": False}}
+
+
+def test_the_claims_below_a_directory_none_is_below_cost_no_look_at_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 19, the renaming probe: an Allocate that mounts a directory asks which claims
+    lie below it; with nothing claimed there, the answer (none) comes from the counts kept
+    per directory, not from a look at each of the host's claims (12,000 devices beside it
+    made every Allocate walk them all)."""
+    claims = [(("c", i), f"/dev/x{i}", f"/dev/x{i}") for i in range(1000)]
+    claims.append(((DIRECTORY, 1), "/srv/data", "/srv/data"))
+    within = ownership_contain.Containment(lambda: iter(claims))
+    for key, _, real in claims:
+        within.count(key, real)
+    looked = 0
+    real_below = ownership_contain.below
+
+    def counting(real: str, directory: str) -> bool:
+        nonlocal looked
+        looked += 1
+        return real_below(real, directory)
+
+    monkeypatch.setattr(ownership_contain, "below", counting)
+    assert list(within.inner("/usr/lib")) == []
+    assert list(within.inner("/srv/data")) == []
+    assert looked == 0
+    assert sorted(within.inner("/dev")) == sorted(key for key, _, _ in claims[:1000])
+    assert list(within.inner("/")) != []

@@ -116,6 +116,7 @@ def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) 
     whose real path no container may be handed (`config.handed`, the rule a run follows)."""
     from .config import never_handed
     from .mount_table import read_mounts
+    from .ownership_claims import read_only_paths
 
     rule, mounts = never_handed(config, config_file), read_mounts()
     found: list[str] = []
@@ -124,8 +125,10 @@ def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) 
         if device is None:
             continue
         paths = [*(n.seen for n in device.nodes), *(m.host_path for m in device.mounts)]
+        read_only, later = read_only_paths(device), not device.healthy
         for path in paths:
-            if (why := rule.path_problem(path, mounts, later=not device.healthy)) is not None:
+            writable = path not in read_only
+            if (why := rule.path_problem(path, mounts, later=later, writable=writable)) is not None:
                 found.append(
                     f"warning: {row.resource}: device {quote_text(device.id)} would not be "
                     f"advertised (unsafe_mount): {quote_text(path)} {why}"

@@ -257,6 +257,24 @@ def host_paths(device: Device) -> tuple[str, ...]:
     return (*(n.seen for n in device.nodes), *(m.host_path for m in device.mounts))
 
 
+def read_only_paths(device: Device) -> frozenset[str]:
+    """The host paths a device hands out read-only only (a mount with `readOnly`, not also
+    a node or a writable mount): a place that changes what kdp-host runs is refused handed
+    writable only (`config.handed`, hostile11 K7)."""
+    if not device.mounts:
+        return frozenset()
+    mounts = ((m.host_path, m.read_only) for m in device.mounts)
+    return read_only_of((n.seen for n in device.nodes), mounts)
+
+
+def read_only_of(nodes: Iterable[str], mounts: Iterable[tuple[str, bool]]) -> frozenset[str]:
+    """`read_only_paths` of an answer's nodes and (host path, read-only) mounts."""
+    writable, read_only = set(nodes), set[str]()
+    for path, ro in mounts:
+        (read_only if ro else writable).add(path)
+    return frozenset(read_only - writable)
+
+
 def claimed_paths(device: Device) -> tuple[str, ...]:
     """Every path a device's claims are resolved from: its host paths, then its sysfs
     directory, if any."""

@@ -75,7 +75,11 @@ class HandingOut(AdmissionGate):
         return (await self.hand_out_reaching(resource, ids, paths))[0]
 
     async def hand_out_reaching(
-        self, resource: str, ids: Iterable[str], paths: Collection[str]
+        self,
+        resource: str,
+        ids: Iterable[str],
+        paths: Collection[str],
+        read_only: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, str], dict[str, Identity]]:
         """The real path to hand out for each host path of an answer for `ids`, and what
         each reaches (`Handed.reached`, hostile8 N2), checked (`handed_reals`: it names what
@@ -84,12 +88,14 @@ class HandingOut(AdmissionGate):
         within `HANDED_TIMEOUT`. Raises Unresolvable (a claimed path reaching something
         else now is claimed anew; a real path no container may be handed: `config.handed`).
         A node kdp-host sees elsewhere (`DeviceNode.seen_path`, hostile9 L1) is checked
-        where it sees it and handed out as the host spells it."""
+        where it sees it and handed out as the host spells it. `read_only`: the paths the
+        answer mounts read-only only (where what kdp-host runs may be: `config.handed`)."""
         ids = list(ids)
         seen = self._seen_at(resource, ids)
         if not seen:
-            return await self._hand_out_seen(resource, ids, paths)
-        real, reached = await self._hand_out_seen(resource, ids, {seen.get(p, p) for p in paths})
+            return await self._hand_out_seen(resource, ids, paths, read_only)
+        seen_paths = {seen.get(p, p) for p in paths}
+        real, reached = await self._hand_out_seen(resource, ids, seen_paths, read_only)
         return (
             {p: p if p in seen else real[p] for p in paths},
             {p: reached[seen.get(p, p)] for p in paths if seen.get(p, p) in reached},
@@ -112,7 +118,7 @@ class HandingOut(AdmissionGate):
         return found
 
     async def _hand_out_seen(
-        self, resource: str, ids: list[str], paths: Collection[str]
+        self, resource: str, ids: list[str], paths: Collection[str], read_only: frozenset[str]
     ) -> tuple[dict[str, str], dict[str, Identity]]:
         """`hand_out_reaching` for the paths where kdp-host sees them."""
         kept = self._kept
@@ -127,7 +133,10 @@ class HandingOut(AdmissionGate):
             for path in sorted(paths):
                 found = reached.get(path)
                 key = None if found is None else found[0]
-                why = self.never_handed.problem(real[path], key, mounts, fresh=True)
+                writable = path not in read_only
+                why = self.never_handed.problem(
+                    real[path], key, mounts, fresh=True, writable=writable
+                )
                 if why is not None:
                     raise Unresolvable(f"{path}: its real path {real[path]} {why}")
         except Unresolvable as exc:

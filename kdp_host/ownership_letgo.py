@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Generator, Mapping
 from .config import UNSAFE_MOUNT, NeverHanded
 from .identity import UNSEEN, unseen
 from .mount_table import MountMap
-from .ownership_claims import PLACE, SYSFS, ClaimKey, Claims, ClaimSet, Owner
+from .ownership_claims import PLACE, SYSFS, ClaimKey, Claims, ClaimSet, Owner, read_only_paths
 from .ownership_table import ClaimTable, Holding, ResourceState
 from .turns import Pace
 
@@ -75,19 +75,22 @@ class LetGo(ClaimTable):
             and state.owned.get(owner.device) is claims
         )
 
-    def _unsafe(self, claims: Claims, healthy: bool = True) -> Holding | None:
+    def _unsafe(
+        self, claims: Claims, healthy: bool = True, read_only: frozenset[str] = frozenset()
+    ) -> Holding | None:
         """Held, whoever owns what: a node or mount of the device whose real path no container
         may be handed (`config.handed`: the kubelet's or kdp-host's own directories, `/`,
         a path where nothing is in kdp-host's view: `identity.UNSEEN`, found last). An
         Unhealthy device (a node that vanished, for its grace period) is advertised so with
         a path where nothing is: the kubelet allocates no Unhealthy device, and an Allocate
-        that hands one out is refused (`hand_out`, the same rule)."""
+        that hands one out is refused (`hand_out`, the same rule). A path of `read_only`
+        (`ownership_claims.read_only_paths`) is not refused for what kdp-host runs."""
         problem, mounts = self.never_handed.problem, self._within.mounts
         waiting: Holding | None = None
         for key, path, real in claims.all():
             if key[0] in (SYSFS, PLACE) or (not healthy and unseen(key)):
                 continue
-            if (why := problem(real, key, mounts)) is None:
+            if (why := problem(real, key, mounts, writable=path not in read_only)) is None:
                 continue
             found = Holding(UNSAFE_MOUNT, NOBODY, path, detail=f"its real path {real} {why}")
             if why != UNSEEN:
@@ -118,7 +121,10 @@ class LetGo(ClaimTable):
             if self._owner_checked(state, claim):
                 continue
             device = state.reported.get(device_id)
-            if (why := self._unsafe(claim, device is None or device.healthy)) is not None:
+            healthy, read_only = True, frozenset[str]()
+            if device is not None:
+                healthy, read_only = device.healthy, read_only_paths(device)
+            if (why := self._unsafe(claim, healthy, read_only)) is not None:
                 unsafe[device_id] = why
         if not unsafe:
             return unsafe, False
@@ -165,8 +171,8 @@ class LetGo(ClaimTable):
         lingering = state.lingering.get(key)
         if lingering is None or key in self._ledger.booked or key[0] == SYSFS:
             return False
-        real = lingering[1][2]
-        if self.never_handed.problem(real, key, self._within.mounts) is None:
+        real = lingering[1][2]  # (not one of what kdp-host runs: a read-only mount may be)
+        if self.never_handed.problem(real, key, self._within.mounts, writable=False) is None:
             return False
         self._release_lingering(state, key)
         return True

@@ -25,7 +25,7 @@ from collections.abc import Generator, Mapping
 
 from .devices import Device
 from .identity import DIRECTORY
-from .ownership_claims import NOTHING, PLACE, SYSFS, Claims, Owner
+from .ownership_claims import NOTHING, PLACE, SYSFS, Claims, Owner, read_only_paths
 from .ownership_letgo import LetGo
 from .ownership_table import Holding, ResourceState
 from .turns import Pace
@@ -91,7 +91,8 @@ class RenameAdmission(LetGo):
                 if exclusive.get(key) != owner:
                     return False
             checked = self._owner_checked(state, claim)
-            if not checked and self._unsafe(claim) is not None:
+            read_only = read_only_paths(devices[device_id])
+            if not checked and self._unsafe(claim, read_only=read_only) is not None:
                 return False
             if self._booking_conflict(state, device_id, claim) is not None:
                 return False

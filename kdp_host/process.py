@@ -177,13 +177,17 @@ def resolve_command(argv0: str, env: Mapping[str, str] | None, cwd: str | None) 
         if stat.S_ISDIR(mode) or not os.access(path, os.X_OK):
             raise CommandError("spawn", f"cannot run {argv0!r}{where}: Permission denied")
         return path
-    dirs = os.get_exec_path(child_env(env))
-    search = os.pathsep.join(os.path.abspath(os.path.join(cwd or "", d)) for d in dirs)
-    found = shutil.which(argv0, path=search)
+    found = shutil.which(argv0, path=os.pathsep.join(search_dirs(env, cwd)))
     if found is None:
-        where = os.pathsep.join(dirs)
+        where = os.pathsep.join(os.get_exec_path(child_env(env)))
         raise CommandError("spawn", f"cannot run {argv0!r}: not found on PATH ({where})")
     return found
+
+
+def search_dirs(env: Mapping[str, str] | None, cwd: str | None) -> list[str]:
+    """The directories a bare command name is looked for in, in order (`resolve_command`):
+    the PATH of the command's environment, each taken in its working directory."""
+    return [os.path.abspath(os.path.join(cwd or "", d)) for d in os.get_exec_path(child_env(env))]
 
 
 class CommandRunner(Protocol):

@@ -29,9 +29,10 @@ class CountingRule(NeverHanded):
         mounts: MountMap | None = None,
         *,
         fresh: bool = False,
+        writable: bool = True,
     ) -> str | None:
         self.asked.append(real)
-        return super().problem(real, key, mounts, fresh=fresh)
+        return super().problem(real, key, mounts, fresh=fresh, writable=writable)
 
 
 def listed(prefix: str, count: int = N) -> list[Device]:

@@ -178,7 +178,11 @@ class _Bookings:
         pass
 
     async def hand_out_reaching(
-        self, resource: str, ids: Iterable[str], paths: Collection[str]
+        self,
+        resource: str,
+        ids: Iterable[str],
+        paths: Collection[str],
+        read_only: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, str], dict[str, Identity]]:
         return {path: path for path in paths}, {}
 

@@ -14,12 +14,7 @@ import hashlib
 from pathlib import Path
 
 from .declare import read_section
-from .handed import (
-    UNSAFE_MOUNT,
-    NeverHanded,
-    handed_path_problems,
-    never_handed,
-)
+from .handed import UNSAFE_MOUNT, NeverHanded
 from .kinds import Reader
 from .model import (
     ALLOCATE_TEMPLATE_FIELDS,
@@ -48,6 +43,7 @@ from .model import (
     UsbMatchConfig,
 )
 from .outputs import written_path_problems
+from .places import handed_path_problems, never_handed
 from .source import ConfigSource, SourceError, parse_config_text, read_config_source
 from .syntax import parse_duration, render_template, template_fields
 
@@ -123,7 +119,7 @@ def _config_from_source(parsed: ConfigSource, source: str, config_file: str | No
     """The config `parsed` declares, checked, then the paths it would write checked
     (`outputs.written_path_problems`: against the kubelet's, the state directory, each
     other and `config_file`, the file it came from) and those it hands to containers
-    (`handed.handed_path_problems`)."""
+    (`places.handed_path_problems`)."""
     reader = Reader(parsed.lines)
     reader.found.extend(parsed.problems)
     config = read_section(reader, Config, parsed.data, ())

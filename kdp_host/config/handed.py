@@ -19,7 +19,11 @@ given `/` has all of them. So no device node or mount source may be, lie inside 
   `--root-dir`), `<root>/pods` (every pod's volumes: secrets, service-account tokens);
 - every place kdp-host writes (`outputs.written_places`, the one list): `stateDir`, the
   directory it serves its sockets from, the directory of each file it writes (the CDI spec
-  file of each resource with `allocate.cdi`, the `nodeFeatures` file) and the config file.
+  file of each resource with `allocate.cdi`, the `nodeFeatures` file) and the config file;
+- where handed out writable (a device node, a mount with `readOnly: false`) only: every
+  place whose change changes what kdp-host runs as root (`places.run_places`, hostile11 K7):
+  each command's executable (as written and resolved), the PATH directories a bare name is
+  looked for in, each `shell.workingDir`. A read-only mount of them cannot change them.
 
 What a path is, not how it is spelled, decides (`NeverHanded.problem`):
 
@@ -31,7 +35,8 @@ What a path is, not how it is spelled, decides (`NeverHanded.problem`):
 - its identity (`identity.identity_of`, where the caller knows it): a directory that is a
   protected directory or `/` by (st_dev, st_ino), a file that is a hard link of the config
   file or of any file directly in a protected directory (`kubelet.sock`, a state file, an
-  owner file), read again whenever such a directory changes (its mtime);
+  owner file), read again whenever such a directory changes (its mtime), or, handed
+  writable, a hard link of a command's executable;
 - a path that cannot be resolved or stat'ed (`identity.Uncheckable`: a `/proc/<pid>/root`
   magic link kdp-host may not read) is refused: what it reaches is not known;
 - so is a path where nothing is in kdp-host's view (`identity.UNSEEN`, hostile9 H5): in a
@@ -42,7 +47,7 @@ What a path is, not how it is spelled, decides (`NeverHanded.problem`):
   Allocates are refused while it is.
 
 The rule is applied where the config is loaded, to every path the config itself hands out
-(`handed_path_problems`: `allocate.mounts` sources, glob paths and group members without a
+(`places.handed_path_problems`: `allocate.mounts` sources, glob paths and group members without a
 wildcard), and at run time by the ownership index, to every node and mount of a device any
 driver reports (left out: `device_held reason=unsafe_mount`, counted in
 `kdp_driver_skipped_total{reason="unsafe_mount"}`) and to every host path of an Allocate
@@ -54,6 +59,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from stat import S_ISREG as st_isreg
 from typing import Final
 
 from ..identity import (
@@ -67,22 +73,14 @@ from ..identity import (
     real_path,
     unseen,
 )
-from ..mount_table import MountMap, read_mounts
-from ..rules import GLOB_MAGIC, path_inside
-from .model import GROUP_KEY, Config, GlobDriverConfig, Problems
-from .outputs import SOCKETS, STATE, Place, kubelet_places, written_places
-from .source import FieldPath
+from ..mount_table import MountMap
+from ..rules import path_inside
 
 UNSAFE_MOUNT: Final = "unsafe_mount"
 """The skip reason of a device left out because a path it hands out breaks the rule (or, in a
 glob group, lies outside its member's directory)."""
 ROOT: Final = "/"
 PROC: Final = "/proc"
-KUBELET_SOCKET_DIR: Final = "device-plugins"
-"""The name of the kubelet's device-plugin directory in its root directory
-(`<root-dir>/device-plugins`): where `socketDir` has it, its parent is the kubelet's root."""
-KUBELET_SECRETS: Final = ("pods",)
-"""What of the kubelet's root directory holds other pods' secrets (their volumes)."""
 _NO_MOUNTS: Final = MountMap()
 
 
@@ -110,7 +108,8 @@ class _View:
     devices: frozenset[int]
     """The file systems of the protected places (a key on another one is none of them)."""
     root: Identity | None
-    files: tuple[tuple[str, Identity], ...]
+    files: tuple[tuple[str, Identity, bool], ...]
+    """(what, identity, refused only handed writable: a command's executable)."""
     dirs: tuple[tuple[str, str, Identity, int], ...]
     """(what, path, identity, mtime) of each protected directory there."""
 
@@ -122,17 +121,17 @@ class _Shown:
 
     __slots__ = ("near", "places")
 
-    def __init__(self, places: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, places: tuple[tuple[str, str, bool], ...]) -> None:
         self.places = places
-        """(what, place)."""
-        self.near: dict[str, tuple[tuple[str, str], ...]] = {}
+        """(what, place, refused only handed writable: `NeverHanded.run`)."""
+        self.near: dict[str, tuple[tuple[str, str, bool], ...]] = {}
 
-    def near_to(self, directory: str) -> tuple[tuple[str, str], ...]:
+    def near_to(self, directory: str) -> tuple[tuple[str, str, bool], ...]:
         near = self.near.get(directory)
         if near is None:
             near = tuple(
-                (what, place)
-                for what, place in self.places
+                (what, place, run)
+                for what, place, run in self.places
                 if place.startswith(directory) or directory.startswith(place)
             )
             if len(self.near) >= NEAR_LIMIT:
@@ -151,6 +150,10 @@ class NeverHanded:
     holding it; a directory among them also by its identity, and the files directly in it."""
     files: tuple[tuple[str, str], ...] = ()
     """(what, real path) of protected files (the config file): refused by identity too."""
+    run: tuple[tuple[str, str], ...] = ()
+    """(what, real path, normalised) of the places that change what kdp-host runs as root
+    (`places.run_places`): refused as `places` are, and a file among them by identity too,
+    where handed writable only (`problem(writable=...)`)."""
     _shown: dict[int, _Shown] = field(default_factory=dict, compare=False, repr=False)
     """Per mount table (by `id`, the last one only): every place it shows each place at."""
     _listed: dict[str, _Listed] = field(default_factory=dict, compare=False, repr=False)
@@ -163,6 +166,7 @@ class NeverHanded:
         mounts: MountMap | None = None,
         *,
         fresh: bool = False,
+        writable: bool = True,
     ) -> str | None:
         """Why the real path `real` (reaching `key`, where known; a claim of a path where
         nothing is, `identity.NOTHING`, is refused: `identity.UNSEEN`) may not be handed to a
@@ -170,15 +174,16 @@ class NeverHanded:
         node or on no protected place's file system (it runs for every node and mount of
         every device admitted): a place is compared only when one of the two paths starts
         with the other; `fresh`: the protected places stat'ed now (else up to VIEW_AGE
-        old)."""
+        old); `writable`: handed so (a device node, a mount with `readOnly: false`), where
+        the places of `run` are refused too."""
         mounts = mounts or _NO_MOUNTS
         shown = self._shown_at(mounts)
         places = mounts.places(os.path.normpath(real))
         if ROOT in places:
             return "is / (the host's root)"
         for at in places:  # (a path's directory: the devices of one directory ask alike)
-            for what, place in shown.near_to(at.rpartition("/")[0]):
-                if not (at.startswith(place) or place.startswith(at)):
+            for what, place, run in shown.near_to(at.rpartition("/")[0]):
+                if (run and not writable) or not (at.startswith(place) or place.startswith(at)):
                     continue  # (neither can lie in the other)
                 if path_inside(at, place):
                     how = "is" if at == place else "lies in"
@@ -186,15 +191,22 @@ class NeverHanded:
                     how = "holds"
                 else:
                     continue
-                return f"{how} {what}, which no container may be handed"
+                return f"{how} {what}, which no container may be handed" + (
+                    " writable (kdp-host runs it as root)" if run else ""
+                )
         if unseen(key):
             return UNSEEN  # (hostile9 H5: what it reaches on the host is not known)
         if key is not None and key[0] in (DIRECTORY, FILE):
-            return self._identity_problem(key, fresh)
+            return self._identity_problem(key, fresh, writable)
         return None
 
     def path_problem(
-        self, path: str, mounts: MountMap | None = None, *, later: bool = False
+        self,
+        path: str,
+        mounts: MountMap | None = None,
+        *,
+        later: bool = False,
+        writable: bool = True,
     ) -> str | None:
         """`problem` for a host path as written: resolved and stat'ed here (I/O); a path that
         cannot be (`identity.Uncheckable`) is refused, as is one where nothing is
@@ -212,7 +224,7 @@ class NeverHanded:
             return f"{exc}: what it reaches is not known"
         except ValueError:
             return None  # (a NUL: the text rules refuse it)
-        if (why := self.problem(real, key, mounts, fresh=True)) is None:
+        if (why := self.problem(real, key, mounts, fresh=True, writable=writable)) is None:
             return None
         shown = os.path.normpath(path)
         return why if real == shown else f"(resolved: {real}) {why}"
@@ -220,31 +232,34 @@ class NeverHanded:
     def _shown_at(self, mounts: MountMap) -> _Shown:
         cached = self._shown.get(id(mounts))
         if cached is None:
-            found = [(w, at) for w, p in self.places for at in mounts.showing(p)]
-            found += [(w, at) for w, p in self.files for at in mounts.showing(p)]
+            found = [(w, at, False) for w, p in self.places for at in mounts.showing(p)]
+            found += [(w, at, False) for w, p in self.files for at in mounts.showing(p)]
+            found += [(w, at, True) for w, p in self.run for at in mounts.showing(p)]
             cached = _Shown(tuple(dict.fromkeys(found)))
             self._shown.clear()
             self._shown[id(mounts)] = cached  # (a new table is a new object: `remount`)
         return cached
 
-    def _identity_problem(self, key: Identity, fresh: bool) -> str | None:
+    def _identity_problem(self, key: Identity, fresh: bool, writable: bool) -> str | None:
         """What `key` is by identity: a protected directory or `/`, the config file, a hard
         link of a file directly in a protected directory (a directory is listed again only
         when its mtime changed). A problem found on stats up to VIEW_AGE old is confirmed
         on stats taken now: a file gone from a protected directory since may have left its
         inode number to the file asked of (ext4 hands a freed one out again at once: the
         kubelet's checkpoint, rewritten at each Allocate, then the next device file made)."""
-        why = self._found(self._stats(fresh), key)
-        return why if why is None or fresh else self._found(self._stats(True), key)
+        why = self._found(self._stats(fresh), key, writable)
+        return why if why is None or fresh else self._found(self._stats(True), key, writable)
 
-    def _found(self, view: _View, key: Identity) -> str | None:
+    def _found(self, view: _View, key: Identity, writable: bool) -> str | None:
         if int(key[1]) >> 64 not in view.devices:
             return None
         if key == view.root:
             return "is / (the host's root)"
-        for what, identity in view.files:
-            if identity == key:
-                return f"is {what} (a hard link of it), which no container may be handed"
+        for what, identity, run in view.files:
+            if identity == key and (writable or not run):
+                return f"is {what} (a hard link of it), which no container may be handed" + (
+                    " writable (kdp-host runs it as root)" if run else ""
+                )
         for what, path, identity, mtime in view.dirs:
             if identity == key:
                 return f"is {what} (by identity), which no container may be handed"
@@ -257,14 +272,15 @@ class NeverHanded:
         if self._view and not fresh and now - self._view[0].taken < VIEW_AGE:
             return self._view[0]
         root = _stat(ROOT)
-        files = [(what, st) for what, path in self.files if (st := _stat(path)) is not None]
+        files = [(w, st, False) for w, path in self.files if (st := _stat(path)) is not None]
+        files += [(w, st, True) for w, p in self.run if (st := _stat(p)) and st_isreg(st.st_mode)]
         dirs = [(w, p, st) for w, p in self.places if (st := _stat(p)) is not None]
         view = _View(
             now,
             frozenset(st.st_dev for st in (root, *(f[1] for f in files), *(d[2] for d in dirs))
                       if st is not None),
             None if root is None else identity_of(root),
-            tuple((what, identity_of(st)) for what, st in files),
+            tuple((what, identity_of(st), run) for what, st, run in files),
             tuple((w, p, identity_of(st), st.st_mtime_ns) for w, p, st in dirs),
         )  # fmt: skip
         self._view[:] = [view]
@@ -293,93 +309,3 @@ def _stat(path: str) -> os.stat_result | None:
         return os.stat(path)
     except (OSError, ValueError):
         return None
-
-
-def never_handed(config: Config, config_file: str | os.PathLike[str] | None) -> NeverHanded:
-    """The rule of `config` (read from `config_file`, when it came from a file). Does I/O
-    (realpath): run it where the config is loaded. A place that cannot be resolved is
-    compared as written (the config loader refuses such a config: `outputs`)."""
-    file = None if config_file is None else os.fspath(config_file)
-    places = protected_places(config, file)
-    dirs: dict[str, str] = {}
-    files: dict[str, str] = {}
-    for place in places:  # (one what per real path: the first)
-        (files if place.file else dirs).setdefault(place.real, place.what)
-    return NeverHanded(
-        tuple((what, real) for real, what in dirs.items()),
-        tuple((what, real) for real, what in files.items()),
-    )
-
-
-def kubelet_root(config: Config) -> str | None:
-    """The kubelet's root directory (`--root-dir`, `/var/lib/kubelet` by default) where
-    `kubelet.socketDir` is its `device-plugins` directory (the kubelet's own layout); None
-    for a socketDir elsewhere (no guess)."""
-    socket_dir = os.path.normpath(config.kubelet.socket_dir)
-    if os.path.basename(socket_dir) != KUBELET_SOCKET_DIR:
-        return None
-    return os.path.dirname(socket_dir)
-
-
-def protected_places(config: Config, config_file: str | None) -> list[Place]:
-    """Every place of the rule (see the module docstring), derived from the kubelet's places
-    and what kdp-host writes (`outputs.written_places`): a directory kdp-host writes in is
-    protected itself, a file it writes by its directory (`file`: a protected file)."""
-    kubelet = config.kubelet
-    found = [
-        *(p for p in kubelet_places(config) if p.key[-1] != "podResourcesSocket"),
-        Place.at(
-            ("kubelet", "podResourcesSocket"),
-            "the directory of kubelet.podResourcesSocket",
-            os.path.dirname(kubelet.pod_resources_socket),
-        ),
-    ]
-    if (root := kubelet_root(config)) is not None:
-        for name in KUBELET_SECRETS:
-            what = f"the kubelet's {name} directory (other pods' secrets)"
-            found.append(Place.at(("kubelet", "socketDir"), what, os.path.join(root, name)))
-    for place in written_places(config):
-        if place.owner in (SOCKETS, STATE):
-            found.append(place)  # (a directory kdp-host writes in)
-        else:  # (a file it writes, or its owner file)
-            what = f"the directory of {place.what}"
-            found.append(Place.at(place.key, what, os.path.dirname(place.path)))
-    found.append(Place.at((), "/proc (the host's processes and kernel settings)", PROC))
-    if config_file is not None:
-        found.append(Place.at((), "the config file", config_file, file=True))
-    return found
-
-
-def handed_path_problems(config: Config, config_file: str | None) -> Problems:
-    """Why a host path `config` itself hands to containers breaks the rule: an
-    `allocate.mounts` source, a glob path or group member that is no pattern. Does I/O
-    (realpath, stat, the mount table)."""
-    rule = never_handed(config, config_file)
-    mounts = read_mounts()
-    for index, resource in enumerate(config.resources):
-        at: FieldPath = ("resources", index)
-        for number, mount in enumerate(resource.allocate.mounts):
-            key = (*at, "allocate", "mounts", number, "hostPath")
-            yield from _problem(rule, mounts, key, "allocate.mounts source", mount.host_path)
-        glob = resource.driver
-        if not isinstance(glob, GlobDriverConfig):
-            continue
-        for number, path in enumerate(glob.paths):
-            key = (*at, "glob", "paths", number)
-            yield from _problem(rule, mounts, key, "glob path", path)
-        for number, member in enumerate(glob.group):
-            key = (*at, "glob", "group", number, "path")
-            yield from _problem(rule, mounts, key, "glob group member", member.path)
-
-
-def _problem(rule: NeverHanded, mounts: MountMap, key: FieldPath, what: str, path: str) -> Problems:
-    magic = GLOB_MAGIC.search(path)
-    at = min(magic.start() if magic else len(path), path.find(GROUP_KEY) % (len(path) + 1))
-    if at < len(path):  # a pattern: what it matches is checked when it is found, but the
-        try:  # directory it starts from must resolve
-            real_path(os.path.dirname(path[:at]) or ROOT)
-        except Uncheckable as exc:
-            yield key, f"{what} {os.path.normpath(path)}: {exc}: what it matches is not known"
-        return
-    if why := rule.path_problem(path, mounts, later=True):
-        yield key, f"{what} {os.path.normpath(path)} {why}"

@@ -39,7 +39,11 @@ class Bookings(Protocol):
     async def bookings_written(self) -> None: ...
 
     async def hand_out_reaching(
-        self, resource: str, ids: Iterable[str], paths: Collection[str]
+        self,
+        resource: str,
+        ids: Iterable[str],
+        paths: Collection[str],
+        read_only: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, str], dict[str, Identity]]: ...
 
     def is_booked(self, resource: str, advertised_id: str) -> bool: ...

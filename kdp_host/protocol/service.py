@@ -43,7 +43,7 @@ from ..logs import EventLogger
 from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
 from ..metrics import Metrics
-from ..ownership_claims import Unresolvable
+from ..ownership_claims import Unresolvable, read_only_of
 from ..ownership_hand_out import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
 from .codec import EncodedMessage
@@ -334,12 +334,15 @@ class DevicePluginService(DevicePluginBase):
         a path cannot be resolved so, or a directory it mounts holds what another device
         owns (`PlaceOwned`: moved there, not yet reported by the watcher), or a node it
         hands out is linked below a tree a pod holds (`ownership_hand_out`)."""
+        mounts = [(m.host_path, m.read_only) for r in responses for m in r.mounts]
         paths = {spec.host_path for r in responses for spec in r.devices}
-        paths.update(mount.host_path for r in responses for mount in r.mounts)
+        read_only = read_only_of(paths, mounts)  # (not writable: `config.handed`, K7)
+        paths.update(path for path, _ in mounts)
         if not paths or self._bookings is None:
             return {}
         try:
-            real, reached = await self._bookings.hand_out_reaching(self._config.name, ids, paths)
+            name, bookings = self._config.name, self._bookings
+            real, reached = await bookings.hand_out_reaching(name, ids, paths, read_only)
         except (Unresolvable, PlaceOwned) as exc:
             reason = f"{self._config.name}: cannot allocate: {exc}"
             self._metrics.allocations.labels(self._config.name, "invalid").inc()

@@ -1,0 +1,213 @@
+"""The places of the rule `handed.NeverHanded` keeps out of every container, as a config
+names them (`never_handed`), and the config's own handed paths checked against it
+(`handed_path_problems`).
+
+Besides the kubelet's places and those kdp-host writes, the places whose change changes what
+kdp-host runs as root (hostile11 K7, `run_places`): a pod handed one writable rewrites a
+command kdp-host then runs. For each command of the config (a `shell` driver's, `health`,
+`preStart`, `release`, `allocate.command`) its executable as the process runner finds it
+(`process.resolve_command`): an argv[0] with a `/` at its place (its directory's symlinks
+resolved: a link there is the place a pod could re-point) and, where it exists now, at its
+real path; a bare name in each PATH directory it is looked for in up to the one it is found
+in (a pod writing an earlier one would put its own first), and that file. Each
+`shell.workingDir` too (a relative argv[0] or PATH entry is taken there). An argv[0] that is
+a template is rendered per device and is not known here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from typing import Final
+
+from ..identity import Uncheckable, real_path
+from ..mount_table import MountMap, read_mounts
+from ..process import search_dirs
+from ..rules import GLOB_MAGIC
+from .handed import PROC, ROOT, NeverHanded
+from .model import GROUP_KEY, Config, GlobDriverConfig, Problems, ShellDriverConfig
+from .outputs import SOCKETS, STATE, Place, kubelet_places, written_places
+from .source import FieldPath
+from .syntax import render_template, template_fields
+
+KUBELET_SOCKET_DIR: Final = "device-plugins"
+"""The name of the kubelet's device-plugin directory in its root directory
+(`<root-dir>/device-plugins`): where `socketDir` has it, its parent is the kubelet's root."""
+KUBELET_SECRETS: Final = ("pods",)
+"""What of the kubelet's root directory holds other pods' secrets (their volumes)."""
+
+
+def never_handed(config: Config, config_file: str | os.PathLike[str] | None) -> NeverHanded:
+    """The rule of `config` (read from `config_file`, when it came from a file). Does I/O
+    (realpath): run it where the config is loaded. A place that cannot be resolved is
+    compared as written (the config loader refuses such a config: `outputs`)."""
+    file = None if config_file is None else os.fspath(config_file)
+    places = protected_places(config, file)
+    dirs: dict[str, str] = {}
+    files: dict[str, str] = {}
+    for place in places:  # (one what per real path: the first)
+        (files if place.file else dirs).setdefault(place.real, place.what)
+    run: dict[str, str] = {}
+    for place in run_places(config):
+        run.setdefault(place.real, place.what)
+    return NeverHanded(
+        tuple((what, real) for real, what in dirs.items()),
+        tuple((what, real) for real, what in files.items()),
+        tuple((what, real) for real, what in run.items()),
+    )
+
+
+def kubelet_root(config: Config) -> str | None:
+    """The kubelet's root directory (`--root-dir`, `/var/lib/kubelet` by default) where
+    `kubelet.socketDir` is its `device-plugins` directory (the kubelet's own layout); None
+    for a socketDir elsewhere (no guess)."""
+    socket_dir = os.path.normpath(config.kubelet.socket_dir)
+    if os.path.basename(socket_dir) != KUBELET_SOCKET_DIR:
+        return None
+    return os.path.dirname(socket_dir)
+
+
+def protected_places(config: Config, config_file: str | None) -> list[Place]:
+    """Every place of the rule (see `handed`) refused however it is handed out, derived from
+    the kubelet's places and what kdp-host writes (`outputs.written_places`): a directory
+    kdp-host writes in is protected itself, a file it writes by its directory (`file`: a
+    protected file). Those refused where handed writable only are `run_places`."""
+    kubelet = config.kubelet
+    found = [
+        *(p for p in kubelet_places(config) if p.key[-1] != "podResourcesSocket"),
+        Place.at(
+            ("kubelet", "podResourcesSocket"),
+            "the directory of kubelet.podResourcesSocket",
+            os.path.dirname(kubelet.pod_resources_socket),
+        ),
+    ]
+    if (root := kubelet_root(config)) is not None:
+        for name in KUBELET_SECRETS:
+            what = f"the kubelet's {name} directory (other pods' secrets)"
+            found.append(Place.at(("kubelet", "socketDir"), what, os.path.join(root, name)))
+    for place in written_places(config):
+        if place.owner in (SOCKETS, STATE):
+            found.append(place)  # (a directory kdp-host writes in)
+        else:  # (a file it writes, or its owner file)
+            what = f"the directory of {place.what}"
+            found.append(Place.at(place.key, what, os.path.dirname(place.path)))
+    found.append(Place.at((), "/proc (the host's processes and kernel settings)", PROC))
+    if config_file is not None:
+        found.append(Place.at((), "the config file", config_file, file=True))
+    return found
+
+
+def run_places(config: Config) -> list[Place]:
+    """The places whose change changes what kdp-host runs as root (see the module
+    docstring): no container may be handed one writable. Does I/O (realpath, stat)."""
+    found: list[Place] = []
+    for index, resource in enumerate(config.resources):
+        name = resource.name
+        for key, argv, env, cwd in _commands(config, index):
+            what = f"{name}'s {'.'.join(str(k) for k in key[2:])}"
+            found.extend(_executable(key, what, argv[0], env, cwd))
+        driver = resource.driver
+        if isinstance(driver, ShellDriverConfig) and driver.working_dir is not None:
+            key = ("resources", index, "shell", "workingDir")
+            found.append(Place.at(key, f"{name}'s shell.workingDir", driver.working_dir))
+    return found
+
+
+_Command = tuple[FieldPath, tuple[str, ...], Mapping[str, str] | None, str | None]
+"""(key, argv, environment, working directory) of a command the config runs."""
+
+
+def _commands(config: Config, index: int) -> Iterator[_Command]:
+    resource = config.resources[index]
+    at: FieldPath = ("resources", index)
+    driver = resource.driver
+    if isinstance(driver, ShellDriverConfig):
+        yield (*at, "shell", "command"), driver.command, driver.env, driver.working_dir
+    if resource.health is not None:
+        yield (*at, "health", "command"), resource.health.command, None, None
+    if resource.pre_start is not None:
+        yield (*at, "preStart", "command"), resource.pre_start.command, None, None
+    if resource.release is not None:
+        yield (*at, "release", "command"), resource.release.command, None, None
+    if resource.allocate.command is not None:
+        yield (*at, "allocate", "command"), resource.allocate.command, None, None
+
+
+def _executable(
+    key: FieldPath, what: str, argv0: str, env: Mapping[str, str] | None, cwd: str | None
+) -> list[Place]:
+    """The places of one command's executable (see the module docstring)."""
+    if template_fields(argv0):
+        return []  # (rendered per device: not known here)
+    argv0 = render_template(argv0, {})
+    if "/" in argv0:
+        return _file_places(
+            key, f"{what} executable", os.path.abspath(os.path.join(cwd or "", argv0))
+        )
+    found: list[Place] = []
+    for directory in search_dirs(env, cwd):
+        found.append(
+            Place.at(key, f"a PATH directory {what} {argv0!r} is looked for in", directory)
+        )
+        if (path := shutil.which(argv0, path=directory)) is not None:
+            return found + _file_places(key, f"{what} executable", path)
+    return found
+
+
+def _file_places(key: FieldPath, what: str, path: str) -> list[Place]:
+    """A file at its place (its directory resolved) and, where it differs, its real path."""
+    directory, name = os.path.split(os.path.normpath(path))
+    try:
+        place = Place(key, what, path, os.path.join(real_path(directory), name))
+    except (Uncheckable, ValueError):
+        return [Place.at(key, what, path)]
+    real = Place.at(key, f"{what} (resolved)", path)
+    return [place] if real.real == place.real else [place, real]
+
+
+def handed_path_problems(config: Config, config_file: str | None) -> Problems:
+    """Why a host path `config` itself hands to containers breaks the rule: an
+    `allocate.mounts` source, a glob path or group member that is no pattern. Does I/O
+    (realpath, stat, the mount table)."""
+    rule = never_handed(config, config_file)
+    mounts = read_mounts()
+    for index, resource in enumerate(config.resources):
+        at: FieldPath = ("resources", index)
+        for number, mount in enumerate(resource.allocate.mounts):
+            key = (*at, "allocate", "mounts", number, "hostPath")
+            yield from _problem(
+                rule, mounts, key, "allocate.mounts source", mount.host_path, not mount.read_only
+            )
+        glob = resource.driver
+        if not isinstance(glob, GlobDriverConfig):
+            continue
+        for number, path in enumerate(glob.paths):
+            key = (*at, "glob", "paths", number)
+            yield from _problem(rule, mounts, key, "glob path", path)
+        for number, member in enumerate(glob.group):
+            key = (*at, "glob", "group", number, "path")
+            mounted = member.mount or os.path.isdir(member.path)  # (a directory is mounted)
+            writable = not (mounted and member.read_only)
+            yield from _problem(rule, mounts, key, "glob group member", member.path, writable)
+
+
+def _problem(
+    rule: NeverHanded,
+    mounts: MountMap,
+    key: FieldPath,
+    what: str,
+    path: str,
+    writable: bool = True,
+) -> Problems:
+    """A glob path (a node: writable) or mount source that is no pattern, checked."""
+    magic = GLOB_MAGIC.search(path)
+    at = min(magic.start() if magic else len(path), path.find(GROUP_KEY) % (len(path) + 1))
+    if at < len(path):  # a pattern: what it matches is checked when it is found, but the
+        try:  # directory it starts from must resolve
+            real_path(os.path.dirname(path[:at]) or ROOT)
+        except Uncheckable as exc:
+            yield key, f"{what} {os.path.normpath(path)}: {exc}: what it matches is not known"
+        return
+    if why := rule.path_problem(path, mounts, later=True, writable=writable):
+        yield key, f"{what} {os.path.normpath(path)} {why}"

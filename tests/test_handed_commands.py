@@ -1,0 +1,174 @@
+"""What kdp-host runs as root is no container's to rewrite (hostile11 K7; `config/places.py`
+`run_places`, `config/handed.py`): a device that is, lies in or holds a command's executable
+(as written and resolved; a bare name's PATH directories) or a `shell.workingDir`, handed
+writable (a node, a mount with `readOnly: false`), is refused in the config, left out at run
+time (`unsafe_mount`), warned about by `check`, and an Allocate answer mounting one writable
+is refused. A read-only mount of it is fine: the pod cannot change it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host.cli import main
+from kdp_host.config import Config, ConfigError, load_config, never_handed
+from kdp_host.simulator import KubeletSimulator
+from kdp_host.simulator.records import SimulatorAllocationError
+
+from .handed_setup import FPGA, PROBE, answering_hook, fpga_glob, head, left_out, made_dirs, probe
+
+RUNS_IT = "which no container may be handed writable (kdp-host runs it as root)"
+
+
+@pytest.fixture
+def dirs(short_dir: Path) -> Path:
+    made = made_dirs(short_dir, "opt", "opt/bin", "work", "tools")
+    reset = made / "opt" / "bin" / "reset"
+    reset.write_text("#!/bin/sh\nexit 0\n")
+    reset.chmod(0o755)
+    return made
+
+
+def _release(dirs: Path, argv0: str | Path) -> str:
+    """The resource FPGA with a release command."""
+    return fpga_glob(dirs) + f"    release: {{command: ['{argv0}', '{{hostPaths}}']}}\n"
+
+
+def _both(dirs: Path) -> str:
+    """The resource FPGA with a release command in `opt/bin` and a preStart in `tools`."""
+    (dirs / "tools" / "prog").write_text("#!/bin/sh\n")
+    (dirs / "tools" / "prog").chmod(0o755)
+    pre_start = f"    preStart: {{command: ['{dirs}/tools/prog']}}\n"
+    return _release(dirs, dirs / "opt" / "bin" / "reset") + pre_start
+
+
+def _mounting(dirs: Path, source: Path, read_only: bool) -> str:
+    """A second glob resource whose one group member mounts `source`."""
+    ro = "true" if read_only else "false"
+    return (
+        "  - name: vendor.example/fw\n"
+        f"    glob: {{group: [{{path: '{source}', mount: true, readOnly: {ro}}}]}}\n"
+    )
+
+
+def _load(dirs: Path, resources: str) -> Config:
+    config = dirs / "kdp.yaml"
+    config.write_text(head(dirs) + resources)
+    return load_config(config)
+
+
+def _problems(dirs: Path, resources: str) -> list[str]:
+    with pytest.raises(ConfigError) as raised:
+        _load(dirs, resources)
+    return raised.value.problems
+
+
+def test_a_writable_mount_of_a_commands_directory_is_a_config_error(dirs: Path) -> None:
+    """The hostile pass's config: a tools directory handed writable that holds the release
+    command. Read-only it is fine."""
+    release = _release(dirs, dirs / "opt" / "bin" / "reset")
+    (problem,) = _problems(dirs, release + _mounting(dirs, dirs / "opt", read_only=False))
+    assert "resources[1].glob.group[0].path" in problem, problem
+    assert f"holds {FPGA}'s release.command executable, {RUNS_IT}" in problem
+    _load(dirs, release + _mounting(dirs, dirs / "opt", read_only=True))
+
+
+def test_the_executable_is_seen_through_links_and_found_on_path(dirs: Path) -> None:
+    """argv[0] a link into `tools`: the link's directory and the real file's are both
+    protected; a bare name: each PATH directory up to the one it is found in."""
+    (dirs / "work" / "go").symlink_to(dirs / "tools" / "real")
+    (dirs / "tools" / "real").write_text("#!/bin/sh\n")
+    (dirs / "tools" / "real").chmod(0o755)
+    rule = never_handed(_load(dirs, _release(dirs, dirs / "work" / "go")), None)
+    assert rule.problem(f"{dirs}/work") == f"holds {FPGA}'s release.command executable, {RUNS_IT}"
+    assert rule.problem(f"{dirs}/tools") == (
+        f"holds {FPGA}'s release.command executable (resolved), {RUNS_IT}"
+    )
+    assert rule.problem(f"{dirs}/tools", writable=False) is None
+    assert rule.problem(f"{dirs}/opt") is None
+    shell = (
+        f"  - name: {PROBE}\n    shell: {{command: [reset], workingDir: {dirs}/work, "
+        f"env: {{PATH: '{dirs}/tools:{dirs}/opt/bin:/nonexistent'}}}}\n"
+    )
+    rule = never_handed(_load(dirs, shell), None)
+    looked = f"is a PATH directory {PROBE}'s shell.command 'reset' is looked for in, {RUNS_IT}"
+    assert rule.problem(f"{dirs}/tools") == looked
+    assert rule.problem(f"{dirs}/opt/bin/reset") == f"lies in {looked[3:]}"
+    assert rule.problem("/nonexistent") is None  # (after the one it is found in)
+    assert rule.problem(f"{dirs}/work/sub") == f"lies in {PROBE}'s shell.workingDir, {RUNS_IT}"
+
+
+def test_a_hard_link_of_the_executable_handed_writable_is_refused(dirs: Path) -> None:
+    os.link(dirs / "opt" / "bin" / "reset", dirs / "dev" / "fpga1")
+    rule = never_handed(_load(dirs, _release(dirs, dirs / "opt" / "bin" / "reset")), None)
+    assert rule.path_problem(f"{dirs}/dev/fpga1") == (
+        f"is {FPGA}'s release.command executable (a hard link of it), {RUNS_IT}"
+    )
+    assert rule.path_problem(f"{dirs}/dev/fpga1", writable=False) is None
+    assert rule.path_problem(f"{dirs}/dev/fpga0") is None
+
+
+def _listed(dirs: Path) -> list[dict[str, Any]]:
+    return [
+        {"id": "rw", "mounts": [{"hostPath": f"{dirs}/opt", "containerPath": "/o",
+                                 "readOnly": False}]},
+        {"id": "ro", "mounts": [{"hostPath": f"{dirs}/tools", "containerPath": "/t"}]},
+        {"id": "node", "paths": [f"{dirs}/opt/bin/reset:/r"]},
+        {"id": "good", "paths": [f"{dirs}/dev/probe0"]},
+    ]  # fmt: skip
+
+
+def test_kdp_host_check_names_a_device_that_would_hand_a_command_out(
+    dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (dirs / "dev" / "probe0").touch()
+    (dirs / "p.json").write_text(json.dumps(_listed(dirs)))
+    config = dirs / "kdp.yaml"
+    config.write_text(head(dirs) + probe(dirs) + _both(dirs))
+    assert main(["check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert f"{PROBE}: device rw would not be advertised (unsafe_mount)" in err
+    assert f"{PROBE}: device node would not be advertised (unsafe_mount)" in err
+    assert "device ro would not" not in err and "device good would not" not in err
+    assert f"holds {FPGA}'s release.command executable, {RUNS_IT}" in err
+
+
+async def test_a_device_handing_a_command_out_writable_is_left_out(
+    dirs: Path, start_host: Any
+) -> None:
+    """A probe mounting the release command's directory writable, or passing the command
+    itself as a node: held (`unsafe_mount`, counted); a read-only mount of the preStart
+    command's directory is fine."""
+    (dirs / "dev" / "probe0").touch()
+    (dirs / "p.json").write_text(json.dumps(_listed(dirs)))
+    config = head(dirs) + probe(dirs) + _both(dirs)
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(config)
+        await sim.wait_for(lambda: sim.allocatable(PROBE) == 2)
+        await left_out(running, 2, "the two writable ones left out")
+        assert sorted(sim.resource(PROBE).healthy_ids) == ["good", "ro"]
+
+
+async def test_allocate_command_output_mounting_a_command_writable_is_refused(
+    dirs: Path, start_host: Any
+) -> None:
+    """An `allocate.command` printing a writable mount of the release command's directory:
+    the Allocate is refused; the same mount read-only is handed out."""
+    mount = {"hostPath": f"{dirs}/opt", "containerPath": "/o", "readOnly": False}
+    hook = answering_hook(dirs, {"mounts": [mount]})
+    release = f"    release: {{command: ['{dirs}/opt/bin/reset']}}\n"
+    resources = fpga_glob(dirs) + f"    allocate: {{command: [{hook}]}}\n" + release
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(head(dirs) + resources)
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
+        with pytest.raises(SimulatorAllocationError, match=r"release\.command executable"):
+            await sim.allocate(FPGA, 1)
+        assert running.sample("kdp_allocations_total", resource=FPGA, result="invalid") == 1
+        answering_hook(dirs, {"mounts": [{**mount, "readOnly": True}]})
+        response = await sim.allocate(FPGA, 1)
+        assert response is not None
+        assert [m.host_path for m in response.mounts] == [f"{dirs}/opt"]

@@ -11,7 +11,8 @@ the booking it reads as. A document of entries is written as their texts joined
 (`rendered_json.encoded`), and the file read back unchanged is that document again
 (`state_file.StateFile`), so a write and the host's reading of its own write cost what changed,
 not every booking. Another writer's file is decoded an entry at a time, each entry checked as
-it comes (`decode_bookings`), once per content (`state_document`).
+it comes (`decode_bookings`), once per content (`state_document`), and kept as its text and
+booking only (`rendered_json.ReadBack`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .ownership_claims import (
     reach,
     sysfs_claim,
 )
-from .rendered_json import Rendered, encoded
+from .rendered_json import ReadBack, Rendered, encoded, fields_of
 from .state_file import Merge, StateFile
 
 OWNERSHIP_FILE = "ownership.json"
@@ -145,7 +146,7 @@ def read_saved(document: Mapping[str, Any], resolve: Resolver = reach) -> Saved:
     return [
         entry.value
         if isinstance(entry, Rendered) and resolve is as_written
-        else checked_entry(entry, resolve)
+        else checked_entry(fields_of(entry), resolve)
         for entry in document["bookings"]
     ]
 
@@ -157,7 +158,7 @@ def decode_bookings(text: str) -> dict[str, Any]:
 
 
 def _checked(entry: Any) -> Entry:
-    return Entry(entry, checked_entry(entry, as_written))
+    return ReadBack(entry, checked_entry(entry, as_written))  # (its fields not kept)
 
 
 def checked_entries(document: Mapping[str, Any]) -> list[Entry]:

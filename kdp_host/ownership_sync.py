@@ -25,6 +25,7 @@ from .dir_signature import dir_signature
 from .files import Offload
 from .logs import EventLogger
 from .ownership_bookings import StateSink
+from .ownership_claims import Owner
 from .ownership_document import (
     OWNERSHIP_FILE,
     Entry,
@@ -94,7 +95,7 @@ def merged_with(directory: str, writer: str) -> Merge:
     def merge(mine: Mapping[str, Any], current: Mapping[str, Any] | None) -> Mapping[str, Any]:
         if current is None:
             return mine
-        own: set[tuple[str, str]] | None = None
+        own: set[Owner] | None = None
         kept: dict[str | None, list[Entry]] = {}
         for other, entries in by_writer(current).items():
             if other == writer:
@@ -103,8 +104,8 @@ def merged_with(directory: str, writer: str) -> Merge:
                 kept[other] = entries
                 continue
             if own is None:  # (a host that ended: kept unless `writer` took its ID)
-                own = {(e["resource"], e["id"]) for e in mine["bookings"]}
-            if left := [e for e in entries if (e["resource"], e["id"]) not in own]:
+                own = {e.value.owner for e in mine["bookings"]}
+            if left := [e for e in entries if e.value.owner not in own]:
                 kept[other] = left
         merged: list[Entry] = [entry for entries in kept.values() for entry in entries]
         merged += mine["bookings"]

@@ -28,6 +28,23 @@ class Rendered(dict[str, Any], Generic[T]):
         self.text = json.dumps(fields, sort_keys=True)
 
 
+class ReadBack(Rendered[T]):
+    """An entry read from a file (another writer's): its JSON text and value only. Its
+    fields are not kept (a long file's would double what it costs in memory): it is an
+    empty mapping; `fields_of` reads them again from the text."""
+
+    __slots__ = ()
+
+    def __init__(self, fields: Mapping[str, Any], value: T) -> None:
+        super().__init__({}, value)
+        self.text = json.dumps(fields, sort_keys=True)
+
+
+def fields_of(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An entry's fields (a `Rendered` one's read from its text: `ReadBack` keeps none)."""
+    return json.loads(entry.text) if isinstance(entry, Rendered) else entry
+
+
 def encoded(body: Mapping[str, Any]) -> bytes:
     """`json.dumps(body, sort_keys=True).encode()`, each `Rendered` entry as its text."""
     return _encoded(body).encode()
@@ -40,5 +57,5 @@ def _encoded(value: object) -> str:
         inner = ", ".join(f"{json.dumps(k)}: {_encoded(v)}" for k, v in sorted(value.items()))
         return f"{{{inner}}}"
     if isinstance(value, list):
-        return f"[{', '.join([v.text if type(v) is Rendered else _encoded(v) for v in value])}]"
+        return f"[{', '.join([v.text if isinstance(v, Rendered) else _encoded(v) for v in value])}]"
     return json.dumps(value, sort_keys=True)

@@ -13,8 +13,6 @@ from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
 
-pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
-
 FPGA = "vendor.example/fpga"
 
 

@@ -21,9 +21,10 @@ from .files import MAX_DOCUMENT_SIZE, FileReadError, read_attribute
 from .logs import EventLogger
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write `path` all at once: a temporary file next to it, fsync, then rename over it.
-    Blocking: the writer runs it through its offload.
+def write_atomic(path: str, data: bytes) -> os.stat_result:
+    """Write `path` all at once: a temporary file next to it, fsync, then rename over it;
+    returns what the file written is (`fstat`, before the rename). Blocking: the writer runs
+    it through its offload.
 
     Creates the directory when missing. Readers see the old content or the new one, never
     a partial file; the temporary name (`.<name>.<random>.tmp`) is ignored by CDI.
@@ -38,6 +39,7 @@ def write_atomic(path: str, data: bytes) -> None:
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
+            written = os.fstat(fd)
         finally:
             os.close(fd)
         os.replace(temporary, path)
@@ -45,6 +47,7 @@ def write_atomic(path: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
+    return written
 
 
 Aside = Callable[[str, str, str], None]

@@ -11,7 +11,9 @@ caller runs on the host's offload):
 - the content last written by this host, and the content last read, are known (by digest)
   with the document they are (`DocumentCache`): read back unchanged, neither is parsed again
   (a write under the lock after another writer's change costs the read, not a second parse;
-  one that comes while the same content is being parsed waits for that parse);
+  one that comes while the same content is being parsed waits for that parse); the very file
+  this host wrote last (its device, inode, size and modification time: every writer renames
+  a new file into place) is not even read;
 - a new content is parsed by the owner's `decode` when it has one (`json_document.
   object_entries`: a list of entries decoded and checked one entry at a time, so the
   interpreter switches to the event loop's thread between two; one `json.loads` of 20 MB
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -49,6 +52,20 @@ def digest(raw: bytes) -> bytes:
     return hashlib.blake2b(raw, digest_size=32).digest()
 
 
+Signature = tuple[int, int, int, int]
+
+
+def _signature_of(st: os.stat_result) -> Signature:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _signature(path: str) -> Signature | None:
+    try:
+        return _signature_of(os.stat(path))
+    except OSError:
+        return None
+
+
 class Unreadable(Exception):
     """The file cannot be read, or its document does not have its shape (why: the message)."""
 
@@ -65,11 +82,17 @@ class DocumentCache:
         self._parsing = threading.Lock()
         self._wrote: Known | None = None
         self._seen: Known | None = None
+        self._wrote_as: Signature | None = None
+        """The file this host wrote last (device, inode, size, modification time)."""
         self.parses = 0
         """Contents parsed so far (each new content once)."""
 
     def read(self) -> Mapping[str, Any] | None:
         """The file's document (None: there is none); raises Unreadable. Blocking."""
+        with self._lock:
+            wrote, wrote_as = self._wrote, self._wrote_as
+        if wrote is not None and wrote_as is not None and _signature(self._path) == wrote_as:
+            return wrote[1]  # (the very file this host wrote last: not read again)
         try:
             raw = read_attribute(self._path, self._limit)
         except FileReadError as exc:
@@ -108,11 +131,14 @@ class DocumentCache:
             raise ValueError(f"version {document.get('version')!r}, not {self._version}")
         return document
 
-    def written(self, data: bytes, document: Mapping[str, Any]) -> None:
+    def written(
+        self, data: bytes, document: Mapping[str, Any], file: os.stat_result | None = None
+    ) -> None:
         """The file now holds `data`, which is `document` (this host's write: what was read
-        before is gone from it)."""
+        before is gone from it); `file`: the file written (`atomic_files.write_atomic`)."""
         with self._lock:
             self._wrote, self._seen = (digest(data), document), None
+            self._wrote_as = None if file is None else _signature_of(file)
 
     @property
     def last_written(self) -> Mapping[str, Any] | None:

@@ -384,9 +384,9 @@ class StateFile:
         body = {**document, "version": self._version_tag}
         encode = self._encode
         data = json.dumps(body, sort_keys=True).encode() if encode is None else encode(body)
-        write_atomic(str(self.path), data)
+        file = write_atomic(str(self.path), data)
         if encode is not None:
-            self._documents.written(data, body)
+            self._documents.written(data, body, file)
 
 
 def text(value: object) -> str:

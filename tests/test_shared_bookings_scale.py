@@ -1,7 +1,8 @@
 """Another writer's large `ownership.json` (kdp_host/state_document.py, ownership_sync.py,
 ownership_bookings.py; hostile11 K2): it is parsed once, off the loop, and a write of this
 host's own bookings does not parse it again; its bookings are taken in by turns of the
-event loop; a file past the size bound is refused as a file that cannot be read."""
+event loop; a file past the size bound is refused as a file that cannot be read; the file this host
+wrote last is not read again."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from kdp_host import ownership_document
+from kdp_host import ownership_document, state_document
+from kdp_host.atomic_files import write_atomic
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
@@ -106,3 +108,22 @@ def test_a_file_past_the_size_bound_cannot_be_read(tmp_path: Path) -> None:
     with pytest.raises(Unreadable, match="larger than 100 bytes"):
         DocumentCache(str(path), 1, limit=100).read()
     assert DocumentCache(str(path), 1).read() == json.loads(path.read_text())
+
+
+def test_the_file_this_host_wrote_last_is_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, reads = tmp_path / OWNERSHIP_FILE, []
+    real = state_document.read_attribute
+
+    def counted(name: str, limit: int) -> bytes | None:
+        reads.append(name)
+        return real(name, limit)
+
+    monkeypatch.setattr(state_document, "read_attribute", counted)
+    cache, mine = DocumentCache(str(path), 1), {"bookings": [], "version": 1}
+    data = json.dumps(mine).encode()
+    cache.written(data, mine, write_atomic(str(path), data))
+    assert cache.read() is mine and reads == []  # (the very file written: not read)
+    write_atomic(str(path), json.dumps({"bookings": [], "version": 1, "x": 1}).encode())
+    assert cache.read() == {"bookings": [], "version": 1, "x": 1} and len(reads) == 1

@@ -180,15 +180,13 @@ def pod_resources_poller(
     log: EventLogger,
     offload: Offload,
     booked: Callable[[], Mapping[str, Collection[str]]],
-    seeded: Collection[str] | None,
     timings: Timings,
 ) -> PodResourcesPoller | None:
     """The host's one PodResources poller (None: `podResourcesInterval: 0s`, polling off),
     which holds the IDs handed out that no answer showed (`unlisted`: reading the kubelet's
-    checkpoint in its `socketDir` through `offload`; at start those of the resources the
-    start booked it for, `kubelet_checkpoint.book_handed`: `seeded`, the served ones, or
-    None (the bookings were lost) every resource's it lists; every ID `booked` when it
-    cannot be read)."""
+    checkpoint in its `socketDir` through `offload`; at start every ID it lists, of every
+    resource, as the start books them all, `checkpoint_bookings.book_handed`; every ID
+    `booked` when it cannot be read)."""
     kubelet = config.kubelet
     if kubelet.pod_resources_interval <= 0:
         return None
@@ -198,7 +196,7 @@ def pod_resources_poller(
     unlisted = Unlisted(
         kubelet.socket_dir, offload, log.bind(component="podresources"), timings=timings
     )
-    unlisted.seed(seeded, booked)
+    unlisted.seed(None, booked)
     return PodResourcesPoller(
         kubelet.pod_resources_socket,
         kubelet.pod_resources_interval,

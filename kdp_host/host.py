@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .checkpoint_bookings import book_before, book_handed, unbooked
 from .commands import Commands
 from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
@@ -24,7 +25,6 @@ from .features import configured_hooks, node_feature_file, pod_resources_poller
 from .files import STOP_WAIT, DaemonThreads, Offload, OffloadScope
 from .handed_out import HandedRecord
 from .inotify_watch import make_watcher
-from .kubelet_checkpoint import book_handed, unbooked
 from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
@@ -150,16 +150,15 @@ class Host:
         self.ownership.hold_while_releasing(release_state.pending)
         sync = await shared_bookings(self.ownership, state_dir, instance, self._work, self.log)
         handed = await HandedRecord.read(state_dir, self.log, self._work, instance)
-        served = {r.name for r in self.selection.config.resources}  # (lost: every resource's)
+        served = {r.name for r in self.selection.config.resources}
         lost = not sync.file.found or sync.file.unknown or unbooked(handed, served, self.ownership)
         await book_handed(self.ownership, self.selection.config, self._work, self.log, lost)
-        self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown; `lost`:
-            self.selection.config, self.metrics, self.log, self._work,  # every resource's)
-            self.ownership.handed_out, None if lost else served, self.timings)  # fmt: skip
-        if self.pod_resources is not None:
-            # lingering claims go once the kubelet shows no pod holding them
-            self.pod_resources.subscribe(self.ownership.holdings)
-            # the kubelet writes its checkpoint when a list is sent again (`unlisted`)
+        self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown)
+            self.selection.config, self.metrics, self.log, self._work,
+            self.ownership.handed_out, self.timings)  # fmt: skip
+        if self.pod_resources is not None:  # (lingering claims go once no pod holds them;
+            self.pod_resources.subscribe(self.ownership.holdings)  # the kubelet writes its
+            # checkpoint when a list is sent again: `unlisted`)
             self.pod_resources.nudge(lambda: any(r.resend() for r in list(self.resources.values())))
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
@@ -310,8 +309,11 @@ class Host:
         stopping = {
             n: supervisor.stop_later(n, n in plan.removed) for n in (*plan.removed, *plan.changed)
         }
+        booked = None if not (plan.changed or plan.added) else book_before(  # (checkpoint first)
+            self.ownership, self.config.kubelet.socket_dir, (*plan.changed, *plan.unchanged),
+            self._work, self.log, self.pod_resources)  # fmt: skip
         for name in (*plan.changed, *plan.added):
-            supervisor.start(new_by_name[name], after=stopping.get(name))
+            supervisor.start(new_by_name[name], after=stopping.get(name), booked=booked)
         for name in plan.removed:
             self.ownership.retire(name)
         self.selection = selection

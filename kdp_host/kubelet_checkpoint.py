@@ -1,4 +1,4 @@
-"""What the kubelet handed out: its device manager's checkpoint, read once at start.
+"""What the kubelet handed out: its device manager's checkpoint, its format and what is booked.
 
 The kubelet keeps `kubelet_internal_checkpoint` in its device-plugin directory (the one
 kdp-host serves its sockets in) and rewrites it at every allocation: one entry per (pod,
@@ -7,11 +7,14 @@ container, as protobuf bytes (`ContainerAllocateResponse`). A container's runtim
 made from that answer, and a restarted container gets the same answer again, so its host
 paths are what the pod holds, whatever the IDs mean now.
 
-kdp-host reads it at start (`read_handed`, off the loop) to book those host paths when its
-own bookings were lost (`take_handed`): a probe that renamed its IDs while kdp-host
-was down then cannot make the node a pod holds go out under another ID. The file is the
-kubelet's, not an API: anything missing, unreadable, of another shape, or with a checksum
-that does not match is a `CheckpointError` (the caller logs it and goes on without it).
+It is the kubelet's own record of who holds what: every entry is booked (`take_handed`),
+with what `ownership.json` holds, when kdp-host starts and before a reload starts a
+resource (`checkpoint_bookings`, which reads it off the loop through `read_handed`): a
+probe that renamed its IDs while kdp-host was down, a resource renamed, or another plugin's
+pod (a migration from generic-device-plugin) then cannot make the node a pod holds go out
+under another ID. The file is the kubelet's, not an API: anything missing, unreadable, of
+another shape, or with a checksum that does not match is a `CheckpointError` (the caller
+logs it and goes on without it).
 
 The checksum is the kubelet's (`kubelet_checksum.checksum`: FNV-32a over the `go-spew`
 rendering of the `Data` object), the one the kubelet simulator writes too.
@@ -19,26 +22,20 @@ rendering of the `Data` object), the one the kubelet simulator writes too.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import functools
 import json
 import os
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from .api.v1beta1 import ContainerAllocateResponse
-from .files import FileReadError, Offload, read_attribute
+from .files import FileReadError, read_attribute
 from .kubelet_checksum import checksum
-from .logs import EventLogger
 from .ownership_claims import NOTHING, Claim, Owner, Resolver, claim_of, reach
-from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .handed_entries import Handed as HandedEntry
     from .ownership_bookings import Ledger
 
 CHECKPOINT_FILE: Final = "kubelet_internal_checkpoint"
@@ -79,14 +76,6 @@ Gained = list[tuple[Owner, tuple[Claim, ...]]]
 """Bookings made or widened, each with the claims it gained."""
 
 
-class HandedBookings(Protocol):
-    """Where what the kubelet handed out is booked (`OwnershipIndex.take_handed`)."""
-
-    def take_handed(self, handed: Iterable[HandedClaims], lost: bool = False) -> Gained: ...
-
-    def serve(self, resources: Iterable[str]) -> None: ...
-
-
 def take_handed(
     ledger: Ledger,
     handed: Iterable[HandedClaims],
@@ -95,10 +84,11 @@ def take_handed(
     lost: bool = False,
 ) -> Gained:
     """Book what the kubelet kept of its pods' answers (read at start, before any resource
-    publishes): the claims of every host path a container was handed, as places of each of
-    its IDs (shared by them: `Booking.group`), so no device reaching one is advertised under
-    another ID while the pod may hold it, whatever the IDs mean now (each is booked as its
-    own device: which device it is now is not known). A booking kept in the file is widened
+    publishes, and before a reload starts one: `checkpoint_bookings`): the claims of every
+    host path a container was handed, as places of each of its IDs (shared by them:
+    `Booking.group`), so no device reaching one is advertised under another ID while the
+    pod may hold it, whatever the IDs mean now (each is booked as its own device: which
+    device it is now is not known). A booking kept in the file is widened
     by the handed claims it lacks; an ID another running host has booked is left to it. An
     answer that named devices by CDI name is left to PodResources (`ownership_adopt`): the
     nodes those names stood for are not in it. `numbers` (PodResources shows when a booking
@@ -106,7 +96,8 @@ def take_handed(
     booking knew what it was: one booked from the checkpoint with the bookings `lost`, or
     kept so (unplugged while kdp-host was down: the kernel may give its number to a node
     found later, which its pod's container reaches). With the bookings kept, an ID without
-    one is a pod that ended (its entry stays until the kubelet's next allocation)."""
+    one is booked all the same (a pod that ended: its entry stays until the kubelet's next
+    allocation, and PodResources ends the booking; or one a stale `ownership.json` lacks)."""
     gained: Gained = []
     for entry in handed:
         ids, claims = entry.handed.ids, entry.claims
@@ -141,97 +132,13 @@ def _known(claims: Iterable[Claim]) -> set[str]:
     return {p for key, path, real in claims if key[0] != NOTHING for p in (path, real)}
 
 
-class Record(Protocol):
-    """What each Allocate handed out (`handed_out.HandedRecord`), as `unbooked` reads it."""
-
-    def resources(self) -> list[str]: ...
-
-    def devices(self, resource: str) -> Mapping[str, object]: ...
-
-    def entry(self, resource: str, device_id: str) -> HandedEntry | None: ...
-
-
-class Booked(Protocol):
-    def is_booked(self, resource: str, advertised_id: str) -> bool: ...
-
-
-def unbooked(record: Record, served: Collection[str], bookings: Booked) -> bool:
-    """Whether `handed-out.json` (written before every Allocate answers) has an entry of a
-    resource the config no longer serves whose IDs `ownership.json` did not book: that
-    write was lost (stalled, then the host killed; hostile10 F9). The start then takes the
-    bookings as lost (`book_handed` with `every`): the checkpoint's entries of every
-    resource are booked, a removed resource's as a retired one's, until the kubelet shows
-    them gone (`unlisted`)."""
-    return any(
-        not bookings.is_booked(resource, i)
-        for resource in set(record.resources()) - set(served)
-        for device_id in record.devices(resource)
-        if (entry := record.entry(resource, device_id)) is not None
-        for i in entry.ids
-    )
-
-
-WITHOUT_CHECKPOINT: Final = (
-    "what the kubelet handed out is not known: an ID a pod holds without a booking (the "
-    "state directory was lost) is booked from PodResources with what the ID names now"
-)
-
-
-async def book_handed(
-    index: HandedBookings,
-    config: Config,
-    offload: Offload,
-    log: EventLogger,
-    every: bool = False,
-) -> None:
-    """At start, before any resource publishes: book what the checkpoint in the kubelet's
-    device-plugin directory says the pods of `config`'s resources were handed (read off the
-    loop, once); `every`: of every resource it lists (this host's bookings were lost: a
-    resource removed from the config meanwhile, or another plugin's, may hold a node the
-    config reaches now). A missing, unreadable or bad checkpoint is logged, and the start
-    goes on without it. A number unknown of one of `config`'s resources may be any of
-    theirs (`OwnershipIndex.serve`)."""
-    index.serve(r.name for r in config.resources)
-    directory = config.kubelet.socket_dir
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    served = None if every else [r.name for r in config.resources]
-    work = functools.partial(read_handed, directory, served)
-    try:
-        handed = await asyncio.wait_for(offload.run(work), READ_TIMEOUT)
-    except TimeoutError:
-        log.warning(
-            "kubelet_checkpoint_unusable",
-            path=path,
-            error=f"not read within {READ_TIMEOUT:g} s",
-            consequence=WITHOUT_CHECKPOINT,
-        )
-        return
-    except Exception as exc:  # (the kubelet's file: whatever is wrong with it, never fatal)
-        log.warning(
-            "kubelet_checkpoint_unusable", path=path, error=str(exc), consequence=WITHOUT_CHECKPOINT
-        )
-        return
-    if handed is None:
-        log.info("kubelet_checkpoint_absent", path=path)
-        return
-    by_resource: dict[str, Gained] = {}
-    for gained in index.take_handed(handed, every):
-        by_resource.setdefault(gained[0].resource, []).append(gained)
-    for resource, booked in by_resource.items():
-        bound = log.bind(resource=resource)
-        if len(booked) > SKIPPED_SHOWN:  # (one line: another plugin's thousands of entries)
-            first = sorted(owner.device for owner, _ in booked)[:HELD_SHOWN]
-            bound.info("kubelet_checkpoint_booked", count=len(booked), devices=",".join(first))
-            continue
-        for owner, claims in booked:
-            paths = ",".join(path for _, path, _ in claims)
-            bound.info("kubelet_checkpoint_booked", device=owner.device, paths=paths)
-
-
 def read_handed(
-    directory: str, resources: Collection[str] | None, resolve: Resolver = reach
+    directory: str,
+    resources: Collection[str] | None,
+    resolve: Resolver = reach,
+    skip: Collection[str] = (),
 ) -> list[HandedClaims] | None:
-    """The allocations of `resources` (None: every one) in
+    """The allocations of `resources` (None: every one) but those of `skip` in
     `<directory>/kubelet_internal_checkpoint`, each with the claims of its host paths (each
     path resolved once); None when there is no such file. Blocking (run it through the
     offload). Raises CheckpointError."""
@@ -244,7 +151,7 @@ def read_handed(
         return None
     out = []
     known: dict[str, Claim] = {}
-    for handed in parse_checkpoint(blob, None if resources is None else set(resources)):
+    for handed in parse_checkpoint(blob, None if resources is None else set(resources), skip):
         claims = []
         for host_path in handed.paths:
             claim = known.get(host_path)
@@ -255,11 +162,13 @@ def read_handed(
     return out
 
 
-def parse_checkpoint(blob: bytes, resources: Collection[str] | None = None) -> list[Handed]:
-    """The allocations of `resources` (None: all) in a checkpoint, checked: its shape, the
-    kubelet's checksum, each answer. A checkpoint with none of them is not checked further
-    (the checksum costs about 0.2 µs per byte of its rendering: what nothing is booked from
-    is not paid for). Raises CheckpointError."""
+def parse_checkpoint(
+    blob: bytes, resources: Collection[str] | None = None, skip: Collection[str] = ()
+) -> list[Handed]:
+    """The allocations of `resources` (None: all) but those of `skip` in a checkpoint,
+    checked: its shape, the kubelet's checksum, each answer. A checkpoint with none of them
+    is not checked further (the checksum costs about 0.2 µs per byte of its rendering: what
+    nothing is booked from is not paid for). Raises CheckpointError."""
     try:
         document = json.loads(blob)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -275,7 +184,11 @@ def parse_checkpoint(blob: bytes, resources: Collection[str] | None = None) -> l
         raise CheckpointError("PodDeviceEntries is not a list")
     for entry in entries or ():
         _check(entry)
-    wanted = [e for e in entries or () if resources is None or e["ResourceName"] in resources]
+    wanted = [
+        e
+        for e in entries or ()
+        if (resources is None or e["ResourceName"] in resources) and e["ResourceName"] not in skip
+    ]
     if not wanted:
         return []
     registered = data.get("RegisteredDevices")

@@ -224,13 +224,8 @@ class OwnershipIndex(Watching):
         changed, stale = await in_turns(self._ledger.taking_in(saved, running, self._clock(), ours))
         if stale:
             self._ledger.changed()
-        if not changed:
-            return
-        for state in self._resources.values():
-            if state.publish is not None and not state.retired:
-                state.settled = state.plain = False
-                self._pending[state.name] = None
-        self._drain()
+        if changed:
+            self._admit_all_again()
 
     # ------------------------------------------------------------------ publishing
 

@@ -85,8 +85,9 @@ class BookingAllocations(HandingOut):
 
     def take_handed(self, handed: Iterable[HandedClaims], lost: bool = False) -> Gained:
         """What the kubelet kept of its pods' answers, read at start before any resource
-        publishes (`kubelet_checkpoint.book_handed`; `lost`: `ownership.json` was missing or
-        set aside): booked (`take_handed`) and written. A resource no runtime serves is
+        publishes, or before a reload starts one (`checkpoint_bookings`; `lost`:
+        `ownership.json` was missing or set aside): booked (`take_handed`) and written, the
+        resources that publish admitted again against them. A resource no runtime serves is
         retired, its bookings held as by `keep_bookings_in`."""
         handed = list(handed)
         for entry in handed:  # (PodResources books them: `ownership_adopt`)
@@ -99,6 +100,7 @@ class BookingAllocations(HandingOut):
                 state.retired = True  # until a runtime of it attaches
         if gained:
             self._ledger.changed()
+            self._admit_all_again()
         return gained
 
     def serve(self, resources: Iterable[str]) -> None:

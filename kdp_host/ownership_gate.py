@@ -218,6 +218,15 @@ class AdmissionGate(Resolving):
             ):
                 self._fresh.clear()  # (kept while paths resolve: they add to what is fresh)
 
+    def _admit_all_again(self) -> None:
+        """Bookings came that the live resources were not admitted against (another host's,
+        the kubelet's checkpoint read for a reload): each is admitted again in full."""
+        for state in self._resources.values():
+            if state.publish is not None and not state.retired:
+                state.settled = state.plain = False
+                self._pending[state.name] = None
+        self._drain()
+
     def _wake_waiting(self, releaser: str) -> None:
         for name, other in self._resources.items():
             if name != releaser and other.held and other.publish is not None:

@@ -55,6 +55,8 @@ class Supervisor:
     _stopping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _keepers: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
     """Resources a reload removed whose held CDI entries are still kept (`cdi_keeper`)."""
+    _reads: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    """The kubelet's checkpoint read for a reload, which resources it starts wait for."""
 
     @property
     def resources(self) -> dict[str, ResourceRuntime]:
@@ -83,21 +85,31 @@ class Supervisor:
     def dead_resources(self) -> list[str]:
         return [name for name, s in self._running.items() if s.gave_up]
 
-    def start(self, config: ResourceConfig, after: asyncio.Task[None] | None = None) -> None:
+    def start(
+        self,
+        config: ResourceConfig,
+        after: asyncio.Task[None] | None = None,
+        booked: asyncio.Task[None] | None = None,
+    ) -> None:
         """Start a resource; a restarted one waits until its old runtime has fully stopped.
 
         Otherwise the old ListAndWatch stream could end after the new registration, and the
         kubelet would then disconnect the new one (docs/kubelet-contract.md §9). One that
         comes back waits for the keeper of its held CDI entries to stop (one writer a file).
+        Each waits for `booked` too: the kubelet's checkpoint read for a reload
+        (`checkpoint_bookings.book_before`), so its first list holds what the pods hold.
         """
         keeper = self._keepers.pop(config.name, None)
         if keeper is not None:
             keeper.cancel()
             after = keeper  # (the keeper waited for the old runtime)
+        if booked is not None and booked not in self._reads:
+            self._reads.add(booked)  # (cancelled by `stop_all`)
+            booked.add_done_callback(self._reads.discard)
         self.services.metrics.add_resource(config.name)
         supervised = _Supervised(ResourceRuntime(config, self.services))
         supervised.task = asyncio.create_task(
-            self._supervise(supervised, after), name=f"resource:{config.name}"
+            self._supervise(supervised, after, booked), name=f"resource:{config.name}"
         )
         self._running[config.name] = supervised
         self.services.status_changed(config.name)
@@ -135,18 +147,21 @@ class Supervisor:
     async def stop_all(self) -> None:
         for name in list(self._running):
             self.stop_later(name)
-        for keeper in self._keepers.values():
-            keeper.cancel()
+        for task in (*self._keepers.values(), *self._reads):
+            task.cancel()
         if self._stopping:
             _, pending = await asyncio.wait(set(self._stopping), timeout=STOP_WAIT)
             for task in pending:
                 self.services.log.warning("resource_stop_slow", task=task.get_name())
 
     async def _supervise(
-        self, supervised: _Supervised, after: asyncio.Task[None] | None = None
+        self,
+        supervised: _Supervised,
+        after: asyncio.Task[None] | None = None,
+        booked: asyncio.Task[None] | None = None,
     ) -> None:
-        if after is not None:
-            await asyncio.wait({after})
+        if waits := {task for task in (after, booked) if task is not None}:
+            await asyncio.wait(waits)
         policy = self.policy
         crashes = Retries(policy.retry)
         runtime = supervised.runtime

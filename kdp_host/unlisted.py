@@ -31,12 +31,12 @@ only once its API source is back, which nothing else shows).
 A checkpoint that cannot be used (missing, unreadable, bad checksum) frees nothing: the IDs
 stay held until allocated again (logged once, `kubelet_checkpoint_unusable`).
 
-At start (`seed`) every ID the checkpoint lists of the resources the start booked it for
-(`kubelet_checkpoint.book_handed`: the configured ones; every resource's with the bookings
-lost, a retired or another plugin's included) is unlisted until an answer shows it (the IDs
-of a running init container are among them; a pod that ended while kdp-host was down keeps
-its IDs until the kubelet writes the file without them); a checkpoint that cannot be used
-then makes every booked ID unlisted (fail closed).
+At start (`seed`) every ID the checkpoint lists (every resource's, as the start books them
+all: `checkpoint_bookings.book_handed`, a retired or another plugin's included) is unlisted
+until an answer shows it (the IDs of a running init container are among them; a pod that
+ended while kdp-host was down keeps its IDs until the kubelet writes the file without
+them); a checkpoint that cannot be used then makes every booked ID unlisted (fail closed).
+So are the IDs a reload's read of it books (`take`, `checkpoint_bookings.book_before`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .backoff import Backoff
@@ -147,11 +147,18 @@ class Unlisted:
         resources: Collection[str] | None,
         booked: Callable[[], Mapping[str, Collection[str]]],
     ) -> None:
-        """At start: the IDs of `resources` (None: of every resource, as the start booked
-        them all: `kubelet_checkpoint.book_handed`) the checkpoint lists are unlisted
+        """At start: the IDs of `resources` (None: of every resource, as the start books
+        them all: `checkpoint_bookings.book_handed`) the checkpoint lists are unlisted
         (`booked`, resource -> the IDs this host booked, when it cannot be used), from the
         first `refresh` on."""
         self._seeding, self._seeded, self._booked = True, resources, booked
+
+    def take(self, keys: Iterable[tuple[str, str]]) -> None:
+        """(resource, ID) pairs a read of the checkpoint booked (a reload started a resource:
+        `checkpoint_bookings.book_before`): unlisted as those of the start are."""
+        taken = Handout(float("-inf"), 0.0)
+        for key in keys:
+            self.handed.setdefault(key, taken)
 
     def allocated(self, resource: str, ids: Collection[str]) -> None:
         """An Allocate handed these IDs out (again: their earlier user is gone)."""

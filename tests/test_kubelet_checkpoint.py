@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from kdp_host.checkpoint_bookings import book_handed
 from kdp_host.config import Config, load_config_text
 from kdp_host.files import DaemonThreads
 from kdp_host.holdings import Holdings
@@ -24,7 +25,6 @@ from kdp_host.kubelet_checkpoint import (
     CheckpointError,
     Handed,
     HandedClaims,
-    book_handed,
     checksum,
     parse_checkpoint,
     read_handed,
@@ -314,7 +314,7 @@ async def test_bookings_lost_are_booked_for_every_resource_of_the_checkpoint(
     nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
     now = [100.0]
     host, state = restarted(tmp_path / "state", nodes, now)
-    await book_handed(host.index, config_of(dp, B), DaemonThreads(), get_logger(), every=True)
+    await book_handed(host.index, config_of(dp, B), DaemonThreads(), get_logger(), lost=True)
     await asyncio.wait_for(state.flush(), 30)
     assert booked_ids(tmp_path / "state") == [f"{owner}/n0"]
 
@@ -330,18 +330,27 @@ async def test_bookings_lost_are_booked_for_every_resource_of_the_checkpoint(
     assert host.ids(B) == ["x", "y"]
 
 
-async def test_with_the_bookings_kept_only_the_configs_resources_are_read(
-    tmp_path: Path,
+@pytest.mark.parametrize("owner", [A, "vendor.example/gpu"], ids=["renamed", "other plugin"])
+async def test_with_the_bookings_kept_every_resources_entries_are_booked_too(
+    tmp_path: Path, owner: str
 ) -> None:
-    """The file holds this host's bookings (a removed resource's too): other plugins' entries
-    are not decoded (nor the checksum computed: the start costs what it did)."""
+    """hostile11 K1: `ownership.json` is valid but stale (restored from a backup: it books
+    B's y on /dev/b) and the checkpoint has a pod of another resource on /dev/a (a resource
+    renamed while kdp-host was down, or another plugin's): B's x there is held as well."""
     dp = tmp_path / "dp"
     dp.mkdir()
-    write_checkpoint(dp, entry_of("vendor.example/gpu", "n0", "/dev/a"))
-    host, _ = restarted(tmp_path / "state", FakeNodes({"/dev/a": ("c", 1)}))
+    write_checkpoint(dp, entry_of(owner, "n0", "/dev/a"), entry_of(B, "y", "/dev/b"))
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/b": ("c", 2)})
+    first, state = restarted(tmp_path / "state", nodes)
+    first.publish(B, dev("x", "/dev/a"), dev("y", "/dev/b"))
+    await first.index.book(B, ["y"])
+    await asyncio.wait_for(state.flush(), 30)
+    host, state = restarted(tmp_path / "state", nodes)
     await book_handed(host.index, config_of(dp, B), DaemonThreads(), get_logger())
-    host.publish(B, dev("x", "/dev/a"))
-    assert host.ids(B) == ["x"]
+    await asyncio.wait_for(state.flush(), 30)
+    assert booked_ids(tmp_path / "state") == sorted([f"{B}/y", f"{owner}/n0"])
+    host.publish(B, dev("x", "/dev/a"), dev("y", "/dev/b"))
+    assert host.ids(B) == ["y"], "x reaches the node the other resource's pod holds"
 
 
 def served(resource: str, kubelet: Any, devices: Path, state: Path, glob: str = "fpga0") -> str:
@@ -515,7 +524,7 @@ async def test_a_node_gone_at_start_holds_the_unbooked_nodes_of_every_served_res
         f"kubelet: {{socketDir: {dp}}}\nresources:\n"
         + "".join(f"  - name: {r}\n    shell: {{command: [echo, s0]}}\n" for r in (A, B))
     )
-    await book_handed(host.index, config, DaemonThreads(), get_logger(), every=True)
+    await book_handed(host.index, config, DaemonThreads(), get_logger(), lost=True)
     host.publish(B, dev("m0", "/dev/m0"))
     host.publish(A, dev("a1", "/dev/a1"))
     if owner != A:
@@ -572,6 +581,6 @@ async def test_another_plugins_thousands_of_entries_are_one_line_each_answer_dec
     assert [h.handed.paths for h in handed[:3]] == [("/dev/g0",), ("/dev/g1",), ("/dev/g0",)]
     assert handed[0].handed.paths is handed[2].handed.paths, "one answer, decoded once"
     host, _ = restarted(tmp_path / "state", FakeNodes({}))
-    await book_handed(host.index, config_of(dp, A), DaemonThreads(), get_logger(), every=True)
+    await book_handed(host.index, config_of(dp, A), DaemonThreads(), get_logger(), lost=True)
     lines = [r.__dict__["kdp_fields"] for r in caplog.records if "checkpoint_booked" in r.msg]
     assert lines == [{"resource": gpu, "count": 30, "devices": "g0,g1,g10,g11,g12"}]

@@ -1,0 +1,182 @@
+"""When the kubelet's checkpoint is booked, and which of its entries: one rule, two moments.
+
+The kubelet's checkpoint (`kubelet_checkpoint`) is its own record of who holds what. Every
+entry of it is booked (`take_handed`: the host paths its answer handed out, held for its
+IDs until the kubelet shows the pod gone or drops the entry, by the rules of any checkpoint
+booking: a resource no runtime serves is retired, its IDs unlisted until an answer shows
+them, `unlisted`), whatever `ownership.json` says (a union with what it holds), whenever
+kdp-host may begin to advertise a node a pod was handed under a name it did not serve:
+
+- at start (`book_handed`), before any resource publishes: every resource's entries, with
+  the bookings kept or lost (a stale `ownership.json` restored from a backup looks kept; a
+  resource renamed or removed while kdp-host was down, or another plugin's, holds nodes the
+  config may reach now);
+- when a reload or a node label change starts a resource or changes one (`book_before`,
+  which the started runtimes wait for, so no first list goes out before it): the entries of
+  every resource name but those the host served before and serves after (their entries are
+  its own Allocates', booked already). A resource added by a reload may be one another
+  plugin served (a migration from generic-device-plugin: its pods hold the nodes under that
+  plugin's IDs), and a changed one may reach nodes another plugin's pods hold.
+
+Each is one read off the loop, bounded by `READ_TIMEOUT`; a checkpoint that lists only
+entries of the skipped names is not checked further (no checksum paid for a reload of a
+host that is the only plugin). A missing, unreadable or bad file is logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Final, Protocol
+
+from .files import Offload
+from .kubelet_checkpoint import CHECKPOINT_FILE, READ_TIMEOUT, Gained, HandedClaims, read_handed
+from .logs import EventLogger
+from .rules import HELD_SHOWN, SKIPPED_SHOWN
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .handed_entries import Handed as HandedEntry
+
+WITHOUT_CHECKPOINT: Final = (
+    "what the kubelet handed out is not known: an ID a pod holds without a booking (the "
+    "state directory was lost) is booked from PodResources with what the ID names now"
+)
+
+
+class HandedBookings(Protocol):
+    """Where what the kubelet handed out is booked (`OwnershipIndex.take_handed`)."""
+
+    def take_handed(self, handed: Iterable[HandedClaims], lost: bool = False) -> Gained: ...
+
+    def serve(self, resources: Iterable[str]) -> None: ...
+
+
+class Unlisted(Protocol):
+    """Told the (resource, ID) pairs a reload's read booked (`unlisted.Unlisted`: held
+    until an answer shows them)."""
+
+    def take(self, keys: Iterable[tuple[str, str]]) -> None: ...
+
+
+class Poller(Protocol):
+    """The host's PodResources poller (`podresources.PodResourcesPoller`)."""
+
+    @property
+    def unlisted(self) -> Unlisted | None: ...
+
+
+class Record(Protocol):
+    """What each Allocate handed out (`handed_out.HandedRecord`), as `unbooked` reads it."""
+
+    def resources(self) -> list[str]: ...
+
+    def devices(self, resource: str) -> Mapping[str, object]: ...
+
+    def entry(self, resource: str, device_id: str) -> HandedEntry | None: ...
+
+
+class Booked(Protocol):
+    def is_booked(self, resource: str, advertised_id: str) -> bool: ...
+
+
+def unbooked(record: Record, served: Collection[str], bookings: Booked) -> bool:
+    """Whether `handed-out.json` (written before every Allocate answers) has an entry of a
+    resource the config no longer serves whose IDs `ownership.json` did not book: that
+    write was lost (stalled, then the host killed; hostile10 F9). The start then takes the
+    bookings as lost (`book_handed` with `lost`: a node of such an entry gone at start
+    leaves its number unknown, `take_handed`)."""
+    return any(
+        not bookings.is_booked(resource, i)
+        for resource in set(record.resources()) - set(served)
+        for device_id in record.devices(resource)
+        if (entry := record.entry(resource, device_id)) is not None
+        for i in entry.ids
+    )
+
+
+async def book_handed(
+    index: HandedBookings,
+    config: Config,
+    offload: Offload,
+    log: EventLogger,
+    lost: bool = False,
+) -> None:
+    """At start, before any resource publishes: book every entry of the checkpoint in the
+    kubelet's device-plugin directory (read off the loop, once), with the bookings of
+    `ownership.json` (kept) or without them (`lost`: missing, set aside, or a write of them
+    lost; `take_handed` marks what it cannot know then). A missing, unreadable or bad
+    checkpoint is logged, and the start goes on without it. A number unknown of one of
+    `config`'s resources may be any of theirs (`OwnershipIndex.serve`)."""
+    index.serve(r.name for r in config.resources)
+    await _book(index, config.kubelet.socket_dir, frozenset(), offload, log, lost)
+
+
+def book_before(
+    index: HandedBookings,
+    socket_dir: str,
+    served: Collection[str],
+    offload: Offload,
+    log: EventLogger,
+    poller: Poller | None = None,
+) -> asyncio.Task[None]:
+    """A reload (or a node label change) starts or changes resources: a task that books the
+    checkpoint's entries of every resource but the `served` ones (served before it and
+    after: their entries are this host's own), read off the loop, their IDs unlisted (the
+    `poller`'s, when PodResources polling is on); the started runtimes wait for it
+    (`Supervisor.start`). It never fails: a bad checkpoint is logged as at start."""
+
+    async def book() -> None:
+        handed = await _book(index, socket_dir, frozenset(served), offload, log)
+        unlisted = None if poller is None else poller.unlisted
+        if unlisted is not None and handed:
+            unlisted.take((h.handed.resource, i) for h in handed for i in h.handed.ids)
+
+    return asyncio.create_task(book(), name="kubelet-checkpoint")
+
+
+async def _book(
+    index: HandedBookings,
+    directory: str,
+    skip: frozenset[str],
+    offload: Offload,
+    log: EventLogger,
+    lost: bool = False,
+) -> list[HandedClaims]:
+    """Read the checkpoint's entries but `skip`'s, book them and log what was booked;
+    returns what was read (none when it cannot be used)."""
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    work = functools.partial(read_handed, directory, None, skip=skip)
+    try:
+        handed = await asyncio.wait_for(offload.run(work), READ_TIMEOUT)
+    except TimeoutError:
+        log.warning(
+            "kubelet_checkpoint_unusable",
+            path=path,
+            error=f"not read within {READ_TIMEOUT:g} s",
+            consequence=WITHOUT_CHECKPOINT,
+        )
+        return []
+    except Exception as exc:  # (the kubelet's file: whatever is wrong with it, never fatal)
+        log.warning(
+            "kubelet_checkpoint_unusable", path=path, error=str(exc), consequence=WITHOUT_CHECKPOINT
+        )
+        return []
+    if handed is None:
+        log.info("kubelet_checkpoint_absent", path=path)
+        return []
+    by_resource: dict[str, Gained] = {}
+    for gained in index.take_handed(handed, lost):
+        by_resource.setdefault(gained[0].resource, []).append(gained)
+    for resource, booked in by_resource.items():
+        bound = log.bind(resource=resource)
+        if len(booked) > SKIPPED_SHOWN:  # (one line: another plugin's thousands of entries)
+            first = sorted(owner.device for owner, _ in booked)[:HELD_SHOWN]
+            bound.info("kubelet_checkpoint_booked", count=len(booked), devices=",".join(first))
+            continue
+        for owner, claims in booked:
+            paths = ",".join(path for _, path, _ in claims)
+            bound.info("kubelet_checkpoint_booked", device=owner.device, paths=paths)
+    return handed

@@ -53,6 +53,8 @@ class HandedBookings(Protocol):
 
     def serve(self, resources: Iterable[str]) -> None: ...
 
+    def handed_out(self) -> dict[str, set[str]]: ...
+
 
 class Unlisted(Protocol):
     """Told the (resource, ID) pairs a reload's read booked (`unlisted.Unlisted`: held
@@ -129,7 +131,7 @@ def book_before(
     (`Supervisor.start`). It never fails: a bad checkpoint is logged as at start."""
 
     async def book() -> None:
-        handed = await _book(index, socket_dir, frozenset(served), offload, log)
+        handed = await _book(index, socket_dir, frozenset(served), offload, log, new=True)
         unlisted = None if poller is None else poller.unlisted
         if unlisted is not None and handed:
             unlisted.take((h.handed.resource, i) for h in handed for i in h.handed.ids)
@@ -144,11 +146,14 @@ async def _book(
     offload: Offload,
     log: EventLogger,
     lost: bool = False,
+    new: bool = False,
 ) -> list[HandedClaims]:
-    """Read the checkpoint's entries but `skip`'s, book them and log what was booked;
-    returns what was read (none when it cannot be used)."""
+    """Read the checkpoint's entries but `skip`'s, book them (`new`: only those with an ID
+    not booked yet, sorted out off the loop, so a reload's work on it is what the kubelet
+    admitted since, not the whole file) and log what was booked; returns what was booked
+    (none when the file cannot be used)."""
     path = os.path.join(directory, CHECKPOINT_FILE)
-    work = functools.partial(read_handed, directory, None, skip=skip)
+    work = functools.partial(_read, directory, skip, index.handed_out() if new else None)
     try:
         handed = await asyncio.wait_for(offload.run(work), READ_TIMEOUT)
     except TimeoutError:
@@ -180,3 +185,15 @@ async def _book(
             paths = ",".join(path for _, path, _ in claims)
             bound.info("kubelet_checkpoint_booked", device=owner.device, paths=paths)
     return handed
+
+
+def _read(
+    directory: str, skip: frozenset[str], booked: Mapping[str, set[str]] | None
+) -> list[HandedClaims] | None:
+    """`read_handed` of every resource but `skip`'s, less the entries whose IDs are all
+    `booked` (resource -> IDs, a copy; None: none left out). Blocking."""
+    handed = read_handed(directory, None, skip=skip)
+    if handed is None or booked is None:
+        return handed
+    none: set[str] = set()
+    return [h for h in handed if not booked.get(h.handed.resource, none).issuperset(h.handed.ids)]

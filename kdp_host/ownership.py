@@ -78,7 +78,7 @@ from .mount_table import MountMap, read_mounts
 from .ownership_adopt import Adoption
 from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_bookings import ReleasePending
-from .ownership_claims import Reached, Resolver
+from .ownership_claims import Owner, Reached, Resolver
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_table import ResourceState
 from .ownership_watching import Watching
@@ -211,6 +211,25 @@ class OwnershipIndex(Watching):
             self._wake_waiting("")
         if released or adoption.stale:
             self._drain()
+
+    def lists(self, resource: str, device_id: str) -> bool:
+        """Whether the driver's last list of `resource` has `device_id` (advertised or held)."""
+        state = self._resources.get(resource)
+        return state is not None and device_id in state.reported
+
+    def kept_for(self, resource: str, advertised_id: str) -> list[Device]:
+        """The devices of `resource` held for the kubelet's booking of `advertised_id`: its
+        node is there under another ID (a reload renamed it, `replicas` changed), kept for
+        the pod that holds the old one."""
+        state = self._resources.get(resource)
+        if state is None:
+            return []
+        owner = Owner(resource, advertised_id)
+        return [
+            state.reported[device]
+            for device, why in sorted(state.held.items())
+            if why.owner == owner and device in state.reported
+        ]
 
     async def take_in(
         self, saved: Saved | None, running: Collection[str], ours: bool = False

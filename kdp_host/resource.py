@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .config import ResourceConfig
 from .device_table import DeviceTable
-from .devices import Snapshot, physical_id
+from .devices import Device, Snapshot, physical_id
 from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
 from .features import allocate_hook, cdi_writer, health_checker, pre_start_hook, release_tracker
 from .files import STOP_WAIT, OffloadScope
@@ -43,6 +43,8 @@ class ResourceRuntime:
         self.table = DeviceTable(replicas=config.replicas)
         self._held: dict[str, tuple[Holder, ...]] = {}
         """Physical devices a container holds (the last PodResources answer), and by whom."""
+        self._held_ids: dict[str, tuple[str, ...]] = {}
+        """The advertised IDs of each device of `_held` the containers hold."""
         self._held_missing: set[str] = set()
         self._encoder = ListAndWatchEncoder(
             on_overflow=self._on_list_overflow,
@@ -177,10 +179,12 @@ class ResourceRuntime:
         replicas = self.config.replicas
         held = holdings.of(self.config.name)
         by_device: dict[str, tuple[Holder, ...]] = {}
+        ids: dict[str, tuple[str, ...]] = {}
         for advertised, holders in held.items():
             device = physical_id(advertised, replicas)
             by_device[device] = by_device.get(device, ()) + holders
-        self._held = by_device
+            ids[device] = (*ids.get(device, ()), advertised)
+        self._held, self._held_ids = by_device, ids
         metrics = self._services.metrics
         metrics.devices_in_use.labels(self.config.name).set(len(by_device))
         if metrics.holders_enabled:
@@ -195,7 +199,10 @@ class ResourceRuntime:
     def _check_held_devices(self, snapshot: Snapshot) -> None:
         """Devices a container holds that are gone or unhealthy (GDP#74: the stick was
         unplugged and the pod keeps running): a gauge, and one warning per device as it goes
-        missing, naming its holders (the README's recipe acts on them). Not before the
+        missing, naming its holders (the README's recipe acts on them): `unhealthy` while
+        its driver lists it (advertised Unhealthy, or held: its node went before the driver
+        saw it), `gone` once not. A held ID no device is advertised under whose node a listed
+        device holds for it (a reload renamed it, hostile11 K6) is neither. Not before the
         driver's first list: a PodResources answer that comes first would call every held
         device gone; nor before the CDI spec's first write (until then every device is held
         Unhealthy, its name not on disk yet: hostile10 F4 saw `state=unhealthy` for devices
@@ -206,10 +213,13 @@ class ResourceRuntime:
         if self._cdi is not None and not self._cdi.first_sync.is_set():
             return  # (the spec not written yet: each device Unhealthy until it is)
         missing = {device for device in self._held if device not in healthy}
+        kept = {device: self._kept_as(device) for device in missing}
+        missing -= {device for device, devices in kept.items() if any(d.healthy for d in devices)}
         self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
         listed = {device.id for device in snapshot.devices} if missing else set()
+        lists = functools.partial(self._services.ownership.lists, self.config.name)
         for device in sorted(missing - self._held_missing):
-            present = device in listed
+            present = device in listed or lists(device) or bool(kept[device])
             self.log.warning(
                 "held_device_missing",
                 device=device,
@@ -217,6 +227,12 @@ class ResourceRuntime:
                 holders=",".join(h.shown() for h in self._held[device]),
             )
         self._held_missing = missing
+
+    def _kept_as(self, device: str) -> list[Device]:
+        """The listed devices held for a held ID no device is advertised under now (a
+        reload renamed it: its node is there, kept for its pod; gone only once they are)."""
+        ownership, name = self._services.ownership, self.config.name
+        return [d for a in self._held_ids.get(device, ()) for d in ownership.kept_for(name, a)]
 
     async def _run_parts(self, driver: Driver, reporter: DeviceReporter) -> None:
         services, name = self._services, self.config.name

@@ -90,9 +90,11 @@ def devices_document(host: Host) -> dict[str, Any]:
         # `replicas` since), else by the replica count in force
         handed = {} if tracker is None else tracker.device_ids()
         held: dict[str, list[dict[str, Any]]] = {}
+        ids: dict[str, list[str]] = {}
         if holdings is not None:
             for advertised, holders in sorted(holdings.of(name).items()):
                 device_id = handed.get(advertised) or physical_id(advertised, replicas)
+                ids.setdefault(device_id, []).append(advertised)
                 held.setdefault(device_id, []).extend(
                     {
                         "namespace": h.namespace,
@@ -124,6 +126,10 @@ def devices_document(host: Host) -> dict[str, Any]:
             # Held or owed a release, and not in the list the resource advertises now (gone,
             # held back, or renamed by a reload): shown until released (hostile5 H3).
             entry = {"id": device_id, "health": MISSING, "holders": held.get(device_id, [])}
+            kept = [d for a in ids.get(device_id, ()) for d in host.ownership.kept_for(name, a)]
+            if kept:  # its node, listed under another ID, is kept for it (hostile11 K6)
+                entry["keptAs"] = sorted({d.id for d in kept})
+                entry["health"] = HEALTHY if any(d.healthy for d in kept) else UNHEALTHY
             if tracker is not None:
                 entry["release"] = tracker.view(device_id)
             devices.append(entry)

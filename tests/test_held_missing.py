@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from kdp_host.simulator import KubeletSimulator
+from kdp_host.status import devices_document
 
 from .conftest import wait_until
 
@@ -103,3 +104,57 @@ async def test_a_held_device_is_not_called_missing_before_the_first_list(
         )
     assert [r for r in caplog.records if r.getMessage() == "held_device_missing"] == []
     assert missing(running) == 0
+
+
+async def test_a_device_renamed_by_a_reload_of_replicas_is_not_called_missing(
+    sim: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """hostile11 K6: p1 holds `fpga0::<k>` (replicas 2); a reload to `replicas: 1` lists the
+    node as `fpga0`, held for p1's booking. The node is there: no `held_device_missing
+    state=gone`, not counted (the README's DeviceUnpluggedUnderPod alert and its recipe
+    act on that count)."""
+    (devices / "fpga1").unlink()
+    config = short_dir / "kdp.yaml"
+
+    def write(replicas: int) -> str:
+        config.write_text(
+            f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {short_dir}/pr/kubelet.sock,"
+            " podResourcesInterval: 1s}\n"
+            f"stateDir: {short_dir}/state\n"
+            f"resources:\n  - name: {FPGA}\n"
+            f'    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1h}}\n'
+            f"    replicas: {replicas}\n"
+        )
+        return config.read_text()
+
+    running = await start_host(write(2), config_path=config)
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+    await sim.allocate(FPGA, 1, pod_uid="p1", container="c")
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="p1 seen")
+    with caplog.at_level("INFO", logger="kdp_host"):
+        write(1)
+        assert await running.host.reload_from(config) == "ok"
+        before = poller.status.last_ok
+        await wait_until(
+            lambda: (
+                poller.status.last_ok is not None
+                and before is not None
+                and poller.status.last_ok > before + 1.5
+                and any(r.getMessage() == "device_held" for r in caplog.records)
+            ),
+            what="two PodResources answers after the reload, fpga0 held",
+        )
+    assert [h.pod for hs in poller.holdings.of(FPGA).values() for h in hs] == ["p1"]
+    assert missing(running) == 0
+    assert [r for r in caplog.records if r.getMessage() == "held_device_missing"] == []
+    (resource,) = devices_document(running.host)["resources"]
+    [shown] = [d for d in resource["devices"] if d["holders"]]
+    assert shown["health"] == "Healthy" and shown["keptAs"] == ["fpga0"], shown
+    (devices / "fpga0").unlink()  # now it is gone
+    await wait_until(lambda: missing(running) == 1, what="counted once gone")

@@ -8,12 +8,13 @@ caller runs on the host's offload):
 
 - no larger than `MAX_STATE_SIZE` bytes (past it, refused as a file that cannot be read: set
   aside, and its contents count as lost);
-- the content last written by this host, and the content last read, are known (by digest)
-  with the document they are (`DocumentCache`): read back unchanged, neither is parsed again
-  (a write under the lock after another writer's change costs the read, not a second parse;
-  one that comes while the same content is being parsed waits for that parse); the very file
-  this host wrote last (its device, inode, size and modification time: every writer renames
-  a new file into place) is not even read;
+- the content last written by this host, and the content last read (of a file read by its
+  owner's `decode`, `ownership.json`: a document of entries never changed once made), are
+  known by digest with the document they are (`DocumentCache`): read back unchanged, neither
+  is parsed again (a write under the lock after another writer's change costs the read, not
+  a second parse; one that comes while the same content is being parsed waits for that
+  parse); the very file this host wrote last (its device, inode, size and modification
+  time: every writer renames a new file into place) is not even read;
 - a new content is parsed by the owner's `decode` when it has one (`json_document.
   object_entries`: a list of entries decoded and checked one entry at a time, so the
   interpreter switches to the event loop's thread between two; one `json.loads` of 20 MB
@@ -109,8 +110,9 @@ class DocumentCache:
                 document = self._parsed(raw)
             except SHAPE_ERRORS as exc:
                 raise Unreadable(f"does not parse ({str(exc)[:200]})") from None
-            with self._lock:
-                self._seen = (key, document)
+            if self._decode is not None:  # (a document of its own decoder's entries, never
+                with self._lock:  # changed once made: others are parsed anew for each read)
+                    self._seen = (key, document)
             return document
 
     def _known(self, key: bytes) -> Mapping[str, Any] | None:

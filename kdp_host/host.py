@@ -42,6 +42,7 @@ from .services import HostServices, RegistryWait
 from .stale_sockets import clear_sockets
 from .state_files import StateFiles
 from .state_lock import Hold, holding
+from .state_presence import KeptPresent
 from .supervisor import RestartPolicy, Supervisor
 from .timings import Timings
 from .watch import Watcher
@@ -120,16 +121,13 @@ class Host:
         out.update(self.state_files.not_ready())
         if self.selection.waiting:
             why = self.node_labels.problem if self.node_labels is not None else None
-            out["node"] = (
-                f"labels not read ({why or 'no Kubernetes API'}): "
-                + ", ".join(self.selection.waiting)
-                + " wait for them"
-            )
+            waiting = ", ".join(self.selection.waiting)
+            out["node"] = f"labels not read ({why or 'no Kubernetes API'}): {waiting} wait for them"
         return out
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve every resource until `stop` is set, holding `stateDir` all along; once
-        stopped, what it sent off the loop ends (`offload_wait` at most) before the hold goes."""
+        """Serve every resource until `stop`, holding `stateDir`; what it sent off the loop
+        ends (`offload_wait` at most) before the hold goes."""
         state_dir, instance = self.config.state_dir, self.instance_id
         async with holding(state_dir, self._work, self.log, instance) as hold:
             try:
@@ -162,7 +160,9 @@ class Host:
             self.pod_resources.nudge(lambda: any(r.resend() for r in list(self.resources.values())))
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
-        release_watch = release_state.follow(watcher, self.ownership.handed_out())
+        assert handed.file is not None  # (read from stateDir: written again if it goes)
+        watches = [release_state.follow(watcher, self.ownership.handed_out())]
+        watches.append(KeptPresent(handed.file, handed.document, self._work).follow(watcher))
         booked = self.ownership.handed_at_start(served)  # (CDI answers of the checkpoint too)
         handed.booked_at_start(booked, sync.file.found, served, self.ownership.is_booked)
         if self.pod_resources is not None:  # its entries go with their bookings
@@ -176,8 +176,7 @@ class Host:
             commands=commands, pod_resources=self.pod_resources, release_state=release_state,
             ownership=self.ownership, status_changed=self._status_changed,
             registry_wait=self.registry_wait, offload=self._work, node_features=node_features,
-            handed=handed,
-            timings=self.timings,
+            handed=handed, timings=self.timings,
         )  # fmt: skip
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -222,7 +221,8 @@ class Host:
                 self._label_task.cancel()
                 await asyncio.gather(self._label_task, return_exceptions=True)
             kubelet_watch()
-            release_watch.cancel()
+            for watch in watches:
+                watch.cancel()
             sync.close()
             await supervisor.stop_all()
             services.registrar.close()

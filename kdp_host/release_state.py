@@ -31,10 +31,7 @@ once (`follow`), and /readyz says so until it is.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import math
-import os
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -43,6 +40,7 @@ from .files import Offload
 from .logs import EventLogger
 from .state_file import StateFile, text
 from .state_lock import other_writers, running
+from .state_presence import KeptPresent
 from .watch import Subscription, Watcher
 
 STATE_FILE = "release-state.json"
@@ -86,8 +84,6 @@ class ReleaseStateStore:
         self._handed_out: dict[str, frozenset[str]] = {}
         """Resource -> the IDs the bookings say were handed out, while the file was missing
         at start (`follow`); each taken once by its tracker (`handed_out`)."""
-        self._checking: asyncio.Task[None] | None = None
-        self._again = False
 
     @property
     def unknown(self) -> bool:
@@ -128,26 +124,8 @@ class ReleaseStateStore:
         goes while the host runs (cancel the returned subscription to stop)."""
         if not self._file.found:
             self._handed_out = {name: frozenset(ids) for name, ids in handed.items() if ids}
-        directory, name = os.path.split(self.path)
-        return watcher.subscribe(directory, self._changed_on_disk, names=[name])
-
-    def _changed_on_disk(self, _name: str | None) -> None:
-        """A watcher callback: look soon, once per burst (an event while a look runs makes
-        one more: the file may have gone after it looked)."""
-        self._again = True
-        if self._checking is None or self._checking.done():
-            self._checking = asyncio.get_running_loop().create_task(
-                self._check_present(), name=STATE_FILE
-            )
-
-    async def _check_present(self) -> None:
-        """The file is missing although it was there or written: write it again."""
-        while self._again:
-            self._again = False
-            if not self._file.kept:
-                continue
-            if not await self._offload.run(functools.partial(os.path.lexists, self.path)):
-                self._file.write_again(lambda: {"resources": self._data}, "deleted")
+        present = KeptPresent(self._file, lambda: {"resources": self._data}, self._offload)
+        return present.follow(watcher)
 
     def _merge(
         self, mine: Mapping[str, Any], current: Mapping[str, Any] | None

@@ -9,7 +9,11 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from kdp_host.handed_out import HANDED_FILE
 from kdp_host.release_state import STATE_FILE
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.watch import Subscription, WatchCallback
@@ -157,17 +161,30 @@ async def test_a_file_never_there_is_not_written_for_a_watcher_event(short_dir: 
     await tracker.close()
 
 
+@pytest.mark.parametrize("name", [STATE_FILE, HANDED_FILE])
 async def test_a_state_file_deleted_under_a_running_host_is_written_again(
-    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+    name: str,
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """As ownership.json is: a kdp-host restart after the delete still knows fpga0 is used."""
+    """As ownership.json is: a kdp-host restart after the delete still knows fpga0 is used,
+    and what it was handed out as (hostile11 K8: handed-out.json was written again only at
+    the next Allocate, /readyz ok meanwhile; a restart then took the booked devices as
+    listed, not as a record lost)."""
     state = short_dir / "state"
     await start_host(host_yaml(socket_dir, devices, state, "true", pod_resources=None))
     await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
     await kubelet.allocate(FPGA, 1, pod_uid="p1")
-    path = state / STATE_FILE
+    path = state / name
     written = json.loads(path.read_text())
-    assert written["resources"][FPGA]["fpga0"]["used"] == ["fpga0"]
-    path.unlink()
-    await wait_until(path.exists, what="release-state.json written again")
+    assert written["resources"][FPGA]["fpga0"]
+    with caplog.at_level("ERROR", logger="kdp_host"):
+        path.unlink()
+        await wait_until(path.exists, what=f"{name} written again")
     assert json.loads(path.read_text())["resources"] == written["resources"]
+    what = "release_state" if name == STATE_FILE else "handed_out"
+    assert [r for r in caplog.records if r.getMessage() == f"{what}_lost"]

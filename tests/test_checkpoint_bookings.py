@@ -6,8 +6,11 @@ migration from generic-device-plugin, whose pod holds the node under its own ID)
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,11 +23,18 @@ from kdp_host.api.v1beta1 import (
     RegisterRequest,
     RegistrationStub,
 )
+from kdp_host.checkpoint_bookings import book_before
+from kdp_host.files import DaemonThreads
+from kdp_host.logs import get_logger
+from kdp_host.node import NodeInfo
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
 
 from .conftest import wait_until
+from .fake_nodes import FakeNodes
 from .kubelet_harness import GenericDevicePlugin, gdp_device, harness_binary, missing_reason
+from .test_kubelet_checkpoint import entry_of, write_checkpoint
+from .test_ownership import booked_ids, restarted
 from .test_simulator import FakePlugin, dev
 
 OTHER, GDEV = "example.com/other", "gdp.example/gdev"
@@ -91,19 +101,26 @@ async def serve_foreign(kubelet: KubeletSimulator, plugin: FakePlugin) -> Any:
     return server
 
 
+@pytest.mark.parametrize("how", ["reload", "label"])
 async def test_a_resource_a_reload_adds_books_what_another_plugins_pods_hold(
-    pod_resources_kubelet: KubeletSimulator, short_dir: Path, start_host: Any
+    pod_resources_kubelet: KubeletSimulator, short_dir: Path, start_host: Any, how: str
 ) -> None:
     """hostile11 K3: kdp-host serves another resource; another plugin serves GDEV on g0, g1
     under its own IDs, and p1 gets one. The plugin stops, and a reload adds GDEV (same
-    nodes) to kdp-host: its first list holds p1's node back, so p2 gets the other one and
-    p3 none (before: p1's node went to a second pod under kdp-host's ID)."""
+    nodes) to kdp-host, or a node label change selects its entry: its first list holds
+    p1's node back, so p2 gets the other one and p3 none (before: p1's node went to a
+    second pod under kdp-host's ID)."""
     kubelet = pod_resources_kubelet
     other = nodes(short_dir, "odev", "o0")
     pattern = nodes(short_dir, "dev", "g0", "g1")
     config = short_dir / "kdp.yaml"
-    config.write_text(config_text(kubelet, short_dir, (OTHER, other)))
-    running = await start_host(config.read_text(), config_path=config)
+    text = config_text(kubelet, short_dir, (OTHER, other))
+    if how == "label":  # GDEV's entry selects nodes labelled gdp=off
+        text = config_text(kubelet, short_dir, (OTHER, other), (GDEV, pattern))
+        text += '    nodeSelector: {labels: {gdp: "off"}}\n'
+    config.write_text(text)
+    node = NodeInfo("n1", {"gdp": "on"})
+    running = await start_host(config.read_text(), config_path=config, node=node)
     await kubelet.wait_for(lambda: kubelet.allocatable(OTHER) == 1)
     await kubelet.allocate(OTHER, 1, pod_uid="p0")  # (an install with bookings)
     foreign = {"u-0": str(short_dir / "dev" / "g0"), "u-1": str(short_dir / "dev" / "g1")}
@@ -115,8 +132,11 @@ async def test_a_resource_a_reload_adds_books_what_another_plugins_pods_hold(
     server.close()
     await server.wait_closed()
     seen = kubelet.resource(GDEV).registrations
-    config.write_text(config_text(kubelet, short_dir, (OTHER, other), (GDEV, pattern)))
-    assert await running.host.reload_from(config) == "ok"
+    if how == "label":
+        assert running.host.relabel({"gdp": "off"}) is not None
+    else:
+        config.write_text(config_text(kubelet, short_dir, (OTHER, other), (GDEV, pattern)))
+        assert await running.host.reload_from(config) == "ok"
     await kubelet.wait_for(
         lambda: (
             kubelet.resource(GDEV).registrations > seen
@@ -215,3 +235,30 @@ async def test_migrating_from_generic_device_plugin_by_reload_keeps_its_pods_nod
     assert [d["PathOnHost"] for d in p2["devices"]] != [p1_node]
     p3 = await kubelet.acall(kubelet.allocate, "p3", {GDEV: 1})
     assert p3["error"] and not p3["device_ids"], p3
+
+
+async def test_a_reload_books_the_names_not_served_before_and_after_and_only_new_ids(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`book_before`: the entries of the names served before and after are this host's own
+    (not read again); of the others, only the IDs not booked yet are booked (a reload does
+    not book the whole file again on the loop), and their IDs are unlisted."""
+    caplog.set_level(logging.INFO)
+    dp = tmp_path / "dp"
+    dp.mkdir()
+    gpu = "vendor.example/gpu"
+    write_checkpoint(dp, entry_of(A, "a0", "/dev/a"), entry_of(gpu, "g0", "/dev/g"))
+    host, state = restarted(tmp_path / "state", FakeNodes({"/dev/a": ("c", 1), "/dev/g": ("c", 2)}))
+    taken: list[tuple[str, str]] = []
+    poller = SimpleNamespace(unlisted=SimpleNamespace(take=taken.extend))
+    await book_before(host.index, str(dp), [A], DaemonThreads(), get_logger(), poller)
+    await asyncio.wait_for(state.flush(), 30)
+    assert booked_ids(tmp_path / "state") == [f"{gpu}/g0"]
+    assert taken == [(gpu, "g0")]
+    entries = [entry_of(A, "a0", "/dev/a"), entry_of(gpu, "g0", "/dev/g")]
+    write_checkpoint(dp, *entries, entry_of(gpu, "g1", "/dev/g"))
+    taken.clear()
+    await book_before(host.index, str(dp), [A], DaemonThreads(), get_logger(), poller)
+    assert taken == [(gpu, "g1")], "g0 was booked already"
+    lines = [r.__dict__["kdp_fields"] for r in caplog.records if "checkpoint_booked" in r.msg]
+    assert [line["device"] for line in lines] == ["g0", "g1"]

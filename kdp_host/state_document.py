@@ -8,13 +8,13 @@ caller runs on the host's offload):
 
 - no larger than `MAX_STATE_SIZE` bytes (past it, refused as a file that cannot be read: set
   aside, and its contents count as lost);
-- the content last written by this host, and the content last read (of a file read by its
-  owner's `decode`, `ownership.json`: a document of entries never changed once made), are
-  known by digest with the document they are (`DocumentCache`): read back unchanged, neither
-  is parsed again (a write under the lock after another writer's change costs the read, not
-  a second parse; one that comes while the same content is being parsed waits for that
-  parse); the very file this host wrote last (its device, inode, size and modification
-  time: every writer renames a new file into place) is not even read;
+- the file this host wrote last (its device, inode, size and modification time: every
+  writer renames a new file into place) is the document written, not even read; the content
+  last read (of a file read by its owner's `decode`, `ownership.json`: a document of entries
+  never changed once made) is known by digest with the document it is (`DocumentCache`):
+  read again unchanged, it is not parsed again (a write under the lock after another
+  writer's change costs the read, not a second parse; one that comes while the same content
+  is being parsed waits for that parse);
 - a new content is parsed by the owner's `decode` when it has one (`json_document.
   object_entries`: a list of entries decoded and checked one entry at a time, so the
   interpreter switches to the event loop's thread between two; one `json.loads` of 20 MB
@@ -121,7 +121,7 @@ class DocumentCache:
         for known in (wrote, seen):
             if known is not None and key == known[0]:
                 return known[1]
-        return None
+        return None  # (a copy of this host's last write, byte for byte, is parsed: it is rare)
 
     def _parsed(self, raw: bytes) -> Mapping[str, Any]:
         self.parses += 1
@@ -138,8 +138,9 @@ class DocumentCache:
     ) -> None:
         """The file now holds `data`, which is `document` (this host's write: what was read
         before is gone from it); `file`: the file written (`atomic_files.write_atomic`)."""
+        known = digest(data) if file is None else b""  # (the file itself tells it: no hash)
         with self._lock:
-            self._wrote, self._seen = (digest(data), document), None
+            self._wrote, self._seen = (known, document), None
             self._wrote_as = None if file is None else _signature_of(file)
 
     @property

@@ -160,16 +160,19 @@ def test_the_node_features_directory_is_never_handed(dirs: Path) -> None:
     assert "is the directory of the nodeFeatures file" in problem
 
 
-def test_the_kubelets_pods_directory_is_never_handed(dirs: Path) -> None:
+@pytest.mark.parametrize("inside", ["pods/u", "pki", "plugins/csi.example", "plugins_registry"])
+def test_the_kubelets_root_directory_is_never_handed(dirs: Path, inside: str) -> None:
     """socketDir `<root>/device-plugins` (the kubelet's layout): `<root>/pods` holds every
-    pod's secrets. A socketDir elsewhere names no kubelet root (nothing guessed)."""
+    pod's secrets, `<root>/pki` the node's client key, `<root>/plugins` CSI sockets
+    (hostile11 K7: only `pods` was refused). A socketDir elsewhere names no kubelet root
+    (nothing guessed)."""
     (dirs / "kubelet" / "device-plugins").mkdir(parents=True)
-    (dirs / "kubelet" / "pods").mkdir()
-    text = head(dirs, "kubelet/device-plugins") + _mounts(dirs, dirs / "kubelet" / "pods" / "u")
+    (dirs / "kubelet" / inside).mkdir(parents=True)
+    text = head(dirs, "kubelet/device-plugins") + _mounts(dirs, dirs / "kubelet" / inside)
     (problem,) = _problems(dirs / "kdp.yaml", text)
-    assert "lies in the kubelet's pods directory" in problem
+    assert "lies in the kubelet's root directory" in problem
     load_config_ok = dirs / "ok.yaml"
-    load_config_ok.write_text(head(dirs) + _mounts(dirs, dirs / "kubelet" / "pods"))
+    load_config_ok.write_text(head(dirs) + _mounts(dirs, dirs / "kubelet" / inside))
     load_config(load_config_ok)
 
 

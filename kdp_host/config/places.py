@@ -34,8 +34,12 @@ from .syntax import render_template, template_fields
 KUBELET_SOCKET_DIR: Final = "device-plugins"
 """The name of the kubelet's device-plugin directory in its root directory
 (`<root-dir>/device-plugins`): where `socketDir` has it, its parent is the kubelet's root."""
-KUBELET_SECRETS: Final = ("pods",)
-"""What of the kubelet's root directory holds other pods' secrets (their volumes)."""
+KUBELET_ROOT: Final = (
+    "the kubelet's root directory (every pod's volumes and secrets in pods, the node's client "
+    "key in pki, the CSI and device plugins' sockets, its checkpoints)"
+)
+"""Why the kubelet's root directory is protected whole (hostile11 K7: `pods` alone was; its
+`pki` and `plugins` directories were handed out): nothing in it is a device."""
 
 
 def never_handed(config: Config, config_file: str | os.PathLike[str] | None) -> NeverHanded:
@@ -83,9 +87,7 @@ def protected_places(config: Config, config_file: str | None) -> list[Place]:
         ),
     ]
     if (root := kubelet_root(config)) is not None:
-        for name in KUBELET_SECRETS:
-            what = f"the kubelet's {name} directory (other pods' secrets)"
-            found.append(Place.at(("kubelet", "socketDir"), what, os.path.join(root, name)))
+        found.append(Place.at(("kubelet", "socketDir"), KUBELET_ROOT, root))
     for place in written_places(config):
         if place.owner in (SOCKETS, STATE):
             found.append(place)  # (a directory kdp-host writes in)

@@ -112,6 +112,7 @@ def release_tracker(
         handed=handed,
         places=functools.partial(services.ownership.changed_places, config.name),
         timings=services.timings,
+        checkpoint=functools.partial(services.ownership.checkpoint_handed, config.name),
     )
 
 

@@ -68,19 +68,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
-from .devices import Device, advertises
+from .devices import Device, advertises, replica_ids
 from .files import Offload
+from .identity import Identity
 from .logs import EventLogger
 from .metrics import Metrics
 from .mount_table import MountMap, read_mounts
 from .ownership_adopt import Adoption
 from .ownership_batches import RESOLVE_TIMEOUT
+from .ownership_booked import checkpoint_device
 from .ownership_bookings import ReleasePending
 from .ownership_claims import Owner, Reached, Resolver
 from .ownership_gate import ADMISSION_CHUNK
-from .ownership_table import ResourceState
+from .ownership_table import Holding, ResourceState
 from .ownership_watching import Watching
 from .timings import Timings
 from .turns import in_turns
@@ -91,6 +94,9 @@ if TYPE_CHECKING:
 
 Devices = Mapping[str, Device]
 Reaches = Mapping[str, Reached]
+
+
+_NONE_HELD: Mapping[str, Holding] = MappingProxyType({})
 
 
 class OwnershipIndex(Watching):
@@ -164,6 +170,27 @@ class OwnershipIndex(Watching):
                     state.resolving.cancel()
 
         return detach
+
+    def checkpoint_handed(
+        self, resource: str, device_id: str
+    ) -> tuple[Device, dict[str, Identity]] | None:
+        """What the kubelet's checkpoint says `device_id` of `resource` was handed, where this
+        host booked it from there alone (no record of its own: another plugin's ID), with
+        what each path reached then (`ownership_booked.checkpoint_device`); else None."""
+        state = self._resources.get(resource)
+        replicas = 1 if state is None else state.replicas or 1
+        for advertised in (device_id, *replica_ids(device_id, replicas)):
+            booking = self._ledger.bookings.get(Owner(resource, advertised))
+            if booking is not None and not booking.claims and booking.places:
+                return checkpoint_device(device_id, booking)
+        return None
+
+    def held_now(self, resource: str) -> Mapping[str, Holding]:
+        """The devices of `resource` held back now, with why: the admission's map, replaced
+        whole, never changed in place (`/devices` reads it from the HTTP thread, and tells a
+        new one by its identity)."""
+        state = self._resources.get(resource)
+        return _NONE_HELD if state is None else state.held
 
     def hold_while_releasing(self, pending: ReleasePending) -> None:
         """A booking whose device's release is still due (`release_state`) stays, holding its

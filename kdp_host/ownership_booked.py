@@ -15,9 +15,9 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .devices import replica_ids
-from .identity import DIRECTORY
-from .ownership_claims import SYSFS, Claim, ClaimKey, Claims, Owner, ancestors
+from .devices import Device, DeviceMount, DeviceNode, replica_ids
+from .identity import DIRECTORY, Identity
+from .ownership_claims import NOTHING, SYSFS, Claim, ClaimKey, Claims, Owner, ancestors
 from .ownership_unknown import TreeNodes, not_known, reaching_node
 from .rules import below
 
@@ -185,3 +185,25 @@ class BookedClaims:
                     found += places[ordered[at]]
                 at += 1
         return found
+
+
+def checkpoint_device(device_id: str, booking: Booking) -> tuple[Device, dict[str, Identity]]:
+    """What a booking made from the kubelet's checkpoint (no claims of a device of its own,
+    the places of the pod's answer: `kubelet_checkpoint.take_handed`) says the ID was handed,
+    as a device (a directory is a mount source; anything else, or a path gone, a node: the
+    booking keeps no more of the answer's DeviceSpecs)
+    and what each path reached when booked: what its release acts on, as on a record of
+    `handed_out` (hostile11 K5: another plugin's ID is never listed)."""
+    nodes: list[DeviceNode] = []
+    mounts: list[DeviceMount] = []
+    reached: dict[str, Identity] = {}
+    for key, path, _ in booking.places:
+        if key[0] == DIRECTORY:
+            mounts.append(DeviceMount(path, path))
+        else:
+            nodes.append(DeviceNode(path, path))
+        if key[0] != NOTHING:
+            reached[path] = key
+    first = nodes[0].host_path if nodes else None
+    device = Device(device_id, nodes=tuple(nodes), mounts=tuple(mounts), path=first)
+    return device, reached

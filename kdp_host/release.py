@@ -56,7 +56,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
 from .release_state import ReleaseStateStore, device_entry, handed_device
-from .release_use import DeviceUse, unknown_release
+from .release_use import Checkpointed, DeviceUse, unknown_release
 from .timings import Timings
 
 if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
@@ -80,23 +80,19 @@ class ReleaseTracker:
         handed: HandedOut | None = None,
         places: PlaceCheck | None = None,
         timings: Timings | None = None,
+        checkpoint: Checkpointed | None = None,
     ) -> None:
-        """`handed`: the host's record of what each Allocate handed out (`handed_out`): what
-        a release acts on; `places`: whether its host paths still reach it (`check_places`:
-        a release whose path reaches another device now is not run, and retried)."""
+        """`handed`: the record of what each Allocate handed out (`handed_out`): what a
+        release acts on (else `checkpoint`'s); `places`: whether its host paths still reach
+        it (`check_places`: one reaching another device now is not run, and retried)."""
         assert resource.release is not None
         self.config: ReleaseConfig = resource.release
-        self._resource = resource
-        self._table = table
-        self._store = store
-        self._commands = commands
-        self._metrics = metrics
-        self._log = log
-        self._clock = clock
-        self._wall = wall
+        self._resource, self._table, self._store = resource, table, store
+        self._commands, self._metrics, self._log = commands, metrics, log
+        self._clock, self._wall = clock, wall
         self._slots = asyncio.Semaphore(self.config.parallelism)
         self._handed = handed or in_memory(resource.name)
-        self._places = places
+        self._places, self._checkpoint = places, checkpoint
         self._timings = timings or Timings()
         self._assume_used = store.unknown
         if self._assume_used:
@@ -307,13 +303,16 @@ class ReleaseTracker:
         """The release of what the Allocate handed out (`handed`, taken from the record when
         the release was owed: its paths must reach what they did then); without it (handed
         out before the record knew it) the device as listed now, unless its record was lost
-        (`handed_unknown`: not run, see `unknown_release`). Nothing to act on: the release
-        fails (the device stays owed and is released once listed again), never counted ok."""
+        (`handed_unknown`: not run, see `unknown_release`); not listed, what its booking from
+        the kubelet's checkpoint was handed (another plugin's ID: hostile11 K5). Nothing to
+        act on: the release fails (the device stays owed, retried), never counted ok."""
         if handed is None and use.handed_unknown:
             message = unknown_release(self._resource.name, device_id)
             raise HookFailed(Status.FAILED_PRECONDITION, "unknown", message)
         listed = (d for d in self._table.snapshot.devices if d.id == device_id)
-        device = handed.device if handed else next(listed, None)
+        device, reached = (handed.device, handed.reached) if handed else (next(listed, None), None)
+        if device is None and self._checkpoint and (booked := self._checkpoint(device_id)):
+            device, reached = booked
         if device is None:
             raise HookFailed(
                 Status.FAILED_PRECONDITION,
@@ -323,7 +322,6 @@ class ReleaseTracker:
                 "it is listed",
             )
         what = f"{self._resource.name}: release of {device_id}:"
-        reached = handed.reached if handed else None
         await check_places(self._places, what, {device_id, *use.used}, [device], reached)
         values = hook_values(self._resource.name, [device])
         values.update(use.holder_values())

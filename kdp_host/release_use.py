@@ -4,7 +4,7 @@ a release is owed, the release running or failed, and the state `/devices` shows
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -12,10 +12,15 @@ from .backoff import Backoff
 from .rules import join_list
 
 if TYPE_CHECKING:
+    from .devices import Device
     from .holdings import Holder
+    from .identity import Identity
     from .timings import Timings
 
 HOLDER_KEYS = ("namespace", "pod", "container")
+Checkpointed = Callable[[str], "tuple[Device, Mapping[str, Identity]] | None"]
+"""Device ID -> what a booking from the kubelet's checkpoint alone says it was handed
+(`OwnershipIndex.checkpoint_handed`, bound to the resource), or None."""
 ReleaseState = Literal["clean", "in_use", "pending", "running", "failed"]
 
 

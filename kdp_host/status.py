@@ -31,6 +31,9 @@ MAX_ANSWER = 64 << 20
 """Most bytes of a `/devices` answer `kdp-host status` reads."""
 MISSING = "missing"
 """The health of a device held or owed a release that the resource does not list now."""
+HELD = "held"
+"""The health of a device found and held back (`device_held`: another device's claim, a
+booking of another ID, a path no container is handed), with why (`heldBack`)."""
 
 DUMP_SLICE = 256
 """List entries of `/devices` `dump_in_slices` encodes in one call of the C encoder."""
@@ -122,14 +125,24 @@ def devices_document(host: Host) -> dict[str, Any]:
                 entry["release"] = tracker.view(device.id)
             devices.append(entry)
         outstanding = set() if tracker is None else tracker.outstanding()
-        for device_id in sorted((held.keys() | outstanding) - listed):
+        back = host.ownership.held_now(name)
+        for device_id in sorted((held.keys() | outstanding | back.keys()) - listed):
             # Held or owed a release, and not in the list the resource advertises now (gone,
-            # held back, or renamed by a reload): shown until released (hostile5 H3).
-            entry = {"id": device_id, "health": MISSING, "holders": held.get(device_id, [])}
+            # held back, or renamed by a reload): shown until released (hostile5 H3); held
+            # back (`device_held`), with why (hostile11 K5: a node a booking of another
+            # plugin's ID holds).
+            shown = MISSING if device_id in held or device_id in outstanding else HELD
+            entry = {"id": device_id, "health": shown, "holders": held.get(device_id, [])}
             kept = [d for a in ids.get(device_id, ()) for d in host.ownership.kept_for(name, a)]
             if kept:  # its node, listed under another ID, is kept for it (hostile11 K6)
                 entry["keptAs"] = sorted({d.id for d in kept})
                 entry["health"] = HEALTHY if any(d.healthy for d in kept) else UNHEALTHY
+            if (holding := back.get(device_id)) is not None:
+                entry["heldBack"] = {"reason": holding.reason}
+                if holding.owner.resource:  # (by that device, or that booking)
+                    entry["heldBack"].update(
+                        resource=holding.owner.resource, device=holding.owner.device
+                    )
             if tracker is not None:
                 entry["release"] = tracker.view(device_id)
             devices.append(entry)
@@ -165,7 +178,7 @@ class DevicesAnswer:
         if poller is not None:
             pieces += (poller.status, poller.holdings, poller.allocatable)
         for name, runtime in sorted(list(self._host.resources.items())):
-            pieces += (name, runtime, runtime.table.snapshot)
+            pieces += (name, runtime, runtime.table.snapshot, self._host.ownership.held_now(name))
             tracker = runtime.release
             counters.append(-1 if tracker is None else tracker.changes)
         return tuple(pieces), tuple(counters)
@@ -198,8 +211,12 @@ def status_rows(document: Mapping[str, Any]) -> list[tuple[str, ...]]:
         for device in resource.get("devices", []):
             release = device.get("release", {}).get("state", "-")
             holders = device.get("holders") or [None]
+            back = device.get("heldBack") or {}
             for holder in holders:
-                if holder is None:
+                if holder is None and back:  # (held back: why, and by which booking)
+                    why = [str(back[k]) for k in ("reason", "resource", "device") if k in back]
+                    held, since = f"({' '.join(map(quote_text, why))})", "-"
+                elif holder is None:
                     held, since = "-", "-"
                 elif holder.get("listed") is False:
                     held = UNLISTED

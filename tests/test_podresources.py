@@ -286,7 +286,9 @@ def test_the_devices_answer_is_built_once_per_change_and_shared_by_scrapers() ->
     table = DeviceTable()
     table.publish([Device("a"), Device("b")])
     runtime = SimpleNamespace(config=SimpleNamespace(replicas=1), table=table, release=None)
-    host: Any = SimpleNamespace(pod_resources=None, resources={FPGA: runtime})
+    none_held: dict[str, Any] = {}  # (replaced whole when it changes: one object till then)
+    ownership = SimpleNamespace(held_now=lambda resource: none_held)
+    host: Any = SimpleNamespace(pod_resources=None, resources={FPGA: runtime}, ownership=ownership)
     answer = DevicesAnswer(host)
     start = threading.Barrier(8)
     answers: list[bytes] = []

@@ -55,10 +55,11 @@ Rules:
   (`release.command`) is not still due, or is replaced when the kubelet allocates the same
   ID again. With PodResources polling off nothing can show the pod ended: a booking then
   lives until the ID is allocated again, or until it is dropped with `kdp-host unbook` while
-  kdp-host is stopped; a device it holds says so in its `device_held` line. When the file
-  was lost, what the kubelet's checkpoint says each pod was handed is booked at start
-  (`kubelet_checkpoint`); an ID a pod holds with no booking still (admitted before bookings
-  were kept, an answer with CDI names) is booked from PodResources (`ownership_adopt`).
+  kdp-host is stopped; a device it holds says so in its `device_held` line. What the
+  kubelet's checkpoint says each pod was handed is booked at start, with what the file
+  holds (lost, or stale), and before a reload starts a resource (`checkpoint_bookings`);
+  an ID a pod holds with no booking still (admitted before bookings were kept, an answer
+  with CDI names) is booked from PodResources (`ownership_adopt`).
   Hosts on one state directory (a rolling update) share the file: another host's bookings
   hold what they reach as this host's own do, from the moment it writes them (`take_in`).
 """

@@ -17,9 +17,10 @@ container's own devices' names refuses the answer (`PlaceOwned`, naming the devi
 owns it): through it the container would reach another device's nodes, unbooked. Names of
 other kinds (a vendor's own spec files) are outside kdp-host's reach and pass.
 
-The answers the kubelet kept (its checkpoint, `kubelet_checkpoint`) are booked too, at start,
-before any resource publishes (`take_handed`): what bookings were lost with the state
-directory is booked again from what the pods were really handed, of every resource. The real
+The answers the kubelet kept (its checkpoint, `kubelet_checkpoint`) are booked too, at start
+before any resource publishes and before a reload starts one (`take_handed`,
+`checkpoint_bookings`): what bookings were lost with the state directory, or a stale file
+lacks, is booked from what the pods were really handed, of every resource. The real
 paths an answer hands out, checked, are `ownership_hand_out`'s (`HandingOut`, the layer below
 this one).
 """

@@ -304,15 +304,16 @@ class ReleaseTracker:
         the release was owed: its paths must reach what they did then); without it (handed
         out before the record knew it) the device as listed now, unless its record was lost
         (`handed_unknown`: not run, see `unknown_release`); not listed, what its booking from
-        the kubelet's checkpoint was handed (another plugin's ID: hostile11 K5). Nothing to
-        act on: the release fails (the device stays owed, retried), never counted ok."""
-        if handed is None and use.handed_unknown:
+        the kubelet's checkpoint was handed, also with its record lost (another plugin's ID,
+        never listed nor handed out again: hostile11 K5). Nothing to act on: the release
+        fails (the device stays owed, retried), never counted ok."""
+        devices = () if handed else self._table.snapshot.devices
+        listed = next((d for d in devices if d.id == device_id), None)
+        booked = None if handed or listed or not self._checkpoint else self._checkpoint(device_id)
+        if handed is None and use.handed_unknown and booked is None:
             message = unknown_release(self._resource.name, device_id)
             raise HookFailed(Status.FAILED_PRECONDITION, "unknown", message)
-        listed = (d for d in self._table.snapshot.devices if d.id == device_id)
-        device, reached = (handed.device, handed.reached) if handed else (next(listed, None), None)
-        if device is None and self._checkpoint and (booked := self._checkpoint(device_id)):
-            device, reached = booked
+        device, reached = (handed.device, handed.reached) if handed else booked or (listed, None)
         if device is None:
             raise HookFailed(
                 Status.FAILED_PRECONDITION,

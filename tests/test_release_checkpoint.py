@@ -8,6 +8,7 @@ node for good."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,18 @@ def healthy(resource: str, count: int) -> Any:
     return check
 
 
+@pytest.mark.parametrize("lost", [False, True], ids=["state kept", "state lost"])
 async def test_another_plugins_pod_is_released_on_what_the_checkpoint_says_it_was_handed(
     real_kubelet_factory: Any,
     start_host: Any,
     short_dir: Path,
     devices: Path,
     caplog: pytest.LogCaptureFixture,
+    lost: bool,
 ) -> None:
+    """`lost`: the state directory is emptied too (what each ID was handed out as is not
+    known: `handed_unknown`); the other plugin's ID is never handed out again, so its
+    release runs on the checkpoint's paths as well."""
     caplog.set_level(logging.INFO)
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     mine, theirs, log = short_dir / "state", short_dir / "theirs", short_dir / "release.log"
@@ -55,6 +61,8 @@ async def test_another_plugins_pod_is_released_on_what_the_checkpoint_says_it_wa
     await kubelet.await_for(healthy(GDEV, 1), what="their plugin advertises fpga0")
     assert (await kubelet.acall(kubelet.allocate, "p1", {GDEV: 1}))["error"] == ""
     await running.shutdown()
+    if lost:
+        shutil.rmtree(mine)
     # kdp-host takes the resource name over, with a release
     release = f'    release: {{command: [sh, -c, "echo {{hostPaths}} >> {log}"]}}\n'
     glob = f'  - name: {GDEV}\n    glob: {{paths: ["{devices}/fpga*"]}}\n' + release

@@ -48,8 +48,6 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.drivers.stream",
     "kdp_host.hooks",
     "kdp_host.command_output",
-    "kdp_host.json_document",
-    "kdp_host.output_checks",
     "kdp_host.recall",
     "kdp_host.release",
     "kdp_host.release_use",

@@ -23,7 +23,6 @@ from typing import Final
 
 from ..identity import Uncheckable, real_path
 from ..mount_table import MountMap, read_mounts
-from ..process import search_dirs
 from ..rules import GLOB_MAGIC
 from .handed import PROC, ROOT, NeverHanded
 from .model import GROUP_KEY, Config, GlobDriverConfig, Problems, ShellDriverConfig
@@ -147,6 +146,8 @@ def _executable(
         return _file_places(
             key, f"{what} executable", os.path.abspath(os.path.join(cwd or "", argv0))
         )
+    from ..process import search_dirs  # (the runner's rule, loaded where a command is)
+
     found: list[Place] = []
     for directory in search_dirs(env, cwd):
         found.append(

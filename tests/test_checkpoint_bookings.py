@@ -152,6 +152,13 @@ async def test_a_resource_a_reload_adds_books_what_another_plugins_pods_hold(
     assert [spec.host_path for spec in answer.devices] != [p1_node]
     with pytest.raises(SimulatorAllocationError):
         await kubelet.allocate(GDEV, 1, pod_uid="p3")
+    poller = running.host.pod_resources
+    await wait_until(
+        lambda: {h.pod for hs in poller.holdings.of(GDEV).values() for h in hs} == {"p1", "p2"},
+        what="p1 and p2 shown",
+    )
+    # p1's node is there, kept for p1's foreign ID: not a device gone under its pod
+    assert running.sample("kdp_devices_held_missing", resource=GDEV) == 0
     await kubelet.release("p1")
     await kubelet.release("p2")
     await kubelet.wait_for(

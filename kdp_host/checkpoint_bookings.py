@@ -38,7 +38,6 @@ from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
 if TYPE_CHECKING:
     from .config import Config
-    from .handed_entries import Handed as HandedEntry
 
 WITHOUT_CHECKPOINT: Final = (
     "what the kubelet handed out is not known: an ID a pod holds without a booking (the "
@@ -49,7 +48,7 @@ WITHOUT_CHECKPOINT: Final = (
 class HandedBookings(Protocol):
     """Where what the kubelet handed out is booked (`OwnershipIndex.take_handed`)."""
 
-    def take_handed(self, handed: Iterable[HandedClaims], lost: bool = False) -> Gained: ...
+    def take_handed(self, handed: Iterable[HandedClaims]) -> Gained: ...
 
     def serve(self, resources: Iterable[str]) -> None: ...
 
@@ -70,50 +69,20 @@ class Poller(Protocol):
     def unlisted(self) -> Unlisted | None: ...
 
 
-class Record(Protocol):
-    """What each Allocate handed out (`handed_out.HandedRecord`), as `unbooked` reads it."""
-
-    def resources(self) -> list[str]: ...
-
-    def devices(self, resource: str) -> Mapping[str, object]: ...
-
-    def entry(self, resource: str, device_id: str) -> HandedEntry | None: ...
-
-
-class Booked(Protocol):
-    def is_booked(self, resource: str, advertised_id: str) -> bool: ...
-
-
-def unbooked(record: Record, served: Collection[str], bookings: Booked) -> bool:
-    """Whether `handed-out.json` (written before every Allocate answers) has an entry of a
-    resource the config no longer serves whose IDs `ownership.json` did not book: that
-    write was lost (stalled, then the host killed; hostile10 F9). The start then takes the
-    bookings as lost (`book_handed` with `lost`: a node of such an entry gone at start
-    leaves its number unknown, `take_handed`)."""
-    return any(
-        not bookings.is_booked(resource, i)
-        for resource in set(record.resources()) - set(served)
-        for device_id in record.devices(resource)
-        if (entry := record.entry(resource, device_id)) is not None
-        for i in entry.ids
-    )
-
-
 async def book_handed(
     index: HandedBookings,
     config: Config,
     offload: Offload,
     log: EventLogger,
-    lost: bool = False,
 ) -> None:
     """At start, before any resource publishes: book every entry of the checkpoint in the
-    kubelet's device-plugin directory (read off the loop, once), with the bookings of
-    `ownership.json` (kept) or without them (`lost`: missing, set aside, or a write of them
-    lost; `take_handed` marks what it cannot know then). A missing, unreadable or bad
+    kubelet's device-plugin directory (read off the loop, once), beside the bookings of
+    `ownership.json` (`take_handed` marks a node gone now whose number no booking knew as
+    unknown, bookings lost or stale alike). A missing, unreadable or bad
     checkpoint is logged, and the start goes on without it. A number unknown of one of
     `config`'s resources may be any of theirs (`OwnershipIndex.serve`)."""
     index.serve(r.name for r in config.resources)
-    await _book(index, config.kubelet.socket_dir, frozenset(), offload, log, lost)
+    await _book(index, config.kubelet.socket_dir, frozenset(), offload, log)
 
 
 def book_before(
@@ -145,7 +114,6 @@ async def _book(
     skip: frozenset[str],
     offload: Offload,
     log: EventLogger,
-    lost: bool = False,
     new: bool = False,
 ) -> list[HandedClaims]:
     """Read the checkpoint's entries but `skip`'s, book them (`new`: only those with an ID
@@ -173,7 +141,7 @@ async def _book(
         log.info("kubelet_checkpoint_absent", path=path)
         return []
     by_resource: dict[str, Gained] = {}
-    for gained in index.take_handed(handed, lost):
+    for gained in index.take_handed(handed):
         by_resource.setdefault(gained[0].resource, []).append(gained)
     for resource, booked in by_resource.items():
         bound = log.bind(resource=resource)

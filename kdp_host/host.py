@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint_bookings import book_before, book_handed, unbooked
+from .checkpoint_bookings import book_before, book_handed
 from .commands import Commands
 from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
@@ -149,8 +149,7 @@ class Host:
         sync = await shared_bookings(self.ownership, state_dir, instance, self._work, self.log)
         handed = await HandedRecord.read(state_dir, self.log, self._work, instance)
         served = {r.name for r in self.selection.config.resources}
-        lost = not sync.file.found or sync.file.unknown or unbooked(handed, served, self.ownership)
-        await book_handed(self.ownership, self.selection.config, self._work, self.log, lost)
+        await book_handed(self.ownership, self.selection.config, self._work, self.log)
         self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown)
             self.selection.config, self.metrics, self.log, self._work,
             self.ownership.handed_out, self.timings)  # fmt: skip

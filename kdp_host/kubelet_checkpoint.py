@@ -81,7 +81,6 @@ def take_handed(
     handed: Iterable[HandedClaims],
     now: float,
     numbers: bool = False,
-    lost: bool = False,
 ) -> Gained:
     """Book what the kubelet kept of its pods' answers (read at start, before any resource
     publishes, and before a reload starts one: `checkpoint_bookings`): the claims of every
@@ -93,11 +92,12 @@ def take_handed(
     answer that named devices by CDI name is left to PodResources (`ownership_adopt`): the
     nodes those names stood for are not in it. `numbers` (PodResources shows when a booking
     ends): an answer's node gone now makes its IDs' bookings `number_unknown` where no
-    booking knew what it was: one booked from the checkpoint with the bookings `lost`, or
-    kept so (unplugged while kdp-host was down: the kernel may give its number to a node
-    found later, which its pod's container reaches). With the bookings kept, an ID without
-    one is booked all the same (a pod that ended: its entry stays until the kubelet's next
-    allocation, and PodResources ends the booking; or one a stale `ownership.json` lacks)."""
+    booking knew what it was: one booked from the checkpoint alone (bookings lost, or a stale
+    `ownership.json` that lacks it), or kept so (unplugged while kdp-host was down: the
+    kernel may give its number to a node found later, which its pod's container reaches).
+    An ID without a booking is booked all the same (a pod that ended: its entry stays until
+    the kubelet's next allocation, and PodResources ends the booking; or one a stale
+    `ownership.json` lacks)."""
     gained: Gained = []
     for entry in handed:
         ids, claims = entry.handed.ids, entry.claims
@@ -110,7 +110,7 @@ def take_handed(
             owner = Owner(entry.handed.resource, kubelet_id)
             before = ledger.bookings.get(owner)
             if before is None and owner not in ledger.foreign_owners:
-                ledger.record(owner, kubelet_id, (), now, claims, bool(gone) and lost)
+                ledger.record(owner, kubelet_id, (), now, claims, bool(gone))
                 gained.append((owner, claims))
             elif before is not None:
                 kept = {claim[0] for claim in (*before.claims, *before.places)}

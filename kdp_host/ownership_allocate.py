@@ -84,7 +84,7 @@ class BookingAllocations(HandingOut):
         if self._ledger.sink is not None:
             await self._ledger.sink.written()
 
-    def take_handed(self, handed: Iterable[HandedClaims], lost: bool = False) -> Gained:
+    def take_handed(self, handed: Iterable[HandedClaims]) -> Gained:
         """What the kubelet kept of its pods' answers, read at start before any resource
         publishes, or before a reload starts one (`checkpoint_bookings`; `lost`:
         `ownership.json` was missing or set aside): booked (`take_handed`) and written, the
@@ -95,7 +95,7 @@ class BookingAllocations(HandingOut):
             if entry.handed.cdi_names:
                 ids = entry.handed.ids
                 self._cdi_handed.setdefault(entry.handed.resource, set()).update(ids)
-        gained = take_handed(self._ledger, handed, self._clock(), self.pod_resources, lost)
+        gained = take_handed(self._ledger, handed, self._clock(), self.pod_resources)
         for owner, _ in gained:
             if (state := self._state(owner.resource)).publish is None:
                 state.retired = True  # until a runtime of it attaches

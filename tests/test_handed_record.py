@@ -465,7 +465,7 @@ async def test_the_checkpoints_cdi_answers_are_withheld_from_the_start_until_an_
     first answer lets go those no pod holds."""
     index = OwnershipIndex()
     cdi = HandedClaims(Handed(FPGA, ("fpga0", "fpga1"), ("/m",), (f"{KIND}=a",)), ())
-    index.take_handed([cdi], lost=True)
+    index.take_handed([cdi])
     assert index.handed_at_start([FPGA]) == {FPGA: {"fpga0", "fpga1"}}
     assert index.handed_at_start(["other.io/gpu"]) == {}
     record = _record(short_dir / "emptied")

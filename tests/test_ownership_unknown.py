@@ -60,7 +60,7 @@ async def started(tmp: Path, watcher: ManualWatcher, **dirs: Path) -> Host:
     host = Host(watcher)
     host.index.serve([R1, R2])
     gone = HandedClaims(Handed(R1, ("n0",), (GONE,), nodes=1), (claim_of(GONE, reach),))
-    host.index.take_handed([gone], lost=True)
+    host.index.take_handed([gone])
     await host.publish(R2, *(mounting(d, str(path)) for d, path in dirs.items()))
     return host
 

@@ -16,8 +16,9 @@ given `/` has all of them. So no device node or mount source may be, lie inside 
   host) and kernel settings (`/proc/sys`), never a device;
 - the kubelet's `socketDir`, `pluginsRegistryDir`, the directory of its PodResources socket
   and, where `socketDir` is `<root>/device-plugins` (the kubelet's layout, whatever its
-  `--root-dir`), all of `<root>` (`pods`: every pod's volumes, secrets, service-account
-  tokens; `pki`: the node's client key; `plugins`: CSI sockets; hostile11 K7);
+  `--root-dir`), its `pods` (every pod's volumes, secrets, service-account tokens), `pki`
+  (the node's client key), `plugins`, `plugins_registry`, `pod-resources` and
+  `checkpoints` directories (`places.KUBELET_DIRS`; hostile11 K7: `pods` alone was);
 - every place kdp-host writes (`outputs.written_places`, the one list): `stateDir`, the
   directory it serves its sockets from, the directory of each file it writes (the CDI spec
   file of each resource with `allocate.cdi`, the `nodeFeatures` file) and the config file;

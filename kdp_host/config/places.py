@@ -33,12 +33,17 @@ from .syntax import render_template, template_fields
 KUBELET_SOCKET_DIR: Final = "device-plugins"
 """The name of the kubelet's device-plugin directory in its root directory
 (`<root-dir>/device-plugins`): where `socketDir` has it, its parent is the kubelet's root."""
-KUBELET_ROOT: Final = (
-    "the kubelet's root directory (every pod's volumes and secrets in pods, the node's client "
-    "key in pki, the CSI and device plugins' sockets, its checkpoints)"
+KUBELET_DIRS: Final = (
+    ("pods", "every pod's volumes and secrets"),
+    ("pki", "the node's client key"),
+    ("plugins", "CSI and other plugins' sockets"),
+    ("plugins_registry", "the plugin watcher's registration sockets"),
+    ("pod-resources", "the PodResources socket"),
+    ("checkpoints", "pods' checkpoints"),
 )
-"""Why the kubelet's root directory is protected whole (hostile11 K7: `pods` alone was; its
-`pki` and `plugins` directories were handed out): nothing in it is a device."""
+"""The directories of the kubelet's root directory no container is handed, with what each
+holds (hostile11 K7: `pods` alone was; `pki` and `plugins` were handed out). The root itself
+is not: a device may lie beside them (a test's or the demo's temporary root)."""
 
 
 def never_handed(config: Config, config_file: str | os.PathLike[str] | None) -> NeverHanded:
@@ -86,7 +91,9 @@ def protected_places(config: Config, config_file: str | None) -> list[Place]:
         ),
     ]
     if (root := kubelet_root(config)) is not None:
-        found.append(Place.at(("kubelet", "socketDir"), KUBELET_ROOT, root))
+        for name, holds in KUBELET_DIRS:
+            what = f"the kubelet's {name} directory ({holds})"
+            found.append(Place.at(("kubelet", "socketDir"), what, os.path.join(root, name)))
     for place in written_places(config):
         if place.owner in (SOCKETS, STATE):
             found.append(place)  # (a directory kdp-host writes in)

@@ -13,6 +13,7 @@ from kdp_host.simulator import KubeletSimulator
 from kdp_host.status import devices_document
 
 from .conftest import wait_until
+from .test_status_held import two_answers
 
 FPGA = "vendor.example/fpga"
 
@@ -20,6 +21,16 @@ FPGA = "vendor.example/fpga"
 @pytest.fixture
 def sim(pod_resources_kubelet: KubeletSimulator) -> KubeletSimulator:
     return pod_resources_kubelet
+
+
+def config_text(socket_dir: Path, short_dir: Path, devices: Path, extra: str = "") -> str:
+    return (
+        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {short_dir}/pr/kubelet.sock,"
+        " podResourcesInterval: 1s}\n"
+        f"stateDir: {short_dir}/state\n"
+        f"resources:\n  - name: {FPGA}\n"
+        f'    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1h}}\n' + extra
+    )
 
 
 def missing(running: Any) -> float | None:
@@ -34,12 +45,7 @@ async def test_an_unplugged_held_device_is_counted_and_names_its_pod(
     start_host: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    running = await start_host(
-        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {short_dir}/pr/kubelet.sock,"
-        " podResourcesInterval: 1s}\n"
-        f"resources:\n  - name: {FPGA}\n"
-        f'    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1h}}\n'
-    )
+    running = await start_host(config_text(socket_dir, short_dir, devices))
     await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
     assert missing(running) == 0  # from the start, at zero
     response = await sim.allocate(FPGA, 1, pod_uid="train-7", container="worker")
@@ -123,12 +129,7 @@ async def test_a_device_renamed_by_a_reload_of_replicas_is_not_called_missing(
 
     def write(replicas: int) -> str:
         config.write_text(
-            f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: {short_dir}/pr/kubelet.sock,"
-            " podResourcesInterval: 1s}\n"
-            f"stateDir: {short_dir}/state\n"
-            f"resources:\n  - name: {FPGA}\n"
-            f'    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1h}}\n'
-            f"    replicas: {replicas}\n"
+            config_text(socket_dir, short_dir, devices, f"    replicas: {replicas}\n")
         )
         return config.read_text()
 
@@ -140,15 +141,8 @@ async def test_a_device_renamed_by_a_reload_of_replicas_is_not_called_missing(
     with caplog.at_level("INFO", logger="kdp_host"):
         write(1)
         assert await running.host.reload_from(config) == "ok"
-        before = poller.status.last_ok
-        await wait_until(
-            lambda: (
-                poller.status.last_ok is not None
-                and before is not None
-                and poller.status.last_ok > before + 1.5
-                and any(r.getMessage() == "device_held" for r in caplog.records)
-            ),
-            what="two PodResources answers after the reload, fpga0 held",
+        await two_answers(
+            poller, lambda: any(r.getMessage() == "device_held" for r in caplog.records)
         )
     assert [h.pod for hs in poller.holdings.of(FPGA).values() for h in hs] == ["p1"]
     assert missing(running) == 0

@@ -37,6 +37,21 @@ def _devices(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {device["id"]: device for device in resource["devices"]}
 
 
+async def two_answers(poller: Any, also: Any = lambda: True) -> None:
+    """Until two PodResources answers came after now (a reload's effects settled), and
+    `also()`."""
+    before = poller.status.last_ok
+    await wait_until(
+        lambda: (
+            poller.status.last_ok is not None
+            and before is not None
+            and poller.status.last_ok > before + 1.5
+            and also()
+        ),
+        what="two PodResources answers",
+    )
+
+
 @pytest.fixture
 def sim(pod_resources_kubelet: KubeletSimulator) -> KubeletSimulator:
     return pod_resources_kubelet
@@ -111,15 +126,7 @@ async def test_a_reload_that_lowers_replicas_never_releases_under_the_pod(
     poller = running.host.pod_resources
     await wait_until(lambda: len(poller.holdings.of(FPGA)) == 1, what="p1 seen")
     await host.reload(replicas=1)
-    before = poller.status.last_ok
-    await wait_until(
-        lambda: (
-            poller.status.last_ok is not None
-            and before is not None
-            and poller.status.last_ok > before + 1.5
-        ),
-        what="two PodResources answers after the reload",
-    )
+    await two_answers(poller)
     assert not log.exists(), log.read_text()
     shown = host.shown()
     assert [h["pod"] for d in shown.values() for h in d["holders"]] == ["p1"]

@@ -82,7 +82,7 @@ from .ownership_adopt import Adoption
 from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_booked import checkpoint_device
 from .ownership_bookings import ReleasePending
-from .ownership_claims import Owner, Reached, Resolver
+from .ownership_claims import Claim, Owner, Reached, Resolver
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_table import Holding, ResourceState
 from .ownership_watching import Watching
@@ -183,8 +183,24 @@ class OwnershipIndex(Watching):
         for advertised in (device_id, *replica_ids(device_id, replicas)):
             booking = self._ledger.bookings.get(Owner(resource, advertised))
             if booking is not None and not booking.claims and booking.places:
+                if self._shared_with_a_holder(Owner(resource, advertised), booking.places):
+                    return None
                 return checkpoint_device(device_id, booking)
         return None
+
+    def _shared_with_a_holder(self, owner: Owner, places: Iterable[Claim]) -> bool:
+        """Whether another booking holds one of `places` while the last PodResources answer
+        shows its ID held (or no answer came yet): another plugin handed one node to several
+        pods under several IDs (generic-device-plugin's `count`), and the release of one must
+        wait for every one (hostile12 L8: it ran under the other pod)."""
+        heard, ledger = self._adoption.heard, self._ledger
+        others: set[Owner] = set()
+        for key, _, real in places:
+            others.update(ledger.booked.get(key, ()), ledger.places.get(real, ()))
+        others.discard(owner)
+        if heard is None:
+            return bool(others)
+        return any(o.device in heard.of(o.resource) for o in others)
 
     def held_now(self, resource: str) -> Mapping[str, Holding]:
         """The devices of `resource` held back now, with why: the admission's map, replaced

@@ -319,8 +319,8 @@ class ReleaseTracker:
                 Status.FAILED_PRECONDITION,
                 "invalid",
                 f"{self._resource.name}: release of {device_id}: the device is not listed "
-                "and its paths as handed out are not kept: nothing to release; retried once "
-                "it is listed",
+                "and its paths as handed out are not kept (or another pod holds them under "
+                "another ID): nothing to release now; retried",
             )
         what = f"{self._resource.name}: release of {device_id}:"
         await check_places(self._places, what, {device_id, *use.used}, [device], reached)

@@ -585,3 +585,25 @@ async def test_another_plugins_thousands_of_entries_are_one_line_each_answer_dec
     await book_handed(host.index, config_of(dp, A), DaemonThreads(), get_logger())
     lines = [r.__dict__["kdp_fields"] for r in caplog.records if "checkpoint_booked" in r.msg]
     assert lines == [{"resource": gpu, "count": 30, "devices": "g0,g1,g10,g11,g12"}]
+
+
+async def test_a_release_on_the_checkpoints_paths_waits_for_every_pod_of_a_shared_node(
+    tmp_path: Path,
+) -> None:
+    """hostile12 L8: another plugin handed one node to two pods under two IDs
+    (generic-device-plugin's `count: 2`). The release owed when one pod ends acts on the
+    checkpoint's paths only once no other ID booked on them is shown held: it ran under the
+    other pod."""
+    nodes = FakeNodes({"/dev/g0": ("c", 5)})
+    host, _ = restarted(tmp_path, nodes)
+    entries = [
+        HandedClaims(Handed(A, (i,), ("/dev/g0",), nodes=1), (claim_of("/dev/g0", nodes),))
+        for i in ("x0", "x1")
+    ]
+    host.index.take_handed(entries)
+    assert host.index.checkpoint_handed(A, "x0") is None, "no answer yet: x1 may hold it"
+    host.index.holdings(Holdings(1.0, 0.0, {A: {"x1": ()}}))  # p1 (x0) ended, p2 runs
+    assert host.index.checkpoint_handed(A, "x0") is None
+    host.index.holdings(Holdings(2.0, 0.0, {}))  # p2 ended too
+    found = host.index.checkpoint_handed(A, "x0")
+    assert found is not None and [n.host_path for n in found[0].nodes] == ["/dev/g0"]

@@ -172,3 +172,26 @@ async def test_allocate_command_output_mounting_a_command_writable_is_refused(
         response = await sim.allocate(FPGA, 1)
         assert response is not None
         assert [m.host_path for m in response.mounts] == [f"{dirs}/opt"]
+
+
+def test_a_hooks_env_path_and_a_scripts_interpreter_are_protected(dirs: Path) -> None:
+    """hostile12 L4: `release.env`'s PATH decides where a bare name is found (the runner
+    passes it), so its directories are protected as a probe's `shell.env` PATH is; L5: the
+    interpreter a script's `#!` line names runs as root too (`#!/usr/bin/env X`: X on PATH)."""
+    release = fpga_glob(dirs) + (
+        f"    release: {{command: [reset], env: {{PATH: '{dirs}/work:{dirs}/opt/bin'}}}}\n"
+    )
+    rule = never_handed(_load(dirs, release), None)
+    assert rule.problem(f"{dirs}/work") == (
+        f"is a PATH directory {FPGA}'s release.command 'reset' is looked for in, {RUNS_IT}"
+    )
+    (dirs / "tools" / "sh").write_text("")
+    (dirs / "tools" / "sh").chmod(0o755)
+    (dirs / "opt" / "bin" / "reset").write_text(f"#!{dirs}/tools/sh -e\nexit 0\n")
+    rule = never_handed(_load(dirs, _release(dirs, dirs / "opt" / "bin" / "reset")), None)
+    assert rule.problem(f"{dirs}/tools") == (
+        f"holds {FPGA}'s release.command's interpreter executable, {RUNS_IT}"
+    )
+    (dirs / "opt" / "bin" / "reset").write_text("#!/usr/bin/env python3\n")
+    rule = never_handed(_load(dirs, _release(dirs, dirs / "opt" / "bin" / "reset")), None)
+    assert rule.problem(f"{dirs}/tools") is None

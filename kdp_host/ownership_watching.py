@@ -17,8 +17,8 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Final
 
 from .files import Offload
 from .identity import DIRECTORY
@@ -30,7 +30,11 @@ from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_claims import SYSFS, Claims, Resolver, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_paths import PathIndex
+from .ownership_table import ResourceState
 from .rules import below
+
+VANISH_GRACE: Final = 1.0
+"""Seconds a path of an advertised device that went holds nothing (`_note_vanishing`)."""
 
 if TYPE_CHECKING:
     from .safety_net import SafetyNet
@@ -58,6 +62,8 @@ class Watching(BookingAllocations):
         self._arrivals = Arrivals(self._arrived, offload, metrics, nodes_changed=self._nodes_in)
         self._ledger.tree_nodes = self._arrivals.reaches_nodes
         self._watcher: Watcher | None = None
+        self._vanished: dict[tuple[str, str], float] = {}
+        """(resource, device) -> when a path of the advertised device changed (`_vanishing`)."""
         self._keeps = False
         """What an Allocate hands out may be kept (`_follows`)."""
         self._followed: dict[str, set[str]] = {}
@@ -154,6 +160,33 @@ class Watching(BookingAllocations):
         if first:
             asyncio.get_running_loop().call_soon(self._recheck)
 
+    def _note_vanishing(self, state: ResourceState, devices: Collection[str]) -> None:
+        """Advertised devices with a changed path: a path of theirs where nothing is now
+        does not hold them for `VANISH_GRACE` (a driver that watches it lists them anew at
+        once; the hold of hostile9 H5 withdrew a device for its optional member, or an
+        unplugged one in its grace period, ~1 run in 10), then they are admitted again."""
+        now, new = time.monotonic(), []
+        for device_id in devices:
+            if self._vanished.setdefault((state.name, device_id), now) == now:
+                new.append(device_id)
+        if new:
+            asyncio.get_running_loop().call_later(VANISH_GRACE, self._revisit, state.name, new)
+
+    def _revisit(self, resource: str, devices: list[str]) -> None:
+        state = self._resources.get(resource)
+        if state is None or state.publish is None or state.retired:
+            return
+        state.stale.update(d for d in devices if d in state.admitted_from)
+        self._pending[resource] = None
+        self._drain()
+
+    def _vanishing(self, state: ResourceState, device_id: str) -> bool:
+        since = self._vanished.get((state.name, device_id))
+        if since is not None and time.monotonic() - since < VANISH_GRACE:
+            return True
+        self._vanished.pop((state.name, device_id), None)
+        return False
+
     def _recheck(self) -> None:
         """Forget the claims of devices with a changed path, and admit their resources
         again (which resolves them anew): found by path (`PathIndex`), not by a walk."""
@@ -176,6 +209,7 @@ class Watching(BookingAllocations):
                     if (device := state.admitted_from.get(device_id)) is not None:
                         state.claims.pop(places(device), None)
                 state.stale |= stale
+                self._note_vanishing(state, stale - state.held.keys())
                 if stale and state.publish is not None and not state.retired:
                     self._pending[name] = None
         self._drain()

@@ -123,11 +123,6 @@ resources:
     assert response is not None and len(response.devices) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product race (since dd88635): the index's recheck of a changed path holds a "
-    "device for the optional node its driver is about to drop; see the helpers' flaky report",
-)
 async def test_an_optional_member_that_goes_never_withdraws_its_device(
     kubelet: KubeletSimulator,
     socket_dir: Path,

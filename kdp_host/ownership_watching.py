@@ -167,12 +167,17 @@ class Watching(BookingAllocations):
         unplugged one in its grace period, ~1 run in 10), then they are admitted again."""
         now, new = time.monotonic(), []
         for device_id in devices:
-            if self._vanished.setdefault((state.name, device_id), now) == now:
+            if (state.name, device_id) not in self._vanished:
+                self._vanished[state.name, device_id] = now
                 new.append(device_id)
         if new:
             asyncio.get_running_loop().call_later(VANISH_GRACE, self._revisit, state.name, new)
 
     def _revisit(self, resource: str, devices: list[str]) -> None:
+        """The grace of `devices` is over: they go from `_vanished` (which holds only devices
+        in their grace) and are admitted again."""
+        for device_id in devices:
+            self._vanished.pop((resource, device_id), None)
         state = self._resources.get(resource)
         if state is None or state.publish is None or state.retired:
             return
@@ -182,10 +187,7 @@ class Watching(BookingAllocations):
 
     def _vanishing(self, state: ResourceState, device_id: str) -> bool:
         since = self._vanished.get((state.name, device_id))
-        if since is not None and time.monotonic() - since < VANISH_GRACE:
-            return True
-        self._vanished.pop((state.name, device_id), None)
-        return False
+        return since is not None and time.monotonic() - since < VANISH_GRACE
 
     def _recheck(self) -> None:
         """Forget the claims of devices with a changed path, and admit their resources

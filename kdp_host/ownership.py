@@ -193,10 +193,8 @@ class OwnershipIndex(Watching):
         shows its ID held (or no answer came yet): another plugin handed one node to several
         pods under several IDs (generic-device-plugin's `count`), and the release of one must
         wait for every one (hostile12 L8: it ran under the other pod)."""
-        heard, ledger = self._adoption.heard, self._ledger
-        others: set[Owner] = set()
-        for key, _, real in places:
-            others.update(ledger.booked.get(key, ()), ledger.places.get(real, ()))
+        heard = self._adoption.heard
+        others = {o for key, _, real in places for o in self._ledger.holders(key, real)}
         others.discard(owner)
         if heard is None:
             return bool(others)
@@ -261,18 +259,18 @@ class OwnershipIndex(Watching):
         state = self._resources.get(resource)
         return state is not None and device_id in state.reported
 
-    def kept_for(self, resource: str, advertised_id: str) -> list[Device]:
-        """The devices of `resource` held for the kubelet's booking of `advertised_id`: its
-        node is there under another ID (a reload renamed it, `replicas` changed), kept for
-        the pod that holds the old one."""
+    def kept_for(self, resource: str, advertised_ids: Iterable[str]) -> list[Device]:
+        """The devices of `resource` held for the kubelet's bookings of `advertised_ids`
+        (the IDs a pod holds of one device): its node is there under another ID (a reload
+        renamed it, `replicas` changed), kept for the pod that holds the old one."""
         state = self._resources.get(resource)
         if state is None:
             return []
-        owner = Owner(resource, advertised_id)
+        owners = {Owner(resource, i) for i in advertised_ids}
         return [
             state.reported[device]
             for device, why in sorted(state.held.items())
-            if why.owner == owner and device in state.reported
+            if why.owner in owners and device in state.reported
         ]
 
     async def take_in(

@@ -83,10 +83,11 @@ class BookedClaims:
             resource,
             device_id,
             replicas,
-            ((path, self._holders(key, real)) for key, path, real in claims.exclusive),
+            ((path, self.holders(key, real)) for key, path, real in claims.exclusive),
         )
 
-    def _holders(self, key: ClaimKey, real: str) -> Iterable[Owner]:
+    def holders(self, key: ClaimKey, real: str) -> Iterable[Owner]:
+        """The bookings that hold a claim (`key` at `real`): its own, or a place it reaches."""
         holders: Iterable[Owner] = self.booked.get(key, ())
         if self.places:
             holders = [*holders, *self._places_reached(key, real)]

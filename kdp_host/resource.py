@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .config import ResourceConfig
 from .device_table import DeviceTable
-from .devices import Device, Snapshot, physical_id
+from .devices import Snapshot, physical_id
 from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
 from .features import allocate_hook, cdi_writer, health_checker, pre_start_hook, release_tracker
 from .files import STOP_WAIT, OffloadScope
@@ -213,13 +213,13 @@ class ResourceRuntime:
         if self._cdi is not None and not self._cdi.first_sync.is_set():
             return  # (the spec not written yet: each device Unhealthy until it is)
         missing = {device for device in self._held if device not in healthy}
-        kept = {device: self._kept_as(device) for device in missing}
+        ownership, name = self._services.ownership, self.config.name
+        kept = {d: ownership.kept_for(name, self._held_ids.get(d, ())) for d in missing}
         missing -= {device for device, devices in kept.items() if any(d.healthy for d in devices)}
         self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
         listed = {device.id for device in snapshot.devices} if missing else set()
-        lists = functools.partial(self._services.ownership.lists, self.config.name)
         for device in sorted(missing - self._held_missing):
-            present = device in listed or lists(device) or bool(kept[device])
+            present = device in listed or ownership.lists(name, device) or bool(kept[device])
             self.log.warning(
                 "held_device_missing",
                 device=device,
@@ -227,12 +227,6 @@ class ResourceRuntime:
                 holders=",".join(h.shown() for h in self._held[device]),
             )
         self._held_missing = missing
-
-    def _kept_as(self, device: str) -> list[Device]:
-        """The listed devices held for a held ID no device is advertised under now (a
-        reload renamed it: its node is there, kept for its pod; gone only once they are)."""
-        ownership, name = self._services.ownership, self.config.name
-        return [d for a in self._held_ids.get(device, ()) for d in ownership.kept_for(name, a)]
 
     async def _run_parts(self, driver: Driver, reporter: DeviceReporter) -> None:
         services, name = self._services, self.config.name

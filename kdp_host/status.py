@@ -133,7 +133,7 @@ def devices_document(host: Host) -> dict[str, Any]:
             # plugin's ID holds).
             shown = MISSING if device_id in held or device_id in outstanding else HELD
             entry = {"id": device_id, "health": shown, "holders": held.get(device_id, [])}
-            kept = [d for a in ids.get(device_id, ()) for d in host.ownership.kept_for(name, a)]
+            kept = host.ownership.kept_for(name, ids.get(device_id, ()))
             if kept:  # its node, listed under another ID, is kept for it (hostile11 K6)
                 entry["keptAs"] = sorted({d.id for d in kept})
                 entry["health"] = HEALTHY if any(d.healthy for d in kept) else UNHEALTHY

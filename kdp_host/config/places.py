@@ -9,9 +9,11 @@ command kdp-host then runs. For each command of the config (a `shell` driver's, 
 (`process.resolve_command`): an argv[0] with a `/` at its place (its directory's symlinks
 resolved: a link there is the place a pod could re-point) and, where it exists now, at its
 real path; a bare name in each PATH directory it is looked for in up to the one it is found
-in (a pod writing an earlier one would put its own first), and that file. Each
-`shell.workingDir` too (a relative argv[0] or PATH entry is taken there). An argv[0] that is
-a template is rendered per device and is not known here.
+in (a pod writing an earlier one would put its own first; the PATH of the command's `env`
+where it has one: a `shell` probe's, `preStart`'s, `release`'s), and that file; the program a
+script's `#!` line names, found the same way (hostile12 L4, L5). Each `shell.workingDir` too
+(a relative argv[0] or PATH entry is taken there). An argv[0] that is a template is rendered
+per device and is not known here.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from kdp_host.config import Config, ConfigError, load_config
+
 from .conftest import RunningHost, wait_until
 
 PROBE = "vendor.example/probe"
@@ -62,3 +66,17 @@ async def left_out(running: RunningHost, count: int, what: str) -> None:
         ),
         what=what,
     )
+
+
+def load_resources(dirs: Path, resources: str) -> Config:
+    """A config of `head(dirs)` and `resources`, loaded from `dirs/kdp.yaml`."""
+    config = dirs / "kdp.yaml"
+    config.write_text(head(dirs) + resources)
+    return load_config(config)
+
+
+def resource_problems(dirs: Path, resources: str) -> list[str]:
+    """The problems loading that config raises (it must raise)."""
+    with pytest.raises(ConfigError) as raised:
+        load_resources(dirs, resources)
+    return raised.value.problems

@@ -13,28 +13,27 @@ from typing import Any
 import pytest
 
 from kdp_host.cli import main
-from kdp_host.config import Config, ConfigError, load_config, never_handed
+from kdp_host.config import never_handed
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
 
-from .handed_setup import FPGA, PROBE, answering_hook, fpga_glob, head, left_out, made_dirs, probe
+from .handed_setup import (
+    FPGA,
+    PROBE,
+    answering_hook,
+    fpga_glob,
+    head,
+    left_out,
+    load_resources,
+    made_dirs,
+    probe,
+    resource_problems,
+)
 
 
 @pytest.fixture
 def dirs(short_dir: Path) -> Path:
     return made_dirs(short_dir, "cdi", "opt")
-
-
-def _load(dirs: Path, resources: str) -> Config:
-    config = dirs / "kdp.yaml"
-    config.write_text(head(dirs) + resources)
-    return load_config(config)
-
-
-def _problems(dirs: Path, resources: str) -> list[str]:
-    with pytest.raises(ConfigError) as raised:
-        _load(dirs, resources)
-    return raised.value.problems
 
 
 def _mounts(dirs: Path, *sources: str | Path) -> str:
@@ -56,29 +55,29 @@ def _mounts(dirs: Path, *sources: str | Path) -> str:
 def test_allocate_mounts_of_the_hosts_own_paths_are_config_errors(
     dirs: Path, source: str, said: str
 ) -> None:
-    (problem,) = _problems(dirs, _mounts(dirs, dirs / source))
+    (problem,) = resource_problems(dirs, _mounts(dirs, dirs / source))
     assert problem.startswith("line 6: resources[0].allocate.mounts[0].hostPath: "), problem
     assert said in problem
 
 
 def test_a_link_to_root_is_seen_through_and_dev_is_fine(dirs: Path) -> None:
     (dirs / "opt" / "root").symlink_to("/")
-    (problem,) = _problems(dirs, _mounts(dirs, "/dev/null", dirs / "opt" / "root", "/opt"))
+    (problem,) = resource_problems(dirs, _mounts(dirs, "/dev/null", dirs / "opt" / "root", "/opt"))
     assert "allocate.mounts[1].hostPath" in problem
     assert "(resolved: /) is / (the host's root)" in problem
-    _load(dirs, _mounts(dirs, "/dev/null", dirs / "opt"))  # a path inside / is fine
+    load_resources(dirs, _mounts(dirs, "/dev/null", dirs / "opt"))  # a path inside / is fine
 
 
 def test_the_cdi_spec_dir_may_not_be_mounted(dirs: Path) -> None:
     text = _mounts(dirs, dirs / "cdi").replace(
         "allocate: {", f"allocate: {{cdi: {{kind: {FPGA}, specDir: {dirs}/cdi}}, "
     )
-    (problem,) = _problems(dirs, text)
+    (problem,) = resource_problems(dirs, text)
     assert f"is the directory of the CDI spec file of {FPGA}" in problem
 
 
 def test_glob_paths_and_group_members_that_are_no_pattern_are_checked(dirs: Path) -> None:
-    problems = _problems(
+    problems = resource_problems(
         dirs,
         f"  - name: {FPGA}\n    glob: {{paths: ['{dirs}/dp']}}\n"
         f"  - name: vendor.example/grp\n    glob:\n      group:\n"
@@ -92,7 +91,7 @@ def test_glob_paths_and_group_members_that_are_no_pattern_are_checked(dirs: Path
 
 
 def test_the_rule_names_what_it_protects(dirs: Path) -> None:
-    rule = never_handed(_load(dirs, _mounts(dirs, "/dev/null")), str(dirs / "kdp.yaml"))
+    rule = never_handed(load_resources(dirs, _mounts(dirs, "/dev/null")), str(dirs / "kdp.yaml"))
     assert rule.problem("/") == "is / (the host's root)"
     assert rule.problem("/dev/fpga0") is None
     assert rule.problem(f"{dirs}/dp/kubelet.sock") == (
@@ -106,10 +105,10 @@ def test_a_link_into_proc_is_refused(dirs: Path) -> None:
     environment (/proc/<pid>/environ) and was handed out; /proc/sys too."""
     (dirs / "opt" / "env").symlink_to("/proc/self/environ")
     (dirs / "opt" / "sysctl").symlink_to("/proc/sys/kernel")
-    problems = _problems(dirs, _mounts(dirs, dirs / "opt" / "env", dirs / "opt" / "sysctl"))
+    problems = resource_problems(dirs, _mounts(dirs, dirs / "opt" / "env", dirs / "opt" / "sysctl"))
     assert len(problems) == 2
     assert all("lies in /proc (the host's processes and kernel settings)" in p for p in problems)
-    rule = never_handed(_load(dirs, _mounts(dirs, "/dev/null")), str(dirs / "kdp.yaml"))
+    rule = never_handed(load_resources(dirs, _mounts(dirs, "/dev/null")), str(dirs / "kdp.yaml"))
     assert rule.problem("/proc") is not None and rule.problem("/process") is None
     assert rule.path_problem(str(dirs / "opt" / "env")) is not None
 

@@ -15,11 +15,22 @@ from typing import Any
 import pytest
 
 from kdp_host.cli import main
-from kdp_host.config import Config, ConfigError, load_config, never_handed
+from kdp_host.config import never_handed
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
 
-from .handed_setup import FPGA, PROBE, answering_hook, fpga_glob, head, left_out, made_dirs, probe
+from .handed_setup import (
+    FPGA,
+    PROBE,
+    answering_hook,
+    fpga_glob,
+    head,
+    left_out,
+    load_resources,
+    made_dirs,
+    probe,
+    resource_problems,
+)
 
 RUNS_IT = "which no container may be handed writable (kdp-host runs it as root)"
 
@@ -55,26 +66,14 @@ def _mounting(dirs: Path, source: Path, read_only: bool) -> str:
     )
 
 
-def _load(dirs: Path, resources: str) -> Config:
-    config = dirs / "kdp.yaml"
-    config.write_text(head(dirs) + resources)
-    return load_config(config)
-
-
-def _problems(dirs: Path, resources: str) -> list[str]:
-    with pytest.raises(ConfigError) as raised:
-        _load(dirs, resources)
-    return raised.value.problems
-
-
 def test_a_writable_mount_of_a_commands_directory_is_a_config_error(dirs: Path) -> None:
     """The hostile pass's config: a tools directory handed writable that holds the release
     command. Read-only it is fine."""
     release = _release(dirs, dirs / "opt" / "bin" / "reset")
-    (problem,) = _problems(dirs, release + _mounting(dirs, dirs / "opt", read_only=False))
+    (problem,) = resource_problems(dirs, release + _mounting(dirs, dirs / "opt", read_only=False))
     assert "resources[1].glob.group[0].path" in problem, problem
     assert f"holds {FPGA}'s release.command executable, {RUNS_IT}" in problem
-    _load(dirs, release + _mounting(dirs, dirs / "opt", read_only=True))
+    load_resources(dirs, release + _mounting(dirs, dirs / "opt", read_only=True))
 
 
 def test_the_executable_is_seen_through_links_and_found_on_path(dirs: Path) -> None:
@@ -83,7 +82,7 @@ def test_the_executable_is_seen_through_links_and_found_on_path(dirs: Path) -> N
     (dirs / "work" / "go").symlink_to(dirs / "tools" / "real")
     (dirs / "tools" / "real").write_text("#!/bin/sh\n")
     (dirs / "tools" / "real").chmod(0o755)
-    rule = never_handed(_load(dirs, _release(dirs, dirs / "work" / "go")), None)
+    rule = never_handed(load_resources(dirs, _release(dirs, dirs / "work" / "go")), None)
     assert rule.problem(f"{dirs}/work") == f"holds {FPGA}'s release.command executable, {RUNS_IT}"
     assert rule.problem(f"{dirs}/tools") == (
         f"holds {FPGA}'s release.command executable (resolved), {RUNS_IT}"
@@ -94,7 +93,7 @@ def test_the_executable_is_seen_through_links_and_found_on_path(dirs: Path) -> N
         f"  - name: {PROBE}\n    shell: {{command: [reset], workingDir: {dirs}/work, "
         f"env: {{PATH: '{dirs}/tools:{dirs}/opt/bin:/nonexistent'}}}}\n"
     )
-    rule = never_handed(_load(dirs, shell), None)
+    rule = never_handed(load_resources(dirs, shell), None)
     looked = f"is a PATH directory {PROBE}'s shell.command 'reset' is looked for in, {RUNS_IT}"
     assert rule.problem(f"{dirs}/tools") == looked
     assert rule.problem(f"{dirs}/opt/bin/reset") == f"lies in {looked[3:]}"
@@ -104,7 +103,7 @@ def test_the_executable_is_seen_through_links_and_found_on_path(dirs: Path) -> N
 
 def test_a_hard_link_of_the_executable_handed_writable_is_refused(dirs: Path) -> None:
     os.link(dirs / "opt" / "bin" / "reset", dirs / "dev" / "fpga1")
-    rule = never_handed(_load(dirs, _release(dirs, dirs / "opt" / "bin" / "reset")), None)
+    rule = never_handed(load_resources(dirs, _release(dirs, dirs / "opt" / "bin" / "reset")), None)
     assert rule.path_problem(f"{dirs}/dev/fpga1") == (
         f"is {FPGA}'s release.command executable (a hard link of it), {RUNS_IT}"
     )
@@ -181,17 +180,17 @@ def test_a_hooks_env_path_and_a_scripts_interpreter_are_protected(dirs: Path) ->
     release = fpga_glob(dirs) + (
         f"    release: {{command: [reset], env: {{PATH: '{dirs}/work:{dirs}/opt/bin'}}}}\n"
     )
-    rule = never_handed(_load(dirs, release), None)
+    rule = never_handed(load_resources(dirs, release), None)
     assert rule.problem(f"{dirs}/work") == (
         f"is a PATH directory {FPGA}'s release.command 'reset' is looked for in, {RUNS_IT}"
     )
     (dirs / "tools" / "sh").write_text("")
     (dirs / "tools" / "sh").chmod(0o755)
     (dirs / "opt" / "bin" / "reset").write_text(f"#!{dirs}/tools/sh -e\nexit 0\n")
-    rule = never_handed(_load(dirs, _release(dirs, dirs / "opt" / "bin" / "reset")), None)
+    rule = never_handed(load_resources(dirs, _release(dirs, dirs / "opt" / "bin" / "reset")), None)
     assert rule.problem(f"{dirs}/tools") == (
         f"holds {FPGA}'s release.command's interpreter executable, {RUNS_IT}"
     )
     (dirs / "opt" / "bin" / "reset").write_text("#!/usr/bin/env python3\n")
-    rule = never_handed(_load(dirs, _release(dirs, dirs / "opt" / "bin" / "reset")), None)
+    rule = never_handed(load_resources(dirs, _release(dirs, dirs / "opt" / "bin" / "reset")), None)
     assert rule.problem(f"{dirs}/tools") is None

@@ -201,6 +201,11 @@ STOP_WAIT = 0.5
 with the resources' own wait (`supervisor.STOP_WAIT`) within the 2 s a SIGTERM is given."""
 
 
+def _stopped() -> asyncio.CancelledError:
+    """What a call of a stopped owner raises, as if its caller were cancelled."""
+    return asyncio.CancelledError("off-loop work of a stopped owner")
+
+
 class _Dropped(Exception):
     """A call its scope closed before it started: never run."""
 
@@ -227,7 +232,7 @@ class OffloadScope:
 
     async def run(self, function: Callable[[], T]) -> T:
         if self._closed:
-            raise asyncio.CancelledError("off-loop work of a stopped owner")
+            raise _stopped()
         mute = Mute()
 
         def call() -> T:
@@ -247,13 +252,13 @@ class OffloadScope:
         try:
             result = await self._offload.run(call)
         except _Dropped:
-            raise asyncio.CancelledError("off-loop work of a stopped owner") from None
+            raise _stopped() from None
         except Exception:
             if mute.on:
-                raise asyncio.CancelledError("off-loop work of a stopped owner") from None
+                raise _stopped() from None
             raise
         if mute.on:
-            raise asyncio.CancelledError("off-loop work of a stopped owner")
+            raise _stopped()
         return result
 
     async def close(self, timeout: float, log: EventLogger) -> int:

@@ -194,3 +194,16 @@ def test_a_hooks_env_path_and_a_scripts_interpreter_are_protected(dirs: Path) ->
     (dirs / "opt" / "bin" / "reset").write_text("#!/usr/bin/env python3\n")
     rule = never_handed(load_resources(dirs, _release(dirs, dirs / "opt" / "bin" / "reset")), None)
     assert rule.problem(f"{dirs}/tools") is None
+
+
+@pytest.mark.parametrize("line", ["-S -i LC_ALL=C {tool} -e", "-S{tool} -e", "-u HOME {tool}"])
+def test_the_interpreter_env_runs_is_found_past_envs_options(dirs: Path, line: str) -> None:
+    """`#!/usr/bin/env -S X -e` runs X: env's options and settings are not the program."""
+    (dirs / "tools" / "sh").write_text("")
+    (dirs / "tools" / "sh").chmod(0o755)
+    script = dirs / "opt" / "bin" / "reset"
+    script.write_text(f"#!/usr/bin/env {line.format(tool=dirs / 'tools' / 'sh')}\nexit 0\n")
+    rule = never_handed(load_resources(dirs, _release(dirs, script)), None)
+    assert rule.problem(f"{dirs}/tools") == (
+        f"holds {FPGA}'s release.command's interpreter executable, {RUNS_IT}"
+    )

@@ -188,7 +188,7 @@ def _executable(
 
 
 def _interpreter(path: str) -> str | None:
-    """The program a script's `#!` line runs it with (`#!/usr/bin/env X`: X), if any."""
+    """The program a script's `#!` line runs it with (`#!/usr/bin/env [options] X`: X), if any."""
     try:
         with open(path, "rb") as file:
             head = file.read(256)
@@ -197,9 +197,31 @@ def _interpreter(path: str) -> str | None:
     if not head.startswith(b"#!"):
         return None
     words = head[2:].split(b"\n", 1)[0].decode(errors="replace").split()
-    if words[:1] == ["/usr/bin/env"] and len(words) > 1:
-        return words[1]
+    if words and os.path.basename(words[0]) == "env":
+        return _env_program(words[1:])
     return words[0] if words else None
+
+
+_ENV_OPTIONS_WITH_ARGUMENT = frozenset({"-u", "--unset", "-C", "--chdir"})
+
+
+def _env_program(words: list[str]) -> str | None:
+    """The program `env` runs given its arguments: options and NAME=VALUE settings
+    skipped, `-S` split as env splits it."""
+    rest = list(words)
+    while rest:
+        word = rest.pop(0)
+        if word in _ENV_OPTIONS_WITH_ARGUMENT:
+            rest = rest[1:]
+        elif word.startswith("-S") and len(word) > 2:
+            rest[:0] = word[2:].split()
+        elif word.startswith("--split-string="):
+            rest[:0] = word.partition("=")[2].split()
+        elif word.startswith("-") or "=" in word:
+            continue
+        else:
+            return word
+    return None
 
 
 def _file_places(key: FieldPath, what: str, path: str) -> list[Place]:

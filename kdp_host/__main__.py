@@ -1,5 +1,17 @@
+"""`python -m kdp_host` and the `kdp-host` console script: the command's modules load with the
+cyclic collector paused (they live as long as the process and `run` freezes them: heap.py),
+then the command runs."""
+
 import sys
 
-from .cli import main
+from . import heap
 
-sys.exit(main())
+
+def main() -> int:
+    with heap.paused():
+        from .cli import main as command
+    return command()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

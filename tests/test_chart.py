@@ -1142,7 +1142,7 @@ def test_docker_context_builds_the_wheel(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
-        assert "kdp-host = kdp_host.cli:main" in zf.read(entry_points).decode()
+        assert "kdp-host = kdp_host.__main__:main" in zf.read(entry_points).decode()
     assert "kdp_host/__init__.py" in names or any(n.startswith("kdp_host/") for n in names)
 
 

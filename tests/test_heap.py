@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +41,33 @@ def test_paused_restores_the_collector_as_it_was() -> None:
         assert not gc.isenabled()  # a caller's paused collector stays paused
     finally:
         gc.enable()
+
+
+_COMMAND_LOAD = """
+import gc, sys
+gc.collect()
+before = sum(stats["collections"] for stats in gc.get_stats())
+from kdp_host.__main__ import main
+sys.argv = ["kdp-host", "version"]
+code = main()
+after = sum(stats["collections"] for stats in gc.get_stats())
+print(after - before, "kdp_host.cli" in sys.modules, gc.isenabled())
+sys.exit(code)
+"""
+
+
+def test_the_command_loads_its_modules_with_the_collector_paused() -> None:
+    """`kdp-host` (and `python -m kdp_host`) loads the command's modules, asyncio, grpclib,
+    PyYAML and the config machinery with the collector paused: on the old entry point
+    (`kdp_host.cli:main`) ~40 collections ran while they loaded; the collector is on again
+    for the command (`version` here) that runs after."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMMAND_LOAD], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    collections, loaded, enabled = proc.stdout.split()[-3:]
+    assert loaded == "True" and enabled == "True"
+    assert int(collections) < 10
 
 
 async def test_a_run_freezes_what_start_up_made_and_collects_after(

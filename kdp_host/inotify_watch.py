@@ -87,6 +87,8 @@ class InotifyWatcher:
         self._gone = int(Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF)
         self._moved = int(Mask.MOVE_SELF)
         self._appeared = int(Mask.CREATE | Mask.MOVED_TO)
+        self._content = int(Mask.ATTRIB | Mask.CLOSE_WRITE)
+        """An entry's attributes or contents changed (not heard by `Subscription.entries`)."""
         self._kept_kinds = self._overflow | self._gone
         """Events dispatched also when their name was dispatched in the same read."""
         self._inotify = Inotify()
@@ -124,9 +126,14 @@ class InotifyWatcher:
         return True
 
     def subscribe(
-        self, directory: str, callback: WatchCallback, names: Iterable[str] | None = None
+        self,
+        directory: str,
+        callback: WatchCallback,
+        names: Iterable[str] | None = None,
+        *,
+        entries: bool = False,
     ) -> Subscription:
-        subscription = new_subscription(directory, callback, names, self)
+        subscription = new_subscription(directory, callback, names, self, entries)
         if self._subs.add(subscription):
             self._add_watch(subscription.directory)
         return subscription
@@ -231,24 +238,32 @@ class InotifyWatcher:
         earlier one of the same read named (a file made, written and closed is three
         events; a churned directory makes and removes names by the thousand) is dispatched
         once, unless its kind matters here (overflow, a watch gone, a name that appeared
-        while a directory waits to be made)."""
+        while a directory waits to be made), or it is the name's first entry event after
+        a content one (then only to `Subscription.entries` subscribers, the others heard
+        it)."""
         try:
             data = os.read(self._inotify.fd, _READ_SIZE)
         except BlockingIOError:
             return
-        seen: set[tuple[int, bytes]] = set()
+        seen: dict[tuple[int, bytes], bool] = {}
+        """Names dispatched in this read, with whether an entry event of theirs was."""
         offset, end = 0, len(data)
         while offset < end:
             wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
             offset += _EVENT_HEADER.size
             raw = data[offset : offset + length]
             offset += length
+            entry = not mask & self._content
+            again = False
             if not mask & (self._kept_kinds | (self._appeared if self._pending else 0)):
-                if (wd, raw) in seen:
-                    continue
-                seen.add((wd, raw))
+                before = seen.get((wd, raw))
+                if before is not None:
+                    if before or not entry:
+                        continue
+                    again = True  # (its content event reached all but `entries` subscribers)
+                seen[wd, raw] = entry
             name = raw.split(b"\0", 1)[0]
-            self._dispatch(mask, wd, os.fsdecode(name) if name else None)
+            self._dispatch(mask, wd, os.fsdecode(name) if name else None, entry, again)
 
     async def _retry_pending_forever(self) -> None:
         """Directories that do not exist yet (a socket dir before the kubelet made it): tried
@@ -260,7 +275,9 @@ class InotifyWatcher:
                 self._retry_pending()
             self._retry_wanted.clear()
 
-    def _dispatch(self, mask: int, wd: int, name: str | None) -> None:
+    def _dispatch(
+        self, mask: int, wd: int, name: str | None, entry: bool = True, again: bool = False
+    ) -> None:
         if mask & self._overflow:
             self._log.warning("inotify_overflow", action="rescan_all")
             self._subs.notify_all(self._log)
@@ -284,7 +301,7 @@ class InotifyWatcher:
                 self._subs.notify(directory, None, self._log)
             return
         for directory in directories:
-            self._subs.notify(directory, name, self._log)
+            self._subs.notify(directory, name, self._log, entry=entry, again=again)
         if name is not None and mask & self._appeared and self._pending:
             # a missing directory made in a watched one is watched at once (the others at
             # the next retry: trying every one on every event cost a failed watch each)

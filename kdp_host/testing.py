@@ -105,9 +105,14 @@ class ManualWatcher:
         return {subscription.directory for subscription in self._subscriptions}
 
     def subscribe(
-        self, directory: str, callback: WatchCallback, names: Iterable[str] | None = None
+        self,
+        directory: str,
+        callback: WatchCallback,
+        names: Iterable[str] | None = None,
+        *,
+        entries: bool = False,
     ) -> Subscription:
-        subscription = new_subscription(directory, callback, names, self)
+        subscription = new_subscription(directory, callback, names, self, entries)
         self._subscriptions.append(subscription)
         return subscription
 
@@ -115,11 +120,14 @@ class ManualWatcher:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
 
-    def change(self, directory: str, name: str | None = None) -> None:
-        """Tell the subscribers of `directory` that `name` (None: anything) changed."""
+    def change(self, directory: str, name: str | None = None, *, entry: bool = True) -> None:
+        """Tell the subscribers of `directory` that `name` (None: anything) changed; with
+        `entry` False, only its attributes or contents did (inotify's ATTRIB, CLOSE_WRITE:
+        not told to `Subscription.entries` subscribers)."""
         for subscription in list(self._subscriptions):
-            if subscription.directory == os.path.normpath(directory) and (
-                name is None or subscription.names is None or name in subscription.names
+            if (entry or not subscription.entries) and (
+                subscription.directory == os.path.normpath(directory)
+                and (name is None or subscription.names is None or name in subscription.names)
             ):
                 subscription.callback(name)
 

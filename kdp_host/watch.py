@@ -4,7 +4,11 @@ Subscribers name a directory and get a callback with the name of the entry that 
 (or None when anything may have changed: a queue overflow, the directory itself went away
 or came back, a poll saw a difference). A subscriber that cares about a few entries only
 names them, and other entries' events never reach it (the kubelet's socket dir sees a
-checkpoint write per pod admission; every resource watches that dir for two names).
+checkpoint write per pod admission; every resource watches that dir for two names). A
+subscriber whose answer depends only on which entries are there (`entries`: the sysfs
+driver's node directories) hears entries made, removed or renamed, not an entry's
+attributes or contents changing (a node created, then given its mode by udev, or a file
+written and closed, is one change to it, not two or three).
 Callbacks run on the event loop and must be cheap: they set an event that the subscriber's
 own task waits on. Nothing in here wakes up while nothing changes.
 
@@ -41,6 +45,9 @@ class Subscription:
     names: frozenset[str] | None = None
     """The entries whose events reach `callback` (None: every entry's); events that may
     concern any entry (name None) always do."""
+    entries: bool = False
+    """Only entries made, removed or renamed reach `callback`, not an entry's attributes or
+    contents changing (inotify's ATTRIB, CLOSE_WRITE)."""
     _watcher: Watcher | None = field(default=None, repr=False)
 
     def cancel(self) -> None:
@@ -51,7 +58,12 @@ class Subscription:
 
 class Watcher(Protocol):
     def subscribe(
-        self, directory: str, callback: WatchCallback, names: Iterable[str] | None = None
+        self,
+        directory: str,
+        callback: WatchCallback,
+        names: Iterable[str] | None = None,
+        *,
+        entries: bool = False,
     ) -> Subscription: ...
 
     def unsubscribe(self, subscription: Subscription) -> None: ...
@@ -78,12 +90,17 @@ class Watcher(Protocol):
 
 
 def new_subscription(
-    directory: str, callback: WatchCallback, names: Iterable[str] | None, watcher: Watcher
+    directory: str,
+    callback: WatchCallback,
+    names: Iterable[str] | None,
+    watcher: Watcher,
+    entries: bool = False,
 ) -> Subscription:
     return Subscription(
         os.path.normpath(directory),
         callback,
         None if names is None else frozenset(names),
+        entries,
         watcher,
     )
 
@@ -131,11 +148,24 @@ class SubscriberIndex:
             return True
         return False
 
-    def notify(self, directory: str, name: str | None, log: EventLogger) -> None:
+    def notify(
+        self,
+        directory: str,
+        name: str | None,
+        log: EventLogger,
+        *,
+        entry: bool = True,
+        again: bool = False,
+    ) -> None:
+        """Call the subscribers who hear this event. `entry` False: an entry's attributes or
+        contents changed (not heard by `Subscription.entries`); `again`: the others heard
+        this name already (an earlier event of it in the same read), only those hear it."""
         if name is None:
             subs = list(self.by_dir.get(directory, ()))
         else:
             subs = [*self._any.get(directory, ()), *self._by_name.get((directory, name), ())]
+        if again or not entry:
+            subs = [sub for sub in subs if sub.entries == again]
         for sub in subs:
             try:
                 sub.callback(name)
@@ -162,9 +192,15 @@ class PollingWatcher:
         self._seen: dict[str, DirSignature | None] = {}
 
     def subscribe(
-        self, directory: str, callback: WatchCallback, names: Iterable[str] | None = None
+        self,
+        directory: str,
+        callback: WatchCallback,
+        names: Iterable[str] | None = None,
+        *,
+        entries: bool = False,
     ) -> Subscription:
-        subscription = new_subscription(directory, callback, names, self)
+        """(A poll names no entry: `entries` changes nothing.)"""
+        subscription = new_subscription(directory, callback, names, self, entries)
         if self._subs.add(subscription):
             self._seen[subscription.directory] = dir_signature(subscription.directory)
         return subscription

@@ -247,7 +247,7 @@ class _DeafWatcher:
 
     kind = "deaf"
 
-    def subscribe(self, directory: str, callback: object) -> object:
+    def subscribe(self, directory: str, callback: object, **_: object) -> object:
         return type("Sub", (), {"cancel": lambda self: None})()
 
     def unsubscribe(self, subscription: object) -> None:

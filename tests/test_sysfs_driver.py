@@ -682,6 +682,39 @@ async def test_a_node_event_during_the_scan_that_reads_it_makes_no_scan(fake: Fa
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_node_s_mode_or_a_write_to_it_wakes_no_scan(fake: FakeSysfs) -> None:
+    """Issue 19/20, sysfs flapping: devtmpfs makes a node, then udev sets its mode and
+    owner (the fake's node made is also closed after a write): the mode, the write change
+    nothing the driver reads (a node is there or not), so they wake no scan (each made
+    one, ~1 more scan per node plugged). Counted through what the reader is told."""
+    controller = fake.usb_controller()
+    fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="S0")
+    log = get_logger().bind(resource=RESOURCE)
+    watcher = InotifyWatcher(log)
+    config = sysfs_config(
+        fake, f'usb: [{{vendor: "{FTDI[0]}"}}]\ngracePeriod: 1h\nrescanInterval: 1h'
+    )
+    reader = HeldReader(fake)
+    driver = SysfsDriver(config, DriverDeps(log, watcher), reader=reader)
+    notifier = RecordingNotifier()
+    usb = str(fake.dev / "bus" / "usb" / "001")
+    async with asyncio.TaskGroup() as group:
+        watching = group.create_task(watcher.run())
+        driving = group.create_task(driver.run(notifier))
+        await wait_until(lambda: "S0" in notifier.devices and usb in watcher.directories)
+        for path in (fake.dev / "ttyUSB0", fake.dev / "bus" / "usb" / "001" / "002"):
+            path.chmod(0o660)
+            path.write_text("x")
+        fake.create_node("mark")
+        await wait_until(
+            lambda: any("mark" in told for told in reader.told), what="the scan of the mark"
+        )
+        assert reader.told == [["mark"]]
+        assert len(notifier.scans) == 2  # (the first, full, then the mark's)
+        driving.cancel()
+        watching.cancel()
+
+
 async def test_sysfs_resource_end_to_end(
     kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host
 ) -> None:

@@ -208,6 +208,34 @@ async def test_events_that_name_what_the_same_read_named_are_dispatched_once(
     assert names == [f"f{n}" for n in range(100)]
 
 
+async def test_an_entries_subscription_hears_entries_made_or_removed_only(
+    inotify: InotifyWatcher, tmp_path: Path
+) -> None:
+    """Issue 19/20, sysfs flapping: devtmpfs makes a node, then udev sets its mode; a
+    subscriber that cares which entries are there (`entries`) hears the node made, not its
+    mode (ATTRIB) or a write closed (CLOSE_WRITE), each of which woke a scan. The others
+    hear everything, and an entry removed right after a write (one read) reaches both."""
+    plain: list[str | None] = []
+    entries: list[str | None] = []
+    inotify.subscribe(str(tmp_path), plain.append)
+    inotify.subscribe(str(tmp_path), entries.append, entries=True)
+    node = tmp_path / "ttyUSB0"
+    node.touch()  # (made, then closed)
+    await wait_until(lambda: "ttyUSB0" in entries and "ttyUSB0" in plain, 30, "the node made")
+    plain.clear()
+    entries.clear()
+    node.chmod(0o660)  # its mode, a write: separate reads (the loop reads between)
+    await wait_until(lambda: "ttyUSB0" in plain, 30, "the mode")
+    node.write_text("x")
+    await wait_until(lambda: plain.count("ttyUSB0") == 2, 30, "the write")
+    node.write_text("y")  # queued while the loop is held here: one read
+    node.unlink()
+    (tmp_path / "mark").touch()
+    await wait_until(lambda: "mark" in entries and "mark" in plain, 30, "the mark")
+    assert entries == ["ttyUSB0", "mark"]
+    assert plain == ["ttyUSB0", "ttyUSB0", "ttyUSB0", "mark"]
+
+
 async def test_a_missing_directory_is_tried_again_only_when_it_may_be_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -225,3 +225,8 @@ class ScanSettings:
     """Seconds per scan once the burst is spent (see SCAN_SPACING)."""
     burst: int = SCAN_BURST
     """Scans that may start back to back (see SCAN_BURST)."""
+    entries: bool = False
+    """The answer depends only on which entries the watched directories hold (sysfs: a
+    node is there or not), not on their attributes or contents: the watcher does not wake
+    the loop for those (`Subscription.entries`: devtmpfs makes a node, then udev sets its
+    mode; a file made, written and closed; each is one change, one scan)."""

@@ -8,7 +8,9 @@ changes could change that answer (`DirWatch.watch`). Everything else lives here,
   the scan timeout; a scan that hangs is waited for again next time, never started twice
   (threads would pile up on a hung file system);
 - **watching**: every directory the last scan named is subscribed to on the host's watcher;
-  a change wakes the loop at once (a hot-plug is seen in milliseconds); the changes named
+  a change wakes the loop at once (a hot-plug is seen in milliseconds; a scanner whose
+  answer depends only on which entries are there is not woken by their attributes or
+  contents changing: `ScanSettings.entries`); the changes named
   before the scan's thread begins to read are that scan's (`Changes`), those named while it
   reads make one scan after it, however many, unless the scan read each of their paths after
   it was named (`DirWatch.read_at`: a device's second node); a burst of `burst`
@@ -250,7 +252,9 @@ class ScanLoop(Generic[S]):
         wanted = self._wanted
         for directory in wanted - subscriptions.keys():
             subscriptions[directory] = self._deps.watcher.subscribe(
-                directory, functools.partial(self._changed, directory)
+                directory,
+                functools.partial(self._changed, directory),
+                entries=self.settings.entries,
             )
         for directory in subscriptions.keys() - wanted:
             subscriptions.pop(directory).cancel()

@@ -187,6 +187,10 @@ class SysfsDriver(ScanLoop[SysfsScanner]):
     ) -> None:
         scanner = SysfsScanner(config, reader or SysfsReader(config.sysfs_root, config.dev_root))
         settings = ScanSettings(
-            config.rescan_interval, config.grace_period, config.scan_timeout, FULL_RESCAN_EVERY
+            config.rescan_interval,
+            config.grace_period,
+            config.scan_timeout,
+            FULL_RESCAN_EVERY,
+            entries=True,  # (a node is there or not: its mode, its writes change nothing)
         )
         super().__init__(scanner, settings, deps)

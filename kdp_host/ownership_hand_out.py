@@ -31,6 +31,7 @@ import abc
 import asyncio
 import functools
 import os
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final, TypeVar
 
@@ -129,13 +130,14 @@ class HandingOut(AdmissionGate):
                 known.update(await self._resolve_keeping(todo, self._handed))
             reached = reached_only(paths, known)
             real = handed_reals(paths, self._claimed(resource, ids), reached)
-            mounts = self._within.mounts
+            mounts, since = self._within.mounts, time.monotonic()  # (one stat of each
+            # protected place for the whole answer, taken at its first path's check)
             for path in sorted(paths):
                 found = reached.get(path)
                 key = None if found is None else found[0]
                 writable = path not in read_only
                 why = self.never_handed.problem(
-                    real[path], key, mounts, fresh=True, writable=writable
+                    real[path], key, mounts, fresh=True, since=since, writable=writable
                 )
                 if why is not None:
                     raise Unresolvable(f"{path}: its real path {real[path]} {why}")

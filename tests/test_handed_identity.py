@@ -105,6 +105,49 @@ def test_the_rule_knows_a_hard_link_by_identity(dirs: Path) -> None:
     assert rule.path_problem(str(dirs / "opt" / "plain")) is None
 
 
+def test_one_answers_paths_share_the_stats_taken_since_it_began(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Allocate answer's paths are checked on the protected places' stats taken at or
+    after the answer began (`problem(fresh=True, since=...)`): its first path takes them,
+    the others share them (issue 19: 7 stats per path of every answer); stats taken before
+    it began never serve it, so a protected file replaced just before is known by its new
+    identity."""
+    import time
+
+    from kdp_host.config import handed as handed_module
+    from kdp_host.identity import identity_of
+
+    config = dirs / "kdp.yaml"
+    config.write_text(head(dirs) + _mounts(dirs, "/dev/null"))
+    rule = never_handed(load_config(config), str(config))
+    plain = dirs / "opt" / "plain"
+    plain.touch()
+    stats: list[str] = []
+    real_stat = handed_module._stat
+    monkeypatch.setattr(handed_module, "_stat", lambda p: stats.append(p) or real_stat(p))
+    since = time.monotonic()
+    key = identity_of(plain.stat())
+    assert rule.problem(str(plain), key, fresh=True, since=since) is None
+    taken = len(stats)
+    assert taken > 0
+    assert rule.problem(str(plain), key, fresh=True, since=since) is None
+    assert len(stats) == taken, "the second path of one answer stat'ed the places again"
+    # The config file replaced (a new inode), and a path linked to the new one: an answer
+    # that began after it does not take the stats taken before.
+    config.unlink()
+    config.write_text(head(dirs) + _mounts(dirs, "/dev/null"))
+    os.link(config, dirs / "opt" / "cfg")
+    linked = identity_of((dirs / "opt" / "cfg").stat())
+    why = rule.problem(str(dirs / "opt" / "cfg"), linked, fresh=True, since=time.monotonic())
+    assert "is the config file" in (why or "")
+    assert len(stats) == 2 * taken
+    assert "is the config file" in (
+        rule.problem(str(dirs / "opt" / "cfg"), linked, fresh=True) or ""
+    )
+    assert len(stats) == 3 * taken, "fresh without `since` stat'ed nothing"
+
+
 async def test_a_probe_device_with_a_hard_link_of_kubelet_sock_is_left_out(
     dirs: Path, start_host: Any
 ) -> None:

@@ -168,6 +168,7 @@ class NeverHanded:
         mounts: MountMap | None = None,
         *,
         fresh: bool = False,
+        since: float | None = None,
         writable: bool = True,
     ) -> str | None:
         """Why the real path `real` (reaching `key`, where known; a claim of a path where
@@ -176,8 +177,10 @@ class NeverHanded:
         node or on no protected place's file system (it runs for every node and mount of
         every device admitted): a place is compared only when one of the two paths starts
         with the other; `fresh`: the protected places stat'ed now (else up to VIEW_AGE
-        old); `writable`: handed so (a device node, a mount with `readOnly: false`), where
-        the places of `run` are refused too."""
+        old), or, given `since` (a `time.monotonic()` reading), stat'ed at or after it: the
+        paths of one Allocate answer share the stats taken for its first path;
+        `writable`: handed so (a device node, a mount with `readOnly: false`), where the
+        places of `run` are refused too."""
         mounts = mounts or _NO_MOUNTS
         shown = self._shown_at(mounts)
         places = mounts.places(os.path.normpath(real))
@@ -199,7 +202,7 @@ class NeverHanded:
         if unseen(key):
             return UNSEEN  # (hostile9 H5: what it reaches on the host is not known)
         if key is not None and key[0] in (DIRECTORY, FILE):
-            return self._identity_problem(key, fresh, writable)
+            return self._identity_problem(key, fresh, writable, since)
         return None
 
     def path_problem(
@@ -242,14 +245,16 @@ class NeverHanded:
             self._shown[id(mounts)] = cached  # (a new table is a new object: `remount`)
         return cached
 
-    def _identity_problem(self, key: Identity, fresh: bool, writable: bool) -> str | None:
+    def _identity_problem(
+        self, key: Identity, fresh: bool, writable: bool, since: float | None = None
+    ) -> str | None:
         """What `key` is by identity: a protected directory or `/`, the config file, a hard
         link of a file directly in a protected directory (a directory is listed again only
         when its mtime changed). A problem found on stats up to VIEW_AGE old is confirmed
         on stats taken now: a file gone from a protected directory since may have left its
         inode number to the file asked of (ext4 hands a freed one out again at once: the
         kubelet's checkpoint, rewritten at each Allocate, then the next device file made)."""
-        why = self._found(self._stats(fresh), key, writable)
+        why = self._found(self._stats(fresh, since if fresh else None), key, writable)
         return why if why is None or fresh else self._found(self._stats(True), key, writable)
 
     def _found(self, view: _View, key: Identity, writable: bool) -> str | None:
@@ -269,10 +274,15 @@ class NeverHanded:
                 return f"lies in {what} (a hard link), which no container may be handed"
         return None
 
-    def _stats(self, fresh: bool) -> _View:
+    def _stats(self, fresh: bool, since: float | None = None) -> _View:
+        """The protected places' stats: taken now when `fresh` (or at or after `since`,
+        when given), else up to VIEW_AGE old."""
         now = time.monotonic()
-        if self._view and not fresh and now - self._view[0].taken < VIEW_AGE:
-            return self._view[0]
+        last = self._view[0] if self._view else None
+        if last is not None and (
+            (since is not None and last.taken >= since) if fresh else now - last.taken < VIEW_AGE
+        ):
+            return last
         root = _stat(ROOT)
         files = [(w, st, False) for w, path in self.files if (st := _stat(path)) is not None]
         files += [(w, st, True) for w, p in self.run if (st := _stat(p)) and st_isreg(st.st_mode)]

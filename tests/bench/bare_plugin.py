@@ -8,6 +8,12 @@ ownership, metrics, state files, watcher or config checks. `--stack` also import
 of the chosen stack (PyYAML, prometheus-client) and does nothing with it. Invoked as
 kdp-host is (`... run --config FILE ...`, the bench harness's `KDP_BENCH_COMMAND`); the
 config is the harness's JSON.
+
+It also answers Allocate, for the floor of issue 19's Allocate rows (`peer`): each container
+request gets a DeviceSpec per ID (the matched file, at the same path in the container), built
+by the generated messages and nothing else. `--plugin-server` serves through kdp-host's own
+server (`protocol.server.PluginServer`: its codec and one write per answer) in place of a
+plain grpclib `Server`: the floor of the stack as kdp-host uses it.
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ import grpclib.server
 import uvloop
 
 from kdp_host.api.v1beta1 import (
+    AllocateRequest,
+    AllocateResponse,
+    ContainerAllocateResponse,
     Device,
     DevicePluginBase,
     DevicePluginOptions,
+    DeviceSpec,
     Empty,
     ListAndWatchResponse,
     RegisterRequest,
@@ -35,8 +45,17 @@ from kdp_host.api.v1beta1 import (
 
 
 class _Plugin(DevicePluginBase):
-    def __init__(self, devices: list[Device]) -> None:
+    def __init__(self, devices: list[Device], directory: str) -> None:
         self.devices = devices
+        self.directory = directory
+
+    async def allocate(self, message: AllocateRequest) -> AllocateResponse:
+        responses = []
+        for request in message.container_requests:
+            paths = [os.path.join(self.directory, i) for i in request.devices_ids]
+            specs = [DeviceSpec(container_path=p, host_path=p, permissions="rw") for p in paths]
+            responses.append(ContainerAllocateResponse(devices=specs))
+        return AllocateResponse(container_responses=responses)
 
     async def get_device_plugin_options(self, message: Empty) -> DevicePluginOptions:
         return DevicePluginOptions()
@@ -46,7 +65,7 @@ class _Plugin(DevicePluginBase):
         await asyncio.Event().wait()
 
 
-async def _serve(config: dict[str, object]) -> None:
+async def _serve(config: dict[str, object], plugin_server: bool) -> None:
     socket_dir = str(config["kubelet"]["socketDir"])  # type: ignore[index]
     kubelet = grpclib.client.Channel(path=os.path.join(socket_dir, "kubelet.sock"))
     stub = RegistrationStub(kubelet)
@@ -56,7 +75,13 @@ async def _serve(config: dict[str, object]) -> None:
         paths = await asyncio.to_thread(lambda: sorted(glob.glob(pattern)))
         devices = [Device(id=os.path.basename(path), health="Healthy") for path in paths]
         endpoint = f"bare-{index:03d}.sock"
-        server = grpclib.server.Server([_Plugin(devices)])
+        plugin = _Plugin(devices, os.path.dirname(pattern))
+        if plugin_server:
+            from kdp_host.protocol.server import PluginServer
+
+            server: grpclib.server.Server = PluginServer([plugin])
+        else:
+            server = grpclib.server.Server([plugin])
         await server.start(path=os.path.join(socket_dir, endpoint))
         request = RegisterRequest(
             version="v1beta1",
@@ -79,7 +104,7 @@ def main(argv: list[str]) -> None:
     with open(argv[argv.index("--config") + 1]) as file:
         config = json.load(file)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(config))
+        runner.run(_serve(config, "--plugin-server" in argv))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ the same device files. Per repeat, in alternating order:
   Allocate, the checkpoint write), p50;
 * the plugin's Allocate RPC alone: `/bench` with `direct_rpc` (a grpc-go client dialled like
   the kubelet's, one connection reused), p50;
+* both Allocate figures also of the stack's floor, in the same repeats: `bare_plugin.py
+  --plugin-server` on the same kubelet and files (uvloop, grpclib, betterproto2 and
+  kdp-host's server, a fixed answer of the same shape, nothing else), with kdp-host/floor
+  and floor/GDP: what a plugin on the chosen stack cannot go below;
 * 100 resources x 10 devices: from spawning the process to the kubelet's last `registered`
   event (each plugin started alone), then RSS (VmRSS) after a settling pause and CPU over an
   idle window with every ListAndWatch stream open (both plugins idle at once);
@@ -26,10 +30,13 @@ so instead of the figures.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +85,8 @@ class Row:
     gdp: Figure
     kdp: Figure
     ratio: Figure
+    extra: list[Figure] = field(default_factory=list)
+    """Figures of the row's own that are no column of the table (the stack's floor)."""
 
     @classmethod
     def make(
@@ -108,7 +117,7 @@ class Row:
         self.gdp.note = f"not measured: {reason}"
 
     def figures(self) -> list[Figure]:
-        return [self.gdp, self.kdp, self.ratio]
+        return [self.gdp, self.kdp, self.ratio, *self.extra]
 
 
 def run(opts: Options) -> list[Figure]:
@@ -252,23 +261,42 @@ def allocate_rows(opts: Options, gdp_missing: str | None) -> list[Row]:
         note=f"kubelet-harness /bench direct_rpc, {opts.peer_rpc_calls} calls",
     )
     rows = [through, direct]
-    if gdp_missing is not None:
-        for row in rows:
+    for row in rows:
+        # extra: the floor, kdp-host/floor and, with GDP, floor/GDP
+        row.extra += [
+            Figure(
+                f"{row.label}, the stack's floor",
+                "us",
+                note="tests/bench/bare_plugin.py --plugin-server on the same kubelet: uvloop, "
+                "grpclib, betterproto2 and kdp-host's server (codec, one write per answer), a "
+                "fixed answer of the same shape, nothing else",
+            ),
+            Figure(f"{row.label}, kdp-host/floor", "x"),
+        ]
+        if gdp_missing is not None:
             row.skip_gdp(gdp_missing)
+        else:
+            row.extra.append(Figure(f"{row.label}, floor/GDP", "x"))
     workdir = make_workdir("peer-alloc")
     try:
         tree = workdir / "dev"
         make_device_files(tree, ALLOCATE_DEVICES, "d")
-        with peers(workdir, "alloc", [tree], with_gdp=gdp_missing is None) as p:
+        with (
+            peers(workdir, "alloc", [tree], with_gdp=gdp_missing is None) as p,
+            stack_floor(workdir, p.kubelet, tree) as floor_resource,
+        ):
             kubelet = p.kubelet
             kubelet.wait_for(
-                lambda k: healthy(k, p.gdp_resources + p.kdp_resources, ALLOCATE_DEVICES),
+                lambda k: healthy(
+                    k, [*p.gdp_resources, *p.kdp_resources, floor_resource], ALLOCATE_DEVICES
+                ),
                 30,
                 "every device healthy at the kubelet",
             )
-            targets = [p.kdp_resources[0], *p.gdp_resources]
+            targets = [p.kdp_resources[0], *p.gdp_resources, floor_resource]
             for run_index in range(opts.repeats):
-                order = targets if run_index % 2 == 0 else targets[::-1]
+                shift = run_index % len(targets)
+                order = targets[shift:] + targets[:shift]
                 p50: dict[tuple[str, bool], float] = {}
                 for direct_rpc in (False, True):
                     for resource in order:
@@ -279,13 +307,55 @@ def allocate_rows(opts: Options, gdp_missing: str | None) -> list[Row]:
                 gdp = p.gdp_resources[0] if p.gdp_resources else None
                 for row, direct_rpc in ((through, False), (direct, True)):
                     gdp_p50 = None if gdp is None else p50[gdp, direct_rpc]
-                    row.add(gdp_p50, p50[p.kdp_resources[0], direct_rpc])
+                    kdp_p50, floor_p50 = (
+                        p50[p.kdp_resources[0], direct_rpc],
+                        p50[floor_resource, direct_rpc],
+                    )
+                    row.add(gdp_p50, kdp_p50)
+                    row.extra[0].add(floor_p50)
+                    row.extra[1].add(kdp_p50 / floor_p50)
+                    if gdp_p50:
+                        row.extra[2].add(floor_p50 / gdp_p50)
                 p.kdp.check_alive()
                 if p.gdp is not None:
                     p.gdp.check_alive()
     finally:
         remove_tree(workdir)
     return rows
+
+
+@contextlib.contextmanager
+def stack_floor(workdir: Path, kubelet: RealKubelet, tree: Path) -> Iterator[str]:
+    """The bare plugin (`bare_plugin.py --plugin-server`) serving `tree` as one resource on
+    `kubelet`, registered; yields its resource name."""
+    resource = "floor.example/r000"
+    config = workdir / "floor.json"
+    config.write_text(
+        json.dumps(
+            {
+                "kubelet": {"socketDir": str(kubelet.socket_dir)},
+                "resources": [{"name": resource, "glob": {"paths": [f"{tree}/*"]}}],
+            }
+        )
+    )
+    since = kubelet.last_seq()
+    script = Path(__file__).with_name("bare_plugin.py")
+    command = [sys.executable, str(script), "--plugin-server", "run", "--config", str(config)]
+    with open(workdir / "floor.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            kubelet.registered_at([resource], since, timeout=60)
+        except TimeoutError as exc:
+            raise BenchError(f"the stack's floor plugin did not register: {exc}") from None
+        yield resource
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 def _bench_p50(kubelet: RealKubelet, resource: str, iterations: int, direct_rpc: bool) -> float:

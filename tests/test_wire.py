@@ -1,8 +1,9 @@
 """The hand-written wire paths (kdp_host/protocol/wire.py) against two independent codecs.
 
-All five paths (ListAndWatch device entries, the Allocate and GetPreferredAllocation answers,
-their two requests) are checked with hypothesis against the official protobuf runtime
-(classes generated from protos/api.proto by grpc_tools.protoc) and betterproto2. Messages
+All seven paths (ListAndWatch device entries, the Allocate and GetPreferredAllocation answers,
+their two requests, the DevicePluginOptions answer and the Register request) are checked
+with hypothesis against the official protobuf runtime (classes generated from
+protos/api.proto by grpc_tools.protoc) and betterproto2. Messages
 are generated from the .proto's descriptor, so a field added to protos/api.proto is
 generated too; and a descriptor walk fails while any reachable field is not handled.
 """
@@ -368,7 +369,7 @@ def unhandled(find_message: Callable[[str], Descriptor]) -> list[str]:
 def test_every_field_on_the_hot_paths_is_handled_by_the_encoder(official: Api) -> None:
     """Add a field to protos/api.proto on one of these messages and this fails until
     kdp_host/protocol/wire.py handles it (and lists it in HANDLED_FIELDS)."""
-    assert len(ROOTS) == 5
+    assert len(ROOTS) == 7
     pool = official.pb2.DESCRIPTOR.pool
     assert not unhandled(pool.FindMessageTypeByName), "\n".join(
         unhandled(pool.FindMessageTypeByName)

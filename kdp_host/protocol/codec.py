@@ -1,12 +1,13 @@
-"""The message codec of the DevicePlugin server, plugged into grpclib's public codec hook.
+"""The message codec of the DevicePlugin server and of the Register channel, plugged into
+grpclib's public codec hook.
 
 grpclib hands every message it sends or receives to the server's codec
-(`grpclib.server.Server(handlers, codec=...)`, a `grpclib.encoding.base.CodecBase`), with the
-message type the handler declares. This codec writes and reads the hot messages with the
-hand-written `wire` functions, sends ListAndWatch lists that were encoded ahead
-(`EncodedMessage`), and leaves every other message to betterproto2's own public
-`bytes(message)` / `Message.parse(data)`. The messages themselves stay plain generated
-betterproto2 messages.
+(`grpclib.server.Server(handlers, codec=...)`, `grpclib.client.Channel(codec=...)`, a
+`grpclib.encoding.base.CodecBase`), with the message type the handler or stub declares.
+This codec writes and reads the hot messages with the hand-written `wire` functions, sends
+ListAndWatch lists that were encoded ahead (`EncodedMessage`), and leaves every other
+message to betterproto2's own public `bytes(message)` / `Message.parse(data)`. The messages
+themselves stay plain generated betterproto2 messages.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from grpclib.const import Status
 from grpclib.exceptions import ProtocolError, StreamTerminatedError
 
 from ..api.v1beta1 import DevicePluginOptions, RegisterRequest, RegistrationStub
+from .codec import DevicePluginCodec
 
 API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
@@ -67,7 +68,8 @@ class Registrar:
     A connection per call cost each resource a connect and an HTTP/2 handshake with the
     kubelet: most of a resource's start-up work beside the kubelet's own dial-back. The
     connection is made again when kubelet.sock is a new file (a restarted kubelet) and
-    after a call failed for want of the connection; the host closes it when it stops.
+    after a call failed for want of the connection; the host closes it when it stops. The
+    Register request is written by `wire` (the channel's codec: `DevicePluginCodec`).
     """
 
     def __init__(self) -> None:
@@ -103,7 +105,7 @@ class Registrar:
             if known[0] == identity:
                 return known[1]
             known[1].close()
-        channel = grpclib.client.Channel(path=path)
+        channel = grpclib.client.Channel(path=path, codec=DevicePluginCodec())
         self._channels[path] = (identity, channel)
         return channel
 

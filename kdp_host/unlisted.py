@@ -21,7 +21,9 @@ The checkpoint is read off the loop (the host's offload), only while such an ID 
 the restart rule needs it (`Settle`), and only when the file changed (inode, size, mtime).
 The kubelet frees an ended pod's devices when asked for its `List` (our poll), and writes
 the file at its next ListAndWatch message: while the file, written before the last answer,
-still lists an unlisted ID (or the restart rule asks what it lists), the host sends a
+still lists an unlisted ID, or lacks one but was written too soon after its Allocate to
+count (a pod that ended within `allocation_settle` of it, the file written meanwhile: no
+other write may ever come), or the restart rule asks what it lists, the host sends a
 resource's list again (`nudge`) so the kubelet writes it, at most every
 `Timings.nudge_first` seconds, doubling up to `nudge_max` while no ID goes (a pod whose init
 container holds a device for hours costs the kubelet a write every 5 min), up to
@@ -194,8 +196,12 @@ class Unlisted:
         """Read the checkpoint again if it changed (bounded by READ_TIMEOUT; a read that
         hangs is waited for by the next refresh, never started twice), then free the IDs it
         no longer lists; `answered`: Unix time of the last answer (the kubelet freed what it
-        had to when asked), a file written before it that lists one is asked for again, as
-        is one written before it while `doubted` (the restart rule asks what it lists)."""
+        had to when asked), a file written before it that still holds one is asked for
+        again, as is one written before it while `doubted` (the restart rule asks what it
+        lists). An ID held after `_free` is one the file lists, or one it lacks but was
+        written too soon after its Allocate to count (`allocation_settle`): either way only
+        a later write tells, and a write the kubelet made before that Allocate counted, for
+        a pod that ended at once, is the last it makes unasked."""
         if self._reading is None:
             work = functools.partial(read_checkpoint, self.path, self.checkpoint)
             self._reading = asyncio.ensure_future(self.offload.run(work))
@@ -220,8 +226,8 @@ class Unlisted:
             if read.written < answered and (
                 doubted
                 or any(
-                    key in read.ids and handout.wall + self.timings.allocation_settle <= answered
-                    for key, handout in self.handed.items()
+                    handout.wall + self.timings.allocation_settle <= answered
+                    for handout in self.handed.values()
                 )
             ):
                 self._ask_write(doubted)

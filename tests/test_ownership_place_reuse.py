@@ -9,6 +9,7 @@ held (`place_booked`) until p1's booking ends, then advertised."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +27,13 @@ from kdp_host import (
 from kdp_host.drivers import glob_paths
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
+from .conftest import FAST
 from .kubelet_harness import healthy
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
 FPGA = "vendor.example/fpga"
+OTHER = "vendor.example/other"
 
 
 def _config(socket_dir: Path, dev: Path, state: Path, pod_resources: Path) -> str:
@@ -169,3 +172,37 @@ async def test_through_the_real_kubelet_a_file_renamed_onto_a_booked_path_is_hel
     third = await kubelet.acall(kubelet.allocate, "p3", {FPGA: 1})
     assert third["error"] == "", third
     assert {d["PathOnHost"] for d in third["devices"]} == {str(dev / "n0")}
+
+
+async def test_through_the_real_kubelet_a_pod_gone_at_once_frees_the_place_it_was_handed(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any
+) -> None:
+    """The same, p1 gone within `allocation_settle` of its Allocate, no PodResources answer
+    having shown it, and the kubelet's checkpoint written meanwhile without it (here another
+    pod's Allocate; in CI the write of the list that held n1, which the release overtook):
+    too soon to count, and the kubelet writes none unasked. kdp-host asks for a write and
+    ends p1's booking on it; it held n0's ID, and so n1, for ever (CI failed on the test
+    above so)."""
+    pod_resources = short_dir / "pr"
+    kubelet = real_kubelet_factory(pod_resources_dir=pod_resources)
+    dev, other = short_dir / "dev", short_dir / "other"
+    dev.mkdir()
+    other.mkdir()
+    (dev / "n0").touch()
+    (other / "o0").touch()
+    text = _config(kubelet.socket_dir, dev, short_dir / "state", pod_resources)
+    text += f'  - name: {OTHER}\n    glob: {{paths: ["{other}/o*"], gracePeriod: 0s}}\n'
+    # (a window wide enough for the steps up to p3's Allocate; the others kept after it)
+    timings = dataclasses.replace(FAST, allocation_settle=2.0, gone_after=2.5, heard_after=3.0)
+    await start_host(text, timings=timings)
+    await kubelet.await_for(healthy(FPGA, 1), what="n0 advertised")
+    await kubelet.await_for(healthy(OTHER, 1), what="o0 advertised")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    (dev / "n1").touch()
+    await kubelet.await_for(healthy(FPGA, 2), what="n1 advertised besides n0 held by p1")
+    (dev / "n1").rename(dev / "n0")
+    await kubelet.await_for(healthy(FPGA, 0), what="n1 held at p1's place")
+    await kubelet.acall(kubelet.release, "p1")
+    # the kubelet writes its checkpoint at this Allocate, without p1
+    assert (await kubelet.acall(kubelet.allocate, "p3", {OTHER: 1}))["error"] == ""
+    await kubelet.await_for(healthy(FPGA, 1), timeout=60, what="n1 once p1 is gone")

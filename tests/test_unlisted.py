@@ -312,6 +312,29 @@ async def test_an_id_no_answer_showed_goes_when_a_later_checkpoint_drops_it(tmp_
     assert set(unlisted.by_resource()[FPGA]) == {"a"}  # (asked before that Allocate)
 
 
+async def test_a_checkpoint_written_too_soon_after_the_allocate_is_asked_for_again(
+    tmp_path: Path,
+) -> None:
+    """The pod ended within `allocation_settle` of its Allocate and the kubelet wrote its
+    checkpoint meanwhile (a ListAndWatch message of ours, another pod's Allocate): the file
+    lacks the ID, too soon to count, and the kubelet writes no other unasked. kdp-host asks
+    for one (the ID stayed held for ever before: a device at the place its booking names was
+    never advertised again, CI's test_ownership_place_reuse real-kubelet flake)."""
+    now = [1000.0]
+    unlisted = _unlisted(tmp_path, now)
+    asked: list[float] = []
+    unlisted.nudge = lambda: asked.append(now[0]) is None
+    unlisted.allocated(FPGA, ["a"])
+    _write(tmp_path, {}, 1000.5)  # (p1 already gone when the kubelet wrote it)
+    now[0] = 1002.0
+    await unlisted.refresh(answered=1002.0)
+    assert set(unlisted.by_resource()[FPGA]) == {"a"}, "freed on a write too soon to count"
+    assert asked == [1002.0], "no write asked for: `a` held until allocated again"
+    _write(tmp_path, {}, 1002.1)  # (the write asked for)
+    await unlisted.refresh(answered=1003.0)
+    assert unlisted.by_resource() == {}
+
+
 async def test_at_start_the_ids_the_checkpoint_lists_are_held_until_shown(tmp_path: Path) -> None:
     """kdp-host restarted while an init container holds `a`: `a` (listed by the checkpoint)
     is held; a checkpoint it cannot use makes every booked ID held; none makes none."""

@@ -41,7 +41,9 @@ def arrived(paths: Iterable[str], limit: int) -> tuple[Found, bool]:
         found.append((key, path))  # (its directory's real path, and its name)
         if len(found) >= limit:
             return found, bool(todo) or left or key[0] == DIRECTORY
-        if key[0] == DIRECTORY:
+        if key[0] == DIRECTORY and not (left and len(found) + len(todo) >= limit):
+            # (past that, a listing adds nothing and `left` is said already: not opened;
+            # a big directory's first read costs what its whole listing does)
             try:
                 with os.scandir(path) as entries:
                     for entry in entries:  # (no more than the limit: a big directory)

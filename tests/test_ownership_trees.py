@@ -263,6 +263,34 @@ async def test_the_allocate_read_is_bounded(
     assert read == [3]
 
 
+def test_a_read_at_its_limit_opens_no_more_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the entries listed reach the limit and a listing was cut short, the directories
+    still to be read add nothing (each is only stat'ed): they are not opened (issue 19: an
+    Allocate mounting /usr/lib opened ~65 directories, reading a big one's first 32 KiB of
+    entries each, to list none of them). What the read returns is the same."""
+    for i in range(50):
+        (tmp_path / f"d{i:02d}").mkdir()
+        for j in range(10):
+            (tmp_path / f"d{i:02d}" / f"f{j}").touch()
+    opened: list[str] = []
+    scandir = os.scandir
+
+    def counted(path: str) -> object:
+        opened.append(path)
+        return scandir(path)
+
+    monkeypatch.setattr(ownership_reads.os, "scandir", counted)
+    found, more = ownership_reads.arrived([str(tmp_path)], 20)
+    assert len(found) == 20 and more
+    assert {os.path.dirname(path) for _key, path in found[1:]} == {str(tmp_path)}
+    assert opened == [str(tmp_path)]
+    opened.clear()
+    found, more = ownership_reads.arrived([str(tmp_path / "d00")], 20)
+    assert (len(found), more, len(opened)) == (11, False, 1)
+
+
 async def test_the_host_wide_bound_leaves_the_tree_past_it_to_the_safety_net(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,8 +49,11 @@ class HealthState:
             self.unlisted = self.unlisted ^ {name}
         before = self.not_ready
         if before.get(name) != reason or STARTING in before:
-            after = {k: v for k, v in before.items() if k != name and k != STARTING}
-            if reason is not None:
+            after = dict(before)  # (a copy in C: a comprehension cost ~O(resources) per change)
+            after.pop(STARTING, None)
+            if reason is None:
+                after.pop(name, None)
+            else:
                 after[name] = reason
             self.report_not_ready(after)
         elif not before and not self.unlisted:

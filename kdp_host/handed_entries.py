@@ -21,7 +21,7 @@ from .allocation import AllocationError
 from .devices import Device, DeviceMount, DeviceNode
 from .identity import Identity
 from .rendered_json import Rendered
-from .state_file import text
+from .state_document import text
 
 
 @dataclass(frozen=True)

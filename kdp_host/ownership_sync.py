@@ -6,10 +6,12 @@ own bookings into the one file (merged under its lock, `merged_with`); each foll
 through the host's watcher and reads it again when it changes (`BookingsSync`; its own last
 write, read back unchanged, is known without reading its entries again, `ownership_document`):
 another host's bookings hold what they reach at once (`OwnershipIndex.take_in`, every
-resource admitted again), and this host's own are written back when the file lost them. While
-another host's bookings are held, a safety-net check (`SAFETY_INTERVAL`) asks whether that
-host still runs (`state_lock.running`): the bookings of one that ended, SIGKILL included, are
-taken over, so they end when their pods do.
+resource admitted again), and this host's own are written back when the file lost them
+(`ownership_state_lost`: not as written, or without this host's latest stamp). A running
+host's bookings the file lacks stay as last read (`ownership_peers`): a host's end is told
+by its lock only. While another host's bookings are held, a safety-net check
+(`SAFETY_INTERVAL`) asks whether that host still runs (`state_lock.running`): the bookings of
+one that ended, SIGKILL included, are taken over, so they end when their pods do.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import functools
 import operator
 import os
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .dir_signature import dir_signature
 from .files import Offload
@@ -35,6 +37,7 @@ from .ownership_document import (
     ownership_file,
     read_saved,
 )
+from .ownership_peers import WRITES, Peers, Stamp, own_lost, stamps_of
 from .safety_net import SafetyNet
 from .state_file import Merge, StateFile
 from .state_lock import running
@@ -70,10 +73,11 @@ async def shared_bookings(
     return sync
 
 
-def merged_with(directory: str, writer: str) -> Merge:
-    """How host `writer` writes the file: its own entries replace those it wrote before;
-    every other host's stay, except the entries of a host that no longer runs whose booked
-    ID `writer` has booked itself (it took them over, `ownership_sync`). Blocking (the
+def merged_with(directory: str, writer: str, stamp: Stamp | None = None) -> Merge:
+    """How host `writer` writes the file: its own entries replace those it wrote before,
+    with a new `stamp` (`ownership_peers`); every other host's stay (and its stamp), except
+    the entries of a host that no longer runs whose booked ID `writer` has booked itself (it
+    took them over, `ownership_sync`). Blocking (the
     hosts' lock files are asked), run while the file is locked. Each entry is checked once
     (`checked_entries`), and the file's entries are grouped by writer once per content
     read (`state_document`): a write while the other hosts' entries are unchanged costs
@@ -92,9 +96,11 @@ def merged_with(directory: str, writer: str) -> Merge:
         last[:] = [(current["bookings"], groups)]
         return groups
 
+    stamped = stamp or Stamp()
+
     def merge(mine: Mapping[str, Any], current: Mapping[str, Any] | None) -> Mapping[str, Any]:
         if current is None:
-            return mine
+            return {**mine, WRITES: {writer: stamped.next()}}
         own: set[Owner] | None = None
         kept: dict[str | None, list[Entry]] = {}
         for other, entries in by_writer(current).items():
@@ -110,30 +116,57 @@ def merged_with(directory: str, writer: str) -> Merge:
         merged: list[Entry] = [entry for entries in kept.values() for entry in entries]
         merged += mine["bookings"]
         last[:] = [(merged, {**kept, writer: mine["bookings"]})]
-        return {"bookings": merged}
+        stamps = {
+            w: s
+            for w, s in stamps_of(current).items()
+            if w != writer and (w in kept or running(directory, w))
+        }
+        return {"bookings": merged, WRITES: {**stamps, writer: stamped.next()}}
 
     return merge
 
 
-def read_shared(file: StateFile, writer: str) -> tuple[Saved | None, frozenset[str], bool]:
-    """The file's bookings (None: it could not be read, and was set aside), the other
-    hosts that wrote some and still run, and whether it is this host's last write (then
-    only the other entries, and none read again: `ownership_document`). Blocking."""
-    before, ours = file.set_aside, False
+class SharedRead(NamedTuple):
+    """`ownership.json` as a following host reads it (`read_shared`)."""
+
+    saved: Saved | None
+    """Its bookings (None: it could not be read, and was set aside); another host's as
+    last read where the file lacks its latest write (`ownership_peers`)."""
+    others: frozenset[str]
+    """The other hosts whose bookings are held and that run."""
+    ours: bool
+    """It is this host's last write (then `saved` holds only the other hosts' entries, none
+    read again: `ownership_document`)."""
+    kept: frozenset[str] = frozenset()
+    """Running hosts whose entries the file lacks: their bookings as last read stay."""
+    ended: frozenset[str] = frozenset()
+    """Hosts named that no longer run (their bookings are taken over)."""
+    lost: str | None = None
+    """Why the file does not hold this host's last write (None: it does)."""
+
+
+def read_shared(file: StateFile, writer: str, peers: Peers | None = None) -> SharedRead:
+    """The file as host `writer` follows it (`peers`: the other hosts' entries as last
+    read, which it believes over a file that lacks their latest write). Blocking."""
+    before, ours, stamps = file.set_aside, False, {}
+    wrote = stamps_of(file.last_written or {})  # (before the read: see `own_lost`)
 
     def parse(document: Mapping[str, Any]) -> Saved:
-        nonlocal ours
-        ours = document is file.last_written
+        nonlocal ours, stamps
+        ours, stamps = document is file.last_written, stamps_of(document)
         saved = read_saved(document, as_written)
         return [b for b in saved if b.writer != writer] if ours else saved
 
     loaded = file.load(parse)
     if file.set_aside != before:
-        return None, frozenset(), False
-    saved = loaded or []
+        return SharedRead(None, frozenset(), False)
     directory = str(file.path.parent)
-    others = {b.writer for b in saved if b.writer is not None and b.writer != writer}
-    return saved, frozenset(w for w in others if running(directory, w)), ours
+    believed = (peers or Peers(writer)).believe(
+        loaded or [], stamps, functools.partial(running, directory)
+    )
+    held = frozenset(w for b in believed.saved if (w := b.writer) in believed.running and w)
+    lost = own_lost(stamps, wrote, writer)
+    return SharedRead(believed.saved, held, ours, believed.kept, believed.ended, lost)
 
 
 def same_bookings(saved: Saved, last: Saved | None) -> bool:
@@ -154,6 +187,10 @@ class BookingsSync:
         log: EventLogger,
     ) -> None:
         self._file = file
+        self._peers = Peers(writer)
+        """The other hosts' entries as last read (`ownership_peers`)."""
+        self._kept: frozenset[str] = frozenset()
+        """Running hosts whose bookings as last read stay: the file lacks their latest write."""
         self._writer = writer
         self._index = index
         self._offload = offload
@@ -176,8 +213,8 @@ class BookingsSync:
     async def read(self) -> tuple[Saved | None, frozenset[str]]:
         """The file at start: its bookings, and the other hosts that run (their bookings
         stay theirs)."""
-        saved, others, _ = await self._offload.run(
-            functools.partial(read_shared, self._file, self._writer)
+        saved, others, *_ = await self._offload.run(
+            functools.partial(read_shared, self._file, self._writer, self._peers)
         )
         self._others = others
         if others:
@@ -213,19 +250,21 @@ class BookingsSync:
         while self._again:
             self._again = False
             try:
-                saved, others, ours, same = await self._offload.run(
-                    functools.partial(self._read, self._taken)
-                )
+                read, same = await self._offload.run(functools.partial(self._read, self._taken))
             except OSError as exc:
                 self._log.error("ownership_sync_failed", reason=str(exc))
                 return
+            saved, others, ours = read.saved, read.others, read.ours
             if saved is None:  # set aside (logged): what is held stays, this host's are written
                 self._taken = None
                 await self._index.take_in(None, self._others)
                 continue
+            if read.lost is not None:  # (its part is written again: not ready until it is)
+                self._file.write_again(None, read.lost)
+            self._tell_kept(read.kept)
             if same and others == self._others:
                 continue  # (this host's own write of what it took in last: nothing to do)
-            for gone in sorted(self._others - others):
+            for gone in sorted((self._others - others) & read.ended):
                 self._log.info("bookings_taken_over", host=gone, detail="that host ended")
             for new in sorted(others - self._others):
                 self._log.info("state_dir_shared", hosts=new)
@@ -234,10 +273,28 @@ class BookingsSync:
             self._taken = saved if ours else None
             self._watch_others(others)
 
-    def _read(self, last: Saved | None) -> tuple[Saved | None, frozenset[str], bool, bool]:
-        """`read_shared`, and whether it read the very entries `last` (blocking)."""
-        saved, others, ours = read_shared(self._file, self._writer)
-        return saved, others, ours, saved is not None and same_bookings(saved, last)
+    def _read(self, last: Saved | None) -> tuple[SharedRead, bool]:
+        """`read_shared`, and whether it is this host's own write of the very entries `last`
+        (blocking). Another content with the same other entries is no such write: this
+        host's own may be missing from it."""
+        read = read_shared(self._file, self._writer, self._peers)
+        return read, read.ours and read.saved is not None and same_bookings(read.saved, last)
+
+    def _tell_kept(self, kept: frozenset[str]) -> None:
+        """One line when a running host's entries go missing from the file (its bookings
+        stay in force) and one when it has written them again."""
+        for host in sorted(kept - self._kept):
+            self._log.warning(
+                "bookings_kept",
+                host=host,
+                reason="ownership.json lacks the latest write of a host that runs (its lock "
+                "is held)",
+                action="its bookings as last read stay in force until it writes them again "
+                "or its lock is free",
+            )
+        for host in sorted(self._kept - kept):
+            self._log.info("bookings_kept_ended", host=host)
+        self._kept = kept
 
     def _watch_others(self, others: frozenset[str]) -> None:
         """Check on the other hosts while their bookings are held (and only then)."""

@@ -38,7 +38,8 @@ from typing import Any
 from .devices import Device, DeviceNode
 from .files import Offload
 from .logs import EventLogger
-from .state_file import StateFile, text
+from .state_document import text
+from .state_file import StateFile
 from .state_lock import other_writers, running
 from .state_presence import KeptPresent
 from .watch import Subscription, Watcher

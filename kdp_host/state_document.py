@@ -56,15 +56,23 @@ def digest(raw: bytes) -> bytes:
 Signature = tuple[int, int, int, int]
 
 
-def _signature_of(st: os.stat_result) -> Signature:
+def signature(at: str | os.stat_result | None) -> Signature | None:
+    """What tells a file written from another (every writer renames a new file into place):
+    of the file at a path (None: none there), or as `os.stat` saw it."""
+    try:
+        st = os.stat(at) if isinstance(at, str) else at
+    except OSError:
+        return None
+    if st is None:
+        return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _signature(path: str) -> Signature | None:
-    try:
-        return _signature_of(os.stat(path))
-    except OSError:
-        return None
+def text(value: object) -> str:
+    """`value` when it is a string (a parser's check)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
 
 
 class Unreadable(Exception):
@@ -92,7 +100,7 @@ class DocumentCache:
         """The file's document (None: there is none); raises Unreadable. Blocking."""
         with self._lock:
             wrote, wrote_as = self._wrote, self._wrote_as
-        if wrote is not None and wrote_as is not None and _signature(self._path) == wrote_as:
+        if wrote is not None and wrote_as is not None and signature(self._path) == wrote_as:
             return wrote[1]  # (the very file this host wrote last: not read again)
         try:
             raw = read_attribute(self._path, self._limit)
@@ -142,7 +150,7 @@ class DocumentCache:
         known = digest(data) if file is None else b""  # (the file itself tells it: no hash)
         with self._lock:
             self._wrote, self._seen = (known, document), None
-            self._wrote_as = None if file is None else _signature_of(file)
+            self._wrote_as = None if file is None else signature(file)
 
     @property
     def last_written(self) -> Mapping[str, Any] | None:

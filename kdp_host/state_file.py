@@ -51,7 +51,7 @@ from typing import Any, Final, TypeVar
 from .atomic_files import aside_logged, open_lock, set_aside, write_atomic
 from .files import Offload
 from .logs import EventLogger
-from .state_document import SHAPE_ERRORS, Decode, DocumentCache, Unreadable
+from .state_document import SHAPE_ERRORS, Decode, DocumentCache, Unreadable, signature
 
 T = TypeVar("T")
 
@@ -149,6 +149,8 @@ class StateFile:
         """Called when `unwritten` changes (`StateFiles`)."""
         self.stalls = 0
         """Answers that went out before the file held their change (`written`)."""
+        self.held: tuple[tuple[int, ...] | None, object] | None = None
+        """The file as this host last wrote (or read) it, and its part (`state_presence`)."""
 
     def load(self, parse: Parser[T]) -> T | None:
         """The file's document read by `parse`; None when it is missing or unreadable
@@ -156,8 +158,10 @@ class StateFile:
         Sets `unsettled` (while `unknown`) and, for a shared file's `writers`, `taken`."""
         if self._mark_unsaved:
             self._take_over_markers()
-        document = self._document()
+        held_as = signature(str(self.path))  # (before the read: a change after it shows)
+        document = self.document_now()
         self.found = document is not None or self.unknown
+        self.held = None if document is None else (held_as, self.own(document))
         try:
             found = None if document is None else parse(document)
         except SHAPE_ERRORS as exc:
@@ -198,10 +202,15 @@ class StateFile:
             else:
                 self._marked = True
 
-    def _document(self) -> Mapping[str, Any] | None:
+    def own(self, document: Mapping[str, Any]) -> object:
+        """This host's part of `document`: `writers.<instance ID>` if shared, else all."""
+        mine = document.get("writers", {}) if self._merge and self._writer_id else None
+        return document if mine is None else mine.get(self._writer_id)
+
+    def document_now(self) -> Mapping[str, Any] | None:
         """The file's document, its version checked (`state_document`: a content known
         already is not parsed again); None when there is none (missing, or unreadable: set
-        aside)."""
+        aside). Blocking."""
         try:
             return self._documents.read()
         except Unreadable as exc:
@@ -230,12 +239,12 @@ class StateFile:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._keep_writing(), name=self.path.name)
 
-    def write_again(self, document: Callable[[], Mapping[str, Any]], why: str) -> None:
-        """The file went behind the host's back (deleted, its directory emptied): write
-        `document()` again; `unwritten` says so (not ready) until a write succeeds."""
+    def write_again(self, document: Callable[[], Mapping[str, Any]] | None, why: str) -> None:
+        """The file lost what the host wrote (deleted, replaced): write `document()` (None:
+        the last one) again; `unwritten` says so (not ready) until a write succeeds."""
         self._behind(f"{why}: written again")
         self._log.error(f"{self._what}_lost", reason=why, consequence=self._if_unwritten)
-        self.changed(document)
+        self.changed(document or self._content)
 
     @property
     def kept(self) -> bool:
@@ -360,7 +369,7 @@ class StateFile:
         fd = open_lock(str(self.lock_path), self._aside)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            current = self._document()
+            current = self.document_now()
             try:
                 merged = self._merge(mine, current)
             except SHAPE_ERRORS as exc:
@@ -385,12 +394,6 @@ class StateFile:
         encode = self._encode
         data = json.dumps(body, sort_keys=True).encode() if encode is None else encode(body)
         file = write_atomic(str(self.path), data)
+        self.held = (signature(file), self.own(body))
         if encode is not None:
             self._documents.written(data, body, file)
-
-
-def text(value: object) -> str:
-    """`value` when it is a string (a parser's check)."""
-    if not isinstance(value, str):
-        raise TypeError(f"{value!r} is not a string")
-    return value

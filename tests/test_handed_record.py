@@ -7,6 +7,7 @@ them (`cdi_keeper`)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -475,3 +476,48 @@ async def test_the_checkpoints_cdi_answers_are_withheld_from_the_start_until_an_
     assert record.withheld(FPGA) == {"fpga0", "fpga1"}
     record.after_answers(_Index())(Holdings(1.0, 0.0, {FPGA: {"fpga1": ()}}))
     assert record.withheld(FPGA) == {"fpga1"}
+
+
+async def test_another_hosts_write_of_a_shared_record_is_no_loss_a_replacement_is(
+    short_dir: Path,
+) -> None:
+    """hostile12 L6, two hosts on one stateDir: each one's write changes the file (another
+    inode), which is no loss of the other's part (it keeps it as written: no rewrite, and no
+    ping-pong of rewrites); a valid file without a host's part renamed over it is one."""
+    from kdp_host.release_state import ReleaseStateStore
+    from kdp_host.state_lock import hold_instance
+    from kdp_host.state_presence import lost
+
+    state = short_dir / "state"
+    state.mkdir()
+    locks = [hold_instance(str(state), name, get_logger()) for name in ("aaaa0001", "bbbb0002")]
+    try:
+        table = DeviceTable()
+        table.publish([Device(f"d{i}", path=f"/dev/d{i}", env={"N": "é"}) for i in range(2)])
+        records, stores = [], []
+        for at, name in enumerate(("aaaa0001", "bbbb0002")):
+            record = HandedRecord(str(state), get_logger(), DaemonThreads(), name)
+            record.load()
+            record.hand_out(FPGA, table.snapshot, [f"d{at}"])
+            assert await record.written() is None
+            records.append(record)
+            store = ReleaseStateStore(str(state), get_logger(), DaemonThreads(), name)
+            store.load()
+            store.update(FPGA, {f"d{at}": {"used": [f"d{at}"], "owed": False, "allocatedAt": 1.5}})
+            await store.flush()
+            stores.append(store)
+        files = [r.file for r in records] + [s.file for s in stores]
+        assert all(f is not None and lost(f) is None for f in files)  # b's writes: a's part kept
+        records[0].hand_out(FPGA, table.snapshot, ["d1"])  # a writes again (b's part re-rendered)
+        assert await records[0].written() is None
+        stores[0].update(FPGA, {"d0": {"used": [], "owed": True, "allocatedAt": 2.0}})
+        await stores[0].flush()
+        assert all(f is not None and lost(f) is None for f in files)
+        for name in (HANDED_FILE, "release-state.json"):
+            staged = state / "staged.json"
+            staged.write_text(json.dumps({"version": 1, "resources": {}, "writers": {}}))
+            staged.replace(state / name)
+        assert all(f is not None and lost(f) is not None for f in files)
+    finally:
+        for fd in locks:
+            os.close(fd)

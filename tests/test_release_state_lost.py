@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from kdp_host.handed_out import HANDED_FILE
+from kdp_host.ownership_document import OWNERSHIP_FILE
 from kdp_host.release_state import STATE_FILE
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.watch import Subscription, WatchCallback
@@ -188,3 +189,89 @@ async def test_a_state_file_deleted_under_a_running_host_is_written_again(
     assert json.loads(path.read_text())["resources"] == written["resources"]
     what = "release_state" if name == STATE_FILE else "handed_out"
     assert [r for r in caplog.records if r.getMessage() == f"{what}_lost"]
+
+
+def _staged(path: Path, text: str) -> None:
+    """`text` renamed over `path` (a backup restored, a config tool writing it)."""
+    staged = path.with_name("staged.json")
+    staged.write_text(text)
+    staged.replace(path)
+
+
+TAMPERS = {
+    "truncated": lambda path: path.write_bytes(b""),
+    "replaced_by_an_empty_valid_document": lambda path: _staged(
+        path, json.dumps({"version": 1, "resources": {}})
+    ),
+    "replaced_by_an_empty_object": lambda path: _staged(path, "{}"),
+    "rewritten_in_place_without_this_hosts_entries": lambda path: path.write_text(
+        json.dumps({"version": 1, "resources": {}, "writers": {}})
+    ),
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPERS))
+@pytest.mark.parametrize("name", [STATE_FILE, HANDED_FILE])
+async def test_hostile12_l6_a_state_file_replaced_or_truncated_under_a_running_host_is_rewritten(
+    name: str,
+    how: str,
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """L6: only a deleted file was noticed; one truncated or replaced (renamed over) stayed
+    so, /readyz ok, until a restart found the record gone. Now the host sees its part gone
+    and writes it again (`<what>_lost`; not ready until it is)."""
+    state = short_dir / "state"
+    await start_host(host_yaml(socket_dir, devices, state, "true", pod_resources=None))
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    path = state / name
+    written = json.loads(path.read_text())
+    assert written["resources"][FPGA]["fpga0"]
+
+    def restored() -> bool:
+        try:
+            return json.loads(path.read_text()).get("resources") == written["resources"]
+        except (OSError, ValueError):
+            return False
+
+    with caplog.at_level("ERROR", logger="kdp_host"):
+        TAMPERS[how](path)
+        await wait_until(restored, what=f"{name} written again after it was {how}")
+    what = "release_state" if name == STATE_FILE else "handed_out"
+    assert [r for r in caplog.records if r.getMessage() == f"{what}_lost"]
+
+
+async def test_hostile12_l9_ownership_replaced_by_an_empty_valid_document_is_written_back(
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """L9 (one host): ownership.json replaced by `{"bookings": [], "version": 1}` after the
+    host had read back its own write stayed so for good (the host took it for its own write:
+    the other entries were the same, none), no log line, /readyz ok. Now it is written back
+    at once (`ownership_state_lost`)."""
+    state = short_dir / "state"
+    await start_host(host_yaml(socket_dir, devices, state, "true", pod_resources=None))
+    await kubelet.wait_for(lambda: kubelet.allocatable(FPGA) == 1)
+    await kubelet.allocate(FPGA, 1, pod_uid="p1")
+    path = state / OWNERSHIP_FILE
+
+    def ids() -> list[str]:
+        try:
+            return [entry["id"] for entry in json.loads(path.read_text())["bookings"]]
+        except (OSError, ValueError, KeyError):
+            return []
+
+    await wait_until(lambda: ids() == ["fpga0"], what="fpga0 booked")
+    with caplog.at_level("ERROR", logger="kdp_host"):
+        _staged(path, json.dumps({"bookings": [], "version": 1}))
+        await wait_until(lambda: ids() == ["fpga0"], what="ownership.json written back")
+    assert [r for r in caplog.records if r.getMessage() == "ownership_state_lost"]

@@ -23,7 +23,8 @@ from kdp_host.logs import get_logger
 from kdp_host.ownership_bookings import Booking, Ledger
 from kdp_host.ownership_claims import Claim, ClaimSet, Owner
 from kdp_host.ownership_document import OWNERSHIP_FILE, ownership_file
-from kdp_host.ownership_sync import merged_with, read_shared
+from kdp_host.ownership_peers import Peers, Stamp
+from kdp_host.ownership_sync import SharedRead, merged_with, read_shared
 from kdp_host.stale_sockets import other_hosts
 from kdp_host.state_file import StateFile
 from kdp_host.state_lock import HOSTS_DIR, hold_instance, host_lock_path, running
@@ -40,14 +41,17 @@ class Writer:
 
     def __init__(self, state: Path, name: str, hold: bool = True) -> None:
         self.name = name
+        self.stamp, self.peers = Stamp(), Peers(name)
         self.file: StateFile = ownership_file(
-            str(state), get_logger(), DaemonThreads(), merged_with(str(state), name)
+            str(state), get_logger(), DaemonThreads(), merged_with(str(state), name, self.stamp)
         )
         self.ledger = Ledger(name)
         self.ledger.sink = self.file
         self.fd = hold_instance(str(state), name, get_logger()) if hold else None
         self.ours = False
         """Whether the file last read was this host's own last write."""
+        self.last: SharedRead | None = None
+        """The file as last read."""
 
     def book(self, device_id: str, number: int) -> None:
         self.ledger.add(Owner(R, device_id), Booking(device_id, claim(number), 0.0))
@@ -58,8 +62,9 @@ class Writer:
 
     def read(self) -> tuple[bool, bool]:
         """Take the file in, as `ownership_sync` does: (bookings changed, file stale)."""
-        saved, others, self.ours = read_shared(self.file, self.name)
-        return self.ledger.take_in(saved or [], others, 1.0, self.ours)
+        self.last = read = read_shared(self.file, self.name, self.peers)
+        self.ours = read.ours
+        return self.ledger.take_in(read.saved or [], read.others, 1.0, self.ours)
 
     def stop(self) -> None:
         if self.fd is not None:
@@ -403,3 +408,119 @@ def test_the_ledger_renders_a_booking_once_and_again_when_its_writer_changes() -
     assert [e["writer"] for e in ledger.document()["bookings"]] == ["me", "me"]
     ledger.drop(Owner(R, "a"))
     assert [e["id"] for e in ledger.document()["bookings"]] == ["b"]
+
+
+def replace_file(state: Path, document: dict[str, Any]) -> None:
+    """A valid document renamed over `ownership.json` (a backup restored, a config tool)."""
+    staged = state / "staged.json"
+    staged.write_text(json.dumps(document))
+    staged.replace(state / OWNERSHIP_FILE)
+
+
+async def test_hostile12_l9_a_running_hosts_bookings_missing_from_the_file_stay_in_force(
+    state: Path,
+) -> None:
+    """L9: ownership.json replaced by a valid document without the old host's bookings
+    while it runs (its lock held). The new host took the old one as ended and let go of
+    old0 (its node went to a second pod), and the old host never wrote its entries back.
+    Now a host's end is told by its lock only: old0 stays held, the old host sees its part
+    gone and writes it back, and once it has, its writes are believed again (a booking it
+    drops then goes)."""
+    old, new = Writer(state, "old"), Writer(state, "new")
+    try:
+        old.book("old0", 0)
+        await old.write()
+        assert old.read() == (False, False) and old.ours
+        new.book("new1", 1)
+        await new.write()
+        new.read()
+        assert new.ledger.has(Owner(R, "old0"))
+        replace_file(state, {"bookings": [], "version": 1})
+        new.read()
+        assert new.ledger.has(Owner(R, "old0")), "a running host's booking was let go"
+        assert new.ledger.conflict(R, "n0", 1, ClaimSet(exclusive=claim(0))) is not None
+        assert Owner(R, "old0") not in new.ledger.bookings  # still the old host's
+        assert new.last is not None and new.last.kept == {"old"} and new.last.lost
+        assert old.read()[1], "the old host does not see its entries gone"
+        assert old.last is not None and old.last.lost is not None
+        await old.write()
+        await new.write()
+        assert on_file(state) == [("new1", "new"), ("old0", "old")]
+        new.read()
+        assert new.last is not None and new.last.kept == frozenset() and not new.last.lost
+        old.ledger.drop(Owner(R, "old0"))  # pod1 ended: the old host's own write is believed
+        await old.write()
+        new.read()
+        assert not new.ledger.has(Owner(R, "old0"))
+    finally:
+        old.stop()
+        new.stop()
+
+
+async def test_an_older_copy_of_a_running_hosts_entries_adds_to_what_it_last_wrote(
+    state: Path,
+) -> None:
+    """A backup restored: the old host's entries as they were (old0), not as it wrote them
+    last (old1). The new host holds both until the old host writes again; then old1 only."""
+    old, new = Writer(state, "old"), Writer(state, "new")
+    try:
+        old.book("old0", 0)
+        await old.write()
+        backup = json.loads((state / OWNERSHIP_FILE).read_text())
+        old.ledger.drop(Owner(R, "old0"))
+        old.book("old1", 1)
+        await old.write()
+        new.read()
+        assert not new.ledger.has(Owner(R, "old0")) and new.ledger.has(Owner(R, "old1"))
+        replace_file(state, backup)
+        new.read()
+        assert new.ledger.has(Owner(R, "old0")) and new.ledger.has(Owner(R, "old1"))
+        old.read()
+        assert old.last is not None and old.last.lost is not None and "older" in old.last.lost
+        await old.write()
+        new.read()
+        assert not new.ledger.has(Owner(R, "old0")) and new.ledger.has(Owner(R, "old1"))
+    finally:
+        old.stop()
+        new.stop()
+
+
+async def test_bookings_kept_of_a_host_that_then_ends_are_taken_over(state: Path) -> None:
+    """The old host's entries went from the file, then it stopped (its lock free) without
+    writing again: its bookings as last read are taken over (they end with their pods)."""
+    old, new = Writer(state, "old"), Writer(state, "new")
+    try:
+        old.book("old0", 0)
+        await old.write()
+        new.read()
+        replace_file(state, {"bookings": [], "version": 1})
+        new.read()
+        old.stop()
+        assert new.read() == (True, True)  # taken over: the file is to be written
+        assert Owner(R, "old0") in new.ledger.bookings
+        assert new.last is not None and new.last.ended == {"old"}
+        await new.write()
+        assert on_file(state) == [("old0", "new")]
+    finally:
+        old.stop()
+        new.stop()
+
+
+async def test_a_lone_hosts_entries_replaced_by_a_valid_empty_document_are_written_back(
+    state: Path,
+) -> None:
+    """L6/L9: one host, the file replaced by `{"bookings": [], "version": 1}` after the host
+    read back its own write: it went unseen (its other entries were the same, none)."""
+    me = Writer(state, "me")
+    try:
+        me.book("d0", 0)
+        await me.write()
+        assert me.read() == (False, False) and me.ours
+        replace_file(state, {"bookings": [], "version": 1})
+        assert me.read() == (False, True)
+        assert me.last is not None and me.last.lost is not None
+        await me.write()
+        assert on_file(state) == [("d0", "me")]
+        assert me.read() == (False, False) and me.last.lost is None
+    finally:
+        me.stop()

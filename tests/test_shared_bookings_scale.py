@@ -70,7 +70,7 @@ async def test_a_write_after_another_writers_change_does_not_parse_it_again(
     file = ownership_file(str(state), get_logger(), offload, merged_with(str(state), "me"))
     ledger = Ledger("me")
     ledger.sink = file
-    saved, _, _ = await offload.run(lambda: read_shared(file, "me"))  # (the follow's read)
+    saved = (await offload.run(lambda: read_shared(file, "me"))).saved  # (the follow's read)
     assert saved is not None and len(saved) == 300
     ledger.add(Owner(R, "mine"), Booking("mine", ((("c", 1), "/dev/n1", "/dev/n1"),), 0.0))
     ledger.changed()

@@ -108,3 +108,48 @@ async def test_hostile2_4_a_booking_the_old_host_makes_after_the_new_one_started
     fourth = await kubelet.acall(kubelet.allocate, "pod4", {SHELL: 1})
     assert fourth["error"] == "" and fourth["device_ids"] == {SHELL: ["new0"]}
     assert host_paths(fourth) == {str(node)}
+
+
+async def test_hostile12_l9_a_running_hosts_bookings_gone_from_the_file_still_hold_the_node(
+    real_kubelet_factory, short_dir: Path, start_host, caplog: pytest.LogCaptureFixture
+) -> None:
+    """L9: pod1 holds the node as `old0` (the old host's booking; the new host holds `new0`
+    from it). ownership.json is replaced by a valid document without the old host's entry
+    while it runs: the new host took the old one as ended (`bookings_taken_over`) and
+    advertised `new0` until the old host's next write (never: it did not write its entries
+    back), so pod2 got pod1's node. Now the old host's end is told by its lock only: the new
+    host keeps the booking as last read (`bookings_kept`), the old host writes it back, and
+    pod2 is refused throughout."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    node = short_dir / "n0"
+    node.touch()
+    state, work = short_dir / "state", short_dir / "probes"
+    work.mkdir()
+    await start_host(
+        config(kubelet, state, probe(work, "old", "old0", node, None)), instance_id="old"
+    )
+    await kubelet.await_for(lambda k: view(k).get("healthy") == 1, what="old0 advertised")
+    first = await kubelet.acall(kubelet.allocate, "pod1", {SHELL: 1})
+    assert first["error"] == "" and first["device_ids"] == {SHELL: ["old0"]}
+    since = await kubelet.acall(kubelet.last_seq)
+    new = await start_host(
+        config(kubelet, state, probe(work, "new", "new0", node, None)), instance_id="new"
+    )
+    await kubelet.await_for(
+        lambda k: served_by_new(k, since), timeout=60, what="the new host registered"
+    )
+    assert new.host.ownership.is_booked(SHELL, "old0")  # new0 is held: pod1 holds its node
+    assert "new0" not in view(kubelet).get("device_numa", {})
+    with caplog.at_level("INFO", logger="kdp_host"):
+        staged = state / "staged.json"
+        staged.write_text(json.dumps({"bookings": [], "version": 1}))
+        staged.replace(state / OWNERSHIP_FILE)
+        await wait_until(
+            lambda: booked(state) == [("old0", "old")], timeout=60, what="old0 written back"
+        )
+        assert new.host.ownership.is_booked(SHELL, "old0")
+        second = await kubelet.acall(kubelet.allocate, "pod2", {SHELL: 1})
+        assert second["error"] != "", f"pod2 got {host_paths(second)} while pod1 holds it"
+    messages = [r.getMessage() for r in caplog.records]
+    assert "bookings_taken_over" not in messages, "a running host was taken as ended"
+    assert "ownership_state_lost" in messages  # the old host saw its entry gone

@@ -219,6 +219,50 @@ def test_the_kubelets_root_directory_is_never_handed(dirs: Path, inside: str) ->
     load_config(load_config_ok)
 
 
+def test_a_hard_link_of_a_file_below_a_kubelet_directory_is_never_handed(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hostile12 L7: a hard link elsewhere of a file below the kubelet's `pki` (the node's
+    client key) or `plugins` (a CSI driver's socket, one level down) was handed out: only
+    files directly in a protected directory were compared by inode. A file made below later
+    is found too (at once where the protected directory changed, else within VIEW_AGE);
+    the walk is bounded (`TREE_LIMIT`)."""
+    root = dirs / "kubelet"
+    for sub in ("device-plugins", "pki/old", "plugins/csi.example/deep"):
+        (root / sub).mkdir(parents=True)
+    (root / "pki" / "old" / "client.pem").write_text("KEY\n")
+    (root / "plugins" / "csi.example" / "deep" / "csi.sock").touch()
+    opt = dirs / "opt"
+    os.link(root / "pki" / "old" / "client.pem", opt / "key")
+    os.link(root / "plugins" / "csi.example" / "deep" / "csi.sock", opt / "sock")
+    config = dirs / "kdp.yaml"
+    text = head(dirs, "kubelet/device-plugins") + _mounts(dirs, opt / "key", opt / "sock")
+    problems = _problems(config, text)
+    assert len(problems) == 2, problems
+    pki = "lies in the kubelet's pki directory (the node's client key) (a hard link)"
+    assert pki in problems[0]
+    assert "lies in the kubelet's plugins directory" in problems[1]
+    rule = never_handed(load_config_of(config, head(dirs, "kubelet/device-plugins")), None)
+    for name in ("later", "later2"):
+        (opt / name).touch()
+        assert rule.path_problem(str(opt / name)) is None
+    (root / "pki" / "new").mkdir()  # (pki changed: listed again at once)
+    os.link(opt / "later", root / "pki" / "new" / "later.pem")
+    assert "lies in the kubelet's pki directory" in (rule.path_problem(str(opt / "later")) or "")
+    monkeypatch.setattr(handed, "VIEW_AGE", 0.0)  # (a directory below: stat'ed every second)
+    os.link(opt / "later2", root / "pki" / "old" / "later2.pem")
+    assert "lies in the kubelet's pki" in (rule.path_problem(str(opt / "later2")) or "")
+    monkeypatch.setattr(handed, "TREE_LIMIT", 2)  # (plugins: csi.example, deep; not the sock)
+    rule = never_handed(load_config_of(config, head(dirs, "kubelet/device-plugins")), None)
+    assert rule.path_problem(str(opt / "sock")) is None
+
+
+def load_config_of(config: Path, text: str) -> Any:
+    """A config of `text` with one plain resource (the rule's places only)."""
+    config.write_text(text + _mounts(config.parent, "/dev/null"))
+    return load_config(config)
+
+
 # --------------------------------------------------------------------------- F2 bind mounts
 
 

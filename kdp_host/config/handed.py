@@ -36,9 +36,11 @@ What a path is, not how it is spelled, decides (`NeverHanded.problem`):
   when `/var/lib/kubelet` is a bind mount of `/data/kubelet`);
 - its identity (`identity.identity_of`, where the caller knows it): a directory that is a
   protected directory or `/` by (st_dev, st_ino), a file that is a hard link of the config
-  file or of any file directly in a protected directory (`kubelet.sock`, a state file, an
-  owner file), read again whenever such a directory changes (its mtime), or, handed
-  writable, a hard link of a command's executable;
+  file or of any file in or below a protected directory (`kubelet.sock`, a state file, an
+  owner file, the kubelet's `pki/` key, a CSI socket in `plugins/<driver>/`: hostile12 L7),
+  on its file system (a hard link never leaves one), up to `TREE_LIMIT` entries of each,
+  breadth-first, listed again when it changes (its mtime; within VIEW_AGE, a directory
+  listed below it), or, handed writable, a hard link of a command's executable;
 - a path that cannot be resolved or stat'ed (`identity.Uncheckable`: a `/proc/<pid>/root`
   magic link kdp-host may not read) is refused: what it reaches is not known;
 - so is a path where nothing is in kdp-host's view (`identity.UNSEEN`, hostile9 H5): in a
@@ -60,7 +62,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from stat import S_ISDIR as st_isdir
 from stat import S_ISREG as st_isreg
 from typing import Final
 
@@ -92,14 +96,24 @@ compare every file and directory claim of a list) before they are taken again; a
 answer, `check` and the config take them fresh (`problem(fresh=True)`)."""
 NEAR_LIMIT: Final = 4096
 """Directories whose nearby protected places a mount table's `_Shown` keeps."""
+TREE_LIMIT: Final = 1024
+"""Entries listed in and below one protected directory for the hard links of its files
+(breadth-first, on its file system): the kubelet's `pki` holds a few, `plugins` a socket per
+CSI driver one level down; a larger tree (`pods` on a busy node, its emptyDirs) is covered
+that far, its nearest files first, and its directories stat'ed once per view (`_View`)."""
 
 
 @dataclass
 class _Listed:
-    """The identities of the files directly in a protected directory, as of its mtime."""
+    """The identities of the files in and below a protected directory (`_walk`), as of its
+    mtime and those of the directories below it that were listed."""
 
     mtime: int
     files: frozenset[Identity]
+    below: tuple[tuple[str, int], ...] = ()
+    """(path, mtime) of each directory listed below it."""
+    checked: float = float("-inf")
+    """`_View.taken` of the last view its `below` was found unchanged in."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +163,8 @@ class NeverHanded:
 
     places: tuple[tuple[str, str], ...] = ()
     """(what, real path, normalised): refused as itself, anything inside it and anything
-    holding it; a directory among them also by its identity, and the files directly in it."""
+    holding it; a directory among them also by its identity, and the files in and below
+    it (`_walk`)."""
     files: tuple[tuple[str, str], ...] = ()
     """(what, real path) of protected files (the config file): refused by identity too."""
     run: tuple[tuple[str, str], ...] = ()
@@ -249,11 +264,12 @@ class NeverHanded:
         self, key: Identity, fresh: bool, writable: bool, since: float | None = None
     ) -> str | None:
         """What `key` is by identity: a protected directory or `/`, the config file, a hard
-        link of a file directly in a protected directory (a directory is listed again only
-        when its mtime changed). A problem found on stats up to VIEW_AGE old is confirmed
-        on stats taken now: a file gone from a protected directory since may have left its
-        inode number to the file asked of (ext4 hands a freed one out again at once: the
-        kubelet's checkpoint, rewritten at each Allocate, then the next device file made)."""
+        link of a file in or below a protected directory (listed again only when one of
+        its directories listed changed: `_holds`). A problem found on stats up to
+        VIEW_AGE old is confirmed on stats taken now: a file gone from a protected
+        directory since may have left its inode number to the file asked of (ext4 hands a
+        freed one out again at once: the kubelet's checkpoint, rewritten at each Allocate,
+        then the next device file made)."""
         why = self._found(self._stats(fresh, since if fresh else None), key, writable)
         return why if why is None or fresh else self._found(self._stats(True), key, writable)
 
@@ -270,7 +286,7 @@ class NeverHanded:
         for what, path, identity, mtime in view.dirs:
             if identity == key:
                 return f"is {what} (by identity), which no container may be handed"
-            if key[0] == FILE and key in self._files_in(path, mtime):
+            if key[0] == FILE and self._holds(path, identity, mtime, view.taken, key):
                 return f"lies in {what} (a hard link), which no container may be handed"
         return None
 
@@ -298,22 +314,69 @@ class NeverHanded:
         self._view[:] = [view]
         return view
 
-    def _files_in(self, path: str, mtime: int) -> frozenset[Identity]:
+    def _holds(
+        self, path: str, identity: Identity, mtime: int, taken: float, key: Identity
+    ) -> bool:
+        """Whether the file `key` is in or below the protected directory `path` (`identity`,
+        `mtime` in the view taken at `taken`). Its listing (`_walk`) is taken again when
+        the directory changed, or a directory listed below it did: those are stat'ed
+        again at most every VIEW_AGE (a tree of `TREE_LIMIT` entries costs as many stats),
+        and always before a file found in the listing is taken for a hard link (one gone
+        since may have left its inode number to `key`)."""
         listed = self._listed.get(path)
-        if listed is None or listed.mtime != mtime:
-            found: set[Identity] = set()
-            try:
-                with os.scandir(path) as entries:
-                    for entry in entries:
-                        try:
-                            if not entry.is_dir(follow_symlinks=False):
-                                found.add(identity_of(entry.stat(follow_symlinks=False)))
-                        except OSError:
-                            continue
-            except OSError:
-                pass
-            listed = self._listed[path] = _Listed(mtime, frozenset(found))
-        return listed.files
+        if (
+            listed is not None
+            and listed.mtime == mtime
+            and (taken - listed.checked < VIEW_AGE or _unchanged(listed, taken))
+        ):
+            if key not in listed.files:
+                return False
+            if listed.checked >= taken or _unchanged(listed, taken):
+                return True
+        device = None if path == PROC else int(identity[1]) >> 64
+        listed = self._listed[path] = _walk(path, device, mtime, taken)
+        return key in listed.files
+
+
+def _unchanged(listed: _Listed, taken: float) -> bool:
+    """Whether no directory listed below a protected one changed (stat'ed now, for the
+    view taken at `taken`)."""
+    for directory, mtime in listed.below:
+        try:
+            if os.stat(directory).st_mtime_ns != mtime:
+                return False
+        except OSError:
+            return False
+    listed.checked = taken
+    return True
+
+
+def _walk(top: str, device: int | None, mtime: int, taken: float) -> _Listed:
+    """The identities of the files in and below `top` on its file system `device` (None:
+    none below it, /proc: the kernel's, no hard link reaches them), breadth-first, up to
+    `TREE_LIMIT` entries."""
+    found: set[Identity] = set()
+    below: list[tuple[str, int]] = []
+    queue, left = deque([top]), TREE_LIMIT
+    while queue and left > 0:
+        try:
+            with os.scandir(queue.popleft()) as entries:
+                for entry in entries:
+                    left -= 1
+                    if left < 0:
+                        break
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if not st_isdir(st.st_mode):
+                        found.add(identity_of(st))
+                    elif st.st_dev == device:
+                        queue.append(entry.path)
+                        below.append((entry.path, st.st_mtime_ns))
+        except OSError:
+            continue
+    return _Listed(mtime, frozenset(found), tuple(below), taken)
 
 
 def _stat(path: str) -> os.stat_result | None:

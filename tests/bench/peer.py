@@ -251,8 +251,9 @@ def allocate_rows(opts: Options, gdp_missing: str | None) -> list[Row]:
         f"Allocate through the kubelet, p50 (1 device, {pods} pods)",
         "us",
         ratio_target=1.10,
-        note="kubelet-harness /bench; kdp-host with its default preferred policy (the kubelet "
-        "also calls GetPreferredAllocation)",
+        note="kubelet-harness /bench; kdp-host with its default preferred policy, which does "
+        "not offer GetPreferredAllocation for these devices (no NUMA node, no replicas: "
+        "preferred_can_matter)",
     )
     direct = Row.make(
         "Allocate RPC alone, p50 (direct_rpc, reused connection)",

@@ -21,16 +21,40 @@ kdp-host may begin to advertise a node a pod was handed under a name it did not 
 Each is one read off the loop, bounded by `READ_TIMEOUT`; a checkpoint that lists only
 entries of the skipped names is not checked further (no checksum paid for a reload of a
 host that is the only plugin). A missing, unreadable or bad file is logged, never fatal.
+
+A read before kdp-host registers a name cannot see what the plugin still serving it (its
+pod terminating) admits until the kubelet takes the name over (hostile12 L1). The kubelet
+sends a name's calls to the newest registration from the moment it dials it back (before
+Register returns, docs/kubelet-contract.md §1, §2), admits one pod at a time and writes its
+checkpoint after each admission's Allocate answers (docs/kubelet-contract.md §6, §10): so
+a read begun when the
+first ListAndWatch call comes misses at most the one admission the other plugin was
+answering then, and a read begun when the first Allocate comes misses none. Hence
+`CheckpointReads`, for a name a reload adds (`before`): its first list waits for a read of
+its entries begun after the ListAndWatch call (`listing`), and its Allocates wait for one
+begun after each arrived until one succeeded (`allocating`). Either fails closed: the list
+is not sent (retried with backoff, /readyz names the resource) and the Allocate is
+refused, until the file can be read (hostile12 L3: at a reload the host runs, and the file
+is the only record of what the other plugin handed out). A held ID no device has
+(`held_id_not_present`: an admission was missed, whatever the reason) arms the Allocates of
+its resource again and reads the file again (`unplaced`, at most every `REREAD_EVERY`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
-from collections.abc import Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Final, Protocol
+import time
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
+import grpclib
+from grpclib.const import Status
+
+from .backoff import Backoff
 from .files import Offload
 from .kubelet_checkpoint import CHECKPOINT_FILE, READ_TIMEOUT, Gained, HandedClaims, read_handed
 from .logs import EventLogger
@@ -38,11 +62,24 @@ from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
 if TYPE_CHECKING:
     from .config import Config
+    from .metrics import Metrics
 
 WITHOUT_CHECKPOINT: Final = (
     "what the kubelet handed out is not known: an ID a pod holds without a booking (the "
     "state directory was lost) is booked from PodResources with what the ID names now"
 )
+T = TypeVar("T")
+
+HELD_CLOSED: Final = (
+    "what another plugin handed out under the name is not known: the resource's first list "
+    "waits and its Allocates are refused until the file can be read"
+)
+UNREADABLE: Final = "the kubelet's checkpoint cannot be read (kubelet_checkpoint_unusable)"
+"""/readyz's reason while a first list waits for the file (short, no path)."""
+REREAD_EVERY: Final = 1.0
+"""Seconds between two reads `held_id_not_present` asks for (`CheckpointReads.unplaced`)."""
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0
+"""Seconds before a held first list's read is tried again, doubling up to the second."""
 
 
 class HandedBookings(Protocol):
@@ -53,6 +90,10 @@ class HandedBookings(Protocol):
     def serve(self, resources: Iterable[str]) -> None: ...
 
     def handed_out(self) -> dict[str, set[str]]: ...
+
+    async def quiet(self) -> None: ...
+
+    def tell_unplaced(self, unplaced: Callable[[str], None]) -> None: ...
 
 
 class Unlisted(Protocol):
@@ -82,7 +123,7 @@ async def book_handed(
     checkpoint is logged, and the start goes on without it. A number unknown of one of
     `config`'s resources may be any of theirs (`OwnershipIndex.serve`)."""
     index.serve(r.name for r in config.resources)
-    await _book(index, config.kubelet.socket_dir, frozenset(), offload, log)
+    await _book(index, config.kubelet.socket_dir, offload, log)
 
 
 def book_before(
@@ -100,28 +141,36 @@ def book_before(
     (`Supervisor.start`). It never fails: a bad checkpoint is logged as at start."""
 
     async def book() -> None:
-        handed = await _book(index, socket_dir, frozenset(served), offload, log, new=True)
-        unlisted = None if poller is None else poller.unlisted
-        if unlisted is not None and handed:
-            unlisted.take((h.handed.resource, i) for h in handed for i in h.handed.ids)
+        handed = await _book(index, socket_dir, offload, log, skip=frozenset(served), new=True)
+        _unlist(poller, handed)
 
     return asyncio.create_task(book(), name="kubelet-checkpoint")
+
+
+def _unlist(poller: Poller | None, handed: list[HandedClaims] | None) -> None:
+    """The booked IDs unlisted (held until an answer shows them), when polling is on."""
+    unlisted = None if poller is None else poller.unlisted
+    if unlisted is not None and handed:
+        unlisted.take((h.handed.resource, i) for h in handed for i in h.handed.ids)
 
 
 async def _book(
     index: HandedBookings,
     directory: str,
-    skip: frozenset[str],
     offload: Offload,
     log: EventLogger,
+    skip: frozenset[str] = frozenset(),
     new: bool = False,
-) -> list[HandedClaims]:
-    """Read the checkpoint's entries but `skip`'s, book them (`new`: only those with an ID
-    not booked yet, sorted out off the loop, so a reload's work on it is what the kubelet
-    admitted since, not the whole file) and log what was booked; returns what was booked
-    (none when the file cannot be used)."""
+    only: frozenset[str] | None = None,
+    consequence: str = WITHOUT_CHECKPOINT,
+) -> list[HandedClaims] | None:
+    """Read the checkpoint's entries (of `only`, None: all) but `skip`'s, book them (`new`:
+    only those with an ID not booked yet, sorted out off the loop, so a reload's work on it
+    is what the kubelet admitted since, not the whole file) and log what was booked; returns
+    what was booked, None when the file cannot be used (logged with `consequence`)."""
     path = os.path.join(directory, CHECKPOINT_FILE)
-    work = functools.partial(_read, directory, skip, index.handed_out() if new else None)
+    known = index.handed_out() if new else None
+    work = functools.partial(_read, directory, skip, known, only)
     try:
         handed = await asyncio.wait_for(offload.run(work), READ_TIMEOUT)
     except TimeoutError:
@@ -129,14 +178,14 @@ async def _book(
             "kubelet_checkpoint_unusable",
             path=path,
             error=f"not read within {READ_TIMEOUT:g} s",
-            consequence=WITHOUT_CHECKPOINT,
+            consequence=consequence,
         )
-        return []
+        return None
     except Exception as exc:  # (the kubelet's file: whatever is wrong with it, never fatal)
         log.warning(
-            "kubelet_checkpoint_unusable", path=path, error=str(exc), consequence=WITHOUT_CHECKPOINT
+            "kubelet_checkpoint_unusable", path=path, error=str(exc), consequence=consequence
         )
-        return []
+        return None
     if handed is None:
         log.info("kubelet_checkpoint_absent", path=path)
         return []
@@ -156,12 +205,187 @@ async def _book(
 
 
 def _read(
-    directory: str, skip: frozenset[str], booked: Mapping[str, set[str]] | None
+    directory: str,
+    skip: frozenset[str],
+    booked: Mapping[str, set[str]] | None,
+    only: frozenset[str] | None = None,
 ) -> list[HandedClaims] | None:
-    """`read_handed` of every resource but `skip`'s, less the entries whose IDs are all
-    `booked` (resource -> IDs, a copy; None: none left out). Blocking."""
-    handed = read_handed(directory, None, skip=skip)
+    """`read_handed` of every resource of `only` (None: all) but `skip`'s, less the entries
+    whose IDs are all `booked` (resource -> IDs, a copy; None: none left out). Blocking."""
+    handed = read_handed(directory, only, skip=skip)
     if handed is None or booked is None:
         return handed
     none: set[str] = set()
     return [h for h in handed if not booked.get(h.handed.resource, none).issuperset(h.handed.ids)]
+
+
+class CheckpointReads:
+    """The checkpoint read again for the names whose first answers must not miss an
+    admission of the plugin that served them before (the module's last rules): one per
+    host; reads off the loop, one at a time, each shared by every caller that came before
+    it began."""
+
+    def __init__(
+        self,
+        index: HandedBookings,
+        socket_dir: str,
+        offload: Offload,
+        log: EventLogger,
+        poller: Poller | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._index, self._dir, self._offload, self._log = index, socket_dir, offload, log
+        self._poller, self._metrics, self._clock = poller, metrics, clock
+        self._lists: set[str] = set()
+        """Names whose first list waits for a read begun after ListAndWatch was called."""
+        self._allocates: dict[str, int] = {}
+        """Names whose Allocates wait for a read begun after they came -> when armed."""
+        self._armed = 0
+        self._wanted: set[str] = set()
+        """The names the next read books the entries of."""
+        self._current: asyncio.Task[bool] | None = None
+        self._next: asyncio.Task[bool] | None = None
+        """The read that begins once `_current` ended (every caller since joins it)."""
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._unplaced_at = -math.inf
+        index.tell_unplaced(self.unplaced)
+
+    def before(self, served: Collection[str], added: Collection[str]) -> asyncio.Task[None]:
+        """A reload (or a label change) starts or changes resources: `book_before` (the
+        entries of every name but `served`'s), and the `added` names are fenced: their
+        first list and first answered Allocate wait for reads begun after the kubelet
+        called (`listing`, `allocating`)."""
+        for name in added:
+            self._lists.add(name)
+            self._arm(name)
+        return book_before(self._index, self._dir, served, self._offload, self._log, self._poller)
+
+    def fence(self, resource: str, status: Problems, log: EventLogger) -> ResourceFence:
+        """What `resource`'s DevicePlugin service waits for (`protocol.kept.Fence`): its
+        problems go to `status` (/readyz), a refused Allocate is logged to `log`."""
+        return ResourceFence(self, resource, status, log, self._metrics)
+
+    def unplaced(self, resource: str) -> None:
+        """A PodResources answer shows a pod holding an ID of `resource` that no device has
+        (`held_id_not_present`): an admission may have been missed; the resource's
+        Allocates wait for a read begun after this, and one is made (at most every
+        `REREAD_EVERY` seconds)."""
+        armed = self._arm(resource)
+        now = self._clock()
+        delay = max(0.0, self._unplaced_at + REREAD_EVERY - now)
+        self._unplaced_at = now + delay
+        self._spawn(self._read_later(resource, armed, delay))
+
+    async def listing(self, resource: str, report: Callable[[str | None], None]) -> None:
+        """Before `resource`'s first list goes out: while it is fenced, a read of its entries
+        begun now; while the file cannot be used, `report`ed (/readyz) and tried again
+        with backoff (the list is held: fail closed)."""
+        retry = Backoff(RETRY_FIRST, RETRY_MAX)
+        while resource in self._lists:
+            if await self._fresh(resource):
+                self._lists.discard(resource)
+                report(None)
+                return
+            delay = retry.next_delay()
+            report(UNREADABLE)
+            self._log.warning("first_list_held", resource=resource, retry_in=delay)
+            await asyncio.sleep(delay)
+
+    async def allocating(self, resource: str) -> str | None:
+        """Before an Allocate of `resource` is answered: while it is fenced, a read of its
+        entries begun now (the fence goes once one succeeds); why to refuse it when the file
+        cannot be used, else None."""
+        armed = self._allocates.get(resource)
+        if armed is None:
+            return None
+        if not await self._fresh(resource):
+            return f"{resource}: {UNREADABLE}: {HELD_CLOSED}"
+        self._disarm(resource, armed)
+        return None
+
+    def close(self) -> None:
+        """The host stops: the reads and waits going on end."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _arm(self, resource: str) -> int:
+        self._armed += 1
+        self._allocates[resource] = self._armed
+        return self._armed
+
+    def _disarm(self, resource: str, armed: int) -> None:
+        """A read begun after the fence of `armed` succeeded (not armed again since)."""
+        if self._allocates.get(resource) == armed:
+            del self._allocates[resource]
+
+    async def _read_later(self, resource: str, armed: int, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        if await self._fresh(resource):
+            self._disarm(resource, armed)
+
+    async def _fresh(self, resource: str) -> bool:
+        """A read of the entries of `resource` begun after this call, booked and admitted;
+        whether the file could be used."""
+        self._wanted.add(resource)
+        if self._next is None:
+            self._next = self._spawn(self._read_after(self._current))
+        return await asyncio.shield(self._next)
+
+    async def _read_after(self, before: asyncio.Task[bool] | None) -> bool:
+        if before is not None and not before.done():
+            await asyncio.wait({before})
+        self._current, self._next = self._next, None
+        names, self._wanted = frozenset(self._wanted), set()
+        index = self._index
+        directory, work, log = self._dir, self._offload, self._log
+        handed = await _book(
+            index, directory, work, log, new=True, only=names, consequence=HELD_CLOSED
+        )
+        if handed is None:
+            if self._metrics is not None:
+                self._metrics.checkpoint_unusable.inc()
+            return False
+        _unlist(self._poller, handed)
+        await index.quiet()  # (admitted again against them: the table is current)
+        return True
+
+    def _spawn(self, work: Coroutine[object, None, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(work, name="kubelet-checkpoint-again")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+class Problems(Protocol):
+    """Where a resource's problems go (`services.ResourceStatus`: /readyz)."""
+
+    def set_problem(self, part: str, reason: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class ResourceFence:
+    """One resource's waits on `CheckpointReads` (`protocol.kept.Fence`)."""
+
+    reads: CheckpointReads
+    resource: str
+    status: Problems
+    log: EventLogger
+    metrics: Metrics | None
+
+    async def listing(self) -> None:
+        await self.reads.listing(
+            self.resource, functools.partial(self.status.set_problem, "checkpoint")
+        )
+
+    async def allocating(self) -> None:
+        """Raises the GRPCError (UNAVAILABLE) that refuses the Allocate while the kubelet's
+        checkpoint cannot be read."""
+        why = await self.reads.allocating(self.resource)
+        if why is None:
+            return
+        if self.metrics is not None:
+            self.metrics.allocations.labels(self.resource, "checkpoint_unreadable").inc()
+        self.log.warning("allocate_refused", reason=why, result="checkpoint_unreadable")
+        raise grpclib.GRPCError(Status.UNAVAILABLE, why)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint_bookings import book_before, book_handed
+from .checkpoint_bookings import CheckpointReads, book_handed
 from .commands import Commands
 from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
@@ -175,7 +175,8 @@ class Host:
             commands=commands, pod_resources=self.pod_resources, release_state=release_state,
             ownership=self.ownership, status_changed=self._status_changed,
             registry_wait=self.registry_wait, offload=self._work, node_features=node_features,
-            handed=handed, timings=self.timings,
+            handed=handed, timings=self.timings, checkpoint=CheckpointReads(self.ownership,
+            kubelet.socket_dir, self._work, self.log, self.pod_resources, self.metrics),
         )  # fmt: skip
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -308,9 +309,9 @@ class Host:
         stopping = {
             n: supervisor.stop_later(n, n in plan.removed) for n in (*plan.removed, *plan.changed)
         }
-        booked = None if not (plan.changed or plan.added) else book_before(  # (checkpoint first)
-            self.ownership, self.config.kubelet.socket_dir, (*plan.changed, *plan.unchanged),
-            self._work, self.log, self.pod_resources)  # fmt: skip
+        reads = supervisor.services.checkpoint  # (the checkpoint first; the added fenced)
+        booked = None if reads is None or not (plan.changed or plan.added) else reads.before(
+            (*plan.changed, *plan.unchanged), plan.added)  # fmt: skip
         for name in (*plan.changed, *plan.added):
             supervisor.start(new_by_name[name], after=stopping.get(name), booked=booked)
         for name in plan.removed:

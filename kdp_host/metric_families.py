@@ -161,6 +161,13 @@ class MetricFamilies:
             ["result"],
             registry=r,
         )
+        self.checkpoint_unusable = Counter(
+            "kdp_kubelet_checkpoint_unusable",
+            "Reads of the kubelet's checkpoint a fenced resource waited for that could not use "
+            "it (unreadable, bad, or not read in time): its first list waits and its Allocates "
+            "are refused meanwhile.",
+            registry=r,
+        )
         self.pod_resources_up = Gauge(
             "kdp_pod_resources_up",
             "1 while the last PodResources List was answered.",

@@ -259,6 +259,11 @@ class OwnershipIndex(Watching):
         state = self._resources.get(resource)
         return state is not None and device_id in state.reported
 
+    def tell_unplaced(self, unplaced: Callable[[str], None]) -> None:
+        """`unplaced` is told the resource of each held ID no device has, as it is logged
+        (`held_id_not_present`)."""
+        self._adoption.unplaced = unplaced
+
     def kept_for(self, resource: str, advertised_ids: Iterable[str]) -> list[Device]:
         """The devices of `resource` held for the kubelet's bookings of `advertised_ids`
         (the IDs a pod holds of one device): its node is there under another ID (a reload

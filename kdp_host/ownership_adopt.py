@@ -20,7 +20,7 @@ off nothing shows who holds what: the host says so at start (`WITHOUT_POD_RESOUR
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -101,6 +101,10 @@ class Adoption:
     stale: set[str] = field(default_factory=set)
     """Resources with a device booked under an ID it is not advertised under: held
     (`Ledger.conflict`) once the resource is admitted again in full."""
+    unplaced: Callable[[str], None] | None = None
+    """Told the resource of each held ID no device has, as it is logged: an admission may
+    have been missed (`checkpoint_bookings.CheckpointReads.unplaced` reads the checkpoint
+    again)."""
 
     def admitted(
         self, state: ResourceState, exclusive: Mapping[ClaimKey, Owner], now: float
@@ -158,6 +162,8 @@ class Adoption:
                 elif state.settled and not state.retired and owner not in noted:
                     noted.add(owner)
                     self._note(state, kubelet_id, holders, "not_present")
+                    if self.unplaced is not None:
+                        self.unplaced(name)
         self.noted = noted
         return booked
 

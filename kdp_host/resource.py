@@ -74,6 +74,7 @@ class ResourceRuntime:
     def _make_service(self, on_stream_lost: Callable[[], None]) -> DevicePluginService:
         """The DevicePlugin service of a new socket (the one served from now on)."""
         poller = self._services.pod_resources  # (told each Allocate: `unlisted`)
+        reads = self._services.checkpoint
         self._service = DevicePluginService(
             self.config,
             self.table,
@@ -88,6 +89,7 @@ class ResourceRuntime:
             bookings=self._services.ownership,
             handed=self._handed,
             allocated=None if poller is None else poller.allocated,
+            fence=None if reads is None else reads.fence(self.config.name, self.status, self.log),
         )
         return self._service
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .backoff import Retry
+from .checkpoint_bookings import CheckpointReads
 from .commands import Commands
 from .config import KubeletConfig
 from .drivers import DriverFactory, make_driver
@@ -81,6 +82,9 @@ class HostServices:
     handed: HandedRecord = field(default_factory=HandedRecord)
     timings: Timings = field(default_factory=Timings)
     """The waits on the kubelet's news (`Host.timings`): the release trackers read theirs."""
+    checkpoint: CheckpointReads | None = None
+    """The kubelet's checkpoint read again before a fenced resource's first list and
+    Allocate answers (`checkpoint_bookings.CheckpointReads`)."""
     """What each Allocate handed out, while one of its IDs is booked (`handed_out`, kept in
     `<stateDir>/handed-out.json` by the host): what preStart acts on, a held CDI entry keeps
     (also of a resource a reload removed: `cdi_keeper`) and a release acts on."""

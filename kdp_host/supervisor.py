@@ -149,6 +149,8 @@ class Supervisor:
             self.stop_later(name)
         for task in (*self._keepers.values(), *self._reads):
             task.cancel()
+        if self.services.checkpoint is not None:
+            self.services.checkpoint.close()
         if self._stopping:
             _, pending = await asyncio.wait(set(self._stopping), timeout=STOP_WAIT)
             for task in pending:

@@ -251,7 +251,12 @@ class RealKubelet:
                     continue
                 if event["kind"] == "registered" and not registered:
                     registered.append(int(event["seq"]))
-                elif event["kind"] == "list_and_watch" and registered and not found:
+                elif (  # (the events are seen again at each poll: only a later list)
+                    event["kind"] == "list_and_watch"
+                    and registered
+                    and not found
+                    and int(event["seq"]) > registered[0]
+                ):
                     found.append(event)
             return bool(found)
 

@@ -21,6 +21,16 @@ from ..handed_out import HandedOut
 from ..identity import Identity
 
 
+class Fence(Protocol):
+    """What a resource's first list and its Allocate answers wait for: the kubelet's
+    checkpoint read again (`checkpoint_bookings.CheckpointReads`); `allocating` raises the
+    GRPCError that refuses the Allocate while the file cannot be read."""
+
+    async def listing(self) -> None: ...
+
+    async def allocating(self) -> None: ...
+
+
 class Bookings(Protocol):
     """Where an answered Allocate's IDs are recorded as booked (`OwnershipIndex`), with the
     host paths and CDI names each answer hands out besides its devices (raises `PlaceOwned`

@@ -47,7 +47,7 @@ from ..ownership_claims import Unresolvable, read_only_of
 from ..ownership_hand_out import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
 from .codec import EncodedMessage
-from .kept import Bookings, keep
+from .kept import Bookings, Fence, keep
 from .lists import ListAndWatchEncoder, Wakes
 
 if TYPE_CHECKING:  # made where the config chooses them (`features`)
@@ -78,9 +78,11 @@ class DevicePluginService(DevicePluginBase):
         bookings: Bookings | None = None,
         handed: HandedOut | None = None,
         allocated: Callable[[str, Sequence[str]], None] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self._config = config
         self._allocated = allocated  # told each Allocate's IDs (`PodResourcesPoller`)
+        self._fence = fence  # (the first list and Allocate answers wait for it)
         self._table = table
         self._encoder = encoder
         self._metrics = metrics
@@ -93,21 +95,16 @@ class DevicePluginService(DevicePluginBase):
         self._allocate_hook = allocate_hook
         self._release = release
         self._bookings = bookings
-        self._handed = handed
-        """What each Allocate handed out (`handed_out`: preStart, the CDI entries and the
-        release read it)."""
+        self._handed = handed  # what each Allocate handed out (preStart, CDI, release)
         self._closing = False
         self._wakes = Wakes()  # of the open streams
         self._open_streams = 0
-        self._drained: asyncio.Future[None] | None = None
-        """Made by `end_streams` while streams are open; done when the last one ended."""
+        self._drained: asyncio.Future[None] | None = None  # (`end_streams`: streams ended)
         self._pre_start_required = pre_start is not None or release is not None
-        self._told_preferred: bool | None = None
-        """What the last GetDevicePluginOptions answer said of GetPreferredAllocation."""
+        self._told_preferred: bool | None = None  # (the last options: preferred allocation)
 
     # The series every call records, looked up once, at first use (a histogram's series
-    # appear with its first observation): a lookup costs what the rest of the bookkeeping
-    # of a call does.
+    # appear with its first observation): a lookup costs what a call's bookkeeping does.
 
     @functools.cached_property
     def _allocated_ok(self) -> CounterSeries:
@@ -210,6 +207,8 @@ class DevicePluginService(DevicePluginBase):
         self._wakes.events.add(wake)
         stop_listening = self._table.add_listener(lambda _snapshot: wake.set())
         try:
+            if self._fence is not None:  # (the kubelet's checkpoint read again first)
+                await self._fence.listing()
             table = self._table
             snapshot = table.snapshot
             while not self._closing:
@@ -260,6 +259,8 @@ class DevicePluginService(DevicePluginBase):
     async def allocate(self, message: AllocateRequest) -> AllocateResponse:
         started = self._clock()
         name = self._config.name
+        if self._fence is not None:  # (raises the refusal while the checkpoint is unread)
+            await self._fence.allocating()
         snapshot = self._table.snapshot
         try:
             if not message.container_requests:
@@ -373,11 +374,9 @@ class DevicePluginService(DevicePluginBase):
                 ]
         except* (HookFailed, AllocationError) as failures:
             first = failures.exceptions[0]
-            name = self._config.name
+            name, count = self._config.name, len(message.container_requests)
             if isinstance(first, HookFailed):
-                self._metrics.allocations.labels(name, "hook_failed").inc(
-                    len(message.container_requests)
-                )
+                self._metrics.allocations.labels(name, "hook_failed").inc(count)
                 raise grpclib.GRPCError(first.status, str(first)) from None
             # the devices' own env could not be given to the command (it did not run)
             self._metrics.allocations.labels(name, "invalid").inc()

@@ -16,7 +16,7 @@ import errno
 import os
 import struct
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .files import Offload
 from .logs import EventLogger
@@ -106,6 +106,7 @@ class InotifyWatcher:
         self._refused: dict[str, str] = {}
         """Pending directories that are there but could not be watched, with why."""
         self._report_unwatched: UnwatchedReport | None = None
+        self.watch_budget = _max_user_watches()
 
     def report_unwatched(self, report: UnwatchedReport) -> None:
         self._report_unwatched = report
@@ -307,6 +308,18 @@ class InotifyWatcher:
             # the next retry: trying every one on every event cost a failed watch each)
             made = [os.path.join(directory, name) for directory in directories]
             self._retry_pending([path for path in made if path in self._pending])
+
+
+MAX_USER_WATCHES: Final = "/proc/sys/fs/inotify/max_user_watches"
+
+
+def _max_user_watches() -> int | None:
+    """The node's per-user inotify watch limit, or None where it cannot be read."""
+    try:
+        with open(MAX_USER_WATCHES, encoding="ascii") as file:
+            return int(file.read(32).strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _refusal(exc: OSError) -> str:

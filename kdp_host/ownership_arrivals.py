@@ -58,9 +58,12 @@ ARRIVAL_TIMEOUT: Final = 2.0
 TREE_LIMIT: Final = 1024
 """Directories followed (one inotify watch each) below one claimed directory."""
 HOST_TREE_LIMIT: Final = 8192
-"""Directories followed below claimed directories on the host in all: the inotify watch
-limit (`fs.inotify.max_user_watches`, 8,192 on older kernels) is shared with the watches
-every resource needs (its patterns' directories, the kubelet's)."""
+"""Directories followed below claimed directories on the host in all, at most: the inotify
+watch limit (`fs.inotify.max_user_watches`) is shared with the watches every resource needs
+and with every other process of root on the node (the kubelet's, the runtime's)."""
+HOST_TREE_SHARE: Final = 4
+"""...and at most this fraction (1/n) of that limit (8,192 on kernels before 5.11: pods'
+trees then take 2,048 watches at most, hostile13 M9)."""
 TAKE_CHUNK: Final = 64
 """Trees whose reads are taken in (their directories subscribed to) per turn of the loop."""
 RESCAN_INTERVAL: Final = 30.0
@@ -73,6 +76,13 @@ INSIDE_LIMIT: Final = 128
 """Entries an Allocate reads below the directories its answer mounts, for what was moved in
 but not reported yet (`BookingAllocations.hand_out`); below one whose tree is not followed
 in full, it reads all of it (up to `RESCAN_LIMIT`: past it, the Allocate is refused)."""
+
+
+def host_tree_limit(watch_budget: int | None) -> int:
+    """Directories followed below claimed ones in all, given the node's watch limit."""
+    if watch_budget is None:
+        return HOST_TREE_LIMIT
+    return max(0, min(HOST_TREE_LIMIT, watch_budget // HOST_TREE_SHARE))
 
 
 @dataclass
@@ -296,8 +306,8 @@ class Arrivals:
             return None  # (a claimed directory: followed as its own tree)
         if len(state.dirs) >= TREE_LIMIT:
             return f"more than {TREE_LIMIT:,} directories below it"
-        if self._below >= HOST_TREE_LIMIT:
-            return f"more than {HOST_TREE_LIMIT:,} directories below mounted ones on the host"
+        if self._below >= (limit := host_tree_limit(watcher.watch_budget)):
+            return f"more than {limit:,} directories below mounted ones on the host"
         subscription = watcher.subscribe(directory, functools.partial(self._changed, directory))
         refused = watcher.refused(directory)
         if refused is not None:

@@ -91,6 +91,7 @@ class ManualWatcher:
     /proc/self/mountinfo to poll)."""
 
     kind = "manual"
+    watch_budget: int | None = None
 
     def __init__(self, mounts: bool = True) -> None:
         self._subscriptions: list[Subscription] = []

@@ -88,6 +88,12 @@ class Watcher(Protocol):
     @property
     def kind(self) -> str: ...
 
+    @property
+    def watch_budget(self) -> int | None:
+        """The watches this watcher's user may hold on the node in all, shared with every
+        other process of that user (`fs.inotify.max_user_watches`); None: no such limit."""
+        ...
+
 
 def new_subscription(
     directory: str,
@@ -181,6 +187,7 @@ class PollingWatcher:
     """Stat polling for hosts without inotify: compares inode and change times of directories."""
 
     kind = "poll"
+    watch_budget = None
 
     def __init__(
         self, log: EventLogger, interval: float = 1.0, offload: Offload | None = None

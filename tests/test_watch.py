@@ -362,3 +362,12 @@ async def test_a_watched_directory_moved_away_leaves_no_kernel_watch(
     await wait_until(lambda: None in heard, what="the move reported")
     subscription.cancel()
     await wait_until(lambda: kernel_watches(inotify) == 0, what="no watch left")
+
+
+def test_the_inotify_watchers_budget_is_the_nodes_per_user_watch_limit() -> None:
+    """What the mount trees' bound is a share of (hostile13 M9); the polling watcher has none."""
+    limit = Path(watch_module.MAX_USER_WATCHES)
+    if not limit.exists():
+        pytest.skip(f"{limit} is absent here (no inotify sysctl to read)")
+    assert InotifyWatcher(get_logger()).watch_budget == int(limit.read_text())
+    assert PollingWatcher(get_logger()).watch_budget is None

@@ -190,7 +190,7 @@ class AdmissionGate(Resolving):
     async def quiet(self) -> None:
         """Return once no admission runs, waits for its turn or for its paths."""
         while True:
-            busy = {s.resolving for s in self._resources.values() if s.resolving is not None}
+            busy = {s.resolving for s in self._resolving.values() if s.resolving is not None}
             if self._running is not None:
                 busy.add(self._running)
             if not busy:
@@ -213,9 +213,7 @@ class AdmissionGate(Resolving):
                     self._changed(state)
         finally:
             self._draining = False
-            if self._running is None and not any(
-                state.resolving is not None for state in self._resources.values()
-            ):
+            if self._running is None and not self._resolving:
                 self._fresh.clear()  # (kept while paths resolve: they add to what is fresh)
 
     def _admit_all_again(self) -> None:

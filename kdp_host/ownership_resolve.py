@@ -79,6 +79,9 @@ class Resolving(Admission):
         """Directories the watcher follows as entries of their parent (`_follow_above`)."""
         self._path_news = 0
         """Changes the watcher reported so far (a resolution that raced one is not kept)."""
+        self._resolving: dict[int, ResourceState] = {}
+        """The states whose `resolving` is set (by id): whether any is, without a walk of
+        every resource after each admission (`_drain`)."""
 
     @abc.abstractmethod
     def _admit_or_defer(self, state: ResourceState) -> bool:
@@ -107,6 +110,7 @@ class Resolving(Admission):
             state.resolving = asyncio.get_running_loop().create_task(
                 self._resolve_for(state), name=f"claims {state.name}"
             )
+            self._resolving[id(state)] = state
 
     async def _resolve_for(self, state: ResourceState) -> None:
         """Resolve what `state` waits for off the loop, then admit it."""
@@ -123,6 +127,7 @@ class Resolving(Admission):
                 self._drain()
         finally:
             state.resolving = None
+            self._resolving.pop(id(state), None)
         self._drain()  # (what was resolved is fresh no longer once nothing resolves)
 
     def _take(self, state: ResourceState, resolved: Mapping[str, Resolution]) -> None:

@@ -237,11 +237,13 @@ async def test_what_a_round_resolved_is_kept_while_the_next_round_resolves() -> 
     index._fresh.update((path, (("c", i), path)) for i, path in enumerate(paths[:10]))
     waiting = asyncio.get_running_loop().create_future()
     state.resolving = asyncio.ensure_future(waiting)  # (the next round, off the loop)
+    index._resolving[id(state)] = state  # (as `_defer` notes it)
     index._drain()
     assert set(index._fresh) == set(paths[:10])
     waiting.set_result(None)
     await state.resolving
     state.resolving = None
+    del index._resolving[id(state)]  # (as `_resolve_for` does at its end)
     index._drain()
     assert not index._fresh
 

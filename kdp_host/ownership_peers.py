@@ -112,7 +112,7 @@ class Peers:
             entries = by_writer.get(other, [])
             stamp = stamps.get(other, UNSTAMPED if entries else None)
             known = self.known.get(other)
-            if known is not None and (stamp is None or stamp < known[0]):
+            if known is not None and not _vouched(stamp, entries, known):
                 entries = _joined(known[1], entries)  # (not its latest write: last read holds)
                 kept.add(other)
             elif stamp is not None:
@@ -121,6 +121,16 @@ class Peers:
                 self.known.pop(other, None)
             out += entries
         return Believed(out, alive, frozenset(named - alive), frozenset(kept & alive))
+
+
+def _vouched(stamp: int | None, entries: Saved, known: tuple[int, Saved]) -> bool:
+    """Whether a host's `entries` in the file, with its `stamp`, are its latest write: a
+    newer stamp, or the one last read with the entries read then (a content read once is
+    the same objects: compared by identity first). The same stamp with other entries is an
+    edit behind the hosts' backs."""
+    if stamp is None or stamp != known[0]:
+        return stamp is not None and stamp > known[0]
+    return entries == known[1]
 
 
 def _joined(known: Saved, found: Saved) -> Saved:

@@ -524,3 +524,31 @@ async def test_a_lone_hosts_entries_replaced_by_a_valid_empty_document_are_writt
         assert me.read() == (False, False) and me.last.lost is None
     finally:
         me.stop()
+
+
+async def test_a_running_hosts_entries_edited_away_under_its_stamp_stay_in_force(
+    state: Path,
+) -> None:
+    """The file edited by hand: the old host's entry removed, its stamp left as it was.
+    The stamp vouches for the entries read with it, not for others: old0 stays held until
+    the old host writes again."""
+    old, new = Writer(state, "old"), Writer(state, "new")
+    try:
+        old.book("old0", 0)
+        old.book("old1", 1)
+        await old.write()
+        new.read()
+        document = json.loads((state / OWNERSHIP_FILE).read_text())
+        document["bookings"] = [e for e in document["bookings"] if e["id"] != "old0"]
+        replace_file(state, document)
+        new.read()
+        assert new.ledger.has(Owner(R, "old0")) and new.ledger.has(Owner(R, "old1"))
+        assert new.last is not None and new.last.kept == {"old"}
+        assert old.read()[1]  # the old host writes its own back (not as it wrote them)
+        await old.write()
+        new.read()
+        assert new.last is not None and new.last.kept == frozenset()
+        assert new.ledger.has(Owner(R, "old0"))
+    finally:
+        old.stop()
+        new.stop()

@@ -53,7 +53,7 @@ from .output_checks import (
     quote,
 )
 from .recall import Recall
-from .turns import Pace, Steps, in_turns, to_the_end
+from .turns import TURN_BUDGET, Pace, Steps, in_turns, to_the_end
 
 __all__ = [
     "ContainerExtras",
@@ -361,12 +361,12 @@ def parse_output(data: bytes | str, fmt: Format) -> list[Device]:
 async def parse_in_turns(
     data: bytes, fmt: Format, recall: Recall, offload: Offload
 ) -> list[Device]:
-    """Parse probe output on the event loop, `ENTRIES_PER_TURN` entries a turn
-    (`turns.py`), recalling what the last output made; a JSON output with an error is read
-    whole for it (as is one with a huge entry), through `offload` when large; an output with
-    a line or entry too large for a turn is parsed through `offload`. Raises
-    ProbeOutputError."""
-    pace = Pace(ENTRIES_PER_TURN)
+    """Parse probe output on the event loop, `ENTRIES_PER_TURN` entries a turn (a later one
+    `TURN_BUDGET` seconds at most: `turns.py`), recalling what the last output made; a JSON
+    output with an error is read whole for it (as is one with a huge entry), through
+    `offload` when large; an output with a line or entry too large for a turn is parsed
+    through `offload`. Raises ProbeOutputError."""
+    pace = Pace(ENTRIES_PER_TURN, TURN_BUDGET)
     if fmt == "lines":
         devices = await in_turns(_lines(data, pace, recall, _WHOLE_OFF_LOOP_BYTES))
         if devices is None:

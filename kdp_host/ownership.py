@@ -87,7 +87,7 @@ from .ownership_gate import ADMISSION_CHUNK
 from .ownership_table import Holding, ResourceState
 from .ownership_watching import Watching
 from .timings import Timings
-from .turns import in_turns
+from .turns import TURN_BUDGET, in_turns
 
 if TYPE_CHECKING:
     from .holdings import Holdings
@@ -125,12 +125,14 @@ class OwnershipIndex(Watching):
         chunk: int = ADMISSION_CHUNK,
         mounts: Callable[[], MountMap] = read_mounts,
         timings: Timings | None = None,
+        budget: float | None = TURN_BUDGET,
     ) -> None:
         """`pod_resources`: PodResources polling is on (a booking can be seen to end);
-        `chunk`: devices an admission works on per turn of the event loop; `mounts`: the
+        `chunk`: devices an admission works on per turn of the event loop (`budget`: seconds a
+        later turn runs at most, None: no bound but `chunk`; `turns.Pace`); `mounts`: the
         mount table now (read again when it changes: a bind mount shows a path twice);
         `timings`: when the kubelet has heard of a device no longer advertised (`heard_after`)."""
-        super().__init__(clock, metrics, resolve, offload, timeout, chunk, mounts)
+        super().__init__(clock, metrics, resolve, offload, timeout, chunk, mounts, budget)
         self.pod_resources = pod_resources
         self._heard_after = (timings or Timings()).heard_after
         self._adoption = Adoption(self._ledger, metrics)

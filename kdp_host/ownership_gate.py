@@ -2,9 +2,10 @@
 
 An admission walks a resource's list (claims, IDs, conflicts): a probe that renames 12,000
 devices at once costs tens of milliseconds of Python, and the event loop serves every
-resource's gRPC. So an admission works in turns of at most `chunk` devices and yields to
-the loop between two turns: its first turn runs where the list arrived (a small change is
-admitted at once, as it always was), the rest in a task.
+resource's gRPC. So an admission works in turns of at most `chunk` devices (a later turn
+also of at most `budget` seconds: `turns.Pace`) and yields to the loop between two turns:
+its first turn runs where the list arrived (a small change is admitted at once, as it
+always was), the rest in a task.
 
 The index admits one list at a time (the gate): while an admission runs, a list of any
 resource, a released claim or a changed path only queues its resource, which is admitted
@@ -31,7 +32,7 @@ from .ownership_canonical import canonical
 from .ownership_claims import Claims, Resolver
 from .ownership_resolve import Resolving
 from .ownership_table import ResourceState
-from .turns import Pace, to_the_end
+from .turns import TURN_BUDGET, Pace, to_the_end
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +60,11 @@ class AdmissionGate(Resolving):
         offload: Offload | None,
         timeout: float,
         chunk: int,
+        budget: float | None = TURN_BUDGET,
     ) -> None:
         super().__init__(clock, metrics, resolve, offload, timeout)
         self._chunk = max(1, chunk)
+        self._budget = budget
         self._pending: dict[str, None] = {}
         """Resources to admit again once no admission runs (in this order)."""
         self._draining = False
@@ -76,7 +79,7 @@ class AdmissionGate(Resolving):
         if self._running is not None:
             self._pending[state.name] = None
             return False
-        steps = self._admission(state, Pace(self._chunk))
+        steps = self._admission(state, Pace(self._chunk, self._budget))
         try:
             next(steps)
         except StopIteration as done:

@@ -32,6 +32,7 @@ from .ownership_gate import ADMISSION_CHUNK
 from .ownership_paths import PathIndex
 from .ownership_table import ResourceState
 from .rules import below
+from .turns import TURN_BUDGET
 
 VANISH_GRACE: Final = 1.0
 """Seconds a path of an advertised device that went holds nothing (`_note_vanishing`)."""
@@ -53,10 +54,11 @@ class Watching(BookingAllocations):
         timeout: float = RESOLVE_TIMEOUT,
         chunk: int = ADMISSION_CHUNK,
         mounts: Callable[[], MountMap] = read_mounts,
+        budget: float | None = TURN_BUDGET,
     ) -> None:
         """`mounts`: the mount table now (read again when it changes: a bind mount shows a
         path twice)."""
-        super().__init__(clock, metrics, resolve, offload, timeout, chunk)
+        super().__init__(clock, metrics, resolve, offload, timeout, chunk, budget)
         self._read_mounts = mounts
         self._within.remount(mounts())
         self._arrivals = Arrivals(self._arrived, offload, metrics, nodes_changed=self._nodes_in)

@@ -69,8 +69,9 @@ class Host:
     """An index with one DeviceTable per resource, as the resources of a host use it."""
 
     def __init__(self, resolve: Resolver = reach, chunk: int = ADMISSION_CHUNK) -> None:
+        """Turns of `chunk` devices each, whatever the machine's speed (no time budget)."""
         self.metrics = Metrics()
-        self.index = OwnershipIndex(self.metrics, resolve, chunk=chunk)
+        self.index = OwnershipIndex(self.metrics, resolve, chunk=chunk, budget=None)
         self.tables: dict[str, DeviceTable] = {}
         self.detach: dict[str, object] = {}
 

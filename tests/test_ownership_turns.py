@@ -92,6 +92,27 @@ async def test_a_long_admission_yields_to_the_loop_in_bounded_turns() -> None:
         beside.stop()
 
 
+async def test_an_admission_yields_at_its_time_budget_however_large_its_chunk() -> None:
+    """A chunk larger than the list, and a budget: the first turn runs its chunk (where the
+    list arrives), each later one stops at its budget (0 s here: a step or two a turn,
+    whatever the machine), so an admission whose steps are slow still yields to the loop
+    often. Without a budget the same admission takes a few turns (its walks of the list)."""
+    for budget, turns in ((None, range(N // 50)), (0.0, range(N // 2, 10 * N))):
+        host = Host(nodes(), chunk=10 * N)
+        host.index = OwnershipIndex(host.metrics, nodes(), chunk=N, budget=budget)
+        host.attach(R1)
+        host.index.publish(R1, listed("d"))
+        await host.index.quiet()
+        beside = Beside()
+        try:
+            host.index.publish(R1, listed("e"))  # every device renamed: a long admission
+            await host.index.quiet()
+        finally:
+            beside.stop()
+        assert beside.turns in turns, (budget, beside.turns)
+        assert host.ids(R1) == sorted(listed("e"))
+
+
 def test_without_an_event_loop_an_admission_runs_to_its_end() -> None:
     host = Host(nodes(20), chunk=5)
     host.attach(R1)
@@ -192,7 +213,9 @@ async def test_a_booking_from_podresources_during_an_admission_holds_its_device(
     pod = (Holder("ns", "p1", "c", 0.0),)
     for turns in range(0, 3 * N // CHUNK, 3):
         host = Host(nodes(), chunk=CHUNK)
-        host.index = OwnershipIndex(host.metrics, nodes(), clock=lambda: NOW, chunk=CHUNK)
+        host.index = OwnershipIndex(
+            host.metrics, nodes(), clock=lambda: NOW, chunk=CHUNK, budget=None
+        )
         host.index.keep_bookings_in(Sink(), None)
         host.attach(R1)
         host.index.publish(R1, listed("d"))

@@ -48,7 +48,7 @@ from typing import Generic, TypeVar
 from ..devices import Device
 from ..dir_signature import DirSignature, dir_signature
 from ..safety_net import SafetyNet
-from ..turns import Pace, in_turns
+from ..turns import TURN_BUDGET, Pace, in_turns
 from ..watch import Subscription
 from .base import DriverDeps, DriverError, Notifier
 from .grace import MERGE_CHUNK, Tracker
@@ -233,7 +233,7 @@ class ScanLoop(Generic[S]):
         if result is None:
             return None
         self._subscribe()
-        merging = self.tracker.merging(result, Pace(MERGE_CHUNK))
+        merging = self.tracker.merging(result, Pace(MERGE_CHUNK, TURN_BUDGET))
         devices, next_expiry = await in_turns(merging)  # (10,000 unplugged: in turns)
         notifier.update(devices, result.skipped, result.reached)
         if result.reached:  # handed on once: not kept with the last scan

@@ -26,10 +26,14 @@ from operator import is_not
 
 from ..devices import Advertised, Snapshot
 from ..rules import LIST_AND_WATCH_MAX_BYTES
+from ..turns import TURN_BUDGET, Pace
 from .wire import encode_device_entry, topology_field
 
 ENCODE_CHUNK = 256
-"""Entries encoded between two yields to the event loop."""
+"""Entries encoded between two yields to the event loop at most (`turns.Pace`: a later turn
+also ends at its time budget)."""
+ENCODE_STEP = 16
+"""Entries encoded in one step of a turn."""
 
 
 class _TopologyFields(dict[int | None, bytes]):
@@ -181,10 +185,11 @@ class ListAndWatchEncoder:
             new_sizes = array("I", sizes)
             starts = array("Q", accumulate(sizes, initial=0)) if changed else array("Q")
             copied_to = 0  # (the byte up to which `view` is copied)
-            for at in range(0, len(changed), ENCODE_CHUNK):
-                if at:
+            pace = _pace()
+            for at in range(0, len(changed), ENCODE_STEP):
+                if at and pace.due():
                     await asyncio.sleep(0)  # (every entry changed: as many segments)
-                chunk = slice(at, at + ENCODE_CHUNK)
+                chunk = slice(at, at + ENCODE_STEP)
                 for i, entry_bytes in zip(changed[chunk], written[chunk], strict=True):
                     segments += (view[copied_to : starts[i]], entry_bytes)
                     copied_to = starts[i + 1]
@@ -205,11 +210,17 @@ class ListAndWatchEncoder:
         """Each entry's bytes, yielding to the event loop between chunks of a long list."""
         parts: list[bytes] = []
         topology = self._topologies
-        for start in range(0, len(entries), ENCODE_CHUNK):
-            if start:
+        pace = _pace()
+        for start in range(0, len(entries), ENCODE_STEP):
+            if start and pace.due():
                 await asyncio.sleep(0)
-            parts += _entry_bytes(entries[start : start + ENCODE_CHUNK], topology)
+            parts += _entry_bytes(entries[start : start + ENCODE_STEP], topology)
         return parts
+
+
+def _pace() -> Pace:
+    """`ENCODE_CHUNK` entries a turn, a later turn `TURN_BUDGET` at most."""
+    return Pace(ENCODE_CHUNK // ENCODE_STEP, TURN_BUDGET)
 
 
 @dataclass

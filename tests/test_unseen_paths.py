@@ -160,7 +160,10 @@ async def test_hostile9_l1_a_sysfs_node_is_claimed_where_kdp_host_sees_it(
         if sim.allocatable(serial) == 1:
             response = await sim.allocate(serial, 1)
             assert response is not None
-            assert [d.host_path for d in response.devices] == [f"/dev/{node.name}"]
+            # (the adapter's own node, /dev/bus/usb/..., is handed out beside the tty)
+            paths = [d.host_path for d in response.devices]
+            assert f"/dev/{node.name}" in paths
+            assert all(path.startswith("/dev/") for path in paths), paths
 
 
 async def test_a_mount_source_that_goes_holds_its_device_until_it_is_back(

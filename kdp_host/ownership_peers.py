@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ownership_document import Saved, SavedBooking
+from .ownership_document import Saved, SavedBooking, as_written, read_saved
 
 WRITES = "writes"
 """The key of `ownership.json` that holds each host's stamp of its last write."""
@@ -63,14 +63,26 @@ class Stamp:
         return self.last
 
 
-def own_lost(read: Mapping[str, int], wrote: Mapping[str, int], writer: str) -> str | None:
-    """Why a file read with stamps `read` lost this host's part (None: it did not), when
-    `wrote` are the stamps of its last write that landed, taken before the read (so the
-    file read is that write or a later one, unless replaced behind the hosts' backs)."""
-    mine, found = wrote.get(writer), read.get(writer)
-    if mine is None or (found is not None and found >= mine):
+def own_lost(
+    read: Mapping[str, int] | None, found: Saved, wrote: Mapping[str, Any] | None, writer: str
+) -> str | None:
+    """Why a file read with stamps `read` (None: it has no `writes`) and bookings `found`
+    lost this host's part (None: it did not), when `wrote` is its last write that landed,
+    taken before the read (so the file read is that write or a later one, unless replaced
+    behind the hosts' backs). A file without stamps at all is an older version's write
+    (it keeps the other hosts' entries, not their stamps): this host's entries as written
+    tell then."""
+    mine = None if wrote is None else stamps_of(wrote).get(writer)
+    if wrote is None or mine is None:
         return None
-    if found is None:
+    if read is None:
+        own = [b for b in read_saved(wrote, as_written) if b.writer == writer]
+        if [b for b in found if b.writer == writer] == own:
+            return None
+        return "it lacks this host's entries as written (replaced by another document)"
+    if (stamp := read.get(writer)) is not None and stamp >= mine:
+        return None
+    if stamp is None:
         return "it lacks this host's entries (deleted, or replaced by another document)"
     return "it holds an older copy of this host's entries (replaced)"
 

@@ -148,12 +148,13 @@ class SharedRead(NamedTuple):
 def read_shared(file: StateFile, writer: str, peers: Peers | None = None) -> SharedRead:
     """The file as host `writer` follows it (`peers`: the other hosts' entries as last
     read, which it believes over a file that lacks their latest write). Blocking."""
-    before, ours, stamps = file.set_aside, False, {}
-    wrote = stamps_of(file.last_written or {})  # (before the read: see `own_lost`)
+    before, ours, stamps = file.set_aside, False, None
+    wrote = file.last_written  # (before the read: see `own_lost`)
 
     def parse(document: Mapping[str, Any]) -> Saved:
         nonlocal ours, stamps
-        ours, stamps = document is file.last_written, stamps_of(document)
+        ours = document is file.last_written
+        stamps = stamps_of(document) if WRITES in document else None
         saved = read_saved(document, as_written)
         return [b for b in saved if b.writer != writer] if ours else saved
 
@@ -162,10 +163,10 @@ def read_shared(file: StateFile, writer: str, peers: Peers | None = None) -> Sha
         return SharedRead(None, frozenset(), False)
     directory = str(file.path.parent)
     believed = (peers or Peers(writer)).believe(
-        loaded or [], stamps, functools.partial(running, directory)
+        loaded or [], stamps or {}, functools.partial(running, directory)
     )
     held = frozenset(w for b in believed.saved if (w := b.writer) in believed.running and w)
-    lost = own_lost(stamps, wrote, writer)
+    lost = None if ours else own_lost(stamps, loaded or [], wrote, writer)
     return SharedRead(believed.saved, held, ours, believed.kept, believed.ended, lost)
 
 

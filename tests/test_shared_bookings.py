@@ -552,3 +552,28 @@ async def test_a_running_hosts_entries_edited_away_under_its_stamp_stay_in_force
     finally:
         old.stop()
         new.stop()
+
+
+async def test_an_older_versions_write_without_stamps_is_no_loss_of_this_hosts_part(
+    state: Path,
+) -> None:
+    """A rolling upgrade: the old version's merge keeps this host's entries but writes no
+    stamps. This host's entries as written tell then: no rewrite (no `ownership_state_lost`
+    at each of the old host's writes), unless they went too."""
+    me, old = Writer(state, "me"), Writer(state, "old")
+    try:
+        me.book("d0", 0)
+        await me.write()
+        document = json.loads((state / OWNERSHIP_FILE).read_text())
+        del document["writes"]
+        document["bookings"].append(
+            {"resource": R, "id": "o1", "device": "o1", "claims": [], "writer": "old"}
+        )
+        replace_file(state, document)
+        assert me.read() == (True, False)  # o1 held (the old host's); d0 as written
+        assert me.last is not None and me.last.lost is None
+        replace_file(state, {"bookings": [], "version": 1})
+        assert me.read()[1] and me.last.lost is not None
+    finally:
+        me.stop()
+        old.stop()

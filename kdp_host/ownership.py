@@ -72,6 +72,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
+from .config import UNSAFE_MOUNT
 from .devices import Device, advertises, replica_ids
 from .files import Offload
 from .identity import Identity
@@ -208,6 +209,17 @@ class OwnershipIndex(Watching):
         new one by its identity)."""
         state = self._resources.get(resource)
         return _NONE_HELD if state is None else state.held
+
+    def held_in_place(self, resource: str, device_id: str) -> bool:
+        """Whether `device_id` is held back by another's claim while its driver lists it
+        healthy: its node is there (a claim needs it), so a pod that holds the device still
+        has it. Such a device is `held`, not missing (hostile13 M3: a node made in another
+        pod's mount showed it missing, and the README's recipe deleted the pod that held it)."""
+        state = self._resources.get(resource)
+        if state is None:
+            return False
+        why, device = state.held.get(device_id), state.reported.get(device_id)
+        return why is not None and why.reason != UNSAFE_MOUNT and bool(device and device.healthy)
 
     def hold_while_releasing(self, pending: ReleasePending) -> None:
         """A booking whose device's release is still due (`release_state`) stays, holding its

@@ -204,7 +204,8 @@ class ResourceRuntime:
         missing, naming its holders (the README's recipe acts on them): `unhealthy` while
         its driver lists it (advertised Unhealthy, or held: its node went before the driver
         saw it), `gone` once not. A held ID no device is advertised under whose node a listed
-        device holds for it (a reload renamed it, hostile11 K6) is neither. Not before the
+        device holds for it (a reload renamed it, hostile11 K6) is neither, nor a device held
+        back by another's claim that its driver lists healthy (`held_in_place`). Not before the
         driver's first list: a PodResources answer that comes first would call every held
         device gone; nor before the CDI spec's first write (until then every device is held
         Unhealthy, its name not on disk yet: hostile10 F4 saw `state=unhealthy` for devices
@@ -218,6 +219,7 @@ class ResourceRuntime:
         ownership, name = self._services.ownership, self.config.name
         kept = {d: ownership.kept_for(name, self._held_ids.get(d, ())) for d in missing}
         missing -= {device for device, devices in kept.items() if any(d.healthy for d in devices)}
+        missing -= {device for device in missing if ownership.held_in_place(name, device)}
         self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
         listed = {device.id for device in snapshot.devices} if missing else set()
         for device in sorted(missing - self._held_missing):

@@ -132,6 +132,8 @@ def devices_document(host: Host) -> dict[str, Any]:
             # back (`device_held`), with why (hostile11 K5: a node a booking of another
             # plugin's ID holds).
             shown = MISSING if device_id in held or device_id in outstanding else HELD
+            if host.ownership.held_in_place(name, device_id):
+                shown = HELD
             entry = {"id": device_id, "health": shown, "holders": held.get(device_id, [])}
             kept = host.ownership.kept_for(name, ids.get(device_id, ()))
             if kept:  # its node, listed under another ID, is kept for it (hostile11 K6)

@@ -3,6 +3,7 @@ its holders, through the simulator's kubelet and its PodResources server."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,4 +152,50 @@ async def test_a_device_renamed_by_a_reload_of_replicas_is_not_called_missing(
     [shown] = [d for d in resource["devices"] if d["holders"]]
     assert shown["health"] == "Healthy" and shown["keptAs"] == ["fpga0"], shown
     (devices / "fpga0").unlink()  # now it is gone
+    await wait_until(lambda: missing(running) == 1, what="counted once gone")
+
+
+async def test_a_held_device_another_pods_mount_reaches_is_held_not_missing(
+    sim: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """hostile13 M3: the victim holds fpga0; a pod handed a writable directory device makes a
+    node of fpga0's number in it (here: a hard link). fpga0 is held back (the attacker's
+    booking reaches its node), but it is there and its driver lists it healthy: `held`,
+    not counted missing, no `held_device_missing` (the README's recipe deletes the pods of
+    missing devices: it deleted the victim)."""
+    share = short_dir / "share"
+    (share / "a").mkdir(parents=True)
+    scratch = "vendor.example/scratch"
+    extra = (
+        f"  - name: {scratch}\n"
+        f"    glob: {{group: [{{path: '{share}/{{key}}', mount: true, readOnly: false}}]}}\n"
+    )
+    running = await start_host(config_text(socket_dir, short_dir, devices, extra))
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 2 and sim.allocatable(scratch) == 1)
+    victim = await sim.allocate(FPGA, 1, pod_uid="victim", container="c")
+    assert victim is not None
+    await sim.allocate(scratch, 1, pod_uid="attacker", container="c")
+    poller = running.host.pod_resources
+    await wait_until(
+        lambda: poller.holdings and poller.holdings.of(FPGA) and poller.holdings.of(scratch),
+        what="both pods seen",
+    )
+    node = Path(victim.devices[0].host_path)
+    with caplog.at_level("WARNING", logger="kdp_host"):
+        os.link(node, share / "a" / ".x")
+        await wait_until(
+            lambda: node.name in running.host.ownership.held_now(FPGA), what="fpga0 held back"
+        )
+        await two_answers(poller, lambda: True)
+    assert missing(running) == 0
+    assert [r for r in caplog.records if r.getMessage() == "held_device_missing"] == []
+    resource = next(r for r in devices_document(running.host)["resources"] if r["name"] == FPGA)
+    [shown] = [d for d in resource["devices"] if d["id"] == node.name]
+    assert shown["health"] == "held" and shown["heldBack"]["resource"] == scratch, shown
+    node.unlink()  # now it is gone: missing
     await wait_until(lambda: missing(running) == 1, what="counted once gone")

@@ -176,17 +176,20 @@ class OwnershipIndex(Watching):
         return detach
 
     def checkpoint_handed(
-        self, resource: str, device_id: str
+        self, resource: str, device_id: str, shared: bool = False
     ) -> tuple[Device, dict[str, Identity]] | None:
         """What the kubelet's checkpoint says `device_id` of `resource` was handed, where this
         host booked it from there alone (no record of its own: another plugin's ID), with
-        what each path reached then (`ownership_booked.checkpoint_device`); else None."""
+        what each path reached then (`ownership_booked.checkpoint_device`); else None, also
+        when another pod holds one of its paths under another ID (unless `shared`: what it
+        was handed, whoever else holds it)."""
         state = self._resources.get(resource)
         replicas = 1 if state is None else state.replicas or 1
         for advertised in (device_id, *replica_ids(device_id, replicas)):
             booking = self._ledger.bookings.get(Owner(resource, advertised))
             if booking is not None and not booking.claims and booking.places:
-                if self._shared_with_a_holder(Owner(resource, advertised), booking.places):
+                owner = Owner(resource, advertised)
+                if not shared and self._shared_with_a_holder(owner, booking.places):
                     return None
                 return checkpoint_device(device_id, booking)
         return None

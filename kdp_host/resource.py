@@ -18,6 +18,7 @@ from .features import allocate_hook, cdi_writer, health_checker, pre_start_hook,
 from .files import STOP_WAIT, OffloadScope
 from .first_list import FirstList
 from .ownership import OwnedTable
+from .ownership_elsewhere import Elsewhere
 from .protocol.lists import ListAndWatchEncoder, Overflow
 from .protocol.service import DevicePluginService
 from .rules import LIST_AND_WATCH_MAX_BYTES
@@ -46,6 +47,8 @@ class ResourceRuntime:
         self._held_ids: dict[str, tuple[str, ...]] = {}
         """The advertised IDs of each device of `_held` the containers hold."""
         self._held_missing: set[str] = set()
+        self.elsewhere = Elsewhere()
+        """Held devices under another plugin's ID whose nodes are there (`ownership_elsewhere`)."""
         self._encoder = ListAndWatchEncoder(
             on_overflow=self._on_list_overflow,
             held=functools.partial(services.ownership.is_booked, config.name),
@@ -148,6 +151,7 @@ class ResourceRuntime:
         try:
             await self._run(driver)
         finally:
+            self.elsewhere.stop()
             detach()
             await self._work.close(STOP_WAIT, self.log)
 
@@ -194,6 +198,10 @@ class ResourceRuntime:
                 self.config.name,
                 {(a, h.namespace, h.pod, h.container) for a, hs in held.items() for h in hs},
             )
+        checked = functools.partial(self._check_held_devices, self.table.snapshot)
+        self.elsewhere.look(
+            self._services.ownership, self.config.name, by_device, self._work, checked
+        )
         self._check_held_devices(self.table.snapshot)
         if self.release is not None:
             self.release.holdings(holdings)
@@ -205,7 +213,8 @@ class ResourceRuntime:
         its driver lists it (advertised Unhealthy, or held: its node went before the driver
         saw it), `gone` once not. A held ID no device is advertised under whose node a listed
         device holds for it (a reload renamed it, hostile11 K6) is neither, nor a device held
-        back by another's claim that its driver lists healthy (`held_in_place`). Not before the
+        back by another's claim that its driver lists healthy (`held_in_place`), nor another
+        plugin's ID whose nodes are there as it handed them out (hostile12 L2). Not before the
         driver's first list: a PodResources answer that comes first would call every held
         device gone; nor before the CDI spec's first write (until then every device is held
         Unhealthy, its name not on disk yet: hostile10 F4 saw `state=unhealthy` for devices
@@ -220,6 +229,7 @@ class ResourceRuntime:
         kept = {d: ownership.kept_for(name, self._held_ids.get(d, ())) for d in missing}
         missing -= {device for device, devices in kept.items() if any(d.healthy for d in devices)}
         missing -= {device for device in missing if ownership.held_in_place(name, device)}
+        missing -= self.elsewhere.kept(missing)
         self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
         listed = {device.id for device in snapshot.devices} if missing else set()
         for device in sorted(missing - self._held_missing):

@@ -35,6 +35,7 @@ from .logs import EventLogger
 from .metric_labels import HookResult
 from .metrics import Metrics
 from .process import CommandError, CommandResult, CommandRunner
+from .run_env import HostEnv
 
 STDERR_IN_STATUS = 512
 """Characters of the end of stderr put in the status message (the log has up to 4 KiB):
@@ -170,6 +171,7 @@ class PreStartHook:
         self._handed = self.handed or in_memory(self.resource.name)
         self._slots = asyncio.Semaphore(self.config.parallelism)
         self._builder = AllocationBuilder(self.resource)
+        self._host_env = HostEnv(self.log)
         self.metrics.add_pre_start(self.resource.name)
 
     async def run(self, device_ids: Sequence[str]) -> None:
@@ -219,7 +221,7 @@ class PreStartHook:
     async def _run_command(self, physical: Sequence[Device]) -> None:
         values = hook_values(self.resource.name, physical)
         try:
-            env = device_env(self.resource.name, physical)
+            env = self._host_env.withhold(device_env(self.resource.name, physical), physical)
         except AllocationError as exc:
             raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None
         env.update({key: render_template(text, values) for key, text in self.config.env.items()})
@@ -246,6 +248,7 @@ class AllocateHook:
 
     def __post_init__(self) -> None:
         self.metrics.add_allocate_hook(self.resource)
+        self._host_env = HostEnv(self.log)
 
     async def response(
         self, builder: AllocationBuilder, snapshot: Snapshot, requested_ids: Sequence[str]
@@ -256,7 +259,7 @@ class AllocateHook:
         without running the command, when the devices' own env cannot be passed to it."""
         physical = builder.physical_devices(snapshot, requested_ids)
         values = hook_values(self.resource, physical)
-        env = device_env(self.resource, physical)
+        env = self._host_env.withhold(device_env(self.resource, physical), physical)
         what = f"{self.resource}: allocate.command for {values['ids']}:"
         counter = self.metrics.allocate_hooks
         try:

@@ -125,3 +125,37 @@ def nothing_or_raise(path: str, exc: OSError | ValueError) -> None:
         raise exc
     if isinstance(exc, OSError) and not absent(exc):
         raise Uncheckable(path, exc) from None
+
+
+LINK_HOPS: Final = 40
+"""Symlinks followed resolving one path before giving up (Linux's MAXSYMLINKS)."""
+
+
+def links_on_the_way(path: str) -> list[str]:
+    """Every symlink met resolving `path` as `real_path` does, each at its place: its own
+    name in its directory resolved (hostile13 M5, M6). Whoever can write that directory
+    re-points the link, and so where `path` leads: for a path kdp-host re-reads, writes or
+    runs by name, each is a place no container is handed writable (`config.places`). Stops
+    where nothing is (or cannot be read: `real_path` says why), after LINK_HOPS links."""
+    found: list[str] = []
+    rest = os.path.abspath(path).split("/")
+    done = "/"
+    while rest and len(found) < LINK_HOPS:
+        name = rest.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            done = os.path.dirname(done)
+            continue
+        step = os.path.join(done, name)
+        try:
+            if not stat.S_ISLNK(os.lstat(step).st_mode):
+                done = step
+                continue
+            target = os.readlink(step)
+        except (OSError, ValueError):
+            break
+        found.append(step)
+        rest[:0] = target.split("/")
+        done = "/" if target.startswith("/") else done
+    return found

@@ -57,6 +57,7 @@ from .metrics import Metrics
 from .process import CommandRunner
 from .release_state import ReleaseStateStore, device_entry, handed_device
 from .release_use import Checkpointed, DeviceUse, unknown_release
+from .run_env import HostEnv
 from .timings import Timings
 
 if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
@@ -89,6 +90,7 @@ class ReleaseTracker:
         self.config: ReleaseConfig = resource.release
         self._resource, self._table, self._store = resource, table, store
         self._commands, self._metrics, self._log = commands, metrics, log
+        self._host_env = HostEnv(log)
         self._clock, self._wall = clock, wall
         self._slots = asyncio.Semaphore(self.config.parallelism)
         self._handed = handed or in_memory(resource.name)
@@ -326,7 +328,7 @@ class ReleaseTracker:
         await check_places(self._places, what, {device_id, *use.used}, [device], reached)
         values = hook_values(self._resource.name, [device])
         values.update(use.holder_values())
-        env = device_env(self._resource.name, [device])
+        env = self._host_env.withhold(device_env(self._resource.name, [device]), [device])
         env.update({key: render_template(text, values) for key, text in self.config.env.items()})
         self._log.info("release_started", device=device_id, pod=values["pod"] or "-")
         await run_hook(

@@ -32,7 +32,7 @@ from .handed_setup import (
     resource_problems,
 )
 
-RUNS_IT = "which no container may be handed writable (kdp-host runs it as root)"
+RUNS_IT = "which no container may be handed writable (kdp-host runs, loads or follows it as root)"
 
 
 @pytest.fixture
@@ -83,9 +83,10 @@ def test_the_executable_is_seen_through_links_and_found_on_path(dirs: Path) -> N
     (dirs / "tools" / "real").write_text("#!/bin/sh\n")
     (dirs / "tools" / "real").chmod(0o755)
     rule = never_handed(load_resources(dirs, _release(dirs, dirs / "work" / "go")), None)
-    assert rule.problem(f"{dirs}/work") == f"holds {FPGA}'s release.command executable, {RUNS_IT}"
+    link = f"the link {dirs}/work/go on the way to {FPGA}'s release.command executable"
+    assert rule.problem(f"{dirs}/work") == f"holds {link}, {RUNS_IT}"
     assert rule.problem(f"{dirs}/tools") == (
-        f"holds {FPGA}'s release.command executable (resolved), {RUNS_IT}"
+        f"holds {FPGA}'s release.command executable, {RUNS_IT}"
     )
     assert rule.problem(f"{dirs}/tools", writable=False) is None
     assert rule.problem(f"{dirs}/opt") is None
@@ -97,7 +98,9 @@ def test_the_executable_is_seen_through_links_and_found_on_path(dirs: Path) -> N
     looked = f"is a PATH directory {PROBE}'s shell.command 'reset' is looked for in, {RUNS_IT}"
     assert rule.problem(f"{dirs}/tools") == looked
     assert rule.problem(f"{dirs}/opt/bin/reset") == f"lies in {looked[3:]}"
-    assert rule.problem("/nonexistent") is None  # (after the one it is found in)
+    assert rule.problem("/nonexistent") == (  # (after the one it is found in: still the
+        f"is {PROBE}'s shell.command's env PATH entry, {RUNS_IT}"  # PATH of what it runs)
+    )
     assert rule.problem(f"{dirs}/work/sub") == f"lies in {PROBE}'s shell.workingDir, {RUNS_IT}"
 
 

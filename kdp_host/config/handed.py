@@ -24,8 +24,10 @@ given `/` has all of them. So no device node or mount source may be, lie inside 
   file of each resource with `allocate.cdi`, the `nodeFeatures` file) and the config file;
 - where handed out writable (a device node, a mount with `readOnly: false`) only: every
   place whose change changes what kdp-host runs as root (`places.run_places`, hostile11 K7):
-  each command's executable (as written and resolved), the PATH directories a bare name is
-  looked for in, each `shell.workingDir`. A read-only mount of them cannot change them.
+  each command's executable (as written and resolved) and its `#!` interpreters, the PATH
+  directories a bare name is looked for in, the places its env's loader and interpreter
+  variables name (`run_env`), each `shell.workingDir`, and every symlink on the way to any
+  protected place (`places.link_places`). A read-only mount of them cannot change them.
 
 What a path is, not how it is spelled, decides (`NeverHanded.problem`):
 
@@ -88,6 +90,8 @@ glob group, lies outside its member's directory)."""
 ROOT: Final = "/"
 PROC: Final = "/proc"
 _NO_MOUNTS: Final = MountMap()
+RUN_WHY: Final = " writable (kdp-host runs, loads or follows it as root)"
+"""Why a place of `NeverHanded.run` may be handed read-only only."""
 
 
 VIEW_AGE: Final = 1.0
@@ -211,9 +215,7 @@ class NeverHanded:
                     how = "holds"
                 else:
                     continue
-                return f"{how} {what}, which no container may be handed" + (
-                    " writable (kdp-host runs it as root)" if run else ""
-                )
+                return f"{how} {what}, which no container may be handed" + (RUN_WHY if run else "")
         if unseen(key):
             return UNSEEN  # (hostile9 H5: what it reaches on the host is not known)
         if key is not None and key[0] in (DIRECTORY, FILE):
@@ -281,7 +283,7 @@ class NeverHanded:
         for what, identity, run in view.files:
             if identity == key and (writable or not run):
                 return f"is {what} (a hard link of it), which no container may be handed" + (
-                    " writable (kdp-host runs it as root)" if run else ""
+                    RUN_WHY if run else ""
                 )
         for what, path, identity, mtime in view.dirs:
             if identity == key:

@@ -345,7 +345,9 @@ class ShellDriverConfig:
     env: Mapping[str, str] = key(
         "env",
         StringMap(env_name_problem, key_pattern=ENV_PATTERN),
-        "Extra environment variables for the command.",
+        "Extra environment variables for the command (the places one that decides what a "
+        "process runs or loads names, `PATH`, `LD_*`, ..., may not be handed writable: see "
+        "Paths no container is handed).",
         default={},
     )
     working_dir: str | None = key(
@@ -795,7 +797,10 @@ class PreStartConfig:
         StringMap(env_name_problem, templates=HOOK_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
         "Extra environment variables (values take the same templates). The devices' own "
         "env entries (sysfs attributes, a probe's `env`) are passed too, joined with `,` "
-        "across devices; these win.",
+        "across devices, but for those that decide what a process runs or loads (`PATH`, "
+        "`LD_*`, `BASH_ENV`, ...: see Paths no container is handed), which reach the "
+        "container only; these win. Such a variable here may not hold a template, and the "
+        "places it names may not be handed writable.",
         default={},
     )
     on_failure: PreStartFailure = key(
@@ -853,7 +858,10 @@ class ReleaseConfig:
         "env",
         StringMap(env_name_problem, templates=RELEASE_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
         "Extra environment variables (values take the same templates); the device's own env "
-        "entries are passed too, these win.",
+        "entries are passed too, but for `PATH`, `LD_*` and the others that decide what a "
+        "process runs or loads (see Paths no container is handed); these win. Such a "
+        "variable here may not hold a template, and the places it names may not be handed "
+        "writable.",
         default={},
     )
     on_failure: ReleaseFailure = key(

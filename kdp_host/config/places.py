@@ -6,14 +6,17 @@ Besides the kubelet's places and those kdp-host writes, the places whose change 
 kdp-host runs as root (hostile11 K7, `run_places`): a pod handed one writable rewrites a
 command kdp-host then runs. For each command of the config (a `shell` driver's, `health`,
 `preStart`, `release`, `allocate.command`) its executable as the process runner finds it
-(`process.resolve_command`): an argv[0] with a `/` at its place (its directory's symlinks
-resolved: a link there is the place a pod could re-point) and, where it exists now, at its
-real path; a bare name in each PATH directory it is looked for in up to the one it is found
-in (a pod writing an earlier one would put its own first; the PATH of the command's `env`
-where it has one: a `shell` probe's, `preStart`'s, `release`'s), and that file; the program a
-script's `#!` line names, found the same way (hostile12 L4, L5). Each `shell.workingDir` too
-(a relative argv[0] or PATH entry is taken there). An argv[0] that is a template is rendered
-per device and is not known here.
+(`process.resolve_command`): an argv[0] with a `/` and, where it exists now, its real path;
+a bare name in each PATH directory it is looked for in up to the one it is found in (a pod
+writing an earlier one would put its own first; the PATH of the command's `env` where it has
+one: a `shell` probe's, `preStart`'s, `release`'s), and that file; the program a script's
+`#!` line names, found the same way, and its own while it is a script too (hostile12 L4, L5,
+hostile13 M4). Every place a variable of that `env` names that decides what a process runs
+or loads (`run_env`: hostile13 M1; a templated one is refused, `run_env_problems`). Each
+`shell.workingDir` too (a relative argv[0] or PATH entry is taken there). An argv[0] that is
+a template is rendered per device and is not known here. And every symlink met on the way to
+any place of the rule, at its place (`link_places`: whoever writes its directory re-points
+it; hostile13 M5, M6), refused handed writable as these are.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import shutil
 from collections.abc import Iterator, Mapping
 from typing import Final
 
-from ..identity import Uncheckable, real_path
+from ..identity import Uncheckable, links_on_the_way, real_path
 from ..mount_table import MountMap, read_mounts
 from ..rules import GLOB_MAGIC
+from ..run_env import decides_run, named_paths
 from .handed import PROC, ROOT, NeverHanded
 from .model import GROUP_KEY, Config, GlobDriverConfig, Problems, ShellDriverConfig
 from .outputs import SOCKETS, STATE, Place, kubelet_places, written_places
@@ -59,7 +63,7 @@ def never_handed(config: Config, config_file: str | os.PathLike[str] | None) -> 
     for place in places:  # (one what per real path: the first)
         (files if place.file else dirs).setdefault(place.real, place.what)
     run: dict[str, str] = {}
-    for place in run_places(config):
+    for place in (*run_places(config), *(link for p in places for link in link_places(p))):
         run.setdefault(place.real, place.what)
     return NeverHanded(
         tuple((what, real) for real, what in dirs.items()),
@@ -108,6 +112,17 @@ def protected_places(config: Config, config_file: str | None) -> list[Place]:
     return found
 
 
+def link_places(place: Place) -> list[Place]:
+    """Each symlink met on the way to `place` (`identity.links_on_the_way`), at its place:
+    whoever writes its directory re-points it, and so where kdp-host reads, writes or runs
+    by that name next (hostile13 M5, M6). The one rule for every place of `never_handed`:
+    refused handed writable (`NeverHanded.run`)."""
+    return [
+        Place(place.key, f"the link {link} on the way to {place.what}", link, link)
+        for link in links_on_the_way(place.path)
+    ]
+
+
 def run_places(config: Config) -> list[Place]:
     """The places whose change changes what kdp-host runs as root (see the module
     docstring): no container may be handed one writable. Does I/O (realpath, stat)."""
@@ -117,19 +132,40 @@ def run_places(config: Config) -> list[Place]:
         for key, argv, env, cwd in _commands(config, index):
             what = f"{name}'s {'.'.join(str(k) for k in key[2:])}"
             found.extend(_executable(key, what, argv[0], env, cwd))
+            for variable, value in (env or {}).items():
+                for path in named_paths(variable, value, cwd):
+                    at = (*key[:-1], "env", variable)
+                    found.append(Place.at(at, f"{what}'s env {variable} entry", path))
         driver = resource.driver
         if isinstance(driver, ShellDriverConfig) and driver.working_dir is not None:
             key = ("resources", index, "shell", "workingDir")
             found.append(Place.at(key, f"{name}'s shell.workingDir", driver.working_dir))
-    return found
+    return [*found, *(link for place in found for link in link_places(place))]
+
+
+def run_env_problems(config: Config) -> Problems:
+    """A templated value of a config env variable that decides what a host command runs
+    (`run_env.decides_run`): what it names is not known before it is rendered, so it
+    cannot be kept out of containers (hostile13 M2)."""
+    for index, _resource in enumerate(config.resources):
+        for key, _argv, env, _cwd in _commands(config, index, plain=False):
+            for variable, value in (env or {}).items():
+                if decides_run(variable) and template_fields(value):
+                    yield (
+                        (*key[:-1], "env", variable),
+                        f"{variable} decides what the command runs or loads as root: "
+                        "it may not hold a template (what it names could not be kept out "
+                        "of containers)",
+                    )
 
 
 _Command = tuple[FieldPath, tuple[str, ...], Mapping[str, str] | None, str | None]
 """(key, argv, environment, working directory) of a command the config runs."""
 
 
-def _commands(config: Config, index: int) -> Iterator[_Command]:
+def _commands(config: Config, index: int, *, plain: bool = True) -> Iterator[_Command]:
     resource = config.resources[index]
+    _plain = _untemplated if plain else dict
     at: FieldPath = ("resources", index)
     driver = resource.driver
     if isinstance(driver, ShellDriverConfig):
@@ -146,7 +182,7 @@ def _commands(config: Config, index: int) -> Iterator[_Command]:
         yield (*at, "allocate", "command"), resource.allocate.command, None, None
 
 
-def _plain(env: Mapping[str, str]) -> dict[str, str]:
+def _untemplated(env: Mapping[str, str]) -> dict[str, str]:
     """A hook's `env` as the runner passes it, where it holds no template (a `PATH` there
     decides where a bare command name is found: hostile12 L4)."""
     return {name: value for name, value in env.items() if not template_fields(value)}
@@ -158,10 +194,11 @@ def _executable(
     argv0: str,
     env: Mapping[str, str] | None,
     cwd: str | None,
-    interpreted: bool = False,
+    depth: int = 0,
 ) -> list[Place]:
     """The places of one command's executable (see the module docstring), and of the
-    interpreter its `#!` line names (hostile12 L5), once."""
+    interpreter its `#!` line names (hostile12 L5), and so on while that is a script too
+    (hostile13 M4), up to INTERPRETER_DEPTH."""
     if template_fields(argv0):
         return []  # (rendered per device: not known here)
     argv0 = render_template(argv0, {})
@@ -180,10 +217,10 @@ def _executable(
                 break
     if path is None:
         return found
-    found += _file_places(key, f"{what} executable", path)
-    interpreter = None if interpreted else _interpreter(path)
+    found.append(Place.at(key, f"{what} executable", path))
+    interpreter = None if depth >= INTERPRETER_DEPTH else _interpreter(path)
     if interpreter is not None:
-        found += _executable(key, f"{what}'s interpreter", interpreter, env, cwd, True)
+        found += _executable(key, f"{what}'s interpreter", interpreter, env, cwd, depth + 1)
     return found
 
 
@@ -202,6 +239,9 @@ def _interpreter(path: str) -> str | None:
     return words[0] if words else None
 
 
+INTERPRETER_DEPTH: Final = 8
+"""`#!` interpreters followed from a command: Linux runs a script's interpreter that is
+itself a script, up to BINPRM_MAX_RECURSION (4) levels; the rest is margin."""
 _ENV_OPTIONS_WITH_ARGUMENT = frozenset({"-u", "--unset", "-C", "--chdir"})
 
 
@@ -224,21 +264,11 @@ def _env_program(words: list[str]) -> str | None:
     return None
 
 
-def _file_places(key: FieldPath, what: str, path: str) -> list[Place]:
-    """A file at its place (its directory resolved) and, where it differs, its real path."""
-    directory, name = os.path.split(os.path.normpath(path))
-    try:
-        place = Place(key, what, path, os.path.join(real_path(directory), name))
-    except (Uncheckable, ValueError):
-        return [Place.at(key, what, path)]
-    real = Place.at(key, f"{what} (resolved)", path)
-    return [place] if real.real == place.real else [place, real]
-
-
 def handed_path_problems(config: Config, config_file: str | None) -> Problems:
     """Why a host path `config` itself hands to containers breaks the rule: an
     `allocate.mounts` source, a glob path or group member that is no pattern. Does I/O
     (realpath, stat, the mount table)."""
+    yield from run_env_problems(config)
     rule = never_handed(config, config_file)
     mounts = read_mounts()
     for index, resource in enumerate(config.resources):

@@ -1,0 +1,171 @@
+"""What decides what kdp-host runs as root beyond a command's executable (hostile13 M1, M2,
+M4, M5, M6): the loader and interpreter variables of a config's env (`run_env.py`), a
+device's own env (withheld from host commands), `#!` chains, and every symlink on the way to
+a place kdp-host reads, writes or runs by name (`config/places.py` `link_places`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdp_host.config import load_config, never_handed
+from kdp_host.run_env import decides_run, named_paths
+from kdp_host.simulator import KubeletSimulator
+
+from .conftest import script
+from .handed_setup import (
+    FPGA,
+    PROBE,
+    fpga_glob,
+    head,
+    load_resources,
+    made_dirs,
+    probe,
+    resource_problems,
+)
+
+RUNS_IT = "which no container may be handed writable (kdp-host runs, loads or follows it as root)"
+
+
+@pytest.fixture
+def dirs(short_dir: Path) -> Path:
+    return made_dirs(short_dir, "share", "opt", "opt2", "fw", "etc", "real", "lnk")
+
+
+def _mount(dirs: Path, source: Path) -> str:
+    return (
+        f"    allocate: {{mounts: [{{hostPath: '{source}', containerPath: /s, "
+        "readOnly: false}]}\n"
+    )
+
+
+def test_the_variables_that_decide_what_runs() -> None:
+    for name in ("PATH", "LD_PRELOAD", "LD_AUDIT", "LD_ANYTHING", "BASH_ENV", "PYTHONPATH"):
+        assert decides_run(name), name
+    assert not decides_run("FPGA_SLOT") and not decides_run("LANG")
+    assert named_paths("LD_PRELOAD", "/a/x.so libc.so.6 /b/y.so", None) == ["/a/x.so", "/b/y.so"]
+    assert named_paths("LD_LIBRARY_PATH", "/l:", "/w") == ["/l", "/w"]
+    assert named_paths("LD_BIND_NOW", "1", None) == []
+    assert named_paths("BASH_ENV", "rc", "/w") == ["/w/rc"]
+    assert named_paths("SLOT", "/x", None) == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "handed"),
+    [
+        ("LD_PRELOAD", "{share}/evil.so", "share"),
+        ("LD_LIBRARY_PATH", "{share}:/usr/lib", "share"),
+        ("LD_AUDIT", "{share}/a.so", "share"),
+        ("BASH_ENV", "{share}/rc", "share"),
+        ("PYTHONPATH", "{share}/py", "share"),
+    ],
+)
+def test_a_loader_variable_of_a_hook_env_is_a_run_place(
+    dirs: Path, variable: str, value: str, handed: str
+) -> None:
+    """M1: `release.env: {LD_PRELOAD: <handed dir>/evil.so}` with that directory handed
+    writable ran the pod's library as root: now a config error."""
+    env = f"env: {{{variable}: '{value.format(share=dirs / 'share')}'}}"
+    release = f"    release: {{command: [/usr/bin/true], {env}}}\n"
+    problems = resource_problems(dirs, fpga_glob(dirs) + _mount(dirs, dirs / handed) + release)
+    assert any(
+        f"{FPGA}'s release.command's env {variable} entry, {RUNS_IT}" in p for p in problems
+    ), problems
+    read_only = _mount(dirs, dirs / handed).replace("false", "true")
+    load_resources(dirs, fpga_glob(dirs) + read_only + release)  # (it cannot change them)
+
+
+def test_a_templated_run_variable_is_refused(dirs: Path) -> None:
+    """M2: a templated `release.env` PATH was silently not protected."""
+    env = f"env: {{PATH: '{dirs}/share/{{count}}:/usr/bin', SLOT: '{{ids}}'}}"
+    problems = resource_problems(dirs, fpga_glob(dirs) + f"    release: {{command: [x], {env}}}\n")
+    assert len(problems) == 1, problems
+    assert "release.env.PATH" in problems[0]
+    assert (
+        "PATH decides what the command runs or loads as root: it may not hold a template"
+        in (problems[0])
+    )
+
+
+def test_an_interpreter_chain_is_followed_to_its_end(dirs: Path) -> None:
+    """M4: reset -> #!opt2/wrap -> #!fw/sh -> #!opt/sh: each interpreter is protected."""
+    (dirs / "opt" / "sh").write_text("")
+    (dirs / "opt" / "sh").chmod(0o755)
+    script(dirs / "fw", "sh", "")  # (#!/bin/sh)
+    (dirs / "fw" / "sh").write_text(f"#!{dirs}/opt/sh\n")
+    (dirs / "opt2" / "wrap").write_text(f"#!/usr/bin/env -S {dirs}/fw/sh -e\n")
+    (dirs / "opt2" / "wrap").chmod(0o755)
+    (dirs / "share" / "reset").write_text(f"#!{dirs}/opt2/wrap\n")
+    (dirs / "share" / "reset").chmod(0o755)
+    release = f"    release: {{command: ['{dirs}/share/reset']}}\n"
+    rule = never_handed(load_resources(dirs, fpga_glob(dirs) + release), None)
+    twice = f"{FPGA}'s release.command's interpreter's interpreter executable"
+    assert rule.problem(f"{dirs}/fw") == f"holds {twice}, {RUNS_IT}"
+    assert rule.problem(f"{dirs}/opt") == (
+        f"holds {FPGA}'s release.command's interpreter's interpreter's interpreter "
+        f"executable, {RUNS_IT}"
+    )
+
+
+def test_the_directory_of_the_config_files_link_is_protected(dirs: Path) -> None:
+    """M5: `etc/kdp.yaml -> ../real/kdp.yaml` (the ConfigMap layout): a pod handed `etc`
+    writable re-points the link and kdp-host reloads its config as root."""
+    real = dirs / "real" / "kdp.yaml"
+    (dirs / "etc" / "kdp.yaml").symlink_to("../real/kdp.yaml")
+    real.write_text(head(dirs) + fpga_glob(dirs))
+    config = load_config(dirs / "etc" / "kdp.yaml")
+    rule = never_handed(config, dirs / "etc" / "kdp.yaml")
+    link = f"the link {dirs}/etc/kdp.yaml on the way to the config file"
+    assert rule.problem(f"{dirs}/etc") == f"holds {link}, {RUNS_IT}"
+    assert rule.problem(f"{dirs}/etc", writable=False) is None
+    real.write_text(real.read_text() + _mount(dirs, dirs / "etc"))
+    with pytest.raises(Exception, match=f"holds {link}"):
+        load_config(dirs / "etc" / "kdp.yaml")
+
+
+@pytest.mark.parametrize("what", ["stateDir", "CDI specDir"])
+def test_the_directory_of_a_written_places_link_is_protected(dirs: Path, what: str) -> None:
+    """M6: `stateDir: lnk/state -> ../real`: a pod handed `lnk` re-points it, and the
+    running host writes its state into the pod's directory."""
+    (dirs / "lnk" / "it").symlink_to("../real")
+    text, extra = head(dirs), ""
+    if what == "stateDir":
+        text = text.replace(f"stateDir: {dirs}/state", f"stateDir: {dirs}/lnk/it")
+    else:
+        extra = f"    allocate: {{cdi: {{kind: vendor.example/fpga, specDir: '{dirs}/lnk/it'}}}}\n"
+    config = dirs / "kdp.yaml"
+    config.write_text(text + fpga_glob(dirs) + extra)
+    rule = never_handed(load_config(config), config)
+    assert rule.problem(f"{dirs}/lnk").startswith(f"holds the link {dirs}/lnk/it on the way to")
+    assert rule.problem(f"{dirs}/lnk", writable=False) is None
+
+
+async def test_a_devices_own_run_variables_do_not_reach_host_commands(
+    dirs: Path, start_host: object
+) -> None:
+    """M2: a probe's device `env: {PATH: <pod-writable dir>:...}` was passed to preStart,
+    release and allocate.command: a bare command name was found in the pod's directory.
+    Now those variables reach the container only; the others still reach the hook."""
+    record = dirs / "record.json"
+    hook = script(
+        dirs,
+        "record",
+        f"exec python3 -c 'import json, os; json.dump({{k: os.environ.get(k) for k in "
+        f'("PATH", "LD_PRELOAD", "SLOT")}}, open("{record}", "w"))\'\n',
+    )
+    (dirs / "dev" / "probe0").touch()
+    device_env = {"PATH": f"{dirs}/share:/usr/bin:/bin", "LD_PRELOAD": "/x.so", "SLOT": "3"}
+    listed = [{"id": "d0", "paths": [f"{dirs}/dev/probe0"], "env": device_env}]
+    (dirs / "p.json").write_text(json.dumps(listed))
+    config = load_resources(dirs, probe(dirs) + f"    preStart: {{command: ['{hook}']}}\n")
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        await start_host(config)
+        await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
+        response = await sim.allocate(PROBE, 1)
+        assert response is not None
+        assert dict(response.envs)["PATH"] == device_env["PATH"]  # (the container's)
+        seen = json.loads(record.read_text())
+    assert f"{dirs}/share" not in seen["PATH"] and seen["LD_PRELOAD"] is None
+    assert seen["SLOT"] == "3"

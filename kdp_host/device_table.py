@@ -84,6 +84,9 @@ class DeviceTable:
         self._failed_checks = {i for i in self._failed_checks if i in reported or i in self._kept}
         return self._rebuild()
 
+    async def taken(self) -> None:
+        """A list is taken as it is published."""
+
     def set_degraded(self, reason: str | None) -> bool:
         """Report every device Unhealthy (reason given) or lift that (None); keeps the list."""
         if reason == self._degraded_reason:

@@ -351,5 +351,10 @@ class OwnedTable:
             devices = listed
         return self.index.publish(self.resource, devices, reached)
 
+    async def taken(self) -> None:
+        """Once the index admitted the lists given (`OwnershipIndex.quiet`): a list that waits
+        for an admission is taken with it, only the newest of a resource's lists is."""
+        await self.index.quiet()
+
     def set_degraded(self, reason: str | None) -> bool:
         return self.table.set_degraded(reason)

@@ -77,6 +77,9 @@ class RecordingNotifier:
     def rate_limited(self, dropped: int) -> None:
         self.dropped += dropped
 
+    async def taken(self) -> None:
+        """Every list is taken when given."""
+
     def skipped_by_reason(self) -> dict[str, list[str]]:
         """What the last list left out: reason -> subjects."""
         out: dict[str, list[str]] = {}

@@ -29,6 +29,7 @@ from kdp_host.drivers.shell import ShellDriver
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.process import CommandError, CommandResult, ProcessRunner
+from kdp_host.testing import RecordingNotifier
 from kdp_host.watch import PollingWatcher
 
 from .conftest import reporter, script, wait_table, wait_until
@@ -261,6 +262,57 @@ async def test_poll_table_follows_output_changes(tmp_path: Path) -> None:
         assert health(snapshot) == {"a": True, "b": False}
         listing.write_text("")
         await wait_table(table, lambda s: ids(s) == [])
+
+
+class SlowHost(RecordingNotifier):
+    """A host that takes each list only when the test says so (a long admission)."""
+
+    def __init__(self, runs: Path) -> None:
+        super().__init__()
+        self.runs = runs
+        self.seen: list[tuple[str, int]] = []
+        """(what happened, the probe's runs by then)."""
+        self.waiting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def count(self) -> int:
+        return len(self.runs.read_text()) if self.runs.exists() else 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self.seen.append(("update", self.count()))
+
+    async def taken(self) -> None:
+        self.seen.append(("taken?", self.count()))
+        self.waiting.set()
+        await self.release.wait()
+        self.release.clear()
+
+
+async def test_poll_runs_again_only_once_the_host_took_its_last_list(tmp_path: Path) -> None:
+    """A probe whose lists the host takes longer to admit than its interval: the next run
+    waits for the last list to be taken (never a list parsed only to be replaced before its
+    admission), then keeps its interval."""
+    runs = tmp_path / "runs"
+    probe = script(tmp_path, "p", f"printf x >> {runs}\necho a\n")
+    host = SlowHost(runs)
+    task = asyncio.get_running_loop().create_task(
+        ShellDriver(shell(probe, interval=0.001), make_deps()).run(host)
+    )
+    try:
+        for _ in range(3):
+            await asyncio.wait_for(host.waiting.wait(), DEADLINE)
+            host.waiting.clear()
+            host.release.set()
+        await asyncio.wait_for(host.waiting.wait(), DEADLINE)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert host.seen[:8] == [
+        ("update", 1), ("taken?", 1), ("update", 2), ("taken?", 2),
+        ("update", 3), ("taken?", 3), ("update", 4), ("taken?", 4),
+    ]  # fmt: skip
 
 
 async def test_poll_json_format(tmp_path: Path) -> None:

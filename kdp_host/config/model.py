@@ -320,7 +320,10 @@ class GlobDriverConfig:
 class ShellDriverConfig:
     command: tuple[str, ...] = key("command", Argv(), "The argv list.")
     interval: float = key(
-        "interval", Duration(0.05), "Poll mode: run every interval.", default="10s"
+        "interval",
+        Duration(0.05),
+        "Poll mode: run every interval (not before the host has taken the last list).",
+        default="10s",
     )
     timeout: float = key("timeout", Duration(0.05), "Kill the run after this.", default="5s")
     format: Literal["lines", "json"] = key(

@@ -78,6 +78,12 @@ class Notifier(Protocol):
         """`dropped` complete lists were skipped because they came too fast (newest won)."""
         ...
 
+    async def taken(self) -> None:
+        """Return once the host has taken the last list given to `update` (admitted by the
+        ownership index, or replaced there by a newer one): a polling driver waits for it
+        before its next run, so it never makes lists faster than the host takes them."""
+        ...
+
 
 @dataclass(frozen=True)
 class DriverDeps:

@@ -29,6 +29,10 @@ class DeviceSink(Protocol):
 
     def set_degraded(self, reason: str | None) -> bool: ...
 
+    async def taken(self) -> None:
+        """Return once the last list published is taken (`Notifier.taken`)."""
+        ...
+
 
 class DeviceReporter:
     """The Notifier every driver reports to.
@@ -160,6 +164,9 @@ class DeviceReporter:
             )
         self._throttled += dropped
         self._dropped_before_this_list = True
+
+    async def taken(self) -> None:
+        await self._sink.taken()
 
     def _note_flood_end(self) -> None:
         if self._throttled and not self._dropped_before_this_list:

@@ -81,7 +81,10 @@ class ShellDriver:
 
     async def _run_poll(self, notifier: Notifier) -> None:
         """Probe every interval, measured from the start of one run to the next: a probe that
-        hangs delays the next one by its timeout (plus the kill grace) at most."""
+        hangs delays the next one by its timeout (plus the kill grace) at most. The next run
+        also waits until the host has taken the last list (`Notifier.taken`): a probe whose
+        lists take longer to admit than its interval (12,000 devices renamed every 200 ms)
+        never has a list parsed only to be replaced before it is admitted."""
         clock = self._deps.clock
         while True:
             started = clock()
@@ -95,6 +98,7 @@ class ShellDriver:
                 notifier.update(devices)
             notifier.scanned(clock() - started)
             raise_if_cancelling()
+            await notifier.taken()
             await asyncio.sleep(max(0.0, started + self._config.interval - clock()))
 
     async def _run_stream(self, notifier: Notifier) -> None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kdp_host.config import load_config, never_handed
-from kdp_host.run_env import decides_run, named_paths
+from kdp_host.devices import Device
+from kdp_host.logs import get_logger
+from kdp_host.run_env import HostEnv, decides_run, named_paths
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import script
@@ -20,6 +23,7 @@ from .handed_setup import (
     PROBE,
     fpga_glob,
     head,
+    left_out,
     load_resources,
     made_dirs,
     probe,
@@ -50,6 +54,18 @@ def test_the_variables_that_decide_what_runs() -> None:
     assert named_paths("LD_BIND_NOW", "1", None) == []
     assert named_paths("BASH_ENV", "rc", "/w") == ["/w/rc"]
     assert named_paths("SLOT", "/x", None) == []
+
+
+def test_a_devices_run_variables_are_withheld_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host_env = HostEnv(get_logger(resource=FPGA))
+    devices = [Device("a0", env={"PATH": "/p", "SLOT": "0"}), Device("a1", env={"SLOT": "1"})]
+    env = {"PATH": "/p", "SLOT": "0,1"}
+    for _ in range(3):
+        assert host_env.withhold(env, devices) == {"SLOT": "0,1"}
+    withheld = [r for r in caplog.records if r.getMessage() == "device_env_withheld"]
+    assert len(withheld) == 1
 
 
 @pytest.mark.parametrize(
@@ -169,3 +185,25 @@ async def test_a_devices_own_run_variables_do_not_reach_host_commands(
         seen = json.loads(record.read_text())
     assert f"{dirs}/share" not in seen["PATH"] and seen["LD_PRELOAD"] is None
     assert seen["SLOT"] == "3"
+
+
+async def test_a_device_mounting_the_config_links_directory_writable_is_left_out(
+    dirs: Path, start_host: Any
+) -> None:
+    """M5 at run time: a probe's device mounting the directory that holds the config file's
+    link writable is left out (`unsafe_mount`); read-only it is advertised."""
+    (dirs / "etc" / "kdp.yaml").symlink_to("../real/kdp.yaml")
+    (dirs / "real" / "kdp.yaml").write_text(head(dirs) + probe(dirs))
+    (dirs / "dev" / "probe0").touch()
+    listed = [
+        {"id": "rw", "mounts": [{"hostPath": f"{dirs}/etc", "containerPath": "/e",
+                                 "readOnly": False}]},
+        {"id": "ro", "mounts": [{"hostPath": f"{dirs}/etc", "containerPath": "/e"}]},
+    ]  # fmt: skip
+    (dirs / "p.json").write_text(json.dumps(listed))
+    link = dirs / "etc" / "kdp.yaml"
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(load_config(link), config_path=link)
+        await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
+        await left_out(running, 1, "the writable one left out")
+        assert sorted(sim.resource(PROBE).healthy_ids) == ["ro"]

@@ -15,6 +15,7 @@ from .devices import HEALTHY, UNHEALTHY, Device
 from .identity import identity_of
 from .logs import get_logger, quote_text
 from .node import NodeInfo, selects
+from .run_env import decides_run
 
 if TYPE_CHECKING:  # a module only one command uses is imported where it runs
     from .sysfs.rootdisk import RootDisk
@@ -134,6 +135,29 @@ def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) 
                     f"advertised (unsafe_mount): {quote_text(path)} {why}"
                 )
                 break
+    return found
+
+
+def withheld_env_warnings(rows: Iterable[CheckRow], config: Config) -> list[str]:
+    """A line for each device whose own env sets a variable that decides what a process
+    runs (`run_env.decides_run`) for a resource with a host command that would get the
+    devices' env: a run withholds it from the command (`device_env_withheld`)."""
+    hooked = {
+        r.name
+        for r in config.resources
+        if r.pre_start is not None or r.release is not None or r.allocate.command is not None
+    }
+    found: list[str] = []
+    for row in rows:
+        device = row.device
+        if device is None or row.resource not in hooked:
+            continue
+        if names := sorted(name for name in device.env if decides_run(name)):
+            found.append(
+                f"warning: {row.resource}: device {quote_text(device.id)}'s env "
+                f"{', '.join(names)} would not be passed to its preStart, release or "
+                "allocate.command (it decides what they run as root), only to the container"
+            )
     return found
 
 

@@ -155,6 +155,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         root_disk_warnings,
         scan_entries,
         unseen_source_warnings,
+        withheld_env_warnings,
     )
 
     scan = asyncio.run(scan_entries(config, node))
@@ -169,6 +170,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         *unseen_source_warnings(config, args.config),
         *handed_warnings(rows, config, args.config),
         *dev_root_warnings(rows),
+        *withheld_env_warnings(rows, config),
     ]
     for warning in [*handed, *overlap_warnings(rows, config), *scan.too_large]:
         print(warning, file=sys.stderr)

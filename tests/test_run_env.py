@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kdp_host.cli import main
 from kdp_host.config import load_config, never_handed
 from kdp_host.devices import Device
 from kdp_host.logs import get_logger
@@ -207,3 +208,19 @@ async def test_a_device_mounting_the_config_links_directory_writable_is_left_out
         await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
         await left_out(running, 1, "the writable one left out")
         assert sorted(sim.resource(PROBE).healthy_ids) == ["ro"]
+
+
+def test_kdp_host_check_says_a_devices_run_variables_are_withheld(
+    dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (dirs / "dev" / "probe0").touch()
+    listed = [{"id": "d0", "paths": [f"{dirs}/dev/probe0"], "env": {"PATH": "/p", "N": "1"}}]
+    (dirs / "p.json").write_text(json.dumps(listed))
+    config = dirs / "kdp.yaml"
+    config.write_text(head(dirs) + probe(dirs) + "    release: {command: [/usr/bin/true]}\n")
+    assert main(["check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"warning: {PROBE}: device d0's env PATH would not be passed to its preStart, release "
+        "or allocate.command (it decides what they run as root), only to the container"
+    ) in err

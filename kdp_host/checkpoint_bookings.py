@@ -33,8 +33,9 @@ answering then, and a read begun when the first Allocate comes misses none. Henc
 `CheckpointReads`, for a name a reload adds (`before`): its first list waits for a read of
 its entries begun after the ListAndWatch call (`listing`), and its Allocates wait for one
 begun after each arrived until one succeeded (`allocating`). Either fails closed: the list
-is not sent (retried with backoff, /readyz names the resource) and the Allocate is
-refused, until the file can be read (hostile12 L3: at a reload the host runs, and the file
+is not sent (retried with backoff, /readyz names the resource; a list of another resource
+is sent again, so the kubelet writes the file anew) and the Allocate is refused, until
+the file can be read (hostile12 L3: at a reload the host runs, and the file
 is the only record of what the other plugin handed out). A held ID no device has
 (`held_id_not_present`: an admission was missed, whatever the reason) arms the Allocates of
 its resource again and reads the file again (`unplaced`, at most every `REREAD_EVERY`).
@@ -99,6 +100,9 @@ class HandedBookings(Protocol):
 class Unlisted(Protocol):
     """Told the (resource, ID) pairs a reload's read booked (`unlisted.Unlisted`: held
     until an answer shows them)."""
+
+    nudge: Callable[[], bool] | None
+    """Makes the kubelet write its checkpoint (a list sent again), when the host set it."""
 
     def take(self, keys: Iterable[tuple[str, str]]) -> None: ...
 
@@ -289,6 +293,9 @@ class CheckpointReads:
                 return
             delay = retry.next_delay()
             report(UNREADABLE)
+            unlisted = None if self._poller is None else self._poller.unlisted
+            if unlisted is not None and unlisted.nudge is not None:
+                unlisted.nudge()  # (the kubelet writes its file anew at a list sent again)
             self._log.warning("first_list_held", resource=resource, retry_in=delay)
             await asyncio.sleep(delay)
 

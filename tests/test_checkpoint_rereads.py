@@ -13,13 +13,18 @@ from typing import Any
 import pytest
 
 from kdp_host.api.v1beta1 import AllocateRequest, AllocateResponse
+from kdp_host.checkpoint_bookings import UNREADABLE, CheckpointReads
 from kdp_host.config import DriverConfig, GlobDriverConfig
 from kdp_host.drivers import Driver, DriverDeps, make_driver
 from kdp_host.drivers.glob import GlobDriver
+from kdp_host.files import DaemonThreads
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
 
 from .conftest import wait_until
+from .fake_nodes import FakeNodes
 from .kubelet_harness import GenericDevicePlugin, gdp_device, harness_binary, missing_reason
 from .test_checkpoint_bookings import (
     GDEV,
@@ -31,6 +36,12 @@ from .test_checkpoint_bookings import (
     serve_foreign,
 )
 from .test_first_list import HeldFirstScan
+from .test_kubelet_checkpoint import entry_of, write_checkpoint
+from .test_ownership import restarted
+
+
+def booked_ids_now(host: Any) -> set[str]:
+    return {f"{r}/{i}" for r, ids in host.index.handed_out().items() for i in ids}
 
 
 def holding_gdev(release: threading.Event) -> Callable[[DriverConfig, DriverDeps], Driver]:
@@ -147,13 +158,18 @@ async def test_an_admission_the_old_plugin_answers_across_the_registration_is_no
 
 
 async def test_an_unreadable_checkpoint_at_a_reload_keeps_the_added_resource_unlisted(
-    pod_resources_kubelet: KubeletSimulator, short_dir: Path, start_host: Any
+    pod_resources_kubelet: KubeletSimulator,
+    short_dir: Path,
+    start_host: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """hostile12 L3: another plugin handed p1 g0 under its own ID and stopped; the kubelet's
     checkpoint is garbage when the reload adds the name. kdp-host registers it but sends no
     list (fail closed: the file is the only record of what the other plugin handed out),
-    /readyz names the resource, the read is counted and tried again; once the kubelet
-    writes the file again the first list holds p1's node back (before: g0 and g1 listed at
+    /readyz names the resource (`first_list_held`), the read is counted and tried again,
+    and OTHER's list is
+    sent again so that the kubelet writes the file anew; then the first list holds p1's
+    node back (before: g0 and g1 listed at
     once, p2 got p1's node)."""
     kubelet = pod_resources_kubelet
     other = nodes(short_dir, "odev", "o0")
@@ -174,18 +190,14 @@ async def test_an_unreadable_checkpoint_at_a_reload_keeps_the_added_resource_unl
     config.write_text(config_text(kubelet, short_dir, (OTHER, other), (GDEV, pattern)))
     assert await running.host.reload_from(config) == "ok"
     await wait_until(
-        lambda: "checkpoint" in running.host.not_ready().get(GDEV, ""),
-        what="/readyz names GDEV: the checkpoint cannot be read",
+        lambda: running.sample("kdp_kubelet_checkpoint_unusable_total") >= 1,
+        what="the read after the registration could not use the file",
     )
-    await wait_until(
-        lambda: running.sample("kdp_kubelet_checkpoint_unusable_total") >= 2, what="tried again"
-    )
-    assert not running.host.resources[GDEV].status.listed
-    assert not {"g0", "g1"} & kubelet.resource(GDEV).healthy_ids
-    assert await kubelet.allocate(OTHER, 1, pod_uid="p0") is not None  # (the file written)
-    await wait_until(
+    await wait_until(  # (OTHER's list sent again: the kubelet wrote its file anew)
         lambda: running.host.resources[GDEV].status.listed, what="GDEV listed once readable"
     )
+    held = [r for r in caplog.records if r.msg == "first_list_held"]
+    assert held and held[0].__dict__["kdp_fields"]["resource"] == GDEV
     assert GDEV not in running.host.not_ready()
     await kubelet.wait_for(lambda: not {"u-0", "u-1"} & kubelet.resource(GDEV).healthy_ids)
     assert kubelet.resource(GDEV).healthy_ids == {"g0", "g1"} - {Path(p1_node).name}
@@ -236,3 +248,29 @@ async def test_through_the_real_kubelet_a_pod_gdp_admits_before_kdp_host_registe
     finally:
         release.set()
         gdp.stop()
+
+
+async def test_a_held_first_list_says_why_until_the_checkpoint_can_be_read(
+    tmp_path: Path,
+) -> None:
+    """`CheckpointReads.listing`: while the file cannot be used the resource's problem says
+    so (/readyz), each failed read is counted and tried again; once it can be, its entries
+    are booked, the problem goes and the list goes out. An Allocate meanwhile is refused."""
+    dp = tmp_path / "dp"
+    dp.mkdir()
+    (dp / "kubelet_internal_checkpoint").write_text('{"Data": nonsense')
+    host, _ = restarted(tmp_path / "state", FakeNodes({"/dev/g": ("c", 2)}))
+    metrics = Metrics()
+    reads = CheckpointReads(host.index, str(dp), DaemonThreads(), get_logger(), metrics=metrics)
+    reads.before([], [GDEV])
+    problems: list[str | None] = []
+    listing = asyncio.ensure_future(reads.listing(GDEV, problems.append))
+    await wait_until(lambda: problems, what="the problem reported")
+    assert problems[0] == UNREADABLE
+    assert await reads.allocating(GDEV) is not None
+    assert (metrics.registry.get_sample_value("kdp_kubelet_checkpoint_unusable_total") or 0) >= 2
+    write_checkpoint(dp, entry_of(GDEV, "u-0", "/dev/g"))
+    await asyncio.wait_for(listing, 30)
+    assert problems[-1] is None
+    assert f"{GDEV}/u-0" in booked_ids_now(host)
+    assert await reads.allocating(GDEV) is None

@@ -247,7 +247,8 @@ class Wakes:
 
     def resend(self) -> bool:
         """The current list again on every stream: the kubelet writes its checkpoint after
-        every ListAndWatch message (docs/kubelet-contract.md §10), which `unlisted` asks for."""
+        every ListAndWatch message (docs/kubelet-contract.md §10), which `unlisted` asks for;
+        False when no stream lists (a first list held: `DevicePluginService.device_lists`)."""
         self.resends += 1
         self.wake()
-        return True
+        return bool(self.events)

@@ -204,11 +204,11 @@ class DevicePluginService(DevicePluginBase):
         # The stream waits on one event, set by the table's listener and by end_streams: no
         # task of its own, and a new version wakes it in the loop turn that publishes it.
         wake = asyncio.Event()
-        self._wakes.events.add(wake)
         stop_listening = self._table.add_listener(lambda _snapshot: wake.set())
         try:
             if self._fence is not None:  # (the kubelet's checkpoint read again first)
-                await self._fence.listing()
+                await self._fence.listing()  # (no list sent again until it is: `resend`)
+            self._wakes.events.add(wake)
             table = self._table
             snapshot = table.snapshot
             while not self._closing:

@@ -25,15 +25,11 @@ device an earlier container used until that device's release has succeeded. A sh
 is released once none of its IDs is held; a container joining a device still held by another
 is not held back (the device never was free).
 
-What must outlive kdp-host (`used` and `owed`) is kept in `<stateDir>/release-state.json`
-(`release_state.py`), written before PreStartContainer answers, so devices used while
-kdp-host was down (upgrade, SIGKILL) are released after it starts again: an owed release at
-once, a used device when PodResources shows it free or when it is allocated again. A resource
-a reload restarts takes up the same state (its tracker starts before it hears any news), so
-an owed release survives a reload exactly as a SIGKILL. A state file that cannot be read
-counts every device as used (everything unheld is released once); a missing one counts the
-devices the kubelet's checkpoint or the bookings say were handed out as used
-(`ReleaseStateStore.handed_out`): a lost state directory does not make a used device clean.
+What must outlive kdp-host (`used`, `owed`) is kept in `<stateDir>/release-state.json`
+(`release_state.py`: a file lost or unreadable counts devices as used), written before
+PreStartContainer answers: an owed release runs after a restart, a reload or a SIGKILL. The
+hosts on one stateDir (a rolling update) run a device's release, and decide what it owes at
+PreStartContainer, one at a time under its lock, from every host's entries (`release_lock`).
 """
 
 from __future__ import annotations
@@ -45,19 +41,20 @@ from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
 
-from .allocation import HookFailed, device_env, hook_values
-from .config import ReleaseConfig, ResourceConfig, render_template
+from .allocation import HookFailed
+from .config import ReleaseConfig, ResourceConfig
 from .device_table import DeviceTable
 from .devices import physical_id
 from .handed_entries import Handed
 from .handed_out import HandedOut, in_memory
-from .hooks import PlaceCheck, check_places, render_argv, run_hook
+from .hooks import PlaceCheck
 from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
-from .release_state import ReleaseStateStore, device_entry, handed_device
-from .release_use import Checkpointed, DeviceUse, unknown_release
-from .run_env import HostEnv
+from .release_command import ReleaseCommand
+from .release_lock import LOCK_MARGIN, DeviceLock, LockBusy, Released, owed_by_peers
+from .release_state import ReleaseStateStore, handed_device
+from .release_use import Checkpointed, DeviceUse, kept_entries, kept_use, start_failed
 from .timings import Timings
 
 if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
@@ -90,11 +87,12 @@ class ReleaseTracker:
         self.config: ReleaseConfig = resource.release
         self._resource, self._table, self._store = resource, table, store
         self._commands, self._metrics, self._log = commands, metrics, log
-        self._host_env = HostEnv(log)
         self._clock, self._wall = clock, wall
         self._slots = asyncio.Semaphore(self.config.parallelism)
         self._handed = handed or in_memory(resource.name)
-        self._places, self._checkpoint = places, checkpoint
+        self._command = ReleaseCommand(
+            resource.name, self.config, commands, table, log, places, checkpoint
+        )
         self._timings = timings or Timings()
         self._assume_used = store.unknown
         if self._assume_used:
@@ -138,18 +136,12 @@ class ReleaseTracker:
         self._publish()
 
     def _taken_up(self, device_id: str, entry: Mapping[str, Any]) -> DeviceUse:
-        """A device's use as the state file keeps it: its Allocate time back on the
-        monotonic clock (an answer asked before it stays no news after a restart). The
-        device as handed out that a file of an older version keeps goes to the record."""
-        use = DeviceUse(set(entry["used"]), entry["owed"], handed_unknown="handedUnknown" in entry)
-        allocated = entry.get("allocatedAt")
-        if allocated is not None:
-            use.allocated_wall = allocated
-            use.allocated_at = self._clock() - max(0.0, self._wall() - allocated)
+        """A device's use as the state file keeps it (`kept_use`); the device as handed out
+        that a file of an older version keeps goes to the record."""
+        use = kept_use(entry, self._clock(), self._wall())
         if (legacy := handed_device(device_id, entry)) is not None:
-            at = use.allocated_wall or 0.0
             ids = use.used or {device_id}  # (an owed release: its booking stays meanwhile)
-            self._handed.record.adopt(self._resource.name, legacy, ids, at)
+            self._handed.record.adopt(self._resource.name, legacy, ids, use.allocated_wall or 0.0)
         return use
 
     async def close(self) -> None:
@@ -184,7 +176,7 @@ class ReleaseTracker:
             if advertised in use.used or self._assume_used:
                 use.used.discard(advertised)
                 if not use.used and not use.owed:
-                    use.owed = True
+                    use.owe(self._wall())  # (every use before this Allocate is gone)
                     self._log.info("release_owed", device=device_id, reason="allocated_again")
                     self._start(device_id)
         self._publish()
@@ -207,6 +199,7 @@ class ReleaseTracker:
         if self._closed:
             return
         replicas, handed = self._resource.replicas, self.device_ids()
+        settle = self._timings.allocation_settle
         held: dict[str, dict[str, tuple[Holder, ...]]] = {}
         for advertised, holders in answer.of(self._resource.name).items():
             device_id = handed.get(advertised) or physical_id(advertised, replicas)
@@ -226,12 +219,12 @@ class ReleaseTracker:
                 use.used = set(now_held)
                 shown = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs if h.listed))
                 use.holders = shown or use.holders  # (an unlisted holder has no names)
-            elif use.allocated_at >= answer.asked_at - self._timings.allocation_settle:
+            elif use.allocated_at >= answer.asked_at - settle:
                 continue  # "free" just after an Allocate: the kubelet may not have recorded it
             elif use.used:
                 use.used.clear()
-                if not use.owed:
-                    use.owed = True
+                if not use.owed:  # (seen free: every use allocated before then is gone)
+                    use.owe(self._wall() - self._clock() + answer.asked_at - settle)
                     self._log.info(
                         "release_owed",
                         device=device_id,
@@ -243,7 +236,8 @@ class ReleaseTracker:
 
     async def before_start(self, advertised_ids: Sequence[str]) -> None:
         """PreStartContainer: wait for (or run) the owed release of each device of the
-        container; raises HookFailed with the command's error if one fails."""
+        container, then (under the device's lock) the one another host's use of it is due
+        (`_after_peers`); raises HookFailed with the command's error if one fails."""
         replicas = self._resource.replicas
         for device_id in dict.fromkeys(physical_id(a, replicas) for a in advertised_ids):
             use = self.uses.get(device_id)
@@ -251,13 +245,39 @@ class ReleaseTracker:
                 task = use.running if use.running is not None else self._start(device_id)
                 await asyncio.shield(task)
                 if use.owed and use.running is None:
-                    raise HookFailed(
-                        Status.FAILED_PRECONDITION,
-                        "exit",
-                        f"{self._resource.name}: device {device_id} was used by an earlier "
-                        f"container and its release failed: {use.failure}",
-                    )
+                    raise start_failed(self._resource.name, device_id, use)
+            if use is not None and use.allocated_wall is not None:
+                ids = [a for a in advertised_ids if physical_id(a, replicas) == device_id]
+                await self._after_peers(device_id, use, use.allocated_wall, ids)
         await self._store.flush()
+
+    async def _after_peers(self, device_id: str, use: DeviceUse, at: float, ids: list[str]) -> None:
+        """Under the device's lock (a release another host runs ends first), read fresh: run
+        the release another host's use of it is due (`release_lock.owed_by_peers`)."""
+        name, wait = self._resource.name, self.config.timeout + LOCK_MARGIN
+        try:
+            async with self._store.locks.held(name, device_id, wait) as lock:
+                due = owed_by_peers(
+                    await self._store.peer_entries(name, device_id), ids, at, lock.record
+                )
+                if due is None or use.running is not None:
+                    return
+                use.owed, use.owed_for, use.owed_covers = True, due[1], at
+                self._log.info("release_owed", device=device_id, reason="peer_use", peer=due[0])
+                run = self._locked_release(device_id, use, self._handed.entry(device_id), lock)
+                use.running = task = asyncio.create_task(run, name=f"release:{device_id}")
+                try:
+                    await task  # (cancelled with the RPC: the lock is held until it ends)
+                finally:
+                    use.running = None
+                    self._publish()
+        except LockBusy:
+            message = (
+                f"{name}: device {device_id}: another host's release still runs after {wait:g} s"
+            )
+            raise HookFailed(Status.UNAVAILABLE, "timeout", message) from None
+        if use.owed:
+            raise start_failed(name, device_id, use)
 
     # ------------------------------------------------------------------ running
 
@@ -276,75 +296,54 @@ class ReleaseTracker:
 
     async def _release(self, device_id: str, handed: Handed | None) -> None:
         use = self.uses[device_id]
-        name = self._resource.name
         try:
             if handed is None:
                 await self._table.published.wait()  # acts on the device as listed: a list
-            async with self._slots:
-                started = self._clock()
-                error: HookFailed | None = None
-                try:
-                    await self._run_command(device_id, use, handed)
-                except HookFailed as exc:
-                    error = exc
-                seconds = self._clock() - started
-            self._metrics.release_seconds.labels(name).observe(seconds)
-            self._metrics.release_runs.labels(name, "ok" if error is None else error.result).inc()
-            if error is None:
-                self._succeeded(device_id, use, seconds)
-            elif error.result == "unknown":  # not run: nothing failed on the device
-                use.failure = str(error)
-                self._log.warning("release_skipped", device=device_id, reason=use.failure)
-            else:
-                self._failed(device_id, use, str(error))
+            async with self._store.locks.held(self._resource.name, device_id) as lock:
+                await self._locked_release(device_id, use, handed, lock)
         finally:
             use.running = None
             self._publish()
 
-    async def _run_command(self, device_id: str, use: DeviceUse, handed: Handed | None) -> None:
-        """The release of what the Allocate handed out (`handed`, taken from the record when
-        the release was owed: its paths must reach what they did then); without it (handed
-        out before the record knew it) the device as listed now, unless its record was lost
-        (`handed_unknown`: not run, see `unknown_release`); not listed, what its booking from
-        the kubelet's checkpoint was handed, also with its record lost (another plugin's ID,
-        never listed nor handed out again: hostile11 K5). Nothing to act on: the release
-        fails (the device stays owed, retried), never counted ok."""
-        devices = () if handed else self._table.snapshot.devices
-        listed = next((d for d in devices if d.id == device_id), None)
-        booked = None if handed or listed or not self._checkpoint else self._checkpoint(device_id)
-        if handed is None and use.handed_unknown and booked is None:
-            message = unknown_release(self._resource.name, device_id)
-            raise HookFailed(Status.FAILED_PRECONDITION, "unknown", message)
-        device, reached = (handed.device, handed.reached) if handed else booked or (listed, None)
-        if device is None:
-            raise HookFailed(
-                Status.FAILED_PRECONDITION,
-                "invalid",
-                f"{self._resource.name}: release of {device_id}: the device is not listed "
-                "and its paths as handed out are not kept (or another pod holds them under "
-                "another ID): nothing to release now; retried",
-            )
-        what = f"{self._resource.name}: release of {device_id}:"
-        await check_places(self._places, what, {device_id, *use.used}, [device], reached)
-        values = hook_values(self._resource.name, [device])
-        values.update(use.holder_values())
-        env = self._host_env.withhold(device_env(self._resource.name, [device]), [device])
-        env.update({key: render_template(text, values) for key, text in self.config.env.items()})
-        self._log.info("release_started", device=device_id, pod=values["pod"] or "-")
-        await run_hook(
-            self._commands,
-            what,
-            render_argv(self.config.command, values),
-            env,
-            self.config.timeout,
-        )
+    async def _locked_release(
+        self, device_id: str, use: DeviceUse, handed: Handed | None, lock: DeviceLock
+    ) -> None:
+        """The release, under the device's lock: not run when another host's covers it."""
+        if lock.done_elsewhere(use.owed_for):
+            self._succeeded(device_id, use, 0.0, by=lock.record)
+            return
+        name = self._resource.name
+        async with self._slots:
+            started = self._clock()
+            error: HookFailed | None = None
+            try:
+                await self._command.run(device_id, use, handed)
+            except HookFailed as exc:
+                error = exc
+            seconds = self._clock() - started
+        self._metrics.release_seconds.labels(name).observe(seconds)
+        self._metrics.release_runs.labels(name, "ok" if error is None else error.result).inc()
+        if error is None:
+            await lock.released(use.owed_covers)
+            self._succeeded(device_id, use, seconds)
+            self._publish()  # (written before the lock goes: read fresh by the other hosts)
+            await self._store.flush()
+        elif error.result == "unknown":  # not run: nothing failed on the device
+            use.failure = str(error)
+            self._log.warning("release_skipped", device=device_id, reason=use.failure)
+        else:
+            self._failed(device_id, use, str(error))
 
-    def _succeeded(self, device_id: str, use: DeviceUse, seconds: float) -> None:
+    def _succeeded(
+        self, device_id: str, use: DeviceUse, seconds: float, by: Released | None = None
+    ) -> None:
         use.owed = use.handed_unknown = False
-        use.failure = None
+        use.failure, use.backoff = None, None
         use.released_at = self._wall()
-        use.backoff = None
-        self._log.info("release_ok", device=device_id, seconds=round(seconds, 3))
+        if by is not None:
+            self._log.info("release_done_by_peer", device=device_id, peer=by.writer)
+        else:
+            self._log.info("release_ok", device=device_id, seconds=round(seconds, 3))
         if use.marked_unhealthy:
             use.marked_unhealthy = False
             if self._table.set_check_result(device_id, True):
@@ -375,12 +374,7 @@ class ReleaseTracker:
 
     def _publish(self) -> None:
         self.changes += 1
-        entries = {
-            device_id: device_entry(use.used, use.owed, use.allocated_wall, use.handed_unknown)
-            for device_id, use in self.uses.items()
-            if use.used or use.owed
-        }
-        self._store.update(self._resource.name, entries)
+        self._store.update(self._resource.name, kept_entries(self.uses))
         pending = sum(1 for use in self.uses.values() if use.owed)
         self._metrics.releases_pending.labels(self._resource.name).set(pending)
 

@@ -31,13 +31,16 @@ once (`follow`), and /readyz says so until it is.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from .atomic_files import read_or_none
 from .devices import Device, DeviceNode
 from .files import Offload
 from .logs import EventLogger
+from .release_lock import DeviceLocks
 from .state_document import text
 from .state_file import StateFile
 from .state_lock import other_writers, running
@@ -82,6 +85,8 @@ class ReleaseStateStore:
         self._assuming: set[str] = set()
         """Resources whose tracker still counts every device as used (`unknown`)."""
         self._offload = offload
+        self.locks = DeviceLocks(directory, writer or "", offload, log)
+        """The devices' release locks every host on the directory shares (`release_lock`)."""
         self._handed_out: dict[str, frozenset[str]] = {}
         """Resource -> the IDs the bookings say were handed out, while the file was missing
         at start (`follow`); each taken once by its tracker (`handed_out`)."""
@@ -171,6 +176,24 @@ class ReleaseStateStore:
         """Whether the device's release is still due: used by a container whose end has not
         been seen, or owed (`ownership_bookings.ReleasePending`: its booking stays)."""
         return device in self._data.get(resource, {})
+
+    async def peer_entries(self, resource: str, device: str) -> list[tuple[str, Mapping[str, Any]]]:
+        """The other hosts' entries of the device, as the file holds them now (read fresh,
+        through the offload: `release_lock.owed_by_peers`). A file missing or not of its
+        shape has none."""
+        return await self._offload.run(lambda: self._peer_entries(resource, device))
+
+    def _peer_entries(self, resource: str, device: str) -> list[tuple[str, Mapping[str, Any]]]:
+        try:
+            document = json.loads(read_or_none(str(self.path)) or b"{}")
+            writers = _writers(document)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return []
+        return [
+            (writer, entries[resource][device])
+            for writer, entries in writers.items()
+            if writer != self._writer and device in entries.get(resource, {})
+        ]
 
     def entries(self, resource: str) -> Mapping[str, dict[str, Any]]:
         return self._data.get(resource, {})

@@ -8,7 +8,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from grpclib.const import Status
+
+from .allocation import HookFailed
 from .backoff import Backoff
+from .release_state import device_entry
 from .rules import join_list
 
 if TYPE_CHECKING:
@@ -41,6 +45,12 @@ class DeviceUse:
     """What it was last handed out as is not known (`handed-out.json` was lost or could not
     be read, `handed_out`): its release is not run on what its paths reach now
     (`unknown_release`), only once an Allocate hands it out again (kept in the state file)."""
+    owed_for: float | None = None
+    """Unix time of the last Allocate of the use whose release is owed (None: not known);
+    a release another host ran since it was seen gone covers it (`release_lock`)."""
+    owed_covers: float | None = None
+    """Unix time before which every use of the device was seen gone when it became owed
+    (what its release, once run, covers for every host: `release_lock.Released`)."""
     holders: tuple[Holder, ...] = ()
     """Who held it, as PodResources last said (kept after they left, for the templates)."""
     running: asyncio.Task[None] | None = None
@@ -51,6 +61,10 @@ class DeviceUse:
     backoff: Backoff | None = None
     """The waits before its failed release is tried again (None: it has not failed since its
     last success; made by the tracker from its `Timings`)."""
+
+    def owe(self, covers: float | None) -> None:
+        """Its users are gone (every use allocated before `covers` is): a release is owed."""
+        self.owed, self.owed_for, self.owed_covers = True, self.allocated_wall, covers
 
     def retry_delay(self, timings: Timings) -> float:
         """The wait before its failed release is tried again (doubling while it fails)."""
@@ -82,6 +96,37 @@ class DeviceUse:
         if self.released_at is not None:
             found["releasedAt"] = self.released_at
         return found
+
+
+def kept_use(entry: Mapping[str, Any], now: float, wall: float) -> DeviceUse:
+    """A device's use as the state file keeps it (`release_state`), its Allocate time back
+    on the monotonic clock (`now`, at the Unix time `wall`): an answer asked before it stays
+    no news after a restart."""
+    use = DeviceUse(set(entry["used"]), entry["owed"], handed_unknown="handedUnknown" in entry)
+    allocated = entry.get("allocatedAt")
+    if allocated is not None:
+        use.allocated_wall = use.owed_for = allocated
+        use.allocated_at = now - max(0.0, wall - allocated)
+    return use
+
+
+def kept_entries(uses: Mapping[str, DeviceUse]) -> dict[str, dict[str, Any]]:
+    """The devices' entries the state file keeps (`release_state.device_entry`)."""
+    return {
+        device_id: device_entry(use.used, use.owed, use.allocated_wall, use.handed_unknown)
+        for device_id, use in uses.items()
+        if use.used or use.owed
+    }
+
+
+def start_failed(resource: str, device_id: str, use: DeviceUse) -> HookFailed:
+    """PreStartContainer's error when the device's owed release failed."""
+    return HookFailed(
+        Status.FAILED_PRECONDITION,
+        "exit",
+        f"{resource}: device {device_id} was used by an earlier container and its release "
+        f"failed: {use.failure}",
+    )
 
 
 def unknown_release(resource: str, device_id: str) -> str:

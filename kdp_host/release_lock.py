@@ -1,0 +1,215 @@
+"""A device's release, one at a time across every host on a `stateDir` (a rolling update runs
+the new host beside the old one, `release_state`): `<stateDir>/releases/<resource>,<device>`,
+locked exclusively with `fcntl.flock` by a host while it decides or runs the device's release,
+and by PreStartContainer while it decides what the device owes (`ReleaseTracker`).
+
+The lock file also keeps the last release that succeeded (`Released`): the host that ran it
+and `covers`, the Unix time before which every use of the device was seen gone (a
+PodResources answer that showed the device free, less `Timings.allocation_settle`, or the
+Allocate that handed an ID out again). A release owed for a use allocated before then (by any
+host) is done: a host that finds one by another host skips its own (`done_elsewhere`), and a
+use another host wrote into `release-state.json` (`owed_by_peers`) counts as released.
+
+Under the lock, PreStartContainer reads the other hosts' entries of `release-state.json` fresh
+(`ReleaseStateStore.peer_entries`): one that says a device owed, or used by IDs this container
+was allocated again (the kubelet never gives one ID to two containers at once) before this
+Allocate, is a use whose release is due, which this host then runs before it answers. A
+release a host runs holds the lock, so a PreStartContainer on any host waits for it.
+
+Waits are polls of a non-blocking `flock` through the host's offload (never a thread blocked
+on a lock), and end with the caller (cancelled) or at `timeout` (`LockBusy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from .atomic_files import aside_logged, directory_at, open_lock
+from .files import Offload
+from .logs import EventLogger
+
+RELEASES_DIR = "releases"
+POLL_FIRST = 0.01
+POLL_MAX = 0.2
+"""Seconds between two tries of a lock another host holds (doubling from the first)."""
+MAX_RECORD = 4096
+LOCK_MARGIN = 5.0
+"""Seconds a PreStartContainer waits for a device's lock beyond `release.timeout` (the
+longest another host's release holds it) before it fails (the kubelet tries again)."""
+
+
+class LockBusy(RuntimeError):
+    """The device's lock was not free within the wait given."""
+
+
+@dataclass(frozen=True)
+class Released:
+    """The last release of a device that succeeded, as its lock file keeps it."""
+
+    writer: str
+    covers: float
+
+
+def lock_name(resource: str, device: str) -> str:
+    """The lock file's name (`,` and `/` are escaped in both parts: one name per pair)."""
+    return f"{quote(resource, safe='')},{quote(device, safe='')}"
+
+
+def _read(fd: int) -> Released | None:
+    """The record of the lock file `fd` (None: none, or not of its shape). Blocking."""
+    try:
+        found = json.loads(os.pread(fd, MAX_RECORD, 0) or b"null")
+        writer, covers = found["writer"], found["covers"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(writer, str) or isinstance(covers, bool):
+        return None
+    return Released(writer, float(covers)) if isinstance(covers, (int, float)) else None
+
+
+def _write(fd: int, record: Released) -> None:
+    """Keep `record` in the lock file (in place: the lock is on its inode). Blocking; a
+    record lost (a crash mid-write) only makes the next host run the release again."""
+    data = json.dumps({"writer": record.writer, "covers": record.covers}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+@dataclass
+class DeviceLock:
+    """A device's lock, held (`DeviceLocks.held`)."""
+
+    fd: int
+    writer: str
+    offload: Offload
+    record: Released | None
+
+    def done_elsewhere(self, owed_for: float | None) -> bool:
+        """Whether another host's release succeeded after the use allocated at `owed_for`
+        (Unix time; None: not known) was seen gone."""
+        record = self.record
+        return (
+            record is not None
+            and owed_for is not None
+            and record.writer != self.writer
+            and record.covers > owed_for
+        )
+
+    async def released(self, covers: float | None) -> None:
+        """A release succeeded: every use allocated before `covers` is released (None: not
+        known, nothing is kept). Errors are the next host's extra release, not raised."""
+        if covers is None or self.fd < 0:
+            return
+        record = Released(self.writer, max(covers, self.record.covers if self.record else covers))
+        with contextlib.suppress(OSError):
+            await self.offload.run(lambda: _write(self.fd, record))
+        self.record = record
+
+
+@dataclass
+class DeviceLocks:
+    """One host's locks of the devices' releases under `<directory>/releases/`."""
+
+    directory: str
+    writer: str
+    offload: Offload
+    log: EventLogger
+    _local: dict[str, asyncio.Lock] = field(default_factory=dict)
+    """Per lock file: the host's own waiters queue here first (a flock is per open file:
+    two of one process would not exclude each other)."""
+
+    @contextlib.asynccontextmanager
+    async def held(
+        self, resource: str, device: str, timeout: float | None = None
+    ) -> AsyncIterator[DeviceLock]:
+        """The device's lock while the block runs; raises LockBusy after `timeout` seconds
+        (None: waits until cancelled), OSError when the lock file cannot be made."""
+        name = lock_name(resource, device)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        local = self._local.setdefault(name, asyncio.Lock())
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                await local.acquire()
+        except TimeoutError:
+            raise LockBusy(name) from None
+        try:
+            try:
+                fd = await self.offload.run(lambda: self._open(name))
+            except OSError as exc:  # (a read-only stateDir: as before, one host's alone)
+                self.log.warning(
+                    "release_lock_failed",
+                    path=os.path.join(self.directory, RELEASES_DIR, name),
+                    reason=str(exc),
+                    consequence="this release and PreStartContainer are not serialised with "
+                    "another host's on the state directory",
+                )
+                yield DeviceLock(-1, self.writer, self.offload, None)
+                return
+            try:
+                record = await self._take(fd, name, deadline)
+                yield DeviceLock(fd, self.writer, self.offload, record)
+            finally:
+                os.close(fd)  # (the flock goes with it)
+        finally:
+            local.release()
+
+    def _open(self, name: str) -> int:
+        aside = aside_logged(self.log)
+        directory_at(os.path.join(self.directory, RELEASES_DIR), aside)
+        return open_lock(os.path.join(self.directory, RELEASES_DIR, name), aside)
+
+    async def _take(self, fd: int, name: str, deadline: float | None) -> Released | None:
+        delay = POLL_FIRST
+        while not await self.offload.run(lambda: _try_lock(fd)):
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise LockBusy(name)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, POLL_MAX)
+        return await self.offload.run(lambda: _read(fd))
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _loop_time(deadline: float | None) -> float | None:
+    """A `time.monotonic` deadline on the running loop's clock."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
+def owed_by_peers(
+    peers: Iterable[tuple[str, Mapping[str, Any]]],
+    started: Iterable[str],
+    allocated: float,
+    record: Released | None,
+) -> tuple[str, float] | None:
+    """Of the other hosts' entries of a device (`ReleaseStateStore.peer_entries`): the host
+    and allocation time (-inf: not known) of the latest use whose release is due when a
+    container starts with the IDs `started` allocated at `allocated` (Unix time): an entry
+    owed, or used only by IDs allocated again since; not one a release `record` covers."""
+    ids, covers = set(started), float("-inf") if record is None else record.covers
+    due: tuple[str, float] | None = None
+    for writer, entry in peers:
+        at = entry.get("allocatedAt")
+        at = float("-inf") if at is None else float(at)
+        if at >= allocated or at < covers:
+            continue  # a later use (not proven gone), or released since
+        used = set(entry.get("used", ()))
+        if (entry.get("owed") or (used and used <= ids)) and (due is None or at > due[1]):
+            due = (writer, at)
+    return due

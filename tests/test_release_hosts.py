@@ -1,0 +1,96 @@
+"""Two hosts on one stateDir (a rolling update with maxSurge: the old host and the new one run
+together): a device's release and a PreStartContainer on it are one at a time across both,
+and what a device owes is read fresh from both hosts' entries (`release_lock`; hostile13 M7,
+M8). Each host is a release tracker with its own state store (its own writer) on one
+directory, as two kdp-host processes have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from kdp_host.config import load_config_text
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device
+from kdp_host.files import DaemonThreads
+from kdp_host.holdings import Holdings
+from kdp_host.logs import get_logger
+from kdp_host.metrics import Metrics
+from kdp_host.release import ReleaseTracker
+from kdp_host.release_state import ReleaseStateStore
+from kdp_host.timings import Timings
+
+from .conftest import wait_until
+from .test_release import FPGA, _Commands
+
+
+def _host(short_dir: Path, writer: str, commands: _Commands) -> ReleaseTracker:
+    """A host's tracker of the resource on the shared stateDir, started (it read the file)."""
+    config = load_config_text(
+        f"kubelet: {{socketDir: {short_dir}/dp}}\nstateDir: {short_dir}/state\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n'
+        '    release: {command: ["reset", "{ids}"]}\n'
+    )
+    table = DeviceTable()
+    table.publish([Device("fpga0", path="/dev/fpga0")])
+    store = ReleaseStateStore(config.state_dir, get_logger(), DaemonThreads(), writer)
+    store.load()
+    tracker = ReleaseTracker(
+        config.resources[0], table, store, commands, Metrics(process_collectors=False),
+        get_logger(), timings=Timings(allocation_settle=0.0),
+    )  # fmt: skip
+    tracker.start()
+    return tracker
+
+
+def _free() -> Holdings:
+    """A PodResources answer asked now: nothing held."""
+    return Holdings(time.monotonic(), 0.0, {FPGA: {}})
+
+
+async def test_a_use_the_other_host_admitted_is_released_before_the_next_start(
+    short_dir: Path,
+) -> None:
+    """M7: the new host started (read the state) before the old one admitted p1; p2 gets the
+    device through the new host, which never saw p1: p1's use is released before p2 starts,
+    once, and the old host, seeing the device free later, does not release it again."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands)
+    old = _host(short_dir, "host-old", old_commands)
+    old.allocated(["fpga0"])  # p1, through the old host
+    await old.before_start(["fpga0"])  # (its entry written before the answer)
+    new.allocated(["fpga0"])  # p1 ended; p2 through the new host
+    await new.before_start(["fpga0"])
+    assert new_commands.runs == [["reset", "fpga0"]]
+    old.holdings(_free())  # the old host's poll: p1 gone (p2 not yet shown)
+    await wait_until(lambda: old.view("fpga0")["state"] == "clean", what="old host done")
+    assert old_commands.runs == [] and len(new_commands.runs) == 1
+    await old.close()
+    await new.close()
+
+
+async def test_a_start_on_one_host_waits_for_the_release_the_other_runs(
+    short_dir: Path,
+) -> None:
+    """M8: the old host runs p1's release; p2 is admitted on the device through the new host:
+    its PreStartContainer answers only once that release ended (and runs none of its own)."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands)
+    old = _host(short_dir, "host-old", old_commands)
+    old.allocated(["fpga0"])  # p1
+    await old.before_start(["fpga0"])
+    old_commands.gate.clear()  # the release takes a while
+    old.holdings(_free())  # p1 ended: the old host releases
+    await wait_until(lambda: old_commands.runs, what="the old host's release runs")
+    new.allocated(["fpga0"])  # p2, through the new host
+    start = asyncio.ensure_future(new.before_start(["fpga0"]))
+    for _ in range(50):
+        await asyncio.sleep(0.01)  # (a start that does not wait answers within these)
+        assert not start.done(), "PreStartContainer answered while a release ran"
+    old_commands.gate.set()
+    await asyncio.wait_for(start, 30)
+    assert old.view("fpga0")["state"] == "clean" and new_commands.runs == []
+    await old.close()
+    await new.close()

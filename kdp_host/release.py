@@ -257,9 +257,8 @@ class ReleaseTracker:
         name, wait = self._resource.name, self.config.timeout + LOCK_MARGIN
         try:
             async with self._store.locks.held(name, device_id, wait) as lock:
-                due = owed_by_peers(
-                    await self._store.peer_entries(name, device_id), ids, at, lock.record
-                )
+                peers = await self._store.peer_entries(name, device_id)
+                due = owed_by_peers(peers, ids, at, lock.record, use.used)
                 if due is None or use.running is not None:
                     return
                 use.owed, use.owed_for, use.owed_covers = True, due[1], at

@@ -197,19 +197,28 @@ def owed_by_peers(
     started: Iterable[str],
     allocated: float,
     record: Released | None,
+    held: Iterable[str] = (),
 ) -> tuple[str, float] | None:
     """Of the other hosts' entries of a device (`ReleaseStateStore.peer_entries`): the host
     and allocation time (-inf: not known) of the latest use whose release is due when a
     container starts with the IDs `started` allocated at `allocated` (Unix time): an entry
-    owed, or used only by IDs allocated again since; not one a release `record` covers."""
+    owed, or used only by IDs allocated again since; not one a release `record` covers. None
+    while another ID of the device is in use (this host's `held`, or a peer's): a shared
+    device is released once none of its IDs is held, as on one host."""
     ids, covers = set(started), float("-inf") if record is None else record.covers
+    if set(held) - ids:
+        return None
     due: tuple[str, float] | None = None
     for writer, entry in peers:
         at = entry.get("allocatedAt")
         at = float("-inf") if at is None else float(at)
-        if at >= allocated or at < covers:
-            continue  # a later use (not proven gone), or released since
+        if at < covers:
+            continue  # released since
         used = set(entry.get("used", ()))
-        if (entry.get("owed") or (used and used <= ids)) and (due is None or at > due[1]):
+        if used - ids:
+            return None  # (another ID of a shared device in use)
+        if at >= allocated:
+            continue  # a later use of these IDs: not proven gone
+        if (entry.get("owed") or used) and (due is None or at > due[1]):
             due = (writer, at)
     return due

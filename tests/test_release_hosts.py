@@ -26,14 +26,14 @@ from .conftest import wait_until
 from .test_release import FPGA, _Commands
 
 
-def _host(short_dir: Path, writer: str, commands: _Commands) -> ReleaseTracker:
+def _host(short_dir: Path, writer: str, commands: _Commands, replicas: int = 1) -> ReleaseTracker:
     """A host's tracker of the resource on the shared stateDir, started (it read the file)."""
     config = load_config_text(
         f"kubelet: {{socketDir: {short_dir}/dp}}\nstateDir: {short_dir}/state\nresources:\n"
-        f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n'
+        f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n    replicas: {replicas}\n'
         '    release: {command: ["reset", "{ids}"]}\n'
     )
-    table = DeviceTable()
+    table = DeviceTable(replicas=replicas)
     table.publish([Device("fpga0", path="/dev/fpga0")])
     store = ReleaseStateStore(config.state_dir, get_logger(), DaemonThreads(), writer)
     store.load()
@@ -92,5 +92,24 @@ async def test_a_start_on_one_host_waits_for_the_release_the_other_runs(
     old_commands.gate.set()
     await asyncio.wait_for(start, 30)
     assert old.view("fpga0")["state"] == "clean" and new_commands.runs == []
+    await old.close()
+    await new.close()
+
+
+async def test_a_shared_device_another_id_of_which_is_held_is_not_released(
+    short_dir: Path,
+) -> None:
+    """replicas: 2: q1 (the old host's) left fpga0::1, which q2 gets through the new host,
+    while p1 holds fpga0::0 (through the new host): the device never was free, no release."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands, replicas=2)
+    old = _host(short_dir, "host-old", old_commands, replicas=2)
+    new.allocated(["fpga0::0"])  # p1
+    await new.before_start(["fpga0::0"])
+    old.allocated(["fpga0::1"])  # q1
+    await old.before_start(["fpga0::1"])
+    new.allocated(["fpga0::1"])  # q1 ended; q2
+    await new.before_start(["fpga0::1"])
+    assert new_commands.runs == [] and old_commands.runs == []
     await old.close()
     await new.close()

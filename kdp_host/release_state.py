@@ -16,7 +16,9 @@ each writes its own entries under `writers.<instance ID>` and keeps those of eve
 host that runs (`state_lock.running`); `resources` is the union of them all (used IDs
 joined, owed if any host owes it), which is what a host reads at start. So no host's write
 drops what another wrote. A host that ended leaves its entries until a host that started
-after it ended (and so took them up at start) writes: then they go.
+after it ended (and so took them up at start) writes: then they go. A device's release and
+PreStartContainer are one at a time across the hosts, which read each other's entries fresh
+for it (`release_lock`).
 
 A missing file is no proof that nothing was used: the state directory may have been emptied
 (or changed) while kdp-host was down. At start the host gives the store what its bookings say

@@ -25,8 +25,8 @@ from .files import Offload
 from .identity import Identity
 from .ownership_claims import reach
 
-Handed = Mapping[str, Identity]
-"""What each host path of an answer reached when it was booked."""
+Handed = Mapping[str, Identity | None]
+"""What each host path of an answer reached when it was booked (None: nothing was there)."""
 
 
 class CheckpointHanded(Protocol):
@@ -72,7 +72,9 @@ class Elsewhere:
         for device in held:
             handed = index.checkpoint_handed(resource, device, shared=True)
             if handed is not None and handed[1]:
-                wanted[device] = handed[1]
+                booked, reached = handed
+                paths = [n.host_path for n in booked.nodes] + [m.host_path for m in booked.mounts]
+                wanted[device] = {path: reached.get(path) for path in paths}
         self.pending = frozenset(wanted)
         if not wanted:
             self.present = self.looked = frozenset()
@@ -101,7 +103,10 @@ def _there(wanted: Mapping[str, Handed]) -> frozenset[str]:
     return frozenset(d for d, handed in wanted.items() if all(map(_same, handed.items())))
 
 
-def _same(handed: tuple[str, Identity]) -> bool:
+def _same(handed: tuple[str, Identity | None]) -> bool:
+    """Whether a path reaches what it reached when booked (a path gone then: never)."""
     path, identity = handed
+    if identity is None:
+        return False
     found = reach(path)
     return found is not None and found[0] == identity

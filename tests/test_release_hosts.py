@@ -20,10 +20,11 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.release import ReleaseTracker
 from kdp_host.release_state import ReleaseStateStore
+from kdp_host.release_use import ReleaseState
 from kdp_host.timings import Timings
 
 from .conftest import wait_until
-from .test_release import FPGA, _Commands
+from .test_release import FPGA, _Commands, host_yaml, real_host, release_lines, release_script
 
 
 def _host(short_dir: Path, writer: str, commands: _Commands, replicas: int = 1) -> ReleaseTracker:
@@ -113,3 +114,45 @@ async def test_a_shared_device_another_id_of_which_is_held_is_not_released(
     assert new_commands.runs == [] and old_commands.runs == []
     await old.close()
     await new.close()
+
+
+def _state(running, device: str = "fpga0") -> ReleaseState:  # type: ignore[no-untyped-def]
+    """The device's release state on a host ("clean" while its resource has not started)."""
+    resource = running.host.resources.get(FPGA)
+    if resource is None or resource.release is None:
+        return "clean"
+    state: ReleaseState = resource.release.view(device)["state"]
+    return state
+
+
+async def test_two_real_hosts_release_a_device_once_and_the_next_start_waits(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """M8 as a rolling update has it (hostile13 t25): the old host admitted p1, the new host
+    started on the same stateDir and saw p1 hold the device, p1 ends, p2 asks for it at once.
+    Both hosts owe the release: it runs once, and p2's start (through the kubelet's real
+    device manager) returns only after it ended. On the old code both hosts ran it, at once."""
+    command = release_script(short_dir, sleep=1.0)
+    kubelet, old = await real_host(real_kubelet_factory, start_host, short_dir, devices, command)
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
+    new = await start_host(
+        host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
+                  pod_resources=short_dir / "pr"),
+        fast=True,
+    )  # fmt: skip
+    await wait_until(lambda: _state(new) == "in_use", what="the new host sees p1 hold it")
+    await wait_until(lambda: _state(old) == "in_use", what="the old host sees p1 hold it")
+    await kubelet.acall(kubelet.release, "p1")
+    await wait_until(lambda: release_lines(short_dir), what="a release starts")
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] == "" and second["device_ids"][FPGA] == ["fpga0"]
+    lines = release_lines(short_dir)
+    assert lines and lines[-1].endswith(" done") and len(lines) % 2 == 0, lines
+    await wait_until(
+        lambda: _state(old) != "running" and _state(new) != "running"
+        and all(not r.host.resources[FPGA].release.uses["fpga0"].owed for r in (old, new)),
+        what="both hosts done with p1's use",
+    )  # fmt: skip
+    lines = release_lines(short_dir)  # (`{pod}` is empty when the host that ran it took
+    # the use up from the file at start and never saw its holder)
+    assert [line.split()[::2] for line in lines] == [["fpga0", "start"], ["fpga0", "done"]], lines

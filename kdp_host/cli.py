@@ -200,13 +200,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Who holds each device, asked of a running host (its `/devices`)."""
     from .status import status_command
 
-    listen = "127.0.0.1:9410"
+    listen, devices_off = "127.0.0.1:9410", False
     if args.config is not None:
         config = _load_or_report(Path(args.config))
         if config is None:
             return EXIT_INVALID
-        listen = config.metrics.listen
-    return status_command(args, listen)
+        listen, devices_off = config.metrics.listen, not config.metrics.devices
+    return status_command(args, listen, devices_off)
 
 
 def cmd_version(args: argparse.Namespace) -> int:

@@ -290,14 +290,21 @@ def fetch_devices(address: str, timeout: float = STATUS_TIMEOUT) -> dict[str, An
     return document
 
 
-def status_command(args: argparse.Namespace, listen: str) -> int:
+def status_command(args: argparse.Namespace, listen: str, devices_off: bool = False) -> int:
+    """`devices_off`: the config read says `metrics.devices: false` (a 404 is then why)."""
     address = args.address or status_address(listen)
     try:
         document = fetch_devices(address)
     except (OSError, ValueError) as exc:
-        from urllib.error import URLError
+        from urllib.error import HTTPError, URLError
 
         reason = exc.reason if isinstance(exc, URLError) else exc
+        if isinstance(exc, HTTPError) and exc.code == 404:
+            reason = (
+                f"{reason}: /devices is off on this host (its config has metrics.devices: false)"
+                if devices_off
+                else f"{reason}: this host serves no /devices (metrics.devices: false?)"
+            )
         print(f"kdp-host: cannot read http://{address}/devices: {reason}", file=sys.stderr)
         return 1
     if args.format == "json":

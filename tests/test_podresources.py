@@ -434,3 +434,27 @@ def test_status_refuses_an_answer_that_is_not_a_devices_document(
     err = capsys.readouterr().err
     assert said in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("with_config", [True, False])
+def test_status_of_a_host_without_devices_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], with_config: bool
+) -> None:
+    """hostile13 M12: a host with `metrics.devices: false` answers /devices 404; `status`
+    said only "Not Found". With the config in hand it says /devices is off there."""
+    http = HttpServer("127.0.0.1", 0, Metrics(), HealthState(), devices=None)
+    http.start()
+    try:
+        config = tmp_path / "kdp.yaml"
+        config.write_text(
+            f"kubelet: {{socketDir: {tmp_path}/dp}}\nstateDir: {tmp_path}/state\n"
+            f"metrics: {{listen: '{http.address}', devices: false}}\n"
+            f"resources:\n  - name: vendor.example/fpga\n    glob: {{paths: ['{tmp_path}/n*']}}\n"
+        )
+        args = ["--config", str(config)] if with_config else ["--address", http.address]
+        assert main(["status", *args]) == 1
+    finally:
+        http.stop()
+    err = capsys.readouterr().err
+    said = "is off on this host (its config has metrics.devices: false)"
+    assert (said if with_config else "serves no /devices (metrics.devices: false?)") in err, err

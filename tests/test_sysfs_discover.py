@@ -438,3 +438,22 @@ resources:
     ]
     assert main([*args, "--root-fs", str(fake.sys / "none-such")]) == 0
     assert "root filesystem" not in capsys.readouterr().err
+
+
+def test_a_serial_no_config_can_hold_is_not_offered_and_the_others_print(
+    fake: FakeSysfs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hostile13 M10: a second stick of the FTDI product whose serial holds a control
+    character (cheap clones report garbage): an entry pinned by it is one the config refuses,
+    so it is not offered (nor as advice); the entry says which devices it matches, and every
+    other device prints (discover died with a traceback)."""
+    controller = fake.usb_controller("0000:00:15.0")
+    fake.usb_serial_adapter(controller, "2-1", devnum=2, tty="ttyUSB5", serial="S\x1b[2J")
+    document = yaml.safe_load(run_discover(fake, capsys, "--format", "yaml"))
+    by_address = {d["address"]: d for d in document["devices"]}
+    assert by_address["2-1"]["resource"]["sysfs"]["usb"] == [{"vendor": "0403", "product": "6001"}]
+    assert sorted(by_address["2-1"]["matches"]) == ["1-1", "2-1"]
+    assert by_address["1-1"]["matches"] == ["1-1"]
+    table = run_discover(fake, capsys)
+    assert "matches 2 devices here, not only this one: 1-1, 2-1" in table
+    assert "\x1b" not in table

@@ -161,13 +161,18 @@ def candidate_entries(domain: str, device: SysfsDevice, description: str) -> lis
     return [{"name": name, "sysfs": {kind: [match]}} for match in matches]
 
 
-def advertised_by(entry: dict[str, Any], devices: Sequence[SysfsDevice]) -> tuple[str, ...]:
+def advertised_by(entry: dict[str, Any], devices: Sequence[SysfsDevice]) -> tuple[str, ...] | None:
     """The kernel names of the devices `entry` would advertise among `devices`: the entry
-    read by the config loader and matched by the driver, as if pasted into a config."""
-    from ..config import SysfsDriverConfig, load_config_text
+    read by the config loader and matched by the driver, as if pasted into a config; None
+    when the loader refuses it (a serial with a control character: hostile13 M10)."""
+    from ..config import ConfigError, SysfsDriverConfig, load_config_text
     from ..drivers.sysfs_advertised import advertised_devices
 
-    driver = load_config_text(json.dumps({"resources": [entry]})).resources[0].driver
+    try:
+        config = load_config_text(json.dumps({"resources": [entry]}))
+    except ConfigError:
+        return None
+    driver = config.resources[0].driver
     assert isinstance(driver, SysfsDriverConfig)
     return tuple(device.name for device in advertised_devices(driver, devices)[0])
 
@@ -218,7 +223,7 @@ def discover(
     found = []
     taken: set[str] = set()
     pool = _Pool(devices)
-    advertised: dict[str, tuple[str, ...]] = {}
+    advertised: dict[str, tuple[str, ...] | None] = {}
     """Entry (its `sysfs` part as JSON) -> what it advertises: entries repeat."""
     for device in devices:
         if not include_all and (is_infrastructure(device) or not device.nodes):
@@ -226,11 +231,16 @@ def discover(
         description = describe(device, names)
         entry: dict[str, Any] | None = None
         matches: tuple[str, ...] = ()
-        for entry in candidate_entries(domain, device, description):
-            key = json.dumps(entry["sysfs"], sort_keys=True)
+        refused = False
+        """A narrower entry the config loader refuses (it cannot be written in a config)."""
+        for candidate in candidate_entries(domain, device, description):
+            key = json.dumps(candidate["sysfs"], sort_keys=True)
             if key not in advertised:
-                advertised[key] = advertised_by(entry, pool.could_match(device, entry))
-            matches = advertised[key]
+                advertised[key] = advertised_by(candidate, pool.could_match(device, candidate))
+            if (matched := advertised[key]) is None:
+                refused = True
+                continue
+            entry, matches = candidate, matched
             if matches == (device.name,):
                 break
         serial_hint = None
@@ -238,7 +248,7 @@ def discover(
             entry["name"] = unique_name(entry["name"], device, taken)
             taken.add(entry["name"])
             usb = entry["sysfs"].get("usb", [{}])[0]
-            if device.source == USB and device.serial and "serial" not in usb:
+            if device.source == USB and device.serial and "serial" not in usb and not refused:
                 serial_hint = exact_pattern(device.serial)
         found.append(
             Discovered(

@@ -49,11 +49,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
-
-import grpclib
-from grpclib.const import Status
 
 from .backoff import Backoff
 from .files import Offload
@@ -265,11 +261,6 @@ class CheckpointReads:
             self._arm(name)
         return book_before(self._index, self._dir, served, self._offload, self._log, self._poller)
 
-    def fence(self, resource: str, status: Problems, log: EventLogger) -> ResourceFence:
-        """What `resource`'s DevicePlugin service waits for (`protocol.kept.Fence`): its
-        problems go to `status` (/readyz), a refused Allocate is logged to `log`."""
-        return ResourceFence(self, resource, status, log, self._metrics)
-
     def unplaced(self, resource: str) -> None:
         """A PodResources answer shows a pod holding an ID of `resource` that no device has
         (`held_id_not_present`): an admission may have been missed; the resource's
@@ -298,6 +289,9 @@ class CheckpointReads:
                 unlisted.nudge()  # (the kubelet writes its file anew at a list sent again)
             self._log.warning("first_list_held", resource=resource, retry_in=delay)
             await asyncio.sleep(delay)
+
+    def holds_list(self, resource: str) -> bool:
+        return resource in self._lists  # (its first list waits for a read)
 
     async def allocating(self, resource: str) -> str | None:
         """Before an Allocate of `resource` is answered: while it is fenced, a read of its
@@ -363,36 +357,3 @@ class CheckpointReads:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-class Problems(Protocol):
-    """Where a resource's problems go (`services.ResourceStatus`: /readyz)."""
-
-    def set_problem(self, part: str, reason: str | None) -> None: ...
-
-
-@dataclass(frozen=True)
-class ResourceFence:
-    """One resource's waits on `CheckpointReads` (`protocol.kept.Fence`)."""
-
-    reads: CheckpointReads
-    resource: str
-    status: Problems
-    log: EventLogger
-    metrics: Metrics | None
-
-    async def listing(self) -> None:
-        await self.reads.listing(
-            self.resource, functools.partial(self.status.set_problem, "checkpoint")
-        )
-
-    async def allocating(self) -> None:
-        """Raises the GRPCError (UNAVAILABLE) that refuses the Allocate while the kubelet's
-        checkpoint cannot be read."""
-        why = await self.reads.allocating(self.resource)
-        if why is None:
-            return
-        if self.metrics is not None:
-            self.metrics.allocations.labels(self.resource, "checkpoint_unreadable").inc()
-        self.log.warning("allocate_refused", reason=why, result="checkpoint_unreadable")
-        raise grpclib.GRPCError(Status.UNAVAILABLE, why)

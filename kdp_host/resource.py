@@ -10,6 +10,10 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import grpclib
+from grpclib.const import Status
+
+from .checkpoint_bookings import CheckpointReads
 from .config import ResourceConfig
 from .device_table import DeviceTable
 from .devices import Snapshot, physical_id
@@ -92,7 +96,7 @@ class ResourceRuntime:
             bookings=self._services.ownership,
             handed=self._handed,
             allocated=None if poller is None else poller.allocated,
-            fence=None if reads is None else reads.fence(self.config.name, self.status, self.log),
+            fence=None if reads is None else _Fence(self, reads),
         )
         return self._service
 
@@ -206,6 +210,14 @@ class ResourceRuntime:
         if self.release is not None:
             self.release.holdings(holdings)
 
+    def check_held(self) -> None:
+        """Check the held devices against the current list (`_check_held_devices`)."""
+        self._check_held_devices(self.table.snapshot)
+
+    def count_refused(self, name: str) -> None:
+        """An Allocate refused while the kubelet's checkpoint cannot be read."""
+        self._services.metrics.allocations.labels(name, "checkpoint_unreadable").inc()
+
     def _check_held_devices(self, snapshot: Snapshot) -> None:
         """Devices a container holds that are gone or unhealthy (GDP#74: the stick was
         unplugged and the pod keeps running): a gauge, and one warning per device as it goes
@@ -218,12 +230,17 @@ class ResourceRuntime:
         driver's first list: a PodResources answer that comes first would call every held
         device gone; nor before the CDI spec's first write (until then every device is held
         Unhealthy, its name not on disk yet: hostile10 F4 saw `state=unhealthy` for devices
-        healthy a few ms later); the write changes the snapshot, which checks again."""
+        healthy a few ms later); the write changes the snapshot, which checks again; nor while
+        the first list waits for the kubelet's checkpoint (another plugin's IDs not booked
+        yet: `CheckpointReads`), checked again once it may go out."""
         healthy = {device.id for device in snapshot.devices if device.healthy}
         if not self.table.published.is_set() and self._serving.first_list.failure is None:
             return  # no list yet (a start, a restart by a reload): nothing is known missing
         if self._cdi is not None and not self._cdi.first_sync.is_set():
             return  # (the spec not written yet: each device Unhealthy until it is)
+        reads = self._services.checkpoint
+        if reads is not None and reads.holds_list(self.config.name):
+            return  # (the kubelet's checkpoint not read yet: what another plugin handed out)
         missing = {device for device in self._held if device not in healthy}
         ownership, name = self._services.ownership, self.config.name
         kept = {d: ownership.kept_for(name, self._held_ids.get(d, ())) for d in missing}
@@ -258,3 +275,31 @@ class ResourceRuntime:
                 self._serving.first_list.ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{name}:cdi")
             group.create_task(self._serving.run(), name=f"{name}:serve")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fence:
+    """A runtime's waits on the host's `CheckpointReads` (`protocol.kept.Fence`)."""
+
+    runtime: ResourceRuntime
+    reads: CheckpointReads
+
+    async def listing(self) -> None:
+        """The first list waits for a read of the kubelet's checkpoint (while one is due);
+        the held devices are checked then (not while another plugin's IDs are unbooked)."""
+        runtime, name = self.runtime, self.runtime.config.name
+        held = self.reads.holds_list(name)
+        await self.reads.listing(name, functools.partial(runtime.status.set_problem, "checkpoint"))
+        if held:
+            runtime.check_held()
+
+    async def allocating(self) -> None:
+        """Raises the GRPCError (UNAVAILABLE) that refuses the Allocate while the kubelet's
+        checkpoint cannot be read."""
+        runtime, name = self.runtime, self.runtime.config.name
+        why = await self.reads.allocating(name)
+        if why is None:
+            return
+        runtime.count_refused(name)
+        runtime.log.warning("allocate_refused", reason=why, result="checkpoint_unreadable")
+        raise grpclib.GRPCError(Status.UNAVAILABLE, why)

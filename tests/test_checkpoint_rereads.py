@@ -198,6 +198,7 @@ async def test_an_unreadable_checkpoint_at_a_reload_keeps_the_added_resource_unl
     )
     held = [r for r in caplog.records if r.msg == "first_list_held"]
     assert held and held[0].__dict__["kdp_fields"]["resource"] == GDEV
+    assert not [r for r in caplog.records if r.msg == "held_device_missing"]  # (p1's: held)
     assert GDEV not in running.host.not_ready()
     await kubelet.wait_for(lambda: not {"u-0", "u-1"} & kubelet.resource(GDEV).healthy_ids)
     assert kubelet.resource(GDEV).healthy_ids == {"g0", "g1"} - {Path(p1_node).name}

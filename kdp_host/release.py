@@ -52,9 +52,10 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
 from .release_command import ReleaseCommand
-from .release_lock import LOCK_MARGIN, DeviceLock, LockBusy, Released, owed_by_peers
+from .release_lock import DeviceLock, LockBusy, Released, owed_by_peers
 from .release_state import ReleaseStateStore, handed_device
 from .release_use import Checkpointed, DeviceUse, kept_entries, kept_use, start_failed
+from .rules import MAX_PRE_START_TIMEOUT
 from .timings import Timings
 
 if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
@@ -238,25 +239,31 @@ class ReleaseTracker:
         """PreStartContainer: wait for (or run) the owed release of each device of the
         container, then (under the device's lock) the one another host's use of it is due
         (`_after_peers`); raises HookFailed with the command's error if one fails."""
-        replicas = self._resource.replicas
+        replicas, until = self._resource.replicas, time.monotonic() + MAX_PRE_START_TIMEOUT
         for device_id in dict.fromkeys(physical_id(a, replicas) for a in advertised_ids):
             use = self.uses.get(device_id)
-            while use is not None and use.owed:
-                task = use.running if use.running is not None else self._start(device_id)
-                await asyncio.shield(task)
-                if use.owed and use.running is None:
-                    raise start_failed(self._resource.name, device_id, use)
+            await self._owed_done(device_id, use)
             if use is not None and use.allocated_wall is not None:
                 ids = [a for a in advertised_ids if physical_id(a, replicas) == device_id]
-                await self._after_peers(device_id, use, use.allocated_wall, ids)
+                await self._after_peers(device_id, use, use.allocated_wall, ids, until)
+                await self._owed_done(device_id, use)  # (owed meanwhile: its release waited)
         await self._store.flush()
 
-    async def _after_peers(self, device_id: str, use: DeviceUse, at: float, ids: list[str]) -> None:
-        """Under the device's lock (a release another host runs ends first), read fresh: run
-        the release another host's use of it is due (`release_lock.owed_by_peers`)."""
-        name, wait = self._resource.name, self.config.timeout + LOCK_MARGIN
+    async def _owed_done(self, device_id: str, use: DeviceUse | None) -> None:
+        while use is not None and use.owed:
+            await asyncio.shield(use.running if use.running is not None else self._start(device_id))
+            if use.owed and use.running is None:
+                raise start_failed(self._resource.name, device_id, use)
+
+    async def _after_peers(
+        self, device_id: str, use: DeviceUse, at: float, ids: list[str], until: float
+    ) -> None:
+        """Under the device's lock (a release another host runs ends first; waited for until
+        `until`, monotonic), read fresh: run the release another host's use of it is due
+        (`release_lock.owed_by_peers`)."""
+        name = self._resource.name
         try:
-            async with self._store.locks.held(name, device_id, wait) as lock:
+            async with self._store.locks.held(name, device_id, until - time.monotonic()) as lock:
                 peers = await self._store.peer_entries(name, device_id)
                 due = owed_by_peers(peers, ids, at, lock.record, use.used)
                 if due is None or use.running is not None:
@@ -271,9 +278,7 @@ class ReleaseTracker:
                     use.running = None
                     self._publish()
         except LockBusy:
-            message = (
-                f"{name}: device {device_id}: another host's release still runs after {wait:g} s"
-            )
+            message = f"{name}: device {device_id}: another host's release of it still runs"
             raise HookFailed(Status.UNAVAILABLE, "timeout", message) from None
         if use.owed:
             raise start_failed(name, device_id, use)

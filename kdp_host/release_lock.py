@@ -42,9 +42,6 @@ POLL_FIRST = 0.01
 POLL_MAX = 0.2
 """Seconds between two tries of a lock another host holds (doubling from the first)."""
 MAX_RECORD = 4096
-LOCK_MARGIN = 5.0
-"""Seconds a PreStartContainer waits for a device's lock beyond `release.timeout` (the
-longest another host's release holds it) before it fails (the kubelet tries again)."""
 
 
 class LockBusy(RuntimeError):

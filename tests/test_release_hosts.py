@@ -11,6 +11,9 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
+from kdp_host.allocation import HookFailed
 from kdp_host.config import load_config_text
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device
@@ -112,6 +115,28 @@ async def test_a_shared_device_another_id_of_which_is_held_is_not_released(
     new.allocated(["fpga0::1"])  # q1 ended; q2
     await new.before_start(["fpga0::1"])
     assert new_commands.runs == [] and old_commands.runs == []
+    await old.close()
+    await new.close()
+
+
+async def test_a_start_still_waiting_at_its_deadline_fails_with_why(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other host's release still runs when the kubelet's deadline nears: the start fails
+    with that (the kubelet tries again), not with the kubelet's DeadlineExceeded."""
+    monkeypatch.setattr("kdp_host.release.MAX_PRE_START_TIMEOUT", 0.3)
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands)
+    old = _host(short_dir, "host-old", old_commands)
+    old.allocated(["fpga0"])
+    await old.before_start(["fpga0"])
+    old_commands.gate.clear()
+    old.holdings(_free())
+    await wait_until(lambda: old_commands.runs, what="the old host's release runs")
+    new.allocated(["fpga0"])
+    with pytest.raises(HookFailed, match="another host's release of it still runs"):
+        await new.before_start(["fpga0"])
+    old_commands.gate.set()
     await old.close()
     await new.close()
 

@@ -221,10 +221,9 @@ class PreStartHook:
     async def _run_command(self, physical: Sequence[Device]) -> None:
         values = hook_values(self.resource.name, physical)
         try:
-            env = self._host_env.withhold(device_env(self.resource.name, physical), physical)
+            env = hook_env(self._host_env, self.resource.name, physical, values, self.config.env)
         except AllocationError as exc:
             raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None
-        env.update({key: render_template(text, values) for key, text in self.config.env.items()})
         what = f"{self.resource.name}: preStart for {values['ids']}:"
         await run_hook(
             self.commands,
@@ -233,6 +232,22 @@ class PreStartHook:
             env,
             self.config.timeout,
         )
+
+
+def hook_env(
+    host_env: HostEnv,
+    resource: str,
+    devices: Sequence[Device],
+    values: Mapping[str, str],
+    configured: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The env a host command for `devices` runs with: their own (without what decides what
+    it runs: `HostEnv`), then the `configured` entries rendered with `values`. Raises
+    AllocationError where the devices' own env cannot be merged, as Allocate does."""
+    env = host_env.withhold(device_env(resource, devices), devices)
+    for key, text in (configured or {}).items():
+        env[key] = render_template(text, values)
+    return env
 
 
 @dataclass
@@ -259,7 +274,7 @@ class AllocateHook:
         without running the command, when the devices' own env cannot be passed to it."""
         physical = builder.physical_devices(snapshot, requested_ids)
         values = hook_values(self.resource, physical)
-        env = self._host_env.withhold(device_env(self.resource, physical), physical)
+        env = hook_env(self._host_env, self.resource, physical, values)
         what = f"{self.resource}: allocate.command for {values['ids']}:"
         counter = self.metrics.allocate_hooks
         try:

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 from grpclib.const import Status
 
-from .allocation import HookFailed, device_env, hook_values
-from .config import ReleaseConfig, render_template
+from .allocation import HookFailed, hook_values
+from .config import ReleaseConfig
 from .device_table import DeviceTable
 from .handed_entries import Handed
-from .hooks import PlaceCheck, check_places, render_argv, run_hook
+from .hooks import PlaceCheck, check_places, hook_env, render_argv, run_hook
 from .logs import EventLogger
 from .process import CommandRunner
 from .release_use import Checkpointed, DeviceUse, unknown_release
@@ -63,8 +63,7 @@ class ReleaseCommand:
         await check_places(self.places, what, {device_id, *use.used}, [device], reached)
         values = hook_values(self.resource, [device])
         values.update(use.holder_values())
-        env = self.host_env.withhold(device_env(self.resource, [device]), [device])
-        env.update({key: render_template(text, values) for key, text in self.config.env.items()})
+        env = hook_env(self.host_env, self.resource, [device], values, self.config.env)
         self.log.info("release_started", device=device_id, pod=values["pod"] or "-")
         await run_hook(
             self.commands,

@@ -66,8 +66,14 @@ def _discard(path: str, made: asyncio.Future[tuple[socket.socket, FileIdentity]]
             os.unlink(path)
 
 
+HTTP2_DATA = 0x0
+"""The type of an HTTP/2 DATA frame (RFC 9113, section 6.1), in the fourth byte of a frame:
+what h2 writes for a message sent on an open stream."""
+
+
 class CoalescingTransport(asyncio.Transport):
-    """A transport that sends what was written during two turns of the event loop at once.
+    """A transport that sends what was written during two turns of the event loop at once,
+    except a message pushed on an open stream while nothing waits, which leaves at once.
 
     grpclib writes each HTTP/2 frame group as soon as it is made: an answer to a unary call
     is four writes (the flow-control update for the request, the headers, the message, the
@@ -79,6 +85,12 @@ class CoalescingTransport(asyncio.Transport):
     answer, and the kubelet wakes once per call instead of twice. Nothing waits longer than
     the next turn. Everything else goes to the real transport; `close` sends what is
     pending first.
+
+    A write that begins with a DATA frame while nothing is pending or scheduled is a message
+    on a stream already answered (a ListAndWatch update; an answer starts with its headers):
+    nothing is to be gathered with it, so it leaves at once (holding it two turns cost
+    0.1-0.6 ms of a hot-plug under load, issue 19). What follows it in the same turn (the
+    rest of a long list, a burst) is gathered and leaves in the next turn.
     """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
@@ -86,19 +98,29 @@ class CoalescingTransport(asyncio.Transport):
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._scheduled = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        if not self._pending:
+        if self._scheduled:
+            self._pending.append(bytes(data))
+            return
+        self._scheduled = True
+        if len(data) > 3 and data[3] == HTTP2_DATA:
+            if not self._transport.is_closing():
+                self._transport.write(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._pending.append(bytes(data))
             self._loop.call_soon(self._flush_next_turn)
-        self._pending.append(bytes(data))
 
     def _flush_next_turn(self) -> None:
         self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Send what is pending now (also run by the loop in the turn after the next one)."""
+        self._scheduled = False
         if not self._pending:
             return
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
@@ -112,6 +134,7 @@ class CoalescingTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self._pending = []
+        self._scheduled = False
         self._transport.abort()
 
     def is_closing(self) -> bool:

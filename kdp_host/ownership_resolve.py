@@ -95,6 +95,11 @@ class Resolving(Admission):
         followed; False: no such watcher)."""
 
     @abc.abstractmethod
+    def _reported(self, path: str) -> bool:
+        """Whether the watcher reports at once, from now on, a change in the directory of
+        the normalised `path` (a claim's directory, followed since it was claimed)."""
+
+    @abc.abstractmethod
     def _drain(self) -> None:
         """Admit the resources waiting to be admitted again."""
 
@@ -117,7 +122,10 @@ class Resolving(Admission):
         try:
             while state.wanted:
                 paths, state.wanted = state.wanted, set()
+                news = self._path_news
                 resolved = await self._paths.resolve(paths)
+                if state.wanted and news == self._path_news:
+                    state.wanted -= self._unchanged(state.wanted, resolved)
                 if state.retired or state.publish is None:
                     state.known = {}  # (no admission follows to drop it)
                     continue
@@ -129,6 +137,22 @@ class Resolving(Admission):
             state.resolving = None
             self._resolving.pop(id(state), None)
         self._drain()  # (what was resolved is fresh no longer once nothing resolves)
+
+    def _unchanged(self, again: set[str], resolved: Mapping[str, Resolution]) -> set[str]:
+        """Of the paths a newer list asked for while a batch resolved them (`again`), those
+        the batch answers as well as a new one would: no change was reported since it
+        began, and the watcher reports one in the path's directory (`_reported`), the path
+        being its own real path (or nothing). Not resolving them twice halves the path
+        resolutions of a hot-plug, whose change starts one (`_recheck`) before the
+        scan's list asks for the same path (issue 19: an unplug waited for two in turn)."""
+        unchanged = set()
+        for path in again:
+            found = resolved.get(path, HUNG)
+            if found is not None and (isinstance(found, str) or found[1] != path):
+                continue  # (a link: where its target lies is not followed; or no answer)
+            if os.path.normpath(path) == path and self._reported(path):
+                unchanged.add(path)
+        return unchanged
 
     def _take(self, state: ResourceState, resolved: Mapping[str, Resolution]) -> None:
         """Resolutions for the admissions to come; a device a path of which did not answer

@@ -135,6 +135,10 @@ class Watching(BookingAllocations):
         self._follow_above(watcher, directory)
         return True
 
+    def _reported(self, path: str) -> bool:
+        """Its directory is followed (`_users`) and the mount table too (`_keeps`)."""
+        return self._keeps and os.path.dirname(path) in self._followed
+
     def _users(self, directory: str) -> set[str] | None:
         """The resources that claimed through `directory`, the watcher following it from
         now on (None: no watcher)."""

@@ -5,8 +5,9 @@ stdin closed, output capped, TERM then KILL at the timeout, never a shell), with
 and env rendered by the config's one template renderer from the devices of the container.
 
 - PreStartContainer runs `preStart.command` once per call, at most `preStart.parallelism`
-  at a time per resource (the others wait for a slot, counted); the kubelet's deadline
-  (30 s) cancels a call that is still waiting or running, which kills the command's group.
+  at a time per resource (the others wait for a slot, counted), and only while its timeout
+  fits in what is left of the kubelet's deadline (`start_budget`: else not run, result
+  `deadline`); a call the kubelet gives up on is cancelled, which kills the command's group.
 - Allocate runs `allocate.command` once per container request; what it prints is checked by
   the probe-output rules and added to the response.
 
@@ -36,6 +37,7 @@ from .metric_labels import HookResult
 from .metrics import Metrics
 from .process import CommandError, CommandResult, CommandRunner
 from .run_env import HostEnv
+from .start_budget import StartBudget
 
 STDERR_IN_STATUS = 512
 """Characters of the end of stderr put in the status message (the log has up to 4 KiB):
@@ -174,8 +176,9 @@ class PreStartHook:
         self._host_env = HostEnv(self.log)
         self.metrics.add_pre_start(self.resource.name)
 
-    async def run(self, device_ids: Sequence[str]) -> None:
-        """Run the command for one container's devices; raises HookFailed."""
+    async def run(self, device_ids: Sequence[str], budget: StartBudget | None = None) -> None:
+        """Run the command for one container's devices, if its timeout fits in `budget` (the
+        kubelet's deadline) once it has a slot; raises HookFailed."""
         name = self.resource.name
         started = self.clock()
         ids = ",".join(device_ids)
@@ -188,16 +191,26 @@ class PreStartHook:
                 raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None
             what, reached = f"{name}: preStart for {ids}:", self._handed.reached(physical)
             await check_places(self.places, what, device_ids, physical, reached)
+            budget = (budget or StartBudget.of_call(None)).then(self.config.timeout)
             if self._slots.locked():
                 self.metrics.pre_start_waits.labels(name).inc()
                 self.log.info("pre_start_waiting", devices=ids)
-            async with self._slots:
+            try:
+                if budget.left() <= 0:  # (no time to wait for a slot either)
+                    raise TimeoutError
+                async with asyncio.timeout(budget.left()):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise budget.too_late(what, self.config.timeout) from None
+            try:
                 await self._run_command(physical)
+            finally:
+                self._slots.release()
         except HookFailed as exc:
             self.metrics.pre_start_calls.labels(name, exc.result).inc()
             self.metrics.pre_start_seconds.labels(name).observe(self.clock() - started)
             self.log.warning("pre_start_failed", devices=ids, result=exc.result, error=str(exc))
-            if exc.result != "invalid" and self.config.on_failure == "unhealthy":
+            if exc.result not in ("invalid", "deadline") and self.config.on_failure == "unhealthy":
                 for device in physical:
                     if self.table.set_check_result(device.id, False):
                         self.log.warning("device_unhealthy_after_pre_start", device=device.id)

@@ -39,13 +39,14 @@ CONFIG_RELOAD_RESULTS: tuple[ConfigReloadResult, ...] = get_args(ConfigReloadRes
 DEVICE_HEALTH = ("healthy", "unhealthy")
 HookResult = Literal[
     "ok", "exit", "timeout", "spawn", "output_too_large", "parse", "invalid", "place_changed",
-    "unknown",
+    "unknown", "deadline",
 ]  # fmt: skip
 PRE_START_RESULTS: tuple[HookResult, ...] = (
-    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid", "place_changed",
+    "ok", "exit", "timeout", "spawn", "output_too_large", "invalid", "place_changed", "deadline",
 )  # fmt: skip
 """Every `result` of a preStart call (`invalid`: devices the plugin does not know;
-`place_changed`: a host path handed out reaches another device now: refused, not run)."""
+`place_changed`: a host path handed out reaches another device now: refused, not run;
+`deadline`: its timeout no longer fit in the kubelet's deadline: not run, `start_budget`)."""
 ALLOCATE_HOOK_RESULTS: tuple[HookResult, ...] = (
     "ok", "exit", "timeout", "spawn", "output_too_large", "parse",
 )  # fmt: skip

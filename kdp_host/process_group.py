@@ -14,7 +14,9 @@ import signal
 import sys
 from collections.abc import Mapping
 
-DEFAULT_KILL_GRACE = 1.0
+from .rules import KILL_GRACE
+
+DEFAULT_KILL_GRACE = KILL_GRACE
 """Seconds between SIGTERM and SIGKILL to the process group."""
 _GROUP_POLL = 0.01
 PARENT_CHECK = 'test "$PPID" = "$1" || exit 1; shift; exec "$@"'

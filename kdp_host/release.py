@@ -18,12 +18,11 @@ Two kinds of news end a use:
   device between two polls). If no other ID of the device is in use (always, with
   `replicas: 1`), the release is owed and starts at once.
 
-The resource asks for PreStartContainer, which waits for (or runs) the owed release of the
-container's devices inside the kubelet's 30 s, and fails the start with the command's error
-otherwise. So, for a device that is not shared (`replicas: 1`): no container starts with a
-device an earlier container used until that device's release has succeeded. A shared device
-is released once none of its IDs is held; a container joining a device still held by another
-is not held back (the device never was free).
+PreStartContainer waits for (or runs) the owed releases of the container's devices (first in
+the queue) until the kubelet's deadline (`start_budget`). So, for a device not shared
+(`replicas: 1`): no container starts with a device an earlier container used until that
+device's release has succeeded. A shared device is released once none of its IDs is held; a
+container joining a device still held by another is not held back (it never was free).
 
 What must outlive kdp-host (`used`, `owed`) is kept in `<stateDir>/release-state.json`
 (`release_state.py`: a file lost or unreadable counts devices as used), written before
@@ -39,8 +38,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from grpclib.const import Status
-
 from .allocation import HookFailed
 from .config import ReleaseConfig, ResourceConfig
 from .device_table import DeviceTable
@@ -53,9 +50,10 @@ from .metrics import Metrics
 from .process import CommandRunner
 from .release_command import ReleaseCommand
 from .release_lock import DeviceLock, LockBusy, Released, owed_by_peers
+from .release_slots import Slots
 from .release_state import ReleaseStateStore, handed_device
 from .release_use import Checkpointed, DeviceUse, kept_entries, kept_use, start_failed
-from .rules import MAX_PRE_START_TIMEOUT
+from .start_budget import StartBudget
 from .timings import Timings
 
 if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
@@ -89,7 +87,7 @@ class ReleaseTracker:
         self._resource, self._table, self._store = resource, table, store
         self._commands, self._metrics, self._log = commands, metrics, log
         self._clock, self._wall = clock, wall
-        self._slots = asyncio.Semaphore(self.config.parallelism)
+        self._slots = Slots(self.config.parallelism)  # (a container start's releases first)
         self._handed = handed or in_memory(resource.name)
         self._command = ReleaseCommand(
             resource.name, self.config, commands, table, log, places, checkpoint
@@ -235,35 +233,38 @@ class ReleaseTracker:
                     self._start(device_id)
         self._publish()
 
-    async def before_start(self, advertised_ids: Sequence[str]) -> None:
-        """PreStartContainer: wait for (or run) the owed release of each device of the
-        container, then (under the device's lock) the one another host's use of it is due
-        (`_after_peers`); raises HookFailed with the command's error if one fails."""
-        replicas, until = self._resource.replicas, time.monotonic() + MAX_PRE_START_TIMEOUT
-        for device_id in dict.fromkeys(physical_id(a, replicas) for a in advertised_ids):
-            use = self.uses.get(device_id)
-            await self._owed_done(device_id, use)
-            if use is not None and use.allocated_wall is not None:
+    async def before_start(
+        self, advertised_ids: Sequence[str], budget: StartBudget | None = None
+    ) -> None:
+        """PreStartContainer: the owed releases of the container's devices, then (under each
+        one's lock) another host's use's (`_after_peers`); HookFailed: one failed, or `budget`."""
+        replicas, budget = self._resource.replicas, budget or StartBudget.of_call(None)
+        devices = list(dict.fromkeys(physical_id(a, replicas) for a in advertised_ids))
+        await self._owed_done(devices, budget)
+        for device_id in devices:
+            if (use := self.uses.get(device_id)) is not None and use.allocated_wall is not None:
                 ids = [a for a in advertised_ids if physical_id(a, replicas) == device_id]
-                await self._after_peers(device_id, use, use.allocated_wall, ids, until)
-                await self._owed_done(device_id, use)  # (owed meanwhile: its release waited)
+                await self._after_peers(device_id, use, use.allocated_wall, ids, budget)
+                await self._owed_done([device_id], budget)  # (owed meanwhile: waited for)
         await self._store.flush()
 
-    async def _owed_done(self, device_id: str, use: DeviceUse | None) -> None:
-        while use is not None and use.owed:
-            await asyncio.shield(use.running if use.running is not None else self._start(device_id))
-            if use.owed and use.running is None:
-                raise start_failed(self._resource.name, device_id, use)
+    async def _owed_done(self, devices: list[str], budget: StartBudget) -> None:
+        name = self._resource.name
+        while owed := [d for d in devices if (u := self.uses.get(d)) is not None and u.owed]:
+            self._slots.hurry(owed)
+            await budget.releases(name, {d: self._start(d) for d in owed})  # (running or now)
+            for device_id in owed:
+                if (use := self.uses[device_id]).owed and use.running is None:
+                    raise start_failed(name, device_id, use)
 
     async def _after_peers(
-        self, device_id: str, use: DeviceUse, at: float, ids: list[str], until: float
+        self, device_id: str, use: DeviceUse, at: float, ids: list[str], budget: StartBudget
     ) -> None:
-        """Under the device's lock (a release another host runs ends first; waited for until
-        `until`, monotonic), read fresh: run the release another host's use of it is due
-        (`release_lock.owed_by_peers`)."""
+        """Under the device's lock (another host's release ends first; waited for within `budget`),
+        read fresh: run the release another host's use of it is due (`owed_by_peers`)."""
         name = self._resource.name
         try:
-            async with self._store.locks.held(name, device_id, until - time.monotonic()) as lock:
+            async with self._store.locks.held(name, device_id, budget.left()) as lock:
                 peers = await self._store.peer_entries(name, device_id)
                 due = owed_by_peers(peers, ids, at, lock.record, use.used)
                 if due is None or use.running is not None:
@@ -272,14 +273,16 @@ class ReleaseTracker:
                 self._log.info("release_owed", device=device_id, reason="peer_use", peer=due[0])
                 run = self._locked_release(device_id, use, self._handed.entry(device_id), lock)
                 use.running = task = asyncio.create_task(run, name=f"release:{device_id}")
-                try:
-                    await task  # (cancelled with the RPC: the lock is held until it ends)
-                finally:
+                self._slots.hurry([device_id])
+                try:  # (ended with the RPC, or out of time: still owed, the next start runs it)
+                    await budget.releases(name, {device_id: task})
+                finally:  # (the lock is held until it ends)
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
                     use.running = None
                     self._publish()
         except LockBusy:
-            message = f"{name}: device {device_id}: another host's release of it still runs"
-            raise HookFailed(Status.UNAVAILABLE, "timeout", message) from None
+            raise budget.lock_busy(name, device_id) from None
         if use.owed:
             raise start_failed(name, device_id, use)
 
@@ -289,8 +292,7 @@ class ReleaseTracker:
         use = self.uses[device_id]
         if use.running is not None:
             return use.running
-        retry = self._retries.pop(device_id, None)
-        if retry is not None:
+        if (retry := self._retries.pop(device_id, None)) is not None:
             retry.cancel()
         handed = self._handed.entry(device_id)  # as its last Allocate handed it out
         task = asyncio.create_task(self._release(device_id, handed), name=f"release:{device_id}")
@@ -317,7 +319,7 @@ class ReleaseTracker:
             self._succeeded(device_id, use, 0.0, by=lock.record)
             return
         name = self._resource.name
-        async with self._slots:
+        async with self._slots.held(device_id):
             started = self._clock()
             error: HookFailed | None = None
             try:

@@ -37,11 +37,20 @@ MAX_DNS1123_SUBDOMAIN_LENGTH: Final = 253
 KUBELET_PRE_START_DEADLINE: Final = 30.0
 """The deadline the kubelet gives every PreStartContainer call
 (`KubeletPreStartContainerRPCTimeoutInSecs`, docs/kubelet-contract.md §8)."""
+KILL_GRACE: Final = 1.0
+"""Seconds between SIGTERM and SIGKILL to a command's process group (`process_group`)."""
 PRE_START_REPLY_MARGIN: Final = 2.0
 """What a preStart hook's timeout leaves of the kubelet's deadline: the TERM-to-KILL grace
 (1 s) and the reply. A longer hook would be cut off by the kubelet's deadline instead, and
 the pod's events would say `DeadlineExceeded` instead of the hook's exit and stderr."""
 MAX_PRE_START_TIMEOUT: Final = KUBELET_PRE_START_DEADLINE - PRE_START_REPLY_MARGIN
+PRE_START_ANSWER_MARGIN: Final = 0.5
+"""What kdp-host keeps of a PreStartContainer call's deadline to answer in: the call's waits
+(for the container's owed releases, for a preStart slot) end this long before it, less the
+preStart's timeout and the TERM-to-KILL grace when a preStart is still to run, so the kubelet
+reads kdp-host's error (which releases still run, or that preStart would not fit), not
+`DeadlineExceeded` (hostile13 M13). Under `PRE_START_REPLY_MARGIN` less the grace: a preStart
+of the longest timeout still starts at once in a call that waited for nothing."""
 MAX_ALLOCATE_TIMEOUT: Final = 10.0
 """The longest `allocate.timeout`. The kubelet gives Allocate no deadline at all and admits
 one pod at a time (docs/kubelet-contract.md §6): while an `allocate.command` runs, no pod

@@ -537,14 +537,21 @@ async def test_pre_start_through_the_grpcio_kubelet(
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await kubelet.pre_start(FPGA, ["fpga9"])
         assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        # hangs: killed at its own timeout, or when the kubelet's deadline passes
+        # hangs: killed at its own timeout, or when the kubelet gives up on the call
         with pytest.raises(grpc.aio.AioRpcError) as timed_out:
             await kubelet.pre_start(HANG, ["hang0"])
         assert "timed out after 0.5s" in (timed_out.value.details() or "")
-        with pytest.raises(grpc.aio.AioRpcError) as deadline:
+        # its 20 s do not fit in a 1 s deadline: not run, kdp-host's error before the deadline
+        with pytest.raises(grpc.aio.AioRpcError) as late:
             await clients[DEADLINE].pre_start(["hang1"], timeout=1.0)
-        assert deadline.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert late.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "not run: its timeout (20 s) does not fit" in (late.value.details() or "")
+        assert len(pids.read_text().split()) == 2  # (only the first hang ran)
+        given_up = asyncio.ensure_future(clients[DEADLINE].pre_start(["hang1"], timeout=25.0))
         await wait_until(lambda: len(pids.read_text().split()) == 4, what="both hangs started")
+        given_up.cancel()  # (the call is cancelled: the handler too)
+        with contextlib.suppress(asyncio.CancelledError):
+            await given_up
         for pid in map(int, pids.read_text().split()):
             await wait_until(lambda pid=pid: process_gone(pid), what=f"process {pid} gone")
         # ten containers at once: they overlap up to the bound, never more

@@ -792,7 +792,10 @@ class PreStartConfig:
         ),
         f"TERM then KILL the command's process group after this. At most "
         f"{MAX_PRE_START_TIMEOUT:g}s: the kubelet gives PreStartContainer 30s, and the "
-        "answer must reach it before that.",
+        "answer must reach it before that. The command starts only while this still fits "
+        "in what the container's owed releases and a slot left of that deadline; else it is "
+        "not run (result `deadline`) and the start fails with kdp-host's error, before the "
+        "deadline (the kubelet tries again with backoff).",
         default="10s",
     )
     env: Mapping[str, str] = key(
@@ -821,7 +824,8 @@ class PreStartConfig:
         "parallelism",
         Integer(1, MAX_PRE_START_PARALLELISM),
         "At most this many commands of the resource run at once; further containers wait "
-        "for a slot (counted in `kdp_pre_start_waits_total`), inside the kubelet's 30s.",
+        "for a slot (counted in `kdp_pre_start_waits_total`) while their `timeout` still fits "
+        "in the kubelet's 30s (else not run: result `deadline`).",
         default=4,
     )
 
@@ -842,7 +846,9 @@ class ReleaseConfig:
         "PodResources API, `{namespace}`, `{pod}`, `{container}` (empty when not seen). "
         "Same containment as probes. Until it has succeeded no other container starts with "
         "the device: the resource asks for PreStartContainer, which waits for (or runs) the "
-        "pending release of its devices.",
+        "pending release of its devices until the kubelet's deadline, and fails the start "
+        "with kdp-host's error naming the releases not done yet, before that deadline (the "
+        "release goes on; the kubelet tries the start again with backoff).",
     )
     timeout: float = key(
         "timeout",
@@ -853,8 +859,12 @@ class ReleaseConfig:
             "PreStartContainer deadline",
         ),
         f"TERM then KILL the command's process group after this, a failure. At most "
-        f"{MAX_PRE_START_TIMEOUT:g}s: a container start may wait for it inside the kubelet's "
-        "30s PreStartContainer deadline.",
+        f"{MAX_PRE_START_TIMEOUT:g}s: one release fits in the kubelet's 30s "
+        "PreStartContainer deadline. A start that waits for more (several devices' releases "
+        "queued behind `parallelism`, or a release then `preStart`) may not get them done in "
+        "it: it then fails with kdp-host's error, before the deadline, and the kubelet tries "
+        "again with backoff. `kdp-host check` warns when `timeout` and `preStart.timeout` "
+        f"together are over {MAX_PRE_START_TIMEOUT:g}s.",
         default="10s",
     )
     env: Mapping[str, str] = key(
@@ -881,7 +891,8 @@ class ReleaseConfig:
     parallelism: int = key(
         "parallelism",
         Integer(1, MAX_PRE_START_PARALLELISM),
-        "At most this many release commands of the resource run at once.",
+        "At most this many release commands of the resource run at once; those a container "
+        "start waits for go first.",
         default=4,
     )
 

@@ -46,9 +46,11 @@ from ..metrics import Metrics
 from ..ownership_claims import Unresolvable, read_only_of
 from ..ownership_hand_out import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
+from ..start_budget import StartBudget
 from .codec import EncodedMessage
 from .kept import Bookings, Fence, keep
 from .lists import ListAndWatchEncoder, Wakes
+from .pre_start import PRE_START_CONTAINER, PreStartServing
 
 if TYPE_CHECKING:  # made where the config chooses them (`features`)
     from ..hooks import AllocateHook, PreStartHook
@@ -101,6 +103,7 @@ class DevicePluginService(DevicePluginBase):
         self._open_streams = 0
         self._drained: asyncio.Future[None] | None = None  # (`end_streams`: streams ended)
         self._pre_start_required = pre_start is not None or release is not None
+        self._pre_start_serving = PreStartServing(release, pre_start)
         self._told_preferred: bool | None = None  # (the last options: preferred allocation)
 
     # The series every call records, looked up once, at first use (a histogram's series
@@ -132,15 +135,17 @@ class DevicePluginService(DevicePluginBase):
             await asyncio.wait({self._drained}, timeout=timeout)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        """The generated handlers, except ListAndWatch: `_serve_list_and_watch` (same types)."""
+        """The generated handlers, except ListAndWatch (`_serve_list_and_watch`) and
+        PreStartContainer (`PreStartServing.serve`: it reads the call's deadline), same types."""
         mapping = super().__mapping__()
-        generated = mapping[LIST_AND_WATCH]
-        mapping[LIST_AND_WATCH] = grpclib.const.Handler(
-            self._serve_list_and_watch,
-            generated.cardinality,
-            generated.request_type,
-            generated.reply_type,
-        )
+        for route, serve in (
+            (LIST_AND_WATCH, self._serve_list_and_watch),
+            (PRE_START_CONTAINER, self._pre_start_serving.serve),
+        ):
+            generated = mapping[route]
+            mapping[route] = grpclib.const.Handler(
+                serve, generated.cardinality, generated.request_type, generated.reply_type
+            )
         return mapping
 
     @property
@@ -387,13 +392,6 @@ class DevicePluginService(DevicePluginBase):
     async def pre_start_container(
         self, message: PreStartContainerRequest
     ) -> PreStartContainerResponse:
-        """Wait for the owed release of the container's devices, then run preStart.command
-        (only asked for when the resource has either: `options.pre_start_required`)."""
-        try:
-            if self._release is not None:
-                await self._release.before_start(message.devices_ids)
-            if self._pre_start is not None:
-                await self._pre_start.run(message.devices_ids)
-        except HookFailed as exc:
-            raise grpclib.GRPCError(exc.status, str(exc)) from None
-        return PreStartContainerResponse()
+        """A call without its stream (served: `PreStartServing.serve`): 30 s from now."""
+        budget = StartBudget.of_call(None)
+        return await self._pre_start_serving.answer(message.devices_ids, budget)

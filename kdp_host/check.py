@@ -15,6 +15,7 @@ from .devices import HEALTHY, UNHEALTHY, Device
 from .identity import identity_of
 from .logs import get_logger, quote_text
 from .node import NodeInfo, selects
+from .rules import MAX_PRE_START_TIMEOUT
 from .run_env import decides_run
 
 if TYPE_CHECKING:  # a module only one command uses is imported where it runs
@@ -183,6 +184,27 @@ def dev_root_warnings(rows: Iterable[CheckRow]) -> list[str]:
                     "the path its DeviceSpec names, are not the same node: is devRoot where "
                     "kdp-host sees the host's /dev?"
                 )
+    return found
+
+
+def deadline_warnings(config: Config) -> list[str]:
+    """A line for each resource whose `release.timeout` and `preStart.timeout` together do
+    not fit in what a PreStartContainer call has (`MAX_PRE_START_TIMEOUT`): a start that
+    waits for a release that long fails with kdp-host's error (`start_budget`), and the
+    kubelet tries it again later."""
+    found = []
+    for resource in config.resources:
+        release, pre_start = resource.release, resource.pre_start
+        if release is None or pre_start is None:
+            continue
+        if (both := release.timeout + pre_start.timeout) > MAX_PRE_START_TIMEOUT:
+            found.append(
+                f"warning: {resource.name}: release.timeout ({release.timeout:g}s) and "
+                f"preStart.timeout ({pre_start.timeout:g}s) take {both:g}s together, more than "
+                f"the {MAX_PRE_START_TIMEOUT:g}s a container start has in the kubelet's "
+                "PreStartContainer deadline: a start that waits for a release that long fails "
+                "(kdp-host's error; the kubelet tries again with backoff)"
+            )
     return found
 
 

@@ -149,6 +149,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"kdp-host: invalid config {exc}", file=sys.stderr)
             return EXIT_INVALID
     from .check import (
+        deadline_warnings,
         dev_root_warnings,
         handed_warnings,
         overlap_warnings,
@@ -171,6 +172,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         *handed_warnings(rows, config, args.config),
         *dev_root_warnings(rows),
         *withheld_env_warnings(rows, config),
+        *deadline_warnings(config),
     ]
     for warning in [*handed, *overlap_warnings(rows, config), *scan.too_large]:
         print(warning, file=sys.stderr)

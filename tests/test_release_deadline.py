@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import pytest
 
+from kdp_host.cli import main
 from kdp_host.config import load_config_text
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device
@@ -183,3 +184,26 @@ async def test_the_releases_a_start_waits_for_go_first_in_the_queue(short_dir: P
     commands.gates.setdefault("fpga1", asyncio.Event()).set()
     await wait_until(lambda: commands.runs == ["fpga0", "fpga2", "fpga1"], what="fpga1 last")
     await tracker.close()
+
+
+# --------------------------------------------------------------------------- check
+
+
+def test_check_warns_when_release_and_pre_start_do_not_fit_together(
+    short_dir: Path, socket_dir: Path, devices: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = short_dir / "config.yaml"
+    extra = '    preStart: {command: ["/bin/true"], timeout: 16s}\n'
+    text = _config(socket_dir, devices, short_dir / "state", "/bin/true", extra)
+    config.write_text(text.replace("timeout: 20s", "timeout: 16s"))
+    assert main(["check", "--config", str(config)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "PreStart" in line]
+    assert warnings == [
+        f"warning: {FPGA}: release.timeout (16s) and preStart.timeout (16s) take 32s together, "
+        "more than the 28s a container start has in the kubelet's PreStartContainer deadline: "
+        "a start that waits for a release that long fails (kdp-host's error; the kubelet tries "
+        "again with backoff)"
+    ]
+    config.write_text(text.replace("timeout: 20s", "timeout: 12s"))
+    assert main(["check", "--config", str(config)]) == 0
+    assert "PreStart" not in capsys.readouterr().err

@@ -3,12 +3,14 @@ path changes (a node replaced by one with another device number must not keep th
 claim; a mount made or gone changes what every path reaches).
 
 The directory of every claimed host path is followed (`_users`: the resources that claimed
-through it); a change there forgets what was kept resolved through it (`_forget_kept`) and,
-once the burst is over, the devices passing a changed path (`PathIndex`: by lookup, not a
-walk of the list) are admitted again, resolved anew (`_recheck`). A directory a device mounts
-is followed in depth (`ownership_arrivals`: what is renamed or linked into it at any depth
-checks the mounting device again, `_arrived`). A change of the mount table forgets
-everything kept and rechecks every claim at its places now (`_mounts_changed`).
+through it), for its entries made, removed or renamed (not their attributes or contents,
+which change no claim); a change there forgets what was kept resolved through it
+(`_forget_kept`) and, once the burst is over, the devices passing a changed path
+(`PathIndex`: by lookup, not a walk of the list) are admitted again, resolved anew
+(`_recheck`). A directory a device mounts is followed in depth (`ownership_arrivals`: what
+is renamed or linked into it at any depth checks the mounting device again, `_arrived`).
+A change of the mount table forgets everything kept and rechecks every claim at its places
+now (`_mounts_changed`).
 """
 
 from __future__ import annotations
@@ -148,7 +150,11 @@ class Watching(BookingAllocations):
         users = self._followed.get(directory)
         if users is None:
             users = self._followed[directory] = set()
-            watcher.subscribe(directory, functools.partial(self._path_changed, directory))
+            # What a path reaches changes with its entry (made, removed, renamed over), not
+            # with its attributes or contents: a `touch` (made, then ATTRIB, CLOSE_WRITE in
+            # a second read) rechecked its claims twice, a resolution each (issue 19).
+            changed = functools.partial(self._path_changed, directory)
+            watcher.subscribe(directory, changed, entries=True)
         return users
 
     def _path_changed(self, directory: str, name: str | None) -> None:

@@ -5,6 +5,7 @@ unplug waited for two resolutions in turn)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -72,3 +73,21 @@ async def test_an_unplug_resolves_the_path_once_unless_it_changed_meanwhile(
         assert nodes.resolved.count("/dev/hot") == (2 if changed_meanwhile else 1)
     finally:
         nodes.release.set()
+
+
+@pytest.mark.parametrize("entry", [False, True])
+async def test_only_an_entry_made_removed_or_renamed_rechecks_its_claims(entry: bool) -> None:
+    """What a path reaches changes with its entry, not with its attributes or contents: the
+    ATTRIB and CLOSE_WRITE of a `touch` (a second inotify read after its CREATE) resolved
+    the path again, on the way of the scan they also woke (issue 19)."""
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/hot": ("c", 2)})
+    watcher = ManualWatcher()
+    index, tables = await indexed(
+        {R1: [node("/dev/a"), node("/dev/hot")]}, nodes, watcher=watcher, offload=DaemonThreads()
+    )
+    nodes.resolved.clear()
+    watcher.change("/dev", "hot", entry=entry)
+    await asyncio.sleep(0)  # (the recheck runs in the next turn of the loop)
+    await index.quiet()
+    assert nodes.resolved == (["/dev/hot"] if entry else [])
+    assert {d.id for d in tables[R1].snapshot.devices} == {"a", "hot"}

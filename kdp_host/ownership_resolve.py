@@ -204,8 +204,6 @@ class Resolving(Admission):
         state.needs = needs
         state.unresolved = {d: p for d, p in state.unresolved.items() if d in needs}
         wanted = {path for paths in needs.values() for path in paths}
-        if known := state.known:  # what the scan learnt is as fresh as the list it made
-            self._fresh.update((path, known[path]) for path in wanted if path in known)
         booked = self._ledger.booked  # (held while booked, gone or not)
         for k, (_, c) in list(state.lingering.items()):  # (10,000 unplugged: as many)
             if pace.due():
@@ -218,6 +216,8 @@ class Resolving(Admission):
                 lingering = self._resources[owner.resource].lingering.get(why.key)
                 if lingering is not None:
                     wanted.add(lingering[1][1])
+        if known := state.known:  # what the scan learnt is as fresh as the list it made
+            self._fresh.update((path, known[path]) for path in wanted if path in known)
         return {path for path in wanted if path not in self._fresh}  # (`- keys()` walks all)
 
     async def _reach_all(self, paths: Collection[str]) -> dict[str, Reached | None]:

@@ -91,3 +91,22 @@ async def test_only_an_entry_made_removed_or_renamed_rechecks_its_claims(entry: 
     await index.quiet()
     assert nodes.resolved == (["/dev/hot"] if entry else [])
     assert {d.id for d in tables[R1].snapshot.devices} == {"a", "hot"}
+
+
+async def test_a_lingering_claims_path_the_scan_resolved_is_not_resolved_again() -> None:
+    """What the scan learnt a path reaches is as fresh as its list, for a lingering claim's
+    path too (a device plugged in again where it left a claim): its admission did not wait
+    for a resolution of its own off the loop (issue 19)."""
+    nodes = FakeNodes({"/dev/a": ("c", 1), "/dev/hot": ("c", 2)})
+    hot = node("/dev/hot")
+    index, tables = await indexed({R1: [node("/dev/a"), hot]}, nodes, offload=DaemonThreads())
+    index.publish(R1, {"a": node("/dev/a")})  # gone from the list: its claim lingers
+    await index.quiet()
+    assert {d.id for d in tables[R1].snapshot.devices} == {"a"}
+    nodes.nodes["/dev/hot"] = ("c", 3)  # plugged in again: another node
+    nodes.resolved.clear()
+    again = {"a": node("/dev/a"), "hot": hot}
+    index.publish(R1, again, {"/dev/hot": (("c", 3), "/dev/hot")})
+    await index.quiet()
+    assert {d.id for d in tables[R1].snapshot.devices} == {"a", "hot"}
+    assert "/dev/hot" not in nodes.resolved

@@ -26,6 +26,7 @@ from .backoff import Backoff
 from .endpoint import socket_name
 from .first_list import FirstList
 from .logs import EventLogger
+from .peer_sockets import PEER_ENDED, PeerSockets
 from .protocol.registration import (
     KUBELET_SOCKET,
     FileIdentity,
@@ -87,6 +88,9 @@ class ServingLoop:
         self._stream_lost = False
         self._registered_with: FileIdentity | None = None
         """The kubelet.sock of the last registration (None: none yet)."""
+        self._peers = PeerSockets(name, self.endpoint, self._serve_dir, self._wake)
+        """The other instances of the resource in the socket dir (a rollout), whose end calls
+        for registering again."""
         self._losses = StreamLosses(
             services.registry_wait.lost,
             services.metrics.streams_lost.labels(name),
@@ -97,7 +101,8 @@ class ServingLoop:
         if self._registry:
             self._plugins = PluginManagerFollower(
                 name, self.socket_path, self._serve_dir, kubelet.socket_dir, self.status,
-                self._losses, services.metrics, log, self._wake, self._sleep_or_wake,
+                self._losses, self._peers, services.metrics, log, self._wake,
+                self._sleep_or_wake,
             )  # fmt: skip
 
     def devices_changed(self) -> None:
@@ -110,6 +115,11 @@ class ServingLoop:
         subscription = self._services.watcher.subscribe(
             self._serve_dir, self._on_socket_dir_event, names=(KUBELET_SOCKET, self.endpoint)
         )
+        peers = None
+        if self._peers.followed:  # (every entry made or removed: the callback filters)
+            peers = self._services.watcher.subscribe(
+                self._serve_dir, self._peers.changed, entries=True
+            )
         wait = self._services.registry_wait
         patience = Backoff(wait.first, wait.maximum)
         refusals = Backoff()
@@ -143,6 +153,8 @@ class ServingLoop:
         finally:
             leave_net()
             subscription.cancel()
+            if peers is not None:
+                peers.cancel()
             self.status.mark(serving=False, registered=False)
 
     def _safety_answer(self, unchanged: bool) -> None:
@@ -155,6 +167,7 @@ class ServingLoop:
 
     def _on_stream_lost(self) -> None:
         self._stream_lost = True
+        self._peers.lost()
         if self._plugins is not None:
             self._plugins.stream_lost()
         self._wake.set()
@@ -222,6 +235,7 @@ class ServingLoop:
             self._stream_lost = False
             self._losses.registered(restarted=self._registered_with not in (None, kubelet))
             self._registered_with = kubelet
+            self._peers.registered()
             self.status.mark(registered=True)
             self.log.info("registered", endpoint=self.endpoint)
             return kubelet
@@ -241,8 +255,13 @@ class ServingLoop:
                 return STREAM_CLOSED
             if service.options_outdated():
                 return OPTIONS_CHANGED
+            peer, peer_wait = self._peers.due()
+            if peer is not None:
+                self.log.info(PEER_ENDED, socket=peer, action="register again")
+                return PEER_ENDED
             self._losses.check_stable()
-            await self._sleep_or_wake(self._losses.until_stable())
+            waits = [w for w in (self._losses.until_stable(), peer_wait) if w is not None]
+            await self._sleep_or_wake(min(waits, default=None))
 
     async def _back_off(self, delay: float, kubelet: FileIdentity | None) -> None:
         """Wait `delay` before serving and registering again (the kubelet keeps ending our

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final, Literal
 from .backoff import Backoff
 from .logs import EventLogger
 from .metrics import Metrics
+from .peer_sockets import PEER_ENDED, PeerSockets
 from .protocol.registration import (
     FileIdentity,
     file_identity,
@@ -51,6 +52,9 @@ class PluginManagerFollower:
     kubelet_dir: str
     status: ResourceStatus
     losses: StreamLosses
+    peers: PeerSockets
+    """The other instances of the resource: the plugin watcher deregisters by name, so one
+    that stops leaves the name with no endpoint whoever registered last."""
     metrics: Metrics
     log: EventLogger
     wake: asyncio.Event
@@ -140,6 +144,7 @@ class PluginManagerFollower:
                     deadline, refused, lost_here, self._last_refusal = None, None, False, None
                     alive_check = None
                     self._registered_with = kubelet_socket_identity(kubelet_dir)
+                    self.peers.registered()
                     status.mark(registered=True)
                     log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
                 else:
@@ -172,8 +177,12 @@ class PluginManagerFollower:
                     dir=self.serve_dir,
                 )
                 return "no_registration_status"
+            peer, peer_wait = self.peers.due()
+            if peer is not None and status.registered:
+                log.info(PEER_ENDED, socket=peer, action="new socket")
+                return PEER_ENDED
             losses.check_stable()
             now = loop.time()
             left = [None if at is None else at - now for at in (deadline, alive_check)]
-            waits = [w for w in (losses.until_stable(), *left) if w is not None]
+            waits = [w for w in (losses.until_stable(), peer_wait, *left) if w is not None]
             await self.sleep_or_wake(min(waits, default=None))

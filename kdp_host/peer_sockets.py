@@ -1,0 +1,145 @@
+"""Another kdp-host instance of one resource stopping, and why this instance then registers
+again.
+
+Two instances serve one resource name from one socket directory for a while (a `maxSurge`
+rollout: same config, same `stateDir` and socket directory). The kubelet keeps one client per
+name, the one that registered last, and when any stream of the name ends it disconnects the
+name's current client (docs/kubelet-contract.md §9); its plugin watcher deregisters by name
+(docs/kubelet-contract.md §14). When the other instance registered last (after a kubelet
+restart, a reload, a socket made again) and then stops, the kubelet has no endpoint for the
+name, and this instance's older stream stays open: the kubelet neither ends it nor says
+anything. What this instance does see is the other's socket going (`plugin_socket.stop`
+removes it once its streams ended): a socket of the same resource and another instance
+(`endpoint.socket_name`, readable form) gone and not back within `SETTLE` means serving a
+fresh socket and registering again, logged (`another_instance_ended`). Not when this instance
+registered after the socket went or the kubelet ended its stream after it (the serving loop
+registers again then anyway); nor when the kubelet ended its stream within `LOSS_WINDOW` before
+it and this instance registered after that, while the other's socket was not made anew since:
+the kubelet then dropped *this* client for the other's stream (the usual end of a rollout,
+where the other registered first) and the registration after that is its current client. In
+doubt it registers again: a needless registration costs the kubelet's client for
+milliseconds, a missing one the resource. At most one registration per socket that goes, and
+none while the other comes back within `SETTLE` (it registers again itself): the two
+instances never take turns.
+
+Not seen: a socket of the compact form (a socket directory too long for readable names), a
+peer killed without removing its socket (SIGKILL), and other plugins of the same name (they
+name their sockets their own way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from typing import Final
+
+from .endpoint import instance_id_problem, socket_instance, socket_name
+from .plugin_socket import KUBELET_HANG_UP_WAIT
+
+SETTLE: Final = 2.0
+"""Seconds another instance's socket must stay gone before this instance registers again (one
+that serves again at once, registering again itself, is left alone)."""
+LOSS_WINDOW: Final = KUBELET_HANG_UP_WAIT + 1.0
+"""A stream of ours the kubelet ended this long before (or any time after) the other's socket
+went was ended for the other's stream: the registration after it is the kubelet's client."""
+PEER_ENDED: Final = "another_instance_ended"
+"""Registering again: another instance of the resource stopped serving (the module's rules)."""
+_SUFFIX: Final = ".sock"
+
+
+@dataclass
+class PeerSockets:
+    """The sockets of one resource's other instances in its socket directory, and when their
+    going calls for registering again (the module's rules)."""
+
+    resource: str
+    endpoint: str
+    """This instance's socket name."""
+    serve_dir: str
+    wake: asyncio.Event
+    """The serving loop's: set when a socket of another instance went."""
+    _prefix: str | None = field(init=False)
+    _gone: dict[str, float] = field(default_factory=dict)
+    """Another instance's socket name -> when it was seen gone (loop time)."""
+    _made: dict[str, float] = field(default_factory=dict)
+    """Another instance's socket name -> when it was last seen made (loop time; not there:
+    made before this instance followed the directory)."""
+    _lost_at: float | None = None
+    _registered_at: float | None = None
+
+    def __post_init__(self) -> None:
+        instance = socket_instance(self.endpoint)
+        self._prefix = None
+        if instance is not None:  # readable: kdp-<slug>-<instance>.sock
+            self._prefix = self.endpoint[: -len(instance) - len(_SUFFIX)]
+
+    @property
+    def followed(self) -> bool:
+        """Whether other instances' sockets can be told by name (readable socket names)."""
+        return self._prefix is not None
+
+    def _is_peer(self, name: str) -> bool:
+        prefix = self._prefix
+        if prefix is None or name == self.endpoint or not name.startswith(prefix):
+            return False
+        if not name.endswith(_SUFFIX):
+            return False
+        instance = name[len(prefix) : -len(_SUFFIX)]
+        if instance_id_problem(instance) is not None:
+            return False
+        return socket_name(self.resource, instance, self.serve_dir) == name
+
+    def changed(self, name: str | None) -> None:
+        """The watcher's callback for the socket directory's entries."""
+        if name is None or not self._is_peer(name):
+            return
+        now = asyncio.get_running_loop().time()
+        if os.path.lexists(os.path.join(self.serve_dir, name)):
+            self._gone.pop(name, None)
+            self._made[name] = now  # (entries' events only: made, or renamed in)
+        elif name not in self._gone:
+            self._gone[name] = now
+            self.wake.set()
+
+    def lost(self) -> None:
+        """The kubelet ended our stream."""
+        self._lost_at = asyncio.get_running_loop().time()
+
+    def registered(self) -> None:
+        """The kubelet registered this instance's socket."""
+        self._registered_at = asyncio.get_running_loop().time()
+
+    def due(self) -> tuple[str | None, float | None]:
+        """(the socket of another instance whose going calls for registering again, now;
+        else None and the seconds until the next look, None: no look pending)."""
+        now = asyncio.get_running_loop().time()
+        wait: float | None = None
+        for name, at in list(self._gone.items()):
+            if os.path.lexists(os.path.join(self.serve_dir, name)) or self._answered(name, at):
+                del self._gone[name]
+            elif now >= at + SETTLE:
+                self._gone.clear()
+                return name, None
+            else:
+                left = at + SETTLE - now
+                wait = left if wait is None else min(wait, left)
+        return None, wait
+
+    def _answered(self, name: str, at: float) -> bool:
+        """Whether this instance is (or is about to be) the kubelet's client again without a
+        registration for `name` gone at `at` (the module's rules)."""
+        registered, lost = self._registered_at, self._lost_at
+        if registered is not None and registered >= at:
+            return True
+        if lost is None:
+            return False
+        if lost >= at:
+            return True
+        made = self._made.get(name)
+        return (
+            lost >= at - LOSS_WINDOW
+            and registered is not None
+            and registered >= lost
+            and (made is None or made <= registered)
+        )

@@ -1,0 +1,222 @@
+"""Another instance of a resource stopping (a maxSurge rollout; hostile13 M11): when it was
+the kubelet's client for the name, this instance registers again (`peer_sockets`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from kdp_host.api.v1beta1 import DevicePluginOptions
+from kdp_host.endpoint import socket_name
+from kdp_host.peer_sockets import PeerSockets
+from kdp_host.protocol.registration import Registrar
+
+from .conftest import wait_until
+from .kubelet_harness import RealKubelet
+from .test_plugin_registry import FPGA, PATIENT, registry_config, two_healthy
+from .test_shared_state_dir import SHELL, config, probe, view
+
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
+
+def registrations(kubelet: RealKubelet, since: int, resource: str = SHELL) -> list[str]:
+    """The sockets registered for `resource` after event `since`, in order."""
+    return [
+        e["plugin_socket"]
+        for e in kubelet.events(since)
+        if e["kind"] == "registered" and e["resource"] == resource
+    ]
+
+
+def listed_after_registering(kubelet: RealKubelet, since: int) -> bool:
+    kinds = [e["kind"] for e in kubelet.events(since) if e["resource"] == SHELL]
+    return "registered" in kinds and "list_and_watch" in kinds[kinds.index("registered") :]
+
+
+async def test_hostile13_m11_the_old_host_registered_last_stops_and_the_new_one_registers_again(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """Two hosts, one config, one stateDir and socket dir (a maxSurge rollout). The old host
+    is the last to register (as after a kubelet restart, a reload, a socket made again): the
+    new host's older stream stays open and the kubelet's client is the old host's. The old
+    host stops: the kubelet disconnects its client and has none for the name; the new host
+    sees the old one's socket go and registers again, and the kubelet serves the node's
+    device again. (Before: nothing told the new host; the resource stayed unallocatable
+    while its /readyz said ok.)"""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    node = short_dir / "n0"
+    node.touch()
+    state, work = short_dir / "state", short_dir / "probes"
+    work.mkdir()
+    text = config(kubelet, state, probe(work, "dev", "dev0", node, None))
+    old = await start_host(text, instance_id="old")
+    await kubelet.await_for(lambda k: view(k).get("healthy") == 1, what="the old host serves")
+    since = await kubelet.acall(kubelet.last_seq)
+    new = await start_host(text, instance_id="new")
+    await kubelet.await_for(
+        lambda k: listed_after_registering(k, since), timeout=60, what="the new host registered"
+    )
+    old_socket = old.host.resources[SHELL].socket_path
+    new_socket = new.host.resources[SHELL].socket_path
+    assert registrations(kubelet, since) == [new_socket]
+
+    since = await kubelet.acall(kubelet.last_seq)
+    registrar = Registrar()  # the old host registers last
+    try:
+        await registrar.register(
+            str(kubelet.socket_dir), SHELL, os.path.basename(old_socket), DevicePluginOptions()
+        )
+    finally:
+        registrar.close()
+    await kubelet.await_for(
+        lambda k: listed_after_registering(k, since), what="the old host is the kubelet's client"
+    )
+    assert registrations(kubelet, since) == [old_socket]
+
+    since = await kubelet.acall(kubelet.last_seq)
+    await old.shutdown()  # the rollout ends
+    await kubelet.await_for(
+        lambda k: registrations(k, since) and view(k).get("healthy") == 1,
+        timeout=60,
+        what="the new host registered again and its device is allocatable",
+    )
+    assert registrations(kubelet, since) == [new_socket]
+    runtime = new.host.resources[SHELL]
+    await wait_until(lambda: runtime.status.ready, what="the new host ready")
+    allocated = await kubelet.acall(kubelet.allocate, "p1", {SHELL: 1})
+    assert allocated["error"] == "" and allocated["device_ids"] == {SHELL: ["dev0"]}
+
+
+async def test_hostile13_m11_plugins_registry_the_old_instance_last_stops_and_the_new_gets_back(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """The same with `registration: pluginsRegistry`: the old instance is the kubelet's
+    client (registered last), the new one's stream stays open; the old one stops, the plugin
+    watcher deregisters the name and nothing ends the new one's stream. The new instance
+    sees the old one's socket go and creates its socket again; the plugin watcher registers
+    it. (A patient host: no verdict wait gives up meanwhile.)"""
+    registry, devices = short_dir / "registry", short_dir / "devices"
+    devices.mkdir()
+    for name in ("fpga0", "fpga1"):
+        (devices / name).touch()
+    kubelet = real_kubelet_factory(plugins_registry_dir=registry)
+    text = registry_config(kubelet.socket_dir, registry, devices)
+    old = await start_host(text, registry_wait=PATIENT, instance_id="old")
+    await kubelet.await_for(two_healthy, what="the old instance registered")
+    since = await kubelet.acall(kubelet.last_seq)
+    new = await start_host(text, registry_wait=PATIENT, instance_id="new")
+    await wait_until(lambda: FPGA in new.host.resources, what="the new instance started")
+    old_socket = old.host.resources[FPGA].socket_path
+    new_socket = new.host.resources[FPGA].socket_path
+    await kubelet.await_for(
+        lambda k: registrations(k, since, FPGA) == [new_socket], what="the new one registered"
+    )
+
+    since = await kubelet.acall(kubelet.last_seq)
+    registrar = Registrar()  # the old instance registers last (its socket, by Register)
+    try:
+        endpoint = os.path.relpath(old_socket, kubelet.socket_dir)
+        await registrar.register(str(kubelet.socket_dir), FPGA, endpoint, DevicePluginOptions())
+    finally:
+        registrar.close()
+    await kubelet.await_for(
+        lambda k: registrations(k, since, FPGA) == [old_socket], what="the old one registered"
+    )
+
+    since = await kubelet.acall(kubelet.last_seq)
+    await old.shutdown()
+    await kubelet.await_for(
+        lambda k: registrations(k, since, FPGA) and two_healthy(k),
+        timeout=60,
+        what="the new instance registered again",
+    )
+    assert registrations(kubelet, since, FPGA) == [new_socket]
+    allocated = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert allocated["error"] == ""
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def peers(directory: Path, instance: str = "new") -> PeerSockets:
+    name = socket_name(SHELL, instance, str(directory))
+    return PeerSockets(SHELL, name, str(directory), asyncio.Event())
+
+
+def other(directory: Path, instance: str = "old") -> str:
+    path = directory / socket_name(SHELL, instance, str(directory))
+    path.touch()
+    return path.name
+
+
+async def test_another_instances_socket_gone_calls_for_registering_again(tmp_path: Path) -> None:
+    tracker = peers(tmp_path)
+    gone = other(tmp_path)
+    (tmp_path / gone).unlink()
+    tracker.changed(gone)
+    assert tracker.wake.is_set()
+    peer, wait = tracker.due()
+    assert peer is None and wait is not None and wait > 0  # (it may come back at once)
+    await wait_until(lambda: tracker.due()[0] == gone, timeout=30, what="registering again")
+    assert tracker.due() == (None, None)  # once per socket that went
+
+
+async def test_a_socket_back_a_stream_the_kubelet_ended_or_a_registration_since_call_for_none(
+    tmp_path: Path,
+) -> None:
+    back = peers(tmp_path)
+    name = other(tmp_path)
+    (tmp_path / name).unlink()
+    back.changed(name)
+    (tmp_path / name).touch()  # the other instance serves again (it registers itself)
+    back.changed(name)
+    assert back.due() == (None, None)
+
+    for then in ("lost", "registered"):
+        tracker = peers(tmp_path)
+        (tmp_path / name).unlink()
+        tracker.changed(name)
+        getattr(tracker, then)()
+        assert tracker.due() == (None, None), then
+        (tmp_path / name).touch()
+
+    lost_before = peers(tmp_path)  # the kubelet ended our stream for the other's (just
+    lost_before.lost()  # before its socket went: it ends its streams first), we registered
+    lost_before.registered()
+    (tmp_path / name).unlink()
+    lost_before.changed(name)
+    assert lost_before.due() == (None, None)
+
+
+async def test_a_socket_made_after_our_registration_may_have_registered_last(
+    tmp_path: Path,
+) -> None:
+    """A kubelet restart: our stream ended, we registered, the other made its socket anew
+    (and registered, last); it stops: its going calls for registering again, although our
+    stream ended shortly before."""
+    tracker = peers(tmp_path)
+    name = other(tmp_path)
+    tracker.lost()
+    tracker.registered()
+    tracker.changed(name)  # made anew after our registration
+    (tmp_path / name).unlink()
+    tracker.changed(name)
+    await wait_until(lambda: tracker.due()[0] == name, timeout=30, what="registering again")
+
+
+async def test_only_sockets_of_the_same_resource_and_another_instance_count(
+    tmp_path: Path,
+) -> None:
+    tracker = peers(tmp_path)
+    for name in (
+        tracker.endpoint,  # our own
+        socket_name("s.example/other", "old", str(tmp_path)),  # another resource
+        "kubelet.sock",
+        "kdp-s.example_s.sock",
+    ):
+        tracker.changed(name)
+    tracker.changed(None)
+    assert tracker.due() == (None, None) and not tracker.wake.is_set()

@@ -71,7 +71,12 @@ def _config(socket_dir: Path, devices: Path, state: Path, release: str, extra: s
 
 
 async def test_a_start_waiting_for_queued_releases_is_answered_before_the_deadline(
-    kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host
+    kubelet: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Three owed releases, one at a time (`parallelism: 1`), none done by the deadline:
     the start fails with kdp-host's error naming them, not the kubelet's DeadlineExceeded;
@@ -88,6 +93,8 @@ async def test_a_start_waiting_for_queued_releases_is_answered_before_the_deadli
     assert DEADLINE_EXCEEDED not in text
     assert "release of fpga0,fpga1,fpga2 (used by an earlier container) not done yet" in text
     assert "before the kubelet's PreStartContainer deadline" in text
+    refused = [r for r in caplog.records if r.getMessage() == "pre_start_refused"]
+    assert len(refused) == 1  # (logged with the resource and the devices)
     assert len(_lines(short_dir)) == 1  # (one at a time: the others queued)
     (short_dir / "go").touch()
     await kubelet.pre_start_container("p2", "c0", FPGA)  # the kubelet's retry

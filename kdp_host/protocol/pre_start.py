@@ -14,6 +14,7 @@ import grpclib.server
 
 from ..allocation import HookFailed
 from ..api.v1beta1 import PreStartContainerRequest, PreStartContainerResponse
+from ..logs import EventLogger
 from ..start_budget import StartBudget
 
 if TYPE_CHECKING:  # made where the config chooses them (`features`)
@@ -30,6 +31,7 @@ class PreStartServing:
 
     release: ReleaseTracker | None
     pre_start: PreStartHook | None
+    log: EventLogger
     clock: Callable[[], float] = time.monotonic
 
     async def serve(
@@ -52,7 +54,14 @@ class PreStartServing:
         try:
             if self.release is not None:
                 timeout = None if self.pre_start is None else self.pre_start.config.timeout
-                await self.release.before_start(device_ids, budget.then(timeout))
+                try:
+                    await self.release.before_start(device_ids, budget.then(timeout))
+                except HookFailed as exc:  # (preStart logs its own)
+                    ids = ",".join(device_ids)
+                    self.log.warning(
+                        "pre_start_refused", devices=ids, result=exc.result, error=str(exc)
+                    )
+                    raise
             if self.pre_start is not None:
                 await self.pre_start.run(device_ids, budget)
         except HookFailed as exc:

@@ -103,7 +103,7 @@ class DevicePluginService(DevicePluginBase):
         self._open_streams = 0
         self._drained: asyncio.Future[None] | None = None  # (`end_streams`: streams ended)
         self._pre_start_required = pre_start is not None or release is not None
-        self._pre_start_serving = PreStartServing(release, pre_start)
+        self._pre_start_serving = PreStartServing(release, pre_start, log)
         self._told_preferred: bool | None = None  # (the last options: preferred allocation)
 
     # The series every call records, looked up once, at first use (a histogram's series

@@ -65,6 +65,8 @@ JITTER = 0.1
 """Polls are spread by up to this fraction of the delay, so hosts started together do not
 call the kubelet in step."""
 
+AllocatableListener = Callable[[Mapping[str, frozenset[str]], float], None]
+"""Told each GetAllocatableResources answer (resource -> IDs) and when it was asked."""
 PollState = Literal["off", "starting"] | PodResourcesResult
 
 
@@ -98,6 +100,7 @@ class PodResourcesPoller:
     timings: Timings = field(default_factory=Timings)
     """The restart window and how long a holder missing from the answers is kept (`Settle`)."""
     _listeners: list[Callable[[Holdings], None]] = field(default_factory=list)
+    _allocatable_listeners: list[AllocatableListener] = field(default_factory=list)
     _channel: grpclib.client.Channel | None = None
     _polls: int = 0
     _allocatable_supported: bool = True
@@ -121,6 +124,17 @@ class PodResourcesPoller:
         def cancel() -> None:
             with contextlib.suppress(ValueError):
                 self._listeners.remove(listener)
+
+        return cancel
+
+    def subscribe_allocatable(self, listener: AllocatableListener) -> Callable[[], None]:
+        """Call `listener` with every GetAllocatableResources answer and the `clock` time
+        it was asked at."""
+        self._allocatable_listeners.append(listener)
+
+        def cancel() -> None:
+            with contextlib.suppress(ValueError):
+                self._allocatable_listeners.remove(listener)
 
         return cancel
 
@@ -247,6 +261,7 @@ class PodResourcesPoller:
         return with_unlisted(holdings, unlisted.by_resource()), carried
 
     async def _read_allocatable(self, stub: PodResourcesListerStub) -> None:
+        asked_at = self.clock()
         try:
             response = await stub.get_allocatable_resources(
                 AllocatableResourcesRequest(), timeout=CALL_TIMEOUT
@@ -261,7 +276,9 @@ class PodResourcesPoller:
         found: dict[str, set[str]] = {}
         for devices in response.devices:
             found.setdefault(devices.resource_name, set()).update(devices.device_ids)
-        self.allocatable = {name: frozenset(ids) for name, ids in found.items()}
+        allocatable = self.allocatable = {name: frozenset(ids) for name, ids in found.items()}
+        for listener in list(self._allocatable_listeners):
+            listener(allocatable, asked_at)
 
     def _refused(self, exc: GRPCError) -> float:
         if exc.status == Status.RESOURCE_EXHAUSTED:

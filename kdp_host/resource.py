@@ -65,8 +65,9 @@ class ResourceRuntime:
         """The CDI spec writer of a resource with `allocate.cdi`, once it runs (told what
         each Allocate handed out)."""
         self._serving = ServingLoop(
-            config.name, services, self.log, self._make_service, FirstList([self.table.published])
-        )
+            config.name, services, self.log, self._make_service, FirstList([self.table.published]),
+            lambda: self.table.snapshot.healthy_count,
+        )  # fmt: skip
         self.status = self._serving.status
         self.endpoint = self._serving.endpoint
         self.socket_path = self._serving.socket_path

@@ -18,13 +18,15 @@ import asyncio
 import contextlib
 import functools
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from . import plugin_socket
 from .backoff import Backoff
 from .endpoint import socket_name
 from .first_list import FirstList
+from .kubelet_absent import ABSENT, ABSENT_ANSWERS, AbsentCheck
 from .logs import EventLogger
 from .peer_sockets import PEER_ENDED, PeerSockets
 from .protocol.registration import (
@@ -63,6 +65,7 @@ class ServingLoop:
         log: EventLogger,
         make_service: ServiceFactory,
         first_list: FirstList,
+        healthy: Callable[[], int] = lambda: 0,
     ) -> None:
         self.name = name
         self._services = services
@@ -88,6 +91,14 @@ class ServingLoop:
         self._stream_lost = False
         self._registered_with: FileIdentity | None = None
         """The kubelet.sock of the last registration (None: none yet)."""
+        self._healthy = healthy
+        """The resource's healthy devices now (`AbsentCheck`)."""
+        poller = services.pod_resources
+        self._absent = AbsentCheck(
+            name, self._wake, time.monotonic if poller is None else poller.clock
+        )
+        """Whether the kubelet serves no device of the resource (PodResources), though
+        registered."""
         self._peers = PeerSockets(name, self.endpoint, self._serve_dir, self._wake)
         """The other instances of the resource in the socket dir (a rollout), whose end calls
         for registering again."""
@@ -101,7 +112,7 @@ class ServingLoop:
         if self._registry:
             self._plugins = PluginManagerFollower(
                 name, self.socket_path, self._serve_dir, kubelet.socket_dir, self.status,
-                self._losses, self._peers, services.metrics, log, self._wake,
+                self._losses, self._peers, self._absent, services.metrics, log, self._wake,
                 self._sleep_or_wake,
             )  # fmt: skip
 
@@ -120,6 +131,8 @@ class ServingLoop:
             peers = self._services.watcher.subscribe(
                 self._serve_dir, self._peers.changed, entries=True
             )
+        poller = self._services.pod_resources
+        stop_absent = None if poller is None else poller.subscribe_allocatable(self._allocatable)
         wait = self._services.registry_wait
         patience = Backoff(wait.first, wait.maximum)
         refusals = Backoff()
@@ -155,7 +168,12 @@ class ServingLoop:
             subscription.cancel()
             if peers is not None:
                 peers.cancel()
+            if stop_absent is not None:
+                stop_absent()
             self.status.mark(serving=False, registered=False)
+
+    def _allocatable(self, allocatable: Mapping[str, frozenset[str]], asked_at: float) -> None:
+        self._absent.answer(allocatable, asked_at, self.status.ready, self._healthy())
 
     def _safety_answer(self, unchanged: bool) -> None:
         if not unchanged:  # no answer within 5 s counts as a change, too
@@ -236,6 +254,7 @@ class ServingLoop:
             self._losses.registered(restarted=self._registered_with not in (None, kubelet))
             self._registered_with = kubelet
             self._peers.registered()
+            self._absent.registered()
             self.status.mark(registered=True)
             self.log.info("registered", endpoint=self.endpoint)
             return kubelet
@@ -259,6 +278,10 @@ class ServingLoop:
             if peer is not None:
                 self.log.info(PEER_ENDED, socket=peer, action="register again")
                 return PEER_ENDED
+            if self._absent.due:
+                self._absent.taken()
+                self.log.warning(ABSENT, answers=ABSENT_ANSWERS, action="register again")
+                return ABSENT
             self._losses.check_stable()
             waits = [w for w in (self._losses.until_stable(), peer_wait) if w is not None]
             await self._sleep_or_wake(min(waits, default=None))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
 from .backoff import Backoff
+from .kubelet_absent import ABSENT, ABSENT_ANSWERS, AbsentCheck
 from .logs import EventLogger
 from .metrics import Metrics
 from .peer_sockets import PEER_ENDED, PeerSockets
@@ -55,6 +56,9 @@ class PluginManagerFollower:
     peers: PeerSockets
     """The other instances of the resource: the plugin watcher deregisters by name, so one
     that stops leaves the name with no endpoint whoever registered last."""
+    absent: AbsentCheck
+    """Whether the kubelet serves no device of the resource (PodResources), though
+    registered."""
     metrics: Metrics
     log: EventLogger
     wake: asyncio.Event
@@ -145,6 +149,7 @@ class PluginManagerFollower:
                     alive_check = None
                     self._registered_with = kubelet_socket_identity(kubelet_dir)
                     self.peers.registered()
+                    self.absent.registered()
                     status.mark(registered=True)
                     log.info("registered", endpoint=self.socket_path, via="pluginsRegistry")
                 else:
@@ -181,6 +186,10 @@ class PluginManagerFollower:
             if peer is not None and status.registered:
                 log.info(PEER_ENDED, socket=peer, action="new socket")
                 return PEER_ENDED
+            if self.absent.due:
+                self.absent.taken()
+                log.warning(ABSENT, answers=ABSENT_ANSWERS, action="new socket")
+                return ABSENT
             losses.check_stable()
             now = loop.time()
             left = [None if at is None else at - now for at in (deadline, alive_check)]

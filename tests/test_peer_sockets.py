@@ -11,6 +11,7 @@ import pytest
 
 from kdp_host.api.v1beta1 import DevicePluginOptions
 from kdp_host.endpoint import socket_name
+from kdp_host.kubelet_absent import AbsentCheck
 from kdp_host.peer_sockets import PeerSockets
 from kdp_host.protocol.registration import Registrar
 
@@ -138,6 +139,52 @@ async def test_hostile13_m11_plugins_registry_the_old_instance_last_stops_and_th
     assert allocated["error"] == ""
 
 
+async def test_the_kubelet_serving_no_device_of_the_resource_twice_makes_it_register_again(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """The old host registered last and then ended without its socket going (a SIGKILL
+    leaves the file): no socket went, yet the kubelet has no endpoint for the name. Its
+    GetAllocatableResources lists no device of the resource on two answers in a row, asked
+    after the new host registered: the new host registers again (`kubelet_absent`)."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    node = short_dir / "n0"
+    node.touch()
+    state, work = short_dir / "state", short_dir / "probes"
+    work.mkdir()
+    text = config(kubelet, state, probe(work, "dev", "dev0", node, None))
+    old = await start_host(text, instance_id="old")
+    await kubelet.await_for(lambda k: view(k).get("healthy") == 1, what="the old host serves")
+    since = await kubelet.acall(kubelet.last_seq)
+    new = await start_host(text, instance_id="new")
+    await kubelet.await_for(
+        lambda k: listed_after_registering(k, since), timeout=60, what="the new host registered"
+    )
+    old_socket = old.host.resources[SHELL].socket_path
+    new_socket = new.host.resources[SHELL].socket_path
+    since = await kubelet.acall(kubelet.last_seq)
+    registrar = Registrar()  # the old host registers last
+    try:
+        await registrar.register(
+            str(kubelet.socket_dir), SHELL, os.path.basename(old_socket), DevicePluginOptions()
+        )
+    finally:
+        registrar.close()
+    await kubelet.await_for(
+        lambda k: listed_after_registering(k, since), what="the old host is the kubelet's client"
+    )
+
+    since = await kubelet.acall(kubelet.last_seq)
+    await old.shutdown()
+    Path(old_socket).touch()  # what a killed host leaves: its socket seen back at once
+    await kubelet.await_for(
+        lambda k: registrations(k, since) and view(k).get("healthy") == 1,
+        timeout=120,
+        what="the new host registered again",
+    )
+    assert registrations(kubelet, since) == [new_socket]
+    assert new.sample("kdp_registered", resource=SHELL) == 1
+
+
 # --------------------------------------------------------------------------- the rules
 
 
@@ -220,3 +267,23 @@ async def test_only_sockets_of_the_same_resource_and_another_instance_count(
         tracker.changed(name)
     tracker.changed(None)
     assert tracker.due() == (None, None) and not tracker.wake.is_set()
+
+
+def test_absent_from_the_kubelet_twice_after_registering_is_due() -> None:
+    now = [10.0]
+    check = AbsentCheck(SHELL, asyncio.Event(), lambda: now[0])
+    check.answer({}, 11.0, True, 1)  # (never registered: nothing to say)
+    assert check.absent == 0
+    check.registered()
+    check.answer({}, 9.0, True, 1)  # asked before the registration
+    check.answer({SHELL: frozenset({"a"})}, 11.0, True, 1)  # served
+    check.answer({}, 12.0, False, 1)  # not ready (a held list, lost streams)
+    check.answer({}, 13.0, True, 0)  # no healthy device to serve
+    assert check.absent == 0 and not check.due
+    check.answer({"other/x": frozenset({"a"})}, 14.0, True, 1)
+    assert check.absent == 1 and not check.due
+    check.answer({SHELL: frozenset()}, 15.0, True, 1)
+    assert check.due and check.wake.is_set()
+    check.taken()
+    check.answer({}, 16.0, True, 1)  # (not until it registered again)
+    assert check.absent == 0 and not check.due

@@ -137,7 +137,7 @@ class ReleaseTracker:
     def _taken_up(self, device_id: str, entry: Mapping[str, Any]) -> DeviceUse:
         """A device's use as the state file keeps it (`kept_use`); the device as handed out
         that a file of an older version keeps goes to the record."""
-        use = kept_use(entry, self._clock(), self._wall())
+        use = kept_use(entry, self._clock(), self._wall(), self._timings.allocation_settle)
         if (legacy := handed_device(device_id, entry)) is not None:
             ids = use.used or {device_id}  # (an owed release: its booking stays meanwhile)
             self._handed.record.adopt(self._resource.name, legacy, ids, use.allocated_wall or 0.0)
@@ -188,6 +188,7 @@ class ReleaseTracker:
             use = self.uses.setdefault(physical_id(advertised, replicas), DeviceUse())
             use.used.add(advertised)
             use.allocated_at, use.allocated_wall = now, wall
+            use.last_use = max(use.last_use or wall, wall + self._timings.allocation_settle)
             use.handed_unknown = False
         self._publish()
 
@@ -198,7 +199,7 @@ class ReleaseTracker:
         if self._closed:
             return
         replicas, handed = self._resource.replicas, self.device_ids()
-        settle = self._timings.allocation_settle
+        asked_wall = self._wall() - self._clock() + answer.asked_at
         held: dict[str, dict[str, tuple[Holder, ...]]] = {}
         for advertised, holders in answer.of(self._resource.name).items():
             device_id = handed.get(advertised) or physical_id(advertised, replicas)
@@ -216,14 +217,15 @@ class ReleaseTracker:
             now_held = held.get(device_id)
             if now_held:
                 use.used = set(now_held)
+                use.last_use = max(use.last_use or asked_wall, asked_wall)
                 shown = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs if h.listed))
                 use.holders = shown or use.holders  # (an unlisted holder has no names)
-            elif use.allocated_at >= answer.asked_at - settle:
+            elif use.allocated_at >= answer.asked_at - self._timings.allocation_settle:
                 continue  # "free" just after an Allocate: the kubelet may not have recorded it
             elif use.used:
                 use.used.clear()
                 if not use.owed:  # (seen free: every use allocated before then is gone)
-                    use.owe(self._wall() - self._clock() + answer.asked_at - settle)
+                    use.owe(asked_wall)
                     self._log.info(
                         "release_owed",
                         device=device_id,
@@ -266,7 +268,7 @@ class ReleaseTracker:
         try:
             async with self._store.locks.held(name, device_id, budget.left()) as lock:
                 peers = await self._store.peer_entries(name, device_id)
-                due = owed_by_peers(peers, ids, at, lock.record, use.used)
+                due = owed_by_peers(peers, ids, at, lock.record, use.used, self._timings)
                 if due is None or use.running is not None:
                     return
                 use.owed, use.owed_for, use.owed_covers = True, due[1], at

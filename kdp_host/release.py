@@ -226,12 +226,8 @@ class ReleaseTracker:
                 use.used.clear()
                 if not use.owed:  # (seen free: every use allocated before then is gone)
                     use.owe(asked_wall)
-                    self._log.info(
-                        "release_owed",
-                        device=device_id,
-                        reason="no_longer_held",
-                        last_holders=use.last_holders(),
-                    )
+                    why = {"reason": "no_longer_held", "last_holders": use.last_holders()}
+                    self._log.info("release_owed", device=device_id, **why)
                     self._start(device_id)
         self._publish()
 

@@ -16,6 +16,7 @@ import pytest
 
 from kdp_host.cli import main
 from kdp_host.config import never_handed
+from kdp_host.config.places import run_places
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
 
@@ -209,4 +210,28 @@ def test_the_interpreter_env_runs_is_found_past_envs_options(dirs: Path, line: s
     rule = never_handed(load_resources(dirs, _release(dirs, script)), None)
     assert rule.problem(f"{dirs}/tools") == (
         f"holds {FPGA}'s release.command's interpreter executable, {RUNS_IT}"
+    )
+
+
+@pytest.mark.parametrize("split", ["-S ", ""])
+def test_the_settings_of_env_on_a_scripts_first_line_are_its_env(dirs: Path, split: str) -> None:
+    """hostile13 M14: `#!/usr/bin/env -S PATH=<handed dir>:/usr/bin interp` found the
+    interpreter in the pod's directory, `LD_PRELOAD=<handed dir>/x.so` preloaded the pod's
+    library, both as root: the settings are the interpreter's env, found with and protected."""
+    (dirs / "tools" / "interp").write_text("")
+    (dirs / "tools" / "interp").chmod(0o755)
+    script = dirs / "opt" / "bin" / "reset"
+    script.write_text(f"#!/usr/bin/env {split}A=1 PATH={dirs}/work:{dirs}/tools interp\n")
+    config = load_resources(dirs, _release(dirs, script))
+    interpreter = f"{FPGA}'s release.command's interpreter executable"
+    assert (interpreter, f"{dirs}/tools/interp") in {(p.what, p.real) for p in run_places(config)}
+    rule = never_handed(config, None)
+    for place in ("work", "tools"):
+        assert rule.problem(f"{dirs}/{place}") == (
+            f"is {FPGA}'s release.command's #! env PATH entry, {RUNS_IT}"
+        )
+    script.write_text(f"#!/usr/bin/env {split}LD_PRELOAD={dirs}/work/x.so /bin/sh\n")
+    rule = never_handed(load_resources(dirs, _release(dirs, script)), None)
+    assert rule.problem(f"{dirs}/work") == (
+        f"holds {FPGA}'s release.command's #! env LD_PRELOAD entry, {RUNS_IT}"
     )

@@ -54,7 +54,23 @@ def test_the_variables_that_decide_what_runs() -> None:
     assert named_paths("LD_LIBRARY_PATH", "/l:", "/w") == ["/l", "/w"]
     assert named_paths("LD_BIND_NOW", "1", None) == []
     assert named_paths("BASH_ENV", "rc", "/w") == ["/w/rc"]
-    assert named_paths("SLOT", "/x", None) == []
+    assert named_paths("SLOT", "3", None) == [] and named_paths("SLOT", "a/b", "/w") == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "paths"),
+    [
+        ("SLOT", "/x", ["/x"]),
+        ("NODE_OPTIONS", "--require /a/x.js --max-old-space-size=9", ["/a/x.js"]),
+        ("TOOL_ARGS", "--conf=/a/c,/b/d:/e f /g/../h", ["/a/c", "/b/d", "/e", "/h"]),
+        ("HOME", "/srv/tool", ["/srv/tool"]),
+        ("PATH", "/l:/l", ["/l"]),
+    ],
+)
+def test_every_absolute_path_in_any_value_is_named(name: str, value: str, paths: list[str]) -> None:
+    """M17: a list of known variables keeps missing some (`HOME`, `NODE_OPTIONS`): every
+    absolute path in a value is named, whatever the variable."""
+    assert named_paths(name, value, "/w") == paths
 
 
 def test_a_devices_run_variables_are_withheld_and_logged_once(
@@ -92,6 +108,52 @@ def test_a_loader_variable_of_a_hook_env_is_a_run_place(
     ), problems
     read_only = _mount(dirs, dirs / handed).replace("false", "true")
     load_resources(dirs, fpga_glob(dirs) + read_only + release)  # (it cannot change them)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HOME", "{share}"),
+        ("PYTHONUSERBASE", "{share}"),
+        ("NODE_OPTIONS", "--require {share}/x.js"),
+        ("XDG_CONFIG_HOME", "{share}/cfg"),
+        ("TMPDIR", "{share}"),
+        ("VENDOR_PLUGIN_DIRS", "/usr/lib/v,{share}/plugins"),
+    ],
+)
+def test_any_variable_naming_a_handed_place_is_a_run_place(
+    dirs: Path, variable: str, value: str
+) -> None:
+    """M17: `release.env: {HOME: <handed dir>}` (or PYTHONUSERBASE) made a Python release
+    command run the pod's `.pth` as root: any path a hook's env names is a run place."""
+    env = f"env: {{{variable}: '{value.format(share=dirs / 'share')}'}}"
+    release = f"    release: {{command: [/usr/bin/true], {env}}}\n"
+    problems = resource_problems(dirs, fpga_glob(dirs) + _mount(dirs, dirs / "share") + release)
+    assert any(
+        f"{FPGA}'s release.command's env {variable} entry, {RUNS_IT}" in p for p in problems
+    ), problems
+    read_only = _mount(dirs, dirs / "share").replace("false", "true")
+    load_resources(dirs, fpga_glob(dirs) + read_only + release)  # (it cannot change them)
+
+
+def test_a_place_inside_a_named_directory_is_refused_too(dirs: Path) -> None:
+    """`HOME: /srv/tool` with `/srv/tool/.local` handed writable: the pod writes the user
+    site Python reads from the named directory."""
+    (dirs / "share" / ".local").mkdir()
+    release = f"    release: {{command: [/usr/bin/true], env: {{HOME: '{dirs}/share'}}}}\n"
+    mount = _mount(dirs, dirs / "share" / ".local")
+    problems = resource_problems(dirs, fpga_glob(dirs) + mount + release)
+    assert any(
+        f"lies in {FPGA}'s release.command's env HOME entry, {RUNS_IT}" in p for p in problems
+    ), problems
+
+
+def test_an_env_value_naming_the_root_is_refused(dirs: Path) -> None:
+    """A run place `/` would keep every writable device out: the config says so."""
+    release = "    release: {command: [/usr/bin/true], env: {HOME: /}}\n"
+    problems = resource_problems(dirs, fpga_glob(dirs) + release)
+    assert len(problems) == 1 and "release.env.HOME" in problems[0], problems
+    assert "HOME names / (the host's root" in problems[0]
 
 
 def test_a_templated_run_variable_is_refused(dirs: Path) -> None:

@@ -24,9 +24,11 @@ given `/` has all of them. So no device node or mount source may be, lie inside 
   file of each resource with `allocate.cdi`, the `nodeFeatures` file) and the config file;
 - where handed out writable (a device node, a mount with `readOnly: false`) only: every
   place whose change changes what kdp-host runs as root (`places.run_places`, hostile11 K7):
-  each command's executable (as written and resolved) and its `#!` interpreters, the PATH
-  directories a bare name is looked for in, the places its env's loader and interpreter
-  variables name (`run_env`), each `shell.workingDir`, and every symlink on the way to any
+  each command's executable (as written and resolved) and its `#!` interpreters (with the
+  settings of `env` on a `#!` line as their env), the PATH directories a bare name is looked
+  for in, every absolute path a value of its env names and the places of the variables
+  that decide what runs (`run_env.named_paths`: a place in a named directory is refused as
+  one holding it is), each `shell.workingDir`, and every symlink on the way to any
   protected place (`places.link_places`). A read-only mount of them cannot change them.
 
 What a path is, not how it is spelled, decides (`NeverHanded.problem`):

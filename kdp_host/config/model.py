@@ -348,9 +348,10 @@ class ShellDriverConfig:
     env: Mapping[str, str] = key(
         "env",
         StringMap(env_name_problem, key_pattern=ENV_PATTERN),
-        "Extra environment variables for the command (the places one that decides what a "
-        "process runs or loads names, `PATH`, `LD_*`, ..., may not be handed writable: see "
-        "Paths no container is handed).",
+        "Extra environment variables for the command (every absolute path in a value, and "
+        "the places `PATH`, `LD_*` and the other variables that decide what a process runs "
+        "or loads name, may not be handed writable, nor anything in them: see Paths no "
+        "container is handed).",
         default={},
     )
     working_dir: str | None = key(
@@ -805,8 +806,8 @@ class PreStartConfig:
         "env entries (sysfs attributes, a probe's `env`) are passed too, joined with `,` "
         "across devices, but for those that decide what a process runs or loads (`PATH`, "
         "`LD_*`, `BASH_ENV`, ...: see Paths no container is handed), which reach the "
-        "container only; these win. Such a variable here may not hold a template, and the "
-        "places it names may not be handed writable.",
+        "container only; these win. Such a variable here may not hold a template; every "
+        "absolute path in a value here may not be handed writable, nor anything in it.",
         default={},
     )
     on_failure: PreStartFailure = key(
@@ -873,8 +874,8 @@ class ReleaseConfig:
         "Extra environment variables (values take the same templates); the device's own env "
         "entries are passed too, but for `PATH`, `LD_*` and the others that decide what a "
         "process runs or loads (see Paths no container is handed); these win. Such a "
-        "variable here may not hold a template, and the places it names may not be handed "
-        "writable.",
+        "variable here may not hold a template; every absolute path in a value here may not "
+        "be handed writable, nor anything in it.",
         default={},
     )
     on_failure: ReleaseFailure = key(

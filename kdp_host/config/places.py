@@ -11,8 +11,13 @@ a bare name in each PATH directory it is looked for in up to the one it is found
 writing an earlier one would put its own first; the PATH of the command's `env` where it has
 one: a `shell` probe's, `preStart`'s, `release`'s), and that file; the program a script's
 `#!` line names, found the same way, and its own while it is a script too (hostile12 L4, L5,
-hostile13 M4). Every place a variable of that `env` names that decides what a process runs
-or loads (`run_env`: hostile13 M1; a templated one is refused, `run_env_problems`). Each
+hostile13 M4), the `NAME=VALUE` settings of `#!/usr/bin/env [-S] NAME=VALUE ... prog` added
+to the env it is found with and runs with (hostile13 M14). Every place a variable of that
+`env` (the config's, and those settings) names (`run_env.named_paths`: every absolute path
+in any value, and what the known variables mean; hostile13 M1, M17): refused handed writable
+as itself, anything in it or anything holding it, so `HOME: /srv/tool` keeps
+`/srv/tool/.local` out as well as `/srv`. A templated value of a known variable, or one
+naming `/`, is refused (`run_env_problems`). Each
 `shell.workingDir` too (a relative argv[0] or PATH entry is taken there). An argv[0] that is
 a template is rendered per device and is not known here. And every symlink met on the way to
 any place of the rule, at its place (`link_places`: whoever writes its directory re-points
@@ -132,10 +137,9 @@ def run_places(config: Config) -> list[Place]:
         for key, argv, env, cwd in _commands(config, index):
             what = f"{name}'s {'.'.join(str(k) for k in key[2:])}"
             found.extend(_executable(key, what, argv[0], env, cwd))
-            for variable, value in (env or {}).items():
-                for path in named_paths(variable, value, cwd):
-                    at = (*key[:-1], "env", variable)
-                    found.append(Place.at(at, f"{what}'s env {variable} entry", path))
+            for variable, path in _env_paths(env, cwd):
+                at = (*key[:-1], "env", variable)
+                found.append(Place.at(at, f"{what}'s env {variable} entry", path))
         driver = resource.driver
         if isinstance(driver, ShellDriverConfig) and driver.working_dir is not None:
             key = ("resources", index, "shell", "workingDir")
@@ -146,16 +150,26 @@ def run_places(config: Config) -> list[Place]:
 def run_env_problems(config: Config) -> Problems:
     """A templated value of a config env variable that decides what a host command runs
     (`run_env.decides_run`): what it names is not known before it is rendered, so it
-    cannot be kept out of containers (hostile13 M2)."""
+    cannot be kept out of containers (hostile13 M2); a value naming `/` itself (every place
+    lies in it: no device could be handed writable)."""
     for index, _resource in enumerate(config.resources):
-        for key, _argv, env, _cwd in _commands(config, index, plain=False):
+        for key, _argv, env, cwd in _commands(config, index, plain=False):
             for variable, value in (env or {}).items():
-                if decides_run(variable) and template_fields(value):
+                at = (*key[:-1], "env", variable)
+                if template_fields(value):
+                    if decides_run(variable):
+                        yield (
+                            at,
+                            f"{variable} decides what the command runs or loads as root: "
+                            "it may not hold a template (what it names could not be kept "
+                            "out of containers)",
+                        )
+                elif ROOT in named_paths(variable, value, cwd):
                     yield (
-                        (*key[:-1], "env", variable),
-                        f"{variable} decides what the command runs or loads as root: "
-                        "it may not hold a template (what it names could not be kept out "
-                        "of containers)",
+                        at,
+                        f"{variable} names / (the host's root; an empty PATH entry is the "
+                        "working directory): every place lies in it, so no container could "
+                        "be handed anything writable",
                     )
 
 
@@ -186,6 +200,13 @@ def _untemplated(env: Mapping[str, str]) -> dict[str, str]:
     """A hook's `env` as the runner passes it, where it holds no template (a `PATH` there
     decides where a bare command name is found: hostile12 L4)."""
     return {name: value for name, value in env.items() if not template_fields(value)}
+
+
+def _env_paths(env: Mapping[str, str] | None, cwd: str | None) -> Iterator[tuple[str, str]]:
+    """(variable, path) of each place `env` names (`run_env.named_paths`)."""
+    for variable, value in (env or {}).items():
+        for path in named_paths(variable, value, cwd):
+            yield variable, path
 
 
 def _executable(
@@ -220,12 +241,17 @@ def _executable(
     found.append(Place.at(key, f"{what} executable", path))
     interpreter = None if depth >= INTERPRETER_DEPTH else _interpreter(path)
     if interpreter is not None:
-        found += _executable(key, f"{what}'s interpreter", interpreter, env, cwd, depth + 1)
+        program, settings = interpreter
+        for variable, named in _env_paths(settings, cwd):  # (hostile13 M14)
+            found.append(Place.at(key, f"{what}'s #! env {variable} entry", named))
+        env = {**env, **settings} if env and settings else env or settings or None
+        found += _executable(key, f"{what}'s interpreter", program, env, cwd, depth + 1)
     return found
 
 
-def _interpreter(path: str) -> str | None:
-    """The program a script's `#!` line runs it with (`#!/usr/bin/env [options] X`: X), if any."""
+def _interpreter(path: str) -> tuple[str, dict[str, str]] | None:
+    """The program a script's `#!` line runs it with (`#!/usr/bin/env [options] X`: X), if
+    any, and the env settings `env` runs it with (`NAME=VALUE`: hostile13 M14)."""
     try:
         with open(path, "rb") as file:
             head = file.read(256)
@@ -236,7 +262,7 @@ def _interpreter(path: str) -> str | None:
     words = head[2:].split(b"\n", 1)[0].decode(errors="replace").split()
     if words and os.path.basename(words[0]) == "env":
         return _env_program(words[1:])
-    return words[0] if words else None
+    return (words[0], {}) if words else None
 
 
 INTERPRETER_DEPTH: Final = 8
@@ -245,10 +271,11 @@ itself a script, up to BINPRM_MAX_RECURSION (4) levels; the rest is margin."""
 _ENV_OPTIONS_WITH_ARGUMENT = frozenset({"-u", "--unset", "-C", "--chdir"})
 
 
-def _env_program(words: list[str]) -> str | None:
-    """The program `env` runs given its arguments: options and NAME=VALUE settings
-    skipped, `-S` split as env splits it."""
-    rest = list(words)
+def _env_program(words: list[str]) -> tuple[str, dict[str, str]] | None:
+    """The program `env` runs given its arguments, and the NAME=VALUE settings it runs it
+    with (its env: where it is found, what it loads); options skipped, `-S` split as env
+    splits it. An unset (`-u`) or emptied (`-i`) variable is kept (the settings only add)."""
+    rest, settings = list(words), {}
     while rest:
         word = rest.pop(0)
         if word in _ENV_OPTIONS_WITH_ARGUMENT:
@@ -257,10 +284,13 @@ def _env_program(words: list[str]) -> str | None:
             rest[:0] = word[2:].split()
         elif word.startswith("--split-string="):
             rest[:0] = word.partition("=")[2].split()
-        elif word.startswith("-") or "=" in word:
+        elif word.startswith("-"):
             continue
+        elif "=" in word:
+            name, _, value = word.partition("=")
+            settings[name] = value
         else:
-            return word
+            return word, settings
     return None
 
 

@@ -235,3 +235,17 @@ def test_the_settings_of_env_on_a_scripts_first_line_are_its_env(dirs: Path, spl
     assert rule.problem(f"{dirs}/work") == (
         f"holds {FPGA}'s release.command's #! env LD_PRELOAD entry, {RUNS_IT}"
     )
+
+
+def test_envs_references_on_a_scripts_first_line_are_expanded(
+    dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`#!/usr/bin/env -S PATH=${TOOLS}/bin:/usr/bin interp`: env expands `${TOOLS}` from the
+    command's env (here the host's), so the directory it names is protected too."""
+    monkeypatch.setenv("KDP_TEST_TOOLS", str(dirs / "work"))
+    script = dirs / "opt" / "bin" / "reset"
+    script.write_text("#!/usr/bin/env -S PATH=${KDP_TEST_TOOLS}/bin:/usr/bin:/bin sh\n")
+    rule = never_handed(load_resources(dirs, _release(dirs, script)), None)
+    assert rule.problem(f"{dirs}/work") == (
+        f"holds {FPGA}'s release.command's #! env PATH entry, {RUNS_IT}"
+    )

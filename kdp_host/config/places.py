@@ -27,6 +27,7 @@ it; hostile13 M5, M6), refused handed writable as these are.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from typing import Final
@@ -242,6 +243,7 @@ def _executable(
     interpreter = None if depth >= INTERPRETER_DEPTH else _interpreter(path)
     if interpreter is not None:
         program, settings = interpreter
+        settings = _expanded(settings, {**os.environ, **(env or {})})
         for variable, named in _env_paths(settings, cwd):  # (hostile13 M14)
             found.append(Place.at(key, f"{what}'s #! env {variable} entry", named))
         env = {**env, **settings} if env and settings else env or settings or None
@@ -265,6 +267,15 @@ def _interpreter(path: str) -> tuple[str, dict[str, str]] | None:
     return (words[0], {}) if words else None
 
 
+def _expanded(settings: dict[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """`settings` with each `${NAME}` replaced as `env -S` does, from the env the command
+    gets (`-S PATH=${HOME}/bin:/usr/bin`: the host's HOME)."""
+    return {
+        name: _REFERENCE.sub(lambda m: env.get(m[1], ""), value) for name, value in settings.items()
+    }
+
+
+_REFERENCE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 INTERPRETER_DEPTH: Final = 8
 """`#!` interpreters followed from a command: Linux runs a script's interpreter that is
 itself a script, up to BINPRM_MAX_RECURSION (4) levels; the rest is margin."""

@@ -82,7 +82,7 @@ from .mount_table import MountMap, read_mounts
 from .ownership_adopt import Adoption
 from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_booked import checkpoint_device
-from .ownership_bookings import ReleasePending
+from .ownership_bookings import BookedElsewhere, ReleasePending
 from .ownership_claims import Claim, Owner, Reached, Resolver
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_table import Holding, ResourceState
@@ -224,11 +224,15 @@ class OwnershipIndex(Watching):
         why, device = state.held.get(device_id), state.reported.get(device_id)
         return why is not None and why.reason != UNSAFE_MOUNT and bool(device and device.healthy)
 
-    def hold_while_releasing(self, pending: ReleasePending) -> None:
+    def hold_while_releasing(
+        self, pending: ReleasePending, booked: BookedElsewhere | None = None
+    ) -> None:
         """A booking whose device's release is still due (`release_state`) stays, holding its
         claims for every resource, until a PodResources answer after the release succeeded
-        (hostile3 G9: the release is owed by the resource's ID, the node is the index's)."""
-        self._ledger.releasing = pending
+        (hostile3 G9: the release is owed by the resource's ID, the node is the index's).
+        `booked` is told the IDs another host on the state directory books once the bookings
+        read at start are in (new among the other hosts' bookings: `Ledger.mirroring`)."""
+        self._ledger.releasing, self._ledger.booked_elsewhere = pending, booked
 
     def retire(self, resource: str) -> None:
         """`resource` left the config: its claims linger while their nodes are there."""

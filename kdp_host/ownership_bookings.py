@@ -57,6 +57,11 @@ def _none_pending(_resource: str, _device: str) -> bool:
     return False
 
 
+BookedElsewhere = Callable[[str, Collection[str], str], None]
+"""(resource, IDs, the host's instance ID): what another host booked, seen since this
+host's start (`ReleaseStateStore.booked_elsewhere`)."""
+
+
 class Ledger(BookedClaims):
     """The host's bookings (one per ownership index), by booked ID and by claim."""
 
@@ -73,6 +78,7 @@ class Ledger(BookedClaims):
         self.foreign_owners: set[Owner] = set()
         self.sink: StateSink | None = None
         self.releasing: ReleasePending = _none_pending  # (see `expire`)
+        self.booked_elsewhere: BookedElsewhere | None = None  # (see `mirroring`)
         self.drops = 0
         """Bookings gone so far (`drop`, another host's: `mirror`): `HandedRecord.answered`."""
 
@@ -135,6 +141,13 @@ class Ledger(BookedClaims):
                 self._index(key[1], booking, 1)
                 changed = True
         owners = {owner for _, owner in foreign}
+        if self.booked_elsewhere is not None and self.sink is not None:  # (not those at start)
+            new: dict[tuple[str, str], set[str]] = {}
+            for writer, owner in foreign.keys() - before.keys():
+                if owner not in self.foreign_owners and owner not in self.bookings:
+                    new.setdefault((owner.resource, writer), set()).add(owner.device)
+            for (resource, writer), ids in sorted(new.items()):
+                self.booked_elsewhere(resource, ids, writer)
         self.drops += len(self.foreign_owners - owners)
         self.foreign, self.foreign_owners = foreign, owners
         return changed

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .allocation import HookFailed
@@ -52,7 +52,7 @@ from .release_command import ReleaseCommand
 from .release_lock import DeviceLock, LockBusy, Released, owed_by_peers
 from .release_slots import Slots
 from .release_state import ReleaseStateStore, handed_device
-from .release_use import Checkpointed, DeviceUse, kept_entries, kept_use, start_failed
+from .release_use import Checkpointed, DeviceUse, assume_used, kept_entries, kept_use, start_failed
 from .start_budget import StartBudget
 from .timings import Timings
 
@@ -114,17 +114,8 @@ class ReleaseTracker:
             for device_id, entry in self._store.entries(self._resource.name).items()
         }
         replicas = self._resource.replicas
-        for advertised in sorted(self._store.handed_out(self._resource.name)):
-            device_id = physical_id(advertised, replicas)
-            if device_id not in self.uses:
-                # handed out, and no state file tells of it: counts as used
-                self.uses[device_id] = DeviceUse(used={advertised})
-                self._log.warning(
-                    "release_use_assumed",
-                    device=device_id,
-                    reason="the kubelet's checkpoint or the bookings say it was handed out "
-                    "and no release state was found",
-                )
+        self.booked(self._store.handed_out(self._resource.name))  # (no file: uses unknown)
+        self._store.listen(self._resource.name, self.booked)  # (another host's, from now)
         for advertised in sorted(self._handed.withheld):  # (booked; used, when so kept)
             if (device_id := physical_id(advertised, replicas)) in self.uses or self._assume_used:
                 self.uses.setdefault(device_id, DeviceUse({advertised})).handed_unknown = True
@@ -146,6 +137,7 @@ class ReleaseTracker:
     async def close(self) -> None:
         """Stop: cancel retries and running releases (their devices stay owed)."""
         self._closed = True
+        self._store.listen(self._resource.name, None)
         for handle in self._retries.values():
             handle.cancel()
         self._retries.clear()
@@ -162,6 +154,15 @@ class ReleaseTracker:
         """Allocate handed these IDs to a container: `asked` and `taken` at once."""
         self.asked(advertised_ids)
         self.taken(advertised_ids)
+
+    def booked(self, advertised_ids: Collection[str], writer: str | None = None) -> None:
+        """Handed out through a booking whose use this host did not see begin: read at start
+        with no state file, or another host's seen since (beside a host without `release`,
+        which keeps no release state: hostile13 M15). Used from now (`assume_used`)."""
+        at = (self._clock(), self._wall())
+        settle, replicas = self._timings.allocation_settle, self._resource.replicas
+        assume_used(self.uses, advertised_ids, replicas, at, settle, self._log, writer)
+        self._publish()
 
     def asked(self, advertised_ids: Sequence[str]) -> None:
         """An Allocate asks for these IDs (no I/O here; told before the record takes what it
@@ -186,9 +187,7 @@ class ReleaseTracker:
         now, wall, replicas = self._clock(), self._wall(), self._resource.replicas
         for advertised in advertised_ids:
             use = self.uses.setdefault(physical_id(advertised, replicas), DeviceUse())
-            use.used.add(advertised)
-            use.allocated_at, use.allocated_wall = now, wall
-            use.last_use = max(use.last_use or wall, wall + self._timings.allocation_settle)
+            use.begun(advertised, (now, wall), self._timings.allocation_settle)
             use.handed_unknown = False
         self._publish()
 
@@ -264,10 +263,11 @@ class ReleaseTracker:
         try:
             async with self._store.locks.held(name, device_id, budget.left()) as lock:
                 peers = await self._store.peer_entries(name, device_id)
-                due = owed_by_peers(peers, ids, at, lock.record, use.used, self._timings)
+                due = owed_by_peers(peers, ids, at, lock, use.used, self._timings)
                 if due is None or use.running is not None:
                     return
                 use.owed, use.owed_for, use.owed_covers = True, due[1], at
+                use.owed_holders = ()  # (the peer's use: its holders not seen here)
                 self._log.info("release_owed", device=device_id, reason="peer_use", peer=due[0])
                 run = self._locked_release(device_id, use, self._handed.entry(device_id), lock)
                 use.running = task = asyncio.create_task(run, name=f"release:{device_id}")

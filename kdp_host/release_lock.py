@@ -196,7 +196,7 @@ def owed_by_peers(
     peers: Iterable[tuple[str, Mapping[str, Any]]],
     started: Iterable[str],
     allocated: float,
-    record: Released | None,
+    lock: DeviceLock,
     held: Iterable[str],
     timings: Timings,
 ) -> tuple[str, float] | None:
@@ -204,9 +204,11 @@ def owed_by_peers(
     and the `DeviceUse.last_use` (its Allocate + `allocation_settle`; -inf: not known) of
     the latest use whose release is due when a
     container starts with the IDs `started` allocated at `allocated` (Unix time): an entry
-    owed, or used only by IDs allocated again since; not one a release `record` covers. None
+    owed, or used only by IDs allocated again since; not one the release the `lock` keeps
+    covers, nor one taken from this host's own booking (`bookedBy`: its own use). None
     while another ID of the device is in use (this host's `held`, or a peer's): a shared
     device is released once none of its IDs is held, as on one host."""
+    record = lock.record
     ids, covers = set(started), float("-inf") if record is None else record.covers
     if set(held) - ids:
         return None
@@ -214,8 +216,8 @@ def owed_by_peers(
     for writer, entry in peers:
         at = entry.get("allocatedAt")
         at = float("-inf") if at is None else float(at)
-        if at + timings.allocation_settle < covers:
-            continue  # released since
+        if at + timings.allocation_settle < covers or entry.get("bookedBy") == lock.writer:
+            continue  # released since, or this host's own use seen by that host
         used = set(entry.get("used", ()))
         if used - ids:
             return None  # (another ID of a shared device in use)

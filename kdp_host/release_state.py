@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from .atomic_files import read_or_none
@@ -89,9 +89,11 @@ class ReleaseStateStore:
         self._offload = offload
         self.locks = DeviceLocks(directory, writer or "", offload, log)
         """The devices' release locks every host on the directory shares (`release_lock`)."""
-        self._handed_out: dict[str, frozenset[str]] = {}
+        self._handed_out: dict[str, set[str]] = {}
         """Resource -> the IDs the bookings say were handed out, while the file was missing
-        at start (`follow`); each taken once by its tracker (`handed_out`)."""
+        at start (`follow`), or another host booked since while no tracker listened
+        (`booked_elsewhere`); each taken once by its tracker (`handed_out`)."""
+        self._listeners: dict[str, Callable[[Collection[str], str | None], None]] = {}
 
     @property
     def unknown(self) -> bool:
@@ -114,7 +116,27 @@ class ReleaseStateStore:
         """The IDs of `resource` handed out that a missing file could not tell of: its
         tracker counts them as used (taken once: a tracker a reload starts later finds its
         entries in the file)."""
-        return self._handed_out.pop(resource, frozenset())
+        return frozenset(self._handed_out.pop(resource, ()))
+
+    def listen(
+        self, resource: str, booked: Callable[[Collection[str], str | None], None] | None
+    ) -> None:
+        """`resource`'s tracker takes the IDs another host books from now (`booked_elsewhere`);
+        None: it stopped (they are kept for `handed_out` meanwhile)."""
+        if booked is None:
+            self._listeners.pop(resource, None)
+        else:
+            self._listeners[resource] = booked
+
+    def booked_elsewhere(self, resource: str, ids: Collection[str], writer: str) -> None:
+        """Host `writer` on the state directory booked `ids` of `resource` (its Allocate,
+        seen in `ownership.json` after this host's start): a use the resource's tracker
+        counts as it counts those booked at start with no state (`ReleaseTracker.booked`),
+        whatever that host's config (one without `release` writes no entry here)."""
+        if (listener := self._listeners.get(resource)) is not None:
+            listener(ids, writer)
+        else:
+            self._handed_out.setdefault(resource, set()).update(ids)
 
     @classmethod
     async def read(
@@ -131,7 +153,8 @@ class ReleaseStateStore:
         missing (see the module docstring). From now on, write the file again whenever it
         goes while the host runs (cancel the returned subscription to stop)."""
         if not self._file.found:
-            self._handed_out = {name: frozenset(ids) for name, ids in handed.items() if ids}
+            for name, ids in handed.items():
+                self._handed_out.setdefault(name, set()).update(ids)
         present = KeptPresent(self._file, lambda: {"resources": self._data}, self._offload)
         return present.follow(watcher)
 
@@ -260,6 +283,8 @@ def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
         checked["allocatedAt"] = float(allocated_at)
     if entry.get("handedUnknown") is True:
         checked["handedUnknown"] = True
+    if isinstance(booked_by := entry.get("bookedBy"), str):
+        checked["bookedBy"] = booked_by
     handed = entry.get("handed")
     if handed is not None:
         nodes, env = handed["nodes"], handed["env"]
@@ -273,14 +298,21 @@ def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def device_entry(
-    used: Iterable[str], owed: bool, allocated_wall: float | None, handed_unknown: bool = False
+    used: Iterable[str],
+    owed: bool,
+    allocated_wall: float | None,
+    handed_unknown: bool = False,
+    booked_by: str | None = None,
 ) -> dict[str, Any]:
-    """A device's entry as the tracker writes it (read back by `_entry`)."""
+    """A device's entry as the tracker writes it (read back by `_entry`). `bookedBy`: the
+    host whose booking the use was taken from (`DeviceUse.booked_by`)."""
     entry: dict[str, Any] = {"used": sorted(used), "owed": owed}
     if allocated_wall is not None:
         entry["allocatedAt"] = allocated_wall
-    if handed_unknown:  # (a key an older version ignores)
+    if handed_unknown:  # (keys an older version ignores)
         entry["handedUnknown"] = True
+    if booked_by is not None:
+        entry["bookedBy"] = booked_by
     return entry
 
 

@@ -4,7 +4,7 @@ a release is owed, the release running or failed, and the state `/devices` shows
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -12,6 +12,8 @@ from grpclib.const import Status
 
 from .allocation import HookFailed
 from .backoff import Backoff
+from .devices import physical_id
+from .logs import EventLogger
 from .release_state import device_entry
 from .rules import join_list
 
@@ -55,8 +57,16 @@ class DeviceUse:
     owed_covers: float | None = None
     """Unix time before which every use the kubelet had recorded was seen gone when the
     release became owed (what it covers for every host once run: `release_lock.Released`)."""
+    booked_by: str | None = None
+    """The host whose booking its last use was taken from (`assume_used`; None: this host's
+    Allocate, or not known): that host's own use, which its `release_lock.owed_by_peers`
+    leaves to itself (kept in the state file)."""
     holders: tuple[Holder, ...] = ()
-    """Who held it, as PodResources last said (kept after they left, for the templates)."""
+    """Who held it, as PodResources last said of its current use (kept after they left)."""
+    owed_holders: tuple[Holder, ...] = ()
+    """Who held the use whose release is owed, as PodResources last said before it was seen
+    gone (the release's templates): not the pod handed the device since (`holders` then),
+    nor a holder of an earlier use for a use this host never saw held (empty)."""
     running: asyncio.Task[None] | None = None
     failure: str | None = None
     marked_unhealthy: bool = False
@@ -70,6 +80,21 @@ class DeviceUse:
         """Its users are gone (every use allocated before `covers` is): a release is owed."""
         self.owed, self.owed_for, self.owed_covers = True, self.last_use, covers
         self.last_use = None
+        self.owed_holders = self.holders
+
+    def begun(
+        self, advertised: str, at: tuple[float, float], settle: float, by: str | None = None
+    ) -> None:
+        """`advertised` is handed out (`at`: the monotonic clock, the Unix time; recorded by
+        the kubelet within `settle`, `Timings.allocation_settle`; `by`: seen in host `by`'s
+        booking, `booked_by`): a use from now (an answer asked before then is no news of it).
+        Its holders are not known yet when no other ID of the device is in use (its own)."""
+        if not self.used:
+            self.holders = ()
+        self.used.add(advertised)
+        (self.allocated_at, wall), self.booked_by = at, by
+        self.allocated_wall = wall
+        self.last_use = max(self.last_use or wall, wall + settle)
 
     def retry_delay(self, timings: Timings) -> float:
         """The wait before its failed release is tried again (doubling while it fails)."""
@@ -86,9 +111,9 @@ class DeviceUse:
         return "in_use" if self.used else "clean"
 
     def holder_values(self) -> dict[str, str]:
-        """Who held it last, as PodResources said: the `{namespace}`, `{pod}` and
-        `{container}` of the release's templates."""
-        return {key: _joined(getattr(h, key) for h in self.holders) for key in HOLDER_KEYS}
+        """Who held the use being released last, as PodResources said (`owed_holders`): the
+        `{namespace}`, `{pod}` and `{container}` of the release's templates."""
+        return {key: _joined(getattr(h, key) for h in self.owed_holders) for key in HOLDER_KEYS}
 
     def last_holders(self) -> str:
         """Who held it last, as `namespace/pod/container` (a log line's)."""
@@ -103,11 +128,39 @@ class DeviceUse:
         return found
 
 
+def assume_used(
+    uses: dict[str, DeviceUse],
+    booked: Collection[str],
+    replicas: int,
+    at: tuple[float, float],
+    settle: float,
+    log: EventLogger,
+    writer: str | None,
+) -> None:
+    """The IDs `booked` count as used from `at` (monotonic, Unix time; `settle`: see
+    `DeviceUse.begun`), as
+    an Allocate of this host's would: released once their device is seen free or allocated
+    again. One line (`release_use_assumed`) per ID not used before."""
+    for advertised in sorted(booked):
+        use = uses.setdefault(device_id := physical_id(advertised, replicas), DeviceUse())
+        if advertised not in use.used:
+            use.begun(advertised, at, settle, writer)
+            log.warning(
+                "release_use_assumed",
+                device=device_id,
+                id=advertised,
+                booked_by=writer or "-",
+                reason="the kubelet's checkpoint or the bookings say it was handed out (at "
+                "start with no release state, or by another host on the state directory since)",
+            )
+
+
 def kept_use(entry: Mapping[str, Any], now: float, wall: float, settle: float) -> DeviceUse:
     """A device's use as the state file keeps it (`release_state`), its Allocate time back
     on the monotonic clock (`now`, at the Unix time `wall`): an answer asked before it stays
     no news after a restart (`settle`: `Timings.allocation_settle`)."""
     use = DeviceUse(set(entry["used"]), entry["owed"], handed_unknown="handedUnknown" in entry)
+    use.booked_by = entry.get("bookedBy")
     allocated = entry.get("allocatedAt")
     if allocated is not None:
         use.allocated_wall, use.last_use = allocated, allocated + settle
@@ -119,7 +172,9 @@ def kept_use(entry: Mapping[str, Any], now: float, wall: float, settle: float) -
 def kept_entries(uses: Mapping[str, DeviceUse]) -> dict[str, dict[str, Any]]:
     """The devices' entries the state file keeps (`release_state.device_entry`)."""
     return {
-        device_id: device_entry(use.used, use.owed, use.allocated_wall, use.handed_unknown)
+        device_id: device_entry(
+            use.used, use.owed, use.allocated_wall, use.handed_unknown, use.booked_by
+        )
         for device_id, use in uses.items()
         if use.used or use.owed
     }

@@ -31,12 +31,16 @@ from .conftest import wait_until
 from .test_release import FPGA, _Commands, host_yaml, real_host, release_lines, release_script
 
 
-def _host(short_dir: Path, writer: str, commands: _Commands, replicas: int = 1) -> ReleaseTracker:
-    """A host's tracker of the resource on the shared stateDir, started (it read the file)."""
+def _host(
+    short_dir: Path, writer: str, commands: _Commands, replicas: int = 1, pod: bool = False
+) -> ReleaseTracker:
+    """A host's tracker of the resource on the shared stateDir, started (it read the file);
+    `pod`: its command is given `{pod}` too."""
+    argv = '"reset", "{ids}", "{pod}"' if pod else '"reset", "{ids}"'
     config = load_config_text(
         f"kubelet: {{socketDir: {short_dir}/dp}}\nstateDir: {short_dir}/state\nresources:\n"
         f'  - name: {FPGA}\n    glob: {{paths: ["/dev/fpga*"]}}\n    replicas: {replicas}\n'
-        '    release: {command: ["reset", "{ids}"]}\n'
+        f"    release: {{command: [{argv}]}}\n"
     )
     table = DeviceTable(replicas=replicas)
     table.publish([Device("fpga0", path="/dev/fpga0")])
@@ -164,6 +168,80 @@ async def test_a_start_still_waiting_at_its_deadline_fails_with_why(short_dir: P
     old_commands.gate.set()
     await old.close()
     await new.close()
+
+
+def _held_by(pod: str) -> Holdings:
+    """A PodResources answer asked now: `pod` holds fpga0."""
+    holder = Holder("default", pod, "c", time.time())
+    return Holdings(time.monotonic(), 0.0, {FPGA: {"fpga0": (holder,)}})
+
+
+async def test_a_release_owed_for_a_peer_use_is_not_given_the_next_pod(short_dir: Path) -> None:
+    """hostile13 M16: p1's use (the old host's, never seen held here) is released at p2's
+    start through the new host, which already saw p2 hold the device: `{pod}` is who held
+    the use released as seen here (nobody: empty), never p2. On the old code: p2."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands, pod=True)
+    old = _host(short_dir, "host-old", old_commands, pod=True)
+    old.allocated(["fpga0"])  # p1, through the old host
+    await old.before_start(["fpga0"])
+    new.allocated(["fpga0"])  # p1 ended; p2 through the new host
+    new.holdings(_held_by("p2"))  # (asked after p2's Allocate: p2 holds it)
+    await new.before_start(["fpga0"])
+    assert new_commands.runs == [["reset", "fpga0", ""]]
+    await old.close()
+    await new.close()
+
+
+async def test_a_release_retried_after_the_next_pod_was_seen_names_the_earlier_one(
+    short_dir: Path,
+) -> None:
+    """M16 on one host: p1's release (owed when p2 got the device) fails, PodResources shows
+    p2 holding it, the retry runs: `{pod}` stays p1, whose use it releases."""
+    commands = _Commands()
+    tracker = _host(short_dir, "host", commands, pod=True)
+    tracker.allocated(["fpga0"])  # p1
+    tracker.holdings(_held_by("p1"))
+    commands.gate.clear()
+    tracker.allocated(["fpga0"])  # p1 ended; p2: p1's release owed, running
+    await wait_until(lambda: commands.runs, what="p1's release runs")
+    tracker.holdings(_held_by("p2"))
+    commands.gate.set()
+    await wait_until(lambda: tracker.view("fpga0")["state"] != "running", what="it ended")
+    tracker.uses["fpga0"].owed = True  # (as after a failure: run again)
+    tracker._start("fpga0")
+    await wait_until(lambda: len(commands.runs) == 2, what="the second run")
+    assert [run[2] for run in commands.runs] == ["p1", "p1"]
+    await tracker.close()
+
+
+async def test_a_use_a_host_without_release_admitted_is_released_before_the_next_start(
+    real_kubelet_factory, short_dir: Path, devices: Path, start_host
+) -> None:
+    """hostile13 M15, a rolling update that adds `release`: the host with it runs, then one
+    whose config has none (it keeps no release state) registers and admits p1; it stops,
+    the first registers again, p1 ends and p2 gets the device through it at once (no
+    PodResources answer in between): p1's use, seen as the other host's booking, is released
+    before p2's start answers. On the old code no release ran."""
+    command = release_script(short_dir)
+    kubelet, new = await real_host(
+        real_kubelet_factory, start_host, short_dir, devices, command, interval="1h"
+    )
+    plain = host_yaml(kubelet.socket_dir, devices, short_dir / "state", command,
+                      pod_resources=short_dir / "pr", interval="1h")  # fmt: skip
+    since = kubelet.last_seq()
+    old = await start_host(plain[: plain.index("    release:")], fast=True)
+    await kubelet.acall(kubelet.registered_at, [FPGA], since)
+    assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["device_ids"][FPGA] == ["fpga0"]
+    await wait_until(lambda: _state(new) == "in_use", what="the host with release sees p1's use")
+    since = kubelet.last_seq()
+    await old.shutdown()  # (the other host registers again: `peer_sockets`)
+    await kubelet.acall(kubelet.registered_at, [FPGA], since)
+    await kubelet.acall(kubelet.release, "p1")
+    second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+    assert second["error"] == "" and second["device_ids"][FPGA] == ["fpga0"]
+    lines = release_lines(short_dir)
+    assert [line.split()[::2] for line in lines] == [["fpga0", "start"], ["fpga0", "done"]], lines
 
 
 def _state(running, device: str = "fpga0") -> ReleaseState:  # type: ignore[no-untyped-def]

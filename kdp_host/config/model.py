@@ -843,8 +843,9 @@ class ReleaseConfig:
         Argv(templates=RELEASE_TEMPLATE_FIELDS),
         "argv run for each device once no container holds it any more (an FPGA reset, a GPU "
         "scrub, a USB power-cycle): `{ids}` (the device), `{paths}`, `{hostPaths}`, "
-        "`{count}`, `{resource}`, and who held it last as seen through the kubelet's "
-        "PodResources API, `{namespace}`, `{pod}`, `{container}` (empty when not seen). "
+        "`{count}`, `{resource}`, and who held the use released last as seen through the "
+        "kubelet's PodResources API, `{namespace}`, `{pod}`, `{container}` (empty when not "
+        "seen; never the pod handed the device since). "
         "Same containment as probes. Until it has succeeded no other container starts with "
         "the device: the resource asks for PreStartContainer, which waits for (or runs) the "
         "pending release of its devices until the kubelet's deadline, and fails the start "

@@ -50,7 +50,7 @@ from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT, Arrivals
 from .ownership_batches import Resolution
 from .ownership_claims import NOTHING, PLACE, SYSFS, ClaimKey, Owner, Reached, Unresolvable, missing
 from .ownership_gate import AdmissionGate
-from .ownership_reads import Found, arrived
+from .ownership_reads import Found, KnownRead, arrived, read_or_recall
 from .ownership_resolve import reached_only
 
 T = TypeVar("T")
@@ -163,8 +163,11 @@ class HandingOut(AdmissionGate):
         `RESCAN_LIMIT` entries (hostile8 N4). Raises Unresolvable when that is past the
         limit, or when the read does not end within `HANDED_TIMEOUT`."""
         whole = self._arrivals.left_to_net(mounted)
-        work = functools.partial(_read_inside, [d for d in mounted if d not in whole], whole)
-        found, more = await self._off_loop(work, f"what is below {', '.join(mounted)} was not read")
+        followed = tuple(d for d in mounted if d not in whole)
+        work = functools.partial(_read_inside, followed, whole, self._reads_kept.get(followed))
+        what = f"what is below {', '.join(mounted)} was not read"
+        (found, more), kept = await self._off_loop(work, what)
+        self._reads_kept.keep(followed, kept)
         if more:
             raise Unresolvable(
                 f"{', '.join(whole)}: its tree is not followed in full (mount_tree_unfollowed) "
@@ -283,14 +286,20 @@ class HandingOut(AdmissionGate):
         return found
 
 
-def _read_inside(followed: list[str], whole: list[str]) -> tuple[Found, bool]:
-    """What is below `followed` (up to `INSIDE_LIMIT` entries) and all of `whole` (up to
-    `RESCAN_LIMIT`: True when there is more)."""
-    found = arrived(followed, INSIDE_LIMIT)[0] if followed else []
+def _read_inside(
+    followed: tuple[str, ...], whole: list[str], known: KnownRead | None
+) -> tuple[tuple[Found, bool], KnownRead | None]:
+    """What is below `followed` (up to `INSIDE_LIMIT` entries, answered from `known` while
+    it holds) and all of `whole` (up to `RESCAN_LIMIT`: True when there is more), with what
+    to keep of the read of `followed` (`read_or_recall`)."""
+    found: Found = []
+    kept = None
+    if followed:
+        (found, _), kept = read_or_recall(list(followed), INSIDE_LIMIT, known)
     if not whole:
-        return found, False
+        return (found, False), kept
     inside, more = arrived(whole, RESCAN_LIMIT)
-    return found + inside, more
+    return (found + inside, more), kept
 
 
 def _linked_below(trees: list[str], nodes: Mapping[str, ClaimKey]) -> tuple[Found, bool]:

@@ -1,7 +1,8 @@
 """Reading what arrived in mounted trees, off the event loop: each path by identity and
 what is below it, bounded (`arrived`), and the reads of many trees in one worker-thread call
 (`TreeReads`): a host that claims a thousand mounted directories at start reads their
-trees in one hop, not a thousand.
+trees in one hop, not a thousand. A read repeated for the same trees is answered from the
+last one while every directory it listed is as it was (`KnownRead`, `read_or_recall`).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from .identity import DIRECTORY, identity_of
 from .ownership_claims import ClaimKey
@@ -22,10 +25,15 @@ Read = Callable[[list[str], int], tuple[Found, bool]]
 """A read of paths and what is below them, up to a limit (`arrived`)."""
 
 
-def arrived(paths: Iterable[str], limit: int) -> tuple[Found, bool]:
+Listed = list[tuple[str, "os.stat_result | None"]]
+"""The directories a read listed, each with its lstat taken before its listing (None: its
+listing failed)."""
+
+
+def arrived(paths: Iterable[str], limit: int, listed: Listed | None = None) -> tuple[Found, bool]:
     """Each path's identity (lstat: a link is not followed) and, below a directory, every
     entry's, up to `limit` entries in all (a directory's listing too); True: more were
-    there (not read)."""
+    there (not read). `listed` is given the directories listed (`KnownRead`)."""
     found: Found = []
     todo = [os.path.normpath(path) for path in paths]
     left = False  # (entries of a directory not listed: the limit was reached)
@@ -52,8 +60,73 @@ def arrived(paths: Iterable[str], limit: int) -> tuple[Found, bool]:
                             break
                         todo.append(entry.path)
             except OSError:
+                if listed is not None:
+                    listed.append((path, None))
                 continue
+            if listed is not None:
+                listed.append((path, st))
     return found, left
+
+
+STEADY_FOR: Final = 3.0
+"""Seconds since a listed directory last changed (its mtime and ctime) before a read of it
+is kept: a file system stamps times from a coarse clock (a jiffy; FAT 2 s), so a change in
+the same tick as the read may leave its directory's times as the read saw them."""
+KEPT_FOR: Final = 5.0
+"""Seconds a read is answered from at most (what no directory time shows, a mount over
+an entry, is read again within this time: the mount table's change forgets it at once)."""
+
+
+@dataclass(frozen=True)
+class KnownRead:
+    """A read's answer and the directories it listed, as they were: entries are made,
+    removed, renamed or linked in a directory only with a new mtime, and what an entry is
+    (its inode, its device number) does not change under its name, so while each listed
+    directory is the same inode with the same times, a read again finds the same."""
+
+    answer: tuple[Found, bool]
+    listed: tuple[tuple[str, tuple[int, int, int, int]], ...]
+    """Each listed directory's (st_dev, st_ino, st_mtime_ns, st_ctime_ns)."""
+    at: float
+    """When it was read (monotonic)."""
+
+    def holds(self, now: float) -> bool:
+        """Whether a read again now would find the same (its directories' lstat, off the
+        loop)."""
+        if now - self.at >= KEPT_FOR:
+            return False
+        for path, signature in self.listed:
+            try:
+                if _signature(os.lstat(path)) != signature:
+                    return False
+            except (OSError, ValueError):
+                return False
+        return True
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_or_recall(
+    paths: list[str], limit: int, known: KnownRead | None
+) -> tuple[tuple[Found, bool], KnownRead | None]:
+    """`arrived(paths, limit)`, answered from `known` while it holds (off the loop: one
+    lstat a listed directory, not one an entry); with what to keep of this read (None: a
+    path or a listing failed, or a directory changed within `STEADY_FOR`)."""
+    now = time.monotonic()
+    if known is not None and known.holds(now):
+        return known.answer, known
+    listed: Listed = []
+    answer = arrived(paths, limit, listed)
+    steady = time.time_ns() - int(STEADY_FOR * 1e9)
+    names = {path for path, _ in listed}
+    if any(os.path.normpath(p) not in names for p in paths) or any(
+        st is None or max(st.st_mtime_ns, st.st_ctime_ns) > steady for _, st in listed
+    ):
+        return answer, None
+    signatures = tuple((path, _signature(st)) for path, st in listed if st is not None)
+    return answer, KnownRead(answer, signatures, now)
 
 
 def tops(paths: Iterable[str]) -> list[str]:
@@ -95,3 +168,27 @@ class TreeReads:
         with self.lock:
             self.closed = True
             return dict(self.done), self.running
+
+
+class KeptReads:
+    """The reads an Allocate made below the directories its answer mounts, kept by the
+    paths read (`KnownRead`): an Allocate repeated reads one lstat a listed directory, not
+    one an entry (on the loop; each read is checked off it)."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self._reads: dict[tuple[str, ...], KnownRead] = {}
+        self._limit = limit
+
+    def get(self, paths: tuple[str, ...]) -> KnownRead | None:
+        return self._reads.get(paths)
+
+    def keep(self, paths: tuple[str, ...], read: KnownRead | None) -> None:
+        if read is None:
+            self._reads.pop(paths, None)
+            return
+        if len(self._reads) >= self._limit and paths not in self._reads:
+            self._reads.clear()
+        self._reads[paths] = read
+
+    def clear(self) -> None:
+        self._reads.clear()

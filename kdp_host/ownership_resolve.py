@@ -30,6 +30,7 @@ from .ownership_claims import (
     claimed_paths,
     still_reaches,
 )
+from .ownership_reads import KeptReads
 from .ownership_table import ResourceState
 from .rules import below
 from .turns import Pace
@@ -77,6 +78,8 @@ class Resolving(Admission):
         watcher follows their directories (forgotten when one changes, `_forget_kept`)."""
         self._above: set[str] = set()
         """Directories the watcher follows as entries of their parent (`_follow_above`)."""
+        self._reads_kept = KeptReads()
+        """What Allocate answers read below the directories they mount (`KnownRead`)."""
         self._path_news = 0
         """Changes the watcher reported so far (a resolution that raced one is not kept)."""
         self._resolving: dict[int, ResourceState] = {}

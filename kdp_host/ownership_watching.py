@@ -91,6 +91,7 @@ class Watching(BookingAllocations):
         every claim, as after an overflow, each at its places now."""
         self._within.remount(self._read_mounts())
         self._forget_kept(lambda _path: True)
+        self._reads_kept.clear()
         for directory in list(self._followed):
             self._path_changed(directory, None)
 

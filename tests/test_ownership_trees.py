@@ -252,12 +252,16 @@ async def test_the_allocate_read_is_bounded(
     host, _ = await booked_beside_tree(tmp_path, "d0", "d1", "d2", "d3")
     read: list[int] = []
 
-    def counted(paths: list[str], limit: int) -> tuple[ownership_reads.Found, bool]:
-        found, more = ownership_reads.arrived(paths, limit)
+    real = ownership_reads.arrived
+
+    def counted(
+        paths: list[str], limit: int, listed: ownership_reads.Listed | None = None
+    ) -> tuple[ownership_reads.Found, bool]:
+        found, more = real(paths, limit, listed)
         read.append(len(found))
         return found, more
 
-    monkeypatch.setattr(ownership_hand_out, "arrived", counted)
+    monkeypatch.setattr(ownership_reads, "arrived", counted)
     b = str(tmp_path / "b")
     await host.index.hand_out(R2, ["b"], [b])
     assert read == [3]

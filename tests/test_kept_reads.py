@@ -1,0 +1,164 @@
+"""An Allocate's read below a directory its answer mounts, kept while the directories it
+listed are as they were (issue 19: an Allocate mounting /usr/lib lstat'ed ~130 entries off
+the loop each time; beside a busy loop each system call of the worker thread waited for the
+GIL, and Allocate p50 was ~400 ms beside the renaming probe).
+
+The read is there for what another device owns renamed or linked below the mount before the
+watcher reported it: a kept read must see such a move at once. It does, by the listed
+directories' times (an entry made, removed or renamed changes its directory's mtime)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kdp_host import ownership_reads
+from kdp_host.ownership_hand_out import PlaceOwned
+from kdp_host.ownership_reads import KEPT_FOR, read_or_recall
+from kdp_host.testing import ManualWatcher
+
+from .test_ownership_moves import R2
+from .test_ownership_trees import booked_beside_tree
+
+LONG_AGO = 1_000_000_000  # 2001: a time no test's change shares
+
+
+def aged(*directories: Path) -> None:
+    """The directories' mtime set long ago (their ctime is now: `STEADY_FOR` is 0 here)."""
+    for directory in directories:
+        os.utime(directory, ns=(LONG_AGO, LONG_AGO))
+
+
+def tree(root: Path) -> list[Path]:
+    (root / "d0").mkdir(parents=True)
+    (root / "d1").mkdir()
+    (root / "d0" / "f").write_text("")
+    directories = [root, root / "d0", root / "d1"]
+    aged(*directories)
+    return directories
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The reads made (`arrived` calls), with `STEADY_FOR` 0: what the test aged is steady."""
+    monkeypatch.setattr(ownership_reads, "STEADY_FOR", 0.0)
+    made: list[list[str]] = []
+    real = ownership_reads.arrived
+
+    def counted(
+        paths: list[str], limit: int, listed: ownership_reads.Listed | None = None
+    ) -> tuple[ownership_reads.Found, bool]:
+        made.append(list(paths))
+        return real(paths, limit, listed)
+
+    monkeypatch.setattr(ownership_reads, "arrived", counted)
+    return made
+
+
+def test_a_steady_tree_is_read_once_then_its_directories_are_checked(
+    tmp_path: Path, reads: list[list[str]]
+) -> None:
+    tree(tmp_path / "b")
+    paths = [str(tmp_path / "b")]
+    answer, known = read_or_recall(paths, 128, None)
+    assert known is not None and len(answer[0]) == 4 and reads == [paths]
+    again, still = read_or_recall(paths, 128, known)
+    assert (again, still) == (answer, known) and reads == [paths], "not read again"
+
+
+@pytest.mark.parametrize("how", ["rename", "link", "remove", "mkdir"])
+def test_an_entry_changed_in_a_listed_directory_is_read_again(
+    tmp_path: Path, reads: list[list[str]], how: str
+) -> None:
+    """Fails where a kept read is answered while its directories changed."""
+    tree(tmp_path / "b")
+    (tmp_path / "node").write_text("")
+    paths = [str(tmp_path / "b")]
+    _, known = read_or_recall(paths, 128, None)
+    target = tmp_path / "b" / "d1" / "moved"
+    if how == "rename":
+        (tmp_path / "node").rename(target)
+    elif how == "link":
+        os.link(tmp_path / "node", target)
+    elif how == "remove":
+        (tmp_path / "b" / "d0" / "f").unlink()
+    else:
+        (tmp_path / "b" / "d1" / "sub").mkdir()
+    answer, _ = read_or_recall(paths, 128, known)
+    assert len(reads) == 2
+    found = {path for _, path in answer[0]}
+    assert found == {path for _, path in ownership_reads.arrived(paths, 128)[0]}
+    assert (str(target) in found) == (how in ("rename", "link"))
+
+
+def test_a_directory_replaced_by_another_is_read_again(
+    tmp_path: Path, reads: list[list[str]]
+) -> None:
+    tree(tmp_path / "b")
+    tree(tmp_path / "other")
+    paths = [str(tmp_path / "b")]
+    _, known = read_or_recall(paths, 128, None)
+    os.rename(tmp_path / "b" / "d0", tmp_path / "gone")
+    os.rename(tmp_path / "other" / "d0", tmp_path / "b" / "d0")
+    aged(tmp_path / "b")  # (its mtime as the kept read saw it: the inode of d0 differs)
+    read_or_recall(paths, 128, known)
+    assert len(reads) == 2
+
+
+def test_a_tree_changed_lately_is_not_kept(tmp_path: Path) -> None:
+    """Made now: a change in the same tick of the file system's clock would not show."""
+    (tmp_path / "b" / "d0").mkdir(parents=True)
+    assert read_or_recall([str(tmp_path / "b")], 128, None)[1] is None
+
+
+def test_a_read_that_could_not_list_a_path_is_not_kept(
+    tmp_path: Path, reads: list[list[str]]
+) -> None:
+    tree(tmp_path / "b")
+    paths = [str(tmp_path / "b"), str(tmp_path / "absent")]
+    assert read_or_recall(paths, 128, None)[1] is None
+
+
+def test_a_kept_read_lasts_kept_for_at_most(tmp_path: Path, reads: list[list[str]]) -> None:
+    tree(tmp_path / "b")
+    _, known = read_or_recall([str(tmp_path / "b")], 128, None)
+    assert known is not None
+    assert known.holds(known.at + KEPT_FOR / 2)
+    assert not known.holds(known.at + KEPT_FOR)
+
+
+async def test_a_held_node_renamed_below_a_kept_mount_refuses_the_allocate(
+    tmp_path: Path, reads: list[list[str]]
+) -> None:
+    """Through the ownership index: b's second Allocate reads nothing below its mount (the
+    read is kept); a's held node renamed into b/sub, not reported by the watcher, refuses
+    the next one (fails where the kept read is answered regardless)."""
+    host, _ = await booked_beside_tree(tmp_path, "sub")
+    aged(tmp_path / "b", tmp_path / "b" / "sub")
+    b = str(tmp_path / "b")
+    await host.index.hand_out(R2, ["b"], [b])
+    read = len(reads)
+    await host.index.hand_out(R2, ["b"], [b])
+    assert len(reads) == read, "the second Allocate's read was kept"
+    (tmp_path / "dev" / "n0").rename(tmp_path / "b" / "sub" / "n0")
+    with pytest.raises(PlaceOwned):
+        await host.index.hand_out(R2, ["b"], [b])
+
+
+async def test_a_mount_table_change_forgets_the_kept_reads(
+    tmp_path: Path, reads: list[list[str]]
+) -> None:
+    """A mount over an entry changes no directory's times: the index forgets every kept
+    read when the watcher reports the mount table changed."""
+    host, watcher = await booked_beside_tree(tmp_path, "sub")
+    assert isinstance(watcher, ManualWatcher)
+    aged(tmp_path / "b", tmp_path / "b" / "sub")
+    b = str(tmp_path / "b")
+    await host.index.hand_out(R2, ["b"], [b])
+    read = len(reads)
+    watcher.change_mounts()
+    await host.settled()
+    await host.index.hand_out(R2, ["b"], [b])
+    assert len(reads) == read + 1

@@ -72,9 +72,11 @@ STEADY_FOR: Final = 3.0
 """Seconds since a listed directory last changed (its mtime and ctime) before a read of it
 is kept: a file system stamps times from a coarse clock (a jiffy; FAT 2 s), so a change in
 the same tick as the read may leave its directory's times as the read saw them."""
-KEPT_FOR: Final = 5.0
-"""Seconds a read is answered from at most (what no directory time shows, a mount over
-an entry, is read again within this time: the mount table's change forgets it at once)."""
+KEPT_FOR: Final = 30.0
+"""Seconds a read is answered from at most: what no directory time shows (a file system
+that keeps no directory times) is read again within the safety net's interval. A mount over
+an entry changes no time either: reads are kept only while the mount table is followed,
+whose change forgets them at once (`KeptReads.following_mounts`)."""
 
 
 @dataclass(frozen=True)
@@ -178,12 +180,14 @@ class KeptReads:
     def __init__(self, limit: int = 256) -> None:
         self._reads: dict[tuple[str, ...], KnownRead] = {}
         self._limit = limit
+        self.following_mounts = False
+        """Whether the mount table's changes are followed (`clear`): nothing is kept before."""
 
     def get(self, paths: tuple[str, ...]) -> KnownRead | None:
         return self._reads.get(paths)
 
     def keep(self, paths: tuple[str, ...], read: KnownRead | None) -> None:
-        if read is None:
+        if read is None or not self.following_mounts:
             self._reads.pop(paths, None)
             return
         if len(self._reads) >= self._limit and paths not in self._reads:

@@ -85,6 +85,7 @@ class Watching(BookingAllocations):
         self._arrivals.rescan_with(net)
         # (a poll sees a change late; a mount over a path makes no directory event)
         self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
+        self._reads_kept.following_mounts = self._keeps
 
     def _mounts_changed(self) -> None:
         """A watcher callback: the mount table changed: forget everything kept and recheck

@@ -19,7 +19,7 @@ from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.ownership_reads import KEPT_FOR, read_or_recall
 from kdp_host.testing import ManualWatcher
 
-from .test_ownership_moves import R2
+from .test_ownership_moves import R2, Host, mounting
 from .test_ownership_trees import booked_beside_tree
 
 LONG_AGO = 1_000_000_000  # 2001: a time no test's change shares
@@ -162,3 +162,17 @@ async def test_a_mount_table_change_forgets_the_kept_reads(
     await host.settled()
     await host.index.hand_out(R2, ["b"], [b])
     assert len(reads) == read + 1
+
+
+async def test_no_read_is_kept_while_the_mount_table_is_not_followed(
+    tmp_path: Path, reads: list[list[str]]
+) -> None:
+    """A watcher that cannot follow the mount table (a poll): every Allocate reads."""
+    (tmp_path / "b" / "sub").mkdir(parents=True)
+    aged(tmp_path / "b", tmp_path / "b" / "sub")
+    host = Host(ManualWatcher(mounts=False))
+    b = str(tmp_path / "b")
+    await host.publish(R2, mounting("b", b))
+    for _ in range(2):
+        await host.index.hand_out(R2, ["b"], [b])
+    assert len(reads) == 2

@@ -9,7 +9,8 @@ import asyncio
 import os
 import re
 import select
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
 
 from .logs import EventLogger
 
@@ -89,16 +90,29 @@ Source = tuple[str, str]
 at its root (a bind mount of `/srv/a` shows `/srv/a` of its file system)."""
 
 
+LOCAL_FILE_SYSTEMS: Final = frozenset(
+    {
+        "btrfs", "devtmpfs", "erofs", "ext2", "ext3", "ext4", "f2fs", "overlay", "ramfs",
+        "squashfs", "tmpfs", "vfat", "xfs", "zfs",
+    }
+)  # fmt: skip
+"""File system types whose lookups wait on nothing but this machine's memory and disks:
+no server, no user-space daemon (a network or FUSE file system can hang a lookup for good)."""
+
+
 class MountMap:
     """Where else the mount table shows a path: a bind mount shows one directory (or file)
     at a second place, which `realpath` does not know (it is no link). Read from
     /proc/self/mountinfo (`read_mounts`); without a second mount of any file system, every
-    path is only its own place at no cost."""
+    path is only its own place at no cost. `types`: each mount point's file system type."""
 
-    def __init__(self, mounts: Iterable[tuple[str, Source]] = ()) -> None:
+    def __init__(
+        self, mounts: Iterable[tuple[str, Source]] = (), types: Mapping[str, str] | None = None
+    ) -> None:
         points: dict[str, Source] = {}
         for point, source in mounts:
             points[point] = source  # (a later mount on the same point hides the earlier)
+        self._types = dict(types or {})
         shown: dict[str, list[tuple[str, str]]] = {}
         for point, (dev, root) in points.items():
             shown.setdefault(dev, []).append((root, point))
@@ -183,8 +197,28 @@ class MountMap:
             below[directory] = point
         return point
 
+    def local(self, real: str) -> bool:
+        """Whether a lookup of the real path `real` crosses only mounts of
+        `LOCAL_FILE_SYSTEMS` (False where the table does not say)."""
+        point = self._point(real)
+        if point is None:
+            return False
+        while True:
+            if self._types.get(point) not in LOCAL_FILE_SYSTEMS:
+                return False
+            if point == "/":
+                return True
+            above = self._point(os.path.dirname(point))
+            if above is None:
+                return False
+            point = above
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, MountMap) and other._points == self._points
+        return (
+            isinstance(other, MountMap)
+            and other._points == self._points
+            and other._types == self._types
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -213,12 +247,18 @@ def parse_mounts(text: str) -> MountMap:
     """The mount table from the text of a mountinfo file (lines that are not one are
     skipped)."""
     mounts: list[tuple[str, Source]] = []
+    types: dict[str, str] = {}
     for line in text.splitlines():
         fields = line.split(" ")
         if len(fields) < 5 or ":" not in fields[2]:
             continue
-        mounts.append((_unescape(fields[4]), (fields[2], _unescape(fields[3]))))
-    return MountMap(mounts)
+        point = _unescape(fields[4])
+        mounts.append((point, (fields[2], _unescape(fields[3]))))
+        types.pop(point, None)  # (a later mount on the same point hides the earlier)
+        if "-" in fields[6:]:  # (optional fields, then "-", the type, the source, options)
+            after = fields.index("-", 6) + 1
+            types[point] = fields[after] if after < len(fields) else ""
+    return MountMap(mounts, types)
 
 
 def read_mounts(path: str = MOUNTINFO) -> MountMap:

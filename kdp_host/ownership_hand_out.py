@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import functools
 import os
 import time
@@ -164,10 +165,7 @@ class HandingOut(AdmissionGate):
         limit, or when the read does not end within `HANDED_TIMEOUT`."""
         whole = self._arrivals.left_to_net(mounted)
         followed = tuple(d for d in mounted if d not in whole)
-        work = functools.partial(_read_inside, followed, whole, self._reads_kept.get(followed))
-        what = f"what is below {', '.join(mounted)} was not read"
-        (found, more), kept = await self._off_loop(work, what)
-        self._reads_kept.keep(followed, kept)
+        found, more = await self._read_below(followed, whole, mounted)
         if more:
             raise Unresolvable(
                 f"{', '.join(whole)}: its tree is not followed in full (mount_tree_unfollowed) "
@@ -190,6 +188,28 @@ class HandingOut(AdmissionGate):
             f"{resource}: the answer mounts {path}, which device {owner.device} of "
             f"{owner.resource} owns (found there now: the mounting device is checked again)"
         )
+
+    async def _read_below(
+        self, followed: tuple[str, ...], whole: list[str], mounted: list[str]
+    ) -> tuple[Found, bool]:
+        """`_read_inside`, the read of `followed` kept (`KeptReads`): a kept read of
+        directories on local file systems (`MountMap.local`: no server to wait for) is
+        checked on the loop, with no thread hop; any other off it."""
+        reads = self._reads_kept
+        known = reads.get(followed)
+        if known is not None and known.local and not whole:
+            if known.holds(time.monotonic()):
+                return known.answer[0], False
+            known = None
+        since = reads.generation
+        work = functools.partial(_read_inside, followed, whole, known)
+        what = f"what is below {', '.join(mounted)} was not read"
+        answer, kept = await self._off_loop(work, what)
+        if kept is not None and not kept.local:
+            local = self._within.mounts.local
+            kept = dataclasses.replace(kept, local=all(local(p) for p, _ in kept.listed))
+        reads.keep(followed, kept, since)
+        return answer
 
     async def _not_linked_in(
         self, resource: str, ids: Iterable[str], reached: Mapping[str, Reached | None]

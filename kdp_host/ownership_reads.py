@@ -91,6 +91,9 @@ class KnownRead:
     """Each listed directory's (st_dev, st_ino, st_mtime_ns, st_ctime_ns)."""
     at: float
     """When it was read (monotonic)."""
+    local: bool = False
+    """Every listed directory is on a local file system (`MountMap.local`): `holds` may
+    run on the loop."""
 
     def holds(self, now: float) -> bool:
         """Whether a read again now would find the same (its directories' lstat, off the
@@ -182,12 +185,15 @@ class KeptReads:
         self._limit = limit
         self.following_mounts = False
         """Whether the mount table's changes are followed (`clear`): nothing is kept before."""
+        self.generation = 0
+        """`clear`s so far: a read begun before one is not kept."""
 
     def get(self, paths: tuple[str, ...]) -> KnownRead | None:
         return self._reads.get(paths)
 
-    def keep(self, paths: tuple[str, ...], read: KnownRead | None) -> None:
-        if read is None or not self.following_mounts:
+    def keep(self, paths: tuple[str, ...], read: KnownRead | None, since: int) -> None:
+        """Keep `read` of `paths`, begun at `generation` `since` (None: forget it)."""
+        if read is None or not self.following_mounts or since != self.generation:
             self._reads.pop(paths, None)
             return
         if len(self._reads) >= self._limit and paths not in self._reads:
@@ -196,3 +202,4 @@ class KeptReads:
 
     def clear(self) -> None:
         self._reads.clear()
+        self.generation += 1

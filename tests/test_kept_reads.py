@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kdp_host import ownership_reads
+from kdp_host import ownership_hand_out, ownership_reads
+from kdp_host.mount_table import MountMap, parse_mounts
 from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.ownership_reads import KEPT_FOR, read_or_recall
 from kdp_host.testing import ManualWatcher
@@ -176,3 +178,49 @@ async def test_no_read_is_kept_while_the_mount_table_is_not_followed(
     for _ in range(2):
         await host.index.hand_out(R2, ["b"], [b])
     assert len(reads) == 2
+
+
+LOCAL_TABLE = "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
+
+
+def test_which_paths_are_on_local_file_systems() -> None:
+    table = parse_mounts(
+        LOCAL_TABLE
+        + "2 1 0:50 / /mnt/nfs rw shared:7 - nfs4 server:/export rw\n"
+        + "3 2 8:2 / /mnt/nfs/disk rw - xfs /dev/sdb1 rw\n"
+        + "4 1 0:51 / /home/user/fuse rw - fuse.sshfs host: rw\n"
+        + "5 1 0:52 / /srv/tmp rw - tmpfs tmpfs rw\n"
+    )
+    assert table.local("/usr/lib") and table.local("/srv/tmp/x")
+    assert not table.local("/mnt/nfs/a")
+    assert not table.local("/mnt/nfs/disk/a"), "a local disk mounted below a network one"
+    assert not table.local("/home/user/fuse/a")
+    assert not MountMap().local("/usr/lib"), "a table that does not say"
+
+
+async def test_a_kept_read_on_local_file_systems_is_checked_on_the_loop(
+    tmp_path: Path, reads: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread hop for a repeated Allocate whose mounted tree is on a local file system
+    (beside a busy loop each hop waited for the GIL); a node renamed in is still seen."""
+    hops: list[tuple[str, ...]] = []
+    real = ownership_hand_out._read_inside
+
+    def counted(followed: tuple[str, ...], *rest: Any) -> Any:
+        hops.append(followed)
+        return real(followed, *rest)
+
+    monkeypatch.setattr(ownership_hand_out, "_read_inside", counted)
+    for table, hopped in ((parse_mounts(LOCAL_TABLE), 1), (MountMap(), 3)):
+        hops.clear()
+        here = tmp_path / str(hopped)
+        here.mkdir()
+        host, _ = await booked_beside_tree(here, "sub", mounts=table)
+        aged(here / "b", here / "b" / "sub")
+        b = str(here / "b")
+        for _ in range(3):
+            await host.index.hand_out(R2, ["b"], [b])
+        assert len(hops) == hopped
+        (here / "dev" / "n0").rename(here / "b" / "sub" / "n0")
+        with pytest.raises(PlaceOwned):
+            await host.index.hand_out(R2, ["b"], [b])

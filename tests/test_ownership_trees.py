@@ -26,6 +26,7 @@ from kdp_host.holdings import Holdings
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
+from kdp_host.mount_table import MountMap
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Unresolvable
 from kdp_host.ownership_hand_out import PlaceOwned
@@ -54,7 +55,7 @@ class ManualNet:
 
 
 async def booked_beside_tree(
-    tmp: Path, *below: str, net: ManualNet | None = None
+    tmp: Path, *below: str, net: ManualNet | None = None, mounts: MountMap | None = None
 ) -> tuple[Host, ManualWatcher]:
     """Resource a's node dev/n0 is booked (a pod holds it); resource b mounts tmp/b, which
     has the directories `below` from the start."""
@@ -64,7 +65,7 @@ async def booked_beside_tree(
     for directory in below:
         (tmp / "b" / directory).mkdir(parents=True)
     watcher = ManualWatcher()
-    host = Host(watcher, net=net)
+    host = Host(watcher, mounts=mounts, net=net)
     await host.publish(R1, nodes("n0", str(tmp / "dev" / "n0")))
     await host.index.book(R1, ["n0"])
     await host.publish(R2, mounting("b", str(tmp / "b")))

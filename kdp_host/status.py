@@ -141,6 +141,8 @@ def devices_document(host: Host) -> dict[str, Any]:
                 entry["health"] = HEALTHY if any(d.healthy for d in kept) else UNHEALTHY
             elif device_id in runtime.elsewhere.present:  # another plugin's (hostile12 L2)
                 entry["health"] = HEALTHY
+            elif runtime.elsewhere.kept((device_id,)):  # (not looked at yet: not missing)
+                entry["health"] = HELD
             if (holding := back.get(device_id)) is not None:
                 entry["heldBack"] = {"reason": holding.reason}
                 if holding.owner.resource:  # (by that device, or that booking)
@@ -183,7 +185,7 @@ class DevicesAnswer:
             pieces += (poller.status, poller.holdings, poller.allocatable)
         for name, runtime in sorted(list(self._host.resources.items())):
             pieces += (name, runtime, runtime.table.snapshot, self._host.ownership.held_now(name))
-            pieces.append(runtime.elsewhere.present)
+            pieces += (runtime.elsewhere.present, runtime.elsewhere.looked)
             tracker = runtime.release
             counters.append(-1 if tracker is None else tracker.changes)
         return tuple(pieces), tuple(counters)

@@ -3,11 +3,14 @@ there as that plugin handed it out, is not missing (hostile12 L2: `ownership_els
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kdp_host import ownership_elsewhere
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.status import devices_document
 
@@ -22,11 +25,22 @@ async def test_a_foreign_id_whose_node_is_inside_a_served_directory_is_not_missi
     start_host: Any,
     form: str,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """hostile12 L2: another plugin handed p1 the node snd/c0 under its own ID; a reload adds
     the name to kdp-host serving the directory snd as one device: the directory is held for
     p1's ID (not advertised), and p1's device is neither missing nor gone (before: held
-    missing, `state=gone`, and the alert's recipe deletes a healthy pod)."""
+    missing, `state=gone`, and the alert's recipe deletes a healthy pod). Before the first
+    look at its node (held up here) `/devices` says it is held, not missing (it said
+    missing: the full suite under load saw it)."""
+    looked = threading.Event()
+    there = ownership_elsewhere._there
+
+    def held_up(wanted: Mapping[str, ownership_elsewhere.Handed]) -> frozenset[str]:
+        looked.wait(60)
+        return there(wanted)
+
+    monkeypatch.setattr(ownership_elsewhere, "_there", held_up)
     kubelet = pod_resources_kubelet
     other = nodes(short_dir, "odev", "o0")
     (short_dir / "dev").mkdir()
@@ -60,8 +74,14 @@ async def test_a_foreign_id_whose_node_is_inside_a_served_directory_is_not_missi
     await wait_until(lambda: running.host.resources[GDEV]._held, what="the runtime heard")
     assert kubelet.resource(GDEV).healthy_ids == frozenset()
     assert running.sample("kdp_devices_held_missing", resource=GDEV) == 0
-    [entry] = [r for r in devices_document(running.host)["resources"] if r["name"] == GDEV]
-    assert [d["health"] for d in entry["devices"] if d["id"] == "u-0"] == ["Healthy"]
+
+    def health() -> list[str]:
+        [entry] = [r for r in devices_document(running.host)["resources"] if r["name"] == GDEV]
+        return [d["health"] for d in entry["devices"] if d["id"] == "u-0"]
+
+    assert health() in (["held"], ["Healthy"]), "not looked at yet: not missing"
+    looked.set()
+    await wait_until(lambda: health() == ["Healthy"], what="its node looked at: there")
     assert not [r for r in caplog.records if r.msg == "held_device_missing"]
     (snd / "c0").unlink()  # (unplugged now: missing, `gone`)
     await wait_until(

@@ -132,7 +132,8 @@ class MetricFamilies:
         self.devices_held_missing = Gauge(
             "kdp_devices_held_missing",
             "Devices a container holds (PodResources) that are gone from the device list or "
-            "unhealthy: the stick was unplugged while its pod keeps running.",
+            "unhealthy, or whose host path reaches another node than handed out: the stick "
+            "was unplugged (or replaced) while its pod keeps running.",
             ["resource"],
             registry=r,
         )

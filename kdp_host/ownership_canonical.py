@@ -50,11 +50,12 @@ def checked_reach(
 def strays(now: Reached | str | None, handed: Identity | None) -> bool:
     """Whether a host path handed out may reach something else now than it was handed as
     (`handed`: what it reached then, `Handed.reached`; None: not recorded): the one rule
-    of a release and a preStart (`OwnershipIndex.changed_places`) and of a held CDI entry
-    (`cdi_spec.render_held`). `now`, what it reaches (`checked_reach`, as the index
-    resolves it): nothing there passes (what acts on it reaches nothing); not known strays
-    (None: no path, no answer in time; a str: UNRESOLVABLE, hung); else it strays unless
-    it is `handed` (without one, always: the index then asks who owns it)."""
+    of a release and a preStart (`OwnershipIndex.changed_places`), of a held CDI entry
+    (`cdi_spec.render_held`) and of a held device made anew (`reaches_another`). `now`,
+    what it reaches (`checked_reach`, as the index resolves it): nothing there passes (what
+    acts on it reaches nothing); not known strays (None: no path, no answer in time; a str:
+    UNRESOLVABLE, hung); else it strays unless it is `handed` (without one, always: the
+    index then asks who owns it)."""
     if now is None or isinstance(now, str):
         return True
     return now[0][0] != NOTHING and now[0] != handed
@@ -63,6 +64,17 @@ def strays(now: Reached | str | None, handed: Identity | None) -> bool:
 def strays_now(path: str, handed: Identity) -> bool:
     """`strays` for what `path` reaches now (`checked_reach`). Blocking: off the loop."""
     return strays(checked_reach(path), handed)
+
+
+def reaches_another(path: str, handed: Identity) -> bool:
+    """Whether `path` reaches another node or file now than it was handed out with
+    (`handed`): something found there (`checked_reach`) that strays (`strays`): made anew
+    at that path (hostile14 N3: a driver reloaded with another number; the held-missing
+    check's `replaced`, `held_replaced`). Nothing there is not (gone: `strays` passes it),
+    nor what is not known (hung, unresolvable: `strays` fails closed for what acts on the
+    path, but a pod is not called without its device on that). Blocking: off the loop."""
+    now = checked_reach(path)
+    return now is not None and not isinstance(now, str) and strays(now, handed)
 
 
 def canonical(device: Device, claims: Claims) -> Device:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import grpclib
@@ -21,6 +21,7 @@ from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
 from .features import allocate_hook, cdi_writer, health_checker, pre_start_hook, release_tracker
 from .files import STOP_WAIT, OffloadScope
 from .first_list import FirstList
+from .held_replaced import Replaced
 from .ownership import OwnedTable
 from .ownership_elsewhere import Elsewhere
 from .protocol.lists import ListAndWatchEncoder, Overflow
@@ -51,8 +52,11 @@ class ResourceRuntime:
         self._held_ids: dict[str, tuple[str, ...]] = {}
         """The advertised IDs of each device of `_held` the containers hold."""
         self._held_missing: set[str] = set()
+        self._held_replaced: set[str] = set()
         self.elsewhere = Elsewhere()
         """Held devices under another plugin's ID whose nodes are there (`ownership_elsewhere`)."""
+        self.replaced = Replaced()
+        """Held devices made anew at a path since handed out (`held_replaced`)."""
         self._encoder = ListAndWatchEncoder(
             on_overflow=self._on_list_overflow,
             held=functools.partial(services.ownership.is_booked, config.name),
@@ -131,6 +135,7 @@ class ResourceRuntime:
         if self._services.node_features is not None:
             self._services.node_features.update(self.config.name, snapshot)
         if self._held:
+            self._look_replaced(snapshot)
             self._check_held_devices(snapshot)
         self._serving.devices_changed()
 
@@ -157,6 +162,7 @@ class ResourceRuntime:
             await self._run(driver)
         finally:
             self.elsewhere.stop()
+            self.replaced.stop()
             detach()
             await self._work.close(STOP_WAIT, self.log)
 
@@ -207,6 +213,7 @@ class ResourceRuntime:
         self.elsewhere.look(
             self._services.ownership, self.config.name, by_device, self._work, checked
         )
+        self._look_replaced(self.table.snapshot)
         self._check_held_devices(self.table.snapshot)
         if self.release is not None:
             self.release.holdings(holdings)
@@ -214,6 +221,16 @@ class ResourceRuntime:
     def check_held(self) -> None:
         """Check the held devices against the current list (`_check_held_devices`)."""
         self._check_held_devices(self.table.snapshot)
+
+    def held_replaced(self, devices: Iterable[str]) -> set[str]:
+        """Of `devices` (held), those a path of which reaches another node or file now than
+        handed out (`held_replaced`): missing, for the held-missing check and `/devices`."""
+        return self.replaced.of(devices, self._handed.entry)
+
+    def _look_replaced(self, snapshot: Snapshot) -> None:
+        self.replaced.look(
+            snapshot.devices, self._held, self._handed.entry, self._work, self.check_held
+        )
 
     def count_refused(self, name: str) -> None:
         """An Allocate refused while the kubelet's checkpoint cannot be read."""
@@ -224,16 +241,18 @@ class ResourceRuntime:
         unplugged and the pod keeps running): a gauge, and one warning per device as it goes
         missing, naming its holders (the README's recipe acts on them): `unhealthy` while
         its driver lists it (advertised Unhealthy, or held: its node went before the driver
-        saw it), `gone` once not. A held ID no device is advertised under whose node a listed
-        device holds for it (a reload renamed it, hostile11 K6) is neither, nor a device held
-        back by another's claim that its driver lists healthy (`held_in_place`), nor another
-        plugin's ID whose nodes are there as it handed them out (hostile12 L2). Not before the
-        driver's first list: a PodResources answer that comes first would call every held
-        device gone; nor before the CDI spec's first write (until then every device is held
-        Unhealthy, its name not on disk yet: hostile10 F4 saw `state=unhealthy` for devices
-        healthy a few ms later); the write changes the snapshot, which checks again; nor while
-        the first list waits for the kubelet's checkpoint (another plugin's IDs not booked
-        yet: `CheckpointReads`), checked again once it may go out."""
+        saw it), `gone` once not; `replaced` while a path of it reaches another node or file
+        than handed out (`held_replaced`: made anew, the pod has the old one). A held ID no
+        device is advertised under whose node a listed device holds for it (a reload renamed
+        it, hostile11 K6) is neither, nor a device held back by another's claim that its
+        driver lists healthy (`held_in_place`), nor another plugin's ID whose nodes are there
+        as it handed them out (hostile12 L2). Not before the driver's first list: a
+        PodResources answer that comes first would call every held device gone; nor before
+        the CDI spec's first write (until then every device is held Unhealthy, its name not
+        on disk yet: hostile10 F4 saw `state=unhealthy` for devices healthy a few ms later);
+        the write changes the snapshot, which checks again; nor while the first list waits
+        for the kubelet's checkpoint (another plugin's IDs not booked yet:
+        `CheckpointReads`), checked again once it may go out."""
         healthy = {device.id for device in snapshot.devices if device.healthy}
         if not self.table.published.is_set() and self._serving.first_list.failure is None:
             return  # no list yet (a start, a restart by a reload): nothing is known missing
@@ -248,17 +267,19 @@ class ResourceRuntime:
         missing -= {device for device, devices in kept.items() if any(d.healthy for d in devices)}
         missing -= {device for device in missing if ownership.held_in_place(name, device)}
         missing -= self.elsewhere.kept(missing)
+        replaced = self.held_replaced(self._held)  # (listed: a node made anew, hostile14 N3)
+        missing |= replaced
         self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
         listed = {device.id for device in snapshot.devices} if missing else set()
-        for device in sorted(missing - self._held_missing):
-            present = device in listed or ownership.lists(name, device) or bool(kept[device])
+        for device in sorted((missing - self._held_missing) | (replaced - self._held_replaced)):
+            present = device in listed or ownership.lists(name, device) or bool(kept.get(device))
             self.log.warning(
                 "held_device_missing",
                 device=device,
-                state="unhealthy" if present else "gone",
+                state="replaced" if device in replaced else "unhealthy" if present else "gone",
                 holders=",".join(h.shown() for h in self._held[device]),
             )
-        self._held_missing = missing
+        self._held_missing, self._held_replaced = missing, replaced
 
     async def _run_parts(self, driver: Driver, reporter: DeviceReporter) -> None:
         services, name = self._services, self.config.name

@@ -30,7 +30,8 @@ STATUS_TIMEOUT = 5.0
 MAX_ANSWER = 64 << 20
 """Most bytes of a `/devices` answer `kdp-host status` reads."""
 MISSING = "missing"
-"""The health of a device held or owed a release that the resource does not list now."""
+"""The health of a device held or owed a release that the resource does not list now, or
+held while a path of it reaches another node or file than handed out (`held_replaced`)."""
 HELD = "held"
 """The health of a device found and held back (`device_held`: another device's claim, a
 booking of another ID, a path no container is handed), with why (`heldBack`)."""
@@ -112,6 +113,7 @@ def devices_document(host: Host) -> dict[str, Any]:
         known = None if allocatable is None else allocatable.get(name, frozenset())
         devices = []
         listed = set()
+        replaced = runtime.held_replaced(held)  # (made anew at a path: hostile14 N3)
         for device in runtime.table.snapshot.devices:
             listed.add(device.id)
             entry: dict[str, Any] = {
@@ -119,6 +121,8 @@ def devices_document(host: Host) -> dict[str, Any]:
                 "health": HEALTHY if device.healthy else UNHEALTHY,
                 "holders": held.get(device.id, []),
             }
+            if device.id in replaced:  # (its pod has the node it was handed, gone now)
+                entry["health"] = MISSING
             if known is not None and replicas == 1:
                 entry["kubeletAllocatable"] = device.id in known
             if tracker is not None:
@@ -185,7 +189,7 @@ class DevicesAnswer:
             pieces += (poller.status, poller.holdings, poller.allocatable)
         for name, runtime in sorted(list(self._host.resources.items())):
             pieces += (name, runtime, runtime.table.snapshot, self._host.ownership.held_now(name))
-            pieces += (runtime.elsewhere.present, runtime.elsewhere.looked)
+            pieces += (runtime.elsewhere.present, runtime.elsewhere.looked, runtime.replaced.found)
             tracker = runtime.release
             counters.append(-1 if tracker is None else tracker.changes)
         return tuple(pieces), tuple(counters)

@@ -56,6 +56,8 @@ async def test_an_unplugged_held_device_is_counted_and_names_its_pod(
     await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="held")
     assert missing(running) == 0
 
+    kept = short_dir / "kept"
+    os.link(held, kept)
     with caplog.at_level("WARNING", logger="kdp_host"):
         held.unlink()  # the stick is pulled; the pod keeps running
         await wait_until(lambda: missing(running) == 1, what="counted")
@@ -64,7 +66,7 @@ async def test_an_unplugged_held_device_is_counted_and_names_its_pod(
     assert fields.get("device") == held.name and fields.get("state") == "unhealthy"
     assert fields.get("holders") == "default/train-7/worker"
 
-    held.touch()  # plugged back in
+    os.link(kept, held)  # plugged back in (the same device: its node's number, here its inode)
     await wait_until(lambda: missing(running) == 0, what="back")
     await sim.release("train-7")  # the pod ended while its device was gone: not counted
     held.unlink()
@@ -199,3 +201,56 @@ async def test_a_held_device_another_pods_mount_reaches_is_held_not_missing(
     assert shown["health"] == "held" and shown["heldBack"]["resource"] == scratch, shown
     node.unlink()  # now it is gone: missing
     await wait_until(lambda: missing(running) == 1, what="counted once gone")
+
+
+async def test_a_held_device_made_anew_at_its_path_is_missing_until_let_go(
+    sim: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """hostile14 N3: p1 holds fpga0; the node is made again at its path as another (a char
+    driver reloaded with another major, another device enumerated under the name; here a file
+    of another inode renamed onto it). p1's container has the old one, which reaches nothing
+    now, and kdp-host listed the new one `Healthy` in p1, counted nothing. Now: counted
+    missing, `held_device_missing state=replaced`, `missing` on `/devices` (the README's
+    alert and recipe act on them), until p1 lets go of the ID. The same file at the path
+    again (its number: plugged back in) is not."""
+    running = await start_host(config_text(socket_dir, short_dir, devices))
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+    response = await sim.allocate(FPGA, 1, pod_uid="p1", container="c")
+    assert response is not None
+    held = Path(response.devices[0].host_path)
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="held")
+    kept = short_dir / "kept"
+    os.link(held, kept)
+    with caplog.at_level("WARNING", logger="kdp_host"):
+        held.unlink()
+        await wait_until(lambda: missing(running) == 1, what="unplugged")
+        os.link(kept, held)  # the same one again: not replaced
+        await wait_until(lambda: missing(running) == 0, what="back")
+        await two_answers(poller)
+        assert missing(running) == 0
+        caplog.clear()
+
+        fresh = short_dir / "fresh"
+        fresh.touch()  # (made while fpga0 is there: another inode)
+        os.rename(fresh, held)
+        await wait_until(lambda: missing(running) == 1, what="counted as replaced")
+    [record] = [r for r in caplog.records if r.getMessage() == "held_device_missing"]
+    fields = getattr(record, "kdp_fields", {})
+    assert fields.get("device") == held.name and fields.get("state") == "replaced", fields
+    assert fields.get("holders") == "default/p1/c"
+    (resource,) = devices_document(running.host)["resources"]
+    [shown] = [d for d in resource["devices"] if d["id"] == held.name]
+    assert shown["health"] == "missing" and [h["pod"] for h in shown["holders"]] == ["p1"]
+
+    await sim.release("p1")  # p1 lets go: the new one is fpga0 as any
+    await wait_until(lambda: not poller.holdings.of(FPGA), what="released")
+    assert missing(running) == 0
+    (resource,) = devices_document(running.host)["resources"]
+    [shown] = [d for d in resource["devices"] if d["id"] == held.name]
+    assert shown["health"] == "Healthy" and shown["holders"] == [], shown

@@ -282,12 +282,19 @@ def test_the_devices_answer_is_built_once_per_change_and_shared_by_scrapers() ->
 
     from kdp_host.device_table import DeviceTable
     from kdp_host.devices import Device
+    from kdp_host.held_replaced import Replaced
     from kdp_host.ownership_elsewhere import Elsewhere
 
     table = DeviceTable()
     table.publish([Device("a"), Device("b")])
+    replaced = Replaced()
     runtime = SimpleNamespace(
-        config=SimpleNamespace(replicas=1), table=table, release=None, elsewhere=Elsewhere()
+        config=SimpleNamespace(replicas=1),
+        table=table,
+        release=None,
+        elsewhere=Elsewhere(),
+        replaced=replaced,
+        held_replaced=lambda devices: replaced.of(devices, lambda _device: None),
     )
     none_held: dict[str, Any] = {}  # (replaced whole when it changes: one object till then)
     ownership = SimpleNamespace(held_now=lambda resource: none_held)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .health import HealthChecker
     from .hooks import AllocateHook, PreStartHook
     from .nfd import NodeFeatureFile
+    from .ownership_bookings import BookedElsewhere
     from .podresources import PodResourcesPoller
     from .release import ReleaseTracker
     from .timings import Timings
@@ -182,12 +183,14 @@ def pod_resources_poller(
     offload: Offload,
     booked: Callable[[], Mapping[str, Collection[str]]],
     timings: Timings,
+    peer_booked: Callable[[BookedElsewhere], None],
 ) -> PodResourcesPoller | None:
     """The host's one PodResources poller (None: `podResourcesInterval: 0s`, polling off),
     which holds the IDs handed out that no answer showed (`unlisted`: reading the kubelet's
     checkpoint in its `socketDir` through `offload`; at start every ID it lists, of every
     resource, as the start books them all, `checkpoint_bookings.book_handed`; every ID
-    `booked` when it cannot be read)."""
+    `booked` when it cannot be read; those another host on the state directory books,
+    from when `peer_booked` tells them, `OwnershipIndex.peer_booked`)."""
     kubelet = config.kubelet
     if kubelet.pod_resources_interval <= 0:
         return None
@@ -198,6 +201,7 @@ def pod_resources_poller(
         kubelet.socket_dir, offload, log.bind(component="podresources"), timings=timings
     )
     unlisted.seed(None, booked)
+    peer_booked(unlisted.booked_elsewhere)
     return PodResourcesPoller(
         kubelet.pod_resources_socket,
         kubelet.pod_resources_interval,

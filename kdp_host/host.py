@@ -152,7 +152,7 @@ class Host:
         await book_handed(self.ownership, self.selection.config, self._work, self.log)
         self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown)
             self.selection.config, self.metrics, self.log, self._work,
-            self.ownership.handed_out, self.timings)  # fmt: skip
+            self.ownership.handed_out, self.timings, self.ownership.peer_booked)  # fmt: skip
         if self.pod_resources is not None:  # (lingering claims go once no pod holds them;
             self.pod_resources.subscribe(self.ownership.holdings)  # the kubelet writes its
             # checkpoint when a list is sent again: `unlisted`)

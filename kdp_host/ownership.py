@@ -230,9 +230,15 @@ class OwnershipIndex(Watching):
         """A booking whose device's release is still due (`release_state`) stays, holding its
         claims for every resource, until a PodResources answer after the release succeeded
         (hostile3 G9: the release is owed by the resource's ID, the node is the index's).
-        `booked` is told the IDs another host on the state directory books once the bookings
+        `booked`: told what another host books (`peer_booked`)."""
+        self._ledger.releasing = pending
+        if booked is not None:
+            self.peer_booked(booked)
+
+    def peer_booked(self, told: BookedElsewhere) -> None:
+        """`told` is told the IDs another host on the state directory books once the bookings
         read at start are in (new among the other hosts' bookings: `Ledger.mirroring`)."""
-        self._ledger.releasing, self._ledger.booked_elsewhere = pending, booked
+        self._ledger.booked_elsewhere.append(told)
 
     def retire(self, resource: str) -> None:
         """`resource` left the config: its claims linger while their nodes are there."""

@@ -59,7 +59,9 @@ def _none_pending(_resource: str, _device: str) -> bool:
 
 BookedElsewhere = Callable[[str, Collection[str], str], None]
 """(resource, IDs, the host's instance ID): what another host booked, seen since this
-host's start (`ReleaseStateStore.booked_elsewhere`)."""
+host's start (its Allocate, which this host did not see): a use of the device
+(`ReleaseStateStore.booked_elsewhere`), held until an answer shows it as an Allocate of
+this host's is (`unlisted.Unlisted.booked_elsewhere`)."""
 
 
 class Ledger(BookedClaims):
@@ -78,7 +80,7 @@ class Ledger(BookedClaims):
         self.foreign_owners: set[Owner] = set()
         self.sink: StateSink | None = None
         self.releasing: ReleasePending = _none_pending  # (see `expire`)
-        self.booked_elsewhere: BookedElsewhere | None = None  # (see `mirroring`)
+        self.booked_elsewhere: list[BookedElsewhere] = []  # (told in turn: `mirroring`)
         self.drops = 0
         """Bookings gone so far (`drop`, another host's: `mirror`): `HandedRecord.answered`."""
 
@@ -141,13 +143,14 @@ class Ledger(BookedClaims):
                 self._index(key[1], booking, 1)
                 changed = True
         owners = {owner for _, owner in foreign}
-        if self.booked_elsewhere is not None and self.sink is not None:  # (not those at start)
+        if self.booked_elsewhere and self.sink is not None:  # (not those at start)
             new: dict[tuple[str, str], set[str]] = {}
             for writer, owner in foreign.keys() - before.keys():
                 if owner not in self.foreign_owners and owner not in self.bookings:
                     new.setdefault((owner.resource, writer), set()).add(owner.device)
             for (resource, writer), ids in sorted(new.items()):
-                self.booked_elsewhere(resource, ids, writer)
+                for told in self.booked_elsewhere:
+                    told(resource, ids, writer)
         self.drops += len(self.foreign_owners - owners)
         self.foreign, self.foreign_owners = foreign, owners
         return changed

@@ -140,7 +140,9 @@ def assume_used(
     """The IDs `booked` count as used from `at` (monotonic, Unix time; `settle`: see
     `DeviceUse.begun`), as
     an Allocate of this host's would: released once their device is seen free or allocated
-    again. One line (`release_use_assumed`) per ID not used before."""
+    again (an ID no answer has shown is not seen free: another host's booking is held as
+    this host's Allocates are, `unlisted.Unlisted.booked_elsewhere`). One line
+    (`release_use_assumed`) per ID not used before."""
     for advertised in sorted(booked):
         use = uses.setdefault(device_id := physical_id(advertised, replicas), DeviceUse())
         if advertised not in use.used:

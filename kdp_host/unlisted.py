@@ -1,5 +1,10 @@
 """IDs an Allocate handed out that no PodResources answer has shown since: held, not free.
 
+An Allocate of this host's (`allocated`), or of another host on the state directory, whose
+booking this host sees in `ownership.json` after its start (`booked_elsewhere`: a rolling
+update's two hosts, one rule; hostile14 N4: the other host's booking, counted as a use of the
+device, was released on the answers' silence while a regular init container held it).
+
 The kubelet's PodResources `List` leaves regular (non-restartable) init containers out,
 although its device manager allocates them devices and keeps those for the pod's lifetime
 (docs/kubelet-contract.md §6, §15); and a pod whose admission failed after our Allocate
@@ -168,6 +173,14 @@ class Unlisted:
         self._backoff.reset()
         for device_id in ids:
             self.handed[(resource, device_id)] = handout
+
+    def booked_elsewhere(self, resource: str, ids: Collection[str], _writer: str) -> None:
+        """Another host on the state directory (a rolling update's) booked these IDs, seen in
+        `ownership.json` since this host's start: its Allocate, held as this host's own are
+        (`allocated`: one rule, whoever handed them out) from now, when it was seen (an
+        answer asked before, or a checkpoint written within `allocation_settle` after, is no
+        news of it)."""
+        self.allocated(resource, ids)
 
     def shown(self, answer: Holdings) -> None:
         """An answer (as the kubelet gave it): the IDs it shows held since their Allocate

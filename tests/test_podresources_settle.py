@@ -91,16 +91,19 @@ async def forwarded(
         await server.wait_closed()
 
 
-async def releasing_host(kubelet: Any, start_host: Any, short_dir: Path, devices: Path) -> Any:
-    """A host serving FPGA (a release script) to the real kubelet, polling PodResources
-    through the forwarder (`forwarded`), started `fast`; returned once the kubelet
-    registered it."""
+def releasing_yaml(kubelet: Any, short_dir: Path, devices: Path) -> str:
+    """The config of a host serving FPGA (a release script) to the real kubelet, polling
+    PodResources through the forwarder (`forwarded`)."""
     pr = short_dir / "pr"
-    yaml = host_yaml(
+    return host_yaml(
         kubelet.socket_dir, devices, short_dir / "state", release_script(short_dir),
         pod_resources=pr,
     ).replace(str(pr / "kubelet.sock"), str(short_dir / FORWARDER))  # fmt: skip
-    running = await start_host(yaml, fast=True)
+
+
+async def releasing_host(kubelet: Any, start_host: Any, short_dir: Path, devices: Path) -> Any:
+    """A host of `releasing_yaml`, started `fast`; returned once the kubelet registered it."""
+    running = await start_host(releasing_yaml(kubelet, short_dir, devices), fast=True)
     await kubelet.await_for(_registered(kubelet), what="fpga registered")
     return running
 

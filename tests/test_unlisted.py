@@ -34,8 +34,9 @@ from kdp_host.status import devices_document
 from kdp_host.unlisted import Unlisted
 
 from .conftest import FAST, wait_until
-from .test_podresources_settle import Forgetful, forwarded, releasing_host
+from .test_podresources_settle import Forgetful, forwarded, releasing_host, releasing_yaml
 from .test_release import FPGA, host_yaml, release_lines, release_script
+from .test_release_hosts import _state
 
 
 @pytest.fixture
@@ -335,6 +336,30 @@ async def test_a_checkpoint_written_too_soon_after_the_allocate_is_asked_for_aga
     assert unlisted.by_resource() == {}
 
 
+async def test_an_id_another_host_booked_is_held_as_one_this_host_handed_out(
+    tmp_path: Path,
+) -> None:
+    """hostile14 N4: another host on the state directory booked `a` (its Allocate, seen in
+    `ownership.json` at 1000): held from then on as an Allocate of this host's is, through
+    answers that lack it (a regular init container's, or a pod whose admission failed after
+    that Allocate: never listed) and a checkpoint written too soon after, until a later
+    checkpoint no longer lists it. On the old code only this host's Allocates were held."""
+    now = [1000.0]
+    unlisted = _unlisted(tmp_path, now)
+    unlisted.booked_elsewhere(FPGA, ["a"], "host-old")
+    now[0] = 1002.0
+    unlisted.shown(Holdings(1001.0, 1002.0, {FPGA: {}}))  # (an answer that lacks it)
+    _write(tmp_path, {FPGA: ["a"]}, 1001.5)
+    await unlisted.refresh()
+    assert set(unlisted.by_resource()[FPGA]) == {"a"}
+    _write(tmp_path, {}, 1000.5)  # (written before the kubelet recorded that Allocate)
+    await unlisted.refresh()
+    assert set(unlisted.by_resource()[FPGA]) == {"a"}, "freed on a write too soon to count"
+    _write(tmp_path, {}, 1003.0)  # (the pod ended, or its admission failed: freed)
+    await unlisted.refresh()
+    assert unlisted.by_resource() == {}
+
+
 async def test_at_start_the_ids_the_checkpoint_lists_are_held_until_shown(tmp_path: Path) -> None:
     """kdp-host restarted while an init container holds `a`: `a` (listed by the checkpoint)
     is held; a checkpoint it cannot use makes every booked ID held; none makes none."""
@@ -385,6 +410,40 @@ async def test_the_real_kubelet_an_init_containers_device_stays_held_until_its_p
         await _answers_after(poller, poller.clock(), "answers well after the Allocate")
         assert release_lines(short_dir) == [], "released under the running init container"
         assert _booked(running) == {"fpga0"}, "the booking of the node ended while p1 runs"
+        await kubelet.acall(kubelet.release, "p1")
+        await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
+        assert release_lines(short_dir) == ["fpga0 // start", "fpga0 // done"]
+
+
+@pytest.mark.parametrize("old_releases", [True, False], ids=["same-config", "adds-release"])
+async def test_the_real_kubelet_an_init_container_the_other_host_admitted_stays_held(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path, devices: Path, old_releases: bool
+) -> None:
+    """hostile14 N4, a maxSurge rollout (both hosts with `release`, or one that adds it:
+    hostile13 M15): the new host runs; the old one is the kubelet's endpoint again and admits
+    p1's regular init container on fpga0 (PodResources never lists it), then stops. The
+    other host's booking, a use of the device on the new host, is an ID no answer has shown:
+    held (not released) while p1 lives, as an Allocate of the new host's is, and released
+    once p1 ended and the kubelet's checkpoint no longer lists it. On the old code the new
+    host released it under the running init container (`reason=no_longer_held`)."""
+    async with forwarded(real_kubelet_factory, short_dir, InitFilter) as (kubelet, _):
+        new = await releasing_host(kubelet, start_host, short_dir, devices)
+        yaml = releasing_yaml(kubelet, short_dir, devices)
+        since = kubelet.last_seq()
+        old = await start_host(yaml if old_releases else yaml[: yaml.index("    release:")],
+                               fast=True)  # fmt: skip
+        await kubelet.acall(kubelet.registered_at, [FPGA], since)
+        granted = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}, container="init-fw")
+        assert granted["error"] == "" and granted["device_ids"][FPGA] == ["fpga0"]
+        await wait_until(lambda: _state(new) == "in_use", what="the new host sees p1's use")
+        since = kubelet.last_seq()
+        await old.shutdown()  # (the new host registers again: `peer_sockets`)
+        await kubelet.acall(kubelet.registered_at, [FPGA], since)
+        poller = new.host.pod_resources
+        await _answers_after(poller, poller.clock(), "answers well after the booking was seen")
+        assert release_lines(short_dir) == [], "released under the running init container"
+        assert _state(new) == "in_use"
+        assert [h.listed for h in poller.holdings.of(FPGA).get("fpga0", ())] == [False]
         await kubelet.acall(kubelet.release, "p1")
         await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
         assert release_lines(short_dir) == ["fpga0 // start", "fpga0 // done"]

@@ -145,7 +145,7 @@ class Host:
         kubelet = self.config.kubelet
         state_dir, instance = self.config.state_dir, self.instance_id
         release_state = await ReleaseStateStore.read(state_dir, self.log, self._work, instance)
-        self.ownership.hold_while_releasing(release_state.pending, release_state.booked_elsewhere)
+        self.ownership.hold_while_releasing(release_state)
         sync = await shared_bookings(self.ownership, state_dir, instance, self._work, self.log)
         handed = await HandedRecord.read(state_dir, self.log, self._work, instance)
         served = {r.name for r in self.selection.config.resources}

@@ -82,7 +82,7 @@ from .mount_table import MountMap, read_mounts
 from .ownership_adopt import Adoption
 from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_booked import checkpoint_device
-from .ownership_bookings import BookedElsewhere, ReleasePending
+from .ownership_bookings import BookedElsewhere, Releases
 from .ownership_claims import Claim, Owner, Reached, Resolver
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_table import Holding, ResourceState
@@ -224,16 +224,21 @@ class OwnershipIndex(Watching):
         why, device = state.held.get(device_id), state.reported.get(device_id)
         return why is not None and why.reason != UNSAFE_MOUNT and bool(device and device.healthy)
 
-    def hold_while_releasing(
-        self, pending: ReleasePending, booked: BookedElsewhere | None = None
-    ) -> None:
-        """A booking whose device's release is still due (`release_state`) stays, holding its
-        claims for every resource, until a PodResources answer after the release succeeded
-        (hostile3 G9: the release is owed by the resource's ID, the node is the index's).
-        `booked`: told what another host books (`peer_booked`)."""
-        self._ledger.releasing = pending
-        if booked is not None:
-            self.peer_booked(booked)
+    def hold_while_releasing(self, store: Releases) -> None:
+        """A booking whose device's release is still due (`store.pending`) stays, holding
+        its claims for every resource, until a PodResources answer after the release
+        succeeded (hostile3 G9: the release is owed by the resource's ID, the node is the
+        index's), unless no tracker can ever run it (`HandOver.releasing`).
+        `store.booked_elsewhere` is told what another host books (`peer_booked`);
+        `store.held_before`, the devices advertised once a booking of another resource that
+        held their node ended (`ownership_held.HandOver`)."""
+        self._handover.releases = store
+        self._ledger.releasing = self._releasing
+        self.peer_booked(store.booked_elsewhere)
+
+    def _releasing(self, resource: str, device: str) -> bool:
+        """`Ledger.releasing` (`HandOver.releasing`)."""
+        return self._handover.releasing(resource, device, self._resources, self._ledger.bookings)
 
     def peer_booked(self, told: BookedElsewhere) -> None:
         """`told` is told the IDs another host on the state directory books once the bookings
@@ -315,6 +320,7 @@ class OwnershipIndex(Watching):
         own are written back when the file lacks them as they are (deleted, set aside, taken
         over)."""
         changed, stale = await in_turns(self._ledger.taking_in(saved, running, self._clock(), ours))
+        self._handover.ended(self._ledger.ended, self._resources.values())
         if stale:
             self._ledger.changed()
         if changed:

@@ -32,7 +32,7 @@ from .ownership_claims import (
     device_claims,
     places,
 )
-from .ownership_held import Advertised, note_held
+from .ownership_held import Advertised, HandOver, note_held
 from .ownership_renames import RenameAdmission
 from .ownership_table import Holding, ResourceState
 from .ownership_unknown import NUMBER_UNKNOWN
@@ -52,6 +52,7 @@ class Admission(RenameAdmission):
         """What `path` reaches, resolved for this admission."""
 
     _metrics: Metrics | None
+    _handover: HandOver
     pod_resources: bool = True
     """PodResources polling is on (a booking can be seen to end: `device_held` says so)."""
 
@@ -64,8 +65,8 @@ class Admission(RenameAdmission):
     ) -> None:
         """Log and count what the admission held (once while it stays held); `advertised`:
         the IDs it advertises."""
-        resources, metrics = self._resources, self._metrics
-        note_held(state, holding, ids, advertised, resources, self.pod_resources, metrics)
+        resources, metrics, over = self._resources, self._metrics, self._handover
+        note_held(state, holding, ids, advertised, resources, self.pod_resources, metrics, over)
 
     @abc.abstractmethod
     def _wake_waiting(self, releaser: str) -> None:

@@ -64,6 +64,23 @@ host's start (its Allocate, which this host did not see): a use of the device
 this host's is (`unlisted.Unlisted.booked_elsewhere`)."""
 
 
+class Releases(Protocol):
+    """The release state the index keeps bookings for (`ReleaseStateStore`)."""
+
+    def pending(self, resource: str, device: str) -> bool:
+        """`ReleasePending`."""
+
+    def booked_elsewhere(self, resource: str, ids: Collection[str], writer: str) -> None:
+        """`BookedElsewhere`."""
+
+    def held_before(self, resource: str, devices: Mapping[str, Owner]) -> None:
+        """`resource` advertises `devices` (advertised ID -> the device a booking of another
+        resource held its node under) since that booking's pod was seen gone."""
+
+    def releases(self, resource: str) -> bool:
+        """Whether a release tracker of `resource` runs (its owed releases can run)."""
+
+
 class Ledger(BookedClaims):
     """The host's bookings (one per ownership index), by booked ID and by claim."""
 
@@ -83,6 +100,10 @@ class Ledger(BookedClaims):
         self.booked_elsewhere: list[BookedElsewhere] = []  # (told in turn: `mirroring`)
         self.drops = 0
         """Bookings gone so far (`drop`, another host's: `mirror`): `HandedRecord.answered`."""
+        self.ended: list[tuple[Owner, str]] = []
+        """(owner, device) of the bookings whose pods were seen gone (`expire`, another
+        host's: `mirroring`) since the index last took them (`HandOver.ended`): the
+        devices they held back were used (`ownership_held.HandOver`)."""
 
     @property
     def writer(self) -> str | None:
@@ -152,6 +173,11 @@ class Ledger(BookedClaims):
                 for told in self.booked_elsewhere:
                     told(resource, ids, writer)
         self.drops += len(self.foreign_owners - owners)
+        self.ended.extend(
+            (owner, booking.device)
+            for (_, owner), booking in before.items()
+            if owner not in owners and owner not in self.bookings
+        )
         self.foreign, self.foreign_owners = foreign, owners
         return changed
 
@@ -241,6 +267,7 @@ class Ledger(BookedClaims):
             and owner.device not in held(owner.resource)
             and not self.releasing(owner.resource, booking.device)
         ]
+        self.ended.extend((owner, self.bookings[owner].device) for owner in gone)
         if len(gone) == 1:
             self.drop(gone[0])
         elif gone:  # (one pass over the file's order, not one per booking gone)

@@ -30,6 +30,7 @@ from .files import Offload
 from .metrics import Metrics
 from .ownership_canonical import canonical
 from .ownership_claims import Claims, Resolver
+from .ownership_held import HandOver
 from .ownership_resolve import Resolving
 from .ownership_table import ResourceState
 from .turns import TURN_BUDGET, Pace, to_the_end
@@ -72,6 +73,7 @@ class AdmissionGate(Resolving):
         """The admission that continues in turns of the loop (the gate is closed)."""
         self._views: dict[str, _View] = {}
         """Per resource: the last admitted mapping with real paths (`_canonical`)."""
+        self._handover = HandOver()
 
     def _admit_or_defer(self, state: ResourceState) -> bool:
         """Admit `state`: its first turn now, the rest (if any) in later turns of the loop;
@@ -128,10 +130,12 @@ class AdmissionGate(Resolving):
         if state.publish is None:
             return False
         advertised = self._canonical(state, admitted)
-        if advertised is state.sent:
-            return False
-        state.sent = advertised
-        return state.publish(advertised)
+        changed = False
+        if advertised is not state.sent:
+            state.sent = advertised
+            changed = state.publish(advertised)
+        self._handover.published(state.name)
+        return changed
 
     def _canonical(
         self, state: ResourceState, admitted: Mapping[str, Device]
@@ -242,6 +246,7 @@ class AdmissionGate(Resolving):
         before = set(ledger.bookings)
         if not ledger.expire(asked_at, after, held):
             return False
+        self._handover.ended(ledger.ended, self._resources.values())
         for name in {owner.resource for owner in before - ledger.bookings.keys()}:
             state = self._resources.get(name)
             if state is not None and not state.plain:

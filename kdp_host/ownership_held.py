@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Final
 
 from .config import UNSAFE_MOUNT
@@ -16,11 +16,125 @@ from .devices import Device
 from .identity import UNSEEN
 from .metrics import Metrics
 from .ownership_adopt import what_releases
+from .ownership_booked import Booking
+from .ownership_bookings import Releases
+from .ownership_claims import Owner
 from .ownership_table import Holding, ResourceState
 from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
 HELD_REASON = "node_owned"
 """The `reason` of `kdp_driver_skipped_total` for a device held back by another's claim."""
+
+
+class HandOver:
+    """A node a booking held counts as used by the resource that serves it next.
+
+    The kubelet books IDs per resource; the node is the index's. A device held back while a
+    booking of another resource holds its node (a resource renamed by a reload, another
+    plugin's ID booked from the kubelet's checkpoint, an overlapping resource) gets the node
+    once that booking's pod is seen gone: the node was used, whatever name booked it, and
+    the resource now advertising it owes its release before a container of its own starts
+    with it (hostile14 N1). So the devices such a booking held back when it ended are kept
+    (`ended`) until their resource's next admission: advertised then, their resource is told
+    once its table has them (`published`); held still (by what else reaches the node), they
+    wait for the admission that advertises them. A device of the booking's own resource is
+    not: its release tracker sees its own IDs held."""
+
+    def __init__(self) -> None:
+        self.releases: Releases | None = None
+        """The release state (`ReleaseStateStore`): told the devices of a resource
+        advertised after such a booking ended (`held_before`; None: nobody releases,
+        nothing is kept)."""
+        self._orphans: set[Owner] = set()
+        """Booked devices whose removed resource's owed release keeps them (logged once)."""
+        self._worn: dict[str, dict[str, Owner]] = {}
+        """Resource -> device -> the booked device whose booking ended while it held it."""
+        self._freed: dict[str, dict[str, Owner]] = {}
+        """Resource -> advertised ID -> that booked device: told once published."""
+
+    def ended(self, ended: list[tuple[Owner, str]], states: Iterable[ResourceState]) -> None:
+        """The bookings `ended` (owner, device; `Ledger.ended`, taken: emptied) were seen
+        gone: the devices they held back (by the booked ID, or by the claims of its device)
+        are kept for their resource's next admission."""
+        if not ended:
+            return
+        owners: dict[Owner, Owner] = {}
+        for owner, device in ended:
+            owners[owner] = owners[Owner(owner.resource, device)] = Owner(owner.resource, device)
+        ended.clear()
+        if self.releases is None:
+            return
+        for state in states:
+            for device_id, why in state.held.items():
+                booked = owners.get(why.owner)
+                if booked is not None and booked.resource != state.name:
+                    self._worn.setdefault(state.name, {})[device_id] = booked
+
+    def won(self, resource: str, holding: Mapping[str, Holding], ids: Mapping[str, str]) -> None:
+        """An admission of `resource` held `holding`; `ids`: the advertised ID of each of its
+        devices advertised or held now (those not held are advertised)."""
+        worn = self._worn.pop(resource, None)
+        if not worn:
+            return
+        kept = {device_id: booked for device_id, booked in worn.items() if device_id in holding}
+        if kept:
+            self._worn[resource] = kept
+        freed = {ids[d]: booked for d, booked in worn.items() if d in ids and d not in holding}
+        if freed:
+            self._freed.setdefault(resource, {}).update(freed)
+
+    def published(self, resource: str) -> None:
+        """`resource`'s table has what its last admission advertised: tell its freed devices."""
+        freed = self._freed.pop(resource, None)
+        if freed and self.releases is not None:
+            self.releases.held_before(resource, freed)
+
+    def releasing(
+        self,
+        resource: str,
+        device: str,
+        states: Mapping[str, ResourceState],
+        bookings: Mapping[Owner, Booking],
+    ) -> bool:
+        """`Ledger.releasing`: the device's release is still due, and it can run. A release
+        owed by a resource no tracker runs (a reload or a restart removed or renamed it)
+        never can: its booking goes with its pod when every device held back for its node
+        (by the booked ID or by its device's claims) is of another resource with a release
+        tracker, whose release then runs for it (`held_before`, hostile14 N2); else it stays
+        (logged once: `kdp-host unbook` drops it)."""
+        store = self.releases
+        if store is None or not store.pending(resource, device):
+            return False
+        if store.releases(resource):
+            return True
+        waiting = {
+            (state.name, device_id)
+            for state in states.values()
+            for device_id, held in state.held.items()
+            if held.owner.resource == resource
+            and (
+                held.owner.device == device
+                or ((booking := bookings.get(held.owner)) is not None and booking.device == device)
+            )
+        }
+        if waiting and all(n != resource and store.releases(n) for n, _ in waiting):
+            self._orphans.discard(Owner(resource, device))
+            return False
+        if waiting and (owner := Owner(resource, device)) not in self._orphans:
+            name, device_id = min(waiting)
+            if (log := states[name].log) is not None:
+                self._orphans.add(owner)
+                log.warning(
+                    "release_orphaned",
+                    device=device_id,
+                    owner_resource=resource,
+                    owner_device=device,
+                    reason=f"{resource} is not served: its owed release of {device} can "
+                    "never run, and a resource without `release` would serve the node next",
+                    action=f"held until you drop the booking: kdp-host unbook --config F "
+                    f"{resource} {device} (kdp-host stopped)",
+                )
+        return True
 
 
 def note_held(
@@ -31,11 +145,15 @@ def note_held(
     resources: Mapping[str, ResourceState],
     pod_resources: bool,
     metrics: Metrics | None,
+    handed_over: HandOver | None = None,
 ) -> None:
     """Log and count what an admission of `state` held (`holding`), then keep it as held;
     `ids`: the advertised ID of each device advertised now; `advertised`: the IDs this
-    admission advertises (another resource's: what its last one did)."""
+    admission advertises (another resource's: what its last one did); `handed_over`: told
+    what the admission advertises of what bookings that ended held back (`HandOver.won`)."""
     log = state.log
+    if handed_over is not None:
+        handed_over.won(state.name, holding, ids)
     newly: dict[str, list[tuple[str, Holding]]] = {}
     for device_id, why in holding.items():
         before = state.held.get(device_id)

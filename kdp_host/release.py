@@ -6,7 +6,7 @@ are gone, and no container starts with that device until the command has succeed
 
 Per physical device it keeps `used`, the advertised IDs handed to containers whose end it
 has not seen yet, and `owed`, true once those users are gone and until a release succeeds.
-Two kinds of news end a use:
+Three kinds of news end a use:
 
 - **PodResources** (`podresources.py`): an answer that shows no ID of the device held ends
   every use of it (the release starts at once). An answer is ignored for a device allocated
@@ -17,6 +17,7 @@ Two kinds of news end a use:
   user is gone, even if no poll ever saw the device free (the kubelet may re-allocate a freed
   device between two polls). If no other ID of the device is in use (always, with
   `replicas: 1`), the release is owed and starts at once.
+- **A booking of another name** that held its node, its pod seen gone (`ownership_held`).
 
 PreStartContainer waits for (or runs) the owed releases of the container's devices (first in
 the queue) until the kubelet's deadline (`start_budget`). So, for a device not shared
@@ -52,12 +53,22 @@ from .release_command import ReleaseCommand
 from .release_lock import DeviceLock, LockBusy, Released, owed_by_peers
 from .release_slots import Slots
 from .release_state import ReleaseStateStore, handed_device
-from .release_use import Checkpointed, DeviceUse, assume_used, kept_entries, kept_use, start_failed
+from .release_use import (
+    Checkpointed,
+    DeviceUse,
+    assume_used,
+    kept_entries,
+    kept_use,
+    owe_held_before,
+    seen_free,
+    start_failed,
+)
 from .start_budget import StartBudget
 from .timings import Timings
 
 if TYPE_CHECKING:  # the poller is imported where the config chooses it (`features`)
     from .holdings import Holder, Holdings
+    from .ownership_claims import Owner
 
 
 class ReleaseTracker:
@@ -115,7 +126,7 @@ class ReleaseTracker:
         }
         replicas = self._resource.replicas
         self.booked(self._store.handed_out(self._resource.name))  # (no file: uses unknown)
-        self._store.listen(self._resource.name, self.booked)  # (another host's, from now)
+        self._store.listen(self._resource.name, self)  # (another host's, from now)
         for advertised in sorted(self._handed.withheld):  # (booked; used, when so kept)
             if (device_id := physical_id(advertised, replicas)) in self.uses or self._assume_used:
                 self.uses.setdefault(device_id, DeviceUse({advertised})).handed_unknown = True
@@ -164,6 +175,13 @@ class ReleaseTracker:
         assume_used(self.uses, advertised_ids, replicas, at, settle, self._log, writer)
         self._publish()
 
+    def held_before(self, devices: Mapping[str, Owner], taken: Collection[Owner]) -> None:
+        """`ReleaseStateStore.held_before`: their release is owed now (`owe_held_before`)."""
+        wall, replicas = self._wall(), self._resource.replicas
+        for device_id in owe_held_before(self.uses, devices, taken, replicas, wall, self._log):
+            self._start(device_id)
+        self._publish()
+
     def asked(self, advertised_ids: Sequence[str]) -> None:
         """An Allocate asks for these IDs (no I/O here; told before the record takes what it
         hands out: an owed release acts on the earlier use's device). An ID used before
@@ -209,25 +227,9 @@ class ReleaseTracker:
             for device in self._table.snapshot.devices:
                 if device.id not in held:
                     self.uses.setdefault(device.id, DeviceUse()).used.add(device.id)
-        for device_id in set(self.uses) | set(held):
-            use = self.uses.setdefault(device_id, DeviceUse())
-            if use.allocated_at >= answer.asked_at:
-                continue  # allocated after the question was sent: the answer predates it
-            now_held = held.get(device_id)
-            if now_held:
-                use.used = set(now_held)
-                use.last_use = max(use.last_use or asked_wall, asked_wall)
-                shown = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs if h.listed))
-                use.holders = shown or use.holders  # (an unlisted holder has no names)
-            elif use.allocated_at >= answer.asked_at - self._timings.allocation_settle:
-                continue  # "free" just after an Allocate: the kubelet may not have recorded it
-            elif use.used:
-                use.used.clear()
-                if not use.owed:  # (seen free: every use allocated before then is gone)
-                    use.owe(asked_wall)
-                    why = {"reason": "no_longer_held", "last_holders": use.last_holders()}
-                    self._log.info("release_owed", device=device_id, **why)
-                    self._start(device_id)
+        settle = self._timings.allocation_settle
+        for device_id in seen_free(self.uses, held, answer.asked_at, asked_wall, settle, self._log):
+            self._start(device_id)
         self._publish()
 
     async def before_start(

@@ -35,19 +35,31 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Protocol
 
 from .atomic_files import read_or_none
 from .devices import Device, DeviceNode
 from .files import Offload
 from .logs import EventLogger
+from .ownership_claims import Owner
 from .release_lock import DeviceLocks
 from .state_document import text
 from .state_file import StateFile
 from .state_lock import other_writers, running
 from .state_presence import KeptPresent
 from .watch import Subscription, Watcher
+
+
+class Listener(Protocol):
+    """A resource's release tracker, told of uses it did not see begin (`listen`)."""
+
+    def booked(self, ids: Collection[str], writer: str | None = None) -> None:
+        """`booked_elsewhere`."""
+
+    def held_before(self, devices: Mapping[str, Owner], taken: Collection[Owner]) -> None:
+        """`held_before` (`taken`: the bookings whose removed resource's release it runs)."""
+
 
 STATE_FILE = "release-state.json"
 STATE_VERSION = 1
@@ -93,7 +105,7 @@ class ReleaseStateStore:
         """Resource -> the IDs the bookings say were handed out, while the file was missing
         at start (`follow`), or another host booked since while no tracker listened
         (`booked_elsewhere`); each taken once by its tracker (`handed_out`)."""
-        self._listeners: dict[str, Callable[[Collection[str], str | None], None]] = {}
+        self._listeners: dict[str, Listener] = {}
 
     @property
     def unknown(self) -> bool:
@@ -118,15 +130,40 @@ class ReleaseStateStore:
         entries in the file)."""
         return frozenset(self._handed_out.pop(resource, ()))
 
-    def listen(
-        self, resource: str, booked: Callable[[Collection[str], str | None], None] | None
-    ) -> None:
-        """`resource`'s tracker takes the IDs another host books from now (`booked_elsewhere`);
-        None: it stopped (they are kept for `handed_out` meanwhile)."""
-        if booked is None:
+    def listen(self, resource: str, tracker: Listener | None) -> None:
+        """`resource`'s tracker takes the IDs another host books from now (`booked_elsewhere`)
+        and the devices another resource's booking held (`held_before`); None: it stopped
+        (the IDs are kept for `handed_out` meanwhile)."""
+        if tracker is None:
             self._listeners.pop(resource, None)
         else:
-            self._listeners[resource] = booked
+            self._listeners[resource] = tracker
+
+    def releases(self, resource: str) -> bool:
+        """Whether a tracker runs `resource`'s releases (`listen`): a release owed by a
+        resource none runs (a reload removed it) can never run."""
+        return resource in self._listeners
+
+    def held_before(self, resource: str, devices: Mapping[str, Owner]) -> None:
+        """`resource` advertises `devices` (advertised ID -> the device a booking of another
+        resource held its node under) since that booking's pod was seen gone
+        (`ownership_held.HandOver`): its tracker owes their release (none: it has no
+        `release`, nothing is owed). A release that booking's own resource owed and no
+        tracker runs (a reload removed it) goes with it: this one is run instead."""
+        tracker = self._listeners.get(resource)
+        if tracker is None:
+            return
+        taken: set[Owner] = set()
+        for booked in set(devices.values()):
+            entries = self._data.get(booked.resource, {})
+            if booked.resource not in self._listeners and booked.device in entries:
+                del entries[booked.device]
+                if not entries:
+                    del self._data[booked.resource]
+                taken.add(booked)
+        if taken:
+            self._file.changed(lambda: {"resources": self._data})
+        tracker.held_before(devices, taken)
 
     def booked_elsewhere(self, resource: str, ids: Collection[str], writer: str) -> None:
         """Host `writer` on the state directory booked `ids` of `resource` (its Allocate,
@@ -134,7 +171,7 @@ class ReleaseStateStore:
         counts as it counts those booked at start with no state (`ReleaseTracker.booked`),
         whatever that host's config (one without `release` writes no entry here)."""
         if (listener := self._listeners.get(resource)) is not None:
-            listener(ids, writer)
+            listener.booked(ids, writer)
         else:
             self._handed_out.setdefault(resource, set()).update(ids)
 

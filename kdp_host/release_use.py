@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .devices import Device
     from .holdings import Holder
     from .identity import Identity
+    from .ownership_claims import Owner
     from .timings import Timings
 
 HOLDER_KEYS = ("namespace", "pod", "container")
@@ -155,6 +156,74 @@ def assume_used(
                 reason="the kubelet's checkpoint or the bookings say it was handed out (at "
                 "start with no release state, or by another host on the state directory since)",
             )
+
+
+def seen_free(
+    uses: dict[str, DeviceUse],
+    held: Mapping[str, Mapping[str, tuple[Holder, ...]]],
+    asked_at: float,
+    asked_wall: float,
+    settle: float,
+    log: EventLogger,
+) -> list[str]:
+    """A PodResources answer asked at `asked_at` (monotonic; `asked_wall`: Unix time) shows
+    `held` (device -> its IDs held -> by whom): a device none of whose IDs is held is free
+    unless allocated after the question was sent, or within `settle` before (the kubelet may
+    not have recorded it yet: `Timings.allocation_settle`). Returns the devices whose release
+    this makes owed (their users gone)."""
+    owed: list[str] = []
+    for device_id in set(uses) | set(held):
+        use = uses.setdefault(device_id, DeviceUse())
+        if use.allocated_at >= asked_at:
+            continue  # allocated after the question was sent: the answer predates it
+        now_held = held.get(device_id)
+        if now_held:
+            use.used = set(now_held)
+            use.last_use = max(use.last_use or asked_wall, asked_wall)
+            shown = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs if h.listed))
+            use.holders = shown or use.holders  # (an unlisted holder has no names)
+        elif use.allocated_at >= asked_at - settle:
+            continue  # "free" just after an Allocate: the kubelet may not have recorded it
+        elif use.used:
+            use.used.clear()
+            if not use.owed:  # (seen free: every use allocated before then is gone)
+                use.owe(asked_wall)
+                why = {"reason": "no_longer_held", "last_holders": use.last_holders()}
+                log.info("release_owed", device=device_id, **why)
+                owed.append(device_id)
+    return owed
+
+
+def owe_held_before(
+    uses: dict[str, DeviceUse],
+    devices: Mapping[str, Owner],
+    taken: Collection[Owner],
+    replicas: int,
+    wall: float,
+    log: EventLogger,
+) -> list[str]:
+    """`devices` (advertised ID -> the device a booking of another resource held its node
+    under, `ownership_held.HandOver`) were used by that booking's pod, now seen gone: their
+    release is owed from `wall`, whatever name booked the node, before a container of this
+    resource starts with them (hostile14 N1). One whose own users are not seen gone (or
+    owed already) is left as it is: that end owes it. `taken`: the bookings whose removed
+    resource's owed release this one runs instead (hostile14 N2). Returns the devices owed."""
+    owed: list[str] = []
+    for advertised, booked in sorted(devices.items()):
+        use = uses.setdefault(device_id := physical_id(advertised, replicas), DeviceUse())
+        if use.used or use.owed:
+            continue
+        use.owe(wall)
+        owed.append(device_id)
+        log.info(
+            "release_owed",
+            device=device_id,
+            reason="held_by_booking",
+            booked_resource=booked.resource,
+            booked_device=booked.device,
+            owed_by_removed=booked in taken,
+        )
+    return owed
 
 
 def kept_use(entry: Mapping[str, Any], now: float, wall: float, settle: float) -> DeviceUse:

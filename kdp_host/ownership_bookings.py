@@ -151,12 +151,15 @@ class Ledger(BookedClaims):
         comes; the other hosts' IDs (`has`) change at the last."""
         before = self.foreign
         changed = False
+        gone: list[tuple[Owner, str]] = []
         for key, booking in before.items():
             if pace.due():
                 yield
-            if not _same(foreign.get(key), booking):
+            if not _same(found := foreign.get(key), booking):
                 self._index(key[1], booking, -1)
                 changed = True
+                if found is None:
+                    gone.append((key[1], booking.device))
         for key, booking in foreign.items():
             if pace.due():
                 yield
@@ -173,11 +176,7 @@ class Ledger(BookedClaims):
                 for told in self.booked_elsewhere:
                     told(resource, ids, writer)
         self.drops += len(self.foreign_owners - owners)
-        self.ended.extend(
-            (owner, booking.device)
-            for (_, owner), booking in before.items()
-            if owner not in owners and owner not in self.bookings
-        )
+        self.ended.extend(g for g in gone if g[0] not in owners and g[0] not in self.bookings)
         self.foreign, self.foreign_owners = foreign, owners
         return changed
 

@@ -18,10 +18,13 @@ from typing import Any
 
 import pytest
 
+from kdp_host.ownership_claims import Owner, device_claims
+from kdp_host.ownership_document import SavedBooking
 from kdp_host.release_state import STATE_FILE
 
 from .conftest import wait_until
 from .test_kubelet_checkpoint import served
+from .test_ownership import Host, dev
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
@@ -219,3 +222,54 @@ async def test_a_renamed_resources_owed_release_nobody_can_run_says_how_to_end_i
     [line] = orphaned()
     assert line["resource"] == NEW and line["owner_resource"] == OLD, line
     assert f"kdp-host unbook --config F {OLD} fpga0" in line["action"], line
+
+
+class Releases:
+    """The release state as the index sees it (`ownership_bookings.Releases`): every
+    resource has a tracker, nothing is owed; records what it is told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, dict[str, Owner]]] = []
+
+    def pending(self, resource: str, device: str) -> bool:
+        return False
+
+    def booked_elsewhere(self, resource: str, ids: Any, writer: str) -> None:
+        pass
+
+    def held_before(self, resource: str, devices: Any) -> None:
+        self.told.append((resource, dict(devices)))
+
+    def releases(self, resource: str) -> bool:
+        return True
+
+
+class Sink:
+    def changed(self, document: Any) -> None:
+        pass
+
+    async def written(self) -> None:
+        pass
+
+
+async def test_a_node_another_hosts_booking_of_another_name_held_is_told_once_it_ended(
+    tmp_path: Path,
+) -> None:
+    """A rolling update that renames the resource: the old host's booking of OLD holds the
+    file; the new host's NEW device is held back. The old host drops it (its pod ended):
+    NEW is told, once its table advertises the device, that OLD's booking held its node."""
+    (tmp_path / "f").touch()
+    path = str(tmp_path / "f")
+    host, store = Host(), Releases()
+    host.index.keep_bookings_in(Sink(), None, (), "me")
+    host.index.hold_while_releasing(store)
+    claims = device_claims(dev("f", path)).exclusive
+    theirs = [SavedBooking(Owner(OLD, "f"), "f", claims, (), "old")]
+    await host.index.take_in(theirs, ("old",))
+    host.publish(NEW, dev("f", path))
+    await host.index.quiet()
+    assert host.ids(NEW) == [] and store.told == []
+    await host.index.take_in([], ("old",))
+    await host.index.quiet()
+    assert host.ids(NEW) == ["f"]
+    assert store.told == [(NEW, {"f": Owner(OLD, "f")})]

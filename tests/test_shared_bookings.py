@@ -280,6 +280,24 @@ def test_the_ledger_counts_the_bookings_that_went() -> None:
     assert ledger.drops == 2
 
 
+def test_the_ledger_keeps_the_bookings_whose_pods_were_seen_gone() -> None:
+    """`Ledger.ended` (what `ownership_held.HandOver` takes): a booking whose pod an answer
+    showed gone (`expire`) or another host's that it dropped (`mirror`), not one that moved
+    to another writer or that this host took over (hostile14 N1: the next resource with
+    `release` to serve its node owes its release)."""
+    ledger = Ledger("me")
+    mine, theirs, moved = Owner("r", "d0::1"), Owner("r", "d1"), Owner("r", "d2")
+    ledger.record(mine, "d0", (), 0.0)
+    ledger.mirror({("a", theirs): Booking("d1", (), 0.0), ("a", moved): Booking("d2", (), 0.0)})
+    ledger.mirror({("b", moved): Booking("d2", (), 0.0)})
+    assert ledger.ended == [(theirs, "d1")]
+    ledger.ended.clear()
+    assert not ledger.expire(1.0, 5.0, lambda _: ())  # (too soon after the booking)
+    assert ledger.expire(9.0, 5.0, lambda _: {"d0::1"}) is False  # (its pod holds it)
+    assert ledger.expire(9.0, 5.0, lambda _: ())
+    assert ledger.ended == [(mine, "d0")]
+
+
 class Counted:
     """A function of kdp-host, counting its calls (a seam: what is rendered or checked)."""
 

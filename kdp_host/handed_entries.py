@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Protocol
 
 from .allocation import AllocationError
-from .devices import Device, DeviceMount, DeviceNode
+from .devices import Device, DeviceMount, DeviceNode, Snapshot
 from .identity import Identity
 from .rendered_json import Rendered
 from .state_document import text
+from .state_lock import other_writers
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,14 @@ class Handed:
     (`identity.identity_of`, as the Allocate's claim check found it; issue 17, hostile8 N2/N3):
     a release, a preStart and a held CDI entry act on the path only while it reaches that.
     Empty in an entry written before it was kept (an upgrade): the place check of today."""
+    owed: bool = False
+    """Its use is seen gone and its release not done yet (`HandedRecord.owe`): the release
+    acts on it (`releasing`), whatever the device was handed out as since (hostile14 N6)."""
+    earlier: tuple[Handed, ...] = ()
+    """The device's earlier uses, handed out otherwise (other nodes, mounts, env or
+    identities) and not released yet (`handed_anew`): a use keeps what ITS Allocate handed
+    out, for its container's preStart (`use_of`) and its release, until a release acting on
+    it succeeds (`after_release`) or none of the device's IDs is booked."""
 
     @cached_property
     def rendered(self) -> Rendered[Handed]:
@@ -44,6 +53,8 @@ class Handed:
         return Rendered(entry(self), self)
 
 
+Uses = tuple[Handed, ...]
+"""Uses of a device as their Allocates handed them out (what a release acts on: `releasing`)."""
 Entries = dict[str, dict[str, Handed]]
 """Resource -> device ID -> what was handed out."""
 
@@ -66,6 +77,10 @@ def entry(handed: Handed) -> dict[str, Any]:
     }
     if handed.reached:  # (a key an older version ignores: it reads the rest as before)
         fields["reached"] = {path: list(key) for path, key in sorted(handed.reached.items())}
+    if handed.owed:  # (these two too: an older version reads the newest use as before)
+        fields["owed"] = True
+    if handed.earlier:
+        fields["earlier"] = [entry(use) for use in handed.earlier]
     return fields
 
 
@@ -104,13 +119,16 @@ def handed(device_id: str, entry: Mapping[str, Any]) -> Handed:
         env={text(k): text(v) for k, v in env.items()},
     )
     reached = entry.get("reached", {})  # (none in an entry of an older version)
-    if not isinstance(reached, dict):
-        raise TypeError(f"reached is not an object: {reached!r}")
+    earlier = entry.get("earlier", [])  # (nor these two)
+    if not isinstance(reached, dict) or not isinstance(earlier, list):
+        raise TypeError(f"reached or earlier is not of its shape: {entry!r}")
     return Handed(
         device,
         frozenset(text(i) for i in ids),
         float(at),
         {text(path): identity(key) for path, key in reached.items()},
+        flag(entry.get("owed", False)),
+        tuple(handed(device_id, use) for use in earlier),
     )
 
 
@@ -122,6 +140,78 @@ def identity(value: object) -> Identity:
     if isinstance(number, bool) or not isinstance(number, int):
         raise TypeError(f"an identity's number is not an integer: {number!r}")
     return text(kind), number
+
+
+def uses(handed: Handed) -> tuple[Handed, ...]:
+    """Every use of a device the record keeps: the earlier ones, then the newest."""
+    return (*handed.earlier, replace(handed, earlier=())) if handed.earlier else (handed,)
+
+
+def all_ids(handed: Handed) -> set[str]:
+    """The IDs of every use the record keeps of a device."""
+    return {i for use in uses(handed) for i in use.ids}
+
+
+def handed_anew(old: Handed | None, new: Handed, replaced: bool) -> Handed:
+    """The device's entry once `new` is handed out after `old` (`replaced`: otherwise than
+    `old`): `old`'s use stays an earlier one, less the IDs `new` takes (another ID of a
+    shared device still holds it as handed out, or its release is owed or not run yet), one
+    per way of handing it out (the earlier uses so merged: bounded)."""
+    if old is None:
+        return new
+    earlier = [*old.earlier, replace(old, earlier=())] if replaced else list(old.earlier)
+    kept: list[Handed] = []
+    for use in earlier:
+        use = replace(use, ids=use.ids - new.ids)
+        twin = next((k for k in kept if same_use(k, use)), None)
+        if twin is None:
+            kept.append(use)
+        else:
+            ids, owed, at = twin.ids | use.ids, twin.owed or use.owed, max(twin.at, use.at)
+            kept[kept.index(twin)] = replace(twin, ids=ids, owed=owed, at=at)
+    return replace(new, owed=not replaced and old.owed, earlier=tuple(kept))
+
+
+def use_of(handed: Handed, advertised: str) -> Handed:
+    """The use of the device handed out under `advertised` (a container restart's preStart
+    acts on what ITS Allocate handed out), else the newest."""
+    every = uses(handed)
+    return next((use for use in reversed(every) if advertised in use.ids), every[-1])
+
+
+def releasing(handed: Handed) -> tuple[Handed, ...]:
+    """The uses a release of the device acts on: those owed (`Handed.owed`), else (an entry
+    of an older version, or no use seen gone yet) the newest."""
+    every = uses(handed)
+    return tuple(use for use in every if use.owed) or every[-1:]
+
+
+def after_release(handed: Handed, acted: Collection[Handed]) -> Handed:
+    """The device's entry once a release that acted on `acted` (`releasing`) succeeded:
+    those earlier uses go, the newest is owed no more."""
+
+    def done(use: Handed) -> bool:  # (its IDs may have gone to a later use since)
+        return any(one.at == use.at and same_use(one, use) for one in acted)
+
+    earlier = tuple(use for use in handed.earlier if not done(use))
+    return replace(handed, owed=handed.owed and not done(handed), earlier=earlier)
+
+
+def owed_all(handed: Handed) -> Handed:
+    """The device's entry once every use of it so far is seen gone (its release owed)."""
+    earlier = tuple(replace(use, owed=True) for use in handed.earlier)
+    return replace(handed, owed=True, earlier=earlier)
+
+
+def same_use(one: Handed, other: Handed) -> bool:
+    """Whether two uses were handed out alike (nodes, mounts, env, what paths reached)."""
+    return same_device(one.device, other.device) and one.reached == other.reached
+
+
+def places_of(use: Handed) -> set[object]:
+    """What a use was handed: its host paths, and what they reached (`Handed.reached`)."""
+    paths = [*(n.host_path for n in use.device.nodes), *(m.host_path for m in use.device.mounts)]
+    return {*paths, *use.reached.values()}
 
 
 def paths_reached(device: Device, reached: Mapping[str, Identity]) -> dict[str, Identity]:
@@ -138,8 +228,9 @@ def reached_of(
     found: dict[str, Identity] = {}
     for device in devices:
         handed = entry_of(device.id)
-        if handed is not None and same_device(handed.device, device):
-            found.update(handed.reached)
+        for use in uses(handed) if handed is not None else ():
+            if same_device(use.device, device):
+                found.update(use.reached)
     return found
 
 
@@ -181,7 +272,7 @@ class Lost:
         """Take in `answer`; whether what it shows changed."""
         found: dict[str, set[str]] = {}
         for resource in self.served:
-            known = {i for handed in data.get(resource, {}).values() for i in handed.ids}
+            known = {i for handed in data.get(resource, {}).values() for i in all_ids(handed)}
             if ids := {i for i in answer.of(resource) if i not in known}:
                 found[resource] = ids
         changed, self.shown = found != self.shown, found
@@ -198,6 +289,39 @@ def union_of(writers: Mapping[str, Entries]) -> Entries:
                 if found is None or handed.at > found.at:
                     union[name][device_id] = handed
     return union
+
+
+def check_room(
+    data: Entries, resource: str, snapshot: Snapshot, ids: Iterable[str], limit: tuple[str, int]
+) -> None:
+    """Raises RecordFull when handing `ids` out would keep more devices than `limit` says
+    (the file's name, `handed_out.MAX_DEVICES`)."""
+    entries, listed = data.get(resource, {}), snapshot.by_advertised_id
+    new = {e.device.id for i in ids if (e := listed.get(i)) and e.device.id not in entries}
+    total = sum(len(devices) for devices in data.values()) + len(new)
+    if total > limit[1]:
+        raise RecordFull(
+            f"{resource}: {limit[0]} would keep {total} devices handed out, more than "
+            f"its limit of {limit[1]}: refused (devices go from it when no pod holds them)"
+        )
+
+
+def merged(
+    mine: Mapping[str, Any],
+    current: Mapping[str, Any] | None,
+    writer: str,
+    taken: Collection[str],
+    directory: str,
+) -> dict[str, Any]:
+    """`HandedRecord._merge`: this host's entries (`mine`) with every other running host's of
+    `current` (`state_lock.other_writers`), and their union, which a start reads."""
+    kept = {} if current is None else read_document(current)[1]
+    writers = other_writers(kept, writer, taken, directory)
+    writers[writer] = parse_entries(mine)
+    return {
+        "resources": entries_document(union_of(writers)),
+        "writers": {w: entries_document(entries) for w, entries in writers.items()},
+    }
 
 
 def same_device(one: Device, other: Device) -> bool:

@@ -1,11 +1,11 @@
 """What each Allocate handed out: the one record, kept in `<stateDir>/handed-out.json`.
 
-Per resource, per device: the device as the last Allocate handed it to a container (its
-nodes, mounts and env as they were then) and the advertised IDs it was handed under, kept
-while one of those IDs is booked (`ownership_bookings`: the kubelet holds it). A container
-that restarts gets the kubelet's cached answer again, so what acts on it must take the device
-as handed out, not where a reload (or anything while kdp-host was down) moved it since:
-preStart (`hooks.handed_devices`), the CDI entry of a held device
+Per resource, per device: the device as each Allocate handed it out (nodes, mounts, env as
+they were then; an earlier use not released yet too: `Handed.earlier`) and the IDs it went
+under, kept while one of those IDs is booked (`ownership_bookings`: the kubelet holds
+it). A container that restarts gets the kubelet's cached answer again, so what acts on it
+must take the device as handed out, not where a reload (or anything while kdp-host was
+down) moved it since: preStart (`hooks.handed_devices`), the CDI entry of a held device
 (`cdi.CdiSpecWriter`, also of a resource a reload removed: `cdi_keeper`) and a release
 (`release.ReleaseTracker`) all read this record (`HandedRecord.of`, one view per resource).
 
@@ -42,20 +42,21 @@ from .handed_entries import (
     Entries,
     Handed,
     Lost,
-    RecordFull,
+    all_ids,
+    check_room,
     entries_document,
-    parse_entries,
+    handed_anew,
+    merged,
     paths_reached,
     reached_of,
     read_document,
     same_device,
-    union_of,
 )
 from .identity import Identity
 from .logs import EventLogger
 from .rendered_json import encoded
 from .state_file import StateFile
-from .state_lock import other_writers, running
+from .state_lock import running
 
 HANDED_FILE = "handed-out.json"
 HANDED_VERSION = 1
@@ -144,7 +145,7 @@ class HandedRecord:
             return
         self._lost = lost = Lost(served)
         for resource, ids in booked.items():
-            known = {i for handed in self._data.get(resource, {}).values() for i in handed.ids}
+            known = {i for handed in self._data.get(resource, {}).values() for i in all_ids(handed)}
             self._withhold(resource, unknown := {i for i in ids if i not in known})
             if waiting := {i for i in unknown if not booked_now(resource, i)}:
                 lost.shown[resource] = waiting
@@ -188,14 +189,7 @@ class HandedRecord:
 
     def check_room(self, resource: str, snapshot: Snapshot, ids: Iterable[str]) -> None:
         """Raises RecordFull when handing `ids` out would keep more than `MAX_DEVICES`."""
-        entries, listed = self._data.get(resource, {}), snapshot.by_advertised_id
-        new = {e.device.id for i in ids if (e := listed.get(i)) and e.device.id not in entries}
-        total = sum(len(devices) for devices in self._data.values()) + len(new)
-        if total > MAX_DEVICES:
-            raise RecordFull(
-                f"{resource}: {HANDED_FILE} would keep {total} devices handed out, more than "
-                f"its limit of {MAX_DEVICES}: refused (devices go from it when no pod holds them)"
-            )
+        check_room(self._data, resource, snapshot, ids, (HANDED_FILE, MAX_DEVICES))
 
     def hand_out(
         self,
@@ -221,7 +215,8 @@ class HandedRecord:
             if advertised in kept:
                 continue  # handed out again as it was: nothing to write
             found = found or ({} if old is None or not kept else dict(old.reached))
-            entries[device.id] = Handed(device, kept | {advertised}, now, found)
+            new = Handed(device, kept | {advertised}, now, found)
+            entries[device.id] = handed_anew(old, new, replaced=not kept)
             changed = True
         if not entries:
             del self._data[resource]
@@ -279,7 +274,7 @@ class HandedRecord:
             self._all_drops = drops
         for name in [resource] if resource is not None else list(self._data | self._withheld):
             entries = self._data.get(name, {})
-            gone = [d for d, h in entries.items() if not any(booked(name, i) for i in h.ids)]
+            gone = [d for d, h in entries.items() if not any(booked(name, i) for i in all_ids(h))]
             for device_id in gone:
                 del entries[device_id]
             if name in self._data and not entries:
@@ -291,6 +286,14 @@ class HandedRecord:
             if not withheld:
                 self._withheld.pop(name, None)
             self._changed(name, bool(gone or freed))
+
+    def change(self, resource: str, device_id: str, change: Callable[[Handed], Handed]) -> None:
+        """The device's entry becomes `change(entry)` (`handed_entries.owed_all`, when its
+        release is owed; `after_release`, when one succeeded: hostile14 N6)."""
+        entries = self._data.get(resource, {})
+        if (old := entries.get(device_id)) is not None and (new := change(old)) != old:
+            entries[device_id] = new
+            self._changed(resource, True)
 
     def after_answers(self, bookings: Bookings) -> Callable[[Answer], None]:
         """A PodResources subscriber: after each answer, what it shows held with no entry is
@@ -341,14 +344,8 @@ class HandedRecord:
         stay (those of a host that had ended when this one read the file go: taken up).
         The union, the later Allocate winning per device, is what a start reads."""
         assert self._writer is not None and self.file is not None
-        kept = {} if current is None else read_document(current)[1]
         directory = str(self.file.path.parent)
-        writers = other_writers(kept, self._writer, self.file.taken, directory)
-        writers[self._writer] = parse_entries(mine)
-        return {
-            "resources": entries_document(union_of(writers)),
-            "writers": {w: entries_document(entries) for w, entries in writers.items()},
-        }
+        return merged(mine, current, self._writer, self.file.taken, directory)
 
 
 @dataclass(frozen=True)
@@ -372,6 +369,9 @@ class HandedOut:
 
     def reached(self, devices: Iterable[Device]) -> dict[str, Identity]:
         return reached_of(self.entry, devices)
+
+    def change(self, device_id: str, change: Callable[[Handed], Handed]) -> None:
+        self.record.change(self.resource, device_id, change)
 
     def hand_out(
         self, snapshot: Snapshot, ids: Iterable[str], reached: Mapping[str, Identity] | None = None

@@ -30,6 +30,7 @@ from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
 from .device_table import DeviceTable
 from .devices import Device, Snapshot, physical_id
+from .handed_entries import use_of
 from .handed_out import HANDED_FILE, HandedOut, in_memory
 from .identity import Identity
 from .logs import EventLogger
@@ -127,24 +128,24 @@ async def check_places(
 def handed_devices(
     builder: AllocationBuilder, snapshot: Snapshot, handed: HandedOut, requested_ids: Sequence[str]
 ) -> list[Device]:
-    """The physical devices behind `requested_ids` as an Allocate handed them out (wherever
-    a reload moved them since), else as `snapshot` lists them (handed out before the record
-    knew them); raises AllocationError for an ID neither knows or one withheld."""
+    """The physical devices behind `requested_ids` as their Allocate handed them out
+    (`handed_entries.use_of`: wherever a reload moved them since, or another ID of the
+    device was handed out otherwise), else as `snapshot` lists them (handed out before the
+    record knew them); raises AllocationError for an ID neither knows or one withheld."""
     replicas = builder.resource.replicas
     if withheld := sorted(handed.withheld.intersection(requested_ids)):
         raise AllocationError(
             f"{handed.resource}: what {','.join(withheld)} was handed out is not known "
             f"({HANDED_FILE} was lost or could not be read): refused until handed out again"
         )
-    devices = handed.devices
     found: dict[str, Device] = {}
     listed: list[str] = []
     for advertised in dict.fromkeys(requested_ids):
-        device = devices.get(physical_id(advertised, replicas))
-        if device is None:
+        entry = handed.entry(physical_id(advertised, replicas))
+        if entry is None:
             listed.append(advertised)
-        else:
-            found[device.id] = device
+        else:  # (ITS use: a shared device handed out otherwise since, hostile14 N6)
+            found.setdefault(entry.device.id, use_of(entry, advertised).device)
     if listed or not found:
         for device in builder.physical_devices(snapshot, listed, healthy_only=False):
             found.setdefault(device.id, device)

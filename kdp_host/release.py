@@ -37,31 +37,32 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .allocation import HookFailed
 from .config import ReleaseConfig, ResourceConfig
 from .device_table import DeviceTable
 from .devices import physical_id
-from .handed_entries import Handed
+from .handed_entries import Uses, after_release, owed_all
 from .handed_out import HandedOut, in_memory
 from .hooks import PlaceCheck
 from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
-from .release_command import ReleaseCommand
+from .release_command import ReleaseCommand, acted_on, owed_left, owed_sharing
 from .release_lock import DeviceLock, LockBusy, Released, owed_by_peers
 from .release_slots import Slots
-from .release_state import ReleaseStateStore, handed_device
+from .release_state import ReleaseStateStore
 from .release_use import (
     Checkpointed,
     DeviceUse,
     assume_used,
     kept_entries,
-    kept_use,
     owe_held_before,
     seen_free,
     start_failed,
+    taken_up,
 )
 from .start_budget import StartBudget
 from .timings import Timings
@@ -120,8 +121,9 @@ class ReleaseTracker:
         """Take up the state kept for the resource (by an earlier runtime of it, or before
         kdp-host restarted) and start the releases owed from then."""
         self._closed = False
+        at, settle = (self._clock(), self._wall()), self._timings.allocation_settle
         self.uses = {
-            device_id: self._taken_up(device_id, entry)
+            device_id: taken_up(device_id, entry, self._handed, at, settle)
             for device_id, entry in self._store.entries(self._resource.name).items()
         }
         replicas = self._resource.replicas
@@ -135,15 +137,6 @@ class ReleaseTracker:
                 self._log.info("release_owed_from_before", device=device_id)
                 self._start(device_id)
         self._publish()
-
-    def _taken_up(self, device_id: str, entry: Mapping[str, Any]) -> DeviceUse:
-        """A device's use as the state file keeps it (`kept_use`); the device as handed out
-        that a file of an older version keeps goes to the record."""
-        use = kept_use(entry, self._clock(), self._wall(), self._timings.allocation_settle)
-        if (legacy := handed_device(device_id, entry)) is not None:
-            ids = use.used or {device_id}  # (an owed release: its booking stays meanwhile)
-            self._handed.record.adopt(self._resource.name, legacy, ids, use.allocated_wall or 0.0)
-        return use
 
     async def close(self) -> None:
         """Stop: cancel retries and running releases (their devices stay owed)."""
@@ -193,8 +186,10 @@ class ReleaseTracker:
             use = self.uses.setdefault(device_id, DeviceUse())
             if advertised in use.used or self._assume_used:
                 use.used.discard(advertised)
+                if not use.used:  # (every use before this Allocate is gone: released)
+                    self._handed.change(device_id, owed_all)
                 if not use.used and not use.owed:
-                    use.owe(self._wall())  # (every use before this Allocate is gone)
+                    use.owe(self._wall())
                     self._log.info("release_owed", device=device_id, reason="allocated_again")
                     self._start(device_id)
         self._publish()
@@ -228,7 +223,9 @@ class ReleaseTracker:
                 if device.id not in held:
                     self.uses.setdefault(device.id, DeviceUse()).used.add(device.id)
         settle = self._timings.allocation_settle
-        for device_id in seen_free(self.uses, held, answer.asked_at, asked_wall, settle, self._log):
+        gone = partial(self._handed.change, change=owed_all)  # (each use seen gone: released)
+        free = seen_free(self.uses, held, answer.asked_at, asked_wall, settle, self._log, gone)
+        for device_id in free:
             self._start(device_id)
         self._publish()
 
@@ -239,7 +236,8 @@ class ReleaseTracker:
         one's lock) another host's use's (`_after_peers`); HookFailed: one failed, or `budget`."""
         replicas, budget = self._resource.replicas, budget or StartBudget.of_call(None)
         devices = list(dict.fromkeys(physical_id(a, replicas) for a in advertised_ids))
-        await self._owed_done(devices, budget)
+        sharing = owed_sharing(self.uses, self._handed, advertised_ids, replicas)
+        await self._owed_done(devices + sharing, budget)
         for device_id in devices:
             if (use := self.uses.get(device_id)) is not None and use.allocated_wall is not None:
                 ids = [a for a in advertised_ids if physical_id(a, replicas) == device_id]
@@ -271,7 +269,7 @@ class ReleaseTracker:
                 use.owed, use.owed_for, use.owed_covers = True, due[1], at
                 use.owed_holders = ()  # (the peer's use: its holders not seen here)
                 self._log.info("release_owed", device=device_id, reason="peer_use", peer=due[0])
-                run = self._locked_release(device_id, use, self._handed.entry(device_id), lock)
+                run = self._locked_release(device_id, use, acted_on(self._handed, device_id), lock)
                 use.running = task = asyncio.create_task(run, name=f"release:{device_id}")
                 self._slots.hurry([device_id])
                 try:  # (ended with the RPC, or out of time: still owed, the next start runs it)
@@ -294,29 +292,32 @@ class ReleaseTracker:
             return use.running
         if (retry := self._retries.pop(device_id, None)) is not None:
             retry.cancel()
-        handed = self._handed.entry(device_id)  # as its last Allocate handed it out
+        handed = acted_on(self._handed, device_id)  # each use as its Allocate handed it out
         task = asyncio.create_task(self._release(device_id, handed), name=f"release:{device_id}")
         use.running = task
         self.changes += 1
         return task
 
-    async def _release(self, device_id: str, handed: Handed | None) -> None:
+    async def _release(self, device_id: str, handed: Uses) -> None:
         use = self.uses[device_id]
         try:
-            if handed is None:
+            if not handed:
                 await self._table.published.wait()  # acts on the device as listed: a list
             async with self._store.locks.held(self._resource.name, device_id) as lock:
                 await self._locked_release(device_id, use, handed, lock)
         finally:
             use.running = None
             self._publish()
+            again, use.again = use.again, False
+            if again and not self._closed:  # (a use seen gone meanwhile: released now)
+                self._start(device_id)
 
     async def _locked_release(
-        self, device_id: str, use: DeviceUse, handed: Handed | None, lock: DeviceLock
+        self, device_id: str, use: DeviceUse, handed: Uses, lock: DeviceLock
     ) -> None:
         """The release, under the device's lock: not run when another host's covers it."""
         if lock.done_elsewhere(use.owed_for):
-            self._succeeded(device_id, use, 0.0, by=lock.record)
+            self._succeeded(device_id, use, 0.0, handed, by=lock.record)
             return
         name = self._resource.name
         async with self._slots.held(device_id):
@@ -331,7 +332,7 @@ class ReleaseTracker:
         self._metrics.release_runs.labels(name, "ok" if error is None else error.result).inc()
         if error is None:
             await lock.released(use.owed_covers)
-            self._succeeded(device_id, use, seconds)
+            self._succeeded(device_id, use, seconds, handed)
             self._publish()  # (written before the lock goes: read fresh by the other hosts)
             await self._store.flush()
         elif error.result == "unknown":  # not run: nothing failed on the device
@@ -341,15 +342,15 @@ class ReleaseTracker:
             self._failed(device_id, use, str(error))
 
     def _succeeded(
-        self, device_id: str, use: DeviceUse, seconds: float, by: Released | None = None
+        self, device_id: str, use: DeviceUse, took: float, acted: Uses, by: Released | None = None
     ) -> None:
-        use.owed = use.handed_unknown = False
-        use.failure, use.backoff = None, None
-        use.released_at = self._wall()
+        """Released (`acted`: the uses it acted on go from the record, hostile14 N6)."""
+        self._handed.change(device_id, lambda entry: after_release(entry, acted))
+        use.released(self._wall(), again=owed_left(self._handed, device_id))
         if by is not None:
             self._log.info("release_done_by_peer", device=device_id, peer=by.writer)
         else:
-            self._log.info("release_ok", device=device_id, seconds=round(seconds, 3))
+            self._log.info("release_ok", device=device_id, seconds=round(took, 3))
         if use.marked_unhealthy:
             use.marked_unhealthy = False
             if self._table.set_check_result(device_id, True):
@@ -362,8 +363,7 @@ class ReleaseTracker:
             "release_failed", device=device_id, error=message, retry_in=round(delay, 3)
         )
         if self.config.on_failure == "unhealthy" and not use.marked_unhealthy:
-            use.marked_unhealthy = True
-            # kept while the device is gone: plugged in again, it is still not clean
+            use.marked_unhealthy = True  # (kept while it is gone: plugged in, still not clean)
             if self._table.set_check_result(device_id, False, keep=True):
                 self._log.warning("device_unhealthy_after_release", device=device_id)
         if not self._closed:

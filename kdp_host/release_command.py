@@ -1,9 +1,12 @@
-"""Running one release of a device (`release.py`): `release.command` on the device as its
-Allocate handed it out, else as listed, else as the kubelet's checkpoint says its booking
-was handed (`OwnershipIndex.checkpoint_handed`)."""
+"""Running one release of a device (`release.py`): `release.command` on each use of the
+device it covers as ITS Allocate handed it out (`handed_entries.releasing`), else as listed,
+else as the kubelet's checkpoint says its booking was handed
+(`OwnershipIndex.checkpoint_handed`); and which other devices' owed releases act on what a
+container is handed (`owed_sharing`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from grpclib.const import Status
@@ -11,8 +14,11 @@ from grpclib.const import Status
 from .allocation import HookFailed, hook_values
 from .config import ReleaseConfig
 from .device_table import DeviceTable
-from .handed_entries import Handed
+from .devices import Device, physical_id
+from .handed_entries import Handed, places_of, releasing, use_of, uses
+from .handed_out import HandedOut
 from .hooks import PlaceCheck, check_places, hook_env, render_argv, run_hook
+from .identity import Identity
 from .logs import EventLogger
 from .process import CommandRunner
 from .release_use import Checkpointed, DeviceUse, unknown_release
@@ -36,21 +42,26 @@ class ReleaseCommand:
     def __post_init__(self) -> None:
         self.host_env = HostEnv(self.log)
 
-    async def run(self, device_id: str, use: DeviceUse, handed: Handed | None) -> None:
-        """The release of what the Allocate handed out (`handed`, taken from the record when
-        the release was owed: its paths must reach what they did then); without it (handed
-        out before the record knew it) the device as listed now, unless its record was lost
+    async def run(self, device_id: str, use: DeviceUse, handed: Sequence[Handed]) -> None:
+        """The release of each use `handed` (`acted_on`: the uses whose release is owed,
+        each as its own Allocate handed it out, its paths reaching what they did then; one
+        run each, in order: hostile14 N6); without one (handed out before the record knew
+        it) the device as listed now, unless its record was lost
         (`handed_unknown`: not run, see `unknown_release`); not listed, what its booking from
         the kubelet's checkpoint was handed, also with its record lost (another plugin's ID,
         never listed nor handed out again: hostile11 K5). Nothing to act on: the release
         fails (the device stays owed, retried), never counted ok."""
-        devices = () if handed else self.table.snapshot.devices
+        for one in handed:
+            await self._run_on(device_id, use, one.device, one.reached)
+        if handed:
+            return
+        devices = self.table.snapshot.devices
         listed = next((d for d in devices if d.id == device_id), None)
-        booked = None if handed or listed or not self.checkpoint else self.checkpoint(device_id)
-        if handed is None and use.handed_unknown and booked is None:
+        booked = None if listed or not self.checkpoint else self.checkpoint(device_id)
+        if use.handed_unknown and booked is None:
             message = unknown_release(self.resource, device_id)
             raise HookFailed(Status.FAILED_PRECONDITION, "unknown", message)
-        device, reached = (handed.device, handed.reached) if handed else booked or (listed, None)
+        device, reached = booked or (listed, None)
         if device is None:
             raise HookFailed(
                 Status.FAILED_PRECONDITION,
@@ -59,6 +70,15 @@ class ReleaseCommand:
                 "and its paths as handed out are not kept (or another pod holds them under "
                 "another ID): nothing to release now; retried",
             )
+        await self._run_on(device_id, use, device, reached)
+
+    async def _run_on(
+        self,
+        device_id: str,
+        use: DeviceUse,
+        device: Device,
+        reached: Mapping[str, Identity] | None,
+    ) -> None:
         what = f"{self.resource}: release of {device_id}:"
         await check_places(self.places, what, {device_id, *use.used}, [device], reached)
         values = hook_values(self.resource, [device])
@@ -72,3 +92,37 @@ class ReleaseCommand:
             env,
             self.config.timeout,
         )
+
+
+def acted_on(handed: HandedOut, device_id: str) -> tuple[Handed, ...]:
+    """The uses of the device its release acts on now (`handed_entries.releasing`; none:
+    not in the record)."""
+    return () if (entry := handed.entry(device_id)) is None else releasing(entry)
+
+
+def owed_sharing(
+    uses: Mapping[str, DeviceUse], handed: HandedOut, ids: Sequence[str], replicas: int
+) -> list[str]:
+    """The devices, not of `ids`, whose owed release acts on a host path (or what one
+    reached) that a use of `ids` was handed: the container starts after it (hostile14 N6: a
+    use released on its own node, which another device lists now)."""
+    mine = {physical_id(advertised, replicas): advertised for advertised in ids}
+    places: set[object] = set()
+    for device_id, advertised in mine.items():
+        if (entry := handed.entry(device_id)) is not None:
+            places |= places_of(use_of(entry, advertised))
+    return [
+        device_id
+        for device_id, use in uses.items()
+        if use.owed
+        and device_id not in mine
+        and places
+        and any(places & places_of(one) for one in acted_on(handed, device_id))
+    ]
+
+
+def owed_left(handed: HandedOut, device_id: str) -> bool:
+    """Whether a use of the device is owed its release still (`Handed.owed`), once a
+    release's own uses went (`handed_entries.after_release`): one seen gone meanwhile."""
+    entry = handed.entry(device_id)
+    return entry is not None and any(use.owed for use in uses(entry))

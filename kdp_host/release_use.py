@@ -14,11 +14,12 @@ from .allocation import HookFailed
 from .backoff import Backoff
 from .devices import physical_id
 from .logs import EventLogger
-from .release_state import device_entry
+from .release_state import device_entry, handed_device
 from .rules import join_list
 
 if TYPE_CHECKING:
     from .devices import Device
+    from .handed_out import HandedOut
     from .holdings import Holder
     from .identity import Identity
     from .ownership_claims import Owner
@@ -76,6 +77,15 @@ class DeviceUse:
     backoff: Backoff | None = None
     """The waits before its failed release is tried again (None: it has not failed since its
     last success; made by the tracker from its `Timings`)."""
+    again: bool = False
+    """A use seen gone while its release ran, which that release did not act on: owed still,
+    run again as soon as it ends (hostile14 N6)."""
+
+    def released(self, wall: float, again: bool) -> None:
+        """Its release succeeded at `wall` (`again`: a use seen gone meanwhile is owed)."""
+        self.owed = self.again = again
+        self.handed_unknown, self.failure, self.backoff = False, None, None
+        self.released_at = wall
 
     def owe(self, covers: float | None) -> None:
         """Its users are gone (every use allocated before `covers` is): a release is owed."""
@@ -165,12 +175,14 @@ def seen_free(
     asked_wall: float,
     settle: float,
     log: EventLogger,
+    gone: Callable[[str], object] = lambda device_id: None,
 ) -> list[str]:
     """A PodResources answer asked at `asked_at` (monotonic; `asked_wall`: Unix time) shows
     `held` (device -> its IDs held -> by whom): a device none of whose IDs is held is free
     unless allocated after the question was sent, or within `settle` before (the kubelet may
     not have recorded it yet: `Timings.allocation_settle`). Returns the devices whose release
-    this makes owed (their users gone)."""
+    this makes owed (their users gone); `gone` is told of each device whose users are seen
+    gone, owed already or not (the record's uses then owed: `handed_entries.owed_all`)."""
     owed: list[str] = []
     for device_id in set(uses) | set(held):
         use = uses.setdefault(device_id, DeviceUse())
@@ -186,6 +198,7 @@ def seen_free(
             continue  # "free" just after an Allocate: the kubelet may not have recorded it
         elif use.used:
             use.used.clear()
+            gone(device_id)
             if not use.owed:  # (seen free: every use allocated before then is gone)
                 use.owe(asked_wall)
                 why = {"reason": "no_longer_held", "last_holders": use.last_holders()}
@@ -237,6 +250,23 @@ def kept_use(entry: Mapping[str, Any], now: float, wall: float, settle: float) -
         use.allocated_wall, use.last_use = allocated, allocated + settle
         use.owed_for = use.last_use if use.owed else None
         use.allocated_at = now - max(0.0, wall - allocated)
+    return use
+
+
+def taken_up(
+    device_id: str,
+    entry: Mapping[str, Any],
+    handed: HandedOut,
+    at: tuple[float, float],
+    settle: float,
+) -> DeviceUse:
+    """A device's use as the state file keeps it (`kept_use`, `at`: the monotonic clock and
+    the Unix time now); the device as handed out that a file of an older version keeps goes
+    to the record."""
+    use = kept_use(entry, *at, settle)
+    if (legacy := handed_device(device_id, entry)) is not None:
+        ids = use.used or {device_id}  # (an owed release: its booking stays meanwhile)
+        handed.record.adopt(handed.resource, legacy, ids, use.allocated_wall or 0.0)
     return use
 
 

@@ -21,7 +21,8 @@ from kdp_host.config.outputs import spec_file_name
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.files import DaemonThreads
-from kdp_host.handed_out import HANDED_FILE, HandedRecord, RecordFull
+from kdp_host.handed_entries import RecordFull
+from kdp_host.handed_out import HANDED_FILE, HandedRecord
 from kdp_host.holdings import Holdings
 from kdp_host.hooks import handed_devices
 from kdp_host.kubelet_checkpoint import Handed, HandedClaims

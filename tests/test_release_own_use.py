@@ -36,8 +36,12 @@ R = "vendor.example/probe"
 
 
 def _config(root: Path, socket_dir: Path, replicas: int = 1) -> str:
-    log, fail = root / "hooks.log", root / "fail"
-    release = f'[sh, -c, "echo release {{ids}} {{hostPaths}} >> {log}; test ! -e {fail}"]'
+    """The release logs its `{hostPaths}`, waits while `root`/hold is there and fails while
+    `root`/fail is; preStart logs its `{hostPaths}`."""
+    log, fail, hold = root / "hooks.log", root / "fail", root / "hold"
+    script = f"echo release {{ids}} {{hostPaths}} >> {log}; "
+    script += f"while [ -e {hold} ]; do sleep 0.05; done; test ! -e {fail}"
+    release = f'[sh, -c, "{script}"]'
     return (
         f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: "
         f"{root}/pr/kubelet.sock, podResourcesInterval: 1s}}\n"
@@ -145,6 +149,30 @@ async def test_an_owed_release_of_an_earlier_use_runs_on_its_node_after_a_restar
     again = await start_host(text)
     await wait_until(lambda: _runs(again, "ok") >= 1, what="the release ran after the restart")
     assert set(_lines(root, "release")) == {f"d0 {n0}"}
+
+
+async def test_a_use_seen_gone_while_its_release_ran_is_released_once_it_ends(
+    pod_resources_kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host: Any
+) -> None:
+    """p1's use (n0) is being released when p2's (n1) is seen gone (d0 allocated again to
+    p3): that release acts on n0 only, and n1's runs as soon as it ends, with no container
+    start asking for it."""
+    kubelet, root = pod_resources_kubelet, _dirs(short_dir)
+    n0, n1 = root / "dev" / "n0", root / "dev" / "n1"
+    running = await start_host(_config(root, socket_dir))
+    await kubelet.wait_for(lambda: kubelet.resource(R).healthy_ids == {"d0"})
+    await kubelet.allocate(R, 1, pod_uid="p1")
+    _list(root, d0="n1")
+    await _listed_at(running, n1)
+    (root / "hold").touch()  # (the release waits until this goes)
+    await kubelet.release("p1")
+    await kubelet.allocate(R, 1, pod_uid="p2", pre_start=False)
+    await wait_until(lambda: _lines(root, "release"), what="p1's release running")
+    await kubelet.release("p2")
+    await kubelet.allocate(R, 1, pod_uid="p3", pre_start=False)
+    (root / "hold").unlink()
+    await wait_until(lambda: _runs(running, "ok") >= 2, what="p2's use released too")
+    assert _lines(root, "release") == [f"d0 {n0}", f"d0 {n1}"]
 
 
 async def test_a_shared_devices_uses_keep_their_own_nodes_for_pre_start_and_release(

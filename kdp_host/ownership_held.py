@@ -97,16 +97,18 @@ class HandOver:
         bookings: Mapping[Owner, Booking],
     ) -> bool:
         """`Ledger.releasing`: the device's release is still due, and it can run. A release
-        owed by a resource no tracker runs (a reload or a restart removed or renamed it)
-        never can: its booking goes with its pod when every device held back for its node
-        (by the booked ID or by its device's claims) is of another resource with a release
-        tracker, whose release then runs for it (`held_before`, hostile14 N2); else it stays
-        (logged once: `kdp-host unbook` drops it)."""
+        owed by a resource retired with no tracker (a reload or a restart removed or renamed
+        it) never can: its booking goes with its pod when every device held back for its
+        node (by the booked ID or by its device's claims) is of another resource with a
+        release tracker, whose release then runs for it (`held_before`, hostile14 N2); else
+        it stays (logged once: `kdp-host unbook` drops it). One not retired (a runtime of it
+        crashed, or a reload restarts it) may run it soon: its booking stays."""
         store = self.releases
         if store is None or not store.pending(resource, device):
             return False
-        if store.releases(resource):
-            return True
+        owner = states.get(resource)
+        if store.releases(resource) or (owner is not None and not owner.retired):
+            return True  # (a runtime of it may start again: a crash, a reload's restart)
         waiting = {
             (state.name, device_id)
             for state in states.values()
@@ -120,10 +122,10 @@ class HandOver:
         if waiting and all(n != resource and store.releases(n) for n, _ in waiting):
             self._orphans.discard(Owner(resource, device))
             return False
-        if waiting and (owner := Owner(resource, device)) not in self._orphans:
+        if waiting and (booked := Owner(resource, device)) not in self._orphans:
             name, device_id = min(waiting)
             if (log := states[name].log) is not None:
-                self._orphans.add(owner)
+                self._orphans.add(booked)
                 log.warning(
                     "release_orphaned",
                     device=device_id,

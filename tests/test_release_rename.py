@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 
+from kdp_host.logs import get_logger
 from kdp_host.ownership_claims import Owner, device_claims
 from kdp_host.ownership_document import SavedBooking
+from kdp_host.ownership_held import HandOver
+from kdp_host.ownership_table import Holding, ResourceState
 from kdp_host.release_state import STATE_FILE
 
 from .conftest import wait_until
@@ -225,14 +228,16 @@ async def test_a_renamed_resources_owed_release_nobody_can_run_says_how_to_end_i
 
 
 class Releases:
-    """The release state as the index sees it (`ownership_bookings.Releases`): every
-    resource has a tracker, nothing is owed; records what it is told."""
+    """The release state as the index sees it (`ownership_bookings.Releases`): the
+    resources `tracked` (None: every one) have a tracker, a release is owed of the devices
+    `owed`; records what it is told."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracked: set[str] | None = None, owed: frozenset[str] = frozenset()) -> None:
         self.told: list[tuple[str, dict[str, Owner]]] = []
+        self.tracked, self.owed = tracked, owed
 
     def pending(self, resource: str, device: str) -> bool:
-        return False
+        return device in self.owed
 
     def booked_elsewhere(self, resource: str, ids: Any, writer: str) -> None:
         pass
@@ -241,7 +246,7 @@ class Releases:
         self.told.append((resource, dict(devices)))
 
     def releases(self, resource: str) -> bool:
-        return True
+        return self.tracked is None or resource in self.tracked
 
 
 class Sink:
@@ -273,3 +278,30 @@ async def test_a_node_another_hosts_booking_of_another_name_held_is_told_once_it
     await host.index.quiet()
     assert host.ids(NEW) == ["f"]
     assert store.told == [(NEW, {"f": Owner(OLD, "f")})]
+
+
+def test_a_booking_only_a_removed_resources_release_holds_goes_to_one_that_releases(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`HandOver.releasing` (hostile14 N2): OLD's release of f is owed. Its booking goes with
+    its pod only when OLD is retired with no tracker and every device held back for f is of
+    a resource with one (NEW); else it stays, and once a resource without one waits for the
+    node, one line names `kdp-host unbook`."""
+    caplog.set_level(logging.INFO)
+    held = {"f": Holding("owned", Owner(OLD, "f"), "/dev/f")}
+    old = ResourceState(OLD, retired=True)
+    new = ResourceState(NEW, log=get_logger().bind(resource=NEW), held=held)
+    states, over = {OLD: old, NEW: new}, HandOver()
+    over.releases = Releases(tracked={NEW}, owed={"f"})
+    assert not over.releasing(OLD, "f", states, {})
+    assert not over.releasing(OLD, "g", states, {})  # (nothing owed)
+    old.retired = False  # (a runtime of it crashed, or a reload restarts it)
+    assert over.releasing(OLD, "f", states, {})
+    old.retired = True
+    assert over.releasing(OLD, "f", {OLD: old}, {})  # (nothing waits for the node)
+    over.releases = Releases(tracked=set(), owed={"f"})  # (NEW has no `release`)
+    assert over.releasing(OLD, "f", states, {})
+    assert over.releasing(OLD, "f", states, {})
+    lines = [r for r in caplog.records if r.getMessage() == "release_orphaned"]
+    assert len(lines) == 1, lines
+    assert f"kdp-host unbook --config F {OLD} f" in lines[0].__dict__["kdp_fields"]["action"]

@@ -227,6 +227,7 @@ def owe_held_before(
         if use.used or use.owed:
             continue
         use.owe(wall)
+        use.owed_holders = ()  # (that pod held another name's ID: not seen here)
         owed.append(device_id)
         log.info(
             "release_owed",

@@ -18,12 +18,14 @@ from typing import Any
 
 import pytest
 
+from kdp_host.holdings import Holder
 from kdp_host.logs import get_logger
 from kdp_host.ownership_claims import Owner, device_claims
 from kdp_host.ownership_document import SavedBooking
 from kdp_host.ownership_held import HandOver
 from kdp_host.ownership_table import Holding, ResourceState
 from kdp_host.release_state import STATE_FILE
+from kdp_host.release_use import DeviceUse, owe_held_before
 
 from .conftest import wait_until
 from .test_kubelet_checkpoint import served
@@ -305,3 +307,18 @@ def test_a_booking_only_a_removed_resources_release_holds_goes_to_one_that_relea
     lines = [r for r in caplog.records if r.getMessage() == "release_orphaned"]
     assert len(lines) == 1, lines
     assert f"kdp-host unbook --config F {OLD} f" in lines[0].__dict__["kdp_fields"]["action"]
+
+
+def test_a_device_another_names_booking_held_owes_its_release_naming_no_earlier_pod() -> None:
+    """`release_use.owe_held_before`: a device whose own users are gone owes its release now,
+    its templates' pod empty (the pod that used it held another name's ID; not the pod of an
+    earlier use, released since); one still in use, or owed already, is left as it is."""
+    earlier = DeviceUse(holders=(Holder("ns", "q", "c", 0.0),), released_at=1.0)
+    busy, owed = DeviceUse(used={"n1"}), DeviceUse(owed=True)
+    uses = {"n0": earlier, "n1": busy, "n2": owed}
+    told = {d: Owner(OLD, d) for d in ("n0", "n1", "n2", "n3")}
+    done = owe_held_before(uses, told, {Owner(OLD, "n3")}, 1, 5.0, get_logger())
+    assert done == ["n0", "n3"]
+    assert earlier.state == "pending" and earlier.holder_values()["pod"] == ""
+    assert uses["n3"].state == "pending"
+    assert busy.state == "in_use" and owed.owed_holders == ()

@@ -13,9 +13,9 @@ import pytest
 
 from kdp_host.cli import main
 from kdp_host.config import load_config, never_handed
-from kdp_host.devices import Device
+from kdp_host.devices import Device, DeviceNode
 from kdp_host.logs import get_logger
-from kdp_host.run_env import HostEnv, decides_run, named_paths
+from kdp_host.run_env import HostEnv, decides_run, host_withheld, named_paths, own_nodes
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import script
@@ -71,6 +71,28 @@ def test_every_absolute_path_in_any_value_is_named(name: str, value: str, paths:
     """M17: a list of known variables keeps missing some (`HOME`, `NODE_OPTIONS`): every
     absolute path in a value is named, whatever the variable."""
     assert named_paths(name, value, "/w") == paths
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "withheld"),
+    [
+        ("PYTHONPYCACHEPREFIX", "/srv/share", True),  # (hostile14 N7: not in any list)
+        ("OPENSSL_CONF", "/srv/share/openssl.cnf", True),
+        ("TOOL", "--plugins=/srv/share/p.so", True),
+        ("DEVICE", "/dev/fpga0", False),  # (its own node)
+        ("DEVICES", "/dev/fpga0,/dev/fpga1", False),
+        ("DEVICES", "/dev/fpga0,/dev/fpga9", True),
+        ("SERIAL", "A1B2", False),
+        ("RATIO", "1/2", False),
+        ("PATH", "/dev/fpga0", True),  # (decides what runs, whatever it names)
+    ],
+)
+def test_a_devices_env_naming_a_path_other_than_its_nodes_is_withheld(
+    name: str, value: str, withheld: bool
+) -> None:
+    nodes = own_nodes([Device("a0", nodes=(DeviceNode("/dev/fpga0", "/dev/fpga0"),)),
+                       Device("a1", nodes=(DeviceNode("/dev//fpga1", "/dev/fpga1"),))])  # fmt: skip
+    assert host_withheld(name, value, nodes) is withheld
 
 
 def test_a_devices_run_variables_are_withheld_and_logged_once(
@@ -226,16 +248,25 @@ async def test_a_devices_own_run_variables_do_not_reach_host_commands(
 ) -> None:
     """M2: a probe's device `env: {PATH: <pod-writable dir>:...}` was passed to preStart,
     release and allocate.command: a bare command name was found in the pod's directory.
-    Now those variables reach the container only; the others still reach the hook."""
+    Now those variables reach the container only; the others still reach the hook. N7: a
+    variable in no list naming a pod's directory (`PYTHONPYCACHEPREFIX`) is withheld too; one
+    naming the device's own node is passed."""
     record = dirs / "record.json"
     hook = script(
         dirs,
         "record",
         f"exec python3 -c 'import json, os; json.dump({{k: os.environ.get(k) for k in "
-        f'("PATH", "LD_PRELOAD", "SLOT")}}, open("{record}", "w"))\'\n',
+        f'("PATH", "LD_PRELOAD", "SLOT", "PYTHONPYCACHEPREFIX", "NODE")}}, '
+        f'open("{record}", "w"))\'\n',
     )
     (dirs / "dev" / "probe0").touch()
-    device_env = {"PATH": f"{dirs}/share:/usr/bin:/bin", "LD_PRELOAD": "/x.so", "SLOT": "3"}
+    device_env = {
+        "PATH": f"{dirs}/share:/usr/bin:/bin",
+        "LD_PRELOAD": "/x.so",
+        "SLOT": "3",
+        "PYTHONPYCACHEPREFIX": f"{dirs}/share",  # (hostile14 N7: a path, not its node)
+        "NODE": f"{dirs}/dev/probe0",
+    }
     listed = [{"id": "d0", "paths": [f"{dirs}/dev/probe0"], "env": device_env}]
     (dirs / "p.json").write_text(json.dumps(listed))
     config = load_resources(dirs, probe(dirs) + f"    preStart: {{command: ['{hook}']}}\n")
@@ -247,7 +278,8 @@ async def test_a_devices_own_run_variables_do_not_reach_host_commands(
         assert dict(response.envs)["PATH"] == device_env["PATH"]  # (the container's)
         seen = json.loads(record.read_text())
     assert f"{dirs}/share" not in seen["PATH"] and seen["LD_PRELOAD"] is None
-    assert seen["SLOT"] == "3"
+    assert seen["PYTHONPYCACHEPREFIX"] is None
+    assert (seen["SLOT"], seen["NODE"]) == ("3", f"{dirs}/dev/probe0")
 
 
 async def test_a_device_mounting_the_config_links_directory_writable_is_left_out(
@@ -284,5 +316,6 @@ def test_kdp_host_check_says_a_devices_run_variables_are_withheld(
     err = capsys.readouterr().err
     assert (
         f"warning: {PROBE}: device d0's env PATH would not be passed to its preStart, release "
-        "or allocate.command (it decides what they run as root), only to the container"
+        "or allocate.command (it decides what a host command runs, or names a path other than "
+        "the devices' own nodes), only to the container"
     ) in err

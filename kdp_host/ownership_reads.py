@@ -96,8 +96,8 @@ class KnownRead:
     run on the loop."""
 
     def holds(self, now: float) -> bool:
-        """Whether a read again now would find the same (its directories' lstat, off the
-        loop)."""
+        """Whether a read again now would find the same (its directories' lstat: off the
+        loop, or on it where `local`)."""
         if now - self.at >= KEPT_FOR:
             return False
         for path, signature in self.listed:
@@ -177,8 +177,8 @@ class TreeReads:
 
 class KeptReads:
     """The reads an Allocate made below the directories its answer mounts, kept by the
-    paths read (`KnownRead`): an Allocate repeated reads one lstat a listed directory, not
-    one an entry (on the loop; each read is checked off it)."""
+    paths read (`KnownRead`): an Allocate repeated makes one lstat a listed directory, not
+    one an entry (kept on the loop; checked on it where `KnownRead.local`, else off it)."""
 
     def __init__(self, limit: int = 256) -> None:
         self._reads: dict[tuple[str, ...], KnownRead] = {}

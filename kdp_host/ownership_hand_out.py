@@ -205,7 +205,7 @@ class HandingOut(AdmissionGate):
         work = functools.partial(_read_inside, followed, whole, known)
         what = f"what is below {', '.join(mounted)} was not read"
         answer, kept = await self._off_loop(work, what)
-        if kept is not None and not kept.local:
+        if kept is not None and kept is not known:  # (a new read: where it lies is asked once)
             local = self._within.mounts.local
             kept = dataclasses.replace(kept, local=all(local(p) for p, _ in kept.listed))
         reads.keep(followed, kept, since)
@@ -315,7 +315,7 @@ def _read_inside(
     found: Found = []
     kept = None
     if followed:
-        (found, _), kept = read_or_recall(list(followed), INSIDE_LIMIT, known)
+        (found, _), kept = read_or_recall(followed, INSIDE_LIMIT, known)
     if not whole:
         return (found, False), kept
     inside, more = arrived(whole, RESCAN_LIMIT)

@@ -11,7 +11,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -114,7 +114,7 @@ def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def read_or_recall(
-    paths: list[str], limit: int, known: KnownRead | None
+    paths: Sequence[str], limit: int, known: KnownRead | None
 ) -> tuple[tuple[Found, bool], KnownRead | None]:
     """`arrived(paths, limit)`, answered from `known` while it holds (off the loop: one
     lstat a listed directory, not one an entry); with what to keep of this read (None: a

@@ -62,6 +62,21 @@ def owed(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     ]
 
 
+async def renamed(
+    running: Any, start_host: Any, kubelet: Any, config: Path, text: str, variant: str
+) -> Any:
+    """The config becomes `text` (OLD renamed NEW) by a live reload or a restart
+    (`variant`), once NEW is registered with fpga0 held for p1; the host running then."""
+    config.write_text(text)
+    if variant == "reload":
+        assert await running.host.reload_from(config) == "ok"
+    else:
+        await running.shutdown()
+        running = await start_host(config.read_text(), config_path=config)
+    await kubelet.await_for(healthy(NEW, 0), what="NEW registered, fpga0 held for p1")
+    return running
+
+
 @pytest.mark.parametrize("variant", ["reload", "restart", "another plugin"])
 async def test_a_node_another_names_booking_held_is_released_before_the_new_name_hands_it_out(
     real_kubelet_factory: Any,
@@ -91,13 +106,9 @@ async def test_a_node_another_names_booking_held_is_released_before_the_new_name
     running = await start_host(config.read_text(), config_path=config)
     await kubelet.await_for(healthy(old, 1), what="fpga0 advertised under the old name")
     assert (await kubelet.acall(kubelet.allocate, "p1", {old: 1}))["error"] == ""
-    config.write_text(head + resource(NEW, devices, log))
-    if variant == "reload":
-        assert await running.host.reload_from(config) == "ok"
-    else:
-        await running.shutdown()
-        running = await start_host(config.read_text(), config_path=config)
-    await kubelet.await_for(healthy(NEW, 0), what="NEW registered, fpga0 held for p1")
+    running = await renamed(
+        running, start_host, kubelet, config, head + resource(NEW, devices, log), variant
+    )
     assert not log.exists()
     await kubelet.acall(kubelet.release, "p1")
     await kubelet.await_for(healthy(NEW, 1), timeout=60, what="fpga0 advertised under NEW")
@@ -129,13 +140,9 @@ async def test_a_renamed_resources_owed_release_is_run_by_the_new_name(
     running = await start_host(config.read_text(), config_path=config)
     await kubelet.await_for(healthy(OLD, 1), what="fpga0 advertised under OLD")
     assert (await kubelet.acall(kubelet.allocate, "p1", {OLD: 1}))["error"] == ""
-    config.write_text(head + resource(NEW, devices, log))
-    if variant == "reload":
-        assert await running.host.reload_from(config) == "ok"
-    else:
-        await running.shutdown()
-        running = await start_host(config.read_text(), config_path=config)
-    await kubelet.await_for(healthy(NEW, 0), what="NEW registered, fpga0 held for p1")
+    running = await renamed(
+        running, start_host, kubelet, config, head + resource(NEW, devices, log), variant
+    )
     await kubelet.acall(kubelet.release, "p1")
     await kubelet.await_for(healthy(NEW, 1), timeout=60, what="fpga0 advertised under NEW")
     second = await kubelet.acall(kubelet.allocate, "p2", {NEW: 1})

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -113,24 +114,25 @@ def test_one_event_among_many_paths_looks_at_that_path_alone(
     assert len(first.devices) == 500
     stats: list[str] = []
     built: list[str] = []
-    lstat, device = os.lstat, GlobScan._device
+    lstat, numa_node = os.lstat, glob.numa_node
 
     def counted_lstat(path: str, *args: object, **kwargs: object) -> os.stat_result:
         stats.append(str(path))
         return lstat(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    def counted_device(self: GlobScan, device_id: str, *args: object) -> object:
-        built.append(device_id)
-        return device(self, device_id, *args)  # type: ignore[arg-type]
+    def counted_numa_node(config: GlobDriverConfig, files: FileReader, path: str, *a: Any) -> Any:
+        built.append(os.path.basename(path))  # (asked once per device the scan looks at)
+        return numa_node(config, files, path, *a)
 
     monkeypatch.setattr(os, "lstat", counted_lstat)
-    monkeypatch.setattr(glob.GlobScan, "_device", counted_device)
+    monkeypatch.setattr(glob, "numa_node", counted_numa_node)
     new = tmp_path / "g000"
     new.touch()
     second = scan.scan(Listed(first.devices), DirWatch(), frozenset({str(new)}))
     assert len(second.devices) == 501
     assert len(stats) <= 2 + len(tmp_path.parts), stats  # (the path, its directory's real path)
     assert built == ["g000"]
+    assert [i for i, d in second.devices.items() if d is not first.devices.get(i)] == ["g000"]
     assert changed_between(first.devices, second.devices) == {"g000"}
     new.unlink()
     third = scan.scan(Listed(second.devices), DirWatch(), frozenset({str(new)}))

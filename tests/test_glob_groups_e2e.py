@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kdp_host.drivers.scanning import ScanLoop
+from kdp_host.drivers.glob_groups import GlobGroupScan
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
 XDMA = "vendor.example/xdma"
@@ -137,15 +137,15 @@ async def test_an_optional_member_that_goes_never_withdraws_its_device(
     (README: a missing optional member leaves the device Healthy)."""
     gate, entered = threading.Event(), threading.Event()
     armed = [False]
-    scan_sync = ScanLoop._scan_sync
+    scan = GlobGroupScan.scan
 
-    def gated(self: ScanLoop[Any], *args: Any) -> Any:
-        if armed[0]:
+    def gated(self: GlobGroupScan, *args: Any) -> Any:
+        if armed[0]:  # (in the scan's thread: the loop and the index go on meanwhile)
             entered.set()
             gate.wait(30)
-        return scan_sync(self, *args)
+        return scan(self, *args)
 
-    monkeypatch.setattr(ScanLoop, "_scan_sync", gated)
+    monkeypatch.setattr(GlobGroupScan, "scan", gated)
     dev = short_dir / "dev"
     dev.mkdir()
     fw = short_dir / "fw"

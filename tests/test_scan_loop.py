@@ -645,3 +645,41 @@ async def test_a_change_the_watcher_missed_is_found_though_a_later_one_was_named
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# ------------------------------------------------------------------- public seams only
+
+
+def test_no_test_reaches_for_a_private_method_of_a_driver() -> None:
+    """Issue 20 item 14: tests drive the drivers through `kdp_host.testing` and the scanners'
+    public methods (`step`, `scan_once`, `scan`), never a driver's private method: not
+    called, not wrapped, not replaced. Every `x._name` in tests/ (on anything but a class's
+    own `self`/`cls`) whose name is a private method of kdp_host/drivers or kdp_host/sysfs
+    fails, and so does a `getattr`/`setattr` (or `monkeypatch.setattr`) naming one."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    private: set[str] = set()
+    for package in ("drivers", "sysfs"):
+        for source in (root / "kdp_host" / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text())):
+                is_def = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                if is_def and node.name.startswith("_") and not node.name.endswith("__"):
+                    private.add(node.name)
+    assert "_scan_sync" in private  # (the walk finds them)
+    uses = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in private:
+                owner = node.value
+                if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                    uses.append(f"{path.relative_to(root)}:{node.lineno}: .{node.attr}")
+            elif isinstance(node, ast.Call):
+                function = node.func
+                called = function.id if isinstance(function, ast.Name) else None
+                if isinstance(function, ast.Attribute):
+                    called = function.attr  # (monkeypatch.setattr, ...)
+                named = {a.value for a in node.args if isinstance(a, ast.Constant)}
+                if called in ("getattr", "setattr", "hasattr", "delattr") and named & private:
+                    uses.append(f"{path.relative_to(root)}:{node.lineno}: {called}")
+    assert not uses, "\n".join(uses)

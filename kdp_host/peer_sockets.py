@@ -22,6 +22,13 @@ milliseconds, a missing one the resource. At most one registration per socket th
 none while the other comes back within `SETTLE` (it registers again itself): the two
 instances never take turns.
 
+The kubelet ending this instance's stream within `SWITCH_WINDOW` after another instance's
+socket was made or went is the kubelet switching between the two (the other registered; or its
+plugin watcher, which deregisters by name and registers sockets anew on its next reconciler
+pass, about a second later, did so for a socket that went or came), not the kubelet refusing
+this one: such a loss does not count toward "the kubelet keeps ending the stream"
+(`stream_losses`, `switching`).
+
 Not seen: a socket of the compact form (a socket directory too long for readable names), a
 peer killed without removing its socket (SIGKILL), and other plugins of the same name (they
 name their sockets their own way).
@@ -45,6 +52,10 @@ LOSS_WINDOW: Final = KUBELET_HANG_UP_WAIT + 1.0
 went was ended for the other's stream: the registration after it is the kubelet's client."""
 PEER_ENDED: Final = "another_instance_ended"
 """Registering again: another instance of the resource stopped serving (the module's rules)."""
+SWITCH_WINDOW: Final = 10.0
+"""Seconds after another instance's socket was made or went in which the kubelet ending our
+stream is its switching between the instances (a few of its plugin watcher's one-second
+reconciler passes), not a refusal of ours."""
 _SUFFIX: Final = ".sock"
 
 
@@ -67,6 +78,8 @@ class PeerSockets:
     made before this instance followed the directory)."""
     _lost_at: float | None = None
     _registered_at: float | None = None
+    _switched_at: float | None = None
+    """When another instance's socket was last made or went (loop time)."""
 
     def __post_init__(self) -> None:
         instance = socket_instance(self.endpoint)
@@ -95,6 +108,7 @@ class PeerSockets:
         if name is None or not self._is_peer(name):
             return
         now = asyncio.get_running_loop().time()
+        self._switched_at = now
         if os.path.lexists(os.path.join(self.serve_dir, name)):
             self._gone.pop(name, None)
             self._made[name] = now  # (entries' events only: made, or renamed in)
@@ -105,6 +119,12 @@ class PeerSockets:
     def lost(self) -> None:
         """The kubelet ended our stream."""
         self._lost_at = asyncio.get_running_loop().time()
+
+    def switching(self) -> bool:
+        """Whether another instance's socket was made or went within `SWITCH_WINDOW` (a
+        stream the kubelet ends now is its switching between the instances)."""
+        at = self._switched_at
+        return at is not None and asyncio.get_running_loop().time() - at <= SWITCH_WINDOW
 
     def registered(self) -> None:
         """The kubelet registered this instance's socket."""

@@ -161,7 +161,9 @@ class ServingLoop:
                     self.status.mark(serving=False, registered=False)
                     await plugin_socket.stop(service, server, self.socket_path, self.log)
                 self.log.info("reregistering", reason=reason)
-                if reason == STREAM_CLOSED and (delay := self._losses.lost()):
+                if reason == STREAM_CLOSED and (
+                    delay := self._losses.lost(self._peers.switching())
+                ):
                     await self._back_off(delay, kubelet)
         finally:
             leave_net()

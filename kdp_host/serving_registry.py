@@ -131,7 +131,7 @@ class PluginManagerFollower:
             while self._events:
                 event = self._events.popleft()
                 if isinstance(event, str):  # STREAM_LOST
-                    delay = losses.lost()
+                    delay = losses.lost(self.peers.switching())
                     lost_here = True
                     if status.registered:
                         status.mark(registered=False, error="not registered: stream closed")

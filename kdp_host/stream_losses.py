@@ -10,7 +10,9 @@ could not take made a resource register ~90 times a second). So the losses follo
 further loss waits the next delay, and a stream that lasts `stable` seconds ends the run. A
 kubelet restart ends streams too but is no loss of ours: a registration with a restarted kubelet
 ends the run (`registered`), and the resource never waits for one
-(`serving.ServingLoop._back_off`). From the `NOT_READY_AFTER`-th loss in a row until the run
+(`serving.ServingLoop._back_off`). Nor is a loss while another instance of the resource comes
+or goes (a rolling update: `peer_sockets.PeerSockets.switching`): it is counted, registers
+again at once and ends the run. From the `NOT_READY_AFTER`-th loss in a row until the run
 ends, /readyz names the resource.
 """
 
@@ -53,10 +55,14 @@ class StreamLosses:
             self._retries.start_over()
         self._retries.started()
 
-    def lost(self) -> float:
-        """The kubelet ended the stream: counted; returns the seconds to wait before
-        registering again (0: at once)."""
+    def lost(self, switching: bool = False) -> float:
+        """The kubelet ended the stream (`switching` between this instance and another):
+        counted; returns the seconds to wait before registering again (0: at once)."""
         self._counter.inc()
+        if switching:
+            self._end_run(self._retries.in_a_row)
+            self._retries.start_over()
+            return 0.0
         self.check_stable()
         delay = self._retries.failed()
         if self.in_a_row == NOT_READY_AFTER:

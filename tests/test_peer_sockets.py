@@ -269,6 +269,65 @@ async def test_only_sockets_of_the_same_resource_and_another_instance_count(
     assert tracker.due() == (None, None) and not tracker.wake.is_set()
 
 
+async def test_another_instances_socket_made_or_gone_is_the_kubelet_switching(
+    tmp_path: Path,
+) -> None:
+    """hostile13 M18: a stream the kubelet ends just after another instance's socket came or
+    went is its switching between the instances, not a refusal (`StreamLosses.lost`)."""
+    tracker = peers(tmp_path)
+    for name in (tracker.endpoint, socket_name("s.example/other", "old", str(tmp_path))):
+        tracker.changed(name)
+    assert not tracker.switching()
+    made = other(tmp_path)
+    tracker.changed(made)
+    assert tracker.switching()
+    gone = peers(tmp_path)
+    (tmp_path / made).unlink()
+    gone.changed(made)
+    assert gone.switching()
+
+
+async def test_hostile13_m18_the_new_instance_is_ready_once_served_after_the_old_one_stops(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """`pluginsRegistry`, a maxSurge rollout with no other change: the new instance
+    registers, the old one stops. Its socket's going makes the plugin watcher deregister the
+    name (the new instance's stream ends); the new instance creates its socket again, and
+    the watcher's next pass may end that stream too (the socket it replaced). Those are the
+    rollout, not the kubelet refusing the plugin: once the kubelet serves it again the new
+    instance is ready (before: "the kubelet keeps ending the stream" for a minute)."""
+    registry, devices = short_dir / "registry", short_dir / "devices"
+    devices.mkdir()
+    for name in ("fpga0", "fpga1"):
+        (devices / name).touch()
+    kubelet = real_kubelet_factory(plugins_registry_dir=registry)
+    text = registry_config(kubelet.socket_dir, registry, devices)
+    old = await start_host(text, registry_wait=PATIENT, instance_id="old")
+    await kubelet.await_for(two_healthy, what="the old instance registered")
+    since = await kubelet.acall(kubelet.last_seq)
+    new = await start_host(text, registry_wait=PATIENT, instance_id="new")
+    await wait_until(lambda: FPGA in new.host.resources, what="the new instance started")
+    new_socket = new.host.resources[FPGA].socket_path
+    await kubelet.await_for(
+        lambda k: registrations(k, since, FPGA) == [new_socket], what="the new one registered"
+    )
+    since = await kubelet.acall(kubelet.last_seq)
+    await old.shutdown()
+    await kubelet.await_for(
+        lambda k: registrations(k, since, FPGA) and two_healthy(k),
+        timeout=60,
+        what="the new instance registered again",
+    )
+    runtime = new.host.resources[FPGA]
+    await wait_until(
+        lambda: runtime.status.ready,
+        timeout=30,  # (half the minute a run of losses needs to end by itself)
+        what="the new instance ready",
+    )
+    allocated = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert allocated["error"] == ""
+
+
 def test_absent_from_the_kubelet_twice_after_registering_is_due() -> None:
     now = [10.0]
     check = AbsentCheck(SHELL, asyncio.Event(), lambda: now[0])

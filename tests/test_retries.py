@@ -51,3 +51,26 @@ def test_lost_streams_are_counted_and_make_the_resource_not_ready_until_it_recov
         "kdp_list_and_watch_streams_lost_total", {"resource": "t.io/r"}
     )
     assert count == 3
+
+
+def test_a_loss_while_another_instance_comes_or_goes_is_no_run_of_losses() -> None:
+    """hostile13 M18: in a rolling update the kubelet ends a stream for the other instance's
+    (its registration, or its plugin watcher's deregistration by name and registration anew a
+    reconciler pass later): registered again at once, and /readyz does not say the kubelet
+    keeps ending the stream (it said so for a minute after each node's rollout)."""
+    metrics = Metrics()
+    problems: list[str | None] = []
+    losses = StreamLosses(LOST_STREAMS, metrics.streams_lost.labels("t.io/r"), problems.append)
+    for _ in range(3):
+        losses.registered(restarted=False)
+        assert losses.lost(switching=True) == 0.0
+    assert problems == [] and losses.in_a_row == 0
+    losses.registered(restarted=False)
+    assert losses.lost() == 0.0 and losses.lost() == LOST_STREAMS.first
+    assert problems == [LOSSES_REASON]
+    assert losses.lost(switching=True) == 0.0  # the run of refusals ends with it
+    assert problems == [LOSSES_REASON, None] and losses.in_a_row == 0
+    count = metrics.registry.get_sample_value(
+        "kdp_list_and_watch_streams_lost_total", {"resource": "t.io/r"}
+    )
+    assert count == 6

@@ -27,6 +27,8 @@ from hypothesis import strategies as st
 from kdp_host import cdi_rules, rules
 from kdp_host.command_output import ProbeOutputError, parse_json
 from kdp_host.config import ConfigError, load_config_text
+from kdp_host.config.model import FILE_MODE_PATTERN, PERMISSIONS_PATTERN
+from kdp_host.config.syntax import DURATION_PATTERN, parse_duration
 from kdp_host.drivers import glob_paths
 
 Accepts = Callable[[str], bool]
@@ -537,3 +539,53 @@ def test_text_users_agree(text: str) -> None:
 @given(st.text(alphabet=st.sampled_from("/aé"), min_size=90, max_size=120))
 def test_socket_path_users_agree(path: str) -> None:
     assert_agree(SOCKET_PATH_USERS, path)
+
+
+# ------------------------------------------------------ the config's own value rules
+# The schema patterns of rules that live in the config (durations: config/syntax.py; cgroup
+# permissions and file modes: config/model.py) are written once, beside the rule, and say
+# what the loader says.
+
+
+def _loader_takes(allocate: dict[str, Any]) -> bool:
+    return loader_accepts(glob_resource(allocate=allocate))
+
+
+@SETTINGS
+@given(st.text(alphabet=st.sampled_from("0123456789.mshx -"), max_size=8))
+@example("1m30s")
+@example("1.5h")
+@example("1.s")
+@example(".5s")
+@example("721h")
+@example("1h1m1s1ms")
+def test_the_duration_pattern_is_the_duration_syntax(text: str) -> None:
+    try:
+        parse_duration(text)
+        readable = True
+    except ValueError as exc:
+        readable = "longer than the limit" in str(exc)  # (a length no pattern can say)
+    if text == text.strip():  # (the loader strips spaces; the schema is stricter there)
+        assert schema_pattern_matches(DURATION_PATTERN, text) == readable, text
+
+
+@SETTINGS
+@given(st.text(alphabet=st.sampled_from("01789rx "), max_size=5))
+@example("0660")
+@example("660")
+@example("00660")
+def test_the_file_mode_pattern_is_the_file_mode_rule(text: str) -> None:
+    cdi = {"kind": "vendor.example/xx", "deviceFileMode": text}
+    assert schema_pattern_matches(FILE_MODE_PATTERN, text) == _loader_takes({"cdi": cdi}), text
+
+
+@SETTINGS
+@given(st.text(alphabet=st.sampled_from("rwmx "), max_size=4))
+@example("rwm")
+@example("rr")
+@example("")
+def test_the_permissions_pattern_takes_every_permission_the_rule_takes(text: str) -> None:
+    """Exact but for a repeated letter (RE2, which reads the chart's schema, has no
+    back-references): the rule refuses it too."""
+    schema = schema_pattern_matches(PERMISSIONS_PATTERN, text)
+    assert _loader_takes({"permissions": text}) == (schema and len(set(text)) == len(text))

@@ -13,6 +13,7 @@ from typing import Any, Final
 from .declare import Key, OneOf, Section, declarations, section_schema
 from .kinds import Kind, ListOf, StringMap
 from .model import README_TABLES, Config
+from .syntax import DURATION_PATTERN
 
 _DEFS: Final = "#/$defs/"
 _EMBEDDED_DEFS: Final = "#/properties/config/$defs/"
@@ -23,7 +24,7 @@ _TABLE: Final = re.compile(
 SCHEMA_DEFS: Final[dict[str, Any]] = {
     "duration": {
         "type": "string",
-        "pattern": "^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$",
+        "pattern": DURATION_PATTERN,
         "description": "e.g. 500ms, 10s, 1m30s, 1h",
     },
     "argv": {

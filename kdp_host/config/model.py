@@ -102,6 +102,12 @@ group (matches like `*`, within one path component)."""
 GROUP_TEMPLATE_FIELDS = GLOB_TEMPLATE_FIELDS | {"key", "target"}
 HEALTH_TEMPLATE_FIELDS = frozenset({"id", "path"})
 PERMISSION_CHARS = frozenset("rwm")
+PERMISSIONS_PATTERN = "^[rwm]{1,3}$"
+"""The permissions rule as far as JSON Schema can say it without back-references (Helm reads
+the chart's schema with Go's RE2): `_permissions_problem` also refuses a letter twice."""
+_FILE_MODE = re.compile(r"0?[0-7]{3}")
+FILE_MODE_PATTERN = f"^{_FILE_MODE.pattern}$"
+"""The file mode rule (`_file_mode_problem`), as the schema's pattern."""
 ENV_PATTERN = f"^{ENV_NAME_PATTERN}$"
 """The env name rule as far as JSON Schema can say it (rules.env_name_problem is exact)."""
 
@@ -155,7 +161,7 @@ def _permissions_problem(text: str) -> str | None:
 
 
 def _file_mode_problem(text: str) -> str | None:
-    if not re.fullmatch(r"0?[0-7]{3}", text):
+    if not _FILE_MODE.fullmatch(text):
         return 'must be an octal mode such as "0660" (quoted: YAML reads 0660 as a number)'
     return None
 
@@ -202,7 +208,7 @@ class GlobGroupMemberConfig:
     read_only: bool = key("readOnly", Boolean(), "Mounts: read-only.", default=True)
     permissions: str | None = key(
         "permissions",
-        Text(rule=_permissions_problem, extra_schema={"pattern": "^[rwm]{1,3}$"}),
+        Text(rule=_permissions_problem, extra_schema={"pattern": PERMISSIONS_PATTERN}),
         "Device nodes: cgroup permissions of this member's nodes.",
         default=None,
         default_doc="`allocate.permissions`",
@@ -686,7 +692,7 @@ class CdiConfig:
     )
     device_file_mode: str | None = key(
         "deviceFileMode",
-        Text(rule=_file_mode_problem, extra_schema={"pattern": "^0?[0-7]{3}$"}),
+        Text(rule=_file_mode_problem, extra_schema={"pattern": FILE_MODE_PATTERN}),
         "Mode of the device nodes inside the container (CDI `fileMode`), an octal string: "
         '`"0660"`.',
         default=None,
@@ -724,7 +730,7 @@ class AllocateConfig:
     )
     permissions: str = key(
         "permissions",
-        Text(rule=_permissions_problem, extra_schema={"pattern": "^[rwm]{1,3}$"}),
+        Text(rule=_permissions_problem, extra_schema={"pattern": PERMISSIONS_PATTERN}),
         "cgroup device permissions of the DeviceSpecs: `r`, `w`, `m`.",
         default="rw",
     )

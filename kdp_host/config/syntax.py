@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from typing import Final
 
 _DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+DURATION_PATTERN: Final = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+"""The duration syntax as JSON Schema says it (the schema's `$defs/duration`): what
+`parse_duration` reads, less its limit and the spaces it strips (tests/test_rules.py)."""
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION: Final = 30 * 24 * 3600.0
 """The longest duration the config takes (30 days): far beyond any sensible interval or

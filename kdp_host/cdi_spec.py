@@ -139,12 +139,18 @@ def render_held(
     device: `handed_out.Handed.reached`; issue 17, hostile8 N3: made anew at that path,
     another pod's node): the held name fails closed, never resolving to another node. Not
     pinned by number instead: a mount has none, and the number handed out may name
-    another device by now. Blocking (`strays_now` per recorded path); also the left out."""
+    another device by now. Blocking (`strays_now` per recorded path, where kdp-host sees it:
+    `Device.checked_at`); also the left out."""
     astray = frozenset(
-        d for d, paths in reached.items() if any(strays_now(p, k) for p, k in paths.items())
+        d for d, paths in reached.items() if d in pinned and _strays(pinned[d], paths)
     )
     kept = {d: device for d, device in pinned.items() if d not in astray}
     return render_spec_file(resource, snapshot, kept, {*withheld, *astray}), astray
+
+
+def _strays(device: Device, reached: Mapping[str, Identity]) -> bool:
+    where = device.checked_at()
+    return any(strays_now(where.get(path, path), key) for path, key in reached.items())
 
 
 def _consistent_device_env(devices: Iterable[Device], configured: Iterable[str]) -> frozenset[str]:

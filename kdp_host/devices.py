@@ -162,6 +162,13 @@ class Device:
             return self.path
         return self.nodes[0].host_path if self.nodes else ""
 
+    def checked_at(self) -> dict[str, str]:
+        """Each host path of the device (nodes and mounts, as handed out) -> where kdp-host
+        sees it, which is where what it reaches is checked (`DeviceNode.seen`)."""
+        where = {node.host_path: node.seen for node in self.nodes}
+        where.update((mount.host_path, mount.host_path) for mount in self.mounts)
+        return where
+
 
 @dataclass(frozen=True, slots=True)
 class AdvertisedDevice:

@@ -75,7 +75,10 @@ def entry(handed: Handed) -> dict[str, Any]:
         "ids": sorted(handed.ids),
         "at": handed.at,
     }
-    if handed.reached:  # (a key an older version ignores: it reads the rest as before)
+    seen = {n.host_path: n.seen_path for n in device.nodes if n.seen_path is not None}
+    if seen:  # (keys an older version ignores: it reads the rest as before)
+        fields["seen"] = dict(sorted(seen.items()))
+    if handed.reached:
         fields["reached"] = {path: list(key) for path, key in sorted(handed.reached.items())}
     if handed.owed:  # (these two too: an older version reads the newest use as before)
         fields["owed"] = True
@@ -110,10 +113,19 @@ def handed(device_id: str, entry: Mapping[str, Any]) -> Handed:
         raise TypeError(f"a handed-out entry is not of its shape: {entry!r}")
     if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
         raise TypeError(f"at is not a finite number: {at!r}")
+    seen = entry.get("seen", {})  # (none in an entry of an older version, or of /dev nodes)
+    if not isinstance(seen, dict):
+        raise TypeError(f"seen is not of its shape: {entry!r}")
     device = Device(
         text(device_id),
         nodes=tuple(
-            DeviceNode(text(h), text(c), None if p is None else text(p)) for h, c, p in nodes
+            DeviceNode(
+                text(h),
+                text(c),
+                None if p is None else text(p),
+                seen_path=None if (at_seen := seen.get(h)) is None else text(at_seen),
+            )
+            for h, c, p in nodes
         ),
         mounts=tuple(DeviceMount(text(h), text(c), flag(ro)) for h, c, ro in mounts),
         env={text(k): text(v) for k, v in env.items()},

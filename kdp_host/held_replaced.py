@@ -98,12 +98,9 @@ class Replaced:
 
 def seen_reached(device: Device, reached: Mapping[str, Identity]) -> dict[str, Identity]:
     """Where kdp-host sees each host path of `device` that `reached` has (a node at `seen`,
-    a mount at its host path), with what that path reached when handed out."""
-    found = {n.seen: reached[n.host_path] for n in device.nodes if n.host_path in reached}
-    found.update(
-        (m.host_path, reached[m.host_path]) for m in device.mounts if m.host_path in reached
-    )
-    return found
+    a mount at its host path: `Device.checked_at`), with what that path reached when
+    handed out."""
+    return {at: reached[path] for path, at in device.checked_at().items() if path in reached}
 
 
 def _replaced(wanted: Wanted) -> dict[str, Handed]:

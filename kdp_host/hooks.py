@@ -110,12 +110,13 @@ async def check_places(
     as handed out reaches another device now (issue 17, hostile7 F3: a device renamed onto
     it, or made there anew with a reused inode number): the command is not run, since it
     would act on that device, which another pod may hold. `handed`: what each path reached
-    when handed out (`HandedOut.reached`): it must reach that still (hostile8 N2)."""
+    when handed out (`HandedOut.reached`): it must reach that still (hostile8 N2). Each path
+    is looked at where kdp-host sees it (`Device.checked_at`: a sysfs `devRoot`)."""
     if check is None:
         return
-    paths = {n.host_path for d in devices for n in d.nodes}
-    paths.update(m.host_path for d in devices for m in d.mounts)
-    changed = await check(ids, paths, handed or {}) if paths else {}
+    where = {path: at for device in devices for path, at in device.checked_at().items()}
+    reached = {where.get(path, path): key for path, key in (handed or {}).items()}
+    changed = await check(ids, set(where.values()), reached) if where else {}
     if changed:
         found = "; ".join(f"{path}: {why}" for path, why in sorted(changed.items()))
         raise HookFailed(

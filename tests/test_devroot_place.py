@@ -168,3 +168,74 @@ async def test_through_the_kubelet_two_pods_never_get_one_host_path(
     given = [await kubelet.acall(kubelet.allocate, p, {r: 1}) for p, r in (("p1", STICK),
              ("p2", GLOB))]  # fmt: skip
     assert sum(1 for g in given if g["error"] == "") == 1, given
+
+
+async def test_a_release_checks_a_node_seen_below_devroot_where_it_is_seen() -> None:
+    """A release's or preStart's place check (`hooks.check_places`) looked at the host's
+    spelling, /dev/<name>, which kdp-host does not see below another `devRoot` (nothing
+    there: it passed) while the node handed out was made anew at devRoot/<name> as another
+    device's number. It looks where the node was claimed and checked (`Device.checked_at`)."""
+    import functools
+
+    from kdp_host.allocation import HookFailed
+    from kdp_host.hooks import check_places
+
+    from .fake_nodes import indexed, node
+
+    nodes = FakeNodes({"/tdev/ttyUSB0": ("c", 3), "/tdev/ttyUSB1": ("c", 5)}, nothing=True)
+    seen = DeviceNode("/dev/ttyUSB0", "/dev/ttyUSB0", seen_path="/tdev/ttyUSB0")
+    mine = Device("A10K", nodes=(seen,), path="/dev/ttyUSB0", sysfs_path="/tsys/A10K")
+    index, _ = await indexed({STICK: [mine], GLOB: [node("/tdev/ttyUSB1")]}, nodes)
+    await index.book(STICK, ["A10K"])
+    check = functools.partial(index.changed_places, STICK)
+    handed = {"/dev/ttyUSB0": ("c", 3)}
+    await check_places(check, "release of A10K:", ["A10K"], [mine], handed)
+    nodes.nodes["/tdev/ttyUSB0"] = ("c", 5)  # made anew as ttyUSB1's number
+    with pytest.raises(HookFailed, match="reaches another device now"):
+        await check_places(check, "release of A10K:", ["A10K"], [mine], handed)
+
+
+def test_a_held_cdi_entry_of_a_node_seen_below_devroot_is_checked_where_it_is_seen(
+    tmp_path: Path,
+) -> None:
+    """The same for a held CDI entry (`cdi_spec.render_held`): it kept naming /dev/<name>
+    while devRoot/<name> reached another pod's node."""
+    from kdp_host.cdi_spec import render_held
+    from kdp_host.config import AllocateConfig, CdiConfig, GlobDriverConfig, ResourceConfig
+    from kdp_host.device_table import DeviceTable
+    from kdp_host.identity import identity_of
+
+    config = ResourceConfig(
+        name=STICK,
+        driver=GlobDriverConfig(paths=(f"{tmp_path}/n*",)),
+        allocate=AllocateConfig(cdi=CdiConfig(kind=STICK, spec_dir=str(tmp_path / "cdi"))),
+    )
+    root = tmp_path / "devroot"
+    root.mkdir()
+    place, other = root / "ttyUSB0", root / "ttyUSB1"
+    place.touch()
+    other.touch()
+    host = str(tmp_path / "hostdev" / "ttyUSB0")  # (kdp-host sees nothing at the host's path)
+    held = Device("A10K", nodes=(DeviceNode(host, "/dev/ttyUSB0", seen_path=str(place)),))
+    handed_out = {"A10K": {host: identity_of(place.stat())}}
+    empty = DeviceTable().snapshot
+    assert render_held(config, empty, {"A10K": held}, (), handed_out)[1] == frozenset()
+    place.unlink()
+    place.hardlink_to(other)  # another pod's file where kdp-host sees the node
+    assert render_held(config, empty, {"A10K": held}, (), handed_out)[1] == {"A10K"}
+
+
+def test_the_record_keeps_where_a_node_handed_out_is_seen() -> None:
+    """After a restart the record's device is what the checks use: it keeps the seen path
+    (a key an older version ignores); an older entry reads without it."""
+    from kdp_host.handed_entries import entry, handed
+    from kdp_host.handed_out import Handed
+
+    mine = Device("A10K", nodes=(DeviceNode(HANDED, HANDED, seen_path="/tdev/zero"),))
+    written = json.loads(json.dumps(entry(Handed(mine, frozenset({"A10K"}), 1.0))))
+    assert written["nodes"] == [[HANDED, HANDED, None]] and written["seen"] == {
+        HANDED: "/tdev/zero"
+    }
+    assert handed("A10K", written).device == mine
+    older = {k: v for k, v in written.items() if k != "seen"}
+    assert handed("A10K", older).device.nodes[0].seen_path is None

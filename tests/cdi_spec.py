@@ -3,10 +3,13 @@
 Two checks, one entry point (`validate_cdi_spec`, or `read_spec_file` for a file on disk):
 
 - the official CDI JSON schema, `schema.json` + `defs.json` from the `schema/` directory of
-  the CDI repository (cncf-tags/container-device-interface, tag `CDI_SCHEMA_TAG`). No package
-  on the registries this project installs from (PyPI, npm) ships it, and the project does not
-  copy it: it is looked for beside the repository, in `../shared/cdi-schema/`, or in the
-  directory named by `KDP_CDI_SCHEMA_DIR`. Where it is absent, `test_specs_validate_against_
+  the CDI repository (cncf-tags/container-device-interface). No PyPI or npm package ships it
+  and the project does not copy it: `make test` fetches the one of CDI v0.5.2 from Debian's
+  package of CDI's Go module into `.tools/cdi-schema/` (`make cdi-schema`, pinned by sha256).
+  A newer release's schema (`CDI_SCHEMA_TAG` or later) is taken first, from the directory
+  named by `KDP_CDI_SCHEMA_DIR` or from `../shared/cdi-schema/`. v0.5.2's schema knows the
+  fields of CDI 0.5 and lets later ones (annotations, `additionalGids`) through unchecked:
+  the Go rules below check those. Where no schema is found, `test_specs_validate_against_
   the_official_cdi_schema` skips and says how to provide it (`missing_schema_reason`);
 - what CDI's Go code enforces beyond the schema (the schema requires fields; names, versions
   and empty edits are refused by pkg/parser/parser.go, specs-go/version.go and
@@ -37,16 +40,26 @@ CDI_SCHEMA_TAG = "v1.1.0"
 """The CDI release whose schema the tests were written against (any later one will do)."""
 
 
+FETCHED_SCHEMA = REPO / ".tools" / "cdi-schema"
+"""Where `make cdi-schema` puts the schema of Debian's CDI package (v0.5.2)."""
+
+
 def cdi_schema_dir() -> Path:
+    """`KDP_CDI_SCHEMA_DIR` when set, else the first of ../shared/cdi-schema and
+    .tools/cdi-schema that holds the schema (the first when neither does)."""
     configured = os.environ.get(CDI_SCHEMA_ENV)
-    return Path(configured) if configured else REPO.parent / "shared" / "cdi-schema"
+    if configured:
+        return Path(configured)
+    places = [REPO.parent / "shared" / "cdi-schema", FETCHED_SCHEMA]
+    return next((p for p in places if (p / "schema.json").is_file()), places[0])
 
 
 def missing_schema_reason() -> str:
     return (
-        f"the official CDI JSON schema is not at {cdi_schema_dir()}: copy schema/schema.json "
-        f"and schema/defs.json of github.com/cncf-tags/container-device-interface (tag "
-        f"{CDI_SCHEMA_TAG} or later) into that directory, or set {CDI_SCHEMA_ENV} to a "
+        f"the official CDI JSON schema is not at {cdi_schema_dir()} nor in {FETCHED_SCHEMA} "
+        "(`make cdi-schema`: Debian's CDI package): copy schema/schema.json and "
+        "schema/defs.json of github.com/cncf-tags/container-device-interface (tag "
+        f"{CDI_SCHEMA_TAG} or later) into the first, or set {CDI_SCHEMA_ENV} to a "
         "directory holding them"
     )
 

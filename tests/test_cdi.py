@@ -654,8 +654,8 @@ WRITTEN_KEYS = {
 def test_specs_validate_against_the_official_cdi_schema() -> None:
     """Every shape of spec the host writes, as the bytes it writes, against the official CDI
     JSON schema (issue 20 item 10), and every key the host writes is among them. The schema
-    is not shipped by any package the project installs and is not copied into the
-    repository: the test runs where it is present (tests/cdi_spec.py says where)."""
+    is not copied into the repository: `make test` fetches it (`make cdi-schema`), and the
+    test runs where it is present (tests/cdi_spec.py says where)."""
     validator = official_cdi_validator()
     if validator is None:
         pytest.skip(missing_schema_reason())

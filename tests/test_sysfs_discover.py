@@ -396,17 +396,13 @@ def test_devices_without_a_node_need_all(
     assert "0000:02:00.0" in {d["address"] for d in everything}
 
 
-@pytest.mark.parametrize("layout", ["partition", "device-mapper"])
-def test_check_warns_about_handing_out_the_root_disk(
-    fake: FakeSysfs, tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str
-) -> None:
-    """The root filesystem (here: the one holding the test's directory, named to `check`
-    by `--root-fs`) is on vda2, directly or through device-mapper: a resource of vda, or of
-    the PCI device above it, is warned about; one of vdb is not."""
+def root_on_vda2(fake: FakeSysfs, root_fs: Path, layout: str = "partition") -> None:
+    """Disks vda (two partitions) and vdb; the filesystem of `root_fs` (the test's directory,
+    named to the command by `--root-fs`) on vda2, directly or through device-mapper."""
     fake.virtio_disk("0000:00:05.0", index=2, disk="vda", partitions=2)
     fake.virtio_disk("0000:00:06.0", index=3, disk="vdb")
     vda2 = fake.sys / "dev" / "block" / "253:34"
-    root = os.stat(tmp_path).st_dev
+    root = os.stat(root_fs).st_dev
     if layout == "device-mapper":
         dm = fake.node(fake.sys / "devices" / "virtual" / "block" / "dm-0", "dm-0", klass="block")
         (dm / "slaves").mkdir()
@@ -415,6 +411,16 @@ def test_check_warns_about_handing_out_the_root_disk(
     (fake.sys / "dev" / "block" / f"{os.major(root)}:{os.minor(root)}").symlink_to(
         os.path.realpath(vda2)
     )
+
+
+@pytest.mark.parametrize("layout", ["partition", "device-mapper"])
+def test_check_warns_about_handing_out_the_root_disk(
+    fake: FakeSysfs, tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str
+) -> None:
+    """The root filesystem (here: the one holding the test's directory, named to `check`
+    by `--root-fs`) is on vda2, directly or through device-mapper: a resource of vda, or of
+    the PCI device above it, is warned about; one of vdb is not."""
+    root_on_vda2(fake, tmp_path, layout)
     roots = f"sysfsRoot: {fake.sys}, devRoot: {fake.dev}"
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -457,3 +463,30 @@ def test_a_serial_no_config_can_hold_is_not_offered_and_the_others_print(
     table = run_discover(fake, capsys)
     assert "matches 2 devices here, not only this one: 1-1, 2-1" in table
     assert "\x1b" not in table
+
+
+def test_discover_warns_on_the_entries_of_the_root_disk(
+    fake: FakeSysfs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20 item 4: the entries that would hand out the root filesystem's disk (the disk
+    and its partitions; the PCI entry of either virtio controller, which matches both) say
+    so where they are printed, not only in `check`; vdb's do not."""
+    root_on_vda2(fake, tmp_path)
+    args = ("--bus", "pci", "--class", "block", "--root-fs", str(tmp_path))
+    document = json.loads(run_discover(fake, capsys, *args, "--format", "json"))
+    on_root = {d["address"]: d["rootDisk"] for d in document["devices"] if d["rootDisk"]}
+    whole = ["/dev/vda", "/dev/vda1", "/dev/vda2"]
+    assert on_root == {
+        "0000:00:05.0": whole,
+        "0000:00:06.0": whole,  # (vdb's controller: its entry matches vda's too)
+        "vda": whole,
+        "vda1": ["/dev/vda1"],
+        "vda2": ["/dev/vda2"],
+    }
+    table = run_discover(fake, capsys, *args)
+    vdb = table.split("# class/block vdb:")[1].split("\n\n")[0]
+    vda = table.split("# class/block vda:")[1].split("\n\n")[0]
+    warning = "#   WARNING: hands out the root filesystem's disk: /dev/vda, /dev/vda1, /dev/vda2 "
+    assert warning in vda and "WARNING" not in vdb
+    elsewhere = run_discover(fake, capsys, *args[:4], "--root-fs", str(fake.sys / "none-such"))
+    assert "WARNING" not in elsewhere

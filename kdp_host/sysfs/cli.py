@@ -93,6 +93,13 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sysfs-root", default="/sys", help="where sysfs is (default: /sys)")
     parser.add_argument("--dev-root", default="/dev", help="where /dev is (default: /dev)")
+    parser.add_argument(
+        "--root-fs",
+        default="/",
+        metavar="PATH",
+        help="a path on the host's root filesystem, whose disk's entries get a warning "
+        "(default: /; in a container, a hostPath mount of the host's /)",
+    )
     for bus, defaults in ((PCI, PCI_IDS_PATHS), (USB, USB_IDS_PATHS)):
         parser.add_argument(
             f"--{bus}-ids",
@@ -116,6 +123,7 @@ def discover_command(args: argparse.Namespace) -> int:
     from .ids import IdsError, find_ids
     from .reader import SysfsReader
     from .render import render_json, render_table, render_yaml
+    from .rootdisk import find_root_disk
 
     reader = SysfsReader(args.sysfs_root, args.dev_root)
     buses = args.bus if args.bus else [USB, PCI]
@@ -137,7 +145,8 @@ def discover_command(args: argparse.Namespace) -> int:
     except TimeoutError:
         print(f"kdp-host discover: sysfs: no answer within {args.timeout:g}s", file=sys.stderr)
         return EXIT_FAILED
-    found = discover(scan.devices, domain=args.domain, include_all=args.all, names=names)
+    root = find_root_disk(args.root_fs, args.sysfs_root)
+    found = discover(scan.devices, domain=args.domain, include_all=args.all, names=names, root=root)
     render = {"table": render_table, "yaml": render_yaml, "json": render_json}[args.format]
     skipped = tuple(f"{quote_text(path)}: {why}" for path, why in scan.skipped)
     sys.stdout.write(render(found, (*scan.problems, *skipped)))

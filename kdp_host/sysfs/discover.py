@@ -13,12 +13,15 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..rules import MAX_QUALIFIED_NAME_LENGTH, extended_resource_name_problem
 from .describe import BUILT_IN_NAMES, Names, describe, is_infrastructure
 from .match import exact_pattern
 from .model import PCI, USB, SysfsDevice, device_id, normalize_hex
+
+if TYPE_CHECKING:
+    from .rootdisk import RootDisk
 
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9]+")
 
@@ -42,6 +45,9 @@ class Discovered:
     matches: tuple[str, ...] = field(default=())
     """The kernel names of the devices the entry advertises on this machine (through the
     driver's own matching): just this device's name, or plainly several, or others."""
+    root_disk: tuple[str, ...] = ()
+    """The nodes of the root filesystem's disk the entry would hand out (`rootdisk`): a
+    container given one can read and write every file of the host."""
 
     @property
     def exact(self) -> bool:
@@ -78,6 +84,7 @@ class Discovered:
             data["errors"] = dict(device.errors)
         data["resource"] = self.resource
         data["matches"] = list(self.matches)
+        data["rootDisk"] = list(self.root_disk)
         return data
 
 
@@ -215,14 +222,17 @@ def discover(
     domain: str,
     include_all: bool = False,
     names: Names = BUILT_IN_NAMES,
+    root: RootDisk | None = None,
 ) -> list[Discovered]:
     """Each device worth an entry (with `include_all`, also infrastructure and devices
     without nodes), with the narrowest entry that advertises it alone, or, when none
     does, the narrowest one and what it advertises. `domain` prefixes the resource names
-    (the command checked it: `cli.domain_problem`)."""
+    (the command checked it: `cli.domain_problem`). With `root`, each says which nodes of the
+    root filesystem's disk its entry would hand out (`check` warns about the same)."""
     found = []
     taken: set[str] = set()
     pool = _Pool(devices)
+    by_name = {(d.source, d.name): d for d in devices}
     advertised: dict[str, tuple[str, ...] | None] = {}
     """Entry (its `sysfs` part as JSON) -> what it advertises: entries repeat."""
     for device in devices:
@@ -258,6 +268,21 @@ def discover(
                 serial_hint=serial_hint,
                 description=description,
                 matches=matches,
+                root_disk=_root_disk_nodes(device, matches, by_name, root),
             )
         )
     return found
+
+
+def _root_disk_nodes(
+    device: SysfsDevice,
+    matches: Sequence[str],
+    by_name: dict[tuple[str, str], SysfsDevice],
+    root: RootDisk | None,
+) -> tuple[str, ...]:
+    """The nodes of the root disk among those of the devices the entry advertises."""
+    if root is None:
+        return ()
+    advertised = [by_name[(device.source, name)] for name in matches] or [device]
+    paths = dict.fromkeys(node.host_path for d in advertised for node in d.nodes)
+    return tuple(path for path in paths if root.holds(path))

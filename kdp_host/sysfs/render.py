@@ -49,6 +49,12 @@ def entry_yaml(item: Discovered) -> str:
             text += f"#   matches {len(item.matches)} devices here, not only this one: {shown}\n"
         else:
             text += f"#   does not advertise this device on its own; it advertises: {shown}\n"
+    if item.root_disk:
+        shown = ", ".join(quote_text(path) for path in item.root_disk)
+        text += (
+            f"#   WARNING: hands out the root filesystem's disk: {shown} (a container given it "
+            "can read and write every file of the host)\n"
+        )
     if item.serial_hint:
         text += f"#   pin it to this one device: add serial: {json.dumps(item.serial_hint)}\n"
         if item.serial_hint != item.device.serial:

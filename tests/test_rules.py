@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from kdp_host import cdi_rules, rules
 from kdp_host.command_output import ProbeOutputError, parse_json
 from kdp_host.config import ConfigError, load_config_text
-from kdp_host.config.model import FILE_MODE_PATTERN, PERMISSIONS_PATTERN
+from kdp_host.config.model import FILE_MODE_PATTERN, LISTEN_PATTERN, PERMISSIONS_PATTERN
 from kdp_host.config.syntax import DURATION_PATTERN, parse_duration
 from kdp_host.drivers import glob_paths
 
@@ -589,3 +589,24 @@ def test_the_permissions_pattern_takes_every_permission_the_rule_takes(text: str
     back-references): the rule refuses it too."""
     schema = schema_pattern_matches(PERMISSIONS_PATTERN, text)
     assert _loader_takes({"permissions": text}) == (schema and len(set(text)) == len(text))
+
+
+@SETTINGS
+@given(st.text(alphabet=st.sampled_from("0159:.a٩ "), max_size=9))
+@example("0.0.0.0:9410")
+@example("[::]:9410")
+@example("0.0.0.0:٩٤١٠")  # (Arabic-Indic digits: int() reads them, the schema does not)
+@example("x:0000009410")
+@example("x:99999")
+def test_the_listen_pattern_is_the_listen_rule(text: str) -> None:
+    """Exact but for the port's upper bound (65535), which the rule adds."""
+    try:
+        load_config_text(
+            yaml.safe_dump({"metrics": {"listen": text}, "resources": [glob_resource()]})
+        )
+        taken = True
+    except ConfigError as exc:
+        taken = not any("metrics.listen" in problem for problem in exc.problems)
+    _, _, port = text.rpartition(":")
+    in_range = not port.isascii() or not port.isdigit() or int(port) <= 65535
+    assert taken == (schema_pattern_matches(LISTEN_PATTERN, text) and in_range), text

@@ -105,6 +105,9 @@ PERMISSION_CHARS = frozenset("rwm")
 PERMISSIONS_PATTERN = "^[rwm]{1,3}$"
 """The permissions rule as far as JSON Schema can say it without back-references (Helm reads
 the chart's schema with Go's RE2): `_permissions_problem` also refuses a letter twice."""
+_PORT = re.compile(r"[0-9]{1,5}")
+LISTEN_PATTERN = f"^.*:{_PORT.pattern}$"
+"""The listen rule (`_listen_problem`) as the schema's pattern, less the port's upper bound."""
 _FILE_MODE = re.compile(r"0?[0-7]{3}")
 FILE_MODE_PATTERN = f"^{_FILE_MODE.pattern}$"
 """The file mode rule (`_file_mode_problem`), as the schema's pattern."""
@@ -168,7 +171,7 @@ def _file_mode_problem(text: str) -> str | None:
 
 def _listen_problem(text: str) -> str | None:
     _, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not _PORT.fullmatch(port) or not 0 <= int(port) <= 65535:
         return f"must be host:port, e.g. 0.0.0.0:9410; got {text!r}"
     return None
 
@@ -1093,7 +1096,7 @@ class KubeletConfig:
 class MetricsConfig:
     listen: str = key(
         "listen",
-        Text(rule=_listen_problem, extra_schema={"pattern": "^.*:[0-9]{1,5}$"}),
+        Text(rule=_listen_problem, extra_schema={"pattern": LISTEN_PATTERN}),
         "`host:port` of `/metrics`, `/healthz`, `/readyz`, `/devices`.",
         default="0.0.0.0:9410",
         restart=True,

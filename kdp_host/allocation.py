@@ -6,7 +6,8 @@ so it does plain in-memory work on the current snapshot and nothing else.
 
 Shared devices (`replicas: N`) are advertised as N IDs per physical device (`<id>::<k>`).
 Everything a container receives is about *physical* devices: replicas of the same device
-collapse into one DeviceSpec, one CDI name, one entry of `{ids}`.
+collapse into one DeviceSpec, one CDI name (that of the first of its IDs asked for), one entry
+of `{ids}`.
 """
 
 from __future__ import annotations
@@ -54,17 +55,22 @@ class HookFailed(Exception):
         self.result = result
 
 
-def cdi_device_name(resource: str, device_id: str) -> str:
-    """The CDI device name of a physical device of `resource`: `<resource>:<device>`, unique
-    to the pair by construction, so no reload, rename or second spec file can make a name a
-    pod holds stand for another resource's device (the kubelet hands a restarted container
-    the names of its first Allocate, without asking again).
+def cdi_device_name(resource: str, kubelet_id: str) -> str:
+    """The CDI device name of a kubelet device ID of `resource` (an advertised ID: the
+    device's own, or a replica's `<id>::<k>`): `<resource>:<id>`, unique to the pair by
+    construction, so no reload, rename or second spec file can make a name a pod holds stand
+    for another resource's device (the kubelet hands a restarted container the names of its
+    first Allocate, without asking again). One name per kubelet ID, not per physical device:
+    two pods sharing a device (`replicas`) hold two names, each kept meaning what ITS
+    Allocate handed out (`cdi_spec`: the device may be listed elsewhere since, hostile14 N6).
+    With `replicas: 1` the ID is the device's, as names were before; a name an older version
+    gave for a replica (the device's) is kept for its pod (`Handed.id_names`).
 
     The resource part is `config.outputs.resource_slug` (the resource name with its `/` as
     `_`; an extended resource name holds no `:` and its domain no `_`, so the first `:` ends
-    it and it spells one resource only). The device part is `cdi_device_part(device_id)`.
+    it and it spells one resource only). The ID part is `cdi_device_part(kubelet_id)`.
     """
-    return f"{resource_slug(resource)}{CDI_RESOURCE_SEPARATOR}{cdi_device_part(device_id)}"
+    return f"{resource_slug(resource)}{CDI_RESOURCE_SEPARATOR}{cdi_device_part(kubelet_id)}"
 
 
 def cdi_device_part(device_id: str) -> str:
@@ -81,11 +87,21 @@ def cdi_device_part(device_id: str) -> str:
     return make_name(device_id, CDI_NAME)
 
 
-def qualified_cdi_name(kind: str, resource: str, device_id: str) -> str:
-    """The qualified CDI name `<kind>=<resource>:<device>` of a physical device of `resource`,
+def qualified_cdi_name(kind: str, resource: str, kubelet_id: str) -> str:
+    """The qualified CDI name `<kind>=<resource>:<id>` of a kubelet device ID of `resource`,
     whose CDI kind is `kind`. The Allocate response and the CDI spec file both name devices
     with `cdi_device_name`."""
-    return f"{kind}{CDI_NAME_SEPARATOR}{cdi_device_name(resource, device_id)}"
+    return f"{kind}{CDI_NAME_SEPARATOR}{cdi_device_name(resource, kubelet_id)}"
+
+
+def named_by(entries: Iterable[Advertised]) -> dict[str, str]:
+    """Physical device ID -> the kubelet ID whose CDI name a container's answer carries for
+    it: the first of its IDs the container asked for (one name per device: its replicas in
+    one container are one use, and the spec entries of all of them say the same)."""
+    found: dict[str, str] = {}
+    for entry in sorted(entries, key=lambda e: e.id):
+        found.setdefault(entry.device.id, entry.id)
+    return found
 
 
 def has_cdi_edits(device: Device) -> bool:
@@ -215,13 +231,10 @@ class AllocationBuilder:
         for device in physical:
             for device_mount in device.mounts:
                 paths.add_mount(device.id, device_mount)
-        cdi = allocate.cdi
+        cdi, by = allocate.cdi, named_by(entries)
         specs = device_specs if cdi is None or cdi.also_device_specs else []
-        cdi_names = (
-            []
-            if cdi is None
-            else [qualified_cdi_name(cdi.kind, name, d.id) for d in physical if has_cdi_edits(d)]
-        )
+        named = [by[d.id] for d in physical if has_cdi_edits(d)] if cdi is not None else []
+        cdi_names = [qualified_cdi_name(cdi.kind, name, i) for i in named] if cdi else []
         if extras is not None:
             for key, value in extras.env.items():
                 envs.setdefault(key, value)
@@ -263,7 +276,7 @@ class AllocationBuilder:
             own = (
                 set()
                 if cdi is None
-                else {qualified_cdi_name(cdi.kind, self.resource.name, d.id) for d in physical}
+                else {qualified_cdi_name(cdi.kind, self.resource.name, i) for i in requested_ids}
             )
             foreign = [name for name in dict.fromkeys(names) if name not in own]
             for device_id in requested_ids:

@@ -6,8 +6,8 @@ resource the host keeps one JSON spec there, named after the resource
 (`kdp-host_vendor.example_fpga.json`): resource names are unique in a config and the
 kubelet takes one plugin per resource, so two resources never share a file, and a restarted
 host overwrites its own file instead of leaving a second one. A CDI kind belongs to one
-resource (config check) and `allocation.cdi_device_name` is one-to-one, so every
-`kind=name` the host publishes is unique.
+resource (config check) and `allocation.cdi_device_name` is one-to-one (one name per kubelet
+device ID), so every `kind=name` the host publishes is unique.
 
 Writes are atomic (temporary file in the same directory, then rename; the temporary name
 does not end in .json, so CDI watchers ignore it), happen only when the content changed,
@@ -15,20 +15,20 @@ and are coalesced: a burst of device changes is written once. Rendering and file
 through the host's offload (one call per read, write or removal). What goes into the spec is
 `cdi_spec.py`; which instance may write the file, `file_lease.py`.
 
-Names are unique to (resource, device) (`allocation.cdi_device_name`), so no other kdp-host
+Names are unique to (resource, ID) (`allocation.cdi_device_name`), so no other kdp-host
 file defines them; the writer still looks at the spec dir at each verify: a kdp-host spec file
 of its kind that no live instance owns (left by a SIGKILLed instance that served the resource
 under another name) is removed, and a name of its own another file defines (CDI then drops
 it: the name resolves nowhere) holds the device Unhealthy and the resource not ready.
 
-A container that restarts resolves its CDI names again, without a new Allocate: so a device
-an Allocate handed out keeps its entry as it was then while one of its IDs is booked (the
-ownership index's rule of booked claims; the record is `handed_out`'s, kept across restarts),
-and follows the driver's list once none is. An ID booked, or shown held by PodResources,
-whose device as handed out is not known (the record was lost: `handed_out`) has no entry:
-its name fails closed. A resource a reload removes
-keeps the entries of its held devices, written by a writer of its own (`retired`,
-`cdi_keeper`), until none is booked.
+A container that restarts resolves its CDI names again, without a new Allocate: so an ID
+keeps its entry as its Allocate handed the device out while it is booked (the rule of booked
+claims; the record is `handed_out`'s), also when another ID of the device (`replicas`) was
+handed out otherwise since (hostile14 N6), and follows the driver's list once it is not. A
+name an older version gave the device (`Handed.id_names`) is kept for its use while one of
+its IDs is. An ID booked, or shown held by PodResources, whose device as handed out is not
+known (the record was lost) has no entry: its name fails closed. A resource a reload removes
+keeps its held entries, written by a writer of its own (`cdi_keeper`), until none is booked.
 """
 
 from __future__ import annotations
@@ -42,13 +42,14 @@ from dataclasses import dataclass, field
 from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_rules import cdi_kind_problem
-from .cdi_spec import render_held, spec_device_names
+from .cdi_spec import Held, render_held, spec_device_names
 from .config import ResourceConfig
 from .config.outputs import FILE_PREFIX, owner_path, spec_path
 from .device_table import DeviceTable
-from .devices import Device, Snapshot, physical_id
+from .devices import Device, Snapshot, physical_id, replica_ids
 from .file_lease import LEASE, VERIFY, OwnerLease, read_owner
 from .files import DaemonThreads, Offload
+from .handed_entries import cdi_held
 from .handed_out import HandedOut, in_memory
 from .logs import EventLogger
 from .watch import Watcher
@@ -114,7 +115,7 @@ class CdiSpecWriter:
     (the runtime could not resolve the name Allocate would return): a new device until its
     spec is written, every device of a file that cannot be written.
 
-    A device an Allocate handed out keeps its entry as it was then while one of its IDs is
+    An ID an Allocate handed out keeps its entry as that Allocate handed it out while it is
     booked (`pinned`, `booked`): the spec never points a pod's CDI name at a node it was
     not allocated (the rule of the ownership index's booked claims).
     """
@@ -164,6 +165,7 @@ class CdiSpecWriter:
     _repinned: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     _keeping: bool = field(default=False, init=False, repr=False)
     """The last sync had held devices to keep (pinned or withheld)."""
+    _names: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
     _astray: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     """Held devices left out at the last sync (`render_held`)."""
 
@@ -178,19 +180,35 @@ class CdiSpecWriter:
         if self.resource.allocate.cdi is not None:
             self.table.hold_unhealthy(self._unresolvable)
 
-    def _pins(self) -> tuple[dict[str, Device], frozenset[str]]:
-        """The devices as handed out one of whose IDs is still booked (the others are let
-        go), and those withheld (booked, not known as handed out: left out)."""
-        assert self.pinned is not None
-        self.pinned.let_go(self.booked)
-        replicas = self.resource.replicas
-        return self.pinned.devices, frozenset(
-            physical_id(i, replicas) for i in self.pinned.withheld
+    def _pins(self) -> Held:
+        """The held entries (`cdi_spec.Held`): each booked ID's use as its Allocate handed it
+        out (entries none of whose IDs is still booked are let go first), an older version's
+        device-named uses, and the IDs withheld (booked, not known as handed out: left out,
+        with the device's own name, which an older version may have answered)."""
+        pinned, booked, replicas = self.pinned, self.booked, self.resource.replicas
+        assert pinned is not None
+        pinned.let_go(booked)
+        entries = {d: h for d in pinned.devices if (h := pinned.entry(d)) is not None}
+        by_id, legacy = cdi_held(entries, booked)
+        withheld = pinned.withheld
+        return Held(
+            {i: use.device for i, use in by_id.items()},
+            {i: use.reached for i, use in by_id.items()},
+            frozenset({*withheld, *(physical_id(i, replicas) for i in withheld)}),
+            {d: use.device for d, use in legacy.items()},
+            {d: use.reached for d, use in legacy.items()},
         )
 
     def _unresolvable(self, device: Device) -> bool:
-        name = cdi_device_name(self.resource.name, device.id)
-        return has_cdi_edits(device) and (name not in self._resolvable or name in self._clashing)
+        """Whether an Allocate of it may name an ID no file (or two files) on disk define."""
+        if not has_cdi_edits(device):
+            return False
+        if (names := self._names.get(device.id)) is None:  # (made once: asked at each list)
+            ids = replica_ids(device.id, self.resource.replicas)
+            names = self._names[device.id] = tuple(
+                cdi_device_name(self.resource.name, i) for i in ids
+            )
+        return any(n not in self._resolvable or n in self._clashing for n in names)
 
     def _set_on_disk(self, content: bytes | None) -> None:
         """Remember what the file holds; devices it does not name are held Unhealthy."""
@@ -266,19 +284,18 @@ class CdiSpecWriter:
 
     async def _sync(self, snapshot: Snapshot) -> bool:
         try:
-            pinned, withheld = self._pins()
-            self._keeping = bool(pinned or withheld)
-            assert self.pinned is not None
-            reached = {d: h.reached for d in pinned if (h := self.pinned.entry(d)) is not None}
+            held, listed = self._pins(), {device.id for device in snapshot.devices}
+            self._names = {d: names for d, names in self._names.items() if d in listed}
+            self._keeping = bool(held)
             content, astray = await self.offload.run(
-                lambda: render_held(self.resource, snapshot, pinned, withheld, reached)
+                lambda: render_held(self.resource, snapshot, held)
             )
             if astray != self._astray:
                 self._astray = astray
                 if astray:
                     self.log.warning(
                         "cdi_held_entries_left_out",
-                        devices=",".join(sorted(astray)),
+                        ids=",".join(sorted(astray)),
                         reason="a host path as handed out reaches another node or file now",
                     )
             if content != self._on_disk and await self._lease.may_write():

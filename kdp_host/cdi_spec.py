@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -43,35 +44,45 @@ NO_PINS: Mapping[str, Device] = MappingProxyType({})
 def build_spec(
     resource: ResourceConfig,
     snapshot: Snapshot,
-    pinned: Mapping[str, Device] = NO_PINS,
+    held: Mapping[str, Device] = NO_PINS,
     withheld: Collection[str] = (),
+    legacy: Mapping[str, Device] = NO_PINS,
 ) -> dict[str, Any] | None:
-    """The spec for the snapshot's physical devices, or None when it would hold none.
+    """The spec: an entry per kubelet device ID (`allocation.cdi_device_name`), or None
+    when it would hold none.
 
-    CDI rejects a spec without devices and a device without edits, so devices with neither
-    a device node nor a mount are left out (Allocate gives them no CDI name either). A
-    device in `pinned` (by ID: the device as an Allocate handed it out, while a pod holds
-    it) keeps that entry whatever it lists now, also while the snapshot no longer lists it
-    (held since): a container that restarts resolves its CDI name again and must get what
-    it was allocated. A device in `withheld` (booked, and what it was handed is not known:
-    the record was lost) has no entry: its name fails closed.
+    Each advertised ID's entry is its device as listed. A booked ID in `held` (by kubelet
+    ID: the device as ITS Allocate handed it out, while a pod holds it) keeps that entry
+    whatever the device lists now, also while the snapshot no longer lists it: a container
+    that restarts resolves its CDI name again and must get what it was allocated, not what
+    another pod sharing the device (`replicas`) was handed since (hostile14 N6). An ID in
+    `withheld` (booked, and what it was handed is not known: the record was lost) has no
+    entry: its name fails closed. `legacy` (by physical device ID): the uses an older
+    version answered with the device's own name, one per device; where such a name is
+    another entry's too, with other edits, neither is written (fails closed). CDI rejects a
+    spec without devices and a device without edits, so entries with neither a device node
+    nor a mount are left out (Allocate gives them no CDI name either).
     """
     cdi = resource.allocate.cdi
     if cdi is None:
         return None
     allocate = resource.allocate
     shared_env = _consistent_device_env(snapshot.devices, allocate.env.keys())
+    named: dict[str, Device] = {entry.id: entry.device for entry in snapshot.advertised}
+    named.update(held)
+    clashing = set(withheld)
+    for key, device in legacy.items():
+        if (known := named.setdefault(key, device)) is not device and not same_edits(known, device):
+            clashing.add(key)
     devices: list[dict[str, Any]] = []
-    for device in _with_pinned(snapshot.devices, pinned):
-        shown = pinned.get(device.id, device) if pinned else device
-        if not has_cdi_edits(shown) or (withheld and device.id in withheld):
-            continue
-        devices.append(
-            {
-                "name": cdi_device_name(resource.name, device.id),  # unique to (resource, device)
-                "containerEdits": _device_edits(shown, allocate.permissions, shared_env, cdi),
-            }
-        )
+    for key in sorted(named.keys() - clashing):
+        if has_cdi_edits(shown := named[key]):
+            devices.append(
+                {
+                    "name": cdi_device_name(resource.name, key),  # unique to (resource, ID)
+                    "containerEdits": _device_edits(shown, allocate.permissions, shared_env, cdi),
+                }
+            )
     if not devices:
         return None
     spec: dict[str, Any] = {
@@ -102,15 +113,9 @@ def build_spec(
     return spec
 
 
-def _with_pinned(devices: tuple[Device, ...], pinned: Mapping[str, Device]) -> Iterable[Device]:
-    """The snapshot's devices, and, in ID order among them, the pinned ones it no longer
-    lists (held since their Allocate: their pod may restart a container, which resolves its
-    CDI name again and must find what it was handed)."""
-    if not pinned:
-        return devices
-    listed = {device.id for device in devices}
-    gone = [device for device_id, device in pinned.items() if device_id not in listed]
-    return sorted([*devices, *gone], key=lambda device: device.id) if gone else devices
+def same_edits(one: Device, other: Device) -> bool:
+    """Whether two devices' entries would say the same (nodes, mounts and env)."""
+    return (one.nodes, one.mounts, dict(one.env)) == (other.nodes, other.mounts, dict(other.env))
 
 
 def encode_spec(spec: Mapping[str, Any]) -> bytes:
@@ -120,32 +125,54 @@ def encode_spec(spec: Mapping[str, Any]) -> bytes:
 def render_spec_file(
     resource: ResourceConfig,
     snapshot: Snapshot,
-    pinned: Mapping[str, Device] = NO_PINS,
+    held: Mapping[str, Device] = NO_PINS,
     withheld: Collection[str] = (),
+    legacy: Mapping[str, Device] = NO_PINS,
 ) -> bytes | None:
-    spec = build_spec(resource, snapshot, pinned, withheld)
+    spec = build_spec(resource, snapshot, held, withheld, legacy)
     return None if spec is None else encode_spec(spec)
 
 
+@dataclass(frozen=True)
+class Held:
+    """What the held entries of a spec are (`cdi.CdiSpecWriter._pins`): by kubelet ID, the
+    use as its Allocate handed it out (`held`) and what each host path of it reached then
+    (`reached`); the IDs whose entry is left out (`withheld`); the uses an older version
+    named by their device (`legacy`, by device ID, with `legacy_reached`)."""
+
+    held: Mapping[str, Device] = field(default_factory=dict)
+    reached: Mapping[str, Mapping[str, Identity]] = field(default_factory=dict)
+    withheld: frozenset[str] = frozenset()
+    legacy: Mapping[str, Device] = field(default_factory=dict)
+    legacy_reached: Mapping[str, Mapping[str, Identity]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.held or self.withheld or self.legacy)
+
+
 def render_held(
-    resource: ResourceConfig,
-    snapshot: Snapshot,
-    pinned: Mapping[str, Device],
-    withheld: Collection[str],
-    reached: Mapping[str, Mapping[str, Identity]],
+    resource: ResourceConfig, snapshot: Snapshot, held: Held
 ) -> tuple[bytes | None, frozenset[str]]:
-    """`render_spec_file`, a held device (`pinned`) left out, like a withheld one, while a
-    host path of it reaches another identity than it was handed out with (`reached`, by
-    device: `handed_out.Handed.reached`; issue 17, hostile8 N3: made anew at that path,
-    another pod's node): the held name fails closed, never resolving to another node. Not
-    pinned by number instead: a mount has none, and the number handed out may name
-    another device by now. Blocking (`strays_now` per recorded path, where kdp-host sees it:
-    `Device.checked_at`); also the left out."""
-    astray = frozenset(
-        d for d, paths in reached.items() if d in pinned and _strays(pinned[d], paths)
-    )
-    kept = {d: device for d, device in pinned.items() if d not in astray}
-    return render_spec_file(resource, snapshot, kept, {*withheld, *astray}), astray
+    """`render_spec_file`, a held entry left out, like a withheld one, while a host path of
+    it reaches another identity than it was handed out with (`Held.reached`: `handed_out.
+    Handed.reached`; issue 17, hostile8 N3: made anew at that path, another pod's node): the
+    held name fails closed, never resolving to another node. Not pinned by number instead:
+    a mount has none, and the number handed out may name another device by now. Blocking
+    (`strays_now` per recorded path, where kdp-host sees it: `Device.checked_at`); also the
+    keys left out so."""
+
+    def astray(
+        devices: Mapping[str, Device], reached: Mapping[str, Mapping[str, Identity]]
+    ) -> frozenset[str]:
+        return frozenset(
+            k for k, paths in reached.items() if k in devices and _strays(devices[k], paths)
+        )
+
+    gone, old = astray(held.held, held.reached), astray(held.legacy, held.legacy_reached)
+    kept = {k: device for k, device in held.held.items() if k not in gone}
+    legacy = {k: device for k, device in held.legacy.items() if k not in old}
+    content = render_spec_file(resource, snapshot, kept, {*held.withheld, *gone, *old}, legacy)
+    return content, gone | old
 
 
 def _strays(device: Device, reached: Mapping[str, Identity]) -> bool:

@@ -46,6 +46,10 @@ class Handed:
     identities) and not released yet (`handed_anew`): a use keeps what ITS Allocate handed
     out, for its container's preStart (`use_of`) and its release, until a release acting on
     it succeeds (`after_release`) or none of the device's IDs is booked."""
+    id_names: bool = True
+    """Its Allocate answered a CDI name per kubelet ID (`allocation.cdi_device_name`); False:
+    an entry of an older version, whose answer named the device (`cdi_held`: that name is
+    kept meaning this use while one of its IDs is booked)."""
 
     @cached_property
     def rendered(self) -> Rendered[Handed]:
@@ -84,6 +88,8 @@ def entry(handed: Handed) -> dict[str, Any]:
         fields["owed"] = True
     if handed.earlier:
         fields["earlier"] = [entry(use) for use in handed.earlier]
+    if handed.id_names:  # (absent: an older version's, which named the device)
+        fields["idNames"] = True
     return fields
 
 
@@ -141,6 +147,7 @@ def handed(device_id: str, entry: Mapping[str, Any]) -> Handed:
         {text(path): identity(key) for path, key in reached.items()},
         flag(entry.get("owed", False)),
         tuple(handed(device_id, use) for use in earlier),
+        flag(entry.get("idNames", False)),
     )
 
 
@@ -180,7 +187,8 @@ def handed_anew(old: Handed | None, new: Handed, replaced: bool) -> Handed:
             kept.append(use)
         else:
             ids, owed, at = twin.ids | use.ids, twin.owed or use.owed, max(twin.at, use.at)
-            kept[kept.index(twin)] = replace(twin, ids=ids, owed=owed, at=at)
+            named = twin.id_names and use.id_names
+            kept[kept.index(twin)] = replace(twin, ids=ids, owed=owed, at=at, id_names=named)
     return replace(new, owed=not replaced and old.owed, earlier=tuple(kept))
 
 
@@ -189,6 +197,25 @@ def use_of(handed: Handed, advertised: str) -> Handed:
     acts on what ITS Allocate handed out), else the newest."""
     every = uses(handed)
     return next((use for use in reversed(every) if advertised in use.ids), every[-1])
+
+
+def cdi_held(
+    entries: Mapping[str, Handed], booked: Callable[[str], bool]
+) -> tuple[dict[str, Handed], dict[str, Handed]]:
+    """What the CDI names pods hold stand for (`cdi.CdiSpecWriter`): by kubelet ID, the use
+    each booked ID was handed out in (its name keeps meaning that, whatever the device was
+    handed out as since: hostile14 N6); by device ID, the newest use an older version
+    answered with the device's name (`Handed.id_names` False) one of whose IDs is booked
+    (an upgrade: a running pod's restarted container resolves that name again)."""
+    by_id: dict[str, Handed] = {}
+    legacy: dict[str, Handed] = {}
+    for device_id, handed in entries.items():
+        for use in uses(handed):  # (the earlier ones first: a later one wins)
+            mine = [i for i in use.ids if booked(i)]
+            by_id.update(dict.fromkeys(mine, use))
+            if mine and not use.id_names:
+                legacy[device_id] = use
+    return by_id, legacy
 
 
 def releasing(handed: Handed) -> tuple[Handed, ...]:

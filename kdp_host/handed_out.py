@@ -4,10 +4,9 @@ Per resource, per device: the device as each Allocate handed it out (nodes, moun
 they were then; an earlier use not released yet too: `Handed.earlier`) and the IDs it went
 under, kept while one of those IDs is booked (`ownership_bookings`: the kubelet holds
 it). A container that restarts gets the kubelet's cached answer again, so what acts on it
-must take the device as handed out, not where a reload (or anything while kdp-host was
-down) moved it since: preStart (`hooks.handed_devices`), the CDI entry of a held device
-(`cdi.CdiSpecWriter`, also of a resource a reload removed: `cdi_keeper`) and a release
-(`release.ReleaseTracker`) all read this record (`HandedRecord.of`, one view per resource).
+must take the device as handed out, not where anything moved it since: preStart
+(`hooks.handed_devices`), the CDI entry of each held ID (`cdi.CdiSpecWriter`, `cdi_keeper`)
+and a release (`release.ReleaseTracker`) read this record (`HandedRecord.of`, per resource).
 
 Written as `release-state.json` is (`state_file.StateFile`: atomically, through the offload,
 merged per writer under the file's lock while hosts share the state directory). An Allocate
@@ -208,14 +207,15 @@ class HandedRecord:
             entry = snapshot.by_advertised_id.get(advertised)
             if entry is None:
                 continue
-            device, old = entry.device, entries.get(entry.device.id)
+            device, old, named = entry.device, entries.get(entry.device.id), True
             found = paths_reached(device, reached)
             same = old is not None and same_device(old.device, device)
             kept = old.ids if old and same and found in ({}, old.reached) else frozenset()
             if advertised in kept:
                 continue  # handed out again as it was: nothing to write
-            found = found or ({} if old is None or not kept else dict(old.reached))
-            new = Handed(device, kept | {advertised}, now, found)
+            if old is not None and kept:  # (an older version's use stays so: `id_names`)
+                found, named = found or dict(old.reached), old.id_names
+            new = Handed(device, kept | {advertised}, now, found, id_names=named)
             entries[device.id] = handed_anew(old, new, replaced=not kept)
             changed = True
         if not entries:
@@ -256,7 +256,7 @@ class HandedRecord:
             if not entries:
                 del self._data[resource]
             return
-        entries[device.id] = Handed(device, frozenset(ids), at)
+        entries[device.id] = Handed(device, frozenset(ids), at, id_names=False)
         self._changed(resource, True)
 
     def let_go(

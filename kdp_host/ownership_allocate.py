@@ -205,8 +205,9 @@ class BookingAllocations(HandingOut):
         """Who owns CDI device `name` of `resource`'s kind, in words."""
         state = self._resources.get(resource)
         listed = () if state is None else (*state.admitted.values(), *state.reported.values())
+        n = 1 if state is None else state.replicas or 1
         for device in listed:
-            if cdi_device_name(resource, device.id) == name:
+            if any(cdi_device_name(resource, i) == name for i in replica_ids(device.id, n)):
                 return f"device {device.id} of {resource} owns"
         return f"names no device of this container (the kind is {resource}'s)"
 

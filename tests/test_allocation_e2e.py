@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kdp_host.allocation import qualified_cdi_name
+from kdp_host.allocation import cdi_device_name
 from kdp_host.config.outputs import spec_file_name
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
 
@@ -165,24 +165,26 @@ async def test_cdi_resource(
     def spec_devices() -> list[str]:
         try:
             devices = json.loads(spec_path.read_text())["devices"]
-            return [d["name"].partition(":")[2] for d in devices]  # the device parts
+            return sorted(d["name"] for d in devices)
         except (OSError, ValueError):
             return []
 
-    await wait_until(lambda: spec_devices() == ["fpga0", "fpga1"], what="CDI spec file")
+    def names(*devices: str) -> list[str]:  # (one per kubelet ID: hostile14 N6)
+        return sorted(cdi_device_name(FPGA, f"{d}::{k}") for d in devices for k in (0, 1))
+
+    await wait_until(lambda: spec_devices() == names("fpga0", "fpga1"), what="CDI spec file")
     spec = read_spec_file(spec_path)
     assert spec["containerEdits"] == {"env": ["STATIC=yes"]}
 
     response = await kubelet.allocate(FPGA, 3, pod_uid="a")
-    assert [c.name for c in response.cdi_devices] == [
-        qualified_cdi_name(FPGA, FPGA, i) for i in ("fpga0", "fpga1")
-    ]
+    given = [c.name for c in response.cdi_devices]
+    assert len(given) == 2 and all(n.startswith(f"{FPGA}=") for n in given)  # one per device
     assert response.devices == []
     assert response.envs == {"DEVS": "fpga0,fpga1", "STATIC": "yes"}
-    assert {c.name.split(":", 1)[1] for c in response.cdi_devices} <= set(spec_devices())
+    assert {c.name.split("=", 1)[1] for c in response.cdi_devices} <= set(spec_devices())
 
     (dev / "fpga2").touch()
-    await wait_until(lambda: spec_devices() == ["fpga0", "fpga1", "fpga2"], what="hot-plug")
+    await wait_until(lambda: spec_devices() == names("fpga0", "fpga1", "fpga2"), what="hot-plug")
     await kubelet.wait_for(lambda: kubelet.resource(FPGA).allocatable == 6)
 
     await host.shutdown()

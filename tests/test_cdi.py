@@ -104,7 +104,6 @@ def test_spec_content() -> None:
     config = resource(
         env={"DEVS": "{ids}", "N": "{count}", "MODE": "fast", "RES": "{resource}"},
         mounts=(MountConfig("/opt/fw", "/fw"), MountConfig("/var/state", "/state", False)),
-        replicas=4,
         permissions="rwm",
     )
     devices = [
@@ -116,7 +115,7 @@ def test_spec_content() -> None:
             mounts=(DeviceMount("/lib/fpga1", "/lib/fpga", True),),
         ),
     ]
-    spec = build_spec(config, snapshot(devices, replicas=4))
+    spec = build_spec(config, snapshot(devices))
     assert spec is not None
     validate_cdi_spec(spec)
     assert spec == {
@@ -198,8 +197,9 @@ def test_spec_names_match_allocate_names() -> None:
     assert spec is not None
     validate_cdi_spec(spec)
     names = {d["name"] for d in spec["devices"]}
+    assert names == {cdi_device_name(RESOURCE, e.id) for e in snap.advertised}  # (one per ID)
     response = AllocationBuilder(config).container_response(snap, [e.id for e in snap.advertised])
-    assert set(cdi_names(response)) == names
+    assert set(cdi_names(response)) == {cdi_device_name(RESOURCE, f"{i}::0") for i in odd}
     assert all(c.name.startswith(f"{KIND}=") for c in response.cdi_devices)
     assert response.devices == []
     with_specs = AllocationBuilder(resource(also_device_specs=True, replicas=2))

@@ -200,7 +200,7 @@ def test_a_held_cdi_entry_of_a_node_seen_below_devroot_is_checked_where_it_is_se
 ) -> None:
     """The same for a held CDI entry (`cdi_spec.render_held`): it kept naming /dev/<name>
     while devRoot/<name> reached another pod's node."""
-    from kdp_host.cdi_spec import render_held
+    from kdp_host.cdi_spec import Held, render_held
     from kdp_host.config import AllocateConfig, CdiConfig, GlobDriverConfig, ResourceConfig
     from kdp_host.device_table import DeviceTable
     from kdp_host.identity import identity_of
@@ -219,10 +219,10 @@ def test_a_held_cdi_entry_of_a_node_seen_below_devroot_is_checked_where_it_is_se
     held = Device("A10K", nodes=(DeviceNode(host, "/dev/ttyUSB0", seen_path=str(place)),))
     handed_out = {"A10K": {host: identity_of(place.stat())}}
     empty = DeviceTable().snapshot
-    assert render_held(config, empty, {"A10K": held}, (), handed_out)[1] == frozenset()
+    assert render_held(config, empty, Held({"A10K": held}, handed_out))[1] == frozenset()
     place.unlink()
     place.hardlink_to(other)  # another pod's file where kdp-host sees the node
-    assert render_held(config, empty, {"A10K": held}, (), handed_out)[1] == {"A10K"}
+    assert render_held(config, empty, Held({"A10K": held}, handed_out))[1] == {"A10K"}
 
 
 def test_the_record_keeps_where_a_node_handed_out_is_seen() -> None:

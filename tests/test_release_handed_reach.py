@@ -178,7 +178,7 @@ def test_a_held_cdi_entry_is_written_only_while_its_path_reaches_what_was_handed
     """hostile8 N3, the spec rendering: a held (pinned) device whose path reaches another
     file than it was handed out with is left out (its name fails closed), not pinned to the
     path; back as handed out (or with no identity recorded: an older record) it is kept."""
-    from kdp_host.cdi_spec import build_spec, render_held
+    from kdp_host.cdi_spec import Held, build_spec, render_held
     from kdp_host.config import AllocateConfig, CdiConfig, GlobDriverConfig, ResourceConfig
     from kdp_host.identity import identity_of
 
@@ -193,13 +193,13 @@ def test_a_held_cdi_entry_is_written_only_while_its_path_reaches_what_was_handed
     n0 = Device("n0", nodes=(DeviceNode(str(place), "/dev/n0"),))
     handed_out = {"n0": {str(place): identity_of(place.stat())}}
     empty = DeviceTable().snapshot
-    content, astray = render_held(config, empty, {"n0": n0}, (), handed_out)
+    content, astray = render_held(config, empty, Held({"n0": n0}, handed_out))
     assert content is not None and astray == frozenset()
     place.unlink()
     place.hardlink_to(other)  # another pod's file at the path handed out
-    content, astray = render_held(config, empty, {"n0": n0}, (), handed_out)
+    content, astray = render_held(config, empty, Held({"n0": n0}, handed_out))
     assert content is None and astray == {"n0"}  # (no entry left: no file)
-    content, astray = render_held(config, empty, {"n0": n0}, (), {"n0": {}})
+    content, astray = render_held(config, empty, Held({"n0": n0}, {"n0": {}}))
     assert content is not None and not astray  # no identity recorded: as before
     assert build_spec(config, empty, {"n0": n0}) is not None
 
@@ -212,7 +212,7 @@ async def test_a_release_and_a_held_cdi_entry_ask_one_rule_of_a_path_handed_out(
     `{hostPaths}` could not list it), a link to the same file, is not known to reach what
     was handed out. The release failed it (the index's `checked_reach`); the held CDI entry
     kept it (`identity.reaches_else` asked its stat only): both leave it now."""
-    from kdp_host.cdi_spec import render_held
+    from kdp_host.cdi_spec import Held, render_held
     from kdp_host.config import AllocateConfig, CdiConfig, GlobDriverConfig, ResourceConfig
     from kdp_host.identity import identity_of
     from kdp_host.ownership_canonical import strays
@@ -236,11 +236,11 @@ async def test_a_release_and_a_held_cdi_entry_ask_one_rule_of_a_path_handed_out(
     handed_out = {str(place): was}
     empty = DeviceTable().snapshot
     assert await index.changed_places(R1, ["n0"], [str(place)], handed_out) == {}
-    assert render_held(config, empty, {"n0": n0}, (), {"n0": handed_out})[1] == frozenset()
+    assert render_held(config, empty, Held({"n0": n0}, {"n0": handed_out}))[1] == frozenset()
 
     (tmp_path / "a,b").mkdir()
     place.rename(tmp_path / "a,b" / "n0")
     place.symlink_to(tmp_path / "a,b" / "n0")  # the same file, through a ',' path
     assert identity_of(place.stat()) == was
     assert await index.changed_places(R1, ["n0"], [str(place)], handed_out) != {}
-    assert render_held(config, empty, {"n0": n0}, (), {"n0": handed_out})[1] == {"n0"}
+    assert render_held(config, empty, Held({"n0": n0}, {"n0": handed_out}))[1] == {"n0"}

@@ -670,8 +670,8 @@ class CdiConfig:
             extra_schema={"pattern": CDI_KIND_PATTERN},
         ),
         "Return CDI device names `<kind>=<resource>:<id>` (the resource with its `/` as `_`: "
-        "`vendor.example/fpga=vendor.example_fpga:fpga0`) instead of raw device nodes, and keep "
-        "a CDI spec file current.",
+        "`vendor.example/fpga=vendor.example_fpga:fpga0`; one per ID the kubelet sees, a "
+        "replica's escaped) instead of raw device nodes, and keep a CDI spec file current.",
     )
     also_device_specs: bool = key(
         "alsoDeviceSpecs", Boolean(), "Return the raw device nodes too.", default=False

@@ -64,9 +64,18 @@ class Holdings:
     answered_at: float
     """Unix time of the answer."""
     by_resource: Mapping[str, Mapping[str, tuple[Holder, ...]]]
+    unshown: frozenset[tuple[str, str]] = frozenset()
+    """(resource, ID) held here that the kubelet's answer itself did not list: each of its
+    holders carried (`Settle`) or unlisted (`with_unlisted`). Still held, but no news that
+    its use went on past its Allocate or the last answer that listed it (the time a use was
+    last known to the kubelet, which two hosts compare: `release_lock`)."""
 
     def of(self, resource: str) -> Mapping[str, tuple[Holder, ...]]:
         return self.by_resource.get(resource, {})
+
+    def shows(self, resource: str, device_id: str) -> bool:
+        """Whether the kubelet's answer itself listed `device_id` of `resource` held."""
+        return (resource, device_id) not in self.unshown
 
     def pods(self) -> frozenset[tuple[str, str]]:
         """The pods (namespace, name) the answer shows holding a device."""
@@ -120,12 +129,15 @@ def with_unlisted(holdings: Holdings, unlisted: Mapping[str, Mapping[str, float]
     if not unlisted:
         return holdings
     merged = {r: dict(ids) for r, ids in holdings.by_resource.items()}
+    unshown = set(holdings.unshown)
     for resource, ids in unlisted.items():
         by_id = merged.setdefault(resource, {})
         for device_id, since in ids.items():
             holder = Holder("", "", "", since, listed=False)
+            if device_id not in by_id:
+                unshown.add((resource, device_id))
             by_id[device_id] = (*by_id.get(device_id, ()), holder)
-    return Holdings(holdings.asked_at, holdings.answered_at, merged)
+    return Holdings(holdings.asked_at, holdings.answered_at, merged, frozenset(unshown))
 
 
 Key = tuple[str, str, Holder]
@@ -155,7 +167,8 @@ class Settle:
     A holder shown once holds until it has been missing for `Timings.gone_after` seconds,
     from two answers at least, none of them asked within `Timings.restart_settle` seconds of
     a kubelet restart. Until then it is carried into the published `Holdings` as it was (same
-    `since`), so claims, bookings and owed releases (every subscriber) see it held.
+    `since`), so claims, bookings and owed releases (every subscriber) see it held; an ID
+    held by carried holders alone is marked so (`Holdings.unshown`).
 
     After a kubelet restart, also past that window, a holder shown before it and not
     shown since (`before`) is carried while the kubelet's checkpoint still lists its ID (or
@@ -254,9 +267,11 @@ class Settle:
             self.before = self.before & {
                 (r, d, h.namespace, h.pod, h.container) for r, d, h in still
             }
+        answered = {(r, d) for r, ids in answer.by_resource.items() for d in ids}
         published = Holdings(
             answer.asked_at,
             answer.answered_at,
             {r: {d: tuple(hs) for d, hs in ids.items()} for r, ids in merged.items()},
+            frozenset((r, d) for r, d, _ in still if (r, d) not in answered),
         )
         return published, carried

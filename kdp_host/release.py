@@ -222,10 +222,10 @@ class ReleaseTracker:
             for device in self._table.snapshot.devices:
                 if device.id not in held:
                     self.uses.setdefault(device.id, DeviceUse()).used.add(device.id)
-        settle = self._timings.allocation_settle
+        settle, asked = self._timings.allocation_settle, (answer.asked_at, asked_wall)
         gone = partial(self._handed.change, change=owed_all)  # (each use seen gone: released)
-        free = seen_free(self.uses, held, answer.asked_at, asked_wall, settle, self._log, gone)
-        for device_id in free:
+        listed = partial(answer.shows, self._resource.name)  # (by the kubelet itself)
+        for device_id in seen_free(self.uses, held, asked, settle, self._log, gone, listed):
             self._start(device_id)
         self._publish()
 

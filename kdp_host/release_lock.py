@@ -7,8 +7,9 @@ The lock file also keeps the last release that succeeded (`Released`): the host 
 and `covers`, the Unix time before which every use the kubelet had recorded was seen gone (a
 PodResources answer that showed the device free: when it was asked; or the Allocate that
 handed an ID out again). A use the kubelet had recorded before then (its Allocate +
-`Timings.allocation_settle`, or the last answer that showed it held: `DeviceUse.last_use`),
-by any host, is released: a host that finds its owed release so covered by another host's
+`Timings.allocation_settle`, or the last answer that listed it held: `DeviceUse.last_use`;
+not one that only carried its holder, which each host does for its own while), by any
+host, is released: a host that finds its owed release so covered by another host's
 skips it (`done_elsewhere`), and such a use another host wrote into `release-state.json`
 counts as released (`owed_by_peers`).
 

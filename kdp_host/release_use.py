@@ -51,8 +51,9 @@ class DeviceUse:
     (`unknown_release`), only once an Allocate hands it out again (kept in the state file)."""
     last_use: float | None = None
     """Unix time by which the kubelet had recorded the latest use known of the device: its
-    last Allocate + `allocation_settle`, or the last answer that showed it held (None: none
-    since the last release became owed)."""
+    last Allocate + `allocation_settle`, or the last answer that listed it held (not one
+    that only carried its holder: `seen_free`) (None: none since the last release became
+    owed)."""
     owed_for: float | None = None
     """`last_use` when the release became owed (None: not known): a release another host
     ran, covering uses recorded before a later time, covers it (`release_lock`)."""
@@ -171,18 +172,23 @@ def assume_used(
 def seen_free(
     uses: dict[str, DeviceUse],
     held: Mapping[str, Mapping[str, tuple[Holder, ...]]],
-    asked_at: float,
-    asked_wall: float,
+    asked: tuple[float, float],
     settle: float,
     log: EventLogger,
     gone: Callable[[str], object] = lambda device_id: None,
+    listed: Callable[[str], bool] = lambda advertised: True,
 ) -> list[str]:
-    """A PodResources answer asked at `asked_at` (monotonic; `asked_wall`: Unix time) shows
-    `held` (device -> its IDs held -> by whom): a device none of whose IDs is held is free
-    unless allocated after the question was sent, or within `settle` before (the kubelet may
-    not have recorded it yet: `Timings.allocation_settle`). Returns the devices whose release
-    this makes owed (their users gone); `gone` is told of each device whose users are seen
-    gone, owed already or not (the record's uses then owed: `handed_entries.owed_all`)."""
+    """A PodResources answer asked at `asked` (monotonic, Unix time) shows `held` (device ->
+    its IDs held -> by whom): a device none of whose IDs is held is free unless allocated
+    after the question was sent, or within `settle` before (the kubelet may not have
+    recorded it yet: `Timings.allocation_settle`). A device held moves its `last_use` to
+    then only where the kubelet's answer itself listed one of its IDs (`listed`, by ID): a
+    holder carried or unlisted (`holdings.Holdings.unshown`) is no news that the use went on
+    (hostile14 N8: each host carries a holder for its own while, so such times told another
+    host's release from after the use ended as one from before). Returns the devices whose
+    release this makes owed (their users gone); `gone` is told of each device whose users
+    are seen gone, owed already or not (the record's uses then owed: `handed_entries.owed_all`)."""
+    asked_at, asked_wall = asked
     owed: list[str] = []
     for device_id in set(uses) | set(held):
         use = uses.setdefault(device_id, DeviceUse())
@@ -191,7 +197,8 @@ def seen_free(
         now_held = held.get(device_id)
         if now_held:
             use.used = set(now_held)
-            use.last_use = max(use.last_use or asked_wall, asked_wall)
+            if any(listed(advertised) for advertised in now_held):
+                use.last_use = max(use.last_use or asked_wall, asked_wall)
             shown = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs if h.listed))
             use.holders = shown or use.holders  # (an unlisted holder has no names)
         elif use.allocated_at >= asked_at - settle:

@@ -21,7 +21,7 @@ from kdp_host.api.v1 import (
     PodResourcesListerBase,
     PodResourcesListerStub,
 )
-from kdp_host.holdings import Holder, Holdings, Settle
+from kdp_host.holdings import Holder, Holdings, Settle, with_unlisted
 from kdp_host.timings import Timings
 
 from .conftest import FAST, wait_until
@@ -220,6 +220,18 @@ def test_a_holder_goes_after_two_answers_gone_after_apart() -> None:
     assert set(two.of(FPGA)) == {"d-p1", "d-p2"}  # not long enough
     gone, carried = settle.apply(_holdings(1.0 + DEFAULTS.gone_after, "p2"), two)
     assert carried == 0 and set(gone.of(FPGA)) == {"d-p2"}
+
+
+def test_an_id_held_by_carried_or_unlisted_holders_alone_is_marked_unshown() -> None:
+    """hostile14 N8: the published holdings say which IDs the kubelet's answer itself did
+    not list (`Holdings.unshown`): a release tracker takes no news of a use from them."""
+    settle = Settle()
+    shown, _ = settle.apply(_holdings(0.0, "p1", "p2"), None)
+    one, _ = settle.apply(_holdings(1.0, "p2"), shown)  # p1 carried
+    assert set(one.of(FPGA)) == {"d-p1", "d-p2"}
+    assert not one.shows(FPGA, "d-p1") and one.shows(FPGA, "d-p2")
+    both = with_unlisted(one, {FPGA: {"d-p2": 0.0, "d-new": 0.0}})
+    assert both.unshown == {(FPGA, "d-p1"), (FPGA, "d-new")}  # (d-p2 listed as well)
 
 
 def test_answers_soon_after_a_restart_are_no_evidence() -> None:

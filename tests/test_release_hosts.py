@@ -19,7 +19,7 @@ from kdp_host.config import load_config_text
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device
 from kdp_host.files import DaemonThreads
-from kdp_host.holdings import Holder, Holdings
+from kdp_host.holdings import Holder, Holdings, Settle, with_unlisted
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.release import ReleaseTracker
@@ -167,6 +167,106 @@ async def test_a_start_still_waiting_at_its_deadline_fails_with_why(short_dir: P
     with pytest.raises(HookFailed, match="another host's release of it still runs"):
         await new.before_start(["fpga0"], StartBudget.of_call(0.8))  # (0.3 s to wait)
     old_commands.gate.set()
+    await old.close()
+    await new.close()
+
+
+class _Polls:
+    """A host's PodResources answers as its poller publishes them (`Settle`, then its
+    unlisted IDs), asked `at` seconds after `base` (a clock the test moves on)."""
+
+    def __init__(self, tracker: ReleaseTracker) -> None:
+        self.tracker, self.base = tracker, time.monotonic()
+        self.settle = Settle(Timings(gone_after=4.0))
+        self.previous: Holdings | None = None
+
+    def poll(self, at: float, *pods: str, unlisted: float | None = None) -> None:
+        """An answer asked `at` s on in which `pods` hold fpga0 (`unlisted`: fpga0 is an ID
+        no answer has shown, handed out at that Unix time)."""
+        by_id = {"fpga0": tuple(Holder("default", p, "c", 0.0) for p in pods)} if pods else {}
+        answer = Holdings(self.base + at, 0.0, {FPGA: by_id})
+        published, _ = self.settle.apply(answer, self.previous)
+        if unlisted is not None:
+            published = with_unlisted(published, {FPGA: {"fpga0": unlisted}})
+        self.previous = published
+        self.tracker.holdings(published)
+
+
+async def test_a_holder_carried_after_the_other_hosts_release_does_not_run_it_again(
+    short_dir: Path,
+) -> None:
+    """hostile14 N8 (t33): both hosts saw p1 hold the device; p1 ends. Each host carries a
+    holder missing from its answers for `gone_after` from its own first miss, so the old
+    host lets p1 go and releases while the new host still carries p1: its answers after that
+    release are no news of p1's use (`Holdings.unshown`), and the new host, letting p1 go,
+    takes the release as done (`release_done_by_peer`). On the old code it ran it again."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands)
+    old = _host(short_dir, "host-old", old_commands)
+    old.allocated(["fpga0"])  # p1, through the old host
+    await old.before_start(["fpga0"])
+    polls = _Polls(new)
+    polls.poll(1.0, "p1")  # the new host's poll: p1 holds it
+    polls.poll(2.0)  # p1 ended: missing once, carried
+    old.holdings(Holdings(polls.base + 3.0, 0.0, {FPGA: {}}))  # the old host lets p1 go
+    await wait_until(lambda: old.view("fpga0")["state"] == "clean", what="the old host's release")
+    polls.poll(4.0)  # missing for 2 s: still carried
+    assert new.view("fpga0")["state"] == "in_use" and len(old_commands.runs) == 1
+    polls.poll(6.5)  # missing for 4.5 s: let go, owed
+    await wait_until(lambda: new.view("fpga0")["state"] == "clean", what="the new host done")
+    assert len(old_commands.runs) == 1 and new_commands.runs == []
+    await old.close()
+    await new.close()
+
+
+async def test_a_use_listed_after_the_other_hosts_release_is_released_again(
+    short_dir: Path,
+) -> None:
+    """N8's bound: an answer that lists the device held after the old host's release (p2,
+    a use the new host never saw allocated) is news of a use that release did not cover:
+    once it is let go, the new host runs the release."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands)
+    old = _host(short_dir, "host-old", old_commands)
+    old.allocated(["fpga0"])  # p1, through the old host
+    await old.before_start(["fpga0"])
+    polls = _Polls(new)
+    polls.poll(1.0, "p1")
+    polls.poll(2.0)  # p1 ended: carried
+    old.holdings(Holdings(polls.base + 3.0, 0.0, {FPGA: {}}))  # the old host lets p1 go
+    await wait_until(lambda: old.view("fpga0")["state"] == "clean", what="the old host's release")
+    polls.poll(4.0, "p2")  # listed: p2 holds it now
+    polls.poll(5.0)  # p2 ended
+    polls.poll(9.5)  # let go: owed
+    await wait_until(lambda: new_commands.runs, what="the new host's release of p2's use")
+    assert len(old_commands.runs) == 1 and new_commands.runs == [["reset", "fpga0"]]
+    await old.close()
+    await new.close()
+
+
+async def test_a_peer_use_held_unlisted_after_the_peers_release_does_not_run_it_again(
+    short_dir: Path,
+) -> None:
+    """hostile14 N8 as its report saw it: p2, admitted through the old host, ended before
+    any answer listed it; the new host took the old host's booking as a use and holds its ID
+    as unlisted (until the kubelet's checkpoint no longer lists it) after the old host
+    released it: those answers are no news of p2's use, and the new host takes that release
+    as done. On the old code it ran it again."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands)
+    old = _host(short_dir, "host-old", old_commands)
+    old.allocated(["fpga0"])  # p2, through the old host
+    await old.before_start(["fpga0"])
+    new.booked(["fpga0"], "host-old")  # the new host sees the old host's booking
+    polls, booked = _Polls(new), time.time()
+    polls.poll(1.0, unlisted=booked)  # no answer lists p2: held unlisted
+    old.holdings(Holdings(polls.base + 2.0, 0.0, {FPGA: {}}))  # the old host lets p2 go
+    await wait_until(lambda: old.view("fpga0")["state"] == "clean", what="the old host's release")
+    polls.poll(3.0, unlisted=booked)  # the new host still holds it unlisted
+    assert new.view("fpga0")["state"] == "in_use" and len(old_commands.runs) == 1
+    polls.poll(4.0)  # the checkpoint no longer lists it: free, owed
+    await wait_until(lambda: new.view("fpga0")["state"] == "clean", what="the new host done")
+    assert len(old_commands.runs) == 1 and new_commands.runs == []
     await old.close()
     await new.close()
 

@@ -12,10 +12,12 @@ is left out by (`ownership_canonical.strays`, through `reaches_another`), where 
 found: nothing there is `gone` or `unhealthy` as before, a path whose answer is not known
 (hung, unresolvable) is not called replaced.
 
-Only a device its resource lists now is looked at, at each path of the listed device the
-record has, where kdp-host sees it (`DeviceNode.seen`: a node below a sysfs `devRoot`, as
-the Allocate checked it), by identity (a device number, an inode): the same node through
-another path or a link is the one handed out. Looked at off the loop at each PodResources
+A held device its resource lists now is looked at at each path of the listed device the
+record has; one it does not list (held back by another's claim: hostile15 F4, another
+device's node made at its path) at each path of the record; where kdp-host sees it
+(`DeviceNode.seen`: a node below a sysfs `devRoot`, as the Allocate checked it), by
+identity (a device number, an inode): the same node through another path or a link is the
+one handed out. Looked at off the loop at each PodResources
 answer and each change of the list while a pod holds a device, one look at a time (asked
 during one: looked at again after it, with what was asked last); a result counts while the
 device's record is the one looked at (an Allocate since handed it out anew).
@@ -63,17 +65,22 @@ class Replaced:
         offload: Offload,
         done: Callable[[], None],
     ) -> None:
-        """Look (off the loop) at the devices of `listed` a pod holds (`held`), then call
-        `done` (check again) if what is found changed; the caller checks after the call."""
+        """Look (off the loop) at the devices a pod holds (`held`; as `listed` where it
+        lists them, else as recorded), then call `done` (check again) if what is found
+        changed; the caller checks after the call."""
         wanted: dict[str, tuple[Handed, Mapping[str, Identity]]] = {}
-        for device in listed:
-            handed = entry(device.id) if device.id in held else None
-            if handed is not None and (paths := seen_reached(device, handed.reached)):
-                wanted[device.id] = (handed, paths)
+        by_id = {device.id: device for device in listed} if held else {}
+        for device_id in held:
+            handed = entry(device_id)
+            if handed is None:
+                continue
+            device = by_id.get(device_id, handed.device)
+            if paths := seen_reached(device, handed.reached):
+                wanted[device_id] = (handed, paths)
         idle = self._task is None or self._task.done()
         if not wanted and idle:
             if self.found:
-                self.found = {}  # (no held device listed: none replaced; the caller checks)
+                self.found = {}  # (no held device recorded: none replaced; the caller checks)
             return
         self._asked = wanted
         if idle:

@@ -147,6 +147,8 @@ def devices_document(host: Host) -> dict[str, Any]:
                 entry["health"] = HEALTHY
             elif runtime.elsewhere.kept((device_id,)):  # (not looked at yet: not missing)
                 entry["health"] = HELD
+            if device_id in replaced:  # (held back by what was made at its path: F4)
+                entry["health"] = MISSING
             if (holding := back.get(device_id)) is not None:
                 entry["heldBack"] = {"reason": holding.reason}
                 if holding.owner.resource:  # (by that device, or that booking)

@@ -285,16 +285,15 @@ class DevicePluginService(DevicePluginBase):
             await self._add_hook_extras(snapshot, message, responses)
         booked = [i for request in message.container_requests for i in request.devices_ids]
         requests = [request.devices_ids for request in message.container_requests]
-        handed = (
-            None if self._bookings is None else self._builder.handed(snapshot, requests, responses)
-        )
-        reached = await self._hand_real_paths(booked, responses)
-        if self._bookings is not None:
+        bookings = self._bookings
+        handed = None if bookings is None else self._builder.handed(snapshot, requests, responses)
+        reached = await self._hand_real_paths(snapshot, booked, responses)
+        if bookings is not None:
             # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
             try:
                 assert handed is not None
                 places, names = handed.places, handed.cdi_names
-                await self._bookings.book(name, booked, places, names, wait=False)
+                await bookings.book(name, booked, places, names, wait=False)
             except PlaceOwned as exc:
                 self._metrics.allocations.labels(name, "invalid").inc()
                 self._log.warning("allocate_refused", reason=str(exc))
@@ -330,18 +329,22 @@ class DevicePluginService(DevicePluginBase):
         raise grpclib.GRPCError(Status.UNAVAILABLE, reason) from None
 
     async def _hand_real_paths(
-        self, ids: list[str], responses: list[ContainerAllocateResponse]
+        self, snapshot: Snapshot, ids: list[str], responses: list[ContainerAllocateResponse]
     ) -> dict[str, Identity]:
         """Hand out every host path of the answer (DeviceSpecs and mounts, of the devices,
-        `allocate.mounts` and an `allocate.command`'s output alike) as the real path it
+        `allocate.mounts` and an `allocate.command`'s output alike; the nodes its CDI names'
+        spec entries name are checked and recorded too: hostile15 F4) as the real path it
         reaches, checked to name what the path reaches and, for a device's own path, what
         was claimed for it (`ownership_hand_out.handed_reals`): a link re-pointed after the
-        Allocate does not change what the container gets. Refused (INVALID_ARGUMENT) when
-        a path cannot be resolved so, or a directory it mounts holds what another device
-        owns (`PlaceOwned`: moved there, not yet reported by the watcher), or a node it
-        hands out is linked below a tree a pod holds (`ownership_hand_out`)."""
+        Allocate does not change what the container gets. Refused (INVALID_ARGUMENT) when a
+        path cannot be resolved so, or a directory it mounts holds what another device owns
+        (`PlaceOwned`: moved there, not yet reported by the watcher), or a node it hands out
+        is linked below a tree a pod holds (`ownership_hand_out`)."""
         mounts = [(m.host_path, m.read_only) for r in responses for m in r.mounts]
         paths = {spec.host_path for r in responses for spec in r.devices}
+        if self._config.allocate.cdi is not None:
+            for device in self._builder.physical_devices(snapshot, ids):
+                paths.update(node.host_path for node in device.nodes)
         read_only = read_only_of(paths, mounts)  # (not writable: `config.handed`, K7)
         paths.update(path for path, _ in mounts)
         if not paths or self._bookings is None:

@@ -7,7 +7,7 @@ written `_`, trimmed and cut) plus a separator and a spelling of the whole text:
 prefix, or, where the name must decode back to exactly one text, the text's bytes in hex.
 Two different texts get different names (up to the digest), and a text always the same one.
 
-Four forms, one per place a name crosses into another program:
+Five forms, one per place a name crosses into another program (or another host):
 
 - `DEVICE_ID`: a device ID from a device's own text (sysfs serial, port path, PCI address,
   kernel name). The kubelet's device ID: `:` is allowed (PCI addresses keep theirs).
@@ -18,6 +18,9 @@ Four forms, one per place a name crosses into another program:
   and asks this maker only for the hashed form.
 - `SOCKET_SLUG`: the readable part of a socket file name (`endpoint.socket_name`): short
   (the path must fit AF_UNIX) and always hashed (a cut name must not meet another's).
+- `QUOTED_FILE_NAME`: a file name below `stateDir` of percent-encoded text (a device's
+  release lock): the text while it fits NAME_MAX, else a cut of it, `%%` (which
+  percent-encoding never writes) and a digest of the whole.
 - `CDI_NAME`: a CDI device name (`[A-Za-z0-9]`, then `[A-Za-z0-9_.:-]`, ending
   alphanumeric). Its readable part has no `:`, and the whole ID follows `::` in hex, so a
   name decodes back to exactly one ID and an escaped name is never an ID's own name.
@@ -39,7 +42,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from .cdi_rules import CDI_DEVICE_NAME, CDI_NAME_ESCAPE
-from .rules import MAX_DEVICE_ID_LENGTH, device_id_problem
+from .rules import MAX_DEVICE_ID_LENGTH, MAX_NAME_LENGTH, device_id_problem
 
 
 @dataclass(frozen=True)
@@ -136,3 +139,14 @@ CDI_NAME: Final = NameForm(
     empty="id",
 )
 """A CDI device name of a device ID: the ID, or `<readable>::<hex of the ID>`."""
+
+QUOTED_FILE_NAME: Final = NameForm(
+    unsafe=re.compile(r"(?!)"),
+    keep=lambda text: len(text.encode()) <= MAX_NAME_LENGTH,
+    separator="%%",
+    digest=32,
+    length=MAX_NAME_LENGTH - 2 - 32,
+)
+"""A file name of percent-encoded text: the text while it fits one path component, else
+`<its first 221 characters>%%<32 hex>` (hostile15 F5: a long ID's release lock could not be
+made, so its releases were not serialised across hosts)."""

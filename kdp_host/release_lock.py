@@ -39,6 +39,7 @@ from urllib.parse import quote
 from .atomic_files import aside_logged, directory_at, open_lock
 from .files import Offload
 from .logs import EventLogger
+from .names import QUOTED_FILE_NAME, make_name
 from .timings import Timings
 
 RELEASES_DIR = "releases"
@@ -61,8 +62,9 @@ class Released:
 
 
 def lock_name(resource: str, device: str) -> str:
-    """The lock file's name (`,` and `/` are escaped in both parts: one name per pair)."""
-    return f"{quote(resource, safe='')},{quote(device, safe='')}"
+    """The lock file's name (`,` and `/` are escaped in both parts: one name per pair; a
+    pair too long for a file name is cut and hashed, `names.QUOTED_FILE_NAME`)."""
+    return make_name(f"{quote(resource, safe='')},{quote(device, safe='')}", QUOTED_FILE_NAME)
 
 
 def _read(fd: int) -> Released | None:

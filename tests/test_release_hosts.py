@@ -391,3 +391,27 @@ async def test_two_real_hosts_release_a_device_once_and_the_next_start_waits(
     )  # fmt: skip
     lines = release_lines(short_dir)  # one at a time, never two at once (the old code)
     assert [line.split()[-1] for line in lines] == ["start", "done"] * (len(lines) // 2), lines
+
+
+async def test_hostile15_f5_a_device_id_too_long_for_a_file_name_still_has_its_lock(
+    tmp_path: Path,
+) -> None:
+    """Valid IDs of 90 `%` or 100 `é` (percent-encoded: 270 and 600 bytes) made no lock file
+    (`release_lock_failed`, File name too long): their releases were not serialised across
+    hosts. A name past NAME_MAX is cut and hashed (`names.QUOTED_FILE_NAME`): one per pair, and
+    two hosts' holds of it exclude each other."""
+    from kdp_host.release_lock import LockBusy, lock_name
+    from kdp_host.release_state import ReleaseStateStore as Store
+
+    pairs = [("ex.com/p", "%" * 90), ("ex.com/p", "é" * 100), ("ex.com/p", "é" * 99 + "e")]
+    names = [lock_name(*pair) for pair in pairs]
+    assert len(set(names)) == 3 and all(len(n.encode()) <= 255 for n in names)
+    assert lock_name("ex.com/p", "d0") == "ex.com%2Fp,d0"  # (as an older version names it)
+    threads = DaemonThreads()
+    one, two = (Store(str(tmp_path), get_logger(), threads, writer=w) for w in ("a", "b"))
+    async with one.locks.held(*pairs[0]) as lock:
+        assert lock.fd >= 0
+        with pytest.raises(LockBusy):
+            async with two.locks.held(*pairs[0], timeout=0.2):
+                pass
+    assert sorted(p.name for p in (tmp_path / "releases").iterdir()) == [names[0]]

@@ -175,10 +175,12 @@ def handed_anew(old: Handed | None, new: Handed, replaced: bool) -> Handed:
     """The device's entry once `new` is handed out after `old` (`replaced`: otherwise than
     `old`): `old`'s use stays an earlier one, less the IDs `new` takes (another ID of a
     shared device still holds it as handed out, or its release is owed or not run yet), one
-    per way of handing it out (the earlier uses so merged: bounded)."""
+    per way of handing it out (the earlier uses so merged: bounded); not when released
+    (no IDs left, not owed: `after_release`), so every earlier use is one not released."""
     if old is None:
         return new
-    earlier = [*old.earlier, replace(old, earlier=())] if replaced else list(old.earlier)
+    kept_old = replaced and bool(old.ids or old.owed)
+    earlier = [*old.earlier, replace(old, earlier=())] if kept_old else list(old.earlier)
     kept: list[Handed] = []
     for use in earlier:
         use = replace(use, ids=use.ids - new.ids)
@@ -227,13 +229,17 @@ def releasing(handed: Handed) -> tuple[Handed, ...]:
 
 def after_release(handed: Handed, acted: Collection[Handed]) -> Handed:
     """The device's entry once a release that acted on `acted` (`releasing`) succeeded:
-    those earlier uses go, the newest is owed no more."""
+    those earlier uses go, the newest is owed no more, and, when its own use was the owed
+    one, keeps no IDs (released: no use holds it, and a later Allocate handing the device
+    out otherwise does not keep it as an earlier use, `handed_anew`)."""
 
     def done(use: Handed) -> bool:  # (its IDs may have gone to a later use since)
         return any(one.at == use.at and same_use(one, use) for one in acted)
 
     earlier = tuple(use for use in handed.earlier if not done(use))
-    return replace(handed, owed=handed.owed and not done(handed), earlier=earlier)
+    released = handed.owed and done(handed)
+    ids = frozenset[str]() if released else handed.ids
+    return replace(handed, ids=ids, owed=handed.owed and not released, earlier=earlier)
 
 
 def owed_all(handed: Handed) -> Handed:

@@ -209,7 +209,7 @@ class HandedRecord:
                 continue
             device, old, named = entry.device, entries.get(entry.device.id), True
             found = paths_reached(device, reached)
-            same = old is not None and same_device(old.device, device)
+            same = old is not None and not old.owed and same_device(old.device, device)
             kept = old.ids if old and same and found in ({}, old.reached) else frozenset()
             if advertised in kept:
                 continue  # handed out again as it was: nothing to write

@@ -10,26 +10,24 @@ Three kinds of news end a use:
 
 - **PodResources** (`podresources.py`): an answer that shows no ID of the device held ends
   every use of it (the release starts at once). An answer is ignored for a device allocated
-  after the question was sent, or less than `Timings.allocation_settle` before: it may predate that
-  allocation (the kubelet records an allocation only once the plugin's answer reached it).
-- **Allocate**, which the plugin sees for every container: the kubelet never gives one
-  advertised ID to two containers at once, so an ID handed out again proves that its earlier
-  user is gone, even if no poll ever saw the device free (the kubelet may re-allocate a freed
-  device between two polls). If no other ID of the device is in use (always, with
-  `replicas: 1`), the release is owed and starts at once.
+  after the question was sent, or less than `Timings.allocation_settle` before: it may
+  predate that allocation (the kubelet records one only once the plugin's answer reached it).
+- **Allocate**: the kubelet never gives one advertised ID to two containers at once, so an
+  ID handed out again proves its earlier user gone, even if no poll ever saw the device free.
+  If no other ID of the device is in use (always, with `replicas: 1`), the release is owed.
 - **A booking of another name** that held its node, its pod seen gone (`ownership_held`).
 
 PreStartContainer waits for (or runs) the owed releases of the container's devices (first in
-the queue) until the kubelet's deadline (`start_budget`). So, for a device not shared
-(`replicas: 1`): no container starts with a device an earlier container used until that
-device's release has succeeded. A shared device is released once none of its IDs is held; a
-container joining a device still held by another is not held back (it never was free).
+the queue) until the kubelet's deadline (`start_budget`): no container starts with a device
+an earlier container used until its release has succeeded. A shared device is released once
+none of its IDs is held; a container joining it is not held back (it never was free), but a
+node an earlier use of it was handed and no use still holds (the device moved) goes to no
+container before that release (`in_use_sharing`: refused meanwhile, hostile14 N6).
 
 What must outlive kdp-host (`used`, `owed`) is kept in `<stateDir>/release-state.json`
-(`release_state.py`: a file lost or unreadable counts devices as used), written before
-PreStartContainer answers: an owed release runs after a restart, a reload or a SIGKILL. The
-hosts on one stateDir (a rolling update) run a device's release, and decide what it owes at
-PreStartContainer, one at a time under its lock, from every host's entries (`release_lock`).
+(`release_state.py`: lost or unreadable, devices count as used), written before
+PreStartContainer answers. The hosts on one stateDir (a rolling update) run a device's
+release, and decide what it owes, one at a time under its lock (`release_lock`).
 """
 
 from __future__ import annotations
@@ -50,7 +48,7 @@ from .hooks import PlaceCheck
 from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
-from .release_command import ReleaseCommand, acted_on, owed_left, owed_sharing
+from .release_command import ReleaseCommand, acted_on, in_use_sharing, owed_left, owed_sharing
 from .release_lock import DeviceLock, LockBusy, Released, owed_by_peers
 from .release_slots import Slots
 from .release_state import ReleaseStateStore
@@ -59,6 +57,7 @@ from .release_use import (
     DeviceUse,
     assume_used,
     kept_entries,
+    not_released,
     owe_held_before,
     seen_free,
     start_failed,
@@ -238,6 +237,8 @@ class ReleaseTracker:
         devices = list(dict.fromkeys(physical_id(a, replicas) for a in advertised_ids))
         sharing = owed_sharing(self.uses, self._handed, advertised_ids, replicas)
         await self._owed_done(devices + sharing, budget)
+        if held := in_use_sharing(self.uses, self._handed, advertised_ids, replicas):
+            raise not_released(self._resource.name, held)  # (its node's release: not yet)
         for device_id in devices:
             if (use := self.uses.get(device_id)) is not None and use.allocated_wall is not None:
                 ids = [a for a in advertised_ids if physical_id(a, replicas) == device_id]
@@ -385,8 +386,7 @@ class ReleaseTracker:
         self._metrics.releases_pending.labels(self._resource.name).set(pending)
 
     def outstanding(self) -> set[str]:
-        """The devices in use or owed a release (read from the HTTP thread), which
-        `/devices` shows whether or not the resource lists them now."""
+        """The devices in use or owed a release (`/devices` shows them, listed or not)."""
         return {device_id for device_id, use in list(self.uses.items()) if use.used or use.owed}
 
     def device_ids(self) -> dict[str, str]:

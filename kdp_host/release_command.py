@@ -1,8 +1,8 @@
 """Running one release of a device (`release.py`): `release.command` on each use of the
 device it covers as ITS Allocate handed it out (`handed_entries.releasing`), else as listed,
 else as the kubelet's checkpoint says its booking was handed
-(`OwnershipIndex.checkpoint_handed`); and which other devices' owed releases act on what a
-container is handed (`owed_sharing`)."""
+(`OwnershipIndex.checkpoint_handed`); and which devices' uses not released yet were handed
+what a container is handed (`owed_sharing`, `in_use_sharing`)."""
 
 from __future__ import annotations
 
@@ -100,17 +100,23 @@ def acted_on(handed: HandedOut, device_id: str) -> tuple[Handed, ...]:
     return () if (entry := handed.entry(device_id)) is None else releasing(entry)
 
 
+def _places_of_mine(handed: HandedOut, ids: Sequence[str], replicas: int) -> set[object]:
+    """What the uses of `ids` were handed (host paths, what they reached: `places_of`)."""
+    places: set[object] = set()
+    for advertised in ids:
+        if (entry := handed.entry(physical_id(advertised, replicas))) is not None:
+            places |= places_of(use_of(entry, advertised))
+    return places
+
+
 def owed_sharing(
     uses: Mapping[str, DeviceUse], handed: HandedOut, ids: Sequence[str], replicas: int
 ) -> list[str]:
     """The devices, not of `ids`, whose owed release acts on a host path (or what one
     reached) that a use of `ids` was handed: the container starts after it (hostile14 N6: a
     use released on its own node, which another device lists now)."""
-    mine = {physical_id(advertised, replicas): advertised for advertised in ids}
-    places: set[object] = set()
-    for device_id, advertised in mine.items():
-        if (entry := handed.entry(device_id)) is not None:
-            places |= places_of(use_of(entry, advertised))
+    mine = {physical_id(advertised, replicas) for advertised in ids}
+    places = _places_of_mine(handed, ids, replicas)
     return [
         device_id
         for device_id, use in uses.items()
@@ -119,6 +125,33 @@ def owed_sharing(
         and places
         and any(places & places_of(one) for one in acted_on(handed, device_id))
     ]
+
+
+def in_use_sharing(
+    tracked: Mapping[str, DeviceUse], handed: HandedOut, ids: Sequence[str], replicas: int
+) -> list[str]:
+    """The devices in use (not owed: another container holds an ID of theirs) one of whose
+    uses, seen gone (none of its IDs is used now) and not released (the record keeps it:
+    `handed_entries.after_release` lets a released one go), was handed a host path (or what
+    one reached) that a use of `ids` is handed and no live use of that device but the
+    container's own has. Such a node is released only once its device is free (a shared
+    device, `replicas`); no container starts with it before (hostile14 N6: the probe
+    moved d0 from n0 to n1 while d0::0 held n0, and lists n0 as d1 now)."""
+    places = _places_of_mine(handed, ids, replicas)
+    found: list[str] = []
+    for device_id, use in tracked.items() if places else ():
+        if use.owed or not use.used or (entry := handed.entry(device_id)) is None:
+            continue
+        if not entry.earlier and entry.ids & use.used:
+            continue  # (its one use is live: the common case, no set made)
+        *earlier, newest = every = uses(entry)  # (a newest with no IDs: released)
+        gone = [one for one in earlier if not one.ids & use.used]
+        gone += [newest] if newest.ids and not newest.ids & use.used else []
+        others = use.used.difference(ids)
+        live = {place for one in every if one.ids & others for place in places_of(one)}
+        if any((places_of(one) - live) & places for one in gone):
+            found.append(device_id)
+    return found
 
 
 def owed_left(handed: HandedOut, device_id: str) -> bool:

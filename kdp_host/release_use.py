@@ -299,6 +299,19 @@ def start_failed(resource: str, device_id: str, use: DeviceUse) -> HookFailed:
     )
 
 
+def not_released(resource: str, devices: Collection[str]) -> HookFailed:
+    """PreStartContainer's error when a node it is handed was used by an earlier container of
+    a device still in use, whose release runs once that device is free (`in_use_sharing`)."""
+    names = ",".join(sorted(devices))
+    return HookFailed(
+        Status.UNAVAILABLE,
+        "unknown",
+        f"{resource}: a node this container is handed was used by an earlier container of "
+        f"device {names}, which other containers still hold: it is released once none does, "
+        "and no container starts with it before",
+    )
+
+
 def unknown_release(resource: str, device_id: str) -> str:
     """Why the release of a device whose record was lost (`handed_unknown`) is not run."""
     return (

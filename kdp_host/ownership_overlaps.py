@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from .devices import Device, DeviceMount
 from .identity import DIRECTORY
 from .mount_table import MountMap
+from .ownership_arrivals import INSIDE_LIMIT
 from .ownership_claims import PLACE, Claim, ClaimKey, Owner, Resolver, device_claims, reach
+from .ownership_reads import Read, arrived
 from .rules import below
 
 
@@ -26,12 +28,15 @@ def overlaps(
     devices: Iterable[tuple[str, Device]],
     resolve: Resolver = reach,
     mounts: MountMap | None = None,
+    read: Read = arrived,
 ) -> list[Overlap]:
     """Every claim two devices would make (not two shared ones), by the index's rules (a
     host path a node is handed out at, `PLACE`, and any claim at that real path; a
     claim below a directory another device mounts too, at every place the mount table
-    `mounts` shows each: a bind mount): the later device in `devices` order would be held
-    while the first is advertised."""
+    `mounts` shows each: a bind mount; what is below a mounted directory, `read` as an
+    Allocate reads it, up to `INSIDE_LIMIT` entries: another node of a claimed device
+    number there, hostile15 F6): the later device in `devices` order would be held while
+    the first is advertised."""
     places = (mounts or MountMap()).places
     seen: dict[ClaimKey, tuple[Owner, bool]] = {}
     at: dict[str, list[tuple[Owner, bool, bool]]] = {}
@@ -64,6 +69,13 @@ def overlaps(
                 continue
             if any(below(place, directory) for place in places(real)):
                 found.append(Overlap(path, owner, me))
+    for (key, _, real), owner, dir_shared in made:
+        if key[0] != DIRECTORY:
+            continue
+        for inside, path in read([real], INSIDE_LIMIT)[0]:
+            known = seen.get(inside)
+            if known is not None and known[0] != owner and not (dir_shared and known[1]):
+                found.append(Overlap(path, owner, known[0]))
     return list(dict.fromkeys(found))
 
 

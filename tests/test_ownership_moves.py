@@ -361,3 +361,23 @@ async def test_a_held_node_renamed_into_a_mounted_directory_through_the_real_kub
     await kubelet.await_for(healthy(BOX, 0), what="box0 no longer advertised")
     second = await kubelet.acall(kubelet.allocate, "p2", {BOX: 1})
     assert second["error"] != "", second
+
+
+def test_check_warns_about_another_node_of_a_claimed_number_in_a_mounted_directory(
+    tmp_path: Path,
+) -> None:
+    """hostile15 F6: b's mounted directory holds a second link of a's node (the same
+    identity, another path). `run` holds one of them (an Allocate of b reads below its
+    mount); `check` said nothing: it compared claims by path below the directory only."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "n0").write_text("")
+    (tmp_path / "b" / "sub").mkdir(parents=True)
+    devices = [
+        (R1, nodes("n0", str(tmp_path / "a" / "n0"))),
+        (R2, mounting("b", str(tmp_path / "b"))),
+    ]
+    assert overlaps(devices) == []
+    (tmp_path / "b" / "sub" / "n").hardlink_to(tmp_path / "a" / "n0")
+    [found] = overlaps(devices)
+    assert found.path == str(tmp_path / "b" / "sub" / "n")
+    assert {found.first.resource, found.second.resource} == {R1, R2}

@@ -142,11 +142,11 @@ def in_use_sharing(
     for device_id, use in tracked.items() if places else ():
         if use.owed or not use.used or (entry := handed.entry(device_id)) is None:
             continue
-        if not entry.earlier and entry.ids & use.used:
+        if not entry.earlier and not entry.ids.isdisjoint(use.used):
             continue  # (its one use is live: the common case, no set made)
         *earlier, newest = every = uses(entry)  # (a newest with no IDs: released)
-        gone = [one for one in earlier if not one.ids & use.used]
-        gone += [newest] if newest.ids and not newest.ids & use.used else []
+        gone = [one for one in earlier if one.ids.isdisjoint(use.used)]
+        gone += [newest] if newest.ids and newest.ids.isdisjoint(use.used) else []
         others = use.used.difference(ids)
         live = {place for one in every if one.ids & others for place in places_of(one)}
         if any((places_of(one) - live) & places for one in gone):

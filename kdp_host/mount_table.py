@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from .logs import EventLogger
+from .rules import below, parent
 
 MountCallback = Callable[[], None]
 
@@ -121,6 +122,8 @@ class MountMap:
         self._shown = {dev: tuple(at) for dev, at in shown.items() if len(at) > 1}
         """File system -> (root, mount point) of each of its mounts, for those shown more
         than once (the others show each path once)."""
+        self._in: dict[str, tuple[str, ...]] = {}
+        """Directory -> the places its entries are shown at (`_entries_shown`)."""
         self._below: dict[str, str | None] = {}
         """Directory -> the mount point it is below (itself or its nearest ancestor that is
         one; None: none), as `_point` found it: the devices of one directory (every node and
@@ -129,7 +132,24 @@ class MountMap:
     def places(self, real: str) -> tuple[str, ...]:
         """Every place the mount table shows what is at `real` (a real path), `real` first:
         its file system's path through the mount it is below, then that path through every
-        other mount of the same file system whose root holds it."""
+        other mount of the same file system whose root holds it. An entry of a directory
+        that is no mount point is shown at each place of its directory (`_in`), found once
+        for the directory: every node and mount of every device admitted asks."""
+        if not self._shown:
+            return (real,)
+        directory, _, name = real.rpartition("/")
+        if directory and name and real not in self._points:
+            shown = self._in.get(directory)
+            if shown is None:
+                if len(self._in) >= BELOW_LIMIT:
+                    self._in.clear()
+                shown = self._in[directory] = self._entries_shown(directory)
+            if shown:
+                return tuple(f"{place}/{name}" if place != "/" else f"/{name}" for place in shown)
+        return self._places_of(real)
+
+    def _places_of(self, real: str) -> tuple[str, ...]:
+        """`places`, found from the mount table alone."""
         at = self._on_shown(real)
         if at is None:
             return (real,)
@@ -142,6 +162,19 @@ class MountMap:
                 if place not in found:
                     found.append(place)
         return tuple(found)
+
+    def _entries_shown(self, directory: str) -> tuple[str, ...]:
+        """The places of `directory` (a real path), when each entry of it that is no mount
+        point is shown at those places and nowhere else (one name added to each); () when
+        not so: the root of a mount of its file system lies below it (an entry may be shown
+        again there)."""
+        at = self._on_shown(directory)
+        if at is None:
+            return (directory,)
+        inside, mounts = at[1], at[2]
+        if any(below(root, inside) for root, _ in mounts):
+            return ()
+        return self.places(directory)
 
     def showing(self, real: str) -> tuple[str, ...]:
         """Every place the mount table shows what is at `real` or anything below it: its
@@ -183,7 +216,7 @@ class MountMap:
             if at == "/":
                 point = None
                 break
-            at = os.path.dirname(at)
+            at = parent(at)
             if at in below:
                 point = below[at]
                 break

@@ -120,6 +120,8 @@ class BookedClaims:
         a directory whose tree may hold one, `tree_nodes`): the kernel may have given the
         gone node's number to it, under any resource's name, and the pod's container reaches
         the device by that number (hostile9 H2, hostile10 F3, F7)."""
+        if not self.unknown:
+            return None
         served = self.served
         unknown = [o for name, owned in self.unknown.items() if name == resource or name in served
                    for o in owned]  # fmt: skip

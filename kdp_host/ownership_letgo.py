@@ -31,6 +31,7 @@ from .ownership_claims import PLACE, SYSFS, ClaimKey, Claims, ClaimSet, Owner, r
 from .ownership_table import ClaimTable, Holding, ResourceState
 from .turns import Pace
 
+NO_PATHS: frozenset[str] = frozenset()
 NOBODY = Owner("", "")
 """The owner of a holding no other device causes (`unsafe_mount`)."""
 
@@ -127,7 +128,7 @@ class LetGo(ClaimTable):
             if self._owner_checked(state, claim):
                 continue
             device = state.reported.get(device_id)
-            healthy, read_only = True, frozenset[str]()
+            healthy, read_only = True, NO_PATHS
             if device is not None:
                 healthy, read_only = device.healthy, read_only_paths(device)
             healthy = healthy and not self._vanishing(state, device_id)

@@ -220,7 +220,8 @@ class Resolving(Admission):
                 if lingering is not None:
                     wanted.add(lingering[1][1])
         if known := state.known:  # what the scan learnt is as fresh as the list it made
-            self._fresh.update((path, known[path]) for path in wanted if path in known)
+            found = known.keys() & wanted  # (no walk of either in Python)
+            self._fresh.update(zip(found, map(known.__getitem__, found), strict=True))
         return {path for path in wanted if path not in self._fresh}  # (`- keys()` walks all)
 
     async def _reach_all(self, paths: Collection[str]) -> dict[str, Reached | None]:

@@ -33,7 +33,7 @@ from .ownership_claims import SYSFS, Claims, Resolver, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_paths import PathIndex
 from .ownership_table import ResourceState
-from .rules import below
+from .rules import below, parent
 from .turns import TURN_BUDGET
 
 VANISH_GRACE: Final = 1.0
@@ -100,7 +100,7 @@ class Watching(BookingAllocations):
         for key, path, real in claims.all():
             if key[0] == SYSFS:
                 continue  # (not resolved from its path: its driver follows the device)
-            users = self._users(os.path.dirname(path))
+            users = self._users(parent(path))
             if users is None:
                 return
             users.add(resource)

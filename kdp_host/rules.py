@@ -187,6 +187,13 @@ def below(real: str, directory: str) -> bool:
     return real.startswith(directory) and real[len(directory) : len(directory) + 1] == "/"
 
 
+def parent(path: str) -> str:
+    """`posixpath.dirname` of a text path, without its per-call `fspath` and separator
+    look-ups (it runs for every path of every device admitted: issue 19)."""
+    head = path[: path.rfind("/") + 1]
+    return head.rstrip("/") or head  # (`/` and `//` stay)
+
+
 def path_inside(path: str, directory: str) -> bool:
     """Whether `path` is `directory` or lies under it (`below`), comparing normalised paths
     (no I/O: resolve symlinks first where that matters)."""

@@ -175,7 +175,9 @@ def absolute_path_problem(path: str) -> str | None:
     encoded = path.encode("utf-8", "surrogatepass")
     if len(encoded) >= MAX_PATH_LENGTH:
         return f"must be shorter than {MAX_PATH_LENGTH} bytes"
-    if any(len(name) > MAX_NAME_LENGTH for name in encoded.split(b"/")):
+    if len(encoded) > MAX_NAME_LENGTH and any(
+        len(name) > MAX_NAME_LENGTH for name in encoded.split(b"/")
+    ):
         return f"must have no name (between two /) longer than {MAX_NAME_LENGTH} bytes"
     return None
 

@@ -244,9 +244,10 @@ class GlobScan:
         skipped: dict[str, Skipped],
     ) -> Device:
         config = self.config
-        name = os.path.basename(matched)
         container = (
-            render_template(config.container_path, {"path": matched, "name": name})
+            render_template(
+                config.container_path, {"path": matched, "name": os.path.basename(matched)}
+            )
             if config.container_path
             else matched
         )

@@ -149,8 +149,10 @@ def assign_ids(
     assigned: dict[DeviceIdentity, Assigned] = {}
     owner: dict[str, DeviceIdentity] = {}
     collided: dict[DeviceIdentity, DeviceIdentity] = {}
-    # The devices that hold an ID first, so a newcomer never takes theirs.
-    for identity in sorted(by_identity, key=lambda identity: identity not in held):
+    # The devices that hold an ID first, so a newcomer never takes theirs (a first scan
+    # holds none: nothing to sort).
+    order = sorted(by_identity, key=lambda i: i not in held) if held else by_identity
+    for identity in order:
         paths = by_identity[identity]
         kept = held.get(identity)
         if kept is not None:
@@ -173,6 +175,8 @@ def canonical_path(paths: Sequence[tuple[str, str]]) -> str:
     """The canonical path of one device from its (matched path, real path) pairs: the real
     path of the node (the least one where two nodes share a device number). A pure function
     of the set of real nodes, never of which links to them exist."""
+    if len(paths) == 1:
+        return paths[0][1]  # (the common device: one path)
     return min(real for _matched, real in paths)
 
 
@@ -204,7 +208,8 @@ def examine(path: str, real_dirs: dict[str, str]) -> Found | Skipped | None:
         elif stat.S_ISDIR(st.st_mode):
             return None
         else:
-            parent, name = os.path.split(path)
+            at = path.rfind("/") + 1  # (`os.path.split`, without its per-call look-ups)
+            parent, name = rules.parent(path), path[at:]
             real_parent = real_dirs.get(parent)
             if real_parent is None:
                 real_parent = real_dirs[parent] = resolve(parent)

@@ -45,9 +45,11 @@ def _glob(pattern: str, guard: ScanGuard, named: str, *, dironly: bool) -> Itera
     match = re.compile(fnmatch.translate(name)).match  # (once, not once per entry)
     hidden = name.startswith(".")
     for parent in parents:
+        # (`os.path.join(parent, entry)`: an entry's name holds no `/`)
+        prefix = parent if not parent or parent.endswith("/") else parent + "/"
         for entry in _entries(parent or os.curdir, guard, dironly=dironly):
             if (hidden or not entry.startswith(".")) and match(entry):
-                yield os.path.join(parent, entry)
+                yield prefix + entry
 
 
 def _counted(paths: Iterator[str], guard: ScanGuard, named: str) -> Iterator[str]:

@@ -137,16 +137,28 @@ class MountMap:
         for the directory: every node and mount of every device admitted asks."""
         if not self._shown:
             return (real,)
+        shown = self.entry_dirs(real)
+        if shown is None:
+            return self._places_of(real)
+        name = real[real.rfind("/") + 1 :]
+        return (real, *[f"{place}/{name}" if place != "/" else f"/{name}" for place in shown[1:]])
+
+    def entry_dirs(self, real: str) -> tuple[str, ...] | None:
+        """The places of the directory of `real` (a real path), when `real` is shown at each
+        of them (with its name) and nowhere else, its directory first; None when not so: a
+        mount point, `/` or an entry of it, or an entry of a directory a mount's root lies
+        below (found once per directory: `_entries_shown`)."""
         directory, _, name = real.rpartition("/")
-        if directory and name and real not in self._points:
-            shown = self._in.get(directory)
-            if shown is None:
-                if len(self._in) >= BELOW_LIMIT:
-                    self._in.clear()
-                shown = self._in[directory] = self._entries_shown(directory)
-            if shown:
-                return tuple(f"{place}/{name}" if place != "/" else f"/{name}" for place in shown)
-        return self._places_of(real)
+        if not directory or not name or directory.endswith("/") or real in self._points:
+            return None
+        if not self._shown:
+            return (directory,)
+        shown = self._in.get(directory)
+        if shown is None:
+            if len(self._in) >= BELOW_LIMIT:
+                self._in.clear()
+            shown = self._in[directory] = self._entries_shown(directory)
+        return shown or None
 
     def _places_of(self, real: str) -> tuple[str, ...]:
         """`places`, found from the mount table alone."""

@@ -203,21 +203,24 @@ class NeverHanded:
         `writable`: handed so (a device node, a mount with `readOnly: false`), where the
         places of `run` are refused too."""
         mounts = mounts or _NO_MOUNTS
-        shown = self._shown_at(mounts)
-        places = mounts.places(os.path.normpath(real))
-        if ROOT in places:
-            return "is / (the host's root)"
-        for at in places:  # (a path's directory: the devices of one directory ask alike)
-            for what, place, run in shown.near_to(at.rpartition("/")[0]):
-                if (run and not writable) or not (at.startswith(place) or place.startswith(at)):
-                    continue  # (neither can lie in the other)
-                if path_inside(at, place):
-                    how = "is" if at == place else "lies in"
-                elif path_inside(place, at):
-                    how = "holds"
-                else:
-                    continue
-                return f"{how} {what}, which no container may be handed" + (RUN_WHY if run else "")
+        shown, real = self._shown_at(mounts), os.path.normpath(real)
+        dirs = mounts.entry_dirs(real)  # (an entry shown only through its directory's places)
+        if dirs is None or any(map(shown.near_to, dirs)):  # (else none is near it either)
+            places = mounts.places(real)
+            if ROOT in places:
+                return "is / (the host's root)"
+            for at in places:  # (a path's directory: the devices of one directory ask alike)
+                for what, place, run in shown.near_to(at.rpartition("/")[0]):
+                    if (run and not writable) or not (at.startswith(place) or place.startswith(at)):
+                        continue  # (neither can lie in the other)
+                    if path_inside(at, place):
+                        how = "is" if at == place else "lies in"
+                    elif path_inside(place, at):
+                        how = "holds"
+                    else:
+                        continue
+                    why = f"{how} {what}, which no container may be handed"
+                    return why + (RUN_WHY if run else "")
         if unseen(key):
             return UNSEEN  # (hostile9 H5: what it reaches on the host is not known)
         if key is not None and key[0] in (DIRECTORY, FILE):

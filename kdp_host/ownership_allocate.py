@@ -112,10 +112,20 @@ class BookingAllocations(HandingOut):
 
     def handed_out(self) -> dict[str, set[str]]:
         """Resource -> the IDs this host has booked: what the kubelet was handed, by an
-        Allocate, `ownership.json` or its checkpoint (`ReleaseStateStore.take_handed`)."""
+        Allocate, `ownership.json` or its checkpoint (with the other hosts': `booked_ids`)."""
         out: dict[str, set[str]] = {}
         for owner in self._ledger.bookings:
             out.setdefault(owner.resource, set()).add(owner.device)
+        return out
+
+    def booked_ids(self, resource: str) -> dict[str, str | None]:
+        """The IDs of `resource` a host on the state directory has booked now, each with
+        the running host whose booking it is (None: this host's, `handed_out`): what a
+        release tracker whose tracking begins counts as used (`ReleaseStateStore.begin`)."""
+        out: dict[str, str | None] = {
+            o.device: w for w, o in self._ledger.foreign if o.resource == resource
+        }
+        out.update((o.device, None) for o in self._ledger.bookings if o.resource == resource)
         return out
 
     def handed_at_start(self, served: Collection[str]) -> dict[str, set[str]]:

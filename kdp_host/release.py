@@ -125,8 +125,9 @@ class ReleaseTracker:
             device_id: taken_up(device_id, entry, self._handed, at, settle)
             for device_id, entry in self._store.entries(self._resource.name).items()
         }
+        for writer, ids in self._store.begin(self._resource.name).items():  # (all, if it
+            self.booked(ids, writer)  # begins now: ReleaseStateStore.begin)
         replicas = self._resource.replicas
-        self.booked(self._store.handed_out(self._resource.name))  # (no file: uses unknown)
         self._store.listen(self._resource.name, self)  # (another host's, from now)
         for advertised in sorted(self._handed.withheld):  # (booked; used, when so kept)
             if (device_id := physical_id(advertised, replicas)) in self.uses or self._assume_used:
@@ -159,9 +160,8 @@ class ReleaseTracker:
         self.taken(advertised_ids)
 
     def booked(self, advertised_ids: Collection[str], writer: str | None = None) -> None:
-        """Handed out through a booking whose use this host did not see begin: read at start
-        with no state file, or another host's seen since (beside a host without `release`,
-        which keeps no release state: hostile13 M15). Used from now (`assume_used`)."""
+        """Booked, its use not seen begin: when its tracking began (`ReleaseStateStore.begin`,
+        hostile15 F1, F2), or by another host since (hostile13 M15). Used from now."""
         at = (self._clock(), self._wall())
         settle, replicas = self._timings.allocation_settle, self._resource.replicas
         assume_used(self.uses, advertised_ids, replicas, at, settle, self._log, writer)

@@ -20,31 +20,40 @@ after it ended (and so took them up at start) writes: then they go. A device's r
 PreStartContainer are one at a time across the hosts, which read each other's entries fresh
 for it (`release_lock`).
 
-A missing file is no proof that nothing was used: the state directory may have been emptied
-(or changed) while kdp-host was down. At start the host gives the store what its bookings say
-the kubelet handed out (`ownership.json`, and the kubelet's own checkpoint,
-`kubelet_checkpoint`); with no file, a tracker counts each of those devices as used
-(`handed_out`), so it is released once no pod holds it. A file that is there holds every use
-(written before PreStartContainer answers) and is taken as it is: the checkpoint keeps an
-ended pod's entry until the kubelet's next allocation, and taking it then would release a
-clean device again at every restart. A file deleted while the host runs is written again at
-once (`follow`), and /readyz says so until it is.
+Whose uses the file holds: `tracked.<instance ID>` lists the resources each host tracked
+(`begin`) with no use it did not count, kept and merged as its entries are. A resource every
+host of the file tracked (`load`) is taken as the file holds it: the checkpoint keeps an
+ended pod's entry until the kubelet's next allocation, and taking that entry again would
+release a clean device again at every restart. Any other resource's release tracking begins
+now, whatever begins it: a start with no file (the state directory emptied or changed while
+kdp-host was down), a resource with no `release` before (a reload or a restart that adds it,
+a rename that adds it: hostile14 N1), a host beside one that served it without `release` (a
+rolling update that adds it), a file of an older version (which names none). Then every ID
+the bookings say was handed out (`ownership.json`, the kubelet's checkpoint read into them,
+another host's running on the directory) counts as used (`begin`), once (hostile15 F1, F2).
+A resource served without `release` leaves the set (`untracked`). A file deleted while the
+host runs is written again at once (`follow`), and /readyz says so until it is.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from .atomic_files import read_or_none
-from .devices import Device, DeviceNode
 from .files import Offload
 from .logs import EventLogger
 from .ownership_claims import Owner
+from .release_document import (
+    Resources,
+    checked_entry,
+    parse_resources,
+    read_document,
+    tracked_of,
+    writers_of,
+)
 from .release_lock import DeviceLocks
-from .state_document import text
 from .state_file import StateFile
 from .state_lock import other_writers, running
 from .state_presence import KeptPresent
@@ -59,6 +68,16 @@ class Listener(Protocol):
 
     def held_before(self, devices: Mapping[str, Owner], taken: Collection[Owner]) -> None:
         """`held_before` (`taken`: the bookings whose removed resource's release it runs)."""
+
+
+Bookings = Callable[[str], Mapping[str, "str | None"]]
+"""Resource -> the IDs of it booked now (`ownership.json`, with what the kubelet's checkpoint
+said), each with the running host whose booking it is (None: this host's):
+`OwnershipIndex.booked_ids`."""
+
+
+def _no_bookings(_resource: str) -> Mapping[str, str | None]:
+    return {}
 
 
 STATE_FILE = "release-state.json"
@@ -102,9 +121,12 @@ class ReleaseStateStore:
         self.locks = DeviceLocks(directory, writer or "", offload, log)
         """The devices' release locks every host on the directory shares (`release_lock`)."""
         self._handed_out: dict[str, set[str]] = {}
-        """Resource -> the IDs the bookings say were handed out, while the file was missing
-        at start (`follow`), or another host booked since while no tracker listened
-        (`booked_elsewhere`); each taken once by its tracker (`handed_out`)."""
+        """Resource -> the IDs another host booked since this host's start while no tracker
+        listened (`booked_elsewhere`); each taken once by its tracker (`begin`)."""
+        self._tracked: set[str] = set()
+        """Resources every use of which up to now the state counts (`begin`; the module
+        docstring): written as this host's `tracked`."""
+        self._bookings: Bookings = _no_bookings
         self._listeners: dict[str, Listener] = {}
 
     @property
@@ -121,14 +143,37 @@ class ReleaseStateStore:
         return self._file
 
     def load(self) -> None:
-        """Read the file (blocking: call it in a thread). Missing: nothing was used."""
-        self._data = (self._file.load(_read) or ({}, {}))[0]
+        """Read the file (blocking: call it in a thread). Missing: nothing was tracked. A
+        resource is tracked when every host of the file (`writers`, `tracked`) tracked it."""
+        self._data, writers, tracked = self._file.load(read_document) or ({}, {}, {})
+        if hosts := set(writers) | set(tracked):
+            self._tracked = set.intersection(*(set(tracked.get(h, ())) for h in hosts))
 
-    def handed_out(self, resource: str) -> frozenset[str]:
-        """The IDs of `resource` handed out that a missing file could not tell of: its
-        tracker counts them as used (taken once: a tracker a reload starts later finds its
-        entries in the file)."""
-        return frozenset(self._handed_out.pop(resource, ()))
+    def begin(self, resource: str) -> dict[str | None, set[str]]:
+        """`resource`'s tracker starts: the IDs it counts as used, by the host whose booking
+        each is (None: this host's). The one rule (module docstring): a resource whose
+        tracking begins now (not tracked) counts every ID booked now; any counts what another
+        host booked while no tracker of it listened (`booked_elsewhere`)."""
+        uses: dict[str, str | None] = dict.fromkeys(self._handed_out.pop(resource, ()))
+        if resource not in self._tracked:
+            uses.update(self._bookings(resource))
+            self._tracked.add(resource)
+            self._file.changed(self._document)
+        by_host: dict[str | None, set[str]] = {}
+        for advertised, writer in uses.items():
+            by_host.setdefault(writer, set()).add(advertised)
+        return by_host
+
+    def untracked(self, resource: str) -> None:
+        """`resource` is served without `release`: its uses from now are not counted, and a
+        tracker started later begins anew (`begin`)."""
+        if resource in self._tracked:
+            self._tracked.discard(resource)
+            self._file.changed(self._document)
+
+    def _document(self) -> dict[str, Any]:
+        """What this host writes (merged with the other hosts' in a shared file)."""
+        return {"resources": self._data, "tracked": {self._writer or "": sorted(self._tracked)}}
 
     def listen(self, resource: str, tracker: Listener | None) -> None:
         """`resource`'s tracker takes the IDs another host books from now (`booked_elsewhere`)
@@ -162,7 +207,7 @@ class ReleaseStateStore:
                     del self._data[booked.resource]
                 taken.add(booked)
         if taken:
-            self._file.changed(lambda: {"resources": self._data})
+            self._file.changed(self._document)
         tracker.held_before(devices, taken)
 
     def booked_elsewhere(self, resource: str, ids: Collection[str], writer: str) -> None:
@@ -184,16 +229,12 @@ class ReleaseStateStore:
         await offload.run(store.load)
         return store
 
-    def follow(self, watcher: Watcher, handed: Mapping[str, Collection[str]]) -> Subscription:
-        """At start, once the bookings are read: `handed` is what they say was handed out
-        (resource -> IDs the kubelet booked), kept for the trackers when the file was
-        missing (see the module docstring). From now on, write the file again whenever it
-        goes while the host runs (cancel the returned subscription to stop)."""
-        if not self._file.found:
-            for name, ids in handed.items():
-                self._handed_out.setdefault(name, set()).update(ids)
-        present = KeptPresent(self._file, lambda: {"resources": self._data}, self._offload)
-        return present.follow(watcher)
+    def follow(self, watcher: Watcher, bookings: Bookings) -> Subscription:
+        """At start, once the bookings are read: `bookings` tells what they say is handed
+        out, for a tracker whose tracking begins (`begin`). From now on, write the file again
+        whenever it goes while the host runs (cancel the returned subscription to stop)."""
+        self._bookings = bookings
+        return KeptPresent(self._file, self._document, self._offload).follow(watcher)
 
     def _merge(
         self, mine: Mapping[str, Any], current: Mapping[str, Any] | None
@@ -202,15 +243,17 @@ class ReleaseStateStore:
         those of a host that had ended when this one read the file (blocking: the hosts'
         lock files are asked; run while the file is locked)."""
         assert self._writer is not None
-        kept = {} if current is None else _read(current)[1]
+        _, kept, tracked = ({}, {}, {}) if current is None else read_document(current)
         directory = str(self.path.parent)
         writers = other_writers(kept, self._writer, self._file.taken, directory)
-        writers[self._writer] = _parse(mine)
+        tracked = {w: names for w, names in tracked.items() if w in writers}
+        writers[self._writer] = parse_resources(mine)
+        tracked[self._writer] = tracked_of(mine)[self._writer]
         union: Resources = {}
         for entries in writers.values():
             for name, devices in entries.items():
                 for device, entry in devices.items():
-                    found = union.setdefault(name, {}).setdefault(device, _entry(entry))
+                    found = union.setdefault(name, {}).setdefault(device, checked_entry(entry))
                     found["used"] = sorted({*found["used"], *entry["used"]})
                     found["owed"] = found["owed"] or entry["owed"]
                     if "handedUnknown" in entry:
@@ -219,7 +262,7 @@ class ReleaseStateStore:
                         found["allocatedAt"] = entry["allocatedAt"]
                         if "handed" in entry:
                             found["handed"] = entry["handed"]
-        return {"resources": union, "writers": writers}
+        return {"resources": union, "writers": writers, "tracked": tracked}
 
     def assuming(self, resource: str) -> None:
         """`resource`'s tracker counts every device as used until it learns who holds what
@@ -232,7 +275,7 @@ class ReleaseStateStore:
         self._assuming.discard(resource)
         if self._file.unsettled and not self._assuming:
             self._file.unsettled = False
-            self._file.changed(lambda: {"resources": self._data})
+            self._file.changed(self._document)
 
     def pending(self, resource: str, device: str) -> bool:
         """Whether the device's release is still due: used by a container whose end has not
@@ -248,7 +291,7 @@ class ReleaseStateStore:
     def _peer_entries(self, resource: str, device: str) -> list[tuple[str, Mapping[str, Any]]]:
         try:
             document = json.loads(read_or_none(str(self.path)) or b"{}")
-            writers = _writers(document)
+            writers = writers_of(document)
         except (ValueError, TypeError, KeyError, AttributeError):
             return []
         return [
@@ -267,96 +310,10 @@ class ReleaseStateStore:
             self._data[resource] = entries
         else:
             self._data.pop(resource, None)
-        self._file.changed(lambda: {"resources": self._data})
+        self._file.changed(self._document)
 
     async def flush(self) -> None:
         """Write the file until it holds every change made so far (changes are written
         soon by themselves; PreStartContainer awaits this before it answers, at most
         `state_file.WRITE_LIMIT`)."""
         await self._file.written()
-
-
-Resources = dict[str, dict[str, dict[str, Any]]]
-"""Resource -> device -> {used: [IDs], owed: bool, allocatedAt?: float, handed?: {...}}."""
-
-
-def _parse(document: Mapping[str, Any]) -> Resources:
-    return {
-        text(name): {text(device): _entry(entry) for device, entry in devices.items()}
-        for name, devices in document["resources"].items()
-    }
-
-
-def _read(document: Mapping[str, Any]) -> tuple[Resources, dict[str, Resources]]:
-    return _parse(document), _writers(document)
-
-
-def _writers(document: Mapping[str, Any]) -> dict[str, Resources]:
-    """Each host's own entries (none in a file of an older version, which wrote none)."""
-    return {
-        text(writer): _parse({"resources": resources})
-        for writer, resources in document.get("writers", {}).items()
-    }
-
-
-def _entry(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """One device's entry of the state file, checked: {"used": [IDs], "owed": bool}, and
-    optionally `allocatedAt` (Unix time of its last Allocate), `handedUnknown` (true: what
-    it was handed out as is not known, `DeviceUse.handed_unknown`) and `handed` (the device
-    as that Allocate handed it out: {"nodes": [[host path, container path], ...], "env":
-    {}}), which files of older versions lack."""
-    used, owed = entry["used"], entry["owed"]
-    if not isinstance(used, list) or not isinstance(owed, bool):
-        raise TypeError(f"a device entry is not {{used: [...], owed: true|false}}: {entry!r}")
-    checked: dict[str, Any] = {"used": [text(i) for i in used], "owed": owed}
-    allocated_at = entry.get("allocatedAt")
-    if allocated_at is not None:
-        if (
-            isinstance(allocated_at, bool)
-            or not isinstance(allocated_at, (int, float))
-            or not math.isfinite(allocated_at)
-        ):
-            raise TypeError(f"allocatedAt is not a finite number: {allocated_at!r}")
-        checked["allocatedAt"] = float(allocated_at)
-    if entry.get("handedUnknown") is True:
-        checked["handedUnknown"] = True
-    if isinstance(booked_by := entry.get("bookedBy"), str):
-        checked["bookedBy"] = booked_by
-    handed = entry.get("handed")
-    if handed is not None:
-        nodes, env = handed["nodes"], handed["env"]
-        if not isinstance(nodes, list) or not isinstance(env, dict):
-            raise TypeError(f"handed is not {{nodes: [...], env: {{}}}}: {handed!r}")
-        checked["handed"] = {
-            "nodes": [[text(host), text(container)] for host, container in nodes],
-            "env": {text(k): text(v) for k, v in env.items()},
-        }
-    return checked
-
-
-def device_entry(
-    used: Iterable[str],
-    owed: bool,
-    allocated_wall: float | None,
-    handed_unknown: bool = False,
-    booked_by: str | None = None,
-) -> dict[str, Any]:
-    """A device's entry as the tracker writes it (read back by `_entry`). `bookedBy`: the
-    host whose booking the use was taken from (`DeviceUse.booked_by`)."""
-    entry: dict[str, Any] = {"used": sorted(used), "owed": owed}
-    if allocated_wall is not None:
-        entry["allocatedAt"] = allocated_wall
-    if handed_unknown:  # (keys an older version ignores)
-        entry["handedUnknown"] = True
-    if booked_by is not None:
-        entry["bookedBy"] = booked_by
-    return entry
-
-
-def handed_device(device_id: str, entry: Mapping[str, Any]) -> Device | None:
-    """The device an older version's entry keeps as `handed` (None: it keeps none)."""
-    handed = entry.get("handed")
-    if handed is None:
-        return None
-    nodes = tuple(DeviceNode(host, container) for host, container in handed["nodes"])
-    return Device(device_id, nodes=nodes, env=handed["env"])

@@ -14,7 +14,7 @@ from .allocation import HookFailed
 from .backoff import Backoff
 from .devices import physical_id
 from .logs import EventLogger
-from .release_state import device_entry, handed_device
+from .release_document import device_entry, handed_device
 from .rules import join_list
 
 if TYPE_CHECKING:
@@ -164,8 +164,9 @@ def assume_used(
                 device=device_id,
                 id=advertised,
                 booked_by=writer or "-",
-                reason="the kubelet's checkpoint or the bookings say it was handed out (at "
-                "start with no release state, or by another host on the state directory since)",
+                reason="the kubelet's checkpoint or the bookings say it was handed out (before "
+                "the resource's release tracking began, or by another host on the state "
+                "directory since)",
             )
 
 

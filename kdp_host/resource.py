@@ -181,6 +181,8 @@ class ResourceRuntime:
             # Before any news (subscribing hands over the last answer at once): the tracker
             # takes up the state kept for the resource first, owed releases included.
             self.release.start()
+        elif services.release_state is not None:  # (its uses are not counted from now)
+            services.release_state.untracked(self.config.name)
         poller = services.pod_resources
         unsubscribe = None if poller is None else poller.subscribe(self._on_holdings)
         try:

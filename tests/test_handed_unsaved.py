@@ -17,7 +17,8 @@ import pytest
 
 from kdp_host import state_file
 from kdp_host.handed_out import HANDED_FILE
-from kdp_host.release_state import _entry, device_entry
+from kdp_host.release_document import checked_entry as _entry
+from kdp_host.release_document import device_entry
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
 

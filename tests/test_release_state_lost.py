@@ -100,10 +100,15 @@ class _Watcher:
         return subscription
 
 
+def booked(*ids: str) -> Any:
+    """The bookings (`ReleaseStateStore.follow`): `ids` of FPGA, this host's."""
+    return lambda resource: dict.fromkeys(ids) if resource == FPGA else {}
+
+
 async def test_a_missing_file_counts_what_was_handed_out_as_used(short_dir: Path) -> None:
     commands = _Commands()
     tracker, _, store = _tracker(short_dir, commands, start=False)
-    store.follow(_Watcher(), {FPGA: {"fpga1"}})  # type: ignore[arg-type]
+    store.follow(_Watcher(), booked("fpga1"))  # type: ignore[arg-type]
     tracker.start()
     assert tracker.view("fpga1")["state"] == "in_use"
     assert tracker.view("fpga0")["state"] == "clean"
@@ -114,14 +119,16 @@ async def test_a_missing_file_counts_what_was_handed_out_as_used(short_dir: Path
 
 
 async def test_a_file_that_is_there_is_taken_as_it_is(short_dir: Path) -> None:
-    """The file holds every use (written before PreStartContainer answers): the checkpoint's
-    entry of a pod that ended (kept until the kubelet's next allocation) releases nothing."""
+    """The file holds every use (written before PreStartContainer answers) of a resource it
+    says was tracked: the checkpoint's entry of a pod that ended (kept until the kubelet's
+    next allocation) releases nothing."""
     state = short_dir / "state"
     state.mkdir()
-    (state / STATE_FILE).write_text(json.dumps({"version": 1, "resources": {}}))
+    document = {"version": 1, "resources": {}, "tracked": {"": [FPGA]}}
+    (state / STATE_FILE).write_text(json.dumps(document))
     commands = _Commands()
     tracker, _, store = _tracker(short_dir, commands, start=False)
-    store.follow(_Watcher(), {FPGA: {"fpga1"}})  # type: ignore[arg-type]
+    store.follow(_Watcher(), booked("fpga1"))  # type: ignore[arg-type]
     tracker.start()
     assert tracker.view("fpga1")["state"] == "clean"
     await tracker.close()
@@ -133,7 +140,7 @@ async def test_a_file_deleted_while_running_is_written_again_and_readyz_says_so(
     commands = _Commands()
     tracker, _, store = _tracker(short_dir, commands, start=False)
     watcher = _Watcher()
-    store.follow(watcher, {})  # type: ignore[arg-type]
+    store.follow(watcher, booked())  # type: ignore[arg-type]
     tracker.start()
     tracker.allocated(["fpga0"])
     await tracker.before_start(["fpga0"])
@@ -154,7 +161,7 @@ async def test_a_file_never_there_is_not_written_for_a_watcher_event(short_dir: 
     commands = _Commands()
     tracker, _, store = _tracker(short_dir, commands, start=False)
     watcher = _Watcher()
-    store.follow(watcher, {})  # type: ignore[arg-type]
+    store.follow(watcher, booked())  # type: ignore[arg-type]
     for subscription in watcher.subscriptions:
         subscription.callback(STATE_FILE)
     await asyncio.gather(*(t for t in asyncio.all_tasks() if t.get_name() == STATE_FILE))

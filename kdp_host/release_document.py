@@ -1,0 +1,109 @@
+"""The shape of `<stateDir>/release-state.json` (`release_state`): its document read and
+checked (every entry, each host's part `writers`, each host's tracked resources `tracked`)
+and a device's entry as a tracker writes it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .devices import Device, DeviceNode
+from .state_document import text
+
+Resources = dict[str, dict[str, dict[str, Any]]]
+"""Resource -> device -> {used: [IDs], owed: bool, allocatedAt?: float, handed?: {...}}."""
+
+
+def parse_resources(document: Mapping[str, Any]) -> Resources:
+    return {
+        text(name): {text(device): checked_entry(entry) for device, entry in devices.items()}
+        for name, devices in document["resources"].items()
+    }
+
+
+def read_document(
+    document: Mapping[str, Any],
+) -> tuple[Resources, dict[str, Resources], dict[str, list[str]]]:
+    return parse_resources(document), writers_of(document), tracked_of(document)
+
+
+def tracked_of(document: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Each host's tracked resources (`ReleaseStateStore.begin`; none in an older file)."""
+    tracked = {}
+    for writer, names in document.get("tracked", {}).items():
+        if not isinstance(names, list):
+            raise TypeError(f"tracked.{writer} is not a list of resources: {names!r}")
+        tracked[text(writer)] = [text(name) for name in names]
+    return tracked
+
+
+def writers_of(document: Mapping[str, Any]) -> dict[str, Resources]:
+    """Each host's own entries (none in a file of an older version, which wrote none)."""
+    return {
+        text(writer): parse_resources({"resources": resources})
+        for writer, resources in document.get("writers", {}).items()
+    }
+
+
+def checked_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One device's entry of the state file, checked: {"used": [IDs], "owed": bool}, and
+    optionally `allocatedAt` (Unix time of its last Allocate), `handedUnknown` (true: what
+    it was handed out as is not known, `DeviceUse.handed_unknown`) and `handed` (the device
+    as that Allocate handed it out: {"nodes": [[host path, container path], ...], "env":
+    {}}), which files of older versions lack."""
+    used, owed = entry["used"], entry["owed"]
+    if not isinstance(used, list) or not isinstance(owed, bool):
+        raise TypeError(f"a device entry is not {{used: [...], owed: true|false}}: {entry!r}")
+    checked: dict[str, Any] = {"used": [text(i) for i in used], "owed": owed}
+    allocated_at = entry.get("allocatedAt")
+    if allocated_at is not None:
+        if (
+            isinstance(allocated_at, bool)
+            or not isinstance(allocated_at, (int, float))
+            or not math.isfinite(allocated_at)
+        ):
+            raise TypeError(f"allocatedAt is not a finite number: {allocated_at!r}")
+        checked["allocatedAt"] = float(allocated_at)
+    if entry.get("handedUnknown") is True:
+        checked["handedUnknown"] = True
+    if isinstance(booked_by := entry.get("bookedBy"), str):
+        checked["bookedBy"] = booked_by
+    handed = entry.get("handed")
+    if handed is not None:
+        nodes, env = handed["nodes"], handed["env"]
+        if not isinstance(nodes, list) or not isinstance(env, dict):
+            raise TypeError(f"handed is not {{nodes: [...], env: {{}}}}: {handed!r}")
+        checked["handed"] = {
+            "nodes": [[text(host), text(container)] for host, container in nodes],
+            "env": {text(k): text(v) for k, v in env.items()},
+        }
+    return checked
+
+
+def device_entry(
+    used: Iterable[str],
+    owed: bool,
+    allocated_wall: float | None,
+    handed_unknown: bool = False,
+    booked_by: str | None = None,
+) -> dict[str, Any]:
+    """A device's entry as the tracker writes it (read back by `_entry`). `bookedBy`: the
+    host whose booking the use was taken from (`DeviceUse.booked_by`)."""
+    entry: dict[str, Any] = {"used": sorted(used), "owed": owed}
+    if allocated_wall is not None:
+        entry["allocatedAt"] = allocated_wall
+    if handed_unknown:  # (keys an older version ignores)
+        entry["handedUnknown"] = True
+    if booked_by is not None:
+        entry["bookedBy"] = booked_by
+    return entry
+
+
+def handed_device(device_id: str, entry: Mapping[str, Any]) -> Device | None:
+    """The device an older version's entry keeps as `handed` (None: it keeps none)."""
+    handed = entry.get("handed")
+    if handed is None:
+        return None
+    nodes = tuple(DeviceNode(host, container) for host, container in handed["nodes"])
+    return Device(device_id, nodes=nodes, env=handed["env"])

@@ -1,8 +1,10 @@
-"""The one use kdp-host makes of the Kubernetes API: read and watch its own node's labels.
+"""kdp-host's one client of the Kubernetes API: its own node's labels, and `call` for the
+opt-in pod calls of `heldMissing` (kdp_host.pod_api). Every call is made with the pod's service
+account (token and CA from the projected volume, re-read at every connection, since bound
+tokens rotate).
 
-Only when a resource entry selects nodes by label (kdp_host.node). Two read-only calls, made
-with the pod's service account (token and CA from the projected volume, re-read at every
-connection, since bound tokens rotate):
+The node's labels, only when a resource entry selects nodes by label (kdp_host.node), with
+two read-only calls:
 
 - `GET /api/v1/nodes/NAME` for the labels and the resource version;
 - `GET /api/v1/nodes?fieldSelector=metadata.name=NAME&watch=1&resourceVersion=V` for changes,
@@ -54,7 +56,12 @@ WATCH_IDLE_LIMIT = WATCH_SECONDS + 60.0
 
 
 class ApiError(Exception):
-    """A call that failed; the message is a short reason for logs and /readyz."""
+    """A call that failed; the message is a short reason for logs and /readyz. `status`: the
+    HTTP status the server answered with (None: no answer, or not a usable one)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -104,8 +111,16 @@ class _Response:
         self.writer.close()
 
 
-async def _request(api: ApiServer, target: str, offload: Offload) -> _Response:
-    """Send `GET target` and read the answer's head; the caller reads the body and closes."""
+async def _request(
+    api: ApiServer,
+    target: str,
+    offload: Offload,
+    method: str = "GET",
+    body: bytes | None = None,
+    accept: str = METADATA_ONLY,
+) -> _Response:
+    """Send `method target` (with a JSON `body`) and read the answer's head; the caller
+    reads the body and closes."""
     parts = urlsplit(api.url)
     secure = parts.scheme == "https"
     if parts.scheme not in ("https", "http") or not parts.hostname:
@@ -126,15 +141,17 @@ async def _request(api: ApiServer, target: str, offload: Offload) -> _Response:
         )
     try:
         head = [
-            f"GET {target} HTTP/1.1",
+            f"{method} {target} HTTP/1.1",
             f"Host: {parts.netloc}",
-            f"Accept: {METADATA_ONLY}",
+            f"Accept: {accept}",
             f"User-Agent: kdp-host/{__version__}",
             "Connection: close",
         ]
         if token:
             head.append(f"Authorization: Bearer {token}")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii"))
+        if body is not None:
+            head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + (body or b""))
         async with asyncio.timeout(REQUEST_TIMEOUT):
             status, headers = await _read_head(reader)
     except BaseException:
@@ -218,15 +235,14 @@ async def _lines(response: _Response) -> AsyncIterator[bytes]:
         yield pending
 
 
-def _failure(status: int, body: bytes) -> ApiError:
-    """The reason of a non-200 answer: the Status object's message when there is one."""
+def failure(status: int, body: bytes, rbac: str = "get, list, watch nodes") -> ApiError:
+    """The reason of a non-200 answer: the Status object's message when there is one; a 403
+    names the `rbac` the call needs."""
     message = ""
     with contextlib.suppress(ValueError, AttributeError):
         message = str(json.loads(body).get("message", ""))
-    hint = {401: " (token refused)", 403: " (RBAC: get, list, watch nodes)", 404: ""}.get(
-        status, ""
-    )
-    return ApiError(f"HTTP {status}{hint}: {message[:200]}".rstrip(": "))
+    hint = {401: " (token refused)", 403: f" (RBAC: {rbac})"}.get(status, "")
+    return ApiError(f"HTTP {status}{hint}: {message[:200]}".rstrip(": "), status)
 
 
 def _labels_of(item: Any) -> tuple[dict[str, str], str]:
@@ -243,6 +259,25 @@ def _labels_of(item: Any) -> tuple[dict[str, str], str]:
     if not isinstance(version, str):
         raise ApiError("resourceVersion is not a string")
     return labels, version
+
+
+async def call(
+    api: ApiServer,
+    method: str,
+    target: str,
+    offload: Offload,
+    body: Any = None,
+    accept: str = METADATA_ONLY,
+) -> tuple[int, bytes]:
+    """One call (`body` sent as JSON): its status and body (read whole, bounded). Raises
+    ApiError, OSError, ssl.SSLError or TimeoutError when there is no answer."""
+    data = None if body is None else json.dumps(body).encode()
+    response = await _request(api, target, offload, method, data, accept)
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            return response.status, await _read_body(response)
+    finally:
+        response.close()
 
 
 @dataclass
@@ -290,16 +325,10 @@ class NodeLabelWatch:
 
     async def get(self) -> tuple[dict[str, str], str]:
         """The node's labels and resource version now."""
-        response = await _request(
-            self.api, f"/api/v1/nodes/{quote(self.node, safe='')}", self.offload
-        )
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                body = await _read_body(response)
-        finally:
-            response.close()
-        if response.status != 200:
-            raise _failure(response.status, body)
+        path = f"/api/v1/nodes/{quote(self.node, safe='')}"
+        status, body = await call(self.api, "GET", path, self.offload)
+        if status != 200:
+            raise failure(status, body)
         return _labels_of(json.loads(body))
 
     async def watch(self, version: str) -> AsyncGenerator[dict[str, str]]:
@@ -314,7 +343,7 @@ class NodeLabelWatch:
             if response.status != 200:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     body = await _read_body(response)
-                raise _failure(response.status, body)
+                raise failure(response.status, body)
             async for line in _lines(response):
                 event = json.loads(line)
                 kind = event.get("type") if isinstance(event, dict) else None
@@ -326,7 +355,7 @@ class NodeLabelWatch:
                     if code == 410:  # the version is too old: read afresh
                         return
                     status = code if isinstance(code, int) else 500
-                    raise _failure(status, json.dumps(item).encode())
+                    raise failure(status, json.dumps(item).encode())
                 elif kind == "DELETED":
                     raise ApiError("the node object was deleted")
                 elif kind != "BOOKMARK":

@@ -54,7 +54,7 @@ def _load_or_report(path: Path) -> Config | None:
 
 
 async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
-    from .features import KubernetesLabels
+    from .features import KubernetesLabels, held_missing_actions
     from .host import Host
     from .http import HttpServer
     from .metrics import Metrics
@@ -63,15 +63,17 @@ async def _run(config: Config, config_path: Path, node: NodeInfo) -> int:
     log = get_logger()
     offload = DaemonThreads()
     labels = KubernetesLabels(node.name, offload, get_logger().bind(component="kubeapi"))
+    metrics = Metrics(histograms=config.metrics.histograms, holders=config.metrics.holders)
     try:
         host = Host(
             config=config,
             offload=offload,
-            metrics=Metrics(histograms=config.metrics.histograms, holders=config.metrics.holders),
+            metrics=metrics,
             log=log,
             config_path=config_path,
             node=node,
             node_labels=labels,
+            held_missing=held_missing_actions(config, node.name, offload, metrics, log),
         )
     except ConfigError as exc:  # two entries of a name select this node
         print(f"kdp-host: invalid config {exc}", file=sys.stderr)

@@ -4,8 +4,9 @@ Each feature's module is imported here, once its config section is there, and no
 at run time: `preStart` and `allocate.command` (`hooks`), `release` (`release`), `health`
 (`health`), `allocate.cdi` (`cdi`, and `cdi_keeper` for a resource a reload removed); for
 the host, PodResources polling (`podresources`,
-with the generated PodResources API), `nodeFeatures` (`nfd`) and the node's labels from the
-Kubernetes API (`kubeapi`, once an entry selects by label). A run imports only what
+with the generated PodResources API), `nodeFeatures` (`nfd`), the node's labels from the
+Kubernetes API (`kubeapi`, once an entry selects by label) and `heldMissing`
+(`held_actions`, `pod_api`). A run imports only what
 its config uses (start-up time and memory of every process, issue 19;
 `tests/test_lazy_imports.py` keeps it so); a reload that turns a feature on imports its
 module then. Everything else names these types under TYPE_CHECKING only; the drivers have
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .cdi import CdiSpecWriter
     from .handed_out import HandedOut
     from .health import HealthChecker
+    from .held_actions import HeldMissingActions
     from .hooks import AllocateHook, PreStartHook
     from .nfd import NodeFeatureFile
     from .ownership_bookings import BookedElsewhere
@@ -221,6 +223,26 @@ def node_feature_file(
     from .nfd import NodeFeatureFile
 
     return NodeFeatureFile(config, log, offload, instance)
+
+
+def held_missing_actions(
+    config: Config, node: str, offload: Offload, metrics: Metrics, log: EventLogger
+) -> HeldMissingActions | None:
+    """The actions of `heldMissing` against the in-cluster API server (None: off); without
+    one they log why and count each action `unreachable`."""
+    held = config.held_missing
+    if not held.events and held.delete_pods is None:
+        return None
+    from .held_actions import HeldMissingActions
+    from .kubeapi import ApiError, ApiServer
+    from .pod_api import PodApi
+
+    log = log.bind(component="held-missing")
+    try:
+        api = ApiServer.in_cluster(os.environ)
+    except ApiError as exc:
+        return HeldMissingActions(held, None, node, metrics, log, problem=str(exc))
+    return HeldMissingActions(held, PodApi(api, offload), node, metrics, log)
 
 
 @dataclass

@@ -47,7 +47,8 @@ from .supervisor import RestartPolicy, Supervisor
 from .timings import Timings
 from .watch import Watcher
 
-if TYPE_CHECKING:  # imported where the config chooses it (`features`)
+if TYPE_CHECKING:  # imported where the config chooses them (`features`)
+    from .held_actions import HeldMissingActions
     from .podresources import PodResourcesPoller
 
 
@@ -80,6 +81,8 @@ class Host:
     """A label change is applied once it has settled this long (kdp_host.node.settled)."""
     timings: Timings = field(default_factory=Timings)
     """The waits on the kubelet's news (the product's defaults; tests pass shorter ones)."""
+    held_missing: HeldMissingActions | None = None
+    """`heldMissing`'s actions (made by `kdp-host run`, `features.held_missing_actions`)."""
     selection: Selection = field(init=False)
     """The entries this node serves (`config` is the whole file)."""
     ownership: OwnershipIndex = field(init=False)
@@ -177,6 +180,7 @@ class Host:
             registry_wait=self.registry_wait, offload=self._work, node_features=node_features,
             handed=handed, timings=self.timings, checkpoint=CheckpointReads(self.ownership,
             kubelet.socket_dir, self._work, self.log, self.pod_resources, self.metrics),
+            held_missing=self.held_missing,
         )  # fmt: skip
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
@@ -199,8 +203,9 @@ class Host:
             internal.append(asyncio.create_task(self._reloader.run(watcher), name="reload"))
         if self.pod_resources is not None:
             internal.append(asyncio.create_task(self.pod_resources.run(), name="podresources"))
-        if node_features is not None:
-            internal.append(asyncio.create_task(node_features.run(), name="node-features"))
+        for part, name in ((node_features, "node-features"), (self.held_missing, "held-missing")):
+            if part is not None:
+                internal.append(asyncio.create_task(part.run(), name=name))
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:
             for resource in self.selection.config.resources:
@@ -279,14 +284,9 @@ class Host:
             self.log.error("node_selection_failed", node=self.node.name, error=str(exc))
             return None
         plan = self._apply_selection(selection)
-        self.log.info(
-            "node_labels_applied",
-            node=self.node.name,
-            added=",".join(plan.added),
-            removed=",".join(plan.removed),
-            changed=",".join(plan.changed),
-            unchanged=len(plan.unchanged),
-        )
+        self.log.info("node_labels_applied", node=self.node.name, added=",".join(plan.added),
+                      removed=",".join(plan.removed), changed=",".join(plan.changed),
+                      unchanged=len(plan.unchanged))  # fmt: skip
         self._log_selection()
         return plan
 

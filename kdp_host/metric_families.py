@@ -27,6 +27,7 @@ from .metric_labels import (
     DEFAULT_HISTOGRAM_MODE,
     DRIVER_ERROR_REASONS,
     DRIVER_SKIP_REASONS,
+    HELD_MISSING_RESULTS,
     POD_RESOURCES_RESULTS,
     PRE_START_RESULTS,
     RELEASE_RESULTS,
@@ -135,6 +136,13 @@ class MetricFamilies:
             "unhealthy, or whose host path reaches another node than handed out: the stick "
             "was unplugged (or replaced) while its pod keeps running.",
             ["resource"],
+            registry=r,
+        )
+        self.held_missing_actions = Counter(
+            "kdp_held_missing_actions",
+            "What heldMissing did about a device missing under a pod, by action (event, "
+            "delete) and result (" + ", ".join(HELD_MISSING_RESULTS) + ").",
+            ["resource", "action", "result"],
             registry=r,
         )
         self.holders_enabled = holders

@@ -72,6 +72,17 @@ UNBOOKED_RESULTS: tuple[UnbookedResult, ...] = get_args(UnbookedResult)
 """Every `result` of a held ID PodResources showed without a booking (`booked`: booked then,
 with its device's claims; `not_present`: no device of its resource has that ID now)."""
 
+HeldMissingAction = Literal["event", "delete"]
+HeldMissingResult = Literal[
+    "sent", "deleted", "dropped", "refused", "unreachable", "pod_gone", "not_selected"
+]
+HELD_MISSING_RESULTS: tuple[HeldMissingResult, ...] = get_args(HeldMissingResult)
+"""Every `result` of an action of `heldMissing` (`sent`: the Event was created; `deleted`: the
+pod; `dropped`: an Event over the rate bound, not sent; `refused`: the API server answered
+with an error (RBAC, validation); `unreachable`: no answer (no route, TLS, timeout, no
+service account); `pod_gone`: the pod is no longer there, or is another one now, or on
+another node; `not_selected`: its labels do not match `deletePods.selector`, kept)."""
+
 HistogramMode = Literal["perResource", "host", "off"]
 HISTOGRAM_MODES: tuple[HistogramMode, ...] = ("perResource", "host", "off")
 """`metrics.histograms`: one set of latency histograms per resource (15 series each), one set

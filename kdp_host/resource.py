@@ -161,6 +161,8 @@ class ResourceRuntime:
         try:
             await self._run(driver)
         finally:
+            if services.held_missing is not None:
+                services.held_missing.forget(self.config.name)
             self.elsewhere.stop()
             self.replaced.stop()
             detach()
@@ -273,15 +275,24 @@ class ResourceRuntime:
         missing |= replaced
         self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
         listed = {device.id for device in snapshot.devices} if missing else set()
-        for device in sorted((missing - self._held_missing) | (replaced - self._held_replaced)):
+
+        def state(device: str) -> str:
+            if device in replaced:
+                return "replaced"
             present = device in listed or ownership.lists(name, device) or bool(kept.get(device))
+            return "unhealthy" if present else "gone"
+
+        states = {device: state(device) for device in missing}
+        for device in sorted((missing - self._held_missing) | (replaced - self._held_replaced)):
             self.log.warning(
                 "held_device_missing",
                 device=device,
-                state="replaced" if device in replaced else "unhealthy" if present else "gone",
+                state=states[device],
                 holders=",".join(h.shown() for h in self._held[device]),
             )
         self._held_missing, self._held_replaced = missing, replaced
+        if (actions := self._services.held_missing) is not None:  # (`heldMissing`: opt-in)
+            actions.update(name, states, self._held)
 
     async def _run_parts(self, driver: Driver, reporter: DeviceReporter) -> None:
         services, name = self._services, self.config.name

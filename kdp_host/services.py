@@ -26,6 +26,7 @@ from .timings import Timings
 from .watch import Watcher
 
 if TYPE_CHECKING:  # imported where the config chooses them (`features`)
+    from .held_actions import HeldMissingActions
     from .nfd import NodeFeatureFile
     from .podresources import PodResourcesPoller
     from .process import CommandRunner
@@ -85,6 +86,8 @@ class HostServices:
     checkpoint: CheckpointReads | None = None
     """The kubelet's checkpoint read again before a fenced resource's first list and
     Allocate answers (`checkpoint_bookings.CheckpointReads`)."""
+    held_missing: HeldMissingActions | None = None
+    """Told what each resource's held-missing check finds (None: `heldMissing` off)."""
     """What each Allocate handed out, while one of its IDs is booked (`handed_out`, kept in
     `<stateDir>/handed-out.json` by the host): what preStart acts on, a held CDI entry keeps
     (also of a resource a reload removed: `cdi_keeper`) and a release acts on."""

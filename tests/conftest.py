@@ -254,7 +254,7 @@ async def start_host(
             host_options.setdefault("timings", FAST)
         if config_path is not None or fast:
             host_options.setdefault("load_config", lambda path: adjust(load_config(path)))
-        metrics = Metrics()
+        metrics = host_options.pop("metrics", None) or Metrics()
         host = Host(
             config=config,
             metrics=metrics,

@@ -1,11 +1,16 @@
-"""A fake Kubernetes API server on 127.0.0.1: one node object, its GET and a watch.
+"""A fake Kubernetes API server on 127.0.0.1: one node object, its GET and a watch; pods
+(GET, DELETE) and Events (POST).
 
-What kdp_host.kubeapi reads, and nothing more: `GET /api/v1/nodes/NAME` and `GET
-/api/v1/nodes?fieldSelector=metadata.name=NAME&watch=1...` answered as the real server does
-(a PartialObjectMetadata object; a chunked stream of JSON watch events), with a bearer token
-checked, over TLS when given a certificate (`self_signed`, made with the openssl command).
-Tests change the labels (`set_labels`, pushed to open watches as MODIFIED events), expire
-watches (an ERROR 410 event), or make every call fail (`fail_with`).
+What kdp_host.kubeapi and kdp_host.pod_api call, and nothing more: `GET /api/v1/nodes/NAME`
+and `GET /api/v1/nodes?fieldSelector=metadata.name=NAME&watch=1...` answered as the real
+server does (a PartialObjectMetadata object; a chunked stream of JSON watch events), `GET` and
+`DELETE /api/v1/namespaces/NS/pods/NAME` (a DELETE's `preconditions.uid` checked: 409 when it
+is another pod), `POST /api/v1/namespaces/NS/events` (201, kept in `events`), with a bearer
+token checked, over TLS when given a certificate (`self_signed`, made with the openssl
+command). Every call is kept in `calls` (method, target, headers, JSON body). Tests change
+the labels (`set_labels`, pushed to open watches as MODIFIED events), expire watches (an
+ERROR 410 event), make every call fail (`fail_with`) or the calls of one method and path
+prefix (`refuse`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,24 @@ def self_signed(directory: Path) -> tuple[Path, Path] | None:
     return cert, key
 
 
+@dataclass(frozen=True)
+class Call:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: Any
+
+
+def pod_object(namespace: str, name: str, uid: str, node: str, **labels: str) -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {"namespace": namespace, "name": name, "uid": uid, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "worker", "image": "x"}]},
+        "status": {"phase": "Running"},
+    }
+
+
 @dataclass
 class FakeApiServer:
     node: str
@@ -47,6 +70,14 @@ class FakeApiServer:
     fail_with: int | None = None
     """Answer every call with this status (a Status object saying why)."""
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """(namespace, name) -> the pod object (`add_pod`)."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    refuse: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(method, path prefix) -> the status every such call is answered with."""
+    called: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at each call (tests clear it)."""
     version: int = 1
     _watches: list[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=list)
     _server: asyncio.Server | None = None
@@ -103,9 +134,16 @@ class FakeApiServer:
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.decode().partition(":")
                 headers[name.strip().lower()] = value.strip()
-            target = request.split(" ")[1]
+            method, target = request.split(" ")[:2]
+            length = int(headers.get("content-length", "0"))
+            body = json.loads(await reader.readexactly(length)) if length else None
             self.requests.append((target, headers))
-            await self._answer(target, headers, writer)
+            self.calls.append(Call(method, target, headers, body))
+            self.called.set()
+            if method == "GET" and not target.startswith("/api/v1/namespaces/"):
+                await self._answer(target, headers, writer)
+            else:
+                self._pod_call(method, target, headers, body, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -129,6 +167,46 @@ class FakeApiServer:
                 return self._status(writer, 400, f"unexpected selector {selector}")
             return await self._watch(writer)
         return self._status(writer, 404, f"{url.path} not found")
+
+    def add_pod(self, pod: dict[str, Any]) -> None:
+        metadata = pod["metadata"]
+        self.pods[metadata["namespace"], metadata["name"]] = pod
+
+    def _pod_call(
+        self, method: str, target: str, headers: dict[str, str], body: Any, writer: Any
+    ) -> None:
+        path = urlsplit(target).path
+        refused = [
+            code for (m, p), code in self.refuse.items() if m == method and path.startswith(p)
+        ]
+        if self.fail_with is not None or refused:
+            return self._status(writer, self.fail_with or refused[0], "refused by the test")
+        if headers.get("authorization") != f"Bearer {self.token}":
+            return self._status(writer, 401, "Unauthorized")
+        parts = path.split("/")  # ['', 'api', 'v1', 'namespaces', NS, KIND, NAME?]
+        if len(parts) == 6 and parts[5] == "events" and method == "POST":
+            if body.get("involvedObject", {}).get("namespace") != parts[4]:
+                return self._status(writer, 422, "involvedObject.namespace does not match")
+            self.events.append(body)
+            return self._json(writer, 201, {**body, "metadata": {**body["metadata"], "name": "e"}})
+        if len(parts) == 7 and parts[5] == "pods":
+            pod = self.pods.get((unquote(parts[4]), unquote(parts[6])))
+            if pod is None:
+                return self._status(writer, 404, "pod not found")
+            if method == "GET":
+                return self._json(writer, 200, pod)
+            if method == "DELETE":
+                uid = (body or {}).get("preconditions", {}).get("uid")
+                if uid is not None and uid != pod["metadata"]["uid"]:
+                    return self._status(writer, 409, "Precondition failed: UID")
+                del self.pods[unquote(parts[4]), unquote(parts[6])]
+                return self._json(writer, 200, pod)
+        return self._status(writer, 404, f"{method} {path} not found")
+
+    def _json(self, writer: Any, code: int, document: Any) -> None:
+        body = json.dumps(document).encode()
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (code, len(body), body))  # fmt: skip
 
     def _status(self, writer: Any, code: int, message: str) -> None:
         body = json.dumps({"kind": "Status", "code": code, "message": message}).encode()

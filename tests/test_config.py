@@ -334,11 +334,12 @@ RESTART_KEYS = [
     "metrics.devices",
     "stateDir",
     "nodeFeatures",
+    "heldMissing",
 ]
 
 
 def _changed(value: object) -> object:
-    if value is None:  # an optional section that is off
+    if value is None or hasattr(value, "__dataclass_fields__"):  # a section (or one off)
         return object()
     if isinstance(value, bool):
         return not value

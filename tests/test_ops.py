@@ -909,6 +909,7 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         CONFIG_RELOAD_RESULTS,
         DRIVER_ERROR_REASONS,
         DRIVER_SKIP_REASONS,
+        HELD_MISSING_RESULTS,
         POD_RESOURCES_RESULTS,
         PRE_START_RESULTS,
         REGISTRATION_RESULTS,
@@ -929,6 +930,7 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     metrics.add_pod_resources()
     metrics.set_holders(FPGA, {("fpga0", "default", "web-0", "app")})
     metrics.state_persist_failing.labels("ownership.json").set(0)  # a host's, at its start
+    metrics.held_missing_actions.labels(FPGA, "event", "sent").inc()  # (with heldMissing)
     for histogram in (
         metrics.allocate_seconds,
         metrics.preferred_seconds,
@@ -959,6 +961,7 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         "kdp_allocate_hook_runs_total": ALLOCATE_HOOK_RESULTS,
         "kdp_release_runs_total": RELEASE_RESULTS,
         "kdp_pod_resources_polls_total": POD_RESOURCES_RESULTS,
+        "kdp_held_missing_actions_total": HELD_MISSING_RESULTS,
     }
     for name, known in values.items():
         assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name

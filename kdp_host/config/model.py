@@ -1162,6 +1162,51 @@ class NodeFeaturesConfig:
     )
 
 
+@dataclass(frozen=True)
+class DeletePodsConfig:
+    selector: Mapping[str, str] = key(
+        "selector",
+        StringMap(label_key_problem, value_rule=label_value_problem),
+        "Pod labels that must all be set to these values (like a Deployment's `matchLabels`): "
+        "only such a pod is deleted, never another. Choose pods a controller recreates "
+        "(Deployment, StatefulSet, Job): a bare pod is gone for good. At least one label.",
+    )
+    after: float = key(
+        "after",
+        Duration(1.0),
+        "How long a device a matching pod holds must have been missing (without a break) "
+        "before kdp-host deletes the pod: long enough for a stick pulled and pushed back in "
+        "to count as the same device again.",
+        default="5m",
+    )
+
+    def check(self) -> Problems:
+        if not self.selector:
+            yield ("selector",), "needs a label: kdp-host deletes no pod it cannot select"
+
+
+@dataclass(frozen=True)
+class HeldMissingConfig:
+    events: bool = key(
+        "events",
+        Boolean(),
+        "Record a Warning Event, reason `DeviceMissing`, on each pod holding a device that "
+        "goes missing (`gone`, `unhealthy` or `replaced`, as the `held_device_missing` log "
+        "line), once per pod, device and state: `kubectl describe pod` shows it. Needs "
+        "PodResources polling and the Kubernetes API (the chart then grants get pods and "
+        "create events).",
+        default=False,
+    )
+    delete_pods: DeletePodsConfig | None = key(
+        "deletePods",
+        Section(DeletePodsConfig),
+        "Delete each pod matching `selector` that holds a device missing for `after`, so its "
+        "controller recreates it where the device is (the chart then grants delete pods too).",
+        default=None,
+        default_doc="off",
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     kubelet: KubeletConfig = key("kubelet", Section(KubeletConfig), "", factory=KubeletConfig)
@@ -1204,6 +1249,14 @@ class Config:
         default_doc="off",
         restart=True,
     )
+    held_missing: HeldMissingConfig = key(
+        "heldMissing",
+        Section(HeldMissingConfig),
+        "What kdp-host does itself when a device a pod holds goes missing (unplugged under a "
+        "running pod). Off by default: the metric and log line alone.",
+        factory=HeldMissingConfig,
+        restart=True,
+    )
     sha256: str = ""
     """Hash of the file's bytes: shows in metrics which config is in force."""
 
@@ -1236,6 +1289,10 @@ class Config:
                     f"{other!r} (their names give one socket name, kdp-"
                     f"{socket_slug(resource.name)}-...): change the first 20 characters of one",
                 )
+        held = self.held_missing
+        if (held.events or held.delete_pods) and self.kubelet.pod_resources_interval <= 0:
+            off = "needs kubelet.podResourcesInterval above 0s (PodResources says who holds what)"
+            yield ("heldMissing",), off
         if self.node_features is not None:
             for index, resource in enumerate(self.resources):
                 if why := node_feature_label_problem(resource.name):
@@ -1274,6 +1331,8 @@ README_TABLES: Mapping[str, tuple[type[object], str]] = {
     "release": (ReleaseConfig, "release."),
     "node-selector": (NodeSelectorConfig, "nodeSelector."),
     "node-features": (NodeFeaturesConfig, "nodeFeatures."),
+    "held-missing": (HeldMissingConfig, "heldMissing."),
+    "delete-pods": (DeletePodsConfig, "heldMissing.deletePods."),
 }
 """README.md reference tables: the marker name, the section, and its key prefix. A section
 with a table of its own is one row in its parent's table."""

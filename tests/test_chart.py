@@ -694,8 +694,41 @@ def test_a_fleet_config_gets_node_read_rbac_a_token_and_the_nfd_directory(
     }
     for name in VALUE_SETS:  # no other value set reads nodes or writes features
         if name != "fleet":
-            assert not [d for d in rendered[name] if d["kind"].startswith("ClusterRole")], name
+            roles = [d for d in rendered[name] if d["kind"].startswith("ClusterRole")]
+            assert not [d for d in roles if "node-reader" in d["metadata"]["name"]], name
             assert "node-features" not in mounts(rendered[name]), name
+
+
+def test_held_missing_gets_exactly_the_pod_rbac_it_uses(rendered: dict[str, list[Doc]]) -> None:
+    """Issue 20 item 3: heldMissing.events grants get pods and create events; deletePods
+    adds delete pods; nothing else, and no other value set has any of it."""
+    pods_get = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
+    events = {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
+    pods_delete = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "delete"]}
+    expected = {"held-missing-events": [pods_get, events], "held-missing": [pods_delete, events]}
+    for name, rules in expected.items():
+        docs = rendered[name]
+        role = one(docs, "ClusterRole", "-held-missing")
+        assert role["rules"] == rules, name
+        binding = one(docs, "ClusterRoleBinding", "-held-missing")
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"][0]["name"] == one(docs, "ServiceAccount")["metadata"]["name"]
+        assert daemonset(docs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+        assert not [d for d in docs if d["metadata"]["name"].endswith("-node-reader")], name
+    for name in VALUE_SETS:
+        if name not in expected:
+            held = [d for d in rendered[name] if d["metadata"]["name"].endswith("-held-missing")]
+            assert held == [], name
+
+
+def test_held_missing_rbac_for_a_configmap_of_your_own(helm_env: dict[str, str]) -> None:
+    docs = render(helm_env, "existing-configmap", "--set", "heldMissing.deletePods=true")
+    assert one(docs, "ClusterRole", "-held-missing")["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "delete"]}
+    ]
+    assert daemonset(docs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    plain = render(helm_env, "existing-configmap")
+    assert not [d for d in plain if d["kind"].startswith("ClusterRole")]
 
 
 def test_node_labels_read_for_a_configmap_of_your_own(helm_env: dict[str, str]) -> None:

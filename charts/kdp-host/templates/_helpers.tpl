@@ -244,3 +244,26 @@ mounted at the same path; nothing when nodeFeatures is not set.
 {{- dir "/etc/kubernetes/node-feature-discovery/features.d/kdp-host" }}
 {{- end }}
 {{- end }}
+
+{{/*
+What kdp-host's heldMissing does with the API, from config.heldMissing (or, with
+existingConfigMap, heldMissing.events / heldMissing.deletePods in values): "events",
+"delete" (deletePods, with or without events), or nothing.
+*/}}
+{{- define "kdp-host.heldMissingEvents" -}}
+{{- $held := dig "heldMissing" (dict) .Values.config }}
+{{- if or .Values.heldMissing.events (and (kindIs "map" $held) (dig "events" false $held)) }}true{{ end }}
+{{- end }}
+
+{{- define "kdp-host.deletesPods" -}}
+{{- $held := dig "heldMissing" (dict) .Values.config }}
+{{- if or .Values.heldMissing.deletePods (and (kindIs "map" $held) (kindIs "map" (dig "deletePods" nil $held))) }}true{{ end }}
+{{- end }}
+
+{{/*
+Whether kdp-host calls the Kubernetes API at all (node labels, heldMissing): then its
+service account token is mounted. Renders "true" or nothing.
+*/}}
+{{- define "kdp-host.usesApi" -}}
+{{- if or (include "kdp-host.readsNodeLabels" .) (include "kdp-host.heldMissingEvents" .) (include "kdp-host.deletesPods" .) }}true{{ end }}
+{{- end }}

@@ -97,7 +97,7 @@ async def test_an_unplugged_device_puts_one_warning_event_on_its_pod(
     kept = short_dir / "kept"
     os.link(held, kept)
     held.unlink()  # the stick is pulled; the pod keeps running
-    await wait_until(lambda: len(server.events) == 1, what="the Event")
+    await wait_until(lambda: count(running.metrics, "event", "sent") == 1, what="the Event")
     [get, post] = server.calls
     assert (get.method, get.target) == ("GET", "/api/v1/namespaces/default/pods/train-7")
     assert (post.method, post.target) == ("POST", "/api/v1/namespaces/default/events")
@@ -124,8 +124,8 @@ async def test_an_unplugged_device_puts_one_warning_event_on_its_pod(
     await wait_until(lambda: poller_missing(running) == 0, what="back")
     await polled(running)
     held.unlink()  # pulled again: a new Event
-    await wait_until(lambda: len(server.events) == 2, what="the second Event")
-    assert count(running.metrics, "event", "sent") == 2
+    await wait_until(lambda: count(running.metrics, "event", "sent") == 2, what="the second")
+    assert len(server.events) == 2
     assert server.calls[-1].method == "POST" and not [
         c for c in server.calls if c.method == "DELETE"
     ]

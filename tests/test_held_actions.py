@@ -11,7 +11,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
+from kubernetes_validate import utils as kv_utils
+from packaging.version import Version
 
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.files import DaemonThreads
@@ -28,6 +31,8 @@ from .fake_apiserver import TOKEN, FakeApiServer, pod_object, self_signed
 from .test_held_missing import FPGA, config_text
 
 NODE = "node-a"
+KUBE_VERSIONS = [v for v in kv_utils.all_versions() if Version(v) >= Version("1.25")]
+"""The chart's floor on (its kubeVersion)."""
 
 
 @pytest.fixture
@@ -112,6 +117,8 @@ async def test_an_unplugged_device_puts_one_warning_event_on_its_pod(
     assert event["metadata"] == {"generateName": "train-7.", "namespace": "default"}
     assert event["source"] == {"component": "kdp-host", "host": NODE}
     assert event["firstTimestamp"] == event["lastTimestamp"]
+    for version in KUBE_VERSIONS:  # what the API server takes (strict: no unknown field)
+        kubernetes_validate.validate(event, version, strict=True)
     message = event["message"]
     assert FPGA in message and held.name in message and "unhealthy" in message
     assert "worker" in message

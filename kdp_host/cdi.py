@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
+from .cdi_disk import SpecOnDisk
 from .cdi_rules import cdi_kind_problem
 from .cdi_spec import Held, render_held, spec_device_names
 from .config import ResourceConfig
@@ -166,6 +167,7 @@ class CdiSpecWriter:
     _keeping: bool = field(default=False, init=False, repr=False)
     """The last sync had held devices to keep (pinned or withheld)."""
     _names: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
+    disk: SpecOnDisk = field(default_factory=SpecOnDisk, init=False)  # (`cdi_disk`)
     _astray: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     """Held devices left out at the last sync (`render_held`)."""
 
@@ -212,10 +214,9 @@ class CdiSpecWriter:
 
     def _set_on_disk(self, content: bytes | None) -> None:
         """Remember what the file holds; devices it does not name are held Unhealthy."""
-        self._on_disk = content
-        cdi = self.resource.allocate.cdi
-        names = spec_device_names(content, cdi.kind) if cdi is not None else frozenset()
-        if names != self._resolvable:
+        self._on_disk, cdi = content, self.resource.allocate.cdi
+        self.disk.seen(content, "" if cdi is None else cdi.kind)  # (an Allocate waits on it)
+        if (names := frozenset(self.disk.entries)) != self._resolvable:
             self._resolvable = names
             self.table.hold_unhealthy(self._unresolvable)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import grpclib
@@ -29,6 +29,7 @@ from .protocol.service import DevicePluginService
 from .rules import LIST_AND_WATCH_MAX_BYTES
 from .services import HostServices
 from .serving import ServingLoop
+from .state_file import WRITE_LIMIT
 
 if TYPE_CHECKING:  # the features' modules are imported where the config chooses them
     from .cdi import CdiSpecWriter
@@ -102,8 +103,26 @@ class ResourceRuntime:
             handed=self._handed,
             allocated=None if poller is None else poller.allocated,
             fence=None if reads is None else _Fence(self, reads),
+            cdi_written=None if self.config.allocate.cdi is None else self._cdi_written,
         )
         return self._service
+
+    async def _cdi_written(self, snapshot: Snapshot, asked: Sequence[Sequence[str]]) -> str | None:
+        """Until the CDI spec file on disk defines each name an answer carries with what it
+        hands out (`cdi_disk`), at most `state_file.WRITE_LIMIT`; else why not."""
+        from .cdi_disk import answered  # (a resource with `allocate.cdi` only)
+
+        writer, named = self._cdi, answered(self.config.name, snapshot, asked)
+        if writer is None or await writer.disk.until_holding(named, WRITE_LIMIT):
+            return None
+        late = sorted(
+            name for name, device in named.items() if not writer.disk.holds({name: device})
+        )
+        return (
+            f"the CDI spec file does not define {','.join(late)} as handed out (within "
+            f"{WRITE_LIMIT:g} s): a container would resolve them to other nodes; refused "
+            "until it does"
+        )
 
     def _on_list_overflow(self, overflow: Overflow | None) -> None:
         """The list became longer than one ListAndWatch message may be, or fits again (told

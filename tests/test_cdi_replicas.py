@@ -168,3 +168,25 @@ def test_each_booked_id_names_its_own_use_and_an_older_versions_the_device() -> 
         cdi_device_name(R, "d0"): "/n0",
         cdi_device_name(R, "a::1"): "/na",  # (a::0: another device's old name too: left out)
     }
+
+
+async def test_an_id_handed_out_anew_resolves_to_its_new_node_when_the_answer_goes_out(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any
+) -> None:
+    """p1 held d0::0 at n0 and ended (its booking lingers: no PodResources here), d0 moved to
+    n1; the kubelet gives d0::0 to p3, at n1. The spec entry of d0::0 said n0 (p1's): the
+    answer goes out only once the file on disk says n1, so a runtime resolving the name at
+    once (the container is created right after) never gets p1's node (`cdi_disk`)."""
+    kubelet, root, spec_dir = real_kubelet_factory(), short_dir, short_dir / "cdi"
+    n0, n1 = _setup(root)
+    running = await start_host(_config(kubelet, root))
+    await kubelet.await_for(healthy(R, 2), what="d0's two replicas advertised")
+    held = await _allocate(kubelet, "p1")
+    _list(root, "n1")
+    await _listed_at(running, n1)
+    await _allocate(kubelet, "p2")  # d0::1, at n1
+    await kubelet.acall(kubelet.release, "p1")
+    assert resolved(spec_dir)[held] == [n0]  # (p1's booking lingers: its entry is kept)
+    again = await _allocate(kubelet, "p3")  # d0::0 again
+    assert again == held
+    assert resolved(spec_dir)[again] == [n1], "the answer went out before the spec said n1"

@@ -13,12 +13,16 @@ not knowing what the pod got, so the answer is refused (fail closed, issue 17).
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from ..devices import Snapshot
 from ..handed_out import HandedOut
 from ..identity import Identity
+
+CdiWritten = Callable[[Snapshot, Sequence[Sequence[str]]], Awaitable[str | None]]
+"""Until the CDI spec file on disk holds what an answer's CDI names hand out (None), else why
+not: the answer is refused (`cdi_disk`, the runtime's `cdi_written`)."""
 
 
 class Fence(Protocol):
@@ -84,4 +88,9 @@ async def keep(
     why = None if handed is None else await handed.record.written()
     if bookings is not None:
         await bookings.bookings_written()
-    return why
+    if why is None:
+        return None
+    return (
+        f"{why}; a device is handed out only once its record is kept (a kdp-host restart must "
+        "find what the pod got): refused until stateDir can be written"
+    )

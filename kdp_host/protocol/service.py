@@ -48,7 +48,7 @@ from ..ownership_hand_out import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..start_budget import StartBudget
 from .codec import EncodedMessage
-from .kept import Bookings, Fence, keep
+from .kept import Bookings, CdiWritten, Fence, keep
 from .lists import ListAndWatchEncoder, Wakes
 from .pre_start import PRE_START_CONTAINER, PreStartServing
 
@@ -81,6 +81,7 @@ class DevicePluginService(DevicePluginBase):
         handed: HandedOut | None = None,
         allocated: Callable[[str, Sequence[str]], None] | None = None,
         fence: Fence | None = None,
+        cdi_written: CdiWritten | None = None,
     ) -> None:
         self._config = config
         self._allocated = allocated  # told each Allocate's IDs (`PodResourcesPoller`)
@@ -98,6 +99,7 @@ class DevicePluginService(DevicePluginBase):
         self._release = release
         self._bookings = bookings
         self._handed = handed  # what each Allocate handed out (preStart, CDI, release)
+        self._cdi_written = cdi_written  # (an answer waits for its CDI entries: `cdi_disk`)
         self._closing = False
         self._wakes = Wakes()  # of the open streams
         self._open_streams = 0
@@ -300,7 +302,7 @@ class DevicePluginService(DevicePluginBase):
                 raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if self._release is not None:  # (an ID asked for again: its earlier user is gone)
             self._release.asked(booked)
-        await self._kept(snapshot, booked, reached, len(responses))
+        await self._kept(snapshot, requests, reached, len(responses))
         if self._allocated is not None:
             self._allocated(name, booked)
         if self._release is not None:  # used from now, as the record keeps it
@@ -311,35 +313,30 @@ class DevicePluginService(DevicePluginBase):
         return AllocateResponse(container_responses=responses)
 
     async def _kept(
-        self, snapshot: Snapshot, ids: list[str], reached: dict[str, Identity], containers: int
+        self, snap: Snapshot, asked: Sequence[Sequence[str]], reached: dict[str, Identity], n: int
     ) -> None:
-        """Record the answer (`kept.keep`); refused (UNAVAILABLE) when `handed-out.json`
-        does not hold it: nothing is handed out that a restart would not find there."""
-        name = self._config.name
-        why = await keep(self._handed, self._bookings, name, snapshot, ids, reached)
+        """Record the answer and wait for its CDI entries (`kept.keep`); refused (UNAVAILABLE)
+        when either is not on disk within the limit."""
+        name, ids = self._config.name, [i for request in asked for i in request]
+        why = await keep(self._handed, self._bookings, name, snap, ids, reached)
+        if why is None and self._cdi_written is not None:
+            why = await self._cdi_written(snap, asked)  # (`cdi_disk`)
         if why is None:
             return
-        reason = (
-            f"{name}: cannot allocate {','.join(ids)}: {why}; a device is handed out only "
-            "once its record is kept (a kdp-host restart must find what the pod got): "
-            "refused until stateDir can be written"
-        )
-        self._metrics.allocations.labels(name, "unsaved").inc(containers)
+        reason = f"{name}: cannot allocate {','.join(ids)}: {why}"
+        self._metrics.allocations.labels(name, "unsaved").inc(n)
         self._log.error("allocate_refused", reason=reason, result="unsaved")
         raise grpclib.GRPCError(Status.UNAVAILABLE, reason) from None
 
     async def _hand_real_paths(
         self, snapshot: Snapshot, ids: list[str], responses: list[ContainerAllocateResponse]
     ) -> dict[str, Identity]:
-        """Hand out every host path of the answer (DeviceSpecs and mounts, of the devices,
-        `allocate.mounts` and an `allocate.command`'s output alike; the nodes its CDI names'
-        spec entries name are checked and recorded too: hostile15 F4) as the real path it
-        reaches, checked to name what the path reaches and, for a device's own path, what
-        was claimed for it (`ownership_hand_out.handed_reals`): a link re-pointed after the
-        Allocate does not change what the container gets. Refused (INVALID_ARGUMENT) when a
-        path cannot be resolved so, or a directory it mounts holds what another device owns
-        (`PlaceOwned`: moved there, not yet reported by the watcher), or a node it hands out
-        is linked below a tree a pod holds (`ownership_hand_out`)."""
+        """Hand out every host path of the answer (DeviceSpecs, mounts, the nodes its CDI
+        names' entries name: hostile15 F4) as the real path it reaches, checked to name what
+        it reaches and, for a device's own path, what was claimed for it (`handed_reals`): a
+        link re-pointed after the Allocate does not change what the container gets. Refused
+        (INVALID_ARGUMENT) when a path cannot be resolved so, a directory it mounts holds
+        what another device owns (`PlaceOwned`), or a node is linked below a pod's tree."""
         mounts = [(m.host_path, m.read_only) for r in responses for m in r.mounts]
         paths = {spec.host_path for r in responses for spec in r.devices}
         if self._config.allocate.cdi is not None:

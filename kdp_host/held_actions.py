@@ -182,7 +182,7 @@ class HeldMissingActions:
     # ----------------------------------------------------------------- Events
 
     def _event(self, resource: str, hold: MissingHold) -> None:
-        if not self.bucket.take() or self._queue.full():
+        if self._queue.full() or not self.bucket.take():  # (a token only for a queued one)
             self._count(resource, "event", "dropped")
             if not self._dropping:  # (once per run of drops: the gauge and log line stay)
                 self.log.warning("held_missing_events_dropped", resource=resource,

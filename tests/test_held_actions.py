@@ -28,6 +28,7 @@ from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
 from .fake_apiserver import TOKEN, FakeApiServer, pod_object, self_signed
+from .kubelet_harness import healthy
 from .test_held_missing import FPGA, config_text
 
 NODE = "node-a"
@@ -390,3 +391,47 @@ def test_held_missing_needs_pod_resources_polling() -> None:
         "    glob: {paths: [/dev/fpga*]}\n"
     )
     assert not config.held_missing.events and config.held_missing.delete_pods is None
+
+
+async def test_through_the_real_kubelet_an_event_then_the_deletion(
+    real_kubelet_factory: Any,
+    short_dir: Path,
+    start_host: Callable[..., Any],
+    apiserver: tuple[FakeApiServer, ApiServer],
+) -> None:
+    """The kubelet's real device manager and PodResources server: p1 holds fpga0, which is
+    pulled; its pod gets the Event, then (app=trainer) is deleted on its uid."""
+    server, api = apiserver
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    (short_dir / "dev").mkdir()
+    (short_dir / "dev" / "fpga0").touch()
+    text = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{short_dir}/pr/kubelet.sock, podResourcesInterval: 1s}}\n"
+        f"stateDir: {short_dir}/state\nresources:\n  - name: {FPGA}\n"
+        f'    glob: {{paths: ["{short_dir}/dev/fpga*"]}}\n'
+        "heldMissing: {events: true, deletePods: {selector: {app: trainer}, after: 1s}}\n"
+    )
+    running, _ = await start_acting(start_host, text, api)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+    answer = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert answer["error"] == "", answer
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings and poller.holdings.of(FPGA), what="held")
+    [(holder,)] = poller.holdings.of(FPGA).values()
+    server.add_pod(pod_object(holder.namespace, holder.pod, "uid-p1", NODE, app="trainer"))
+
+    (short_dir / "dev" / "fpga0").unlink()
+    metrics = running.metrics
+    await wait_until(lambda: count(metrics, "delete", "deleted") == 1, what="deleted")
+    assert count(metrics, "event", "sent") == 1
+    [event] = server.events
+    assert event["involvedObject"]["uid"] == "uid-p1" and event["reason"] == "DeviceMissing"
+    assert "fpga0" in event["message"]
+    pods = f"/api/v1/namespaces/{holder.namespace}/pods/{holder.pod}"
+    assert [(c.method, c.target) for c in server.calls] == [
+        ("GET", pods),
+        ("POST", f"/api/v1/namespaces/{holder.namespace}/events"),
+        ("GET", pods),
+        ("DELETE", pods),
+    ]

@@ -264,7 +264,7 @@ class ReleaseTracker:
         try:
             async with self._store.locks.held(name, device_id, budget.left()) as lock:
                 peers = await self._store.peer_entries(name, device_id)
-                due = owed_by_peers(peers, ids, at, lock, use.used, self._timings)
+                due = owed_by_peers(peers, ids, at, lock, use.used, self._timings, use.booked_by)
                 if due is None or use.running is not None:
                     return
                 use.owed, use.owed_for, use.owed_covers = True, due[1], at

@@ -202,15 +202,19 @@ def owed_by_peers(
     lock: DeviceLock,
     held: Iterable[str],
     timings: Timings,
+    booked_by: str | None = None,
 ) -> tuple[str, float] | None:
     """Of the other hosts' entries of a device (`ReleaseStateStore.peer_entries`): the host
     and the `DeviceUse.last_use` (its Allocate + `allocation_settle`; -inf: not known) of
     the latest use whose release is due when a
     container starts with the IDs `started` allocated at `allocated` (Unix time): an entry
     owed, or used only by IDs allocated again since; not one the release the `lock` keeps
-    covers, nor one taken from this host's own booking (`bookedBy`: its own use). None
-    while another ID of the device is in use (this host's `held`, or a peer's): a shared
-    device is released once none of its IDs is held, as on one host."""
+    covers, nor one taken from this host's own booking (`bookedBy`: its own use), nor,
+    where this host took the starting use from host `booked_by`'s booking (dated when it
+    saw it, after that Allocate: `DeviceUse.booked_by`), that host's entry not owed: it is
+    that use (the kubelet's Allocate went to that host, PreStartContainer to this one), not
+    an earlier one. None while another ID of the device is in use (this host's `held`, or a
+    peer's): a shared device is released once none of its IDs is held, as on one host."""
     record = lock.record
     ids, covers = set(started), float("-inf") if record is None else record.covers
     if set(held) - ids:
@@ -224,8 +228,8 @@ def owed_by_peers(
         used = set(entry.get("used", ()))
         if used - ids:
             return None  # (another ID of a shared device in use)
-        if at >= allocated:
-            continue  # a later use of these IDs: not proven gone
+        if at >= allocated or (writer == booked_by and not entry.get("owed")):
+            continue  # a later use of these IDs (not proven gone), or the one starting
         recorded = at + timings.allocation_settle
         if (entry.get("owed") or used) and (due is None or recorded > due[1]):
             due = (writer, recorded)

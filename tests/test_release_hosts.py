@@ -171,6 +171,30 @@ async def test_a_start_still_waiting_at_its_deadline_fails_with_why(short_dir: P
     await new.close()
 
 
+async def test_a_start_of_the_other_hosts_allocate_runs_no_release_of_that_use(
+    short_dir: Path,
+) -> None:
+    """Seen in t30 (hostile14) while checking N8: the kubelet's Allocate of p1 went to the
+    old host, its PreStartContainer to the new one (registered meanwhile), which took the
+    use from the old host's booking, dated when it saw it (after that Allocate): the old
+    host's entry of that same use is not an earlier use owed a release. On the old code the
+    new host released the device before p1's first start (failing it while the device was
+    not listed there yet)."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands)
+    old = _host(short_dir, "host-old", old_commands)
+    (short_dir / "state").mkdir(exist_ok=True)  # (a host makes it at start)
+    old.allocated(["fpga0"])  # p1, through the old host (its entry written soon)
+    state = short_dir / "state" / "release-state.json"
+    await wait_until(lambda: state.exists() and "host-old" in state.read_text(), what="entry")
+    new.booked(["fpga0"], "host-old")  # the new host sees the old host's booking
+    await new.before_start(["fpga0"])  # p1's PreStartContainer, on the new host
+    assert new_commands.runs == [] and old_commands.runs == []
+    assert new.view("fpga0")["state"] == "in_use"
+    await old.close()
+    await new.close()
+
+
 class _Polls:
     """A host's PodResources answers as its poller publishes them (`Settle`, then its
     unlisted IDs), asked `at` seconds after `base` (a clock the test moves on)."""

@@ -66,9 +66,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from stat import S_ISDIR as st_isdir
 from stat import S_ISREG as st_isreg
 from typing import Final
 
@@ -85,6 +83,7 @@ from ..identity import (
 )
 from ..mount_table import MountMap
 from ..rules import path_inside
+from .handed_tree import Listed, unchanged, walk
 
 UNSAFE_MOUNT: Final = "unsafe_mount"
 """The skip reason of a device left out because a path it hands out breaks the rule (or, in a
@@ -107,19 +106,6 @@ TREE_LIMIT: Final = 1024
 (breadth-first, on its file system): the kubelet's `pki` holds a few, `plugins` a socket per
 CSI driver one level down; a larger tree (`pods` on a busy node, its emptyDirs) is covered
 that far, its nearest files first, and its directories stat'ed once per view (`_View`)."""
-
-
-@dataclass
-class _Listed:
-    """The identities of the files in and below a protected directory (`_walk`), as of its
-    mtime and those of the directories below it that were listed."""
-
-    mtime: int
-    files: frozenset[Identity]
-    below: tuple[tuple[str, int], ...] = ()
-    """(path, mtime) of each directory listed below it."""
-    checked: float = float("-inf")
-    """`_View.taken` of the last view its `below` was found unchanged in."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +156,7 @@ class NeverHanded:
     places: tuple[tuple[str, str], ...] = ()
     """(what, real path, normalised): refused as itself, anything inside it and anything
     holding it; a directory among them also by its identity, and the files in and below
-    it (`_walk`)."""
+    it (`handed_tree.walk`)."""
     files: tuple[tuple[str, str], ...] = ()
     """(what, real path) of protected files (the config file): refused by identity too."""
     run: tuple[tuple[str, str], ...] = ()
@@ -179,8 +165,12 @@ class NeverHanded:
     where handed writable only (`problem(writable=...)`)."""
     _shown: dict[int, _Shown] = field(default_factory=dict, compare=False, repr=False)
     """Per mount table (by `id`, the last one only): every place it shows each place at."""
-    _listed: dict[str, _Listed] = field(default_factory=dict, compare=False, repr=False)
+    _listed: dict[str, Listed] = field(default_factory=dict, compare=False, repr=False)
     _view: list[_View] = field(default_factory=list, compare=False, repr=False)
+    _kept: list[tuple[_View, frozenset[Identity | None]]] = field(
+        default_factory=list, compare=False, repr=False
+    )
+    """The last view and the identities `_found` compares with in it (`_compared`)."""
 
     def problem(
         self,
@@ -277,12 +267,16 @@ class NeverHanded:
         directory since may have left its inode number to the file asked of (ext4 hands a
         freed one out again at once: the kubelet's checkpoint, rewritten at each Allocate,
         then the next device file made)."""
-        why = self._found(self._stats(fresh, since if fresh else None), key, writable)
+        view = self._stats(fresh, since if fresh else None)
+        why = self._found(view, key, writable, kept=not fresh)
         return why if why is None or fresh else self._found(self._stats(True), key, writable)
 
-    def _found(self, view: _View, key: Identity, writable: bool) -> str | None:
+    def _found(self, view: _View, key: Identity, writable: bool, kept: bool = False) -> str | None:
+        """`kept`: a key none of the view's identities is (`_compared`) is none of them."""
         if int(key[1]) >> 64 not in view.devices:
             return None
+        if kept and key not in self._compared(view):
+            return None  # (the common file of an admission: no walk of the places)
         if key == view.root:
             return "is / (the host's root)"
         for what, identity, run in view.files:
@@ -296,6 +290,19 @@ class NeverHanded:
             if key[0] == FILE and self._holds(path, identity, mtime, view.taken, key):
                 return f"lies in {what} (a hard link), which no container may be handed"
         return None
+
+    def _compared(self, view: _View) -> frozenset[Identity | None]:
+        """Every identity `_found` compares a key with in `view` (the root, the files, each
+        directory and what is listed in and below it, each listing taken as `_holds` takes
+        it), found once per view: every file claim of every device admitted asks."""
+        if self._kept and self._kept[0][0] is view:
+            return self._kept[0][1]
+        found: set[Identity | None] = {view.root, *(f[1] for f in view.files)}
+        for _, path, identity, mtime in view.dirs:
+            self._holds(path, identity, mtime, view.taken, identity)  # (listed anew if changed)
+            found |= {identity, *self._listed[path].files}
+        self._kept[:] = [(view, frozenset(found))]
+        return self._kept[0][1]
 
     def _stats(self, fresh: bool, since: float | None = None) -> _View:
         """The protected places' stats: taken now when `fresh` (or at or after `since`,
@@ -325,7 +332,7 @@ class NeverHanded:
         self, path: str, identity: Identity, mtime: int, taken: float, key: Identity
     ) -> bool:
         """Whether the file `key` is in or below the protected directory `path` (`identity`,
-        `mtime` in the view taken at `taken`). Its listing (`_walk`) is taken again when
+        `mtime` in the view taken at `taken`). Its listing (`handed_tree.walk`) is taken again when
         the directory changed, or a directory listed below it did: those are stat'ed
         again at most every VIEW_AGE (a tree of `TREE_LIMIT` entries costs as many stats),
         and always before a file found in the listing is taken for a hard link (one gone
@@ -334,56 +341,15 @@ class NeverHanded:
         if (
             listed is not None
             and listed.mtime == mtime
-            and (taken - listed.checked < VIEW_AGE or _unchanged(listed, taken))
+            and (taken - listed.checked < VIEW_AGE or unchanged(listed, taken))
         ):
             if key not in listed.files:
                 return False
-            if listed.checked >= taken or _unchanged(listed, taken):
+            if listed.checked >= taken or unchanged(listed, taken):
                 return True
         device = None if path == PROC else int(identity[1]) >> 64
-        listed = self._listed[path] = _walk(path, device, mtime, taken)
+        listed = self._listed[path] = walk(path, device, mtime, taken, TREE_LIMIT)
         return key in listed.files
-
-
-def _unchanged(listed: _Listed, taken: float) -> bool:
-    """Whether no directory listed below a protected one changed (stat'ed now, for the
-    view taken at `taken`)."""
-    for directory, mtime in listed.below:
-        try:
-            if os.stat(directory).st_mtime_ns != mtime:
-                return False
-        except OSError:
-            return False
-    listed.checked = taken
-    return True
-
-
-def _walk(top: str, device: int | None, mtime: int, taken: float) -> _Listed:
-    """The identities of the files in and below `top` on its file system `device` (None:
-    none below it, /proc: the kernel's, no hard link reaches them), breadth-first, up to
-    `TREE_LIMIT` entries."""
-    found: set[Identity] = set()
-    below: list[tuple[str, int]] = []
-    queue, left = deque([top]), TREE_LIMIT
-    while queue and left > 0:
-        try:
-            with os.scandir(queue.popleft()) as entries:
-                for entry in entries:
-                    left -= 1
-                    if left < 0:
-                        break
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if not st_isdir(st.st_mode):
-                        found.add(identity_of(st))
-                    elif st.st_dev == device:
-                        queue.append(entry.path)
-                        below.append((entry.path, st.st_mtime_ns))
-        except OSError:
-            continue
-    return _Listed(mtime, frozenset(found), tuple(below), taken)
 
 
 def _stat(path: str) -> os.stat_result | None:

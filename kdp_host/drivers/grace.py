@@ -73,6 +73,8 @@ class Tracker:
         back = [i for i in touched if i in gone_since]
         added = sum(1 for i in touched if listed_before(i) is None)
         touched.extend(i for i in self._lost if i in present and listed_before(i) is present[i])
+        if not self._lost and added == len(touched):
+            touched = []  # (each one new, none losing a node: nothing to look at, a first list)
         for device_id in touched:
             if pace.due():
                 yield

@@ -81,6 +81,35 @@ PathReach = tuple[Identity, str]
 of `ownership_claims.reach` (the ownership index takes it instead of asking again)."""
 
 
+def own_reach(path: str, real_dirs: dict[str, str]) -> PathReach | None:
+    """What `path` reaches where it is its own real path, as the ownership index resolves a
+    claimed path (`ownership_canonical.checked_reach` answers the same): a node by its
+    number, anything else by its inode, nothing there by its place (`NOTHING`). One lstat,
+    and the real path of its directory (cached in `real_dirs`, for one read). None where
+    it is not its own real path (a link, a directory reached through one, a path not
+    normalised) or cannot be checked: the index resolves such a path itself."""
+    parent = os.path.dirname(path)
+    if parent[:1] != "/" or os.path.normpath(path) != path:
+        return None
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except (OSError, ValueError):
+        return None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        return None
+    real_parent = real_dirs.get(parent)
+    if real_parent is None:
+        try:
+            real_parent = real_dirs[parent] = real_path(parent)
+        except (Uncheckable, ValueError):
+            return None
+    if real_parent != parent:
+        return None
+    return ((NOTHING, path) if st is None else identity_of(st)), path
+
+
 class Uncheckable(ValueError):
     """A path kdp-host cannot resolve or stat for a reason other than "nothing is there"
     (`real_path`, `absent`): a `/proc/<pid>/root/...` magic link it may not read (EACCES,

@@ -16,10 +16,13 @@ from kdp_host.config import ConfigError, SysfsDriverConfig, load_config_text
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, Snapshot
 from kdp_host.drivers import DriverDeps, DriverError, Skipped
+from kdp_host.drivers.scanner import DirWatch, Listed
 from kdp_host.drivers.sysfs import SysfsDriver
+from kdp_host.identity import NOTHING
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
+from kdp_host.ownership_canonical import checked_reach
 from kdp_host.rules import device_id_problem
 from kdp_host.simulator import KubeletSimulator
 from kdp_host.sysfs import SysfsScan
@@ -601,6 +604,44 @@ def test_an_update_says_it_read_a_node_only_if_it_read_every_device_holding_it(
     }
 
 
+def test_a_scan_hands_the_index_what_the_paths_it_read_reach(fake: FakeSysfs) -> None:
+    """A scan hands on, with its list, what each node path and device directory it looked
+    at reaches, as the ownership index would resolve it (`checked_reach`: the index takes
+    it instead of resolving those paths again, issue 19); an update of unplugged nodes
+    says nothing is there, and where the device went, its directory too. A node that is a
+    link is left to the index."""
+    controller = fake.usb_controller("0000:00:14.0")
+    kept = fake.usb_serial_adapter(controller, "1-1", devnum=2, tty="ttyUSB0", serial="A")
+    hot = fake.usb_serial_adapter(controller, "1-2", devnum=3, tty="ttyUSB1", serial="B")
+    scanner = make_driver(fake, f"usb: [{{vendor: '{FTDI[0]}'}}]").scanner
+    count = iter(range(1000))
+    dirs = DirWatch(clock=lambda: next(count))
+    first = scanner.scan(Listed(), dirs, None)
+    paths = [n.seen for d in first.devices.values() for n in d.nodes]
+    paths += [d.sysfs_path for d in first.devices.values() if d.sysfs_path is not None]
+    assert len(paths) == 6
+    assert first.reached is not None
+    for path in paths:
+        assert first.reached[path] == checked_reach(path), path
+    assert str(kept) in first.reached and first.reached[str(kept)][0][0] == "d"
+
+    nodes = fake.nodes_of(hot)
+    fake.remove_device(hot)
+    gone = {str(fake.dev / devname) for devname in nodes} | {str(hot)}
+    listed = Listed(dict(first.devices), dict(first.places or {}))
+    update = scanner.scan(listed, DirWatch(clock=lambda: next(count)), frozenset(gone))
+    assert update.reached is not None
+    for path in gone:
+        assert update.reached[path] == checked_reach(path) == ((NOTHING, path), path), path
+
+    os.rename(fake.dev / "ttyUSB0", fake.dev / "real-ttyUSB0")
+    os.symlink("real-ttyUSB0", fake.dev / "ttyUSB0")
+    linked = str(fake.dev / "ttyUSB0")
+    again = scanner.scan(Listed(), DirWatch(clock=lambda: next(count)), None)
+    assert again.reached is not None and linked not in again.reached
+    assert any(n.seen == linked for d in again.devices.values() for n in d.nodes)
+
+
 class HeldReader(SysfsReader):
     """A reader whose updates record the names they are told, and can be held before they
     read (`before`) or after (`after`)."""
@@ -707,7 +748,8 @@ async def test_a_node_s_mode_or_a_write_to_it_wakes_no_scan(fake: FakeSysfs) -> 
             path.write_text("x")
         fake.create_node("mark")
         await wait_until(
-            lambda: any("mark" in told for told in reader.told), what="the scan of the mark"
+            lambda: any("mark" in told for told in reader.told) and len(notifier.scans) > 1,
+            what="the scan of the mark, done",  # (told as it begins, counted once it ends)
         )
         assert reader.told == [["mark"]]
         assert len(notifier.scans) == 2  # (the first, full, then the mark's)

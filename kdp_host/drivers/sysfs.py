@@ -138,6 +138,7 @@ class SysfsScanner:
             (*reader_skipped(scan), *answer.skipped),
             answer.places,
             tuple(Notice("sysfs_source_unreadable", (("problem", p),)) for p in scan.problems),
+            reached=None if looks is None else looks.reached,
         )
 
     def _node_names(self, changed: Iterable[str]) -> list[str]:

@@ -10,6 +10,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..identity import NOTHING, PathReach, own_reach
 from .model import USB, NodeInfo, SysfsDevice, is_device_boundary
 from .tree import (
     ATTRIBUTE_GROUPS,
@@ -39,6 +40,27 @@ class NodeLooks:
 
     clock: Callable[[], int]
     at: dict[str, int] = field(default_factory=dict)
+    reached: dict[str, PathReach] = field(default_factory=dict)
+    """What the read found each node path and device directory it looked at reaches, where
+    that path is its own real path (`identity.own_reach`), by path: handed to the ownership
+    index with the list (`ScanResult.reached`), which then does not look at them again."""
+    real_dirs: dict[str, str] = field(default_factory=dict)
+    """Real paths of the directories of those paths (for this read)."""
+
+    def look(self, path: str) -> bool:
+        """Whether something is at `path` (a link followed), noting what it reaches."""
+        found = own_reach(path, self.real_dirs)
+        if found is None:
+            return os.path.exists(path)
+        self.reached[path] = found
+        return found[0][0] != NOTHING
+
+    def look_too(self, paths: Iterable[str]) -> None:
+        """Look at those of `paths` not looked at yet (an update's nodes named, the
+        directories of devices gone): what went is handed to the index too."""
+        for path in paths:
+            if path not in self.reached:
+                self.look(path)
 
     def keep_read(self, owners: Mapping[str, set[str]], read: set[str]) -> None:
         """After an update: keep the looks at nodes whose every holder before (`owners`:
@@ -72,6 +94,8 @@ class DevNodes:
                         pending.extend(f"{name}/{entry}" for entry in os.listdir(path))
                 continue
             names.append(name)
+        if self.looks is not None:  # (a node gone is looked at too: no device holds it now)
+            self.looks.look_too(os.path.join(self.dev_root, name) for name in names)
         return names
 
     def node_directory(self, devname: str) -> str | None:
@@ -139,17 +163,24 @@ class DevNodes:
         self, devname: str, subsystem: str, devnum: str | None, sysfs_path: str | None
     ) -> NodeInfo:
         looks = self.looks
-        if looks is not None and devname not in looks.at:
-            looks.at[devname] = looks.clock()  # (before the look)
-        present = os.path.exists(os.path.join(self.dev_root, devname))
+        path = os.path.join(self.dev_root, devname)
+        if looks is None:
+            present = os.path.exists(path)
+        else:
+            if devname not in looks.at:
+                looks.at[devname] = looks.clock()  # (before the look)
+            present = looks.look(path)
         return NodeInfo(devname, subsystem, present, devnum, sysfs_path)
 
     def nodes_beneath(self, path: str, uevent_text: str) -> tuple[NodeInfo, ...]:
         """Every node announced at or below `path`, not crossing into other devices.
 
         Only a directory with a `dev` attribute stands for a node (the kernel adds `dev`
-        exactly when the device has a device number): only those uevents are read.
+        exactly when the device has a device number): only those uevents are read. The
+        device's own directory is looked at too (`NodeLooks`: its claim of itself).
         """
+        if self.looks is not None:
+            self.looks.look(path)
         nodes: list[NodeInfo] = []
         stack = [(path, 0)]
         visited = 0

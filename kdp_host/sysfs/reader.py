@@ -145,9 +145,8 @@ class SysfsReader:
         with every listed device whose nodes it is among (a USB interface's late tty or
         input node). Unchanged devices are the same objects as in `previous`, as is a device
         read again and found the same (not in the result's `changed`: a node's second event, a
-        create then its permissions, changes nothing downstream). What cannot
-        be placed waits for the next full scan (the caller's safety net).
-        """
+        create then its permissions, changes nothing downstream). What cannot be placed waits
+        for the next full scan (the caller's safety net)."""
         index = self._index if self._index is not None and self._index.scan is previous else None
         if index is None:
             index = ReadIndex.of(previous)
@@ -221,6 +220,7 @@ class SysfsReader:
         whole = len(index.by_path) == len(previous.devices)
         if looks is not None:
             looks.keep_read(index.by_node, dirty | replaced.keys())
+            looks.look_too(path for path, device in replaced.items() if device is None)
         index.move(dropped, fresh)
         if whole and len(index.by_path) == len(previous.devices) - vanished + len(added):
             kept = tuple(index.by_path.values())

@@ -139,11 +139,34 @@ def real_path(path: str) -> str:
     """`os.path.realpath(path)` (not strict: links resolved as far as the path exists, the
     rest normalised), the one way kdp-host resolves a config or host path. Raises
     Uncheckable where realpath would let an OSError escape (readlink of a magic link it may
-    not read: EACCES): the caller fails closed. ValueError (a NUL) passes."""
+    not read: EACCES): the caller fails closed. ValueError (a NUL) passes.
+
+    A normalised absolute path with no link on the way is its own real path: that is found
+    with an lstat per component and little else (a third of realpath's time, which a
+    claimed path's directory costs per scan and per resolution: issue 19)."""
+    plain = path[:1] == "/" and path[:2] != "//" and os.path.normpath(path) == path
+    if plain and _no_link_on_the_way(path):
+        return path
     try:
         return os.path.realpath(path)
     except OSError as exc:
         raise Uncheckable(path, exc) from None
+
+
+def _no_link_on_the_way(path: str) -> bool:
+    """Whether no component of the normalised absolute `path` is a symlink: an lstat of each,
+    in order; one that fails (nothing there, not a directory) counts as no link, as realpath
+    (not strict) has it. ValueError (a NUL) passes, as it does from realpath."""
+    end = 0
+    while end >= 0:
+        end = path.find("/", end + 1)
+        try:
+            st = os.lstat(path if end < 0 else path[:end])
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            return False
+    return True
 
 
 def nothing_or_raise(path: str, exc: OSError | ValueError) -> None:

@@ -2,28 +2,27 @@
 
 Per resource, per device: the device as each Allocate handed it out (nodes, mounts, env as
 they were then; an earlier use not released yet too: `Handed.earlier`) and the IDs it went
-under, kept while one of those IDs is booked (`ownership_bookings`: the kubelet holds
-it). A container that restarts gets the kubelet's cached answer again, so what acts on it
-must take the device as handed out, not where anything moved it since: preStart
-(`hooks.handed_devices`), the CDI entry of each held ID (`cdi.CdiSpecWriter`, `cdi_keeper`)
-and a release (`release.ReleaseTracker`) read this record (`HandedRecord.of`, per resource).
+under, kept while one of those IDs is booked (`ownership_bookings`). A container that
+restarts gets the kubelet's cached answer again, so what acts on it takes the device as
+handed out, not where anything moved it since: preStart (`hooks.handed_devices`), the CDI
+entry of each held ID (`cdi.CdiSpecWriter`, `cdi_keeper`) and a release
+(`release.ReleaseTracker`) read this record (`HandedRecord.of`), another host's uses too
+(`handed_peers`).
 
 Written as `release-state.json` is (`state_file.StateFile`: atomically, through the offload,
 merged per writer under the file's lock while hosts share the state directory). An Allocate
-answers once its entry is written, and is refused when it is not within
-`state_file.WRITE_LIMIT` (`protocol/kept.py`): nothing is handed out that a restart would
-not find here. Entries go when none of their IDs is booked (at each Allocate, each
-PodResources answer and each CDI sync); at most `MAX_DEVICES` are kept: an Allocate that
-would need more is refused with that reason. A release of a device whose entry is
-withheld (below) is not run either (`release_use.unknown_release`).
+answers once its entry is written, else is refused within `state_file.WRITE_LIMIT`
+(`protocol/kept.py`): nothing is handed out that a restart would not find here. Entries go
+when none of their IDs is booked (at each Allocate, PodResources answer and CDI sync); at
+most `MAX_DEVICES` are kept (an Allocate that would need more is refused, saying so). A
+release of a device whose entry is withheld (below) is not run (`unknown_release`).
 
 Fails closed: a file that cannot be read (set aside), or one whose writer stopped before a
 write succeeded (its `.unsaved` marker), leaves every ID booked at start without an entry
-*withheld* (preStart refuses it, its CDI entry is left out: the container does not start)
-until a new Allocate hands the ID out or its booking ends; and then an ID PodResources
-shows held with no entry (a CDI answer the checkpoint leaves to it) while shown. A missing
-file does too when the bookings did not survive either (`ownership.json` missing: the state
-directory emptied); beside an `ownership.json` it is one an older version never wrote."""
+*withheld* (preStart refuses it, its CDI entry is left out) until a new Allocate hands the
+ID out or its booking ends; then so is an ID PodResources shows held with no entry while
+shown. A missing file does too when the bookings are lost too (the state directory
+emptied); beside an `ownership.json` it is one an older version never wrote."""
 
 from __future__ import annotations
 
@@ -51,6 +50,7 @@ from .handed_entries import (
     read_document,
     same_device,
 )
+from .handed_peers import adopted, take_up
 from .identity import Identity
 from .logs import EventLogger
 from .rendered_json import encoded
@@ -249,15 +249,14 @@ class HandedRecord:
             self._unbooked.discard(resource)
 
     def adopt(self, resource: str, device: Device, ids: Collection[str], at: float) -> None:
-        """Take up a device an older version kept elsewhere (`release-state.json`'s
-        `handed`), unless the record has it."""
-        entries = self._data.setdefault(resource, {})
-        if device.id in entries or not ids:
-            if not entries:
-                del self._data[resource]
-            return
-        entries[device.id] = Handed(device, frozenset(ids), at, id_names=False)
-        self._changed(resource, True)
+        """Take up a device an older version kept elsewhere (`handed_peers.adopted`)."""
+        self._changed(resource, adopted(self._data, resource, device, ids, at))
+
+    def peers_wrote(self, document: Mapping[str, Any]) -> None:
+        """Another host wrote the file: its later uses are taken up (`handed_peers`)."""
+        assert self._log is not None
+        for resource in take_up(self._data, document, self._writer, self._log):
+            self._changed(resource, True)
 
     def let_go(
         self,

@@ -163,8 +163,8 @@ class Host:
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
         assert handed.file is not None  # (read from stateDir: written again if it goes)
-        watches = [release_state.follow(watcher, self.ownership.booked_ids)]
-        watches.append(KeptPresent(handed.file, handed.document, self._work).follow(watcher))
+        kept = KeptPresent(handed.file, handed.document, self._work, handed.peers_wrote)
+        watches = [release_state.follow(watcher, self.ownership.booked_ids), kept.follow(watcher)]
         booked = self.ownership.handed_at_start(served)  # (CDI answers of the checkpoint too)
         handed.booked_at_start(booked, sync.file.found, served, self.ownership.is_booked)
         if self.pod_resources is not None:  # its entries go with their bookings

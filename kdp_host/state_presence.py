@@ -7,6 +7,7 @@ back: `ownership_sync`)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,15 +19,19 @@ from .state_file import StateFile
 from .watch import Subscription, Watcher
 
 
-def lost(file: StateFile) -> str | None:
+def lost(file: StateFile, peers: Callable[[Mapping[str, Any]], None] | None = None) -> str | None:
     """Why `file` no longer holds what this host last wrote into it (or read from it at
     start), None when it does (or was never there). The file as written (its device, inode,
     size and modification time: every write renames a new file into place) is known without
     a read; another is read, and holds this host's part when that part is as written (a
     shared file another host wrote since). Call it when no write of the file is under way
-    (`StateFile.flush`). Blocking: O(the file) when it changed."""
+    (`StateFile.flush`). `peers` is given the document another host's write left (called
+    from this thread: it must only hand it on). Blocking: O(the file) when it changed."""
     held, path = file.held, str(file.path)
     if not file.kept or held is None:
+        written = peers is not None and os.path.lexists(path)  # (by other hosts alone)
+        if written and (document := file.document_now()) is not None and peers is not None:
+            peers(document)
         return None
     now = signature(path)
     if now is None and not os.path.lexists(path):
@@ -40,6 +45,8 @@ def lost(file: StateFile) -> str | None:
     if encoded({"own": file.own(document)}) != encoded({"own": held[1]}):
         return "replaced or rewritten without this host's entries as written"
     file.held = (now, held[1])  # (another host's write, with this host's part as it was)
+    if peers is not None:
+        peers(document)
     return None
 
 
@@ -50,9 +57,16 @@ class KeptPresent:
     through the host's offload."""
 
     def __init__(
-        self, file: StateFile, document: Callable[[], Mapping[str, Any]], offload: Offload
+        self,
+        file: StateFile,
+        document: Callable[[], Mapping[str, Any]],
+        offload: Offload,
+        peers: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
+        """`peers`: called on the loop with the file as another host wrote it (its entries
+        as they are now, read once with the look)."""
         self._file, self._document, self._offload = file, document, offload
+        self._peers = peers
         self._checking: asyncio.Task[None] | None = None
         self._again = False
 
@@ -73,9 +87,13 @@ class KeptPresent:
     async def _check_present(self) -> None:
         while self._again:
             self._again = False
-            if not self._file.kept:
+            if not self._file.kept and self._peers is None:
                 continue
             await self._file.flush()  # (a write under way lands first: it is what is held)
-            why = await self._offload.run(lambda: lost(self._file))
+            written: list[Mapping[str, Any]] = []
+            look = None if self._peers is None else written.append
+            why = await self._offload.run(functools.partial(lost, self._file, look))
             if why is not None:
                 self._file.write_again(self._document, why)
+            if written and self._peers is not None:
+                self._peers(written[-1])

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
+from .rules import REPLICA_SEPARATOR as REPLICA_SEPARATOR
+
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
-REPLICA_SEPARATOR = "::"
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,8 @@ def make_name(text: str, form: NameForm, *, shown: str | None = None) -> str:
     return f"{readable}{form.separator}{spelled}" if readable else spelled
 
 
-_DEVICE_ID_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._:-]")
+_DEVICE_ID_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._:-]|::")
+"""(`::` too: it names a replica, `rules.REPLICA_SEPARATOR`.)"""
 
 
 def _is_device_id(text: str) -> bool:

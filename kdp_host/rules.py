@@ -5,9 +5,8 @@ runtime or a CDI spec must satisfy that consumer's rule, or the failure shows up
 cause (a refused Register, a pod that never starts, a silently dropped annotation). Each rule
 is written here once, as a function that returns why a value breaks it (a short phrase that
 reads after the value's name) or None, plus a predicate where callers only need yes or no.
-The config loader, the drivers' output parsers and the kubelet simulator all import these;
-tests/test_rules.py feeds the same generated strings to every user of a rule and to a
-reference written from the upstream pattern, and they must agree.
+The config loader, the drivers' output parsers and the kubelet simulator import these; the
+tests feed the same strings to every user of a rule and to a reference: they must agree.
 
 Patterns are matched with `fullmatch`: with `re.match` and `^...$`, `$` also matches before
 a trailing newline, so `a.io/b\\n` would pass (Go's `$` does not do that).
@@ -68,6 +67,8 @@ LIST_AND_WATCH_MAX_BYTES: Final = KUBELET_MAX_RECEIVE_MESSAGE - 64 * 1024
 counted exactly): 64 KiB under the kubelet's limit, a margin for what is not ours to count
 (the 5-byte gRPC prefix, a field a later API version adds to the message). A longer device
 list is cut to its longest prefix that fits (`protocol.lists`)."""
+REPLICA_SEPARATOR: Final = "::"
+"""`<id>::<k>`: replica k of device <id> (`replicas`); in no device ID (hostile16 F4)."""
 LIST_SEPARATOR: Final = ","
 """How a template field that lists several items renders them: `{ids}`, `{paths}`,
 `{hostPaths}` (allocate env and annotations, preStart and allocate commands) and the sysfs
@@ -369,8 +370,8 @@ def device_id_problem(device_id: str) -> str | None:
     The kubelet itself accepts any string. kdp-host's rule: 1-128 characters, no whitespace
     and no control or unprintable characters (IDs are shown in logs and substituted into
     commands), no LIST_SEPARATOR (`{ids}` joins IDs with it: `a,b` would name two devices
-    in a hook's argv), and not starting with `-`, so that `health.command: [tool, "{id}"]`
-    can never hand the tool an option.
+    in a hook's argv), no REPLICA_SEPARATOR (it names a replica), and not starting with `-`,
+    so that `health.command: [tool, "{id}"]` can never hand the tool an option.
     """
     if not device_id:
         return "device ID must not be empty"
@@ -386,6 +387,8 @@ def device_id_problem(device_id: str) -> str | None:
             f"device ID must not contain {LIST_SEPARATOR!r} ({{ids}} lists IDs separated by "
             f"{LIST_SEPARATOR!r}: it would name several devices)"
         )
+    if REPLICA_SEPARATOR in device_id:
+        return f"device ID must not contain {REPLICA_SEPARATOR!r} (<id>::<k> names a replica)"
     return None
 
 

@@ -156,11 +156,12 @@ def reference_cdi_device_name(name: str) -> bool:
 
 def reference_device_id(device_id: str) -> bool:
     """kdp-host's own documented ID rule (the README's shell section, rules.py): no `,`,
-    which separates the IDs of `{ids}`."""
+    which separates the IDs of `{ids}`; no `::`, which names a replica (hostile16 F4)."""
     return (
         0 < len(device_id) <= 128
         and not device_id.startswith("-")
         and "," not in device_id
+        and "::" not in device_id
         and all(c.isprintable() and not c.isspace() for c in device_id)
     )
 
@@ -469,6 +470,8 @@ def test_cdi_device_name_users_agree(name: str) -> None:
 @example("a" * 128)
 @example("a" * 129)
 @example("fpga0\n")
+@example("a::0")
+@example("0000:01:00.0")
 def test_device_id_users_agree(device_id: str) -> None:
     assert_agree(DEVICE_ID_USERS, device_id)
 

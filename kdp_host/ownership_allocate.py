@@ -183,10 +183,13 @@ class BookingAllocations(HandingOut):
     def _owners(self, reached: Reached) -> list[Owner]:
         """Every device that owns what a path reaches exclusively: its claim, a directory
         it mounts above it, or, for a directory, any claim below it (a mount of the
-        directory reaches them all)."""
+        directory reaches them all); and every booking that holds it (`holders`: also one
+        no listed device claims, another plugin's pod's booked from the kubelet's
+        checkpoint: hostile15 F11, F12)."""
         key, real = reached
         exclusive = self._exclusive
         found = [owner] if (owner := exclusive.get(key)) is not None else []
+        found += [owner for owner in self._ledger.holders(key, real) if owner not in found]
         places = self._within.places(key, real)
         for outer in self._within.outer(places):
             if (owner := exclusive.get(outer)) is not None:

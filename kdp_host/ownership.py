@@ -83,7 +83,7 @@ from .ownership_adopt import Adoption
 from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_booked import checkpoint_device
 from .ownership_bookings import BookedElsewhere, Releases
-from .ownership_claims import Claim, Owner, Reached, Resolver
+from .ownership_claims import Claim, Owner, Reached, Resolver, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_table import Holding, ResourceState
 from .ownership_watching import Watching
@@ -299,15 +299,19 @@ class OwnershipIndex(Watching):
     def kept_for(self, resource: str, advertised_ids: Iterable[str]) -> list[Device]:
         """The devices of `resource` held for the kubelet's bookings of `advertised_ids`
         (the IDs a pod holds of one device): its node is there under another ID (a reload
-        renamed it, `replicas` changed), kept for the pod that holds the old one."""
+        renamed it, `replicas` changed), kept for the pod that holds the old one. Only the
+        device booked is (`Ledger.booked_as`): one that shares a node with it is not."""
         state = self._resources.get(resource)
         if state is None:
             return []
-        owners = {Owner(resource, i) for i in advertised_ids}
+        owners, booked_as = {Owner(resource, i) for i in advertised_ids}, self._ledger.booked_as
         return [
-            state.reported[device]
+            found
             for device, why in sorted(state.held.items())
-            if why.owner in owners and device in state.reported
+            if why.owner in owners
+            and (found := state.reported.get(device)) is not None
+            and (claims := state.claims.get(places(found))) is not None
+            and booked_as(why.owner, claims.exclusive_keys())
         ]
 
     async def take_in(

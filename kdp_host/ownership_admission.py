@@ -3,7 +3,8 @@
 Devices that own their claims already go first (the kubelet may have given them to a pod),
 then the others in ID order; a device whose claims another owns is held; a device whose
 claims an old ID of the same resource owns is advertised under that ID while a booking of
-that ID holds them (a pod may have the node under it), else under its own, taking the
+that ID holds them and it is the device booked (a pod may have the node under it; one that
+shares a node with it is not: `Ledger.booked_as`), else under its own, taking the
 claims the old ID left lingering (`ClaimTable._taken_over`): the old ID is then free for
 whatever device reports it. The PodResources answer that ends such a booking admits the
 resource again (`AdmissionGate._expire`); an Allocate of an ID whose device an
@@ -162,14 +163,15 @@ class Admission(RenameAdmission):
         if (yield from self._renamed(state, devices, claims, pace)):
             return devices  # (each under its own ID: `ownership_renames`)
         # The ID each device is advertised under: the ID of this resource that owns its
-        # claims already while a booking of that ID holds them (the kubelet gave it to a
-        # pod: it must not see the node under a second ID), else its own (it takes the
+        # claims already while a booking of that ID holds them and it is the device booked
+        # (`Ledger.booked_as`; the kubelet gave it to a pod: it must not see the node under
+        # a second ID), else its own (it takes the
         # claims an old ID no booking holds left lingering: `_taken_over`). Devices that own
         # their claims already go first, then the others in ID order.
         ids: dict[str, str] = {}
         first: list[str] = []
         others: list[str] = []
-        holds = self._booked_under
+        holds = self._ledger.holds_as
         for device_id, claim in claims.items():
             if pace.due():
                 yield
@@ -179,7 +181,7 @@ class Admission(RenameAdmission):
                 if (owner := self._exclusive.get(key)) is not None
                 and owner.resource == name
                 and owner.device != device_id
-                and holds(owner, key)
+                and holds(owner, key, claim.exclusive_keys())
             ]
             advertised_id = ids[device_id] = min(inherited) if inherited else device_id
             (first if self._incumbent(state, advertised_id, claim) else others).append(device_id)

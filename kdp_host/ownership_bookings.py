@@ -24,11 +24,12 @@ taken over as its own. So no host's write drops another's bookings, and a bookin
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Container, Mapping
 from typing import Any, Protocol
 
+from .devices import advertises
 from .ownership_booked import BookedClaims, Booking, Counted
-from .ownership_claims import SYSFS, Claim, Owner, owner_order
+from .ownership_claims import SYSFS, Claim, ClaimKey, Owner, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
 from .turns import Pace, Steps, to_the_end
 
@@ -141,6 +142,29 @@ class Ledger(BookedClaims):
     def has(self, owner: Owner) -> bool:
         """Whether a host on the state directory (this one or another) has `owner` booked."""
         return owner in self.bookings or owner in self.foreign_owners
+
+    def booked_as(self, owner: Owner, keys: Container[ClaimKey]) -> bool:
+        """Whether a device with claims `keys` is the one the kubelet booked as `owner`
+        (an ID it booked): `owner` is booked, and each booking of it (this host's, another
+        host's) holds nothing but `keys`. Only that device is the held one (hostile16 F2,
+        F3): one that merely shares a node with it (another stick given the held one's tty
+        number, another glob group with the node the held group kept) is not, and the held
+        device, whose other nodes are gone, is missing."""
+        mine = self.bookings.get(owner)
+        found = [] if mine is None else [mine]
+        if owner in self.foreign_owners:
+            found += [b for (_, o), b in self.foreign.items() if o == owner]
+        return bool(found) and all(k in keys for b in found for k, _, _ in b.claims)
+
+    def holds_as(self, owner: Owner, key: ClaimKey, keys: Container[ClaimKey]) -> bool:
+        """Whether bookings of device `owner` (the index's ID: itself or a replica of it)
+        hold `key`, each the device with claims `keys` (`booked_as`)."""
+        booked = [
+            b
+            for b in self.booked.get(key, ())
+            if b.resource == owner.resource and advertises(b.device, owner.device)
+        ]
+        return bool(booked) and all(self.booked_as(b, keys) for b in booked)
 
     def mirror(self, foreign: dict[tuple[str, Owner], Booking]) -> bool:
         """The other hosts' bookings are now `foreign`; True if that changed any."""

@@ -32,7 +32,7 @@ from collections.abc import Collection, Iterable, Mapping
 from .allocation import cdi_device_name
 from .cdi_rules import cdi_name_parts
 from .devices import physical_id, replica_ids
-from .identity import DIRECTORY, NONE, Reach
+from .identity import DIRECTORY, NONE, Identity, Reach
 from .kubelet_checkpoint import Gained, HandedClaims, take_handed
 from .ownership_adopt import DeviceClaims
 from .ownership_canonical import strays
@@ -56,6 +56,7 @@ class BookingAllocations(HandingOut):
         cdi_names: Mapping[str, Collection[str]] | None = None,
         *,
         wait: bool = True,
+        handed_as: Mapping[str, Collection[Identity]] | None = None,
     ) -> None:
         """The kubelet booked `ids` of `resource` (an Allocate is answered): record each with
         the claims of its device and the host paths its answer hands out besides (`places`,
@@ -66,13 +67,16 @@ class BookingAllocations(HandingOut):
         host owns (advertised, or held by a pod), when a CDI name the answer carries
         besides its devices' own (`cdi_names`, by ID) is of a kind kdp-host writes, or when
         the index no longer advertises an ID's device (an admission that let go of it ran
-        while the answer was made: its node may be advertised under another ID now)."""
+        while the answer was made: its node may be advertised under another ID now), or its
+        device claims no more what the answer handed out as it (`handed_as`, by ID: the
+        identities its own paths reached; an admission of a list that moved the ID to
+        another node ran meanwhile, the answer's node may be another ID's: hostile16 F5)."""
         ids = list(ids)
         if cdi_names:
             self._check_cdi_names(resource, cdi_names)
         claimed = await self._claim_places(resource, places) if places else {}
         ledger = self._ledger
-        if self._book(resource, ids, claimed) and ledger.sink is not None:
+        if self._book(resource, ids, claimed, handed_as or {}) and ledger.sink is not None:
             ledger.changed()
             if wait:
                 await ledger.sink.written()
@@ -248,7 +252,11 @@ class BookingAllocations(HandingOut):
         return claimed
 
     def _book(
-        self, resource: str, ids: Iterable[str], places: Mapping[str, tuple[Claim, ...]]
+        self,
+        resource: str,
+        ids: Iterable[str],
+        places: Mapping[str, tuple[Claim, ...]],
+        handed_as: Mapping[str, Collection[Identity]],
     ) -> bool:
         state = self._resources.get(resource)
         if state is None:
@@ -256,10 +264,17 @@ class BookingAllocations(HandingOut):
         replicas = state.replicas or 1
         ids = list(ids)
         for kubelet_id in ids:
-            if physical_id(kubelet_id, replicas) not in state.owned:
+            owned = state.owned.get(physical_id(kubelet_id, replicas))
+            if owned is None:
                 raise PlaceOwned(
                     f"{resource}: {kubelet_id} is no longer advertised (an admission let go "
                     "of it while the Allocate was answered: its node may be another ID's now)"
+                )
+            if not set(handed_as.get(kubelet_id, ())) <= {claim[0] for claim in owned.all()}:
+                raise PlaceOwned(
+                    f"{resource}: {kubelet_id} is advertised with other nodes than the answer "
+                    "handed out (a list that moved it was admitted while the Allocate was "
+                    "answered: its node may be another ID's now)"
                 )
         now = self._clock()
         changed = False

@@ -171,6 +171,7 @@ class _Bookings:
         cdi_names: Mapping[str, Collection[str]] | None = None,
         *,
         wait: bool = True,
+        handed_as: Mapping[str, Collection[Identity]] | None = None,
     ) -> None:
         self.ids.update(ids)
 

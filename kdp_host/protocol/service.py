@@ -48,7 +48,7 @@ from ..ownership_hand_out import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..start_budget import StartBudget
 from .codec import EncodedMessage
-from .kept import Bookings, CdiWritten, Fence, keep
+from .kept import Bookings, CdiWritten, Fence, handed_as_reached, keep
 from .lists import ListAndWatchEncoder, Wakes
 from .pre_start import PRE_START_CONTAINER, PreStartServing
 
@@ -295,7 +295,8 @@ class DevicePluginService(DevicePluginBase):
             try:
                 assert handed is not None
                 places, names = handed.places, handed.cdi_names
-                await bookings.book(name, booked, places, names, wait=False)
+                handed_as = handed_as_reached(snapshot, booked, reached)
+                await bookings.book(name, booked, places, names, wait=False, handed_as=handed_as)
             except PlaceOwned as exc:
                 self._metrics.allocations.labels(name, "invalid").inc()
                 self._log.warning("allocate_refused", reason=str(exc))

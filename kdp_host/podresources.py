@@ -150,6 +150,21 @@ class PodResourcesPoller:
             self.unlisted.nudge = write
 
     @property
+    def shown(self) -> Holdings | None:
+        """The holdings as last published, with each ID an Allocate handed out since that no
+        answer has shown yet held by an unlisted holder (`/devices`, `status`: a device
+        allocated a moment ago is held, not free, until the next answer: hostile16 F1)."""
+        holdings, unlisted = self.holdings, self.unlisted
+        if holdings is None or unlisted is None or not unlisted.handed:
+            return holdings
+        return with_unlisted(holdings, unlisted.by_resource())
+
+    @property
+    def unshown(self) -> int:
+        """Changes with the IDs handed out that no answer has shown (`/devices`' generation)."""
+        return 0 if self.unlisted is None else hash(frozenset(self.unlisted.handed))
+
+    @property
     def waiting(self) -> bool:
         """Holders shown before a kubelet restart and not since are carried (`Settle`)."""
         return self._settle.waiting

@@ -78,7 +78,7 @@ def utc(seconds: float | None) -> str | None:
 def devices_document(host: Host) -> dict[str, Any]:
     """Every device of every resource with its health, holders and release state."""
     poller = host.pod_resources
-    holdings = None if poller is None else poller.holdings
+    holdings = None if poller is None else poller.shown
     allocatable = None if poller is None else poller.allocatable
     if poller is None:
         pod_resources: dict[str, Any] = {"state": "off"}
@@ -189,6 +189,7 @@ class DevicesAnswer:
         counters: list[int] = []
         if poller is not None:
             pieces += (poller.status, poller.holdings, poller.allocatable)
+            counters.append(poller.unshown)
         for name, runtime in sorted(list(self._host.resources.items())):
             pieces += (name, runtime, runtime.table.snapshot, self._host.ownership.held_now(name))
             pieces += (runtime.elsewhere.present, runtime.elsewhere.looked, runtime.replaced.found)

@@ -471,3 +471,21 @@ async def test_the_real_kubelet_restarted_while_its_pod_sources_are_away_frees_n
         await kubelet.acall(kubelet.release, "p1")
         await wait_until(lambda: len(release_lines(short_dir)) == 2, timeout=60, what="released")
         assert release_lines(short_dir)[0] == "fpga0 default/p1/c start"
+
+
+async def test_hostile16_f1_a_device_just_allocated_is_shown_held_before_the_next_answer(
+    sim: KubeletSimulator, socket_dir: Path, short_dir: Path, devices: Path, start_host: Any
+) -> None:
+    """`/devices` showed a device allocated a moment ago free (no holder) until the next
+    PodResources answer: an unlisted holder stands for it from its Allocate on."""
+    running = await _host(sim, socket_dir, short_dir, devices, start_host)
+    poller = running.host.pod_resources
+    await wait_until(lambda: poller.holdings is not None, what="a first answer")
+    asked = poller.holdings
+    await sim.allocate(FPGA, 1, pod_uid="p1", container="c")
+    [device_id] = _booked(running)
+    [resource] = [r for r in devices_document(running.host)["resources"] if r["name"] == FPGA]
+    [entry] = [d for d in resource["devices"] if d["id"] == device_id]
+    if poller.holdings is asked:  # (no answer came since: the holder is the unlisted one)
+        assert [h.get("listed", True) for h in entry["holders"]] == [False]
+    assert entry["holders"], entry

@@ -49,7 +49,7 @@ RETRY = 60.0
 WHY = {
     "gone": "it is gone from the device list (unplugged?)",
     "unhealthy": "its driver reports it unhealthy (or its node is gone)",
-    "replaced": "a host path of it reaches another device node or file than was handed out",
+    "replaced": "a host path handed out reaches another device node or file (or nothing) now",
 }
 FAILURES = (ApiError, OSError, ssl.SSLError, TimeoutError, ValueError)
 """What a call to the API server raises when it fails (kubeapi)."""

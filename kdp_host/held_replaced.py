@@ -13,7 +13,9 @@ found: nothing there is `gone` or `unhealthy` as before, a path whose answer is 
 (hung, unresolvable) is not called replaced.
 
 A held device its resource lists now is looked at at each path of the listed device the
-record has; one it does not list (held back by another's claim: hostile15 F4, another
+record has, and at each path of the record the listed device no longer has (hostile16 F2,
+F3: a node that left the device): there, nothing is a node gone too (the pod has it, the
+list will never say so); one it does not list (held back by another's claim: hostile15 F4, another
 device's node made at its path) at each path of the record; where kdp-host sees it
 (`DeviceNode.seen`: a node below a sysfs `devRoot`, as the Allocate checked it), by
 identity (a device number, an inode): the same node through another path or a link is the
@@ -33,13 +35,15 @@ from dataclasses import dataclass, field
 from .devices import Device
 from .files import Offload
 from .handed_entries import Handed
-from .identity import Identity
-from .ownership_canonical import reaches_another
+from .identity import NOTHING, Identity
+from .ownership_canonical import checked_reach, reaches_another, strays
 
 Entry = Callable[[str], Handed | None]
 """A resource's record of what each device was handed out as (`HandedOut.entry`)."""
-Wanted = Mapping[str, tuple[Handed, Mapping[str, Identity]]]
-"""Device -> its record, and where kdp-host sees each path what it reached when handed out."""
+Paths = Mapping[str, Identity]
+"""Where kdp-host sees each path -> what it reached when handed out."""
+Wanted = Mapping[str, tuple[Handed, Paths, Paths]]
+"""Device -> its record, the paths of the listed device, those it no longer has."""
 
 
 @dataclass
@@ -68,15 +72,18 @@ class Replaced:
         """Look (off the loop) at the devices a pod holds (`held`; as `listed` where it
         lists them, else as recorded), then call `done` (check again) if what is found
         changed; the caller checks after the call."""
-        wanted: dict[str, tuple[Handed, Mapping[str, Identity]]] = {}
+        wanted: dict[str, tuple[Handed, Paths, Paths]] = {}
         by_id = {device.id: device for device in listed} if held else {}
         for device_id in held:
             handed = entry(device_id)
             if handed is None:
                 continue
-            device = by_id.get(device_id, handed.device)
-            if paths := seen_reached(device, handed.reached):
-                wanted[device_id] = (handed, paths)
+            recorded = seen_reached(handed.device, handed.reached)
+            device = by_id.get(device_id)
+            paths = recorded if device is None else seen_reached(device, handed.reached)
+            left = {at: i for at, i in recorded.items() if at not in paths}
+            if paths or left:
+                wanted[device_id] = (handed, paths, left)
         idle = self._task is None or self._task.done()
         if not wanted and idle:
             if self.found:
@@ -114,6 +121,19 @@ def _replaced(wanted: Wanted) -> dict[str, Handed]:
     """The devices of `wanted` a path of which reaches another node or file now. Blocking."""
     return {
         device: handed
-        for device, (handed, paths) in wanted.items()
+        for device, (handed, paths, left) in wanted.items()
         if any(reaches_another(path, identity) for path, identity in paths.items())
+        or any(left_behind(path, identity) for path, identity in left.items())
     }
+
+
+def left_behind(path: str, handed: Identity) -> bool:
+    """Whether `path`, handed out with `handed` and no longer a path of the device listed
+    under its ID, reaches nothing now or another node or file (not what is not known: as
+    `reaches_another`). Blocking."""
+    now = checked_reach(path)
+    return (
+        now is not None
+        and not isinstance(now, str)
+        and (now[0][0] == NOTHING or strays(now, handed))
+    )

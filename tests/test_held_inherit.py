@@ -121,3 +121,36 @@ async def test_another_keys_group_with_the_node_the_held_group_kept_is_not_the_h
     await kubelet.acall(kubelet.release, "p1")
     await kubelet.await_for(healthy(GROUP, 1), what="group 1x advertised")
     assert "1x" in kubelet.resource(GROUP)["device_numa"]
+
+
+async def test_the_held_stick_plugged_in_again_with_a_new_bus_node_is_missing(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any
+) -> None:
+    """The held stick itself (its serial: the held one) plugged in again gets ttyUSB0 back
+    but bus node 001/003: p1's container has 001/002, which reaches nothing now. A node
+    the Allocate handed out that the listed device no longer has is looked at too
+    (`held_replaced`): A10K is missing while p1 holds it, though listed Healthy."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    fake = FakeSysfs(short_dir / "root")
+    controller = fake.usb_controller()
+    first = fake.usb_serial_adapter(controller, "1-1", devnum=2, serial="A10K")
+    running = await start_host(
+        booked_head(kubelet, short_dir)
+        + f'  - name: {STICK}\n    sysfs:\n      usb: [{{vendor: "0403"}}]\n'
+        f"      sysfsRoot: {fake.sys}\n      devRoot: {fake.dev}\n      gracePeriod: 0s\n"
+    )
+    await kubelet.await_for(healthy(STICK, 1), what="A10K advertised")
+    assert await grants(kubelet, STICK, "p1") == [{"/dev/ttyUSB0", "/dev/bus/usb/001/002"}]
+    tty, kept = fake.dev / "ttyUSB0", short_dir / "tty-node"
+    os.link(tty, kept)
+    fake.remove_device(first)
+    await kubelet.await_for(healthy(STICK, 0), what="A10K unplugged")
+    fake.usb_serial_adapter(controller, "1-1", devnum=3, serial="A10K", create_nodes=False)
+    fake.create_node("bus/usb/001/003")
+    os.link(kept, tty)
+    await kubelet.await_for(healthy(STICK, 1), what="A10K listed again")
+    poller = running.host.pod_resources
+    await two_answers(poller, lambda: _missing(running, STICK) == 1)
+    shown = _shown(running, STICK)
+    assert shown["A10K"]["health"] == "missing", shown
+    assert [h["pod"] for h in shown["A10K"]["holders"]] == ["p1"]

@@ -64,3 +64,35 @@ async def test_only_a_path_reaching_another_file_than_handed_out_is_replaced(
     assert replaced.of(["linked", "seen"], records.get) == set()
     records["made"] = _handed(devices[4], {made: tmp_path / "c"})  # handed out again since
     assert replaced.of(records, records.get) == set()
+
+
+async def test_a_recorded_path_that_left_the_listed_device_is_looked_at_too(
+    tmp_path: Path,
+) -> None:
+    """hostile16 F2, F3: the device listed under a held ID no longer has a path the Allocate
+    handed out (the same stick plugged in again: a new bus node; a group's optional member
+    gone). The pod has that path's old node: nothing there now, or another node, is
+    `replaced`; the same node there still is not."""
+    for name in ("a", "b", "c", "d", "e", "old"):
+        (tmp_path / name).touch()
+    a, b, c, d, e = (str(tmp_path / n) for n in ("a", "b", "c", "d", "e"))
+    handed = {
+        "gone": Device("gone", nodes=(DeviceNode(a, "/dev/a"), DeviceNode(b, "/dev/b"))),
+        "kept": Device("kept", nodes=(DeviceNode(c, "/dev/c"), DeviceNode(d, "/dev/d"))),
+        "made": Device("made", nodes=(DeviceNode(e, "/dev/e"),)),  # (made anew: as before)
+    }
+    records = {
+        "gone": _handed(handed["gone"], {a: tmp_path / "a", b: tmp_path / "b"}),
+        "kept": _handed(handed["kept"], {c: tmp_path / "c", d: tmp_path / "d"}),
+        "made": _handed(handed["made"], {e: tmp_path / "old"}),
+    }
+    os.unlink(a)  # the node left the device, and is gone
+    listed = [  # as listed now: without a (gone), without d (still there, as handed out)
+        Device("gone", nodes=(DeviceNode(b, "/dev/b"),)),
+        Device("kept", nodes=(DeviceNode(c, "/dev/c"),)),
+        handed["made"],
+    ]
+    replaced, looked = Replaced(), asyncio.Event()
+    replaced.look(listed, set(records), records.get, _Inline(), looked.set)
+    await asyncio.wait_for(looked.wait(), 30)
+    assert replaced.of(records, records.get) == {"gone", "made"}

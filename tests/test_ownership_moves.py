@@ -276,14 +276,19 @@ def test_what_arrived_is_read_up_to_its_limit(tmp_path: Path) -> None:
     assert len(found) == 3 and more
 
 
-def test_check_warns_about_a_node_a_bind_mount_shows_in_another_mount(tmp_path: Path) -> None:
+def a_node_and_b_mounted(tmp_path: Path) -> list[tuple[str, Device]]:
+    """R1's node a/n0 and R2's device mounting directory b (with b/sub)."""
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "n0").write_text("")
     (tmp_path / "b" / "sub").mkdir(parents=True)
-    devices = [
+    return [
         (R1, nodes("n0", str(tmp_path / "a" / "n0"))),
         (R2, mounting("b", str(tmp_path / "b"))),
     ]
+
+
+def test_check_warns_about_a_node_a_bind_mount_shows_in_another_mount(tmp_path: Path) -> None:
+    devices = a_node_and_b_mounted(tmp_path)
     assert overlaps(devices) == []
     [found] = overlaps(devices, mounts=bind(tmp_path / "a", tmp_path / "b" / "sub"))
     assert (found.first.resource, found.second.resource) == (R2, R1)
@@ -369,13 +374,7 @@ def test_check_warns_about_another_node_of_a_claimed_number_in_a_mounted_directo
     """hostile15 F6: b's mounted directory holds a second link of a's node (the same
     identity, another path). `run` holds one of them (an Allocate of b reads below its
     mount); `check` said nothing: it compared claims by path below the directory only."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "n0").write_text("")
-    (tmp_path / "b" / "sub").mkdir(parents=True)
-    devices = [
-        (R1, nodes("n0", str(tmp_path / "a" / "n0"))),
-        (R2, mounting("b", str(tmp_path / "b"))),
-    ]
+    devices = a_node_and_b_mounted(tmp_path)
     assert overlaps(devices) == []
     (tmp_path / "b" / "sub" / "n").hardlink_to(tmp_path / "a" / "n0")
     [found] = overlaps(devices)

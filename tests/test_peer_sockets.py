@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,25 @@ def registrations(kubelet: RealKubelet, since: int, resource: str = SHELL) -> li
 def listed_after_registering(kubelet: RealKubelet, since: int) -> bool:
     kinds = [e["kind"] for e in kubelet.events(since) if e["resource"] == SHELL]
     return "registered" in kinds and "list_and_watch" in kinds[kinds.index("registered") :]
+
+
+async def registry_rollout(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any
+) -> tuple[RealKubelet, Any, Any, int]:
+    """`pluginsRegistry`, two devices: the old instance registered, then the new one started
+    (patient hosts: no verdict wait gives up); the kubelet's event number before the new."""
+    registry, devices = short_dir / "registry", short_dir / "devices"
+    devices.mkdir()
+    for name in ("fpga0", "fpga1"):
+        (devices / name).touch()
+    kubelet = real_kubelet_factory(plugins_registry_dir=registry)
+    text = registry_config(kubelet.socket_dir, registry, devices)
+    old = await start_host(text, registry_wait=PATIENT, instance_id="old")
+    await kubelet.await_for(two_healthy, what="the old instance registered")
+    since = await kubelet.acall(kubelet.last_seq)
+    new = await start_host(text, registry_wait=PATIENT, instance_id="new")
+    await wait_until(lambda: FPGA in new.host.resources, what="the new instance started")
+    return kubelet, old, new, since
 
 
 async def test_hostile13_m11_the_old_host_registered_last_stops_and_the_new_one_registers_again(
@@ -99,17 +119,7 @@ async def test_hostile13_m11_plugins_registry_the_old_instance_last_stops_and_th
     watcher deregisters the name and nothing ends the new one's stream. The new instance
     sees the old one's socket go and creates its socket again; the plugin watcher registers
     it. (A patient host: no verdict wait gives up meanwhile.)"""
-    registry, devices = short_dir / "registry", short_dir / "devices"
-    devices.mkdir()
-    for name in ("fpga0", "fpga1"):
-        (devices / name).touch()
-    kubelet = real_kubelet_factory(plugins_registry_dir=registry)
-    text = registry_config(kubelet.socket_dir, registry, devices)
-    old = await start_host(text, registry_wait=PATIENT, instance_id="old")
-    await kubelet.await_for(two_healthy, what="the old instance registered")
-    since = await kubelet.acall(kubelet.last_seq)
-    new = await start_host(text, registry_wait=PATIENT, instance_id="new")
-    await wait_until(lambda: FPGA in new.host.resources, what="the new instance started")
+    kubelet, old, new, since = await registry_rollout(real_kubelet_factory, short_dir, start_host)
     old_socket = old.host.resources[FPGA].socket_path
     new_socket = new.host.resources[FPGA].socket_path
     await kubelet.await_for(
@@ -296,17 +306,7 @@ async def test_hostile13_m18_the_new_instance_is_ready_once_served_after_the_old
     the watcher's next pass may end that stream too (the socket it replaced). Those are the
     rollout, not the kubelet refusing the plugin: once the kubelet serves it again the new
     instance is ready (before: "the kubelet keeps ending the stream" for a minute)."""
-    registry, devices = short_dir / "registry", short_dir / "devices"
-    devices.mkdir()
-    for name in ("fpga0", "fpga1"):
-        (devices / name).touch()
-    kubelet = real_kubelet_factory(plugins_registry_dir=registry)
-    text = registry_config(kubelet.socket_dir, registry, devices)
-    old = await start_host(text, registry_wait=PATIENT, instance_id="old")
-    await kubelet.await_for(two_healthy, what="the old instance registered")
-    since = await kubelet.acall(kubelet.last_seq)
-    new = await start_host(text, registry_wait=PATIENT, instance_id="new")
-    await wait_until(lambda: FPGA in new.host.resources, what="the new instance started")
+    kubelet, old, new, since = await registry_rollout(real_kubelet_factory, short_dir, start_host)
     new_socket = new.host.resources[FPGA].socket_path
     await kubelet.await_for(
         lambda k: registrations(k, since, FPGA) == [new_socket], what="the new one registered"

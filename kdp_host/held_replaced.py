@@ -12,17 +12,18 @@ is left out by (`ownership_canonical.strays`, through `reaches_another`), where 
 found: nothing there is `gone` or `unhealthy` as before, a path whose answer is not known
 (hung, unresolvable) is not called replaced.
 
-A held device its resource lists now is looked at at each path of the listed device the
-record has, and at each path of the record the listed device no longer has (hostile16 F2,
-F3: a node that left the device): there, nothing is a node gone too (the pod has it, the
-list will never say so); one it does not list (held back by another's claim: hostile15 F4, another
-device's node made at its path) at each path of the record; where kdp-host sees it
-(`DeviceNode.seen`: a node below a sysfs `devRoot`, as the Allocate checked it), by
-identity (a device number, an inode): the same node through another path or a link is the
-one handed out. Looked at off the loop at each PodResources
-answer and each change of the list while a pod holds a device, one look at a time (asked
-during one: looked at again after it, with what was asked last); a result counts while the
-device's record is the one looked at (an Allocate since handed it out anew).
+Where kdp-host sees each path (`DeviceNode.seen`: a node below a sysfs `devRoot`, as the
+Allocate checked it), by identity (a device number, an inode: the same node through another
+path or a link is the one handed out), a held device is looked at:
+- listed now: at each path of the listed device the record has, and at each path of the
+  record the listed device no longer has (hostile16 F2, F3: a node that left the device),
+  where nothing is a node gone too (the pod has it; the list will never say so);
+- not listed (held back by another's claim: hostile15 F4, another device's node made at its
+  path): at each path of the record.
+Looked at off the loop at each PodResources answer and each change of the list while a pod
+holds a device, one look at a time (asked during one: looked at again after it, with what
+was asked last); a result counts while the device's record is the one looked at (an
+Allocate since handed it out anew).
 """
 
 from __future__ import annotations

@@ -19,35 +19,36 @@ from .state_file import StateFile
 from .watch import Subscription, Watcher
 
 
-def lost(file: StateFile, peers: Callable[[Mapping[str, Any]], None] | None = None) -> str | None:
+def lost(file: StateFile) -> str | None:
+    """Why `file` no longer holds what this host last wrote into it (`look`), or None."""
+    return look(file)[0]
+
+
+def look(file: StateFile, peers: bool = False) -> tuple[str | None, Mapping[str, Any] | None]:
     """Why `file` no longer holds what this host last wrote into it (or read from it at
-    start), None when it does (or was never there). The file as written (its device, inode,
-    size and modification time: every write renames a new file into place) is known without
-    a read; another is read, and holds this host's part when that part is as written (a
-    shared file another host wrote since). Call it when no write of the file is under way
-    (`StateFile.flush`). `peers` is given the document another host's write left (called
-    from this thread: it must only hand it on). Blocking: O(the file) when it changed."""
+    start), None when it does (or was never there); and, with `peers`, the document another
+    host's write left (None: none, or this host's own write). The file as written (its
+    device, inode, size and modification time: every write renames a new file into place)
+    is known without a read; another is read, and holds this host's part when that part is
+    as written (a shared file another host wrote since). Call it when no write of the file
+    is under way (`StateFile.flush`). Blocking: O(the file) when it changed."""
     held, path = file.held, str(file.path)
-    if not file.kept or held is None:
-        written = peers is not None and os.path.lexists(path)  # (by other hosts alone)
-        if written and (document := file.document_now()) is not None and peers is not None:
-            peers(document)
-        return None
+    if not file.kept or held is None:  # (there: written by other hosts alone)
+        return None, file.document_now() if peers and os.path.lexists(path) else None
     now = signature(path)
     if now is None and not os.path.lexists(path):
-        return "deleted"
+        return "deleted", None
     if now is not None and now == held[0]:
-        return None
+        return None, None
     aside = file.set_aside
     document = file.document_now()  # (one that cannot be read is set aside, and said so)
     if document is None:
-        return "replaced by a file that cannot be read" if file.set_aside != aside else "deleted"
+        why = "replaced by a file that cannot be read" if file.set_aside != aside else "deleted"
+        return why, None
     if encoded({"own": file.own(document)}) != encoded({"own": held[1]}):
-        return "replaced or rewritten without this host's entries as written"
+        return "replaced or rewritten without this host's entries as written", None
     file.held = (now, held[1])  # (another host's write, with this host's part as it was)
-    if peers is not None:
-        peers(document)
-    return None
+    return None, document if peers else None
 
 
 class KeptPresent:
@@ -90,10 +91,10 @@ class KeptPresent:
             if not self._file.kept and self._peers is None:
                 continue
             await self._file.flush()  # (a write under way lands first: it is what is held)
-            written: list[Mapping[str, Any]] = []
-            look = None if self._peers is None else written.append
-            why = await self._offload.run(functools.partial(lost, self._file, look))
+            peers = self._peers
+            work = functools.partial(look, self._file, peers is not None)
+            why, written = await self._offload.run(work)
             if why is not None:
                 self._file.write_again(self._document, why)
-            if written and self._peers is not None:
-                self._peers(written[-1])
+            if written is not None and peers is not None:
+                peers(written)

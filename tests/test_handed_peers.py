@@ -19,7 +19,7 @@ from kdp_host.files import DaemonThreads
 from kdp_host.handed_out import HandedRecord
 from kdp_host.logs import get_logger
 from kdp_host.state_lock import hold_instance
-from kdp_host.state_presence import lost
+from kdp_host.state_presence import look
 
 from .conftest import wait_until
 from .test_shared_state_dir import SHELL
@@ -46,11 +46,11 @@ async def test_a_use_another_host_hands_out_after_this_ones_start_is_taken_up(
         old.load()
         old.hand_out(R, _listing("/dev/n0").snapshot, ["fpga0"])  # (the old host's Allocate)
         assert await old.written() is None
-        seen: list[object] = []
-        assert new.file is not None and lost(new.file, seen.append) is None
-        assert len(seen) == 1  # (a file this host never wrote: the other's write)
+        assert new.file is not None
+        why, written = look(new.file, True)
+        assert why is None and written is not None  # (a file this host never wrote: the other's)
         assert new.of(R).entry("fpga0") is None
-        new.peers_wrote(seen[0])  # type: ignore[arg-type]
+        new.peers_wrote(written)
         entry = new.of(R).entry("fpga0")
         assert entry is not None and entry.device.nodes[0].host_path == "/dev/n0"
 
@@ -59,14 +59,14 @@ async def test_a_use_another_host_hands_out_after_this_ones_start_is_taken_up(
         assert await new.written() is None
         old.hand_out(R, _listing("/dev/n2").snapshot, ["fpga0"])  # (later, on the old host)
         assert await old.written() is None
-        seen.clear()
-        assert lost(new.file, seen.append) is None and seen
-        new.peers_wrote(seen[-1])  # type: ignore[arg-type]
+        why, written = look(new.file, True)
+        assert why is None and written is not None
+        new.peers_wrote(written)
         entry = new.of(R).entry("fpga0")
         assert entry is not None and entry.device.nodes[0].host_path == "/dev/n2"
         assert [u.device.nodes[0].host_path for u in entry.earlier] == ["/dev/n0", "/dev/n1"]
         taken = entry
-        new.peers_wrote(seen[-1])  # type: ignore[arg-type]
+        new.peers_wrote(written)
         assert new.of(R).entry("fpga0") is taken  # (nothing later: nothing taken again)
     finally:
         for fd in locks:

@@ -48,14 +48,9 @@ async def _not_advertised(kubelet: RealKubelet, resource: str, held: str) -> Non
     assert seen["healthy"] == 0 and held not in seen["device_numa"], seen
 
 
-async def test_another_stick_given_the_held_sticks_tty_number_is_not_the_held_stick(
-    real_kubelet_factory: Any, short_dir: Path, start_host: Any
-) -> None:
-    """F3: stick A10K (port 1-1, ttyUSB0 and bus node 001/002) is p1's; it is unplugged
-    and stick B20K is plugged into the same port: the kernel gives it ttyUSB0 again (the
-    same node: here the same file) and bus node 001/003. B20K shares a node with p1's
-    booking but is not A10K: held, and A10K is missing."""
-    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+async def p1_holds_a10k(kubelet: Any, short_dir: Path, start_host: Any) -> tuple[Any, ...]:
+    """Stick A10K (port 1-1: ttyUSB0, bus node 001/002) served from a fake sysfs and held by
+    p1; returns the fake tree, its controller, the stick and the host."""
     fake = FakeSysfs(short_dir / "root")
     controller = fake.usb_controller()
     first = fake.usb_serial_adapter(controller, "1-1", devnum=2, serial="A10K")
@@ -66,6 +61,18 @@ async def test_another_stick_given_the_held_sticks_tty_number_is_not_the_held_st
     )
     await kubelet.await_for(healthy(STICK, 1), what="A10K advertised")
     assert await grants(kubelet, STICK, "p1") == [{"/dev/ttyUSB0", "/dev/bus/usb/001/002"}]
+    return fake, controller, first, running
+
+
+async def test_another_stick_given_the_held_sticks_tty_number_is_not_the_held_stick(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any
+) -> None:
+    """F3: stick A10K (port 1-1, ttyUSB0 and bus node 001/002) is p1's; it is unplugged
+    and stick B20K is plugged into the same port: the kernel gives it ttyUSB0 again (the
+    same node: here the same file) and bus node 001/003. B20K shares a node with p1's
+    booking but is not A10K: held, and A10K is missing."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    fake, controller, first, running = await p1_holds_a10k(kubelet, short_dir, start_host)
     tty = fake.dev / "ttyUSB0"
     kept = short_dir / "tty-node"
     os.link(tty, kept)  # (the node's identity, which the kernel gives the next stick)
@@ -131,16 +138,7 @@ async def test_the_held_stick_plugged_in_again_with_a_new_bus_node_is_missing(
     the Allocate handed out that the listed device no longer has is looked at too
     (`held_replaced`): A10K is missing while p1 holds it, though listed Healthy."""
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
-    fake = FakeSysfs(short_dir / "root")
-    controller = fake.usb_controller()
-    first = fake.usb_serial_adapter(controller, "1-1", devnum=2, serial="A10K")
-    running = await start_host(
-        booked_head(kubelet, short_dir)
-        + f'  - name: {STICK}\n    sysfs:\n      usb: [{{vendor: "0403"}}]\n'
-        f"      sysfsRoot: {fake.sys}\n      devRoot: {fake.dev}\n      gracePeriod: 0s\n"
-    )
-    await kubelet.await_for(healthy(STICK, 1), what="A10K advertised")
-    assert await grants(kubelet, STICK, "p1") == [{"/dev/ttyUSB0", "/dev/bus/usb/001/002"}]
+    fake, controller, first, running = await p1_holds_a10k(kubelet, short_dir, start_host)
     tty, kept = fake.dev / "ttyUSB0", short_dir / "tty-node"
     os.link(tty, kept)
     fake.remove_device(first)

@@ -77,6 +77,19 @@ async def renamed(
     return running
 
 
+async def p1_holds_old(
+    kubelet: Any, start_host: Any, short_dir: Path, devices: Path, config: Path
+) -> tuple[Any, str]:
+    """OLD, with a release logged to `short_dir/release.log`, serves fpga0 from `config` and
+    p1 holds it; returns the host and the config's head (the other resource)."""
+    head = served(OTHER, kubelet, devices, short_dir / "state", glob="ttyA0")
+    config.write_text(head + resource(OLD, devices, short_dir / "release.log"))
+    running = await start_host(config.read_text(), config_path=config)
+    await kubelet.await_for(healthy(OLD, 1), what="fpga0 advertised under OLD")
+    assert (await kubelet.acall(kubelet.allocate, "p1", {OLD: 1}))["error"] == ""
+    return running, head
+
+
 @pytest.mark.parametrize("variant", ["reload", "restart", "another plugin"])
 async def test_a_node_another_names_booking_held_is_released_before_the_new_name_hands_it_out(
     real_kubelet_factory: Any,
@@ -134,12 +147,8 @@ async def test_a_renamed_resources_owed_release_is_run_by_the_new_name(
     ends (OLD's entry goes from the release state), then p2 gets fpga0."""
     caplog.set_level(logging.INFO)
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
-    state, log, config = short_dir / "state", short_dir / "release.log", short_dir / "c.yaml"
-    head = served(OTHER, kubelet, devices, state, glob="ttyA0")
-    config.write_text(head + resource(OLD, devices, log))
-    running = await start_host(config.read_text(), config_path=config)
-    await kubelet.await_for(healthy(OLD, 1), what="fpga0 advertised under OLD")
-    assert (await kubelet.acall(kubelet.allocate, "p1", {OLD: 1}))["error"] == ""
+    log, config = short_dir / "release.log", short_dir / "c.yaml"
+    running, head = await p1_holds_old(kubelet, start_host, short_dir, devices, config)
     running = await renamed(
         running, start_host, kubelet, config, head + resource(NEW, devices, log), variant
     )
@@ -151,7 +160,7 @@ async def test_a_renamed_resources_owed_release_is_run_by_the_new_name(
     handed = [f for f in owed(caplog) if f.get("reason") == "held_by_booking"]
     assert handed and handed[0]["owed_by_removed"] is True, owed(caplog)
     await running.shutdown()
-    kept = json.loads((state / STATE_FILE).read_text())["resources"]
+    kept = json.loads((short_dir / "state" / STATE_FILE).read_text())["resources"]
     assert OLD not in kept, kept
 
 
@@ -201,12 +210,8 @@ async def test_a_renamed_resources_owed_release_nobody_can_run_says_how_to_end_i
     NEW starts with it unreleased), and one line says so and names the way out."""
     caplog.set_level(logging.INFO)
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
-    state, log, config = short_dir / "state", short_dir / "release.log", short_dir / "c.yaml"
-    head = served(OTHER, kubelet, devices, state, glob="ttyA0")
-    config.write_text(head + resource(OLD, devices, log))
-    running = await start_host(config.read_text(), config_path=config)
-    await kubelet.await_for(healthy(OLD, 1), what="fpga0 advertised under OLD")
-    assert (await kubelet.acall(kubelet.allocate, "p1", {OLD: 1}))["error"] == ""
+    config = short_dir / "c.yaml"
+    running, head = await p1_holds_old(kubelet, start_host, short_dir, devices, config)
     config.write_text(head + resource(NEW, devices, None))
     assert await running.host.reload_from(config) == "ok"
     await kubelet.await_for(healthy(NEW, 0), what="NEW registered, fpga0 held for p1")

@@ -328,15 +328,68 @@ def test_a_listed_device_keeps_its_id() -> None:
     number: DeviceIdentity = ("c", 7)
     other: DeviceIdentity = ("c", 8)
     held = {number: Device("b", nodes=(DeviceNode("/d/b", "/d/b"),), path="/d/b")}
-    assigned, collided = assign_ids({number: [("/d/a", "/d/a"), ("/d/b", "/d/b")]}, held, ids)
+    found: dict[DeviceIdentity, list[tuple[str, str]]]
+    found = {number: [("/d/a", "/d/a"), ("/d/b", "/d/b")]}
+    assigned, collided = assign_ids(found, held, {}, ids)
     assert assigned == {number: Assigned("b", "/d/b")} and collided == {}
     # its host path vanished: the ID stays, the path is the canonical one of what remains
-    assigned, _ = assign_ids({number: [("/d/a", "/d/a")]}, held, ids)
+    assigned, _ = assign_ids({number: [("/d/a", "/d/a")]}, held, {}, ids)
     assert assigned == {number: Assigned("b", "/d/a")}
-    # a newcomer whose canonical path gives a held ID waits, whatever the order
+    # a newcomer whose canonical path gives a held ID gets the ID of its path and
+    # identity at once (never left waiting on a device that may stay), whatever the order
     found = {other: [("/d/b", "/d/b")], number: [("/d/a", "/d/a")]}
-    assigned, collided = assign_ids(found, held, ids)
-    assert assigned == {number: Assigned("b", "/d/a")} and collided == {other: number}
+    assigned, collided = assign_ids(found, held, {}, ids)
+    elsewhere = ids.elsewhere("/d/b", other)
+    assert assigned == {number: Assigned("b", "/d/a"), other: Assigned(elsewhere, "/d/b")}
+    assert collided == {} and elsewhere.startswith("b-") and elsewhere != ids("/d/b")
+    # a device that vanished while listed comes back to its ID, before a newcomer
+    # whose path gives that ID
+    newcomer: DeviceIdentity = ("c", 9)
+    found = {newcomer: [("/d/a", "/d/a")], other: [("/d/c", "/d/c")]}
+    assigned, _ = assign_ids(found, {}, {other: "a"}, ids)
+    assert assigned == {
+        other: Assigned("a", "/d/c"),
+        newcomer: Assigned(ids.elsewhere("/d/a", newcomer), "/d/a"),
+    }
     # nothing held (a restart): the canonical path decides
-    assigned, _ = assign_ids({number: [("/d/b", "/d/b"), ("/d/a", "/d/a")]}, {}, ids)
+    assigned, _ = assign_ids({number: [("/d/b", "/d/b"), ("/d/a", "/d/a")]}, {}, {}, ids)
     assert assigned == {number: Assigned("a", "/d/a")}
+
+
+@pytest.mark.parametrize("grace", [60.0, 0.0])
+async def test_two_nodes_that_swap_devices_both_stay_advertised(
+    tmp_path: Path, grace: float
+) -> None:
+    """hostile16 F7: `fpga0` and `fpga1` swap their devices by two renames with a scan
+    between (a driver reload enumerating two cards the other way round; files stand for
+    device numbers). The card seen at both paths keeps its ID; the other card, back at
+    the other path, takes its ID back while it is still listed (the grace period), else it
+    gets the ID of its path and identity: both stay advertised (it used to wait for ever,
+    `id_collision`, on a device that stays)."""
+    card_a, card_b = tmp_path / "fpga0", tmp_path / "fpga1"
+    card_a.write_text("a")
+    card_b.write_text("b")
+    glob_driver = driver(f"{tmp_path}/fpga*", grace_period=grace)
+    notifier = RecordingNotifier()
+    await glob_driver.step(notifier)
+    assert sorted(notifier.devices) == ["fpga0", "fpga1"]
+    os.link(card_b, tmp_path / ".b")
+    os.link(card_a, tmp_path / ".a")
+    os.replace(tmp_path / ".b", card_a)  # fpga0 is card b now; card a is nowhere matched
+    await glob_driver.step(notifier)
+    assert notifier.devices["fpga1"].healthy
+    os.replace(tmp_path / ".a", card_b)  # fpga1 is card a
+    await glob_driver.step(notifier)
+    assert notifier.skipped_by_reason().get("id_collision") is None
+    by_path = {d.nodes[0].host_path: i for i, d in notifier.devices.items()}
+    assert sorted(by_path) == [str(card_a), str(card_b)], notifier.devices
+    assert by_path[str(card_a)] == "fpga1", "card b keeps its ID"
+    if grace:
+        assert by_path[str(card_b)] == "fpga0", "card a takes its ID back"
+        assert notifier.devices["fpga0"].healthy
+        # (card b's node moved from `fpga1`: Unhealthy for the grace period, as any lost node)
+    else:
+        assert by_path[str(card_b)].startswith("fpga1-"), by_path
+        assert all(d.healthy for d in notifier.devices.values())
+    # a restart: the canonical paths decide
+    assert sorted(d.id for d in await driver(f"{tmp_path}/fpga*").scan()) == ["fpga0", "fpga1"]

@@ -111,6 +111,9 @@ class GlobScan:
         self._dir_readable = dir_readable
         self._held: dict[DeviceIdentity, Device] = {}
         """Each device of the last scan (its ID and host path), by identity."""
+        self._returning: dict[DeviceIdentity, str] = {}
+        """The ID of each device that vanished while still listed, by identity (see
+        `assign_ids`; shared with the `Delta`, pruned by each full look)."""
         self._cache: MatchCache[Looked] = MatchCache(config.paths)
         self._leaves = leaf_patterns(config)
         """Each pattern's (directory, leaf), when a scan told what changed can be a `Delta`."""
@@ -193,7 +196,11 @@ class GlobScan:
                 else:
                     identity, real = found, matched  # (its own real path)
                 by_identity.setdefault(identity, []).append((matched, real))
-        assigned, collided = assign_ids(by_identity, self._held, self._ids)
+        returning = {i: d for i, d in self._returning.items() if d in previous}
+        for identity, device in self._held.items():
+            if identity not in by_identity and device.id in previous:
+                returning[identity] = device.id
+        assigned, collided = assign_ids(by_identity, self._held, returning, self._ids)
         devices: dict[str, Device] = Derived(None, (), {})  # (a base for the next: `Delta`)
         held: dict[DeviceIdentity, Device] = {}
         reached: dict[str, PathReach] = {}
@@ -203,7 +210,7 @@ class GlobScan:
                 skipped[other] = Skipped(
                     "same_device", other, f"the same device as {matched}, listed once"
                 )
-            if identity in collided:  # a listed device holds the ID, or two hashes collide
+            if identity in collided:  # (two hashes collide)
                 holder = assigned[collided[identity]].device_id
                 skipped[matched] = Skipped(
                     "id_collision",
@@ -219,6 +226,11 @@ class GlobScan:
                 reached[host_path] = (identity, host_path)
         # Read by the next scan only (scans never overlap: the loop runs one at a time).
         self._held = held
+        self._returning = {
+            identity: device_id
+            for identity, device_id in returning.items()
+            if identity not in held and device_id not in devices
+        }
         cache.end()
         if leaves and simple and not collided and config.numa_node_file is None:
             groups = {
@@ -227,7 +239,9 @@ class GlobScan:
                 if len(paths) > 1
             }
             counts = [len(m) for m in matches]
-            self._delta = Delta(config.paths, leaves, cache, counts, held, groups, devices, skipped)
+            self._delta = Delta(
+                config.paths, leaves, cache, counts, held, self._returning, groups, devices, skipped
+            )
         return ScanResult(
             devices,
             tuple(skipped.values()),

@@ -67,6 +67,7 @@ class Delta:
         cache: MatchCache[Any],
         counts: list[int],
         held: dict[DeviceIdentity, Device],
+        returning: dict[DeviceIdentity, str],
         groups: dict[DeviceIdentity, list[str]],
         devices: Mapping[str, Device],
         skipped: dict[str, Skipped],
@@ -79,6 +80,9 @@ class Delta:
         """Each pattern's matched paths (directories too), as many as the last scan's."""
         self.held = held
         """Each device by identity (`GlobScan._held`, changed in place)."""
+        self._returning = returning
+        """The ID of each device that vanished while listed (`GlobScan._returning`, changed
+        in place)."""
         self._groups = groups
         """The matched paths of each device that has more than one, in scan order (a
         device with one is at its `path`)."""
@@ -175,9 +179,18 @@ class Delta:
                 host_path = kept.nodes[0].host_path
                 assigned[identity] = (kept.id, host_path if host_path in paths else min(paths))
                 continue
-            device_id = ids(min(paths))
-            if device_id in taken or (device_id in self.devices and device_id not in freed):
-                return None  # an ID collision: the full look decides who waits
+            back = self._returning.get(identity)
+            wanted = (back if back in previous else None, ids(min(paths)))
+            device_id = next(
+                (
+                    w
+                    for w in wanted
+                    if w is not None and w not in taken and (w not in self.devices or w in freed)
+                ),
+                None,
+            )
+            if device_id is None:
+                return None  # its path's ID is another's: the full look (`assign_ids`)
             taken.add(device_id)
             assigned[identity] = (device_id, min(paths))
         # Everything fits: the new answer.
@@ -199,6 +212,7 @@ class Delta:
             if gone is not None:
                 changed_ids.add(gone.id)
                 del devices[gone.id]
+                self._returning[identity] = gone.id
         for identity, paths in paths_now.items():
             if not paths:
                 continue
@@ -208,6 +222,7 @@ class Delta:
             for other in paths[1:]:
                 skipped[other] = same_device(other, matched)
             device_id, host_path = assigned[identity]
+            self._returning.pop(identity, None)
             device = held[identity] = devices[device_id] = make(device_id, matched, host_path)
             changed_ids.add(device_id)
             if device is not previous.get(device_id):  # (the index knows a device kept)

@@ -8,7 +8,8 @@ pure function of the device's canonical path (the resolved real path of the node
 patterns, never of which matched path (a link or the node itself) led to it, so a link that
 appears or vanishes never renames a device.
 A device already listed keeps its ID and host path while it stays present (`assign_ids`):
-a second node for its device number, whatever its path, never renames it.
+a second node for its device number, whatever its path, never renames it; one that comes
+back while still listed takes its ID back.
 """
 
 from __future__ import annotations
@@ -73,11 +74,25 @@ class DeviceIds:
         self._mixed_depths = len({_depth(p, self.base) for p in patterns}) > 1
 
     def __call__(self, path: str) -> str:
+        shown, readable = self._readable(path)
+        return shown if readable else make_name(path, PATH_ID, shown=shown)
+
+    def elsewhere(self, path: str, identity: DeviceIdentity) -> str:
+        """The ID of a new device whose path's ID a present device holds (one that kept its
+        ID through a move: `assign_ids`): the hashed form of its path and identity. No
+        path's ID is ever equal to it: a readable ID never ends like a hashed one, and a
+        hashed one spells its path alone."""
+        kind, key = identity
+        return make_name(f"{path}\0{kind}:{key}", PATH_ID, shown=self._readable(path)[0])
+
+    def _readable(self, path: str) -> tuple[str, bool]:
+        """The readable form of `path` (relative to the base, `/` as `-`; outside it, its
+        file name) and whether it may be the ID as it is."""
         inside = path.startswith(self._prefix)
         rel = path[len(self._prefix) :] if inside else path.lstrip("/")
         parts = rel.split("/")
         joined = "-".join(parts)
-        if (
+        readable = (
             inside
             and PATH_ID.unsafe.search(joined) is None
             and joined not in (".", "..")
@@ -85,9 +100,8 @@ class DeviceIds:
             and not _HASH_SUFFIX.search(joined)
             and not (len(parts) > 1 and ("-" in rel or "_" in rel))
             and not (len(parts) == 1 and self._mixed_depths and "-" in rel)
-        ):
-            return joined
-        return make_name(path, PATH_ID, shown=joined if inside else parts[-1])
+        )
+        return (joined if inside else parts[-1]), readable
 
 
 def watch_dirs(pattern: str, guard: ScanGuard) -> list[str]:
@@ -134,24 +148,34 @@ class Assigned(NamedTuple):
 def assign_ids(
     by_identity: Mapping[DeviceIdentity, Sequence[tuple[str, str]]],
     held: Mapping[DeviceIdentity, Device],
+    returning: Mapping[DeviceIdentity, str],
     ids: DeviceIds,
 ) -> tuple[dict[DeviceIdentity, Assigned], dict[DeviceIdentity, DeviceIdentity]]:
     """The ID of each device of a scan (its (matched path, real path) pairs by identity),
-    and the devices left out because their ID is another's (identity -> the holder's).
+    and the devices left out because every ID they may take is another's (identity -> the
+    holder's: only where two hashes collide).
 
     A device listed last time (`held`: its Device by identity) keeps its ID, and its host
-    path (its node's) while that path still
-    reaches it (else the canonical path of what does): a second node with the same device
-    number and a lower path (`mknod`, a devtmpfs alias) never renames a device the kubelet
-    may have given to a pod. A new device gets the ID of its canonical path; if a listed
-    device holds that ID, the newcomer waits (`id_collision`) until the holder is gone.
+    path (its node's) while that path still reaches it (else the canonical path of what
+    does): a second node with the same device number and a lower path (`mknod`, a devtmpfs
+    alias) never renames a device the kubelet may have given to a pod. A device that
+    vanished while still listed (`returning`: its ID by identity, the grace period's
+    Unhealthy entry) takes its ID back while no present device holds it. Any other gets the
+    ID of its canonical path; if a present device holds that one (it kept its ID through
+    a move: two nodes that swap device numbers), the ID of its path and identity
+    (`DeviceIds.elsewhere`): it is advertised at once, never left waiting on a device
+    that may stay for good.
     """
     assigned: dict[DeviceIdentity, Assigned] = {}
     owner: dict[str, DeviceIdentity] = {}
     collided: dict[DeviceIdentity, DeviceIdentity] = {}
-    # The devices that hold an ID first, so a newcomer never takes theirs (a first scan
-    # holds none: nothing to sort).
-    order = sorted(by_identity, key=lambda i: i not in held) if held else by_identity
+    # The devices that hold an ID first, then those coming back for theirs, so a newcomer
+    # never takes one (a first scan holds none: nothing to sort).
+    order = (
+        sorted(by_identity, key=lambda i: (i not in held, i not in returning))
+        if held or returning
+        else by_identity
+    )
     for identity in order:
         paths = by_identity[identity]
         kept = held.get(identity)
@@ -160,14 +184,17 @@ def assign_ids(
             if not any(real == host_path for _matched, real in paths):
                 host_path = canonical_path(paths)
             choice = Assigned(kept.id, host_path)
-        else:
-            canonical = canonical_path(paths)
-            choice = Assigned(ids(canonical), canonical)
-        holder = owner.setdefault(choice.device_id, identity)
-        if holder != identity:
-            collided[identity] = holder
+            owner.setdefault(choice.device_id, identity)
+            assigned[identity] = choice
             continue
-        assigned[identity] = choice
+        canonical = canonical_path(paths)
+        wanted = (returning.get(identity), ids(canonical), ids.elsewhere(canonical, identity))
+        device_id = next((w for w in wanted if w is not None and w not in owner), None)
+        if device_id is None:
+            collided[identity] = owner[ids.elsewhere(canonical, identity)]
+            continue
+        owner[device_id] = identity
+        assigned[identity] = Assigned(device_id, canonical)
     return assigned, collided
 
 

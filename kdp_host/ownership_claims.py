@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -308,6 +308,17 @@ def places(device: Device) -> Places:
     if sysfs is not None:
         found.append((sysfs, None))
     return tuple(found)
+
+
+def reaches_else(claims: Claims, known: Mapping[str, Reached]) -> bool:
+    """Whether a scan learnt (`known`: what host paths reach now) that a path of `claims`
+    reaches another claim now. Claims are kept by places (`places`): a node made anew at a
+    path (two nodes that swap device numbers) must not be taken for what was there."""
+    for key, path, _real in claims.all():
+        found = known.get(path)
+        if found is not None and found[0] != key and key[0] not in (PLACE, SYSFS):
+            return True
+    return False
 
 
 def device_claims(device: Device, resolve: Resolver = reach) -> Claims:

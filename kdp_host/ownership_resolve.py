@@ -28,6 +28,8 @@ from .ownership_claims import (
     Resolver,
     ancestors,
     claimed_paths,
+    places,
+    reaches_else,
     still_reaches,
 )
 from .ownership_reads import KeptReads
@@ -189,14 +191,18 @@ class Resolving(Admission):
         claims are not known (those the list says changed, else a walk of a changed list),
         its lingering claims (gone?), and the lingering claims its held devices wait for."""
         devices, needs = state.reported, dict[str, tuple[str, ...]]()
-        cache, before, stale = state.claims, state.admitted_from, state.stale
+        cache, before, stale, known = state.claims, state.admitted_from, state.stale, state.known
         for device_id in changed_among(before, devices, stale, equal_is_same=state.settled):
             if pace.due():
                 yield
             device = devices.get(device_id)
             if device is None or (before.get(device_id) is device and device_id not in stale):
                 continue
-            if device_id in stale or cached_claims(cache, device) is None:
+            cached = None if device_id in stale else cached_claims(cache, device)
+            if cached is not None and known and reaches_else(cached, known):
+                del cache[places(device)]  # (what its paths reach changed)
+                cached = None
+            if cached is None:
                 needs[device_id] = claimed_paths(device)
         for device_id in list(state.held):  # (one waiting for a path: resolved off the loop)
             if pace.due():
@@ -219,7 +225,7 @@ class Resolving(Admission):
                 lingering = self._resources[owner.resource].lingering.get(why.key)
                 if lingering is not None:
                     wanted.add(lingering[1][1])
-        if known := state.known:  # what the scan learnt is as fresh as the list it made
+        if known:  # what the scan learnt is as fresh as the list it made
             found = known.keys() & wanted  # (no walk of either in Python)
             self._fresh.update(zip(found, map(known.__getitem__, found), strict=True))
         return {path for path in wanted if path not in self._fresh}  # (`- keys()` walks all)

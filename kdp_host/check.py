@@ -114,11 +114,14 @@ def root_disk_warnings(rows: Iterable[CheckRow], root: RootDisk) -> list[str]:
 
 
 def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) -> list[str]:
-    """A line for each device a run would leave out (`unsafe_mount`): a node or mount of it
-    whose real path no container may be handed (`config.handed`, the rule a run follows)."""
+    """A line for each device a run would leave out for a path of its own: a node or mount
+    of it whose real path no container may be handed (`unsafe_mount`: `config.handed`, the
+    rule a run follows), else a node whose path reaches a directory, a FIFO or a socket
+    (`not_a_node`: `ownership_claims.Claims.not_nodes`, the rule a run follows)."""
     from .config import never_handed
+    from .identity import NOT_A_NODE, not_a_node_why
     from .mount_table import read_mounts
-    from .ownership_claims import read_only_paths
+    from .ownership_claims import device_claims, read_only_paths
 
     rule, mounts = never_handed(config, config_file), read_mounts()
     found: list[str] = []
@@ -136,6 +139,15 @@ def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) 
                     f"advertised (unsafe_mount): {quote_text(path)} {why}"
                 )
                 break
+        else:
+            if odd := device_claims(device).not_nodes:
+                key, path, real = odd[0]
+                shown = "" if real == path else f"(resolved: {quote_text(real)}) "
+                found.append(
+                    f"warning: {row.resource}: device {quote_text(device.id)} would not be "
+                    f"advertised ({NOT_A_NODE}): {quote_text(path)} {shown}"
+                    + not_a_node_why(key[0])
+                )
     return found
 
 

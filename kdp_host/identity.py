@@ -3,9 +3,10 @@ the glob driver are compared by (one rule for both: the driver hands what its sc
 the index, which takes it instead of asking again).
 
 A character or block device node is its device number (a second node or a link for it is
-the same device: what a container's cgroup allows). Anything else, a directory or any other
-file, is its inode, `st_dev` and `st_ino` (a hard link, a bind mount or a rename of it is the
-same file; a file made anew at the same path is another). Like a device number, an inode
+the same device: what a container's cgroup allows). Anything else, a directory, a regular
+file or any other file (a FIFO, a socket: `OTHER`), is its inode, `st_dev` and `st_ino` (a
+hard link, a bind mount or a rename of it is the same file; a file made anew at the same
+path is another). Like a device number, an inode
 number can be reused once its file is gone: what holds one (a booking) holds the new file
 until it ends, and a glob device whose file went takes the new one for itself renamed.
 """
@@ -20,15 +21,29 @@ from types import MappingProxyType
 from typing import Final
 
 Identity = tuple[str, int | str]
-"""What a host path is (`identity_of`): `('c'|'b', st_rdev)` for a device node, `('d'|'f',
-inode)` for a directory or any other file; the ownership index's claim key."""
+"""What a host path is (`identity_of`): `('c'|'b', st_rdev)` for a device node, `('d'|'f'|'o',
+inode)` for a directory, a regular file or any other file; the ownership index's claim key."""
 Reach = Mapping[str, Identity]
 """Host path -> the identity it reached (when handed out: `handed_out.Handed.reached`)."""
 NONE: Reach = MappingProxyType({})
 DIRECTORY = "d"
 """The kind of a directory's identity (a mount of it holds what is below its real path)."""
 FILE = "f"
-"""The kind of the identity of a file that is no device node and no directory."""
+"""The kind of the identity of a regular file."""
+OTHER: Final = "o"
+"""The kind of the identity of a file that is neither a device node, a directory nor a
+regular file (a FIFO, a socket)."""
+NOT_NODES: Final = frozenset((DIRECTORY, OTHER))
+"""The kinds of what a device node's host path may not reach (`NOT_A_NODE`): a directory, a
+FIFO, a socket. A regular file passes (tests, `make demo` and the README hand one out as a
+device on purpose)."""
+NOT_A_NODE: Final = "not_a_node"
+"""Why a device is left out that hands out, as a device node (a DeviceSpec's `PathOnHost`),
+a path reaching what `NOT_NODES` names (hostile16 F6): a container runtime makes the
+container's device from it with mknod semantics (runc, containerd: "not a device node"),
+so the pod would be admitted and its container would never start. The skip reason in
+`kdp_driver_skipped_total` (every driver: the ownership index applies it,
+`ownership_claims.not_a_node`); a mount of the same path is fine."""
 NODES: Final = frozenset(("c", "b"))
 """The kinds of a device node's identity (its device number: the kernel may give a number
 again, to a device plugged later)."""
@@ -51,17 +66,28 @@ skip reason of a glob path, and of a device whose claimed path the ownership ind
 (every driver), in `kdp_driver_skipped_total`."""
 
 
+def not_a_node_why(kind: str) -> str:
+    """Why a device node's host path reaching `kind` (of `NOT_NODES`) is not handed out."""
+    what = "a directory" if kind == DIRECTORY else "a FIFO or a socket (no device node)"
+    return (
+        f"is {what}: a container runtime makes no device of it (runc, containerd: not a "
+        "device node) and the container would never start; hand it out as a mount instead"
+    )
+
+
 def identity_of(st: os.stat_result) -> Identity:
     """What a host path is, from its (followed) stat: a character or block device node by
     its device number (a second node or a link for it is the same device), a directory or
     any other file by its inode, `st_dev` and `st_ino` in one number (a hard link or a
-    rename is the same file; a file made anew at the same path is another)."""
+    rename is the same file; a file made anew at the same path is another), its kind
+    saying which (`DIRECTORY`, `FILE`: a regular one, `OTHER`)."""
     mode = st.st_mode
     if stat.S_ISCHR(mode):
         return ("c", st.st_rdev)
     if stat.S_ISBLK(mode):
         return ("b", st.st_rdev)
-    return (DIRECTORY if stat.S_ISDIR(mode) else FILE, st.st_dev << 64 | st.st_ino)
+    kind = FILE if stat.S_ISREG(mode) else DIRECTORY if stat.S_ISDIR(mode) else OTHER
+    return (kind, st.st_dev << 64 | st.st_ino)
 
 
 def names_it(st: os.stat_result, real: str) -> bool:

@@ -30,6 +30,7 @@ DRIVER_SKIP_REASONS = (
     "incomplete_group",
     "path_collision",
     "unsafe_mount",
+    "not_a_node",
     "unresolvable",
     "node_owned",
 )

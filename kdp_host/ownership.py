@@ -72,7 +72,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
-from .config import UNSAFE_MOUNT
 from .devices import Device, advertises, replica_ids
 from .files import Offload
 from .identity import Identity
@@ -85,6 +84,7 @@ from .ownership_booked import checkpoint_device
 from .ownership_bookings import BookedElsewhere, Releases
 from .ownership_claims import Claim, Owner, Reached, Resolver, places
 from .ownership_gate import ADMISSION_CHUNK
+from .ownership_held import OWN_PATHS
 from .ownership_table import Holding, ResourceState
 from .ownership_watching import Watching
 from .timings import Timings
@@ -222,7 +222,8 @@ class OwnershipIndex(Watching):
         if state is None:
             return False
         why, device = state.held.get(device_id), state.reported.get(device_id)
-        return why is not None and why.reason != UNSAFE_MOUNT and bool(device and device.healthy)
+        own = why is None or why.reason in OWN_PATHS  # (held for its own path: no node there)
+        return not own and bool(device and device.healthy)
 
     def hold_while_releasing(self, store: Releases) -> None:
         """A booking whose device's release is still due (`store.pending`) stays, holding

@@ -3,7 +3,9 @@
 Each DeviceSpec host path of a device claims what it reaches (`identity.identity_of`): a
 character or block node by its device number (so a second node or a link for it is the same
 claim), a directory or any other file by its inode (so a hard link, a bind mount or a
-rename of it is the same claim), a path where nothing is by its place (`missing`). Each
+rename of it is the same claim), a path where nothing is by its place (`missing`). A
+DeviceSpec's claim of a directory, a FIFO or a socket is one no runtime makes a device of
+(`Claims.not_nodes`: the ownership index holds such a device, `identity.NOT_A_NODE`). Each
 mount source claims the same way. Nodes and mounts a driver marks `shared` are claimed
 shared. A sysfs device also claims itself, by its sysfs directory's inode (`SYSFS`): a
 device that passes no node is advertised once too, whatever the spelling of the sysfs root
@@ -23,6 +25,7 @@ from typing import Protocol
 from .devices import Device
 from .identity import (
     DIRECTORY,
+    NOT_NODES,
     PathReach,
     Uncheckable,
     identity_of,
@@ -32,7 +35,7 @@ from .identity import (
 from .identity import NOTHING as NOTHING  # (the kind of a claim where nothing is)
 
 ClaimKey = tuple[str, int | str]
-"""What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f', inode)), ('path',
+"""What a path is (`identity.identity_of`: ('c'|'b', st_rdev), ('d'|'f'|'o', inode)), ('path',
 the real path of its place: `missing`) where nothing is yet, or (SYSFS, inode of its
 directory; its normalised path when that is gone) for a sysfs device itself."""
 
@@ -182,6 +185,13 @@ class Claims(Protocol):
     def renamed(self) -> tuple[tuple[str, str], ...]:
         """(host path, real path) of its paths that are not their real path (`canonical`)."""
 
+    @property
+    def not_nodes(self) -> tuple[Claim, ...]:
+        """The rule of `identity.NOT_A_NODE`, for every driver: the claims of its device
+        nodes' host paths (DeviceSpecs, where kdp-host sees them) that reach a directory, a
+        FIFO or a socket (`identity.NOT_NODES`), known from the kind of each claim (the
+        stat it was made from: no system call)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ClaimSet:
@@ -190,6 +200,7 @@ class ClaimSet:
     exclusive: tuple[Claim, ...]
     shared: tuple[Claim, ...] = ()
     renamed: tuple[tuple[str, str], ...] = ()
+    not_nodes: tuple[Claim, ...] = ()
 
     def exclusive_keys(self) -> frozenset[ClaimKey]:
         return frozenset(claim[0] for claim in self.exclusive)
@@ -209,6 +220,10 @@ class OneClaim(tuple[ClaimKey, str, str]):
     __slots__ = ()
     renamed: tuple[tuple[str, str], ...] = ()
     """(Its path is its real path: else the device's claims are a ClaimSet.)"""
+
+    @property
+    def not_nodes(self) -> tuple[Claim, ...]:
+        return (self,) if self[0][0] in NOT_NODES else ()  # (its one path is a node's)
 
     @property
     def exclusive(self) -> tuple[Claim, ...]:
@@ -335,7 +350,8 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
         claim = claim_of(path, resolve)  # the common one-node device: no dicts
         if claim[2] == path or claim[0][0] == NOTHING:
             return OneClaim(claim)
-        return ClaimSet((claim,), (), ((path, claim[2]),))
+        odd = (claim,) if claim[0][0] in NOT_NODES else ()
+        return ClaimSet((claim,), (), ((path, claim[2]),), odd)
     exclusive: dict[ClaimKey, Claim] = {}
     shared: dict[ClaimKey, Claim] = {}
     made: list[Claim] = []
@@ -354,7 +370,8 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
     if sysfs is not None:
         mine = sysfs_claim(sysfs, resolve(sysfs))
         exclusive.setdefault(mine[0], mine)
-    return ClaimSet(tuple(exclusive.values()), tuple(shared.values()), _renamed(made))
+    nodes = tuple(c for c in made[: len(device.nodes)] if c[0][0] in NOT_NODES)
+    return ClaimSet(tuple(exclusive.values()), tuple(shared.values()), _renamed(made), nodes)
 
 
 def _renamed(claims: Iterable[Claim]) -> tuple[tuple[str, str], ...]:

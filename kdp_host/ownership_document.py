@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from .devices import advertises
 from .files import Offload
-from .identity import DIRECTORY, FILE
+from .identity import DIRECTORY, FILE, OTHER
 from .json_document import object_entries
 from .logs import EventLogger
 from .ownership_claims import (
@@ -130,7 +130,7 @@ def ownership_file(
     )
 
 
-NUMBERED = ("c", "b", DIRECTORY, FILE, SYSFS)
+NUMBERED = ("c", "b", DIRECTORY, FILE, OTHER, SYSFS)
 """Claim kinds whose key is a number: a device number, an inode (`identity.identity_of`; a
 sysfs device's directory: `ownership_claims.sysfs_claim`)."""
 BY_TEXT = (NOTHING, SYSFS)

@@ -13,7 +13,7 @@ from typing import Final
 
 from .config import UNSAFE_MOUNT
 from .devices import Device
-from .identity import UNSEEN
+from .identity import NOT_A_NODE, UNSEEN
 from .metrics import Metrics
 from .ownership_adopt import what_releases
 from .ownership_booked import Booking
@@ -202,7 +202,12 @@ def note_held(
 def _counted_as(why: Holding) -> str:
     """The `kdp_driver_skipped_total` reason of a holding: a device held first for one and
     then for the other (a node gone, then found owned) is counted under each."""
-    return UNSAFE_MOUNT if why.reason == UNSAFE_MOUNT else HELD_REASON
+    return why.reason if why.reason in OWN_PATHS else HELD_REASON
+
+
+OWN_PATHS: Final = frozenset((UNSAFE_MOUNT, NOT_A_NODE))
+"""The reasons of a device held for what a path of its own reaches (no owner), counted
+under their own name."""
 
 
 UNSEEN_LINE_EVERY: Final = 1.0
@@ -219,13 +224,15 @@ def _fields(
     pod_resources: bool,
 ) -> dict[str, object]:
     """What a `device_held` line says of why (for a summary line: of its first device)."""
-    if why.reason == UNSAFE_MOUNT:
+    if why.reason in OWN_PATHS:
         return {
             "reason": why.reason,
             "path": why.path,
             "error": why.detail,
             "action": "not advertised until kdp-host sees it there"
             if why.detail.endswith(UNSEEN)
+            else "not advertised until a device node is there"
+            if why.reason == NOT_A_NODE
             else "not advertised while it reaches there",
         }
     owner = why.owner

@@ -11,7 +11,9 @@ bind mount of `/` made unsafe held every device of the host, of every resource. 
 such a claim unbooked from this host: an Allocate books before it answers, one of an ID no
 longer advertised is refused (`BookingAllocations._book`), and one that hands out such a
 path is refused too (`hand_out`). The unsafe devices of a list are found, and let go of,
-before any other device of it is admitted, so none of the list is held by one of them.
+before any other device of it is admitted, so none of the list is held by one of them. So is
+a device held `not_a_node` (a node's path that reaches a directory, a FIFO or a socket:
+`identity.NOT_A_NODE`), whose path is followed to admit it once a node is there.
 
 A device held by another device's claim (`owned`, `shared`) is not of this kind: its claims
 are safe ones it owned while advertised, and they linger as those of any device that stopped
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Generator, Mapping
 
 from .config import UNSAFE_MOUNT, NeverHanded
-from .identity import UNSEEN, unseen
+from .identity import NOT_A_NODE, UNSEEN, not_a_node_why, unseen
 from .mount_table import MountMap
 from .ownership_claims import PLACE, SYSFS, ClaimKey, Claims, ClaimSet, Owner, read_only_paths
 from .ownership_table import ClaimTable, Holding, ResourceState
@@ -85,7 +87,9 @@ class LetGo(ClaimTable):
         Unhealthy device (a node that vanished, for its grace period) is advertised so with
         a path where nothing is: the kubelet allocates no Unhealthy device, and an Allocate
         that hands one out is refused (`hand_out`, the same rule). A path of `read_only`
-        (`ownership_claims.read_only_paths`) is not refused for what kdp-host runs."""
+        (`ownership_claims.read_only_paths`) is not refused for what kdp-host runs. Then
+        (`not_a_node`, found before a path where nothing is) a device node's path that
+        reaches a directory, a FIFO or a socket (`identity.NOT_A_NODE`)."""
         problem, mounts = self.never_handed.problem, self._within.mounts
         waiting: Holding | None = None
         for key, path, real in claims.all():
@@ -97,6 +101,10 @@ class LetGo(ClaimTable):
             if why != UNSEEN:
                 return found
             waiting = waiting or found
+        if odd := claims.not_nodes:
+            key, path, real = odd[0]
+            why = f"its real path {real} {not_a_node_why(key[0])}"
+            return Holding(NOT_A_NODE, NOBODY, path, detail=why)
         return waiting
 
     def _vanishing(self, state: ResourceState, device_id: str) -> bool:
@@ -120,7 +128,9 @@ class LetGo(ClaimTable):
         ID is that one's). A device held only for a path where nothing is (`UNSEEN`) lets go
         of nothing (its claims linger as those of a device that left its list: they are
         safe ones), and the directory of that path is followed: it is admitted again once
-        the path is there. Returns them, and whether a claim was released."""
+        the path is there; so is the directory of a node's path that is no node
+        (`NOT_A_NODE`): admitted again once a node is there. Returns them, and whether a
+        claim was released."""
         unsafe: dict[str, Holding] = {}
         for device_id, claim in claims.items():
             if pace.due():
@@ -141,6 +151,9 @@ class LetGo(ClaimTable):
             self._follow(
                 state.name, ClaimSet(tuple(c for c in claims[device_id].all() if unseen(c[0])))
             )
+        for device_id, why in unsafe.items():
+            if why.reason == NOT_A_NODE:
+                self._follow(state.name, ClaimSet(claims[device_id].not_nodes))
         named = (lambda d: d) if ids is None else ids.__getitem__
         safe = {named(d) for d in claims if d not in unsafe}
         first = {d: named(d) for d in unsafe if named(d) not in safe}

@@ -44,13 +44,14 @@ class Holding:
     (its ID is the old ID another device of the resource keeps while a booking of it holds
     that device's node), `booked_number_unknown` (a node of it may have the number of a
     booked node gone at start: `Ledger.number_unknown`),
-    `unsafe_mount` (a path of it no container may be handed: no owner)."""
+    `unsafe_mount` (a path of it no container may be handed: no owner), `not_a_node` (a
+    node's path that reaches a directory, a FIFO or a socket: no owner)."""
     owner: Owner
     path: str
     key: ClaimKey | None = None
     """The claim it waits for (a lingering one is checked again before each admission)."""
     detail: str = ""
-    """Why, in words, where no owner says it (`unsafe_mount`: `config.handed`)."""
+    """Why, in words, where no owner says it (`unsafe_mount`: `config.handed`; `not_a_node`)."""
 
 
 @dataclass

@@ -74,6 +74,7 @@ from ..identity import (
     DIRECTORY,
     FILE,
     NOTHING,
+    OTHER,
     UNSEEN,
     Identity,
     Uncheckable,
@@ -213,7 +214,7 @@ class NeverHanded:
                     return why + (RUN_WHY if run else "")
         if unseen(key):
             return UNSEEN  # (hostile9 H5: what it reaches on the host is not known)
-        if key is not None and key[0] in (DIRECTORY, FILE):
+        if key is not None and key[0] in (DIRECTORY, FILE, OTHER):
             return self._identity_problem(key, fresh, writable, since)
         return None
 
@@ -287,7 +288,7 @@ class NeverHanded:
         for what, path, identity, mtime in view.dirs:
             if identity == key:
                 return f"is {what} (by identity), which no container may be handed"
-            if key[0] == FILE and self._holds(path, identity, mtime, view.taken, key):
+            if key[0] in (FILE, OTHER) and self._holds(path, identity, mtime, view.taken, key):
                 return f"lies in {what} (a hard link), which no container may be handed"
         return None
 

@@ -33,7 +33,7 @@ from .scanner import ScanGuard
 _HASH_SUFFIX = re.compile(r"-[0-9a-f]{10}\Z")
 
 DeviceIdentity = Identity
-"""('c' or 'b', st_rdev) for device nodes, ('f', inode) for anything else."""
+"""('c' or 'b', st_rdev) for device nodes, ('f' or 'o', inode) for anything else."""
 
 
 def fixed_parent(pattern: str) -> str:

@@ -26,6 +26,7 @@ from .conftest import RunningHost, wait_until
 from .fake_nodes import indexed
 from .fake_sysfs import FTDI, FakeSysfs
 from .handed_setup import PROBE, head, made_dirs
+from .kubelet_harness import healthy
 
 ODD = "vendor.example/odd"
 WHY = "a container runtime makes no device of it"
@@ -176,12 +177,12 @@ async def test_in_the_index_a_node_that_is_no_node_is_held_and_a_mount_of_it_is_
         Device(
             "mounts",
             mounts=(DeviceMount(str(made["SOCK"]), "/s"), DeviceMount(str(made["DIR"]), "/d")),
-        ),  # fmt: skip
+        ),
         Device("sock", nodes=None, path=str(made["SOCK"])),  # (the one-node device)
         Device("link", nodes=None, path=str(dirs / "odd" / "link")),  # (through a link)
         Device(
             "two", nodes=(DeviceNode(str(made["FILE"]), "/f"), DeviceNode(str(made["FIFO"]), "/p"))
-        ),  # fmt: skip
+        ),
     ]
     index, tables = await indexed({PROBE: devices})
     assert {d: why.reason for d, why in index.held_now(PROBE).items()} == {
@@ -222,3 +223,24 @@ def test_kdp_host_check_warns_of_each_node_that_is_no_node(
         assert any(f"device {device} would not be" in w and str(made[device]) in w for w in warned)
     assert any(PROBE in w and str(tty) in w and WHY in w for w in warned), warned
     assert not any("device FILE " in w for w in warned)
+
+
+async def test_through_the_real_kubelet_only_the_file_is_allocatable(
+    real_kubelet_factory: Any, dirs: Path, start_host: Any
+) -> None:
+    """hostile16 F6 with the kubelet's real device manager: of a probe's directory, FIFO,
+    socket and file only the file is healthy, the first Allocate hands it out, the second
+    finds nothing (no DeviceSpec of a directory, FIFO or socket)."""
+    made = odd_files(dirs / "odd")
+    listing = dirs / "p.txt"
+    listing.write_text("".join(f"{d} Healthy path={p}\n" for d, p in made.items()))
+    kubelet = real_kubelet_factory()
+    await start_host(
+        head(dirs) + f"  - name: {ODD}\n    shell: {{command: [cat, {listing}], interval: 1s}}\n"
+    )
+    await kubelet.await_for(healthy(ODD, 1), what="only the file healthy")
+    first = await kubelet.acall(kubelet.allocate, "p1", {ODD: 1})
+    assert first["error"] == "" and first["device_ids"][ODD] == ["FILE"], first
+    assert [d["PathOnHost"] for d in first["devices"]] == [str(made["FILE"])]
+    second = await kubelet.acall(kubelet.allocate, "p2", {ODD: 1})
+    assert "Available: 0" in second["error"], second

@@ -195,9 +195,10 @@ class Arrivals:
         return False
 
     def left_to_net(self, directories: list[str]) -> list[str]:
-        """Those of `directories` that are claimed ones whose tree is not followed in full."""
+        """Those of `directories` whose tree is not followed in full: not followed at all (no
+        device claims it, no booking holds it mounted yet), not read yet, or past a bound."""
         trees = self._trees
-        return [d for d in directories if (t := trees.get(d)) is not None and t.unfollowed]
+        return [d for d in directories if (t := trees.get(d)) is None or t.unfollowed or not t.read]
 
     async def quiet(self) -> None:
         """Return once what arrived so far was read and handed on."""

@@ -12,7 +12,7 @@ directory it is below (`mount_conflict`) or a node whose number is not known tha
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .devices import Device, DeviceMount, DeviceNode, replica_ids
@@ -70,6 +70,18 @@ class BookedClaims:
         Allocate handed it out) -> the bookings that hold it: the place a pod's answer
         names stays that pod's, whatever is found there later (`place_conflict`)."""
         self.tree_nodes: TreeNodes = not_known  # (see `number_unknown`)
+        self.mounted: dict[str, Counted] = {}
+        """Real path of a directory a booking holds mounted (its device's, or a place) ->
+        those bookings: a tree a pod has, followed as a claimed directory's is
+        (`follow_mounted`)."""
+        self.follow_mounted: Callable[[Owner, str], None] = _ignore
+        """Told each directory a booking comes to hold mounted (the index follows its tree)."""
+        self.moved: dict[ClaimKey, tuple[str, ...]] = {}
+        """Booked key -> the real paths it was found at since (renamed, a directory above it
+        renamed, linked: `found_elsewhere`), while it is booked."""
+        self.places_of: Callable[[ClaimKey, str], tuple[str, ...]] = _only_there
+        """Every place a claim made at a real path is shown at now (`Containment.places`:
+        where it was found since, where a bind mount shows it)."""
 
     def conflict(
         self, resource: str, device_id: str, replicas: int, claims: Claims
@@ -90,8 +102,27 @@ class BookedClaims:
         """The bookings that hold a claim (`key` at `real`): its own, or a place it reaches."""
         holders: Iterable[Owner] = self.booked.get(key, ())
         if self.places:
-            holders = [*holders, *self._places_reached(key, real)]
+            at = self.places_of(key, real)
+            holders = [*holders, *(o for place in at for o in self._places_reached(key, place))]
         return holders
+
+    def found_elsewhere(self, key: ClaimKey, real: str) -> bool:
+        """A read of a followed tree found `key` at `real`: whether it is booked and was not
+        known there (it is from now on, while booked: `_places_reached`)."""
+        owners = self.booked.get(key)
+        known = self.moved.get(key, ())
+        if owners is None or real in known:
+            return False
+        there = {*self.places.get(real, ()), *self.spots.get(real, ())}
+        if not there.isdisjoint(owners):
+            return False  # (where it was booked)
+        self.moved[key] = (*known, real)
+        return True
+
+    def holds_mounted(self, real: str) -> bool:
+        """Whether a booking holds a directory above `real` mounted (a pod reaches it)."""
+        mounted = self.mounted
+        return bool(mounted) and any(d in mounted for d in ancestors(real))
 
     def place_conflict(
         self, resource: str, device_id: str, replicas: int, claims: Claims
@@ -177,6 +208,10 @@ class BookedClaims:
         found = [*places.get(real, ())]
         for directory in ancestors(real):
             found += places.get(directory, ())
+        if key[0] == DIRECTORY and self.moved:  # (a booked thing found below it since)
+            for moved, reals in self.moved.items():
+                if any(below(p, real) or p == real for p in reals):
+                    found += self.booked.get(moved, ())
         if key[0] == DIRECTORY:
             ordered = self._sorted_places
             if ordered is None:
@@ -188,6 +223,14 @@ class BookedClaims:
                     found += places[ordered[at]]
                 at += 1
         return found
+
+
+def _ignore(_owner: Owner, _real: str) -> None:
+    """(No index follows the trees.)"""
+
+
+def _only_there(_key: ClaimKey, real: str) -> tuple[str, ...]:
+    return (real,)
 
 
 def checkpoint_device(device_id: str, booking: Booking) -> tuple[Device, dict[str, Identity]]:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Collection, Container, Mapping
 from typing import Any, Protocol
 
 from .devices import advertises
+from .identity import DIRECTORY
 from .ownership_booked import BookedClaims, Booking, Counted
 from .ownership_claims import SYSFS, Claim, ClaimKey, Owner, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
@@ -247,8 +248,14 @@ class Ledger(BookedClaims):
         return changed, on_file != [entry.value for entry in self._entries]
 
     def _index(self, owner: Owner, booking: Booking, step: int) -> None:
-        for key, _, _ in (*booking.claims, *booking.places):
+        for key, _, real in (*booking.claims, *booking.places):
             _count(self.booked, key, owner, step)
+            if key[0] == DIRECTORY:
+                _count(self.mounted, real, owner, step)
+                if step > 0:
+                    self.follow_mounted(owner, real)
+            if step < 0 and key not in self.booked:
+                self.moved.pop(key, None)
         for _, _, real in booking.places:
             _count(self.places, real, owner, step)
             self._sorted_places = None

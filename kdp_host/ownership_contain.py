@@ -11,11 +11,20 @@ a host whose devices mount no directory pays nothing for it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from .identity import DIRECTORY
 from .mount_table import MountMap
 from .ownership_claims import Claim, ClaimKey, ancestors
 from .rules import below
+
+
+class BookedTrees(Protocol):
+    """What the bookings hold mounted (`ownership_booked.BookedClaims`)."""
+
+    def found_elsewhere(self, key: ClaimKey, real: str) -> bool: ...
+
+    def holds_mounted(self, real: str) -> bool: ...
 
 
 class Containment:
@@ -104,18 +113,25 @@ class Containment:
         self.count(key, made_at)
 
     def found_at(
-        self, found: Iterable[tuple[ClaimKey, str]], booked: Callable[[ClaimKey], bool]
+        self,
+        found: Iterable[tuple[ClaimKey, str]],
+        booked: Callable[[ClaimKey], bool],
+        bookings: BookedTrees,
     ) -> set[str]:
         """Claims found at another real path than their places (renamed or linked into a
         claimed directory: `ownership_arrivals`) are counted there from now on (a lingering
         one is there while it is there); returns the host paths of the directory claims
         above where they are now (the devices that mount them are checked again) and, when
-        one of those is `booked` (a pod has the mount: it reaches the claim now), the host
-        paths of the claim itself: its device is checked again too, and held while the
-        booking lives (hostile8 N1: holding the mount alone does nothing, the pod has it)."""
+        one of those is `booked`, or a directory a booking holds mounted besides its device
+        is above it (a pod has the mount: it reaches the claim now), the host paths of the
+        claim itself: its device is checked again too, and held while the booking lives
+        (hostile8 N1: holding the mount alone does nothing, the pod has it). What a booking
+        holds, found where it was not booked (`BookedTrees.found_elsewhere`: a directory
+        above it renamed), checks the devices whose directories hold it now (hostile18 F4)."""
         at = self.at()
         moved = [(key, real) for key, real in found if key in at and real not in at[key]]
-        if not moved:
+        elsewhere = [real for key, real in found if bookings.found_elsewhere(key, real)]
+        if not moved and not elsewhere:
             return set()  # (no claim, or where it is known to be: the common case)
         made: dict[ClaimKey, list[tuple[str, str]]] = {}
         for key, path, real in self._made():  # (once: what arrived may be many claims)
@@ -125,8 +141,10 @@ class Containment:
             self.move(key, real, made[key][0][1] if key in made else real)
             above = list(self.outer(self.mounts.places(real)))
             outer.update(above)
-            if any(map(booked, above)):
+            if any(map(booked, above)) or bookings.holds_mounted(real):
                 outer.add(key)
+        for real in elsewhere:
+            outer.update(self.outer(self.mounts.places(real)))
         return {path for key in outer for path, _ in made.get(key, ())}
 
     def reached_at(self, key: ClaimKey, real: str) -> None:

@@ -12,17 +12,20 @@ Booking the answer is `ownership_allocate`'s.
 
 The other way round (hostile8 N1 past the follow bound): a free node hard-linked into a
 directory a running pod mounts is found there by the watcher and held (`device_held
-reason=booked`); below a tree the watcher does not follow in full (`mount_tree_unfollowed`)
-only the safety net's read finds it, up to 30 s later, and an Allocate of the node meanwhile
-handed a second pod what the first one reaches. So a node the answer hands out (any path
-but a directory or where nothing is) with more than one link (`st_nlink`: a hard link adds
-one; a node renamed away from its claimed path is refused by `handed_reals`) is looked for
-below every such tree a booking of another ID holds (`Ledger.spots`), by identity, read in
-full as an Allocate of the mount itself reads it (`_not_linked_in`): found there, the answer
-is refused and the index counts the node there at once (its device held while the booking
+reason=booked`): every directory a booking holds mounted is followed, its device's or a place
+of its answer (`Ledger.mounted`, hostile18 F2, F3). What the watcher cannot tell: a node
+linked there before it was claimed (a device that appears later as a file inside such a
+tree, hostile18 F5), or below a tree it does not follow in full (`mount_tree_unfollowed`:
+only the safety net's read finds it, up to 30 s later). So a node the answer hands out (any
+path but a directory or where nothing is) with more than one link (`st_nlink`: a hard link
+adds one; a node renamed away from its claimed path is refused by `handed_reals`) is looked
+for below every tree a booking of another ID holds mounted, by identity, read in full as an
+Allocate of the mount itself reads it (`_not_linked_in`): found there, the answer is
+refused and the index counts the node there at once (its device held while the booking
 lives); past `RESCAN_LIMIT` or `HANDED_TIMEOUT`, refused too (fail closed). With no such
 tree on the host that is one dict lookup; a node of one link costs one `lstat` off the
-loop. A node made anew there with `mknod` (root only) is seen by the safety net's read.
+loop. A node made anew there with `mknod` (root only) is seen by the watcher (the safety
+net's read below a tree not followed in full).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT, Arrivals
 from .ownership_batches import Resolution
 from .ownership_claims import NOTHING, PLACE, SYSFS, ClaimKey, Owner, Reached, Unresolvable, missing
 from .ownership_gate import AdmissionGate
-from .ownership_reads import Found, KnownRead, arrived, read_or_recall
+from .ownership_reads import Found, KnownRead, arrived, linked_below, read_or_recall
 from .ownership_resolve import reached_only
 
 T = TypeVar("T")
@@ -172,22 +175,32 @@ class HandingOut(AdmissionGate):
                 f"and holds more than {RESCAN_LIMIT:,} entries: what is below it is not known"
             )
         mine = self._mine(resource, ids)
-        exclusive = self._exclusive
         foreign = [
-            (key, path)
+            (key, path, owner)
             for key, path in found
-            if (o := exclusive.get(key)) is not None
-            and (o.resource != resource or o.device not in mine)
+            if (owner := self._other_holder(key, resource, mine)) is not None
         ]
         if not foreign:
             return
-        self._arrived(foreign)
-        key, path = foreign[0]
-        owner = exclusive[key]
+        self._arrived([(key, path) for key, path, _ in foreign])
+        _, path, owner = foreign[0]
         raise PlaceOwned(
             f"{resource}: the answer mounts {path}, which device {owner.device} of "
-            f"{owner.resource} owns (found there now: the mounting device is checked again)"
+            f"{owner.resource} owns or a pod holds (found there now: the mounting device is "
+            "checked again)"
         )
+
+    def _other_holder(self, key: ClaimKey, resource: str, mine: set[str]) -> Owner | None:
+        """The device of another ID that owns `key` (advertised), else a booking of another
+        ID that holds it (a pod has it: its device's, or a place of its answer)."""
+        owner = self._exclusive.get(key)
+        if owner is not None and (owner.resource != resource or owner.device not in mine):
+            return owner
+        return next(
+            (o for o in self._ledger.booked.get(key, ()) if o.resource != resource
+             or o.device not in mine),
+            None,
+        )  # fmt: skip
 
     async def _read_below(
         self, followed: tuple[str, ...], whole: list[str], mounted: list[str]
@@ -215,15 +228,14 @@ class HandingOut(AdmissionGate):
         self, resource: str, ids: Iterable[str], reached: Mapping[str, Reached | None]
     ) -> None:
         """Raise PlaceOwned when a node of `reached` (host path -> what it reaches, as the
-        answer hands it out) is also below a tree another ID's booking holds mounted that
-        the watcher does not follow in full; Unresolvable when such a tree could not be
-        read in full in time. Nothing is read when no such tree is on the host."""
-        trees = self._arrivals.unfollowed
+        answer hands it out) is also below a tree another ID's booking holds mounted;
+        Unresolvable when such a tree could not be read in full in time. Nothing is read
+        when no such tree is on the host, or no node has a second link."""
+        trees = self._ledger.mounted
         if not trees:
             return  # (the common case)
         mine = {Owner(resource, d) for d in self._mine(resource, ids)}
-        spots = self._ledger.spots
-        booked = sorted(t for t in trees if any(o not in mine for o in spots.get(t, ())))
+        booked = sorted(t for t, owners in trees.items() if any(o not in mine for o in owners))
         nodes = {
             r[1]: r[0]
             for r in reached.values()
@@ -232,9 +244,8 @@ class HandingOut(AdmissionGate):
         if not booked or not nodes:
             return
         found, more = await self._off_loop(
-            functools.partial(_linked_below, booked, nodes),
-            f"{', '.join(booked)}: trees pods hold mounted, not followed in full "
-            "(mount_tree_unfollowed), were not read",
+            functools.partial(linked_below, booked, nodes, RESCAN_LIMIT, arrived),
+            f"{', '.join(booked)}: trees pods hold mounted were not read",
         )
         if found:
             self._arrived(found)
@@ -246,9 +257,9 @@ class HandingOut(AdmissionGate):
             )
         if more:
             raise Unresolvable(
-                f"{', '.join(booked)}: trees pods hold mounted are not followed in full "
-                f"(mount_tree_unfollowed) and hold more than {RESCAN_LIMIT:,} entries: "
-                "whether a node handed out is linked below them is not known"
+                f"{', '.join(booked)}: trees pods hold mounted hold more than "
+                f"{RESCAN_LIMIT:,} entries: whether a node handed out is linked below them "
+                "is not known"
             )
 
     async def _handed(self, paths: list[str]) -> dict[str, Resolution]:
@@ -320,23 +331,6 @@ def _read_inside(
         return (found, False), kept
     inside, more = arrived(whole, RESCAN_LIMIT)
     return (found + inside, more), kept
-
-
-def _linked_below(trees: list[str], nodes: Mapping[str, ClaimKey]) -> tuple[Found, bool]:
-    """Where below `trees` (read up to `RESCAN_LIMIT` entries) the nodes of `nodes` (real
-    path -> identity) with more than one link are, and whether more was there (unread).
-    Nothing is read for nodes of one link."""
-    linked: set[ClaimKey] = set()
-    for real, key in nodes.items():
-        try:
-            if os.lstat(real).st_nlink > 1:
-                linked.add(key)
-        except (OSError, ValueError):
-            continue  # (gone since it was resolved: the runtime finds nothing there)
-    if not linked:
-        return [], False
-    found, more = arrived(trees, RESCAN_LIMIT)
-    return [(key, path) for key, path in found if key in linked and path not in nodes], more
 
 
 def handed_real(path: str) -> Reached | None:

@@ -11,7 +11,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -203,3 +203,22 @@ class KeptReads:
     def clear(self) -> None:
         self._reads.clear()
         self.generation += 1
+
+
+def linked_below(
+    trees: list[str], nodes: Mapping[str, ClaimKey], limit: int, read: Read
+) -> tuple[Found, bool]:
+    """Where below `trees` (`read` up to `limit` entries) the nodes of `nodes` (real
+    path -> identity) with more than one link are, and whether more was there (unread).
+    Nothing is read for nodes of one link."""
+    linked: set[ClaimKey] = set()
+    for real, key in nodes.items():
+        try:
+            if os.lstat(real).st_nlink > 1:
+                linked.add(key)
+        except (OSError, ValueError):
+            continue  # (gone since it was resolved: the runtime finds nothing there)
+    if not linked:
+        return [], False
+    found, more = read(trees, limit)
+    return [(key, path) for key, path in found if key in linked and path not in nodes], more

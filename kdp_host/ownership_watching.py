@@ -29,7 +29,7 @@ from .mount_table import MountMap, read_mounts
 from .ownership_allocate import BookingAllocations
 from .ownership_arrivals import Arrivals, Found
 from .ownership_batches import RESOLVE_TIMEOUT
-from .ownership_claims import SYSFS, Claims, Resolver, named_in, places
+from .ownership_claims import SYSFS, Claims, Owner, Resolver, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_paths import PathIndex
 from .ownership_table import ResourceState
@@ -65,6 +65,8 @@ class Watching(BookingAllocations):
         self._within.remount(mounts())
         self._arrivals = Arrivals(self._arrived, offload, metrics, nodes_changed=self._nodes_in)
         self._ledger.tree_nodes = self._arrivals.reaches_nodes
+        self._ledger.follow_mounted = self._follow_mounted
+        self._ledger.places_of = self._within.places
         self._watcher: Watcher | None = None
         self._vanished: dict[tuple[str, str], float] = {}
         """(resource, device) -> when a path of the advertised device changed (`_vanishing`)."""
@@ -83,6 +85,8 @@ class Watching(BookingAllocations):
         a mounted tree it cannot follow in full is read by `net` (`Arrivals.rescan_with`)."""
         self._watcher = watcher
         self._arrivals.rescan_with(net)
+        for real, owners in list(self._ledger.mounted.items()):  # (booked before: at start)
+            self._follow_mounted(next(iter(owners)), real)
         # (a poll sees a change late; a mount over a path makes no directory event)
         self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
         self._reads_kept.following_mounts = self._keeps
@@ -107,6 +111,14 @@ class Watching(BookingAllocations):
             if key[0] == DIRECTORY and self._watcher is not None:
                 self._arrivals.follow(self._watcher, real, self._resources[resource].log)
 
+    def _follow_mounted(self, owner: Owner, real: str) -> None:
+        """A booking holds the directory `real` mounted (its device's, an answer's place,
+        another plugin's mount from the kubelet's checkpoint): its tree is followed as a
+        claimed directory's, for what arrives in it (hostile18 F2, F3)."""
+        if self._watcher is not None:
+            state = self._resources.get(owner.resource)
+            self._arrivals.follow(self._watcher, real, None if state is None else state.log)
+
     async def quiet(self) -> None:
         """Return once what arrived in claimed directories was read, and no admission runs,
         waits for its turn or for its paths."""
@@ -116,7 +128,8 @@ class Watching(BookingAllocations):
     def _arrived(self, found: Found) -> None:
         """Claims renamed or linked into a claimed directory: the devices that mount it
         are checked again (`ownership_arrivals`)."""
-        for path in self._within.found_at(found, self._ledger.booked.__contains__):
+        ledger = self._ledger
+        for path in self._within.found_at(found, ledger.booked.__contains__, ledger):
             self._path_changed(os.path.dirname(path), os.path.basename(path))
 
     def _nodes_in(self, trees: list[str]) -> None:

@@ -548,5 +548,5 @@ async def test_an_allocate_of_a_linked_node_beside_a_tree_too_big_to_read_is_ref
     monkeypatch.setattr(ownership_hand_out, "RESCAN_LIMIT", 4)
     host, n0 = await free_node_beside_unfollowed_tree(tmp_path, monkeypatch)
     os.link(n0, tmp_path / "elsewhere")
-    with pytest.raises(Unresolvable, match="not followed in full"):
+    with pytest.raises(Unresolvable, match="hold more than 4 entries"):
         await host.index.hand_out(R1, ["n0"], [n0])

@@ -106,4 +106,3 @@ async def test_a_device_directory_that_comes_to_hold_a_booked_place_is_held(
     assert host.ids(R1) == ["n0"], "g0 holds the directory b's pod has mounted"
     with pytest.raises(PlaceOwned):
         await host.index.hand_out(R1, ["g0"], [gp0])
-

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -73,6 +73,17 @@ def not_a_node_why(kind: str) -> str:
         f"is {what}: a container runtime makes no device of it (runc, containerd: not a "
         "device node) and the container would never start; hand it out as a mount instead"
     )
+
+
+def not_a_node(nodes: Iterable[str], reach: Reach) -> str | None:
+    """`NOT_A_NODE` for an Allocate answer (an `allocate.command`'s `paths` too): why the
+    first of `nodes` (its DeviceSpecs' host paths) that `reach` (what each reached, as the
+    answer's paths were resolved: no system call) says is no node may not be handed out."""
+    for path in sorted(nodes):
+        found = reach.get(path)
+        if found is not None and found[0] in NOT_NODES:
+            return f"{path}: the path of a DeviceSpec {not_a_node_why(found[0])}"
+    return None
 
 
 def identity_of(st: os.stat_result) -> Identity:

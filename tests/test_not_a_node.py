@@ -20,12 +20,13 @@ import pytest
 from kdp_host.cli import main
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.simulator import KubeletSimulator
+from kdp_host.simulator.records import SimulatorAllocationError
 from kdp_host.status import devices_document
 
 from .conftest import RunningHost, wait_until
 from .fake_nodes import indexed
 from .fake_sysfs import FTDI, FakeSysfs
-from .handed_setup import PROBE, head, made_dirs
+from .handed_setup import FPGA, PROBE, answering_hook, fpga_glob, head, made_dirs
 from .kubelet_harness import healthy
 
 ODD = "vendor.example/odd"
@@ -244,3 +245,25 @@ async def test_through_the_real_kubelet_only_the_file_is_allocatable(
     assert [d["PathOnHost"] for d in first["devices"]] == [str(made["FILE"])]
     second = await kubelet.acall(kubelet.allocate, "p2", {ODD: 1})
     assert "Available: 0" in second["error"], second
+
+
+async def test_an_allocate_command_handing_a_fifo_as_a_device_node_is_refused(
+    dirs: Path, start_host: Any
+) -> None:
+    """The same rule for what an Allocate answer hands out besides the devices: an
+    `allocate.command` printing a FIFO among `paths` (DeviceSpecs) refuses the Allocate
+    (`invalid`), from what the answer's paths were resolved to; as a mount it is fine."""
+    pipe = dirs / "odd" / "pipe"
+    os.mkfifo(pipe)
+    hook = answering_hook(dirs, {"paths": [f"{pipe}:/dev/pipe"]})
+    config = head(dirs) + fpga_glob(dirs) + f"    allocate: {{command: [{hook}]}}\n"
+    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
+        running = await start_host(config)
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
+        with pytest.raises(SimulatorAllocationError, match="the path of a DeviceSpec is a FIFO"):
+            await sim.allocate(FPGA, 1, pod_uid="p1")
+        assert running.sample("kdp_allocations_total", resource=FPGA, result="invalid") == 1
+        answering_hook(dirs, {"mounts": [{"hostPath": str(pipe), "containerPath": "/run/p"}]})
+        response = await sim.allocate(FPGA, 1, pod_uid="p2")
+        assert response is not None
+        assert [m.host_path for m in response.mounts] == [str(pipe)]

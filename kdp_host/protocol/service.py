@@ -38,7 +38,7 @@ from ..config import ResourceConfig
 from ..device_table import DeviceTable
 from ..devices import Snapshot
 from ..handed_out import HandedOut
-from ..identity import Identity
+from ..identity import Identity, not_a_node
 from ..logs import EventLogger
 from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
@@ -332,24 +332,26 @@ class DevicePluginService(DevicePluginBase):
     async def _hand_real_paths(
         self, snapshot: Snapshot, ids: list[str], responses: list[ContainerAllocateResponse]
     ) -> dict[str, Identity]:
-        """Hand out every host path of the answer (DeviceSpecs, mounts, the nodes its CDI
-        names' entries name: hostile15 F4) as the real path it reaches, checked to name what
-        it reaches and, for a device's own path, what was claimed for it (`handed_reals`): a
-        link re-pointed after the Allocate does not change what the container gets. Refused
-        (INVALID_ARGUMENT) when a path cannot be resolved so, a directory it mounts holds
-        what another device owns (`PlaceOwned`), or a node is linked below a pod's tree."""
+        """Hand out every host path of the answer (DeviceSpecs, mounts, its CDI names' nodes:
+        hostile15 F4) as the real path it reaches, checked to name what it reaches and, for a
+        device's own path, what was claimed (`handed_reals`): a link re-pointed after the
+        Allocate does not change what the container gets. Refused (INVALID_ARGUMENT) when a path
+        cannot be resolved so, a directory it mounts holds what another device owns
+        (`PlaceOwned`), a node is linked below a pod's tree, or a DeviceSpec reaches no node."""
         mounts = [(m.host_path, m.read_only) for r in responses for m in r.mounts]
         paths = {spec.host_path for r in responses for spec in r.devices}
         if self._config.allocate.cdi is not None:
             for device in self._builder.physical_devices(snapshot, ids):
                 paths.update(node.host_path for node in device.nodes)
         read_only = read_only_of(paths, mounts)  # (not writable: `config.handed`, K7)
-        paths.update(path for path, _ in mounts)
+        nodes, paths = paths, paths | {path for path, _ in mounts}
         if not paths or self._bookings is None:
             return {}
         try:
             name, bookings = self._config.name, self._bookings
             real, reached = await bookings.hand_out_reaching(name, ids, paths, read_only)
+            if why := not_a_node(nodes, reached):  # (hostile16 F6)
+                raise Unresolvable(why)
         except (Unresolvable, PlaceOwned) as exc:
             reason = f"{self._config.name}: cannot allocate: {exc}"
             self._metrics.allocations.labels(self._config.name, "invalid").inc()

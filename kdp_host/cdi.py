@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -132,7 +131,7 @@ class CdiSpecWriter:
     count_failure: Callable[[], None] = field(default=lambda: None)
     offload: Offload = field(default_factory=DaemonThreads)
     """Where rendering and file reads, writes and removals run (the host's)."""
-    instance: str = field(default_factory=lambda: secrets.token_hex(4))
+    instance: str = field(default_factory=lambda: os.urandom(4).hex())
     """This host instance (its socket names carry it too): the owner of the file it writes."""
     watcher: Watcher | None = None
     """Watches the spec dir, so a file removed or replaced behind the writer's back is seen

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ class Host:
     metrics: Metrics
     log: EventLogger
     watcher: Watcher | None = None
-    instance_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    instance_id: str = field(default_factory=lambda: os.urandom(4).hex())
     config_path: Path | None = None
     """Watched for changes (and re-read on `request_reload`) when given."""
     health: HealthState = field(default_factory=HealthState)

@@ -20,7 +20,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from . import plugin_socket
 from .backoff import Backoff
@@ -31,6 +31,7 @@ from .logs import EventLogger
 from .peer_sockets import PEER_ENDED, PeerSockets
 from .protocol.registration import (
     KUBELET_SOCKET,
+    OPTIONS_CHANGED,
     FileIdentity,
     RegistrationError,
     file_identity,
@@ -39,8 +40,10 @@ from .protocol.registration import (
 from .protocol.server import PluginServer
 from .protocol.service import DevicePluginService
 from .services import HostServices, ResourceStatus
-from .serving_registry import OPTIONS_CHANGED, PluginManagerFollower
 from .stream_losses import StreamLosses
+
+if TYPE_CHECKING:  # imported with `registration: pluginsRegistry` only (ServingLoop)
+    from .serving_registry import PluginManagerFollower
 
 SAFETY_CHECK_INTERVAL = 30.0
 """Re-check sockets this often even when no watch event came (a lost event costs at most this),
@@ -110,6 +113,8 @@ class ServingLoop:
         self._plugins: PluginManagerFollower | None = None
         """pluginsRegistry: what the kubelet's plugin manager does with the socket."""
         if self._registry:
+            from .serving_registry import PluginManagerFollower
+
             self._plugins = PluginManagerFollower(
                 name, self.socket_path, self._serve_dir, kubelet.socket_dir, self.status,
                 self._losses, self._peers, self._absent, services.metrics, log, self._wake,

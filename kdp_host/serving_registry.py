@@ -21,6 +21,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .peer_sockets import PEER_ENDED, PeerSockets
 from .protocol.registration import (
+    OPTIONS_CHANGED,
     FileIdentity,
     file_identity,
     kubelet_listening,
@@ -36,8 +37,6 @@ if TYPE_CHECKING:  # imported where used: only this mode needs it
 KUBELET_ALIVE_SETTLE: Final = 0.5
 """Seconds after the kubelet ended a stream before asking whether it still runs (a kubelet
 going down ends its streams before its listener closes)."""
-OPTIONS_CHANGED: Final = "options_changed"
-"""Registering again: the kubelet must learn new options (GetPreferredAllocation matters)."""
 STREAM_LOST: Final = "stream_lost"
 """In the queue of what the kubelet did, beside its verdicts: it ended our last stream."""
 

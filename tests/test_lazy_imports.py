@@ -16,8 +16,11 @@ from typing import Any
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import glob_config
+from .fake_sysfs import FakeSysfs
 
 FPGA = "vendor.example/fpga"
+STICK = "vendor.example/stick"
+CARD = "vendor.example/card"
 
 POD_RESOURCES = ("kdp_host.podresources", "kdp_host.holdings", "kdp_host.api.v1")
 """Imported only with PodResources polling on (`podResourcesInterval`, on by default)."""
@@ -64,6 +67,8 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.pipes",
     # the Kubernetes API, with no entry selecting by label
     "kdp_host.kubeapi",
+    # the plugin manager's side, with `registration: deviceSocket` (the default)
+    "kdp_host.serving_registry",
     "kdp_host.protocol.plugin_registry",
     "kdp_host.api.pluginregistration",
     # what only a mistake or a lookup needs: "did you mean" hints of the config's checks, and
@@ -71,6 +76,9 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "difflib",
     "encodings.idna",
     "stringprep",
+    # random names (instance IDs, temporary files) are os.urandom's: `secrets` brings hmac
+    "secrets",
+    "hmac",
     # the schema machinery (make schema) and test-only libraries
     "kdp_host.config.docs",
     "jsonschema",
@@ -191,6 +199,52 @@ async def test_a_reload_that_turns_a_hook_on_imports_it_and_the_hook_runs(
     )
     assert [line.split()[0] for line in ran.read_text().splitlines()] == ["allocate", "preStart"]
     assert {"kdp_host.hooks", "kdp_host.command_output", "kdp_host.process"} <= set(
+        recorded["modules"]
+    )
+
+
+async def test_a_reload_that_adds_a_sysfs_and_a_cdi_resource_serves_them(
+    kubelet: KubeletSimulator, socket_dir: Path, devices: Path, short_dir: Path
+) -> None:
+    """A glob run (neither the sysfs reader nor the CDI writer loaded: the first test)
+    reloaded with a sysfs entry (a USB serial adapter of a fake tree) and a glob entry with
+    `allocate.cdi`: the kubelet gets both lists, an Allocate of the CDI entry names its CDI
+    device, and their modules were loaded by then (each seam imports on the reload)."""
+    fake = FakeSysfs(short_dir / "root")
+    fake.usb_serial_adapter(fake.usb_controller(), "1-1", devnum=2, serial="A10K")
+    cards = short_dir / "cards"
+    cards.mkdir()
+    for name in ("card0", "card1"):
+        (cards / name).touch()
+    added = (
+        f"  - name: {STICK}\n"
+        f'    sysfs: {{usb: [{{vendor: "0403"}}], sysfsRoot: {fake.sys}, devRoot: {fake.dev}}}\n'
+        f"  - name: {CARD}\n"
+        f'    glob: {{paths: ["{cards}/card*"]}}\n'
+        f"    allocate: {{cdi: {{kind: {CARD}, specDir: {short_dir / 'cdi'}}}}}\n"
+    )
+
+    async def reload_with_sysfs_and_cdi(config: Path) -> None:
+        text = _config_text(socket_dir, devices)
+        head, metrics = text.rsplit("metrics:", 1)
+        config.write_text(f"{head}{added}metrics:{metrics}")
+        await kubelet.wait_for(
+            lambda: (stick := kubelet.resource(STICK)) is not None and stick.allocatable == 1,
+            timeout=30,
+            description="the sysfs entry's adapter listed",
+        )
+        await kubelet.wait_for(
+            lambda: (card := kubelet.resource(CARD)) is not None and card.allocatable == 2,
+            timeout=30,
+            description="the CDI entry's cards listed",
+        )
+        response = await kubelet.allocate(CARD, 1, pod_uid="p1")
+        assert response is not None and len(response.cdi_devices) == 1, response
+
+    recorded = await record_a_run(
+        kubelet, socket_dir, devices, short_dir, while_running=reload_with_sysfs_and_cdi
+    )
+    assert {"kdp_host.drivers.sysfs", "kdp_host.sysfs.reader", "kdp_host.cdi"} <= set(
         recorded["modules"]
     )
 

@@ -386,10 +386,32 @@ async def test_two_nodes_that_swap_devices_both_stay_advertised(
     assert by_path[str(card_a)] == "fpga1", "card b keeps its ID"
     if grace:
         assert by_path[str(card_b)] == "fpga0", "card a takes its ID back"
-        assert notifier.devices["fpga0"].healthy
-        # (card b's node moved from `fpga1`: Unhealthy for the grace period, as any lost node)
     else:
         assert by_path[str(card_b)].startswith("fpga1-"), by_path
-        assert all(d.healthy for d in notifier.devices.values())
+    assert all(d.healthy for d in notifier.devices.values()), "each card is present"
     # a restart: the canonical paths decide
     assert sorted(d.id for d in await driver(f"{tmp_path}/fpga*").scan()) == ["fpga0", "fpga1"]
+
+
+@pytest.mark.parametrize("how", ["rename", "second_node_left"])
+async def test_a_node_at_another_path_under_its_id_stays_healthy(tmp_path: Path, how: str) -> None:
+    """hostile18 F9: a node renamed within the patterns (or its path removed while a hard
+    link, standing for a second node of its number, remains) keeps its ID and is passed at
+    its new path. It was Unhealthy for the whole grace period (its old path counted as a
+    lost node), unallocatable while present: the ID names the node, so nothing was lost."""
+    node = tmp_path / "x"
+    node.write_text("")
+    glob_driver = driver(f"{tmp_path}/*", grace_period=60.0)
+    notifier = RecordingNotifier()
+    await glob_driver.step(notifier)
+    if how == "rename":
+        os.rename(node, tmp_path / "y")
+    else:
+        os.link(node, tmp_path / "z")
+        await glob_driver.step(notifier)
+        node.unlink()
+    await glob_driver.step(notifier)
+    [(device_id, device)] = notifier.devices.items()
+    assert device_id == "x"
+    assert device.nodes[0].host_path == str(tmp_path / ("y" if how == "rename" else "z"))
+    assert device.healthy

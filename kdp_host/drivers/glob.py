@@ -65,6 +65,7 @@ def glob_settings(
         config.grace_period,
         scan_timeout,
         max_matched_paths=max_matched_paths,
+        ids_name_nodes=not config.group,
     )
 
 

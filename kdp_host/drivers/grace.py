@@ -28,9 +28,14 @@ class Tracker:
     """The grace period: merges each scan with what was listed before (see the module
     docstring). Runs on the loop; `listed` is what the next scan reads."""
 
-    def __init__(self, grace_period: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, grace_period: float, clock: Callable[[], float], ids_name_nodes: bool = False
+    ) -> None:
+        """`ids_name_nodes`: a device's ID names its node (`ScanSettings.ids_name_nodes`):
+        no device loses a node while it is listed."""
         self._grace = grace_period
         self._clock = clock
+        self._ids_name_nodes = ids_name_nodes
         self.listed = Listed()
         self._present: Mapping[str, Device] = {}
         """The devices of the last scan merged."""
@@ -84,6 +89,7 @@ class Tracker:
             if (
                 old is not None
                 and old is not device
+                and not self._ids_name_nodes
                 and device_id not in gone_since
                 and (places is None or before.places.get(device_id) == places[device_id])
             ):

@@ -225,6 +225,10 @@ class ScanSettings:
     """Seconds per scan once the burst is spent (see SCAN_SPACING)."""
     burst: int = SCAN_BURST
     """Scans that may start back to back (see SCAN_BURST)."""
+    ids_name_nodes: bool = False
+    """A device's ID names its one node itself (glob paths: by device number), so its node
+    at another path under the same ID (renamed, or another node for the number left) is
+    the same node, not a lost one (`grace.Tracker`)."""
     entries: bool = False
     """The answer depends only on which entries the watched directories hold (sysfs: a
     node is there or not), not on their attributes or contents: the watcher does not wake

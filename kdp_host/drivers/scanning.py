@@ -84,7 +84,7 @@ class ScanLoop(Generic[S]):
         self.scanner = scanner
         self.settings = settings
         self._deps = deps
-        self.tracker = Tracker(settings.grace_period, deps.clock)
+        self.tracker = Tracker(settings.grace_period, deps.clock, settings.ids_name_nodes)
         self._pending: asyncio.Future[tuple[ScanResult, DirWatch, bool]] | None = None
         self._pending_since = 0.0
         self._guard = ScanGuard(settings.max_matched_paths)

@@ -260,6 +260,45 @@ def overlap_warnings(rows: list[CheckRow], config: Config) -> list[str]:
     return warnings(devices, mounts, quote_text, read_mounts())
 
 
+CONTAINER_PATHS_SHOWN = 5
+"""Container paths a `container_path_warnings` line names (then how many more)."""
+
+
+def container_path_warnings(rows: Iterable[CheckRow], config: Config) -> list[str]:
+    """One line per pair of resources whose devices' nodes or `allocate.mounts` land on
+    one container path: a container asking for both gets only one of each such path (the
+    kubelet keeps one DeviceSpec and one mount per container path), charged for both. Two
+    resources' Allocates are separate calls: kdp-host cannot refuse it, only warn."""
+    users: dict[str, set[str]] = {}
+    for row in rows:
+        if row.device is not None:
+            for node in row.device.nodes:
+                users.setdefault(node.container_path, set()).add(row.resource)
+            for mount in row.device.mounts:
+                users.setdefault(mount.container_path, set()).add(row.resource)
+    for resource in config.resources:
+        for configured in resource.allocate.mounts:
+            users.setdefault(configured.container_path, set()).add(resource.name)
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for path, names in users.items():
+        ordered = sorted(names)
+        for i, one in enumerate(ordered):
+            for other in ordered[i + 1 :]:
+                pairs.setdefault((one, other), []).append(path)
+    lines = []
+    for (one, other), paths in sorted(pairs.items()):
+        paths.sort()
+        shown = ", ".join(quote_text(p) for p in paths[:CONTAINER_PATHS_SHOWN])
+        more = len(paths) - CONTAINER_PATHS_SHOWN
+        lines.append(
+            f"warning: {one} and {other} hand out {shown}"
+            + (f" and {more} more container path(s)" if more > 0 else "")
+            + ": a container that asks for both gets only one of each (the kubelet keeps one "
+            "device node and one mount per container path), charged for both"
+        )
+    return lines
+
+
 def device_cell(device: Device) -> str:
     """A device in `check`'s table: ID and paths quoted, so nothing in them breaks the line."""
     where = ", ".join(quote_text(node.host_path) for node in device.nodes) or "-"

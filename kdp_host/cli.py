@@ -151,6 +151,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"kdp-host: invalid config {exc}", file=sys.stderr)
             return EXIT_INVALID
     from .check import (
+        container_path_warnings,
         deadline_warnings,
         dev_root_warnings,
         handed_warnings,
@@ -176,7 +177,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         *withheld_env_warnings(rows, config),
         *deadline_warnings(config),
     ]
-    for warning in [*handed, *overlap_warnings(rows, config), *scan.too_large]:
+    overlaps = [*overlap_warnings(rows, config), *container_path_warnings(rows, config)]
+    for warning in [*handed, *overlaps, *scan.too_large]:
         print(warning, file=sys.stderr)
     from .sysfs.rootdisk import find_root_disk
 

@@ -162,6 +162,34 @@ def test_check_warns_when_allocate_mounts_reach_another_resources_device(
     ]
 
 
+def test_check_warns_when_two_resources_land_on_one_container_path(
+    short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hostile18 F8: two resources pass `x` at /dev/x and mount their data at /data: a
+    container asking for both gets one of each, charged for both (two Allocates: only a
+    warning can say it)."""
+    for name in ("a", "b", "ma", "mb"):
+        (short_dir / name).mkdir()
+    (short_dir / "a" / "x").touch()
+    (short_dir / "b" / "x").touch()
+    lines = [f"kubelet: {{socketDir: {socket_dir}}}", f"stateDir: {short_dir}/state", "resources:"]
+    for name in ("a", "b"):
+        lines += [
+            f"  - name: t.example/{name}",
+            f'    glob: {{paths: ["{short_dir}/{name}/*"], containerPath: "/dev/{{name}}"}}',
+            f"    allocate: {{mounts: [{{hostPath: {short_dir}/m{name}, containerPath: /data}}]}}",
+        ]
+    config = short_dir / "config.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    assert main(["check", "--config", str(config)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "container" in line]
+    assert warnings == [
+        "warning: t.example/a and t.example/b hand out /data, /dev/x: a container that asks "
+        "for both gets only one of each (the kubelet keeps one device node and one mount per "
+        "container path), charged for both"
+    ]
+
+
 @contextlib.asynccontextmanager
 async def kdp_host_run(config: Path) -> AsyncIterator[tuple[str, int]]:
     """`kdp-host run` in a subprocess; yields the host and port its http_serving line names."""

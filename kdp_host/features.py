@@ -116,6 +116,7 @@ def release_tracker(
         places=functools.partial(services.ownership.changed_places, config.name),
         timings=services.timings,
         checkpoint=functools.partial(services.ownership.checkpoint_handed, config.name),
+        answers=services.pod_resources,
     )
 
 

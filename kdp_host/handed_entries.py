@@ -248,6 +248,16 @@ def owed_all(handed: Handed) -> Handed:
     return replace(handed, owed=True, earlier=earlier)
 
 
+def owed_but(handed: Handed, kept: Collection[str]) -> Handed:
+    """`owed_all`, but the newest use's IDs of `kept` (containers that joined the device once
+    every other use was gone, `release_join`) go on as the newest use, not owed."""
+    owed, mine = owed_all(handed), handed.ids.intersection(kept)
+    if not mine:
+        return owed
+    gone = (replace(owed, ids=handed.ids - mine, earlier=()),) if handed.ids - mine else ()
+    return replace(handed, ids=mine, owed=False, earlier=(*owed.earlier, *gone))
+
+
 def same_use(one: Handed, other: Handed) -> bool:
     """Whether two uses were handed out alike (nodes, mounts, env, what paths reached)."""
     return same_device(one.device, other.device) and one.reached == other.reached

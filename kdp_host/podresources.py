@@ -64,6 +64,9 @@ registered yet), then every this many polls."""
 JITTER = 0.1
 """Polls are spread by up to this fraction of the delay, so hosts started together do not
 call the kubelet in step."""
+ASK_AGAIN_AFTER = 1.0
+"""An answer a container start waits for (`answer_after`) is asked at once, but no sooner than
+this after the last call (nor while the kubelet's rate limit is backed off from)."""
 
 AllocatableListener = Callable[[Mapping[str, frozenset[str]], float], None]
 """Told each GetAllocatableResources answer (resource -> IDs) and when it was asked."""
@@ -106,6 +109,7 @@ class PodResourcesPoller:
     _allocatable_supported: bool = True
     _backoff: Backoff = field(default_factory=Backoff)
     _polled: asyncio.Event = field(default_factory=asyncio.Event)
+    _wanted: asyncio.Event = field(default_factory=asyncio.Event)
     _settle: Settle = field(default_factory=Settle)
     _incomplete: int = 0
 
@@ -181,9 +185,42 @@ class PodResourcesPoller:
         try:
             while True:
                 delay = await self.poll()
-                await asyncio.sleep(delay * (1 + random.uniform(-JITTER, JITTER)))
+                await self._rest(delay * (1 + random.uniform(-JITTER, JITTER)))
         finally:
             self.close()
+
+    async def _rest(self, delay: float) -> None:
+        """Wait `delay` before the next poll, or `ASK_AGAIN_AFTER` once an answer is wanted
+        (`answer_after`), unless backing off from the kubelet's rate limit."""
+        loop = asyncio.get_running_loop()
+        soonest = loop.time() + min(delay, ASK_AGAIN_AFTER)
+        if self.status.state == "rate_limited":
+            await asyncio.sleep(delay)
+        else:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wanted.wait()
+                    await asyncio.sleep(max(0.0, soonest - loop.time()))
+        self._wanted.clear()
+
+    @property
+    def answering(self) -> bool:
+        """Whether there is a PodResources to ask (not `absent` nor `unsupported`)."""
+        return self.status.state not in ("absent", "unsupported")
+
+    async def answer_after(self, after: float, timeout: float) -> bool:
+        """Wait up to `timeout` for an answer asked after `after` (`clock`), the next poll
+        hurried (`_rest`): a container start that joined a shared device (`release_join`).
+        Its subscribers have heard it when this returns True."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.holdings is None or self.holdings.asked_at <= after:
+                    polled = self._polled
+                    self._wanted.set()
+                    await polled.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def poll_soon(self, timeout: float) -> bool:
         """Wait up to `timeout` for the next poll to finish (whatever its result)."""

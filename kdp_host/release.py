@@ -1,38 +1,33 @@
 """Release commands, and the clean-device guarantee.
 
 The kubelet never tells a plugin that a pod let go of a device. With `release.command`, a
-resource's `ReleaseTracker` works it out and runs the command once per device whose users
-are gone, and no container starts with that device until the command has succeeded.
+resource's `ReleaseTracker` works it out, runs the command once per device whose users are
+gone, and no container starts with that device until the command has succeeded. Per physical
+device it keeps `used` (the advertised IDs handed to containers whose end it has not seen)
+and `owed` (those users gone, no release succeeded since). What ends a use:
 
-Per physical device it keeps `used`, the advertised IDs handed to containers whose end it
-has not seen yet, and `owed`, true once those users are gone and until a release succeeds.
-Three kinds of news end a use:
-
-- **PodResources** (`podresources.py`): an answer that shows no ID of the device held ends
-  every use of it (the release starts at once). An answer is ignored for a device allocated
-  after the question was sent, or less than `Timings.allocation_settle` before: it may
-  predate that allocation (the kubelet records one only once the plugin's answer reached it).
-- **Allocate**: the kubelet never gives one advertised ID to two containers at once, so an
-  ID handed out again proves its earlier user gone, even if no poll ever saw the device free.
-  If no other ID of the device is in use (always, with `replicas: 1`), the release is owed.
+- **PodResources** (`podresources.py`): an answer that shows no ID of the device held (one
+  asked before its last Allocate, or within `Timings.allocation_settle` after, is no news).
+- **Allocate**: the kubelet never gives one ID to two containers at once, so an ID handed
+  out again proves its earlier user gone; the release is owed once no earlier use is left.
+  One handed out while another ID is in use joins that use, until the next answer (asked at
+  once by its PreStartContainer) says whether a sharer still holds it (`release_join`).
 - **A booking of another name** that held its node, its pod seen gone (`ownership_held`).
 
-PreStartContainer waits for (or runs) the owed releases of the container's devices (first in
-the queue) until the kubelet's deadline (`start_budget`): no container starts with a device
-an earlier container used until its release has succeeded. A shared device is released once
-none of its IDs is held; a container joining it is not held back (it never was free), but a
-node an earlier use of it was handed and no use still holds (the device moved) goes to no
-container before that release (`in_use_sharing`: refused meanwhile, hostile14 N6).
-
-What must outlive kdp-host (`used`, `owed`) is kept in `<stateDir>/release-state.json`
-(`release_state.py`: lost or unreadable, devices count as used), written before
-PreStartContainer answers. The hosts on one stateDir (a rolling update) run a device's
-release, and decide what it owes, one at a time under its lock (`release_lock`).
+PreStartContainer waits for (or runs) the owed releases of the container's devices until the
+kubelet's deadline (`start_budget`). A shared device is released once none of its IDs is held;
+a container joining a live sharer is not held back (it never was free), but a node an earlier
+use was handed and no use still holds (the device moved) goes to no container before that
+release (`in_use_sharing`: refused meanwhile, hostile14 N6). `used` and `owed` are kept in
+`<stateDir>/release-state.json` (`release_state.py`), written before PreStartContainer
+answers; the hosts on one stateDir run a device's release, and decide what it owes, one at a
+time under its lock (`release_lock`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
@@ -42,13 +37,14 @@ from .allocation import HookFailed
 from .config import ReleaseConfig, ResourceConfig
 from .device_table import DeviceTable
 from .devices import physical_id
-from .handed_entries import Uses, after_release, owed_all
+from .handed_entries import Uses, after_release, owed_but
 from .handed_out import HandedOut, in_memory
 from .hooks import PlaceCheck
 from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
 from .release_command import ReleaseCommand, acted_on, in_use_sharing, owed_left, owed_sharing
+from .release_join import FreshAnswers, asked_for, decided
 from .release_lock import DeviceLock, LockBusy, Released, owed_by_peers
 from .release_slots import Slots
 from .release_state import ReleaseStateStore
@@ -89,10 +85,11 @@ class ReleaseTracker:
         places: PlaceCheck | None = None,
         timings: Timings | None = None,
         checkpoint: Checkpointed | None = None,
+        answers: FreshAnswers | None = None,
     ) -> None:
-        """`handed`: the record of what each Allocate handed out (`handed_out`): what a
-        release acts on (else `checkpoint`'s); `places`: whether its host paths still reach
-        it (`check_places`: one reaching another device now is not run, and retried)."""
+        """`handed`: what each Allocate handed out (`handed_out`), what a release acts on
+        (else `checkpoint`'s); `places`: whether its paths still reach it (`check_places`);
+        `answers`: the PodResources poller a container start asks (`release_join`)."""
         assert resource.release is not None
         self.config: ReleaseConfig = resource.release
         self._resource, self._table, self._store = resource, table, store
@@ -103,7 +100,7 @@ class ReleaseTracker:
         self._command = ReleaseCommand(
             resource.name, self.config, commands, table, log, places, checkpoint
         )
-        self._timings = timings or Timings()
+        self._timings, self._answers, self._heard = timings or Timings(), answers, -math.inf
         self._assume_used = store.unknown
         if self._assume_used:
             store.assuming(resource.name)
@@ -175,22 +172,19 @@ class ReleaseTracker:
         self._publish()
 
     def asked(self, advertised_ids: Sequence[str]) -> None:
-        """An Allocate asks for these IDs (no I/O here; told before the record takes what it
-        hands out: an owed release acts on the earlier use's device). An ID used before
-        proves its earlier user gone (the kubelet never gives one ID to two containers at
-        once), whether or not the answer goes out."""
-        replicas = self._resource.replicas
+        """An Allocate asks for these IDs (no I/O; told before the record takes what it hands
+        out): an ID used before proves its earlier user gone, whether or not the answer goes
+        out; one of a device in use joins it (`release_join.asked_for`)."""
+        replicas, wall = self._resource.replicas, self._wall()
         for advertised in advertised_ids:
-            device_id = physical_id(advertised, replicas)
-            use = self.uses.setdefault(device_id, DeviceUse())
-            if advertised in use.used or self._assume_used:
-                use.used.discard(advertised)
-                if not use.used:  # (every use before this Allocate is gone: released)
-                    self._handed.change(device_id, owed_all)
-                if not use.used and not use.owed:
-                    use.owe(self._wall())
-                    self._log.info("release_owed", device=device_id, reason="allocated_again")
-                    self._start(device_id)
+            use = self.uses.setdefault(device_id := physical_id(advertised, replicas), DeviceUse())
+            if (gone := asked_for(use, advertised, self._assume_used, wall)) is None:
+                continue
+            self._gone(device_id, gone[0])
+            if not use.owed:
+                use.owe(gone[1])
+                self._log.info("release_owed", device=device_id, reason="allocated_again")
+                self._start(device_id)
         self._publish()
 
     def taken(self, advertised_ids: Sequence[str]) -> None:
@@ -211,6 +205,7 @@ class ReleaseTracker:
             return
         replicas, handed = self._resource.replicas, self.device_ids()
         asked_wall = self._wall() - self._clock() + answer.asked_at
+        self._heard = max(self._heard, answer.asked_at)
         held: dict[str, dict[str, tuple[Holder, ...]]] = {}
         for advertised, holders in answer.of(self._resource.name).items():
             device_id = handed.get(advertised) or physical_id(advertised, replicas)
@@ -222,8 +217,7 @@ class ReleaseTracker:
                 if device.id not in held:
                     self.uses.setdefault(device.id, DeviceUse()).used.add(device.id)
         settle, asked = self._timings.allocation_settle, (answer.asked_at, asked_wall)
-        gone = partial(self._handed.change, change=owed_all)  # (each use seen gone: released)
-        listed = partial(answer.shows, self._resource.name)  # (by the kubelet itself)
+        listed, gone = partial(answer.shows, self._resource.name), self._gone  # (the kubelet's)
         for device_id in seen_free(self.uses, held, asked, settle, self._log, gone, listed):
             self._start(device_id)
         self._publish()
@@ -235,6 +229,8 @@ class ReleaseTracker:
         one's lock) another host's use's (`_after_peers`); HookFailed: one failed, or `budget`."""
         replicas, budget = self._resource.replicas, budget or StartBudget.of_call(None)
         devices = list(dict.fromkeys(physical_id(a, replicas) for a in advertised_ids))
+        joins, heard = (self.uses, devices, advertised_ids), lambda: self._heard  # (decided first)
+        await decided(self._answers, joins, heard, budget, self._resource.name)
         sharing = owed_sharing(self.uses, self._handed, advertised_ids, replicas)
         await self._owed_done(devices + sharing, budget)
         if held := in_use_sharing(self.uses, self._handed, advertised_ids, replicas):
@@ -245,6 +241,10 @@ class ReleaseTracker:
                 await self._after_peers(device_id, use, use.allocated_wall, ids, budget)
                 await self._owed_done([device_id], budget)  # (owed meanwhile: waited for)
         await self._store.flush()
+
+    def _gone(self, device_id: str, kept: frozenset[str]) -> None:
+        """Every use of the device is gone but those of `kept`'s IDs: released (`owed_but`)."""
+        self._handed.change(device_id, partial(owed_but, kept=kept))
 
     async def _owed_done(self, devices: list[str], budget: StartBudget) -> None:
         name = self._resource.name

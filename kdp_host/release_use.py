@@ -81,6 +81,12 @@ class DeviceUse:
     again: bool = False
     """A use seen gone while its release ran, which that release did not act on: owed still,
     run again as soon as it ends (hostile14 N6)."""
+    joined: set[str] = field(default_factory=set)
+    """IDs handed out while other IDs of the device were in use, as last seen, that no answer
+    since has shown still shared with a live holder (`release_join`; not kept: a restart
+    takes them on trust)."""
+    joined_wall: float = 0.0
+    """Unix time of the first of those Allocates (before it, every use is an earlier one)."""
 
     def released(self, wall: float, again: bool) -> None:
         """Its release succeeded at `wall` (`again`: a use seen gone meanwhile is owed)."""
@@ -93,6 +99,7 @@ class DeviceUse:
         self.owed, self.owed_for, self.owed_covers = True, self.last_use, covers
         self.last_use = None
         self.owed_holders = self.holders
+        self.joined.clear()  # (their containers start after the release)
 
     def begun(
         self, advertised: str, at: tuple[float, float], settle: float, by: str | None = None
@@ -176,7 +183,7 @@ def seen_free(
     asked: tuple[float, float],
     settle: float,
     log: EventLogger,
-    gone: Callable[[str], object] = lambda device_id: None,
+    gone: Callable[[str, frozenset[str]], object] = lambda device_id, kept: None,
     listed: Callable[[str], bool] = lambda advertised: True,
 ) -> list[str]:
     """A PodResources answer asked at `asked` (monotonic, Unix time) shows `held` (device ->
@@ -188,7 +195,10 @@ def seen_free(
     (hostile14 N8: each host carries a holder for its own while, so such times told another
     host's release from after the use ended as one from before). Returns the devices whose
     release this makes owed (their users gone); `gone` is told of each device whose users
-    are seen gone, owed already or not (the record's uses then owed: `handed_entries.owed_all`)."""
+    are seen gone, owed already or not, with the IDs whose uses go on (the record's other
+    uses then owed: `handed_entries.owed_but`). A device joined since the last answer is
+    decided by this one (`joined_alone`, `release_join`): its earlier users gone, the release is
+    owed, the joiners' uses going on."""
     asked_at, asked_wall = asked
     owed: list[str] = []
     for device_id in set(uses) | set(held):
@@ -196,23 +206,51 @@ def seen_free(
         if use.allocated_at >= asked_at:
             continue  # allocated after the question was sent: the answer predates it
         now_held = held.get(device_id)
+        alone = joined_alone(use, now_held, listed) if use.joined and not use.owed else None
+        if alone:  # (every earlier use is gone: released, the joiners' go on)
+            use.used = set(use.joined)
+            gone(device_id, frozenset(use.joined))
+            use.owe(use.joined_wall)
+            why = {"reason": "joined_after_last_holder", "last_holders": use.last_holders()}
+            log.info("release_owed", device=device_id, **why)
+            owed.append(device_id)
+        elif alone is False:
+            use.joined.clear()  # (a live sharer listed since: it shares the device)
         if now_held:
             use.used = set(now_held)
             if any(listed(advertised) for advertised in now_held):
                 use.last_use = max(use.last_use or asked_wall, asked_wall)
-            shown = tuple(dict.fromkeys(h for hs in now_held.values() for h in hs if h.listed))
+            shown = tuple(  # (not a joiner undecided yet: not whose use a release acts on)
+                dict.fromkeys(
+                    h for a, hs in now_held.items() if a not in use.joined for h in hs if h.listed
+                )
+            )
             use.holders = shown or use.holders  # (an unlisted holder has no names)
         elif use.allocated_at >= asked_at - settle:
             continue  # "free" just after an Allocate: the kubelet may not have recorded it
         elif use.used:
             use.used.clear()
-            gone(device_id)
+            gone(device_id, frozenset())
             if not use.owed:  # (seen free: every use allocated before then is gone)
                 use.owe(asked_wall)
                 why = {"reason": "no_longer_held", "last_holders": use.last_holders()}
                 log.info("release_owed", device=device_id, **why)
                 owed.append(device_id)
     return owed
+
+
+def joined_alone(
+    use: DeviceUse,
+    now_held: Mapping[str, tuple[Holder, ...]] | None,
+    listed: Callable[[str], bool],
+) -> bool | None:
+    """What an answer asked after the device's last Allocate says of its joiners: True, no
+    ID but theirs is held (every earlier user gone); False, the kubelet itself lists another
+    held (a live sharer); None, another is held by carried or unlisted holders only."""
+    others = [advertised for advertised in now_held or () if advertised not in use.joined]
+    if not others:
+        return True
+    return False if any(map(listed, others)) else None
 
 
 def owe_held_before(

@@ -29,6 +29,10 @@ pass, about a second later, did so for a socket that went or came), not the kube
 this one: such a loss does not count toward "the kubelet keeps ending the stream"
 (`stream_losses`, `switching`).
 
+An instance of the other registration mode (a rollout that switches `kubelet.registration`)
+serves from the other directory: its socket made or gone there (`seen`, followed while that
+directory exists at start) counts for `switching` too.
+
 Not seen: a socket of the compact form (a socket directory too long for readable names), a
 peer killed without removing its socket (SIGKILL), and other plugins of the same name (they
 name their sockets their own way).
@@ -69,6 +73,9 @@ class PeerSockets:
     """This instance's socket name."""
     serve_dir: str
     wake: asyncio.Event
+    other_dir: str | None = None
+    """Where an instance of the other registration mode serves (a rollout that switches
+    `kubelet.registration`): its sockets there only tell the kubelet switching (`seen`)."""
     """The serving loop's: set when a socket of another instance went."""
     _prefix: str | None = field(init=False)
     _gone: dict[str, float] = field(default_factory=dict)
@@ -92,7 +99,7 @@ class PeerSockets:
         """Whether other instances' sockets can be told by name (readable socket names)."""
         return self._prefix is not None
 
-    def _is_peer(self, name: str) -> bool:
+    def _is_peer(self, name: str, directory: str | None = None) -> bool:
         prefix = self._prefix
         if prefix is None or name == self.endpoint or not name.startswith(prefix):
             return False
@@ -101,7 +108,7 @@ class PeerSockets:
         instance = name[len(prefix) : -len(_SUFFIX)]
         if instance_id_problem(instance) is not None:
             return False
-        return socket_name(self.resource, instance, self.serve_dir) == name
+        return socket_name(self.resource, instance, directory or self.serve_dir) == name
 
     def changed(self, name: str | None) -> None:
         """The watcher's callback for the socket directory's entries."""
@@ -115,6 +122,12 @@ class PeerSockets:
         elif name not in self._gone:
             self._gone[name] = now
             self.wake.set()
+
+    def seen(self, name: str | None) -> None:
+        """The watcher's callback for `other_dir`'s entries: another instance's socket made or
+        gone there is the kubelet switching too (`switching`), nothing to register for."""
+        if name is not None and self.other_dir is not None and self._is_peer(name, self.other_dir):
+            self._switched_at = asyncio.get_running_loop().time()
 
     def lost(self) -> None:
         """The kubelet ended our stream."""

@@ -102,7 +102,8 @@ class ServingLoop:
         )
         """Whether the kubelet serves no device of the resource (PodResources), though
         registered."""
-        self._peers = PeerSockets(name, self.endpoint, self._serve_dir, self._wake)
+        other = kubelet.socket_dir if self._registry else kubelet.plugins_registry_dir
+        self._peers = PeerSockets(name, self.endpoint, self._serve_dir, self._wake, other)
         """The other instances of the resource in the socket dir (a rollout), whose end calls
         for registering again."""
         self._losses = StreamLosses(
@@ -131,11 +132,12 @@ class ServingLoop:
         subscription = self._services.watcher.subscribe(
             self._serve_dir, self._on_socket_dir_event, names=(KUBELET_SOCKET, self.endpoint)
         )
-        peers = None
+        peers = []
         if self._peers.followed:  # (every entry made or removed: the callback filters)
-            peers = self._services.watcher.subscribe(
-                self._serve_dir, self._peers.changed, entries=True
-            )
+            watcher, other = self._services.watcher, self._peers.other_dir
+            peers.append(watcher.subscribe(self._serve_dir, self._peers.changed, entries=True))
+            if other is not None and other != self._serve_dir and os.path.isdir(other):
+                peers.append(watcher.subscribe(other, self._peers.seen, entries=True))
         poller = self._services.pod_resources
         stop_absent = None if poller is None else poller.subscribe_allocatable(self._allocatable)
         wait = self._services.registry_wait
@@ -173,8 +175,8 @@ class ServingLoop:
         finally:
             leave_net()
             subscription.cancel()
-            if peers is not None:
-                peers.cancel()
+            for subscription in peers:
+                subscription.cancel()
             if stop_absent is not None:
                 stop_absent()
             self.status.mark(serving=False, registered=False)

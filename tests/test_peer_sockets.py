@@ -297,6 +297,29 @@ async def test_another_instances_socket_made_or_gone_is_the_kubelet_switching(
     assert gone.switching()
 
 
+async def test_a_socket_of_the_other_registration_mode_made_or_gone_is_switching_too(
+    short_dir: Path,
+) -> None:
+    """hostile17 F1: a rollout that switches `kubelet.registration` (the old instance serves
+    from the plugins registry, the new from the device-plugin directory): the kubelet's
+    plugin watcher deregistering the old socket ends the new one's stream. That socket is
+    in the other directory: seen there, it is the kubelet switching, nothing to register for
+    (before: a refusal, /readyz 503 for a minute)."""
+    serving, registry = short_dir / "dp", short_dir / "reg"
+    serving.mkdir()
+    registry.mkdir()
+    name = socket_name(SHELL, "new", str(serving))
+    tracker = PeerSockets(SHELL, name, str(serving), asyncio.Event(), str(registry))
+    tracker.seen(socket_name(SHELL, "new", str(registry)))  # (ours, by the other's naming)
+    tracker.seen(socket_name("s.example/other", "old", str(registry)))
+    assert not tracker.switching()
+    gone = other(registry)
+    (registry / gone).unlink()
+    tracker.seen(gone)
+    assert tracker.switching()
+    assert tracker.due() == (None, None) and not tracker.wake.is_set()
+
+
 async def test_hostile13_m18_the_new_instance_is_ready_once_served_after_the_old_one_stops(
     real_kubelet_factory, short_dir: Path, start_host
 ) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import os
 import re
 import select
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Final
 
 from .logs import EventLogger
@@ -241,6 +241,11 @@ class MountMap:
         for directory in walked:
             below[directory] = point
         return point
+
+    def of_types(self, types: Container[str]) -> tuple[tuple[str, str], ...]:
+        """(mount point, type) of each mount (not hidden by a later one on its point) whose
+        file system type is one of `types`, in the table's order."""
+        return tuple((point, kind) for point, kind in self._types.items() if kind in types)
 
     def local(self, real: str) -> bool:
         """Whether a lookup of the real path `real` crosses only mounts of

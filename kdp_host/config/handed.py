@@ -14,6 +14,10 @@ given `/` has all of them. So no device node or mount source may be, lie inside 
 - `/proc` (`PROC`): the host's processes (a glob link to `/proc/self/environ` resolves to
   kdp-host's own environment, and in a container `/proc/<pid>` names another process of the
   host) and kernel settings (`/proc/sys`), never a device;
+- a mount of one of the kernel's own file systems (`KERNEL_FILE_SYSTEMS`, by the mount
+  table's type, wherever it is mounted: the host's `/proc` again at `/host/proc`, hostile18
+  F6): procfs, debugfs and tracefs whatever the mode, sysfs, cgroupfs, securityfs and the
+  other kernel interfaces where handed writable;
 - the kubelet's `socketDir`, `pluginsRegistryDir`, the directory of its PodResources socket
   and, where `socketDir` is `<root>/device-plugins` (the kubelet's layout, whatever its
   `--root-dir`), its `pods` (every pod's volumes, secrets, service-account tokens), `pki`
@@ -37,7 +41,9 @@ What a path is, not how it is spelled, decides (`NeverHanded.problem`):
   (`mount_table.MountMap`: a bind mount of a protected directory, of a directory above it,
   or of `/`, is that directory), against every place the mount table shows each protected
   path or a part of it (`MountMap.showing`: `/data` holds `/var/lib/kubelet/device-plugins`
-  when `/var/lib/kubelet` is a bind mount of `/data/kubelet`);
+  when `/var/lib/kubelet` is a bind mount of `/data/kubelet`), and against the mount point
+  of every mount of a kernel file system (`MountMap.of_types`: a bind mount of a part of
+  one has the type too), found once per table (no lookup per path);
 - its identity (`identity.identity_of`, where the caller knows it): a directory that is a
   protected directory or `/` by (st_dev, st_ino), a file that is a hard link of the config
   file or of any file in or below a protected directory (`kubelet.sock`, a state file, an
@@ -66,6 +72,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from stat import S_ISREG as st_isreg
 from typing import Final
@@ -94,6 +101,28 @@ PROC: Final = "/proc"
 _NO_MOUNTS: Final = MountMap()
 RUN_WHY: Final = " writable (kdp-host runs, loads or follows it as root)"
 """Why a place of `NeverHanded.run` may be handed read-only only."""
+KERNEL_WHY: Final = " writable (the kernel acts on what is written there)"
+"""Why a mount of a kernel file system of `KERNEL_FILE_SYSTEMS` may be handed read-only only."""
+KERNEL_FILE_SYSTEMS: Final[Mapping[str, tuple[str, bool]]] = {
+    "proc": ("the host's processes and kernel settings", False),
+    "debugfs": ("the kernel's debugging interface", False),
+    "tracefs": ("the kernel's tracing of every process", False),
+    "sysfs": ("the kernel's devices, drivers and settings", True),
+    "cgroup": ("the host's control groups", True),
+    "cgroup2": ("the host's control groups", True),
+    "securityfs": ("the security modules' policies", True),
+    "selinuxfs": ("SELinux's policy and mode", True),
+    "configfs": ("kernel objects made by writing", True),
+    "bpf": ("pinned BPF programs and maps", True),
+    "efivarfs": ("the firmware's variables", True),
+    "binfmt_misc": ("the interpreters the kernel runs programs with", True),
+}
+"""The kernel's own file systems, by the mount table's type (`MountMap.of_types`), with what
+each holds and whether it is refused handed writable only: no device node or mount source
+may be, lie in or hold a mount of one, wherever it is mounted (a second procfs at
+`/host/proc`, the host's `/sys` at `/host/sys`: hostile18 F6). procfs, debugfs and tracefs
+whatever the mode (reading them reads other processes and the kernel's state); the others
+where handed writable (a read-only sysfs or cgroup tree is what every container is given)."""
 
 
 VIEW_AGE: Final = 1.0
@@ -130,17 +159,18 @@ class _Shown:
 
     __slots__ = ("near", "places")
 
-    def __init__(self, places: tuple[tuple[str, str, bool], ...]) -> None:
+    def __init__(self, places: tuple[tuple[str, str, str], ...]) -> None:
         self.places = places
-        """(what, place, refused only handed writable: `NeverHanded.run`)."""
-        self.near: dict[str, tuple[tuple[str, str, bool], ...]] = {}
+        """(what, place, why it is refused only handed writable, "" where refused whatever
+        the mode: `RUN_WHY` for `NeverHanded.run`, `KERNEL_WHY`)."""
+        self.near: dict[str, tuple[tuple[str, str, str], ...]] = {}
 
-    def near_to(self, directory: str) -> tuple[tuple[str, str, bool], ...]:
+    def near_to(self, directory: str) -> tuple[tuple[str, str, str], ...]:
         near = self.near.get(directory)
         if near is None:
             near = tuple(
-                (what, place, run)
-                for what, place, run in self.places
+                (what, place, only)
+                for what, place, only in self.places
                 if place.startswith(directory) or directory.startswith(place)
             )
             if len(self.near) >= NEAR_LIMIT:
@@ -164,8 +194,9 @@ class NeverHanded:
     """(what, real path, normalised) of the places that change what kdp-host runs as root
     (`places.run_places`): refused as `places` are, and a file among them by identity too,
     where handed writable only (`problem(writable=...)`)."""
-    _shown: dict[int, _Shown] = field(default_factory=dict, compare=False, repr=False)
-    """Per mount table (by `id`, the last one only): every place it shows each place at."""
+    _shown: list[tuple[MountMap, _Shown]] = field(default_factory=list, compare=False, repr=False)
+    """The last mount table asked with (kept: its `id` is not another's while it is) and every
+    place it shows each place at."""
     _listed: dict[str, Listed] = field(default_factory=dict, compare=False, repr=False)
     _view: list[_View] = field(default_factory=list, compare=False, repr=False)
     _kept: list[tuple[_View, frozenset[Identity | None]]] = field(
@@ -201,8 +232,8 @@ class NeverHanded:
             if ROOT in places:
                 return "is / (the host's root)"
             for at in places:  # (a path's directory: the devices of one directory ask alike)
-                for what, place, run in shown.near_to(at.rpartition("/")[0]):
-                    if (run and not writable) or not (at.startswith(place) or place.startswith(at)):
+                for what, place, why in shown.near_to(at.rpartition("/")[0]):
+                    if (why and not writable) or not (at.startswith(place) or place.startswith(at)):
                         continue  # (neither can lie in the other)
                     if path_inside(at, place):
                         how = "is" if at == place else "lies in"
@@ -210,8 +241,7 @@ class NeverHanded:
                         how = "holds"
                     else:
                         continue
-                    why = f"{how} {what}, which no container may be handed"
-                    return why + (RUN_WHY if run else "")
+                    return f"{how} {what}, which no container may be handed{why}"
         if unseen(key):
             return UNSEEN  # (hostile9 H5: what it reaches on the host is not known)
         if key is not None and key[0] in (DIRECTORY, FILE, OTHER):
@@ -248,15 +278,17 @@ class NeverHanded:
         return why if real == shown else f"(resolved: {real}) {why}"
 
     def _shown_at(self, mounts: MountMap) -> _Shown:
-        cached = self._shown.get(id(mounts))
-        if cached is None:
-            found = [(w, at, False) for w, p in self.places for at in mounts.showing(p)]
-            found += [(w, at, False) for w, p in self.files for at in mounts.showing(p)]
-            found += [(w, at, True) for w, p in self.run for at in mounts.showing(p)]
-            cached = _Shown(tuple(dict.fromkeys(found)))
-            self._shown.clear()
-            self._shown[id(mounts)] = cached  # (a new table is a new object: `remount`)
-        return cached
+        if self._shown and self._shown[0][0] is mounts:
+            return self._shown[0][1]
+        found = [(w, at, "") for w, p in self.places for at in mounts.showing(p)]
+        found += [(w, at, "") for w, p in self.files for at in mounts.showing(p)]
+        found += [(w, at, RUN_WHY) for w, p in self.run for at in mounts.showing(p)]
+        kernel = mounts.of_types(KERNEL_FILE_SYSTEMS)  # (what a path is, wherever it is)
+        for point, kind in sorted(kernel, key=lambda m: -m[0].count("/")):  # (the nearest)
+            holds, only = KERNEL_FILE_SYSTEMS[kind]
+            found.append((f"the {kind} mount at {point} ({holds})", point, KERNEL_WHY * only))
+        self._shown[:] = [(mounts, _Shown(tuple(dict.fromkeys(found))))]
+        return self._shown[0][1]  # (a new table is a new object: `remount`)
 
     def _identity_problem(
         self, key: Identity, fresh: bool, writable: bool, since: float | None = None

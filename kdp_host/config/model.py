@@ -645,9 +645,11 @@ class MountConfig:
     host_path: str = key(
         "hostPath",
         AbsolutePath(),
-        "Absolute path on the host. Not `/`, nor in or holding the kubelet's directories, "
-        "`stateDir`, the config file or a directory kdp-host writes a file in (CDI spec, "
-        "node features), by identity: a hard link or bind mount of one is one too (see "
+        "Absolute path on the host. Not `/`, nor in or holding `/proc` or a mount of the "
+        "kernel's file systems (procfs anywhere; sysfs, cgroupfs and the like when "
+        "`readOnly: false`), the kubelet's directories, `stateDir`, the config file or a "
+        "directory kdp-host writes a file in (CDI spec, node features), by identity: a hard "
+        "link or bind mount of one is one too (see "
         "[Paths no container is handed](#paths-no-container-is-handed)). It must exist where "
         "kdp-host sees it when an Allocate hands it out (in the chart: mounted into "
         "kdp-host's container, `hostMounts.extra`): while it is missing every Allocate of the "

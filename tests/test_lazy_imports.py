@@ -35,7 +35,9 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.sysfs.ids",
     "kdp_host.sysfs.render",
     "kdp_host.sysfs.rootdisk",
-    # reading sysfs, with no sysfs resource (the config's checks need the model only)
+    # the sysfs model and reading sysfs, with no sysfs resource (the config's checks need
+    # `sysfs.entry` and `sysfs.match` only)
+    "kdp_host.sysfs.model",
     "kdp_host.sysfs.reader",
     "kdp_host.sysfs.tree",
     "kdp_host.sysfs.nodes",

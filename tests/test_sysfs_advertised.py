@@ -13,8 +13,7 @@ from kdp_host.config import SysfsDriverConfig, SysfsMatchConfig, UsbMatchConfig
 from kdp_host.devices import Device, DeviceNode
 from kdp_host.drivers.sysfs_advertised import MAX_UPDATE, Advertising
 from kdp_host.drivers.sysfs_match import matches
-from kdp_host.sysfs import USB, NodeInfo, SysfsDevice
-from kdp_host.sysfs.model import device_id
+from kdp_host.sysfs.model import USB, NodeInfo, SysfsDevice, device_id
 
 CONFIG = SysfsDriverConfig(
     usb=(UsbMatchConfig(vendor="0403"),),

@@ -18,7 +18,7 @@ from kdp_host.config import SysfsDriverConfig, load_config_text
 from kdp_host.drivers import DriverDeps
 from kdp_host.drivers.sysfs import SysfsDriver
 from kdp_host.logs import get_logger
-from kdp_host.sysfs import SysfsScan
+from kdp_host.sysfs.model import SysfsScan
 from kdp_host.sysfs.reader import SysfsReader
 from kdp_host.watch import PollingWatcher
 

@@ -25,7 +25,7 @@ from kdp_host.metrics import Metrics
 from kdp_host.ownership_canonical import checked_reach
 from kdp_host.rules import device_id_problem
 from kdp_host.simulator import KubeletSimulator
-from kdp_host.sysfs import SysfsScan
+from kdp_host.sysfs.model import SysfsScan
 from kdp_host.sysfs.nodes import NodeLooks
 from kdp_host.sysfs.reader import SysfsReader
 from kdp_host.testing import ManualClock, ManualWatcher, RecordingNotifier

@@ -13,7 +13,8 @@ from kdp_host.allocation import AllocationBuilder
 from kdp_host.config import AllocateConfig, GlobDriverConfig, ResourceConfig
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceNode
-from kdp_host.sysfs import SysfsDevice, SysfsScan, normalize_hex
+from kdp_host.sysfs.entry import PCI, TEMPLATE_FIELDS, USB
+from kdp_host.sysfs.model import SysfsDevice, SysfsScan, normalize_hex
 from kdp_host.sysfs.reader import MAX_UNPLACED, SysfsReader
 from tests.fake_sysfs import CH340, FakeSysfs, standard_machine
 
@@ -171,6 +172,16 @@ def test_template_values(fake: FakeSysfs) -> None:
     assert values["serial"] == "A10K4V2F"
     assert values["address"] == "1-1"
     assert values["nodes"] == "/dev/ttyUSB0,/dev/bus/usb/001/002"
+
+
+def test_every_device_gives_exactly_the_template_fields_the_config_checks(fake: FakeSysfs) -> None:
+    """`entry.TEMPLATE_FIELDS` (what the config's checks accept, without loading the model)
+    are the fields every device's `template_values` has: USB and PCI devices alike."""
+    standard_machine(fake)
+    devices = scan(fake)
+    assert {device.source for device in devices.values()} == {USB, PCI}
+    for device in devices.values():
+        assert set(device.template_values()) == TEMPLATE_FIELDS, device.name
 
 
 @pytest.mark.parametrize(("raw", "normal"), [("0x10C4", "10c4"), ("10c4", "10c4"), ("0X03", "03")])

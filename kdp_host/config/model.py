@@ -60,9 +60,9 @@ from ..rules import (
     socket_path_problem,
     sysfs_name_problem,
 )
+from ..sysfs.entry import DEFAULT_SCAN_TIMEOUT
+from ..sysfs.entry import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
 from ..sysfs.match import ATTRIBUTE_NAME, class_pattern_problem, hex_pattern_problem
-from ..sysfs.model import DEFAULT_SCAN_TIMEOUT
-from ..sysfs.model import TEMPLATE_FIELDS as SYSFS_TEMPLATE_FIELDS
 from .declare import Key, Section, declarations, key, one_of
 from .kinds import (
     INVALID,

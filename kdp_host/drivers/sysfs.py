@@ -24,8 +24,7 @@ from ..config import (
 )
 from ..devices import Device, DeviceNode
 from ..logs import quote_text
-from ..sysfs import PCI, USB, NodeInfo, SysfsDevice, SysfsScan
-from ..sysfs.model import VFIO_CONTAINER_NODE, device_id
+from ..sysfs.model import PCI, USB, VFIO_CONTAINER_NODE, NodeInfo, SysfsDevice, SysfsScan, device_id
 from ..sysfs.nodes import NodeLooks
 from ..sysfs.reader import SysfsReader
 from .base import DriverDeps, Skipped

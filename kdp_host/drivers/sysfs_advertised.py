@@ -25,8 +25,7 @@ from ..config import SysfsDriverConfig
 from ..device_changes import Derived
 from ..devices import Device
 from ..logs import quote_text
-from ..sysfs import PCI, USB, SysfsDevice
-from ..sysfs.model import VFIO_PCI_DRIVER
+from ..sysfs.model import PCI, USB, VFIO_PCI_DRIVER, SysfsDevice
 from ..sysfs.tree import enclosing_device
 from .base import Skipped
 from .sysfs_match import matches

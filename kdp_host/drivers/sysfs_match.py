@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from ..config import PciMatchConfig, SysfsDriverConfig, SysfsMatchConfig, UsbMatchConfig
-from ..sysfs import PCI, USB, SysfsDevice
 from ..sysfs.match import class_matches, hex_matches, text_matches
+from ..sysfs.model import PCI, USB, SysfsDevice
 
 
 def usb_matches(match: UsbMatchConfig, device: SysfsDevice) -> bool:

@@ -1,30 +1,8 @@
 """The sysfs model: devices of USB, PCI, any bus or class, as the kernel describes them.
 
-The package exports the plain data (`model.py`) only: the config's checks import it on every
-run, so reading sysfs (`reader.SysfsReader`, `tree`, `nodes`, `index`) and `kdp-host
-discover` (`discover`, `describe`, `ids`, `render`, `cli`) load only where they are used.
+The package exports nothing itself: what the config's checks need of it (`entry.py`: bus
+names, template fields, the read timeout's default; `match.py`: the patterns of an entry) is
+all a run with no sysfs entry loads; the model (`model.py`), reading sysfs (`reader.SysfsReader`,
+`tree`, `nodes`, `index`) and `kdp-host discover` (`discover`, `describe`, `ids`, `render`,
+`cli`'s body) load only where they are used.
 """
-
-from .model import (
-    DEFAULT_SCAN_TIMEOUT,
-    PCI,
-    TEMPLATE_FIELDS,
-    USB,
-    NodeInfo,
-    SysfsDevice,
-    SysfsScan,
-    UsbInterface,
-    normalize_hex,
-)
-
-__all__ = [
-    "DEFAULT_SCAN_TIMEOUT",
-    "PCI",
-    "TEMPLATE_FIELDS",
-    "USB",
-    "NodeInfo",
-    "SysfsDevice",
-    "SysfsScan",
-    "UsbInterface",
-    "normalize_hex",
-]

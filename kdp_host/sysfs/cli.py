@@ -6,11 +6,15 @@ import argparse
 import asyncio
 import math
 import sys
+from typing import TYPE_CHECKING
 
 from ..files import DaemonThreads
 from ..logs import quote_text
 from ..rules import extended_resource_name_problem, sysfs_name_problem
-from .model import DEFAULT_SCAN_TIMEOUT, PCI, USB, SysfsScan
+from .entry import DEFAULT_SCAN_TIMEOUT, PCI, USB
+
+if TYPE_CHECKING:
+    from .model import SysfsScan
 
 # The command's body (reader, ID databases, discover, render) is imported when it runs:
 # every kdp-host command builds this parser, `run` among them.

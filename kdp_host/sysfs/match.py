@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import re
 
-from .model import normalize_hex
+from .entry import normalize_hex
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _HEX_GLOB = re.compile(r"(?:0[xX])?[0-9a-fA-F*?\[\]!-]+")

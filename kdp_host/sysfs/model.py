@@ -13,12 +13,9 @@ from types import MappingProxyType
 
 from ..names import DEVICE_ID, make_name
 from ..rules import join_list
-
-USB = "usb"
-PCI = "pci"
-
-DEFAULT_SCAN_TIMEOUT = 10.0
-"""Seconds a sysfs read may take before it counts as hung (`scanTimeout`, `discover --timeout`)."""
+from .entry import PCI as PCI
+from .entry import USB as USB
+from .entry import normalize_hex as normalize_hex
 
 USB_DEVICE_NAME = re.compile(r"usb\d+|\d+-\d+(?:\.\d+)*")
 """Kernel names of USB devices (root hubs `usbN`, ports `B-P[.P...]`); interfaces have `:`."""
@@ -49,12 +46,6 @@ _NONE: Mapping[str, str] = MappingProxyType({})
 
 def _no_entries() -> Mapping[str, str]:
     return _NONE
-
-
-def normalize_hex(value: str) -> str:
-    """`0x10C4` / `10c4` / `0X10c4` -> `10c4`: how kdp-host compares and prints hex IDs."""
-    text = value.strip().lower()
-    return text[2:] if text.startswith("0x") else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +130,7 @@ class SysfsDevice:
         return " ".join(p for p in parts if p).strip()
 
     def template_values(self) -> dict[str, str]:
-        """The fields per-device env and annotation templates may use."""
+        """The fields per-device env and annotation templates may use (`entry.TEMPLATE_FIELDS`)."""
         attrs = self.attributes
         values = {
             "name": self.name,
@@ -161,10 +152,6 @@ class SysfsDevice:
             "devnum": attrs.get("devnum", ""),
         }
         return values
-
-
-TEMPLATE_FIELDS = frozenset(SysfsDevice(USB, "x", "/").template_values())
-"""Every field a sysfs device template may use (checked when the config loads)."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import contextlib
 import errno
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Final
 
 from .files import Offload
@@ -153,6 +153,28 @@ class InotifyWatcher:
                     if not self._closed:
                         with contextlib.suppress(OSError):
                             self._inotify.rm_watch(watch)
+
+    def rewatch(self, points: Collection[str]) -> None:
+        """A watch is on an inode: after a mount at or above a watched directory it hears
+        the covered directory, not the mounted one (and, the mount gone, the one that was
+        mounted). Each directory subscribed to at or below `points` is watched anew, and its
+        subscribers told anything in it may have changed where its watch is another now."""
+        for directory in self._subs.at_or_below(points):
+            old = self._watches.pop(directory, None)
+            if old is None:
+                continue  # (not there: tried again every retry, as before)
+            sharing = self._dirs_of_wd.get(old.wd, [])
+            with contextlib.suppress(ValueError):
+                sharing.remove(directory)
+            self._add_watch(directory)  # (not there now: pending, as a missing one is)
+            new = self._watches.get(directory)
+            if new is not None and new.wd == old.wd:
+                continue  # (the same directory)
+            if not sharing and self._dirs_of_wd.pop(old.wd, None) is not None:
+                with contextlib.suppress(OSError):  # (gone with its file system, maybe)
+                    self._inotify.rm_watch(old)
+            self._log.debug("watch_renewed", dir=directory, watched=new is not None)
+            self._subs.notify(directory, None, self._log)
 
     def _add_watch(self, directory: str) -> bool:
         try:

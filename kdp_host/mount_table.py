@@ -247,6 +247,12 @@ class MountMap:
         file system type is one of `types`, in the table's order."""
         return tuple((point, kind) for point, kind in self._types.items() if kind in types)
 
+    def changed(self, other: MountMap) -> list[str]:
+        """The mount points where `other` (the table read later) shows something else: a
+        mount made, gone, or made over another (sorted)."""
+        mine, theirs = self._points, other._points
+        return sorted(p for p in mine.keys() | theirs.keys() if mine.get(p) != theirs.get(p))
+
     def local(self, real: str) -> bool:
         """Whether a lookup of the real path `real` crosses only mounts of
         `LOCAL_FILE_SYSTEMS` (False where the table does not say)."""

@@ -33,7 +33,7 @@ import contextlib
 import functools
 import os
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -42,7 +42,7 @@ from .identity import DIRECTORY, NODES
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_reads import Found as Found
-from .ownership_reads import Read, TreeReads, arrived, tops
+from .ownership_reads import Read, TreeReads, arrived, remounted, tops
 from .rules import below
 from .turns import Pace
 
@@ -183,9 +183,7 @@ class Arrivals:
             return True
         if trees[directory].may_hold_nodes():
             return True
-        ordered = self._ordered
-        if ordered is None:
-            ordered = self._ordered = sorted(trees)
+        ordered = self._sorted()
         prefix = directory.rstrip("/") + "/"
         at = bisect_left(ordered, prefix)
         while at < len(ordered) and ordered[at].startswith(prefix):  # (the trees below it)
@@ -193,6 +191,18 @@ class Arrivals:
                 return True
             at += 1
         return False
+
+    def remounted(self, points: Collection[str]) -> None:
+        """The mount table changed at `points`: what the trees show there is read again, as
+        an arrival (`ownership_reads.remounted`; their watches: `Watcher.rewatch`)."""
+        for tree, paths in remounted(self._trees, self._sorted(), points).items():
+            for path in paths:
+                self._queue(tree, path)
+
+    def _sorted(self) -> list[str]:
+        if self._ordered is None:
+            self._ordered = sorted(self._trees)
+        return self._ordered
 
     def left_to_net(self, directories: list[str]) -> list[str]:
         """Those of `directories` whose tree is not followed in full: not followed at all (no

@@ -11,12 +11,13 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from .identity import DIRECTORY, identity_of
-from .ownership_claims import ClaimKey
+from .ownership_claims import ClaimKey, ancestors
 from .rules import below
 
 Found = list[tuple[ClaimKey, str]]
@@ -141,6 +142,30 @@ def tops(paths: Iterable[str]) -> list[str]:
         if not kept or (path != kept[-1] and not below(path, kept[-1])):
             kept.append(path)
     return kept
+
+
+def remounted(
+    trees: Container[str], ordered: Sequence[str], points: Iterable[str]
+) -> dict[str, set[str]]:
+    """What to read again once the mount table changed at `points` (mounts made or gone),
+    tree -> paths (`trees`: the followed directories, `ordered` sorted): a point inside a
+    tree, in the nearest tree above it (what the mount brought, or what its going shows
+    again); a tree at or below a point, in full (its directory reaches another now). A
+    lookup per point: a pod's mounts far from every tree cost no walk of the trees."""
+    again: dict[str, set[str]] = {}
+    for point in points:
+        prefix = point.rstrip("/") + "/"
+        at = bisect_left(ordered, prefix)
+        while at < len(ordered) and ordered[at].startswith(prefix):
+            again.setdefault(ordered[at], set()).add(ordered[at])
+            at += 1
+        if point in trees:
+            again.setdefault(point, set()).add(point)
+            continue
+        tree = next((d for d in ancestors(point) if d in trees), None)
+        if tree is not None:
+            again.setdefault(tree, set()).add(point)
+    return again
 
 
 @dataclass(eq=False)

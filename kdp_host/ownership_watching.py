@@ -10,7 +10,8 @@ which change no claim); a change there forgets what was kept resolved through it
 (`_recheck`). A directory a device mounts is followed in depth (`ownership_arrivals`: what
 is renamed or linked into it at any depth checks the mounting device again, `_arrived`).
 A change of the mount table forgets everything kept and rechecks every claim at its places
-now (`_mounts_changed`).
+now (`_mounts_changed`); where a mount point was made or gone, the watches at and below it
+are renewed and the mounted trees read there (a mount inside a tree: hostile18 F11).
 """
 
 from __future__ import annotations
@@ -93,12 +94,19 @@ class Watching(BookingAllocations):
 
     def _mounts_changed(self) -> None:
         """A watcher callback: the mount table changed: forget everything kept and recheck
-        every claim, as after an overflow, each at its places now."""
-        self._within.remount(self._read_mounts())
+        every claim, as after an overflow, each at its places now. Where a mount was made
+        or gone, the watches at or below it are renewed (a watch on a covered directory
+        hears nothing) and what the mounted trees show there is read (hostile18 F11)."""
+        table = self._read_mounts()
+        points = self._within.mounts.changed(table)
+        self._within.remount(table)
         self._forget_kept(lambda _path: True)
         self._reads_kept.clear()
         for directory in list(self._followed):
             self._path_changed(directory, None)
+        if points and self._watcher is not None:
+            self._watcher.rewatch(points)
+            self._arrivals.remounted(points)
 
     def _follow(self, resource: str, claims: Claims) -> None:
         for key, path, real in claims.all():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .devices import Device
@@ -102,6 +102,8 @@ class ManualWatcher:
         self._mount_callbacks: list[MountCallback] = []
         self.refusing: dict[str, str] = {}
         """Directory -> why it cannot be watched (`refused`), as the test says."""
+        self.rewatched: list[list[str]] = []
+        """The mount points of each `rewatch`."""
 
     @property
     def directories(self) -> set[str]:
@@ -146,6 +148,10 @@ class ManualWatcher:
 
     def refused(self, directory: str) -> str | None:
         return self.refusing.get(os.path.normpath(directory))
+
+    def rewatch(self, points: Collection[str]) -> None:
+        """Noted (`rewatched`): a subscription here names a path, not what it reaches."""
+        self.rewatched.append(sorted(points))
 
     def change_mounts(self) -> None:
         """Tell the followers of the mount table that it changed (a mount made or gone)."""

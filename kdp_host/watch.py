@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable, Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -75,6 +76,13 @@ class Watcher(Protocol):
         on; False: this watcher cannot say (nothing will be called)."""
         ...
 
+    def rewatch(self, points: Collection[str]) -> None:
+        """The mount table changed at `points` (mounts made or gone): a directory subscribed
+        to at or below one is watched at what its path reaches now (a watch stays on the
+        directory it was added to, which a mount may cover), its subscribers told anything in
+        it may have changed."""
+        ...
+
     def report_unwatched(self, report: UnwatchedReport) -> None:
         """Call `report(n)` now and whenever the number of directories subscribed to that
         are there but cannot be watched changes (a watcher that cannot fail: always 0)."""
@@ -121,6 +129,8 @@ class SubscriberIndex:
         """Those that want every entry's events."""
         self._by_name: dict[tuple[str, str], list[Subscription]] = {}
         """Those that named the entry."""
+        self._ordered: list[str] | None = None
+        """The directories subscribed to, sorted (made when a mount changed: `at_or_below`)."""
 
     def _lists(self, subscription: Subscription) -> list[list[Subscription]]:
         directory = subscription.directory
@@ -134,6 +144,8 @@ class SubscriberIndex:
         subs.append(subscription)
         for listed in self._lists(subscription):
             listed.append(subscription)
+        if len(subs) == 1:
+            self._ordered = None
         return len(subs) == 1
 
     def remove(self, subscription: Subscription) -> bool:
@@ -151,8 +163,27 @@ class SubscriberIndex:
                 del self._by_name[directory, name]
         if not subs:
             self.by_dir.pop(directory, None)
+            self._ordered = None
             return True
         return False
+
+    def at_or_below(self, points: Iterable[str]) -> list[str]:
+        """The directories subscribed to that are one of `points` or below one: found in
+        their sorted list (a lookup per point: a pod's mounts far from every watched
+        directory cost no walk of them)."""
+        ordered = self._ordered
+        if ordered is None:
+            ordered = self._ordered = sorted(self.by_dir)
+        found: dict[str, None] = {}
+        for point in points:
+            if point in self.by_dir:
+                found[point] = None
+            prefix = point.rstrip("/") + "/"
+            at = bisect_left(ordered, prefix)
+            while at < len(ordered) and ordered[at].startswith(prefix):
+                found[ordered[at]] = None
+                at += 1
+        return list(found)
 
     def notify(
         self,
@@ -219,6 +250,10 @@ class PollingWatcher:
     def follow_mounts(self, callback: MountCallback) -> bool:
         """Not followed: a poll sees a change late anyway, and nothing is kept on it."""
         return False
+
+    def rewatch(self, points: Collection[str]) -> None:
+        """Nothing to do: a poll reads each path as it is now (and `follow_mounts` says it
+        does not follow the mount table)."""
 
     def report_unwatched(self, report: UnwatchedReport) -> None:
         """A stat poll watches any directory: none is ever refused."""

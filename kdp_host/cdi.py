@@ -19,7 +19,9 @@ Names are unique to (resource, ID) (`allocation.cdi_device_name`), so no other k
 file defines them; the writer still looks at the spec dir at each verify: a kdp-host spec file
 of its kind that no live instance owns (left by a SIGKILLed instance that served the resource
 under another name) is removed, and a name of its own another file defines (CDI then drops
-it: the name resolves nowhere) holds the device Unhealthy and the resource not ready.
+it: the name resolves nowhere) holds the device Unhealthy and the resource not ready. So too
+in every spec dir a host on `stateDir` has written in and in the runtime's dirs (`cdi_dirs`:
+a file a killed instance left in a former `specDir`, hostile17 F3).
 
 A container that restarts resolves its CDI names again, without a new Allocate: so an ID
 keeps its entry as its Allocate handed the device out while it is booked (the rule of booked
@@ -40,14 +42,15 @@ from dataclasses import dataclass, field
 
 from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
+from .cdi_dirs import SpecDirRecord, check_spec_dirs
 from .cdi_disk import SpecOnDisk
 from .cdi_rules import cdi_kind_problem
-from .cdi_spec import Held, render_held, spec_device_names
+from .cdi_spec import Held, render_held
 from .config import ResourceConfig
-from .config.outputs import FILE_PREFIX, owner_path, spec_path
+from .config.outputs import owner_path, spec_path
 from .device_table import DeviceTable
 from .devices import Device, Snapshot, physical_id, replica_ids
-from .file_lease import LEASE, VERIFY, OwnerLease, read_owner
+from .file_lease import LEASE, VERIFY, OwnerLease
 from .files import DaemonThreads, Offload
 from .handed_entries import cdi_held
 from .handed_out import HandedOut, in_memory
@@ -60,45 +63,8 @@ RETRY_INTERVAL = 5.0
 """Seconds before retrying a failed write when nothing changed meanwhile."""
 
 
-CLASH_REASON = "CDI names defined twice in the spec dir"
-"""/readyz's reason while another file of the spec dir defines a name of the resource's."""
-
-
-@dataclass(frozen=True)
-class SpecDirCheck:
-    """What one look at a resource's spec dir found besides its own file."""
-
-    stale: tuple[str, ...] = ()
-    """kdp-host spec files of the kind whose owner is gone: removed."""
-    clashes: dict[str, frozenset[str]] = field(default_factory=dict)
-    """Other files that define names of the resource's (CDI drops such names), by path."""
-
-
-def check_spec_dir(path: str, kind: str, names: frozenset[str], lease: float) -> SpecDirCheck:
-    """Look at the other `.json` files next to the spec file `path` of `kind` (whose names are
-    `names`): remove the kdp-host ones of the kind no live instance owns (and their owner
-    files), and say which others define one of `names`."""
-    directory, own = os.path.split(path)
-    try:
-        entries = sorted(os.listdir(directory))
-    except OSError:
-        return SpecDirCheck()
-    stale: list[str] = []
-    clashes: dict[str, frozenset[str]] = {}
-    for entry in entries:
-        if entry == own or not entry.endswith(".json"):
-            continue
-        other = os.path.join(directory, entry)
-        theirs = spec_device_names(read_or_none(other), kind)
-        if not theirs:
-            continue
-        if entry.startswith(FILE_PREFIX) and read_owner(owner_path(other), lease) is None:
-            unlink(other)
-            unlink(owner_path(other))
-            stale.append(other)
-        elif clashing := theirs & names:
-            clashes[other] = clashing
-    return SpecDirCheck(tuple(stale), clashes)
+CLASH_REASON = "CDI names defined by another spec file"
+"""/readyz's reason while another file defines a name of the resource's (`cdi_dirs`)."""
 
 
 @dataclass
@@ -137,6 +103,9 @@ class CdiSpecWriter:
     """Watches the spec dir, so a file removed or replaced behind the writer's back is seen
     at once (without it, at the next verify)."""
     lease: float = LEASE
+    spec_dirs: SpecDirRecord | None = None
+    """The dirs also looked at for files left behind, and where the spec dir is recorded
+    before the first write (`cdi_dirs`; None: the spec dir alone)."""
     booked: Callable[[str], bool] = field(default=lambda advertised_id: False)
     """Whether the kubelet has an advertised ID of the resource booked now (the host's
     ownership index): while it has, the device's entry keeps what was allocated."""
@@ -241,6 +210,8 @@ class CdiSpecWriter:
         unwatch = self.pinned.watch(self._repinned.set)  # an Allocate, a booking gone
         try:
             self._set_on_disk(await self._read())
+            if self.spec_dirs is not None:  # (before anything is written there)
+                await self.spec_dirs.add(os.path.dirname(self.path))
             await self._check_dir()
             await self.table.published.wait()
             await self._lease.take_over()
@@ -323,14 +294,16 @@ class CdiSpecWriter:
         return True
 
     async def _check_dir(self) -> None:
-        """Remove stale kdp-host files of the kind; hold the names another file defines too."""
-        cdi = self.resource.allocate.cdi
+        """Remove stale kdp-host files of the kind; hold the names another file defines too
+        (`cdi_dirs`: in the spec dir, and in the others a host on `stateDir` wrote in)."""
+        cdi, dirs, name = self.resource.allocate.cdi, self.spec_dirs, self.resource.name
         if cdi is None:
             return
-        names = self._resolvable
+        names, others = self._resolvable, () if dirs is None else dirs.dirs()
+        runs = None if dirs is None else dirs.runs
         try:
             found = await self.offload.run(
-                lambda: check_spec_dir(self.path, cdi.kind, names, self.lease)
+                lambda: check_spec_dirs(self.path, cdi.kind, names, self.lease, others, runs, name)
             )
         except OSError as exc:
             self.log.warning("cdi_spec_dir_check_failed", path=self.path, reason=str(exc))

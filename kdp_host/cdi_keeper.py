@@ -46,6 +46,7 @@ def keep_held_entries(
         booked=functools.partial(services.ownership.is_booked, config.name),
         pinned=handed,
         retired=True,
+        spec_dirs=None if services.cdi_dirs is None else services.cdi_dirs(),
     )
 
     async def keep() -> None:

@@ -2,8 +2,8 @@
 
 Each feature's module is imported here, once its config section is there, and nowhere else
 at run time: `preStart` and `allocate.command` (`hooks`), `release` (`release`), `health`
-(`health`), `allocate.cdi` (`cdi`, and `cdi_keeper` for a resource a reload removed); for
-the host, PodResources polling (`podresources`,
+(`health`), `allocate.cdi` (`cdi`, `cdi_dirs`, and `cdi_keeper` for a resource a reload
+removed); for the host, PodResources polling (`podresources`,
 with the generated PodResources API), `nodeFeatures` (`nfd`), the node's labels from the
 Kubernetes API (`kubeapi`, once an entry selects by label) and `heldMissing`
 (`held_actions`, `pod_api`). A run imports only what
@@ -34,6 +34,7 @@ from .services import HostServices
 
 if TYPE_CHECKING:
     from .cdi import CdiSpecWriter
+    from .cdi_dirs import SpecDirRecord
     from .handed_out import HandedOut
     from .health import HealthChecker
     from .held_actions import HeldMissingActions
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from .ownership_bookings import BookedElsewhere
     from .podresources import PodResourcesPoller
     from .release import ReleaseTracker
+    from .state_files import StateFiles
     from .timings import Timings
 
 
@@ -164,7 +166,24 @@ def cdi_writer(
         offload=services.offload,
         booked=functools.partial(services.ownership.is_booked, config.name),
         pinned=handed,
+        spec_dirs=None if services.cdi_dirs is None else services.cdi_dirs(),
     )
+
+
+def spec_dir_records(
+    config: Config, log: EventLogger, offload: Offload, files: StateFiles
+) -> Callable[[], SpecDirRecord]:
+    """The spec dirs the host's CDI spec writers look at (`cdi_dirs`), made at the first
+    call (by the first resource with `allocate.cdi`: a run without imports nothing)."""
+
+    @functools.cache
+    def record() -> SpecDirRecord:
+        from .cdi_dirs import SpecDirRecord
+
+        bound = log.bind(component="cdi-dirs")
+        return SpecDirRecord(config.state_dir, bound, offload, config.cdi_runtime_dirs, files)
+
+    return record
 
 
 def cdi_keeper(

@@ -20,7 +20,7 @@ from .checkpoint_bookings import CheckpointReads, book_handed
 from .commands import Commands
 from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
-from .features import configured_hooks, node_feature_file, pod_resources_poller
+from .features import configured_hooks, node_feature_file, pod_resources_poller, spec_dir_records
 from .files import STOP_WAIT, DaemonThreads, Offload, OffloadScope
 from .handed_out import HandedRecord
 from .inotify_watch import make_watcher
@@ -180,6 +180,7 @@ class Host:
             handed=handed, timings=self.timings, checkpoint=CheckpointReads(self.ownership,
             kubelet.socket_dir, self._work, self.log, self.pod_resources, self.metrics),
             held_missing=self.held_missing,
+            cdi_dirs=spec_dir_records(self.config, self.log, self._work, self.state_files),
         )  # fmt: skip
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor

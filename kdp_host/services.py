@@ -26,6 +26,7 @@ from .timings import Timings
 from .watch import Watcher
 
 if TYPE_CHECKING:  # imported where the config chooses them (`features`)
+    from .cdi_dirs import SpecDirRecord
     from .held_actions import HeldMissingActions
     from .nfd import NodeFeatureFile
     from .podresources import PodResourcesPoller
@@ -88,6 +89,9 @@ class HostServices:
     Allocate answers (`checkpoint_bookings.CheckpointReads`)."""
     held_missing: HeldMissingActions | None = None
     """Told what each resource's held-missing check finds (None: `heldMissing` off)."""
+    cdi_dirs: Callable[[], SpecDirRecord] | None = None
+    """The spec dirs a host on `stateDir` wrote CDI spec files in (`cdi_dirs`, made at the
+    first call: by the first resource with `allocate.cdi`); None: each writer's own alone."""
     """What each Allocate handed out, while one of its IDs is booked (`handed_out`, kept in
     `<stateDir>/handed-out.json` by the host): what preStart acts on, a held CDI entry keeps
     (also of a resource a reload removed: `cdi_keeper`) and a release acts on."""

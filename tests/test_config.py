@@ -333,6 +333,7 @@ RESTART_KEYS = [
     "metrics.holders",
     "metrics.devices",
     "stateDir",
+    "cdiRuntimeDirs",
     "nodeFeatures",
     "heldMissing",
 ]
@@ -345,6 +346,8 @@ def _changed(value: object) -> object:
         return not value
     if isinstance(value, (int, float)):
         return value + 1
+    if isinstance(value, tuple):
+        return (*value, "/changed")
     assert isinstance(value, str), value
     return value + "-changed"
 

@@ -1220,10 +1220,23 @@ class Config:
         "were used and not released yet (`release-state.json`), the device IDs the kubelet "
         "booked with the nodes they reach (`ownership.json`), and each booked device as its "
         "Allocate handed it out, which preStart, the CDI entries of held devices and a release "
-        "act on (`handed-out.json`). Small files. kdp-host writes "
+        "act on (`handed-out.json`), and the CDI spec dirs it has written in "
+        "(`cdi-spec-dirs.json`). Small files. kdp-host writes "
         "nothing else there, and nothing else of kdp-host may be there: not the config file, "
         "not another path of the config (see [Paths kdp-host writes](#paths-kdp-host-writes)).",
         default="/var/lib/kdp-host",
+        restart=True,
+    )
+    cdi_runtime_dirs: tuple[str, ...] = key(
+        "cdiRuntimeDirs",
+        ListOf(AbsolutePath(), hint="a list of directories", empty=None),
+        "The container runtime's CDI spec dirs (containerd's and CRI-O's `cdi_spec_dirs`, "
+        "here their defaults). kdp-host writes nothing there (unless a `specDir` is one); "
+        "while a resource has `allocate.cdi` it removes there, as in every spec dir a host "
+        "on its `stateDir` has written in, a kdp-host spec file of the resource's kind that "
+        "no live instance owns (see [CDI spec files](#cdi-spec-files)).",
+        default=["/etc/cdi", "/var/run/cdi"],
+        default_doc="`[/etc/cdi, /var/run/cdi]`",
         restart=True,
     )
     resources: tuple[ResourceConfig, ...] = key(

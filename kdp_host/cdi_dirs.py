@@ -1,0 +1,188 @@
+"""Where a resource's CDI spec writer looks for spec files left behind (cdistale, hostile17 F3).
+
+A SIGKILLed instance (OOM kill, forced pod delete, a crash) leaves its spec file where it
+wrote it. Started again with the same `specDir`, the host takes that file over (same name,
+`file_lease`); started with another one, the old file stays in the old dir, and runtimes read
+both: by CDI's dir precedence (`/var/run/cdi` over `/etc/cdi`) a name it still defines, with
+what it named back then, may win over the live file. So each writer looks, at start and at
+each check (`file_lease.VERIFY`), at
+
+- its own spec dir: a kdp-host file of its kind that no live instance owns is removed, a
+  file that defines a name of its own (CDI then drops the name) holds the device;
+- every spec dir a host on this `stateDir` has written a spec file in (`SpecDirRecord`:
+  `<stateDir>/cdi-spec-dirs.json`, each dir recorded before the first write there) and the
+  runtime's own dirs (`cdiRuntimeDirs`: `/etc/cdi`, `/var/run/cdi`, for a `stateDir` wiped
+  with the config): a kdp-host file of its kind that no live instance owns is removed there
+  the same way, and a file that defines a name of the resource's (one of its names, or any
+  `<resource>:...` name: CDI names are unique to a resource) and whose owner is not a host
+  running on this `stateDir` (`state_lock.running`: a killed instance's lease still running,
+  a file of no kdp-host) holds the device until it goes, since which of the two a runtime
+  resolves is its dirs' order. A live host on this `stateDir` (a rolling update that changes
+  `specDir`) keeps its file there: it defines the same names, from its own list.
+
+The record is one state file (`state_file.StateFile`: atomic writes, a bad or foreign file
+set aside with an error line, never replaced), shared by the hosts on the `stateDir` (merged:
+the union of what each recorded), read at the first writer's start; it only grows (a dir
+no longer named is still looked at: a file may be left there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .atomic_files import read_or_none, unlink
+from .cdi_rules import CDI_RESOURCE_SEPARATOR
+from .cdi_spec import spec_device_names
+from .config.outputs import FILE_PREFIX, owner_path, resource_slug
+from .file_lease import read_owner
+from .files import Offload
+from .logs import EventLogger
+from .state_document import text
+from .state_file import StateFile
+from .state_files import StateFiles
+from .state_lock import running
+
+RECORD: Final = "cdi-spec-dirs.json"
+VERSION: Final = 1
+MAX_DIRS: Final = 1024
+"""Most dirs a record holds (a larger one does not parse: set aside)."""
+
+
+@dataclass(frozen=True)
+class SpecDirCheck:
+    """What one look at the spec dirs found besides the resource's own file."""
+
+    stale: tuple[str, ...] = ()
+    """kdp-host spec files of the kind whose owner is gone: removed."""
+    clashes: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Other files that define names of the resource's, by path (held: CDI drops a name
+    two files of one dir define; of two dirs, the runtime's order decides)."""
+
+
+def check_spec_dirs(
+    path: str,
+    kind: str,
+    names: frozenset[str],
+    lease: float,
+    others: Iterable[str] = (),
+    runs: Callable[[str], bool] | None = None,
+    resource: str | None = None,
+) -> SpecDirCheck:
+    """Look at the other `.json` files next to the spec file `path` of `kind` (whose names
+    are `names`) and in the dirs `others`: remove the kdp-host ones of the kind no live
+    instance owns (and their owner files), and say which others define a name of the
+    resource's (in `others`: unless `runs(owner)`, a host on this `stateDir`; besides
+    `names`, any name of `resource`'s). Blocking."""
+    home, own = os.path.split(path)
+    prefix = None if resource is None else f"{resource_slug(resource)}{CDI_RESOURCE_SEPARATOR}"
+    stale: list[str] = []
+    clashes: dict[str, frozenset[str]] = {}
+    looked: set[tuple[int, int]] = set()
+    for directory in (home, *sorted(set(others))):
+        try:
+            st = os.stat(directory)
+            entries = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in looked:
+            continue  # (named twice, or through a link: the spec dir itself is not another)
+        looked.add((st.st_dev, st.st_ino))
+        at_home = directory == home
+        for entry in entries:
+            if (at_home and entry == own) or not entry.endswith(".json"):
+                continue
+            other = os.path.join(directory, entry)
+            theirs = spec_device_names(read_or_none(other), kind)
+            if not theirs:
+                continue
+            ours = theirs & names if at_home else _ours(theirs, names, prefix)
+            kdp_host = entry.startswith(FILE_PREFIX)
+            owner = read_owner(owner_path(other), lease) if kdp_host else None
+            if kdp_host and owner is None:
+                unlink(other)
+                unlink(owner_path(other))
+                stale.append(other)
+            elif ours and (at_home or owner is None or runs is None or not runs(owner)):
+                clashes[other] = ours
+    return SpecDirCheck(tuple(stale), clashes)
+
+
+def _ours(theirs: frozenset[str], names: frozenset[str], prefix: str | None) -> frozenset[str]:
+    """The names of `theirs` that are the resource's: written now, or of its name space
+    (`<resource>:`, `allocation.cdi_device_name`)."""
+    return frozenset(n for n in theirs if n in names or (prefix and n.startswith(prefix)))
+
+
+def parse_dirs(document: Mapping[str, Any]) -> frozenset[str]:
+    """A record's dirs (absolute paths, normalised); raises ValueError or TypeError."""
+    dirs = document["dirs"]
+    if not isinstance(dirs, list) or len(dirs) > MAX_DIRS:
+        raise ValueError(f"dirs is not a list of at most {MAX_DIRS} paths")
+    found = set()
+    for item in dirs:
+        if not os.path.isabs(directory := text(item)) or "\0" in directory:
+            raise ValueError(f"{directory!r} is not an absolute path")
+        found.add(os.path.normpath(directory))
+    return frozenset(found)
+
+
+def _merged(mine: Mapping[str, Any], on_disk: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """What hosts sharing the record write: every dir either recorded."""
+    theirs = frozenset() if on_disk is None else parse_dirs(on_disk)
+    return {"dirs": sorted(parse_dirs(mine) | theirs)}
+
+
+class SpecDirRecord:
+    """`<stateDir>/cdi-spec-dirs.json` of a host, and the dirs its writers look at."""
+
+    def __init__(
+        self,
+        state_dir: str,
+        log: EventLogger,
+        offload: Offload,
+        runtime_dirs: Collection[str] = (),
+        files: StateFiles | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self._offload = offload
+        self.file = StateFile(
+            state_dir, RECORD, "cdi_spec_dirs", VERSION, log, offload, merge=_merged,
+            consequence="a spec file a killed instance left in a spec dir no longer "
+            "configured is not looked for there (the runtime's dirs and the dirs written "
+            "since are)",
+            if_unwritten="if this host is killed and started with another specDir, a file "
+            "it leaves in this spec dir is not looked for there",
+        )  # fmt: skip
+        if files is not None:
+            files.add(self.file)
+        self.runtime_dirs = frozenset(os.path.normpath(d) for d in runtime_dirs)
+        self.recorded: frozenset[str] = frozenset()
+        self._read = False
+        self._lock = asyncio.Lock()
+
+    def dirs(self) -> frozenset[str]:
+        """The dirs looked at besides a writer's own: recorded, and the runtime's."""
+        return self.recorded | self.runtime_dirs
+
+    def runs(self, instance: str) -> bool:
+        """Whether `instance` is a host running on this `stateDir` (blocking)."""
+        return running(self.state_dir, instance)
+
+    async def add(self, directory: str) -> None:
+        """Record `directory` before a spec file is first written there: read the record
+        first (once), then wait (at most `state_file.WRITE_LIMIT`) until it holds it."""
+        async with self._lock:
+            if not self._read:
+                found = await self._offload.run(lambda: self.file.load(parse_dirs))
+                self.recorded |= found or frozenset()
+                self._read = True
+            directory = os.path.normpath(directory)
+            if directory in self.recorded:
+                return
+            self.recorded |= {directory}
+            self.file.changed(lambda: {"dirs": sorted(self.recorded)})
+        await self.file.written()

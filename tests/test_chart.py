@@ -647,6 +647,7 @@ def test_custom_config_drives_mounts_port_and_checksum(rendered: dict[str, list[
         if name.startswith("cdi-"):
             assert vol["hostPath"]["type"] == "DirectoryOrCreate"
             assert mounts(docs)[name]["mountPath"] == vol["hostPath"]["path"]
+    assert not [n for n in mounts(rendered["defaults"]) if n.startswith("cdi-")]  # (no CDI)
     # a resource with `release`: its state directory, and PodResources where the kubelet is
     kubelet = "/var/snap/microk8s/common/var/lib/kubelet"
     assert mounts(docs)["pod-resources"]["mountPath"] == f"{kubelet}/pod-resources"
@@ -1354,3 +1355,11 @@ def test_no_test_module_skips_itself_whole() -> None:
                 ):
                     offenders.append(f"{path.relative_to(ROOT)}:{call.lineno}")
     assert not offenders, offenders
+
+
+def test_the_runtimes_cdi_dirs_are_mounted_with_a_cdi_resource(helm_env: dict[str, str]) -> None:
+    """cdistale (hostile17 F3): a spec file a killed pod left in a former specDir is removed
+    in `config.cdiRuntimeDirs` too, so they are mounted (besides each resource's specDir)."""
+    docs = render(helm_env, "custom-config", "--set-json", 'config.cdiRuntimeDirs=["/run/x"]')
+    cdi = {m["mountPath"] for name, m in mounts(docs).items() if name.startswith("cdi-")}
+    assert cdi == {"/var/run/cdi", "/etc/cdi", "/run/x"}

@@ -150,7 +150,9 @@ Prometheus reach the pod IP, so a loopback listen address cannot work in the cha
 
 {{/*
 Host directories for CDI spec files: allocate.cdi.specDir (default /var/run/cdi) of every
-resource that uses CDI, one per line, deduplicated.
+resource that uses CDI and, when one does, config.cdiRuntimeDirs (default /etc/cdi and
+/var/run/cdi: a file a killed pod left in a former specDir is removed there), one per
+line, deduplicated.
 */}}
 {{- define "kdp-host.cdiDirs" -}}
 {{- $dirs := list }}
@@ -160,6 +162,11 @@ resource that uses CDI, one per line, deduplicated.
 {{- if and (kindIs "map" $cdi) $cdi }}
 {{- $dirs = append $dirs (dig "specDir" "/var/run/cdi" $cdi | toString) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- if $dirs }}
+{{- range $d := (dig "cdiRuntimeDirs" (list "/etc/cdi" "/var/run/cdi") .Values.config) }}
+{{- $dirs = append $dirs ($d | toString) }}
 {{- end }}
 {{- end }}
 {{- $dirs | uniq | join "\n" }}

@@ -183,3 +183,35 @@ async def mount_inside_child(root: str, what: str) -> None:
     else:
         print("advertised")
     watching.cancel()
+
+
+def test_the_real_watcher_renews_a_shared_watch_over_a_mount_and_back(tmp_path: Path) -> None:
+    """Two subscribers of one directory (one inotify watch); a directory is bind-mounted
+    over it: after `rewatch`, a file made in the mounted one is heard by both; unmounted,
+    and `rewatch` again, one made in the directory it covered is heard again."""
+    assert unshared("tests.test_ownership_remounts", "rewatch_child", str(tmp_path))
+
+
+async def rewatch_child(root: str) -> None:
+    """Run in a user and mount namespace (`unshare -rm`); prints `held` (what `unshared`
+    looks for) once both subscribers heard both files."""
+    tmp = Path(root)
+    for directory in ("d", "t2"):
+        (tmp / directory).mkdir()
+    watcher = InotifyWatcher(get_logger())
+    watching = asyncio.create_task(watcher.run())
+    heard: list[tuple[int, str | None]] = []
+    for n in (1, 2):
+        watcher.subscribe(str(tmp / "d"), lambda name, n=n: heard.append((n, name)))
+    for argv, made in (
+        (["mount", "--bind", str(tmp / "t2"), str(tmp / "d")], tmp / "t2" / "in_mount"),
+        (["umount", str(tmp / "d")], tmp / "d" / "covered_again"),
+    ):
+        done = await asyncio.create_subprocess_exec(*argv)
+        assert await done.wait() == 0
+        watcher.rewatch([str(tmp / "d")])
+        made.write_text("")
+        want = {(1, made.name), (2, made.name)}
+        await wait_until(lambda want=want: want <= set(heard), timeout=10, what=made.name)
+    print("held")
+    watching.cancel()

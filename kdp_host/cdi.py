@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
-from .cdi_dirs import SpecDirRecord, check_spec_dirs
+from .cdi_dirs import SpecDirRecord, SpecNames, check_spec_dirs
 from .cdi_disk import SpecOnDisk
 from .cdi_rules import cdi_kind_problem
 from .cdi_spec import Held, render_held
@@ -138,6 +138,8 @@ class CdiSpecWriter:
     disk: SpecOnDisk = field(default_factory=SpecOnDisk, init=False)  # (`cdi_disk`)
     _astray: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     """Held devices left out at the last sync (`render_held`)."""
+    _known: SpecNames = field(default_factory=SpecNames, init=False, repr=False)
+    """What the other spec files define (`cdi_dirs`: parsed again when they change)."""
 
     def __post_init__(self) -> None:
         self.path = spec_path(self.resource)
@@ -300,10 +302,11 @@ class CdiSpecWriter:
         if cdi is None:
             return
         names, others = self._resolvable, () if dirs is None else dirs.dirs()
-        runs = None if dirs is None else dirs.runs
+        runs, path, known = None if dirs is None else dirs.runs, self.path, self._known
+        kind, lease = cdi.kind, self.lease
         try:
             found = await self.offload.run(
-                lambda: check_spec_dirs(self.path, cdi.kind, names, self.lease, others, runs, name)
+                lambda: check_spec_dirs(path, kind, names, lease, others, runs, name, known)
             )
         except OSError as exc:
             self.log.warning("cdi_spec_dir_check_failed", path=self.path, reason=str(exc))

@@ -34,15 +34,15 @@ import functools
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from .files import Offload
-from .identity import DIRECTORY, NODES
+from .identity import DIRECTORY
 from .logs import EventLogger
 from .metrics import Metrics
+from .ownership_reads import FollowedTree as _Tree
 from .ownership_reads import Found as Found
-from .ownership_reads import Read, TreeReads, arrived, remounted, tops
+from .ownership_reads import NodesFound, Read, TreeReads, arrived, remounted, tops
 from .rules import below
 from .turns import Pace
 
@@ -85,27 +85,6 @@ def host_tree_limit(watch_budget: int | None) -> int:
     return max(0, min(HOST_TREE_LIMIT, watch_budget // HOST_TREE_SHARE))
 
 
-@dataclass
-class _Tree:
-    """A claimed directory followed with what is below it."""
-
-    log: EventLogger | None
-    """The log of the resource that claimed it first."""
-    dirs: set[str] = field(default_factory=set)
-    """Directories followed below it."""
-    unfollowed: str | None = None
-    """Why its tree is not followed in full (the safety net reads it), or None."""
-    unread: bool = False
-    """The safety net could not read it all either (`arrival_unread` logged)."""
-    nodes: set[str] = field(default_factory=set)
-    """The device nodes its reads found below it (and not found gone since)."""
-    read: bool = False
-    """It was read in full once (what is below it is known)."""
-
-    def may_hold_nodes(self) -> bool:
-        return bool(self.nodes) or not self.read or self.unfollowed is not None
-
-
 class Arrivals:
     """Follows claimed directories and their trees for entries that appear in them; hands
     what they are to `found` (on the loop), once per burst of events."""
@@ -130,6 +109,8 @@ class Arrivals:
         self._ordered: list[str] | None = None
         """The claimed directories sorted (those below one are one run), made when needed."""
         self._unfollowed: dict[str, str] = {}
+        self.nodes = NodesFound()
+        """The device nodes the trees' reads found, by number."""
         """Claimed directory -> why its tree is not followed in full (kept with the trees')."""
         self._dirs: dict[str, tuple[str, Subscription]] = {}
         """Every directory followed (claimed ones too) -> its tree, and its subscription."""
@@ -284,11 +265,12 @@ class Arrivals:
                 if path in self._dirs:
                     self._let_go(path, dirs)
                 if path in state.nodes:
-                    state.nodes.discard(path)  # (a node: nothing below it)
+                    self.nodes.drop(state.nodes, path)  # (a node: nothing below it)
                 elif state.nodes:  # (a directory, or a file or node made anew: what was below)
-                    state.nodes = {n for n in state.nodes if not below(n, path)}
+                    for node in [n for n in state.nodes if below(n, path)]:
+                        self.nodes.drop(state.nodes, node)
             state.read = state.read or tree in read
-        state.nodes.update(path for key, path in found if key[0] in NODES)
+        self.nodes.add(state.nodes, found)
         followed: list[str] = []
         why = None
         for directory in sorted(dirs):

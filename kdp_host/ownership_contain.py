@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from .identity import DIRECTORY
+from .identity import DIRECTORY, NODES
 from .mount_table import MountMap
 from .ownership_claims import Claim, ClaimKey, ancestors
 from .rules import below
@@ -44,13 +44,18 @@ class Containment:
         """Where the mount table shows a path again (`remount`)."""
         self.found: dict[ClaimKey, tuple[str, ...]] = {}
         """Key -> the real paths it was found at since it was claimed (`move`), last last."""
+        self.inside: Callable[[ClaimKey], tuple[str, ...]] = _nowhere
+        """Device number -> where the followed trees' reads found a node of it (there
+        before a device claimed the number: `ownership_reads.NodesFound`)."""
 
     def places(self, key: ClaimKey, real: str) -> tuple[str, ...]:
         """Every place a claim made at `real` is shown at now: there, where it was found
         since (a rename or a hard link: the old place is kept, on the safe side, while the
         claim is), and wherever the mount table shows one of those again."""
         found = self.found.get(key)
-        if found is None:
+        if key[0] in NODES and (inside := self.inside(key)):
+            found = (*(found or ()), *(p for p in inside if p != real))
+        if not found:
             return self.mounts.places(real)
         places = dict.fromkeys(p for at in (real, *found) for p in self.mounts.places(at))
         return tuple(places)
@@ -188,6 +193,10 @@ class Containment:
         """Whether a claim has a place below `directory`."""
         places = self.at().get(key)
         return places is not None and any(below(place, directory) for place in places)
+
+
+def _nowhere(_key: ClaimKey) -> tuple[str, ...]:
+    return ()
 
 
 def _above(places: tuple[str, ...]) -> Iterator[str]:

@@ -16,7 +16,8 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from .identity import DIRECTORY, identity_of
+from .identity import DIRECTORY, NODES, identity_of
+from .logs import EventLogger
 from .ownership_claims import ClaimKey, ancestors
 from .rules import below
 
@@ -67,6 +68,36 @@ def arrived(paths: Iterable[str], limit: int, listed: Listed | None = None) -> t
             if listed is not None:
                 listed.append((path, st))
     return found, left
+
+
+@dataclass
+class NodesFound:
+    """The device nodes the reads of followed trees found, by number (`of`): a node there
+    before a device claimed its number puts a device that appears later inside those trees
+    (hostile18 F13). Each tree keeps its own nodes by path (`Arrivals`)."""
+
+    by_number: dict[ClaimKey, set[str]] = field(default_factory=dict)
+
+    def add(self, nodes: dict[str, ClaimKey], found: Found) -> None:
+        """A tree's read `found` these (its `nodes` by path)."""
+        for key, path in found:
+            if key[0] in NODES and nodes.get(path) != key:
+                self.drop(nodes, path)
+                nodes[path] = key
+                self.by_number.setdefault(key, set()).add(path)
+
+    def drop(self, nodes: dict[str, ClaimKey], path: str) -> None:
+        """`path` of a tree (its `nodes`) is no node found now."""
+        key = nodes.pop(path, None)
+        paths = None if key is None else self.by_number.get(key)
+        if key is not None and paths is not None:
+            paths.discard(path)
+            if not paths:
+                del self.by_number[key]
+
+    def of(self, key: ClaimKey) -> tuple[str, ...]:
+        paths = self.by_number.get(key)
+        return () if paths is None else tuple(sorted(paths))
 
 
 STEADY_FOR: Final = 3.0
@@ -247,3 +278,24 @@ def linked_below(
         return [], False
     found, more = read(trees, limit)
     return [(key, path) for key, path in found if key in linked and path not in nodes], more
+
+
+@dataclass
+class FollowedTree:
+    """A claimed directory followed with what is below it (`ownership_arrivals.Arrivals`)."""
+
+    log: EventLogger | None
+    """The log of the resource that claimed it first."""
+    dirs: set[str] = field(default_factory=set)
+    """Directories followed below it."""
+    unfollowed: str | None = None
+    """Why its tree is not followed in full (the safety net reads it), or None."""
+    unread: bool = False
+    """The safety net could not read it all either (`arrival_unread` logged)."""
+    nodes: dict[str, ClaimKey] = field(default_factory=dict)
+    """The device nodes its reads found below it (and not found gone since), by path."""
+    read: bool = False
+    """It was read in full once (what is below it is known)."""
+
+    def may_hold_nodes(self) -> bool:
+        return bool(self.nodes) or not self.read or self.unfollowed is not None

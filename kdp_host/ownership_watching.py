@@ -68,6 +68,7 @@ class Watching(BookingAllocations):
         self._ledger.tree_nodes = self._arrivals.reaches_nodes
         self._ledger.follow_mounted = self._follow_mounted
         self._ledger.places_of = self._within.places
+        self._within.inside = self._arrivals.nodes.of
         self._watcher: Watcher | None = None
         self._vanished: dict[tuple[str, str], float] = {}
         """(resource, device) -> when a path of the advertised device changed (`_vanishing`)."""

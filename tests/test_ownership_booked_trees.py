@@ -11,6 +11,7 @@ and a device directory that came to hold it (its parent renamed) was advertised 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,37 @@ async def test_a_device_directory_that_comes_to_hold_a_booked_place_is_held(
     assert host.ids(R1) == ["n0"], "g0 holds the directory b's pod has mounted"
     with pytest.raises(PlaceOwned):
         await host.index.hand_out(R1, ["g0"], [gp0])
+
+
+def null_node(path: Path) -> None:
+    """A character node for /dev/null's number at `path`."""
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.stat("/dev/null").st_rdev)
+    except PermissionError:
+        pytest.skip("mknod needs CAP_MKNOD")
+
+
+@pytest.mark.parametrize("booked", [False, True])
+async def test_a_device_whose_number_is_a_node_inside_a_mounted_tree_is_held(
+    tmp_path: Path, booked: bool
+) -> None:
+    """hostile18 F13: b's device mounts gp0, which holds a node of a number; a device of a
+    that appears later with that number (its node elsewhere) reaches what b hands out.
+    Before, the trees were compared only when claimed and for claimed things arriving: both
+    were advertised (and handed to two pods). Now the number found below gp0 puts the new
+    device there: held (`owned`; `booked` while a pod holds gp0)."""
+    gp0 = tmp_path / "gp0"
+    gp0.mkdir()
+    null_node(gp0 / "link")
+    watcher = ManualWatcher()
+    host = Host(watcher)
+    await host.publish(R2, mounting("g0", str(gp0)))
+    if booked:
+        await host.index.book(R2, ["g0"])
+    await host.settled()
+    (tmp_path / "f").mkdir()
+    null_node(tmp_path / "f" / "n1")
+    await host.publish(R1, nodes("n1", str(tmp_path / "f" / "n1")))
+    await host.settled()
+    assert (host.ids(R1), host.ids(R2)) == ([], ["g0"])
+    assert host.held(R1) == 1

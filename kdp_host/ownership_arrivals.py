@@ -2,9 +2,9 @@
 linked) into a directory another device mounts, at any depth, is the same identity at a new
 real path, and a pod given that mount would reach it.
 
-The watcher follows each claimed directory and every directory below it (`Arrivals`: its
-tree is read once when it is claimed, each subdirectory is subscribed to, one made or
-renamed in later too, one gone is let go). An entry that appears anywhere in the tree is
+The watcher follows each claimed directory (a booking's mounts too) and every directory
+below it (`Arrivals`: its tree is read once, each subdirectory subscribed to, one made or
+renamed in later too, one gone let go). An entry that appears anywhere in the tree is
 resolved off the loop by identity (not following links: a link in a mounted directory is
 resolved inside the container), and, when it is a directory (renamed in with what it
 holds), what is below it too, up to `ARRIVAL_LIMIT` entries: the cost is what changed. The
@@ -21,10 +21,9 @@ held: a big or deep mounted tree is a working device, and the watch limit is the
 shared with other processes; the safety net keeps the promise within its interval.
 
 Each tree also says whether a device node may be below it (`reaches_nodes`: the nodes its
-reads found, True until it was read in full and while it is not followed in full), for the
-rule of a booked node's number not known (`ownership_unknown`); `nodes_changed` is told the
-trees whose answer changed.
-"""
+reads found, by number in `nodes`; True until read in full and while not followed in full),
+for the rule of a booked node's number not known (`ownership_unknown`); `nodes_changed` is
+told the trees whose answer changed."""
 
 from __future__ import annotations
 
@@ -62,10 +61,9 @@ HOST_TREE_LIMIT: Final = 8192
 watch limit (`fs.inotify.max_user_watches`) is shared with the watches every resource needs
 and with every other process of root on the node (the kubelet's, the runtime's)."""
 HOST_TREE_SHARE: Final = 4
-"""...and at most this fraction (1/n) of that limit (8,192 on kernels before 5.11: pods'
-trees then take 2,048 watches at most, hostile13 M9)."""
+"""...and at most 1/n of that limit (8,192 before Linux 5.11: 2,048, hostile13 M9)."""
 TAKE_CHUNK: Final = 64
-"""Trees whose reads are taken in (their directories subscribed to) per turn of the loop."""
+"""Trees whose reads are taken in (their directories subscribed to) per loop turn."""
 RESCAN_INTERVAL: Final = 30.0
 """Seconds between the safety net's reads of a tree that is not followed in full."""
 RESCAN_LIMIT: Final = 65536
@@ -75,7 +73,7 @@ RESCAN_TIMEOUT: Final = 10.0
 INSIDE_LIMIT: Final = 128
 """Entries an Allocate reads below the directories its answer mounts, for what was moved in
 but not reported yet (`BookingAllocations.hand_out`); below one whose tree is not followed
-in full, it reads all of it (up to `RESCAN_LIMIT`: past it, the Allocate is refused)."""
+in full, it reads all of it (`left_to_net`, up to `RESCAN_LIMIT`)."""
 
 
 def host_tree_limit(watch_budget: int | None) -> int:
@@ -125,13 +123,16 @@ class Arrivals:
         self._net: SafetyNet | None = None
         self._leave: Callable[[], None] | None = None
 
-    def follow(self, watcher: Watcher, directory: str, log: EventLogger | None) -> None:
-        """Follow what appears in `directory` (a claimed directory's real path) and below
-        it, for as long as the host runs."""
-        if directory in self._trees:
+    def follow(
+        self, watcher: Watcher, directory: str, log: EventLogger | None, place: bool = False
+    ) -> None:
+        """Follow what appears in `directory` (a claimed directory's real path; `place`: one
+        only a booking holds) and below it, for as long as the host runs."""
+        if (tree := self._trees.get(directory)) is not None:
+            tree.place = tree.place and place
             return
         self._watcher = watcher
-        self._trees[directory] = _Tree(log)
+        self._trees[directory] = _Tree(log, place=place)
         self._ordered = None
         known = self._dirs.get(directory)
         if known is not None:  # (followed in a tree above it so far: its own from now on)
@@ -185,11 +186,14 @@ class Arrivals:
             self._ordered = sorted(self._trees)
         return self._ordered
 
-    def left_to_net(self, directories: list[str]) -> list[str]:
-        """Those of `directories` whose tree is not followed in full: not followed at all (no
-        device claims it, no booking holds it mounted yet), not read yet, or past a bound."""
-        trees = self._trees
-        return [d for d in directories if (t := trees.get(d)) is None or t.unfollowed or not t.read]
+    def left_to_net(self, directories: list[str]) -> tuple[list[str], list[str]]:
+        """Those of `directories` to read in full (not followed at all: no device claims it,
+        no booking holds it mounted yet; not read yet; a device's tree past a bound: those
+        are also the second list, not known past `RESCAN_LIMIT`). An answer's mount past a
+        bound (a library directory every pod gets) is read up to `INSIDE_LIMIT` entries."""
+        trees = [(d, self._trees.get(d)) for d in directories]
+        bounded = [d for d, t in trees if t is not None and t.unfollowed and not t.place]
+        return [d for d, t in trees if t is None or not (t.read or t.unfollowed)] + bounded, bounded
 
     async def quiet(self) -> None:
         """Return once what arrived so far was read and handed on."""

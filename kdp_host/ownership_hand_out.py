@@ -166,13 +166,14 @@ class HandingOut(AdmissionGate):
         would see a move there within its interval only) is read in full, up to
         `RESCAN_LIMIT` entries (hostile8 N4). Raises Unresolvable when that is past the
         limit, or when the read does not end within `HANDED_TIMEOUT`."""
-        whole = self._arrivals.left_to_net(mounted)
+        whole, bounded = self._arrivals.left_to_net(mounted)
         followed = tuple(d for d in mounted if d not in whole)
         found, more = await self._read_below(followed, whole, mounted)
-        if more:
+        if more and bounded:
             raise Unresolvable(
-                f"{', '.join(whole)}: its tree is not followed in full (mount_tree_unfollowed) "
-                f"and holds more than {RESCAN_LIMIT:,} entries: what is below it is not known"
+                f"{', '.join(bounded)}: its tree is not followed in full "
+                f"(mount_tree_unfollowed) and holds more than {RESCAN_LIMIT:,} entries: what "
+                "is below it is not known"
             )
         mine = self._mine(resource, ids)
         foreign = [

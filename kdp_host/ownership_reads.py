@@ -296,6 +296,8 @@ class FollowedTree:
     """The device nodes its reads found below it (and not found gone since), by path."""
     read: bool = False
     """It was read in full once (what is below it is known)."""
+    place: bool = False
+    """Only bookings hold it (an answer's mount): see `Arrivals.left_to_net`."""
 
     def may_hold_nodes(self) -> bool:
         return bool(self.nodes) or not self.read or self.unfollowed is not None

@@ -126,7 +126,8 @@ class Watching(BookingAllocations):
         claimed directory's, for what arrives in it (hostile18 F2, F3)."""
         if self._watcher is not None:
             state = self._resources.get(owner.resource)
-            self._arrivals.follow(self._watcher, real, None if state is None else state.log)
+            log = None if state is None else state.log
+            self._arrivals.follow(self._watcher, real, log, place=True)
 
     async def quiet(self) -> None:
         """Return once what arrived in claimed directories was read, and no admission runs,

@@ -141,3 +141,20 @@ async def test_a_device_whose_number_is_a_node_inside_a_mounted_tree_is_held(
     await host.settled()
     assert (host.ids(R1), host.ids(R2)) == ([], ["g0"])
     assert host.held(R1) == 1
+
+
+async def test_an_allocate_mounting_a_big_directory_no_one_follows_is_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library directory every pod gets (`allocate.mounts` of /usr/lib: 70,000 entries)
+    is read up to `RESCAN_LIMIT` before anything follows it; past that it is not refused
+    (what is below is followed from its booking on, and read by the safety net), and a
+    device's own tree past the limit still is (hostile8 N4)."""
+    monkeypatch.setattr(ownership_hand_out, "RESCAN_LIMIT", 4)
+    host, _ = await booked_place(tmp_path, "small")
+    big = tmp_path / "lib"
+    big.mkdir()
+    for number in range(10):
+        (big / f"f{number}").write_text("")
+    m0 = str(tmp_path / "dev" / "m0")
+    assert await host.index.hand_out(R2, ["m0"], [m0, str(big)]) == {m0: m0, str(big): str(big)}

@@ -21,7 +21,9 @@ PreStartContainer of a joiner whose join no answer has decided yet asks PodResou
 budget; undecided by then, the start is refused (`not_known_shared`, UNAVAILABLE: the kubelet
 tries again), never let start on trust nor released under a sharer that may be alive. With
 PodResources off or not there (`absent`, `unsupported`) nothing can decide: a join is taken on
-trust, as README says.
+trust, as README says, and the joiner is a user from then on (an Allocate of the other IDs
+later is no proof that the device is free: hostile17 F5). A holder no answer lists but an
+Allocate made (`unlisted`: a regular init container) is a live sharer (hostile17 F6).
 """
 
 from __future__ import annotations
@@ -96,9 +98,13 @@ async def decided(
     `joins` (the tracker's uses, the container's devices and IDs) it joined (`unproven`),
     asking for one asked after their last Allocate and the last answer `heard`; raises
     `not_known_shared` when none does."""
-    if answers is None or not (pending := unproven(*joins)) or not answers.answering:
+    if not (pending := unproven(*joins)):
         return
-    uses = joins[0]
+    uses, _, ids = joins
+    if answers is None or not answers.answering:  # (nothing can decide: taken on trust,
+        for device_id in pending:  # a user from now on, not a joiner: hostile17 F5)
+            uses[device_id].joined.difference_update(ids)
+        return
     while pending:
         since = max(heard(), *(uses[device_id].allocated_at for device_id in pending))
         if not await answers.answer_after(since, budget.left()) or heard() <= since:

@@ -245,12 +245,16 @@ def joined_alone(
     listed: Callable[[str], bool],
 ) -> bool | None:
     """What an answer asked after the device's last Allocate says of its joiners: True, no
-    ID but theirs is held (every earlier user gone); False, the kubelet itself lists another
-    held (a live sharer); None, another is held by carried or unlisted holders only."""
+    ID but theirs is held (every earlier user gone); False, a live sharer: the kubelet
+    itself lists another held, or holds it for a container no answer lists (unlisted: a
+    regular init container, whose ID the kubelet's checkpoint still has; hostile17 F6);
+    None, another is held by carried holders only (gone from the answers just now)."""
     others = [advertised for advertised in now_held or () if advertised not in use.joined]
     if not others:
         return True
-    return False if any(map(listed, others)) else None
+    assert now_held is not None
+    alive = any(listed(a) or not all(h.listed for h in now_held[a]) for a in others)
+    return False if alive else None
 
 
 def owe_held_before(

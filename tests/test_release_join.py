@@ -221,6 +221,52 @@ async def test_a_join_no_answer_decides_refuses_the_start(short_dir: Path) -> No
     await tracker.close()
 
 
+async def test_without_pod_resources_a_joiner_that_started_is_a_user(short_dir: Path) -> None:
+    """hostile17 F5: PodResources off. pX has A, p1 joins with B and starts (on trust:
+    nothing can decide); pX ends unseen and p2 is given A. Before, A "allocated again"
+    left only the joiner B and the release ran on fpga0 under the running p1; now p1 is a
+    user once started: p2 joins it, no release."""
+    now = [100.0]
+    tracker, commands = _tracker(short_dir, now)
+    tracker.allocated([A])  # pX
+    now[0] = 101.0
+    tracker.allocated([B])  # p1 joins pX
+    await tracker.before_start([B])
+    now[0] = 102.0
+    tracker.allocated([A])  # p2: pX has ended, p1 runs
+    await tracker.before_start([A])
+    assert commands.runs == [], "released under the running p1"
+    await tracker.close()
+
+
+async def test_a_sharer_no_answer_lists_is_a_live_one(short_dir: Path) -> None:
+    """hostile17 F6: B is held by a regular init container's pod, which no answer lists (the
+    kubelet holds it: unlisted). p2 joins with A: the answer its start asks for shows B held
+    by that unlisted holder, a live sharer: p2 starts at once, no release (before: refused at
+    every start for the holder's whole life, as undecided)."""
+    now = [0.0]
+
+    def unlisted_b(at: float, a: str | None = None) -> Holdings:
+        held = {B: (Holder("", "", "", 0.0, listed=False),)}
+        if a is not None:
+            held[A] = (Holder("ns", a, "c", 0.0),)
+        return Holdings(at, 0.0, {FPGA: held}, frozenset({(FPGA, B)}))
+
+    answers = _Answers(lambda at: unlisted_b(at, a="p2"))
+    tracker, commands = _tracker(short_dir, now, answers)
+    now[0] = 100.0
+    tracker.allocated([A])  # pX
+    now[0] = 101.0
+    tracker.allocated([B])  # the init container's pod
+    tracker.holdings(unlisted_b(102.0, a="pX"))
+    tracker.holdings(unlisted_b(103.0))  # pX gone
+    now[0] = 104.0
+    tracker.allocated([A])  # p2
+    await tracker.before_start([A])
+    assert commands.runs == [] and answers.asked <= 1
+    await tracker.close()
+
+
 def test_a_release_owed_under_joiners_keeps_their_use() -> None:
     """The record's use of fpga0 under A and B: B's user gone, A joined since. B's part is
     owed (the release acts on it), A's goes on as the newest use and stays once released."""

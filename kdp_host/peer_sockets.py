@@ -31,7 +31,7 @@ this one: such a loss does not count toward "the kubelet keeps ending the stream
 
 An instance of the other registration mode (a rollout that switches `kubelet.registration`)
 serves from the other directory: its socket made or gone there (`seen`, followed while that
-directory exists at start) counts for `switching` too.
+directory exists at start) counts as one in the socket directory does (hostile17 F1, F4).
 
 Not seen: a socket of the compact form (a socket directory too long for readable names), a
 peer killed without removing its socket (SIGKILL), and other plugins of the same name (they
@@ -75,13 +75,13 @@ class PeerSockets:
     wake: asyncio.Event
     other_dir: str | None = None
     """Where an instance of the other registration mode serves (a rollout that switches
-    `kubelet.registration`): its sockets there only tell the kubelet switching (`seen`)."""
+    `kubelet.registration`): its sockets there count as those in `serve_dir` (`seen`)."""
     """The serving loop's: set when a socket of another instance went."""
     _prefix: str | None = field(init=False)
     _gone: dict[str, float] = field(default_factory=dict)
-    """Another instance's socket name -> when it was seen gone (loop time)."""
+    """Another instance's socket path -> when it was seen gone (loop time)."""
     _made: dict[str, float] = field(default_factory=dict)
-    """Another instance's socket name -> when it was last seen made (loop time; not there:
+    """Another instance's socket path -> when it was last seen made (loop time; not there:
     made before this instance followed the directory)."""
     _lost_at: float | None = None
     _registered_at: float | None = None
@@ -112,22 +112,26 @@ class PeerSockets:
 
     def changed(self, name: str | None) -> None:
         """The watcher's callback for the socket directory's entries."""
-        if name is None or not self._is_peer(name):
+        self._noted(self.serve_dir, name)
+
+    def seen(self, name: str | None) -> None:
+        """The watcher's callback for `other_dir`'s entries: another instance's socket there
+        (the other registration mode) counts as one in the socket directory does."""
+        if self.other_dir is not None:
+            self._noted(self.other_dir, name)
+
+    def _noted(self, directory: str, name: str | None) -> None:
+        if name is None or not self._is_peer(name, directory):
             return
         now = asyncio.get_running_loop().time()
         self._switched_at = now
-        if os.path.lexists(os.path.join(self.serve_dir, name)):
-            self._gone.pop(name, None)
-            self._made[name] = now  # (entries' events only: made, or renamed in)
-        elif name not in self._gone:
-            self._gone[name] = now
+        path = os.path.join(directory, name)
+        if os.path.lexists(path):
+            self._gone.pop(path, None)
+            self._made[path] = now  # (entries' events only: made, or renamed in)
+        elif path not in self._gone:
+            self._gone[path] = now
             self.wake.set()
-
-    def seen(self, name: str | None) -> None:
-        """The watcher's callback for `other_dir`'s entries: another instance's socket made or
-        gone there is the kubelet switching too (`switching`), nothing to register for."""
-        if name is not None and self.other_dir is not None and self._is_peer(name, self.other_dir):
-            self._switched_at = asyncio.get_running_loop().time()
 
     def lost(self) -> None:
         """The kubelet ended our stream."""
@@ -148,20 +152,20 @@ class PeerSockets:
         else None and the seconds until the next look, None: no look pending)."""
         now = asyncio.get_running_loop().time()
         wait: float | None = None
-        for name, at in list(self._gone.items()):
-            if os.path.lexists(os.path.join(self.serve_dir, name)) or self._answered(name, at):
-                del self._gone[name]
+        for path, at in list(self._gone.items()):
+            if os.path.lexists(path) or self._answered(path, at):
+                del self._gone[path]
             elif now >= at + SETTLE:
                 self._gone.clear()
-                return name, None
+                return os.path.basename(path), None
             else:
                 left = at + SETTLE - now
                 wait = left if wait is None else min(wait, left)
         return None, wait
 
-    def _answered(self, name: str, at: float) -> bool:
+    def _answered(self, path: str, at: float) -> bool:
         """Whether this instance is (or is about to be) the kubelet's client again without a
-        registration for `name` gone at `at` (the module's rules)."""
+        registration for the socket at `path` gone at `at` (the module's rules)."""
         registered, lost = self._registered_at, self._lost_at
         if registered is not None and registered >= at:
             return True
@@ -169,7 +173,7 @@ class PeerSockets:
             return False
         if lost >= at:
             return True
-        made = self._made.get(name)
+        made = self._made.get(path)
         return (
             lost >= at - LOSS_WINDOW
             and registered is not None

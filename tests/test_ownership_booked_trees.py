@@ -44,6 +44,14 @@ async def booked_place(tmp: Path, place: str, *entries: str) -> tuple[Host, Manu
     return host, watcher
 
 
+def ten_files(directory: Path) -> Path:
+    """A directory of ten files (a tree past a read bound the tests lower)."""
+    directory.mkdir()
+    for number in range(10):
+        (directory / f"f{number}").write_text("")
+    return directory
+
+
 @pytest.mark.parametrize("where", ["", "sub"])
 async def test_a_node_linked_into_a_booked_place_is_held(tmp_path: Path, where: str) -> None:
     """F2: a's free node is hard-linked into the directory b's pod holds mounted (as
@@ -66,10 +74,7 @@ async def test_an_allocate_mounting_a_directory_not_followed_reads_it_in_full(
     `INSIDE_LIMIT` entries: a's node linked past that bound refuses the answer."""
     monkeypatch.setattr(ownership_hand_out, "INSIDE_LIMIT", 3)
     host, _ = await booked_place(tmp_path, "small")
-    big = tmp_path / "big"
-    big.mkdir()
-    for number in range(10):
-        (big / f"f{number}").write_text("")
+    big = ten_files(tmp_path / "big")
     os.link(tmp_path / "dev" / "n0", big / "zz_link")
     m0 = str(tmp_path / "dev" / "m0")
     with pytest.raises(PlaceOwned, match=r"device n0 of t\.io/a"):
@@ -152,9 +157,6 @@ async def test_an_allocate_mounting_a_big_directory_no_one_follows_is_answered(
     device's own tree past the limit still is (hostile8 N4)."""
     monkeypatch.setattr(ownership_hand_out, "RESCAN_LIMIT", 4)
     host, _ = await booked_place(tmp_path, "small")
-    big = tmp_path / "lib"
-    big.mkdir()
-    for number in range(10):
-        (big / f"f{number}").write_text("")
+    big = ten_files(tmp_path / "lib")
     m0 = str(tmp_path / "dev" / "m0")
     assert await host.index.hand_out(R2, ["m0"], [m0, str(big)]) == {m0: m0, str(big): str(big)}

@@ -142,6 +142,39 @@ async def test_directory_removed_and_recreated_is_watched_again(tmp_path: Path) 
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def test_a_pattern_directory_that_is_a_switched_link_is_followed(tmp_path: Path) -> None:
+    """hostile18 F12: the pattern's directory `cur` is a link (`cur -> v1`) switched at once
+    to `v2` (`ln -sfn v2 cur.new && mv -T cur.new cur`, a ConfigMap's `..data`): the old
+    directory's device went on being advertised until the 30 s rescan, and what changed in
+    the new one after was not heard (the watch stayed on v1). Now the link's directory is
+    watched, and a watched directory that is another now is watched anew."""
+    watcher = InotifyWatcher(get_logger(), retry_interval=0.05)
+    for name in ("v1", "v2"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "v1" / "a").touch()
+    (tmp_path / "v2" / "b").touch()
+    (tmp_path / "cur").symlink_to("v1")
+    config = GlobDriverConfig(paths=(f"{tmp_path}/cur/*",), grace_period=0, rescan_interval=60)
+    table = DeviceTable()
+    tasks = [
+        asyncio.create_task(watcher.run()),
+        asyncio.create_task(make_driver(config, watcher).run(reporter(table))),
+    ]
+    paths = lambda: sorted(d.nodes[0].host_path for d in table.snapshot.devices)  # noqa: E731
+    try:
+        await wait_until(lambda: paths() == [str(tmp_path / "v1" / "a")])
+        (tmp_path / "cur.new").symlink_to("v2")
+        os.replace(tmp_path / "cur.new", tmp_path / "cur")
+        await wait_until(lambda: paths() == [str(tmp_path / "v2" / "b")], 10, "switch seen")
+        (tmp_path / "v2" / "c").touch()
+        want = [str(tmp_path / "v2" / n) for n in ("b", "c")]
+        await wait_until(lambda: paths() == want, 10, "the new directory watched")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_unreadable_directory_is_logged_once_not_fatal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -189,7 +189,9 @@ def test_a_scan_walks_each_directory_above_its_paths_once(
     depth = len(linked.parts) - 1
     leaves = [path for path in checked if os.path.basename(path).startswith("dev")]
     assert len(leaves) == 300  # one each, and the directory above walked once:
-    assert len(checked) - len(leaves) <= 2 * depth, len(checked)  # (the link's target too)
+    # (the link's target too, and the links on the way to the pattern's directory, whose
+    # directories are watched: hostile18 F12; still O(depth), not O(paths x depth))
+    assert len(checked) - len(leaves) <= 3 * depth, len(checked)
     assert len(set(leaves)) == 300, "each path checked once"
 
 

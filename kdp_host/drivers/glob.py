@@ -40,6 +40,8 @@ from .glob_paths import (
     Found,
     assign_ids,
     examine,
+    fixed_parent,
+    link_parents,
     name_problem,
     printable_path,
 )
@@ -112,6 +114,8 @@ class GlobScan:
         self._dir_readable = dir_readable
         self._held: dict[DeviceIdentity, Device] = {}
         """Each device of the last scan (its ID and host path), by identity."""
+        self._link_parents: tuple[str, ...] = ()
+        """Directories of the links on the way to the patterns' directories (`link_parents`)."""
         self._returning: dict[DeviceIdentity, str] = {}
         """The ID of each device that vanished while still listed, by identity (see
         `assign_ids`; shared with the `Delta`, pruned by each full look)."""
@@ -130,6 +134,8 @@ class GlobScan:
             unreadable: set[str] = set()
             for pattern in self.config.paths:
                 watch_pattern(pattern, dirs, self._dir_readable, unreadable)
+            for parent in self._link_parents:
+                dirs.watch(parent)
             counted = dirs.guard.matched
             if not unreadable:  # (else the full look notes it)
                 real_dirs: dict[str, str] = {}
@@ -225,6 +231,12 @@ class GlobScan:
             )
             if device is not previous.get(device_id):  # (the index knows a device kept)
                 reached[host_path] = (identity, host_path)
+        bases = {fixed_parent(pattern) for pattern in config.paths}
+        self._link_parents = tuple(  # (where a link is on the way: known from the scan)
+            p for base in bases if real_dirs.get(base, base) != base for p in link_parents(base)
+        )
+        for parent in self._link_parents:
+            dirs.watch(parent)
         # Read by the next scan only (scans never overlap: the loop runs one at a time).
         self._held = held
         self._returning = {

@@ -149,7 +149,12 @@ class MatchCache(Generic[T]):
         listed = self._listed[index]
         leaf = self._leaves[index]
         changed = self._changed
-        if listed is None or leaf is None or changed is None:
+        if (
+            listed is None
+            or leaf is None
+            or changed is None
+            or (leaf[0] + "/").startswith(self._below)  # (its directory, or one above it,
+        ):  # replaced: a link to it switched, hostile18 F12)
             listed = sorted(glob_paths(pattern, guard))
         else:
             directory, name_pattern = leaf

@@ -117,6 +117,18 @@ def watch_dirs(pattern: str, guard: ScanGuard) -> list[str]:
     return dirs
 
 
+def link_parents(directory: str) -> list[str]:
+    """The directory of each link on the way to `directory` (one lstat a component; asked
+    only where its real path is another): a link switched at once to another directory (a
+    ConfigMap's `..data`) changes what a pattern below it matches (hostile18 F12)."""
+    parts = directory.rstrip("/").split("/")
+    return [
+        "/".join(parts[: depth - 1]) or "/"
+        for depth in range(2, len(parts) + 1)
+        if os.path.islink("/".join(parts[:depth]))
+    ]
+
+
 def printable_path(path: str) -> str:
     """`path` for a log line: bytes that are not printable ASCII escaped (`\\xff`, `\\n`)."""
     return repr(os.fsencode(path))[2:-1]

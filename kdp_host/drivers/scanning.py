@@ -93,6 +93,11 @@ class ScanLoop(Generic[S]):
         self._wanted: frozenset[str] = frozenset()
         """The directories the last scan depends on."""
         self._signatures: Mapping[str, DirSignature | None] = {}
+        self._signed: Mapping[str, DirSignature | None] = {}
+        """The last scan's signatures (full or not: `_subscribe`)."""
+        self._inodes: dict[str, int | None] = {}
+        """Inode of each directory subscribed to, as the scan of `_inodes_of` signed it."""
+        self._inodes_of: Mapping[str, DirSignature | None] | None = None
         """Of the directories of the last scan that looked at everything (told no names),
         taken before it looked: what the safety net compares with."""
         self._watched: frozenset[str] = frozenset()
@@ -179,6 +184,7 @@ class ScanLoop(Generic[S]):
             raise
         self._pending = None
         self._wanted = frozenset(dirs.wanted)
+        self._signed = dirs.signatures
         if full:  # (a scan of named paths vouches for nothing else: see the module docstring)
             self._signatures = dirs.signatures
         if self._changes.settle(dirs.read_at):
@@ -247,9 +253,18 @@ class ScanLoop(Generic[S]):
         return next_expiry
 
     def _subscribe(self) -> None:
-        """Watch the directories of the last scan (and only those)."""
+        """Watch the directories of the last scan (and only those); one that is another
+        directory since it was subscribed to (a link to it switched, hostile18 F12) anew."""
         subscriptions = self._subscriptions
         wanted = self._wanted
+        if self._signed is not self._inodes_of:  # (a scan since: what it signed)
+            inodes, signed = self._inodes, self._signed
+            self._inodes_of = signed
+            now = {d: None if (sig := signed.get(d)) is None else sig[0] for d in wanted}
+            moved = [d for d in subscriptions.keys() & wanted if inodes.get(d) != now[d]]
+            self._inodes = now
+            if moved:
+                self._deps.watcher.rewatch(moved)
         for directory in wanted - subscriptions.keys():
             subscriptions[directory] = self._deps.watcher.subscribe(
                 directory,

@@ -195,6 +195,13 @@ class Arrivals:
         bounded = [d for d, t in trees if t is not None and t.unfollowed and not t.place]
         return [d for d, t in trees if t is None or not (t.read or t.unfollowed)] + bounded, bounded
 
+    def known_in_full(self, directories: list[str]) -> bool:
+        """Whether each of `directories` is a tree read and followed in full (the nodes
+        below it are known: `nodes`)."""
+        trees = self._trees
+        return all((t := trees.get(d)) is not None and t.read and not t.unfollowed
+                   for d in directories)  # fmt: skip
+
     async def quiet(self) -> None:
         """Return once what arrived so far was read and handed on."""
         while self._task is not None:

@@ -2,30 +2,22 @@
 another device owns below a directory it mounts.
 
 Each host path of the answer (its devices' nodes and mounts, its places) is handed out as
-its real path (`handed_reals`: the real path must name what the path
-reaches, and a device's path what it was claimed as), never one no container may be handed
-(`config.handed`), with what it reaches (`Handed.reached`, hostile8 N2). Paths the watcher
-follows are kept resolved (`Resolving._resolve_keeping`), the others resolved off the loop
-within `HANDED_TIMEOUT`. Below a directory the answer mounts, what another device owns that
-was renamed or linked there before the watcher reported it refuses the answer (`PlaceOwned`).
-Booking the answer is `ownership_allocate`'s.
+its real path (`handed_reals`: it must name what the path reaches, a device's path what it
+was claimed as), never one no container may be handed (`config.handed`), with what it
+reaches (hostile8 N2); kept resolved where the watcher follows it, else resolved off the
+loop within `HANDED_TIMEOUT`. Below a directory the answer mounts, what another device owns
+moved there before the watcher reported it refuses the answer (`PlaceOwned`). Booking the
+answer is `ownership_allocate`'s.
 
-The other way round (hostile8 N1 past the follow bound): a free node hard-linked into a
-directory a running pod mounts is found there by the watcher and held (`device_held
-reason=booked`): every directory a booking holds mounted is followed, its device's or a place
-of its answer (`Ledger.mounted`, hostile18 F2, F3). What the watcher cannot tell: a node
-linked there before it was claimed (a device that appears later as a file inside such a
-tree, hostile18 F5), or below a tree it does not follow in full (`mount_tree_unfollowed`:
-only the safety net's read finds it, up to 30 s later). So a node the answer hands out (any
-path but a directory or where nothing is) with more than one link (`st_nlink`: a hard link
-adds one; a node renamed away from its claimed path is refused by `handed_reals`) is looked
-for below every tree a booking of another ID holds mounted, by identity, read in full as an
-Allocate of the mount itself reads it (`_not_linked_in`): found there, the answer is
-refused and the index counts the node there at once (its device held while the booking
-lives); past `RESCAN_LIMIT` or `HANDED_TIMEOUT`, refused too (fail closed). With no such
-tree on the host that is one dict lookup; a node of one link costs one `lstat` off the
-loop. A node made anew there with `mknod` (root only) is seen by the watcher (the safety
-net's read below a tree not followed in full).
+The other way round: a node linked into a directory a running pod mounts (its device's,
+or a place of its answer: `Ledger.mounted`, followed) is found there by the watcher and held
+(`reason=booked`, hostile8 N1, hostile18 F2). What the watcher cannot tell, a node linked
+there before it was claimed (hostile18 F5) or below a tree not followed in full, is looked
+for by `_not_linked_in`: a device node by its number among the nodes the trees' reads found
+(`NodesFound`: nothing read), a file with a second link (`st_nlink`) by a read in full of
+every tree another ID's booking holds mounted (one `lstat` off the loop, then the read);
+found there, the answer is refused and the node counted there at once; past `RESCAN_LIMIT`
+or `HANDED_TIMEOUT`, refused too (fail closed).
 """
 
 from __future__ import annotations
@@ -42,6 +34,7 @@ from typing import Final, TypeVar
 from .devices import physical_id
 from .identity import (
     DIRECTORY,
+    NODES,
     Identity,
     Uncheckable,
     identity_of,
@@ -56,11 +49,12 @@ from .ownership_claims import NOTHING, PLACE, SYSFS, ClaimKey, Owner, Reached, U
 from .ownership_gate import AdmissionGate
 from .ownership_reads import Found, KnownRead, arrived, linked_below, read_or_recall
 from .ownership_resolve import reached_only
+from .rules import below
 
 T = TypeVar("T")
 HANDED_TIMEOUT: Final = 10.0
-"""Seconds an Allocate waits for the host paths it hands out to resolve (`handed_reals`, off
-the loop) before it is refused: a path on a hung file system does not hold the admission."""
+"""Seconds an Allocate waits for its host paths to resolve off the loop before it is refused
+(a path on a hung file system does not hold the admission)."""
 
 
 class PlaceOwned(ValueError):
@@ -228,39 +222,49 @@ class HandingOut(AdmissionGate):
     async def _not_linked_in(
         self, resource: str, ids: Iterable[str], reached: Mapping[str, Reached | None]
     ) -> None:
-        """Raise PlaceOwned when a node of `reached` (host path -> what it reaches, as the
-        answer hands it out) is also below a tree another ID's booking holds mounted;
-        Unresolvable when such a tree could not be read in full in time. Nothing is read
-        when no such tree is on the host, or no node has a second link."""
-        trees = self._ledger.mounted
-        if not trees:
+        """PlaceOwned when a node of `reached` (as the answer hands it out) is also below a
+        tree another ID's booking holds mounted; Unresolvable when such a tree could not be
+        read in full in time (the module's doc)."""
+        if not (trees := self._ledger.mounted):
             return  # (the common case)
         mine = {Owner(resource, d) for d in self._mine(resource, ids)}
         booked = sorted(t for t, owners in trees.items() if any(o not in mine for o in owners))
-        nodes = {
-            r[1]: r[0]
-            for r in reached.values()
-            if r is not None and r[0][0] not in (NOTHING, DIRECTORY)
-        }
+        skip = (NOTHING, DIRECTORY)
+        nodes = {r[1]: r[0] for r in reached.values() if r is not None and r[0][0] not in skip}
         if not booked or not nodes:
             return
+        if self._arrivals.known_in_full(booked):  # (a node's number: found by their reads)
+            numbers = {key for key in nodes.values() if key[0] in NODES}
+            found = [
+                (key, path)
+                for key in numbers
+                for path in self._arrivals.nodes.of(key)
+                if any(below(path, tree) for tree in booked)
+            ]
+            self._linked(resource, found, nodes)
+            nodes = {real: key for real, key in nodes.items() if key not in numbers}
+            if not nodes:
+                return  # (no file to look for: no read, no hop off the loop)
         found, more = await self._off_loop(
             functools.partial(linked_below, booked, nodes, RESCAN_LIMIT, arrived),
             f"{', '.join(booked)}: trees pods hold mounted were not read",
         )
-        if found:
-            self._arrived(found)
-            key, path = found[0]
-            node = next(real for real, k in nodes.items() if k == key)
-            raise PlaceOwned(
-                f"{resource}: {node} is also at {path}, below a directory a pod holds mounted "
-                "(found there now: its device is held while that pod holds the directory)"
-            )
+        self._linked(resource, found, nodes)
         if more:
             raise Unresolvable(
                 f"{', '.join(booked)}: trees pods hold mounted hold more than "
                 f"{RESCAN_LIMIT:,} entries: whether a node handed out is linked below them "
                 "is not known"
+            )
+
+    def _linked(self, resource: str, found: Found, nodes: Mapping[str, ClaimKey]) -> None:
+        """PlaceOwned when a node handed out (`nodes`) was `found` below a booked tree."""
+        if found:
+            self._arrived(found)
+            node = next(real for real, k in nodes.items() if k == found[0][0])
+            raise PlaceOwned(
+                f"{resource}: {node} is also at {found[0][1]}, below a directory a pod holds "
+                "mounted (found there now: its device is held while that pod holds it)"
             )
 
     async def _handed(self, paths: list[str]) -> dict[str, Resolution]:

@@ -160,3 +160,24 @@ async def test_an_allocate_mounting_a_big_directory_no_one_follows_is_answered(
     big = ten_files(tmp_path / "lib")
     m0 = str(tmp_path / "dev" / "m0")
     assert await host.index.hand_out(R2, ["m0"], [m0, str(big)]) == {m0: m0, str(big): str(big)}
+
+
+async def test_a_node_in_a_followed_booked_tree_is_found_by_number_without_a_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device node handed out whose number is below a tree a pod holds mounted (followed
+    in full) is found among the nodes the tree's reads found: refused with no read of the
+    trees at the Allocate (an Allocate beside a library mount costs no hop off the loop)."""
+    host, watcher = await booked_place(tmp_path, "small")
+    null_node(tmp_path / "small" / "evil")
+    watcher.change(str(tmp_path / "small"), "evil")
+    await host.settled()
+    reads: list[list[str]] = []
+    monkeypatch.setattr(
+        ownership_hand_out, "arrived", lambda paths, limit: reads.append(paths) or ([], False)
+    )
+    null_node(tmp_path / "dev" / "n1")
+    n1 = str(tmp_path / "dev" / "n1")
+    with pytest.raises(PlaceOwned, match=r"n1 is also at .*/small/evil"):
+        await host.index.hand_out(R1, ["n1"], [n1])
+    assert reads == []

@@ -4,6 +4,7 @@ about a list too long for one message to the kubelet."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -281,10 +282,8 @@ def container_path_warnings(rows: Iterable[CheckRow], config: Config) -> list[st
             users.setdefault(configured.container_path, set()).add(resource.name)
     pairs: dict[tuple[str, str], list[str]] = {}
     for path, names in users.items():
-        ordered = sorted(names)
-        for i, one in enumerate(ordered):
-            for other in ordered[i + 1 :]:
-                pairs.setdefault((one, other), []).append(path)
+        for pair in itertools.combinations(sorted(names), 2):
+            pairs.setdefault(pair, []).append(path)
     lines = []
     for (one, other), paths in sorted(pairs.items()):
         paths.sort()

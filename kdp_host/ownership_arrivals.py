@@ -107,9 +107,9 @@ class Arrivals:
         self._ordered: list[str] | None = None
         """The claimed directories sorted (those below one are one run), made when needed."""
         self._unfollowed: dict[str, str] = {}
+        """Claimed directory -> why its tree is not followed in full (kept with the trees')."""
         self.nodes = NodesFound()
         """The device nodes the trees' reads found, by number."""
-        """Claimed directory -> why its tree is not followed in full (kept with the trees')."""
         self._dirs: dict[str, tuple[str, Subscription]] = {}
         """Every directory followed (claimed ones too) -> its tree, and its subscription."""
         self._below = 0

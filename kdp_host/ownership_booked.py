@@ -208,11 +208,10 @@ class BookedClaims:
         found = [*places.get(real, ())]
         for directory in ancestors(real):
             found += places.get(directory, ())
-        if key[0] == DIRECTORY and self.moved:  # (a booked thing found below it since)
-            for moved, reals in self.moved.items():
+        if key[0] == DIRECTORY:
+            for moved, reals in self.moved.items():  # (a booked thing found below it since)
                 if any(below(p, real) or p == real for p in reals):
                     found += self.booked.get(moved, ())
-        if key[0] == DIRECTORY:
             ordered = self._sorted_places
             if ordered is None:
                 ordered = self._sorted_places = sorted(places)

@@ -188,14 +188,14 @@ class HandingOut(AdmissionGate):
     def _other_holder(self, key: ClaimKey, resource: str, mine: set[str]) -> Owner | None:
         """The device of another ID that owns `key` (advertised), else a booking of another
         ID that holds it (a pod has it: its device's, or a place of its answer)."""
+
+        def other(owner: Owner) -> bool:
+            return owner.resource != resource or owner.device not in mine
+
         owner = self._exclusive.get(key)
-        if owner is not None and (owner.resource != resource or owner.device not in mine):
+        if owner is not None and other(owner):
             return owner
-        return next(
-            (o for o in self._ledger.booked.get(key, ()) if o.resource != resource
-             or o.device not in mine),
-            None,
-        )  # fmt: skip
+        return next(filter(other, self._ledger.booked.get(key, ())), None)
 
     async def _read_below(
         self, followed: tuple[str, ...], whole: list[str], mounted: list[str]

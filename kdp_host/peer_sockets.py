@@ -73,10 +73,10 @@ class PeerSockets:
     """This instance's socket name."""
     serve_dir: str
     wake: asyncio.Event
+    """The serving loop's: set when a socket of another instance went."""
     other_dir: str | None = None
     """Where an instance of the other registration mode serves (a rollout that switches
     `kubelet.registration`): its sockets there count as those in `serve_dir` (`seen`)."""
-    """The serving loop's: set when a socket of another instance went."""
     _prefix: str | None = field(init=False)
     _gone: dict[str, float] = field(default_factory=dict)
     """Another instance's socket path -> when it was seen gone (loop time)."""

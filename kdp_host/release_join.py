@@ -12,8 +12,8 @@ held proves a live sharer (no release, as before); one in which no ID but the jo
 at all proves every earlier user gone: the release is owed now, acting on the earlier uses
 (`handed_entries.owed_but`: the joiners' own stays theirs), and their containers start after
 it, as with `replicas: 1`. An Allocate that hands out again every ID the earlier users had
-proves it too (`asked_for`). A holder only carried (`holdings.Settle`) or unlisted decides
-nothing: the next answer is waited for.
+proves it too (`asked_for`). A holder only carried (`holdings.Settle`) decides nothing: the
+next answer is waited for.
 
 PreStartContainer of a joiner whose join no answer has decided yet asks PodResources at once
 (`FreshAnswers.answer_after`: the poller's next List, no sooner than

@@ -200,10 +200,11 @@ def assign_ids(
             assigned[identity] = choice
             continue
         canonical = canonical_path(paths)
-        wanted = (returning.get(identity), ids(canonical), ids.elsewhere(canonical, identity))
+        elsewhere = ids.elsewhere(canonical, identity)
+        wanted = (returning.get(identity), ids(canonical), elsewhere)
         device_id = next((w for w in wanted if w is not None and w not in owner), None)
         if device_id is None:
-            collided[identity] = owner[ids.elsewhere(canonical, identity)]
+            collided[identity] = owner[elsewhere]
             continue
         owner[device_id] = identity
         assigned[identity] = Assigned(device_id, canonical)

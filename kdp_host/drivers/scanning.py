@@ -93,13 +93,12 @@ class ScanLoop(Generic[S]):
         self._wanted: frozenset[str] = frozenset()
         """The directories the last scan depends on."""
         self._signatures: Mapping[str, DirSignature | None] = {}
-        self._signed: Mapping[str, DirSignature | None] = {}
-        """The last scan's signatures (full or not: `_subscribe`)."""
-        self._inodes: dict[str, int | None] = {}
-        """Inode of each directory subscribed to, as the scan of `_inodes_of` signed it."""
-        self._inodes_of: Mapping[str, DirSignature | None] | None = None
         """Of the directories of the last scan that looked at everything (told no names),
         taken before it looked: what the safety net compares with."""
+        self._signed: Mapping[str, DirSignature | None] = {}
+        """The last scan's signatures (full or not: `_subscribe`)."""
+        self._subscribed_as: Mapping[str, DirSignature | None] = {}
+        """The signatures `_subscribe` last looked at (each subscribed directory's inode)."""
         self._watched: frozenset[str] = frozenset()
         """The directories subscribed to now (set on the loop, read by the scan thread)."""
         self._subscriptions: dict[str, Subscription] = {}
@@ -257,12 +256,12 @@ class ScanLoop(Generic[S]):
         directory since it was subscribed to (a link to it switched, hostile18 F12) anew."""
         subscriptions = self._subscriptions
         wanted = self._wanted
-        if self._signed is not self._inodes_of:  # (a scan since: what it signed)
-            inodes, signed = self._inodes, self._signed
-            self._inodes_of = signed
-            now = {d: None if (sig := signed.get(d)) is None else sig[0] for d in wanted}
-            moved = [d for d in subscriptions.keys() & wanted if inodes.get(d) != now[d]]
-            self._inodes = now
+        before, signed = self._subscribed_as, self._signed
+        if signed is not before:  # (a scan since: what it signed)
+            self._subscribed_as = signed
+            moved = [
+                d for d in subscriptions.keys() & wanted if _inode(before, d) != _inode(signed, d)
+            ]
             if moved:
                 self._deps.watcher.rewatch(moved)
         for directory in wanted - subscriptions.keys():
@@ -389,3 +388,8 @@ async def wait_for_change(
     except TimeoutError:
         return wake.is_set()
     return True
+
+
+def _inode(signatures: Mapping[str, DirSignature | None], directory: str) -> int | None:
+    signature = signatures.get(directory)
+    return None if signature is None else signature[0]

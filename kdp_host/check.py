@@ -122,7 +122,8 @@ def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) 
     from .config import never_handed
     from .identity import NOT_A_NODE, not_a_node_why
     from .mount_table import read_mounts
-    from .ownership_claims import device_claims, read_only_paths
+    from .ownership_claims import device_claims
+    from .ownership_paths import read_only_paths
 
     rule, mounts = never_handed(config, config_file), read_mounts()
     found: list[str] = []

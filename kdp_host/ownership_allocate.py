@@ -36,7 +36,7 @@ from .identity import DIRECTORY, NONE, Identity, Reach
 from .kubelet_checkpoint import Gained, HandedClaims, take_handed
 from .ownership_adopt import DeviceClaims
 from .ownership_canonical import strays
-from .ownership_claims import Claim, Owner, Reached, claim_of
+from .ownership_claims import Claim, Owner, Reached, claim_of, twins
 from .ownership_hand_out import HandingOut, PlaceOwned
 
 
@@ -192,7 +192,7 @@ class BookingAllocations(HandingOut):
         checkpoint: hostile15 F11, F12)."""
         key, real = reached
         exclusive = self._exclusive
-        found = [owner] if (owner := exclusive.get(key)) is not None else []
+        found = [o for k in (key, *twins(key)) if (o := exclusive.get(k)) is not None]
         found += [owner for owner in self._ledger.holders(key, real) if owner not in found]
         places = self._within.places(key, real)
         for outer in self._within.outer(places):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .devices import Device, DeviceMount, DeviceNode, replica_ids
 from .identity import DIRECTORY, Identity
-from .ownership_claims import NOTHING, SYSFS, Claim, ClaimKey, Claims, Owner, ancestors
+from .ownership_claims import NOTHING, SYSFS, Claim, ClaimKey, Claims, Owner, ancestors, twins
 from .ownership_unknown import TreeNodes, not_known, reaching_node
 from .rules import below
 
@@ -100,7 +100,10 @@ class BookedClaims:
 
     def holders(self, key: ClaimKey, real: str) -> Iterable[Owner]:
         """The bookings that hold a claim (`key` at `real`): its own, or a place it reaches."""
-        holders: Iterable[Owner] = self.booked.get(key, ())
+        booked = self.booked
+        holders: Iterable[Owner] = booked.get(key, ())
+        for twin in twins(key) if booked else ():  # (a directory and a sysfs device's own)
+            holders = [*holders, *booked.get(twin, ())]
         if self.places:
             at = self.places_of(key, real)
             holders = [*holders, *(o for place in at for o in self._places_reached(key, place))]

@@ -254,6 +254,18 @@ def sysfs_claim(path: str, reached: Reached | None) -> Claim:
     return (SYSFS, reached[0][1]), path, reached[1]
 
 
+def twins(key: ClaimKey) -> tuple[ClaimKey, ...]:
+    """The other key of what `key` claims: a sysfs device's claim of its directory
+    (`sysfs_claim`, by inode) and a directory claim of that inode (a mount of the directory)
+    are one directory a container reaches, each to clash with the other (hostile18 F14).
+    Kept two kinds: a sysfs device holds no other below its directory (a hub and a stick
+    behind it, a bridge and its GPU, are two devices), a mounted directory holds all."""
+    kind, value = key
+    if isinstance(value, int) and kind in (SYSFS, DIRECTORY):
+        return ((DIRECTORY if kind == SYSFS else SYSFS, value),)
+    return ()
+
+
 def claim_of(path: str, resolve: Resolver) -> Claim:
     """A path's claim; a path that does not exist (yet) is claimed by its normalised text."""
     reached = resolve(path)
@@ -263,38 +275,13 @@ def claim_of(path: str, resolve: Resolver) -> Claim:
     return reached[0], path, reached[1]
 
 
-def host_paths(device: Device) -> tuple[str, ...]:
-    """Every host path a device puts into a container: its nodes (where kdp-host sees them:
-    `DeviceNode.seen`), then its mount sources."""
-    path = device.path
-    if not device.mounts and path is not None and device.has_only_node(path, path):
-        return (path,)
-    return (*(n.seen for n in device.nodes), *(m.host_path for m in device.mounts))
-
-
-def read_only_paths(device: Device) -> frozenset[str]:
-    """The host paths a device hands out read-only only (a mount with `readOnly`, not also
-    a node or a writable mount): a place that changes what kdp-host runs is refused handed
-    writable only (`config.handed`, hostile11 K7)."""
-    if not device.mounts:
-        return frozenset()
-    mounts = ((m.host_path, m.read_only) for m in device.mounts)
-    return read_only_of((n.seen for n in device.nodes), mounts)
-
-
 def read_only_of(nodes: Iterable[str], mounts: Iterable[tuple[str, bool]]) -> frozenset[str]:
-    """`read_only_paths` of an answer's nodes and (host path, read-only) mounts."""
+    """The host paths handed out read-only only (`ownership_paths.read_only_paths`) of an
+    answer's nodes and (host path, read-only) mounts."""
     writable, read_only = set(nodes), set[str]()
     for path, ro in mounts:
         (read_only if ro else writable).add(path)
     return frozenset(read_only - writable)
-
-
-def claimed_paths(device: Device) -> tuple[str, ...]:
-    """Every path a device's claims are resolved from: its host paths, then its sysfs
-    directory, if any."""
-    paths = host_paths(device)
-    return paths if device.sysfs_path is None else (*paths, device.sysfs_path)
 
 
 def named_in(path: str, directory: str, paths: set[str] | None) -> bool:

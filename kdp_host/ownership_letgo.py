@@ -29,7 +29,8 @@ from collections.abc import Callable, Collection, Generator, Mapping
 from .config import UNSAFE_MOUNT, NeverHanded
 from .identity import NOT_A_NODE, UNSEEN, not_a_node_why, unseen
 from .mount_table import MountMap
-from .ownership_claims import PLACE, SYSFS, ClaimKey, Claims, ClaimSet, Owner, read_only_paths
+from .ownership_claims import PLACE, SYSFS, ClaimKey, Claims, ClaimSet, Owner
+from .ownership_paths import read_only_paths
 from .ownership_table import ClaimTable, Holding, ResourceState
 from .turns import Pace
 

@@ -10,7 +10,16 @@ from .devices import Device, DeviceMount
 from .identity import DIRECTORY
 from .mount_table import MountMap
 from .ownership_arrivals import INSIDE_LIMIT
-from .ownership_claims import PLACE, Claim, ClaimKey, Owner, Resolver, device_claims, reach
+from .ownership_claims import (
+    PLACE,
+    Claim,
+    ClaimKey,
+    Owner,
+    Resolver,
+    device_claims,
+    reach,
+    twins,
+)
 from .ownership_reads import Read, arrived
 from .rules import below
 
@@ -53,11 +62,10 @@ def overlaps(
                 made.append((claim, me, is_shared))
                 if key[0] == DIRECTORY:
                     dirs += [(place, me, is_shared) for place in places(real)]
-                known = seen.get(key)
-                if known is None:
-                    seen[key] = (me, is_shared)
-                elif not (is_shared and known[1]):
-                    found.append(Overlap(path, known[0], me))
+                for first, first_shared in filter(None, map(seen.get, (key, *twins(key)))):
+                    if first != me and not (is_shared and first_shared):
+                        found.append(Overlap(path, first, me))
+                seen.setdefault(key, (me, is_shared))
                 place = key[0] == PLACE
                 for owner, shared, placed in at.get(real, ()):
                     if owner != me and (place or placed) and not (is_shared and shared):

@@ -1,4 +1,6 @@
-"""Which devices of a resource's admitted list pass a host path (a node or a mount source).
+"""The host paths a device passes (`host_paths`: its nodes where kdp-host sees them, its mount
+sources; those handed out read-only only; with its sysfs directory, what its claims are
+resolved from), and which devices of a resource's admitted list pass a host path.
 
 The watcher reports a changed path; the index must forget the claims of the devices that
 pass it (`ownership_watching.Watching._recheck`). A walk of the list for them costs every
@@ -16,8 +18,35 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .devices import Device
-from .ownership_claims import host_paths
+from .ownership_claims import read_only_of
 from .turns import Pace
+
+
+def host_paths(device: Device) -> tuple[str, ...]:
+    """Every host path a device puts into a container: its nodes (where kdp-host sees them:
+    `DeviceNode.seen`), then its mount sources."""
+    path = device.path
+    if not device.mounts and path is not None and device.has_only_node(path, path):
+        return (path,)
+    return (*(n.seen for n in device.nodes), *(m.host_path for m in device.mounts))
+
+
+def read_only_paths(device: Device) -> frozenset[str]:
+    """The host paths a device hands out read-only only (a mount with `readOnly`, not also
+    a node or a writable mount): a place that changes what kdp-host runs is refused handed
+    writable only (`config.handed`, hostile11 K7)."""
+    if not device.mounts:
+        return frozenset()
+    mounts = ((m.host_path, m.read_only) for m in device.mounts)
+    return read_only_of((n.seen for n in device.nodes), mounts)
+
+
+def claimed_paths(device: Device) -> tuple[str, ...]:
+    """Every path a device's claims are resolved from: its host paths, then its sysfs
+    directory, if any."""
+    paths = host_paths(device)
+    return paths if device.sysfs_path is None else (*paths, device.sysfs_path)
+
 
 Ids = str | tuple[str, ...]
 """The device passing a path, or the devices (rare: a path two devices of a list pass)."""

@@ -25,8 +25,9 @@ from collections.abc import Generator, Mapping
 
 from .devices import Device
 from .identity import DIRECTORY
-from .ownership_claims import NOTHING, PLACE, SYSFS, Claims, Owner, read_only_paths
+from .ownership_claims import NOTHING, PLACE, SYSFS, Claims, Owner
 from .ownership_letgo import LetGo
+from .ownership_paths import read_only_paths
 from .ownership_table import Holding, ResourceState
 from .turns import Pace
 

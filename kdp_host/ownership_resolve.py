@@ -27,11 +27,11 @@ from .ownership_claims import (
     Reached,
     Resolver,
     ancestors,
-    claimed_paths,
     places,
     reaches_else,
     still_reaches,
 )
+from .ownership_paths import claimed_paths
 from .ownership_reads import KeptReads
 from .ownership_table import ResourceState
 from .rules import below

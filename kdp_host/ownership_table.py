@@ -25,6 +25,7 @@ from .ownership_claims import (
     Places,
     Reached,
     owner_order,
+    twins,
 )
 from .ownership_contain import Containment
 from .ownership_document import Saved
@@ -200,18 +201,18 @@ class ClaimTable(abc.ABC):
         alias = self._aliases.of(claim, self._exclusive, self._shared, self._made)
         return None if alias is None else self._clash(me, alias, claim[1], shared)
 
-    def _clash(self, me: Owner, key: ClaimKey, path: str, shared: bool) -> Holding | None:
-        """Whether `key`, claimed by `me` (shared or not), clashes with another's claim."""
-        owner = self._exclusive.get(key)
-        if (
-            owner is not None
-            and owner != me
-            and not self._taken_over(me, owner, key)
-            and not self._released_if_gone(key)
-        ):
-            return Holding("owned", owner, path, key)
-        if not shared:
-            sharers = self._shared.get(key)
+    def _clash(self, me: Owner, claimed: ClaimKey, path: str, shared: bool) -> Holding | None:
+        """Whether `claimed` by `me` (shared or not) clashes with another's claim (or a twin)."""
+        for key in (claimed, *twins(claimed)):
+            owner = self._exclusive.get(key)
+            if (
+                owner is not None
+                and owner != me
+                and not self._taken_over(me, owner, key)
+                and not self._released_if_gone(key)
+            ):
+                return Holding("owned", owner, path, key)
+            sharers = None if shared else self._shared.get(key)
             if sharers and (len(sharers) > 1 or me not in sharers):
                 return Holding("shared", min(sharers - {me}, key=owner_order), path)
         return None

@@ -65,6 +65,9 @@ RETRY_INTERVAL = 5.0
 
 CLASH_REASON = "CDI names defined by another spec file"
 """/readyz's reason while another file defines a name of the resource's (`cdi_dirs`)."""
+UNOWNED_REASON = "CDI spec file owned by another instance, without this one's names"
+"""/readyz's reason while another instance owns the file and it lacks names of this one's
+devices (a rolling update that changed `allocate.cdi.kind`, hostile20 F1)."""
 
 
 @dataclass
@@ -140,6 +143,8 @@ class CdiSpecWriter:
     """Held devices left out at the last sync (`render_held`)."""
     _known: SpecNames = field(default_factory=SpecNames, init=False, repr=False)
     """What the other spec files define (`cdi_dirs`: parsed again when they change)."""
+    _unowned: bool = field(default=False, init=False, repr=False)
+    """At the last sync another instance owned the file, which lacks names of ours."""
 
     def __post_init__(self) -> None:
         self.path = spec_path(self.resource)
@@ -224,7 +229,6 @@ class CdiSpecWriter:
                 if self.retired and synced and not self._keeping:
                     break  # no held device left to keep
                 timeout = self.retry_interval if not synced else self.verify_interval
-                changed_on_disk.clear()
                 newer = asyncio.ensure_future(self.table.wait_newer(snapshot.version))
                 on_disk = asyncio.ensure_future(changed_on_disk.wait())
                 repinned = asyncio.ensure_future(self._repinned.wait())
@@ -243,6 +247,10 @@ class CdiSpecWriter:
                     # The file changed behind our back (another instance, an operator) or
                     # the verify interval passed: look at what is on disk now (the sync
                     # below restores it if it is ours); as the owner, refresh the lease.
+                    # A change from here on wakes the next wait (none is lost while the
+                    # file is read and synced: another instance's write in that window
+                    # was seen 10 s late, hostile20 F1; our own write wakes one read).
+                    changed_on_disk.clear()
                     self._set_on_disk(await self._read())
                     if on_disk not in done:
                         await self._lease.refresh()
@@ -271,6 +279,7 @@ class CdiSpecWriter:
                         ids=",".join(sorted(astray)),
                         reason="a host path as handed out reaches another node or file now",
                     )
+            unowned = False
             if content != self._on_disk and await self._lease.may_write():
                 if content is None:
                     await self._unlink()
@@ -280,6 +289,14 @@ class CdiSpecWriter:
                     self.writes += 1
                     self.log.info("cdi_spec_written", path=self.path, version=snapshot.version)
                 self._set_on_disk(content)
+            elif content != self._on_disk:
+                unowned = any(map(self._unresolvable, snapshot.devices))
+            if unowned != self._unowned:
+                self._unowned = unowned
+                if unowned:
+                    owner = await self._lease.other_owner()
+                    self.log.warning("cdi_spec_unowned", path=self.path, owner=owner)
+                self._report()
         except OSError as exc:
             self._failed(f"{type(exc).__name__}: {exc}", short=type(exc).__name__)
             return False
@@ -290,8 +307,8 @@ class CdiSpecWriter:
             return False
         if self._last_error is not None:
             self.log.info("cdi_spec_recovered", path=self.path)
-            self.report(CLASH_REASON if self._clashing else None)
-        self._last_error = None
+            self._last_error = None
+            self._report()
         self.synced_version = snapshot.version
         return True
 
@@ -324,8 +341,14 @@ class CdiSpecWriter:
             self.log.info("cdi_spec_clash_cleared", path=self.path)
         self._clashing = clashing
         self.table.hold_unhealthy(self._unresolvable)
+        self._report()
+
+    def _report(self) -> None:
+        """Tell /readyz what keeps the resource's names from resolving now, if anything (a
+        failed write says so itself: `_failed`)."""
         if self._last_error is None:
-            self.report(CLASH_REASON if clashing else None)
+            unowned = UNOWNED_REASON if self._unowned else None
+            self.report(CLASH_REASON if self._clashing else unowned)
 
     def _failed(self, message: str, *, short: str, logged: bool = False) -> None:
         self.failures += 1

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kdp_host import atomic_files
 from kdp_host.allocation import AllocationBuilder, cdi_device_name
 from kdp_host.atomic_files import write_atomic
-from kdp_host.cdi import CLASH_REASON, CdiSpecWriter
+from kdp_host.cdi import CLASH_REASON, UNOWNED_REASON, CdiSpecWriter
 from kdp_host.cdi_rules import cdi_kind_problem
 from kdp_host.cdi_spec import build_spec, minimum_cdi_version, render_spec_file
 from kdp_host.config import (
@@ -520,6 +520,48 @@ async def test_a_stopping_instance_leaves_the_spec_file_the_new_instance_owns(
     assert all(d.healthy for d in new_table.snapshot.devices)
     await running[1].stop()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("new_kind", [KIND, "vendor.example/other"])
+async def test_an_old_instance_whose_names_the_new_owner_dropped_holds_them_and_says_so(
+    tmp_path: Path, running: list[RunningWriter], new_kind: str
+) -> None:
+    """hostile20 F1: a rolling update that changes `allocate.cdi.kind`. The new instance owns
+    the file and writes its kind; the old one must not advertise names no file defines
+    (its devices Unhealthy, /readyz told why) as soon as the watcher reports the write (no
+    periodic check here). With the same kind, the old one's names resolve: nothing held."""
+    watcher = make_watcher(get_logger())
+    watch_task = asyncio.create_task(watcher.run())
+    try:
+        reasons: dict[str, list[str | None]] = {"old": [], "new": []}
+        tables = {"old": DeviceTable(), "new": DeviceTable()}
+        writers = {}
+        for instance, kind in (("old", KIND), ("new", new_kind)):
+            tables[instance].publish([dev("fpga0"), dev("fpga1")])
+            writers[instance] = start_writer(
+                running, resource(tmp_path, kind=kind), tables[instance], debounce=0.0,
+                verify_interval=3600.0, watcher=watcher, instance=instance,
+                report=reasons[instance].append,
+            )  # fmt: skip
+            await wait_until(
+                lambda i=instance: synced(writers[i], tables[i]), what=f"{instance} synced"
+            )
+        assert read_spec_file(writers["new"].path)["kind"] == new_kind
+        if new_kind == KIND:
+            await wait_until(lambda: synced(writers["old"], tables["old"]), what="old synced")
+            assert all(d.healthy for d in tables["old"].snapshot.devices)
+            assert UNOWNED_REASON not in reasons["old"]
+            return
+        await wait_until(
+            lambda: not any(d.healthy for d in tables["old"].snapshot.devices),
+            what="the old instance's devices held",
+        )
+        await wait_until(lambda: reasons["old"][-1:] == [UNOWNED_REASON], what="told why")
+        assert all(d.healthy for d in tables["new"].snapshot.devices)
+    finally:
+        watch_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch_task
 
 
 async def test_a_spec_file_removed_behind_the_writers_back_is_seen_at_once(

@@ -18,6 +18,7 @@ from .logs import EventLogger
 from .metric_series import GaugeSeries
 from .metrics import Metrics
 from .ownership import OwnershipIndex
+from .peer_sockets import PeerSocketIndex
 from .protocol.registration import Registrar
 from .release_state import ReleaseStateStore
 from .safety_net import SafetyNet
@@ -89,6 +90,8 @@ class HostServices:
     Allocate answers (`checkpoint_bookings.CheckpointReads`)."""
     held_missing: HeldMissingActions | None = None
     """Told what each resource's held-missing check finds (None: `heldMissing` off)."""
+    peer_sockets: PeerSocketIndex = field(default_factory=PeerSocketIndex)
+    """Every resource's other instances' sockets, one subscription per socket directory."""
     cdi_dirs: Callable[[], SpecDirRecord] | None = None
     """The spec dirs a host on `stateDir` wrote CDI spec files in (`cdi_dirs`, made at the
     first call: by the first resource with `allocate.cdi`); None: each writer's own alone."""

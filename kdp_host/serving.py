@@ -132,12 +132,13 @@ class ServingLoop:
         subscription = self._services.watcher.subscribe(
             self._serve_dir, self._on_socket_dir_event, names=(KUBELET_SOCKET, self.endpoint)
         )
-        peers = []
-        if self._peers.followed:  # (every entry made or removed: the callback filters)
-            watcher, other = self._services.watcher, self._peers.other_dir
-            peers.append(watcher.subscribe(self._serve_dir, self._peers.changed, entries=True))
+        peers: list[Callable[[], None]] = []
+        if (prefix := self._peers.prefix) is not None:  # (the entries of its name's instances)
+            index, watcher = self._services.peer_sockets, self._services.watcher
+            other = self._peers.other_dir
+            peers.append(index.follow(watcher, self._serve_dir, prefix, self._peers.changed))
             if other is not None and other != self._serve_dir and os.path.isdir(other):
-                peers.append(watcher.subscribe(other, self._peers.seen, entries=True))
+                peers.append(index.follow(watcher, other, prefix, self._peers.seen))
         poller = self._services.pod_resources
         stop_absent = None if poller is None else poller.subscribe_allocatable(self._allocatable)
         wait = self._services.registry_wait
@@ -175,8 +176,8 @@ class ServingLoop:
         finally:
             leave_net()
             subscription.cancel()
-            for subscription in peers:
-                subscription.cancel()
+            for stop_following in peers:
+                stop_following()
             if stop_absent is not None:
                 stop_absent()
             self.status.mark(serving=False, registered=False)

@@ -13,8 +13,9 @@ import pytest
 from kdp_host.api.v1beta1 import DevicePluginOptions
 from kdp_host.endpoint import socket_name
 from kdp_host.kubelet_absent import AbsentCheck
-from kdp_host.peer_sockets import PeerSockets
+from kdp_host.peer_sockets import PeerSocketIndex, PeerSockets
 from kdp_host.protocol.registration import Registrar
+from kdp_host.testing import ManualWatcher
 
 from .conftest import wait_until
 from .kubelet_harness import RealKubelet
@@ -277,6 +278,31 @@ async def test_only_sockets_of_the_same_resource_and_another_instance_count(
         tracker.changed(name)
     tracker.changed(None)
     assert tracker.due() == (None, None) and not tracker.wake.is_set()
+
+
+def test_a_socket_directorys_events_reach_only_the_resource_they_name(tmp_path: Path) -> None:
+    """One subscription per directory for every resource; an event goes to the resource its
+    socket's name belongs to (a start of 100 resources made one call per resource each)."""
+    watcher, index = ManualWatcher(), PeerSocketIndex()
+    heard: dict[str, list[str]] = {}
+    stops = {}
+    for resource in ("s.example/a", "s.example/b"):
+        prefix = PeerSockets(
+            resource, socket_name(resource, "mine", str(tmp_path)), str(tmp_path), asyncio.Event()
+        ).prefix
+        assert prefix is not None
+        heard[resource] = []
+        stops[resource] = index.follow(watcher, str(tmp_path), prefix, heard[resource].append)
+    assert len(watcher.directories) == 1
+    a_peer = socket_name("s.example/a", "old", str(tmp_path))
+    for name in (a_peer, "kubelet.sock", "kdp-s.example_s.sock", None):
+        watcher.change(str(tmp_path), name)
+    assert heard == {"s.example/a": [a_peer], "s.example/b": []}
+    stops["s.example/a"]()
+    watcher.change(str(tmp_path), a_peer)
+    assert heard["s.example/a"] == [a_peer]
+    stops["s.example/b"]()
+    assert watcher.directories == set()
 
 
 async def test_another_instances_socket_made_or_gone_is_the_kubelet_switching(

@@ -280,26 +280,27 @@ async def test_only_sockets_of_the_same_resource_and_another_instance_count(
     assert tracker.due() == (None, None) and not tracker.wake.is_set()
 
 
-def test_a_socket_directorys_events_reach_only_the_resource_they_name(tmp_path: Path) -> None:
+def test_a_socket_directorys_events_reach_only_the_resource_they_name() -> None:
     """One subscription per directory for every resource; an event goes to the resource its
     socket's name belongs to (a start of 100 resources made one call per resource each)."""
+    directory = "/run/kdp-test"  # (short: readable socket names; nothing is made there)
     watcher, index = ManualWatcher(), PeerSocketIndex()
     heard: dict[str, list[str]] = {}
     stops = {}
     for resource in ("s.example/a", "s.example/b"):
         prefix = PeerSockets(
-            resource, socket_name(resource, "mine", str(tmp_path)), str(tmp_path), asyncio.Event()
+            resource, socket_name(resource, "mine", directory), directory, asyncio.Event()
         ).prefix
         assert prefix is not None
         heard[resource] = []
-        stops[resource] = index.follow(watcher, str(tmp_path), prefix, heard[resource].append)
+        stops[resource] = index.follow(watcher, directory, prefix, heard[resource].append)
     assert len(watcher.directories) == 1
-    a_peer = socket_name("s.example/a", "old", str(tmp_path))
+    a_peer = socket_name("s.example/a", "old", directory)
     for name in (a_peer, "kubelet.sock", "kdp-s.example_s.sock", None):
-        watcher.change(str(tmp_path), name)
+        watcher.change(directory, name)
     assert heard == {"s.example/a": [a_peer], "s.example/b": []}
     stops["s.example/a"]()
-    watcher.change(str(tmp_path), a_peer)
+    watcher.change(directory, a_peer)
     assert heard["s.example/a"] == [a_peer]
     stops["s.example/b"]()
     assert watcher.directories == set()

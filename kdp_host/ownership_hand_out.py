@@ -162,18 +162,28 @@ class HandingOut(AdmissionGate):
         limit, or when the read does not end within `HANDED_TIMEOUT`."""
         whole, bounded = self._arrivals.left_to_net(mounted)
         followed = tuple(d for d in mounted if d not in whole)
-        found, more = await self._read_below(followed, whole, mounted)
+        found, more, keys = await self._read_below(followed, whole, mounted)
         if more and bounded:
             raise Unresolvable(
                 f"{', '.join(bounded)}: its tree is not followed in full "
                 f"(mount_tree_unfollowed) and holds more than {RESCAN_LIMIT:,} entries: what "
                 "is below it is not known"
             )
+        # Only what a device owns or a booking holds can be another's: those of what was
+        # found (`keys`, made with a kept read) are asked for, not every entry (a library
+        # directory's 128 entries at every Allocate: issue 19).
+        if keys is None:
+            keys = frozenset(key for key, _ in found)
+        held = _among(keys, self._exclusive) | _among(keys, self._ledger.booked)
+        if not held:
+            return
         mine = self._mine(resource, ids)
+        if all(self._other_holder(key, resource, mine) is None for key in held):
+            return  # (the answer's own: its mount booked, say)
         foreign = [
             (key, path, owner)
             for key, path in found
-            if (owner := self._other_holder(key, resource, mine)) is not None
+            if key in held and (owner := self._other_holder(key, resource, mine)) is not None
         ]
         if not foreign:
             return
@@ -199,15 +209,16 @@ class HandingOut(AdmissionGate):
 
     async def _read_below(
         self, followed: tuple[str, ...], whole: list[str], mounted: list[str]
-    ) -> tuple[Found, bool]:
+    ) -> tuple[Found, bool, frozenset[ClaimKey] | None]:
         """`_read_inside`, the read of `followed` kept (`KeptReads`): a kept read of
         directories on local file systems (`MountMap.local`: no server to wait for) is
-        checked on the loop, with no thread hop; any other off it."""
+        checked on the loop, with no thread hop; any other off it. With what was found, and
+        its identities when a kept read is all of it (`KnownRead.keys`)."""
         reads = self._reads_kept
         known = reads.get(followed)
         if known is not None and known.local and not whole:
             if known.holds(time.monotonic()):
-                return known.answer[0], False
+                return known.answer[0], False, known.keys
             known = None
         since = reads.generation
         work = functools.partial(_read_inside, followed, whole, known)
@@ -217,7 +228,7 @@ class HandingOut(AdmissionGate):
             local = self._within.mounts.local
             kept = dataclasses.replace(kept, local=all(local(p) for p, _ in kept.listed))
         reads.keep(followed, kept, since)
-        return answer
+        return answer[0], answer[1], kept.keys if kept is not None and not whole else None
 
     async def _not_linked_in(
         self, resource: str, ids: Iterable[str], reached: Mapping[str, Reached | None]
@@ -320,6 +331,14 @@ class HandingOut(AdmissionGate):
                 found.setdefault(path, key)
                 found.setdefault(real, key)  # (the device's host path: `canonical`)
         return found
+
+
+def _among(keys: frozenset[ClaimKey], held: Mapping[ClaimKey, object]) -> frozenset[ClaimKey]:
+    """The keys of `keys` that `held` has, walking the smaller of the two (the host's claims
+    may be many; the entries found below a mount may be too)."""
+    if len(held) <= len(keys):
+        return keys.intersection(held)
+    return frozenset(key for key in keys if key in held)
 
 
 def _read_inside(

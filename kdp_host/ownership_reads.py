@@ -126,6 +126,9 @@ class KnownRead:
     local: bool = False
     """Every listed directory is on a local file system (`MountMap.local`): `holds` may
     run on the loop."""
+    keys: frozenset[ClaimKey] = frozenset()
+    """What the answer found, once (made off the loop with the read): an Allocate asks
+    which of them another device owns by a look-up per claim held, not per entry."""
 
     def holds(self, now: float) -> bool:
         """Whether a read again now would find the same (its directories' lstat: off the
@@ -163,7 +166,8 @@ def read_or_recall(
     ):
         return answer, None
     signatures = tuple((path, _signature(st)) for path, st in listed if st is not None)
-    return answer, KnownRead(answer, signatures, now)
+    keys = frozenset(key for key, _ in answer[0])
+    return answer, KnownRead(answer, signatures, now, keys=keys)
 
 
 def tops(paths: Iterable[str]) -> list[str]:

@@ -4,6 +4,7 @@ safety net, the shared bookings' check)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 DirSignature = tuple[int, int, int]
 
@@ -20,3 +21,9 @@ def dir_signature(directory: str) -> DirSignature | None:
 
 def dir_signatures(directories: list[str]) -> list[DirSignature | None]:
     return [dir_signature(d) for d in directories]
+
+
+def inode_in(signatures: Mapping[str, DirSignature | None], directory: str) -> int | None:
+    """The inode of `directory` as `signatures` have it (None: not there, or no signature)."""
+    signature = signatures.get(directory)
+    return None if signature is None else signature[0]

@@ -47,7 +47,7 @@ from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT, Arrivals
 from .ownership_batches import Resolution
 from .ownership_claims import NOTHING, PLACE, SYSFS, ClaimKey, Owner, Reached, Unresolvable, missing
 from .ownership_gate import AdmissionGate
-from .ownership_reads import Found, KnownRead, arrived, linked_below, read_or_recall
+from .ownership_reads import Found, KnownRead, arrived, held_among, linked_below, read_or_recall
 from .ownership_resolve import reached_only
 from .rules import below
 
@@ -169,24 +169,14 @@ class HandingOut(AdmissionGate):
                 f"(mount_tree_unfollowed) and holds more than {RESCAN_LIMIT:,} entries: what "
                 "is below it is not known"
             )
-        # Only what a device owns or a booking holds can be another's: those of what was
-        # found (`keys`, made with a kept read) are asked for, not every entry (a library
-        # directory's 128 entries at every Allocate: issue 19).
-        if keys is None:
-            keys = frozenset(key for key, _ in found)
-        held = _among(keys, self._exclusive) | _among(keys, self._ledger.booked)
-        if not held:
-            return
+        # (by claim held, not by entry: a library's 128 entries at every Allocate, issue 19)
+        keys = frozenset(key for key, _ in found) if keys is None else keys
+        held = held_among(keys, self._exclusive) | held_among(keys, self._ledger.booked)
         mine = self._mine(resource, ids)
-        if all(self._other_holder(key, resource, mine) is None for key in held):
+        owners = {k: o for k in held if (o := self._other_holder(k, resource, mine)) is not None}
+        if not owners:
             return  # (the answer's own: its mount booked, say)
-        foreign = [
-            (key, path, owner)
-            for key, path in found
-            if key in held and (owner := self._other_holder(key, resource, mine)) is not None
-        ]
-        if not foreign:
-            return
+        foreign = [(key, path, owners[key]) for key, path in found if key in owners]
         self._arrived([(key, path) for key, path, _ in foreign])
         _, path, owner = foreign[0]
         raise PlaceOwned(
@@ -331,14 +321,6 @@ class HandingOut(AdmissionGate):
                 found.setdefault(path, key)
                 found.setdefault(real, key)  # (the device's host path: `canonical`)
         return found
-
-
-def _among(keys: frozenset[ClaimKey], held: Mapping[ClaimKey, object]) -> frozenset[ClaimKey]:
-    """The keys of `keys` that `held` has, walking the smaller of the two (the host's claims
-    may be many; the entries found below a mount may be too)."""
-    if len(held) <= len(keys):
-        return keys.intersection(held)
-    return frozenset(key for key in keys if key in held)
 
 
 def _read_inside(

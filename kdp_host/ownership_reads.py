@@ -144,6 +144,14 @@ class KnownRead:
         return True
 
 
+def held_among(keys: frozenset[ClaimKey], held: Mapping[ClaimKey, object]) -> frozenset[ClaimKey]:
+    """The keys of `keys` (`KnownRead.keys`) that `held` has (the claims owned, booked),
+    walking the smaller of the two: the host's claims may be many, a read's entries too."""
+    if len(held) <= len(keys):
+        return keys.intersection(held)
+    return frozenset(key for key in keys if key in held)
+
+
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 

@@ -93,6 +93,14 @@ class Watching(BookingAllocations):
         self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
         self._reads_kept.following_mounts = self._keeps
 
+    def local(self, directories: Collection[str]) -> bool:
+        """Whether a lookup in each of these real directories waits on nothing but this
+        machine: the mount table is followed (a mount made over one is known at once) and
+        shows only local file systems on the way (`MountMap.local`). A driver then looks
+        at a path named there on the loop (`DriverDeps.local`)."""
+        local = self._within.mounts.local
+        return self._keeps and all(local(directory) for directory in directories)
+
     def _mounts_changed(self) -> None:
         """A watcher callback: the mount table changed: forget everything kept and recheck
         every claim, as after an overflow, each at its places now. Where a mount was made

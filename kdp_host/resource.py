@@ -167,6 +167,7 @@ class ResourceRuntime:
             offload=services.offload,
             commands=services.commands,
             safety_net=services.safety_net,
+            local=services.ownership.local,
         )
         driver = services.drivers(self.config.driver, deps)
         cdi = self.config.allocate.cdi

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .devices import Device
@@ -170,6 +170,7 @@ def driver_deps(
     files: FileReader | None = None,
     offload: Offload | None = None,
     safety_net: SafetyNet | None = None,
+    local: Callable[[Collection[str]], bool] | None = None,
 ) -> DriverDeps:
     """DriverDeps for a test: a ManualWatcher and a ManualClock unless given."""
     return DriverDeps(
@@ -179,6 +180,7 @@ def driver_deps(
         files=files or FileReader(),
         offload=offload or DaemonThreads(),
         safety_net=safety_net,
+        local=local,
     )
 
 

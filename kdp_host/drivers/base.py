@@ -12,7 +12,7 @@ tests can hand it fakes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -101,6 +101,10 @@ class DriverDeps:
     safety_net: SafetyNet | None = None
     """The host's one periodic-check timer, shared by the resources of a host (None: the
     driver makes its own, on `offload`)."""
+    local: Callable[[Collection[str]], bool] | None = None
+    """Whether a lookup in each of these real directories waits on nothing but this
+    machine, as the mount table followed now says (`OwnershipIndex.local`): a scan of named
+    paths there may run on the loop (`scanner.LoopScanner`). None: every scan off it."""
 
 
 class Driver(Protocol):

@@ -30,7 +30,7 @@ from ..config import GlobDriverConfig, render_template
 from ..device_changes import Derived
 from ..devices import Device, DeviceNode
 from ..files import FileReader
-from ..identity import PathReach
+from ..identity import NOTHING, PathReach, own_reach
 from .base import DriverDeps, Skipped
 from .glob_cache import MatchCache, leaf_pattern
 from .glob_delta import Delta
@@ -76,13 +76,15 @@ Looked = Found | DeviceIdentity | Skipped | None
 path is its own real path, the common case: one object less per path), skipped, or nothing."""
 
 
-def look_at(matched: str, real_dirs: dict[str, str]) -> tuple[Looked, str | None, bool]:
+def look_at(
+    matched: str, real_dirs: dict[str, str], *, follow: bool = True
+) -> tuple[Looked, str | None, bool]:
     """What a matched path is (for `MatchCache.lookup`): a device, skipped (a bad name stays
     bad; a dangling link may not), or nothing (a directory, gone; kept unless a link to a
-    directory)."""
+    directory). Without `follow`, a link is skipped as `NOT_FOLLOWED` (`examine`)."""
     if why := name_problem(matched):
         return Skipped("bad_name", printable_path(matched), why), None, True
-    found = examine(matched, real_dirs)
+    found = examine(matched, real_dirs, follow=follow)
     if isinstance(found, Found):
         if found.real_path == matched and found.link_dir is None:
             return found.identity, matched, True
@@ -128,40 +130,66 @@ class GlobScan:
         """Whether scans by `_delta` ran since the cache learnt (its next scan looks at all)."""
 
     def scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
-        delta = self._delta
-        self._delta = None  # (kept again below if it answers: a scan that raises drops it)
-        if delta is not None and changed is not None:
-            unreadable: set[str] = set()
-            for pattern in self.config.paths:
-                watch_pattern(pattern, dirs, self._dir_readable, unreadable)
-            for parent in self._link_parents:
-                dirs.watch(parent)
-            counted = dirs.guard.matched
-            if not unreadable:  # (else the full look notes it)
-                real_dirs: dict[str, str] = {}
-                change = delta.scan(
-                    changed,
-                    dirs.guard,
-                    lambda path: look_at(path, real_dirs)[0],
-                    self._ids,
-                    lambda device_id, matched, host_path: self._device(
-                        device_id, matched, host_path, listed.devices, {}
-                    ),
-                    listed.devices,
-                )
-                if change is not None:
-                    self._delta, self._cache_behind = delta, True
-                    self._held = delta.held
-                    return ScanResult(
-                        change.devices,
-                        change.skipped,
-                        notices=scan_notices(bool(change.devices), self.config.paths, set()),
-                        reached=change.reached,
-                    )
-            dirs.guard.matched = counted  # (the full look counts its paths again)
+        if changed is not None and (named := self._named(listed, dirs, changed)) is not None:
+            return named
         if self._cache_behind:
             changed, self._cache_behind = None, False
         return self._scan(listed, dirs, changed)
+
+    def named_on_loop(self) -> bool:
+        return self._delta is not None
+
+    def scan_on_loop(
+        self, listed: Listed, dirs: DirWatch, changed: frozenset[str]
+    ) -> ScanResult | None:
+        return self._named(listed, dirs, changed, follow=False)
+
+    def _named(
+        self, listed: Listed, dirs: DirWatch, changed: frozenset[str], *, follow: bool = True
+    ) -> ScanResult | None:
+        """The answer after the `changed` paths, by the `Delta` of the last one (None: the
+        full look must answer). Without `follow`, a named path that is a link is not
+        followed (its target may lie anywhere: the full look, off the loop, answers)."""
+        delta = self._delta
+        if delta is None:
+            return None
+        self._delta = None  # (kept again below if it answers: a scan that raises drops it)
+        unreadable: set[str] = set()
+        for pattern in self.config.paths:
+            watch_pattern(pattern, dirs, self._dir_readable, unreadable)
+        for parent in self._link_parents:
+            dirs.watch(parent)
+        counted = dirs.guard.matched
+        if not unreadable:  # (else the full look notes it)
+            real_dirs: dict[str, str] = {}
+            change = delta.scan(
+                changed,
+                dirs.guard,
+                lambda path: look_at(path, real_dirs, follow=follow)[0],
+                self._ids,
+                lambda device_id, matched, host_path: self._device(
+                    device_id, matched, host_path, listed.devices, {}
+                ),
+                listed.devices,
+            )
+            if change is not None:
+                self._delta, self._cache_behind = delta, True
+                self._held = delta.held
+                reached = change.reached
+                for path in changed - reached.keys():  # (the index asks what is there now)
+                    found = own_reach(path, real_dirs)
+                    if found is not None and found[0][0] == NOTHING:
+                        reached[path] = found
+                return ScanResult(
+                    change.devices,
+                    change.skipped,
+                    notices=scan_notices(bool(change.devices), self.config.paths, set()),
+                    reached=reached,
+                )
+        dirs.guard.matched = counted  # (the full look counts its paths again)
+        if not follow:
+            self._delta = delta  # (the full look off the loop answers, from it as before)
+        return None
 
     def _scan(self, listed: Listed, dirs: DirWatch, changed: frozenset[str] | None) -> ScanResult:
         config = self.config

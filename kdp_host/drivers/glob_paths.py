@@ -31,6 +31,9 @@ from .glob_walk import glob_paths
 from .scanner import ScanGuard
 
 _HASH_SUFFIX = re.compile(r"-[0-9a-f]{10}\Z")
+NOT_FOLLOWED = "not_followed"
+"""What `examine` without `follow` answers for a symlink (never reported: a scan on the loop
+that meets one leaves the answer to the full look off the loop)."""
 
 DeviceIdentity = Identity
 """('c' or 'b', st_rdev) for device nodes, ('f' or 'o', inode) for anything else."""
@@ -220,13 +223,14 @@ def canonical_path(paths: Sequence[tuple[str, str]]) -> str:
     return min(real for _matched, real in paths)
 
 
-def examine(path: str, real_dirs: dict[str, str]) -> Found | Skipped | None:
+def examine(path: str, real_dirs: dict[str, str], *, follow: bool = True) -> Found | Skipped | None:
     """What a matched path is: a device, a skipped path (with why), or None (a directory, or
     gone since the glob).
 
     One lstat for a plain path: its real path is its directory's real path (cached in
     `real_dirs` for one scan) joined with its name; a symlink must lead to an existing
-    non-directory.
+    non-directory. Without `follow`, a symlink is `NOT_FOLLOWED` (a scan on the event loop
+    looks no further than the directories it knows to be local).
     """
     try:
         st = os.lstat(path)
@@ -235,6 +239,8 @@ def examine(path: str, real_dirs: dict[str, str]) -> Found | Skipped | None:
     link_dir = None
     try:
         if stat.S_ISLNK(st.st_mode):
+            if not follow:
+                return Skipped(NOT_FOLLOWED, printable_path(path), "a symlink, not followed here")
             real_path = resolve(path)
             try:
                 st = os.stat(path)

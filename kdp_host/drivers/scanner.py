@@ -5,10 +5,11 @@ began (`Changes`), and the loop's settings."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from .. import rules
 from ..devices import Device
@@ -136,6 +137,26 @@ class Scanner(Protocol):
         ...
 
 
+@runtime_checkable
+class LoopScanner(Protocol):
+    """A scanner that can take in what the watcher named on the event loop: a look at the
+    named paths alone, no thread hop (a hot-plug; issue 19)."""
+
+    def named_on_loop(self) -> bool:
+        """Whether its last answer is one that a look at named paths can update."""
+        ...
+
+    def scan_on_loop(
+        self, listed: Listed, dirs: DirWatch, changed: frozenset[str]
+    ) -> ScanResult | None:
+        """`scan` told `changed`, on the event loop: an lstat of each named path and the
+        real path of its directory, no link followed; None where it cannot answer so (a
+        link, a path its last answer does not cover: the scan off the loop answers). Run
+        only where every watched directory waits on nothing but this machine
+        (`DriverDeps.local`). Raises DriverError or OSError."""
+        ...
+
+
 class Changes:
     """What the watcher named since the last scan began, added on the loop and taken by the
     scan's thread as it begins to read: a change named before a scan begins is one that scan
@@ -199,6 +220,61 @@ class Changes:
             for path in [p for p, at in names.items() if read_at.get(p, -1) >= at]:
                 del names[path]
             return not names
+
+
+def on_loop(
+    scanner: Scanner, local: Callable[[Collection[str]], bool] | None, watched: frozenset[str]
+) -> bool:
+    """Whether `scanner` may look at what the watcher named on the loop: a `LoopScanner`
+    whose last answer such a look can update, every watched directory local (`local`:
+    `DriverDeps.local`, no lookup there can hang)."""
+    return (
+        local is not None
+        and bool(watched)
+        and isinstance(scanner, LoopScanner)
+        and scanner.named_on_loop()
+        and local(watched)
+    )
+
+
+def scan_on_loop(
+    scanner: Scanner, listed: Listed, watched: frozenset[str], guard: ScanGuard, changes: Changes
+) -> tuple[frozenset[str] | None, tuple[ScanResult, DirWatch] | None]:
+    """A look at what the watcher named, on the loop (`LoopScanner.scan_on_loop`, where
+    `on_loop`), with no thread hop: a hot-plug's lstat or two (issue 19). What it took
+    (None: everything, not looked at here) and its answer with its `DirWatch`; no answer
+    leaves what it took to the scan off the loop. Raises DriverError."""
+    assert isinstance(scanner, LoopScanner)
+    changed = changes.take(True)
+    if changed is None:
+        return None, None
+    dirs = DirWatch(watched, guard, changes.now)
+    try:
+        result = scanner.scan_on_loop(listed, dirs, changed)
+    except OSError as exc:
+        changes.forget()
+        raise DriverError("io", f"scan failed: {exc}") from None
+    except DriverError:
+        changes.forget()
+        raise
+    return changed, None if result is None else (result, dirs)
+
+
+async def wait_for_change(
+    wake: asyncio.Event, next_expiry: float | None, clock: Callable[[], float]
+) -> bool:
+    """Wait for a wake-up (a watched change, the safety net) or the next grace expiry,
+    whichever comes first: True when woken, also by a wake-up set in the turn the expiry's
+    timeout fired (the loop clears the event next: "not woken" would lose it)."""
+    if next_expiry is None:
+        await wake.wait()
+        return True
+    try:
+        async with asyncio.timeout(max(0.0, next_expiry - clock())):
+            await wake.wait()
+    except TimeoutError:
+        return wake.is_set()
+    return True
 
 
 SCAN_SPACING = 0.02

@@ -42,11 +42,11 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Generic, TypeVar
 
 from ..devices import Device
-from ..dir_signature import DirSignature, dir_signature
+from ..dir_signature import DirSignature, dir_signature, inode_in
 from ..safety_net import SafetyNet
 from ..turns import TURN_BUDGET, Pace, in_turns
 from ..watch import Subscription
@@ -62,6 +62,9 @@ from .scanner import (
     Scanner,
     ScanResult,
     ScanSettings,
+    on_loop,
+    scan_on_loop,
+    wait_for_change,
 )
 
 FAILURE_THRESHOLD = 3
@@ -140,9 +143,15 @@ class ScanLoop(Generic[S]):
     async def scan_once(self, *, incremental: bool = False) -> ScanResult:
         """One scan off the loop, bounded by the scan timeout; a scan still stuck from last
         time is waited for again rather than started twice. With `incremental`, the scanner
-        is told which paths the watcher named since the last scan. Raises DriverError."""
-        timeout = self.settings.scan_timeout
-        waited = ""
+        is told which paths the watcher named since the last scan, looked at on the loop
+        where it can (`scanner.on_loop`). Raises DriverError."""
+        timeout, waited = self.settings.scan_timeout, ""
+        taken: frozenset[str] | None = frozenset()
+        local, watched = self._deps.local, self._watched
+        if incremental and self._pending is None and on_loop(self.scanner, local, watched):
+            taken, answer = self._scan_on_loop()
+            if answer is not None:
+                return answer
         if self._pending is not None and self._pending.done() and self._guard.abandoned:
             # A scan abandoned at its timeout that has stopped since: its outcome is stale.
             if not self._pending.cancelled():
@@ -152,9 +161,8 @@ class ScanLoop(Generic[S]):
         if self._pending is None:
             listed, watched = self.tracker.listed, self._watched
             guard = self._guard = ScanGuard(self.settings.max_matched_paths)
-            self._pending = asyncio.ensure_future(
-                self._deps.offload.run(lambda: self._scan_sync(listed, watched, incremental, guard))
-            )
+            work = functools.partial(self._scan_sync, listed, watched, incremental, guard, taken)
+            self._pending = asyncio.ensure_future(self._deps.offload.run(work))
             self._pending_since = self._deps.clock()
         else:
             self._changes.forget()  # what the stuck scan saw is unknown: look at all next time
@@ -196,10 +204,25 @@ class ScanLoop(Generic[S]):
         watched: frozenset[str],
         incremental: bool,
         guard: ScanGuard,
+        taken: frozenset[str] | None = frozenset(),  # (left by a look on the loop)
     ) -> tuple[ScanResult, DirWatch, bool]:
         changed = self._changes.take(incremental)  # (as late as can be: see Changes)
+        changed = None if changed is None or taken is None else changed | taken
         dirs = DirWatch(watched, guard, self._changes.now)
         return self.scanner.scan(listed, dirs, changed), dirs, changed is None
+
+    def _scan_on_loop(self) -> tuple[frozenset[str] | None, ScanResult | None]:
+        """`scanner.scan_on_loop`, its answer taken in (None: what it took is left to the
+        scan off the loop). Raises DriverError."""
+        guard = self._guard = ScanGuard(self.settings.max_matched_paths)
+        changes, listed = self._changes, self.tracker.listed
+        taken, answer = scan_on_loop(self.scanner, listed, self._watched, guard, changes)
+        if answer is not None:
+            dirs = answer[1]
+            self._wanted, self._signed = frozenset(dirs.wanted), dirs.signatures
+            if changes.settle(dirs.read_at):
+                self._wake.clear()
+        return taken, None if answer is None else answer[0]
 
     def unchanged_since_scan(self) -> bool:
         """Whether no watched directory changed since the last scan that looked at
@@ -260,7 +283,9 @@ class ScanLoop(Generic[S]):
         if signed is not before:  # (a scan since: what it signed)
             self._subscribed_as = signed
             moved = [
-                d for d in subscriptions.keys() & wanted if _inode(before, d) != _inode(signed, d)
+                d
+                for d in subscriptions.keys() & wanted
+                if inode_in(before, d) != inode_in(signed, d)
             ]
             if moved:
                 self._deps.watcher.rewatch(moved)
@@ -371,25 +396,3 @@ class ScanLoop(Generic[S]):
             return  # the loop will look again and publish soon anyway
         # Nothing changed and no grace period runs: the merge would give the same list.
         notifier.update(self.tracker.listed.devices, last.skipped)
-
-
-async def wait_for_change(
-    wake: asyncio.Event, next_expiry: float | None, clock: Callable[[], float]
-) -> bool:
-    """Wait for a wake-up (a watched change, the safety net) or the next grace expiry,
-    whichever comes first: True when woken, also by a wake-up set in the turn the expiry's
-    timeout fired (the loop clears the event next: "not woken" would lose it)."""
-    if next_expiry is None:
-        await wake.wait()
-        return True
-    try:
-        async with asyncio.timeout(max(0.0, next_expiry - clock())):
-            await wake.wait()
-    except TimeoutError:
-        return wake.is_set()
-    return True
-
-
-def _inode(signatures: Mapping[str, DirSignature | None], directory: str) -> int | None:
-    signature = signatures.get(directory)
-    return None if signature is None else signature[0]

@@ -70,6 +70,15 @@ class BookedClaims:
         Allocate handed it out) -> the bookings that hold it: the place a pod's answer
         names stays that pod's, whatever is found there later (`place_conflict`)."""
         self.tree_nodes: TreeNodes = not_known  # (see `number_unknown`)
+        self.own: dict[ClaimKey, int] = {}
+        """Claim of a booked device's own (`Booking.claims`: what it reached when the
+        Allocate was answered) -> how many bookings hold it: the nodes a booking holds for
+        `number_unknown`. Not a place: a path of the kubelet's checkpoint is resolved when
+        read, and nodes may have moved while kdp-host was down (hostile19 F2)."""
+        self.unheld: list[ClaimKey] = []
+        """Claims of `own` whose last booking ended while a number was not known: a device
+        reaching one passed `number_unknown` for it, and is examined again
+        (`AdmissionGate._examine_unheld` takes them)."""
         self.mounted: dict[str, Counted] = {}
         """Real path of a directory a booking holds mounted (its device's, or a place) ->
         those bookings: a tree a pod has, followed as a claimed directory's is
@@ -150,8 +159,9 @@ class BookedClaims:
     ) -> tuple[Owner, str] | None:
         """A booking of another ID of `resource`, or of any `served` resource, whose node was
         gone at start, its device number not known (`Booking.number_unknown`), while the
-        device reaches a device node no booking holds (that path: `reaching_node`, a node or
-        a directory whose tree may hold one, `tree_nodes`): the kernel may have given the
+        device reaches a device node no booking holds as its device's own (`own`; that path:
+        `reaching_node`, a node or a directory whose tree may hold one, `tree_nodes`): the
+        kernel may have given the
         gone node's number to it, under any resource's name, and the pod's container reaches
         the device by that number (hostile9 H2, hostile10 F3, F7)."""
         if not self.unknown:
@@ -159,7 +169,7 @@ class BookedClaims:
         served = self.served
         unknown = [o for name, owned in self.unknown.items() if name == resource or name in served
                    for o in owned]  # fmt: skip
-        path = reaching_node(claims, self.booked, self.tree_nodes) if unknown else None
+        path = reaching_node(claims, self.own, self.tree_nodes) if unknown else None
         if path is None:
             return None
         return self._first_other(resource, device_id, replicas, [(path, unknown)])

@@ -262,6 +262,10 @@ class Ledger(BookedClaims):
         for key, _, real in booking.claims:
             if key[0] != SYSFS:
                 _count(self.spots, real, owner, step)
+            if (left := self.own.get(key, 0) + step) > 0:
+                self.own[key] = left
+            elif self.own.pop(key, None) is not None and self.unknown:
+                self.unheld.append(key)  # (a device reaching it may have the unknown number)
         if booking.number_unknown:
             _count(self.unknown, owner.resource, owner, step)
 

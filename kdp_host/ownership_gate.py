@@ -207,6 +207,8 @@ class AdmissionGate(Resolving):
     def _drain(self) -> None:
         """Admit again the resources that wait (for a released claim, or for the admission
         that ran): one at a time, never nested (a publish that releases more only queues)."""
+        if self._ledger.unheld:
+            self._examine_unheld()
         if self._draining:
             return
         self._draining = True
@@ -247,12 +249,39 @@ class AdmissionGate(Resolving):
         if not ledger.expire(asked_at, after, held):
             return False
         self._handover.ended(ledger.ended, self._resources.values())
+        self._examine_unheld()
         for name in {owner.resource for owner in before - ledger.bookings.keys()}:
             state = self._resources.get(name)
             if state is not None and not state.plain:
                 state.settled = False
                 self._pending[name] = None
         return True
+
+    def _examine_unheld(self) -> None:
+        """The nodes whose last booking ended while a number is not known (`Ledger.unheld`,
+        taken): the advertised devices that make them passed that rule for them (a booking
+        held them: `ownership_unknown`) and are examined again, each claimed anew (`stale`;
+        a resource that is not `plain` in full). In O(what those bookings held): an
+        unchanged list examines only what is held or stale (`Admission._admit`), and the
+        device would stay advertised with the number a pod's container may reach
+        (hostile19 F2)."""
+        ledger = self._ledger
+        keys, ledger.unheld = ledger.unheld, []
+        if not ledger.unknown:
+            return
+        for key in keys:
+            if key in ledger.own:  # (booked again meanwhile: an Allocate replaced it)
+                continue
+            exclusive = self._exclusive.get(key)
+            for owner in (*(() if exclusive is None else (exclusive,)), *self._shared.get(key, ())):
+                state = self._resources.get(owner.resource)
+                if state is None or owner.device not in state.owned or state.publish is None:
+                    continue  # (a lingering claim: no device advertised with it)
+                if state.plain and owner.device in state.admitted_from:
+                    state.stale.add(owner.device)
+                else:
+                    state.settled = False
+                self._pending[owner.resource] = None
 
     def _changed(self, state: ResourceState) -> None:
         if state.log is not None:  # (as the reporter logs a list it gave)

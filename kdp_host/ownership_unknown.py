@@ -5,7 +5,10 @@ pod was handed by path (`kubelet_checkpoint`); a node gone at start leaves its d
 unknown (`Booking.number_unknown`), and the kernel may give that number to any node plugged
 since, under any served resource's name: the pod's container reaches that device by it. So
 while such a booking lives (PodResources shows its pod), every device that reaches a device
-node no booking holds is held (`NUMBER_UNKNOWN`, `Ledger.number_unknown`): a node itself, a
+node no booking holds as its device's own (`BookedClaims.own`: a path of the checkpoint,
+resolved at start, names what is there now, not what the pod was handed: hostile19 F2) is
+held (`NUMBER_UNKNOWN`, `Ledger.number_unknown`), also one that reached a node whose last
+booking ends meanwhile (examined again: `AdmissionGate._examine_unheld`): a node itself, a
 directory whose tree holds a node (a mount of it puts the node into the container: hostile10
 F7), and a directory whose tree is not known to hold none (not read yet, too big to follow,
 not followed at all): fail closed. What a tree holds is the mounted trees' follower's
@@ -37,7 +40,8 @@ def not_known(_directory: str) -> bool:
 
 def reaching_node(claims: Claims, booked: Container[ClaimKey], tree_nodes: TreeNodes) -> str | None:
     """The host path of the first claim through which a device reaches a device node no
-    booking holds (`booked`): a node, or a directory that may hold one (`tree_nodes`)."""
+    booking holds as its device's own (`booked`): a node, or a directory that may hold one
+    (`tree_nodes`)."""
     for key, path, real in claims.all():
         if key in booked:
             continue

@@ -10,6 +10,7 @@ to hold none, waits as an unbooked node does, until p1 ends."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -27,6 +28,8 @@ from kdp_host.ownership_unknown import NUMBER_UNKNOWN
 from kdp_host.testing import ManualWatcher
 
 from .conftest import wait_until
+from .fake_nodes import FakeNodes
+from .test_ownership import dev, restarted
 from .test_ownership_moves import R1, R2, Host, mounting
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
@@ -197,3 +200,63 @@ async def test_through_the_kubelet_a_glob_groups_directory_with_a_node_waits(
     assert refused["error"] and not refused["device_ids"], "d is held while p1 runs"
     await kubelet.acall(kubelet.release, "p1")
     await kubelet.await_for(healthy(R2, 2), what="C advertises d once p1 ended")
+
+
+def checkpoint_of(nodes: FakeNodes, *handed: tuple[str, str]) -> list[HandedClaims]:
+    """The kubelet's checkpoint as read at a start: each (ID, node path) of R1 one pod's."""
+    return [
+        HandedClaims(Handed(R1, (kubelet_id,), (path,), nodes=1), (claim_of(path, nodes),))
+        for kubelet_id, path in handed
+    ]
+
+
+async def test_a_stale_checkpoint_entry_whose_path_reaches_another_node_now_holds_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hostile19 F2: the state directory was lost; p1 holds x0 (gone at start: its number is
+    not known), and the checkpoint still lists x1 of pX, which ended. While kdp-host was
+    down the nodes were renamed: x1's path is p1's node now (c 20), x7 is pX's. x1's
+    booking, made from that path now, is a guess: it does not make x1 pass the rule, nor
+    does its end (before: x1 was advertised under the booked ID at once, the kubelet saw it
+    free, and stayed so once pX's booking went: p2 got p1's node)."""
+    caplog.set_level(logging.INFO)
+    nodes = FakeNodes({"/dev/x1": ("c", 20), "/dev/x7": ("c", 21)}, nothing=True)
+    now = [100.0]
+    host, _ = restarted(tmp_path / "state", nodes, now)
+    host.index.serve([R1])
+    host.index.take_handed(checkpoint_of(nodes, ("x0", "/dev/x0"), ("x1", "/dev/x1")))
+    host.publish(R1, dev("x1", "/dev/x1"), dev("x7", "/dev/x7"))
+    assert host.ids(R1) == [], "x1's path may be p1's node now (and x7 may have its number)"
+    assert held(caplog) == {"x1": NUMBER_UNKNOWN, "x7": NUMBER_UNKNOWN}
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"x0": ()}}))  # pX's booking ends
+    assert host.ids(R1) == []
+    host.index.holdings(Holdings(now[0] + 120, 0.0, {}))  # p1 ended
+    assert host.ids(R1) == ["x1", "x7"]
+
+
+async def test_a_booking_that_ends_while_a_number_is_not_known_holds_its_node_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """n1 was booked by an Allocate (its number kept in `ownership.json`), so after a
+    restart that finds p1's n0 gone (its number not known: that booking was lost) n1 is
+    advertised for its pod. When n1's pod ends, no booking holds n1's node: it is examined
+    again and held (its admission re-examines it: an unchanged list only looked at held and
+    stale devices, and n1 stayed advertised with a number p1's container may reach)."""
+    caplog.set_level(logging.INFO)
+    nodes = FakeNodes({"/dev/n1": ("c", 22), "/dev/m0": ("c", 21)}, nothing=True)
+    now = [100.0]
+    first, state = restarted(tmp_path / "state", nodes, now)
+    first.publish(R1, dev("n1", "/dev/n1"))
+    await first.index.book(R1, ["n1"])
+    await asyncio.wait_for(state.flush(), 30)
+    host, _ = restarted(tmp_path / "state", nodes, now)  # n0's booking never reached the file
+    host.index.serve([R1])
+    host.index.take_handed(checkpoint_of(nodes, ("n0", "/dev/n0"), ("n1", "/dev/n1")))
+    host.publish(R1, dev("n1", "/dev/n1"), dev("m0", "/dev/m0"))
+    assert host.ids(R1) == ["n1"], "its booking knows n1's number: held by it"
+    assert held(caplog) == {"m0": NUMBER_UNKNOWN}
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {R1: {"n0": ()}}))  # n1's pod ended
+    assert host.ids(R1) == [], "no booking holds n1's node: it may have n0's number"
+    assert held(caplog)["n1"] == NUMBER_UNKNOWN
+    host.index.holdings(Holdings(now[0] + 120, 0.0, {}))  # p1 ended
+    assert host.ids(R1) == ["m0", "n1"]

@@ -14,8 +14,11 @@ ALLOCATION_RESULTS = ("ok", "invalid", "hook_failed", "unsaved", "checkpoint_unr
 be written to `handed-out.json`; `checkpoint_unreadable`: refused, a read of the kubelet's
 checkpoint it waited for could not use the file, `checkpoint_bookings.CheckpointReads`)."""
 REGISTRATION_RESULTS = ("ok", "refused", "unavailable", "error")
-DriverErrorReason = Literal["timeout", "exit", "parse", "output_too_large", "spawn", "io"]
-"""Every `reason` a driver may count a failed scan or probe under (DriverError's type)."""
+DriverErrorReason = Literal[
+    "timeout", "exit", "parse", "output_too_large", "spawn", "io", "too_many_paths"
+]
+"""Every `reason` a driver may count a failed scan or probe under (`DriverError.reason`; a
+scan `abandoned` past its timeout is never counted)."""
 DRIVER_ERROR_REASONS: tuple[DriverErrorReason, ...] = get_args(DriverErrorReason)
 DRIVER_SKIP_REASONS = (
     "bad_name",

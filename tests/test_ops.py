@@ -524,6 +524,30 @@ def test_metrics_conventions_from_the_first_scrape() -> None:
     assert any(name == "python_info" for name, _ in seen)
 
 
+def test_every_reason_a_driver_fails_with_has_its_series_and_the_readme_counts_them() -> None:
+    """hostile19 F4: `too_many_paths` was counted but not declared, so its series appeared
+    only with the first such failure. Every reason a DriverError is raised with in the
+    drivers is declared (`abandoned` is never counted), and the README's per-resource figure
+    is what a resource starts with."""
+    import re
+
+    from kdp_host.metric_labels import DRIVER_ERROR_REASONS
+
+    drivers = Path(__file__).parent.parent / "kdp_host" / "drivers"
+    raised = {
+        reason
+        for source in drivers.glob("*.py")
+        for reason in re.findall(r'DriverError\(\s*"([a-z_]+)"', source.read_text())
+    }
+    assert raised and raised - {"abandoned"} <= set(DRIVER_ERROR_REASONS)
+    metrics = Metrics(process_collectors=False)
+    metrics.add_resource(FPGA)
+    mine = [k for k in samples(metrics) if ("resource", FPGA) in k[1]]
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    [stated] = re.findall(r"\((\d+) counters and gauges, and the 15 of the scan", readme)
+    assert len(mine) == int(stated)
+
+
 @pytest.mark.parametrize(
     ("mode", "histogram_series_per_resource", "host_histogram_series"),
     [("perResource", 45, 0), ("host", 0, 45), ("off", 0, 0)],

@@ -35,8 +35,8 @@ class DriverError(Exception):
     def __init__(self, reason: str, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.reason = reason
-        """A short label for metrics: timeout, exit, parse, output_too_large, spawn, io,
-        too_many_paths (`ScanGuard`; `abandoned` never reaches a Notifier)."""
+        """A short label for metrics: one of `metric_labels.DRIVER_ERROR_REASONS` (whose
+        series exist at zero), or `abandoned` (`ScanGuard`: never reaches a Notifier)."""
         self.detail = detail
         """More for the log (a command's stderr tail), or empty."""
 

@@ -39,6 +39,7 @@ from .files import Offload
 from .identity import DIRECTORY
 from .logs import EventLogger
 from .metrics import Metrics
+from .ownership_claims import ClaimKey
 from .ownership_reads import FollowedTree as _Tree
 from .ownership_reads import Found as Found
 from .ownership_reads import NodesFound, Read, TreeReads, arrived, remounted, tops
@@ -201,6 +202,10 @@ class Arrivals:
         trees = self._trees
         return all((t := trees.get(d)) is not None and t.read and not t.unfollowed
                    for d in directories)  # fmt: skip
+
+    def tree_nodes(self, directory: str) -> dict[str, ClaimKey]:
+        """The nodes (`LINKED` files too) the reads of its tree found, by path (none: not one)."""
+        return tree.nodes if (tree := self._trees.get(directory)) is not None else {}
 
     async def quiet(self) -> None:
         """Return once what arrived so far was read and handed on."""

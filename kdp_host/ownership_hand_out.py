@@ -17,19 +17,18 @@ for by `_not_linked_in`: a device node by its number among the nodes the trees' 
 (`NodesFound`: nothing read), a file with a second link (`st_nlink`) by a read in full of
 every tree another ID's booking holds mounted (one `lstat` off the loop, then the read);
 found there, the answer is refused and the node counted there at once; past `RESCAN_LIMIT`
-or `HANDED_TIMEOUT`, refused too (fail closed).
+or `HANDED_TIMEOUT`, refused too (fail closed). What the answer's mounted trees share with
+those trees (a node's number, a file) is `ownership_shared`'s.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Final, TypeVar
+from collections.abc import Collection, Iterable, Mapping
 
 from .devices import physical_id
 from .identity import (
@@ -43,30 +42,19 @@ from .identity import (
     real_path,
 )
 from .ownership_adopt import DeviceClaims
-from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT, Arrivals
+from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT
 from .ownership_batches import Resolution
 from .ownership_claims import NOTHING, PLACE, SYSFS, ClaimKey, Owner, Reached, Unresolvable, missing
-from .ownership_gate import AdmissionGate
 from .ownership_reads import Found, KnownRead, arrived, held_among, linked_below, read_or_recall
 from .ownership_resolve import reached_only
+from .ownership_shared import HANDED_TIMEOUT as HANDED_TIMEOUT
+from .ownership_shared import PlaceOwned as PlaceOwned
+from .ownership_shared import SharedTrees
 from .rules import below
 
-T = TypeVar("T")
-HANDED_TIMEOUT: Final = 10.0
-"""Seconds an Allocate waits for its host paths to resolve off the loop before it is refused
-(a path on a hung file system does not hold the admission)."""
 
-
-class PlaceOwned(ValueError):
-    """An Allocate answer would hand out, besides its devices, what another device of the
-    host owns (the answer is refused)."""
-
-
-class HandingOut(AdmissionGate):
+class HandingOut(SharedTrees):
     """What an answer hands out (the ownership index's layer under booking it)."""
-
-    _arrivals: Arrivals
-    """What arrives in claimed directories (`_nothing_moved_in`: which trees it follows)."""
 
     async def hand_out(
         self, resource: str, ids: Iterable[str], paths: Collection[str]
@@ -145,13 +133,14 @@ class HandingOut(AdmissionGate):
             raise
         mounted = [r[1] for r in reached.values() if r is not None and r[0][0] == DIRECTORY]
         if mounted:
-            await self._nothing_moved_in(resource, ids, sorted(mounted))
+            below_them, read = await self._nothing_moved_in(resource, ids, sorted(mounted))
+            await self._shares_nothing(resource, ids, sorted(mounted), below_them, read)
         await self._not_linked_in(resource, ids, reached)
         return real, {p: r[0] for p, r in reached.items() if r is not None and r[0][0] != NOTHING}
 
     async def _nothing_moved_in(
         self, resource: str, ids: Iterable[str], mounted: list[str]
-    ) -> None:
+    ) -> tuple[Found, KnownRead | None]:
         """Raise PlaceOwned when what another device owns is below a directory an answer
         mounts (renamed or linked there since the watcher last reported: the window before
         the index holds the mounting device), counting it there at once (`_arrived`). Read
@@ -159,10 +148,11 @@ class HandingOut(AdmissionGate):
         a tree the watcher does not follow in full (`mount_tree_unfollowed`: the safety net
         would see a move there within its interval only) is read in full, up to
         `RESCAN_LIMIT` entries (hostile8 N4). Raises Unresolvable when that is past the
-        limit, or when the read does not end within `HANDED_TIMEOUT`."""
+        limit, or when the read does not end within `HANDED_TIMEOUT`. Returns what it found,
+        and the read kept when it is all of it (`_shares_nothing`)."""
         whole, bounded = self._arrivals.left_to_net(mounted)
         followed = tuple(d for d in mounted if d not in whole)
-        found, more, keys = await self._read_below(followed, whole, mounted)
+        found, more, kept = await self._read_below(followed, whole, mounted)
         if more and bounded:
             raise Unresolvable(
                 f"{', '.join(bounded)}: its tree is not followed in full "
@@ -170,12 +160,12 @@ class HandingOut(AdmissionGate):
                 "is below it is not known"
             )
         # (by claim held, not by entry: a library's 128 entries at every Allocate, issue 19)
-        keys = frozenset(key for key, _ in found) if keys is None else keys
+        keys = frozenset(key for key, _ in found) if kept is None else kept.keys
         held = held_among(keys, self._exclusive) | held_among(keys, self._ledger.booked)
         mine = self._mine(resource, ids)
         owners = {k: o for k in held if (o := self._other_holder(k, resource, mine)) is not None}
         if not owners:
-            return  # (the answer's own: its mount booked, say)
+            return found, kept  # (the answer's own: its mount booked, say)
         foreign = [(key, path, owners[key]) for key, path in found if key in owners]
         self._arrived([(key, path) for key, path, _ in foreign])
         _, path, owner = foreign[0]
@@ -199,16 +189,16 @@ class HandingOut(AdmissionGate):
 
     async def _read_below(
         self, followed: tuple[str, ...], whole: list[str], mounted: list[str]
-    ) -> tuple[Found, bool, frozenset[ClaimKey] | None]:
+    ) -> tuple[Found, bool, KnownRead | None]:
         """`_read_inside`, the read of `followed` kept (`KeptReads`): a kept read of
         directories on local file systems (`MountMap.local`: no server to wait for) is
         checked on the loop, with no thread hop; any other off it. With what was found, and
-        its identities when a kept read is all of it (`KnownRead.keys`)."""
+        the read kept when it is all of it (its identities: `KnownRead.keys`)."""
         reads = self._reads_kept
         known = reads.get(followed)
         if known is not None and known.local and not whole:
             if known.holds(time.monotonic()):
-                return known.answer[0], False, known.keys
+                return known.answer[0], False, known
             known = None
         since = reads.generation
         work = functools.partial(_read_inside, followed, whole, known)
@@ -218,7 +208,7 @@ class HandingOut(AdmissionGate):
             local = self._within.mounts.local
             kept = dataclasses.replace(kept, local=all(local(p) for p, _ in kept.listed))
         reads.keep(followed, kept, since)
-        return answer[0], answer[1], kept.keys if kept is not None and not whole else None
+        return answer[0], answer[1], kept if not whole else None
 
     async def _not_linked_in(
         self, resource: str, ids: Iterable[str], reached: Mapping[str, Reached | None]
@@ -277,23 +267,6 @@ class HandingOut(AdmissionGate):
             return {path: handed_real(path) for path in paths}
 
         return await self._off_loop(work, "its host paths did not resolve")
-
-    async def _off_loop(self, work: Callable[[], T], what: str) -> T:
-        """`work` off the loop (inline without an offload) within `HANDED_TIMEOUT`; raises
-        Unresolvable, saying `what` happened, when it does not end in time."""
-        offload = self._paths.offload
-        if offload is None:
-            return work()
-        try:
-            return await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
-        except TimeoutError:
-            raise Unresolvable(f"{what} within {HANDED_TIMEOUT:g} s") from None
-
-    def _mine(self, resource: str, ids: Iterable[str]) -> set[str]:
-        """The IDs an answer hands out with the devices they are replicas of."""
-        state = self._resources.get(resource)
-        n = 1 if state is None else state.replicas or 1
-        return {d for i in ids for d in (i, physical_id(i, n))}
 
     @abc.abstractmethod
     def _arrived(self, found: Found) -> None:

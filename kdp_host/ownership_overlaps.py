@@ -20,7 +20,7 @@ from .ownership_claims import (
     reach,
     twins,
 )
-from .ownership_reads import Read, arrived
+from .ownership_reads import INDEXED, Read, arrived
 from .rules import below
 
 
@@ -31,6 +31,9 @@ class Overlap:
     path: str
     first: Owner
     second: Owner
+    other: str | None = None
+    """Where the first device's tree holds it (two mounted trees that share a node's number
+    or a file: `ownership_shared`), None for a claim."""
 
 
 def overlaps(
@@ -45,7 +48,9 @@ def overlaps(
     `mounts` shows each: a bind mount; what is below a mounted directory, `read` as an
     Allocate reads it, up to `INSIDE_LIMIT` entries: another node of a claimed device
     number there, hostile15 F6): the later device in `devices` order would be held while
-    the first is advertised."""
+    the first is advertised. Two devices' trees that hold one node's number or one file
+    (another path of it: `Overlap.other`) are an overlap too: an answer mounting the one is
+    refused while a pod holds the other (`ownership_shared`)."""
     places = (mounts or MountMap()).places
     seen: dict[ClaimKey, tuple[Owner, bool]] = {}
     at: dict[str, list[tuple[Owner, bool, bool]]] = {}
@@ -77,6 +82,8 @@ def overlaps(
                 continue
             if any(below(place, directory) for place in places(real)):
                 found.append(Overlap(path, owner, me))
+    trees: dict[ClaimKey, tuple[str, Owner, bool]] = {}
+    """What the trees read hold, as `NodesFound` keeps it -> where, below whose directory."""
     for (key, _, real), owner, dir_shared in made:
         if key[0] != DIRECTORY:
             continue
@@ -84,6 +91,11 @@ def overlaps(
             known = seen.get(inside)
             if known is not None and known[0] != owner and not (dir_shared and known[1]):
                 found.append(Overlap(path, owner, known[0]))
+            if inside[0] not in INDEXED:
+                continue  # (a directory, a file of one link: in no other tree)
+            was, by, by_shared = trees.setdefault(inside, (path, owner, dir_shared))
+            if by != owner and was != path and not (dir_shared and by_shared):
+                found.append(Overlap(path, by, owner, was))
     return list(dict.fromkeys(found))
 
 
@@ -108,6 +120,15 @@ def overlap_warnings(
             devices = [*devices, (resource, Device(STATIC_MOUNTS, mounts=mounts))]
     lines = []
     for o in overlaps(devices, mounts=table):
+        if o.other is not None:
+            lines.append(
+                f"warning: {quote(o.path)} (below a directory of {quote(o.second.resource)} "
+                f"device {quote(o.second.device)}) is also at {quote(o.other)} (below one of "
+                f"{quote(o.first.resource)} device {quote(o.first.device)}): one device number "
+                "or one file; an Allocate that mounts the one is refused while a pod holds the "
+                "other"
+            )
+            continue
         if STATIC_MOUNTS in (o.first.device, o.second.device):
             static, other = (o.first, o.second)
             if other.device == STATIC_MOUNTS:

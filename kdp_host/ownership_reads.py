@@ -16,13 +16,51 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from .identity import DIRECTORY, NODES, identity_of
+from .identity import DIRECTORY, FILE, NODES, identity_of
 from .logs import EventLogger
 from .ownership_claims import ClaimKey, ancestors
 from .rules import below
 
 Found = list[tuple[ClaimKey, str]]
-"""What arrived: each entry's identity and its real path."""
+"""What arrived: each entry's identity and its real path (a regular file with more than one
+link also as `LINKED`)."""
+LINKED: Final = "l"
+"""The kind of a read's second entry for a regular file with more than one link (its
+st_nlink, in the lstat the read takes anyway), keyed by its inode as the file's own
+(`identity_of`): it matches no claim; `NodesFound` keeps it by inode like a node by number,
+for what two mounted trees share (`ownership_shared`)."""
+INDEXED: Final = NODES | {LINKED}
+"""The kinds `NodesFound` keeps."""
+
+
+def indexed(key: ClaimKey) -> ClaimKey | None:
+    """How `NodesFound` keeps what a read found as `key`: a node by its number, a regular
+    file by its inode (`LINKED`, whatever its links were then); None: neither."""
+    if key[0] in INDEXED:
+        return key
+    return (LINKED, key[1]) if key[0] == FILE else None
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """What a read found, as `NodesFound` keeps it (`indexed`: `keys`), and those of it found
+    with more than one link (`linked`): what an answer's trees may share with others'."""
+
+    keys: frozenset[ClaimKey] = frozenset()
+    linked: frozenset[ClaimKey] = frozenset()
+
+
+def indexed_of(found: Iterable[tuple[ClaimKey, str]]) -> Indexed:
+    keys: set[ClaimKey] = set()
+    linked: set[ClaimKey] = set()
+    for key, _ in found:
+        if (kept := indexed(key)) is not None:
+            keys.add(kept)
+            if key[0] == LINKED:
+                linked.add(kept)
+    return Indexed(frozenset(keys), frozenset(linked))
+
+
 Read = Callable[[list[str], int], tuple[Found, bool]]
 """A read of paths and what is below them, up to a limit (`arrived`)."""
 
@@ -35,8 +73,10 @@ listing failed)."""
 def arrived(paths: Iterable[str], limit: int, listed: Listed | None = None) -> tuple[Found, bool]:
     """Each path's identity (lstat: a link is not followed) and, below a directory, every
     entry's, up to `limit` entries in all (a directory's listing too); True: more were
-    there (not read). `listed` is given the directories listed (`KnownRead`)."""
+    there (not read). `listed` is given the directories listed (`KnownRead`). A regular file
+    with more than one link is found also as `LINKED` (not counted in `limit`)."""
     found: Found = []
+    linked: Found = []
     todo = [os.path.normpath(path) for path in paths]
     left = False  # (entries of a directory not listed: the limit was reached)
     while todo:
@@ -49,8 +89,10 @@ def arrived(paths: Iterable[str], limit: int, listed: Listed | None = None) -> t
             continue
         key = identity_of(st)
         found.append((key, path))  # (its directory's real path, and its name)
+        if st.st_nlink > 1 and key[0] == FILE:
+            linked.append(((LINKED, key[1]), path))
         if len(found) >= limit:
-            return found, bool(todo) or left or key[0] == DIRECTORY
+            return found + linked, bool(todo) or left or key[0] == DIRECTORY
         if key[0] == DIRECTORY and not (left and len(found) + len(todo) >= limit):
             # (past that, a listing adds nothing and `left` is said already: not opened;
             # a big directory's first read costs what its whole listing does)
@@ -67,21 +109,22 @@ def arrived(paths: Iterable[str], limit: int, listed: Listed | None = None) -> t
                 continue
             if listed is not None:
                 listed.append((path, st))
-    return found, left
+    return found + linked, left
 
 
 @dataclass
 class NodesFound:
     """The device nodes the reads of followed trees found, by number (`of`): a node there
     before a device claimed its number puts a device that appears later inside those trees
-    (hostile18 F13). Each tree keeps its own nodes by path (`Arrivals`)."""
+    (hostile18 F13); and the files of more than one link they found, by inode (`LINKED`: what
+    two trees share, `ownership_shared`). Each tree keeps its own by path (`Arrivals`)."""
 
     by_number: dict[ClaimKey, set[str]] = field(default_factory=dict)
 
     def add(self, nodes: dict[str, ClaimKey], found: Found) -> None:
         """A tree's read `found` these (its `nodes` by path)."""
         for key, path in found:
-            if key[0] in NODES and nodes.get(path) != key:
+            if key[0] in INDEXED and nodes.get(path) != key:
                 self.drop(nodes, path)
                 nodes[path] = key
                 self.by_number.setdefault(key, set()).add(path)
@@ -129,6 +172,8 @@ class KnownRead:
     keys: frozenset[ClaimKey] = frozenset()
     """What the answer found, once (made off the loop with the read): an Allocate asks
     which of them another device owns by a look-up per claim held, not per entry."""
+    indexed: Indexed = Indexed()
+    """What it found as `NodesFound` keeps it, made with the read too (`ownership_shared`)."""
 
     def holds(self, now: float) -> bool:
         """Whether a read again now would find the same (its directories' lstat: off the
@@ -175,7 +220,8 @@ def read_or_recall(
         return answer, None
     signatures = tuple((path, _signature(st)) for path, st in listed if st is not None)
     keys = frozenset(key for key, _ in answer[0])
-    return answer, KnownRead(answer, signatures, now, keys=keys)
+    indexed = indexed_of(answer[0])
+    return answer, KnownRead(answer, signatures, now, keys=keys, indexed=indexed)
 
 
 def tops(paths: Iterable[str]) -> list[str]:
@@ -305,11 +351,14 @@ class FollowedTree:
     unread: bool = False
     """The safety net could not read it all either (`arrival_unread` logged)."""
     nodes: dict[str, ClaimKey] = field(default_factory=dict)
-    """The device nodes its reads found below it (and not found gone since), by path."""
+    """The device nodes (and `LINKED` files) its reads found below it (and not found gone
+    since), by path."""
     read: bool = False
     """It was read in full once (what is below it is known)."""
     place: bool = False
     """Only bookings hold it (an answer's mount): see `Arrivals.left_to_net`."""
 
     def may_hold_nodes(self) -> bool:
-        return bool(self.nodes) or not self.read or self.unfollowed is not None
+        if not self.read or self.unfollowed is not None:
+            return True
+        return any(key[0] in NODES for key in self.nodes.values())

@@ -15,13 +15,11 @@ and are coalesced: a burst of device changes is written once. Rendering and file
 through the host's offload (one call per read, write or removal). What goes into the spec is
 `cdi_spec.py`; which instance may write the file, `file_lease.py`.
 
-Names are unique to (resource, ID) (`allocation.cdi_device_name`), so no other kdp-host
-file defines them; the writer still looks at the spec dir at each verify: a kdp-host spec file
-of its kind that no live instance owns (left by a SIGKILLed instance that served the resource
-under another name) is removed, and a name of its own another file defines (CDI then drops
-it: the name resolves nowhere) holds the device Unhealthy and the resource not ready. So too
-in every spec dir a host on `stateDir` has written in and in the runtime's dirs (`cdi_dirs`:
-a file a killed instance left in a former `specDir`, hostile17 F3).
+Names are unique to (resource, ID) (`allocation.cdi_device_name`); at each verify a kdp-host
+file of its kind no live instance owns is removed, and a name of its own another file defines
+(CDI drops it) holds the device Unhealthy; so too in the spec dirs a host on `stateDir` wrote
+in and the runtime's dirs (`cdi_dirs`). A later runtime dir's file wins over this one: an
+Allocate answer waits for it too (`cdi_resolution`, hostile20 F2).
 
 A container that restarts resolves its CDI names again, without a new Allocate: so an ID
 keeps its entry as its Allocate handed the device out while it is booked (the rule of booked
@@ -44,6 +42,7 @@ from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_dirs import SpecDirRecord, SpecNames, check_spec_dirs
 from .cdi_disk import SpecOnDisk
+from .cdi_resolution import follow_above
 from .cdi_rules import cdi_kind_problem
 from .cdi_spec import Held, render_held
 from .config import ResourceConfig
@@ -208,13 +207,15 @@ class CdiSpecWriter:
             if name is None or name in names:
                 changed_on_disk.set()
 
-        subscription = (
-            None
-            if self.watcher is None
-            else self.watcher.subscribe(os.path.dirname(self.path), on_event)
-        )
+        watcher, spec_dir = self.watcher, os.path.dirname(self.path)
+        subscription = None if watcher is None else watcher.subscribe(spec_dir, on_event)
         assert self.pinned is not None
         unwatch = self.pinned.watch(self._repinned.set)  # an Allocate, a booking gone
+        order = () if self.spec_dirs is None else self.spec_dirs.order
+        above = asyncio.create_task(  # (the files that win over this one: `cdi_resolution`)
+            follow_above(spec_dir, order, cdi.kind, self.disk, watcher, self.offload, self.log,
+                         self.verify_interval)
+        )  # fmt: skip
         try:
             self._set_on_disk(await self._read())
             if self.spec_dirs is not None:  # (before anything is written there)
@@ -259,6 +260,7 @@ class CdiSpecWriter:
                 snapshot = self.table.snapshot
         finally:
             unwatch()
+            above.cancel()
             if subscription is not None:
                 subscription.cancel()
             await self._remove()

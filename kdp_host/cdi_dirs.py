@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .atomic_files import read_or_none, unlink
+from .cdi_disk import spec_entries
 from .cdi_rules import CDI_RESOURCE_SEPARATOR
 from .cdi_spec import spec_device_names
 from .config.outputs import FILE_PREFIX, owner_path, resource_slug
@@ -62,20 +63,31 @@ class SpecNames:
     one writer's checks run one at a time."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, str], tuple[Signature, frozenset[str]]] = {}
+        self._known: dict[tuple[str, str, bool], tuple[Signature, Any]] = {}
 
     def of(self, path: str, kind: str) -> frozenset[str]:
         """What `path` defines for `kind` (`cdi_spec.spec_device_names`). Blocking."""
+        names: frozenset[str] = self._parsed(path, kind, False)
+        return names
+
+    def entries(self, path: str, kind: str) -> dict[str, frozenset[str]]:
+        """The names `path` defines for `kind`, each with the host paths its entry hands out
+        (`cdi_disk.spec_entries`). Blocking."""
+        entries: dict[str, frozenset[str]] = self._parsed(path, kind, True)
+        return entries
+
+    def _parsed(self, path: str, kind: str, entries: bool) -> Any:
         now = signature(path)  # (before the read: a change after it shows at the next look)
-        known = self._known.get((path, kind))
+        known = self._known.get((path, kind, entries))
         if now is not None and known is not None and known[0] == now:
             return known[1]
-        names = spec_device_names(read_or_none(path), kind)
+        content = read_or_none(path)
+        found = spec_entries(content, kind) if entries else spec_device_names(content, kind)
         if now is not None:
             if len(self._known) >= MAX_KNOWN:
                 self._known.clear()
-            self._known[(path, kind)] = (now, names)
-        return names
+            self._known[(path, kind, entries)] = (now, found)
+        return found
 
 
 @dataclass(frozen=True)
@@ -187,7 +199,9 @@ class SpecDirRecord:
         )  # fmt: skip
         if files is not None:
             files.add(self.file)
-        self.runtime_dirs = frozenset(os.path.normpath(d) for d in runtime_dirs)
+        self.order = tuple(dict.fromkeys(os.path.normpath(d) for d in runtime_dirs))
+        """The runtime's dirs in its order: a name a later one's file defines wins."""
+        self.runtime_dirs = frozenset(self.order)
         self.recorded: frozenset[str] = frozenset()
         self._read = False
         self._lock = asyncio.Lock()

@@ -8,6 +8,13 @@ kept what that pod was handed, hostile14 N6) would resolve to the gone pod's nod
 So the answer goes out once the file on disk defines each name it carries with the host paths
 it hands out (`SpecOnDisk.until_holding`), at once in the common case (the entry says so
 already); `protocol.service` refuses it (UNAVAILABLE) when the file does not within the limit.
+
+The runtime resolves a name through the file of its highest-priority dir that defines it (a
+later dir of its list: `/var/run/cdi` over `/etc/cdi`). In a rolling update that moves
+`specDir`, the other live host's file may be that one (hostile20 F2): it defines the name
+from its own list until it takes this host's hand-out up (`handed_peers`), tens of ms later.
+So the answer waits for the winning file (`SpecOnDisk.above`, kept from a watch of the dirs
+above the spec dir, `cdi_resolution`; nothing is read per Allocate).
 """
 
 from __future__ import annotations
@@ -63,22 +70,43 @@ def answered(
 
 @dataclass
 class SpecOnDisk:
-    """The entries of the spec file on disk, as its writer last read or wrote it (`seen`)."""
+    """The entries of the spec file on disk, as its writer last read or wrote it (`seen`), and
+    those of the files that win over it in the runtime's dirs (`seen_above`)."""
 
     entries: dict[str, frozenset[str]] = field(default_factory=dict)
+    above: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    """What the files of the runtime's dirs that win over this one define, by name (None:
+    two files of one dir define it, so it resolves nowhere; `cdi_resolution`)."""
+    pending: bool = False
+    """Those files changed since `above` was read (told by the dir watch)."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def seen(self, content: bytes | None, kind: str) -> None:
         self.entries = spec_entries(content, kind)
+        self._wake()
+
+    def seen_above(self, above: dict[str, frozenset[str] | None], pending: bool) -> None:
+        self.above, self.pending = above, pending
+        self._wake()
+
+    def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
     def holds(self, named: Mapping[str, Device]) -> bool:
-        """Whether the file defines each name with the host paths of its device."""
-        return all(self.entries.get(name) == entry_paths(d) for name, d in named.items())
+        """Whether each name resolves to the host paths of its device: as the winning file
+        defines it (a file of a later runtime dir that defines it, else this one)."""
+        if self.pending:
+            return False
+        if not (above := self.above):  # (the common case: no file wins over this one)
+            return all(self.entries.get(name) == entry_paths(d) for name, d in named.items())
+        return all(
+            (above[name] if name in above else self.entries.get(name)) == entry_paths(d)
+            for name, d in named.items()
+        )
 
     async def until_holding(self, named: Mapping[str, Device], limit: float) -> bool:
-        """Until the file holds `named` (`holds`): False when it does not within `limit` s."""
+        """Until the files hold `named` (`holds`): False when they do not within `limit` s."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         while not self.holds(named):

@@ -108,8 +108,9 @@ class ResourceRuntime:
         return self._service
 
     async def _cdi_written(self, snapshot: Snapshot, asked: Sequence[Sequence[str]]) -> str | None:
-        """Until the CDI spec file on disk defines each name an answer carries with what it
-        hands out (`cdi_disk`), at most `state_file.WRITE_LIMIT`; else why not."""
+        """Until each name an answer carries resolves to what it hands out: as the CDI spec
+        file on disk defines it, or a file that wins over it in the runtime's dirs (another
+        live host's, `cdi_resolution`), at most `state_file.WRITE_LIMIT`; else why not."""
         from .cdi_disk import answered  # (a resource with `allocate.cdi` only)
 
         writer, named = self._cdi, answered(self.config.name, snapshot, asked)
@@ -119,9 +120,9 @@ class ResourceRuntime:
             name for name, device in named.items() if not writer.disk.holds({name: device})
         )
         return (
-            f"the CDI spec file does not define {','.join(late)} as handed out (within "
-            f"{WRITE_LIMIT:g} s): a container would resolve them to other nodes; refused "
-            "until it does"
+            f"the CDI spec files on disk do not resolve {','.join(late)} as handed out "
+            f"(within {WRITE_LIMIT:g} s): a container would resolve them to other nodes; "
+            "refused until they do"
         )
 
     def _on_list_overflow(self, overflow: Overflow | None) -> None:

@@ -61,6 +61,7 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.cdi_keeper",
     "kdp_host.cdi_spec",
     "kdp_host.cdi_disk",
+    "kdp_host.cdi_resolution",
     "kdp_host.file_lease",
     "kdp_host.nfd",
     # running commands, with no command configured (`commands.Commands`: at the first one)

@@ -1231,7 +1231,9 @@ class Config:
         "cdiRuntimeDirs",
         ListOf(AbsolutePath(), hint="a list of directories", empty=None),
         "The container runtime's CDI spec dirs (containerd's and CRI-O's `cdi_spec_dirs`, "
-        "here their defaults). kdp-host writes nothing there (unless a `specDir` is one); "
+        "here their defaults), in its order: a name a later dir's file defines wins, and an "
+        "Allocate answer waits until that file names what it hands out. "
+        "kdp-host writes nothing there (unless a `specDir` is one); "
         "while a resource has `allocate.cdi` it removes there, as in every spec dir a host "
         "on its `stateDir` has written in, a kdp-host spec file of the resource's kind that "
         "no live instance owns (see [CDI spec files](#cdi-spec-files)).",

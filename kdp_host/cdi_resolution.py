@@ -1,0 +1,118 @@
+"""Which spec files win over a resource's own in the runtime's CDI dirs (hostile20 F2).
+
+The runtime reads its dirs in order (`cdiRuntimeDirs`, containerd's and CRI-O's
+`cdi_spec_dirs`): a name defined in a later dir's file wins over an earlier one's (a name two
+files of one dir define resolves nowhere). In a rolling update that moves `specDir`, the other
+live host's file, left to it (`cdi_dirs`), may lie in a later dir than this host's spec dir and
+define the names it hands out, from its own list: the runtime resolves them through that file.
+An Allocate answer of this host must then wait for that file to say what was handed out
+(`cdi_disk.SpecOnDisk.holds`), which it does once the other host takes the hand-out up from
+`handed-out.json` (`handed_peers`).
+
+`follow_above` keeps `SpecOnDisk.above` current: the dirs after the spec dir in the runtime's
+order are watched (their `.json` files), and what their files define is parsed again only when
+one changed (`cdi_dirs.SpecNames`). A spec dir that is the runtime's last (the default,
+`/var/run/cdi`) has no dir above: nothing is watched, nothing read. Not one of the runtime's
+dirs: every one of them is above. Nothing is read per Allocate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+
+from .cdi_dirs import SpecNames
+from .cdi_disk import SpecOnDisk
+from .files import Offload
+from .logs import EventLogger
+from .watch import Watcher
+
+
+def _same_dir(a: str, b: str) -> bool:
+    if os.path.normpath(a) == os.path.normpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def dirs_above(spec_dir: str, order: Sequence[str]) -> tuple[str, ...]:
+    """The runtime's dirs (in `order`, lowest priority first) whose files win over one in
+    `spec_dir`: those after its last place in `order` (all of them when it is not there), the
+    spec dir itself named again aside. Blocking."""
+    at = max((i for i, d in enumerate(order) if _same_dir(d, spec_dir)), default=-1)
+    return tuple(d for d in order[at + 1 :] if not _same_dir(d, spec_dir))
+
+
+def winning_entries(
+    above: Sequence[str], kind: str, known: SpecNames
+) -> dict[str, frozenset[str] | None]:
+    """Each name the `.json` files of the dirs `above` (lowest priority first) define for
+    `kind`, with the host paths of the winning entry: a later dir's (None where two files of
+    one dir define it: CDI drops such a name). Blocking."""
+    won: dict[str, frozenset[str] | None] = {}
+    dropped: set[str] = set()
+    for directory in above:
+        try:
+            entries = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        here: dict[str, frozenset[str]] = {}
+        for entry in entries:
+            if entry.endswith(".json"):
+                for name, paths in known.entries(os.path.join(directory, entry), kind).items():
+                    if name in here:
+                        dropped.add(name)
+                    here[name] = paths
+        won.update(here)
+    won.update(dict.fromkeys(dropped))
+    return won
+
+
+async def follow_above(
+    spec_dir: str,
+    order: Sequence[str],
+    kind: str,
+    disk: SpecOnDisk,
+    watcher: Watcher | None,
+    offload: Offload,
+    log: EventLogger,
+    interval: float,
+) -> None:
+    """Keep `disk.above` what the dirs above `spec_dir` define for `kind`, until cancelled:
+    read again at each change the watch tells (`disk.pending` from the event until then),
+    and every `interval` s without a watcher or after a failed read (meanwhile pending)."""
+    above = await offload.run(lambda: dirs_above(spec_dir, order))
+    if not above:
+        return
+    changed, known = asyncio.Event(), SpecNames()
+
+    def on_event(name: str | None) -> None:
+        if name is None or name.endswith(".json"):
+            disk.pending = True
+            changed.set()
+
+    subscriptions = [] if watcher is None else [watcher.subscribe(d, on_event) for d in above]
+    log.info("cdi_dirs_above_followed", spec_dir=spec_dir, dirs=",".join(above))
+    failed = False
+    try:
+        disk.pending = True
+        changed.set()
+        while True:
+            try:
+                wait = interval if watcher is None or failed else None
+                await asyncio.wait_for(changed.wait(), wait)
+            except TimeoutError:
+                pass
+            changed.clear()
+            try:
+                won, failed = await offload.run(lambda: winning_entries(above, kind, known)), False
+            except OSError as exc:  # (a dir that cannot be listed is skipped: not expected)
+                log.warning("cdi_dirs_above_unread", spec_dir=spec_dir, reason=str(exc))
+                won, failed = dict.fromkeys(disk.above), True  # (fails closed: read again)
+            disk.seen_above(won, failed or changed.is_set())
+    finally:
+        for subscription in subscriptions:
+            subscription.cancel()

@@ -109,8 +109,8 @@ async def follow_above(
             changed.clear()
             try:
                 won, failed = await offload.run(lambda: winning_entries(above, kind, known)), False
-            except OSError as exc:  # (a dir that cannot be listed is skipped: not expected)
-                log.warning("cdi_dirs_above_unread", spec_dir=spec_dir, reason=str(exc))
+            except Exception as exc:  # (a dir that cannot be listed is skipped: a bug)
+                log.exception("cdi_dirs_above_unread", spec_dir=spec_dir, reason=str(exc))
                 won, failed = dict.fromkeys(disk.above), True  # (fails closed: read again)
             disk.seen_above(won, failed or changed.is_set())
     finally:

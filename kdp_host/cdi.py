@@ -61,12 +61,10 @@ DEBOUNCE = 0.05
 RETRY_INTERVAL = 5.0
 """Seconds before retrying a failed write when nothing changed meanwhile."""
 
-
 CLASH_REASON = "CDI names defined by another spec file"
 """/readyz's reason while another file defines a name of the resource's (`cdi_dirs`)."""
-UNOWNED_REASON = "CDI spec file owned by another instance, without this one's names"
-"""/readyz's reason while another instance owns the file and it lacks names of this one's
-devices (a rolling update that changed `allocate.cdi.kind`, hostile20 F1)."""
+UNOWNED_REASON = "CDI spec file owned by another instance, not as this one hands devices out"
+"""/readyz's reason while another instance's file defines names of ours otherwise (`differing`)."""
 
 
 @dataclass
@@ -142,8 +140,8 @@ class CdiSpecWriter:
     """Held devices left out at the last sync (`render_held`)."""
     _known: SpecNames = field(default_factory=SpecNames, init=False, repr=False)
     """What the other spec files define (`cdi_dirs`: parsed again when they change)."""
-    _unowned: bool = field(default=False, init=False, repr=False)
-    """At the last sync another instance owned the file, which lacks names of ours."""
+    _others: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    """Names of ours another instance's file defines otherwise (`SpecOnDisk.differing`)."""
 
     def __post_init__(self) -> None:
         self.path = spec_path(self.resource)
@@ -184,7 +182,8 @@ class CdiSpecWriter:
             names = self._names[device.id] = tuple(
                 cdi_device_name(self.resource.name, i) for i in ids
             )
-        return any(n not in self._resolvable or n in self._clashing for n in names)
+        resolvable, clashing, others = self._resolvable, self._clashing, self._others
+        return any(n not in resolvable or n in clashing or n in others for n in names)
 
     def _set_on_disk(self, content: bytes | None) -> None:
         """Remember what the file holds; devices it does not name are held Unhealthy."""
@@ -281,7 +280,7 @@ class CdiSpecWriter:
                         ids=",".join(sorted(astray)),
                         reason="a host path as handed out reaches another node or file now",
                     )
-            unowned = False
+            others: frozenset[str] = frozenset()
             if content != self._on_disk and await self._lease.may_write():
                 if content is None:
                     await self._unlink()
@@ -292,12 +291,13 @@ class CdiSpecWriter:
                     self.log.info("cdi_spec_written", path=self.path, version=snapshot.version)
                 self._set_on_disk(content)
             elif content != self._on_disk:
-                unowned = any(map(self._unresolvable, snapshot.devices))
-            if unowned != self._unowned:
-                self._unowned = unowned
-                if unowned:
+                others = self.disk.differing(content)
+            if others != self._others:
+                if others and not self._others:
                     owner = await self._lease.other_owner()
                     self.log.warning("cdi_spec_unowned", path=self.path, owner=owner)
+                self._others = others
+                self.table.hold_unhealthy(self._unresolvable)
                 self._report()
         except OSError as exc:
             self._failed(f"{type(exc).__name__}: {exc}", short=type(exc).__name__)
@@ -346,10 +346,10 @@ class CdiSpecWriter:
         self._report()
 
     def _report(self) -> None:
-        """Tell /readyz what keeps the resource's names from resolving now, if anything (a
-        failed write says so itself: `_failed`)."""
+        """Tell /readyz what keeps our names from resolving now, if anything (not a failed
+        write: `_failed` says so itself)."""
         if self._last_error is None:
-            unowned = UNOWNED_REASON if self._unowned else None
+            unowned = UNOWNED_REASON if self._others else None
             self.report(CLASH_REASON if self._clashing else unowned)
 
     def _failed(self, message: str, *, short: str, logged: bool = False) -> None:

@@ -79,11 +79,23 @@ class SpecOnDisk:
     two files of one dir define it, so it resolves nowhere; `cdi_resolution`)."""
     pending: bool = False
     """Those files changed since `above` was read (told by the dir watch)."""
+    kind: str = ""
+    """The resource's kind, as last `seen`."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def seen(self, content: bytes | None, kind: str) -> None:
-        self.entries = spec_entries(content, kind)
+        self.entries, self.kind = spec_entries(content, kind), kind
         self._wake()
+
+    def differing(self, content: bytes | None) -> frozenset[str]:
+        """The names `content` (what the writer would write) defines that the file on disk
+        does not, or with other host paths: where another instance owns the file (a rolling
+        update), the names an Allocate of this one would answer and the runtime would not
+        resolve as answered (hostile20 F1: another `allocate.cdi.kind`; F3: its owner killed
+        after its list changed, its entries kept until its lease runs out)."""
+        entries = self.entries
+        mine = spec_entries(content, self.kind)
+        return frozenset(name for name, paths in mine.items() if entries.get(name) != paths)
 
     def seen_above(self, above: dict[str, frozenset[str] | None], pending: bool) -> None:
         self.above, self.pending = above, pending

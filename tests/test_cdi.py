@@ -564,6 +564,43 @@ async def test_an_old_instance_whose_names_the_new_owner_dropped_holds_them_and_
             await watch_task
 
 
+async def test_a_killed_owners_file_naming_our_devices_elsewhere_holds_them_until_its_lease_ends(
+    tmp_path: Path, running: list[RunningWriter]
+) -> None:
+    """hostile20 F3: the new instance (the file's owner) is killed after its list changed
+    (fpga0 and fpga1 swapped nodes); its file stays, its lease runs for up to 30 s. The
+    survivor's Allocates are refused meanwhile (the answer waits for the file): its devices
+    are Unhealthy and /readyz says why, not Healthy and ready."""
+    watcher = make_watcher(get_logger())
+    watch_task = asyncio.create_task(watcher.run())
+    try:
+        reasons: list[str | None] = []
+        table = DeviceTable()
+        table.publish([dev("fpga0"), dev("fpga1")])
+        config = resource(tmp_path)
+        writer = start_writer(
+            running, config, table, debounce=0.0, verify_interval=3600.0, watcher=watcher,
+            instance="survivor", report=reasons.append,
+        )  # fmt: skip
+        await wait_until(lambda: synced(writer, table), what="first write")
+        swapped = snapshot(
+            [
+                dev("fpga0", nodes=(DeviceNode("/dev/fpga1", "/dev/fpga0"),)),
+                dev("fpga1", nodes=(DeviceNode("/dev/fpga0", "/dev/fpga1"),)),
+            ]
+        )
+        write_atomic(writer.owner_file, b"killed\n")  # (its lease fresh: a live owner)
+        write_atomic(writer.path, render_spec_file(config, swapped))
+        await wait_until(
+            lambda: not any(d.healthy for d in table.snapshot.devices), what="devices held"
+        )
+        await wait_until(lambda: reasons[-1:] == [UNOWNED_REASON], what="told why")
+    finally:
+        watch_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch_task
+
+
 async def test_a_spec_file_removed_behind_the_writers_back_is_seen_at_once(
     tmp_path: Path, running: list[RunningWriter]
 ) -> None:

@@ -4,7 +4,8 @@ The host's bookings (`ownership_bookings.Ledger`) are indexed by what they hold:
 (a device number, an inode, a path where nothing was), each place an Allocate handed out
 besides its device, each real path a device was handed out at. An admission asks, for each
 device it is about to advertise, whether a booking of another ID (or resource) holds one of
-its claims (`conflict`), was handed out at its real path (`place_conflict`), holds a
+its claims (`conflict`; for a directory, also a tree that holds what its tree holds:
+`sharing`), was handed out at its real path (`place_conflict`), holds a
 directory it is below (`mount_conflict`) or a node whose number is not known that it may be
 (`number_unknown`).
 """
@@ -88,6 +89,10 @@ class BookedClaims:
         self.moved: dict[ClaimKey, tuple[str, ...]] = {}
         """Booked key -> the real paths it was found at since (renamed, a directory above it
         renamed, linked: `found_elsewhere`), while it is booked."""
+        self.sharing: Callable[[str], Iterable[str]] = _nowhere
+        """A directory's real path -> the paths outside it of what its tree holds (a node's
+        number, a file of more than one link: `ownership_shared.elsewhere`): a booking that
+        holds a tree above one of them reaches what a pod given the directory would."""
         self.places_of: Callable[[ClaimKey, str], tuple[str, ...]] = _only_there
         """Every place a claim made at a real path is shown at now (`Containment.places`:
         where it was found since, where a bind mount shows it)."""
@@ -97,15 +102,23 @@ class BookedClaims:
     ) -> tuple[Owner, str] | None:
         """A booking of one of the device's claims that is not one of the IDs it is about to
         be advertised under (another resource, another device, another replica count), with
-        the host path of that claim."""
+        the host path of that claim; for a directory, also a booking that holds a tree
+        mounted that holds what its tree holds (`sharing`)."""
         if not self.booked:
             return None
         return self._first_other(
             resource,
             device_id,
             replicas,
-            ((path, self.holders(key, real)) for key, path, real in claims.exclusive),
+            ((path, self._holders_sharing(key, real)) for key, path, real in claims.exclusive),
         )
+
+    def _holders_sharing(self, key: ClaimKey, real: str) -> Iterable[Owner]:
+        holders = self.holders(key, real)
+        if key[0] == DIRECTORY and (mounted := self.mounted):  # (two trees that share)
+            there = (d for p in self.sharing(real) for d in ancestors(p))
+            holders = [*holders, *(o for d in there for o in mounted.get(d, ()))]
+        return holders
 
     def holders(self, key: ClaimKey, real: str) -> Iterable[Owner]:
         """The bookings that hold a claim (`key` at `real`): its own, or a place it reaches."""
@@ -239,6 +252,10 @@ class BookedClaims:
 
 def _ignore(_owner: Owner, _real: str) -> None:
     """(No index follows the trees.)"""
+
+
+def _nowhere(_real: str) -> tuple[str, ...]:
+    return ()
 
 
 def _only_there(_key: ClaimKey, real: str) -> tuple[str, ...]:

@@ -125,8 +125,8 @@ def overlap_warnings(
                 f"warning: {quote(o.path)} (below a directory of {quote(o.second.resource)} "
                 f"device {quote(o.second.device)}) is also at {quote(o.other)} (below one of "
                 f"{quote(o.first.resource)} device {quote(o.first.device)}): one device number "
-                "or one file; an Allocate that mounts the one is refused while a pod holds the "
-                "other"
+                "or one file; while a pod holds the one, the other is not advertised and an "
+                "Allocate that mounts it is refused"
             )
             continue
         if STATIC_MOUNTS in (o.first.device, o.second.device):

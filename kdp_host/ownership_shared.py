@@ -78,14 +78,6 @@ class SharedTrees(AdmissionGate):
         Unresolvable when such a tree could not be read in full in time (the module's doc)."""
         if not (trees := self._ledger.mounted):
             return  # (the common case)
-        arrivals = self._arrivals
-        held = indexed_of(found) if kept is None else kept.indexed
-        keys, linked = held.keys, held.linked
-        if len(found) >= INSIDE_LIMIT:  # (the read may have stopped: what the trees' found)
-            more_held = indexed_of(_in_trees(mounted, arrivals))
-            keys, linked = keys | more_held.keys, linked | more_held.linked
-        if not keys:
-            return  # (no node, no file below the answer)
         mine = {Owner(resource, d) for d in self._mine(resource, ids)}
 
         def outside(path: str) -> bool:
@@ -95,7 +87,15 @@ class SharedTrees(AdmissionGate):
             t for t, owners in trees.items() if outside(t) and any(o not in mine for o in owners)
         )
         if not booked:
-            return
+            return  # (only the answer's own trees, or its IDs': a mount every pod gets)
+        arrivals = self._arrivals
+        held = indexed_of(found) if kept is None else kept.indexed
+        keys, linked = held.keys, held.linked
+        if len(found) >= INSIDE_LIMIT:  # (the read may have stopped: what the trees' found)
+            more_held = indexed_of(_in_trees(mounted, arrivals))
+            keys, linked = keys | more_held.keys, linked | more_held.linked
+        if not keys:
+            return  # (no node, no file below the answer)
         paths = functools.partial(_answer_path, found, mounted, arrivals)
         nodes = arrivals.nodes  # (what their reads found: nothing read)
         _refuse(
@@ -141,6 +141,20 @@ class SharedTrees(AdmissionGate):
         state = self._resources.get(resource)
         n = 1 if state is None else state.replicas or 1
         return {d for i in ids for d in (i, physical_id(i, n))}
+
+
+def elsewhere(arrivals: Arrivals, directory: str) -> list[str]:
+    """The paths outside `directory` (a followed tree's real path) of what the reads of its
+    tree found: a node's number, a file of more than one link (`NodesFound`; a look-up per
+    node of the tree, the paths walked only where there are more than one)."""
+    by_number, inside = arrivals.nodes.by_number, directory.rstrip("/") + "/"
+    return [
+        there
+        for key in arrivals.tree_nodes(directory).values()
+        if len(paths := by_number.get(key, ())) > 1
+        for there in sorted(paths)
+        if not there.startswith(inside)
+    ]
 
 
 def _in_trees(mounted: list[str], arrivals: Arrivals) -> Iterator[tuple[ClaimKey, str]]:

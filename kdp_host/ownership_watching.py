@@ -20,7 +20,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Final
 
 from .files import Offload
@@ -30,9 +30,11 @@ from .mount_table import MountMap, read_mounts
 from .ownership_allocate import BookingAllocations
 from .ownership_arrivals import Arrivals, Found
 from .ownership_batches import RESOLVE_TIMEOUT
-from .ownership_claims import SYSFS, Claims, Owner, Resolver, named_in, places
+from .ownership_claims import SYSFS, ClaimKey, Claims, Owner, Resolver, ancestors, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_paths import PathIndex
+from .ownership_reads import INDEXED
+from .ownership_shared import elsewhere
 from .ownership_table import ResourceState
 from .rules import below, parent
 from .turns import TURN_BUDGET
@@ -68,6 +70,7 @@ class Watching(BookingAllocations):
         self._ledger.tree_nodes = self._arrivals.reaches_nodes
         self._ledger.follow_mounted = self._follow_mounted
         self._ledger.places_of = self._within.places
+        self._ledger.sharing = functools.partial(elsewhere, self._arrivals)
         self._within.inside = self._arrivals.nodes.of
         self._watcher: Watcher | None = None
         self._vanished: dict[tuple[str, str], float] = {}
@@ -136,6 +139,7 @@ class Watching(BookingAllocations):
             state = self._resources.get(owner.resource)
             log = None if state is None else state.log
             self._arrivals.follow(self._watcher, real, log, place=True)
+        self._sharers_changed((key, path) for path, key in self._arrivals.tree_nodes(real).items())
 
     async def quiet(self) -> None:
         """Return once what arrived in claimed directories was read, and no admission runs,
@@ -149,6 +153,26 @@ class Watching(BookingAllocations):
         ledger = self._ledger
         for path in self._within.found_at(found, ledger.booked.__contains__, ledger):
             self._path_changed(os.path.dirname(path), os.path.basename(path))
+        self._sharers_changed(found)
+
+    def _sharers_changed(self, found: Iterable[tuple[ClaimKey, str]]) -> None:
+        """What two trees hold now (a node's number, a file: `NodesFound`) while a pod holds
+        a tree mounted: the devices whose directories hold it are checked again (one is held
+        while a pod holds the other: `BookedClaims.sharing`, `ownership_shared`)."""
+        if not self._ledger.mounted:
+            return
+        by_number, dirs = self._arrivals.nodes.by_number, self._within.dirs
+        wanted = {
+            d
+            for key, _ in found
+            if key[0] in INDEXED and len(paths := by_number.get(key, ())) > 1
+            for path in paths
+            for d in ancestors(path)
+            if d in dirs
+        }
+        for _, path, real in list(self._made()) if wanted else ():
+            if real in wanted:
+                self._path_changed(os.path.dirname(path), os.path.basename(path))
 
     def _nodes_in(self, trees: list[str]) -> None:
         """Whether device nodes may be below `trees` changed: while a booked node's number

@@ -9,12 +9,14 @@ mounted directory: both Allocates were answered, and `check` said nothing."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from kdp_host import ownership_hand_out, ownership_shared
 from kdp_host.devices import Device
+from kdp_host.holdings import Holdings
 from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.ownership_overlaps import overlap_warnings, overlaps
 from kdp_host.ownership_reads import Found
@@ -97,6 +99,38 @@ async def test_a_node_past_the_allocates_read_is_found_among_its_trees_nodes(
         monkeypatch.setattr(module, "INSIDE_LIMIT", 1)
     with pytest.raises(PlaceOwned, match=r"mounts .*/g/2/m, and .*/g/1/sub/n, below"):
         await host.index.hand_out(R1, ["2"], [str(tmp_path / "g" / "2")])
+
+
+async def test_the_other_group_is_held_while_a_pod_holds_the_first(tmp_path: Path) -> None:
+    """The index level: while the pod holds g/1, g/2 (which reaches its number) is held, so
+    the kubelet is not offered it; advertised again once no pod holds g/1."""
+    host, _ = await two_groups(tmp_path)
+    assert host.ids(R1) == ["1"], "2 reaches the number the pod holding g/1 has"
+    host.index.holdings(Holdings(time.monotonic() + 3600, 0.0, {}))  # (long after: no pod)
+    await host.settled()
+    assert host.ids(R1) == ["1", "2"]
+
+
+@pytest.mark.parametrize("where", ["2", "1/sub"])
+async def test_a_node_made_later_in_either_tree_holds_the_other_group(
+    tmp_path: Path, where: str
+) -> None:
+    """A node of the number made after the pod got g/1: in g/2 (its tree holds the pod's
+    number now), or in g/1 (the pod's tree holds g/2's number now): g/2 is held."""
+    (tmp_path / "g" / "1" / "sub").mkdir(parents=True)
+    (tmp_path / "g" / "2").mkdir()
+    null_node(tmp_path / "g" / ("1/sub/n" if where == "2" else "2/m"))
+    watcher = ManualWatcher()
+    host = Host(watcher)
+    g1, g2 = str(tmp_path / "g" / "1"), str(tmp_path / "g" / "2")
+    await host.publish(R1, mounting("1", g1), mounting("2", g2))
+    await host.index.book(R1, ["1"])
+    await host.settled()
+    assert host.ids(R1) == ["1", "2"]
+    null_node(tmp_path / "g" / where / "late")
+    watcher.change(str(tmp_path / "g" / where), "late")
+    await host.settled()
+    assert host.ids(R1) == ["1"]
 
 
 async def groups_a_and_b(tmp: Path) -> tuple[Host, ManualWatcher, Path]:

@@ -25,6 +25,7 @@ No booked tree of another ID, or no node and no file below the answer: nothing i
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 from collections.abc import Callable, Iterable, Iterator
@@ -117,6 +118,8 @@ class SharedTrees(AdmissionGate):
             functools.partial(shared_below, booked, wanted, outside, RESCAN_LIMIT, arrived),
             f"{', '.join(booked)}: trees pods hold mounted were not read",
         )
+        if shared:  # (linked since their reads: read there again, the index holds the device)
+            self._found_shared([path for _, path in shared])
         _refuse(resource, shared, paths)
         if more:
             raise Unresolvable(
@@ -124,6 +127,12 @@ class SharedTrees(AdmissionGate):
                 f"{RESCAN_LIMIT:,} entries: whether what the answer mounts is also below them "
                 "is not known"
             )
+
+    @abc.abstractmethod
+    def _found_shared(self, paths: list[str]) -> None:
+        """What a read of the booked trees found shared with an answer's trees (a file linked
+        since the watcher read them): read again where it is (`Arrivals`), so that the index
+        knows it there (`Ledger.sharing`)."""
 
     async def _off_loop(self, work: Callable[[], T], what: str) -> T:
         """`work` off the loop (inline without an offload) within `HANDED_TIMEOUT`; raises

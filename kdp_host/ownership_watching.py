@@ -155,6 +155,9 @@ class Watching(BookingAllocations):
             self._path_changed(os.path.dirname(path), os.path.basename(path))
         self._sharers_changed(found)
 
+    def _found_shared(self, paths: list[str]) -> None:
+        self._arrivals.remounted(paths)
+
     def _sharers_changed(self, found: Iterable[tuple[ClaimKey, str]]) -> None:
         """What two trees hold now (a node's number, a file: `NodesFound`) while a pod holds
         a tree mounted: the devices whose directories hold it are checked again (one is held

@@ -154,15 +154,19 @@ async def test_a_file_of_a_booked_tree_linked_into_another_group_directory(
     """hostile18 F13 (between two mounted trees): ga0/sub/file is hard-linked into gb0 (by
     root on the host: link(2) does not cross mounts). ga0's tree was read when the file had
     one link, and the link changed no time of its directories: the booked tree is read (in
-    full, off the loop) since the answer's read found a file of two links."""
+    full, off the loop) since the answer's read found a file of two links; found there, it
+    is read again there, and b0 held from then on (the kubelet is not offered it again)."""
     host, watcher, gb0 = await groups_a_and_b(tmp_path)
     reads = counted(monkeypatch)
     os.link(tmp_path / "ga0" / "sub" / "file", gb0 / "file")
     watcher.change(str(gb0), "file")
     await host.settled()
+    assert host.ids(R2) == ["b0"], "the link in ga0 is not known: it was read with one"
     with pytest.raises(PlaceOwned, match=r"mounts .*/gb0/file, and .*/ga0/sub/file, .* a link"):
         await host.index.hand_out(R2, ["b0"], [str(gb0)])
     assert reads == [[str(tmp_path / "ga0")]]
+    await host.settled()
+    assert host.ids(R2) == [], "found there: read again, b0 is held while the pod holds ga0"
 
 
 async def test_a_file_linked_into_a_booked_tree_after_the_answer_was_read(

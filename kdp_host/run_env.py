@@ -18,8 +18,9 @@ for the known variables what they mean besides:
   entry holding a `/`;
 - directories a program reads its start-up code or settings from, by absolute path only:
   `HOME` (Python's user site `~/.local`, shells' rc files), `PYTHONUSERBASE`,
-  `XDG_CONFIG_HOME`, `XDG_DATA_HOME`, `TMPDIR`; options naming code to load:
-  `NODE_OPTIONS`, `PERL5OPT`, `RUBYOPT`, `JAVA_TOOL_OPTIONS`.
+  `XDG_CONFIG_HOME`, `XDG_DATA_HOME`, `TMPDIR`, `PYTHONPLATLIBDIR` (where Python's standard
+  library is, taken in its prefix); options naming code to load: `NODE_OPTIONS`,
+  `PERL5OPT`, `RUBYOPT`, `JAVA_TOOL_OPTIONS`; a shell's options: `SHELLOPTS`, `BASHOPTS`.
 
 A config's own env (`shell.env`, `preStart.env`, `release.env`), and the `NAME=VALUE`
 settings of `env` on a `#!` line (`places._interpreter`, hostile13 M14), may set any of
@@ -30,9 +31,11 @@ attributes) is not known beforehand: a variable of it is not passed to the host 
 the device where it sets a known variable or where its value names an absolute path other
 than the devices' own nodes (`host_withheld`, `HostEnv`: a directory a pod writes, named to
 a variable the command reads as code or settings, `PYTHONPYCACHEPREFIX`, `OPENSSL_CONF`:
-hostile14 N7, the list's class again); it still reaches the container's env in the Allocate
-answer. The others are passed (a device's env names its own nodes, `/dev/fpga0`, as a
-matter of course).
+hostile14 N7, the list's class again), or a relative path that climbs (a `..` segment: a
+variable taken in a directory of the program's own, `PYTHONPLATLIBDIR=../tmp/x` from
+`/usr`, hostile19 F7, names any place as an absolute path does); it still reaches the
+container's env in the Allocate answer. The others are passed (a device's env names its
+own nodes, `/dev/fpga0`, as a matter of course).
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ READ_FROM: Final = frozenset(
         "PERL5OPT",
         "RUBYOPT",
         "JAVA_TOOL_OPTIONS",
+        "PYTHONPLATLIBDIR",
+        "SHELLOPTS",
+        "BASHOPTS",
     }
 )
 """Variables naming where a program reads start-up code or settings from, or what code it
@@ -79,6 +85,8 @@ RUN_VARIABLES: Final = DIRECTORY_LISTS | FILES | READ_FROM
 LOADER_PREFIX: Final = "LD_"
 _LOADER_SEPARATORS: Final = re.compile(r"[:\s]+")
 _SEPARATORS: Final = re.compile(r"[:\s=,]+")
+_CLIMBS: Final = re.compile(r"(?:^|[/:\s=,;])\.\.(?:$|[/:\s=,;])")
+"""A `..` path segment anywhere in a value (`host_withheld`)."""
 
 
 def decides_run(name: str) -> bool:
@@ -110,13 +118,16 @@ def own_nodes(devices: Iterable[Device]) -> frozenset[str]:
 
 def host_withheld(name: str, value: str, nodes: Collection[str]) -> bool:
     """Whether a device's own env variable is kept from the host commands (see the module):
-    it decides what they run, or its value names an absolute path that is not one of
-    `nodes` (`own_nodes`)."""
-    return decides_run(name) or any(p not in nodes for p in named_paths(name, value, None))
+    it decides what they run, its value names an absolute path that is not one of `nodes`
+    (`own_nodes`), or a relative path that climbs (`..`)."""
+    if decides_run(name) or _CLIMBS.search(value):
+        return True
+    return any(p not in nodes for p in named_paths(name, value, None))
 
 
 WITHHELD_WHY: Final = (
-    "decides what a host command runs, or names a path other than the devices' own nodes"
+    "decides what a host command runs, or names a path other than the devices' own nodes "
+    "(absolute, or climbing with ..)"
 )
 
 

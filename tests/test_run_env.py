@@ -85,6 +85,13 @@ def test_every_absolute_path_in_any_value_is_named(name: str, value: str, paths:
         ("SERIAL", "A1B2", False),
         ("RATIO", "1/2", False),
         ("PATH", "/dev/fpga0", True),  # (decides what runs, whatever it names)
+        ("PYTHONPLATLIBDIR", "lib", True),  # (hostile19 F7: Python's stdlib, in its prefix)
+        ("SHELLOPTS", "xtrace", True),
+        ("TOOL_DIR", "../tmp/x", True),  # (a relative path that climbs: any place)
+        ("TOOL_DIR", "a/../../b", True),
+        ("TOOL_ARGS", "--dir=..", True),
+        ("RANGE", "1..4", False),
+        ("NAME", "a..b", False),
     ],
 )
 def test_a_devices_env_naming_a_path_other_than_its_nodes_is_withheld(
@@ -317,5 +324,5 @@ def test_kdp_host_check_says_a_devices_run_variables_are_withheld(
     assert (
         f"warning: {PROBE}: device d0's env PATH would not be passed to its preStart, release "
         "or allocate.command (it decides what a host command runs, or names a path other than "
-        "the devices' own nodes), only to the container"
+        "the devices' own nodes (absolute, or climbing with ..)), only to the container"
     ) in err

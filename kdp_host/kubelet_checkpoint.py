@@ -117,7 +117,9 @@ def take_handed(
                 missing = tuple(claim for claim in claims if claim[0] not in kept)
                 places = before.places + missing
                 unknown = bool(gone - _known(before.claims + before.places))
-                ledger.record(owner, before.device, before.claims, now, places, unknown)
+                ledger.record(
+                    owner, before.device, before.claims, now, places, unknown, before.shared
+                )
                 if missing:
                     gained.append((owner, missing))
             else:

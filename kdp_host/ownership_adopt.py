@@ -85,6 +85,12 @@ class DeviceClaims:
                     self._lingering.setdefault(owner.device, []).append(claim)
         return tuple(self._lingering.get(device, ()))
 
+    def shared_of(self, device: str) -> tuple[Claim, ...]:
+        """The device's shared claims, while it is advertised (a booking holds them: the pod
+        has the node); () when it is not."""
+        claims = self._state.owned.get(device)
+        return () if claims is None else claims.shared
+
 
 @dataclass
 class Adoption:
@@ -153,8 +159,9 @@ class Adoption:
                     # a replica ID of another replica count (`replicas` changed meanwhile)
                     device = kubelet_id.rpartition(REPLICA_SEPARATOR)[0]
                     claims = devices.of(device)
-                if claims:
-                    ledger.record(owner, device, claims, now)
+                shared = devices.shared_of(device)
+                if claims or shared:
+                    ledger.record(owner, device, claims, now, shared=shared)
                     booked = True
                     self._note(state, kubelet_id, holders, "booked")
                     if kubelet_id not in replica_ids(device, state.replicas or 1):

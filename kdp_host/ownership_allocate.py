@@ -281,11 +281,11 @@ class BookingAllocations(HandingOut):
         devices = DeviceClaims(state, self._exclusive)
         for kubelet_id in ids:
             device = physical_id(kubelet_id, replicas)
-            booked = devices.of(device)
+            booked, shared = devices.of(device), devices.shared_of(device)
             own = {claim[0] for claim in booked}
             extra = tuple(c for c in places.get(kubelet_id, ()) if c[0] not in own)
             owner = Owner(resource, kubelet_id)
-            changed |= self._ledger.record(owner, device, booked, now, extra)
+            changed |= self._ledger.record(owner, device, booked, now, extra, shared=shared)
         if changed and self._running is not None and self._admitting == resource:
             # the running admission may have chosen its IDs before: admitted again after it
             state.settled = False

@@ -7,7 +7,9 @@ device it is about to advertise, whether a booking of another ID (or resource) h
 its claims (`conflict`; for a directory, also a tree that holds what its tree holds:
 `sharing`), was handed out at its real path (`place_conflict`), holds a
 directory it is below (`mount_conflict`) or a node whose number is not known that it may be
-(`number_unknown`).
+(`number_unknown`). A booking also holds its device's shared claims (`Booking.shared`,
+`shared_booked`): a device claiming one of them exclusively is held while it lives
+(`shared_conflict`), one sharing it is not.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ class Booking:
     number_unknown: bool = False
     """Booked from the checkpoint for a node that was gone at start, with no booking that
     knew its device number: a node found later may have that number (hostile9 H2)."""
+    shared: tuple[Claim, ...] = ()
+    """Its device's shared claims then (a node every device may share, `shared: true`, a
+    glob group's member without `{key}`): the pod has the node, so no device claiming it
+    exclusively is advertised while the booking lives, whatever its device's listing does
+    since; other devices may still share it (issue 17, hostile19 F5)."""
 
 
 class BookedClaims:
@@ -58,6 +65,11 @@ class BookedClaims:
         file."""
         self.booked: dict[ClaimKey, Counted] = {}
         """Claim (of a device or a place) -> the bookings that hold it."""
+        self.shared_booked: dict[ClaimKey, Counted] = {}
+        """Shared claim of a booked device (`Booking.shared`) -> the bookings that hold it."""
+        self.shared_dirs: dict[str, Counted] = {}
+        """Real path of a directory a booking holds shared -> those bookings: what is below it
+        is in the pod's mount too."""
         self.places: dict[str, Counted] = {}
         """Real path of a booked place -> the bookings that handed it out."""
         self._sorted_places: list[str] | None = None
@@ -105,13 +117,42 @@ class BookedClaims:
         the host path of that claim; for a directory, also a booking that holds a tree
         mounted that holds what its tree holds (`sharing`)."""
         if not self.booked:
-            return None
-        return self._first_other(
+            return self.shared_conflict(resource, device_id, replicas, claims)
+        found = self._first_other(
             resource,
             device_id,
             replicas,
             ((path, self._holders_sharing(key, real)) for key, path, real in claims.exclusive),
         )
+        return found or self.shared_conflict(resource, device_id, replicas, claims)
+
+    def shared_conflict(
+        self, resource: str, device_id: str, replicas: int, claims: Claims
+    ) -> tuple[Owner, str] | None:
+        """A booking of another ID (or resource) that holds shared what one of the device's
+        exclusive claims reaches (the same key, or a directory it holds shared above one of
+        the claim's places), with that claim's host path: the pod has the node, so the
+        device may share it, never have it alone (hostile19 F5). A look-up per exclusive
+        claim, none while no booking holds a shared claim."""
+        if not self.shared_booked:
+            return None
+        return self._first_other(
+            resource,
+            device_id,
+            replicas,
+            ((path, self._sharers(key, real)) for key, path, real in claims.exclusive),
+        )
+
+    def _sharers(self, key: ClaimKey, real: str) -> list[Owner]:
+        booked, dirs = self.shared_booked, self.shared_dirs
+        found = [*booked.get(key, ())]
+        for twin in twins(key):  # (a directory and a sysfs device's own)
+            found += booked.get(twin, ())
+        if dirs and key[0] != SYSFS:
+            for place in self.places_of(key, real):
+                for directory in ancestors(place):
+                    found += dirs.get(directory, ())
+        return found
 
     def _holders_sharing(self, key: ClaimKey, real: str) -> Iterable[Owner]:
         holders = self.holders(key, real)

@@ -1,7 +1,7 @@
 """Booked claims: the IDs the kubelet booked, each with the claims of its device then.
 
 When kdp-host answers an Allocate, the kubelet has booked those IDs: each (resource, ID) is
-recorded with its device's exclusive claims (`OwnershipIndex.book`) and kept in
+recorded with its device's claims, exclusive and shared (`OwnershipIndex.book`), and kept in
 `<stateDir>/ownership.json` (through `StateFile`) before the answer goes out; the file is
 written only when the bookings change. The index reads them back at start, before any
 resource publishes, as lingering claims of their device (`ClaimTable.keep_bookings_in`).
@@ -137,7 +137,9 @@ class Ledger(BookedClaims):
     def _entry(self, owner: Owner) -> Entry:
         booking = self.bookings[owner]
         return entry_of(
-            SavedBooking(owner, booking.device, booking.claims, booking.places, self._writer)
+            SavedBooking(
+                owner, booking.device, booking.claims, booking.places, self._writer, booking.shared
+            )
         )
 
     def has(self, owner: Owner) -> bool:
@@ -235,7 +237,8 @@ class Ledger(BookedClaims):
             if booked.writer is not None and booked.writer == self._writer:
                 on_file.append(booked)
                 continue
-            booking = Booking(booked.device, booked.claims, now, booked.places)
+            places, shared = booked.places, booked.shared
+            booking = Booking(booked.device, booked.claims, now, places, shared=shared)
             if booked.writer is not None and booked.writer in running:
                 foreign[(booked.writer, booked.owner)] = booking
             elif booked.owner not in self.bookings:
@@ -268,6 +271,10 @@ class Ledger(BookedClaims):
                 self.unheld.append(key)  # (a device reaching it may have the unknown number)
         if booking.number_unknown:
             _count(self.unknown, owner.resource, owner, step)
+        for key, _, real in booking.shared:
+            _count(self.shared_booked, key, owner, step)
+            if key[0] == DIRECTORY:
+                _count(self.shared_dirs, real, owner, step)
 
     def record(
         self,
@@ -277,11 +284,13 @@ class Ledger(BookedClaims):
         now: float,
         places: tuple[Claim, ...] = (),
         number_unknown: bool = False,
+        shared: tuple[Claim, ...] = (),
     ) -> bool:
-        """Book `owner` with `claims` (and the `places` its allocation handed out besides);
-        False when it is booked so already (only its time is refreshed: nothing to write)."""
+        """Book `owner` with `claims` (and the `places` its allocation handed out besides, and
+        its device's `shared` claims); False when it is booked so already (only its time is
+        refreshed: nothing to write)."""
         before = self.bookings.get(owner)
-        booking = Booking(device, claims, now, places, number_unknown=number_unknown)
+        booking = Booking(device, claims, now, places, number_unknown=number_unknown, shared=shared)
         if before is not None and _same(before, booking):
             before.since = now
             return False
@@ -329,6 +338,7 @@ def _same(one: Booking | None, other: Booking) -> bool:
         and one.claims == other.claims
         and one.places == other.places
         and one.number_unknown == other.number_unknown
+        and one.shared == other.shared
     )
 
 

@@ -3,7 +3,8 @@ hosts sharing the state directory, `kdp-host unbook`).
 
 `{"bookings": [entry, ...], "version": 1}`, one entry per booked ID: `resource`, `id`,
 `device`, `claims` (each `kind`, `key`, `path`, `real`), `places` where the allocation handed
-out more than its device, `writer` where a host is named (`ownership_bookings`).
+out more than its device, `shared` where its device claimed a node or mount shared (a file
+without it reads as none), `writer` where a host is named (`ownership_bookings`).
 
 Each entry is made once (`Entry`): rendered when its booking is made (`entry_of`), or read and
 checked when another host's entry is first merged (`checked_entries`), with its JSON text and
@@ -54,6 +55,8 @@ class SavedBooking(NamedTuple):
     places: tuple[Claim, ...] = ()
     writer: str | None = None
     """The instance ID of the host that wrote it (None: no host named, one that ended)."""
+    shared: tuple[Claim, ...] = ()
+    """Its device's shared claims (`ownership_booked.Booking.shared`)."""
 
 
 Saved = list[SavedBooking]
@@ -72,8 +75,10 @@ def as_written(_path: str) -> None:
 
 def entry_of(booked: SavedBooking) -> Entry:
     """A booking's entry (`places` only where its allocation handed out more than its
-    device, `writer` where a host is named); claims in the file's order."""
+    device, `shared` only where its device claimed something shared, `writer` where a host
+    is named); claims in the file's order."""
     claims, places = _in_order(_by_path(booked.claims)), _in_order(booked.places)
+    shared = _in_order(_by_path(booked.shared))
     fields: dict[str, Any] = {
         "resource": booked.owner.resource,
         "id": booked.owner.device,
@@ -82,9 +87,11 @@ def entry_of(booked: SavedBooking) -> Entry:
     }
     if places:
         fields["places"] = _claims_document(places)
+    if shared:
+        fields["shared"] = _claims_document(shared)
     if booked.writer is not None:
         fields["writer"] = booked.writer
-    return Entry(fields, booked._replace(claims=claims, places=places))
+    return Entry(fields, booked._replace(claims=claims, places=places, shared=shared))
 
 
 def bookings_document(bookings: Iterable[SavedBooking]) -> dict[str, Any]:
@@ -172,9 +179,10 @@ def checked_entry(entry: Mapping[str, Any], resolve: Resolver = reach) -> SavedB
     """One entry, checked: text resource, id, device (the id, or the device the id is a
     replica of), paths and real paths; a claim `kind` of `c`, `b` (device number), `d`, `f`,
     `sysfs` (inode) with a number, or `path`, `sysfs` (or `dir`, as older versions wrote)
-    with a path; `places` (optional) read as claims are. A claim by path (`path`, `dir`,
-    `sysfs`: an older version claimed every file and directory, and a sysfs device, so) is
-    what that path is now, if anything is there (`resolve`). `writer` (optional) text."""
+    with a path; `places` and `shared` (optional) read as claims are. A claim by path
+    (`path`, `dir`, `sysfs`: an older version claimed every file and directory, and a sysfs
+    device, so) is what that path is now, if anything is there (`resolve`). `writer`
+    (optional) text."""
     texts = [entry[name] for name in ("resource", "id", "device")]
     if not all(isinstance(text, str) and text for text in texts):
         raise TypeError(f"a booking's resource, id and device must be text: {entry!r}")
@@ -185,7 +193,8 @@ def checked_entry(entry: Mapping[str, Any], resolve: Resolver = reach) -> SavedB
         raise TypeError(f"a booking's writer must be text: {entry!r}")
     claims = _read_claims(entry["claims"], resolve)
     places = _read_claims(entry.get("places", []), resolve)
-    return SavedBooking(Owner(texts[0], texts[1]), texts[2], claims, places, writer)
+    shared = _read_claims(entry.get("shared", []), resolve)
+    return SavedBooking(Owner(texts[0], texts[1]), texts[2], claims, places, writer, shared)
 
 
 def _read_claims(listed: Iterable[Any], resolve: Resolver) -> tuple[Claim, ...]:

@@ -148,7 +148,7 @@ class ClaimTable(abc.ABC):
         booking holds it; those of other hosts `running` stay theirs (`Ledger.take_in`)."""
         now, self._ledger.writer = self._clock(), writer or None
         self._ledger.take_in(saved or [], running, now)
-        for owner, device, claims, _, _ in saved or ():
+        for owner, device, claims, *_ in saved or ():
             state = self._state(owner.resource)
             if state.publish is None:
                 state.retired = True  # until a runtime of it attaches
@@ -180,9 +180,11 @@ class ClaimTable(abc.ABC):
 
     def _conflict(self, resource: str, device_id: str, claims: Claims) -> Holding | None:
         """Why the device cannot own its claims: another owns one of them (or a directory
-        one is below, or one below a directory it mounts), or shares it while the device
-        wants it alone. None: it can (as when it owns these very claims already)."""
-        if self._resources[resource].owned.get(device_id) is claims:
+        one is below, or one below a directory it mounts), or shares it (or a booking of
+        another ID does: `Ledger.shared_conflict`) while the device wants it alone. None:
+        it can (as when it owns these very claims already)."""
+        state = self._resources[resource]
+        if state.owned.get(device_id) is claims:
             return None
         me = Owner(resource, device_id)
         for mine, shared in ((claims.exclusive, False), (claims.shared, True)):
@@ -192,6 +194,8 @@ class ClaimTable(abc.ABC):
                     why = self._aliased(me, claim, shared)
                 if why is not None:
                     return why
+        if held := self._ledger.shared_conflict(resource, device_id, state.replicas or 1, claims):
+            return Holding("booked", *held)
         if self._within.dirs or any(claim[0][0] == DIRECTORY for claim in claims.all()):
             return self._contained(me, claims)
         return None
@@ -289,8 +293,7 @@ class ClaimTable(abc.ABC):
 
     def _released_if_gone(self, key: ClaimKey) -> bool:
         """Release a lingering claim whose node is gone; True if it was released."""
-        owner = self._exclusive[key]
-        state = self._resources[owner.resource]
+        state = self._resources[self._exclusive[key].resource]
         lingering = state.lingering.get(key)
         if lingering is None or key in self._ledger.booked:
             return False  # advertised, or a pod holds it (even when its node is gone)
@@ -303,8 +306,7 @@ class ClaimTable(abc.ABC):
         return True
 
     def _release_lingering(self, state: ResourceState, key: ClaimKey) -> None:
-        del state.lingering[key]
-        del self._exclusive[key]
+        del state.lingering[key], self._exclusive[key]
         self._uncount(key)
 
     def _prune_gone(self, state: ResourceState, pace: Pace) -> Generator[None, None, bool]:
@@ -321,8 +323,7 @@ class ClaimTable(abc.ABC):
         if state.owned.get(device_id) is claims:
             return  # it owns them already (a device renamed on its paths keeps a booked ID)
         me = Owner(state.name, device_id)
-        lingering = state.lingering
-        exclusive = self._exclusive
+        lingering, exclusive = state.lingering, self._exclusive
         for claim in claims.exclusive:
             key = claim[0]
             if key not in exclusive:
@@ -382,8 +383,7 @@ class ClaimTable(abc.ABC):
         if old is None:
             return False
         state.renamed.discard(advertised_id)
-        me = Owner(state.name, advertised_id)
-        now = self._clock()
+        me, now = Owner(state.name, advertised_id), self._clock()
         for claim in old.exclusive:
             if self._exclusive.get(claim[0]) == me:
                 state.lingering.setdefault(claim[0], (now, claim))

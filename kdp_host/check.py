@@ -299,9 +299,44 @@ def container_path_warnings(rows: Iterable[CheckRow], config: Config) -> list[st
     return lines
 
 
-def device_cell(device: Device) -> str:
-    """A device in `check`'s table: ID and paths quoted, so nothing in them breaks the line."""
+def device_cell(device: Device, held: str | None = None) -> str:
+    """A device in `check`'s table: ID and paths quoted, so nothing in them breaks the line;
+    `held`: why a run would hold it back (`held_back`), shown instead of its health."""
     where = ", ".join(quote_text(node.host_path) for node in device.nodes) or "-"
     numa = "" if device.numa is None else f" numa={device.numa}"
     health = HEALTHY if device.healthy else UNHEALTHY
+    if held is not None:
+        health = f"held({held})"
     return f"{quote_text(device.id)} {health}{numa} {where}"
+
+
+def held_back(rows: list[CheckRow], config: Config, config_file: str) -> list[CheckRow]:
+    """`rows` with each device a run would hold back shown so (hostile19 F8: the table said
+    Healthy): the host's ownership index, fed as a run feeds it (each resource's list in
+    config order, no booking), decides, by the rules a run follows (`owned`, `shared`,
+    `unsafe_mount`, `not_a_node`)."""
+    from .config import never_handed
+    from .metrics import Metrics
+    from .ownership import OwnershipIndex
+    from .ownership_claims import reach
+
+    index = OwnershipIndex(Metrics(process_collectors=False), reach, budget=None)
+    index.never_handed = never_handed(config, config_file)
+    listed: dict[str, dict[str, Device]] = {}
+    for row in rows:
+        if row.device is not None:
+            listed.setdefault(row.resource, {})[row.device.id] = row.device
+    held: dict[tuple[str, str], str] = {}
+    for resource in config.resources:
+        if devices := listed.get(resource.name):
+            table, log = DeviceTable(replicas=resource.replicas), get_logger()
+            index.attach(resource.name, table.publish, log.bind(resource=resource.name))
+            index.publish(resource.name, devices)
+            for device_id, holding in index.held_now(resource.name).items():
+                held[resource.name, device_id] = holding.reason
+    return [
+        CheckRow(row.resource, row.driver, device_cell(row.device, why), row.failed, row.device)
+        if row.device is not None and (why := held.get((row.resource, row.device.id)))
+        else row
+        for row in rows
+    ]

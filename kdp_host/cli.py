@@ -155,6 +155,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         deadline_warnings,
         dev_root_warnings,
         handed_warnings,
+        held_back,
         overlap_warnings,
         root_disk_warnings,
         scan_entries,
@@ -163,7 +164,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
 
     scan = asyncio.run(scan_entries(config, node))
-    rows = scan.rows
+    rows = held_back(scan.rows, config, args.config)
     where = "" if node is None else f" (node {quote_text(node.name)})"
     print(f"{quote_text(args.config)}: valid, {len(config.resources)} resource(s){where}")
     width = max((len(r.resource) for r in rows), default=8)

@@ -121,9 +121,11 @@ def test_kdp_host_check_names_a_probe_device_a_run_would_leave_out(
     config = dirs / "kdp.yaml"
     config.write_text(head(dirs) + probe(dirs))
     assert main(["check", "--config", str(config)]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"warning: {PROBE}: device s0 would not be advertised (unsafe_mount)" in err
     assert "is kubelet.socketDir" in err
+    [row] = [line for line in out.splitlines() if line.startswith(PROBE)]
+    assert " s0 held(unsafe_mount) " in row, "hostile19 F8: the table said Healthy"
 
 
 # --------------------------------------------------------------------------- run time

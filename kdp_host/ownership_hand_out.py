@@ -134,7 +134,7 @@ class HandingOut(SharedTrees):
         mounted = [r[1] for r in reached.values() if r is not None and r[0][0] == DIRECTORY]
         if mounted:
             below_them, read = await self._nothing_moved_in(resource, ids, sorted(mounted))
-            await self._shares_nothing(resource, ids, sorted(mounted), below_them, read)
+            self._shares_nothing(resource, ids, sorted(mounted), below_them, read)
         await self._not_linked_in(resource, ids, reached)
         return real, {p: r[0] for p, r in reached.items() if r is not None and r[0][0] != NOTHING}
 

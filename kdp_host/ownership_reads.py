@@ -41,24 +41,10 @@ def indexed(key: ClaimKey) -> ClaimKey | None:
     return (LINKED, key[1]) if key[0] == FILE else None
 
 
-@dataclass(frozen=True)
-class Indexed:
-    """What a read found, as `NodesFound` keeps it (`indexed`: `keys`), and those of it found
-    with more than one link (`linked`): what an answer's trees may share with others'."""
-
-    keys: frozenset[ClaimKey] = frozenset()
-    linked: frozenset[ClaimKey] = frozenset()
-
-
-def indexed_of(found: Iterable[tuple[ClaimKey, str]]) -> Indexed:
-    keys: set[ClaimKey] = set()
-    linked: set[ClaimKey] = set()
-    for key, _ in found:
-        if (kept := indexed(key)) is not None:
-            keys.add(kept)
-            if key[0] == LINKED:
-                linked.add(kept)
-    return Indexed(frozenset(keys), frozenset(linked))
+def indexed_of(found: Iterable[tuple[ClaimKey, str]]) -> frozenset[ClaimKey]:
+    """What a read found, as `NodesFound` keeps it (`indexed`): what an answer's trees may
+    share with others' (`ownership_shared`)."""
+    return frozenset(kept for key, _ in found if (kept := indexed(key)) is not None)
 
 
 Read = Callable[[list[str], int], tuple[Found, bool]]
@@ -172,7 +158,7 @@ class KnownRead:
     keys: frozenset[ClaimKey] = frozenset()
     """What the answer found, once (made off the loop with the read): an Allocate asks
     which of them another device owns by a look-up per claim held, not per entry."""
-    indexed: Indexed = Indexed()
+    indexed: frozenset[ClaimKey] = frozenset()
     """What it found as `NodesFound` keeps it, made with the read too (`ownership_shared`)."""
 
     def holds(self, now: float) -> bool:

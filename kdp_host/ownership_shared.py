@@ -9,16 +9,20 @@ group directories, was handed to two pods. Now an answer that mounts directories
 booking holds mounted (`Ledger.mounted`), outside the answer's own directories (a mount
 every pod of a resource gets is shared by design):
 
-- a device node by its number, among the nodes the reads of the booked trees found
-  (`NodesFound`): nothing read, no hop off the loop, where those trees are known in full;
-- a regular file by its inode, among the files of more than one link those reads found
-  (`LINKED`), the same way: a file the answer's read kept (`KnownRead`: its st_nlink as it
-  was then) is looked for there too, by its inode;
-- a file the answer's read found with more than one link that is not found so (linked
-  since the booked tree was read: a link made elsewhere changes no time of the directory
-  that holds the other), and anything the answer holds of those kinds while a booked tree
-  is not known in full, by a read of the booked trees in full off the loop (up to
-  `RESCAN_LIMIT` entries within `HANDED_TIMEOUT`; past either, refused: fail closed).
+- a device node by its number, among the nodes the watcher's reads of the trees found
+  (`NodesFound`), a regular file by its inode among the files of more than one link they
+  found (`LINKED`; a file of the answer's read kept, `KnownRead`, its st_nlink as it was
+  then, by its inode too): looked up, nothing read, no hop off the loop. A file found with
+  more than one link whose other links no read found has the trees pods hold read again by
+  the watcher, once (`Watching._sharers_changed`: linked after those reads saw one link, a
+  link changing no time of the other's directory), which puts it there. A tree the watcher
+  does not follow in full is known as far as the safety net's reads go (every 30 s, up
+  to `ownership_arrivals.RESCAN_LIMIT` entries): not read at the Allocate (a library mount
+  beside it would be read, or refused, at every Allocate).
+
+The index level: a device whose directory's tree shares so with a tree another ID's
+booking holds is held while that booking lives (`elsewhere`, `Ledger.sharing`); refused
+here, both paths are read again (`_found_shared`), so that the index knows it.
 
 No booked tree of another ID, or no node and no file below the answer: nothing is looked up.
 """
@@ -27,21 +31,17 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final, TypeVar
 
 from .devices import physical_id
-from .identity import NODES
-from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT, Arrivals
+from .ownership_arrivals import INSIDE_LIMIT, Arrivals
 from .ownership_claims import ClaimKey, Owner, Unresolvable
 from .ownership_gate import AdmissionGate
 from .ownership_reads import (
     LINKED,
     Found,
     KnownRead,
-    Read,
-    arrived,
     held_among,
     indexed,
     indexed_of,
@@ -65,7 +65,7 @@ class SharedTrees(AdmissionGate):
     _arrivals: Arrivals
     """What arrives in claimed directories (`NodesFound`, each tree's `tree_nodes`)."""
 
-    async def _shares_nothing(
+    def _shares_nothing(
         self,
         resource: str,
         ids: Iterable[str],
@@ -75,8 +75,8 @@ class SharedTrees(AdmissionGate):
     ) -> None:
         """PlaceOwned when a node or a file below `mounted` (the directories the answer
         mounts: `found` below them now, `kept` the read of it when kept, and the nodes their
-        trees' reads found) is also below a tree another ID's booking holds mounted;
-        Unresolvable when such a tree could not be read in full in time (the module's doc)."""
+        trees' reads found) is also below a tree another ID's booking holds mounted (looked
+        up: the module's doc)."""
         if not (trees := self._ledger.mounted):
             return  # (the common case)
         mine = {Owner(resource, d) for d in self._mine(resource, ids)}
@@ -90,49 +90,28 @@ class SharedTrees(AdmissionGate):
         if not booked:
             return  # (only the answer's own trees, or its IDs': a mount every pod gets)
         arrivals = self._arrivals
-        held = indexed_of(found) if kept is None else kept.indexed
-        keys, linked = held.keys, held.linked
+        keys = indexed_of(found) if kept is None else kept.indexed
         if len(found) >= INSIDE_LIMIT:  # (the read may have stopped: what the trees' found)
-            more_held = indexed_of(_in_trees(mounted, arrivals))
-            keys, linked = keys | more_held.keys, linked | more_held.linked
+            keys |= indexed_of(_in_trees(mounted, arrivals))
         if not keys:
             return  # (no node, no file below the answer)
-        paths = functools.partial(_answer_path, found, mounted, arrivals)
-        nodes = arrivals.nodes  # (what their reads found: nothing read)
-        _refuse(
-            resource,
-            [
-                (key, there)
-                for key in held_among(keys, nodes.by_number)
-                for there in nodes.of(key)
-                if outside(there) and any(below(there, t) for t in booked)
-            ],
-            paths,
-        )
-        wanted = linked  # (a file of a second link the booked trees' reads did not see)
-        if not arrivals.known_in_full(booked):
-            wanted = linked | {key for key in keys if key[0] in NODES}
-        if not wanted:
-            return
-        shared, more = await self._off_loop(
-            functools.partial(shared_below, booked, wanted, outside, RESCAN_LIMIT, arrived),
-            f"{', '.join(booked)}: trees pods hold mounted were not read",
-        )
-        if shared:  # (linked since their reads: read there again, the index holds the device)
-            self._found_shared([path for _, path in shared])
-        _refuse(resource, shared, paths)
-        if more:
-            raise Unresolvable(
-                f"{', '.join(booked)}: trees pods hold mounted hold more than "
-                f"{RESCAN_LIMIT:,} entries: whether what the answer mounts is also below them "
-                "is not known"
-            )
+        nodes = arrivals.nodes  # (what the trees' reads found: nothing read)
+        shared = [
+            (key, there)
+            for key in held_among(keys, nodes.by_number)
+            for there in nodes.of(key)
+            if outside(there) and any(below(there, t) for t in booked)
+        ]
+        if shared:
+            where = _answer_path(found, mounted, arrivals, shared[0][0])
+            self._found_shared([where, shared[0][1]])  # (a file: with both links, at once)
+            _refuse(resource, shared, where)
 
     @abc.abstractmethod
     def _found_shared(self, paths: list[str]) -> None:
-        """What a read of the booked trees found shared with an answer's trees (a file linked
-        since the watcher read them): read again where it is (`Arrivals`), so that the index
-        knows it there (`Ledger.sharing`)."""
+        """Both paths of what an answer's tree shares with a booked tree: read again there
+        (`Arrivals`: a file whose second link the reads did not see, its read kept), so that
+        the index holds the device (`Ledger.sharing`)."""
 
     async def _off_loop(self, work: Callable[[], T], what: str) -> T:
         """`work` off the loop (inline without an offload) within `HANDED_TIMEOUT`; raises
@@ -185,30 +164,11 @@ def _answer_path(found: Found, mounted: list[str], arrivals: Arrivals, key: Clai
     return ", ".join(mounted)
 
 
-def shared_below(
-    trees: list[str],
-    keys: Iterable[ClaimKey],
-    outside: Callable[[str], bool],
-    limit: int,
-    read: Read,
-) -> tuple[Found, bool]:
-    """Where below `trees` (`read` in full, up to `limit` entries) a node or file of `keys`
-    (as `NodesFound` keeps them) is, `outside` the answer's directories; and whether more
-    was there (unread)."""
-    wanted = set(keys)
-    found, more = read(trees, limit)
-    return [
-        (kept, path) for key, path in found if (kept := indexed(key)) in wanted and outside(path)
-    ], more
-
-
-def _refuse(resource: str, shared: Found, where: Callable[[ClaimKey], str]) -> None:
-    """PlaceOwned when something below the answer's directories (`where` it is there) is
-    `shared`."""
-    if shared:
-        key, there = shared[0]
-        what = "a link of the file" if key[0] == LINKED else "a node of the device number"
-        raise PlaceOwned(
-            f"{resource}: the answer mounts {where(key)}, and {there}, below a directory a pod "
-            f"holds mounted, is {what} (what one pod reaches the other would)"
-        )
+def _refuse(resource: str, shared: Found, where: str) -> None:
+    """PlaceOwned: what is `where` below the answer's directories is `shared`."""
+    key, there = shared[0]
+    what = "a link of the file" if key[0] == LINKED else "a node of the device number"
+    raise PlaceOwned(
+        f"{resource}: the answer mounts {where}, and {there}, below a directory a pod "
+        f"holds mounted, is {what} (what one pod reaches the other would)"
+    )

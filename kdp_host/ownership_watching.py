@@ -33,7 +33,7 @@ from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_claims import SYSFS, ClaimKey, Claims, Owner, Resolver, ancestors, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_paths import PathIndex
-from .ownership_reads import INDEXED
+from .ownership_reads import INDEXED, LINKED
 from .ownership_shared import elsewhere
 from .ownership_table import ResourceState
 from .rules import below, parent
@@ -79,6 +79,9 @@ class Watching(BookingAllocations):
         """What an Allocate hands out may be kept (`_follows`)."""
         self._followed: dict[str, set[str]] = {}
         """Directory of a claimed host path -> the resources that claimed through it."""
+        self._asked: set[tuple[ClaimKey, str]] = set()
+        """Files of more than one link the trees pods hold were read again for
+        (`_sharers_changed`)."""
         self._changed_paths: dict[str, set[str] | None] = {}
         """Names the watcher reported changed per directory since the last recheck (None:
         anything in it)."""
@@ -160,19 +163,34 @@ class Watching(BookingAllocations):
 
     def _sharers_changed(self, found: Iterable[tuple[ClaimKey, str]]) -> None:
         """What two trees hold now (a node's number, a file: `NodesFound`) while a pod holds
-        a tree mounted: the devices whose directories hold it are checked again (one is held
-        while a pod holds the other: `BookedClaims.sharing`, `ownership_shared`)."""
-        if not self._ledger.mounted:
+        a tree mounted: the devices whose directories hold some of its paths (not all) are
+        checked again (one is held while a pod holds the other: `BookedClaims.sharing`). A
+        file of more than one link whose other paths no read found, outside the trees pods
+        hold (linked after their reads saw one link: a link changes no time of the other's
+        directory), has those trees read again, once (`ownership_shared`)."""
+        ledger = self._ledger
+        if not ledger.mounted:
             return
         by_number, dirs = self._arrivals.nodes.by_number, self._within.dirs
-        wanted = {
-            d
-            for key, _ in found
-            if key[0] in INDEXED and len(paths := by_number.get(key, ())) > 1
-            for path in paths
-            for d in ancestors(path)
-            if d in dirs
-        }
+        wanted: set[str] = set()
+        lone: list[str] = []
+        for key, path in found:
+            if key[0] not in INDEXED:
+                continue
+            paths = by_number.get(key, ())
+            if len(paths) > 1:
+                above = [frozenset(d for d in ancestors(p) if d in dirs) for p in paths]
+                wanted |= frozenset.union(*above) - frozenset.intersection(*above)
+            elif (
+                key[0] == LINKED
+                and (key, path) not in self._asked
+                and not ledger.holds_mounted(path)
+            ):
+                self._asked.add((key, path))
+                lone.append(path)
+        if lone:
+            trees = [t for t in ledger.mounted if not any(below(p, t) for p in lone)]
+            self._arrivals.remounted(trees)
         for _, path, real in list(self._made()) if wanted else ():
             if real in wanted:
                 self._path_changed(os.path.dirname(path), os.path.basename(path))

@@ -186,6 +186,13 @@ def spec_dir_records(
     return record
 
 
+def cdi_goes(old: ResourceConfig, new: ResourceConfig | None) -> bool:
+    """Whether a reload ends `old`'s CDI spec file for good: the resource removed (`new`
+    None), or its `allocate.cdi` turned off (hostile20 F4); its held entries are then kept
+    by a keeper (`cdi_keeper`) while their pods hold them."""
+    return old.allocate.cdi is not None and (new is None or new.allocate.cdi is None)
+
+
 def cdi_keeper(
     config: ResourceConfig, services: HostServices, after: asyncio.Task[None] | None
 ) -> asyncio.Task[None] | None:

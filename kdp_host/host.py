@@ -307,7 +307,7 @@ class Host:
                     "new IDs is held until PodResources shows no pod holding it",
                 )
         stopping = {
-            n: supervisor.stop_later(n, n in plan.removed) for n in (*plan.removed, *plan.changed)
+            n: supervisor.stop_later(n, new_by_name.get(n)) for n in (*plan.removed, *plan.changed)
         }
         reads = supervisor.services.checkpoint  # (the checkpoint first; the added fenced)
         booked = None if reads is None or not (plan.changed or plan.added) else reads.before(

@@ -14,7 +14,7 @@ from typing import Final
 
 from .backoff import Retries, Retry
 from .config import ResourceConfig
-from .features import cdi_keeper
+from .features import cdi_goes, cdi_keeper
 from .resource import ResourceRuntime
 from .services import HostServices
 
@@ -99,7 +99,7 @@ class Supervisor:
         Each waits for `booked` too: the kubelet's checkpoint read for a reload
         (`checkpoint_bookings.book_before`), so its first list holds what the pods hold.
         """
-        keeper = self._keepers.pop(config.name, None)
+        keeper = None if config.allocate.cdi is None else self._keepers.pop(config.name, None)
         if keeper is not None:
             keeper.cancel()
             after = keeper  # (the keeper waited for the old runtime)
@@ -114,9 +114,12 @@ class Supervisor:
         self._running[config.name] = supervised
         self.services.status_changed(config.name)
 
-    def stop_later(self, name: str, removed: bool = False) -> asyncio.Task[None] | None:
-        """Cancel a resource's task; returns it so a successor can wait for it to end. A
-        resource `removed` from the config keeps its held CDI entries (`cdi_keeper`)."""
+    def stop_later(
+        self, name: str, new: ResourceConfig | None = None, reload: bool = True
+    ) -> asyncio.Task[None] | None:
+        """Cancel a resource's task; returns it so a successor (`new`, its config: None, a
+        removed resource) can wait for it to end. On a `reload` that ends its CDI spec file
+        (`features.cdi_goes`), it keeps its held entries (`cdi_keeper`)."""
         supervised = self._running.pop(name)
         supervised.stopping = True
         self.services.status_changed(name)
@@ -125,7 +128,7 @@ class Supervisor:
             task.cancel()
             self._stopping.add(task)
             task.add_done_callback(self._stopping.discard)
-        if removed:
+        if reload and cdi_goes(supervised.runtime.config, new):
             self._keep(supervised.runtime.config, task)
         return task
 
@@ -146,7 +149,7 @@ class Supervisor:
 
     async def stop_all(self) -> None:
         for name in list(self._running):
-            self.stop_later(name)
+            self.stop_later(name, reload=False)
         for task in (*self._keepers.values(), *self._reads):
             task.cancel()
         if self.services.checkpoint is not None:

@@ -128,7 +128,9 @@ def test_the_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert record.resources() == []
 
 
-def _cdi_config(kubelet: KubeletSimulator, short_dir: Path, with_a: bool) -> str:
+def _cdi_config(
+    kubelet: KubeletSimulator, short_dir: Path, with_a: bool, a_cdi: bool = True
+) -> str:
     text = (
         f"kubelet: {{socketDir: {kubelet.socket_dir}, "
         f"podResourcesSocket: {short_dir / 'pr' / 'kubelet.sock'}, podResourcesInterval: 1s}}\n"
@@ -137,21 +139,25 @@ def _cdi_config(kubelet: KubeletSimulator, short_dir: Path, with_a: bool) -> str
     entries = [(FPGA, "k1", "dev")] if with_a else []
     entries.append(("vendor.example/other", "k2", "dev2"))
     for name, kind, directory in entries:
-        text += (
-            f'  - name: {name}\n    glob: {{paths: ["{short_dir / directory}/fpga*"]}}\n'
-            f"    allocate: {{cdi: {{kind: vendor.example/{kind}, "
-            f"specDir: {short_dir / 'cdi'}}}}}\n"
-        )
+        text += f'  - name: {name}\n    glob: {{paths: ["{short_dir / directory}/fpga*"]}}\n'
+        if a_cdi or name != FPGA:
+            text += (
+                f"    allocate: {{cdi: {{kind: vendor.example/{kind}, "
+                f"specDir: {short_dir / 'cdi'}}}}}\n"
+            )
+    if not a_cdi:
+        text += f'  - name: {FPGA}\n    glob: {{paths: ["{short_dir / "dev"}/fpga*"]}}\n'
     return text
 
 
+@pytest.mark.parametrize("reload", ["removes_it", "turns_cdi_off"])
 async def test_a_held_cdi_name_of_a_removed_resource_resolves_until_its_booking_ends(
-    pod_resources_kubelet: KubeletSimulator, short_dir: Path, start_host
+    pod_resources_kubelet: KubeletSimulator, short_dir: Path, start_host, reload: str
 ) -> None:
-    """p1 holds fpga0 (CDI name vendor.example/k1=...); a reload removes the resource. p1's
-    container may restart and resolve the name again: it keeps resolving to dev/fpga0 while
-    the kubelet holds it (one keeper writes the removed resource's file), and goes once p1
-    ended."""
+    """p1 holds fpga0 (CDI name vendor.example/k1=...); a reload removes the resource, or
+    its `allocate.cdi` (hostile20 F4: the file went at once). p1's container may restart and
+    resolve the name again: it keeps resolving to dev/fpga0 while the kubelet holds it (one
+    keeper writes the removed resource's file), and goes once p1 ended."""
     kubelet = pod_resources_kubelet
     for directory in ("dev", "dev2"):
         (short_dir / directory).mkdir()
@@ -163,9 +169,15 @@ async def test_a_held_cdi_name_of_a_removed_resource_resolves_until_its_booking_
     await kubelet.allocate(FPGA, 1, pod_uid="p1")
     held = [name for name in resolved(spec_dir) if name.startswith("vendor.example/k1=")]
     assert [resolved(spec_dir)[name] for name in held] == [[str(short_dir / "dev" / "fpga0")]]
-    config.write_text(_cdi_config(kubelet, short_dir, with_a=False))
+    off = reload == "turns_cdi_off"
+    config.write_text(_cdi_config(kubelet, short_dir, with_a=False, a_cdi=not off))
     assert await running.host.reload_from(config) == "ok"
-    await wait_until(lambda: FPGA not in running.host.resources, what="the resource stopped")
+    if off:
+        supervisor = running.host._supervisor
+        assert supervisor is not None
+        await wait_until(lambda: FPGA in supervisor._keepers, what="the keeper runs")
+    else:
+        await wait_until(lambda: FPGA not in running.host.resources, what="resource stopped")
     await wait_until(lambda: held[0] in resolved(spec_dir), what="the held name kept")
     assert resolved(spec_dir)[held[0]] == [str(short_dir / "dev" / "fpga0")]
     poller = running.host.pod_resources

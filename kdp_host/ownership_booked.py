@@ -15,7 +15,7 @@ directory it is below (`mount_conflict`) or a node whose number is not known tha
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .devices import Device, DeviceMount, DeviceNode, replica_ids
@@ -70,6 +70,11 @@ class BookedClaims:
         self.shared_dirs: dict[str, Counted] = {}
         """Real path of a directory a booking holds shared -> those bookings: what is below it
         is in the pod's mount too."""
+        self.shared_spots: dict[str, Counted] = {}
+        """Real path of a shared claim a booking holds -> those bookings: a directory above it
+        mounted would hand the node out again."""
+        self._sorted_shared: list[str] | None = None
+        """`shared_spots` sorted (`_below`), made when first needed."""
         self.places: dict[str, Counted] = {}
         """Real path of a booked place -> the bookings that handed it out."""
         self._sorted_places: list[str] | None = None
@@ -130,10 +135,11 @@ class BookedClaims:
         self, resource: str, device_id: str, replicas: int, claims: Claims
     ) -> tuple[Owner, str] | None:
         """A booking of another ID (or resource) that holds shared what one of the device's
-        exclusive claims reaches (the same key, or a directory it holds shared above one of
-        the claim's places), with that claim's host path: the pod has the node, so the
-        device may share it, never have it alone (hostile19 F5). A look-up per exclusive
-        claim, none while no booking holds a shared claim."""
+        exclusive claims reaches (the same key, a directory it holds shared above one of the
+        claim's places, or for a directory, a shared claim below one of its places), with
+        that claim's host path: the pod has the node, so the device may share it, never have
+        it alone (hostile19 F5). A look-up per exclusive claim (and its places' directories
+        above, its run of shared claims below), none while no booking holds a shared claim."""
         if not self.shared_booked:
             return None
         return self._first_other(
@@ -152,6 +158,12 @@ class BookedClaims:
             for place in self.places_of(key, real):
                 for directory in ancestors(place):
                     found += dirs.get(directory, ())
+        if key[0] == DIRECTORY and (spots := self.shared_spots):
+            ordered = self._sorted_shared
+            if ordered is None:
+                ordered = self._sorted_shared = sorted(spots)
+            for place in self.places_of(key, real):
+                found += (o for inner in _below(ordered, place) for o in spots[inner])
         return found
 
     def _holders_sharing(self, key: ClaimKey, real: str) -> Iterable[Owner]:
@@ -282,13 +294,19 @@ class BookedClaims:
             ordered = self._sorted_places
             if ordered is None:
                 ordered = self._sorted_places = sorted(places)
-            prefix = real.rstrip("/") + "/"
-            at = bisect_left(ordered, prefix)
-            while at < len(ordered) and ordered[at].startswith(prefix):
-                if below(ordered[at], real):  # (the run: what starts with the prefix)
-                    found += places[ordered[at]]
-                at += 1
+            found += (o for place in _below(ordered, real) for o in places[place])
         return found
+
+
+def _below(ordered: list[str], real: str) -> Iterator[str]:
+    """The paths of `ordered` (sorted) below directory `real`: of the one run of those that
+    start with its prefix."""
+    prefix = real.rstrip("/") + "/"
+    at = bisect_left(ordered, prefix)
+    while at < len(ordered) and ordered[at].startswith(prefix):
+        if below(ordered[at], real):
+            yield ordered[at]
+        at += 1
 
 
 def _ignore(_owner: Owner, _real: str) -> None:

@@ -275,6 +275,9 @@ class Ledger(BookedClaims):
             _count(self.shared_booked, key, owner, step)
             if key[0] == DIRECTORY:
                 _count(self.shared_dirs, real, owner, step)
+            if key[0] != SYSFS:
+                _count(self.shared_spots, real, owner, step)
+                self._sorted_shared = None
 
     def record(
         self,

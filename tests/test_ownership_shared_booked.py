@@ -147,3 +147,17 @@ async def test_another_hosts_shared_booking_holds_the_node(tmp_path: Path) -> No
     assert host.ids(R2) == ["b"], "the other host's pod has the node"
     await host.index.take_in([], ["peer"])
     assert host.ids(R2) == ["b", "x0"]
+
+
+async def test_a_directory_above_a_node_a_pod_holds_shared_is_not_mounted_alone() -> None:
+    now = [100.0]
+    nodes = FakeNodes({"/fw": ("d", 5), "/fw/ctl": ("c", 9)})
+    host = Host(nodes)
+    host.index = OwnershipIndex(host.metrics, nodes, clock=lambda: now[0])
+    host.publish(R1, Device("c1", nodes=(DeviceNode("/fw/ctl", "/ctl", shared=True),)))
+    await host.index.book(R1, ["c1"])
+    host.publish(R1)
+    host.publish(R2, Device("fw", mounts=(DeviceMount("/fw", "/fw"),)))
+    assert host.ids(R2) == [], "a mount of /fw would hand the pod's node out again"
+    host.index.holdings(Holdings(now[0] + 60, 0.0, {}))
+    assert host.ids(R2) == ["fw"]

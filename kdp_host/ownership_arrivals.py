@@ -40,6 +40,7 @@ from .identity import DIRECTORY
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_claims import ClaimKey
+from .ownership_pinned import PinnedDirs
 from .ownership_reads import FollowedTree as _Tree
 from .ownership_reads import Found as Found
 from .ownership_reads import NodesFound, Read, TreeReads, arrived, remounted, tops
@@ -79,18 +80,18 @@ in full, it reads all of it (`left_to_net`, up to `RESCAN_LIMIT`)."""
 
 def host_tree_limit(watch_budget: int | None) -> int:
     """Directories followed below claimed ones in all, given the node's watch limit."""
-    if watch_budget is None:
-        return HOST_TREE_LIMIT
-    return max(0, min(HOST_TREE_LIMIT, watch_budget // HOST_TREE_SHARE))
+    share = HOST_TREE_LIMIT if watch_budget is None else watch_budget // HOST_TREE_SHARE
+    return max(0, min(HOST_TREE_LIMIT, share))
 
 
 class Arrivals:
     """Follows claimed directories and their trees for entries that appear in them; hands
-    what they are to `found` (on the loop), once per burst of events."""
+    what they are to `found` (on the loop), once per burst of events, with the paths read in
+    full (what was there and is not found now has gone)."""
 
     def __init__(
         self,
-        found: Callable[[Found], None],
+        found: Callable[[Found, list[str]], None],
         offload: Offload | None,
         metrics: Metrics | None = None,
         read: Read = arrived,
@@ -111,6 +112,7 @@ class Arrivals:
         """Claimed directory -> why its tree is not followed in full (kept with the trees')."""
         self.nodes = NodesFound()
         """The device nodes the trees' reads found, by number."""
+        self._pins = PinnedDirs()  # (the trees bookings hold mounted: `TreeReads`)
         self._dirs: dict[str, tuple[str, Subscription]] = {}
         """Every directory followed (claimed ones too) -> its tree, and its subscription."""
         self._below = 0
@@ -128,12 +130,16 @@ class Arrivals:
         self, watcher: Watcher, directory: str, log: EventLogger | None, place: bool = False
     ) -> None:
         """Follow what appears in `directory` (a claimed directory's real path; `place`: one
-        only a booking holds) and below it, for as long as the host runs."""
+        only a booking holds) and below it, for as long as the host runs. One a booking holds
+        (`place`, now or later) is kept open: renamed, it is found where it is (`TreeReads`)."""
         if (tree := self._trees.get(directory)) is not None:
             tree.place = tree.place and place
+            if place and not tree.booked:  # (kept open from its next read)
+                tree.booked = True
+                self._queue(directory, directory)
             return
         self._watcher = watcher
-        self._trees[directory] = _Tree(log, place=place)
+        self._trees[directory] = _Tree(log, place=place, booked=place)
         self._ordered = None
         known = self._dirs.get(directory)
         if known is not None:  # (followed in a tree above it so far: its own from now on)
@@ -144,6 +150,12 @@ class Arrivals:
             subscription = watcher.subscribe(directory, functools.partial(self._changed, directory))
         self._dirs[directory] = (directory, subscription)
         self._queue(directory, directory)  # (its tree: what to follow below it)
+
+    def unbook(self, directory: str) -> None:
+        """No booking holds `directory` mounted now (its tree stays followed, by path)."""
+        if (tree := self._trees.get(directory)) is not None:
+            tree.booked = False
+        self._pins.unpin(directory)
 
     def rescan_with(self, net: SafetyNet | None) -> None:
         """Read the trees not followed in full through the host's safety net."""
@@ -234,7 +246,8 @@ class Arrivals:
                 limits = {t: RESCAN_LIMIT if t in full else ARRIVAL_LIMIT for t in pending}
                 jobs = [(tree, tops(paths), limits[tree]) for tree, paths in pending.items()]
                 timeout = RESCAN_TIMEOUT if full else ARRIVAL_TIMEOUT
-                batch = TreeReads(jobs, self._read)
+                booked = frozenset(t for t in pending if self._trees[t].booked)
+                batch = TreeReads(jobs, self._read, self._pins, booked)
                 if self._offload is None:
                     batch.run()
                 else:
@@ -243,7 +256,10 @@ class Arrivals:
                         async with asyncio.timeout(timeout):
                             await asyncio.shield(reading)
                 done, running = batch.close()
+                for tree in [t for t in booked if not self._trees[t].booked]:
+                    self._pins.unpin(tree)  # (pinned while its booking ended)
                 everything: Found = []
+                complete: list[str] = []  # (the paths read in full: what is not found went)
                 changed: list[str] = []
                 pace = Pace(TAKE_CHUNK)
                 for tree, todo, limit in jobs:
@@ -258,25 +274,27 @@ class Arrivals:
                     if tree not in done:
                         unread = f"its read took more than {timeout:g} s"
                     before = self._trees[tree].may_hold_nodes()
-                    self._take(tree, todo, found, unread if more else None, tree in full)
+                    kept = tree in batch.moved  # (its root now, found last: a tree of its own)
+                    self._take(tree, todo, found[:-1] if kept else found,
+                               unread if more else None, tree in full, kept)  # fmt: skip
                     if self._trees[tree].may_hold_nodes() != before:
                         changed.append(tree)
                     everything += found
-                self._found(everything)
+                    complete += [] if more or kept else todo
+                self._found(everything, complete)
                 if changed and self._nodes_changed is not None:
                     self._nodes_changed(changed)
         finally:
             self._task = None
 
     def _take(
-        self, tree: str, read: list[str], found: Found, unread: str | None, full: bool
+        self, tree: str, read: list[str], found: Found, unread: str | None, full: bool, moved: bool
     ) -> None:
-        """Follow the directories found that are not yet, let go of those gone (or no
-        directory now), and note whether the tree is followed in full (`unread`: why not
-        all of it was read)."""
+        """Follow the directories found that are not yet, let go of those gone (none if the
+        tree `moved`: its old place is kept), note if it is followed in full (`unread`)."""
         dirs = {path for key, path in found if key[0] == DIRECTORY}
         state = self._trees[tree]
-        if unread is None:  # (all of each path read: a followed directory not found went)
+        if unread is None and not moved:  # (all of each path read: a directory not found went)
             for path in read:
                 if path in self._dirs:
                     self._let_go(path, dirs)
@@ -298,7 +316,7 @@ class Arrivals:
         if unread is not None:
             why = unread
             if full:
-                self._log_unread(tree, unread)
+                self._trees[tree].log_unread(tree, unread)
         if why is not None:
             self._set_unfollowed(tree, why)
         elif full:
@@ -363,24 +381,12 @@ class Arrivals:
             self._metrics.watch_unfollowed.set(len(self._unfollowed))
         self._join()
 
-    def _log_unread(self, tree: str, why: str) -> None:
-        """The safety net could not read all of a tree either (logged once a time)."""
-        state = self._trees[tree]
-        if state.log is not None and not state.unread:
-            state.log.warning(
-                "arrival_unread",
-                dir=tree,
-                reason=why,
-                consequence="claims moved deeper in its tree are not seen there",
-            )
-        state.unread = True
-
     def _join(self) -> None:
         """In the safety net while a tree is not followed in full, out of it otherwise."""
         wanted = self._net is not None and bool(self._unfollowed)
         if wanted and self._leave is None and self._net is not None:
-            self._leave = self._net.join(
-                RESCAN_INTERVAL, _nothing_read, self._rescan, timeout=RESCAN_TIMEOUT
+            self._leave = self._net.join(  # (its check reads nothing: `_rescan` reads)
+                RESCAN_INTERVAL, lambda: False, self._rescan, timeout=RESCAN_TIMEOUT
             )
         elif not wanted and self._leave is not None:
             self._leave()
@@ -391,8 +397,3 @@ class Arrivals:
         for tree in self.unfollowed:
             self._full.add(tree)
             self._queue(tree, tree)
-
-
-def _nothing_read() -> bool:
-    """The safety net's check: the read itself runs as any arrival's (`_rescan`)."""
-    return False

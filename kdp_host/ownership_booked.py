@@ -17,6 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .devices import Device, DeviceMount, DeviceNode, replica_ids
 from .identity import DIRECTORY, Identity
@@ -103,9 +104,14 @@ class BookedClaims:
         (`follow_mounted`)."""
         self.follow_mounted: Callable[[Owner, str], None] = _ignore
         """Told each directory a booking comes to hold mounted (the index follows its tree)."""
+        self.let_go_mounted: Callable[[str], None] = _ignore_path
+        """Told each directory no booking holds mounted any more."""
         self.moved: dict[ClaimKey, tuple[str, ...]] = {}
         """Booked key -> the real paths it was found at since (renamed, a directory above it
-        renamed, linked: `found_elsewhere`), while it is booked."""
+        renamed, linked: `found_elsewhere`), while it is booked. A booked directory is
+        booked by its inode: where it was found since, it is mounted and a place of each of
+        its bookings too (`relocate`): its tree, renamed anywhere, is held there (hostile19
+        F6)."""
         self.sharing: Callable[[str], Iterable[str]] = _nowhere
         """A directory's real path -> the paths outside it of what its tree holds (a node's
         number, a file of more than one link: `ownership_shared.elsewhere`): a booking that
@@ -195,7 +201,21 @@ class BookedClaims:
         if not there.isdisjoint(owners):
             return False  # (where it was booked)
         self.moved[key] = (*known, real)
+        if key[0] == DIRECTORY:
+            for owner, times in list(owners.items()):
+                self.relocate(owner, real, times)
         return True
+
+    def relocate(self, owner: Owner, real: str, step: int) -> None:
+        """A directory `owner`'s booking holds (`step` times; negative: no more) is at `real`
+        too: mounted there, and a place of it (what is below it, or above, is held)."""
+        count(self.mounted, real, owner, step)
+        count(self.places, real, owner, step)
+        self._sorted_places = None
+        if step > 0:
+            self.follow_mounted(owner, real)
+        elif real not in self.mounted:
+            self.let_go_mounted(real)
 
     def holds_mounted(self, real: str) -> bool:
         """Whether a booking holds a directory above `real` mounted (a pod reaches it)."""
@@ -315,6 +335,22 @@ def _ignore(_owner: Owner, _real: str) -> None:
 
 def _nowhere(_real: str) -> tuple[str, ...]:
     return ()
+
+
+def _ignore_path(_real: str) -> None:
+    """(No index follows the trees.)"""
+
+
+def count(index: dict[Any, Counted], key: object, owner: Owner, step: int) -> None:
+    """Count `owner` `step` times more (fewer) at `key` of `index`."""
+    holders = index.setdefault(key, {})
+    left = holders.get(owner, 0) + step
+    if left > 0:
+        holders[owner] = left
+    else:
+        holders.pop(owner, None)
+        if not holders:
+            del index[key]
 
 
 def _only_there(_key: ClaimKey, real: str) -> tuple[str, ...]:

@@ -29,7 +29,8 @@ from typing import Any, Protocol
 
 from .devices import advertises
 from .identity import DIRECTORY
-from .ownership_booked import BookedClaims, Booking, Counted
+from .ownership_booked import BookedClaims, Booking
+from .ownership_booked import count as _count
 from .ownership_claims import SYSFS, Claim, ClaimKey, Owner, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
 from .turns import Pace, Steps, to_the_end
@@ -257,6 +258,10 @@ class Ledger(BookedClaims):
                 _count(self.mounted, real, owner, step)
                 if step > 0:
                     self.follow_mounted(owner, real)
+                elif real not in self.mounted:
+                    self.let_go_mounted(real)
+                for moved in self.moved.get(key, ()):  # (where it was found since)
+                    self.relocate(owner, moved, step)
             if step < 0 and key not in self.booked:
                 self.moved.pop(key, None)
         for _, _, real in booking.places:
@@ -343,14 +348,3 @@ def _same(one: Booking | None, other: Booking) -> bool:
         and one.number_unknown == other.number_unknown
         and one.shared == other.shared
     )
-
-
-def _count(index: dict[Any, Counted], key: object, owner: Owner, step: int) -> None:
-    holders = index.setdefault(key, {})
-    left = holders.get(owner, 0) + step
-    if left > 0:
-        holders[owner] = left
-    else:
-        holders.pop(owner, None)
-        if not holders:
-            del index[key]

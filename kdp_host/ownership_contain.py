@@ -51,7 +51,8 @@ class Containment:
     def places(self, key: ClaimKey, real: str) -> tuple[str, ...]:
         """Every place a claim made at `real` is shown at now: there, where it was found
         since (a rename or a hard link: the old place is kept, on the safe side, while the
-        claim is), and wherever the mount table shows one of those again."""
+        claim is, until a read of that place finds it gone: `gone_from`), and wherever the
+        mount table shows one of those again."""
         found = self.found.get(key)
         if key[0] in NODES and (inside := self.inside(key)):
             found = (*(found or ()), *(p for p in inside if p != real))
@@ -132,10 +133,11 @@ class Containment:
         claim itself: its device is checked again too, and held while the booking lives
         (hostile8 N1: holding the mount alone does nothing, the pod has it). What a booking
         holds, found where it was not booked (`BookedTrees.found_elsewhere`: a directory
-        above it renamed), checks the devices whose directories hold it now (hostile18 F4)."""
+        above it renamed), checks the devices whose directories hold it now (hostile18 F4),
+        and, a booked directory, those with a claim below it now (hostile19 F6)."""
         at = self.at()
         moved = [(key, real) for key, real in found if key in at and real not in at[key]]
-        elsewhere = [real for key, real in found if bookings.found_elsewhere(key, real)]
+        elsewhere = [(key, real) for key, real in found if bookings.found_elsewhere(key, real)]
         if not moved and not elsewhere:
             return set()  # (no claim, or where it is known to be: the common case)
         made: dict[ClaimKey, list[tuple[str, str]]] = {}
@@ -148,8 +150,40 @@ class Containment:
             outer.update(above)
             if any(map(booked, above)) or bookings.holds_mounted(real):
                 outer.add(key)
-        for real in elsewhere:
+        for key, real in elsewhere:
             outer.update(self.outer(self.mounts.places(real)))
+            if key[0] == DIRECTORY:  # (a booked tree renamed: what is in it now is held)
+                outer.update(self.inner(real))
+        return {path for key in outer for path, _ in made.get(key, ())}
+
+    def gone_from(self, read: Iterable[str], found: Iterable[tuple[ClaimKey, str]]) -> set[str]:
+        """`read`: paths read in full, `found` below them. A claim found at one of them or
+        below since (`move`) that is not found there now has left (renamed out of a mounted
+        tree, unlinked): no longer counted there. Returns the host paths of those claims and
+        of the directory claims above where they were (their devices are checked again)."""
+        paths = set(read)
+        seen = set(found)
+        left: dict[ClaimKey, tuple[str, ...]] = {}
+        for key, places in self.found.items():
+            went = tuple(p for p in places if (key, p) not in seen
+                         and (p in paths or not paths.isdisjoint(ancestors(p))))  # fmt: skip
+            if went:
+                left[key] = went
+        if not left:
+            return set()
+        made: dict[ClaimKey, list[tuple[str, str]]] = {}
+        for key, path, real in self._made():
+            made.setdefault(key, []).append((path, real))
+        outer: set[ClaimKey] = set(left)
+        for key, gone in left.items():
+            outer.update(self.outer(tuple(p for at in gone for p in self.mounts.places(at))))
+            self._forget(key)
+            kept = tuple(p for p in self.found[key] if p not in gone)
+            if kept:
+                self.found[key] = kept
+            else:
+                del self.found[key]
+            self.count(key, made[key][0][1] if key in made else gone[0])
         return {path for key in outer for path, _ in made.get(key, ())}
 
     def reached_at(self, key: ClaimKey, real: str) -> None:

@@ -19,6 +19,7 @@ from typing import Final
 from .identity import DIRECTORY, FILE, NODES, identity_of
 from .logs import EventLogger
 from .ownership_claims import ClaimKey, ancestors
+from .ownership_pinned import PinnedDirs
 from .rules import below
 
 Found = list[tuple[ClaimKey, str]]
@@ -251,6 +252,12 @@ class TreeReads:
     jobs: list[tuple[str, list[str], int]]
     """Tree, the paths to read in it, the limit."""
     read: Read
+    pins: PinnedDirs | None = None
+    booked: frozenset[str] = frozenset()
+    """The trees pods hold mounted: each root read is kept open (`pins`); one gone from its
+    path is found where it is now (`moved`: its identity and real path, added to what the
+    read found), as the pod's mount follows it (hostile19 F6)."""
+    moved: set[str] = field(default_factory=set)
     done: dict[str, tuple[Found, bool]] = field(default_factory=dict)
     running: str | None = None
     closed: bool = False
@@ -262,9 +269,19 @@ class TreeReads:
                 if self.closed:
                     return
                 self.running = tree
-            result = self.read(paths, limit)
+            found, more = self.read(paths, limit)
+            moved = None
+            if self.pins is not None and tree in self.booked and tree in paths:
+                there = next((key for key, path in found if path == tree), None)
+                moved = self.pins.where(tree, there)
+                if moved is not None:
+                    found = [*found, moved]
+                elif there is not None:
+                    self.pins.pin(tree, there)
             with self.lock:
-                self.done[tree] = result
+                self.done[tree] = found, more
+                if moved is not None:
+                    self.moved.add(tree)
                 self.running = None
 
     def close(self) -> tuple[dict[str, tuple[Found, bool]], str | None]:
@@ -343,6 +360,19 @@ class FollowedTree:
     """It was read in full once (what is below it is known)."""
     place: bool = False
     """Only bookings hold it (an answer's mount): see `Arrivals.left_to_net`."""
+    booked: bool = False
+    """A booking holds it mounted: its directory is kept open, followed where it moves."""
+
+    def log_unread(self, tree: str, why: str) -> None:
+        """The safety net could not read all of it either (logged once a time)."""
+        if self.log is not None and not self.unread:
+            self.log.warning(
+                "arrival_unread",
+                dir=tree,
+                reason=why,
+                consequence="claims moved deeper in its tree are not seen there",
+            )
+        self.unread = True
 
     def may_hold_nodes(self) -> bool:
         if not self.read or self.unfollowed is not None:

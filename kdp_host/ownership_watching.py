@@ -69,6 +69,7 @@ class Watching(BookingAllocations):
         self._arrivals = Arrivals(self._arrived, offload, metrics, nodes_changed=self._nodes_in)
         self._ledger.tree_nodes = self._arrivals.reaches_nodes
         self._ledger.follow_mounted = self._follow_mounted
+        self._ledger.let_go_mounted = self._arrivals.unbook
         self._ledger.places_of = self._within.places
         self._ledger.sharing = functools.partial(elsewhere, self._arrivals)
         self._within.inside = self._arrivals.nodes.of
@@ -150,11 +151,13 @@ class Watching(BookingAllocations):
         await self._arrivals.quiet()
         await super().quiet()
 
-    def _arrived(self, found: Found) -> None:
-        """Claims renamed or linked into a claimed directory: the devices that mount it
+    def _arrived(self, found: Found, complete: Collection[str] = ()) -> None:
+        """Claims renamed or linked into a claimed directory, or out of one (not found where
+        they were found before, below `complete`): the devices that mount it, and theirs,
         are checked again (`ownership_arrivals`)."""
-        ledger = self._ledger
-        for path in self._within.found_at(found, ledger.booked.__contains__, ledger):
+        ledger, within = self._ledger, self._within
+        changed = within.gone_from(complete, found) if complete and within.found else set()
+        for path in changed | within.found_at(found, ledger.booked.__contains__, ledger):
             self._path_changed(os.path.dirname(path), os.path.basename(path))
         self._sharers_changed(found)
 

@@ -10,13 +10,16 @@ and a device directory that came to hold it (its parent renamed) was advertised 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from kdp_host import ownership_hand_out
+from kdp_host.holdings import Holdings
 from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
@@ -181,3 +184,113 @@ async def test_a_node_in_a_followed_booked_tree_is_found_by_number_without_a_rea
     with pytest.raises(PlaceOwned, match=r"n1 is also at .*/small/evil"):
         await host.index.hand_out(R1, ["n1"], [n1])
     assert reads == []
+
+
+async def renamed_while_booked(tmp: Path, own: bool) -> tuple[Host, ManualWatcher, Path]:
+    """b's pod holds tmp/g/1 mounted (`own`: b's device mounts it, as a glob group's member;
+    else it is an `allocate.mounts` place of b's device m0); a's device n is the file
+    g/1/sub/n inside it: held. Then g/1 is renamed to h/1 (`mv`: the pod's bind mount
+    follows the inode) and the watcher reports it; returns h/1."""
+    tree = tmp / "g" / "1"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "n").write_text("")
+    (tmp / "h").mkdir()
+    watcher = ManualWatcher()
+    host = Host(watcher)
+    if own:
+        await host.publish(R2, mounting("1", str(tree)))
+        await host.index.book(R2, ["1"])
+    else:
+        (tmp / "m0").write_text("")
+        await host.publish(R2, nodes("m0", str(tmp / "m0")))
+        await host.index.book(R2, ["m0"], {"m0": [str(tree)]})
+    await host.publish(R1, nodes("n", str(tree / "sub" / "n")))
+    assert host.ids(R1) == [], "the pod holding g/1 reaches n"
+    os.rename(tree, tmp / "h" / "1")
+    watcher.change(str(tmp / "g"), "1")
+    watcher.change(str(tree), None)  # (its own watch: moved)
+    await host.settled()
+    return host, watcher, tmp / "h" / "1"
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["device_dir", "allocate_mounts"])
+async def test_a_booked_directory_renamed_out_of_its_place_keeps_its_tree_held(
+    tmp_path: Path, own: bool
+) -> None:
+    """hostile19 F6: a directory a pod holds mounted is renamed (out of b's glob pattern,
+    or an `allocate.mounts` directory): a's device n, listed again at its new place inside
+    it, was held for a millisecond (the old place's nodes), then advertised and handed to
+    a second pod while the first still had it. A booked directory is booked by its inode:
+    followed where it is now, what is in it stays held while the booking lives."""
+    host, _, moved = await renamed_while_booked(tmp_path, own)
+    if own:
+        await host.publish(R2)  # (g/1 is out of b's pattern now)
+    await host.publish(R1, nodes("n", str(moved / "sub" / "n")))
+    await host.settled()
+    assert host.ids(R1) == [], "the pod holding the directory (now h/1) reaches n"
+    host.index.holdings(Holdings(time.monotonic() + 3600, 0.0, {}))  # (long after: no pod)
+    await host.settled()
+    assert host.ids(R1) == ["n"], "advertised once the booking ends"
+
+
+async def test_a_sub_directory_renamed_out_of_a_moved_booked_tree_frees_its_node(
+    tmp_path: Path,
+) -> None:
+    """What is renamed out of the booked directory, at its new place too, leaves the pod's
+    mount: a's node in it is advertised (the pod no longer reaches it)."""
+    host, watcher, moved = await renamed_while_booked(tmp_path, own=False)
+    await host.publish(R1, nodes("n", str(moved / "sub" / "n")))
+    assert host.ids(R1) == []
+    os.rename(moved / "sub", tmp_path / "out")
+    watcher.change(str(moved), "sub")
+    await host.publish(R1, nodes("n", str(tmp_path / "out" / "n")))
+    await host.settled()
+    assert host.ids(R1) == ["n"], host.index.held_now(R1)
+
+
+def open_at(directory: Path) -> int:
+    """How many of this process's descriptors name `directory` (the pinned trees)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return names.count(str(directory))
+
+
+async def test_a_booked_directory_renamed_twice_is_followed_and_let_go_with_its_booking(
+    tmp_path: Path,
+) -> None:
+    """Renamed again from its new place, the tree is found there too; once the booking ends
+    nothing keeps the directory open."""
+    host, watcher, moved = await renamed_while_booked(tmp_path, own=False)
+    again = tmp_path / "k"
+    os.rename(moved, again)
+    watcher.change(str(moved), None)
+    await host.settled()
+    await host.publish(R1, nodes("n", str(again / "sub" / "n")))
+    assert host.ids(R1) == [], "the pod holding the directory (now k) reaches n"
+    assert open_at(again) >= 1
+    host.index.holdings(Holdings(time.monotonic() + 3600, 0.0, {}))  # (long after: no pod)
+    await host.settled()
+    assert host.ids(R1) == ["n"]
+    assert open_at(again) == 0, "no descriptor outlives the booking"
+
+
+async def test_a_node_renamed_into_a_booked_place_and_out_again_is_advertised(
+    tmp_path: Path,
+) -> None:
+    """a's node renamed into the directory b's pod holds is held; renamed out again, the
+    pod no longer reaches it: advertised (before, the place it was found at was kept while
+    its claim lived, and held it)."""
+    host, watcher = await booked_place(tmp_path, "small", "sub/x")
+    inside = tmp_path / "small" / "sub" / "n0"
+    os.rename(tmp_path / "dev" / "n0", inside)
+    watcher.change(str(tmp_path / "dev"), "n0")
+    watcher.change(str(inside.parent), "n0")
+    await host.publish(R1, nodes("n0", str(inside)))
+    assert host.ids(R1) == []
+    os.rename(tmp_path / "small" / "sub", tmp_path / "out")
+    watcher.change(str(tmp_path / "small"), "sub")
+    await host.publish(R1, nodes("n0", str(tmp_path / "out" / "n0")))
+    await host.settled()
+    assert host.ids(R1) == ["n0"]

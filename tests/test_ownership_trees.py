@@ -341,7 +341,9 @@ async def test_a_hung_tree_is_left_to_the_safety_net_and_the_others_are_read(
         return ownership_reads.arrived(paths, limit)
 
     watcher = ManualWatcher()
-    arrivals = ownership_arrivals.Arrivals(lambda _found: None, DaemonThreads(), read=read)
+    arrivals = ownership_arrivals.Arrivals(
+        lambda _found, _complete: None, DaemonThreads(), read=read
+    )
     try:
         for tree in trees.values():
             arrivals.follow(watcher, str(tree), get_logger().bind(resource=R2))

@@ -256,8 +256,8 @@ class Arrivals:
                         async with asyncio.timeout(timeout):
                             await asyncio.shield(reading)
                 done, running = batch.close()
-                for tree in [t for t in booked if not self._trees[t].booked]:
-                    self._pins.unpin(tree)  # (pinned while its booking ended)
+                for tree in [t for t in booked if t in batch.moved or not self._trees[t].booked]:
+                    self._pins.unpin(tree)  # (its booking ended; moved: its new place is pinned)
                 everything: Found = []
                 complete: list[str] = []  # (the paths read in full: what is not found went)
                 changed: list[str] = []

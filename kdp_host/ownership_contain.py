@@ -10,6 +10,7 @@ a host whose devices mount no directory pays nothing for it.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -44,6 +45,9 @@ class Containment:
         """Where the mount table shows a path again (`remount`)."""
         self.found: dict[ClaimKey, tuple[str, ...]] = {}
         """Key -> the real paths it was found at since it was claimed (`move`), last last."""
+        self._found_at: tuple[list[str], dict[str, list[ClaimKey]]] | None = None
+        """Those paths sorted (those below a directory are one run), and the keys at each:
+        made when first needed after `found` changed (`gone_from`)."""
         self.inside: Callable[[ClaimKey], tuple[str, ...]] = _nowhere
         """Device number -> where the followed trees' reads found a node of it (there
         before a device claimed the number: `ownership_reads.NodesFound`)."""
@@ -92,7 +96,8 @@ class Containment:
     def uncount(self, key: ClaimKey) -> None:
         """A claim is gone."""
         if self._at is not None:  # (else nothing was counted, nor found: `move`)
-            self.found.pop(key, None)
+            if self.found.pop(key, None) is not None:
+                self._found_at = None
             self._forget(key)
 
     def _forget(self, key: ClaimKey) -> None:
@@ -116,6 +121,7 @@ class Containment:
         self.at()
         self._forget(key)
         self.found[key] = (*(p for p in self.found.get(key, ()) if p != real), real)
+        self._found_at = None
         self.count(key, made_at)
 
     def found_at(
@@ -161,14 +167,21 @@ class Containment:
         below since (`move`) that is not found there now has left (renamed out of a mounted
         tree, unlinked): no longer counted there. Returns the host paths of those claims and
         of the directory claims above where they were (their devices are checked again)."""
-        paths = set(read)
+        ordered, keys_at = self._found_index()
         seen = set(found)
-        left: dict[ClaimKey, tuple[str, ...]] = {}
-        for key, places in self.found.items():
-            went = tuple(p for p in places if (key, p) not in seen
-                         and (p in paths or not paths.isdisjoint(ancestors(p))))  # fmt: skip
-            if went:
-                left[key] = went
+        went: dict[ClaimKey, set[str]] = {}
+        for path in set(read):
+            prefix = path.rstrip("/") + "/"
+            at = bisect_left(ordered, prefix)
+            run = [path] if path in keys_at else []
+            while at < len(ordered) and ordered[at].startswith(prefix):
+                run.append(ordered[at])
+                at += 1
+            for place in run:
+                for key in keys_at[place]:
+                    if (key, place) not in seen:
+                        went.setdefault(key, set()).add(place)
+        left = {key: tuple(places) for key, places in went.items()}
         if not left:
             return set()
         made: dict[ClaimKey, list[tuple[str, str]]] = {}
@@ -179,12 +192,23 @@ class Containment:
             outer.update(self.outer(tuple(p for at in gone for p in self.mounts.places(at))))
             self._forget(key)
             kept = tuple(p for p in self.found[key] if p not in gone)
+            self._found_at = None
             if kept:
                 self.found[key] = kept
             else:
                 del self.found[key]
             self.count(key, made[key][0][1] if key in made else gone[0])
         return {path for key in outer for path, _ in made.get(key, ())}
+
+    def _found_index(self) -> tuple[list[str], dict[str, list[ClaimKey]]]:
+        index = self._found_at
+        if index is None:
+            keys_at: dict[str, list[ClaimKey]] = {}
+            for key, places in self.found.items():
+                for place in places:
+                    keys_at.setdefault(place, []).append(key)
+            index = self._found_at = (sorted(keys_at), keys_at)
+        return index
 
     def reached_at(self, key: ClaimKey, real: str) -> None:
         """A claim made already is made again at `real` (another device took it over, through

@@ -113,10 +113,11 @@ def take_handed(
                 ledger.record(owner, kubelet_id, (), now, claims, bool(gone))
                 gained.append((owner, claims))
             elif before is not None:
-                kept = {claim[0] for claim in (*before.claims, *before.places)}
+                held = (*before.claims, *before.places, *before.shared)
+                kept = {claim[0] for claim in held}
                 missing = tuple(claim for claim in claims if claim[0] not in kept)
                 places = before.places + missing
-                unknown = bool(gone - _known(before.claims + before.places))
+                unknown = bool(gone - _known(held))
                 ledger.record(
                     owner, before.device, before.claims, now, places, unknown, before.shared
                 )

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.holdings import Holder, Holdings
+from kdp_host.kubelet_checkpoint import Handed as CheckpointHanded
+from kdp_host.kubelet_checkpoint import HandedClaims
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Owner
 from kdp_host.ownership_document import OWNERSHIP_FILE, SavedBooking, checked_entry, read_saved
@@ -161,3 +163,20 @@ async def test_a_directory_above_a_node_a_pod_holds_shared_is_not_mounted_alone(
     assert host.ids(R2) == [], "a mount of /fw would hand the pod's node out again"
     host.index.holdings(Holdings(now[0] + 60, 0.0, {}))
     assert host.ids(R2) == ["fw"]
+
+
+async def test_the_checkpoint_adds_no_place_for_a_node_a_booking_holds_shared() -> None:
+    """At start the kubelet's checkpoint lists what the pod was handed (x0): a booking that
+    holds it shared already gains no place for it (a place is held as a booked claim: an
+    answer of another ID handing it out as a place is refused, as none is while it is
+    shared)."""
+    now = [100.0]
+    host, nodes = fresh(now)
+    nodes.nodes["/dev/b"] = ("c", 1)
+    host.publish(R1, sharer("p1"))
+    host.publish(R2, dev("b", "/dev/b"))
+    await host.index.book(R1, ["p1"])
+    claims = ((("c", 240 << 8), X0, X0),)
+    gained = host.index.take_handed([HandedClaims(CheckpointHanded(R1, ("p1",), (X0,)), claims)])
+    assert gained == []
+    await host.index.book(R2, ["b"], {"b": [X0]})  # (its allocate.mounts: not refused)

@@ -45,7 +45,15 @@ from .ownership_adopt import DeviceClaims
 from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT
 from .ownership_batches import Resolution
 from .ownership_claims import NOTHING, PLACE, SYSFS, ClaimKey, Owner, Reached, Unresolvable, missing
-from .ownership_reads import Found, KnownRead, arrived, held_among, linked_below, read_or_recall
+from .ownership_reads import (
+    Found,
+    KnownRead,
+    arrived,
+    held_among,
+    linked_below,
+    more_than_one_link,
+    read_or_recall,
+)
 from .ownership_resolve import reached_only
 from .ownership_shared import HANDED_TIMEOUT as HANDED_TIMEOUT
 from .ownership_shared import PlaceOwned as PlaceOwned
@@ -236,6 +244,9 @@ class HandingOut(SharedTrees):
             nodes = {real: key for real, key in nodes.items() if key not in numbers}
             if not nodes:
                 return  # (no file to look for: no read, no hop off the loop)
+        local = self._reads_kept.following_mounts and all(map(self._local, nodes))
+        if local and not more_than_one_link(nodes):
+            return  # (files of one link in local directories: an lstat each here, no hop)
         found, more = await self._off_loop(
             functools.partial(linked_below, booked, nodes, RESCAN_LIMIT, arrived),
             f"{', '.join(booked)}: trees pods hold mounted were not read",
@@ -247,6 +258,9 @@ class HandingOut(SharedTrees):
                 f"{RESCAN_LIMIT:,} entries: whether a node handed out is linked below them "
                 "is not known"
             )
+
+    def _local(self, real: str) -> bool:
+        return self._within.mounts.local(os.path.dirname(real))
 
     def _linked(self, resource: str, found: Found, nodes: Mapping[str, ClaimKey]) -> None:
         """PlaceOwned when a node handed out (`nodes`) was `found` below a booked tree."""

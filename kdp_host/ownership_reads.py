@@ -322,12 +322,9 @@ class KeptReads:
         self.generation += 1
 
 
-def linked_below(
-    trees: list[str], nodes: Mapping[str, ClaimKey], limit: int, read: Read
-) -> tuple[Found, bool]:
-    """Where below `trees` (`read` up to `limit` entries) the nodes of `nodes` (real
-    path -> identity) with more than one link are, and whether more was there (unread).
-    Nothing is read for nodes of one link."""
+def more_than_one_link(nodes: Mapping[str, ClaimKey]) -> set[ClaimKey]:
+    """The identities of the `nodes` (real path -> identity) with more than one link (an
+    lstat each: where their directories are local, on the loop)."""
     linked: set[ClaimKey] = set()
     for real, key in nodes.items():
         try:
@@ -335,7 +332,16 @@ def linked_below(
                 linked.add(key)
         except (OSError, ValueError):
             continue  # (gone since it was resolved: the runtime finds nothing there)
-    if not linked:
+    return linked
+
+
+def linked_below(
+    trees: list[str], nodes: Mapping[str, ClaimKey], limit: int, read: Read
+) -> tuple[Found, bool]:
+    """Where below `trees` (`read` up to `limit` entries) the nodes of `nodes` (real
+    path -> identity) with more than one link are, and whether more was there (unread).
+    Nothing is read for nodes of one link."""
+    if not (linked := more_than_one_link(nodes)):
         return [], False
     found, more = read(trees, limit)
     return [(key, path) for key, path in found if key in linked and path not in nodes], more

@@ -15,18 +15,22 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kdp_host import ownership_hand_out
 from kdp_host.holdings import Holdings
+from kdp_host.mount_table import MountMap
 from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
 from .test_ownership_moves import R1, R2, Host, mounting, nodes
 
 
-async def booked_place(tmp: Path, place: str, *entries: str) -> tuple[Host, ManualWatcher]:
+async def booked_place(
+    tmp: Path, place: str, *entries: str, mounts: MountMap | None = None
+) -> tuple[Host, ManualWatcher]:
     """Resource a's node dev/n0 is free (advertised, no pod); resource b's node dev/m0 was
     allocated with `tmp/place` mounted besides (a directory holding `entries`): booked."""
     (tmp / "dev").mkdir()
@@ -38,7 +42,7 @@ async def booked_place(tmp: Path, place: str, *entries: str) -> tuple[Host, Manu
         (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_text("")
     watcher = ManualWatcher()
-    host = Host(watcher)
+    host = Host(watcher, mounts)
     await host.publish(R1, nodes("n0", str(tmp / "dev" / "n0")))
     await host.publish(R2, nodes("m0", str(tmp / "dev" / "m0")))
     await host.index.book(R2, ["m0"], {"m0": [str(directory)]})
@@ -294,3 +298,29 @@ async def test_a_node_renamed_into_a_booked_place_and_out_again_is_advertised(
     await host.publish(R1, nodes("n0", str(tmp_path / "out" / "n0")))
     await host.settled()
     assert host.ids(R1) == ["n0"]
+
+
+@pytest.mark.parametrize("local", [True, False])
+async def test_a_file_of_one_link_beside_a_booked_tree_is_looked_at_without_a_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local: bool
+) -> None:
+    """A file handed out while another pod holds a tree mounted: whether it has a second
+    link (which that tree could hold) is asked by an lstat on the loop where its directory
+    lies on local file systems only (no hop off the loop at every such Allocate, issue 19);
+    elsewhere off the loop, as before. A file of two links is still looked for (F5)."""
+    disk = MountMap([("/", ("8:1", "/"))], {"/": "ext4" if local else "nfs4"})
+    host, _ = await booked_place(tmp_path, "small", "x", mounts=disk)
+    hops: list[object] = []
+    linked_below = ownership_hand_out.linked_below
+
+    def counted(*args: Any) -> Any:
+        hops.append(args)
+        return linked_below(*args)
+
+    monkeypatch.setattr(ownership_hand_out, "linked_below", counted)
+    n0 = str(tmp_path / "dev" / "n0")
+    assert await host.index.hand_out(R1, ["n0"], [n0]) == {n0: n0}
+    assert len(hops) == (0 if local else 1)
+    os.link(n0, tmp_path / "elsewhere")  # a second link (not below the tree): looked for
+    assert await host.index.hand_out(R1, ["n0"], [n0]) == {n0: n0}
+    assert len(hops) == (1 if local else 2)

@@ -9,6 +9,7 @@ an unplug is admitted without resolving it again off the loop."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from hypothesis import example, given, settings
 
 from kdp_host.config import GlobDriverConfig
 from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device
 from kdp_host.drivers import DeviceReporter
 from kdp_host.drivers.glob import GlobDriver, GlobScan
 from kdp_host.drivers.scanner import DirWatch, Listed, ScanResult
@@ -32,7 +34,7 @@ from kdp_host.ownership import OwnedTable, OwnershipIndex
 from kdp_host.ownership_claims import Reached, reach
 from kdp_host.testing import ManualWatcher, RecordingNotifier, driver_deps
 
-from .conftest import wait_table, wait_until
+from .conftest import reporter, wait_table, wait_until
 from .test_glob_incremental import REPLACED_DIR_LINK, Step, apply, outcome, steps
 
 T = TypeVar("T")
@@ -227,3 +229,29 @@ def test_a_scan_on_the_loop_finds_what_a_full_scan_finds(chosen: list[Step]) -> 
             assert outcome(result) == outcome(fresh), step
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_changed_list_is_sent_before_its_log_line() -> None:
+    """The ListAndWatch stream a publish wakes writes its list before the reporter's
+    `devices_changed` line is written (the line held the update back, issue 19); the line
+    still comes, in the same loop iteration."""
+    table = DeviceTable()
+    order: list[str] = []
+
+    async def stream() -> None:  # (as `device_lists`: woken by the table's listener)
+        await table.wait_newer(table.snapshot.version)
+        order.append("list")
+
+    class Noted(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            order.append(record.getMessage())
+
+    listening = asyncio.create_task(stream())
+    await asyncio.sleep(0)  # (listening)
+    logger = logging.getLogger("kdp_host")  # (restored after the test: conftest)
+    logger.setLevel(logging.INFO)
+    logger.addHandler(Noted())
+    reporter(table).update([Device(id="a0")])
+    await asyncio.wait_for(listening, 10)
+    await asyncio.sleep(0)
+    assert order == ["list", "devices_changed"]

@@ -3,6 +3,8 @@ failure policy, log lines and metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
@@ -96,7 +98,10 @@ class DeviceReporter:
                 healthy = healthy_count(devices)
             else:
                 healthy = sum(map(_HEALTHY, devices))
-            self._log.info("devices_changed", healthy=healthy, unhealthy=len(devices) - healthy)
+            unhealthy = len(devices) - healthy
+            _after_this_turn(
+                self._log.info, "devices_changed", healthy=healthy, unhealthy=unhealthy
+            )
         self._note_skipped(frozenset(skipped))
         self._note_flood_end()
         self._recovered()
@@ -210,6 +215,18 @@ class DeviceReporter:
                     "path_skipped", reason=item.reason, path=item.subject, error=item.message
                 )
         self._skipped = skipped
+
+
+def _after_this_turn(log: Callable[..., None], event: str, **fields: object) -> None:
+    """Log in a later callback of the loop (at once with none running): the ListAndWatch
+    streams a publish woke write their list first (a line held a hot-plug's update back by
+    ~0.1 ms under load, issue 19). The line keeps the caller's context (`logs.muted_by`)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        log(event, **fields)
+        return
+    loop.call_soon(functools.partial(log, event, **fields))
 
 
 def _values(devices: Iterable[Device] | Mapping[str, Device]) -> Iterable[Device]:

@@ -159,7 +159,7 @@ class CdiSpecWriter:
         out (entries none of whose IDs is still booked are let go first), an older version's
         device-named uses, and the IDs withheld (booked, not known as handed out: left out,
         with the device's own name, which an older version may have answered)."""
-        pinned, booked, replicas = self.pinned, self.booked, self.resource.replicas
+        pinned, booked = self.pinned, self.booked
         assert pinned is not None
         pinned.let_go(booked)
         entries = {d: h for d in pinned.devices if (h := pinned.entry(d)) is not None}
@@ -168,7 +168,7 @@ class CdiSpecWriter:
         return Held(
             {i: use.device for i, use in by_id.items()},
             {i: use.reached for i, use in by_id.items()},
-            frozenset({*withheld, *(physical_id(i, replicas) for i in withheld)}),
+            frozenset({*withheld, *(physical_id(i) for i in withheld)}),
             {d: use.device for d, use in legacy.items()},
             {d: use.reached for d, use in legacy.items()},
         )

@@ -220,14 +220,15 @@ def replica_ids(device_id: str, replicas: int) -> list[str]:
 
 def advertises(advertised_id: str, device_id: str) -> bool:
     """Whether an advertised ID is the device or one of its replicas (`<id>::<k>`)."""
-    return advertised_id == device_id or (
-        advertised_id.startswith(device_id)
-        and advertised_id[len(device_id) :].startswith(REPLICA_SEPARATOR)
-    )
+    return physical_id(advertised_id) == device_id
 
 
-def physical_id(advertised_id: str, replicas: int) -> str:
-    """The device a replica ID (`<id>::<k>`) belongs to: the inverse of `replica_ids`."""
-    if replicas == 1:
-        return advertised_id
+def physical_id(advertised_id: str) -> str:
+    """The device a kubelet ID names: the ID itself, or for a replica ID (`<id>::<k>`) the
+    text before the last separator. One rule for every host and every replica count: no
+    device ID contains REPLICA_SEPARATOR (`rules.device_id_problem`), so an ID holds it only
+    as a replica's; one may end with `:` (`a:` advertises `a:::0`), and `<k>` holds no `:`,
+    so the last separator is the replica's. `fpga0::0` is fpga0's whether this host
+    advertises the resource with `replicas: 1` or 2 (a rollout or reload that changed the
+    count, another host on the stateDir: hostile20 F6). The inverse of `replica_ids`."""
     return advertised_id.rpartition(REPLICA_SEPARATOR)[0] or advertised_id

@@ -133,7 +133,6 @@ def handed_devices(
     (`handed_entries.use_of`: wherever a reload moved them since, or another ID of the
     device was handed out otherwise), else as `snapshot` lists them (handed out before the
     record knew them); raises AllocationError for an ID neither knows or one withheld."""
-    replicas = builder.resource.replicas
     if withheld := sorted(handed.withheld.intersection(requested_ids)):
         raise AllocationError(
             f"{handed.resource}: what {','.join(withheld)} was handed out is not known "
@@ -142,7 +141,7 @@ def handed_devices(
     found: dict[str, Device] = {}
     listed: list[str] = []
     for advertised in dict.fromkeys(requested_ids):
-        entry = handed.entry(physical_id(advertised, replicas))
+        entry = handed.entry(physical_id(advertised))
         if entry is None:
             listed.append(advertised)
         else:  # (ITS use: a shared device handed out otherwise since, hostile14 N6)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .devices import REPLICA_SEPARATOR, physical_id, replica_ids
+from .devices import physical_id, replica_ids
 from .metric_labels import UnbookedResult
 from .metrics import Metrics
 from .ownership_bookings import PLACE_BOOKED, Ledger
@@ -153,12 +153,8 @@ class Adoption:
                 owner = Owner(name, kubelet_id)
                 if ledger.has(owner):
                     continue
-                device = physical_id(kubelet_id, state.replicas or 1)
+                device = physical_id(kubelet_id)  # (of any replica count: changed since)
                 claims = devices.of(device)
-                if not claims and REPLICA_SEPARATOR in kubelet_id:
-                    # a replica ID of another replica count (`replicas` changed meanwhile)
-                    device = kubelet_id.rpartition(REPLICA_SEPARATOR)[0]
-                    claims = devices.of(device)
                 shared = devices.shared_of(device)
                 if claims or shared:
                     ledger.record(owner, device, claims, now, shared=shared)

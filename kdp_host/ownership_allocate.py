@@ -160,7 +160,7 @@ class BookingAllocations(HandingOut):
         reached = await self._reach_all(paths)
         state = self._resources.get(resource)
         n = 1 if state is None else state.replicas or 1
-        mine = {Owner(resource, d) for i in ids for d in (i, *replica_ids(physical_id(i, n), n))}
+        mine = {Owner(resource, d) for i in ids for d in (i, *replica_ids(physical_id(i), n))}
         booked = self._ledger.booked
         found: dict[str, str] = {}
         for path in sorted(paths):
@@ -234,12 +234,10 @@ class BookingAllocations(HandingOut):
         """The claims of each ID's places, checked: none may reach another device's claim
         (the same node, inside a directory it mounts, or a directory holding it)."""
         reached = await self._reach_kept({path for paths in places.values() for path in paths})
-        state = self._resources.get(resource)
-        n = 1 if state is None else state.replicas or 1
         claimed: dict[str, tuple[Claim, ...]] = {}
         for kubelet_id, paths in places.items():
             # the devices of the container (all the IDs handed the same paths)
-            mine = {d for i, p in places.items() if p == paths for d in (i, physical_id(i, n))}
+            mine = {d for i, p in places.items() if p == paths for d in (i, physical_id(i))}
             for path in paths:
                 found = reached[path]
                 for owner in () if found is None else self._owners(found):
@@ -261,10 +259,9 @@ class BookingAllocations(HandingOut):
         state = self._resources.get(resource)
         if state is None:
             return False
-        replicas = state.replicas or 1
         ids = list(ids)
         for kubelet_id in ids:
-            owned = state.owned.get(physical_id(kubelet_id, replicas))
+            owned = state.owned.get(physical_id(kubelet_id))
             if owned is None:
                 raise PlaceOwned(
                     f"{resource}: {kubelet_id} is no longer advertised (an admission let go "
@@ -280,7 +277,7 @@ class BookingAllocations(HandingOut):
         changed = False
         devices = DeviceClaims(state, self._exclusive)
         for kubelet_id in ids:
-            device = physical_id(kubelet_id, replicas)
+            device = physical_id(kubelet_id)
             booked, shared = devices.of(device), devices.shared_of(device)
             own = {claim[0] for claim in booked}
             extra = tuple(c for c in places.get(kubelet_id, ()) if c[0] not in own)

@@ -104,7 +104,7 @@ class HandingOut(SharedTrees):
             return {}
         found: dict[str, str] = {}
         for kubelet_id in ids:
-            device = state.admitted.get(physical_id(kubelet_id, state.replicas or 1))
+            device = state.admitted.get(physical_id(kubelet_id))
             if device is None or device.sysfs_path is None:
                 continue  # (only a sysfs device's nodes are seen elsewhere)
             for node in device.nodes:
@@ -170,7 +170,7 @@ class HandingOut(SharedTrees):
         # (by claim held, not by entry: a library's 128 entries at every Allocate, issue 19)
         keys = frozenset(key for key, _ in found) if kept is None else kept.keys
         held = held_among(keys, self._exclusive) | held_among(keys, self._ledger.booked)
-        mine = self._mine(resource, ids)
+        mine = self._mine(ids)
         owners = {k: o for k in held if (o := self._other_holder(k, resource, mine)) is not None}
         if not owners:
             return found, kept  # (the answer's own: its mount booked, say)
@@ -226,7 +226,7 @@ class HandingOut(SharedTrees):
         read in full in time (the module's doc)."""
         if not (trees := self._ledger.mounted):
             return  # (the common case)
-        mine = {Owner(resource, d) for d in self._mine(resource, ids)}
+        mine = {Owner(resource, d) for d in self._mine(ids)}
         booked = sorted(t for t, owners in trees.items() if any(o not in mine for o in owners))
         skip = (NOTHING, DIRECTORY)
         nodes = {r[1]: r[0] for r in reached.values() if r is not None and r[0][0] not in skip}
@@ -301,7 +301,7 @@ class HandingOut(SharedTrees):
         devices = DeviceClaims(state, self._exclusive)
         found: dict[str, ClaimKey] = {}
         for kubelet_id in ids:
-            device = physical_id(kubelet_id, state.replicas or 1)
+            device = physical_id(kubelet_id)
             owned = state.owned.get(device)
             claims = devices.of(device) if owned is None else owned.all()
             for key, path, real in claims:

@@ -79,7 +79,7 @@ class SharedTrees(AdmissionGate):
         up: the module's doc)."""
         if not (trees := self._ledger.mounted):
             return  # (the common case)
-        mine = {Owner(resource, d) for d in self._mine(resource, ids)}
+        mine = {Owner(resource, d) for d in self._mine(ids)}
 
         def outside(path: str) -> bool:
             return not any(path == d or below(path, d) for d in mounted)
@@ -124,11 +124,9 @@ class SharedTrees(AdmissionGate):
         except TimeoutError:
             raise Unresolvable(f"{what} within {HANDED_TIMEOUT:g} s") from None
 
-    def _mine(self, resource: str, ids: Iterable[str]) -> set[str]:
+    def _mine(self, ids: Iterable[str]) -> set[str]:
         """The IDs an answer hands out with the devices they are replicas of."""
-        state = self._resources.get(resource)
-        n = 1 if state is None else state.replicas or 1
-        return {d for i in ids for d in (i, physical_id(i, n))}
+        return {d for i in ids for d in (i, physical_id(i))}
 
 
 def elsewhere(arrivals: Arrivals, directory: str) -> list[str]:

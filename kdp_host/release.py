@@ -124,10 +124,9 @@ class ReleaseTracker:
         }
         for writer, ids in self._store.begin(self._resource.name).items():  # (all, if it
             self.booked(ids, writer)  # begins now: ReleaseStateStore.begin)
-        replicas = self._resource.replicas
         self._store.listen(self._resource.name, self)  # (another host's, from now)
         for advertised in sorted(self._handed.withheld):  # (booked; used, when so kept)
-            if (device_id := physical_id(advertised, replicas)) in self.uses or self._assume_used:
+            if (device_id := physical_id(advertised)) in self.uses or self._assume_used:
                 self.uses.setdefault(device_id, DeviceUse({advertised})).handed_unknown = True
         for device_id, use in self.uses.items():
             if use.owed:
@@ -160,14 +159,14 @@ class ReleaseTracker:
         """Booked, its use not seen begin: when its tracking began (`ReleaseStateStore.begin`,
         hostile15 F1, F2), or by another host since (hostile13 M15). Used from now."""
         at = (self._clock(), self._wall())
-        settle, replicas = self._timings.allocation_settle, self._resource.replicas
-        assume_used(self.uses, advertised_ids, replicas, at, settle, self._log, writer)
+        settle = self._timings.allocation_settle
+        assume_used(self.uses, advertised_ids, at, settle, self._log, writer)
         self._publish()
 
     def held_before(self, devices: Mapping[str, Owner], taken: Collection[Owner]) -> None:
         """`ReleaseStateStore.held_before`: their release is owed now (`owe_held_before`)."""
-        wall, replicas = self._wall(), self._resource.replicas
-        for device_id in owe_held_before(self.uses, devices, taken, replicas, wall, self._log):
+        wall = self._wall()
+        for device_id in owe_held_before(self.uses, devices, taken, wall, self._log):
             self._start(device_id)
         self._publish()
 
@@ -175,9 +174,9 @@ class ReleaseTracker:
         """An Allocate asks for these IDs (no I/O; told before the record takes what it hands
         out): an ID used before proves its earlier user gone, whether or not the answer goes
         out; one of a device in use joins it (`release_join.asked_for`)."""
-        replicas, wall = self._resource.replicas, self._wall()
+        wall = self._wall()
         for advertised in advertised_ids:
-            use = self.uses.setdefault(device_id := physical_id(advertised, replicas), DeviceUse())
+            use = self.uses.setdefault(device_id := physical_id(advertised), DeviceUse())
             if (gone := asked_for(use, advertised, self._assume_used, wall)) is None:
                 continue
             self._gone(device_id, gone[0])
@@ -190,9 +189,9 @@ class ReleaseTracker:
     def taken(self, advertised_ids: Sequence[str]) -> None:
         """The Allocate's answer goes out, its record kept (`handed_out`): the devices are
         used from now, as that answer hands them out (a release acts on that)."""
-        now, wall, replicas = self._clock(), self._wall(), self._resource.replicas
+        now, wall = self._clock(), self._wall()
         for advertised in advertised_ids:
-            use = self.uses.setdefault(physical_id(advertised, replicas), DeviceUse())
+            use = self.uses.setdefault(physical_id(advertised), DeviceUse())
             use.begun(advertised, (now, wall), self._timings.allocation_settle)
             use.handed_unknown = False
         self._publish()
@@ -203,13 +202,11 @@ class ReleaseTracker:
         its own would wipe that state (owed releases) for the resource."""
         if self._closed:
             return
-        replicas, handed = self._resource.replicas, self.device_ids()
         asked_wall = self._wall() - self._clock() + answer.asked_at
         self._heard = max(self._heard, answer.asked_at)
         held: dict[str, dict[str, tuple[Holder, ...]]] = {}
         for advertised, holders in answer.of(self._resource.name).items():
-            device_id = handed.get(advertised) or physical_id(advertised, replicas)
-            held.setdefault(device_id, {})[advertised] = holders
+            held.setdefault(physical_id(advertised), {})[advertised] = holders
         if self._assume_used and self._table.published.is_set():
             self._assume_used = False  # from now on the state is known
             self._store.known(self._resource.name)
@@ -227,17 +224,17 @@ class ReleaseTracker:
     ) -> None:
         """PreStartContainer: the owed releases of the container's devices, then (under each
         one's lock) another host's use's (`_after_peers`); HookFailed: one failed, or `budget`."""
-        replicas, budget = self._resource.replicas, budget or StartBudget.of_call(None)
-        devices = list(dict.fromkeys(physical_id(a, replicas) for a in advertised_ids))
+        budget = budget or StartBudget.of_call(None)
+        devices = list(dict.fromkeys(physical_id(a) for a in advertised_ids))
         joins, heard = (self.uses, devices, advertised_ids), lambda: self._heard  # (decided first)
         await decided(self._answers, joins, heard, budget, self._resource.name)
-        sharing = owed_sharing(self.uses, self._handed, advertised_ids, replicas)
+        sharing = owed_sharing(self.uses, self._handed, advertised_ids)
         await self._owed_done(devices + sharing, budget)
-        if held := in_use_sharing(self.uses, self._handed, advertised_ids, replicas):
+        if held := in_use_sharing(self.uses, self._handed, advertised_ids):
             raise not_released(self._resource.name, held)  # (its node's release: not yet)
         for device_id in devices:
             if (use := self.uses.get(device_id)) is not None and use.allocated_wall is not None:
-                ids = [a for a in advertised_ids if physical_id(a, replicas) == device_id]
+                ids = [a for a in advertised_ids if physical_id(a) == device_id]
                 await self._after_peers(device_id, use, use.allocated_wall, ids, budget)
                 await self._owed_done([device_id], budget)  # (owed meanwhile: waited for)
         await self._store.flush()
@@ -388,12 +385,6 @@ class ReleaseTracker:
     def outstanding(self) -> set[str]:
         """The devices in use or owed a release (`/devices` shows them, listed or not)."""
         return {device_id for device_id, use in list(self.uses.items()) if use.used or use.owed}
-
-    def device_ids(self) -> dict[str, str]:
-        """Advertised ID -> device, for the IDs handed out whose users are not seen gone:
-        the kubelet's IDs keep naming their device after a reload changed `replicas`
-        (`fpga0::1` is still fpga0's with `replicas: 1`). Read from the HTTP thread too."""
-        return {a: device_id for device_id, use in list(self.uses.items()) for a in use.used}
 
     def view(self, device_id: str) -> dict[str, Any]:
         """The release part of a device in `/devices` (`DeviceUse.view`)."""

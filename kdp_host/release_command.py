@@ -100,23 +100,21 @@ def acted_on(handed: HandedOut, device_id: str) -> tuple[Handed, ...]:
     return () if (entry := handed.entry(device_id)) is None else releasing(entry)
 
 
-def _places_of_mine(handed: HandedOut, ids: Sequence[str], replicas: int) -> set[object]:
+def _places_of_mine(handed: HandedOut, ids: Sequence[str]) -> set[object]:
     """What the uses of `ids` were handed (host paths, what they reached: `places_of`)."""
     places: set[object] = set()
     for advertised in ids:
-        if (entry := handed.entry(physical_id(advertised, replicas))) is not None:
+        if (entry := handed.entry(physical_id(advertised))) is not None:
             places |= places_of(use_of(entry, advertised))
     return places
 
 
-def owed_sharing(
-    uses: Mapping[str, DeviceUse], handed: HandedOut, ids: Sequence[str], replicas: int
-) -> list[str]:
+def owed_sharing(uses: Mapping[str, DeviceUse], handed: HandedOut, ids: Sequence[str]) -> list[str]:
     """The devices, not of `ids`, whose owed release acts on a host path (or what one
     reached) that a use of `ids` was handed: the container starts after it (hostile14 N6: a
     use released on its own node, which another device lists now)."""
-    mine = {physical_id(advertised, replicas) for advertised in ids}
-    places = _places_of_mine(handed, ids, replicas)
+    mine = {physical_id(advertised) for advertised in ids}
+    places = _places_of_mine(handed, ids)
     return [
         device_id
         for device_id, use in uses.items()
@@ -128,7 +126,7 @@ def owed_sharing(
 
 
 def in_use_sharing(
-    tracked: Mapping[str, DeviceUse], handed: HandedOut, ids: Sequence[str], replicas: int
+    tracked: Mapping[str, DeviceUse], handed: HandedOut, ids: Sequence[str]
 ) -> list[str]:
     """The devices in use (not owed: another container holds an ID of theirs) one of whose
     uses, seen gone (none of its IDs is used now) and not released (the record keeps it:
@@ -137,7 +135,7 @@ def in_use_sharing(
     container's own has. Such a node is released only once its device is free (a shared
     device, `replicas`); no container starts with it before (hostile14 N6: the probe
     moved d0 from n0 to n1 while d0::0 held n0, and lists n0 as d1 now)."""
-    places = _places_of_mine(handed, ids, replicas)
+    places = _places_of_mine(handed, ids)
     found: list[str] = []
     for device_id, use in tracked.items() if places else ():
         if use.owed or not use.used or (entry := handed.entry(device_id)) is None:

@@ -150,7 +150,6 @@ class DeviceUse:
 def assume_used(
     uses: dict[str, DeviceUse],
     booked: Collection[str],
-    replicas: int,
     at: tuple[float, float],
     settle: float,
     log: EventLogger,
@@ -163,7 +162,7 @@ def assume_used(
     this host's Allocates are, `unlisted.Unlisted.booked_elsewhere`). One line
     (`release_use_assumed`) per ID not used before."""
     for advertised in sorted(booked):
-        use = uses.setdefault(device_id := physical_id(advertised, replicas), DeviceUse())
+        use = uses.setdefault(device_id := physical_id(advertised), DeviceUse())
         if advertised not in use.used:
             use.begun(advertised, at, settle, writer)
             log.warning(
@@ -261,7 +260,6 @@ def owe_held_before(
     uses: dict[str, DeviceUse],
     devices: Mapping[str, Owner],
     taken: Collection[Owner],
-    replicas: int,
     wall: float,
     log: EventLogger,
 ) -> list[str]:
@@ -273,7 +271,7 @@ def owe_held_before(
     resource's owed release this one runs instead (hostile14 N2). Returns the devices owed."""
     owed: list[str] = []
     for advertised, booked in sorted(devices.items()):
-        use = uses.setdefault(device_id := physical_id(advertised, replicas), DeviceUse())
+        use = uses.setdefault(device_id := physical_id(advertised), DeviceUse())
         if use.used or use.owed:
             continue
         use.owe(wall)

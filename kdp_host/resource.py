@@ -218,12 +218,11 @@ class ResourceRuntime:
 
     def _on_holdings(self, holdings: Holdings) -> None:
         """A PodResources answer: the in-use count, and news for the release tracker."""
-        replicas = self.config.replicas
         held = holdings.of(self.config.name)
         by_device: dict[str, tuple[Holder, ...]] = {}
         ids: dict[str, tuple[str, ...]] = {}
         for advertised, holders in held.items():
-            device = physical_id(advertised, replicas)
+            device = physical_id(advertised)
             by_device[device] = by_device.get(device, ()) + holders
             ids[device] = (*ids.get(device, ()), advertised)
         self._held, self._held_ids = by_device, ids

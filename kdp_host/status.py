@@ -90,14 +90,11 @@ def devices_document(host: Host) -> dict[str, Any]:
     resources = []
     for name, runtime in sorted(list(host.resources.items())):
         replicas, tracker = runtime.config.replicas, runtime.release
-        # the device each kubelet ID names: as handed out (a reload may have changed
-        # `replicas` since), else by the replica count in force
-        handed = {} if tracker is None else tracker.device_ids()
         held: dict[str, list[dict[str, Any]]] = {}
         ids: dict[str, list[str]] = {}
         if holdings is not None:
             for advertised, holders in sorted(holdings.of(name).items()):
-                device_id = handed.get(advertised) or physical_id(advertised, replicas)
+                device_id = physical_id(advertised)
                 ids.setdefault(device_id, []).append(advertised)
                 held.setdefault(device_id, []).extend(
                     {

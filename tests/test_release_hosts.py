@@ -439,3 +439,33 @@ async def test_hostile15_f5_a_device_id_too_long_for_a_file_name_still_has_its_l
             async with two.locks.held(*pairs[0], timeout=0.2):
                 pass
     assert sorted(p.name for p in (tmp_path / "releases").iterdir()) == [names[0]]
+
+
+async def test_hostile20_f6_a_replica_id_of_the_other_hosts_count_holds_the_device(
+    short_dir: Path,
+) -> None:
+    """hostile20 F6: a rollout that raises `replicas` 1 -> 2. p1's use (the old host's) is
+    released; p2 gets `fpga0::0` through the new host, and the old host (`replicas: 1`) sees
+    that booking and then an answer that lists p2 holding `fpga0::0`: an ID of its device
+    fpga0, whatever replica count it advertises the resource with. No release under p2.
+    On the old code the old host read `fpga0::0` as a device of its own name, found no ID of
+    fpga0 held and reset it under the running p2."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands, replicas=2)
+    old = _host(short_dir, "host-old", old_commands)
+    old.allocated(["fpga0"])  # p1, through the old host
+    await old.before_start(["fpga0"])
+    old.holdings(_free())  # p1 ended: the old host releases
+    await wait_until(lambda: old.view("fpga0")["state"] == "clean", what="the old host's release")
+    new.allocated(["fpga0::0"])  # p2, through the new host
+    await new.before_start(["fpga0::0"])
+    old.booked(["fpga0::0"], "host-new")  # the old host sees the new host's booking
+    assert old.view("fpga0")["state"] == "in_use"
+    p2 = Holder("default", "p2", "c", time.time())
+    old.holdings(Holdings(time.monotonic(), 0.0, {FPGA: {"fpga0::0": (p2,)}}))
+    assert old.view("fpga0")["state"] == "in_use", "fpga0 released under p2"
+    assert len(old_commands.runs) == 1
+    old.holdings(_free())  # p2 ended: the old host owes fpga0's release (p2's use)
+    await wait_until(lambda: len(old_commands.runs) == 2, what="the release of p2's use")
+    await old.close()
+    await new.close()

@@ -329,7 +329,7 @@ def test_a_device_another_names_booking_held_owes_its_release_naming_no_earlier_
     busy, owed = DeviceUse(used={"n1"}), DeviceUse(owed=True)
     uses = {"n0": earlier, "n1": busy, "n2": owed}
     told = {d: Owner(OLD, d) for d in ("n0", "n1", "n2", "n3")}
-    done = owe_held_before(uses, told, {Owner(OLD, "n3")}, 1, 5.0, get_logger())
+    done = owe_held_before(uses, told, {Owner(OLD, "n3")}, 5.0, get_logger())
     assert done == ["n0", "n3"]
     assert earlier.state == "pending" and earlier.holder_values()["pod"] == ""
     assert uses["n3"].state == "pending"

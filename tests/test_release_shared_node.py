@@ -135,21 +135,21 @@ def test_a_node_only_a_gone_unreleased_use_of_a_device_in_use_has_holds_a_start_
     d0 = Handed(_at("/n1"), frozenset({"d0::0", "d0::1"}), 2.0, earlier=(p1,))
     record = _Record(d0=d0, d1=Handed(_at("/n0"), frozenset({"d1::0"}), 3.0))
     tracked = {"d0": DeviceUse({"d0::0", "d0::1"}), "d1": DeviceUse({"d1::0"})}
-    assert in_use_sharing(tracked, record, ["d1::0"], 2) == ["d0"]  # type: ignore[arg-type]
+    assert in_use_sharing(tracked, record, ["d1::0"]) == ["d0"]  # type: ignore[arg-type]
     tracked["d0"].owed, tracked["d0"].used = True, set()  # (owed: waited for, `owed_sharing`)
-    assert in_use_sharing(tracked, record, ["d1::0"], 2) == []  # type: ignore[arg-type]
+    assert in_use_sharing(tracked, record, ["d1::0"]) == []  # type: ignore[arg-type]
 
     back = Handed(
         _at("/n0"), frozenset({"d0::0"}), 4.0, earlier=(p1, replace(d0, ids=frozenset({"d0::1"})))
     )
     tracked = {"d0": DeviceUse({"d0::0", "d0::1"})}  # d0 moved back to n0: p3 has d0::0 there
-    assert in_use_sharing(tracked, _Record(d0=back), ["d0::0"], 2) == ["d0"]  # type: ignore[arg-type]
+    assert in_use_sharing(tracked, _Record(d0=back), ["d0::0"]) == ["d0"]  # type: ignore[arg-type]
 
     g0 = Handed(_at("/g0", "/vfio"), frozenset(), 1.0)
     g0_now = Handed(_at("/g0b", "/vfio"), frozenset({"g0::1"}), 2.0, earlier=(g0,))
     g1 = Handed(_at("/g1", "/vfio"), frozenset({"g1::0"}), 3.0)
     tracked = {"g0": DeviceUse({"g0::1"}), "g1": DeviceUse({"g1::0"})}
-    assert in_use_sharing(tracked, _Record(g0=g0_now, g1=g1), ["g1::0"], 2) == []  # type: ignore[arg-type]
+    assert in_use_sharing(tracked, _Record(g0=g0_now, g1=g1), ["g1::0"]) == []  # type: ignore[arg-type]
 
 
 def test_a_released_use_is_no_earlier_use_and_an_owed_one_handed_out_again_is_kept_apart() -> None:

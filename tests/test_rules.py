@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from kdp_host import cdi_rules, rules
@@ -29,6 +29,7 @@ from kdp_host.command_output import ProbeOutputError, parse_json
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.config.model import FILE_MODE_PATTERN, LISTEN_PATTERN, PERMISSIONS_PATTERN
 from kdp_host.config.syntax import DURATION_PATTERN, parse_duration
+from kdp_host.devices import advertises, physical_id, replica_ids
 from kdp_host.drivers import glob_paths
 
 Accepts = Callable[[str], bool]
@@ -474,6 +475,23 @@ def test_cdi_device_name_users_agree(name: str) -> None:
 @example("0000:01:00.0")
 def test_device_id_users_agree(device_id: str) -> None:
     assert_agree(DEVICE_ID_USERS, device_id)
+
+
+@SETTINGS
+@given(rule_strings(r"[-A-Za-z0-9_./:,]{1,10}"), st.integers(1, 4))
+@example("a:", 2)
+@example(":", 3)
+@example("0000:01:00.0", 2)
+def test_a_kubelet_id_names_one_device_whatever_the_replica_count(
+    device_id: str, replicas: int
+) -> None:
+    """hostile20 F6: which device a kubelet ID names is one rule (`physical_id`, taking no
+    replica count): every ID a valid device is advertised under, with any `replicas`, is
+    that device's for every host, whatever replica count it advertises the resource with."""
+    assume(rules.device_id_problem(device_id) is None)
+    for advertised in replica_ids(device_id, replicas):
+        assert physical_id(advertised) == device_id and advertises(advertised, device_id)
+        assert replicas == 1 or not advertises(advertised, advertised)
 
 
 @SETTINGS

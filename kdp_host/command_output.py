@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from . import rules
+from . import k8s_names, rules
 from .cdi_rules import cdi_qualified_name_problem
 from .devices import Device, DeviceMount, DeviceNode
 from .files import Offload
@@ -305,7 +305,7 @@ def _device_from_json(item: Any, recall: Recall | None = None) -> Device:
     mounts = _mounts_from_json(spec.get("mounts", []), shared_ok=True)
     env = json_string_map(spec.get("env", {}), "env", rules.env_name_problem)
     annotations = json_string_map(
-        spec.get("annotations", {}), "annotations", rules.annotation_key_problem
+        spec.get("annotations", {}), "annotations", k8s_names.annotation_key_problem
     )
     return Device(device_id, healthy, nodes, numa, env, tuple(mounts), annotations)
 
@@ -343,7 +343,7 @@ def parse_allocate_output(data: bytes | str) -> ContainerExtras:
         return ContainerExtras(
             env=json_string_map(spec.get("env", {}), "env", rules.env_name_problem),
             annotations=json_string_map(
-                spec.get("annotations", {}), "annotations", rules.annotation_key_problem
+                spec.get("annotations", {}), "annotations", k8s_names.annotation_key_problem
             ),
             mounts=tuple(_mounts_from_json(spec.get("mounts", []))),
             nodes=tuple(_nodes_from_json(spec.get("paths", []))),

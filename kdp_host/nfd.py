@@ -35,8 +35,8 @@ from .config.outputs import owner_path
 from .devices import Snapshot
 from .file_lease import LEASE, VERIFY, OwnerLease
 from .files import Offload
+from .k8s_names import node_feature_labels
 from .logs import EventLogger
-from .rules import node_feature_labels
 
 WRITE_DEBOUNCE = 0.1
 """Changes within this time (a burst of hot-plugs, a reload) make one write."""

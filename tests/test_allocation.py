@@ -31,8 +31,8 @@ from kdp_host.config import (
 )
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode, Snapshot
+from kdp_host.k8s_names import EXTENDED_RESOURCE_NAME_PATTERN, is_extended_resource_name
 from kdp_host.preferred import preferred_allocation
-from kdp_host.rules import EXTENDED_RESOURCE_NAME_PATTERN, is_extended_resource_name
 
 RESOURCE = "vendor.example/fpga"
 OWN = cdi_device_name(RESOURCE, "x").removesuffix("x")

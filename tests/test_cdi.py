@@ -32,8 +32,8 @@ from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode, Snapshot
 from kdp_host.file_lease import read_owner
 from kdp_host.inotify_watch import make_watcher
+from kdp_host.k8s_names import extended_resource_name_problem
 from kdp_host.logs import get_logger
-from kdp_host.rules import extended_resource_name_problem
 
 from .cdi_spec import (
     missing_schema_reason,

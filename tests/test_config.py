@@ -18,7 +18,7 @@ from kdp_host.config import (
     load_config_text,
     parse_duration,
 )
-from kdp_host.rules import extended_resource_name_problem
+from kdp_host.k8s_names import extended_resource_name_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "config" / "schema.json").read_text())

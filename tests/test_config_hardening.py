@@ -222,6 +222,19 @@ def test_glob_container_path_is_per_device_and_absolute(container_path: str, fra
         load_config_text(text.replace(container_path, good))
 
 
+@pytest.mark.parametrize("pattern", ["/dev//b*", "/dev/./b*", "/dev/x/../b*", "/dev/b*/"])
+@pytest.mark.parametrize("where", ["paths", "group"])
+def test_a_glob_pattern_is_in_normal_form(pattern: str, where: str) -> None:
+    """hostile19 F10: `/dev//b*` matched `/dev//b0`: its default container path was not in
+    normal form (a collision check compares the text) and one node had other IDs spelled so."""
+    if where == "paths":
+        glob = f"{{paths: ['{pattern}']}}"
+    else:
+        glob = f"{{group: [{{path: '{pattern.replace('b*', 'b{key}')}'}}]}}"
+    found = problems(f"resources: [{{name: a.io/b, glob: {glob}}}]")
+    assert any("must be in normal form" in p for p in found), found
+
+
 def test_a_block_value_is_reported_on_its_key_line() -> None:
     text = """\
 resources:

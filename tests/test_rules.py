@@ -24,7 +24,7 @@ import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from kdp_host import cdi_rules, rules
+from kdp_host import cdi_rules, k8s_names, rules
 from kdp_host.command_output import ProbeOutputError, parse_json
 from kdp_host.config import ConfigError, load_config_text
 from kdp_host.config.model import FILE_MODE_PATTERN, LISTEN_PATTERN, PERMISSIONS_PATTERN
@@ -219,8 +219,8 @@ def schema_pattern_matches(pattern: str, value: str) -> bool:
 # --------------------------------------------------------------------------- users per rule
 
 RESOURCE_NAME_USERS = [
-    pytest.param(accepted_by(rules.extended_resource_name_problem), id="rules"),
-    pytest.param(rules.is_extended_resource_name, id="rules-predicate"),
+    pytest.param(accepted_by(k8s_names.extended_resource_name_problem), id="rules"),
+    pytest.param(k8s_names.is_extended_resource_name, id="rules-predicate"),
     pytest.param(reference_extended_resource_name, id="kubelet-reference"),
     pytest.param(
         lambda name: loader_accepts({"name": name, "glob": {"paths": ["/dev/x*"]}}),
@@ -229,7 +229,7 @@ RESOURCE_NAME_USERS = [
 ]
 
 ANNOTATION_KEY_USERS = [
-    pytest.param(accepted_by(rules.annotation_key_problem), id="rules"),
+    pytest.param(accepted_by(k8s_names.annotation_key_problem), id="rules"),
     pytest.param(lambda key: probe_accepts({"id": "a", "annotations": {key: "v"}}), id="probe"),
     pytest.param(reference_annotation_key, id="apiserver-reference"),
     pytest.param(
@@ -413,10 +413,10 @@ def test_the_schema_of_resource_names_accepts_every_name_the_rule_accepts(name: 
     """The JSON Schema is a first check (editors, helm lint): it may let a name through that
     the loader refuses (lengths), never refuse one the kubelet takes."""
     pattern, forbidden = (
-        rules.EXTENDED_RESOURCE_NAME_PATTERN,
-        rules.EXTENDED_RESOURCE_NAME_NOT_PATTERN,
+        k8s_names.EXTENDED_RESOURCE_NAME_PATTERN,
+        k8s_names.EXTENDED_RESOURCE_NAME_NOT_PATTERN,
     )
-    if rules.is_extended_resource_name(name):
+    if k8s_names.is_extended_resource_name(name):
         assert schema_pattern_matches(pattern, name)
         assert not schema_pattern_matches(forbidden, name)
 

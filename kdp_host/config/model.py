@@ -39,23 +39,27 @@ from ..cdi_rules import (
     is_cdi_annotation_key,
 )
 from ..endpoint import SOCKET_NAME_MIN_LENGTH, socket_slug
-from ..metric_labels import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
-from ..rules import (
-    ENV_NAME_PATTERN,
+from ..k8s_names import (
     EXTENDED_RESOURCE_NAME_NOT_PATTERN,
     EXTENDED_RESOURCE_NAME_PATTERN,
-    GLOB_MAGIC,
-    MAX_ALLOCATE_TIMEOUT,
-    MAX_NUMA_NODE,
-    MAX_PRE_START_TIMEOUT,
-    absolute_path_problem,
     annotation_key_problem,
-    container_path_problem,
-    env_name_problem,
     extended_resource_name_problem,
     label_key_problem,
     label_value_problem,
     node_feature_label_problem,
+)
+from ..metric_labels import DEFAULT_HISTOGRAM_MODE, HISTOGRAM_MODES, HistogramMode
+from ..rules import (
+    ENV_NAME_PATTERN,
+    GLOB_MAGIC,
+    MAX_ALLOCATE_TIMEOUT,
+    MAX_NUMA_NODE,
+    MAX_PRE_START_TIMEOUT,
+    PATTERN_SPELLING,
+    absolute_path_problem,
+    container_path_problem,
+    env_name_problem,
+    normal_form_problem,
     path_inside,
     socket_path_problem,
     sysfs_name_problem,
@@ -146,7 +150,13 @@ def _mount_container_path_problem(path: str) -> str | None:
     return container_path_problem(path, device_node=False)
 
 
+def _pattern_problem(path: str) -> str | None:
+    return normal_form_problem(path, PATTERN_SPELLING)
+
+
 def _member_path_problem(path: str) -> str | None:
+    if why := _pattern_problem(path):
+        return why
     placeholders = re.findall(r"\{[^{}/]*\}", path)
     if any(p != GROUP_KEY for p in placeholders):
         return f"the only placeholder of a member path is {GROUP_KEY}"
@@ -259,9 +269,9 @@ def _group_problems(members: tuple[GlobGroupMemberConfig, ...]) -> Problems:
 class GlobDriverConfig:
     paths: tuple[str, ...] = key(
         "paths",
-        ListOf(AbsolutePath(), hint="a list of glob patterns"),
+        ListOf(AbsolutePath(rule=_pattern_problem), hint="a list of glob patterns"),
         "Absolute glob patterns (`/dev/fpga[0-9]*`, `/dev/serial/by-id/usb-FTDI_*`, "
-        "`/dev/bus/usb/*/*`).",
+        "`/dev/bus/usb/*/*`), in normal form (no `.`, `..`, `//` or trailing `/`).",
         default=[],
         default_doc="required (or `group`)",
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from kdp_host.api.v1beta1 import RegisterRequest
-from kdp_host.rules import is_extended_resource_name
+from kdp_host.k8s_names import is_extended_resource_name
 
 from . import gotext
 from .listwire import WireError, decode_device_list

@@ -9,8 +9,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..files import DaemonThreads
+from ..k8s_names import extended_resource_name_problem
 from ..logs import quote_text
-from ..rules import extended_resource_name_problem, sysfs_name_problem
+from ..rules import sysfs_name_problem
 from .entry import DEFAULT_SCAN_TIMEOUT, PCI, USB
 
 if TYPE_CHECKING:

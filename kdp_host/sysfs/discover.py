@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..rules import MAX_QUALIFIED_NAME_LENGTH, extended_resource_name_problem
+from ..k8s_names import MAX_QUALIFIED_NAME_LENGTH, extended_resource_name_problem
 from .describe import BUILT_IN_NAMES, Names, describe, is_infrastructure
 from .match import exact_pattern
 from .model import PCI, USB, SysfsDevice, device_id, normalize_hex

@@ -341,6 +341,7 @@ class OwnershipIndex(Watching):
         if state.retired:
             return False
         state.reported, state.known = devices, reached or {}
+        self._listed(resource)
         changed = self._admit_or_defer(state)
         self._drain()
         return changed

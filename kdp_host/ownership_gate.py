@@ -224,6 +224,7 @@ class AdmissionGate(Resolving):
             self._draining = False
             if self._running is None and not self._resolving:
                 self._fresh.clear()  # (kept while paths resolve: they add to what is fresh)
+                self._doubtful.clear()
 
     def _admit_all_again(self) -> None:
         """Bookings came that the live resources were not admitted against (another host's,

@@ -45,7 +45,8 @@ UNRESOLVED_REASON: Final = "read_timeout"
 not resolve in time (a hung file system)."""
 KEPT_LIMIT: Final = 4096
 """Paths kept resolved (`Resolving._resolve_keeping`) beyond which they are all forgotten (an
-`allocate.command` may print new paths every time)."""
+`allocate.command` may print new paths every time); changes noted (`Resolving._note_change`)
+beyond which they are forgotten too (each then counts as reported since)."""
 
 NOT_NAMED: Final = "its real path is not what it reaches (a magic link), or holds ','"
 """Why a device path is UNRESOLVABLE (`ownership_canonical.checked_reach`), as logged."""
@@ -84,6 +85,22 @@ class Resolving(Admission):
         """What Allocate answers read below the directories they mount (`KnownRead`)."""
         self._path_news = 0
         """Changes the watcher reported so far (a resolution that raced one is not kept)."""
+        self._reports: dict[str, int] = {}
+        """Path (a directory: anything in it) -> `_path_news` at its last reported change:
+        whether an answer may predate it (`_raced`; issue 17, hostile19 F3)."""
+        self._reports_floor = 0
+        """`_path_news` when `_reports` was last cut (a change before then may be lost)."""
+        self._lists: dict[str, tuple[int, int]] = {}
+        """Resource -> `_path_news` when its list before the last one, and its last one,
+        came: its last scan began once the list before was given, and may have looked at a
+        path before a change reported since."""
+        self._doubtful: set[str] = set()
+        """Paths of `_fresh` whose answer may predate a change reported since (a batch that
+        raced it, a scan that may have looked before it): taken, as an admission waits for
+        no path that keeps changing, and a hot-plug is advertised with what its scan saw."""
+        self._doubted: set[str] = set()
+        """The doubtful paths the running admission claimed through: the devices passing
+        them are claimed anew once it is over (`Watching._admit`)."""
         self._resolving: dict[int, ResourceState] = {}
         """The states whose `resolving` is set (by id): whether any is, without a walk of
         every resource after each admission (`_drain`)."""
@@ -129,12 +146,15 @@ class Resolving(Admission):
                 paths, state.wanted = state.wanted, set()
                 news = self._path_news
                 resolved = await self._paths.resolve(paths)
-                if state.wanted and news == self._path_news:
+                raced: list[str] = []
+                if news != self._path_news:
+                    raced = [path for path in resolved if self._raced(path, news)]
+                elif state.wanted:
                     state.wanted -= self._unchanged(state.wanted, resolved)
                 if state.retired or state.publish is None:
                     state.known = {}  # (no admission follows to drop it)
                     continue
-                self._take(state, resolved)
+                self._take(state, resolved, raced)
                 if self._admit_or_defer(state):
                     self._changed(state)
                 self._drain()
@@ -159,10 +179,19 @@ class Resolving(Admission):
                 unchanged.add(path)
         return unchanged
 
-    def _take(self, state: ResourceState, resolved: Mapping[str, Resolution]) -> None:
-        """Resolutions for the admissions to come; a device a path of which did not answer
-        in time is left out (logged and counted once), until a later list tries again."""
+    def _take(
+        self,
+        state: ResourceState,
+        resolved: Mapping[str, Resolution],
+        raced: Collection[str] = (),
+    ) -> None:
+        """Resolutions for the admissions to come (`raced`: those that may predate a change
+        reported meanwhile, `_doubtful`); a device a path of which did not answer in time is
+        left out (logged and counted once), until a later list tries again."""
         self._fresh.update(resolved)
+        if self._doubtful:
+            self._doubtful.difference_update(resolved)
+        self._doubtful.update(raced)
         unresolved: dict[str, str] = {}
         failed = {p for p, found in resolved.items() if found in (HUNG, UNRESOLVABLE)}
         for device_id, paths in state.needs.items() if failed else ():  # (usually none)
@@ -228,6 +257,9 @@ class Resolving(Admission):
         if known:  # what the scan learnt is as fresh as the list it made
             found = known.keys() & wanted  # (no walk of either in Python)
             self._fresh.update(zip(found, map(known.__getitem__, found), strict=True))
+            if self._reports:  # (but may predate a change reported since the list before)
+                since = self._lists.get(state.name, (0, 0))[0]
+                self._doubtful.update(p for p in found if self._raced(p, since))
         return {path for path in wanted if path not in self._fresh}  # (`- keys()` walks all)
 
     async def _reach_all(self, paths: Collection[str]) -> dict[str, Reached | None]:
@@ -297,11 +329,36 @@ class Resolving(Admission):
         for path in [p for p in self._kept if changed(p)]:
             del self._kept[path]
 
+    def _note_change(self, path: str) -> None:
+        """The watcher reported `path` changed (a directory: anything in it), as change
+        number `_path_news`."""
+        if len(self._reports) >= KEPT_LIMIT:
+            self._reports.clear()
+            self._reports_floor = self._path_news
+        self._reports[path] = self._path_news
+
+    def _listed(self, resource: str) -> None:
+        """A list of `resource` came (`_lists`)."""
+        self._lists[resource] = (self._lists.get(resource, (0, 0))[1], self._path_news)
+
+    def _raced(self, path: str, news: int) -> bool:
+        """Whether a change of `path` (or of anything in its directory) was reported after
+        change number `news`: what was looked up before may predate it."""
+        reports = self._reports
+        return (
+            news < self._reports_floor
+            or reports.get(path, 0) > news
+            or reports.get(os.path.dirname(path), 0) > news
+        )
+
     def _lookup(self, path: str) -> Reached | None:
         """A path's claim, as resolved for this admission (`_wanted` named every one; a
         path it did not name, which should not happen, is resolved here)."""
         if path not in self._fresh:
             self._fresh.update(self._paths.inline([path]))
+            self._doubtful.discard(path)
+        elif path in self._doubtful:
+            self._doubted.add(path)
         resolved = self._fresh[path]
         return None if isinstance(resolved, str) else resolved
 
@@ -314,6 +371,7 @@ class Resolving(Admission):
                 self._late.setdefault(path, set()).add(self._admitting)
                 return True
             self._fresh.update(self._paths.inline([path]))
+            self._doubtful.discard(path)
         reached = self._fresh[path]
         return isinstance(reached, str) or still_reaches(key, reached)
 

@@ -3,12 +3,16 @@ path changes (a node replaced by one with another device number must not keep th
 claim; a mount made or gone changes what every path reaches).
 
 The directory of every claimed host path is followed (`_users`: the resources that claimed
-through it), for its entries made, removed or renamed (not their attributes or contents,
-which change no claim); a change there forgets what was kept resolved through it
-(`_forget_kept`) and, once the burst is over, the devices passing a changed path
-(`PathIndex`: by lookup, not a walk of the list) are admitted again, resolved anew
-(`_recheck`). A directory a device mounts is followed in depth (`ownership_arrivals`: what
-is renamed or linked into it at any depth checks the mounting device again, `_arrived`).
+through it, or hold a device there), for its entries made, removed or renamed (not their
+attributes or contents, which change no claim); a change there forgets what was kept
+resolved through it (`_forget_kept`) and, once the burst is over, the devices passing a
+changed path, held or advertised (`PathIndex`: by lookup, not a walk of the list), are
+admitted again, resolved anew (`_recheck`). No report is lost on the way (issue 17,
+hostile19 F3): one that comes while an admission runs in turns is applied again to the list
+it admitted (`_admit`), and an answer that may predate one (`Resolving._doubtful`) has the
+devices claimed through it claimed anew once admitted (`_claim_anew`). A directory a device
+mounts is followed in depth (`ownership_arrivals`: what is renamed or linked into it at any
+depth checks the mounting device again, `_arrived`).
 A change of the mount table forgets everything kept and rechecks every claim at its places
 now (`_mounts_changed`); where a mount point was made or gone, the watches at and below it
 are renewed and the mounted trees read there (a mount inside a tree: hostile18 F11).
@@ -20,9 +24,10 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Final
 
+from .devices import Device
 from .files import Offload
 from .identity import DIRECTORY
 from .metrics import Metrics
@@ -32,12 +37,12 @@ from .ownership_arrivals import Arrivals, Found
 from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_claims import SYSFS, ClaimKey, Claims, Owner, Resolver, ancestors, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
-from .ownership_paths import PathIndex
+from .ownership_paths import PathIndex, host_paths
 from .ownership_reads import INDEXED, LINKED
 from .ownership_shared import elsewhere
-from .ownership_table import ResourceState
+from .ownership_table import Holding, ResourceState
 from .rules import below, parent
-from .turns import TURN_BUDGET
+from .turns import TURN_BUDGET, Pace
 
 VANISH_GRACE: Final = 1.0
 """Seconds a path of an advertised device that went holds nothing (`_note_vanishing`)."""
@@ -78,14 +83,17 @@ class Watching(BookingAllocations):
         """(resource, device) -> when a path of the advertised device changed (`_vanishing`)."""
         self._keeps = False
         """What an Allocate hands out may be kept (`_follows`)."""
-        self._followed: dict[str, set[str]] = {}
-        """Directory of a claimed host path -> the resources that claimed through it."""
+        self._followed: dict[str, dict[str, None]] = {}
+        """Directory of a claimed host path -> the resources that claimed through it, or
+        hold a device there, in the order they came (rechecked in that order)."""
         self._asked: set[tuple[ClaimKey, str]] = set()
         """Files of more than one link the trees pods hold were read again for
         (`_sharers_changed`)."""
         self._changed_paths: dict[str, set[str] | None] = {}
         """Names the watcher reported changed per directory since the last recheck (None:
         anything in it)."""
+        self._during: dict[str, list[tuple[str, set[str] | None]]] = {}
+        """Resource being admitted -> what the rechecks found changed meanwhile (`_admit`)."""
 
     def watch(self, watcher: Watcher, net: SafetyNet | None = None) -> None:
         """Follow the directories of claimed host paths through the host's watcher: a claim
@@ -131,9 +139,29 @@ class Watching(BookingAllocations):
             users = self._users(parent(path))
             if users is None:
                 return
-            users.add(resource)
+            users.setdefault(resource)
             if key[0] == DIRECTORY and self._watcher is not None:
                 self._arrivals.follow(self._watcher, real, self._resources[resource].log)
+
+    def _note_held(
+        self,
+        state: ResourceState,
+        holding: dict[str, Holding],
+        ids: Mapping[str, str],
+        advertised: Collection[str],
+    ) -> None:
+        """`Admission._note_held`; the directories of a held device's paths are followed for
+        its resource too, as a claim's are (`_follow`): a held device claims nothing, its
+        resource maybe nothing there, and a change there must have it claimed anew too."""
+        super()._note_held(state, holding, ids, advertised)
+        if self._watcher is None:
+            return
+        for device_id in holding:  # (as `note_held`: O(held))
+            if (device := state.reported.get(device_id)) is not None:
+                for path in host_paths(device):
+                    users = self._users(parent(path))
+                    if users is not None:
+                        users.setdefault(state.name)
 
     def _follow_mounted(self, owner: Owner, real: str) -> None:
         """A booking holds the directory `real` mounted (its device's, an answer's place,
@@ -222,15 +250,15 @@ class Watching(BookingAllocations):
         """Its directory is followed (`_users`) and the mount table too (`_keeps`)."""
         return self._keeps and os.path.dirname(path) in self._followed
 
-    def _users(self, directory: str) -> set[str] | None:
-        """The resources that claimed through `directory`, the watcher following it from
-        now on (None: no watcher)."""
+    def _users(self, directory: str) -> dict[str, None] | None:
+        """The resources that claimed through `directory` or hold a device there, the
+        watcher following it from now on (None: no watcher)."""
         watcher = self._watcher
         if watcher is None:
             return None
         users = self._followed.get(directory)
         if users is None:
-            users = self._followed[directory] = set()
+            users = self._followed[directory] = {}
             # What a path reaches changes with its entry (made, removed, renamed over), not
             # with its attributes or contents: a `touch` (made, then ATTRIB, CLOSE_WRITE in
             # a second read) rechecked its claims twice, a resolution each (issue 19).
@@ -243,6 +271,7 @@ class Watching(BookingAllocations):
         burst is over (soon)."""
         paths = None if name is None or not self._kept else {os.path.join(directory, name)}
         self._forget_kept(functools.partial(named_in, directory=directory, paths=paths))
+        self._note_change(directory if name is None else os.path.join(directory, name))
         first = not self._changed_paths
         if name is None:
             self._changed_paths[directory] = None
@@ -288,23 +317,65 @@ class Watching(BookingAllocations):
         changed, self._changed_paths = self._changed_paths, {}
         for directory, names in changed.items():
             paths = None if names is None else {os.path.join(directory, n) for n in names}
-            fresh = self._fresh
+            fresh, doubtful = self._fresh, self._doubtful
             if paths is not None:
                 for path in paths:
                     fresh.pop(path, None)  # (resolved before it changed)
+                    doubtful.discard(path)
             else:
                 for path in [p for p in fresh if named_in(p, directory, paths)]:
                     del fresh[path]
+                    doubtful.discard(path)
             for name in self._followed.get(directory, ()):
                 state = self._resources[name]
-                if state.paths is None:
-                    state.paths = PathIndex.of_devices(state.admitted_from)
-                stale = set(state.paths.through(directory, paths))
-                for device_id in stale:  # (the index may be ahead of an admission running)
-                    if (device := state.admitted_from.get(device_id)) is not None:
-                        state.claims.pop(places(device), None)
-                state.stale |= stale
+                stale = self._stale_through(state, directory, paths)
                 self._note_vanishing(state, stale - state.held.keys())
-                if stale and state.publish is not None and not state.retired:
-                    self._pending[name] = None
         self._drain()
+
+    def _claim_anew(self, paths: Collection[str]) -> None:
+        """Have the devices passing `paths` claimed anew (what they were claimed as may
+        predate a change reported: `_doubtful`), no change reported."""
+        for path in paths:
+            self._fresh.pop(path, None)
+            self._doubtful.discard(path)
+            directory = os.path.dirname(path)
+            for name in self._followed.get(directory, ()):
+                self._stale_through(self._resources[name], directory, {path})
+
+    def _stale_through(
+        self, state: ResourceState, directory: str, paths: set[str] | None
+    ) -> set[str]:
+        """Forget the claims of the devices of `state.admitted_from` passing one of `paths`
+        (None: any path in `directory`), held or advertised: each claims anew (`stale`);
+        those of the list an admission of it runs on, once it is over (`_admit`)."""
+        if (during := self._during.get(state.name)) is not None:
+            during.append((directory, paths))
+        if state.paths is None:
+            state.paths = PathIndex.of_devices(state.admitted_from)
+        stale = set(state.paths.through(directory, paths))
+        for device_id in stale:  # (the index may be ahead of an admission running)
+            if (device := state.admitted_from.get(device_id)) is not None:
+                state.claims.pop(places(device), None)
+        state.stale |= stale
+        if stale and state.publish is not None and not state.retired:
+            self._pending[state.name] = None
+        return stale
+
+    def _admit(
+        self, state: ResourceState, pace: Pace
+    ) -> Generator[None, None, Mapping[str, Device]]:
+        """`Admission._admit`; a change the watcher reported while it ran in turns (after it
+        may have claimed a device through that path, or for a device of the list it admits,
+        not yet indexed) forgets those claims again once it is over, against the list it
+        admitted (its own end would drop the mark: issue 17, hostile19 F3); so does a
+        doubtful answer it claimed through (`Resolving._doubted`)."""
+        during = self._during[state.name] = []
+        try:
+            admitted = yield from super()._admit(state, pace)
+        finally:
+            self._during.pop(state.name, None)
+        for directory, paths in during:
+            self._stale_through(state, directory, paths)
+        doubted, self._doubted = self._doubted, set()
+        self._claim_anew(doubted)
+        return admitted

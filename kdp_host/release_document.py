@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .devices import Device, DeviceNode
+from .devices import Device, DeviceNode, physical_id
 from .state_document import text
 
 Resources = dict[str, dict[str, dict[str, Any]]]
@@ -16,10 +16,34 @@ Resources = dict[str, dict[str, dict[str, Any]]]
 
 
 def parse_resources(document: Mapping[str, Any]) -> Resources:
-    return {
-        text(name): {text(device): checked_entry(entry) for device, entry in devices.items()}
-        for name, devices in document["resources"].items()
-    }
+    return {text(name): _by_device(devices) for name, devices in document["resources"].items()}
+
+
+def _by_device(devices: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each device's entry. An entry kept under a replica ID (an older version read
+    `<id>::<k>` with its own `replicas: 1` as a device of that name: hostile20 F6) is its
+    device's (`physical_id`), merged into that device's entry (`merged_entry`)."""
+    found: dict[str, dict[str, Any]] = {}
+    for device, entry in devices.items():
+        checked, key = checked_entry(entry), physical_id(text(device))
+        found[key] = checked if key not in found else merged_entry(found[key], checked)
+    return found
+
+
+def merged_entry(one: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+    """Two entries of one device as one (two hosts' entries in the file's union, or an entry
+    kept under a replica ID): every ID used, owed if either is, the later Allocate's time
+    and booking host, what it was handed unknown if either's is, and the `handed` of an
+    older version from either (the later's first)."""
+    first, last = sorted((one, other), key=lambda e: float(e.get("allocatedAt", -math.inf)))
+    merged = {**first, **last, "used": sorted({*one["used"], *other["used"]})}
+    merged["owed"] = bool(one["owed"] or other["owed"])
+    merged.pop("bookedBy", None)
+    if "bookedBy" in last:
+        merged["bookedBy"] = last["bookedBy"]
+    if first.get("handedUnknown"):
+        merged["handedUnknown"] = True
+    return merged
 
 
 def read_document(

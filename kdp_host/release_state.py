@@ -47,7 +47,7 @@ from .logs import EventLogger
 from .ownership_claims import Owner
 from .release_document import (
     Resources,
-    checked_entry,
+    merged_entry,
     parse_resources,
     read_document,
     tracked_of,
@@ -253,15 +253,9 @@ class ReleaseStateStore:
         for entries in writers.values():
             for name, devices in entries.items():
                 for device, entry in devices.items():
-                    found = union.setdefault(name, {}).setdefault(device, checked_entry(entry))
-                    found["used"] = sorted({*found["used"], *entry["used"]})
-                    found["owed"] = found["owed"] or entry["owed"]
-                    if "handedUnknown" in entry:
-                        found["handedUnknown"] = True
-                    if entry.get("allocatedAt", -1.0) > found.get("allocatedAt", -1.0):
-                        found["allocatedAt"] = entry["allocatedAt"]
-                        if "handed" in entry:
-                            found["handed"] = entry["handed"]
+                    known = union.setdefault(name, {})
+                    found = known.get(device)
+                    known[device] = dict(entry) if found is None else merged_entry(found, entry)
         return {"resources": union, "writers": writers, "tracked": tracked}
 
     def assuming(self, resource: str) -> None:

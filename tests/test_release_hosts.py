@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from kdp_host.holdings import Holder, Holdings, Settle, with_unlisted
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.release import ReleaseTracker
-from kdp_host.release_state import ReleaseStateStore
+from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.release_use import ReleaseState
 from kdp_host.start_budget import StartBudget
 from kdp_host.timings import Timings
@@ -469,3 +470,28 @@ async def test_hostile20_f6_a_replica_id_of_the_other_hosts_count_holds_the_devi
     await wait_until(lambda: len(old_commands.runs) == 2, what="the release of p2's use")
     await old.close()
     await new.close()
+
+
+async def test_hostile20_f6_an_entry_an_older_version_kept_under_a_replica_id_is_its_devices(
+    short_dir: Path,
+) -> None:
+    """hostile20 F6, what the old code left in `release-state.json`: the old host
+    (`replicas: 1`) kept the new host's booking of `fpga0::0` as a device of that name. Read
+    back it is fpga0's use (merged with fpga0's entry): held while p2 holds `fpga0::0`, and
+    fpga0 released once, when p2 is gone; no device named `fpga0::0` is tracked."""
+    state = short_dir / "state"
+    state.mkdir()
+    entries = {"fpga0": {"used": ["fpga0"], "owed": False, "allocatedAt": time.time() - 9},
+               "fpga0::0": {"used": ["fpga0::0"], "owed": False, "allocatedAt": time.time() - 5,
+                            "bookedBy": "host-new"}}  # fmt: skip
+    (state / STATE_FILE).write_text(json.dumps({"version": 1, "resources": {FPGA: entries}}))
+    commands = _Commands()
+    old = _host(short_dir, "host-old", commands)
+    assert old.outstanding() == {"fpga0"}
+    p2 = Holder("default", "p2", "c", time.time())
+    old.holdings(Holdings(time.monotonic(), 0.0, {FPGA: {"fpga0::0": (p2,)}}))
+    assert old.view("fpga0")["state"] == "in_use" and commands.runs == []
+    old.holdings(_free())  # p2 ended
+    await wait_until(lambda: old.view("fpga0")["state"] == "clean", what="fpga0 released")
+    assert commands.runs == [["reset", "fpga0"]] and old.outstanding() == set()
+    await old.close()

@@ -119,6 +119,7 @@ def release_tracker(
         timings=services.timings,
         checkpoint=functools.partial(services.ownership.checkpoint_handed, config.name),
         answers=services.pod_resources,
+        listed=functools.partial(services.ownership.listed_at, config.name),
     )
 
 

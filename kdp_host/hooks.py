@@ -29,10 +29,10 @@ from .api.v1beta1 import ContainerAllocateResponse
 from .command_output import ProbeOutputError, parse_allocate_output
 from .config import PreStartConfig, ResourceConfig, render_template
 from .device_table import DeviceTable
-from .devices import Device, Snapshot, physical_id
+from .devices import Device, DeviceNode, Snapshot, physical_id
 from .handed_entries import use_of
 from .handed_out import HANDED_FILE, HandedOut, in_memory
-from .identity import Identity
+from .identity import Identity, Reach
 from .logs import EventLogger
 from .metric_labels import HookResult
 from .metrics import Metrics
@@ -98,6 +98,11 @@ then where the record knows it) -> the paths that reach another device now, with
 words (`OwnershipIndex.changed_places`, bound to the resource): a release or preStart acts
 on none of them."""
 
+Listed = Callable[[Reach], Mapping[str, tuple[str, DeviceNode]]]
+"""Handed path -> the device its node (the identity it reached) is listed by now at another
+path, and that node (`OwnershipIndex.listed_at`, bound to the resource): a release acts on
+the node its use was handed, there (issue 17, hostile20 F5)."""
+
 
 async def check_places(
     check: PlaceCheck | None,
@@ -112,18 +117,33 @@ async def check_places(
     would act on that device, which another pod may hold. `handed`: what each path reached
     when handed out (`HandedOut.reached`): it must reach that still (hostile8 N2). Each path
     is looked at where kdp-host sees it (`Device.checked_at`: a sysfs `devRoot`)."""
+    if changed := await changed_places(check, ids, devices, handed):
+        raise place_changed(what, changed)
+
+
+async def changed_places(
+    check: PlaceCheck | None,
+    ids: Collection[str],
+    devices: Sequence[Device],
+    handed: Mapping[str, Identity] | None = None,
+) -> Mapping[str, str]:
+    """`check_places`' finding: where kdp-host sees each host path of `devices` that
+    reaches another device now -> what, in words (none: the command may act on them)."""
     if check is None:
-        return
+        return {}
     where = {path: at for device in devices for path, at in device.checked_at().items()}
     reached = {where.get(path, path): key for path, key in (handed or {}).items()}
-    changed = await check(ids, set(where.values()), reached) if where else {}
-    if changed:
-        found = "; ".join(f"{path}: {why}" for path, why in sorted(changed.items()))
-        raise HookFailed(
-            Status.FAILED_PRECONDITION,
-            "place_changed",
-            f"{what} not run: a host path it was handed reaches another device now ({found})",
-        )
+    return await check(ids, set(where.values()), reached) if where else {}
+
+
+def place_changed(what: str, changed: Mapping[str, str]) -> HookFailed:
+    """The failure of a command not run since `changed` (`changed_places`) is not empty."""
+    found = "; ".join(f"{path}: {why}" for path, why in sorted(changed.items()))
+    return HookFailed(
+        Status.FAILED_PRECONDITION,
+        "place_changed",
+        f"{what} not run: a host path it was handed reaches another device now ({found})",
+    )
 
 
 def handed_devices(

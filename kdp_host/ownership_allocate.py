@@ -31,12 +31,12 @@ from collections.abc import Collection, Iterable, Mapping
 
 from .allocation import cdi_device_name
 from .cdi_rules import cdi_name_parts
-from .devices import physical_id, replica_ids
+from .devices import DeviceNode, physical_id, replica_ids
 from .identity import DIRECTORY, NONE, Identity, Reach
 from .kubelet_checkpoint import Gained, HandedClaims, take_handed
 from .ownership_adopt import DeviceClaims
 from .ownership_canonical import strays
-from .ownership_claims import Claim, Owner, Reached, claim_of, twins
+from .ownership_claims import Claim, Owner, Reached, claim_of, places, twins
 from .ownership_hand_out import HandingOut, PlaceOwned
 
 
@@ -182,6 +182,29 @@ class BookingAllocations(HandingOut):
                 if other is None
                 else f"{real} is device {other.device} of {other.resource}"
             )
+        return found
+
+    def listed_at(self, resource: str, handed: Reach) -> dict[str, tuple[str, DeviceNode]]:
+        """Where the driver of `resource` lists now the nodes a use was handed (`handed`:
+        host path -> what it reached then): handed path -> the device whose node claims
+        that identity through another path now, and that node (issue 17, hostile20 F5: a
+        reload swapped two cards' numbers; a release resets the node that use was handed,
+        there). From the claims the last admission resolved: what acts on the path checks
+        it again (`changed_places`). A walk of the resource's list: asked only for a path
+        handed out that strays."""
+        state = self._resources.get(resource)
+        wanted = {key: path for path, key in handed.items() if key[0] != DIRECTORY}
+        found: dict[str, tuple[str, DeviceNode]] = {}
+        if state is None or not wanted:
+            return found
+        for device in state.reported.values():
+            if (claims := state.claims.get(places(device))) is None:
+                continue
+            for key, path, _ in claims.exclusive:
+                was = wanted.get(key)
+                at = next((n for n in device.nodes if n.seen == path), None)
+                if was is not None and at is not None and at.host_path != was:
+                    found.setdefault(was, (device.id, at))
         return found
 
     def _owners(self, reached: Reached) -> list[Owner]:

@@ -39,7 +39,7 @@ from .device_table import DeviceTable
 from .devices import physical_id
 from .handed_entries import Uses, after_release, owed_but
 from .handed_out import HandedOut, in_memory
-from .hooks import PlaceCheck
+from .hooks import Listed, PlaceCheck
 from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
@@ -86,10 +86,10 @@ class ReleaseTracker:
         timings: Timings | None = None,
         checkpoint: Checkpointed | None = None,
         answers: FreshAnswers | None = None,
+        listed: Listed | None = None,
     ) -> None:
-        """`handed`: what each Allocate handed out (`handed_out`), what a release acts on
-        (else `checkpoint`'s); `places`: whether its paths still reach it (`check_places`);
-        `answers`: the PodResources poller a container start asks (`release_join`)."""
+        """`handed` (`handed_out`), else `checkpoint`'s: what a release acts on (a node `listed`
+        elsewhere now: there) while `places` finds it reached; `answers`: see `release_join`."""
         assert resource.release is not None
         self.config: ReleaseConfig = resource.release
         self._resource, self._table, self._store = resource, table, store
@@ -98,7 +98,7 @@ class ReleaseTracker:
         self._slots = Slots(self.config.parallelism)  # (a container start's releases first)
         self._handed = handed or in_memory(resource.name)
         self._command = ReleaseCommand(
-            resource.name, self.config, commands, table, log, places, checkpoint
+            resource.name, self.config, commands, table, log, places, checkpoint, listed
         )
         self._timings, self._answers, self._heard = timings or Timings(), answers, -math.inf
         self._assume_used = store.unknown

@@ -6,6 +6,7 @@ what a container is handed (`owed_sharing`, `in_use_sharing`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,16 @@ from .device_table import DeviceTable
 from .devices import Device, physical_id
 from .handed_entries import Handed, places_of, releasing, use_of, uses
 from .handed_out import HandedOut
-from .hooks import PlaceCheck, check_places, hook_env, render_argv, run_hook
+from .hooks import (
+    Listed,
+    PlaceCheck,
+    changed_places,
+    check_places,
+    hook_env,
+    place_changed,
+    render_argv,
+    run_hook,
+)
 from .identity import Identity
 from .logs import EventLogger
 from .process import CommandRunner
@@ -36,6 +46,8 @@ class ReleaseCommand:
     log: EventLogger
     places: PlaceCheck | None
     checkpoint: Checkpointed | None
+    listed: Listed | None = None
+    """Where the nodes a use was handed are listed now (a release acts on them there)."""
     host_env: HostEnv = field(init=False)
     """Keeps the device's own loader variables from the command (`run_env`)."""
 
@@ -79,8 +91,12 @@ class ReleaseCommand:
         device: Device,
         reached: Mapping[str, Identity] | None,
     ) -> None:
-        what = f"{self.resource}: release of {device_id}:"
-        await check_places(self.places, what, {device_id, *use.used}, [device], reached)
+        what, ids = f"{self.resource}: release of {device_id}:", {device_id, *use.used}
+        if changed := await changed_places(self.places, ids, [device], reached):
+            if (now := self._where_now(device_id, device, reached, changed)) is None:
+                raise place_changed(what, changed)
+            device, reached = now
+            await check_places(self.places, what, ids, [device], reached)
         values = hook_values(self.resource, [device])
         values.update(use.holder_values())
         env = hook_env(self.host_env, self.resource, [device], values, self.config.env)
@@ -92,6 +108,42 @@ class ReleaseCommand:
             env,
             self.config.timeout,
         )
+
+    def _where_now(
+        self,
+        device_id: str,
+        device: Device,
+        reached: Mapping[str, Identity] | None,
+        changed: Mapping[str, str],
+    ) -> tuple[Device, dict[str, Identity]] | None:
+        """The device as handed out with each node whose path reaches another thing now
+        (`changed`) at the path its driver lists that node at now (`listed`; issue 17,
+        hostile20 F5: a reload swapped two cards' numbers): the release resets the node
+        the use was handed, logged (`release_node_moved`). None: none is listed elsewhere."""
+        reached = reached or {}
+        astray = {n.host_path: reached[n.host_path] for n in device.nodes if n.seen in changed}
+        moved = self.listed(astray) if self.listed is not None and astray else {}
+        if not moved:
+            return None
+        for path, (listed_as, node) in sorted(moved.items()):
+            self.log.info(
+                "release_node_moved",
+                device=device_id,
+                path=path,
+                now=node.host_path,
+                listed_as=listed_as,
+            )
+        nodes = tuple(
+            dataclasses.replace(n, host_path=now.host_path, seen_path=now.seen_path)
+            if (now := moved.get(n.host_path, (None, None))[1]) is not None
+            else n
+            for n in device.nodes
+        )
+        d = device
+        at = {moved[p][1].host_path if p in moved else p: key for p, key in reached.items()}
+        return Device(
+            d.id, d.healthy, nodes, d.numa, d.env, d.mounts, d.annotations, d.path, d.sysfs_path
+        ), at
 
 
 def acted_on(handed: HandedOut, device_id: str) -> tuple[Handed, ...]:

@@ -7,6 +7,7 @@ out of service. It runs on that node at its path now, and both cards come back."
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,69 @@ async def test_a_release_runs_on_the_node_handed_out_where_a_reload_lists_it_now
     assert _runs(running, "ok") == 1, "the release was refused: both cards stay out"
     assert log.read_text().split() == [mine.name, str(other)]  # (p1's node, there now)
     await kubelet.wait_for(lambda: kubelet.resource(R1).healthy_ids == {"n0", "n1"})
+
+
+class _Runs:
+    """A command runner that records each argv and succeeds."""
+
+    def __init__(self) -> None:
+        self.argvs: list[list[str]] = []
+
+    async def run(self, argv: Any, **_: Any) -> Any:
+        from kdp_host.process import CommandResult
+
+        self.argvs.append(list(argv))
+        return CommandResult(0, b"", "")
+
+
+async def test_the_release_acts_on_the_number_handed_out_at_its_listed_path_else_fails_closed() -> (
+    None
+):
+    """The index's part (device numbers, as the glob driver lists them after the reload: an
+    ID keeps its number, `fpga0` at `/d/fpga1` now): the release of fpga0's use, handed
+    `/d/fpga0` as 3, runs on `/d/fpga1` (3 there now), checked again; with 3 listed
+    nowhere and `/d/fpga0` reaching fpga1's 5, it is not run (`place_changed`)."""
+    import functools
+
+    from kdp_host.allocation import HookFailed
+    from kdp_host.config import ReleaseConfig
+    from kdp_host.device_table import DeviceTable
+    from kdp_host.handed_entries import Handed
+    from kdp_host.logs import get_logger
+    from kdp_host.release_command import ReleaseCommand
+    from kdp_host.release_use import DeviceUse
+    from kdp_host.testing import ManualWatcher
+
+    from .fake_nodes import FakeNodes, indexed, node
+
+    nodes, watcher = FakeNodes({"/d/fpga0": ("c", 3), "/d/fpga1": ("c", 5)}), ManualWatcher()
+    fpga0 = node("/d/fpga0")
+    index, _ = await indexed({R1: [fpga0, node("/d/fpga1")]}, nodes, watcher=watcher)
+    await index.book(R1, ["fpga0"])
+    nodes.nodes.update({"/d/fpga0": ("c", 5), "/d/fpga1": ("c", 3)})  # the reload
+    watcher.change("/d")
+    index.publish(R1, {"fpga0": node("/d/fpga1", "fpga0"), "fpga1": node("/d/fpga0", "fpga1")})
+    await asyncio.sleep(0)  # (the watcher's recheck runs soon after the report)
+    await index.quiet()
+    runs = _Runs()
+    command = ReleaseCommand(
+        R1,
+        ReleaseConfig(command=("reset", "{hostPaths}")),
+        runs,
+        DeviceTable(),
+        get_logger(),
+        functools.partial(index.changed_places, R1),
+        None,
+        functools.partial(index.listed_at, R1),
+    )
+    handed = Handed(fpga0, frozenset({"fpga0"}), 0.0, {"/d/fpga0": ("c", 3)})
+    await command.run("fpga0", DeviceUse(owed=True), [handed])
+    assert runs.argvs == [["reset", "/d/fpga1"]]  # (the node it was handed, there now)
+    nodes.nodes.pop("/d/fpga1")  # 3 listed nowhere
+    watcher.change("/d")
+    index.publish(R1, {"fpga1": node("/d/fpga0", "fpga1")})
+    await asyncio.sleep(0)
+    await index.quiet()
+    with pytest.raises(HookFailed, match="reaches another device now"):
+        await command.run("fpga0", DeviceUse(owed=True), [handed])
+    assert len(runs.argvs) == 1

@@ -138,3 +138,49 @@ async def test_the_release_acts_on_the_number_handed_out_at_its_listed_path_else
     with pytest.raises(HookFailed, match="reaches another device now"):
         await command.run("fpga0", DeviceUse(owed=True), [handed])
     assert len(runs.argvs) == 1
+
+
+async def test_a_release_under_a_driver_that_names_devices_by_path_resets_the_node_handed_out(
+    pod_resources_kubelet: KubeletSimulator, socket_dir: Path, short_dir: Path, start_host: Any
+) -> None:
+    """A driver that names its devices by their paths (a probe: its ID stays with the path,
+    not with the node): after the swap the driver lists the node p1 used under the other
+    ID; the index keeps it advertised under p1's ID (booked on that node), the driver's
+    device of that ID held back. The release runs on that node at its path now; while it
+    fails, p1's ID is the device `/devices` shows owing it (and marked Unhealthy): the node
+    it resets. Before, it was refused for ever (`place_changed`)."""
+    from kdp_host.status import devices_document
+
+    kubelet, a, ok = pod_resources_kubelet, short_dir / "a", short_dir / "ok"
+    log = short_dir / "h.log"
+    a.mkdir()
+    (a / "n0").touch()
+    (a / "n1").touch()
+    probe = f"echo n0 path={a}/n0; echo n1 path={a}/n1"
+    hook = f'[sh, -c, "test -e {ok} && echo {{ids}} {{hostPaths}} >> {log}"]'
+    running = await start_host(
+        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: "
+        f"{short_dir}/pr/kubelet.sock, podResourcesInterval: 1s}}\n"
+        f"stateDir: {short_dir}/state\nresources:\n"
+        f"  - name: {R1}\n"
+        f'    shell: {{command: [sh, -c, "{probe}"], interval: 1s}}\n'
+        f"    release: {{command: {hook}}}\n"
+    )
+    await kubelet.wait_for(lambda: kubelet.resource(R1).healthy_ids == {"n0", "n1"})
+    answer = await kubelet.allocate(R1, 1, pod_uid="p1")
+    assert answer is not None
+    mine = Path(answer.devices[0].host_path)
+    other = a / ({"n0": "n1", "n1": "n0"}[mine.name])
+    os.rename(mine, a / "swap")
+    os.rename(other, mine)
+    os.rename(a / "swap", other)
+    await kubelet.release("p1")
+    await wait_until(lambda: _runs(running, "exit") >= 1, timeout=60, what="a failed release")
+    document = devices_document(running.host)
+    shown = {d["id"]: d for r in document["resources"] for d in r["devices"]}
+    assert shown[mine.name]["release"]["state"] in ("failed", "running")
+    assert _runs(running, "place_changed") == 0
+    ok.touch()
+    await wait_until(lambda: _runs(running, "ok") >= 1, timeout=60, what="the release done")
+    assert log.read_text().split() == [mine.name, str(other)]  # (p1's node, there now)
+    await kubelet.wait_for(lambda: kubelet.resource(R1).healthy_ids == {"n0", "n1"})

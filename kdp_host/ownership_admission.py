@@ -29,8 +29,6 @@ from .ownership_claims import (
     Claims,
     Owner,
     Places,
-    Reached,
-    device_claims,
     places,
 )
 from .ownership_held import Advertised, HandOver, note_held
@@ -49,8 +47,8 @@ class Admission(RenameAdmission):
     says what was held)."""
 
     @abc.abstractmethod
-    def _lookup(self, path: str) -> Reached | None:
-        """What `path` reaches, resolved for this admission."""
+    def _resolved(self, device: Device, known: Claims | None) -> Claims:
+        """The device's claims (`known`, else resolved for this admission)."""
 
     _metrics: Metrics | None
     _handover: HandOver
@@ -78,17 +76,19 @@ class Admission(RenameAdmission):
     ) -> Holding | None:
         """A booking wins: held when one of the device's claims is booked under an ID it is
         not about to be advertised under (another resource, device or replica count), when
-        a claim's real path is where such a booking's device was handed out
-        (`PLACE_BOOKED`: a pod's answer names that path), when it reaches a node no booking
-        holds while a booking lost its node's number (`NUMBER_UNKNOWN`:
-        `ownership_unknown`), or when a claim is below a
-        directory such a booking mounts (`Ledger.mount_conflict`: `_contained` leaves that
-        clash to this, so the device keeps its claims and is advertised once it ends)."""
+        a claim's real path is where such a booking's device was handed out, or such a
+        path reaches a claim under a second name (`PLACE_BOOKED`: a pod's answer names that
+        path: `ownership_reach`), when it reaches a node no booking holds while a booking
+        lost its node's number (`NUMBER_UNKNOWN`: `ownership_unknown`), or when a claim is
+        below a directory such a booking mounts (`Ledger.mount_conflict`: `_contained` leaves
+        that clash to this, so the device keeps its claims and is advertised once it ends)."""
         ledger, replicas = self._ledger, state.replicas or 1
         found = ledger.conflict(state.name, device_id, replicas, claims)
         if found is not None:
             return Holding("booked", found[0], found[1])
-        found = ledger.place_conflict(state.name, device_id, replicas, claims)
+        found = ledger.place_conflict(state.name, device_id, replicas, claims) or (
+            ledger.reached_conflict(state.name, device_id, replicas, claims, self._still_there)
+        )
         if found is not None:
             return Holding(PLACE_BOOKED, found[0], found[1])
         found = ledger.number_unknown(state.name, device_id, replicas, claims)
@@ -120,8 +120,7 @@ class Admission(RenameAdmission):
                 yield
             key = places(device)
             known = fresh.get(key) or (None if device_id in stale else cached_claims(cache, device))
-            if known is None:
-                known = device_claims(device, self._lookup)
+            known = self._resolved(device, known)
             claims[device_id] = fresh[key] = known
         state.claims = fresh
         return claims
@@ -296,11 +295,10 @@ class Admission(RenameAdmission):
                 if released:  # (the first device examined would break off below)
                     self._wake_waiting(state.name)
                 return None
-            if claims is not None and old is not None and old.same_places(device):
-                if device_id not in state.held:
-                    continue  # health or env changed: it owns its claims
-            elif claims is None:
-                claims = cache[key] = device_claims(device, self._lookup)
+            if claims is None or old is None or not old.same_places(device):
+                claims = cache[key] = self._resolved(device, claims)
+            elif device_id not in state.held:
+                continue  # health or env changed: it owns its claims
             owned = state.owned.get(device_id)
             if owned is not None and not owned.exclusive_keys() <= claims.exclusive_keys():
                 kept = claims.exclusive_keys()

@@ -22,6 +22,7 @@ from typing import Any
 from .devices import Device, DeviceMount, DeviceNode, replica_ids
 from .identity import DIRECTORY, Identity
 from .ownership_claims import NOTHING, SYSFS, Claim, ClaimKey, Claims, Owner, ancestors, twins
+from .ownership_reach import SpotsReached, Still
 from .ownership_unknown import TreeNodes, not_known, reaching_node
 from .rules import below
 
@@ -88,6 +89,7 @@ class BookedClaims:
         """Real path of a booked device's own claim (its node or mount source as the
         Allocate handed it out) -> the bookings that hold it: the place a pod's answer
         names stays that pod's, whatever is found there later (`place_conflict`)."""
+        self.reach = SpotsReached()  # (what each spot reaches now: `reached_conflict`)
         self.tree_nodes: TreeNodes = not_known  # (see `number_unknown`)
         self.own: dict[ClaimKey, int] = {}
         """Claim of a booked device's own (`Booking.claims`: what it reached when the
@@ -239,6 +241,13 @@ class BookedClaims:
             replicas,
             ((path, spots.get(real, ())) for key, path, real in claims.all() if key[0] != SYSFS),
         )
+
+    def reached_conflict(
+        self, resource: str, device_id: str, replicas: int, claims: Claims, still: Still
+    ) -> tuple[Owner, str] | None:
+        """As `place_conflict`, for a spot that reaches a claim under a second name."""
+        found = self.reach.held(claims, self.spots, still)
+        return self._first_other(resource, device_id, replicas, found) if found else None
 
     def number_unknown(
         self, resource: str, device_id: str, replicas: int, claims: Claims

@@ -20,7 +20,7 @@ list is then admitted in full.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,7 +29,7 @@ from .devices import Device
 from .files import Offload
 from .metrics import Metrics
 from .ownership_canonical import canonical
-from .ownership_claims import Claims, Resolver
+from .ownership_claims import ClaimKey, Claims, Resolver
 from .ownership_held import HandOver
 from .ownership_resolve import Resolving
 from .ownership_table import ResourceState
@@ -209,6 +209,9 @@ class AdmissionGate(Resolving):
         that ran): one at a time, never nested (a publish that releases more only queues)."""
         if self._ledger.unheld:
             self._examine_unheld()
+        if reached := self._ledger.reach.changed:  # (a spot reaches another identity)
+            self._ledger.reach.changed = []
+            self._examine(reached)
         if self._draining:
             return
         self._draining = True
@@ -270,9 +273,12 @@ class AdmissionGate(Resolving):
         keys, ledger.unheld = ledger.unheld, []
         if not ledger.unknown:
             return
+        self._examine(key for key in keys if key not in ledger.own)  # (not booked again)
+
+    def _examine(self, keys: Iterable[ClaimKey]) -> None:
+        """The advertised devices that claim `keys` are examined again, each claimed anew
+        (`stale`; a resource that is not `plain` in full)."""
         for key in keys:
-            if key in ledger.own:  # (booked again meanwhile: an Allocate replaced it)
-                continue
             exclusive = self._exclusive.get(key)
             for owner in (*(() if exclusive is None else (exclusive,)), *self._shared.get(key, ())):
                 state = self._resources.get(owner.resource)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
 from typing import TYPE_CHECKING, Final
 
 from .device_changes import changed_among
+from .devices import Device
 from .files import Offload
 from .identity import UNRESOLVABLE
 from .metrics import Metrics
@@ -24,9 +25,11 @@ from .ownership_admission import Admission, cached_claims
 from .ownership_batches import HUNG, PathResolver, Resolution, batch_reach
 from .ownership_claims import (
     ClaimKey,
+    Claims,
     Reached,
     Resolver,
     ancestors,
+    device_claims,
     places,
     reaches_else,
     still_reaches,
@@ -361,6 +364,15 @@ class Resolving(Admission):
             self._doubted.add(path)
         resolved = self._fresh[path]
         return None if isinstance(resolved, str) else resolved
+
+    def _resolved(self, device: Device, known: Claims | None) -> Claims:
+        """The device's claims (`known`: kept, else as resolved for this admission); a
+        booked spot one passes reaches its identity now (`SpotsReached.note`, hostile19
+        F9: a device examined, whether its claims were kept or not)."""
+        claims = device_claims(device, self._lookup) if known is None else known
+        if spots := self._ledger.spots:
+            self._ledger.reach.note(claims, spots)
+        return claims
 
     def _still_there(self, key: ClaimKey, path: str) -> bool:
         """Whether a lingering claim's path still reaches it, as resolved for this

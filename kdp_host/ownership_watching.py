@@ -311,12 +311,20 @@ class Watching(BookingAllocations):
         since = self._vanished.get((state.name, device_id))
         return since is not None and time.monotonic() - since < VANISH_GRACE
 
+    def _spot_reaches(self, spot: str) -> ClaimKey | None:
+        """What a booked spot the watcher reported changed reaches now (one lookup of a
+        device's path, on the loop as `_still_there` does without an offload)."""
+        found = self._paths.inline([spot])[spot]
+        return None if found is None or isinstance(found, str) else found[0]
+
     def _recheck(self) -> None:
         """Forget the claims of devices with a changed path, and admit their resources
         again (which resolves them anew): found by path (`PathIndex`), not by a walk."""
         changed, self._changed_paths = self._changed_paths, {}
         for directory, names in changed.items():
             paths = None if names is None else {os.path.join(directory, n) for n in names}
+            if paths is not None and self._ledger.spots:  # (what a booked spot reaches)
+                self._ledger.reach.changed_at(paths, self._ledger.spots, self._spot_reaches)
             fresh, doubtful = self._fresh, self._doubtful
             if paths is not None:
                 for path in paths:

@@ -270,6 +270,8 @@ class Ledger(BookedClaims):
         for key, _, real in booking.claims:
             if key[0] != SYSFS:
                 _count(self.spots, real, owner, step)
+                if real not in self.spots:
+                    self.reach.forget(real)  # (no longer booked: what it reaches is free)
             if (left := self.own.get(key, 0) + step) > 0:
                 self.own[key] = left
             elif self.own.pop(key, None) is not None and self.unknown:

@@ -96,3 +96,12 @@ class SpotsReached:
                 else:
                     found.append((path, spots[spot]))
         return found
+
+
+def by_directory(paths: Iterable[str]) -> dict[str, list[str]]:
+    """`paths` by their directory (a report of anything changed in one: an overflow, the
+    mount table changed)."""
+    found: dict[str, list[str]] = {}
+    for path in paths:
+        found.setdefault(os.path.dirname(path), []).append(path)
+    return found

@@ -38,6 +38,7 @@ from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_claims import SYSFS, ClaimKey, Claims, Owner, Resolver, ancestors, named_in, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_paths import PathIndex, host_paths
+from .ownership_reach import by_directory
 from .ownership_reads import INDEXED, LINKED
 from .ownership_shared import elsewhere
 from .ownership_table import Holding, ResourceState
@@ -321,10 +322,14 @@ class Watching(BookingAllocations):
         """Forget the claims of devices with a changed path, and admit their resources
         again (which resolves them anew): found by path (`PathIndex`), not by a walk."""
         changed, self._changed_paths = self._changed_paths, {}
+        spots, by_dir = self._ledger.spots, None
         for directory, names in changed.items():
             paths = None if names is None else {os.path.join(directory, n) for n in names}
-            if paths is not None and self._ledger.spots:  # (what a booked spot reaches)
-                self._ledger.reach.changed_at(paths, self._ledger.spots, self._spot_reaches)
+            if spots:  # (what a booked spot reaches: anything in it, once per recheck)
+                if paths is None and by_dir is None:
+                    by_dir = by_directory(spots)
+                there = paths if paths is not None else by_dir.get(directory, ()) if by_dir else ()
+                self._ledger.reach.changed_at(there, spots, self._spot_reaches)
             fresh, doubtful = self._fresh, self._doubtful
             if paths is not None:
                 for path in paths:

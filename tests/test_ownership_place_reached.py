@@ -7,13 +7,19 @@ is held `place_booked` until P no longer reaches it or p1's booking ends."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kdp_host.holdings import Holdings
+from kdp_host.ownership import OwnershipIndex
 from kdp_host.simulator import KubeletSimulator, SimulatorAllocationError
+from kdp_host.testing import ManualWatcher
+
+from .fake_nodes import FakeNodes, indexed, node
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
@@ -87,3 +93,70 @@ async def test_a_device_reached_at_a_booked_path_under_a_second_name_is_held(
         await kubelet.wait_for(lambda: len(resource(A).healthy_ids) == 1, timeout=30)
     else:
         await kubelet.wait_for(lambda: "1" in resource(B).healthy_ids, timeout=30)
+
+
+R1, R2 = "vendor.example/a", "vendor.example/b"
+
+
+async def settled(index: OwnershipIndex) -> None:
+    await asyncio.sleep(0)  # (the watcher's recheck is called soon)
+    await index.quiet()
+
+
+async def changed(index: OwnershipIndex, watcher: ManualWatcher) -> None:
+    """The watcher reports /dev/a/x1 changed; the index settles."""
+    watcher.change("/dev/a", "x1")
+    await settled(index)
+
+
+async def test_through_the_index_a_second_node_of_a_number_made_at_a_booked_path() -> None:
+    """hostile19 t18 through the index: p1 holds a/x1 (1); a node of y5's number (5) is made
+    at a/x1: y5 is held `place_booked` by p1's booking while a/x1 reaches it, advertised
+    again once it does not (or once the booking ends)."""
+    nodes = FakeNodes({"/dev/a/x1": ("c", 1), "/dev/b/y5": ("c", 5)})
+    watcher = ManualWatcher()
+    index, tables = await indexed(
+        {R1: [node("/dev/a/x1")], R2: [node("/dev/b/y5")]}, nodes, watcher=watcher
+    )
+
+    def ids(resource: str) -> set[str]:
+        return {d.id for d in tables[resource].snapshot.devices}
+
+    await index.book(R1, ["x1"])
+    nodes.nodes["/dev/a/x1"] = ("c", 5)
+    await changed(index, watcher)
+    assert ids(R2) == set()
+    held = index.held_now(R2)["y5"]
+    assert (held.reason, held.owner.resource, held.owner.device) == ("place_booked", R1, "x1")
+
+    nodes.nodes["/dev/a/x1"] = ("c", 1)  # a/x1 reaches its own number again
+    await changed(index, watcher)
+    assert ids(R2) == {"y5"}
+
+    nodes.nodes["/dev/a/x1"] = ("c", 5)
+    await changed(index, watcher)
+    assert ids(R2) == set()
+    index.holdings(Holdings(1e9, 0.0, {}))  # p1 ended
+    await settled(index)
+    assert ids(R2) == {"y5"}
+
+
+async def test_through_the_index_a_booked_path_no_device_claims_through() -> None:
+    """The booked device left its list (a group's link is no member of it): the watcher's
+    report of the booked path changed is what tells the index what it reaches now."""
+    nodes = FakeNodes({"/dev/a/x1": ("c", 1), "/dev/b/y5": ("c", 5)})
+    watcher = ManualWatcher()
+    index, tables = await indexed(
+        {R1: [node("/dev/a/x1")], R2: [node("/dev/b/y5")]}, nodes, watcher=watcher
+    )
+    await index.book(R1, ["x1"])
+    index.publish(R1, {})
+    await settled(index)
+    nodes.nodes["/dev/a/x1"] = ("c", 5)
+    await changed(index, watcher)
+    assert not tables[R2].snapshot.devices
+    assert index.held_now(R2)["y5"].reason == "place_booked"
+    del nodes.nodes["/dev/a/x1"]  # nothing there (told as anything in /dev/a: an overflow)
+    watcher.change("/dev/a")
+    await settled(index)
+    assert {d.id for d in tables[R2].snapshot.devices} == {"y5"}

@@ -314,7 +314,8 @@ class Watching(BookingAllocations):
 
     def _spot_reaches(self, spot: str) -> ClaimKey | None:
         """What a booked spot the watcher reported changed reaches now (one lookup of a
-        device's path, on the loop as `_still_there` does without an offload)."""
+        device's path, on the loop: only in a directory `local` says waits on nothing but
+        this machine; elsewhere a device claiming through it tells)."""
         found = self._paths.inline([spot])[spot]
         return None if found is None or isinstance(found, str) else found[0]
 
@@ -325,7 +326,7 @@ class Watching(BookingAllocations):
         spots, by_dir = self._ledger.spots, None
         for directory, names in changed.items():
             paths = None if names is None else {os.path.join(directory, n) for n in names}
-            if spots:  # (what a booked spot reaches: anything in it, once per recheck)
+            if spots and self.local([directory]):  # (a booked spot's lookup, on the loop)
                 if paths is None and by_dir is None:
                     by_dir = by_directory(spots)
                 there = paths if paths is not None else by_dir.get(directory, ()) if by_dir else ()

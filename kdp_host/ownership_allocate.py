@@ -37,7 +37,8 @@ from .kubelet_checkpoint import Gained, HandedClaims, take_handed
 from .ownership_adopt import DeviceClaims
 from .ownership_canonical import strays
 from .ownership_claims import Claim, Owner, Reached, claim_of, places, twins
-from .ownership_hand_out import HandingOut, PlaceOwned
+from .ownership_hand_out import HandingOut
+from .ownership_shared import PlaceOwned
 
 
 class BookingAllocations(HandingOut):

@@ -55,9 +55,7 @@ from .ownership_reads import (
     read_or_recall,
 )
 from .ownership_resolve import reached_only
-from .ownership_shared import HANDED_TIMEOUT as HANDED_TIMEOUT
-from .ownership_shared import PlaceOwned as PlaceOwned
-from .ownership_shared import SharedTrees
+from .ownership_shared import PlaceOwned, SharedTrees
 from .rules import below
 
 

@@ -153,10 +153,7 @@ def _in_trees(mounted: list[str], arrivals: Arrivals) -> Iterator[tuple[ClaimKey
 def _answer_path(found: Found, mounted: list[str], arrivals: Arrivals, key: ClaimKey) -> str:
     """Where below the answer's directories what `NodesFound` keeps as `key` is (its read,
     or its trees' reads)."""
-    for kind, path in (
-        *found,
-        *((k, p) for d in mounted for p, k in arrivals.tree_nodes(d).items()),
-    ):
+    for kind, path in (*found, *_in_trees(mounted, arrivals)):
         if indexed(kind) == key:
             return path
     return ", ".join(mounted)

@@ -97,10 +97,7 @@ class PeerSockets:
     """When another instance's socket was last made or went (loop time)."""
 
     def __post_init__(self) -> None:
-        instance = socket_instance(self.endpoint)
-        self._prefix = None
-        if instance is not None:  # readable: kdp-<slug>-<instance>.sock
-            self._prefix = self.endpoint[: -len(instance) - len(_SUFFIX)]
+        self._prefix = socket_prefix(self.endpoint)
 
     @property
     def followed(self) -> bool:
@@ -237,8 +234,16 @@ class PeerSocketIndex:
 
     @staticmethod
     def _event(by_prefix: dict[str, list[NameCallback]], name: str | None) -> None:
-        instance = None if name is None else socket_instance(name)
-        if name is None or instance is None:
+        prefix = None if name is None else socket_prefix(name)
+        if name is None or prefix is None:
             return  # (no instance's socket: `PeerSockets` looks at none other)
-        for callback in list(by_prefix.get(name[: -len(instance) - len(_SUFFIX)], ())):
+        for callback in list(by_prefix.get(prefix, ())):
             callback(name)
+
+
+def socket_prefix(name: str) -> str | None:
+    """What every instance's readable socket name of one resource starts with
+    (`kdp-<slug>-` of `kdp-<slug>-<instance>.sock`); None for a name that carries no
+    instance (a compact name)."""
+    instance = socket_instance(name)
+    return None if instance is None else name[: -len(instance) - len(_SUFFIX)]

@@ -27,7 +27,7 @@ from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceNode
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
-from kdp_host.ownership_hand_out import PlaceOwned
+from kdp_host.ownership_shared import PlaceOwned
 
 from .conftest import script
 from .kubelet_harness import RealKubelet, healthy

@@ -15,7 +15,7 @@ from kdp_host.allocation import HookFailed
 from kdp_host.hooks import check_places
 from kdp_host.kubelet_checkpoint import Handed as CheckpointHanded
 from kdp_host.kubelet_checkpoint import HandedClaims
-from kdp_host.ownership_hand_out import PlaceOwned
+from kdp_host.ownership_shared import PlaceOwned
 
 from .fake_nodes import FakeNodes, indexed, node
 

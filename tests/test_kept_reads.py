@@ -17,8 +17,8 @@ import pytest
 
 from kdp_host import ownership_hand_out, ownership_reads
 from kdp_host.mount_table import MountMap, parse_mounts
-from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.ownership_reads import KEPT_FOR, read_or_recall
+from kdp_host.ownership_shared import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
 from .test_ownership_moves import R2, Host, mounting

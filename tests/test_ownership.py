@@ -39,8 +39,8 @@ from kdp_host.ownership_claims import (
 )
 from kdp_host.ownership_document import OWNERSHIP_FILE, ownership_file, read_saved
 from kdp_host.ownership_gate import ADMISSION_CHUNK
-from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.ownership_overlaps import overlaps
+from kdp_host.ownership_shared import PlaceOwned
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.state_file import StateFile
 from kdp_host.testing import ManualWatcher

@@ -22,7 +22,7 @@ import pytest
 from kdp_host import ownership_hand_out
 from kdp_host.holdings import Holdings
 from kdp_host.mount_table import MountMap
-from kdp_host.ownership_hand_out import PlaceOwned
+from kdp_host.ownership_shared import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
 from .test_ownership_moves import R1, R2, Host, mounting, nodes

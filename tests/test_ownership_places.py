@@ -19,7 +19,7 @@ from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Reached, Unresolvable
-from kdp_host.ownership_hand_out import PlaceOwned
+from kdp_host.ownership_shared import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
 from .fake_nodes import FakeNodes, indexed, node

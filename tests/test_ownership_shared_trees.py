@@ -17,8 +17,8 @@ import pytest
 from kdp_host import ownership_arrivals, ownership_hand_out, ownership_shared
 from kdp_host.devices import Device
 from kdp_host.holdings import Holdings
-from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.ownership_overlaps import overlap_warnings, overlaps
+from kdp_host.ownership_shared import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
 from .test_ownership_booked_trees import null_node

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host.ownership_hand_out import PlaceOwned
 from kdp_host.ownership_overlaps import overlap_warnings
+from kdp_host.ownership_shared import PlaceOwned
 
 from .test_ownership import R1, R2, Host, dev
 from .test_ownership_identity import pci

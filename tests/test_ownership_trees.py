@@ -29,7 +29,7 @@ from kdp_host.metrics import Metrics
 from kdp_host.mount_table import MountMap
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Unresolvable
-from kdp_host.ownership_hand_out import PlaceOwned
+from kdp_host.ownership_shared import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
 from .conftest import wait_until

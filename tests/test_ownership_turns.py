@@ -15,7 +15,7 @@ from kdp_host.devices import Device, DeviceMount, DeviceNode
 from kdp_host.holdings import Holder, Holdings
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Claim, ClaimSet
-from kdp_host.ownership_hand_out import PlaceOwned
+from kdp_host.ownership_shared import PlaceOwned
 
 from .fake_nodes import FakeNodes
 from .test_ownership import R1, R2, Host, dev, node

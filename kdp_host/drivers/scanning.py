@@ -190,13 +190,17 @@ class ScanLoop(Generic[S]):
                 return await self.scan_once()
             raise
         self._pending = None
-        self._wanted = frozenset(dirs.wanted)
-        self._signed = dirs.signatures
+        self._took(dirs, full)
+        return result
+
+    def _took(self, dirs: DirWatch, full: bool) -> None:
+        """A scan's answer is taken in (off the loop, or on it: `_scan_on_loop`): what it
+        watched and signed."""
+        self._wanted, self._signed = frozenset(dirs.wanted), dirs.signatures
         if full:  # (a scan of named paths vouches for nothing else: see the module docstring)
             self._signatures = dirs.signatures
         if self._changes.settle(dirs.read_at):
             self._wake.clear()  # every wake-up came before the scan read what it named
-        return result
 
     def _scan_sync(
         self,
@@ -218,10 +222,7 @@ class ScanLoop(Generic[S]):
         changes, listed = self._changes, self.tracker.listed
         taken, answer = scan_on_loop(self.scanner, listed, self._watched, guard, changes)
         if answer is not None:
-            dirs = answer[1]
-            self._wanted, self._signed = frozenset(dirs.wanted), dirs.signatures
-            if changes.settle(dirs.read_at):
-                self._wake.clear()
+            self._took(answer[1], False)
         return taken, None if answer is None else answer[0]
 
     def unchanged_since_scan(self) -> bool:

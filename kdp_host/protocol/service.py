@@ -44,7 +44,7 @@ from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
 from ..metrics import Metrics
 from ..ownership_claims import Unresolvable, read_only_of
-from ..ownership_hand_out import PlaceOwned
+from ..ownership_shared import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..start_budget import StartBudget
 from .codec import EncodedMessage

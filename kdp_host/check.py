@@ -17,7 +17,6 @@ from .identity import identity_of
 from .logs import get_logger, quote_text
 from .node import NodeInfo, selects
 from .rules import MAX_PRE_START_TIMEOUT
-from .run_env import WITHHELD_WHY, host_withheld, own_nodes
 
 if TYPE_CHECKING:  # a module only one command uses is imported where it runs
     from .sysfs.rootdisk import RootDisk
@@ -150,31 +149,6 @@ def handed_warnings(rows: Iterable[CheckRow], config: Config, config_file: str) 
                     f"advertised ({NOT_A_NODE}): {quote_text(path)} {shown}"
                     + not_a_node_why(key[0])
                 )
-    return found
-
-
-def withheld_env_warnings(rows: Iterable[CheckRow], config: Config) -> list[str]:
-    """A line for each device whose own env sets a variable a run withholds from its host
-    commands (`run_env.host_withheld`: it decides what a process runs, or names a path
-    other than the device's nodes), for a resource with a host command that would get the
-    devices' env (`device_env_withheld`)."""
-    hooked = {
-        r.name
-        for r in config.resources
-        if r.pre_start is not None or r.release is not None or r.allocate.command is not None
-    }
-    found: list[str] = []
-    for row in rows:
-        device = row.device
-        if device is None or row.resource not in hooked:
-            continue
-        nodes = own_nodes([device])
-        if names := sorted(n for n, v in device.env.items() if host_withheld(n, v, nodes)):
-            found.append(
-                f"warning: {row.resource}: device {quote_text(device.id)}'s env "
-                f"{', '.join(names)} would not be passed to its preStart, release or "
-                f"allocate.command (it {WITHHELD_WHY}), only to the container"
-            )
     return found
 
 

@@ -160,7 +160,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         root_disk_warnings,
         scan_entries,
         unseen_source_warnings,
-        withheld_env_warnings,
     )
 
     scan = asyncio.run(scan_entries(config, node))
@@ -175,7 +174,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         *unseen_source_warnings(config, args.config),
         *handed_warnings(rows, config, args.config),
         *dev_root_warnings(rows),
-        *withheld_env_warnings(rows, config),
         *deadline_warnings(config),
     ]
     overlaps = [*overlap_warnings(rows, config), *container_path_warnings(rows, config)]

@@ -32,12 +32,12 @@ from .device_table import DeviceTable
 from .devices import Device, DeviceNode, Snapshot, physical_id
 from .handed_entries import use_of
 from .handed_out import HANDED_FILE, HandedOut, in_memory
+from .host_env import host_command_env
 from .identity import Identity, Reach
 from .logs import EventLogger
 from .metric_labels import HookResult
 from .metrics import Metrics
 from .process import CommandError, CommandResult, CommandRunner
-from .run_env import HostEnv
 from .start_budget import StartBudget
 
 STDERR_IN_STATUS = 512
@@ -194,7 +194,6 @@ class PreStartHook:
         self._handed = self.handed or in_memory(self.resource.name)
         self._slots = asyncio.Semaphore(self.config.parallelism)
         self._builder = AllocationBuilder(self.resource)
-        self._host_env = HostEnv(self.log)
         self.metrics.add_pre_start(self.resource.name)
 
     async def run(self, device_ids: Sequence[str], budget: StartBudget | None = None) -> None:
@@ -255,7 +254,7 @@ class PreStartHook:
     async def _run_command(self, physical: Sequence[Device]) -> None:
         values = hook_values(self.resource.name, physical)
         try:
-            env = hook_env(self._host_env, self.resource.name, physical, values, self.config.env)
+            env = hook_env(self.resource.name, physical, values, self.config.env)
         except AllocationError as exc:
             raise HookFailed(Status.INVALID_ARGUMENT, "invalid", str(exc)) from None
         what = f"{self.resource.name}: preStart for {values['ids']}:"
@@ -269,19 +268,16 @@ class PreStartHook:
 
 
 def hook_env(
-    host_env: HostEnv,
     resource: str,
     devices: Sequence[Device],
     values: Mapping[str, str],
     configured: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The env a host command for `devices` runs with: their own (without what decides what
-    it runs: `HostEnv`), then the `configured` entries rendered with `values`. Raises
-    AllocationError where the devices' own env cannot be merged, as Allocate does."""
-    env = host_env.withhold(device_env(resource, devices), devices)
-    for key, text in (configured or {}).items():
-        env[key] = render_template(text, values)
-    return env
+    """The env a host command for `devices` runs with (`host_env.host_command_env`): their
+    own under `KDP_DEVICE_ENV_`, then the `configured` entries rendered with `values`.
+    Raises AllocationError where the devices' own env cannot be merged, as Allocate does."""
+    rendered = {key: render_template(text, values) for key, text in (configured or {}).items()}
+    return host_command_env(device_env(resource, devices), rendered)
 
 
 @dataclass
@@ -297,7 +293,6 @@ class AllocateHook:
 
     def __post_init__(self) -> None:
         self.metrics.add_allocate_hook(self.resource)
-        self._host_env = HostEnv(self.log)
 
     async def response(
         self, builder: AllocationBuilder, snapshot: Snapshot, requested_ids: Sequence[str]
@@ -308,7 +303,7 @@ class AllocateHook:
         without running the command, when the devices' own env cannot be passed to it."""
         physical = builder.physical_devices(snapshot, requested_ids)
         values = hook_values(self.resource, physical)
-        env = hook_env(self._host_env, self.resource, physical, values)
+        env = hook_env(self.resource, physical, values)
         what = f"{self.resource}: allocate.command for {values['ids']}:"
         counter = self.metrics.allocate_hooks
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from grpclib.const import Status
 
@@ -32,7 +32,6 @@ from .identity import Identity
 from .logs import EventLogger
 from .process import CommandRunner
 from .release_use import Checkpointed, DeviceUse, unknown_release
-from .run_env import HostEnv
 
 
 @dataclass
@@ -48,11 +47,6 @@ class ReleaseCommand:
     checkpoint: Checkpointed | None
     listed: Listed | None = None
     """Where the nodes a use was handed are listed now (a release acts on them there)."""
-    host_env: HostEnv = field(init=False)
-    """Keeps the device's own loader variables from the command (`run_env`)."""
-
-    def __post_init__(self) -> None:
-        self.host_env = HostEnv(self.log)
 
     async def run(self, device_id: str, use: DeviceUse, handed: Sequence[Handed]) -> None:
         """The release of each use `handed` (`acted_on`: the uses whose release is owed,
@@ -99,7 +93,7 @@ class ReleaseCommand:
             await check_places(self.places, what, ids, [device], reached)
         values = hook_values(self.resource, [device])
         values.update(use.holder_values())
-        env = hook_env(self.host_env, self.resource, [device], values, self.config.env)
+        env = hook_env(self.resource, [device], values, self.config.env)
         self.log.info("release_started", device=device_id, pod=values["pod"] or "-")
         await run_hook(
             self.commands,

@@ -27,27 +27,15 @@ settings of `env` on a `#!` line (`places._interpreter`, hostile13 M14), may set
 them: the places they name are run places (`places.run_places`); a templated value of a
 known variable (`decides_run`) is refused (not known before it is rendered), and so is a
 value naming `/` itself (every place lies in it). A device's own env (a probe's `env`, sysfs
-attributes) is not known beforehand: a variable of it is not passed to the host commands for
-the device where it sets a known variable or where its value names an absolute path other
-than the devices' own nodes (`host_withheld`, `HostEnv`: a directory a pod writes, named to
-a variable the command reads as code or settings, `PYTHONPYCACHEPREFIX`, `OPENSSL_CONF`:
-hostile14 N7, the list's class again), or a relative path that climbs (a `..` segment: a
-variable taken in a directory of the program's own, `PYTHONPLATLIBDIR=../tmp/x` from
-`/usr`, hostile19 F7, names any place as an absolute path does); it still reaches the
-container's env in the Allocate answer. The others are passed (a device's env names its
-own nodes, `/dev/fpga0`, as a matter of course).
+attributes) sets none of them: it reaches the host commands under a prefix only
+(`host_env`, hostile21 F6).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Final
-
-from .devices import Device
-from .logs import EventLogger
 
 DIRECTORY_LISTS: Final = frozenset(
     {
@@ -85,8 +73,6 @@ RUN_VARIABLES: Final = DIRECTORY_LISTS | FILES | READ_FROM
 LOADER_PREFIX: Final = "LD_"
 _LOADER_SEPARATORS: Final = re.compile(r"[:\s]+")
 _SEPARATORS: Final = re.compile(r"[:\s=,]+")
-_CLIMBS: Final = re.compile(r"(?:^|[/:\s=,;])\.\.(?:$|[/:\s=,;])")
-"""A `..` path segment anywhere in a value (`host_withheld`)."""
 
 
 def decides_run(name: str) -> bool:
@@ -109,51 +95,3 @@ def named_paths(name: str, value: str, cwd: str | None) -> list[str]:
     entries += [token for token in _SEPARATORS.split(value) if token.startswith("/")]
     found = (os.path.abspath(os.path.join(cwd or "", entry)) for entry in entries)
     return list(dict.fromkeys(found))
-
-
-def own_nodes(devices: Iterable[Device]) -> frozenset[str]:
-    """The host paths of the devices' nodes (normalised): what their env may name."""
-    return frozenset(os.path.normpath(n.host_path) for d in devices for n in d.nodes)
-
-
-def host_withheld(name: str, value: str, nodes: Collection[str]) -> bool:
-    """Whether a device's own env variable is kept from the host commands (see the module):
-    it decides what they run, its value names an absolute path that is not one of `nodes`
-    (`own_nodes`), or a relative path that climbs (`..`)."""
-    if decides_run(name) or _CLIMBS.search(value):
-        return True
-    return any(p not in nodes for p in named_paths(name, value, None))
-
-
-WITHHELD_WHY: Final = (
-    "decides what a host command runs, or names a path other than the devices' own nodes "
-    "(absolute, or climbing with ..)"
-)
-
-
-@dataclass
-class HostEnv:
-    """The devices' own env as the host commands of one resource get it: without the
-    variables `host_withheld` names, each withheld logged once per device
-    (`device_env_withheld`)."""
-
-    log: EventLogger
-    told: set[tuple[str, str]] = field(default_factory=set)
-
-    def withhold(self, env: Mapping[str, str], devices: Iterable[Device]) -> dict[str, str]:
-        """`env` (the devices' merged env) without those variables."""
-        devices = list(devices)
-        nodes = own_nodes(devices)
-        kept = {n: value for n, value in env.items() if not host_withheld(n, value, nodes)}
-        if len(kept) < len(env):
-            for device in devices:
-                names = sorted(n for n, v in device.env.items() if host_withheld(n, v, nodes))
-                if names and (device.id, ",".join(names)) not in self.told:
-                    self.told.add((device.id, ",".join(names)))
-                    self.log.warning(
-                        "device_env_withheld",
-                        device=device.id,
-                        names=",".join(names),
-                        why=f"{WITHHELD_WHY}: passed to containers only",
-                    )
-        return kept

@@ -1,6 +1,6 @@
 """What decides what kdp-host runs as root beyond a command's executable (hostile13 M1, M2,
-M4, M5, M6): the loader and interpreter variables of a config's env (`run_env.py`), a
-device's own env (withheld from host commands), `#!` chains, and every symlink on the way to
+M4, M5, M6): the loader and interpreter variables of a config's env (`run_env.py`),
+`#!` chains, and every symlink on the way to
 a place kdp-host reads, writes or runs by name (`config/places.py` `link_places`)."""
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ from typing import Any
 
 import pytest
 
-from kdp_host.cli import main
 from kdp_host.config import load_config, never_handed
-from kdp_host.devices import Device, DeviceNode
-from kdp_host.logs import get_logger
-from kdp_host.run_env import HostEnv, decides_run, host_withheld, named_paths, own_nodes
+from kdp_host.run_env import decides_run, named_paths
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import script
@@ -71,47 +68,6 @@ def test_every_absolute_path_in_any_value_is_named(name: str, value: str, paths:
     """M17: a list of known variables keeps missing some (`HOME`, `NODE_OPTIONS`): every
     absolute path in a value is named, whatever the variable."""
     assert named_paths(name, value, "/w") == paths
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "withheld"),
-    [
-        ("PYTHONPYCACHEPREFIX", "/srv/share", True),  # (hostile14 N7: not in any list)
-        ("OPENSSL_CONF", "/srv/share/openssl.cnf", True),
-        ("TOOL", "--plugins=/srv/share/p.so", True),
-        ("DEVICE", "/dev/fpga0", False),  # (its own node)
-        ("DEVICES", "/dev/fpga0,/dev/fpga1", False),
-        ("DEVICES", "/dev/fpga0,/dev/fpga9", True),
-        ("SERIAL", "A1B2", False),
-        ("RATIO", "1/2", False),
-        ("PATH", "/dev/fpga0", True),  # (decides what runs, whatever it names)
-        ("PYTHONPLATLIBDIR", "lib", True),  # (hostile19 F7: Python's stdlib, in its prefix)
-        ("SHELLOPTS", "xtrace", True),
-        ("TOOL_DIR", "../tmp/x", True),  # (a relative path that climbs: any place)
-        ("TOOL_DIR", "a/../../b", True),
-        ("TOOL_ARGS", "--dir=..", True),
-        ("RANGE", "1..4", False),
-        ("NAME", "a..b", False),
-    ],
-)
-def test_a_devices_env_naming_a_path_other_than_its_nodes_is_withheld(
-    name: str, value: str, withheld: bool
-) -> None:
-    nodes = own_nodes([Device("a0", nodes=(DeviceNode("/dev/fpga0", "/dev/fpga0"),)),
-                       Device("a1", nodes=(DeviceNode("/dev//fpga1", "/dev/fpga1"),))])  # fmt: skip
-    assert host_withheld(name, value, nodes) is withheld
-
-
-def test_a_devices_run_variables_are_withheld_and_logged_once(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    host_env = HostEnv(get_logger(resource=FPGA))
-    devices = [Device("a0", env={"PATH": "/p", "SLOT": "0"}), Device("a1", env={"SLOT": "1"})]
-    env = {"PATH": "/p", "SLOT": "0,1"}
-    for _ in range(3):
-        assert host_env.withhold(env, devices) == {"SLOT": "0,1"}
-    withheld = [r for r in caplog.records if r.getMessage() == "device_env_withheld"]
-    assert len(withheld) == 1
 
 
 @pytest.mark.parametrize(
@@ -250,45 +206,6 @@ def test_the_directory_of_a_written_places_link_is_protected(dirs: Path, what: s
     assert rule.problem(f"{dirs}/lnk", writable=False) is None
 
 
-async def test_a_devices_own_run_variables_do_not_reach_host_commands(
-    dirs: Path, start_host: object
-) -> None:
-    """M2: a probe's device `env: {PATH: <pod-writable dir>:...}` was passed to preStart,
-    release and allocate.command: a bare command name was found in the pod's directory.
-    Now those variables reach the container only; the others still reach the hook. N7: a
-    variable in no list naming a pod's directory (`PYTHONPYCACHEPREFIX`) is withheld too; one
-    naming the device's own node is passed."""
-    record = dirs / "record.json"
-    hook = script(
-        dirs,
-        "record",
-        f"exec python3 -c 'import json, os; json.dump({{k: os.environ.get(k) for k in "
-        f'("PATH", "LD_PRELOAD", "SLOT", "PYTHONPYCACHEPREFIX", "NODE")}}, '
-        f'open("{record}", "w"))\'\n',
-    )
-    (dirs / "dev" / "probe0").touch()
-    device_env = {
-        "PATH": f"{dirs}/share:/usr/bin:/bin",
-        "LD_PRELOAD": "/x.so",
-        "SLOT": "3",
-        "PYTHONPYCACHEPREFIX": f"{dirs}/share",  # (hostile14 N7: a path, not its node)
-        "NODE": f"{dirs}/dev/probe0",
-    }
-    listed = [{"id": "d0", "paths": [f"{dirs}/dev/probe0"], "env": device_env}]
-    (dirs / "p.json").write_text(json.dumps(listed))
-    config = load_resources(dirs, probe(dirs) + f"    preStart: {{command: ['{hook}']}}\n")
-    async with KubeletSimulator(dirs / "dp", dial_timeout=5.0) as sim:
-        await start_host(config)
-        await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
-        response = await sim.allocate(PROBE, 1)
-        assert response is not None
-        assert dict(response.envs)["PATH"] == device_env["PATH"]  # (the container's)
-        seen = json.loads(record.read_text())
-    assert f"{dirs}/share" not in seen["PATH"] and seen["LD_PRELOAD"] is None
-    assert seen["PYTHONPYCACHEPREFIX"] is None
-    assert (seen["SLOT"], seen["NODE"]) == ("3", f"{dirs}/dev/probe0")
-
-
 async def test_a_device_mounting_the_config_links_directory_writable_is_left_out(
     dirs: Path, start_host: Any
 ) -> None:
@@ -309,20 +226,3 @@ async def test_a_device_mounting_the_config_links_directory_writable_is_left_out
         await sim.wait_for(lambda: sim.allocatable(PROBE) == 1)
         await left_out(running, 1, "the writable one left out")
         assert sorted(sim.resource(PROBE).healthy_ids) == ["ro"]
-
-
-def test_kdp_host_check_says_a_devices_run_variables_are_withheld(
-    dirs: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    (dirs / "dev" / "probe0").touch()
-    listed = [{"id": "d0", "paths": [f"{dirs}/dev/probe0"], "env": {"PATH": "/p", "N": "1"}}]
-    (dirs / "p.json").write_text(json.dumps(listed))
-    config = dirs / "kdp.yaml"
-    config.write_text(head(dirs) + probe(dirs) + "    release: {command: [/usr/bin/true]}\n")
-    assert main(["check", "--config", str(config)]) == 0
-    err = capsys.readouterr().err
-    assert (
-        f"warning: {PROBE}: device d0's env PATH would not be passed to its preStart, release "
-        "or allocate.command (it decides what a host command runs, or names a path other than "
-        "the devices' own nodes (absolute, or climbing with ..)), only to the container"
-    ) in err

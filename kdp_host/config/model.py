@@ -754,7 +754,8 @@ class AllocateConfig:
         "command",
         Argv(templates=HOOK_TEMPLATE_FIELDS),
         "An argv run at every Allocate with the chosen devices (same templates, plus "
-        "`{hostPaths}`; same containment as probes). It prints one JSON object whose keys "
+        "`{hostPaths}`; same containment as probes; the devices' own env under "
+        "`KDP_DEVICE_ENV_` only, as for `preStart`). It prints one JSON object whose keys "
         "`env`, `annotations`, `mounts`, `paths` (device nodes) and `cdiDevices` are added "
         "to the container's response (keys set above win), checked like probe output. A "
         "failure or timeout fails the Allocate, so the pod is not admitted. The kubelet "
@@ -823,12 +824,14 @@ class PreStartConfig:
     env: Mapping[str, str] = key(
         "env",
         StringMap(env_name_problem, templates=HOOK_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
-        "Extra environment variables (values take the same templates). The devices' own "
-        "env entries (sysfs attributes, a probe's `env`) are passed too, joined with `,` "
-        "across devices, but for those that decide what a process runs or loads (`PATH`, "
-        "`LD_*`, `BASH_ENV`, ...: see Paths no container is handed), which reach the "
-        "container only; these win. Such a variable here may not hold a template; every "
-        "absolute path in a value here may not be handed writable, nor anything in it.",
+        "Extra environment variables (values take the same templates), on top of "
+        "kdp-host's own. The devices' own env entries (sysfs attributes, a probe's `env`) "
+        "are passed under `KDP_DEVICE_ENV_` only (`FPGA_SLOT` as `KDP_DEVICE_ENV_FPGA_SLOT`), "
+        "joined with `,` across devices: no device sets a variable the host's programs read "
+        "(the container gets the bare names); these win. A variable here that decides what "
+        "a process runs or loads (`PATH`, `LD_*`, `BASH_ENV`, ...: see Paths no container is "
+        "handed) may not hold a template; every absolute path in a value here may not be "
+        "handed writable, nor anything in it.",
         default={},
     )
     on_failure: PreStartFailure = key(
@@ -893,11 +896,12 @@ class ReleaseConfig:
     env: Mapping[str, str] = key(
         "env",
         StringMap(env_name_problem, templates=RELEASE_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
-        "Extra environment variables (values take the same templates); the device's own env "
-        "entries are passed too, but for `PATH`, `LD_*` and the others that decide what a "
-        "process runs or loads (see Paths no container is handed); these win. Such a "
-        "variable here may not hold a template; every absolute path in a value here may not "
-        "be handed writable, nor anything in it.",
+        "Extra environment variables (values take the same templates), on top of "
+        "kdp-host's own; the device's own env entries are passed under `KDP_DEVICE_ENV_` "
+        "only, as for `preStart`; these win. A variable here that decides what a process "
+        "runs or loads (`PATH`, `LD_*`, ...: see Paths no container is handed) may not hold "
+        "a template; every absolute path in a value here may not be handed writable, nor "
+        "anything in it.",
         default={},
     )
     on_failure: ReleaseFailure = key(

@@ -82,9 +82,10 @@ from .ownership_adopt import Adoption
 from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_booked import checkpoint_device
 from .ownership_bookings import BookedElsewhere, Releases
-from .ownership_claims import Claim, Owner, Reached, Resolver, places
+from .ownership_claims import Claim, ClaimKey, Owner, Reached, Resolver, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_held import OWN_PATHS
+from .ownership_lost import Found as LostFound
 from .ownership_table import Holding, ResourceState
 from .ownership_watching import Watching
 from .timings import Timings
@@ -345,6 +346,15 @@ class OwnershipIndex(Watching):
         changed = self._admit_or_defer(state)
         self._drain()
         return changed
+
+    def _lost(self) -> Collection[ClaimKey]:
+        dirs = self._ledger.dirs
+        if not dirs or self._watcher is None:
+            return ()
+        return dirs.keys() - self._arrivals.pins.keys()
+
+    def _found_lost(self, found: LostFound) -> None:
+        self._arrived(found)
 
     def _admit_again(self, state: ResourceState) -> bool:
         return self._adoption.admitted(state, self._exclusive, self._clock())

@@ -112,7 +112,7 @@ class Arrivals:
         """Claimed directory -> why its tree is not followed in full (kept with the trees')."""
         self.nodes = NodesFound()
         """The device nodes the trees' reads found, by number."""
-        self._pins = PinnedDirs()  # (the trees bookings hold mounted: `TreeReads`)
+        self.pins = PinnedDirs()  # (the trees bookings hold mounted: `TreeReads`)
         self._dirs: dict[str, tuple[str, Subscription]] = {}
         """Every directory followed (claimed ones too) -> its tree, and its subscription."""
         self._below = 0
@@ -155,7 +155,7 @@ class Arrivals:
         """No booking holds `directory` mounted now (its tree stays followed, by path)."""
         if (tree := self._trees.get(directory)) is not None:
             tree.booked = False
-        self._pins.unpin(directory)
+        self.pins.unpin(directory)
 
     def rescan_with(self, net: SafetyNet | None) -> None:
         """Read the trees not followed in full through the host's safety net."""
@@ -247,7 +247,7 @@ class Arrivals:
                 jobs = [(tree, tops(paths), limits[tree]) for tree, paths in pending.items()]
                 timeout = RESCAN_TIMEOUT if full else ARRIVAL_TIMEOUT
                 booked = frozenset(t for t in pending if self._trees[t].booked)
-                batch = TreeReads(jobs, self._read, self._pins, booked)
+                batch = TreeReads(jobs, self._read, self.pins, booked)
                 if self._offload is None:
                     batch.run()
                 else:
@@ -257,7 +257,7 @@ class Arrivals:
                             await asyncio.shield(reading)
                 done, running = batch.close()
                 for tree in [t for t in booked if t in batch.moved or not self._trees[t].booked]:
-                    self._pins.unpin(tree)  # (its booking ended; moved: its new place is pinned)
+                    self.pins.unpin(tree)  # (its booking ended; moved: its new place is pinned)
                 everything: Found = []
                 complete: list[str] = []  # (the paths read in full: what is not found went)
                 changed: list[str] = []

@@ -104,6 +104,9 @@ class BookedClaims:
         """Real path of a directory a booking holds mounted (its device's, or a place) ->
         those bookings: a tree a pod has, followed as a claimed directory's is
         (`follow_mounted`)."""
+        self.dirs: dict[ClaimKey, Counted] = {}
+        """Booked directory (its identity) -> its bookings: each is looked for where it is
+        now while no descriptor follows it (`ownership_lost`)."""
         self.follow_mounted: Callable[[Owner, str], None] = _ignore
         """Told each directory a booking comes to hold mounted (the index follows its tree)."""
         self.let_go_mounted: Callable[[str], None] = _ignore_path

@@ -256,6 +256,7 @@ class Ledger(BookedClaims):
             _count(self.booked, key, owner, step)
             if key[0] == DIRECTORY:
                 _count(self.mounted, real, owner, step)
+                _count(self.dirs, key, owner, step)
                 if step > 0:
                     self.follow_mounted(owner, real)
                 elif real not in self.mounted:

@@ -31,6 +31,8 @@ from .metrics import Metrics
 from .ownership_canonical import canonical
 from .ownership_claims import ClaimKey, Claims, Resolver
 from .ownership_held import HandOver
+from .ownership_lost import Found as LostFound
+from .ownership_lost import above
 from .ownership_resolve import Resolving
 from .ownership_table import ResourceState
 from .turns import TURN_BUDGET, Pace, to_the_end
@@ -102,11 +104,14 @@ class AdmissionGate(Resolving):
         table changed. Yields when `pace` says."""
         known = state.known
         wanted = yield from self._wanted(state, pace)
+        wanted |= self._look_above(state)
         if wanted:
             if self._paths.offload is not None:
                 self._defer(state, wanted)
                 return False
             self._take(state, self._paths.inline(wanted))
+            while above_too := self._look_above(state):  # (above real paths resolved now)
+                self._take(state, self._paths.inline(above_too))
         self._admitting = state.name
         admitted = yield from self._admit(state, pace)
         if self._admit_again(state):
@@ -120,6 +125,25 @@ class AdmissionGate(Resolving):
             for name in names:
                 self._defer(self._resources[name], {path})
         return changed
+
+    def _look_above(self, state: ResourceState) -> set[str]:
+        """While a booked directory is lost (`_lost`), the directories above what `state`'s
+        admission claims that are still to resolve; a lost one found among those resolved
+        is reported where it is (`ownership_lost`)."""
+        lost = self._lost() if state.needs else ()
+        if not lost:
+            return set()
+        todo, found = above(state.needs, self._fresh, lost)
+        if found:
+            self._found_lost(found)
+        return todo
+
+    def _lost(self) -> Collection[ClaimKey]:
+        """The booked directories not known where they are now (none: no watcher)."""
+        return ()
+
+    def _found_lost(self, found: LostFound) -> None:
+        """Lost booked directories found at these real paths (no watcher: not followed)."""
 
     def _admit_again(self, state: ResourceState) -> bool:
         """`state` was admitted, its table not given the result yet: True to admit it again

@@ -70,5 +70,10 @@ class PinnedDirs:
         if pinned is not None:
             os.close(pinned[0])
 
+    def keys(self) -> frozenset[ClaimKey]:
+        """The identities of the directories kept open."""
+        with self._lock:
+            return frozenset(key for _, key in self._pinned.values())
+
     def __len__(self) -> int:
         return len(self._pinned)

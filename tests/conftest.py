@@ -8,8 +8,10 @@ import dataclasses
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,3 +306,54 @@ def real_kubelet_factory(short_dir: Path) -> Iterator[Callable[..., RealKubelet]
     yield start
     for kubelet in started:
         kubelet.stop()
+
+
+class KdpProcess:
+    """kdp-host as a process of its own: SIGKILLed and started again on the same stateDir."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        argv = [sys.executable, "-m", "kdp_host", "--log-format", "text", "run", "--config"]
+        argv.append(str(self.config))
+        with self.log.open("ab") as out:
+            self.process = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out)
+
+    async def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(sig)
+            await asyncio.wait_for(self.process.wait(), 30)
+
+    def reload(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
+    def logged(self, *texts: str) -> Callable[[RealKubelet], bool]:
+        """A predicate for `await_for`: the log has a line with every one of `texts`."""
+
+        def check(_: RealKubelet) -> bool:
+            lines = self.log.read_text().splitlines() if self.log.exists() else []
+            return any(all(text in line for text in texts) for line in lines)
+
+        return check
+
+
+@pytest.fixture
+async def kdp_process(
+    short_dir: Path,
+) -> AsyncIterator[Callable[[Path], Awaitable[KdpProcess]]]:
+    """`await kdp_process(config)`: kdp-host started as a process of its own on `config`
+    (stopped at the end of the test)."""
+    started: list[KdpProcess] = []
+
+    async def make(config: Path) -> KdpProcess:
+        started.append(KdpProcess(config, short_dir / "kdp.log"))
+        await started[-1].start()
+        return started[-1]
+
+    yield make
+    for process in started:
+        await process.stop()

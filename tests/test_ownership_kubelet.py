@@ -11,14 +11,13 @@ import re
 import signal
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from kdp_host.ownership_document import OWNERSHIP_FILE
 
-from .conftest import FAST, glob_config, wait_until
+from .conftest import FAST, KdpProcess, glob_config, wait_until
 from .fake_sysfs import FakeSysfs
 from .kubelet_harness import RealKubelet, free_port, healthy
 
@@ -320,57 +319,6 @@ def _replica_waits(log: Path) -> int:
 # Each test replays one finding of the hostile pass through the real kubelet: the kubelet
 # books by ID, so a node the host hands out under a second ID (after a restart, a rename, a
 # replicas change, an unplug or a reused device number) reaches a second live pod.
-
-
-class KdpProcess:
-    """kdp-host as a process of its own: SIGKILLed and started again on the same stateDir."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        argv = [sys.executable, "-m", "kdp_host", "--log-format", "text", "run", "--config"]
-        argv.append(str(self.config))
-        with self.log.open("ab") as out:
-            self.process = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out)
-
-    async def stop(self, sig: int = signal.SIGKILL) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(sig)
-            await asyncio.wait_for(self.process.wait(), 30)
-
-    def reload(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGHUP)
-
-    def logged(self, *texts: str) -> Callable[[RealKubelet], bool]:
-        """A predicate for `await_for`: the log has a line with every one of `texts`."""
-
-        def check(_: RealKubelet) -> bool:
-            lines = self.log.read_text().splitlines() if self.log.exists() else []
-            return any(all(text in line for text in texts) for line in lines)
-
-        return check
-
-
-@pytest.fixture
-async def kdp_process(
-    short_dir: Path,
-) -> AsyncIterator[Callable[[Path], Awaitable[KdpProcess]]]:
-    """`await kdp_process(config)`: kdp-host started as a process of its own on `config`
-    (stopped at the end of the test)."""
-    started: list[KdpProcess] = []
-
-    async def make(config: Path) -> KdpProcess:
-        started.append(KdpProcess(config, short_dir / "kdp.log"))
-        await started[-1].start()
-        return started[-1]
-
-    yield make
-    for process in started:
-        await process.stop()
 
 
 def booked_head(kubelet: RealKubelet, short_dir: Path, interval: str = "1s") -> str:

@@ -1,0 +1,84 @@
+"""Issue 17 across restarts: what a booking holds is found again by a host that was down
+while it changed (through the kubelet's real device manager, tests/kubelet_harness.py).
+
+A directory a pod holds mounted (a glob group's directory) renamed (`mv`) while kdp-host
+was down: the pod's bind mount follows the directory's inode, so whatever is in it, at its
+new place, is still the pod's. The restarted host knew the booking by the directory's old
+path only (the pin that follows it while the host runs, `ownership_pinned`, died with the
+host): a node inside it that a pattern now matches was advertised and handed to a second
+pod."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .kubelet_harness import RealKubelet, healthy
+from .test_ownership_kubelet import ALIAS, FPGA, booked_config, grants, host_paths, restart
+
+pytestmark = pytest.mark.fast
+
+
+def _both(count: int):  # type: ignore[no-untyped-def]
+    def check(kubelet: RealKubelet) -> bool:
+        return healthy(FPGA, 1)(kubelet) and healthy(ALIAS, count)(kubelet)
+
+    return check
+
+
+@pytest.mark.parametrize("into", ["pattern", "other_mount"])
+async def test_a_booked_directory_renamed_while_down_keeps_what_is_in_it_held(
+    real_kubelet_factory, short_dir: Path, kdp_process, into: str
+) -> None:
+    """p1 holds group directory a/g0 mounted (fpga), with a node n in it. While kdp-host is
+    down g0 is renamed to b/g0, where alias's pattern `b/*/n` matches n (`pattern`), or into
+    the directory alias's device c mounts (`other_mount`). After the restart no second pod
+    may be handed n (or c's tree holding it) while p1 runs; once p1 ends, it is free."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    a, b, c = short_dir / "a", short_dir / "b", short_dir / "c"
+    (a / "g0").mkdir(parents=True)
+    (a / "g0" / "n").touch()
+    (b / "x").mkdir(parents=True)
+    (b / "x" / "n").touch()
+    (c / "m").mkdir(parents=True)
+    alias = (
+        f'{{paths: ["{b}/*/n"]}}' if into == "pattern" else f'{{group: [{{path: "{c}/{{key}}"}}]}}'
+    )
+    config = booked_config(
+        kubelet,
+        short_dir,
+        f'  - name: {FPGA}\n    glob: {{group: [{{path: "{a}/g{{key}}"}}]}}\n'
+        f"  - name: {ALIAS}\n    glob: {alias}\n",
+    )
+    host = await kdp_process(config)
+    await kubelet.await_for(_both(1), what="fpga g0 and alias's device advertised")
+    answer = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+    assert answer["error"] == "", answer
+    await host.stop()
+    moved = b / "g0" if into == "pattern" else c / "m" / "g0"
+    os.rename(a / "g0", moved)
+    before = await kubelet.acall(kubelet.last_seq)
+    await restart(kubelet, host, FPGA, ALIAS)
+    held = moved / "n" if into == "pattern" else c / "m"
+    first = await kubelet.acall(kubelet.first_list_after_registering, ALIAS, before)
+    granted = []
+    for pod in ("p2", "p3"):
+        answer = await kubelet.acall(kubelet.allocate, pod, {ALIAS: 1})
+        if answer["error"] == "":
+            granted.append(answer)
+    reached = [
+        path
+        for answer in granted
+        for path in {*host_paths(answer), *(m["HostPath"] for m in answer.get("mounts", []))}
+    ]
+    assert str(held) not in reached, f"p1 holds {moved} mounted: {reached} ({first})"
+    assert len(granted) == (1 if into == "pattern" else 0), granted
+    for pod in ("p1", "p2", "p3"):
+        await kubelet.acall(kubelet.release, pod)
+    await kubelet.await_for(
+        healthy(ALIAS, 2 if into == "pattern" else 1), what="free once p1 ended"
+    )
+    if into == "pattern":
+        assert {str(moved / "n")} in await grants(kubelet, ALIAS, "p4", "p5")

@@ -40,18 +40,18 @@ from dataclasses import dataclass, field
 
 from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
-from .cdi_dirs import SpecDirRecord, SpecNames, check_spec_dirs
+from .cdi_dirs import SpecDirRecord, SpecNames, look_at_spec_dirs
 from .cdi_disk import SpecOnDisk
+from .cdi_pins import held_entries
 from .cdi_resolution import follow_above
 from .cdi_rules import cdi_kind_problem
-from .cdi_spec import Held, render_held
+from .cdi_spec import render_held
 from .config import ResourceConfig
 from .config.outputs import owner_path, spec_path
 from .device_table import DeviceTable
-from .devices import Device, Snapshot, physical_id, replica_ids
+from .devices import Device, Snapshot, replica_ids
 from .file_lease import LEASE, VERIFY, OwnerLease
 from .files import DaemonThreads, Offload
-from .handed_entries import cdi_held
 from .handed_out import HandedOut, in_memory
 from .logs import EventLogger
 from .watch import Watcher
@@ -154,25 +154,6 @@ class CdiSpecWriter:
         if self.resource.allocate.cdi is not None:
             self.table.hold_unhealthy(self._unresolvable)
 
-    def _pins(self) -> Held:
-        """The held entries (`cdi_spec.Held`): each booked ID's use as its Allocate handed it
-        out (entries none of whose IDs is still booked are let go first), an older version's
-        device-named uses, and the IDs withheld (booked, not known as handed out: left out,
-        with the device's own name, which an older version may have answered)."""
-        pinned, booked = self.pinned, self.booked
-        assert pinned is not None
-        pinned.let_go(booked)
-        entries = {d: h for d in pinned.devices if (h := pinned.entry(d)) is not None}
-        by_id, legacy = cdi_held(entries, booked)
-        withheld = pinned.withheld
-        return Held(
-            {i: use.device for i, use in by_id.items()},
-            {i: use.reached for i, use in by_id.items()},
-            frozenset({*withheld, *(physical_id(i) for i in withheld)}),
-            {d: use.device for d, use in legacy.items()},
-            {d: use.reached for d, use in legacy.items()},
-        )
-
     def _unresolvable(self, device: Device) -> bool:
         """Whether an Allocate of it may name an ID no file (or two files) on disk define."""
         if not has_cdi_edits(device):
@@ -266,7 +247,9 @@ class CdiSpecWriter:
 
     async def _sync(self, snapshot: Snapshot) -> bool:
         try:
-            held, listed = self._pins(), {device.id for device in snapshot.devices}
+            assert self.pinned is not None
+            held = held_entries(self.pinned, self.booked)
+            listed = {device.id for device in snapshot.devices}
             self._names = {d: names for d, names in self._names.items() if d in listed}
             self._keeping = bool(held)
             content, astray = await self.offload.run(
@@ -317,23 +300,15 @@ class CdiSpecWriter:
     async def _check_dir(self) -> None:
         """Remove stale kdp-host files of the kind; hold the names another file defines too
         (`cdi_dirs`: in the spec dir, and in the others a host on `stateDir` wrote in)."""
-        cdi, dirs, name = self.resource.allocate.cdi, self.spec_dirs, self.resource.name
+        cdi = self.resource.allocate.cdi
         if cdi is None:
             return
-        names, others = self._resolvable, () if dirs is None else dirs.dirs()
-        runs, path, known = None if dirs is None else dirs.runs, self.path, self._known
-        kind, lease = cdi.kind, self.lease
-        try:
-            found = await self.offload.run(
-                lambda: check_spec_dirs(path, kind, names, lease, others, runs, name, known)
-            )
-        except OSError as exc:
-            self.log.warning("cdi_spec_dir_check_failed", path=self.path, reason=str(exc))
+        found = await look_at_spec_dirs(
+            self.path, cdi.kind, self._resolvable, self.lease, self.spec_dirs,
+            self.resource.name, self._known, self.offload, self.log,
+        )  # fmt: skip
+        if found is None:
             return
-        for stale in found.stale:
-            self.log.warning(
-                "cdi_spec_stale_removed", path=stale, kind=cdi.kind, reason="no live owner"
-            )
         clashing = frozenset().union(*found.clashes.values())
         if clashing == self._clashing:
             return

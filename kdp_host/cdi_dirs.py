@@ -151,6 +151,33 @@ def check_spec_dirs(
     return SpecDirCheck(tuple(stale), clashes)
 
 
+async def look_at_spec_dirs(
+    path: str,
+    kind: str,
+    names: frozenset[str],
+    lease: float,
+    record: SpecDirRecord | None,
+    resource: str,
+    known: SpecNames,
+    offload: Offload,
+    log: EventLogger,
+) -> SpecDirCheck | None:
+    """`check_spec_dirs` for the writer of `resource`'s spec file `path`, off the loop through
+    `offload`: in its spec dir and `record`'s dirs (None: its spec dir alone), each file
+    removed logged (`cdi_spec_stale_removed`); None when the look failed (logged)."""
+    others, runs = ((), None) if record is None else (record.dirs(), record.runs)
+    try:
+        found = await offload.run(
+            lambda: check_spec_dirs(path, kind, names, lease, others, runs, resource, known)
+        )
+    except OSError as exc:
+        log.warning("cdi_spec_dir_check_failed", path=path, reason=str(exc))
+        return None
+    for stale in found.stale:
+        log.warning("cdi_spec_stale_removed", path=stale, kind=kind, reason="no live owner")
+    return found
+
+
 def _ours(theirs: frozenset[str], names: frozenset[str], prefix: str | None) -> frozenset[str]:
     """The names of `theirs` that are the resource's: written now, or of its name space
     (`<resource>:`, `allocation.cdi_device_name`)."""

@@ -59,6 +59,7 @@ NOT_IMPORTED_BY_A_GLOB_RUN = (
     "kdp_host.health",
     "kdp_host.cdi",
     "kdp_host.cdi_keeper",
+    "kdp_host.cdi_pins",
     "kdp_host.cdi_spec",
     "kdp_host.cdi_disk",
     "kdp_host.cdi_resolution",

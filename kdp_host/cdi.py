@@ -42,10 +42,10 @@ from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_dirs import SpecDirRecord, SpecNames, look_at_spec_dirs
 from .cdi_disk import SpecOnDisk
-from .cdi_pins import held_entries
+from .cdi_pins import HeldPaths, held_entries
 from .cdi_resolution import follow_above
 from .cdi_rules import cdi_kind_problem
-from .cdi_spec import render_held
+from .cdi_spec import checked_paths, render_held
 from .config import ResourceConfig
 from .config.outputs import owner_path, spec_path
 from .device_table import DeviceTable
@@ -132,6 +132,9 @@ class CdiSpecWriter:
     _last_error: str | None = field(default=None, init=False, repr=False)
     _lease: OwnerLease = field(init=False, repr=False)
     _repinned: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    """Set by an Allocate, a booking gone, or a change at a path a held entry is checked at
+    (`_held_paths`): the held entries are rendered again."""
+    _held_paths: HeldPaths = field(init=False, repr=False)
     _keeping: bool = field(default=False, init=False, repr=False)
     """The last sync had held devices to keep (pinned or withheld)."""
     _names: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
@@ -151,6 +154,7 @@ class CdiSpecWriter:
         )
         if self.pinned is None:
             self.pinned = in_memory(self.resource.name)
+        self._held_paths = HeldPaths(self.watcher, self._repinned.set)
         if self.resource.allocate.cdi is not None:
             self.table.hold_unhealthy(self._unresolvable)
 
@@ -240,6 +244,7 @@ class CdiSpecWriter:
                 snapshot = self.table.snapshot
         finally:
             unwatch()
+            self._held_paths.stop()
             above.cancel()
             if subscription is not None:
                 subscription.cancel()
@@ -249,6 +254,7 @@ class CdiSpecWriter:
         try:
             assert self.pinned is not None
             held = held_entries(self.pinned, self.booked)
+            self._held_paths.follow(checked_paths(held))  # (`cdi_pins`: hostile21 F2)
             listed = {device.id for device in snapshot.devices}
             self._names = {d: names for d, names in self._names.items() if d in listed}
             self._keeping = bool(held)

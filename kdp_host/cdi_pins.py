@@ -5,16 +5,27 @@ A container that restarts resolves its CDI names again without a new Allocate, s
 ID's entry keeps the device as its Allocate handed it out (`cdi_spec.Held`, rendered by
 `cdi_spec.render_held`), whether the resource still lists it (`cdi`) or a reload removed the
 resource or its `allocate.cdi` (`cdi_keeper`).
+
+Such an entry is left out while a host path of it reaches another node or file than it was
+handed out with (`render_held`): the path made anew, another device's node renamed over it
+(`mv n1 n0`), a probe's device moved there. So the writer looks again whenever one of those
+paths changes, told by the host's watcher (`HeldPaths`: the directory of each path the
+entries are checked at, `cdi_spec.checked_paths`, and each directory above it, for the entry
+on the way), not when a driver happens to list the change: a keeper's resource lists nothing
+(a reload removed it, or turned its `allocate.cdi` off: hostile21 F2, a held name resolved to
+another pod's node until the next 10 s check), and a probe lists a change at its interval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 
 from .cdi_spec import Held
 from .devices import physical_id
 from .handed_entries import cdi_held
 from .handed_out import HandedOut
+from .watch import Subscription, Watcher
 
 
 def held_entries(pinned: HandedOut, booked: Callable[[str], bool]) -> Held:
@@ -33,3 +44,49 @@ def held_entries(pinned: HandedOut, booked: Callable[[str], bool]) -> Held:
         {d: use.device for d, use in legacy.items()},
         {d: use.reached for d, use in legacy.items()},
     )
+
+
+class HeldPaths:
+    """Calls `changed` when an entry is made, removed or renamed at a path it follows, or at a
+    directory on the way to one (or anything may have changed there: an overflow), through
+    the host's `watcher` (None: nothing is followed; the writer's periodic check remains)."""
+
+    def __init__(self, watcher: Watcher | None, changed: Callable[[], None]) -> None:
+        self._watcher, self._changed = watcher, changed
+        self._names: dict[str, frozenset[str]] = {}
+        self._subscriptions: dict[str, Subscription] = {}
+
+    def follow(self, paths: Iterable[str]) -> None:
+        """Follow `paths` from now on (and no others): subscriptions change only where the
+        names wanted in a directory did."""
+        if self._watcher is None:
+            return
+        wanted: dict[str, set[str]] = {}
+        for path in paths:
+            directory, name = os.path.split(os.path.normpath(path))
+            while name:
+                there = wanted.setdefault(directory, set())
+                if name in there:
+                    break  # (and every directory above it)
+                there.add(name)
+                directory, name = os.path.split(directory)
+        names = {d: frozenset(n) for d, n in wanted.items()}
+        for directory in self._names.keys() - names.keys():
+            self._subscriptions.pop(directory).cancel()
+        for directory, these in names.items():
+            if self._names.get(directory) != these:
+                if (old := self._subscriptions.pop(directory, None)) is not None:
+                    old.cancel()
+                self._subscriptions[directory] = self._watcher.subscribe(
+                    directory, self._heard, these, entries=True
+                )
+        self._names = names
+
+    def _heard(self, _name: str | None) -> None:
+        self._changed()
+
+    def stop(self) -> None:
+        for subscription in self._subscriptions.values():
+            subscription.cancel()
+        self._subscriptions.clear()
+        self._names = {}

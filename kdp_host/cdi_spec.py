@@ -176,8 +176,25 @@ def render_held(
 
 
 def _strays(device: Device, reached: Mapping[str, Identity]) -> bool:
+    return any(strays_now(path, key) for path, key in _checked(device, reached))
+
+
+def _checked(device: Device, reached: Mapping[str, Identity]) -> list[tuple[str, Identity]]:
+    """Where each recorded host path of a held device is looked at (`Device.checked_at`),
+    with what it reached when handed out."""
     where = device.checked_at()
-    return any(strays_now(where.get(path, path), key) for path, key in reached.items())
+    return [(where.get(path, path), key) for path, key in reached.items()]
+
+
+def checked_paths(held: Held) -> frozenset[str]:
+    """The paths `render_held` looks at for the held entries: where what one reaches changes,
+    its entry may go astray (or come back), so its writer follows them (`cdi_pins`)."""
+    found: set[str] = set()
+    for devices, reached in ((held.held, held.reached), (held.legacy, held.legacy_reached)):
+        for key, paths in reached.items():
+            if (device := devices.get(key)) is not None:
+                found.update(path for path, _ in _checked(device, paths))
+    return frozenset(found)
 
 
 def _consistent_device_env(devices: Iterable[Device], configured: Iterable[str]) -> frozenset[str]:

@@ -42,7 +42,7 @@ from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_dirs import SpecDirRecord, SpecNames, look_at_spec_dirs
 from .cdi_disk import SpecOnDisk
-from .cdi_pins import HeldPaths, held_entries
+from .cdi_pins import HeldNames, HeldPaths, held_entries, held_names
 from .cdi_resolution import follow_above
 from .cdi_rules import cdi_kind_problem
 from .cdi_spec import checked_paths, render_held
@@ -141,6 +141,9 @@ class CdiSpecWriter:
     disk: SpecOnDisk = field(default_factory=SpecOnDisk, init=False)  # (`cdi_disk`)
     _astray: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     """Held devices left out at the last sync (`render_held`)."""
+    _held: HeldNames = field(default_factory=dict, init=False, repr=False)
+    """The held names as this host's file defines them (`cdi_pins.held_names`): a change has
+    the spec dirs looked at again (`_check_dir`: hostile21 F3)."""
     _known: SpecNames = field(default_factory=SpecNames, init=False, repr=False)
     """What the other spec files define (`cdi_dirs`: parsed again when they change)."""
     _others: frozenset[str] = field(default=frozenset(), init=False, repr=False)
@@ -301,6 +304,10 @@ class CdiSpecWriter:
             self._last_error = None
             self._report()
         self.synced_version = snapshot.version
+        kind = "" if (cdi := self.resource.allocate.cdi) is None else cdi.kind
+        if (names := held_names(self.resource.name, held, content, kind)) != self._held:
+            self._held = names  # (what a dead owner's file defines for them may win now)
+            await self._check_dir()
         return True
 
     async def _check_dir(self) -> None:
@@ -311,7 +318,7 @@ class CdiSpecWriter:
             return
         found = await look_at_spec_dirs(
             self.path, cdi.kind, self._resolvable, self.lease, self.spec_dirs,
-            self.resource.name, self._known, self.offload, self.log,
+            self.resource.name, self._known, self.offload, self.log, self._held,
         )  # fmt: skip
         if found is None:
             return

@@ -96,6 +96,10 @@ class SpecDirCheck:
 
     stale: tuple[str, ...] = ()
     """kdp-host spec files of the kind whose owner is gone: removed."""
+    taken: tuple[str, ...] = ()
+    """kdp-host spec files of the kind whose owner runs on no host of the `stateDir` that
+    define a name a pod holds otherwise than this host (`held`): removed before their lease
+    runs out (hostile21 F3)."""
     clashes: dict[str, frozenset[str]] = field(default_factory=dict)
     """Other files that define names of the resource's, by path (held: CDI drops a name
     two files of one dir define; of two dirs, the runtime's order decides)."""
@@ -110,14 +114,22 @@ def check_spec_dirs(
     runs: Callable[[str], bool] | None = None,
     resource: str | None = None,
     known: SpecNames | None = None,
+    held: Mapping[str, frozenset[str] | None] | None = None,
 ) -> SpecDirCheck:
     """Look at the other `.json` files next to the spec file `path` of `kind` (whose names
     are `names`) and in the dirs `others`: remove the kdp-host ones of the kind no live
     instance owns (and their owner files), and say which others define a name of the
     resource's (in `others`: unless `runs(owner)`, a host on this `stateDir`; besides
     `names`, any name of `resource`'s). `known`: what files were found to define (kept
-    across checks). Blocking."""
+    across checks). A kdp-host file in `others` whose owner's lease still runs but who is
+    no host running on this `stateDir` (killed, the lease not run out yet) and that defines a
+    name of `held` (a pod holds it: the name -> the host paths this host's file gives it,
+    None where it leaves the entry out) otherwise is removed too (`taken`): by the runtime's
+    dir order its entry, frozen as its owner died, may win for that name (where this host's
+    file leaves it out, always), and the pod's restarting container would get what the
+    entry names now (another pod's node, hostile21 F3). Blocking."""
     home, own = os.path.split(path)
+    taken: list[str] = []
     prefix = None if resource is None else f"{resource_slug(resource)}{CDI_RESOURCE_SEPARATOR}"
     stale: list[str] = []
     clashes: dict[str, frozenset[str]] = {}
@@ -146,9 +158,27 @@ def check_spec_dirs(
                 unlink(other)
                 unlink(owner_path(other))
                 stale.append(other)
+            elif (
+                owner is not None
+                and held
+                and not at_home
+                and runs is not None
+                and _otherwise(held, (known or SpecNames()).entries(other, kind))
+                and not runs(owner)
+            ):
+                unlink(other)
+                unlink(owner_path(other))
+                taken.append(other)
             elif ours and (at_home or owner is None or runs is None or not runs(owner)):
                 clashes[other] = ours
-    return SpecDirCheck(tuple(stale), clashes)
+    return SpecDirCheck(tuple(stale), tuple(taken), clashes)
+
+
+def _otherwise(
+    held: Mapping[str, frozenset[str] | None], theirs: Mapping[str, frozenset[str]]
+) -> bool:
+    """Whether a file's entries (`theirs`) define a held name otherwise than `held` says."""
+    return any(name in theirs and theirs[name] != paths for name, paths in held.items())
 
 
 async def look_at_spec_dirs(
@@ -161,6 +191,7 @@ async def look_at_spec_dirs(
     known: SpecNames,
     offload: Offload,
     log: EventLogger,
+    held: Mapping[str, frozenset[str] | None] | None = None,
 ) -> SpecDirCheck | None:
     """`check_spec_dirs` for the writer of `resource`'s spec file `path`, off the loop through
     `offload`: in its spec dir and `record`'s dirs (None: its spec dir alone), each file
@@ -168,13 +199,18 @@ async def look_at_spec_dirs(
     others, runs = ((), None) if record is None else (record.dirs(), record.runs)
     try:
         found = await offload.run(
-            lambda: check_spec_dirs(path, kind, names, lease, others, runs, resource, known)
+            lambda: check_spec_dirs(path, kind, names, lease, others, runs, resource, known, held)
         )
     except OSError as exc:
         log.warning("cdi_spec_dir_check_failed", path=path, reason=str(exc))
         return None
     for stale in found.stale:
         log.warning("cdi_spec_stale_removed", path=stale, kind=kind, reason="no live owner")
+    for gone in found.taken:
+        log.warning(
+            "cdi_spec_stale_removed", path=gone, kind=kind,
+            reason="its owner runs on no host of the stateDir; it names a held device otherwise",
+        )  # fmt: skip
     return found
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 
+from .allocation import cdi_device_name
+from .cdi_disk import spec_entries
 from .cdi_spec import Held
 from .devices import physical_id
 from .handed_entries import cdi_held
@@ -44,6 +46,21 @@ def held_entries(pinned: HandedOut, booked: Callable[[str], bool]) -> Held:
         {d: use.device for d, use in legacy.items()},
         {d: use.reached for d, use in legacy.items()},
     )
+
+
+HeldNames = dict[str, frozenset[str] | None]
+"""The CDI device name of each ID a pod holds -> the host paths this host's file gives it
+(None: left out, so it fails closed), for `cdi_dirs.check_spec_dirs`."""
+
+
+def held_names(resource: str, held: Held, content: bytes | None, kind: str) -> HeldNames:
+    """The names of the held entries (`held`), each with what `content`, the file as this
+    host renders it, defines for it."""
+    if not held:
+        return {}
+    mine = spec_entries(content, kind)
+    keys = (*held.held, *held.withheld, *held.legacy)
+    return {name: mine.get(name) for name in (cdi_device_name(resource, k) for k in keys)}
 
 
 class HeldPaths:

@@ -270,3 +270,40 @@ def test_what_a_spec_file_defines_is_read_again_when_it_changes(tmp_path: Path) 
     assert known.of(str(path), KIND) == {"cc", "d"}
     path.unlink()
     assert known.of(str(path), KIND) == frozenset()
+
+
+async def test_a_killed_owners_file_naming_a_held_device_otherwise_is_taken_at_once(
+    tmp_path: Path,
+) -> None:
+    """hostile21 F3: its lease still runs, its owner runs on no host of stateDir. Naming a
+    held device as this host does, it only holds the names (as above); naming it otherwise
+    (this host leaves the entry out: None), it is removed at once, owner file too; a live
+    host's is left alone whatever it names."""
+    state, other = tmp_path / "state", tmp_path / "other"
+    other.mkdir()
+    spec, name = other / spec_file_name(FPGA), "example.com_fpga:fpga0"
+    node = {"path": "/dev/fpga0", "hostPath": "/dev/fpga0"}
+    devices = [{"name": name, "containerEdits": {"deviceNodes": [node]}}]
+    spec.write_text(json.dumps({"cdiVersion": "0.5.0", "kind": KIND, "devices": devices}))
+    owner = Path(owner_path(str(spec)))
+    record = _record(state)
+    mine = tmp_path / "mine" / spec_file_name(FPGA)
+    mine.parent.mkdir()
+    others = [str(other)]
+    async with holding(str(state), DaemonThreads(), get_logger(), "0badc0de"):
+        owner.write_text("0badc0de\n")
+        live = check_spec_dirs(
+            str(mine), KIND, frozenset(), 30.0, others, record.runs, FPGA, held={name: None}
+        )
+        assert live.taken == () and spec.exists()
+        owner.write_text("deadbeef\n")
+        same = check_spec_dirs(
+            str(mine), KIND, frozenset(), 30.0, others, record.runs, FPGA,
+            held={name: frozenset({"/dev/fpga0"})},
+        )  # fmt: skip
+        assert same.taken == () and same.clashes == {str(spec): {name}} and spec.exists()
+        left_out = check_spec_dirs(
+            str(mine), KIND, frozenset(), 30.0, others, record.runs, FPGA, held={name: None}
+        )
+        assert left_out.taken == (str(spec),) and left_out.clashes == {}
+    assert not spec.exists() and not owner.exists()

@@ -6,6 +6,11 @@ the entry's host path comes to reach another pod's node (`mv n1 n0`), the entry 
 out at once, as the resource's own writer does (`cdi_pins.HeldPaths`): the keeper's table lists
 nothing, so it looked again only at its 10 s check, and a container of the pod restarting in
 between got the other pod's node.
+
+F3: a rolling update moves `allocate.cdi.specDir` to a later runtime dir and the old instance
+is SIGKILLed: its file in the earlier dir stays until its lease runs out (30 s). A held name
+the new host's file leaves out (its path reaches another pod's node now) resolves through
+that file, which still names the path: it must be removed at once (`cdi_dirs`).
 """
 
 from __future__ import annotations
@@ -13,12 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kdp_host.cdi import CdiSpecWriter
+from kdp_host.cdi_dirs import SpecNames
+from kdp_host.cdi_resolution import winning_entries
+from kdp_host.config.outputs import owner_path, spec_file_name
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceNode
 from kdp_host.file_lease import VERIFY
@@ -145,3 +155,73 @@ async def test_a_keepers_held_entry_is_left_out_when_its_path_changes_not_at_its
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+
+
+FPGA = "example.com/fpga"
+
+
+def _update_config(kubelet: RealKubelet, root: Path, spec_dir: Path) -> str:
+    dirs = f"[{root / 'cdi' / 'etc'}, {root / 'cdi' / 'run'}]"
+    return (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\nstateDir: {root / 'state'}\n"
+        f"cdiRuntimeDirs: {dirs}\nmetrics: {{listen: '127.0.0.1:0'}}\nresources:\n"
+        f'  - name: {FPGA}\n    glob: {{paths: ["{root / "dev"}/fpga*"]}}\n'
+        f"    allocate: {{cdi: {{kind: {KIND}, specDir: {spec_dir}}}}}\n"
+    )
+
+
+async def test_hostile21_f3_a_killed_owners_file_never_resolves_a_held_name_to_another_node(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any
+) -> None:
+    """The old instance (a process, spec dir etc/) hands p1 fpga0 by CDI name; the new one
+    (spec dir run/, later in `cdiRuntimeDirs`: its file wins) takes over and hands p2 fpga1;
+    the old one is SIGKILLed (its lease kept running here for the test's length); fpga1 is
+    renamed over fpga0. As the runtime resolves across etc/ and run/, p1's name must resolve
+    to nothing, not to p2's node through the dead owner's file. Fails on the old code: the
+    file stayed until the lease ran out."""
+    kubelet = real_kubelet_factory()
+    dev, etc, run = short_dir / "dev", short_dir / "cdi" / "etc", short_dir / "cdi" / "run"
+    dev.mkdir()
+    for i in (0, 1):
+        (dev / f"fpga{i}").touch()
+    config = short_dir / "old.yaml"
+    config.write_text(_update_config(kubelet, short_dir, etc))
+    old = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kdp_host", "run", "--config", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await kubelet.await_for(healthy(FPGA, 2), timeout=60, what="the old host's devices")
+        p1 = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
+        assert p1["error"] == "", p1
+        (held,) = [c.get("Name", c.get("name")) for c in p1["cdi_devices"]]
+        (mine,) = p1["device_ids"][FPGA]
+        name = held.split("=", 1)[1]
+
+        def resolves() -> frozenset[str] | None:
+            return winning_entries([str(etc), str(run)], KIND, SpecNames()).get(name)
+
+        assert resolves() == {str(dev / mine)}
+        since = await kubelet.acall(kubelet.last_seq)
+        await start_host(_update_config(kubelet, short_dir, run))
+        await kubelet.acall(kubelet.first_list_after_registering, FPGA, since)
+        await wait_until(
+            lambda: name in resolved_in(run), timeout=30, what="the new file keeps p1's entry"
+        )
+        p2 = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
+        assert p2["error"] == "", p2
+        (theirs,) = p2["device_ids"][FPGA]
+    finally:
+        old.kill()
+        await old.wait()
+    later = time.time() + 3600  # (its lease runs on: killed just now, in effect)
+    os.utime(owner_path(str(etc / spec_file_name(FPGA))), (later, later))
+    assert resolves() == {str(dev / mine)}
+
+    os.rename(dev / theirs, dev / mine)  # p2's node, now at p1's held path
+    await wait_until(lambda: resolves() is None, timeout=30, what="p1's name resolving nowhere")
+
+
+def resolved_in(spec_dir: Path) -> dict[str, Any]:
+    """The device names (without the kind) `spec_dir`'s files define."""
+    return winning_entries([str(spec_dir)], KIND, SpecNames())

@@ -53,7 +53,16 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from .backoff import Backoff
 from .files import Offload
-from .kubelet_checkpoint import CHECKPOINT_FILE, READ_TIMEOUT, Gained, HandedClaims, read_handed
+from .handed_entries import Handed as HandedUse
+from .kubelet_checkpoint import (
+    CHECKPOINT_FILE,
+    READ_TIMEOUT,
+    EntryOf,
+    Gained,
+    HandedClaims,
+    as_recorded,
+    read_handed,
+)
 from .logs import EventLogger
 from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
@@ -93,6 +102,12 @@ class HandedBookings(Protocol):
     def tell_unplaced(self, unplaced: Callable[[str], None]) -> None: ...
 
 
+class HandedRecords(Protocol):
+    """`handed-out.json`'s entries (`HandedRecord`), what the start books with."""
+
+    def entry(self, resource: str, device_id: str) -> HandedUse | None: ...
+
+
 class Unlisted(Protocol):
     """Told the (resource, ID) pairs a reload's read booked (`unlisted.Unlisted`: held
     until an answer shows them)."""
@@ -115,15 +130,18 @@ async def book_handed(
     config: Config,
     offload: Offload,
     log: EventLogger,
+    record: HandedRecords | None = None,
 ) -> None:
     """At start, before any resource publishes: book every entry of the checkpoint in the
     kubelet's device-plugin directory (read off the loop, once), beside the bookings of
-    `ownership.json` (`take_handed` marks a node gone now whose number no booking knew as
-    unknown, bookings lost or stale alike). A missing, unreadable or bad
-    checkpoint is logged, and the start goes on without it. A number unknown of one of
-    `config`'s resources may be any of theirs (`OwnershipIndex.serve`)."""
+    `ownership.json`, with what its paths reached when `record` (`handed-out.json`) says
+    this host handed them out (`as_recorded`; `take_handed` marks a node gone now whose
+    number no booking knew as unknown, bookings lost or stale alike). A missing, unreadable
+    or bad checkpoint is logged, and the start goes on without it. A number unknown of one
+    of `config`'s resources may be any of theirs (`OwnershipIndex.serve`)."""
     index.serve(r.name for r in config.resources)
-    await _book(index, config.kubelet.socket_dir, offload, log)
+    entry_of = None if record is None else record.entry
+    await _book(index, config.kubelet.socket_dir, offload, log, recorded=entry_of)
 
 
 def book_before(
@@ -163,6 +181,7 @@ async def _book(
     new: bool = False,
     only: frozenset[str] | None = None,
     consequence: str = WITHOUT_CHECKPOINT,
+    recorded: EntryOf | None = None,
 ) -> list[HandedClaims] | None:
     """Read the checkpoint's entries (of `only`, None: all) but `skip`'s, book them (`new`:
     only those with an ID not booked yet, sorted out off the loop, so a reload's work on it
@@ -189,6 +208,8 @@ async def _book(
     if handed is None:
         log.info("kubelet_checkpoint_absent", path=path)
         return []
+    if recorded is not None:
+        handed = as_recorded(handed, recorded)
     by_resource: dict[str, Gained] = {}
     for gained in index.take_handed(handed):
         by_resource.setdefault(gained[0].resource, []).append(gained)

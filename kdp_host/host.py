@@ -151,7 +151,7 @@ class Host:
         sync = await shared_bookings(self.ownership, state_dir, instance, self._work, self.log)
         handed = await HandedRecord.read(state_dir, self.log, self._work, instance)
         served = {r.name for r in self.selection.config.resources}
-        await book_handed(self.ownership, self.selection.config, self._work, self.log)
+        await book_handed(self.ownership, self.selection.config, self._work, self.log, handed)
         self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown)
             self.selection.config, self.metrics, self.log, self._work,
             self.ownership.handed_out, self.timings, self.ownership.peer_booked)  # fmt: skip

@@ -31,7 +31,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .api.v1beta1 import ContainerAllocateResponse
+from .devices import physical_id
 from .files import FileReadError, read_attribute
+from .handed_entries import Handed as HandedUse
+from .handed_entries import uses
 from .kubelet_checksum import checksum
 from .ownership_claims import NOTHING, Claim, Owner, Resolver, claim_of, reach
 
@@ -110,7 +113,8 @@ def take_handed(
             owner = Owner(entry.handed.resource, kubelet_id)
             before = ledger.bookings.get(owner)
             if before is None and owner not in ledger.foreign_owners:
-                ledger.record(owner, kubelet_id, (), now, claims, bool(gone))
+                unknown = bool(gone - _known(claims))  # (a number the record kept is known)
+                ledger.record(owner, kubelet_id, (), now, claims, unknown)
                 gained.append((owner, claims))
             elif before is not None:
                 held = (*before.claims, *before.places, *before.shared)
@@ -127,6 +131,34 @@ def take_handed(
                 continue
             ledger.bookings[owner].group = group
     return gained
+
+
+EntryOf = Callable[[str, str], "HandedUse | None"]
+"""(resource, device ID) -> the device's entry of `handed-out.json` (`HandedRecord.entry`)."""
+
+
+def as_recorded(handed: Iterable[HandedClaims], entry_of: EntryOf) -> list[HandedClaims]:
+    """`handed`, each entry's claims widened by what each of its host paths reached when an
+    Allocate of this host handed its IDs' device out (`handed-out.json`, every use it keeps:
+    `HandedUse.reached`), where that is not what the path reaches now (renamed, replaced,
+    gone while kdp-host was down). The record is what an answer waits for; `ownership.json`
+    is not (a write that fails or stalls past the limit answers all the same, the booking
+    held in memory): killed before that write lands, the restart books the pod's IDs from
+    the checkpoint's paths, so the identities come from the record (issue 17, N1)."""
+    out: list[HandedClaims] = []
+    for entry in handed:
+        paths, have = set(entry.handed.paths), {claim[0] for claim in entry.claims}
+        extra: list[Claim] = []
+        resource = entry.handed.resource
+        for device_id in dict.fromkeys(map(physical_id, entry.handed.ids)):
+            recorded = entry_of(resource, device_id)
+            for use in uses(recorded) if recorded is not None else ():
+                for path, identity in sorted(use.reached.items()):
+                    if path in paths and identity not in have:
+                        have.add(identity)
+                        extra.append((identity, path, path))
+        out.append(HandedClaims(entry.handed, (*entry.claims, *extra)) if extra else entry)
+    return out
 
 
 def _known(claims: Iterable[Claim]) -> set[str]:

@@ -10,10 +10,15 @@ pod."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from kdp_host.ownership_document import OWNERSHIP_FILE
 
 from .kubelet_harness import RealKubelet, healthy
 from .test_ownership_kubelet import ALIAS, FPGA, booked_config, grants, host_paths, restart
@@ -82,3 +87,48 @@ async def test_a_booked_directory_renamed_while_down_keeps_what_is_in_it_held(
     )
     if into == "pattern":
         assert {str(moved / "n")} in await grants(kubelet, ALIAS, "p4", "p5")
+
+
+# N1: the crash window between the Allocate's two state files. Both writes start at once and
+# the answer waits for both, at most `state_file.WRITE_LIMIT` each: `handed-out.json` not
+# written refuses the Allocate; `ownership.json` not written answers all the same (the
+# booking holds in memory; a restart books it again from the kubelet's checkpoint). A write
+# is held back here by holding its file's lock (`<name>.lock`, which each write takes), as
+# a hung or full state directory does to the larger file first; kdp-host is then killed.
+
+
+@contextlib.contextmanager
+def write_held(state: Path, name: str) -> Iterator[None]:
+    """Hold `<state>/<name>.lock` exclusively: kdp-host's writes of `name` wait for it."""
+    state.mkdir(exist_ok=True)
+    fd = os.open(state / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["ownership_unwritten", "written"])
+async def test_an_answer_whose_booking_was_not_written_keeps_its_node_after_a_kill(
+    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process, held: bool
+) -> None:
+    """p1 is handed fpga0 while `ownership.json` cannot be written (answered after the
+    write limit, the booking in memory only: `handed-out.json` holds it); kdp-host is
+    killed; while it is down fpga0 is renamed fpga5 (the same file: p1 still has it).
+    After the restart no second pod may be handed that file."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    (devices / "fpga1").unlink()
+    entry = f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    config = booked_config(kubelet, short_dir, entry)
+    host = await kdp_process(config)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+    with write_held(short_dir / "state", OWNERSHIP_FILE) if held else contextlib.nullcontext():
+        assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]
+        await host.stop()
+    os.rename(devices / "fpga0", devices / "fpga5")
+    before = await kubelet.acall(kubelet.last_seq)
+    await restart(kubelet, host, FPGA)
+    listed = await kubelet.acall(kubelet.first_list_after_registering, FPGA, before)
+    granted = await grants(kubelet, FPGA, "p2")
+    assert granted == [], f"p1 holds the file now at fpga5 ({listed})"

@@ -14,9 +14,10 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from .identity import DIRECTORY, NODES
+from .identity import DIRECTORY
 from .mount_table import MountMap
 from .ownership_claims import Claim, ClaimKey, ancestors
+from .ownership_reads import indexed
 from .rules import below
 
 
@@ -49,8 +50,10 @@ class Containment:
         """Those paths sorted (those below a directory are one run), and the keys at each:
         made when first needed after `found` changed (`gone_from`)."""
         self.inside: Callable[[ClaimKey], tuple[str, ...]] = _nowhere
-        """Device number -> where the followed trees' reads found a node of it (there
-        before a device claimed the number: `ownership_reads.NodesFound`)."""
+        """Device number (a file's inode: `ownership_reads.indexed`) -> where the followed
+        trees' reads found a node of it (a file of more than one link), there before a
+        device claimed it (`ownership_reads.NodesFound`; hostile18 F13; a file: hostile21
+        F4's test)."""
 
     def places(self, key: ClaimKey, real: str) -> tuple[str, ...]:
         """Every place a claim made at `real` is shown at now: there, where it was found
@@ -58,7 +61,7 @@ class Containment:
         claim is, until a read of that place finds it gone: `gone_from`), and wherever the
         mount table shows one of those again."""
         found = self.found.get(key)
-        if key[0] in NODES and (inside := self.inside(key)):
+        if (kept := indexed(key)) is not None and (inside := self.inside(kept)):
             found = (*(found or ()), *(p for p in inside if p != real))
         if not found:
             return self.mounts.places(real)

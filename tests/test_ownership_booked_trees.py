@@ -130,26 +130,34 @@ def null_node(path: Path) -> None:
 
 
 @pytest.mark.parametrize("booked", [False, True])
+@pytest.mark.parametrize("kind", ["node", "file"])
 async def test_a_device_whose_number_is_a_node_inside_a_mounted_tree_is_held(
-    tmp_path: Path, booked: bool
+    tmp_path: Path, booked: bool, kind: str
 ) -> None:
     """hostile18 F13: b's device mounts gp0, which holds a node of a number; a device of a
     that appears later with that number (its node elsewhere) reaches what b hands out.
     Before, the trees were compared only when claimed and for claimed things arriving: both
     were advertised (and handed to two pods). Now the number found below gp0 puts the new
-    device there: held (`owned`; `booked` while a pod holds gp0)."""
-    gp0 = tmp_path / "gp0"
+    device there: held (`owned`; `booked` while a pod holds gp0). So does a file, claimed by
+    its inode (a probe's file device, a mount source), with a hard link below gp0: only what
+    the reads found after its claim was looked at, and both were advertised (hostile21 F4:
+    the run's side of check's table)."""
+    gp0, n1 = tmp_path / "gp0", tmp_path / "f" / "n1"
     gp0.mkdir()
-    null_node(gp0 / "link")
+    n1.parent.mkdir()
+    if kind == "node":
+        null_node(gp0 / "link")
+        null_node(n1)
+    else:
+        n1.write_text("")
+        os.link(n1, gp0 / "link")
     watcher = ManualWatcher()
     host = Host(watcher)
     await host.publish(R2, mounting("g0", str(gp0)))
     if booked:
         await host.index.book(R2, ["g0"])
     await host.settled()
-    (tmp_path / "f").mkdir()
-    null_node(tmp_path / "f" / "n1")
-    await host.publish(R1, nodes("n1", str(tmp_path / "f" / "n1")))
+    await host.publish(R1, nodes("n1", str(n1)))
     await host.settled()
     assert (host.ids(R1), host.ids(R2)) == ([], ["g0"])
     assert host.held(R1) == 1

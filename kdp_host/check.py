@@ -284,30 +284,40 @@ def device_cell(device: Device, held: str | None = None) -> str:
     return f"{quote_text(device.id)} {health}{numa} {where}"
 
 
-def held_back(rows: list[CheckRow], config: Config, config_file: str) -> list[CheckRow]:
+async def held_back(rows: list[CheckRow], config: Config, config_file: str) -> list[CheckRow]:
     """`rows` with each device a run would hold back shown so (hostile19 F8: the table said
-    Healthy): the host's ownership index, fed as a run feeds it (each resource's list in
-    config order, no booking), decides, by the rules a run follows (`owned`, `shared`,
-    `unsafe_mount`, `not_a_node`)."""
+    Healthy): the host's ownership index, made as a run makes it (paths resolved and the
+    trees of claimed directories read through an offload, the directories followed) and fed
+    as a run feeds it (each resource's list in config order, no booking), decides once it
+    is settled, by the rules a run follows (`owned`, `shared`, `unsafe_mount`,
+    `not_a_node`): a node of another device's number in a directory a device mounts holds
+    one of them, as in a run (hostile21 F4). Nothing changes meanwhile: the watcher never
+    polls, and a tree past a read's bounds is read no further (a run's safety net would)."""
     from .config import never_handed
+    from .files import DaemonThreads
     from .metrics import Metrics
     from .ownership import OwnershipIndex
-    from .ownership_claims import reach
+    from .watch import PollingWatcher
 
-    index = OwnershipIndex(Metrics(process_collectors=False), reach, budget=None)
+    log, offload = get_logger(), DaemonThreads()
+    index = OwnershipIndex(Metrics(process_collectors=False), offload=offload, budget=None)
     index.never_handed = never_handed(config, config_file)
+    index.watch(PollingWatcher(log, offload=offload))
     listed: dict[str, dict[str, Device]] = {}
     for row in rows:
         if row.device is not None:
             listed.setdefault(row.resource, {})[row.device.id] = row.device
-    held: dict[tuple[str, str], str] = {}
-    for resource in config.resources:
-        if devices := listed.get(resource.name):
-            table, log = DeviceTable(replicas=resource.replicas), get_logger()
-            index.attach(resource.name, table.publish, log.bind(resource=resource.name))
-            index.publish(resource.name, devices)
-            for device_id, holding in index.held_now(resource.name).items():
-                held[resource.name, device_id] = holding.reason
+    attached = [r for r in config.resources if r.name in listed]
+    for resource in attached:
+        table = DeviceTable(replicas=resource.replicas)
+        index.attach(resource.name, table.publish, log.bind(resource=resource.name))
+        index.publish(resource.name, listed[resource.name])
+    await index.quiet(settled=True)
+    held = {
+        (resource.name, device_id): holding.reason
+        for resource in attached
+        for device_id, holding in index.held_now(resource.name).items()
+    }
     return [
         CheckRow(row.resource, row.driver, device_cell(row.device, why), row.failed, row.device)
         if row.device is not None and (why := held.get((row.resource, row.device.id)))

@@ -163,7 +163,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
 
     scan = asyncio.run(scan_entries(config, node))
-    rows = held_back(scan.rows, config, args.config)
+    rows = asyncio.run(held_back(scan.rows, config, args.config))
     where = "" if node is None else f" (node {quote_text(node.name)})"
     print(f"{quote_text(args.config)}: valid, {len(config.resources)} resource(s){where}")
     width = max((len(r.resource) for r in rows), default=8)

@@ -219,10 +219,12 @@ class Arrivals:
         """The nodes (`LINKED` files too) the reads of its tree found, by path (none: not one)."""
         return tree.nodes if (tree := self._trees.get(directory)) is not None else {}
 
-    async def quiet(self) -> None:
-        """Return once what arrived so far was read and handed on."""
+    async def quiet(self) -> bool:
+        """Return once what arrived so far was read and handed on; whether any was left."""
+        left = self._task is not None
         while self._task is not None:
             await asyncio.wait({self._task})
+        return left
 
     def _changed(self, directory: str, name: str | None) -> None:
         """A watcher callback: `name` changed in `directory` (None: the directory itself, or
@@ -366,17 +368,16 @@ class Arrivals:
         else:
             self._unfollowed[tree] = why
         state.unread = False
-        if state.log is not None:
-            if why is not None:
-                state.log.warning(
-                    "mount_tree_unfollowed",
-                    dir=tree,
-                    reason=why,
-                    consequence="what is moved below it is seen by the safety-net rescan "
-                    f"only (every {RESCAN_INTERVAL:g} s) until it can be followed again",
-                )
-            else:
-                state.log.info("mount_tree_followed", dir=tree, dirs=len(state.dirs))
+        if state.log is not None and why is not None:
+            state.log.warning(
+                "mount_tree_unfollowed",
+                dir=tree,
+                reason=why,
+                consequence="what is moved below it is seen by the safety-net rescan "
+                f"only (every {RESCAN_INTERVAL:g} s) until it can be followed again",
+            )
+        elif state.log is not None:
+            state.log.info("mount_tree_followed", dir=tree, dirs=len(state.dirs))
         if self._metrics is not None:
             self._metrics.watch_unfollowed.set(len(self._unfollowed))
         self._join()

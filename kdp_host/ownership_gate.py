@@ -218,6 +218,12 @@ class AdmissionGate(Resolving):
             self._changed(state)
         self._drain()
 
+    @property
+    def admitting(self) -> bool:
+        """An admission runs, or waits for its paths (what `quiet` waits for)."""
+        resolving = any(s.resolving is not None for s in self._resolving.values())
+        return self._running is not None or resolving
+
     async def quiet(self) -> None:
         """Return once no admission runs, waits for its turn or for its paths."""
         while True:

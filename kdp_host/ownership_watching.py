@@ -174,11 +174,15 @@ class Watching(BookingAllocations):
             self._arrivals.follow(self._watcher, real, log, place=True)
         self._sharers_changed((key, path) for path, key in self._arrivals.tree_nodes(real).items())
 
-    async def quiet(self) -> None:
+    async def quiet(self, settled: bool = False) -> None:
         """Return once what arrived in claimed directories was read, and no admission runs,
-        waits for its turn or for its paths."""
+        waits for its turn or for its paths; `settled`: until those started nothing more (a
+        tree an admission follows read, the recheck a read calls for: `kdp-host check`)."""
         await self._arrivals.quiet()
         await super().quiet()
+        while settled and (self._changed_paths or self.admitting or await self._arrivals.quiet()):
+            await asyncio.sleep(0)  # (a recheck runs in a later turn: `_path_changed`)
+            await super().quiet()
 
     def _arrived(self, found: Found, complete: Collection[str] = ()) -> None:
         """Claims renamed or linked into a claimed directory, or out of one (not found where

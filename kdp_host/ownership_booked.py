@@ -8,26 +8,22 @@ its claims (`conflict`; for a directory, also a tree that holds what its tree ho
 `sharing`), was handed out at its real path (`place_conflict`), holds a
 directory it is below (`mount_conflict`) or a node whose number is not known that it may be
 (`number_unknown`). A booking also holds its device's shared claims (`Booking.shared`,
-`shared_booked`): a device claiming one of them exclusively is held while it lives
-(`shared_conflict`), one sharing it is not.
+`ownership_shared_held`): a device claiming one of them exclusively, or below a directory
+it holds shared, is held while it lives (`shared_conflict`), one sharing it is not.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from .devices import Device, DeviceMount, DeviceNode, replica_ids
 from .identity import DIRECTORY, Identity
 from .ownership_claims import NOTHING, SYSFS, Claim, ClaimKey, Claims, Owner, ancestors, twins
 from .ownership_reach import SpotsReached, Still
+from .ownership_shared_held import Counted, SharedHeld, below_sorted, count
 from .ownership_unknown import TreeNodes, not_known, reaching_node
 from .rules import below
-
-Counted = dict[Owner, int]
-"""The bookings that hold a claim, each with how many times (its own and a foreign copy)."""
 
 
 @dataclass
@@ -58,25 +54,16 @@ class Booking:
     since; other devices may still share it (issue 17, hostile19 F5)."""
 
 
-class BookedClaims:
+class BookedClaims(SharedHeld):
     """The bookings by booked ID and by claim, and the conflicts of a device with them."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.bookings: dict[Owner, Booking] = {}
         """(resource, ID the kubelet booked) -> what it booked: this host's entries of the
         file."""
         self.booked: dict[ClaimKey, Counted] = {}
         """Claim (of a device or a place) -> the bookings that hold it."""
-        self.shared_booked: dict[ClaimKey, Counted] = {}
-        """Shared claim of a booked device (`Booking.shared`) -> the bookings that hold it."""
-        self.shared_dirs: dict[str, Counted] = {}
-        """Real path of a directory a booking holds shared -> those bookings: what is below it
-        is in the pod's mount too."""
-        self.shared_spots: dict[str, Counted] = {}
-        """Real path of a shared claim a booking holds -> those bookings: a directory above it
-        mounted would hand the node out again."""
-        self._sorted_shared: list[str] | None = None
-        """`shared_spots` sorted (`_below`), made when first needed."""
         self.places: dict[str, Counted] = {}
         """Real path of a booked place -> the bookings that handed it out."""
         self._sorted_places: list[str] | None = None
@@ -157,25 +144,8 @@ class BookedClaims:
             resource,
             device_id,
             replicas,
-            ((path, self._sharers(key, real)) for key, path, real in claims.exclusive),
+            ((path, self.sharers(key, real)) for key, path, real in claims.exclusive),
         )
-
-    def _sharers(self, key: ClaimKey, real: str) -> list[Owner]:
-        booked, dirs = self.shared_booked, self.shared_dirs
-        found = [*booked.get(key, ())]
-        for twin in twins(key):  # (a directory and a sysfs device's own)
-            found += booked.get(twin, ())
-        if dirs and key[0] != SYSFS:
-            for place in self.places_of(key, real):
-                for directory in ancestors(place):
-                    found += dirs.get(directory, ())
-        if key[0] == DIRECTORY and (spots := self.shared_spots):
-            ordered = self._sorted_shared
-            if ordered is None:
-                ordered = self._sorted_shared = sorted(spots)
-            for place in self.places_of(key, real):
-                found += (o for inner in _below(ordered, place) for o in spots[inner])
-        return found
 
     def _holders_sharing(self, key: ClaimKey, real: str) -> Iterable[Owner]:
         holders = self.holders(key, real)
@@ -196,19 +166,24 @@ class BookedClaims:
         return holders
 
     def found_elsewhere(self, key: ClaimKey, real: str) -> bool:
-        """A read of a followed tree found `key` at `real`: whether it is booked and was not
-        known there (it is from now on, while booked: `_places_reached`)."""
-        owners = self.booked.get(key)
+        """A read of a followed tree found `key` at `real`: whether it is booked (alone or
+        shared) and was not known there (it is from now on, while booked: `_places_reached`,
+        `sharers`)."""
+        alone, shared = self.booked.get(key, {}), self.shared_booked.get(key, {})
         known = self.moved.get(key, ())
-        if owners is None or real in known:
+        if not (alone or shared) or real in known:
             return False
         there = {*self.places.get(real, ()), *self.spots.get(real, ())}
-        if not there.isdisjoint(owners):
+        if not there.isdisjoint(alone) or not shared.keys().isdisjoint(
+            self.shared_spots.get(real, ())
+        ):
             return False  # (where it was booked)
         self.moved[key] = (*known, real)
         if key[0] == DIRECTORY:
-            for owner, times in list(owners.items()):
+            for owner, times in list(alone.items()):
                 self.relocate(owner, real, times)
+        for owner, times in list(shared.items()):
+            self.relocate_shared(owner, key, real, times)
         return True
 
     def relocate(self, owner: Owner, real: str, step: int) -> None:
@@ -219,13 +194,8 @@ class BookedClaims:
         self._sorted_places = None
         if step > 0:
             self.follow_mounted(owner, real)
-        elif real not in self.mounted:
+        elif not self.tree_held(real):
             self.let_go_mounted(real)
-
-    def holds_mounted(self, real: str) -> bool:
-        """Whether a booking holds a directory above `real` mounted (a pod reaches it)."""
-        mounted = self.mounted
-        return bool(mounted) and any(d in mounted for d in ancestors(real))
 
     def place_conflict(
         self, resource: str, device_id: str, replicas: int, claims: Claims
@@ -326,19 +296,8 @@ class BookedClaims:
             ordered = self._sorted_places
             if ordered is None:
                 ordered = self._sorted_places = sorted(places)
-            found += (o for place in _below(ordered, real) for o in places[place])
+            found += (o for place in below_sorted(ordered, real) for o in places[place])
         return found
-
-
-def _below(ordered: list[str], real: str) -> Iterator[str]:
-    """The paths of `ordered` (sorted) below directory `real`: of the one run of those that
-    start with its prefix."""
-    prefix = real.rstrip("/") + "/"
-    at = bisect_left(ordered, prefix)
-    while at < len(ordered) and ordered[at].startswith(prefix):
-        if below(ordered[at], real):
-            yield ordered[at]
-        at += 1
 
 
 def _ignore(_owner: Owner, _real: str) -> None:
@@ -351,18 +310,6 @@ def _nowhere(_real: str) -> tuple[str, ...]:
 
 def _ignore_path(_real: str) -> None:
     """(No index follows the trees.)"""
-
-
-def count(index: dict[Any, Counted], key: object, owner: Owner, step: int) -> None:
-    """Count `owner` `step` times more (fewer) at `key` of `index`."""
-    holders = index.setdefault(key, {})
-    left = holders.get(owner, 0) + step
-    if left > 0:
-        holders[owner] = left
-    else:
-        holders.pop(owner, None)
-        if not holders:
-            del index[key]
 
 
 def _only_there(_key: ClaimKey, real: str) -> tuple[str, ...]:

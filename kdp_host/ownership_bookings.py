@@ -30,9 +30,9 @@ from typing import Any, Protocol
 from .devices import advertises
 from .identity import DIRECTORY
 from .ownership_booked import BookedClaims, Booking
-from .ownership_booked import count as _count
 from .ownership_claims import SYSFS, Claim, ClaimKey, Owner, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
+from .ownership_shared_held import count as _count
 from .turns import Pace, Steps, to_the_end
 
 TAKE_IN_CHUNK = 500
@@ -259,12 +259,12 @@ class Ledger(BookedClaims):
                 _count(self.dirs, key, owner, step)
                 if step > 0:
                     self.follow_mounted(owner, real)
-                elif real not in self.mounted:
+                elif not self.tree_held(real):
                     self.let_go_mounted(real)
                 for moved in self.moved.get(key, ()):  # (where it was found since)
                     self.relocate(owner, moved, step)
-            if step < 0 and key not in self.booked:
-                self.moved.pop(key, None)
+            if step < 0:
+                self.forget_moved(key)
         for _, _, real in booking.places:
             _count(self.places, real, owner, step)
             self._sorted_places = None
@@ -279,13 +279,7 @@ class Ledger(BookedClaims):
                 self.unheld.append(key)  # (a device reaching it may have the unknown number)
         if booking.number_unknown:
             _count(self.unknown, owner.resource, owner, step)
-        for key, _, real in booking.shared:
-            _count(self.shared_booked, key, owner, step)
-            if key[0] == DIRECTORY:
-                _count(self.shared_dirs, real, owner, step)
-            if key[0] != SYSFS:
-                _count(self.shared_spots, real, owner, step)
-                self._sorted_shared = None
+        self.index_shared(owner, booking.shared, step)
 
     def record(
         self,

@@ -10,8 +10,9 @@ moved there before the watcher reported it refuses the answer (`PlaceOwned`). Bo
 answer is `ownership_allocate`'s.
 
 The other way round: a node linked into a directory a running pod mounts (its device's,
-or a place of its answer: `Ledger.mounted`, followed) is found there by the watcher and held
-(`reason=booked`, hostile8 N1, hostile18 F2). What the watcher cannot tell, a node linked
+or a place of its answer: `Ledger.mounted`; one it holds through a shared claim:
+`Ledger.shared_dirs`; followed) is found there by the watcher and held (`reason=booked`,
+hostile8 N1, hostile18 F2, hostile21 F1). What the watcher cannot tell, a node linked
 there before it was claimed (hostile18 F5) or below a tree not followed in full, is looked
 for by `_not_linked_in`: a device node by its number among the nodes the trees' reads found
 (`NodesFound`: nothing read), a file with a second link (`st_nlink`) by a read in full of
@@ -167,7 +168,10 @@ class HandingOut(SharedTrees):
             )
         # (by claim held, not by entry: a library's 128 entries at every Allocate, issue 19)
         keys = frozenset(key for key, _ in found) if kept is None else kept.keys
-        held = held_among(keys, self._exclusive) | held_among(keys, self._ledger.booked)
+        ledger = self._ledger
+        held = held_among(keys, self._exclusive) | held_among(keys, ledger.booked)
+        if shared := held_among(keys, ledger.shared_booked):  # (not the answer's own)
+            held |= shared - {key for key, _, _ in self._shared_claims(resource, ids)}
         mine = self._mine(ids)
         owners = {k: o for k in held if (o := self._other_holder(k, resource, mine)) is not None}
         if not owners:
@@ -191,7 +195,9 @@ class HandingOut(SharedTrees):
         owner = self._exclusive.get(key)
         if owner is not None and other(owner):
             return owner
-        return next(filter(other, self._ledger.booked.get(key, ())), None)
+        ledger = self._ledger
+        holders = (*ledger.booked.get(key, ()), *ledger.shared_booked.get(key, ()))
+        return next(filter(other, holders), None)
 
     async def _read_below(
         self, followed: tuple[str, ...], whole: list[str], mounted: list[str]
@@ -222,10 +228,11 @@ class HandingOut(SharedTrees):
         """PlaceOwned when a node of `reached` (as the answer hands it out) is also below a
         tree another ID's booking holds mounted; Unresolvable when such a tree could not be
         read in full in time (the module's doc)."""
-        if not (trees := self._ledger.mounted):
+        ledger = self._ledger
+        if not ledger.mounted and not ledger.shared_dirs:
             return  # (the common case)
         mine = {Owner(resource, d) for d in self._mine(ids)}
-        booked = sorted(t for t, owners in trees.items() if any(o not in mine for o in owners))
+        booked = ledger.held_trees(mine, {r for _, _, r in self._shared_claims(resource, ids)})
         skip = (NOTHING, DIRECTORY)
         nodes = {r[1]: r[0] for r in reached.values() if r is not None and r[0][0] not in skip}
         if not booked or not nodes:

@@ -6,8 +6,9 @@ hard link of one node), and one file when each holds a link of it. What is below
 directory used to be compared with claims only: a node of a number no device claims, in two
 group directories, was handed to two pods. Now an answer that mounts directories is refused
 (`PlaceOwned`, naming both paths) when what is below them is also below a tree another ID's
-booking holds mounted (`Ledger.mounted`), outside the answer's own directories (a mount
-every pod of a resource gets is shared by design):
+booking holds mounted, alone or shared (`Ledger.held_trees`), outside the answer's own
+directories and those its devices share (a mount every pod of a resource gets is shared by
+design):
 
 - a device node by its number, among the nodes the watcher's reads of the trees found
   (`NodesFound`), a regular file by its inode among the files of more than one link they
@@ -36,7 +37,7 @@ from typing import Final, TypeVar
 
 from .devices import physical_id
 from .ownership_arrivals import INSIDE_LIMIT, Arrivals
-from .ownership_claims import ClaimKey, Owner, Unresolvable
+from .ownership_claims import Claim, ClaimKey, Owner, Unresolvable
 from .ownership_gate import AdmissionGate
 from .ownership_reads import (
     LINKED,
@@ -77,16 +78,16 @@ class SharedTrees(AdmissionGate):
         mounts: `found` below them now, `kept` the read of it when kept, and the nodes their
         trees' reads found) is also below a tree another ID's booking holds mounted (looked
         up: the module's doc)."""
-        if not (trees := self._ledger.mounted):
+        ledger = self._ledger
+        if not ledger.mounted and not ledger.shared_dirs:
             return  # (the common case)
-        mine = {Owner(resource, d) for d in self._mine(ids)}
 
         def outside(path: str) -> bool:
             return not any(path == d or below(path, d) for d in mounted)
 
-        booked = sorted(
-            t for t, owners in trees.items() if outside(t) and any(o not in mine for o in owners)
-        )
+        mine = {Owner(resource, d) for d in self._mine(ids)}
+        sharing = {real for _, _, real in self._shared_claims(resource, ids)}
+        booked = [t for t in ledger.held_trees(mine, sharing) if outside(t)]
         if not booked:
             return  # (only the answer's own trees, or its IDs': a mount every pod gets)
         arrivals = self._arrivals
@@ -123,6 +124,17 @@ class SharedTrees(AdmissionGate):
             return await asyncio.wait_for(offload.run(work), HANDED_TIMEOUT)
         except TimeoutError:
             raise Unresolvable(f"{what} within {HANDED_TIMEOUT:g} s") from None
+
+    def _shared_claims(self, resource: str, ids: Iterable[str]) -> Iterator[Claim]:
+        """What the devices behind `ids` claim shared: what every pod of them gets (a booking
+        of another ID that holds it shared is no clash with the answer: hostile21)."""
+        state = self._resources.get(resource)
+        if state is None:
+            return
+        owned = state.owned
+        for kubelet_id in ids:
+            if (claims := owned.get(physical_id(kubelet_id))) is not None:
+                yield from claims.shared
 
     def _mine(self, ids: Iterable[str]) -> set[str]:
         """The IDs an answer hands out with the devices they are replicas of."""

@@ -103,7 +103,7 @@ class Watching(BookingAllocations):
         a mounted tree it cannot follow in full is read by `net` (`Arrivals.rescan_with`)."""
         self._watcher = watcher
         self._arrivals.rescan_with(net)
-        for real, owners in list(self._ledger.mounted.items()):  # (booked before: at start)
+        for real, owners in self._ledger.every_tree():  # (booked before: at start)
             self._follow_mounted(next(iter(owners)), real)
         # (a poll sees a change late; a mount over a path makes no directory event)
         self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
@@ -205,7 +205,7 @@ class Watching(BookingAllocations):
         hold (linked after their reads saw one link: a link changes no time of the other's
         directory), has those trees read again, once (`ownership_shared`)."""
         ledger = self._ledger
-        if not ledger.mounted:
+        if not (ledger.mounted or ledger.shared_dirs):
             return
         by_number, dirs = self._arrivals.nodes.by_number, self._within.dirs
         wanted: set[str] = set()
@@ -225,7 +225,7 @@ class Watching(BookingAllocations):
                 self._asked.add((key, path))
                 lone.append(path)
         if lone:
-            trees = [t for t in ledger.mounted if not any(below(p, t) for p in lone)]
+            trees = [t for t, _ in ledger.every_tree() if not any(below(p, t) for p in lone)]
             self._arrivals.remounted(trees)
         for _, path, real in list(self._made()) if wanted else ():
             if real in wanted:

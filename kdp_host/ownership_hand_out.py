@@ -250,10 +250,11 @@ class HandingOut(SharedTrees):
             if not nodes:
                 return  # (no file to look for: no read, no hop off the loop)
         local = self._reads_kept.following_mounts and all(map(self._local, nodes))
-        if local and not more_than_one_link(nodes):
+        linked = more_than_one_link(nodes) if local else None  # (else asked off the loop)
+        if linked is not None and not linked:
             return  # (files of one link in local directories: an lstat each here, no hop)
         found, more = await self._off_loop(
-            functools.partial(linked_below, booked, nodes, RESCAN_LIMIT, arrived),
+            functools.partial(linked_below, booked, nodes, RESCAN_LIMIT, arrived, linked),
             f"{', '.join(booked)}: trees pods hold mounted were not read",
         )
         self._linked(resource, found, nodes)

@@ -336,12 +336,19 @@ def more_than_one_link(nodes: Mapping[str, ClaimKey]) -> set[ClaimKey]:
 
 
 def linked_below(
-    trees: list[str], nodes: Mapping[str, ClaimKey], limit: int, read: Read
+    trees: list[str],
+    nodes: Mapping[str, ClaimKey],
+    limit: int,
+    read: Read,
+    linked: set[ClaimKey] | None = None,
 ) -> tuple[Found, bool]:
     """Where below `trees` (`read` up to `limit` entries) the nodes of `nodes` (real
-    path -> identity) with more than one link are, and whether more was there (unread).
+    path -> identity) with more than one link are (`linked`: those, where the caller
+    lstat'ed them already: `more_than_one_link`), and whether more was there (unread).
     Nothing is read for nodes of one link."""
-    if not (linked := more_than_one_link(nodes)):
+    if linked is None:
+        linked = more_than_one_link(nodes)
+    if not linked:
         return [], False
     found, more = read(trees, limit)
     return [(key, path) for key, path in found if key in linked and path not in nodes], more

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kdp_host import ownership_hand_out
+from kdp_host import ownership_hand_out, ownership_reads
 from kdp_host.holdings import Holdings
 from kdp_host.mount_table import MountMap
 from kdp_host.ownership_shared import PlaceOwned
@@ -332,3 +332,27 @@ async def test_a_file_of_one_link_beside_a_booked_tree_is_looked_at_without_a_ho
     os.link(n0, tmp_path / "elsewhere")  # a second link (not below the tree): looked for
     assert await host.index.hand_out(R1, ["n0"], [n0]) == {n0: n0}
     assert len(hops) == (1 if local else 2)
+
+
+@pytest.mark.parametrize("local", [True, False])
+async def test_a_file_of_two_links_beside_a_booked_tree_is_lstat_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local: bool
+) -> None:
+    """Whether a file handed out has a second link is asked once per Allocate: on the loop
+    where its directory is local (and the read off it is told), else off the loop (before,
+    a file of two links in a local directory was lstat'ed there, then again off the loop)."""
+    disk = MountMap([("/", ("8:1", "/"))], {"/": "ext4" if local else "nfs4"})
+    host, _ = await booked_place(tmp_path, "small", "x", mounts=disk)
+    asked: list[object] = []
+    one_link = ownership_reads.more_than_one_link
+
+    def counted(nodes: Any) -> Any:
+        asked.append(nodes)
+        return one_link(nodes)
+
+    monkeypatch.setattr(ownership_hand_out, "more_than_one_link", counted)
+    monkeypatch.setattr(ownership_reads, "more_than_one_link", counted)
+    n0 = str(tmp_path / "dev" / "n0")
+    os.link(n0, tmp_path / "elsewhere")
+    assert await host.index.hand_out(R1, ["n0"], [n0]) == {n0: n0}
+    assert len(asked) == 1

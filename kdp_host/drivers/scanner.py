@@ -237,6 +237,11 @@ def on_loop(
     )
 
 
+def scan_failed(exc: OSError) -> DriverError:
+    """The DriverError of a scan that met an OSError (on the loop or off it)."""
+    return DriverError("io", f"scan failed: {exc}")
+
+
 def scan_on_loop(
     scanner: Scanner, listed: Listed, watched: frozenset[str], guard: ScanGuard, changes: Changes
 ) -> tuple[frozenset[str] | None, tuple[ScanResult, DirWatch] | None]:
@@ -253,7 +258,7 @@ def scan_on_loop(
         result = scanner.scan_on_loop(listed, dirs, changed)
     except OSError as exc:
         changes.forget()
-        raise DriverError("io", f"scan failed: {exc}") from None
+        raise scan_failed(exc) from None
     except DriverError:
         changes.forget()
         raise

@@ -63,6 +63,7 @@ from .scanner import (
     ScanResult,
     ScanSettings,
     on_loop,
+    scan_failed,
     scan_on_loop,
     wait_for_change,
 )
@@ -182,7 +183,7 @@ class ScanLoop(Generic[S]):
         except OSError as exc:
             self._pending = None
             self._changes.forget()
-            raise DriverError("io", f"scan failed: {exc}") from None
+            raise scan_failed(exc) from None
         except DriverError as exc:
             self._pending = None
             self._changes.forget()

@@ -16,7 +16,6 @@ import functools
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from ..allocation import spelled_paths
 from ..devices import Snapshot
 from ..handed_out import HandedOut
 from ..identity import Identity
@@ -96,12 +95,3 @@ async def keep(
         f"{why}; a device is handed out only once its record is kept (a kdp-host restart must "
         "find what the pod got): refused until stateDir can be written"
     )
-
-
-def handed_as_reached(
-    snapshot: Snapshot, ids: Sequence[str], reached: Mapping[str, Identity]
-) -> dict[str, set[Identity]]:
-    """What each ID's device's own host paths reached as the answer handed them out (`reached`,
-    `hand_out_reaching`): what its booking must still claim (`Bookings.book`, `handed_as`)."""
-    found = {i: e.device for i in ids if (e := snapshot.by_advertised_id.get(i)) is not None}
-    return {i: {reached[p] for p in spelled_paths(d) if p in reached} for i, d in found.items()}

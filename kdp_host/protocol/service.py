@@ -43,12 +43,13 @@ from ..logs import EventLogger
 from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
 from ..metrics import Metrics
-from ..ownership_claims import Unresolvable, read_only_of
+from ..ownership_claims import Unresolvable
 from ..ownership_shared import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..start_budget import StartBudget
+from .answers import AnswerPlan, AnswerPlans, plan_answer
 from .codec import EncodedMessage
-from .kept import Bookings, CdiWritten, Fence, handed_as_reached, keep
+from .kept import Bookings, CdiWritten, Fence, keep
 from .lists import ListAndWatchEncoder, Wakes
 from .pre_start import PRE_START_CONTAINER, PreStartServing
 
@@ -94,6 +95,7 @@ class DevicePluginService(DevicePluginBase):
         self._on_stream_lost = on_stream_lost
         self._on_listed = on_listed  # told after each list sent (the first one counts)
         self._builder = AllocationBuilder(config)
+        self._plans = AnswerPlans(self._builder)
         self._pre_start = pre_start
         self._allocate_hook = allocate_hook
         self._release = release
@@ -269,33 +271,28 @@ class DevicePluginService(DevicePluginBase):
         if self._fence is not None:  # (raises the refusal while the checkpoint is unread)
             await self._fence.allocating()
         snapshot = self._table.snapshot
+        requests = tuple(tuple(request.devices_ids) for request in message.container_requests)
         try:
-            if not message.container_requests:
+            if not requests:
                 raise AllocationError(f"{name}: Allocate request has no container requests")
-            responses = [
-                self._builder.container_response(snapshot, request.devices_ids)
-                for request in message.container_requests
-            ]
+            plan = self._plans.plan(snapshot, requests)  # (made at its first Allocate)
             if self._handed is not None:
-                ids = [i for request in message.container_requests for i in request.devices_ids]
-                self._handed.record.check_room(name, snapshot, ids)
+                self._handed.record.check_room(name, snapshot, plan.booked)
         except AllocationError as exc:
             self._metrics.allocations.labels(name, "invalid").inc()
             self._log.warning("allocate_refused", reason=str(exc))
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if self._allocate_hook is not None:
+            responses = list(plan.responses)
             await self._add_hook_extras(snapshot, message, responses)
-        booked = [i for request in message.container_requests for i in request.devices_ids]
-        requests = [request.devices_ids for request in message.container_requests]
-        bookings = self._bookings
-        handed = None if bookings is None else self._builder.handed(snapshot, requests, responses)
-        reached = await self._hand_real_paths(snapshot, booked, responses)
-        if bookings is not None:
+            plan = plan_answer(self._builder, snapshot, requests, responses)
+        booked = list(plan.booked)
+        real, reached = await self._hand_real_paths(plan)
+        if (bookings := self._bookings) is not None:
             # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
             try:
-                assert handed is not None
-                places, names = handed.places, handed.cdi_names
-                handed_as = handed_as_reached(snapshot, booked, reached)
+                places, names = plan.handed.places, plan.handed.cdi_names
+                handed_as = plan.handed_as(reached)
                 await bookings.book(name, booked, places, names, wait=False, handed_as=handed_as)
             except PlaceOwned as exc:
                 self._metrics.allocations.labels(name, "invalid").inc()
@@ -303,15 +300,15 @@ class DevicePluginService(DevicePluginBase):
                 raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if self._release is not None:  # (an ID asked for again: its earlier user is gone)
             self._release.asked(booked)
-        await self._kept(snapshot, requests, reached, len(responses))
+        await self._kept(snapshot, requests, reached, len(requests))
         if self._allocated is not None:
             self._allocated(name, booked)
         if self._release is not None:  # used from now, as the record keeps it
-            for request in message.container_requests:
-                self._release.taken(request.devices_ids)
-        self._allocated_ok.inc(len(responses))
+            for ids in requests:
+                self._release.taken(ids)
+        self._allocated_ok.inc(len(requests))
         self._allocate_seconds.observe(self._clock() - started)
-        return AllocateResponse(container_responses=responses)
+        return AllocateResponse(container_responses=plan.answer(real))
 
     async def _kept(
         self, snap: Snapshot, asked: Sequence[Sequence[str]], reached: dict[str, Identity], n: int
@@ -330,39 +327,30 @@ class DevicePluginService(DevicePluginBase):
         raise grpclib.GRPCError(Status.UNAVAILABLE, reason) from None
 
     async def _hand_real_paths(
-        self, snapshot: Snapshot, ids: list[str], responses: list[ContainerAllocateResponse]
-    ) -> dict[str, Identity]:
+        self, plan: AnswerPlan
+    ) -> tuple[dict[str, str], dict[str, Identity]]:
         """Hand out every host path of the answer (DeviceSpecs, mounts, its CDI names' nodes:
         hostile15 F4) as the real path it reaches, checked to name what it reaches and, for a
         device's own path, what was claimed (`handed_reals`): a link re-pointed after the
-        Allocate does not change what the container gets. Refused (INVALID_ARGUMENT) when a path
-        cannot be resolved so, a directory it mounts holds what another device owns
-        (`PlaceOwned`), a node is linked below a pod's tree, or a DeviceSpec reaches no node."""
-        mounts = [(m.host_path, m.read_only) for r in responses for m in r.mounts]
-        paths = {spec.host_path for r in responses for spec in r.devices}
-        if self._config.allocate.cdi is not None:
-            for device in self._builder.physical_devices(snapshot, ids):
-                paths.update(node.host_path for node in device.nodes)
-        read_only = read_only_of(paths, mounts)  # (not writable: `config.handed`, K7)
-        nodes, paths = paths, paths | {path for path, _ in mounts}
-        if not paths or self._bookings is None:
-            return {}
+        Allocate does not change what the container gets (`AnswerPlan.answer`). Refused
+        (INVALID_ARGUMENT) when a path cannot be resolved so, a directory it mounts holds what
+        another device owns (`PlaceOwned`), a node is linked below a pod's tree, or a
+        DeviceSpec reaches no node. The real path of each, and what each reached."""
+        if not plan.paths or self._bookings is None:
+            return {}, {}
+        name = self._config.name
         try:
-            name, bookings = self._config.name, self._bookings
-            real, reached = await bookings.hand_out_reaching(name, ids, paths, read_only)
-            if why := not_a_node(nodes, reached):  # (hostile16 F6)
+            real, reached = await self._bookings.hand_out_reaching(
+                name, plan.booked, plan.paths, plan.read_only
+            )
+            if why := not_a_node(plan.nodes, reached):  # (hostile16 F6)
                 raise Unresolvable(why)
         except (Unresolvable, PlaceOwned) as exc:
-            reason = f"{self._config.name}: cannot allocate: {exc}"
-            self._metrics.allocations.labels(self._config.name, "invalid").inc()
+            reason = f"{name}: cannot allocate: {exc}"
+            self._metrics.allocations.labels(name, "invalid").inc()
             self._log.warning("allocate_refused", reason=reason)
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, reason) from None
-        for response in responses:
-            for spec in response.devices:
-                spec.host_path = real[spec.host_path]
-            for mount in response.mounts:
-                mount.host_path = real[mount.host_path]
-        return reached  # (what each reached: `handed_out.Handed.reached`)
+        return real, reached  # (what each reached: `handed_out.Handed.reached`)
 
     async def _add_hook_extras(
         self,

@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import errno
 import os
+import select
 import struct
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from .files import Offload
+from .inotify_limits import max_user_watches, refusal
 from .logs import EventLogger
 from .mount_table import MountCallback, MountTable
 from .watch import (
@@ -106,7 +108,9 @@ class InotifyWatcher:
         self._refused: dict[str, str] = {}
         """Pending directories that are there but could not be watched, with why."""
         self._report_unwatched: UnwatchedReport | None = None
-        self.watch_budget = _max_user_watches()
+        self.watch_budget = max_user_watches()
+        self._look: select.poll | None = None
+        """The descriptor and the mount table's, asked at once (`untold`)."""
 
     def report_unwatched(self, report: UnwatchedReport) -> None:
         self._report_unwatched = report
@@ -119,6 +123,36 @@ class InotifyWatcher:
 
     def refused(self, directory: str) -> str | None:
         return self._refused.get(os.path.normpath(directory))
+
+    def untold(self) -> bool | None:
+        """Whether a change may be made that the subscribers were not told of: an event the
+        kernel holds unread, or a change of the mount table not told (`MountTable.noticed`);
+        one poll, asked now. None where it cannot say (the descriptor closed, the mount
+        table not followed)."""
+        mounts = self._mounts
+        if self._closed or mounts is None:
+            return None
+        if mounts.due:
+            return True
+        if self._look is None:
+            self._look = select.poll()
+            self._look.register(self._inotify.fd, select.POLLIN)
+            self._look.register(mounts.fd, select.POLLPRI | select.POLLERR)
+        untold = False
+        for fd, events in self._look.poll(0):
+            if fd != mounts.fd:
+                untold = True
+            elif events & (select.POLLPRI | select.POLLERR):
+                mounts.noticed()
+                untold = True
+        return untold
+
+    def watching(self, directory: str) -> bool | None:
+        """Whether `directory` (subscribed to) is watched now; None: it is not there (tried
+        again when it is made in a watched directory, and every retry); False: refused."""
+        if directory in self._watches:
+            return True
+        return None if directory in self._pending and directory not in self._refused else False
 
     def follow_mounts(self, callback: MountCallback) -> bool:
         if self._mounts is None or self._closed:
@@ -185,7 +219,7 @@ class InotifyWatcher:
             self._pending.add(directory)
             self._retry_wanted.set()
             absent = exc.errno in _ABSENT or self._closed
-            self._set_refused(directory, None if absent else _refusal(exc))
+            self._set_refused(directory, None if absent else refusal(exc))
             return False
         self._set_refused(directory, None)
         self._watches[directory] = watch
@@ -330,26 +364,6 @@ class InotifyWatcher:
             # the next retry: trying every one on every event cost a failed watch each)
             made = [os.path.join(directory, name) for directory in directories]
             self._retry_pending([path for path in made if path in self._pending])
-
-
-MAX_USER_WATCHES: Final = "/proc/sys/fs/inotify/max_user_watches"
-
-
-def _max_user_watches() -> int | None:
-    """The node's per-user inotify watch limit, or None where it cannot be read."""
-    try:
-        with open(MAX_USER_WATCHES, encoding="ascii") as file:
-            return int(file.read(32).strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _refusal(exc: OSError) -> str:
-    """Why inotify refused a directory that is there, with what to do about it."""
-    why = f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror or exc}"
-    if exc.errno == errno.ENOSPC:
-        return f"{why} (the inotify watch limit is reached: raise fs.inotify.max_user_watches)"
-    return why
 
 
 def make_watcher(

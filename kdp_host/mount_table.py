@@ -38,6 +38,7 @@ class MountTable:
         self._poller = poller
         self._log = log
         self._callbacks: list[MountCallback] = []
+        self._due = False
 
     @classmethod
     def open(cls, log: EventLogger, path: str = MOUNTINFO) -> MountTable | None:
@@ -73,7 +74,26 @@ class MountTable:
         self._poller.close()
         os.close(self._fd)
 
+    @property
+    def fd(self) -> int:
+        """The file's descriptor: a poll of it for POLLPRI asks whether the table changed
+        since it was last asked (`noticed`: the loop's own look then finds nothing)."""
+        return self._fd
+
+    @property
+    def due(self) -> bool:
+        """A change was `noticed` that the callbacks were not told of yet."""
+        return self._due
+
+    def noticed(self) -> None:
+        """A poll of `fd` found a change (`InotifyWatcher.untold`), which the loop's own look
+        no longer finds: told on the loop's next turn, `due` until then."""
+        if not self._due:
+            self._due = True
+            asyncio.get_running_loop().call_soon(self._changed)
+
     def _changed(self) -> None:
+        self._due = False
         # The loop's own check of the epoll instance already took the change from the
         # file (its poll is what clears it): this poll only empties the instance's ready list
         # (else the loop would call again at once), and may find nothing.

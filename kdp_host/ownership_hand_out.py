@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import Collection, Iterable, Mapping
 
+from .config.handed_tree import Followed
 from .devices import physical_id
 from .identity import (
     DIRECTORY,
@@ -62,6 +63,9 @@ from .rules import below
 
 class HandingOut(SharedTrees):
     """What an answer hands out (the ownership index's layer under booking it)."""
+
+    _protected: Followed | None = None
+    """What vouches for the protected places' stats (`places_followed`), where the watcher can."""
 
     async def hand_out(
         self, resource: str, ids: Iterable[str], paths: Collection[str]
@@ -130,8 +134,9 @@ class HandingOut(SharedTrees):
                 key = None if found is None else found[0]
                 writable = path not in read_only
                 why = self.never_handed.problem(
-                    real[path], key, mounts, fresh=True, since=since, writable=writable
-                )
+                    real[path], key, mounts, fresh=True, since=since, writable=writable,
+                    followed=self._protected,
+                )  # fmt: skip
                 if why is not None:
                     raise Unresolvable(f"{path}: its real path {real[path]} {why}")
         except Unresolvable as exc:

@@ -21,7 +21,7 @@ import pytest
 from kdp_host import mount_table
 from kdp_host.cli import main
 from kdp_host.config import NeverHanded, places
-from kdp_host.config.handed import KERNEL_WHY
+from kdp_host.config.kernel_fs import KERNEL_WHY
 from kdp_host.devices import Device, DeviceMount
 from kdp_host.mount_table import MountMap, parse_mounts
 from kdp_host.testing import ManualWatcher

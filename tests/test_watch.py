@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import kdp_host.inotify_watch as watch_module
+from kdp_host.inotify_limits import MAX_USER_WATCHES
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
 from kdp_host.watch import PollingWatcher, Watcher
@@ -366,7 +367,7 @@ async def test_a_watched_directory_moved_away_leaves_no_kernel_watch(
 
 def test_the_inotify_watchers_budget_is_the_nodes_per_user_watch_limit() -> None:
     """What the mount trees' bound is a share of (hostile13 M9); the polling watcher has none."""
-    limit = Path(watch_module.MAX_USER_WATCHES)
+    limit = Path(MAX_USER_WATCHES)
     if not limit.exists():
         pytest.skip(f"{limit} is absent here (no inotify sysctl to read)")
     assert InotifyWatcher(get_logger()).watch_budget == int(limit.read_text())

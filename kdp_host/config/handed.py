@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from stat import S_ISREG as st_isreg
 from typing import Final
@@ -91,7 +90,8 @@ from ..identity import (
 )
 from ..mount_table import MountMap
 from ..rules import path_inside
-from .handed_tree import Listed, unchanged, walk
+from .handed_tree import Followed, Listed, View, unchanged, walk
+from .kernel_fs import KERNEL_FILE_SYSTEMS, KERNEL_WHY
 
 UNSAFE_MOUNT: Final = "unsafe_mount"
 """The skip reason of a device left out because a path it hands out breaks the rule (or, in a
@@ -101,28 +101,6 @@ PROC: Final = "/proc"
 _NO_MOUNTS: Final = MountMap()
 RUN_WHY: Final = " writable (kdp-host runs, loads or follows it as root)"
 """Why a place of `NeverHanded.run` may be handed read-only only."""
-KERNEL_WHY: Final = " writable (the kernel acts on what is written there)"
-"""Why a mount of a kernel file system of `KERNEL_FILE_SYSTEMS` may be handed read-only only."""
-KERNEL_FILE_SYSTEMS: Final[Mapping[str, tuple[str, bool]]] = {
-    "proc": ("the host's processes and kernel settings", False),
-    "debugfs": ("the kernel's debugging interface", False),
-    "tracefs": ("the kernel's tracing of every process", False),
-    "sysfs": ("the kernel's devices, drivers and settings", True),
-    "cgroup": ("the host's control groups", True),
-    "cgroup2": ("the host's control groups", True),
-    "securityfs": ("the security modules' policies", True),
-    "selinuxfs": ("SELinux's policy and mode", True),
-    "configfs": ("kernel objects made by writing", True),
-    "bpf": ("pinned BPF programs and maps", True),
-    "efivarfs": ("the firmware's variables", True),
-    "binfmt_misc": ("the interpreters the kernel runs programs with", True),
-}
-"""The kernel's own file systems, by the mount table's type (`MountMap.of_types`), with what
-each holds and whether it is refused handed writable only: no device node or mount source
-may be, lie in or hold a mount of one, wherever it is mounted (a second procfs at
-`/host/proc`, the host's `/sys` at `/host/sys`: hostile18 F6). procfs, debugfs and tracefs
-whatever the mode (reading them reads other processes and the kernel's state); the others
-where handed writable (a read-only sysfs or cgroup tree is what every container is given)."""
 
 
 VIEW_AGE: Final = 1.0
@@ -135,21 +113,7 @@ TREE_LIMIT: Final = 1024
 """Entries listed in and below one protected directory for the hard links of its files
 (breadth-first, on its file system): the kubelet's `pki` holds a few, `plugins` a socket per
 CSI driver one level down; a larger tree (`pods` on a busy node, its emptyDirs) is covered
-that far, its nearest files first, and its directories stat'ed once per view (`_View`)."""
-
-
-@dataclass(frozen=True)
-class _View:
-    """The protected places' stats at one moment: who is what by identity."""
-
-    taken: float
-    devices: frozenset[int]
-    """The file systems of the protected places (a key on another one is none of them)."""
-    root: Identity | None
-    files: tuple[tuple[str, Identity, bool], ...]
-    """(what, identity, refused only handed writable: a command's executable)."""
-    dirs: tuple[tuple[str, str, Identity, int], ...]
-    """(what, path, identity, mtime) of each protected directory there."""
+that far, its nearest files first, and its directories stat'ed once per view (`View`)."""
 
 
 class _Shown:
@@ -198,8 +162,8 @@ class NeverHanded:
     """The last mount table asked with (kept: its `id` is not another's while it is) and every
     place it shows each place at."""
     _listed: dict[str, Listed] = field(default_factory=dict, compare=False, repr=False)
-    _view: list[_View] = field(default_factory=list, compare=False, repr=False)
-    _kept: list[tuple[_View, frozenset[Identity | None]]] = field(
+    _view: list[View] = field(default_factory=list, compare=False, repr=False)
+    _kept: list[tuple[View, frozenset[Identity | None]]] = field(
         default_factory=list, compare=False, repr=False
     )
     """The last view and the identities `_found` compares with in it (`_compared`)."""
@@ -213,6 +177,7 @@ class NeverHanded:
         fresh: bool = False,
         since: float | None = None,
         writable: bool = True,
+        followed: Followed | None = None,
     ) -> str | None:
         """Why the real path `real` (reaching `key`, where known; a claim of a path where
         nothing is, `identity.NOTHING`, is refused: `identity.UNSEEN`) may not be handed to a
@@ -221,8 +186,10 @@ class NeverHanded:
         every device admitted): a place is compared only when one of the two paths starts
         with the other; `fresh`: the protected places stat'ed now (else up to VIEW_AGE
         old), or, given `since` (a `time.monotonic()` reading), stat'ed at or after it: the
-        paths of one Allocate answer share the stats taken for its first path;
-        `writable`: handed so (a device node, a mount with `readOnly: false`), where the
+        paths of one Allocate answer share the stats taken for its first path, and where
+        `followed` vouches for the places that did not change since the last stats, only
+        those that did are stat'ed again (issue 19: 7 stats per Allocate); `writable`:
+        handed so (a device node, a mount with `readOnly: false`), where the
         places of `run` are refused too."""
         mounts = mounts or _NO_MOUNTS
         shown, real = self._shown_at(mounts), os.path.normpath(real)
@@ -245,7 +212,7 @@ class NeverHanded:
         if unseen(key):
             return UNSEEN  # (hostile9 H5: what it reaches on the host is not known)
         if key is not None and key[0] in (DIRECTORY, FILE, OTHER):
-            return self._identity_problem(key, fresh, writable, since)
+            return self._identity_problem(key, fresh, writable, since, followed)
         return None
 
     def path_problem(
@@ -291,7 +258,12 @@ class NeverHanded:
         return self._shown[0][1]  # (a new table is a new object: `remount`)
 
     def _identity_problem(
-        self, key: Identity, fresh: bool, writable: bool, since: float | None = None
+        self,
+        key: Identity,
+        fresh: bool,
+        writable: bool,
+        since: float | None = None,
+        followed: Followed | None = None,
     ) -> str | None:
         """What `key` is by identity: a protected directory or `/`, the config file, a hard
         link of a file in or below a protected directory (listed again only when one of
@@ -300,11 +272,11 @@ class NeverHanded:
         directory since may have left its inode number to the file asked of (ext4 hands a
         freed one out again at once: the kubelet's checkpoint, rewritten at each Allocate,
         then the next device file made)."""
-        view = self._stats(fresh, since if fresh else None)
+        view = self._stats(fresh, since if fresh else None, followed if fresh else None)
         why = self._found(view, key, writable, kept=not fresh)
         return why if why is None or fresh else self._found(self._stats(True), key, writable)
 
-    def _found(self, view: _View, key: Identity, writable: bool, kept: bool = False) -> str | None:
+    def _found(self, view: View, key: Identity, writable: bool, kept: bool = False) -> str | None:
         """`kept`: a key none of the view's identities is (`_compared`) is none of them."""
         if int(key[1]) >> 64 not in view.devices:
             return None
@@ -324,7 +296,7 @@ class NeverHanded:
                 return f"lies in {what} (a hard link), which no container may be handed"
         return None
 
-    def _compared(self, view: _View) -> frozenset[Identity | None]:
+    def _compared(self, view: View) -> frozenset[Identity | None]:
         """Every identity `_found` compares a key with in `view` (the root, the files, each
         directory and what is listed in and below it, each listing taken as `_holds` takes
         it), found once per view: every file claim of every device admitted asks."""
@@ -337,26 +309,47 @@ class NeverHanded:
         self._kept[:] = [(view, frozenset(found))]
         return self._kept[0][1]
 
-    def _stats(self, fresh: bool, since: float | None = None) -> _View:
+    def followed_paths(self) -> tuple[tuple[str, bool], ...]:
+        """Each path the view is made of (`_stats`), with whether what is in it counts too
+        (a protected directory's mtime: its listing, `_holds`), for `Followed`."""
+        paths = {ROOT: False}
+        paths.update((path, False) for _, path in (*self.files, *self.run))
+        paths.update((path, True) for _, path in self.places)
+        return tuple(paths.items())
+
+    def _stats(
+        self, fresh: bool, since: float | None = None, followed: Followed | None = None
+    ) -> View:
         """The protected places' stats: taken now when `fresh` (or at or after `since`,
-        when given), else up to VIEW_AGE old."""
+        when given; of those `followed` says may have changed only, where it vouches for
+        the others), else up to VIEW_AGE old."""
         now = time.monotonic()
         last = self._view[0] if self._view else None
         if last is not None and (
             (since is not None and last.taken >= since) if fresh else now - last.taken < VIEW_AGE
         ):
             return last
-        root = _stat(ROOT)
-        files = [(w, st, False) for w, path in self.files if (st := _stat(path)) is not None]
-        files += [(w, st, True) for w, p in self.run if (st := _stat(p)) and st_isreg(st.st_mode)]
-        dirs = [(w, p, st) for w, p in self.places if (st := _stat(p)) is not None]
-        view = _View(
+        changed = None if followed is None else followed.changed(self)  # (first: follows)
+        if changed is None or last is None:
+            stats = {path: _stat(path) for path, _ in self.followed_paths()}
+        elif not changed:
+            # (nothing changed: the same stats, vouched for now)
+            self._view[:] = [View(now, last.devices, last.root, last.files, last.dirs, last.stats)]
+            return self._view[0]
+        else:
+            stats = {**last.stats, **{path: _stat(path) for path in changed}}
+        root = stats[ROOT]
+        files = [(w, st, False) for w, path in self.files if (st := stats[path]) is not None]
+        files += [(w, st, True) for w, p in self.run if (st := stats[p]) and st_isreg(st.st_mode)]
+        dirs = [(w, p, st) for w, p in self.places if (st := stats[p]) is not None]
+        view = View(
             now,
             frozenset(st.st_dev for st in (root, *(f[1] for f in files), *(d[2] for d in dirs))
                       if st is not None),
             None if root is None else identity_of(root),
             tuple((what, identity_of(st), run) for what, st, run in files),
             tuple((w, p, identity_of(st), st.st_mtime_ns) for w, p, st in dirs),
+            stats,
         )  # fmt: skip
         self._view[:] = [view]
         return view

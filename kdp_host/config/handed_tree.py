@@ -1,4 +1,5 @@
-"""The files in and below a protected directory, by identity (`walk`), and whether the
+"""The protected places by identity at one moment (`View`, what vouches it is still theirs:
+`Followed`), the files in and below a protected directory (`walk`), and whether the
 directories listed below it are unchanged (`unchanged`): what `handed.NeverHanded` compares a
 file's identity with (a hard link of a protected file)."""
 
@@ -6,10 +7,44 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from stat import S_ISDIR as st_isdir
+from typing import Protocol
 
 from ..identity import Identity, identity_of
+
+
+@dataclass(frozen=True)
+class View:
+    """The protected places' stats at one moment: who is what by identity."""
+
+    taken: float
+    devices: frozenset[int]
+    """The file systems of the protected places (a key on another one is none of them)."""
+    root: Identity | None
+    files: tuple[tuple[str, Identity, bool], ...]
+    """(what, identity, refused only handed writable: a command's executable)."""
+    dirs: tuple[tuple[str, str, Identity, int], ...]
+    """(what, path, identity, mtime) of each protected directory there."""
+    stats: Mapping[str, os.stat_result | None]
+    """The stat of each path it was made of (`NeverHanded.followed_paths`)."""
+
+
+class FollowedRule(Protocol):
+    """What `Followed` follows the places of (`handed.NeverHanded`)."""
+
+    def followed_paths(self) -> tuple[tuple[str, bool], ...]: ...
+
+
+class Followed(Protocol):
+    """What vouches that the protected places' stats taken last are still theirs
+    (`places_followed.FollowedPlaces`: the watcher follows them)."""
+
+    def changed(self, rule: FollowedRule) -> Collection[str] | None:
+        """The paths of `rule.followed_paths()` that may have changed since it was last
+        asked (None: any may have); what it says is not said again."""
+        ...
 
 
 @dataclass
@@ -22,7 +57,7 @@ class Listed:
     below: tuple[tuple[str, int], ...] = ()
     """(path, mtime) of each directory listed below it."""
     checked: float = float("-inf")
-    """`_View.taken` of the last view its `below` was found unchanged in."""
+    """`View.taken` of the last view its `below` was found unchanged in."""
 
 
 def unchanged(listed: Listed, taken: float) -> bool:

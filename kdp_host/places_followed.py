@@ -1,0 +1,128 @@
+"""The protected places' stats vouched for by the watcher (issue 19).
+
+Every Allocate answer checks what it hands out against the places no container may be
+handed (`config.handed.NeverHanded`) by identity, on their stats taken fresh: a hard link
+of a protected file made just before the Allocate is refused. That was 7 stats and a new
+view per Allocate. Where the host's inotify watcher follows each place (a protected
+directory: what is made, removed or renamed in it) and every directory on the way to each
+(the entry on the way: renamed, removed, replaced by a link), only the places it reported
+changed since the last stats are stat'ed again (`FollowedPlaces.changed`); none where
+nothing changed.
+
+It vouches only where nothing can have changed unseen, else the stats are taken whole, as
+without a watcher (`InotifyWatcher.untold`, one poll): every event the kernel holds was
+read and dispatched (the kernel queues an event in the call that makes the change, so a
+change made before the answer is either told or queued), no change of the mount table is
+untold (a mount over a place makes no event: the table itself is asked), and every
+directory on the way is watched, or absent where its parent is watched and would tell its
+making (a watch refused: `fs.inotify.max_user_watches`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Collection, Iterable
+from typing import Protocol, runtime_checkable
+
+from .config.handed_tree import FollowedRule
+from .watch import Subscription, WatchCallback
+
+
+@runtime_checkable
+class Vouching(Protocol):
+    """A watcher that can say nothing is left untold (`inotify_watch.InotifyWatcher`)."""
+
+    def subscribe(
+        self,
+        directory: str,
+        callback: WatchCallback,
+        names: Iterable[str] | None = None,
+        *,
+        entries: bool = False,
+    ) -> Subscription: ...
+
+    def untold(self) -> bool | None: ...
+
+    def watching(self, directory: str) -> bool | None: ...
+
+
+class FollowedPlaces:
+    """The places of the current rule (`config.handed.Followed`), followed through the
+    host's watcher; a new rule (a reload) is followed from its first question on."""
+
+    def __init__(self, watcher: Vouching) -> None:
+        self._watcher = watcher
+        self._rule: FollowedRule | None = None
+        self._subscriptions: list[Subscription] = []
+        self._reaches: dict[str, dict[str | None, set[str]]] = {}
+        """Directory -> entry name (None: any entry in it) -> the paths a change there
+        changes (the entry is one of the paths, or a directory on the way to them)."""
+        self._dirs: tuple[str, ...] = ()
+        """Every directory subscribed to, each after its parent."""
+        self._changed: set[str] = set()
+        self._covered: bool | None = None
+        """Whether every directory is watched or absent below a watched one (None: to be
+        found again: a watch gained or lost tells its subscribers)."""
+
+    def changed(self, rule: FollowedRule) -> Collection[str] | None:
+        """The paths of `rule` reported changed since the last question (then forgotten), or
+        None where any may have: the first question of a rule, or what `Vouching` says."""
+        if rule is not self._rule:
+            self._follow(rule)
+            return None
+        watcher = self._watcher
+        if watcher.untold() is not False or not self._all_covered():
+            self._changed.clear()
+            return None
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def _follow(self, rule: FollowedRule) -> None:
+        for subscription in self._subscriptions:
+            subscription.cancel()
+        self._rule, self._changed, self._covered = rule, set(), None
+        reaches: dict[str, dict[str | None, set[str]]] = {}
+        for path, inside in rule.followed_paths():
+            if inside:
+                reaches.setdefault(path, {}).setdefault(None, set()).add(path)
+            at = path
+            while at != os.path.dirname(at):
+                parent = os.path.dirname(at)
+                reaches.setdefault(parent, {}).setdefault(os.path.basename(at), set()).add(path)
+                at = parent
+        self._reaches = reaches
+        self._dirs = tuple(sorted(reaches, key=lambda d: (d.count("/"), d)))
+        self._subscriptions = [
+            self._watcher.subscribe(
+                directory,
+                functools.partial(self._heard, directory),
+                None if None in names else [n for n in names if n is not None],
+                entries=True,
+            )
+            for directory, names in reaches.items()
+        ]
+
+    def _heard(self, directory: str, name: str | None) -> None:
+        """A watcher callback: `name` in `directory` (None: anything there, its watch
+        gained or lost) was made, removed or renamed."""
+        reaches = self._reaches.get(directory, {})
+        if name is None:
+            self._covered = None
+            for paths in reaches.values():
+                self._changed |= paths
+            return
+        for key in (name, None):
+            self._changed |= reaches.get(key, set())
+
+    def _all_covered(self) -> bool:
+        if self._covered is None:
+            covered: dict[str, bool] = {}
+            for directory in self._dirs:
+                watched = self._watcher.watching(directory)
+                parent = os.path.dirname(directory)
+                covered[directory] = watched is True or (
+                    watched is None and covered.get(parent, False)
+                )
+            self._covered = all(covered.values())
+        return self._covered

@@ -1,0 +1,180 @@
+"""The protected places' stats vouched for by the watcher (`places_followed`, issue 19): an
+Allocate answer stats only the places reported changed since the last answer, and a hard
+link of a protected file made just before it is refused all the same (told or not yet
+read by the loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kdp_host.config import handed as handed_module
+from kdp_host.config import load_config, never_handed
+from kdp_host.config.handed import NeverHanded
+from kdp_host.identity import identity_of
+from kdp_host.inotify_watch import InotifyWatcher
+from kdp_host.logs import get_logger
+from kdp_host.places_followed import FollowedPlaces, Vouching
+from kdp_host.testing import ManualWatcher
+
+from .handed_setup import head, made_dirs
+
+DEADLINE = 10.0
+
+
+@pytest.fixture
+def dirs(short_dir: Path) -> Path:
+    return made_dirs(short_dir, "opt")
+
+
+def rule_of(dirs: Path) -> NeverHanded:
+    config = dirs / "kdp.yaml"
+    config.write_text(
+        head(dirs) + f"  - name: vendor.example/x\n    glob: {{paths: ['{dirs}/dev/*']}}\n"
+    )
+    return never_handed(load_config(config), str(config))
+
+
+def counted_stats(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    stats: list[str] = []
+    real_stat = handed_module._stat
+
+    def counted(path: str) -> object:
+        stats.append(path)
+        return real_stat(path)
+
+    monkeypatch.setattr(handed_module, "_stat", counted)
+    return stats
+
+
+def problem(rule: NeverHanded, path: Path, followed: FollowedPlaces) -> str | None:
+    """What an Allocate answer that begins now asks of `path`."""
+    key = identity_of(path.stat())
+    since = time.monotonic()
+    return rule.problem(str(path), key, fresh=True, since=since, followed=followed)
+
+
+@pytest.fixture
+async def watcher() -> AsyncIterator[InotifyWatcher]:
+    watcher = InotifyWatcher(get_logger(), retry_interval=0.05)
+    running = asyncio.create_task(watcher.run())
+    await asyncio.sleep(0)  # (its reader added)
+    yield watcher
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+async def told(watcher: InotifyWatcher) -> None:
+    """Until the loop read every event the kernel holds."""
+    deadline = time.monotonic() + DEADLINE
+    while watcher.untold():
+        assert time.monotonic() < deadline, "the watcher's events were not read"
+        await asyncio.sleep(0.001)
+
+
+async def test_only_what_changed_is_stated_again_and_a_link_made_just_before_is_refused(
+    dirs: Path, watcher: InotifyWatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule, followed = rule_of(dirs), FollowedPlaces(watcher)
+    assert isinstance(watcher, Vouching)
+    stats = counted_stats(monkeypatch)
+    plain = dirs / "opt" / "plain"
+    plain.touch()
+    assert problem(rule, plain, followed) is None
+    whole = len(stats)
+    assert whole >= 4  # (the first answer: every place)
+    await told(watcher)
+    assert problem(rule, plain, followed) is None
+    assert len(stats) == whole, "nothing changed, yet the places were stat'ed"
+    # A hard link of a file made in stateDir just before the answer: its events are
+    # queued, not read yet (the loop has not run): every place is stat'ed, it is refused.
+    (dirs / "state" / "late").touch()
+    os.link(dirs / "state" / "late", dirs / "opt" / "late")
+    assert "lies in stateDir" in (problem(rule, dirs / "opt" / "late", followed) or "")
+    assert len(stats) == 2 * whole
+    # The same, told by the loop before the answer: stateDir alone is stat'ed again.
+    await told(watcher)
+    assert problem(rule, plain, followed) is None
+    (dirs / "state" / "later").touch()
+    os.link(dirs / "state" / "later", dirs / "opt" / "later")
+    await told(watcher)
+    before = len(stats)
+    assert "lies in stateDir" in (problem(rule, dirs / "opt" / "later", followed) or "")
+    assert stats[before:] == [str(dirs / "state")]
+
+
+async def test_a_place_replaced_on_the_way_is_stated_again(
+    dirs: Path, watcher: InotifyWatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stateDir renamed away and made anew, a file of the new one linked: the directory
+    holding stateDir told it (a watch on stateDir itself hears nothing of its successor)."""
+    rule, followed = rule_of(dirs), FollowedPlaces(watcher)
+    plain = dirs / "opt" / "plain"
+    plain.touch()
+    assert problem(rule, plain, followed) is None
+    await told(watcher)
+    assert problem(rule, plain, followed) is None
+    os.rename(dirs / "state", dirs / "old-state")
+    (dirs / "state").mkdir()
+    (dirs / "state" / "new").touch()
+    os.link(dirs / "state" / "new", dirs / "opt" / "new")
+    await told(watcher)
+    stats = counted_stats(monkeypatch)
+    assert "lies in stateDir" in (problem(rule, dirs / "opt" / "new", followed) or "")
+    assert str(dirs / "state") in stats
+
+
+class Vouched(ManualWatcher):
+    """A ManualWatcher that says what `Vouching` asks, as the test sets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.untold_now: bool | None = False
+        self.unwatched: dict[str, bool | None] = {}
+        """Directory -> `watching` of it (the others are watched)."""
+
+    def untold(self) -> bool | None:
+        return self.untold_now
+
+    def watching(self, directory: str) -> bool | None:
+        return self.unwatched.get(directory, True)
+
+
+def test_it_vouches_only_where_nothing_can_be_untold(dirs: Path) -> None:
+    rule, watcher = rule_of(dirs), Vouched()
+    followed = FollowedPlaces(watcher)
+    state = str(dirs / "state")
+    assert followed.changed(rule) is None  # (a rule's first question)
+    assert followed.changed(rule) == set()
+    watcher.change(state, "x")
+    assert followed.changed(rule) == {state}
+    assert followed.changed(rule) == set()  # (said once)
+    watcher.change(str(dirs), "state")  # (on the way)
+    assert followed.changed(rule) == {state}
+    for untold in (True, None):  # (events unread, a mount change untold; cannot say)
+        watcher.untold_now = untold
+        assert followed.changed(rule) is None
+    watcher.untold_now = False
+    assert followed.changed(rule) == set()
+    # A directory on the way refused a watch: nothing vouched for (found again when a
+    # watch is gained or lost: its subscribers are told anything may have changed).
+    watcher.unwatched = {str(dirs): False}
+    watcher.change(str(dirs))
+    assert followed.changed(rule) is None
+    # A place absent (not made yet) below a watched directory: that one tells its making.
+    watcher.unwatched = {state: None}
+    watcher.change(state)
+    assert followed.changed(rule) == {state}
+    watcher.unwatched = {state: None, str(dirs): False}  # (below a refused one: not)
+    watcher.change(str(dirs))
+    assert followed.changed(rule) is None
+    subscribed = len(watcher.directories)
+    other = rule_of(dirs)  # (a reload: a new rule, followed from its first question)
+    assert followed.changed(other) is None
+    assert len(watcher.directories) == subscribed  # (the old rule's let go)

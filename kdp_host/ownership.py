@@ -88,12 +88,15 @@ from .ownership_held import OWN_PATHS
 from .ownership_lost import Found as LostFound
 from .ownership_table import Holding, ResourceState
 from .ownership_watching import Watching
+from .places_followed import FollowedPlaces, Vouching
 from .timings import Timings
 from .turns import TURN_BUDGET, in_turns
 
 if TYPE_CHECKING:
     from .holdings import Holdings
     from .ownership_document import Saved
+    from .safety_net import SafetyNet
+    from .watch import Watcher
 
 Devices = Mapping[str, Device]
 Reaches = Mapping[str, Reached]
@@ -139,6 +142,11 @@ class OwnershipIndex(Watching):
         self._heard_after = (timings or Timings()).heard_after
         self._adoption = Adoption(self._ledger, metrics)
         self._cdi_kinds, self._cdi_handed = {}, {}
+
+    def watch(self, watcher: Watcher, net: SafetyNet | None = None) -> None:
+        """`Watching.watch`; an inotify one vouches for the protected places (`places_followed`)."""
+        super().watch(watcher, net)
+        self._protected = FollowedPlaces(watcher) if isinstance(watcher, Vouching) else None
 
     # ------------------------------------------------------------------ runtimes
 

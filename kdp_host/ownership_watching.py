@@ -42,7 +42,6 @@ from .ownership_reach import by_directory
 from .ownership_reads import INDEXED, LINKED
 from .ownership_shared import elsewhere
 from .ownership_table import Holding, ResourceState
-from .places_followed import FollowedPlaces, Vouching
 from .rules import below, parent
 from .turns import TURN_BUDGET, Pace
 
@@ -109,7 +108,6 @@ class Watching(BookingAllocations):
         # (a poll sees a change late; a mount over a path makes no directory event)
         self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
         self._reads_kept.following_mounts = self._keeps
-        self._protected = FollowedPlaces(watcher) if isinstance(watcher, Vouching) else None
 
     def local(self, directories: Collection[str]) -> bool:
         """Whether a lookup in each of these real directories waits on nothing but this

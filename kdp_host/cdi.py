@@ -42,10 +42,10 @@ from .allocation import cdi_device_name, has_cdi_edits
 from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_dirs import SpecDirRecord, SpecNames, look_at_spec_dirs
 from .cdi_disk import SpecOnDisk
-from .cdi_pins import HeldNames, HeldPaths, held_entries, held_names
+from .cdi_pins import HeldNames, HeldPaths, held_entries, render_with_held
 from .cdi_resolution import follow_above
 from .cdi_rules import cdi_kind_problem
-from .cdi_spec import checked_paths, render_held
+from .cdi_spec import checked_paths
 from .config import ResourceConfig
 from .config.outputs import owner_path, spec_path
 from .device_table import DeviceTable
@@ -142,8 +142,8 @@ class CdiSpecWriter:
     _astray: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     """Held devices left out at the last sync (`render_held`)."""
     _held: HeldNames = field(default_factory=dict, init=False, repr=False)
-    """The held names as this host's file defines them (`cdi_pins.held_names`): a change has
-    the spec dirs looked at again (`_check_dir`: hostile21 F3)."""
+    """The held names as this host's file defines them (`cdi_pins.render_with_held`): a
+    change has the spec dirs looked at again (`_check_dir`: hostile21 F3)."""
     _known: SpecNames = field(default_factory=SpecNames, init=False, repr=False)
     """What the other spec files define (`cdi_dirs`: parsed again when they change)."""
     _others: frozenset[str] = field(default=frozenset(), init=False, repr=False)
@@ -261,8 +261,8 @@ class CdiSpecWriter:
             listed = {device.id for device in snapshot.devices}
             self._names = {d: names for d, names in self._names.items() if d in listed}
             self._keeping = bool(held)
-            content, astray = await self.offload.run(
-                lambda: render_held(self.resource, snapshot, held)
+            content, astray, names = await self.offload.run(
+                lambda: render_with_held(self.resource, snapshot, held)
             )
             if astray != self._astray:
                 self._astray = astray
@@ -304,8 +304,7 @@ class CdiSpecWriter:
             self._last_error = None
             self._report()
         self.synced_version = snapshot.version
-        kind = "" if (cdi := self.resource.allocate.cdi) is None else cdi.kind
-        if (names := held_names(self.resource.name, held, content, kind)) != self._held:
+        if names != self._held:
             self._held = names  # (what a dead owner's file defines for them may win now)
             await self._check_dir()
         return True

@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterable
 
 from .allocation import cdi_device_name
 from .cdi_disk import spec_entries
-from .cdi_spec import Held
-from .devices import physical_id
+from .cdi_spec import Held, render_held
+from .config import ResourceConfig
+from .devices import Snapshot, physical_id
 from .handed_entries import cdi_held
 from .handed_out import HandedOut
 from .watch import Subscription, Watcher
@@ -50,17 +51,22 @@ def held_entries(pinned: HandedOut, booked: Callable[[str], bool]) -> Held:
 
 HeldNames = dict[str, frozenset[str] | None]
 """The CDI device name of each ID a pod holds -> the host paths this host's file gives it
-(None: left out, so it fails closed), for `cdi_dirs.check_spec_dirs`."""
+(None: left out, so it fails closed), for `cdi_dirs.check_spec_dirs` (hostile21 F3)."""
 
 
-def held_names(resource: str, held: Held, content: bytes | None, kind: str) -> HeldNames:
-    """The names of the held entries (`held`), each with what `content`, the file as this
-    host renders it, defines for it."""
-    if not held:
-        return {}
-    mine = spec_entries(content, kind)
+def render_with_held(
+    resource: ResourceConfig, snapshot: Snapshot, held: Held
+) -> tuple[bytes | None, frozenset[str], HeldNames]:
+    """`cdi_spec.render_held`, and the names of the held entries, each with what the file
+    so rendered defines for it. Blocking (a spec with held entries is parsed back): off the
+    loop."""
+    content, astray = render_held(resource, snapshot, held)
+    if not held or (cdi := resource.allocate.cdi) is None:
+        return content, astray, {}
+    mine = spec_entries(content, cdi.kind)
     keys = (*held.held, *held.withheld, *held.legacy)
-    return {name: mine.get(name) for name in (cdi_device_name(resource, k) for k in keys)}
+    names = (cdi_device_name(resource.name, k) for k in keys)
+    return content, astray, {name: mine.get(name) for name in names}
 
 
 class HeldPaths:

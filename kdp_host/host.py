@@ -24,6 +24,7 @@ from .features import configured_hooks, node_feature_file, pod_resources_poller,
 from .files import STOP_WAIT, DaemonThreads, Offload, OffloadScope
 from .handed_out import HandedRecord
 from .inotify_watch import make_watcher
+from .kubelet_restarts import follow_kubelet_restarts
 from .logs import EventLogger
 from .metric_labels import ConfigReloadResult
 from .metrics import Metrics
@@ -32,7 +33,6 @@ from .ownership import OwnershipIndex
 from .ownership_adopt import WITHOUT_POD_RESOURCES
 from .ownership_sync import shared_bookings
 from .probes import HealthState
-from .protocol.registration import KUBELET_SOCKET, kubelet_socket_identity
 from .release_state import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import ResourceRuntime
@@ -185,7 +185,8 @@ class Host:
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
         watch_task = asyncio.create_task(watcher.run(), name="watcher")
-        kubelet_watch = self._watch_kubelet_restarts(kubelet.socket_dir)
+        kubelet_watch = follow_kubelet_restarts(watcher, kubelet.socket_dir,
+            self.metrics.kubelet_restarts, self.log, self.pod_resources)  # fmt: skip
         self.log.info(
             "host_started",
             resources=len(self.selection.config.resources),
@@ -378,23 +379,3 @@ class Host:
     def _record_config(self, config: Config) -> None:
         self.metrics.config_info.info({"sha256": config.sha256})
         self.metrics.config_timestamp.set(time.time())
-
-    def _watch_kubelet_restarts(self, socket_dir: str) -> Callable[[], None]:
-        assert self.watcher is not None
-        last = kubelet_socket_identity(socket_dir)
-
-        def on_event(name: str | None) -> None:
-            nonlocal last
-            ours = name in (None, KUBELET_SOCKET)
-            current = kubelet_socket_identity(socket_dir) if ours else None
-            if current is None or current == last:
-                return
-            if last is not None:
-                self.metrics.kubelet_restarts.inc()
-                self.log.info("kubelet_restarted", socket=os.path.join(socket_dir, KUBELET_SOCKET))
-                if self.pod_resources is not None:
-                    self.pod_resources.kubelet_restarted()  # its first answers may lack pods
-            last = current
-
-        subscription = self.watcher.subscribe(socket_dir, on_event, names=(KUBELET_SOCKET,))
-        return subscription.cancel

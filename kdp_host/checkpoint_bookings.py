@@ -22,36 +22,19 @@ Each is one read off the loop, bounded by `READ_TIMEOUT`; a checkpoint that list
 entries of the skipped names is not checked further (no checksum paid for a reload of a
 host that is the only plugin). A missing, unreadable or bad file is logged, never fatal.
 
-A read before kdp-host registers a name cannot see what the plugin still serving it (its
-pod terminating) admits until the kubelet takes the name over (hostile12 L1). The kubelet
-sends a name's calls to the newest registration from the moment it dials it back (before
-Register returns, docs/kubelet-contract.md §1, §2), admits one pod at a time and writes its
-checkpoint after each admission's Allocate answers (docs/kubelet-contract.md §6, §10): so
-a read begun when the
-first ListAndWatch call comes misses at most the one admission the other plugin was
-answering then, and a read begun when the first Allocate comes misses none. Hence
-`CheckpointReads`, for a name a reload adds (`before`): its first list waits for a read of
-its entries begun after the ListAndWatch call (`listing`), and its Allocates wait for one
-begun after each arrived until one succeeded (`allocating`). Either fails closed: the list
-is not sent (retried with backoff, /readyz names the resource; a list of another resource
-is sent again, so the kubelet writes the file anew) and the Allocate is refused, until
-the file can be read (hostile12 L3: at a reload the host runs, and the file
-is the only record of what the other plugin handed out). A held ID no device has
-(`held_id_not_present`: an admission was missed, whatever the reason) arms the Allocates of
-its resource again and reads the file again (`unplaced`, at most every `REREAD_EVERY`).
+A name a reload adds is fenced (its first list and Allocates wait for a read begun after the
+kubelet called), and the file is followed while the host runs (another plugin's pods booked
+within milliseconds of their admission): `checkpoint_reads`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import os
-import time
-from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Final, Protocol
 
-from .backoff import Backoff
 from .files import Offload
 from .handed_entries import Handed as HandedUse
 from .kubelet_checkpoint import (
@@ -68,24 +51,11 @@ from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
 if TYPE_CHECKING:
     from .config import Config
-    from .metrics import Metrics
 
 WITHOUT_CHECKPOINT: Final = (
     "what the kubelet handed out is not known: an ID a pod holds without a booking (the "
     "state directory was lost) is booked from PodResources with what the ID names now"
 )
-T = TypeVar("T")
-
-HELD_CLOSED: Final = (
-    "what another plugin handed out under the name is not known: the resource's first list "
-    "waits and its Allocates are refused until the file can be read"
-)
-UNREADABLE: Final = "the kubelet's checkpoint cannot be read (kubelet_checkpoint_unusable)"
-"""/readyz's reason while a first list waits for the file (short, no path)."""
-REREAD_EVERY: Final = 1.0
-"""Seconds between two reads `held_id_not_present` asks for (`CheckpointReads.unplaced`)."""
-RETRY_FIRST, RETRY_MAX = 0.5, 30.0
-"""Seconds before a held first list's read is tried again, doubling up to the second."""
 
 
 class HandedBookings(Protocol):
@@ -141,7 +111,7 @@ async def book_handed(
     of `config`'s resources may be any of theirs (`OwnershipIndex.serve`)."""
     index.serve(r.name for r in config.resources)
     entry_of = None if record is None else record.entry
-    await _book(index, config.kubelet.socket_dir, offload, log, recorded=entry_of)
+    await book_entries(index, config.kubelet.socket_dir, offload, log, recorded=entry_of)
 
 
 def book_before(
@@ -159,20 +129,35 @@ def book_before(
     (`Supervisor.start`). It never fails: a bad checkpoint is logged as at start."""
 
     async def book() -> None:
-        handed = await _book(index, socket_dir, offload, log, skip=frozenset(served), new=True)
-        _unlist(poller, handed)
+        await book_others(index, socket_dir, served, offload, log, poller)
 
     return asyncio.create_task(book(), name="kubelet-checkpoint")
 
 
-def _unlist(poller: Poller | None, handed: list[HandedClaims] | None) -> None:
+async def book_others(
+    index: HandedBookings,
+    socket_dir: str,
+    served: Collection[str],
+    offload: Offload,
+    log: EventLogger,
+    poller: Poller | None = None,
+) -> bool:
+    """Book the checkpoint's entries of every name but `served`'s with an ID not booked yet,
+    read off the loop, their IDs unlisted (`book_before`, and the host following the file
+    while it runs: `CheckpointReads.follow`); whether the file could be used."""
+    handed = await book_entries(index, socket_dir, offload, log, skip=frozenset(served), new=True)
+    unlist(poller, handed)
+    return handed is not None
+
+
+def unlist(poller: Poller | None, handed: list[HandedClaims] | None) -> None:
     """The booked IDs unlisted (held until an answer shows them), when polling is on."""
     unlisted = None if poller is None else poller.unlisted
     if unlisted is not None and handed:
         unlisted.take((h.handed.resource, i) for h in handed for i in h.handed.ids)
 
 
-async def _book(
+async def book_entries(
     index: HandedBookings,
     directory: str,
     offload: Offload,
@@ -238,143 +223,3 @@ def _read(
         return handed
     none: set[str] = set()
     return [h for h in handed if not booked.get(h.handed.resource, none).issuperset(h.handed.ids)]
-
-
-class CheckpointReads:
-    """The checkpoint read again for the names whose first answers must not miss an
-    admission of the plugin that served them before (the module's last rules): one per
-    host; reads off the loop, one at a time, each shared by every caller that came before
-    it began."""
-
-    def __init__(
-        self,
-        index: HandedBookings,
-        socket_dir: str,
-        offload: Offload,
-        log: EventLogger,
-        poller: Poller | None = None,
-        metrics: Metrics | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._index, self._dir, self._offload, self._log = index, socket_dir, offload, log
-        self._poller, self._metrics, self._clock = poller, metrics, clock
-        self._lists: set[str] = set()
-        """Names whose first list waits for a read begun after ListAndWatch was called."""
-        self._allocates: dict[str, int] = {}
-        """Names whose Allocates wait for a read begun after they came -> when armed."""
-        self._armed = 0
-        self._wanted: set[str] = set()
-        """The names the next read books the entries of."""
-        self._current: asyncio.Task[bool] | None = None
-        self._next: asyncio.Task[bool] | None = None
-        """The read that begins once `_current` ended (every caller since joins it)."""
-        self._tasks: set[asyncio.Task[object]] = set()
-        self._unplaced_at = -math.inf
-        index.tell_unplaced(self.unplaced)
-
-    def before(self, served: Collection[str], added: Collection[str]) -> asyncio.Task[None]:
-        """A reload (or a label change) starts or changes resources: `book_before` (the
-        entries of every name but `served`'s), and the `added` names are fenced: their
-        first list and first answered Allocate wait for reads begun after the kubelet
-        called (`listing`, `allocating`)."""
-        for name in added:
-            self._lists.add(name)
-            self._arm(name)
-        return book_before(self._index, self._dir, served, self._offload, self._log, self._poller)
-
-    def unplaced(self, resource: str) -> None:
-        """A PodResources answer shows a pod holding an ID of `resource` that no device has
-        (`held_id_not_present`): an admission may have been missed; the resource's
-        Allocates wait for a read begun after this, and one is made (at most every
-        `REREAD_EVERY` seconds)."""
-        armed = self._arm(resource)
-        now = self._clock()
-        delay = max(0.0, self._unplaced_at + REREAD_EVERY - now)
-        self._unplaced_at = now + delay
-        self._spawn(self._read_later(resource, armed, delay))
-
-    async def listing(self, resource: str, report: Callable[[str | None], None]) -> None:
-        """Before `resource`'s first list goes out: while it is fenced, a read of its entries
-        begun now; while the file cannot be used, `report`ed (/readyz) and tried again
-        with backoff (the list is held: fail closed)."""
-        retry = Backoff(RETRY_FIRST, RETRY_MAX)
-        while resource in self._lists:
-            if await self._fresh(resource):
-                self._lists.discard(resource)
-                report(None)
-                return
-            delay = retry.next_delay()
-            report(UNREADABLE)
-            unlisted = None if self._poller is None else self._poller.unlisted
-            if unlisted is not None and unlisted.nudge is not None:
-                unlisted.nudge()  # (the kubelet writes its file anew at a list sent again)
-            self._log.warning("first_list_held", resource=resource, retry_in=delay)
-            await asyncio.sleep(delay)
-
-    def holds_list(self, resource: str) -> bool:
-        return resource in self._lists  # (its first list waits for a read)
-
-    async def allocating(self, resource: str) -> str | None:
-        """Before an Allocate of `resource` is answered: while it is fenced, a read of its
-        entries begun now (the fence goes once one succeeds); why to refuse it when the file
-        cannot be used, else None."""
-        armed = self._allocates.get(resource)
-        if armed is None:
-            return None
-        if not await self._fresh(resource):
-            return f"{resource}: {UNREADABLE}: {HELD_CLOSED}"
-        self._disarm(resource, armed)
-        return None
-
-    def close(self) -> None:
-        """The host stops: the reads and waits going on end."""
-        for task in list(self._tasks):
-            task.cancel()
-
-    def _arm(self, resource: str) -> int:
-        self._armed += 1
-        self._allocates[resource] = self._armed
-        return self._armed
-
-    def _disarm(self, resource: str, armed: int) -> None:
-        """A read begun after the fence of `armed` succeeded (not armed again since)."""
-        if self._allocates.get(resource) == armed:
-            del self._allocates[resource]
-
-    async def _read_later(self, resource: str, armed: int, delay: float) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-        if await self._fresh(resource):
-            self._disarm(resource, armed)
-
-    async def _fresh(self, resource: str) -> bool:
-        """A read of the entries of `resource` begun after this call, booked and admitted;
-        whether the file could be used."""
-        self._wanted.add(resource)
-        if self._next is None:
-            self._next = self._spawn(self._read_after(self._current))
-        return await asyncio.shield(self._next)
-
-    async def _read_after(self, before: asyncio.Task[bool] | None) -> bool:
-        if before is not None and not before.done():
-            await asyncio.wait({before})
-        self._current, self._next = self._next, None
-        names, self._wanted = frozenset(self._wanted), set()
-        index = self._index
-        directory, work, log = self._dir, self._offload, self._log
-        handed = await _book(
-            index, directory, work, log, new=True, only=names, consequence=HELD_CLOSED
-        )
-        if handed is None:
-            if self._metrics is not None:
-                self._metrics.checkpoint_unusable.inc()
-            return False
-        _unlist(self._poller, handed)
-        await index.quiet()  # (admitted again against them: the table is current)
-        return True
-
-    def _spawn(self, work: Coroutine[object, None, T]) -> asyncio.Task[T]:
-        task = asyncio.get_running_loop().create_task(work, name="kubelet-checkpoint-again")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint_bookings import CheckpointReads, book_handed
+from .checkpoint_bookings import book_handed
+from .checkpoint_reads import CheckpointReads
 from .commands import Commands
 from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
@@ -172,13 +173,15 @@ class Host:
         self.state_files.add(sync.file, release_state.file, handed.file)
         commands = Commands(self.log)  # the process machinery made at the first command
         node_features = node_feature_file(self.config.node_features, self.log, self._work, instance)
+        reads = CheckpointReads(self.ownership, kubelet.socket_dir, self._work, self.log,
+                                self.pod_resources, self.metrics)  # fmt: skip
+        reads.follow(watcher, lambda: [r.name for r in self.selection.config.resources])
         services = HostServices(
             kubelet, self.instance_id, watcher, self.metrics, self.log, safety_net, self.drivers,
             commands=commands, pod_resources=self.pod_resources, release_state=release_state,
             ownership=self.ownership, status_changed=self._status_changed,
             registry_wait=self.registry_wait, offload=self._work, node_features=node_features,
-            handed=handed, timings=self.timings, checkpoint=CheckpointReads(self.ownership,
-            kubelet.socket_dir, self._work, self.log, self.pod_resources, self.metrics),
+            handed=handed, timings=self.timings, checkpoint=reads,
             held_missing=self.held_missing,
             cdi_dirs=spec_dir_records(self.config, self.log, self._work, self.state_files),
         )  # fmt: skip

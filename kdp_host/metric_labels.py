@@ -12,7 +12,7 @@ from typing import Literal, get_args
 ALLOCATION_RESULTS = ("ok", "invalid", "hook_failed", "unsaved", "checkpoint_unreadable")
 """Every `result` of an Allocate container request (`unsaved`: refused, its record could not
 be written to `handed-out.json`; `checkpoint_unreadable`: refused, a read of the kubelet's
-checkpoint it waited for could not use the file, `checkpoint_bookings.CheckpointReads`)."""
+checkpoint it waited for could not use the file, `checkpoint_reads.CheckpointReads`)."""
 REGISTRATION_RESULTS = ("ok", "refused", "unavailable", "error")
 DriverErrorReason = Literal[
     "timeout", "exit", "parse", "output_too_large", "spawn", "io", "too_many_paths"

@@ -109,7 +109,7 @@ class Adoption:
     (`Ledger.conflict`) once the resource is admitted again in full."""
     unplaced: Callable[[str], None] | None = None
     """Told the resource of each held ID no device has, as it is logged: an admission may
-    have been missed (`checkpoint_bookings.CheckpointReads.unplaced` reads the checkpoint
+    have been missed (`checkpoint_reads.CheckpointReads.unplaced` reads the checkpoint
     again)."""
 
     def admitted(

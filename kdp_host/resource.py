@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import grpclib
 from grpclib.const import Status
 
-from .checkpoint_bookings import CheckpointReads
+from .checkpoint_reads import CheckpointReads
 from .config import ResourceConfig
 from .device_table import DeviceTable
 from .devices import Snapshot, physical_id

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .backoff import Retry
-from .checkpoint_bookings import CheckpointReads
+from .checkpoint_reads import CheckpointReads
 from .commands import Commands
 from .config import KubeletConfig
 from .drivers import DriverFactory, make_driver
@@ -87,7 +87,7 @@ class HostServices:
     """The waits on the kubelet's news (`Host.timings`): the release trackers read theirs."""
     checkpoint: CheckpointReads | None = None
     """The kubelet's checkpoint read again before a fenced resource's first list and
-    Allocate answers (`checkpoint_bookings.CheckpointReads`)."""
+    Allocate answers (`checkpoint_reads.CheckpointReads`)."""
     held_missing: HeldMissingActions | None = None
     """Told what each resource's held-missing check finds (None: `heldMissing` off)."""
     peer_sockets: PeerSocketIndex = field(default_factory=PeerSocketIndex)

@@ -1,6 +1,6 @@
 """The kubelet's checkpoint read again where a read before registering may have missed an
 admission of the plugin that served the name before (hostile12 L1), failing closed at a
-reload while it cannot be read (hostile12 L3): `checkpoint_bookings.CheckpointReads`."""
+reload while it cannot be read (hostile12 L3): `checkpoint_reads.CheckpointReads`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kdp_host.api.v1beta1 import AllocateRequest, AllocateResponse
-from kdp_host.checkpoint_bookings import UNREADABLE, CheckpointReads
+from kdp_host.checkpoint_reads import UNREADABLE, CheckpointReads
 from kdp_host.config import DriverConfig, GlobDriverConfig
 from kdp_host.drivers import Driver, DriverDeps, make_driver
 from kdp_host.drivers.glob import GlobDriver

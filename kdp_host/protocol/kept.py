@@ -27,7 +27,7 @@ not: the answer is refused (`cdi_disk`, the runtime's `cdi_written`)."""
 
 class Fence(Protocol):
     """What a resource's first list and its Allocate answers wait for: the kubelet's
-    checkpoint read again (`checkpoint_bookings.CheckpointReads`); `allocating` raises the
+    checkpoint read again (`checkpoint_reads.CheckpointReads`); `allocating` raises the
     GRPCError that refuses the Allocate while the file cannot be read."""
 
     async def listing(self) -> None: ...

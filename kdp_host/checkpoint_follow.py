@@ -1,0 +1,176 @@
+"""The kubelet's checkpoint followed while the host runs: what another plugin's pods are
+handed is booked within milliseconds of the kubelet's write (issue 17, hostile22 F4).
+
+The start books every entry of `kubelet_internal_checkpoint`, and a reload the entries of
+every name it did not serve before and after (`checkpoint_bookings`). Between those,
+another plugin that serves a node kdp-host serves under another name (generic-device-plugin
+kept beside kdp-host during a migration that renames the resource, or left on the node)
+hands the node to a pod, and kdp-host, still advertising it, would hand it to a second pod.
+So the host follows the file (the watcher, one name of the device-plugin directory: the
+kubelet writes it anew, by a rename, after every admission and device-list update) and
+books the entries of every name it does not serve now as a reload books them
+(`checkpoint_bookings.book_others`, one code path: their IDs unlisted, held until an answer
+shows them; a device reaching one of their nodes is held `reason=booked`, as after a start,
+until PodResources shows no pod holding the ID or the checkpoint no longer lists it).
+
+The kubelet rewrites the file at every admission, this host's own too, so a write is first
+looked at cheaply (`others_entries`), off the loop, one look at a time, the writes that come
+meanwhile coalesced into the next look: the names of its entries, found without parsing it
+(the compact JSON Go writes, with no escape in it); a file whose entries are all of served
+names ends there (a host that is the only plugin pays that for each write, and nothing
+else). Otherwise its other names' entries are parsed out and compared with those the last
+booking read saw: only an entry not seen then has the file read and booked
+(`book_others`: the checksum, each answer decoded, its paths resolved). No Allocate waits
+for any of it: the admission the kubelet sends kdp-host in the milliseconds between another
+plugin's answer and the booking is not refused (the kubelet writes the file once that
+admission is done, not before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import re
+from collections.abc import Awaitable, Callable, Collection
+from typing import Final
+
+from .files import FileReadError, Offload, read_attribute
+from .kubelet_checkpoint import CHECKPOINT_FILE, MAX_CHECKPOINT_BYTES, READ_TIMEOUT
+from .logs import EventLogger
+from .watch import Subscription, Watcher
+
+Entries = frozenset[str]
+"""Checkpoint entries, each as its JSON text with sorted keys."""
+BookOthers = Callable[[frozenset[str]], Awaitable[bool]]
+"""Books the checkpoint's entries of every name but the given ones; whether the file could
+be used (`checkpoint_bookings.book_others`)."""
+NAME_KEY: Final = b'"ResourceName"'
+
+
+def others_entries(path: str, served: frozenset[str]) -> Entries | None:
+    """The entries of the checkpoint at `path` of every resource name but `served`'s (none
+    without a file); None when that cannot be told (unreadable, not the kubelet's shape: the
+    read that books says why). Blocking. A file in compact JSON with no escape, whose every
+    entry names a served resource, is not parsed: a scan for the names tells."""
+    try:
+        blob = read_attribute(path, MAX_CHECKPOINT_BYTES)
+    except FileReadError:
+        return None
+    if blob is None:
+        return frozenset()
+    compact = b"\\" not in blob and blob.count(NAME_KEY) == blob.count(NAME_KEY + b':"')
+    if compact and _other_name(served).search(blob) is None:
+        return frozenset()
+    try:
+        data = json.loads(blob)["Data"]
+        entries = data.get("PodDeviceEntries") or []
+        return frozenset(
+            json.dumps(entry, sort_keys=True)
+            for entry in entries
+            if entry.get("ResourceName", "") not in served
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):  # (not the kubelet's shape)
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _other_name(served: frozenset[str]) -> re.Pattern[bytes]:
+    """Finds an entry's name that is not `served`'s, in compact JSON without escapes."""
+    if not served:
+        return re.compile(re.escape(NAME_KEY + b':"'))
+    names = b"|".join(re.escape(name.encode()) for name in sorted(served))
+    return re.compile(re.escape(NAME_KEY + b':"') + b"(?!(?:" + names + b')")')
+
+
+class CheckpointFollower:
+    """Follows the checkpoint in `socket_dir` (the module's rules): `follow` starts,
+    `cancel` ends it and what it runs."""
+
+    def __init__(
+        self,
+        socket_dir: str,
+        offload: Offload,
+        log: EventLogger,
+        served: Callable[[], Collection[str]],
+        book: BookOthers,
+    ) -> None:
+        self._path = os.path.join(socket_dir, CHECKPOINT_FILE)
+        self._dir, self._offload, self._log = socket_dir, offload, log
+        self._served, self._book = served, book
+        self._seen: Entries = frozenset()
+        """Other names' entries a booking read has covered (the last look's, if fewer)."""
+        self._dirty = False
+        self._task: asyncio.Task[None] | None = None
+        self._looking: asyncio.Future[Entries | None] | None = None
+        """A look still running (one that hangs is waited for again, never started twice)."""
+        self._subscription: Subscription | None = None
+        self._told: str | None = None
+        self.looks = self.bookings = 0
+        """Looks at a write, and booking reads they led to (tests, benchmarks)."""
+
+    def follow(self, watcher: Watcher) -> CheckpointFollower:
+        """Follow the file from now on, with a look now (a write since the start's read)."""
+        self._subscription = watcher.subscribe(self._dir, self._written, names=[CHECKPOINT_FILE])
+        self._written(None)
+        return self
+
+    def cancel(self) -> None:
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        if self._task is not None:
+            self._task.cancel()
+
+    def _written(self, _name: str | None) -> None:
+        self._dirty = True
+        if self._task is None and self._subscription is not None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._follow(), name="kubelet-checkpoint-follow"
+            )
+
+    async def _follow(self) -> None:
+        try:
+            while self._dirty:
+                self._dirty = False
+                await self._look()
+        except Exception as exc:  # (a defect: logged, and the next write looks again)
+            self._log.error("kubelet_checkpoint_follow_failed", error=repr(exc))
+        finally:
+            self._task = None
+
+    async def _look(self) -> None:
+        served = frozenset(self._served())
+        self.looks += 1
+        if self._looking is None:
+            work = functools.partial(others_entries, self._path, served)
+            self._looking = asyncio.ensure_future(self._offload.run(work))
+        try:
+            entries = await asyncio.wait_for(asyncio.shield(self._looking), READ_TIMEOUT)
+        except TimeoutError:
+            self._tell(f"not read within {READ_TIMEOUT:g} s")
+            return
+        finally:
+            if self._looking.done():
+                self._looking = None
+        if entries is not None and entries <= self._seen:
+            self._seen = entries  # (entries gone: their bookings end by their own rules)
+            return
+        self.bookings += 1
+        if await self._book(served):
+            self._seen = frozenset() if entries is None else entries
+            self._tell(None)
+
+    def _tell(self, problem: str | None) -> None:
+        """A look that hangs is logged once (a file that cannot be used: by the read)."""
+        if problem != self._told:
+            self._told = problem
+            if problem is not None:
+                self._log.warning(
+                    "kubelet_checkpoint_unusable",
+                    path=self._path,
+                    error=problem,
+                    consequence="another plugin's pods admitted meanwhile are not booked "
+                    "until the file can be read",
+                )

@@ -1,0 +1,180 @@
+"""The kubelet's checkpoint followed while kdp-host runs (`kdp_host.checkpoint_follow`):
+another plugin's pod's node, served by kdp-host under another name, is held within
+milliseconds of the kubelet's write, not only after a start or a reload (issue 17,
+hostile22 F4); this host's own admissions cost a look at the names, no booking read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host.checkpoint_follow import CheckpointFollower, others_entries
+from kdp_host.files import DaemonThreads
+from kdp_host.inotify_watch import make_watcher
+from kdp_host.kubelet_checkpoint import CHECKPOINT_FILE
+from kdp_host.kubelet_checksum import checksum
+from kdp_host.logs import get_logger
+
+from .conftest import wait_until
+from .kubelet_harness import GenericDevicePlugin, gdp_device, harness_binary, missing_reason
+from .test_checkpoint_bookings import GDEV, OTHER, config_text, healthy_count, nodes
+from .test_kubelet_checkpoint import entry_of
+
+pytestmark = pytest.mark.fast
+
+
+def follower_of(running: Any) -> CheckpointFollower:
+    follower = running.host._supervisor.services.checkpoint.follower
+    assert isinstance(follower, CheckpointFollower)
+    return follower
+
+
+def write_go(directory: Path, *entries: dict[str, Any]) -> None:
+    """The checkpoint as the kubelet writes it: compact JSON, made by a rename."""
+    data = {"PodDeviceEntries": list(entries), "RegisteredDevices": None}
+    text = json.dumps({"Data": data, "Checksum": checksum(data)}, separators=(",", ":"))
+    (directory / ".tmp").write_text(text)
+    os.replace(directory / ".tmp", directory / CHECKPOINT_FILE)
+
+
+def capacity_dropped(events: list[dict[str, Any]], resource: str) -> int | None:
+    """When the kubelet first saw `resource` with no healthy device (Unix ns), or None."""
+    for event in events:
+        if (event["kind"], event["resource"], event["healthy"]) == (
+            "capacity_changed",
+            resource,
+            0,
+        ):
+            return int(event["t_unix_ns"])
+    return None
+
+
+async def test_a_node_another_plugin_hands_out_while_kdp_host_runs_is_held_at_once(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path
+) -> None:
+    """hostile22 F4 through the kubelet's real device manager: generic-device-plugin serves
+    node g0 as GDEV, kdp-host the same node as OTHER (a migration that renames the
+    resource, both running). GDP hands g0 to p1: kdp-host holds it within milliseconds of
+    the kubelet's write (before: it kept advertising g0 and handed it to p2 while p1 was
+    active), and lists it again once p1 is released."""
+    if harness_binary("generic-device-plugin") is None:
+        pytest.skip(missing_reason("generic-device-plugin"))
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    pattern = nodes(short_dir, "dev", "g0")
+    running = await start_host(config_text(kubelet, short_dir, (OTHER, pattern)))
+    gdp = GenericDevicePlugin(kubelet.socket_dir, [gdp_device("gdev", pattern)], short_dir / "g")
+    gdp.start()
+    try:
+        await kubelet.await_for(healthy_count(OTHER, 1), what="kdp-host serves g0")
+        await kubelet.await_for(healthy_count(GDEV, 1), what="GDP serves g0")
+        since = await kubelet.acall(kubelet.last_seq)
+        p1 = await kubelet.acall(kubelet.allocate, "p1", {GDEV: 1})
+        written = time.time_ns()  # (the kubelet wrote its checkpoint before answering)
+        assert p1["error"] == "", p1
+        events = await kubelet.acall(
+            kubelet.wait_events, lambda seen: capacity_dropped(seen, OTHER), since, 10, "g0 held"
+        )
+        held = capacity_dropped(events, OTHER)
+        assert held is not None
+        print(f"held {(held - written) / 1e6:.1f} ms after the kubelet's answer")
+        p2 = await kubelet.acall(kubelet.allocate, "p2", {OTHER: 1})
+        assert p2["error"] and not p2["device_ids"], p2
+        assert follower_of(running).bookings >= 1
+        assert (await kubelet.acall(kubelet.release, "p1"))["found"]
+        await kubelet.await_for(healthy_count(OTHER, 1), timeout=30, what="g0 listed again")
+        p3 = await kubelet.acall(kubelet.allocate, "p3", {OTHER: 1})
+        assert p3["error"] == "", p3
+        assert [d["PathOnHost"] for d in p3["devices"]] == [str(short_dir / "dev" / "g0")]
+    finally:
+        gdp.stop()
+
+
+async def test_the_hosts_own_admissions_cost_no_booking_read(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path
+) -> None:
+    """Through the real kubelet: each admission of kdp-host's own resource rewrites the
+    checkpoint; the follower looks at each write (coalesced) and reads none to book."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    pattern = nodes(short_dir, "dev", "a0", "a1", "a2", "a3")
+    running = await start_host(config_text(kubelet, short_dir, (OTHER, pattern)))
+    await kubelet.await_for(healthy_count(OTHER, 4), what="kdp-host serves a0-a3")
+    follower = follower_of(running)
+    bookings = follower.bookings
+    for pod in ("p1", "p2", "p3"):
+        assert (await kubelet.acall(kubelet.allocate, pod, {OTHER: 1}))["error"] == ""
+    looks = follower.looks
+    await wait_until(lambda: follower.looks > looks or follower._task is None, timeout=10)
+    assert follower.bookings == bookings
+
+
+def test_the_names_alone_tell_a_file_of_served_entries_without_parsing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / CHECKPOINT_FILE)
+    assert others_entries(path, frozenset({OTHER})) == frozenset()  # (no file)
+    write_go(tmp_path, entry_of(OTHER, "a0", "/dev/a0"), entry_of(OTHER, "a1", "/dev/a1"))
+    monkeypatch.setattr(json, "loads", lambda *_: pytest.fail("parsed"))
+    assert others_entries(path, frozenset({OTHER})) == frozenset()
+    monkeypatch.undo()
+    assert len(others_entries(path, frozenset()) or ()) == 2  # (no name served)
+    assert len(others_entries(path, frozenset({"example.com/oth"})) or ()) == 2  # (a prefix)
+    write_go(tmp_path, entry_of(OTHER, "a0", "/dev/a0"), entry_of(GDEV, "g", "/dev/g0"))
+    [entry] = others_entries(path, frozenset({OTHER})) or [None]
+    assert entry is not None and json.loads(entry)["ResourceName"] == GDEV
+    broken = json.dumps({"Data": {"PodDeviceEntries": [{"ResourceName": GDEV}, 7]}})
+    (tmp_path / CHECKPOINT_FILE).write_text(broken)
+    assert others_entries(path, frozenset({OTHER})) is None  # (the booking read says why)
+
+
+def test_an_escaped_name_is_parsed_not_scanned(tmp_path: Path) -> None:
+    """A file with an escape (not what Go writes for these names) is parsed: a scan for the
+    literal key could miss `"Resource\\u004eame"`."""
+    path = tmp_path / CHECKPOINT_FILE
+    entry = {"PodUID": "u", "ContainerName": "c", "ResourceName": GDEV, "DeviceIDs": None}
+    text = json.dumps({"Data": {"PodDeviceEntries": [entry]}, "Checksum": 1})
+    path.write_text(text.replace('"ResourceName"', '"Resource\\u004eame"'))
+    assert len(others_entries(str(path), frozenset({OTHER})) or ()) == 1
+
+
+async def test_writes_are_coalesced_and_an_entry_seen_is_not_booked_again(
+    tmp_path: Path,
+) -> None:
+    """Many writes during a booking read make one more look, not one each; a write that
+    only drops another name's entry, or only changes served entries, reads nothing."""
+    booked: list[frozenset[str]] = []
+    gate = asyncio.Event()
+
+    async def book(served: frozenset[str]) -> bool:
+        booked.append(served)
+        await gate.wait()
+        return True
+
+    watcher = make_watcher(get_logger(), offload=DaemonThreads())
+    watching = asyncio.create_task(watcher.run())
+    write_go(tmp_path, entry_of(GDEV, "g0", "/dev/g0"))
+    follower = CheckpointFollower(
+        str(tmp_path), DaemonThreads(), get_logger(), lambda: [OTHER], book
+    ).follow(watcher)
+    try:
+        await wait_until(lambda: len(booked) == 1, timeout=10)
+        for n in range(1, 6):  # (written while the booking read runs)
+            write_go(tmp_path, entry_of(GDEV, "g0", "/dev/g0"), entry_of(GDEV, f"g{n}", "/x"))
+        await wait_until(lambda: follower._dirty, timeout=10)
+        gate.set()
+        await wait_until(lambda: len(booked) == 2 and follower._task is None, timeout=10)
+        assert follower.looks <= 3, "the five writes were looked at once more (or twice)"
+        assert booked[0] == frozenset({OTHER})
+        write_go(tmp_path, entry_of(GDEV, "g0", "/dev/g0"), entry_of(OTHER, "a0", "/a"))
+        looks = follower.looks
+        await wait_until(lambda: follower.looks > looks and follower._task is None, timeout=10)
+        assert len(booked) == 2, "g5 dropped, a0 served: nothing new to book"
+    finally:
+        follower.cancel()
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)

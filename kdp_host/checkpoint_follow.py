@@ -41,38 +41,68 @@ from .kubelet_checkpoint import CHECKPOINT_FILE, MAX_CHECKPOINT_BYTES, READ_TIME
 from .logs import EventLogger
 from .watch import Subscription, Watcher
 
-Entries = frozenset[str]
-"""Checkpoint entries, each as its JSON text with sorted keys."""
+Entries = frozenset[bytes]
+"""Checkpoint entries, each as its JSON text (as written, or with sorted keys)."""
 BookOthers = Callable[[frozenset[str]], Awaitable[bool]]
 """Books the checkpoint's entries of every name but the given ones; whether the file could
 be used (`checkpoint_bookings.book_others`)."""
 NAME_KEY: Final = b'"ResourceName"'
+ENTRY_KEYS: Final = frozenset({"PodUID", "ContainerName", "ResourceName", "DeviceIDs", "AllocResp"})
 
 
 def others_entries(path: str, served: frozenset[str]) -> Entries | None:
     """The entries of the checkpoint at `path` of every resource name but `served`'s (none
     without a file); None when that cannot be told (unreadable, not the kubelet's shape: the
-    read that books says why). Blocking. A file in compact JSON with no escape, whose every
-    entry names a served resource, is not parsed: a scan for the names tells."""
+    read that books says why). Blocking. A file in compact JSON with no escape (as Go writes
+    it) is not parsed: a scan for the names that are not served finds the entries (`_cut`);
+    any other is."""
     try:
         blob = read_attribute(path, MAX_CHECKPOINT_BYTES)
     except FileReadError:
         return None
     if blob is None:
         return frozenset()
-    compact = b"\\" not in blob and blob.count(NAME_KEY) == blob.count(NAME_KEY + b':"')
-    if compact and _other_name(served).search(blob) is None:
-        return frozenset()
+    if b"\\" not in blob and blob.count(NAME_KEY) == blob.count(NAME_KEY + b':"'):
+        found = _cut(blob, served)
+        if found is not None:
+            return found
     try:
         data = json.loads(blob)["Data"]
         entries = data.get("PodDeviceEntries") or []
         return frozenset(
-            json.dumps(entry, sort_keys=True)
+            json.dumps(entry, sort_keys=True).encode()
             for entry in entries
             if entry.get("ResourceName", "") not in served
         )
     except (ValueError, TypeError, KeyError, AttributeError):  # (not the kubelet's shape)
         return None
+
+
+def _cut(blob: bytes, served: frozenset[str]) -> Entries | None:
+    """The entries of the names not `served` cut out of compact JSON without escapes (no
+    string holds a quote): each from the entry boundary before its name (`},{`, or the
+    list's `[{`) to the one after (`},{`, `}]`), checked to be one entry (a device ID that
+    holds such a boundary makes it None: the file is parsed instead)."""
+    out: set[bytes] = set()
+    for match in _other_name(served).finditer(blob):
+        at = match.start()
+        start = blob.rfind(b"},{", 0, at) + 2
+        if start < 2:
+            start = blob.rfind(b"[{", 0, at) + 1
+        ends = [end for end in (blob.find(b"},{", at), blob.find(b"}]", at)) if end >= 0]
+        if start < 1 or not ends:
+            return None
+        text = blob[start : min(ends) + 1]
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(entry, dict) or not entry.keys() <= ENTRY_KEYS:
+            return None
+        if entry.get("ResourceName") in served:
+            return None
+        out.add(text)
+    return frozenset(out)
 
 
 @functools.lru_cache(maxsize=8)

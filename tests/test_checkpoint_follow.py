@@ -132,6 +132,23 @@ def test_the_names_alone_tell_a_file_of_served_entries_without_parsing_it(
     assert others_entries(path, frozenset({OTHER})) is None  # (the booking read says why)
 
 
+def test_an_entry_is_cut_out_of_the_file_or_the_file_is_parsed(tmp_path: Path) -> None:
+    """Other names' entries are cut out of the text as written (the first, one between,
+    the last); a device ID holding an entry boundary cannot be cut: the file is parsed."""
+    path = str(tmp_path / CHECKPOINT_FILE)
+    entries = [entry_of(GDEV, "g0", "/g0"), entry_of(OTHER, "a", "/a"), entry_of(GDEV, "g1", "/g1")]
+    for order in (entries, entries[::-1], [entries[1], entries[0], entries[1]]):
+        write_go(tmp_path, *order)
+        found = others_entries(path, frozenset({OTHER})) or frozenset()
+        want = {e["DeviceIDs"]["-1"][0] for e in order if e["ResourceName"] == GDEV}
+        assert {json.loads(text)["DeviceIDs"]["-1"][0] for text in found} == want
+        assert all(text.startswith(b"{") and b'"PodUID":' in text for text in found)
+    odd = entry_of(GDEV, "g},{x", "/g2")
+    write_go(tmp_path, entries[1], odd, entries[1])
+    [text] = others_entries(path, frozenset({OTHER})) or [b""]
+    assert json.loads(text)["DeviceIDs"] == {"-1": ["g},{x"]}
+
+
 def test_an_escaped_name_is_parsed_not_scanned(tmp_path: Path) -> None:
     """A file with an escape (not what Go writes for these names) is parsed: a scan for the
     literal key could miss `"Resource\\u004eame"`."""

@@ -15,11 +15,18 @@ from typing import Any
 
 from prometheus_client import make_wsgi_app
 
-from .http_server import MAX_THREADS, METRICS_PATH, REQUEST_DEADLINE, bounded_server
+from .http_server import (
+    HEALTHZ_PATH,
+    MAX_THREADS,
+    READYZ_PATH,
+    REQUEST_DEADLINE,
+    bounded_server,
+)
 from .logs import quote_text
 from .metrics import Metrics
 from .probes import HealthState
 
+METRICS_PATH = "/metrics"
 MAX_REASON = 120
 """Characters of a not-ready reason shown on /readyz."""
 
@@ -44,17 +51,18 @@ def make_app(
         return [data]
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        # PATH_INFO (un-escaped): the path the server's slot rule read (`PROBE_PATHS`).
         path = environ.get("PATH_INFO", "")
         if path == METRICS_PATH:
             health.ask_loop()  # the loop-lag gauges are as of this scrape
             result: Iterable[bytes] = metrics_app(environ, start_response)
             return result
-        if path == "/healthz":
+        if path == HEALTHZ_PATH:
             problem = health.liveness_problem()
             if problem:
                 return text(start_response, "503 Service Unavailable", problem)
             return text(start_response, "200 OK", "ok")
-        if path == "/readyz":
+        if path == READYZ_PATH:
             not_ready = dict(health.not_ready)
             if not_ready:
                 lines = [

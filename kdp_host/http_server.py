@@ -8,10 +8,14 @@ and headers) and, once it has, as long again to take the answer: absolute deadli
 client dripping a byte now and then is cut off like a silent one. When every slot is taken,
 a new connection takes the slot of the oldest one still sending its request (that one is
 answered 503 "busy" and closed), so a liveness probe gets through while slow clients keep
-coming. `/metrics` answers (the long ones: a big exposition to a slow reader) hold at most
-`max_threads - PROBE_SLOTS` slots at once; a scrape beyond that is answered 503 "busy", so
-however many scrapers there are, the probes' slots are either being answered (quickly) or
-still receiving a request (evictable), and a newcomer waits a moment for one.
+coming. Every answer but a probe's (`PROBE_PATHS`: a line or a few, written into the
+socket's buffer at once) may be long (`/metrics`, `/devices`: megabytes to a slow reader), so
+those answers hold at most `max_threads - PROBE_SLOTS` slots at once and one beyond that is
+answered 503 "busy": however many clients read them however slowly, the probes' slots are
+either being answered (quickly) or still receiving a request (evictable), and a newcomer waits
+a moment for one. Which answer a request gets is decided once, on the path the application
+routes on (WSGI's PATH_INFO, un-escaped: `/%6detrics` is `/metrics`), from the very environ
+the application is then called with.
 """
 
 from __future__ import annotations
@@ -31,9 +35,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 MAX_THREADS = 8
 """Connections served at once: Prometheus and the kubelet's probes need one or two each."""
 PROBE_SLOTS = 2
-"""Slots `/metrics` answers never take, so the kubelet's probes get through any number of
-scrapers."""
-METRICS_PATH = "/metrics"
+"""Slots that only probes' answers take, so the kubelet's probes get through any number of
+clients reading the long answers."""
+HEALTHZ_PATH = "/healthz"
+READYZ_PATH = "/readyz"
+PROBE_PATHS = frozenset({HEALTHZ_PATH, READYZ_PATH})
+"""The paths (as the application routes them) whose answers are short; any other answer,
+`/metrics`, `/devices` or a 404, counts against the slots long answers may take."""
 REQUEST_DEADLINE = 10.0
 """Seconds a connection has to deliver its whole request, and then to take the answer."""
 _BUSY = (
@@ -55,8 +63,8 @@ class _Connection:
     deadline: float
     """When the current phase ends: delivering the request, then taking the answer."""
     request_received: bool = False
-    scrape: bool = False
-    """Answering `/metrics` (counted against the slots scrapes may take)."""
+    long_answer: bool = False
+    """Answering anything but a probe (counted against the slots long answers may take)."""
     evicted: bool = False
     """Told to give up its slot: it is answered 503 "busy" and closed."""
 
@@ -114,6 +122,9 @@ class _DeadlineWriter(io.BufferedIOBase):
 class _QuietHandler(WSGIRequestHandler):
     server: BoundedWSGIServer
     tracked: _Connection
+    environ: dict[str, Any] | None = None
+    """The request's WSGI environ, made once its headers are in: the slot rule reads its
+    PATH_INFO and the application is called with it."""
 
     def setup(self) -> None:
         super().setup()
@@ -126,8 +137,15 @@ class _QuietHandler(WSGIRequestHandler):
         """Once the request line and headers are in, the answer phase begins."""
         if not super().parse_request():
             return False
-        path = self.path.split("?", 1)[0]
-        return self.server.request_received(self.tracked, scrape=path == METRICS_PATH)
+        self.environ = super().get_environ()
+        long_answer = self.environ["PATH_INFO"] not in PROBE_PATHS
+        return self.server.request_received(self.tracked, long_answer=long_answer)
+
+    def get_environ(self) -> dict[str, Any]:
+        """The environ the slot rule read (wsgiref asks for it after `parse_request`)."""
+        if self.environ is None:
+            raise RuntimeError("no request parsed")
+        return self.environ
 
     def log_message(self, format: str, *args: Any) -> None:
         """Probes every few seconds are not worth a log line each."""
@@ -144,7 +162,7 @@ class BoundedWSGIServer(WSGIServer):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_threads = max_threads
-        self.max_scrapes = max(1, max_threads - PROBE_SLOTS)
+        self.max_long_answers = max(1, max_threads - PROBE_SLOTS)
         self.request_deadline = request_deadline
         self.clock = clock
         self._slot_freed = threading.Condition()
@@ -189,16 +207,17 @@ class BoundedWSGIServer(WSGIServer):
         with self._slot_freed:
             return next(c for c in self._serving if c.sock is request)
 
-    def request_received(self, connection: _Connection, scrape: bool = False) -> bool:
+    def request_received(self, connection: _Connection, long_answer: bool) -> bool:
         """Start the answer phase; False (the connection is answered 503 "busy") if it was
-        evicted a moment before, or is a scrape beyond the slots scrapes may take."""
+        evicted a moment before, or is a long answer beyond the slots long answers may take."""
         with self._slot_freed:
-            if scrape and sum(c.scrape for c in self._serving) >= self.max_scrapes:
+            answering = sum(c.long_answer for c in self._serving)
+            if long_answer and answering >= self.max_long_answers:
                 connection.evicted = True
             if connection.evicted:
                 return False
             connection.request_received = True
-            connection.scrape = scrape
+            connection.long_answer = long_answer
             connection.deadline = self.clock() + self.request_deadline
             return True
 

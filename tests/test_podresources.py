@@ -273,11 +273,9 @@ async def test_devices_endpoint_and_status_command(
         await sim.stop()
 
 
-def test_the_devices_answer_is_built_once_per_change_and_shared_by_scrapers() -> None:
-    """hostile4 H9: every request built and encoded `/devices` again (0.5 s of GIL for
-    100,000 devices: two scrapers stalled every Allocate and the loop). Now one build per
-    change of what it shows, shared by the scrapers of that change, however many."""
-    import threading
+def one_resource_host(resource: str, device_ids: list[str]) -> tuple[Any, Any]:
+    """A host serving `device_ids` of `resource` as far as `/devices` looks (no PodResources,
+    nothing held), and that resource's runtime."""
     from types import SimpleNamespace
 
     from kdp_host.device_table import DeviceTable
@@ -286,7 +284,7 @@ def test_the_devices_answer_is_built_once_per_change_and_shared_by_scrapers() ->
     from kdp_host.ownership_elsewhere import Elsewhere
 
     table = DeviceTable()
-    table.publish([Device("a"), Device("b")])
+    table.publish([Device(device_id) for device_id in device_ids])
     replaced = Replaced()
     runtime = SimpleNamespace(
         config=SimpleNamespace(replicas=1),
@@ -298,7 +296,21 @@ def test_the_devices_answer_is_built_once_per_change_and_shared_by_scrapers() ->
     )
     none_held: dict[str, Any] = {}  # (replaced whole when it changes: one object till then)
     ownership = SimpleNamespace(held_now=lambda resource: none_held)
-    host: Any = SimpleNamespace(pod_resources=None, resources={FPGA: runtime}, ownership=ownership)
+    host = SimpleNamespace(pod_resources=None, resources={resource: runtime}, ownership=ownership)
+    return host, runtime
+
+
+def test_the_devices_answer_is_built_once_per_change_and_shared_by_scrapers() -> None:
+    """hostile4 H9: every request built and encoded `/devices` again (0.5 s of GIL for
+    100,000 devices: two scrapers stalled every Allocate and the loop). Now one build per
+    change of what it shows, shared by the scrapers of that change, however many."""
+    import threading
+    from types import SimpleNamespace
+
+    from kdp_host.devices import Device
+
+    host, runtime = one_resource_host(FPGA, ["a", "b"])
+    table = runtime.table
     answer = DevicesAnswer(host)
     start = threading.Barrier(8)
     answers: list[bytes] = []

@@ -971,6 +971,35 @@ def test_invalid_values_are_rejected(helm_env: dict[str, str], name: str) -> Non
         assert text in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("strategy", "refused"),
+    [
+        (("maxUnavailable=0", "maxSurge=1"), True),
+        (("maxUnavailable=1", "maxSurge=1"), True),
+        (("maxUnavailable=0", "maxSurge=10%"), True),
+        (("maxUnavailable=1", "maxSurge=0"), False),
+        (("maxUnavailable=1", "maxSurge=0%"), False),
+    ],
+)
+def test_host_network_refuses_a_surge_rollout(
+    helm_env: dict[str, str], strategy: tuple[str, ...], refused: bool
+) -> None:
+    """hostile22 F5: `hostNetwork: true` with `maxSurge` 1 rendered, and the rollout hung on
+    every node: the surge pod's metrics port is a port of the node the old pod holds (Pending,
+    or kdp-host exits 2), and the old pod is stopped only once the new one is ready. Any
+    surge (a number or a percentage, rounded up) is refused with the host network; without
+    it, or with no surge, the chart renders."""
+    sets = [a for s in strategy for a in ("--set", f"updateStrategy.rollingUpdate.{s}")]
+    args = template_args(None, "--set", "hostNetwork=true", *sets)
+    proc = run_helm(helm_env, *args, check=False)
+    assert (proc.returncode != 0) == refused, proc.stderr
+    if refused:
+        assert "with hostNetwork: true would hang the rollout" in proc.stderr, proc.stderr
+        assert render(helm_env, None, *sets)  # the same strategy off the host network
+    else:
+        assert daemonset(render(helm_env, None, "--set", "hostNetwork=true", *sets))
+
+
 # ---------------------------------------------------------------------------------- metadata
 
 

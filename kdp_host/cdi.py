@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .allocation import cdi_device_name, has_cdi_edits
+from .answer_needs import AnswerNeeds
 from .atomic_files import read_or_none, unlink, write_atomic
 from .cdi_dirs import SpecDirRecord, SpecNames, look_at_spec_dirs
 from .cdi_disk import SpecOnDisk
@@ -94,6 +95,8 @@ class CdiSpecWriter:
     verify_interval: float = VERIFY
     report: Callable[[str | None], None] = field(default=lambda reason: None)
     """Told a short reason (no path) while the file cannot be written, None once it is."""
+    needs: AnswerNeeds | None = None
+    """The resource's answer needs (`answer_needs`: `cdi`; None: its own, telling `report`)."""
     count_failure: Callable[[], None] = field(default=lambda: None)
     offload: Offload = field(default_factory=DaemonThreads)
     """Where rendering and file reads, writes and removals run (the host's)."""
@@ -131,6 +134,7 @@ class CdiSpecWriter:
     """Set after the first attempt to write the driver's first list (success or not)."""
     _last_error: str | None = field(default=None, init=False, repr=False)
     _lease: OwnerLease = field(init=False, repr=False)
+    _needs: AnswerNeeds = field(init=False, repr=False)
     _repinned: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     """Set by an Allocate, a booking gone, or a change at a path a held entry is checked at
     (`_held_paths`): the held entries are rendered again."""
@@ -158,8 +162,11 @@ class CdiSpecWriter:
         if self.pinned is None:
             self.pinned = in_memory(self.resource.name)
         self._held_paths = HeldPaths(self.watcher, self._repinned.set)
+        if self.needs is None:
+            self.needs = AnswerNeeds(self.table, self.log, lambda _, why: self.report(why))
+        self._needs = self.needs
         if self.resource.allocate.cdi is not None:
-            self.table.hold_unhealthy(self._unresolvable)
+            self._needs.hold("cdi", self._unresolvable)
 
     def _unresolvable(self, device: Device) -> bool:
         """Whether an Allocate of it may name an ID no file (or two files) on disk define."""
@@ -179,7 +186,7 @@ class CdiSpecWriter:
         self.disk.seen(content, "" if cdi is None else cdi.kind)  # (an Allocate waits on it)
         if (names := frozenset(self.disk.entries)) != self._resolvable:
             self._resolvable = names
-            self.table.hold_unhealthy(self._unresolvable)
+            self._needs.refresh()
 
     async def run(self) -> None:
         cdi = self.resource.allocate.cdi
@@ -289,7 +296,7 @@ class CdiSpecWriter:
                     owner = await self._lease.other_owner()
                     self.log.warning("cdi_spec_unowned", path=self.path, owner=owner)
                 self._others = others
-                self.table.hold_unhealthy(self._unresolvable)
+                self._needs.refresh()
                 self._report()
         except OSError as exc:
             self._failed(f"{type(exc).__name__}: {exc}", short=type(exc).__name__)
@@ -329,7 +336,7 @@ class CdiSpecWriter:
         if not clashing:
             self.log.info("cdi_spec_clash_cleared", path=self.path)
         self._clashing = clashing
-        self.table.hold_unhealthy(self._unresolvable)
+        self._needs.refresh()
         self._report()
 
     def _report(self) -> None:
@@ -337,7 +344,11 @@ class CdiSpecWriter:
         write: `_failed` says so itself)."""
         if self._last_error is None:
             unowned = UNOWNED_REASON if self._others else None
-            self.report(CLASH_REASON if self._clashing else unowned)
+            self._tell(CLASH_REASON if self._clashing else unowned)
+
+    def _tell(self, reason: str | None) -> None:
+        """The `cdi` need, unmet for `reason` (its own lines have said why) or met."""
+        self._needs.set("cdi", reason, whole=False, logged=True)
 
     def _failed(self, message: str, *, short: str, logged: bool = False) -> None:
         self.failures += 1
@@ -345,7 +356,7 @@ class CdiSpecWriter:
         if message != self._last_error:
             if not logged:
                 self.log.warning("cdi_spec_write_failed", path=self.path, reason=message)
-            self.report(f"CDI spec file not written ({short})")
+            self._tell(f"CDI spec file not written ({short})")
             self._last_error = message
 
     async def _remove(self) -> None:

@@ -199,30 +199,48 @@ def deadline_warnings(config: Config) -> list[str]:
 
 
 def unseen_source_warnings(config: Config, config_file: str) -> list[str]:
-    """A line (with its line in the file) for each `allocate.mounts` source where nothing is
-    now in kdp-host's view (`identity.UNSEEN`, the rule `config.handed` applies): valid in
-    a config (the host may make it later), but a run refuses every Allocate of its
-    resource while it is missing."""
+    """A line (with its line in the file) for each `allocate.mounts` source an answer would
+    be refused for now (`answer_checks.mount_source_problems`, the rule a run watches by):
+    one where nothing is in kdp-host's view (`identity.UNSEEN`) is valid in a config (the
+    host may make it later), but a run advertises its resource's devices Unhealthy (and
+    refuses its Allocates) while it is missing."""
     from pathlib import Path
 
+    from .answer_checks import mount_source_problems
     from .config import never_handed
     from .config.kinds import Reader
     from .config.source import SourceError, read_config_source
-    from .identity import UNSEEN
+    from .mount_table import read_mounts
 
     try:
         lines = read_config_source(Path(config_file)).lines
     except SourceError:
         lines = {}
-    reader, rule = Reader(lines), never_handed(config, config_file)
+    reader, rule, mounts = Reader(lines), never_handed(config, config_file), read_mounts()
     for index, resource in enumerate(config.resources):
-        for number, mount in enumerate(resource.allocate.mounts):
-            why = rule.path_problem(mount.host_path)
-            if why is not None and why.endswith(UNSEEN):  # (any other: an invalid config)
-                key = ("resources", index, "allocate", "mounts", number, "hostPath")
-                every = f"every Allocate of {resource.name} is refused while it is missing"
-                reader.problem(key, f"{os.path.normpath(mount.host_path)} {why}: {every}")
+        for number, path, why in mount_source_problems(resource, rule, mounts):
+            key = ("resources", index, "allocate", "mounts", number, "hostPath")
+            every = (
+                f"every Allocate of {resource.name} is refused while it is missing (its "
+                "devices are advertised Unhealthy meanwhile)"
+            )
+            reader.problem(key, f"{path} {why}: {every}")
     return [f"warning: {text}" for text in reader.problems]
+
+
+def command_warnings(config: Config) -> list[str]:
+    """A line for each command on a resource's allocation path (`allocate.command`,
+    `preStart`) that cannot be started now (`answer_checks.command_problems`, the rule a run
+    watches by): valid in a config (the program may be installed later), but a run
+    advertises the resource's devices Unhealthy while it cannot."""
+    from .answer_checks import command_problems
+
+    return [
+        f"warning: {resource.name}: {which} cannot be started ({why}): its devices are "
+        "advertised Unhealthy (every Allocate or container start would fail) until it can"
+        for resource in config.resources
+        for which, why in command_problems(resource)
+    ]
 
 
 def overlap_warnings(rows: list[CheckRow], config: Config) -> list[str]:

@@ -151,6 +151,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"kdp-host: invalid config {exc}", file=sys.stderr)
             return EXIT_INVALID
     from .check import (
+        command_warnings,
         container_path_warnings,
         deadline_warnings,
         dev_root_warnings,
@@ -172,6 +173,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{row.resource:<{width}}  {row.driver:<6}  {row.text}")
     handed = [
         *unseen_source_warnings(config, args.config),
+        *command_warnings(config),
         *handed_warnings(rows, config, args.config),
         *dev_root_warnings(rows),
         *deadline_warnings(config),

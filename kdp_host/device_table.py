@@ -31,6 +31,7 @@ class DeviceTable:
         self._failed_checks: set[str] = set()
         self._kept: set[str] = set()  # failed checks kept while the device is gone
         self._held: Callable[[Device], bool] | None = None
+        self._withheld = False
         self._listeners: list[Callable[[Snapshot], None]] = []
         self.published = asyncio.Event()
         """Set once the driver reported its first list (even an empty one)."""
@@ -101,6 +102,37 @@ class DeviceTable:
         self._held = predicate
         return self._rebuild()
 
+    @property
+    def withheld(self) -> bool:
+        return self._withheld
+
+    def set_withheld(self, withheld: bool) -> bool:
+        """Report every device Unhealthy while something every answer of the resource needs
+        is not there (`answer_needs`), or lift that; each device keeps its own health
+        (`own_healthy`)."""
+        if withheld == self._withheld:
+            return False
+        self._withheld = withheld
+        return self._rebuild()
+
+    def own_healthy(self, snapshot: Snapshot) -> set[str]:
+        """The IDs of `snapshot` (the table's last) healthy of their own: as listed, or,
+        while the table is withheld (`set_withheld`), as they would be were it not: a
+        device withheld for its resource is not missing for the pod that holds it."""
+        if not self._withheld:
+            return {device.id for device in snapshot.devices if device.healthy}
+        return {i for i, device in self._reported.items() if self._own_health(i, device)}
+
+    def _own_health(self, device_id: str, device: Device) -> bool:
+        """A device's health under every override but the withhold (the one rule)."""
+        held = self._held
+        return (
+            device.healthy
+            and self._degraded_reason is None
+            and device_id not in self._failed_checks
+            and not (held is not None and held(device))
+        )
+
     def set_check_result(self, device_id: str, healthy: bool, *, keep: bool = False) -> bool:
         """A check's verdict. With `keep` (a failed release) the device stays Unhealthy also
         when it leaves the list and comes back, until a passing verdict."""
@@ -169,21 +201,17 @@ class DeviceTable:
     def _build(self, version: int) -> Snapshot:
         reported = self._reported
         order = self._sorted_ids()
-        held = self._held
-        if self._degraded_reason is None and not self._failed_checks and held is None:
+        overridden = self._degraded_reason is not None or self._failed_checks
+        if not overridden and self._held is None and not self._withheld:
             devices = list(map(reported.__getitem__, order))  # every device as reported
             count = healthy_count(reported)  # (O(changed) from the last list: Derived)
         else:
             devices, count = [], 0
             copies, self._overridden = self._overridden, {}
+            withheld, own_health = self._withheld, self._own_health
             for device_id in order:
                 device = reported[device_id]
-                healthy = (
-                    device.healthy
-                    and self._degraded_reason is None
-                    and device_id not in self._failed_checks
-                    and not (held is not None and held(device))
-                )
+                healthy = not withheld and own_health(device_id, device)
                 if healthy != device.healthy:
                     known = copies.get(device_id)
                     copy = known[1] if known and known[0] is device else device.with_health(False)

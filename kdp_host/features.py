@@ -16,23 +16,26 @@ their own registry (`drivers.REGISTRY`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .answer_needs import AnswerNeeds, configured_needs
 from .config import Config, ResourceConfig
 from .config.model import NodeFeaturesConfig
 from .device_table import DeviceTable
 from .files import Offload
 from .logs import EventLogger
-from .metric_labels import HookName
+from .metric_labels import ANSWER_NEEDS, HookName
 from .metrics import Metrics
 from .node import NodeLabelSource, NoLabels
 from .services import HostServices
 
 if TYPE_CHECKING:
+    from .answer_checks import NeedsWatch
     from .cdi import CdiSpecWriter
     from .cdi_dirs import SpecDirRecord
     from .handed_out import HandedOut
@@ -45,6 +48,15 @@ if TYPE_CHECKING:
     from .release import ReleaseTracker
     from .state_files import StateFiles
     from .timings import Timings
+
+
+def forget_unconfigured(metrics: Metrics, config: ResourceConfig) -> None:
+    """Drop the series of the hooks and answer needs a stopped runtime of the resource had
+    and `config` (the one in force) lacks."""
+    metrics.forget_hooks(config.name, keep=configured_hooks(config))
+    for need in set(ANSWER_NEEDS) - configured_needs(config):
+        with contextlib.suppress(KeyError):
+            metrics.answer_need_unmet.remove(config.name, need)
 
 
 def configured_hooks(config: ResourceConfig) -> frozenset[HookName]:
@@ -63,6 +75,7 @@ def pre_start_hook(
     services: HostServices,
     log: EventLogger,
     handed: HandedOut,
+    spawn_failed: Callable[[], None],
 ) -> PreStartHook | None:
     """What answers the resource's PreStartContainer calls (None: no `preStart`)."""
     if config.pre_start is None:
@@ -78,11 +91,15 @@ def pre_start_hook(
         log,
         handed=handed,
         places=functools.partial(services.ownership.changed_places, config.name),
+        spawn_failed=spawn_failed,
     )
 
 
 def allocate_hook(
-    config: ResourceConfig, services: HostServices, log: EventLogger
+    config: ResourceConfig,
+    services: HostServices,
+    log: EventLogger,
+    spawn_failed: Callable[[], None],
 ) -> AllocateHook | None:
     """What runs `allocate.command` for each container (None: the resource has none)."""
     command = config.allocate.command
@@ -91,7 +108,28 @@ def allocate_hook(
     from .hooks import AllocateHook
 
     return AllocateHook(
-        command, config.allocate.timeout, config.name, services.commands, services.metrics, log
+        command,
+        config.allocate.timeout,
+        config.name,
+        services.commands,
+        services.metrics,
+        log,
+        spawn_failed,
+    )
+
+
+def needs_watch(
+    config: ResourceConfig, needs: AnswerNeeds, services: HostServices
+) -> NeedsWatch | None:
+    """What keeps the resource's `mounts` and `command` needs current (None: it has no
+    `allocate.mounts` and no command on the allocation path)."""
+    if not configured_needs(config) - {"cdi"}:
+        return None
+    from .answer_checks import NeedsWatch
+
+    ownership = services.ownership
+    return NeedsWatch(
+        config, needs, lambda: ownership.never_handed, services.offload, services.watcher
     )
 
 
@@ -147,11 +185,11 @@ def cdi_writer(
     services: HostServices,
     log: EventLogger,
     *,
-    report: Callable[[str | None], None],
+    needs: AnswerNeeds,
     handed: HandedOut,
 ) -> CdiSpecWriter | None:
-    """The writer of the resource's CDI spec file (None: no `allocate.cdi`); `report` is
-    told why the file cannot be written (the resource is then not ready)."""
+    """The writer of the resource's CDI spec file (None: no `allocate.cdi`); the `cdi` need
+    of the resource's `needs` is its."""
     if config.allocate.cdi is None:
         return None
     from .cdi import CdiSpecWriter
@@ -160,7 +198,7 @@ def cdi_writer(
         config,
         table,
         log,
-        report=report,
+        needs=needs,
         count_failure=services.metrics.cdi_spec_failures.labels(config.name).inc,
         instance=services.instance_id,
         watcher=services.watcher,

@@ -189,6 +189,8 @@ class PreStartHook:
     acts on, not where a reload (or a kdp-host restart) moved the device since."""
     places: PlaceCheck | None = None
     """Whether those host paths still reach what was handed out (`check_places`)."""
+    spawn_failed: Callable[[], None] = lambda: None
+    """Told when the command could not be spawned (`answer_checks.NeedsWatch`)."""
 
     def __post_init__(self) -> None:
         self._handed = self.handed or in_memory(self.resource.name)
@@ -230,6 +232,8 @@ class PreStartHook:
             self.metrics.pre_start_calls.labels(name, exc.result).inc()
             self.metrics.pre_start_seconds.labels(name).observe(self.clock() - started)
             self.log.warning("pre_start_failed", devices=ids, result=exc.result, error=str(exc))
+            if exc.result == "spawn":
+                self.spawn_failed()
             if exc.result not in ("invalid", "deadline") and self.config.on_failure == "unhealthy":
                 for device in physical:
                     if self.table.set_check_result(device.id, False):
@@ -290,6 +294,8 @@ class AllocateHook:
     commands: CommandRunner
     metrics: Metrics
     log: EventLogger
+    spawn_failed: Callable[[], None] = lambda: None
+    """Told when the command could not be spawned (`answer_checks.NeedsWatch`)."""
 
     def __post_init__(self) -> None:
         self.metrics.add_allocate_hook(self.resource)
@@ -325,6 +331,8 @@ class AllocateHook:
             self.log.warning(
                 "allocate_hook_failed", devices=values["ids"], result=exc.result, error=str(exc)
             )
+            if exc.result == "spawn":
+                self.spawn_failed()
             raise
         counter.labels(self.resource, "ok").inc()
         return response

@@ -21,7 +21,7 @@ from .checkpoint_reads import CheckpointReads
 from .commands import Commands
 from .config import NODE_LABEL_SETTLE, Config, ConfigError, load_config, never_handed
 from .drivers import DriverFactory, make_driver
-from .features import configured_hooks, node_feature_file, pod_resources_poller, spec_dir_records
+from .features import forget_unconfigured, node_feature_file, pod_resources_poller, spec_dir_records
 from .files import STOP_WAIT, DaemonThreads, Offload, OffloadScope
 from .handed_out import HandedRecord
 from .inotify_watch import make_watcher
@@ -358,7 +358,7 @@ class Host:
         def forget(_: object = None) -> None:
             current = next((r for r in self.selection.config.resources if r.name == name), None)
             if current is not None:
-                self.metrics.forget_hooks(name, keep=configured_hooks(current))
+                forget_unconfigured(self.metrics, current)
             elif self._supervisor is None or name not in self._supervisor.resources:
                 self.metrics.forget_resource(name)
                 if self._supervisor is not None:

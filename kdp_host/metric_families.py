@@ -230,6 +230,13 @@ class MetricFamilies:
             ["resource"],
             registry=r,
         )
+        self.answer_need_unmet = Gauge(
+            "kdp_answer_need_unmet",
+            "1 while something every answer of the resource needs is not there (need: cdi, "
+            "mounts, command): its devices are advertised Unhealthy meanwhile.",
+            ["resource", "need"],
+            registry=r,
+        )
         self.streams_lost = Counter(
             "kdp_list_and_watch_streams_lost",
             "ListAndWatch streams the kubelet ended (each one means registering again).",

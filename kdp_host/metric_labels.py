@@ -41,6 +41,11 @@ DRIVER_SKIP_REASONS = (
 ConfigReloadResult = Literal["ok", "invalid", "refused", "unchanged"]
 CONFIG_RELOAD_RESULTS: tuple[ConfigReloadResult, ...] = get_args(ConfigReloadResult)
 DEVICE_HEALTH = ("healthy", "unhealthy")
+AnswerNeed = Literal["cdi", "mounts", "command"]
+"""What a resource's answers need besides its devices (`answer_needs`): the CDI spec file
+written, the `allocate.mounts` sources there, the host commands on the allocation path
+startable."""
+ANSWER_NEEDS: tuple[AnswerNeed, ...] = get_args(AnswerNeed)
 HookResult = Literal[
     "ok", "exit", "timeout", "spawn", "output_too_large", "parse", "invalid", "place_changed",
     "unknown", "deadline",

@@ -159,7 +159,7 @@ class Metrics(MetricFamilies):
     def forget_resource(self, resource: str) -> None:
         """Drop every series of a resource that left the config (call once it has stopped)."""
         self.set_holders(resource, set())
-        for metric in (self.devices, *self._by_resource()):
+        for metric in (self.devices, self.answer_need_unmet, *self._by_resource()):
             for labels in metric.label_values_of(resource):
                 with contextlib.suppress(KeyError):
                     metric.remove(*labels)

@@ -13,12 +13,20 @@ from typing import TYPE_CHECKING
 import grpclib
 from grpclib.const import Status
 
+from .answer_needs import AnswerNeeds
 from .checkpoint_reads import CheckpointReads
 from .config import ResourceConfig
 from .device_table import DeviceTable
 from .devices import Snapshot, physical_id
 from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
-from .features import allocate_hook, cdi_writer, health_checker, pre_start_hook, release_tracker
+from .features import (
+    allocate_hook,
+    cdi_writer,
+    health_checker,
+    needs_watch,
+    pre_start_hook,
+    release_tracker,
+)
 from .files import STOP_WAIT, OffloadScope
 from .first_list import FirstList
 from .held_replaced import Replaced
@@ -63,8 +71,22 @@ class ResourceRuntime:
             held=functools.partial(services.ownership.is_booked, config.name),
         )
         self._handed = services.handed.of(config.name)
-        self._pre_start = pre_start_hook(config, self.table, services, self.log, self._handed)
-        self._allocate_hook = allocate_hook(config, services, self.log)
+        self.needs = AnswerNeeds(
+            self.table,
+            self.log,
+            lambda need, why: self.status.set_problem(need, why),
+            services.metrics.answer_need_unmet,
+            config.name,
+        )
+        """What the resource's answers need besides its devices (`answer_needs`)."""
+        self._needs_watch = needs_watch(config, self.needs, services)
+        spawn_failed = (
+            (lambda: None) if self._needs_watch is None else self._needs_watch.spawn_failed
+        )
+        self._pre_start = pre_start_hook(
+            config, self.table, services, self.log, self._handed, spawn_failed
+        )
+        self._allocate_hook = allocate_hook(config, services, self.log, spawn_failed)
         self.release = release_tracker(config, self.table, services, self.log, self._handed)
         self._cdi: CdiSpecWriter | None = None
         """The CDI spec writer of a resource with `allocate.cdi`, once it runs (told what
@@ -277,7 +299,7 @@ class ResourceRuntime:
         the write changes the snapshot, which checks again; nor while the first list waits
         for the kubelet's checkpoint (another plugin's IDs not booked yet:
         `CheckpointReads`), checked again once it may go out."""
-        healthy = {device.id for device in snapshot.devices if device.healthy}
+        healthy = self.table.own_healthy(snapshot)  # (not withheld: `answer_needs`)
         if not self.table.published.is_set() and self._serving.first_list.failure is None:
             return  # no list yet (a start, a restart by a reload): nothing is known missing
         if self._cdi is not None and not self._cdi.first_sync.is_set():
@@ -321,14 +343,16 @@ class ResourceRuntime:
             checker = health_checker(self.config, self.table, services, self.log)
             if checker is not None:
                 group.create_task(checker.run(), name=f"{name}:health")
-            report = functools.partial(self.status.set_problem, "cdi")
             writer = cdi_writer(
-                self.config, self.table, services, self.log, report=report, handed=self._handed
+                self.config, self.table, services, self.log, needs=self.needs, handed=self._handed
             )
             if writer is not None:
                 self._cdi = writer
                 self._serving.first_list.ready.append(writer.first_sync)
                 group.create_task(writer.run(), name=f"{name}:cdi")
+            if (watch := self._needs_watch) is not None:
+                self._serving.first_list.ready.append(watch.checked)
+                group.create_task(watch.run(), name=f"{name}:needs")
             group.create_task(self._serving.run(), name=f"{name}:serve")
 
 

@@ -23,7 +23,7 @@ for the known variables what they mean besides:
   `PERL5OPT`, `RUBYOPT`, `JAVA_TOOL_OPTIONS`; a shell's options: `SHELLOPTS`, `BASHOPTS`.
 
 A config's own env (`shell.env`, `preStart.env`, `release.env`), and the `NAME=VALUE`
-settings of `env` on a `#!` line (`places._interpreter`, hostile13 M14), may set any of
+settings of `env` on a `#!` line (`places.script_interpreter`, hostile13 M14), may set any of
 them: the places they name are run places (`places.run_places`); a templated value of a
 known variable (`decides_run`) is refused (not known before it is rendered), and so is a
 value naming `/` itself (every place lies in it). A device's own env (a probe's `env`, sysfs

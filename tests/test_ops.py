@@ -876,6 +876,7 @@ async def test_readyz_names_resources_and_short_reasons_never_host_paths(
         assert f"not ready: {FPGA}: " in body and f"not ready: {SERIAL}: " in body
         assert str(short_dir) not in body and "/" not in body.replace(FPGA, "").replace(SERIAL, "")
         assert value(metrics, "kdp_cdi_spec_write_failures_total", resource=FPGA) >= 1
+        assert value(metrics, "kdp_answer_need_unmet", resource=FPGA, need="cdi") == 1
         assert value(metrics, "kdp_devices", resource=FPGA, health="unhealthy") == 2
         assert value(metrics, "kdp_devices", resource=FPGA, health="healthy") == 0
 
@@ -930,6 +931,7 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     from kdp_host.metric_labels import (
         ALLOCATE_HOOK_RESULTS,
         ALLOCATION_RESULTS,
+        ANSWER_NEEDS,
         CONFIG_RELOAD_RESULTS,
         DRIVER_ERROR_REASONS,
         DRIVER_SKIP_REASONS,
@@ -955,6 +957,7 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     metrics.set_holders(FPGA, {("fpga0", "default", "web-0", "app")})
     metrics.state_persist_failing.labels("ownership.json").set(0)  # a host's, at its start
     metrics.held_missing_actions.labels(FPGA, "event", "sent").inc()  # (with heldMissing)
+    metrics.answer_need_unmet.labels(FPGA, "mounts").set(0)  # (with allocate.mounts)
     for histogram in (
         metrics.allocate_seconds,
         metrics.preferred_seconds,
@@ -986,6 +989,7 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
         "kdp_release_runs_total": RELEASE_RESULTS,
         "kdp_pod_resources_polls_total": POD_RESOURCES_RESULTS,
         "kdp_held_missing_actions_total": HELD_MISSING_RESULTS,
+        "kdp_answer_need_unmet": ANSWER_NEEDS,
     }
     for name, known in values.items():
         assert set(known) <= set(re.findall(r"`([a-z_]+)`", rows[name][1])), name

@@ -70,8 +70,10 @@ async def test_hostile9_h5_a_mount_source_kdp_host_cannot_see_is_never_handed_ou
     dirs: Path, start_host: Any
 ) -> None:
     """Through the host: a probe's device mounting a missing source is left out (counted
-    `unsafe_mount`) until the source is there; an `allocate.mounts` source that is missing
-    refuses the Allocate (`invalid`) with what to do, and is handed out once it is there."""
+    `unsafe_mount`) until the source is there; while an `allocate.mounts` source is missing
+    its resource's devices are advertised Unhealthy (hostile22 F2: `answer_needs`; the answer
+    that would hand it out is refused: the index's test above), and it is handed out once
+    it is there."""
     probe_source, mount_source = dirs / "data" / "pods", dirs / "data" / "fw"
     listed = [{"id": "v0", "mounts": [{"hostPath": str(probe_source), "containerPath": "/p"}]}]
     (dirs / "p.json").write_text(json.dumps(listed))
@@ -83,14 +85,16 @@ async def test_hostile9_h5_a_mount_source_kdp_host_cannot_see_is_never_handed_ou
             + f"    allocate: {{mounts: [{{hostPath: {mount_source}, containerPath: /fw}}]}}\n"
         )
         await left_out(running, 1, "the probe's device left out")
-        await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
-        assert sim.allocatable(PROBE) == 0
-        with pytest.raises(SimulatorAllocationError, match=UNSEEN):
+        await sim.wait_for(lambda: sim.capacity(FPGA) == 1)
+        assert sim.allocatable(FPGA) == sim.allocatable(PROBE) == 0
+        with pytest.raises(SimulatorAllocationError):
             await sim.allocate(FPGA, 1)
-        assert running.sample("kdp_allocations_total", resource=FPGA, result="invalid") == 1
+        assert UNSEEN not in str(running.host.not_ready())  # (no host path in /readyz)
+        assert "allocate.mounts[0]" in running.host.not_ready()[FPGA]
         # once the host made them (here: kdp-host sees them), both are handed out
         probe_source.mkdir()
         mount_source.mkdir()
+        await sim.wait_for(lambda: sim.allocatable(FPGA) == 1)
         response = await sim.allocate(FPGA, 1)
         assert response is not None
         assert [m.host_path for m in response.mounts] == [str(mount_source)]

@@ -662,8 +662,10 @@ class MountConfig:
         "link or bind mount of one is one too (see "
         "[Paths no container is handed](#paths-no-container-is-handed)). It must exist where "
         "kdp-host sees it when an Allocate hands it out (in the chart: mounted into "
-        "kdp-host's container, `hostMounts.extra`): while it is missing every Allocate of the "
-        "resource is refused (`check` warns).",
+        "kdp-host's container, `hostMounts.extra`): while it is missing (or refused) the "
+        "resource's devices are advertised Unhealthy and its Allocates refused, and `/readyz` "
+        "names it; back once it is there (see [What an answer needs](#what-an-answer-needs); "
+        "`check` warns).",
     )
     container_path: str = key(
         "containerPath",
@@ -758,7 +760,9 @@ class AllocateConfig:
         "`KDP_DEVICE_ENV_` only, as for `preStart`). It prints one JSON object whose keys "
         "`env`, `annotations`, `mounts`, `paths` (device nodes) and `cdiDevices` are added "
         "to the container's response (keys set above win), checked like probe output. A "
-        "failure or timeout fails the Allocate, so the pod is not admitted. The kubelet "
+        "failure or timeout fails the Allocate, so the pod is not admitted; while its "
+        "program cannot be started the resource's devices are advertised Unhealthy (see "
+        "[What an answer needs](#what-an-answer-needs)). The kubelet "
         "waits for Allocate while admitting the pod: this adds the command's run time "
         "(a few ms at best) to every admission.",
         default=None,
@@ -803,7 +807,9 @@ class PreStartConfig:
         "paths), `{hostPaths}`, `{count}`, `{resource}`. Same containment as probes (own "
         "process group, stdin closed, output capped, never a shell). Exit 0: the container "
         "starts; otherwise the kubelet fails the start with the exit status and the end of "
-        "stderr, and retries with backoff.",
+        "stderr, and retries with backoff. While its program cannot be started the "
+        "resource's devices are advertised Unhealthy (see "
+        "[What an answer needs](#what-an-answer-needs)).",
     )
     timeout: float = key(
         "timeout",

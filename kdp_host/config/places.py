@@ -180,7 +180,7 @@ _Command = tuple[FieldPath, tuple[str, ...], Mapping[str, str] | None, str | Non
 
 def _commands(config: Config, index: int, *, plain: bool = True) -> Iterator[_Command]:
     resource = config.resources[index]
-    _plain = _untemplated if plain else dict
+    _plain = untemplated if plain else dict
     at: FieldPath = ("resources", index)
     driver = resource.driver
     if isinstance(driver, ShellDriverConfig):
@@ -197,7 +197,7 @@ def _commands(config: Config, index: int, *, plain: bool = True) -> Iterator[_Co
         yield (*at, "allocate", "command"), resource.allocate.command, None, None
 
 
-def _untemplated(env: Mapping[str, str]) -> dict[str, str]:
+def untemplated(env: Mapping[str, str]) -> dict[str, str]:
     """A hook's `env` as the runner passes it, where it holds no template (a `PATH` there
     decides where a bare command name is found: hostile12 L4)."""
     return {name: value for name, value in env.items() if not template_fields(value)}
@@ -240,7 +240,7 @@ def _executable(
     if path is None:
         return found
     found.append(Place.at(key, f"{what} executable", path))
-    interpreter = None if depth >= INTERPRETER_DEPTH else _interpreter(path)
+    interpreter = None if depth >= INTERPRETER_DEPTH else script_interpreter(path)
     if interpreter is not None:
         program, settings = interpreter
         settings = _expanded(settings, {**os.environ, **(env or {})})
@@ -251,7 +251,7 @@ def _executable(
     return found
 
 
-def _interpreter(path: str) -> tuple[str, dict[str, str]] | None:
+def script_interpreter(path: str) -> tuple[str, dict[str, str]] | None:
     """The program a script's `#!` line runs it with (`#!/usr/bin/env [options] X`: X), if
     any, and the env settings `env` runs it with (`NAME=VALUE`: hostile13 M14)."""
     try:

@@ -1,0 +1,217 @@
+"""Whether the `allocate.mounts` sources and the host commands of a resource's answers are
+there (`answer_needs`: the needs `mounts` and `command`, issue 17, hostile22 F2 F3), and the
+watch that keeps asking (`NeedsWatch`).
+
+The rules are the ones an answer is refused by, imported, not copied:
+
+- a mount source must pass the rule every host path of an answer passes
+  (`config.handed.NeverHanded.path_problem`: a source where nothing is in kdp-host's view is
+  refused, `identity.UNSEEN`, as is one that is unsafe or cannot be checked);
+- a command's program must be found and executable as the runner finds it
+  (`process.resolve_command`: on the PATH of its env for a bare name), and so must the
+  interpreter its `#!` line names (`config.places.script_interpreter`; exec fails with "No
+  such file or directory" when that is missing). A name or a PATH that is a template is
+  rendered per call: not judged here.
+
+`kdp-host check` warns with the same functions. A run asks at the resource's start (its first
+list waits for the answer, so the kubelet never sees the devices Healthy first) and whenever
+the watcher reports a change at a mount source or a command's path (the parent directory of
+each, as named; a directory gone or mounted over tells too), when a command could not be
+spawned (`NeedsWatch.spawn_failed`), and every `RECHECK` seconds while a need is unmet, so
+it comes back however it was fixed. The look runs off the loop, bounded by `LOOK_TIMEOUT`
+(a hung file system is a source not there); a look that hangs is waited on, not repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from .answer_needs import AnswerNeeds, configured_needs
+from .config import NeverHanded, ResourceConfig, template_fields
+from .config.places import INTERPRETER_DEPTH, script_interpreter, untemplated
+from .files import Offload
+from .mount_table import MountMap, read_mounts
+from .process import CommandError, resolve_command, search_dirs
+from .watch import Subscription, Watcher
+
+RECHECK: Final = 5.0
+"""Seconds between looks while a need is unmet (a fix no watch reports is seen by then)."""
+LOOK_TIMEOUT: Final = 5.0
+"""Seconds a look may take (a mount source on a file system that does not answer)."""
+HostCommand = tuple[str, Sequence[str], Mapping[str, str] | None]
+"""(which, argv, env) of a command on the allocation path."""
+
+
+def mount_source_problems(
+    resource: ResourceConfig, rule: NeverHanded, mounts: MountMap | None = None
+) -> list[tuple[int, str, str]]:
+    """(index, host path, why) of each `allocate.mounts` source an answer would be refused
+    for now (the rule an answer is checked by). Does I/O."""
+    found = []
+    for index, mount in enumerate(resource.allocate.mounts):
+        why = rule.path_problem(mount.host_path, mounts, writable=not mount.read_only)
+        if why is not None:
+            found.append((index, os.path.normpath(mount.host_path), why))
+    return found
+
+
+def host_commands(resource: ResourceConfig) -> list[HostCommand]:
+    """The commands an answer or a container start of the resource runs, with the env that
+    decides where a bare name is found (a hook's `env` entries with no template)."""
+    found: list[HostCommand] = []
+    if resource.allocate.command is not None:
+        found.append(("allocate.command", resource.allocate.command, None))
+    if (pre_start := resource.pre_start) is not None:
+        found.append(("preStart.command", pre_start.command, untemplated(pre_start.env) or None))
+    return found
+
+
+def command_problem(argv: Sequence[str], env: Mapping[str, str] | None) -> str | None:
+    """Why the program `argv` names (or an interpreter its `#!` line names) cannot be
+    started now, or None (the runner's rule, `process.resolve_command`). Does I/O."""
+    program, depth = argv[0], 0
+    while depth <= INTERPRETER_DEPTH:
+        if template_fields(program) or (env is not None and template_fields(env.get("PATH", ""))):
+            return None  # (rendered per call)
+        try:
+            path = resolve_command(program, env, None)
+        except CommandError as exc:
+            return str(exc) if depth == 0 else f"its #! interpreter: {exc}"
+        interpreter = script_interpreter(path)
+        if interpreter is None:
+            return None
+        program, settings = interpreter
+        if "PATH" in settings:
+            return None  # (`env PATH=...`: expanded at exec; not judged)
+        env, depth = {**(env or {}), **settings} or None, depth + 1
+    return None
+
+
+def command_problems(resource: ResourceConfig) -> list[tuple[str, str]]:
+    """(which command, why) for each host command of the resource that cannot be started."""
+    return [
+        (which, why)
+        for which, argv, env in host_commands(resource)
+        if (why := command_problem(argv, env)) is not None
+    ]
+
+
+@dataclass
+class NeedsWatch:
+    """Keeps a resource's `mounts` and `command` needs (`AnswerNeeds`) current until
+    cancelled (the module docstring)."""
+
+    resource: ResourceConfig
+    needs: AnswerNeeds
+    rule: Callable[[], NeverHanded]
+    """The host's rule now (a reload makes another)."""
+    offload: Offload
+    watcher: Watcher | None = None
+    recheck: float = RECHECK
+    look_timeout: float = LOOK_TIMEOUT
+    checked: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set after the first look (the first list waits for it: `FirstList`)."""
+    looks: int = field(default=0, init=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for need in configured_needs(self.resource) - {"cdi"}:
+            self.needs.declare(need)
+
+    def spawn_failed(self) -> None:
+        """A command of the resource could not be spawned: look again now."""
+        self._wake.set()
+
+    def _paths(self) -> Iterator[str]:
+        """The paths whose directory's changes may change an answer (as named)."""
+        for mount in self.resource.allocate.mounts:
+            yield os.path.normpath(mount.host_path)
+        for _, argv, env in host_commands(self.resource):
+            if template_fields(argv[0]):
+                continue
+            if "/" in argv[0]:
+                yield os.path.abspath(argv[0])
+            else:
+                yield from (os.path.join(d, argv[0]) for d in search_dirs(env, None))
+
+    def _subscribe(self) -> list[Subscription]:
+        watcher, wake = self.watcher, self._wake
+        if watcher is None:
+            return []
+        by_dir: dict[str, set[str]] = {}
+        for path in self._paths():
+            by_dir.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+        return [
+            watcher.subscribe(directory, lambda _: wake.set(), names)
+            for directory, names in sorted(by_dir.items())
+        ]
+
+    async def run(self) -> None:
+        subscriptions = self._subscribe()
+        look: asyncio.Future[tuple[list[tuple[int, str, str]], list[tuple[str, str]]]] | None
+        look = None
+        try:
+            while True:
+                self._wake.clear()
+                if look is None:
+                    look = asyncio.ensure_future(
+                        self.offload.run(functools.partial(self._look, self.rule()))
+                    )
+                done, _ = await asyncio.wait({look}, timeout=self.look_timeout)
+                if done:
+                    mounts, commands = look.result()
+                    look = None
+                    self._took(mounts, commands)
+                else:
+                    self._hung()
+                self.looks += 1
+                self.checked.set()
+                unmet = self.needs.unmet("mounts") or self.needs.unmet("command")
+                try:
+                    timeout = self.recheck if unmet else None
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+        finally:
+            if look is not None:
+                look.cancel()
+            for subscription in subscriptions:
+                subscription.cancel()
+
+    def _look(self, rule: NeverHanded) -> tuple[list[tuple[int, str, str]], list[tuple[str, str]]]:
+        mounts = read_mounts() if self.resource.allocate.mounts else None
+        return mount_source_problems(self.resource, rule, mounts), command_problems(self.resource)
+
+    def _took(self, mounts: list[tuple[int, str, str]], commands: list[tuple[str, str]]) -> None:
+        if self.resource.allocate.mounts:
+            if not mounts:
+                self.needs.set("mounts", None)
+            else:
+                index, path, why = mounts[0]
+                more = f" (and {len(mounts) - 1} more)" if len(mounts) > 1 else ""
+                self.needs.set(
+                    "mounts",
+                    f"allocate.mounts[{index}] source not there or refused",
+                    detail=f"allocate.mounts[{index}].hostPath {path} {why}{more}",
+                )
+        if host_commands(self.resource):
+            if not commands:
+                self.needs.set("command", None)
+            else:
+                which, why = commands[0]
+                self.needs.set("command", f"{which} cannot be started", detail=f"{which}: {why}")
+
+    def _hung(self) -> None:
+        """The look did not end within `look_timeout`: a mount source does not answer."""
+        if self.resource.allocate.mounts:
+            self.needs.set(
+                "mounts",
+                "allocate.mounts sources not answering",
+                detail=f"a look at the allocate.mounts sources did not end within "
+                f"{self.look_timeout:g} s (a file system that does not answer)",
+            )

@@ -31,9 +31,9 @@ from .conftest import script, wait_until
 R = "h22.example/fpga"
 
 
-def _config(socket_dir: Path, dev: Path, allocate: str) -> str:
+def _config(socket_dir: Path, dev: Path, allocate: str, kubelet: str = "") -> str:
     return (
-        f"kubelet: {{socketDir: {socket_dir}}}\nresources:\n  - name: {R}\n"
+        f"kubelet: {{socketDir: {socket_dir}{kubelet}}}\nresources:\n  - name: {R}\n"
         f"    glob: {{paths: ['{dev}/fpga*']}}\n    allocate: {allocate}\n"
     )
 
@@ -64,11 +64,11 @@ async def test_hostile22_f2_a_missing_mount_source_is_unhealthy_in_the_real_kube
     device): Unhealthy again within the watcher's delay, no pod is sent to be refused, the
     held device is not called missing; back once the source is."""
     caplog.set_level(logging.INFO)
-    kubelet = real_kubelet_factory()
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     dev, fw = _devices(short_dir), short_dir / "fw"
-    running = await start_host(
-        _config(kubelet.socket_dir, dev, f"{{mounts: [{{hostPath: {fw}, containerPath: /fw}}]}}")
-    )
+    mounts = f"{{mounts: [{{hostPath: {fw}, containerPath: /fw}}]}}"
+    pod_resources = f", podResourcesSocket: {short_dir}/pr/kubelet.sock"
+    running = await start_host(_config(kubelet.socket_dir, dev, mounts, pod_resources), fast=True)
     await kubelet.await_for(lambda k: _seen(k, "capacity") == 2, what="registered")
     assert _seen(kubelet, "healthy") == 0
     reason = running.host.not_ready()[R]
@@ -86,12 +86,15 @@ async def test_hostile22_f2_a_missing_mount_source_is_unhealthy_in_the_real_kube
     assert len(_lines(caplog, "answer_need_met")) == 1
     held = await kubelet.acall(kubelet.allocate, "p1", {R: 1})
     assert held["error"] == "" and [m["HostPath"] for m in held["mounts"]] == [str(fw)], held
+    await wait_until(lambda: running.sample("kdp_devices_in_use", resource=R) == 1, what="held")
 
     shutil.rmtree(fw)  # (an NFS mount dropped, a firmware directory removed)
+    polls = running.sample("kdp_pod_resources_polls_total", result="ok")
     await kubelet.await_for(lambda k: _seen(k, "healthy") == 0, what="unhealthy once gone")
     assert "allocate.mounts[0]" in running.host.not_ready()[R]
     assert len(_lines(caplog, "answer_need_unmet")) == 2
-    assert running.sample("kdp_devices_held_missing", resource=R) == 0
+    await wait_until(lambda: running.sample("kdp_pod_resources_polls_total", result="ok") > polls)
+    assert running.sample("kdp_devices_held_missing", resource=R) == 0  # (withheld, not gone)
     refused = await kubelet.acall(kubelet.allocate, "p2", {R: 1})
     assert refused["error"] != "" and not refused["device_ids"], refused
 

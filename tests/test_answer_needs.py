@@ -166,6 +166,35 @@ async def test_a_spawn_failure_looks_again_at_once(short_dir: Path) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
+class _Hung:
+    """An offload whose calls never end (a file system that does not answer)."""
+
+    calls = 0
+
+    async def run(self, function: Any) -> Any:
+        self.calls += 1
+        await asyncio.Event().wait()
+
+
+async def test_a_look_that_does_not_end_counts_as_sources_not_there(short_dir: Path) -> None:
+    """A mount source on a file system that does not answer: unmet after `look_timeout`,
+    the look waited on again, never a second one started while it hangs."""
+    mounts = f"{{mounts: [{{hostPath: {short_dir}/fw, containerPath: /fw}}]}}"
+    resource = load_config(_file(short_dir, mounts)).resources[0]
+    table = DeviceTable()
+    table.publish([Device("fpga0")])
+    needs, offload = AnswerNeeds(table, get_logger()), _Hung()
+    watch = NeedsWatch(resource, needs, NeverHanded, offload, recheck=0.01, look_timeout=0.01)
+    task = asyncio.create_task(watch.run())
+    try:
+        await wait_until(lambda: watch.looks >= 3, what="looks waited on")
+        assert needs.unmet("mounts") == "allocate.mounts sources not answering"
+        assert table.snapshot.healthy_count == 0 and offload.calls == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def _file(short_dir: Path, allocate: str) -> Path:
     config = short_dir / "kdp.yaml"
     (short_dir / "dev").mkdir(exist_ok=True)

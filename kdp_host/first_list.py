@@ -3,8 +3,9 @@
 The kubelet learns of a resource (Register, or its socket in `pluginsRegistry`) only once its
 first list is complete: every part in `FirstList.ready` is set (the table's first publish,
 after the driver's first scan or probe and the claims of its devices; the first CDI spec
-write; the first look at what its answers need, `answer_checks.NeedsWatch.checked`). So the first list the kubelet sees is the full one, however long a first scan that
-makes progress takes; after a restart the kubelet's allocatable goes from 0 (the stopped
+write; the first look at what its answers need, `answer_checks.NeedsWatch.checked`). So
+the first list the kubelet sees is the full one, however long a first scan that makes
+progress takes; after a restart the kubelet's allocatable goes from 0 (the stopped
 plugin's, docs/kubelet-contract.md §4) straight to the full count, never through an empty
 list. Only a first attempt that fails ends the wait sooner (`FirstList.failed`): every
 driver bounds its attempt by its own timeout (a scan's, a probe's, a stream's first list),

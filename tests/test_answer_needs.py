@@ -226,3 +226,17 @@ def test_kdp_host_check_warns_of_a_command_that_cannot_start(
     err = capsys.readouterr().err
     assert f"warning: {R}: allocate.command cannot be started" in err, err
     assert "advertised Unhealthy" in err
+
+
+def test_a_reload_that_drops_a_need_drops_its_series(short_dir: Path) -> None:
+    """A stopped runtime's `kdp_answer_need_unmet` series of a need the config in force
+    lacks is dropped (an unmet `mounts` of the old config would alert for ever)."""
+    from kdp_host.features import forget_unconfigured
+    from kdp_host.metrics import Metrics
+
+    metrics = Metrics(process_collectors=False)
+    metrics.answer_need_unmet.labels(R, "mounts").set(1)
+    metrics.answer_need_unmet.labels(R, "command").set(0)
+    resource = load_config(_file(short_dir, '{command: ["sh", "-c", "true"]}')).resources[0]
+    forget_unconfigured(metrics, resource)
+    assert metrics.answer_need_unmet.label_values_of(R) == [(R, "command")]

@@ -52,6 +52,7 @@ from .atomic_files import aside_logged, open_lock, set_aside, write_atomic
 from .files import Offload
 from .logs import EventLogger
 from .state_document import SHAPE_ERRORS, Decode, DocumentCache, Unreadable, signature
+from .state_markers import UNSAVED, take_over
 
 T = TypeVar("T")
 
@@ -60,9 +61,6 @@ WRITE_LIMIT: Final = 5.0
 to be written. A state directory whose file system hangs must not hang the answer (nor the
 kubelet's admission of every pod after it): past the limit the answer goes out, with an
 error line, as when a write fails; the write goes on and lands when the file system does."""
-
-UNSAVED: Final = ".unsaved"
-"""The marker of a file whose writes fail (`mark_unsaved`): `<name>.unsaved[.<writer>]`."""
 
 RETRY_FIRST: Final = 1.0
 """Seconds before a failed write is tried again; doubled at each failure, to RETRY_MAX."""
@@ -149,6 +147,10 @@ class StateFile:
         """Called when `unwritten` changes (`StateFiles`)."""
         self.stalls = 0
         """Answers that went out before the file held their change (`written`)."""
+        self.held_lock: int | None = None
+        """A descriptor of `<name>.lock` this host holds locked across an answer
+        (`ownership_fence`; set and unset while holding `writing`): a write takes no lock of
+        its own meanwhile."""
         self.held: tuple[tuple[int, ...] | None, object] | None = None
         """The file as this host last wrote (or read) it, and its part (`state_presence`)."""
 
@@ -174,33 +176,12 @@ class StateFile:
         return found
 
     def _take_over_markers(self) -> None:
-        """Markers of hosts that stopped before their write succeeded: the file may lack
-        their latest changes, so it counts as unknown; this host takes each marker over
-        (`unsettled` says when it goes). A running host's marker stays its own."""
-        directory = str(self.path.parent)
-        prefix = f"{self.path.name}{UNSAVED}"
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            return  # no state directory yet: nothing was kept
-        for name in names:
-            if not (name == prefix or name.startswith(f"{prefix}.")):
-                continue
-            owner = name.removeprefix(prefix).removeprefix(".") or None
-            if owner is not None and self._running is not None and self._running(directory, owner):
-                continue
-            self.unknown = True
-            self._log.error(
-                f"{self._what}_unsaved",
-                reason=f"{name}: a host stopped before it could write its latest changes",
-                consequence=self._consequence,
-            )
-            try:
-                os.replace(os.path.join(directory, name), self._marker)
-            except OSError as exc:
-                self._log.warning(f"{self._what}_unsaved_not_taken", reason=str(exc))
-            else:
-                self._marked = True
+        """(`state_markers.take_over`)"""
+        unknown, marked = take_over(
+            self.path, self._marker, self._running, self._log, self._what, self._consequence
+        )
+        self.unknown |= unknown
+        self._marked |= marked
 
     def own(self, document: Mapping[str, Any]) -> object:
         """This host's part of `document`: `writers.<instance ID>` if shared, else all."""
@@ -366,9 +347,11 @@ class StateFile:
         if self._merge is None:
             self._write_document(mine)
             return
-        fd = open_lock(str(self.lock_path), self._aside)
+        held = self.held_lock  # (held by this host: `ownership_fence`)
+        fd = open_lock(str(self.lock_path), self._aside) if held is None else held
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if held is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
             current = self.document_now()
             try:
                 merged = self._merge(mine, current)
@@ -377,7 +360,18 @@ class StateFile:
                 merged = self._merge(mine, None)
             self._write_document(merged)
         finally:
-            os.close(fd)
+            if held is None:
+                os.close(fd)
+
+    @property
+    def writing(self) -> asyncio.Lock:
+        """Held while a write of the file runs (`flush`)."""
+        return self._lock
+
+    @property
+    def holds_changes(self) -> bool:
+        """Whether the file holds every change made so far."""
+        return self._written == self._version
 
     @property
     def last_written(self) -> Mapping[str, Any] | None:

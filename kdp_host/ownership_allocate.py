@@ -27,7 +27,9 @@ this one).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 
 from .allocation import cdi_device_name
 from .cdi_rules import cdi_name_parts
@@ -37,6 +39,7 @@ from .kubelet_checkpoint import Gained, HandedClaims, take_handed
 from .ownership_adopt import DeviceClaims
 from .ownership_canonical import strays
 from .ownership_claims import Claim, Owner, Reached, claim_of, places, twins
+from .ownership_fence import AllocateFence
 from .ownership_hand_out import HandingOut
 from .ownership_shared import PlaceOwned
 
@@ -48,6 +51,18 @@ class BookingAllocations(HandingOut):
     """CDI kind -> the resource whose runtime writes its spec file (`attach`)."""
     _cdi_handed: dict[str, set[str]]
     """Resource -> the IDs the checkpoint's answers with CDI names named (at start)."""
+    fence: AllocateFence | None = None
+    """Kept from another running host's answers (`ownership_sync.shared_bookings`)."""
+
+    def fenced(
+        self, resource: str, ids: Collection[str], reached: Mapping[str, Identity],
+        real: Mapping[str, str],
+    ) -> AbstractAsyncContextManager[None]:  # fmt: skip
+        """Around booking and keeping an answer (`ownership_fence.AllocateFence.held`)."""
+        fence = self.fence
+        if fence is None or not fence.live:  # (alone on stateDir: nothing to pay)
+            return contextlib.nullcontext()
+        return fence.held(resource, ids, reached, real)
 
     async def book(
         self,

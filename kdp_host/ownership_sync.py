@@ -32,11 +32,13 @@ from .ownership_document import (
     OWNERSHIP_FILE,
     Entry,
     Saved,
+    SavedBooking,
     as_written,
     checked_entries,
     ownership_file,
     read_saved,
 )
+from .ownership_fence import AllocateFence
 from .ownership_peers import WRITES, Peers, Stamp, own_lost, stamps_of
 from .safety_net import SafetyNet
 from .state_file import Merge, StateFile
@@ -60,6 +62,10 @@ class TakesBookings(Protocol):
         self, saved: Saved | None, running: Collection[str], ours: bool = False
     ) -> None: ...
 
+    async def quiet(self, settled: bool = False) -> None: ...
+
+    fence: AllocateFence | None
+
 
 async def shared_bookings(
     index: TakesBookings, state_dir: str, writer: str, offload: Offload, log: EventLogger
@@ -67,10 +73,17 @@ async def shared_bookings(
     """`<state_dir>/ownership.json` read back into `index` and kept by it from now on, as
     host `writer`; follow it with the returned `BookingsSync` (`follow`)."""
     file = ownership_file(state_dir, log, offload, merged_with(state_dir, writer))
-    sync = BookingsSync(file, writer, index, offload, log)
+    index.fence = fence = AllocateFence(file, state_dir, writer, offload, log)
+    sync = BookingsSync(file, writer, index, offload, log, fence)
     saved, others = await sync.read()
     index.keep_bookings_in(file, saved, others, writer)
+    fence.took_in(theirs(saved, writer))
     return sync
+
+
+def theirs(saved: Saved | None, writer: str) -> frozenset[SavedBooking]:
+    """The other hosts' bookings of `saved` (blocking: O(entries))."""
+    return frozenset(b for b in saved or () if b.writer != writer)
 
 
 def merged_with(directory: str, writer: str, stamp: Stamp | None = None) -> Merge:
@@ -186,8 +199,9 @@ class BookingsSync:
         index: TakesBookings,
         offload: Offload,
         log: EventLogger,
+        fence: AllocateFence,
     ) -> None:
-        self._file = file
+        self._file, self._fence = file, fence
         self._peers = Peers(writer)
         """The other hosts' entries as last read (`ownership_peers`)."""
         self._kept: frozenset[str] = frozenset()
@@ -226,6 +240,7 @@ class BookingsSync:
         """Read the file again whenever it changes, from now on (and once now: what was
         written since `read`)."""
         self._net = net
+        self._fence.follow(watcher, net)
         directory, name = os.path.split(self._file.path)
         self._subscription = watcher.subscribe(directory, self.changed, names=[name])
         self.changed(None)
@@ -235,6 +250,7 @@ class BookingsSync:
             self._subscription.cancel()
             self._subscription = None
         self._watch_others(frozenset())
+        self._fence.close()
         self._net = None
         if self._task is not None:
             self._task.cancel()
@@ -251,7 +267,9 @@ class BookingsSync:
         while self._again:
             self._again = False
             try:
-                read, same = await self._offload.run(functools.partial(self._read, self._taken))
+                read, same, theirs = await self._offload.run(
+                    functools.partial(self._read, self._taken)
+                )
             except OSError as exc:
                 self._log.error("ownership_sync_failed", reason=str(exc))
                 return
@@ -273,13 +291,16 @@ class BookingsSync:
             await self._index.take_in(saved, others, ours)
             self._taken = saved if ours else None
             self._watch_others(others)
+            await self._index.quiet()  # (admitted against them: what the fence leaves out)
+            self._fence.took_in(theirs)
 
-    def _read(self, last: Saved | None) -> tuple[SharedRead, bool]:
-        """`read_shared`, and whether it is this host's own write of the very entries `last`
-        (blocking). Another content with the same other entries is no such write: this
-        host's own may be missing from it."""
+    def _read(self, last: Saved | None) -> tuple[SharedRead, bool, frozenset[SavedBooking]]:
+        """`read_shared`, whether it is this host's own write of the very entries `last`
+        (blocking), and the other hosts' bookings read. Another content with the same other
+        entries is no such write: this host's own may be missing from it."""
         read = read_shared(self._file, self._writer, self._peers)
-        return read, read.ours and read.saved is not None and same_bookings(read.saved, last)
+        same = read.ours and read.saved is not None and same_bookings(read.saved, last)
+        return read, same, theirs(read.saved, self._writer)
 
     def _tell_kept(self, kept: frozenset[str]) -> None:
         """One line when a running host's entries go missing from the file (its bookings

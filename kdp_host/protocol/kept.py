@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from ..devices import Snapshot
@@ -62,6 +63,11 @@ class Bookings(Protocol):
     ) -> tuple[dict[str, str], dict[str, Identity]]: ...
 
     def is_booked(self, resource: str, advertised_id: str) -> bool: ...
+
+    def fenced(
+        self, resource: str, ids: Collection[str], reached: Mapping[str, Identity],
+        real: Mapping[str, str],
+    ) -> AbstractAsyncContextManager[None]: ...  # fmt: skip
 
     def drops(self) -> int: ...
 

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import grpclib
@@ -44,6 +45,7 @@ from ..metric_histograms import Observer
 from ..metric_series import CounterSeries
 from ..metrics import Metrics
 from ..ownership_claims import Unresolvable
+from ..ownership_fence import Unfenced
 from ..ownership_shared import PlaceOwned
 from ..preferred import preferred_allocation, preferred_can_matter
 from ..start_budget import StartBudget
@@ -288,19 +290,25 @@ class DevicePluginService(DevicePluginBase):
             plan = plan_answer(self._builder, snapshot, requests, responses)
         booked = list(plan.booked)
         real, reached = await self._hand_real_paths(plan)
-        if (bookings := self._bookings) is not None:
-            # the kubelet booked these IDs: kept before it hears so (`OwnershipIndex.book`)
-            try:
-                places, names = plan.handed.places, plan.handed.cdi_names
-                handed_as = plan.handed_as(reached)
-                await bookings.book(name, booked, places, names, wait=False, handed_as=handed_as)
-            except PlaceOwned as exc:
-                self._metrics.allocations.labels(name, "invalid").inc()
-                self._log.warning("allocate_refused", reason=str(exc))
-                raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-        if self._release is not None:  # (an ID asked for again: its earlier user is gone)
-            self._release.asked(booked)
-        await self._kept(snapshot, requests, reached, len(requests))
+        bookings = self._bookings
+        fence = nullcontext() if bookings is None else bookings.fenced(name, booked, reached, real)
+        try:  # (another host running on stateDir: under its lock, `ownership_fence`)
+            async with fence:
+                if bookings is not None:  # the kubelet booked these IDs: kept before it hears
+                    places, names = plan.handed.places, plan.handed.cdi_names  # so (`book`)
+                    handed = plan.handed_as(reached)
+                    await bookings.book(name, booked, places, names, wait=False, handed_as=handed)
+                if self._release is not None:  # (an ID asked again: its earlier user is gone)
+                    self._release.asked(booked)
+                await self._kept(snapshot, requests, reached, len(requests))
+        except PlaceOwned as exc:
+            self._metrics.allocations.labels(name, "invalid").inc()
+            self._log.warning("allocate_refused", reason=str(exc))
+            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        except Unfenced as exc:
+            self._metrics.allocations.labels(name, "unsaved").inc(len(requests))
+            self._log.error("allocate_refused", reason=f"{name}: {exc}", result="unsaved")
+            raise grpclib.GRPCError(Status.UNAVAILABLE, f"{name}: {exc}") from None
         if self._allocated is not None:
             self._allocated(name, booked)
         if self._release is not None:  # used from now, as the record keeps it

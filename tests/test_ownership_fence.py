@@ -1,0 +1,139 @@
+"""The Allocate fence of hosts sharing a stateDir (kdp_host/ownership_fence.py; issue 17,
+hostile22 F7; through the real kubelet: tests/test_rollout_fence.py): alone, an answer takes
+no lock; with another host running, it is answered under `ownership.json.lock`, refused when
+a booking of that host not taken in yet reaches what it hands out, its booking written before
+the lock goes, and refused when it cannot be (a lock not taken in time, a write that fails)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdp_host import ownership_fence
+from kdp_host.files import DaemonThreads
+from kdp_host.logs import get_logger
+from kdp_host.ownership_bookings import Booking
+from kdp_host.ownership_claims import Owner
+from kdp_host.ownership_fence import AllocateFence, Unfenced, others_run
+from kdp_host.ownership_shared import PlaceOwned
+from kdp_host.ownership_sync import read_shared, theirs
+
+from .test_shared_bookings import R, Writer
+
+NODE = {"/dev/n1": ("c", 1)}
+
+
+def fence_of(host: Writer, state: Path) -> AllocateFence:
+    fence = AllocateFence(host.file, str(state), host.name, DaemonThreads(), get_logger())
+    fence.live = others_run(str(state), host.name)
+    return fence
+
+
+@contextmanager
+def lock_held(host: Writer) -> Iterator[None]:
+    """`ownership.json.lock` held by another open file (as another host's write holds it)."""
+    fd = os.open(host.file.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+async def test_alone_an_answer_takes_no_lock(tmp_path: Path) -> None:
+    """No other host runs: the answer goes on while the lock is held elsewhere."""
+    a = Writer(tmp_path, "host-a")
+    fence = fence_of(a, tmp_path)
+    assert not fence.live
+    with lock_held(a):
+        async with asyncio.timeout(2):
+            async with fence.held(R, ["a0"], NODE, {}):
+                pass
+
+
+async def test_a_peer_booking_not_taken_in_refuses_the_answer(tmp_path: Path) -> None:
+    """host-b booked n1 (a resource of another name); host-a has not taken it in: an answer
+    of host-a handing out n1 is refused, one of another node is not; the same ID of the same
+    resource is the kubelet allocating it again; once taken in, the index judges it."""
+    a, b = Writer(tmp_path, "host-a"), Writer(tmp_path, "host-b")
+    b.book("b1", 1)
+    await b.write()
+    fence = fence_of(a, tmp_path)
+    assert fence.live
+    with pytest.raises(PlaceOwned, match="booked by host host-b"):
+        async with fence.held("other.example/x", ["x0"], NODE, {}):
+            pass
+    async with fence.held("other.example/x", ["x0"], {"/dev/n2": ("c", 2)}, {}):
+        pass
+    async with fence.held(R, ["b1"], NODE, {}):
+        pass
+    fence.took_in(theirs(read_shared(a.file, a.name).saved, a.name))
+    async with fence.held("other.example/x", ["x0"], NODE, {}):
+        pass
+
+
+async def test_a_directory_booking_holds_what_is_below_it(tmp_path: Path) -> None:
+    """host-b holds /srv/tree mounted: a node below it, in host-a's answer, is refused."""
+    a, b = Writer(tmp_path, "host-a"), Writer(tmp_path, "host-b")
+    tree = ((("d", 7), "/srv/tree", "/srv/tree"),)
+    b.ledger.add(Owner(R, "t"), Booking("t", tree, 0.0))
+    await b.write()
+    fence = fence_of(a, tmp_path)
+    with pytest.raises(PlaceOwned):
+        async with fence.held("x.example/x", ["x0"], {"/srv/tree/n": ("c", 9)}, {}):
+            pass
+
+
+async def test_the_answers_of_two_hosts_are_serialised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While host-a answers under the lock, host-b's answer waits; past the limit it is
+    refused (UNAVAILABLE), never answered unfenced. Once host-a is done, host-b answers. A
+    write of host-a's booking inside its answer takes no lock of its own (no self-wait)."""
+    monkeypatch.setattr(ownership_fence, "FENCE_LIMIT", 0.3)
+    a, b = Writer(tmp_path, "host-a"), Writer(tmp_path, "host-b")
+    fence_a, fence_b = fence_of(a, tmp_path), fence_of(b, tmp_path)
+    async with fence_a.held(R, ["a0"], NODE, {}):
+        a.book("a0", 1)
+        a.ledger.changed()
+        async with asyncio.timeout(2):
+            assert await a.file.written()
+        with pytest.raises(Unfenced, match="not taken within"):
+            async with fence_b.held("other.example/x", ["x0"], {"/dev/n5": ("c", 5)}, {}):
+                pass
+    with pytest.raises(PlaceOwned, match="host-a"):  # (host-a's booking, read under the lock)
+        async with fence_b.held("other.example/x", ["x0"], NODE, {}):
+            pass
+    assert a.file.held_lock is None
+
+
+async def test_with_a_peer_a_booking_not_written_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone, an answer goes out when ownership.json cannot be written (handed-out.json is
+    the authority); with another host running, the booking it cannot see refuses it."""
+    a, _b = Writer(tmp_path, "host-a"), Writer(tmp_path, "host-b")
+    fence = fence_of(a, tmp_path)
+
+    def full(_document: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(a.file, "_write_document", full)
+    with pytest.raises(Unfenced, match="another host runs"):
+        async with fence.held(R, ["a0"], NODE, {}):
+            a.book("a0", 1)
+            a.ledger.changed()
+            assert not await a.file.written()
+    fence.live = False
+    async with fence.held(R, ["a1"], NODE, {}):
+        a.book("a1", 1)
+        a.ledger.changed()
+        assert not await a.file.written()

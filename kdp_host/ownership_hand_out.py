@@ -43,19 +43,12 @@ from .identity import (
     nothing_or_raise,
     real_path,
 )
+from .kept_reads import KnownRead, held_among, read_or_recall
 from .ownership_adopt import DeviceClaims
 from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT
 from .ownership_batches import Resolution
 from .ownership_claims import NOTHING, PLACE, SYSFS, ClaimKey, Owner, Reached, Unresolvable, missing
-from .ownership_reads import (
-    Found,
-    KnownRead,
-    arrived,
-    held_among,
-    linked_below,
-    more_than_one_link,
-    read_or_recall,
-)
+from .ownership_reads import Found, arrived, linked_below, more_than_one_link
 from .ownership_resolve import reached_only
 from .ownership_shared import PlaceOwned, SharedTrees
 from .rules import below
@@ -214,7 +207,7 @@ class HandingOut(SharedTrees):
         reads = self._reads_kept
         known = reads.get(followed)
         if known is not None and known.local and not whole:
-            if known.holds(time.monotonic()):
+            if reads.holds(followed, known, time.monotonic()):
                 return known.answer[0], False, known
             known = None
         since = reads.generation

@@ -2,7 +2,7 @@
 what is below it, bounded (`arrived`), and the reads of many trees in one worker-thread call
 (`TreeReads`): a host that claims a thousand mounted directories at start reads their
 trees in one hop, not a thousand. A read repeated for the same trees is answered from the
-last one while every directory it listed is as it was (`KnownRead`, `read_or_recall`).
+last one while every directory it listed is as it was (`kept_reads`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import stat
 import threading
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,8 +59,8 @@ listing failed)."""
 def arrived(paths: Iterable[str], limit: int, listed: Listed | None = None) -> tuple[Found, bool]:
     """Each path's identity (lstat: a link is not followed) and, below a directory, every
     entry's, up to `limit` entries in all (a directory's listing too); True: more were
-    there (not read). `listed` is given the directories listed (`KnownRead`). A regular file
-    with more than one link is found also as `LINKED` (not counted in `limit`)."""
+    there (not read). `listed` is given the directories listed (`kept_reads.KnownRead`). A
+    regular file with more than one link is found also as `LINKED` (not counted in `limit`)."""
     found: Found = []
     linked: Found = []
     todo = [os.path.normpath(path) for path in paths]
@@ -128,87 +127,6 @@ class NodesFound:
     def of(self, key: ClaimKey) -> tuple[str, ...]:
         paths = self.by_number.get(key)
         return () if paths is None else tuple(sorted(paths))
-
-
-STEADY_FOR: Final = 3.0
-"""Seconds since a listed directory last changed (its mtime and ctime) before a read of it
-is kept: a file system stamps times from a coarse clock (a jiffy; FAT 2 s), so a change in
-the same tick as the read may leave its directory's times as the read saw them."""
-KEPT_FOR: Final = 30.0
-"""Seconds a read is answered from at most: what no directory time shows (a file system
-that keeps no directory times) is read again within the safety net's interval. A mount over
-an entry changes no time either: reads are kept only while the mount table is followed,
-whose change forgets them at once (`KeptReads.following_mounts`)."""
-
-
-@dataclass(frozen=True)
-class KnownRead:
-    """A read's answer and the directories it listed, as they were: entries are made,
-    removed, renamed or linked in a directory only with a new mtime, and what an entry is
-    (its inode, its device number) does not change under its name, so while each listed
-    directory is the same inode with the same times, a read again finds the same."""
-
-    answer: tuple[Found, bool]
-    listed: tuple[tuple[str, tuple[int, int, int, int]], ...]
-    """Each listed directory's (st_dev, st_ino, st_mtime_ns, st_ctime_ns)."""
-    at: float
-    """When it was read (monotonic)."""
-    local: bool = False
-    """Every listed directory is on a local file system (`MountMap.local`): `holds` may
-    run on the loop."""
-    keys: frozenset[ClaimKey] = frozenset()
-    """What the answer found, once (made off the loop with the read): an Allocate asks
-    which of them another device owns by a look-up per claim held, not per entry."""
-    indexed: frozenset[ClaimKey] = frozenset()
-    """What it found as `NodesFound` keeps it, made with the read too (`ownership_shared`)."""
-
-    def holds(self, now: float) -> bool:
-        """Whether a read again now would find the same (its directories' lstat: off the
-        loop, or on it where `local`)."""
-        if now - self.at >= KEPT_FOR:
-            return False
-        for path, signature in self.listed:
-            try:
-                if _signature(os.lstat(path)) != signature:
-                    return False
-            except (OSError, ValueError):
-                return False
-        return True
-
-
-def held_among(keys: frozenset[ClaimKey], held: Mapping[ClaimKey, object]) -> frozenset[ClaimKey]:
-    """The keys of `keys` (`KnownRead.keys`) that `held` has (the claims owned, booked),
-    walking the smaller of the two: the host's claims may be many, a read's entries too."""
-    if len(held) <= len(keys):
-        return keys.intersection(held)
-    return frozenset(key for key in keys if key in held)
-
-
-def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def read_or_recall(
-    paths: Sequence[str], limit: int, known: KnownRead | None
-) -> tuple[tuple[Found, bool], KnownRead | None]:
-    """`arrived(paths, limit)`, answered from `known` while it holds (off the loop: one
-    lstat a listed directory, not one an entry); with what to keep of this read (None: a
-    path or a listing failed, or a directory changed within `STEADY_FOR`)."""
-    now = time.monotonic()
-    if known is not None and known.holds(now):
-        return known.answer, known
-    listed: Listed = []
-    answer = arrived(paths, limit, listed)
-    steady = time.time_ns() - int(STEADY_FOR * 1e9)
-    names = {path for path, _ in listed}
-    if any(os.path.normpath(p) not in names for p in paths) or any(
-        st is None or max(st.st_mtime_ns, st.st_ctime_ns) > steady for _, st in listed
-    ):
-        return answer, None
-    signatures = tuple((path, _signature(st)) for path, st in listed if st is not None)
-    keys = frozenset(key for key, _ in answer[0])
-    indexed = indexed_of(answer[0])
-    return answer, KnownRead(answer, signatures, now, keys=keys, indexed=indexed)
 
 
 def tops(paths: Iterable[str]) -> list[str]:
@@ -290,36 +208,6 @@ class TreeReads:
         with self.lock:
             self.closed = True
             return dict(self.done), self.running
-
-
-class KeptReads:
-    """The reads an Allocate made below the directories its answer mounts, kept by the
-    paths read (`KnownRead`): an Allocate repeated makes one lstat a listed directory, not
-    one an entry (kept on the loop; checked on it where `KnownRead.local`, else off it)."""
-
-    def __init__(self, limit: int = 256) -> None:
-        self._reads: dict[tuple[str, ...], KnownRead] = {}
-        self._limit = limit
-        self.following_mounts = False
-        """Whether the mount table's changes are followed (`clear`): nothing is kept before."""
-        self.generation = 0
-        """`clear`s so far: a read begun before one is not kept."""
-
-    def get(self, paths: tuple[str, ...]) -> KnownRead | None:
-        return self._reads.get(paths)
-
-    def keep(self, paths: tuple[str, ...], read: KnownRead | None, since: int) -> None:
-        """Keep `read` of `paths`, begun at `generation` `since` (None: forget it)."""
-        if read is None or not self.following_mounts or since != self.generation:
-            self._reads.pop(paths, None)
-            return
-        if len(self._reads) >= self._limit and paths not in self._reads:
-            self._reads.clear()
-        self._reads[paths] = read
-
-    def clear(self) -> None:
-        self._reads.clear()
-        self.generation += 1
 
 
 def more_than_one_link(nodes: Mapping[str, ClaimKey]) -> set[ClaimKey]:

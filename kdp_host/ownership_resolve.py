@@ -20,6 +20,7 @@ from .device_changes import changed_among
 from .devices import Device
 from .files import Offload
 from .identity import UNRESOLVABLE
+from .kept_reads import KeptReads
 from .metrics import Metrics
 from .ownership_admission import Admission, cached_claims
 from .ownership_batches import HUNG, PathResolver, Resolution, batch_reach
@@ -35,7 +36,6 @@ from .ownership_claims import (
     still_reaches,
 )
 from .ownership_paths import claimed_paths
-from .ownership_reads import KeptReads
 from .ownership_table import ResourceState
 from .rules import below
 from .turns import Pace

@@ -36,17 +36,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Final, TypeVar
 
 from .devices import physical_id
+from .kept_reads import KnownRead, held_among
 from .ownership_arrivals import INSIDE_LIMIT, Arrivals
 from .ownership_claims import Claim, ClaimKey, Owner, Unresolvable
 from .ownership_gate import AdmissionGate
-from .ownership_reads import (
-    LINKED,
-    Found,
-    KnownRead,
-    held_among,
-    indexed,
-    indexed_of,
-)
+from .ownership_reads import LINKED, Found, indexed, indexed_of
 from .rules import below
 
 T = TypeVar("T")

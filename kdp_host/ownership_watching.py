@@ -107,7 +107,7 @@ class Watching(BookingAllocations):
             self._follow_mounted(next(iter(owners)), real)
         # (a poll sees a change late; a mount over a path makes no directory event)
         self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
-        self._reads_kept.following_mounts = self._keeps
+        self._reads_kept.follow(self._keeps, watcher)
 
     def local(self, directories: Collection[str]) -> bool:
         """Whether a lookup in each of these real directories waits on nothing but this

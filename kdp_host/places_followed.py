@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Protocol, runtime_checkable
 
 from .config.handed_tree import FollowedRule
@@ -47,43 +47,22 @@ class Vouching(Protocol):
     def watching(self, directory: str) -> bool | None: ...
 
 
-class FollowedPlaces:
-    """The places of the current rule (`config.handed.Followed`), followed through the
-    host's watcher; a new rule (a reload) is followed from its first question on."""
+class FollowedPaths:
+    """Paths followed through a `Vouching` watcher: each path's entry in its directory and
+    every directory's on the way to it (renamed, removed, replaced by a link), and what is
+    made, removed or renamed in those followed `inside` too; `heard` is told the paths a
+    change reached (`cancel` ends it)."""
 
-    def __init__(self, watcher: Vouching) -> None:
+    def __init__(
+        self,
+        watcher: Vouching,
+        paths: Iterable[tuple[str, bool]],
+        heard: Callable[[set[str]], None],
+    ) -> None:
         self._watcher = watcher
-        self._rule: FollowedRule | None = None
-        self._subscriptions: list[Subscription] = []
-        self._reaches: dict[str, dict[str | None, set[str]]] = {}
-        """Directory -> entry name (None: any entry in it) -> the paths a change there
-        changes (the entry is one of the paths, or a directory on the way to them)."""
-        self._dirs: tuple[str, ...] = ()
-        """Every directory subscribed to, each after its parent."""
-        self._changed: set[str] = set()
-        self._covered: bool | None = None
-        """Whether every directory is watched or absent below a watched one (None: to be
-        found again: a watch gained or lost tells its subscribers)."""
-
-    def changed(self, rule: FollowedRule) -> Collection[str] | None:
-        """The paths of `rule` reported changed since the last question (then forgotten), or
-        None where any may have: the first question of a rule, or what `Vouching` says."""
-        if rule is not self._rule:
-            self._follow(rule)
-            return None
-        watcher = self._watcher
-        if watcher.untold() is not False or not self._all_covered():
-            self._changed.clear()
-            return None
-        changed, self._changed = self._changed, set()
-        return changed
-
-    def _follow(self, rule: FollowedRule) -> None:
-        for subscription in self._subscriptions:
-            subscription.cancel()
-        self._rule, self._changed, self._covered = rule, set(), None
+        self._heard = heard
         reaches: dict[str, dict[str | None, set[str]]] = {}
-        for path, inside in rule.followed_paths():
+        for path, inside in paths:
             if inside:
                 reaches.setdefault(path, {}).setdefault(None, set()).add(path)
             at = path
@@ -92,28 +71,41 @@ class FollowedPlaces:
                 reaches.setdefault(parent, {}).setdefault(os.path.basename(at), set()).add(path)
                 at = parent
         self._reaches = reaches
+        """Directory -> entry name (None: any entry in it) -> the paths a change there
+        changes (the entry is one of the paths, or a directory on the way to them)."""
         self._dirs = tuple(sorted(reaches, key=lambda d: (d.count("/"), d)))
+        """Every directory subscribed to, each after its parent."""
+        self._covered: bool | None = None
+        """Whether every directory is watched or absent below a watched one (None: to be
+        found again: a watch gained or lost tells its subscribers)."""
         self._subscriptions = [
-            self._watcher.subscribe(
+            watcher.subscribe(
                 directory,
-                functools.partial(self._heard, directory),
+                functools.partial(self._changed, directory),
                 None if None in names else [n for n in names if n is not None],
                 entries=True,
             )
             for directory, names in reaches.items()
         ]
 
-    def _heard(self, directory: str, name: str | None) -> None:
+    def cancel(self) -> None:
+        for subscription in self._subscriptions:
+            subscription.cancel()
+
+    def vouched(self) -> bool:
+        """Whether nothing can have changed untold: `Vouching.untold` says so, and every
+        directory is watched, or absent where its parent is (which tells its making)."""
+        return self._watcher.untold() is False and self._all_covered()
+
+    def _changed(self, directory: str, name: str | None) -> None:
         """A watcher callback: `name` in `directory` (None: anything there, its watch
         gained or lost) was made, removed or renamed."""
         reaches = self._reaches.get(directory, {})
         if name is None:
             self._covered = None
-            for paths in reaches.values():
-                self._changed |= paths
-            return
-        for key in (name, None):
-            self._changed |= reaches.get(key, set())
+            self._heard({path for paths in reaches.values() for path in paths})
+        else:
+            self._heard(reaches.get(name, set()) | reaches.get(None, set()))
 
     def _all_covered(self) -> bool:
         if self._covered is None:
@@ -126,3 +118,30 @@ class FollowedPlaces:
                 )
             self._covered = all(covered.values())
         return self._covered
+
+
+class FollowedPlaces:
+    """The places of the current rule (`config.handed.Followed`), followed through the
+    host's watcher; a new rule (a reload) is followed from its first question on."""
+
+    def __init__(self, watcher: Vouching) -> None:
+        self._watcher = watcher
+        self._rule: FollowedRule | None = None
+        self._paths: FollowedPaths | None = None
+        self._changed: set[str] = set()
+
+    def changed(self, rule: FollowedRule) -> Collection[str] | None:
+        """The paths of `rule` reported changed since the last question (then forgotten), or
+        None where any may have: the first question of a rule, or what `Vouching` says."""
+        if rule is not self._rule or self._paths is None:
+            if self._paths is not None:
+                self._paths.cancel()
+            self._rule, self._changed = rule, set()
+            self._paths = FollowedPaths(self._watcher, rule.followed_paths(), self._changed.update)
+            return None
+        if not self._paths.vouched():
+            self._changed.clear()
+            return None
+        changed = set(self._changed)
+        self._changed.clear()
+        return changed

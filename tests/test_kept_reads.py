@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from kdp_host import ownership_hand_out, ownership_reads
+from kdp_host import kept_reads, ownership_hand_out, ownership_reads
+from kdp_host.kept_reads import KEPT_FOR, read_or_recall
 from kdp_host.mount_table import MountMap, parse_mounts
-from kdp_host.ownership_reads import KEPT_FOR, read_or_recall
 from kdp_host.ownership_shared import PlaceOwned
 from kdp_host.testing import ManualWatcher
 
@@ -45,7 +45,7 @@ def tree(root: Path) -> list[Path]:
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The reads made (`arrived` calls), with `STEADY_FOR` 0: what the test aged is steady."""
-    monkeypatch.setattr(ownership_reads, "STEADY_FOR", 0.0)
+    monkeypatch.setattr(kept_reads, "STEADY_FOR", 0.0)
     made: list[list[str]] = []
     real = ownership_reads.arrived
 
@@ -55,7 +55,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         made.append(list(paths))
         return real(paths, limit, listed)
 
-    monkeypatch.setattr(ownership_reads, "arrived", counted)
+    monkeypatch.setattr(kept_reads, "arrived", counted)
     return made
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host import ownership_arrivals, ownership_hand_out, ownership_reads
+from kdp_host import kept_reads, ownership_arrivals, ownership_hand_out, ownership_reads
 from kdp_host.device_table import DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.holdings import Holdings
@@ -262,7 +262,7 @@ async def test_the_allocate_read_is_bounded(
         read.append(len(found))
         return found, more
 
-    monkeypatch.setattr(ownership_reads, "arrived", counted)
+    monkeypatch.setattr(kept_reads, "arrived", counted)  # (what an Allocate's read calls)
     b = str(tmp_path / "b")
     await host.index.hand_out(R2, ["b"], [b])
     assert read == [3]

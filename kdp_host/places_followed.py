@@ -26,21 +26,12 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Protocol, runtime_checkable
 
 from .config.handed_tree import FollowedRule
-from .watch import Subscription, WatchCallback
+from .watch import Watcher
 
 
 @runtime_checkable
-class Vouching(Protocol):
+class Vouching(Watcher, Protocol):
     """A watcher that can say nothing is left untold (`inotify_watch.InotifyWatcher`)."""
-
-    def subscribe(
-        self,
-        directory: str,
-        callback: WatchCallback,
-        names: Iterable[str] | None = None,
-        *,
-        entries: bool = False,
-    ) -> Subscription: ...
 
     def untold(self) -> bool | None: ...
 

@@ -5,7 +5,6 @@ Allocate (told or not yet read by the loop) is seen at once."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import time
@@ -17,30 +16,15 @@ import pytest
 from kdp_host import kept_reads
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.kept_reads import KeptReads, KnownRead, read_or_recall
-from kdp_host.logs import get_logger
 
+from .inotify_setup import running_watcher, told
 from .test_kept_reads import tree
-
-DEADLINE = 10.0
 
 
 @pytest.fixture
 async def watcher() -> AsyncIterator[InotifyWatcher]:
-    watcher = InotifyWatcher(get_logger(), retry_interval=0.05)
-    running = asyncio.create_task(watcher.run())
-    await asyncio.sleep(0)  # (its reader added)
-    yield watcher
-    running.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await running
-
-
-async def told(watcher: InotifyWatcher) -> None:
-    """Until the loop read every event the kernel holds."""
-    deadline = time.monotonic() + DEADLINE
-    while watcher.untold():
-        assert time.monotonic() < deadline, "the watcher's events were not read"
-        await asyncio.sleep(0.001)
+    async with running_watcher() as running:
+        yield running
 
 
 def kept(

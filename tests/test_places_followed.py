@@ -5,7 +5,6 @@ read by the loop)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -18,13 +17,11 @@ from kdp_host.config import load_config, never_handed
 from kdp_host.config.handed import NeverHanded
 from kdp_host.identity import identity_of
 from kdp_host.inotify_watch import InotifyWatcher
-from kdp_host.logs import get_logger
 from kdp_host.places_followed import FollowedPlaces, Vouching
 from kdp_host.testing import ManualWatcher
 
 from .handed_setup import head, made_dirs
-
-DEADLINE = 10.0
+from .inotify_setup import running_watcher, told
 
 
 @pytest.fixture
@@ -61,21 +58,8 @@ def problem(rule: NeverHanded, path: Path, followed: FollowedPlaces) -> str | No
 
 @pytest.fixture
 async def watcher() -> AsyncIterator[InotifyWatcher]:
-    watcher = InotifyWatcher(get_logger(), retry_interval=0.05)
-    running = asyncio.create_task(watcher.run())
-    await asyncio.sleep(0)  # (its reader added)
-    yield watcher
-    running.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await running
-
-
-async def told(watcher: InotifyWatcher) -> None:
-    """Until the loop read every event the kernel holds."""
-    deadline = time.monotonic() + DEADLINE
-    while watcher.untold():
-        assert time.monotonic() < deadline, "the watcher's events were not read"
-        await asyncio.sleep(0.001)
+    async with running_watcher() as running:
+        yield running
 
 
 async def test_only_what_changed_is_stated_again_and_a_link_made_just_before_is_refused(

@@ -108,5 +108,9 @@ async def test_hostile15_f10_the_new_host_releases_the_old_hosts_use_on_its_node
     gate.touch()
     await old.shutdown()
     await kubelet.acall(kubelet.release, "pod1")
-    await wait_until(lambda: log.exists(), timeout=60, what="the release of pod1's use")
+    await wait_until(  # (the shell makes the file before echo writes its line)
+        lambda: log.exists() and log.read_text().endswith("\n"),
+        timeout=60,
+        what="the release of pod1's use",
+    )
     assert log.read_text().split() == [str(n0)]

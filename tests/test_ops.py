@@ -761,13 +761,21 @@ class _SlowCollector:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.entered = 0
-        self._lock = threading.Lock()
+        self._entering = threading.Condition()
 
     def collect(self) -> Iterator[object]:
-        with self._lock:
+        with self._entering:
             self.entered += 1
+            self._entering.notify_all()
         self.release.wait(30)
         return iter(())
+
+    def await_entered(self, count: int) -> int:
+        """How many scrapes entered, once `count` have (30 s at most: a slot's thread may
+        be scheduled after the refused scrapes were told)."""
+        with self._entering:
+            self._entering.wait_for(lambda: self.entered >= count, timeout=30)
+            return self.entered
 
 
 def test_http_healthz_gets_through_eight_concurrent_scrapers(
@@ -792,7 +800,7 @@ def test_http_healthz_gets_through_eight_concurrent_scrapers(
         allowed = MAX_THREADS - PROBE_SLOTS
         # The scrapes beyond the allowance are told at once; the others wait for the data.
         refused = _answered(scrapers, PROBE_SLOTS)
-        assert len(refused) == PROBE_SLOTS and slow.entered == allowed
+        assert len(refused) == PROBE_SLOTS and slow.await_entered(allowed) == allowed
         for connection in refused:
             answer = _read_to_end(connection)
             assert answer.startswith(b"HTTP/1.1 503") and b"busy" in answer

@@ -147,10 +147,10 @@ class Host:
         self.ownership.watch(watcher, safety_net := SafetyNet(self._work))  # claims, trees
         kubelet = self.config.kubelet
         state_dir, instance = self.config.state_dir, self.instance_id
+        handed = await HandedRecord.read(state_dir, self.log, self._work, instance)  # (first)
         release_state = await ReleaseStateStore.read(state_dir, self.log, self._work, instance)
         self.ownership.hold_while_releasing(release_state)
         sync = await shared_bookings(self.ownership, state_dir, instance, self._work, self.log)
-        handed = await HandedRecord.read(state_dir, self.log, self._work, instance)
         served = {r.name for r in self.selection.config.resources}
         await book_handed(self.ownership, self.selection.config, self._work, self.log, handed)
         self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown)

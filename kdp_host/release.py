@@ -20,8 +20,9 @@ a container joining a live sharer is not held back (it never was free), but a no
 use was handed and no use still holds (the device moved) goes to no container before that
 release (`in_use_sharing`: refused meanwhile, hostile14 N6). `used` and `owed` are kept in
 `<stateDir>/release-state.json` (`release_state.py`), written before PreStartContainer
-answers; the hosts on one stateDir run a device's release, and decide what it owes, one at a
-time under its lock (`release_lock`).
+answers (a use it had not taken at a kill is taken from the record: `release_recorded`);
+the hosts on one stateDir run a device's release, and decide what it owes, one at a time
+under its lock (`release_lock`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .process import CommandRunner
 from .release_command import ReleaseCommand, acted_on, in_use_sharing, owed_left, owed_sharing
 from .release_join import FreshAnswers, asked_for, decided
 from .release_lock import DeviceLock, LockBusy, Released, owed_by_peers
+from .release_recorded import recorded_uses
 from .release_slots import Slots
 from .release_state import ReleaseStateStore
 from .release_use import (
@@ -122,6 +124,7 @@ class ReleaseTracker:
             device_id: taken_up(device_id, entry, self._handed, at, settle)
             for device_id, entry in self._store.entries(self._resource.name).items()
         }
+        recorded_uses(self.uses, self._handed, at, settle, self._log)  # (the state behind)
         for writer, ids in self._store.begin(self._resource.name).items():  # (all, if it
             self.booked(ids, writer)  # begins now: ReleaseStateStore.begin)
         self._store.listen(self._resource.name, self)  # (another host's, from now)

@@ -5,6 +5,7 @@ Allocate handed out, as the release does: one record (`handed_out`, `handed-out.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
@@ -177,6 +178,11 @@ class _Bookings:
 
     async def bookings_written(self) -> None:
         pass
+
+    def fenced(
+        self, resource: str, ids: object, reached: object, real: object
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()  # (alone on its stateDir)
 
     async def hand_out_reaching(
         self,

@@ -28,7 +28,7 @@ this one).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Container, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 
 from .allocation import cdi_device_name
@@ -223,16 +223,17 @@ class BookingAllocations(HandingOut):
                     found.setdefault(was, (device.id, at))
         return found
 
-    def _owners(self, reached: Reached) -> list[Owner]:
+    def _owners(self, reached: Reached, sharing: Container[Owner] = ()) -> list[Owner]:
         """Every device that owns what a path reaches exclusively: its claim, a directory
         it mounts above it, or, for a directory, any claim below it (a mount of the
         directory reaches them all); and every booking that holds it (`holders`: also one
         no listed device claims, another plugin's pod's booked from the kubelet's
-        checkpoint: hostile15 F11, F12)."""
+        checkpoint: hostile15 F11, F12), but those of `sharing` (`mounts_shared_by`)."""
         key, real = reached
         exclusive = self._exclusive
         found = [o for k in (key, *twins(key)) if (o := exclusive.get(k)) is not None]
-        found += [owner for owner in self._ledger.holders(key, real) if owner not in found]
+        holders = self._ledger.holders(key, real)
+        found += [owner for owner in holders if owner not in found and owner not in sharing]
         places = self._within.places(key, real)
         for outer in self._within.outer(places):
             if (owner := exclusive.get(outer)) is not None:
@@ -273,13 +274,15 @@ class BookingAllocations(HandingOut):
         """The claims of each ID's places, checked: none may reach another device's claim
         (the same node, inside a directory it mounts, or a directory holding it)."""
         reached = await self._reach_kept({path for paths in places.values() for path in paths})
+        shared, _ = self.mounts_shared_by(resource, reached)  # (every pod of it gets them)
+        sources = self._mounts_configured.get(resource, frozenset())
         claimed: dict[str, tuple[Claim, ...]] = {}
         for kubelet_id, paths in places.items():
             # the devices of the container (all the IDs handed the same paths)
             mine = {d for i, p in places.items() if p == paths for d in (i, physical_id(i))}
             for path in paths:
-                found = reached[path]
-                for owner in () if found is None else self._owners(found):
+                found, mounted = reached[path], shared if path in sources else ()
+                for owner in () if found is None else self._owners(found, mounted):
                     if owner.resource != resource or owner.device not in mine:
                         raise PlaceOwned(
                             f"{resource}: the answer for {kubelet_id} hands out {path}, "

@@ -138,13 +138,17 @@ class HandingOut(SharedTrees):
             raise
         mounted = [r[1] for r in reached.values() if r is not None and r[0][0] == DIRECTORY]
         if mounted:
-            below_them, read = await self._nothing_moved_in(resource, ids, sorted(mounted))
+            below_them, read = await self._nothing_moved_in(resource, ids, sorted(mounted), reached)
             self._shares_nothing(resource, ids, sorted(mounted), below_them, read)
         await self._not_linked_in(resource, ids, reached)
         return real, {p: r[0] for p, r in reached.items() if r is not None and r[0][0] != NOTHING}
 
     async def _nothing_moved_in(
-        self, resource: str, ids: Iterable[str], mounted: list[str]
+        self,
+        resource: str,
+        ids: Iterable[str],
+        mounted: list[str],
+        reached: Mapping[str, Reached | None],
     ) -> tuple[Found, KnownRead | None]:
         """Raise PlaceOwned when what another device owns is below a directory an answer
         mounts (renamed or linked there since the watcher last reported: the window before
@@ -153,8 +157,10 @@ class HandingOut(SharedTrees):
         a tree the watcher does not follow in full (`mount_tree_unfollowed`: the safety net
         would see a move there within its interval only) is read in full, up to
         `RESCAN_LIMIT` entries (hostile8 N4). Raises Unresolvable when that is past the
-        limit, or when the read does not end within `HANDED_TIMEOUT`. Returns what it found,
-        and the read kept when it is all of it (`_shares_nothing`)."""
+        limit, or when the read does not end within `HANDED_TIMEOUT`. A booking of the
+        resource that holds a configured mount source the answer hands out (`reached`) holds
+        it for every pod of it (`mounts_shared_by`). Returns what it found, and the read kept
+        when it is all of it (`_shares_nothing`)."""
         whole, bounded = self._arrivals.left_to_net(mounted)
         followed = tuple(d for d in mounted if d not in whole)
         found, more, kept = await self._read_below(followed, whole, mounted)
@@ -170,8 +176,10 @@ class HandingOut(SharedTrees):
         held = held_among(keys, self._exclusive) | held_among(keys, ledger.booked)
         if shared := held_among(keys, ledger.shared_booked):  # (not the answer's own)
             held |= shared - {key for key, _, _ in self._shared_claims(resource, ids)}
-        mine = self._mine(ids)
-        owners = {k: o for k in held if (o := self._other_holder(k, resource, mine)) is not None}
+        mine, sharing = self._mine(ids), self.mounts_shared_by(resource, reached)
+        owners = {
+            k: o for k in held if (o := self._other_holder(k, resource, mine, sharing)) is not None
+        }
         if not owners:
             return found, kept  # (the answer's own: its mount booked, say)
         foreign = [(key, path, owners[key]) for key, path in found if key in owners]
@@ -182,20 +190,6 @@ class HandingOut(SharedTrees):
             f"{owner.resource} owns or a pod holds (found there now: the mounting device is "
             "checked again)"
         )
-
-    def _other_holder(self, key: ClaimKey, resource: str, mine: set[str]) -> Owner | None:
-        """The device of another ID that owns `key` (advertised), else a booking of another
-        ID that holds it (a pod has it: its device's, or a place of its answer)."""
-
-        def other(owner: Owner) -> bool:
-            return owner.resource != resource or owner.device not in mine
-
-        owner = self._exclusive.get(key)
-        if owner is not None and other(owner):
-            return owner
-        ledger = self._ledger
-        holders = (*ledger.booked.get(key, ()), *ledger.shared_booked.get(key, ()))
-        return next(filter(other, holders), None)
 
     async def _read_below(
         self, followed: tuple[str, ...], whole: list[str], mounted: list[str]

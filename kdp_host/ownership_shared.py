@@ -8,7 +8,7 @@ group directories, was handed to two pods. Now an answer that mounts directories
 (`PlaceOwned`, naming both paths) when what is below them is also below a tree another ID's
 booking holds mounted, alone or shared (`Ledger.held_trees`), outside the answer's own
 directories and those its devices share (a mount every pod of a resource gets is shared by
-design):
+design: `mounts_shared_by`):
 
 - a device node by its number, among the nodes the watcher's reads of the trees found
   (`NodesFound`), a regular file by its inode among the files of more than one link they
@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Iterable, Iterator
+import os
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Final, TypeVar
 
 from .devices import physical_id
 from .kept_reads import KnownRead, held_among
 from .ownership_arrivals import INSIDE_LIMIT, Arrivals
-from .ownership_claims import Claim, ClaimKey, Owner, Unresolvable
+from .ownership_claims import Claim, ClaimKey, Owner, Reached, Unresolvable
 from .ownership_gate import AdmissionGate
 from .ownership_reads import LINKED, Found, indexed, indexed_of
 from .rules import below
@@ -59,6 +61,39 @@ class SharedTrees(AdmissionGate):
 
     _arrivals: Arrivals
     """What arrives in claimed directories (`NodesFound`, each tree's `tree_nodes`)."""
+    _mounts_configured: Mapping[str, frozenset[str]] = MappingProxyType({})
+    """Resource -> the host paths of its `allocate.mounts` (`share_mounts`; replaced whole)."""
+
+    def share_mounts(self, resource: str, host_paths: Iterable[str]) -> None:
+        """`resource`'s configured `allocate.mounts` sources (its runtime starts): every pod
+        of the resource gets them, so they are shared by its devices (`mounts_shared_by`)."""
+        sources = frozenset(map(os.path.normpath, host_paths))
+        self._mounts_configured = MappingProxyType({**self._mounts_configured, resource: sources})
+
+    def mounts_shared_by(
+        self, resource: str, reached: Mapping[str, Reached | None]
+    ) -> tuple[frozenset[Owner], frozenset[ClaimKey]]:
+        """The bookings of `resource` that were handed, as a place, one of its configured
+        `allocate.mounts` sources that an answer of it hands out too (`reached`: host path
+        -> what it reaches now), and what they were handed there with what is there now: a
+        source every pod of the resource gets is no clash among them, whatever inode it is
+        now (issue 17, resready F2b: a source removed and made again while a pod held it
+        refused every later Allocate of the resource). By real path: the place the config
+        names. Still a clash: another resource's booking there, any device that claims it
+        or what is below it, and what a tree another ID holds shares with it."""
+        sources = self._mounts_configured.get(resource, frozenset())
+        now = {r[1]: r[0] for p in sources if (r := reached.get(p))}
+        owners: set[Owner] = set()
+        keys = set(now.values())
+        ledger = self._ledger
+        for real in now:
+            for owner in ledger.places.get(real, ()):
+                booking = ledger.bookings.get(owner) if owner.resource == resource else None
+                held = () if booking is None else booking.places
+                if there := [k for k, path, at in held if at == real and path in sources]:
+                    owners.add(owner)
+                    keys.update(there)
+        return frozenset(owners), frozenset(keys)
 
     def _shares_nothing(
         self,
@@ -101,6 +136,30 @@ class SharedTrees(AdmissionGate):
             where = _answer_path(found, mounted, arrivals, shared[0][0])
             self._found_shared([where, shared[0][1]])  # (a file: with both links, at once)
             _refuse(resource, shared, where)
+
+    def _other_holder(
+        self,
+        key: ClaimKey,
+        resource: str,
+        mine: set[str],
+        sharing: tuple[Container[Owner], Container[ClaimKey]],
+    ) -> Owner | None:
+        """The device of another ID that owns `key` (advertised), else a booking of another
+        ID that holds it (a pod has it: its device's, or a place of its answer), but one
+        that holds it as a configured mount source it shares with the answer (`sharing`:
+        `mounts_shared_by`)."""
+
+        def other(owner: Owner) -> bool:
+            return owner.resource != resource or owner.device not in mine
+
+        owner = self._exclusive.get(key)
+        if owner is not None and other(owner):
+            return owner
+        ledger = self._ledger
+        holders = (*ledger.booked.get(key, ()), *ledger.shared_booked.get(key, ()))
+        owners, keys = sharing
+        shared = owners if key in keys else ()
+        return next((o for o in holders if other(o) and o not in shared), None)
 
     @abc.abstractmethod
     def _found_shared(self, paths: list[str]) -> None:

@@ -201,6 +201,9 @@ class ResourceRuntime:
             replicas=self.config.replicas,
             cdi_kind=None if cdi is None else cdi.kind,
         )
+        services.ownership.share_mounts(
+            self.config.name, (mount.host_path for mount in self.config.allocate.mounts)
+        )
         try:
             await self._run(driver)
         finally:

@@ -233,7 +233,7 @@ class BookingAllocations(HandingOut):
         exclusive = self._exclusive
         found = [o for k in (key, *twins(key)) if (o := exclusive.get(k)) is not None]
         holders = self._ledger.holders(key, real)
-        found += [owner for owner in holders if owner not in found and owner not in sharing]
+        found += [owner for owner in holders if owner not in sharing and owner not in found]
         places = self._within.places(key, real)
         for outer in self._within.outer(places):
             if (owner := exclusive.get(outer)) is not None:
@@ -274,7 +274,7 @@ class BookingAllocations(HandingOut):
         """The claims of each ID's places, checked: none may reach another device's claim
         (the same node, inside a directory it mounts, or a directory holding it)."""
         reached = await self._reach_kept({path for paths in places.values() for path in paths})
-        shared, _ = self.mounts_shared_by(resource, reached)  # (every pod of it gets them)
+        shared = self.mounts_shared_by(resource, reached)  # (every pod of it gets them)
         sources = self._mounts_configured.get(resource, frozenset())
         claimed: dict[str, tuple[Claim, ...]] = {}
         for kubelet_id, paths in places.items():

@@ -33,7 +33,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import os
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, TypeVar
 
@@ -56,6 +57,22 @@ class PlaceOwned(ValueError):
     host owns (the answer is refused)."""
 
 
+@dataclass(frozen=True)
+class SourcesShared:
+    """The configured mount sources an answer hands out, as the bookings of its resource
+    hold them (`SharedTrees.mounts_shared_by`): an owner is in it when it is such a booking."""
+
+    resource: str = ""
+    placed: frozenset[Owner] = frozenset()
+    """The bookings handed a source as a place (`Ledger.places` at its real path; of any
+    resource: those of another are no sharers)."""
+    keys: frozenset[ClaimKey] = frozenset()
+    """What is at the sources now: holding one of them there is sharing it."""
+
+    def __contains__(self, owner: object) -> bool:
+        return owner in self.placed and isinstance(owner, Owner) and owner.resource == self.resource
+
+
 class SharedTrees(AdmissionGate):
     """An answer's mounted trees against the trees pods hold mounted (the module's doc)."""
 
@@ -72,28 +89,20 @@ class SharedTrees(AdmissionGate):
 
     def mounts_shared_by(
         self, resource: str, reached: Mapping[str, Reached | None]
-    ) -> tuple[frozenset[Owner], frozenset[ClaimKey]]:
-        """The bookings of `resource` that were handed, as a place, one of its configured
-        `allocate.mounts` sources that an answer of it hands out too (`reached`: host path
-        -> what it reaches now), and what they were handed there with what is there now: a
+    ) -> SourcesShared:
+        """The configured `allocate.mounts` sources of `resource` that an answer of it hands
+        out (`reached`: host path -> what it reaches now), as its bookings share them: a
         source every pod of the resource gets is no clash among them, whatever inode it is
         now (issue 17, resready F2b: a source removed and made again while a pod held it
         refused every later Allocate of the resource). By real path: the place the config
         names. Still a clash: another resource's booking there, any device that claims it
         or what is below it, and what a tree another ID holds shares with it."""
-        sources = self._mounts_configured.get(resource, frozenset())
-        now = {r[1]: r[0] for p in sources if (r := reached.get(p))}
-        owners: set[Owner] = set()
-        keys = set(now.values())
-        ledger = self._ledger
-        for real in now:
-            for owner in ledger.places.get(real, ()):
-                booking = ledger.bookings.get(owner) if owner.resource == resource else None
-                held = () if booking is None else booking.places
-                if there := [k for k, path, at in held if at == real and path in sources]:
-                    owners.add(owner)
-                    keys.update(there)
-        return frozenset(owners), frozenset(keys)
+        sources = self._mounts_configured.get(resource)
+        now = {} if not sources else {r[1]: r[0] for p in sources if (r := reached.get(p))}
+        if not now:
+            return SourcesShared()  # (the common case: no configured source in the answer)
+        placed = frozenset().union(*(self._ledger.places.get(real, ()) for real in now))
+        return SourcesShared(resource, placed, frozenset(now.values()))
 
     def _shares_nothing(
         self,
@@ -142,7 +151,7 @@ class SharedTrees(AdmissionGate):
         key: ClaimKey,
         resource: str,
         mine: set[str],
-        sharing: tuple[Container[Owner], Container[ClaimKey]],
+        sharing: SourcesShared,
     ) -> Owner | None:
         """The device of another ID that owns `key` (advertised), else a booking of another
         ID that holds it (a pod has it: its device's, or a place of its answer), but one
@@ -157,8 +166,7 @@ class SharedTrees(AdmissionGate):
             return owner
         ledger = self._ledger
         holders = (*ledger.booked.get(key, ()), *ledger.shared_booked.get(key, ()))
-        owners, keys = sharing
-        shared = owners if key in keys else ()
+        shared = sharing if key in sharing.keys else ()
         return next((o for o in holders if other(o) and o not in shared), None)
 
     @abc.abstractmethod

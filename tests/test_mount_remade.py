@@ -130,3 +130,30 @@ async def test_a_probes_shared_mount_remade_while_held(
     _remade(fw)
     await _answered_soon(kubelet, "p2")
     await _answered(kubelet, "p3")
+
+
+async def test_a_source_two_resources_configure_is_still_one_resources_at_a_time(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any
+) -> None:
+    """The sharing is among the devices of the resource that configures the source: an
+    Allocate of a second resource configuring the same directory is still refused while a
+    pod of the first holds it (re-made or not), naming the first resource (as before)."""
+    kubelet = real_kubelet_factory()
+    dev, other, fw = short_dir / "dev", short_dir / "other", short_dir / "fw"
+    for directory in (dev, other, fw):
+        directory.mkdir()
+    (dev / "fpga0").touch()
+    (other / "o0").touch()
+    mounts = f"    allocate: {{mounts: [{{hostPath: {fw}, containerPath: /fw}}]}}\n"
+    config = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\nresources:\n  - name: {R}\n"
+        f"    glob: {{paths: ['{dev}/fpga*']}}\n{mounts}"
+        f"  - name: {OTHER}\n    glob: {{paths: ['{other}/o*']}}\n{mounts}"
+    )
+    await start_host(config, fast=True)
+    await kubelet.await_for(lambda k: _seen(k, OTHER, "healthy") == 1, what="registered")
+    await kubelet.await_for(lambda k: _seen(k, R, "healthy") == 1, what="registered")
+    await _answered(kubelet, "p1")
+    _remade(fw)
+    refused = await kubelet.acall(kubelet.allocate, "p2", {OTHER: 1})
+    assert R in refused["error"] and not refused["device_ids"], refused

@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import functools
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
@@ -45,6 +46,8 @@ from .watch import Subscription, Watcher
 
 FENCE_LIMIT = WRITE_LIMIT
 """Seconds an Allocate waits for the lock while another host runs (then it is refused)."""
+STARTING = 10.0
+"""Seconds a host's lock file counts as a running host's without being asked."""
 PEERS_INTERVAL = 5.0
 """Seconds between checks off the loop that the other hosts still run (one killed leaves
 its lock file: no event tells)."""
@@ -56,14 +59,28 @@ class Unfenced(Exception):
 
 def others_run(directory: str, instance: str) -> bool:
     """Whether a host other than `instance` runs on `directory` (blocking). A `hosts/` that
-    cannot be listed counts as one that may hold another."""
+    cannot be listed counts as one that may hold another, and so does a lock file made less
+    than `STARTING` seconds ago: it is not asked (`state_lock.running` takes the lock a
+    moment, and removes a file no host holds: a host that just made its file and has not
+    locked it yet would lose it)."""
+    hosts = os.path.join(directory, HOSTS_DIR)
     try:
-        names = os.listdir(os.path.join(directory, HOSTS_DIR))
+        names = os.listdir(hosts)
     except FileNotFoundError:
         return False
     except OSError:
         return True
-    return any(running(directory, name) for name in names if name != instance)
+    now = time.time()
+    for name in names:
+        if name == instance:
+            continue
+        try:
+            made = os.lstat(os.path.join(hosts, name)).st_ctime
+        except OSError:
+            continue
+        if now - made < STARTING or running(directory, name):
+            return True
+    return False
 
 
 def _inside(path: str, directory: str) -> bool:

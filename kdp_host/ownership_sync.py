@@ -216,6 +216,7 @@ class BookingsSync:
         self._taken: Saved | None = None
         """The other hosts' entries of this host's last write, all taken in since."""
         self._task: asyncio.Task[None] | None = None
+        self._settling: asyncio.Task[None] | None = None
         self._again = False
         self._subscription: Subscription | None = None
         self._leave: Callable[[], None] | None = None
@@ -252,8 +253,9 @@ class BookingsSync:
         self._watch_others(frozenset())
         self._fence.close()
         self._net = None
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._settling):
+            if task is not None:
+                task.cancel()
 
     def changed(self, _name: str | None) -> None:
         """A watcher callback (and the safety net's): read the file soon, once per burst."""
@@ -291,8 +293,18 @@ class BookingsSync:
             await self._index.take_in(saved, others, ours)
             self._taken = saved if ours else None
             self._watch_others(others)
-            await self._index.quiet()  # (admitted against them: what the fence leaves out)
-            self._fence.took_in(theirs)
+            self._settle(theirs)
+
+    def _settle(self, theirs: frozenset[SavedBooking]) -> None:
+        """Once the resources are admitted against the bookings taken in, the fence leaves
+        them to the index (`AllocateFence.took_in`); never holding up the next read."""
+        if self._settling is not None:
+            self._settling.cancel()
+        self._settling = asyncio.get_running_loop().create_task(self._settled(theirs))
+
+    async def _settled(self, theirs: frozenset[SavedBooking]) -> None:
+        await self._index.quiet()
+        self._fence.took_in(theirs)
 
     def _read(self, last: Saved | None) -> tuple[SharedRead, bool, frozenset[SavedBooking]]:
         """`read_shared`, whether it is this host's own write of the very entries `last`

@@ -25,6 +25,7 @@ from kdp_host.ownership_claims import Owner
 from kdp_host.ownership_fence import AllocateFence, Unfenced, others_run
 from kdp_host.ownership_shared import PlaceOwned
 from kdp_host.ownership_sync import read_shared, theirs
+from kdp_host.state_lock import host_lock_path
 
 from .test_shared_bookings import R, Writer
 
@@ -137,3 +138,20 @@ async def test_with_a_peer_a_booking_not_written_refuses(
         a.book("a1", 1)
         a.ledger.changed()
         assert not await a.file.written()
+
+
+def test_a_host_starting_keeps_its_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another host's lock file made a moment ago, not locked yet (the host is starting):
+    counted as a host that runs, and not asked (asking removes a file no host holds: the
+    starting host would then hold a lock no other host sees). One no host holds, made long
+    ago, is no host (and goes, as `state_lock.running` has it)."""
+    a = Writer(tmp_path, "host-a")
+    starting = Path(host_lock_path(str(tmp_path), "host-b"))
+    starting.touch()
+    assert others_run(str(tmp_path), a.name)
+    assert starting.exists()
+    monkeypatch.setattr(ownership_fence, "STARTING", 0.0)
+    assert not others_run(str(tmp_path), a.name)
+    assert not starting.exists()

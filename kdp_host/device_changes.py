@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Final
 
 from .devices import Device
+from .turns import Pace, Steps
 
 DEPTH: Final = 8
 """Bases followed back from a list looking for the one a stage holds (a stage skips a list
@@ -77,6 +78,50 @@ def changed_between(
         if current is before:
             return changed
     return None
+
+
+def derive(base: Derived | None, devices: Iterable[Device], pace: Pace) -> Steps[Derived]:
+    """`devices` (the first of each ID) as a list made from `base`, naming the IDs whose
+    entry is not the very object of `base` (added, replaced) and those it lacks (removed),
+    yielding when `pace` says: a driver that makes its whole list each time (a probe's
+    output, whose unchanged entries `Recall` gives back as the same objects) hands the
+    stages after it a list they compare with what they hold in O(changed). The IDs `base`
+    lacks are looked for only when the count says some are missing."""
+    listed = Derived(base, (), {})  # (filled here, before it is handed on: no copy)
+    changed: list[str] = []
+    was: Mapping[str, Device] = {} if base is None else base
+    kept = 0
+    for device in devices:
+        if pace.due():
+            yield
+        device_id = device.id
+        if device_id in listed:
+            continue
+        listed[device_id] = device
+        old = was.get(device_id)
+        if old is not device:
+            changed.append(device_id)
+        if old is not None:
+            kept += 1
+    if kept != len(was):
+        for device_id in was:
+            if pace.due():
+                yield
+            if device_id not in listed:
+                changed.append(device_id)
+    listed.changed = frozenset(changed if base is not None else ())
+    return listed
+
+
+def same_entries(before: Mapping[str, Device], after: Mapping[str, Device]) -> bool:
+    """`before == after`, comparing only the entries `after` says may differ from `before`
+    (`changed_between`; a walk when it does not say)."""
+    changed = changed_between(before, after)
+    if changed is None:
+        return before == after
+    return len(before) == len(after) and all(
+        before.get(device_id) == after.get(device_id) for device_id in changed
+    )
 
 
 def healthy_count(devices: Mapping[str, Device]) -> int:

@@ -13,7 +13,7 @@ import asyncio
 import bisect
 from collections.abc import Callable, Iterable, Mapping
 
-from .device_changes import carry_count, changed_between, healthy_count
+from .device_changes import carry_count, changed_between, healthy_count, same_entries
 from .devices import AdvertisedDevice, Device, Snapshot, replica_ids
 from .identity import PathReach
 
@@ -78,7 +78,7 @@ class DeviceTable:
         if reported is before:
             return False  # (the same mapping again: never changed, see above)
         self._reported = reported  # (an equal one too: the next list may be made from it)
-        if reported == before:  # (held, ordered and counted as `before`, which may go now)
+        if same_entries(before, reported):  # (held, ordered and counted as `before`: it may go)
             self._order = (reported, self._order[1])
             carry_count(reported)  # (from `before`, while it is held)
             return False
@@ -115,13 +115,20 @@ class DeviceTable:
         self._withheld = withheld
         return self._rebuild()
 
-    def own_healthy(self, snapshot: Snapshot) -> set[str]:
-        """The IDs of `snapshot` (the table's last) healthy of their own: as listed, or,
-        while the table is withheld (`set_withheld`), as they would be were it not: a
-        device withheld for its resource is not missing for the pod that holds it."""
+    def own_healthy(self, snapshot: Snapshot, ids: Iterable[str]) -> set[str]:
+        """Of `ids`, those healthy of their own in `snapshot` (the table's last): as listed,
+        or, while the table is withheld (`set_withheld`), as they would be were it not: a
+        device withheld for its resource is not missing for the pod that holds it. Each ID
+        is looked up (those pods hold), the list is not walked."""
         if not self._withheld:
-            return {device.id for device in snapshot.devices if device.healthy}
-        return {i for i, device in self._reported.items() if self._own_health(i, device)}
+            found = map(snapshot.device, ids)
+            return {device.id for device in found if device is not None and device.healthy}
+        reported = self._reported
+        return {
+            i
+            for i in ids
+            if (device := reported.get(i)) is not None and self._own_health(i, device)
+        }
 
     def _own_health(self, device_id: str, device: Device) -> bool:
         """A device's health under every override but the withhold (the one rule)."""

@@ -5,7 +5,9 @@ The versioned table that makes the snapshots is `device_table.DeviceTable`.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -210,6 +212,16 @@ class Snapshot:
     @property
     def unhealthy_count(self) -> int:
         return len(self.advertised) - self.healthy_count
+
+    def device(self, device_id: str) -> Device | None:
+        """The device of this ID, found by a binary search of `devices` (sorted by ID): what
+        asks about a few devices (those pods hold) never walks a long list."""
+        devices = self.devices
+        at = bisect.bisect_left(devices, device_id, key=_DEVICE_ID)
+        return devices[at] if at < len(devices) and devices[at].id == device_id else None
+
+
+_DEVICE_ID = operator.attrgetter("id")
 
 
 def replica_ids(device_id: str, replicas: int) -> list[str]:

@@ -277,6 +277,7 @@ def pod_resources_poller(
         log,
         unlisted=unlisted,
         timings=timings,
+        offload=offload,
     )
 
 

@@ -39,16 +39,13 @@ import grpclib.client
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
-from .api.v1 import (
-    AllocatableResourcesRequest,
-    ListPodResourcesRequest,
-    PodResourcesListerStub,
-)
 from .backoff import Backoff
+from .files import Offload
 from .holdings import Holdings, Settle, holdings_from, with_unlisted
 from .logs import EventLogger
 from .metric_labels import PodResourcesResult
 from .metrics import Metrics
+from .podresources_calls import allocatable_devices, list_pod_resources
 from .timings import Timings
 from .unlisted import Unlisted
 
@@ -60,7 +57,8 @@ UNSUPPORTED_RETRY = 300.0
 """An old kubelet without PodResources v1 is asked again this rarely (it may be upgraded)."""
 ALLOCATABLE_EVERY = 12
 """GetAllocatableResources is called with every poll while it lists nothing (no plugin has
-registered yet), then every this many polls."""
+registered yet), then every this many polls; so is it after a call that failed (a timeout:
+an answer naming every device of a large node is not asked for again at every poll)."""
 JITTER = 0.1
 """Polls are spread by up to this fraction of the delay, so hosts started together do not
 call the kubelet in step."""
@@ -102,11 +100,15 @@ class PodResourcesPoller:
     restart rule takes every ID as listed by the kubelet's checkpoint)."""
     timings: Timings = field(default_factory=Timings)
     """The restart window and how long a holder missing from the answers is kept (`Settle`)."""
+    offload: Offload | None = None
+    """Where a large answer is decoded (`podresources_calls`; None: on the loop)."""
     _listeners: list[Callable[[Holdings], None]] = field(default_factory=list)
     _allocatable_listeners: list[AllocatableListener] = field(default_factory=list)
     _channel: grpclib.client.Channel | None = None
     _polls: int = 0
     _allocatable_supported: bool = True
+    _allocatable_failed: bool = False
+    """The last GetAllocatableResources call failed: the next waits for its turn."""
     _backoff: Backoff = field(default_factory=Backoff)
     _polled: asyncio.Event = field(default_factory=asyncio.Event)
     _wanted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -246,10 +248,10 @@ class PodResourcesPoller:
             self.close()
             self._set_state("absent", "no socket (kubelet too old, or the directory not mounted)")
             return self.interval
-        stub = PodResourcesListerStub(self._open())
+        channel = self._open()
         asked_at = self.clock()
         try:
-            response = await stub.list(ListPodResourcesRequest(), timeout=CALL_TIMEOUT)
+            response = await list_pod_resources(channel, CALL_TIMEOUT, self.offload)
         except GRPCError as exc:
             return self._refused(exc)
         except (
@@ -288,9 +290,10 @@ class PodResourcesPoller:
         for listener in list(self._listeners):  # before any await: one consistent step
             listener(holdings)
         if self._allocatable_supported and (
-            not self.allocatable or self._polls % ALLOCATABLE_EVERY == 0
+            (not self.allocatable and not self._allocatable_failed)
+            or self._polls % ALLOCATABLE_EVERY == 0
         ):
-            await self._read_allocatable(stub)
+            await self._read_allocatable(channel)
         self._polls += 1
         return self.interval
 
@@ -312,23 +315,20 @@ class PodResourcesPoller:
             )
         return with_unlisted(holdings, unlisted.by_resource()), carried
 
-    async def _read_allocatable(self, stub: PodResourcesListerStub) -> None:
+    async def _read_allocatable(self, channel: grpclib.client.Channel) -> None:
         asked_at = self.clock()
         try:
-            response = await stub.get_allocatable_resources(
-                AllocatableResourcesRequest(), timeout=CALL_TIMEOUT
-            )
+            allocatable = await allocatable_devices(channel, CALL_TIMEOUT, self.offload)
         except GRPCError as exc:
             if exc.status == Status.UNIMPLEMENTED:
                 self._allocatable_supported = False
                 self.log.info("pod_resources_allocatable_unsupported")
+            self._allocatable_failed = True
             return
         except (OSError, ConnectionError, StreamTerminatedError, ProtocolError, TimeoutError):
+            self._allocatable_failed = True
             return
-        found: dict[str, set[str]] = {}
-        for devices in response.devices:
-            found.setdefault(devices.resource_name, set()).update(devices.device_ids)
-        allocatable = self.allocatable = {name: frozenset(ids) for name, ids in found.items()}
+        self.allocatable, self._allocatable_failed = allocatable, False
         for listener in list(self._allocatable_listeners):
             listener(allocatable, asked_at)
 

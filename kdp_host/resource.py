@@ -302,7 +302,7 @@ class ResourceRuntime:
         the write changes the snapshot, which checks again; nor while the first list waits
         for the kubelet's checkpoint (another plugin's IDs not booked yet:
         `CheckpointReads`), checked again once it may go out."""
-        healthy = self.table.own_healthy(snapshot)  # (not withheld: `answer_needs`)
+        healthy = self.table.own_healthy(snapshot, self._held)  # (not withheld: `answer_needs`)
         if not self.table.published.is_set() and self._serving.first_list.failure is None:
             return  # no list yet (a start, a restart by a reload): nothing is known missing
         if self._cdi is not None and not self._cdi.first_sync.is_set():
@@ -319,12 +319,12 @@ class ResourceRuntime:
         replaced = self.held_replaced(self._held)  # (listed: a node made anew, hostile14 N3)
         missing |= replaced
         self._services.metrics.devices_held_missing.labels(self.config.name).set(len(missing))
-        listed = {device.id for device in snapshot.devices} if missing else set()
 
         def state(device: str) -> str:
             if device in replaced:
                 return "replaced"
-            present = device in listed or ownership.lists(name, device) or bool(kept.get(device))
+            present = snapshot.device(device) is not None or ownership.lists(name, device)
+            present = present or bool(kept.get(device))
             return "unhealthy" if present else "gone"
 
         states = {device: state(device) for device in missing}

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 
 from ..backoff import Retries, Retry
-from ..command_output import ProbeOutputError, Recall, parse_in_turns
+from ..command_output import ENTRIES_PER_TURN, ProbeOutputError, Recall, parse_in_turns
 from ..config import ShellDriverConfig
+from ..device_changes import Derived, derive
 from ..devices import Device
 from ..process import MAX_OUTPUT, CommandError, RunningCommand, describe_exit, raise_if_cancelling
+from ..turns import TURN_BUDGET, Pace, in_turns
 from .base import DriverDeps, DriverError, Notifier
 from .rate_limit import RateLimit
 from .stream import STREAM_BURST, STREAM_RATE, DocumentReader, NoFirstList, first_document
@@ -50,6 +52,8 @@ class ShellDriver:
         self._max_output = max_output
         self._rate_limit = rate_limit or RateLimit(deps.clock, STREAM_RATE, STREAM_BURST)
         self._recall = Recall()
+        self._listed: Derived | None = None
+        """The last list this driver made (`_list`): the base of the next."""
 
     async def scan(self) -> list[Device]:
         """Run the command once; in stream mode, take its first complete list and stop it."""
@@ -95,7 +99,7 @@ class ShellDriver:
             except DriverError as exc:
                 notifier.failure(exc)
             else:
-                notifier.update(devices)
+                notifier.update(await self._list(devices))
             notifier.scanned(clock() - started)
             raise_if_cancelling()
             await notifier.taken()
@@ -152,7 +156,7 @@ class ShellDriver:
         except DriverError as exc:
             notifier.failure(exc)
         else:
-            notifier.update(devices)
+            notifier.update(await self._list(devices))
         return await reader.next()
 
     async def _wait_exit(self, running: RunningCommand) -> str:
@@ -179,6 +183,14 @@ class ShellDriver:
                 running.stderr_text(),
             )
         return await self._parse(document)
+
+    async def _list(self, devices: list[Device]) -> Derived:
+        """`devices` as a list made from the last one (`device_changes.derive`, in turns of
+        the loop): the reporter, the ownership index and the table then look at the entries
+        that changed, not at every device of a long probe list each run (issue 19)."""
+        pace = Pace(ENTRIES_PER_TURN, TURN_BUDGET)
+        listed = self._listed = await in_turns(derive(self._listed, devices, pace))
+        return listed
 
     async def _parse(self, output: bytes) -> list[Device]:
         try:

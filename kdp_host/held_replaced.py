@@ -64,23 +64,23 @@ class Replaced:
 
     def look(
         self,
-        listed: Iterable[Device],
+        listed: Callable[[str], Device | None],
         held: Collection[str],
         entry: Entry,
         offload: Offload,
         done: Callable[[], None],
     ) -> None:
-        """Look (off the loop) at the devices a pod holds (`held`; as `listed` where it
-        lists them, else as recorded), then call `done` (check again) if what is found
-        changed; the caller checks after the call."""
+        """Look (off the loop) at the devices a pod holds (`held`; as `listed` gives them
+        where the list has them, else as recorded), then call `done` (check again) if what
+        is found changed; the caller checks after the call. `listed` is asked about the held
+        devices only: a long list is not walked at each PodResources answer."""
         wanted: dict[str, tuple[Handed, Paths, Paths]] = {}
-        by_id = {device.id: device for device in listed} if held else {}
         for device_id in held:
             handed = entry(device_id)
             if handed is None:
                 continue
             recorded = seen_reached(handed.device, handed.reached)
-            device = by_id.get(device_id)
+            device = listed(device_id)
             paths = recorded if device is None else seen_reached(device, handed.reached)
             left = {at: i for at, i in recorded.items() if at not in paths}
             if paths or left:

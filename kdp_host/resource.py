@@ -278,7 +278,7 @@ class ResourceRuntime:
 
     def _look_replaced(self, snapshot: Snapshot) -> None:
         self.replaced.look(
-            snapshot.devices, self._held, self._handed.entry, self._work, self.check_held
+            snapshot.device, self._held, self._handed.entry, self._work, self.check_held
         )
 
     def count_refused(self, name: str) -> None:

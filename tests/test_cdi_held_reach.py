@@ -46,7 +46,7 @@ async def test_a_held_device_not_listed_is_looked_at_as_recorded(tmp_path: Path)
     reached = {str(tmp_path / "n0"): identity_of(os.stat(tmp_path / "old"))}
     records = {"n0": Handed(device, frozenset({"n0"}), 0.0, reached)}
     replaced, looked = Replaced(), asyncio.Event()
-    replaced.look([], {"n0"}, records.get, _Inline(), looked.set)
+    replaced.look(lambda _: None, {"n0"}, records.get, _Inline(), looked.set)
     await asyncio.wait_for(looked.wait(), 30)
     assert replaced.of(["n0"], records.get) == {"n0"}
 

@@ -58,7 +58,7 @@ async def test_only_a_path_reaching_another_file_than_handed_out_is_replaced(
         "made": _handed(devices[4], {made: tmp_path / "old"}),  # made anew: another inode
     }
     replaced, looked = Replaced(), asyncio.Event()
-    replaced.look(devices, set(records), records.get, _Inline(), looked.set)
+    replaced.look({d.id: d for d in devices}.get, set(records), records.get, _Inline(), looked.set)
     await asyncio.wait_for(looked.wait(), 30)
     assert replaced.of(records, records.get) == {"made"}
     assert replaced.of(["linked", "seen"], records.get) == set()
@@ -93,6 +93,6 @@ async def test_a_recorded_path_that_left_the_listed_device_is_looked_at_too(
         handed["made"],
     ]
     replaced, looked = Replaced(), asyncio.Event()
-    replaced.look(listed, set(records), records.get, _Inline(), looked.set)
+    replaced.look({d.id: d for d in listed}.get, set(records), records.get, _Inline(), looked.set)
     await asyncio.wait_for(looked.wait(), 30)
     assert replaced.of(records, records.get) == {"gone", "made"}

@@ -662,6 +662,7 @@ class Options:
     settle_seconds: float = 3.0
     large_devices: int = 10_000
     large_replicas: int = 10
+    large_probe_devices: int = 120_000
     ping_interval: float = 0.001
     containment_calls: int = 2000
     peer_pods: int = 1000
@@ -686,6 +687,7 @@ class Options:
             settle_seconds=1.0,
             large_devices=1000,
             large_replicas=10,
+            large_probe_devices=10_000,
             containment_calls=200,
             peer_pods=100,
             peer_rpc_calls=200,

@@ -8,15 +8,20 @@ the time from the trigger to the update's arrival at the kubelet (plus a margin)
 
 Triggers: one device added (warm: every other entry is already encoded), every device
 unplugged (all turn Unhealthy: every entry is encoded anew) and every device plugged back.
+
+And a probe (`shell` driver) printing `large_probe_devices` (120,000) lines, one of them
+added or removed at each 1 s run, beside the one-device resource: the longest ping round
+trip over `PROBE_WINDOW` seconds (hostile22 F6: the loop was held 1-3 s at every run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .harness import (
@@ -38,6 +43,8 @@ from .latency import served_host
 MS = 1000.0
 MARGIN = 0.1
 """Seconds after the update's arrival still counted (work done after sending)."""
+PROBE_WINDOW = 5.0
+"""Seconds of pings taken beside the changing probe, per repeat."""
 
 
 def _dump(pinger: subprocess.Popen[str]) -> list[tuple[float, float]]:
@@ -88,15 +95,7 @@ def run(opts: Options) -> list[Figure]:
             ping_endpoint = next(
                 e.endpoint for e in kubelet.registrations if e.resource.endswith("/ping")
             )
-            with helper_process(
-                "pinger",
-                "--socket",
-                str(kubelet.socket_dir / ping_endpoint),
-                "--interval",
-                str(opts.ping_interval),
-            ) as pinger:
-                if read_line(pinger, 30, "ready line") != "ready":
-                    raise BenchError("pinger did not start")
+            with _pinger(kubelet.socket_dir / ping_endpoint, opts) as pinger:
                 for _ in range(opts.repeats):
                     _dump(pinger)
                     time.sleep(1.0)
@@ -111,7 +110,59 @@ def run(opts: Options) -> list[Figure]:
                     served.host.check_alive()
     finally:
         remove_tree(workdir)
-    return list(figures.values())
+    return [*figures.values(), _probe(opts)]
+
+
+@contextlib.contextmanager
+def _pinger(socket: Path, opts: Options) -> Iterator[subprocess.Popen[str]]:
+    """The pinger child, calling GetDevicePluginOptions on `socket`, once it is ready."""
+    with helper_process(
+        "pinger", "--socket", str(socket), "--interval", str(opts.ping_interval)
+    ) as pinger:
+        if read_line(pinger, 30, "ready line") != "ready":
+            raise BenchError("pinger did not start")
+        yield pinger
+
+
+def _probe(opts: Options) -> Figure:
+    n = opts.large_probe_devices
+    figure = Figure(
+        f"large probe {n}, a line changed each 1 s run: loop stall",
+        "ms",
+        target=100.0,
+        note=f"longest ping round trip over {PROBE_WINDOW:g} s",
+    )
+    workdir = make_workdir("large-probe")
+    try:
+        flip = workdir / "flip"
+        flip.write_text("0")
+        command = (
+            f"n=$(cat {flip}); echo $((1-n)) > {flip}; seq -f 'd%06g' 1 {n}; "
+            "[ $n = 1 ] && echo extra; true"
+        )
+        make_device_files(workdir / "ping", 1)
+        probe = "large.kdp-host.io/probe"
+        resources = [
+            glob_resource("large.kdp-host.io/ping", f"{workdir}/ping/dev*"),
+            {
+                "name": probe,
+                "shell": {"command": ["sh", "-c", command], "interval": "1s", "timeout": "20s"},
+            },
+        ]
+        ping = [resources[0]["name"]]
+        with served_host(workdir, "kdp-large-probe", resources, wait_for=ping) as served:
+            kubelet = served.kubelet
+            kubelet.wait_registrations([probe], timeout=120)
+            kubelet.plugins[probe].wait_update(lambda u: u.healthy() >= n, 0, 120)
+            with _pinger(served.socket_path, opts) as pinger:
+                for _ in range(opts.repeats):
+                    _dump(pinger)
+                    time.sleep(PROBE_WINDOW)
+                    figure.add(max(rtt for _, rtt in _dump(pinger)) * MS)
+                    served.host.check_alive()
+    finally:
+        remove_tree(workdir)
+    return figure
 
 
 def _events(

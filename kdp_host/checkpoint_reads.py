@@ -1,6 +1,7 @@
 """The kubelet's checkpoint read again while the host runs (`checkpoint_bookings` says what
 a read books): for a name a reload adds, and as the kubelet writes it (`follow`:
-`checkpoint_follow`, another plugin's pods booked within milliseconds of their admission).
+`checkpoint_follow`, another plugin's pods booked before an Allocate that came after their
+admission is answered).
 
 A read before kdp-host registers a name cannot see what the plugin still serving it (its
 pod terminating) admits until the kubelet takes the name over (hostile12 L1). The kubelet
@@ -24,7 +25,6 @@ its resource again and reads the file again (`unplaced`, at most every `REREAD_E
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import time
 from collections.abc import Callable, Collection, Coroutine
@@ -39,7 +39,7 @@ from .checkpoint_bookings import (
     book_others,
     unlist,
 )
-from .checkpoint_follow import CheckpointFollower
+from .checkpoint_follow import ANSWER_WAIT, CheckpointFollower
 from .files import Offload
 from .logs import EventLogger
 
@@ -52,6 +52,10 @@ T = TypeVar("T")
 HELD_CLOSED: Final = (
     "what another plugin handed out under the name is not known: the resource's first list "
     "waits and its Allocates are refused until the file can be read"
+)
+UNLOOKED: Final = (
+    f"the kubelet's checkpoint, written before this Allocate, was not looked at within "
+    f"{ANSWER_WAIT:g} s"
 )
 UNREADABLE: Final = "the kubelet's checkpoint cannot be read (kubelet_checkpoint_unusable)"
 """/readyz's reason while a first list waits for the file (short, no path)."""
@@ -137,9 +141,13 @@ class CheckpointReads:
         return resource in self._lists  # (its first list waits for a read)
 
     async def allocating(self, resource: str) -> str | None:
-        """Before an Allocate of `resource` is answered: while it is fenced, a read of its
-        entries begun now (the fence goes once one succeeds); why to refuse it when the file
-        cannot be used, else None."""
+        """Before an Allocate of `resource` is answered: the follower's look at every write
+        made before it came (`CheckpointFollower.looked`), and while it is fenced, a read of
+        its entries begun now (the fence goes once one succeeds); why to refuse it when the
+        look does not end within `ANSWER_WAIT` or the file cannot be used, else None."""
+        follower = self.follower
+        if follower is not None and not await follower.looked():
+            return f"{resource}: {UNLOOKED}: {HELD_CLOSED}"
         armed = self._allocates.get(resource)
         if armed is None:
             return None
@@ -150,13 +158,19 @@ class CheckpointReads:
 
     def follow(self, watcher: Watcher, served: Callable[[], Collection[str]]) -> None:
         """While the host runs: the entries of every name but `served`'s (the names the host
-        serves now) booked within milliseconds of the kubelet's write (`checkpoint_follow`)."""
-        book = functools.partial(
-            book_others, self._index, self._dir, offload=self._offload, log=self._log,
-            poller=self._poller,
-        )  # fmt: skip
-        self.follower = CheckpointFollower(self._dir, self._offload, self._log, served, book)
+        serves now) booked, and admitted against, before an Allocate that came after the
+        kubelet's write is answered (`checkpoint_follow`)."""
+        self.follower = CheckpointFollower(
+            self._dir, self._offload, self._log, served, self._book_others
+        )
         self.follower.follow(watcher)
+
+    async def _book_others(self, served: frozenset[str]) -> bool:
+        used = await book_others(
+            self._index, self._dir, served, self._offload, self._log, self._poller
+        )
+        await self._index.quiet()  # (admitted again against them: the table is current)
+        return used
 
     def close(self) -> None:
         """The host stops: the reads and waits going on end, and the following."""

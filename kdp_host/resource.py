@@ -377,7 +377,7 @@ class _Fence:
 
     async def allocating(self) -> None:
         """Raises the GRPCError (UNAVAILABLE) that refuses the Allocate while the kubelet's
-        checkpoint cannot be read."""
+        checkpoint cannot be read, or a write of it made before is not looked at in time."""
         runtime, name = self.runtime, self.runtime.config.name
         why = await self.reads.allocating(name)
         if why is None:

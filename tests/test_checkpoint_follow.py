@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from kdp_host import checkpoint_follow
 from kdp_host.checkpoint_follow import CheckpointFollower, others_entries
 from kdp_host.files import DaemonThreads
 from kdp_host.inotify_watch import make_watcher
@@ -93,6 +94,83 @@ async def test_a_node_another_plugin_hands_out_while_kdp_host_runs_is_held_at_on
         assert [d["PathOnHost"] for d in p3["devices"]] == [str(short_dir / "dev" / "g0")]
     finally:
         gdp.stop()
+
+
+def slowed_looks(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """The test seam: every look of the follower takes `seconds` longer (its thread)."""
+    look = checkpoint_follow.others_entries
+
+    def slow(path: str, served: frozenset[str]) -> Any:
+        time.sleep(seconds)
+        return look(path, served)
+
+    monkeypatch.setattr(checkpoint_follow, "others_entries", slow)
+
+
+async def test_the_next_admission_after_another_plugins_waits_for_the_look(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hostile23 F1 made deterministic (the follower's look slowed by 0.4 s): GDP hands g0
+    to p1, the kubelet writes its checkpoint before p1's admission returns, then sends
+    kdp-host p2's Allocate at once. It waits for the look and is refused (before: answered
+    g0 while p1 was active, every run with the slowed look, 2-4 rounds of 8 without)."""
+    if harness_binary("generic-device-plugin") is None:
+        pytest.skip(missing_reason("generic-device-plugin"))
+    slowed_looks(monkeypatch, 0.4)
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    pattern = nodes(short_dir, "dev", "g0")
+    running = await start_host(config_text(kubelet, short_dir, (OTHER, pattern)))
+    gdp = GenericDevicePlugin(kubelet.socket_dir, [gdp_device("gdev", pattern)], short_dir / "g")
+    gdp.start()
+    try:
+        await kubelet.await_for(healthy_count(OTHER, 1), what="kdp-host serves g0")
+        await kubelet.await_for(healthy_count(GDEV, 1), what="GDP serves g0")
+        follower = follower_of(running)
+        await wait_until(lambda: follower._task is None, timeout=10)
+        bookings = follower.bookings
+        p1 = await kubelet.acall(kubelet.allocate, "p1", {GDEV: 1})
+        assert p1["error"] == "", p1
+        p2 = await kubelet.acall(kubelet.allocate, "p2", {OTHER: 1})
+        assert p2["error"] and not p2["device_ids"], f"g0 in two live pods: {p2}"
+        assert follower.bookings > bookings
+    finally:
+        gdp.stop()
+
+
+async def test_an_allocate_waits_for_the_look_at_a_write_and_no_longer_than_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`looked`: nothing written since the last look: no look; a write heard: True once
+    its look booked what it showed; a look that outlasts the bound: False."""
+    booked: list[frozenset[str]] = []
+
+    async def book(served: frozenset[str]) -> bool:
+        booked.append(served)
+        return True
+
+    watcher = make_watcher(get_logger(), offload=DaemonThreads())
+    watching = asyncio.create_task(watcher.run())
+    write_go(tmp_path, entry_of(OTHER, "a0", "/a"))
+    follower = CheckpointFollower(
+        str(tmp_path), DaemonThreads(), get_logger(), lambda: [OTHER], book
+    ).follow(watcher)
+    try:
+        assert await follower.looked()
+        looks = follower.looks
+        assert await follower.looked()
+        assert follower.looks == looks, "nothing written: no look"
+        slowed_looks(monkeypatch, 0.3)
+        write_go(tmp_path, entry_of(GDEV, "g0", "/dev/g0"))
+        assert await follower.looked()  # (the event unread, or read and its look running)
+        assert booked, "answered before the write's entry was booked"
+        write_go(tmp_path, entry_of(GDEV, "g1", "/dev/g1"))
+        assert not await follower.looked(bound=0.05)
+        assert await follower.looked()
+        assert len(booked) == 2
+    finally:
+        follower.cancel()
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
 
 
 async def test_the_hosts_own_admissions_cost_no_booking_read(

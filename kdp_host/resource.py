@@ -282,7 +282,7 @@ class ResourceRuntime:
         )
 
     def count_refused(self, name: str) -> None:
-        """An Allocate refused while the kubelet's checkpoint cannot be read."""
+        """An Allocate refused while the kubelet's checkpoint cannot be read (or looked at)."""
         self._services.metrics.allocations.labels(name, "checkpoint_unreadable").inc()
 
     def _check_held_devices(self, snapshot: Snapshot) -> None:

@@ -6,16 +6,18 @@ hostile22 F4); this host's own admissions cost a look at the names, no booking r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kdp_host import checkpoint_follow
-from kdp_host.checkpoint_follow import CheckpointFollower, others_entries
+from kdp_host.checkpoint_follow import BookOthers, CheckpointFollower, others_entries
 from kdp_host.files import DaemonThreads
 from kdp_host.inotify_watch import make_watcher
 from kdp_host.kubelet_checkpoint import CHECKPOINT_FILE
@@ -56,14 +58,12 @@ def capacity_dropped(events: list[dict[str, Any]], resource: str) -> int | None:
     return None
 
 
-async def test_a_node_another_plugin_hands_out_while_kdp_host_runs_is_held_at_once(
+@contextlib.asynccontextmanager
+async def gdp_beside(
     real_kubelet_factory: Any, start_host: Any, short_dir: Path
-) -> None:
-    """hostile22 F4 through the kubelet's real device manager: generic-device-plugin serves
-    node g0 as GDEV, kdp-host the same node as OTHER (a migration that renames the
-    resource, both running). GDP hands g0 to p1: kdp-host holds it within milliseconds of
-    the kubelet's write (before: it kept advertising g0 and handed it to p2 while p1 was
-    active), and lists it again once p1 is released."""
+) -> AsyncIterator[tuple[Any, Any]]:
+    """The real kubelet, kdp-host serving node g0 as OTHER and generic-device-plugin as GDEV
+    (a migration that renames the resource, both running), both listed: (kubelet, host)."""
     if harness_binary("generic-device-plugin") is None:
         pytest.skip(missing_reason("generic-device-plugin"))
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
@@ -74,6 +74,20 @@ async def test_a_node_another_plugin_hands_out_while_kdp_host_runs_is_held_at_on
     try:
         await kubelet.await_for(healthy_count(OTHER, 1), what="kdp-host serves g0")
         await kubelet.await_for(healthy_count(GDEV, 1), what="GDP serves g0")
+        yield kubelet, running
+    finally:
+        gdp.stop()
+
+
+async def test_a_node_another_plugin_hands_out_while_kdp_host_runs_is_held_at_once(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path
+) -> None:
+    """hostile22 F4 through the kubelet's real device manager: generic-device-plugin serves
+    node g0 as GDEV, kdp-host the same node as OTHER (a migration that renames the
+    resource, both running). GDP hands g0 to p1: kdp-host holds it within milliseconds of
+    the kubelet's write (before: it kept advertising g0 and handed it to p2 while p1 was
+    active), and lists it again once p1 is released."""
+    async with gdp_beside(real_kubelet_factory, start_host, short_dir) as (kubelet, running):
         since = await kubelet.acall(kubelet.last_seq)
         p1 = await kubelet.acall(kubelet.allocate, "p1", {GDEV: 1})
         written = time.time_ns()  # (the kubelet wrote its checkpoint before answering)
@@ -92,8 +106,23 @@ async def test_a_node_another_plugin_hands_out_while_kdp_host_runs_is_held_at_on
         p3 = await kubelet.acall(kubelet.allocate, "p3", {OTHER: 1})
         assert p3["error"] == "", p3
         assert [d["PathOnHost"] for d in p3["devices"]] == [str(short_dir / "dev" / "g0")]
+
+
+@contextlib.asynccontextmanager
+async def followed(directory: Path, book: BookOthers) -> AsyncIterator[CheckpointFollower]:
+    """A follower of the checkpoint in `directory`, serving OTHER, through a running inotify
+    watcher."""
+    watcher = make_watcher(get_logger(), offload=DaemonThreads())
+    watching = asyncio.create_task(watcher.run())
+    follower = CheckpointFollower(
+        str(directory), DaemonThreads(), get_logger(), lambda: [OTHER], book
+    ).follow(watcher)
+    try:
+        yield follower
     finally:
-        gdp.stop()
+        follower.cancel()
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
 
 
 def slowed_looks(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
@@ -114,17 +143,8 @@ async def test_the_next_admission_after_another_plugins_waits_for_the_look(
     to p1, the kubelet writes its checkpoint before p1's admission returns, then sends
     kdp-host p2's Allocate at once. It waits for the look and is refused (before: answered
     g0 while p1 was active, every run with the slowed look, 2-4 rounds of 8 without)."""
-    if harness_binary("generic-device-plugin") is None:
-        pytest.skip(missing_reason("generic-device-plugin"))
     slowed_looks(monkeypatch, 0.4)
-    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
-    pattern = nodes(short_dir, "dev", "g0")
-    running = await start_host(config_text(kubelet, short_dir, (OTHER, pattern)))
-    gdp = GenericDevicePlugin(kubelet.socket_dir, [gdp_device("gdev", pattern)], short_dir / "g")
-    gdp.start()
-    try:
-        await kubelet.await_for(healthy_count(OTHER, 1), what="kdp-host serves g0")
-        await kubelet.await_for(healthy_count(GDEV, 1), what="GDP serves g0")
+    async with gdp_beside(real_kubelet_factory, start_host, short_dir) as (kubelet, running):
         follower = follower_of(running)
         await wait_until(lambda: follower._task is None, timeout=10)
         bookings = follower.bookings
@@ -133,8 +153,6 @@ async def test_the_next_admission_after_another_plugins_waits_for_the_look(
         p2 = await kubelet.acall(kubelet.allocate, "p2", {OTHER: 1})
         assert p2["error"] and not p2["device_ids"], f"g0 in two live pods: {p2}"
         assert follower.bookings > bookings
-    finally:
-        gdp.stop()
 
 
 async def test_an_allocate_waits_for_the_look_at_a_write_and_no_longer_than_the_bound(
@@ -148,13 +166,8 @@ async def test_an_allocate_waits_for_the_look_at_a_write_and_no_longer_than_the_
         booked.append(served)
         return True
 
-    watcher = make_watcher(get_logger(), offload=DaemonThreads())
-    watching = asyncio.create_task(watcher.run())
     write_go(tmp_path, entry_of(OTHER, "a0", "/a"))
-    follower = CheckpointFollower(
-        str(tmp_path), DaemonThreads(), get_logger(), lambda: [OTHER], book
-    ).follow(watcher)
-    try:
+    async with followed(tmp_path, book) as follower:
         assert await follower.looked()
         looks = follower.looks
         assert await follower.looked()
@@ -167,10 +180,6 @@ async def test_an_allocate_waits_for_the_look_at_a_write_and_no_longer_than_the_
         assert not await follower.looked(bound=0.05)
         assert await follower.looked()
         assert len(booked) == 2
-    finally:
-        follower.cancel()
-        watching.cancel()
-        await asyncio.gather(watching, return_exceptions=True)
 
 
 async def test_the_hosts_own_admissions_cost_no_booking_read(
@@ -250,13 +259,8 @@ async def test_writes_are_coalesced_and_an_entry_seen_is_not_booked_again(
         await gate.wait()
         return True
 
-    watcher = make_watcher(get_logger(), offload=DaemonThreads())
-    watching = asyncio.create_task(watcher.run())
     write_go(tmp_path, entry_of(GDEV, "g0", "/dev/g0"))
-    follower = CheckpointFollower(
-        str(tmp_path), DaemonThreads(), get_logger(), lambda: [OTHER], book
-    ).follow(watcher)
-    try:
+    async with followed(tmp_path, book) as follower:
         await wait_until(lambda: len(booked) == 1, timeout=10)
         for n in range(1, 6):  # (written while the booking read runs)
             write_go(tmp_path, entry_of(GDEV, "g0", "/dev/g0"), entry_of(GDEV, f"g{n}", "/x"))
@@ -269,7 +273,3 @@ async def test_writes_are_coalesced_and_an_entry_seen_is_not_booked_again(
         looks = follower.looks
         await wait_until(lambda: follower.looks > looks and follower._task is None, timeout=10)
         assert len(booked) == 2, "g5 dropped, a0 served: nothing new to book"
-    finally:
-        follower.cancel()
-        watching.cancel()
-        await asyncio.gather(watching, return_exceptions=True)

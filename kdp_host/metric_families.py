@@ -318,6 +318,12 @@ class MetricFamilies:
             "them is seen by the safety-net rescan only.",
             registry=r,
         )
+        self.admission_storms = Counter(
+            "kdp_admission_storms",
+            "Admission storms: resources admitted again, each round asking for the next, "
+            "for 100 rounds in a row (a defect; each round in its own turn of the loop).",
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "kdp_event_loop_lag_seconds",
             "How long the event loop took to answer the last probe or scrape.",

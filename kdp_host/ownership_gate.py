@@ -34,6 +34,7 @@ from .ownership_held import HandOver
 from .ownership_lost import Found as LostFound
 from .ownership_lost import above
 from .ownership_resolve import Resolving
+from .ownership_rounds import Rounds
 from .ownership_table import ResourceState
 from .turns import TURN_BUDGET, Pace, to_the_end
 
@@ -76,6 +77,9 @@ class AdmissionGate(Resolving):
         self._views: dict[str, _View] = {}
         """Per resource: the last admitted mapping with real paths (`_canonical`)."""
         self._handover = HandOver()
+        self._next: asyncio.Task[None] | None = None
+        """The next round of admissions (`_drain`): those queued again after their own."""
+        self._rounds = Rounds(metrics)
 
     def _admit_or_defer(self, state: ResourceState) -> bool:
         """Admit `state`: its first turn now, the rest (if any) in later turns of the loop;
@@ -89,9 +93,8 @@ class AdmissionGate(Resolving):
         except StopIteration as done:
             changed: bool = done.value
             return changed
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop to yield to (nothing else waits): go on here
+        loop = _running_loop()
+        if loop is None:  # no event loop to yield to (nothing else waits): go on here
             return to_the_end(steps)
         self._running = loop.create_task(
             self._turns(state, steps, state.publish), name=f"admission {state.name}"
@@ -220,23 +223,24 @@ class AdmissionGate(Resolving):
 
     @property
     def admitting(self) -> bool:
-        """An admission runs, or waits for its paths (what `quiet` waits for)."""
+        """An admission runs, waits for its paths or its round (what `quiet` waits for)."""
         resolving = any(s.resolving is not None for s in self._resolving.values())
-        return self._running is not None or resolving
+        return self._running is not None or self._next is not None or resolving
 
     async def quiet(self) -> None:
         """Return once no admission runs, waits for its turn or for its paths."""
         while True:
             busy = {s.resolving for s in self._resolving.values() if s.resolving is not None}
-            if self._running is not None:
-                busy.add(self._running)
+            busy.update(task for task in (self._running, self._next) if task is not None)
             if not busy:
                 return
             await asyncio.wait(busy)
 
     def _drain(self) -> None:
         """Admit again the resources that wait (for a released claim, or for the admission
-        that ran): one at a time, never nested (a publish that releases more only queues)."""
+        that ran): one at a time, never nested (a publish that releases more only queues),
+        in a round: those queued again after their admission in it wait for the next round,
+        in a later turn of the loop (`ownership_rounds`: a chain of them never holds it)."""
         if self._ledger.unheld:
             self._examine_unheld()
         if reached := self._ledger.reach.changed:  # (a spot reaches another identity)
@@ -244,20 +248,47 @@ class AdmissionGate(Resolving):
             self._examine(reached)
         if self._draining:
             return
-        self._draining = True
+        self._draining, loop = True, _running_loop()
+        admitted: set[str] = set()
         try:
-            while self._pending and self._running is None:
-                name = next(iter(self._pending))
-                del self._pending[name]
-                state = self._resources[name]
-                live = state.publish is not None and not state.retired
-                if live and self._admit_or_defer(state):
-                    self._changed(state)
+            while (admitted := self._round()) and loop is None:
+                pass  # (no event loop to yield to: nothing else waits)
         finally:
             self._draining = False
-            if self._running is None and not self._resolving:
+            if self._running is None and not self._resolving and not self._pending:
                 self._fresh.clear()  # (kept while paths resolve: they add to what is fresh)
                 self._doubtful.clear()
+        if not self._pending:
+            self._rounds.over()
+        elif self._running is None and self._next is None and loop is not None:
+            storm = admitted.union(self._pending)  # (what a storm names: `Rounds.again`)
+            self._rounds.again(self._resources[name] for name in sorted(storm))
+            self._next = loop.create_task(self._next_round(), name="admissions again")
+
+    def _round(self) -> set[str]:
+        """Admit each resource that waits once (one queued meanwhile too); those it admitted
+        while some of them wait again (queued after their admission: for the next round),
+        else none."""
+        admitted: set[str] = set()
+        while self._running is None:
+            name = next((n for n in self._pending if n not in admitted), None)
+            if name is None:
+                return admitted if self._pending else set()
+            del self._pending[name]
+            admitted.add(name)
+            state = self._resources[name]
+            live = state.publish is not None and not state.retired
+            if live and self._admit_or_defer(state):
+                self._changed(state)
+        return set()
+
+    async def _next_round(self) -> None:
+        """The next round of `_drain`, in a later turn of the loop."""
+        try:
+            await asyncio.sleep(0)
+        finally:
+            self._next = None
+        self._drain()
 
     def _admit_all_again(self) -> None:
         """Bookings came that the live resources were not admitted against (another host's,
@@ -325,3 +356,11 @@ class AdmissionGate(Resolving):
             healthy = healthy_count(state.reported)
             unhealthy = len(state.reported) - healthy
             state.log.info("devices_changed", healthy=healthy, unhealthy=unhealthy)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running this (None: none; work then runs to its end where it is)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -48,8 +48,8 @@ from .ownership_adopt import DeviceClaims
 from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT
 from .ownership_batches import Resolution
 from .ownership_claims import NOTHING, PLACE, SYSFS, ClaimKey, Owner, Reached, Unresolvable, missing
+from .ownership_kept import reached_only
 from .ownership_reads import Found, arrived, linked_below, more_than_one_link
-from .ownership_resolve import reached_only
 from .ownership_shared import PlaceOwned, SharedTrees
 from .rules import below
 

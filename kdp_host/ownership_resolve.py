@@ -4,58 +4,47 @@
 resolved, has it resolved in one batch (`ownership_batches.PathResolver`: off the loop,
 bounded by a timeout; inline without an offload), then admits: a device a path of which
 did not answer in time (`HUNG`) is not advertised this time, and the next list asks again.
-What an Allocate hands out is kept resolved where the watcher follows it (`_resolve_keeping`).
+What an Allocate hands out is kept resolved where the watcher follows it (`ownership_kept`).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import functools
 import os
-from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Collection, Generator, Mapping
+from typing import Final
 
 from .device_changes import changed_among
 from .devices import Device
 from .files import Offload
 from .identity import UNRESOLVABLE
-from .kept_reads import KeptReads
 from .metrics import Metrics
-from .ownership_admission import Admission, cached_claims
+from .ownership_admission import cached_claims
 from .ownership_batches import HUNG, PathResolver, Resolution, batch_reach
 from .ownership_claims import (
     ClaimKey,
     Claims,
     Reached,
     Resolver,
-    ancestors,
     device_claims,
     places,
     reaches_else,
     still_reaches,
 )
+from .ownership_kept import KEPT_LIMIT, KeptAnswers, reached_only
 from .ownership_paths import claimed_paths
 from .ownership_table import ResourceState
-from .rules import below
 from .turns import Pace
-
-if TYPE_CHECKING:
-    from .watch import Watcher
 
 UNRESOLVED_REASON: Final = "read_timeout"
 """The `reason` of `kdp_driver_skipped_total` for a device left out because a path of it did
 not resolve in time (a hung file system)."""
-KEPT_LIMIT: Final = 4096
-"""Paths kept resolved (`Resolving._resolve_keeping`) beyond which they are all forgotten (an
-`allocate.command` may print new paths every time); changes noted (`Resolving._note_change`)
-beyond which they are forgotten too (each then counts as reported since)."""
-
 NOT_NAMED: Final = "its real path is not what it reaches (a magic link), or holds ','"
 """Why a device path is UNRESOLVABLE (`ownership_canonical.checked_reach`), as logged."""
 
 
-class Resolving(Admission):
+class Resolving(KeptAnswers):
     """Admitting a list once the paths it needs are resolved (inline without an offload,
     else off the loop); the gate (`ownership_gate`) admits, publishes and drains."""
 
@@ -79,15 +68,6 @@ class Resolving(Admission):
         again once they are (with an offload: the claim held meanwhile)."""
         self._admitting = ""
         """The resource being admitted."""
-        self._kept: dict[str, Resolution] = {}
-        """What Allocate answers hand out (places, host paths), as resolved while the
-        watcher follows their directories (forgotten when one changes, `_forget_kept`)."""
-        self._above: set[str] = set()
-        """Directories the watcher follows as entries of their parent (`_follow_above`)."""
-        self._reads_kept = KeptReads()
-        """What Allocate answers read below the directories they mount (`KnownRead`)."""
-        self._path_news = 0
-        """Changes the watcher reported so far (a resolution that raced one is not kept)."""
         self._reports: dict[str, int] = {}
         """Path (a directory: anything in it) -> `_path_news` at its last reported change:
         whether an answer may predate it (`_raced`; issue 17, hostile19 F3)."""
@@ -112,12 +92,6 @@ class Resolving(Admission):
     def _admit_or_defer(self, state: ResourceState) -> bool:
         """Admit `state` (now, in turns of the loop, or once its paths are resolved);
         whether its table changed now."""
-
-    @abc.abstractmethod
-    def _follows(self, path: str) -> bool:
-        """Whether the watcher reports at once, from now on, a change of what the normalised
-        `path` reaches, unless through a link (its directory and the directories above it
-        followed; False: no such watcher)."""
 
     @abc.abstractmethod
     def _reported(self, path: str) -> bool:
@@ -257,13 +231,31 @@ class Resolving(Admission):
                 lingering = self._resources[owner.resource].lingering.get(why.key)
                 if lingering is not None:
                     wanted.add(lingering[1][1])
+        fresh = self._fresh
         if known:  # what the scan learnt is as fresh as the list it made
             found = known.keys() & wanted  # (no walk of either in Python)
-            self._fresh.update(zip(found, map(known.__getitem__, found), strict=True))
-            if self._reports:  # (but may predate a change reported since the list before)
-                since = self._lists.get(state.name, (0, 0))[0]
-                self._doubtful.update(p for p in found if self._raced(p, since))
-        return {path for path in wanted if path not in self._fresh}  # (`- keys()` walks all)
+            todo = {path for path in wanted if path not in fresh and path not in found}
+            if todo and self._paths.offload is not None:
+                return todo  # (taken once those are resolved off the loop: `_take_known`)
+            self._take_known(state, found)
+        return {path for path in wanted if path not in fresh}  # (`- keys()` walks all)
+
+    def _take_known(self, state: ResourceState, found: set[str]) -> None:
+        """What `state`'s scan learnt `found` reach, for its admission about to run: not
+        before (one that waits for other paths off the loop leaves the answers every
+        admission reads as they are: a doubtful one it put there each time it was admitted
+        again was read by another resource, whose doubt queued both again, for ever:
+        hostile22 F9), nor over an answer that is not doubtful (resolved since no change
+        was reported: as new as the scan's, or newer)."""
+        fresh, doubtful = self._fresh, self._doubtful
+        if fresh:
+            found = {path for path in found if path not in fresh or path in doubtful}
+        fresh.update(zip(found, map(state.known.__getitem__, found), strict=True))
+        if doubtful:
+            doubtful.difference_update(found)
+        if self._reports:  # (but may predate a change reported since the list before)
+            since = self._lists.get(state.name, (0, 0))[0]
+            doubtful.update(p for p in found if self._raced(p, since))
 
     async def _reach_all(self, paths: Collection[str]) -> dict[str, Reached | None]:
         """What each path reaches, resolved off the loop (inline without an offload); None
@@ -274,63 +266,6 @@ class Resolving(Admission):
         if self._paths.offload is not None:
             return await self._paths.resolve(paths)
         return self._paths.inline(paths)
-
-    async def _reach_kept(self, paths: Collection[str]) -> dict[str, Reached | None]:
-        """`_reach_all` for the places of an Allocate answer, kept (`_resolve_keeping`)."""
-        kept = self._kept
-        todo = [path for path in paths if path not in kept]
-        if not todo:
-            return reached_only(paths, kept)
-        resolved = await self._resolve_keeping(todo, self._resolve_all)
-        return reached_only(paths, {**kept, **resolved})
-
-    async def _resolve_keeping(
-        self,
-        todo: list[str],
-        resolve: Callable[[list[str]], Awaitable[Mapping[str, Resolution]]],
-    ) -> Mapping[str, Resolution]:
-        """What an Allocate hands out (its places, its host paths), resolved by `resolve`
-        off the loop, and kept where the watcher will say it changed: a path that is its
-        own real path (no link on the way: where a link's target lies is not followed)
-        whose directory and every directory above it the watcher follows (`_follows`). So
-        an Allocate repeated leaves the loop for nothing (no thread hop, no system call;
-        nor does it wait behind another resource's work on the offload). A change reported
-        while resolving (it may have come after the answer) keeps nothing."""
-        kept = self._kept
-        followed = [p for p in todo if os.path.normpath(p) == p and self._follows(p)]
-        news = self._path_news
-        resolved = await resolve(todo)
-        if news == self._path_news and followed:
-            if len(kept) + len(followed) > KEPT_LIMIT:
-                kept.clear()
-            for path in followed:
-                found = resolved.get(path, HUNG)
-                if found is None or (not isinstance(found, str) and found[1] == path):
-                    kept[path] = found
-        return resolved
-
-    def _follow_above(self, watcher: Watcher, directory: str) -> None:
-        """Have the watcher follow every directory above `directory` for its entry on the
-        way there: one renamed, removed or replaced by a link changes what a path below
-        reaches with no event in the path's own directory (hostile3 G10)."""
-        for parent in ancestors(directory):
-            if directory in self._above:
-                break  # (and every directory above it)
-            changed = functools.partial(self._above_changed, directory)
-            watcher.subscribe(parent, changed, (os.path.basename(directory),))
-            self._above.add(directory)
-            directory = parent
-
-    def _above_changed(self, directory: str, name: str | None) -> None:
-        """A watcher callback: `directory` changed in its parent (or anything there may
-        have, `name` None): forget what was kept below it."""
-        self._forget_kept(functools.partial(below, directory=directory))
-
-    def _forget_kept(self, changed: Callable[[str], bool]) -> None:
-        """The watcher reported changes: forget the kept places `changed` names."""
-        self._path_news += 1
-        for path in [p for p in self._kept if changed(p)]:
-            del self._kept[path]
 
     def _note_change(self, path: str) -> None:
         """The watcher reported `path` changed (a directory: anything in it), as change
@@ -386,14 +321,3 @@ class Resolving(Admission):
             self._doubtful.discard(path)
         reached = self._fresh[path]
         return isinstance(reached, str) or still_reaches(key, reached)
-
-
-def reached_only(
-    paths: Collection[str], resolved: Mapping[str, Resolution]
-) -> dict[str, Reached | None]:
-    """What each path reaches; None where nothing is there or it did not answer in time."""
-    found: dict[str, Reached | None] = {}
-    for path in paths:
-        reached = resolved.get(path)
-        found[path] = None if reached is None or isinstance(reached, str) else reached
-    return found

@@ -350,15 +350,16 @@ class Watching(BookingAllocations):
                 self._note_vanishing(state, stale - state.held.keys())
         self._drain()
 
-    def _claim_anew(self, paths: Collection[str]) -> None:
-        """Have the devices passing `paths` claimed anew (what they were claimed as may
-        predate a change reported: `_doubtful`), no change reported."""
+    def _claim_anew(self, state: ResourceState, paths: Collection[str]) -> None:
+        """Have `state`'s devices passing `paths` claimed anew: its admission claimed
+        through answers that may predate a change reported (`_doubtful`). Only `state`'s:
+        another resource did not read them (one that did has them in its own `_doubted`),
+        and queueing it had two admissions that change nothing queue each other for ever
+        (hostile22 F9)."""
         for path in paths:
             self._fresh.pop(path, None)
             self._doubtful.discard(path)
-            directory = os.path.dirname(path)
-            for name in self._followed.get(directory, ()):
-                self._stale_through(self._resources[name], directory, {path})
+            self._stale_through(state, os.path.dirname(path), {path})
 
     def _stale_through(
         self, state: ResourceState, directory: str, paths: set[str] | None
@@ -395,5 +396,5 @@ class Watching(BookingAllocations):
         for directory, paths in during:
             self._stale_through(state, directory, paths)
         doubted, self._doubted = self._doubted, set()
-        self._claim_anew(doubted)
+        self._claim_anew(state, doubted)
         return admitted

@@ -15,8 +15,9 @@ The rules are the ones an answer is refused by, imported, not copied:
 
 `kdp-host check` warns with the same functions. A run asks at the resource's start (its first
 list waits for the answer, so the kubelet never sees the devices Healthy first) and whenever
-the watcher reports a change at a mount source or a command's path (the parent directory of
-each, as named; a directory gone or mounted over tells too), when a command could not be
+the watcher reports a change at a mount source or a command's path (its entry, or that of a
+directory on the way to it: `mv /opt /opt.old` moves the source away without an event in its
+own directory; a directory gone or mounted over tells too), when a command could not be
 spawned (`NeedsWatch.spawn_failed`), and every `RECHECK` seconds while a need is unmet, so
 it comes back however it was fixed. The look runs off the loop, bounded by `LOOK_TIMEOUT`
 (a hung file system is a source not there); a look that hangs is waited on, not repeated.
@@ -36,6 +37,7 @@ from .config import NeverHanded, ResourceConfig, template_fields
 from .config.places import INTERPRETER_DEPTH, script_interpreter, untemplated
 from .files import Offload
 from .mount_table import MountMap, read_mounts
+from .places_followed import entries_on_the_way
 from .process import CommandError, resolve_command, search_dirs
 from .watch import Subscription, Watcher
 
@@ -145,7 +147,8 @@ class NeedsWatch:
             return []
         by_dir: dict[str, set[str]] = {}
         for path in self._paths():
-            by_dir.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+            for directory, name in entries_on_the_way(path):
+                by_dir.setdefault(directory, set()).add(name)
         return [
             watcher.subscribe(directory, lambda _: wake.set(), names)
             for directory, names in sorted(by_dir.items())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
 from .config.handed_tree import FollowedRule
@@ -36,6 +36,16 @@ class Vouching(Watcher, Protocol):
     def untold(self) -> bool | None: ...
 
     def watching(self, directory: str) -> bool | None: ...
+
+
+def entries_on_the_way(path: str) -> Iterator[tuple[str, str]]:
+    """(directory, entry name) of `path` in its directory, then of each directory on the way
+    to it in its parent, up to `/`: a rename, removal or link at any of them changes what
+    `path` names."""
+    at = path
+    while at != (parent := os.path.dirname(at)):
+        yield parent, os.path.basename(at)
+        at = parent
 
 
 class FollowedPaths:
@@ -56,11 +66,8 @@ class FollowedPaths:
         for path, inside in paths:
             if inside:
                 reaches.setdefault(path, {}).setdefault(None, set()).add(path)
-            at = path
-            while at != os.path.dirname(at):
-                parent = os.path.dirname(at)
-                reaches.setdefault(parent, {}).setdefault(os.path.basename(at), set()).add(path)
-                at = parent
+            for parent, name in entries_on_the_way(path):
+                reaches.setdefault(parent, {}).setdefault(name, set()).add(path)
         self._reaches = reaches
         """Directory -> entry name (None: any entry in it) -> the paths a change there
         changes (the entry is one of the paths, or a directory on the way to them)."""

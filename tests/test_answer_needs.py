@@ -27,6 +27,7 @@ from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 
 from .conftest import script, wait_until
+from .inotify_setup import running_watcher
 
 R = "h22.example/fpga"
 
@@ -166,6 +167,35 @@ async def test_a_spawn_failure_looks_again_at_once(short_dir: Path) -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_source_moved_away_by_a_directory_above_it_is_heard(short_dir: Path) -> None:
+    """hostile23 F2: `mv opt opt.old` moves `opt/vendor/fw` away with no event in its own
+    directory (inotify follows that directory's inode): the need stayed met, the devices
+    Healthy, while every Allocate was refused. Every directory on the way is followed."""
+    source = short_dir / "opt" / "vendor" / "fw"
+    source.mkdir(parents=True)
+    resource = load_config(
+        _file(short_dir, f"{{mounts: [{{hostPath: {source}, containerPath: /fw}}]}}")
+    ).resources[0]
+    table = DeviceTable()
+    table.publish([Device("fpga0")])
+    needs = AnswerNeeds(table, get_logger())
+    async with running_watcher() as watcher:
+        watch = NeedsWatch(resource, needs, NeverHanded, DaemonThreads(), watcher, recheck=3600.0)
+        task = asyncio.create_task(watch.run())
+        try:
+            await wait_until(lambda: watch.checked.is_set(), what="first look")
+            assert needs.unmet("mounts") is None
+            os.rename(short_dir / "opt", short_dir / "opt.old")
+            await wait_until(lambda: needs.unmet("mounts") is not None, what="heard the move")
+            assert table.snapshot.healthy_count == 0
+            os.rename(short_dir / "opt.old", short_dir / "opt")
+            await wait_until(lambda: needs.unmet("mounts") is None, what="heard it back")
+            assert table.snapshot.healthy_count == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class _Hung:

@@ -23,10 +23,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from .config.handed_tree import FollowedRule
 from .watch import Watcher
+
+NAMES_LIMIT: Final = 256
+"""Names kept per directory for `FollowedPaths.named`; more: walked again."""
 
 
 @runtime_checkable
@@ -59,6 +62,8 @@ class FollowedPaths:
         watcher: Vouching,
         paths: Iterable[tuple[str, bool]],
         heard: Callable[[set[str]], None],
+        *,
+        names: bool = False,
     ) -> None:
         self._watcher = watcher
         self._heard = heard
@@ -71,6 +76,13 @@ class FollowedPaths:
         self._reaches = reaches
         """Directory -> entry name (None: any entry in it) -> the paths a change there
         changes (the entry is one of the paths, or a directory on the way to them)."""
+        self._names: dict[str, set[str] | None] = (
+            dict.fromkeys((p for p, inside in reaches.items() if None in inside), None)
+            if names
+            else {}
+        )
+        """`names`: each path followed `inside` -> the names made, removed or renamed in it
+        since `named` was last asked of it (None: any may have been, unheard)."""
         self._dirs = tuple(sorted(reaches, key=lambda d: (d.count("/"), d)))
         """Every directory subscribed to, each after its parent."""
         self._covered: bool | None = None
@@ -95,6 +107,20 @@ class FollowedPaths:
         directory is watched, or absent where its parent is (which tells its making)."""
         return self._watcher.untold() is False and self._all_covered()
 
+    def named(self, path: str) -> set[str] | None:
+        """The names made, removed or renamed in `path` (followed `inside`, with `names`)
+        since it was last asked (None: any may have been, unheard: asked first, a watch
+        gained or lost, an overflow, `path` or a directory on the way to it changed, not
+        `vouched` at a question: `lose`); said once."""
+        if path not in self._names:
+            return None
+        named, self._names[path] = self._names[path], set()
+        return named
+
+    def lose(self) -> None:
+        """What `named` would say is not known (`vouched` said no)."""
+        self._names = dict.fromkeys(self._names, None)
+
     def _changed(self, directory: str, name: str | None) -> None:
         """A watcher callback: `name` in `directory` (None: anything there, its watch
         gained or lost) was made, removed or renamed."""
@@ -102,8 +128,19 @@ class FollowedPaths:
         if name is None:
             self._covered = None
             self._heard({path for paths in reaches.values() for path in paths})
-        else:
-            self._heard(reaches.get(name, set()) | reaches.get(None, set()))
+            self.lose()
+            return
+        reached = reaches.get(name, set())
+        self._heard(reached | reaches.get(None, set()))
+        if self._names:
+            for path in reached:  # (it, or a directory on the way to it)
+                if path in self._names:
+                    self._names[path] = None
+            named = self._names.get(directory)
+            if named is not None:
+                named.add(name)
+                if len(named) > NAMES_LIMIT:
+                    self._names[directory] = None
 
     def _all_covered(self) -> bool:
         if self._covered is None:
@@ -135,11 +172,18 @@ class FollowedPlaces:
             if self._paths is not None:
                 self._paths.cancel()
             self._rule, self._changed = rule, set()
-            self._paths = FollowedPaths(self._watcher, rule.followed_paths(), self._changed.update)
+            self._paths = FollowedPaths(
+                self._watcher, rule.followed_paths(), self._changed.update, names=True
+            )
             return None
         if not self._paths.vouched():
             self._changed.clear()
+            self._paths.lose()
             return None
         changed = set(self._changed)
         self._changed.clear()
         return changed
+
+    def named(self, directory: str) -> set[str] | None:
+        """`FollowedPaths.named` of the current rule's places (None: none followed yet)."""
+        return None if self._paths is None else self._paths.named(directory)

@@ -1,7 +1,8 @@
 """The protected places' stats vouched for by the watcher (`places_followed`, issue 19): an
 Allocate answer stats only the places reported changed since the last answer, and a hard
 link of a protected file made just before it is refused all the same (told or not yet
-read by the loop)."""
+read by the loop); a protected directory's listing is brought up to date from the names
+reported in it."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kdp_host import places_followed
 from kdp_host.config import handed as handed_module
-from kdp_host.config import load_config, never_handed
+from kdp_host.config import handed_tree, load_config, never_handed
 from kdp_host.config.handed import NeverHanded
 from kdp_host.identity import identity_of
 from kdp_host.inotify_watch import InotifyWatcher
@@ -162,3 +165,89 @@ def test_it_vouches_only_where_nothing_can_be_untold(dirs: Path) -> None:
     other = rule_of(dirs)  # (a reload: a new rule, followed from its first question)
     assert followed.changed(other) is None
     assert len(watcher.directories) == subscribed  # (the old rule's let go)
+
+
+async def test_the_socket_dir_is_listed_from_its_names_and_a_link_made_there_is_refused(
+    dirs: Path, watcher: InotifyWatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kubelet rewrites its checkpoint in its socket dir at every Allocate (made under
+    another name, renamed over the old one): the listing is brought up to date from the
+    names the watcher reported (lstat'ed), not read again. A hard link of the handed file
+    made in the socket dir just before the answer is refused all the same: its event
+    still unread (not vouched: listed again whole) or read (its name lstat'ed)."""
+    rule, followed = rule_of(dirs), FollowedPlaces(watcher)
+    walks: list[str] = []
+    real_walk = handed_tree.walk
+
+    def counted(path: str, *args: Any) -> handed_tree.Listed:
+        walks.append(path)
+        return real_walk(path, *args)
+
+    monkeypatch.setattr(handed_tree, "walk", counted)
+    socket_dir, opt = dirs / "dp", dirs / "opt"
+
+    def checkpoint() -> None:
+        (socket_dir / "checkpoint.tmp").write_text(f"{time.monotonic()}\n")
+        os.rename(socket_dir / "checkpoint.tmp", socket_dir / "kubelet_internal_checkpoint")
+
+    for name in ("plain", "late", "later"):
+        (opt / name).touch()
+    checkpoint()
+    assert problem(rule, opt / "plain", followed) is None
+    await told(watcher)
+    assert problem(rule, opt / "plain", followed) is None
+    for _ in range(3):
+        checkpoint()
+        await told(watcher)
+        walks.clear()
+        assert problem(rule, opt / "plain", followed) is None
+        assert walks == [], "the socket dir was read again whole"
+    # A link of the new checkpoint handed out: it is the socket dir's.
+    os.link(socket_dir / "kubelet_internal_checkpoint", opt / "ckpt")
+    assert "lies in kubelet.socketDir" in (problem(rule, opt / "ckpt", followed) or "")
+    # A link made in the socket dir, its event not read yet: listed again whole, refused.
+    os.link(opt / "late", socket_dir / "late")
+    walks.clear()
+    assert "lies in kubelet.socketDir" in (problem(rule, opt / "late", followed) or "")
+    assert str(socket_dir) in walks
+    # Read before the answer: its name alone is lstat'ed, refused.
+    await told(watcher)
+    assert problem(rule, opt / "plain", followed) is None
+    os.link(opt / "later", socket_dir / "later")
+    await told(watcher)
+    walks.clear()
+    assert "lies in kubelet.socketDir" in (problem(rule, opt / "later", followed) or "")
+    assert walks == []
+    # Removed again (the inode kept by opt/later): no longer the socket dir's.
+    os.unlink(socket_dir / "later")
+    await told(watcher)
+    assert problem(rule, opt / "later", followed) is None
+    assert walks == []
+
+
+def test_the_names_are_said_only_where_none_can_be_unheard(dirs: Path) -> None:
+    rule, watcher = rule_of(dirs), Vouched()
+    followed = FollowedPlaces(watcher)
+    state = str(dirs / "state")
+    assert followed.named(state) is None  # (nothing followed yet)
+    assert followed.changed(rule) is None
+    assert followed.named(state) is None  # (followed from now on: what came before unknown)
+    assert followed.named(state) == set()
+    watcher.change(state, "x")
+    watcher.change(state, "y")
+    assert followed.changed(rule) == {state}
+    assert followed.named(state) == {"x", "y"}
+    assert followed.named(state) == set()  # (said once)
+    watcher.change(str(dirs), "state")  # (stateDir itself renamed, replaced: another one)
+    assert followed.named(state) is None
+    watcher.change(state)  # (anything: a watch gained or lost, an overflow)
+    assert followed.named(state) is None
+    watcher.untold_now = True  # (events unread: lost until asked again)
+    assert followed.changed(rule) is None
+    watcher.untold_now = False
+    assert followed.named(state) is None
+    assert followed.named(state) == set()
+    for n in range(places_followed.NAMES_LIMIT + 1):  # (a churned directory: listed whole)
+        watcher.change(state, f"n{n}")
+    assert followed.named(state) is None
+    assert followed.named(str(dirs / "opt")) is None  # (not a protected place)

@@ -90,7 +90,7 @@ from ..identity import (
 )
 from ..mount_table import MountMap
 from ..rules import path_inside
-from .handed_tree import Followed, Listed, View, unchanged, walk
+from .handed_tree import Followed, Listings, View
 from .kernel_fs import KERNEL_FILE_SYSTEMS, KERNEL_WHY
 
 UNSAFE_MOUNT: Final = "unsafe_mount"
@@ -161,7 +161,11 @@ class NeverHanded:
     _shown: list[tuple[MountMap, _Shown]] = field(default_factory=list, compare=False, repr=False)
     """The last mount table asked with (kept: its `id` is not another's while it is) and every
     place it shows each place at."""
-    _listed: dict[str, Listed] = field(default_factory=dict, compare=False, repr=False)
+    _listed: Listings = field(
+        default_factory=lambda: Listings(lambda: (VIEW_AGE, TREE_LIMIT), PROC),
+        compare=False,
+        repr=False,
+    )
     _view: list[View] = field(default_factory=list, compare=False, repr=False)
     _kept: list[tuple[View, frozenset[Identity | None]]] = field(
         default_factory=list, compare=False, repr=False
@@ -267,16 +271,23 @@ class NeverHanded:
     ) -> str | None:
         """What `key` is by identity: a protected directory or `/`, the config file, a hard
         link of a file in or below a protected directory (listed again only when one of
-        its directories listed changed: `_holds`). A problem found on stats up to
+        its directories listed changed: `Listings.holds`). A problem found on stats up to
         VIEW_AGE old is confirmed on stats taken now: a file gone from a protected
         directory since may have left its inode number to the file asked of (ext4 hands a
         freed one out again at once: the kubelet's checkpoint, rewritten at each Allocate,
         then the next device file made)."""
         view = self._stats(fresh, since if fresh else None, followed if fresh else None)
-        why = self._found(view, key, writable, kept=not fresh)
+        why = self._found(view, key, writable, kept=not fresh, followed=followed if fresh else None)
         return why if why is None or fresh else self._found(self._stats(True), key, writable)
 
-    def _found(self, view: View, key: Identity, writable: bool, kept: bool = False) -> str | None:
+    def _found(
+        self,
+        view: View,
+        key: Identity,
+        writable: bool,
+        kept: bool = False,
+        followed: Followed | None = None,
+    ) -> str | None:
         """`kept`: a key none of the view's identities is (`_compared`) is none of them."""
         if int(key[1]) >> 64 not in view.devices:
             return None
@@ -292,26 +303,28 @@ class NeverHanded:
         for what, path, identity, mtime in view.dirs:
             if identity == key:
                 return f"is {what} (by identity), which no container may be handed"
-            if key[0] in (FILE, OTHER) and self._holds(path, identity, mtime, view.taken, key):
+            if key[0] in (FILE, OTHER) and self._listed.holds(
+                path, identity, mtime, view.taken, key, followed
+            ):
                 return f"lies in {what} (a hard link), which no container may be handed"
         return None
 
     def _compared(self, view: View) -> frozenset[Identity | None]:
         """Every identity `_found` compares a key with in `view` (the root, the files, each
-        directory and what is listed in and below it, each listing taken as `_holds` takes
+        directory and what is listed in and below it, each listing taken as `Listings.holds` takes
         it), found once per view: every file claim of every device admitted asks."""
         if self._kept and self._kept[0][0] is view:
             return self._kept[0][1]
         found: set[Identity | None] = {view.root, *(f[1] for f in view.files)}
         for _, path, identity, mtime in view.dirs:
-            self._holds(path, identity, mtime, view.taken, identity)  # (listed anew if changed)
-            found |= {identity, *self._listed[path].files}
+            self._listed.holds(path, identity, mtime, view.taken, identity)  # (anew if changed)
+            found |= {identity, *self._listed.files(path)}
         self._kept[:] = [(view, frozenset(found))]
         return self._kept[0][1]
 
     def followed_paths(self) -> tuple[tuple[str, bool], ...]:
         """Each path the view is made of (`_stats`), with whether what is in it counts too
-        (a protected directory's mtime: its listing, `_holds`), for `Followed`."""
+        (a protected directory's mtime: its listing, `Listings.holds`), for `Followed`."""
         paths = {ROOT: False}
         paths.update((path, False) for _, path in (*self.files, *self.run))
         paths.update((path, True) for _, path in self.places)
@@ -353,29 +366,6 @@ class NeverHanded:
         )  # fmt: skip
         self._view[:] = [view]
         return view
-
-    def _holds(
-        self, path: str, identity: Identity, mtime: int, taken: float, key: Identity
-    ) -> bool:
-        """Whether the file `key` is in or below the protected directory `path` (`identity`,
-        `mtime` in the view taken at `taken`). Its listing (`handed_tree.walk`) is taken again when
-        the directory changed, or a directory listed below it did: those are stat'ed
-        again at most every VIEW_AGE (a tree of `TREE_LIMIT` entries costs as many stats),
-        and always before a file found in the listing is taken for a hard link (one gone
-        since may have left its inode number to `key`)."""
-        listed = self._listed.get(path)
-        if (
-            listed is not None
-            and listed.mtime == mtime
-            and (taken - listed.checked < VIEW_AGE or unchanged(listed, taken))
-        ):
-            if key not in listed.files:
-                return False
-            if listed.checked >= taken or unchanged(listed, taken):
-                return True
-        device = None if path == PROC else int(identity[1]) >> 64
-        listed = self._listed[path] = walk(path, device, mtime, taken, TREE_LIMIT)
-        return key in listed.files
 
 
 def _stat(path: str) -> os.stat_result | None:

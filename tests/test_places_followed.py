@@ -251,3 +251,39 @@ def test_the_names_are_said_only_where_none_can_be_unheard(dirs: Path) -> None:
         watcher.change(state, f"n{n}")
     assert followed.named(state) is None
     assert followed.named(str(dirs / "opt")) is None  # (not a protected place)
+
+
+async def test_a_link_made_in_the_same_clock_tick_is_refused(
+    dirs: Path, watcher: InotifyWatcher
+) -> None:
+    """A directory's mtime is the kernel's coarse clock (a tick of milliseconds): a link
+    made in the socket dir in the tick of the change listed last leaves it as it was (set
+    back here). The name the watcher told is read again all the same."""
+    rule, followed = rule_of(dirs), FollowedPlaces(watcher)
+    socket_dir, opt = dirs / "dp", dirs / "opt"
+    (opt / "plain").touch()
+    assert problem(rule, opt / "plain", followed) is None
+    await told(watcher)
+    assert problem(rule, opt / "plain", followed) is None
+    before = socket_dir.stat()
+    os.link(opt / "plain", socket_dir / "plain")
+    os.utime(socket_dir, ns=(before.st_atime_ns, before.st_mtime_ns))
+    await told(watcher)
+    assert "lies in kubelet.socketDir" in (problem(rule, opt / "plain", followed) or "")
+
+
+def test_a_listing_cut_at_its_limit_is_not_kept_up_to_date(tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        (tmp_path / name).touch()
+    st = tmp_path.stat()
+    of = identity_of(st)
+    whole = handed_tree.walk(str(tmp_path), st.st_dev, st.st_mtime_ns, 0.0, 3, of)
+    assert whole.top is not None and len(whole.top) == 3
+    (tmp_path / "d").touch()
+    again = handed_tree.relisted(whole, str(tmp_path), of, ["d"], st.st_mtime_ns, 0.0)
+    assert again is None  # (4 entries: over the limit)
+    cut = handed_tree.walk(str(tmp_path), st.st_dev, st.st_mtime_ns, 0.0, 2, of)
+    assert cut.top is None
+    assert handed_tree.relisted(cut, str(tmp_path), of, [], st.st_mtime_ns, 0.0) is None
+    other = identity_of((tmp_path / "a").stat())  # (a listing of another directory)
+    assert handed_tree.relisted(whole, str(tmp_path), other, [], st.st_mtime_ns, 0.0) is None

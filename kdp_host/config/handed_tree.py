@@ -69,7 +69,8 @@ class Listed:
     """The directory's identity (a listing is of it, not of its path)."""
     top: Mapping[str, Identity | None] | None = None
     """Each name directly in it -> its identity (None: a directory); None: the listing
-    was cut at its limit (not brought up to date: `relisted`)."""
+    was cut at its limit or an entry could not be read (not brought up to date:
+    `relisted`)."""
     rest: frozenset[Identity] = frozenset()
     """The identities found below it (in the directories of `below`)."""
     room: int = 0
@@ -99,7 +100,7 @@ def walk(
     rest: set[Identity] = set()
     named: dict[str, Identity | None] = {}
     below: list[tuple[str, int]] = []
-    queue, left = deque([top]), limit
+    queue, left, whole = deque([top]), limit, True
     while queue and left > 0:
         directory = queue.popleft()
         try:
@@ -111,6 +112,7 @@ def walk(
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
+                        whole = False  # (not up to date from names: `relisted`)
                         continue
                     identity = None if st_isdir(st.st_mode) else identity_of(st)
                     if directory == top:
@@ -123,8 +125,9 @@ def walk(
                         queue.append(entry.path)
                         below.append((entry.path, st.st_mtime_ns))
         except OSError:
+            whole = False
             continue
-    whole = not queue and left >= 0
+    whole = whole and not queue and left >= 0
     return Listed(
         mtime, frozenset(found), tuple(below), taken, of, named if whole else None,
         frozenset(rest), left,
@@ -191,11 +194,16 @@ class Listings:
         directory changed, or a directory listed below it did: those are stat'ed again at
         most every `age` (a tree of `limit` entries costs as many stats), and always
         before a file found in the listing is taken for a hard link (one gone since may
-        have left its inode number to `key`). Where `followed` names what was made,
-        removed or renamed in it since, only those names are lstat'ed (`relisted`)."""
+        have left its inode number to `key`). Where `followed` follows it, only the names
+        it reports made, removed or renamed in it since are lstat'ed (`relisted`), also
+        where its mtime is as it was (a clock tick: two changes in one tick leave it so),
+        and it is listed whole where `followed` cannot say (None)."""
         listed, (age, limit) = self._listed.get(path), self._bounds()
+        asked = followed is not None and path != self._unlinked  # (the kernel's: untold)
+        names = followed.named(path) if followed is not None and asked else None
         if (
-            listed is not None
+            (not asked or (names is not None and not names))
+            and listed is not None
             and listed.mtime == mtime
             and (taken - listed.checked < age or unchanged(listed, taken))
         ):
@@ -203,9 +211,8 @@ class Listings:
                 return False
             if listed.checked >= taken or unchanged(listed, taken):
                 return True
-        names = None if followed is None else followed.named(path)  # (asked: then applied)
         found = None
-        if listed is not None and names is not None:
+        if asked and names is not None and listed is not None:
             found = relisted(listed, path, identity, names, mtime, taken)
         if found is None:
             device = None if path == self._unlinked else int(identity[1]) >> 64

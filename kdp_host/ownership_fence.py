@@ -134,6 +134,24 @@ class AllocateFence:
         """The index holds what these bookings of the other hosts reach (admitted)."""
         self.taken_in = taken
 
+    def taking_in(
+        self,
+        theirs: frozenset[SavedBooking],
+        before: frozenset[SavedBooking],
+        kept: frozenset[SavedBooking],
+    ) -> None:
+        """The index is about to take in a content whose other hosts' bookings are `theirs`:
+        those taken in that it lacks, the index lets go (their pods ended), so they are not
+        taken in from now on: the same entry written again later is a new booking, which the
+        index does not hold until it has taken that in and admitted against it (hostile22
+        F7). `kept`: the bookings of `taken_in` (as it was: `before`) in `theirs`, worked out
+        off the loop."""
+        taken = self.taken_in
+        if taken is not before:  # (`took_in` since: rare)
+            kept = taken & theirs
+        if len(kept) != len(taken):
+            self.taken_in = kept
+
     def follow(self, watcher: Watcher, net: SafetyNet) -> None:
         """Follow `hosts/`: whether another host runs, looked at now and at every change."""
         hosts = os.path.join(self._directory, HOSTS_DIR)
@@ -214,9 +232,10 @@ class AllocateFence:
             "host runs on stateDir (an answer is kept from its answers under it)"
         )
 
-    async def _lock(self, deadline: float, check: Callable[[Any], str | None]) -> None:
+    async def _lock(self, deadline: float, check: Callable[..., str | None]) -> None:
         """Take the file's lock (this host's writes waited for), read the file, refuse the
-        answer on a clash; `held_lock` set."""
+        answer on a clash; `held_lock` set. A check against bookings taken in that the index
+        let go of while it ran is made again (under the lock)."""
         loop, file = asyncio.get_running_loop(), self._file
         try:
             async with asyncio.timeout_at(deadline):
@@ -227,10 +246,11 @@ class AllocateFence:
         attempt: asyncio.Future[tuple[int, bool, Any]] | None = None
         try:
             self._drop()  # (an earlier answer's, whose release waited for a write)
-            delay = 0.0005
+            delay, taken = 0.0005, self.taken_in
             while True:
+                checked = functools.partial(check, taken)
                 attempt = asyncio.ensure_future(
-                    self._offload.run(functools.partial(self._try, fd, check))
+                    self._offload.run(functools.partial(self._try, fd, checked))
                 )
                 done, _ = await asyncio.wait({attempt}, timeout=max(deadline - loop.time(), 0))
                 if not done:
@@ -240,8 +260,11 @@ class AllocateFence:
                     fd, locked, why = attempt.result()
                 except OSError as exc:
                     raise Unfenced(f"{file.lock_path.name}: {exc}") from None
-                if locked:
+                if locked and (self.taken_in is taken or taken <= self.taken_in):
                     break
+                if locked:  # (narrowed while checked: `taking_in`; the lock stays held)
+                    taken = self.taken_in
+                    continue
                 if loop.time() + delay > deadline:
                     raise Unfenced(self._late())
                 await asyncio.sleep(delay)
@@ -279,16 +302,18 @@ class AllocateFence:
         ids: frozenset[str],
         reached: Mapping[str, Identity],
         real: Mapping[str, str],
+        taken: frozenset[SavedBooking],
         document: Mapping[str, Any] | None,
     ) -> str | None:
         """(Blocking) Why the answer clashes with another running host's booking in
-        `document` that is not taken in; None: it does not. The same ID of the same resource
-        is no clash: the kubelet allocated it again (its earlier user is gone)."""
+        `document` that is not in `taken` (`taken_in`); None: it does not. The same ID of
+        the same resource is no clash: the kubelet allocated it again (its earlier user is
+        gone)."""
         if document is None:
             return None
         new = self._new
-        if new is None or new[0] is not document or new[1] is not self.taken_in:
-            taken, writer = self.taken_in, self._writer
+        if new is None or new[0] is not document or new[1] is not taken:
+            writer = self._writer
             fresh = [
                 e.value
                 for e in checked_entries(document)

@@ -81,6 +81,10 @@ async def shared_bookings(
     return sync
 
 
+Kept = tuple[frozenset[SavedBooking], frozenset[SavedBooking]]
+"""The fence's bookings taken in, and those of them a content read holds."""
+
+
 def theirs(saved: Saved | None, writer: str) -> frozenset[SavedBooking]:
     """The other hosts' bookings of `saved` (blocking: O(entries))."""
     return frozenset(b for b in saved or () if b.writer != writer)
@@ -269,8 +273,8 @@ class BookingsSync:
         while self._again:
             self._again = False
             try:
-                read, same, theirs = await self._offload.run(
-                    functools.partial(self._read, self._taken)
+                read, same, theirs, kept = await self._offload.run(
+                    functools.partial(self._read, self._taken, self._fence.taken_in)
                 )
             except OSError as exc:
                 self._log.error("ownership_sync_failed", reason=str(exc))
@@ -290,6 +294,9 @@ class BookingsSync:
             for new in sorted(others - self._others):
                 self._log.info("state_dir_shared", hosts=new)
             self._taken = None
+            if self._settling is not None:  # (what it would say is no longer held)
+                self._settling.cancel()
+            self._fence.taking_in(theirs, *kept)
             await self._index.take_in(saved, others, ours)
             self._taken = saved if ours else None
             self._watch_others(others)
@@ -306,13 +313,17 @@ class BookingsSync:
         await self._index.quiet()
         self._fence.took_in(theirs)
 
-    def _read(self, last: Saved | None) -> tuple[SharedRead, bool, frozenset[SavedBooking]]:
+    def _read(
+        self, last: Saved | None, taken: frozenset[SavedBooking]
+    ) -> tuple[SharedRead, bool, frozenset[SavedBooking], Kept]:
         """`read_shared`, whether it is this host's own write of the very entries `last`
-        (blocking), and the other hosts' bookings read. Another content with the same other
-        entries is no such write: this host's own may be missing from it."""
+        (blocking), the other hosts' bookings read, and those of them among `taken` (the
+        fence's, `AllocateFence.taking_in`). Another content with the same other entries is
+        no such write: this host's own may be missing from it."""
         read = read_shared(self._file, self._writer, self._peers)
         same = read.ours and read.saved is not None and same_bookings(read.saved, last)
-        return read, same, theirs(read.saved, self._writer)
+        found = theirs(read.saved, self._writer)
+        return read, same, found, (taken, taken & found if taken else taken)
 
     def _tell_kept(self, kept: frozenset[str]) -> None:
         """One line when a running host's entries go missing from the file (its bookings

@@ -10,6 +10,7 @@ import asyncio
 import errno
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +23,11 @@ from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership_bookings import Booking
 from kdp_host.ownership_claims import Owner
+from kdp_host.ownership_document import Saved, SavedBooking
 from kdp_host.ownership_fence import AllocateFence, Unfenced, others_run
 from kdp_host.ownership_shared import PlaceOwned
-from kdp_host.ownership_sync import read_shared, theirs
-from kdp_host.state_lock import host_lock_path
+from kdp_host.ownership_sync import BookingsSync, read_shared, shared_bookings, theirs
+from kdp_host.state_lock import hold_instance, host_lock_path
 
 from .test_shared_bookings import R, Writer
 
@@ -155,3 +157,148 @@ def test_a_host_starting_keeps_its_lock_file(
     monkeypatch.setattr(ownership_fence, "STARTING", 0.0)
     assert not others_run(str(tmp_path), a.name)
     assert not starting.exists()
+
+
+class AdmittingIndex:
+    """An ownership index as `ownership_sync` sees it, whose admission against what it
+    took in ends only when the test lets it (`admitted`)."""
+
+    fence: AllocateFence | None = None
+
+    def __init__(self) -> None:
+        self.admitted = asyncio.Event()
+        self.admitted.set()
+        self.took: list[Saved | None] = []
+
+    def keep_bookings_in(self, *_args: Any) -> None:
+        pass
+
+    async def take_in(self, saved: Saved | None, *_args: Any) -> None:
+        self.took.append(saved)
+
+    async def quiet(self, settled: bool = False) -> None:
+        await self.admitted.wait()
+
+
+async def synced(sync: BookingsSync) -> None:
+    """The file read by `sync` (as its watcher has it read) and taken in."""
+    sync.changed(None)
+    task = sync._task
+    assert task is not None
+    async with asyncio.timeout(10):
+        await task
+
+
+async def test_a_peer_booking_dropped_and_booked_again_is_not_taken_in_yet(
+    tmp_path: Path,
+) -> None:
+    """Issue 17 (hostile22 F7, the case left after the fence): host-a took in host-b's
+    booking of n1 (admitted against); host-b dropped it and host-a's index let n1 go (its
+    admission against that content still runs); host-b booked the same ID again (the very
+    same entry) and host-a has not read it: that booking is not held by host-a's index, so
+    an answer of host-a handing out n1 is refused, never left to the index."""
+    a_lock = hold_instance(str(tmp_path), "host-a", get_logger())
+    b = Writer(tmp_path, "host-b")
+    index = AdmittingIndex()
+    sync = await shared_bookings(index, str(tmp_path), "host-a", DaemonThreads(), get_logger())
+    fence = index.fence
+    assert fence is not None
+    fence.live = True
+    try:
+        b.book("b1", 1)
+        await b.write()
+        await synced(sync)
+        settling = sync._settling  # (the admission against it)
+        assert settling is not None
+        async with asyncio.timeout(10):
+            await settling
+        assert fence.taken_in
+        async with fence.held("other.example/x", ["x0"], NODE, {}):  # (the index judges)
+            pass
+        index.admitted.clear()  # (the next admission runs in turns of the loop)
+        b.ledger.drop(Owner(R, "b1"))
+        await b.write()
+        await synced(sync)
+        assert index.took[-1] == []  # (host-a's index let n1 go)
+        b.book("b1", 1)
+        await b.write()  # (not read by host-a yet)
+        with pytest.raises(PlaceOwned, match="booked by host host-b"):
+            async with fence.held("other.example/x", ["x0"], NODE, {}):
+                pass
+        index.admitted.set()
+    finally:
+        sync.close()
+        b.stop()
+        os.close(a_lock)
+
+
+async def test_bookings_let_go_while_the_answer_is_checked_are_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """host-b's booking of n1 is taken in when host-a's answer reads the file under the
+    lock; the index lets it go before that check is back (`taking_in`): the answer is
+    checked again under the lock, and refused."""
+    a, b = Writer(tmp_path, "host-a"), Writer(tmp_path, "host-b")
+    b.book("b1", 1)
+    await b.write()
+    fence = fence_of(a, tmp_path)
+    fence.took_in(theirs(read_shared(a.file, a.name).saved, a.name))
+    reading, go = threading.Event(), threading.Event()
+    real = a.file.document_now
+
+    def held_up() -> Any:
+        reading.set()
+        assert go.wait(10)
+        return real()
+
+    monkeypatch.setattr(a.file, "document_now", held_up)
+
+    async def answer() -> None:
+        async with fence.held("other.example/x", ["x0"], NODE, {}):
+            pass
+
+    answering = asyncio.ensure_future(answer())
+    assert await asyncio.to_thread(reading.wait, 10)
+    fence.taking_in(frozenset(), fence.taken_in, frozenset())  # (host-b dropped it)
+    go.set()
+    with pytest.raises(PlaceOwned, match="booked by host host-b"):
+        async with asyncio.timeout(10):
+            await answering
+
+
+async def test_an_admission_ending_while_the_next_content_is_taken_in_widens_nothing(
+    tmp_path: Path,
+) -> None:
+    """The admission against a content holding host-b's booking ends while host-a's index
+    takes in the next content, which lacks it (in turns of the loop): the booking the index
+    is letting go of is not taken in (the earlier content's settling is over)."""
+    a_lock = hold_instance(str(tmp_path), "host-a", get_logger())
+    b = Writer(tmp_path, "host-b")
+    index = AdmittingIndex()
+    index.admitted.clear()
+    sync = await shared_bookings(index, str(tmp_path), "host-a", DaemonThreads(), get_logger())
+    fence = index.fence
+    assert fence is not None
+    seen: list[frozenset[SavedBooking]] = []
+
+    async def take_in(saved: Saved | None, *_args: Any) -> None:
+        index.took.append(saved)
+        if saved == []:  # (the admission of the content before ends meanwhile)
+            index.admitted.set()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            seen.append(fence.taken_in)
+
+    index.take_in = take_in  # type: ignore[method-assign]
+    try:
+        b.book("b1", 1)
+        await b.write()
+        await synced(sync)
+        b.ledger.drop(Owner(R, "b1"))
+        await b.write()
+        await synced(sync)
+        assert seen == [frozenset()]
+    finally:
+        sync.close()
+        b.stop()
+        os.close(a_lock)

@@ -121,6 +121,9 @@ class AllocateFence:
         """Another host runs on the state directory (True until first looked at)."""
         self.taken_in: frozenset[SavedBooking] = frozenset()
         """The other hosts' bookings the index holds what they reach for (`took_in`)."""
+        self.narrowed = 0
+        """Times `taken_in` lost bookings (`taking_in`): an answer checked before, whose
+        booking is not made yet, is checked again."""
         self._new: tuple[object, frozenset[SavedBooking], list[SavedBooking]] | None = None
         """The other hosts' entries of a content not taken in (per content and taken_in)."""
         self._turn = asyncio.Lock()  # (this host's fenced answers, one at a time)
@@ -151,6 +154,7 @@ class AllocateFence:
             kept = taken & theirs
         if len(kept) != len(taken):
             self.taken_in = kept
+            self.narrowed += 1
 
     def follow(self, watcher: Watcher, net: SafetyNet) -> None:
         """Follow `hosts/`: whether another host runs, looked at now and at every change."""
@@ -213,9 +217,11 @@ class AllocateFence:
             raise Unfenced(self._late()) from None
         try:
             check = functools.partial(self._clash, resource, frozenset(ids), reached, real)
-            await self._lock(deadline, check)
+            narrowed = await self._lock(deadline, check)
             try:
                 yield
+                if self.narrowed != narrowed:  # (since checked: `taking_in`)
+                    await self._check_again(check)
                 if not self._file.holds_changes:
                     raise Unfenced(
                         f"{self._file.path.name} {self._file.unwritten or 'not written'}: "
@@ -232,10 +238,20 @@ class AllocateFence:
             "host runs on stateDir (an answer is kept from its answers under it)"
         )
 
-    async def _lock(self, deadline: float, check: Callable[..., str | None]) -> None:
+    async def _check_again(self, check: Callable[..., str | None]) -> None:
+        """(The lock held) The file read and `check`ed again against `taken_in` as it is now:
+        the index let go of bookings since the answer was checked (while the check ran off
+        the loop, or during an await of the answer), and a booking of the same entry written
+        since is not one it holds. Raises PlaceOwned on a clash; the booking the answer made
+        stays until PodResources ends it (fails safe)."""
+        checked = functools.partial(check, self.taken_in)
+        why = await self._offload.run(functools.partial(self._checked_now, checked))
+        if why is not None:
+            raise PlaceOwned(why)
+
+    async def _lock(self, deadline: float, check: Callable[..., str | None]) -> int:
         """Take the file's lock (this host's writes waited for), read the file, refuse the
-        answer on a clash; `held_lock` set. A check against bookings taken in that the index
-        let go of while it ran is made again (under the lock)."""
+        answer on a clash; `held_lock` set. Returns `narrowed` as it was when checked."""
         loop, file = asyncio.get_running_loop(), self._file
         try:
             async with asyncio.timeout_at(deadline):
@@ -246,9 +262,9 @@ class AllocateFence:
         attempt: asyncio.Future[tuple[int, bool, Any]] | None = None
         try:
             self._drop()  # (an earlier answer's, whose release waited for a write)
-            delay, taken = 0.0005, self.taken_in
+            delay, narrowed = 0.0005, self.narrowed
+            checked = functools.partial(check, self.taken_in)
             while True:
-                checked = functools.partial(check, taken)
                 attempt = asyncio.ensure_future(
                     self._offload.run(functools.partial(self._try, fd, checked))
                 )
@@ -260,11 +276,8 @@ class AllocateFence:
                     fd, locked, why = attempt.result()
                 except OSError as exc:
                     raise Unfenced(f"{file.lock_path.name}: {exc}") from None
-                if locked and (self.taken_in is taken or taken <= self.taken_in):
+                if locked:
                     break
-                if locked:  # (narrowed while checked: `taking_in`; the lock stays held)
-                    taken = self.taken_in
-                    continue
                 if loop.time() + delay > deadline:
                     raise Unfenced(self._late())
                 await asyncio.sleep(delay)
@@ -272,6 +285,7 @@ class AllocateFence:
             if why is not None:
                 raise PlaceOwned(why)
             self._held, file.held_lock, fd = fd, fd, None
+            return narrowed
         finally:
             file.writing.release()
             if attempt is not None and not attempt.done():  # (a hung state directory)
@@ -291,10 +305,14 @@ class AllocateFence:
         except BaseException:
             os.close(fd)
             raise
+        return fd, True, self._checked_now(check)
+
+    def _checked_now(self, check: Callable[[Any], str | None]) -> str | None:
+        """(Blocking, the lock held) `check` of the file as it is now."""
         try:
-            return fd, True, check(self._file.document_now())
+            return check(self._file.document_now())
         except Exception as exc:  # (a clash not ruled out: refused)
-            return fd, True, f"{self._file.path.name} not read ({exc})"
+            return f"{self._file.path.name} not read ({exc})"
 
     def _clash(
         self,

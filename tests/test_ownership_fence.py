@@ -302,3 +302,19 @@ async def test_an_admission_ending_while_the_next_content_is_taken_in_widens_not
         sync.close()
         b.stop()
         os.close(a_lock)
+
+
+async def test_bookings_let_go_while_the_answer_is_made_refuse_it(tmp_path: Path) -> None:
+    """host-b's booking of n1 was taken in when host-a's answer was checked; the index lets
+    it go while the answer is made (an await of it): checked again before the lock goes,
+    the answer is refused."""
+    a, b = Writer(tmp_path, "host-a"), Writer(tmp_path, "host-b")
+    b.book("b1", 1)
+    await b.write()
+    fence = fence_of(a, tmp_path)
+    fence.took_in(theirs(read_shared(a.file, a.name).saved, a.name))
+    with pytest.raises(PlaceOwned, match="booked by host host-b"):
+        async with fence.held("other.example/x", ["x0"], NODE, {}):
+            fence.taking_in(frozenset(), fence.taken_in, frozenset())  # (host-b dropped it)
+    async with fence.held("other.example/x", ["x0"], {"/dev/n2": ("c", 2)}, {}):
+        fence.taking_in(frozenset(), fence.taken_in, frozenset())

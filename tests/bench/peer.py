@@ -280,11 +280,18 @@ def allocate_rows(opts: Options, gdp_missing: str | None) -> list[Row]:
             row.extra.append(Figure(f"{row.label}, floor/GDP", "x"))
     workdir = make_workdir("peer-alloc")
     try:
-        tree = workdir / "dev"
-        make_device_files(tree, ALLOCATE_DEVICES, "d")
+        # Each plugin serves its own files: kdp-host holds a node another plugin's pod was
+        # handed (it follows the kubelet's checkpoint), so one shared tree would leave it
+        # nothing healthy once GDP's or the floor's pods were admitted.
+        tree, kdp_tree, floor_tree = (workdir / n for n in ("dev", "dev-kdp", "dev-floor"))
+        for each in (tree, kdp_tree, floor_tree):
+            make_device_files(each, ALLOCATE_DEVICES, "d")
+        kdp_config = [glob_resource(f"{KDP_DOMAIN}/r000", f"{kdp_tree}/*")]
         with (
-            peers(workdir, "alloc", [tree], with_gdp=gdp_missing is None) as p,
-            stack_floor(workdir, p.kubelet, tree) as floor_resource,
+            peers(
+                workdir, "alloc", [tree], with_gdp=gdp_missing is None, kdp_config=kdp_config
+            ) as p,
+            stack_floor(workdir, p.kubelet, floor_tree) as floor_resource,
         ):
             kubelet = p.kubelet
             kubelet.wait_for(

@@ -17,10 +17,12 @@ import pytest
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
+from .test_release_handed_reach import (  # (one resource of its config, its release counter)
+    R1,
+    _runs,
+)
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
-
-R1 = "vendor.example/one"
 
 
 def _config(socket_dir: Path, root: Path, log: Path) -> str:
@@ -33,13 +35,6 @@ def _config(socket_dir: Path, root: Path, log: Path) -> str:
         f'    glob: {{paths: ["{root}/a/n*"], gracePeriod: 0s}}\n'
         f"    release: {{command: {hook}}}\n"
     )
-
-
-def _runs(running: Any, result: str) -> float:
-    found = running.metrics.registry.get_sample_value(
-        "kdp_release_runs_total", {"resource": R1, "result": result}
-    )
-    return found or 0.0
 
 
 async def test_a_release_runs_on_the_node_handed_out_where_a_reload_lists_it_now(

@@ -17,9 +17,13 @@ The rules are the ones an answer is refused by, imported, not copied:
 list waits for the answer, so the kubelet never sees the devices Healthy first) and whenever
 the watcher reports a change at a mount source or a command's path (its entry, or that of a
 directory on the way to it: `mv /opt /opt.old` moves the source away without an event in its
-own directory; a directory gone or mounted over tells too), when a command could not be
-spawned (`NeedsWatch.spawn_failed`), and every `RECHECK` seconds while a need is unmet, so
-it comes back however it was fixed. The look runs off the loop, bounded by `LOOK_TIMEOUT`
+own directory; a directory gone or mounted over tells too), as named and as the last look
+resolved it (a link's target, the program a bare name is found as, each `#!` interpreter:
+`rm -r` of a linked vendor tree or of an interpreter touches nothing on the named way;
+hostile24 F3 F4), when a command could not be spawned (`NeedsWatch.spawn_failed`; also
+the exec wrapper's `exec` failing, as it does when the `#!` interpreter is gone:
+`process_group.exec_failure`), and every `RECHECK` seconds while a need is unmet, so it
+comes back however it was fixed. The look runs off the loop, bounded by `LOOK_TIMEOUT`
 (a hung file system is a source not there); a look that hangs is waited on, not repeated.
 """
 
@@ -73,17 +77,25 @@ def host_commands(resource: ResourceConfig) -> list[HostCommand]:
     return found
 
 
-def command_problem(argv: Sequence[str], env: Mapping[str, str] | None) -> str | None:
+def command_problem(
+    argv: Sequence[str], env: Mapping[str, str] | None, reached: set[str] | None = None
+) -> str | None:
     """Why the program `argv` names (or an interpreter its `#!` line names) cannot be
-    started now, or None (the runner's rule, `process.resolve_command`). Does I/O."""
+    started now, or None (the runner's rule, `process.resolve_command`); `reached` is given
+    each program and interpreter path the start goes through, as named and as resolved (the
+    watch follows them). Does I/O."""
     program, depth = argv[0], 0
     while depth <= INTERPRETER_DEPTH:
         if template_fields(program) or (env is not None and template_fields(env.get("PATH", ""))):
             return None  # (rendered per call)
+        if reached is not None and os.path.isabs(program):
+            reached.add(program)
         try:
             path = resolve_command(program, env, None)
         except CommandError as exc:
             return str(exc) if depth == 0 else f"its #! interpreter: {exc}"
+        if reached is not None:
+            reached.update((path, os.path.realpath(path)))
         interpreter = script_interpreter(path)
         if interpreter is None:
             return None
@@ -94,13 +106,28 @@ def command_problem(argv: Sequence[str], env: Mapping[str, str] | None) -> str |
     return None
 
 
-def command_problems(resource: ResourceConfig) -> list[tuple[str, str]]:
-    """(which command, why) for each host command of the resource that cannot be started."""
+def command_problems(
+    resource: ResourceConfig, reached: set[str] | None = None
+) -> list[tuple[str, str]]:
+    """(which command, why) for each host command of the resource that cannot be started
+    (`reached`: `command_problem`'s)."""
     return [
         (which, why)
         for which, argv, env in host_commands(resource)
-        if (why := command_problem(argv, env)) is not None
+        if (why := command_problem(argv, env, reached)) is not None
     ]
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one look found: the problems of the mount sources and of the commands, and the
+    paths the answer goes through as resolved now (a source's real path, a command's
+    program and `#!` interpreters, each as named and as resolved: `rm -r` of a link's
+    target, or of an interpreter, changes no entry on the way to the path as configured)."""
+
+    mounts: list[tuple[int, str, str]]
+    commands: list[tuple[str, str]]
+    resolved: frozenset[str]
 
 
 @dataclass
@@ -129,8 +156,10 @@ class NeedsWatch:
         """A command of the resource could not be spawned: look again now."""
         self._wake.set()
 
-    def _paths(self) -> Iterator[str]:
-        """The paths whose directory's changes may change an answer (as named)."""
+    def _paths(self, resolved: frozenset[str]) -> Iterator[str]:
+        """The paths whose directory's changes may change an answer: as named, and as the
+        last look resolved them (`Look.resolved`)."""
+        yield from resolved
         for mount in self.resource.allocate.mounts:
             yield os.path.normpath(mount.host_path)
         for _, argv, env in host_commands(self.resource):
@@ -141,12 +170,12 @@ class NeedsWatch:
             else:
                 yield from (os.path.join(d, argv[0]) for d in search_dirs(env, None))
 
-    def _subscribe(self) -> list[Subscription]:
+    def _subscribe(self, resolved: frozenset[str]) -> list[Subscription]:
         watcher, wake = self.watcher, self._wake
         if watcher is None:
             return []
         by_dir: dict[str, set[str]] = {}
-        for path in self._paths():
+        for path in self._paths(resolved):
             for directory, name in entries_on_the_way(path):
                 by_dir.setdefault(directory, set()).add(name)
         return [
@@ -155,9 +184,9 @@ class NeedsWatch:
         ]
 
     async def run(self) -> None:
-        subscriptions = self._subscribe()
-        look: asyncio.Future[tuple[list[tuple[int, str, str]], list[tuple[str, str]]]] | None
-        look = None
+        resolved: frozenset[str] = frozenset()
+        subscriptions = self._subscribe(resolved)
+        look: asyncio.Future[Look] | None = None
         try:
             while True:
                 self._wake.clear()
@@ -173,8 +202,15 @@ class NeedsWatch:
                     look = None  # (a defect: the needs stay as they were, looked at again)
                     self.needs.log.error("answer_needs_look_failed", error=repr(failed))
                 else:
-                    self._took(*look.result())
+                    found = look.result()
                     look = None
+                    self._took(found.mounts, found.commands)
+                    if found.resolved != resolved:  # (a change made meanwhile: one more look)
+                        for subscription in subscriptions:
+                            subscription.cancel()
+                        resolved = found.resolved
+                        subscriptions = self._subscribe(resolved)
+                        self._wake.set()
                 self.looks += 1
                 self.checked.set()
                 unmet = self.needs.unmet("mounts") or self.needs.unmet("command")
@@ -189,9 +225,11 @@ class NeedsWatch:
             for subscription in subscriptions:
                 subscription.cancel()
 
-    def _look(self, rule: NeverHanded) -> tuple[list[tuple[int, str, str]], list[tuple[str, str]]]:
+    def _look(self, rule: NeverHanded) -> Look:
         mounts = read_mounts() if self.resource.allocate.mounts else None
-        return mount_source_problems(self.resource, rule, mounts), command_problems(self.resource)
+        reached = {os.path.realpath(mount.host_path) for mount in self.resource.allocate.mounts}
+        problems = mount_source_problems(self.resource, rule, mounts)
+        return Look(problems, command_problems(self.resource, reached), frozenset(reached))
 
     def _took(self, mounts: list[tuple[int, str, str]], commands: list[tuple[str, str]]) -> None:
         if self.resource.allocate.mounts:

@@ -46,6 +46,7 @@ from .process_group import (
     DEFAULT_KILL_GRACE,
     child_env,
     death_signal_wrapper,
+    exec_failure,
     kill_if_spawned,
     kill_process_group,
 )
@@ -148,8 +149,12 @@ class _StderrTail:
 class RunningCommand:
     """A started command: its process, its stdout stream and the tail of its stderr."""
 
-    def __init__(self, process: asyncio.subprocess.Process, stdout: Pipe, stderr: Pipe) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, stdout: Pipe, stderr: Pipe, program: str = ""
+    ) -> None:
         self.process = process
+        self.program = program
+        """The executable's absolute path, as resolved for the spawn."""
         self._stdout_pipe = stdout
         self.stdout: asyncio.StreamReader = stdout.reader
         self._stderr = _StderrTail(stderr)
@@ -248,7 +253,8 @@ class ProcessRunner:
         """
         if not argv:
             raise CommandError("spawn", "empty command")
-        command = [resolve_command(argv[0], env, cwd), *argv[1:]]
+        program = resolve_command(argv[0], env, cwd)
+        command = [program, *argv[1:]]
         if self._wrapper:
             command = [*self._wrapper, str(os.getpid()), *command]
         out_read, out_write = os.pipe()
@@ -279,7 +285,8 @@ class ProcessRunner:
             except BaseException:
                 os.close(err_read)
                 raise
-            running = RunningCommand(process, stdout, await Pipe.connect(err_read, _READ_CHUNK))
+            stderr = await Pipe.connect(err_read, _READ_CHUNK)
+            running = RunningCommand(process, stdout, stderr, program)
             yield running
         except asyncio.CancelledError:
             cancelled = True
@@ -364,10 +371,13 @@ class ProcessRunner:
                     )
             if stdout is None:
                 failure = ("output_too_large", f"printed more than {max_output} bytes")
+        stderr = running.stderr_text()
         if failure is not None:
-            raise CommandError(*failure, stderr=running.stderr_text())
+            raise CommandError(*failure, stderr=stderr)
         assert stdout is not None
-        return CommandResult(returncode, stdout, running.stderr_text())
+        if self._wrapper and (why := exec_failure(returncode, stderr, running.program)) is not None:
+            raise CommandError("spawn", f"cannot run {argv[0]!r}: {why}", stderr=stderr)
+        return CommandResult(returncode, stdout, stderr)
 
 
 async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes | None:

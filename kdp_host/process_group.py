@@ -22,6 +22,10 @@ _GROUP_POLL = 0.01
 PARENT_CHECK = 'test "$PPID" = "$1" || exit 1; shift; exec "$@"'
 """The shell line of the exec wrapper (after setpriv armed the death signal): run on only if
 the parent is still the host whose PID is `$1`, then replace itself with the command."""
+WRAPPER_NAME = "kdp-host"
+"""The wrapper shell's `$0`: the name its own error lines start with."""
+EXEC_FAILED = frozenset({126, 127})
+"""The statuses a POSIX shell exits with when its `exec` fails (not executable, not found)."""
 
 
 def child_env(extra: Mapping[str, str] | None) -> dict[str, str] | None:
@@ -39,7 +43,23 @@ def death_signal_wrapper() -> tuple[str, ...]:
     setpriv = shutil.which("setpriv")
     if setpriv is None or not os.access("/bin/sh", os.X_OK):
         return ()
-    return (setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", PARENT_CHECK, "kdp-host")
+    return (setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", PARENT_CHECK, WRAPPER_NAME)
+
+
+def exec_failure(returncode: int, stderr: str, program: str) -> str | None:
+    """The wrapper shell's line when its `exec` of `program` (absolute, as resolved) failed,
+    else None. The host checks the program before the spawn, but the kernel's exec also needs
+    the `#!` interpreter (gone with an upgraded package) and can fail on what changed since
+    the check; without the wrapper that is an OSError of the spawn, through it an exit status
+    (dash: `kdp-host: 1: exec: PATH: not found`; bash: `kdp-host: line 1: PATH: cannot
+    execute: ...`). Taken as the spawn failure it is (hostile24 F4), so nothing reads it as
+    the command's own status."""
+    if returncode not in EXEC_FAILED:
+        return None
+    line = stderr.strip()
+    if "\n" in line or not line.startswith(f"{WRAPPER_NAME}: ") or f" {program}: " not in line:
+        return None
+    return line.removeprefix(f"{WRAPPER_NAME}: ")
 
 
 def kill_if_spawned(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:

@@ -198,6 +198,78 @@ async def test_a_source_moved_away_by_a_directory_above_it_is_heard(short_dir: P
             await asyncio.gather(task, return_exceptions=True)
 
 
+async def _watched(short_dir: Path, allocate: str, change: Any, undo: Any, need: str) -> None:
+    """A watch with a watcher and no recheck: `change` makes `need` unmet and `undo` met
+    again, each heard (nothing else would look)."""
+    resource = load_config(_file(short_dir, allocate)).resources[0]
+    table = DeviceTable()
+    table.publish([Device("fpga0")])
+    needs = AnswerNeeds(table, get_logger())
+    async with running_watcher() as watcher:
+        watch = NeedsWatch(resource, needs, NeverHanded, DaemonThreads(), watcher, recheck=3600.0)
+        task = asyncio.create_task(watch.run())
+        try:
+            await wait_until(lambda: watch.checked.is_set(), what="first look")
+            await wait_until(lambda: watch._wake.is_set() is False, what="settled")
+            assert needs.unmet(need) is None
+            change()
+            await wait_until(lambda: needs.unmet(need) is not None, what="heard the change")
+            assert table.snapshot.healthy_count == 0
+            undo()
+            await wait_until(lambda: needs.unmet(need) is None, what="heard it back")
+            assert table.snapshot.healthy_count == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize("how", ["rm", "mv"])
+async def test_a_linked_source_whose_target_goes_is_heard(short_dir: Path, how: str) -> None:
+    """hostile24 F3: a source that is a link to a versioned vendor tree (`fw -> data/v1/fw`):
+    `rm -r data/v1/fw` or `mv data data.old` touched nothing on the way to `fw` as named, so
+    the need stayed met while every Allocate was refused. The way to the real path is
+    followed too, as the last look resolved it."""
+    target = short_dir / "data" / "v1" / "fw"
+    target.mkdir(parents=True)
+    (target / "blob").write_text("x")
+    (short_dir / "fw").symlink_to(target)
+    data, moved = short_dir / "data", short_dir / "data.old"
+
+    def change() -> None:
+        if how == "rm":
+            shutil.rmtree(target)
+        else:
+            os.rename(data, moved)
+
+    def undo() -> None:
+        if how == "rm":
+            target.mkdir()
+        else:
+            os.rename(moved, data)
+
+    mounts = f"{{mounts: [{{hostPath: {short_dir}/fw, containerPath: /fw}}]}}"
+    await _watched(short_dir, mounts, change, undo, "mounts")
+
+
+async def test_a_commands_interpreter_removed_is_heard(short_dir: Path) -> None:
+    """hostile24 F4: the `#!` interpreter of an `allocate.command` removed (a package
+    upgrade, a venv deleted): looked at only at start and at changes on the program's own
+    way, so the need stayed met while every Allocate failed. Each interpreter's way is
+    followed too."""
+    interpreter = short_dir / "interp" / "sh"
+    interpreter.parent.mkdir()
+    interpreter.symlink_to("/bin/sh")
+    hook = script(short_dir, "hook", "exit 0\n")
+    Path(hook).write_text(f"#!{interpreter}\nexit 0\n")
+    await _watched(
+        short_dir,
+        f'{{command: ["{hook}"]}}',
+        interpreter.unlink,
+        lambda: interpreter.symlink_to("/bin/sh"),
+        "command",
+    )
+
+
 class _Hung:
     """An offload whose calls never end (a file system that does not answer)."""
 

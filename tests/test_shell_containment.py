@@ -276,3 +276,21 @@ async def test_document_reader_keeps_a_partial_block_across_a_cancelled_read() -
     assert await reader.next() == b"a\nb\n"
     assert await reader.next() == b"c\n"
     assert await reader.next() is None
+
+
+async def test_an_exec_the_wrapper_cannot_make_is_a_spawn_failure(tmp_path: Path) -> None:
+    """hostile24 F4: a script whose `#!` interpreter is gone passes the host's check (the file
+    is there and executable) and fails at the wrapper's `exec`, which exits 127: that was read
+    as the command's own status, so nothing looked at the resource's needs again. It is a
+    spawn failure, as it is without the wrapper; the command's own 127 stays an exit status."""
+    runner = ProcessRunner(kill_grace=0.05)
+    assert runner.dies_with_host
+    orphan = script(tmp_path, "orphan", "true\n")
+    Path(orphan).write_text("#!/no/such/interpreter\ntrue\n")
+    with pytest.raises(CommandError) as raised:
+        await runner.run([orphan], timeout=10)
+    assert raised.value.reason == "spawn" and orphan in str(raised.value), raised.value
+    own = await runner.run(
+        [script(tmp_path, "own", "echo 'kdp-host: x' >&2; exit 127\n")], timeout=10
+    )
+    assert own.returncode == 127

@@ -29,7 +29,6 @@ import contextlib
 import fcntl
 import functools
 import os
-import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
@@ -41,13 +40,12 @@ from .ownership_document import SavedBooking, checked_entries
 from .ownership_shared import PlaceOwned
 from .safety_net import SafetyNet
 from .state_file import WRITE_LIMIT, StateFile
+from .state_hosts import others_run
 from .state_lock import HOSTS_DIR, running
 from .watch import Subscription, Watcher
 
 FENCE_LIMIT = WRITE_LIMIT
 """Seconds an Allocate waits for the lock while another host runs (then it is refused)."""
-STARTING = 10.0
-"""Seconds a host's lock file counts as a running host's without being asked."""
 PEERS_INTERVAL = 5.0
 """Seconds between checks off the loop that the other hosts still run (one killed leaves
 its lock file: no event tells)."""
@@ -55,32 +53,6 @@ its lock file: no event tells)."""
 
 class Unfenced(Exception):
     """The answer cannot be kept from another running host's: refused (UNAVAILABLE)."""
-
-
-def others_run(directory: str, instance: str) -> bool:
-    """Whether a host other than `instance` runs on `directory` (blocking). A `hosts/` that
-    cannot be listed counts as one that may hold another, and so does a lock file made less
-    than `STARTING` seconds ago: it is not asked (`state_lock.running` takes the lock a
-    moment, and removes a file no host holds: a host that just made its file and has not
-    locked it yet would lose it)."""
-    hosts = os.path.join(directory, HOSTS_DIR)
-    try:
-        names = os.listdir(hosts)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    now = time.time()
-    for name in names:
-        if name == instance:
-            continue
-        try:
-            made = os.lstat(os.path.join(hosts, name)).st_ctime
-        except OSError:
-            continue
-        if now - made < STARTING or running(directory, name):
-            return True
-    return False
 
 
 def _inside(path: str, directory: str) -> bool:

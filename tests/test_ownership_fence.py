@@ -18,15 +18,16 @@ from typing import Any
 
 import pytest
 
-from kdp_host import ownership_fence
+from kdp_host import ownership_fence, state_hosts
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
 from kdp_host.ownership_bookings import Booking
 from kdp_host.ownership_claims import Owner
 from kdp_host.ownership_document import Saved, SavedBooking
-from kdp_host.ownership_fence import AllocateFence, Unfenced, others_run
+from kdp_host.ownership_fence import AllocateFence, Unfenced
 from kdp_host.ownership_shared import PlaceOwned
 from kdp_host.ownership_sync import BookingsSync, read_shared, shared_bookings, theirs
+from kdp_host.state_hosts import others_run
 from kdp_host.state_lock import hold_instance, host_lock_path
 
 from .test_shared_bookings import R, Writer
@@ -154,7 +155,7 @@ def test_a_host_starting_keeps_its_lock_file(
     starting.touch()
     assert others_run(str(tmp_path), a.name)
     assert starting.exists()
-    monkeypatch.setattr(ownership_fence, "STARTING", 0.0)
+    monkeypatch.setattr(state_hosts, "STARTING", 0.0)
     assert not others_run(str(tmp_path), a.name)
     assert not starting.exists()
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from .answer_needs import AnswerNeeds, configured_needs
+from .answer_needs import WATCHED, AnswerNeeds, configured_needs
 from .config import NeverHanded, ResourceConfig, template_fields
 from .config.places import INTERPRETER_DEPTH, script_interpreter, untemplated
 from .files import Offload
@@ -149,7 +149,7 @@ class NeedsWatch:
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for need in configured_needs(self.resource) - {"cdi"}:
+        for need in configured_needs(self.resource) & WATCHED:
             self.needs.declare(need)
 
     def spawn_failed(self) -> None:

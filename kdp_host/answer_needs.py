@@ -3,8 +3,10 @@
 
 An Allocate answer of a resource may need more than its devices: the CDI spec file that
 resolves the names it returns (`cdi`), the sources of its `allocate.mounts` (`mounts`), the
-programs of its `allocate.command` and `preStart` (`command`). Each is a property of the
-resource, known before any Allocate: while one is not there every Allocate (or container
+programs of its `allocate.command` and `preStart` (`command`), and while another host runs
+on the state directory, its lock taken in time (`lock`: every resource's, learnt when an
+answer is refused for want of it). Each is a property of the resource, known before any
+Allocate (but `lock`): while one is not there every Allocate (or container
 start) of the resource would be refused, so the kubelet must not be invited to send pods.
 So, for every need alike (`AnswerNeeds.set`):
 
@@ -21,7 +23,7 @@ there, and what the pod was handed stays mounted): the held-missing check reads 
 device's own health (`DeviceTable.own_healthy`).
 
 What is checked, and when, is each need's owner: the CDI spec writer (`cdi`), the watch of
-the mount sources and commands (`answer_checks`).
+the mount sources and commands (`answer_checks`), the Allocate fence (`fence_stuck`).
 """
 
 from __future__ import annotations
@@ -33,21 +35,27 @@ from .config import ResourceConfig
 from .device_table import DeviceTable
 from .devices import Device
 from .logs import EventLogger
-from .metric_labels import AnswerNeed
+from .metric_labels import EVERY_RESOURCE_NEEDS, AnswerNeed
 from .metric_series import Gauge
 
 WITHHELD = "every device of the resource advertised Unhealthy until it is there"
 """What an unmet need of the whole resource does (its log line says so)."""
 
 
+WATCHED: frozenset[AnswerNeed] = frozenset({"mounts", "command"})
+"""The needs the watch of paths keeps (`answer_checks`)."""
+
+
 def configured_needs(config: ResourceConfig) -> frozenset[AnswerNeed]:
-    """The needs a resource's config gives its answers (their series exist only then)."""
+    """The needs a resource's config gives its answers (their series exist only then),
+    and those every resource has."""
     present: dict[AnswerNeed, object] = {
         "cdi": config.allocate.cdi,
         "mounts": config.allocate.mounts or None,
         "command": config.allocate.command or config.pre_start,
     }
-    return frozenset(need for need, section in present.items() if section is not None)
+    given = (need for need, section in present.items() if section is not None)
+    return frozenset((*given, *EVERY_RESOURCE_NEEDS))
 
 
 @dataclass

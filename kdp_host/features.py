@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .answer_needs import AnswerNeeds, configured_needs
+from .answer_needs import WATCHED, AnswerNeeds, configured_needs
 from .config import Config, ResourceConfig
 from .config.model import NodeFeaturesConfig
 from .device_table import DeviceTable
@@ -123,7 +123,7 @@ def needs_watch(
 ) -> NeedsWatch | None:
     """What keeps the resource's `mounts` and `command` needs current (None: it has no
     `allocate.mounts` and no command on the allocation path)."""
-    if not configured_needs(config) - {"cdi"}:
+    if not configured_needs(config) & WATCHED:
         return None
     from .answer_checks import NeedsWatch
 

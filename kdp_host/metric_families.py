@@ -233,7 +233,7 @@ class MetricFamilies:
         self.answer_need_unmet = Gauge(
             "kdp_answer_need_unmet",
             "1 while something every answer of the resource needs is not there (need: cdi, "
-            "mounts, command): its devices are advertised Unhealthy meanwhile.",
+            "mounts, command, lock): its devices are advertised Unhealthy meanwhile.",
             ["resource", "need"],
             registry=r,
         )

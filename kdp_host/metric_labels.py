@@ -41,11 +41,15 @@ DRIVER_SKIP_REASONS = (
 ConfigReloadResult = Literal["ok", "invalid", "refused", "unchanged"]
 CONFIG_RELOAD_RESULTS: tuple[ConfigReloadResult, ...] = get_args(ConfigReloadResult)
 DEVICE_HEALTH = ("healthy", "unhealthy")
-AnswerNeed = Literal["cdi", "mounts", "command"]
+AnswerNeed = Literal["cdi", "mounts", "command", "lock"]
 """What a resource's answers need besides its devices (`answer_needs`): the CDI spec file
 written, the `allocate.mounts` sources there, the host commands on the allocation path
-startable."""
+startable, `<stateDir>/ownership.json.lock` taken in time while another host runs on the
+state directory (`fence_stuck`)."""
 ANSWER_NEEDS: tuple[AnswerNeed, ...] = get_args(AnswerNeed)
+EVERY_RESOURCE_NEEDS: tuple[AnswerNeed, ...] = ("lock",)
+"""The needs every resource's answers have, whatever its config (every host has a state
+directory another host may run on)."""
 HookResult = Literal[
     "ok", "exit", "timeout", "spawn", "output_too_large", "parse", "invalid", "place_changed",
     "unknown", "deadline",

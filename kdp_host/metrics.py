@@ -20,6 +20,7 @@ from .metric_labels import (
     DEVICE_HEALTH,
     DRIVER_ERROR_REASONS,
     DRIVER_SKIP_REASONS,
+    EVERY_RESOURCE_NEEDS,
     POD_RESOURCES_RESULTS,
     PRE_START_RESULTS,
     REGISTRATION_RESULTS,
@@ -71,6 +72,7 @@ class Metrics(MetricFamilies):
                 (self.registrations, REGISTRATION_RESULTS),
                 (self.driver_errors, DRIVER_ERROR_REASONS),
                 (self.driver_skipped, DRIVER_SKIP_REASONS),
+                (self.answer_need_unmet, EVERY_RESOURCE_NEEDS),
             )
             hooks = (
                 self.allocate_hooks,

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
 from .atomic_files import aside_logged, open_lock
+from .fence_stuck import STUCK_LIMIT, StuckLock
 from .files import Offload
 from .identity import DIRECTORY, Identity
 from .logs import EventLogger
@@ -104,6 +105,8 @@ class AllocateFence:
         self._subscription: Subscription | None = None
         self._leave: Callable[[], None] | None = None
         self._look: asyncio.Task[None] | None = None
+        self.stuck = StuckLock(str(file.lock_path), offload, self._log, self._aside)
+        """Whether answers are refused for want of the lock (every resource's need `lock`)."""
 
     def took_in(self, taken: frozenset[SavedBooking]) -> None:
         """The index holds what these bookings of the other hosts reach (admitted)."""
@@ -147,6 +150,7 @@ class AllocateFence:
             self._leave = None
         if self._look is not None:
             self._look.cancel()
+        self.stuck.close()
 
     def _checked(self, unchanged: bool) -> None:
         if not unchanged:
@@ -167,6 +171,8 @@ class AllocateFence:
         if live != self.live:
             self._log.info("allocate_fence", up=live)
         self.live = live
+        if not live:  # (alone, an answer takes no lock)
+            self.stuck.taken()
 
     @contextlib.asynccontextmanager
     async def held(
@@ -181,7 +187,10 @@ class AllocateFence:
         if not self.live:
             yield
             return
-        deadline = asyncio.get_running_loop().time() + FENCE_LIMIT
+        if self.stuck.trying:  # (refused at once: `fence_stuck`)
+            raise Unfenced(f"{self.stuck.why}; its try has not returned: stateDir does not answer")
+        limit = FENCE_LIMIT if self.stuck.why is None else STUCK_LIMIT
+        deadline = asyncio.get_running_loop().time() + limit
         try:
             async with asyncio.timeout_at(deadline):
                 await self._turn.acquire()
@@ -205,10 +214,21 @@ class AllocateFence:
             self._turn.release()
 
     def _late(self) -> str:
+        if self.stuck.why is not None:  # (its devices Unhealthy meanwhile: `fence_stuck`)
+            return f"{self.stuck.why}; tried again for {STUCK_LIMIT:g} s"
         return (
             f"{self._file.lock_path.name} not taken within {FENCE_LIMIT:g} s while another "
             "host runs on stateDir (an answer is kept from its answers under it)"
         )
+
+    def _stuck(self) -> Unfenced:
+        """The lock not taken in time: the cause of every answer's refusal (`fence_stuck`)."""
+        late = self._late()
+        self.stuck.refused(
+            f"{self._file.lock_path.name} not taken within {FENCE_LIMIT:g} s: every Allocate "
+            "refused while another host runs on stateDir"
+        )
+        return Unfenced(late)
 
     async def _check_again(self, check: Callable[..., str | None]) -> None:
         """(The lock held) The file read and `check`ed again against `taken_in` as it is now:
@@ -229,7 +249,7 @@ class AllocateFence:
             async with asyncio.timeout_at(deadline):
                 await file.writing.acquire()
         except TimeoutError:
-            raise Unfenced(self._late()) from None
+            raise self._stuck() from None
         fd: int | None = None
         attempt: asyncio.Future[tuple[int, bool, Any]] | None = None
         try:
@@ -242,16 +262,17 @@ class AllocateFence:
                 )
                 done, _ = await asyncio.wait({attempt}, timeout=max(deadline - loop.time(), 0))
                 if not done:
-                    raise Unfenced(self._late())
+                    raise self._stuck()
                 fd = None  # (the attempt's now)
                 try:
                     fd, locked, why = attempt.result()
                 except OSError as exc:
                     raise Unfenced(f"{file.lock_path.name}: {exc}") from None
                 if locked:
+                    self.stuck.taken()
                     break
                 if loop.time() + delay > deadline:
-                    raise Unfenced(self._late())
+                    raise self._stuck()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.02)
             if why is not None:

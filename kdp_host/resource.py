@@ -233,9 +233,13 @@ class ResourceRuntime:
             services.release_state.untracked(self.config.name)
         poller = services.pod_resources
         unsubscribe = None if poller is None else poller.subscribe(self._on_holdings)
+        fence = services.ownership.fence  # (its lock not taken in time: `fence_stuck`)
+        unfollow = None if fence is None else fence.stuck.follow(self.needs)
         try:
             await self._run_parts(driver, reporter)
         finally:
+            if unfollow is not None:
+                unfollow()
             if unsubscribe is not None:
                 unsubscribe()
             if self.release is not None:

@@ -12,7 +12,10 @@ before the fence the second pod got the node every time."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +26,7 @@ from kdp_host.ownership_document import OWNERSHIP_FILE
 
 from .conftest import KdpProcess
 from .kubelet_harness import RealKubelet, healthy
+from .test_ops import http_get
 from .test_ownership_kubelet import booked_head, host_paths
 
 pytestmark = pytest.mark.fast
@@ -36,14 +40,28 @@ WITHOUT_INOTIFY = (
 )
 
 
+FENCE_LIMIT_1S = (
+    "import sys; from kdp_host import ownership_fence as f; f.FENCE_LIMIT = 1.0; "
+    "from kdp_host.__main__ import main; sys.exit(main())"
+)
+
+
 class PollingHost(KdpProcess):
     """kdp-host whose watcher polls (inotify not used)."""
 
+    program = WITHOUT_INOTIFY
+
     async def start(self) -> None:
-        argv = [sys.executable, "-c", WITHOUT_INOTIFY, "--log-format", "text", "run"]
+        argv = [sys.executable, "-c", self.program, "--log-format", "text", "run"]
         argv += ["--config", str(self.config)]
         with self.log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out)
+
+
+class QuickFenceHost(PollingHost):
+    """kdp-host whose Allocate waits 1 s for `ownership.json.lock`, not 5 s (inotify used)."""
+
+    program = FENCE_LIMIT_1S
 
 
 def _config(kubelet: RealKubelet, short_dir: Path, name: str, file: str) -> Path:
@@ -98,3 +116,50 @@ async def test_a_renaming_rollout_never_hands_one_node_to_two_pods(
     finally:
         await new.stop()
         await old.stop()
+
+
+def _readyz(config: Path) -> tuple[int, str]:
+    match = re.search(r"listen: 127.0.0.1:(\d+)", config.read_text())
+    assert match is not None
+    return http_get(int(match.group(1)), "/readyz")
+
+
+async def test_a_lock_kept_from_both_hosts_withholds_their_devices_until_it_is_free(
+    real_kubelet_factory, short_dir: Path
+) -> None:
+    """Issue 17, hostile23 F3: something keeps `ownership.json.lock` (a host frozen while it
+    holds it, a hung file system) while two hosts run on one stateDir: every Allocate of
+    either host is refused. Before, the host that refused stayed ready with its devices
+    Healthy, so the kubelet sent it pod after pod to fail. Now its first refusal withholds
+    its devices (Unhealthy) and /readyz names it; once the lock is free again the host
+    finds it by itself (no Allocate) and the devices come back; an Allocate is answered."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    (short_dir / "dev").mkdir()
+    (short_dir / "dev" / "fpga0").touch()
+    configs = [_config(kubelet, short_dir, n, f"{n[-1]}.yaml") for n in (OLD, NEW)]
+    hosts = [QuickFenceHost(c, short_dir / f"{c.stem}.log") for c in configs]
+    for host in hosts:
+        await host.start()
+    lock = -1
+    try:
+        await kubelet.await_for(_both_live, what="both names advertise fpga0", timeout=30)
+        lock = os.open(short_dir / "state" / f"{OWNERSHIP_FILE}.lock", os.O_RDWR | os.O_CREAT)
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        for pod, name in (("p1", OLD), ("p2", NEW)):
+            refused = await kubelet.acall(kubelet.allocate, pod, {name: 1})
+            assert "not taken within" in refused["error"], refused
+            await kubelet.await_for(healthy(name, 0), what=f"{name} withheld", timeout=10)
+        for config in configs:
+            status, body = await asyncio.to_thread(_readyz, config)
+            assert status == 503 and "ownership.json.lock not taken" in body, body
+        os.close(lock)  # (let go: found by each host's try, no Allocate)
+        lock = -1
+        await kubelet.await_for(_both_live, what="fpga0 advertised again", timeout=20)
+        assert [(await asyncio.to_thread(_readyz, c))[0] for c in configs] == [200, 200]
+        third = await kubelet.acall(kubelet.allocate, "p3", {NEW: 1})
+        assert third["error"] == "", third
+    finally:
+        if lock >= 0:
+            os.close(lock)
+        for host in hosts:
+            await host.stop()

@@ -5,7 +5,10 @@ The host's bookings (`ownership_bookings.Ledger`) are indexed by what they hold:
 besides its device, each real path a device was handed out at. An admission asks, for each
 device it is about to advertise, whether a booking of another ID (or resource) holds one of
 its claims (`conflict`; for a directory, also a tree that holds what its tree holds:
-`sharing`), was handed out at its real path (`place_conflict`), holds a
+`sharing`), or one a place of it reaches as the claim table's containment would: below a
+tree a booking holds mounted, or, for a directory, above a booked node or file its tree's
+reads found (`_places_reached`: another host's bookings are not in this host's claim table,
+hostile23 F4), was handed out at its real path (`place_conflict`), holds a
 directory it is below (`mount_conflict`) or a node whose number is not known that it may be
 (`number_unknown`). A booking also holds its device's shared claims (`Booking.shared`,
 `ownership_shared_held`): a device claiming one of them exclusively, or below a directory
@@ -21,8 +24,9 @@ from .devices import Device, DeviceMount, DeviceNode, replica_ids
 from .identity import DIRECTORY, Identity
 from .ownership_claims import NOTHING, SYSFS, Claim, ClaimKey, Claims, Owner, ancestors, twins
 from .ownership_reach import SpotsReached, Still
+from .ownership_reads import NoTrees, TreesRead, claimed_as
 from .ownership_shared_held import Counted, SharedHeld, below_sorted, count
-from .ownership_unknown import TreeNodes, not_known, reaching_node
+from .ownership_unknown import reaching_node
 from .rules import below
 
 
@@ -77,7 +81,9 @@ class BookedClaims(SharedHeld):
         Allocate handed it out) -> the bookings that hold it: the place a pod's answer
         names stays that pod's, whatever is found there later (`place_conflict`)."""
         self.reach = SpotsReached()  # (what each spot reaches now: `reached_conflict`)
-        self.tree_nodes: TreeNodes = not_known  # (see `number_unknown`)
+        self.trees: TreesRead = NoTrees()
+        """What the reads of the followed trees found: a directory's tree holds what a
+        booking holds (`_places_reached`); a node may be below it (`number_unknown`)."""
         self.own: dict[ClaimKey, int] = {}
         """Claim of a booked device's own (`Booking.claims`: what it reached when the
         Allocate was answered) -> how many bookings hold it: the nodes a booking holds for
@@ -155,12 +161,13 @@ class BookedClaims(SharedHeld):
         return holders
 
     def holders(self, key: ClaimKey, real: str) -> Iterable[Owner]:
-        """The bookings that hold a claim (`key` at `real`): its own, or a place it reaches."""
+        """The bookings that hold a claim (`key` at `real`): its own, or what one of its
+        places reaches (`_places_reached`)."""
         booked = self.booked
         holders: Iterable[Owner] = booked.get(key, ())
         for twin in twins(key) if booked else ():  # (a directory and a sysfs device's own)
             holders = [*holders, *booked.get(twin, ())]
-        if self.places:
+        if self.places or self.mounted or (booked and key[0] == DIRECTORY):
             at = self.places_of(key, real)
             holders = [*holders, *(o for place in at for o in self._places_reached(key, place))]
         return holders
@@ -228,7 +235,7 @@ class BookedClaims(SharedHeld):
         """A booking of another ID of `resource`, or of any `served` resource, whose node was
         gone at start, its device number not known (`Booking.number_unknown`), while the
         device reaches a device node no booking holds as its device's own (`own`; that path:
-        `reaching_node`, a node or a directory whose tree may hold one, `tree_nodes`): the
+        `reaching_node`, a node or a directory whose tree may hold one, `trees`): the
         kernel may have given the
         gone node's number to it, under any resource's name, and the pod's container reaches
         the device by that number (hostile9 H2, hostile10 F3, F7)."""
@@ -237,7 +244,7 @@ class BookedClaims(SharedHeld):
         served = self.served
         unknown = [o for name, owned in self.unknown.items() if name == resource or name in served
                    for o in owned]  # fmt: skip
-        path = reaching_node(claims, self.own, self.tree_nodes) if unknown else None
+        path = reaching_node(claims, self.own, self.trees.reaches_nodes) if unknown else None
         if path is None:
             return None
         return self._first_other(resource, device_id, replicas, [(path, unknown)])
@@ -283,13 +290,22 @@ class BookedClaims(SharedHeld):
         return booking is not None and not ids.isdisjoint(booking.group)
 
     def _places_reached(self, key: ClaimKey, real: str) -> list[Owner]:
-        """The bookings whose places a claim reaches: the same real path, a place it is
-        below (a mounted directory holds it), or, for a directory, a place below it."""
-        places = self.places
+        """The bookings a claim reaches at a place of it (`real`), as the claim table's
+        containment has a device reach another's claims (`ownership_contain`): a place of
+        theirs there or above it, a directory they hold mounted above it (their device's:
+        the pod reaches what is below it), and, for a directory, what they hold below it: a
+        place, a booked claim found there since (`moved`) or that the reads of its tree found
+        there (`trees`: a node of a booked number, a link of a booked file; issue 17,
+        hostile23 F4: another host's booking, which its claim table does not hold)."""
+        places, mounted = self.places, self.mounted
         found = [*places.get(real, ())]
         for directory in ancestors(real):
             found += places.get(directory, ())
+            found += mounted.get(directory, ())
         if key[0] == DIRECTORY:
+            booked = self.booked
+            for kept in self.trees.tree_nodes(real).values():
+                found += booked.get(claimed_as(kept), ())
             for moved, reals in self.moved.items():  # (a booked thing found below it since)
                 if any(below(p, real) or p == real for p in reals):
                     found += self.booked.get(moved, ())

@@ -143,16 +143,20 @@ class Containment:
         (hostile8 N1: holding the mount alone does nothing, the pod has it). What a booking
         holds, found where it was not booked (`BookedTrees.found_elsewhere`: a directory
         above it renamed), checks the devices whose directories hold it now (hostile18 F4),
-        and, a booked directory, those with a claim below it now (hostile19 F6)."""
+        and, a booked directory, those with a claim below it now (hostile19 F6). A claim
+        found below a directory a booking holds mounted is checked again wherever it was
+        known to be: its places may have counted it there before a pod had the mount (the
+        tree of another host's booking, read once taken in: hostile23 F4)."""
         at = self.at()
         moved = [(key, real) for key, real in found if key in at and real not in at[key]]
         elsewhere = [(key, real) for key, real in found if bookings.found_elsewhere(key, real)]
-        if not moved and not elsewhere:
+        reached = {key for key, real in found if key in at and bookings.holds_mounted(real)}
+        if not moved and not elsewhere and not reached:
             return set()  # (no claim, or where it is known to be: the common case)
         made: dict[ClaimKey, list[tuple[str, str]]] = {}
         for key, path, real in self._made():  # (once: what arrived may be many claims)
             made.setdefault(key, []).append((path, real))
-        outer: set[ClaimKey] = set()
+        outer: set[ClaimKey] = set(reached)
         for key, real in moved:
             self.move(key, real, made[key][0][1] if key in made else real)
             above = list(self.outer(self.mounts.places(real)))

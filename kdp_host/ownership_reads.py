@@ -13,7 +13,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from .identity import DIRECTORY, FILE, NODES, identity_of
 from .logs import EventLogger
@@ -39,6 +39,32 @@ def indexed(key: ClaimKey) -> ClaimKey | None:
     if key[0] in INDEXED:
         return key
     return (LINKED, key[1]) if key[0] == FILE else None
+
+
+def claimed_as(kept: ClaimKey) -> ClaimKey:
+    """The claim a read's `kept` key (`indexed`) is: a node by its number, a regular file
+    by its inode (`FILE`, not `LINKED`)."""
+    return (FILE, kept[1]) if kept[0] == LINKED else kept
+
+
+class TreesRead(Protocol):
+    """What the reads of the followed trees found (`ownership_arrivals.Arrivals`)."""
+
+    def reaches_nodes(self, directory: str) -> bool:
+        """Whether a device node may be below a claimed directory (True where not known)."""
+
+    def tree_nodes(self, directory: str) -> dict[str, ClaimKey]:
+        """The nodes (`LINKED` files too) the reads of its tree found, by path."""
+
+
+class NoTrees:
+    """No follower of the trees: any directory may hold a node (fail closed), none known."""
+
+    def reaches_nodes(self, _directory: str) -> bool:
+        return True
+
+    def tree_nodes(self, _directory: str) -> dict[str, ClaimKey]:
+        return {}
 
 
 def indexed_of(found: Iterable[tuple[ClaimKey, str]]) -> frozenset[ClaimKey]:

@@ -33,11 +33,6 @@ TreeNodes = Callable[[str], bool]
 that is not known)."""
 
 
-def not_known(_directory: str) -> bool:
-    """No follower of the trees: any directory may hold a node (fail closed)."""
-    return True
-
-
 def reaching_node(claims: Claims, booked: Container[ClaimKey], tree_nodes: TreeNodes) -> str | None:
     """The host path of the first claim through which a device reaches a device node no
     booking holds as its device's own (`booked`): a node, or a directory that may hold one

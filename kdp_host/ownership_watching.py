@@ -73,7 +73,7 @@ class Watching(BookingAllocations):
         self._read_mounts = mounts
         self._within.remount(mounts())
         self._arrivals = Arrivals(self._arrived, offload, metrics, nodes_changed=self._nodes_in)
-        self._ledger.tree_nodes = self._arrivals.reaches_nodes
+        self._ledger.trees = self._arrivals
         self._ledger.follow_mounted = self._follow_mounted
         self._ledger.let_go_mounted = self._arrivals.unbook
         self._ledger.places_of = self._within.places

@@ -42,6 +42,7 @@ from .ownership_claims import Claim, Owner, Reached, claim_of, places, twins
 from .ownership_fence import AllocateFence
 from .ownership_hand_out import HandingOut
 from .ownership_shared import PlaceOwned
+from .ownership_table import ResourceState
 
 
 class BookingAllocations(HandingOut):
@@ -82,8 +83,10 @@ class BookingAllocations(HandingOut):
         PlaceOwned, booking nothing, when such a path reaches what another device of the
         host owns (advertised, or held by a pod), when a CDI name the answer carries
         besides its devices' own (`cdi_names`, by ID) is of a kind kdp-host writes, or when
-        the index no longer advertises an ID's device (an admission that let go of it ran
-        while the answer was made: its node may be advertised under another ID now), or its
+        the index no longer advertises an ID's device (an admission that let go of it, or
+        held it back, ran while the answer was made: its node may be advertised under another
+        ID now, or a booking of another ID, resource or host holds it: taken in meanwhile,
+        the fence of hosts sharing stateDir leaves it to this, hostile22 F7), or its
         device claims no more what the answer handed out as it (`handed_as`, by ID: the
         identities its own paths reached; an admission of a list that moved the ID to
         another node ran meanwhile, the answer's node may be another ID's: hostile16 F5)."""
@@ -303,12 +306,15 @@ class BookingAllocations(HandingOut):
             return False
         ids = list(ids)
         for kubelet_id in ids:
-            owned = state.owned.get(physical_id(kubelet_id))
+            device = physical_id(kubelet_id)
+            owned = state.owned.get(device)
             if owned is None:
                 raise PlaceOwned(
                     f"{resource}: {kubelet_id} is no longer advertised (an admission let go "
                     "of it while the Allocate was answered: its node may be another ID's now)"
                 )
+            if device not in state.admitted:  # (held: it keeps its claims, `owned`)
+                raise PlaceOwned(_held_now(state, kubelet_id))
             if not set(handed_as.get(kubelet_id, ())) <= {claim[0] for claim in owned.all()}:
                 raise PlaceOwned(
                     f"{resource}: {kubelet_id} is advertised with other nodes than the answer "
@@ -330,3 +336,16 @@ class BookingAllocations(HandingOut):
             state.settled = False
             self._pending[resource] = None
         return changed
+
+
+def _held_now(state: ResourceState, kubelet_id: str) -> str:
+    """Why an ID the answer was made for is refused while its device keeps its claims: the
+    last admission held it back (a booking of another ID, resource or host holds its node,
+    taken in while the Allocate was answered: hostile22 F7)."""
+    why = ""
+    if (holding := state.held.get(physical_id(kubelet_id))) is not None:
+        why = f" ({holding.reason}: {holding.owner.resource} {holding.owner.device})"
+    return (
+        f"{state.name}: {kubelet_id} is held{why}: an admission held it back while the "
+        "Allocate was answered (its node may be another ID's, resource's or host's now)"
+    )

@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 
 from kdp_host import ownership_fence, state_hosts
+from kdp_host.device_table import DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
+from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_bookings import Booking
 from kdp_host.ownership_claims import Owner
 from kdp_host.ownership_document import Saved, SavedBooking
@@ -30,6 +32,7 @@ from kdp_host.ownership_sync import BookingsSync, read_shared, shared_bookings, 
 from kdp_host.state_hosts import others_run
 from kdp_host.state_lock import hold_instance, host_lock_path
 
+from .fake_nodes import FakeNodes, node
 from .test_shared_bookings import R, Writer
 
 NODE = {"/dev/n1": ("c", 1)}
@@ -319,3 +322,42 @@ async def test_bookings_let_go_while_the_answer_is_made_refuse_it(tmp_path: Path
             fence.taking_in(frozenset(), fence.taken_in, frozenset())  # (host-b dropped it)
     async with fence.held("other.example/x", ["x0"], {"/dev/n2": ("c", 2)}, {}):
         fence.taking_in(frozenset(), fence.taken_in, frozenset())
+
+
+async def test_a_peer_booking_taken_in_while_the_answer_is_made_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """Issue 17 (hostile22 F7, round 0 just after the new host starts): host-a's answer of
+    n1 under another name was judged on the list in force when the Allocate came; while it
+    was made (an await), host-a took in host-b's booking of n1 and admitted against it (n1
+    held, its claims kept), so the fence leaves that booking to the index: the index books
+    no device the last admission held back, and the answer is refused."""
+    other = "other.example/x"
+    a_lock = hold_instance(str(tmp_path), "host-a", get_logger())
+    b = Writer(tmp_path, "host-b")
+    index = OwnershipIndex(resolve=FakeNodes({"/dev/n1": ("c", 1)}))
+    sync = await shared_bookings(index, str(tmp_path), "host-a", DaemonThreads(), get_logger())
+    fence = index.fence
+    assert fence is not None
+    fence.live = True
+    table = DeviceTable()
+    index.attach(other, table.publish, get_logger())
+    index.publish(other, {"n1": node("/dev/n1")})
+    await index.quiet()
+    try:
+        assert "n1" in table.snapshot.by_advertised_id  # (what the answer was judged on)
+        b.book("b1", 1)
+        await b.write()
+        await synced(sync)
+        async with asyncio.timeout(10):
+            await sync._settling  # type: ignore[misc]
+        assert fence.taken_in and "n1" not in table.snapshot.by_advertised_id
+        with pytest.raises(PlaceOwned, match="n1 is held"):
+            async with index.fenced(other, ["n1"], {"/dev/n1": ("c", 1)}, {}):
+                await index.book(other, ["n1"], wait=False)
+                await index.bookings_written()
+        assert index.handed_out() == {}
+    finally:
+        sync.close()
+        b.stop()
+        os.close(a_lock)

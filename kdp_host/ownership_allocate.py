@@ -61,7 +61,7 @@ class BookingAllocations(HandingOut):
     ) -> AbstractAsyncContextManager[None]:  # fmt: skip
         """Around booking and keeping an answer (`ownership_fence.AllocateFence.held`)."""
         fence = self.fence
-        if fence is None or not fence.live:  # (alone on stateDir: nothing to pay)
+        if fence is None or not fence.needed:  # (alone on stateDir: nothing to pay)
             return contextlib.nullcontext()
         return fence.held(resource, ids, reached, real)
 

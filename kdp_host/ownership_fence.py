@@ -43,7 +43,7 @@ from .safety_net import SafetyNet
 from .state_file import WRITE_LIMIT, StateFile
 from .state_hosts import others_run
 from .state_lock import HOSTS_DIR, running
-from .watch import Subscription, Watcher
+from .watch import POLL, Subscription, Watcher
 
 FENCE_LIMIT = WRITE_LIMIT
 """Seconds an Allocate waits for the lock while another host runs (then it is refused)."""
@@ -104,7 +104,9 @@ class AllocateFence:
         self._releases: set[asyncio.Task[None]] = set()
         self._subscription: Subscription | None = None
         self._leave: Callable[[], None] | None = None
-        self._look: asyncio.Task[None] | None = None
+        self._look: asyncio.Task[bool] | None = None
+        self._prompt: Callable[[], bool] = lambda: True
+        """Whether the watcher tells a change of `hosts/` at once (not a poll)."""
         self.stuck = StuckLock(str(file.lock_path), offload, self._log, self._aside)
         """Whether answers are refused for want of the lock (every resource's need `lock`)."""
 
@@ -135,6 +137,7 @@ class AllocateFence:
         """Follow `hosts/`: whether another host runs, looked at now and at every change."""
         hosts = os.path.join(self._directory, HOSTS_DIR)
         self._subscription = watcher.subscribe(hosts, self._changed)
+        self._prompt = lambda: watcher.kind != POLL and watcher.refused(hosts) is None
         look = functools.partial(others_run, self._directory, self._writer)
         self._leave = net.join(
             PEERS_INTERVAL, lambda: look() == self.live, self._checked, timeout=PEERS_INTERVAL
@@ -156,11 +159,19 @@ class AllocateFence:
         if not unchanged:
             self._changed(None)
 
+    @property
+    def needed(self) -> bool:
+        """Whether an answer goes through `held`: another host runs, or may have started
+        unseen (a watcher that polls tells a new host up to its interval late: `held` lists
+        `hosts/` first)."""
+        return self.live or not self._prompt()
+
     def _changed(self, _name: str | None) -> None:
         if self._look is None or self._look.done():
             self._look = asyncio.get_running_loop().create_task(self._look_again())
 
-    async def _look_again(self) -> None:
+    async def _look_again(self) -> bool:
+        """Whether another host runs, looked at now (off the loop); `live` set."""
         try:
             live = await self._offload.run(
                 functools.partial(others_run, self._directory, self._writer)
@@ -173,6 +184,7 @@ class AllocateFence:
         self.live = live
         if not live:  # (alone, an answer takes no lock)
             self.stuck.taken()
+        return live
 
     @contextlib.asynccontextmanager
     async def held(
@@ -183,8 +195,9 @@ class AllocateFence:
         alone, nothing; with another host running, the lock held (raises PlaceOwned when
         another host's booking not taken in yet reaches what the answer hands out, Unfenced
         when the lock is not taken in time), and the booking written when the block ends
-        (raises Unfenced when it is not)."""
-        if not self.live:
+        (raises Unfenced when it is not). Alone, with a watcher that polls, `hosts/` is
+        listed first (one hop off the loop): a host started since the last poll fences it."""
+        if not self.live and (self._prompt() or not await self._look_again()):
             yield
             return
         if self.stuck.trying:  # (refused at once: `fence_stuck`)

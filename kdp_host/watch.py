@@ -35,6 +35,9 @@ from .logs import EventLogger
 from .mount_table import MountCallback
 
 WatchCallback = Callable[[str | None], None]
+POLL = "poll"
+"""`Watcher.kind` of the watcher that polls (`PollingWatcher`): it tells a change up to its
+interval late, and names no entry."""
 UnwatchedReport = Callable[[int], None]
 """Called with the number of directories that are there but cannot be watched."""
 
@@ -217,7 +220,7 @@ class SubscriberIndex:
 class PollingWatcher:
     """Stat polling for hosts without inotify: compares inode and change times of directories."""
 
-    kind = "poll"
+    kind = POLL
     watch_budget = None
 
     def __init__(

@@ -29,8 +29,10 @@ from kdp_host.ownership_document import Saved, SavedBooking
 from kdp_host.ownership_fence import AllocateFence, Unfenced
 from kdp_host.ownership_shared import PlaceOwned
 from kdp_host.ownership_sync import BookingsSync, read_shared, shared_bookings, theirs
+from kdp_host.safety_net import SafetyNet
 from kdp_host.state_hosts import others_run
 from kdp_host.state_lock import hold_instance, host_lock_path
+from kdp_host.watch import PollingWatcher
 
 from .fake_nodes import FakeNodes, node
 from .test_shared_bookings import R, Writer
@@ -361,3 +363,30 @@ async def test_a_peer_booking_taken_in_while_the_answer_is_made_refuses_it(
         sync.close()
         b.stop()
         os.close(a_lock)
+
+
+async def test_a_polling_host_alone_looks_for_a_new_host_at_each_answer(tmp_path: Path) -> None:
+    """host-a's watcher polls (no inotify): host-b started since its last poll and booked
+    n1. host-a's answer handing n1 out lists `hosts/` first, so it goes through the fence
+    and is refused, never answered as if alone for up to a poll's interval."""
+    a = Writer(tmp_path, "host-a")
+    fence = AllocateFence(a.file, str(tmp_path), a.name, DaemonThreads(), get_logger())
+    net = SafetyNet(DaemonThreads())
+    fence.follow(PollingWatcher(get_logger(), interval=3600.0), net)  # (no poll comes)
+    index = OwnershipIndex()
+    index.fence = fence
+    try:
+        looked = fence._look
+        assert looked is not None
+        async with asyncio.timeout(10):
+            assert not await looked  # (the look at `follow`: alone)
+        b = Writer(tmp_path, "host-b")
+        b.book("b1", 1)
+        await b.write()
+        with pytest.raises(PlaceOwned, match="booked by host host-b"):
+            async with index.fenced("other.example/x", ["x0"], NODE, {}):
+                pass
+        assert fence.live
+        b.stop()
+    finally:
+        fence.close()

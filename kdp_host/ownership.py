@@ -281,11 +281,10 @@ class OwnershipIndex(Watching):
         if released or booked:
             ledger.changed()
         self._pending.update(dict.fromkeys(adoption.stale))
-        booked_keys = ledger.booked
         for state in self._resources.values():
             held = holdings.of(state.name)
             for key, (since, _) in list(state.lingering.items()):
-                if holdings.asked_at < since + self._heard_after or key in booked_keys:
+                if holdings.asked_at < since + self._heard_after or self._pod_may_reach(key):
                     continue
                 device = self._exclusive[key].device
                 if not any(advertises(a, device) for a in held):

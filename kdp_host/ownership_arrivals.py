@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Final
 
 from .files import Offload
 from .identity import DIRECTORY
+from .inotify_limits import host_tree_limit
 from .logs import EventLogger
 from .metrics import Metrics
 from .ownership_claims import ClaimKey
@@ -58,12 +59,6 @@ ARRIVAL_TIMEOUT: Final = 2.0
 """Seconds the read of what arrived may take (a hung file system is left, logged)."""
 TREE_LIMIT: Final = 1024
 """Directories followed (one inotify watch each) below one claimed directory."""
-HOST_TREE_LIMIT: Final = 8192
-"""Directories followed below claimed directories on the host in all, at most: the inotify
-watch limit (`fs.inotify.max_user_watches`) is shared with the watches every resource needs
-and with every other process of root on the node (the kubelet's, the runtime's)."""
-HOST_TREE_SHARE: Final = 4
-"""...and at most 1/n of that limit (8,192 before Linux 5.11: 2,048, hostile13 M9)."""
 TAKE_CHUNK: Final = 64
 """Trees whose reads are taken in (their directories subscribed to) per loop turn."""
 RESCAN_INTERVAL: Final = 30.0
@@ -76,12 +71,6 @@ INSIDE_LIMIT: Final = 128
 """Entries an Allocate reads below the directories its answer mounts, for what was moved in
 but not reported yet (`BookingAllocations.hand_out`); below one whose tree is not followed
 in full, it reads all of it (`left_to_net`, up to `RESCAN_LIMIT`)."""
-
-
-def host_tree_limit(watch_budget: int | None) -> int:
-    """Directories followed below claimed ones in all, given the node's watch limit."""
-    share = HOST_TREE_LIMIT if watch_budget is None else watch_budget // HOST_TREE_SHARE
-    return max(0, min(HOST_TREE_LIMIT, share))
 
 
 class Arrivals:
@@ -218,6 +207,11 @@ class Arrivals:
     def tree_nodes(self, directory: str) -> dict[str, ClaimKey]:
         """The nodes (`LINKED` files too) the reads of its tree found, by path (none: not one)."""
         return tree.nodes if (tree := self._trees.get(directory)) is not None else {}
+
+    @property
+    def reading(self) -> bool:
+        """Whether what arrived is being read (or waits to be): not handed on yet."""
+        return self._task is not None
 
     async def quiet(self) -> bool:
         """Return once what arrived so far was read and handed on; whether any was left."""

@@ -36,7 +36,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from .devices import physical_id
 from .kept_reads import KnownRead, held_among
@@ -45,6 +45,9 @@ from .ownership_claims import Claim, ClaimKey, Owner, Reached, Unresolvable
 from .ownership_gate import AdmissionGate
 from .ownership_reads import LINKED, Found, indexed, indexed_of
 from .rules import below
+
+if TYPE_CHECKING:
+    from .watch import Watcher
 
 T = TypeVar("T")
 HANDED_TIMEOUT: Final = 10.0
@@ -78,14 +81,18 @@ class SharedTrees(AdmissionGate):
 
     _arrivals: Arrivals
     """What arrives in claimed directories (`NodesFound`, each tree's `tree_nodes`)."""
-    _mounts_configured: Mapping[str, frozenset[str]] = MappingProxyType({})
-    """Resource -> the host paths of its `allocate.mounts` (`share_mounts`; replaced whole)."""
+    _watcher: Watcher | None
 
     def share_mounts(self, resource: str, host_paths: Iterable[str]) -> None:
         """`resource`'s configured `allocate.mounts` sources (its runtime starts): every pod
-        of the resource gets them, so they are shared by its devices (`mounts_shared_by`)."""
+        of the resource gets them, so they are shared by its devices (`mounts_shared_by`);
+        their trees are followed (as named) from now on, as a claimed directory's are."""
         sources = frozenset(map(os.path.normpath, host_paths))
         self._mounts_configured = MappingProxyType({**self._mounts_configured, resource: sources})
+        if self._watcher is not None:  # (a node renamed in is found there: `ownership_lingering`)
+            log = self._state(resource).log
+            for source in sorted(sources):
+                self._arrivals.follow(self._watcher, source, log)
 
     def mounts_shared_by(
         self, resource: str, reached: Mapping[str, Reached | None]
@@ -101,6 +108,8 @@ class SharedTrees(AdmissionGate):
         now = {} if not sources else {r[1]: r[0] for p in sources if (r := reached.get(p))}
         if not now:
             return SourcesShared()  # (the common case: no configured source in the answer)
+        if not now.keys() <= self._sources_real:  # (where a node below them may be reached)
+            self._sources_real = self._sources_real.union(now)
         placed = frozenset().union(*(self._ledger.places.get(real, ()) for real in now))
         return SourcesShared(resource, placed, frozenset(now.values()))
 

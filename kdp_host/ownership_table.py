@@ -3,18 +3,15 @@
 One table for the host (the ownership index is one). A claim is owned by one advertised
 device (exclusive) or shared by many (`shared`), never both; a directory claim also covers
 what is below it. A claim whose device stops being advertised lingers with its owner until
-its path is gone (`_still_there`) or the owner's resource takes it back."""
+its path is gone or the owner's resource takes it back, never while a pod may reach it
+(`ownership_lingering`)."""
 
 from __future__ import annotations
 
 import abc
-import asyncio
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping
-from dataclasses import dataclass, field
 
-from .devices import Device, advertises
 from .identity import DIRECTORY
-from .logs import EventLogger, LineRate
 from .ownership_aliases import ALIASED, PathAliases
 from .ownership_bookings import Ledger, StateSink
 from .ownership_claims import (
@@ -22,93 +19,18 @@ from .ownership_claims import (
     ClaimKey,
     Claims,
     Owner,
-    Places,
-    Reached,
     owner_order,
     twins,
 )
 from .ownership_contain import Containment
 from .ownership_document import Saved
-from .ownership_paths import PathIndex
+from .ownership_lingering import Lingering
+from .ownership_state import Holding as Holding
+from .ownership_state import ResourceState as ResourceState
 from .turns import Pace
 
 
-@dataclass(frozen=True, slots=True)
-class Holding:
-    """Why a device is held: logged and counted once while it stays the same."""
-
-    reason: str
-    """`owned` (another device's claim), `shared` (a node other devices share), `booked`
-    (the kubelet booked one of its claims under another ID or resource: the owner is that
-    booking), `place_booked` (a node or mount source of it is where a booked ID's device
-    was handed out: moved there, or made anew there; the owner is that booking), `id_taken`
-    (its ID is the old ID another device of the resource keeps while a booking of it holds
-    that device's node), `booked_number_unknown` (a node of it may have the number of a
-    booked node gone at start: `Ledger.number_unknown`),
-    `unsafe_mount` (a path of it no container may be handed: no owner), `not_a_node` (a
-    node's path that reaches a directory, a FIFO or a socket: no owner)."""
-    owner: Owner
-    path: str
-    key: ClaimKey | None = None
-    """The claim it waits for (a lingering one is checked again before each admission)."""
-    detail: str = ""
-    """Why, in words, where no owner says it (`unsafe_mount`: `config.handed`; `not_a_node`)."""
-
-
-@dataclass
-class ResourceState:
-    name: str
-    log: EventLogger | None = None
-    publish: Callable[[Mapping[str, Device]], bool] | None = None
-    """The resource's table while a runtime is attached."""
-    reported: Mapping[str, Device] = field(default_factory=dict)
-    """The driver's last list (driver IDs)."""
-    admitted_from: Mapping[str, Device] = field(default_factory=dict)
-    """The list the last admission ran on: `claims` were resolved for its devices."""
-    admitted: Mapping[str, Device] = field(default_factory=dict)
-    """What the last admission advertised."""
-    settled: bool = False
-    """The last admission ran for this runtime (an unchanged list needs no walk)."""
-    sent: Mapping[str, Device] | None = None
-    """What this runtime's table was last given (the same again is not sent)."""
-    claims: dict[Places, Claims] = field(default_factory=dict)
-    """Claims by places (`ownership_claims.places`) of the devices of `admitted_from` (or
-    of the list being admitted): a device renamed on the same paths is not resolved again;
-    the watcher's recheck forgets the places of a changed path."""
-    stale: set[str] = field(default_factory=set)
-    """Devices of `admitted_from` whose places the watcher's recheck forgot (to claim anew)."""
-    paths: PathIndex | None = None
-    """The devices of `admitted_from` by host path, from its first recheck on."""
-    owned: dict[str, Claims] = field(default_factory=dict)
-    """Advertised ID -> what it claims in the index."""
-    renamed: set[str] = field(default_factory=set)
-    """Advertised IDs of `owned` with a host path that is not its real path (`Claims.renamed`:
-    the device is advertised with its real paths, `ownership_canonical.canonical`)."""
-    lingering: dict[ClaimKey, tuple[float, Claim]] = field(default_factory=dict)
-    """Exclusive claims of devices no longer advertised, kept while the node is there (or a
-    pod may hold them), with the time (index clock) they stopped being advertised and the
-    claim (its host path: to see whether it is gone)."""
-    held: dict[str, Holding] = field(default_factory=dict)
-    retired: bool = False
-    plain: bool = True
-    """The last admission advertised every device it did not hold under its own ID."""
-    replicas: int | None = None
-    """The replica count its last runtime advertised with."""
-    needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Devices of `reported` whose claims must be resolved first, with their host paths."""
-    wanted: set[str] = field(default_factory=set)
-    """Paths to resolve (off the loop) before the next admission."""
-    known: Mapping[str, Reached] = field(default_factory=dict)
-    """What the driver's scan learnt host paths of `reported` reach (not resolved again),
-    until it is admitted."""
-    resolving: asyncio.Task[None] | None = None
-    unresolved: dict[str, str] = field(default_factory=dict)
-    """Devices left out because a path of theirs did not resolve in time, with that path."""
-    unseen_lines: LineRate = field(default_factory=LineRate)
-    """`ownership_held`'s lines of a path where nothing is, one per `UNSEEN_LINE_EVERY` s."""
-
-
-class ClaimTable(abc.ABC):
+class ClaimTable(Lingering):
     """Who owns what, for every resource of the host (`ResourceState.owned`,
     `ResourceState.lingering`), with containment of directory claims."""
 
@@ -131,10 +53,6 @@ class ClaimTable(abc.ABC):
         if state is None:
             state = self._resources[resource] = ResourceState(resource)
         return state
-
-    @abc.abstractmethod
-    def _still_there(self, key: ClaimKey, path: str) -> bool:
-        """Whether `path` still reaches `key` (a lingering claim is kept while it does)."""
 
     @abc.abstractmethod
     def _follow(self, resource: str, claims: Claims) -> None:
@@ -272,52 +190,6 @@ class ClaimTable(abc.ABC):
             return
         self._aliases.leave(key)
         self._within.uncount(key)
-
-    def _taken_over(self, me: Owner, owner: Owner, key: ClaimKey) -> bool:
-        """Whether `me` may take a claim that `owner`, another ID of its resource, left
-        lingering: no booking of that ID holds it (a pod reaches a node under a booked ID
-        only), so the device is advertised under its own ID, not one it had before
-        (`Admission._admit_all`); `_claim` takes it from the lingering ones."""
-        return (
-            me.resource == owner.resource
-            and key in self._resources[owner.resource].lingering
-            and not self._booked_under(owner, key)
-        )
-
-    def _booked_under(self, owner: Owner, key: ClaimKey) -> bool:
-        """Whether a booking (of any host) of device `owner` or a replica of it holds `key`."""
-        return any(
-            b.resource == owner.resource and advertises(b.device, owner.device)
-            for b in self._ledger.booked.get(key, ())
-        )
-
-    def _released_if_gone(self, key: ClaimKey) -> bool:
-        """Release a lingering claim whose node is gone; True if it was released."""
-        state = self._resources[self._exclusive[key].resource]
-        lingering = state.lingering.get(key)
-        if lingering is None or key in self._ledger.booked:
-            return False  # advertised, or a pod holds it (even when its node is gone)
-        if self._still_there(key, lingering[1][1]):
-            return False
-        found = self._within.found.get(key)
-        if found is not None and self._still_there(key, found[-1]):
-            return False  # (where it was found last: `ownership_arrivals`)
-        self._release_lingering(state, key)
-        return True
-
-    def _release_lingering(self, state: ResourceState, key: ClaimKey) -> None:
-        del state.lingering[key], self._exclusive[key]
-        self._uncount(key)
-
-    def _prune_gone(self, state: ResourceState, pace: Pace) -> Generator[None, None, bool]:
-        """Release this resource's lingering claims whose nodes are gone."""
-        released = False
-        for key in list(state.lingering):
-            if pace.due():
-                yield
-            if key in state.lingering and key in self._exclusive:
-                released |= self._released_if_gone(key)
-        return released
 
     def _claim(self, state: ResourceState, device_id: str, claims: Claims) -> None:
         if state.owned.get(device_id) is claims:

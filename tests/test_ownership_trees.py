@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from kdp_host import kept_reads, ownership_arrivals, ownership_hand_out, ownership_reads
+from kdp_host import (
+    inotify_limits,
+    kept_reads,
+    ownership_arrivals,
+    ownership_hand_out,
+    ownership_reads,
+)
 from kdp_host.device_table import DeviceTable
 from kdp_host.files import DaemonThreads
 from kdp_host.holdings import Holdings
@@ -305,11 +311,11 @@ async def test_the_host_wide_bound_leaves_the_tree_past_it_to_the_safety_net(
     watch limit where that is less (hostile13 M9: 8,192 on older kernels, which pods' trees
     took whole), a tree is left to the safety net (and followed again once there is room)."""
     if bound == "constant":
-        monkeypatch.setattr(ownership_arrivals, "HOST_TREE_LIMIT", 3)
+        monkeypatch.setattr(inotify_limits, "HOST_TREE_LIMIT", 3)
     net = ManualNet()
     host, watcher = await booked_beside_tree(tmp_path, "d0", "d1", net=net)
     if bound == "node_watch_limit":
-        watcher.watch_budget = 3 * ownership_arrivals.HOST_TREE_SHARE
+        watcher.watch_budget = 3 * inotify_limits.HOST_TREE_SHARE
     (tmp_path / "c" / "e0").mkdir(parents=True)
     (tmp_path / "c" / "e1").mkdir()
     await host.publish("t.io/c", mounting("c", str(tmp_path / "c")))

@@ -1,0 +1,129 @@
+"""Lingering claims: the exclusive claims of devices no longer advertised (or of a node a
+device no longer has), kept with their owner while a pod may hold the node, and when they
+end (the layer of `ownership_table.ClaimTable` that owns `ResourceState.lingering`).
+
+A lingering claim ends when its node is gone (`_released_if_gone`; not while what arrived
+in the followed trees is being read: a node renamed into one is gone from its path first),
+when its resource takes it back under another ID no booking holds (`_taken_over`), or when
+a PodResources answer shows no pod holding its device (`OwnershipIndex.holdings`), but
+never while a pod may reach the node (`_pod_may_reach`, the one rule):
+
+- a booking holds it (a pod was handed the device: even when its node is gone);
+- or the node is, where it was last found, below a tree a booking holds mounted, alone or
+  shared (a node renamed into a directory a running pod mounts is in that pod), or below a
+  configured `allocate.mounts` source (every pod of its resource is handed it). What a
+  device claimed stays its claim there for as long as the node stays: an answer that mounts
+  the tree is refused for it (`HandingOut._nothing_moved_in`) whether or not the device is
+  still listed, past its `gracePeriod` too (issue 17, hostile24 F2: once the moved node's
+  device was heard to be held by no pod, only the booking of the shared source held its
+  node, and that one is exempt as the shared source: every later pod was handed the node).
+  A node no device ever claimed there (a firmware file, a control node every pod is meant
+  to share) is shared by design and no clash.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Generator, Mapping
+from types import MappingProxyType
+
+from .devices import advertises
+from .ownership_arrivals import Arrivals
+from .ownership_bookings import Ledger
+from .ownership_claims import ClaimKey, Owner
+from .ownership_contain import Containment
+from .ownership_state import ResourceState
+from .rules import below
+from .turns import Pace
+
+
+class Lingering(abc.ABC):
+    """When a lingering claim ends (the module's doc)."""
+
+    _clock: Callable[[], float]
+    _exclusive: dict[ClaimKey, Owner]
+    _resources: dict[str, ResourceState]
+    _ledger: Ledger
+    _within: Containment
+    _arrivals: Arrivals
+    """What arrives in followed trees (a node gone from its path may be read there now)."""
+    _mounts_configured: Mapping[str, frozenset[str]] = MappingProxyType({})
+    """Resource -> the host paths of its `allocate.mounts` (`share_mounts`; replaced whole)."""
+    _sources_real: frozenset[str] = frozenset()
+    """The real paths the configured sources were last handed out at (`mounts_shared_by`)."""
+
+    @abc.abstractmethod
+    def _still_there(self, key: ClaimKey, path: str) -> bool:
+        """Whether `path` still reaches `key` (a lingering claim is kept while it does)."""
+
+    @abc.abstractmethod
+    def _uncount(self, key: ClaimKey) -> None:
+        """A claim is gone (from both maps)."""
+
+    def _pod_may_reach(self, key: ClaimKey) -> bool:
+        """Whether a pod may reach the node of claim `key` (the module's rule): a booking
+        holds it, or where it was last found is below a tree a booking holds mounted or a
+        configured `allocate.mounts` source. Nothing read: what the index knows."""
+        ledger = self._ledger
+        if key in ledger.booked:
+            return True
+        owner = self._exclusive.get(key)
+        lingering = None if owner is None else self._resources[owner.resource].lingering.get(key)
+        found = self._within.found.get(key, ())
+        where = found[-1:] if lingering is None else (*found[-1:], lingering[1][2])
+        return any(self._reachable_at(real) for real in where)
+
+    def _reachable_at(self, real: str) -> bool:
+        """Whether `real` is below a tree a booking holds mounted, or a configured source."""
+        if self._ledger.holds_mounted(real):
+            return True
+        sources = self._sources_real.union(*self._mounts_configured.values())
+        return any(below(real, source) for source in sources)
+
+    def _taken_over(self, me: Owner, owner: Owner, key: ClaimKey) -> bool:
+        """Whether `me` may take a claim that `owner`, another ID of its resource, left
+        lingering: no booking of that ID holds it (a pod reaches a node under a booked ID
+        only), so the device is advertised under its own ID, not one it had before
+        (`Admission._admit_all`); `_claim` takes it from the lingering ones."""
+        return (
+            me.resource == owner.resource
+            and key in self._resources[owner.resource].lingering
+            and not self._booked_under(owner, key)
+        )
+
+    def _booked_under(self, owner: Owner, key: ClaimKey) -> bool:
+        """Whether a booking (of any host) of device `owner` or a replica of it holds `key`."""
+        return any(
+            b.resource == owner.resource and advertises(b.device, owner.device)
+            for b in self._ledger.booked.get(key, ())
+        )
+
+    def _released_if_gone(self, key: ClaimKey) -> bool:
+        """Release a lingering claim whose node is gone; True if it was released."""
+        state = self._resources[self._exclusive[key].resource]
+        lingering = state.lingering.get(key)
+        if lingering is None or key in self._ledger.booked:
+            return False  # advertised, or a pod holds it (even when its node is gone)
+        if self._still_there(key, lingering[1][1]):
+            return False
+        found = self._within.found.get(key)
+        if found is not None and self._still_there(key, found[-1]):
+            return False  # (where it was found last: `ownership_arrivals`)
+        if self._arrivals.reading:
+            return False  # (renamed into a followed tree: where it went, told at once)
+        self._release_lingering(state, key)
+        return True
+
+    def _release_lingering(self, state: ResourceState, key: ClaimKey) -> None:
+        del state.lingering[key], self._exclusive[key]
+        self._uncount(key)
+
+    def _prune_gone(self, state: ResourceState, pace: Pace) -> Generator[None, None, bool]:
+        """Release this resource's lingering claims whose nodes are gone."""
+        released = False
+        for key in list(state.lingering):
+            if pace.due():
+                yield
+            if key in state.lingering and key in self._exclusive:
+                released |= self._released_if_gone(key)
+        return released

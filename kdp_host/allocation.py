@@ -26,6 +26,13 @@ from .cdi_rules import (
 )
 from .config import MountConfig, ResourceConfig, render_template
 from .config.outputs import resource_slug
+from .container_paths import (
+    PathClaims,
+    Placement,
+    mount_placement,
+    node_placement,
+    placed_host,
+)
 from .devices import Advertised, Device, DeviceMount, DeviceNode, Snapshot
 from .names import CDI_NAME, make_name
 from .rules import LIST_SEPARATOR, join_list
@@ -119,63 +126,45 @@ HOOK: Final = "allocate.command"
 
 
 class _ContainerPaths:
-    """The device nodes and mounts of one container, by container path: the one place that
-    refuses two different things for one container path.
-
-    The kubelet keeps only one of them (docs/kubelet-contract.md §7), so the container would
-    get fewer nodes or mounts than it was charged for, or a mount over a device node.
-    Identical entries (a node every device shares, such as /dev/vfio/vfio) are kept once.
-    """
+    """The device nodes and mounts of one container, by container path, as its answer
+    passes them: refuses two different things at one container path (the rule:
+    `container_paths.PathClaims`), keeps an identical node or mount once."""
 
     def __init__(self, resource: str, permissions: str) -> None:
         self._resource = resource
         self._permissions = permissions
+        self._claims = PathClaims()
         self.specs: dict[str, DeviceSpec] = {}
         self.mounts: dict[str, Mount] = {}
-        self._owners: dict[str, str] = {}
 
     def add_node(self, owner: str, node: DeviceNode) -> DeviceSpec | None:
         """Claim `node`'s container path; the new DeviceSpec, or None if it was there."""
         path = node.container_path
-        known = self.specs.get(path)
-        if known is not None:
-            if known.host_path != node.host_path:
-                raise self._collision("device node", path, known.host_path, owner, node.host_path)
+        if not self._claim("device node", owner, path, node_placement(node.host_path)):
             return None
-        if path in self.mounts:
-            raise self._collision(
-                "device node", path, self.mounts[path].host_path, owner, node.host_path
-            )
         spec = DeviceSpec(
             container_path=path,
             host_path=node.host_path,
             permissions=node.permissions or self._permissions,
         )
         self.specs[path] = spec
-        self._owners[path] = owner
         return spec
 
     def add_mount(self, owner: str, mount: MountConfig | DeviceMount) -> None:
-        path = mount.container_path
-        if path in self.specs:
-            raise self._collision("mount", path, self.specs[path].host_path, owner, mount.host_path)
-        known = self.mounts.get(path)
-        if known is None:
-            self.mounts[path] = Mount(
-                container_path=path, host_path=mount.host_path, read_only=mount.read_only
-            )
-            self._owners[path] = owner
-        elif (known.host_path, known.read_only) != (mount.host_path, mount.read_only):
-            raise self._collision("mount", path, known.host_path, owner, mount.host_path)
+        path, host, read_only = mount.container_path, mount.host_path, mount.read_only
+        if self._claim("mount", owner, path, mount_placement(host, read_only)):
+            self.mounts[path] = Mount(container_path=path, host_path=host, read_only=read_only)
 
-    def _collision(
-        self, what: str, path: str, first_host: str, owner: str, host: str
-    ) -> AllocationError:
-        return AllocationError(
-            f"{self._resource}: cannot allocate: {what} container path {path} is claimed "
-            f"twice, by {self._owners[path]} (host path {first_host}) and by {owner} (host "
-            f"path {host}); the runtime would keep only one of them"
-        )
+    def _claim(self, what: str, owner: str, path: str, placement: Placement) -> bool:
+        clash = self._claims.clash(path, placement)
+        if clash is not None:
+            raise AllocationError(
+                f"{self._resource}: cannot allocate: {what} container path {path} is claimed "
+                f"twice, by {clash.owner} (host path {placed_host(clash.placement)}) and by "
+                f"{owner} (host path {placed_host(placement)}); the runtime would keep only one "
+                "of them"
+            )
+        return self._claims.claim(owner, path, placement)
 
 
 @dataclass(frozen=True)

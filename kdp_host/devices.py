@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 import functools
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
@@ -119,6 +119,16 @@ class Device:
             assert self.path is not None
             return (DeviceNode(self.path, self.path),)
         return self._nodes
+
+    def node_places(self) -> Iterator[tuple[str, str]]:
+        """(host path, container path) of each node (builds no DeviceNode for a one-node
+        device)."""
+        if self._nodes is None:
+            assert self.path is not None
+            yield self.path, self.path
+        else:
+            for node in self._nodes:
+                yield node.host_path, node.container_path
 
     def any_node_path_contains(self, text: str) -> bool:
         """True if a node's host or container path contains `text` (cheap: builds no

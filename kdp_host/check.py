@@ -291,6 +291,35 @@ def container_path_warnings(rows: Iterable[CheckRow], config: Config) -> list[st
     return lines
 
 
+def shared_path_warnings(rows: Iterable[CheckRow]) -> list[str]:
+    """One line per container path two devices of one resource place different things at
+    (`container_paths.shared_paths`, the rule Allocate refuses by): no container can be
+    given both, and a run steers the kubelet's pick clear of such pairs."""
+    from .container_paths import shared_paths
+
+    listed: dict[str, list[Device]] = {}
+    for row in rows:
+        if row.device is not None:
+            listed.setdefault(row.resource, []).append(row.device)
+    lines = []
+    for resource, devices in listed.items():
+        at: dict[str, dict[str, str]] = {}
+        for shared in shared_paths(devices):
+            users = at.setdefault(shared.container_path, {shared.first: shared.first_host})
+            users.setdefault(shared.second, shared.second_host)
+        for path, users in at.items():
+            named = [f"{quote_text(device)} ({quote_text(host)})" for device, host in users.items()]
+            lines.append(
+                f"warning: {resource}: devices {', '.join(named[:-1])} and {named[-1]} share "
+                f"container path {quote_text(path)}: never both in one container (the runtime "
+                "keeps one node or mount per container path, so Allocate refuses such a "
+                "pair); a run announces GetPreferredAllocation and steers the kubelet clear "
+                "of such pairs, so a pod is refused only when no free set fits side by side "
+                "(a containerPath with {path} gives each device its own)"
+            )
+    return lines
+
+
 def device_cell(device: Device, held: str | None = None) -> str:
     """A device in `check`'s table: ID and paths quoted, so nothing in them breaks the line;
     `held`: why a run would hold it back (`held_back`), shown instead of its health."""

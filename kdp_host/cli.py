@@ -160,6 +160,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         overlap_warnings,
         root_disk_warnings,
         scan_entries,
+        shared_path_warnings,
         unseen_source_warnings,
     )
 
@@ -178,7 +179,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         *dev_root_warnings(rows),
         *deadline_warnings(config),
     ]
-    overlaps = [*overlap_warnings(rows, config), *container_path_warnings(rows, config)]
+    overlaps = [
+        *overlap_warnings(rows, config),
+        *container_path_warnings(rows, config),
+        *shared_path_warnings(rows),
+    ]
     for warning in [*handed, *overlaps, *scan.too_large]:
         print(warning, file=sys.stderr)
     from .sysfs.rootdisk import find_root_disk

@@ -33,6 +33,7 @@ class DeviceTable:
         self._held: Callable[[Device], bool] | None = None
         self._withheld = False
         self._listeners: list[Callable[[Snapshot], None]] = []
+        self._list_followers: list[Callable[[Mapping[str, Device]], None]] = []
         self.published = asyncio.Event()
         """Set once the driver reported its first list (even an empty one)."""
         self._order: tuple[Mapping[str, Device], list[str]] = (self._reported, [])
@@ -49,6 +50,11 @@ class DeviceTable:
         return self._snapshot
 
     @property
+    def reported(self) -> Mapping[str, Device]:
+        """The driver's last list as reported (id -> device; health overrides aside)."""
+        return self._reported
+
+    @property
     def degraded_reason(self) -> str | None:
         return self._degraded_reason
 
@@ -56,6 +62,12 @@ class DeviceTable:
         """Call `listener` with every new snapshot, on the loop; returns the call that stops it."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def follow_lists(self, follower: Callable[[Mapping[str, Device]], None]) -> None:
+        """Call `follower` with every list reported (also one that changes nothing the kubelet
+        sees), while the one before it is still held: a stage that follows the lists costs
+        what changed (`device_changes.changed_between`), never a walk for a broken chain."""
+        self._list_followers.append(follower)
 
     def publish(
         self,
@@ -78,6 +90,8 @@ class DeviceTable:
         if reported is before:
             return False  # (the same mapping again: never changed, see above)
         self._reported = reported  # (an equal one too: the next list may be made from it)
+        for follower in self._list_followers:
+            follower(reported)
         if same_entries(before, reported):  # (held, ordered and counted as `before`: it may go)
             self._order = (reported, self._order[1])
             carry_count(reported)  # (from `before`, while it is held)

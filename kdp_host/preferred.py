@@ -1,5 +1,5 @@
-"""GetPreferredAllocation: the `preferred` policies (packed, spread, numa) and when
-advertising them can matter at all.
+"""GetPreferredAllocation: the `preferred` policies (packed, spread, numa), the steering
+clear of shared container paths, and when advertising them can matter at all.
 
 They run on the admission path of every pod (the kubelet calls them with no deadline), so
 they do plain in-memory work on the current snapshot and nothing else. Shared devices
@@ -14,7 +14,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
-from .config import PreferredPolicy
+from .config import PreferredPolicy, ResourceConfig
+from .container_paths import PathClaims, SharedPathIndex, may_share_paths
+from .device_table import DeviceTable
 from .devices import REPLICA_SEPARATOR, Advertised, Device, Snapshot
 
 _NO_NODE = 1 << 62
@@ -33,15 +35,49 @@ _IDS: Final = 6
 
 
 def preferred_can_matter(policy: PreferredPolicy, replicas: int, devices: Iterable[Device]) -> bool:
-    """Whether GetPreferredAllocation can choose better than the kubelet alone, so whether
-    the resource advertises it (each advertised call is one more RPC per container admitted).
+    """Whether a policy can choose better than the kubelet alone.
 
     The policies rank the free IDs by nothing but their physical device (the replicas of one
     device, `replicas` > 1) and its NUMA node. Without either, every policy answers "the
-    first free IDs", which is as good as the kubelet's own pick. A resource whose answer
-    changes (a device with a NUMA node appears) registers again (`serving.py`).
+    first free IDs", which is as good as the kubelet's own pick.
     """
     return policy != "none" and (replicas > 1 or any(device.numa is not None for device in devices))
+
+
+class PreferredNeed:
+    """Whether a resource advertises GetPreferredAllocation for its current list, and whether
+    the answers steer clear of shared container paths (each advertised call is one more RPC
+    per container admitted, so only where it can matter).
+
+    It matters where a policy can choose better than the kubelet (`preferred_can_matter`),
+    and, whatever the policy (`none` too), while two devices of the list place different
+    things at one container path (`container_paths.SharedPathIndex`): the kubelet's own pick
+    may hold both, and Allocate must refuse that pod for good, though another set was free.
+    The kubelet takes the option at registration only: a resource whose list comes to need
+    it registers again (`serving.py`); once told, it stays until the next registration (a
+    flapping device does not cost a registration each time).
+    """
+
+    def __init__(self, config: ResourceConfig, table: DeviceTable) -> None:
+        self._policy = config.preferred
+        self._replicas = config.replicas
+        self._table = table
+        self._index = SharedPathIndex() if may_share_paths(config) else None
+
+    def follow(self, devices: Mapping[str, Device]) -> None:
+        """Take each list the table is given (`DeviceTable.follow_lists`: the resource's one
+        PreferredNeed), so a list costs what changed; unfollowed, `shared` looks at the
+        table's list when asked (a walk where the lists in between are gone)."""
+        if self._index is not None:
+            self._index.update(devices)
+
+    def shared(self) -> bool:
+        """Whether two devices of the list place different things at one container path
+        (never looked at where the config rules it out)."""
+        return self._index is not None and self._index.update(self._table.reported)
+
+    def matters(self, snapshot: Snapshot) -> bool:
+        return self.shared() or preferred_can_matter(self._policy, self._replicas, snapshot.devices)
 
 
 def preferred_allocation(
@@ -50,6 +86,8 @@ def preferred_allocation(
     available: Sequence[str],
     must_include: Sequence[str],
     size: int,
+    *,
+    steer: bool = False,
 ) -> list[str]:
     """A deterministic choice of up to `size` IDs, always containing `must_include`.
 
@@ -61,17 +99,47 @@ def preferred_allocation(
     itself). So the length is `min(size, len(must_include) + usable candidates)`, or
     `len(must_include)` when that alone exceeds `size` (the kubelet never asks that).
 
+    With `steer` (the list holds devices that share a container path: `PreferredNeed`),
+    no candidate places something else at a container path the answer's devices already
+    use (`container_paths.PathClaims`, the rule Allocate refuses by): the policy chooses
+    among the candidates that fit what is chosen, and again for the rest while two of its
+    picks collide (each round keeps its first pick, so at most `size` rounds). The answer
+    is shorter only where no free device fits.
+
     Which IDs are chosen depends only on the snapshot and on the sets passed, not on the
     order or duplicates of the lists. It raises only on a bug: the plugin catches that,
     logs and counts it, and answers with a plain valid subset.
     """
     chosen = list(dict.fromkeys(must_include))
     wanted = size - len(chosen)
-    if wanted <= 0:
-        return chosen
     offered = set(available).difference(chosen)
-    if not offered:
+    if wanted <= 0 or not offered:
         return chosen
+    if not steer:
+        return chosen + _pick(policy, snapshot, offered, chosen, wanted)
+    lookup = snapshot.by_advertised_id
+    claims = PathClaims()
+    for entry in filter(None, map(lookup.get, chosen)):
+        claims.add(entry.device)
+    while wanted > 0:
+        offered = {i for i in offered if (e := lookup.get(i)) and claims.fits(e.device)}
+        picked = _pick(policy, snapshot, offered, chosen, wanted) if offered else []
+        if not picked:
+            break
+        for device_id in picked:
+            device = lookup[device_id].device
+            if claims.fits(device):
+                claims.add(device)
+                chosen.append(device_id)
+                wanted -= 1
+            offered.discard(device_id)
+    return chosen
+
+
+def _pick(
+    policy: PreferredPolicy, snapshot: Snapshot, offered: set[str], chosen: list[str], wanted: int
+) -> list[str]:
+    """The policy's `wanted` IDs of `offered`, next to `chosen` (the container's)."""
     used_physical: dict[str, int] = defaultdict(int)
     used_numa: set[int] = set()
     lookup = snapshot.by_advertised_id
@@ -83,13 +151,11 @@ def preferred_allocation(
                 used_numa.add(entry.device.numa)
     groups = _candidate_groups(snapshot, offered, used_physical, used_numa)
     if policy == "spread":
-        picked = _spread(groups, used_physical, wanted)
-    elif policy == "numa":
-        picked = _numa(groups, used_numa, wanted)
-    else:
-        groups.sort()
-        picked = _take_packed(groups, wanted)
-    return chosen + picked
+        return _spread(groups, used_physical, wanted)
+    if policy == "numa":
+        return _numa(groups, used_numa, wanted)
+    groups.sort()
+    return _take_packed(groups, wanted)
 
 
 def _candidate_groups(

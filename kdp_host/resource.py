@@ -32,6 +32,7 @@ from .first_list import FirstList
 from .held_replaced import Replaced
 from .ownership import OwnedTable
 from .ownership_elsewhere import Elsewhere
+from .preferred import PreferredNeed
 from .protocol.lists import ListAndWatchEncoder, Overflow
 from .protocol.service import DevicePluginService
 from .rules import LIST_AND_WATCH_MAX_BYTES
@@ -100,6 +101,8 @@ class ResourceRuntime:
         self.socket_path = self._serving.socket_path
         self.table.add_listener(self._on_devices_changed)
         self._service: DevicePluginService | None = None
+        self._preferred = PreferredNeed(config, self.table)  # (every service's, following)
+        self.table.follow_lists(self._preferred.follow)
 
     def resend(self) -> bool:
         """The list again on the open ListAndWatch stream (the kubelet then writes its
@@ -126,6 +129,7 @@ class ResourceRuntime:
             allocated=None if poller is None else poller.allocated,
             fence=None if reads is None else _Fence(self, reads),
             cdi_written=None if self.config.allocate.cdi is None else self._cdi_written,
+            preferred=self._preferred,
         )
         return self._service
 

@@ -190,6 +190,29 @@ def test_check_warns_when_two_resources_land_on_one_container_path(
     ]
 
 
+def test_check_warns_when_two_devices_of_a_resource_share_a_container_path(
+    short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hostile22 F8: a/x, b/x and c/z at /dev/usb/{name}: a/x and b/x share /dev/usb/x (the
+    table said all three Healthy, and nothing more)."""
+    for bus, name in (("a", "x"), ("b", "x"), ("c", "z")):
+        (short_dir / bus).mkdir()
+        (short_dir / bus / name).touch()
+    patterns = ", ".join(f'"{short_dir}/{bus}/*"' for bus in "abc")
+    config = short_dir / "config.yaml"
+    config.write_text(
+        f"kubelet: {{socketDir: {socket_dir}}}\nstateDir: {short_dir}/state\nresources:\n"
+        f"  - name: t.example/usb\n"
+        f'    glob: {{paths: [{patterns}], containerPath: "/dev/usb/{{name}}"}}\n'
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    [warning] = [line for line in capsys.readouterr().err.splitlines() if "share" in line]
+    assert warning.startswith(
+        f"warning: t.example/usb: devices a-x ({short_dir}/a/x) and b-x ({short_dir}/b/x) "
+        "share container path /dev/usb/x: never both in one container"
+    )
+
+
 @contextlib.asynccontextmanager
 async def kdp_host_run(config: Path) -> AsyncIterator[tuple[str, int]]:
     """`kdp-host run` in a subprocess; yields the host and port its http_serving line names."""

@@ -47,7 +47,7 @@ from ..metrics import Metrics
 from ..ownership_claims import Unresolvable
 from ..ownership_fence import Unfenced
 from ..ownership_shared import PlaceOwned
-from ..preferred import preferred_allocation, preferred_can_matter
+from ..preferred import PreferredNeed, preferred_allocation
 from ..start_budget import StartBudget
 from .answers import AnswerPlan, AnswerPlans, plan_answer
 from .codec import EncodedMessage
@@ -85,6 +85,7 @@ class DevicePluginService(DevicePluginBase):
         allocated: Callable[[str, Sequence[str]], None] | None = None,
         fence: Fence | None = None,
         cdi_written: CdiWritten | None = None,
+        preferred: PreferredNeed | None = None,
     ) -> None:
         self._config = config
         self._allocated = allocated  # told each Allocate's IDs (`PodResourcesPoller`)
@@ -111,6 +112,7 @@ class DevicePluginService(DevicePluginBase):
         self._pre_start_required = pre_start is not None or release is not None
         self._pre_start_serving = PreStartServing(release, pre_start, log)
         self._told_preferred: bool | None = None  # (the last options: preferred allocation)
+        self._preferred = preferred or PreferredNeed(config, table)  # (the resource's follows)
 
     # The series every call records, looked up once, at first use (a histogram's series
     # appear with its first observation): a lookup costs what a call's bookkeeping does.
@@ -156,14 +158,11 @@ class DevicePluginService(DevicePluginBase):
 
     @property
     def options(self) -> DevicePluginOptions:
-        """The options for the current device list (GetPreferredAllocation only where the
-        policy can matter: `preferred_can_matter`)."""
-        config = self._config
+        """The options for the current device list (GetPreferredAllocation only where it
+        can matter: `PreferredNeed`)."""
         return DevicePluginOptions(
             pre_start_required=self._pre_start_required,
-            get_preferred_allocation_available=preferred_can_matter(
-                config.preferred, config.replicas, self._table.snapshot.devices
-            ),
+            get_preferred_allocation_available=self._preferred.matters(self._table.snapshot),
         )
 
     def options_outdated(self) -> bool:
@@ -171,10 +170,10 @@ class DevicePluginService(DevicePluginBase):
         list now makes it matter: the kubelet takes options only at registration, so the
         resource registers again. (The other way round the call is merely unneeded, and
         a flapping device does not cost a registration each time.)"""
+        shared = self._preferred.shared()  # (follows every list: costs what changed)
         if self._told_preferred is not False:
             return False
-        config = self._config
-        return preferred_can_matter(config.preferred, config.replicas, self._table.snapshot.devices)
+        return shared or self._preferred.matters(self._table.snapshot)
 
     async def get_device_plugin_options(self, message: Empty) -> DevicePluginOptions:
         options = self.options
@@ -252,6 +251,7 @@ class DevicePluginService(DevicePluginBase):
                     request.available_deviceIDs,
                     request.must_include_deviceIDs,
                     request.allocation_size,
+                    steer=self._preferred.shared(),
                 )
             except Exception:
                 self._log.exception("preferred_allocation_failed", fallback="first_available")

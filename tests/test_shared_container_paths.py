@@ -1,0 +1,270 @@
+"""Devices of one resource at one container path (hostile22 F8): the rule (`container_paths`),
+shared by Allocate's refusal and GetPreferredAllocation's steering, when a resource announces
+GetPreferredAllocation for it (`PreferredNeed`), and what `kdp-host check` says."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdp_host.allocation import AllocationBuilder, AllocationError
+from kdp_host.check import CheckRow, shared_path_warnings
+from kdp_host.config import (
+    AllocateConfig,
+    GlobDriverConfig,
+    PreferredPolicy,
+    ResourceConfig,
+    ShellDriverConfig,
+    SysfsDriverConfig,
+    UsbMatchConfig,
+)
+from kdp_host.container_paths import SharedPathIndex, may_share_paths, shared_paths
+from kdp_host.device_changes import Derived
+from kdp_host.device_table import DeviceTable
+from kdp_host.devices import Device, DeviceMount, DeviceNode, Snapshot
+from kdp_host.preferred import PreferredNeed, preferred_allocation
+
+USB = "vendor.example/usb"
+POLICIES: tuple[PreferredPolicy, ...] = ("packed", "spread", "numa", "none")
+
+
+def usb(bus: str, name: str, numa: int | None = None, *, shared: bool = False) -> Device:
+    """A device found at /dev/bus/usb/<bus>/<name>, at /dev/usb/<name> in the container
+    (`shared`: also the node every device passes, /dev/vfio/vfio)."""
+    nodes = [DeviceNode(f"/dev/bus/usb/{bus}/{name}", f"/dev/usb/{name}")]
+    if shared:
+        nodes.append(DeviceNode("/dev/vfio/vfio", "/dev/vfio/vfio", shared=True))
+    return Device(id=f"{bus}-{name}", nodes=tuple(nodes), numa=numa)
+
+
+def snapshot(devices: Sequence[Device], replicas: int = 1) -> Snapshot:
+    table = DeviceTable(replicas=replicas)
+    table.publish(devices)
+    return table.snapshot
+
+
+def glob(
+    *paths: str, container_path: str | None = "/dev/usb/{name}", **more: object
+) -> ResourceConfig:
+    driver = GlobDriverConfig(paths=paths, container_path=container_path)
+    return ResourceConfig(name=USB, driver=driver, **more)  # type: ignore[arg-type]
+
+
+def builder() -> AllocationBuilder:
+    return AllocationBuilder(glob("/dev/bus/usb/*/*", allocate=AllocateConfig()))
+
+
+def served(snap: Snapshot, chosen: Sequence[str]) -> bool:
+    """Whether Allocate serves the set (the rule the steering follows)."""
+    try:
+        builder().container_response(snap, chosen)
+    except AllocationError:
+        return False
+    return True
+
+
+F8 = [usb("a", "x"), usb("b", "x"), usb("c", "z")]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_answer_steers_clear_of_two_devices_at_one_container_path(
+    policy: PreferredPolicy,
+) -> None:
+    snap = snapshot(F8)
+    offered = ["a-x", "b-x", "c-z"]
+    plain = preferred_allocation(policy, snap, offered, [], 2)
+    assert plain == ["a-x", "b-x"] and not served(snap, plain)  # (the policies' own order)
+    steered = preferred_allocation(policy, snap, offered, [], 2, steer=True)
+    assert sorted(steered) == ["a-x", "c-z"] and served(snap, steered)
+    # The kubelet gave the container b-x already (an init container's): c-z, never a-x.
+    assert preferred_allocation(policy, snap, offered, ["b-x"], 2, steer=True) == ["b-x", "c-z"]
+    # No free set without a collision: fewer IDs (the kubelet picks the rest, Allocate
+    # refuses that pod, as it must).
+    assert preferred_allocation(policy, snap, ["a-x", "b-x"], [], 2, steer=True) == ["a-x"]
+
+
+def test_steering_keeps_replicas_and_identical_shared_nodes_together() -> None:
+    """Replicas of one device and a node every device passes place the same thing: no
+    collision. Under `packed` two replicas of a-x fill the container."""
+    snap = snapshot([usb("a", "x", shared=True), usb("b", "x", shared=True)], replicas=2)
+    offered = [e.id for e in snap.advertised]
+    chosen = preferred_allocation("packed", snap, offered, [], 2, steer=True)
+    assert chosen == ["a-x::0", "a-x::1"] and served(snap, chosen)
+    assert preferred_allocation("spread", snap, offered, [], 2, steer=True) == ["a-x::0", "a-x::1"]
+
+
+def test_steering_keeps_the_policy_among_what_fits() -> None:
+    """`numa`: one node holds the request once the device that collides with the chosen
+    one is out of the running."""
+    snap = snapshot([usb("a", "x", 0), usb("a", "y", 1), usb("b", "x", 1), usb("b", "z", 1)])
+    offered = [e.id for e in snap.advertised]
+    chosen = preferred_allocation("numa", snap, offered, ["a-y"], 3, steer=True)
+    assert chosen == ["a-y", "b-x", "b-z"] and served(snap, chosen)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("vwxyz")), unique=True, max_size=12),
+    st.integers(1, 6),
+    st.sampled_from(POLICIES),
+)
+def test_a_steered_answer_is_served_and_as_long_as_a_set_without_collisions(
+    found: list[tuple[str, str]], size: int, policy: PreferredPolicy
+) -> None:
+    """One node per device: a set without collisions holds one device per name, so the
+    answer has min(size, names) IDs, and Allocate serves it."""
+    snap = snapshot([usb(bus, name, numa=ord(bus) % 2) for bus, name in found])
+    offered = [e.id for e in snap.advertised]
+    chosen = preferred_allocation(policy, snap, offered, [], size, steer=True)
+    assert len(chosen) == min(size, len({name for _, name in found}))
+    assert not chosen or served(snap, chosen)
+
+
+def test_allocate_refuses_by_the_same_rule() -> None:
+    snap = snapshot(F8)
+    with pytest.raises(AllocationError, match="/dev/usb/x is claimed twice, by a-x"):
+        builder().container_response(snap, ["a-x", "b-x"])
+    node_over_mount = Device(
+        id="m", nodes=(), mounts=(DeviceMount("/srv/m", "/dev/usb/x", read_only=True),)
+    )
+    snap = snapshot([*F8, node_over_mount])
+    with pytest.raises(AllocationError, match="mount container path /dev/usb/x"):
+        builder().container_response(snap, ["a-x", "m"])
+    assert preferred_allocation("packed", snap, ["a-x", "m", "c-z"], ["m"], 2, steer=True) == [
+        "m",
+        "c-z",
+    ]
+
+
+def test_shared_paths_names_each_device_with_the_first_at_its_container_path() -> None:
+    found = list(shared_paths([*F8, usb("d", "x"), usb("d", "z")]))
+    assert [(s.container_path, s.first, s.second) for s in found] == [
+        ("/dev/usb/x", "a-x", "b-x"),
+        ("/dev/usb/x", "a-x", "d-x"),
+        ("/dev/usb/z", "c-z", "d-z"),
+    ]
+    assert found[0].first_host == "/dev/bus/usb/a/x"
+    assert found[0].second_host == "/dev/bus/usb/b/x"
+    assert list(shared_paths([usb("a", "x", shared=True), usb("a", "y", shared=True)])) == []
+
+
+def mounted(bus: str, name: str, read_only: bool) -> Device:
+    """A device that mounts /srv/<bus>/<name> at /dev/usb/<name>."""
+    mount = DeviceMount(f"/srv/{bus}/{name}", f"/dev/usb/{name}", read_only=read_only)
+    return Device(id=f"{bus}-{name}", nodes=(), mounts=(mount,))
+
+
+KINDS = {
+    "node": lambda bus, name: usb(bus, name),
+    "node+vfio": lambda bus, name: usb(bus, name, shared=True),
+    "mount": lambda bus, name: mounted(bus, name, True),
+    "mount rw": lambda bus, name: mounted(bus, name, False),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(
+                st.tuples(
+                    st.sampled_from("abc"),
+                    st.sampled_from("xyz"),
+                    st.sampled_from([None, *KINDS]),
+                ),
+                max_size=4,
+            ),
+            st.booleans(),
+        ),
+        max_size=12,
+    )
+)
+def test_the_index_follows_lists_by_what_changed_as_a_walk_would(
+    steps: list[tuple[list[tuple[str, str, str | None]], bool]],
+) -> None:
+    """Each step adds, replaces (another kind: a mount, read-only or not, a node with the
+    shared /dev/vfio/vfio) or removes (None) devices, in a list made from the last one
+    (`Derived`: the index takes what changed) or a plain one (it walks)."""
+    index, current = SharedPathIndex(), {}
+    listed: dict[str, Device] = {}
+    for changes, derived in steps:
+        for bus, name, kind in changes:
+            if kind is None:
+                listed.pop(f"{bus}-{name}", None)
+            else:
+                listed[f"{bus}-{name}"] = KINDS[kind](bus, name)
+        ids = {f"{bus}-{name}" for bus, name, _ in changes}
+        current = Derived(current, ids, listed) if derived else dict(listed)
+        walked = next(shared_paths(current.values()), None) is not None
+        assert index.update(current) == walked
+
+
+def test_which_configs_may_share_a_container_path() -> None:
+    assert may_share_paths(glob("/dev/bus/usb/*/*"))
+    assert may_share_paths(glob("/dev/a/*", "/dev/b/*"))
+    assert not may_share_paths(glob("/dev/serial/by-id/usb-*", "/dev/serial/by-id/ftdi-*"))
+    assert not may_share_paths(glob("/dev/bus/usb/*/*", container_path="/dev/usb{path}"))
+    assert not may_share_paths(glob("/dev/bus/usb/*/*", container_path=None))
+    shell = ResourceConfig(name=USB, driver=ShellDriverConfig(command=("probe",)))
+    assert may_share_paths(shell)
+    sysfs = SysfsDriverConfig(usb=(UsbMatchConfig(vendor="0403"),))
+    assert not may_share_paths(dataclasses.replace(shell, driver=sysfs))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_option_is_announced_while_the_list_shares_a_container_path(
+    policy: PreferredPolicy,
+) -> None:
+    table = DeviceTable()
+    need = PreferredNeed(glob("/dev/bus/usb/*/*", preferred=policy), table)
+    table.publish([usb("a", "x"), usb("c", "z")])
+    assert not need.matters(table.snapshot) and not need.shared()
+    table.publish(F8)
+    assert need.matters(table.snapshot) and need.shared()
+    # A config that rules it out never looks (the same list: nothing found).
+    ruled_out = glob("/dev/bus/usb/*/*", container_path=None)
+    assert not PreferredNeed(ruled_out, table).shared()
+
+
+def test_the_resource_s_need_follows_every_list_at_the_cost_of_what_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lists that change nothing the kubelet sees (a probe's runs) reach no snapshot
+    listener, and only the last is held: followed through `DeviceTable.follow_lists`, a
+    change after twenty of them costs its device, not a walk of the list."""
+    counted: list[str] = []
+    count = SharedPathIndex._count
+
+    def counting(index: SharedPathIndex, device: Device, step: int) -> None:
+        counted.append(device.id)
+        count(index, device, step)
+
+    monkeypatch.setattr(SharedPathIndex, "_count", counting)
+    table = DeviceTable()
+    need = PreferredNeed(glob("/dev/bus/usb/*/*"), table)
+    table.follow_lists(need.follow)
+    listed = Derived(None, (), {d.id: d for d in [usb("a", "x"), usb("c", "z"), usb("c", "y")]})
+    table.publish(listed)
+    assert not need.shared()
+    for _ in range(20):
+        listed = Derived(listed, (), listed)
+        table.publish(listed)
+    assert not need.shared() and counted == ["a-x", "c-z", "c-y"]
+    listed = Derived(listed, ["b-x"], {**listed, "b-x": usb("b", "x")})
+    table.publish(listed)
+    assert need.shared() and counted[3:] == ["b-x"]
+
+
+def test_check_names_the_devices_that_share_a_container_path() -> None:
+    rows = [CheckRow(USB, "glob", "", device=d) for d in F8]
+    rows.append(CheckRow("other/r", "glob", "", device=usb("a", "x")))
+    [line] = shared_path_warnings(rows)
+    assert line.startswith(
+        "warning: vendor.example/usb: devices a-x (/dev/bus/usb/a/x) and b-x "
+        "(/dev/bus/usb/b/x) share container path /dev/usb/x:"
+    )
+    assert "never both in one container" in line

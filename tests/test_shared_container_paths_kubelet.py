@@ -1,0 +1,66 @@
+"""Two devices of one resource at one container path (hostile22 F8), through the kubelet's
+real device manager (v1.32, tests/kubelet_harness.py): GetPreferredAllocation steers its
+pick to a set the Allocate can serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .conftest import glob_config
+from .kubelet_harness import RealKubelet, healthy
+
+USB = "vendor.example/usb"
+PODS = 12
+"""Two-device pods, one after the other: the kubelet's own pick (Go map order) takes both
+`x` in one of three, so twelve pods without steering are all admitted in 0.8% of runs."""
+
+
+def _usb_config(socket_dir: Path, root: Path) -> str:
+    config = glob_config(socket_dir, (USB, f"{root}/a/*"))
+    return config.replace(
+        f'paths: ["{root}/a/*"]',
+        f'paths: ["{root}/a/*", "{root}/b/*", "{root}/c/*"], containerPath: "/dev/usb/{{name}}"',
+    )
+
+
+async def test_two_device_pods_are_all_admitted_while_a_set_without_collisions_is_free(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """The shape of /dev/bus/usb/*/* with /dev/usb/{name}: a/x and c/z first (no two devices
+    share a container path: no GetPreferredAllocation, one RPC per admission), then b/x
+    appears (a/x and b/x both at /dev/usb/x): kdp-host registers again with the option, and
+    every two-device pod gets a set the runtime can hold (a/x or b/x, with c/z). Before, the
+    kubelet picked a/x and b/x in one pod of three and Allocate refused it for good."""
+    root = short_dir / "usb"
+    for bus in ("a", "b", "c"):
+        (root / bus).mkdir(parents=True)
+    (root / "a" / "x").touch()
+    (root / "c" / "z").touch()
+    kubelet = real_kubelet_factory()
+    await start_host(_usb_config(kubelet.socket_dir, root))
+    await kubelet.await_for(healthy(USB, 2), what="a/x and c/z")
+    seen = await kubelet.acall(kubelet.resource, USB)
+    assert seen is not None and seen["options"]["get_preferred_allocation_available"] is False
+
+    (root / "b" / "x").touch()
+
+    def steered(k: RealKubelet) -> bool:
+        seen = k.resource(USB)
+        return (
+            seen is not None
+            and seen["healthy"] == 3
+            and seen["options"]["get_preferred_allocation_available"]
+        )
+
+    await kubelet.await_for(steered, what="registered again, with GetPreferredAllocation")
+    refused: list[str] = []
+    for number in range(PODS):
+        pod = f"p{number}"
+        answer = await kubelet.acall(kubelet.allocate, pod, {USB: 2})
+        if answer["error"]:
+            refused.append(answer["error"])
+        else:
+            inside = sorted(node["PathInContainer"] for node in answer["devices"])
+            assert inside == ["/dev/usb/x", "/dev/usb/z"]
+        await kubelet.acall(kubelet.release, pod)
+    assert refused == []

@@ -69,6 +69,9 @@ class PathClaims:
     def __init__(self) -> None:
         self._claimed: dict[str, tuple[Placement, str]] = {}
 
+    def __len__(self) -> int:
+        return len(self._claimed)
+
     def clash(self, path: str, placement: Placement) -> Clash | None:
         """What collides with `placement` at `path`, or None (free, or the same thing)."""
         known = self._claimed.get(path)

@@ -122,7 +122,8 @@ def preferred_allocation(
     for entry in filter(None, map(lookup.get, chosen)):
         claims.add(entry.device)
     while wanted > 0:
-        offered = {i for i in offered if (e := lookup.get(i)) and claims.fits(e.device)}
+        if claims:  # (nothing claimed yet: every candidate fits)
+            offered = {i for i in offered if (e := lookup.get(i)) and claims.fits(e.device)}
         picked = _pick(policy, snapshot, offered, chosen, wanted) if offered else []
         if not picked:
             break

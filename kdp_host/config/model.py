@@ -287,7 +287,8 @@ class GlobDriverConfig:
         Text(rule=_container_path_template_problem, templates=GLOB_TEMPLATE_FIELDS),
         "Path inside the container; a template with `{path}` (matched path) and `{name}` "
         "(its file name). It must contain one of them: a fixed path would map every device "
-        "to the same container path.",
+        "to the same container path. `{name}` of paths in several directories may still "
+        "give two devices one container path (see `preferred`).",
         default=None,
         default_doc="the matched path",
     )
@@ -1017,10 +1018,13 @@ class ResourceConfig:
     preferred: PreferredPolicy = key(
         "preferred",
         Choice(("packed", "spread", "numa", "none")),
-        "GetPreferredAllocation policy: `packed`, `spread`, `numa`, or `none` (not advertised). "
-        "Advertised only where a policy can choose better than the kubelet: with `replicas` "
-        "> 1 or a device on a NUMA node (else the kubelet makes one RPC per container, not "
-        "two); the resource registers again when such a device appears.",
+        "GetPreferredAllocation policy: `packed`, `spread`, `numa`, or `none` (no policy). "
+        "Advertised only where it can matter (else the kubelet makes one RPC per container, "
+        "not two): where a policy can choose better than the kubelet, with `replicas` > 1 or "
+        "a device on a NUMA node; and, whatever the policy, while two devices of the list "
+        "place different things at one container path (`/dev/bus/usb/*/*` at "
+        "`/dev/usb/{name}`): the answers then steer the kubelet clear of such pairs, which "
+        "Allocate must refuse. The resource registers again when such a device appears.",
         default="packed",
     )
     node_selector: NodeSelectorConfig | None = key(

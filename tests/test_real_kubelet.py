@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import glob_config
-from .kubelet_harness import RealKubelet, healthy
+from .kubelet_harness import healthy, preferred_offered
 
 FPGA = "vendor.example/fpga"
 
@@ -99,15 +99,9 @@ async def test_preferred_allocation_is_offered_once_a_numa_device_makes_it_matte
         (devices / f"{name}.numa").write_text("0")
         (devices / name).touch()
 
-    def offered(k: RealKubelet) -> bool:
-        seen = k.resource(FPGA)
-        return (
-            seen is not None
-            and seen["healthy"] == 4
-            and seen["options"]["get_preferred_allocation_available"]
-        )
-
-    await kubelet.await_for(offered, what="registered again, with GetPreferredAllocation")
+    await kubelet.await_for(
+        preferred_offered(FPGA, 4), what="registered again, with GetPreferredAllocation"
+    )
     events = await kubelet.acall(kubelet.events)
     assert sum(e["kind"] == "registered" for e in events) == registered + 1
     first = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .conftest import glob_config
-from .kubelet_harness import RealKubelet, healthy
+from .kubelet_harness import healthy, preferred_offered
 
 USB = "vendor.example/usb"
 PODS = 12
@@ -44,15 +44,9 @@ async def test_two_device_pods_are_all_admitted_while_a_set_without_collisions_i
 
     (root / "b" / "x").touch()
 
-    def steered(k: RealKubelet) -> bool:
-        seen = k.resource(USB)
-        return (
-            seen is not None
-            and seen["healthy"] == 3
-            and seen["options"]["get_preferred_allocation_available"]
-        )
-
-    await kubelet.await_for(steered, what="registered again, with GetPreferredAllocation")
+    await kubelet.await_for(
+        preferred_offered(USB, 3), what="registered again, with GetPreferredAllocation"
+    )
     refused: list[str] = []
     for number in range(PODS):
         pod = f"p{number}"

@@ -87,7 +87,8 @@ def test_a_long_answer_counts_however_its_path_is_spelled(
     for scraper in scrapers:
         stack.callback(scraper.close)
     refused = _answered(scrapers, PROBE_SLOTS)
-    assert len(refused) == PROBE_SLOTS and slow.entered == MAX_THREADS - PROBE_SLOTS
+    assert len(refused) == PROBE_SLOTS
+    assert slow.await_entered(MAX_THREADS - PROBE_SLOTS) == MAX_THREADS - PROBE_SLOTS
     for connection in refused:
         assert _read_to_end(connection).startswith(b"HTTP/1.1 503")
     assert http_get(server.port, "/healthz") == (200, "ok\n")

@@ -71,7 +71,9 @@ class BookedClaims(SharedHeld):
         self.places: dict[str, Counted] = {}
         """Real path of a booked place -> the bookings that handed it out."""
         self._sorted_places: list[str] | None = None
-        """`places` sorted (those below a directory are one run), made when first needed."""
+        self._sorted_mounted: list[str] | None = None
+        """`places` sorted (those below a directory are one run), made when first needed; and
+        `mounted` (`count_mounted`)."""
         self.unknown: dict[str, Counted] = {}
         self.served: frozenset[str] = frozenset()
         """Resource -> its bookings whose device number is not known (`number_unknown`), and
@@ -196,13 +198,18 @@ class BookedClaims(SharedHeld):
     def relocate(self, owner: Owner, real: str, step: int) -> None:
         """A directory `owner`'s booking holds (`step` times; negative: no more) is at `real`
         too: mounted there, and a place of it (what is below it, or above, is held)."""
-        count(self.mounted, real, owner, step)
+        self.count_mounted(real, owner, step)
         count(self.places, real, owner, step)
         self._sorted_places = None
         if step > 0:
             self.follow_mounted(owner, real)
         elif not self.tree_held(real):
             self.let_go_mounted(real)
+
+    def count_mounted(self, real: str, owner: Owner, step: int) -> None:
+        """`owner`'s booking holds the directory `real` mounted `step` times more (fewer)."""
+        count(self.mounted, real, owner, step)
+        self._sorted_mounted = None
 
     def place_conflict(
         self, resource: str, device_id: str, replicas: int, claims: Claims
@@ -294,9 +301,10 @@ class BookedClaims(SharedHeld):
         containment has a device reach another's claims (`ownership_contain`): a place of
         theirs there or above it, a directory they hold mounted above it (their device's:
         the pod reaches what is below it), and, for a directory, what they hold below it: a
-        place, a booked claim found there since (`moved`) or that the reads of its tree found
-        there (`trees`: a node of a booked number, a link of a booked file; issue 17,
-        hostile23 F4: another host's booking, which its claim table does not hold)."""
+        place, a directory they hold mounted, a booked claim found there since (`moved`) or
+        that the reads of its tree found there (`trees`: a node of a booked number, a link
+        of a booked file; issue 17, hostile23 F4: another host's booking, which its claim
+        table does not hold)."""
         places, mounted = self.places, self.mounted
         found = [*places.get(real, ())]
         for directory in ancestors(real):
@@ -313,6 +321,10 @@ class BookedClaims(SharedHeld):
             if ordered is None:
                 ordered = self._sorted_places = sorted(places)
             found += (o for place in below_sorted(ordered, real) for o in places[place])
+            trees = self._sorted_mounted
+            if trees is None:
+                trees = self._sorted_mounted = sorted(mounted)
+            found += (o for tree in below_sorted(trees, real) for o in mounted[tree])
         return found
 
 

@@ -255,7 +255,7 @@ class Ledger(BookedClaims):
         for key, _, real in (*booking.claims, *booking.places):
             _count(self.booked, key, owner, step)
             if key[0] == DIRECTORY:
-                _count(self.mounted, real, owner, step)
+                self.count_mounted(real, owner, step)
                 _count(self.dirs, key, owner, step)
                 if step > 0:
                     self.follow_mounted(owner, real)

@@ -6,7 +6,8 @@ through its host reaches the other device's node: the other host holds that devi
 advertised) while the pod lives, as one host serving both names does, and advertises it
 again once the pod ended. Before, the other host took the booking in but kept advertising the
 device Healthy (/readyz ok) while refusing every Allocate of it: each pod sent there failed
-admission."""
+admission. So too for a directory of example.com/a inside card0's tree (a tree a pod holds
+mounted, inside another host's mounted directory)."""
 
 from __future__ import annotations
 
@@ -39,25 +40,33 @@ def _unbooked(state: Path) -> Callable[[RealKubelet], bool]:
     return check
 
 
-@pytest.mark.parametrize("first", [NODE, CARD])
+@pytest.mark.parametrize(
+    ("inner", "first"), [("node", NODE), ("node", CARD), ("dir", NODE)], ids=["a", "b", "a-dir"]
+)
 async def test_a_device_reaching_another_hosts_booked_node_is_held_while_the_pod_lives(
-    real_kubelet_factory, short_dir: Path, first: str
+    real_kubelet_factory, short_dir: Path, inner: str, first: str
 ) -> None:
     """p0 gets `first`'s device through its host: the other name's device (its tree holds
     the node, or its node is in the tree) goes unadvertised on the other host while p0
     lives, and p1 of that name is refused; once p0 ended, it is advertised again and p2 of
-    that name gets it."""
+    that name gets it. `dir`: example.com/a is the directory `grp/card0/sub0` (a group
+    member, mounted) instead of the node, inside card0's tree."""
     dev, card = short_dir / "dev", short_dir / "grp" / "card0"
     dev.mkdir()
     card.mkdir(parents=True)
-    try:
-        for node in (dev / "fpga0", card / "n"):
-            os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(240, 0))
-    except PermissionError:
-        pytest.skip("mknod needs CAP_MKNOD")
+    if inner == "node":
+        try:
+            for node in (dev / "fpga0", card / "n"):
+                os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(240, 0))
+        except PermissionError:
+            pytest.skip("mknod needs CAP_MKNOD")
+        held = f'glob: {{paths: ["{dev}/fpga*"]}}'
+    else:
+        (card / "sub0").mkdir()
+        held = f"glob: {{group: [{{path: '{card}/sub{{key}}', mount: true}}]}}"
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     entries = {
-        NODE: f'  - name: {NODE}\n    glob: {{paths: ["{dev}/fpga*"]}}\n',
+        NODE: f"  - name: {NODE}\n    {held}\n",
         CARD: f"  - name: {CARD}\n    glob: {{group: [{{path: '{card.parent}/card{{key}}', "
         "mount: true}]}\n",
     }

@@ -46,9 +46,11 @@ def test_the_devices_env_is_passed_under_the_prefix_and_the_config_env_wins() ->
 
 
 def _recorder(root: Path, name: str, prints: str = "") -> str:
-    """The argv of a command that writes its environment to `root`/`name`.json."""
+    """The argv of a command that writes its environment to `root`/`name`.json (renamed
+    into place: the test reads it as soon as it is there)."""
     code = (
-        "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'));"
+        "import json, os, sys; f = open(sys.argv[1] + '.tmp', 'w');"
+        " json.dump(dict(os.environ), f); f.close(); os.replace(f.name, sys.argv[1]);"
         f" print({prints!r})"
     )
     return json.dumps([sys.executable, "-c", code, str(root / f"{name}.json")])

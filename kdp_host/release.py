@@ -54,6 +54,7 @@ from .release_use import (
     Checkpointed,
     DeviceUse,
     assume_used,
+    holders_kept,
     kept_entries,
     not_released,
     owe_held_before,
@@ -268,7 +269,7 @@ class ReleaseTracker:
                 if due is None or use.running is not None:
                     return
                 use.owed, use.owed_for, use.owed_covers = True, due[1], at
-                use.owed_holders = ()  # (the peer's use: its holders not seen here)
+                use.owed_holders = holders_kept(due[2])  # (as that host saw them)
                 self._log.info("release_owed", device=device_id, reason="peer_use", peer=due[0])
                 run = self._locked_release(device_id, use, acted_on(self._handed, device_id), lock)
                 use.running = task = asyncio.create_task(run, name=f"release:{device_id}")
@@ -300,23 +301,23 @@ class ReleaseTracker:
         return task
 
     async def _release(self, device_id: str, handed: Uses) -> None:
-        use = self.uses[device_id]
+        use, ended = self.uses[device_id], False
         try:
             if not handed:
                 await self._table.published.wait()  # acts on the device as listed: a list
             async with self._store.locks.held(self._resource.name, device_id) as lock:
                 await self._locked_release(device_id, use, handed, lock)
+                ended = True
         finally:
             use.running = None
             self._publish()
-            again, use.again = use.again, False
-            if again and not self._closed:  # (a use seen gone meanwhile: released now)
-                self._start(device_id)
+            if ended and use.owed and use.failure is None and not self._closed:  # (owed again
+                self._start(device_id)  # once it succeeded: released now, hostile14 N6)
 
     async def _locked_release(
         self, device_id: str, use: DeviceUse, handed: Uses, lock: DeviceLock
     ) -> None:
-        """The release, under the device's lock: not run when another host's covers it."""
+        """The release, under the device's lock: not run when a release covers it."""
         if lock.done_elsewhere(use.owed_for):
             self._succeeded(device_id, use, 0.0, handed, by=lock.record)
             return
@@ -348,7 +349,9 @@ class ReleaseTracker:
         """Released (`acted`: the uses it acted on go from the record, hostile14 N6)."""
         self._handed.change(device_id, lambda entry: after_release(entry, acted))
         use.released(self._wall(), again=owed_left(self._handed, device_id))
-        if by is not None:
+        if by is not None and by.writer == self._store.locks.writer:  # (this host's own
+            self._log.info("release_done_already", device=device_id)  # covered it)
+        elif by is not None:
             self._log.info("release_done_by_peer", device=device_id, peer=by.writer)
         else:
             self._log.info("release_ok", device=device_id, seconds=round(took, 3))

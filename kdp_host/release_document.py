@@ -12,7 +12,13 @@ from .devices import Device, DeviceNode, physical_id
 from .state_document import text
 
 Resources = dict[str, dict[str, dict[str, Any]]]
-"""Resource -> device -> {used: [IDs], owed: bool, allocatedAt?: float, handed?: {...}}."""
+"""Resource -> device -> {used: [IDs], owed: bool, allocatedAt?: float, holders?: [[...]],
+handed?: {...}}."""
+Names = tuple[str, str, str]
+"""A holder's namespace, pod and container."""
+OWED_KEYS = ("owedFor", "owedCovers", "holders")
+"""The keys of an entry that say which use its release is for (`checked_entry`): two
+entries merged keep the owed one's, not the later Allocate's."""
 
 
 def parse_resources(document: Mapping[str, Any]) -> Resources:
@@ -38,6 +44,11 @@ def merged_entry(one: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, 
     first, last = sorted((one, other), key=lambda e: float(e.get("allocatedAt", -math.inf)))
     merged = {**first, **last, "used": sorted({*one["used"], *other["used"]})}
     merged["owed"] = bool(one["owed"] or other["owed"])
+    owing = next((e for e in (last, first) if e["owed"]), last)  # (the use owed: its own)
+    for key in OWED_KEYS:
+        merged.pop(key, None)
+        if key in owing:
+            merged[key] = owing[key]
     merged.pop("bookedBy", None)
     if "bookedBy" in last:
         merged["bookedBy"] = last["bookedBy"]
@@ -73,26 +84,28 @@ def writers_of(document: Mapping[str, Any]) -> dict[str, Resources]:
 def checked_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     """One device's entry of the state file, checked: {"used": [IDs], "owed": bool}, and
     optionally `allocatedAt` (Unix time of its last Allocate), `handedUnknown` (true: what
-    it was handed out as is not known, `DeviceUse.handed_unknown`) and `handed` (the device
+    it was handed out as is not known, `DeviceUse.handed_unknown`), which use its release
+    is for, so that whichever host runs it knows it as the host that owed it (hostile23 F5):
+    `owedFor` and `owedCovers` (`DeviceUse.owed_for`, `owed_covers`: the use's identity, and
+    what its release covers, `release_lock`) and `holders` (who held it, as PodResources
+    showed that host: `[[namespace, pod, container], ...]`), and `handed` (the device
     as that Allocate handed it out: {"nodes": [[host path, container path], ...], "env":
     {}}), which files of older versions lack."""
     used, owed = entry["used"], entry["owed"]
     if not isinstance(used, list) or not isinstance(owed, bool):
         raise TypeError(f"a device entry is not {{used: [...], owed: true|false}}: {entry!r}")
     checked: dict[str, Any] = {"used": [text(i) for i in used], "owed": owed}
-    allocated_at = entry.get("allocatedAt")
-    if allocated_at is not None:
-        if (
-            isinstance(allocated_at, bool)
-            or not isinstance(allocated_at, (int, float))
-            or not math.isfinite(allocated_at)
-        ):
-            raise TypeError(f"allocatedAt is not a finite number: {allocated_at!r}")
-        checked["allocatedAt"] = float(allocated_at)
+    for key in ("allocatedAt", "owedFor", "owedCovers"):
+        if (at := entry.get(key)) is not None:
+            if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+                raise TypeError(f"{key} is not a finite number: {at!r}")
+            checked[key] = float(at)
     if entry.get("handedUnknown") is True:
         checked["handedUnknown"] = True
     if isinstance(booked_by := entry.get("bookedBy"), str):
         checked["bookedBy"] = booked_by
+    if holders := entry.get("holders"):
+        checked["holders"] = [list(names_of(h)) for h in holders]
     handed = entry.get("handed")
     if handed is not None:
         nodes, env = handed["nodes"], handed["env"]
@@ -111,9 +124,14 @@ def device_entry(
     allocated_wall: float | None,
     handed_unknown: bool = False,
     booked_by: str | None = None,
+    *,
+    owed_use: tuple[float | None, float | None] = (None, None),
+    holders: Iterable[Names] = (),
 ) -> dict[str, Any]:
-    """A device's entry as the tracker writes it (read back by `_entry`). `bookedBy`: the
-    host whose booking the use was taken from (`DeviceUse.booked_by`)."""
+    """A device's entry as the tracker writes it (read back by `checked_entry`). `bookedBy`:
+    the host whose booking the use was taken from (`DeviceUse.booked_by`); `owed_use`: the
+    owed use's `owedFor` and `owedCovers`; `holders`: who held the use its release is for
+    (`DeviceUse.kept_holders`)."""
     entry: dict[str, Any] = {"used": sorted(used), "owed": owed}
     if allocated_wall is not None:
         entry["allocatedAt"] = allocated_wall
@@ -121,7 +139,20 @@ def device_entry(
         entry["handedUnknown"] = True
     if booked_by is not None:
         entry["bookedBy"] = booked_by
+    for key, at in zip(("owedFor", "owedCovers"), owed_use, strict=True):
+        if owed and at is not None:
+            entry[key] = at
+    if names := [list(h) for h in holders]:
+        entry["holders"] = names
     return entry
+
+
+def names_of(value: object) -> Names:
+    """A holder of an entry's `holders` (`[namespace, pod, container]`), checked."""
+    if not isinstance(value, list) or len(value) != 3:
+        raise TypeError(f"a holder is not [namespace, pod, container]: {value!r}")
+    namespace, pod, container = (text(v) for v in value)
+    return namespace, pod, container
 
 
 def handed_device(device_id: str, entry: Mapping[str, Any]) -> Device | None:

@@ -9,9 +9,12 @@ PodResources answer that showed the device free: when it was asked; or the Alloc
 handed an ID out again). A use the kubelet had recorded before then (its Allocate +
 `Timings.allocation_settle`, or the last answer that listed it held: `DeviceUse.last_use`;
 not one that only carried its holder, which each host does for its own while), by any
-host, is released: a host that finds its owed release so covered by another host's
-skips it (`done_elsewhere`), and such a use another host wrote into `release-state.json`
-counts as released (`owed_by_peers`).
+host, is released: a host that finds its owed release so covered skips it
+(`done_elsewhere`; another host's release, or its own: one use it learnt was owed from two
+sources, the state file taken up at its start and that use's ID allocated again, hostile23
+F5), and such a use another host wrote into `release-state.json` counts as released
+(`owed_by_peers`; an entry keeps its owed use's own time, `owedFor`, as the host that owed
+it knew it, whichever host runs the release).
 
 Under the lock, PreStartContainer reads the other hosts' entries of `release-state.json` fresh
 (`ReleaseStateStore.peer_entries`): one that says a device owed, or used by IDs this container
@@ -29,6 +32,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -97,15 +101,12 @@ class DeviceLock:
     record: Released | None
 
     def done_elsewhere(self, owed_for: float | None) -> bool:
-        """Whether another host's release succeeded after the use recorded by `owed_for`
-        (Unix time; None: not known) was seen gone."""
+        """Whether a release succeeded after the use recorded by `owed_for` (Unix time;
+        None: not known) was seen gone: another host's, or this host's own, that one use
+        owed again from another source (the state file, another host's entry, an ID of it
+        the kubelet's checkpoint still listed and allocated again: hostile23 F5)."""
         record = self.record
-        return (
-            record is not None
-            and owed_for is not None
-            and record.writer != self.writer
-            and record.covers > owed_for
-        )
+        return record is not None and owed_for is not None and record.covers > owed_for
 
     async def released(self, covers: float | None) -> None:
         """A release succeeded: every use recorded before `covers` is released (None: not
@@ -180,6 +181,14 @@ class DeviceLocks:
         return await self.offload.run(lambda: _read(fd))
 
 
+def through(recorded: float) -> float:
+    """The `Released.covers` of a release that covers the use recorded at `recorded` (Unix
+    time) and every use recorded before it, when nothing says when it was seen gone (a use
+    `handed-out.json` alone keeps owed, `release_recorded`): the next time after it (`covers`
+    is exclusive), so every host that knows that use by that time sees it released."""
+    return math.nextafter(recorded, math.inf)
+
+
 def _try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -203,10 +212,10 @@ def owed_by_peers(
     held: Iterable[str],
     timings: Timings,
     booked_by: str | None = None,
-) -> tuple[str, float] | None:
-    """Of the other hosts' entries of a device (`ReleaseStateStore.peer_entries`): the host
-    and the `DeviceUse.last_use` (its Allocate + `allocation_settle`; -inf: not known) of
-    the latest use whose release is due when a
+) -> tuple[str, float, Mapping[str, Any]] | None:
+    """Of the other hosts' entries of a device (`ReleaseStateStore.peer_entries`): the host,
+    the `DeviceUse.last_use` (its Allocate + `allocation_settle`; -inf: not known) and the
+    entry of the latest use whose release is due when a
     container starts with the IDs `started` allocated at `allocated` (Unix time): an entry
     owed, or used only by IDs allocated again since; not one the release the `lock` keeps
     covers, nor one taken from this host's own booking (`bookedBy`: its own use), nor,
@@ -219,18 +228,19 @@ def owed_by_peers(
     ids, covers = set(started), float("-inf") if record is None else record.covers
     if set(held) - ids:
         return None
-    due: tuple[str, float] | None = None
+    due: tuple[str, float, Mapping[str, Any]] | None = None
     for writer, entry in peers:
         at = entry.get("allocatedAt")
         at = float("-inf") if at is None else float(at)
-        if at + timings.allocation_settle < covers or entry.get("bookedBy") == lock.writer:
+        recorded = at + timings.allocation_settle
+        if recorded < covers or entry.get("bookedBy") == lock.writer:
             continue  # released since, or this host's own use seen by that host
-        used = set(entry.get("used", ()))
+        owed = entry.get("owed") and not entry.get("owedFor", recorded) < covers  # (as
+        used = set(entry.get("used", ()))  # `done_elsewhere`: that use released since)
         if used - ids:
             return None  # (another ID of a shared device in use)
-        if at >= allocated or (writer == booked_by and not entry.get("owed")):
+        if at >= allocated or (writer == booked_by and not owed):
             continue  # a later use of these IDs (not proven gone), or the one starting
-        recorded = at + timings.allocation_settle
-        if (entry.get("owed") or used) and (due is None or recorded > due[1]):
-            due = (writer, recorded)
+        if (owed or used) and (due is None or recorded > due[1]):
+            due = (writer, recorded, entry)
     return due

@@ -18,7 +18,8 @@ the state took the newest Allocate, it knows what happened since (a use seen gon
 done): the record changes nothing. A release that had run when the kill came is not run
 again: its lock file keeps what it covered (`release_lock.Released`), and an owed use taken
 here is dated by its Allocate (`DeviceUse.last_use`, as the state's are), so
-`DeviceLock.done_elsewhere` skips it. The host reads the record before the state
+`DeviceLock.done_elsewhere` skips it; one run here covers it for every host that knows it
+(`release_lock.through`: when it was seen gone is not recorded, hostile23 F5). The host reads the record before the state
 (`host.Host`): a use another host on the directory answers meanwhile (a rolling update) is
 then in neither, or in both unless its state write is slower than the gap between the two
 reads; one that is (a stalled write) is taken as a use of this host's, dated by its
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from .handed_entries import uses
 from .logs import EventLogger
+from .release_lock import through
 from .release_use import DeviceUse
 
 if TYPE_CHECKING:
@@ -67,7 +69,7 @@ def recorded_uses(
         use = kept.setdefault(device_id, DeviceUse())
         if owed and not use.owed:
             use.last_use = max(owed) + settle  # (when the kubelet had recorded them)
-            use.owe(None)
+            use.owe(through(use.last_use))  # (seen gone: when, not known)
         if newer:
             for advertised in sorted(handed.ids):
                 use.begun(advertised, (now - max(0.0, wall - handed.at), handed.at), settle)

@@ -13,14 +13,14 @@ from grpclib.const import Status
 from .allocation import HookFailed
 from .backoff import Backoff
 from .devices import physical_id
+from .holdings import Holder
 from .logs import EventLogger
-from .release_document import device_entry, handed_device
+from .release_document import Names, device_entry, handed_device, names_of
 from .rules import join_list
 
 if TYPE_CHECKING:
     from .devices import Device
     from .handed_out import HandedOut
-    from .holdings import Holder
     from .identity import Identity
     from .ownership_claims import Owner
     from .timings import Timings
@@ -78,9 +78,6 @@ class DeviceUse:
     backoff: Backoff | None = None
     """The waits before its failed release is tried again (None: it has not failed since its
     last success; made by the tracker from its `Timings`)."""
-    again: bool = False
-    """A use seen gone while its release ran, which that release did not act on: owed still,
-    run again as soon as it ends (hostile14 N6)."""
     joined: set[str] = field(default_factory=set)
     """IDs handed out while other IDs of the device were in use, as last seen, that no answer
     since has shown still shared with a live holder (`release_join`; not kept: a restart
@@ -89,8 +86,11 @@ class DeviceUse:
     """Unix time of the first of those Allocates (before it, every use is an earlier one)."""
 
     def released(self, wall: float, again: bool) -> None:
-        """Its release succeeded at `wall` (`again`: a use seen gone meanwhile is owed)."""
-        self.owed = self.again = again
+        """Its release succeeded at `wall` (`again`: a use seen gone meanwhile is owed, and
+        run again as soon as it ends, hostile14 N6: that use is not the one the release was
+        owed for, so no release's record covers it yet, `owed_for` not known)."""
+        self.owed = again
+        self.owed_for = None if again else self.owed_for
         self.handed_unknown, self.failure, self.backoff = False, None, None
         self.released_at = wall
 
@@ -133,6 +133,14 @@ class DeviceUse:
         """Who held the use being released last, as PodResources said (`owed_holders`): the
         `{namespace}`, `{pod}` and `{container}` of the release's templates."""
         return {key: _joined(getattr(h, key) for h in self.owed_holders) for key in HOLDER_KEYS}
+
+    def kept_holders(self) -> list[Names]:
+        """Who held the use its release is for (owed: `owed_holders`; else the current use's
+        `holders`), as the state file keeps them (`release_document.device_entry`): the host
+        that runs that release, this one after a restart or another on the directory, names
+        them (`{pod}`: hostile23 F5). A holder with no names (unlisted) is left out."""
+        held = self.owed_holders if self.owed else self.holders
+        return [(h.namespace, h.pod, h.container) for h in held if h.listed]
 
     def last_holders(self) -> str:
         """Who held it last, as `namespace/pod/container` (a log line's)."""
@@ -299,7 +307,19 @@ def kept_use(entry: Mapping[str, Any], now: float, wall: float, settle: float) -
         use.allocated_wall, use.last_use = allocated, allocated + settle
         use.owed_for = use.last_use if use.owed else None
         use.allocated_at = now - max(0.0, wall - allocated)
+    if use.owed:  # (the use owed as the host that owed it knew it, whichever host that was)
+        use.owed_for = entry.get("owedFor", use.owed_for)
+        use.owed_covers, use.owed_holders = entry.get("owedCovers"), holders_kept(entry)
+    else:
+        use.holders = holders_kept(entry)
     return use
+
+
+def holders_kept(entry: Mapping[str, Any]) -> tuple[Holder, ...]:
+    """Who held the use a device's entry (this host's or another's) says its release is for
+    (`DeviceUse.kept_holders`; since: its Allocate)."""
+    since = entry.get("allocatedAt") or 0.0
+    return tuple(Holder(*names_of(names), since) for names in entry.get("holders", ()))
 
 
 def taken_up(
@@ -323,7 +343,13 @@ def kept_entries(uses: Mapping[str, DeviceUse]) -> dict[str, dict[str, Any]]:
     """The devices' entries the state file keeps (`release_state.device_entry`)."""
     return {
         device_id: device_entry(
-            use.used, use.owed, use.allocated_wall, use.handed_unknown, use.booked_by
+            use.used,
+            use.owed,
+            use.allocated_wall,
+            use.handed_unknown,
+            use.booked_by,
+            owed_use=(use.owed_for, use.owed_covers),
+            holders=use.kept_holders(),
         )
         for device_id, use in uses.items()
         if use.used or use.owed

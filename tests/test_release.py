@@ -512,7 +512,8 @@ async def test_an_unreadable_state_file_counts_every_device_as_used(short_dir: P
     assert commands.runs == [["reset", "fpga0", ""]]  # fpga1 is held: released when freed
     await tracker.close()
     written = json.loads((state / STATE_FILE).read_text())
-    assert written["resources"][FPGA] == {"fpga1": {"used": ["fpga1"], "owed": False}}
+    kept = {"used": ["fpga1"], "owed": False, "holders": [["ns", "p9", "c"]]}  # (whose use)
+    assert written["resources"][FPGA] == {"fpga1": kept}
     assert os.path.exists(state / (STATE_FILE + ".unreadable"))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from kdp_host.release import ReleaseTracker
 from kdp_host.release_state import STATE_FILE, ReleaseStateStore
 from kdp_host.release_use import ReleaseState
 from kdp_host.start_budget import StartBudget
+from kdp_host.state_lock import hold_instance
 from kdp_host.timings import Timings
 
 from .conftest import wait_until
@@ -315,6 +317,57 @@ async def test_a_release_owed_for_a_peer_use_is_not_given_the_next_pod(short_dir
     new.holdings(_held_by("p2"))  # (asked after p2's Allocate: p2 holds it)
     await new.before_start(["fpga0"])
     assert new_commands.runs == [["reset", "fpga0", ""]]
+    await old.close()
+    await new.close()
+
+
+async def test_a_use_owed_from_before_and_by_the_stopped_host_is_released_once(
+    short_dir: Path,
+) -> None:
+    """hostile23 F5: the old host saw p1 hold the device, then gone: its release of p1's use
+    runs; the new host starts, takes that owed use up from the state file (owed from before)
+    and waits for the lock; the old host stops mid-release. The new host runs it once, naming
+    p1, and p2's start through it runs no other release of that use (on the old code: the
+    old host's entry, still owed, was released again as a peer's use, `{pod}` empty; and
+    when the kubelet's checkpoint still listed p1's ID at the new host's start, once more as
+    that ID allocated again)."""
+    old_commands, new_commands = _Commands(), _Commands()
+    old = _host(short_dir, "host-old", old_commands, pod=True)
+    old.allocated(["fpga0"])  # p1, through the old host
+    old.holdings(_held_by("p1"))
+    await old.before_start(["fpga0"])
+    old_commands.gate.clear()  # (its release is stopped inside)
+    old.holdings(_free())  # p1 ended: the old host releases
+    await wait_until(lambda: old_commands.runs, what="the old host's release runs")
+    state = short_dir / "state" / STATE_FILE
+    await wait_until(lambda: '"owed": true' in state.read_text(), what="its owed entry")
+    running = hold_instance(str(short_dir / "state"), "host-old", get_logger())
+    new = _host(short_dir, "host-new", new_commands, pod=True)  # (owed from before)
+    await old.close()  # stopped mid-release: its entry stays owed
+    os.close(running)  # (the old host's end)
+    await wait_until(lambda: new.view("fpga0")["state"] == "clean", what="the new host's release")
+    stale = {FPGA: {"fpga0": 0.0}}  # (p1's ID, still in the kubelet's checkpoint: unlisted)
+    new.holdings(with_unlisted(Holdings(time.monotonic(), 0.0, {FPGA: {}}), stale))
+    new.allocated(["fpga0"])  # p2, through the new host: allocated again, p1's use owed again
+    await new.before_start(["fpga0"])
+    assert new_commands.runs == [["reset", "fpga0", "p1"]]
+    await new.close()
+
+
+async def test_a_release_owed_for_a_peer_use_names_the_pod_that_host_saw(short_dir: Path) -> None:
+    """hostile23 F5: the old host saw p1 hold the device (its entry keeps who held the use);
+    p1's use is released at p2's start through the new host: `{pod}` is p1, as the old host
+    knew it (on the old code: empty, the entry kept no holders)."""
+    old_commands, new_commands = _Commands(), _Commands()
+    new = _host(short_dir, "host-new", new_commands, pod=True)
+    old = _host(short_dir, "host-old", old_commands, pod=True)
+    old.allocated(["fpga0"])  # p1, through the old host
+    old.holdings(_held_by("p1"))  # (the old host's poll: p1 holds it)
+    await old.before_start(["fpga0"])  # (its entry written)
+    new.allocated(["fpga0"])  # p1 ended; p2 through the new host
+    new.holdings(_held_by("p2"))
+    await new.before_start(["fpga0"])
+    assert new_commands.runs == [["reset", "fpga0", "p1"]] and old_commands.runs == []
     await old.close()
     await new.close()
 

@@ -19,11 +19,12 @@ done): the record changes nothing. A release that had run when the kill came is 
 again: its lock file keeps what it covered (`release_lock.Released`), and an owed use taken
 here is dated by its Allocate (`DeviceUse.last_use`, as the state's are), so
 `DeviceLock.done_elsewhere` skips it; one run here covers it for every host that knows it
-(`release_lock.through`: when it was seen gone is not recorded, hostile23 F5). The host reads the record before the state
-(`host.Host`): a use another host on the directory answers meanwhile (a rolling update) is
-then in neither, or in both unless its state write is slower than the gap between the two
-reads; one that is (a stalled write) is taken as a use of this host's, dated by its
-Allocate, whose release the other host runs before that pod's next container start.
+(`release_lock.through`: when it was seen gone is not recorded, hostile23 F5). The host
+reads the record before the state (`host.Host`): a use another host on the directory
+answers meanwhile (a rolling update) is then in neither, or in both unless its state write
+is slower than the gap between the two reads; one that is (a stalled write) is taken as a
+use of this host's, dated by its Allocate, whose release the other host runs before that
+pod's next container start.
 
 The other way round (the state keeps a use the record does not) needs no rule: the record
 drops a device's entry only once none of its IDs is booked, and a booking stays while the

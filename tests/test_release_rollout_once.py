@@ -7,7 +7,9 @@ gate file here, so the kill lands inside it every run); the new host starts, reg
 takes that owed use up from the files the old host kept; the old host is killed. The new
 host then ran the release twice before p2's container started: once as owed from before
 (`release_owed_from_before`), once more as the killed host's use (`release_owed
-reason=peer_use`), both with `{pod}` empty.
+reason=peer_use`), both with `{pod}` empty; a third time when the kubelet's checkpoint still
+listed p1's ID at its start and p2 was allocated it (`release_owed reason=allocated_again`).
+A third host started while p2 ran released fpga0 under p2.
 """
 
 from __future__ import annotations

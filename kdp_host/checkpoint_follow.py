@@ -33,6 +33,16 @@ own write after this host's previous admission: ~0.15 ms at 1,000 entries, off t
 a look begun then where the watcher cannot vouch (polling, the directory not watched, the
 events still unread after a few turns of the loop). Past `ANSWER_WAIT` the Allocate is
 refused (UNAVAILABLE), not answered blind.
+
+A booking of an entry of another name ends once the file no longer lists it (hostile23 F6:
+with PodResources polling off nothing else ends it; the kubelet drops an entry only once its
+pod is gone, `ownership_learnt`): a look whose entries lack the (resource, ID) of a booking
+from the checkpoint alone of a name not served (`Learnt.unvouched`; also the first look,
+after a start that took such a booking from `ownership.json`) has the file read again in
+full, its checksum checked also when it lists nothing (`vouched_ids`), and ends those it does
+not list that were booked before that read began (`Learnt.end_unvouched`), once the look's
+bookings are done (no Allocate waits for it). A missing or unusable file ends nothing; a
+look whose entries and such bookings are those of the last full read reads nothing again.
 """
 
 from __future__ import annotations
@@ -42,12 +52,19 @@ import functools
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable, Collection
-from typing import Final
+from collections.abc import Awaitable, Callable, Collection, Container
+from typing import Final, Protocol
 
 from .files import FileReadError, Offload, read_attribute
-from .kubelet_checkpoint import CHECKPOINT_FILE, MAX_CHECKPOINT_BYTES, READ_TIMEOUT
+from .kubelet_checkpoint import (
+    CHECKPOINT_FILE,
+    MAX_CHECKPOINT_BYTES,
+    READ_TIMEOUT,
+    CheckpointError,
+    vouched_ids,
+)
 from .logs import EventLogger
+from .ownership_claims import Owner
 from .places_followed import Vouching
 from .watch import Subscription, Watcher
 
@@ -61,6 +78,8 @@ ENTRY_KEYS: Final = frozenset({"PodUID", "ContainerName", "ResourceName", "Devic
 ANSWER_WAIT: Final = 5.0
 """Seconds an Allocate waits at most for the look at the writes made before it came
 (`CheckpointFollower.looked`); past them it is refused."""
+Listed = frozenset[tuple[str, str]]
+"""(resource, ID) pairs a checkpoint lists."""
 TURNS: Final = 3
 """Turns of the loop an Allocate gives the watcher to read the events it holds before a
 look is begun for it instead (events keep coming elsewhere)."""
@@ -121,6 +140,43 @@ def _cut(blob: bytes, served: frozenset[str]) -> Entries | None:
     return frozenset(out)
 
 
+def entry_ids(text: bytes) -> Listed:
+    """The (resource, ID) pairs of one entry as `others_entries` gives it (none where it
+    is not of the kubelet's shape: the full read that ends a booking checks the file)."""
+    try:
+        entry = json.loads(text)
+        by_numa = entry.get("DeviceIDs") or {}
+        resource = entry.get("ResourceName", "")
+        return frozenset((resource, i) for ids in by_numa.values() for i in ids)
+    except (ValueError, TypeError, AttributeError):
+        return frozenset()
+
+
+def listed_in(path: str) -> Listed | None:
+    """Every (resource, ID) the checkpoint at `path` lists, checked (the kubelet's shape and
+    checksum, also with no entry); None when there is no such file or it cannot be used.
+    Blocking."""
+    try:
+        blob = read_attribute(path, MAX_CHECKPOINT_BYTES)
+        return None if blob is None else vouched_ids(blob)
+    except (FileReadError, CheckpointError):
+        return None
+
+
+class Learnt(Protocol):
+    """The bookings from the kubelet's checkpoint alone (`OwnershipIndex`, `ownership_learnt`)."""
+
+    def unvouched(
+        self, listed: Container[tuple[str, str]], covered: Callable[[str], bool]
+    ) -> list[tuple[Owner, float]]: ...
+
+    def vouch_began(self) -> float: ...
+
+    def end_unvouched(
+        self, listed: Container[tuple[str, str]], covered: Callable[[str], bool], began: float
+    ) -> list[Owner]: ...
+
+
 @functools.lru_cache(maxsize=8)
 def _other_name(served: frozenset[str]) -> re.Pattern[bytes]:
     """Finds an entry's name that is not `served`'s, in compact JSON without escapes."""
@@ -141,10 +197,16 @@ class CheckpointFollower:
         log: EventLogger,
         served: Callable[[], Collection[str]],
         book: BookOthers,
+        learnt: Learnt | None = None,
     ) -> None:
         self._path = os.path.join(socket_dir, CHECKPOINT_FILE)
         self._dir, self._offload, self._log = socket_dir, offload, log
-        self._served, self._book = served, book
+        self._served, self._book, self._learnt = served, book, learnt
+        self._ids: dict[bytes, Listed] = {}
+        """The entries of the last look whose IDs were asked for -> their IDs."""
+        self._vouched: tuple[Entries, tuple[tuple[Owner, float], ...]] | None = None
+        """The entries and unvouched bookings (each with when it was booked) of the last
+        full read (`_end_unlisted`): the same again reads nothing."""
         self._seen: Entries = frozenset()
         """Other names' entries a booking read has covered (the last look's, if fewer)."""
         self._dirty = False
@@ -161,8 +223,9 @@ class CheckpointFollower:
         """`_heard` when the running look's read began."""
         self._progress: asyncio.Future[None] | None = None
         """Set when a look finishes (`looked` waits on it)."""
-        self.looks = self.bookings = 0
-        """Looks at a write, and booking reads they led to (tests, benchmarks)."""
+        self.looks = self.bookings = self.unbooked = 0
+        """Looks at a write, booking reads they led to, and bookings ended (tests,
+        benchmarks)."""
 
     def follow(self, watcher: Watcher) -> CheckpointFollower:
         """Follow the file from now on, with a look now (a write since the start's read)."""
@@ -249,7 +312,7 @@ class CheckpointFollower:
             if self._looking.done():
                 self._looking = None
         if entries is not None and entries <= self._seen:
-            self._seen = entries  # (entries gone: their bookings end by their own rules)
+            self._seen = entries  # (entries gone: their bookings end below, or by PodResources)
         else:
             self.bookings += 1
             if await self._book(served):  # (a file that cannot be used: logged by the read)
@@ -259,6 +322,38 @@ class CheckpointFollower:
         progress, self._progress = self._progress, None
         if progress is not None and not progress.done():
             progress.set_result(None)
+        if entries is not None and self._learnt is not None:  # (no Allocate waits for it)
+            await self._end_unlisted(self._learnt, entries, served)
+
+    async def _end_unlisted(self, learnt: Learnt, entries: Entries, served: frozenset[str]) -> None:
+        """End the bookings from the checkpoint alone of names not `served` that the file
+        no longer lists (the module's rules): asked of the look's `entries`, then of a full
+        read begun after now."""
+        ids = self._ids = {text: self._ids.get(text) or entry_ids(text) for text in entries}
+        listed = frozenset().union(*ids.values())
+
+        def covered(resource: str) -> bool:
+            return resource not in served
+
+        unvouched = tuple(learnt.unvouched(listed, covered))
+        if not unvouched or self._vouched == (entries, unvouched):
+            return
+        began = learnt.vouch_began()
+        reading = self._offload.run(functools.partial(listed_in, self._path))
+        try:
+            full = await asyncio.wait_for(reading, READ_TIMEOUT)
+        except TimeoutError:
+            return
+        if full is None:  # (no file, or one that cannot be used: it ends nothing)
+            return
+        self._vouched = (entries, unvouched)
+        for owner in learnt.end_unvouched(full, covered, began):
+            self.unbooked += 1
+            self._log.bind(resource=owner.resource).info(
+                "kubelet_checkpoint_unbooked",
+                device=owner.device,
+                reason="the kubelet's checkpoint no longer lists it: its pod is gone",
+            )
 
     def _tell(self, problem: str | None) -> None:
         """A look that hangs is logged once (a file that cannot be used: by the read)."""

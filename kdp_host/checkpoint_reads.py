@@ -39,7 +39,7 @@ from .checkpoint_bookings import (
     book_others,
     unlist,
 )
-from .checkpoint_follow import ANSWER_WAIT, CheckpointFollower
+from .checkpoint_follow import ANSWER_WAIT, CheckpointFollower, Learnt
 from .files import Offload
 from .logs import EventLogger
 
@@ -156,12 +156,18 @@ class CheckpointReads:
         self._disarm(resource, armed)
         return None
 
-    def follow(self, watcher: Watcher, served: Callable[[], Collection[str]]) -> None:
+    def follow(
+        self,
+        watcher: Watcher,
+        served: Callable[[], Collection[str]],
+        learnt: Learnt | None = None,
+    ) -> None:
         """While the host runs: the entries of every name but `served`'s (the names the host
         serves now) booked, and admitted against, before an Allocate that came after the
-        kubelet's write is answered (`checkpoint_follow`)."""
+        kubelet's write is answered, and the bookings from the file alone of those names
+        (`learnt`'s) ended once it no longer lists them (`checkpoint_follow`)."""
         self.follower = CheckpointFollower(
-            self._dir, self._offload, self._log, served, self._book_others
+            self._dir, self._offload, self._log, served, self._book_others, learnt
         )
         self.follower.follow(watcher)
 

@@ -175,7 +175,8 @@ class Host:
         node_features = node_feature_file(self.config.node_features, self.log, self._work, instance)
         reads = CheckpointReads(self.ownership, kubelet.socket_dir, self._work, self.log,
                                 self.pod_resources, self.metrics)  # fmt: skip
-        reads.follow(watcher, lambda: [r.name for r in self.selection.config.resources])
+        reads.follow(watcher, lambda: [r.name for r in self.selection.config.resources],
+                     self.ownership)  # fmt: skip
         services = HostServices(
             kubelet, self.instance_id, watcher, self.metrics, self.log, safety_net, self.drivers,
             commands=commands, pod_resources=self.pod_resources, release_state=release_state,

@@ -204,6 +204,41 @@ def parse_checkpoint(
     checked: its shape, the kubelet's checksum, each answer. A checkpoint with none of them
     is not checked further (the checksum costs about 0.2 µs per byte of its rendering: what
     nothing is booked from is not paid for). Raises CheckpointError."""
+    data, expected, entries = _entries_of(blob)
+    wanted = [
+        e
+        for e in entries
+        if (resources is None or e["ResourceName"] in resources) and e["ResourceName"] not in skip
+    ]
+    if not wanted:
+        return []
+    _checksum_checked(data, expected)
+    answers: dict[str, Answer] = {}
+    return [_handed(entry, answers) for entry in wanted]
+
+
+def listed_ids(blob: bytes) -> frozenset[tuple[str, str]]:
+    """Every (resource, device ID) a checkpoint lists, checked as `parse_checkpoint` checks
+    it (`unlisted`: an ID the kubelet dropped from it was freed). Raises CheckpointError."""
+    return frozenset((h.resource, i) for h in parse_checkpoint(blob) for i in h.ids)
+
+
+def vouched_ids(blob: bytes) -> frozenset[tuple[str, str]]:
+    """Every (resource, device ID) a checkpoint lists, its shape and the kubelet's checksum
+    checked also when it lists none, no answer decoded: what ends a booking made from it
+    alone (`ownership_learnt`). Raises CheckpointError."""
+    data, expected, entries = _entries_of(blob)
+    _checksum_checked(data, expected)
+    return frozenset(
+        (entry["ResourceName"], device_id)
+        for entry in entries
+        for ids in (entry.get("DeviceIDs") or {}).values()
+        for device_id in ids
+    )
+
+
+def _entries_of(blob: bytes) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+    """A checkpoint's `Data`, `Checksum` and entries, of the kubelet's shape (`_check`)."""
     try:
         document = json.loads(blob)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -219,13 +254,10 @@ def parse_checkpoint(
         raise CheckpointError("PodDeviceEntries is not a list")
     for entry in entries or ():
         _check(entry)
-    wanted = [
-        e
-        for e in entries or ()
-        if (resources is None or e["ResourceName"] in resources) and e["ResourceName"] not in skip
-    ]
-    if not wanted:
-        return []
+    return data, expected, entries or []
+
+
+def _checksum_checked(data: dict[str, Any], expected: int) -> None:
     registered = data.get("RegisteredDevices")
     if registered is not None and not _ids_by(registered, _text):
         raise CheckpointError("RegisteredDevices is not a map of ID lists")
@@ -235,14 +267,6 @@ def parse_checkpoint(
             f"checksum {expected} does not match its data ({actual}): written in part, or "
             "changed by hand"
         )
-    answers: dict[str, Answer] = {}
-    return [_handed(entry, answers) for entry in wanted]
-
-
-def listed_ids(blob: bytes) -> frozenset[tuple[str, str]]:
-    """Every (resource, device ID) a checkpoint lists, checked as `parse_checkpoint` checks
-    it (`unlisted`: an ID the kubelet dropped from it was freed). Raises CheckpointError."""
-    return frozenset((h.resource, i) for h in parse_checkpoint(blob) for i in h.ids)
 
 
 def _check(entry: Any) -> None:

@@ -196,7 +196,7 @@ class OwnershipIndex(Watching):
         replicas = 1 if state is None else state.replicas or 1
         for advertised in (device_id, *replica_ids(device_id, replicas)):
             booking = self._ledger.bookings.get(Owner(resource, advertised))
-            if booking is not None and not booking.claims and booking.places:
+            if booking is not None and booking.from_checkpoint:
                 owner = Owner(resource, advertised)
                 if not shared and self._shared_with_a_holder(owner, booking.places):
                     return None

@@ -28,7 +28,7 @@ this one).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Container, Iterable, Mapping
+from collections.abc import Callable, Collection, Container, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 
 from .allocation import cdi_device_name
@@ -126,6 +126,35 @@ class BookingAllocations(HandingOut):
             self._ledger.changed()
             self._admit_all_again()
         return gained
+
+    def unvouched(
+        self, listed: Container[tuple[str, str]], covered: Callable[[str], bool]
+    ) -> list[tuple[Owner, float]]:
+        """The bookings from the kubelet's checkpoint alone of a `covered` name that a file
+        listing `listed` no longer vouches for (`LearntBookings.unvouched`), whenever booked,
+        each with when (index clock: one booked again is another)."""
+        bookings = self._ledger.bookings
+        return [(o, bookings[o].since) for o in self._ledger.unvouched(listed, covered)]
+
+    def vouch_began(self) -> float:
+        """The index clock as a read of the kubelet's checkpoint begins (`end_unvouched`)."""
+        return self._clock()
+
+    def end_unvouched(
+        self, listed: Container[tuple[str, str]], covered: Callable[[str], bool], began: float
+    ) -> list[Owner]:
+        """End the bookings from the kubelet's checkpoint alone of a `covered` name that a
+        read of the file begun at `began` (`vouch_began`) no longer lists (`listed`): their
+        pods are gone (`ownership_learnt`); written, and the resources admitted again (what
+        they held is advertised). The owners of those that ended."""
+        ledger = self._ledger
+        gone = ledger.end_unvouched(listed, covered, began)
+        if gone:
+            self._bookings_ended(gone)
+            ledger.changed()
+            self._wake_waiting("")
+            self._drain()
+        return gone
 
     def serve(self, resources: Iterable[str]) -> None:
         """The config's resources at start (this host's own, not another plugin's): while a

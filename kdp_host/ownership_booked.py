@@ -57,6 +57,14 @@ class Booking:
     exclusively is advertised while the booking lives, whatever its device's listing does
     since; other devices may still share it (issue 17, hostile19 F5)."""
 
+    @property
+    def from_checkpoint(self) -> bool:
+        """Booked from the kubelet's checkpoint alone (`kubelet_checkpoint.take_handed`: the
+        paths its answer handed out, no device of this host's, no record of its own; another
+        plugin's ID): the kubelet's file vouches for it, and it ends once that file no longer
+        lists it (`Ledger.unvouched`)."""
+        return not self.claims and bool(self.places)
+
 
 class BookedClaims(SharedHeld):
     """The bookings by booked ID and by claim, and the conflicts of a device with them."""

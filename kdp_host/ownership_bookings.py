@@ -29,9 +29,10 @@ from typing import Any, Protocol
 
 from .devices import advertises
 from .identity import DIRECTORY
-from .ownership_booked import BookedClaims, Booking
+from .ownership_booked import Booking
 from .ownership_claims import SYSFS, Claim, ClaimKey, Owner, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
+from .ownership_learnt import LearntBookings
 from .ownership_shared_held import count as _count
 from .turns import Pace, Steps, to_the_end
 
@@ -84,7 +85,7 @@ class Releases(Protocol):
         """Whether a release tracker of `resource` runs (its owed releases can run)."""
 
 
-class Ledger(BookedClaims):
+class Ledger(LearntBookings):
     """The host's bookings (one per ownership index), by booked ID and by claim."""
 
     def __init__(self, writer: str | None = None) -> None:
@@ -120,8 +121,11 @@ class Ledger(BookedClaims):
 
     def add(self, owner: Owner, booking: Booking) -> None:
         known = owner in self.bookings
+        if known:
+            self._learn(owner, self.bookings[owner], -1)
         self.bookings[owner] = booking
         self._index(owner, booking, 1)
+        self._learn(owner, booking, 1)
         at = bisect_left(self._order, owner_order(owner), key=owner_order)
         if known:
             self._entries[at] = self._entry(owner)
@@ -131,7 +135,9 @@ class Ledger(BookedClaims):
 
     def drop(self, owner: Owner) -> None:
         self.drops += 1
-        self._index(owner, self.bookings.pop(owner), -1)
+        booking = self.bookings.pop(owner)
+        self._index(owner, booking, -1)
+        self._learn(owner, booking, -1)
         at = bisect_left(self._order, owner_order(owner), key=owner_order)
         del self._order[at], self._entries[at]
 
@@ -315,13 +321,28 @@ class Ledger(BookedClaims):
             and owner.device not in held(owner.resource)
             and not self.releasing(owner.resource, booking.device)
         ]
+        return self._end(gone)
+
+    def end_unvouched(
+        self, listed: Container[tuple[str, str]], covered: Callable[[str], bool], began: float
+    ) -> list[Owner]:
+        """End the bookings `unvouched` (`LearntBookings`) by a read of the kubelet's
+        checkpoint begun at `began` (index clock); the owners of those that ended."""
+        gone = self.unvouched(listed, covered, began)
+        self._end(gone)
+        return gone
+
+    def _end(self, gone: list[Owner]) -> bool:
+        """The bookings of `gone` end, their pods seen gone (`ended`); True if one did."""
         self.ended.extend((owner, self.bookings[owner].device) for owner in gone)
         if len(gone) == 1:
             self.drop(gone[0])
         elif gone:  # (one pass over the file's order, not one per booking gone)
             for owner in gone:
                 self.drops += 1
-                self._index(owner, self.bookings.pop(owner), -1)
+                booking = self.bookings.pop(owner)
+                self._index(owner, booking, -1)
+                self._learn(owner, booking, -1)
             kept = [at for at, owner in enumerate(self._order) if owner in self.bookings]
             self._order = [self._order[at] for at in kept]
             self._entries = [self._entries[at] for at in kept]

@@ -29,7 +29,7 @@ from .devices import Device
 from .files import Offload
 from .metrics import Metrics
 from .ownership_canonical import canonical
-from .ownership_claims import ClaimKey, Claims, Resolver
+from .ownership_claims import ClaimKey, Claims, Owner, Resolver
 from .ownership_held import HandOver
 from .ownership_lost import Found as LostFound
 from .ownership_lost import above
@@ -313,14 +313,20 @@ class AdmissionGate(Resolving):
         before = set(ledger.bookings)
         if not ledger.expire(asked_at, after, held):
             return False
-        self._handover.ended(ledger.ended, self._resources.values())
+        self._bookings_ended(before - ledger.bookings.keys())
+        return True
+
+    def _bookings_ended(self, gone: Iterable[Owner]) -> None:
+        """The bookings of `gone` ended (their pods seen gone): what they held back is kept
+        for its resource's next admission (`HandOver.ended`), and a resource with a device
+        under one of their IDs kept (not `plain`) is admitted again in full."""
+        self._handover.ended(self._ledger.ended, self._resources.values())
         self._examine_unheld()
-        for name in {owner.resource for owner in before - ledger.bookings.keys()}:
+        for name in {owner.resource for owner in gone}:
             state = self._resources.get(name)
             if state is not None and not state.plain:
                 state.settled = False
                 self._pending[name] = None
-        return True
 
     def _examine_unheld(self) -> None:
         """The nodes whose last booking ended while a number is not known (`Ledger.unheld`,

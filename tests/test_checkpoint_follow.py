@@ -23,6 +23,9 @@ from kdp_host.inotify_watch import make_watcher
 from kdp_host.kubelet_checkpoint import CHECKPOINT_FILE
 from kdp_host.kubelet_checksum import checksum
 from kdp_host.logs import get_logger
+from kdp_host.ownership_booked import Booking
+from kdp_host.ownership_bookings import Ledger
+from kdp_host.ownership_claims import Owner
 
 from .conftest import wait_until
 from .kubelet_harness import GenericDevicePlugin, gdp_device, harness_binary, missing_reason
@@ -58,21 +61,39 @@ def capacity_dropped(events: list[dict[str, Any]], resource: str) -> int | None:
     return None
 
 
+def listed(resource: str) -> Any:
+    """Whether the kubelet took a ListAndWatch message of `resource` (events seen)."""
+
+    def seen(events: list[dict[str, Any]]) -> bool:
+        return any((e["kind"], e["resource"]) == ("list_and_watch", resource) for e in events)
+
+    return seen
+
+
 @contextlib.asynccontextmanager
 async def gdp_beside(
-    real_kubelet_factory: Any, start_host: Any, short_dir: Path
+    real_kubelet_factory: Any,
+    start_host: Any,
+    short_dir: Path,
+    names: tuple[str, ...] = ("g0",),
+    polled: bool = True,
 ) -> AsyncIterator[tuple[Any, Any]]:
-    """The real kubelet, kdp-host serving node g0 as OTHER and generic-device-plugin as GDEV
-    (a migration that renames the resource, both running), both listed: (kubelet, host)."""
+    """The real kubelet, kdp-host serving nodes `names` (g0 first) as OTHER and
+    generic-device-plugin g0 as GDEV (a migration that renames the resource, both running),
+    both listed: (kubelet, host). `polled` False: PodResources polling off."""
     if harness_binary("generic-device-plugin") is None:
         pytest.skip(missing_reason("generic-device-plugin"))
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
-    pattern = nodes(short_dir, "dev", "g0")
-    running = await start_host(config_text(kubelet, short_dir, (OTHER, pattern)))
-    gdp = GenericDevicePlugin(kubelet.socket_dir, [gdp_device("gdev", pattern)], short_dir / "g")
+    pattern = nodes(short_dir, "dev", *names)
+    config = config_text(kubelet, short_dir, (OTHER, pattern))
+    if not polled:
+        config = config.replace("podResourcesInterval: 1s", "podResourcesInterval: 0s")
+    running = await start_host(config)
+    g0 = gdp_device("gdev", str(short_dir / "dev" / "g0"))
+    gdp = GenericDevicePlugin(kubelet.socket_dir, [g0], short_dir / "g")
     gdp.start()
     try:
-        await kubelet.await_for(healthy_count(OTHER, 1), what="kdp-host serves g0")
+        await kubelet.await_for(healthy_count(OTHER, len(names)), what="kdp-host serves g0")
         await kubelet.await_for(healthy_count(GDEV, 1), what="GDP serves g0")
         yield kubelet, running
     finally:
@@ -106,6 +127,128 @@ async def test_a_node_another_plugin_hands_out_while_kdp_host_runs_is_held_at_on
         p3 = await kubelet.acall(kubelet.allocate, "p3", {OTHER: 1})
         assert p3["error"] == "", p3
         assert [d["PathOnHost"] for d in p3["devices"]] == [str(short_dir / "dev" / "g0")]
+
+
+async def test_without_pod_resources_another_plugins_ended_pod_frees_its_node(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path
+) -> None:
+    """hostile23 F6 through the real kubelet and GDP, PodResources polling off: GDP hands g0
+    to p1 (kdp-host holds it), p1 ends, and the kubelet's next admission (p2, k1 through
+    kdp-host) writes its checkpoint without p1's entry: g0 is listed again (before: held
+    `booked` for good, only `kdp-host unbook` ended it); again for the next such pod (GDP
+    hands out g0 under the same ID)."""
+    async with gdp_beside(
+        real_kubelet_factory, start_host, short_dir, ("g0", "k1"), polled=False
+    ) as (kubelet, running):
+        for n in (1, 2):
+            assert (await kubelet.acall(kubelet.allocate, f"p{n}", {GDEV: 1}))["error"] == ""
+            await kubelet.await_for(healthy_count(OTHER, 1), what="g0 held for the GDP pod")
+            assert (await kubelet.acall(kubelet.release, f"p{n}"))["found"]
+            k1 = await kubelet.acall(kubelet.allocate, f"k{n}", {OTHER: 1})
+            assert k1["device_ids"] == {OTHER: ["k1"]}, k1
+            await kubelet.await_for(healthy_count(OTHER, 2), timeout=30, what="g0 listed")
+            assert follower_of(running).unbooked == n
+            assert (await kubelet.acall(kubelet.release, f"k{n}"))["found"]
+        both = await kubelet.acall(kubelet.allocate, "p3", {OTHER: 2})
+        assert sorted(both["device_ids"][OTHER]) == ["g0", "k1"], both
+
+
+async def test_a_booking_kept_across_a_restart_ends_once_the_checkpoint_lacks_it(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path
+) -> None:
+    """hostile23 F6 (addendum): p1 (GDP) holds g0, kdp-host stops, p1 ends, kdp-host starts
+    again (PodResources polling off) with the booking in `ownership.json`: once the kubelet
+    writes its checkpoint without p1 (at kdp-host's list) g0 is listed again (before: held
+    for good), while a pod that still runs (p0 on GDP's g0 in the second round) keeps it."""
+    async with gdp_beside(real_kubelet_factory, start_host, short_dir, polled=False) as (
+        kubelet,
+        running,
+    ):
+        config = running.host.config
+        assert (await kubelet.acall(kubelet.allocate, "p1", {GDEV: 1}))["error"] == ""
+        await kubelet.await_for(healthy_count(OTHER, 0), what="g0 held for p1")
+        await running.shutdown()
+        assert (await kubelet.acall(kubelet.release, "p1"))["found"]
+        running = await start_host(config)
+        await kubelet.await_for(healthy_count(OTHER, 1), timeout=30, what="g0 listed again")
+        assert follower_of(running).unbooked == 1
+        assert (await kubelet.acall(kubelet.allocate, "p0", {GDEV: 1}))["error"] == ""
+        await kubelet.await_for(healthy_count(OTHER, 0), what="g0 held for p0")
+        await running.shutdown()
+        since = await kubelet.acall(kubelet.last_seq)
+        running = await start_host(config)
+        await kubelet.acall(kubelet.wait_events, listed(OTHER), since, 30, "listed again")
+        follower = follower_of(running)
+        await wait_until(lambda: follower.looks >= 2 and follower._task is None, timeout=10)
+        await kubelet.await_for(healthy_count(OTHER, 0), what="g0 still held for p0")
+        assert follower.unbooked == 0
+
+
+def test_only_a_booking_the_checkpoint_vouched_for_ends_when_a_later_read_lacks_it() -> None:
+    """`LearntBookings.unvouched`: a booking from the checkpoint alone of a covered name,
+    booked before the read began, that the read does not list; not one an Allocate made
+    (claims of its device), one the read lists, one of a name not covered (served), one
+    booked after the read began (from a later write), nor another host's."""
+    ledger = Ledger()
+    node = (("c", 61447), "/dev/g0", "/dev/g0")
+    ledger.record(Owner(GDEV, "g0"), "g0", (), 1.0, (node,))  # (the checkpoint's)
+    ledger.record(Owner(GDEV, "g1"), "g1", (), 1.0, (node,))  # (listed still)
+    ledger.record(Owner(GDEV, "g2"), "g2", (node,), 1.0)  # (an Allocate's)
+    ledger.record(Owner(OTHER, "a0"), "a0", (), 1.0, (node,))  # (a name served)
+    ledger.record(Owner(GDEV, "g3"), "g3", (), 5.0, (node,))  # (booked after the read)
+    ledger.mirror({("host-b", Owner(GDEV, "g4")): Booking("g4", (), 1.0, (node,))})
+
+    def covered(resource: str) -> bool:
+        return resource != OTHER
+
+    listed = frozenset({(GDEV, "g1")})
+    assert ledger.unvouched(listed, covered) == [Owner(GDEV, "g0"), Owner(GDEV, "g3")]
+    assert ledger.end_unvouched(listed, covered, 2.0) == [Owner(GDEV, "g0")]
+    assert Owner(GDEV, "g0") not in ledger.bookings and ledger.ended
+    assert ledger.learnt == {GDEV: {"g1", "g3"}, OTHER: {"a0"}}
+    ledger.record(Owner(GDEV, "g1"), "g1", (node,), 6.0)  # (allocated again here)
+    assert ledger.learnt == {GDEV: {"g3"}, OTHER: {"a0"}}
+
+
+async def test_a_missing_or_unusable_file_ends_no_booking(tmp_path: Path) -> None:
+    """The follower's full read: no file, or a checksum that does not match, ends nothing
+    (the look's names lacked the booking's); a file of the kubelet's that lists none does."""
+    ended: list[float] = []
+
+    class Learnt:
+        def unvouched(self, listed: Any, covered: Any) -> list[tuple[Owner, float]]:
+            return [] if (GDEV, "g0") in listed else [(Owner(GDEV, "g0"), 0.0)]
+
+        def vouch_began(self) -> float:
+            return 1.0
+
+        def end_unvouched(self, listed: Any, covered: Any, began: float) -> list[Owner]:
+            ended.append(began)
+            return [owner for owner, _ in self.unvouched(listed, covered)]
+
+    async def book(served: frozenset[str]) -> bool:
+        return True
+
+    watcher = make_watcher(get_logger(), offload=DaemonThreads())
+    watching = asyncio.create_task(watcher.run())
+    follower = CheckpointFollower(
+        str(tmp_path), DaemonThreads(), get_logger(), lambda: [OTHER], book, Learnt()
+    ).follow(watcher)
+    try:
+        await wait_until(lambda: follower.looks >= 1 and follower._task is None, timeout=10)
+        assert not ended and follower.unbooked == 0  # (no file)
+        (tmp_path / CHECKPOINT_FILE).write_text('{"Data":{"PodDeviceEntries":[]},"Checksum":1}')
+        await follower.looked()
+        await wait_until(lambda: follower._task is None, timeout=10)
+        assert not ended and follower.unbooked == 0  # (its checksum does not match)
+        write_go(tmp_path, entry_of(OTHER, "a0", "/dev/a0"))
+        await follower.looked()
+        await wait_until(lambda: follower.unbooked == 1, timeout=10)
+        assert ended == [1.0]
+    finally:
+        follower.cancel()
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager

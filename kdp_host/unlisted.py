@@ -30,8 +30,11 @@ still lists an unlisted ID, or lacks one but was written too soon after its Allo
 count (a pod that ended within `allocation_settle` of it, the file written meanwhile: no
 other write may ever come), or the restart rule asks what it lists, the host sends a
 resource's list again (`nudge`) so the kubelet writes it, at most every
-`Timings.nudge_first` seconds, doubling up to `nudge_max` while no ID goes (a pod whose init
-container holds a device for hours costs the kubelet a write every 5 min), up to
+`Timings.nudge_first` seconds, doubling up to `nudge_max` while no ID goes and none comes
+(a pod whose init container holds a device for hours costs the kubelet a write every 5 min;
+an ID freed, or one handed out or booked from the checkpoint since, by this host or
+another plugin, starts over at `nudge_first`: a run of another plugin's pods no longer
+waits longer each time, followburst's 7, 17, 33, 64 s), up to
 `nudge_restart_max` while
 a kubelet restart's holders are carried (`holdings.Settle`: the kubelet frees their pods
 only once its API source is back, which nothing else shows).
@@ -140,6 +143,7 @@ class Unlisted:
     """How long after an Allocate a checkpoint counts, and how often the kubelet is asked to
     write it again."""
     _nudged: float = float("-inf")
+    _asked: float = float("-inf")
     _backoff: Backoff = field(init=False)
 
     def __post_init__(self) -> None:
@@ -162,15 +166,19 @@ class Unlisted:
 
     def take(self, keys: Iterable[tuple[str, str]]) -> None:
         """(resource, ID) pairs a read of the checkpoint booked (a reload started a resource:
-        `checkpoint_bookings.book_before`): unlisted as those of the start are."""
+        `checkpoint_bookings.book_before`; another plugin's pod, `checkpoint_follow`):
+        unlisted as those of the start are. Each is booked anew (another pod's, maybe under
+        an ID still held here: the last one's ended at a write this host did not read): the
+        asks for a write start over."""
         taken = Handout(float("-inf"), 0.0)
         for key in keys:
             self.handed.setdefault(key, taken)
+            self._afresh()  # (booked anew: another pod's, maybe under an ID held unlisted still)
 
     def allocated(self, resource: str, ids: Collection[str]) -> None:
         """An Allocate handed these IDs out (again: their earlier user is gone)."""
         handout = Handout(self.clock(), self.wall())
-        self._backoff.reset()
+        self._afresh()
         for device_id in ids:
             self.handed[(resource, device_id)] = handout
 
@@ -245,11 +253,18 @@ class Unlisted:
             ):
                 self._ask_write(doubted)
 
+    def _afresh(self) -> None:
+        """An ID came or went: the kubelet is asked to write at the first pace again
+        (`nudge_first` after the last ask), the wait doubling from there."""
+        self._backoff.reset()
+        self._nudged = min(self._nudged, self._asked + self.timings.nudge_first)
+
     def _ask_write(self, doubted: bool) -> None:
         now = self.clock()
         if self.nudge is None or now < self._nudged:
             return
         if self.nudge():
+            self._asked = now
             delay = self._backoff.next_delay()
             self._nudged = now + (min(delay, self.timings.nudge_restart_max) if doubted else delay)
 
@@ -269,6 +284,7 @@ class Unlisted:
         for key, handout in list(self.handed.items()):
             if key not in ids and written >= handout.wall + self.timings.allocation_settle:
                 del self.handed[key]
+                self._afresh()
                 self.log.bind(resource=key[0]).info(
                     "handed_id_freed",
                     device=key[1],

@@ -336,6 +336,34 @@ async def test_a_checkpoint_written_too_soon_after_the_allocate_is_asked_for_aga
     assert unlisted.by_resource() == {}
 
 
+async def test_the_asks_for_a_write_start_over_when_an_id_goes_or_comes(tmp_path: Path) -> None:
+    """followburst: another plugin's pods one after another on one ID, each booked from the
+    checkpoint (`take`) and ended at once (never shown): the kubelet is asked to write its
+    file again, and the pod is gone at that write; the ID is freed there (even rounds) or
+    the next pod is booked under it first (odd: the follower read that write, not this).
+    Each waits as long as the first (before: the wait between asks doubled across them, as
+    no Allocate of this host's came: 1, 2, 4, 8, 16 s)."""
+    now = [1000.0]
+    unlisted = _unlisted(tmp_path, now)
+    asked: list[float] = []
+    unlisted.nudge = lambda: asked.append(now[0]) is None
+    waits = []
+    for n in range(6):
+        unlisted.take([("gdp.example/gdev", "g0")])
+        _write(tmp_path, {"gdp.example/gdev": ["g0"]}, now[0] + 0.1)  # (its pod's entry)
+        began = now[0]
+        while not asked or asked[-1] <= began:  # (an answer a second, the pod gone)
+            now[0] += 1.0
+            await unlisted.refresh(answered=now[0])
+        waits.append(now[0] - began)
+        _write(tmp_path, {}, now[0] + 0.1)  # (the write asked for, without the pod)
+        if n % 2 == 0:
+            now[0] += 1.0
+            await unlisted.refresh(answered=now[0])
+            assert unlisted.by_resource() == {}
+    assert max(waits) <= unlisted.timings.nudge_first + 1.0, waits
+
+
 async def test_an_id_another_host_booked_is_held_as_one_this_host_handed_out(
     tmp_path: Path,
 ) -> None:

@@ -184,6 +184,29 @@ async def test_a_booking_kept_across_a_restart_ends_once_the_checkpoint_lacks_it
         assert follower.unbooked == 0
 
 
+async def test_a_kubelet_restart_keeps_a_running_pods_booking(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path
+) -> None:
+    """The kubelet restarts while GDP's p1 holds g0 (PodResources polling off): it reads its
+    checkpoint back and writes it again with p1 at kdp-host's list, and at the next
+    admission (k1 through kdp-host): g0 stays held, no booking ends."""
+    async with gdp_beside(
+        real_kubelet_factory, start_host, short_dir, ("g0", "k1"), polled=False
+    ) as (kubelet, running):
+        assert (await kubelet.acall(kubelet.allocate, "p1", {GDEV: 1}))["error"] == ""
+        await kubelet.await_for(healthy_count(OTHER, 1), what="g0 held for p1")
+        since = await kubelet.acall(kubelet.last_seq)
+        await kubelet.acall(kubelet.restart)
+        await kubelet.acall(kubelet.wait_events, listed(OTHER), since, 30, "listed again")
+        k1 = await kubelet.acall(kubelet.allocate, "k1", {OTHER: 1})
+        assert k1["device_ids"] == {OTHER: ["k1"]}, k1
+        follower = follower_of(running)
+        assert await follower.looked()
+        await wait_until(lambda: follower._task is None, timeout=10)
+        await kubelet.await_for(healthy_count(OTHER, 1), what="g0 still held for p1")
+        assert follower.unbooked == 0
+
+
 def test_only_a_booking_the_checkpoint_vouched_for_ends_when_a_later_read_lacks_it() -> None:
     """`LearntBookings.unvouched`: a booking from the checkpoint alone of a covered name,
     booked before the read began, that the read does not list; not one an Allocate made

@@ -1092,7 +1092,10 @@ class KubeletConfig:
         Duration(0.0),
         "How often PodResources is asked (one List call). The kubelet allows 100 calls/s "
         "(burst 10) for all its clients together; kdp-host backs off when refused. `0s` "
-        f"turns polling off; otherwise at least {MIN_POD_RESOURCES_INTERVAL:g}s.",
+        "turns polling off (what an Allocate booked then lives until the ID is allocated "
+        "again or `kdp-host unbook`; a node another plugin's pod was handed is held until "
+        "the kubelet's checkpoint no longer lists that pod: see Reliability, booked claims); "
+        f"otherwise at least {MIN_POD_RESOURCES_INTERVAL:g}s.",
         default="5s",
         restart=True,
     )

@@ -198,8 +198,9 @@ async def test_a_kubelet_restart_keeps_a_running_pods_booking(
         since = await kubelet.acall(kubelet.last_seq)
         await kubelet.acall(kubelet.restart)
         await kubelet.acall(kubelet.wait_events, listed(OTHER), since, 30, "listed again")
+        await kubelet.await_for(healthy_count(OTHER, 1), what="k1 listed after the restart")
         k1 = await kubelet.acall(kubelet.allocate, "k1", {OTHER: 1})
-        assert k1["device_ids"] == {OTHER: ["k1"]}, k1
+        assert k1["device_ids"] == {OTHER: ["k1"]}, k1["error"]
         follower = follower_of(running)
         assert await follower.looked()
         await wait_until(lambda: follower._task is None, timeout=10)

@@ -134,26 +134,28 @@ async def pod_resources_kubelet(
         yield sim
 
 
-FAST_POLL = 0.5
+FAST_POLL = 0.25
 """The podResourcesInterval of a host started `fast` where its config polls at the config's
 floor (1 s, `MIN_POD_RESOURCES_INTERVAL`: the kubelet's rate limit is shared on the node):
-half of it, set on the loaded config as only a test can."""
+a quarter of it, set on the loaded config as only a test can."""
 FAST = Timings(
-    allocation_settle=0.5,
-    gone_after=2.0,
-    heard_after=2.5,
-    restart_settle=5.0,
-    nudge_first=0.5,
-    nudge_restart_max=2.0,
-    nudge_max=4.0,
-    release_retry_first=0.25,
-    release_retry_max=1.0,
+    allocation_settle=0.25,
+    gone_after=1.0,
+    heard_after=1.25,
+    restart_settle=2.5,
+    nudge_first=0.25,
+    nudge_restart_max=1.0,
+    nudge_max=2.0,
+    release_retry_first=0.125,
+    release_retry_max=0.5,
 )
-"""The timings of a host started `fast`: the windows of PodResources answers halved with
-the poll interval (`FAST_POLL`), so as many answers fall inside each as at the defaults
-with a 1 s interval, in the defaults' order (`Timings()`: allocation settle < gone-after <
-heard-after < restart window); the checkpoint nudges and a failed release's retries, which
-only back off, capped at a few polls."""
+"""The timings of a host started `fast`: the windows of PodResources answers scaled with
+the poll interval (`FAST_POLL`, a quarter of the floor), so as many answers fall inside each
+as at the defaults with a 1 s interval, in the defaults' order (`Timings()`: allocation
+settle < gone-after < heard-after < restart window); the checkpoint nudges and a failed
+release's retries, which only back off, capped at a few polls. None of these windows is
+what a test checks (the tests wait on answers asked past them, `FAST.<window>`): shorter
+ones wait less for the same outcome."""
 
 
 async def wait_until(

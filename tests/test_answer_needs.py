@@ -68,7 +68,7 @@ async def test_hostile22_f2_a_missing_mount_source_is_unhealthy_in_the_real_kube
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     dev, fw = _devices(short_dir), short_dir / "fw"
     mounts = f"{{mounts: [{{hostPath: {fw}, containerPath: /fw}}]}}"
-    pod_resources = f", podResourcesSocket: {short_dir}/pr/kubelet.sock"
+    pod_resources = f", podResourcesSocket: {short_dir}/pr/kubelet.sock, podResourcesInterval: 1s"
     running = await start_host(_config(kubelet.socket_dir, dev, mounts, pod_resources), fast=True)
     await kubelet.await_for(lambda k: _seen(k, "capacity") == 2, what="registered")
     assert _seen(kubelet, "healthy") == 0

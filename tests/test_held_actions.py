@@ -31,6 +31,8 @@ from .fake_apiserver import TOKEN, FakeApiServer, pod_object, self_signed
 from .kubelet_harness import healthy
 from .test_held_missing import FPGA, config_text
 
+pytestmark = pytest.mark.fast
+
 NODE = "node-a"
 KUBE_VERSIONS = [v for v in kv_utils.all_versions() if Version(v) >= Version("1.25")]
 """The chart's floor on (its kubeVersion)."""

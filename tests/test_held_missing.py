@@ -16,6 +16,8 @@ from kdp_host.status import devices_document
 from .conftest import wait_until
 from .test_status_held import two_answers
 
+pytestmark = pytest.mark.fast
+
 FPGA = "vendor.example/fpga"
 
 

@@ -37,6 +37,8 @@ from .test_kubelet_checkpoint import entry_of, write_checkpoint
 from .test_ownership import booked_ids, restarted
 from .test_simulator import FakePlugin, dev
 
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
 OTHER, GDEV = "example.com/other", "gdp.example/gdev"
 A, B = "example.com/a", "example.com/b"
 

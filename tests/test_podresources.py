@@ -385,34 +385,23 @@ def test_status_quotes_every_field_of_the_podresources_line(
 
 
 async def test_holder_series_only_when_asked_and_gone_with_their_pod(
-    socket_dir: Path, short_dir: Path, devices: Path
+    pod_resources_kubelet: KubeletSimulator,
+    socket_dir: Path,
+    short_dir: Path,
+    devices: Path,
+    start_host: Any,
 ) -> None:
-    from kdp_host.config import load_config_text
-    from kdp_host.host import Host
-
-    sim = KubeletSimulator(socket_dir, dial_timeout=5.0, pod_resources_dir=short_dir / "pr")
-    await sim.start()
+    sim = pod_resources_kubelet
     metrics = Metrics(process_collectors=False, holders=True)
-    host = Host(
-        config=load_config_text(yaml(socket_dir, devices, short_dir / "pr")),
-        metrics=metrics,
-        log=get_logger(),
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(host.run(stop))
-    try:
-        await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
-        await sim.allocate(FPGA, 1, pod_uid="web-0", container="app")
-        labels = {"resource": FPGA, "device": "fpga0", "namespace": "default", "pod": "web-0",
-                  "container": "app"}  # fmt: skip
-        value = lambda: metrics.registry.get_sample_value("kdp_device_holder_info", labels)  # noqa: E731
-        await wait_until(lambda: value() == 1.0, what="the holder series")
-        await sim.release("web-0")
-        await wait_until(lambda: value() is None, what="the series gone with the pod")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await sim.stop()
+    await start_host(yaml(socket_dir, devices, short_dir / "pr"), metrics=metrics)
+    await sim.wait_for(lambda: sim.allocatable(FPGA) == 2)
+    await sim.allocate(FPGA, 1, pod_uid="web-0", container="app")
+    labels = {"resource": FPGA, "device": "fpga0", "namespace": "default", "pod": "web-0",
+              "container": "app"}  # fmt: skip
+    value = lambda: metrics.registry.get_sample_value("kdp_device_holder_info", labels)  # noqa: E731
+    await wait_until(lambda: value() == 1.0, what="the holder series")
+    await sim.release("web-0")
+    await wait_until(lambda: value() is None, what="the series gone with the pod")
     off = Metrics(process_collectors=False)
     off.set_holders(FPGA, {("fpga0", "default", "web-0", "app")})
     assert off.registry.get_sample_value("kdp_device_holder_info", labels) is None

@@ -20,7 +20,6 @@ import pytest
 from hypothesis import settings
 
 from kdp_host.config import Config, load_config, load_config_text
-from kdp_host.config.model import MIN_POD_RESOURCES_INTERVAL
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Snapshot
 from kdp_host.drivers import DeviceReporter
@@ -28,8 +27,8 @@ from kdp_host.host import Host
 from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.simulator import KubeletSimulator
-from kdp_host.timings import Timings
 
+from .fast import FAST, polling_fast
 from .kubelet_harness import RealKubelet, harness_binary, missing_reason
 
 
@@ -134,30 +133,6 @@ async def pod_resources_kubelet(
         yield sim
 
 
-FAST_POLL = 0.25
-"""The podResourcesInterval of a host started `fast` where its config polls at the config's
-floor (1 s, `MIN_POD_RESOURCES_INTERVAL`: the kubelet's rate limit is shared on the node):
-a quarter of it, set on the loaded config as only a test can."""
-FAST = Timings(
-    allocation_settle=0.25,
-    gone_after=1.0,
-    heard_after=1.25,
-    restart_settle=2.5,
-    nudge_first=0.25,
-    nudge_restart_max=1.0,
-    nudge_max=2.0,
-    release_retry_first=0.125,
-    release_retry_max=0.5,
-)
-"""The timings of a host started `fast`: the windows of PodResources answers scaled with
-the poll interval (`FAST_POLL`, a quarter of the floor), so as many answers fall inside each
-as at the defaults with a 1 s interval, in the defaults' order (`Timings()`: allocation
-settle < gone-after < heard-after < restart window); the checkpoint nudges and a failed
-release's retries, which only back off, capped at a few polls. None of these windows is
-what a test checks (the tests wait on answers asked past them, `FAST.<window>`): shorter
-ones wait less for the same outcome."""
-
-
 async def wait_until(
     predicate: Callable[[], object], timeout: float = 30.0, what: str = ""
 ) -> None:
@@ -237,12 +212,6 @@ async def start_host(
             return config
         return dataclasses.replace(config, state_dir=state_dir)
 
-    def polling_fast(config: Config) -> Config:
-        if config.kubelet.pod_resources_interval != MIN_POD_RESOURCES_INTERVAL:
-            return config
-        kubelet = dataclasses.replace(config.kubelet, pod_resources_interval=FAST_POLL)
-        return dataclasses.replace(config, kubelet=kubelet)
-
     async def start(
         config: Config | str,
         config_path: Path | None = None,
@@ -311,18 +280,27 @@ def real_kubelet_factory(short_dir: Path) -> Iterator[Callable[..., RealKubelet]
 
 
 class KdpProcess:
-    """kdp-host as a process of its own: SIGKILLed and started again on the same stateDir."""
+    """kdp-host as a process of its own: SIGKILLed and started again on the same stateDir.
+    `fast`: its host waits `FAST` and polls fast, as `start_host`'s (`python -m tests.fast`)."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, fast: bool = False) -> None:
         self.config = config
         self.log = log
+        self.fast = fast
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        argv = [sys.executable, "-m", "kdp_host", "--log-format", "text", "run", "--config"]
+        command, env = ["kdp_host"], None
+        if self.fast:  # (tests.fast found from any working directory)
+            tests_root = str(Path(__file__).resolve().parent.parent)
+            path = os.pathsep.join(filter(None, [tests_root, os.environ.get("PYTHONPATH")]))
+            command, env = ["tests.fast"], {**os.environ, "PYTHONPATH": path}
+        argv = [sys.executable, "-m", *command, "--log-format", "text", "run", "--config"]
         argv.append(str(self.config))
         with self.log.open("ab") as out:
-            self.process = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out)
+            self.process = await asyncio.create_subprocess_exec(
+                *argv, stdout=out, stderr=out, env=env
+            )
 
     async def stop(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -345,14 +323,16 @@ class KdpProcess:
 
 @pytest.fixture
 async def kdp_process(
-    short_dir: Path,
+    short_dir: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Callable[[Path], Awaitable[KdpProcess]]]:
-    """`await kdp_process(config)`: kdp-host started as a process of its own on `config`
-    (stopped at the end of the test)."""
+    """`await kdp_process(config, fast=None)`: kdp-host started as a process of its own on
+    `config` (stopped at the end of the test); `fast` (by default in a test marked `fast`):
+    its host waits `FAST` and polls fast, as `start_host`'s."""
     started: list[KdpProcess] = []
+    marked = request.node.get_closest_marker("fast") is not None
 
-    async def make(config: Path) -> KdpProcess:
-        started.append(KdpProcess(config, short_dir / "kdp.log"))
+    async def make(config: Path, fast: bool | None = None) -> KdpProcess:
+        started.append(KdpProcess(config, short_dir / "kdp.log", marked if fast is None else fast))
         await started[-1].start()
         return started[-1]
 

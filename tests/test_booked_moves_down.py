@@ -121,7 +121,9 @@ async def test_an_answer_whose_booking_was_not_written_keeps_its_node_after_a_ki
     (devices / "fpga1").unlink()
     entry = f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
     config = booked_config(kubelet, short_dir, entry)
-    host = await kdp_process(config)
+    # (unwritten: the product's timings; with `heard_after` under ~5 s, FAST's among them, p2
+    # is handed fpga5 however long the test waits before asking: cispeed's report)
+    host = await kdp_process(config, fast=not held)
     await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
     with write_held(short_dir / "state", OWNERSHIP_FILE) if held else contextlib.nullcontext():
         assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]

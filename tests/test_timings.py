@@ -12,7 +12,7 @@ from kdp_host import cli
 from kdp_host.config.model import MIN_POD_RESOURCES_INTERVAL
 from kdp_host.timings import Timings
 
-from .conftest import FAST, FAST_POLL
+from .fast import FAST, FAST_POLL
 
 WINDOWS = ("allocation_settle", "gone_after", "heard_after", "restart_settle")
 """The windows of PodResources answers: counted in answers, so scaled with the interval."""

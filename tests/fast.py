@@ -1,0 +1,75 @@
+"""What a host started `fast` waits: a test's host polls PodResources and reads its answers
+sooner than the product does, in the same proportions (`FAST_POLL`, `FAST`, `polling_fast`).
+
+`conftest.start_host` starts such a host in the test's own process; `python -m tests.fast run
+--config C` runs kdp-host's own command line (`kdp_host.__main__`) as a process of its own
+(`conftest.kdp_process`, for a host a test kills and starts again) with its host made the same
+way. No production path sets timings (`test_timings`): only a test can, as here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from kdp_host.config import Config, load_config
+from kdp_host.config.model import MIN_POD_RESOURCES_INTERVAL
+from kdp_host.timings import Timings
+
+FAST_POLL = 0.25
+"""The podResourcesInterval of a host started `fast` where its config polls at the config's
+floor (1 s, `MIN_POD_RESOURCES_INTERVAL`: the kubelet's rate limit is shared on the node):
+a quarter of it, set on the loaded config as only a test can."""
+FAST = Timings(
+    allocation_settle=0.25,
+    gone_after=1.0,
+    heard_after=1.25,
+    restart_settle=2.5,
+    nudge_first=0.25,
+    nudge_restart_max=1.0,
+    nudge_max=2.0,
+    release_retry_first=0.125,
+    release_retry_max=0.5,
+)
+"""The timings of a host started `fast`: the windows of PodResources answers scaled with
+the poll interval (`FAST_POLL`, a quarter of the floor), so as many answers fall inside each
+as at the defaults with a 1 s interval, in the defaults' order (`Timings()`: allocation
+settle < gone-after < heard-after < restart window); the checkpoint nudges and a failed
+release's retries, which only back off, capped at a few polls. None of these windows is
+what a test checks (the tests wait on answers asked past them, `FAST.<window>`): shorter
+ones wait less for the same outcome."""
+
+
+def polling_fast(config: Config) -> Config:
+    """`config` polling PodResources every `FAST_POLL` where it polls at the config's floor
+    (an interval the config refuses: set on the loaded config, as only a test can)."""
+    if config.kubelet.pod_resources_interval != MIN_POD_RESOURCES_INTERVAL:
+        return config
+    kubelet = dataclasses.replace(config.kubelet, pod_resources_interval=FAST_POLL)
+    return dataclasses.replace(config, kubelet=kubelet)
+
+
+def main() -> int:
+    """kdp-host's command line, its Host made `fast` (also its config read again on reload)."""
+    from kdp_host import __main__ as command
+    from kdp_host import heap
+
+    with heap.paused():
+        from kdp_host import host
+
+    made = host.Host
+
+    def fast_host(**options: Any) -> host.Host:
+        options["config"] = polling_fast(options["config"])
+        options.setdefault("timings", FAST)
+        options.setdefault("load_config", lambda path: polling_fast(load_config(Path(path))))
+        return made(**options)
+
+    host.Host = fast_host  # type: ignore[misc, assignment]  # (the one `cli._run` imports)
+    return command.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

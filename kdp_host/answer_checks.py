@@ -25,6 +25,13 @@ the exec wrapper's `exec` failing, as it does when the `#!` interpreter is gone:
 `process_group.exec_failure`), and every `RECHECK` seconds while a need is unmet, so it
 comes back however it was fixed. The look runs off the loop, bounded by `LOOK_TIMEOUT`
 (a hung file system is a source not there); a look that hangs is waited on, not repeated.
+
+Sources that are there may still reach another device's node (a link into the device tree,
+a hard link of a node, a node moved in): after each look that finds them there, the
+ownership index is asked by its own rule whether every answer would be refused for them
+(`source_clash`), also when what is below them changes (the index's arrivals:
+`NeedsWatch.follow`) and when an Allocate is refused for what it hands out
+(`NeedsWatch.answer_refused`; hostile24 F1).
 """
 
 from __future__ import annotations
@@ -32,17 +39,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from .answer_needs import WATCHED, AnswerNeeds, configured_needs
 from .config import NeverHanded, ResourceConfig, template_fields
 from .config.places import INTERPRETER_DEPTH, script_interpreter, untemplated
+from .devices import Device
 from .files import Offload
 from .mount_table import MountMap, read_mounts
 from .places_followed import entries_on_the_way
 from .process import CommandError, resolve_command, search_dirs
+from .source_clash import SourceClash
 from .watch import Subscription, Watcher
 
 RECHECK: Final = 5.0
@@ -144,9 +153,19 @@ class NeedsWatch:
     recheck: float = RECHECK
     look_timeout: float = LOOK_TIMEOUT
     checked: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set after the first look (the first list waits for it: `FirstList`)."""
+    """Set after the first look (the first list waits for it: `FirstList`), one that asked
+    the index (`clash`) once the table first published (its devices claimed)."""
+    clash: Callable[[], Awaitable[SourceClash | None]] | None = None
+    """Whether the sources clash with what the index holds for every answer
+    (`source_clash`), asked after each look that finds them there."""
+    follow: Callable[[Callable[[], None]], Callable[[], None]] | None = None
+    """Subscribes a wake to what may change that answer (the index's arrivals below the
+    sources: `OwnershipIndex.follow_sources`); returns what stops it."""
+    published: asyncio.Event | None = None
+    """The table's first publish (the clash is asked from then on)."""
     looks: int = field(default=0, init=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _holding: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for need in configured_needs(self.resource) & WATCHED:
@@ -154,6 +173,11 @@ class NeedsWatch:
 
     def spawn_failed(self) -> None:
         """A command of the resource could not be spawned: look again now."""
+        self._wake.set()
+
+    def answer_refused(self) -> None:
+        """An Allocate was refused for what it hands out (`PlaceOwned`, a path that does not
+        resolve as it must): look again now."""
         self._wake.set()
 
     def _paths(self, resolved: frozenset[str]) -> Iterator[str]:
@@ -187,6 +211,11 @@ class NeedsWatch:
         resolved: frozenset[str] = frozenset()
         subscriptions = self._subscribe(resolved)
         look: asyncio.Future[Look] | None = None
+        wake, published = self._wake.set, self.published
+        stop = None if self.follow is None else self.follow(wake)
+        first = None if published is None else asyncio.ensure_future(published.wait())
+        if first is not None:
+            first.add_done_callback(lambda _: wake())
         try:
             while True:
                 self._wake.clear()
@@ -204,7 +233,9 @@ class NeedsWatch:
                 else:
                     found = look.result()
                     look = None
-                    self._took(found.mounts, found.commands)
+                    asked = published is None or published.is_set()
+                    clash = await self._clash() if asked and not found.mounts else None
+                    self._took(found.mounts, found.commands, clash)
                     if found.resolved != resolved:  # (a change made meanwhile: one more look)
                         for subscription in subscriptions:
                             subscription.cancel()
@@ -212,7 +243,8 @@ class NeedsWatch:
                         subscriptions = self._subscribe(resolved)
                         self._wake.set()
                 self.looks += 1
-                self.checked.set()
+                if self.clash is None or published is None or published.is_set():
+                    self.checked.set()
                 unmet = self.needs.unmet("mounts") or self.needs.unmet("command")
                 try:
                     timeout = self.recheck if unmet or doubtful else None
@@ -222,8 +254,22 @@ class NeedsWatch:
         finally:
             if look is not None:
                 look.cancel()
+            if first is not None:
+                first.cancel()
+            if stop is not None:
+                stop()
             for subscription in subscriptions:
                 subscription.cancel()
+
+    async def _clash(self) -> SourceClash | None:
+        """The index's answer (`clash`), or None without one; a defect is logged."""
+        if self.clash is None:
+            return None
+        try:
+            return await self.clash()
+        except Exception as exc:  # (a defect: no clash assumed, looked at again later)
+            self.needs.log.error("answer_needs_clash_failed", error=repr(exc))
+            return None
 
     def _look(self, rule: NeverHanded) -> Look:
         mounts = read_mounts() if self.resource.allocate.mounts else None
@@ -231,11 +277,28 @@ class NeedsWatch:
         problems = mount_source_problems(self.resource, rule, mounts)
         return Look(problems, command_problems(self.resource, reached), frozenset(reached))
 
-    def _took(self, mounts: list[tuple[int, str, str]], commands: list[tuple[str, str]]) -> None:
+    def _took(
+        self,
+        mounts: list[tuple[int, str, str]],
+        commands: list[tuple[str, str]],
+        clash: SourceClash | None = None,
+    ) -> None:
         if self.resource.allocate.mounts:
-            if not mounts:
+            if clash is not None:
+                whole = clash.own is None
+                self.needs.set(
+                    "mounts",
+                    "allocate.mounts source reaches another device's node",
+                    detail=f"every answer mounting the allocate.mounts sources is refused"
+                    f"{'' if whole else f' but that of device {clash.own}'}: {clash.why}",
+                    whole=whole,
+                )
+                self._hold(None if whole else clash.holds)
+            elif not mounts:
                 self.needs.set("mounts", None)
+                self._hold(None)
             else:
+                self._hold(None)
                 index, path, why = mounts[0]
                 more = f" (and {len(mounts) - 1} more)" if len(mounts) > 1 else ""
                 self.needs.set(
@@ -249,6 +312,12 @@ class NeedsWatch:
             else:
                 which, why = commands[0]
                 self.needs.set("command", f"{which} cannot be started", detail=f"{which}: {why}")
+
+    def _hold(self, holds: Callable[[Device], bool] | None) -> None:
+        """The devices the `mounts` need holds alone (None: none, or every one)."""
+        if holds is not None or self._holding:
+            self.needs.hold("mounts", holds)
+        self._holding = holds is not None
 
     def _hung(self) -> None:
         """The look did not end within `look_timeout`: a mount source does not answer."""

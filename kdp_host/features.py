@@ -119,18 +119,34 @@ def allocate_hook(
 
 
 def needs_watch(
-    config: ResourceConfig, needs: AnswerNeeds, services: HostServices
+    config: ResourceConfig,
+    needs: AnswerNeeds,
+    services: HostServices,
+    published: asyncio.Event | None = None,
 ) -> NeedsWatch | None:
     """What keeps the resource's `mounts` and `command` needs current (None: it has no
-    `allocate.mounts` and no command on the allocation path)."""
+    `allocate.mounts` and no command on the allocation path); with `allocate.mounts`, it
+    asks the index whether the sources clash for every answer (`source_clash`) once the
+    table first `published`."""
     if not configured_needs(config) & WATCHED:
         return None
     from .answer_checks import NeedsWatch
 
     ownership = services.ownership
-    return NeedsWatch(
+    watch = NeedsWatch(
         config, needs, lambda: ownership.never_handed, services.offload, services.watcher
     )
+    if mounts := config.allocate.mounts:
+        from .source_clash import source_clash
+
+        sources = sorted({os.path.normpath(m.host_path) for m in mounts})
+        read_only = frozenset(s for s in sources if all(
+            m.read_only for m in mounts if os.path.normpath(m.host_path) == s
+        ))  # fmt: skip
+        watch.clash = functools.partial(source_clash, ownership, config.name, sources, read_only)
+        watch.follow = functools.partial(ownership.follow_sources, config.name)
+        watch.published = published
+    return watch
 
 
 def release_tracker(

@@ -100,6 +100,10 @@ class BookingAllocations(HandingOut):
             if wait:
                 await ledger.sink.written()
 
+    async def places_owned(self, resource: str, places: Mapping[str, Collection[str]]) -> None:
+        """Raise PlaceOwned, booking nothing, where `book` would for these `places`."""
+        await self._claim_places(resource, places)
+
     async def bookings_written(self) -> None:
         """Until `<stateDir>/ownership.json` holds every booking, or `state_file.WRITE_LIMIT`
         passed (an error line says so: the bookings hold in memory all the same; nothing is
@@ -318,7 +322,8 @@ class BookingAllocations(HandingOut):
                     if owner.resource != resource or owner.device not in mine:
                         raise PlaceOwned(
                             f"{resource}: the answer for {kubelet_id} hands out {path}, "
-                            f"which device {owner.device} of {owner.resource} owns"
+                            f"which device {owner.device} of {owner.resource} owns",
+                            owner,
                         )
             claimed[kubelet_id] = tuple(claim_of(path, reached.get) for path in sorted(paths))
         return claimed

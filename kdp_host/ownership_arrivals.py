@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import functools
 import os
-from bisect import bisect_left
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Final
 
@@ -44,7 +43,7 @@ from .ownership_claims import ClaimKey
 from .ownership_pinned import PinnedDirs
 from .ownership_reads import FollowedTree as _Tree
 from .ownership_reads import Found as Found
-from .ownership_reads import NodesFound, Read, TreeReads, arrived, remounted, tops
+from .ownership_reads import NodesFound, Read, TreeReads, arrived, reaches_nodes, remounted, tops
 from .rules import below
 from .turns import Pace
 
@@ -116,19 +115,22 @@ class Arrivals:
         self._leave: Callable[[], None] | None = None
 
     def follow(
-        self, watcher: Watcher, directory: str, log: EventLogger | None, place: bool = False
-    ) -> None:
+        self, watcher: Watcher, directory: str, log: EventLogger | None, place: bool = False,
+        booked: bool | None = None,
+    ) -> None:  # fmt: skip
         """Follow what appears in `directory` (a claimed directory's real path; `place`: one
-        only a booking holds) and below it, for as long as the host runs. One a booking holds
-        (`place`, now or later) is kept open: renamed, it is found where it is (`TreeReads`)."""
+        only a booking holds, or an `allocate.mounts` source, not `booked` yet) and below it,
+        for as long as the host runs. One a booking holds (`booked`, now or later) is kept
+        open: renamed, it is found where it is (`TreeReads`)."""
+        booked = place if booked is None else booked
         if (tree := self._trees.get(directory)) is not None:
             tree.place = tree.place and place
-            if place and not tree.booked:  # (kept open from its next read)
+            if booked and not tree.booked:  # (kept open from its next read)
                 tree.booked = True
                 self._queue(directory, directory)
             return
         self._watcher = watcher
-        self._trees[directory] = _Tree(log, place=place, booked=place)
+        self._trees[directory] = _Tree(log, place=place, booked=booked)
         self._ordered = None
         known = self._dirs.get(directory)
         if known is not None:  # (followed in a tree above it so far: its own from now on)
@@ -162,19 +164,7 @@ class Arrivals:
         one was found in its tree, or in the tree of a claimed directory below it, or one of
         those is not known in full (not read yet, not followed in full); True for a
         directory not followed (fail closed)."""
-        trees = self._trees
-        if directory not in trees:
-            return True
-        if trees[directory].may_hold_nodes():
-            return True
-        ordered = self._sorted()
-        prefix = directory.rstrip("/") + "/"
-        at = bisect_left(ordered, prefix)
-        while at < len(ordered) and ordered[at].startswith(prefix):  # (the trees below it)
-            if trees[ordered[at]].may_hold_nodes():
-                return True
-            at += 1
-        return False
+        return reaches_nodes(self._trees, self._sorted, directory)
 
     def remounted(self, points: Collection[str]) -> None:
         """The mount table changed at `points`: what the trees show there is read again, as

@@ -11,7 +11,7 @@ a host whose devices mount no directory pays nothing for it.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Protocol
 
 from .identity import DIRECTORY
@@ -44,6 +44,9 @@ class Containment:
         """Directory -> how many claims of `_at` have a place below it."""
         self.mounts = MountMap()
         """Where the mount table shows a path again (`remount`)."""
+        self.spread: set[ClaimKey] = set()
+        """The keys of `_at` counted at more than one place (a hard link found in a followed
+        tree, a bind mount): read again where one was, they are counted anew (`gone_from`)."""
         self.found: dict[ClaimKey, tuple[str, ...]] = {}
         """Key -> the real paths it was found at since it was claimed (`move`), last last."""
         self._found_at: tuple[list[str], dict[str, list[ClaimKey]]] | None = None
@@ -92,6 +95,8 @@ class Containment:
         if at is None or key in at:
             return
         at[key] = places = places or self.places(key, real)
+        if len(places) > 1:
+            self.spread.add(key)
         counts = self._below
         for directory in _above(places):
             counts[directory] = counts.get(directory, 0) + 1
@@ -104,6 +109,7 @@ class Containment:
             self._forget(key)
 
     def _forget(self, key: ClaimKey) -> None:
+        self.spread.discard(key)
         places = None if self._at is None else self._at.pop(key, None)
         if places is None:
             return
@@ -189,12 +195,21 @@ class Containment:
                     if (key, place) not in seen:
                         went.setdefault(key, set()).add(place)
         left = {key: tuple(places) for key, places in went.items()}
-        if not left:
+        spread = self._spread_below(read, left)
+        if not left and not spread:
             return set()
         made: dict[ClaimKey, list[tuple[str, str]]] = {}
         for key, path, real in self._made():
             made.setdefault(key, []).append((path, real))
         outer: set[ClaimKey] = set(left)
+        for key in spread:  # (a hard link a tree's read found there gone: `inside`)
+            counted, claim = self.at()[key], made.get(key)
+            if claim is None or (places := self.places(key, claim[0][1])) == counted:
+                continue
+            outer.add(key)
+            outer.update(self.outer(tuple(p for p in counted if p not in places)))
+            self._forget(key)
+            self.count(key, claim[0][1])
         for key, gone in left.items():
             outer.update(self.outer(tuple(p for at in gone for p in self.mounts.places(at))))
             self._forget(key)
@@ -206,6 +221,17 @@ class Containment:
                 del self.found[key]
             self.count(key, made[key][0][1] if key in made else gone[0])
         return {path for key in outer for path, _ in made.get(key, ())}
+
+    def _spread_below(self, read: Iterable[str], skip: Container[ClaimKey]) -> list[ClaimKey]:
+        """The keys of `spread` (but `skip`) counted at or below a path of `read`."""
+        at, reads = self._at, set(read)
+        if not self.spread or at is None:
+            return []
+        return [
+            key
+            for key in self.spread
+            if key not in skip and any(p == r or below(p, r) for p in at[key] for r in reads)
+        ]
 
     def _found_index(self) -> tuple[list[str], dict[str, list[ClaimKey]]]:
         index = self._found_at

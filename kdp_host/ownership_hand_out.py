@@ -188,7 +188,8 @@ class HandingOut(SharedTrees):
         raise PlaceOwned(
             f"{resource}: the answer mounts {path}, which device {owner.device} of "
             f"{owner.resource} owns or a pod holds (found there now: the mounting device is "
-            "checked again)"
+            "checked again)",
+            owner,
         )
 
     async def _read_below(

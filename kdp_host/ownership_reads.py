@@ -305,3 +305,22 @@ class FollowedTree:
         if not self.read or self.unfollowed is not None:
             return True
         return any(key[0] in NODES for key in self.nodes.values())
+
+
+def reaches_nodes(
+    trees: Mapping[str, FollowedTree], ordered: Callable[[], list[str]], directory: str
+) -> bool:
+    """`Arrivals.reaches_nodes`: the tree of `directory` or of one below it may hold a node
+    (`ordered`: the trees' directories, sorted: those below one are a run)."""
+    if directory not in trees:
+        return True
+    if trees[directory].may_hold_nodes():
+        return True
+    run = ordered()
+    prefix = directory.rstrip("/") + "/"
+    at = bisect_left(run, prefix)
+    while at < len(run) and run[at].startswith(prefix):  # (the trees below it)
+        if trees[run[at]].may_hold_nodes():
+            return True
+        at += 1
+    return False

@@ -30,7 +30,6 @@ No booked tree of another ID, or no node and no file below the answer: nothing i
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -57,7 +56,11 @@ HANDED_TIMEOUT: Final = 10.0
 
 class PlaceOwned(ValueError):
     """An Allocate answer would hand out, besides its devices, what another device of the
-    host owns (the answer is refused)."""
+    host owns (the answer is refused); `owner`: that device (or booking), where one is."""
+
+    def __init__(self, message: str, owner: Owner | None = None) -> None:
+        super().__init__(message)
+        self.owner = owner
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class SharedTrees(AdmissionGate):
     _arrivals: Arrivals
     """What arrives in claimed directories (`NodesFound`, each tree's `tree_nodes`)."""
     _watcher: Watcher | None
+    _sources_followers: Mapping[str, Callable[[], None]] = MappingProxyType({})
+    """Resource -> what is told of a change below its configured sources (`follow_sources`)."""
 
     def share_mounts(self, resource: str, host_paths: Iterable[str]) -> None:
         """`resource`'s configured `allocate.mounts` sources (its runtime starts): every pod
@@ -92,7 +97,7 @@ class SharedTrees(AdmissionGate):
         if self._watcher is not None:  # (a node renamed in is found there: `ownership_lingering`)
             log = self._state(resource).log
             for source in sorted(sources):
-                self._arrivals.follow(self._watcher, source, log)
+                self._arrivals.follow(self._watcher, source, log, place=True, booked=False)
 
     def mounts_shared_by(
         self, resource: str, reached: Mapping[str, Reached | None]
@@ -178,11 +183,36 @@ class SharedTrees(AdmissionGate):
         shared = sharing if key in sharing.keys else ()
         return next((o for o in holders if other(o) and o not in shared), None)
 
-    @abc.abstractmethod
     def _found_shared(self, paths: list[str]) -> None:
         """Both paths of what an answer's tree shares with a booked tree: read again there
         (`Arrivals`: a file whose second link the reads did not see, its read kept), so that
         the index holds the device (`Ledger.sharing`)."""
+        self._arrivals.remounted(paths)
+
+    def follow_sources(self, resource: str, told: Callable[[], None]) -> Callable[[], None]:
+        """`told` is called whenever what is below a configured source of `resource` may
+        have changed (the index's arrivals there: `answer_checks`, hostile24 F1); returns
+        what stops it."""
+        self._sources_followers = {**self._sources_followers, resource: told}
+
+        def stop() -> None:
+            if self._sources_followers.get(resource) is told:
+                self._sources_followers = {
+                    r: f for r, f in self._sources_followers.items() if r != resource
+                }
+
+        return stop
+
+    def _sources_changed(self, paths: Iterable[str]) -> None:
+        """What arrived at (or went from) `paths`: the followers of the sources above."""
+        followers = self._sources_followers
+        if not followers:
+            return
+        paths = list(paths)
+        for resource, told in list(followers.items()):
+            sources = self._mounts_configured.get(resource, frozenset()) | self._sources_real
+            if any(p == s or below(p, s) for p in paths for s in sources):
+                told()
 
     async def _off_loop(self, work: Callable[[], T], what: str) -> T:
         """`work` off the loop (inline without an offload) within `HANDED_TIMEOUT`; raises

@@ -189,13 +189,12 @@ class Watching(BookingAllocations):
         they were found before, below `complete`): the devices that mount it, and theirs,
         are checked again (`ownership_arrivals`)."""
         ledger, within = self._ledger, self._within
-        changed = within.gone_from(complete, found) if complete and within.found else set()
+        moved = complete and (within.found or within.spread)
+        changed = within.gone_from(complete, found) if moved else set()
         for path in changed | within.found_at(found, ledger.booked.__contains__, ledger):
             self._path_changed(os.path.dirname(path), os.path.basename(path))
         self._sharers_changed(found)
-
-    def _found_shared(self, paths: list[str]) -> None:
-        self._arrivals.remounted(paths)
+        self._sources_changed([*complete, *(path for _, path in found)])
 
     def _sharers_changed(self, found: Iterable[tuple[ClaimKey, str]]) -> None:
         """What two trees hold now (a node's number, a file: `NodesFound`) while a pod holds

@@ -80,10 +80,10 @@ class ResourceRuntime:
             config.name,
         )
         """What the resource's answers need besides its devices (`answer_needs`)."""
-        self._needs_watch = needs_watch(config, self.needs, services)
-        spawn_failed = (
-            (lambda: None) if self._needs_watch is None else self._needs_watch.spawn_failed
-        )
+        self._needs_watch = needs_watch(config, self.needs, services, self.table.published)
+        watch = self._needs_watch  # (a refused Allocate has it look again: `source_clash`)
+        spawn_failed, self._refused = (lambda: None, lambda: None) if watch is None else (
+            watch.spawn_failed, watch.answer_refused)  # fmt: skip
         self._pre_start = pre_start_hook(
             config, self.table, services, self.log, self._handed, spawn_failed
         )
@@ -130,6 +130,7 @@ class ResourceRuntime:
             fence=None if reads is None else _Fence(self, reads),
             cdi_written=None if self.config.allocate.cdi is None else self._cdi_written,
             preferred=self._preferred,
+            place_refused=self._refused,
         )
         return self._service
 

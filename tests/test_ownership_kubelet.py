@@ -737,14 +737,15 @@ async def test_hostile2_3_allocate_mounts_are_booked_and_checked(
 ) -> None:
     """`allocate.mounts` names `dev/b`, where b's devices are: while p1 holds that mount, b0
     appearing there is not advertised (c1 is); once b0 is advertised, an Allocate of the
-    resource with the mount is refused, naming b0."""
+    resource with the mount would be refused, naming b0: so the resource is withheld, its
+    need `mounts` unmet (every answer mounts dev/b: hostile24 F1), and the kubelet refuses."""
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     dev = short_dir / "dev"
     for name in ("a", "b", "c"):
         (dev / name).mkdir(parents=True)
     (dev / "a" / "a0").touch()
     (dev / "a" / "a1").touch()
-    await start_host(
+    running = await start_host(
         booked_head(kubelet, short_dir) + f'  - name: {FPGA}\n    glob: {{paths: ["{dev}/a/*"]}}\n'
         f"    allocate: {{mounts: [{{hostPath: {dev / 'b'}, containerPath: /mnt/b}}]}}\n"
         f"  - name: {B_RESOURCE}\n"
@@ -753,8 +754,10 @@ async def test_hostile2_3_allocate_mounts_are_booked_and_checked(
     await kubelet.await_for(healthy(FPGA, 2), what="a0 and a1 advertised")
     assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
     await _b0_waits_for_p1(kubelet, dev, "allocate.mounts")
+    await kubelet.await_for(healthy(FPGA, 0), what="FPGA withheld: its answers would hand b0")
+    assert running.host.not_ready()[FPGA] == "allocate.mounts source reaches another device's node"
     refused = await kubelet.acall(kubelet.allocate, "p4", {FPGA: 1})
-    assert f"which device b-b0 of {B_RESOURCE} owns" in refused["error"], refused
+    assert refused["error"] != "" and not refused["device_ids"], refused
 
 
 @pytest.mark.parametrize("spelling", ["same", "link"])

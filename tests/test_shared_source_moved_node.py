@@ -9,7 +9,8 @@ claim lapsed once PodResources showed no pod holding its ID (`heard_after` after
 being claimed), and from then on every new pod of A was handed `fw` with the node in it (only
 p1's booking of `fw` held it, and that one is exempt as the shared source). Now the claim
 stays while the node is below `fw`, past the device's gracePeriod end: every answer mounting
-`fw` is refused; once the node is moved out again, A's pods are admitted again.
+`fw` is refused, and so A's devices are withheld (the need `mounts`: `source_clash`); once
+the node is moved out again, A's pods are admitted again.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ async def test_a_node_moved_into_a_shared_source_goes_to_no_new_pod(
     (root / "fw" / "blob").write_text("firmware")
     for name in ("d/a0", "d/a1", "d/a2", "o/n0"):
         (root / name).touch()
-    await start_host(_config(kubelet, root))
+    running = await start_host(_config(kubelet, root))
     await kubelet.await_for(healthy(A, 3), what="A advertised")
     await kubelet.await_for(healthy(B, 1), what="B advertised")
     first = await kubelet.acall(kubelet.allocate, "p1", {A: 1})
@@ -72,14 +73,16 @@ async def test_a_node_moved_into_a_shared_source_goes_to_no_new_pod(
     source = next(p for p in moved if str(p) != held)
     resource, left = (B, 0) if whose == "b" else (A, 2)
     os.rename(source, root / "fw" / source.name)  # (p1 reaches it now, through fw)
-    await kubelet.await_for(healthy(resource, left), what=f"{source.name} gone from its path")
+    gone = healthy(B, 0) if whose == "b" else healthy(A, 0)  # (A: every answer mounts fw)
+    await kubelet.await_for(gone, what=f"{source.name} gone from its path")
     early = await kubelet.acall(kubelet.allocate, "p2", {A: 1})
     assert early["error"] != "", f"p2 was given fw with {source.name} in it: {early}"
     # past the moved device's gracePeriod (its device unlisted) and its `heard_after`
     await kubelet.await_for(_capacity(resource, left), timeout=30, what="the device unlisted")
     late = await kubelet.acall(kubelet.allocate, "p3", {A: 1})
     assert late["error"] != "", f"p3 was given fw with {source.name} in it (p1 has it): {late}"
-    assert source.name in late["error"], late
+    await kubelet.await_for(healthy(A, 0), what="A withheld: every answer mounts fw")
+    assert running.host.not_ready()[A] == "allocate.mounts source reaches another device's node"
 
     os.rename(root / "fw" / source.name, root / source.name)  # (out of fw: shared no more)
 

@@ -86,8 +86,10 @@ class DevicePluginService(DevicePluginBase):
         fence: Fence | None = None,
         cdi_written: CdiWritten | None = None,
         preferred: PreferredNeed | None = None,
+        place_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
+        self._place_refused = place_refused  # (`answer_checks.NeedsWatch.answer_refused`)
         self._allocated = allocated  # told each Allocate's IDs (`PodResourcesPoller`)
         self._fence = fence  # (the first list and Allocate answers wait for it)
         self._table = table
@@ -304,6 +306,7 @@ class DevicePluginService(DevicePluginBase):
         except PlaceOwned as exc:
             self._metrics.allocations.labels(name, "invalid").inc()
             self._log.warning("allocate_refused", reason=str(exc))
+            self._place_refused()
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         except Unfenced as exc:
             self._metrics.allocations.labels(name, "unsaved").inc(len(requests))
@@ -357,6 +360,7 @@ class DevicePluginService(DevicePluginBase):
             reason = f"{name}: cannot allocate: {exc}"
             self._metrics.allocations.labels(name, "invalid").inc()
             self._log.warning("allocate_refused", reason=reason)
+            self._place_refused()  # (what it hands out: the needs look again)
             raise grpclib.GRPCError(Status.INVALID_ARGUMENT, reason) from None
         return real, reached  # (what each reached: `handed_out.Handed.reached`)
 

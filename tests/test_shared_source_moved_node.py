@@ -29,7 +29,8 @@ A = "vendor.example/a"
 B = "vendor.example/b"
 
 
-def _config(kubelet: Any, root: Path) -> str:
+def source_config(kubelet: Any, root: Path) -> str:
+    """A (`d/a*`) mounts `fw` in every pod; B (`o/n*`) does not; gracePeriod 3 s."""
     return (
         f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
         f"{kubelet.pod_resources_socket}, podResourcesInterval: 1s}}\n"
@@ -61,7 +62,7 @@ async def test_a_node_moved_into_a_shared_source_goes_to_no_new_pod(
     (root / "fw" / "blob").write_text("firmware")
     for name in ("d/a0", "d/a1", "d/a2", "o/n0"):
         (root / name).touch()
-    running = await start_host(_config(kubelet, root))
+    running = await start_host(source_config(kubelet, root))
     await kubelet.await_for(healthy(A, 3), what="A advertised")
     await kubelet.await_for(healthy(B, 1), what="B advertised")
     first = await kubelet.acall(kubelet.allocate, "p1", {A: 1})

@@ -19,22 +19,11 @@ import pytest
 
 from .conftest import wait_until
 from .kubelet_harness import healthy
+from .test_shared_source_moved_node import A, source_config
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
-A = "vendor.example/a"
 REASON = "allocate.mounts source reaches another device's node"
-
-
-def _config(kubelet: Any, root: Path) -> str:
-    return (
-        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
-        f"{kubelet.pod_resources_socket}, podResourcesInterval: 1s}}\n"
-        f"stateDir: {root / 'state'}\nresources:\n"
-        f"  - name: {A}\n"
-        f'    glob: {{paths: ["{root}/d/a*"], gracePeriod: 0s}}\n'
-        f'    allocate: {{mounts: [{{hostPath: "{root}/fw", containerPath: /fw}}]}}\n'
-    )
 
 
 def _tree(root: Path) -> None:
@@ -66,7 +55,7 @@ async def test_a_source_that_reaches_device_nodes_is_an_unmet_need(
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     root = short_dir
     _tree(root)
-    running = await start_host(_config(kubelet, root))
+    running = await start_host(source_config(kubelet, root))
     await kubelet.await_for(healthy(A, 3), what="A advertised")
     if how == "link_to_the_device_tree":
         first = await kubelet.acall(kubelet.allocate, "p1", {A: 1})
@@ -104,7 +93,7 @@ async def test_a_hard_link_of_one_node_in_the_source_holds_every_other_device(
     root = short_dir
     _tree(root)
     os.link(root / "d" / "a1", root / "fw" / "a1-copy")
-    running = await start_host(_config(kubelet, root))
+    running = await start_host(source_config(kubelet, root))
     await kubelet.await_for(lambda k: (k.resource(A) or {}).get("capacity") == 3, what="listed")
     assert kubelet.resource(A)["healthy"] == 1
     assert running.host.not_ready()[A] == REASON

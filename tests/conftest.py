@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from kdp_host.logs import get_logger
 from kdp_host.metrics import Metrics
 from kdp_host.simulator import KubeletSimulator
 
-from .fast import FAST, polling_fast
+from .fast import FAST, kdp_host_command, polling_fast
 from .kubelet_harness import RealKubelet, harness_binary, missing_reason
 
 
@@ -290,13 +289,8 @@ class KdpProcess:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        command, env = ["kdp_host"], None
-        if self.fast:  # (tests.fast found from any working directory)
-            tests_root = str(Path(__file__).resolve().parent.parent)
-            path = os.pathsep.join(filter(None, [tests_root, os.environ.get("PYTHONPATH")]))
-            command, env = ["tests.fast"], {**os.environ, "PYTHONPATH": path}
-        argv = [sys.executable, "-m", *command, "--log-format", "text", "run", "--config"]
-        argv.append(str(self.config))
+        argv, env = kdp_host_command(self.fast)
+        argv += ["--log-format", "text", "run", "--config", str(self.config)]
         with self.log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
                 *argv, stdout=out, stderr=out, env=env

@@ -10,6 +10,7 @@ way. No production path sets timings (`test_timings`): only a test can, as here.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,17 @@ def polling_fast(config: Config) -> Config:
         return config
     kubelet = dataclasses.replace(config.kubelet, pod_resources_interval=FAST_POLL)
     return dataclasses.replace(config, kubelet=kubelet)
+
+
+def kdp_host_command(fast: bool) -> tuple[list[str], dict[str, str] | None]:
+    """The argv head that runs kdp-host's command line in a process of its own and the
+    environment to run it in (None: this one's): `fast`, through this module (found from
+    any working directory)."""
+    if not fast:
+        return [sys.executable, "-m", "kdp_host"], None
+    tests_root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(filter(None, [tests_root, os.environ.get("PYTHONPATH")]))
+    return [sys.executable, "-m", "tests.fast"], {**os.environ, "PYTHONPATH": path}
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ from kdp_host.ownership_document import OWNERSHIP_FILE
 
 from .conftest import FAST, KdpProcess, glob_config, wait_until
 from .fake_sysfs import FakeSysfs
+from .fast import kdp_host_command
 from .kubelet_harness import RealKubelet, free_port, healthy
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
@@ -219,9 +220,10 @@ async def test_ids_a_reload_kept_survive_a_kdp_host_kill(
         f"  - name: {FPGA}\n"
         f'    glob: {{paths: ["{devices}/fpga[0-9]*"], gracePeriod: 1s}}\n'
     )
-    argv = [sys.executable, "-m", "kdp_host", "run", "--config", str(config)]
+    argv, env = kdp_host_command(fast=True)
+    argv += ["run", "--config", str(config)]
     log = (short_dir / "host.log").open("wb")
-    first = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    first = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, env=env)
     try:
         await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
         booked = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
@@ -238,7 +240,7 @@ async def test_ids_a_reload_kept_survive_a_kdp_host_kill(
         first.send_signal(signal.SIGKILL)
         await first.wait()
     before = await kubelet.acall(kubelet.last_seq)
-    second = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    second = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, env=env)
     try:
         await kubelet.acall(kubelet.registered_at, [FPGA], before)
         await kubelet.await_for(healthy(FPGA, 2), what="both devices after the restart")
@@ -275,9 +277,10 @@ async def test_a_replica_change_still_waits_after_a_kdp_host_kill(
         f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"], gracePeriod: 1s}}\n'
     )
     config.write_text(head)
-    argv = [sys.executable, "-m", "kdp_host", "run", "--config", str(config)]
+    argv, env = kdp_host_command(fast=True)
+    argv += ["run", "--config", str(config)]
     log = (short_dir / "host.log").open("wb")
-    first = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    first = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, env=env)
     try:
         await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
         assert (await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1}))["error"] == ""
@@ -292,7 +295,7 @@ async def test_a_replica_change_still_waits_after_a_kdp_host_kill(
     held_lines = _replica_waits(short_dir / "host.log")
     assert held_lines >= 1
     before = await kubelet.acall(kubelet.last_seq)
-    second = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    second = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, env=env)
     try:
         await kubelet.acall(kubelet.registered_at, [FPGA], before)
         await wait_until(

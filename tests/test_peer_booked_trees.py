@@ -74,7 +74,7 @@ async def test_a_device_reaching_another_hosts_booked_node_is_held_while_the_pod
     for name, entry in entries.items():
         config = short_dir / f"{name.rsplit('/', 1)[1]}.yaml"
         config.write_text(booked_head(kubelet, short_dir) + entry)
-        hosts.append(KdpProcess(config, short_dir / f"{config.stem}.log"))
+        hosts.append(KdpProcess(config, short_dir / f"{config.stem}.log", fast=True))
     other = CARD if first == NODE else NODE
     try:
         for host in hosts:

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceNode
 from kdp_host.files import DaemonThreads
@@ -23,6 +25,8 @@ from kdp_host.state_presence import look
 
 from .conftest import wait_until
 from .test_shared_state_dir import SHELL
+
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
 R = "ex.com/p"
 

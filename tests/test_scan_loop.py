@@ -431,7 +431,7 @@ async def test_changes_that_keep_coming_are_gathered_into_one_scan_per_spacing(
         await asyncio.gather(task, return_exceptions=True)
     # the same with a spacing that passes: every name gathered goes to the next scan
     scanner = FakeScanner(tmp_path)
-    settings = ScanSettings(60.0, 60.0, 5.0, spacing=5.0, burst=1)  # (longer than a scan)
+    settings = ScanSettings(60.0, 60.0, 5.0, spacing=1.0, burst=1)  # (longer than a scan)
     loop = ScanLoop(scanner, settings, driver_deps(watcher=watcher))
     task = asyncio.create_task(loop.run(RecordingNotifier()))
     try:

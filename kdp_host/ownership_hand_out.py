@@ -47,10 +47,18 @@ from .kept_reads import KnownRead, held_among, read_or_recall
 from .ownership_adopt import DeviceClaims
 from .ownership_arrivals import INSIDE_LIMIT, RESCAN_LIMIT
 from .ownership_batches import Resolution
-from .ownership_claims import NOTHING, PLACE, SYSFS, ClaimKey, Owner, Reached, Unresolvable, missing
+from .ownership_claims import (
+    NOTHING,
+    PLACE,
+    SYSFS,
+    ClaimKey,
+    Reached,
+    Unresolvable,
+    missing,
+)
 from .ownership_kept import reached_only
 from .ownership_reads import Found, arrived, linked_below, more_than_one_link
-from .ownership_shared import PlaceOwned, SharedTrees
+from .ownership_shared import AnswerOwners, PlaceOwned, SharedTrees
 from .rules import below
 
 
@@ -176,10 +184,8 @@ class HandingOut(SharedTrees):
         held = held_among(keys, self._exclusive) | held_among(keys, ledger.booked)
         if shared := held_among(keys, ledger.shared_booked):  # (not the answer's own)
             held |= shared - {key for key, _, _ in self._shared_claims(resource, ids)}
-        mine, sharing = self._mine(ids), self.mounts_shared_by(resource, reached)
-        owners = {
-            k: o for k in held if (o := self._other_holder(k, resource, mine, sharing)) is not None
-        }
+        mine, sharing = AnswerOwners.of(resource, ids), self.mounts_shared_by(resource, reached)
+        owners = {k: o for k in held if (o := self._other_holder(k, mine, sharing)) is not None}
         if not owners:
             return found, kept  # (the answer's own: its mount booked, say)
         foreign = [(key, path, owners[key]) for key, path in found if key in owners]
@@ -224,7 +230,7 @@ class HandingOut(SharedTrees):
         ledger = self._ledger
         if not ledger.mounted and not ledger.shared_dirs:
             return  # (the common case)
-        mine = {Owner(resource, d) for d in self._mine(ids)}
+        mine = AnswerOwners.of(resource, ids)
         booked = ledger.held_trees(mine, {r for _, _, r in self._shared_claims(resource, ids)})
         skip = (NOTHING, DIRECTORY)
         nodes = {r[1]: r[0] for r in reached.values() if r is not None and r[0][0] not in skip}

@@ -63,6 +63,31 @@ class PlaceOwned(ValueError):
         self.owner = owner
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerOwners:
+    """The owners an Allocate answer is, as the bookings of its devices: any ID of its
+    resource naming one of the physical devices it hands out. Replicas of one device share
+    all of it (its node, its directory, what it mounts), so a sibling replica's booking is
+    no other owner (hostile24 F5: the second pod of `replicas: 2` on a device that is or
+    mounts a directory was refused, the first one's booking of the directory taken for
+    another device's)."""
+
+    resource: str
+    devices: frozenset[str]
+    """The physical IDs (`physical_id`) of the answer's IDs."""
+
+    @classmethod
+    def of(cls, resource: str, ids: Iterable[str]) -> AnswerOwners:
+        return cls(resource, frozenset(map(physical_id, ids)))
+
+    def __contains__(self, owner: object) -> bool:
+        return (
+            isinstance(owner, Owner)
+            and owner.resource == self.resource
+            and physical_id(owner.device) in self.devices
+        )
+
+
 @dataclass(frozen=True)
 class SourcesShared:
     """The configured mount sources an answer hands out, as the bookings of its resource
@@ -137,7 +162,7 @@ class SharedTrees(AdmissionGate):
         def outside(path: str) -> bool:
             return not any(path == d or below(path, d) for d in mounted)
 
-        mine = {Owner(resource, d) for d in self._mine(ids)}
+        mine = AnswerOwners.of(resource, ids)
         sharing = {real for _, _, real in self._shared_claims(resource, ids)}
         booked = [t for t in ledger.held_trees(mine, sharing) if outside(t)]
         if not booked:
@@ -163,25 +188,21 @@ class SharedTrees(AdmissionGate):
     def _other_holder(
         self,
         key: ClaimKey,
-        resource: str,
-        mine: set[str],
+        mine: AnswerOwners,
         sharing: SourcesShared,
     ) -> Owner | None:
         """The device of another ID that owns `key` (advertised), else a booking of another
         ID that holds it (a pod has it: its device's, or a place of its answer), but one
         that holds it as a configured mount source it shares with the answer (`sharing`:
-        `mounts_shared_by`)."""
-
-        def other(owner: Owner) -> bool:
-            return owner.resource != resource or owner.device not in mine
-
+        `mounts_shared_by`). A replica of one of the answer's devices is none other
+        (`AnswerOwners`)."""
         owner = self._exclusive.get(key)
-        if owner is not None and other(owner):
+        if owner is not None and owner not in mine:
             return owner
         ledger = self._ledger
         holders = (*ledger.booked.get(key, ()), *ledger.shared_booked.get(key, ()))
         shared = sharing if key in sharing.keys else ()
-        return next((o for o in holders if other(o) and o not in shared), None)
+        return next((o for o in holders if o not in mine and o not in shared), None)
 
     def _found_shared(self, paths: list[str]) -> None:
         """Both paths of what an answer's tree shares with a booked tree: read again there
@@ -235,10 +256,6 @@ class SharedTrees(AdmissionGate):
         for kubelet_id in ids:
             if (claims := owned.get(physical_id(kubelet_id))) is not None:
                 yield from claims.shared
-
-    def _mine(self, ids: Iterable[str]) -> set[str]:
-        """The IDs an answer hands out with the devices they are replicas of."""
-        return {d for i in ids for d in (i, physical_id(i))}
 
 
 def elsewhere(arrivals: Arrivals, directory: str) -> list[str]:

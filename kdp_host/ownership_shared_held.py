@@ -102,7 +102,7 @@ class SharedHeld:
         mounted, shared = self.mounted, self.shared_dirs
         return bool(mounted or shared) and any(d in mounted or d in shared for d in ancestors(real))
 
-    def held_trees(self, mine: set[Owner], sharing: Container[str] = ()) -> list[str]:
+    def held_trees(self, mine: Container[Owner], sharing: Container[str] = ()) -> list[str]:
         """The trees a booking of none of `mine` holds mounted, alone or shared (but where it
         holds `sharing` shared: what an answer for `mine` shares itself is no clash with
         it), sorted: what the answer must not share (`ownership_shared`)."""

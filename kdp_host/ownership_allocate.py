@@ -41,7 +41,7 @@ from .ownership_canonical import strays
 from .ownership_claims import Claim, Owner, Reached, claim_of, places, twins
 from .ownership_fence import AllocateFence
 from .ownership_hand_out import HandingOut
-from .ownership_shared import PlaceOwned
+from .ownership_shared import AnswerOwners, PlaceOwned
 from .ownership_table import ResourceState
 
 
@@ -210,9 +210,7 @@ class BookingAllocations(HandingOut):
         `handed`, one booked under `ids` (not with it: after a restart a booking holds what
         the kubelet's checkpoint path reaches now). Off the loop; no answer fails."""
         reached = await self._reach_all(paths)
-        state = self._resources.get(resource)
-        n = 1 if state is None else state.replicas or 1
-        mine = {Owner(resource, d) for i in ids for d in (i, *replica_ids(physical_id(i), n))}
+        mine = AnswerOwners.of(resource, ids)
         booked = self._ledger.booked
         found: dict[str, str] = {}
         for path in sorted(paths):
@@ -225,7 +223,7 @@ class BookingAllocations(HandingOut):
             key, real = at
             owners = self._owners(at)
             if (owners and all(owner in mine for owner in owners)) or (
-                want is None and not mine.isdisjoint(booked.get(key, ()))
+                want is None and any(owner in mine for owner in booked.get(key, ()))
             ):
                 continue
             other = next((owner for owner in owners if owner not in mine), None)

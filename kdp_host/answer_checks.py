@@ -102,7 +102,10 @@ def command_problem(
         try:
             path = resolve_command(program, env, None)
         except CommandError as exc:
-            return str(exc) if depth == 0 else f"its #! interpreter: {exc}"
+            if depth == 0:
+                return str(exc)
+            crlf = " (the script's lines end in CRLF)" if program.endswith("\r") else ""
+            return f"its #! interpreter: {exc}{crlf}"
         if reached is not None:
             reached.update((path, os.path.realpath(path)))
         interpreter = script_interpreter(path)

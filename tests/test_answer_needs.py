@@ -321,6 +321,33 @@ def test_the_command_rule_is_the_runners(short_dir: Path) -> None:
     assert "its #! interpreter" in (command_problem([path], None) or "")
 
 
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (
+            "#!/bin/sh\r\nexit 0\r\n",
+            "'/bin/sh\\r': No such file or directory (the script's lines end in CRLF)",
+        ),
+        ("#!/usr/bin/env sh -e\nexit 0\n", "'sh -e': not found on PATH"),
+        ("#!/usr/bin/env A=1 sh\nexit 0\n", None),  # (env runs no program: not judged)
+    ],
+)
+def test_a_shebang_line_is_read_as_the_kernel_reads_it(
+    short_dir: Path, line: str, why: str | None
+) -> None:
+    """hostile25 F5: the `#!` line was split on any whitespace, `\r` included, so a CRLF
+    script's `/bin/sh\r` (which the kernel looks for) passed as `/bin/sh`, and `env sh -e`
+    (one argument: env looks for a program named `sh -e`) as `sh`: every Allocate failed while
+    the need said met. The interpreter ends at a space or a tab; the rest is one argument."""
+    path = script(short_dir, "hook", "exit 0\n")
+    Path(path).write_bytes(line.encode())
+    problem = command_problem([path], None)
+    if why is None:
+        assert problem is None
+    else:
+        assert problem is not None and "its #! interpreter" in problem and why in problem, problem
+
+
 def test_kdp_host_check_warns_of_a_command_that_cannot_start(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

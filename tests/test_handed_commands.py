@@ -200,7 +200,7 @@ def test_a_hooks_env_path_and_a_scripts_interpreter_are_protected(dirs: Path) ->
     assert rule.problem(f"{dirs}/tools") is None
 
 
-@pytest.mark.parametrize("line", ["-S -i LC_ALL=C {tool} -e", "-S{tool} -e", "-u HOME {tool}"])
+@pytest.mark.parametrize("line", ["-S -i LC_ALL=C {tool} -e", "-S{tool} -e", "-S -u HOME {tool}"])
 def test_the_interpreter_env_runs_is_found_past_envs_options(dirs: Path, line: str) -> None:
     """`#!/usr/bin/env -S X -e` runs X: env's options and settings are not the program."""
     (dirs / "tools" / "sh").write_text("")
@@ -213,7 +213,7 @@ def test_the_interpreter_env_runs_is_found_past_envs_options(dirs: Path, line: s
     )
 
 
-@pytest.mark.parametrize("split", ["-S ", ""])
+@pytest.mark.parametrize("split", ["-S ", "-S"])
 def test_the_settings_of_env_on_a_scripts_first_line_are_its_env(dirs: Path, split: str) -> None:
     """hostile13 M14: `#!/usr/bin/env -S PATH=<handed dir>:/usr/bin interp` found the
     interpreter in the pod's directory, `LD_PRELOAD=<handed dir>/x.so` preloaded the pod's

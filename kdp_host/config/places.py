@@ -253,7 +253,13 @@ def _executable(
 
 def script_interpreter(path: str) -> tuple[str, dict[str, str]] | None:
     """The program a script's `#!` line runs it with (`#!/usr/bin/env [options] X`: X), if
-    any, and the env settings `env` runs it with (`NAME=VALUE`: hostile13 M14)."""
+    any, and the env settings `env` runs it with (`NAME=VALUE`: hostile13 M14).
+
+    Read as Linux reads it (binfmt_script): the interpreter ends at the first space or tab,
+    and what follows, up to the line's end less trailing spaces and tabs, is ONE argument. So
+    a `\r` (a script saved with CRLF line endings) is part of the interpreter's name (the
+    kernel finds no `/bin/sh\r`), and `#!/usr/bin/env sh -e` has env run a program named
+    `sh -e`; only env's `-S` splits (hostile25 F5)."""
     try:
         with open(path, "rb") as file:
             head = file.read(256)
@@ -261,10 +267,14 @@ def script_interpreter(path: str) -> tuple[str, dict[str, str]] | None:
         return None
     if not head.startswith(b"#!"):
         return None
-    words = head[2:].split(b"\n", 1)[0].decode(errors="replace").split()
-    if words and os.path.basename(words[0]) == "env":
-        return _env_program(words[1:])
-    return (words[0], {}) if words else None
+    line = head[2:].split(b"\n", 1)[0].decode(errors="replace").strip(" \t")
+    match = _SHEBANG.fullmatch(line)
+    if match is None or not match[1]:
+        return None
+    interpreter, argument = match[1], match[2]
+    if os.path.basename(interpreter) == "env":
+        return _env_program([argument] if argument else [])
+    return interpreter, {}
 
 
 def _expanded(settings: dict[str, str], env: Mapping[str, str]) -> dict[str, str]:
@@ -276,6 +286,8 @@ def _expanded(settings: dict[str, str], env: Mapping[str, str]) -> dict[str, str
 
 
 _REFERENCE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SHEBANG: Final = re.compile(r"([^ \t]*)(?:[ \t]+(.*))?", re.DOTALL)
+"""A `#!` line's interpreter and its one argument (the kernel's split)."""
 INTERPRETER_DEPTH: Final = 8
 """`#!` interpreters followed from a command: Linux runs a script's interpreter that is
 itself a script, up to BINPRM_MAX_RECURSION (4) levels; the rest is margin."""

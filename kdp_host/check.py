@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # a module only one command uses is imported where it runs
 
 @dataclass(frozen=True)
 class CheckRow:
+    """One line of `check`'s table: a resource and what its driver found."""
+
     resource: str
     driver: str
     text: str
@@ -34,6 +36,8 @@ class CheckRow:
 
 @dataclass
 class Scan:
+    """What `check` found: its rows, and the warnings of lists too large."""
+
     rows: list[CheckRow] = field(default_factory=list)
     too_large: list[str] = field(default_factory=list)
     """A warning per entry whose list (replicas counted) one ListAndWatch message cannot hold."""

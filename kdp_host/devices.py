@@ -51,6 +51,8 @@ class DeviceNode:
 
 @dataclass(frozen=True, slots=True)
 class DeviceMount:
+    """A mount of a device: a host path at a container path."""
+
     host_path: str
     container_path: str
     read_only: bool = True
@@ -205,6 +207,8 @@ class Advertised(Protocol):
 
 @dataclass(frozen=True)
 class Snapshot:
+    """One version of a device table: what ListAndWatch sends."""
+
     version: int
     devices: tuple[Device, ...]
     """Physical devices, sorted by id, with their effective health."""

@@ -85,6 +85,8 @@ def missing_holds(
 
 @dataclass
 class TokenBucket:
+    """At most `burst` actions at once, one more every `every` seconds."""
+
     burst: int
     every: float
     clock: Callable[[], float] = time.monotonic

@@ -54,6 +54,8 @@ if TYPE_CHECKING:  # imported where the config chooses them (`features`)
 
 @dataclass
 class Host:
+    """The resources of a config on one event loop (`run`), reloaded as a diff."""
+
     config: Config
     metrics: Metrics
     log: EventLogger

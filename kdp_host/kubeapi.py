@@ -102,6 +102,8 @@ class ApiServer:
 
 @dataclass
 class _Response:
+    """An HTTP response's status and headers, its body still to read."""
+
     status: int
     headers: dict[str, str]
     reader: asyncio.StreamReader

@@ -72,6 +72,8 @@ def needs_labels(config: Config) -> bool:
 
 @dataclass(frozen=True)
 class Selection:
+    """What this node serves of a config (`select_for_node`)."""
+
     config: Config
     """The config with only the entries this node serves (names unique)."""
     waiting: tuple[str, ...] = ()

@@ -369,6 +369,8 @@ def _renamed(claims: Iterable[Claim]) -> tuple[tuple[str, str], ...]:
 
 @dataclass(frozen=True, slots=True)
 class Owner:
+    """Who holds a claim: a device of a resource."""
+
     resource: str
     device: str
     """The ID the kubelet knows the device by."""

@@ -37,6 +37,8 @@ class Holding:
 
 @dataclass
 class ResourceState:
+    """What the ownership index knows of one resource."""
+
     name: str
     log: EventLogger | None = None
     publish: Callable[[Mapping[str, Device]], bool] | None = None

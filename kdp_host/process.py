@@ -77,6 +77,8 @@ class CommandError(Exception):
 
 @dataclass(frozen=True)
 class CommandResult:
+    """How a command ended: its exit code and output."""
+
     returncode: int
     stdout: bytes
     stderr: str

@@ -27,6 +27,8 @@ RELOAD_DEBOUNCE = 0.1
 
 @dataclass(frozen=True)
 class ReloadPlan:
+    """The resources a reload adds, removes, changes and keeps, by name."""
+
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()

@@ -34,6 +34,8 @@ BATCH_SLACK = 0.1
 
 @dataclass(eq=False)
 class _Member:
+    """One periodic check of the safety net and when it is due."""
+
     interval: float
     timeout: float
     check: Callable[[], bool]

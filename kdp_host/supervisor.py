@@ -38,6 +38,8 @@ class RestartPolicy:
 
 @dataclass
 class _Supervised:
+    """A resource's runtime, the task that runs it, and its state."""
+
     runtime: ResourceRuntime
     task: asyncio.Task[None] | None = None
     gave_up: bool = False

@@ -80,6 +80,8 @@ FREE_WHEN_UNUSABLE = (
 
 @dataclass(frozen=True)
 class Handout:
+    """When a device was handed out (`Unlisted`)."""
+
     at: float
     """Monotonic time of the Allocate (-inf: taken up at start)."""
     wall: float

@@ -44,6 +44,8 @@ UnwatchedReport = Callable[[int], None]
 
 @dataclass(eq=False)
 class Subscription:
+    """A callback for the events of one directory (`Watcher.subscribe`)."""
+
     directory: str
     callback: WatchCallback
     names: frozenset[str] | None = None

@@ -117,6 +117,8 @@ def AbsolutePath(rule: Callable[[str], str | None] | None = None) -> Text:
 
 @dataclass(frozen=True)
 class Duration(Kind):
+    """A duration like `10s` or `1m30s`, between `minimum` and `maximum` seconds."""
+
     minimum: float = 0.0
     maximum: float | None = None
     """A bound below the config-wide 720h, with `why` it is there."""
@@ -144,6 +146,8 @@ class Duration(Kind):
 
 @dataclass(frozen=True)
 class Integer(Kind):
+    """An integer between `minimum` and `maximum`, both included."""
+
     minimum: int
     maximum: int
 
@@ -161,6 +165,8 @@ class Integer(Kind):
 
 @dataclass(frozen=True)
 class Boolean(Kind):
+    """`true` or `false`."""
+
     def read(self, r: Reader, value: Any, path: FieldPath) -> Any:
         if not isinstance(value, bool):
             return r.wrong_type(path, "true or false", value)
@@ -172,6 +178,8 @@ class Boolean(Kind):
 
 @dataclass(frozen=True)
 class Choice(Kind):
+    """One of `options`, spelled exactly."""
+
     options: tuple[str, ...]
 
     def read(self, r: Reader, value: Any, path: FieldPath) -> Any:

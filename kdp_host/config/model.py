@@ -267,6 +267,8 @@ def _group_problems(members: tuple[GlobGroupMemberConfig, ...]) -> Problems:
 
 @dataclass(frozen=True)
 class GlobDriverConfig:
+    """`glob`: each path matching the patterns is one device."""
+
     paths: tuple[str, ...] = key(
         "paths",
         ListOf(AbsolutePath(rule=_pattern_problem), hint="a list of glob patterns"),
@@ -338,6 +340,8 @@ class GlobDriverConfig:
 
 @dataclass(frozen=True)
 class ShellDriverConfig:
+    """`shell`: a command prints the devices, run every `interval`."""
+
     command: tuple[str, ...] = key("command", Argv(), "The argv list.")
     interval: float = key(
         "interval",
@@ -543,6 +547,8 @@ class NodeSelectConfig:
 
 @dataclass(frozen=True)
 class SysfsDriverConfig:
+    """`sysfs`: the USB and PCI devices of sysfs that match, with their nodes."""
+
     usb: tuple[UsbMatchConfig, ...] = key(
         "usb",
         ListOf(Section(UsbMatchConfig), hint="a list of match entries", single=True),
@@ -638,6 +644,8 @@ DRIVERS: Mapping[str, type[DriverConfig]] = {
 
 @dataclass(frozen=True)
 class HealthCheckConfig:
+    """`healthCheck`: a command that says whether each device is healthy."""
+
     command: tuple[str, ...] = key(
         "command",
         Argv(templates=HEALTH_TEMPLATE_FIELDS),
@@ -653,6 +661,8 @@ class HealthCheckConfig:
 
 @dataclass(frozen=True)
 class MountConfig:
+    """One entry of `allocate.mounts`: a host path mounted into the container."""
+
     host_path: str = key(
         "hostPath",
         AbsolutePath(),
@@ -678,6 +688,8 @@ class MountConfig:
 
 @dataclass(frozen=True)
 class CdiConfig:
+    """`allocate.cdi`: CDI devices named in the Allocate answer, their spec written."""
+
     kind: str = key(
         "kind",
         Text(
@@ -727,6 +739,8 @@ class CdiConfig:
 
 @dataclass(frozen=True)
 class AllocateConfig:
+    """`allocate`: what a container is given with its devices."""
+
     env: Mapping[str, str] = key(
         "env",
         StringMap(env_name_problem, templates=ALLOCATE_TEMPLATE_FIELDS, key_pattern=ENV_PATTERN),
@@ -803,6 +817,8 @@ PreStartFailure = Literal["ignore", "unhealthy"]
 
 @dataclass(frozen=True)
 class PreStartConfig:
+    """`preStart`: a command run at PreStartContainer."""
+
     command: tuple[str, ...] = key(
         "command",
         Argv(templates=HOOK_TEMPLATE_FIELDS),
@@ -872,6 +888,8 @@ RELEASE_TEMPLATE_FIELDS = HOOK_TEMPLATE_FIELDS | {"pod", "namespace", "container
 
 @dataclass(frozen=True)
 class ReleaseConfig:
+    """`release`: a command run on a device once no pod holds it."""
+
     command: tuple[str, ...] = key(
         "command",
         Argv(templates=RELEASE_TEMPLATE_FIELDS),
@@ -967,6 +985,8 @@ PreferredPolicy = Literal["packed", "spread", "numa", "none"]
 
 @dataclass(frozen=True)
 class ResourceConfig:
+    """One entry of `resources`: an extended resource and its driver."""
+
     name: str = key(
         "name",
         Text(
@@ -1052,6 +1072,8 @@ RegistrationMode = Literal["deviceSocket", "pluginsRegistry"]
 
 @dataclass(frozen=True)
 class KubeletConfig:
+    """`kubelet`: where the kubelet is and how kdp-host talks to it."""
+
     socket_dir: str = key(
         "socketDir",
         AbsolutePath(rule=_socket_dir_problem),
@@ -1126,6 +1148,8 @@ class KubeletConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    """`metrics`: the HTTP listener of /metrics, /healthz, /readyz."""
+
     listen: str = key(
         "listen",
         Text(rule=_listen_problem, extra_schema={"pattern": LISTEN_PATTERN}),
@@ -1171,6 +1195,8 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class NodeFeaturesConfig:
+    """`nodeFeatures`: the NFD feature file kdp-host writes."""
+
     file: str = key(
         "file",
         AbsolutePath(),
@@ -1196,6 +1222,8 @@ class NodeFeaturesConfig:
 
 @dataclass(frozen=True)
 class DeletePodsConfig:
+    """`heldMissing.deletePods`: which pods holding a missing device are deleted."""
+
     selector: Mapping[str, str] = key(
         "selector",
         StringMap(label_key_problem, value_rule=label_value_problem),
@@ -1219,6 +1247,8 @@ class DeletePodsConfig:
 
 @dataclass(frozen=True)
 class HeldMissingConfig:
+    """`heldMissing`: what kdp-host does when a device a pod holds goes missing."""
+
     events: bool = key(
         "events",
         Boolean(),
@@ -1241,6 +1271,8 @@ class HeldMissingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
+    """The whole config file."""
+
     kubelet: KubeletConfig = key("kubelet", Section(KubeletConfig), "", factory=KubeletConfig)
     metrics: MetricsConfig = key("metrics", Section(MetricsConfig), "", factory=MetricsConfig)
     state_dir: str = key(

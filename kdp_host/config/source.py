@@ -113,6 +113,8 @@ class _Open:
 
 @dataclass
 class _Anchored:
+    """A YAML node's value and how many nodes it was built from (aliases count once each)."""
+
     value: Any
     nodes: int
 

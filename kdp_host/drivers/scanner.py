@@ -295,6 +295,8 @@ nodes, a remove and a re-add): each is scanned at once; only a flood waits."""
 
 @dataclass(frozen=True)
 class ScanSettings:
+    """How often and how long a driver scans, and its limits."""
+
     rescan_interval: float
     grace_period: float
     scan_timeout: float

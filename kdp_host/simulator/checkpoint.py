@@ -86,6 +86,8 @@ def file_text(data_text: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointContents:
+    """What the simulated kubelet's checkpoint holds."""
+
     allocations: list[Allocation]
     registered: list[str]  # resources with an entry in RegisteredDevices
 

@@ -93,6 +93,8 @@ class ResourceSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class RegisterAttempt:
+    """A Register call the simulator got, and its answer."""
+
     version: str
     resource: str
     endpoint: str
@@ -123,6 +125,8 @@ class StaleDisconnect:
 
 @dataclass(frozen=True, slots=True)
 class Allocation:
+    """Devices the simulator allocated to a container."""
+
     pod_uid: str
     container: str
     resource: str
@@ -133,6 +137,8 @@ class Allocation:
 
 @dataclass(frozen=True, slots=True)
 class PreferredAllocationCall:
+    """A GetPreferredAllocation call the simulator made."""
+
     resource: str
     pod_uid: str
     container: str
@@ -147,6 +153,8 @@ class PreferredAllocationCall:
 
 @dataclass(frozen=True, slots=True)
 class AllocateCall:
+    """An Allocate call the simulator made."""
+
     resource: str
     pod_uid: str
     container: str
@@ -158,6 +166,8 @@ class AllocateCall:
 
 @dataclass(frozen=True, slots=True)
 class PreStartCall:
+    """A PreStartContainer call the simulator made."""
+
     resource: str
     pod_uid: str
     container: str

@@ -77,6 +77,8 @@ class _Registered:
 
 @dataclass(slots=True)
 class _Backoff:
+    """When a plugin may register again, and the next delay."""
+
     until: float = 0.0
     delay: float = 0.0
 

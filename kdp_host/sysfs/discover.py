@@ -33,6 +33,8 @@ class HexId(str):
 
 @dataclass(frozen=True)
 class Discovered:
+    """A device `discover` found, with a config entry for it."""
+
     device: SysfsDevice
     suggested_id: str
     resource: dict[str, Any] | None

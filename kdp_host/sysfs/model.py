@@ -71,6 +71,8 @@ class NodeInfo:
 
 @dataclass(frozen=True, slots=True)
 class UsbInterface:
+    """One interface of a USB device, with its class codes."""
+
     name: str
     """`1-1.2:1.0`: device, configuration, interface."""
     interface_class: str | None

@@ -66,6 +66,8 @@ class _ScanState:
 
 @dataclass(frozen=True)
 class _CachedAttributes:
+    """The attributes read of one sysfs device, kept between scans."""
+
     attributes: dict[str, str]
     errors: dict[str, str]
     interface_classes: tuple[tuple[str, tuple[str | None, str | None, str | None]], ...]
@@ -95,8 +97,6 @@ class SysfsReader:
         self._not_devices: dict[str, set[str]] = {}
         """Source -> names listed there that are no device (USB interfaces), since the last
         full scan."""
-
-    # ------------------------------------------------------------------ listing
 
     def scan(
         self,
@@ -282,8 +282,6 @@ class SysfsReader:
                     continue
                 entries.append((source, name, os.path.join(directory, name)))
         return entries, problems, listed
-
-    # ------------------------------------------------------------------ one device
 
     def read_device(
         self,

@@ -24,9 +24,10 @@ into the dataclass default, so the docs, the schema and the loader cannot disagr
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .kinds import INVALID, Kind, Reader
 from .source import FieldPath
@@ -137,18 +138,32 @@ def _convert_default(kind: Kind, default: Any, name: str) -> Any:
     return value
 
 
-def declarations(cls: type[Any]) -> Iterator[tuple[dataclasses.Field[Any], Key | OneOf]]:
-    for f in dataclasses.fields(cls):
-        declaration = f.metadata.get(DECLARATION)
-        if declaration is not None:
-            yield f, declaration
+def declarations(cls: type[Any]) -> tuple[tuple[dataclasses.Field[Any], Key | OneOf], ...]:
+    """The declared fields of a section class, in order. Found once per class: a config of
+    a hundred resources reads each of their sections a hundred times (issue 19)."""
+    return _declarations(cast(type, cls))  # (mypy: type[Any] is not Hashable)
 
 
-def yaml_keys(cls: type[Any]) -> list[str]:
+def yaml_keys(cls: type[Any]) -> frozenset[str]:
+    """The YAML keys a section class declares (each option of a `one_of` too)."""
+    return _yaml_keys(cast(type, cls))
+
+
+@functools.cache
+def _declarations(cls: type) -> tuple[tuple[dataclasses.Field[Any], Key | OneOf], ...]:
+    return tuple(
+        (f, declaration)
+        for f in dataclasses.fields(cls)
+        if (declaration := f.metadata.get(DECLARATION)) is not None
+    )
+
+
+@functools.cache
+def _yaml_keys(cls: type) -> frozenset[str]:
     names: list[str] = []
     for _, d in declarations(cls):
         names.extend(d.options if isinstance(d, OneOf) else [d.name])
-    return names
+    return frozenset(names)
 
 
 # --------------------------------------------------------------------------- reading

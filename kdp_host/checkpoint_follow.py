@@ -28,11 +28,19 @@ pod's Allocate at once (a burst of pods: hostile23 F1, the next Allocate came be
 look in 2-4 rounds of 8). So an Allocate waits until every write made before it came was
 looked at and what it showed booked (`CheckpointFollower.looked`): at no cost where the
 watcher vouches that it told every write (`Vouching.untold`: no event unread, one poll; the
-directory watched) and no look is due; the running or due look where one is (the kubelet's
-own write after this host's previous admission: ~0.15 ms at 1,000 entries, off the loop);
-a look begun then where the watcher cannot vouch (polling, the directory not watched, the
-events still unread after a few turns of the loop). Past `ANSWER_WAIT` the Allocate is
-refused (UNAVAILABLE), not answered blind.
+directory watched) and no look is due; the running or due look where one is (a write with
+another name's entry: ~0.15 ms at 1,000 entries, off the loop); a look begun then where
+the watcher cannot vouch (polling, the directory not watched, the events still unread
+after a few turns of the loop). Past `ANSWER_WAIT` the Allocate is refused (UNAVAILABLE),
+not answered blind.
+
+The write that ends this host's own admission (the kubelet's, before it sends the next
+pod's Allocate) was the look most Allocates waited for (issue 19: a thread hop and back,
+0.1-0.5 ms on a busy machine). A local directory (`Local`: no server to wait for, as a glob
+scan on the loop) and a small file holding only served names' entries (`served_only`: a
+read of at most `ON_LOOP_BYTES` and one scan) are looked at on the loop the moment the
+watcher tells the write (`_on_loop`), where no booking from the file alone is left to end
+(below); anything else goes off it as above.
 
 A booking of an entry of another name ends once the file no longer lists it (hostile23 F6:
 with PodResources polling off nothing else ends it; the kubelet drops an entry only once its
@@ -49,118 +57,30 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
-import re
 from collections.abc import Awaitable, Callable, Collection, Container
 from typing import Final, Protocol
 
-from .files import FileReadError, Offload, read_attribute
-from .kubelet_checkpoint import (
-    CHECKPOINT_FILE,
-    MAX_CHECKPOINT_BYTES,
-    READ_TIMEOUT,
-    CheckpointError,
-    vouched_ids,
-)
+from .checkpoint_entries import Entries, Listed, entry_ids, listed_in, others_entries, served_only
+from .files import Offload
+from .kubelet_checkpoint import CHECKPOINT_FILE, READ_TIMEOUT
 from .logs import EventLogger
 from .ownership_claims import Owner
 from .places_followed import Vouching
 from .watch import Subscription, Watcher
 
-Entries = frozenset[bytes]
-"""Checkpoint entries, each as its JSON text (as written, or with sorted keys)."""
 BookOthers = Callable[[frozenset[str]], Awaitable[bool]]
 """Books the checkpoint's entries of every name but the given ones; whether the file could
 be used (`checkpoint_bookings.book_others`)."""
-NAME_KEY: Final = b'"ResourceName"'
-ENTRY_KEYS: Final = frozenset({"PodUID", "ContainerName", "ResourceName", "DeviceIDs", "AllocResp"})
 ANSWER_WAIT: Final = 5.0
 """Seconds an Allocate waits at most for the look at the writes made before it came
 (`CheckpointFollower.looked`); past them it is refused."""
-Listed = frozenset[tuple[str, str]]
-"""(resource, ID) pairs a checkpoint lists."""
 TURNS: Final = 3
 """Turns of the loop an Allocate gives the watcher to read the events it holds before a
 look is begun for it instead (events keep coming elsewhere)."""
-
-
-def others_entries(path: str, served: frozenset[str]) -> Entries | None:
-    """The entries of the checkpoint at `path` of every resource name but `served`'s (none
-    without a file); None when that cannot be told (unreadable, not the kubelet's shape: the
-    read that books says why). Blocking. A file in compact JSON with no escape (as Go writes
-    it) is not parsed: a scan for the names that are not served finds the entries (`_cut`);
-    any other is."""
-    try:
-        blob = read_attribute(path, MAX_CHECKPOINT_BYTES)
-    except FileReadError:
-        return None
-    if blob is None:
-        return frozenset()
-    if b"\\" not in blob and blob.count(NAME_KEY) == blob.count(NAME_KEY + b':"'):
-        found = _cut(blob, served)
-        if found is not None:
-            return found
-    try:
-        data = json.loads(blob)["Data"]
-        entries = data.get("PodDeviceEntries") or []
-        return frozenset(
-            json.dumps(entry, sort_keys=True).encode()
-            for entry in entries
-            if entry.get("ResourceName", "") not in served
-        )
-    except (ValueError, TypeError, KeyError, AttributeError):  # (not the kubelet's shape)
-        return None
-
-
-def _cut(blob: bytes, served: frozenset[str]) -> Entries | None:
-    """The entries of the names not `served` cut out of compact JSON without escapes (no
-    string holds a quote): each from the entry boundary before its name (`},{`, or the
-    list's `[{`) to the one after (`},{`, `}]`), checked to be one entry (a device ID that
-    holds such a boundary makes it None: the file is parsed instead)."""
-    out: set[bytes] = set()
-    for match in _other_name(served).finditer(blob):
-        at = match.start()
-        start = blob.rfind(b"},{", 0, at) + 2
-        if start < 2:
-            start = blob.rfind(b"[{", 0, at) + 1
-        ends = [end for end in (blob.find(b"},{", at), blob.find(b"}]", at)) if end >= 0]
-        if start < 1 or not ends:
-            return None
-        text = blob[start : min(ends) + 1]
-        try:
-            entry = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(entry, dict) or not entry.keys() <= ENTRY_KEYS:
-            return None
-        if entry.get("ResourceName") in served:
-            return None
-        out.add(text)
-    return frozenset(out)
-
-
-def entry_ids(text: bytes) -> Listed:
-    """The (resource, ID) pairs of one entry as `others_entries` gives it (none where it
-    is not of the kubelet's shape: the full read that ends a booking checks the file)."""
-    try:
-        entry = json.loads(text)
-        by_numa = entry.get("DeviceIDs") or {}
-        resource = entry.get("ResourceName", "")
-        return frozenset((resource, i) for ids in by_numa.values() for i in ids)
-    except (ValueError, TypeError, AttributeError):
-        return frozenset()
-
-
-def listed_in(path: str) -> Listed | None:
-    """Every (resource, ID) the checkpoint at `path` lists, checked (the kubelet's shape and
-    checksum, also with no entry); None when there is no such file or it cannot be used.
-    Blocking."""
-    try:
-        blob = read_attribute(path, MAX_CHECKPOINT_BYTES)
-        return None if blob is None else vouched_ids(blob)
-    except (FileReadError, CheckpointError):
-        return None
+Local = Callable[[Collection[str]], bool]
+"""Whether a lookup in each of these real directories waits on nothing but this machine
+(`OwnershipIndex.local`, the mount table followed)."""
 
 
 class Learnt(Protocol):
@@ -177,13 +97,14 @@ class Learnt(Protocol):
     ) -> list[Owner]: ...
 
 
-@functools.lru_cache(maxsize=8)
-def _other_name(served: frozenset[str]) -> re.Pattern[bytes]:
-    """Finds an entry's name that is not `served`'s, in compact JSON without escapes."""
-    if not served:
-        return re.compile(re.escape(NAME_KEY + b':"'))
-    names = b"|".join(re.escape(name.encode()) for name in sorted(served))
-    return re.compile(re.escape(NAME_KEY + b':"') + b"(?!(?:" + names + b')")')
+def _not_served(served: frozenset[str], resource: str) -> bool:
+    return resource not in served
+
+
+def _look_off(path: str, served: frozenset[str]) -> tuple[Entries | None, str]:
+    """A look off the loop: `others_entries`, and the real path of the file's directory
+    (where a look on the loop may be, `CheckpointFollower._on_loop`)."""
+    return others_entries(path, served), os.path.realpath(os.path.dirname(path))
 
 
 class CheckpointFollower:
@@ -198,8 +119,13 @@ class CheckpointFollower:
         served: Callable[[], Collection[str]],
         book: BookOthers,
         learnt: Learnt | None = None,
+        local: Local | None = None,
     ) -> None:
         self._path = os.path.join(socket_dir, CHECKPOINT_FILE)
+        self._local = local
+        self._real_dir: str | None = None
+        """The directory's real path, as the last look off the loop found it (None: none
+        yet, no look on the loop)."""
         self._dir, self._offload, self._log = socket_dir, offload, log
         self._served, self._book, self._learnt = served, book, learnt
         self._ids: dict[bytes, Listed] = {}
@@ -211,7 +137,7 @@ class CheckpointFollower:
         """Other names' entries a booking read has covered (the last look's, if fewer)."""
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
-        self._looking: asyncio.Future[Entries | None] | None = None
+        self._looking: asyncio.Future[tuple[Entries | None, str]] | None = None
         """A look still running (one that hangs is waited for again, never started twice)."""
         self._subscription: Subscription | None = None
         self._told: str | None = None
@@ -223,9 +149,9 @@ class CheckpointFollower:
         """`_heard` when the running look's read began."""
         self._progress: asyncio.Future[None] | None = None
         """Set when a look finishes (`looked` waits on it)."""
-        self.looks = self.bookings = self.unbooked = 0
-        """Looks at a write, booking reads they led to, and bookings ended (tests,
-        benchmarks)."""
+        self.looks = self.bookings = self.unbooked = self.on_loop = 0
+        """Looks at a write, booking reads they led to, bookings ended, and looks done on
+        the loop (tests, benchmarks)."""
 
     def follow(self, watcher: Watcher) -> CheckpointFollower:
         """Follow the file from now on, with a look now (a write since the start's read)."""
@@ -280,10 +206,32 @@ class CheckpointFollower:
     def _written(self, _name: str | None) -> None:
         self._heard += 1
         self._dirty = True
-        if self._task is None and self._subscription is not None:
+        if self._task is None and self._subscription is not None and not self._on_loop():
             self._task = asyncio.get_running_loop().create_task(
                 self._follow(), name="kubelet-checkpoint-follow"
             )
+
+    def _on_loop(self) -> bool:
+        """A look done now, on the loop, with no thread hop and no turn of the loop (issue
+        19: the kubelet's own write after this host's previous admission, looked at before
+        its next Allocate comes): where no look runs, the directory is on a local file
+        system (`Local`, its real path as the last look off the loop found it), the file
+        small with only served names' entries (`served_only`) and no booking from the file
+        alone left to end (`_ending_due`). True when it was: every write heard so far is
+        looked at, and nothing was to be booked or ended; else the look goes off the loop,
+        as any other."""
+        real, local = self._real_dir, self._local
+        if self._looking is not None or real is None or local is None or not local((real,)):
+            return False
+        after, served = self._heard, frozenset(self._served())
+        if not served_only(self._path, served) or self._ending_due(frozenset(), served):
+            return False
+        self.looks += 1
+        self.on_loop += 1
+        self._dirty = False
+        self._seen = frozenset()  # (entries gone: their bookings end by their own rules)
+        self._looked_after(after)
+        return True
 
     async def _follow(self) -> None:
         try:
@@ -299,12 +247,14 @@ class CheckpointFollower:
         served = frozenset(self._served())
         self.looks += 1
         if self._looking is None:
-            work = functools.partial(others_entries, self._path, served)
+            work = functools.partial(_look_off, self._path, served)
             self._looking_after = self._heard
             self._looking = asyncio.ensure_future(self._offload.run(work))
         after = self._looking_after
         try:
-            entries = await asyncio.wait_for(asyncio.shield(self._looking), READ_TIMEOUT)
+            entries, self._real_dir = await asyncio.wait_for(
+                asyncio.shield(self._looking), READ_TIMEOUT
+            )
         except TimeoutError:
             self._tell(f"not read within {READ_TIMEOUT:g} s")
             return
@@ -318,26 +268,43 @@ class CheckpointFollower:
             if await self._book(served):  # (a file that cannot be used: logged by the read)
                 self._seen = frozenset() if entries is None else entries
                 self._tell(None)
+        self._looked_after(after)
+        if entries is not None and self._learnt is not None:  # (no Allocate waits for it)
+            await self._end_unlisted(self._learnt, entries, served)
+
+    def _looked_after(self, after: int) -> None:
+        """A look begun after `after` writes finished (its booking done): told to `looked`."""
         self._looked = max(self._looked, after)
         progress, self._progress = self._progress, None
         if progress is not None and not progress.done():
             progress.set_result(None)
-        if entries is not None and self._learnt is not None:  # (no Allocate waits for it)
-            await self._end_unlisted(self._learnt, entries, served)
+
+    def _ending_due(self, entries: Entries, served: frozenset[str]) -> bool:
+        """Whether a look that found `entries` has bookings from the file alone to end (a
+        full read of it: `_end_unlisted`)."""
+        learnt = self._learnt
+        return learnt is not None and self._unvouched(learnt, entries, served) is not None
+
+    def _unvouched(
+        self, learnt: Learnt, entries: Entries, served: frozenset[str]
+    ) -> tuple[tuple[Owner, float], ...] | None:
+        """The bookings from the checkpoint alone of names not `served` that `entries` do
+        not list, where a full read is due (None: none, or those of the last full read)."""
+        ids = self._ids = {text: self._ids.get(text) or entry_ids(text) for text in entries}
+        listed = frozenset().union(*ids.values())
+        unvouched = tuple(learnt.unvouched(listed, functools.partial(_not_served, served)))
+        if not unvouched or self._vouched == (entries, unvouched):
+            return None
+        return unvouched
 
     async def _end_unlisted(self, learnt: Learnt, entries: Entries, served: frozenset[str]) -> None:
         """End the bookings from the checkpoint alone of names not `served` that the file
         no longer lists (the module's rules): asked of the look's `entries`, then of a full
         read begun after now."""
-        ids = self._ids = {text: self._ids.get(text) or entry_ids(text) for text in entries}
-        listed = frozenset().union(*ids.values())
-
-        def covered(resource: str) -> bool:
-            return resource not in served
-
-        unvouched = tuple(learnt.unvouched(listed, covered))
-        if not unvouched or self._vouched == (entries, unvouched):
+        unvouched = self._unvouched(learnt, entries, served)
+        if unvouched is None:
             return
+        covered = functools.partial(_not_served, served)
         began = learnt.vouch_began()
         reading = self._offload.run(functools.partial(listed_in, self._path))
         try:

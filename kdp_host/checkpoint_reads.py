@@ -39,7 +39,7 @@ from .checkpoint_bookings import (
     book_others,
     unlist,
 )
-from .checkpoint_follow import ANSWER_WAIT, CheckpointFollower, Learnt
+from .checkpoint_follow import ANSWER_WAIT, CheckpointFollower, Learnt, Local
 from .files import Offload
 from .logs import EventLogger
 
@@ -161,13 +161,15 @@ class CheckpointReads:
         watcher: Watcher,
         served: Callable[[], Collection[str]],
         learnt: Learnt | None = None,
+        local: Local | None = None,
     ) -> None:
         """While the host runs: the entries of every name but `served`'s (the names the host
         serves now) booked, and admitted against, before an Allocate that came after the
         kubelet's write is answered, and the bookings from the file alone of those names
-        (`learnt`'s) ended once it no longer lists them (`checkpoint_follow`)."""
+        (`learnt`'s) ended once it no longer lists them (`checkpoint_follow`; `local`: where
+        a look may be on the loop)."""
         self.follower = CheckpointFollower(
-            self._dir, self._offload, self._log, served, self._book_others, learnt
+            self._dir, self._offload, self._log, served, self._book_others, learnt, local
         )
         self.follower.follow(watcher)
 

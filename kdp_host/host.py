@@ -178,7 +178,7 @@ class Host:
         reads = CheckpointReads(self.ownership, kubelet.socket_dir, self._work, self.log,
                                 self.pod_resources, self.metrics)  # fmt: skip
         reads.follow(watcher, lambda: [r.name for r in self.selection.config.resources],
-                     self.ownership)  # fmt: skip
+                     self.ownership, self.ownership.local)  # fmt: skip
         services = HostServices(
             kubelet, self.instance_id, watcher, self.metrics, self.log, safety_net, self.drivers,
             commands=commands, pod_resources=self.pod_resources, release_state=release_state,

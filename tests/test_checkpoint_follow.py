@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kdp_host import checkpoint_follow
+from kdp_host import checkpoint_entries, checkpoint_follow
 from kdp_host.checkpoint_follow import BookOthers, CheckpointFollower, others_entries
 from kdp_host.files import DaemonThreads
 from kdp_host.inotify_watch import make_watcher
@@ -234,9 +234,12 @@ def test_only_a_booking_the_checkpoint_vouched_for_ends_when_a_later_read_lacks_
     assert ledger.learnt == {GDEV: {"g3"}, OTHER: {"a0"}}
 
 
-async def test_a_missing_or_unusable_file_ends_no_booking(tmp_path: Path) -> None:
+@pytest.mark.parametrize("local", [False, True])
+async def test_a_missing_or_unusable_file_ends_no_booking(tmp_path: Path, local: bool) -> None:
     """The follower's full read: no file, or a checksum that does not match, ends nothing
-    (the look's names lacked the booking's); a file of the kubelet's that lists none does."""
+    (the look's names lacked the booking's); a file of the kubelet's that lists none does.
+    `local`: the same where a file of served names only is looked at on the loop (a booking
+    left to end sends its look off the loop all the same)."""
     ended: list[float] = []
 
     class Learnt:
@@ -256,8 +259,9 @@ async def test_a_missing_or_unusable_file_ends_no_booking(tmp_path: Path) -> Non
     watcher = make_watcher(get_logger(), offload=DaemonThreads())
     watching = asyncio.create_task(watcher.run())
     follower = CheckpointFollower(
-        str(tmp_path), DaemonThreads(), get_logger(), lambda: [OTHER], book, Learnt()
-    ).follow(watcher)
+        str(tmp_path), DaemonThreads(), get_logger(), lambda: [OTHER], book, Learnt(),
+        local=lambda _dirs: local,
+    ).follow(watcher)  # fmt: skip
     try:
         await wait_until(lambda: follower.looks >= 1 and follower._task is None, timeout=10)
         assert not ended and follower.unbooked == 0  # (no file)
@@ -268,7 +272,10 @@ async def test_a_missing_or_unusable_file_ends_no_booking(tmp_path: Path) -> Non
         write_go(tmp_path, entry_of(OTHER, "a0", "/dev/a0"))
         await follower.looked()
         await wait_until(lambda: follower.unbooked == 1, timeout=10)
-        assert ended == [1.0]
+        assert ended == [1.0] and follower.on_loop == 0
+        write_go(tmp_path, entry_of(OTHER, "a1", "/dev/a0"))  # (nothing left to end)
+        await follower.looked()
+        assert follower.on_loop == int(local)
     finally:
         follower.cancel()
         watching.cancel()
@@ -365,6 +372,7 @@ async def test_the_hosts_own_admissions_cost_no_booking_read(
     looks = follower.looks
     await wait_until(lambda: follower.looks > looks or follower._task is None, timeout=10)
     assert follower.bookings == bookings
+    assert follower.on_loop >= 1, "its own admissions' writes are looked at on the loop"
 
 
 def test_the_names_alone_tell_a_file_of_served_entries_without_parsing_it(
@@ -440,3 +448,66 @@ async def test_writes_are_coalesced_and_an_entry_seen_is_not_booked_again(
         looks = follower.looks
         await wait_until(lambda: follower.looks > looks and follower._task is None, timeout=10)
         assert len(booked) == 2, "g5 dropped, a0 served: nothing new to book"
+
+
+class CountedOffload(DaemonThreads):
+    """The offload, counting the calls sent off the loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def run(self, function: Any) -> Any:
+        self.calls += 1
+        return await super().run(function)
+
+
+async def test_a_write_of_served_names_only_is_looked_at_on_the_loop(tmp_path: Path) -> None:
+    """Issue 19: where the directory is local, a small file holding only served names'
+    entries (the kubelet's own write after this host's admission) is looked at on the loop
+    when the watcher tells the write: no thread hop, and an Allocate after it waits for
+    nothing. Another name's entry, a file past `ON_LOOP_BYTES` and a directory that is not
+    local are looked at off the loop, as before, and what they show is booked first."""
+    booked: list[frozenset[str]] = []
+    local = [True]
+
+    async def book(served: frozenset[str]) -> bool:
+        booked.append(served)
+        return True
+
+    offload = CountedOffload()
+    watcher = make_watcher(get_logger(), offload=DaemonThreads())
+    watching = asyncio.create_task(watcher.run())
+    follower = CheckpointFollower(
+        str(tmp_path), offload, get_logger(), lambda: [OTHER], book, local=lambda _dirs: local[0]
+    )
+    write_go(tmp_path, entry_of(OTHER, "a0", "/a"))
+    try:
+        follower.follow(watcher)
+        assert await follower.looked()
+        assert follower.on_loop == 0, "the first look finds the directory's real path, off it"
+        calls, looks = offload.calls, follower.looks
+        for device in ("a1", "a2", "a3"):
+            write_go(tmp_path, entry_of(OTHER, device, "/a"))
+            await wait_until(lambda looks=looks: follower.looks > looks, timeout=10)
+            looks = follower.looks
+            assert follower._task is None, "no look left running"
+            assert await follower.looked()
+        assert (offload.calls, follower.on_loop, booked) == (calls, 3, [])
+        write_go(tmp_path, entry_of(OTHER, "a4", "/a"), entry_of(GDEV, "g0", "/dev/g0"))
+        assert await follower.looked()
+        assert booked == [frozenset({OTHER})], "another name's entry: booked before an answer"
+        assert offload.calls == calls + 1 and follower.on_loop == 3
+        many = [entry_of(OTHER, f"a{i}", "/a") for i in range(150)]
+        assert len(json.dumps(many)) > checkpoint_entries.ON_LOOP_BYTES
+        write_go(tmp_path, *many)
+        assert await follower.looked()
+        assert offload.calls == calls + 2 and follower.on_loop == 3
+        local[0] = False
+        write_go(tmp_path, entry_of(OTHER, "a5", "/a"))
+        assert await follower.looked()
+        assert offload.calls == calls + 3 and follower.on_loop == 3
+    finally:
+        follower.cancel()
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)

@@ -75,12 +75,15 @@ def _cut(blob: bytes, served: frozenset[str]) -> Entries | None:
     list's `[{`) to the one after (`},{`, `}]`), checked to be one entry (a device ID that
     holds such a boundary makes it None: the file is parsed instead)."""
     out: set[bytes] = set()
+    close = -1  # (the list's end, found once: each entry's own search made the cut quadratic)
     for match in _other_name(served).finditer(blob):
         at = match.start()
         start = blob.rfind(b"},{", 0, at) + 2
         if start < 2:
             start = blob.rfind(b"[{", 0, at) + 1
-        ends = [end for end in (blob.find(b"},{", at), blob.find(b"}]", at)) if end >= 0]
+        if close < at:
+            close = blob.find(b"}]", at)
+        ends = [end for end in (blob.find(b"},{", at), close) if end >= 0]
         if start < 1 or not ends:
             return None
         text = blob[start : min(ends) + 1]

@@ -405,6 +405,12 @@ def test_an_entry_is_cut_out_of_the_file_or_the_file_is_parsed(tmp_path: Path) -
         want = {e["DeviceIDs"]["-1"][0] for e in order if e["ResourceName"] == GDEV}
         assert {json.loads(text)["DeviceIDs"]["-1"][0] for text in found} == want
         assert all(text.startswith(b"{") and b'"PodUID":' in text for text in found)
+    many = [entry_of(GDEV if i % 3 else OTHER, f"g{i}", f"/g{i}") for i in range(60)]
+    write_go(tmp_path, *many)  # (the list's end found once for all of them: issue 19)
+    found = others_entries(path, frozenset({OTHER})) or frozenset()
+    assert sorted(json.loads(text)["DeviceIDs"]["-1"][0] for text in found) == sorted(
+        f"g{i}" for i in range(60) if i % 3
+    )
     odd = entry_of(GDEV, "g},{x", "/g2")
     write_go(tmp_path, entries[1], odd, entries[1])
     [text] = others_entries(path, frozenset({OTHER})) or [b""]

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
-from .config import PreferredPolicy, ResourceConfig
+from .config import GlobDriverConfig, PreferredPolicy, ResourceConfig
 from .container_paths import PathClaims, SharedPathIndex, may_share_paths
 from .device_table import DeviceTable
 from .devices import REPLICA_SEPARATOR, Advertised, Device, Snapshot
@@ -44,18 +44,31 @@ def preferred_can_matter(policy: PreferredPolicy, replicas: int, devices: Iterab
     return policy != "none" and (replicas > 1 or any(device.numa is not None for device in devices))
 
 
-class PreferredNeed:
-    """Whether a resource advertises GetPreferredAllocation for its current list, and whether
-    the answers steer clear of shared container paths (each advertised call is one more RPC
-    per container admitted, so only where it can matter).
+def may_report_numa(resource: ResourceConfig) -> bool:
+    """Whether a device of the resource may come with a NUMA node: a glob's only through
+    `numaNode` or `numaNodeFile`; a sysfs device reads its `numa_node`, a probe may print one."""
+    driver = resource.driver
+    if isinstance(driver, GlobDriverConfig):
+        return driver.numa_node is not None or driver.numa_node_file is not None
+    return True
 
-    It matters where a policy can choose better than the kubelet (`preferred_can_matter`),
-    and, whatever the policy (`none` too), while two devices of the list place different
-    things at one container path (`container_paths.SharedPathIndex`): the kubelet's own pick
-    may hold both, and Allocate must refuse that pod for good, though another set was free.
-    The kubelet takes the option at registration only: a resource whose list comes to need
-    it registers again (`serving.py`); once told, it stays until the next registration (a
-    flapping device does not cost a registration each time).
+
+class PreferredNeed:
+    """Whether a resource advertises GetPreferredAllocation, and what its answers need.
+
+    The kubelet takes the option at registration only, and registering again marks every
+    device of the resource unhealthy until the new registration is in (every admission in
+    that window is refused for good: docs/kubelet-contract.md §4, §9; over the ~2 s of a
+    plugin-manager reconcile with `pluginsRegistry`). So the option is decided by the config
+    alone, from the first registration, and no device list ever calls for a registration:
+    - whatever the policy (`none` too), where two devices may place different things at one
+      container path (`container_paths.may_share_paths`): while the list holds such a pair
+      the answers steer the kubelet clear of it (Allocate must refuse such a set);
+    - where a policy can choose better than the kubelet: `replicas` > 1, or devices that may
+      come with a NUMA node (`may_report_numa`).
+    Each advertised call is one more RPC per container admitted. While neither a pair nor
+    anything the policy ranks by is in the list, the answer is "no preference" (empty: the
+    kubelet picks as it would alone), made without looking at the request.
     """
 
     def __init__(self, config: ResourceConfig, table: DeviceTable) -> None:
@@ -63,6 +76,11 @@ class PreferredNeed:
         self._replicas = config.replicas
         self._table = table
         self._index = SharedPathIndex() if may_share_paths(config) else None
+        self.announced = self._index is not None or (
+            self._policy != "none" and (self._replicas > 1 or may_report_numa(config))
+        )
+        """Advertised (`get_preferred_allocation_available`), from the first registration."""
+        self._ranked: tuple[Snapshot | None, bool] = (None, False)
 
     def follow(self, devices: Mapping[str, Device]) -> None:
         """Take each list the table is given (`DeviceTable.follow_lists`: the resource's one
@@ -76,8 +94,14 @@ class PreferredNeed:
         (never looked at where the config rules it out)."""
         return self._index is not None and self._index.update(self._table.reported)
 
-    def matters(self, snapshot: Snapshot) -> bool:
-        return self.shared() or preferred_can_matter(self._policy, self._replicas, snapshot.devices)
+    def policy_matters(self, snapshot: Snapshot) -> bool:
+        """Whether the policy's answer for `snapshot` can differ from the kubelet's own pick
+        (`preferred_can_matter`), kept per snapshot: one walk per list, not per call."""
+        known, matters = self._ranked
+        if known is not snapshot:
+            matters = preferred_can_matter(self._policy, self._replicas, snapshot.devices)
+            self._ranked = (snapshot, matters)
+        return matters
 
 
 def preferred_allocation(

@@ -184,7 +184,6 @@ class ResourceRuntime:
         if self._held:
             self._look_replaced(snapshot)
             self._check_held_devices(snapshot)
-        self._serving.devices_changed()
 
     async def run(self) -> None:
         """Run until cancelled; an exception means the resource crashed (the host restarts it)."""

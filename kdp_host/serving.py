@@ -31,7 +31,6 @@ from .logs import EventLogger
 from .peer_sockets import PEER_ENDED, PeerSockets
 from .protocol.registration import (
     KUBELET_SOCKET,
-    OPTIONS_CHANGED,
     FileIdentity,
     RegistrationError,
     file_identity,
@@ -86,8 +85,6 @@ class ServingLoop:
         self._serve_dir = kubelet.serve_dir
         self.endpoint = socket_name(name, services.instance_id, self._serve_dir)
         self.socket_path = os.path.join(self._serve_dir, self.endpoint)
-        self._service: DevicePluginService | None = None
-        """The service of the socket served now (None between two servers)."""
         self._expected: tuple[FileIdentity, FileIdentity | None] | None = None
         """The socket and kubelet.sock the safety net checks (`_sockets_unchanged`)."""
         self._wake = asyncio.Event()
@@ -122,11 +119,6 @@ class ServingLoop:
                 self._sleep_or_wake,
             )  # fmt: skip
 
-    def devices_changed(self) -> None:
-        """The device list changed: register again if the kubelet must learn new options."""
-        if self._service is not None and self._service.options_outdated():
-            self._wake.set()
-
     async def run(self) -> None:
         """Serve and stay registered until cancelled."""
         subscription = self._services.watcher.subscribe(
@@ -156,16 +148,14 @@ class ServingLoop:
                 try:
                     if self._plugins is not None:
                         self._expected = (identity, None)
-                        reason = await self._plugins.follow(service, identity, patience, refusals)
+                        reason = await self._plugins.follow(identity, patience, refusals)
                     else:
                         kubelet = await self._register_until_done(service, identity)
-                        reason = await self._wait_until_reregister_needed(
-                            service, identity, kubelet
-                        )
+                        reason = await self._wait_until_reregister_needed(identity, kubelet)
                 except _SocketLost:
                     reason = "socket_removed"
                 finally:
-                    self._service, self._expected = None, None
+                    self._expected = None
                     self.status.mark(serving=False, registered=False)
                     await plugin_socket.stop(service, server, self.socket_path, self.log)
                 self.log.info("reregistering", reason=reason)
@@ -217,7 +207,6 @@ class ServingLoop:
                 self.log.warning("serve_failed", socket=self.socket_path, reason=str(exc))
                 await self._sleep_or_wake(backoff.next_delay())
                 continue
-            self._service = service
             self.status.mark(serving=True)
             self.log.info("serving", socket=self.socket_path)
             return service, server, identity
@@ -270,7 +259,7 @@ class ServingLoop:
             return kubelet
 
     async def _wait_until_reregister_needed(
-        self, service: DevicePluginService, identity: FileIdentity, kubelet: FileIdentity | None
+        self, identity: FileIdentity, kubelet: FileIdentity | None
     ) -> str:
         self._expected = (identity, kubelet)
         while True:
@@ -282,8 +271,6 @@ class ServingLoop:
                 return "kubelet_restarted"
             if self._stream_lost:
                 return STREAM_CLOSED
-            if service.options_outdated():
-                return OPTIONS_CHANGED
             peer, peer_wait = self._peers.due()
             if peer is not None:
                 self.log.info(PEER_ENDED, socket=peer, action="register again")

@@ -21,7 +21,6 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .peer_sockets import PEER_ENDED, PeerSockets
 from .protocol.registration import (
-    OPTIONS_CHANGED,
     FileIdentity,
     file_identity,
     kubelet_listening,
@@ -32,7 +31,6 @@ from .stream_losses import StreamLosses
 
 if TYPE_CHECKING:  # imported where used: only this mode needs it
     from .protocol.plugin_registry import KubeletVerdict, PluginRegistrationService
-    from .protocol.service import DevicePluginService
 
 KUBELET_ALIVE_SETTLE: Final = 0.5
 """Seconds after the kubelet ended a stream before asking whether it still runs (a kubelet
@@ -97,7 +95,6 @@ class PluginManagerFollower:
 
     async def follow(
         self,
-        service: DevicePluginService,
         identity: FileIdentity,
         patience: Backoff,
         refusals: Backoff,
@@ -125,8 +122,6 @@ class PluginManagerFollower:
             self.wake.clear()
             if file_identity(self.socket_path) != identity:
                 return "socket_removed"
-            if service.options_outdated():
-                return OPTIONS_CHANGED
             while self._events:
                 event = self._events.popleft()
                 if isinstance(event, str):  # STREAM_LOST

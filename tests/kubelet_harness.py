@@ -369,21 +369,6 @@ def healthy(resource: str, count: int) -> Callable[[RealKubelet], bool]:
     return check
 
 
-def preferred_offered(resource: str, count: int) -> Callable[[RealKubelet], bool]:
-    """A predicate for `wait_for`/`await_for`: `count` healthy devices of `resource`, whose
-    registration offered GetPreferredAllocation."""
-
-    def check(kubelet: RealKubelet) -> bool:
-        seen = kubelet.resource(resource)
-        return (
-            seen is not None
-            and seen["healthy"] == count
-            and seen["options"]["get_preferred_allocation_available"]
-        )
-
-    return check
-
-
 @contextmanager
 def real_kubelet(socket_dir: Path, **options: Any) -> Iterator[RealKubelet]:
     kubelet = RealKubelet(socket_dir, **options)

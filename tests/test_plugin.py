@@ -117,49 +117,60 @@ async def test_a_table_and_its_service_keep_no_event_nobody_waits_on(
     assert (await asyncio.wait_for(waiter, 30)).devices == (TableDevice("x"),)
 
 
+GLOB_NUMA_FILE = RESOURCE.replace("/dev/r*]", '/dev/r*], numaNodeFile: "{path}.numa"')
+GLOB_NUMA_NODE = RESOURCE.replace("/dev/r*]", "/dev/r*], numaNode: 1")
+PROBE = "resources: [{name: t.io/r, shell: {command: [probe]}}]"
+
+
 @pytest.mark.parametrize(
-    ("extra", "devices", "advertised"),
+    ("yaml_text", "extra", "advertised"),
     [
-        ("", [TableDevice("a"), TableDevice("b")], False),
-        ("", [TableDevice("a"), TableDevice("b", numa=0)], True),
-        (", replicas: 2", [TableDevice("a")], True),
-        (", replicas: 2", [], True),
-        (", preferred: spread", [TableDevice("a"), TableDevice("b")], False),
-        (", preferred: numa", [TableDevice("a", numa=1)], True),
-        (", preferred: none, replicas: 2", [TableDevice("a", numa=0)], False),
+        (RESOURCE, "", False),
+        (GLOB_NUMA_FILE, "", True),
+        (RESOURCE, ", replicas: 2", True),
+        (RESOURCE, ", preferred: spread", False),
+        (GLOB_NUMA_NODE, ", preferred: numa", True),
+        (GLOB_NUMA_NODE, ", preferred: none, replicas: 2", False),
+        (PROBE, "", True),  # (a probe may report NUMA nodes and pairs at one path)
+        (PROBE, ", preferred: none", True),  # (pairs at one path: steered)
     ],
 )
-async def test_get_preferred_allocation_is_advertised_only_where_the_policy_can_matter(
-    extra: str, devices: list[TableDevice], advertised: bool
+async def test_get_preferred_allocation_is_advertised_by_the_config_alone(
+    yaml_text: str, extra: str, advertised: bool
 ) -> None:
-    """With one advertised ID per device and no NUMA node, every policy answers what the
-    kubelet picks alone: no GetPreferredAllocation, one RPC per container instead of two."""
+    """Advertised where the config can make it matter (`replicas` > 1, devices that may
+    come with a NUMA node, devices that may share a container path), from the first
+    registration: the device list never changes the options, so no list change calls for a
+    registration (which refuses every admission of the resource until it is in: hostile25
+    F1). With one ID per device and no NUMA node every policy answers what the kubelet picks
+    alone: no GetPreferredAllocation, one RPC per container instead of two."""
     table = DeviceTable(replicas=2 if "replicas: 2" in extra else 1)
-    table.publish(devices)
-    service = service_for(RESOURCE.replace("}}]", "}" + extra + "}]"), table)
-    options = await service.get_device_plugin_options(Empty())
-    assert options.get_preferred_allocation_available is advertised
-    assert service.options == options
-    assert not service.options_outdated()
+    service = service_for(yaml_text.replace("}}]", "}" + extra + "}]"), table)
+    for devices in ([], [TableDevice("a")], [TableDevice("a"), TableDevice("b", numa=0)]):
+        table.publish(devices)
+        options = await service.get_device_plugin_options(Empty())
+        assert options.get_preferred_allocation_available is advertised
+        assert service.options == options
 
 
-async def test_options_are_outdated_once_a_device_makes_preferred_matter() -> None:
-    """The kubelet takes options at registration only: told "no GetPreferredAllocation",
-    a device with a NUMA node makes them outdated (the resource registers again); the other
-    way round they stay as told (an unneeded call costs less than a registration)."""
+async def test_an_answer_without_anything_to_choose_by_is_no_preference() -> None:
+    """Announced for NUMA nodes that a list does not have (yet): the answer is empty (the
+    kubelet picks as it would alone), whatever was offered; with a NUMA node, the policy's."""
     table = DeviceTable()
-    table.publish([TableDevice("a")])
-    service = service_for(RESOURCE, table)
-    assert not service.options_outdated()  # nothing told yet
-    assert not (await service.get_device_plugin_options(Empty())).get_preferred_allocation_available
+    service = service_for(GLOB_NUMA_FILE, table)
     table.publish([TableDevice("a"), TableDevice("b")])
-    assert not service.options_outdated()
-    table.publish([TableDevice("a"), TableDevice("b", numa=1)])
-    assert service.options_outdated()
-    assert (await service.get_device_plugin_options(Empty())).get_preferred_allocation_available
-    assert not service.options_outdated()
-    table.publish([TableDevice("a")])
-    assert not service.options_outdated()
+    request = PreferredAllocationRequest(
+        container_requests=[
+            ContainerPreferredAllocationRequest(
+                available_deviceIDs=["b", "a"], must_include_deviceIDs=[], allocation_size=1
+            )
+        ]
+    )
+    answer = await service.get_preferred_allocation(request)
+    assert [list(r.device_i_ds) for r in answer.container_responses] == [[]]
+    table.publish([TableDevice("a"), TableDevice("b", numa=0)])
+    answer = await service.get_preferred_allocation(request)
+    assert [list(r.device_i_ds) for r in answer.container_responses] == [["b"]]
 
 
 @pytest.mark.parametrize(

@@ -216,18 +216,20 @@ def test_which_configs_may_share_a_container_path() -> None:
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_the_option_is_announced_while_the_list_shares_a_container_path(
+def test_the_option_is_announced_by_the_config_and_steers_while_the_list_shares_a_path(
     policy: PreferredPolicy,
 ) -> None:
+    """hostile25 F1: the option depends on the config alone (no list change calls for a
+    registration); the answers steer only while a pair is listed."""
     table = DeviceTable()
     need = PreferredNeed(glob("/dev/bus/usb/*/*", preferred=policy), table)
     table.publish([usb("a", "x"), usb("c", "z")])
-    assert not need.matters(table.snapshot) and not need.shared()
+    assert need.announced and not need.shared() and not need.policy_matters(table.snapshot)
     table.publish(F8)
-    assert need.matters(table.snapshot) and need.shared()
-    # A config that rules it out never looks (the same list: nothing found).
-    ruled_out = glob("/dev/bus/usb/*/*", container_path=None)
-    assert not PreferredNeed(ruled_out, table).shared()
+    assert need.announced and need.shared()
+    # A config that rules it out never looks (the same list: nothing found), nor announces.
+    ruled_out = PreferredNeed(glob("/dev/bus/usb/*/*", container_path=None), table)
+    assert not ruled_out.shared() and not ruled_out.announced
 
 
 def test_the_resource_s_need_follows_every_list_at_the_cost_of_what_changed(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .conftest import glob_config
-from .kubelet_harness import healthy, preferred_offered
+from .kubelet_harness import healthy
 
 USB = "vendor.example/usb"
 PODS = 12
@@ -27,10 +27,12 @@ async def test_two_device_pods_are_all_admitted_while_a_set_without_collisions_i
     real_kubelet_factory, short_dir: Path, start_host
 ) -> None:
     """The shape of /dev/bus/usb/*/* with /dev/usb/{name}: a/x and c/z first (no two devices
-    share a container path: no GetPreferredAllocation, one RPC per admission), then b/x
-    appears (a/x and b/x both at /dev/usb/x): kdp-host registers again with the option, and
-    every two-device pod gets a set the runtime can hold (a/x or b/x, with c/z). Before, the
-    kubelet picked a/x and b/x in one pod of three and Allocate refused it for good."""
+    share a container path yet; the config allows it, so GetPreferredAllocation is announced
+    from the first registration), then b/x appears (a/x and b/x both at /dev/usb/x): no
+    registration (hostile25 F1: registering again refused every admission of the resource
+    until it was in), and every two-device pod gets a set the runtime can hold (a/x or b/x,
+    with c/z). Before the steering, the kubelet picked a/x and b/x in one pod of three and
+    Allocate refused it for good."""
     root = short_dir / "usb"
     for bus in ("a", "b", "c"):
         (root / bus).mkdir(parents=True)
@@ -40,13 +42,18 @@ async def test_two_device_pods_are_all_admitted_while_a_set_without_collisions_i
     await start_host(_usb_config(kubelet.socket_dir, root))
     await kubelet.await_for(healthy(USB, 2), what="a/x and c/z")
     seen = await kubelet.acall(kubelet.resource, USB)
-    assert seen is not None and seen["options"]["get_preferred_allocation_available"] is False
+    assert seen is not None and seen["options"]["get_preferred_allocation_available"] is True
+    one = await kubelet.acall(kubelet.allocate, "one", {USB: 1})  # (no pair: no preference)
+    assert one["error"] == ""
+    await kubelet.acall(kubelet.release, "one")
+    registered = sum(e["kind"] == "registered" for e in await kubelet.acall(kubelet.events))
 
     (root / "b" / "x").touch()
 
-    await kubelet.await_for(
-        preferred_offered(USB, 3), what="registered again, with GetPreferredAllocation"
-    )
+    await kubelet.await_for(healthy(USB, 3), what="b/x listed")
+    events = await kubelet.acall(kubelet.events)
+    assert sum(e["kind"] == "registered" for e in events) == registered
+    assert not [e for e in events if e["kind"] == "disconnected"]
     refused: list[str] = []
     for number in range(PODS):
         pod = f"p{number}"

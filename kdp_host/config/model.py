@@ -1039,12 +1039,15 @@ class ResourceConfig:
         "preferred",
         Choice(("packed", "spread", "numa", "none")),
         "GetPreferredAllocation policy: `packed`, `spread`, `numa`, or `none` (no policy). "
-        "Advertised only where it can matter (else the kubelet makes one RPC per container, "
-        "not two): where a policy can choose better than the kubelet, with `replicas` > 1 or "
-        "a device on a NUMA node; and, whatever the policy, while two devices of the list "
-        "place different things at one container path (`/dev/bus/usb/*/*` at "
-        "`/dev/usb/{name}`): the answers then steer the kubelet clear of such pairs, which "
-        "Allocate must refuse. The resource registers again when such a device appears.",
+        "Advertised only where the config can make it matter (else the kubelet makes one RPC "
+        "per container, not two), from the first registration, since the kubelet reads it only "
+        "then and registering again refuses the resource's admissions until it is in: where a "
+        "policy can choose better than the kubelet, with `replicas` > 1 or devices that may "
+        "have a NUMA node (sysfs, probes, glob `numaNode`/`numaNodeFile`); and, whatever the "
+        "policy, where two devices may place different things at one container path "
+        "(`/dev/bus/usb/*/*` at `/dev/usb/{name}`, glob groups, probes): while the list holds "
+        "such a pair the answers steer the kubelet clear of it, which Allocate must refuse. "
+        "With nothing to choose by in the list, the answer is no preference.",
         default="packed",
     )
     node_selector: NodeSelectorConfig | None = key(

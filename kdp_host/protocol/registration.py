@@ -18,9 +18,6 @@ API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
 REGISTER_TIMEOUT = 30.0
 """The kubelet dials us back inside Register with its own 10 s limit; leave room for that."""
-OPTIONS_CHANGED = "options_changed"
-"""Registering again: the kubelet must learn new options (GetPreferredAllocation matters now;
-the kubelet takes options only at registration), in either registration mode."""
 
 
 class RegistrationError(Exception):

@@ -60,6 +60,8 @@ if TYPE_CHECKING:  # made where the config chooses them (`features`)
     from ..release import ReleaseTracker
 
 LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
+_NO_PREFERENCE = ContainerPreferredAllocationResponse(device_i_ds=[])
+"""An empty answer: no preference (docs/kubelet-contract.md §5; only read, never changed)."""
 
 
 class DevicePluginService(DevicePluginBase):
@@ -113,7 +115,6 @@ class DevicePluginService(DevicePluginBase):
         self._drained: asyncio.Future[None] | None = None  # (`end_streams`: streams ended)
         self._pre_start_required = pre_start is not None or release is not None
         self._pre_start_serving = PreStartServing(release, pre_start, log)
-        self._told_preferred: bool | None = None  # (the last options: preferred allocation)
         self._preferred = preferred or PreferredNeed(config, table)  # (the resource's follows)
 
     # The series every call records, looked up once, at first use (a histogram's series
@@ -160,27 +161,15 @@ class DevicePluginService(DevicePluginBase):
 
     @property
     def options(self) -> DevicePluginOptions:
-        """The options for the current device list (GetPreferredAllocation only where it
-        can matter: `PreferredNeed`)."""
+        """The options, the same for every list (GetPreferredAllocation where the config
+        can make it matter: `PreferredNeed`; a list change never calls for a registration)."""
         return DevicePluginOptions(
             pre_start_required=self._pre_start_required,
-            get_preferred_allocation_available=self._preferred.matters(self._table.snapshot),
+            get_preferred_allocation_available=self._preferred.announced,
         )
 
-    def options_outdated(self) -> bool:
-        """Whether the kubelet was told there is no GetPreferredAllocation and the device
-        list now makes it matter: the kubelet takes options only at registration, so the
-        resource registers again. (The other way round the call is merely unneeded, and
-        a flapping device does not cost a registration each time.)"""
-        shared = self._preferred.shared()  # (follows every list: costs what changed)
-        if self._told_preferred is not False:
-            return False
-        return shared or self._preferred.matters(self._table.snapshot)
-
     async def get_device_plugin_options(self, message: Empty) -> DevicePluginOptions:
-        options = self.options
-        self._told_preferred = options.get_preferred_allocation_available
-        return options
+        return self.options
 
     async def _serve_list_and_watch(self, stream: grpclib.server.Stream[Empty, Any]) -> None:
         """Drive `device_lists` under aclosing (its `finally` runs when the client cancels).
@@ -244,6 +233,18 @@ class DevicePluginService(DevicePluginBase):
     ) -> PreferredAllocationResponse:
         started = self._clock()
         snapshot = self._table.snapshot
+        steer = self._preferred.shared()
+        if not steer and not self._preferred.policy_matters(snapshot):
+            # nothing to choose by: "no preference" (what the container has, if anything:
+            # the kubelet keeps that anyway), the kubelet picks the rest as it would alone
+            responses = [
+                ContainerPreferredAllocationResponse(device_i_ds=list(dict.fromkeys(must)))
+                if (must := request.must_include_deviceIDs)
+                else _NO_PREFERENCE
+                for request in message.container_requests
+            ]
+            self._preferred_seconds.observe(self._clock() - started)
+            return PreferredAllocationResponse(container_responses=responses)
         responses = []
         for request in message.container_requests:
             try:
@@ -253,7 +254,7 @@ class DevicePluginService(DevicePluginBase):
                     request.available_deviceIDs,
                     request.must_include_deviceIDs,
                     request.allocation_size,
-                    steer=self._preferred.shared(),
+                    steer=steer,
                 )
             except Exception:
                 self._log.exception("preferred_allocation_failed", fallback="first_available")

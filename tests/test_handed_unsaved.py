@@ -23,8 +23,7 @@ from kdp_host.simulator import KubeletSimulator
 from kdp_host.simulator.records import SimulatorAllocationError
 
 from .conftest import wait_until
-
-R1 = "vendor.example/one"
+from .release_setup import R1, release_config
 
 
 class Unwritable:
@@ -41,18 +40,6 @@ class Unwritable:
             self.failed += 1
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         self._write(path, data)
-
-
-def _config(socket_dir: Path, root: Path, log: Path) -> str:
-    hook = f'[sh, -c, "echo {{ids}} {{hostPaths}} >> {log}"]'
-    return (
-        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: "
-        f"{root}/pr/kubelet.sock, podResourcesInterval: 1s}}\n"
-        f"stateDir: {root}/state\nresources:\n"
-        f"  - name: {R1}\n"
-        f'    glob: {{paths: ["{root}/a/n*"], gracePeriod: 0s}}\n'
-        f"    release: {{command: {hook}}}\n"
-    )
 
 
 def _nodes(root: Path, count: int = 3) -> None:
@@ -89,7 +76,7 @@ async def test_an_allocate_whose_record_cannot_be_written_is_refused(
     written again."""
     kubelet, log = pod_resources_kubelet, short_dir / "hooks.log"
     _nodes(short_dir)
-    running = await start_host(_config(socket_dir, short_dir, log))
+    running = await start_host(release_config(socket_dir, short_dir, log))
     await kubelet.wait_for(lambda: kubelet.resource(R1).allocatable == 3)
     assert await kubelet.allocate(R1, 1, pod_uid="p1") is not None
     disk = Unwritable(monkeypatch, HANDED_FILE)
@@ -117,7 +104,7 @@ async def test_a_refused_allocate_leaves_no_release_owed_across_a_restart(
     none is left owed (with `handed-out.json` alone unwritable, p2's booking is kept and
     withheld after the restart: still no release is owed for it)."""
     kubelet, log = pod_resources_kubelet, short_dir / "hooks.log"
-    config = _config(socket_dir, short_dir, log)
+    config = release_config(socket_dir, short_dir, log)
     _nodes(short_dir)
     first = await start_host(config, fast=True)
     await kubelet.wait_for(lambda: kubelet.resource(R1).allocatable == 3)
@@ -150,7 +137,7 @@ async def test_a_release_whose_record_was_lost_waits_for_the_next_start_on_the_d
     is skipped (counted `unknown`), n0 stays owed but advertised, and the next pod's start
     on it runs the release on what its Allocate handed out first."""
     kubelet, log = pod_resources_kubelet, short_dir / "hooks.log"
-    config = _config(socket_dir, short_dir, log)
+    config = release_config(socket_dir, short_dir, log)
     _nodes(short_dir, 1)
     first = await start_host(config, fast=True)
     await kubelet.wait_for(lambda: kubelet.resource(R1).allocatable == 1)

@@ -23,27 +23,9 @@ from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
 from .fake_nodes import FakeNodes, indexed, node
+from .release_setup import R1, R2, release_config
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
-
-R1 = "vendor.example/one"
-R2 = "vendor.example/two"
-
-
-def _config(socket_dir: Path, root: Path, log: Path, *, cdi: bool = False) -> str:
-    hook = f'[sh, -c, "echo {{ids}} {{hostPaths}} >> {log}"]'
-    allocate = f"    allocate: {{cdi: {{kind: {R1}, specDir: {root / 'cdi'}}}}}\n" if cdi else ""
-    return (
-        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: "
-        f"{root}/pr/kubelet.sock, podResourcesInterval: 1s}}\n"
-        f"stateDir: {root}/state\nresources:\n"
-        f"  - name: {R1}\n"
-        f'    glob: {{paths: ["{root}/a/n*"], gracePeriod: 0s}}\n'
-        f"    release: {{command: {hook}}}\n"
-        f"{allocate}"
-        f"  - name: {R2}\n"
-        f'    glob: {{paths: ["{root}/b/m*"], gracePeriod: 0s}}\n'
-    )
 
 
 def _runs(running: Any, result: str) -> float:
@@ -92,7 +74,7 @@ async def test_a_release_after_a_restart_does_not_act_on_another_pods_file_at_it
     """hostile8 N2 (a resource with a release, no preStart, no CDI): the old code ran the
     release on P (result ok) after the restart, acting on p2's file."""
     kubelet, log = pod_resources_kubelet, short_dir / "hooks.log"
-    config = _config(socket_dir, short_dir, log)
+    config = release_config(socket_dir, short_dir, log, second=True)
     running = await _held_then_swapped(
         kubelet, short_dir, start_host, config, while_down=while_down
     )
@@ -111,7 +93,7 @@ async def test_a_held_cdi_entry_whose_path_reaches_another_pods_file_is_left_out
     """hostile8 N3: the held name's entry kept the bare path P, which reaches p2's file now;
     it is left out (the name fails closed) until P reaches what was handed out again."""
     kubelet, log = pod_resources_kubelet, short_dir / "hooks.log"
-    config = _config(socket_dir, short_dir, log, cdi=True)
+    config = release_config(socket_dir, short_dir, log, cdi=True, second=True)
     await _held_then_swapped(kubelet, short_dir, start_host, config, while_down=True)
     spec = short_dir / "cdi" / f"kdp-{R1.replace('/', '_')}.json"
     name = cdi_device_name(R1, "n0").split("=", 1)[-1]

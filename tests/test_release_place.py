@@ -18,26 +18,9 @@ from kdp_host.testing import ManualWatcher
 
 from .conftest import wait_until
 from .fake_nodes import FakeNodes, indexed, node
+from .release_setup import R1, R2, release_config
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
-
-R1 = "vendor.example/one"
-R2 = "vendor.example/two"
-
-
-def _config(socket_dir: Path, root: Path, log: Path) -> str:
-    hook = f'[sh, -c, "echo {{ids}} {{hostPaths}} >> {log}"]'
-    return (
-        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: "
-        f"{root}/pr/kubelet.sock, podResourcesInterval: 1s}}\n"
-        f"stateDir: {root}/state\nresources:\n"
-        f"  - name: {R1}\n"
-        f'    glob: {{paths: ["{root}/a/n*"], gracePeriod: 0s}}\n'
-        f"    release: {{command: {hook}}}\n"
-        f"    preStart: {{command: {hook}}}\n"
-        f"  - name: {R2}\n"
-        f'    glob: {{paths: ["{root}/b/m*"], gracePeriod: 0s}}\n'
-    )
 
 
 def _runs(running: Any, family: str, result: str) -> float:
@@ -54,7 +37,9 @@ async def test_release_and_pre_start_do_not_act_on_another_pods_device_at_the_pa
     b.mkdir()
     (a / "n0").touch()
     (b / "m0").touch()
-    running = await start_host(_config(socket_dir, short_dir, log))
+    running = await start_host(
+        release_config(socket_dir, short_dir, log, pre_start=True, second=True)
+    )
     await kubelet.wait_for(lambda: kubelet.resource(R1).healthy_ids == {"n0"})
     await kubelet.wait_for(lambda: kubelet.resource(R2).healthy_ids == {"m0"})
     place = str(a / "n0")

@@ -17,24 +17,10 @@ import pytest
 from kdp_host.simulator import KubeletSimulator
 
 from .conftest import wait_until
-from .test_release_handed_reach import (  # (one resource of its config, its release counter)
-    R1,
-    _runs,
-)
+from .release_setup import R1, release_config
+from .test_release_handed_reach import _runs  # (its release counter)
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
-
-
-def _config(socket_dir: Path, root: Path, log: Path) -> str:
-    hook = f'[sh, -c, "echo {{ids}} {{hostPaths}} >> {log}"]'
-    return (
-        f"kubelet: {{socketDir: {socket_dir}, podResourcesSocket: "
-        f"{root}/pr/kubelet.sock, podResourcesInterval: 1s}}\n"
-        f"stateDir: {root}/state\nresources:\n"
-        f"  - name: {R1}\n"
-        f'    glob: {{paths: ["{root}/a/n*"], gracePeriod: 0s}}\n'
-        f"    release: {{command: {hook}}}\n"
-    )
 
 
 async def test_a_release_runs_on_the_node_handed_out_where_a_reload_lists_it_now(
@@ -44,7 +30,7 @@ async def test_a_release_runs_on_the_node_handed_out_where_a_reload_lists_it_now
     a.mkdir()
     (a / "n0").touch()
     (a / "n1").touch()
-    running = await start_host(_config(socket_dir, short_dir, log))
+    running = await start_host(release_config(socket_dir, short_dir, log))
     await kubelet.wait_for(lambda: kubelet.resource(R1).healthy_ids == {"n0", "n1"})
     answer = await kubelet.allocate(R1, 1, pod_uid="p1")
     assert answer is not None

@@ -13,13 +13,13 @@ import contextlib
 from typing import Any
 
 from .harness import (
-    RICH_ALLOCATE,
     Figure,
     Options,
     glob_resource,
     make_device_files,
     make_workdir,
     remove_tree,
+    rich_allocate,
 )
 from .latency import RESOURCE, allocate_request, allocate_targets, measure, served_host
 
@@ -52,7 +52,7 @@ def run(opts: Options) -> list[Figure]:
         for label in HUNG_PROBES
     }
     workdir = make_workdir("contain")
-    fpga = glob_resource(RESOURCE, f"{workdir}/dev/fpga*", RICH_ALLOCATE)
+    fpga = glob_resource(RESOURCE, f"{workdir}/dev/fpga*", rich_allocate(workdir))
     try:
         make_device_files(workdir / "dev", 16, "fpga")
         with contextlib.ExitStack() as stack:

@@ -203,26 +203,38 @@ def glob_resource(
     return resource
 
 
-RICH_ALLOCATE: dict[str, Any] = {
-    "env": {
-        "FPGA_DEVICES": "{ids}",
-        "FPGA_PATHS": "{paths}",
-        "FPGA_COUNT": "{count}",
-        "FPGA_RESOURCE": "{resource}",
-    },
-    "mounts": [
-        {
-            "hostPath": "/usr/lib",  # (must exist: a source kdp-host cannot see is refused)
-            "containerPath": "/usr/local/vendor/lib",
-            "readOnly": True,
-        }
-    ],
-    "annotations": {
-        "vendor.example/devices": "{ids}",
-        "vendor.example/resource": "{resource}",
-    },
-    "permissions": "rw",
-}
+VENDOR_LIB_FILES = (8, 32)
+"""Directories and files a directory in each of the bench's vendor library tree holds."""
+
+
+def rich_allocate(workdir: Path) -> dict[str, Any]:
+    """An `allocate` section with env, annotations, permissions and a vendor library mount: a
+    tree of its own under `workdir` (8 directories of 32 files), made here. Not a system
+    directory such as /usr/lib, whose size is the machine's: past 65,536 entries, where the
+    user's inotify watches run out (several hosts at once), kdp-host refuses to hand out a
+    tree it can neither follow nor read in full, and the figures would be the machine's."""
+    library = workdir / "vendor-lib"
+    directories, files = VENDOR_LIB_FILES
+    for d in range(directories):
+        (library / f"lib{d}").mkdir(parents=True, exist_ok=True)
+        for f in range(files):
+            (library / f"lib{d}" / f"libvendor{f}.so").touch()
+    return {
+        "env": {
+            "FPGA_DEVICES": "{ids}",
+            "FPGA_PATHS": "{paths}",
+            "FPGA_COUNT": "{count}",
+            "FPGA_RESOURCE": "{resource}",
+        },
+        "mounts": [
+            {"hostPath": str(library), "containerPath": "/usr/local/vendor/lib", "readOnly": True}
+        ],
+        "annotations": {
+            "vendor.example/devices": "{ids}",
+            "vendor.example/resource": "{resource}",
+        },
+        "permissions": "rw",
+    }
 
 
 class KdpHost:

@@ -20,7 +20,6 @@ from typing import Any
 from kdp_host.process import ProcessRunner
 
 from .harness import (
-    RICH_ALLOCATE,
     BenchError,
     Figure,
     Options,
@@ -30,6 +29,7 @@ from .harness import (
     make_workdir,
     percentile,
     remove_tree,
+    rich_allocate,
     time_calls,
 )
 from .latency import RESOURCE, allocate_request, check_response, served_host
@@ -97,15 +97,16 @@ def run(opts: Options) -> list[Figure]:
     try:
         make_device_files(workdir / "dev", 4, "fpga")
         pattern = f"{workdir}/dev/fpga*"
+        allocate = rich_allocate(workdir)
         with_command: dict[str, Any] = {
-            **RICH_ALLOCATE,
+            **allocate,
             "command": [_printf(), "{}"],  # `{}` is literal text, not a template field
         }
         resources = {
-            "plain": [glob_resource(RESOURCE, pattern, RICH_ALLOCATE)],
+            "plain": [glob_resource(RESOURCE, pattern, allocate)],
             "hooked": [glob_resource(RESOURCE, pattern, with_command)],
             "pre-start": [
-                glob_resource(RESOURCE, pattern, RICH_ALLOCATE, preStart={"command": [_true()]})
+                glob_resource(RESOURCE, pattern, allocate, preStart={"command": [_true()]})
             ],
         }
         with contextlib.ExitStack() as stack:

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from .harness import (
-    RICH_ALLOCATE,
     BenchError,
     Figure,
     Options,
@@ -55,6 +54,7 @@ from .harness import (
     make_workdir,
     read_line,
     remove_tree,
+    rich_allocate,
 )
 from .latency import (
     RESOURCE,
@@ -132,7 +132,7 @@ def _allocate_beside(
         for q in ("p50", "p99")
     }
     workdir = make_workdir(label.split()[0])
-    fpga = glob_resource(RESOURCE, f"{workdir}/dev/fpga*", RICH_ALLOCATE)
+    fpga = glob_resource(RESOURCE, f"{workdir}/dev/fpga*", rich_allocate(workdir))
     try:
         make_device_files(workdir / "dev", 16, "fpga")
         setup(workdir)

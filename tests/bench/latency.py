@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from .harness import (
-    RICH_ALLOCATE,
     BenchError,
     BenchKubelet,
     Figure,
@@ -30,6 +29,7 @@ from .harness import (
     percentile,
     read_line,
     remove_tree,
+    rich_allocate,
     time_calls,
 )
 from .proto import load_api
@@ -151,7 +151,7 @@ def run(opts: Options) -> list[Figure]:
     ratio_p99 = Figure("allocate p99 ratio kdp-host/floor", "x", note="uvloop")
     try:
         make_device_files(workdir / "dev", 16, "fpga")
-        resources = [glob_resource(RESOURCE, f"{workdir}/dev/fpga*", RICH_ALLOCATE)]
+        resources = [glob_resource(RESOURCE, f"{workdir}/dev/fpga*", rich_allocate(workdir))]
         with contextlib.ExitStack() as stack:
             uv = stack.enter_context(served_host(workdir, "kdp-uvloop", resources, "uvloop"))
             aio = stack.enter_context(served_host(workdir, "kdp-asyncio", resources, "asyncio"))

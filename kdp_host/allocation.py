@@ -27,6 +27,7 @@ from .cdi_rules import (
 from .config import MountConfig, ResourceConfig, render_template
 from .config.outputs import resource_slug
 from .container_paths import (
+    CONFIG_MOUNTS,
     PathClaims,
     Placement,
     mount_placement,
@@ -216,7 +217,7 @@ class AllocationBuilder:
             name, "annotation", annotations, ((d.id, d.annotations) for d in physical)
         )
         for configured in allocate.mounts:
-            paths.add_mount("allocate.mounts", configured)
+            paths.add_mount(CONFIG_MOUNTS, configured)
         for device in physical:
             for device_mount in device.mounts:
                 paths.add_mount(device.id, device_mount)

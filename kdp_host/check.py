@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import Config
+from .container_paths import OwnCollisions
 from .device_table import DeviceTable
 from .devices import HEALTHY, UNHEALTHY, Device
 from .identity import identity_of
@@ -76,6 +77,7 @@ async def scan_entries(config: Config, node: NodeInfo | None) -> Scan:
             log=deps.log,
             metrics=metrics,
             failure_threshold=failure_threshold(resource.driver),
+            own_collisions=OwnCollisions.of(resource),
         ).update(scanned)
         devices = sorted(table.snapshot.devices, key=lambda d: d.id)
         if not devices:

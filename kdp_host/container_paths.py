@@ -10,7 +10,9 @@ pair collides. Nothing else decides.
 
 `PathClaims` applies the rule to one container: Allocate refuses a set of devices with a
 collision (`allocation`), GetPreferredAllocation steers the kubelet to a set without one
-(`preferred`). `SharedPathIndex` says whether two devices of a list collide (a run then
+(`preferred`), and a device that collides with itself or with the config's
+`allocate.mounts` (`OwnCollisions`) is never listed (`drivers.reporting`): no container
+could be given it. `SharedPathIndex` says whether two devices of a list collide (a run then
 announces GetPreferredAllocation), where the config allows it at all (`may_share_paths`);
 `shared_paths` names those pairs (`kdp-host check`).
 """
@@ -22,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from .config import GlobDriverConfig, ResourceConfig, SysfsDriverConfig
+from .config import GlobDriverConfig, MountConfig, ResourceConfig, SysfsDriverConfig
 from .device_changes import changed_between
 from .devices import Device
 from .rules import GLOB_MAGIC
@@ -94,6 +96,54 @@ class PathClaims:
         """Claim the device's nodes and mounts (those that collide keep the first claim)."""
         for path, placed in device_placements(device):
             self.claim(device.id, path, placed)
+
+
+PATH_COLLISION = "path_collision"
+"""The skip reason of a device no container can be given: two different things of it (or of
+it and the config) at one container path; the runtime would keep only one of them."""
+CONFIG_MOUNTS = "allocate.mounts"
+"""The owner named for the config's mounts (Allocate's refusals, `OwnCollisions`)."""
+
+
+@dataclass(frozen=True)
+class OwnCollisions:
+    """Devices that no container can be given even alone: two of a device's own nodes and
+    mounts, or one of them and a mount of `allocate.mounts`, at one container path (hostile25
+    F8: such a device was advertised Healthy and every pod given it refused, while others
+    were free). The driver's report leaves them out (`path_collision`), for every driver."""
+
+    mounts: tuple[tuple[str, Placement], ...] = ()
+    """(container path, placement) of each of the config's mounts."""
+
+    @classmethod
+    def of(cls, resource: ResourceConfig) -> OwnCollisions:
+        return cls(tuple(_config_placement(m) for m in resource.allocate.mounts))
+
+    def collision(self, device: Device) -> str | None:
+        """Why no container can be given `device`, or None."""
+        if not self.mounts and len(device.nodes) + len(device.mounts) < 2:
+            return None  # (one node and nothing configured: the common case, no claims)
+        claims = PathClaims()
+        for path, placed in self.mounts:
+            claims.claim(CONFIG_MOUNTS, path, placed)
+        for path, placed in device_placements(device):
+            clash = claims.clash(path, placed)
+            if clash is not None:
+                return (
+                    f"device {device.id}: container path {path} is claimed twice, by "
+                    f"{clash.owner} (host path {placed_host(clash.placement)}) and by "
+                    f"{device.id} (host path {placed_host(placed)}); no container can be given it"
+                )
+            claims.claim(device.id, path, placed)
+        return None
+
+
+NO_CONFIG_MOUNTS = OwnCollisions()
+"""A device's own collisions only (a resource without `allocate.mounts`)."""
+
+
+def _config_placement(mount: MountConfig) -> tuple[str, Placement]:
+    return mount.container_path, mount_placement(mount.host_path, mount.read_only)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from grpclib.const import Status
 from .answer_needs import AnswerNeeds
 from .checkpoint_reads import CheckpointReads
 from .config import ResourceConfig
+from .container_paths import OwnCollisions
 from .device_table import DeviceTable
 from .devices import Snapshot, physical_id
 from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
@@ -227,6 +228,7 @@ class ResourceRuntime:
             metrics=services.metrics,
             failure_threshold=failure_threshold(self.config.driver),
             first_attempt_failed=self._serving.first_list.failed,
+            own_collisions=OwnCollisions.of(self.config),
         )
         self._on_devices_changed(self.table.snapshot)
         if self.release is not None:

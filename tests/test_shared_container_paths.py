@@ -16,13 +16,19 @@ from kdp_host.check import CheckRow, shared_path_warnings
 from kdp_host.config import (
     AllocateConfig,
     GlobDriverConfig,
+    MountConfig,
     PreferredPolicy,
     ResourceConfig,
     ShellDriverConfig,
     SysfsDriverConfig,
     UsbMatchConfig,
 )
-from kdp_host.container_paths import SharedPathIndex, may_share_paths, shared_paths
+from kdp_host.container_paths import (
+    OwnCollisions,
+    SharedPathIndex,
+    may_share_paths,
+    shared_paths,
+)
 from kdp_host.device_changes import Derived
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode, Snapshot
@@ -270,3 +276,22 @@ def test_check_names_the_devices_that_share_a_container_path() -> None:
         "(/dev/bus/usb/b/x) share container path /dev/usb/x:"
     )
     assert "never both in one container" in line
+
+
+def test_a_device_that_collides_with_itself_or_the_config_s_mounts_is_named() -> None:
+    """hostile25 F8: the one rule (`PathClaims`) over a device's own nodes and mounts, and
+    the config's `allocate.mounts`: such a device no container can be given (the reporter
+    leaves it out, `path_collision`); the same node or mount twice is no collision."""
+    own = OwnCollisions()
+    node = DeviceNode("/srv/a", "/dev/x")
+    assert own.collision(Device(id="one", nodes=(node,))) is None
+    twice = Device(id="twice", nodes=(node, node))
+    assert own.collision(twice) is None
+    with_mount = Device(id="d1", nodes=(node,), mounts=(DeviceMount("/srv/mnt", "/dev/x"),))
+    why = own.collision(with_mount)
+    assert why is not None and "by d1 (host path /srv/a) and by d1 (host path /srv/mnt)" in why
+    mounts = AllocateConfig(mounts=(MountConfig(host_path="/srv/mnt", container_path="/dev/x"),))
+    configured = OwnCollisions.of(glob("/dev/bus/usb/*/*", allocate=mounts))
+    why = configured.collision(Device(id="one", nodes=(node,)))
+    assert why is not None and "by allocate.mounts (host path /srv/mnt)" in why
+    assert configured.collision(usb("a", "x")) is None  # (at /dev/usb/x)

@@ -4,10 +4,13 @@ pick to a set the Allocate can serve."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from .conftest import glob_config
-from .kubelet_harness import healthy
+from .kubelet_harness import RealKubelet, healthy
 
 USB = "vendor.example/usb"
 PODS = 12
@@ -65,3 +68,44 @@ async def test_two_device_pods_are_all_admitted_while_a_set_without_collisions_i
             assert inside == ["/dev/usb/x", "/dev/usb/z"]
         await kubelet.acall(kubelet.release, pod)
     assert refused == []
+
+
+SELF = "example.com/self"
+
+
+@pytest.mark.parametrize("shape", ["own_mount", "config_mount"])
+async def test_a_device_no_container_can_be_given_is_not_listed(
+    shape: str, real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """hostile25 F8: d1's node at /dev/x and a mount at /dev/x (its own, from a json probe;
+    or the config's `allocate.mounts`): no container can be given d1. It was advertised
+    Healthy, counted as a pair, steered to, and every pod the kubelet gave it refused while
+    d2 was free. Now it is left out of the list (`path_collision`), and the pod gets d2."""
+    (short_dir / "mnt").mkdir()
+    (short_dir / "a").touch()
+    (short_dir / "c").touch()
+    d1: dict[str, object] = {"id": "d1", "paths": [f"{short_dir}/a:/dev/x"]}
+    mount = {"hostPath": f"{short_dir}/mnt", "containerPath": "/dev/x"}
+    allocate = ""
+    if shape == "own_mount":
+        d1["mounts"] = [mount]
+    else:
+        allocate = f", allocate: {{mounts: [{json.dumps(mount)}]}}"
+    probe = json.dumps([d1, {"id": "d2", "paths": [f"{short_dir}/c:/dev/z"]}])
+    kubelet = real_kubelet_factory()
+    config = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\nstateDir: {short_dir}/state\n"
+        f"resources:\n  - {{name: {SELF}, shell: {{command: [echo, '{probe}'], format: json}}"
+        f"{allocate}}}\n"
+    )
+    await start_host(config)
+
+    def listed(k: RealKubelet) -> bool:
+        seen = k.resource(SELF)
+        return seen is not None and seen["healthy"] + seen["unhealthy"] > 0
+
+    await kubelet.await_for(listed, what="the probe's list")
+    seen = await kubelet.acall(kubelet.resource, SELF)
+    assert sorted(seen["device_numa"]) == ["d2"]
+    answer = await kubelet.acall(kubelet.allocate, "p0", {SELF: 1})
+    assert answer["error"] == "" and answer["device_ids"][SELF] == ["d2"]

@@ -30,6 +30,7 @@ from .. import rules
 from ..config import GlobDriverConfig, GlobGroupMemberConfig, render_template
 from ..config.handed import UNSAFE_MOUNT, NeverHanded
 from ..config.model import GROUP_KEY
+from ..container_paths import NO_CONFIG_MOUNTS, PATH_COLLISION
 from ..devices import Device, DeviceMount, DeviceNode
 from ..files import FileReader
 from .base import Skipped
@@ -50,20 +51,6 @@ INCOMPLETE = "incomplete_group"
 _NEVER_HANDED = NeverHanded()
 """`/`, which no group mounts (the ownership index applies the whole rule, with the config's
 paths, to every device: `config.handed`)."""
-PATH_COLLISION = "path_collision"
-"""The skip reason of a group with two different paths at one container path (the runtime
-would keep only one of them)."""
-
-
-def _collision(nodes: list[DeviceNode], mounts: list[DeviceMount]) -> str | None:
-    """Two different paths of one group at one container path, or None."""
-    placed: dict[str, str] = {}
-    entries: list[DeviceNode | DeviceMount] = [*nodes, *mounts]
-    for entry in entries:
-        host = placed.setdefault(entry.container_path, entry.host_path)
-        if host != entry.host_path:
-            return f"{host} and {entry.host_path} both at container path {entry.container_path}"
-    return None
 
 
 _Claim = tuple[DeviceIdentity, tuple[str, str]]
@@ -373,7 +360,9 @@ class GlobGroupScan:
                         match.real_path, container, config.permissions, config.optional, every_group
                     )
                 )
-        if collision := _collision(nodes, mounts):
+        device_id = self.group_id(key)
+        placed = Device(id=device_id, nodes=tuple(nodes), mounts=tuple(mounts))
+        if collision := NO_CONFIG_MOUNTS.collision(placed):  # (the one rule: container_paths)
             refused = Skipped(
                 PATH_COLLISION,
                 printable_path(f"group {key}" if self._keyed else first_path),
@@ -385,7 +374,6 @@ class GlobGroupScan:
             for config, match in chosen
             if GROUP_KEY in config.path
         )
-        device_id = self.group_id(key)
         numa_skipped: dict[str, Skipped] = {}
         numa = numa_node(self.config, self._files, first_path, numa_skipped)
         device = Device(

@@ -9,6 +9,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
+from ..container_paths import NO_CONFIG_MOUNTS, PATH_COLLISION, OwnCollisions
 from ..device_changes import carry_count, changed_between, healthy_count
 from ..devices import Device
 from ..identity import PathReach
@@ -16,6 +17,7 @@ from ..logs import EventLogger
 from ..metrics import Metrics
 from ..rules import LIST_SEPARATOR, SKIPPED_SHOWN, device_path_problem
 from .base import DriverError, Skipped
+from .glob_paths import printable_path
 
 _HEALTHY = operator.attrgetter("healthy")
 
@@ -56,8 +58,10 @@ class DeviceReporter:
         metrics: Metrics,
         failure_threshold: int,
         first_attempt_failed: Callable[[str], None] | None = None,
+        own_collisions: OwnCollisions = NO_CONFIG_MOUNTS,
     ) -> None:
         self._sink = sink
+        self._own_collisions = own_collisions  # (devices no container can be given)
         self._first_attempt_failed = first_attempt_failed
         """Called with the reason of a failure that comes before any list (the resource then
         registers without waiting for a first list: first_list.py)."""
@@ -121,9 +125,9 @@ class DeviceReporter:
             else:  # (the list says what changed: no walk)
                 changed = [d for i in ids if (d := devices.get(i)) is not None and was(i) is not d]
             found = [item for item in found if devices.get(item[0].id) is item[0]]
-            found.extend(_unlistable(changed))
+            found.extend(_unlistable(changed, self._own_collisions))
         else:
-            found = _unlistable(_values(devices))
+            found = _unlistable(_values(devices), self._own_collisions)
         self._checked = (devices, found)
         return found
 
@@ -233,13 +237,19 @@ def _values(devices: Iterable[Device] | Mapping[str, Device]) -> Iterable[Device
     return devices.values() if isinstance(devices, Mapping) else devices
 
 
-def _unlistable(devices: Iterable[Device]) -> list[tuple[Device, Skipped]]:
+def _unlistable(devices: Iterable[Device], own: OwnCollisions) -> list[tuple[Device, Skipped]]:
     """Devices with a node path that `{paths}` or `{hostPaths}` could not list (it holds
-    LIST_SEPARATOR: rules.device_path_problem), each with why it is left out. Drivers check
-    IDs as they make them; node paths come from file names, symlink targets and templates,
+    LIST_SEPARATOR: rules.device_path_problem), or that no container can be given (two of
+    its nodes and mounts, or one and `allocate.mounts`, at one container path:
+    `container_paths.OwnCollisions`), each with why it is left out. Drivers check IDs as
+    they make them; node paths come from file names, symlink targets, templates and probes,
     so they are checked here, once for every driver."""
     found: list[tuple[Device, Skipped]] = []
     for device in devices:
+        if why := own.collision(device):
+            subject = printable_path(device.path or device.id)
+            found.append((device, Skipped(PATH_COLLISION, subject, why)))
+            continue
         if not device.any_node_path_contains(LIST_SEPARATOR):
             continue  # (every device is checked on every update: keep the common case cheap)
         for node in device.nodes:

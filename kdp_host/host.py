@@ -45,7 +45,7 @@ from .state_lock import Hold, holding
 from .state_presence import KeptPresent
 from .supervisor import RestartPolicy, Supervisor
 from .timings import Timings
-from .watch import Watcher
+from .watch import Watcher, WatcherFactory
 
 if TYPE_CHECKING:  # imported where the config chooses them (`features`)
     from .held_actions import HeldMissingActions
@@ -60,6 +60,8 @@ class Host:
     metrics: Metrics
     log: EventLogger
     watcher: Watcher | None = None
+    watchers: WatcherFactory = make_watcher
+    """Makes the watcher when none is given (tests pass one that never uses inotify)."""
     instance_id: str = field(default_factory=lambda: os.urandom(4).hex())
     config_path: Path | None = None
     """Watched for changes (and re-read on `request_reload`) when given."""
@@ -141,7 +143,7 @@ class Host:
                 await self._work.close(self.offload_wait, self.log)
 
     async def _serve(self, stop: asyncio.Event, hold: Hold) -> None:
-        self.watcher = watcher = self.watcher or make_watcher(
+        self.watcher = watcher = self.watcher or self.watchers(
             self.log.bind(component="watch"), offload=self._work
         )
         watcher.report_unwatched(self.metrics.watch_unwatched.set)

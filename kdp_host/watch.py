@@ -108,6 +108,13 @@ class Watcher(Protocol):
         ...
 
 
+class WatcherFactory(Protocol):
+    """Makes a host's watcher (`inotify_watch.make_watcher`: inotify where the system has
+    it, else polling)."""
+
+    def __call__(self, log: EventLogger, *, offload: Offload | None = None) -> Watcher: ...
+
+
 def new_subscription(
     directory: str,
     callback: WatchCallback,

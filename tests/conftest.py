@@ -280,16 +280,18 @@ def real_kubelet_factory(short_dir: Path) -> Iterator[Callable[..., RealKubelet]
 
 class KdpProcess:
     """kdp-host as a process of its own: SIGKILLed and started again on the same stateDir.
-    `fast`: its host waits `FAST` and polls fast, as `start_host`'s (`python -m tests.fast`)."""
+    `fast`: its host waits `FAST` and polls fast, as `start_host`'s (`python -m tests.fast`);
+    `polling`: its watcher never uses inotify."""
 
-    def __init__(self, config: Path, log: Path, fast: bool = False) -> None:
+    def __init__(self, config: Path, log: Path, fast: bool = False, polling: bool = False) -> None:
         self.config = config
         self.log = log
         self.fast = fast
+        self.polling = polling
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        argv, env = kdp_host_command(self.fast)
+        argv, env = kdp_host_command(self.fast, self.polling)
         argv += ["--log-format", "text", "run", "--config", str(self.config)]
         with self.log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(

@@ -1,15 +1,18 @@
 """What a host started `fast` waits: a test's host polls PodResources and reads its answers
 sooner than the product does, in the same proportions (`FAST_POLL`, `FAST`, `polling_fast`).
 
-`conftest.start_host` starts such a host in the test's own process; `python -m tests.fast run
---config C` runs kdp-host's own command line (`kdp_host.__main__`) as a process of its own
-(`conftest.kdp_process`, for a host a test kills and starts again) with its host made the same
-way. No production path sets timings (`test_timings`): only a test can, as here.
+`conftest.start_host` starts such a host in the test's own process; `python -m tests.fast
+--test-fast run --config C` runs kdp-host's own command line (`kdp_host.cli`) as a process of
+its own (`conftest.kdp_process`, for a host a test kills and starts again) with its host made
+the same way (`--test-polling`: its watcher never uses inotify). No production path sets
+timings (`test_timings`): only a test can, as here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -52,36 +55,47 @@ def polling_fast(config: Config) -> Config:
     return dataclasses.replace(config, kubelet=kubelet)
 
 
-def kdp_host_command(fast: bool) -> tuple[list[str], dict[str, str] | None]:
+def kdp_host_command(fast: bool, polling: bool = False) -> tuple[list[str], dict[str, str] | None]:
     """The argv head that runs kdp-host's command line in a process of its own and the
-    environment to run it in (None: this one's): `fast`, through this module (found from
-    any working directory)."""
-    if not fast:
+    environment to run it in (None: this one's). `fast`, or `polling` (its watcher never
+    uses inotify, as on a node with no inotify instance left): through this module (found
+    from any working directory)."""
+    if not (fast or polling):
         return [sys.executable, "-m", "kdp_host"], None
     tests_root = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join(filter(None, [tests_root, os.environ.get("PYTHONPATH")]))
-    return [sys.executable, "-m", "tests.fast"], {**os.environ, "PYTHONPATH": path}
+    made_as = [flag for flag, on in ((FAST_FLAG, fast), (POLLING_FLAG, polling)) if on]
+    return [sys.executable, "-m", "tests.fast", *made_as], {**os.environ, "PYTHONPATH": path}
 
 
-def main() -> int:
-    """kdp-host's command line, its Host made `fast` (also its config read again on reload)."""
-    from kdp_host import __main__ as command
+FAST_FLAG, POLLING_FLAG = "--test-fast", "--test-polling"
+"""This module's own leading arguments (`kdp_host_command`), before kdp-host's."""
+
+
+def main(argv: list[str]) -> int:
+    """kdp-host's command line (`argv` after this module's own leading flags), its Host made
+    `fast` (also its config read again on reload) and/or watching by polling."""
     from kdp_host import heap
 
     with heap.paused():
-        from kdp_host import host
+        from kdp_host import cli, host
+        from kdp_host.inotify_watch import make_watcher
 
+    own = list(itertools.takewhile(lambda arg: arg in (FAST_FLAG, POLLING_FLAG), argv))
     made = host.Host
 
-    def fast_host(**options: Any) -> host.Host:
-        options["config"] = polling_fast(options["config"])
-        options.setdefault("timings", FAST)
-        options.setdefault("load_config", lambda path: polling_fast(load_config(Path(path))))
+    def test_host(**options: Any) -> host.Host:
+        if FAST_FLAG in own:
+            options["config"] = polling_fast(options["config"])
+            options.setdefault("timings", FAST)
+            options.setdefault("load_config", lambda path: polling_fast(load_config(Path(path))))
+        if POLLING_FLAG in own:
+            options.setdefault("watchers", functools.partial(make_watcher, prefer_inotify=False))
         return made(**options)
 
-    host.Host = fast_host  # type: ignore[misc, assignment]  # (the one `cli._run` imports)
-    return command.main()
+    host.Host = test_host  # type: ignore[misc, assignment]  # (the one `cli._run` imports)
+    return cli.main(argv[len(own) :])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -33,35 +33,20 @@ pytestmark = pytest.mark.fast
 
 OLD, NEW = "example.com/a", "example.com/b"
 
-WITHOUT_INOTIFY = (
-    "import sys; from kdp_host import inotify_watch as w; "
-    "w.make_watcher.__kwdefaults__['prefer_inotify'] = False; "
-    "from kdp_host.__main__ import main; sys.exit(main())"
-)
-
-
 FENCE_LIMIT_1S = (
     "import sys; from kdp_host import ownership_fence as f; f.FENCE_LIMIT = 1.0; "
     "from kdp_host.__main__ import main; sys.exit(main())"
 )
 
 
-class PollingHost(KdpProcess):
-    """kdp-host whose watcher polls (inotify not used)."""
-
-    program = WITHOUT_INOTIFY
+class QuickFenceHost(KdpProcess):
+    """kdp-host whose Allocate waits 1 s for `ownership.json.lock`, not 5 s (inotify used)."""
 
     async def start(self) -> None:
-        argv = [sys.executable, "-c", self.program, "--log-format", "text", "run"]
+        argv = [sys.executable, "-c", FENCE_LIMIT_1S, "--log-format", "text", "run"]
         argv += ["--config", str(self.config)]
         with self.log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out)
-
-
-class QuickFenceHost(PollingHost):
-    """kdp-host whose Allocate waits 1 s for `ownership.json.lock`, not 5 s (inotify used)."""
-
-    program = FENCE_LIMIT_1S
 
 
 def _config(kubelet: RealKubelet, short_dir: Path, name: str, file: str) -> Path:
@@ -94,7 +79,8 @@ async def test_a_renaming_rollout_never_hands_one_node_to_two_pods(
     (short_dir / "dev" / "fpga0").touch()
     old = await kdp_process(_config(kubelet, short_dir, OLD, "old.yaml"))
     await kubelet.await_for(healthy(OLD, 1), what="the old host serves fpga0")
-    new = PollingHost(_config(kubelet, short_dir, NEW, "new.yaml"), short_dir / "new.log")
+    new_config = _config(kubelet, short_dir, NEW, "new.yaml")
+    new = KdpProcess(new_config, short_dir / "new.log", polling=True)  # (product timings)
     await new.start()
     try:
         await kubelet.await_for(_both_live, what="both names advertise fpga0", timeout=30)

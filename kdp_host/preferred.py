@@ -15,7 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from .config import GlobDriverConfig, PreferredPolicy, ResourceConfig
-from .container_paths import PathClaims, SharedPathIndex, may_share_paths
+from .container_paths import (
+    FITTING_SET_WIDTH,
+    PathClaims,
+    SharedPathIndex,
+    fitting_set,
+    may_share_paths,
+)
 from .device_table import DeviceTable
 from .devices import REPLICA_SEPARATOR, Advertised, Device, Snapshot
 
@@ -127,8 +133,11 @@ def preferred_allocation(
     no candidate places something else at a container path the answer's devices already
     use (`container_paths.PathClaims`, the rule Allocate refuses by): the policy chooses
     among the candidates that fit what is chosen, and again for the rest while two of its
-    picks collide (each round keeps its first pick, so at most `size` rounds). The answer
-    is shorter only where no free device fits.
+    picks collide (each round keeps its first pick, so at most `size` rounds). Where those
+    rounds come up short (a device first chosen collides with every one left, while others
+    fit side by side: d1 at /dev/x and /dev/y, d2 at /dev/x, d3 at /dev/y), a bounded
+    search (`container_paths.fitting_set`) looks for a full set in the policy's order. The answer is
+    shorter only where none is found.
 
     Which IDs are chosen depends only on the snapshot and on the sets passed, not on the
     order or duplicates of the lists. It raises only on a bug: the plugin catches that,
@@ -142,9 +151,12 @@ def preferred_allocation(
     if not steer:
         return chosen + _pick(policy, snapshot, offered, chosen, wanted)
     lookup = snapshot.by_advertised_id
-    claims = PathClaims()
+    base = PathClaims()  # (what the container has)
     for entry in filter(None, map(lookup.get, chosen)):
-        claims.add(entry.device)
+        base.add(entry.device)
+    if base:
+        offered = {i for i in offered if (e := lookup.get(i)) and base.fits(e.device)}
+    candidates, first, claims = set(offered), len(chosen), base.copy()
     while wanted > 0:
         if claims:  # (nothing claimed yet: every candidate fits)
             offered = {i for i in offered if (e := lookup.get(i)) and claims.fits(e.device)}
@@ -158,6 +170,11 @@ def preferred_allocation(
                 chosen.append(device_id)
                 wanted -= 1
             offered.discard(device_id)
+    if wanted > 0 and len(candidates) > len(chosen) - first:
+        order = _pick(policy, snapshot, candidates, chosen[:first], FITTING_SET_WIDTH)
+        found = fitting_set(order, snapshot.by_advertised_id, base.copy(), size - first)
+        if found is not None:
+            return chosen[:first] + found
     return chosen
 
 

@@ -5,6 +5,7 @@ GetPreferredAllocation for it (`PreferredNeed`), and what `kdp-host check` says.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import pytest
@@ -25,6 +26,7 @@ from kdp_host.config import (
 )
 from kdp_host.container_paths import (
     OwnCollisions,
+    PathClaims,
     SharedPathIndex,
     may_share_paths,
     shared_paths,
@@ -295,3 +297,65 @@ def test_a_device_that_collides_with_itself_or_the_config_s_mounts_is_named() ->
     why = configured.collision(Device(id="one", nodes=(node,)))
     assert why is not None and "by allocate.mounts (host path /srv/mnt)" in why
     assert configured.collision(usb("a", "x")) is None  # (at /dev/usb/x)
+
+
+def node_device(device_id: str, *container_paths: str) -> Device:
+    nodes = tuple(DeviceNode(f"/srv/{device_id}{p}", p) for p in container_paths)
+    return Device(id=device_id, nodes=nodes)
+
+
+F3 = [
+    node_device("d1", "/dev/x", "/dev/y"),
+    node_device("d2", "/dev/x"),
+    node_device("d3", "/dev/y"),
+]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_fitting_set_is_found_where_the_policy_s_first_pick_fits_nothing(
+    policy: PreferredPolicy,
+) -> None:
+    """hostile25 F3: the policy picks d1 first, which collides with every device left; the
+    answer was [d1] (the kubelet added d2 or d3, Allocate refused every pod) though {d2, d3}
+    fits. A bounded search finds it."""
+    snap = snapshot(F3)
+    chosen = preferred_allocation(policy, snap, ["d1", "d2", "d3"], [], 2, steer=True)
+    assert sorted(chosen) == ["d2", "d3"]
+    # what the container has is kept: with d2, only d3 fits (not d1)
+    assert preferred_allocation(policy, snap, ["d1", "d3"], ["d2"], 2, steer=True) == ["d2", "d3"]
+    # a one-device request keeps the policy's own first pick
+    assert len(preferred_allocation(policy, snap, ["d1", "d2", "d3"], [], 1, steer=True)) == 1
+
+
+def fits_together(devices: Sequence[Device]) -> bool:
+    claims = PathClaims()
+    for device in devices:
+        if not claims.fits(device):
+            return False
+        claims.add(device)
+    return True
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.sets(st.sampled_from("wxyz"), min_size=1, max_size=3), min_size=1, max_size=7),
+    st.integers(1, 4),
+    st.sampled_from(POLICIES),
+)
+def test_a_steered_answer_is_full_whenever_some_set_fits(
+    shapes: list[set[str]], size: int, policy: PreferredPolicy
+) -> None:
+    """Devices of several nodes at partly shared container paths: the answer has `size` IDs
+    whenever some `size` devices fit side by side (found by brute force), and is served."""
+    devices = [
+        node_device(f"d{i}", *(f"/dev/{p}" for p in sorted(s))) for i, s in enumerate(shapes)
+    ]
+    snap = snapshot(devices)
+    chosen = preferred_allocation(policy, snap, [d.id for d in devices], [], size, steer=True)
+    possible = any(
+        fits_together(group) for group in itertools.combinations(devices, min(size, len(devices)))
+    )
+    if possible:
+        assert len(chosen) == min(size, len(devices))
+    by_id = {d.id: d for d in devices}
+    assert fits_together([by_id[i] for i in chosen])

@@ -16,6 +16,11 @@ def dir_signature(directory: str) -> DirSignature | None:
         st = os.stat(directory)
     except OSError:
         return None
+    return signature_of(st)
+
+
+def signature_of(st: os.stat_result) -> DirSignature:
+    """The signature of a directory stat'ed already."""
     return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 

@@ -461,8 +461,10 @@ class FakeSysfs:
                     names.append(line.partition("=")[2])
         return names
 
-    def remove_device(self, path: Path) -> None:
-        """Unplug: nodes go from the dev root, entries and links from sysfs, as the kernel does."""
+    def remove_device(self, path: Path, aside: Path | None = None) -> None:
+        """Unplug: nodes go from the dev root, entries and links from sysfs, as the kernel does.
+        `aside`: the device's directory is moved there rather than deleted, its inodes kept
+        taken, as kernfs never gives a new device the inode of one gone (ext4 may, at once)."""
         for devname in self.nodes_of(path):
             self.remove_node(devname)
         for directory in [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]:
@@ -472,7 +474,11 @@ class FakeSysfs:
             for entry in (self.sys / "class").glob(f"*/{directory.name}"):
                 if entry.is_symlink() and Path(os.path.realpath(entry)) == directory.resolve():
                     entry.unlink()
-        shutil.rmtree(path)
+        if aside is None:
+            shutil.rmtree(path)
+        else:
+            aside.mkdir(parents=True, exist_ok=True)
+            path.rename(aside / f"{path.name}.{len(list(aside.iterdir()))}")
 
 
 def standard_machine(fake: FakeSysfs) -> dict[str, Path]:

@@ -544,16 +544,15 @@ def test_a_device_read_again_and_found_the_same_is_no_change(fake: FakeSysfs) ->
 def test_an_update_reads_the_attributes_of_an_enumeration_once(
     fake: FakeSysfs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 20: attribute values are kept while a device's `uevent` reads the same, from
-    one update to the next as from one scan to the next: the second event of a node (its
-    device read again) reads no attribute file; a new enumeration (a new `uevent`) reads
-    them again."""
+    """Issue 20: attribute values are kept while a device is the one read, from one update
+    to the next as from one scan to the next: the second event of a node (its device read
+    again) reads no attribute file; a new enumeration (a new `uevent`) reads them again."""
     from unittest import mock
 
-    from kdp_host.sysfs import reader as reader_module
+    from kdp_host.sysfs import device_read
 
-    spy = mock.Mock(wraps=reader_module.read_text)
-    monkeypatch.setattr(reader_module, "read_text", spy)
+    spy = mock.Mock(wraps=device_read.read_text)
+    monkeypatch.setattr(device_read, "read_text", spy)
     controller = fake.usb_controller()
     reader = SysfsReader(str(fake.sys), str(fake.dev))
     scan = reader.scan()

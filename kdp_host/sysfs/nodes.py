@@ -172,8 +172,11 @@ class DevNodes:
             present = looks.look(path)
         return NodeInfo(devname, subsystem, present, devnum, sysfs_path)
 
-    def nodes_beneath(self, path: str, uevent_text: str) -> tuple[NodeInfo, ...]:
-        """Every node announced at or below `path`, not crossing into other devices.
+    def nodes_beneath(
+        self, path: str, uevent_text: str, listing: list[os.DirEntry[str]] | None = None
+    ) -> tuple[NodeInfo, ...]:
+        """Every node announced at or below `path`, not crossing into other devices
+        (`listing`: the entries of `path`, when the caller has listed it already).
 
         Only a directory with a `dev` attribute stands for a node (the kernel adds `dev`
         exactly when the device has a device number): only those uevents are read. The
@@ -187,10 +190,13 @@ class DevNodes:
         while stack and visited < MAX_WALK_DIRS:
             directory, depth = stack.pop()
             visited += 1
-            try:
-                entries = list(os.scandir(directory))
-            except OSError:
-                continue
+            if depth == 0 and listing is not None:
+                entries = listing
+            else:
+                try:
+                    entries = list(os.scandir(directory))
+                except OSError:
+                    continue
             children = []
             has_dev = False
             for entry in entries:

@@ -16,71 +16,28 @@ Layout relied on, as the kernel makes it:
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-from ..logs import quote_text
 from ..rules import name_text_problem
+from .device_read import DeviceReads, ScanState
 from .index import ReadIndex
-from .model import (
-    OPTIONAL_ATTRIBUTES,
-    PCI,
-    PCI_ATTRIBUTES,
-    USB,
-    USB_ATTRIBUTES,
-    USB_INTERFACE_ATTRIBUTES,
-    VFIO_CONTAINER_NODE,
-    VFIO_PCI_DRIVER,
-    SysfsDevice,
-    SysfsScan,
-    UsbInterface,
-    usb_bus_node,
-    vfio_group_problem,
-)
+from .model import PCI, USB, SysfsDevice, SysfsScan
 from .nodes import DevNodes, NodeLooks
 from .placing import may_be_device, place_nodes, source_names
-from .tree import (
-    link_name,
-    numa_of_parents,
-    parse_numa,
-    parse_uevent,
-    read_quiet,
-    read_text,
-    resolve_entry,
-)
 
 MAX_UNPLACED = 256
 """Nodes no listed device has that an update places one by one at most; more: a full read."""
-
-
-@dataclass
-class _ScanState:
-    """Caches of one scan (NUMA nodes of parent directories)."""
-
-    numa_of_dir: dict[str, int | None] = field(default_factory=dict)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    """(sysfs path, why) of names left out (see SysfsScan.skipped)."""
-
-
-@dataclass(frozen=True)
-class _CachedAttributes:
-    """The attributes read of one sysfs device, kept between scans."""
-
-    attributes: dict[str, str]
-    errors: dict[str, str]
-    interface_classes: tuple[tuple[str, tuple[str | None, str | None, str | None]], ...]
 
 
 class SysfsReader:
     """Reads devices; not thread-safe: one scan at a time per reader.
 
     Attribute values of USB and PCI devices are kept from one read to the next (a scan or
-    an update) while the device's `uevent` reads the same (a USB device's changes with every
-    enumeration, a PCI device's with its IDs and driver), so a rescan reads one attribute
-    file per unchanged device, plus its nodes, and so does an update that reads a device
-    again (its node's second event).
+    an update) while the device is provably the one read (`device_read.DeviceReads`: its
+    directory, `uevent`, interfaces and nodes the same), so a rescan lists each unchanged
+    device's directory and reads its `uevent`, plus its nodes, and so does an update that
+    reads a device again (its node's second event).
     """
 
     def __init__(self, sysfs_root: str = "/sys", dev_root: str = "/dev") -> None:
@@ -88,10 +45,7 @@ class SysfsReader:
         self.dev_root = os.path.normpath(dev_root)
         self.nodes = DevNodes(self.sysfs_root, self.dev_root)
         """Where the devices' nodes are (`nodes.py`)."""
-        self._cache: dict[str, tuple[tuple[str, ...], _CachedAttributes]] = {}
-        """Device path -> the `uevent` and attribute names its attributes were read with,
-        and what was read (one entry per path: a full scan keeps those of its devices)."""
-        self._next_cache: dict[str, tuple[tuple[str, ...], _CachedAttributes]] = {}
+        self._devices = DeviceReads(self.sysfs_root, self.nodes)
         self._index: ReadIndex | None = None
         """Of the last scan this reader made or updated."""
         self._not_devices: dict[str, set[str]] = {}
@@ -107,8 +61,8 @@ class SysfsReader:
     ) -> SysfsScan:
         """Every device of the given buses and classes, with attributes and nodes."""
         self.nodes.looks = looks
-        state = _ScanState()
-        self._next_cache = {}
+        state = ScanState()
+        self._devices.begin()
         self._not_devices = {}
         extra = tuple(dict.fromkeys(extra_attributes))
         devices: list[SysfsDevice] = []
@@ -117,7 +71,7 @@ class SysfsReader:
             device = self.read_device(source, name, link, extra, state)
             if device is not None:
                 devices.append(device)
-        self._cache, self._next_cache = self._next_cache, {}
+        self._devices.end_full()
         watch = {self.dev_root, *self.nodes.dev_directories()}
         for device in devices:
             watch.update(self.nodes.node_dirs(device))
@@ -151,8 +105,8 @@ class SysfsReader:
         if index is None:
             index = ReadIndex.of(previous)
         self.nodes.looks = looks
-        state = _ScanState()
-        self._next_cache = {}
+        state = ScanState()
+        self._devices.begin()
         extra = tuple(dict.fromkeys(extra_attributes))
         watch = set(previous.watch_dirs)
         dirty: set[str] = set()
@@ -229,8 +183,7 @@ class SysfsReader:
             kept = tuple(filter(None, [*devices, *added]))  # (no device is falsy)
         for device in fresh:
             watch.update(self.nodes.node_dirs(device))
-        self._cache.update(self._next_cache)
-        self._next_cache = {}
+        self._devices.end_update()
         delta: dict[str, SysfsDevice | None] = {device.path: None for device in dropped}
         delta.update((device.path, device) for device in fresh)
         result = SysfsScan(
@@ -252,7 +205,7 @@ class SysfsReader:
         self,
         buses: Iterable[str],
         classes: Iterable[str],
-        state: _ScanState,
+        state: ScanState,
         known: dict[str, set[str]] | None = None,
     ) -> tuple[list[tuple[str, str, str]], list[str], dict[str, set[str]]]:
         """(source, kernel name, entry) of every device listed under the buses and classes
@@ -289,110 +242,7 @@ class SysfsReader:
         name: str,
         link: str,
         extra: tuple[str, ...] = (),
-        state: _ScanState | None = None,
+        state: ScanState | None = None,
     ) -> SysfsDevice | None:
         """The device behind `link` (a bus or class entry), or None if it vanished."""
-        state = state or _ScanState()
-        path = resolve_entry(link)
-        if path is None:
-            return None
-        wanted: tuple[str, ...]
-        if source == USB:
-            wanted = USB_ATTRIBUTES
-        elif source == PCI:
-            wanted = (*PCI_ATTRIBUTES, "numa_node")
-        else:
-            wanted = ()
-        uevent_text = read_quiet(os.path.join(path, "uevent")) or ""
-        uevent = parse_uevent(uevent_text)
-        key = (uevent_text, *wanted, "", *extra)
-        kept = self._cache.get(path)
-        cached = kept[1] if kept is not None and kept[0] == key else None
-        if cached is None:
-            read: dict[str, str] = {}
-            errors: dict[str, str] = {}
-            for attribute in dict.fromkeys((*wanted, *extra)):
-                self._read_attribute(path, attribute, read, errors)
-            interface_classes = self._usb_interface_classes(path, name) if source == USB else ()
-            cached = _CachedAttributes(read, errors, interface_classes)
-        if not cached.errors and source in (USB, PCI):
-            # Their uevent names the device (USB: PRODUCT, BUSNUM, DEVNUM, new with every
-            # enumeration; PCI: PCI_ID, PCI_SUBSYS_ID, DRIVER); a class device's does not.
-            self._next_cache[path] = (key, cached)
-        attributes = dict(cached.attributes)
-        errors = dict(cached.errors)
-        driver = link_name(os.path.join(path, "driver"))
-        iommu_group = link_name(os.path.join(path, "iommu_group"))
-        if iommu_group is not None and (why := vfio_group_problem(iommu_group)) is not None:
-            errors["iommu_group"] = f"{quote_text(iommu_group)} {why}: no vfio node"
-            state.skipped.append((os.path.join(path, "iommu_group"), errors["iommu_group"]))
-            iommu_group = None
-        nodes = self.nodes.nodes_beneath(path, uevent_text)
-        interfaces: tuple[UsbInterface, ...] = ()
-        if source == USB:
-            interfaces = tuple(
-                UsbInterface(entry, *classes, driver=link_name(os.path.join(path, entry, "driver")))
-                for entry, classes in cached.interface_classes
-            )
-            if not any(node.subsystem == USB for node in nodes):
-                derived = usb_bus_node(attributes.get("busnum", ""), attributes.get("devnum", ""))
-                if derived is not None:
-                    nodes = (*nodes, self.nodes.node(derived, USB, None, None))
-        if source == PCI and driver == VFIO_PCI_DRIVER and iommu_group is not None:
-            nodes = (
-                *nodes,
-                self.nodes.node(f"vfio/{iommu_group}", "vfio", None, None),
-                self.nodes.node(VFIO_CONTAINER_NODE, "vfio", None, None),
-            )
-        numa = parse_numa(attributes.pop("numa_node", None) if source == PCI else None)
-        if numa is None:
-            numa = numa_of_parents(self.sysfs_root, path, state.numa_of_dir)
-        return SysfsDevice(
-            source=source,
-            name=name,
-            path=path,
-            attributes=attributes,
-            errors=errors,
-            driver=driver,
-            numa=numa,
-            iommu_group=iommu_group,
-            nodes=nodes,
-            interfaces=interfaces,
-            uevent=uevent,
-        )
-
-    def _read_attribute(
-        self, directory: str, attribute: str, into: dict[str, str], errors: dict[str, str]
-    ) -> None:
-        if attribute.startswith("/") or ".." in attribute.split("/"):
-            errors[attribute] = "not a path below the device"
-            return
-        try:
-            text = read_text(os.path.join(directory, attribute))
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno == errno.ENOENT or (
-                exc.errno == errno.ENODATA and attribute in OPTIONAL_ATTRIBUTES
-            ):
-                return
-            errors[attribute] = exc.strerror or str(exc)
-            return
-        into[attribute] = text
-
-    def _usb_interface_classes(
-        self, path: str, name: str
-    ) -> tuple[tuple[str, tuple[str | None, str | None, str | None]], ...]:
-        prefix = name + ":"
-        try:
-            entries = sorted(e for e in os.listdir(path) if e.startswith(prefix))
-        except OSError:
-            return ()
-        found = []
-        for entry in entries:
-            values: dict[str, str] = {}
-            for attribute in USB_INTERFACE_ATTRIBUTES:
-                self._read_attribute(os.path.join(path, entry), attribute, values, {})
-            classes = tuple(values.get(a) for a in USB_INTERFACE_ATTRIBUTES)
-            found.append((entry, (classes[0], classes[1], classes[2])))
-        return tuple(found)
+        return self._devices.read(source, name, link, extra, state)

@@ -5,6 +5,7 @@ read without ever blocking, how bus and class entries resolve, what a `uevent` s
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Container
 
 from .model import is_device_boundary
@@ -68,21 +69,40 @@ def read_text(path: str) -> str:
 
 
 def resolve_entry(link: str) -> str | None:
-    """The real directory of a bus or class entry, or None if it vanished.
+    """The real directory of a bus or class entry, or None if it vanished."""
+    found = resolve_entry_stat(link)
+    return None if found is None else found[0]
+
+
+def resolve_entry_stat(link: str) -> tuple[str, os.stat_result] | None:
+    """The real directory of a bus or class entry and its stat, or None if it vanished.
 
     The kernel makes these entries relative symlinks into the real tree, which holds no
-    symlinked directory: one readlink resolves them (`os.path.realpath` would lstat every
-    component, several times the cost over a thousand devices).
+    symlinked directory: one readlink and one lstat resolve them (`os.path.realpath` would
+    lstat every component, several times the cost over a thousand devices).
     """
     try:
         target = os.readlink(link)
     except OSError:
-        return os.path.realpath(link) if os.path.isdir(link) else None
+        return _resolved_slowly(link)  # gone, or no link
     path = os.path.normpath(os.path.join(os.path.dirname(link), target))
-    if os.path.islink(path) or not os.path.isdir(path):
-        real = os.path.realpath(link)
-        return real if os.path.isdir(real) else None
-    return path
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return _resolved_slowly(link)
+    if not stat.S_ISDIR(info.st_mode):
+        return _resolved_slowly(link)  # a link on the way
+    return path, info
+
+
+def _resolved_slowly(link: str) -> tuple[str, os.stat_result] | None:
+    try:
+        info = os.stat(link)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return None
+    return os.path.realpath(link), info
 
 
 def parse_uevent(text: str) -> dict[str, str]:

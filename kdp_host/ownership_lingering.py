@@ -18,23 +18,36 @@ never while a pod may reach the node (`_pod_may_reach`, the one rule):
   device was heard to be held by no pod, only the booking of the shared source held its
   node, and that one is exempt as the shared source: every later pod was handed the node).
   A node no device ever claimed there (a firmware file, a control node every pod is meant
-  to share) is shared by design and no clash.
+  to share) is shared by design and no clash;
+- or the node is what a device of a driver's list claims shared, or below a directory one
+  claims shared (a glob group's member without `{key}`, a probe's `shared: true` node or
+  mount: every pod of its devices is handed it), and a node found at such a path is not
+  gone (`_at_shared_place`): a node moved into a shared directory, or renamed over a shared
+  node (a new inode or number at the shared path), stays its device's claim there, and the
+  devices that share the path are held for it (issue 17, hostile24 F2 (b), (c): the claim
+  lapsed ~5.5 s after the move, or was released as gone at once, and every later pod of
+  the group was handed the node).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from types import MappingProxyType
+from typing import Final
 
 from .devices import advertises
+from .identity import DIRECTORY, FILE, NODES
 from .ownership_arrivals import Arrivals
 from .ownership_bookings import Ledger
-from .ownership_claims import ClaimKey, Owner
+from .ownership_claims import Claim, ClaimKey, Owner
 from .ownership_contain import Containment
 from .ownership_state import ResourceState
 from .rules import below
 from .turns import Pace
+
+MOVABLE: Final = NODES | {FILE}
+"""The kinds of claims a node renamed over a shared node may be (`_at_shared_place`)."""
 
 
 class Lingering(abc.ABC):
@@ -51,6 +64,10 @@ class Lingering(abc.ABC):
     """Resource -> the host paths of its `allocate.mounts` (`share_mounts`; replaced whole)."""
     _sources_real: frozenset[str] = frozenset()
     """The real paths the configured sources were last handed out at (`mounts_shared_by`)."""
+    _shared_at: dict[ClaimKey, str]
+    """Lingering claim -> the shared path (what a device of a list claims shared) its node
+    was found at, renamed over the shared node (`_at_shared_place`): kept until a look there
+    finds it gone (a node below a shared directory: the followed trees' reads, `found`)."""
 
     @abc.abstractmethod
     def _still_there(self, key: ClaimKey, path: str) -> bool:
@@ -63,7 +80,8 @@ class Lingering(abc.ABC):
     def _pod_may_reach(self, key: ClaimKey) -> bool:
         """Whether a pod may reach the node of claim `key` (the module's rule): a booking
         holds it, or where it was last found is below a tree a booking holds mounted or a
-        configured `allocate.mounts` source. Nothing read: what the index knows."""
+        configured `allocate.mounts` source, or it is (or is below) what a device of a list
+        claims shared. Nothing read: what the index knows."""
         ledger = self._ledger
         if key in ledger.booked:
             return True
@@ -71,7 +89,15 @@ class Lingering(abc.ABC):
         lingering = None if owner is None else self._resources[owner.resource].lingering.get(key)
         found = self._within.found.get(key, ())
         where = found[-1:] if lingering is None else (*found[-1:], lingering[1][2])
-        return any(self._reachable_at(real) for real in where)
+        if key in self._shared_at or any(self._reachable_at(real) for real in where):
+            return True
+        for shared_key, _, shared_real in self._listed_shared():
+            if shared_key == key:  # (renamed over a shared node: kept where it is)
+                self._shared_at[key] = shared_real
+                return True
+            if shared_key[0] == DIRECTORY and any(below(real, shared_real) for real in where):
+                return True  # (the followed trees' reads keep where it is: `found`)
+        return False
 
     def _reachable_at(self, real: str) -> bool:
         """Whether `real` is below a tree a booking holds mounted, or a configured source."""
@@ -79,6 +105,37 @@ class Lingering(abc.ABC):
             return True
         sources = self._sources_real.union(*self._mounts_configured.values())
         return any(below(real, source) for source in sources)
+
+    def _listed_shared(self) -> Iterator[Claim]:
+        """The shared claims of the advertised devices and of those of the drivers' lists
+        as last resolved (held ones too: what every pod of them would be handed), each
+        (key, real path) once. The watcher's recheck forgets the resolved claims of a
+        changed path for a while (`_shared_at` keeps where a node was found)."""
+        seen: set[tuple[ClaimKey, str]] = set()
+        for state in self._resources.values():
+            for claims in (*state.owned.values(), *state.claims.values()):
+                for claim in claims.shared:
+                    if (claim[0], claim[2]) not in seen:
+                        seen.add((claim[0], claim[2]))
+                        yield claim
+
+    def _at_shared_place(self, key: ClaimKey, looked: str | None) -> bool:
+        """Whether the node of `key` is still where it was found shared (`_shared_at`; not
+        where it was `looked` for already: the followed trees' reads say where it went), or
+        is now at a path a device of a list claims shared (renamed over the shared node: a
+        new identity at its path), or is such a claim; kept in `_shared_at` if so."""
+        at = self._shared_at.pop(key, None)
+        if key[0] not in MOVABLE:
+            return False  # (a claim by place, of a directory, a sysfs device's own)
+        if at is not None and at != looked and self._still_there(key, at):
+            self._shared_at[key] = at
+            return True
+        for shared_key, _, real in self._listed_shared():
+            movable = shared_key[0] in MOVABLE  # (below a shared directory: `found`)
+            if shared_key == key or (movable and self._still_there(key, real)):
+                self._shared_at[key] = real
+                return True
+        return False
 
     def _taken_over(self, me: Owner, owner: Owner, key: ClaimKey) -> bool:
         """Whether `me` may take a claim that `owner`, another ID of its resource, left
@@ -111,11 +168,14 @@ class Lingering(abc.ABC):
             return False  # (where it was found last: `ownership_arrivals`)
         if self._arrivals.reading:
             return False  # (renamed into a followed tree: where it went, told at once)
+        if self._at_shared_place(key, None if found is None else found[-1]):
+            return False  # (every pod of the devices sharing that path would be handed it)
         self._release_lingering(state, key)
         return True
 
     def _release_lingering(self, state: ResourceState, key: ClaimKey) -> None:
         del state.lingering[key], self._exclusive[key]
+        self._shared_at.pop(key, None)
         self._uncount(key)
 
     def _prune_gone(self, state: ResourceState, pace: Pace) -> Generator[None, None, bool]:

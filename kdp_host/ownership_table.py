@@ -47,6 +47,7 @@ class ClaimTable(Lingering):
         self._resources: dict[str, ResourceState] = {}
         self._ledger = Ledger()
         """The IDs the kubelet booked, with their claims (`<stateDir>/ownership.json`)."""
+        self._shared_at: dict[ClaimKey, str] = {}
 
     def _state(self, resource: str) -> ResourceState:
         state = self._resources.get(resource)
@@ -204,8 +205,8 @@ class ClaimTable(Lingering):
                 self._within.reached_at(key, claim[2])
             self._aliases.enter(claim)
             exclusive[key] = me
-            if lingering:
-                lingering.pop(key, None)
+            if lingering and lingering.pop(key, None) is not None:
+                self._shared_at.pop(key, None)
         for key, path, real in claims.shared:
             sharers = self._shared.get(key)
             if sharers is None:

@@ -1,0 +1,93 @@
+"""A device's node moved into what every device of a glob group shares, through the kubelet's
+real device manager (v1.32, tests/kubelet_harness.py; issue 17, hostile24 F2 (b), (c)).
+
+Resource A (`d/a*`, gracePeriod 3 s); resource C, a glob group of `g/card{key}` and a member
+without `{key}` that every card passes: a directory mounted (`common`) or a node (`vfio`, the
+`/dev/vfio/vfio` shape). A's node `a1` is renamed into `g/common/`, or over `g/vfio`. Before,
+the moved device's claim lapsed once PodResources showed no pod holding its ID (`common`: C
+was held that long, then every new pod of C was handed `common` with `a1` in it), or it was
+released as gone at once (`vfio`: the new inode at the shared path was no one's, and every
+new pod of C was handed `a1`'s node as `g/vfio`). Now the claim stays while the node sits
+there, past A's gracePeriod end: C's devices, which would hand it to every pod, are held;
+once the node is moved out (and a new shared node made), C's pods are admitted again. No pod
+holds C first (a tree a pod holds mounted kept the claim already: `_pod_may_reach`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .kubelet_harness import healthy
+
+pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
+
+A = "vendor.example/a"
+C = "vendor.example/c"
+
+
+def group_config(kubelet: Any, root: Path, member: str) -> str:
+    """A (`d/a*`, gracePeriod 3 s); C: `g/card{key}` with the shared `g/<member>`."""
+    shared = f'{{path: "{root}/g/{member}"' + (", mount: true}" if member == "common" else "}")
+    return (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
+        f"{kubelet.pod_resources_socket}, podResourcesInterval: 1s}}\n"
+        f"stateDir: {root / 'state'}\nresources:\n"
+        f"  - name: {A}\n"
+        f'    glob: {{paths: ["{root}/d/a*"], gracePeriod: 3s}}\n'
+        f"  - name: {C}\n"
+        f'    glob: {{group: [{{path: "{root}/g/card{{key}}"}}, {shared}]}}\n'
+    )
+
+
+def _capacity(resource: str, count: int) -> Any:
+    def check(kubelet: Any) -> bool:
+        seen = kubelet.resource(resource)
+        return seen is not None and seen["capacity"] == count
+
+    return check
+
+
+@pytest.mark.parametrize("member", ["common", "vfio"])
+async def test_a_node_moved_into_a_shared_member_goes_to_no_pod(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any, member: str
+) -> None:
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    root = short_dir
+    for directory in ("d", "g", "g/card0", "g/card1"):
+        (root / directory).mkdir()
+    for name in ("d/a0", "d/a1", "g/card0/n", "g/card1/n"):
+        (root / name).touch()
+    shared = root / "g" / member
+    if member == "common":
+        shared.mkdir()
+        (shared / "lib.so").touch()  # (no device claims it: shared by design)
+    else:
+        shared.touch()
+    await start_host(group_config(kubelet, root, member))
+    await kubelet.await_for(healthy(A, 2), what="A advertised")
+    await kubelet.await_for(healthy(C, 2), what="C advertised")
+
+    there = shared / "a1" if member == "common" else shared
+    os.rename(root / "d" / "a1", there)
+    await kubelet.await_for(healthy(A, 1), what="a1 gone from its path")
+    early = await kubelet.acall(kubelet.allocate, "q1", {C: 1})
+    assert early["error"] != "", f"q1 was given {shared} with a1's node: {early}"
+    # past a1's gracePeriod (unlisted) and its `heard_after`: the claim stays
+    await kubelet.await_for(_capacity(A, 1), timeout=30, what="a1 unlisted")
+    for pod in ("q2", "q3"):
+        late = await kubelet.acall(kubelet.allocate, pod, {C: 1})
+        assert late["error"] != "", f"{pod} was given {shared} with a1's node: {late}"
+    await kubelet.await_for(healthy(C, 0), what="C held: every card hands out a1's node")
+
+    os.rename(there, root / "a1")  # (out of the shared member)
+    if member == "vfio":
+        shared.touch()  # (a new shared node no device claims)
+
+    def admitted(kubelet: Any) -> bool:
+        return bool(kubelet.allocate("p4", {C: 1})["error"] == "")
+
+    await kubelet.await_for(admitted, timeout=30, what="C admitted again without the node")

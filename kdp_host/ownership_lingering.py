@@ -108,16 +108,11 @@ class Lingering(abc.ABC):
 
     def _listed_shared(self) -> Iterator[Claim]:
         """The shared claims of the advertised devices and of those of the drivers' lists
-        as last resolved (held ones too: what every pod of them would be handed), each
-        (key, real path) once. The watcher's recheck forgets the resolved claims of a
-        changed path for a while (`_shared_at` keeps where a node was found)."""
-        seen: set[tuple[ClaimKey, str]] = set()
+        as last resolved (held ones too: what every pod of them would be handed;
+        `ResourceState.shared_claims`). The watcher's recheck forgets the resolved claims
+        of a changed path for a while (`_shared_at` keeps where a node was found)."""
         for state in self._resources.values():
-            for claims in (*state.owned.values(), *state.claims.values()):
-                for claim in claims.shared:
-                    if (claim[0], claim[2]) not in seen:
-                        seen.add((claim[0], claim[2]))
-                        yield claim
+            yield from state.shared_claims()
 
     def _at_shared_place(self, key: ClaimKey, looked: str | None) -> bool:
         """Whether the node of `key` is still where it was found shared (`_shared_at`; not

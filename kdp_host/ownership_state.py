@@ -88,3 +88,19 @@ class ResourceState:
     """Devices left out because a path of theirs did not resolve in time, with that path."""
     unseen_lines: LineRate = field(default_factory=LineRate)
     """`ownership_held`'s lines of a path where nothing is, one per `UNSEEN_LINE_EVERY` s."""
+    shared_seen: tuple[tuple[int, int, int], tuple[Claim, ...]] | None = None
+    """The shared claims of `owned` and `claims`, once each, with the identity and sizes of
+    those maps when gathered (`ownership_lingering._listed_shared`: not gathered again per
+    lingering claim while they stay as they were: a probe renaming 12,000 devices)."""
+
+    def shared_claims(self) -> tuple[Claim, ...]:
+        """The shared claims of `owned` and `claims` (`shared_seen`), each (key, real) once."""
+        stamp = (id(self.claims), len(self.claims), len(self.owned))
+        if self.shared_seen is not None and self.shared_seen[0] == stamp:
+            return self.shared_seen[1]
+        seen: dict[tuple[ClaimKey, str], Claim] = {}
+        for claims in (*self.owned.values(), *self.claims.values()):
+            for claim in claims.shared:
+                seen.setdefault((claim[0], claim[2]), claim)
+        self.shared_seen = (stamp, tuple(seen.values()))
+        return self.shared_seen[1]

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from .kubelet_harness import healthy
+from .test_shared_source_moved_node import _capacity
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
@@ -41,14 +42,6 @@ def group_config(kubelet: Any, root: Path, member: str) -> str:
         f"  - name: {C}\n"
         f'    glob: {{group: [{{path: "{root}/g/card{{key}}"}}, {shared}]}}\n'
     )
-
-
-def _capacity(resource: str, count: int) -> Any:
-    def check(kubelet: Any) -> bool:
-        seen = kubelet.resource(resource)
-        return seen is not None and seen["capacity"] == count
-
-    return check
 
 
 @pytest.mark.parametrize("member", ["common", "vfio"])

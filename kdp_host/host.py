@@ -190,6 +190,7 @@ class Host:
             held_missing=self.held_missing,
             cdi_dirs=spec_dir_records(self.config, self.log, self._work, self.state_files),
         )  # fmt: skip
+        sync.host_ended = services.peer_sockets.host_ended  # (a SIGKILLed peer: `peer_sockets`)
         supervisor = Supervisor(services, self.restart_policy)
         self._supervisor = supervisor
         watch_task = asyncio.create_task(watcher.run(), name="watcher")

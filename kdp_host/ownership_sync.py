@@ -225,6 +225,9 @@ class BookingsSync:
         self._subscription: Subscription | None = None
         self._leave: Callable[[], None] | None = None
         self._net: SafetyNet | None = None
+        self.host_ended: Callable[[str], None] = lambda _host: None
+        """Told each other host seen ended (its resources' instances register again where
+        the kubelet's client was theirs: `peer_sockets`)."""
 
     @property
     def file(self) -> StateFile:
@@ -291,6 +294,7 @@ class BookingsSync:
                 continue  # (this host's own write of what it took in last: nothing to do)
             for gone in sorted((self._others - others) & read.ended):
                 self._log.info("bookings_taken_over", host=gone, detail="that host ended")
+                self.host_ended(gone)
             for new in sorted(others - self._others):
                 self._log.info("state_dir_shared", hosts=new)
             self._taken = None

@@ -37,8 +37,13 @@ The host follows each socket directory once for every resource (`PeerSocketIndex
 event goes to the resource its name belongs to, by its prefix, not to every resource (100
 resources starting made 10,000 calls, one per resource for each socket made).
 
-Not seen: a socket of the compact form (a socket directory too long for readable names), a
-peer killed without removing its socket (SIGKILL), and other plugins of the same name (they
+A peer killed without removing its socket (SIGKILL) is seen through `stateDir`: the host
+that ended (`ownership_sync`, `bookings_taken_over`) is told to every resource
+(`PeerSocketIndex.host_ended`), and where that instance's socket was made after this
+instance last registered (it registered after us: the kubelet's client was its), this
+instance registers again at once, by the same rules otherwise (hostile25 F4: it waited for
+PodResources, 6.7-10.7 s, or for ever without it). Not seen: a socket of the compact form (a
+socket directory too long for readable names), and other plugins of the same name (they
 name their sockets their own way).
 """
 
@@ -91,6 +96,8 @@ class PeerSockets:
     _made: dict[str, float] = field(default_factory=dict)
     """Another instance's socket path -> when it was last seen made (loop time; not there:
     made before this instance followed the directory)."""
+    _ended: dict[str, float] = field(default_factory=dict)
+    """Another instance's socket path -> when its host was seen ended (`host_ended`)."""
     _lost_at: float | None = None
     _registered_at: float | None = None
     _switched_at: float | None = None
@@ -143,6 +150,18 @@ class PeerSockets:
             self._gone[path] = now
             self.wake.set()
 
+    def host_ended(self, instance: str) -> None:
+        """The host `instance` ended (seen through `stateDir`), its socket maybe left behind."""
+        if instance_id_problem(instance) is not None:
+            return  # (no instance of ours: no socket of it)
+        now = asyncio.get_running_loop().time()
+        for directory in {self.serve_dir, self.other_dir or self.serve_dir}:
+            name = socket_name(self.resource, instance, directory)
+            if self._is_peer(name, directory):
+                self._ended[os.path.join(directory, name)] = now
+                self._switched_at = now
+                self.wake.set()
+
     def lost(self) -> None:
         """The kubelet ended our stream."""
         self._lost_at = asyncio.get_running_loop().time()
@@ -161,6 +180,13 @@ class PeerSockets:
         """(the socket of another instance whose going calls for registering again, now;
         else None and the seconds until the next look, None: no look pending)."""
         now = asyncio.get_running_loop().time()
+        while self._ended:  # (the host ended: no socket to come back, nothing to settle)
+            path, at = self._ended.popitem()
+            made, registered = self._made.get(path), self._registered_at
+            after_us = made is not None and registered is not None and made >= registered
+            if after_us and not self._answered(path, at):
+                self._gone.clear()
+                return os.path.basename(path), None
         wait: float | None = None
         for path, at in list(self._gone.items()):
             if os.path.lexists(path) or self._answered(path, at):
@@ -204,6 +230,17 @@ class PeerSocketIndex:
     _dirs: dict[str, tuple[Subscription, dict[str, list[NameCallback]]]] = field(
         default_factory=dict
     )
+    _ended: list[NameCallback] = field(default_factory=list)
+    """Told each host seen ended through `stateDir` (`PeerSockets.host_ended`)."""
+
+    def follow_ended(self, callback: NameCallback) -> Callable[[], None]:
+        """Call `callback` with the instance ID of each host seen ended; returns the way to stop."""
+        self._ended.append(callback)
+        return lambda: self._ended.remove(callback) if callback in self._ended else None
+
+    def host_ended(self, instance: str) -> None:
+        for callback in list(self._ended):
+            callback(instance)
 
     def follow(
         self, watcher: Watcher, directory: str, prefix: str, callback: NameCallback

@@ -129,6 +129,7 @@ class ServingLoop:
             index, watcher = self._services.peer_sockets, self._services.watcher
             other = self._peers.other_dir
             peers.append(index.follow(watcher, self._serve_dir, prefix, self._peers.changed))
+            peers.append(index.follow_ended(self._peers.host_ended))
             if other is not None and other != self._serve_dir and os.path.isdir(other):
                 peers.append(index.follow(watcher, other, prefix, self._peers.seen))
         poller = self._services.pod_resources

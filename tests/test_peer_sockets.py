@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,39 @@ async def test_a_socket_made_after_our_registration_may_have_registered_last(
     await wait_until(lambda: tracker.due()[0] == name, timeout=30, what="registering again")
 
 
+async def test_a_host_seen_ended_that_registered_after_us_calls_for_registering_at_once(
+    tmp_path: Path,
+) -> None:
+    """hostile25 F4: a host seen ended through stateDir (SIGKILL: its socket stays) whose
+    socket was made after our last registration: due at once (nothing to settle). Not when
+    its socket was there before our registration (we registered last), nor when we
+    registered since, nor for a host that is not an instance of the resource."""
+    after = peers(tmp_path)
+    after.registered()
+    name = other(tmp_path)
+    after.changed(name)  # made after our registration
+    after.host_ended("old")
+    assert after.wake.is_set() and after.due() == (name, None)
+    assert after.due() == (None, None)  # once
+
+    before = peers(tmp_path)
+    before.changed(name)
+    before.registered()
+    before.host_ended("old")
+    assert before.due() == (None, None)
+
+    since = peers(tmp_path)
+    since.registered()
+    since.changed(name)
+    since.host_ended("old")
+    since.registered()  # (the serving loop registered meanwhile)
+    assert since.due() == (None, None)
+
+    unknown = peers(tmp_path)
+    unknown.host_ended("not an instance")
+    assert not unknown.wake.is_set() and unknown.due() == (None, None)
+
+
 async def test_only_sockets_of_the_same_resource_and_another_instance_count(
     tmp_path: Path,
 ) -> None:
@@ -399,3 +433,46 @@ def test_absent_from_the_kubelet_twice_after_registering_is_due() -> None:
     check.taken()
     check.answer({}, 16.0, True, 1)  # (not until it registered again)
     assert check.absent == 0 and not check.due
+
+
+async def test_hostile25_f4_the_new_instance_killed_the_old_one_registers_again_at_once(
+    real_kubelet_factory, short_dir: Path, start_host, kdp_process
+) -> None:
+    """A rollout: the old host serves, the new one (a process of its own) registers last, is
+    the kubelet's client and answers a pod; it is SIGKILLed, its socket left behind. The
+    kubelet has no client for the name. The old host sees through stateDir that the new one
+    ended (`bookings_taken_over`), and as that one registered after it, registers again at
+    once, without PodResources (off here). Before: only PodResources' `absent_from_kubelet`
+    brought it back (6.7-10.7 s), and never without it."""
+    kubelet = real_kubelet_factory()
+    node = short_dir / "n0"
+    node.touch()
+    state, work = short_dir / "state", short_dir / "probes"
+    work.mkdir()
+    command = probe(work, "dev", "dev0", node, None)
+    text = (
+        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesInterval: 0s}}\n"
+        f"stateDir: {state}\nresources:\n"
+        f"  - name: {SHELL}\n    shell: {{command: [{command}], interval: 1s, timeout: 60s}}\n"
+    )
+    old = await start_host(text, instance_id="old")
+    await kubelet.await_for(lambda k: view(k).get("healthy") == 1, what="the old host serves")
+    old_socket = old.host.resources[SHELL].socket_path
+    since = await kubelet.acall(kubelet.last_seq)
+    config_file = short_dir / "new.yaml"
+    config_file.write_text(text)
+    new = await kdp_process(config_file)
+    await kubelet.await_for(
+        lambda k: listed_after_registering(k, since), timeout=60, what="the new host registered"
+    )
+    assert registrations(kubelet, since) != [old_socket]
+    allocated = await kubelet.acall(kubelet.allocate, "p1", {SHELL: 1})  # (the new host's)
+    assert allocated["error"] == "" and allocated["device_ids"] == {SHELL: ["dev0"]}
+
+    since = await kubelet.acall(kubelet.last_seq)
+    await new.stop(signal.SIGKILL)
+    await kubelet.await_for(
+        lambda k: old_socket in registrations(k, since) and view(k).get("healthy") == 1,
+        timeout=20,
+        what="the old host registered again",
+    )

@@ -10,7 +10,11 @@ the kubelet does not end a replaced client's stream (docs/kubelet-contract.md §
 answers in a row (`ABSENT_ANSWERS`), each asked after this instance registered, make it serve
 a fresh socket and register again, logged with why. Only a name with no device at all in the
 answer counts: a name another live plugin serves with other IDs is its (this instance never
-takes the name from a plugin that runs).
+takes the name from a plugin that runs). Nor does an answer count while another live
+instance of the resource registered after this one (`yields`: its socket, made since, takes
+connections): the name is that instance's whatever it lists, and a rollout's new instance
+whose config holds every device back for a while had the old one take the name back and
+admit pods by the old config (hostile26 N1).
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ class AbsentCheck:
     """The serving loop's: set when the resource is to register again."""
     clock: Callable[[], float]
     """The clock of the answers' `asked_at` (the poller's)."""
+    yields: Callable[[], str | None] = lambda: None
+    """Another live instance of the resource that registered after this one, if any
+    (`PeerSockets.newer_live`)."""
     _since: float | None = None
     """When the resource last registered (None: not since the last time it was due)."""
     _absent: int = 0
@@ -58,7 +65,7 @@ class AbsentCheck:
         if since is None or not ready or healthy == 0 or asked_at <= since:
             self._absent = 0
             return
-        if allocatable.get(self.name):
+        if allocatable.get(self.name) or self.yields() is not None:
             self._absent = 0
             return
         self._absent += 1

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -176,15 +177,30 @@ class PeerSockets:
         """The kubelet registered this instance's socket."""
         self._registered_at = asyncio.get_running_loop().time()
 
+    def newer_live(self) -> str | None:
+        """The socket of another instance made after this instance last registered that
+        accepts a connection, or None: that instance registered last, so the kubelet's
+        client for the name is its, and whatever it lists (none healthy: a rollout's new
+        config holding a device back) is the name's (`kubelet_absent`; hostile26 N1). A
+        socket left by an instance killed (SIGKILL) accepts none."""
+        for path in self._made:
+            if self._made_since_registered(path) and _accepts(path):
+                return os.path.basename(path)
+        return None
+
+    def _made_since_registered(self, path: str) -> bool:
+        """Whether another instance's socket at `path` was made after this instance last
+        registered (so that instance registered after it: the kubelet's client is its)."""
+        made, registered = self._made.get(path), self._registered_at
+        return made is not None and registered is not None and made >= registered
+
     def due(self) -> tuple[str | None, float | None]:
         """(the socket of another instance whose going calls for registering again, now;
         else None and the seconds until the next look, None: no look pending)."""
         now = asyncio.get_running_loop().time()
         while self._ended:  # (the host ended: no socket to come back, nothing to settle)
             path, at = self._ended.popitem()
-            made, registered = self._made.get(path), self._registered_at
-            after_us = made is not None and registered is not None and made >= registered
-            if after_us and not self._answered(path, at):
+            if self._made_since_registered(path) and not self._answered(path, at):
                 self._gone.clear()
                 return os.path.basename(path), None
         wait: float | None = None
@@ -216,6 +232,20 @@ class PeerSockets:
             and registered >= lost
             and (made is None or made <= registered)
         )
+
+
+def _accepts(path: str) -> bool:
+    """Whether a process serves the Unix socket at `path` (a connection made and closed at
+    once; a full backlog is a server too)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+    return True
 
 
 NameCallback = Callable[[str], None]

@@ -93,16 +93,19 @@ class ServingLoop:
         """The kubelet.sock of the last registration (None: none yet)."""
         self._healthy = healthy
         """The resource's healthy devices now (`AbsentCheck`)."""
-        poller = services.pod_resources
-        self._absent = AbsentCheck(
-            name, self._wake, time.monotonic if poller is None else poller.clock
-        )
-        """Whether the kubelet serves no device of the resource (PodResources), though
-        registered."""
         other = kubelet.socket_dir if self._registry else kubelet.plugins_registry_dir
         self._peers = PeerSockets(name, self.endpoint, self._serve_dir, self._wake, other)
         """The other instances of the resource in the socket dir (a rollout), whose end calls
         for registering again."""
+        poller = services.pod_resources
+        self._absent = AbsentCheck(
+            name,
+            self._wake,
+            time.monotonic if poller is None else poller.clock,
+            self._peers.newer_live,
+        )
+        """Whether the kubelet serves no device of the resource (PodResources), though
+        registered."""
         self._losses = StreamLosses(
             services.registry_wait.lost,
             services.metrics.streams_lost.labels(name),

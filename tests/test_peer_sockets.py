@@ -476,3 +476,36 @@ async def test_hostile25_f4_the_new_instance_killed_the_old_one_registers_again_
         timeout=20,
         what="the old host registered again",
     )
+
+
+async def test_a_live_instance_registered_after_this_one_keeps_the_name_while_it_lists_nothing(
+    short_dir: Path,
+) -> None:
+    """hostile26 N1: a rollout's new instance, registered last, whose config holds every
+    device back for a while: the kubelet's allocatable listed none of the name, so the old
+    instance counted it absent and took the name back (pods then admitted by the old config).
+    Another instance's socket made after this instance registered that takes connections is
+    that instance's name; a socket a killed instance left (none listening) is not."""
+    import socket
+
+    tracker = peers(short_dir)
+    tracker.registered()
+    live, dead = (short_dir / socket_name(SHELL, i, str(short_dir)) for i in ("live", "dead"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gone:
+            gone.bind(str(dead))  # (bound, never listening: what a SIGKILL leaves)
+        tracker.changed(dead.name)
+        assert tracker.newer_live() is None
+        server.bind(str(live))
+        server.listen()
+        tracker.changed(live.name)
+        assert tracker.newer_live() == live.name
+        check = AbsentCheck(SHELL, asyncio.Event(), lambda: 1.0, tracker.newer_live)
+        check.registered()
+        for asked_at in (2.0, 3.0, 4.0):
+            check.answer({}, asked_at, True, 1)
+        assert not check.due and check.absent == 0
+        tracker.registered()  # (this instance registered last again: absence counts)
+        for asked_at in (5.0, 6.0):
+            check.answer({}, asked_at, True, 1)
+        assert check.due

@@ -27,7 +27,6 @@ this one).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Collection, Container, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 
@@ -59,11 +58,14 @@ class BookingAllocations(HandingOut):
         self, resource: str, ids: Collection[str], reached: Mapping[str, Identity],
         real: Mapping[str, str],
     ) -> AbstractAsyncContextManager[None]:  # fmt: skip
-        """Around booking and keeping an answer (`ownership_fence.AllocateFence.held`)."""
-        fence = self.fence
-        if fence is None or not fence.needed:  # (alone on stateDir: nothing to pay)
-            return contextlib.nullcontext()
-        return fence.held(resource, ids, reached, real)
+        """Around booking and keeping an answer, until it goes out or is refused: no
+        PodResources answer ends its bookings meanwhile (`ownership_answering`), and with
+        another host running on stateDir under its lock (`ownership_fence.AllocateFence.held`)."""
+        fence, ledger = self.fence, self._ledger
+        held = None
+        if fence is not None and fence.needed:  # (alone on stateDir: nothing to pay)
+            held = fence.held(resource, ids, reached, real)
+        return ledger.in_flight.answering(resource, ids, ledger.bookings, self._clock, held)
 
     async def book(
         self,

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from .devices import advertises
 from .identity import DIRECTORY
+from .ownership_answering import AnswersInFlight
 from .ownership_booked import Booking
 from .ownership_claims import SYSFS, Claim, ClaimKey, Owner, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
@@ -104,6 +105,8 @@ class Ledger(LearntBookings):
         self.booked_elsewhere: list[BookedElsewhere] = []  # (told in turn: `mirroring`)
         self.drops = 0
         """Bookings gone so far (`drop`, another host's: `mirror`): `HandedRecord.answered`."""
+        self.in_flight = AnswersInFlight()
+        """The bookings of Allocates not answered yet: `expire` ends none of them."""
         self.ended: list[tuple[Owner, str]] = []
         """(owner, device) of the bookings whose pods were seen gone (`expire`, another
         host's: `mirroring`) since the index last took them (`HandOver.ended`): the
@@ -312,12 +315,14 @@ class Ledger(LearntBookings):
 
     def expire(self, asked_at: float, after: float, held: Callable[[str], Collection[str]]) -> bool:
         """Drop the bookings no pod holds, by an answer asked for at `asked_at` (at least
-        `after` seconds after the booking), unless their device's release is still due
+        `after` seconds after the booking, or after its Allocate answered: never while it
+        is answered, `in_flight`), unless their device's release is still due
         (`releasing`: the node reaches no other pod before it is clean); True if one went."""
         gone = [
             owner
             for owner, booking in self.bookings.items()
             if asked_at >= booking.since + after
+            and owner not in self.in_flight
             and owner.device not in held(owner.resource)
             and not self.releasing(owner.resource, booking.device)
         ]

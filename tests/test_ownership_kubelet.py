@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -389,6 +390,23 @@ async def restart_without_bookings(kubelet: RealKubelet, host: KdpProcess, confi
     )
 
 
+async def fpga0_served(
+    real_kubelet_factory: Callable[..., RealKubelet],
+    short_dir: Path,
+    devices: Path,
+    kdp_process: Callable[[Path], Awaitable[KdpProcess]],
+) -> tuple[RealKubelet, Path, KdpProcess]:
+    """fpga0 alone (fpga1 gone) served by kdp-host as a process of its own on `booked_config`
+    (PodResources on), advertised: the kubelet, the config and the process."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    (devices / "fpga1").unlink()
+    entry = f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
+    config = booked_config(kubelet, short_dir, entry)
+    host = await kdp_process(config)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+    return kubelet, config, host
+
+
 async def test_a_pod_admitted_before_bookings_were_kept_keeps_its_node_after_a_rename(
     real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
 ) -> None:
@@ -396,12 +414,9 @@ async def test_a_pod_admitted_before_bookings_were_kept_keeps_its_node_after_a_r
     bookings, a lost or deleted state directory). The restarted host books fpga0 from what
     PodResources shows p1 holding, so a reload that renames its IDs (`replicas: 2`: fpga0::0,
     fpga0::1) does not hand the node to more pods."""
-    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
-    (devices / "fpga1").unlink()
-    entry = f'  - name: {FPGA}\n    glob: {{paths: ["{devices}/fpga*"]}}\n'
-    config = booked_config(kubelet, short_dir, entry)
-    host = await kdp_process(config)
-    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 advertised")
+    kubelet, config, host = await fpga0_served(
+        real_kubelet_factory, short_dir, devices, kdp_process
+    )
     assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]
     await restart_without_bookings(kubelet, host, config)
     before = await kubelet.acall(kubelet.last_seq)

@@ -178,6 +178,21 @@ def preferred_allocation(
     return chosen
 
 
+def first_healthy(
+    snapshot: Snapshot, available: Sequence[str], must_include: Sequence[str], size: int
+) -> list[str]:
+    """What the container has, then the first healthy of `available` up to `size`: the
+    answer when the policy failed (`preferred_allocation_failed`)."""
+    ids = list(dict.fromkeys(must_include))
+    for device_id in available:
+        if len(ids) >= size:
+            break
+        entry = snapshot.by_advertised_id.get(device_id)
+        if entry is not None and entry.healthy and device_id not in ids:
+            ids.append(device_id)
+    return ids
+
+
 def _pick(
     policy: PreferredPolicy, snapshot: Snapshot, offered: set[str], chosen: list[str], wanted: int
 ) -> list[str]:

@@ -47,7 +47,7 @@ from ..metrics import Metrics
 from ..ownership_claims import Unresolvable
 from ..ownership_fence import Unfenced
 from ..ownership_shared import PlaceOwned
-from ..preferred import PreferredNeed, preferred_allocation
+from ..preferred import PreferredNeed, first_healthy, preferred_allocation
 from ..start_budget import StartBudget
 from .answers import AnswerPlan, AnswerPlans, plan_answer
 from .codec import EncodedMessage
@@ -259,13 +259,12 @@ class DevicePluginService(DevicePluginBase):
             except Exception:
                 self._log.exception("preferred_allocation_failed", fallback="first_available")
                 self._metrics.preferred_fallbacks.labels(self._config.name).inc()
-                ids = list(dict.fromkeys(request.must_include_deviceIDs))
-                for device_id in request.available_deviceIDs:
-                    if len(ids) >= request.allocation_size:
-                        break
-                    entry = snapshot.by_advertised_id.get(device_id)
-                    if entry is not None and entry.healthy and device_id not in ids:
-                        ids.append(device_id)
+                ids = first_healthy(
+                    snapshot,
+                    request.available_deviceIDs,
+                    request.must_include_deviceIDs,
+                    request.allocation_size,
+                )
             responses.append(ContainerPreferredAllocationResponse(device_i_ds=ids))
         self._preferred_seconds.observe(self._clock() - started)
         return PreferredAllocationResponse(container_responses=responses)

@@ -82,11 +82,14 @@ async def _admitted(kubelet: RealKubelet, pod: str) -> dict[str, Any]:
     """`pod` allocated fpga0 and started, once the kubelet counts it healthy. The kubelet
     drops the endpoint a same-name registration replaced, and may count the resource
     unhealthy for a moment after the new host registered (its old stream's end racing the
-    new one: the new host registers again); a pod admitted then is refused, not handed out."""
+    new one: the new host registers again), or cut an Allocate on its way to the client it
+    dropped ("the client connection is closing"); a pod admitted then is refused, not handed
+    out."""
+    switching = ("no healthy devices", "the client connection is closing")
     for _ in range(5):
         await kubelet.await_for(healthy(FPGA, 1), what="fpga0 healthy")
         answer: dict[str, Any] = await kubelet.acall(kubelet.allocate, pod, {FPGA: 1})
-        if "no healthy devices" not in answer["error"]:
+        if not any(refusal in answer["error"] for refusal in switching):
             break
     return answer
 

@@ -60,8 +60,7 @@ if TYPE_CHECKING:  # made where the config chooses them (`features`)
     from ..release import ReleaseTracker
 
 LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
-_NO_PREFERENCE = ContainerPreferredAllocationResponse(device_i_ds=[])
-"""An empty answer: no preference (docs/kubelet-contract.md §5; only read, never changed)."""
+_NO_PREFERENCE = ContainerPreferredAllocationResponse(device_i_ds=[])  # (kubelet contract §5)
 
 
 class DevicePluginService(DevicePluginBase):
@@ -235,8 +234,7 @@ class DevicePluginService(DevicePluginBase):
         snapshot = self._table.snapshot
         steer = self._preferred.shared()
         if not steer and not self._preferred.policy_matters(snapshot):
-            # nothing to choose by: "no preference" (what the container has, if anything:
-            # the kubelet keeps that anyway), the kubelet picks the rest as it would alone
+            # nothing to choose by: "no preference" (but what the container has, kept anyway)
             responses = [
                 ContainerPreferredAllocationResponse(device_i_ds=list(dict.fromkeys(must)))
                 if (must := request.must_include_deviceIDs)

@@ -62,6 +62,8 @@ async def test_an_edit_that_adds_release_releases_a_use_made_before_it(
         assert (state / STATE_FILE).exists()
         running = await start_host(path.read_text(), config_path=path)
     await kubelet.acall(kubelet.registered_at, [FPGA], since)
+    # (the kubelet counts a registered resource's devices unhealthy until its first list)
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga0 listed after the registration")
     await kubelet.acall(kubelet.release, "p1")
     second = await kubelet.acall(kubelet.allocate, "p2", {FPGA: 1})
     assert second["error"] == "" and second["device_ids"][FPGA] == ["fpga0"], second

@@ -60,7 +60,8 @@ if TYPE_CHECKING:  # made where the config chooses them (`features`)
     from ..release import ReleaseTracker
 
 LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
-_NO_PREFERENCE = ContainerPreferredAllocationResponse(device_i_ds=[])  # (kubelet contract §5)
+_NO_PREFERENCE = ContainerPreferredAllocationResponse(device_i_ds=[])
+"""No preference (docs/kubelet-contract.md §5)."""
 
 
 class DevicePluginService(DevicePluginBase):

@@ -49,6 +49,17 @@ async def _answered_soon(kubelet: Any, pod: str, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.1)  # (polling an outcome: the next list)
 
 
+async def _remade_while_held(kubelet: Any, fw: Path) -> None:
+    """Three devices listed: p1 holds one; `fw`, which every device shares, is made again;
+    the next pod is answered as soon as the driver lists the device again, and the one after
+    it at once."""
+    await kubelet.await_for(lambda k: _seen(k, R, "healthy") == 3, what="registered")
+    await _answered(kubelet, "p1")
+    _remade(fw)
+    await _answered_soon(kubelet, "p2")
+    await _answered(kubelet, "p3")
+
+
 async def test_an_allocate_mounts_source_is_shared_by_every_pod_also_remade(
     real_kubelet_factory: Any, short_dir: Path, start_host: Any
 ) -> None:
@@ -98,11 +109,7 @@ async def test_a_glob_groups_shared_member_remade_while_held(
     group = f"{{group: [{{path: '{dev}/fpga{{key}}'}}, {{path: '{fw}'}}]}}"
     config = f"kubelet: {{socketDir: {kubelet.socket_dir}}}\nresources:\n  - name: {R}\n"
     await start_host(config + f"    glob: {group}\n", fast=True)
-    await kubelet.await_for(lambda k: _seen(k, R, "healthy") == 3, what="registered")
-    await _answered(kubelet, "p1")
-    _remade(fw)
-    await _answered_soon(kubelet, "p2")
-    await _answered(kubelet, "p3")
+    await _remade_while_held(kubelet, fw)
 
 
 async def test_a_probes_shared_mount_remade_while_held(
@@ -125,11 +132,7 @@ async def test_a_probes_shared_mount_remade_while_held(
         f"    shell: {{command: [cat, {short_dir / 'p.json'}], format: json, interval: 1s}}\n"
     )
     await start_host(config, fast=True)
-    await kubelet.await_for(lambda k: _seen(k, R, "healthy") == 3, what="registered")
-    await _answered(kubelet, "p1")
-    _remade(fw)
-    await _answered_soon(kubelet, "p2")
-    await _answered(kubelet, "p3")
+    await _remade_while_held(kubelet, fw)
 
 
 async def test_a_source_two_resources_configure_is_still_one_resources_at_a_time(

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from .kubelet_harness import healthy
+from .test_shared_source_moved_node import polled_head
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
@@ -31,10 +32,8 @@ DIR = "vendor.example/dir"
 
 def _config(kubelet: Any, root: Path) -> str:
     return (
-        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
-        f"{kubelet.pod_resources_socket}, podResourcesInterval: 1s}}\n"
-        f"stateDir: {root / 'state'}\nresources:\n"
-        f"  - name: {GROUP}\n    glob:\n      gracePeriod: 0s\n      group:\n"
+        polled_head(kubelet, root)
+        + f"  - name: {GROUP}\n    glob:\n      gracePeriod: 0s\n      group:\n"
         f'        - {{path: "{root}/g/{{key}}_u"}}\n'
         f'        - {{path: "{root}/fw", containerPath: /fw}}\n'
         f"  - name: {NODE}\n"

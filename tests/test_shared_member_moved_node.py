@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from .kubelet_harness import healthy
-from .test_shared_source_moved_node import _capacity
+from .test_shared_source_moved_node import _capacity, admits, polled_head
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
@@ -34,10 +34,7 @@ def group_config(kubelet: Any, root: Path, member: str) -> str:
     """A (`d/a*`, gracePeriod 3 s); C: `g/card{key}` with the shared `g/<member>`."""
     shared = f'{{path: "{root}/g/{member}"' + (", mount: true}" if member == "common" else "}")
     return (
-        f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
-        f"{kubelet.pod_resources_socket}, podResourcesInterval: 1s}}\n"
-        f"stateDir: {root / 'state'}\nresources:\n"
-        f"  - name: {A}\n"
+        polled_head(kubelet, root) + f"  - name: {A}\n"
         f'    glob: {{paths: ["{root}/d/a*"], gracePeriod: 3s}}\n'
         f"  - name: {C}\n"
         f'    glob: {{group: [{{path: "{root}/g/card{{key}}"}}, {shared}]}}\n'
@@ -80,7 +77,4 @@ async def test_a_node_moved_into_a_shared_member_goes_to_no_pod(
     if member == "vfio":
         shared.touch()  # (a new shared node no device claims)
 
-    def admitted(kubelet: Any) -> bool:
-        return bool(kubelet.allocate("p4", {C: 1})["error"] == "")
-
-    await kubelet.await_for(admitted, timeout=30, what="C admitted again without the node")
+    await kubelet.await_for(admits(C), timeout=30, what="C admitted again without the node")

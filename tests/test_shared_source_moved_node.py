@@ -16,6 +16,7 @@ the node is moved out again, A's pods are admitted again.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +30,29 @@ A = "vendor.example/a"
 B = "vendor.example/b"
 
 
-def source_config(kubelet: Any, root: Path) -> str:
-    """A (`d/a*`) mounts `fw` in every pod; B (`o/n*`) does not; gracePeriod 3 s."""
+def polled_head(kubelet: Any, root: Path) -> str:
+    """A config's head: the kubelet's PodResources polled every second, `root/state`."""
     return (
         f"kubelet: {{socketDir: {kubelet.socket_dir}, podResourcesSocket: "
         f"{kubelet.pod_resources_socket}, podResourcesInterval: 1s}}\n"
         f"stateDir: {root / 'state'}\nresources:\n"
-        f"  - name: {A}\n"
+    )
+
+
+def source_config(kubelet: Any, root: Path) -> str:
+    """A (`d/a*`) mounts `fw` in every pod; B (`o/n*`) does not; gracePeriod 3 s."""
+    return (
+        polled_head(kubelet, root) + f"  - name: {A}\n"
         f'    glob: {{paths: ["{root}/d/a*"], gracePeriod: 3s}}\n'
         f'    allocate: {{mounts: [{{hostPath: "{root}/fw", containerPath: /fw}}]}}\n'
         f"  - name: {B}\n"
         f'    glob: {{paths: ["{root}/o/n*"], gracePeriod: 3s}}\n'
     )
+
+
+def admits(resource: str, pod: str = "p4") -> Callable[[Any], bool]:
+    """Whether the kubelet admits `pod` asking one device of `resource` (asked at each look)."""
+    return lambda kubelet: bool(kubelet.allocate(pod, {resource: 1})["error"] == "")
 
 
 def _capacity(resource: str, count: int) -> Any:
@@ -87,7 +99,4 @@ async def test_a_node_moved_into_a_shared_source_goes_to_no_new_pod(
 
     os.rename(root / "fw" / source.name, root / source.name)  # (out of fw: shared no more)
 
-    def admitted(kubelet: Any) -> bool:
-        return bool(kubelet.allocate("p4", {A: 1})["error"] == "")
-
-    await kubelet.await_for(admitted, timeout=30, what="A admitted again without the node")
+    await kubelet.await_for(admits(A), timeout=30, what="A admitted again without the node")

@@ -40,14 +40,15 @@ _NUMA: Final = 5
 _IDS: Final = 6
 
 
-def preferred_can_matter(policy: PreferredPolicy, replicas: int, devices: Iterable[Device]) -> bool:
-    """Whether a policy can choose better than the kubelet alone.
+def preferred_can_matter(policy: PreferredPolicy, replicas: int, numa: bool) -> bool:
+    """Whether a policy can choose better than the kubelet alone (`numa`: the devices carry,
+    or may carry, a NUMA node).
 
     The policies rank the free IDs by nothing but their physical device (the replicas of one
     device, `replicas` > 1) and its NUMA node. Without either, every policy answers "the
     first free IDs", which is as good as the kubelet's own pick.
     """
-    return policy != "none" and (replicas > 1 or any(device.numa is not None for device in devices))
+    return policy != "none" and (replicas > 1 or numa)
 
 
 def may_report_numa(resource: ResourceConfig) -> bool:
@@ -82,8 +83,8 @@ class PreferredNeed:
         self._replicas = config.replicas
         self._table = table
         self._index = SharedPathIndex() if may_share_paths(config) else None
-        self.announced = self._index is not None or (
-            self._policy != "none" and (self._replicas > 1 or may_report_numa(config))
+        self.announced = self._index is not None or preferred_can_matter(
+            self._policy, self._replicas, may_report_numa(config)
         )
         """Advertised (`get_preferred_allocation_available`), from the first registration."""
         self._ranked: tuple[Snapshot | None, bool] = (None, False)
@@ -105,7 +106,8 @@ class PreferredNeed:
         (`preferred_can_matter`), kept per snapshot: one walk per list, not per call."""
         known, matters = self._ranked
         if known is not snapshot:
-            matters = preferred_can_matter(self._policy, self._replicas, snapshot.devices)
+            numa = any(device.numa is not None for device in snapshot.devices)
+            matters = preferred_can_matter(self._policy, self._replicas, numa)
             self._ranked = (snapshot, matters)
         return matters
 

@@ -37,7 +37,7 @@ def others_entries(path: str, served: frozenset[str]) -> Entries | None:
         return None
     if blob is None:
         return frozenset()
-    if b"\\" not in blob and blob.count(NAME_KEY) == blob.count(NAME_KEY + b':"'):
+    if _compact(blob):
         found = _cut(blob, served)
         if found is not None:
             return found
@@ -64,9 +64,14 @@ def served_only(path: str, served: frozenset[str]) -> bool:
         return False
     if blob is None:
         return True
-    if b"\\" in blob or blob.count(NAME_KEY) != blob.count(NAME_KEY + b':"'):
-        return False
-    return _other_name(served).search(blob) is None
+    return _compact(blob) and _other_name(served).search(blob) is None
+
+
+def _compact(blob: bytes) -> bool:
+    """Whether `blob` is compact JSON without an escape, every name key followed by its
+    quoted value (as Go writes it): no string in it holds a quote, so a scan finds what a
+    parse would (`_cut`, `_other_name`)."""
+    return b"\\" not in blob and blob.count(NAME_KEY) == blob.count(NAME_KEY + b':"')
 
 
 def _cut(blob: bytes, served: frozenset[str]) -> Entries | None:

@@ -51,13 +51,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from .endpoint import instance_id_problem, socket_instance, socket_name
-from .plugin_socket import KUBELET_HANG_UP_WAIT
+from .plugin_socket import KUBELET_HANG_UP_WAIT, served
 
 if TYPE_CHECKING:
     from .watch import Subscription, Watcher
@@ -184,7 +183,7 @@ class PeerSockets:
         config holding a device back) is the name's (`kubelet_absent`; hostile26 N1). A
         socket left by an instance killed (SIGKILL) accepts none."""
         for path in self._made:
-            if self._made_since_registered(path) and _accepts(path):
+            if self._made_since_registered(path) and served(path, 0.0):
                 return os.path.basename(path)
         return None
 
@@ -232,20 +231,6 @@ class PeerSockets:
             and registered >= lost
             and (made is None or made <= registered)
         )
-
-
-def _accepts(path: str) -> bool:
-    """Whether a process serves the Unix socket at `path` (a connection made and closed at
-    once; a full backlog is a server too)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.setblocking(False)
-        try:
-            probe.connect(path)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-    return True
 
 
 NameCallback = Callable[[str], None]

@@ -2,6 +2,7 @@
 streams end first, so the kubelet sees a clean end of stream; the kubelet drops whichever
 client holds the name when an old stream's end reaches it (docs/kubelet-contract.md §9), so
 the stop waits for it to hang up before the server, its connections and the socket file go.
+Also whether a process serves a plugin socket (`served`: a stale one, another instance's).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 
 from .logs import EventLogger
 from .protocol.server import PluginServer
@@ -39,3 +41,22 @@ async def stop(
             await server.wait_closed()
     except TimeoutError:
         log.warning("server_close_slow")
+
+
+def served(path: str, timeout: float) -> bool | None:
+    """Whether a process serves the Unix socket at `path`: True when a connection is made
+    (made and closed at once; with `timeout` 0, a full backlog is a server too), False when
+    it is refused (a socket file no process listens on: what a killed instance leaves), None
+    when that cannot be told (nothing there, not a socket, no answer within `timeout`).
+    Blocking for up to `timeout` seconds."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return False
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+    return True

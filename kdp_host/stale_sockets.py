@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import stat
 
 from .config import KubeletConfig
 from .endpoint import is_socket_name, socket_instance
 from .logs import EventLogger
+from .plugin_socket import served
 from .state_lock import running
 
 CONNECT_TIMEOUT = 0.5
@@ -35,16 +35,11 @@ def remove_stale_sockets(socket_dir: str, log: EventLogger) -> list[str]:
                 continue
         except OSError:
             continue
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(CONNECT_TIMEOUT)
-            try:
-                probe.connect(path)
+        answer = served(path, CONNECT_TIMEOUT)
+        if answer is not False:
+            if answer:
                 live.append(name)
-                continue
-            except ConnectionRefusedError:
-                pass
-            except OSError:
-                continue
+            continue
         with contextlib.suppress(OSError):
             os.unlink(path)
             log.info("stale_socket_removed", socket=path)

@@ -8,6 +8,16 @@ when its resource takes it back under another ID no booking holds (`_taken_over`
 a PodResources answer shows no pod holding its device (`OwnershipIndex.holdings`), but
 never while a pod may reach the node (`_pod_may_reach`, the one rule):
 
+- its device is still listed, missing (`_device_missing`: the grace period's Unhealthy
+  entry, or a present device's lost node, with nothing at the claim's host path now): the
+  identity (device number, inode) stays its claim wherever it is seen again, not only
+  where it was last found, until the device is dropped (its grace ends) or found again
+  (as itself: the claim is its own again). A node moved to a place nothing follows, then
+  into a source, a tree a pod holds mounted or over a shared node (or by way of a
+  directory moved there, a swapped directory, a hard link) is the claim the index checks
+  every arrival against by identity (`_exclusive`), as a node moved there directly is
+  (issue 17, hostile26 N2: released as gone while it was in the unfollowed place, it came
+  back as a file no device claims and went to every new pod);
 - a booking holds it (a pod was handed the device: even when its node is gone);
 - or the node is, where it was last found, below a tree a booking holds mounted, alone or
   shared (a node renamed into a directory a running pod mounts is in that pod), or below a
@@ -36,11 +46,11 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from types import MappingProxyType
 from typing import Final
 
-from .devices import advertises
-from .identity import DIRECTORY, FILE, NODES
+from .devices import Device, advertises, physical_id
+from .identity import DIRECTORY, FILE, NODES, NOTHING
 from .ownership_arrivals import Arrivals
 from .ownership_bookings import Ledger
-from .ownership_claims import Claim, ClaimKey, Owner
+from .ownership_claims import Claim, ClaimKey, Owner, places
 from .ownership_contain import Containment
 from .ownership_state import ResourceState
 from .rules import below
@@ -78,12 +88,12 @@ class Lingering(abc.ABC):
         """A claim is gone (from both maps)."""
 
     def _pod_may_reach(self, key: ClaimKey) -> bool:
-        """Whether a pod may reach the node of claim `key` (the module's rule): a booking
-        holds it, or where it was last found is below a tree a booking holds mounted or a
-        configured `allocate.mounts` source, or it is (or is below) what a device of a list
-        claims shared. Nothing read: what the index knows."""
+        """Whether a pod may reach the node of claim `key` (the module's rule): its device
+        is listed missing, or a booking holds it, or where it was last found is below a tree
+        a booking holds mounted or a configured `allocate.mounts` source, or it is (or is
+        below) what a device of a list claims shared. Nothing read: what the index knows."""
         ledger = self._ledger
-        if key in ledger.booked:
+        if key in ledger.booked or self._device_missing(key):
             return True
         owner = self._exclusive.get(key)
         lingering = None if owner is None else self._resources[owner.resource].lingering.get(key)
@@ -98,6 +108,32 @@ class Lingering(abc.ABC):
             if shared_key[0] == DIRECTORY and any(below(real, shared_real) for real in where):
                 return True  # (the followed trees' reads keep where it is: `found`)
         return False
+
+    def _device_missing(self, key: ClaimKey) -> bool:
+        """Whether the device that left `key` lingering is still listed (`_still_listed`),
+        missing: the claim it makes now at the lingering claim's host path is of nothing
+        there (`NOTHING`). Dict lookups and the device's own few claims: no read, no scan."""
+        owner = self._exclusive.get(key)
+        listed = None if owner is None else self._still_listed(owner)
+        if owner is None or listed is None:
+            return False
+        state, device = listed
+        lingering = state.lingering.get(key)
+        claims = state.owned.get(owner.device) or state.claims.get(places(device))
+        if lingering is None or claims is None:  # (held: its claims by places, unowned)
+            return False
+        path = lingering[1][1]
+        return any(claim[1] == path and claim[0][0] == NOTHING for claim in claims.all())
+
+    def _still_listed(self, owner: Owner) -> tuple[ResourceState, Device] | None:
+        """The state of the resource of the device that made a claim, and that device as
+        its driver's last list has it (a vanished path within its `gracePeriod` too); None:
+        its resource left the config (a reload removed it) or the list no longer has it."""
+        state = self._resources.get(owner.resource)
+        if state is None or state.retired:
+            return None
+        device = state.reported.get(physical_id(owner.device))
+        return None if device is None else (state, device)
 
     def _reachable_at(self, real: str) -> bool:
         """Whether `real` is below a tree a booking holds mounted, or a configured source."""
@@ -154,8 +190,9 @@ class Lingering(abc.ABC):
         """Release a lingering claim whose node is gone; True if it was released."""
         state = self._resources[self._exclusive[key].resource]
         lingering = state.lingering.get(key)
-        if lingering is None or key in self._ledger.booked:
-            return False  # advertised, or a pod holds it (even when its node is gone)
+        if lingering is None or key in self._ledger.booked or self._device_missing(key):
+            return False  # advertised, a pod holds it (even when its node is gone), or its
+            # device is listed missing (its node may be anywhere: `_device_missing`)
         if self._still_there(key, lingering[1][1]):
             return False
         found = self._within.found.get(key)

@@ -30,23 +30,20 @@ A = "vendor.example/a"
 C = "vendor.example/c"
 
 
-def group_config(kubelet: Any, root: Path, member: str) -> str:
+def group_config(kubelet: Any, root: Path, member: str, grace: str = "3s") -> str:
     """A (`d/a*`, gracePeriod 3 s); C: `g/card{key}` with the shared `g/<member>`."""
     shared = f'{{path: "{root}/g/{member}"' + (", mount: true}" if member == "common" else "}")
     return (
         polled_head(kubelet, root) + f"  - name: {A}\n"
-        f'    glob: {{paths: ["{root}/d/a*"], gracePeriod: 3s}}\n'
+        f'    glob: {{paths: ["{root}/d/a*"], gracePeriod: {grace}}}\n'
         f"  - name: {C}\n"
         f'    glob: {{group: [{{path: "{root}/g/card{{key}}"}}, {shared}]}}\n'
     )
 
 
-@pytest.mark.parametrize("member", ["common", "vfio"])
-async def test_a_node_moved_into_a_shared_member_goes_to_no_pod(
-    real_kubelet_factory: Any, short_dir: Path, start_host: Any, member: str
-) -> None:
-    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
-    root = short_dir
+def group_tree(root: Path, member: str) -> Path:
+    """A's `d/a0`, `d/a1`; C's `g/card0/n`, `g/card1/n` and the shared `g/<member>` (a
+    directory with a file no device claims, or a file), which it returns."""
     for directory in ("d", "g", "g/card0", "g/card1"):
         (root / directory).mkdir()
     for name in ("d/a0", "d/a1", "g/card0/n", "g/card1/n"):
@@ -57,9 +54,28 @@ async def test_a_node_moved_into_a_shared_member_goes_to_no_pod(
         (shared / "lib.so").touch()  # (no device claims it: shared by design)
     else:
         shared.touch()
-    await start_host(group_config(kubelet, root, member))
+    return shared
+
+
+async def started_group(
+    real_kubelet_factory: Any, root: Path, start_host: Any, member: str, grace: str = "3s"
+) -> tuple[Any, Path]:
+    """The kubelet and a host of `group_config` on `group_tree` (A and C advertised), and
+    the shared member's path."""
+    kubelet = real_kubelet_factory(pod_resources_dir=root / "pr")
+    shared = group_tree(root, member)
+    await start_host(group_config(kubelet, root, member, grace))
     await kubelet.await_for(healthy(A, 2), what="A advertised")
     await kubelet.await_for(healthy(C, 2), what="C advertised")
+    return kubelet, shared
+
+
+@pytest.mark.parametrize("member", ["common", "vfio"])
+async def test_a_node_moved_into_a_shared_member_goes_to_no_pod(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any, member: str
+) -> None:
+    root = short_dir
+    kubelet, shared = await started_group(real_kubelet_factory, root, start_host, member)
 
     there = shared / "a1" if member == "common" else shared
     os.rename(root / "d" / "a1", there)

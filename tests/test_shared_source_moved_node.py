@@ -39,11 +39,11 @@ def polled_head(kubelet: Any, root: Path) -> str:
     )
 
 
-def source_config(kubelet: Any, root: Path) -> str:
+def source_config(kubelet: Any, root: Path, grace: str = "3s") -> str:
     """A (`d/a*`) mounts `fw` in every pod; B (`o/n*`) does not; gracePeriod 3 s."""
     return (
         polled_head(kubelet, root) + f"  - name: {A}\n"
-        f'    glob: {{paths: ["{root}/d/a*"], gracePeriod: 3s}}\n'
+        f'    glob: {{paths: ["{root}/d/a*"], gracePeriod: {grace}}}\n'
         f'    allocate: {{mounts: [{{hostPath: "{root}/fw", containerPath: /fw}}]}}\n'
         f"  - name: {B}\n"
         f'    glob: {{paths: ["{root}/o/n*"], gracePeriod: 3s}}\n'

@@ -22,11 +22,12 @@ never while a pod may reach the node (`_pod_may_reach`, the one rule):
 - or the node is, where it was last found, below a tree a booking holds mounted, alone or
   shared (a node renamed into a directory a running pod mounts is in that pod), or below a
   configured `allocate.mounts` source (every pod of its resource is handed it). What a
-  device claimed stays its claim there for as long as the node stays: an answer that mounts
-  the tree is refused for it (`HandingOut._nothing_moved_in`) whether or not the device is
-  still listed, past its `gracePeriod` too (issue 17, hostile24 F2: once the moved node's
-  device was heard to be held by no pod, only the booking of the shared source held its
-  node, and that one is exempt as the shared source: every later pod was handed the node).
+  device claimed stays its claim there for as long as the node stays (but see below: a
+  device gone for good): an answer that mounts the tree is refused for it
+  (`HandingOut._nothing_moved_in`) whether or not the device is still listed (issue 17,
+  hostile24 F2: once the moved node's device was heard to be held by no pod, only the
+  booking of the shared source held its node, and that one is exempt as the shared
+  source: every later pod was handed the node).
   A node no device ever claimed there (a firmware file, a control node every pod is meant
   to share) is shared by design and no clash;
 - or the node is what a device of a driver's list claims shared, or below a directory one
@@ -37,6 +38,17 @@ never while a pod may reach the node (`_pod_may_reach`, the one rule):
   devices that share the path are held for it (issue 17, hostile24 F2 (b), (c): the claim
   lapsed ~5.5 s after the move, or was released as gone at once, and every later pod of
   the group was handed the node).
+
+A configured source and what a list claims shared keep a claim for the pods that would be
+handed it later, and only while the device that made it may come back: its resource is
+configured and its driver still lists it (a vanished glob path within its `gracePeriod`).
+Once it is gone for good (not `_still_listed`: a reload removed its resource, its path
+stayed missing past the grace), only a pod that has the node keeps the claim: its booking
+of the device, or of a tree the node is below. A restarted host knows the bookings
+(`ownership.json`) but no claim of a node that left its device's path: with no pod holding
+it, the two agree (issue 17, hostile26 N3: a node of a removed resource, or of a device
+missing past its grace, left in a source withheld that source's resource for good, while a
+restart admitted it at once).
 """
 
 from __future__ import annotations
@@ -90,8 +102,10 @@ class Lingering(abc.ABC):
     def _pod_may_reach(self, key: ClaimKey) -> bool:
         """Whether a pod may reach the node of claim `key` (the module's rule): its device
         is listed missing, or a booking holds it, or where it was last found is below a tree
-        a booking holds mounted or a configured `allocate.mounts` source, or it is (or is
-        below) what a device of a list claims shared. Nothing read: what the index knows."""
+        a booking holds mounted (a pod has it), or, while the device that made it may come
+        back (`_still_listed`), below a configured `allocate.mounts` source or (below) what
+        a device of a list claims shared (every later pod of those would be handed it).
+        Nothing read: what the index knows."""
         ledger = self._ledger
         if key in ledger.booked or self._device_missing(key):
             return True
@@ -99,7 +113,12 @@ class Lingering(abc.ABC):
         lingering = None if owner is None else self._resources[owner.resource].lingering.get(key)
         found = self._within.found.get(key, ())
         where = found[-1:] if lingering is None else (*found[-1:], lingering[1][2])
-        if key in self._shared_at or any(self._reachable_at(real) for real in where):
+        if any(ledger.holds_mounted(real) for real in where):
+            return True
+        if owner is not None and self._still_listed(owner) is None:
+            return False  # (gone for good: a restarted host knows no such claim, module doc)
+        sources = self._sources_real.union(*self._mounts_configured.values())
+        if key in self._shared_at or any(below(r, s) for r in where for s in sources):
             return True
         for shared_key, _, shared_real in self._listed_shared():
             if shared_key == key:  # (renamed over a shared node: kept where it is)
@@ -134,13 +153,6 @@ class Lingering(abc.ABC):
             return None
         device = state.reported.get(physical_id(owner.device))
         return None if device is None else (state, device)
-
-    def _reachable_at(self, real: str) -> bool:
-        """Whether `real` is below a tree a booking holds mounted, or a configured source."""
-        if self._ledger.holds_mounted(real):
-            return True
-        sources = self._sources_real.union(*self._mounts_configured.values())
-        return any(below(real, source) for source in sources)
 
     def _listed_shared(self) -> Iterator[Claim]:
         """The shared claims of the advertised devices and of those of the drivers' lists

@@ -8,7 +8,8 @@ device's node is renamed into `fw` (`mv`): A's other free device (`whose=a`) or 
 claim lapsed once PodResources showed no pod holding its ID (`heard_after` after it stopped
 being claimed), and from then on every new pod of A was handed `fw` with the node in it (only
 p1's booking of `fw` held it, and that one is exempt as the shared source). Now the claim
-stays while the node is below `fw`, past the device's gracePeriod end: every answer mounting
+stays while the node is below `fw`, past the device's gracePeriod end (p1 has it: a pod
+holding the tree keeps it, hostile26 N3): every answer mounting
 `fw` is refused, and so A's devices are withheld (the need `mounts`: `source_clash`); once
 the node is moved out again, A's pods are admitted again.
 """

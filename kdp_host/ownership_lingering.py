@@ -54,7 +54,7 @@ restart admitted it at once).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -98,6 +98,11 @@ class Lingering(abc.ABC):
     @abc.abstractmethod
     def _uncount(self, key: ClaimKey) -> None:
         """A claim is gone (from both maps)."""
+
+    @abc.abstractmethod
+    def _claims_changed(self, claims: Iterable[Claim]) -> None:
+        """Exclusive `claims` were made or let go of: what they may clash with is asked again
+        (`ownership_shared.SharedTrees`: the configured sources they may be reached from)."""
 
     def _pod_may_reach(self, key: ClaimKey) -> bool:
         """Whether a pod may reach the node of claim `key` (the module's rule): its device
@@ -218,9 +223,11 @@ class Lingering(abc.ABC):
         return True
 
     def _release_lingering(self, state: ResourceState, key: ClaimKey) -> None:
-        del state.lingering[key], self._exclusive[key]
+        claim = state.lingering.pop(key)[1]
+        del self._exclusive[key]
         self._shared_at.pop(key, None)
         self._uncount(key)
+        self._claims_changed((claim,))
 
     def _prune_gone(self, state: ResourceState, pace: Pace) -> Generator[None, None, bool]:
         """Release this resource's lingering claims whose nodes are gone."""

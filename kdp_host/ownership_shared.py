@@ -38,6 +38,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from .devices import physical_id
+from .identity import DIRECTORY, FILE
 from .kept_reads import KnownRead, held_among
 from .ownership_arrivals import INSIDE_LIMIT, Arrivals
 from .ownership_claims import Claim, ClaimKey, Owner, Reached, Unresolvable
@@ -226,14 +227,47 @@ class SharedTrees(AdmissionGate):
 
     def _sources_changed(self, paths: Iterable[str]) -> None:
         """What arrived at (or went from) `paths`: the followers of the sources above."""
+        paths = list(paths)
+        self._tell_followers(
+            lambda sources: any(p == s or below(p, s) for p in paths for s in sources)
+        )
+
+    def _claims_changed(self, claims: Iterable[Claim]) -> None:
+        """Exclusive `claims` were made or let go of: the followers of the sources they may
+        be reached from look again (`_from_sources`). A new device of another resource
+        whose node is a hard link, or a link's target, below a source has every answer
+        mounting it refused, while nothing below the source changed: its resource was
+        Healthy, /readyz 200, until a pod was refused (issue 17, hostile26 N5); a claim
+        below a source let go of may end such a clash (hostile26 N3)."""
+        claims = list(claims)
+        self._tell_followers(lambda sources: any(self._from_sources(c, sources) for c in claims))
+
+    def _tell_followers(self, reached: Callable[[frozenset[str]], bool]) -> None:
+        """Tell each follower (`follow_sources`) whose sources (as named, and as last
+        handed out) are `reached` by what changed."""
         followers = self._sources_followers
         if not followers:
             return
-        paths = list(paths)
         for resource, told in list(followers.items()):
             sources = self._mounts_configured.get(resource, frozenset()) | self._sources_real
-            if any(p == s or below(p, s) for p in paths for s in sources):
+            if sources and reached(sources):
                 told()
+
+    def _from_sources(self, claim: Claim, sources: frozenset[str]) -> bool:
+        """Whether a source may reach `claim`: its real path is at or below one (a link's
+        target), or above one (a directory), the reads of the followed trees found its node
+        below one (by number: a second node, a hard link), or it is a regular file (a hard
+        link of one below a source is not known unless its links were more than one when
+        read: the look reads the sources)."""
+        key, _, real = claim
+        if key[0] == FILE:
+            return True
+        above = key[0] == DIRECTORY
+        if any(real == s or below(real, s) or (above and below(s, real)) for s in sources):
+            return True
+        kept = indexed(key)
+        found = () if kept is None else self._arrivals.nodes.of(kept)
+        return any(below(there, s) for there in found for s in sources)
 
     async def _off_loop(self, work: Callable[[], T], what: str) -> T:
         """`work` off the loop (inline without an offload) within `HANDED_TIMEOUT`; raises

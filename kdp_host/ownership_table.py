@@ -197,12 +197,14 @@ class ClaimTable(Lingering):
             return  # it owns them already (a device renamed on its paths keeps a booked ID)
         me = Owner(state.name, device_id)
         lingering, exclusive = state.lingering, self._exclusive
+        added = False
         for claim in claims.exclusive:
             key = claim[0]
             if key not in exclusive:
                 self._within.count(key, claim[2])
             else:
                 self._within.reached_at(key, claim[2])
+            added = added or exclusive.get(key) != me
             self._aliases.enter(claim)
             exclusive[key] = me
             if lingering and lingering.pop(key, None) is not None:
@@ -218,6 +220,8 @@ class ClaimTable(Lingering):
         if claims.renamed or state.renamed:
             (state.renamed.add if claims.renamed else state.renamed.discard)(device_id)
         self._follow(state.name, claims)
+        if added:
+            self._claims_changed(claims.exclusive)
 
     def _release_stale(
         self, state: ResourceState, wanted: Mapping[str, Claims], pace: Pace

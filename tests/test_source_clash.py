@@ -5,7 +5,9 @@ the resource was refused by the index while its devices stayed Healthy in the ku
 asked, by its own rule, whether an answer with no device that mounts the sources is refused
 (`source_clash`): the need `mounts` is unmet meanwhile (every device Unhealthy, /readyz
 names it, one line), and met again once the source is fixed; where one device of the resource
-is in the way (a hard link of its node in the source), that device alone stays Healthy."""
+is in the way (a hard link of its node in the source), that device alone stays Healthy. A
+new device of another resource whose node is in the source (a hard link, a link to it) has
+the index ask at once, as what arrives below the source does (hostile26 N5)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import pytest
 
 from .conftest import wait_until
 from .kubelet_harness import healthy
-from .test_shared_source_moved_node import A, source_config
+from .test_shared_source_moved_node import A, B, source_config
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
@@ -104,3 +106,26 @@ async def test_a_hard_link_of_one_node_in_the_source_holds_every_other_device(
     await kubelet.await_for(healthy(A, 3), what="all three Healthy")
     await wait_until(lambda: A not in running.host.not_ready(), what="ready again")
     shutil.rmtree(root / "d")
+
+
+@pytest.mark.parametrize("how", ["hard_link", "link_to_it"])
+async def test_another_resources_new_device_in_the_source_withholds_at_once(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any, how: str
+) -> None:
+    """B lists a new device whose node is `fw/blob`: a hard link of it in B's directory, or
+    a link to it that B's pattern matches. Nothing below `fw` changed, yet every answer of A
+    is refused from then on: A is withheld before any pod comes (before, A stayed Healthy,
+    /readyz 200, until its first pod was refused); Healthy again once that device is gone."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    root = short_dir
+    _tree(root)
+    (root / "o").mkdir()
+    running = await start_host(source_config(kubelet, root))
+    await kubelet.await_for(healthy(A, 3), what="A advertised")
+    (os.link if how == "hard_link" else os.symlink)(root / "fw" / "blob", root / "o" / "n5")
+    await kubelet.await_for(healthy(B, 1), what="B lists n5")
+    await kubelet.await_for(healthy(A, 0), timeout=10, what="A withheld before any pod")
+    assert running.host.not_ready()[A] == REASON
+
+    os.unlink(root / "o" / "n5")
+    await kubelet.await_for(healthy(A, 3), timeout=20, what="A Healthy again")

@@ -7,7 +7,8 @@ The rules are the ones an answer is refused by, imported, not copied:
 - a mount source must pass the rule every host path of an answer passes
   (`config.handed.NeverHanded.path_problem`: a source where nothing is in kdp-host's view is
   refused, `identity.UNSEEN`, as is one that is unsafe or cannot be checked);
-- a command's program must be found and executable as the runner finds it
+- a command's program must be found, executable and in a format the kernel execs (ELF or
+  `#!`: `exec_format`) as the runner finds it
   (`process.resolve_command`: on the PATH of its env for a bare name), and so must the
   interpreter its `#!` line names (`config.places.script_interpreter`; exec fails with "No
   such file or directory" when that is missing). A name or a PATH that is a template is

@@ -21,7 +21,8 @@ CPython's vfork path. The wrapper is found on PATH when the runner is made; wher
 missing (not Linux, no util-linux) commands run without the death signal, and
 `ProcessRunner.dies_with_host` says so (the host logs it at its first command: `commands`).
 Because the wrapper execs the command, the host resolves the command on PATH first, so a missing or
-non-executable command is still a `spawn` failure rather than an exit status.
+non-executable command, or one the kernel cannot exec (`exec_format`: the wrapper's shell would
+run it as a shell script), is still a `spawn` failure rather than an exit status.
 
 Neither the group kill nor the death signal reaches a process that left the group and was
 forked by the command (the death signal is not inherited across fork): only a cgroup could.
@@ -41,6 +42,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .exec_format import exec_format_problem
 from .pipes import Pipe
 from .process_group import (
     DEFAULT_KILL_GRACE,
@@ -172,7 +174,8 @@ class RunningCommand:
 def resolve_command(argv0: str, env: Mapping[str, str] | None, cwd: str | None) -> str:
     """The absolute path of the executable `argv0` names, as execvp in the command's
     working directory would find it (on the PATH of the command's environment when it has
-    no `/`); raises CommandError('spawn') when there is none. Absolute, so the wrapper's
+    no `/`); raises CommandError('spawn') when there is none, or when the kernel cannot exec
+    it (`exec_format`: no shell runs it as a script instead). Absolute, so the wrapper's
     `exec` can never take it for an option."""
     where = f" in {cwd}" if cwd else ""
     if "/" in argv0:
@@ -183,12 +186,14 @@ def resolve_command(argv0: str, env: Mapping[str, str] | None, cwd: str | None) 
             raise CommandError("spawn", f"cannot run {argv0!r}{where}: {exc.strerror}") from None
         if stat.S_ISDIR(mode) or not os.access(path, os.X_OK):
             raise CommandError("spawn", f"cannot run {argv0!r}{where}: Permission denied")
-        return path
-    found = shutil.which(argv0, path=os.pathsep.join(search_dirs(env, cwd)))
-    if found is None:
+    elif (found := shutil.which(argv0, path=os.pathsep.join(search_dirs(env, cwd)))) is None:
         where = os.pathsep.join(os.get_exec_path(child_env(env)))
         raise CommandError("spawn", f"cannot run {argv0!r}: not found on PATH ({where})")
-    return found
+    else:
+        path, where = found, f" ({found})"
+    if (why := exec_format_problem(path)) is not None:
+        raise CommandError("spawn", f"cannot run {argv0!r}{where}: {why}")
+    return path
 
 
 def search_dirs(env: Mapping[str, str] | None, cwd: str | None) -> list[str]:

@@ -1,0 +1,99 @@
+"""Whether the kernel can exec a file: the one rule of what a program the host runs must be
+(issue 17, hostile26 N4).
+
+`execve` starts a file only in a format the kernel knows: an ELF binary (`\\x7fELF`), a
+script whose first two bytes are `#!` (binfmt_script), or a format registered with
+binfmt_misc (a magic at an offset, or a name's extension: a foreign architecture's binaries
+through qemu, a `.jar`). Anything else fails with ENOEXEC ("Exec format error"): a script
+saved by a Windows editor with a UTF-8 byte order mark before its `#!` (the kernel reads
+`\\xef\\xbb\\xbf#!`, not `#!`), or one with no `#!` line at all. A shell, and glibc's execvp,
+then run the file as a shell script instead ("as if" it were one: POSIX), which is how such a
+command used to reach the exec wrapper's `sh` and fail at every run (`1: import: not found`)
+while the needs' look said it could start. kdp-host takes the kernel's answer: such a program
+is not startable (`process.resolve_command`, which the runner and the needs' look share), so
+a shell script without `#!` is refused too, with or without the exec wrapper (without it,
+Python's spawn never had the fallback). Give it a `#!/bin/sh` line, or run it as
+`["/bin/sh", "script"]`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+HEAD: Final = 256
+"""Bytes of a file the kernel reads to tell its format (BINPRM_BUF_SIZE)."""
+BINFMT_MISC: Final = "/proc/sys/fs/binfmt_misc"
+_BOM: Final = b"\xef\xbb\xbf"
+_NOT_ENTRIES: Final = frozenset({"register", "status"})
+
+
+def exec_format_problem(path: str, binfmt_misc: str = BINFMT_MISC) -> str | None:
+    """Why the kernel's exec of the file at `path` fails with ENOEXEC (in words, naming the
+    slip that made it), or None: a known format, or the file cannot be read (exec may still
+    run an ELF binary it may not read; the kernel decides). Blocking (a read of `HEAD`
+    bytes; binfmt_misc's entries only for a file of no other known format)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(HEAD)
+    except OSError:
+        return None
+    if head.startswith((b"\x7fELF", b"#!")) or _misc_format(path, head, binfmt_misc):
+        return None
+    if head.startswith(_BOM + b"#!"):
+        return (
+            "a UTF-8 byte order mark before its #! line (saved by a Windows editor?): the "
+            "kernel sees no #! (Exec format error); save it without the BOM"
+        )
+    what = "empty" if not head else "no #! line and not an ELF binary"
+    return (
+        f"{what}: the kernel cannot exec it (Exec format error); kdp-host runs no file as a "
+        "shell script without a #! line: add one (#!/bin/sh)"
+    )
+
+
+def _misc_format(path: str, head: bytes, binfmt_misc: str) -> bool:
+    """Whether an enabled binfmt_misc entry takes the file (its magic at its offset, with
+    its mask; or its name's extension). Blocking."""
+    try:
+        with open(os.path.join(binfmt_misc, "status")) as status:
+            if status.read().strip() != "enabled":
+                return False
+        names = [name for name in os.listdir(binfmt_misc) if name not in _NOT_ENTRIES]
+    except OSError:
+        return False
+    base = os.path.basename(path)
+    extension = base.rpartition(".")[2] if "." in base else None
+    for name in names:
+        try:
+            with open(os.path.join(binfmt_misc, name)) as entry:
+                fields = dict(_field(line) for line in entry.read().splitlines())
+        except OSError:
+            continue
+        if "enabled" not in fields:
+            continue
+        if "extension" in fields:
+            if fields["extension"].lstrip(".") == extension:
+                return True
+        elif "magic" in fields and _matches(head, fields):
+            return True
+    return False
+
+
+def _field(line: str) -> tuple[str, str]:
+    name, _, value = line.strip().partition(" ")
+    return name.rstrip(":"), value.strip()
+
+
+def _matches(head: bytes, fields: dict[str, str]) -> bool:
+    """binfmt_misc's test: each byte of `head` at the offset, masked, equals the magic's."""
+    try:
+        magic = bytes.fromhex(fields["magic"])
+        mask = bytes.fromhex(fields["mask"]) if "mask" in fields else b"\xff" * len(magic)
+        offset = int(fields.get("offset", "0"))
+    except ValueError:
+        return False
+    got = head[offset : offset + len(magic)]
+    return len(got) == len(magic) and all(
+        (g ^ m) & k == 0 for g, m, k in zip(got, magic, mask, strict=False)
+    )

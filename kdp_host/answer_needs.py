@@ -3,11 +3,12 @@
 
 An Allocate answer of a resource may need more than its devices: the CDI spec file that
 resolves the names it returns (`cdi`), the sources of its `allocate.mounts` (`mounts`), the
-programs of its `allocate.command` and `preStart` (`command`), and while another host runs
-on the state directory, its lock taken in time (`lock`: every resource's, learnt when an
-answer is refused for want of it). Each is a property of the resource, known before any
-Allocate (but `lock`): while one is not there every Allocate (or container
-start) of the resource would be refused, so the kubelet must not be invited to send pods.
+programs of its `allocate.command` and `preStart` (`command`), and the state directory's
+lock taken in time (`lock`: every resource's, learnt when an answer is refused for want of
+it, or its booking's write waited for it: `fence_stuck`). Each is a property of the
+resource, known before any Allocate (but `lock`): while one is not there every Allocate (or
+container start) of the resource would be refused, so the kubelet must not be invited to
+send pods.
 So, for every need alike (`AnswerNeeds.set`):
 
 - the resource's devices are advertised Unhealthy while it is unmet (the kubelet's

@@ -1,6 +1,6 @@
-"""A fenced Allocate refused because `ownership.json.lock` was not taken in time: a cause
-every answer of the host shares, shown as the answer need `lock` of every resource
-(issue 17, hostile23 F3).
+"""`ownership.json.lock` not taken in time, whoever keeps it: a cause every answer of the
+host shares, shown as the answer need `lock` of every resource (issue 17, hostile23 F3,
+hostile26 N6).
 
 While another host runs on the state directory, every Allocate is answered under
 `<stateDir>/ownership.json.lock` (`ownership_fence`). Something that keeps that lock (a host
@@ -9,18 +9,25 @@ of every resource refused after `FENCE_LIMIT`: not one answer's trouble but the 
 nothing else showed it (the refusing host stayed ready, its devices Healthy, and the kubelet
 went on sending pods that failed admission). So the first such refusal makes it an unmet
 need of every resource (`answer_needs`, need `lock`: devices advertised Unhealthy, /readyz
-names it, `kdp_answer_need_unmet{need="lock"}` 1, a line per resource), until:
+names it, `kdp_answer_need_unmet{need="lock"}` 1, a line per resource).
 
-- an answer takes the lock again, or a try in the background does: while the need is unmet
-  the lock is tried without waiting (taken and let go at once, off the loop), after
-  `TRY_FIRST` doubling to `TRY_MAX` seconds, one try at a time (a try that does not return,
-  a hung file system, is waited for, never joined by another);
-- or no other host runs on the state directory any more (alone, an answer takes no lock).
+Alone on the state directory an answer takes no lock, but its booking's write does
+(`state_file_lock`): a process that is no host keeping the lock (an operator's `flock`, a
+wedged earlier instance no longer in `hosts/`) had every Allocate wait `WRITE_LIMIT` for the
+write and go out with its booking not on disk, with a line blaming the state directory. So a
+booking's write that waits past its limit for the lock, held by another process (named from
+`/proc/locks`, `lock_holders`), makes it the same unmet need (`StuckLock` is the file's
+`LockWatch`), and the need stays while the lock is kept, alone or not. It is met again when
+an answer takes the lock, or a try in the background does: while the need is unmet the lock
+is tried without waiting (taken and let go at once, off the loop), after `TRY_FIRST`
+doubling to `TRY_MAX` seconds, one try at a time (a try that does not return, a hung file
+system, is waited for, never joined by another).
 
 An Allocate that comes meanwhile (the kubelet had not heard of the Unhealthy devices yet)
-waits for the lock at most `STUCK_LIMIT`, not the whole `FENCE_LIMIT` again: the kubelet
-admits one pod at a time, so each 5 s wait held every other admission of the node; one that
-comes while the background try has not returned is refused at once.
+waits for the lock, or for its booking's write, at most `STUCK_LIMIT` (`limit`), not the whole
+`FENCE_LIMIT` or `WRITE_LIMIT` again: the kubelet admits one pod at a time, so each 5 s wait
+held every other admission of the node; a fenced one that comes while the background try has
+not returned is refused at once.
 """
 
 from __future__ import annotations
@@ -84,8 +91,22 @@ class StuckLock:
             self._tell(needs)
         return functools.partial(self._needs.remove, needs)
 
+    def limit(self, full: float) -> float:
+        """Seconds an answer waits for the lock, or for a write that takes it, now: `full`,
+        `STUCK_LIMIT` while the need is unmet (`state_file_lock.LockWatch`)."""
+        return full if self.why is None else STUCK_LIMIT
+
+    def held(self, holder: str, waited: float) -> None:
+        """A booking's write waited `waited` s for the lock, held by `holder`: its answer went
+        out (alone on the state directory) with the booking not on disk."""
+        self.refused(
+            f"{os.path.basename(self._path)} not taken within {waited:g} s (held by {holder}): "
+            "bookings not written to stateDir"
+        )
+
     def refused(self, why: str) -> None:
-        """An answer was refused: the lock was not taken in time (`why`)."""
+        """An answer was refused, or went out unwritten: the lock was not taken in time
+        (`why`)."""
         if self.why is not None:
             return
         self.why = why

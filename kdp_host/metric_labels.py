@@ -44,8 +44,7 @@ DEVICE_HEALTH = ("healthy", "unhealthy")
 AnswerNeed = Literal["cdi", "mounts", "command", "lock"]
 """What a resource's answers need besides its devices (`answer_needs`): the CDI spec file
 written, the `allocate.mounts` sources there, the host commands on the allocation path
-startable, `<stateDir>/ownership.json.lock` taken in time while another host runs on the
-state directory (`fence_stuck`)."""
+startable, `<stateDir>/ownership.json.lock` taken in time, whoever keeps it (`fence_stuck`)."""
 ANSWER_NEEDS: tuple[AnswerNeed, ...] = get_args(AnswerNeed)
 EVERY_RESOURCE_NEEDS: tuple[AnswerNeed, ...] = ("lock",)
 """The needs every resource's answers have, whatever its config (every host has a state

@@ -15,11 +15,13 @@ lock serialises the hosts' Allocates: the second one reads the first one's booki
 
 Alone on the state directory an Allocate takes no lock (its cost is unchanged), and its
 answer goes out when `ownership.json` cannot be written within `state_file.WRITE_LIMIT`
-(`handed-out.json` is the authority across a restart). With another host running, a booking
-not on disk is one the other host cannot see: the answer is refused (`Unfenced`), as it is
-when the lock is not taken within `FENCE_LIMIT` (a hung state directory, a host stuck with
-it). One lock, taken in one order (`ownership.json.lock`, then `handed-out.json.lock` by the
-write of the record), and every wait bounded: two hosts never wait on each other for long.
+(`handed-out.json` is the authority across a restart; a lock kept by another process holds
+the write: the need `lock`, and answers wait `STUCK_LIMIT` meanwhile, `fence_stuck`). With
+another host running, a booking not on disk is one the other host cannot see: the answer is
+refused (`Unfenced`), as it is when the lock is not taken within `FENCE_LIMIT` (a hung state
+directory, a host stuck with it). One lock, taken in one order (`ownership.json.lock`, then
+`handed-out.json.lock` by the write of the record), and every wait bounded: two hosts never
+wait on each other for long.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
 from .atomic_files import aside_logged, open_lock
-from .fence_stuck import STUCK_LIMIT, StuckLock
+from .fence_stuck import StuckLock
 from .files import Offload
 from .identity import DIRECTORY, Identity
+from .lock_holders import lock_holder
 from .logs import EventLogger
 from .ownership_document import SavedBooking, checked_entries
 from .ownership_shared import PlaceOwned
@@ -108,7 +111,11 @@ class AllocateFence:
         self._prompt: Callable[[], bool] = lambda: True
         """Whether the watcher tells a change of `hosts/` at once (not a poll)."""
         self.stuck = StuckLock(str(file.lock_path), offload, self._log, self._aside)
-        """Whether answers are refused for want of the lock (every resource's need `lock`)."""
+        """Whether answers are refused for want of the lock (every resource's need `lock`),
+        also a booking's write alone on the directory (`state_file_lock.LockWatch`)."""
+        file.lock.watch = self.stuck
+        self._holder: str | None = None
+        """Who held the lock while the last answer waited long for it (`lock_holders`)."""
 
     def took_in(self, taken: frozenset[SavedBooking]) -> None:
         """The index holds what these bookings of the other hosts reach (admitted)."""
@@ -181,9 +188,7 @@ class AllocateFence:
             live = True
         if live != self.live:
             self._log.info("allocate_fence", up=live)
-        self.live = live
-        if not live:  # (alone, an answer takes no lock)
-            self.stuck.taken()
+        self.live = live  # (alone, a lock kept still holds the bookings' writes: `fence_stuck`)
         return live
 
     @contextlib.asynccontextmanager
@@ -202,7 +207,7 @@ class AllocateFence:
             return
         if self.stuck.trying:  # (refused at once: `fence_stuck`)
             raise Unfenced(f"{self.stuck.why}; its try has not returned: stateDir does not answer")
-        limit = FENCE_LIMIT if self.stuck.why is None else STUCK_LIMIT
+        limit = self.stuck.limit(FENCE_LIMIT)
         deadline = asyncio.get_running_loop().time() + limit
         try:
             async with asyncio.timeout_at(deadline):
@@ -228,18 +233,20 @@ class AllocateFence:
 
     def _late(self) -> str:
         if self.stuck.why is not None:  # (its devices Unhealthy meanwhile: `fence_stuck`)
-            return f"{self.stuck.why}; tried again for {STUCK_LIMIT:g} s"
+            return f"{self.stuck.why}; tried again for {self.stuck.limit(FENCE_LIMIT):g} s"
         return (
-            f"{self._file.lock_path.name} not taken within {FENCE_LIMIT:g} s while another "
-            "host runs on stateDir (an answer is kept from its answers under it)"
+            f"{self._file.lock_path.name} not taken within {FENCE_LIMIT:g} s (held by "
+            f"{self._holder or 'another process'}) while another host runs on stateDir (an "
+            "answer is kept from its answers under it)"
         )
 
     def _stuck(self) -> Unfenced:
         """The lock not taken in time: the cause of every answer's refusal (`fence_stuck`)."""
         late = self._late()
         self.stuck.refused(
-            f"{self._file.lock_path.name} not taken within {FENCE_LIMIT:g} s: every Allocate "
-            "refused while another host runs on stateDir"
+            f"{self._file.lock_path.name} not taken within {FENCE_LIMIT:g} s (held by "
+            f"{self._holder or 'another process'}): every Allocate refused while another host "
+            "runs on stateDir"
         )
         return Unfenced(late)
 
@@ -268,10 +275,11 @@ class AllocateFence:
         try:
             self._drop()  # (an earlier answer's, whose release waited for a write)
             delay, narrowed = 0.0005, self.narrowed
-            checked = functools.partial(check, self.taken_in)
+            checked, self._holder = functools.partial(check, self.taken_in), None
             while True:
+                name = delay >= 0.02 and self._holder is None  # (a wait longer than an answer)
                 attempt = asyncio.ensure_future(
-                    self._offload.run(functools.partial(self._try, fd, checked))
+                    self._offload.run(functools.partial(self._try, fd, checked, name))
                 )
                 done, _ = await asyncio.wait({attempt}, timeout=max(deadline - loop.time(), 0))
                 if not done:
@@ -284,6 +292,7 @@ class AllocateFence:
                 if locked:
                     self.stuck.taken()
                     break
+                self._holder = why or self._holder
                 if loop.time() + delay > deadline:
                     raise self._stuck()
                 await asyncio.sleep(delay)
@@ -299,15 +308,17 @@ class AllocateFence:
             elif fd is not None:
                 os.close(fd)
 
-    def _try(self, fd: int | None, check: Callable[[Any], str | None]) -> tuple[int, bool, Any]:
+    def _try(
+        self, fd: int | None, check: Callable[[Any], str | None], name: bool
+    ) -> tuple[int, bool, Any]:
         """(Blocking) The lock tried once (the descriptor opened first), and once it is
-        held, the file as it is now checked."""
+        held, the file as it is now checked; not held, its holder with `name`."""
         if fd is None:
             fd = open_lock(str(self._file.lock_path), self._aside)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return fd, False, None
+            return fd, False, lock_holder(str(self._file.lock_path)) if name else None
         except BaseException:
             os.close(fd)
             raise

@@ -16,13 +16,12 @@ file is written again (`<what>_write_recovered`), and `unwritten` says why meanw
 while a write has not completed within `write_limit`: a lock held, a hung file system).
 
 A file several hosts share (two instances on one stateDir in a rolling update) is written
-with a `merge`: under an exclusive `fcntl.flock` of `<name>.lock`, the file is read again
-and `merge(mine, on_disk)` decides what is written, so no host's write drops what another
-wrote since (a file that does not parse then is set aside as at start). The hosts re-read
-the bookings when they change (`load` again). Something that is no regular file at
-`<name>.lock` (a directory, a FIFO, a symlink) is set aside as a bad file is and the lock
-file made again (`atomic_files.open_lock`), so it never turns the writes off; while a file
-is not written the host is not ready (`state_files.StateFiles`).
+with a `merge`: under an exclusive `fcntl.flock` of `<name>.lock` (`state_file_lock`: a
+write that waits for it names its holder), the file is read again and `merge(mine,
+on_disk)` decides what is written, so no host's write drops what another wrote since (a
+file that does not parse then is set aside as at start). The hosts re-read the bookings when
+they change (`load` again). While a file is not written the host is not ready
+(`state_files.StateFiles`).
 
 A file that must fail closed (`mark_unsaved`: the release state) gets a marker while its
 writes fail: `<name>.unsaved` (`.unsaved.<writer>` for a shared file), an empty file (no data
@@ -39,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import functools
 import json
 import os
@@ -48,10 +46,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from .atomic_files import aside_logged, open_lock, set_aside, write_atomic
+from .atomic_files import aside_logged, set_aside, write_atomic
 from .files import Offload
 from .logs import EventLogger
 from .state_document import SHAPE_ERRORS, Decode, DocumentCache, Unreadable, signature
+from .state_file_lock import FileLock
 from .state_markers import UNSAVED, take_over
 
 T = TypeVar("T")
@@ -119,6 +118,7 @@ class StateFile:
         self._log = log.bind(component=what.replace("_", "-"), path=str(self.path))
         self._consequence = consequence
         self._aside = aside_logged(log)
+        self.lock = FileLock(str(self.lock_path), self._aside)
         self._if_unwritten = if_unwritten
         self.unknown = False
         """The file could not be read."""
@@ -252,13 +252,14 @@ class StateFile:
         waited, version = time.monotonic(), self._version
         if self._written == version:
             return True  # (nothing to wait for: no turn of the loop)
+        limit = self.lock.limit(self.write_limit)  # (shorter while its lock is kept)
         try:
-            await asyncio.wait_for(asyncio.shield(self.flush()), self.write_limit)
+            await asyncio.wait_for(asyncio.shield(self.flush()), limit)
         except TimeoutError:
             self.stalls += 1
             self._log.error(
                 f"{self._what}_write_stalled",
-                reason=f"not written within {self.write_limit:g} s: stateDir does not answer",
+                reason=self.lock.stalled(limit),
                 waited=round(time.monotonic() - waited, 3),
                 consequence=self._if_unwritten,
                 action="answering now; the write goes on",
@@ -272,8 +273,7 @@ class StateFile:
             while self._written != self._version:
                 version = self._version
                 mine = self._content()
-                why = f"not written within {self.write_limit:g} s: stalled"
-                stall = asyncio.get_running_loop().call_later(self.write_limit, self._behind, why)
+                stall = asyncio.get_running_loop().call_later(self.write_limit, self._stalled)
                 try:
                     await self._offload.run(functools.partial(self._write_marked, mine))
                 except OSError as exc:
@@ -305,6 +305,9 @@ class StateFile:
             action=f"tried again after {self.retry_first:g} s doubling to "
             f"{self.retry_max:g} s, and at every change, until a write succeeds",
         )
+
+    def _stalled(self) -> None:
+        self._behind(self.lock.late(self.write_limit))  # (its lock's holder, if it waits)
 
     def _behind(self, why: str) -> None:
         """`unwritten`: a write failed, stalled past `write_limit`, or the file was lost."""
@@ -347,11 +350,7 @@ class StateFile:
         if self._merge is None:
             self._write_document(mine)
             return
-        held = self.held_lock  # (held by this host: `ownership_fence`)
-        fd = open_lock(str(self.lock_path), self._aside) if held is None else held
-        try:
-            if held is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+        with self.lock.taken(self.held_lock):  # (held by this host: `ownership_fence`)
             current = self.document_now()
             try:
                 merged = self._merge(mine, current)
@@ -359,9 +358,6 @@ class StateFile:
                 self._unreadable(f"does not parse ({str(exc)[:200]})")
                 merged = self._merge(mine, None)
             self._write_document(merged)
-        finally:
-            if held is None:
-                os.close(fd)
 
     @property
     def writing(self) -> asyncio.Lock:

@@ -2,8 +2,9 @@
 (kdp_host/fence_stuck.py; issue 17, hostile23 F3; through the real kubelet:
 tests/test_rollout_fence.py): each resource's need `lock` is unmet (its devices Unhealthy,
 /readyz, the gauge) from the first such refusal until the lock is taken again, by a try in
-the background (no Allocate needed) or by an answer, or no other host runs; an answer that
-comes meanwhile waits for the lock `STUCK_LIMIT` at most, not the whole `FENCE_LIMIT`."""
+the background (no Allocate needed) or by an answer (alone on the directory too: a lock kept
+holds the bookings' writes, tests/test_lock_holder.py); an answer that comes meanwhile waits
+for the lock `STUCK_LIMIT` at most, not the whole `FENCE_LIMIT`."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ async def test_a_lock_not_taken_in_time_holds_every_answer_until_it_is_free(
     gauge 1); the next answer is refused within STUCK_LIMIT; once the lock is let go, the
     try in the background meets the need again with no Allocate, and answers go out."""
     monkeypatch.setattr(ownership_fence, "FENCE_LIMIT", 1.0)
-    monkeypatch.setattr(ownership_fence, "STUCK_LIMIT", 0.1)
+    monkeypatch.setattr(fence_stuck, "STUCK_LIMIT", 0.1)
     monkeypatch.setattr(fence_stuck, "TRY_FIRST", 0.05)
     a, b = Writer(tmp_path, "host-a"), Writer(tmp_path, "host-b")
     fence = fence_of(a, tmp_path)
@@ -84,12 +85,15 @@ async def test_a_lock_not_taken_in_time_holds_every_answer_until_it_is_free(
         b.stop()
 
 
-async def test_the_need_goes_when_no_other_host_runs(
+async def test_the_need_stays_alone_while_the_lock_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The lock still held, but host-b has ended: alone, an answer takes no lock, so the
-    need is met again (and a resource that starts following it meanwhile is told)."""
+    """The lock still held, and host-b has ended: alone, an answer takes no lock, but the
+    bookings' writes do, so the need stays (it went, and the next write waited the whole
+    write limit: hostile26 N6) until the lock is let go (and a resource that starts
+    following it meanwhile is told)."""
     monkeypatch.setattr(ownership_fence, "FENCE_LIMIT", 0.2)
+    monkeypatch.setattr(fence_stuck, "TRY_FIRST", 0.05)
     monkeypatch.setattr(state_hosts, "STARTING", 0.0)  # (host-b's lock file is asked)
     a, b = Writer(tmp_path, "host-a"), Writer(tmp_path, "host-b")
     fence = fence_of(a, tmp_path)
@@ -103,9 +107,11 @@ async def test_the_need_goes_when_no_other_host_runs(
         b.stop()
         await fence._look_again()
         assert not fence.live
-        assert later.unmet("lock") is None and first.unmet("lock") is None
         async with fence.held(R, ["a0"], NODE, {}):
             pass
+        assert later.unmet("lock") is not None and first.unmet("lock") is not None
+    await wait_until(lambda: first.unmet("lock") is None, 10, "the lock let go, tried")
+    assert later.unmet("lock") is None
     fence.close()
 
 

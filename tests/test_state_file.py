@@ -162,7 +162,9 @@ async def test_a_stalled_write_marks_the_file_unwritten_until_it_lands(
     kept.changed(lambda: {"bookings": []})
     name = OWNERSHIP_FILE
     await wait_until(lambda: kept.unwritten is not None, what="the stalled write marked")
-    assert files.not_ready() == {STATE_DIR: f"{name} not written within 0.05 s: stalled"}
+    assert files.not_ready() == {
+        STATE_DIR: f"{name} not written within 0.05 s: stateDir does not answer"
+    }
     assert gauge.labels(name).value == 1
     writes.go.set()
     await wait_until(lambda: kept.unwritten is None, what="the write landed")

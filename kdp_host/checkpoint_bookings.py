@@ -36,7 +36,6 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 from .files import Offload
-from .handed_entries import Handed as HandedUse
 from .kubelet_checkpoint import (
     CHECKPOINT_FILE,
     READ_TIMEOUT,
@@ -47,6 +46,7 @@ from .kubelet_checkpoint import (
     read_handed,
 )
 from .logs import EventLogger
+from .recorded_bookings import Record, Recorded, book_recorded
 from .rules import HELD_SHOWN, SKIPPED_SHOWN
 
 if TYPE_CHECKING:
@@ -72,12 +72,6 @@ class HandedBookings(Protocol):
     def tell_unplaced(self, unplaced: Callable[[str], None]) -> None: ...
 
 
-class HandedRecords(Protocol):
-    """`handed-out.json`'s entries (`HandedRecord`), what the start books with."""
-
-    def entry(self, resource: str, device_id: str) -> HandedUse | None: ...
-
-
 class Unlisted(Protocol):
     """Told the (resource, ID) pairs a reload's read booked (`unlisted.Unlisted`: held
     until an answer shows them)."""
@@ -100,18 +94,21 @@ async def book_handed(
     config: Config,
     offload: Offload,
     log: EventLogger,
-    record: HandedRecords | None = None,
-) -> None:
+    record: Record | None = None,
+) -> list[Recorded]:
     """At start, before any resource publishes: book every entry of the checkpoint in the
     kubelet's device-plugin directory (read off the loop, once), beside the bookings of
     `ownership.json`, with what its paths reached when `record` (`handed-out.json`) says
     this host handed them out (`as_recorded`; `take_handed` marks a node gone now whose
     number no booking knew as unknown, bookings lost or stale alike). A missing, unreadable
     or bad checkpoint is logged, and the start goes on without it. A number unknown of one
-    of `config`'s resources may be any of theirs (`OwnershipIndex.serve`)."""
-    index.serve(r.name for r in config.resources)
+    of `config`'s resources may be any of theirs (`OwnershipIndex.serve`). Then the uses of
+    `config`'s resources only `record` keeps (`recorded_bookings`): what it booked of them."""
+    served = {r.name for r in config.resources}
+    index.serve(served)
     entry_of = None if record is None else record.entry
     await book_entries(index, config.kubelet.socket_dir, offload, log, recorded=entry_of)
+    return [] if record is None else await book_recorded(index, record, served, offload, log)
 
 
 def book_before(

@@ -34,6 +34,7 @@ from .ownership import OwnershipIndex
 from .ownership_adopt import WITHOUT_POD_RESOURCES
 from .ownership_sync import shared_bookings
 from .probes import HealthState
+from .recorded_bookings import unlist_recorded
 from .release_state import ReleaseStateStore
 from .reload import ConfigReloader, ReloadPlan, RestartRequired, plan_reload, restart_required
 from .resource import ResourceRuntime
@@ -156,7 +157,9 @@ class Host:
         self.ownership.hold_while_releasing(release_state)
         sync = await shared_bookings(self.ownership, state_dir, instance, self._work, self.log)
         served = {r.name for r in self.selection.config.resources}
-        await book_handed(self.ownership, self.selection.config, self._work, self.log, handed)
+        recorded = await book_handed(
+            self.ownership, self.selection.config, self._work, self.log, handed
+        )  # (what only handed-out.json keeps too: `recorded_bookings`)
         self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown)
             self.selection.config, self.metrics, self.log, self._work,
             self.ownership.handed_out, self.timings, self.ownership.peer_booked)  # fmt: skip
@@ -164,6 +167,7 @@ class Host:
             self.pod_resources.subscribe(self.ownership.holdings)  # the kubelet writes its
             # checkpoint when a list is sent again: `unlisted`)
             self.pod_resources.nudge(lambda: any(r.resend() for r in list(self.resources.values())))
+            unlist_recorded(self.pod_resources.unlisted, recorded)  # (held until shown)
         else:
             self.log.warning("pod_resources_off", consequence=WITHOUT_POD_RESOURCES)
         assert handed.file is not None  # (read from stateDir: written again if it goes)

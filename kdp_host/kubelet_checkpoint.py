@@ -184,16 +184,23 @@ def read_handed(
         raise CheckpointError(str(exc)) from None
     if blob is None:
         return None
+    wanted = None if resources is None else set(resources)
+    return with_claims(parse_checkpoint(blob, wanted, skip), resolve)
+
+
+def with_claims(handed: Iterable[Handed], resolve: Resolver = reach) -> list[HandedClaims]:
+    """Each allocation with the claims of its host paths (each path resolved once): what
+    booking it holds. Blocking (run it through the offload)."""
     out = []
     known: dict[str, Claim] = {}
-    for handed in parse_checkpoint(blob, None if resources is None else set(resources), skip):
+    for entry in handed:
         claims = []
-        for host_path in handed.paths:
+        for host_path in entry.paths:
             claim = known.get(host_path)
             if claim is None:
                 claim = known[host_path] = claim_of(host_path, resolve)
             claims.append(claim)
-        out.append(HandedClaims(handed, tuple(claims)))
+        out.append(HandedClaims(entry, tuple(claims)))
     return out
 
 

@@ -86,6 +86,15 @@ class Handout:
     """Monotonic time of the Allocate (-inf: taken up at start)."""
     wall: float
     """Its Unix time (0: taken up at start)."""
+    late: float = 0.0
+    """How long after `wall` its answer may have reached the kubelet (a use booked from
+    `handed-out.json` alone, whose answer may have waited for the state files after its
+    record: `recorded_bookings.ANSWERED_WITHIN`): a checkpoint counts from then on."""
+
+    @property
+    def counts_from(self) -> float:
+        """Unix time from which a checkpoint that lacks the ID frees it."""
+        return self.wall + self.late
 
 
 @dataclass(frozen=True)
@@ -166,13 +175,15 @@ class Unlisted:
         first `refresh` on."""
         self._seeding, self._seeded, self._booked = True, resources, booked
 
-    def take(self, keys: Iterable[tuple[str, str]]) -> None:
+    def take(self, keys: Iterable[tuple[str, str]], wall: float = 0.0, late: float = 0.0) -> None:
         """(resource, ID) pairs a read of the checkpoint booked (a reload started a resource:
-        `checkpoint_bookings.book_before`; another plugin's pod, `checkpoint_follow`):
+        `checkpoint_bookings.book_before`; another plugin's pod, `checkpoint_follow`), or
+        the start booked from `handed-out.json` alone (`recorded_bookings`: `wall`, the Unix
+        time of its Allocate, `late`, how long its answer may have taken after it):
         unlisted as those of the start are. Each is booked anew (another pod's, maybe under
         an ID still held here: the last one's ended at a write this host did not read): the
         asks for a write start over."""
-        taken = Handout(float("-inf"), 0.0)
+        taken = Handout(float("-inf"), wall, late)
         for key in keys:
             self.handed.setdefault(key, taken)
             self._afresh()  # (booked anew: another pod's, maybe under an ID held unlisted still)
@@ -249,7 +260,7 @@ class Unlisted:
             if read.written < answered and (
                 doubted
                 or any(
-                    handout.wall + self.timings.allocation_settle <= answered
+                    handout.counts_from + self.timings.allocation_settle <= answered
                     for handout in self.handed.values()
                 )
             ):
@@ -284,7 +295,7 @@ class Unlisted:
 
     def _free(self, ids: frozenset[tuple[str, str]], written: float) -> None:
         for key, handout in list(self.handed.items()):
-            if key not in ids and written >= handout.wall + self.timings.allocation_settle:
+            if key not in ids and written >= handout.counts_from + self.timings.allocation_settle:
                 del self.handed[key]
                 self._afresh()
                 self.log.bind(resource=key[0]).info(

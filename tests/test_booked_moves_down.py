@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kdp_host.kubelet_checkpoint import CHECKPOINT_FILE
 from kdp_host.ownership_document import OWNERSHIP_FILE
 
 from .kubelet_harness import RealKubelet, healthy
@@ -139,3 +140,36 @@ async def test_an_answer_whose_booking_was_not_written_keeps_its_node_after_a_ki
     listed = await kubelet.acall(kubelet.first_list_after_registering, FPGA, before)
     granted = await grants(kubelet, FPGA, "p2")
     assert granted == [], f"p1 holds the file now at fpga5 ({listed})"
+
+
+# The record-only case (issue 17, restartrec): `handed-out.json` keeps p1's use, but neither
+# `ownership.json` (its write stalled) nor the kubelet's checkpoint does: the kubelet writes
+# that file only once every resource of the container is allocated, so a slow other plugin of
+# p1's container holds it back. Here both files are put back as they were before p1 once
+# kdp-host is killed (`ownership.json` had no booking yet: none; the checkpoint as the kubelet
+# has it on disk while it waits for that plugin: it keeps p1 in memory, so PodResources shows
+# p1, and writes the file again only at its next allocation or list).
+
+
+async def test_a_use_only_the_record_kept_holds_its_node_after_a_kill(
+    real_kubelet_factory, short_dir: Path, devices: Path, kdp_process
+) -> None:
+    """p1 is handed fpga0; `ownership.json` cannot be written and the kubelet's checkpoint
+    does not list p1 yet when kdp-host is killed; while it is down fpga0 is renamed fpga5.
+    The restart books fpga0's use from `handed-out.json` with what it reached: no second pod
+    is handed the file now at fpga5 while p1 runs, and it is free once p1 has ended."""
+    kubelet, _, host = await fpga0_served(real_kubelet_factory, short_dir, devices, kdp_process)
+    checkpoint = kubelet.socket_dir / CHECKPOINT_FILE
+    before_p1 = checkpoint.read_bytes()
+    assert await grants(kubelet, FPGA, "p1") == [{str(devices / "fpga0")}]
+    await host.stop()
+    (short_dir / "state" / OWNERSHIP_FILE).unlink()  # (as before p1: its write stalled)
+    checkpoint.write_bytes(before_p1)
+    os.rename(devices / "fpga0", devices / "fpga5")
+    before = await kubelet.acall(kubelet.last_seq)
+    await restart(kubelet, host, FPGA)
+    listed = await kubelet.acall(kubelet.first_list_after_registering, FPGA, before)
+    assert await grants(kubelet, FPGA, "p2") == [], f"p1 holds the file now at fpga5 ({listed})"
+    await kubelet.acall(kubelet.release, "p1")
+    await kubelet.await_for(healthy(FPGA, 1), what="fpga5 free once p1 ended")
+    assert await grants(kubelet, FPGA, "p3") == [{str(devices / "fpga5")}]

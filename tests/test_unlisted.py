@@ -388,6 +388,25 @@ async def test_an_id_another_host_booked_is_held_as_one_this_host_handed_out(
     assert unlisted.by_resource() == {}
 
 
+async def test_an_id_booked_from_the_record_alone_counts_a_checkpoint_from_its_late_answer(
+    tmp_path: Path,
+) -> None:
+    """restartrec: an ID a start booked from `handed-out.json` alone (Allocate at 1000, its
+    answer may have gone out up to 15 s later): a checkpoint written before 1016 that lacks
+    it says nothing (the kubelet may not have had the answer yet); one written after frees
+    it. Shown held since its Allocate meanwhile."""
+    now = [1020.0]
+    unlisted = _unlisted(tmp_path, now)
+    unlisted.take([(FPGA, "a")], 1000.0, 15.0)
+    assert unlisted.by_resource() == {FPGA: {"a": 1000.0}}
+    _write(tmp_path, {}, 1010.0)
+    await unlisted.refresh()
+    assert unlisted.by_resource() == {FPGA: {"a": 1000.0}}, "freed on a write too soon"
+    _write(tmp_path, {}, 1016.5)
+    await unlisted.refresh()
+    assert unlisted.by_resource() == {}
+
+
 async def test_at_start_the_ids_the_checkpoint_lists_are_held_until_shown(tmp_path: Path) -> None:
     """kdp-host restarted while an init container holds `a`: `a` (listed by the checkpoint)
     is held; a checkpoint it cannot use makes every booked ID held; none makes none."""

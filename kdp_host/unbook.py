@@ -1,4 +1,5 @@
-"""`kdp-host unbook`: drop bookings from `<stateDir>/ownership.json` while kdp-host is stopped.
+"""`kdp-host unbook`: drop bookings from `<stateDir>/ownership.json` while kdp-host is stopped
+(and the uses `handed-out.json` keeps under their IDs, which a start would book again).
 
 With PodResources polling off nothing shows that the pod holding a booked ID has ended, so a
 booking lives until the kubelet allocates that ID again (`ownership.py`). This is the one other
@@ -11,12 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .config import ConfigError, load_config
 from .files import DaemonThreads
+from .handed_entries import Handed, uses
+from .handed_out import HandedRecord
 from .logs import get_logger
 from .ownership_document import bookings_document, ownership_file, read_saved
 from .state_lock import StateDirBusy, exclusive
@@ -43,7 +48,39 @@ async def _drop(state_dir: str, resource: str, ids: Sequence[str]) -> list[str]:
         await state.flush()
         if state.write_failures:
             raise OSError(f"cannot write {state.path}")
-    return dropped
+    return sorted({*dropped, *await _forget_handed(state_dir, resource, ids, offload)})
+
+
+async def _forget_handed(
+    state_dir: str, resource: str, ids: Sequence[str], offload: DaemonThreads
+) -> list[str]:
+    """The uses `handed-out.json` keeps under those IDs (every ID of `resource` without
+    `ids`) lose them, and a device's entry with no ID left goes: a start books an ID that
+    only the record keeps (`recorded_bookings`), so an ID dropped here alone would come back.
+    A record that cannot be read is left as it is (a start withholds what it cannot tell)."""
+    record = HandedRecord(state_dir, get_logger(), offload)
+    await offload.run(record.load)
+    if record.file is None or record.file.unknown:
+        return []
+    forgotten: set[str] = set()
+    for device_id in record.devices(resource):
+        entry = record.entry(resource, device_id)
+        mine = {i for use in uses(entry) for i in use.ids} if entry is not None else set()
+        if found := {i for i in mine if not ids or i in ids}:
+            forgotten |= found
+            record.change(resource, device_id, functools.partial(_without, found))
+    if forgotten:
+        record.let_go(lambda _name, _id: True, resource)  # (entries with no ID left)
+        await record.file.flush()
+        if record.file.write_failures:
+            raise OSError(f"cannot write {record.file.path}")
+    return sorted(forgotten)
+
+
+def _without(ids: set[str], handed: Handed) -> Handed:
+    """`handed` with no use under `ids`."""
+    earlier = tuple(replace(use, ids=use.ids - ids) for use in handed.earlier)
+    return replace(handed, ids=handed.ids - ids, earlier=earlier)
 
 
 UNBOOK_HELP = (

@@ -19,6 +19,7 @@ from kdp_host.kubelet_checkpoint import Gained, HandedClaims
 from kdp_host.logs import get_logger
 from kdp_host.ownership_claims import Owner
 from kdp_host.recorded_bookings import ANSWERED_WITHIN, book_recorded, unbooked_uses
+from kdp_host.unbook import drop_bookings
 
 FPGA = "vendor.example/fpga"
 OTHER = "vendor.example/other"
@@ -89,3 +90,25 @@ async def test_a_renamed_node_is_booked_by_what_it_reached_and_where_it_was(tmp_
     assert was in keys and identity_of(os.stat(dev / "fw")) in keys
     assert str(dev / "fpga0") in {path for _, path, _ in taken.claims}
     assert ANSWERED_WITHIN == 15.0
+
+
+async def test_unbook_drops_the_records_uses_of_the_ids_so_no_start_books_them(
+    tmp_path: Path,
+) -> None:
+    """`kdp-host unbook` of fpga0 (PodResources off, the pod known gone): `handed-out.json`
+    keeps its use no more, else the next start books it from the record alone again (the
+    booking, with nothing to end it, would outlive the unbook); fpga1's use stays."""
+    dev, state = _dev(tmp_path), tmp_path / "state"
+    state.mkdir()
+    record = HandedRecord(str(state), get_logger(), DaemonThreads())
+    table = DeviceTable()
+    table.publish(
+        [Device("fpga0", path=str(dev / "fpga0")), Device("fpga1", path=str(dev / "fpga1"))]
+    )
+    record.hand_out(FPGA, table.snapshot, ["fpga0", "fpga1"])
+    assert await record.written() is None
+    assert await drop_bookings(str(state), FPGA, ["fpga0"]) == ["fpga0"]
+    again = HandedRecord(str(state), get_logger(), DaemonThreads())
+    again.load()
+    assert [use.ids for use, _ in unbooked_uses(again, {FPGA}, {})] == [("fpga1",)]
+    assert await drop_bookings(str(state), FPGA, ["fpga0"]) == []

@@ -32,7 +32,6 @@ from .container_paths import (
     Placement,
     mount_placement,
     node_placement,
-    placed_host,
 )
 from .devices import Advertised, Device, DeviceMount, DeviceNode, Snapshot
 from .names import CDI_NAME, make_name
@@ -128,8 +127,8 @@ HOOK: Final = "allocate.command"
 
 class _ContainerPaths:
     """The device nodes and mounts of one container, by container path, as its answer
-    passes them: refuses two different things at one container path (the rule:
-    `container_paths.PathClaims`), keeps an identical node or mount once."""
+    passes them: refuses two different things at one container path, or a node nested with
+    anything (the rule: `container_paths.PathClaims`), keeps an identical node or mount once."""
 
     def __init__(self, resource: str, permissions: str) -> None:
         self._resource = resource
@@ -159,12 +158,8 @@ class _ContainerPaths:
     def _claim(self, what: str, owner: str, path: str, placement: Placement) -> bool:
         clash = self._claims.clash(path, placement)
         if clash is not None:
-            raise AllocationError(
-                f"{self._resource}: cannot allocate: {what} container path {path} is claimed "
-                f"twice, by {clash.owner} (host path {placed_host(clash.placement)}) and by "
-                f"{owner} (host path {placed_host(placement)}); the runtime would keep only one "
-                "of them"
-            )
+            why = clash.describe(owner, path, placement)
+            raise AllocationError(f"{self._resource}: cannot allocate: {what} {why}")
         return self._claims.claim(owner, path, placement)
 
 
@@ -193,7 +188,8 @@ class AllocationBuilder:
     ) -> ContainerAllocateResponse:
         """The options for one container, with what its `allocate.command` printed (`extras`,
         whose keys and names the response has already are left out); raises AllocationError
-        for unknown/unhealthy IDs and for two different nodes or mounts on one container path.
+        for unknown/unhealthy IDs and for two different nodes or mounts on one container path
+        (or nested, a node among them).
 
         The result depends only on the *set* of physical devices behind the requested IDs
         (the kubelet sends IDs in Go map order): devices are taken in ID order.

@@ -20,6 +20,7 @@ from .node import NodeInfo, selects
 from .rules import MAX_PRE_START_TIMEOUT
 
 if TYPE_CHECKING:  # a module only one command uses is imported where it runs
+    from .container_path_lists import SharedPath
     from .sysfs.rootdisk import RootDisk
 
 
@@ -299,9 +300,9 @@ def container_path_warnings(rows: Iterable[CheckRow], config: Config) -> list[st
 
 def shared_path_warnings(rows: Iterable[CheckRow]) -> list[str]:
     """One line per container path two devices of one resource place different things at
-    (`container_paths.shared_paths`, the rule Allocate refuses by): no container can be
+    (`container_path_lists.shared_paths`, the rule Allocate refuses by): no container can be
     given both, and a run steers the kubelet's pick clear of such pairs."""
-    from .container_paths import shared_paths
+    from .container_path_lists import shared_paths
 
     listed: dict[str, list[Device]] = {}
     for row in rows:
@@ -311,6 +312,9 @@ def shared_path_warnings(rows: Iterable[CheckRow]) -> list[str]:
     for resource, devices in listed.items():
         at: dict[str, dict[str, str]] = {}
         for shared in shared_paths(devices):
+            if shared.first_path != shared.container_path:
+                lines.append(_nested_warning(resource, shared))
+                continue
             users = at.setdefault(shared.container_path, {shared.first: shared.first_host})
             users.setdefault(shared.second, shared.second_host)
         for path, users in at.items():
@@ -324,6 +328,19 @@ def shared_path_warnings(rows: Iterable[CheckRow]) -> list[str]:
                 "(a containerPath with {path} gives each device its own)"
             )
     return lines
+
+
+def _nested_warning(resource: str, shared: SharedPath) -> str:
+    """Two devices whose container paths nest, one a node (`container_paths.nests`)."""
+    first = f"{quote_text(shared.first)} ({quote_text(shared.first_host)})"
+    second = f"{quote_text(shared.second)} ({quote_text(shared.second_host)})"
+    return (
+        f"warning: {resource}: devices {first} at {quote_text(shared.first_path)} and "
+        f"{second} at {quote_text(shared.container_path)} nest: never both in one container "
+        "(a device node below a mount would be made inside the mount's host directory, and "
+        "nothing can be placed below a device node, so Allocate refuses such a pair); a run "
+        "announces GetPreferredAllocation and steers the kubelet clear of such pairs"
+    )
 
 
 def device_cell(device: Device, held: str | None = None) -> str:

@@ -6,29 +6,31 @@ get fewer nodes or mounts than it was charged for, or a mount over a device node
 entry places at its path is its `Placement`; two entries at one path are one when their
 placements are equal (the same node, or the same mount with the same read-only flag:
 `/dev/vfio/vfio`, which every device passes, or the replicas of one device), and any other
-pair collides. Nothing else decides.
+pair collides. Two entries at different paths, one strictly below the other, collide unless
+both are mounts (`nests`): the runtime mounts every mount first, parents before children,
+then makes each device node at its path, so a node below a mount is made inside the mount's
+host directory (a writable source gets a real node on the host, a read-only one fails every
+start), and nothing can be made below a device node. Mounts nested in mounts stay allowed: OCI
+allows them, the runtime orders them by depth (as for a Kubernetes volume mounted inside
+another), and what the inner one needs of the outer's source is a directory (made empty there
+if missing), never a device node. Nothing else decides.
 
 `PathClaims` applies the rule to one container: Allocate refuses a set of devices with a
 collision (`allocation`), GetPreferredAllocation steers the kubelet to a set without one
 (`preferred`), and a device that collides with itself or with the config's
 `allocate.mounts` (`OwnCollisions`) is never listed (`drivers.reporting`): no container
-could be given it. `SharedPathIndex` says whether two devices of a list collide (a run then
-announces GetPreferredAllocation), where the config allows it at all (`may_share_paths`);
-`shared_paths` names those pairs (`kdp-host check`).
+could be given it. Whether two devices of a list collide: `container_path_lists`.
 """
 
 from __future__ import annotations
 
-import posixpath
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .config import GlobDriverConfig, MountConfig, ResourceConfig, SysfsDriverConfig
-from .device_changes import changed_between
+from .config import MountConfig, ResourceConfig
 from .devices import Advertised, Device
-from .rules import GLOB_MAGIC
+from .rules import below, parent
 
 Placement = str | tuple[str, bool]
 """What an entry places at its container path: a device node's host path, or a mount's
@@ -49,6 +51,19 @@ def placed_host(placement: Placement) -> str:
     return placement if isinstance(placement, str) else placement[0]
 
 
+def nests(outer: Placement, inner: Placement) -> bool:
+    """Whether `inner`, at a container path strictly below `outer`'s, collides with it: unless
+    both are mounts (the module's docstring says why)."""
+    return isinstance(outer, str) or isinstance(inner, str)
+
+
+def ancestors(path: str) -> Iterator[str]:
+    """The container paths strictly above `path` (in normal form), nearest first."""
+    while path != "/":
+        path = parent(path)
+        yield path
+
+
 def device_placements(device: Device) -> Iterator[tuple[str, Placement]]:
     """(container path, placement) of each node, then each mount, of a device."""
     for host, container in device.node_places():
@@ -59,10 +74,36 @@ def device_placements(device: Device) -> Iterator[tuple[str, Placement]]:
 
 @dataclass(frozen=True)
 class Clash:
-    """Something else already at a container path: who put it there, and what."""
+    """Something else already at a container path, or above or below it (`nests`): who put
+    it there, what, and where."""
 
     owner: str
     placement: Placement
+    path: str
+
+    def describe(self, owner: str, path: str, placement: Placement) -> str:
+        """The collision of `owner`'s `placement` at `path` with this, both named."""
+        theirs = f"{self.owner} (host path {placed_host(self.placement)})"
+        ours = f"{owner} (host path {placed_host(placement)})"
+        if self.path == path:
+            return (
+                f"container path {path} is claimed twice, by {theirs} and by {ours}; the "
+                "runtime would keep only one of them"
+            )
+        outer, inner = (self.path, path) if below(path, self.path) else (path, self.path)
+        outer_by, inner_by = (theirs, ours) if outer == self.path else (ours, theirs)
+        outer_placed = self.placement if outer == self.path else placement
+        if isinstance(outer_placed, str):
+            what, why = "a device node", "nothing can be placed below a device node"
+        else:
+            what, why = (
+                "a mount",
+                (
+                    "the runtime mounts first, then makes the device node inside the mount's "
+                    "host directory"
+                ),
+            )
+        return f"container path {inner} of {inner_by} is below {outer}, {what} of {outer_by}: {why}"
 
 
 class PathClaims:
@@ -71,32 +112,53 @@ class PathClaims:
 
     def __init__(self) -> None:
         self._claimed: dict[str, tuple[Placement, str]] = {}
+        self._below: dict[str, list[str]] = {}
+        """A container path -> the claimed paths strictly below it."""
 
     def __len__(self) -> int:
         return len(self._claimed)
 
     def clash(self, path: str, placement: Placement) -> Clash | None:
-        """What collides with `placement` at `path`, or None (free, or the same thing)."""
-        known = self._claimed.get(path)
-        if known is None or known[0] == placement:
+        """What collides with `placement` at `path`, or None (free, or the same thing): at
+        `path`, or above or below it (`nests`)."""
+        claimed = self._claimed
+        known = claimed.get(path)
+        if known is not None:
+            return None if known[0] == placement else Clash(known[1], known[0], path)
+        if not claimed:
             return None
-        return Clash(known[1], known[0])
+        for above in ancestors(path):
+            if (outer := claimed.get(above)) is not None and nests(outer[0], placement):
+                return Clash(outer[1], outer[0], above)
+        for inner_path in self._below.get(path, ()):
+            inner = claimed[inner_path]
+            if nests(placement, inner[0]):
+                return Clash(inner[1], inner[0], inner_path)
+        return None
 
     def claim(self, owner: str, path: str, placement: Placement) -> bool:
         """Claim `path` for `placement` (the caller checked `clash`); False: it was there."""
         if path in self._claimed:
             return False
         self._claimed[path] = (placement, owner)
+        for above in ancestors(path):
+            self._below.setdefault(above, []).append(path)
         return True
 
     def copy(self) -> PathClaims:
         claims = PathClaims()
         claims._claimed = dict(self._claimed)
+        claims._below = {path: list(inner) for path, inner in self._below.items()}
         return claims
 
     def unclaim(self, path: str) -> None:
         """Undo a `claim` that returned True (a search trying sets)."""
         del self._claimed[path]
+        for above in ancestors(path):
+            inner = self._below[above]
+            inner.remove(path)
+            if not inner:
+                del self._below[above]
 
     def fits(self, device: Device) -> bool:
         """Whether the device's nodes and mounts collide with nothing claimed."""
@@ -139,11 +201,8 @@ class OwnCollisions:
         for path, placed in device_placements(device):
             clash = claims.clash(path, placed)
             if clash is not None:
-                return (
-                    f"device {device.id}: container path {path} is claimed twice, by "
-                    f"{clash.owner} (host path {placed_host(clash.placement)}) and by "
-                    f"{device.id} (host path {placed_host(placed)}); no container can be given it"
-                )
+                why = clash.describe(device.id, path, placed)
+                return f"device {device.id}: {why}; no container can be given it"
             claims.claim(device.id, path, placed)
         return None
 
@@ -197,113 +256,3 @@ def fitting_set(
         return False
 
     return picked if extend(0) else None
-
-
-@dataclass(frozen=True)
-class SharedPath:
-    """Two devices of one list that place different things at one container path: no
-    container can be given both."""
-
-    container_path: str
-    first: str
-    """The device listed first there (by ID)."""
-    first_host: str
-    second: str
-    second_host: str
-
-
-def shared_paths(devices: Iterable[Device]) -> Iterator[SharedPath]:
-    """Each device that collides with a device before it (`devices` in order) at a container
-    path, with the first device there."""
-    claims = PathClaims()
-    for device in devices:
-        for path, placed in device_placements(device):
-            clash = claims.clash(path, placed)
-            if clash is None:
-                claims.claim(device.id, path, placed)
-            elif clash.owner != device.id:
-                first_host = placed_host(clash.placement)
-                yield SharedPath(path, clash.owner, first_host, device.id, placed_host(placed))
-
-
-class SharedPathIndex:
-    """Whether two devices of a list place different things at one container path, kept
-    from one list to the next by what changed (`device_changes.changed_between`): a device
-    that comes or goes costs its own entries, not a walk of the list (a probe of 120,000
-    devices: a walk is ~0.1 s of the loop per change). A list that does not say what changed
-    (a glob scan) is walked.
-
-    Container path -> its placement (one device there), or how many devices place each
-    placement there (several: a Counter); the paths with two placements are the shared ones.
-    """
-
-    def __init__(self) -> None:
-        self._list: Mapping[str, Device] | None = None
-        self._at: dict[str, Placement | Counter[Placement]] = {}
-        self._shared: set[str] = set()
-
-    def update(self, devices: Mapping[str, Device]) -> bool:
-        """Follow `devices` (the driver's list as reported); whether it shares a path."""
-        before = self._list
-        if devices is before:
-            return bool(self._shared)
-        changed = None if before is None else changed_between(before, devices)
-        if before is None or changed is None:
-            self._at, self._shared = {}, set()
-            for device in devices.values():
-                self._count(device, 1)
-        else:
-            for device_id in changed:
-                old, new = before.get(device_id), devices.get(device_id)
-                if old is not new:
-                    if old is not None:
-                        self._count(old, -1)
-                    if new is not None:
-                        self._count(new, 1)
-        self._list = devices
-        return bool(self._shared)
-
-    def _count(self, device: Device, step: int) -> None:
-        at = self._at
-        for path, placed in device_placements(device):
-            known = at.get(path)
-            if known is None:  # (step 1: a device removed was counted)
-                at[path] = placed
-                continue
-            if not isinstance(known, Counter):
-                if step > 0:
-                    at[path] = known = Counter({known: 1})
-                else:  # (the one device there goes)
-                    del at[path]
-                    continue
-            known[placed] += step
-            if known[placed] <= 0:
-                del known[placed]
-            if len(known) > 1:
-                self._shared.add(path)
-            else:
-                self._shared.discard(path)
-                if not known:
-                    del at[path]
-
-
-def may_share_paths(resource: ResourceConfig) -> bool:
-    """Whether two devices of the resource may place different things at one container path.
-    False only where the config rules it out, so a run never follows its lists for it:
-    - a sysfs device's nodes are at their own /dev path in the container;
-    - glob `paths` with the matched path as container path, or a `containerPath` with
-      `{path}`: one matched path, one container path;
-    - glob `paths` with `{name}` only, all in one directory without wildcards: one name
-      per matched path there.
-    A `{name}` across directories (`/dev/bus/usb/*/*`, two patterns), glob groups and shell
-    probes may place two devices at one container path."""
-    driver = resource.driver
-    if isinstance(driver, SysfsDriverConfig):
-        return False
-    if not isinstance(driver, GlobDriverConfig) or not driver.paths:
-        return True
-    template = driver.container_path
-    if template is None or "{path}" in template:
-        return False
-    directories = {posixpath.dirname(pattern) for pattern in driver.paths}
-    return len(directories) > 1 or any(GLOB_MAGIC.search(d) for d in directories)

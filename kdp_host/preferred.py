@@ -15,13 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from .config import GlobDriverConfig, PreferredPolicy, ResourceConfig
-from .container_paths import (
-    FITTING_SET_WIDTH,
-    PathClaims,
-    SharedPathIndex,
-    fitting_set,
-    may_share_paths,
-)
+from .container_path_lists import SharedPathIndex, may_share_paths
+from .container_paths import FITTING_SET_WIDTH, PathClaims, fitting_set
 from .device_table import DeviceTable
 from .devices import REPLICA_SEPARATOR, Advertised, Device, Snapshot
 
@@ -69,7 +64,7 @@ class PreferredNeed:
     plugin-manager reconcile with `pluginsRegistry`). So the option is decided by the config
     alone, from the first registration, and no device list ever calls for a registration:
     - whatever the policy (`none` too), where two devices may place different things at one
-      container path (`container_paths.may_share_paths`): while the list holds such a pair
+      container path (`container_path_lists.may_share_paths`): while the list holds such a pair
       the answers steer the kubelet clear of it (Allocate must refuse such a set);
     - where a policy can choose better than the kubelet: `replicas` > 1, or devices that may
       come with a NUMA node (`may_report_numa`).

@@ -320,8 +320,11 @@ CONTAINER_MOUNT_PATH_USERS = [
         id="probe-mount",
     ),
     pytest.param(
-        lambda path: loader_accepts(
-            glob_resource(allocate={"mounts": [{"hostPath": "/m", "containerPath": path}]})
+        lambda path: loader_accepts(  # (a probe's: no node path known from the config to
+            {  # be at or below the mount, `ResourceConfig.check`)
+                **shell_resource(command=["probe"]),
+                "allocate": {"mounts": [{"hostPath": "/m", "containerPath": path}]},
+            }
         ),
         id="config-loader-mount-container",
     ),

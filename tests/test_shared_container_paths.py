@@ -16,6 +16,7 @@ from kdp_host.allocation import AllocationBuilder, AllocationError
 from kdp_host.check import CheckRow, shared_path_warnings
 from kdp_host.config import (
     AllocateConfig,
+    ConfigError,
     GlobDriverConfig,
     MountConfig,
     PreferredPolicy,
@@ -23,14 +24,10 @@ from kdp_host.config import (
     ShellDriverConfig,
     SysfsDriverConfig,
     UsbMatchConfig,
+    load_config_text,
 )
-from kdp_host.container_paths import (
-    OwnCollisions,
-    PathClaims,
-    SharedPathIndex,
-    may_share_paths,
-    shared_paths,
-)
+from kdp_host.container_path_lists import SharedPathIndex, may_share_paths, shared_paths
+from kdp_host.container_paths import OwnCollisions, PathClaims
 from kdp_host.device_changes import Derived
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode, Snapshot
@@ -166,11 +163,21 @@ def mounted(bus: str, name: str, read_only: bool) -> Device:
     return Device(id=f"{bus}-{name}", nodes=(), mounts=(mount,))
 
 
+def below_x(bus: str, name: str, node: bool) -> Device:
+    """A device at /dev/usb/x/<name>: below what a device named x places at /dev/usb/x."""
+    inside = f"/dev/usb/x/{name}"
+    if node:
+        return Device(id=f"{bus}-{name}", nodes=(DeviceNode(f"/srv/{bus}/{name}", inside),))
+    return Device(id=f"{bus}-{name}", nodes=(), mounts=(DeviceMount(f"/srv/{bus}", inside),))
+
+
 KINDS = {
     "node": lambda bus, name: usb(bus, name),
     "node+vfio": lambda bus, name: usb(bus, name, shared=True),
     "mount": lambda bus, name: mounted(bus, name, True),
     "mount rw": lambda bus, name: mounted(bus, name, False),
+    "node below x": lambda bus, name: below_x(bus, name, True),
+    "mount below x": lambda bus, name: below_x(bus, name, False),
 }
 
 
@@ -195,7 +202,8 @@ def test_the_index_follows_lists_by_what_changed_as_a_walk_would(
     steps: list[tuple[list[tuple[str, str, str | None]], bool]],
 ) -> None:
     """Each step adds, replaces (another kind: a mount, read-only or not, a node with the
-    shared /dev/vfio/vfio) or removes (None) devices, in a list made from the last one
+    shared /dev/vfio/vfio, either below /dev/usb/x) or removes (None) devices, in a list
+    made from the last one
     (`Derived`: the index takes what changed) or a plain one (it walks)."""
     index, current = SharedPathIndex(), {}
     listed: dict[str, Device] = {}
@@ -359,3 +367,107 @@ def test_a_steered_answer_is_full_whenever_some_set_fits(
         assert len(chosen) == min(size, len(devices))
     by_id = {d.id: d for d in devices}
     assert fits_together([by_id[i] for i in chosen])
+
+
+def test_paths_that_nest_collide_unless_both_are_mounts() -> None:
+    """hostile27 F2, the one rule (`container_paths.nests`): a node below a mount (the runtime
+    mounts first, then makes the node inside the mount's host directory), anything below a
+    node; mounts nested in mounts stay allowed (the runtime orders them by depth), and a
+    path that only starts with another's text is not below it."""
+    node, mount = "/srv/node", ("/srv/dir", False)
+    for outer, inner, collides in [
+        (mount, node, True),
+        (node, node, True),
+        (node, mount, True),
+        (mount, ("/srv/other", True), False),
+    ]:
+        for first, second in [
+            (("/dev/x", outer), ("/dev/x/y/n", inner)),
+            (("/dev/x/y/n", inner), ("/dev/x", outer)),
+        ]:
+            claims = PathClaims()
+            assert claims.claim("d1", *first)
+            clash = claims.clash(*second)
+            assert (clash is not None) == collides, (first, second)
+            if clash is not None:
+                assert (clash.owner, clash.path) == ("d1", first[0])
+                why = clash.describe("d2", *second)
+                assert "container path /dev/x/y/n of " in why and "is below /dev/x, " in why
+    claims = PathClaims()
+    claims.claim("d1", "/dev/x", mount)
+    assert claims.clash("/dev/xy", node) is None and claims.clash("/dev/x", mount) is None
+    trial = claims.copy()
+    assert trial.claim("d2", "/dev/z/n", node)
+    trial.unclaim("/dev/z/n")
+    assert trial.clash("/dev/z", mount) is None
+    assert claims.clash("/dev/z/n", node) is None and trial.clash("/dev/x/n", node) is not None
+
+
+def test_a_device_or_a_pair_whose_paths_nest_is_named() -> None:
+    """A device whose own node is below its own or the config's mount, or below its own node,
+    is never listed (`OwnCollisions`); two devices that nest are a pair `check` names."""
+    below = DeviceNode("/srv/a", "/dev/x/n")
+    own = OwnCollisions()
+    why = own.collision(Device(id="d1", nodes=(below,), mounts=(DeviceMount("/srv/m", "/dev/x"),)))
+    assert (
+        why is not None
+        and "container path /dev/x/n of d1 (host path /srv/a) is below /dev/x, a mount of d1" in why
+    )
+    why = own.collision(Device(id="d1", nodes=(DeviceNode("/srv/b", "/dev/x"), below)))
+    assert why is not None and "nothing can be placed below a device node" in why
+    mounts = AllocateConfig(mounts=(MountConfig(host_path="/srv/mnt", container_path="/dev"),))
+    configured = OwnCollisions.of(glob("/dev/bus/usb/*/*", allocate=mounts))
+    why = configured.collision(Device(id="one", nodes=(below,)))
+    assert why is not None and "is below /dev, a mount of allocate.mounts" in why
+    nested_mount = Device(id="m", nodes=(), mounts=(DeviceMount("/srv/m", "/dev/x/n/sub"),))
+    assert OwnCollisions().collision(nested_mount) is None
+    pair = [node_device("d1", "/dev/x"), mounted_at("d2", "/dev/x/sub")]
+    [found] = shared_paths(pair)
+    assert (found.first, found.first_path, found.second, found.container_path) == (
+        "d1",
+        "/dev/x",
+        "d2",
+        "/dev/x/sub",
+    )
+    assert SharedPathIndex().update({d.id: d for d in pair})
+    rows = [CheckRow(USB, "shell", "", device=d) for d in pair]
+    [line] = shared_path_warnings(rows)
+    assert line.startswith(
+        "warning: vendor.example/usb: devices d1 (/srv/d1/dev/x) at /dev/x and d2 (/srv/m) at "
+        "/dev/x/sub nest: never both in one container"
+    )
+    assert not SharedPathIndex().update(
+        {d.id: d for d in [mounted_at("m1", "/dev/x"), mounted_at("m2", "/dev/x/sub")]}
+    )
+
+
+def mounted_at(device_id: str, container_path: str) -> Device:
+    return Device(id=device_id, nodes=(), mounts=(DeviceMount("/srv/m", container_path),))
+
+
+def test_a_mount_at_or_above_every_node_of_a_glob_is_refused_at_load() -> None:
+    """hostile27 F2: `allocate.mounts` at /dev/fpga (or /dev) with nodes at /dev/fpga/{name}:
+    known from the config, refused at load; a mount beside the nodes, or below their
+    directory (it collides only with a device of that name: left out at listing), loads."""
+
+    def config(container_path: str | None, mount_at: str) -> str:
+        template = f', containerPath: "{container_path}"' if container_path else ""
+        return (
+            "resources:\n  - name: example.com/a\n"
+            f'    glob: {{paths: ["/tmp/r/dev/fpga/*"]{template}}}\n'
+            f"    allocate: {{mounts: [{{hostPath: /tmp, containerPath: {mount_at}}}]}}\n"
+        )
+
+    for template, mount_at in [
+        ("/dev/fpga/{name}", "/dev/fpga"),
+        ("/dev/fpga/{name}", "/dev"),
+        (None, "/tmp/r/dev"),
+    ]:
+        with pytest.raises(ConfigError, match=r"mounts\[0\]\.containerPath: is at or above /"):
+            load_config_text(config(template, mount_at))
+    for template, mount_at in [
+        ("/dev/fpga/{name}", "/dev/fpga/sub"),
+        ("/dev/fpga/{name}", "/etc/x"),
+        ("/dev/fpga{name}", "/dev/fpga"),
+    ]:
+        load_config_text(config(template, mount_at))

@@ -73,23 +73,33 @@ async def test_two_device_pods_are_all_admitted_while_a_set_without_collisions_i
 SELF = "example.com/self"
 
 
-@pytest.mark.parametrize("shape", ["own_mount", "config_mount"])
+@pytest.mark.parametrize(
+    "shape", ["own_mount", "config_mount", "own_mount_above", "config_mount_above", "node_above"]
+)
 async def test_a_device_no_container_can_be_given_is_not_listed(
     shape: str, real_kubelet_factory, short_dir: Path, start_host
 ) -> None:
     """hostile25 F8: d1's node at /dev/x and a mount at /dev/x (its own, from a json probe;
     or the config's `allocate.mounts`): no container can be given d1. It was advertised
     Healthy, counted as a pair, steered to, and every pod the kubelet gave it refused while
-    d2 was free. Now it is left out of the list (`path_collision`), and the pod gets d2."""
+    d2 was free. Now it is left out of the list (`path_collision`), and the pod gets d2.
+    hostile27 F2: the same for d1's node at /dev/x/n below such a mount at /dev/x (the
+    runtime would make the node inside the mount's host directory: a real node on the host),
+    and for d1's nodes at /dev/x and /dev/x/n (nothing can be made below a node); both were
+    advertised Healthy and handed out."""
     (short_dir / "mnt").mkdir()
     (short_dir / "a").touch()
+    (short_dir / "b").touch()
     (short_dir / "c").touch()
-    d1: dict[str, object] = {"id": "d1", "paths": [f"{short_dir}/a:/dev/x"]}
-    mount = {"hostPath": f"{short_dir}/mnt", "containerPath": "/dev/x"}
+    below = shape.endswith("_above")
+    d1: dict[str, object] = {"id": "d1", "paths": [f"{short_dir}/a:/dev/x{'/n' if below else ''}"]}
+    if shape == "node_above":
+        d1["paths"] = [f"{short_dir}/a:/dev/x", f"{short_dir}/b:/dev/x/n"]
+    mount = {"hostPath": f"{short_dir}/mnt", "containerPath": "/dev/x", "readOnly": False}
     allocate = ""
-    if shape == "own_mount":
+    if shape.startswith("own_mount"):
         d1["mounts"] = [mount]
-    else:
+    elif shape.startswith("config_mount"):
         allocate = f", allocate: {{mounts: [{json.dumps(mount)}]}}"
     probe = json.dumps([d1, {"id": "d2", "paths": [f"{short_dir}/c:/dev/z"]}])
     kubelet = real_kubelet_factory()
@@ -109,6 +119,40 @@ async def test_a_device_no_container_can_be_given_is_not_listed(
     assert sorted(seen["device_numa"]) == ["d2"]
     answer = await kubelet.acall(kubelet.allocate, "p0", {SELF: 1})
     assert answer["error"] == "" and answer["device_ids"][SELF] == ["d2"]
+    assert list((short_dir / "mnt").iterdir()) == []
+
+
+async def test_two_device_pods_never_get_a_node_and_a_mount_below_it(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """hostile27 F2: d1's node at /dev/x, d2's mount at /dev/x/sub, d3's node at /dev/z. No
+    container can hold d1 and d2 (nothing can be mounted below a device node): the list
+    holds a pair, GetPreferredAllocation steers clear of it, and every two-device pod gets
+    d3 with one of them. Before, only equal container paths counted: the kubelet's own pick
+    (d1 and d2 in one pod of three) was answered with both."""
+    (short_dir / "mnt").mkdir()
+    for name in ("a", "c"):
+        (short_dir / name).touch()
+    probe = json.dumps(
+        [
+            {"id": "d1", "paths": [f"{short_dir}/a:/dev/x"]},
+            {
+                "id": "d2",
+                "mounts": [{"hostPath": f"{short_dir}/mnt", "containerPath": "/dev/x/sub"}],
+            },
+            {"id": "d3", "paths": [f"{short_dir}/c:/dev/z"]},
+        ]
+    )
+    kubelet = real_kubelet_factory()
+    await start_host(
+        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\nstateDir: {short_dir}/state\n"
+        f"resources:\n  - {{name: {MULTI}, shell: {{command: [echo, '{probe}'], format: json}}}}\n"
+    )
+    await kubelet.await_for(healthy(MULTI, 3), what="d1, d2 and d3")
+    for number in range(PODS):
+        answer = await kubelet.acall(kubelet.allocate, f"p{number}", {MULTI: 2})
+        assert answer["error"] == "" and "d3" in answer["device_ids"][MULTI]
+        await kubelet.acall(kubelet.release, f"p{number}")
 
 
 MULTI = "vendor.example/multi"

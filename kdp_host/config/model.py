@@ -1060,6 +1060,35 @@ class ResourceConfig:
         default_doc="every node",
     )
 
+    def check(self) -> Problems:
+        """An `allocate.mounts` entry at or above the directory every node of a glob pattern
+        is placed below: each device's node would be made inside the mount's host directory
+        (`container_paths.nests`, the rule a listing and an Allocate refuse by)."""
+        if not isinstance(self.driver, GlobDriverConfig):
+            return
+        for index, mount in enumerate(self.allocate.mounts):
+            for pattern in self.driver.paths:
+                fixed = _node_directory(pattern, self.driver.container_path)
+                if path_inside(fixed, mount.container_path):
+                    yield (
+                        ("allocate", "mounts", index, "containerPath"),
+                        f"is at or above {fixed}, below which every device of {pattern} is placed "
+                        f"(containerPath {self.driver.container_path or 'the matched path'}): "
+                        "the runtime mounts first, then makes each device node inside the "
+                        "mount's host directory (a writable one keeps a real node on the host, "
+                        "a read-only one fails every start); no container could be given one",
+                    )
+                    break
+
+
+def _node_directory(pattern: str, template: str | None) -> str:
+    """The container directory every node of a glob pattern is placed strictly below: the
+    fixed part of its `containerPath` template (else of the pattern), up to its last `/`."""
+    text = pattern if template is None else template
+    magic = GLOB_MAGIC.search(text) if template is None else re.search(r"\{", text)
+    fixed = text[: magic.start()] if magic else text
+    return fixed[: fixed.rfind("/")] or "/"
+
 
 def _socket_dir_problem(socket_dir: str) -> str | None:
     """A socket dir is usable when the shortest plugin socket name the host makes (as long as

@@ -240,7 +240,7 @@ def _values(devices: Iterable[Device] | Mapping[str, Device]) -> Iterable[Device
 def _unlistable(devices: Iterable[Device], own: OwnCollisions) -> list[tuple[Device, Skipped]]:
     """Devices with a node path that `{paths}` or `{hostPaths}` could not list (it holds
     LIST_SEPARATOR: rules.device_path_problem), or that no container can be given (two of
-    its nodes and mounts, or one and `allocate.mounts`, at one container path:
+    its nodes and mounts, or one and `allocate.mounts`, at one container path or nested:
     `container_paths.OwnCollisions`), each with why it is left out. Drivers check IDs as
     they make them; node paths come from file names, symlink targets, templates and probes,
     so they are checked here, once for every driver."""

@@ -1,0 +1,165 @@
+"""Container paths of a device list: whether two devices of a list collide by the one rule
+(`container_paths`: the same path, or nested where one is a node), followed list by list at
+the cost of what changed (`SharedPathIndex`: a run then announces GetPreferredAllocation and
+steers), those pairs named (`shared_paths`, for `kdp-host check`), and whether a config may
+have any (`may_share_paths`: else a run never looks).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from .config import GlobDriverConfig, ResourceConfig, SysfsDriverConfig
+from .container_paths import PathClaims, Placement, ancestors, device_placements, placed_host
+from .device_changes import changed_between
+from .devices import Device
+from .rules import GLOB_MAGIC
+
+
+@dataclass(frozen=True)
+class SharedPath:
+    """Two devices of one list that place different things at one container path, or
+    things that nest (`nests`): no container can be given both."""
+
+    container_path: str
+    """The second device's container path."""
+    first: str
+    """The device listed first there (by ID)."""
+    first_host: str
+    second: str
+    second_host: str
+    first_path: str
+    """The first device's container path: `container_path`, or above or below it."""
+
+
+def shared_paths(devices: Iterable[Device]) -> Iterator[SharedPath]:
+    """Each device that collides with a device before it (`devices` in order) at a container
+    path, with the first device there."""
+    claims = PathClaims()
+    for device in devices:
+        for path, placed in device_placements(device):
+            clash = claims.clash(path, placed)
+            if clash is None:
+                claims.claim(device.id, path, placed)
+            elif clash.owner != device.id:
+                first_host = placed_host(clash.placement)
+                yield SharedPath(
+                    path, clash.owner, first_host, device.id, placed_host(placed), clash.path
+                )
+
+
+class SharedPathIndex:
+    """Whether two devices of a list place different things at one container path, or
+    things that nest (`nests`), kept from one list to the next by what changed
+    (`device_changes.changed_between`): a device that comes or goes costs its own entries,
+    not a walk of the list (a probe of 120,000 devices: a walk is ~0.1 s of the loop per
+    change). A list that does not say what changed (a glob scan) is walked.
+
+    Container path -> its placement (one device there), or how many devices place each
+    placement there (several: a Counter); the paths with two placements are the shared ones.
+    Container path -> how many entries, and how many nodes, are strictly below it; the paths
+    with an entry that nests with one below are the nested ones.
+    """
+
+    def __init__(self) -> None:
+        self._list: Mapping[str, Device] | None = None
+        self._at: dict[str, Placement | Counter[Placement]] = {}
+        self._shared: set[str] = set()
+        self._under: dict[str, list[int]] = {}
+        self._nested: set[str] = set()
+
+    def update(self, devices: Mapping[str, Device]) -> bool:
+        """Follow `devices` (the driver's list as reported); whether it shares a path."""
+        before = self._list
+        if devices is before:
+            return bool(self._shared or self._nested)
+        changed = None if before is None else changed_between(before, devices)
+        if before is None or changed is None:
+            self._at, self._shared, self._under, self._nested = {}, set(), {}, set()
+            for device in devices.values():
+                self._count(device, 1)
+        else:
+            for device_id in changed:
+                old, new = before.get(device_id), devices.get(device_id)
+                if old is not new:
+                    if old is not None:
+                        self._count(old, -1)
+                    if new is not None:
+                        self._count(new, 1)
+        self._list = devices
+        return bool(self._shared or self._nested)
+
+    def _count(self, device: Device, step: int) -> None:
+        at = self._at
+        for path, placed in device_placements(device):
+            self._count_at(path, placed, step)
+            node = isinstance(placed, str)
+            for above in ancestors(path):
+                under = self._under.setdefault(above, [0, 0])
+                under[0] += step
+                under[1] += step if node else 0
+                if not under[0]:
+                    del self._under[above]
+                if above in at or above in self._nested:
+                    self._check_nested(above)
+            self._check_nested(path)
+
+    def _check_nested(self, path: str) -> None:
+        """Note whether what is at `path` nests with something below it."""
+        known, under = self._at.get(path), self._under.get(path)
+        if known is None or under is None:
+            self._nested.discard(path)
+            return
+        placed = tuple(known) if isinstance(known, Counter) else (known,)
+        nodes_at = sum(isinstance(p, str) for p in placed)
+        if (nodes_at and under[0]) or (nodes_at < len(placed) and under[1]):
+            self._nested.add(path)
+        else:
+            self._nested.discard(path)
+
+    def _count_at(self, path: str, placed: Placement, step: int) -> None:
+        at = self._at
+        known = at.get(path)
+        if known is None:  # (step 1: a device removed was counted)
+            at[path] = placed
+            return
+        if not isinstance(known, Counter):
+            if step > 0:
+                at[path] = known = Counter({known: 1})
+            else:  # (the one device there goes)
+                del at[path]
+                return
+        known[placed] += step
+        if known[placed] <= 0:
+            del known[placed]
+        if len(known) > 1:
+            self._shared.add(path)
+        else:
+            self._shared.discard(path)
+            if not known:
+                del at[path]
+
+
+def may_share_paths(resource: ResourceConfig) -> bool:
+    """Whether two devices of the resource may place different things at one container path.
+    False only where the config rules it out, so a run never follows its lists for it:
+    - a sysfs device's nodes are at their own /dev path in the container;
+    - glob `paths` with the matched path as container path, or a `containerPath` with
+      `{path}`: one matched path, one container path;
+    - glob `paths` with `{name}` only, all in one directory without wildcards: one name
+      per matched path there.
+    A `{name}` across directories (`/dev/bus/usb/*/*`, two patterns), glob groups and shell
+    probes may place two devices at one container path."""
+    driver = resource.driver
+    if isinstance(driver, SysfsDriverConfig):
+        return False
+    if not isinstance(driver, GlobDriverConfig) or not driver.paths:
+        return True
+    template = driver.container_path
+    if template is None or "{path}" in template:
+        return False
+    directories = {posixpath.dirname(pattern) for pattern in driver.paths}
+    return len(directories) > 1 or any(GLOB_MAGIC.search(d) for d in directories)

@@ -35,7 +35,7 @@ from .container_paths import (
 )
 from .devices import Advertised, Device, DeviceMount, DeviceNode, Snapshot
 from .names import CDI_NAME, make_name
-from .rules import LIST_SEPARATOR, join_list
+from .rules import LIST_SEPARATOR, exec_string_problem, join_list
 
 if TYPE_CHECKING:  # only a resource with `allocate.command` parses its output
     from grpclib.const import Status
@@ -188,8 +188,8 @@ class AllocationBuilder:
     ) -> ContainerAllocateResponse:
         """The options for one container, with what its `allocate.command` printed (`extras`,
         whose keys and names the response has already are left out); raises AllocationError
-        for unknown/unhealthy IDs and for two different nodes or mounts on one container path
-        (or nested, a node among them).
+        for unknown/unhealthy IDs, for two different nodes or mounts on one container path (or
+        nested, a node among them), and for an env value no exec could pass.
 
         The result depends only on the *set* of physical devices behind the requested IDs
         (the kubelet sends IDs in Go map order): devices are taken in ID order.
@@ -230,6 +230,9 @@ class AllocationBuilder:
             for printed in extras.mounts:
                 paths.add_mount(HOOK, printed)
             cdi_names = list(dict.fromkeys([*cdi_names, *extras.cdi_devices]))
+        for key, value in envs.items():  # (rendered templates, devices' values joined)
+            if why := exec_string_problem(value, key):
+                raise AllocationError(f"{name}: cannot allocate: env {key} {why}")
         return ContainerAllocateResponse(
             envs=envs,
             mounts=list(paths.mounts.values()),

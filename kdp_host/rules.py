@@ -26,6 +26,11 @@ MAX_DEVICE_ID_LENGTH: Final = 128
 pod's allocation record repeat each ID, so IDs stay short)."""
 MAX_PATH_LENGTH: Final = 4096
 """Linux PATH_MAX, terminating NUL included: no longer path can be opened."""
+MAX_ARG_STRLEN: Final = 32 * 4096
+"""Linux's bound on ONE argument or environment string of an execve, its NUL included (the
+kernel's `MAX_ARG_STRLEN`, 32 pages), whatever ARG_MAX allows: a longer one fails the exec with
+E2BIG, a hook's spawn and the container's own start alike. An environment string is
+`NAME=value`: the name counts (`exec_string_problem`)."""
 MAX_NAME_LENGTH: Final = 255
 """Linux NAME_MAX: no file name (one path component) is longer, in bytes."""
 AF_UNIX_PATH_MAX: Final = 107
@@ -126,6 +131,26 @@ def text_problem(text: str) -> str | None:
     if (char := _control_character(text, _MULTILINE_WHITESPACE)) is not None:
         return f"must not contain control character {char!r}"
     return None
+
+
+def exec_string_problem(value: str, env_name: str | None = None) -> str | None:
+    """Why `value` cannot pass through an execve as one argument, or as the value of the
+    environment variable `env_name` (the longest name it is passed under), or None: with its
+    NUL (and `NAME=`) it is longer than MAX_ARG_STRLEN. Every text `text_problem` lets through
+    is held to it where it may reach an exec (config text, a device's env and annotations,
+    an Allocate answer's env)."""
+    named = 0 if env_name is None else len(env_name.encode("utf-8", "surrogatepass")) + 1
+    if (len(value) + 1) * 4 + named <= MAX_ARG_STRLEN:
+        return None  # (the common case: no UTF-8 of it is that long)
+    size = len(value.encode("utf-8", "surrogatepass")) + 1 + named
+    if size <= MAX_ARG_STRLEN:
+        return None
+    form = "" if env_name is None else f" as {env_name}=..."
+    return (
+        f"is {size} bytes{form} with its NUL, more than the {MAX_ARG_STRLEN} the kernel passes "
+        "in one argument or environment string (MAX_ARG_STRLEN: every exec given it fails "
+        "with E2BIG)"
+    )
 
 
 def name_text_problem(name: str) -> str | None:

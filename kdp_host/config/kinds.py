@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..rules import absolute_path_problem, text_problem
+from ..rules import absolute_path_problem, exec_string_problem, text_problem
 from .source import FieldPath, LinedProblem, path_text
 from .syntax import parse_duration, template_problem
 
@@ -71,8 +71,9 @@ class Kind:
 
 @dataclass(frozen=True)
 class Text(Kind):
-    """A string without NUL or control characters (tab and newline allowed); optionally a
-    template with the given fields, and a rule from kdp_host.rules."""
+    """A string without NUL or control characters (tab and newline allowed), short enough
+    for an exec (`rules.exec_string_problem`); optionally a template with the given fields,
+    and a rule from kdp_host.rules."""
 
     rule: Callable[[str], str | None] | None = None
     templates: frozenset[str] | None = None
@@ -88,7 +89,7 @@ class Text(Kind):
         if not value:
             r.problem(path, "must not be empty")
             return INVALID
-        if why := text_problem(value):
+        if why := text_problem(value) or exec_string_problem(value):
             r.problem(path, why)
             return INVALID
         problems = []
@@ -251,7 +252,7 @@ class StringMap(Kind):
                 ok = False
                 continue
             if (
-                (why := text_problem(item))
+                (why := text_problem(item) or exec_string_problem(item, key))
                 or (self.templates is not None and (why := template_problem(item, self.templates)))
                 or (self.value_rule is not None and (why := self.value_rule(item)))
             ):

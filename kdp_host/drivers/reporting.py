@@ -12,10 +12,11 @@ from typing import Protocol
 from ..container_paths import NO_CONFIG_MOUNTS, PATH_COLLISION, OwnCollisions
 from ..device_changes import carry_count, changed_between, healthy_count
 from ..devices import Device
+from ..host_env import DEVICE_ENV_PREFIX
 from ..identity import PathReach
 from ..logs import EventLogger
 from ..metrics import Metrics
-from ..rules import LIST_SEPARATOR, SKIPPED_SHOWN, device_path_problem
+from ..rules import LIST_SEPARATOR, SKIPPED_SHOWN, device_path_problem, exec_string_problem
 from .base import DriverError, Skipped
 from .glob_paths import printable_path
 
@@ -237,11 +238,29 @@ def _values(devices: Iterable[Device] | Mapping[str, Device]) -> Iterable[Device
     return devices.values() if isinstance(devices, Mapping) else devices
 
 
+VALUE_TOO_LONG = "value_too_long"
+"""The skip reason of a device with an env or annotation value longer than one exec string
+may be (`rules.exec_string_problem`): every hook given it, and the container, would fail."""
+
+
+def _too_long_for_exec(device: Device) -> str | None:
+    """Why a device's env value (as a hook gets it, under DEVICE_ENV_PREFIX: the longest name
+    it is passed under) or annotation value cannot pass through an exec, or None."""
+    for name, value in device.env.items():
+        if why := exec_string_problem(value, DEVICE_ENV_PREFIX + name):
+            return f"device {device.id}: env {name} {why}; no container can be given it"
+    for key, value in device.annotations.items():
+        if why := exec_string_problem(value):
+            return f"device {device.id}: annotation {key} {why}; no container can be given it"
+    return None
+
+
 def _unlistable(devices: Iterable[Device], own: OwnCollisions) -> list[tuple[Device, Skipped]]:
     """Devices with a node path that `{paths}` or `{hostPaths}` could not list (it holds
     LIST_SEPARATOR: rules.device_path_problem), or that no container can be given (two of
     its nodes and mounts, or one and `allocate.mounts`, at one container path or nested:
-    `container_paths.OwnCollisions`), each with why it is left out. Drivers check IDs as
+    `container_paths.OwnCollisions`; an env or annotation value too long for an exec:
+    `rules.exec_string_problem`), each with why it is left out. Drivers check IDs as
     they make them; node paths come from file names, symlink targets, templates and probes,
     so they are checked here, once for every driver."""
     found: list[tuple[Device, Skipped]] = []
@@ -249,6 +268,10 @@ def _unlistable(devices: Iterable[Device], own: OwnCollisions) -> list[tuple[Dev
         if why := own.collision(device):
             subject = printable_path(device.path or device.id)
             found.append((device, Skipped(PATH_COLLISION, subject, why)))
+            continue
+        if (device.env or device.annotations) and (why := _too_long_for_exec(device)):
+            subject = printable_path(device.path or device.id)
+            found.append((device, Skipped(VALUE_TOO_LONG, subject, why)))
             continue
         if not device.any_node_path_contains(LIST_SEPARATOR):
             continue  # (every device is checked on every update: keep the common case cheap)

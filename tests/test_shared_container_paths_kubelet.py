@@ -122,6 +122,47 @@ async def test_a_device_no_container_can_be_given_is_not_listed(
     assert list((short_dir / "mnt").iterdir()) == []
 
 
+MULTI = "vendor.example/multi"
+
+
+async def test_two_device_pods_get_the_set_that_fits_where_the_first_pick_fits_nothing(
+    real_kubelet_factory, short_dir: Path, start_host
+) -> None:
+    """hostile25 F3: d1 places nodes at /dev/x and /dev/y, d2 at /dev/x, d3 at /dev/y. The
+    steering began with d1 and found nothing to add; the kubelet added d2 or d3 and Allocate
+    refused every two-device pod (10 of 10) though {d2, d3} was free. Now all are admitted."""
+    for name in ("d1x", "d1y", "d2x", "d3y"):
+        (short_dir / name).touch()
+    probe = json.dumps(
+        [
+            {"id": "d1", "paths": [f"{short_dir}/d1x:/dev/x", f"{short_dir}/d1y:/dev/y"]},
+            {"id": "d2", "paths": [f"{short_dir}/d2x:/dev/x"]},
+            {"id": "d3", "paths": [f"{short_dir}/d3y:/dev/y"]},
+        ]
+    )
+    for chosen in await _two_device_pods(real_kubelet_factory(), start_host, short_dir, probe, 4):
+        assert chosen == ["d2", "d3"]
+
+
+async def _two_device_pods(
+    kubelet: RealKubelet, start_host, short_dir: Path, probe: str, pods: int
+) -> list[list[str]]:
+    """Serve the three devices a json `probe` prints, then admit `pods` two-device pods one
+    after the other (each released before the next): the IDs each got (sorted)."""
+    await start_host(
+        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\nstateDir: {short_dir}/state\n"
+        f"resources:\n  - {{name: {MULTI}, shell: {{command: [echo, '{probe}'], format: json}}}}\n"
+    )
+    await kubelet.await_for(healthy(MULTI, 3), what="d1, d2 and d3")
+    chosen = []
+    for number in range(pods):
+        answer = await kubelet.acall(kubelet.allocate, f"p{number}", {MULTI: 2})
+        assert answer["error"] == ""
+        chosen.append(sorted(answer["device_ids"][MULTI]))
+        await kubelet.acall(kubelet.release, f"p{number}")
+    return chosen
+
+
 async def test_two_device_pods_never_get_a_node_and_a_mount_below_it(
     real_kubelet_factory, short_dir: Path, start_host
 ) -> None:
@@ -144,42 +185,5 @@ async def test_two_device_pods_never_get_a_node_and_a_mount_below_it(
         ]
     )
     kubelet = real_kubelet_factory()
-    await start_host(
-        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\nstateDir: {short_dir}/state\n"
-        f"resources:\n  - {{name: {MULTI}, shell: {{command: [echo, '{probe}'], format: json}}}}\n"
-    )
-    await kubelet.await_for(healthy(MULTI, 3), what="d1, d2 and d3")
-    for number in range(PODS):
-        answer = await kubelet.acall(kubelet.allocate, f"p{number}", {MULTI: 2})
-        assert answer["error"] == "" and "d3" in answer["device_ids"][MULTI]
-        await kubelet.acall(kubelet.release, f"p{number}")
-
-
-MULTI = "vendor.example/multi"
-
-
-async def test_two_device_pods_get_the_set_that_fits_where_the_first_pick_fits_nothing(
-    real_kubelet_factory, short_dir: Path, start_host
-) -> None:
-    """hostile25 F3: d1 places nodes at /dev/x and /dev/y, d2 at /dev/x, d3 at /dev/y. The
-    steering began with d1 and found nothing to add; the kubelet added d2 or d3 and Allocate
-    refused every two-device pod (10 of 10) though {d2, d3} was free. Now all are admitted."""
-    for name in ("d1x", "d1y", "d2x", "d3y"):
-        (short_dir / name).touch()
-    probe = json.dumps(
-        [
-            {"id": "d1", "paths": [f"{short_dir}/d1x:/dev/x", f"{short_dir}/d1y:/dev/y"]},
-            {"id": "d2", "paths": [f"{short_dir}/d2x:/dev/x"]},
-            {"id": "d3", "paths": [f"{short_dir}/d3y:/dev/y"]},
-        ]
-    )
-    kubelet = real_kubelet_factory()
-    await start_host(
-        f"kubelet: {{socketDir: {kubelet.socket_dir}}}\nstateDir: {short_dir}/state\n"
-        f"resources:\n  - {{name: {MULTI}, shell: {{command: [echo, '{probe}'], format: json}}}}\n"
-    )
-    await kubelet.await_for(healthy(MULTI, 3), what="d1, d2 and d3")
-    for number in range(4):
-        answer = await kubelet.acall(kubelet.allocate, f"p{number}", {MULTI: 2})
-        assert answer["error"] == "" and sorted(answer["device_ids"][MULTI]) == ["d2", "d3"]
-        await kubelet.acall(kubelet.release, f"p{number}")
+    for chosen in await _two_device_pods(kubelet, start_host, short_dir, probe, PODS):
+        assert "d3" in chosen

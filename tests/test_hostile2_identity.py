@@ -80,14 +80,15 @@ async def test_hostile2_5_a_file_renamed_under_a_holding_pod_is_not_a_new_device
 ) -> None:
     """F5 (t25): pod1 holds a/x; `mv dev/a/x dev/b/x` made it a new device of b, and pod2
     got the same inode. The booking holds the file (its inode), wherever it is renamed to,
-    until PodResources shows pod1 gone."""
+    until PodResources shows pod1 gone, and a/x, listed missing, holds it until its
+    gracePeriod ends (hostile26 N2: `ownership_lingering._device_missing`; 1 s here)."""
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     for sub in ("a", "b"):
         (short_dir / "dev" / sub).mkdir(parents=True)
     (short_dir / "dev" / "a" / "x").touch()
     running = await start_host(
         booked_head(kubelet, short_dir)
-        + f'  - name: {A}\n    glob: {{paths: ["{short_dir}/dev/a/*"]}}\n'
+        + f'  - name: {A}\n    glob: {{paths: ["{short_dir}/dev/a/*"], gracePeriod: 1s}}\n'
         f'  - name: {B}\n    glob: {{paths: ["{short_dir}/dev/b/*"]}}\n'
     )
     await kubelet.await_for(lambda k: capacity(k, A, B) == [1, 0], what="a/x advertised")

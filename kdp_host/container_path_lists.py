@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import posixpath
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .config import GlobDriverConfig, ResourceConfig, SysfsDriverConfig
-from .container_paths import PathClaims, Placement, ancestors, device_placements, placed_host
+from .container_paths import PathClaims, Placement, device_placements, placed_host
 from .device_changes import changed_between
 from .devices import Device
 from .rules import GLOB_MAGIC
@@ -60,15 +60,17 @@ class SharedPathIndex:
 
     Container path -> its placement (one device there), or how many devices place each
     placement there (several: a Counter); the paths with two placements are the shared ones.
-    Container path -> how many entries, and how many nodes, are strictly below it; the paths
-    with an entry that nests with one below are the nested ones.
+    Which paths have anything, or a node, below them (`_propagate`: a path that comes or goes
+    costs its parent's count); the paths holding what nests with something below them (a
+    node and anything, a mount and a node) are the nested ones.
     """
 
     def __init__(self) -> None:
         self._list: Mapping[str, Device] | None = None
         self._at: dict[str, Placement | Counter[Placement]] = {}
         self._shared: set[str] = set()
-        self._under: dict[str, list[int]] = {}
+        self._below_any: dict[str, int] = {}
+        self._below_node: dict[str, int] = {}
         self._nested: set[str] = set()
 
     def update(self, devices: Mapping[str, Device]) -> bool:
@@ -78,7 +80,8 @@ class SharedPathIndex:
             return bool(self._shared or self._nested)
         changed = None if before is None else changed_between(before, devices)
         if before is None or changed is None:
-            self._at, self._shared, self._under, self._nested = {}, set(), {}, set()
+            self._at, self._shared, self._nested = {}, set(), set()
+            self._below_any, self._below_node = {}, {}
             for device in devices.values():
                 self._count(device, 1)
         else:
@@ -95,27 +98,31 @@ class SharedPathIndex:
     def _count(self, device: Device, step: int) -> None:
         at = self._at
         for path, placed in device_placements(device):
+            before = _kinds(at.get(path))
             self._count_at(path, placed, step)
-            node = isinstance(placed, str)
-            for above in ancestors(path):
-                under = self._under.setdefault(above, [0, 0])
-                under[0] += step
-                under[1] += step if node else 0
-                if not under[0]:
-                    del self._under[above]
+            after = _kinds(at.get(path))
+            if after == before:  # (one more or one less of what is there: the common case)
+                continue
+            flipped: list[str] = []
+            if any(after) != any(before) and path not in self._below_any:
+                _propagate(self._below_any, self._holds_any, path, any(after), flipped)
+            if after[0] != before[0] and path not in self._below_node:
+                _propagate(self._below_node, self._holds_node, path, after[0], flipped)
+            self._check_nested(path)
+            for above in flipped:
                 if above in at or above in self._nested:
                     self._check_nested(above)
-            self._check_nested(path)
+
+    def _holds_any(self, path: str) -> bool:
+        return path in self._at
+
+    def _holds_node(self, path: str) -> bool:
+        return _kinds(self._at.get(path))[0]
 
     def _check_nested(self, path: str) -> None:
         """Note whether what is at `path` nests with something below it."""
-        known, under = self._at.get(path), self._under.get(path)
-        if known is None or under is None:
-            self._nested.discard(path)
-            return
-        placed = tuple(known) if isinstance(known, Counter) else (known,)
-        nodes_at = sum(isinstance(p, str) for p in placed)
-        if (nodes_at and under[0]) or (nodes_at < len(placed) and under[1]):
+        node_at, mount_at = _kinds(self._at.get(path))
+        if (node_at and path in self._below_any) or (mount_at and path in self._below_node):
             self._nested.add(path)
         else:
             self._nested.discard(path)
@@ -141,6 +148,40 @@ class SharedPathIndex:
             self._shared.discard(path)
             if not known:
                 del at[path]
+
+
+def _propagate(
+    below: dict[str, int], holds: Callable[[str], bool], path: str, now: bool, flipped: list[str]
+) -> None:
+    """`path` now counts (`now`) or no longer counts as something `below` its parent: `below`
+    maps a path to how many paths right below it count (hold something, or have something
+    below: a path is in `below` while anything is). Up the tree while a parent's count turns
+    1 or 0 and the parent holds nothing itself; the paths that turned are added to
+    `flipped`. A path then costs its parent's count, not a walk of its ancestors."""
+    step = 1 if now else -1
+    while path != "/":
+        above = path[: path.rfind("/")] or "/"
+        count = below.get(above, 0) + step
+        if count:
+            below[above] = count
+        else:
+            del below[above]
+        if count != (1 if now else 0):
+            return  # (the parent had something else below it, and still has)
+        flipped.append(above)
+        if holds(above):
+            return  # (it counts for its own parent by what it holds, as before)
+        path = above
+
+
+def _kinds(known: Placement | Counter[Placement] | None) -> tuple[bool, bool]:
+    """Whether a path holds a node, and whether it holds a mount (of any device)."""
+    if known is None:
+        return False, False
+    if not isinstance(known, Counter):
+        node = isinstance(known, str)
+        return node, not node
+    return any(isinstance(p, str) for p in known), any(not isinstance(p, str) for p in known)
 
 
 def may_share_paths(resource: ResourceConfig) -> bool:

@@ -30,7 +30,7 @@ from typing import Final
 
 from .config import MountConfig, ResourceConfig
 from .devices import Advertised, Device
-from .rules import below, parent
+from .rules import below
 
 Placement = str | tuple[str, bool]
 """What an entry places at its container path: a device node's host path, or a mount's
@@ -59,9 +59,22 @@ def nests(outer: Placement, inner: Placement) -> bool:
 
 def ancestors(path: str) -> Iterator[str]:
     """The container paths strictly above `path` (in normal form), nearest first."""
-    while path != "/":
-        path = parent(path)
-        yield path
+    end = len(path)
+    while (end := path.rfind("/", 0, end)) > 0:
+        yield path[:end]
+    if path != "/":
+        yield "/"
+
+
+def collides(path: str, placed: Placement, other_path: str, other: Placement) -> bool:
+    """Whether two entries collide, by the rule (the module's docstring): at one path unless
+    equal, else one below the other unless both are mounts (`nests`). `PathClaims` finds the
+    entries to ask about among many; a device's few entries are compared pairwise."""
+    if path == other_path:
+        return placed != other
+    if below(path, other_path):
+        return nests(other, placed)
+    return below(other_path, path) and nests(placed, other)
 
 
 def device_placements(device: Device) -> Iterator[tuple[str, Placement]]:
@@ -193,18 +206,40 @@ class OwnCollisions:
 
     def collision(self, device: Device) -> str | None:
         """Why no container can be given `device`, or None."""
-        if not self.mounts and len(device.nodes) + len(device.mounts) < 2:
+        entries = len(device.nodes) + len(device.mounts)
+        if not self.mounts and entries < 2:
             return None  # (one node and nothing configured: the common case, no claims)
+        if len(self.mounts) + entries <= PAIRWISE_AT_MOST:
+            return self._pairwise(device)
         claims = PathClaims()
         for path, placed in self.mounts:
             claims.claim(CONFIG_MOUNTS, path, placed)
         for path, placed in device_placements(device):
             clash = claims.clash(path, placed)
             if clash is not None:
-                why = clash.describe(device.id, path, placed)
-                return f"device {device.id}: {why}; no container can be given it"
+                return _unplaceable(device.id, clash, path, placed)
             claims.claim(device.id, path, placed)
         return None
+
+    def _pairwise(self, device: Device) -> str | None:
+        """`collision` for a few entries (a node and /dev/vfio/vfio: no claims built)."""
+        seen = [(path, placed, CONFIG_MOUNTS) for path, placed in self.mounts]
+        for path, placed in device_placements(device):
+            for other_path, other, owner in seen:
+                if collides(path, placed, other_path, other):
+                    return _unplaceable(device.id, Clash(owner, other, other_path), path, placed)
+            seen.append((path, placed, device.id))
+        return None
+
+
+PAIRWISE_AT_MOST: Final = 8
+"""The config's mounts and a device's entries `OwnCollisions` compares pair by pair (claims
+cost more up to about this many: every device of a 120,000-device list is checked)."""
+
+
+def _unplaceable(device_id: str, clash: Clash, path: str, placed: Placement) -> str:
+    why = clash.describe(device_id, path, placed)
+    return f"device {device_id}: {why}; no container can be given it"
 
 
 NO_CONFIG_MOUNTS = OwnCollisions()

@@ -27,7 +27,7 @@ from kdp_host.config import (
     load_config_text,
 )
 from kdp_host.container_path_lists import SharedPathIndex, may_share_paths, shared_paths
-from kdp_host.container_paths import OwnCollisions, PathClaims
+from kdp_host.container_paths import PAIRWISE_AT_MOST, OwnCollisions, PathClaims, collides
 from kdp_host.device_changes import Derived
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode, Snapshot
@@ -375,7 +375,7 @@ def test_paths_that_nest_collide_unless_both_are_mounts() -> None:
     node; mounts nested in mounts stay allowed (the runtime orders them by depth), and a
     path that only starts with another's text is not below it."""
     node, mount = "/srv/node", ("/srv/dir", False)
-    for outer, inner, collides in [
+    for outer, inner, expected in [
         (mount, node, True),
         (node, node, True),
         (node, mount, True),
@@ -388,7 +388,8 @@ def test_paths_that_nest_collide_unless_both_are_mounts() -> None:
             claims = PathClaims()
             assert claims.claim("d1", *first)
             clash = claims.clash(*second)
-            assert (clash is not None) == collides, (first, second)
+            assert (clash is not None) == expected, (first, second)
+            assert collides(*first, *second) == expected
             if clash is not None:
                 assert (clash.owner, clash.path) == ("d1", first[0])
                 why = clash.describe("d2", *second)
@@ -471,3 +472,38 @@ def test_a_mount_at_or_above_every_node_of_a_glob_is_refused_at_load() -> None:
         ("/dev/fpga{name}", "/dev/fpga"),
     ]:
         load_config_text(config(template, mount_at))
+
+
+NESTED_PATHS = ["/", "/a", "/a/b", "/a/b/c", "/a/c", "/ab", "/a/bc"]
+PLACED = ["/h/1", "/h/2", ("/m/1", True), ("/m/1", False), ("/m/2", True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(NESTED_PATHS), st.sampled_from(PLACED)), max_size=10))
+def test_claims_find_what_the_pairwise_rule_finds(entries: list) -> None:
+    """`PathClaims` (indexed: a container's many entries) and `collides` (pair by pair: a
+    device's few, `OwnCollisions`) are one rule; a trial's claims undone leave none behind."""
+    claims, claimed = PathClaims(), {}
+    for path, placed in entries:
+        clash = claims.clash(path, placed)
+        assert (clash is not None) == any(
+            collides(path, placed, other_path, other) for other_path, other in claimed.items()
+        )
+        if clash is not None:
+            assert collides(path, placed, clash.path, claimed[clash.path])
+            continue
+        trial = claims.copy()
+        if trial.claim("trial", path, placed):
+            trial.unclaim(path)
+        claims = trial
+        if claims.claim("d", path, placed):
+            claimed[path] = placed
+
+
+def test_a_device_of_many_entries_is_checked_by_claims_as_by_pairs() -> None:
+    many = [DeviceNode(f"/srv/{n}", f"/dev/n{n}") for n in range(PAIRWISE_AT_MOST)]
+    fine = Device(id="many", nodes=tuple(many))
+    assert OwnCollisions().collision(fine) is None
+    nested = Device(id="many", nodes=(*many, DeviceNode("/srv/x", "/dev/n0/x")))
+    why = OwnCollisions().collision(nested)
+    assert why is not None and "container path /dev/n0/x of many" in why

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from .allocation import cdi_device_name, has_cdi_edits
 from .answer_needs import AnswerNeeds
 from .atomic_files import read_or_none, unlink, write_atomic
-from .cdi_dirs import SpecDirRecord, SpecNames, look_at_spec_dirs
+from .cdi_clashes import SpecClashes
+from .cdi_dirs import SpecDirRecord
 from .cdi_disk import SpecOnDisk
 from .cdi_pins import HeldNames, HeldPaths, held_entries, render_with_held
 from .cdi_resolution import follow_above
@@ -128,8 +129,8 @@ class CdiSpecWriter:
     """Version of the last snapshot the file on disk reflects."""
     _on_disk: bytes | None = field(default=None, init=False, repr=False)
     _resolvable: frozenset[str] = field(default=frozenset(), init=False, repr=False)
-    _clashing: frozenset[str] = field(default=frozenset(), init=False, repr=False)
-    """Names of the file that another file of the spec dir defines too (CDI drops them)."""
+    _clashes: SpecClashes = field(init=False, repr=False)
+    """Names of the file that another spec file defines too (`cdi_clashes`)."""
     first_sync: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     """Set after the first attempt to write the driver's first list (success or not)."""
     _last_error: str | None = field(default=None, init=False, repr=False)
@@ -147,9 +148,7 @@ class CdiSpecWriter:
     """Held devices left out at the last sync (`render_held`)."""
     _held: HeldNames = field(default_factory=dict, init=False, repr=False)
     """The held names as this host's file defines them (`cdi_pins.render_with_held`): a
-    change has the spec dirs looked at again (`_check_dir`: hostile21 F3)."""
-    _known: SpecNames = field(default_factory=SpecNames, init=False, repr=False)
-    """What the other spec files define (`cdi_dirs`: parsed again when they change)."""
+    change has the spec dirs looked at again (`_clashes`: hostile21 F3)."""
     _others: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     """Names of ours another instance's file defines otherwise (`SpecOnDisk.differing`)."""
 
@@ -162,6 +161,11 @@ class CdiSpecWriter:
         if self.pinned is None:
             self.pinned = in_memory(self.resource.name)
         self._held_paths = HeldPaths(self.watcher, self._repinned.set)
+        kind = "" if (cdi := self.resource.allocate.cdi) is None else cdi.kind
+        self._clashes = SpecClashes(
+            self.path, kind, self.resource.name, self.lease, self.spec_dirs, self.offload,
+            self.log, self._clashes_changed, self.debounce,
+        )  # fmt: skip
         if self.needs is None:
             self.needs = AnswerNeeds(self.table, self.log, lambda _, why: self.report(why))
         self._needs = self.needs
@@ -177,7 +181,7 @@ class CdiSpecWriter:
             names = self._names[device.id] = tuple(
                 cdi_device_name(self.resource.name, i) for i in ids
             )
-        resolvable, clashing, others = self._resolvable, self._clashing, self._others
+        resolvable, clashing, others = self._resolvable, self._clashes.names, self._others
         return any(n not in resolvable or n in clashing or n in others for n in names)
 
     def _set_on_disk(self, content: bytes | None) -> None:
@@ -200,6 +204,8 @@ class CdiSpecWriter:
         def on_event(name: str | None) -> None:
             if name is None or name in names:
                 changed_on_disk.set()
+            if name is None or (name not in names and name.endswith(".json")):
+                self._clashes.heard()  # (another spec file: hostile27 F4)
 
         watcher, spec_dir = self.watcher, os.path.dirname(self.path)
         subscription = None if watcher is None else watcher.subscribe(spec_dir, on_event)
@@ -208,8 +214,11 @@ class CdiSpecWriter:
         order = () if self.spec_dirs is None else self.spec_dirs.order
         above = asyncio.create_task(  # (the files that win over this one: `cdi_resolution`)
             follow_above(spec_dir, order, cdi.kind, self.disk, watcher, self.offload, self.log,
-                         self.verify_interval)
+                         self.verify_interval, self._clashes.heard)
         )  # fmt: skip
+        clashes = asyncio.create_task(
+            self._clashes.follow(lambda: self._resolvable, lambda: self._held)
+        )
         try:
             self._set_on_disk(await self._read())
             if self.spec_dirs is not None:  # (before anything is written there)
@@ -256,6 +265,7 @@ class CdiSpecWriter:
             unwatch()
             self._held_paths.stop()
             above.cancel()
+            clashes.cancel()
             if subscription is not None:
                 subscription.cancel()
             await self._remove()
@@ -317,25 +327,9 @@ class CdiSpecWriter:
         return True
 
     async def _check_dir(self) -> None:
-        """Remove stale kdp-host files of the kind; hold the names another file defines too
-        (`cdi_dirs`: in the spec dir, and in the others a host on `stateDir` wrote in)."""
-        cdi = self.resource.allocate.cdi
-        if cdi is None:
-            return
-        found = await look_at_spec_dirs(
-            self.path, cdi.kind, self._resolvable, self.lease, self.spec_dirs,
-            self.resource.name, self._known, self.offload, self.log, self._held,
-        )  # fmt: skip
-        if found is None:
-            return
-        clashing = frozenset().union(*found.clashes.values())
-        if clashing == self._clashing:
-            return
-        for other, both in found.clashes.items():
-            self.log.error("cdi_spec_clash", path=self.path, other=other, names=len(both))
-        if not clashing:
-            self.log.info("cdi_spec_clash_cleared", path=self.path)
-        self._clashing = clashing
+        await self._clashes.check(self._resolvable, self._held)
+
+    def _clashes_changed(self) -> None:
         self._needs.refresh()
         self._report()
 
@@ -344,7 +338,7 @@ class CdiSpecWriter:
         write: `_failed` says so itself)."""
         if self._last_error is None:
             unowned = UNOWNED_REASON if self._others else None
-            self._tell(CLASH_REASON if self._clashing else unowned)
+            self._tell(CLASH_REASON if self._clashes.names else unowned)
 
     def _tell(self, reason: str | None) -> None:
         """The `cdi` need, unmet for `reason` (its own lines have said why) or met."""

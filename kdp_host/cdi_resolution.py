@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .cdi_dirs import SpecNames
 from .cdi_disk import SpecOnDisk
@@ -80,39 +80,42 @@ async def follow_above(
     offload: Offload,
     log: EventLogger,
     interval: float,
+    changed: Callable[[], None] = lambda: None,
 ) -> None:
     """Keep `disk.above` what the dirs above `spec_dir` define for `kind`, until cancelled:
     read again at each change the watch tells (`disk.pending` from the event until then),
-    and every `interval` s without a watcher or after a failed read (meanwhile pending)."""
+    and every `interval` s without a watcher or after a failed read (meanwhile pending).
+    `changed` is told of each change too (the writer's clash check, `cdi_clashes`)."""
     above = await offload.run(lambda: dirs_above(spec_dir, order))
     if not above:
         return
-    changed, known = asyncio.Event(), SpecNames()
+    woken, known = asyncio.Event(), SpecNames()
 
     def on_event(name: str | None) -> None:
         if name is None or name.endswith(".json"):
             disk.pending = True
-            changed.set()
+            woken.set()
+            changed()
 
     subscriptions = [] if watcher is None else [watcher.subscribe(d, on_event) for d in above]
     log.info("cdi_dirs_above_followed", spec_dir=spec_dir, dirs=",".join(above))
     failed = False
     try:
         disk.pending = True
-        changed.set()
+        woken.set()
         while True:
             try:
                 wait = interval if watcher is None or failed else None
-                await asyncio.wait_for(changed.wait(), wait)
+                await asyncio.wait_for(woken.wait(), wait)
             except TimeoutError:
                 pass
-            changed.clear()
+            woken.clear()
             try:
                 won, failed = await offload.run(lambda: winning_entries(above, kind, known)), False
             except Exception as exc:  # (a dir that cannot be listed is skipped: a bug)
                 log.exception("cdi_dirs_above_unread", spec_dir=spec_dir, reason=str(exc))
                 won, failed = dict.fromkeys(disk.above), True  # (fails closed: read again)
-            disk.seen_above(won, failed or changed.is_set())
+            disk.seen_above(won, failed or woken.is_set())
     finally:
         for subscription in subscriptions:
             subscription.cancel()

@@ -35,7 +35,7 @@ from .container_paths import (
 )
 from .devices import Advertised, Device, DeviceMount, DeviceNode, Snapshot
 from .names import CDI_NAME, make_name
-from .rules import LIST_SEPARATOR, exec_string_problem, join_list
+from .rules import LIST_SEPARATOR, exec_string_problem, join_list, named_ids
 
 if TYPE_CHECKING:  # only a resource with `allocate.command` parses its output
     from grpclib.const import Status
@@ -301,9 +301,9 @@ class AllocationBuilder:
                 found.append(entry)
         problems = []
         if unknown:
-            problems.append(f"unknown device ID(s) {', '.join(sorted(unknown))}")
+            problems.append(f"unknown device ID(s) {named_ids(unknown)}")
         if unhealthy:
-            problems.append(f"unhealthy device ID(s) {', '.join(sorted(unhealthy))}")
+            problems.append(f"unhealthy device ID(s) {named_ids(unhealthy)}")
         if problems:
             raise AllocationError(f"{self.resource.name}: cannot allocate: {'; '.join(problems)}")
         return found

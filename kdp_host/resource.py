@@ -10,7 +10,6 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-import grpclib
 from grpclib.const import Status
 
 from .answer_needs import AnswerNeeds
@@ -35,6 +34,7 @@ from .ownership import OwnedTable
 from .ownership_elsewhere import Elsewhere
 from .preferred import PreferredNeed
 from .protocol.lists import ListAndWatchEncoder, Overflow
+from .protocol.refusal import refusal
 from .protocol.service import DevicePluginService
 from .rules import LIST_AND_WATCH_MAX_BYTES
 from .services import HostServices
@@ -394,4 +394,4 @@ class _Fence:
             return
         runtime.count_refused(name)
         runtime.log.warning("allocate_refused", reason=why, result="checkpoint_unreadable")
-        raise grpclib.GRPCError(Status.UNAVAILABLE, why)
+        raise refusal(Status.UNAVAILABLE, why)

@@ -100,6 +100,14 @@ turns the `device_held` lines of one change of a resource into one `devices_held
 reason (and `device_claim_won` into `device_claims_won`)."""
 HELD_SHOWN: Final = 5
 """Device IDs a `devices_held` / `device_claims_won` summary line names (the smallest)."""
+IDS_NAMED: Final = 20
+"""Device IDs a refusal names (the smallest, `named_ids`); past this, how many more: a
+request may name any number (hostile27 F6: 20,000 unknown IDs made a 150 kB reason)."""
+STATUS_MESSAGE_LIMIT: Final = 2048
+"""Characters of a refusal's status message the kubelet is sent (`protocol.refusal`): it
+travels as the `grpc-message` trailer, whose HPACK Huffman encoding costs the loop time
+quadratic in its length (150 kB: 6.6 s, and the kubelet's connection dropped), and the
+kubelet keeps it in a pod's event. The refusal's log line keeps the whole reason."""
 
 
 def _control_character(text: str, allowed: frozenset[str] = frozenset()) -> str | None:
@@ -216,6 +224,13 @@ def path_inside(path: str, directory: str) -> bool:
     (no I/O: resolve symlinks first where that matters)."""
     path, directory = posixpath.normpath(path), posixpath.normpath(directory)
     return path == directory or below(path, directory)
+
+
+def named_ids(ids: Iterable[str]) -> str:
+    """`ids` named in a message: the smallest `IDS_NAMED`, then how many more."""
+    every = sorted(set(ids))
+    shown = ", ".join(every[:IDS_NAMED])
+    return shown if len(every) <= IDS_NAMED else f"{shown} (and {len(every) - IDS_NAMED} more)"
 
 
 def join_list(items: Iterable[str]) -> str:

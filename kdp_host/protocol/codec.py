@@ -22,6 +22,7 @@ from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 
 from . import wire
+from .refusal import refusal
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -79,4 +80,4 @@ class DevicePluginCodec(CodecBase):
 def _unparsable(message_type: type, exc: Exception) -> GRPCError:
     """Bad request bytes: the caller gets INVALID_ARGUMENT and the reason, not an internal error."""
     reason = f"{type(exc).__name__}: {exc}"
-    return GRPCError(Status.INVALID_ARGUMENT, f"cannot parse {message_type.__name__}: {reason}")
+    return refusal(Status.INVALID_ARGUMENT, f"cannot parse {message_type.__name__}: {reason}")

@@ -16,6 +16,7 @@ from ..allocation import HookFailed
 from ..api.v1beta1 import PreStartContainerRequest, PreStartContainerResponse
 from ..logs import EventLogger
 from ..start_budget import StartBudget
+from .refusal import refusal
 
 if TYPE_CHECKING:  # made where the config chooses them (`features`)
     from ..hooks import PreStartHook
@@ -65,5 +66,5 @@ class PreStartServing:
             if self.pre_start is not None:
                 await self.pre_start.run(device_ids, budget)
         except HookFailed as exc:
-            raise grpclib.GRPCError(exc.status, str(exc)) from None
+            raise refusal(exc.status, str(exc)) from None
         return PreStartContainerResponse()

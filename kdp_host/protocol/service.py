@@ -48,12 +48,14 @@ from ..ownership_claims import Unresolvable
 from ..ownership_fence import Unfenced
 from ..ownership_shared import PlaceOwned
 from ..preferred import PreferredNeed, first_healthy, preferred_allocation
+from ..rules import named_ids
 from ..start_budget import StartBudget
 from .answers import AnswerPlan, AnswerPlans, plan_answer
 from .codec import EncodedMessage
 from .kept import Bookings, CdiWritten, Fence, keep
 from .lists import ListAndWatchEncoder, Wakes
 from .pre_start import PRE_START_CONTAINER, PreStartServing
+from .refusal import refusal
 
 if TYPE_CHECKING:  # made where the config chooses them (`features`)
     from ..hooks import AllocateHook, PreStartHook
@@ -282,9 +284,7 @@ class DevicePluginService(DevicePluginBase):
             if self._handed is not None:
                 self._handed.record.check_room(name, snapshot, plan.booked)
         except AllocationError as exc:
-            self._metrics.allocations.labels(name, "invalid").inc()
-            self._log.warning("allocate_refused", reason=str(exc))
-            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+            raise self._refused(str(exc)) from None
         if self._allocate_hook is not None:
             responses = list(plan.responses)
             await self._add_hook_extras(snapshot, message, responses)
@@ -303,14 +303,10 @@ class DevicePluginService(DevicePluginBase):
                     self._release.asked(booked)
                 await self._kept(snapshot, requests, reached, len(requests))
         except PlaceOwned as exc:
-            self._metrics.allocations.labels(name, "invalid").inc()
-            self._log.warning("allocate_refused", reason=str(exc))
             self._place_refused()
-            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+            raise self._refused(str(exc)) from None
         except Unfenced as exc:
-            self._metrics.allocations.labels(name, "unsaved").inc(len(requests))
-            self._log.error("allocate_refused", reason=f"{name}: {exc}", result="unsaved")
-            raise grpclib.GRPCError(Status.UNAVAILABLE, f"{name}: {exc}") from None
+            raise self._refused(f"{name}: {exc}", unsaved=len(requests)) from None
         if self._allocated is not None:
             self._allocated(name, booked)
         if self._release is not None:  # used from now, as the record keeps it
@@ -331,10 +327,18 @@ class DevicePluginService(DevicePluginBase):
             why = await self._cdi_written(snap, asked)  # (`cdi_disk`)
         if why is None:
             return
-        reason = f"{name}: cannot allocate {','.join(ids)}: {why}"
-        self._metrics.allocations.labels(name, "unsaved").inc(n)
-        self._log.error("allocate_refused", reason=reason, result="unsaved")
-        raise grpclib.GRPCError(Status.UNAVAILABLE, reason) from None
+        raise self._refused(f"{name}: cannot allocate {named_ids(ids)}: {why}", unsaved=n)
+
+    def _refused(self, reason: str, *, unsaved: int = 0) -> grpclib.GRPCError:
+        """Count and log a refused Allocate; the error it is answered with: INVALID_ARGUMENT,
+        or UNAVAILABLE for `unsaved` container requests whose answer is not kept on disk."""
+        result = "unsaved" if unsaved else "invalid"
+        self._metrics.allocations.labels(self._config.name, result).inc(unsaved or 1)
+        if unsaved:
+            self._log.error("allocate_refused", reason=reason, result=result)
+            return refusal(Status.UNAVAILABLE, reason)
+        self._log.warning("allocate_refused", reason=reason)
+        return refusal(Status.INVALID_ARGUMENT, reason)
 
     async def _hand_real_paths(
         self, plan: AnswerPlan
@@ -356,11 +360,8 @@ class DevicePluginService(DevicePluginBase):
             if why := not_a_node(plan.nodes, reached):  # (hostile16 F6)
                 raise Unresolvable(why)
         except (Unresolvable, PlaceOwned) as exc:
-            reason = f"{name}: cannot allocate: {exc}"
-            self._metrics.allocations.labels(name, "invalid").inc()
-            self._log.warning("allocate_refused", reason=reason)
             self._place_refused()  # (what it hands out: the needs look again)
-            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, reason) from None
+            raise self._refused(f"{name}: cannot allocate: {exc}") from None
         return real, reached  # (what each reached: `handed_out.Handed.reached`)
 
     async def _add_hook_extras(
@@ -384,11 +385,9 @@ class DevicePluginService(DevicePluginBase):
             name, count = self._config.name, len(message.container_requests)
             if isinstance(first, HookFailed):
                 self._metrics.allocations.labels(name, "hook_failed").inc(count)
-                raise grpclib.GRPCError(first.status, str(first)) from None
+                raise refusal(first.status, str(first)) from None
             # the devices' own env could not be given to the command (it did not run)
-            self._metrics.allocations.labels(name, "invalid").inc()
-            self._log.warning("allocate_refused", reason=str(first))
-            raise grpclib.GRPCError(Status.INVALID_ARGUMENT, str(first)) from None
+            raise self._refused(str(first)) from None
         responses[:] = [run.result() for run in runs]
 
     async def pre_start_container(

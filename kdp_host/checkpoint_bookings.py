@@ -35,12 +35,14 @@ import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
+from .cdi_lookup import CdiNames
 from .files import Offload
 from .kubelet_checkpoint import (
     CHECKPOINT_FILE,
     READ_TIMEOUT,
     EntryOf,
     Gained,
+    Handed,
     HandedClaims,
     as_recorded,
     read_handed,
@@ -52,6 +54,11 @@ from .rules import HELD_SHOWN, SKIPPED_SHOWN
 if TYPE_CHECKING:
     from .config import Config
 
+CDI_UNRESOLVED: Final = (
+    "the nodes this name hands out are not known: a kdp-host device that reaches one may be "
+    "handed to another pod; the name is looked up again whenever a spec file in "
+    "cdiRuntimeDirs changes (booked then)"
+)
 WITHOUT_CHECKPOINT: Final = (
     "what the kubelet handed out is not known: an ID a pod holds without a booking (the "
     "state directory was lost) is booked from PodResources with what the ID names now"
@@ -95,19 +102,24 @@ async def book_handed(
     offload: Offload,
     log: EventLogger,
     record: Record | None = None,
+    cdi: CdiNames | None = None,
 ) -> list[Recorded]:
     """At start, before any resource publishes: book every entry of the checkpoint in the
-    kubelet's device-plugin directory (read off the loop, once), beside the bookings of
-    `ownership.json`, with what its paths reached when `record` (`handed-out.json`) says
-    this host handed them out (`as_recorded`; `take_handed` marks a node gone now whose
-    number no booking knew as unknown, bookings lost or stale alike). A missing, unreadable
+    kubelet's device-plugin directory (read off the loop, once; CDI names resolved through
+    `cdi`), beside the bookings of `ownership.json`, with what its paths reached when
+    `record` (`handed-out.json`) says this host handed them out (`as_recorded`;
+    `take_handed` marks a node gone now whose number no booking knew as unknown, bookings
+    lost or stale alike). A missing, unreadable
     or bad checkpoint is logged, and the start goes on without it. A number unknown of one
     of `config`'s resources may be any of theirs (`OwnershipIndex.serve`). Then the uses of
     `config`'s resources only `record` keeps (`recorded_bookings`): what it booked of them."""
     served = {r.name for r in config.resources}
     index.serve(served)
+    if cdi is not None:  # (its own answers' names: its spec files were removed at its stop)
+        cdi.own_kinds = frozenset(r.allocate.cdi.kind for r in config.resources if r.allocate.cdi)
     entry_of = None if record is None else record.entry
-    await book_entries(index, config.kubelet.socket_dir, offload, log, recorded=entry_of)
+    directory = config.kubelet.socket_dir
+    await book_entries(index, directory, offload, log, recorded=entry_of, cdi=cdi)
     return [] if record is None else await book_recorded(index, record, served, offload, log)
 
 
@@ -118,6 +130,7 @@ def book_before(
     offload: Offload,
     log: EventLogger,
     poller: Poller | None = None,
+    cdi: CdiNames | None = None,
 ) -> asyncio.Task[None]:
     """A reload (or a node label change) starts or changes resources: a task that books the
     checkpoint's entries of every resource but the `served` ones (served before it and
@@ -126,7 +139,7 @@ def book_before(
     (`Supervisor.start`). It never fails: a bad checkpoint is logged as at start."""
 
     async def book() -> None:
-        await book_others(index, socket_dir, served, offload, log, poller)
+        await book_others(index, socket_dir, served, offload, log, poller, cdi)
 
     return asyncio.create_task(book(), name="kubelet-checkpoint")
 
@@ -138,11 +151,20 @@ async def book_others(
     offload: Offload,
     log: EventLogger,
     poller: Poller | None = None,
+    cdi: CdiNames | None = None,
+    again: bool = False,
 ) -> bool:
     """Book the checkpoint's entries of every name but `served`'s with an ID not booked yet,
     read off the loop, their IDs unlisted (`book_before`, and the host following the file
-    while it runs: `CheckpointReads.follow`); whether the file could be used."""
-    handed = await book_entries(index, socket_dir, offload, log, skip=frozenset(served), new=True)
+    while it runs: `CheckpointReads.follow`); whether the file could be used. `again` (a
+    spec file changed: `cdi_spec_looks`): only the entries with CDI names, booked or not
+    (a booking widened by the paths it lacks), and those of `served` names too where an ID
+    is not booked (not this host's answer: the plugin that served the name before)."""
+    skip = frozenset(served)
+    if again:
+        handed = await book_entries(index, socket_dir, offload, log, new=True, cdi=cdi, again=skip)
+    else:
+        handed = await book_entries(index, socket_dir, offload, log, skip, True, cdi=cdi)
     unlist(poller, handed)
     return handed is not None
 
@@ -164,14 +186,20 @@ async def book_entries(
     only: frozenset[str] | None = None,
     consequence: str = WITHOUT_CHECKPOINT,
     recorded: EntryOf | None = None,
+    cdi: CdiNames | None = None,
+    again: frozenset[str] | None = None,
 ) -> list[HandedClaims] | None:
     """Read the checkpoint's entries (of `only`, None: all) but `skip`'s, book them (`new`:
     only those with an ID not booked yet, sorted out off the loop, so a reload's work on it
-    is what the kubelet admitted since, not the whole file) and log what was booked; returns
-    what was booked, None when the file cannot be used (logged with `consequence`)."""
+    is what the kubelet admitted since, not the whole file; `again`: only those with CDI
+    names, booked or not, but those of `again`'s names only with an ID not booked), and log
+    what was booked and each CDI name that resolves nowhere (`said_unresolved`); returns what
+    was booked, None when the file cannot be used (logged with `consequence`)."""
     path = os.path.join(directory, CHECKPOINT_FILE)
     known = index.handed_out() if new else None
-    work = functools.partial(_read, directory, skip, known, only)
+    if again is not None and known is not None:
+        known = {name: ids for name, ids in known.items() if name in again}
+    work = functools.partial(_read, directory, skip, known, only, cdi, again is not None)
     try:
         handed = await asyncio.wait_for(offload.run(work), READ_TIMEOUT)
     except TimeoutError:
@@ -192,6 +220,7 @@ async def book_entries(
         return []
     if recorded is not None:
         handed = as_recorded(handed, recorded)
+    said_unresolved(handed, cdi, log)
     by_resource: dict[str, Gained] = {}
     for gained in index.take_handed(handed):
         by_resource.setdefault(gained[0].resource, []).append(gained)
@@ -207,16 +236,42 @@ async def book_entries(
     return handed
 
 
+def said_unresolved(handed: Iterable[HandedClaims], cdi: CdiNames | None, log: EventLogger) -> None:
+    """Say each CDI name of an answer that resolves nowhere (once while it stays so, counted:
+    `CdiNames.first_said`): the nodes its pod may hold are not known, so nothing holds them
+    until a spec file defines it."""
+    for entry in handed:
+        handed_entry = entry.handed
+        for name, why in handed_entry.unresolved:
+            if cdi is None or cdi.first_said(handed_entry.resource, name, why):
+                log.warning(
+                    "kubelet_checkpoint_cdi_unresolved",
+                    resource=handed_entry.resource,
+                    name=name,
+                    devices=",".join(handed_entry.ids),
+                    reason=why,
+                    consequence=CDI_UNRESOLVED,
+                )
+
+
 def _read(
     directory: str,
     skip: frozenset[str],
     booked: Mapping[str, set[str]] | None,
     only: frozenset[str] | None = None,
+    cdi: CdiNames | None = None,
+    again: bool = False,
 ) -> list[HandedClaims] | None:
-    """`read_handed` of every resource of `only` (None: all) but `skip`'s, less the entries
-    whose IDs are all `booked` (resource -> IDs, a copy; None: none left out). Blocking."""
-    handed = read_handed(directory, only, skip=skip)
+    """`read_handed` of every resource of `only` (None: all) but `skip`'s (`again`: only the
+    entries with CDI names), less the entries whose IDs are all `booked` (resource -> IDs, a
+    copy; None: none left out). Blocking."""
+    keep = _with_cdi_names if again else None
+    handed = read_handed(directory, only, skip=skip, cdi=cdi, keep=keep)
     if handed is None or booked is None:
         return handed
     none: set[str] = set()
     return [h for h in handed if not booked.get(h.handed.resource, none).issuperset(h.handed.ids)]
+
+
+def _with_cdi_names(handed: Handed) -> bool:
+    return bool(handed.cdi_names)

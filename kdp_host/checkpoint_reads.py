@@ -31,6 +31,8 @@ from collections.abc import Callable, Collection, Coroutine
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from .backoff import Backoff
+from .cdi_lookup import CdiNames
+from .cdi_spec_looks import CdiSpecLooks
 from .checkpoint_bookings import (
     HandedBookings,
     Poller,
@@ -80,9 +82,11 @@ class CheckpointReads:
         poller: Poller | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cdi: CdiNames | None = None,
     ) -> None:
         self._index, self._dir, self._offload, self._log = index, socket_dir, offload, log
-        self._poller, self._metrics, self._clock = poller, metrics, clock
+        self._poller, self._metrics, self._clock, self._cdi = poller, metrics, clock, cdi
+        self._spec_looks: CdiSpecLooks | None = None
         self._lists: set[str] = set()
         """Names whose first list waits for a read begun after ListAndWatch was called."""
         self._allocates: dict[str, int] = {}
@@ -106,7 +110,10 @@ class CheckpointReads:
         for name in added:
             self._lists.add(name)
             self._arm(name)
-        return book_before(self._index, self._dir, served, self._offload, self._log, self._poller)
+        index, directory, work, log = self._index, self._dir, self._offload, self._log
+        task = book_before(index, directory, served, work, log, self._poller, self._cdi)
+        task.add_done_callback(lambda _: self._cdi_read())
+        return task
 
     def unplaced(self, resource: str) -> None:
         """A PodResources answer shows a pod holding an ID of `resource` that no device has
@@ -172,18 +179,34 @@ class CheckpointReads:
             self._dir, self._offload, self._log, served, self._book_others, learnt, local
         )
         self.follower.follow(watcher)
+        if self._cdi is not None:  # (a name resolved again when a spec file changes)
+            self._spec_looks = CdiSpecLooks(
+                self._cdi, self._offload, self._book_again, served, self._log
+            )
+            self._spec_looks.follow(watcher)
 
-    async def _book_others(self, served: frozenset[str]) -> bool:
+    async def _book_others(self, served: frozenset[str], again: bool = False) -> bool:
+        index, directory, work, log = self._index, self._dir, self._offload, self._log
         used = await book_others(
-            self._index, self._dir, served, self._offload, self._log, self._poller
+            index, directory, served, work, log, self._poller, self._cdi, again
         )
+        self._cdi_read()
         await self._index.quiet()  # (admitted again against them: the table is current)
         return used
+
+    def _cdi_read(self) -> None:
+        if self._spec_looks is not None:  # (the dirs followed once a read needs them)
+            self._spec_looks.wanted()
+
+    async def _book_again(self, served: frozenset[str]) -> None:
+        await self._book_others(served, again=True)
 
     def close(self) -> None:
         """The host stops: the reads and waits going on end, and the following."""
         if self.follower is not None:
             self.follower.cancel()
+        if self._spec_looks is not None:
+            self._spec_looks.cancel()
         for task in list(self._tasks):
             task.cancel()
 
@@ -219,8 +242,10 @@ class CheckpointReads:
         index = self._index
         directory, work, log = self._dir, self._offload, self._log
         handed = await book_entries(
-            index, directory, work, log, new=True, only=names, consequence=HELD_CLOSED
-        )
+            index, directory, work, log, new=True, only=names, consequence=HELD_CLOSED,
+            cdi=self._cdi,
+        )  # fmt: skip
+        self._cdi_read()
         if handed is None:
             if self._metrics is not None:
                 self._metrics.checkpoint_unusable.inc()

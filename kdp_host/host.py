@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cdi_lookup import CdiNames
 from .checkpoint_bookings import book_handed
 from .checkpoint_reads import CheckpointReads
 from .commands import Commands
@@ -157,8 +158,10 @@ class Host:
         self.ownership.hold_while_releasing(release_state)
         sync = await shared_bookings(self.ownership, state_dir, instance, self._work, self.log)
         served = {r.name for r in self.selection.config.resources}
+        unresolved = self.metrics.cdi_unresolved  # (a CDI name of the checkpoint: `cdi_lookup`)
+        cdi = CdiNames(self.config.cdi_runtime_dirs, lambda name: unresolved.labels(name).inc())
         recorded = await book_handed(
-            self.ownership, self.selection.config, self._work, self.log, handed
+            self.ownership, self.selection.config, self._work, self.log, handed, cdi
         )  # (what only handed-out.json keeps too: `recorded_bookings`)
         self.pod_resources = pod_resources_poller(  # (IDs handed out held until shown)
             self.selection.config, self.metrics, self.log, self._work,
@@ -182,7 +185,7 @@ class Host:
         commands = Commands(self.log)  # the process machinery made at the first command
         node_features = node_feature_file(self.config.node_features, self.log, self._work, instance)
         reads = CheckpointReads(self.ownership, kubelet.socket_dir, self._work, self.log,
-                                self.pod_resources, self.metrics)  # fmt: skip
+                                self.pod_resources, self.metrics, cdi=cdi)  # fmt: skip
         reads.follow(watcher, lambda: [r.name for r in self.selection.config.resources],
                      self.ownership, self.ownership.local)  # fmt: skip
         services = HostServices(

@@ -27,10 +27,12 @@ import binascii
 import json
 import os
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from .api.v1beta1 import ContainerAllocateResponse
+from .cdi_lookup import CdiNames
+from .cdi_rules import cdi_annotation_names, is_cdi_annotation_key
 from .devices import physical_id
 from .files import FileReadError, read_attribute
 from .handed_entries import Handed as HandedUse
@@ -62,9 +64,14 @@ class Handed:
     paths: tuple[str, ...]
     """The host paths its answer handed out: DeviceSpec host paths, then mount sources."""
     cdi_names: tuple[str, ...] = ()
-    """The CDI device names its answer carried (resolved by the runtime, not here)."""
+    """The CDI device names its answer carried: `cdi_devices`, then those of its
+    `cdi.k8s.io/...` annotations (their host paths are in `paths` where `read_handed`
+    resolved them: `cdi_lookup`)."""
     nodes: int = 0
-    """How many of `paths` (the first) are DeviceSpec host paths: device nodes."""
+    """How many of `paths` (the first) are device nodes: DeviceSpec host paths, then those
+    of its CDI names' deviceNodes."""
+    unresolved: tuple[tuple[str, str], ...] = ()
+    """Its CDI names that resolved nowhere, each with why (their nodes are not known)."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,11 @@ def take_handed(
     pod may hold it, whatever the IDs mean now (each is booked as its own device: which
     device it is now is not known). A booking kept in the file is widened
     by the handed claims it lacks; an ID another running host has booked is left to it. An
-    answer that named devices by CDI name is left to PodResources (`ownership_adopt`): the
-    nodes those names stood for are not in it. `numbers` (PodResources shows when a booking
+    answer's CDI names count as its DeviceSpecs and mounts do, by the host paths
+    `read_handed` resolved them to (a name that resolves nowhere books nothing: said by the
+    caller, booked once a spec file defines it; an ID booked with what else the answer
+    handed out is `Ledger.unresolved`: PodResources adds its device's claims, as it books
+    an ID without a booking). `numbers` (PodResources shows when a booking
     ends): an answer's node gone now makes its IDs' bookings `number_unknown` where no
     booking knew what it was: one booked from the checkpoint alone (bookings lost, or a stale
     `ownership.json` that lacks it), or kept so (unplugged while kdp-host was down: the
@@ -104,7 +114,7 @@ def take_handed(
     gained: Gained = []
     for entry in handed:
         ids, claims = entry.handed.ids, entry.claims
-        if entry.handed.cdi_names or not claims:
+        if not claims:
             continue
         group = ids if len(ids) > 1 else ()
         nodes = claims[: entry.handed.nodes] if numbers else ()
@@ -130,6 +140,8 @@ def take_handed(
             else:
                 continue
             ledger.bookings[owner].group = group
+            if entry.handed.unresolved:  # (what the name stood for: its device's, if ours)
+                ledger.unresolved.add(owner)
     return gained
 
 
@@ -172,10 +184,13 @@ def read_handed(
     resources: Collection[str] | None,
     resolve: Resolver = reach,
     skip: Collection[str] = (),
+    cdi: CdiNames | None = None,
+    keep: Callable[[Handed], bool] | None = None,
 ) -> list[HandedClaims] | None:
-    """The allocations of `resources` (None: every one) but those of `skip` in
-    `<directory>/kubelet_internal_checkpoint`, each with the claims of its host paths (each
-    path resolved once); None when there is no such file. Blocking (run it through the
+    """The allocations of `resources` (None: every one) but those of `skip` (and those
+    `keep` refuses) in `<directory>/kubelet_internal_checkpoint`, each with the claims of its
+    host paths (each path resolved once), its CDI names' host paths among them (through
+    `cdi`: `with_cdi_paths`); None when there is no such file. Blocking (run it through the
     offload). Raises CheckpointError."""
     path = os.path.join(directory, CHECKPOINT_FILE)
     try:
@@ -185,7 +200,9 @@ def read_handed(
     if blob is None:
         return None
     wanted = None if resources is None else set(resources)
-    return with_claims(parse_checkpoint(blob, wanted, skip), resolve)
+    parsed = parse_checkpoint(blob, wanted, skip)
+    kept = parsed if keep is None else [entry for entry in parsed if keep(entry)]
+    return with_claims(with_cdi_paths(kept, cdi), resolve)
 
 
 def with_claims(handed: Iterable[Handed], resolve: Resolver = reach) -> list[HandedClaims]:
@@ -202,6 +219,31 @@ def with_claims(handed: Iterable[Handed], resolve: Resolver = reach) -> list[Han
             claims.append(claim)
         out.append(HandedClaims(entry, tuple(claims)))
     return out
+
+
+def with_cdi_paths(handed: list[Handed], cdi: CdiNames | None) -> list[Handed]:
+    """Each allocation with the host paths its CDI names hand out now (`cdi_lookup`, the
+    dirs looked at once: deviceNodes beside its DeviceSpecs' nodes, mounts after its
+    mounts), and those that resolve nowhere (all of them without `cdi`). Blocking."""
+    named = [entry for entry in handed if entry.cdi_names]
+    if not named:
+        return handed
+    if cdi is not None:
+        cdi.look()
+    return [_resolved(entry, cdi) if entry.cdi_names else entry for entry in handed]
+
+
+def _resolved(handed: Handed, cdi: CdiNames | None) -> Handed:
+    if cdi is None:
+        unresolved = tuple((name, "no CDI dirs to look in") for name in handed.cdi_names)
+        return replace(handed, unresolved=unresolved)
+    found = cdi.resolve(handed.cdi_names, look=False)
+    nodes, mounts = handed.paths[: handed.nodes], handed.paths[handed.nodes :]
+    new_nodes = tuple(p for p in found.edits.nodes if p not in nodes)
+    mounts = (*mounts, *(p for p in found.edits.mounts if p not in mounts and p not in nodes))
+    paths = (*nodes, *new_nodes, *mounts)
+    count = len(nodes) + len(new_nodes)
+    return replace(handed, paths=paths, nodes=count, unresolved=found.unresolved)
 
 
 def parse_checkpoint(
@@ -312,6 +354,10 @@ def _handed(entry: dict[str, Any], answers: dict[str, Answer]) -> Handed:
         nodes = [spec.host_path for spec in answer.devices if spec.host_path]
         paths = (*nodes, *(mount.host_path for mount in answer.mounts if mount.host_path))
         names = tuple(device.name for device in answer.cdi_devices)
+        for key, value in sorted(answer.annotations.items()):  # (the runtime reads them too)
+            if is_cdi_annotation_key(key):
+                names += tuple(cdi_annotation_names(value))
+        names = tuple(dict.fromkeys(names))
         found = answers[text] = (paths, names, len(nodes))
     return Handed(entry["ResourceName"], tuple(ids), *found)
 

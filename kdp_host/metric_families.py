@@ -177,6 +177,14 @@ class MetricFamilies:
             "are refused meanwhile.",
             registry=r,
         )
+        self.cdi_unresolved = Counter(
+            "kdp_kubelet_checkpoint_cdi_unresolved",
+            "CDI names of an Allocate answer in the kubelet's checkpoint (another plugin's, "
+            "by its resource) that resolved through no spec file of cdiRuntimeDirs, each "
+            "counted once: the nodes its pod holds are not known, so not held.",
+            ["resource"],
+            registry=r,
+        )
         self.pod_resources_up = Gauge(
             "kdp_pod_resources_up",
             "1 while the last PodResources List was answered.",

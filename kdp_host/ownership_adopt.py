@@ -3,15 +3,17 @@
 A pod admitted before kdp-host kept bookings (an upgrade from a version without
 `ownership.json`), or whose booking was lost with the state directory (deleted, or a file
 that did not parse and was set aside) and not booked again at start from the kubelet's
-checkpoint (`kubelet_checkpoint`: none, or an answer with CDI names), holds a device the
-index does not know is booked: a reload or a restart that renames the device would
-advertise its node again under a new ID.
+checkpoint (`kubelet_checkpoint`: none, or an answer with a CDI name no spec file defines),
+holds a device the index does not know is booked: a reload or a restart that renames the
+device would advertise its node again under a new ID.
 So each PodResources answer is also read the other way round (`Adoption.book_held`): an ID
 of one of the host's resources that a pod holds and no booking holds is booked with the
 claims its device has now (advertised, or lingering since it stopped being advertised), as
-an Allocate would have booked it; a replica ID `<id>::<k>` whose resource has no such device
-is the device `<id>`'s if it has one (`replicas` changed while kdp-host was down: the device
-then waits for the pod, as after a live change, its resource admitted again). An ID whose
+an Allocate would have booked it (also one booked from the checkpoint with a CDI name that
+resolved nowhere, `Ledger.unresolved`: widened by them); a replica ID `<id>::<k>` whose
+resource has no such device is the device `<id>`'s if it has one (`replicas` changed while
+kdp-host was down: the device then waits for the pod, as after a live change, its resource
+admitted again). An ID whose
 resource, listing now, has no such device (it was renamed or unplugged while kdp-host was
 down) has nothing to hold: it is logged once while it stays so (`held_id_not_present`).
 Both are counted (`kdp_pod_resources_unbooked_total{result}`). With PodResources polling
@@ -151,17 +153,25 @@ class Adoption:
             devices = DeviceClaims(state, exclusive)
             for kubelet_id, holders in held.items():
                 owner = Owner(name, kubelet_id)
-                if ledger.has(owner):
+                partial = ledger.bookings.get(owner) if owner in ledger.unresolved else None
+                if partial is None and ledger.has(owner):
                     continue
                 device = physical_id(kubelet_id)  # (of any replica count: changed since)
                 claims = devices.of(device)
                 shared = devices.shared_of(device)
                 if claims or shared:
-                    ledger.record(owner, device, claims, now, shared=shared)
+                    if partial is None:
+                        ledger.record(owner, device, claims, now, shared=shared)
+                    else:  # (what else its answer handed out: kept)
+                        unknown = partial.number_unknown
+                        ledger.record(owner, device, claims, now, partial.places, unknown, shared)
+                        ledger.unresolved.discard(owner)
                     booked = True
                     self._note(state, kubelet_id, holders, "booked")
                     if kubelet_id not in replica_ids(device, state.replicas or 1):
                         self.stale.add(name)
+                elif partial is not None:
+                    continue  # (booked with what else its answer handed out)
                 elif state.settled and not state.retired and owner not in noted:
                     noted.add(owner)
                     self._note(state, kubelet_id, holders, "not_present")
@@ -191,6 +201,8 @@ class Adoption:
                 device=kubelet_id,
                 pods=pods,
                 detail="a pod holds this ID but no device of the resource has it now "
-                "(renamed or unplugged while kdp-host was down, with no booking kept): its "
-                "node is not known, so it may be advertised under another ID",
+                "(renamed or unplugged while kdp-host was down, with no booking kept; or "
+                "handed out by another plugin by a CDI name no spec file defines: "
+                "kubelet_checkpoint_cdi_unresolved): its node is not known, so it may be "
+                "advertised under another ID",
             )

@@ -100,6 +100,9 @@ class Ledger(LearntBookings):
         """(writer, owner) -> the bookings of the other hosts that run on the state directory
         (`mirror`): they hold their claims as this host's own do."""
         self.foreign_owners: set[Owner] = set()
+        self.unresolved: set[Owner] = set()
+        """Booked from a checkpoint answer with a CDI name that resolved nowhere
+        (`take_handed`): PodResources adds its device's claims (`Adoption.book_held`)."""
         self.sink: StateSink | None = None
         self.releasing: ReleasePending = _none_pending  # (see `expire`)
         self.booked_elsewhere: list[BookedElsewhere] = []  # (told in turn: `mirroring`)

@@ -86,7 +86,9 @@ class ForeignPlugin(FakePlugin):
         )
 
 
-async def serve_foreign(kubelet: KubeletSimulator, plugin: FakePlugin) -> Any:
+async def serve_foreign(kubelet: Any, plugin: FakePlugin, resource: str = GDEV) -> Any:
+    """`plugin` served and registered as `resource` with `kubelet` (the simulator or the
+    real one)."""
     from grpclib.client import Channel
     from grpclib.server import Server
 
@@ -96,7 +98,7 @@ async def serve_foreign(kubelet: KubeletSimulator, plugin: FakePlugin) -> Any:
     channel = Channel(path=str(kubelet.socket_dir / "kubelet.sock"))
     try:
         await RegistrationStub(channel).register(
-            RegisterRequest(version="v1beta1", endpoint=endpoint, resource_name=GDEV)
+            RegisterRequest(version="v1beta1", endpoint=endpoint, resource_name=resource)
         )
     finally:
         channel.close()

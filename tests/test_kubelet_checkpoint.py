@@ -259,15 +259,17 @@ async def test_a_bad_checkpoint_is_logged_and_the_start_goes_on(
     assert not (tmp_path / "state" / "ownership.json").exists()
 
 
-def test_an_answer_with_cdi_names_is_left_to_podresources() -> None:
-    """The nodes a CDI name stood for are not in the answer: booking its other paths only
-    (a static mount) would keep PodResources from booking the device's node."""
+def test_an_answer_with_a_cdi_name_no_spec_defines_books_the_rest_podresources_widens() -> None:
+    """The nodes a CDI name that resolved nowhere stood for are not known: its other paths
+    (a static mount) are booked, and the ID is left for PodResources to add its device's
+    claims (`Ledger.unresolved`: before, the whole answer was skipped, DeviceSpecs too)."""
     nodes = FakeNodes({"/m": ("d", 9)})
     entry = handed(("s0",), "/m", nodes=nodes)
-    cdi = HandedClaims(Handed(A, ("s0",), ("/m",), ("k.io/a=s0",)), entry.claims)
+    unresolved = (("k.io/a=s0", "no spec file of kind k.io/a"),)
+    cdi = HandedClaims(Handed(A, ("s0",), ("/m",), ("k.io/a=s0",), 0, unresolved), entry.claims)
     ledger = Ledger()
-    assert take_handed(ledger, [cdi], 0.0) == []
-    assert not ledger.has(Owner(A, "s0"))
+    assert [owner for owner, _ in take_handed(ledger, [cdi], 0.0)] == [Owner(A, "s0")]
+    assert ledger.unresolved == {Owner(A, "s0")}
 
 
 B = "h3.example/b"

@@ -966,6 +966,7 @@ def test_readme_metrics_table_lists_every_metric_and_label_value() -> None:
     metrics.state_persist_failing.labels("ownership.json").set(0)  # a host's, at its start
     metrics.held_missing_actions.labels(FPGA, "event", "sent").inc()  # (with heldMissing)
     metrics.answer_need_unmet.labels(FPGA, "mounts").set(0)  # (with allocate.mounts)
+    metrics.cdi_unresolved.labels(FPGA).inc()  # (a checkpoint's CDI name resolved nowhere)
     for histogram in (
         metrics.allocate_seconds,
         metrics.preferred_seconds,

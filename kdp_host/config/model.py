@@ -1330,7 +1330,9 @@ class Config:
         "kdp-host writes nothing there (unless a `specDir` is one); "
         "while a resource has `allocate.cdi` it removes there, as in every spec dir a host "
         "on its `stateDir` has written in, a kdp-host spec file of the resource's kind that "
-        "no live instance owns (see [CDI spec files](#cdi-spec-files)).",
+        "no live instance owns (see [CDI spec files](#cdi-spec-files)). The CDI names of "
+        "the answers the kubelet's checkpoint keeps (another plugin's) are resolved through "
+        "their spec files, followed, to hold the nodes they stand for (see Reliability).",
         default=["/etc/cdi", "/var/run/cdi"],
         default_doc="`[/etc/cdi, /var/run/cdi]`",
         restart=True,

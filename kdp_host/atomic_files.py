@@ -136,6 +136,14 @@ def read_or_none(path: str) -> bytes | None:
         return None
 
 
+def link_count(path: str) -> int:
+    """How many links the entry at `path` has (0: none there)."""
+    try:
+        return os.stat(path, follow_symlinks=False).st_nlink
+    except OSError:
+        return 0
+
+
 def unlink(path: str) -> bool:
     """Remove `path`; False when it was not there."""
     try:

@@ -34,17 +34,18 @@ keeps its held entries, written by a writer of its own (`cdi_keeper`), until non
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .allocation import cdi_device_name, has_cdi_edits
 from .answer_needs import AnswerNeeds
-from .atomic_files import read_or_none, unlink, write_atomic
+from .atomic_files import link_count, read_or_none, unlink, write_atomic
 from .cdi_clashes import SpecClashes
 from .cdi_dirs import SpecDirRecord
 from .cdi_disk import SpecOnDisk
-from .cdi_pins import HeldNames, HeldPaths, held_entries, render_with_held
+from .cdi_pins import HeldNames, HeldPaths, held_entries, held_only, render_with_held
 from .cdi_resolution import follow_above
 from .cdi_rules import cdi_kind_problem
 from .cdi_spec import checked_paths
@@ -268,7 +269,7 @@ class CdiSpecWriter:
             clashes.cancel()
             if subscription is not None:
                 subscription.cancel()
-            await self._remove()
+            await self._leave()
 
     async def _sync(self, snapshot: Snapshot) -> bool:
         try:
@@ -353,13 +354,26 @@ class CdiSpecWriter:
             self._tell(f"CDI spec file not written ({short})")
             self._last_error = message
 
-    async def _remove(self) -> None:
-        """Remove the file at stop, unless another instance owns it now (it serves the same
-        resource: during a rolling upgrade the old instance must leave the new one's file)."""
+    async def _leave(self) -> None:
+        """At a stop, unless another instance owns the file now (it serves the same resource:
+        during a rolling upgrade the old instance must leave the new one's file), keep in it
+        the entries of the IDs a booking holds, only those, as a keeper does (`cdi_keeper`):
+        a container of their pods that restarts before the next instance writes the file
+        resolves its names still (hostile27 F5). The lease is left to run out: the next
+        instance takes the file over, and in another spec dir the existing rules end it
+        (`cdi_dirs`). With none held, the file and its owner file are removed."""
+        assert self.pinned is not None
+        held = held_entries(self.pinned, self.booked)
         try:
-            owner = await self._lease.other_owner()
-            if owner is not None:
+            if (owner := await self._lease.other_owner()) is not None:
                 self.log.info("cdi_spec_left", path=self.path, owner=owner)
+            elif (
+                kept := await self.offload.run(functools.partial(held_only, self.resource, held))
+            ) is not None:
+                if kept != self._on_disk:
+                    await self.offload.run(lambda: write_atomic(self.path, kept))
+                await self._lease.refresh()
+                self.log.info("cdi_spec_left_held", path=self.path, reason="resource_stopped")
             else:
                 if await self._unlink():
                     self.log.info("cdi_spec_removed", path=self.path, reason="resource_stopped")
@@ -374,7 +388,7 @@ class CdiSpecWriter:
         """What the file holds; None (so it is written again, as a fresh file) while it has
         another link: a write through a link made outside the spec dir reaches no watch."""
         content, links = await self.offload.run(
-            lambda: (read_or_none(self.path), _links(self.path))
+            lambda: (read_or_none(self.path), link_count(self.path))
         )
         if links > 1:
             self.log.warning("cdi_spec_linked", path=self.path, links=links)
@@ -383,10 +397,3 @@ class CdiSpecWriter:
 
     async def _unlink(self) -> bool:
         return await self.offload.run(lambda: unlink(self.path))
-
-
-def _links(path: str) -> int:
-    try:
-        return os.stat(path, follow_symlinks=False).st_nlink
-    except OSError:
-        return 0

@@ -49,6 +49,16 @@ def held_entries(pinned: HandedOut, booked: Callable[[str], bool]) -> Held:
     )
 
 
+NOTHING_LISTED = Snapshot(version=-1, devices=(), advertised=(), healthy_count=0)
+
+
+def held_only(resource: ResourceConfig, held: Held) -> bytes | None:
+    """What the resource's spec file holds with no device listed, as a keeper's
+    (`cdi_keeper`: its table lists nothing): the held entries only; None when none is
+    held. A stopped writer leaves it (`cdi.CdiSpecWriter._leave`). Blocking."""
+    return render_held(resource, NOTHING_LISTED, held)[0] if held else None
+
+
 HeldNames = dict[str, frozenset[str] | None]
 """The CDI device name of each ID a pod holds -> the host paths this host's file gives it
 (None: left out, so it fails closed), for `cdi_dirs.check_spec_dirs` (hostile21 F3)."""

@@ -706,7 +706,8 @@ class CdiConfig:
     spec_dir: str | None = key(
         "specDir",
         AbsolutePath(),
-        "Where the CDI spec file is written (atomically; removed when the resource goes away). "
+        "Where the CDI spec file is written (atomically; removed when the resource goes away, "
+        "its held entries kept while pods hold them). "
         "Not inside the kubelet's directories or `stateDir`, nor another file kdp-host writes "
         "(see [Paths kdp-host writes](#paths-kdp-host-writes)).",
         default=None,

@@ -1,4 +1,5 @@
-"""The hand-written wire paths (kdp_host/protocol/wire.py) against two independent codecs.
+"""The hand-written wire paths (kdp_host/protocol/wire.py, wire_read.py) against two
+independent codecs.
 
 All seven paths (ListAndWatch device entries, the Allocate and GetPreferredAllocation answers,
 their two requests, the DevicePluginOptions answer and the Register request) are checked
@@ -32,13 +33,12 @@ from kdp_host.protocol import lists
 from kdp_host.protocol.lists import ListAndWatchEncoder
 from kdp_host.protocol.server import PluginServer
 from kdp_host.protocol.wire import (
-    DECODERS,
     ENCODERS,
     HANDLED_FIELDS,
-    WireError,
     encode_device_entry,
     topology_field,
 )
+from kdp_host.protocol.wire_read import DECODERS, WireError
 from tests.bench.proto import Api, load_api
 from tests.interop_kubelet import InteropKubelet
 

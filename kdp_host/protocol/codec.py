@@ -21,7 +21,7 @@ from grpclib.const import Status
 from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 
-from . import wire
+from . import wire, wire_read
 from .refusal import refusal
 
 
@@ -45,7 +45,7 @@ class DevicePluginCodec(CodecBase):
     def __init__(
         self,
         encoders: Mapping[type, Callable[[Any], bytes]] = wire.ENCODERS,
-        decoders: Mapping[type, Callable[[bytes], object]] = wire.DECODERS,
+        decoders: Mapping[type, Callable[[bytes], object]] = wire_read.DECODERS,
     ) -> None:
         self._encoders = encoders
         self._decoders = decoders
@@ -69,7 +69,7 @@ class DevicePluginCodec(CodecBase):
         if decoder is not None:
             try:
                 return decoder(data)
-            except wire.WireError as exc:
+            except wire_read.WireError as exc:
                 raise _unparsable(message_type, exc) from None
         try:
             return message_type.parse(data)

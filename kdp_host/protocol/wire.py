@@ -3,10 +3,11 @@
 betterproto2 is the project's message library, but its pure-Python codec is slow where the
 kubelet waits: ~20 us per ListAndWatch device, ~115 us to encode a rich AllocateResponse,
 ~4.7 ms to parse a GetPreferredAllocation request offering 1,000 IDs, ~90 us for each
-resource's Register and options at start. These flat, fixed shapes are written and read here
-directly (10-100x faster): ListAndWatch entries, the Allocate and GetPreferredAllocation
-answers and requests, DevicePluginOptions and RegisterRequest. The codec (`codec.py`, the
-server's and the Register channel's) routes messages here; the rest goes to betterproto2.
+resource's Register and options at start. These flat, fixed shapes are written here and read
+in `wire_read` directly (10-100x faster): ListAndWatch entries, the Allocate and
+GetPreferredAllocation answers and requests, DevicePluginOptions and RegisterRequest. The codec
+(`codec.py`, the server's and the Register channel's) routes messages to them; the rest goes
+to betterproto2.
 
 `HANDLED_FIELDS` lists every field these paths read or write, and the tags below are taken
 from it. tests/test_wire.py walks the .proto's descriptor from the seven messages and fails
@@ -16,17 +17,13 @@ runtime and betterproto2 (bytes identical to betterproto2's, equal messages).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from ..api.v1beta1 import (
-    AllocateRequest,
     AllocateResponse,
-    ContainerAllocateRequest,
     ContainerAllocateResponse,
-    ContainerPreferredAllocationRequest,
     DevicePluginOptions,
-    PreferredAllocationRequest,
     PreferredAllocationResponse,
     RegisterRequest,
 )
@@ -86,7 +83,7 @@ _VARINT, _LENGTH_DELIMITED = 0, 2
 _WIRE_TYPES = {"string": _LENGTH_DELIMITED, "message": _LENGTH_DELIMITED}
 
 
-def _number(message: str, field: str) -> int:
+def field_number(message: str, field: str) -> int:
     return HANDLED_FIELDS[message][field][0]
 
 
@@ -97,10 +94,6 @@ def _tag(message: str, field: str) -> bytes:
 
 
 _SMALL_VARINTS = tuple(bytes((n,)) for n in range(128))
-
-
-class WireError(ValueError):
-    """Bytes that are not a valid encoding of the expected message."""
 
 
 def varint(value: int) -> bytes:
@@ -271,121 +264,6 @@ def encode_register_request(request: RegisterRequest) -> bytes:
     ))  # fmt: skip
 
 
-# ---------------------------------------------------------------- decoding requests
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(data):
-            raise WireError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise WireError("varint too long")
-
-
-def _fields(data: bytes) -> Iterable[tuple[int, int, bytes | int]]:
-    """(field number, wire type, value) of every field: bytes for length-delimited, int for
-    varint; fixed-width fields are skipped over as unknown fields must be."""
-    pos = 0
-    end = len(data)
-    while pos < end:
-        key, pos = _read_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise WireError("field number 0")
-        if wire_type == _LENGTH_DELIMITED:
-            length, pos = _read_varint(data, pos)
-            if pos + length > end:
-                raise WireError("truncated field")
-            yield number, wire_type, data[pos : pos + length]
-            pos += length
-        elif wire_type == _VARINT:
-            value, pos = _read_varint(data, pos)
-            yield number, wire_type, value
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise WireError(f"unsupported wire type {wire_type}")
-        if pos > end:
-            raise WireError("truncated field")
-
-
-def _length_delimited(data: bytes, number: int) -> Iterator[bytes]:
-    """The values of field `number` when it is length-delimited (strings, messages)."""
-    for n, wire_type, value in _fields(data):
-        if n == number and wire_type == _LENGTH_DELIMITED:
-            assert isinstance(value, bytes)
-            yield value
-
-
-def _text(value: bytes) -> str:
-    try:
-        return value.decode()
-    except UnicodeDecodeError as exc:
-        raise WireError(f"invalid UTF-8 in a string field: {exc}") from None
-
-
-def _int32(value: int) -> int:
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
-
-
-_ALLOCATE_REQUESTS = _number("AllocateRequest", "container_requests")
-_ALLOCATE_IDS = _number("ContainerAllocateRequest", "devices_ids")
-_PREFERRED_REQUESTS = _number("PreferredAllocationRequest", "container_requests")
-_CPAR = "ContainerPreferredAllocationRequest"
-_AVAILABLE = _number(_CPAR, "available_deviceIDs")
-_MUST_INCLUDE = _number(_CPAR, "must_include_deviceIDs")
-_SIZE = _number(_CPAR, "allocation_size")
-
-
-def decode_allocate_request(data: bytes) -> AllocateRequest:
-    requests = []
-    for number, wire_type, value in _fields(data):
-        if number == _ALLOCATE_REQUESTS and wire_type == _LENGTH_DELIMITED:
-            assert isinstance(value, bytes)
-            ids = [
-                _text(v)
-                for n, w, v in _fields(value)
-                if n == _ALLOCATE_IDS and w == _LENGTH_DELIMITED and isinstance(v, bytes)
-            ]
-            requests.append(ContainerAllocateRequest(devices_ids=ids))
-    return AllocateRequest(container_requests=requests)
-
-
-def decode_preferred_allocation_request(data: bytes) -> PreferredAllocationRequest:
-    requests = []
-    for request in _length_delimited(data, _PREFERRED_REQUESTS):
-        available: list[str] = []
-        must_include: list[str] = []
-        size = 0
-        for number, wire_type, value in _fields(request):
-            if isinstance(value, bytes):
-                if number == _AVAILABLE:
-                    available.append(_text(value))
-                elif number == _MUST_INCLUDE:
-                    must_include.append(_text(value))
-            elif number == _SIZE and wire_type == _VARINT:
-                size = _int32(value)
-        requests.append(
-            ContainerPreferredAllocationRequest(
-                available_deviceIDs=available,
-                must_include_deviceIDs=must_include,
-                allocation_size=size,
-            )
-        )
-    return PreferredAllocationRequest(container_requests=requests)
-
-
 ENCODERS: Final[Mapping[type, Callable[..., bytes]]] = {
     AllocateResponse: encode_allocate_response,
     PreferredAllocationResponse: encode_preferred_allocation_response,
@@ -393,8 +271,3 @@ ENCODERS: Final[Mapping[type, Callable[..., bytes]]] = {
     RegisterRequest: encode_register_request,
 }
 """Message type -> its hand-written encoder (ListAndWatch entries are pre-encoded instead)."""
-DECODERS: Final[Mapping[type, Callable[[bytes], object]]] = {
-    AllocateRequest: decode_allocate_request,
-    PreferredAllocationRequest: decode_preferred_allocation_request,
-}
-"""Message type -> its hand-written decoder."""

@@ -58,20 +58,22 @@ class SharedPathIndex:
     not a walk of the list (a probe of 120,000 devices: a walk is ~0.1 s of the loop per
     change). A list that does not say what changed (a glob scan) is walked.
 
-    Container path -> its placement (one device there), or how many devices place each
-    placement there (several: a Counter); the paths with two placements are the shared ones.
-    Which paths have anything, or a node, below them (`_propagate`: a path that comes or goes
+    Container path -> the one device there (no object made per path), or, once several are,
+    what each places there: placement -> device ID -> entries; the paths with two placements
+    are the shared ones, the devices there `colliding`. Which paths have anything, or a
+    node, below them (`_propagate`: a path that comes or goes
     costs its parent's count); the paths holding what nests with something below them (a
     node and anything, a mount and a node) are the nested ones.
     """
 
     def __init__(self) -> None:
         self._list: Mapping[str, Device] | None = None
-        self._at: dict[str, Placement | Counter[Placement]] = {}
+        self._at: dict[str, Device | dict[Placement, Counter[str]]] = {}
         self._shared: set[str] = set()
         self._below_any: dict[str, int] = {}
         self._below_node: dict[str, int] = {}
         self._nested: set[str] = set()
+        self._colliding: frozenset[str] | None = frozenset()
 
     def update(self, devices: Mapping[str, Device]) -> bool:
         """Follow `devices` (the driver's list as reported); whether it shares a path."""
@@ -81,7 +83,7 @@ class SharedPathIndex:
         changed = None if before is None else changed_between(before, devices)
         if before is None or changed is None:
             self._at, self._shared, self._nested = {}, set(), set()
-            self._below_any, self._below_node = {}, {}
+            self._below_any, self._below_node, self._colliding = {}, {}, None
             for device in devices.values():
                 self._count(device, 1)
         else:
@@ -95,12 +97,41 @@ class SharedPathIndex:
         self._list = devices
         return bool(self._shared or self._nested)
 
+    def colliding(self) -> frozenset[str] | None:
+        """The IDs of the devices (as `update` last followed) at a shared container path: two
+        devices collide only if both are among them. None while entries nest (`nests`): the
+        devices below a path are not kept, so any two may. Made from the shared paths alone,
+        once per change of them."""
+        if self._nested:
+            return None
+        if self._colliding is None:
+            self._colliding = frozenset(
+                device_id
+                for path in self._shared
+                for ids in self._many(path).values()
+                for device_id in ids
+            )
+        return self._colliding
+
+    def _many(self, path: str) -> dict[Placement, Counter[str]]:
+        known = self._at[path]
+        assert not isinstance(known, Device)  # (a shared path has several)
+        return known
+
+    def _kinds(self, path: str) -> tuple[bool, bool]:
+        """Whether a path holds a node, and whether it holds a mount (of any device)."""
+        known = self._at.get(path)
+        if known is None:
+            return _NOTHING
+        if isinstance(known, Device):
+            return _kind(_placement_at(known, path))
+        return any(isinstance(p, str) for p in known), any(not isinstance(p, str) for p in known)
+
     def _count(self, device: Device, step: int) -> None:
         at = self._at
         for path, placed in device_placements(device):
-            before = _kinds(at.get(path))
-            self._count_at(path, placed, step)
-            after = _kinds(at.get(path))
+            before = self._kinds(path) if path in at else _NOTHING
+            after = self._count_at(device, path, placed, step)
             if after == before:  # (one more or one less of what is there: the common case)
                 continue
             flipped: list[str] = []
@@ -108,7 +139,7 @@ class SharedPathIndex:
                 _propagate(self._below_any, self._holds_any, path, any(after), flipped)
             if after[0] != before[0] and path not in self._below_node:
                 _propagate(self._below_node, self._holds_node, path, after[0], flipped)
-            self._check_nested(path)
+            self._check_nested(path, after)
             for above in flipped:
                 if above in at or above in self._nested:
                     self._check_nested(above)
@@ -117,37 +148,47 @@ class SharedPathIndex:
         return path in self._at
 
     def _holds_node(self, path: str) -> bool:
-        return _kinds(self._at.get(path))[0]
+        return self._kinds(path)[0]
 
-    def _check_nested(self, path: str) -> None:
-        """Note whether what is at `path` nests with something below it."""
-        node_at, mount_at = _kinds(self._at.get(path))
+    def _check_nested(self, path: str, kinds: tuple[bool, bool] | None = None) -> None:
+        """Note whether what is at `path` (`kinds`, when known) nests with something below
+        it."""
+        node_at, mount_at = self._kinds(path) if kinds is None else kinds
         if (node_at and path in self._below_any) or (mount_at and path in self._below_node):
             self._nested.add(path)
         else:
             self._nested.discard(path)
 
-    def _count_at(self, path: str, placed: Placement, step: int) -> None:
+    def _count_at(
+        self, device: Device, path: str, placed: Placement, step: int
+    ) -> tuple[bool, bool]:
+        """Count `device`'s entry at `path` in (`step` 1) or out (-1); what the path holds
+        then (`_kinds`)."""
         at = self._at
         known = at.get(path)
         if known is None:  # (step 1: a device removed was counted)
-            at[path] = placed
-            return
-        if not isinstance(known, Counter):
-            if step > 0:
-                at[path] = known = Counter({known: 1})
-            else:  # (the one device there goes)
+            at[path] = device
+            return _kind(placed)
+        if isinstance(known, Device):
+            if step < 0:  # (the one device there goes)
                 del at[path]
-                return
-        known[placed] += step
-        if known[placed] <= 0:
-            del known[placed]
+                return _NOTHING
+            at[path] = known = {_placement_at(known, path): Counter({known.id: 1})}
+        ids = known.setdefault(placed, Counter())
+        ids[device.id] += step
+        if ids[device.id] <= 0:
+            del ids[device.id]
+            if not ids:
+                del known[placed]
+        if path in self._shared or len(known) > 1:
+            self._colliding = None  # (made again when asked)
         if len(known) > 1:
             self._shared.add(path)
         else:
             self._shared.discard(path)
             if not known:
                 del at[path]
+        return self._kinds(path)
 
 
 def _propagate(
@@ -174,14 +215,18 @@ def _propagate(
         path = above
 
 
-def _kinds(known: Placement | Counter[Placement] | None) -> tuple[bool, bool]:
-    """Whether a path holds a node, and whether it holds a mount (of any device)."""
-    if known is None:
-        return False, False
-    if not isinstance(known, Counter):
-        node = isinstance(known, str)
-        return node, not node
-    return any(isinstance(p, str) for p in known), any(not isinstance(p, str) for p in known)
+_NOTHING = (False, False)
+
+
+def _kind(placed: Placement) -> tuple[bool, bool]:
+    """(a node, a mount): what one placement is."""
+    node = isinstance(placed, str)
+    return node, not node
+
+
+def _placement_at(device: Device, path: str) -> Placement:
+    """What `device` places at `path` (its first entry there)."""
+    return next(placed for at, placed in device_placements(device) if at == path)
 
 
 def may_share_paths(resource: ResourceConfig) -> bool:

@@ -223,6 +223,11 @@ class Snapshot:
         """Built on first use (allocation), not for every snapshot of a large idle list."""
         return {entry.id: entry for entry in self.advertised}
 
+    @functools.cached_property
+    def has_numa(self) -> bool:
+        """Whether a device carries a NUMA node: one walk per snapshot, at first use."""
+        return any(device.numa is not None for device in self.devices)
+
     @property
     def unhealthy_count(self) -> int:
         return len(self.advertised) - self.healthy_count

@@ -1,5 +1,5 @@
-"""GetPreferredAllocation: the `preferred` policies (packed, spread, numa), the steering
-clear of shared container paths, and when advertising them can matter at all.
+"""GetPreferredAllocation: the `preferred` policies (packed, spread, numa) and the steering
+clear of shared container paths (when they are asked for at all: `preferred_need`).
 
 They run on the admission path of every pod (the kubelet calls them with no deadline), so
 they do plain in-memory work on the current snapshot and nothing else. Shared devices
@@ -14,10 +14,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
-from .config import GlobDriverConfig, PreferredPolicy, ResourceConfig
-from .container_path_lists import SharedPathIndex, may_share_paths
+from .config import PreferredPolicy
 from .container_paths import FITTING_SET_WIDTH, PathClaims, fitting_set
-from .device_table import DeviceTable
 from .devices import REPLICA_SEPARATOR, Advertised, Device, Snapshot
 
 _NO_NODE = 1 << 62
@@ -33,78 +31,6 @@ _FREE: Final = 3
 _PHYSICAL: Final = 4
 _NUMA: Final = 5
 _IDS: Final = 6
-
-
-def preferred_can_matter(policy: PreferredPolicy, replicas: int, numa: bool) -> bool:
-    """Whether a policy can choose better than the kubelet alone (`numa`: the devices carry,
-    or may carry, a NUMA node).
-
-    The policies rank the free IDs by nothing but their physical device (the replicas of one
-    device, `replicas` > 1) and its NUMA node. Without either, every policy answers "the
-    first free IDs", which is as good as the kubelet's own pick.
-    """
-    return policy != "none" and (replicas > 1 or numa)
-
-
-def may_report_numa(resource: ResourceConfig) -> bool:
-    """Whether a device of the resource may come with a NUMA node: a glob's only through
-    `numaNode` or `numaNodeFile`; a sysfs device reads its `numa_node`, a probe may print one."""
-    driver = resource.driver
-    if isinstance(driver, GlobDriverConfig):
-        return driver.numa_node is not None or driver.numa_node_file is not None
-    return True
-
-
-class PreferredNeed:
-    """Whether a resource advertises GetPreferredAllocation, and what its answers need.
-
-    The kubelet takes the option at registration only, and registering again marks every
-    device of the resource unhealthy until the new registration is in (every admission in
-    that window is refused for good: docs/kubelet-contract.md §4, §9; over the ~2 s of a
-    plugin-manager reconcile with `pluginsRegistry`). So the option is decided by the config
-    alone, from the first registration, and no device list ever calls for a registration:
-    - whatever the policy (`none` too), where two devices may place different things at one
-      container path (`container_path_lists.may_share_paths`): while the list holds such a pair
-      the answers steer the kubelet clear of it (Allocate must refuse such a set);
-    - where a policy can choose better than the kubelet: `replicas` > 1, or devices that may
-      come with a NUMA node (`may_report_numa`).
-    Each advertised call is one more RPC per container admitted. While neither a pair nor
-    anything the policy ranks by is in the list, the answer is "no preference" (empty: the
-    kubelet picks as it would alone), made without looking at the request.
-    """
-
-    def __init__(self, config: ResourceConfig, table: DeviceTable) -> None:
-        self._policy = config.preferred
-        self._replicas = config.replicas
-        self._table = table
-        self._index = SharedPathIndex() if may_share_paths(config) else None
-        self.announced = self._index is not None or preferred_can_matter(
-            self._policy, self._replicas, may_report_numa(config)
-        )
-        """Advertised (`get_preferred_allocation_available`), from the first registration."""
-        self._ranked: tuple[Snapshot | None, bool] = (None, False)
-
-    def follow(self, devices: Mapping[str, Device]) -> None:
-        """Take each list the table is given (`DeviceTable.follow_lists`: the resource's one
-        PreferredNeed), so a list costs what changed; unfollowed, `shared` looks at the
-        table's list when asked (a walk where the lists in between are gone)."""
-        if self._index is not None:
-            self._index.update(devices)
-
-    def shared(self) -> bool:
-        """Whether two devices of the list place different things at one container path
-        (never looked at where the config rules it out)."""
-        return self._index is not None and self._index.update(self._table.reported)
-
-    def policy_matters(self, snapshot: Snapshot) -> bool:
-        """Whether the policy's answer for `snapshot` can differ from the kubelet's own pick
-        (`preferred_can_matter`), kept per snapshot: one walk per list, not per call."""
-        known, matters = self._ranked
-        if known is not snapshot:
-            numa = any(device.numa is not None for device in snapshot.devices)
-            matters = preferred_can_matter(self._policy, self._replicas, numa)
-            self._ranked = (snapshot, matters)
-        return matters
 
 
 def preferred_allocation(
@@ -151,6 +77,12 @@ def preferred_allocation(
     base = PathClaims()  # (what the container has)
     for entry in filter(None, map(lookup.get, chosen)):
         base.add(entry.device)
+    if len(snapshot.advertised) == len(snapshot.devices) and not snapshot.has_numa:
+        # Every policy ranks by ID alone (one ID a device, no NUMA node): the rounds below
+        # come to the first IDs in the snapshot's order that fit, found without ranking all.
+        found = _fitting_in_order(snapshot, offered, base.copy(), wanted)
+        if found is not None:
+            return chosen + found
     if base:
         offered = {i for i in offered if (e := lookup.get(i)) and base.fits(e.device)}
     candidates, first, claims = set(offered), len(chosen), base.copy()
@@ -188,6 +120,25 @@ def first_healthy(
         if entry is not None and entry.healthy and device_id not in ids:
             ids.append(device_id)
     return ids
+
+
+def _fitting_in_order(
+    snapshot: Snapshot, offered: set[str], claims: PathClaims, wanted: int
+) -> list[str] | None:
+    """The first `wanted` healthy IDs of `offered`, in the snapshot's order, each fitting
+    `claims` and those before it (claimed in `claims`), or None where fewer do."""
+    entries: Iterable[Advertised] = snapshot.advertised
+    if len(offered) * 8 < len(snapshot.advertised):  # (a short offer: sorted, not walked)
+        lookup = snapshot.by_advertised_id
+        entries = sorted(filter(None, map(lookup.get, offered)), key=_advertised_order)
+    picked: list[str] = []
+    for entry in entries:
+        if entry.healthy and entry.id in offered and claims.fits(entry.device):
+            claims.add(entry.device)
+            picked.append(entry.id)
+            if len(picked) == wanted:
+                return picked
+    return None
 
 
 def _pick(

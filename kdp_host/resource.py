@@ -32,7 +32,7 @@ from .first_list import FirstList
 from .held_replaced import Replaced
 from .ownership import OwnedTable
 from .ownership_elsewhere import Elsewhere
-from .preferred import PreferredNeed
+from .preferred_need import PreferredNeed
 from .protocol.lists import ListAndWatchEncoder, Overflow
 from .protocol.refusal import refusal
 from .protocol.service import DevicePluginService
@@ -131,6 +131,7 @@ class ResourceRuntime:
             fence=None if reads is None else _Fence(self, reads),
             cdi_written=None if self.config.allocate.cdi is None else self._cdi_written,
             preferred=self._preferred,
+            offload=self._services.offload,
             place_refused=self._refused,
         )
         return self._service

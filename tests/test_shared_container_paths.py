@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -27,11 +27,20 @@ from kdp_host.config import (
     load_config_text,
 )
 from kdp_host.container_path_lists import SharedPathIndex, may_share_paths, shared_paths
-from kdp_host.container_paths import PAIRWISE_AT_MOST, OwnCollisions, PathClaims, collides
+from kdp_host.container_paths import (
+    PAIRWISE_AT_MOST,
+    OwnCollisions,
+    PathClaims,
+    collides,
+    device_placements,
+    nests,
+)
 from kdp_host.device_changes import Derived
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceMount, DeviceNode, Snapshot
-from kdp_host.preferred import PreferredNeed, preferred_allocation
+from kdp_host.preferred import preferred_allocation
+from kdp_host.preferred_need import PreferredNeed
+from kdp_host.rules import below
 
 USB = "vendor.example/usb"
 POLICIES: tuple[PreferredPolicy, ...] = ("packed", "spread", "numa", "none")
@@ -203,8 +212,9 @@ def test_the_index_follows_lists_by_what_changed_as_a_walk_would(
 ) -> None:
     """Each step adds, replaces (another kind: a mount, read-only or not, a node with the
     shared /dev/vfio/vfio, either below /dev/usb/x) or removes (None) devices, in a list
-    made from the last one
-    (`Derived`: the index takes what changed) or a plain one (it walks)."""
+    made from the last one (`Derived`: the index takes what changed) or a plain one (it
+    walks); the devices it names as colliding are those a walk finds at a shared path (none
+    named while two entries nest)."""
     index, current = SharedPathIndex(), {}
     listed: dict[str, Device] = {}
     for changes, derived in steps:
@@ -217,6 +227,20 @@ def test_the_index_follows_lists_by_what_changed_as_a_walk_would(
         current = Derived(current, ids, listed) if derived else dict(listed)
         walked = next(shared_paths(current.values()), None) is not None
         assert index.update(current) == walked
+        assert index.colliding() == colliding(current.values())
+
+
+def colliding(devices: Iterable[Device]) -> set[str] | None:
+    """The devices at a container path where two different things are placed (a walk);
+    None where two entries nest."""
+    entries = [(path, placed) for device in devices for path, placed in device_placements(device)]
+    if any(below(q, p) and nests(a, b) for p, a in entries for q, b in entries):
+        return None
+    at: dict[str, dict[object, set[str]]] = {}
+    for device in devices:
+        for path, placed in device_placements(device):
+            at.setdefault(path, {}).setdefault(placed, set()).add(device.id)
+    return {i for placed in at.values() if len(placed) > 1 for ids in placed.values() for i in ids}
 
 
 def test_which_configs_may_share_a_container_path() -> None:

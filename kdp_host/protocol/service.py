@@ -25,7 +25,6 @@ from ..api.v1beta1 import (
     AllocateRequest,
     AllocateResponse,
     ContainerAllocateResponse,
-    ContainerPreferredAllocationResponse,
     DevicePluginBase,
     DevicePluginOptions,
     Empty,
@@ -38,6 +37,7 @@ from ..api.v1beta1 import (
 from ..config import ResourceConfig
 from ..device_table import DeviceTable
 from ..devices import Snapshot
+from ..files import Offload
 from ..handed_out import HandedOut
 from ..identity import Identity, not_a_node
 from ..logs import EventLogger
@@ -47,14 +47,15 @@ from ..metrics import Metrics
 from ..ownership_claims import Unresolvable
 from ..ownership_fence import Unfenced
 from ..ownership_shared import PlaceOwned
-from ..preferred import PreferredNeed, first_healthy, preferred_allocation
+from ..preferred_need import PreferredNeed
 from ..rules import named_ids
 from ..start_budget import StartBudget
 from .answers import AnswerPlan, AnswerPlans, plan_answer
-from .codec import EncodedMessage
+from .codec import EncodedMessage, ReceivedBytes
 from .kept import Bookings, CdiWritten, Fence, keep
 from .lists import ListAndWatchEncoder, Wakes
 from .pre_start import PRE_START_CONTAINER, PreStartServing
+from .preferred_serving import PREFERRED_ALLOCATION, PreferredServing
 from .refusal import refusal
 
 if TYPE_CHECKING:  # made where the config chooses them (`features`)
@@ -62,8 +63,6 @@ if TYPE_CHECKING:  # made where the config chooses them (`features`)
     from ..release import ReleaseTracker
 
 LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
-_NO_PREFERENCE = ContainerPreferredAllocationResponse(device_i_ds=[])
-"""No preference (docs/kubelet-contract.md §5)."""
 
 
 class DevicePluginService(DevicePluginBase):
@@ -90,6 +89,7 @@ class DevicePluginService(DevicePluginBase):
         fence: Fence | None = None,
         cdi_written: CdiWritten | None = None,
         preferred: PreferredNeed | None = None,
+        offload: Offload | None = None,
         place_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
@@ -118,6 +118,9 @@ class DevicePluginService(DevicePluginBase):
         self._pre_start_required = pre_start is not None or release is not None
         self._pre_start_serving = PreStartServing(release, pre_start, log)
         self._preferred = preferred or PreferredNeed(config, table)  # (the resource's follows)
+        self._preferred_serving = PreferredServing(  # (large requests read off the loop)
+            config, table, self._preferred, metrics, log, clock, offload
+        )
 
     # The series every call records, looked up once, at first use (a histogram's series
     # appear with its first observation): a lookup costs what a call's bookkeeping does.
@@ -129,10 +132,6 @@ class DevicePluginService(DevicePluginBase):
     @functools.cached_property
     def _allocate_seconds(self) -> Observer:
         return self._metrics.allocate_seconds.labels(self._config.name)
-
-    @functools.cached_property
-    def _preferred_seconds(self) -> Observer:
-        return self._metrics.preferred_seconds.labels(self._config.name)
 
     def resend(self) -> bool:
         """The list again on each open stream (`Wakes.resend`); False: none is open."""
@@ -148,16 +147,19 @@ class DevicePluginService(DevicePluginBase):
             await asyncio.wait({self._drained}, timeout=timeout)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        """The generated handlers, except ListAndWatch (`_serve_list_and_watch`) and
-        PreStartContainer (`PreStartServing.serve`: it reads the call's deadline), same types."""
+        """The generated handlers, except ListAndWatch (`_serve_list_and_watch`),
+        PreStartContainer (`PreStartServing.serve`: it reads the call's deadline) and
+        GetPreferredAllocation (`PreferredServing.serve`: it reads its request's bytes)."""
         mapping = super().__mapping__()
-        for route, serve in (
-            (LIST_AND_WATCH, self._serve_list_and_watch),
-            (PRE_START_CONTAINER, self._pre_start_serving.serve),
+        for route, serve, request in (
+            (LIST_AND_WATCH, self._serve_list_and_watch, None),
+            (PRE_START_CONTAINER, self._pre_start_serving.serve, None),
+            (PREFERRED_ALLOCATION, self._preferred_serving.serve, ReceivedBytes),
         ):
             generated = mapping[route]
+            request_type = request or generated.request_type
             mapping[route] = grpclib.const.Handler(
-                serve, generated.cardinality, generated.request_type, generated.reply_type
+                serve, generated.cardinality, request_type, generated.reply_type
             )
         return mapping
 
@@ -233,42 +235,8 @@ class DevicePluginService(DevicePluginBase):
     async def get_preferred_allocation(
         self, message: PreferredAllocationRequest
     ) -> PreferredAllocationResponse:
-        started = self._clock()
-        snapshot = self._table.snapshot
-        steer = self._preferred.shared()
-        if not steer and not self._preferred.policy_matters(snapshot):
-            # nothing to choose by: "no preference" (but what the container has, kept anyway)
-            responses = [
-                ContainerPreferredAllocationResponse(device_i_ds=list(dict.fromkeys(must)))
-                if (must := request.must_include_deviceIDs)
-                else _NO_PREFERENCE
-                for request in message.container_requests
-            ]
-            self._preferred_seconds.observe(self._clock() - started)
-            return PreferredAllocationResponse(container_responses=responses)
-        responses = []
-        for request in message.container_requests:
-            try:
-                ids = preferred_allocation(
-                    self._config.preferred,
-                    snapshot,
-                    request.available_deviceIDs,
-                    request.must_include_deviceIDs,
-                    request.allocation_size,
-                    steer=steer,
-                )
-            except Exception:
-                self._log.exception("preferred_allocation_failed", fallback="first_available")
-                self._metrics.preferred_fallbacks.labels(self._config.name).inc()
-                ids = first_healthy(
-                    snapshot,
-                    request.available_deviceIDs,
-                    request.must_include_deviceIDs,
-                    request.allocation_size,
-                )
-            responses.append(ContainerPreferredAllocationResponse(device_i_ds=ids))
-        self._preferred_seconds.observe(self._clock() - started)
-        return PreferredAllocationResponse(container_responses=responses)
+        """A call without its bytes (served: `PreferredServing.serve`)."""
+        return await self._preferred_serving.answer(message)
 
     async def allocate(self, message: AllocateRequest) -> AllocateResponse:
         started = self._clock()

@@ -4,7 +4,6 @@ about a list too long for one message to the kubelet."""
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from .node import NodeInfo, selects
 from .rules import MAX_PRE_START_TIMEOUT
 
 if TYPE_CHECKING:  # a module only one command uses is imported where it runs
-    from .container_path_lists import SharedPath
     from .sysfs.rootdisk import RootDisk
 
 
@@ -259,88 +257,6 @@ def overlap_warnings(rows: list[CheckRow], config: Config) -> list[str]:
     devices = [(row.resource, row.device) for row in rows if row.device is not None]
     mounts = {r.name: [m.host_path for m in r.allocate.mounts] for r in config.resources}
     return warnings(devices, mounts, quote_text, read_mounts())
-
-
-CONTAINER_PATHS_SHOWN = 5
-"""Container paths a `container_path_warnings` line names (then how many more)."""
-
-
-def container_path_warnings(rows: Iterable[CheckRow], config: Config) -> list[str]:
-    """One line per pair of resources whose devices' nodes or `allocate.mounts` land on
-    one container path: a container asking for both gets only one of each such path (the
-    kubelet keeps one DeviceSpec and one mount per container path), charged for both. Two
-    resources' Allocates are separate calls: kdp-host cannot refuse it, only warn."""
-    users: dict[str, set[str]] = {}
-    for row in rows:
-        if row.device is not None:
-            for node in row.device.nodes:
-                users.setdefault(node.container_path, set()).add(row.resource)
-            for mount in row.device.mounts:
-                users.setdefault(mount.container_path, set()).add(row.resource)
-    for resource in config.resources:
-        for configured in resource.allocate.mounts:
-            users.setdefault(configured.container_path, set()).add(resource.name)
-    pairs: dict[tuple[str, str], list[str]] = {}
-    for path, names in users.items():
-        for pair in itertools.combinations(sorted(names), 2):
-            pairs.setdefault(pair, []).append(path)
-    lines = []
-    for (one, other), paths in sorted(pairs.items()):
-        paths.sort()
-        shown = ", ".join(quote_text(p) for p in paths[:CONTAINER_PATHS_SHOWN])
-        more = len(paths) - CONTAINER_PATHS_SHOWN
-        lines.append(
-            f"warning: {one} and {other} hand out {shown}"
-            + (f" and {more} more container path(s)" if more > 0 else "")
-            + ": a container that asks for both gets only one of each (the kubelet keeps one "
-            "device node and one mount per container path), charged for both"
-        )
-    return lines
-
-
-def shared_path_warnings(rows: Iterable[CheckRow]) -> list[str]:
-    """One line per container path two devices of one resource place different things at
-    (`container_path_lists.shared_paths`, the rule Allocate refuses by): no container can be
-    given both, and a run steers the kubelet's pick clear of such pairs."""
-    from .container_path_lists import shared_paths
-
-    listed: dict[str, list[Device]] = {}
-    for row in rows:
-        if row.device is not None:
-            listed.setdefault(row.resource, []).append(row.device)
-    lines = []
-    for resource, devices in listed.items():
-        at: dict[str, dict[str, str]] = {}
-        for shared in shared_paths(devices):
-            if shared.first_path != shared.container_path:
-                lines.append(_nested_warning(resource, shared))
-                continue
-            users = at.setdefault(shared.container_path, {shared.first: shared.first_host})
-            users.setdefault(shared.second, shared.second_host)
-        for path, users in at.items():
-            named = [f"{quote_text(device)} ({quote_text(host)})" for device, host in users.items()]
-            lines.append(
-                f"warning: {resource}: devices {', '.join(named[:-1])} and {named[-1]} share "
-                f"container path {quote_text(path)}: never both in one container (the runtime "
-                "keeps one node or mount per container path, so Allocate refuses such a "
-                "pair); a run announces GetPreferredAllocation and steers the kubelet clear "
-                "of such pairs, so a pod is refused only when no free set fits side by side "
-                "(a containerPath with {path} gives each device its own)"
-            )
-    return lines
-
-
-def _nested_warning(resource: str, shared: SharedPath) -> str:
-    """Two devices whose container paths nest, one a node (`container_paths.nests`)."""
-    first = f"{quote_text(shared.first)} ({quote_text(shared.first_host)})"
-    second = f"{quote_text(shared.second)} ({quote_text(shared.second_host)})"
-    return (
-        f"warning: {resource}: devices {first} at {quote_text(shared.first_path)} and "
-        f"{second} at {quote_text(shared.container_path)} nest: never both in one container "
-        "(a device node below a mount would be made inside the mount's host directory, and "
-        "nothing can be placed below a device node, so Allocate refuses such a pair); a run "
-        "announces GetPreferredAllocation and steers the kubelet clear of such pairs"
-    )
 
 
 def device_cell(device: Device, held: str | None = None) -> str:

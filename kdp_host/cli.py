@@ -152,7 +152,6 @@ def cmd_check(args: argparse.Namespace) -> int:
             return EXIT_INVALID
     from .check import (
         command_warnings,
-        container_path_warnings,
         deadline_warnings,
         dev_root_warnings,
         handed_warnings,
@@ -160,9 +159,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         overlap_warnings,
         root_disk_warnings,
         scan_entries,
-        shared_path_warnings,
         unseen_source_warnings,
     )
+    from .check_paths import container_path_warnings, numa_pair_warnings, shared_path_warnings
 
     scan = asyncio.run(scan_entries(config, node))
     rows = asyncio.run(held_back(scan.rows, config, args.config))
@@ -183,6 +182,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         *overlap_warnings(rows, config),
         *container_path_warnings(rows, config),
         *shared_path_warnings(rows),
+        *numa_pair_warnings(rows),
     ]
     for warning in [*handed, *overlaps, *scan.too_large]:
         print(warning, file=sys.stderr)

@@ -213,6 +213,38 @@ def test_check_warns_when_two_devices_of_a_resource_share_a_container_path(
     )
 
 
+def test_check_warns_when_two_colliding_devices_sit_on_one_numa_node(
+    short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hostile25 F2: a-x and b-x (both at /dev/usb/x) on NUMA node 0: a topology manager
+    that aligns a two-device container to node 0, whose free devices are exactly those two,
+    has the kubelet take them without GetPreferredAllocation, and Allocate refuses the pod.
+    c-x collides with both too, but alone on node 1: only the shared-path warning names it."""
+    lines = []
+    for device, numa in (("a-x", 0), ("b-x", 0), ("c-x", 1), ("d-z", 1)):
+        (short_dir / device).touch()
+        lines.append(
+            f"{device} Healthy path={short_dir}/{device}:/dev/usb/{device[-1]} numa={numa}"
+        )
+    (short_dir / "list.txt").write_text("\n".join(lines) + "\n")
+    probe = short_dir / "probe.sh"
+    probe.write_text(f"#!/bin/sh\ncat {short_dir}/list.txt\n")
+    probe.chmod(0o755)
+    config = short_dir / "config.yaml"
+    config.write_text(
+        f"kubelet: {{socketDir: {socket_dir}}}\nstateDir: {short_dir}/state\nresources:\n"
+        f'  - {{name: t.example/usb, shell: {{command: ["{probe}"]}}}}\n'
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    shared, numa = [line for line in capsys.readouterr().err.splitlines() if "share" in line]
+    assert "devices a-x" in shared and "and c-x" in shared
+    assert numa.startswith(
+        f"warning: t.example/usb: devices a-x ({short_dir}/a-x) and b-x ({short_dir}/b-x) "
+        "share container path /dev/usb/x and sit on NUMA node 0: with the topology manager"
+    )
+    assert "without GetPreferredAllocation" in numa and "c-x" not in numa
+
+
 @contextlib.asynccontextmanager
 async def kdp_host_run(config: Path) -> AsyncIterator[tuple[str, int]]:
     """`kdp-host run` in a subprocess; yields the host and port its http_serving line names."""

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kdp_host.allocation import AllocationBuilder, AllocationError
-from kdp_host.check import CheckRow, shared_path_warnings
+from kdp_host.check import CheckRow
+from kdp_host.check_paths import numa_pair_warnings, shared_path_warnings
 from kdp_host.config import (
     AllocateConfig,
     ConfigError,
@@ -310,6 +311,31 @@ def test_check_names_the_devices_that_share_a_container_path() -> None:
         "(/dev/bus/usb/b/x) share container path /dev/usb/x:"
     )
     assert "never both in one container" in line
+    assert numa_pair_warnings(rows) == []  # (no NUMA node)
+
+
+def test_check_names_colliding_devices_on_one_numa_node() -> None:
+    """hostile25 F2: the pairs of one node, by the same rule (a-x and b-x on node 0; c-x
+    collides with them but sits on node 1; then d-x on node 1 too: a pair with c-x; and a
+    node below c-z's on node 0: a pair that nests)."""
+    devices = [usb("a", "x", 0), usb("b", "x", 0), usb("c", "x", 1), usb("c", "z", 0)]
+    rows = [CheckRow(USB, "glob", "", device=d) for d in devices]
+    [zero] = numa_pair_warnings(rows)
+    assert zero.startswith(
+        "warning: vendor.example/usb: devices a-x (/dev/bus/usb/a/x) and b-x "
+        "(/dev/bus/usb/b/x) share container path /dev/usb/x and sit on NUMA node 0:"
+    )
+    rows.append(CheckRow(USB, "glob", "", device=usb("d", "x", 1)))
+    assert [line.split(" share ")[0] for line in numa_pair_warnings(rows)] == [
+        f"warning: {USB}: devices a-x (/dev/bus/usb/a/x) and b-x (/dev/bus/usb/b/x)",
+        f"warning: {USB}: devices c-x (/dev/bus/usb/c/x) and d-x (/dev/bus/usb/d/x)",
+    ]
+    inside = Device(id="e-y", nodes=(DeviceNode("/dev/bus/usb/e/y", "/dev/usb/z/y"),), numa=0)
+    rows.append(CheckRow(USB, "glob", "", device=inside))  # (below c-z's node, on node 0)
+    assert numa_pair_warnings(rows)[1].startswith(
+        f"warning: {USB}: devices c-z (/dev/bus/usb/c/z) at /dev/usb/z and e-y "
+        "(/dev/bus/usb/e/y) at /dev/usb/z/y nest and sit on NUMA node 0:"
+    )
 
 
 def test_a_device_that_collides_with_itself_or_the_config_s_mounts_is_named() -> None:

@@ -25,6 +25,7 @@ MODULES = (
     "large",
     "peer",
     "pinger",
+    "preferred",
     "proto",
     "release",
     "restart",
@@ -235,12 +236,12 @@ def test_a_crashed_peer_row_says_why_and_the_other_rows_keep_their_figures(
     assert rest and all(row.kdp.values for row in rest)
 
 
-def test_release_benchmark_says_why_when_the_harness_is_absent(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize("name", ["release", "preferred"])
+def test_a_kubelet_benchmark_says_why_when_the_harness_is_absent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
 ) -> None:
-    from tests.bench import release
-
+    module = importlib.import_module(f"tests.bench.{name}")
     monkeypatch.setenv("KDP_KUBELET_HARNESS", str(tmp_path / "absent"))
-    figures = release.run(TINY)
-    assert [f.values for f in figures] == [[], []]
+    figures = module.run(TINY)
+    assert figures and all(f.values == [] for f in figures)
     assert all("not measured" in f.note and "not found" in f.note for f in figures)

@@ -682,6 +682,7 @@ class Options:
     peer_resources: int = 100
     peer_devices: int = 10
     peer_hotplug_events: int = 2
+    preferred_devices: int = 20_000
 
     @classmethod
     def quick_options(cls) -> Options:
@@ -705,4 +706,5 @@ class Options:
             peer_rpc_calls=200,
             peer_resources=10,
             peer_hotplug_events=1,
+            preferred_devices=2000,
         )

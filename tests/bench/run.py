@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, str] = {
     "registration": "registration",
     "peer": "peer",
     "release": "release",
+    "preferred": "preferred",
 }
 EXTERNAL = {"allocation": "bench_allocation"}
 """Benchmarks other modules provide as `run() -> dict[str, float]` (included when present)."""

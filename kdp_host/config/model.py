@@ -1048,7 +1048,10 @@ class ResourceConfig:
         "policy, where two devices may place different things at one container path "
         "(`/dev/bus/usb/*/*` at `/dev/usb/{name}`, glob groups, probes): while the list holds "
         "such a pair the answers steer the kubelet clear of it, which Allocate must refuse. "
-        "With nothing to choose by in the list, the answer is no preference.",
+        "With nothing to choose by in the list, and for a container that cannot be given such "
+        "a pair (one device more than it has, or the colliding devices offered fit side by "
+        "side), the answer is no preference, made without reading the offer's every ID (the "
+        "request names every free device: a large one is read off the event loop).",
         default="packed",
     )
     node_selector: NodeSelectorConfig | None = key(

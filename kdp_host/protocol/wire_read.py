@@ -63,13 +63,7 @@ def _fields(data: bytes) -> Iterable[tuple[int, int, bytes | int]]:
         elif wire_type == _VARINT:
             value, pos = _read_varint(data, pos)
             yield number, wire_type, value
-        elif wire_type == _FIXED64:
-            pos += 8
-        elif wire_type == _FIXED32:
-            pos += 4
-        else:
-            raise WireError(f"unsupported wire type {wire_type}")
-        if pos > end:
+        elif (pos := _after_fixed(wire_type, pos)) > end:
             raise WireError("truncated field")
 
 
@@ -118,15 +112,19 @@ def _scalars(data: bytes, strings: Mapping[int, list[str]]) -> dict[int, int]:
             pos = stop
         elif wire_type == _VARINT:
             varints[number], pos = _read_varint(data, pos)
-        elif wire_type == _FIXED64:
-            pos += 8
-        elif wire_type == _FIXED32:
-            pos += 4
-        else:
-            raise WireError(f"unsupported wire type {wire_type}")
-        if pos > end:
+        elif (pos := _after_fixed(wire_type, pos)) > end:
             raise WireError("truncated field")
     return varints
+
+
+def _after_fixed(wire_type: int, pos: int) -> int:
+    """Where a fixed-width field's value ends (skipped, as unknown fields must be); any
+    other wire type but the two read is an error."""
+    if wire_type == _FIXED64:
+        return pos + 8
+    if wire_type == _FIXED32:
+        return pos + 4
+    raise WireError(f"unsupported wire type {wire_type}")
 
 
 def _length_delimited(data: bytes, number: int) -> Iterator[bytes]:

@@ -17,14 +17,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ConfigError, load_config
 from .files import DaemonThreads
-from .handed_entries import Handed, uses
-from .handed_out import HandedRecord
 from .logs import get_logger
 from .ownership_document import bookings_document, ownership_file, read_saved
 from .state_lock import StateDirBusy, exclusive
+
+if TYPE_CHECKING:
+    from .handed_entries import Handed
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -58,6 +60,9 @@ async def _forget_handed(
     `ids`) lose them, and a device's entry with no ID left goes: a start books an ID that
     only the record keeps (`recorded_bookings`), so an ID dropped here alone would come back.
     A record that cannot be read is left as it is (a start withholds what it cannot tell)."""
+    from .handed_entries import uses  # (only when unbook runs: every command's parser
+    from .handed_out import HandedRecord  # imports this module)
+
     record = HandedRecord(state_dir, get_logger(), offload)
     await offload.run(record.load)
     if record.file is None or record.file.unknown:

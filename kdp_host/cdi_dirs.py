@@ -98,8 +98,8 @@ class SpecDirCheck:
     """kdp-host spec files of the kind whose owner is gone: removed."""
     taken: tuple[str, ...] = ()
     """kdp-host spec files of the kind whose owner runs on no host of the `stateDir` that
-    define a name a pod holds otherwise than this host (`held`): removed before their lease
-    runs out (hostile21 F3)."""
+    define a name a pod holds otherwise than this host (`held`), or only held names as this
+    host does: removed before their lease runs out (hostile21 F3, hostile27 F5)."""
     clashes: dict[str, frozenset[str]] = field(default_factory=dict)
     """Other files that define names of the resource's, by path (held: CDI drops a name
     two files of one dir define; of two dirs, the runtime's order decides)."""
@@ -127,7 +127,9 @@ def check_spec_dirs(
     None where it leaves the entry out) otherwise is removed too (`taken`): by the runtime's
     dir order its entry, frozen as its owner died, may win for that name (where this host's
     file leaves it out, always), and the pod's restarting container would get what the
-    entry names now (another pod's node, hostile21 F3). Blocking."""
+    entry names now (another pod's node, hostile21 F3). So is one that defines held names
+    only, each as `held` says (a stopped owner's, hostile27 F5): removed, it changes no
+    name's resolution. Blocking."""
     home, own = os.path.split(path)
     taken: list[str] = []
     prefix = None if resource is None else f"{resource_slug(resource)}{CDI_RESOURCE_SEPARATOR}"
@@ -163,7 +165,7 @@ def check_spec_dirs(
                 and held
                 and not at_home
                 and runs is not None
-                and _otherwise(held, (known or SpecNames()).entries(other, kind))
+                and _taken(held, (known or SpecNames()).entries(other, kind), ours)
                 and not runs(owner)
             ):
                 unlink(other)
@@ -174,11 +176,19 @@ def check_spec_dirs(
     return SpecDirCheck(tuple(stale), tuple(taken), clashes)
 
 
-def _otherwise(
-    held: Mapping[str, frozenset[str] | None], theirs: Mapping[str, frozenset[str]]
+def _taken(
+    held: Mapping[str, frozenset[str] | None],
+    theirs: Mapping[str, frozenset[str]],
+    ours: frozenset[str],
 ) -> bool:
-    """Whether a file's entries (`theirs`) define a held name otherwise than `held` says."""
-    return any(name in theirs and theirs[name] != paths for name, paths in held.items())
+    """Whether a gone owner's file (its entries `theirs`, its names of the resource's `ours`)
+    goes before its lease runs out: it defines a held name otherwise than `held` says (its
+    entry, frozen, may win: hostile21 F3), or it defines held names only, each as `held`
+    says (what a stop leaves, hostile27 F5: nothing of it resolves otherwise than this host's
+    file, and kept it could only come to)."""
+    if any(name in theirs and theirs[name] != paths for name, paths in held.items()):
+        return True
+    return bool(ours) and all(n in held and n in theirs and theirs[n] == held[n] for n in ours)
 
 
 async def look_at_spec_dirs(
@@ -209,7 +219,8 @@ async def look_at_spec_dirs(
     for gone in found.taken:
         log.warning(
             "cdi_spec_stale_removed", path=gone, kind=kind,
-            reason="its owner runs on no host of the stateDir; it names a held device otherwise",
+            reason="its owner runs on no host of the stateDir; it names a held device "
+            "otherwise, or held devices only as this host does",
         )  # fmt: skip
     return found
 

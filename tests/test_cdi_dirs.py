@@ -276,14 +276,19 @@ async def test_a_killed_owners_file_naming_a_held_device_otherwise_is_taken_at_o
     tmp_path: Path,
 ) -> None:
     """hostile21 F3: its lease still runs, its owner runs on no host of stateDir. Naming a
-    held device as this host does, it only holds the names (as above); naming it otherwise
-    (this host leaves the entry out: None), it is removed at once, owner file too; a live
-    host's is left alone whatever it names."""
+    held device as this host does and a name not held, it only holds the names (as above);
+    naming held devices only, as this host does (what a stop leaves: hostile27 F5), or a
+    held device otherwise (this host leaves the entry out: None), it is removed at once,
+    owner file too; a live host's is left alone whatever it names."""
     state, other = tmp_path / "state", tmp_path / "other"
     other.mkdir()
     spec, name = other / spec_file_name(FPGA), "example.com_fpga:fpga0"
     node = {"path": "/dev/fpga0", "hostPath": "/dev/fpga0"}
-    devices = [{"name": name, "containerEdits": {"deviceNodes": [node]}}]
+    free = {"path": "/dev/fpga1", "hostPath": "/dev/fpga1"}
+    devices = [
+        {"name": name, "containerEdits": {"deviceNodes": [node]}},
+        {"name": "example.com_fpga:fpga1", "containerEdits": {"deviceNodes": [free]}},
+    ]
     spec.write_text(json.dumps({"cdiVersion": "0.5.0", "kind": KIND, "devices": devices}))
     owner = Path(owner_path(str(spec)))
     record = _record(state)
@@ -301,7 +306,17 @@ async def test_a_killed_owners_file_naming_a_held_device_otherwise_is_taken_at_o
             str(mine), KIND, frozenset(), 30.0, others, record.runs, FPGA,
             held={name: frozenset({"/dev/fpga0"})},
         )  # fmt: skip
-        assert same.taken == () and same.clashes == {str(spec): {name}} and spec.exists()
+        both = {name, "example.com_fpga:fpga1"}
+        assert same.taken == () and same.clashes == {str(spec): both} and spec.exists()
+        spec.write_text(json.dumps({"cdiVersion": "0.5.0", "kind": KIND, "devices": devices[:1]}))
+        held_only = check_spec_dirs(
+            str(mine), KIND, frozenset(), 30.0, others, record.runs, FPGA,
+            held={name: frozenset({"/dev/fpga0"})},
+        )  # fmt: skip
+        assert held_only.taken == (str(spec),) and held_only.clashes == {}
+        assert not spec.exists() and not owner.exists()
+        spec.write_text(json.dumps({"cdiVersion": "0.5.0", "kind": KIND, "devices": devices}))
+        owner.write_text("deadbeef\n")
         left_out = check_spec_dirs(
             str(mine), KIND, frozenset(), 30.0, others, record.runs, FPGA, held={name: None}
         )

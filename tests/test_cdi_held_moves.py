@@ -182,11 +182,13 @@ async def test_hostile21_f3_a_killed_owners_file_never_resolves_a_held_name_to_a
     the old one is SIGKILLed (its lease kept running here for the test's length); fpga1 is
     renamed over fpga0. As the runtime resolves across etc/ and run/, p1's name must resolve
     to nothing, not to p2's node through the dead owner's file. Fails on the old code: the
-    file stayed until the lease ran out."""
+    file stayed until the lease ran out. (fpga2, held by no pod, keeps the dead owner's file
+    from defining held names only, as the new host's does: such a file goes at once, hostile27
+    F5.)"""
     kubelet = real_kubelet_factory()
     dev, etc, run = short_dir / "dev", short_dir / "cdi" / "etc", short_dir / "cdi" / "run"
     dev.mkdir()
-    for i in (0, 1):
+    for i in (0, 1, 2):
         (dev / f"fpga{i}").touch()
     config = short_dir / "old.yaml"
     config.write_text(_update_config(kubelet, short_dir, etc))
@@ -195,7 +197,7 @@ async def test_hostile21_f3_a_killed_owners_file_never_resolves_a_held_name_to_a
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        await kubelet.await_for(healthy(FPGA, 2), timeout=60, what="the old host's devices")
+        await kubelet.await_for(healthy(FPGA, 3), timeout=60, what="the old host's devices")
         p1 = await kubelet.acall(kubelet.allocate, "p1", {FPGA: 1})
         assert p1["error"] == "", p1
         (held,) = [c.get("Name", c.get("name")) for c in p1["cdi_devices"]]

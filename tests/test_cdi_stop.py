@@ -22,12 +22,31 @@ from .test_cdi_reload import resolved
 A = "example.com/a"
 
 
-def _config(socket_dir: Path, short_dir: Path) -> str:
+def _config(socket_dir: Path, short_dir: Path, spec_dir: str = "cdi") -> str:
     return (
         f"kubelet: {{socketDir: {socket_dir}}}\nstateDir: {short_dir / 'state'}\n"
+        f"cdiRuntimeDirs: [{short_dir / 'cdi'}, {short_dir / 'later'}]\n"
         f'resources:\n  - name: {A}\n    glob: {{paths: ["{short_dir / "dev"}/fpga*"]}}\n'
-        f"    allocate: {{cdi: {{kind: example.com/fpga, specDir: {short_dir / 'cdi'}}}}}\n"
+        f"    allocate: {{cdi: {{kind: example.com/fpga, specDir: {short_dir / spec_dir}}}}}\n"
     )
+
+
+async def _held_at_stop(kubelet: Any, short_dir: Path, start_host: Any) -> tuple[str, list[str]]:
+    """fpga0 and fpga1 served from `cdi`; p0 holds one of them; the host stopped: p0's CDI
+    name, and the node it resolves to."""
+    (short_dir / "dev").mkdir()
+    for i in (0, 1):
+        (short_dir / "dev" / f"fpga{i}").touch()
+    running = await start_host(_config(kubelet.socket_dir, short_dir))
+    await kubelet.await_for(healthy(A, 2), what="fpga0 and fpga1 advertised")
+    p0 = await kubelet.acall(kubelet.allocate, "p0", {A: 1})
+    assert p0["error"] == "", p0
+    (name,) = [c.get("Name", c.get("name")) for c in p0["cdi_devices"]]
+    (held,) = p0["device_ids"][A]
+    node = [str(short_dir / "dev" / held)]
+    assert resolved(short_dir / "cdi")[name] == node
+    await running.shutdown()
+    return name, node
 
 
 async def test_a_stop_keeps_the_held_entries_for_the_next_instance(
@@ -37,21 +56,9 @@ async def test_a_stop_keeps_the_held_entries_for_the_next_instance(
     entry alone (not the free device's), its owner file with it; the next instance takes it
     over and writes both again. Before: the spec dir was empty after the stop."""
     kubelet = real_kubelet_factory()
-    (short_dir / "dev").mkdir()
-    for i in (0, 1):
-        (short_dir / "dev" / f"fpga{i}").touch()
     spec_dir = short_dir / "cdi"
     spec, config = spec_dir / spec_file_name(A), _config(kubelet.socket_dir, short_dir)
-    running = await start_host(config)
-    await kubelet.await_for(healthy(A, 2), what="fpga0 and fpga1 advertised")
-    p0 = await kubelet.acall(kubelet.allocate, "p0", {A: 1})
-    assert p0["error"] == "", p0
-    (name,) = [c.get("Name", c.get("name")) for c in p0["cdi_devices"]]
-    (held,) = p0["device_ids"][A]
-    node = [str(short_dir / "dev" / held)]
-    assert resolved(spec_dir)[name] == node
-
-    await running.shutdown()
+    name, node = await _held_at_stop(kubelet, short_dir, start_host)
     assert resolved(spec_dir) == {name: node}, "a stop must keep the held entry, only it"
     owner = Path(owner_path(str(spec)))
     old_owner = owner.read_text()
@@ -75,3 +82,20 @@ async def test_a_stop_with_nothing_held_removes_the_file(
     await wait_until(spec.exists, what="the spec file written")
     await running.shutdown()
     assert not spec.exists() and not Path(owner_path(str(spec))).exists()
+
+
+async def test_what_a_stop_left_in_another_spec_dir_goes_once_the_next_instance_wrote_it(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any
+) -> None:
+    """The update also moves specDir to a later runtime dir: the next instance writes p0's
+    entry there, and the file left in the old dir (held entries only, as this host defines
+    them) is removed then, not held as a clash until its lease runs out (30 s: fpga0 or
+    fpga1 Unhealthy, /readyz not ready meanwhile)."""
+    kubelet = real_kubelet_factory()
+    name, node = await _held_at_stop(kubelet, short_dir, start_host)
+    left = short_dir / "cdi" / spec_file_name(A)
+    assert left.exists()
+    await start_host(_config(kubelet.socket_dir, short_dir, "later"))
+    await kubelet.await_for(healthy(A, 2), 10.0, what="no clash with the left file")
+    assert not left.exists() and not Path(owner_path(str(left))).exists()
+    assert resolved(short_dir / "later")[name] == node

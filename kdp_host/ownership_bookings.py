@@ -34,6 +34,7 @@ from .ownership_booked import Booking
 from .ownership_claims import SYSFS, Claim, ClaimKey, Owner, owner_order
 from .ownership_document import Entry, Saved, SavedBooking, entry_of
 from .ownership_learnt import LearntBookings
+from .ownership_reach import linked_spot
 from .ownership_shared_held import count as _count
 from .turns import Pace, Steps, to_the_end
 
@@ -277,9 +278,12 @@ class Ledger(LearntBookings):
                     self.relocate(owner, moved, step)
             if step < 0:
                 self.forget_moved(key)
-        for _, _, real in booking.places:
+        for _, path, real in booking.places:
             _count(self.places, real, owner, step)
             self._sorted_places = None
+            if (spot := linked_spot(path, real)) is not None:  # (what it reaches now too)
+                _count(self.spots, spot, owner, step)
+                self.reach.count_linked(spot, owner, step)
         for key, _, real in booking.claims:
             if key[0] != SYSFS:
                 _count(self.spots, real, owner, step)

@@ -11,18 +11,25 @@ O(changed)); the device that claims that identity elsewhere, of another ID or re
 held `place_booked` by the booking (`BookedClaims.reached_conflict`) while the spot still
 reaches it (looked at again each time it is examined) and the booking lives. A spot found to
 reach another identity names both identities' devices to examine again (`changed`).
+
+A booked place handed out through a link is a spot too, at the path as handed
+(`linked_spot`): the runtime resolves that text again at each container start, so what the
+link reaches now is the pod's as well as what it reached when booked (another plugin's
+answer in the kubelet's checkpoint, `serial/by-id/usb-X` re-pointed by udev; another host's
+booking). Its directory and each directory on the way are followed through the host's
+watcher, and a change there has it looked at (`ownership_spots`), as nothing claims through
+it (issue 17, hostile27 F9).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 
 from .ownership_aliases import by_text
 from .ownership_claims import SYSFS, ClaimKey, Claims, Owner
+from .ownership_shared_held import Counted, below_sorted, count
 
-Counted = Mapping[Owner, int]
-"""The bookings that hold a spot, each with how many times."""
 Still = Callable[[ClaimKey, str], bool]
 """Whether a path still reaches an identity (`ClaimTable._still_there`)."""
 
@@ -38,6 +45,42 @@ class SpotsReached:
         self.changed: list[ClaimKey] = []
         """Identities a spot was found to reach, or no longer reaches, since the index last
         took them: the devices that claim them are examined again."""
+        self.linked: dict[str, Counted] = {}
+        """Spot of a place handed out through a link (`linked_spot`) -> its bookings."""
+        self._sorted: list[str] | None = None
+        """`linked` sorted (`linked_below`), made when first needed."""
+        self.follow: Callable[[str], None] = _ignore
+        """Told each linked spot that comes to be booked (the index follows it)."""
+        self.was: dict[ClaimKey, set[str]] = {}
+        """Identity -> the linked spots found to reach it while booked (now or since: a
+        container of the pod may have started then, so it holds until they are unbooked)."""
+        self._was_of: dict[str, set[ClaimKey]] = {}
+        """Linked spot -> the identities of `was` it reached."""
+
+    def count_linked(self, spot: str, owner: Owner, step: int) -> None:
+        """`owner`'s booking holds the linked spot `spot` `step` times more (fewer): a new
+        one is followed, one no longer booked reaches nothing held."""
+        new = spot not in self.linked
+        count(self.linked, spot, owner, step)
+        self._sorted = None
+        if spot not in self.linked:
+            self.forget(spot)
+            for key in self._was_of.pop(spot, ()):
+                self.changed.append(key)
+                spots = self.was[key]
+                spots.discard(spot)
+                if not spots:
+                    del self.was[key]
+        elif new:
+            self.follow(spot)
+
+    def linked_below(self, directory: str) -> Iterator[str]:
+        """The linked spots below `directory` (a directory on their way changed)."""
+        if not self.linked:
+            return iter(())
+        if self._sorted is None:
+            self._sorted = sorted(self.linked)
+        return below_sorted(self._sorted, directory)
 
     def note(self, claims: Claims, booked: Container[str]) -> None:
         """A device claims `claims` now: each of its host paths and real paths that is a
@@ -58,6 +101,9 @@ class SpotsReached:
             self.at[spot] = key
             self.spots.setdefault(key, set()).add(spot)
             self.changed.append(key)
+            if spot in self.linked:
+                self.was.setdefault(key, set()).add(spot)
+                self._was_of.setdefault(spot, set()).add(key)
 
     def changed_at(
         self, paths: Iterable[str], booked: Container[str], look: Callable[[str], ClaimKey | None]
@@ -84,10 +130,11 @@ class SpotsReached:
         self, claims: Claims, spots: Mapping[str, Counted], still: Still
     ) -> list[tuple[str, Iterable[Owner]]]:
         """(host path of the claim, the bookings of the spot) for each claim of a device
-        whose identity a spot of `spots` still reaches (`still`, looked at now); a spot no
-        longer booked, or that no longer reaches it, is forgotten."""
+        whose identity a spot of `spots` still reaches (`still`, looked at now), or a linked
+        spot reached while booked (`was`); a spot no longer booked, or that no longer
+        reaches it, is forgotten."""
         found: list[tuple[str, Iterable[Owner]]] = []
-        if not self.spots:
+        if not self.spots and not self.was:
             return found
         for key, path, _ in claims.all():
             for spot in list(self.spots.get(key, ())):
@@ -95,7 +142,19 @@ class SpotsReached:
                     self.forget(spot)
                 else:
                     found.append((path, spots[spot]))
+            found += ((path, spots[spot]) for spot in self.was.get(key, ()) if spot in spots)
         return found
+
+
+def _ignore(_spot: str) -> None:
+    """(No index follows the spots.)"""
+
+
+def linked_spot(path: str, real: str) -> str | None:
+    """The spot a booked place handed out as `path` is at when a link is on its way (its
+    normalised text is not its real path `real`): None when there is none."""
+    spot = os.path.normpath(path)
+    return None if spot == real else spot
 
 
 def by_directory(paths: Iterable[str]) -> dict[str, list[str]]:

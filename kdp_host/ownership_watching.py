@@ -32,7 +32,6 @@ from .files import Offload
 from .identity import DIRECTORY
 from .metrics import Metrics
 from .mount_table import MountMap, read_mounts
-from .ownership_allocate import BookingAllocations
 from .ownership_arrivals import Arrivals, Found
 from .ownership_batches import RESOLVE_TIMEOUT
 from .ownership_claims import SYSFS, ClaimKey, Claims, Owner, Resolver, ancestors, named_in, places
@@ -41,6 +40,7 @@ from .ownership_paths import PathIndex, host_paths
 from .ownership_reach import by_directory
 from .ownership_reads import INDEXED, LINKED
 from .ownership_shared import elsewhere
+from .ownership_spots import SpotsFollowed
 from .ownership_table import Holding, ResourceState
 from .rules import below, parent
 from .turns import TURN_BUDGET, Pace
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .watch import Watcher
 
 
-class Watching(BookingAllocations):
+class Watching(SpotsFollowed):
     """The index's layer that follows the watcher (the module's rules)."""
 
     def __init__(
@@ -108,6 +108,7 @@ class Watching(BookingAllocations):
         # (a poll sees a change late; a mount over a path makes no directory event)
         self._keeps = watcher.kind != "poll" and watcher.follow_mounts(self._mounts_changed)
         self._reads_kept.follow(self._keeps, watcher)
+        self._follow_links()  # (a place booked through a link: `ownership_spots`)
 
     def local(self, directories: Collection[str]) -> bool:
         """Whether a lookup in each of these real directories waits on nothing but this
@@ -314,13 +315,6 @@ class Watching(BookingAllocations):
     def _vanishing(self, state: ResourceState, device_id: str) -> bool:
         since = self._vanished.get((state.name, device_id))
         return since is not None and time.monotonic() - since < VANISH_GRACE
-
-    def _spot_reaches(self, spot: str) -> ClaimKey | None:
-        """What a booked spot the watcher reported changed reaches now (one lookup of a
-        device's path, on the loop: only in a directory `local` says waits on nothing but
-        this machine; elsewhere a device claiming through it tells)."""
-        found = self._paths.inline([spot])[spot]
-        return None if found is None or isinstance(found, str) else found[0]
 
     def _recheck(self) -> None:
         """Forget the claims of devices with a changed path, and admit their resources

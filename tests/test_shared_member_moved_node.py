@@ -62,15 +62,15 @@ def group_tree(root: Path, member: str) -> Path:
 
 async def started_group(
     real_kubelet_factory: Any, root: Path, start_host: Any, member: str, grace: str = "3s"
-) -> tuple[Any, Path]:
-    """The kubelet and a host of `group_config` on `group_tree` (A and C advertised), and
-    the shared member's path."""
+) -> tuple[Any, Path, Any]:
+    """The kubelet and a host of `group_config` on `group_tree` (A and C advertised), the
+    shared member's path, and the running host."""
     kubelet = real_kubelet_factory(pod_resources_dir=root / "pr")
     shared = group_tree(root, member)
-    await start_host(group_config(kubelet, root, member, grace))
+    running = await start_host(group_config(kubelet, root, member, grace))
     await kubelet.await_for(healthy(A, 2), what="A advertised")
     await kubelet.await_for(healthy(C, 2), what="C advertised")
-    return kubelet, shared
+    return kubelet, shared, running
 
 
 @pytest.mark.parametrize("out", ["moved_out", "gone_for_good"])
@@ -79,7 +79,7 @@ async def test_a_node_moved_into_a_shared_member_goes_to_no_pod(
     real_kubelet_factory: Any, short_dir: Path, start_host: Any, member: str, out: str
 ) -> None:
     root = short_dir
-    kubelet, shared = await started_group(real_kubelet_factory, root, start_host, member)
+    kubelet, shared, _ = await started_group(real_kubelet_factory, root, start_host, member)
 
     there = shared / "a1" if member == "common" else shared
     os.rename(root / "d" / "a1", there)

@@ -42,6 +42,8 @@ from .state_document import Signature, signature
 SPEC_SUFFIXES: Final = (".json", ".yaml", ".yml")
 """The file names the runtime reads as CDI spec files."""
 _YAML_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_NOTED: Final = 4096
+"""Most (resource, name, why) said a `CdiNames` keeps (past it, it starts over)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,8 @@ class CdiNames:
             key = (resource, name, why)
             if key in self._noted:
                 return False
+            if len(self._noted) >= MAX_NOTED:
+                self._noted.clear()  # (said again rather than kept without end)
             self._noted.add(key)
         if self.said is not None:
             self.said(resource)

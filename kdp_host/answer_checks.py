@@ -10,8 +10,9 @@ The rules are the ones an answer is refused by, imported, not copied:
 - a command's program must be found, executable and in a format the kernel execs (ELF or
   `#!`: `exec_format`) as the runner finds it
   (`process.resolve_command`: on the PATH of its env for a bare name), and so must the
-  interpreter its `#!` line names (`config.places.script_interpreter`; exec fails with "No
-  such file or directory" when that is missing). A name or a PATH that is a template is
+  interpreter its `#!` line names, or the loader a dynamically linked ELF binary names
+  (`config.places.program_interpreter`; exec fails with "No such file or directory" when
+  that is missing, naming the program). A name or a PATH that is a template is
   rendered per call: not judged here.
 
 `kdp-host check` warns with the same functions. A run asks at the resource's start (its first
@@ -46,7 +47,7 @@ from typing import Final
 
 from .answer_needs import WATCHED, AnswerNeeds, configured_needs
 from .config import NeverHanded, ResourceConfig, template_fields
-from .config.places import INTERPRETER_DEPTH, script_interpreter, untemplated
+from .config.places import INTERPRETER_DEPTH, program_interpreter, untemplated
 from .devices import Device
 from .files import Offload
 from .mount_table import MountMap, read_mounts
@@ -90,11 +91,11 @@ def host_commands(resource: ResourceConfig) -> list[HostCommand]:
 def command_problem(
     argv: Sequence[str], env: Mapping[str, str] | None, reached: set[str] | None = None
 ) -> str | None:
-    """Why the program `argv` names (or an interpreter its `#!` line names) cannot be
-    started now, or None (the runner's rule, `process.resolve_command`); `reached` is given
-    each program and interpreter path the start goes through, as named and as resolved (the
-    watch follows them). Does I/O."""
-    program, depth = argv[0], 0
+    """Why the program `argv` names (or an interpreter its `#!` line names, or the loader
+    an ELF binary names) cannot be started now, or None (the runner's rule,
+    `process.resolve_command`); `reached` is given each program and interpreter path the
+    start goes through, as named and as resolved (the watch follows them). Does I/O."""
+    program, depth, what = argv[0], 0, ""
     while depth <= INTERPRETER_DEPTH:
         if template_fields(program) or (env is not None and template_fields(env.get("PATH", ""))):
             return None  # (rendered per call)
@@ -106,13 +107,13 @@ def command_problem(
             if depth == 0:
                 return str(exc)
             crlf = " (the script's lines end in CRLF)" if program.endswith("\r") else ""
-            return f"its #! interpreter: {exc}{crlf}"
+            return f"its {what}: {exc}{crlf}"
         if reached is not None:
             reached.update((path, os.path.realpath(path)))
-        interpreter = script_interpreter(path)
+        interpreter = program_interpreter(path)
         if interpreter is None:
             return None
-        program, settings = interpreter
+        program, settings, what = interpreter
         if "PATH" in settings:
             return None  # (`env PATH=...`: expanded at exec; not judged)
         env, depth = {**(env or {}), **settings} or None, depth + 1

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from typing import Final
 
+from .elf_header import MAGIC, elf_header, foreign_machine, host_elf
+
 HEAD: Final = 256
 """Bytes of a file the kernel reads to tell its format (BINPRM_BUF_SIZE)."""
 BINFMT_MISC: Final = "/proc/sys/fs/binfmt_misc"
@@ -38,7 +40,13 @@ def exec_format_problem(path: str, binfmt_misc: str = BINFMT_MISC) -> str | None
             head = file.read(HEAD)
     except OSError:
         return None
-    if head.startswith((b"\x7fELF", b"#!")) or _misc_format(path, head, binfmt_misc):
+    if head.startswith(MAGIC):
+        header = elf_header(head)
+        why = "a damaged ELF header" if header is None else foreign_machine(header, host_elf())
+        if why is None or _misc_format(path, head, binfmt_misc):
+            return None
+        return f"{why}: the kernel cannot exec it (Exec format error)"
+    if head.startswith(b"#!") or _misc_format(path, head, binfmt_misc):
         return None
     if head.startswith(_BOM + b"#!"):
         return (

@@ -7,9 +7,9 @@ missing (Unhealthy, its gracePeriod running, no pod holding it), then comes into
 `allocate.mounts` source `fw`: moved in, or a directory holding it moved in, or `fw` swapped
 for an empty directory while it held the node and swapped back, or a hard link made there;
 or into what every device of C's glob group shares (the member without `{key}`: a directory
-mounted, or a node renamed over), or into a group device's own mounted directory. Before, the claim was released as gone while the node
-was in the unfollowed place, and back in the source it was a file no device claims: every
-new pod was handed it. Now a listed missing device's identity stays its claim wherever it
+mounted, or a node renamed over), or into a group device's own mounted directory. Before,
+the claim was released as gone while the node was in the unfollowed place, and back in the
+source it was a file no device claims: every new pod was handed it. Now a listed missing device's identity stays its claim wherever it
 is seen again: A is withheld (or C's devices held) while the node is there, and once `a1`
 is found again as itself at its path, every pod is admitted again.
 """

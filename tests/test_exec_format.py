@@ -8,7 +8,10 @@ the need is unmet (named), `check` warns, the runner refuses the spawn."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import pytest
 
 from kdp_host.answer_checks import command_problem
 from kdp_host.cli import main
+from kdp_host.elf_header import elf_header, elf_interpreter
 from kdp_host.exec_format import exec_format_problem
 from kdp_host.process import CommandError, ProcessRunner
 
@@ -123,3 +127,65 @@ def test_a_binfmt_misc_format_is_one_the_kernel_execs(tmp_path: Path) -> None:
     assert found["b.off"] is not None and found["c.bin"] is not None, found
     (misc / "status").write_text("disabled\n")
     assert exec_format_problem(str(tmp_path / "a.bin"), str(misc)) is not None
+
+
+def _elf_copy(short_dir: Path, how: str) -> Path:
+    """A copy of this host's `true` built for another machine (e_machine patched: `arch`),
+    or naming a loader the host lacks (PT_INTERP's last byte changed: `loader`, a binary
+    built against musl on a glibc host): both exec'd by nothing but the kernel's refusal
+    (hostile28 G1)."""
+    source = shutil.which("true")
+    assert source is not None
+    body = bytearray(Path(source).read_bytes())
+    host = elf_header(bytes(body[:64]))
+    assert host is not None
+    if how == "arch":
+        other = 183 if host.machine != 183 else 62
+        body[18:20] = other.to_bytes(2, "little" if host.little else "big")
+    else:
+        loader = elf_interpreter(source)
+        if loader is None:
+            pytest.skip(f"{source} is statically linked: no loader to name")
+        at = body.index(loader.encode() + b"\0")
+        body[at + len(loader) - 1] ^= 0x01
+    path = short_dir / f"hook-{how}"
+    path.write_bytes(bytes(body))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("how", ["arch", "loader"])
+def test_an_elf_binary_the_kernel_cannot_start_is_named(short_dir: Path, how: str) -> None:
+    """An ELF binary for another machine: ENOEXEC; one naming a loader the host lacks:
+    ENOENT naming the binary. Both passed as startable (an ELF header was enough); the need
+    now names the machine, or the loader (followed: `reached` has its path)."""
+    path = _elf_copy(short_dir, how)
+    with pytest.raises(OSError) as refused:
+        subprocess.run([str(path)], check=False)
+    assert refused.value.errno == (errno.ENOEXEC if how == "arch" else errno.ENOENT)
+    reached: set[str] = set()
+    problem = command_problem([str(path)], None, reached) or ""
+    if how == "arch":
+        assert "an ELF binary built for" in problem and "Exec format error" in problem, problem
+    else:
+        loader = elf_interpreter(str(path))
+        assert loader is not None and loader in reached, reached
+        assert problem.startswith("its ELF loader (PT_INTERP)"), problem
+        assert "No such file or directory" in problem, problem
+    assert command_problem([shutil.which("true") or "true"], None) is None
+
+
+async def test_hostile28_g1_an_elf_hook_for_another_machine_is_unhealthy_in_the_kubelet(
+    real_kubelet_factory: Any, short_dir: Path, start_host: Any
+) -> None:
+    """An `allocate.command` built for another machine: Unhealthy from the first list (was
+    Healthy and ready while every Allocate failed `Exec format error`); the host's own
+    build put in its place: Healthy, admitted."""
+    kubelet = real_kubelet_factory()
+    dev, hook = _devices(short_dir), _elf_copy(short_dir, "arch")
+    running = await start_host(_config(kubelet.socket_dir, dev, f'{{command: ["{hook}"]}}'))
+    await kubelet.await_for(lambda k: _seen(k, "capacity") == 2, what="registered")
+    assert _seen(kubelet, "healthy") == 0
+    assert "allocate.command cannot be started" in running.host.not_ready()[R]
+    shutil.copy(shutil.which("true") or "/bin/true", hook)
+    await kubelet.await_for(lambda k: _seen(k, "healthy") == 2, what="healthy as a host build")

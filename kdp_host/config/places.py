@@ -32,6 +32,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from typing import Final
 
+from ..elf_header import elf_interpreter
 from ..identity import Uncheckable, links_on_the_way, real_path
 from ..mount_table import MountMap, read_mounts
 from ..rules import GLOB_MAGIC
@@ -240,15 +241,26 @@ def _executable(
     if path is None:
         return found
     found.append(Place.at(key, f"{what} executable", path))
-    interpreter = None if depth >= INTERPRETER_DEPTH else script_interpreter(path)
+    interpreter = None if depth >= INTERPRETER_DEPTH else program_interpreter(path)
     if interpreter is not None:
-        program, settings = interpreter
+        program, settings, _ = interpreter
         settings = _expanded(settings, {**os.environ, **(env or {})})
         for variable, named in _env_paths(settings, cwd):  # (hostile13 M14)
             found.append(Place.at(key, f"{what}'s #! env {variable} entry", named))
         env = {**env, **settings} if env and settings else env or settings or None
         found += _executable(key, f"{what}'s interpreter", program, env, cwd, depth + 1)
     return found
+
+
+def program_interpreter(path: str) -> tuple[str, dict[str, str], str] | None:
+    """What the kernel starts first to run the file at `path`, the env settings it runs it
+    with, and what that is: a script's `#!` interpreter (`script_interpreter`), or the
+    loader a dynamically linked ELF binary names (`elf_header.elf_interpreter`: a binary
+    built against a loader the host lacks, musl's on a glibc host, fails with ENOENT)."""
+    if (script := script_interpreter(path)) is not None:
+        return (*script, "#! interpreter")
+    loader = elf_interpreter(path)
+    return None if loader is None else (loader, {}, "ELF loader (PT_INTERP)")
 
 
 def script_interpreter(path: str) -> tuple[str, dict[str, str]] | None:

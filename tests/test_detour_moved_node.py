@@ -9,9 +9,10 @@ for an empty directory while it held the node and swapped back, or a hard link m
 or into what every device of C's glob group shares (the member without `{key}`: a directory
 mounted, or a node renamed over), or into a group device's own mounted directory. Before,
 the claim was released as gone while the node was in the unfollowed place, and back in the
-source it was a file no device claims: every new pod was handed it. Now a listed missing device's identity stays its claim wherever it
-is seen again: A is withheld (or C's devices held) while the node is there, and once `a1`
-is found again as itself at its path, every pod is admitted again.
+source it was a file no device claims: every new pod was handed it. Now a listed missing
+device's identity stays its claim wherever it is seen again: A is withheld (or C's devices
+held) while the node is there, and once `a1` is found again as itself at its path, every pod
+is admitted again.
 """
 
 from __future__ import annotations

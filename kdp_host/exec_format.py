@@ -46,8 +46,13 @@ def exec_format_problem(path: str, binfmt_misc: str = BINFMT_MISC) -> str | None
         if why is None or _misc_format(path, head, binfmt_misc):
             return None
         return f"{why}: the kernel cannot exec it (Exec format error)"
-    if head.startswith(b"#!") or _misc_format(path, head, binfmt_misc):
+    script = head.startswith(b"#!")
+    if script and head[2:].split(b"\n", 1)[0].strip(b" \t"):
         return None
+    if _misc_format(path, head, binfmt_misc):
+        return None
+    if script:
+        return "a #! line naming no interpreter: the kernel cannot exec it (Exec format error)"
     if head.startswith(_BOM + b"#!"):
         return (
             "a UTF-8 byte order mark before its #! line (saved by a Windows editor?): the "

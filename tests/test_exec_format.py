@@ -85,6 +85,8 @@ def test_the_need_names_the_slip_and_follows_interpreters(short_dir: Path) -> No
         (BOM + b"#!/bin/sh\n", "UTF-8 byte order mark before its #! line"),
         (b"true\n", "no #! line and not an ELF binary"),
         (b"", "empty"),
+        (b"#!\nimport json\n", "a #! line naming no interpreter"),
+        (b"#! \t\nimport json\n", "a #! line naming no interpreter"),
     ]:
         path.write_bytes(body)
         path.chmod(0o755)

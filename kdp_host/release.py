@@ -45,6 +45,7 @@ from .logs import EventLogger
 from .metrics import Metrics
 from .process import CommandRunner
 from .release_command import ReleaseCommand, acted_on, in_use_sharing, owed_left, owed_sharing
+from .release_gone import GoneDevices
 from .release_join import FreshAnswers, asked_for, decided
 from .release_lock import DeviceLock, LockBusy, Released, owed_by_peers
 from .release_recorded import recorded_uses
@@ -91,8 +92,8 @@ class ReleaseTracker:
         answers: FreshAnswers | None = None,
         listed: Listed | None = None,
     ) -> None:
-        """`handed` (`handed_out`), else `checkpoint`'s: what a release acts on (a node `listed`
-        elsewhere now: there) while `places` finds it reached; `answers`: see `release_join`."""
+        """`handed` (`handed_out`), else `checkpoint`'s: what a release acts on (a node
+        `listed` elsewhere now: there) while `places` finds it; `answers`: `release_join`."""
         assert resource.release is not None
         self.config: ReleaseConfig = resource.release
         self._resource, self._table, self._store = resource, table, store
@@ -109,6 +110,7 @@ class ReleaseTracker:
             store.assuming(resource.name)
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self.uses: dict[str, DeviceUse] = {}
+        self.gone = GoneDevices(resource.name, table, store, self._handed, lambda: self.uses, log)
         self.changes = 0
         """Counts the changes of what `view` shows (`/devices` is built again after one)."""
         metrics.add_release(resource.name)
@@ -117,8 +119,7 @@ class ReleaseTracker:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Take up the state kept for the resource (by an earlier runtime of it, or before
-        kdp-host restarted) and start the releases owed from then."""
+        """Take up the state kept (by an earlier runtime, or before a restart): owed, run."""
         self._closed = False
         at, settle = (self._clock(), self._wall()), self._timings.allocation_settle
         self.uses = {
@@ -137,10 +138,12 @@ class ReleaseTracker:
                 self._log.info("release_owed_from_before", device=device_id)
                 self._start(device_id)
         self._publish()
+        self.gone.start()  # (devices gone: their lock files and uses go, `release_gone`)
 
     async def close(self) -> None:
         """Stop: cancel retries and running releases (their devices stay owed)."""
         self._closed = True
+        await self.gone.close()
         self._store.listen(self._resource.name, None)
         for handle in self._retries.values():
             handle.cancel()
@@ -363,9 +366,8 @@ class ReleaseTracker:
     def _failed(self, device_id: str, use: DeviceUse, message: str) -> None:
         use.failure = message
         delay = use.retry_delay(self._timings)
-        self._log.warning(
-            "release_failed", device=device_id, error=message, retry_in=round(delay, 3)
-        )
+        retry_in = round(delay, 3)
+        self._log.warning("release_failed", device=device_id, error=message, retry_in=retry_in)
         if self.config.on_failure == "unhealthy" and not use.marked_unhealthy:
             use.marked_unhealthy = True  # (kept while it is gone: plugged in, still not clean)
             if self._table.set_check_result(device_id, False, keep=True):
@@ -384,6 +386,7 @@ class ReleaseTracker:
 
     def _publish(self) -> None:
         self.changes += 1
+        self.gone.retry()
         self._store.update(self._resource.name, kept_entries(self.uses))
         pending = sum(1 for use in self.uses.values() if use.owed)
         self._metrics.releases_pending.labels(self._resource.name).set(pending)

@@ -24,6 +24,13 @@ release a host runs holds the lock, so a PreStartContainer on any host waits for
 
 Waits are polls of a non-blocking `flock` through the host's offload (never a thread blocked
 on a lock), and end with the caller (cancelled) or at `timeout` (`LockBusy`).
+
+A lock file goes once nothing can need it (`DeviceLocks.drop`, `release_gone`: its device is no
+longer listed, no use of it is known to any host): removed under its lock, so a host that
+opened it before and took the lock after holds a file no longer at the path; every host of
+this version checks, once it holds a lock, that the path still names the file it locked,
+and opens the path again when not (`_take`). Before, one file stayed per device ID ever
+released, and on a node whose IDs change (probes, serials) the directory grew for ever.
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -127,9 +135,10 @@ class DeviceLocks:
     writer: str
     offload: Offload
     log: EventLogger
-    _local: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _local: dict[str, tuple[asyncio.Lock, list[int]]] = field(default_factory=dict)
     """Per lock file: the host's own waiters queue here first (a flock is per open file:
-    two of one process would not exclude each other)."""
+    two of one process would not exclude each other), and how many of them there are (the
+    entry goes with the last: no entry per device ever locked)."""
 
     @contextlib.asynccontextmanager
     async def held(
@@ -139,46 +148,88 @@ class DeviceLocks:
         (None: waits until cancelled), OSError when the lock file cannot be made."""
         name = lock_name(resource, device)
         deadline = None if timeout is None else time.monotonic() + timeout
-        local = self._local.setdefault(name, asyncio.Lock())
-        try:
-            async with asyncio.timeout_at(_loop_time(deadline)):
-                await local.acquire()
-        except TimeoutError:
-            raise LockBusy(name) from None
+        local, users = self._local.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
         try:
             try:
-                fd = await self.offload.run(lambda: self._open(name))
-            except OSError as exc:  # (a read-only stateDir: as before, one host's alone)
-                self.log.warning(
-                    "release_lock_failed",
-                    path=os.path.join(self.directory, RELEASES_DIR, name),
-                    reason=str(exc),
-                    consequence="this release and PreStartContainer are not serialised with "
-                    "another host's on the state directory",
-                )
-                yield DeviceLock(-1, self.writer, self.offload, None)
-                return
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    await local.acquire()
+            except TimeoutError:
+                raise LockBusy(name) from None
             try:
-                record = await self._take(fd, name, deadline)
-                yield DeviceLock(fd, self.writer, self.offload, record)
+                async with self._locked(name, deadline) as lock:
+                    yield lock
             finally:
-                os.close(fd)  # (the flock goes with it)
+                local.release()
         finally:
-            local.release()
+            users[0] -= 1
+            if not users[0]:
+                del self._local[name]
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, name: str, deadline: float | None) -> AsyncIterator[DeviceLock]:
+        try:
+            fd, record = await self._take(name, deadline)
+        except OSError as exc:  # (a read-only stateDir: as before, one host's alone)
+            self.log.warning(
+                "release_lock_failed",
+                path=self.path(name),
+                reason=str(exc),
+                consequence="this release and PreStartContainer are not serialised with "
+                "another host's on the state directory",
+            )
+            yield DeviceLock(-1, self.writer, self.offload, None)
+            return
+        try:
+            yield DeviceLock(fd, self.writer, self.offload, record)
+        finally:
+            os.close(fd)  # (the flock goes with it)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, RELEASES_DIR, name)
 
     def _open(self, name: str) -> int:
         aside = aside_logged(self.log)
         directory_at(os.path.join(self.directory, RELEASES_DIR), aside)
-        return open_lock(os.path.join(self.directory, RELEASES_DIR, name), aside)
+        return open_lock(self.path(name), aside)
 
-    async def _take(self, fd: int, name: str, deadline: float | None) -> Released | None:
+    async def _take(self, name: str, deadline: float | None) -> tuple[int, Released | None]:
+        """The lock file opened and locked, still the file at its path (one removed by
+        `drop` while this host waited for it is opened again): its descriptor and record."""
         delay = POLL_FIRST
-        while not await self.offload.run(lambda: _try_lock(fd)):
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise LockBusy(name)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, POLL_MAX)
-        return await self.offload.run(lambda: _read(fd))
+        while True:
+            fd = await self.offload.run(lambda: self._open(name))
+            try:
+                while not await self.offload.run(partial(_try_lock, fd)):
+                    if deadline is not None and time.monotonic() + delay > deadline:
+                        raise LockBusy(name)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, POLL_MAX)
+                if await self.offload.run(partial(_at_path, fd, self.path(name))):
+                    return fd, await self.offload.run(partial(_read, fd))
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    async def drop(
+        self, resource: str, device: str, unneeded: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        """Remove the device's lock file if it is free now and `unneeded()` (asked under
+        the lock) says nothing can need its record: True once no file is there (none was:
+        True, `unneeded` not asked). Removed while held, so a host that takes the old
+        file's lock after finds it gone from the path (`_take`) and opens a new one."""
+        path = self.path(lock_name(resource, device))
+        if not await self.offload.run(lambda: os.path.lexists(path)):
+            return True
+        try:
+            async with self.held(resource, device, timeout=0.0) as lock:
+                if lock.fd < 0 or not await unneeded():
+                    return False
+                await self.offload.run(lambda: _unlink_held(lock.fd, path))
+                return True
+        except (LockBusy, OSError):
+            return False
 
 
 def through(recorded: float) -> float:
@@ -187,6 +238,22 @@ def through(recorded: float) -> float:
     `handed-out.json` alone keeps owed, `release_recorded`): the next time after it (`covers`
     is exclusive), so every host that knows that use by that time sees it released."""
     return math.nextafter(recorded, math.inf)
+
+
+def _at_path(fd: int, path: str) -> bool:
+    """Whether `path` still names the open file `fd` (not removed, nor made anew)."""
+    try:
+        found = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _unlink_held(fd: int, path: str) -> None:
+    """Remove `path` if it is still the locked file `fd`. Blocking."""
+    if _at_path(fd, path):
+        os.unlink(path)
 
 
 def _try_lock(fd: int) -> bool:

@@ -306,8 +306,8 @@ class ReleaseStateStore:
             self._data.pop(resource, None)
         self._file.changed(self._document)
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
         """Write the file until it holds every change made so far (changes are written
         soon by themselves; PreStartContainer awaits this before it answers, at most
-        `state_file.WRITE_LIMIT`)."""
-        await self._file.written()
+        `state_file.WRITE_LIMIT`): whether it does."""
+        return await self._file.written()

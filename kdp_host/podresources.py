@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import stat
@@ -109,6 +110,9 @@ class PodResourcesPoller:
     _allocatable_supported: bool = True
     _allocatable_failed: bool = False
     """The last GetAllocatableResources call failed: the next waits for its turn."""
+    _allocatable_asked: float = -math.inf
+    _lists_changed: float = -math.inf
+    """When a resource's list last changed (`lists_changed`, on `clock`)."""
     _backoff: Backoff = field(default_factory=Backoff)
     _polled: asyncio.Event = field(default_factory=asyncio.Event)
     _wanted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -132,6 +136,13 @@ class PodResourcesPoller:
                 self._listeners.remove(listener)
 
         return cancel
+
+    def lists_changed(self) -> None:
+        """A resource's list changed (what the kubelet may hand out): GetAllocatableResources
+        is asked again at the next poll, and at the one after where that one came within
+        `Timings.allocation_settle` of the change (the kubelet may not have taken it yet), so
+        `/devices`' `kubeletAllocatable` lags the kubelet by a poll or two, not 12."""
+        self._lists_changed = self.clock()
 
     def subscribe_allocatable(self, listener: AllocatableListener) -> Callable[[], None]:
         """Call `listener` with every GetAllocatableResources answer and the `clock` time
@@ -292,6 +303,7 @@ class PodResourcesPoller:
         if self._allocatable_supported and (
             (not self.allocatable and not self._allocatable_failed)
             or self._polls % ALLOCATABLE_EVERY == 0
+            or self._allocatable_asked < self._lists_changed + self.timings.allocation_settle
         ):
             await self._read_allocatable(channel)
         self._polls += 1
@@ -316,7 +328,7 @@ class PodResourcesPoller:
         return with_unlisted(holdings, unlisted.by_resource()), carried
 
     async def _read_allocatable(self, channel: grpclib.client.Channel) -> None:
-        asked_at = self.clock()
+        self._allocatable_asked = asked_at = self.clock()
         try:
             allocatable = await allocatable_devices(channel, CALL_TIMEOUT, self.offload)
         except GRPCError as exc:

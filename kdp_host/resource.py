@@ -183,6 +183,8 @@ class ResourceRuntime:
         )
         if self._services.node_features is not None:
             self._services.node_features.update(self.config.name, snapshot)
+        if self._services.pod_resources is not None:  # (`kubeletAllocatable` asked again)
+            self._services.pod_resources.lists_changed()
         if self._held:
             self._look_replaced(snapshot)
             self._check_held_devices(snapshot)

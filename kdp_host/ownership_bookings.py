@@ -156,6 +156,16 @@ class Ledger(LearntBookings):
             )
         )
 
+    def extend(self, owner: Owner, extra: tuple[Claim, ...]) -> None:
+        """`owner`'s booking holds `extra` too: its device reports them now
+        (`ownership_growth`); written to the file with it."""
+        booking = self.bookings[owner]
+        booking.claims += extra
+        self._index(owner, Booking(booking.device, extra, booking.since), 1)
+        at = bisect_left(self._order, owner_order(owner), key=owner_order)
+        self._entries[at] = self._entry(owner)
+        self.changed()
+
     def has(self, owner: Owner) -> bool:
         """Whether a host on the state directory (this one or another) has `owner` booked."""
         return owner in self.bookings or owner in self.foreign_owners

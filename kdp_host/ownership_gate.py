@@ -299,6 +299,11 @@ class AdmissionGate(Resolving):
                 self._pending[state.name] = None
         self._drain()
 
+    def _readmit(self, state: ResourceState) -> None:
+        if state.publish is not None and not state.retired:
+            state.settled = state.plain = False
+            self._pending[state.name] = None
+
     def _wake_waiting(self, releaser: str) -> None:
         for name, other in self._resources.items():
             if name != releaser and other.held and other.publish is not None:

@@ -24,6 +24,7 @@ from .ownership_claims import (
 )
 from .ownership_contain import Containment
 from .ownership_document import Saved
+from .ownership_growth import grow_bookings
 from .ownership_lingering import Lingering
 from .ownership_state import Holding as Holding
 from .ownership_state import ResourceState as ResourceState
@@ -106,6 +107,8 @@ class ClaimTable(Lingering):
         if state.owned.get(device_id) is claims:
             return None
         me = Owner(resource, device_id)
+        for key in grow_bookings(self._ledger, resource, device_id, claims):
+            self._give_to_booking(me, key)
         for mine, shared in ((claims.exclusive, False), (claims.shared, True)):
             for claim in mine:
                 why = self._clash(me, claim[0], claim[1], shared)
@@ -118,6 +121,24 @@ class ClaimTable(Lingering):
         if self._within.dirs or any(claim[0][0] == DIRECTORY for claim in claims.all()):
             return self._contained(me, claims)
         return None
+
+    def _give_to_booking(self, me: Owner, key: ClaimKey) -> None:
+        """A booking of `me` holds `key` now (`ownership_growth`): a device of another
+        resource that owns it and no booking holds it through is let go of (its claims
+        linger), that claim released, and its resource admitted again in full (the device
+        is held `owned` by `me`)."""
+        prior = self._exclusive.get(key)
+        if prior is None or prior.resource == me.resource or self._booked_under(prior, key):
+            return
+        other = self._resources[prior.resource]
+        self._unadvertise(other, prior.device)
+        if key in other.lingering:
+            self._release_lingering(other, key)
+        self._readmit(other)
+
+    @abc.abstractmethod
+    def _readmit(self, state: ResourceState) -> None:
+        """`state`'s resource lost a claim to a booking: admit it again in full."""
 
     def _aliased(self, me: Owner, claim: Claim, shared: bool) -> Holding | None:
         """A claim and the other claim its path names (`PathAliases.of`) clash as one."""

@@ -83,6 +83,10 @@ class Device:
     """Where the driver found it (the matched path of a glob), for `{path}` in health checks."""
     sysfs_path: str | None
     """A sysfs device's directory (real path): the ownership index claims the device itself."""
+    iommu_group: str | None
+    """The IOMMU group of a device assigned with its group (bound to vfio-pci): the path of
+    its `iommu_group` link, whose directory the ownership index claims (the group, not a
+    node: hostile27 F7)."""
 
     def __init__(
         self,
@@ -95,6 +99,7 @@ class Device:
         annotations: Mapping[str, str] = _NO_ENTRIES,
         path: str | None = None,
         sysfs_path: str | None = None,
+        iommu_group: str | None = None,
     ) -> None:
         """`nodes` None: one node, `path` on the host and in the container (no DeviceNode
         built: a first scan makes one device per matched path)."""
@@ -114,6 +119,7 @@ class Device:
         set_field(self, "annotations", annotations)
         set_field(self, "path", path)
         set_field(self, "sysfs_path", sysfs_path)
+        set_field(self, "iommu_group", iommu_group)
 
     @property
     def nodes(self) -> tuple[DeviceNode, ...]:
@@ -147,8 +153,9 @@ class Device:
 
     def same_places(self, other: Device) -> bool:
         """Whether `other` passes the same nodes and mounts (health, env or NUMA aside)."""
-        mine = (self.path, self._nodes, self.mounts, self.sysfs_path)
-        return mine == (other.path, other._nodes, other.mounts, other.sysfs_path)
+        mine = (self.path, self._nodes, self.mounts, self.sysfs_path, self.iommu_group)
+        theirs = (other.path, other._nodes, other.mounts, other.sysfs_path, other.iommu_group)
+        return mine == theirs
 
     def with_health(self, healthy: bool) -> Device:
         return self._copy(self.id, healthy)
@@ -164,7 +171,7 @@ class Device:
     def _copy(self, device_id: str, healthy: bool) -> Device:
         s = self
         fields = (s._nodes, s.numa, s.env, s.mounts, s.annotations, s.path, s.sysfs_path)
-        return Device(device_id, healthy, *fields)
+        return Device(device_id, healthy, *fields, s.iommu_group)
 
     @property
     def device(self) -> Device:

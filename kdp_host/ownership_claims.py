@@ -9,7 +9,9 @@ DeviceSpec's claim of a directory, a FIFO or a socket is one no runtime makes a 
 mount source claims the same way. Nodes and mounts a driver marks `shared` are claimed
 shared. A sysfs device also claims itself, by its sysfs directory's inode (`SYSFS`): a
 device that passes no node is advertised once too, whatever the spelling of the sysfs root
-it was found through (a link to it or a bind mount of it is the same directory). A
+it was found through (a link to it or a bind mount of it is the same directory); one assigned
+with its IOMMU group (bound to vfio-pci) claims the group's directory so too, so a function
+of the group in another resource is held however each passes its nodes (hostile27 F7). A
 directory holds everything below its real path (`ancestors`, `below`): the index compares
 claims by key and by containment.
 """
@@ -309,6 +311,8 @@ def places(device: Device) -> Places:
     found += [(m.host_path, m.shared) for m in mounts]
     if sysfs is not None:
         found.append((sysfs, None))
+    if device.iommu_group is not None:
+        found.append((device.iommu_group, None))
     return tuple(found)
 
 
@@ -354,9 +358,10 @@ def device_claims(device: Device, resolve: Resolver = reach) -> Claims:
             (shared if node.shared else exclusive).setdefault((PLACE, at), ((PLACE, at), at, at))
     for key in exclusive:
         shared.pop(key, None)
-    if sysfs is not None:
-        mine = sysfs_claim(sysfs, resolve(sysfs))
-        exclusive.setdefault(mine[0], mine)
+    for sysfs_dir in (sysfs, device.iommu_group):  # (a vfio device's group: hostile27 F7)
+        if sysfs_dir is not None:
+            mine = sysfs_claim(sysfs_dir, resolve(sysfs_dir))
+            exclusive.setdefault(mine[0], mine)
     nodes = tuple(c for c in made[: len(device.nodes)] if c[0][0] in NOT_NODES)
     return ClaimSet(tuple(exclusive.values()), tuple(shared.values()), _renamed(made), nodes)
 

@@ -43,9 +43,12 @@ def read_only_paths(device: Device) -> frozenset[str]:
 
 def claimed_paths(device: Device) -> tuple[str, ...]:
     """Every path a device's claims are resolved from: its host paths, then its sysfs
-    directory, if any."""
+    directory and its IOMMU group, if any."""
     paths = host_paths(device)
-    return paths if device.sysfs_path is None else (*paths, device.sysfs_path)
+    if device.sysfs_path is None:
+        return paths
+    group = device.iommu_group
+    return (*paths, device.sysfs_path) if group is None else (*paths, device.sysfs_path, group)
 
 
 Ids = str | tuple[str, ...]

@@ -136,7 +136,16 @@ class ReleaseCommand:
         d = device
         at = {moved[p][1].host_path if p in moved else p: key for p, key in reached.items()}
         return Device(
-            d.id, d.healthy, nodes, d.numa, d.env, d.mounts, d.annotations, d.path, d.sysfs_path
+            d.id,
+            d.healthy,
+            nodes,
+            d.numa,
+            d.env,
+            d.mounts,
+            d.annotations,
+            d.path,
+            d.sysfs_path,
+            d.iommu_group,
         ), at
 
 

@@ -30,7 +30,7 @@ from ..sysfs.reader import SysfsReader
 from .base import DriverDeps, Skipped
 from .scanner import DirWatch, Listed, Notice, ScanResult, ScanSettings
 from .scanning import ScanLoop
-from .sysfs_advertised import Advertising
+from .sysfs_advertised import Advertising, in_group
 from .sysfs_match import matches
 
 HOST_DEV = "/dev"
@@ -176,6 +176,7 @@ class SysfsScanner:
             annotations={k: render_template(v, values) for k, v in config.annotations.items()},
             path=nodes[0].host_path if nodes else None,
             sysfs_path=found.path,
+            iommu_group=os.path.join(found.path, "iommu_group") if in_group(found) else None,
         )
 
 

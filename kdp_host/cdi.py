@@ -45,6 +45,7 @@ from .atomic_files import link_count, read_or_none, unlink, write_atomic
 from .cdi_clashes import SpecClashes
 from .cdi_dirs import SpecDirRecord
 from .cdi_disk import SpecOnDisk
+from .cdi_files import is_spec_file
 from .cdi_pins import HeldNames, HeldPaths, held_entries, held_only, render_with_held
 from .cdi_resolution import follow_above
 from .cdi_rules import cdi_kind_problem
@@ -205,7 +206,7 @@ class CdiSpecWriter:
         def on_event(name: str | None) -> None:
             if name is None or name in names:
                 changed_on_disk.set()
-            if name is None or (name not in names and name.endswith(".json")):
+            if name is None or (name not in names and is_spec_file(name)):
                 self._clashes.heard()  # (another spec file: hostile27 F4)
 
         watcher, spec_dir = self.watcher, os.path.dirname(self.path)

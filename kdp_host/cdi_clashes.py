@@ -6,10 +6,11 @@ defines a name of the resource's, its device is held Unhealthy (`cdi.CdiSpecWrit
 Allocate hands it out under a name that resolves nowhere or to another node.
 
 The dirs are looked at (`cdi_dirs.look_at_spec_dirs`, one look at a time) when the writer
-starts, at each verify, when the held names change, and at once when a `.json` file of the
+starts, at each verify, when the held names change, and at once when a spec file (`.json` or
+`.yaml`: `cdi_files.is_spec_file`) of the
 spec dir or of a runtime dir above it (`cdi_resolution.follow_above`'s watch) is made,
 changed or removed (`heard`: looks coalesced over `debounce`; each parses only the files that
-changed, `cdi_dirs.SpecNames`). Without the event, another file was seen at the verify
+changed, `cdi_files.SpecFiles`). Without the event, another file was seen at the verify
 (10 s): meanwhile the device was Healthy and handed out (hostile27 F4).
 """
 
@@ -19,7 +20,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .cdi_dirs import SpecDirRecord, SpecNames, look_at_spec_dirs
+from .cdi_dirs import SpecDirRecord, look_at_spec_dirs
+from .cdi_files import SpecFiles
 from .cdi_pins import HeldNames
 from .files import Offload
 from .logs import EventLogger
@@ -43,7 +45,7 @@ class SpecClashes:
     debounce: float
     names: frozenset[str] = field(default=frozenset(), init=False)
     """Names of the file that another file defines too."""
-    _known: SpecNames = field(default_factory=SpecNames, init=False, repr=False)
+    _known: SpecFiles = field(default_factory=SpecFiles, init=False, repr=False)
     _looking: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _due: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 

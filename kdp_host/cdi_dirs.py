@@ -34,15 +34,14 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .atomic_files import read_or_none, unlink
-from .cdi_disk import spec_entries
+from .atomic_files import unlink
+from .cdi_files import SpecFiles, is_spec_file
 from .cdi_rules import CDI_RESOURCE_SEPARATOR
-from .cdi_spec import spec_device_names
 from .config.outputs import FILE_PREFIX, owner_path, resource_slug
 from .file_lease import read_owner
 from .files import Offload
 from .logs import EventLogger
-from .state_document import Signature, signature, text
+from .state_document import text
 from .state_file import StateFile
 from .state_files import StateFiles
 from .state_lock import running
@@ -51,43 +50,6 @@ RECORD: Final = "cdi-spec-dirs.json"
 VERSION: Final = 1
 MAX_DIRS: Final = 1024
 """Most dirs a record holds (a larger one does not parse: set aside)."""
-MAX_KNOWN: Final = 4096
-"""Most spec files a `SpecNames` keeps (past it, it starts over)."""
-
-
-class SpecNames:
-    """The names each spec file looked at defines for a kind, parsed again only when the
-    file changed (its device, inode, size, modification time: a writer renames a new file
-    into place): a vendor's large spec in the runtime's dirs is not parsed at every check
-    (10 files of 120 KB: 9 ms a check parsed, 0.2 ms known). Thread-safe enough:
-    one writer's checks run one at a time."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[str, str, bool], tuple[Signature, Any]] = {}
-
-    def of(self, path: str, kind: str) -> frozenset[str]:
-        """What `path` defines for `kind` (`cdi_spec.spec_device_names`). Blocking."""
-        names: frozenset[str] = self._parsed(path, kind, False)
-        return names
-
-    def entries(self, path: str, kind: str) -> dict[str, frozenset[str]]:
-        """The names `path` defines for `kind`, each with the host paths its entry hands out
-        (`cdi_disk.spec_entries`). Blocking."""
-        entries: dict[str, frozenset[str]] = self._parsed(path, kind, True)
-        return entries
-
-    def _parsed(self, path: str, kind: str, entries: bool) -> Any:
-        now = signature(path)  # (before the read: a change after it shows at the next look)
-        known = self._known.get((path, kind, entries))
-        if now is not None and known is not None and known[0] == now:
-            return known[1]
-        content = read_or_none(path)
-        found = spec_entries(content, kind) if entries else spec_device_names(content, kind)
-        if now is not None:
-            if len(self._known) >= MAX_KNOWN:
-                self._known.clear()
-            self._known[(path, kind, entries)] = (now, found)
-        return found
 
 
 @dataclass(frozen=True)
@@ -113,24 +75,25 @@ def check_spec_dirs(
     others: Iterable[str] = (),
     runs: Callable[[str], bool] | None = None,
     resource: str | None = None,
-    known: SpecNames | None = None,
+    known: SpecFiles | None = None,
     held: Mapping[str, frozenset[str] | None] | None = None,
 ) -> SpecDirCheck:
-    """Look at the other `.json` files next to the spec file `path` of `kind` (whose names
-    are `names`) and in the dirs `others`: remove the kdp-host ones of the kind no live
-    instance owns (and their owner files), and say which others define a name of the
-    resource's (in `others`: unless `runs(owner)`, a host on this `stateDir`; besides
-    `names`, any name of `resource`'s). `known`: what files were found to define (kept
-    across checks). A kdp-host file in `others` whose owner's lease still runs but who is
-    no host running on this `stateDir` (killed, the lease not run out yet) and that defines a
-    name of `held` (a pod holds it: the name -> the host paths this host's file gives it,
-    None where it leaves the entry out) otherwise is removed too (`taken`): by the runtime's
-    dir order its entry, frozen as its owner died, may win for that name (where this host's
-    file leaves it out, always), and the pod's restarting container would get what the
-    entry names now (another pod's node, hostile21 F3). So is one that defines held names
-    only, each as `held` says (a stopped owner's, hostile27 F5): removed, it changes no
-    name's resolution. Blocking."""
+    """Look at the other spec files (`cdi_files.is_spec_file`: `.yaml` too) next to the spec
+    file `path` of `kind` (whose names are `names`) and in the dirs `others`: remove the
+    kdp-host ones of the kind no live instance owns (and their owner files), and say which
+    others define a name of the resource's (in `others`: unless `runs(owner)`, a host on this
+    `stateDir`; besides `names`, any name of `resource`'s). `known`: what files were found to
+    define (kept across checks). A kdp-host file in `others` whose owner's lease still runs but
+    who is no host running on this `stateDir` (killed, the lease not run out yet) and that
+    defines a name of `held` (a pod holds it: the name -> the host paths this host's file gives
+    it, None where it leaves the entry out) otherwise is removed too (`taken`): by the runtime's
+    dir order its entry, frozen as its owner died, may win for that name (where this host's file
+    leaves it out, always), and the pod's restarting container would get what the entry names
+    now (another pod's node, hostile21 F3). So is one that defines held names only, each as
+    `held` says (a stopped owner's, hostile27 F5): removed, it changes no name's resolution.
+    Blocking."""
     home, own = os.path.split(path)
+    files = known or SpecFiles()
     taken: list[str] = []
     prefix = None if resource is None else f"{resource_slug(resource)}{CDI_RESOURCE_SEPARATOR}"
     stale: list[str] = []
@@ -147,14 +110,14 @@ def check_spec_dirs(
         looked.add((st.st_dev, st.st_ino))
         at_home = directory == home
         for entry in entries:
-            if (at_home and entry == own) or not entry.endswith(".json"):
+            if (at_home and entry == own) or not is_spec_file(entry):
                 continue
             other = os.path.join(directory, entry)
-            theirs = (known or SpecNames()).of(other, kind)
-            if not theirs:
+            defined = files.entries(other, kind)
+            if not (theirs := frozenset(defined)):
                 continue
             ours = theirs & names if at_home else _ours(theirs, names, prefix)
-            kdp_host = entry.startswith(FILE_PREFIX)
+            kdp_host = entry.startswith(FILE_PREFIX) and entry.endswith(".json")
             owner = read_owner(owner_path(other), lease) if kdp_host else None
             if kdp_host and owner is None:
                 unlink(other)
@@ -165,7 +128,7 @@ def check_spec_dirs(
                 and held
                 and not at_home
                 and runs is not None
-                and _taken(held, (known or SpecNames()).entries(other, kind), ours)
+                and _taken(held, defined, ours)
                 and not runs(owner)
             ):
                 unlink(other)
@@ -198,7 +161,7 @@ async def look_at_spec_dirs(
     lease: float,
     record: SpecDirRecord | None,
     resource: str,
-    known: SpecNames,
+    known: SpecFiles,
     offload: Offload,
     log: EventLogger,
     held: Mapping[str, frozenset[str] | None] | None = None,

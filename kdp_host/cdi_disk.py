@@ -20,37 +20,17 @@ above the spec dir, `cdi_resolution`; nothing is read per Allocate).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .allocation import cdi_device_name, has_cdi_edits, named_by
+from .cdi_files import spec_entries
 from .devices import Device, Snapshot
 
 
 def entry_paths(device: Device) -> frozenset[str]:
     """The host paths a device's spec entry hands out (`cdi_spec._device_edits`)."""
     return frozenset((*(n.host_path for n in device.nodes), *(m.host_path for m in device.mounts)))
-
-
-def spec_entries(content: bytes | None, kind: str) -> dict[str, frozenset[str]]:
-    """Device name -> the host paths its entry hands out, of a spec file's content (none when
-    it is missing, unreadable, or of another kind)."""
-    if content is None:
-        return {}
-    try:
-        spec = json.loads(content)
-        if spec.get("kind") != kind:
-            return {}
-        found: dict[str, frozenset[str]] = {}
-        for device in spec["devices"]:
-            edits = device.get("containerEdits", {})
-            nodes = (n.get("hostPath", n["path"]) for n in edits.get("deviceNodes", []))
-            mounts = (m["hostPath"] for m in edits.get("mounts", []))
-            found[str(device["name"])] = frozenset(str(p) for p in (*nodes, *mounts))
-        return found
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return {}
 
 
 def answered(

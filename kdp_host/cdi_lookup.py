@@ -6,15 +6,11 @@ device plugin with `deviceListStrategy: cdi-cri` puts them in `cdi_devices`, wit
 runtime turns each name into device nodes and mounts through the spec files of its CDI dirs
 when it creates the container, and the kubelet's checkpoint keeps only the names. kdp-host
 serving the same node under another name must hold it while the pod may have it, so each
-name is resolved here the way the runtime resolves it (`cdiRuntimeDirs`, in its order):
-
-- a spec file is a `.json` or `.yaml` file of one of the dirs; a name `<kind>=<device>` is
-  defined by a file of that `kind` with a device of that name; a later dir's definition wins
-  over an earlier one's; two files of one dir that define it make the runtime drop it (the
-  container was made before one of them came, so the paths of both are booked);
-- what it hands out: every `containerEdits.deviceNodes[]` (its `hostPath`, else its `path`)
-  and `containerEdits.mounts[].hostPath`, of the device and of the spec (the spec's edits go
-  with each of its devices).
+name is resolved here the way the runtime resolves it (`cdiRuntimeDirs`, in its order), by
+the one rule of what a spec file is, what it defines and which definition wins
+(`cdi_files`, shared with this host's own spec file's checks): a name two files of one dir
+define is dropped, but the container may have been made before one of them came, so the
+paths of every such file are booked.
 
 A name that resolves nowhere (no file of its kind, no such device, not a qualified name; a
 file that cannot be read or parsed is named with it: it may be the one) is returned with why
@@ -26,77 +22,35 @@ a look after a change costs the changed files, not all of them).
 
 from __future__ import annotations
 
-import json
-import os
+import functools
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from dataclasses import dataclass, field
+from typing import Final
 
-import yaml
-
-from .atomic_files import read_or_none
+from .cdi_files import Definition, Edits, SpecFiles, winning
 from .cdi_rules import cdi_name_parts
-from .state_document import Signature, signature
 
-SPEC_SUFFIXES: Final = (".json", ".yaml", ".yml")
-"""The file names the runtime reads as CDI spec files."""
-_YAML_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_NOTED: Final = 4096
 """Most (resource, name, why) said a `CdiNames` keeps (past it, it starts over)."""
-
-
-@dataclass(frozen=True)
-class Edits:
-    """What one device of a spec file hands out: host paths of its nodes and mounts."""
-
-    nodes: tuple[str, ...] = ()
-    mounts: tuple[str, ...] = ()
-
-    def __add__(self, other: Edits) -> Edits:
-        return Edits(
-            tuple(dict.fromkeys((*self.nodes, *other.nodes))),
-            tuple(dict.fromkeys((*self.mounts, *other.mounts))),
-        )
 
 
 @dataclass(frozen=True)
 class Resolved:
     """Names resolved: the host paths they hand out, and those that could not be, with why."""
 
-    edits: Edits = Edits()
+    edits: Edits = field(default_factory=Edits)
     unresolved: tuple[tuple[str, str], ...] = ()
 
 
-Parsed = dict[str, dict[str, Edits]] | str
-"""A spec file's kind -> device name -> its edits (the spec's own added); text: why it
-cannot be used."""
 Table = dict[str, dict[str, tuple[Edits, bool]]]
-"""kind -> device name -> the winning edits, and whether two files of one dir define it."""
+"""kind -> device name -> what it hands out (every defining file's, where dropped), and
+whether it is dropped (two files of one dir define it)."""
 
 
-def _edits(container_edits: Any) -> Edits:
-    if not container_edits:
-        return Edits()
-    nodes = [n.get("hostPath") or n["path"] for n in container_edits.get("deviceNodes") or ()]
-    mounts = [m["hostPath"] for m in container_edits.get("mounts") or ()]
-    return Edits(tuple(map(str, nodes)), tuple(map(str, mounts)))
-
-
-def parse_spec(content: bytes | None, name: str) -> Parsed:
-    """A spec file's content (`name`: its file name, whose suffix says JSON or YAML)."""
-    if content is None:
-        return "cannot be read"
-    try:
-        spec = json.loads(content) if name.endswith(".json") else yaml.load(content, _YAML_LOADER)
-        kind = str(spec["kind"])
-        common = _edits(spec.get("containerEdits"))
-        devices = {
-            str(d["name"]): _edits(d.get("containerEdits")) + common for d in spec["devices"]
-        }
-    except (ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
-        return f"is not a CDI spec ({type(exc).__name__})"
-    return {kind: devices}
+def _handed(device: str, found: Definition) -> tuple[Edits, bool]:
+    edits = functools.reduce(Edits.__add__, (f.handed(device) for f in found.files), Edits())
+    return edits, found.dropped
 
 
 class CdiNames:
@@ -109,7 +63,7 @@ class CdiNames:
         self.said = said
         """Told the resource of each name first found unresolved (a metric)."""
         self._lock = threading.Lock()
-        self._files: dict[str, tuple[Signature, Parsed]] = {}
+        self._specs = SpecFiles()
         self._table: Table = {}
         self._bad: dict[str, str] = {}
         self._wanted: set[str] = set()
@@ -191,39 +145,9 @@ class CdiNames:
         return why
 
     def _refresh(self) -> None:
-        table: Table = {}
-        seen: dict[str, tuple[Signature, Parsed]] = {}
-        for directory in self.dirs:
-            try:
-                names = sorted(n for n in os.listdir(directory) if n.endswith(SPEC_SUFFIXES))
-            except OSError:
-                continue
-            here: Table = {}
-            for name in names:
-                path = os.path.join(directory, name)
-                parsed = self._parsed(path, name)
-                if parsed is None:
-                    continue
-                seen[path] = parsed
-                if isinstance(parsed[1], str):
-                    continue
-                for kind, devices in parsed[1].items():
-                    defined = here.setdefault(kind, {})
-                    for device, edits in devices.items():
-                        twice = defined.get(device)
-                        defined[device] = (
-                            (edits, False) if twice is None else (twice[0] + edits, True)
-                        )
-            for kind, won in here.items():
-                table.setdefault(kind, {}).update(won)
-        self._files, self._table = seen, table
-        self._bad = {path: p[1] for path, p in seen.items() if isinstance(p[1], str)}
-
-    def _parsed(self, path: str, name: str) -> tuple[Signature, Parsed] | None:
-        now = signature(path)  # (before the read: a change after it shows at the next look)
-        if now is None:
-            return None  # (gone since the listing)
-        known = self._files.get(path)
-        if known is not None and known[0] == now:
-            return known
-        return now, parse_spec(read_or_none(path), name)
+        found = winning(self.dirs, self._specs)  # (only changed files parsed: `SpecFiles`)
+        self._table = {
+            kind: {device: _handed(device, d) for device, d in devices.items()}
+            for kind, devices in found.defined.items()
+        }
+        self._bad = found.bad

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from .allocation import cdi_device_name
-from .cdi_disk import spec_entries
+from .cdi_files import spec_entries
 from .cdi_spec import Held, render_held
 from .config import ResourceConfig
 from .devices import Snapshot, physical_id

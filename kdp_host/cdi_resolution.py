@@ -9,11 +9,11 @@ An Allocate answer of this host must then wait for that file to say what was han
 (`cdi_disk.SpecOnDisk.holds`), which it does once the other host takes the hand-out up from
 `handed-out.json` (`handed_peers`).
 
-`follow_above` keeps `SpecOnDisk.above` current: the dirs after the spec dir in the runtime's
-order are watched (their `.json` files), and what their files define is parsed again only when
-one changed (`cdi_dirs.SpecNames`). A spec dir that is the runtime's last (the default,
-`/var/run/cdi`) has no dir above: nothing is watched, nothing read. Not one of the runtime's
-dirs: every one of them is above. Nothing is read per Allocate.
+`follow_above` keeps `SpecOnDisk.above` current: the dirs after the spec dir in the runtime's order
+are watched (their spec files, `.json` and `.yaml`), and what wins there is the one rule of
+`cdi_files` (a file parsed again only when it changed). A spec dir that is the runtime's last (the
+default, `/var/run/cdi`) has no dir above: nothing is watched, nothing read. Not one of the
+runtime's dirs: every one of them is above. Nothing is read per Allocate.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import asyncio
 import os
 from collections.abc import Callable, Sequence
 
-from .cdi_dirs import SpecNames
 from .cdi_disk import SpecOnDisk
+from .cdi_files import SpecFiles, is_spec_file, winning
 from .files import Offload
 from .logs import EventLogger
 from .watch import Watcher
@@ -47,28 +47,12 @@ def dirs_above(spec_dir: str, order: Sequence[str]) -> tuple[str, ...]:
 
 
 def winning_entries(
-    above: Sequence[str], kind: str, known: SpecNames
+    above: Sequence[str], kind: str, known: SpecFiles
 ) -> dict[str, frozenset[str] | None]:
-    """Each name the `.json` files of the dirs `above` (lowest priority first) define for
-    `kind`, with the host paths of the winning entry: a later dir's (None where two files of
-    one dir define it: CDI drops such a name). Blocking."""
-    won: dict[str, frozenset[str] | None] = {}
-    dropped: set[str] = set()
-    for directory in above:
-        try:
-            entries = sorted(os.listdir(directory))
-        except OSError:
-            continue
-        here: dict[str, frozenset[str]] = {}
-        for entry in entries:
-            if entry.endswith(".json"):
-                for name, paths in known.entries(os.path.join(directory, entry), kind).items():
-                    if name in here:
-                        dropped.add(name)
-                    here[name] = paths
-        won.update(here)
-    won.update(dict.fromkeys(dropped))
-    return won
+    """Each name the spec files of the dirs `above` (lowest priority first) define for `kind`,
+    with the host paths of the winning entry (None where the runtime drops it: two files of
+    one dir define it): `cdi_files.winning`. Blocking."""
+    return winning(above, known, (kind,)).entries(kind)
 
 
 async def follow_above(
@@ -89,10 +73,10 @@ async def follow_above(
     above = await offload.run(lambda: dirs_above(spec_dir, order))
     if not above:
         return
-    woken, known = asyncio.Event(), SpecNames()
+    woken, known = asyncio.Event(), SpecFiles()
 
     def on_event(name: str | None) -> None:
-        if name is None or name.endswith(".json"):
+        if name is None or is_spec_file(name):
             disk.pending = True
             woken.set()
             changed()

@@ -249,17 +249,3 @@ def _mount(host_path: str, container_path: str, read_only: bool) -> dict[str, An
         "containerPath": container_path,
         "options": ["ro" if read_only else "rw", "bind"],
     }
-
-
-def spec_device_names(content: bytes | None, kind: str) -> frozenset[str]:
-    """The device names a spec file's content makes resolvable for `kind` (none when it
-    is missing, unreadable, or of another kind)."""
-    if content is None:
-        return frozenset()
-    try:
-        spec = json.loads(content)
-        if spec.get("kind") != kind:
-            return frozenset()
-        return frozenset(str(device["name"]) for device in spec["devices"])
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return frozenset()

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Collection
 
-from .cdi_lookup import SPEC_SUFFIXES, CdiNames
+from .cdi_files import is_spec_file
+from .cdi_lookup import CdiNames
 from .files import Offload
 from .logs import EventLogger
 from .watch import Subscription, Watcher
@@ -74,7 +75,7 @@ class CdiSpecLooks:
             self._task.cancel()
 
     def _heard(self, name: str | None) -> None:
-        if name is not None and not name.endswith(SPEC_SUFFIXES):
+        if name is not None and not is_spec_file(name):
             return
         self._due = True
         if self._task is None:

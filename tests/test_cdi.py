@@ -479,17 +479,17 @@ async def test_a_spec_file_of_another_kind_resolves_nothing(
 ) -> None:
     """A file left with the same name by a config with another kind: its names do not
     resolve for this kind until it is rewritten."""
-    from kdp_host.cdi_spec import spec_device_names
+    from kdp_host.cdi_files import spec_entries
 
     config = resource(tmp_path)
     table = DeviceTable()
     table.publish([dev("fpga0")])
     content = render_spec_file(config, table.snapshot)
     assert content is not None
-    assert spec_device_names(content, KIND) == {own("fpga0")}
-    assert spec_device_names(content, "other.example/kind") == frozenset()
-    assert spec_device_names(b"{not json", KIND) == frozenset()
-    assert spec_device_names(b'{"kind": "%s", "devices": "x"}' % KIND.encode(), KIND) == set()
+    assert set(spec_entries(content, KIND)) == {own("fpga0")}
+    assert spec_entries(content, "other.example/kind") == {}
+    assert spec_entries(b"{not json", KIND) == {}
+    assert spec_entries(b'{"kind": "%s", "devices": "x"}' % KIND.encode(), KIND) == {}
 
 
 # --------------------------------------------------------------------------- handover

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from kdp_host.atomic_files import write_atomic
-from kdp_host.cdi_dirs import RECORD, SpecDirRecord, SpecNames, check_spec_dirs, parse_dirs
+from kdp_host.cdi_dirs import RECORD, SpecDirRecord, check_spec_dirs, parse_dirs
+from kdp_host.cdi_files import SpecFiles
 from kdp_host.config.outputs import owner_path, spec_file_name
 from kdp_host.files import DaemonThreads
 from kdp_host.logs import get_logger
@@ -252,7 +253,7 @@ async def test_a_live_host_on_the_state_dir_is_told_from_a_killed_one(tmp_path: 
 
 
 def test_what_a_spec_file_defines_is_read_again_when_it_changes(tmp_path: Path) -> None:
-    """`SpecNames` keeps a file's names while it is the same file (not parsed at each
+    """`SpecFiles` keeps a file's names while it is the same file (not parsed at each
     check), and reads it again once it was replaced, written in place or removed."""
     path = tmp_path / "vendor.json"
 
@@ -260,16 +261,16 @@ def test_what_a_spec_file_defines_is_read_again_when_it_changes(tmp_path: Path) 
         devices = [{"name": n, "containerEdits": {"deviceNodes": []}} for n in names]
         return json.dumps({"cdiVersion": "0.5.0", "kind": KIND, "devices": devices}).encode()
 
-    known = SpecNames()
+    known = SpecFiles()
     write_atomic(str(path), spec("a"))
-    assert known.of(str(path), KIND) == {"a"}
-    assert known.of(str(path), "other.example/x") == frozenset()
+    assert set(known.entries(str(path), KIND)) == {"a"}
+    assert set(known.entries(str(path), "other.example/x")) == frozenset()
     write_atomic(str(path), spec("b"))  # (renamed into place)
-    assert known.of(str(path), KIND) == {"b"}
+    assert set(known.entries(str(path), KIND)) == {"b"}
     path.write_bytes(spec("cc", "d"))  # (in place)
-    assert known.of(str(path), KIND) == {"cc", "d"}
+    assert set(known.entries(str(path), KIND)) == {"cc", "d"}
     path.unlink()
-    assert known.of(str(path), KIND) == frozenset()
+    assert set(known.entries(str(path), KIND)) == frozenset()
 
 
 async def test_a_killed_owners_file_naming_a_held_device_otherwise_is_taken_at_once(

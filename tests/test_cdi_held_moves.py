@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from kdp_host.cdi import CdiSpecWriter
-from kdp_host.cdi_dirs import SpecNames
+from kdp_host.cdi_files import SpecFiles
 from kdp_host.cdi_resolution import winning_entries
 from kdp_host.config.outputs import owner_path, spec_file_name
 from kdp_host.device_table import DeviceTable
@@ -205,7 +205,7 @@ async def test_hostile21_f3_a_killed_owners_file_never_resolves_a_held_name_to_a
         name = held.split("=", 1)[1]
 
         def resolves() -> frozenset[str] | None:
-            return winning_entries([str(etc), str(run)], KIND, SpecNames()).get(name)
+            return winning_entries([str(etc), str(run)], KIND, SpecFiles()).get(name)
 
         assert resolves() == {str(dev / mine)}
         since = await kubelet.acall(kubelet.last_seq)
@@ -230,4 +230,4 @@ async def test_hostile21_f3_a_killed_owners_file_never_resolves_a_held_name_to_a
 
 def resolved_in(spec_dir: Path) -> dict[str, Any]:
     """The device names (without the kind) `spec_dir`'s files define."""
-    return winning_entries([str(spec_dir)], KIND, SpecNames())
+    return winning_entries([str(spec_dir)], KIND, SpecFiles())

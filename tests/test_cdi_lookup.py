@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from kdp_host.api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
-from kdp_host.cdi_lookup import CdiNames, Edits
+from kdp_host.cdi_files import Edits
+from kdp_host.cdi_lookup import CdiNames
 from kdp_host.holdings import Holder, Holdings
 from kdp_host.kubelet_checkpoint import Handed, HandedClaims, read_handed
 from kdp_host.ownership import OwnershipIndex

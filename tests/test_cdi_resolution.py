@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from kdp_host.cdi import CdiSpecWriter
-from kdp_host.cdi_dirs import SpecDirRecord, SpecNames
+from kdp_host.cdi_dirs import SpecDirRecord
 from kdp_host.cdi_disk import SpecOnDisk
+from kdp_host.cdi_files import SpecFiles
 from kdp_host.cdi_resolution import dirs_above, follow_above, winning_entries
 from kdp_host.device_table import DeviceTable
 from kdp_host.devices import Device, DeviceNode
@@ -120,7 +121,7 @@ def test_the_winning_file_is_the_latest_dirs_that_defines_the_name(tmp_path: Pat
     _spec(dirs[1] / "y.json", {"n1": "/dev/1", "n3": "/dev/1"})
     _spec(dirs[1] / "z.json", {"n3": "/dev/2"})
     (dirs[1] / "ignored.tmp").write_text("{}")
-    won = winning_entries([str(d) for d in dirs], KIND, SpecNames())
+    won = winning_entries([str(d) for d in dirs], KIND, SpecFiles())
     assert won == {"n1": {"/dev/1"}, "n2": {"/dev/0"}, "n3": None}
     disk = SpecOnDisk()
     disk.seen_above(won, pending=False)

@@ -1,0 +1,218 @@
+"""What a CDI spec file is, what it defines, and which definition of a name wins: the one rule
+of every reader of the runtime's CDI dirs (issue 17).
+
+The runtime (containerd and CRI-O, through the CDI library) resolves a name `<kind>=<device>`
+when it creates a container:
+
+- a spec file is a `.json` or `.yaml` file of one of its dirs (`cdiRuntimeDirs`, in
+  its order: `SPEC_SUFFIXES`); other names (a writer's temporary file, an owner file) are not;
+- a file defines, for its `kind`, each of its `devices` by name; what a device hands out is
+  each `containerEdits.deviceNodes[]` (its `hostPath`, else its `path`) and
+  `containerEdits.mounts[].hostPath`, of the device and of the spec (the spec's edits go with
+  each of its devices) (`parse_spec`, one parser for both formats);
+- a later dir's definition wins over an earlier one's; two files of one dir that define a
+  name make the runtime drop it, whatever another dir defines (`winning`).
+
+Every reader calls this: the own spec file's clash check (`cdi_dirs.check_spec_dirs`), the
+files that win over it (`cdi_resolution.winning_entries`, `cdi_disk.SpecOnDisk`), the
+lookup of another plugin's names (`cdi_lookup.CdiNames`), and the watches that tell them a
+file changed (`is_spec_file`). A file is parsed again only when its signature (device,
+inode, size, modification time) changed (`SpecFiles`): a look costs the changed files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import yaml
+
+from .atomic_files import read_or_none
+from .state_document import Signature, signature
+
+SPEC_SUFFIXES: Final = (".json", ".yaml")
+"""The file names the runtime reads as CDI spec files (the CDI library's scan of a dir:
+its own entries, not subdirectories; `.yml` is not read)."""
+_YAML_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_KNOWN: Final = 4096
+"""Most spec files a `SpecFiles` keeps (past it, it starts over)."""
+
+
+def is_spec_file(name: str) -> bool:
+    """Whether the runtime reads a file of this name (in one of its dirs) as a spec file."""
+    return name.endswith(SPEC_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Edits:
+    """What a device of a spec file hands out: host paths of its nodes and mounts."""
+
+    nodes: tuple[str, ...] = ()
+    mounts: tuple[str, ...] = ()
+
+    def __add__(self, other: Edits) -> Edits:
+        return Edits(
+            tuple(dict.fromkeys((*self.nodes, *other.nodes))),
+            tuple(dict.fromkeys((*self.mounts, *other.mounts))),
+        )
+
+    def paths(self) -> frozenset[str]:
+        return frozenset((*self.nodes, *self.mounts))
+
+
+@dataclass(frozen=True)
+class SpecFile:
+    """What one spec file defines: its kind, each device's own edits, and the spec's."""
+
+    kind: str
+    devices: Mapping[str, Edits] = field(default_factory=dict)
+    common: Edits = Edits()
+
+    def handed(self, device: str) -> Edits:
+        """What the runtime hands out for `device`: its edits and the spec's."""
+        return self.devices[device] + self.common
+
+    def entries(self, kind: str) -> dict[str, frozenset[str]]:
+        """Device name -> the host paths of its own entry, for `kind` (none of another)."""
+        if kind != self.kind:
+            return {}
+        return {name: edits.paths() for name, edits in self.devices.items()}
+
+
+Parsed = SpecFile | str
+"""A spec file as parsed; text: why it cannot be used."""
+
+
+def _edits(container_edits: Any) -> Edits:
+    if not container_edits:
+        return Edits()
+    nodes = [n.get("hostPath") or n["path"] for n in container_edits.get("deviceNodes") or ()]
+    mounts = [m["hostPath"] for m in container_edits.get("mounts") or ()]
+    return Edits(tuple(map(str, nodes)), tuple(map(str, mounts)))
+
+
+def parse_spec(content: bytes | None, name: str) -> Parsed:
+    """A spec file's content (`name`: its file name, whose suffix says JSON or YAML)."""
+    if content is None:
+        return "cannot be read"
+    try:
+        spec = json.loads(content) if name.endswith(".json") else yaml.load(content, _YAML_LOADER)
+        devices = {str(d["name"]): _edits(d.get("containerEdits")) for d in spec["devices"]}
+        return SpecFile(str(spec["kind"]), devices, _edits(spec.get("containerEdits")))
+    except (ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
+        return f"is not a CDI spec ({type(exc).__name__})"
+
+
+def spec_entries(content: bytes | None, kind: str) -> dict[str, frozenset[str]]:
+    """Device name -> the host paths its own entry hands out, of a JSON spec file's content
+    (this host's: none when it is missing, unreadable, or of another kind)."""
+    parsed = parse_spec(content, ".json")
+    return {} if isinstance(parsed, str) else parsed.entries(kind)
+
+
+def spec_names(directory: str) -> list[str]:
+    """The spec files of `directory`, by name in order; raises OSError. Blocking."""
+    return sorted(n for n in os.listdir(directory) if is_spec_file(n))
+
+
+class SpecFiles:
+    """Spec files as parsed, each parsed again only when its signature changed (a writer
+    renames a new file into place): a vendor's large spec is not parsed at every look (10
+    files of 120 KB: 9 ms a look parsed, 0.2 ms known). Blocking; thread-safe."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[Signature, Parsed]] = {}
+        self._lock = threading.Lock()
+
+    def parsed(self, path: str) -> tuple[Signature, Parsed] | None:
+        """The file at `path` as parsed, with its signature; None when it is gone."""
+        now = signature(path)  # (before the read: a change after it shows at the next look)
+        if now is None:
+            return None
+        with self._lock:
+            known = self._known.get(path)
+        if known is not None and known[0] == now:
+            return known
+        found = now, parse_spec(read_or_none(path), path)
+        with self._lock:
+            if len(self._known) >= MAX_KNOWN:
+                self._known.clear()
+            self._known[path] = found
+        return found
+
+    def entries(self, path: str, kind: str) -> dict[str, frozenset[str]]:
+        """What `path` defines for `kind`: names, each with its own entry's host paths."""
+        found = self.parsed(path)
+        return {} if found is None or isinstance(found[1], str) else found[1].entries(kind)
+
+
+@dataclass(frozen=True)
+class Definition:
+    """The files that define a name where the runtime resolves it."""
+
+    files: tuple[SpecFile, ...]
+    """The files of the winning dir that define it; where it is dropped, those of every dir
+    from the first that defined it twice (a container made before one of them came may have
+    any of theirs)."""
+    dropped: bool = False
+    """Two files of one dir define it (any dir: the runtime drops the name, a later dir's
+    definition notwithstanding)."""
+
+    def then(self, files: tuple[SpecFile, ...]) -> Definition:
+        """This definition after a later dir's files that define the name."""
+        if self.dropped:
+            return Definition((*self.files, *files), True)
+        return Definition(files, len(files) > 1)
+
+
+@dataclass
+class Winning:
+    """How the runtime resolves each name over some dirs."""
+
+    defined: dict[str, dict[str, Definition]] = field(default_factory=dict)
+    """kind -> device -> its definition."""
+    bad: dict[str, str] = field(default_factory=dict)
+    """Spec files that cannot be used, by path, with why (they may define any name)."""
+
+    def entries(self, kind: str) -> dict[str, frozenset[str] | None]:
+        """Each name defined for `kind`, with its winning entry's host paths (None: dropped)."""
+        return {
+            name: None if found.dropped else found.files[0].entries(kind)[name]
+            for name, found in self.defined.get(kind, {}).items()
+        }
+
+
+def winning(dirs: Sequence[str], files: SpecFiles, kinds: Iterable[str] | None = None) -> Winning:
+    """How the runtime resolves each name (of `kinds`; None: every kind) over `dirs`, lowest
+    priority first: a later dir's definition wins; a name two files of one dir define is
+    dropped. A dir that cannot be listed is skipped. Blocking."""
+    wanted = None if kinds is None else frozenset(kinds)
+    found = Winning()
+    for directory in dirs:
+        try:
+            names = spec_names(directory)
+        except OSError:
+            continue
+        here: dict[str, dict[str, tuple[SpecFile, ...]]] = {}
+        for name in names:
+            path = os.path.join(directory, name)
+            if (parsed := files.parsed(path)) is None:
+                continue  # (gone since the listing)
+            if isinstance(spec := parsed[1], str):
+                found.bad[path] = spec
+            elif wanted is None or spec.kind in wanted:
+                defined = here.setdefault(spec.kind, {})
+                for device in spec.devices:
+                    defined[device] = (*defined.get(device, ()), spec)
+        for kind, devices in here.items():
+            known = found.defined.setdefault(kind, {})
+            for device, by in devices.items():
+                known[device] = known.get(device, _NONE).then(by)
+    return found
+
+
+_NONE: Final = Definition(())

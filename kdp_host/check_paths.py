@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from .check import CheckRow
 from .config import Config
 from .container_path_lists import SharedPath, shared_paths
+from .container_paths import Placement, ancestors, device_placements, mount_placement, nests
 from .devices import Device
 from .logs import quote_text
 
@@ -23,19 +24,18 @@ def container_path_warnings(rows: Iterable[CheckRow], config: Config) -> list[st
     one container path: a container asking for both gets only one of each such path (the
     kubelet keeps one DeviceSpec and one mount per container path), charged for both. Two
     resources' Allocates are separate calls: kdp-host cannot refuse it, only warn."""
-    users: dict[str, set[str]] = {}
+    placed: dict[str, dict[tuple[str, Placement], None]] = {}
     for row in rows:
         if row.device is not None:
-            for node in row.device.nodes:
-                users.setdefault(node.container_path, set()).add(row.resource)
-            for mount in row.device.mounts:
-                users.setdefault(mount.container_path, set()).add(row.resource)
+            for path, placement in device_placements(row.device):
+                placed.setdefault(path, {})[row.resource, placement] = None
     for resource in config.resources:
         for configured in resource.allocate.mounts:
-            users.setdefault(configured.container_path, set()).add(resource.name)
+            placement = mount_placement(configured.host_path, configured.read_only)
+            placed.setdefault(configured.container_path, {})[resource.name, placement] = None
     pairs: dict[tuple[str, str], list[str]] = {}
-    for path, names in users.items():
-        for pair in itertools.combinations(sorted(names), 2):
+    for path, here in placed.items():
+        for pair in itertools.combinations(sorted({name for name, _ in here}), 2):
             pairs.setdefault(pair, []).append(path)
     lines = []
     for (one, other), paths in sorted(pairs.items()):
@@ -47,6 +47,33 @@ def container_path_warnings(rows: Iterable[CheckRow], config: Config) -> list[st
             + (f" and {more} more container path(s)" if more > 0 else "")
             + ": a container that asks for both gets only one of each (the kubelet keeps one "
             "device node and one mount per container path), charged for both"
+        )
+    return lines + _nested_across(placed)
+
+
+def _nested_across(placed: dict[str, dict[tuple[str, Placement], None]]) -> list[str]:
+    """One line per pair of resources one of whose container paths is below the other's,
+    where they collide by the rule (`container_paths.nests`: a node below a mount is made
+    inside the mount's host directory; hostile28 G5)."""
+    nested: dict[tuple[str, str], list[str]] = {}
+    for path, here in placed.items():
+        for above in ancestors(path):
+            for outer_name, outer in placed.get(above, {}):
+                for name, placement in here:
+                    if name != outer_name and nests(outer, placement):
+                        where = f"{name}'s {quote_text(path)} below {quote_text(above)}"
+                        nested.setdefault((outer_name, name), []).append(where)
+    lines = []
+    for (outer_name, name), places in sorted(nested.items()):
+        found = sorted(set(places))
+        more = len(found) - CONTAINER_PATHS_SHOWN
+        lines.append(
+            f"warning: {outer_name} and {name} nest: "
+            + ", ".join(found[:CONTAINER_PATHS_SHOWN])
+            + (f" and {more} more" if more > 0 else "")
+            + f" of {outer_name}: a container that asks for both has a device node made "
+            "inside a mount's host directory (the runtime mounts first): keep them out of "
+            "one container (two Allocates: kdp-host cannot refuse it, only warn)"
         )
     return lines
 

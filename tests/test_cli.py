@@ -190,6 +190,38 @@ def test_check_warns_when_two_resources_land_on_one_container_path(
     ]
 
 
+def test_check_warns_when_two_resources_container_paths_nest(
+    short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hostile28 G5: a mounts a writable directory at /dev/fpga, b passes its nodes at
+    /dev/fpga/{name}: a container asking for both has b's node made inside a's host directory
+    (runc mounts, then makes the nodes); check was silent. A mount below a mount is not a
+    clash (the runtime mounts in order)."""
+    for name in ("a", "fpga", "shared", "data"):
+        (short_dir / name).mkdir()
+    (short_dir / "a" / "x1").touch()
+    (short_dir / "fpga" / "n0").touch()
+    config = short_dir / "config.yaml"
+    config.write_text(
+        f"kubelet: {{socketDir: {socket_dir}}}\nstateDir: {short_dir}/state\nresources:\n"
+        f"  - name: t.example/a\n"
+        f'    glob: {{paths: ["{short_dir}/a/*"], containerPath: "/dev/x/{{name}}"}}\n'
+        f"    allocate: {{mounts: [{{hostPath: {short_dir}/shared, containerPath: /dev/fpga,"
+        " readOnly: false}, {hostPath: " + f"{short_dir}/data, containerPath: /data}}]}}\n"
+        f"  - name: t.example/b\n"
+        f'    glob: {{paths: ["{short_dir}/fpga/*"], containerPath: "/dev/fpga/{{name}}"}}\n'
+        f"    allocate: {{mounts: [{{hostPath: {short_dir}/data, containerPath: /data/b}}]}}\n"
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if " nest" in line]
+    assert warnings == [
+        "warning: t.example/a and t.example/b nest: t.example/b's /dev/fpga/n0 below /dev/fpga "
+        "of t.example/a: a container that asks for both has a device node made inside a "
+        "mount's host directory (the runtime mounts first): keep them out of one container "
+        "(two Allocates: kdp-host cannot refuse it, only warn)"
+    ], warnings
+
+
 def test_check_warns_when_two_devices_of_a_resource_share_a_container_path(
     short_dir: Path, socket_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -288,10 +288,11 @@ class Ledger(LearntBookings):
                     self.relocate(owner, moved, step)
             if step < 0:
                 self.forget_moved(key)
+        from_kubelet = booking.from_checkpoint  # (kdp-host's answers hand real paths)
         for _, path, real in booking.places:
             _count(self.places, real, owner, step)
             self._sorted_places = None
-            if (spot := linked_spot(path, real)) is not None:  # (what it reaches now too)
+            if from_kubelet and (spot := linked_spot(path, real)) is not None:  # (now too)
                 _count(self.spots, spot, owner, step)
                 self.reach.count_linked(spot, owner, step)
         for key, _, real in booking.claims:

@@ -15,10 +15,13 @@ reach another identity names both identities' devices to examine again (`changed
 A booked place handed out through a link is a spot too, at the path as handed
 (`linked_spot`): the runtime resolves that text again at each container start, so what the
 link reaches now is the pod's as well as what it reached when booked (another plugin's
-answer in the kubelet's checkpoint, `serial/by-id/usb-X` re-pointed by udev; another host's
-booking). Its directory and each directory on the way are followed through the host's
-watcher, and a change there has it looked at (`ownership_spots`), as nothing claims through
-it (issue 17, hostile27 F9).
+answer in the kubelet's checkpoint, `serial/by-id/usb-X` re-pointed by udev; kdp-host's
+own answers, this host's or another's, hand out each place's real path instead:
+`ownership_hand_out`, so a link on the way of theirs reaches nothing of the pod's later).
+Its directory and each directory on the way are followed through the host's watcher, and a
+change there has it looked at (`ownership_spots`), as nothing claims through it; every
+identity it was found to reach while booked holds (`was`: a container of the pod may have
+started then) (issue 17, hostile27 F9).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 A booked spot is a path the runtime opens again when a container of the pod starts anew from
 the answer the kubelet kept (`BookedClaims.spots`, `ownership_reach`). A device claiming
 through one tells the index what it reaches; a place handed out through a link
-(`ownership_reach.linked_spot`: another plugin's `serial/by-id/usb-X` in the kubelet's
-checkpoint, another host's booking, an answer's place) has no device claiming through it, so
+(`ownership_reach.linked_spot`: another plugin's answer in the kubelet's checkpoint,
+`serial/by-id/usb-X`, a CDI name's `hostPath`) has no device claiming through it, so
 its directory and every directory on the way to it are followed through the host's watcher
 (`_follow_link`), and a change there has it looked at (`_recheck`'s `SpotsReached.changed_at`;
 a directory on the way: `_above_changed`): the device that claims what it reaches now is held

@@ -4,7 +4,8 @@ reached when booked: the kubelet re-creates the pod's container from the answer 
 link's path), which the runtime resolves again (issue 17, hostile27 F9). Before, the booking
 held only the node the link reached when the checkpoint was read: once udev re-pointed the
 link at another node kdp-host serves, kdp-host listed that node Healthy and handed it to its
-own pod, and a restart of the peer's container put it in both pods."""
+own pod, and a restart of the peer's container put it in both pods. The same for a CDI
+name another plugin hands out whose spec's `hostPath` is a link (hostile27 F3's booking)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from .kubelet_harness import GenericDevicePlugin, gdp_device, harness_binary, missing_reason
 from .test_checkpoint_bookings import GDEV, OTHER, config_text, healthy_count
+from .test_foreign_cdi_kubelet import GPU, A, CdiPlugin, serving, setup, write_spec
 
 pytestmark = pytest.mark.fast
 
@@ -115,3 +117,28 @@ async def both_held_while_p1_lives(kubelet: Any, nodes: int = 2) -> None:
     assert p2["error"] and not p2["device_ids"], p2
     assert (await kubelet.acall(kubelet.release, "p1"))["found"]
     await kubelet.await_for(healthy_count(OTHER, nodes), timeout=30, what="listed again")
+
+
+async def test_a_cdi_host_path_through_a_link_re_pointed_holds_its_new_target(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path
+) -> None:
+    """Another plugin hands g0 a CDI name whose spec's `hostPath` is the link `by-id/usb-X`
+    (-> fpga0): fpga0 is held; the link re-pointed at fpga1, fpga1 is held too (the runtime
+    resolves the name, then the link, at g0's next container start)."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    config, _ = setup(kubelet, short_dir)
+    (short_dir / "by-id").mkdir()
+    link = short_dir / "by-id" / "usb-X"
+    link.symlink_to("../dev/fpga0")
+    write_spec(short_dir / "cdi", {"gpu0": str(link)})
+    await start_host(config)
+    await kubelet.await_for(healthy_count(A, 2), what="kdp-host lists both")
+    async with serving(kubelet, CdiPlugin({"gpu0": str(link)}, "cdi"), GPU):
+        await kubelet.await_for(healthy_count(GPU, 1), what="the other plugin lists")
+        g0 = await kubelet.acall(kubelet.allocate, "g0", {GPU: 1})
+        assert g0["error"] == "", g0
+        await kubelet.await_for(healthy_count(A, 1), what="fpga0 held for g0")
+        repoint(link, "../dev/fpga1")
+        await kubelet.await_for(healthy_count(A, 0), timeout=10, what="fpga1 held for g0")
+        p1 = await kubelet.acall(kubelet.allocate, "p1", {A: 1})
+        assert p1["error"] and not p1["device_ids"], p1

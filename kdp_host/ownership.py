@@ -85,9 +85,9 @@ from .ownership_bookings import BookedElsewhere, Releases
 from .ownership_claims import Claim, ClaimKey, Owner, Reached, Resolver, places
 from .ownership_gate import ADMISSION_CHUNK
 from .ownership_held import OWN_PATHS
+from .ownership_linked import LinkedClaims
 from .ownership_lost import Found as LostFound
 from .ownership_table import Holding, ResourceState
-from .ownership_watching import Watching
 from .places_followed import FollowedPlaces, Vouching
 from .timings import Timings
 from .turns import TURN_BUDGET, in_turns
@@ -105,14 +105,14 @@ Reaches = Mapping[str, Reached]
 _NONE_HELD: Mapping[str, Holding] = MappingProxyType({})
 
 
-class OwnershipIndex(Watching):
+class OwnershipIndex(LinkedClaims):
     """The host-wide index of claims (one per host, passed to every resource). Built in
     layers, one module each: the claim table (`ownership_table.ClaimTable`), admission
     (`ownership_admission.Admission`), resolving off the loop (`ownership_resolve.Resolving`),
     one admission at a time in bounded turns of the loop (`ownership_gate.AdmissionGate`),
     what an answer hands out (`ownership_hand_out.HandingOut`), booking it
-    (`ownership_allocate.BookingAllocations`), following the watcher
-    (`ownership_watching.Watching`); this adds runtimes, publishing and PodResources answers.
+    (`ownership_allocate.BookingAllocations`), following the watcher (`ownership_watching.
+    Watching`, `ownership_linked`); this adds runtimes, publishing and PodResources answers.
 
     A claim whose device stops being advertised (it left the list, its resource was
     removed) *lingers* with its owner while its node is there, as a pod may hold the device

@@ -32,6 +32,7 @@ from typing import Any, Final
 import yaml
 
 from .atomic_files import read_or_none
+from .cdi_acceptance import judge
 from .state_document import Signature, signature
 
 SPEC_SUFFIXES: Final = (".json", ".yaml")
@@ -71,6 +72,9 @@ class SpecFile:
     kind: str
     devices: Mapping[str, Edits] = field(default_factory=dict)
     common: Edits = Edits()
+    unsure: str = ""
+    """Why the runtime may not read it (a newer cdiVersion than kdp-host knows:
+    `cdi_acceptance`); empty: it does."""
 
     def handed(self, device: str) -> Edits:
         """What the runtime hands out for `device`: its edits and the spec's."""
@@ -84,7 +88,7 @@ class SpecFile:
 
 
 Parsed = SpecFile | str
-"""A spec file as parsed; text: why it cannot be used."""
+"""A spec file as parsed; text: why it cannot be used (the runtime skips it too)."""
 
 
 def _edits(container_edits: Any) -> Edits:
@@ -101,8 +105,14 @@ def parse_spec(content: bytes | None, name: str) -> Parsed:
         return "cannot be read"
     try:
         spec = json.loads(content) if name.endswith(".json") else yaml.load(content, _YAML_LOADER)
+        if not isinstance(spec["devices"], list) or not isinstance(spec["kind"], str):
+            raise TypeError("kind or devices")
+        verdict = judge(spec)
+        if verdict.refused:
+            return f"is refused by the runtime's CDI library ({verdict.refused}): skipped"
         devices = {str(d["name"]): _edits(d.get("containerEdits")) for d in spec["devices"]}
-        return SpecFile(str(spec["kind"]), devices, _edits(spec.get("containerEdits")))
+        common = _edits(spec.get("containerEdits"))
+        return SpecFile(spec["kind"], devices, common, verdict.unsure)
     except (ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
         return f"is not a CDI spec ({type(exc).__name__})"
 
@@ -157,16 +167,26 @@ class Definition:
     files: tuple[SpecFile, ...]
     """The files of the winning dir that define it; where it is dropped, those of every dir
     from the first that defined it twice (a container made before one of them came may have
-    any of theirs)."""
+    any of theirs); where it is `unsure`, every file it may resolve through."""
     dropped: bool = False
     """Two files of one dir define it (any dir: the runtime drops the name, a later dir's
     definition notwithstanding)."""
+    unsure: str = ""
+    """Why kdp-host cannot tell which of `files` the runtime takes (one the runtime may not
+    read defines it: `SpecFile.unsure`); empty: it can."""
 
-    def then(self, files: tuple[SpecFile, ...]) -> Definition:
-        """This definition after a later dir's files that define the name."""
+    def then(self, sure: tuple[SpecFile, ...], unsure: tuple[SpecFile, ...]) -> Definition:
+        """This definition after a later dir's files that define the name: those the runtime
+        reads (`sure`) and those it may not (`unsure`: whether they count is not known, so
+        the definition holds both outcomes, the union of their files; fails safe)."""
         if self.dropped:
-            return Definition((*self.files, *files), True)
-        return Definition(files, len(files) > 1)
+            return Definition((*self.files, *sure, *unsure), True, self.unsure)
+        why = unsure[0].unsure if unsure else ""
+        if len(sure) > 1:
+            return Definition((*sure, *unsure), True)
+        if sure:
+            return Definition((*sure, *unsure), False, why)
+        return Definition((*self.files, *unsure), False, why or self.unsure)
 
 
 @dataclass
@@ -176,12 +196,14 @@ class Winning:
     defined: dict[str, dict[str, Definition]] = field(default_factory=dict)
     """kind -> device -> its definition."""
     bad: dict[str, str] = field(default_factory=dict)
-    """Spec files that cannot be used, by path, with why (they may define any name)."""
+    """Spec files that cannot be used, by path, with why (the runtime skips them too; one
+    that cannot be read or parsed may define any name)."""
 
     def entries(self, kind: str) -> dict[str, frozenset[str] | None]:
-        """Each name defined for `kind`, with its winning entry's host paths (None: dropped)."""
+        """Each name defined for `kind`, with its winning entry's host paths (None: dropped,
+        or which file wins is not known)."""
         return {
-            name: None if found.dropped else found.files[0].entries(kind)[name]
+            name: None if found.dropped or found.unsure else found.files[0].entries(kind)[name]
             for name, found in self.defined.get(kind, {}).items()
         }
 
@@ -189,7 +211,9 @@ class Winning:
 def winning(dirs: Sequence[str], files: SpecFiles, kinds: Iterable[str] | None = None) -> Winning:
     """How the runtime resolves each name (of `kinds`; None: every kind) over `dirs`, lowest
     priority first: a later dir's definition wins; a name two files of one dir define is
-    dropped. A dir that cannot be listed is skipped. Blocking."""
+    dropped; a file the runtime skips (`bad`) defines nothing, one it may skip adds its
+    definition to the one it would replace (`Definition.then`). A dir that cannot be listed
+    is skipped. Blocking."""
     wanted = None if kinds is None else frozenset(kinds)
     found = Winning()
     for directory in dirs:
@@ -211,7 +235,9 @@ def winning(dirs: Sequence[str], files: SpecFiles, kinds: Iterable[str] | None =
         for kind, devices in here.items():
             known = found.defined.setdefault(kind, {})
             for device, by in devices.items():
-                known[device] = known.get(device, _NONE).then(by)
+                sure = tuple(f for f in by if not f.unsure)
+                unsure = tuple(f for f in by if f.unsure)
+                known[device] = known.get(device, _NONE).then(sure, unsure)
     return found
 
 

@@ -10,7 +10,10 @@ name is resolved here the way the runtime resolves it (`cdiRuntimeDirs`, in its 
 the one rule of what a spec file is, what it defines and which definition wins
 (`cdi_files`, shared with this host's own spec file's checks): a name two files of one dir
 define is dropped, but the container may have been made before one of them came, so the
-paths of every such file are booked.
+paths of every such file are booked. A file the runtime's CDI library refuses (an unknown
+field, cdiVersion or device name: `cdi_acceptance`) defines nothing; one it may read or not
+(a cdiVersion newer than kdp-host knows) adds its definition to the one it would replace:
+both are booked (hostile28 G2).
 
 A name that resolves nowhere (no file of its kind, no such device, not a qualified name; a
 file that cannot be read or parsed is named with it: it may be the one) is returned with why
@@ -43,14 +46,18 @@ class Resolved:
     unresolved: tuple[tuple[str, str], ...] = ()
 
 
-Table = dict[str, dict[str, tuple[Edits, bool]]]
-"""kind -> device name -> what it hands out (every defining file's, where dropped), and
-whether it is dropped (two files of one dir define it)."""
+Table = dict[str, dict[str, tuple[Edits, str]]]
+"""kind -> device name -> what it hands out (every defining file's, where dropped or unsure),
+and why that is more than one file's (empty: it is the winning file's)."""
 
 
-def _handed(device: str, found: Definition) -> tuple[Edits, bool]:
+def _handed(device: str, found: Definition) -> tuple[Edits, str]:
     edits = functools.reduce(Edits.__add__, (f.handed(device) for f in found.files), Edits())
-    return edits, found.dropped
+    if found.dropped:
+        return edits, "defined by two files of one dir: both booked"
+    if found.unsure:
+        return edits, f"defined by a file the runtime may not read ({found.unsure}): all booked"
+    return edits, ""
 
 
 class CdiNames:
@@ -68,6 +75,7 @@ class CdiNames:
         self._bad: dict[str, str] = {}
         self._wanted: set[str] = set()
         self._noted: set[tuple[str, str, str]] = set()
+        self._skips: set[tuple[str, str]] = set()
         self.own_kinds: frozenset[str] = frozenset()
         """The kinds this host's resources write (`allocate.cdi.kind`): such a name is this
         host's own answer, whose spec file it removed at its stop; not said (PodResources
@@ -89,7 +97,7 @@ class CdiNames:
                     continue
                 edits += found[0]
                 if found[1]:
-                    unresolved.append((name, "defined by two files of one dir: both booked"))
+                    unresolved.append((name, found[1]))
             return Resolved(edits, tuple(unresolved))
 
     def look(self) -> None:
@@ -113,6 +121,17 @@ class CdiNames:
         if self.said is not None:
             self.said(resource)
         return True
+
+    def newly_skipped(self) -> list[tuple[str, str]]:
+        """The spec files the last look found unusable (the runtime skips them too: refused by
+        its CDI library, or not parsed), each with why, that were not returned before: each
+        is said once while it stays so."""
+        with self._lock:
+            new = [(p, why) for p, why in sorted(self._bad.items()) if (p, why) not in self._skips]
+            if len(self._skips) + len(new) > MAX_NOTED:
+                self._skips.clear()
+            self._skips.update(new)
+            return new
 
     def changed_kinds(self) -> frozenset[str]:
         """The kinds a name was looked up of whose definitions changed since the last look

@@ -239,7 +239,10 @@ async def book_entries(
 def said_unresolved(handed: Iterable[HandedClaims], cdi: CdiNames | None, log: EventLogger) -> None:
     """Say each CDI name of an answer that resolves nowhere (once while it stays so, counted:
     `CdiNames.first_said`): the nodes its pod may hold are not known, so nothing holds them
-    until a spec file defines it."""
+    until a spec file defines it. So is each spec file the names were resolved without (the
+    runtime skips it too: `CdiNames.newly_skipped`)."""
+    for path, why in () if cdi is None else cdi.newly_skipped():
+        log.warning("cdi_spec_file_skipped", path=path, reason=why)
     for entry in handed:
         handed_entry = entry.handed
         for name, why in handed_entry.unresolved:

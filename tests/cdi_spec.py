@@ -29,6 +29,8 @@ import jsonschema
 import referencing
 from referencing.jsonschema import DRAFT7
 
+from kdp_host.cdi_acceptance import judge
+
 from .kubelet_harness import REPO
 
 KNOWN_VERSIONS = ("0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0")
@@ -146,6 +148,8 @@ def validate_cdi_spec(spec: dict[str, Any]) -> None:
         assert _DEVICE_NAME.fullmatch(device["name"]), device["name"]
         _check_edits(device["containerEdits"], device=True)
     _check_edits(spec.get("containerEdits", {}), device=False)
+    verdict = judge(spec)  # (kdp-host's own reader takes what it writes: one rule)
+    assert not verdict.refused and not verdict.unsure, verdict
 
 
 def read_spec_file(path: Path | str) -> dict[str, Any]:

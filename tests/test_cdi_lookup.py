@@ -97,7 +97,8 @@ def test_changed_kinds_are_those_looked_up_whose_definitions_changed(tmp_path: P
     assert cdi.changed_kinds() == frozenset()  # (nothing looked up yet)
     cdi.resolve([f"{KIND}=gpu1"])
     assert cdi.changed_kinds() == frozenset()
-    (tmp_path / "other.json").write_text(json.dumps({"kind": "o.example/x", "devices": []}))
+    other = {"cdiVersion": "0.3.0", "kind": "o.example/x", "devices": [{"name": "x"}]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
     assert cdi.changed_kinds() == frozenset()  # (a kind nobody looked up)
     spec(tmp_path, "a.json", {"gpu0": nodes("/dev/g0"), "gpu1": nodes("/dev/g1")})
     os.utime(tmp_path / "a.json", ns=(1, 1))  # (a new signature even within one tick)

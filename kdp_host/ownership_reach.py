@@ -50,8 +50,13 @@ class SpotsReached:
         took them: the devices that claim them are examined again."""
         self.linked: dict[str, Counted] = {}
         """Spot of a place handed out through a link (`linked_spot`) -> its bookings."""
+        self.ways: dict[str, set[str]] = {}
+        """Link met resolving a linked spot (`links_on_the_way`, after the first: the one at
+        the spot or on its directories' way) -> the linked spots whose resolution passes it."""
+        self._way_of: dict[str, list[str]] = {}
+        """Linked spot -> the links of `ways` its resolution passed when last looked at."""
         self._sorted: list[str] | None = None
-        """`linked` sorted (`linked_below`), made when first needed."""
+        """`linked` and `ways` sorted (`linked_below`), made when first needed."""
         self.follow: Callable[[str], None] = _ignore
         """Told each linked spot that comes to be booked (the index follows it)."""
         self.was: dict[ClaimKey, set[str]] = {}
@@ -68,6 +73,7 @@ class SpotsReached:
         self._sorted = None
         if spot not in self.linked:
             self.forget(spot)
+            self.took(spot, [])
             for key in self._was_of.pop(spot, ()):
                 self.changed.append(key)
                 spots = self.was[key]
@@ -77,13 +83,45 @@ class SpotsReached:
         elif new:
             self.follow(spot)
 
+    def took(self, spot: str, links: Iterable[str]) -> list[str]:
+        """Resolving the linked spot `spot` passed `links` now (each at its place, in order):
+        a change at any of them, or on a directory's way to one, has it looked at again (a
+        chain `by-id/usb-X -> ../by-path/pci-1 -> ../../dev/ttyUSB0` whose middle link udev
+        re-points; hostile29 H4). Returns the links not met before (to follow)."""
+        new = list(dict.fromkeys(links))
+        old = self._way_of.pop(spot, [])
+        if new == old:
+            if new:
+                self._way_of[spot] = new
+            return []
+        for link in old:
+            spots = self.ways[link]
+            spots.discard(spot)
+            if not spots:
+                del self.ways[link]
+        if new:
+            self._way_of[spot] = new
+        fresh = [link for link in new if link not in self.ways]
+        for link in new:
+            self.ways.setdefault(link, set()).add(spot)
+        self._sorted = None
+        return fresh
+
+    def through(self, path: str) -> Iterator[str]:
+        """The linked spot at `path` and those whose resolution passes a link at `path`."""
+        if path in self.linked:
+            yield path
+        yield from self.ways.get(path, ())
+
     def linked_below(self, directory: str) -> Iterator[str]:
-        """The linked spots below `directory` (a directory on their way changed)."""
+        """The linked spots below `directory`, or whose resolution passes a link below it (a
+        directory on their way changed)."""
         if not self.linked:
             return iter(())
         if self._sorted is None:
-            self._sorted = sorted(self.linked)
-        return below_sorted(self._sorted, directory)
+            self._sorted = sorted({*self.linked, *self.ways})
+        found = below_sorted(self._sorted, directory)
+        return iter(dict.fromkeys(s for path in found for s in self.through(path)))
 
     def note(self, claims: Claims, booked: Container[str]) -> None:
         """A device claims `claims` now: each of its host paths and real paths that is a
@@ -111,12 +149,16 @@ class SpotsReached:
     def changed_at(
         self, paths: Iterable[str], booked: Container[str], look: Callable[[str], ClaimKey | None]
     ) -> None:
-        """The watcher reported `paths` changed: each that is a booked spot is looked at
-        (`look`: what it reaches now, as the index resolves a path), so a second name made
-        there is known though no device claims through it (a group's link is no member)."""
+        """The watcher reported `paths` changed: each that is a booked spot, or a link on a
+        linked spot's way (`ways`), has that spot looked at (`look`: what it reaches now, as
+        the index resolves a path), so a second name made there is known though no device
+        claims through it (a group's link is no member)."""
         for path in paths:
             if path in booked:
                 self.found(path, look(path))
+            for spot in list(self.ways.get(path, ())):
+                if spot in booked and spot != path:
+                    self.found(spot, look(spot))
 
     def forget(self, spot: str) -> None:
         """`spot` is known to reach nothing (it does not, or it is no longer booked)."""

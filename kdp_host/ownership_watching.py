@@ -325,7 +325,7 @@ class Watching(SpotsFollowed):
             paths = None if names is None else {os.path.join(directory, n) for n in names}
             if spots and self.local([directory]):  # (a booked spot's lookup, on the loop)
                 if paths is None and by_dir is None:
-                    by_dir = by_directory(spots)
+                    by_dir = by_directory([*spots, *self._ledger.reach.ways])
                 there = paths if paths is not None else by_dir.get(directory, ()) if by_dir else ()
                 self._ledger.reach.changed_at(there, spots, self._spot_reaches)
             fresh, doubtful = self._fresh, self._doubtful

@@ -86,6 +86,31 @@ async def test_a_peers_link_re_pointed_holds_its_new_target(
         await both_held_while_p1_lives(kubelet)
 
 
+async def test_a_link_further_along_a_peers_chain_re_pointed_holds_its_new_target(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path
+) -> None:
+    """p1 was handed `ser/by-id/usb-X`, a link to `../by-path/pci-1`, itself a link to n0
+    (an admin's stable name pointing at udev's own link); udev re-points the link it owns,
+    `by-path/pci-1`, at n1 (usb-X unchanged): n1 is held while p1 lives (before: only the
+    first link's directory was followed, n1 listed Healthy and handed to p2; hostile29 H4),
+    then the middle link made anew at n2: n2 is held too."""
+    by_id, by_path = short_dir / "ser" / "by-id", short_dir / "ser" / "by-path"
+    by_id.mkdir(parents=True)
+    by_path.mkdir()
+    (by_path / "pci-1").symlink_to("../../dev/n0")
+    (by_id / "usb-X").symlink_to("../by-path/pci-1")
+    async with peer_through_link(real_kubelet_factory, start_host, short_dir, by_id) as kubelet:
+        (short_dir / "dev" / "n1").touch()
+        await kubelet.await_for(healthy_count(OTHER, 1), what="n1 listed")
+        repoint(by_path / "pci-1", "../../dev/n1")
+        await kubelet.await_for(healthy_count(OTHER, 0), timeout=10, what="n1 held for p1")
+        (short_dir / "dev" / "n2").touch()
+        await kubelet.await_for(healthy_count(OTHER, 1), what="n2 listed")
+        (by_path / "pci-1").unlink()  # (udev: remove, then add)
+        (by_path / "pci-1").symlink_to("../../dev/n2")
+        await both_held_while_p1_lives(kubelet, 3)
+
+
 async def test_a_link_on_the_way_to_a_peers_place_re_pointed_holds_its_new_target(
     real_kubelet_factory: Any, start_host: Any, short_dir: Path
 ) -> None:

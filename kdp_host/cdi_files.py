@@ -9,7 +9,8 @@ when it creates a container:
 - a file defines, for its `kind`, each of its `devices` by name; what a device hands out is
   each `containerEdits.deviceNodes[]` (its `hostPath`, else its `path`) and
   `containerEdits.mounts[].hostPath`, of the device and of the spec (the spec's edits go with
-  each of its devices) (`parse_spec`, one parser for both formats);
+  each of its devices) (`parse_spec`, one parser: every file is read as YAML whatever its
+  suffix, as the CDI library reads it; JSON is YAML);
 - a later dir's definition wins over an earlier one's; two files of one dir that define a
   name make the runtime drop it, whatever another dir defines (`winning`).
 
@@ -99,12 +100,25 @@ def _edits(container_edits: Any) -> Edits:
     return Edits(tuple(map(str, nodes)), tuple(map(str, mounts)))
 
 
-def parse_spec(content: bytes | None, name: str) -> Parsed:
-    """A spec file's content (`name`: its file name, whose suffix says JSON or YAML)."""
+def load_spec(content: bytes) -> Any:
+    """A spec file's document, read as the CDI library reads every spec file, whatever its
+    suffix: as YAML (sigs.k8s.io/yaml), so a `.json` file with a `# comment` line,
+    single-quoted strings or YAML syntax is a spec to the runtime (hostile28 G8: kdp-host's
+    `json.loads` refused it, booked nothing and handed the node to a second pod). JSON is
+    YAML: text `json.loads` reads is read the same way by both, only faster (a vendor's
+    large spec), so it is tried first. Raises ValueError or yaml.YAMLError."""
+    try:
+        return json.loads(content)
+    except ValueError:
+        return yaml.load(content, _YAML_LOADER)
+
+
+def parse_spec(content: bytes | None) -> Parsed:
+    """A spec file's content (`.json` or `.yaml`: one reading, `load_spec`)."""
     if content is None:
         return "cannot be read"
     try:
-        spec = json.loads(content) if name.endswith(".json") else yaml.load(content, _YAML_LOADER)
+        spec = load_spec(content)
         if not isinstance(spec["devices"], list) or not isinstance(spec["kind"], str):
             raise TypeError("kind or devices")
         verdict = judge(spec)
@@ -118,9 +132,9 @@ def parse_spec(content: bytes | None, name: str) -> Parsed:
 
 
 def spec_entries(content: bytes | None, kind: str) -> dict[str, frozenset[str]]:
-    """Device name -> the host paths its own entry hands out, of a JSON spec file's content
+    """Device name -> the host paths its own entry hands out, of a spec file's content
     (this host's: none when it is missing, unreadable, or of another kind)."""
-    parsed = parse_spec(content, ".json")
+    parsed = parse_spec(content)
     return {} if isinstance(parsed, str) else parsed.entries(kind)
 
 
@@ -147,7 +161,7 @@ class SpecFiles:
             known = self._known.get(path)
         if known is not None and known[0] == now:
             return known
-        found = now, parse_spec(read_or_none(path), path)
+        found = now, parse_spec(read_or_none(path))
         with self._lock:
             if len(self._known) >= MAX_KNOWN:
                 self._known.clear()

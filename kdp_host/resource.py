@@ -10,8 +10,6 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from grpclib.const import Status
-
 from .answer_needs import AnswerNeeds
 from .checkpoint_reads import CheckpointReads
 from .config import ResourceConfig
@@ -34,9 +32,9 @@ from .ownership import OwnedTable
 from .ownership_elsewhere import Elsewhere
 from .preferred_need import PreferredNeed
 from .protocol.lists import ListAndWatchEncoder, Overflow
-from .protocol.refusal import refusal
 from .protocol.service import DevicePluginService
 from .rules import LIST_AND_WATCH_MAX_BYTES
+from .runtime_fence import RuntimeFence
 from .services import HostServices
 from .serving import ServingLoop
 from .state_file import WRITE_LIMIT
@@ -128,7 +126,7 @@ class ResourceRuntime:
             bookings=self._services.ownership,
             handed=self._handed,
             allocated=None if poller is None else poller.allocated,
-            fence=None if reads is None else _Fence(self, reads),
+            fence=None if reads is None else self._fence(reads),
             cdi_written=None if self.config.allocate.cdi is None else self._cdi_written,
             preferred=self._preferred,
             offload=self._services.offload,
@@ -294,9 +292,13 @@ class ResourceRuntime:
             snapshot.device, self._held, self._handed.entry, self._work, self.check_held
         )
 
-    def count_refused(self, name: str) -> None:
-        """An Allocate refused while the kubelet's checkpoint cannot be read (or looked at)."""
-        self._services.metrics.allocations.labels(name, "checkpoint_unreadable").inc()
+    def _fence(self, reads: CheckpointReads) -> RuntimeFence:
+        def refused(why: str) -> None:  # (the checkpoint cannot be read, or looked at)
+            self._services.metrics.allocations.labels(name, "checkpoint_unreadable").inc()
+            self.log.warning("allocate_refused", reason=why, result="checkpoint_unreadable")
+
+        name, report = self.config.name, functools.partial(self.status.set_problem, "checkpoint")
+        return RuntimeFence(name, reads, report, self.check_held, refused)
 
     def _check_held_devices(self, snapshot: Snapshot) -> None:
         """Devices a container holds that are gone or unhealthy (GDP#74: the stick was
@@ -370,31 +372,3 @@ class ResourceRuntime:
                 self._serving.first_list.ready.append(watch.checked)
                 group.create_task(watch.run(), name=f"{name}:needs")
             group.create_task(self._serving.run(), name=f"{name}:serve")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Fence:
-    """A runtime's waits on the host's `CheckpointReads` (`protocol.kept.Fence`)."""
-
-    runtime: ResourceRuntime
-    reads: CheckpointReads
-
-    async def listing(self) -> None:
-        """The first list waits for a read of the kubelet's checkpoint (while one is due);
-        the held devices are checked then (not while another plugin's IDs are unbooked)."""
-        runtime, name = self.runtime, self.runtime.config.name
-        held = self.reads.holds_list(name)
-        await self.reads.listing(name, functools.partial(runtime.status.set_problem, "checkpoint"))
-        if held:
-            runtime.check_held()
-
-    async def allocating(self) -> None:
-        """Raises the GRPCError (UNAVAILABLE) that refuses the Allocate while the kubelet's
-        checkpoint cannot be read, or a write of it made before is not looked at in time."""
-        runtime, name = self.runtime, self.runtime.config.name
-        why = await self.reads.allocating(name)
-        if why is None:
-            return
-        runtime.count_refused(name)
-        runtime.log.warning("allocate_refused", reason=why, result="checkpoint_unreadable")
-        raise refusal(Status.UNAVAILABLE, why)

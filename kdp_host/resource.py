@@ -17,6 +17,7 @@ from .container_paths import OwnCollisions
 from .device_table import DeviceTable
 from .devices import Snapshot, physical_id
 from .drivers import DeviceReporter, Driver, DriverDeps, failure_threshold
+from .drivers.carry import Carried, carry, left_by
 from .features import (
     allocate_hook,
     cdi_writer,
@@ -102,6 +103,15 @@ class ResourceRuntime:
         self._service: DevicePluginService | None = None
         self._preferred = PreferredNeed(config, self.table)  # (every service's, following)
         self.table.follow_lists(self._preferred.follow)
+        self._driver: Driver | None = None
+        self.carried: Carried | None = None
+        """What the runtime before it left (its devices missing: `drivers.carry`)."""
+
+    def left(self) -> Carried | None:
+        """What this runtime's driver, stopped, leaves the next runtime (`drivers.carry`);
+        with no driver made yet, what it was left itself."""
+        driver = self._driver
+        return self.carried if driver is None else left_by(driver, self.config.driver)
 
     def resend(self) -> bool:
         """The list again on the open ListAndWatch stream (the kubelet then writes its
@@ -198,7 +208,8 @@ class ResourceRuntime:
             safety_net=services.safety_net,
             local=services.ownership.local,
         )
-        driver = services.drivers(self.config.driver, deps)
+        driver = self._driver = services.drivers(self.config.driver, deps)
+        carry(self.carried, driver, self.config.driver, self.log)
         cdi = self.config.allocate.cdi
         detach = services.ownership.attach(
             self.config.name,

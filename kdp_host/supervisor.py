@@ -59,6 +59,8 @@ class Supervisor:
     """Resources a reload removed whose held CDI entries are still kept (`cdi_keeper`)."""
     _reads: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     """The kubelet's checkpoint read for a reload, which resources it starts wait for."""
+    _stopped: dict[str, ResourceRuntime] = field(default_factory=dict, init=False)
+    """The runtime a reload stopped that the changed resource's next `start` follows."""
 
     @property
     def resources(self) -> dict[str, ResourceRuntime]:
@@ -110,8 +112,9 @@ class Supervisor:
             booked.add_done_callback(self._reads.discard)
         self.services.metrics.add_resource(config.name)
         supervised = _Supervised(ResourceRuntime(config, self.services))
+        before = self._stopped.pop(config.name, None)
         supervised.task = asyncio.create_task(
-            self._supervise(supervised, after, booked), name=f"resource:{config.name}"
+            self._supervise(supervised, after, booked, before), name=f"resource:{config.name}"
         )
         self._running[config.name] = supervised
         self.services.status_changed(config.name)
@@ -120,9 +123,12 @@ class Supervisor:
         self, name: str, new: ResourceConfig | None = None, reload: bool = True
     ) -> asyncio.Task[None] | None:
         """Cancel a resource's task; returns it so a successor (`new`, its config: None, a
-        removed resource) can wait for it to end. On a `reload` that ends its CDI spec file
-        (`features.cdi_goes`), it keeps its held entries (`cdi_keeper`)."""
+        removed resource) can wait for it to end, and take over what it has missing
+        (`drivers.carry`). On a `reload` that ends its CDI spec file (`features.cdi_goes`), it
+        keeps its held entries (`cdi_keeper`)."""
         supervised = self._running.pop(name)
+        if new is not None:
+            self._stopped[name] = supervised.runtime
         supervised.stopping = True
         self.services.status_changed(name)
         task = supervised.task
@@ -166,12 +172,18 @@ class Supervisor:
         supervised: _Supervised,
         after: asyncio.Task[None] | None = None,
         booked: asyncio.Task[None] | None = None,
+        before: ResourceRuntime | None = None,
     ) -> None:
+        """Run a resource, restarted after each crash; a runtime that follows another (a
+        reload's `before`, stopped once `after` is done; the one that crashed) takes over
+        what that one's driver has missing: a restart ends no grace period (`drivers.carry`)."""
         if waits := {task for task in (after, booked) if task is not None}:
             await asyncio.wait(waits)
         policy = self.policy
         crashes = Retries(policy.retry)
         runtime = supervised.runtime
+        if before is not None:
+            runtime.carried = before.left()
         while True:
             crashes.started()
             try:
@@ -190,6 +202,7 @@ class Supervisor:
                 self.services.metrics.resource_restarts.labels(runtime.config.name).inc()
                 runtime.log.exception("resource_crashed", restart_in=f"{delay:g}s", error=repr(exc))
                 await asyncio.sleep(delay)
-                runtime = ResourceRuntime(runtime.config, self.services)
+                before, runtime = runtime, ResourceRuntime(runtime.config, self.services)
+                runtime.carried = before.left()
                 supervised.runtime = runtime
                 self.services.status_changed(runtime.config.name)

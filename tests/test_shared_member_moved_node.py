@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from .kubelet_harness import healthy
-from .test_shared_source_moved_node import _capacity, admits, polled_head
+from .test_shared_source_moved_node import admits, capacity, polled_head
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
@@ -90,7 +90,7 @@ async def test_a_node_moved_into_a_shared_member_goes_to_no_pod(
         assert early["error"] != "", f"{pod} was given {shared} with a1's node: {early}"
 
     if out == "gone_for_good":  # (past a1's gracePeriod, unlisted: as after a restart)
-        await kubelet.await_for(_capacity(A, 1), timeout=30, what="a1 unlisted")
+        await kubelet.await_for(capacity(A, 1), timeout=30, what="a1 unlisted")
     else:
         os.rename(there, root / "a1")  # (out of the shared member)
         if member == "vfio":

@@ -56,7 +56,9 @@ def admits(resource: str, pod: str = "p4") -> Callable[[Any], bool]:
     return lambda kubelet: bool(kubelet.allocate(pod, {resource: 1})["error"] == "")
 
 
-def _capacity(resource: str, count: int) -> Any:
+def capacity(resource: str, count: int) -> Any:
+    """Whether the kubelet sees `resource` with `count` devices, healthy or not."""
+
     def check(kubelet: Any) -> bool:
         seen = kubelet.resource(resource)
         return seen is not None and seen["capacity"] == count
@@ -92,7 +94,7 @@ async def test_a_node_moved_into_a_shared_source_goes_to_no_new_pod(
     early = await kubelet.acall(kubelet.allocate, "p2", {A: 1})
     assert early["error"] != "", f"p2 was given fw with {source.name} in it: {early}"
     # past the moved device's gracePeriod (its device unlisted) and its `heard_after`
-    await kubelet.await_for(_capacity(resource, left), timeout=30, what="the device unlisted")
+    await kubelet.await_for(capacity(resource, left), timeout=30, what="the device unlisted")
     late = await kubelet.acall(kubelet.allocate, "p3", {A: 1})
     assert late["error"] != "", f"p3 was given fw with {source.name} in it (p1 has it): {late}"
     await kubelet.await_for(healthy(A, 0), what="A withheld: every answer mounts fw")

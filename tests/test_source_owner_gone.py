@@ -22,7 +22,7 @@ import pytest
 
 from .conftest import wait_until
 from .kubelet_harness import healthy
-from .test_shared_source_moved_node import A, B, _capacity, admits, source_config
+from .test_shared_source_moved_node import A, B, admits, capacity, source_config
 
 pytestmark = pytest.mark.fast  # its hosts wait FAST and poll fast (conftest.start_host)
 
@@ -65,7 +65,7 @@ async def test_a_source_node_of_a_device_gone_for_good_withholds_no_more(
         config.write_text(source_config(kubelet, root).split(f"  - name: {B}\n")[0])
         assert await running.host.reload_from(config) == "ok"
     else:
-        await kubelet.await_for(_capacity(B, 0), what="n0 unlisted past B's gracePeriod")
+        await kubelet.await_for(capacity(B, 0), what="n0 unlisted past B's gracePeriod")
 
     await kubelet.await_for(healthy(A, 2), timeout=20, what="A advertised again")
     await wait_until(lambda: A not in running.host.not_ready(), what="ready again")
@@ -90,7 +90,7 @@ async def test_a_pod_holding_the_moved_device_keeps_its_claim(
     assert held["error"] == "", held
 
     os.rename(root / "o" / "n0", root / "fw" / "n0")
-    await kubelet.await_for(_capacity(B, 0), what="n0 unlisted past B's gracePeriod")
+    await kubelet.await_for(capacity(B, 0), what="n0 unlisted past B's gracePeriod")
     await _polls(running, 8)
     assert kubelet.resource(A)["healthy"] == 0
     refused = await kubelet.acall(kubelet.allocate, "p1", {A: 1})

@@ -46,6 +46,7 @@ from .glob_paths import (
     printable_path,
 )
 from .glob_shared import dir_readable, numa_node, scan_notices, watch_pattern
+from .glob_walk import matches
 from .scanner import DirWatch, Listed, ScanResult, ScanSettings
 from .scanning import ScanLoop
 
@@ -138,6 +139,17 @@ class GlobScan:
 
     def named_on_loop(self) -> bool:
         return self._delta is not None
+
+    def lists_as(self, device: Device) -> bool:
+        """Whether this scan would list `device` (of another config's list: `carry`) under
+        its ID were it there: a pattern matches its path, and its node's path has that ID."""
+        path, node = device.path, next(device.node_places(), None)
+        return (
+            path is not None
+            and node is not None
+            and self._ids(node[0]) == device.id
+            and any(matches(pattern, path) for pattern in self.config.paths)
+        )
 
     def scan_on_loop(
         self, listed: Listed, dirs: DirWatch, changed: frozenset[str]

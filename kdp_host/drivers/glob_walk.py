@@ -72,3 +72,15 @@ def _entries(directory: str, guard: ScanGuard, *, dironly: bool) -> Iterator[str
                     continue
     except OSError:
         return
+
+
+def matches(pattern: str, path: str) -> bool:
+    """Whether `glob_paths(pattern)` would list `path` were it there: component by
+    component, with the same rule for names starting with a dot."""
+    names, parts = pattern.split("/"), path.split("/")
+    return len(names) == len(parts) and all(
+        name == part
+        if rules.GLOB_MAGIC.search(name) is None
+        else (name.startswith(".") or not part.startswith(".")) and fnmatch.fnmatchcase(part, name)
+        for name, part in zip(names, parts, strict=True)
+    )

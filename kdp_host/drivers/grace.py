@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from ..device_changes import Derived, changed_between
@@ -22,6 +23,17 @@ from .scanner import Listed, ScanResult
 
 MERGE_CHUNK: Final = 500
 """Devices a merge works on per turn of the event loop (about a millisecond)."""
+
+
+@dataclass(frozen=True)
+class Missing:
+    """What a tracker lists missing: each vanished device (its Unhealthy copy) and each
+    present device's lost nodes, with when each went missing (`Tracker.missing`)."""
+
+    gone: Mapping[str, tuple[Device, float]]
+    """Device ID -> (its Unhealthy copy, when it vanished)."""
+    lost: Mapping[str, Mapping[str, float]]
+    """Device ID -> host path of a lost node -> when it vanished."""
 
 
 class Tracker:
@@ -48,6 +60,23 @@ class Tracker:
         vanished again since is skipped when it comes up)."""
         self._lost: dict[str, dict[str, float]] = {}
         """Device ID -> host path of a lost node -> when it vanished."""
+
+    def missing(self) -> Missing:
+        """What this tracker lists missing now (a stopped driver's: `carry`)."""
+        since = self._gone_since
+        gone = {device_id: (device, since[device_id]) for device_id, device in self._gone.items()}
+        return Missing(gone, {device_id: dict(lost) for device_id, lost in self._lost.items()})
+
+    def carry(self, missing: Missing) -> None:
+        """Before the first merge: list `missing` as missing, each from when it went missing
+        (a predecessor's, `drivers.carry`), so its grace period runs on: counted with this
+        tracker's `gracePeriod` from then, not begun again, nor ended by the restart."""
+        gone = sorted(missing.gone.items(), key=lambda item: item[1][1])
+        for device_id, (device, since) in gone:
+            self._gone[device_id] = device
+            self._gone_since[device_id] = since
+            self._expiring.append((since, device_id))
+        self._lost = {device_id: dict(lost) for device_id, lost in missing.lost.items()}
 
     def merge(self, result: ScanResult) -> tuple[Mapping[str, Device], float | None]:
         """`merging` at once (no event loop to yield to)."""

@@ -23,8 +23,10 @@ inode, size, modification time) changed (`SpecFiles`): a look costs the changed 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ SPEC_SUFFIXES: Final = (".json", ".yaml")
 """The file names the runtime reads as CDI spec files (the CDI library's scan of a dir:
 its own entries, not subdirectories; `.yml` is not read)."""
 _YAML_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_GLOB: Final = re.compile(r"[*?[]")
+"""A glob character (the CDI library's wildcards in a node's host path)."""
 MAX_KNOWN: Final = 4096
 """Most spec files a `SpecFiles` keeps (past it, it starts over)."""
 
@@ -50,20 +54,48 @@ def is_spec_file(name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class NodeNumber:
+    """A device node a spec gives by number (`type` c, u or b with a `major`): the runtime
+    makes it in the container from the numbers whatever is at its path (the CDI library's
+    `fillMissingInfo` stats nothing then: "a device vendor may fully specify a device
+    node"), so what it hands out is that number, not what the path reaches (hostile28 G9)."""
+
+    kind: str
+    """'c' or 'b' (`identity.identity_of`'s kinds of a node: 'u' is a character node)."""
+    rdev: int
+    text: str
+    """How the spec names it (its `hostPath`, else its `path`, with the numbers): said."""
+
+
+@dataclass(frozen=True)
 class Edits:
-    """What a device of a spec file hands out: host paths of its nodes and mounts."""
+    """What a device of a spec file hands out: host paths of its nodes and mounts, and the
+    nodes it gives by number."""
 
     nodes: tuple[str, ...] = ()
     mounts: tuple[str, ...] = ()
+    numbers: tuple[NodeNumber, ...] = ()
 
     def __add__(self, other: Edits) -> Edits:
         return Edits(
             tuple(dict.fromkeys((*self.nodes, *other.nodes))),
             tuple(dict.fromkeys((*self.mounts, *other.mounts))),
+            tuple(dict.fromkeys((*self.numbers, *other.numbers))),
         )
 
     def paths(self) -> frozenset[str]:
         return frozenset((*self.nodes, *self.mounts))
+
+    def matched(self) -> Edits:
+        """These edits as the runtime resolves them now: a node's host path with glob
+        characters is every path it matches (the CDI library expands such a wildcard into
+        each matching node), itself where none does. Blocking (it lists directories)."""
+        if not any(map(_GLOB.search, self.nodes)):
+            return self
+        found: list[str] = []
+        for node in self.nodes:
+            found += (sorted(glob.glob(node)) if _GLOB.search(node) else None) or [node]
+        return Edits(tuple(dict.fromkeys(found)), self.mounts, self.numbers)
 
 
 @dataclass(frozen=True)
@@ -92,12 +124,30 @@ Parsed = SpecFile | str
 """A spec file as parsed; text: why it cannot be used (the runtime skips it too)."""
 
 
+def _node(node: Any) -> str | NodeNumber | None:
+    """What a `deviceNodes` entry hands out: the number it gives (`NodeNumber`), nothing
+    for a FIFO (`type` p: no device), else its `hostPath` (else `path`)."""
+    path = str(node.get("hostPath") or node["path"])
+    kind, major = node.get("type"), node.get("major")
+    if kind == "p":
+        return None
+    if kind in ("c", "u", "b") and isinstance(major, int) and major:
+        minor = node.get("minor") or 0
+        if not isinstance(minor, int) or major < 0 or minor < 0:
+            raise ValueError("a node's major or minor")
+        text = f"{path} ({kind} {major}:{minor})"
+        return NodeNumber("b" if kind == "b" else "c", os.makedev(major, minor), text)
+    return path
+
+
 def _edits(container_edits: Any) -> Edits:
     if not container_edits:
         return Edits()
-    nodes = [n.get("hostPath") or n["path"] for n in container_edits.get("deviceNodes") or ()]
+    nodes = [_node(n) for n in container_edits.get("deviceNodes") or ()]
     mounts = [m["hostPath"] for m in container_edits.get("mounts") or ()]
-    return Edits(tuple(map(str, nodes)), tuple(map(str, mounts)))
+    paths = tuple(n for n in nodes if isinstance(n, str))
+    numbers = tuple(n for n in nodes if isinstance(n, NodeNumber))
+    return Edits(paths, tuple(map(str, mounts)), numbers)
 
 
 def load_spec(content: bytes) -> Any:

@@ -95,7 +95,7 @@ class CdiNames:
                 if found is None:
                     unresolved.append((name, self._why(kind, device)))
                     continue
-                edits += found[0]
+                edits += found[0].matched()  # (a wildcard: what it matches now)
                 if found[1]:
                     unresolved.append((name, found[1]))
             return Resolved(edits, tuple(unresolved))

@@ -36,6 +36,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 from .cdi_lookup import CdiNames
+from .checkpoint_handed import read_handed
 from .files import Offload
 from .kubelet_checkpoint import (
     CHECKPOINT_FILE,
@@ -45,7 +46,6 @@ from .kubelet_checkpoint import (
     Handed,
     HandedClaims,
     as_recorded,
-    read_handed,
 )
 from .logs import EventLogger
 from .recorded_bookings import Record, Recorded, book_recorded

@@ -9,7 +9,7 @@ paths are what the pod holds, whatever the IDs mean now.
 
 It is the kubelet's own record of who holds what: every entry is booked (`take_handed`),
 with what `ownership.json` holds, when kdp-host starts and before a reload starts a
-resource (`checkpoint_bookings`, which reads it off the loop through `read_handed`): a
+resource (`checkpoint_bookings`, which reads it off the loop: `checkpoint_handed`): a
 probe that renamed its IDs while kdp-host was down, a resource renamed, or another plugin's
 pod (a migration from generic-device-plugin) then cannot make the node a pod holds go out
 under another ID. The file is the kubelet's, not an API: anything missing, unreadable, of
@@ -25,20 +25,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .api.v1beta1 import ContainerAllocateResponse
-from .cdi_lookup import CdiNames
+from .cdi_files import NodeNumber
 from .cdi_rules import cdi_annotation_names, is_cdi_annotation_key
 from .devices import physical_id
-from .files import FileReadError, read_attribute
 from .handed_entries import Handed as HandedUse
 from .handed_entries import uses
 from .kubelet_checksum import checksum
-from .ownership_claims import NOTHING, Claim, Owner, Resolver, claim_of, reach
+from .ownership_claims import NOTHING, Claim, Owner
 
 if TYPE_CHECKING:
     from .ownership_bookings import Ledger
@@ -72,6 +70,8 @@ class Handed:
     of its CDI names' deviceNodes."""
     unresolved: tuple[tuple[str, str], ...] = ()
     """Its CDI names that resolved nowhere, each with why (their nodes are not known)."""
+    numbered: tuple[NodeNumber, ...] = ()
+    """The nodes its CDI names give by number (claimed by it: `checkpoint_handed`)."""
 
 
 @dataclass(frozen=True)
@@ -177,73 +177,6 @@ def _known(claims: Iterable[Claim]) -> set[str]:
     """The paths (host and real) of claims that say what they reached: a node by its number
     (held by it), or what has no number."""
     return {p for key, path, real in claims if key[0] != NOTHING for p in (path, real)}
-
-
-def read_handed(
-    directory: str,
-    resources: Collection[str] | None,
-    resolve: Resolver = reach,
-    skip: Collection[str] = (),
-    cdi: CdiNames | None = None,
-    keep: Callable[[Handed], bool] | None = None,
-) -> list[HandedClaims] | None:
-    """The allocations of `resources` (None: every one) but those of `skip` (and those
-    `keep` refuses) in `<directory>/kubelet_internal_checkpoint`, each with the claims of its
-    host paths (each path resolved once), its CDI names' host paths among them (through
-    `cdi`: `with_cdi_paths`); None when there is no such file. Blocking (run it through the
-    offload). Raises CheckpointError."""
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    try:
-        blob = read_attribute(path, MAX_CHECKPOINT_BYTES)
-    except FileReadError as exc:
-        raise CheckpointError(str(exc)) from None
-    if blob is None:
-        return None
-    wanted = None if resources is None else set(resources)
-    parsed = parse_checkpoint(blob, wanted, skip)
-    kept = parsed if keep is None else [entry for entry in parsed if keep(entry)]
-    return with_claims(with_cdi_paths(kept, cdi), resolve)
-
-
-def with_claims(handed: Iterable[Handed], resolve: Resolver = reach) -> list[HandedClaims]:
-    """Each allocation with the claims of its host paths (each path resolved once): what
-    booking it holds. Blocking (run it through the offload)."""
-    out = []
-    known: dict[str, Claim] = {}
-    for entry in handed:
-        claims = []
-        for host_path in entry.paths:
-            claim = known.get(host_path)
-            if claim is None:
-                claim = known[host_path] = claim_of(host_path, resolve)
-            claims.append(claim)
-        out.append(HandedClaims(entry, tuple(claims)))
-    return out
-
-
-def with_cdi_paths(handed: list[Handed], cdi: CdiNames | None) -> list[Handed]:
-    """Each allocation with the host paths its CDI names hand out now (`cdi_lookup`, the
-    dirs looked at once: deviceNodes beside its DeviceSpecs' nodes, mounts after its
-    mounts), and those that resolve nowhere (all of them without `cdi`). Blocking."""
-    named = [entry for entry in handed if entry.cdi_names]
-    if not named:
-        return handed
-    if cdi is not None:
-        cdi.look()
-    return [_resolved(entry, cdi) if entry.cdi_names else entry for entry in handed]
-
-
-def _resolved(handed: Handed, cdi: CdiNames | None) -> Handed:
-    if cdi is None:
-        unresolved = tuple((name, "no CDI dirs to look in") for name in handed.cdi_names)
-        return replace(handed, unresolved=unresolved)
-    found = cdi.resolve(handed.cdi_names, look=False)
-    nodes, mounts = handed.paths[: handed.nodes], handed.paths[handed.nodes :]
-    new_nodes = tuple(p for p in found.edits.nodes if p not in nodes)
-    mounts = (*mounts, *(p for p in found.edits.mounts if p not in mounts and p not in nodes))
-    paths = (*nodes, *new_nodes, *mounts)
-    count = len(nodes) + len(new_nodes)
-    return replace(handed, paths=paths, nodes=count, unresolved=found.unresolved)
 
 
 def parse_checkpoint(

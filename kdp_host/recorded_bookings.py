@@ -35,6 +35,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from .checkpoint_handed import with_claims
 from .files import Offload
 from .handed_entries import Handed as HandedUse
 from .handed_entries import uses
@@ -44,7 +45,6 @@ from .kubelet_checkpoint import (
     Handed,
     HandedClaims,
     as_recorded,
-    with_claims,
 )
 from .logs import EventLogger
 from .state_file import WRITE_LIMIT

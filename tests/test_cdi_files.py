@@ -11,6 +11,7 @@ name two files of any one dir define.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from kdp_host.cdi_dirs import check_spec_dirs
-from kdp_host.cdi_files import SpecFiles, is_spec_file, parse_spec, winning
+from kdp_host.cdi_files import Edits, SpecFiles, is_spec_file, parse_spec, winning
 from kdp_host.cdi_lookup import CdiNames
 from kdp_host.cdi_resolution import winning_entries
 
@@ -123,3 +124,34 @@ def test_every_reader_resolves_a_name_as_the_others_do(tmp_path: Path, layout: i
     clashes = check_spec_dirs(str(own), KIND, frozenset({OWN}), 60.0, dirs, known=files).clashes
     assert set(clashes) == {str(p) for p in defining}
     assert winning(dirs, files).bad == {}
+
+
+def _one_node(node: dict[str, Any]) -> bytes:
+    spec = {"cdiVersion": "0.5.0", "kind": KIND, "devices": [{"name": "d", "containerEdits": {}}]}
+    spec["devices"][0]["containerEdits"] = {"deviceNodes": [node]}
+    return json.dumps(spec).encode()
+
+
+def test_a_node_given_by_number_hands_out_that_number() -> None:
+    """`type` c/u/b with a `major`: the runtime makes the node from the numbers whatever is at
+    its path (hostile28 G9); a FIFO is no device; without a major, the path is stat'ed."""
+    given = parse_spec(_one_node({"path": "/dev/x", "type": "u", "major": 240, "minor": 3}))
+    assert not isinstance(given, str)
+    [number] = given.handed("d").numbers
+    assert (number.kind, number.rdev) == ("c", os.makedev(240, 3)) and not given.handed("d").nodes
+    fifo = parse_spec(_one_node({"path": "/dev/p", "type": "p"}))
+    assert not isinstance(fifo, str) and fifo.handed("d") == Edits()
+    by_path = parse_spec(_one_node({"path": "/dev/x", "type": "c"}))
+    assert not isinstance(by_path, str) and by_path.handed("d").nodes == ("/dev/x",)
+    assert isinstance(
+        parse_spec(_one_node({"path": "/x", "type": "b", "major": 8, "minor": -1})), str
+    )
+
+
+def test_a_wildcard_node_is_every_node_it_matches_now(tmp_path: Path) -> None:
+    edits = Edits((f"{tmp_path}/fpga*", "/dev/plain"), ("/m",))
+    assert edits.matched().nodes == (f"{tmp_path}/fpga*", "/dev/plain"), "none matches: as written"
+    for name in ("fpga1", "fpga0", "other"):
+        (tmp_path / name).touch()
+    expected = (f"{tmp_path}/fpga0", f"{tmp_path}/fpga1", "/dev/plain")
+    assert edits.matched() == Edits(expected, ("/m",))

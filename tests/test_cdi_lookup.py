@@ -1,6 +1,6 @@
 """CDI names of the kubelet's checkpoint resolved as the runtime resolves them
 (`kdp_host.cdi_lookup`), and an answer's names and DeviceSpecs booked together
-(`kubelet_checkpoint.with_cdi_paths`, hostile27 F3)."""
+(`checkpoint_handed.with_cdi_paths`, hostile27 F3)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from typing import Any
 from kdp_host.api.v1beta1 import CdiDevice, ContainerAllocateResponse, DeviceSpec, Mount
 from kdp_host.cdi_files import Edits
 from kdp_host.cdi_lookup import CdiNames
+from kdp_host.checkpoint_handed import read_handed
 from kdp_host.holdings import Holder, Holdings
-from kdp_host.kubelet_checkpoint import Handed, HandedClaims, read_handed
+from kdp_host.kubelet_checkpoint import Handed, HandedClaims
 from kdp_host.ownership import OwnershipIndex
 from kdp_host.ownership_claims import Owner, claim_of
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,60 @@ async def test_a_json_spec_file_is_read_as_the_runtime_reads_it_as_yaml(
         await start_host(config)
         await kubelet.await_for(healthy_count(A, 1), what="g0's node held")
         await only_the_other_node(kubelet, A, held, paths)
+
+
+def char_nodes(root: Path) -> tuple[str, dict[str, str]]:
+    """dev/fpga0, fpga1 as real character nodes 240:0, 240:1 (skips without CAP_MKNOD), a
+    config of A over them, and the other plugin's IDs gpu0, gpu1 for them."""
+    (root / "dev").mkdir()
+    (root / "cdi").mkdir()
+    try:
+        for minor in (0, 1):
+            os.mknod(root / "dev" / f"fpga{minor}", 0o600 | stat.S_IFCHR, os.makedev(240, minor))
+    except PermissionError:
+        pytest.skip("mknod needs CAP_MKNOD")
+    return str(root / "dev" / "fpga*"), {f"gpu{i}": str(root / "dev" / f"fpga{i}") for i in (0, 1)}
+
+
+def write_nodes(directory: Path, nodes: dict[str, dict[str, Any]]) -> None:
+    """The other plugin's spec file, each device with one `deviceNodes` entry as given."""
+    devices = [{"name": i, "containerEdits": {"deviceNodes": [n]}} for i, n in nodes.items()]
+    spec = {"cdiVersion": "0.5.0", "kind": KIND, "devices": devices}
+    (directory / "vendor-gpu.json").write_text(json.dumps(spec))
+
+
+@pytest.mark.parametrize("form", ["numbers", "wildcard"])
+async def test_a_cdi_node_the_runtime_makes_by_number_or_wildcard_is_held(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path, form: str
+) -> None:
+    """The other plugin's spec gives each device's node by number (`type: c, major: 240,
+    minor: i` at a container path, nothing at it on the host: the runtime makes 240:i) or
+    by a wildcard host path (`<root>/dev/fpga*`: the CDI library hands out every node it
+    matches); kdp-host serves A over the real nodes fpga0 = 240:0, fpga1 = 240:1, started
+    after g0 was admitted: the nodes g0 has are held (before: the text was booked, both
+    nodes listed and g0's handed to p0, or both; hostile28 G9)."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    pattern, paths = char_nodes(short_dir)
+    config = config_text(kubelet, short_dir, (A, pattern))
+    config = config.replace("resources:\n", f"cdiRuntimeDirs: [{short_dir / 'cdi'}]\nresources:\n")
+    if form == "numbers":
+        nodes = {
+            f"gpu{i}": {"path": f"/dev/vendor-gpu{i}", "type": "c", "major": 240, "minor": i}
+            for i in (0, 1)
+        }
+    else:
+        nodes = {i: {"path": "/dev/fpga*", "hostPath": pattern} for i in paths}
+    write_nodes(short_dir / "cdi", nodes)
+    async with serving(kubelet, CdiPlugin(paths, "cdi"), GPU):
+        await kubelet.await_for(healthy_count(GPU, 2), what="the other plugin lists")
+        g0 = await kubelet.acall(kubelet.allocate, "g0", {GPU: 1})
+        assert g0["error"] == "", g0
+        [held] = g0["device_ids"][GPU]
+        await start_host(config)
+        if form == "numbers":
+            await kubelet.await_for(healthy_count(A, 1), what="g0's node held")
+            await only_the_other_node(kubelet, A, held, paths)
+            return
+        await kubelet.await_for(healthy_count(A, 0), what="both nodes g0 has held")
+        p0 = await kubelet.acall(kubelet.allocate, "p0", {A: 1})
+        assert p0["error"] and not p0["device_ids"], p0

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from kdp_host.checkpoint_bookings import book_handed
+from kdp_host.checkpoint_handed import read_handed
 from kdp_host.config import Config, load_config_text
 from kdp_host.files import DaemonThreads
 from kdp_host.holdings import Holdings
@@ -27,7 +28,6 @@ from kdp_host.kubelet_checkpoint import (
     HandedClaims,
     checksum,
     parse_checkpoint,
-    read_handed,
     take_handed,
 )
 from kdp_host.logs import get_logger

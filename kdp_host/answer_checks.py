@@ -47,8 +47,9 @@ from typing import Final
 
 from .answer_needs import WATCHED, AnswerNeeds, configured_needs
 from .config import NeverHanded, ResourceConfig, template_fields
-from .config.places import INTERPRETER_DEPTH, program_interpreter, untemplated
+from .config.places import ELF_LOADER, ENV_PROGRAM, program_interpreter, untemplated
 from .devices import Device
+from .exec_format import loader_problem, script_depth_problem
 from .files import Offload
 from .mount_table import MountMap, read_mounts
 from .places_followed import entries_on_the_way
@@ -95,8 +96,9 @@ def command_problem(
     an ELF binary names) cannot be started now, or None (the runner's rule,
     `process.resolve_command`); `reached` is given each program and interpreter path the
     start goes through, as named and as resolved (the watch follows them). Does I/O."""
-    program, depth, what = argv[0], 0, ""
-    while depth <= INTERPRETER_DEPTH:
+    program, what, seen = argv[0], "", set[str]()
+    scripts, exec_of = 0, ""  # (`#!` scripts in a row in one exec: the command's, or env's)
+    while True:
         if template_fields(program) or (env is not None and template_fields(env.get("PATH", ""))):
             return None  # (rendered per call)
         if reached is not None and os.path.isabs(program):
@@ -104,20 +106,30 @@ def command_problem(
         try:
             path = resolve_command(program, env, None)
         except CommandError as exc:
-            if depth == 0:
+            if not what:
                 return str(exc)
             crlf = " (the script's lines end in CRLF)" if program.endswith("\r") else ""
             return f"its {what}: {exc}{crlf}"
         if reached is not None:
             reached.update((path, os.path.realpath(path)))
+        if what == ELF_LOADER:  # (the kernel follows no loader's own)
+            return None if (why := loader_problem(path)) is None else f"its {what}: {why}"
+        if what == ENV_PROGRAM:  # (an exec of its own: `#!` levels count afresh)
+            if path in seen:
+                return None  # (env starting it again: it runs, and loops)
+            seen.add(path)
+            scripts, exec_of = 0, what
         interpreter = program_interpreter(path)
         if interpreter is None:
             return None
-        program, settings, what = interpreter
+        program, settings, kind = interpreter
+        if kind != ELF_LOADER:
+            scripts += 1
+            if (why := script_depth_problem(scripts)) is not None:
+                return why if not exec_of else f"its {exec_of}: {why}"
         if "PATH" in settings:
             return None  # (`env PATH=...`: expanded at exec; not judged)
-        env, depth = {**(env or {}), **settings} or None, depth + 1
-    return None
+        env, what = {**(env or {}), **settings} or None, kind
 
 
 def command_problems(

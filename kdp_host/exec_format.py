@@ -14,17 +14,30 @@ is not startable (`process.resolve_command`, which the runner and the needs' loo
 a shell script without `#!` is refused too, with or without the exec wrapper (without it,
 Python's spawn never had the fallback). Give it a `#!/bin/sh` line, or run it as
 `["/bin/sh", "script"]`.
+
+An ELF file is taken as the kernel's `load_elf_binary` takes it: of its machine (or one it
+runs besides), of type ET_EXEC or ET_DYN (not `gcc -c`'s object file), not cut short
+(`elf_header.elf_shape_problem`); the loader it names an ELF file too, never a script
+(`loader_problem`); and `#!` scripts naming scripts no more than SCRIPT_LEVELS deep
+(`script_depth_problem`; hostile29 H3). Each is named as such.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import BinaryIO, Final
 
-from .elf_header import MAGIC, elf_header, foreign_machine, host_elf
+from .elf_header import MAGIC, elf_header, elf_shape_problem, foreign_machine, host_elf
 
 HEAD: Final = 256
 """Bytes of a file the kernel reads to tell its format (BINPRM_BUF_SIZE)."""
+SCRIPT_LEVELS: Final = 5
+"""`#!` scripts one exec runs in a row (a script whose interpreter is a script, ...): Linux's
+exec_binprm gives up past 5 format rewrites (`depth > 5`: ELOOP, "Too many levels of
+symbolic links"); measured: 5 scripts run, 6 fail."""
+INTERPRETER_DEPTH: Final = SCRIPT_LEVELS + 1
+"""Interpreters the kernel starts for one exec: a `#!` interpreter per script, then the
+loader the ELF binary at the end names (PT_INTERP; the kernel follows no loader's own)."""
 BINFMT_MISC: Final = "/proc/sys/fs/binfmt_misc"
 _BOM: Final = b"\xef\xbb\xbf"
 _NOT_ENTRIES: Final = frozenset({"register", "status"})
@@ -38,11 +51,10 @@ def exec_format_problem(path: str, binfmt_misc: str = BINFMT_MISC) -> str | None
     try:
         with open(path, "rb") as file:
             head = file.read(HEAD)
+            why = _elf_problem(file, head) if head.startswith(MAGIC) else None
     except OSError:
         return None
     if head.startswith(MAGIC):
-        header = elf_header(head)
-        why = "a damaged ELF header" if header is None else foreign_machine(header, host_elf())
         if why is None or _misc_format(path, head, binfmt_misc):
             return None
         return f"{why}: the kernel cannot exec it (Exec format error)"
@@ -62,6 +74,46 @@ def exec_format_problem(path: str, binfmt_misc: str = BINFMT_MISC) -> str | None
     return (
         f"{what}: the kernel cannot exec it (Exec format error); kdp-host runs no file as a "
         "shell script without a #! line: add one (#!/bin/sh)"
+    )
+
+
+def _elf_problem(file: BinaryIO, head: bytes) -> str | None:
+    """Why the kernel does not exec the ELF file `file` beginning `head` (ENOEXEC), or None.
+    Blocking (`elf_shape_problem`)."""
+    header = elf_header(head)
+    if header is None:
+        return "a damaged ELF header"
+    foreign = foreign_machine(header, host_elf())
+    return foreign if foreign is not None else elf_shape_problem(file, header)
+
+
+def loader_problem(path: str) -> str | None:
+    """Why the kernel cannot load the file at `path` as an ELF binary's loader (the program
+    its PT_INTERP names), or None: it reads the loader as an ELF file of its own machine
+    only, never as a `#!` script nor through binfmt_misc (a loader shorter than an ELF
+    header: EIO; another: ELIBBAD). Blocking."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(HEAD)
+            why = _elf_problem(file, head) if head.startswith(MAGIC) else None
+    except OSError:
+        return None  # (the exec says why; `resolve_command` looked)
+    if head.startswith(MAGIC):
+        return None if why is None else f"{why}: the kernel cannot load it (Exec format error)"
+    what = "a #! script" if head.startswith(b"#!") else "not an ELF file"
+    error = "Input/output error" if len(head) < 64 else "Accessing a corrupted shared library"
+    return f"{what}: the kernel loads only an ELF file as a binary's loader ({error})"
+
+
+def script_depth_problem(scripts: int) -> str | None:
+    """Why the kernel refuses an exec whose file is a `#!` script naming a script as its
+    interpreter, and so on, `scripts` scripts in all (ELOOP), or None (SCRIPT_LEVELS or
+    fewer). `#!/usr/bin/env X` starts X by an exec of its own, which counts afresh."""
+    if scripts <= SCRIPT_LEVELS:
+        return None
+    return (
+        f"{scripts} #! scripts in a row, each the interpreter of the one before: the kernel "
+        f"runs at most {SCRIPT_LEVELS} (Too many levels of symbolic links)"
     )
 
 

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from typing import Final
 
 from ..elf_header import elf_interpreter
+from ..exec_format import INTERPRETER_DEPTH
 from ..identity import Uncheckable, links_on_the_way, real_path
 from ..mount_table import MountMap, read_mounts
 from ..rules import GLOB_MAGIC
@@ -258,14 +259,15 @@ def program_interpreter(path: str) -> tuple[str, dict[str, str], str] | None:
     loader a dynamically linked ELF binary names (`elf_header.elf_interpreter`: a binary
     built against a loader the host lacks, musl's on a glibc host, fails with ENOENT)."""
     if (script := script_interpreter(path)) is not None:
-        return (*script, "#! interpreter")
+        return script
     loader = elf_interpreter(path)
-    return None if loader is None else (loader, {}, "ELF loader (PT_INTERP)")
+    return None if loader is None else (loader, {}, ELF_LOADER)
 
 
-def script_interpreter(path: str) -> tuple[str, dict[str, str]] | None:
+def script_interpreter(path: str) -> tuple[str, dict[str, str], str] | None:
     """The program a script's `#!` line runs it with (`#!/usr/bin/env [options] X`: X), if
-    any, and the env settings `env` runs it with (`NAME=VALUE`: hostile13 M14).
+    any, the env settings `env` runs it with (`NAME=VALUE`: hostile13 M14), and what it is
+    (SCRIPT_INTERPRETER, or ENV_PROGRAM).
 
     Read as Linux reads it (binfmt_script): the interpreter ends at the first space or tab,
     and what follows, up to the line's end less trailing spaces and tabs, is ONE argument. So
@@ -285,8 +287,9 @@ def script_interpreter(path: str) -> tuple[str, dict[str, str]] | None:
         return None
     interpreter, argument = match[1], match[2]
     if os.path.basename(interpreter) == "env":
-        return _env_program([argument] if argument else [])
-    return interpreter, {}
+        program = _env_program([argument] if argument else [])
+        return None if program is None else (*program, ENV_PROGRAM)
+    return interpreter, {}, SCRIPT_INTERPRETER
 
 
 def _expanded(settings: dict[str, str], env: Mapping[str, str]) -> dict[str, str]:
@@ -300,9 +303,10 @@ def _expanded(settings: dict[str, str], env: Mapping[str, str]) -> dict[str, str
 _REFERENCE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SHEBANG: Final = re.compile(r"([^ \t]*)(?:[ \t]+(.*))?", re.DOTALL)
 """A `#!` line's interpreter and its one argument (the kernel's split)."""
-INTERPRETER_DEPTH: Final = 8
-"""`#!` interpreters followed from a command: Linux runs a script's interpreter that is
-itself a script, up to BINPRM_MAX_RECURSION (4) levels; the rest is margin."""
+SCRIPT_INTERPRETER: Final = "#! interpreter"
+ENV_PROGRAM: Final = "#! interpreter (run by env)"
+"""`#!/usr/bin/env X`'s X: env starts it by an exec of its own (`#!` levels count afresh)."""
+ELF_LOADER: Final = "ELF loader (PT_INTERP)"
 _ENV_OPTIONS_WITH_ARGUMENT = frozenset({"-u", "--unset", "-C", "--chdir"})
 
 

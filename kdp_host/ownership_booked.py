@@ -56,6 +56,9 @@ class Booking:
     glob group's member without `{key}`): the pod has the node, so no device claiming it
     exclusively is advertised while the booking lives, whatever its device's listing does
     since; other devices may still share it (issue 17, hostile19 F5)."""
+    grown: frozenset[ClaimKey] = frozenset()
+    """Those of `claims` its device reported after the Allocate (`ownership_growth`): never
+    handed to the pod, each is let go of once its device no longer reports it."""
 
     @property
     def from_checkpoint(self) -> bool:

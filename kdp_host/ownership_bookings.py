@@ -156,14 +156,18 @@ class Ledger(LearntBookings):
             )
         )
 
-    def extend(self, owner: Owner, extra: tuple[Claim, ...]) -> None:
-        """`owner`'s booking holds `extra` too: its device reports them now
-        (`ownership_growth`); written to the file with it."""
+    def resize(self, owner: Owner, extra: tuple[Claim, ...], gone: frozenset[ClaimKey]) -> None:
+        """`owner`'s booking holds `extra` too, and no longer the grown claims `gone`: its
+        device reports them now, or no longer (`ownership_growth`); written to the file."""
         booking = self.bookings[owner]
-        booking.claims += extra
+        dropped = tuple(claim for claim in booking.claims if claim[0] in gone)
+        self._index(owner, Booking(booking.device, dropped, booking.since), -1)
+        booking.claims = tuple(c for c in booking.claims if c[0] not in gone) + extra
+        booking.grown = (booking.grown - gone) | {claim[0] for claim in extra}
         self._index(owner, Booking(booking.device, extra, booking.since), 1)
         at = bisect_left(self._order, owner_order(owner), key=owner_order)
         self._entries[at] = self._entry(owner)
+        self.drops += bool(gone)  # (a claim let go of may free a device)
         self.changed()
 
     def has(self, owner: Owner) -> bool:

@@ -49,6 +49,8 @@ class ClaimTable(Lingering):
         self._ledger = Ledger()
         """The IDs the kubelet booked, with their claims (`<stateDir>/ownership.json`)."""
         self._shared_at: dict[ClaimKey, str] = {}
+        self._ungrown: dict[Owner, frozenset[ClaimKey]] = {}
+        """Grown claims a booking let go of, until their device's new claims are taken."""
 
     def _state(self, resource: str) -> ResourceState:
         state = self._resources.get(resource)
@@ -107,8 +109,11 @@ class ClaimTable(Lingering):
         if state.owned.get(device_id) is claims:
             return None
         me = Owner(resource, device_id)
-        for key in grow_bookings(self._ledger, resource, device_id, claims):
+        grown, shrunk = grow_bookings(self._ledger, resource, device_id, claims)
+        for key in grown:
             self._give_to_booking(me, key)
+        if shrunk:
+            self._let_go_grown(state, me, shrunk)
         for mine, shared in ((claims.exclusive, False), (claims.shared, True)):
             for claim in mine:
                 why = self._clash(me, claim[0], claim[1], shared)
@@ -136,9 +141,23 @@ class ClaimTable(Lingering):
             self._release_lingering(other, key)
         self._readmit(other)
 
+    def _let_go_grown(self, state: ResourceState, me: Owner, keys: frozenset[ClaimKey]) -> None:
+        """A booking of `me` let go of the grown claims `keys` (`ownership_growth`): no pod
+        was handed them, so they are released, not left to linger (`_drop_keys`, now or
+        when the device's new claims are taken), and a device held for them is free."""
+        for key in keys:
+            if key in state.lingering and self._exclusive.get(key) == me:
+                self._release_lingering(state, key)
+        self._ungrown[me] = keys
+        self._wake_waiting(state.name)
+
     @abc.abstractmethod
     def _readmit(self, state: ResourceState) -> None:
         """`state`'s resource lost a claim to a booking: admit it again in full."""
+
+    @abc.abstractmethod
+    def _wake_waiting(self, releaser: str) -> None:
+        """Claims of `releaser`'s went: every other resource holding a device is admitted again."""
 
     def _aliased(self, me: Owner, claim: Claim, shared: bool) -> Holding | None:
         """A claim and the other claim its path names (`PathAliases.of`) clash as one."""
@@ -266,11 +285,14 @@ class ClaimTable(Lingering):
         if old is None or old is new:
             return False
         me = Owner(state.name, advertised_id)
+        ungrown = self._ungrown.pop(me, frozenset())
         kept = new.exclusive_keys()
         for claim in old.exclusive:
             key = claim[0]
             if key not in kept and self._exclusive.get(key) == me:
                 state.lingering.setdefault(key, (self._clock(), claim))
+                if key in ungrown:  # (never handed out: nothing to linger for)
+                    self._release_lingering(state, key)
         kept = new.shared_keys()
         return any([self._unshare(claim[0], me) for claim in old.shared if claim[0] not in kept])
 
